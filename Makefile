@@ -1,0 +1,45 @@
+# The whole set-up on a fresh machine is `make demo` or `make test`: each creates or
+# refreshes .venv and installs what the project needs (pip and Debian packages).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch is pinned: the local CPU build is picked up; an unpinned torch pulls CUDA packages.
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench bench-fusion system-deps clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)" -e ".[deep,slicer,web,test]"
+	touch $(STAMP)
+
+# Debian packages: Chromium (browser tests, report screenshots) and EGL/GL for VTK's
+# offscreen rendering (trame-slicer). Installed only where missing.
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+demo: $(STAMP)
+	$(VENV)/bin/mmfusion demo --output-dir demo-output
+
+test: $(STAMP) system-deps
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q Testing
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(PIP) install -q ".[bench]" "$(TORCH)"
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(PY) benchmarks/registration.py
+
+bench-fusion: $(STAMP)
+	$(PY) benchmarks/fusion_harvard.py --data ../shared/data/harvard_fusion_pairs
+
+clean:
+	rm -rf $(VENV) demo-output

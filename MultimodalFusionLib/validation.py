@@ -1,0 +1,113 @@
+"""Checks of inputs, each failing with a message that names the problem and the fix.
+
+Every public stage (registration, resampling, fusion) calls these before handing data to
+ITK, so a user never sees an ITK traceback or a silently wrong answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+__all__ = ["check_image", "check_pair", "check_mask", "physical_bounds", "overlap_fraction"]
+
+
+def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False) -> None:
+    """Raise InputError if ``image`` is not usable: wrong dimension, empty, NaN/inf, constant."""
+    if not isinstance(image, sitk.Image):
+        raise InputError(f"The {name} is a {type(image).__name__}, not an image.",
+                         "Pass a SimpleITK image, or read it with MultimodalFusionLib.io.read_image.")
+    dim = image.GetDimension()
+    if dim not in (2, 3):
+        raise InputError(f"The {name} is {dim}D; only 2D and 3D images are supported.",
+                         "Extract a 3D volume (e.g. one time point of a 4D series) first.")
+    if any(s == 0 for s in image.GetSize()) or image.GetNumberOfPixels() == 0:
+        raise InputError(f"The {name} is empty (size {image.GetSize()}).", "Check the file holds pixel data.")
+    if dim == 3 and min(image.GetSize()) == 1:
+        raise InputError(f"The {name} is a 3D image with a single slice (size {image.GetSize()}).",
+                         "Read it as a 2D image, or give a real volume.")
+    if image.GetNumberOfComponentsPerPixel() > 1 and not allow_vector:
+        raise InputError(f"The {name} has {image.GetNumberOfComponentsPerPixel()} components per pixel (colour).",
+                         "Convert it to grey (read_image does so unless keep_color=True).")
+    if any(s <= 0 or not np.isfinite(s) for s in image.GetSpacing()):
+        raise InputError(f"The {name} has an invalid spacing {image.GetSpacing()}.",
+                         "Fix the header: spacing must be positive.")
+    arr = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise InputError(f"The {name} has {bad} NaN or infinite voxels.",
+                             "Replace them (e.g. with 0 or the background value) before registering or fusing.")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo == hi:
+        raise InputError(f"The {name} is constant (every voxel is {lo:g}); it holds no structure to use.",
+                         "Check that the right file or series was loaded and that it is not blank.")
+
+
+def physical_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned physical (LPS) bounding box of the image's voxel-edge corners."""
+    size = np.array(image.GetSize())
+    corners = []
+    for c in itertools.product(*[(-0.5, s - 0.5) for s in size]):
+        corners.append(image.TransformContinuousIndexToPhysicalPoint([float(x) for x in c]))
+    pts = np.array(corners)
+    return pts.min(axis=0), pts.max(axis=0)
+
+
+def overlap_fraction(a: sitk.Image, b: sitk.Image, transform: sitk.Transform | None = None) -> float:
+    """Fraction of ``a``'s bounding-box volume that ``b``'s box overlaps (after ``transform`` maps
+    points of ``a`` into ``b``'s space when given; only the box corners are mapped)."""
+    lo_a, hi_a = physical_bounds(a)
+    lo_b, hi_b = physical_bounds(b)
+    if transform is not None:
+        corners = np.array([transform.TransformPoint([float(v) for v in c])
+                            for c in itertools.product(*zip(lo_a, hi_a))])
+        lo_a, hi_a = corners.min(axis=0), corners.max(axis=0)
+    inter = np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0, None)
+    vol_a = np.prod(hi_a - lo_a)
+    return float(np.prod(inter) / vol_a) if vol_a > 0 else 0.0
+
+
+def check_pair(fixed: sitk.Image, moving: sitk.Image, *, transform: sitk.Transform | None = None,
+               require_overlap: bool = True) -> None:
+    """Both images usable, same dimension, and overlapping in physical space."""
+    check_image(fixed, "fixed image")
+    check_image(moving, "moving image")
+    if fixed.GetDimension() != moving.GetDimension():
+        raise InputError(
+            f"The fixed image is {fixed.GetDimension()}D but the moving image is {moving.GetDimension()}D.",
+            "Register images of the same dimension (extract a slice from the volume, or use two volumes).")
+    if require_overlap and overlap_fraction(fixed, moving, transform) <= 0.0:
+        lo_f, hi_f = physical_bounds(fixed)
+        lo_m, hi_m = physical_bounds(moving)
+        raise InputError(
+            "The fixed and moving images do not overlap in physical space "
+            f"(fixed spans {np.round(lo_f, 1).tolist()}..{np.round(hi_f, 1).tolist()} mm, "
+            f"moving spans {np.round(lo_m, 1).tolist()}..{np.round(hi_m, 1).tolist()} mm).",
+            "Use the 'geometry' or 'moments' initializer (it aligns their centres), or check the origins "
+            "in the headers.")
+
+
+def check_mask(mask: sitk.Image, image: sitk.Image, name: str = "mask", image_name: str = "image") -> sitk.Image:
+    """A mask must lie on the image's grid and be non-empty; returns it as UInt8 (0/1)."""
+    if not isinstance(mask, sitk.Image):
+        raise InputError(f"The {name} is not an image.", "Pass a SimpleITK label image.")
+    same = (mask.GetSize() == image.GetSize()
+            and np.allclose(mask.GetSpacing(), image.GetSpacing(), rtol=1e-5, atol=1e-6)
+            and np.allclose(mask.GetOrigin(), image.GetOrigin(), rtol=1e-5, atol=1e-4)
+            and np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-5))
+    if not same:
+        raise InputError(
+            f"The {name} is not on the {image_name}'s grid (mask size {mask.GetSize()}, spacing "
+            f"{tuple(round(s, 4) for s in mask.GetSpacing())}; {image_name} size {image.GetSize()}, spacing "
+            f"{tuple(round(s, 4) for s in image.GetSpacing())}).",
+            f"Resample the mask onto the {image_name} with nearest-neighbour interpolation "
+            "(mmfusion resample MASK --reference IMAGE --interpolation nearest).")
+    out = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
+    if not sitk.GetArrayViewFromImage(out).any():
+        raise InputError(f"The {name} is empty (no non-zero voxel).", "Give a mask that covers the region of interest.")
+    return out
