@@ -1,0 +1,102 @@
+"""Project-wide promises: Python 3.9 syntax, a light engine import, no machine paths, packaging."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE_DIRS = ("MultimodalFusionLib", "MultimodalFusion", "Testing", "benchmarks", "scripts")
+
+
+def _python_files() -> list[Path]:
+    files = []
+    for d in SOURCE_DIRS:
+        files.extend(p for p in (ROOT / d).rglob("*.py") if ".venv" not in p.parts)
+    return sorted(files)
+
+
+class ProjectTest(unittest.TestCase):
+    def test_python39_syntax(self):
+        """Slicer 5.8 ships Python 3.9: every file must parse with the 3.9 grammar."""
+        bad = []
+        for path in _python_files():
+            try:
+                ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
+            except SyntaxError as exc:
+                bad.append(f"{path.relative_to(ROOT)}:{exc.lineno}: {exc.msg}")
+        self.assertEqual(bad, [], "files that Python 3.9 cannot parse")
+
+    def test_pep604_annotations_are_postponed(self):
+        """`X | None` in annotations is only valid on 3.9 with postponed evaluation."""
+        bad = []
+        for path in _python_files():
+            text = path.read_text(encoding="utf-8")
+            tree = ast.parse(text)
+            uses_union = any(
+                isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr)
+                for ann in _annotations(tree) for node in ast.walk(ann))
+            if uses_union and "from __future__ import annotations" not in text:
+                bad.append(str(path.relative_to(ROOT)))
+        self.assertEqual(bad, [], "files using X | Y annotations without `from __future__ import annotations`")
+
+    def test_engine_import_is_light(self):
+        """`import MultimodalFusionLib` (and its submodules) must not pull torch, monai, vtk, slicer, qt or trame."""
+        code = (
+            "import sys, importlib, pkgutil, MultimodalFusionLib as m\n"
+            "skip = ('MultimodalFusionLib.web', 'MultimodalFusionLib.fusion.deep')\n"
+            "for info in pkgutil.walk_packages(m.__path__, 'MultimodalFusionLib.'):\n"
+            "    if not info.name.startswith(skip) and not info.name.endswith('__main__'):\n"
+            "        importlib.import_module(info.name)\n"
+            "heavy = sorted({n.split('.')[0] for n in sys.modules} & "
+            "{'torch', 'monai', 'vtk', 'vtkmodules', 'slicer', 'qt', 'ctk', 'trame', 'trame_slicer', 'itk'})\n"
+            "print(','.join(heavy))\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.strip(), "", "heavy modules imported at engine import time")
+
+    def test_no_machine_paths_outside_benchmarks(self):
+        """A user's fresh clone has no ../shared and no /work: only benchmarks may take such paths as arguments."""
+        # built from pieces so that this file does not match its own pattern
+    pattern = re.compile("|".join([r"\.\./" + "shared", "/" + "work/", "/tmp/" + "data"]))
+        bad = []
+        for path in _python_files():
+            if path.parts[len(ROOT.parts)] == "benchmarks" or path.name == "test_project.py":
+                continue
+            if pattern.search(path.read_text(encoding="utf-8")):
+                bad.append(str(path.relative_to(ROOT)))
+        self.assertEqual(bad, [])
+
+    def test_presets_are_valid_json(self):
+        presets = sorted((ROOT / "Resources" / "Presets").glob("*.json"))
+        for p in presets:
+            with self.subTest(preset=p.name):
+                json.loads(p.read_text(encoding="utf-8"))
+
+    def test_ci_runs_the_readme_test_command(self):
+        readme = (ROOT / "README.md").read_text(encoding="utf-8")
+        self.assertIn("make test", readme)
+        self.assertIn("make demo", readme)
+        self.assertIn("make test", (ROOT / ".ci" / "run").read_text(encoding="utf-8"))
+
+
+def _annotations(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            for a in args.args + args.kwonlyargs + args.posonlyargs + [args.vararg, args.kwarg]:
+                if a is not None and a.annotation is not None:
+                    yield a.annotation
+            if node.returns is not None:
+                yield node.returns
+        elif isinstance(node, ast.AnnAssign):
+            yield node.annotation
+
+
+if __name__ == "__main__":
+    unittest.main()
