@@ -61,9 +61,9 @@ class ProjectTest(unittest.TestCase):
         self.assertEqual(out.stdout.strip(), "", "heavy modules imported at engine import time")
 
     def test_no_machine_paths_outside_benchmarks(self):
-        """A user's fresh clone has no ../shared and no /work: only benchmarks may take such paths as arguments."""
+        """A fresh clone has no shared data folder beside it and no machine paths: only benchmarks take such paths."""
         # built from pieces so that this file does not match its own pattern
-    pattern = re.compile("|".join([r"\.\./" + "shared", "/" + "work/", "/tmp/" + "data"]))
+        pattern = re.compile("|".join([r"\.\./" + "shared", "/" + "work/", "/tmp/" + "data"]))
         bad = []
         for path in _python_files():
             if path.parts[len(ROOT.parts)] == "benchmarks" or path.name == "test_project.py":
