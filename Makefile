@@ -38,8 +38,10 @@ $(VENV)/.bench-installed: $(STAMP)
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/registration.py
 
+# make bench-fusion DATA=/path/to/harvard_fusion_pairs (a folder with MRI_CT, MRI_PET, MRI_SPECT)
 bench-fusion: $(STAMP)
-	$(PY) benchmarks/fusion_harvard.py --data ../shared/data/harvard_fusion_pairs
+	@test -n "$(DATA)" || { echo "usage: make bench-fusion DATA=/path/to/harvard_fusion_pairs"; exit 2; }
+	$(PY) benchmarks/fusion_harvard.py --data "$(DATA)"
 
 clean:
 	rm -rf $(VENV) demo-output
