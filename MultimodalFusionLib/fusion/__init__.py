@@ -1,0 +1,343 @@
+"""Pixel-level fusion of an anatomical image with a functional (or second anatomical) image.
+
+``fuse(a, b, method)`` is the one entry point: it checks that both images lie on one grid,
+scales them to a common 0..1 range, runs the method from the registry :data:`METHODS`, and
+returns a :class:`FusionResult` whose image has ``a``'s geometry. The grey fused image is on a
+0..255 display scale (what the metrics and the 8-bit literature use).
+
+Colour functional slices (the pseudo-colour PET/SPECT PNGs of the fusion literature) are fused
+on the Y channel of YCbCr and their Cb/Cr put back: ``FusionResult.image`` is then RGB and
+``FusionResult.grey`` the fused Y.
+
+Registry (extensible)::
+
+    from MultimodalFusionLib import fusion
+    fusion.register_method("mine", my_func)   # my_func(a, b, *, progress=None, **params)
+    fusion.list_methods()                     # ['average', 'max', ..., 'deep' when torch is present]
+
+A method receives float64 arrays ``a``, ``b`` of one shape (z, y, x or y, x) scaled to 0..1 and
+returns the fused array on that scale, or ``(fused, weights)`` with ``weights`` the per-voxel
+weight of ``a``; an array with one more, last axis of length 3 is an RGB result (the overlay).
+"deep" is registered lazily by importing ``MultimodalFusionLib.fusion.deep`` on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..progress import ProgressCallback, report, scaled
+from ..validation import check_image
+from . import classic
+from .base import FusionResult
+from .color import overlay_arrays, rgb_to_ycbcr, window_to_unit, ycbcr_to_rgb
+
+__all__ = [
+    "FusionResult",
+    "fuse",
+    "METHODS",
+    "register_method",
+    "list_methods",
+    "get_method",
+    "same_grid",
+    "check_same_grid",
+    "to_unit",
+]
+
+FusionMethod = Callable[..., Any]
+
+
+def _overlay(a: np.ndarray, b: np.ndarray, *, colormap: str = "hot", opacity: float = 0.5,
+             threshold: float = 0.1, functional_rgb: np.ndarray | None = None,
+             progress: ProgressCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Registry entry of the colour overlay (array contract; threshold as a fraction of the window)."""
+    return overlay_arrays(a, b, colormap=colormap, opacity=opacity, threshold=threshold,
+                          functional_rgb=functional_rgb)
+
+
+#: name -> array function (see the module docstring for the contract).
+METHODS: dict[str, FusionMethod] = {
+    "average": classic.average,
+    "max": classic.maximum,
+    "pca": classic.pca,
+    "wavelet": classic.wavelet,
+    "laplacian": classic.laplacian,
+    "overlay": _overlay,
+}
+
+#: Methods provided by an optional module, imported (and so registered) on first use, with the
+#: top-level package they need.
+_LAZY: dict[str, tuple[str, str]] = {
+    "deep": ("MultimodalFusionLib.fusion.deep", "torch"),
+}
+
+
+def register_method(name: str, func: FusionMethod, *, overwrite: bool = True) -> None:
+    """Add a fusion method to the registry (``fuse(..., method=name)`` and the CLI then know it).
+
+    Args:
+        name: method name (lower case, no spaces).
+        func: array function ``func(a, b, *, progress=None, **params)`` (module docstring).
+        overwrite: replace an existing method of that name.
+
+    Raises:
+        InputError: the name is taken and ``overwrite`` is False, or ``func`` is not callable.
+    """
+    if not callable(func):
+        raise InputError(f"The fusion method '{name}' is not callable.", "Register a function.")
+    if name in METHODS and not overwrite:
+        raise InputError(f"A fusion method named '{name}' already exists.", "Choose another name.")
+    METHODS[name] = func
+
+
+def _lazy_available(name: str) -> bool:
+    module, needs = _LAZY[name]
+    try:
+        return (importlib.util.find_spec(needs) is not None
+                and importlib.util.find_spec(module) is not None)
+    except (ImportError, ValueError):
+        return False
+
+
+def list_methods() -> list[str]:
+    """Names of the available methods: the registry plus lazily-registered ones whose
+    dependencies are installed (e.g. "deep" when torch is importable)."""
+    names = list(METHODS)
+    names += [n for n in _LAZY if n not in METHODS and _lazy_available(n)]
+    return names
+
+
+def get_method(name: str) -> FusionMethod:
+    """The registered function of method ``name``, importing a lazy one on first use.
+
+    Raises:
+        InputError: unknown method, or its optional dependencies are missing.
+    """
+    if name not in METHODS and name in _LAZY:
+        module, needs = _LAZY[name]
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise InputError(f"The '{name}' fusion method needs '{needs}', which could not be imported ({exc}).",
+                             "Install the optional dependencies: pip install 'slicer-multimodalfusion[deep]'.") from exc
+    if name not in METHODS:
+        raise InputError(f"Unknown fusion method '{name}'.", f"Use one of: {', '.join(list_methods())}.")
+    return METHODS[name]
+
+
+# ----------------------------------------------------------------------------- geometry / scaling
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """True when ``a`` and ``b`` have the same size, spacing, origin and direction."""
+    return (a.GetDimension() == b.GetDimension() and a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-5, atol=1e-6)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=1e-5, atol=1e-4)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5))
+
+
+def check_same_grid(a: sitk.Image, b: sitk.Image, a_name: str = "anatomical image (a)",
+                    b_name: str = "functional image (b)") -> None:
+    """Raise InputError naming the difference when ``b`` is not on ``a``'s grid."""
+    if same_grid(a, b):
+        return
+    def fmt(v: Sequence[float]) -> str:
+        return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+    raise InputError(
+        f"The {b_name} is not on the {a_name}'s grid: size {b.GetSize()} vs {a.GetSize()}, spacing "
+        f"{fmt(b.GetSpacing())} vs {fmt(a.GetSpacing())}, origin {fmt(b.GetOrigin())} vs {fmt(a.GetOrigin())}.",
+        "Register and resample it onto the anatomical image first (mmfusion run FIXED MOVING, or "
+        "mmfusion resample MOVING --reference FIXED), or use pipeline.run.")
+
+
+def to_unit(image: sitk.Image | np.ndarray, window: Sequence[float] | None = None,
+            *, is_8bit: bool | None = None) -> np.ndarray:
+    """Scale a grey image to 0..1 (float64), the common scale of all fusion methods.
+
+    Rule (shared with :mod:`MultimodalFusionLib.metrics`): a given ``window`` (lo, hi) maps to
+    0..1 and is clipped; 8-bit images (UInt8 pixels) are divided by 255, so PNG slices keep
+    their values; anything else (CT in HU, PET in SUV, MR) is min-max scaled.
+    """
+    if isinstance(image, sitk.Image):
+        if is_8bit is None:
+            is_8bit = image.GetPixelID() == sitk.sitkUInt8
+        arr = sitk.GetArrayFromImage(image).astype(np.float64)
+    else:
+        arr = np.asarray(image, dtype=np.float64)
+        is_8bit = bool(is_8bit) if is_8bit is not None else arr.dtype == np.uint8
+    if window is not None:
+        return np.clip(window_to_unit(arr, window), 0.0, 1.0)
+    if is_8bit:
+        return arr / 255.0
+    lo, hi = float(arr.min()), float(arr.max())
+    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+
+
+def _from_array(arr: np.ndarray, reference: sitk.Image, *, rgb: bool = False) -> sitk.Image:
+    out = sitk.GetImageFromArray(arr, isVector=rgb)
+    out.SetOrigin(reference.GetOrigin())
+    out.SetSpacing(reference.GetSpacing())
+    out.SetDirection(reference.GetDirection())
+    return out
+
+
+def _grey_input(image: sitk.Image, name: str) -> sitk.Image:
+    if not isinstance(image, sitk.Image):
+        raise InputError(f"The {name} is a {type(image).__name__}, not an image.",
+                         "Pass a SimpleITK image (MultimodalFusionLib.io.read_image).")
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        from ..io import to_luminance
+
+        was_8bit = image.GetPixelID() == sitk.sitkVectorUInt8
+        lum = to_luminance(image)
+        if was_8bit:  # keep the 8-bit scale of colour PNGs (rounded, as OpenCV's grey conversion)
+            arr = np.clip(np.round(sitk.GetArrayFromImage(lum)), 0, 255).astype(np.uint8)
+            lum8 = sitk.GetImageFromArray(arr)
+            lum8.CopyInformation(lum)
+            lum = lum8
+        image = lum
+    check_image(image, name)
+    return image
+
+
+def _defaults(func: FusionMethod) -> dict[str, Any]:
+    """The keyword defaults of a method (so a result records every parameter it ran with)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return {}
+    return {k: p.default for k, p in sig.parameters.items()
+            if p.default is not inspect.Parameter.empty and k not in ("progress", "functional_rgb", "threshold")
+            and isinstance(p.default, (int, float, str, bool))}
+
+
+# ----------------------------------------------------------------------------- fuse
+def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: ProgressCallback | None = None,
+         window_a: Sequence[float] | None = None, window_b: Sequence[float] | None = None,
+         **params: Any) -> FusionResult:
+    """Fuse ``b`` (functional/moving, already on ``a``'s grid) into ``a`` (anatomical/fixed).
+
+    Args:
+        a: anatomical (fixed) image, grey, 2D or 3D. A colour image is converted to luminance.
+        b: functional (moving) image on ``a``'s grid; grey, or RGB (colour PET/SPECT slices:
+            fused on Y of YCbCr, colour put back).
+        method: a name from :func:`list_methods` ("average", "max", "pca", "wavelet",
+            "laplacian", "overlay", "deep", ...).
+        progress: progress callback ``(fraction, message)``; returning False cancels.
+        window_a: intensity window (lo, hi) of ``a`` mapped to 0..1 (default: 8-bit images as
+            they are, others min-max).
+        window_b: the same for ``b`` (for "overlay": the functional display window, default
+            from its minimum to its 99.5th percentile).
+        **params: method parameters: average ``weight``; wavelet ``wavelet``, ``levels``;
+            laplacian ``levels``, ``sigma``; overlay ``colormap`` ("hot", "pet", "rainbow" or a
+            matplotlib name), ``opacity`` (0..1), ``threshold`` (in ``b``'s units; default 10%
+            up the window), ``window`` (alias of ``window_b``).
+
+    Returns:
+        FusionResult: ``image`` (Float32 grey on a 0..255 scale, or RGB VectorUInt8), ``grey``
+        (the grey fused image for metrics), ``weights`` (per-voxel weight of ``a``, Float32),
+        method, parameters and seconds.
+
+    Raises:
+        InputError: unusable input, grids differ, unknown method or bad parameter.
+        OperationCancelled: the progress callback asked to stop.
+    """
+    start = time.perf_counter()
+    func = get_method(method)
+    report(progress, 0.0, f"fusing ({method})")
+    a = _grey_input(a, "anatomical image (a)")
+    if not isinstance(b, sitk.Image):
+        raise InputError(f"The functional image (b) is a {type(b).__name__}, not an image.",
+                         "Pass a SimpleITK image (MultimodalFusionLib.io.read_image(..., keep_color=True)).")
+    check_image(b, "functional image (b)", allow_vector=True)
+    ncomp = b.GetNumberOfComponentsPerPixel()
+    if ncomp not in (1, 3, 4):
+        raise InputError(f"The functional image (b) has {ncomp} components per pixel.",
+                         "Give a grey or an RGB image.")
+    check_same_grid(a, b)
+    params = dict(params)
+    if "window" in params:
+        window_b = params.pop("window") if window_b is None else window_b
+    colour = ncomp > 1
+    used: dict[str, Any] = {}
+
+    a_unit = to_unit(a, window_a)
+    chroma = None
+    b_rgb_unit = None
+    if colour:
+        rgb = sitk.GetArrayFromImage(b).astype(np.float64)[..., :3]
+        if b.GetPixelID() != sitk.sitkVectorUInt8:  # not 8-bit colour: scale to 0..255 first
+            lo, hi = float(rgb.min()), float(rgb.max())
+            rgb = (rgb - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(rgb)
+        ycc = rgb_to_ycbcr(rgb)
+        chroma = ycc[..., 1:]
+        b_unit = np.clip(window_to_unit(ycc[..., 0], window_b), 0, 1) if window_b is not None else ycc[..., 0] / 255.0
+        b_rgb_unit = np.clip(rgb / 255.0, 0.0, 1.0)
+        used["colour"] = "fused on Y of YCbCr (BT.601), Cb/Cr of b put back"
+    elif method == "overlay":
+        b_arr = sitk.GetArrayFromImage(b).astype(np.float64)
+        if window_b is None:
+            window_b = (float(b_arr.min()), float(np.percentile(b_arr, 99.5)))
+            if not window_b[1] > window_b[0]:
+                window_b = (float(b_arr.min()), float(b_arr.max()))
+        b_unit = np.clip(window_to_unit(b_arr, window_b), 0.0, 1.0)
+    else:
+        b_unit = to_unit(b, window_b)
+
+    if method == "overlay":
+        thr = params.pop("threshold", None)
+        if thr is None:
+            thr_unit = 0.1
+        elif window_b is not None:
+            thr_unit = float(window_to_unit(np.array(float(thr)), window_b))
+        else:  # colour input without a window: threshold in luminance units (0..255)
+            thr_unit = float(thr) / 255.0
+        params["threshold"] = thr_unit
+        if colour:
+            params["functional_rgb"] = b_rgb_unit
+        used["threshold_fraction_of_window"] = thr_unit
+    if window_a is not None:
+        used["window_a"] = [float(v) for v in window_a]
+    if window_b is not None:
+        used["window_b"] = [float(v) for v in window_b]
+
+    try:
+        out = func(a_unit, b_unit, progress=scaled(progress, 0.05, 0.95), **params)
+    except TypeError as exc:
+        raise InputError(f"Bad parameter for fusion method '{method}': {exc}.",
+                         f"See help(MultimodalFusionLib.fusion.fuse) for the parameters of '{method}'.") from exc
+    fused, weights = (out if isinstance(out, tuple) else (out, None))
+    fused = np.asarray(fused, dtype=np.float64)
+    params.pop("functional_rgb", None)
+    params.pop("threshold", None) if method == "overlay" else None
+    used.update(_defaults(func))
+    used.update({k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
+                 for k, v in params.items()})
+
+    if fused.shape == a_unit.shape + (3,):  # an RGB result (overlay)
+        rgb_out = np.clip(fused, 0.0, 1.0) * 255.0
+        grey_arr = (0.299 * rgb_out[..., 0] + 0.587 * rgb_out[..., 1] + 0.114 * rgb_out[..., 2])
+        image = _from_array(np.round(rgb_out).astype(np.uint8), a, rgb=True)
+    elif fused.shape == a_unit.shape:
+        grey_arr = np.clip(fused, 0.0, 1.0) * 255.0
+        if colour:
+            rgb_out = ycbcr_to_rgb(np.concatenate([grey_arr[..., None], chroma], axis=-1))
+            image = _from_array(np.clip(np.round(rgb_out), 0, 255).astype(np.uint8), a, rgb=True)
+        else:
+            image = _from_array(grey_arr.astype(np.float32), a)
+    else:
+        raise InputError(f"Fusion method '{method}' returned an array of shape {fused.shape} for inputs of "
+                         f"shape {a_unit.shape}.", "Fix the method: it must return the inputs' shape.")
+    grey = _from_array(grey_arr.astype(np.float32), a)
+    weights_img = None
+    if weights is not None:
+        weights_img = _from_array(np.clip(np.asarray(weights, dtype=np.float32), 0.0, 1.0), a)
+    report(progress, 1.0, f"fused ({method})")
+    return FusionResult(image=image, weights=weights_img, method=method, parameters=used,
+                        seconds=time.perf_counter() - start, grey=grey)

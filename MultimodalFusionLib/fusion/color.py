@@ -1,0 +1,138 @@
+"""Colour for fusion: YCbCr conversion, colour maps and the functional-over-anatomical overlay.
+
+- YCbCr is the full-range (JPEG) ITU-R BT.601 transform, the one the medical fusion literature
+  uses for colour PET/SPECT slices: fuse the luminance Y with the anatomical image, then put the
+  chroma (Cb, Cr) back.
+- Colour maps are lookup tables of 256 RGB entries. "hot", "pet", "rainbow" and "grey" are
+  defined here (no matplotlib import); any other name is looked up in matplotlib.
+- The overlay blends a colour-mapped functional image over the grey anatomical image, with an
+  opacity, a threshold below which the anatomy shows alone, and a display window.
+
+All functions work on numpy arrays of any dimension (2D slices and 3D volumes); colour is the
+last axis.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+__all__ = [
+    "rgb_to_ycbcr",
+    "ycbcr_to_rgb",
+    "colormap_lut",
+    "apply_colormap",
+    "overlay_arrays",
+    "COLORMAPS",
+]
+
+# Control points (position 0..1, R, G, B) of the built-in colour maps.
+_CONTROL_POINTS: dict[str, list[tuple[float, float, float, float]]] = {
+    # black -> red -> yellow -> white (the classic "hot" iron scale)
+    "hot": [(0.0, 0, 0, 0), (0.375, 1, 0, 0), (0.75, 1, 1, 0), (1.0, 1, 1, 1)],
+    # black -> blue-violet -> red -> orange -> yellow -> white: a PET heat scale in which low
+    # uptake stays dark and cool, so the anatomy under it remains readable
+    "pet": [(0.0, 0, 0, 0), (0.2, 0.25, 0.0, 0.55), (0.45, 0.85, 0.05, 0.2), (0.65, 1.0, 0.45, 0.0),
+            (0.85, 1.0, 0.85, 0.1), (1.0, 1, 1, 1)],
+    # blue -> cyan -> green -> yellow -> red
+    "rainbow": [(0.0, 0, 0, 1), (0.25, 0, 1, 1), (0.5, 0, 1, 0), (0.75, 1, 1, 0), (1.0, 1, 0, 0)],
+    "grey": [(0.0, 0, 0, 0), (1.0, 1, 1, 1)],
+}
+_CONTROL_POINTS["gray"] = _CONTROL_POINTS["grey"]
+
+#: Names of the built-in colour maps (any matplotlib colour-map name works too).
+COLORMAPS = ("hot", "pet", "rainbow", "grey")
+
+
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """Full-range BT.601 YCbCr of an RGB array (0..255 scale, colour on the last axis)."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 128.0 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 128.0 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    return np.stack([y, cb, cr], axis=-1)
+
+
+def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_ycbcr` (float, not clipped)."""
+    ycbcr = np.asarray(ycbcr, dtype=np.float64)
+    y, cb, cr = ycbcr[..., 0], ycbcr[..., 1] - 128.0, ycbcr[..., 2] - 128.0
+    r = y + 1.402 * cr
+    g = y - 0.344136 * cb - 0.714136 * cr
+    b = y + 1.772 * cb
+    return np.stack([r, g, b], axis=-1)
+
+
+def colormap_lut(name: str) -> np.ndarray:
+    """A (256, 3) float lookup table in 0..1 for colour map ``name``.
+
+    Raises:
+        InputError: the name is neither built in nor a matplotlib colour map.
+    """
+    key = name.lower()
+    if key in _CONTROL_POINTS:
+        pts = np.array(_CONTROL_POINTS[key], dtype=np.float64)
+        x = np.linspace(0.0, 1.0, 256)
+        return np.stack([np.interp(x, pts[:, 0], pts[:, c]) for c in (1, 2, 3)], axis=-1)
+    try:
+        import matplotlib
+
+        cmap = matplotlib.colormaps[name]
+    except (ImportError, KeyError) as exc:
+        raise InputError(f"Unknown colour map '{name}'.",
+                         f"Use one of {', '.join(COLORMAPS)} or a matplotlib colour-map name "
+                         "(e.g. 'inferno', 'jet').") from exc
+    return np.asarray(cmap(np.linspace(0.0, 1.0, 256)))[:, :3]
+
+
+def apply_colormap(unit: np.ndarray, name: str = "hot") -> np.ndarray:
+    """Map values in 0..1 (clipped) to RGB in 0..1 (colour on a new last axis)."""
+    lut = colormap_lut(name)
+    idx = np.clip(np.round(np.asarray(unit, dtype=np.float64) * 255.0), 0, 255).astype(np.intp)
+    return lut[idx]
+
+
+def overlay_arrays(anatomical: np.ndarray, functional: np.ndarray, *, colormap: str = "hot",
+                   opacity: float = 0.5, threshold: float = 0.1,
+                   functional_rgb: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Blend a colour-mapped functional image over a grey anatomical one.
+
+    Args:
+        anatomical: anatomical image in 0..1 (already windowed).
+        functional: functional image in 0..1 (already windowed: 0 = window low, 1 = window high).
+        colormap: colour map for the functional image.
+        opacity: opacity of the colour where the functional image is at the top of its window
+            (0: anatomy only, 1: colour only).
+        threshold: functional values (0..1 of the window) at or below which only the anatomy
+            shows; above it the colour's opacity ramps up with the value, so faint uptake
+            does not hide the anatomy.
+        functional_rgb: colours to use instead of the colour map (an already colour-coded
+            PET/SPECT slice, RGB in 0..1); ``functional`` then only drives the opacity.
+
+    Returns:
+        (rgb in 0..1 with colour on the last axis, weight of the anatomical image per voxel).
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise InputError(f"Overlay opacity {opacity} is outside 0..1.", "Give an opacity between 0 and 1.")
+    if not 0.0 <= threshold < 1.0:
+        raise InputError(f"Overlay threshold {threshold} lies outside the functional window.",
+                         "Give a threshold inside the window (between its low and high values).")
+    f = np.clip(functional, 0.0, 1.0)
+    colour = functional_rgb if functional_rgb is not None else apply_colormap(f, colormap)
+    # Opacity ramps from 0 at the threshold to ``opacity`` at the top of the window.
+    alpha = opacity * np.clip((f - threshold) / (1.0 - threshold), 0.0, 1.0)
+    grey = np.clip(anatomical, 0.0, 1.0)[..., None]
+    rgb = (1.0 - alpha[..., None]) * grey + alpha[..., None] * colour
+    return rgb, 1.0 - alpha
+
+
+def window_to_unit(values: np.ndarray, window: Sequence[float]) -> np.ndarray:
+    """Map ``values`` linearly so that window (lo, hi) becomes 0..1 (not clipped)."""
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise InputError(f"The window ({lo:g}, {hi:g}) is empty.", "Give a window (low, high) with high > low.")
+    return (np.asarray(values, dtype=np.float64) - lo) / (hi - lo)
