@@ -301,6 +301,7 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
         params["threshold"] = thr_unit
         if colour:
             params["functional_rgb"] = b_rgb_unit
+        used["threshold"] = None if thr is None else float(thr)
         used["threshold_fraction_of_window"] = thr_unit
     if window_a is not None:
         used["window_a"] = [float(v) for v in window_a]
@@ -315,7 +316,8 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     fused, weights = (out if isinstance(out, tuple) else (out, None))
     fused = np.asarray(fused, dtype=np.float64)
     params.pop("functional_rgb", None)
-    params.pop("threshold", None) if method == "overlay" else None
+    if method == "overlay":
+        params.pop("threshold", None)
     used.update(_defaults(func))
     used.update({k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
                  for k, v in params.items()})

@@ -1,0 +1,446 @@
+"""Quality metrics of fusion and registration.
+
+Fusion metrics are computed the way the CDDFuse repository's ``utils/Evaluator.py`` computes
+them (the numbers published for the Harvard MRI-CT/PET/SPECT sets), so ours can stand next to
+the published ones:
+
+- all images are 8-bit grey (integer values 0..255 held as floats); see :func:`to_8bit`;
+- EN: Shannon entropy (log2) of the fused image's 256-bin histogram;
+- SD: standard deviation of the fused image (population, ``np.std``);
+- SF: spatial frequency ``sqrt(mean(dx^2) + mean(dy^2))`` of neighbour differences;
+- MI: ``MI(F, A) + MI(F, B)``, each the mutual information of the flattened images taken as
+  labels (``sklearn.metrics.mutual_info_score``), in nats;
+- SCD: ``corr(F - B, A) + corr(F - A, B)`` (sum of the correlations of differences);
+- VIF: ``VIF(A, F) + VIF(B, F)``, the pixel-domain multiscale VIF (4 scales, Gaussian windows
+  17/9/5/3, noise variance 2);
+- Qabf: Xydeas-Petrovic edge preservation with Sobel gradients (including Evaluator.py's
+  handling of equal gradient magnitudes);
+- SSIM: ``SSIM(F, A) + SSIM(F, B)`` with scikit-image's defaults as CDDFuse ran them
+  (scikit-image 0.19 on float images: 7x7 uniform window, sample covariance and
+  ``data_range = 2``, the float dtype range), which is why it exceeds 1;
+- PSNR (not in CDDFuse's table): ``10 log10(255^2 / MSE)`` with MSE the mean of MSE(F, A) and
+  MSE(F, B).
+
+Single-source values are reported too, labelled: ``MI_A``/``MI_B``/``MI_mean``, the same for
+VIF, SSIM and PSNR (``X_mean`` is half the published sum).
+
+3D volumes: EN, SD, MI, SCD and PSNR use every voxel; SF, VIF, Qabf and SSIM are 2D metrics and
+are averaged over the axial slices where ``A`` or ``B`` is not constant.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+__all__ = [
+    "FUSION_METRICS",
+    "fusion_metrics",
+    "registration_metrics",
+    "tre",
+    "to_8bit",
+    "entropy",
+    "standard_deviation",
+    "spatial_frequency",
+    "mutual_information",
+    "scd",
+    "vif",
+    "qabf",
+    "ssim",
+    "psnr",
+]
+
+#: The published metrics, in the order of the literature's tables.
+FUSION_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+
+#: SSIM's data range as CDDFuse ran it (scikit-image 0.19 took it from the float dtype: -1..1).
+CDDFUSE_SSIM_DATA_RANGE = 2.0
+
+
+# ----------------------------------------------------------------------------- 8-bit preparation
+def _as_array(image: Any) -> tuple[np.ndarray, bool]:
+    """(array, is_uint8) of an sitk.Image, a FusionResult or an array; colour -> luminance."""
+    if hasattr(image, "grey_image") and hasattr(image, "method"):  # a FusionResult
+        image = image.grey_image
+    if isinstance(image, sitk.Image):
+        if image.GetNumberOfComponentsPerPixel() > 1:
+            was_8bit = image.GetPixelID() == sitk.sitkVectorUInt8
+            arr = sitk.GetArrayFromImage(image).astype(np.float64)
+            arr = 0.299 * arr[..., 0] + 0.587 * arr[..., 1] + 0.114 * arr[..., 2]
+            return arr, was_8bit
+        arr = sitk.GetArrayFromImage(image)
+    else:
+        arr = np.asarray(image)
+    return arr, arr.dtype == np.uint8
+
+
+def to_8bit(image: Any, *, fused: bool = False) -> np.ndarray:
+    """An image as 8-bit grey values (integers 0..255 in a float64 array), as the metrics need.
+
+    Rule: 8-bit images (UInt8 pixels, or 8-bit colour taken to its rounded luminance) keep
+    their values. A fused image (``fused=True``) already inside 0..255 (what
+    :func:`MultimodalFusionLib.fusion.fuse` returns) is rounded and clipped. Anything else is
+    min-max scaled to 0..255 and rounded, the same scaling ``fuse`` applies to its inputs.
+
+    Args:
+        image: sitk.Image, FusionResult (its grey image) or numpy array.
+        fused: apply the rule for fused images.
+    """
+    arr, is_8bit = _as_array(image)
+    arr = arr.astype(np.float64)
+    if arr.size == 0:
+        raise InputError("An image given to the metrics is empty.", "Give a non-empty image.")
+    if not np.all(np.isfinite(arr)):
+        raise InputError("An image given to the metrics has NaN or infinite values.",
+                         "Replace them before computing metrics.")
+    lo, hi = float(arr.min()), float(arr.max())
+    if is_8bit or (fused and lo >= -0.5 and hi <= 255.5):
+        return np.clip(np.round(arr), 0, 255)
+    if hi > lo:
+        return np.round((arr - lo) / (hi - lo) * 255.0)
+    return np.zeros_like(arr)
+
+
+# ----------------------------------------------------------------------------- single metrics (2D or nD)
+def entropy(f: np.ndarray) -> float:
+    """EN: Shannon entropy in bits of the 256-bin histogram of an 8-bit image."""
+    v = np.clip(np.round(np.asarray(f)), 0, 255).astype(np.uint8).ravel()
+    h = np.bincount(v, minlength=256) / v.size
+    nz = h[h > 0]
+    return float(-np.sum(nz * np.log2(nz)))
+
+
+def standard_deviation(f: np.ndarray) -> float:
+    """SD: population standard deviation."""
+    return float(np.std(np.asarray(f, dtype=np.float64)))
+
+
+def spatial_frequency(f: np.ndarray) -> float:
+    """SF of a 2D image: ``sqrt(mean(row differences^2) + mean(column differences^2))``."""
+    f = np.asarray(f, dtype=np.float64)
+    rf2 = np.mean((f[:, 1:] - f[:, :-1]) ** 2) if f.shape[1] > 1 else 0.0
+    cf2 = np.mean((f[1:, :] - f[:-1, :]) ** 2) if f.shape[0] > 1 else 0.0
+    return float(np.sqrt(rf2 + cf2))
+
+
+def mutual_information(x: np.ndarray, y: np.ndarray) -> float:
+    """Mutual information (nats) of two 8-bit images taken as label arrays.
+
+    Equal to ``sklearn.metrics.mutual_info_score(x.ravel(), y.ravel())``: the joint
+    distribution is the 256x256 contingency table of the value pairs.
+    """
+    xi = np.clip(np.round(np.asarray(x)), 0, 255).astype(np.int64).ravel()
+    yi = np.clip(np.round(np.asarray(y)), 0, 255).astype(np.int64).ravel()
+    if xi.size != yi.size:
+        raise InputError("Images of different sizes given to mutual information.", "Give images on one grid.")
+    joint = np.bincount(xi * 256 + yi, minlength=65536).reshape(256, 256).astype(np.float64)
+    return _mi_from_joint(joint)
+
+
+def _mi_from_joint(joint: np.ndarray) -> float:
+    n = joint.sum()
+    if n <= 0:
+        return 0.0
+    pxy = joint / n
+    px = pxy.sum(axis=1, keepdims=True)
+    py = pxy.sum(axis=0, keepdims=True)
+    nz = pxy > 0
+    mi = float(np.sum(pxy[nz] * (np.log(pxy[nz]) - np.log((px @ py)[nz]))))
+    return max(mi, 0.0)
+
+
+def _corr(x: np.ndarray, y: np.ndarray) -> float:
+    x = x - x.mean()
+    y = y - y.mean()
+    den = math.sqrt(float(np.sum(x * x)) * float(np.sum(y * y)))
+    return float(np.sum(x * y) / den) if den > 0 else float("nan")
+
+
+def scd(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """SCD: ``corr(F - B, A) + corr(F - A, B)``; NaN when a correlation is undefined (constant)."""
+    f, a, b = (np.asarray(v, dtype=np.float64) for v in (f, a, b))
+    return _corr(a, f - b) + _corr(b, f - a)
+
+
+def _gaussian_window(n: int) -> np.ndarray:
+    """MATLAB's fspecial('gaussian', n, n / 5)."""
+    sd = n / 5.0
+    m = (n - 1.0) / 2.0
+    y, x = np.ogrid[-m:m + 1, -m:m + 1]
+    h = np.exp(-(x * x + y * y) / (2.0 * sd * sd))
+    h[h < np.finfo(h.dtype).eps * h.max()] = 0
+    return h / h.sum()
+
+
+def vif(ref: np.ndarray, dist: np.ndarray) -> float:
+    """Pixel-domain multiscale VIF of ``dist`` with respect to ``ref`` (2D).
+
+    Four scales with Gaussian windows of 17, 9, 5 and 3 pixels (sd = size / 5), 'valid'
+    convolutions, down-sampling by 2 between scales, noise variance 2; NaN (constant images)
+    counts as 1, as in Evaluator.py. Scales whose window no longer fits are skipped.
+    """
+    from scipy.signal import convolve2d
+
+    sigma_nsq = 2.0
+    eps = 1e-10
+    ref = np.asarray(ref, dtype=np.float64)
+    dist = np.asarray(dist, dtype=np.float64)
+    num = 0.0
+    den = 0.0
+    for scale in range(1, 5):
+        n = 2 ** (4 - scale + 1) + 1
+        win = np.rot90(_gaussian_window(n), 2)
+        if scale > 1:
+            if min(ref.shape) < n:
+                break
+            ref = convolve2d(ref, win, mode="valid")[::2, ::2]
+            dist = convolve2d(dist, win, mode="valid")[::2, ::2]
+        if min(ref.shape) < n:
+            break
+        mu1 = convolve2d(ref, win, mode="valid")
+        mu2 = convolve2d(dist, win, mode="valid")
+        mu1_sq, mu2_sq, mu1_mu2 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+        sigma1_sq = convolve2d(ref * ref, win, mode="valid") - mu1_sq
+        sigma2_sq = convolve2d(dist * dist, win, mode="valid") - mu2_sq
+        sigma12 = convolve2d(ref * dist, win, mode="valid") - mu1_mu2
+        sigma1_sq[sigma1_sq < 0] = 0
+        sigma2_sq[sigma2_sq < 0] = 0
+        g = sigma12 / (sigma1_sq + eps)
+        sv_sq = sigma2_sq - g * sigma12
+        low1 = sigma1_sq < eps
+        g[low1] = 0
+        sv_sq[low1] = sigma2_sq[low1]
+        sigma1_sq[low1] = 0
+        low2 = sigma2_sq < eps
+        g[low2] = 0
+        sv_sq[low2] = 0
+        neg = g < 0
+        sv_sq[neg] = sigma2_sq[neg]
+        g[neg] = 0
+        sv_sq[sv_sq <= eps] = eps
+        num += float(np.sum(np.log10(1.0 + g * g * sigma1_sq / (sv_sq + sigma_nsq))))
+        den += float(np.sum(np.log10(1.0 + sigma1_sq / sigma_nsq)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.float64(num) / np.float64(den)
+    return 1.0 if np.isnan(value) else float(value)
+
+
+_SOBEL_Y = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], dtype=np.float64)
+_SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
+
+
+def _sobel_strength_angle(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.signal import convolve2d
+
+    sx = convolve2d(img, _SOBEL_X, mode="same")
+    sy = convolve2d(img, _SOBEL_Y, mode="same")
+    g = np.sqrt(sx * sx + sy * sy)
+    angle = np.full(img.shape, math.pi / 2)
+    nz = sx != 0
+    angle[nz] = np.arctan(sy[nz] / sx[nz])
+    return g, angle
+
+
+def _edge_preservation(a_angle: np.ndarray, a_g: np.ndarray, f_angle: np.ndarray, f_g: np.ndarray) -> np.ndarray:
+    tg, kg, dg = 0.9994, -15.0, 0.5
+    ta, ka, da = 0.9879, -22.0, 0.8
+    gaf = np.zeros_like(a_g)
+    gt = a_g > f_g
+    gaf[gt] = f_g[gt] / a_g[gt]
+    eq = a_g == f_g
+    gaf[eq] = f_g[eq]  # as Evaluator.py has it (the textbook value would be 1)
+    lt = a_g < f_g
+    gaf[lt] = a_g[lt] / f_g[lt]
+    aaf = 1.0 - np.abs(a_angle - f_angle) / (math.pi / 2)
+    qg = tg / (1.0 + np.exp(kg * (gaf - dg)))
+    qa = ta / (1.0 + np.exp(ka * (aaf - da)))
+    return qg * qa
+
+
+def qabf(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Qabf (Xydeas & Petrovic): gradient-weighted edge preservation of A and B in F (2D, Sobel)."""
+    f, a, b = (np.asarray(v, dtype=np.float64) for v in (f, a, b))
+    ga, aa = _sobel_strength_angle(a)
+    gb, ab = _sobel_strength_angle(b)
+    gf, af = _sobel_strength_angle(f)
+    qaf = _edge_preservation(aa, ga, af, gf)
+    qbf = _edge_preservation(ab, gb, af, gf)
+    den = float(np.sum(ga + gb))
+    if den == 0:
+        return float("nan")
+    return float(np.sum(qaf * ga + qbf * gb) / den)
+
+
+def ssim(x: np.ndarray, y: np.ndarray, *, data_range: float = CDDFUSE_SSIM_DATA_RANGE, win_size: int = 7) -> float:
+    """Mean SSIM (Wang et al. 2004) as scikit-image computes it by default.
+
+    Uniform ``win_size`` window, sample covariance, K1 = 0.01, K2 = 0.03, mean over the map
+    without its ``win_size // 2`` border. ``data_range`` defaults to 2, what CDDFuse's call
+    used; give 255 for the textbook 8-bit SSIM.
+    """
+    from scipy.ndimage import uniform_filter
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if min(x.shape) < win_size:
+        raise InputError(f"Image of shape {x.shape} is smaller than the SSIM window ({win_size}).",
+                         "Give images at least 7 pixels a side.")
+    npix = win_size ** x.ndim
+    cov_norm = npix / (npix - 1.0)
+    ux = uniform_filter(x, size=win_size)
+    uy = uniform_filter(y, size=win_size)
+    uxx = uniform_filter(x * x, size=win_size)
+    uyy = uniform_filter(y * y, size=win_size)
+    uxy = uniform_filter(x * y, size=win_size)
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    pad = (win_size - 1) // 2
+    return float(s[tuple(slice(pad, n - pad) for n in s.shape)].mean())
+
+
+def psnr(f: np.ndarray, ref: np.ndarray, data_range: float = 255.0) -> float:
+    """PSNR in dB of ``f`` against ``ref`` (inf when identical)."""
+    mse = float(np.mean((np.asarray(f, dtype=np.float64) - np.asarray(ref, dtype=np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10.0 * np.log10(data_range ** 2 / mse))
+
+
+# ----------------------------------------------------------------------------- fusion metrics
+def _slices_with_content(a: np.ndarray, b: np.ndarray) -> list[int]:
+    keep = [k for k in range(a.shape[0]) if np.ptp(a[k]) > 0 or np.ptp(b[k]) > 0]
+    return keep or list(range(a.shape[0]))
+
+
+def fusion_metrics(fused: Any, a: Any, b: Any) -> dict[str, float]:
+    """Fusion quality of ``fused`` from sources ``a`` and ``b``, computed as CDDFuse does.
+
+    Args:
+        fused: the fused image (sitk.Image, FusionResult — its grey image — or array); an
+            RGB fused image counts by its luminance.
+        a: first source (e.g. the anatomical MR); colour is taken to its luminance.
+        b: second source (e.g. CT, or the PET/SPECT luminance Y).
+
+    Returns:
+        dict: EN, SD, SF, MI, SCD, VIF, Qabf, SSIM, PSNR, then the labelled single-source values
+        MI_A, MI_B, MI_mean, VIF_A, VIF_B, VIF_mean, SSIM_A, SSIM_B, SSIM_mean, PSNR_A, PSNR_B.
+
+    Raises:
+        InputError: the three images differ in shape, or hold NaNs.
+    """
+    f8 = to_8bit(fused, fused=True)
+    a8 = to_8bit(a)
+    b8 = to_8bit(b)
+    if not f8.shape == a8.shape == b8.shape:
+        raise InputError(f"The fused image and its sources differ in shape ({f8.shape}, {a8.shape}, {b8.shape}).",
+                         "Give the fused image and the two sources on one grid (resample the moving image).")
+    if f8.ndim not in (2, 3):
+        raise InputError(f"Metrics need 2D or 3D images (got {f8.ndim}D).", "Give 2D slices or 3D volumes.")
+    out: dict[str, float] = {"EN": entropy(f8), "SD": standard_deviation(f8)}
+    if f8.ndim == 2:
+        slices = [(f8, a8, b8)]
+    else:
+        slices = [(f8[k], a8[k], b8[k]) for k in _slices_with_content(a8, b8)]
+    out["SF"] = float(np.mean([spatial_frequency(s[0]) for s in slices]))
+    mi_a = mutual_information(f8, a8)
+    mi_b = mutual_information(f8, b8)
+    out["MI"] = mi_a + mi_b
+    out["SCD"] = scd(f8, a8, b8)
+    vif_a = float(np.mean([vif(sa, sf) for sf, sa, _ in slices]))
+    vif_b = float(np.mean([vif(sb, sf) for sf, _, sb in slices]))
+    out["VIF"] = vif_a + vif_b
+    out["Qabf"] = float(np.nanmean([qabf(*s) for s in slices])) if slices else float("nan")
+    ssim_a = float(np.mean([ssim(sf, sa) for sf, sa, _ in slices]))
+    ssim_b = float(np.mean([ssim(sf, sb) for sf, _, sb in slices]))
+    out["SSIM"] = ssim_a + ssim_b
+    mse = (np.mean((f8 - a8) ** 2) + np.mean((f8 - b8) ** 2)) / 2.0
+    out["PSNR"] = float("inf") if mse == 0 else float(10.0 * np.log10(255.0 ** 2 / mse))
+    out.update({"MI_A": mi_a, "MI_B": mi_b, "MI_mean": out["MI"] / 2.0,
+                "VIF_A": vif_a, "VIF_B": vif_b, "VIF_mean": out["VIF"] / 2.0,
+                "SSIM_A": ssim_a, "SSIM_B": ssim_b, "SSIM_mean": out["SSIM"] / 2.0,
+                "PSNR_A": psnr(f8, a8), "PSNR_B": psnr(f8, b8)})
+    return {k: float(v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- registration metrics
+def registration_metrics(fixed: sitk.Image, moving_on_fixed_grid: sitk.Image, mask: sitk.Image | None = None,
+                         *, bins: int = 64) -> dict[str, float]:
+    """Similarity of a fixed image and a moving image already resampled onto its grid.
+
+    Call it with the moving image resampled by the identity ("before") and by the registration
+    transform ("after"): MI and normalised correlation should rise.
+
+    Args:
+        fixed: fixed image.
+        moving_on_fixed_grid: moving image on the fixed grid.
+        mask: optional mask on the fixed grid restricting the voxels compared.
+        bins: histogram bins per image for MI.
+
+    Returns:
+        dict: "MI" (nats, ``bins``-bin joint histogram), "NMI" ((H(A) + H(B)) / H(A, B), 1..2),
+        "NCC" (Pearson correlation, -1..1), "voxels" (how many were compared).
+    """
+    from .fusion import check_same_grid
+
+    check_same_grid(fixed, moving_on_fixed_grid, "fixed image", "resampled moving image")
+    f = sitk.GetArrayFromImage(fixed).astype(np.float64).ravel()
+    m = sitk.GetArrayFromImage(moving_on_fixed_grid).astype(np.float64).ravel()
+    if mask is not None:
+        from .validation import check_mask
+
+        keep = sitk.GetArrayFromImage(check_mask(mask, fixed)).ravel().astype(bool)
+        f, m = f[keep], m[keep]
+    if f.size < 2:
+        raise InputError("Fewer than two voxels to compare.", "Give a larger mask.")
+
+    def labels(v: np.ndarray) -> np.ndarray:
+        lo, hi = float(v.min()), float(v.max())
+        if hi <= lo:
+            return np.zeros(v.shape, np.int64)
+        return np.minimum(((v - lo) / (hi - lo) * bins).astype(np.int64), bins - 1)
+
+    joint = np.bincount(labels(f) * bins + labels(m), minlength=bins * bins).reshape(bins, bins).astype(np.float64)
+    p = joint / joint.sum()
+
+    def h(q: np.ndarray) -> float:
+        q = q[q > 0]
+        return float(-np.sum(q * np.log(q)))
+
+    h_joint = h(p.ravel())
+    nmi = (h(p.sum(axis=1)) + h(p.sum(axis=0))) / h_joint if h_joint > 0 else float("nan")
+    return {"MI": _mi_from_joint(joint), "NMI": nmi, "NCC": _corr(f, m), "voxels": float(f.size)}
+
+
+def tre(fixed_points: Sequence[Sequence[float]], moving_points: Sequence[Sequence[float]],
+        transform: sitk.Transform | None) -> dict[str, Any]:
+    """Target registration error from corresponding landmarks (physical coordinates, mm).
+
+    ITK convention: ``transform`` maps fixed-space points to moving space, so the error of
+    landmark i is ``|transform(fixed_i) - moving_i|``. None means the identity (error before
+    registration).
+
+    Returns:
+        dict: mean, median, max, std (mm), n, per_point (list of mm).
+
+    Raises:
+        InputError: the lists differ in length, are empty, or points have the wrong dimension.
+    """
+    fp = np.asarray(fixed_points, dtype=np.float64)
+    mp = np.asarray(moving_points, dtype=np.float64)
+    if fp.ndim != 2 or fp.shape != mp.shape or fp.shape[0] == 0:
+        raise InputError(f"Landmark lists do not correspond ({fp.shape} fixed vs {mp.shape} moving points).",
+                         "Give two equally long lists of points, one per landmark, in physical (mm) coordinates.")
+    if transform is not None and transform.GetDimension() != fp.shape[1]:
+        raise InputError(f"The transform is {transform.GetDimension()}D but the landmarks are {fp.shape[1]}D.",
+                         "Give landmarks with one coordinate per image axis.")
+    mapped = fp if transform is None else np.array([transform.TransformPoint([float(c) for c in p]) for p in fp])
+    d = np.linalg.norm(mapped - mp, axis=1)
+    return {"mean": float(d.mean()), "median": float(np.median(d)), "max": float(d.max()),
+            "std": float(d.std()), "n": int(d.size), "per_point": [float(v) for v in d]}

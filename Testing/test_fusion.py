@@ -1,0 +1,249 @@
+"""Tests of the pixel-level fusion methods (2D slices, 3D volumes, colour functional slices)."""
+
+from __future__ import annotations
+
+import importlib.util
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib import data, fusion, io
+from MultimodalFusionLib.errors import InputError, OperationCancelled
+from MultimodalFusionLib.fusion import color
+
+CLASSIC = ("average", "max", "pca", "wavelet", "laplacian", "overlay")
+
+
+def _slices() -> tuple[sitk.Image, sitk.Image]:
+    d = data.testing_data_dir()
+    return io.read_image(d / "BrainT1Slice.png"), io.read_image(d / "BrainProtonDensitySlice.png")
+
+
+def _arr(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(image).astype(np.float64)
+
+
+class FusionMethods2DTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.a, cls.b = _slices()
+        # 8-bit versions: fuse keeps their 0..255 scale, so results can be checked by hand
+        cls.a8 = sitk.Cast(sitk.RescaleIntensity(cls.a, 0, 255), sitk.sitkUInt8)
+        cls.b8 = sitk.Cast(sitk.RescaleIntensity(cls.b, 0, 255), sitk.sitkUInt8)
+
+    def test_every_classic_method_is_listed_and_keeps_geometry(self) -> None:
+        a = sitk.Image(self.a)
+        a.SetOrigin((12.5, -3.0))
+        a.SetSpacing((0.8, 1.2))
+        b = sitk.Image(self.b)
+        b.CopyInformation(a)
+        for name in CLASSIC:
+            self.assertIn(name, fusion.list_methods())
+            res = fusion.fuse(a, b, name)
+            self.assertEqual(res.method, name)
+            self.assertEqual(res.image.GetSize(), a.GetSize())
+            self.assertEqual(res.image.GetOrigin(), a.GetOrigin())
+            self.assertEqual(res.image.GetSpacing(), a.GetSpacing())
+            grey = _arr(res.grey_image)
+            self.assertGreaterEqual(grey.min(), 0.0)
+            self.assertLessEqual(grey.max(), 255.0)
+            self.assertGreater(grey.std(), 1.0, name)
+            self.assertGreaterEqual(res.seconds, 0.0)
+
+    def test_average_by_hand(self) -> None:
+        res = fusion.fuse(self.a8, self.b8, "average", weight=0.25)
+        expected = 0.25 * _arr(self.a8) + 0.75 * _arr(self.b8)
+        np.testing.assert_allclose(_arr(res.image), expected, atol=1e-3)
+        np.testing.assert_allclose(_arr(res.weights), 0.25)
+        self.assertEqual(res.parameters["weight"], 0.25)
+        with self.assertRaises(InputError):
+            fusion.fuse(self.a8, self.b8, "average", weight=1.5)
+
+    def test_max_by_hand(self) -> None:
+        res = fusion.fuse(self.a8, self.b8, "max")
+        np.testing.assert_allclose(_arr(res.image), np.maximum(_arr(self.a8), _arr(self.b8)), atol=1e-3)
+        w = _arr(res.weights)
+        self.assertTrue(np.all((w == 0) | (w == 1)))
+        np.testing.assert_array_equal(w == 1, _arr(self.a8) >= _arr(self.b8))
+
+    def test_pca_gives_more_weight_to_the_structured_input(self) -> None:
+        flat = np.full(_arr(self.a8).shape, 100.0)
+        flat[:, :5] = 110.0  # almost no variance
+        low = sitk.GetImageFromArray(flat.astype(np.uint8))
+        res = fusion.fuse(self.a8, low, "pca")
+        w = float(_arr(res.weights).mean())
+        self.assertGreater(w, 0.95)
+        np.testing.assert_allclose(_arr(res.image), w * _arr(self.a8) + (1 - w) * flat, atol=1e-2)
+
+    def test_multiscale_methods_reproduce_an_input_fused_with_itself(self) -> None:
+        for name, params in (("wavelet", {"wavelet": "db2", "levels": 3}), ("wavelet", {"wavelet": "haar"}),
+                             ("laplacian", {"levels": 3, "sigma": 1.0})):
+            res = fusion.fuse(self.a8, self.a8, name, **params)
+            np.testing.assert_allclose(_arr(res.image), _arr(self.a8), atol=1e-3, err_msg=name)
+
+    def test_multiscale_methods_keep_the_sharper_detail(self) -> None:
+        # b = a blurred: max-abs detail selection keeps a's edges, so the fusion is sharper than b
+        blurred = sitk.Cast(sitk.SmoothingRecursiveGaussian(sitk.Cast(self.a8, sitk.sitkFloat32), 3.0), sitk.sitkUInt8)
+        grad_b = np.abs(np.diff(_arr(blurred), axis=1)).mean()
+        for name in ("wavelet", "laplacian"):
+            fused = _arr(fusion.fuse(self.a8, blurred, name).image)
+            self.assertGreater(np.abs(np.diff(fused, axis=1)).mean(), 1.5 * grad_b, name)
+
+    def test_bad_wavelet_and_unknown_method(self) -> None:
+        with self.assertRaises(InputError):
+            fusion.fuse(self.a8, self.b8, "wavelet", wavelet="nonsense")
+        with self.assertRaises(InputError) as ctx:
+            fusion.fuse(self.a8, self.b8, "nonsense")
+        self.assertIn("average", str(ctx.exception))
+        with self.assertRaises(InputError):
+            fusion.fuse(self.a8, self.b8, "average", not_a_parameter=3)
+
+    def test_grids_must_match(self) -> None:
+        shifted = sitk.Image(self.b8)
+        shifted.SetOrigin((5.0, 0.0))
+        with self.assertRaises(InputError) as ctx:
+            fusion.fuse(self.a8, shifted, "average")
+        self.assertIn("grid", str(ctx.exception))
+        self.assertIn("resample", str(ctx.exception))
+        small = sitk.Shrink(self.b8, [2, 2])
+        with self.assertRaises(InputError):
+            fusion.fuse(self.a8, small, "max")
+
+    def test_inputs_are_not_modified(self) -> None:
+        before = _arr(self.b8).copy()
+        fusion.fuse(self.a8, self.b8, "wavelet")
+        np.testing.assert_array_equal(_arr(self.b8), before)
+
+    def test_progress_and_cancel(self) -> None:
+        seen = []
+        fusion.fuse(self.a8, self.b8, "laplacian", progress=lambda f, m: seen.append(f))
+        self.assertEqual(seen[0], 0.0)
+        self.assertEqual(seen[-1], 1.0)
+        self.assertEqual(seen, sorted(seen))
+        with self.assertRaises(OperationCancelled):
+            fusion.fuse(self.a8, self.b8, "wavelet", progress=lambda f, m: f < 0.3)
+
+
+class OverlayAndColourTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        a, b = _slices()
+        cls.a8 = sitk.Cast(sitk.RescaleIntensity(a, 0, 255), sitk.sitkUInt8)
+        # a "functional" image: a hot spot on a dark background
+        yy, xx = np.mgrid[:a.GetHeight(), :a.GetWidth()]
+        spot = 8.0 * np.exp(-((yy - 100) ** 2 + (xx - 90) ** 2) / (2 * 15.0 ** 2))
+        cls.pet = sitk.GetImageFromArray(spot.astype(np.float32))
+        cls.pet.CopyInformation(a)
+        cls.spot_index = (100, 90)
+
+    def test_overlay_is_rgb_with_colour_only_where_uptake_is(self) -> None:
+        res = fusion.fuse(self.a8, self.pet, "overlay", colormap="hot", opacity=0.9, threshold=1.0,
+                          window=(0.0, 16.0))
+        self.assertEqual(res.image.GetNumberOfComponentsPerPixel(), 3)
+        rgb = sitk.GetArrayFromImage(res.image).astype(int)
+        y, x = self.spot_index
+        self.assertGreater(rgb[y, x, 0] - rgb[y, x, 2], 60)  # the hot spot shows red/orange
+        corner = rgb[5, 5]
+        a = int(sitk.GetArrayFromImage(self.a8)[5, 5])
+        np.testing.assert_array_equal(corner, [a, a, a])  # below threshold: the anatomy alone
+        w = _arr(res.weights)
+        self.assertAlmostEqual(w[5, 5], 1.0)
+        alpha = 0.9 * (8.0 / 16.0 - 1.0 / 16.0) / (1.0 - 1.0 / 16.0)  # opacity ramps above the threshold
+        self.assertAlmostEqual(w[y, x], 1.0 - alpha, places=2)
+
+    def test_overlay_opacity_zero_is_the_anatomy(self) -> None:
+        res = fusion.fuse(self.a8, self.pet, "overlay", opacity=0.0)
+        rgb = sitk.GetArrayFromImage(res.image)
+        grey = sitk.GetArrayFromImage(self.a8)
+        for c in range(3):
+            np.testing.assert_array_equal(rgb[..., c], grey)
+
+    def test_overlay_window_and_colormaps(self) -> None:
+        narrow = fusion.fuse(self.a8, self.pet, "overlay", window=(0.0, 2.0), threshold=0.1, colormap="pet")
+        wide = fusion.fuse(self.a8, self.pet, "overlay", window=(0.0, 80.0), threshold=0.1, colormap="pet")
+        # a narrow window saturates more voxels, so more of the image is coloured
+        self.assertGreater((_arr(narrow.weights) < 0.99).sum(), (_arr(wide.weights) < 0.99).sum())
+        for name in ("hot", "pet", "rainbow", "grey", "viridis"):
+            lut = color.colormap_lut(name)
+            self.assertEqual(lut.shape, (256, 3))
+        with self.assertRaises(InputError):
+            fusion.fuse(self.a8, self.pet, "overlay", colormap="no-such-map")
+        with self.assertRaises(InputError):
+            fusion.fuse(self.a8, self.pet, "overlay", opacity=2.0)
+
+    def test_ycbcr_round_trip(self) -> None:
+        rgb = np.random.default_rng(1).uniform(0, 255, (20, 30, 3))
+        np.testing.assert_allclose(color.ycbcr_to_rgb(color.rgb_to_ycbcr(rgb)), rgb, atol=1e-3)
+        ycc = color.rgb_to_ycbcr(np.array([[255.0, 255.0, 255.0], [0.0, 0.0, 0.0]]))
+        np.testing.assert_allclose(ycc, [[255, 128, 128], [0, 128, 128]], atol=1e-3)
+
+    def test_colour_functional_slice_is_fused_on_y_and_colour_put_back(self) -> None:
+        hot = color.apply_colormap(np.clip(_arr(self.pet) / 8.0, 0, 1), "hot") * 255.0
+        pet_rgb = sitk.GetImageFromArray(np.round(hot).astype(np.uint8), isVector=True)
+        pet_rgb.CopyInformation(self.a8)
+        res = fusion.fuse(self.a8, pet_rgb, "average")
+        self.assertEqual(res.image.GetNumberOfComponentsPerPixel(), 3)
+        self.assertEqual(res.image.GetPixelID(), sitk.sitkVectorUInt8)
+        y_b = color.rgb_to_ycbcr(np.round(hot))[..., 0]
+        np.testing.assert_allclose(_arr(res.grey), 0.5 * _arr(self.a8) + 0.5 * y_b, atol=1e-3)
+        # the colour comes back: where the map is red, red exceeds blue; Y of the RGB output ~ fused Y
+        out = sitk.GetArrayFromImage(res.image).astype(np.float64)
+        y, x = 100, 112  # on the spot's flank, where the hot map is red
+        self.assertGreater(out[y, x, 0], out[y, x, 2] + 30)
+        # (saturated colours can leave the RGB gamut and be clipped, so compare most pixels)
+        diff = np.abs(color.rgb_to_ycbcr(out)[..., 0] - _arr(res.grey))
+        self.assertLess(np.percentile(diff, 95), 1.5)
+
+
+class Fusion3DTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        tissues = data.mni152(spacing_mm=3)
+        cls.t1 = tissues["t1"]
+        cls.pet = data.synthetic_contrast(tissues, "pet", seed=3)
+
+    def test_every_method_runs_in_3d(self) -> None:
+        for name in CLASSIC:
+            res = fusion.fuse(self.t1, self.pet, name)
+            self.assertEqual(res.image.GetDimension(), 3)
+            self.assertEqual(res.image.GetSize(), self.t1.GetSize())
+            self.assertEqual(res.image.GetDirection(), self.t1.GetDirection())
+            self.assertEqual(res.image.GetOrigin(), self.t1.GetOrigin())
+            if res.weights is not None:
+                self.assertEqual(res.weights.GetSize(), self.t1.GetSize())
+            self.assertGreater(_arr(res.grey_image).std(), 5.0, name)
+
+    def test_wavelet_3d_uses_wavedecn(self) -> None:
+        res = fusion.fuse(self.t1, self.t1, "wavelet", wavelet="db1", levels=2)
+        expected = fusion.to_unit(self.t1) * 255.0
+        np.testing.assert_allclose(_arr(res.image), expected, atol=1e-2)
+
+
+class RegistryTest(unittest.TestCase):
+    def test_register_a_method(self) -> None:
+        def minimum(a: np.ndarray, b: np.ndarray, *, progress=None) -> np.ndarray:
+            return np.minimum(a, b)
+
+        fusion.register_method("test-min", minimum)
+        try:
+            self.assertIn("test-min", fusion.list_methods())
+            a, b = _slices()
+            a8 = sitk.Cast(sitk.RescaleIntensity(a, 0, 255), sitk.sitkUInt8)
+            b8 = sitk.Cast(sitk.RescaleIntensity(b, 0, 255), sitk.sitkUInt8)
+            res = fusion.fuse(a8, b8, "test-min")
+            np.testing.assert_allclose(_arr(res.image), np.minimum(_arr(a8), _arr(b8)), atol=1e-3)
+            self.assertIsNone(res.weights)
+            with self.assertRaises(InputError):
+                fusion.register_method("test-min", minimum, overwrite=False)
+        finally:
+            fusion.METHODS.pop("test-min", None)
+
+    def test_deep_is_listed_when_torch_is_importable(self) -> None:
+        has_torch = importlib.util.find_spec("torch") is not None
+        has_deep = importlib.util.find_spec("MultimodalFusionLib.fusion.deep") is not None
+        self.assertEqual("deep" in fusion.list_methods(), has_torch and has_deep)
+
+
+if __name__ == "__main__":
+    unittest.main()

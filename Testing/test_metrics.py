@@ -1,0 +1,186 @@
+"""Tests of the fusion and registration metrics: known answers and independent implementations."""
+
+from __future__ import annotations
+
+import math
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib import data, fusion, io, metrics
+from MultimodalFusionLib.errors import InputError
+
+
+def _pair8() -> tuple[np.ndarray, np.ndarray]:
+    d = data.testing_data_dir()
+    a = sitk.GetArrayFromImage(io.read_image(d / "BrainT1Slice.png")).astype(np.float64)
+    b = sitk.GetArrayFromImage(io.read_image(d / "BrainProtonDensitySlice.png")).astype(np.float64)
+    return np.round(a), np.round(b)
+
+
+class SingleMetricKnownAnswersTest(unittest.TestCase):
+    def test_entropy(self) -> None:
+        self.assertEqual(metrics.entropy(np.full((8, 8), 77.0)), 0.0)  # constant: 0 bits
+        two = np.zeros((4, 4))
+        two[:, :2] = 200
+        self.assertAlmostEqual(metrics.entropy(two), 1.0)  # two equally likely values: 1 bit
+        every = np.arange(256, dtype=np.float64).reshape(16, 16)
+        self.assertAlmostEqual(metrics.entropy(every), 8.0)  # all 256 values once: 8 bits
+        # 1/2, 1/4, 1/4 -> 1.5 bits
+        self.assertAlmostEqual(metrics.entropy(np.array([[0, 0, 1, 2]], dtype=float)), 1.5)
+
+    def test_sd_and_sf_by_hand(self) -> None:
+        img = np.array([[0.0, 2.0], [4.0, 6.0]])
+        self.assertAlmostEqual(metrics.standard_deviation(img), math.sqrt(5.0))
+        # row differences: 2, 2 -> mean square 4; column differences: 4, 4 -> 16; sqrt(20)
+        self.assertAlmostEqual(metrics.spatial_frequency(img), math.sqrt(20.0))
+        self.assertEqual(metrics.spatial_frequency(np.full((5, 5), 9.0)), 0.0)
+
+    def test_mutual_information_matches_sklearn(self) -> None:
+        from sklearn.metrics import mutual_info_score
+
+        a, b = _pair8()
+        self.assertAlmostEqual(metrics.mutual_information(a, b), mutual_info_score(a.ravel(), b.ravel()), places=10)
+        rng = np.random.default_rng(4)
+        x = rng.integers(0, 256, (40, 50)).astype(float)
+        y = np.clip(x // 3 + rng.integers(0, 20, x.shape), 0, 255)
+        self.assertAlmostEqual(metrics.mutual_information(x, y), mutual_info_score(x.ravel(), y.ravel()), places=10)
+
+    def test_mutual_information_known_answers(self) -> None:
+        two = np.zeros((4, 4))
+        two[:, :2] = 255
+        self.assertAlmostEqual(metrics.mutual_information(two, two), math.log(2.0))  # = H in nats
+        self.assertAlmostEqual(metrics.mutual_information(two, 255 - two), math.log(2.0))  # any bijection
+        self.assertEqual(metrics.mutual_information(two, np.full((4, 4), 30.0)), 0.0)  # constant: 0
+
+    def test_ssim_matches_scikit_image(self) -> None:
+        from skimage.metrics import structural_similarity
+
+        a, b = _pair8()
+        for data_range in (2.0, 255.0):
+            self.assertAlmostEqual(metrics.ssim(a, b, data_range=data_range),
+                                   structural_similarity(a, b, data_range=data_range), places=10)
+        self.assertAlmostEqual(metrics.ssim(a, a), 1.0)
+        self.assertAlmostEqual(metrics.ssim(np.full((9, 9), 5.0), np.full((9, 9), 5.0)), 1.0)
+
+    def test_psnr_matches_scikit_image(self) -> None:
+        from skimage.metrics import peak_signal_noise_ratio
+
+        a, b = _pair8()
+        self.assertAlmostEqual(metrics.psnr(a, b), peak_signal_noise_ratio(a, b, data_range=255), places=10)
+        self.assertEqual(metrics.psnr(a, a), float("inf"))
+        # MSE 1 on an 8-bit image: 20 log10(255)
+        self.assertAlmostEqual(metrics.psnr(a, a + 1.0), 20 * math.log10(255.0))
+
+    def test_scd_by_hand(self) -> None:
+        a = np.array([[1.0, 2.0], [3.0, 4.0]])
+        b = np.array([[4.0, 1.0], [2.0, 2.0]])
+        f = a + b  # F - B = A, F - A = B: both correlations are 1
+        self.assertAlmostEqual(metrics.scd(f, a, b), 2.0)
+        self.assertTrue(math.isnan(metrics.scd(a, a, b)))  # F - A constant: undefined, as in Evaluator.py
+
+    def test_vif_known_answers(self) -> None:
+        a, b = _pair8()
+        self.assertAlmostEqual(metrics.vif(a, a), 1.0, places=6)
+        self.assertLess(metrics.vif(a, b), 0.6)
+        blurred = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(a), 2.0))
+        self.assertLess(metrics.vif(a, blurred), metrics.vif(a, a))
+        self.assertEqual(metrics.vif(np.full((40, 40), 3.0), np.full((40, 40), 3.0)), 1.0)  # NaN -> 1
+
+    def test_qabf_known_answers(self) -> None:
+        step = np.zeros((16, 16))
+        step[:, 8:] = 100.0
+        # F = A = B: every gradient is preserved; with Evaluator.py's rule for equal magnitudes
+        # (G = g_F, large here) the value is the product of the two sigmoid ceilings
+        tg, ta = 0.9994, 0.9879
+        expected = tg / (1 + math.exp(-15 * (100 - 0.5))) * ta / (1 + math.exp(-22 * (1 - 0.8)))
+        self.assertAlmostEqual(metrics.qabf(step, step, step), expected, places=6)
+        lost = metrics.qabf(np.zeros((16, 16)) + 50, step, step)  # the edge is gone (only the border
+        self.assertLess(lost, 0.3 * expected)                     # of the zero-padded Sobel remains)
+        self.assertTrue(math.isnan(metrics.qabf(step, np.zeros((16, 16)), np.zeros((16, 16)))))
+
+
+class FusionMetricsTest(unittest.TestCase):
+    def test_published_keys_and_single_source_values(self) -> None:
+        a, b = _pair8()
+        f = np.round((a + b) / 2)
+        m = metrics.fusion_metrics(f, a.astype(np.uint8), b.astype(np.uint8))
+        for key in metrics.FUSION_METRICS + ("PSNR", "SSIM_mean", "MI_mean", "VIF_mean"):
+            self.assertIn(key, m)
+        self.assertAlmostEqual(m["SSIM"], m["SSIM_A"] + m["SSIM_B"])
+        self.assertAlmostEqual(m["SSIM_mean"], m["SSIM"] / 2)
+        self.assertAlmostEqual(m["MI"], metrics.mutual_information(f, a) + metrics.mutual_information(f, b))
+        self.assertAlmostEqual(m["VIF"], metrics.vif(a, f) + metrics.vif(b, f))
+        self.assertAlmostEqual(m["EN"], metrics.entropy(f))
+        self.assertAlmostEqual(m["SD"], np.std(f))
+
+    def test_identical_images(self) -> None:
+        a, _ = _pair8()
+        m = metrics.fusion_metrics(a, a.astype(np.uint8), a.astype(np.uint8))
+        self.assertAlmostEqual(m["SSIM"], 2.0)
+        self.assertAlmostEqual(m["VIF"], 2.0, places=6)
+        self.assertEqual(m["PSNR"], float("inf"))
+        self.assertAlmostEqual(m["MI_A"], metrics.entropy(a) * math.log(2.0))  # MI(A, A) = H(A), in nats
+
+    def test_images_and_fusion_results(self) -> None:
+        d = data.testing_data_dir()
+        a = io.read_image(d / "BrainT1Slice.png")
+        b = io.read_image(d / "BrainProtonDensitySlice.png")
+        res = fusion.fuse(a, b, "average")
+        from_result = metrics.fusion_metrics(res, a, b)
+        from_image = metrics.fusion_metrics(res.grey_image, a, b)
+        self.assertEqual(from_result, from_image)
+        # the 8-bit rule: float sources are min-max scaled, the 0..255 fused image is kept
+        np.testing.assert_array_equal(metrics.to_8bit(res, fused=True),
+                                      np.clip(np.round(sitk.GetArrayFromImage(res.grey)), 0, 255))
+        self.assertEqual(metrics.to_8bit(a).max(), 255)
+        with self.assertRaises(InputError):
+            metrics.fusion_metrics(res, a, sitk.Shrink(b, [2, 2]))
+
+    def test_3d_volume(self) -> None:
+        rng = np.random.default_rng(0)
+        vol = np.zeros((6, 32, 32))
+        vol[1:5] = rng.integers(0, 256, (4, 32, 32))
+        m = metrics.fusion_metrics(vol, vol.astype(np.uint8), vol.astype(np.uint8))
+        self.assertAlmostEqual(m["SSIM"], 2.0)  # empty slices 0 and 5 are skipped, not counted as 1
+        self.assertAlmostEqual(m["SF"], np.mean([metrics.spatial_frequency(vol[k]) for k in range(1, 5)]))
+
+
+class RegistrationMetricsTest(unittest.TestCase):
+    def test_aligned_beats_misaligned(self) -> None:
+        d = data.testing_data_dir()
+        fixed = io.read_image(d / "BrainT1Slice.png", float32=True)
+        moving = io.read_image(d / "BrainProtonDensitySlice.png", float32=True)
+        shifted = sitk.Resample(moving, fixed, sitk.TranslationTransform(2, (6.0, 4.0)), sitk.sitkLinear, 0.0)
+        good = metrics.registration_metrics(fixed, moving)
+        bad = metrics.registration_metrics(fixed, shifted)
+        self.assertGreater(good["MI"], bad["MI"])
+        self.assertGreater(good["NMI"], bad["NMI"])
+        self.assertGreater(good["NCC"], bad["NCC"])
+        same = metrics.registration_metrics(fixed, fixed)
+        self.assertAlmostEqual(same["NCC"], 1.0)
+        self.assertAlmostEqual(same["NMI"], 2.0)
+        mask = sitk.Cast(fixed > 50, sitk.sitkUInt8)
+        masked = metrics.registration_metrics(fixed, moving, mask)
+        self.assertLess(masked["voxels"], good["voxels"])
+        with self.assertRaises(InputError):
+            metrics.registration_metrics(fixed, sitk.Shrink(moving, [2, 2]))
+
+    def test_tre(self) -> None:
+        tx = sitk.TranslationTransform(3, (3.0, 4.0, 0.0))
+        fixed_pts = [(0.0, 0.0, 0.0), (10.0, 5.0, 2.0)]
+        moving_pts = [(3.0, 4.0, 0.0), (13.0, 9.0, 2.0)]
+        self.assertAlmostEqual(metrics.tre(fixed_pts, moving_pts, tx)["max"], 0.0)
+        before = metrics.tre(fixed_pts, moving_pts, None)
+        self.assertAlmostEqual(before["mean"], 5.0)
+        self.assertEqual(before["per_point"], [5.0, 5.0])
+        self.assertEqual(before["n"], 2)
+        with self.assertRaises(InputError):
+            metrics.tre(fixed_pts, moving_pts[:1], tx)
+        with self.assertRaises(InputError):
+            metrics.tre([(0.0, 0.0)], [(1.0, 1.0)], tx)
+
+
+if __name__ == "__main__":
+    unittest.main()
