@@ -1,0 +1,874 @@
+"""The bridge between MRML (3D Slicer's scene) and the engine's SimpleITK objects.
+
+This is the only module that touches MRML. It runs inside 3D Slicer and under the
+``slicer-core`` wheel (Slicer's own C++ libraries, no Qt), so everything here is tested
+against a real ``vtkMRMLScene``. ``slicer`` and ``vtk`` are imported inside the functions.
+
+Coordinate conventions, converted here and nowhere else:
+
+- ITK/SimpleITK work in LPS, Slicer in RAS: a point (x, y, z) in LPS is (-x, -y, z) in RAS,
+  so the origin's and the direction matrix's first two rows change sign
+  (``D_ras = F @ D_lps``, ``F = diag(-1, -1, 1)``); spacing is unchanged.
+- An ITK registration transform maps points of the fixed image's space to the moving
+  image's space (it is a *resampling* transform). Slicer calls that direction "from parent":
+  a transform node set as parent of the moving volume, with ``TransformFromParent`` equal to
+  the ITK transform (in RAS: ``F T F``), shows the moving volume aligned to the fixed one,
+  and hardening it reproduces the engine's resampled image. The transform "to parent" (the
+  inverse) moves the moving volume's points where the registration moved them. Slicer reads
+  and writes ITK transform files with exactly this convention.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError, itk_guard
+
+__all__ = [
+    "LPS_TO_RAS",
+    "get_scene",
+    "new_scene",
+    "ensure_color_nodes",
+    "ensure_slice_views",
+    "unique_name",
+    "image_from_volume_node",
+    "volume_node_from_image",
+    "mask_from_node",
+    "transform_node_from_sitk",
+    "sitk_transform_from_node",
+    "linear_transform_matrix",
+    "set_parent_transform",
+    "reslice_volume_node",
+    "setup_anatomical_display",
+    "setup_functional_display",
+    "show_fusion",
+    "metrics_table_node",
+    "table_to_dict",
+    "save_scene",
+    "load_scene",
+    "FUNCTIONAL_COLORMAPS",
+]
+
+#: Diagonal of the matrix that converts LPS <-> RAS (its own inverse).
+LPS_TO_RAS = (-1.0, -1.0, 1.0)
+_F3 = np.diag(LPS_TO_RAS)
+_F4 = np.diag(LPS_TO_RAS + (1.0,))
+
+#: Colour nodes suited to functional images (PET, SPECT), all among Slicer's default colour nodes.
+FUNCTIONAL_COLORMAPS = ("PET-Heat", "PET-Rainbow2", "PET-DICOM", "Inferno", "Magma", "Plasma",
+                        "Viridis", "Rainbow", "Iron", "Hot")
+
+
+# ----------------------------------------------------------------------------------------------
+# Scene
+# ----------------------------------------------------------------------------------------------
+
+def get_scene(scene: Any = None, node: Any = None) -> Any:
+    """The scene to work in: ``scene`` if given, else the node's scene, else ``slicer.mrmlScene``.
+
+    Raises:
+        InputError: there is no scene (under slicer-core there is no ``slicer.mrmlScene``).
+    """
+    if scene is not None:
+        return scene
+    if node is not None and node.GetScene() is not None:
+        return node.GetScene()
+    import slicer
+
+    found = getattr(slicer, "mrmlScene", None)
+    if found is None:
+        raise InputError("No MRML scene is available (this is not a running 3D Slicer).",
+                         "Pass scene=... (e.g. MultimodalFusionLib.mrml.new_scene()).")
+    return found
+
+
+def new_scene(*, colors: bool = True, slice_views: bool = True) -> Any:
+    """A new ``vtkMRMLScene`` set up like Slicer's: default colour nodes and slice views.
+
+    Outside Slicer (under the slicer-core wheel) nothing creates these; this does what
+    Slicer's application start-up and layout manager do, so scripts and tests see the same
+    scene content as the Slicer application.
+
+    Args:
+        colors: add Slicer's default colour nodes (Grey, PET-Heat, PET-Rainbow2, ...).
+        slice_views: add the Red, Yellow and Green slice nodes and their slice composite nodes.
+    """
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    if colors:
+        ensure_color_nodes(scene)
+    if slice_views:
+        ensure_slice_views(scene)
+    return scene
+
+
+def ensure_color_nodes(scene: Any) -> None:
+    """Add Slicer's default colour nodes to ``scene`` unless they are there (Slicer adds them at
+    start-up; a bare slicer-core scene has none)."""
+    import slicer
+
+    if scene.GetFirstNodeByName("PET-Heat") is not None:
+        return
+    # The logic must stay alive while nodes are added; it is released afterwards, the nodes stay.
+    logic = slicer.vtkMRMLColorLogic()
+    logic.SetMRMLScene(scene)
+    logic.AddDefaultColorNodes()
+    logic.SetMRMLScene(None)
+
+
+def ensure_slice_views(scene: Any, names: Sequence[str] = ("Red", "Yellow", "Green")) -> list[Any]:
+    """The scene's slice composite nodes, creating Slicer's three standard slice views when the
+    scene has none (what Slicer's layout manager does on start-up).
+
+    Returns:
+        The slice composite nodes of the scene.
+    """
+    import slicer
+
+    found = _nodes_by_class(scene, "vtkMRMLSliceCompositeNode")
+    if found:
+        return found
+    orientations = {"Red": "Axial", "Yellow": "Sagittal", "Green": "Coronal"}
+    if scene.GetFirstNodeByClass("vtkMRMLSliceNode") is None:
+        # Orientation presets live in the scene's default slice node; CreateNodeByClass copies them.
+        slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene, True)
+    for name in names:
+        slice_node = scene.CreateNodeByClass("vtkMRMLSliceNode")
+        slice_node.SetName(name)
+        slice_node.SetLayoutName(name)
+        slice_node.SetSingletonTag(name)
+        slice_node.SetOrientation(orientations.get(name, "Axial"))
+        scene.AddNode(slice_node)
+        slice_node.UnRegister(None)  # CreateNodeByClass returns a new reference; the scene holds it now
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(name)
+        composite.SetSingletonTag(name)
+        scene.AddNode(composite)
+    return _nodes_by_class(scene, "vtkMRMLSliceCompositeNode")
+
+
+def _nodes_by_class(scene: Any, class_name: str) -> list[Any]:
+    return [scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name))]
+
+
+def unique_name(scene: Any, base: str) -> str:
+    """``base`` if no node has that name, else ``base_1``, ``base_2``, ...: new output nodes never
+    take an input node's name (so a user can always tell them apart)."""
+    if scene.GetFirstNodeByName(base) is None:
+        return base
+    for i in itertools.count(1):
+        candidate = f"{base}_{i}"
+        if scene.GetFirstNodeByName(candidate) is None:
+            return candidate
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ----------------------------------------------------------------------------------------------
+# Volumes
+# ----------------------------------------------------------------------------------------------
+
+def _vtk_matrix(array: np.ndarray) -> Any:
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(array[r, c]))
+    return m
+
+
+def _np_matrix(matrix: Any) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def image_from_volume_node(node: Any, *, float32: bool = False) -> sitk.Image:
+    """The volume node's voxels and geometry as a SimpleITK image (in LPS).
+
+    Scalar, label-map and vector (e.g. RGB) volume nodes are supported. The node's own
+    geometry is used (its IJK-to-RAS matrix); a parent transform is not applied (harden it
+    first if it should be).
+
+    Args:
+        node: a ``vtkMRMLScalarVolumeNode`` (or label-map/vector volume node).
+        float32: cast a scalar image to 32-bit float.
+
+    Raises:
+        InputError: the node is not a volume node or holds no voxels.
+    """
+    import vtk
+    from vtk.util import numpy_support
+
+    if node is None or not node.IsA("vtkMRMLVolumeNode"):
+        raise InputError(f"'{_node_label(node)}' is not a volume node.", "Select a volume (image) node.")
+    image_data = node.GetImageData()
+    if image_data is None or image_data.GetPointData().GetScalars() is None:
+        raise InputError(f"Volume '{node.GetName()}' holds no voxels.", "Load image data into it first.")
+    dims = image_data.GetDimensions()
+    scalars = image_data.GetPointData().GetScalars()
+    components = scalars.GetNumberOfComponents()
+    array = numpy_support.vtk_to_numpy(scalars)
+    shape = (dims[2], dims[1], dims[0]) + ((components,) if components > 1 else ())
+    array = array.reshape(shape)
+    image = sitk.GetImageFromArray(array.copy(), isVector=components > 1)
+
+    vtk_matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(vtk_matrix)
+    ijk_to_ras = _np_matrix(vtk_matrix)
+    # Slicer keeps the voxel grid in the node (image data origin 0, spacing 1); a non-zero
+    # image-data origin would be a shift in IJK, folded in here so no geometry is lost.
+    shift = np.array(image_data.GetOrigin(), dtype=float)
+    ijk_spacing = np.array(image_data.GetSpacing(), dtype=float)
+    ras_axes = ijk_to_ras[:3, :3] @ np.diag(ijk_spacing)
+    spacing = np.linalg.norm(ras_axes, axis=0)
+    direction_ras = ras_axes / spacing
+    origin_ras = ijk_to_ras[:3, 3] + ijk_to_ras[:3, :3] @ shift
+    # Use the node's stored spacing/directions where possible: they are exact (norms of
+    # columns can differ from the stored spacing in the last bit).
+    if np.allclose(ijk_spacing, 1.0) and not shift.any():
+        spacing = np.array(node.GetSpacing(), dtype=float)
+        directions = vtk.vtkMatrix4x4()
+        node.GetIJKToRASDirectionMatrix(directions)
+        direction_ras = _np_matrix(directions)[:3, :3]
+        origin_ras = np.array(node.GetOrigin(), dtype=float)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(v) for v in _F3 @ origin_ras])
+    image.SetDirection([float(v) for v in (_F3 @ direction_ras).ravel()])
+    if float32 and components == 1:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    return image
+
+
+def volume_node_from_image(image: sitk.Image, scene: Any = None, *, name: str = "Volume",
+                           node: Any = None, label: bool = False, display: bool = True) -> Any:
+    """Put a SimpleITK image into a volume node: a new node (unique name) unless ``node`` is given.
+
+    The image's geometry is converted from LPS to RAS exactly; a 2D image becomes a volume
+    of one slice. Grey images go to a ``vtkMRMLScalarVolumeNode`` (``vtkMRMLLabelMapVolumeNode``
+    when ``label``), multi-component (RGB) images to a ``vtkMRMLVectorVolumeNode``.
+
+    Args:
+        image: the image (LPS).
+        scene: the scene; by default ``node``'s or ``slicer.mrmlScene``.
+        name: name of a new node (made unique in the scene).
+        node: an existing node to update (its class must fit the image).
+        label: make a label-map volume node.
+        display: create the default display node.
+
+    Returns:
+        The volume node.
+    """
+    import vtk
+    from vtk.util import numpy_support
+
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)  # one slice; JoinSeries keeps 2D origin/spacing/direction
+    if image.GetDimension() != 3:
+        raise InputError(f"Only 2D and 3D images can be shown in Slicer (got {image.GetDimension()}D).",
+                         "Extract a 3D volume first.")
+    components = image.GetNumberOfComponentsPerPixel()
+    if node is None:
+        scene = get_scene(scene)
+        class_name = ("vtkMRMLVectorVolumeNode" if components > 1 else
+                      "vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode")
+        node = scene.AddNewNodeByClass(class_name, unique_name(scene, name))
+    elif components > 1 and not node.IsA("vtkMRMLVectorVolumeNode"):
+        raise InputError(f"Node '{node.GetName()}' is a scalar volume but the image has {components} components.",
+                         "Let a new vector volume node be created (node=None).")
+    array = sitk.GetArrayFromImage(image)  # (z, y, x[, c]) - the x index varies fastest, as in VTK
+    flat = np.ascontiguousarray(array.reshape(-1, components) if components > 1 else array.ravel())
+    vtk_array = numpy_support.numpy_to_vtk(flat, deep=True)
+    vtk_array.SetNumberOfComponents(components)
+    image_data = vtk.vtkImageData()
+    image_data.SetDimensions(*[int(s) for s in image.GetSize()])
+    image_data.GetPointData().SetScalars(vtk_array)
+
+    direction_ras = _F3 @ np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    directions = np.eye(4)
+    directions[:3, :3] = direction_ras
+    node.SetIJKToRASDirectionMatrix(_vtk_matrix(directions))
+    node.SetSpacing(*[float(s) for s in image.GetSpacing()])
+    node.SetOrigin(*[float(v) for v in _F3 @ np.array(image.GetOrigin(), dtype=float)])
+    node.SetAndObserveImageData(image_data)
+    if display and node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
+def mask_from_node(node: Any, reference: sitk.Image) -> sitk.Image:
+    """A mask (UInt8 0/1) on ``reference``'s grid from a label-map volume or a segmentation node.
+
+    Label maps on another grid are resampled with nearest-neighbour interpolation; a
+    segmentation's visible segments are merged.
+
+    Raises:
+        InputError: the node is neither a label map/scalar volume nor a segmentation, or is empty.
+    """
+    import slicer
+
+    if node is None:
+        raise InputError("No mask node given.", "Select a label map or segmentation.")
+    if node.IsA("vtkMRMLSegmentationNode"):
+        scene = get_scene(None, node)
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", unique_name(scene, "_mask_export"))
+        try:
+            reference_node = volume_node_from_image(sitk.Cast(reference, sitk.sitkUInt8) * 0, scene,
+                                                    name="_mask_reference", display=False)
+            try:
+                ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(
+                    node, labelmap, reference_node)
+            finally:
+                scene.RemoveNode(reference_node)
+            if not ok:
+                raise InputError(f"Segmentation '{node.GetName()}' could not be exported to a label map.",
+                                 "Check it has at least one visible, non-empty segment.")
+            mask = image_from_volume_node(labelmap)
+        finally:
+            scene.RemoveNode(labelmap)
+    elif node.IsA("vtkMRMLScalarVolumeNode"):
+        mask = image_from_volume_node(node)
+    else:
+        raise InputError(f"'{_node_label(node)}' cannot be used as a mask.", "Select a label map or a segmentation.")
+    if mask.GetNumberOfComponentsPerPixel() > 1:
+        raise InputError(f"Mask '{node.GetName()}' is a colour volume.", "Select a label map or a segmentation.")
+    same_grid = (mask.GetSize() == reference.GetSize()
+                 and np.allclose(mask.GetSpacing(), reference.GetSpacing(), atol=1e-6)
+                 and np.allclose(mask.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+                 and np.allclose(mask.GetDirection(), reference.GetDirection(), atol=1e-6))
+    if not same_grid:
+        with itk_guard(f"resampling mask '{node.GetName()}'"):
+            mask = sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    mask = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
+    if not sitk.GetArrayViewFromImage(mask).any():
+        raise InputError(f"Mask '{node.GetName()}' is empty where it overlaps the image.",
+                         "Draw the mask over the region of interest of that image.")
+    return mask
+
+
+def _node_label(node: Any) -> str:
+    if node is None:
+        return "(none)"
+    return node.GetName() if hasattr(node, "GetName") else type(node).__name__
+
+
+# ----------------------------------------------------------------------------------------------
+# Transforms
+# ----------------------------------------------------------------------------------------------
+
+def linear_transform_matrix(transform: sitk.Transform) -> np.ndarray:
+    """The 4x4 homogeneous matrix (LPS) of a linear SimpleITK transform, composites included.
+
+    Raises:
+        InputError: the transform is not linear.
+    """
+    if not _is_linear(transform):
+        raise InputError(f"The transform ({transform.GetName()}) is not linear.",
+                         "Use transform_node_from_sitk, which handles deformable transforms.")
+    dim = transform.GetDimension()
+    # A linear map is fixed by the images of the origin and the unit vectors; this holds for
+    # every linear ITK transform type and for composites in ITK's application order.
+    origin = np.array(transform.TransformPoint([0.0] * dim))
+    columns = [np.array(transform.TransformPoint([1.0 if j == i else 0.0 for j in range(dim)])) - origin
+               for i in range(dim)]
+    matrix = np.eye(4)
+    matrix[:dim, :dim] = np.stack(columns, axis=1)
+    matrix[:dim, 3] = origin
+    if dim == 2:
+        matrix[2, 2] = 1.0
+    return matrix
+
+
+def _is_linear(tx: sitk.Transform) -> bool:
+    if isinstance(tx, sitk.CompositeTransform):
+        return all(_is_linear(tx.GetNthTransform(i)) for i in range(tx.GetNumberOfTransforms()))
+    return tx.IsLinear()
+
+
+def _contains(tx: sitk.Transform, kind: str) -> bool:
+    if isinstance(tx, sitk.CompositeTransform):
+        return any(_contains(tx.GetNthTransform(i), kind) for i in range(tx.GetNumberOfTransforms()))
+    return kind in tx.GetName()
+
+
+def transform_node_from_sitk(transform: sitk.Transform, scene: Any = None, *, name: str = "Transform",
+                             node: Any = None) -> Any:
+    """Put an engine (ITK, fixed-to-moving) transform into a transform node.
+
+    Linear transforms (and composites of them) become a ``vtkMRMLLinearTransformNode`` whose
+    matrix "from parent" is the ITK matrix converted to RAS, computed in memory. Deformable
+    transforms go through Slicer's own ITK transform reader (the one Slicer uses for .h5/.tfm
+    files), giving a ``vtkMRMLBSplineTransformNode`` when a B-spline is present, a
+    ``vtkMRMLGridTransformNode`` for a displacement field.
+
+    Set the node as parent of the moving volume (:func:`set_parent_transform`) to show it
+    aligned with the fixed volume.
+
+    Args:
+        transform: the registration transform (fixed space -> moving space, LPS).
+        scene: the scene; by default ``node``'s or ``slicer.mrmlScene``.
+        name: name of a new node (made unique).
+        node: an existing transform node to overwrite (must be of a fitting class).
+
+    Returns:
+        The transform node.
+    """
+    import slicer
+
+    scene = get_scene(scene, node)
+    if transform.GetDimension() != 3:
+        raise InputError(f"Slicer transforms are 3D; this one is {transform.GetDimension()}D.",
+                         "Register 3D volumes to get a transform for Slicer.")
+    if _is_linear(transform):
+        matrix_ras = _F4 @ linear_transform_matrix(transform) @ _F4
+        if node is None:
+            node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", unique_name(scene, name))
+        node.SetMatrixTransformFromParent(_vtk_matrix(matrix_ras))
+        return node
+    if node is None:
+        class_name = ("vtkMRMLBSplineTransformNode" if _contains(transform, "BSpline") else
+                      "vtkMRMLGridTransformNode" if _contains(transform, "DisplacementField") else
+                      "vtkMRMLTransformNode")
+        node = scene.AddNewNodeByClass(class_name, unique_name(scene, name))
+    folder = tempfile.mkdtemp(prefix="mmf-transform-")
+    storage = slicer.vtkMRMLTransformStorageNode()
+    try:
+        path = os.path.join(folder, "transform.h5")
+        with itk_guard("writing the transform for Slicer"):
+            sitk.WriteTransform(transform, path)
+        storage.SetScene(scene)
+        storage.SetFileName(path)
+        if not storage.ReadData(node):
+            raise InputError(f"Slicer could not read the {transform.GetName()} transform.",
+                             "Save it with MultimodalFusionLib.io.write_transform and load the file in Slicer.")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    # Slicer interpolates displacement fields with cubic splines, ITK linearly: use ITK's
+    # choice so the node moves points exactly where the engine did.
+    _grid_interpolation_linear(node.GetTransformFromParent())
+    return node
+
+
+def _grid_interpolation_linear(transform: Any) -> None:
+    if transform is None:
+        return
+    if transform.IsA("vtkGridTransform"):
+        transform.SetInterpolationModeToLinear()
+    elif transform.IsA("vtkGeneralTransform"):
+        for i in range(transform.GetNumberOfConcatenatedTransforms()):
+            _grid_interpolation_linear(transform.GetConcatenatedTransform(i))
+
+
+def sitk_transform_from_node(node: Any) -> sitk.Transform:
+    """The transform node's "from parent" transform as an engine (ITK, LPS) transform.
+
+    Linear nodes give an ``AffineTransform`` exactly; deformable nodes go through Slicer's ITK
+    transform writer (B-spline, displacement field, or a composite of them).
+    """
+    import slicer
+    import vtk
+
+    from .io import read_transform
+
+    if node is None or not node.IsA("vtkMRMLTransformNode"):
+        raise InputError(f"'{_node_label(node)}' is not a transform node.", "Select a transform node.")
+    if node.IsLinear():
+        matrix = vtk.vtkMatrix4x4()
+        node.GetMatrixTransformFromParent(matrix)
+        lps = _F4 @ _np_matrix(matrix) @ _F4
+        affine = sitk.AffineTransform(3)
+        affine.SetMatrix([float(v) for v in lps[:3, :3].ravel()])
+        affine.SetTranslation([float(v) for v in lps[:3, 3]])
+        return affine
+    folder = tempfile.mkdtemp(prefix="mmf-transform-")
+    storage = slicer.vtkMRMLTransformStorageNode()
+    try:
+        path = os.path.join(folder, "transform.h5")
+        storage.SetScene(node.GetScene())
+        storage.SetFileName(path)
+        if not storage.WriteData(node):
+            raise InputError(f"Slicer could not write transform '{node.GetName()}'.",
+                             "Harden or simplify the transform (Transforms module) and try again.")
+        return read_transform(path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def set_parent_transform(node: Any, transform_node: Any | None) -> None:
+    """Put ``node`` (e.g. the moving volume) under ``transform_node`` (None removes it)."""
+    node.SetAndObserveTransformNodeID(transform_node.GetID() if transform_node is not None else None)
+
+
+def reslice_volume_node(node: Any, reference_node: Any, *, interpolation: str = "linear",
+                        default_value: float = 0.0) -> sitk.Image:
+    """Resample ``node`` on ``reference_node``'s voxel grid with VTK, through the transforms the
+    scene applies to both (their parent transforms, linear or not).
+
+    This is what Slicer shows: it does not use ITK at all, so comparing it with the engine's
+    resampling checks the transform conversion independently.
+
+    Returns:
+        The resampled image (LPS) with the reference node's geometry.
+    """
+    import vtk
+
+    if interpolation not in ("linear", "nearest", "cubic"):
+        raise InputError(f"Unknown interpolation '{interpolation}'.", "Use linear, nearest or cubic.")
+    # Output voxel (reference IJK) -> reference RAS -> world -> moving RAS -> moving IJK.
+    chain = vtk.vtkGeneralTransform()  # PreMultiply: the last concatenated is applied first
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    node.GetRASToIJKMatrix(ras_to_ijk)
+    chain.Concatenate(ras_to_ijk)
+    if node.GetParentTransformNode() is not None:
+        from_world = vtk.vtkGeneralTransform()
+        node.GetParentTransformNode().GetTransformFromWorld(from_world)
+        chain.Concatenate(from_world)
+    if reference_node.GetParentTransformNode() is not None:
+        to_world = vtk.vtkGeneralTransform()
+        reference_node.GetParentTransformNode().GetTransformToWorld(to_world)
+        chain.Concatenate(to_world)
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    reference_node.GetIJKToRASMatrix(ijk_to_ras)
+    chain.Concatenate(ijk_to_ras)
+
+    reslice = vtk.vtkImageReslice()
+    reslice.SetInputData(node.GetImageData())
+    reslice.SetResliceTransform(chain)
+    {"linear": reslice.SetInterpolationModeToLinear, "nearest": reslice.SetInterpolationModeToNearestNeighbor,
+     "cubic": reslice.SetInterpolationModeToCubic}[interpolation]()
+    reslice.SetBackgroundLevel(default_value)
+    reslice.SetOutputOrigin(0, 0, 0)
+    reslice.SetOutputSpacing(1, 1, 1)
+    reslice.SetOutputExtent(reference_node.GetImageData().GetExtent())
+    reslice.AutoCropOutputOff()
+    reslice.Update()
+    scene = reference_node.GetScene()
+    temp = scene.AddNewNodeByClass(node.GetClassName(), unique_name(scene, "_reslice"))
+    try:
+        temp.CopyOrientation(reference_node)
+        temp.SetAndObserveImageData(reslice.GetOutput())
+        return image_from_volume_node(temp)
+    finally:
+        scene.RemoveNode(temp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Display
+# ----------------------------------------------------------------------------------------------
+
+def _display_node(node: Any) -> Any:
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node.GetDisplayNode()
+
+
+def _color_node(scene: Any, colormap: str) -> Any:
+    color = scene.GetFirstNodeByName(colormap)
+    if color is None or not color.IsA("vtkMRMLColorNode"):
+        ensure_color_nodes(scene)
+        color = scene.GetFirstNodeByName(colormap)
+    if color is None or not color.IsA("vtkMRMLColorNode"):
+        raise InputError(f"There is no colour table named '{colormap}'.",
+                         f"Use one of {', '.join(FUNCTIONAL_COLORMAPS)}.")
+    return color
+
+
+def _robust_range(node: Any, low: float, high: float) -> tuple[float, float]:
+    image = image_from_volume_node(node)
+    array = sitk.GetArrayViewFromImage(image)
+    values = array[np.isfinite(array)] if np.issubdtype(array.dtype, np.floating) else array.ravel()
+    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+    return lo, hi if hi > lo else lo + 1.0
+
+
+def setup_anatomical_display(node: Any, *, percentiles: tuple[float, float] = (0.5, 99.5)) -> Any:
+    """Grey colour table and a window/level from robust percentiles (for CT/MR backgrounds).
+
+    Returns:
+        The display node.
+    """
+    scene = get_scene(None, node)
+    display = _display_node(node)
+    if node.IsA("vtkMRMLVectorVolumeNode"):
+        return display
+    display.SetAndObserveColorNodeID(_color_node(scene, "Grey").GetID())
+    lo, hi = _robust_range(node, *percentiles)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(lo, hi)
+    return display
+
+
+def setup_functional_display(node: Any, *, colormap: str = "PET-Heat",
+                             percentiles: tuple[float, float] = (1.0, 99.5),
+                             threshold_fraction: float | None = 0.1) -> Any:
+    """Colour a functional volume (PET, SPECT, a fused image) for overlay on anatomy.
+
+    Args:
+        node: the volume node.
+        colormap: a colour node name, e.g. "PET-Heat" or "PET-Rainbow2".
+        percentiles: window = these percentiles of the voxel values (robust to hot spots).
+        threshold_fraction: voxels below ``min + fraction * (max - min)`` of the window are
+            transparent when shown as foreground, so low uptake does not tint the anatomy;
+            None shows all voxels.
+
+    Returns:
+        The display node.
+    """
+    scene = get_scene(None, node)
+    display = _display_node(node)
+    display.SetAndObserveColorNodeID(_color_node(scene, colormap).GetID())
+    lo, hi = _robust_range(node, *percentiles)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(lo, hi)
+    if threshold_fraction is None:
+        display.SetApplyThreshold(0)
+    else:
+        display.AutoThresholdOff()
+        image_max = float(sitk.GetArrayViewFromImage(image_from_volume_node(node)).max())
+        display.SetThreshold(lo + float(threshold_fraction) * (hi - lo), max(image_max, hi))
+        display.SetApplyThreshold(1)
+    return display
+
+
+def show_fusion(background_node: Any, foreground_node: Any | None = None, *, opacity: float = 0.5,
+                colormap: str = "PET-Heat", threshold_fraction: float | None = 0.1,
+                scene: Any = None) -> int:
+    """Show ``foreground_node`` (function: PET, SPECT, or a fused image) over ``background_node``
+    (anatomy) in every slice view of the scene.
+
+    Args:
+        background_node: anatomical volume (grey).
+        foreground_node: functional volume, coloured with ``colormap``; None shows only the background.
+        opacity: foreground opacity, 0..1.
+        colormap: colour table of the foreground.
+        threshold_fraction: see :func:`setup_functional_display`.
+        scene: the scene; by default the background node's.
+
+    Returns:
+        The number of slice views set (0 when the scene has no slice views, e.g. a bare scene).
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise InputError(f"Foreground opacity {opacity} is outside 0..1.", "Give a value between 0 and 1.")
+    scene = get_scene(scene, background_node)
+    setup_anatomical_display(background_node)
+    if foreground_node is not None and not foreground_node.IsA("vtkMRMLVectorVolumeNode"):
+        setup_functional_display(foreground_node, colormap=colormap, threshold_fraction=threshold_fraction)
+    composites = _nodes_by_class(scene, "vtkMRMLSliceCompositeNode")
+    for composite in composites:
+        composite.SetBackgroundVolumeID(background_node.GetID())
+        composite.SetForegroundVolumeID(foreground_node.GetID() if foreground_node is not None else None)
+        composite.SetForegroundOpacity(float(opacity))
+    _fit_slice_views()
+    return len(composites)
+
+
+def _fit_slice_views() -> None:
+    """In the Slicer application, fit the slice views to the shown volumes (no views elsewhere)."""
+    import slicer
+
+    if getattr(slicer, "app", None) is not None:
+        slicer.util.resetSliceViews()
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics table
+# ----------------------------------------------------------------------------------------------
+
+def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in metrics.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flatten(value, full + ".")
+        else:
+            yield full, value
+
+
+def metrics_table_node(metrics: Mapping[str, Any], scene: Any = None, *, name: str = "Metrics",
+                       node: Any = None) -> Any:
+    """A ``vtkMRMLTableNode`` with one row per metric: columns "Metric" (text) and "Value" (number).
+
+    Nested dictionaries are flattened with dotted names ("fusion.entropy"); booleans become
+    0/1; text values (e.g. a transform type) go into a third column "Text" with Value NaN.
+
+    Args:
+        metrics: metric name -> value.
+        scene: the scene; by default ``node``'s or ``slicer.mrmlScene``.
+        name: name of a new node (made unique).
+        node: an existing table node to overwrite.
+    """
+    import vtk
+
+    scene = get_scene(scene, node)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLTableNode", unique_name(scene, name))
+    names, values, texts = vtk.vtkStringArray(), vtk.vtkDoubleArray(), vtk.vtkStringArray()
+    names.SetName("Metric")
+    values.SetName("Value")
+    texts.SetName("Text")
+    for key, value in _flatten(metrics):
+        if value is None:
+            continue
+        names.InsertNextValue(str(key))
+        if isinstance(value, (bool, np.bool_)):
+            values.InsertNextValue(float(value))
+            texts.InsertNextValue("")
+        elif isinstance(value, (int, float, np.integer, np.floating)):
+            values.InsertNextValue(float(value))
+            texts.InsertNextValue("")
+        else:
+            values.InsertNextValue(float("nan"))
+            texts.InsertNextValue(str(value))
+    table = vtk.vtkTable()
+    for column in (names, values, texts):
+        table.AddColumn(column)
+    node.SetAndObserveTable(table)
+    node.SetColumnDescription("Metric", "Metric name (registration.* or fusion.*)")
+    node.SetColumnDescription("Value", "Metric value")
+    node.SetLocked(True)  # results, not something to edit by hand
+    return node
+
+
+def table_to_dict(node: Any) -> dict[str, float | str]:
+    """The Metric -> Value (or Text) pairs of a table made by :func:`metrics_table_node`."""
+    table = node.GetTable()
+    names = table.GetColumnByName("Metric")
+    values = table.GetColumnByName("Value")
+    texts = table.GetColumnByName("Text")
+    if names is None or values is None:
+        raise InputError(f"Table '{node.GetName()}' is not a metrics table (no Metric/Value columns).",
+                         "Give a table made by metrics_table_node.")
+    out: dict[str, float | str] = {}
+    for row in range(table.GetNumberOfRows()):
+        value = values.GetValue(row)
+        text = texts.GetValue(row) if texts is not None else ""
+        out[names.GetValue(row)] = text if text and np.isnan(value) else value
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------
+
+def save_scene(path: str | os.PathLike, scene: Any = None) -> str:
+    """Save the scene with its data: a Slicer data bundle (``.mrb``, one zip file) or a ``.mrml``
+    file with its data files next to it.
+
+    Every volume, transform and table node gets a storage node (NRRD, .h5, .tsv) when it has
+    none. The bundle is written to a temporary name and renamed, so a failure never leaves a
+    half-written file.
+
+    Returns:
+        The path written.
+    """
+    scene = get_scene(scene)
+    final = os.path.abspath(os.fspath(path))
+    if not final.endswith((".mrb", ".mrml")):
+        raise InputError(f"Cannot save a scene as '{final}'.", "Use a .mrb (bundle) or .mrml file name.")
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    if final.endswith(".mrb"):
+        # Slicer names the bundle's inner folder after the file: write under the final name in
+        # a temporary folder next to it, then move it into place.
+        staging = tempfile.mkdtemp(prefix=".mmf-tmp-", dir=os.path.dirname(final))
+        tmp = os.path.join(staging, os.path.basename(final))
+        try:
+            with _quiet_vtk():  # vtkArchive reports every file it zips
+                written = scene.WriteToMRB(tmp)
+            if not written or not os.path.exists(tmp):
+                raise InputError(f"Slicer could not write the scene bundle '{final}'.",
+                                 "Check the folder is writable and has free space.")
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return final
+    folder = os.path.dirname(final)
+    _write_node_data(scene, folder)
+    scene.SetRootDirectory(folder)
+    scene.SetURL(final)
+    if not scene.Commit():
+        raise InputError(f"Slicer could not write the scene '{final}'.", "Check the folder is writable.")
+    return final
+
+
+def load_scene(path: str | os.PathLike, scene: Any = None) -> Any:
+    """Load a ``.mrb`` bundle or ``.mrml`` scene (with its data) into ``scene`` (a new one by default).
+
+    In Slicer, ``slicer.util.loadScene`` does the same with the application's I/O manager;
+    this works without it (e.g. under slicer-core), unpacking a bundle to a temporary folder.
+
+    Returns:
+        The scene.
+    """
+    import zipfile
+
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise InputError(f"Scene file not found: '{path}'.", "Check the path.")
+    scene = scene if scene is not None else new_scene(slice_views=False)
+    if path.endswith(".mrml"):
+        scene.SetURL(path)
+        ok = scene.Import()
+    else:
+        folder = tempfile.mkdtemp(prefix="mmf-mrb-")
+        try:
+            with zipfile.ZipFile(path) as bundle:
+                bundle.extractall(folder)
+            found = [os.path.join(root, f) for root, _, files in os.walk(folder) for f in files if f.endswith(".mrml")]
+            if len(found) != 1:
+                raise InputError(f"'{path}' is not a Slicer scene bundle (found {len(found)} .mrml files).",
+                                 "Give a .mrb file saved by Slicer or by save_scene.")
+            scene.SetURL(found[0])
+            ok = scene.Import()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    if not ok:
+        raise InputError(f"Slicer could not load the scene '{path}'.", "Check the file is a complete Slicer scene.")
+    return scene
+
+
+class _quiet_vtk:
+    """Send VTK's text output (vtkArchive lists every file it zips) to a string for a block."""
+
+    def __enter__(self) -> None:
+        import vtk
+
+        self._previous = vtk.vtkOutputWindow.GetInstance()
+        self._previous.Register(None)  # keep it alive while it is not the instance
+        self._sink = vtk.vtkStringOutputWindow()
+        vtk.vtkOutputWindow.SetInstance(self._sink)
+
+    def __exit__(self, *exc: object) -> None:
+        import vtk
+
+        vtk.vtkOutputWindow.SetInstance(self._previous)
+        self._previous.UnRegister(None)
+
+
+def _write_node_data(scene: Any, folder: str) -> None:
+    """Write every storable node's data into ``folder`` (what Slicer's Save dialog does)."""
+    extensions = {"vtkMRMLTransformNode": ".h5", "vtkMRMLTableNode": ".tsv", "vtkMRMLVolumeNode": ".nrrd"}
+    count = scene.GetNumberOfNodesByClass("vtkMRMLStorableNode")
+    for i in range(count):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLStorableNode")
+        ext = next((e for cls, e in extensions.items() if node.IsA(cls)), None)
+        if ext is None or not node.GetSaveWithScene():
+            continue
+        if node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is None:
+            continue
+        storage = node.GetStorageNode()
+        if storage is None:
+            node.AddDefaultStorageNode()
+            storage = node.GetStorageNode()
+        if storage is None:
+            continue
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in node.GetName())
+        storage.SetFileName(os.path.join(folder, safe + ext))
+        if not storage.WriteData(node):
+            raise InputError(f"Could not write the data of '{node.GetName()}'.", "Check the folder is writable.")

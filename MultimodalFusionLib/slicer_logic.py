@@ -1,0 +1,343 @@
+"""The Slicer module's Logic (the console scripting API), free of Qt so it runs anywhere MRML does.
+
+``MultimodalFusion.MultimodalFusionLogic`` (the scripted module) inherits this class unchanged,
+so the methods tested here under the slicer-core wheel are the ones Slicer users call. Glue
+only: nodes in, :mod:`MultimodalFusionLib.mrml` to SimpleITK, the engine, ``mrml`` back to
+new output nodes. Method names and keyword arguments follow Slicer's camelCase convention
+(as in SlicerElastix: ``registerVolumes(fixedVolumeNode, movingVolumeNode, ...)``).
+
+In Slicer's Python console::
+
+    logic = slicer.util.getModuleLogic("MultimodalFusion")
+    out = logic.run(getNode("MR"), getNode("PET"), preset="mr-pet-brain", fusionMethod="wavelet")
+    out.transformNode, out.resampledVolumeNode, out.fusedVolumeNode, out.metricsTableNode
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from . import mrml
+from .errors import InputError
+from .progress import ProgressCallback, report, scaled
+
+__all__ = ["FusionLogic", "RegistrationOutputs", "FusionOutputs", "RunOutputs"]
+
+
+@dataclasses.dataclass
+class RegistrationOutputs:
+    """What :meth:`FusionLogic.registerVolumes` made.
+
+    Attributes:
+        transformNode: the registration transform (set it as the moving volume's parent to align it).
+        resampledVolumeNode: the moving volume resampled on the fixed volume's grid (None if not asked).
+        result: the engine's RegistrationResult (metric before/after, stages, warnings, timings).
+        metrics: registration metrics (metric before/after, MI/correlation after resampling).
+    """
+
+    transformNode: Any
+    resampledVolumeNode: Any
+    result: Any
+    metrics: dict[str, Any]
+
+
+@dataclasses.dataclass
+class FusionOutputs:
+    """What :meth:`FusionLogic.fuseVolumes` made.
+
+    Attributes:
+        fusedVolumeNode: the fused volume (scalar, or vector RGB for colour methods).
+        weightsVolumeNode: per-voxel weight of the anatomical volume (None when the method has none).
+        result: the engine's FusionResult.
+        metrics: fusion quality metrics (entropy, MI, Qabf, SSIM, ...).
+    """
+
+    fusedVolumeNode: Any
+    weightsVolumeNode: Any
+    result: Any
+    metrics: dict[str, Any]
+
+
+@dataclasses.dataclass
+class RunOutputs:
+    """What :meth:`FusionLogic.run` made: registration and fusion outputs plus the metrics table."""
+
+    registration: RegistrationOutputs
+    fusion: FusionOutputs
+    metricsTableNode: Any
+
+    @property
+    def transformNode(self) -> Any:
+        return self.registration.transformNode
+
+    @property
+    def resampledVolumeNode(self) -> Any:
+        return self.registration.resampledVolumeNode
+
+    @property
+    def fusedVolumeNode(self) -> Any:
+        return self.fusion.fusedVolumeNode
+
+
+def _check_not_input(output: Any, inputs: Sequence[Any], what: str) -> None:
+    for node in inputs:
+        if output is not None and node is not None and output is node:
+            raise InputError(f"The {what} '{output.GetName()}' is also an input; inputs are never overwritten.",
+                             f"Select another {what} node, or leave it empty to create a new one.")
+
+
+def _scalar(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+class FusionLogic:
+    """Register and fuse volume nodes; every GUI action is one method here.
+
+    Args:
+        scene: the MRML scene; by default the input nodes' scene (``slicer.mrmlScene`` in Slicer).
+    """
+
+    def __init__(self, scene: Any = None) -> None:
+        self._scene = scene
+
+    def _sceneOf(self, node: Any = None) -> Any:
+        return mrml.get_scene(self._scene, node)
+
+    # ------------------------------------------------------------------------------------------
+    def registerVolumes(self, fixedVolumeNode: Any, movingVolumeNode: Any, *, preset: str | None = None,
+                        stages: Sequence[str] | str | None = None, fixedMaskNode: Any = None,
+                        movingMaskNode: Any = None, initialTransformNode: Any = None, seed: int | None = None,
+                        outputTransformNode: Any = None, outputVolumeNode: Any = None,
+                        resample: bool = True, applyTransform: bool = False, backend: str = "sitk",
+                        progress: ProgressCallback | None = None) -> RegistrationOutputs:
+        """Register the moving volume to the fixed one; the result is a new transform node.
+
+        Console example::
+
+            logic = slicer.util.getModuleLogic("MultimodalFusion")
+            out = logic.registerVolumes(getNode("CT"), getNode("MR"), preset="ct-mr-head", seed=1)
+            getNode("MR").SetAndObserveTransformNodeID(out.transformNode.GetID())  # show MR aligned
+
+        Args:
+            fixedVolumeNode: reference volume (e.g. CT or the anatomical MR).
+            movingVolumeNode: volume to align (e.g. MR, PET, SPECT).
+            preset: registration preset name (``MultimodalFusionLib.registration.list_presets()``).
+            stages: stages to run, e.g. ``["rigid", "affine", "bspline"]`` or ``"rigid,affine"``.
+            fixedMaskNode: label map or segmentation limiting the metric in the fixed volume.
+            movingMaskNode: the same for the moving volume.
+            initialTransformNode: a transform to start from (e.g. a manual pre-alignment).
+            seed: seed of the random metric sampling (same seed, same result).
+            outputTransformNode: transform node to write into; a new one when None.
+            outputVolumeNode: volume node for the resampled moving volume; a new one when None.
+            resample: make the resampled moving volume.
+            applyTransform: also set the transform as the moving volume's parent (display only;
+                the moving volume's voxels are not changed).
+            backend: "sitk" or "torch".
+            progress: ``progress(fraction, message)``; returning False cancels.
+
+        Returns:
+            RegistrationOutputs with ``transformNode``, ``resampledVolumeNode``, ``result``, ``metrics``.
+
+        Raises:
+            InputError: missing/bad inputs, or an output node that is also an input.
+            RegistrationError: registration failed.
+            OperationCancelled: cancelled through ``progress``.
+        """
+        from . import metrics as metrics_module
+        from .preprocess import resample as resample_image
+        from .registration import register
+
+        if fixedVolumeNode is None or movingVolumeNode is None:
+            raise InputError("Select both a fixed and a moving volume.", "Choose the two volumes to register.")
+        if fixedVolumeNode is movingVolumeNode:
+            raise InputError("The fixed and moving volumes are the same node.", "Select two different volumes.")
+        _check_not_input(outputVolumeNode, [fixedVolumeNode, movingVolumeNode], "output volume")
+        scene = self._sceneOf(fixedVolumeNode)
+        report(progress, 0.0, "reading volumes")
+        fixed = mrml.image_from_volume_node(fixedVolumeNode, float32=True)
+        moving = mrml.image_from_volume_node(movingVolumeNode, float32=True)
+        fixed_mask = mrml.mask_from_node(fixedMaskNode, fixed) if fixedMaskNode is not None else None
+        moving_mask = mrml.mask_from_node(movingMaskNode, moving) if movingMaskNode is not None else None
+        initial = mrml.sitk_transform_from_node(initialTransformNode) if initialTransformNode is not None else None
+
+        result = register(fixed, moving, preset=preset or None, stages=stages or None, fixed_mask=fixed_mask,
+                          moving_mask=moving_mask, initial_transform=initial, seed=seed,
+                          progress=scaled(progress, 0.02, 0.9), backend=backend)
+        report(progress, 0.9, "creating output nodes")
+        name = f"{movingVolumeNode.GetName()} to {fixedVolumeNode.GetName()}"
+        transform_node = mrml.transform_node_from_sitk(result.transform, scene, name=name,
+                                                       node=outputTransformNode)
+        metrics: dict[str, Any] = {
+            "metric_before": _scalar(result.metric_before),
+            "metric_after": _scalar(result.metric_after),
+            "seconds": _scalar(result.seconds),
+            "transform_type": result.transform.GetName(),
+        }
+        resampled_node = None
+        if resample:
+            resampled = resample_image(moving, fixed, result.transform)
+            resampled_node = mrml.volume_node_from_image(resampled, scene, name=f"{movingVolumeNode.GetName()} registered",
+                                                         node=outputVolumeNode)
+            metrics.update({k: _scalar(v) for k, v in
+                            metrics_module.registration_metrics(fixed, resampled, fixed_mask).items()})
+        if applyTransform:
+            mrml.set_parent_transform(movingVolumeNode, transform_node)
+        for i, warning in enumerate(result.warnings):
+            metrics[f"warning_{i + 1}"] = warning
+        report(progress, 1.0, "registration done")
+        return RegistrationOutputs(transform_node, resampled_node, result, metrics)
+
+    # ------------------------------------------------------------------------------------------
+    def fuseVolumes(self, anatomicalVolumeNode: Any, functionalVolumeNode: Any, *, method: str = "average",
+                    transformNode: Any = None, outputVolumeNode: Any = None, weightsVolumeNode: Any = None,
+                    metricsTableNode: Any = None, progress: ProgressCallback | None = None,
+                    **methodParameters: Any) -> FusionOutputs:
+        """Fuse a functional (or second anatomical) volume into an anatomical one: a new volume.
+
+        The functional volume is resampled onto the anatomical volume's grid first: through
+        ``transformNode`` when given (e.g. ``registerVolumes``' output), else as it lies.
+
+        Console example::
+
+            logic = slicer.util.getModuleLogic("MultimodalFusion")
+            reg = logic.registerVolumes(getNode("MR"), getNode("PET"), preset="mr-pet-brain")
+            out = logic.fuseVolumes(getNode("MR"), getNode("PET"), transformNode=reg.transformNode,
+                                    method="wavelet", levels=3)
+            logic.showFusion(getNode("MR"), out.fusedVolumeNode, opacity=0.6)
+
+        Args:
+            anatomicalVolumeNode: anatomy (MR, CT): the output takes its grid.
+            functionalVolumeNode: function (PET, SPECT) or a second anatomical volume.
+            method: fusion method (``MultimodalFusionLib.fusion.list_methods()``).
+            transformNode: registration transform (fixed = anatomical, moving = functional).
+            outputVolumeNode: volume node for the fused image; a new one when None.
+            weightsVolumeNode: volume node for the per-voxel weight map; a new one when None.
+            metricsTableNode: when given, the fusion metrics are written into this table node.
+            progress: ``progress(fraction, message)``; returning False cancels.
+            **methodParameters: the method's parameters (e.g. ``weight=0.6``, ``levels=3``).
+
+        Returns:
+            FusionOutputs with ``fusedVolumeNode``, ``weightsVolumeNode``, ``result``, ``metrics``.
+        """
+        from . import fusion
+        from . import metrics as metrics_module
+        from .preprocess import resample as resample_image
+
+        if anatomicalVolumeNode is None or functionalVolumeNode is None:
+            raise InputError("Select both an anatomical and a functional volume.", "Choose the two volumes to fuse.")
+        inputs = [anatomicalVolumeNode, functionalVolumeNode]
+        _check_not_input(outputVolumeNode, inputs, "output volume")
+        _check_not_input(weightsVolumeNode, inputs, "weights volume")
+        scene = self._sceneOf(anatomicalVolumeNode)
+        report(progress, 0.0, "reading volumes")
+        a = mrml.image_from_volume_node(anatomicalVolumeNode)
+        b = mrml.image_from_volume_node(functionalVolumeNode)
+        if transformNode is not None:
+            b = resample_image(b, a, mrml.sitk_transform_from_node(transformNode))
+        elif not fusion.same_grid(a, b):
+            b = resample_image(b, a)
+        result = fusion.fuse(a, b, method, progress=scaled(progress, 0.05, 0.85), **methodParameters)
+        report(progress, 0.85, "computing fusion metrics")
+        metrics = {k: _scalar(v) for k, v in metrics_module.fusion_metrics(result, a, b).items()}
+        base = f"{anatomicalVolumeNode.GetName()} + {functionalVolumeNode.GetName()} {method}"
+        fused_node = mrml.volume_node_from_image(result.image, scene, name=base, node=outputVolumeNode)
+        weights_node = None
+        if result.weights is not None:
+            weights_node = mrml.volume_node_from_image(result.weights, scene, name=f"{base} weights",
+                                                       node=weightsVolumeNode)
+        if metricsTableNode is not None:
+            mrml.metrics_table_node({"fusion": metrics}, scene, node=metricsTableNode)
+        report(progress, 1.0, "fusion done")
+        return FusionOutputs(fused_node, weights_node, result, metrics)
+
+    # ------------------------------------------------------------------------------------------
+    def run(self, fixedVolumeNode: Any, movingVolumeNode: Any, *, preset: str | None = None,
+            stages: Sequence[str] | str | None = None, fixedMaskNode: Any = None, movingMaskNode: Any = None,
+            seed: int | None = None, fusionMethod: str = "average", opacity: float = 0.5,
+            colormap: str = "PET-Heat", outputTransformNode: Any = None, outputVolumeNode: Any = None,
+            fusedVolumeNode: Any = None, metricsTableNode: Any = None, show: bool = True,
+            backend: str = "sitk", progress: ProgressCallback | None = None,
+            **fusionParameters: Any) -> RunOutputs:
+        """Register, resample, fuse, measure and show: the module's "Apply" button.
+
+        Console example::
+
+            logic = slicer.util.getModuleLogic("MultimodalFusion")
+            out = logic.run(getNode("MR"), getNode("PET"), preset="mr-pet-brain", fusionMethod="laplacian",
+                            opacity=0.5, colormap="PET-Rainbow2")
+            print(MultimodalFusionLib.mrml.table_to_dict(out.metricsTableNode))
+
+        Args:
+            fixedVolumeNode: anatomical/fixed volume.
+            movingVolumeNode: functional/moving volume.
+            preset, stages, fixedMaskNode, movingMaskNode, seed, backend: see :meth:`registerVolumes`.
+            fusionMethod: fusion method name.
+            opacity: foreground (functional) opacity in the slice views.
+            colormap: colour table of the functional volume ("PET-Heat", "PET-Rainbow2", ...).
+            outputTransformNode: transform node to write into (new when None).
+            outputVolumeNode: resampled moving volume node (new when None).
+            fusedVolumeNode: fused volume node (new when None).
+            metricsTableNode: metrics table node (new when None).
+            show: set the slice views: background = fixed, foreground = registered moving volume.
+            progress: ``progress(fraction, message)``; returning False cancels.
+            **fusionParameters: parameters of the fusion method.
+
+        Returns:
+            RunOutputs (``transformNode``, ``resampledVolumeNode``, ``fusedVolumeNode``,
+            ``metricsTableNode``, and the engine results).
+        """
+        _check_not_input(fusedVolumeNode, [fixedVolumeNode, movingVolumeNode], "fused volume")
+        scene = self._sceneOf(fixedVolumeNode)
+        registration = self.registerVolumes(
+            fixedVolumeNode, movingVolumeNode, preset=preset, stages=stages, fixedMaskNode=fixedMaskNode,
+            movingMaskNode=movingMaskNode, seed=seed, outputTransformNode=outputTransformNode,
+            outputVolumeNode=outputVolumeNode, backend=backend, progress=scaled(progress, 0.0, 0.7))
+        fusion_out = self.fuseVolumes(fixedVolumeNode, registration.resampledVolumeNode, method=fusionMethod,
+                                      outputVolumeNode=fusedVolumeNode, progress=scaled(progress, 0.7, 0.95),
+                                      **fusionParameters)
+        table = mrml.metrics_table_node({"registration": registration.metrics, "fusion": fusion_out.metrics},
+                                        scene, name=f"{movingVolumeNode.GetName()} fusion metrics",
+                                        node=metricsTableNode)
+        if show:
+            self.showFusion(fixedVolumeNode, registration.resampledVolumeNode, opacity=opacity, colormap=colormap)
+        report(progress, 1.0, "done")
+        return RunOutputs(registration, fusion_out, table)
+
+    # ------------------------------------------------------------------------------------------
+    def showFusion(self, backgroundVolumeNode: Any, foregroundVolumeNode: Any = None, *, opacity: float = 0.5,
+                   colormap: str = "PET-Heat", threshold: float | None = 0.1) -> int:
+        """Show anatomy as background and function (or a fused volume) as coloured foreground.
+
+        Console example::
+
+            logic = slicer.util.getModuleLogic("MultimodalFusion")
+            logic.showFusion(getNode("MR"), getNode("PET registered"), opacity=0.4, colormap="PET-Rainbow2")
+
+        Args:
+            backgroundVolumeNode: anatomical volume, shown in grey.
+            foregroundVolumeNode: functional volume, shown with ``colormap``; None: background only.
+            opacity: foreground opacity, 0..1.
+            colormap: colour table name ("PET-Heat", "PET-Rainbow2", "Inferno", ...).
+            threshold: fraction of the display window below which the foreground is transparent
+                (None: no threshold).
+
+        Returns:
+            The number of slice views updated.
+        """
+        if backgroundVolumeNode is None:
+            raise InputError("No background (anatomical) volume given.", "Select the anatomical volume.")
+        return mrml.show_fusion(backgroundVolumeNode, foregroundVolumeNode, opacity=opacity, colormap=colormap,
+                                threshold_fraction=threshold, scene=self._sceneOf(backgroundVolumeNode))
+
+    def saveResults(self, path: str) -> str:
+        """Save the scene with all results as a Slicer bundle (``.mrb``) or ``.mrml`` scene.
+
+        Console example::
+
+            slicer.util.getModuleLogic("MultimodalFusion").saveResults("/tmp/fusion.mrb")
+        """
+        return mrml.save_scene(path, self._sceneOf())

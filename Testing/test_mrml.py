@@ -1,0 +1,169 @@
+"""MultimodalFusionLib.mrml against a real vtkMRMLScene (Slicer's libraries: slicer-core wheel or Slicer).
+
+The shared scenarios (MultimodalFusionLib.scenarios) are the same ones the Slicer module's
+self-test runs; the extra cases here check error handling and the smaller helpers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+try:
+    import slicer  # noqa: F401  (the slicer-core wheel, or Slicer itself)
+
+    HAVE_MRML = hasattr(slicer, "vtkMRMLScene")
+except ImportError:  # pragma: no cover - slicer-core is a test dependency
+    HAVE_MRML = False
+
+from MultimodalFusionLib import InputError, scenarios
+
+if HAVE_MRML:
+    from MultimodalFusionLib import mrml
+
+
+@unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
+class MrmlScenarioTest(unittest.TestCase):
+    """The shared scenarios, each on a fresh scene set up like Slicer's."""
+
+    def setUp(self) -> None:
+        self.scene = mrml.new_scene()
+
+    def test_volume_round_trip_oblique_anisotropic(self) -> None:
+        result = scenarios.check_volume_round_trip(self.scene)
+        self.assertLess(result["max_ijk_to_ras_error_mm"], 1e-9)
+
+    def test_transform_nodes_move_points_like_the_engine(self) -> None:
+        errors = scenarios.check_transform_points(self.scene)
+        self.assertLess(errors["rigid_to_parent_mm"], 1e-6)
+        self.assertLess(errors["rigid+bspline_from_parent_mm"], 1e-4)
+
+    def test_hardened_transform_reproduces_engine_resampling(self) -> None:
+        numbers = scenarios.check_harden_reproduces_resampling(self.scene)
+        self.assertLess(numbers["rigid_harden_rel_error"], 1e-5)
+        self.assertLess(numbers["displacement_reslice_rel_error"], 1e-3)
+
+    def test_functional_display_slice_views_and_metrics_table(self) -> None:
+        result = scenarios.check_display_and_table(self.scene)
+        self.assertEqual(result["views"], 3)
+
+    def test_save_bundle_and_reload(self) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            result = scenarios.check_save_and_reload(self.scene, folder)
+            self.assertEqual(os.listdir(folder), ["results.mrb"])  # no temporary files left behind
+        self.assertLess(result["transform_error"], 1e-9)
+
+
+@unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
+class MrmlHelpersTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.scene = mrml.new_scene()
+        self.image = scenarios.head_phantom(scenarios.oblique_grid((16, 18, 14), (4.0, 4.0, 5.0),
+                                                                   rotation=(0.1, 0.0, 0.2)), "mr")
+
+    def test_new_scene_has_slicer_colours_and_views(self) -> None:
+        for name in ("Grey", "PET-Heat", "PET-Rainbow2"):
+            self.assertIsNotNone(self.scene.GetFirstNodeByName(name), name)
+        self.assertEqual(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"), 3)
+        self.assertEqual(self.scene.GetSingletonNode("Red", "vtkMRMLSliceNode").GetOrientation(), "Axial")
+
+    def test_new_nodes_get_unique_names_and_never_replace_inputs(self) -> None:
+        first = mrml.volume_node_from_image(self.image, self.scene, name="PET")
+        second = mrml.volume_node_from_image(self.image, self.scene, name="PET")
+        self.assertEqual(first.GetName(), "PET")
+        self.assertEqual(second.GetName(), "PET_1")
+        self.assertNotEqual(first.GetID(), second.GetID())
+
+    def test_updating_an_existing_node_keeps_its_identity(self) -> None:
+        node = mrml.volume_node_from_image(self.image, self.scene, name="out")
+        doubled = self.image * 2
+        same = mrml.volume_node_from_image(doubled, node=node)
+        self.assertIs(same, node)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.image_from_volume_node(node)),
+                                      sitk.GetArrayFromImage(doubled))
+
+    def test_2d_image_becomes_single_slice_volume(self) -> None:
+        slice2d = sitk.GetImageFromArray(np.arange(12, dtype=np.float32).reshape(3, 4))
+        slice2d.SetSpacing([0.5, 0.8])
+        node = mrml.volume_node_from_image(slice2d, self.scene, name="slice")
+        back = mrml.image_from_volume_node(node)
+        self.assertEqual(back.GetSize(), (4, 3, 1))
+        self.assertEqual(back.GetSpacing()[:2], (0.5, 0.8))
+
+    def test_mask_from_label_map_on_another_grid_is_resampled(self) -> None:
+        label = sitk.Cast(self.image > 300, sitk.sitkUInt8)
+        coarse = sitk.Resample(label, scenarios.oblique_grid((8, 9, 7), (8.0, 8.0, 10.0)), sitk.Transform(),
+                               sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        node = mrml.volume_node_from_image(coarse, self.scene, name="mask", label=True)
+        mask = mrml.mask_from_node(node, self.image)
+        self.assertEqual(mask.GetSize(), self.image.GetSize())
+        overlap = np.logical_and(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(label)).sum()
+        self.assertGreater(overlap / sitk.GetArrayFromImage(label).sum(), 0.6)
+
+    def test_mask_from_segmentation(self) -> None:
+        import slicer
+
+        label = sitk.Cast(self.image > 300, sitk.sitkUInt8)
+        label_node = mrml.volume_node_from_image(label, self.scene, name="seg source", label=True)
+        segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Brain")
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_node, segmentation)
+        self.assertTrue(ok)
+        mask = mrml.mask_from_node(segmentation, self.image)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(label))
+
+    def test_empty_mask_is_refused(self) -> None:
+        node = mrml.volume_node_from_image(sitk.Cast(self.image * 0, sitk.sitkUInt8), self.scene, label=True)
+        with self.assertRaisesRegex(InputError, "empty"):
+            mrml.mask_from_node(node, self.image)
+
+    def test_unknown_colour_table_is_an_input_error(self) -> None:
+        node = mrml.volume_node_from_image(self.image, self.scene)
+        with self.assertRaisesRegex(InputError, "PET-Heat"):
+            mrml.setup_functional_display(node, colormap="NoSuchColours")
+
+    def test_bad_opacity_is_an_input_error(self) -> None:
+        node = mrml.volume_node_from_image(self.image, self.scene)
+        with self.assertRaises(InputError):
+            mrml.show_fusion(node, node, opacity=1.5)
+
+    def test_colour_nodes_are_added_to_a_bare_scene_on_demand(self) -> None:
+        import slicer
+
+        bare = slicer.vtkMRMLScene()
+        node = mrml.volume_node_from_image(self.image, bare, name="pet")
+        display = mrml.setup_functional_display(node, colormap="PET-Heat", threshold_fraction=None)
+        self.assertEqual(display.GetColorNode().GetName(), "PET-Heat")
+        self.assertFalse(display.GetApplyThreshold())
+        self.assertEqual(mrml.show_fusion(node, None), 0)  # no slice views in a bare scene
+
+    def test_non_volume_nodes_are_input_errors(self) -> None:
+        table = self.scene.AddNewNodeByClass("vtkMRMLTableNode")
+        with self.assertRaises(InputError):
+            mrml.image_from_volume_node(table)
+        with self.assertRaises(InputError):
+            mrml.sitk_transform_from_node(table)
+        empty = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        with self.assertRaisesRegex(InputError, "no voxels"):
+            mrml.image_from_volume_node(empty)
+
+    def test_scene_saved_as_mrml_with_data_files(self) -> None:
+        mrml.volume_node_from_image(self.image, self.scene, name="MR")
+        mrml.metrics_table_node({"a": 1.0}, self.scene)
+        with tempfile.TemporaryDirectory() as folder:
+            path = mrml.save_scene(os.path.join(folder, "scene.mrml"), self.scene)
+            self.assertTrue(os.path.isfile(path))
+            self.assertIn("MR.nrrd", os.listdir(folder))
+            loaded = mrml.load_scene(path)
+            np.testing.assert_array_equal(
+                sitk.GetArrayFromImage(mrml.image_from_volume_node(loaded.GetFirstNodeByName("MR"))),
+                sitk.GetArrayFromImage(self.image))
+        with self.assertRaises(InputError):
+            mrml.save_scene("results.png", self.scene)
+
+
+if __name__ == "__main__":
+    unittest.main()
