@@ -1,0 +1,265 @@
+"""What the web views show: the engine's images as MRML volumes in a trame-slicer scene.
+
+:class:`FusionViewer` owns the volume nodes of one session (fixed, moving, registered,
+fused) inside a ``trame_slicer.core.SlicerApp`` scene and sets up the display: anatomy as
+the slice views' background, the functional (or fused) image as coloured foreground, and a
+volume rendering of the fused image in the 3D views. It has no trame server or UI, so the
+offscreen test drives it with trame-slicer's ``DirectViewFactory`` exactly as the web
+application drives it with remote views. The conversion sitk.Image <-> MRML (LPS <-> RAS)
+and the colour set-up are :mod:`MultimodalFusionLib.mrml`'s; nothing here repeats them.
+
+Must run on the thread that owns the scene (VTK/MRML are not thread-safe): the web app
+calls it from its asyncio loop, never from the worker thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+
+__all__ = ["FusionViewer", "ROLES", "capture_view", "DEFAULT_VR_PRESET"]
+
+#: Volume roles of a session, in the order they appear.
+ROLES = ("fixed", "moving", "registered", "fused")
+_NODE_NAMES = {"fixed": "Fixed", "moving": "Moving", "registered": "Moving registered", "fused": "Fused"}
+#: Volume-rendering preset used for the fused image unless the user picks another.
+DEFAULT_VR_PRESET = "MR-Default"
+
+
+class FusionViewer:
+    """Volume nodes and display settings of one fusion session in a trame-slicer scene.
+
+    Args:
+        slicer_app: a ``trame_slicer.core.SlicerApp`` whose view manager creates the views.
+    """
+
+    def __init__(self, slicer_app: Any):
+        self.app = slicer_app
+        self.scene = slicer_app.scene
+        self.nodes: dict[str, Any] = {}
+        self.images: dict[str, sitk.Image] = {}
+        self.colormap = "PET-Heat"
+        self.opacity = 0.5
+        self.foreground_role: str | None = None
+        self.vr_preset = DEFAULT_VR_PRESET
+
+    # ------------------------------------------------------------------ volumes
+    def set_image(self, role: str, image: sitk.Image | None) -> Any:
+        """Put ``image`` in the node of ``role`` (created on first use, updated in place after).
+
+        Args:
+            role: one of :data:`ROLES`.
+            image: the image (LPS, as the engine uses it); None removes the role's node.
+
+        Returns:
+            The volume node (None when removed).
+        """
+        from .. import mrml
+
+        if role not in ROLES:
+            raise InputError(f"Unknown volume role '{role}'.", f"Use one of {', '.join(ROLES)}.")
+        old = self.nodes.get(role)
+        if image is None:
+            if old is not None:
+                self.scene.RemoveNode(old)
+            self.nodes.pop(role, None)
+            self.images.pop(role, None)
+            return None
+        rgb = image.GetNumberOfComponentsPerPixel() > 1
+        if old is not None and bool(old.IsA("vtkMRMLVectorVolumeNode")) != rgb:
+            self.scene.RemoveNode(old)  # scalar <-> colour: the node class must change
+            old = None
+        node = mrml.volume_node_from_image(image, self.scene, name=_NODE_NAMES[role], node=old)
+        self.nodes[role] = node
+        self.images[role] = image
+        return node
+
+    def node(self, role: str) -> Any:
+        """The volume node of ``role`` or None."""
+        return self.nodes.get(role)
+
+    def clear(self, roles: tuple[str, ...] = ROLES) -> None:
+        """Remove the volumes of ``roles`` (and their volume renderings) from the scene."""
+        for role in roles:
+            self.set_image(role, None)
+
+    # ------------------------------------------------------------------ slice views
+    def default_foreground(self) -> str | None:
+        """The functional layer to show: the registered moving image, else the raw moving one."""
+        for role in ("registered", "moving"):
+            if role in self.nodes:
+                return role
+        return None
+
+    def show(self, foreground: str | None = None, *, opacity: float | None = None,
+             colormap: str | None = None, reset_views: bool = False) -> None:
+        """Fixed image as background, ``foreground`` (a role) coloured over it in every slice view.
+
+        Args:
+            foreground: role of the foreground ("moving", "registered" or "fused"); None picks
+                :meth:`default_foreground`.
+            opacity: foreground opacity 0..1 (default: the last one).
+            colormap: colour table of the foreground, one of ``mrml.FUNCTIONAL_COLORMAPS``.
+            reset_views: fit the views to the volumes (after loading new data).
+        """
+        from .. import mrml
+
+        if opacity is not None:
+            self.opacity = float(opacity)
+        if colormap is not None:
+            self.colormap = colormap
+        background = self.nodes.get("fixed")
+        if background is None:
+            background = self.nodes.get("moving")
+            fg_node = None
+        else:
+            role = foreground if foreground in self.nodes else self.default_foreground()
+            self.foreground_role = role
+            fg_node = self.nodes.get(role) if role else None
+        if background is None:
+            return
+        mrml.show_fusion(background, fg_node, opacity=self.opacity, colormap=self.colormap, scene=self.scene)
+        if reset_views:
+            self.reset_views()
+        self.render()
+
+    def set_opacity(self, opacity: float) -> None:
+        """Foreground opacity (0..1) in every slice view, without recomputing the display windows."""
+        self.opacity = min(max(float(opacity), 0.0), 1.0)
+        for view in self.app.view_manager.get_slice_views():
+            view.set_foreground_opacity(self.opacity)
+        self.render()
+
+    def set_colormap(self, colormap: str) -> None:
+        """Colour table of the foreground layer (one of ``mrml.FUNCTIONAL_COLORMAPS``)."""
+        from .. import mrml
+
+        self.colormap = colormap
+        node = self.nodes.get(self.foreground_role) if self.foreground_role else None
+        if node is not None and not node.IsA("vtkMRMLVectorVolumeNode"):
+            mrml.setup_functional_display(node, colormap=colormap)
+        self.render()
+
+    # ------------------------------------------------------------------ 3D
+    def vr_presets(self) -> list[str]:
+        """Names of the volume-rendering presets trame-slicer ships (Slicer's presets)."""
+        return [n for n in self.app.volume_rendering.preset_names() if n != "SubjectHierarchy"]
+
+    def show_volume_rendering(self, role: str = "fused", preset: str | None = None) -> Any:
+        """Volume-render ``role`` in the 3D views with ``preset``, fitted to the image's range.
+
+        Slicer's presets are tuned to CT (Hounsfield units) or MR values; the fused image is on
+        a 0..255 scale and PET in SUV-like units, so the preset's transfer functions are
+        stretched onto the image's 1st..99.9th percentiles to keep their shape visible.
+
+        Args:
+            role: the volume to render (the grey fused image by default).
+            preset: a name from :meth:`vr_presets` (default :data:`DEFAULT_VR_PRESET`).
+
+        Returns:
+            The volume-rendering display node, or None when ``role`` has no volume.
+        """
+        node = self.nodes.get(role)
+        if node is None:
+            return None
+        if node.IsA("vtkMRMLVectorVolumeNode"):
+            raise InputError("A colour (RGB) volume cannot be volume-rendered.",
+                             "Render the grey fused image (any fusion method except 'overlay').")
+        preset = preset or self.vr_preset
+        if preset not in self.vr_presets():
+            raise InputError(f"Unknown volume-rendering preset '{preset}'.",
+                             f"Use one of {', '.join(self.vr_presets())}.")
+        self.vr_preset = preset
+        vr = self.app.volume_rendering
+        for other in ROLES:  # one rendered volume at a time keeps the 3D view readable
+            other_node = self.nodes.get(other)
+            if other != role and other_node is not None and vr.has_vr_display_node(other_node):
+                vr.get_vr_display_node(other_node).SetVisibility(False)
+        display = vr.create_display_node(node, preset)
+        vr.apply_preset(display, preset)
+        lo, hi = _percentiles(self.images[role], 1.0, 99.9)
+        _stretch_volume_property(vr.get_volume_node_property(node), lo, hi)
+        view_ids = [v.get_view_node_id() for v in self.app.view_manager.get_threed_views()]
+        display.SetViewNodeIDs(view_ids)
+        display.SetVisibility(True)
+        for view in self.app.view_manager.get_threed_views():
+            view.reset_view()
+        self.render()
+        return display
+
+    # ------------------------------------------------------------------ views
+    def reset_views(self) -> None:
+        """Fit every view to the loaded volumes."""
+        for view in self.app.view_manager.get_views():
+            view.reset_view()
+
+    def render(self) -> None:
+        """Ask every view to render (remote views schedule it; direct views render now)."""
+        for view in self.app.view_manager.get_views():
+            view.schedule_render()
+
+
+def _percentiles(image: sitk.Image, low: float, high: float) -> tuple[float, float]:
+    arr = sitk.GetArrayViewFromImage(image)
+    arr = arr[np.isfinite(arr)]
+    lo, hi = (float(v) for v in np.percentile(arr, [low, high]))
+    if hi <= lo:
+        lo, hi = float(arr.min()), float(arr.max())
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+def _stretch_volume_property(prop: Any, lo: float, hi: float) -> None:
+    """Map the x range of a preset's opacity points onto ``lo..hi`` (colour points alike)."""
+    opacity = prop.get_opacity_map_values() or []
+    color = prop.get_color_map_values() or []
+    # Presets pad their curves with points at the far ends of the CT range; use the points
+    # where opacity changes to find the part of the curve that matters.
+    xs = [p[0] for p in opacity]
+    ys = [p[1] for p in opacity]
+    inner = [x for i, x in enumerate(xs) if 0 < i < len(xs) - 1 or ys[i] > 0]
+    x0, x1 = (min(inner), max(inner)) if len(inner) >= 2 else (min(xs), max(xs)) if xs else (0.0, 1.0)
+    if x1 <= x0:
+        x1 = x0 + 1.0
+    scale = (hi - lo) / (x1 - x0)
+
+    def remap(points: list[list[float]]) -> list[list[float]]:
+        out, last = [], None
+        for p in points:
+            x = lo + (p[0] - x0) * scale
+            if last is not None and x <= last:  # transfer functions need strictly rising x
+                x = last + 1e-6 * (hi - lo)
+            out.append([x, *p[1:]])
+            last = x
+        return out
+
+    prop.set_opacity_values(remap(opacity))
+    prop.set_color_map_values(remap(color))
+
+
+def capture_view(view: Any) -> np.ndarray:
+    """Render ``view`` (a trame-slicer view) and return its pixels, (rows, cols, 3) uint8, top row first.
+
+    Args:
+        view: a ``trame_slicer.views.AbstractView`` (slice or 3D).
+
+    Returns:
+        The RGB image of the view's render window.
+    """
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+    from vtkmodules.vtkRenderingCore import vtkWindowToImageFilter
+
+    window = view.render_window()
+    window.Render()
+    grab = vtkWindowToImageFilter()
+    grab.SetInput(window)
+    grab.SetInputBufferTypeToRGB()
+    grab.ReadFrontBufferOff()
+    grab.Update()
+    image = grab.GetOutput()
+    cols, rows, _ = image.GetDimensions()
+    pixels = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(rows, cols, -1)[..., :3]
+    return np.ascontiguousarray(pixels[::-1])

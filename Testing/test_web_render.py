@@ -1,0 +1,119 @@
+"""Offscreen rendering of the web UI's views, without a browser or a trame server.
+
+Builds trame-slicer's views headless (``DirectViewFactory``, offscreen EGL/OSMesa), loads the
+demo volumes through :class:`MultimodalFusionLib.web.viewer.FusionViewer` and checks the
+pixels: the PET colour table is visible where the PET-like image is hot, grey elsewhere.
+"""
+
+from __future__ import annotations
+
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib.web.offscreen import configure_offscreen_rendering
+
+configure_offscreen_rendering()
+
+try:
+    import trame_slicer  # noqa: F401
+    _HAVE_TRAME_SLICER = True
+except ImportError:  # pragma: no cover - the web extra is not installed
+    _HAVE_TRAME_SLICER = False
+
+
+def _colourfulness(pixels: np.ndarray) -> np.ndarray:
+    """max(R, G, B) - min(R, G, B): 0 for grey pixels, large for the PET colours."""
+    p = pixels.astype(np.int32)
+    return p.max(axis=-1) - p.min(axis=-1)
+
+
+@unittest.skipUnless(_HAVE_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
+class OffscreenViewTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        from trame_slicer.core import SlicerApp
+        from trame_slicer.views import DirectViewFactory, ViewLayoutDefinition
+
+        from MultimodalFusionLib.web.demo import demo_images
+        from MultimodalFusionLib.web.viewer import FusionViewer
+
+        cls.app = SlicerApp()
+        cls.app.view_manager.register_factory(DirectViewFactory(do_render_offscreen=True))
+        cls.axial = cls.app.view_manager.create_view(ViewLayoutDefinition.axial_view())
+        cls.threed = cls.app.view_manager.create_view(ViewLayoutDefinition.threed_view())
+        for view in (cls.axial, cls.threed):
+            view.render_window().SetSize(240, 240)
+        cls.fixed, cls.moving, cls.truth = demo_images(spacing_mm=3.0)
+        cls.viewer = FusionViewer(cls.app)
+        cls.viewer.set_image("fixed", cls.fixed)
+        # the PET realigned with the known transform stands in for a registration result
+        cls.registered = sitk.Resample(cls.moving, cls.fixed, cls.truth, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        cls.viewer.set_image("registered", cls.registered)
+        cls.viewer.show("registered", opacity=0.6, colormap="PET-Heat", reset_views=True)
+
+    def _pet_at_pixels(self, shape: tuple[int, int]) -> np.ndarray:
+        """The PET value under each pixel of the axial view (NaN outside the image)."""
+        xy_to_ras = self.axial.get_view_node().GetXYToRAS()
+        m = np.array([[xy_to_ras.GetElement(i, j) for j in range(4)] for i in range(4)])
+        rows, cols = shape
+        yy, xx = np.mgrid[0:rows, 0:cols]
+        # captured rows are top first, VTK's XY origin is bottom-left
+        xy = np.stack([xx.ravel() + 0.5, (rows - 1 - yy).ravel() + 0.5, np.zeros(xx.size), np.ones(xx.size)])
+        ras = (m @ xy)[:3]
+        lps = ras * np.array([[-1.0], [-1.0], [1.0]])
+        arr = sitk.GetArrayViewFromImage(self.registered)
+        out = np.full(xx.size, np.nan)
+        for k in range(xx.size):
+            idx = self.registered.TransformPhysicalPointToIndex(lps[:, k].tolist())
+            if all(0 <= i < n for i, n in zip(idx, self.registered.GetSize())):
+                out[k] = arr[idx[2], idx[1], idx[0]]
+        return out.reshape(rows, cols)
+
+    def _capture_axial(self, opacity: float) -> np.ndarray:
+        from MultimodalFusionLib.web.viewer import capture_view
+
+        self.viewer.set_opacity(opacity)
+        try:
+            return capture_view(self.axial)
+        finally:
+            self.viewer.set_opacity(0.6)
+
+    def test_foreground_colours_where_pet_is_hot(self):
+        coloured = self._capture_axial(0.6)
+        grey = self._capture_axial(0.0)
+        self.assertEqual(coloured.shape, (240, 240, 3))
+        # without the foreground the T1 is plain grey, and it is there
+        self.assertLess(np.percentile(_colourfulness(grey), 99), 10)
+        self.assertGreater(grey.mean(), 10)
+        pet = self._pet_at_pixels(coloured.shape[:2])
+        finite = pet[np.isfinite(pet)]
+        hot = pet > np.percentile(finite, 90)
+        self.assertGreater(hot.sum(), 100)
+        red_minus_blue = coloured[..., 0].astype(int) - coloured[..., 2].astype(int)
+        # hot PET: PET-Heat's red-orange-yellow end, so red well above blue and far from grey
+        self.assertGreater(np.median(red_minus_blue[hot]), 30)
+        self.assertGreater(np.median(_colourfulness(coloured)[hot] - _colourfulness(grey)[hot]), 25)
+        # no uptake (below the display threshold): the anatomy shows through unchanged
+        none = pet < 0.05 * np.percentile(finite, 99)
+        self.assertGreater(none.sum(), 100)
+        diff = np.abs(coloured.astype(int) - grey.astype(int)).max(axis=-1)
+        self.assertLess(np.median(diff[none]), 5)
+
+    def test_volume_rendering_of_fused_image(self):
+        from MultimodalFusionLib.fusion import fuse
+        from MultimodalFusionLib.web.viewer import capture_view
+
+        empty = capture_view(self.threed)
+        fused = fuse(self.fixed, self.registered, "average")
+        self.viewer.set_image("fused", fused.grey_image)
+        display = self.viewer.show_volume_rendering("fused", "MR-Default")
+        self.assertTrue(display.GetVisibility())
+        rendered = capture_view(self.threed)
+        changed = np.abs(rendered.astype(int) - empty.astype(int)).max(axis=-1) > 30
+        self.assertGreater(changed.mean(), 0.05, "the volume rendering drew nothing")
+
+
+if __name__ == "__main__":
+    unittest.main()
