@@ -49,12 +49,14 @@ class FusionOutputs:
     Attributes:
         fusedVolumeNode: the fused volume (scalar, or vector RGB for colour methods).
         weightsVolumeNode: per-voxel weight of the anatomical volume (None when the method has none).
+        metricsTableNode: table of the fusion metrics.
         result: the engine's FusionResult.
         metrics: fusion quality metrics (entropy, MI, Qabf, SSIM, ...).
     """
 
     fusedVolumeNode: Any
     weightsVolumeNode: Any
+    metricsTableNode: Any
     result: Any
     metrics: dict[str, Any]
 
@@ -216,12 +218,13 @@ class FusionLogic:
             transformNode: registration transform (fixed = anatomical, moving = functional).
             outputVolumeNode: volume node for the fused image; a new one when None.
             weightsVolumeNode: volume node for the per-voxel weight map; a new one when None.
-            metricsTableNode: when given, the fusion metrics are written into this table node.
+            metricsTableNode: table node for the fusion metrics; a new one when None.
             progress: ``progress(fraction, message)``; returning False cancels.
             **methodParameters: the method's parameters (e.g. ``weight=0.6``, ``levels=3``).
 
         Returns:
-            FusionOutputs with ``fusedVolumeNode``, ``weightsVolumeNode``, ``result``, ``metrics``.
+            FusionOutputs with ``fusedVolumeNode``, ``weightsVolumeNode``, ``metricsTableNode``,
+            ``result``, ``metrics``.
         """
         from . import fusion
         from . import metrics as metrics_module
@@ -249,10 +252,9 @@ class FusionLogic:
         if result.weights is not None:
             weights_node = mrml.volume_node_from_image(result.weights, scene, name=f"{base} weights",
                                                        node=weightsVolumeNode)
-        if metricsTableNode is not None:
-            mrml.metrics_table_node({"fusion": metrics}, scene, node=metricsTableNode)
+        table = mrml.metrics_table_node({"fusion": metrics}, scene, name=f"{base} metrics", node=metricsTableNode)
         report(progress, 1.0, "fusion done")
-        return FusionOutputs(fused_node, weights_node, result, metrics)
+        return FusionOutputs(fused_node, weights_node, table, result, metrics)
 
     # ------------------------------------------------------------------------------------------
     def run(self, fixedVolumeNode: Any, movingVolumeNode: Any, *, preset: str | None = None,
@@ -297,11 +299,11 @@ class FusionLogic:
             movingMaskNode=movingMaskNode, seed=seed, outputTransformNode=outputTransformNode,
             outputVolumeNode=outputVolumeNode, backend=backend, progress=scaled(progress, 0.0, 0.7))
         fusion_out = self.fuseVolumes(fixedVolumeNode, registration.resampledVolumeNode, method=fusionMethod,
-                                      outputVolumeNode=fusedVolumeNode, progress=scaled(progress, 0.7, 0.95),
-                                      **fusionParameters)
+                                      outputVolumeNode=fusedVolumeNode, metricsTableNode=metricsTableNode,
+                                      progress=scaled(progress, 0.7, 0.95), **fusionParameters)
+        # one table with both: the registration's and the fusion's numbers
         table = mrml.metrics_table_node({"registration": registration.metrics, "fusion": fusion_out.metrics},
-                                        scene, name=f"{movingVolumeNode.GetName()} fusion metrics",
-                                        node=metricsTableNode)
+                                        scene, node=fusion_out.metricsTableNode)
         if show:
             self.showFusion(fixedVolumeNode, registration.resampledVolumeNode, opacity=opacity, colormap=colormap)
         report(progress, 1.0, "done")

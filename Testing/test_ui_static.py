@@ -1,0 +1,195 @@
+"""Static checks of the Slicer module against its .ui file (Qt cannot run here, so read both as text).
+
+- every ``self.ui.<name>`` the module uses exists in MultimodalFusion.ui with the class its
+  use needs;
+- every parameter-node field is bound to exactly one widget (``SlicerParameterName``) of a class
+  that Slicer's parameterNodeWrapper can connect to that field's type, node selectors list the
+  field's node classes, sliders match the field's range, and no widget names a missing field;
+- every node selector gets the scene (``mrmlSceneChanged`` -> ``setMRMLScene``);
+- the module keeps the scripted-module template's shape: five classes, category
+  "Registration", Logic built on the tested Qt-free FusionLogic, under 700 lines.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+import unittest
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "MultimodalFusion" / "MultimodalFusion.py"
+UI = ROOT / "Resources" / "UI" / "MultimodalFusion.ui"
+
+#: widget class expected from a name's suffix (Slicer's naming convention, used throughout the .ui)
+SUFFIX_CLASS = [
+    ("CollapsibleButton", "ctkCollapsibleButton"),
+    ("Button", "QPushButton"),
+    ("Selector", "qMRMLNodeComboBox"),
+    ("ComboBox", "QComboBox"),
+    ("SliderWidget", "ctkSliderWidget"),
+    ("SpinBox", "QSpinBox"),
+    ("CheckBox", "QCheckBox"),
+    ("LineEdit", "QLineEdit"),
+    ("Label", "QLabel"),
+]
+
+
+def _ui_widgets() -> dict[str, ET.Element]:
+    tree = ET.parse(UI)
+    return {w.get("name"): w for w in tree.iter("widget")}
+
+
+def _property(widget: ET.Element, name: str) -> ET.Element | None:
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            return prop
+    return None
+
+
+def _module_tree() -> ast.Module:
+    return ast.parse(MODULE.read_text(encoding="utf-8"))
+
+
+def _class(tree: ast.Module, name: str) -> ast.ClassDef:
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node
+    raise AssertionError(f"class {name} not found in {MODULE.name}")
+
+
+def _parameter_fields(tree: ast.Module) -> dict[str, ast.expr]:
+    cls = _class(tree, "MultimodalFusionParameterNode")
+    decorators = [d.id if isinstance(d, ast.Name) else getattr(d, "attr", "") for d in cls.decorator_list]
+    assert "parameterNodeWrapper" in decorators, "the ParameterNode class is not a @parameterNodeWrapper"
+    return {n.target.id: n.annotation for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def _names_in(annotation: ast.expr) -> list[str]:
+    return [n.id for n in ast.walk(annotation) if isinstance(n, ast.Name)]
+
+
+class UiStaticTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.widgets = _ui_widgets()
+        self.tree = _module_tree()
+        self.source = MODULE.read_text(encoding="utf-8")
+
+    def test_every_widget_the_module_uses_exists_with_the_right_class(self) -> None:
+        used = set(re.findall(r"self\.ui\.(\w+)", self.source))
+        self.assertIn("applyButton", used)
+        for name in sorted(used):
+            with self.subTest(widget=name):
+                self.assertIn(name, self.widgets, f"self.ui.{name} is used but not in {UI.name}")
+                expected = next((cls for suffix, cls in SUFFIX_CLASS if name.endswith(suffix)), None)
+                self.assertIsNotNone(expected, f"no naming rule for widget '{name}'")
+                self.assertEqual(self.widgets[name].get("class"), expected)
+
+    def test_every_named_widget_follows_the_naming_convention(self) -> None:
+        for name, widget in self.widgets.items():
+            if widget.get("class") in ("QLabel", "qMRMLWidget") and not name.endswith("Label"):
+                continue  # form labels and the top-level widget
+            expected = next((cls for suffix, cls in SUFFIX_CLASS if name.endswith(suffix)), None)
+            with self.subTest(widget=name):
+                self.assertEqual(widget.get("class"), expected)
+
+    def test_sections_are_the_five_collapsible_buttons(self) -> None:
+        sections = [_property(w, "text").find("string").text for w in self.widgets.values()
+                    if w.get("class") == "ctkCollapsibleButton"]
+        self.assertEqual(sections, ["Inputs", "Registration", "Fusion", "Display", "Advanced"])
+
+    def test_every_parameter_field_is_bound_to_a_fitting_widget(self) -> None:
+        fields = _parameter_fields(self.tree)
+        bound: dict[str, list[ET.Element]] = {}
+        for widget in self.widgets.values():
+            prop = _property(widget, "SlicerParameterName")
+            if prop is not None:
+                bound.setdefault(prop.find("string").text, []).append(widget)
+        self.assertEqual(set(bound) - set(fields), set(), "widgets bound to fields that do not exist")
+        for field, annotation in fields.items():
+            with self.subTest(field=field):
+                self.assertIn(field, bound, f"parameter '{field}' is bound to no widget")
+                self.assertEqual(len(bound[field]), 1, f"parameter '{field}' is bound to several widgets")
+                widget = bound[field][0]
+                cls = widget.get("class")
+                names = _names_in(annotation)
+                node_types = [n for n in names if n.startswith("vtkMRML")]
+                if node_types:
+                    self.assertEqual(cls, "qMRMLNodeComboBox")
+                    listed = [s.text for s in _property(widget, "nodeTypes").iter("string")]
+                    self.assertEqual(sorted(listed), sorted(node_types),
+                                     f"selector of '{field}' lists {listed}, the field allows {node_types}")
+                elif "bool" in names:
+                    self.assertEqual(cls, "QCheckBox")
+                elif "int" in names:
+                    self.assertEqual(cls, "QSpinBox")
+                elif "float" in names:
+                    self.assertEqual(cls, "ctkSliderWidget")
+                    self.assertIn("WithinRange", names, "a slider needs a bounded float (WithinRange)")
+                    call = next(n for n in ast.walk(annotation) if isinstance(n, ast.Call)
+                                and getattr(n.func, "id", "") == "WithinRange")
+                    lo, hi = (ast.literal_eval(a) for a in call.args)
+                    self.assertEqual(float(_property(widget, "minimum").find("double").text), lo)
+                    self.assertEqual(float(_property(widget, "maximum").find("double").text), hi)
+                elif "str" in names:
+                    self.assertEqual(cls, "QComboBox" if "Choice" in names else "QLineEdit")
+                else:
+                    self.fail(f"no widget rule for the type of '{field}'")
+
+    def test_parameter_fields_cover_the_required_settings(self) -> None:
+        fields = set(_parameter_fields(self.tree))
+        for required in ("fixedVolume", "movingVolume", "preset", "stages", "fixedMask", "movingMask",
+                         "fusionMethod", "opacity", "outputTransform", "outputVolume", "fusedVolume", "metricsTable"):
+            self.assertIn(required, fields)
+
+    def test_node_selectors_receive_the_scene(self) -> None:
+        tree = ET.parse(UI)
+        connected = {c.findtext("receiver") for c in tree.iter("connection")
+                     if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                     and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+        selectors = {n for n, w in self.widgets.items() if w.get("class") == "qMRMLNodeComboBox"}
+        self.assertEqual(selectors - connected, set())
+        self.assertEqual(len(selectors), 8)
+
+    def test_module_follows_the_scripted_module_template(self) -> None:
+        for cls in ("MultimodalFusion", "MultimodalFusionParameterNode", "MultimodalFusionWidget",
+                    "MultimodalFusionLogic", "MultimodalFusionTest"):
+            _class(self.tree, cls)
+        self.assertIn('self.parent.categories = ["Registration"]', self.source)
+        logic = _class(self.tree, "MultimodalFusionLogic")
+        self.assertEqual([b.id for b in logic.bases if isinstance(b, ast.Name)],
+                         ["ScriptedLoadableModuleLogic", "FusionLogic"])
+        self.assertLess(len(self.source.splitlines()), 700)
+        self.assertIn("tryWithErrorDisplay", self.source)
+        self.assertIn("connectGui", self.source)
+        self.assertIn("wasCanceled", self.source)  # the progress dialog's Cancel reaches the engine
+        for reference in ("SimpleITK", "Mattes", "MONAI"):
+            self.assertIn(reference, self.source)
+        # The self-test runs the shared scenarios (the same as Testing/ under pytest).
+        test_source = ast.get_source_segment(self.source, _class(self.tree, "MultimodalFusionTest"))
+        self.assertIn("scenarios.MRML_SCENARIOS", test_source)
+        self.assertIn("scenarios.check_logic_register_fuse_show", test_source)
+
+    def test_logic_methods_are_keyword_console_api_with_examples(self) -> None:
+        from MultimodalFusionLib.slicer_logic import FusionLogic
+
+        for name in ("registerVolumes", "fuseVolumes", "run", "showFusion"):
+            with self.subTest(method=name):
+                method = getattr(FusionLogic, name)
+                doc = inspect.getdoc(method) or ""
+                self.assertIn("Console example", doc)
+                self.assertIn("getModuleLogic", doc)
+                params = list(inspect.signature(method).parameters.values())[1:]
+                # input nodes may be positional (as in SlicerElastix); every option is keyword-only
+                options = [p for p in params if p.default is not inspect.Parameter.empty
+                           and not p.name.endswith("Node")]
+                self.assertTrue(options and all(p.kind == p.KEYWORD_ONLY for p in options),
+                                f"{name}: options must be keyword-only")
+        self.assertIn("outputTransformNode", inspect.signature(FusionLogic.registerVolumes).parameters)
+        self.assertIn("outputVolumeNode", inspect.signature(FusionLogic.registerVolumes).parameters)
+
+
+if __name__ == "__main__":
+    unittest.main()
