@@ -100,11 +100,212 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- fuse / evaluate / run
+_FUSION_PARAM_FLAGS = ("weight", "wavelet", "levels", "sigma", "colormap", "opacity", "threshold", "window")
+
+
+def _add_fusion_params(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fusion method parameters (only those of the chosen method)")
+    g.add_argument("--weight", type=float, help="average: weight of the anatomical image A (0..1, default 0.5)")
+    g.add_argument("--wavelet", help="wavelet: PyWavelets wavelet name (default db2)")
+    g.add_argument("--levels", type=int, help="wavelet/laplacian: decomposition levels (default 3/4)")
+    g.add_argument("--sigma", type=float, help="laplacian: Gaussian sigma in voxels (default 1.0)")
+    g.add_argument("--colormap", help="overlay: pet (default), hot, rainbow, grey or a matplotlib name")
+    g.add_argument("--opacity", type=float, help="overlay: colour opacity 0..1 (default 0.5)")
+    g.add_argument("--threshold", type=float, help="overlay: functional value below which no colour shows")
+    g.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="overlay: display window of the functional image")
+
+
+def _fusion_params(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (tuple(v) if isinstance(v, list) else v) for k in _FUSION_PARAM_FLAGS
+            if (v := getattr(args, k, None)) is not None}
+
+
+def _print_metrics(table: dict[str, dict[str, float]]) -> None:
+    from .report import REPORT_METRICS
+
+    keys = list(REPORT_METRICS) + ["MI_mean", "VIF_mean", "SSIM_mean"]
+    print("method".ljust(12) + "".join(k.rjust(10) for k in keys))
+    for method, vals in table.items():
+        print(method.ljust(12) + "".join(f"{vals.get(k, float('nan')):10.3f}" for k in keys))
+    print("(computed as CDDFuse's Evaluator.py on 8-bit grey images; MI in nats; SSIM/VIF/MI are sums over "
+          "both sources, *_mean half of them)")
+
+
+def _add_fuse(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fuse", help="fuse two images already on one grid (e.g. after mmfusion register/resample)")
+    p.add_argument("a", help="anatomical image A (CT/MR): the grid and geometry of the output")
+    p.add_argument("b", help="functional image B (PET/SPECT/MR) on A's grid; colour slices are fused on Y of YCbCr")
+    p.add_argument("--method", default="average", help="fusion method: average, max, pca, wavelet, laplacian, "
+                   "overlay, deep (when installed); default average")
+    p.add_argument("-o", "--output", required=True, help="fused image file (.nii.gz, .nrrd, .mha, .png)")
+    p.add_argument("--report", metavar="DIR", help="also write metrics.json, montage PNG and report.html here")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON (with --report)")
+    _add_fusion_params(p)
+    p.set_defaults(func=_run_fuse)
+
+
+def _run_fuse(args: argparse.Namespace) -> int:
+    from .fusion import fuse
+    from .io import read_image, write_image
+    from .pipeline import _writable
+
+    a = read_image(args.a, keep_color=True)
+    b = read_image(args.b, keep_color=True)
+    bar = ProgressBar(desc=f"fuse {args.method}")
+    try:
+        res = fuse(a, b, args.method, progress=bar, **_fusion_params(args))
+    finally:
+        bar.close()
+    ext = ".png" if args.output.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")) else ""
+    written = write_image(_writable(res.image, ext), args.output)
+    print(f"fused ({res.method}, {res.seconds:.2f} s) -> {written}")
+    if args.report:
+        from .metrics import fusion_metrics
+        from .report import write_report
+
+        table = {res.method: fusion_metrics(res, a, b)}
+        paths = write_report(args.report, inputs={f"A: {os.path.basename(args.a)}": a,
+                                                  f"B: {os.path.basename(args.b)}": b},
+                             fusions=[res], metrics=table, title=f"Fusion ({res.method})")
+        if args.json:
+            _print_json(table)
+        else:
+            _print_metrics(table)
+        print(f"report -> {paths['html']}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="fusion quality metrics (EN, SD, SF, MI, SCD, VIF, Qabf, SSIM, PSNR)")
+    p.add_argument("--fused", required=True, help="the fused image F")
+    p.add_argument("a", help="source image A")
+    p.add_argument("b", help="source image B")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .io import read_image
+    from .metrics import fusion_metrics
+    from .report import _clean_json
+
+    f = read_image(args.fused, keep_color=True)
+    a = read_image(args.a, keep_color=True)
+    b = read_image(args.b, keep_color=True)
+    values = fusion_metrics(f, a, b)
+    if args.json:
+        print(json.dumps(_clean_json(values), indent=2))
+        return 0
+    _print_metrics({os.path.basename(args.fused): values})
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the whole job: register -> resample -> fuse -> evaluate -> HTML report")
+    p.add_argument("fixed", help="anatomical/fixed image (CT, MR): the output grid")
+    p.add_argument("moving", help="functional/moving image (PET, SPECT, MR)")
+    p.add_argument("--output-dir", required=True, help="folder for transform, resampled and fused images, report")
+    p.add_argument("--methods", default="overlay,average,wavelet",
+                   help="comma-separated fusion methods (default overlay,average,wavelet)")
+    p.add_argument("--preset", help="registration preset (e.g. mr-pet-brain, ct-mr-head)")
+    p.add_argument("--stages", help="registration stages, e.g. rigid or rigid,affine,bspline")
+    p.add_argument("--seed", type=int, help="seed of the registration's random sampling (reproducible)")
+    p.add_argument("--backend", default="sitk", help="registration backend: sitk (default) or torch")
+    p.add_argument("--no-register", action="store_true", help="images are already aligned: only resample and fuse")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _add_fusion_params(p)
+    p.set_defaults(func=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+
+    params = _fusion_params(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    method_params: dict[str, dict[str, Any]] = {}
+    import inspect
+
+    from .fusion import get_method
+
+    for m in methods:  # give each method only the parameters it takes
+        accepted = set(inspect.signature(get_method(m)).parameters)
+        if m == "overlay":
+            accepted |= {"window"}
+        method_params[m] = {k: v for k, v in params.items() if k in accepted}
+    bar = ProgressBar(desc="run")
+    try:
+        out = run(args.fixed, args.moving, args.output_dir, preset=args.preset, stages=args.stages, methods=methods,
+                  seed=args.seed, progress=bar, backend=args.backend, register=not args.no_register,
+                  method_params=method_params)
+    finally:
+        bar.close()
+    summary = {"files": out["files"], "report": out["report"], "metrics": out["metrics"],
+               "registration_metrics": out["registration_metrics"], "seconds": out["seconds"],
+               "registration": out["registration"].to_dict() if out["registration"] is not None else None}
+    if args.json:
+        from .report import _clean_json
+
+        print(json.dumps(_clean_json(summary), indent=2))
+        return 0
+    reg = out["registration"]
+    if reg is not None:
+        print(f"registration: {reg.backend}, {reg.seconds:.1f} s, metric {reg.metric_before:.4f} -> {reg.metric_after:.4f}")
+        for w in reg.warnings:
+            print(f"  warning: {w}")
+    rm = out["registration_metrics"]
+    print(f"alignment: MI {rm['before']['MI']:.3f} -> {rm['after']['MI']:.3f}, "
+          f"NCC {rm['before']['NCC']:.3f} -> {rm['after']['NCC']:.3f}")
+    _print_metrics(out["metrics"])
+    for k, v in out["files"].items():
+        print(f"{k:>20}: {v}")
+    print(f"{'report':>20}: {out['report']['html']}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 # Sub-command builders, in the order `mmfusion --help` lists them. Each area adds its own.
 _BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
 ]
+_BUILDERS += [_add_fuse, _add_evaluate, _add_run]
+
+
+# ----------------------------------------------------------------------------- web
+def _add_web(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("web", help="the web UI (trame-slicer): load, register, fuse and review in a browser")
+    p.add_argument("--fixed", help="fixed (anatomical) image to load at start (a path on this machine)")
+    p.add_argument("--moving", help="moving (functional) image to load at start")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default 127.0.0.1: this machine only; the page can read "
+                        "server files, so do not expose it without authentication)")
+    p.add_argument("--demo", action="store_true",
+                   help="load the demo pair: MNI152 T1 and a misaligned synthetic PET-like image")
+    p.add_argument("--open", action="store_true", help="open the system browser on the page")
+    p.set_defaults(func=_run_web)
+
+
+def _run_web(args: argparse.Namespace) -> int:
+    if bool(args.fixed) != bool(args.moving):
+        from .errors import InputError
+
+        raise InputError("Give both --fixed and --moving, or neither.", "Add the missing image, or use --demo.")
+    try:
+        from .web.app import serve
+    except ImportError as exc:
+        from .errors import InputError
+
+        raise InputError(f"The web UI needs trame-slicer ({exc}).",
+                         "pip install 'slicer-multimodalfusion[web]'") from exc
+    print(f"mmfusion web: serving on http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
+    serve(fixed=args.fixed, moving=args.moving, port=args.port, host=args.host, demo=args.demo,
+          open_browser=args.open)
+    return 0
+
+
+_BUILDERS.append(_add_web)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,7 +53,7 @@ __all__ = [
 FusionMethod = Callable[..., Any]
 
 
-def _overlay(a: np.ndarray, b: np.ndarray, *, colormap: str = "hot", opacity: float = 0.5,
+def _overlay(a: np.ndarray, b: np.ndarray, *, colormap: str = "pet", opacity: float = 0.5,
              threshold: float = 0.1, functional_rgb: np.ndarray | None = None,
              progress: ProgressCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Registry entry of the colour overlay (array contract; threshold as a fraction of the window)."""
@@ -235,7 +235,7 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
         window_b: the same for ``b`` (for "overlay": the functional display window, default
             from its minimum to its 99.5th percentile).
         **params: method parameters: average ``weight``; wavelet ``wavelet``, ``levels``;
-            laplacian ``levels``, ``sigma``; overlay ``colormap`` ("hot", "pet", "rainbow" or a
+            laplacian ``levels``, ``sigma``; overlay ``colormap`` ("pet" (default), "hot", "rainbow" or a
             matplotlib name), ``opacity`` (0..1), ``threshold`` (in ``b``'s units; default 10%
             up the window), ``window`` (alias of ``window_b``).
 

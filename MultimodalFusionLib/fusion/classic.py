@@ -74,17 +74,30 @@ def pca(a: np.ndarray, b: np.ndarray, *, progress: ProgressCallback | None = Non
     return w * a + (1.0 - w) * b, np.full(a.shape, w, dtype=np.float32)
 
 
-def contribution_map(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def contribution_map(fused: np.ndarray, a: np.ndarray, b: np.ndarray, *, smooth: float = 0.0) -> np.ndarray:
     """Estimated per-voxel weight of ``a`` in ``fused``: ``|F - b| / (|F - a| + |F - b|)``.
 
     Exact for any convex combination ``F = w a + (1 - w) b``; for multiscale rules it shows which
     input each voxel's value is closer to. Where ``a == b`` both count equally (0.5).
+
+    Args:
+        fused: fused image; a, b: the two inputs (one scale).
+        smooth: Gaussian sigma (voxels) of a local average weighted by ``|a - b|``, so that the
+            map shows which input dominates a region rather than voxel noise (0: none).
     """
     da = np.abs(fused - a)
     db = np.abs(fused - b)
     den = da + db
     with np.errstate(invalid="ignore", divide="ignore"):
         w = np.where(den > 1e-12, db / np.where(den > 1e-12, den, 1.0), 0.5)
+    if smooth > 0:
+        from scipy import ndimage
+
+        # regions where the inputs agree carry no information about who contributed
+        confidence = np.abs(a - b)
+        num = ndimage.gaussian_filter(w * confidence, smooth)
+        norm = ndimage.gaussian_filter(confidence, smooth)
+        w = np.where(norm > 1e-6, num / np.where(norm > 1e-6, norm, 1.0), 0.5)
     return np.clip(w, 0.0, 1.0).astype(np.float32)
 
 
@@ -129,7 +142,7 @@ def wavelet(a: np.ndarray, b: np.ndarray, *, wavelet: str = "db2", levels: int =
     out = pywt.waverecn(fused, wavelet, mode="symmetric")
     out = out[tuple(slice(0, n) for n in a.shape)]
     report(progress, 0.9, "wavelet: reconstructed")
-    return out, contribution_map(out, a, b)
+    return out, contribution_map(out, a, b, smooth=1.5)
 
 
 def _reduce(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -188,4 +201,4 @@ def laplacian(a: np.ndarray, b: np.ndarray, *, levels: int = 4, sigma: float = 1
     current = (pa[-1] + pb[-1]) / 2.0
     for la, lb in zip(reversed(pa[:-1]), reversed(pb[:-1])):
         current = _max_abs(la, lb) + _expand(current, la.shape)
-    return current, contribution_map(current, a, b)
+    return current, contribution_map(current, a, b, smooth=1.5)

@@ -1,0 +1,181 @@
+"""The whole job in one call: register -> resample -> fuse (one or several methods) -> evaluate -> report.
+
+Example::
+
+    from MultimodalFusionLib import pipeline
+    out = pipeline.run("mr_t1.nii.gz", "pet.nii.gz", "results/", preset="mr-pet-brain",
+                       methods=("overlay", "wavelet"), seed=1)
+    print(out["report"]["html"], out["metrics"]["wavelet"]["SSIM"])
+
+Front ends (the CLI's ``mmfusion run``, the Slicer module, the web UI) call :func:`run`; they
+only parse input and show what it returns.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+import SimpleITK as sitk
+
+from .errors import InputError
+from .progress import ProgressCallback, report, scaled
+
+__all__ = ["run", "DEFAULT_METHODS", "fuse_and_evaluate"]
+
+#: Methods run when none are named: the colour overlay a clinician reads, and two pixel-level fusions.
+DEFAULT_METHODS = ("overlay", "average", "wavelet")
+
+
+def _load(image: sitk.Image | str | os.PathLike, name: str) -> tuple[sitk.Image, str]:
+    if isinstance(image, sitk.Image):
+        return image, name
+    from .io import read_image
+
+    path = os.fspath(image)
+    return read_image(path, keep_color=True), os.path.basename(path.rstrip("/")) or name
+
+
+def _grey(image: sitk.Image) -> sitk.Image:
+    if image.GetNumberOfComponentsPerPixel() == 1:
+        return image
+    from .io import to_luminance
+
+    return to_luminance(image)
+
+
+def _ext_for(image: sitk.Image) -> str:
+    return ".png" if image.GetDimension() == 2 else ".nii.gz"
+
+
+def _writable(image: sitk.Image, ext: str) -> sitk.Image:
+    """Fused grey images are on a 0..255 scale: PNG gets them rounded, not re-stretched."""
+    if ext == ".png" and image.GetNumberOfComponentsPerPixel() == 1 and image.GetPixelID() != sitk.sitkUInt8:
+        return sitk.Cast(sitk.Clamp(image, sitk.sitkFloat32, 0.0, 255.0) + 0.5, sitk.sitkUInt8)
+    return image
+
+
+def fuse_and_evaluate(a: sitk.Image, b: sitk.Image, methods: Sequence[str], *,
+                      progress: ProgressCallback | None = None,
+                      method_params: dict[str, dict[str, Any]] | None = None) -> tuple[list[Any], dict[str, dict]]:
+    """Fuse ``b`` (on ``a``'s grid) into ``a`` with each method and compute the fusion metrics.
+
+    Returns:
+        (list of FusionResult, {method: metrics dict}).
+    """
+    from . import fusion, metrics
+
+    results, table = [], {}
+    n = max(1, len(methods))
+    for i, method in enumerate(methods):
+        sub = scaled(progress, i / n, (i + 1) / n)
+        res = fusion.fuse(a, b, method, progress=scaled(sub, 0.0, 0.6), **(method_params or {}).get(method, {}))
+        report(sub, 0.6, f"evaluating {method}")
+        table[method] = metrics.fusion_metrics(res, a, b)
+        results.append(res)
+    return results, table
+
+
+def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.PathLike, output_dir: str | os.PathLike,
+        *, preset: str | None = None, stages: Sequence[str] | str | None = None,
+        methods: Sequence[str] | str = DEFAULT_METHODS, seed: int | None = None,
+        progress: ProgressCallback | None = None, fixed_mask: sitk.Image | None = None,
+        moving_mask: sitk.Image | None = None, backend: str = "sitk", register: bool = True,
+        method_params: dict[str, dict[str, Any]] | None = None,
+        title: str | None = None) -> dict[str, Any]:
+    """Register ``moving`` to ``fixed``, resample it, fuse with each method, evaluate and write a report.
+
+    Args:
+        fixed: anatomical/fixed image or its path (CT, MR); the outputs take its grid.
+        moving: functional/moving image or its path (PET, SPECT, another MR contrast; colour
+            2D slices are registered by their luminance and fused on Y of YCbCr).
+        output_dir: folder for the outputs (created if needed).
+        preset: registration preset (e.g. "mr-pet-brain"); see ``registration.list_presets()``.
+        stages: registration stages, e.g. ``("rigid", "affine")`` or "rigid,affine".
+        methods: fusion methods (names or a comma-separated string), e.g. ("overlay", "wavelet").
+        seed: seed of the registration's random sampling (reproducible runs).
+        progress: ``progress(fraction, message)``; returning False cancels.
+        fixed_mask: registration mask on the fixed grid.
+        moving_mask: registration mask on the moving grid.
+        backend: registration backend ("sitk" or "torch").
+        register: False when the images are already aligned (only resampled onto the fixed grid).
+        method_params: per-method parameters, e.g. ``{"overlay": {"colormap": "hot"}}``.
+        title: report title.
+
+    Returns:
+        dict: "registration" (RegistrationResult or None), "registration_metrics" ({"before",
+        "after"}: MI/NMI/NCC), "fusions" (list of FusionResult), "metrics" ({method: dict}),
+        "files" ({"transform", "moving_resampled", "fused_<method>", "weights_<method>"} -> path),
+        "report" (paths from :func:`MultimodalFusionLib.report.write_report`), "seconds".
+
+    Raises:
+        InputError: bad images, paths, preset, stages or method names.
+        RegistrationError: the registration could not run.
+        OperationCancelled: the progress callback asked to stop.
+    """
+    from . import fusion
+    from . import metrics as metrics_mod
+    from . import report as report_mod
+    from .io import write_image, write_transform
+    from .preprocess import resample
+
+    start = time.perf_counter()
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    methods = list(dict.fromkeys(methods))  # keep order, drop repeats
+    if not methods:
+        raise InputError("No fusion method was given.", f"Name one or more of: {', '.join(fusion.list_methods())}.")
+    for m in methods:
+        fusion.get_method(m)  # fail early, before a long registration, on a misspelt method
+    if isinstance(stages, str):
+        stages = [s.strip() for s in stages.split(",") if s.strip()]
+    out = os.fspath(output_dir)
+    os.makedirs(out, exist_ok=True)
+
+    report(progress, 0.0, "loading images")
+    fixed_img, fixed_name = _load(fixed, "fixed")
+    moving_img, moving_name = _load(moving, "moving")
+    fixed_grey = _grey(fixed_img)
+    moving_grey = _grey(moving_img)
+    files: dict[str, str] = {}
+
+    registration = None
+    transform = sitk.Transform(fixed_grey.GetDimension(), sitk.sitkIdentity)
+    if register:
+        from .registration import register as register_images
+
+        registration = register_images(fixed_grey, moving_grey, preset=preset, stages=stages, fixed_mask=fixed_mask,
+                                       moving_mask=moving_mask, seed=seed, progress=scaled(progress, 0.02, 0.6),
+                                       backend=backend)
+        transform = registration.transform
+        tx_ext = ".tfm" if not registration.is_deformable else ".h5"
+        files["transform"] = write_transform(transform, os.path.join(out, "transform" + tx_ext))
+    report(progress, 0.6, "resampling the moving image onto the fixed grid")
+    colour = moving_img.GetNumberOfComponentsPerPixel() > 1
+    moving_on_fixed = resample(moving_img, fixed_grey, transform, "linear",
+                               pixel_type=moving_img.GetPixelID() if colour else None)
+    before = resample(moving_grey, fixed_grey, None, "linear")
+    after = resample(moving_grey, fixed_grey, transform, "linear")
+    reg_metrics = {"before": metrics_mod.registration_metrics(fixed_grey, before, fixed_mask),
+                   "after": metrics_mod.registration_metrics(fixed_grey, after, fixed_mask)}
+    ext = _ext_for(fixed_grey)
+    files["moving_resampled"] = write_image(_writable(moving_on_fixed, ext), os.path.join(out, "moving_resampled" + ext))
+
+    fusions, table = fuse_and_evaluate(fixed_img, moving_on_fixed, methods, progress=scaled(progress, 0.62, 0.9),
+                                       method_params=method_params)
+    for res in fusions:
+        files[f"fused_{res.method}"] = write_image(_writable(res.image, ext), os.path.join(out, f"fused_{res.method}{ext}"))
+        if res.weights is not None and fixed_grey.GetDimension() == 3:
+            files[f"weights_{res.method}"] = write_image(res.weights, os.path.join(out, f"weights_{res.method}.nii.gz"))
+
+    report(progress, 0.92, "writing the report")
+    report_paths = report_mod.write_report(
+        out, inputs={f"fixed: {fixed_name}": fixed_img, f"moving: {moving_name} (registered)": moving_on_fixed},
+        fusions=fusions, metrics=table, registration=registration, registration_metrics=reg_metrics,
+        title=title or f"Fusion of {moving_name} onto {fixed_name}",
+        notes=[f"fixed (anatomical): {fixed_name}; moving (functional): {moving_name}; methods: {', '.join(methods)}"
+               + (f"; preset: {preset}" if preset else "") + (f"; stages: {', '.join(stages)}" if stages else "")])
+    report(progress, 1.0, "done")
+    return {"registration": registration, "registration_metrics": reg_metrics, "fusions": fusions, "metrics": table,
+            "files": files, "report": report_paths, "seconds": time.perf_counter() - start}

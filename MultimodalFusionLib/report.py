@@ -1,0 +1,410 @@
+"""Reports of a fusion: montage PNGs, metrics as JSON, and one self-contained HTML page.
+
+The HTML report has everything inline (images as base64 PNG, CSS in the page, no scripts, no
+external resources), so it opens in any browser, from a mail attachment or a USB stick.
+Pictures are made with matplotlib's object API (no pyplot state, no display needed). 3D images
+are shown as axial, coronal and sagittal slices through the centre, in radiological convention
+(patient's right on the viewer's left, anterior up in axial views).
+
+Every file is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io as _bytesio
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .fusion.base import FusionResult
+from .io import atomic_path
+
+__all__ = ["save_montage_png", "write_report", "metrics_chart_png", "write_json", "REPORT_METRICS"]
+
+#: Metrics in the report's table and chart (the published set, then PSNR); higher is better for all.
+REPORT_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR")
+
+_HOW_COMPUTED = (
+    "Metrics are computed as the CDDFuse repository's utils/Evaluator.py does (the numbers published "
+    "for the Harvard MRI-CT/PET/SPECT sets), on 8-bit grey images: EN entropy (bits); SD standard "
+    "deviation; SF spatial frequency; MI = MI(F,A) + MI(F,B) in nats; SCD sum of correlations of "
+    "differences; VIF = VIF(A,F) + VIF(B,F); Qabf edge preservation; SSIM = SSIM(F,A) + SSIM(F,B) "
+    "(hence up to 2); PSNR in dB against both sources. For every metric, higher is better. In 3D, SF, VIF, "
+    "Qabf and SSIM are averaged over axial slices.")
+
+
+# ----------------------------------------------------------------------------- small helpers
+def _atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> str:
+    tmp, final = atomic_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return final
+
+
+def _clean_json(obj: Any) -> Any:
+    """JSON-able copy: NaN/inf -> None, numpy scalars -> Python, objects with to_dict -> dict."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (np.floating, np.integer)):
+        return _clean_json(obj.item())
+    if isinstance(obj, np.ndarray):
+        return _clean_json(obj.tolist())
+    if isinstance(obj, Mapping):
+        return {str(k): _clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_json(v) for v in obj]
+    if hasattr(obj, "to_dict"):
+        return _clean_json(obj.to_dict())
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> str:
+    """Write ``obj`` as indented, strictly valid JSON (NaN/inf become null), atomically."""
+    text = json.dumps(_clean_json(obj), indent=2, allow_nan=False)
+    return _atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png_bytes(fig) -> bytes:
+    buf = _bytesio.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, facecolor=fig.get_facecolor())
+    return buf.getvalue()
+
+
+def _views(image: sitk.Image) -> list[tuple[str, np.ndarray, float]]:
+    """(view name, 2D array (or rows x cols x 3), pixel aspect) to display, radiological convention."""
+    if image.GetDimension() == 2:
+        arr = sitk.GetArrayFromImage(image)
+        sx, sy = image.GetSpacing()
+        return [("", arr, sy / sx)]
+    try:
+        image = sitk.DICOMOrient(image, "LPS")
+    except RuntimeError:  # unusual directions: show the voxel grid as stored
+        pass
+    arr = sitk.GetArrayFromImage(image)  # (z: inferior->superior, y: anterior->posterior, x: right->left)
+    sx, sy, sz = image.GetSpacing()
+    nz, ny, nx = arr.shape[:3]
+    return [("axial", arr[nz // 2], sy / sx),
+            ("coronal", arr[:, ny // 2][::-1], sz / sx),
+            ("sagittal", arr[:, :, nx // 2][::-1], sz / sy)]
+
+
+def _display_range(arr: np.ndarray) -> tuple[float, float]:
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(finite, [0.5, 99.5])
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def _show(ax, view: np.ndarray, aspect: float, *, rng: tuple[float, float] | None = None,
+          cmap: str = "gray") -> Any:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if view.ndim == 3:  # RGB
+        return ax.imshow(view.astype(np.uint8), aspect=aspect, interpolation="nearest")
+    lo, hi = rng if rng is not None else _display_range(view)
+    return ax.imshow(view, cmap=cmap, vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+
+
+# ----------------------------------------------------------------------------- montage
+def _montage_figure(inputs: Mapping[str, sitk.Image], fused: FusionResult):
+    if not inputs:
+        raise InputError("No input images were given for the montage.", "Pass inputs={'MR': image, 'PET': image}.")
+    names = list(inputs)
+    a_name = names[0]
+    columns: list[tuple[str, sitk.Image, str]] = [(n, inputs[n], "input") for n in names]
+    columns.append((f"fused: {fused.method}", fused.image, "fused"))
+    if fused.weights is not None:
+        columns.append((f"weight of {a_name}", fused.weights, "weights"))
+    views = {title: _views(img) for title, img, _ in columns}
+    n_rows = len(next(iter(views.values())))
+    n_cols = len(columns)
+    cell = 2.6
+    # each row as tall as its (physical) height/width ratio asks, within reason
+    heights = [cell * max(0.5, min(1.8, v.shape[0] * asp / v.shape[1])) for _, v, asp in views[columns[0][0]]]
+    fig = _figure(cell * n_cols + 0.9, sum(heights) + 0.6)
+    fig.patch.set_facecolor("black")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, gridspec_kw={"height_ratios": heights})
+    fig.subplots_adjust(left=0.03, right=0.93, top=0.93, bottom=0.02, wspace=0.04, hspace=0.06)
+    for c, (title, img, kind) in enumerate(columns):
+        img_views = views[title]
+        whole = sitk.GetArrayViewFromImage(img)
+        rng = None
+        if kind == "input" and img.GetNumberOfComponentsPerPixel() == 1:
+            rng = _display_range(np.asarray(whole, dtype=np.float64))
+        elif kind == "fused" and img.GetNumberOfComponentsPerPixel() == 1:
+            rng = (0.0, 255.0)
+        elif kind == "weights":
+            rng = (0.0, 1.0)
+        for r, (view_name, arr, aspect) in enumerate(img_views):
+            ax = axes[r][c]
+            handle = _show(ax, arr, aspect, rng=rng, cmap="coolwarm" if kind == "weights" else "gray")
+            if r == 0:
+                ax.set_title(title, color="white", fontsize=10)
+            if c == 0 and view_name:
+                ax.set_ylabel(view_name, color="white", fontsize=9)
+            if kind == "weights" and r == n_rows - 1:
+                bar = fig.colorbar(handle, ax=[axes[k][c] for k in range(n_rows)], fraction=0.05, pad=0.02)
+                bar.ax.tick_params(colors="white", labelsize=7)
+                bar.set_label(f"1 = {a_name}, 0 = {names[1] if len(names) > 1 else 'b'}", color="white",
+                              fontsize=7)
+    return fig
+
+
+def save_montage_png(path: str | os.PathLike, inputs: Mapping[str, sitk.Image], fused: FusionResult) -> str:
+    """A montage: each input, the fused image and the weight (contribution) map, side by side.
+
+    Args:
+        path: output PNG.
+        inputs: display name -> image, the anatomical (``a``) first, e.g. ``{"MR T1": a, "PET": b}``;
+            all on one grid (the functional image resampled onto the anatomical one).
+        fused: the fusion result.
+
+    Returns:
+        The path written.
+    """
+    fig = _montage_figure(inputs, fused)
+    return _atomic_write_bytes(path, _png_bytes(fig))
+
+
+# ----------------------------------------------------------------------------- chart
+def metrics_chart_png(metrics: Mapping[str, Mapping[str, float]], keys: Sequence[str] = REPORT_METRICS) -> bytes:
+    """Bar chart (one small panel per metric, one bar per method) as PNG bytes."""
+    methods = list(metrics)
+    keys = [k for k in keys if any(k in metrics[m] for m in methods)]
+    n = len(keys)
+    cols = min(5, max(1, n))
+    rows = max(1, math.ceil(n / cols))
+    fig = _figure(3.0 * cols, 2.5 * rows + 0.4)
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf"]
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i in range(rows * cols):
+        ax = axes[i // cols][i % cols]
+        if i >= n:
+            ax.set_visible(False)
+            continue
+        key = keys[i]
+        values = [metrics[m].get(key, float("nan")) for m in methods]
+        shown = [v if v is not None and math.isfinite(v) else 0.0 for v in values]
+        bars = ax.bar(range(len(methods)), shown, color=[palette[j % len(palette)] for j in range(len(methods))])
+        for bar, v in zip(bars, values):
+            label = f"{v:.2f}" if v is not None and math.isfinite(v) else "n/a"
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=7)
+        ax.set_title(key + " (higher is better)", fontsize=9)
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=35, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.margins(y=0.18)
+    fig.tight_layout()
+    return _png_bytes(fig)
+
+
+# ----------------------------------------------------------------------------- HTML
+_CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
+color:#1d2733;background:#fafbfc;line-height:1.45}
+h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;margin:28px 0 8px;border-bottom:2px solid #d6dde5;padding-bottom:4px}
+h3{font-size:16px;margin:18px 0 6px}.meta{color:#5b6875;font-size:13px}
+table{border-collapse:collapse;margin:8px 0;font-size:14px;background:white}
+th,td{border:1px solid #d6dde5;padding:5px 9px;text-align:right}th{background:#eef2f6}
+td.name,th.name{text-align:left}td.best{background:#d9f2dd;font-weight:600}
+img{max-width:100%;border:1px solid #d6dde5;background:black}img.chart{background:white}
+.note{font-size:12.5px;color:#5b6875;max-width:1100px}.warn{color:#9a3412;font-weight:600}
+.kv td{text-align:left}.card{background:white;border:1px solid #d6dde5;padding:10px 14px;margin:10px 0}
+"""
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "∞" if v == float("inf") else "n/a"
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    return html.escape(str(v))
+
+
+def _img_tag(png: bytes, alt: str, cls: str = "") -> str:
+    data = base64.b64encode(png).decode("ascii")
+    klass = f' class="{cls}"' if cls else ""
+    return f'<img{klass} alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _metrics_table(metrics: Mapping[str, Mapping[str, float]], keys: Sequence[str]) -> str:
+    methods = list(metrics)
+    best: dict[str, float] = {}
+    for k in keys:
+        vals = [metrics[m].get(k) for m in methods]
+        finite = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+        if finite and len(methods) > 1:
+            best[k] = max(finite)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    rows = []
+    for m in methods:
+        cells = []
+        for k in keys:
+            v = metrics[m].get(k)
+            cls = ' class="best"' if k in best and v == best[k] else ""
+            cells.append(f"<td{cls}>{_fmt(v)}</td>")
+        rows.append(f'<tr><td class="name">{html.escape(m)}</td>{"".join(cells)}</tr>')
+    return f'<table><tr><th class="name">method</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> str:
+    reg = registration.to_dict() if hasattr(registration, "to_dict") else dict(registration or {})
+    parts = ['<div class="card"><table class="kv">']
+    rows = [("backend", reg.get("backend")), ("transform", reg.get("transform_type")),
+            ("deformable", reg.get("deformable")), ("metric before", reg.get("metric_before")),
+            ("metric after", reg.get("metric_after")), ("seconds", reg.get("seconds"))]
+    parts.append('<tr><td colspan="2" class="name note">metric as the optimiser reports it: lower is better'
+                 "</td></tr>")
+    for k, v in rows:
+        if v is not None:
+            parts.append(f"<tr><th class=\"name\">{html.escape(k)}</th><td>{_fmt(v)}</td></tr>")
+    parts.append("</table>")
+    stages = reg.get("stages") or []
+    if stages:
+        parts.append("<table><tr><th class=\"name\">stage</th><th>metric before</th><th>metric after</th>"
+                     "<th>iterations</th><th>seconds</th><th class=\"name\">stop reason</th></tr>")
+        for s in stages:
+            parts.append(f"<tr><td class=\"name\">{html.escape(str(s.get('name')))}</td><td>{_fmt(s.get('metric_before'))}"
+                         f"</td><td>{_fmt(s.get('metric_after'))}</td><td>{_fmt(s.get('iterations'))}</td>"
+                         f"<td>{_fmt(s.get('seconds'))}</td><td class=\"name\">"
+                         f"{html.escape(str(s.get('stop_reason', '')))[:120]}</td></tr>")
+        parts.append("</table>")
+    if extra:
+        parts.append("<h3>Alignment before and after registration</h3><table><tr><th class=\"name\"></th>")
+        keys = sorted({k for v in extra.values() if isinstance(v, Mapping) for k in v if k != "voxels"})
+        parts.append("".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr>")
+        for name, vals in extra.items():
+            if isinstance(vals, Mapping):
+                parts.append(f"<tr><td class=\"name\">{html.escape(name)}</td>"
+                             + "".join(f"<td>{_fmt(vals.get(k))}</td>" for k in keys) + "</tr>")
+        parts.append("</table><p class=\"note\">MI: mutual information (nats), NMI: normalised MI (1..2), "
+                     "NCC: normalised correlation; higher means better aligned.</p>")
+    for w in reg.get("warnings") or []:
+        parts.append(f'<p class="warn">Warning: {html.escape(str(w))}</p>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Image], fusions: Sequence[FusionResult],
+                 metrics: Mapping[str, Mapping[str, float]], registration: Any = None,
+                 registration_metrics: Mapping[str, Mapping[str, float]] | None = None,
+                 title: str = "MultimodalFusion report", notes: Sequence[str] = ()) -> dict[str, str]:
+    """Write the montage PNGs, ``metrics.json``, ``metrics_chart.png`` and one self-contained ``report.html``.
+
+    Args:
+        output_dir: folder (created if needed).
+        inputs: display name -> image on the fused grid, anatomical first.
+        fusions: the fusion results to show (one montage each).
+        metrics: method -> metrics dict (from :func:`MultimodalFusionLib.metrics.fusion_metrics`).
+        registration: the RegistrationResult (or its ``to_dict()``), when the job registered.
+        registration_metrics: e.g. ``{"before": {...}, "after": {...}}`` from
+            :func:`MultimodalFusionLib.metrics.registration_metrics`.
+        title: page title.
+        notes: extra lines shown under the title (e.g. the inputs' file names).
+
+    Returns:
+        dict: "html", "metrics_json", "chart", and "montage_<method>" -> path.
+    """
+    if not fusions:
+        raise InputError("No fusion results were given to the report.", "Fuse at least one method first.")
+    out = os.fspath(output_dir)
+    os.makedirs(out, exist_ok=True)
+    paths: dict[str, str] = {}
+    montage_pngs: list[tuple[FusionResult, bytes]] = []
+    for res in fusions:
+        png = _png_bytes(_montage_figure(inputs, res))
+        paths[f"montage_{res.method}"] = _atomic_write_bytes(os.path.join(out, f"montage_{res.method}.png"), png)
+        montage_pngs.append((res, png))
+    chart = metrics_chart_png(metrics) if metrics else None
+    if chart is not None:
+        paths["chart"] = _atomic_write_bytes(os.path.join(out, "metrics_chart.png"), chart)
+    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    payload = {
+        "title": title,
+        "created": created,
+        "how_computed": _HOW_COMPUTED,
+        "inputs": {name: {"size": list(img.GetSize()), "spacing": list(img.GetSpacing())}
+                   for name, img in inputs.items()},
+        "fusions": {r.method: {"parameters": r.parameters, "seconds": r.seconds} for r in fusions},
+        "metrics": metrics,
+        "registration": registration,
+        "registration_metrics": registration_metrics,
+    }
+    paths["metrics_json"] = write_json(os.path.join(out, "metrics.json"), payload)
+
+    first = next(iter(inputs.values()))
+    dims = "x".join(str(s) for s in first.GetSize())
+    spacing = " x ".join(f"{s:.3g}" for s in first.GetSpacing())
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f'<p class="meta">{created} · {len(inputs)} inputs on a {dims} grid ({spacing} mm) · '
+            f"{len(fusions)} fusion method(s)</p>"]
+    body += [f'<p class="meta">{html.escape(str(n))}</p>' for n in notes]
+    if registration_metrics and "before" in registration_metrics and "after" in registration_metrics:
+        b, a = registration_metrics["before"], registration_metrics["after"]
+        better = a.get("MI", 0) >= b.get("MI", 0)
+        verdict = "alignment improved" if better else "alignment did NOT improve: check the images"
+        body.append(f'<div class="card"><b>Registration:</b> {verdict} (mutual information {_fmt(b.get("MI"))} '
+                    f'&rarr; {_fmt(a.get("MI"))} nats, correlation {_fmt(b.get("NCC"))} &rarr; {_fmt(a.get("NCC"))}). '
+                    "Details at the end.</div>")
+    body.append("<h2>Fused images</h2><p class=\"note\">Columns: each input, the fused image, and the weight "
+                "map (how much of the first input each voxel carries: red = first input, blue = second). "
+                "3D images show axial, coronal and sagittal slices through the centre (patient's right "
+                "on the left).</p>")
+    for res, png in montage_pngs:
+        params = ", ".join(f"{k}={v}" for k, v in res.parameters.items()) or "defaults"
+        body.append(f"<h3>{html.escape(res.method)}</h3>")
+        body.append(_img_tag(png, f"montage of the {res.method} fusion"))
+        body.append(f'<p class="note">parameters: {html.escape(params)}; {res.seconds:.2f} s</p>')
+    if metrics:
+        keys = [k for k in REPORT_METRICS if any(k in v for v in metrics.values())]
+        body.append("<h2>Fusion quality</h2>")
+        body.append(_metrics_table(metrics, keys))
+        extra = [k for k in ("MI_mean", "VIF_mean", "SSIM_mean") if any(k in v for v in metrics.values())]
+        if extra:
+            body.append("<p class=\"note\">Single-source averages (half the sums above):</p>")
+            body.append(_metrics_table(metrics, extra))
+        body.append(f'<p class="note">{html.escape(_HOW_COMPUTED)} The best value of each column is '
+                    "highlighted; no single metric decides which fusion reads best clinically.</p>")
+        if chart is not None:
+            body.append(_img_tag(chart, "bar chart of the fusion metrics per method", cls="chart"))
+    if registration is not None or registration_metrics:
+        body.append("<h2>Registration</h2>")
+        body.append(_registration_html(registration, registration_metrics))
+    page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    paths["html"] = _atomic_write_bytes(os.path.join(out, "report.html"), page.encode("utf-8"))
+    return paths

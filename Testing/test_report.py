@@ -1,0 +1,113 @@
+"""Tests of the report: montage PNG, metrics JSON, self-contained HTML."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import tempfile
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib import data, fusion, io, metrics, report
+from MultimodalFusionLib.errors import InputError
+
+
+def _read_png(path_or_bytes) -> np.ndarray:
+    from matplotlib import image as mpimg
+
+    if isinstance(path_or_bytes, bytes):
+        import io as bytesio
+
+        return mpimg.imread(bytesio.BytesIO(path_or_bytes), format="png")
+    return mpimg.imread(path_or_bytes)
+
+
+class Report2DTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        d = data.testing_data_dir()
+        cls.a = io.read_image(d / "BrainT1Slice.png")
+        cls.b = io.read_image(d / "BrainProtonDensitySlice.png")
+        cls.results = [fusion.fuse(cls.a, cls.b, m) for m in ("average", "overlay")]
+        cls.table = {r.method: metrics.fusion_metrics(r, cls.a, cls.b) for r in cls.results}
+
+    def test_montage_png(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = report.save_montage_png(os.path.join(tmp, "m.png"), {"T1": self.a, "PD": self.b}, self.results[1])
+            img = _read_png(path)
+            self.assertGreater(img.shape[1], 3 * img.shape[0] // 2)  # four panels side by side
+            rgb = img[..., :3]
+            # the overlay column holds colour (R and B differ), the grey inputs do not
+            self.assertGreater(np.mean(np.abs(rgb[..., 0] - rgb[..., 2]) > 0.15), 0.01)
+            self.assertEqual([f for f in os.listdir(tmp) if f.startswith(".mmf-tmp")], [])  # atomic: no leftovers
+        with self.assertRaises(InputError):
+            report.save_montage_png(os.path.join(tempfile.gettempdir(), "never.png"), {}, self.results[0])
+
+    def test_write_report_is_self_contained(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = report.write_report(tmp, inputs={"T1": self.a, "PD": self.b}, fusions=self.results,
+                                        metrics=self.table, title="Two slices")
+            for key in ("html", "metrics_json", "chart", "montage_average", "montage_overlay"):
+                self.assertTrue(os.path.isfile(paths[key]), key)
+            page = open(paths["html"], encoding="utf-8").read()
+            self.assertIn("<title>Two slices</title>", page)
+            # no external resources: every src is inline data, no http(s) links, no scripts
+            srcs = re.findall(r'src="([^"]+)"', page)
+            self.assertEqual(len(srcs), 3)  # two montages and the chart
+            self.assertTrue(all(s.startswith("data:image/png;base64,") for s in srcs))
+            self.assertNotIn("http://", page)
+            self.assertNotIn("https://", page)
+            self.assertNotIn("<script", page)
+            png = base64.b64decode(srcs[-1].split(",", 1)[1])
+            self.assertEqual(png[:8], b"\x89PNG\r\n\x1a\n")
+            self.assertGreater(_read_png(png).std(), 0.05)  # the chart is not blank
+            # the table: a row per method, a column per metric, values as computed
+            for method in ("average", "overlay"):
+                self.assertIn(f'<td class="name">{method}</td>', page)
+            for key in report.REPORT_METRICS:
+                self.assertIn(f"<th>{key}</th>", page)
+            self.assertIn(f"{self.table['average']['SSIM']:.3f}", page)
+            # strictly valid JSON (no NaN), with the metrics and the fusion parameters
+            payload = json.loads(open(paths["metrics_json"], encoding="utf-8").read(),
+                                 parse_constant=lambda c: self.fail(f"invalid JSON constant {c}"))
+            self.assertAlmostEqual(payload["metrics"]["average"]["EN"], self.table["average"]["EN"])
+            self.assertEqual(payload["fusions"]["average"]["parameters"]["weight"], 0.5)
+            self.assertIsNone(payload["registration"])
+            self.assertEqual(sorted(f for f in os.listdir(tmp) if f.startswith(".")), [])
+
+    def test_json_cleaning(self) -> None:
+        cleaned = report._clean_json({"a": float("nan"), "b": float("inf"), "c": np.float32(1.5), "d": (1, 2)})
+        self.assertEqual(cleaned, {"a": None, "b": None, "c": 1.5, "d": [1, 2]})
+
+    def test_report_needs_a_fusion(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp, self.assertRaises(InputError):
+            report.write_report(tmp, inputs={"T1": self.a}, fusions=[], metrics={})
+
+
+class Report3DTest(unittest.TestCase):
+    def test_three_views_of_a_volume(self) -> None:
+        rng = np.random.default_rng(0)
+        vol = np.zeros((20, 30, 40), np.float32)
+        vol[5:15, 8:22, 10:30] = 100 + rng.normal(0, 5, (10, 14, 20))
+        a = sitk.GetImageFromArray(vol)
+        a.SetSpacing((1.0, 1.0, 2.5))
+        b = sitk.GetImageFromArray(np.roll(vol, 3, axis=2))
+        b.CopyInformation(a)
+        res = fusion.fuse(a, b, "max")
+        views = report._views(a)
+        self.assertEqual([v[0] for v in views], ["axial", "coronal", "sagittal"])
+        self.assertEqual(views[0][1].shape, (30, 40))
+        self.assertEqual(views[1][1].shape, (20, 40))
+        self.assertAlmostEqual(views[1][2], 2.5)  # coronal pixels are 2.5 mm tall, 1 mm wide
+        with tempfile.TemporaryDirectory() as tmp:
+            path = report.save_montage_png(os.path.join(tmp, "m.png"), {"A": a, "B": b}, res)
+            img = _read_png(path)
+            self.assertGreater(img.shape[0], 300)  # three rows of views
+
+
+if __name__ == "__main__":
+    unittest.main()
