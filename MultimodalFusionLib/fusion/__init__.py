@@ -217,6 +217,11 @@ def _defaults(func: FusionMethod) -> dict[str, Any]:
             and isinstance(p.default, (int, float, str, bool))}
 
 
+def _is_grey_rgb(image: sitk.Image) -> bool:
+    arr = sitk.GetArrayViewFromImage(image)
+    return bool(np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]))
+
+
 # ----------------------------------------------------------------------------- fuse
 def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: ProgressCallback | None = None,
          window_a: Sequence[float] | None = None, window_b: Sequence[float] | None = None,
@@ -260,6 +265,9 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     if ncomp not in (1, 3, 4):
         raise InputError(f"The functional image (b) has {ncomp} components per pixel.",
                          "Give a grey or an RGB image.")
+    if ncomp > 1 and _is_grey_rgb(b):  # a grey slice stored as RGB (R = G = B): fuse it as grey
+        b = _grey_input(b, "functional image (b)")
+        ncomp = 1
     check_same_grid(a, b)
     params = dict(params)
     if "window" in params:

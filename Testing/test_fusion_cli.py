@@ -1,0 +1,99 @@
+"""Tests of ``mmfusion fuse`` and ``mmfusion evaluate``."""
+
+from __future__ import annotations
+
+import contextlib
+import io as textio
+import json
+import os
+import tempfile
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib import cli, data, io, metrics
+
+
+def _main(argv: list[str]) -> tuple[int, str, str]:
+    out, err = textio.StringIO(), textio.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+class FuseEvaluateCliTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        d = data.testing_data_dir()
+        self.a = str(d / "BrainT1Slice.png")
+        self.b = str(d / "BrainProtonDensitySlice.png")
+
+    def tearDown(self) -> None:
+        self.tmp.cleanup()
+
+    def _grey8(self) -> tuple[np.ndarray, np.ndarray]:
+        """The slices as fuse sees them: 8-bit colour PNGs -> rounded luminance, 0..255 kept."""
+        return tuple(np.round(sitk.GetArrayFromImage(io.read_image(p)).astype(float)) for p in (self.a, self.b))
+
+    def test_fuse_writes_the_image_and_a_report(self) -> None:
+        out = os.path.join(self.tmp.name, "fused.nii.gz")
+        rep = os.path.join(self.tmp.name, "report")
+        code, stdout, stderr = _main(["fuse", self.a, self.b, "--method", "average", "--weight", "0.7",
+                                      "-o", out, "--report", rep])
+        self.assertEqual(code, 0, stderr)
+        fused = sitk.GetArrayFromImage(io.read_image(out))
+        a, b = self._grey8()
+        np.testing.assert_allclose(fused, 0.7 * a + 0.3 * b, atol=1e-3)  # 8-bit PNGs keep their scale
+        self.assertTrue(os.path.isfile(os.path.join(rep, "report.html")))
+        self.assertIn("SSIM", stdout)
+
+    def test_fuse_png_output_keeps_the_scale(self) -> None:
+        out = os.path.join(self.tmp.name, "fused.png")
+        code, _, stderr = _main(["fuse", self.a, self.b, "--method", "max", "-o", out])
+        self.assertEqual(code, 0, stderr)
+        fused = sitk.GetArrayFromImage(sitk.ReadImage(out)).astype(float)
+        a, b = self._grey8()
+        np.testing.assert_allclose(fused, np.maximum(a, b), atol=0.51)
+
+    def test_overlay_parameters_and_errors(self) -> None:
+        out = os.path.join(self.tmp.name, "overlay.png")
+        code, _, stderr = _main(["fuse", self.a, self.b, "--method", "overlay", "--colormap", "hot",
+                                 "--opacity", "0.7", "--window", "50", "250", "--threshold", "100", "-o", out])
+        self.assertEqual(code, 0, stderr)
+        self.assertEqual(sitk.ReadImage(out).GetNumberOfComponentsPerPixel(), 3)
+        # a parameter the method does not take, an unknown method: a plain message, exit code 2
+        code, _, stderr = _main(["fuse", self.a, self.b, "--method", "max", "--sigma", "2", "-o", out])
+        self.assertEqual(code, 2)
+        self.assertIn("Bad parameter", stderr)
+        code, _, stderr = _main(["fuse", self.a, self.b, "--method", "nope", "-o", out])
+        self.assertEqual(code, 2)
+        self.assertIn("Unknown fusion method", stderr)
+        self.assertNotIn("Traceback", stderr)
+
+    def test_fuse_refuses_images_on_different_grids(self) -> None:
+        moved = os.path.join(self.tmp.name, "shifted.nii.gz")
+        img = io.read_image(self.b)
+        img.SetOrigin((10.0, 0.0))
+        io.write_image(img, moved)
+        code, _, stderr = _main(["fuse", self.a, moved, "-o", os.path.join(self.tmp.name, "x.nii.gz")])
+        self.assertEqual(code, 2)
+        self.assertIn("is not on the anatomical image (a)'s grid", stderr)
+
+    def test_evaluate_json_matches_the_library(self) -> None:
+        out = os.path.join(self.tmp.name, "fused.png")
+        self.assertEqual(_main(["fuse", self.a, self.b, "--method", "wavelet", "-o", out])[0], 0)
+        code, stdout, stderr = _main(["evaluate", "--fused", out, self.a, self.b, "--json"])
+        self.assertEqual(code, 0, stderr)
+        values = json.loads(stdout)
+        expected = metrics.fusion_metrics(io.read_image(out, keep_color=True), io.read_image(self.a, keep_color=True),
+                                          io.read_image(self.b, keep_color=True))
+        for key in metrics.FUSION_METRICS:
+            self.assertAlmostEqual(values[key], expected[key], places=9)
+        code, stdout, _ = _main(["evaluate", "--fused", out, self.a, self.b])
+        self.assertEqual(code, 0)
+        self.assertIn("Qabf", stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
