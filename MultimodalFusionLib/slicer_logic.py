@@ -115,7 +115,7 @@ class FusionLogic:
                         movingMaskNode: Any = None, initialTransformNode: Any = None, seed: int | None = None,
                         outputTransformNode: Any = None, outputVolumeNode: Any = None,
                         resample: bool = True, applyTransform: bool = False, backend: str = "sitk",
-                        progress: ProgressCallback | None = None) -> RegistrationOutputs:
+                        parameters: Any = None, progress: ProgressCallback | None = None) -> RegistrationOutputs:
         """Register the moving volume to the fixed one; the result is a new transform node.
 
         Console example::
@@ -139,6 +139,8 @@ class FusionLogic:
             applyTransform: also set the transform as the moving volume's parent (display only;
                 the moving volume's voxels are not changed).
             backend: "sitk" or "torch".
+            parameters: full settings (``MultimodalFusionLib.registration.RegistrationParameters``
+                or its dict form), instead of a preset.
             progress: ``progress(fraction, message)``; returning False cancels.
 
         Returns:
@@ -151,7 +153,7 @@ class FusionLogic:
         """
         from . import metrics as metrics_module
         from .preprocess import resample as resample_image
-        from .registration import register
+        from .registration import RegistrationParameters, register
 
         if fixedVolumeNode is None or movingVolumeNode is None:
             raise InputError("Select both a fixed and a moving volume.", "Choose the two volumes to register.")
@@ -166,7 +168,9 @@ class FusionLogic:
         moving_mask = mrml.mask_from_node(movingMaskNode, moving) if movingMaskNode is not None else None
         initial = mrml.sitk_transform_from_node(initialTransformNode) if initialTransformNode is not None else None
 
-        result = register(fixed, moving, preset=preset or None, stages=stages or None, fixed_mask=fixed_mask,
+        if isinstance(parameters, dict):
+            parameters = RegistrationParameters.from_dict(parameters)
+        result = register(fixed, moving, parameters, preset=preset or None, stages=stages or None, fixed_mask=fixed_mask,
                           moving_mask=moving_mask, initial_transform=initial, seed=seed,
                           progress=scaled(progress, 0.02, 0.9), backend=backend)
         report(progress, 0.9, "creating output nodes")

@@ -1,0 +1,157 @@
+"""The Slicer module's Logic (MultimodalFusionLib.slicer_logic.FusionLogic, which the module's
+MultimodalFusionLogic inherits unchanged) on a real vtkMRMLScene from Slicer's libraries.
+
+The end-to-end scenario is the one the module's self-test runs in Slicer.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+try:
+    import slicer
+
+    HAVE_MRML = hasattr(slicer, "vtkMRMLScene")
+except ImportError:  # pragma: no cover - slicer-core is a test dependency
+    HAVE_MRML = False
+
+from MultimodalFusionLib import InputError, OperationCancelled, scenarios
+
+if HAVE_MRML:
+    from MultimodalFusionLib import mrml
+    from MultimodalFusionLib.slicer_logic import FusionLogic
+
+_PAIR: tuple | None = None
+
+
+def _pair() -> tuple:
+    global _PAIR
+    if _PAIR is None:
+        _PAIR = scenarios.phantom_pair()
+    return _PAIR
+
+
+@unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
+class LogicScenarioTest(unittest.TestCase):
+    def test_register_fuse_show_end_to_end(self) -> None:
+        scene = mrml.new_scene()
+        result = scenarios.check_logic_register_fuse_show(FusionLogic(scene), scene)
+        self.assertLess(result["mean_error_mm"], 2.0)
+        self.assertIn("fusion.Qabf", result["table"])
+
+
+@unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
+class LogicTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.scene = mrml.new_scene()
+        self.logic = FusionLogic(self.scene)
+        self.fixed, self.moving, self.truth = _pair()
+        self.mr = mrml.volume_node_from_image(self.fixed, self.scene, name="MR")
+        self.pet = mrml.volume_node_from_image(self.moving, self.scene, name="PET")
+
+    def _register(self, **kwargs):
+        return self.logic.registerVolumes(self.mr, self.pet, stages=["rigid"], seed=3, **kwargs)
+
+    def test_registered_volume_equals_hardened_moving_volume(self) -> None:
+        out = self._register(applyTransform=True)
+        self.assertIs(self.pet.GetParentTransformNode(), out.transformNode)
+        resampled = sitk.GetArrayFromImage(mrml.image_from_volume_node(out.resampledVolumeNode))
+        # What Slicer shows for the moving volume under the transform is the engine's output...
+        shown = sitk.GetArrayFromImage(mrml.reslice_volume_node(self.pet, self.mr))
+        both = (shown != 0) & (resampled != 0)
+        self.assertLess(np.abs(shown - resampled)[both].max() / np.abs(resampled).max(), 1e-3)
+        # ...and hardening it, then resampling without transform, reproduces it exactly.
+        self.pet.HardenTransform()
+        from MultimodalFusionLib.preprocess import resample
+
+        again = sitk.GetArrayFromImage(resample(mrml.image_from_volume_node(self.pet), self.fixed))
+        np.testing.assert_allclose(again, resampled, rtol=0, atol=1e-5 * np.abs(resampled).max())
+
+    def test_same_seed_same_transform_and_output_nodes_are_reused(self) -> None:
+        first = self._register()
+        transform_node, volume_node = first.transformNode, first.resampledVolumeNode
+        second = self._register(outputTransformNode=transform_node, outputVolumeNode=volume_node)
+        self.assertIs(second.transformNode, transform_node)
+        self.assertIs(second.resampledVolumeNode, volume_node)
+        # same seed, same result (to rounding: ITK's multi-threaded metric sums in varying order)
+        np.testing.assert_allclose(mrml.linear_transform_matrix(first.result.transform),
+                                   mrml.linear_transform_matrix(second.result.transform), atol=1e-6)
+
+    def test_masks_from_label_map_and_segmentation(self) -> None:
+        head = sitk.Cast(self.fixed > 50, sitk.sitkUInt8)
+        fixed_mask = mrml.volume_node_from_image(head, self.scene, name="head", label=True)
+        moving_mask = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "PET head")
+        label = mrml.volume_node_from_image(sitk.Cast(self.moving > 0.1, sitk.sitkUInt8), self.scene, label=True)
+        self.assertTrue(slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label, moving_mask))
+        out = self._register(fixedMaskNode=fixed_mask, movingMaskNode=moving_mask)
+        self.assertLess(out.result.metric_after, out.result.metric_before)
+
+    def test_deformable_result_is_a_bspline_transform_node(self) -> None:
+        quick = {"initializer": "none", "stages": [
+            {"name": "bspline", "iterations": 3, "shrink_factors": [2], "smoothing_sigmas": [1.0], "mesh_size": 3}]}
+        initial = mrml.transform_node_from_sitk(self.truth, self.scene, name="initial")
+        out = self.logic.registerVolumes(self.mr, self.pet, parameters=quick, initialTransformNode=initial, seed=1)
+        self.assertTrue(out.transformNode.IsA("vtkMRMLBSplineTransformNode"), out.transformNode.GetClassName())
+        flip = np.array(mrml.LPS_TO_RAS)
+        for point in ([0.0, 0.0, 0.0], [20.0, -30.0, 10.0], [-35.0, 25.0, -15.0]):
+            engine = np.array(out.result.transform.TransformPoint(point))
+            node = np.array(out.transformNode.GetTransformFromParent().TransformPoint((np.array(point) * flip).tolist()))
+            np.testing.assert_allclose(node * flip, engine, atol=1e-4)
+
+    def test_fusion_outputs_colour_overlay_weights_and_table(self) -> None:
+        reg = self._register()
+        overlay = self.logic.fuseVolumes(self.mr, reg.resampledVolumeNode, method="overlay", opacity=0.5)
+        self.assertTrue(overlay.fusedVolumeNode.IsA("vtkMRMLVectorVolumeNode"))
+        rgb = mrml.image_from_volume_node(overlay.fusedVolumeNode)
+        self.assertEqual(rgb.GetNumberOfComponentsPerPixel(), 3)
+        self.assertEqual(rgb.GetSize(), self.fixed.GetSize())
+        average = self.logic.fuseVolumes(self.mr, reg.resampledVolumeNode, method="average", weight=0.7)
+        self.assertIsNotNone(average.weightsVolumeNode)
+        weights = sitk.GetArrayFromImage(mrml.image_from_volume_node(average.weightsVolumeNode))
+        self.assertTrue(np.all((weights >= 0) & (weights <= 1)))
+        table = mrml.table_to_dict(average.metricsTableNode)
+        self.assertAlmostEqual(float(table["fusion.EN"]), average.metrics["EN"], places=9)
+
+    def test_fuse_through_a_transform_node_equals_fusing_the_resampled_volume(self) -> None:
+        reg = self._register()
+        direct = self.logic.fuseVolumes(self.mr, self.pet, transformNode=reg.transformNode, method="max")
+        via = self.logic.fuseVolumes(self.mr, reg.resampledVolumeNode, method="max")
+        np.testing.assert_allclose(sitk.GetArrayFromImage(mrml.image_from_volume_node(direct.fusedVolumeNode)),
+                                   sitk.GetArrayFromImage(mrml.image_from_volume_node(via.fusedVolumeNode)),
+                                   atol=1e-4)
+
+    def test_inputs_are_never_outputs(self) -> None:
+        with self.assertRaisesRegex(InputError, "never overwritten"):
+            self._register(outputVolumeNode=self.pet)
+        with self.assertRaisesRegex(InputError, "never overwritten"):
+            self.logic.fuseVolumes(self.mr, self.pet, outputVolumeNode=self.mr)
+        with self.assertRaisesRegex(InputError, "same node"):
+            self.logic.registerVolumes(self.mr, self.mr)
+        with self.assertRaises(InputError):
+            self.logic.registerVolumes(self.mr, None)
+
+    def test_cancel_stops_without_new_nodes(self) -> None:
+        before = self.scene.GetNumberOfNodes()
+        with self.assertRaises(OperationCancelled):
+            self._register(progress=lambda fraction, message: fraction < 0.3)
+        self.assertEqual(self.scene.GetNumberOfNodes(), before)
+
+    def test_show_fusion_and_save_results(self) -> None:
+        count = self.logic.showFusion(self.mr, self.pet, opacity=0.25, colormap="PET-Heat", threshold=None)
+        self.assertEqual(count, 3)
+        composite = self.scene.GetSingletonNode("Red", "vtkMRMLSliceCompositeNode")
+        self.assertEqual(composite.GetForegroundOpacity(), 0.25)
+        self.assertFalse(self.pet.GetDisplayNode().GetApplyThreshold())
+        with tempfile.TemporaryDirectory() as folder:
+            path = self.logic.saveResults(os.path.join(folder, "fusion.mrb"))
+            loaded = mrml.load_scene(path)
+            self.assertIsNotNone(loaded.GetFirstNodeByName("PET"))
+
+
+if __name__ == "__main__":
+    unittest.main()
