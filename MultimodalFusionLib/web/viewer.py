@@ -46,6 +46,10 @@ class FusionViewer:
         self.opacity = 0.5
         self.foreground_role: str | None = None
         self.vr_preset = DEFAULT_VR_PRESET
+        #: Display window of a functional foreground, as percentiles of its voxels inside the
+        #: body: starting at the 40th percentile keeps background uptake (white matter, noise)
+        #: transparent so that the hot regions stand out over the anatomy.
+        self.functional_percentiles = (40.0, 99.5)
 
     # ------------------------------------------------------------------ volumes
     def set_image(self, role: str, image: sitk.Image | None) -> Any:
@@ -123,6 +127,7 @@ class FusionViewer:
         if background is None:
             return
         mrml.show_fusion(background, fg_node, opacity=self.opacity, colormap=self.colormap, scene=self.scene)
+        self._setup_functional(fg_node)
         if reset_views:
             self.reset_views()
         self.render()
@@ -136,13 +141,34 @@ class FusionViewer:
 
     def set_colormap(self, colormap: str) -> None:
         """Colour table of the foreground layer (one of ``mrml.FUNCTIONAL_COLORMAPS``)."""
-        from .. import mrml
-
         self.colormap = colormap
         node = self.nodes.get(self.foreground_role) if self.foreground_role else None
-        if node is not None and not node.IsA("vtkMRMLVectorVolumeNode"):
-            mrml.setup_functional_display(node, colormap=colormap)
+        self._setup_functional(node)
         self.render()
+
+    def _setup_functional(self, node: Any) -> None:
+        """Colour table from mrml, then a window that makes hot regions stand out.
+
+        mrml's window spans the whole volume's percentiles, air included, so in a head PET most
+        of the brain lands in the hot half of the colour table. Here the window starts at the
+        40th percentile of the uptake inside the head (voxels above the Otsu threshold) and ends at their 99.5th
+        percentile; voxels below the window are transparent.
+        """
+        from .. import mrml
+
+        if node is None or node.IsA("vtkMRMLVectorVolumeNode"):
+            return
+        display = mrml.setup_functional_display(node, colormap=self.colormap, threshold_fraction=None)
+        role = next((r for r, n in self.nodes.items() if n is node), None)
+        if role is None:
+            return
+        lo, hi = _functional_window(self.images[role], self.functional_percentiles)
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(lo, hi)
+        display.AutoThresholdOff()
+        upper = float(sitk.GetArrayViewFromImage(self.images[role]).max())
+        display.SetThreshold(lo, max(upper, hi))
+        display.SetApplyThreshold(1)
 
     # ------------------------------------------------------------------ 3D
     def vr_presets(self) -> list[str]:
@@ -181,7 +207,13 @@ class FusionViewer:
                 vr.get_vr_display_node(other_node).SetVisibility(False)
         display = vr.create_display_node(node, preset)
         vr.apply_preset(display, preset)
-        lo, hi = _percentiles(self.images[role], 1.0, 99.9)
+        image = self.images[role]
+        _, hi = _percentiles(image, 1.0, 99.9)
+        # Start the curve at the Otsu threshold: below it lie air and noise, which would
+        # otherwise fill the box around the head with haze.
+        lo = _otsu(image)
+        if not lo < hi:
+            lo, hi = _percentiles(image, 1.0, 99.9)
         _stretch_volume_property(vr.get_volume_node_property(node), lo, hi)
         view_ids = [v.get_view_node_id() for v in self.app.view_manager.get_threed_views()]
         display.SetViewNodeIDs(view_ids)
@@ -210,6 +242,22 @@ def _percentiles(image: sitk.Image, low: float, high: float) -> tuple[float, flo
     if hi <= lo:
         lo, hi = float(arr.min()), float(arr.max())
     return lo, (hi if hi > lo else lo + 1.0)
+
+
+def _functional_window(image: sitk.Image, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """``percentiles`` of the voxels above the Otsu threshold (inside the body)."""
+    arr = sitk.GetArrayViewFromImage(image)
+    inside = arr[arr > _otsu(image)]
+    if inside.size < 100:
+        return _percentiles(image, 1.0, 99.5)
+    lo, hi = (float(v) for v in np.percentile(inside, percentiles))
+    return (lo, hi) if hi > lo else _percentiles(image, 1.0, 99.5)
+
+
+def _otsu(image: sitk.Image) -> float:
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.Execute(sitk.Cast(image, sitk.sitkFloat32))
+    return float(otsu.GetThreshold())
 
 
 def _stretch_volume_property(prop: Any, lo: float, hi: float) -> None:

@@ -1,0 +1,521 @@
+"""The trame-slicer web application: panel, quad layout and the engine behind them.
+
+``mmfusion web`` calls :func:`serve`. One browser page shows a panel (load the fixed and
+moving volumes from server paths or by upload; preset, stages, Register with progress and
+Cancel; fusion method, Fuse; foreground opacity, colour table and layer; volume-rendering
+preset; metrics table; downloads of the transform, the fused volume and the HTML report)
+next to Slicer's quad layout (axial, sagittal, coronal, 3D), rendered on the server by
+Slicer's own libraries (trame-slicer, slicer-core) and streamed as images.
+
+Engine work runs on :class:`~MultimodalFusionLib.web.worker.BackgroundWorker`'s thread;
+the scene is updated on the server's event loop when a job has finished. Every engine call
+is the same public function the CLI and the Slicer module use: ``io.read_image``,
+``registration.register``, ``preprocess.resample``, ``fusion.fuse``,
+``metrics.fusion_metrics``/``registration_metrics``, ``report.write_report``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+from ..errors import InputError
+from .offscreen import configure_offscreen_rendering
+
+__all__ = ["FusionWebApp", "serve", "STAGE_CHOICES", "QUAD_LAYOUT_ID"]
+
+logger = logging.getLogger(__name__)
+
+STAGE_CHOICES = ("rigid", "affine", "bspline")
+QUAD_LAYOUT_ID = "Fusion quad"
+_FG_LAYERS = [{"title": "Functional (moving, registered)", "value": "functional"},
+              {"title": "Fused image", "value": "fused"}]
+# Metrics shown in the table, in this order (fusion_metrics returns more; the report has all).
+_FUSION_METRIC_KEYS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR")
+
+
+def _quad_layout() -> Any:
+    """Axial | sagittal over coronal | 3D."""
+    from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+
+    return Layout(LayoutDirection.Horizontal, [
+        Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.coronal_view()]),
+        Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.sagittal_view(), ViewLayoutDefinition.threed_view()]),
+    ])
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class FusionWebApp:
+    """The web application: a trame server, a Slicer scene with remote views, the panel.
+
+    Args:
+        server: a trame server (default: a new vue3 one).
+        fixed: path (on the server) of the fixed/anatomical image to load at start.
+        moving: path of the moving/functional image to load at start.
+        demo: load the demo pair (MNI152 T1, misaligned PET-like image) at start.
+        demo_spacing_mm: voxel size of the demo images.
+        workdir: folder for uploads and downloads (default: a temporary folder).
+    """
+
+    def __init__(self, server: Any = None, *, fixed: str | None = None, moving: str | None = None,
+                 demo: bool = False, demo_spacing_mm: float = 3.0, workdir: str | None = None):
+        configure_offscreen_rendering()
+        from trame.app import get_server
+        from trame_slicer import module as trame_slicer_module
+        from trame_slicer.core import LayoutManager, SlicerApp
+        from trame_slicer.rca_view import register_rca_factories
+
+        from .. import mrml
+        from ..fusion import list_methods
+        from ..registration import list_presets
+        from .viewer import DEFAULT_VR_PRESET, FusionViewer
+        from .worker import BackgroundWorker
+
+        self.server = server or get_server(None, client_type="vue3")
+        self.server.enable_module(trame_slicer_module)
+        self.state = self.server.state
+        self.ctrl = self.server.controller
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="mmfusion-web-")
+        self.workdir = Path(workdir or self._tmp.name)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+        self.slicer_app = SlicerApp()
+        register_rca_factories(self.slicer_app.view_manager, self.server)
+        self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
+        self.layout_manager.register_layout(QUAD_LAYOUT_ID, _quad_layout())
+        self.layout_manager.set_layout(QUAD_LAYOUT_ID)
+        self.viewer = FusionViewer(self.slicer_app)
+        self.worker = BackgroundWorker(self.state)
+
+        # engine objects of the session
+        self.fixed_image: sitk.Image | None = None
+        self.moving_image: sitk.Image | None = None
+        self.registration: Any = None
+        self.registered_image: sitk.Image | None = None
+        self.registration_metrics: dict[str, dict[str, float]] = {}
+        self.fusion_result: Any = None
+        self.fusion_metrics: dict[str, float] = {}
+        self._start_fixed, self._start_moving, self._start_demo = fixed, moving, demo
+        self._demo_spacing = float(demo_spacing_mm)
+        self._uploads: dict[str, list[dict]] = {"fixed": [], "moving": []}
+
+        vr_presets = self.viewer.vr_presets()
+        methods = [m for m in list_methods() if m != "deep" or self._deep_available()]
+        self.state.update({
+            "trame__title": "MultimodalFusion",
+            "fixed_path": fixed or "", "moving_path": moving or "",
+            "fixed_name": "", "moving_name": "",
+            "has_fixed": False, "has_moving": False, "has_registered": False, "has_fused": False,
+            "presets": [{"title": "(none: stages below)", "value": ""}] + [
+                {"title": p, "value": p} for p in list_presets()],
+            "preset": "",
+            "stage_choices": list(STAGE_CHOICES), "stages": ["rigid"], "seed": 0,
+            "methods": methods, "method": "average" if "average" in methods else methods[0],
+            "colormaps": list(mrml.FUNCTIONAL_COLORMAPS), "colormap": "PET-Heat",
+            "fg_opacity": 0.5, "fg_layers": _FG_LAYERS, "fg_layer": "functional",
+            "vr_presets": vr_presets,
+            "vr_preset": DEFAULT_VR_PRESET if DEFAULT_VR_PRESET in vr_presets else (vr_presets or [""])[0],
+            "registration_rows": [], "metrics_rows": [], "registration_summary": "",
+        })
+        self.state.change("fg_opacity")(self._on_opacity)
+        self.state.change("colormap")(self._on_colormap)
+        self.state.change("fg_layer")(self._on_fg_layer)
+        self.state.change("vr_preset")(self._on_vr_preset)
+        self.ctrl.on_server_ready.add(self._on_server_ready)
+        self._build_ui()
+
+    @staticmethod
+    def _deep_available() -> bool:
+        try:
+            import monai  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        from trame.ui.vuetify3 import VAppLayout
+        from trame.widgets import html
+        from trame.widgets import vuetify3 as v3
+        from trame_slicer.app.ui import FlexContainer
+
+        trig = self.server.trigger_name
+        with VAppLayout(self.server, full_height=True) as self.ui:
+            self.ui.root.theme = "dark"
+            with v3.VAppBar(density="compact"):
+                v3.VToolbarTitle("MultimodalFusion: register and fuse in the browser")
+                v3.VProgressCircular(indeterminate=("job_busy",), size=18, width=2, classes="mr-4",
+                                     v_show=("job_busy",))
+            with v3.VNavigationDrawer(permanent=True, width=380, location="left"):
+                with v3.VContainer(classes="pa-3", style="font-size: 0.85rem;"):
+                    v3.VAlert(v_if=("error_message",), text=("error_message",), type="error",
+                              closable=True, density="compact", classes="mb-2", id="mmf-error",
+                              click_close="error_message = ''")
+                    # ---------------------------------------------------------- load
+                    html.Div("1. Volumes", classes="text-subtitle-2 mb-1")
+                    for role, label in (("fixed", "Fixed (anatomical)"), ("moving", "Moving (functional)")):
+                        with v3.VRow(dense=True, no_gutters=True, classes="align-center"):
+                            with v3.VCol(cols=10):
+                                v3.VTextField(v_model=(f"{role}_path",), label=f"{label}: path on the server",
+                                              density="compact", hide_details=True, id=f"mmf-{role}-path")
+                            with v3.VCol(cols=2):
+                                v3.VFileInput(
+                                    hide_input=True, prepend_icon="mdi-upload", density="compact",
+                                    hide_details=True, title=f"Upload the {role} image",
+                                    change=("window.load_files_by_chunks($event.target.files, "
+                                            f"{{ trigger_name: '{trig(self._upload_chunk_fn(role))}' }})"))
+                        html.Div(f"{{{{ {role}_name }}}}", classes="text-caption text-grey mb-1")
+                    v3.VBtn("Load volumes", click=self.load_from_paths, block=True, density="compact",
+                            disabled=("job_busy || !fixed_path || !moving_path",), id="mmf-load",
+                            classes="mb-3")
+                    # ---------------------------------------------------------- register
+                    html.Div("2. Registration", classes="text-subtitle-2 mb-1")
+                    v3.VSelect(v_model=("preset",), items=("presets",), label="Preset", density="compact",
+                               hide_details=True, classes="mb-1")
+                    v3.VSelect(v_model=("stages",), items=("stage_choices",), label="Stages", multiple=True,
+                               chips=True, density="compact", hide_details=True, classes="mb-1")
+                    with v3.VRow(dense=True, no_gutters=True):
+                        with v3.VCol(cols=8):
+                            v3.VBtn("Register", click=self.start_registration, color="primary", block=True,
+                                    disabled=("job_busy || !has_fixed || !has_moving",), id="mmf-register")
+                        with v3.VCol(cols=4, classes="pl-1"):
+                            v3.VBtn("Cancel", click=self.worker.cancel, block=True, color="warning",
+                                    disabled=("!job_busy || job_cancelling",), id="mmf-cancel")
+                    v3.VProgressLinear(model_value=("job_progress",), height=6, classes="mt-2",
+                                       color=("job_busy ? 'primary' : 'grey'",))
+                    html.Div("{{ job_message }}", classes="text-caption mb-1", id="mmf-job-message")
+                    html.Div("{{ registration_summary }}", classes="text-caption mb-3", id="mmf-reg-summary")
+                    # ---------------------------------------------------------- fuse
+                    html.Div("3. Fusion", classes="text-subtitle-2 mb-1")
+                    with v3.VRow(dense=True, no_gutters=True, classes="align-center"):
+                        with v3.VCol(cols=7):
+                            v3.VSelect(v_model=("method",), items=("methods",), label="Method",
+                                       density="compact", hide_details=True)
+                        with v3.VCol(cols=5, classes="pl-1"):
+                            v3.VBtn("Fuse", click=self.start_fusion, color="primary", block=True,
+                                    disabled=("job_busy || !has_fixed || !has_moving",), id="mmf-fuse")
+                    # ---------------------------------------------------------- display
+                    html.Div("4. Display", classes="text-subtitle-2 mt-3 mb-1")
+                    v3.VSelect(v_model=("fg_layer",), items=("fg_layers",), label="Foreground layer",
+                               density="compact", hide_details=True, classes="mb-1")
+                    v3.VSelect(v_model=("colormap",), items=("colormaps",), label="Colour table",
+                               density="compact", hide_details=True, classes="mb-1")
+                    v3.VSlider(v_model=("fg_opacity",), min=0, max=1, step=0.05, label="Opacity",
+                               density="compact", hide_details=True, thumb_label=True)
+                    v3.VSelect(v_model=("vr_preset",), items=("vr_presets",), label="3D rendering preset",
+                               density="compact", hide_details=True, classes="mb-2")
+                    # ---------------------------------------------------------- metrics
+                    html.Div("5. Metrics", classes="text-subtitle-2 mt-2 mb-1")
+                    with v3.VTable(density="compact", id="mmf-metrics"):
+                        with html.Tbody():
+                            with html.Tr(v_for="row in registration_rows.concat(metrics_rows)", key="row.name"):
+                                html.Td("{{ row.name }}")
+                                html.Td("{{ row.value }}", classes="text-right")
+                    html.Div("Register or fuse to see metrics.", v_if=("!registration_rows.length && "
+                                                                        "!metrics_rows.length",),
+                             classes="text-caption text-grey")
+                    # ---------------------------------------------------------- downloads
+                    html.Div("6. Download", classes="text-subtitle-2 mt-3 mb-1")
+                    download = trig(self.download)
+                    for what, label, filename, enabled in (
+                            ("transform", "Transform", "moving_to_fixed.tfm", "has_registered"),
+                            ("fused", "Fused volume", "fused.nii.gz", "has_fused"),
+                            ("report", "Report", "report.html", "has_fused")):
+                        v3.VBtn(label, prepend_icon="mdi-download", density="compact", size="small",
+                                classes="mr-1 mb-1", disabled=(f"!{enabled} || job_busy",),
+                                id=f"mmf-download-{what}",
+                                click=f"utils.download('{filename}', trigger('{download}', ['{what}']), "
+                                      "'application/octet-stream')")
+            with v3.VMain():
+                with FlexContainer(row=True, fill_height=True, style="height: calc(100vh - 48px);"):
+                    self.layout_manager.initialize_layout_grid(self.ui)
+
+    # ------------------------------------------------------------------ start-up
+    def _on_server_ready(self, **_: Any) -> None:
+        if self._start_demo:
+            self.load_demo()
+        elif self._start_fixed and self._start_moving:
+            self.load_from_paths()
+
+    # ------------------------------------------------------------------ loading
+    def load_demo(self) -> None:
+        """Load the demo pair (MNI152 T1 and a misaligned PET-like image) in the background."""
+        from .demo import demo_images
+
+        spacing = self._demo_spacing
+
+        def job(progress):
+            progress(0.1, "building the MNI152 T1 and a PET-like image")
+            fixed, moving, _ = demo_images(spacing_mm=spacing)
+            return fixed, moving, "MNI152 T1 (demo)", "PET-like, moved 6 deg / 9.5 mm (demo)"
+
+        self.worker.start("Loading the demo data", job, self._show_loaded)
+
+    def load_from_paths(self) -> None:
+        """Read the images at ``fixed_path`` and ``moving_path`` (server paths) in the background."""
+        from ..io import read_image
+
+        fixed_path, moving_path = str(self.state.fixed_path or ""), str(self.state.moving_path or "")
+
+        def job(progress):
+            if not fixed_path or not moving_path:
+                raise InputError("Both a fixed and a moving image are needed.",
+                                 "Enter both paths (on the server) or upload both files.")
+            progress(0.0, f"reading {os.path.basename(fixed_path)}")
+            fixed = read_image(os.path.expanduser(fixed_path))
+            progress(0.5, f"reading {os.path.basename(moving_path)}")
+            moving = read_image(os.path.expanduser(moving_path), keep_color=True)
+            for image, name in ((fixed, fixed_path), (moving, moving_path)):
+                if image.GetDimension() != 3:
+                    raise InputError(f"'{os.path.basename(name)}' is a {image.GetDimension()}D image.",
+                                     "The web viewer shows 3D volumes; use `mmfusion` for 2D slices.")
+            return fixed, moving, os.path.basename(fixed_path), os.path.basename(moving_path)
+
+        self.worker.start("Loading", job, self._show_loaded)
+
+    def _show_loaded(self, loaded: tuple[sitk.Image, sitk.Image, str, str]) -> None:
+        fixed, moving, fixed_name, moving_name = loaded
+        self.fixed_image, self.moving_image = fixed, moving
+        self.registration = self.registered_image = self.fusion_result = None
+        self.registration_metrics, self.fusion_metrics = {}, {}
+        self.viewer.clear()
+        self.viewer.set_image("fixed", fixed)
+        self.viewer.set_image("moving", moving)
+        self.viewer.show("moving", opacity=self.state.fg_opacity, colormap=self.state.colormap, reset_views=True)
+        with self.state:
+            self.state.update({"has_fixed": True, "has_moving": True, "has_registered": False,
+                               "has_fused": False, "fixed_name": fixed_name, "moving_name": moving_name,
+                               "registration_rows": [], "metrics_rows": [], "registration_summary": "",
+                               "fg_layer": "functional"})
+
+    def _upload_chunk_fn(self, role: str):
+        async def upload_chunk(files: list[dict]) -> None:
+            if files:
+                self._uploads[role].extend(files)
+                return
+            files, self._uploads[role] = self._uploads[role], []
+            if files:
+                self._save_upload(role, files)
+
+        upload_chunk.__name__ = f"upload_{role}_chunk"
+        return upload_chunk
+
+    def _save_upload(self, role: str, files: list[dict]) -> None:
+        """Write uploaded file(s) to the work folder and put the path in the panel.
+
+        A DICOM series arrives as several files: they go to one folder, which ``read_image``
+        reads as a series; a single file keeps its name (and so its format suffix).
+        """
+        from trame_slicer.utils import write_client_files_to_dir
+
+        folder = Path(tempfile.mkdtemp(prefix=f"{role}-", dir=self.workdir))
+        written = write_client_files_to_dir(files, folder)
+        with self.state:
+            self.state[f"{role}_path"] = written[0] if len(written) == 1 else str(folder)
+            self.state[f"{role}_name"] = f"uploaded: {', '.join(Path(w).name for w in written[:3])}"
+
+    # ------------------------------------------------------------------ registration
+    def start_registration(self) -> None:
+        """Register the moving image to the fixed one with the panel's preset and stages."""
+        from .. import metrics
+        from ..preprocess import resample
+        from ..registration import register
+
+        fixed, moving = self.fixed_image, self.moving_image
+        if fixed is None or moving is None:
+            with self.state:
+                self.state.error_message = "Load a fixed and a moving image first."
+            return
+        preset = self.state.preset or None
+        stages = list(self.state.stages or []) or (None if preset else ["rigid"])
+        seed = int(self.state.seed or 0)
+
+        def job(progress):
+            from ..progress import scaled
+
+            result = register(fixed, moving, preset=preset, stages=stages, seed=seed,
+                              progress=scaled(progress, 0.0, 0.9))
+            progress(0.92, "resampling the moving image")
+            grey_moving = moving if moving.GetNumberOfComponentsPerPixel() == 1 else None
+            registered = resample(moving, fixed, result.transform)
+            reg_metrics: dict[str, dict[str, float]] = {}
+            if grey_moving is not None:
+                progress(0.96, "registration metrics")
+                reg_metrics = {"before": metrics.registration_metrics(fixed, resample(moving, fixed)),
+                               "after": metrics.registration_metrics(fixed, registered)}
+            return result, registered, reg_metrics
+
+        self.worker.start("Registration", job, self._show_registration)
+
+    def _show_registration(self, out: tuple[Any, sitk.Image, dict]) -> None:
+        result, registered, reg_metrics = out
+        self.registration, self.registered_image, self.registration_metrics = result, registered, reg_metrics
+        self.fusion_result, self.fusion_metrics = None, {}
+        self.viewer.set_image("fused", None)
+        self.viewer.set_image("registered", registered)
+        self.viewer.show("registered")
+        rows = [{"name": "Metric before → after",
+                 "value": f"{result.metric_before:.4g} → {result.metric_after:.4g}"},
+                {"name": "Stages", "value": ", ".join(s.name for s in result.stages) or "-"},
+                {"name": "Registration time", "value": f"{result.seconds:.1f} s"}]
+        for key in sorted(reg_metrics.get("after", {})):
+            before, after = reg_metrics["before"].get(key), reg_metrics["after"][key]
+            rows.append({"name": f"{key} before → after", "value": f"{_fmt(before)} → {_fmt(after)}"})
+        summary = "; ".join(result.warnings) if result.warnings else "Moving image aligned to the fixed image."
+        with self.state:
+            self.state.update({"has_registered": True, "has_fused": False, "registration_rows": rows,
+                               "metrics_rows": [], "registration_summary": summary, "fg_layer": "functional"})
+
+    # ------------------------------------------------------------------ fusion
+    def start_fusion(self) -> None:
+        """Fuse the fixed image with the (registered) moving image by the panel's method."""
+        from .. import metrics
+        from ..fusion import fuse
+        from ..preprocess import resample
+
+        fixed, moving, registered = self.fixed_image, self.moving_image, self.registered_image
+        if fixed is None or moving is None:
+            with self.state:
+                self.state.error_message = "Load a fixed and a moving image first."
+            return
+        method = str(self.state.method)
+
+        def job(progress):
+            from ..progress import scaled
+
+            functional = registered
+            if functional is None:  # not registered: fuse as the images lie (same physical space)
+                progress(0.0, "resampling the moving image (not registered)")
+                functional = resample(moving, fixed)
+            result = fuse(fixed, functional, method, progress=scaled(progress, 0.0, 0.7))
+            progress(0.75, "fusion metrics")
+            values = metrics.fusion_metrics(result, fixed, functional)
+            return result, values, functional
+
+        self.worker.start("Fusion", job, self._show_fusion)
+
+    def _show_fusion(self, out: tuple[Any, dict[str, float], sitk.Image]) -> None:
+        result, values, functional = out
+        self.fusion_result, self.fusion_metrics = result, values
+        if self.registered_image is None:
+            self.registered_image = functional
+        self.viewer.set_image("fused", result.grey_image)
+        try:
+            self.viewer.show_volume_rendering("fused", self.state.vr_preset)
+        except InputError as exc:
+            with self.state:
+                self.state.error_message = str(exc)
+        self.viewer.show("fused" if self.state.fg_layer == "fused" else None)
+        rows = [{"name": f"{key} ({result.method})", "value": _fmt(values[key])}
+                for key in _FUSION_METRIC_KEYS if key in values]
+        rows.append({"name": "Fusion time", "value": f"{result.seconds:.1f} s"})
+        with self.state:
+            self.state.update({"has_fused": True, "metrics_rows": rows})
+
+    # ------------------------------------------------------------------ display
+    def _on_opacity(self, fg_opacity: float, **_: Any) -> None:
+        self.viewer.set_opacity(float(fg_opacity))
+
+    def _on_colormap(self, colormap: str, **_: Any) -> None:
+        try:
+            self.viewer.set_colormap(colormap)
+        except InputError as exc:
+            self.state.error_message = str(exc)
+
+    def _on_fg_layer(self, fg_layer: str, **_: Any) -> None:
+        if self.fixed_image is None:
+            return
+        if fg_layer == "fused" and self.viewer.node("fused") is None:
+            self.state.error_message = "There is no fused image yet: press Fuse first."
+            return
+        self.viewer.show("fused" if fg_layer == "fused" else self.viewer.default_foreground())
+
+    def _on_vr_preset(self, vr_preset: str, **_: Any) -> None:
+        if self.viewer.node("fused") is None or not vr_preset:
+            return
+        try:
+            self.viewer.show_volume_rendering("fused", vr_preset)
+        except InputError as exc:
+            self.state.error_message = str(exc)
+
+    # ------------------------------------------------------------------ downloads
+    def result_file(self, what: str) -> Path:
+        """Write a result to the work folder and return its path.
+
+        Args:
+            what: "transform" (ITK .tfm), "fused" (NIfTI) or "report" (self-contained HTML).
+
+        Raises:
+            InputError: the result does not exist yet.
+        """
+        from .. import io
+
+        out = Path(tempfile.mkdtemp(prefix=f"{what}-", dir=self.workdir))
+        if what == "transform":
+            if self.registration is None:
+                raise InputError("There is no transform yet.", "Press Register first.")
+            return Path(io.write_transform(self.registration.transform, out / "moving_to_fixed.tfm"))
+        if self.fusion_result is None:
+            raise InputError("There is no fused image yet.", "Press Fuse first.")
+        if what == "fused":
+            return Path(io.write_image(self.fusion_result.image, out / "fused.nii.gz"))
+        if what == "report":
+            from ..report import write_report
+
+            inputs = {"Fixed": self.fixed_image, "Moving (on the fixed grid)": self.registered_image}
+            paths = write_report(out, inputs=inputs, fusions=[self.fusion_result],
+                                 metrics={self.fusion_result.method: self.fusion_metrics},
+                                 registration=self.registration,
+                                 registration_metrics=self.registration_metrics or None,
+                                 title="MultimodalFusion web report",
+                                 notes=[f"fixed: {self.state.fixed_name}", f"moving: {self.state.moving_name}"])
+            return Path(paths["html"])
+        raise InputError(f"Unknown download '{what}'.", "Use transform, fused or report.")
+
+    def download(self, what: str) -> Any:
+        """Trigger behind the download buttons: the file as a trame attachment (None on error)."""
+        try:
+            path = self.result_file(what)
+        except InputError as exc:
+            self.state.error_message = str(exc)
+            return None
+        except Exception as exc:  # shown in the page, not only in the log
+            logger.exception("download of %s failed", what)
+            self.state.error_message = f"Could not write the {what}: {exc}"
+            return None
+        return self.server.protocol.addAttachment(path.read_bytes())
+
+
+def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 8080, host: str = "127.0.0.1",
+          demo: bool = False, demo_spacing_mm: float = 3.0, open_browser: bool = False) -> None:
+    """Start the web application and block until it stops (Ctrl+C).
+
+    Args:
+        fixed: fixed (anatomical) image path to load at start.
+        moving: moving (functional) image path to load at start.
+        port: HTTP port (0 picks a free one).
+        host: interface to listen on; the default serves this machine only. The app gives
+            access to files on the server, so expose it only behind authentication.
+        demo: load the demo pair at start.
+        demo_spacing_mm: voxel size of the demo images.
+        open_browser: open the system browser on the page.
+    """
+    configure_offscreen_rendering()
+    # trame parses sys.argv for its own options; keep mmfusion's arguments away from it.
+    os.environ.setdefault("TRAME_ARGS", "--server")
+    app = FusionWebApp(fixed=fixed, moving=moving, demo=demo, demo_spacing_mm=demo_spacing_mm)
+    try:
+        app.server.start(port=port, host=host, open_browser=open_browser, timeout=0)
+    finally:
+        app.worker.shutdown()
