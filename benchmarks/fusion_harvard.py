@@ -1,0 +1,140 @@
+"""Fusion quality on the Harvard Whole Brain Atlas pairs, beside CDDFuse's published numbers.
+
+Usage::
+
+    python benchmarks/fusion_harvard.py --data /path/to/harvard_fusion_pairs [--methods average,wavelet]
+                                        [--max-pairs N] [--json results.json]
+
+``--data`` is a folder laid out like CDDFuse's ``test_img``: ``MRI_CT/{MRI,CT}``,
+``MRI_PET/{MRI,PET}``, ``MRI_SPECT/{MRI,SPECT}``, same-named 256x256 PNGs forming pre-aligned
+pairs, PET/SPECT in pseudo-colour. Every method of ``fusion.list_methods()`` runs (so "deep"
+shows once it is installed and registered), or those named by ``--methods``.
+
+How the numbers are computed (the way CDDFuse's ``utils/Evaluator.py`` computes its Table 5):
+images read as 8-bit grey (rounded BT.601 luminance, as OpenCV's grey conversion); colour
+PET/SPECT fused on Y of YCbCr; the metrics compare the 8-bit grey fused image (Y) with the MRI
+and the functional image's Y; MI in nats; SSIM and VIF sums over both sources. The published
+row is CDDFuse's mean over the FULL test sets (21/42/73 pairs); a folder with fewer pairs
+(e.g. the first six) gives means over those only, so compare with that in mind.
+Runtime: seconds per slice for the fusion alone (CPU here unless a method uses a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+try:
+    from MultimodalFusionLib import fusion, io, metrics
+except ImportError:  # running from a source checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from MultimodalFusionLib import fusion, io, metrics
+
+#: CDDFuse (CVPR 2023) README "Table 5", means over the full test sets.
+CDDFUSE_PUBLISHED = {
+    "MRI_CT": {"EN": 4.88, "SD": 79.17, "SF": 38.14, "MI": 2.61, "SCD": 1.41, "VIF": 0.61, "Qabf": 0.68, "SSIM": 1.34},
+    "MRI_PET": {"EN": 4.22, "SD": 70.73, "SF": 29.57, "MI": 2.03, "SCD": 1.69, "VIF": 0.71, "Qabf": 0.71, "SSIM": 1.49},
+    "MRI_SPECT": {"EN": 3.90, "SD": 58.31, "SF": 20.87, "MI": 2.49, "SCD": 1.35, "VIF": 0.97, "Qabf": 0.78,
+                  "SSIM": 1.48},
+}
+SETS = {"MRI_CT": "CT", "MRI_PET": "PET", "MRI_SPECT": "SPECT"}
+KEYS = metrics.FUSION_METRICS
+
+
+def _pairs(root: Path, name: str, functional: str, limit: int | None) -> list[tuple[Path, Path]]:
+    mri_dir, fun_dir = root / name / "MRI", root / name / functional
+    if not mri_dir.is_dir() or not fun_dir.is_dir():
+        return []
+    names = sorted(p.name for p in mri_dir.glob("*.png") if (fun_dir / p.name).exists())
+    names = names[:limit] if limit else names
+    return [(mri_dir / n, fun_dir / n) for n in names]
+
+
+def run_set(root: Path, name: str, methods: list[str], limit: int | None) -> dict:
+    """Mean metrics and runtime per method over one pair set."""
+    pairs = _pairs(root, name, SETS[name], limit)
+    if not pairs:
+        return {}
+    sums: dict[str, dict[str, float]] = {m: {k: 0.0 for k in KEYS} for m in methods}
+    seconds: dict[str, list[float]] = {m: [] for m in methods}
+    errors: dict[str, str] = {}
+    for mri_path, fun_path in pairs:
+        a = io.read_image(mri_path, keep_color=True)
+        b = io.read_image(fun_path, keep_color=True)
+        for m in methods:
+            if m in errors:
+                continue
+            try:
+                t0 = time.perf_counter()
+                res = fusion.fuse(a, b, m)
+                seconds[m].append(time.perf_counter() - t0)
+            except Exception as exc:  # report a failing method, keep benchmarking the others
+                errors[m] = f"{type(exc).__name__}: {exc}"
+                continue
+            values = metrics.fusion_metrics(res, a, b)
+            for k in KEYS:
+                sums[m][k] += values[k]
+    out = {"pairs": len(pairs), "methods": {}}
+    for m in methods:
+        if m in errors:
+            out["methods"][m] = {"error": errors[m]}
+            continue
+        out["methods"][m] = {k: v / len(pairs) for k, v in sums[m].items()}
+        out["methods"][m]["seconds_per_slice"] = float(np.median(seconds[m]))
+    return out
+
+
+def markdown_table(name: str, result: dict) -> str:
+    lines = [f"**{name.replace('_', '-')}** ({result['pairs']} pairs)", "",
+             "| method | " + " | ".join(KEYS) + " | s/slice |",
+             "|---" * (len(KEYS) + 2) + "|"]
+    for m, vals in result["methods"].items():
+        if "error" in vals:
+            lines.append(f"| {m} | failed: {vals['error'][:80]} |" + " |" * (len(KEYS)))
+            continue
+        lines.append(f"| {m} | " + " | ".join(f"{vals[k]:.2f}" for k in KEYS) + f" | {vals['seconds_per_slice']:.3f} |")
+    pub = CDDFUSE_PUBLISHED[name]
+    lines.append("| CDDFuse (published, full set) | " + " | ".join(f"{pub[k]:.2f}" for k in KEYS) + " | n/a |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="folder with MRI_CT, MRI_PET, MRI_SPECT (CDDFuse's test_img layout)")
+    parser.add_argument("--methods", help="comma-separated methods (default: every method of fusion.list_methods())")
+    parser.add_argument("--max-pairs", type=int, help="use at most N pairs per set")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    root = Path(args.data)
+    if not root.is_dir():
+        parser.error(f"--data {root} is not a folder")
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else fusion.list_methods()
+    print(f"# Harvard fusion benchmark: {', '.join(methods)}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print("metrics: CDDFuse utils/Evaluator.py definitions on 8-bit grey images (colour PET/SPECT fused on "
+          "Y of YCbCr; MI in nats; SSIM/VIF sums over both sources). Published row: CDDFuse Table 5, full test sets.\n")
+    results = {}
+    for name in SETS:
+        res = run_set(root, name, methods, args.max_pairs)
+        if not res:
+            print(f"({name}: no pairs found under {root / name})\n")
+            continue
+        results[name] = res
+        print(markdown_table(name, res))
+        print()
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"data": str(root), "methods": methods, "results": results, "published": CDDFUSE_PUBLISHED},
+                      fh, indent=2)
+    return 0 if results else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
