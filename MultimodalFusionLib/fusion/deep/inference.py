@@ -1,0 +1,327 @@
+"""Deep fusion inference: 2D slices (batched), 3D volumes (sliding window), per-study adaptation.
+
+- Inputs are two images on one grid (the second already resampled onto the first); the output
+  ``FusionResult`` has the first (fixed) image's geometry, its intensity range, and the per-voxel
+  weight of the first input as the explainability map.
+- A 2D network fuses 2D images directly and 3D volumes slice by slice (axial slices in batches);
+  a 3D network fuses volumes of any size with ``monai.inferers.sliding_window_inference``.
+- Mixed precision (float16 autocast) on CUDA; device "auto" picks CUDA when present and falls back
+  to the CPU when CUDA runs out of memory.
+- ``adapt_steps > 0`` first fine-tunes a copy of the network on the very pair being fused with the
+  unsupervised training loss (seeded: the same pair and seed give the same result on the CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from ...errors import InputError
+from ...progress import ProgressCallback, report, scaled
+from ...validation import check_image
+from ..base import FusionResult
+from .losses import FusionLoss, LossWeights
+
+__all__ = ["fuse_deep", "fuse_arrays", "registry_method", "DEFAULT_ADAPT_STEPS", "adapt", "predict"]
+
+#: Default per-study adaptation steps for 2D images (a 256x256 slice: ~15 s on one CPU thread).
+#: 3D volumes are not adapted by default (pass adapt_steps explicitly).
+DEFAULT_ADAPT_STEPS = 80
+
+_MODEL_CACHE: dict[tuple[str, int], tuple[Any, dict[str, Any]]] = {}
+
+
+def _load_model(weights: Any, spatial_dims: int) -> tuple[Any, dict[str, Any]]:
+    """(network, metadata) from a path (cached per path), a network, or the shipped default."""
+    from .weights import default_weights_path, load_weights
+
+    if weights is not None and hasattr(weights, "config") and hasattr(weights, "state_dict"):
+        return weights, {"architecture": weights.config.to_dict(), "training": {}}
+    if weights is None:
+        # a 3D volume uses 3D default weights when shipped, otherwise the 2D ones slice by slice
+        try:
+            path = default_weights_path(spatial_dims)
+        except InputError:
+            if spatial_dims == 2:
+                raise
+            path = default_weights_path(2)
+    else:
+        path = weights
+    key = (str(path), 0)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load_weights(path)
+    return _MODEL_CACHE[key]
+
+
+def _pad_to_multiple(x: Any, multiple: int) -> tuple[Any, list[int]]:
+    import torch.nn.functional as F
+
+    spatial = x.shape[2:]
+    pads = []
+    for s in reversed(spatial):
+        extra = (-s) % multiple
+        pads += [extra // 2, extra - extra // 2]
+    if any(pads):
+        x = F.pad(x, pads, mode="replicate")
+    return x, pads
+
+
+def _crop(x: Any, pads: list[int]) -> Any:
+    if not any(pads):
+        return x
+    dims = x.dim() - 2
+    index = [slice(None), slice(None)]
+    for d in range(dims):
+        lo, hi = pads[2 * (dims - 1 - d)], pads[2 * (dims - 1 - d) + 1]
+        index.append(slice(lo, x.shape[2 + d] - hi))
+    return x[tuple(index)]
+
+
+def _forward_padded(model: Any, a: Any, b: Any, amp: bool) -> tuple[Any, Any]:
+    import torch
+
+    multiple = model.config.size_multiple
+    ap, pads = _pad_to_multiple(a, multiple)
+    bp, _ = _pad_to_multiple(b, multiple)
+    with torch.autocast(a.device.type, dtype=torch.float16, enabled=amp):
+        fused, weight = model(ap, bp)
+    return _crop(fused.float(), pads), _crop(weight.float(), pads)
+
+
+def predict(model: Any, a: np.ndarray, b: np.ndarray, *, device: Any, batch_size: int = 8,
+            roi_size: int = 96, progress: ProgressCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Run the network on normalised arrays (2D or 3D, same shape); returns (fused, weight) arrays.
+
+    A 2D network runs 3D arrays as batches of axial slices; a 3D network runs them with
+    sliding-window inference (``roi_size`` cubes, 25 % overlap, Gaussian blending).
+    """
+    import torch
+
+    model = model.to(device).eval()
+    amp = device.type == "cuda"
+    sd = model.config.spatial_dims
+    ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
+    with torch.no_grad():
+        if a.ndim == sd == 2:
+            f, w = _forward_padded(model, ta[None, None].to(device), tb[None, None].to(device), amp)
+            report(progress, 1.0, "fused")
+            return f[0, 0].cpu().numpy(), w[0, 0].cpu().numpy()
+        if a.ndim == 3 and sd == 2:
+            fused = np.empty(a.shape, np.float32)
+            weight = np.empty(a.shape, np.float32)
+            for start in range(0, a.shape[0], batch_size):
+                stop = min(start + batch_size, a.shape[0])
+                f, w = _forward_padded(model, ta[start:stop, None].to(device), tb[start:stop, None].to(device), amp)
+                fused[start:stop] = f[:, 0].cpu().numpy()
+                weight[start:stop] = w[:, 0].cpu().numpy()
+                report(progress, stop / a.shape[0], f"fused slices {stop}/{a.shape[0]}")
+            return fused, weight
+        if a.ndim == sd == 3:
+            from monai.inferers import sliding_window_inference
+
+            multiple = model.config.size_multiple
+            roi = int(max(multiple, roi_size - roi_size % multiple))
+
+            def _predictor(x: Any) -> Any:
+                with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
+                    f, w = model(x[:, :1], x[:, 1:2])
+                return torch.cat([f, w], dim=1).float()
+
+            def _progress_cb(*_: Any) -> None:  # pragma: no cover - MONAI's progress hook differs by version
+                return None
+
+            x = torch.stack([ta, tb])[None]
+            out = sliding_window_inference(x, roi_size=[roi] * 3, sw_batch_size=max(1, batch_size // 4),
+                                           predictor=_predictor, overlap=0.25, mode="gaussian",
+                                           padding_mode="replicate", sw_device=device, device="cpu")
+            report(progress, 1.0, "fused (sliding window)")
+            return out[0, 0].numpy(), out[0, 1].numpy()
+    raise InputError(f"A {sd}D fusion network cannot fuse {a.ndim}D images.",
+                     "Use 2D weights for 2D slices (3D volumes work with 2D or 3D weights).")
+
+
+def adapt(model: Any, a: np.ndarray, b: np.ndarray, *, steps: int, lr: float = 1e-3,
+          loss_weights: LossWeights | None = None, seed: int = 0, device: Any = None, patch: int = 96,
+          batch_size: int = 4, progress: ProgressCallback | None = None) -> Any:
+    """A copy of ``model`` fine-tuned on one normalised pair with the unsupervised loss.
+
+    2D pairs with a 2D network use the whole image each step; 3D volumes use random batches of
+    axial slices (2D network) or random ``patch`` cubes (3D network), drawn from a generator seeded
+    with ``seed``.
+    """
+    import torch
+
+    device = device or torch.device("cpu")
+    tuned = copy.deepcopy(model).to(device).train()
+    sd = tuned.config.spatial_dims
+    loss_fn = FusionLoss(sd, loss_weights)
+    opt = torch.optim.Adam(tuned.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(int(seed))
+    ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
+    amp = device.type == "cuda"
+    multiple = tuned.config.size_multiple
+    if a.ndim == 3 and sd == 2:
+        # only slices with content: empty slices would pull the weights towards nothing
+        content = ((ta > 0.05) | (tb > 0.05)).flatten(1).float().mean(1)
+        candidates = torch.nonzero(content > 0.02).flatten()
+        if candidates.numel() == 0:
+            candidates = torch.arange(a.shape[0])
+    for step in range(steps):
+        if a.ndim == sd:
+            if sd == 2:
+                xa, xb = ta[None, None], tb[None, None]
+            else:
+                xa, xb = _random_patches(ta, tb, patch, batch_size, gen, multiple)
+        else:
+            idx = candidates[torch.randint(candidates.numel(), (batch_size,), generator=gen)]
+            xa, xb = ta[idx, None], tb[idx, None]
+        xa, xb = xa.to(device), xb.to(device)
+        xa_p, pads = _pad_to_multiple(xa, multiple)
+        xb_p, _ = _pad_to_multiple(xb, multiple)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            fused, _ = tuned(xa_p, xb_p)
+        loss, _ = loss_fn(_crop(fused.float(), pads), xa, xb)
+        loss.backward()
+        opt.step()
+        report(progress, (step + 1) / steps, f"adapting {step + 1}/{steps} loss {float(loss.detach()):.4f}")
+    return tuned.eval()
+
+
+def _random_patches(ta: Any, tb: Any, patch: int, n: int, gen: Any, multiple: int) -> tuple[Any, Any]:
+    import torch
+
+    size = [min(patch, s) for s in ta.shape]
+    size = [max(multiple, s - s % multiple) if s >= multiple else s for s in size]
+    pa, pb = [], []
+    for _ in range(n):
+        starts = [int(torch.randint(max(1, s - p + 1), (1,), generator=gen)) for s, p in zip(ta.shape, size)]
+        sl = tuple(slice(st, st + p) for st, p in zip(starts, size))
+        pa.append(ta[sl])
+        pb.append(tb[sl])
+    return torch.stack(pa)[:, None], torch.stack(pb)[:, None]
+
+
+def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_steps: int | None = None,
+                adapt_lr: float = 1e-3, loss_weights: Any = None, seed: int = 0, device: str = "auto",
+                batch_size: int = 8, roi_size: int = 96, progress: ProgressCallback | None = None
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Fuse two arrays of one shape scaled to 0..1 (the fusion registry's contract).
+
+    Args:
+        a: first (anatomical) array, 2D (y, x) or 3D (z, y, x), values 0..1.
+        b: second array, same shape, values 0..1.
+        weights: ``.safetensors`` weights file or a network; None uses the shipped default weights
+            (3D volumes: the 3D default when shipped, otherwise the 2D one slice by slice).
+        adapt_steps: per-study adaptation steps (fine-tuning on this pair with the unsupervised loss);
+            None: :data:`DEFAULT_ADAPT_STEPS` for 2D images, 0 for 3D volumes.
+        adapt_lr: learning rate of the adaptation.
+        loss_weights: :class:`LossWeights` or "ssim,gradient,intensity" text for the adaptation.
+        seed: seed of the adaptation's random sampling.
+        device: "auto" (CUDA when present, CPU fallback), "cpu" or "cuda".
+        batch_size: slices per forward pass (2D network on a volume); sliding-window batch is a quarter.
+        roi_size: sliding-window cube side (3D network) and adaptation patch side.
+        progress: progress callback.
+
+    Returns:
+        (fused 0..1, weight of ``a`` 0..1, parameters used) as float32 arrays of the inputs' shape.
+
+    Raises:
+        InputError: shapes differ, bad settings, or a bad weights file.
+    """
+    import torch
+
+    from .training import resolve_device
+
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    if a.shape != b.shape or a.ndim not in (2, 3):
+        raise InputError(f"Deep fusion needs two 2D or 3D arrays of one shape (got {a.shape} and {b.shape}).",
+                         "Resample the second image onto the first (mmfusion resample / mmfusion run) first.")
+    dim = a.ndim
+    model, meta = _load_model(weights, dim)
+    if isinstance(loss_weights, str) or loss_weights is None:
+        loss_weights = LossWeights.parse(loss_weights) if loss_weights else LossWeights()
+    steps = (DEFAULT_ADAPT_STEPS if dim == 2 else 0) if adapt_steps is None else int(adapt_steps)
+    if steps < 0:
+        raise InputError(f"adapt_steps must be >= 0 (got {steps}).", "Use 0 for no adaptation.")
+    dev = resolve_device(device)
+    report(progress, 0.0, f"deep fusion on {dev.type}")
+
+    def _run(dev: Any) -> tuple[np.ndarray, np.ndarray]:
+        net = model
+        if steps > 0:
+            net = adapt(model, a, b, steps=steps, lr=adapt_lr, loss_weights=loss_weights, seed=seed,
+                        device=dev, batch_size=4 if dim == 3 else 1, patch=roi_size,
+                        progress=scaled(progress, 0.0, 0.8))
+        return predict(net, a, b, device=dev, batch_size=batch_size, roi_size=roi_size,
+                       progress=scaled(progress, 0.8 if steps > 0 else 0.0, 1.0))
+
+    try:
+        fused, weight = _run(dev)
+    except torch.cuda.OutOfMemoryError:
+        if (device or "auto").lower() != "auto":
+            raise
+        torch.cuda.empty_cache()
+        dev = torch.device("cpu")  # CPU fallback when the GPU is too small for this volume
+        fused, weight = _run(dev)
+    finally:
+        model.to("cpu")
+    params = {"weights": str(weights) if isinstance(weights, (str, bytes)) or hasattr(weights, "__fspath__")
+              else ("default" if weights is None else "model"),
+              "adapt_steps": steps, "adapt_lr": adapt_lr, "loss_weights": loss_weights.to_dict(), "seed": seed,
+              "device": dev.type, "spatial_dims": int(meta["architecture"]["spatial_dims"])}
+    return np.clip(fused, 0.0, 1.0), np.clip(weight, 0.0, 1.0), params
+
+
+def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None = None,
+              **params: Any) -> FusionResult:
+    """Fuse two grey images on one grid with the deep fusion network (no 8-bit/colour handling).
+
+    Most callers use ``fusion.fuse(a, b, "deep", ...)``, which also handles colour functional
+    slices (Y of YCbCr) and the 0..255 display scale; this is the direct sitk entry point.
+
+    Args:
+        a: first (fixed, anatomical) image; the result has its geometry and intensity range.
+        b: second image, already on ``a``'s grid (same size).
+        progress: progress callback.
+        **params: see :func:`fuse_arrays` (weights, adapt_steps, adapt_lr, loss_weights, seed, device,
+            batch_size, roi_size).
+
+    Returns:
+        FusionResult with the fused image (float32, ``a``'s geometry and intensity range) and
+        ``weights``, the per-voxel weight of ``a`` (0..1).
+
+    Raises:
+        InputError: unusable images, different grids, or a bad weights file.
+    """
+    from .data import normalize
+
+    t0 = time.perf_counter()
+    check_image(a, "first image")
+    check_image(b, "second image")
+    if a.GetSize() != b.GetSize() or a.GetDimension() != b.GetDimension():
+        raise InputError(f"Deep fusion needs both images on one grid (sizes {a.GetSize()} and {b.GetSize()}).",
+                         "Resample the second image onto the first (mmfusion resample / mmfusion run) first.")
+    arr_a, lo, hi = normalize(sitk.GetArrayFromImage(a))
+    arr_b, _, _ = normalize(sitk.GetArrayFromImage(b))
+    fused, weight, used = fuse_arrays(arr_a, arr_b, progress=progress, **params)
+    fused_img = sitk.GetImageFromArray((fused * (hi - lo) + lo).astype(np.float32))
+    fused_img.CopyInformation(a)
+    weight_img = sitk.GetImageFromArray(weight.astype(np.float32))
+    weight_img.CopyInformation(a)
+    return FusionResult(image=fused_img, weights=weight_img, method="deep", parameters=used,
+                        seconds=time.perf_counter() - t0)
+
+
+def registry_method(a: np.ndarray, b: np.ndarray, *, progress: ProgressCallback | None = None,
+                    **params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The "deep" entry of :data:`MultimodalFusionLib.fusion.METHODS` (arrays 0..1 in, (fused, weights) out)."""
+    fused, weight, _ = fuse_arrays(a, b, progress=progress, **params)
+    return fused.astype(np.float64), weight

@@ -1,0 +1,202 @@
+"""Unsupervised training of the fusion network: seeded, with progress, checkpoints and resume.
+
+Every epoch re-seeds torch, numpy, the augmentation chain and the data order from ``seed + epoch``
+(``monai.utils.set_determinism`` and a ``torch.Generator``), so a run resumed from a checkpoint
+continues exactly as the uninterrupted run would, and the same seed gives the same weights on
+the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...errors import InputError
+from ...progress import ProgressCallback, report
+from .losses import FusionLoss, LossWeights
+from .network import FusionNetConfig, build_network
+
+__all__ = ["TrainingConfig", "TrainingResult", "train_fusion", "resolve_device"]
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """Training hyper-parameters.
+
+    Attributes:
+        epochs: passes over the samples.
+        batch_size: samples per step.
+        lr: Adam learning rate (cosine-decayed to 5 % over the run).
+        patch_size: side of the random training patches (pixels/voxels).
+        loss_weights: weights of the loss terms.
+        seed: seed of initialisation, augmentation and data order.
+        device: "auto" (CUDA when present), "cpu" or "cuda".
+        samples_per_epoch: if set, draw this many samples per epoch (with replacement) instead of
+            one pass over all samples; keeps epochs short on large data sets.
+    """
+
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 2e-3
+    patch_size: int = 128
+    loss_weights: LossWeights = dataclasses.field(default_factory=LossWeights)
+    seed: int = 0
+    device: str = "auto"
+    samples_per_epoch: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["loss_weights"] = self.loss_weights.to_dict()
+        return d
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """The trained network and its history (mean loss per epoch, seconds)."""
+
+    model: Any
+    history: list[dict[str, float]]
+    seconds: float
+    device: str
+
+
+def resolve_device(device: str | None = "auto") -> Any:
+    """A torch device: "auto" picks CUDA when available, otherwise the CPU.
+
+    Raises:
+        InputError: "cuda" was asked for but no CUDA device is available, or the name is unknown.
+    """
+    import torch
+
+    name = (device or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("A CUDA device was requested but torch sees no GPU.",
+                             "Use --device auto or --device cpu (or install a CUDA build of torch).")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"Unknown device '{device}'.", "Use auto, cpu or cuda.")
+
+
+def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: FusionNetConfig | None = None,
+                 training: TrainingConfig | None = None, checkpoint: str | os.PathLike | None = None,
+                 resume: str | os.PathLike | None = None, progress: ProgressCallback | None = None,
+                 model: Any = None) -> TrainingResult:
+    """Train a fusion network on normalised image pairs with the unsupervised loss.
+
+    Args:
+        pairs: (first, second) float arrays in 0..1 (2D slices or 3D volumes; volumes are cut into
+            slices for a 2D network), e.g. from :func:`data.load_pairs` or :func:`data.synthetic_pairs`.
+        config: the architecture (ignored when resuming or when ``model`` is given).
+        training: hyper-parameters.
+        checkpoint: file to write a resumable checkpoint to after every epoch (None: none).
+        resume: checkpoint to continue from.
+        progress: progress callback (fraction, message); returning False cancels.
+        model: an existing network to fine-tune instead of a new one.
+
+    Returns:
+        TrainingResult with the network (CPU, eval mode) and the per-epoch loss history.
+
+    Raises:
+        InputError: bad data, device or checkpoint.
+        OperationCancelled: the progress callback asked to stop.
+    """
+    import torch
+    from monai.data import DataLoader, Dataset
+    from monai.utils import set_determinism
+
+    from .data import augmentation, to_training_samples
+    from .weights import load_checkpoint, save_checkpoint
+
+    tcfg = training or TrainingConfig()
+    if tcfg.epochs < 1 or tcfg.batch_size < 1 or tcfg.lr <= 0 or tcfg.patch_size < 16:
+        raise InputError(f"Invalid training settings (epochs {tcfg.epochs}, batch size {tcfg.batch_size}, "
+                         f"lr {tcfg.lr}, patch {tcfg.patch_size}).",
+                         "Use epochs >= 1, batch size >= 1, lr > 0 and patch size >= 16.")
+    device = resolve_device(tcfg.device)
+    start_epoch = 0
+    history: list[dict[str, float]] = []
+    state = None
+    if resume is not None:
+        state = load_checkpoint(resume)
+        config = state["architecture"]
+        start_epoch = int(state["epoch"]) + 1
+        history = list(state["state"].get("history", []))
+    set_determinism(seed=tcfg.seed)
+    if model is None:
+        model = build_network(config or FusionNetConfig())
+    config = model.config
+    multiple = config.size_multiple
+    if tcfg.patch_size % multiple:
+        raise InputError(f"Patch size {tcfg.patch_size} is not a multiple of {multiple}.",
+                         f"Use a multiple of {multiple}, e.g. {multiple * math.ceil(tcfg.patch_size / multiple)}.")
+    samples = to_training_samples(pairs, config.spatial_dims)
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    loss_fn = FusionLoss(config.spatial_dims, tcfg.loss_weights)
+    per_epoch = tcfg.samples_per_epoch or len(samples)
+    steps_per_epoch = max(1, per_epoch // tcfg.batch_size)
+    total_steps = steps_per_epoch * tcfg.epochs
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    t0 = time.perf_counter()
+    report(progress, start_epoch / tcfg.epochs, f"training on {len(samples)} samples ({device.type})")
+    for epoch in range(start_epoch, tcfg.epochs):
+        epoch_seed = tcfg.seed + 1000 * (epoch + 1)
+        set_determinism(seed=epoch_seed)
+        gen = torch.Generator().manual_seed(epoch_seed)
+        if tcfg.samples_per_epoch:
+            order = torch.randint(len(samples), (per_epoch,), generator=gen).tolist()
+        else:
+            order = torch.randperm(len(samples), generator=gen).tolist()
+        dataset = Dataset([samples[i] for i in order], transform=augmentation(config.spatial_dims,
+                                                                             tcfg.patch_size, epoch_seed))
+        loader = DataLoader(dataset, batch_size=tcfg.batch_size, shuffle=False, num_workers=0, drop_last=True)
+        sums: dict[str, float] = {}
+        n = 0
+        for step, batch in enumerate(loader):
+            # cosine decay of the learning rate over the whole run (a pure function of the step,
+            # so resuming gives the same schedule)
+            global_step = epoch * steps_per_epoch + step
+            for group in optimizer.param_groups:
+                group["lr"] = tcfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * global_step / total_steps)))
+            a = batch["a"].to(device)
+            b = batch["b"].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                fused, _ = model(a, b)
+            loss, terms = loss_fn(fused.float(), a, b)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            terms["loss"] = float(loss.detach())
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            report(progress, (global_step + 1) / total_steps,
+                   f"epoch {epoch + 1}/{tcfg.epochs} loss {terms['loss']:.4f}")
+        entry = {k: v / max(n, 1) for k, v in sums.items()}
+        entry["epoch"] = epoch + 1
+        entry["seconds"] = time.perf_counter() - t0
+        history.append(entry)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model=model, optimizer=optimizer, epoch=epoch,
+                            state={"history": history, "training": tcfg.to_dict()})
+    model.to("cpu").eval()
+    report(progress, 1.0, "training done")
+    return TrainingResult(model=model, history=history, seconds=time.perf_counter() - t0, device=device.type)

@@ -1,0 +1,224 @@
+"""Weights files: safetensors with a metadata header; training checkpoints.
+
+A weights file is a ``.safetensors`` file (tensors only, no pickled code) whose string metadata
+holds ``format`` (``"mmfusion-deep-fusion"``), ``format_version``, ``architecture`` (JSON of
+:class:`FusionNetConfig`), ``spatial_dims`` and free-form JSON ``training`` information. Loading
+checks all of them and raises :class:`InputError` naming the problem for a corrupted, foreign or
+mismatched file. Checkpoints (model + optimiser state, to resume training) are read only with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ...errors import InputError
+from ...io import atomic_path
+from .network import FusionNetConfig, build_network
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "default_weights_path",
+    "save_weights",
+    "load_weights",
+    "read_metadata",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+FORMAT_NAME = "mmfusion-deep-fusion"
+#: Bump when the meaning of the tensors changes; files with a newer version are refused.
+FORMAT_VERSION = 1
+
+_FIX_DEFAULT = ("Use a weights file written by 'mmfusion train-fusion' or the shipped default "
+                "(Resources/Models/deep_fusion_2d.safetensors).")
+
+
+def default_weights_path(spatial_dims: int = 2) -> Path:
+    """The shipped default weights file (``Resources/Models/deep_fusion_<2|3>d.safetensors``)."""
+    here = Path(__file__).resolve()
+    env = os.environ.get("MMFUSION_MODELS_DIR")
+    candidates = [Path(env)] if env else []
+    # Source checkout: <repo>/MultimodalFusionLib/fusion/deep -> <repo>/Resources/Models; an installed
+    # Slicer extension keeps MultimodalFusionLib next to Resources/ the same way.
+    candidates += [here.parents[3] / "Resources" / "Models", here.parents[2] / "Resources" / "Models"]
+    for folder in candidates:
+        path = folder / f"deep_fusion_{spatial_dims}d.safetensors"
+        if path.exists():
+            return path
+    raise InputError(f"No default {spatial_dims}D deep-fusion weights file was found (looked in "
+                     f"{', '.join(str(c) for c in candidates)}).",
+                     "Pass weights=PATH (mmfusion fuse --method deep --param weights=PATH), or train one with "
+                     "'mmfusion train-fusion'.")
+
+
+def save_weights(model: Any, path: str | os.PathLike, *, training: dict[str, Any] | None = None) -> str:
+    """Write ``model``'s weights and architecture to a safetensors file, atomically.
+
+    Args:
+        model: a network from :func:`build_network` (its ``config`` goes into the header).
+        path: destination ``.safetensors`` file.
+        training: JSON-able information on how it was trained (data, seed, epochs, loss weights...).
+
+    Returns:
+        The path written.
+    """
+    from safetensors.torch import save_file
+
+    config: FusionNetConfig = model.config
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "architecture": json.dumps(config.to_dict()),
+        "spatial_dims": str(config.spatial_dims),
+        "training": json.dumps(training or {}, default=str),
+    }
+    tmp, final = atomic_path(path)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return final
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The checked metadata header of a weights file (no tensors are loaded).
+
+    Raises:
+        InputError: missing, unreadable/corrupted, foreign (not a deep-fusion file) or newer-version file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"Weights file not found: '{path}'.", _FIX_DEFAULT)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types for truncated/garbage files
+        raise InputError(f"'{path}' is not a readable safetensors weights file ({type(exc).__name__}: "
+                         f"{str(exc)[:120]}); it may be corrupted or truncated.", _FIX_DEFAULT) from exc
+    if meta.get("format") != FORMAT_NAME:
+        raise InputError(f"'{path}' is a safetensors file but not MultimodalFusion deep-fusion weights "
+                         f"(format '{meta.get('format', 'none')}').", _FIX_DEFAULT)
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        version = -1
+    if version < 1 or version > FORMAT_VERSION:
+        raise InputError(f"'{path}' has weights format version {meta.get('format_version')!r}; this "
+                         f"MultimodalFusion reads versions 1..{FORMAT_VERSION}.",
+                         "Update MultimodalFusion, or re-train the weights with this version.")
+    return meta
+
+
+def load_weights(path: str | os.PathLike, *, spatial_dims: int | None = None,
+                 device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Build the network described by a weights file and load its tensors.
+
+    Args:
+        path: ``.safetensors`` file written by :func:`save_weights`.
+        spatial_dims: if given, the file must hold a network for this many dimensions.
+        device: torch device for the network.
+
+    Returns:
+        (network in eval mode, metadata with ``architecture`` and ``training`` decoded).
+
+    Raises:
+        InputError: corrupted, foreign, newer-version or mismatched file (architecture vs tensors,
+            or spatial dimensions).
+    """
+    meta = read_metadata(path)
+    try:
+        config = FusionNetConfig.from_dict(json.loads(meta["architecture"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"'{path}' has an unreadable architecture header ({exc}).", _FIX_DEFAULT) from exc
+    if spatial_dims is not None and config.spatial_dims != spatial_dims:
+        raise InputError(f"'{path}' holds a {config.spatial_dims}D network but {spatial_dims}D images were given.",
+                         f"Use {spatial_dims}D weights (deep_fusion_{spatial_dims}d.safetensors), or images "
+                         f"of the dimension the weights were trained for.")
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(os.fspath(path), device="cpu")
+    except Exception as exc:
+        raise InputError(f"The tensors of '{path}' cannot be read ({type(exc).__name__}); the file is "
+                         "corrupted or truncated.", _FIX_DEFAULT) from exc
+    model = build_network(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or extra or wrong:
+        detail = "; ".join(f"{name}: {', '.join(keys[:3])}{'...' if len(keys) > 3 else ''}"
+                           for name, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong))
+                           if keys)
+        raise InputError(f"The tensors of '{path}' do not match its architecture header ({detail}).",
+                         _FIX_DEFAULT)
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    info: dict[str, Any] = dict(meta)
+    info["architecture"] = config.to_dict()
+    try:
+        info["training"] = json.loads(meta.get("training") or "{}")
+    except ValueError:
+        info["training"] = {}
+    return model, info
+
+
+def save_checkpoint(path: str | os.PathLike, *, model: Any, optimizer: Any, epoch: int,
+                    state: dict[str, Any]) -> str:
+    """Save a resumable training checkpoint atomically (plain tensors, ints, strings, lists, dicts)."""
+    import torch
+
+    payload = {
+        "format": FORMAT_NAME + "-checkpoint",
+        "format_version": FORMAT_VERSION,
+        "architecture": json.dumps(model.config.to_dict()),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": int(epoch),
+        "state": json.dumps(state, default=str),
+    }
+    tmp, final = atomic_path(path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return final
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``torch.load(weights_only=True)`` only).
+
+    Raises:
+        InputError: missing, corrupted or foreign file.
+    """
+    import torch
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"Checkpoint not found: '{path}'.", "Give a checkpoint written by 'mmfusion train-fusion'.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"'{path}' is not a readable training checkpoint ({type(exc).__name__}); it may be "
+                         "corrupted, or not a checkpoint.",
+                         "Give a checkpoint written by 'mmfusion train-fusion' (*.ckpt.pt).") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME + "-checkpoint":
+        raise InputError(f"'{path}' is not a MultimodalFusion deep-fusion training checkpoint.",
+                         "Give a checkpoint written by 'mmfusion train-fusion'.")
+    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
+        raise InputError(f"'{path}' was written by a newer MultimodalFusion.", "Update MultimodalFusion.")
+    payload["architecture"] = FusionNetConfig.from_dict(json.loads(payload["architecture"]))
+    payload["state"] = json.loads(payload.get("state") or "{}")
+    return payload
