@@ -150,7 +150,8 @@ class MultimodalFusionParameterNode:
     backend: Annotated[str, Choice(BACKENDS)] = "sitk"
     outputTransform: vtkMRMLTransformNode
     outputVolume: vtkMRMLScalarVolumeNode
-    fusedVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]
+    # a union of node types must include None for parameterNodeWrapper (hence Optional)
+    fusedVolume: Optional[Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]] = None
     metricsTable: vtkMRMLTableNode
 
 
@@ -228,7 +229,7 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        ready = bool(p and p.fixedVolume and p.movingVolume and p.fixedVolume is not p.movingVolume)
+        ready = bool(p and p.fixedVolume and p.movingVolume and p.fixedVolume.GetID() != p.movingVolume.GetID())
         for button in (self.ui.registerButton, self.ui.fuseButton, self.ui.showButton, self.ui.applyButton):
             button.enabled = ready
         hint = "Select two different volumes: fixed and moving."

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import unittest
 from pathlib import Path
@@ -130,6 +131,32 @@ class PackagingStaticTest(unittest.TestCase):
         self.assertIn(entry["tier"], (1, 3, 5))
         homepage = _cmake_set(self.top_cmake, "EXTENSION_HOMEPAGE")
         self.assertTrue(homepage.startswith(entry["scm_url"].removesuffix(".git")))
+
+
+_IMPORT_CHECK = """
+import importlib.abc, sys
+BLOCK = {"scipy", "pywt", "matplotlib", "nilearn", "skimage", "sklearn", "torch", "monai", "tqdm", "pydicom",
+         "trame", "trame_slicer", "safetensors"}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCK:
+            raise ImportError("not shipped with Slicer: " + name)
+sys.meta_path.insert(0, Blocker())
+import MultimodalFusionLib.mrml, MultimodalFusionLib.scenarios, MultimodalFusionLib.slicer_logic
+from MultimodalFusionLib.fusion import list_methods
+from MultimodalFusionLib.registration import list_presets
+list_methods(); list_presets()
+print("ok")
+"""
+
+
+class SlicerEnvironmentImportTest(unittest.TestCase):
+    def test_module_imports_need_only_what_slicer_ships(self) -> None:
+        """MultimodalFusion.py imports these at load time; Slicer ships SimpleITK and numpy but not
+        scipy, PyWavelets, matplotlib, torch, ... (the module installs those on first use)."""
+        result = subprocess.run([sys.executable, "-c", _IMPORT_CHECK], capture_output=True, text=True,
+                                cwd=str(ROOT), timeout=120)
+        self.assertEqual(result.stdout.strip(), "ok", result.stderr[-3000:])
 
 
 @unittest.skipUnless(shutil.which("cmake"), "cmake is not installed")
