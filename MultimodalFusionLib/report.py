@@ -254,6 +254,15 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _short(v: Any) -> str:
+    """A parameter value for display: floats to 4 significant digits."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "(" + ", ".join(_short(x) for x in v) + ")"
+    return str(v)
+
+
 def _img_tag(png: bytes, alt: str, cls: str = "") -> str:
     data = base64.b64encode(png).decode("ascii")
     klass = f' class="{cls}"' if cls else ""
@@ -384,7 +393,7 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
                 "3D images show axial, coronal and sagittal slices through the centre (patient's right "
                 "on the left).</p>")
     for res, png in montage_pngs:
-        params = ", ".join(f"{k}={v}" for k, v in res.parameters.items()) or "defaults"
+        params = ", ".join(f"{k}={_short(v)}" for k, v in res.parameters.items()) or "defaults"
         body.append(f"<h3>{html.escape(res.method)}</h3>")
         body.append(_img_tag(png, f"montage of the {res.method} fusion"))
         body.append(f'<p class="note">parameters: {html.escape(params)}; {res.seconds:.2f} s</p>')
