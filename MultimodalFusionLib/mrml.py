@@ -466,10 +466,15 @@ def _grid_interpolation_linear(transform: Any) -> None:
 
 
 def sitk_transform_from_node(node: Any) -> sitk.Transform:
-    """The transform node's "from parent" transform as an engine (ITK, LPS) transform.
+    """The transform node as an engine (ITK, LPS, fixed -> moving) transform.
 
-    Linear nodes give an ``AffineTransform`` exactly; deformable nodes go through Slicer's ITK
-    transform writer (B-spline, displacement field, or a composite of them).
+    This is the node's transform "from world": its own "from parent" transform, composed with
+    those of the transform nodes above it. Linear chains give an ``AffineTransform`` exactly;
+    a deformable node goes through Slicer's ITK transform writer (B-spline, displacement
+    field, or a composite of them).
+
+    Raises:
+        InputError: not a transform node, or a deformable node under another transform.
     """
     import slicer
     import vtk
@@ -478,14 +483,17 @@ def sitk_transform_from_node(node: Any) -> sitk.Transform:
 
     if node is None or not node.IsA("vtkMRMLTransformNode"):
         raise InputError(f"'{_node_label(node)}' is not a transform node.", "Select a transform node.")
-    if node.IsLinear():
+    if node.IsTransformToWorldLinear():
         matrix = vtk.vtkMatrix4x4()
-        node.GetMatrixTransformFromParent(matrix)
+        node.GetMatrixTransformFromWorld(matrix)
         lps = _F4 @ _np_matrix(matrix) @ _F4
         affine = sitk.AffineTransform(3)
         affine.SetMatrix([float(v) for v in lps[:3, :3].ravel()])
         affine.SetTranslation([float(v) for v in lps[:3, 3]])
         return affine
+    if node.GetParentTransformNode() is not None:
+        raise InputError(f"The deformable transform '{node.GetName()}' is under another transform.",
+                         "Harden the parent transform on it first (Transforms module), or remove the parent.")
     folder = tempfile.mkdtemp(prefix="mmf-transform-")
     storage = slicer.vtkMRMLTransformStorageNode()
     try:

@@ -137,7 +137,8 @@ class FusionLogic:
             outputVolumeNode: volume node for the resampled moving volume; a new one when None.
             resample: make the resampled moving volume.
             applyTransform: also set the transform as the moving volume's parent (display only;
-                the moving volume's voxels are not changed).
+                the moving volume's voxels are not changed). A transform already on the moving
+                volume is not used (give it as ``initialTransformNode`` to start from it).
             backend: "sitk" or "torch".
             parameters: full settings (``MultimodalFusionLib.registration.RegistrationParameters``
                 or its dict form), instead of a preset.
@@ -160,6 +161,10 @@ class FusionLogic:
         if fixedVolumeNode is movingVolumeNode:
             raise InputError("The fixed and moving volumes are the same node.", "Select two different volumes.")
         _check_not_input(outputVolumeNode, [fixedVolumeNode, movingVolumeNode], "output volume")
+        if fixedVolumeNode.GetParentTransformNode() is not None:
+            # the result would relate the fixed volume's own grid, not where Slicer shows it
+            raise InputError(f"The fixed volume '{fixedVolumeNode.GetName()}' is under a transform.",
+                             "Harden the transform on it (Transforms module) or remove it, then register.")
         scene = self._sceneOf(fixedVolumeNode)
         report(progress, 0.0, "reading volumes")
         fixed = mrml.image_from_volume_node(fixedVolumeNode, float32=True)

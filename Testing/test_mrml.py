@@ -150,6 +150,27 @@ class MrmlHelpersTest(unittest.TestCase):
         with self.assertRaisesRegex(InputError, "no voxels"):
             mrml.image_from_volume_node(empty)
 
+    def test_nested_linear_transforms_compose_from_world(self) -> None:
+        outer = sitk.Euler3DTransform((0, 0, 0), 0.1, 0.0, -0.05, (3.0, 0.0, -2.0))
+        inner = sitk.TranslationTransform(3, (1.0, 2.0, 3.0))
+        outer_node = mrml.transform_node_from_sitk(outer, self.scene, name="outer")
+        inner_node = mrml.transform_node_from_sitk(inner, self.scene, name="inner")
+        mrml.set_parent_transform(inner_node, outer_node)
+        combined = mrml.sitk_transform_from_node(inner_node)
+        point = [10.0, -20.0, 5.0]
+        # from world: the parent's "from parent" first, then the child's
+        expected = inner.TransformPoint(outer.TransformPoint(point))
+        np.testing.assert_allclose(combined.TransformPoint(point), expected, atol=1e-9)
+
+    def test_deformable_transform_under_another_is_refused(self) -> None:
+        reference = scenarios.oblique_grid((8, 8, 8), (4.0, 4.0, 4.0))
+        bspline = sitk.BSplineTransformInitializer(reference, [2, 2, 2])
+        node = mrml.transform_node_from_sitk(bspline, self.scene)
+        parent = mrml.transform_node_from_sitk(sitk.TranslationTransform(3, (1.0, 0.0, 0.0)), self.scene)
+        mrml.set_parent_transform(node, parent)
+        with self.assertRaisesRegex(InputError, "Harden"):
+            mrml.sitk_transform_from_node(node)
+
     def test_scene_saved_as_mrml_with_data_files(self) -> None:
         mrml.volume_node_from_image(self.image, self.scene, name="MR")
         mrml.metrics_table_node({"a": 1.0}, self.scene)

@@ -135,6 +135,12 @@ class LogicTest(unittest.TestCase):
         with self.assertRaises(InputError):
             self.logic.registerVolumes(self.mr, None)
 
+    def test_fixed_volume_under_a_transform_is_refused(self) -> None:
+        parent = mrml.transform_node_from_sitk(self.truth, self.scene, name="manual")
+        mrml.set_parent_transform(self.mr, parent)
+        with self.assertRaisesRegex(InputError, "under a transform"):
+            self._register()
+
     def test_cancel_stops_without_new_nodes(self) -> None:
         before = self.scene.GetNumberOfNodes()
         with self.assertRaises(OperationCancelled):
