@@ -1,0 +1,224 @@
+"""End to end: ``mmfusion web --demo`` in a subprocess, driven by Playwright in Debian's Chromium.
+
+The page is used as a user would: wait for the demo volumes, click Register, watch the
+progress, click Fuse, then read the page. Assertions on the screenshot: the PET colour
+table (red/orange/yellow) is visible in the three slice views, inside the anatomy, and
+disappears when the foreground opacity is set to 0 in the panel (so it is the functional
+layer, not something else); the 3D view shows the volume-rendered fused image; the metrics
+appear in the page's text; a bad path shows its error in the page.
+
+Never runs ``playwright install`` (no downloads): it needs ``/usr/bin/chromium``
+(``make test`` / ``scripts/install-system-deps.sh`` installs it) and skips without it.
+Set ``MMFUSION_WEB_SCREENSHOT=path.png`` to keep the screenshot (the README's is made so).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+import numpy as np
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SERVER_START_TIMEOUT_S = 90
+JOB_TIMEOUT_MS = 120_000
+
+try:
+    from playwright.sync_api import sync_playwright
+    _PLAYWRIGHT = True
+except ImportError:  # pragma: no cover
+    _PLAYWRIGHT = False
+
+try:
+    import trame_slicer  # noqa: F401
+    _TRAME_SLICER = True
+except ImportError:  # pragma: no cover
+    _TRAME_SLICER = False
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _hot_mask(pixels: np.ndarray) -> np.ndarray:
+    """Pixels in PET-Heat's red-orange-yellow range: bright red, far more red than blue."""
+    p = pixels[..., :3].astype(np.int32)
+    return (p[..., 0] > 140) & (p[..., 0] - p[..., 2] > 70)
+
+
+def _png_to_array(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+@unittest.skipUnless(os.path.exists(CHROMIUM), f"{CHROMIUM} is absent (install Debian's chromium: "
+                                               "bash scripts/install-system-deps.sh)")
+@unittest.skipUnless(_PLAYWRIGHT, "the playwright Python package is not installed")
+@unittest.skipUnless(_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
+class WebAppInBrowserTest(unittest.TestCase):
+    server: subprocess.Popen | None = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.port = _free_port()
+        cls.url = f"http://127.0.0.1:{cls.port}/"
+        cls.log = tempfile.NamedTemporaryFile(prefix="mmfusion-web-", suffix=".log", delete=False)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2", ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="2")
+        cls.server = subprocess.Popen(
+            [sys.executable, "-m", "MultimodalFusionLib.cli", "web", "--demo", "--port", str(cls.port),
+             "--host", "127.0.0.1"],
+            stdout=cls.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        cls.addClassCleanup(cls._stop_server)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if cls.server.poll() is not None:
+                raise RuntimeError(f"mmfusion web exited with {cls.server.returncode}:\n{cls._log_tail()}")
+            try:
+                with urllib.request.urlopen(cls.url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mmfusion web did not answer within {SERVER_START_TIMEOUT_S} s:\n{cls._log_tail()}")
+            time.sleep(0.5)
+        cls.playwright = sync_playwright().start()
+        cls.addClassCleanup(cls.playwright.stop)
+        cls.browser = cls.playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        cls.addClassCleanup(cls.browser.close)
+
+    @classmethod
+    def _stop_server(cls):
+        server = cls.server
+        if server is None or server.poll() is not None:
+            return
+        try:
+            os.killpg(server.pid, signal.SIGTERM)  # its own session: the server and nothing else
+            server.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(server.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            server.wait(timeout=10)
+
+    @classmethod
+    def _log_tail(cls) -> str:
+        cls.log.flush()
+        with open(cls.log.name, errors="replace") as f:
+            return f.read()[-3000:]
+
+    def _open_page(self):
+        page = self.browser.new_page(viewport={"width": 1400, "height": 860})
+        self.addCleanup(page.close)
+        page.set_default_timeout(JOB_TIMEOUT_MS)
+        page.goto(self.url, wait_until="domcontentloaded")
+        # The demo volumes load in the background after start: Register is enabled once they are in.
+        page.wait_for_function("() => { const b = document.querySelector('#mmf-register');"
+                               " return b && !b.disabled; }", timeout=JOB_TIMEOUT_MS)
+        return page
+
+    def _wait_job(self, page, label: str) -> list[str]:
+        """Wait until the job message says ``label`` finished; return the messages seen meanwhile."""
+        seen: list[str] = []
+        deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
+        while time.monotonic() < deadline:
+            text = page.inner_text("#mmf-job-message")
+            if not seen or seen[-1] != text:
+                seen.append(text)
+            if f"{label} done" in text:
+                return seen
+            if f"{label} failed" in text or f"{label} cancelled" in text:
+                error = page.inner_text("#mmf-error") if page.query_selector("#mmf-error") else ""
+                self.fail(f"{text}: {error}\nserver log:\n{self._log_tail()}")
+            page.wait_for_timeout(200)
+        self.fail(f"{label} did not finish in {JOB_TIMEOUT_MS / 1000:.0f} s; messages {seen}\n{self._log_tail()}")
+
+    def _views(self, page) -> dict[str, np.ndarray]:
+        """Pixels of the four views: the quad layout is axial, coronal (left), sagittal, 3D (right)."""
+        images = page.query_selector_all("main img.image-display-area")
+        self.assertEqual(len(images), 4, "the quad layout should show four views")
+        names = ("axial", "coronal", "sagittal", "3d")
+        return {name: _png_to_array(img.screenshot()) for name, img in zip(names, images)}
+
+    def _wait_views(self, page, condition, what: str, timeout_s: float = 30.0) -> dict[str, np.ndarray]:
+        """Views are streamed images that arrive after the state: poll until ``condition(views)``."""
+        deadline = time.monotonic() + timeout_s
+        views = self._views(page)
+        while not condition(views):
+            if time.monotonic() > deadline:
+                self.fail(f"views never showed {what}")
+            page.wait_for_timeout(500)
+            views = self._views(page)
+        return views
+
+    def test_register_and_fuse_through_the_page(self):
+        page = self._open_page()
+        self.assertIn("MNI152", page.inner_text("body"))
+
+        page.click("#mmf-register")
+        messages = self._wait_job(page, "Registration")
+        # progress reached the page while the job ran (the loop was not blocked)
+        self.assertTrue(any("Registration:" in m for m in messages), messages)
+        self.assertIn("MI before", page.inner_text("#mmf-metrics"))
+
+        page.click("#mmf-fuse")
+        self._wait_job(page, "Fusion")
+        metrics_text = page.inner_text("#mmf-metrics")
+        for name in ("Qabf", "SSIM", "VIF", "MI before"):
+            self.assertIn(name, metrics_text)
+        self.assertFalse(page.query_selector("#mmf-error"), "no error expected")
+
+        def coloured(views):
+            return all(_hot_mask(views[v]).mean() > 0.01 for v in ("axial", "coronal", "sagittal"))
+
+        views = self._wait_views(page, coloured, "the PET colours in the slice views")
+        if os.environ.get("MMFUSION_WEB_SCREENSHOT"):
+            page.screenshot(path=os.environ["MMFUSION_WEB_SCREENSHOT"])
+        for name in ("axial", "coronal", "sagittal"):
+            pixels = views[name]
+            hot = _hot_mask(pixels)
+            anatomy = pixels.max(axis=-1) > 40
+            self.assertGreater(hot.mean(), 0.01, name)
+            # the colours lie on the head, not in the black background around it
+            self.assertGreater((hot & anatomy).sum() / hot.sum(), 0.97, name)
+            self.assertLess(hot.sum(), anatomy.sum(), name)
+        # the 3D view shows the rendered fused volume: bright, structured pixels in the middle
+        centre = views["3d"][100:-100, 100:-100].astype(int)
+        self.assertGreater(centre.std(), 20)
+
+        # opacity 0 in the panel: the colours go, the grey anatomy stays
+        thumb = page.query_selector(".v-navigation-drawer .v-slider-thumb")
+        thumb.focus()
+        page.keyboard.press("Home")
+        views = self._wait_views(page, lambda v: not any(_hot_mask(v[n]).mean() > 0.001
+                                                         for n in ("axial", "coronal", "sagittal")),
+                                 "grey slice views at opacity 0")
+        self.assertGreater((views["axial"].max(axis=-1) > 40).mean(), 0.1)
+
+    def test_error_is_shown_in_the_page(self):
+        page = self._open_page()
+        page.fill("#mmf-fixed-path", "/nonexistent/fixed.nii.gz")
+        page.fill("#mmf-moving-path", "/nonexistent/moving.nii.gz")
+        page.click("#mmf-load")
+        page.wait_for_selector("#mmf-error", timeout=30_000)
+        text = page.inner_text("#mmf-error")
+        self.assertIn("fixed.nii.gz", text)
+        self.assertIn("Loading failed", page.inner_text("#mmf-job-message"))
+
+
+if __name__ == "__main__":
+    unittest.main()
