@@ -236,7 +236,7 @@ class FusionLogic:
             ``result``, ``metrics``.
         """
         from . import fusion
-        from . import metrics as metrics_module
+        from .pipeline import fuse_and_evaluate
         from .preprocess import resample as resample_image
 
         if anatomicalVolumeNode is None or functionalVolumeNode is None:
@@ -252,9 +252,11 @@ class FusionLogic:
             b = resample_image(b, a, mrml.sitk_transform_from_node(transformNode))
         elif not fusion.same_grid(a, b):
             b = resample_image(b, a)
-        result = fusion.fuse(a, b, method, progress=scaled(progress, 0.05, 0.85), **methodParameters)
-        report(progress, 0.85, "computing fusion metrics")
-        metrics = {k: _scalar(v) for k, v in metrics_module.fusion_metrics(result, a, b).items()}
+        # the pipeline's fusion step (fuse, then the metrics as the CLI and reports compute them)
+        results, table_values = fuse_and_evaluate(a, b, [method], progress=scaled(progress, 0.05, 0.9),
+                                                  method_params={method: dict(methodParameters)})
+        result = results[0]
+        metrics = {k: _scalar(v) for k, v in table_values[method].items()}
         base = f"{anatomicalVolumeNode.GetName()} + {functionalVolumeNode.GetName()} {method}"
         fused_node = mrml.volume_node_from_image(result.image, scene, name=base, node=outputVolumeNode)
         weights_node = None
