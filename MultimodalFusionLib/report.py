@@ -383,8 +383,13 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
     body += [f'<p class="meta">{html.escape(str(n))}</p>' for n in notes]
     if registration_metrics and "before" in registration_metrics and "after" in registration_metrics:
         b, a = registration_metrics["before"], registration_metrics["after"]
-        better = a.get("MI", 0) >= b.get("MI", 0)
-        verdict = "alignment improved" if better else "alignment did NOT improve: check the images"
+        gain = (a.get("MI") or 0.0) - (b.get("MI") or 0.0)
+        if abs(gain) <= 1e-6 * max(1.0, abs(b.get("MI") or 0.0)):
+            verdict = "alignment unchanged (already aligned, or the starting position was kept)"
+        elif gain > 0:
+            verdict = "alignment improved"
+        else:
+            verdict = "alignment did NOT improve: check the images"
         body.append(f'<div class="card"><b>Registration:</b> {verdict} (mutual information {_fmt(b.get("MI"))} '
                     f'&rarr; {_fmt(a.get("MI"))} nats, correlation {_fmt(b.get("NCC"))} &rarr; {_fmt(a.get("NCC"))}). '
                     "Details at the end.</div>")
