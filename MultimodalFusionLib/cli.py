@@ -101,7 +101,8 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- fuse / evaluate / run
-_FUSION_PARAM_FLAGS = ("weight", "wavelet", "levels", "sigma", "colormap", "opacity", "threshold", "window")
+_FUSION_PARAM_FLAGS = ("weight", "wavelet", "levels", "sigma", "colormap", "opacity", "threshold", "window",
+                       "adapt_steps", "weights", "device")
 
 
 def _add_fusion_params(p: argparse.ArgumentParser) -> None:
@@ -115,6 +116,13 @@ def _add_fusion_params(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold", type=float, help="overlay: functional value below which no colour shows")
     g.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"),
                    help="overlay: display window of the functional image")
+    g.add_argument("--adapt", dest="adapt_steps", type=int, metavar="STEPS",
+                   help="deep: per-study adaptation steps, a short unsupervised fine-tuning on this very pair "
+                        "(default 80 for 2D slices, 0 for 3D volumes)")
+    g.add_argument("--model", dest="weights", metavar="WEIGHTS",
+                   help="deep: .safetensors weights (default: the shipped Resources/Models weights)")
+    g.add_argument("--deep-device", dest="device", choices=("auto", "cpu", "cuda"),
+                   help="deep: device (default auto: CUDA when present, CPU otherwise)")
 
 
 def _fusion_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -306,6 +314,76 @@ def _run_web(args: argparse.Namespace) -> int:
 
 
 _BUILDERS.append(_add_web)
+
+
+# ----------------------------------------------------------------------------- train-fusion
+def _add_train_fusion(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-fusion", help="train the deep fusion network (unsupervised) on pairs of aligned images")
+    p.add_argument("--pairs", required=True, metavar="DIR",
+                   help="folder with two sub-folders (e.g. MRI/ and CT/) of aligned images with matching names "
+                        "(2D slices or 3D volumes; searched recursively)")
+    p.add_argument("--output", required=True, metavar="MODEL", help="weights file to write (.safetensors)")
+    p.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
+    p.add_argument("--batch-size", type=int, default=8, help="patches per step (default 8)")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3, cosine decay)")
+    p.add_argument("--patch-size", type=int, default=96, help="training patch side in pixels/voxels (default 96)")
+    p.add_argument("--samples-per-epoch", type=int, help="samples drawn per epoch (default: all, once)")
+    p.add_argument("--spatial-dims", type=int, choices=(2, 3), default=2, help="2D (slices) or 3D network (default 2)")
+    p.add_argument("--loss-weights", default="1,10,1", metavar="SSIM,GRAD,INT",
+                   help="weights of the structure, gradient and intensity terms (default 1,10,1)")
+    p.add_argument("--init", metavar="WEIGHTS", help="start from these weights (fine-tuning) instead of random")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, augmentation and order (default 0)")
+    p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written after every epoch (default MODEL.ckpt.pt)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=_run_train_fusion)
+
+
+def _run_train_fusion(args: argparse.Namespace) -> int:
+    from .errors import InputError
+
+    try:
+        import torch
+
+        from .fusion.deep import (
+            FusionNetConfig,
+            LossWeights,
+            TrainingConfig,
+            load_weights,
+            save_weights,
+            train_fusion,
+        )
+        from .fusion.deep.data import load_pairs
+    except ImportError as exc:
+        raise InputError(f"train-fusion needs torch and MONAI ({exc}).",
+                         "pip install 'slicer-multimodalfusion[deep]'") from exc
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pairs = load_pairs(args.pairs)
+    tcfg = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patch_size=args.patch_size,
+                          loss_weights=LossWeights.parse(args.loss_weights), seed=args.seed, device=args.device,
+                          samples_per_epoch=args.samples_per_epoch)
+    model = load_weights(args.init, spatial_dims=args.spatial_dims)[0] if args.init else None
+    checkpoint = args.checkpoint or args.output + ".ckpt.pt"
+    bar = ProgressBar(desc="train-fusion")
+    try:
+        result = train_fusion(pairs, config=FusionNetConfig(spatial_dims=args.spatial_dims), training=tcfg,
+                              checkpoint=checkpoint, resume=args.resume, progress=bar, model=model)
+    finally:
+        bar.close()
+    save_weights(result.model, args.output,
+                 training={"pairs": os.path.abspath(args.pairs), "n_pairs": len(pairs), "training": tcfg.to_dict(),
+                           "seconds": round(result.seconds, 1), "device": result.device,
+                           "final_loss": result.history[-1] if result.history else None})
+    for h in result.history:
+        print(f"epoch {h['epoch']:3d}  loss {h['loss']:.4f}")
+    print(f"trained on {len(pairs)} pairs ({result.device}, {result.seconds:.1f} s) -> {args.output} "
+          f"(checkpoint {checkpoint})")
+    return 0
+
+
+_BUILDERS.append(_add_train_fusion)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -321,7 +321,14 @@ def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None
 
 
 def registry_method(a: np.ndarray, b: np.ndarray, *, progress: ProgressCallback | None = None,
-                    **params: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The "deep" entry of :data:`MultimodalFusionLib.fusion.METHODS` (arrays 0..1 in, (fused, weights) out)."""
-    fused, weight, _ = fuse_arrays(a, b, progress=progress, **params)
+                    weights: Any = None, adapt_steps: int | None = None, adapt_lr: float = 1e-3,
+                    loss_weights: Any = None, seed: int = 0, device: str = "auto", batch_size: int = 8,
+                    roi_size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """The "deep" entry of :data:`MultimodalFusionLib.fusion.METHODS` (arrays 0..1 in, (fused, weights) out).
+
+    The parameters are those of :func:`fuse_arrays` (explicit, so front ends can list them).
+    """
+    fused, weight, _ = fuse_arrays(a, b, progress=progress, weights=weights, adapt_steps=adapt_steps,
+                                   adapt_lr=adapt_lr, loss_weights=loss_weights, seed=seed, device=device,
+                                   batch_size=batch_size, roi_size=roi_size)
     return fused.astype(np.float64), weight

@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Train the shipped default deep-fusion weights from redistributable data only.
+
+Data: multi-contrast pairs made from the MNI152 2009a template and tissue maps that the nilearn
+package carries (``MultimodalFusionLib.fusion.deep.data.synthetic_pairs``: T1/T2/PD/FLAIR against
+CT/PET/T2/FLAIR-like images, with noise and bias fields), cut into axial slices, with MONAI
+augmentation (random patches, flips, rotations, gamma, intensity scaling, noise). No patient
+image is used. The result is ``Resources/Models/deep_fusion_2d.safetensors`` and a JSON summary
+(training time, loss history, held-out metrics) that the model card quotes.
+
+Usage (the exact command behind the shipped weights is in Resources/Models/MODEL_CARD.md)::
+
+    .venv/bin/python scripts/train_default_fusion.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _evaluate(model, seed: int) -> dict:
+    """Mean metrics of the trained network (no adaptation) and of classic methods on held-out
+    synthetic slices (other noise/bias seeds than training), as CDDFuse computes them."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from MultimodalFusionLib.fusion import fuse
+    from MultimodalFusionLib.fusion.deep.data import synthetic_pairs
+    from MultimodalFusionLib.metrics import FUSION_METRICS, fusion_metrics
+
+    pairs = synthetic_pairs(spacing_mm=1.0, contrasts=[("t1", "ct"), ("t2", "pet"), ("flair", "pet")],
+                            seed=seed + 500)
+    rows: dict[str, list] = {}
+    for a3, b3 in pairs:
+        for k in (a3.shape[0] // 2 - 10, a3.shape[0] // 2 + 10):
+            a = sitk.GetImageFromArray(np.round(a3[k] * 255).astype(np.uint8))
+            b = sitk.GetImageFromArray(np.round(b3[k] * 255).astype(np.uint8))
+            for method, kw in (("average", {}), ("max", {}), ("laplacian", {}),
+                               ("deep", {"weights": model, "adapt_steps": 0})):
+                res = fuse(a, b, method, **kw)
+                rows.setdefault(method, []).append(fusion_metrics(res, a, b))
+    return {m: {k: float(np.mean([r[k] for r in v])) for k in FUSION_METRICS} for m, v in rows.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default=str(ROOT / "Resources" / "Models" / "deep_fusion_2d.safetensors"))
+    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--samples-per-epoch", type=int, default=384)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--patch-size", type=int, default=112)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--spacing", type=float, default=1.0, help="voxel size of the MNI152 volumes (mm)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the machine may be shared)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--resume", help="checkpoint to continue from")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from MultimodalFusionLib.cli import ProgressBar
+    from MultimodalFusionLib.fusion.deep import FusionNetConfig, TrainingConfig, save_weights, train_fusion
+    from MultimodalFusionLib.fusion.deep.data import SYNTHETIC_PAIRS, synthetic_pairs
+
+    t0 = time.perf_counter()
+    pairs = synthetic_pairs(spacing_mm=args.spacing, seed=args.seed)
+    t_data = time.perf_counter() - t0
+    tcfg = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patch_size=args.patch_size,
+                          seed=args.seed, device=args.device, samples_per_epoch=args.samples_per_epoch)
+    bar = ProgressBar(desc="train")
+    try:
+        result = train_fusion(pairs, config=FusionNetConfig(spatial_dims=2), training=tcfg,
+                              checkpoint=args.output + ".ckpt.pt", resume=args.resume, progress=bar)
+    finally:
+        bar.close()
+    for h in result.history:
+        print(f"epoch {h['epoch']:3d}  loss {h['loss']:.4f}  ssim {h.get('ssim', 0):.4f}  "
+              f"gradient {h.get('gradient', 0):.4f}  intensity {h.get('intensity', 0):.4f}  {h['seconds']:.0f}s",
+              flush=True)
+    info = {
+        "data": "MNI152 2009a template + tissue maps (nilearn package data), synthetic contrast pairs "
+                + ", ".join(f"{a}/{b}" for a, b in SYNTHETIC_PAIRS) + f", {args.spacing} mm, axial slices",
+        "command": "python scripts/train_default_fusion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "training": tcfg.to_dict(),
+        "seconds_data": round(t_data, 1),
+        "seconds_training": round(result.seconds, 1),
+        "device": result.device,
+        "threads": args.threads,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "final_loss": result.history[-1],
+    }
+    save_weights(result.model, args.output, training=info)
+    info["heldout_metrics"] = _evaluate(result.model, args.seed)
+    info["history"] = result.history
+    summary = os.path.splitext(args.output)[0] + ".json"
+    with open(summary, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+    ckpt = args.output + ".ckpt.pt"
+    if os.path.exists(ckpt):
+        os.remove(ckpt)  # the checkpoint is only for resuming an interrupted run
+    print(json.dumps({k: v for k, v in info.items() if k != "history"}, indent=2))
+    print(f"wrote {args.output} ({os.path.getsize(args.output) / 1024:.0f} KB) and {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
