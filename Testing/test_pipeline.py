@@ -157,6 +157,21 @@ class PipelineApiTest(unittest.TestCase):
             self.assertAlmostEqual(out["registration_metrics"]["before"]["MI"],
                                    out["registration_metrics"]["after"]["MI"])
 
+    def test_colour_functional_slice_through_the_pipeline(self) -> None:
+        from MultimodalFusionLib.fusion import color
+
+        d = data.testing_data_dir()
+        pd = sitk.GetArrayFromImage(io.read_image(d / "BrainProtonDensitySlice.png")).astype(float)
+        rgb = np.round(color.apply_colormap(pd / pd.max(), "rainbow") * 255).astype(np.uint8)
+        with tempfile.TemporaryDirectory() as tmp:
+            moving = os.path.join(tmp, "spect_like.png")
+            sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), moving)
+            out = pipeline.run(d / "BrainT1Slice.png", moving, tmp, register=False, methods="average")
+            fused = out["fusions"][0]
+            self.assertEqual(fused.image.GetNumberOfComponentsPerPixel(), 3)  # colour put back
+            self.assertEqual(sitk.ReadImage(out["files"]["fused_average"]).GetNumberOfComponentsPerPixel(), 3)
+            self.assertEqual(sitk.ReadImage(out["files"]["moving_resampled"]).GetNumberOfComponentsPerPixel(), 3)
+
 
 if __name__ == "__main__":
     unittest.main()
