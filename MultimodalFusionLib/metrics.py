@@ -177,6 +177,22 @@ def _gaussian_window(n: int) -> np.ndarray:
     return h / h.sum()
 
 
+def _separable(win: np.ndarray) -> np.ndarray | None:
+    """The 1D factor ``k`` with ``outer(k, k) == win`` (Gaussian windows are), or None."""
+    k = win.sum(axis=1)
+    return k if np.allclose(np.outer(k, k), win, rtol=0, atol=1e-15) else None
+
+
+def _conv_valid(x: np.ndarray, win: np.ndarray, k: np.ndarray | None) -> np.ndarray:
+    """``convolve2d(x, win, 'valid')``; as two 1D passes when the window is separable (the same
+    sums in another order: ~8x faster for the 17x17 window, and still exactly 0 on flat regions)."""
+    from scipy.signal import convolve2d
+
+    if k is None:
+        return convolve2d(x, win, mode="valid")
+    return convolve2d(convolve2d(x, k[:, None], mode="valid"), k[None, :], mode="valid")
+
+
 def vif(ref: np.ndarray, dist: np.ndarray) -> float:
     """Pixel-domain multiscale VIF of ``dist`` with respect to ``ref`` (2D).
 
@@ -184,8 +200,6 @@ def vif(ref: np.ndarray, dist: np.ndarray) -> float:
     convolutions, down-sampling by 2 between scales, noise variance 2; NaN (constant images)
     counts as 1, as in Evaluator.py. Scales whose window no longer fits are skipped.
     """
-    from scipy.signal import convolve2d
-
     sigma_nsq = 2.0
     eps = 1e-10
     ref = np.asarray(ref, dtype=np.float64)
@@ -195,19 +209,20 @@ def vif(ref: np.ndarray, dist: np.ndarray) -> float:
     for scale in range(1, 5):
         n = 2 ** (4 - scale + 1) + 1
         win = np.rot90(_gaussian_window(n), 2)
+        k = _separable(win)
         if scale > 1:
             if min(ref.shape) < n:
                 break
-            ref = convolve2d(ref, win, mode="valid")[::2, ::2]
-            dist = convolve2d(dist, win, mode="valid")[::2, ::2]
+            ref = _conv_valid(ref, win, k)[::2, ::2]
+            dist = _conv_valid(dist, win, k)[::2, ::2]
         if min(ref.shape) < n:
             break
-        mu1 = convolve2d(ref, win, mode="valid")
-        mu2 = convolve2d(dist, win, mode="valid")
+        mu1 = _conv_valid(ref, win, k)
+        mu2 = _conv_valid(dist, win, k)
         mu1_sq, mu2_sq, mu1_mu2 = mu1 * mu1, mu2 * mu2, mu1 * mu2
-        sigma1_sq = convolve2d(ref * ref, win, mode="valid") - mu1_sq
-        sigma2_sq = convolve2d(dist * dist, win, mode="valid") - mu2_sq
-        sigma12 = convolve2d(ref * dist, win, mode="valid") - mu1_mu2
+        sigma1_sq = _conv_valid(ref * ref, win, k) - mu1_sq
+        sigma2_sq = _conv_valid(dist * dist, win, k) - mu2_sq
+        sigma12 = _conv_valid(ref * dist, win, k) - mu1_mu2
         sigma1_sq[sigma1_sq < 0] = 0
         sigma2_sq[sigma2_sq < 0] = 0
         g = sigma12 / (sigma1_sq + eps)
