@@ -1,0 +1,1007 @@
+"""PyTorch registration backend: affine and diffeomorphic instance optimisation, CPU or GPU.
+
+The same images, masks, seed, progress callback and :class:`RegistrationResult` as the
+SimpleITK backend; the transform it returns is a plain SimpleITK transform, so resampling,
+the CLI, the Slicer module and the report need nothing special:
+
+- linear stages ("rigid", "affine"): ``sitk.AffineTransform`` (x -> A (x - c) + c + t, fixed
+  physical point to moving physical point, ITK's resampling convention);
+- a deformable stage ("deformable"; "bspline" and "syn" from other parameter sets map to it):
+  a stationary velocity field integrated by scaling and squaring (a diffeomorphism),
+  exported as ``sitk.DisplacementFieldTransform`` on the fixed grid (displacements in mm,
+  LPS) inside ``sitk.CompositeTransform([affine, displacement])``; ITK applies the last
+  transform added first, so a fixed point x goes to ``affine(x + u(x))``.
+
+How geometry is handled: torch samples images in normalised coordinates ([-1, 1] across
+the voxel centres, ``align_corners=True``). All mappings are built as small homogeneous
+matrices in float64 (fixed normalised -> fixed index -> fixed physical -> affine -> moving
+physical -> moving index -> moving normalised), so origin, spacing and any direction matrix
+are honoured exactly; only the dense grids are float32.
+
+Metrics: mutual information (multimodal; Mattes' B-spline Parzen windows by default, MONAI's
+``GlobalMutualInformationLoss`` with ``mi_window="gaussian"``; the linear stages sample a fixed
+set of voxels, like SimpleITK's random sampling), local normalised
+cross-correlation (MONAI, one modality) and MIND-SSC descriptors (multimodal, the default of
+the deformable stage). Regularisation: diffusion or bending energy (MONAI) of the velocity.
+
+torch and MONAI are imported inside the functions (``import MultimodalFusionLib`` stays fast).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError, RegistrationError
+from ..progress import ProgressCallback, report
+from ..validation import check_mask, check_pair
+from .result import RegistrationResult, StageResult
+
+__all__ = [
+    "TorchRegistrationParameters",
+    "TORCH_STAGES",
+    "TORCH_METRICS",
+    "register_torch",
+    "resample_torch",
+    "select_device",
+    "torch_parameters",
+]
+
+TORCH_STAGES = ("rigid", "affine", "deformable")
+TORCH_METRICS = ("mi", "lncc", "mind")
+_STAGE_ALIASES = {"rigid": "rigid", "affine": "affine", "deformable": "deformable", "bspline": "deformable",
+                  "syn": "deformable", "diffeomorphic": "deformable"}
+_METRIC_ALIASES = {"mi": "mi", "mattes_mi": "mi", "mutual_information": "mi", "lncc": "lncc",
+                   "correlation": "lncc", "mean_squares": "lncc", "ncc": "lncc", "mind": "mind"}
+
+
+@dataclasses.dataclass
+class TorchRegistrationParameters:
+    """Settings of the torch backend (defaults tuned on MNI152 T1 vs synthetic T2).
+
+    It has the ``seed``, ``validate()``, ``with_stages()`` and ``to_dict()`` of
+    :class:`RegistrationParameters`, so ``registration.register(..., parameters=TorchRegistrationParameters(),
+    backend="torch")`` works; a :class:`RegistrationParameters` is converted with :func:`torch_parameters`.
+
+    Attributes:
+        stages: run in order: "rigid", "affine" (linear) and "deformable" (stationary velocity field).
+        initializer: "moments" (align centres of mass), "geometry" (align image centres) or "none";
+            ignored when an initial transform is given.
+        seed: seed of the voxel sampling (same seed, same device and thread count -> same result).
+        linear_metric: "mi" (multimodal), "lncc" or "mind".
+        linear_shrink_factors: linear stages' pyramid, coarse to fine.
+        linear_iterations: Adam iterations per level of the linear stages.
+        linear_learning_rate: Adam step (about radians of rotation; translation in units of the
+            image's half extent).
+        linear_samples: fixed voxels sampled per level for the "mi" metric (0: all voxels).
+        histogram_bins: Parzen histogram bins of mutual information.
+        mi_window: "bspline" (Mattes' windows as ITK's Mattes MI: O(N) work, the default) or
+            "gaussian" (MONAI's ``GlobalMutualInformationLoss``: O(N x bins), slower on the CPU).
+        deformable_metric: "mind" (multimodal, default), "mi" or "lncc" (one modality).
+        deformable_shrink_factors: deformable stage's pyramid, coarse to fine.
+        deformable_iterations: Adam iterations per deformable level.
+        deformable_learning_rate: Adam step of the velocity field, in voxels of the level.
+        regularisation: "diffusion" (first derivatives) or "bending" (second derivatives).
+        regularisation_weight: weight of the regulariser against the similarity.
+        velocity_sigma: Gaussian smoothing of the velocity field, in voxels of its grid.
+        velocity_grid_factor: the velocity field lives on a grid this many times coarser than
+            the level's image grid (its displacement is upsampled to warp): smoother and faster.
+        integration_steps: scaling-and-squaring steps (the field is divided by 2**steps).
+        lncc_kernel: window of local NCC, voxels.
+        mind_radius: MIND patch radius, voxels.
+        mind_dilation: MIND neighbour distance, voxels.
+        device: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", ...
+        mixed_precision: on CUDA, compute the similarity under ``torch.autocast`` (bfloat16 where
+            supported); the velocity field, its integration and the geometry stay float32.
+        name: name for reports.
+        description: what these settings are for.
+    """
+
+    stages: list[str] = dataclasses.field(default_factory=lambda: ["affine", "deformable"])
+    initializer: str = "moments"
+    seed: int | None = 42
+    linear_metric: str = "mi"
+    linear_shrink_factors: list[int] = dataclasses.field(default_factory=lambda: [4, 2, 1])
+    linear_iterations: list[int] = dataclasses.field(default_factory=lambda: [150, 80, 40])
+    linear_learning_rate: float = 0.02
+    linear_samples: int = 20000
+    histogram_bins: int = 32
+    mi_window: str = "bspline"
+    deformable_metric: str = "mind"
+    deformable_shrink_factors: list[int] = dataclasses.field(default_factory=lambda: [4, 2])
+    deformable_iterations: list[int] = dataclasses.field(default_factory=lambda: [100, 50])
+    deformable_learning_rate: float = 0.2
+    regularisation: str = "diffusion"
+    regularisation_weight: float = 1.0
+    velocity_sigma: float = 1.0
+    velocity_grid_factor: int = 2
+    integration_steps: int = 7
+    lncc_kernel: int = 7
+    mind_radius: int = 1
+    mind_dilation: int = 2
+    device: str = "auto"
+    mixed_precision: bool = True
+    name: str = "torch-default"
+    description: str = ""
+
+    def validate(self) -> None:
+        """Raise InputError naming a bad setting and the allowed values."""
+        def bad(field: str, value: Any, allowed: str) -> InputError:
+            return InputError(f"Torch registration: invalid {field} {value!r}.", f"Use {allowed}.")
+
+        if not self.stages:
+            raise bad("stages", self.stages, "at least one of " + ", ".join(TORCH_STAGES))
+        for stage in self.stages:
+            if _STAGE_ALIASES.get(str(stage).lower()) is None:
+                raise bad("stage", stage, " / ".join(TORCH_STAGES))
+        for field in ("linear_metric", "deformable_metric"):
+            if _METRIC_ALIASES.get(str(getattr(self, field)).lower()) is None:
+                raise bad(field, getattr(self, field), " / ".join(TORCH_METRICS))
+        if self.initializer not in ("moments", "geometry", "none"):
+            raise bad("initializer", self.initializer, "moments / geometry / none")
+        if self.mi_window not in ("bspline", "gaussian"):
+            raise bad("mi_window", self.mi_window, "bspline / gaussian")
+        if self.regularisation not in ("diffusion", "bending"):
+            raise bad("regularisation", self.regularisation, "diffusion / bending")
+        for prefix in ("linear", "deformable"):
+            shrink = list(getattr(self, f"{prefix}_shrink_factors"))
+            iters = list(getattr(self, f"{prefix}_iterations"))
+            if not shrink or len(shrink) != len(iters):
+                raise bad(f"{prefix}_shrink_factors/{prefix}_iterations", (shrink, iters),
+                          "two lists of the same, non-zero length (one entry per pyramid level)")
+            if any(int(f) < 1 for f in shrink) or any(int(i) < 0 for i in iters):
+                raise bad(f"{prefix}_shrink_factors/{prefix}_iterations", (shrink, iters),
+                          "shrink factors >= 1 and iteration counts >= 0")
+        if int(self.histogram_bins) < 4:
+            raise bad("histogram_bins", self.histogram_bins, "at least 4 (typically 32)")
+        if not 0 <= int(self.integration_steps) <= 16:
+            raise bad("integration_steps", self.integration_steps, "0..16 (7 is typical)")
+        if self.regularisation_weight < 0 or self.velocity_sigma < 0:
+            raise bad("regularisation_weight/velocity_sigma", (self.regularisation_weight, self.velocity_sigma),
+                      "non-negative numbers")
+        if self.linear_learning_rate <= 0 or self.deformable_learning_rate <= 0:
+            raise bad("learning rates", (self.linear_learning_rate, self.deformable_learning_rate),
+                      "positive numbers")
+
+    def with_stages(self, names: Sequence[str]) -> TorchRegistrationParameters:
+        """A copy running ``names`` in order ("rigid", "affine", "deformable"; "bspline"/"syn" = deformable)."""
+        stages = []
+        for name in names:
+            key = _STAGE_ALIASES.get(str(name).strip().lower())
+            if key is None:
+                raise InputError(f"Unknown torch registration stage '{name}'.",
+                                 f"Use a comma-separated list of {', '.join(TORCH_STAGES)}.")
+            stages.append(key)
+        return dataclasses.replace(self, stages=stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrationParameters:
+    """Torch settings from the SimpleITK backend's :class:`RegistrationParameters`, a dict, or None.
+
+    From a ``RegistrationParameters`` the stage list ("rigid"/"affine" -> linear stages,
+    "bspline" -> "deformable"), the initializer, the seed, the first linear stage's shrink
+    factors and metric and the histogram bins are kept; optimiser settings (iterations,
+    learning rates) are the torch defaults, because Adam steps are not comparable with
+    SimpleITK's optimisers.
+
+    Args:
+        parameters: None (defaults), a TorchRegistrationParameters, a RegistrationParameters
+            (or anything with a ``stages`` list of objects with ``name``), or a dict of fields.
+        overrides: fields of TorchRegistrationParameters to set.
+
+    Raises:
+        InputError: unknown fields or values.
+    """
+    if parameters is None:
+        out = TorchRegistrationParameters()
+    elif isinstance(parameters, TorchRegistrationParameters):
+        out = dataclasses.replace(parameters)
+    elif isinstance(parameters, dict):
+        known = {f.name for f in dataclasses.fields(TorchRegistrationParameters)}
+        unknown = set(parameters) - known
+        if unknown:
+            raise InputError(f"Unknown torch registration setting(s) {sorted(unknown)}.",
+                             f"Use only: {', '.join(sorted(known))}.")
+        out = TorchRegistrationParameters(**parameters)
+    elif hasattr(parameters, "stages"):
+        out = TorchRegistrationParameters()
+        stage_objs = list(parameters.stages)
+        names = [_STAGE_ALIASES.get(str(getattr(s, "name", s)).lower(), "?") for s in stage_objs]
+        if "?" in names:
+            raise InputError(f"A registration stage of {[getattr(s, 'name', s) for s in stage_objs]} has no torch "
+                             "equivalent.", f"Use stages among {', '.join(TORCH_STAGES)} or 'bspline'.")
+        out.stages = names
+        linear = [s for s in stage_objs if _STAGE_ALIASES.get(str(getattr(s, "name", "")).lower()) in
+                  ("rigid", "affine")]
+        if linear:
+            first = linear[0]
+            metric = _METRIC_ALIASES.get(str(getattr(first, "metric", "mi")).lower(), "mi")
+            out.linear_metric = metric
+            bins = getattr(first, "histogram_bins", None)
+            if bins:
+                out.histogram_bins = int(min(max(int(bins), 8), 64))
+            shrink = list(getattr(first, "shrink_factors", out.linear_shrink_factors) or out.linear_shrink_factors)
+            if shrink and shrink != out.linear_shrink_factors:
+                out.linear_iterations = [int(out.linear_iterations[min(i, len(out.linear_iterations) - 1)])
+                                         for i in range(len(shrink))]
+                out.linear_shrink_factors = [int(f) for f in shrink]
+        deform = [s for s in stage_objs if _STAGE_ALIASES.get(str(getattr(s, "name", "")).lower()) == "deformable"]
+        if deform and _METRIC_ALIASES.get(str(getattr(deform[0], "metric", "")).lower()) == "lncc":
+            out.deformable_metric = "lncc"
+        init = getattr(parameters, "initializer", None)
+        if init in ("moments", "geometry", "none"):
+            out.initializer = init
+        if hasattr(parameters, "seed"):
+            out.seed = parameters.seed
+        out.name = str(getattr(parameters, "name", out.name))
+        # a ``torch`` dict on the parameters (if a preset carries one) overrides the defaults
+        extra = getattr(parameters, "torch", None)
+        if isinstance(extra, dict):
+            out = dataclasses.replace(out, **extra)
+    else:
+        raise InputError(f"Torch registration parameters of type {type(parameters).__name__} are not supported.",
+                         "Pass a TorchRegistrationParameters, a RegistrationParameters, a dict or None.")
+    if overrides:
+        out = dataclasses.replace(out, **overrides)
+    out.stages = [_STAGE_ALIASES.get(str(s).lower(), str(s)) for s in out.stages]
+    out.linear_metric = _METRIC_ALIASES.get(str(out.linear_metric).lower(), str(out.linear_metric))
+    out.deformable_metric = _METRIC_ALIASES.get(str(out.deformable_metric).lower(), str(out.deformable_metric))
+    out.validate()
+    return out
+
+
+def select_device(device: str = "auto") -> Any:
+    """``torch.device``: CUDA when ``device="auto"`` and a GPU is usable, else the CPU.
+
+    Raises:
+        InputError: a CUDA device was asked for but none is usable.
+    """
+    import torch
+
+    name = (device or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"Device '{device}' was requested but torch sees no CUDA GPU.",
+                         "Use device='auto' or 'cpu', or install a CUDA build of PyTorch.")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"Unknown torch device '{device}'.", "Use 'auto', 'cpu' or 'cuda'.") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# geometry: homogeneous matrices between normalised, index and physical coordinates (float64)
+
+def _index_to_physical(image: sitk.Image) -> np.ndarray:
+    """(d+1)x(d+1) matrix: continuous index (x, y, z) -> physical LPS point."""
+    dim = image.GetDimension()
+    direction = np.array(image.GetDirection(), float).reshape(dim, dim)
+    out = np.eye(dim + 1)
+    out[:dim, :dim] = direction @ np.diag(image.GetSpacing())
+    out[:dim, dim] = image.GetOrigin()
+    return out
+
+
+def _normalised_to_index(size: Sequence[int]) -> np.ndarray:
+    """(d+1)x(d+1) matrix: torch normalised coordinate (align_corners=True) -> continuous index."""
+    half = (np.asarray(size, float) - 1.0) / 2.0
+    out = np.eye(len(size) + 1)
+    out[:-1, :-1] = np.diag(half)
+    out[:-1, -1] = half
+    return out
+
+
+def _normalised_to_physical(image: sitk.Image) -> np.ndarray:
+    return _index_to_physical(image) @ _normalised_to_index(image.GetSize())
+
+
+def _physical_to_normalised(image: sitk.Image) -> np.ndarray:
+    return np.linalg.inv(_normalised_to_physical(image))
+
+
+def _affine_matrix(matrix: np.ndarray, center: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    """Homogeneous matrix of ITK's x -> A (x - c) + c + t."""
+    dim = len(center)
+    out = np.eye(dim + 1)
+    out[:dim, :dim] = matrix
+    out[:dim, dim] = center + translation - matrix @ center
+    return out
+
+
+def _image_center(image: sitk.Image) -> np.ndarray:
+    return np.array(image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in image.GetSize()]))
+
+
+def _center_of_mass(image: sitk.Image) -> np.ndarray:
+    """Physical centre of mass of (intensity - minimum): air at its lowest value weighs nothing (CT too)."""
+    arr = sitk.GetArrayViewFromImage(image).astype(np.float64)
+    weight = arr - arr.min()
+    total = weight.sum()
+    if total <= 0:
+        return _image_center(image)
+    dim = image.GetDimension()
+    index = []
+    for axis in range(dim):  # array axis order is reversed (z, y, x)
+        profile = weight.sum(axis=tuple(a for a in range(dim) if a != dim - 1 - axis))
+        index.append(float((profile * np.arange(profile.size)).sum() / total))
+    return np.array(image.TransformContinuousIndexToPhysicalPoint(index))
+
+
+def _linear_parts(transform: sitk.Transform, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    from .sitk_backend import linear_parts
+
+    return linear_parts(transform, dim)
+
+
+def _identity_grid(shape: Sequence[int], device: Any) -> Any:
+    """Normalised coordinates of a grid of torch ``shape`` (z, y, x), as (*shape, d) in (x, y, z) order."""
+    import torch
+
+    axes = [torch.linspace(-1.0, 1.0, int(n), device=device) for n in shape]
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack(mesh[::-1], dim=-1)
+
+
+def _apply(points: Any, matrix: Any) -> Any:
+    """Apply a (d+1)x(d+1) homogeneous matrix to points (..., d)."""
+    dim = points.shape[-1]
+    return points @ matrix[:dim, :dim].transpose(0, 1) + matrix[:dim, dim]
+
+
+# --------------------------------------------------------------------------------------------
+# images as tensors and the pyramid
+
+def _scaled_intensities(image: sitk.Image, mask: sitk.Image | None) -> np.ndarray:
+    """Intensities mapped to [0, 1] between the 0.5 and 99.5 percentiles (inside the mask if any)."""
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    values = arr[sitk.GetArrayViewFromImage(mask).astype(bool)] if mask is not None else arr
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+class _Pyramid:
+    """One image (and optional mask) as a tensor, with cached smoothed and shrunk levels."""
+
+    def __init__(self, image: sitk.Image, mask: sitk.Image | None, device: Any):
+        import torch
+
+        self.image = image
+        self.dim = image.GetDimension()
+        self.size = tuple(int(s) for s in image.GetSize())           # (x, y, z)
+        self.shape = self.size[::-1]                                   # torch order
+        self.spacing = np.array(image.GetSpacing(), float)
+        arr = _scaled_intensities(image, mask)
+        self.tensor = torch.from_numpy(arr)[None, None].to(device)
+        self.mask = None
+        if mask is not None:
+            self.mask = torch.from_numpy(sitk.GetArrayFromImage(mask).astype(np.float32))[None, None].to(device)
+        self.device = device
+        self._cache: dict[float, tuple[Any, Any]] = {}
+
+    def level(self, sigma_mm: float, spacing_mm: float) -> tuple[Any, Any]:
+        """(image, mask) smoothed by ``sigma_mm`` and resampled to voxels of about ``spacing_mm``."""
+        import torch.nn.functional as F
+
+        from .torch_losses import gaussian_blur
+
+        key = (round(sigma_mm, 6), round(spacing_mm, 6))
+        if key in self._cache:
+            return self._cache[key]
+        sigmas = [sigma_mm / s for s in self.spacing[::-1]]
+        img = gaussian_blur(self.tensor, sigmas) if sigma_mm > 0 else self.tensor
+        shape = self.level_shape(spacing_mm)
+        mask = self.mask
+        if tuple(shape) != tuple(self.shape):
+            mode = "trilinear" if self.dim == 3 else "bilinear"
+            img = F.interpolate(img, size=shape, mode=mode, align_corners=True)
+            if mask is not None:
+                mask = (F.interpolate(mask, size=shape, mode=mode, align_corners=True) > 0.5).float()
+        self._cache[key] = (img, mask)
+        return img, mask
+
+    def level_shape(self, spacing_mm: float) -> list[int]:
+        """Torch shape of the level whose voxels are about ``spacing_mm`` (never finer than the image)."""
+        shape = []
+        for n, s in zip(self.shape, self.spacing[::-1]):
+            extent = (n - 1) * s
+            shape.append(int(min(n, max(min(n, 4), round(extent / max(spacing_mm, s)) + 1))))
+        return shape
+
+
+# --------------------------------------------------------------------------------------------
+# the optimisation
+
+class _Context:
+    """What every stage shares: device, images, geometry, the evaluation sample."""
+
+    def __init__(self, fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None,
+                 moving_mask: sitk.Image | None, params: TorchRegistrationParameters, seed: int, device: Any):
+        import torch
+
+        self.params = params
+        self.device = device
+        self.dim = fixed.GetDimension()
+        self.fixed = _Pyramid(fixed, fixed_mask, device)
+        self.moving = _Pyramid(moving, moving_mask, device)
+        self.fixed_image = fixed
+        self.moving_image = moving
+        self.f_norm_to_phys = _normalised_to_physical(fixed)
+        self.m_phys_to_norm = _physical_to_normalised(moving)
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(int(seed))
+        self.amp = bool(params.mixed_precision and device.type == "cuda" and torch.cuda.is_bf16_supported())
+        self.base_spacing = float(min(fixed.GetSpacing()))
+        extent = (np.array(fixed.GetSize()) - 1) * np.array(fixed.GetSpacing())
+        # translations are optimised in units of the half extent, so that one Adam step moves
+        # the image edge by about as much as one step of rotation (radians) does
+        self.radius = float(max(extent.mean() / 2.0, 1.0))
+        self.eval_points, self.eval_values = self.sample(fixed_level=None, count=max(params.linear_samples, 20000))
+
+    def autocast(self) -> Any:
+        import contextlib
+
+        import torch
+
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def level_images(self, shrink: int) -> tuple[Any, Any, Any, Any]:
+        """Fixed image/mask and moving image/mask of a pyramid level (``shrink`` x the finest fixed voxel)."""
+        spacing = self.base_spacing * shrink
+        sigma = 0.5 * spacing if shrink > 1 else 0.0
+        fixed, fixed_mask = self.fixed.level(sigma, spacing)
+        moving, moving_mask = self.moving.level(sigma, spacing)
+        return fixed, fixed_mask, moving, moving_mask
+
+    def sample(self, fixed_level: tuple[Any, Any] | None, count: int) -> tuple[Any, Any]:
+        """Normalised coordinates (N, d) and values (1, N) of fixed voxels (inside the fixed mask)."""
+        import torch
+
+        image, mask = fixed_level if fixed_level is not None else (self.fixed.tensor, self.fixed.mask)
+        shape = image.shape[2:]
+        grid = _identity_grid(shape, self.device).reshape(-1, self.dim)
+        values = image.reshape(-1)
+        if mask is not None:
+            keep = mask.reshape(-1) > 0
+            grid, values = grid[keep], values[keep]
+        if count and values.numel() > count:
+            pick = torch.randperm(values.numel(), generator=self.generator)[:count].to(self.device)
+            grid, values = grid[pick], values[pick]
+        return grid, values[None]
+
+    def total_matrix(self, affine: Any) -> Any:
+        """Fixed normalised -> moving normalised, float64 (d+1)x(d+1) tensor, for a homogeneous ``affine``."""
+        import torch
+
+        pf = torch.as_tensor(self.f_norm_to_phys, dtype=torch.float64, device=self.device)
+        qm = torch.as_tensor(self.m_phys_to_norm, dtype=torch.float64, device=self.device)
+        return qm @ affine @ pf
+
+    def sample_moving(self, image: Any, points: Any, padding: str = "zeros") -> Any:
+        """Moving values (C, N) at moving-normalised points (N, d)."""
+        import torch.nn.functional as F
+
+        n = points.shape[0]
+        shape = (1, 1, 1, n, self.dim) if self.dim == 3 else (1, 1, n, self.dim)
+        out = F.grid_sample(image, points.reshape(shape).to(image.dtype), mode="bilinear", padding_mode=padding,
+                            align_corners=True)
+        return out.reshape(image.shape[1], n)
+
+    def mi_loss(self, fixed_values: Any, moving_values: Any) -> Any:
+        """Negative mutual information of two (1, N) value sets in [0, 1]."""
+        from .torch_losses import mattes_mutual_information_loss, mutual_information_loss
+
+        if self.params.mi_window == "gaussian":
+            return mutual_information_loss(fixed_values, moving_values, self.params.histogram_bins)
+        return mattes_mutual_information_loss(fixed_values, moving_values, self.params.histogram_bins)
+
+    def mi_at_points(self, points: Any, values: Any, matrix: Any, moving: Any) -> Any:
+        moved = _apply(points.double(), matrix).float()
+        sampled = self.sample_moving(moving, moved)
+        return self.mi_loss(values, sampled)
+
+
+def _homogeneous(torch: Any, matrix: Any, center: Any, translation: Any) -> Any:
+    dim = center.shape[0]
+    top = torch.cat([matrix, (center + translation - matrix @ center)[:, None]], dim=1)
+    bottom = torch.zeros(1, dim + 1, dtype=matrix.dtype, device=matrix.device)
+    bottom[0, dim] = 1.0
+    return torch.cat([top, bottom], dim=0)
+
+
+def _skew(torch: Any, w: Any, dim: int) -> Any:
+    if dim == 2:
+        zero = torch.zeros((), dtype=w.dtype, device=w.device)
+        return torch.stack([torch.stack([zero, -w[0]]), torch.stack([w[0], zero])])
+    zero = torch.zeros((), dtype=w.dtype, device=w.device)
+    return torch.stack([torch.stack([zero, -w[2], w[1]]), torch.stack([w[2], zero, -w[0]]),
+                        torch.stack([-w[1], w[0], zero])])
+
+
+def _dense_similarity(ctx: _Context, metric: str, fixed_feat: Any, warped: Any, mask: Any) -> Any:
+    from .torch_losses import lncc_loss, mind_loss
+
+    if metric == "mind":
+        return mind_loss(fixed_feat, warped, mask)
+    if metric == "lncc":
+        return lncc_loss(fixed_feat, warped, mask, ctx.params.lncc_kernel)
+    if mask is not None:
+        keep = mask.reshape(-1) > 0
+        return ctx.mi_loss(fixed_feat.reshape(1, -1)[:, keep], warped.reshape(1, -1)[:, keep])
+    return ctx.mi_loss(fixed_feat.reshape(1, -1), warped.reshape(1, -1))
+
+
+def _features(ctx: _Context, metric: str, image: Any) -> Any:
+    from .torch_losses import mind_ssc
+
+    if metric == "mind":
+        return mind_ssc(image, ctx.params.mind_radius, ctx.params.mind_dilation)
+    return image
+
+
+def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: np.ndarray, center: np.ndarray,
+                  progress: ProgressCallback | None, span: tuple[float, float]) -> tuple[np.ndarray, np.ndarray,
+                                                                                          StageResult]:
+    """Optimise a rigid or affine transform over the linear pyramid; returns (A, t, StageResult)."""
+    import torch
+    import torch.nn.functional as F
+
+    p = ctx.params
+    dim = ctx.dim
+    start = time.perf_counter()
+    metric = p.linear_metric
+    dev = ctx.device
+    c = torch.as_tensor(center, dtype=torch.float64, device=dev)
+    a_cur = torch.as_tensor(matrix0, dtype=torch.float64, device=dev)
+    t_cur = torch.as_tensor(translation0, dtype=torch.float64, device=dev)
+
+    def evaluate(a: Any, t: Any) -> float:
+        with torch.no_grad():
+            moving_full = ctx.moving.tensor
+            return float(ctx.mi_at_points(ctx.eval_points, ctx.eval_values,
+                                          ctx.total_matrix(_homogeneous(torch, a, c, t)), moving_full))
+
+    before = evaluate(a_cur, t_cur)
+    history: list[tuple[int, int, float]] = []
+    total_iters = sum(int(i) for i in p.linear_iterations)
+    done = 0
+    for level, (shrink, iters) in enumerate(zip(p.linear_shrink_factors, p.linear_iterations)):
+        fixed_img, fixed_mask, moving_img, moving_mask = ctx.level_images(int(shrink))
+        if metric == "mi":
+            points, values = ctx.sample((fixed_img, fixed_mask), int(p.linear_samples))
+        else:
+            grid = _identity_grid(fixed_img.shape[2:], dev)
+            fixed_feat = _features(ctx, metric, fixed_img)
+            moving_feat = _features(ctx, metric, moving_img)
+        n_rot = (3 if dim == 3 else 1) if name == "rigid" else dim * dim
+        rot = torch.zeros(n_rot, dtype=torch.float64, device=dev, requires_grad=True)
+        shift = torch.zeros(dim, dtype=torch.float64, device=dev, requires_grad=True)
+        lr = p.linear_learning_rate / (2 ** level)
+        optimizer = torch.optim.Adam([rot, shift], lr=lr)
+        iters = int(iters)
+
+        def current(rot: Any = rot, shift: Any = shift, a0: Any = a_cur, t0: Any = t_cur) -> tuple[Any, Any]:
+            if name == "rigid":
+                a = torch.linalg.matrix_exp(_skew(torch, rot, dim)) @ a0
+            else:
+                a = a0 + rot.reshape(dim, dim)
+            return a, t0 + shift * ctx.radius
+
+        for it in range(iters):
+            for group in optimizer.param_groups:  # linear decay to 10% within a level
+                group["lr"] = lr * (1.0 - 0.9 * it / max(iters - 1, 1))
+            optimizer.zero_grad(set_to_none=True)
+            a, t = current()
+            total = ctx.total_matrix(_homogeneous(torch, a, c, t))
+            with ctx.autocast():
+                if metric == "mi":
+                    moved = _apply(points.double(), total).float()
+                    sampled = ctx.sample_moving(moving_img, moved)
+                    if moving_mask is not None:
+                        with torch.no_grad():
+                            inside = ctx.sample_moving(moving_mask, moved)[0] > 0.5
+                        if int(inside.sum()) > 100:
+                            loss = ctx.mi_loss(values[:, inside], sampled[:, inside])
+                        else:
+                            loss = ctx.mi_loss(values, sampled)
+                    else:
+                        loss = ctx.mi_loss(values, sampled)
+                else:
+                    moved = _apply(grid.double(), total).float()
+                    warped = F.grid_sample(moving_feat, moved[None], mode="bilinear", padding_mode="border",
+                                           align_corners=True)
+                    loss = _dense_similarity(ctx, metric, fixed_feat, warped, fixed_mask)
+            loss = loss.float()
+            if not torch.isfinite(loss):
+                raise RegistrationError(f"The {name} stage produced a non-finite metric at level {level + 1}.",
+                                        "Check the images' intensities, or lower linear_learning_rate.")
+            loss.backward()
+            optimizer.step()
+            history.append((level, it, float(loss.detach())))
+            done += 1
+            if it % 10 == 0 or it == iters - 1:
+                frac = span[0] + (span[1] - span[0]) * done / max(total_iters, 1)
+                report(progress, frac, f"{name}: level {level + 1}/{len(p.linear_iterations)}, "
+                                       f"iteration {it + 1}/{iters}, metric {float(loss.detach()):.4f}")
+        with torch.no_grad():
+            a_cur, t_cur = (x.detach() for x in current())
+    after = evaluate(a_cur, t_cur)
+    stage = StageResult(name=name, metric_name="mi (torch, negative mutual information)",
+                        metric_before=before, metric_after=after, iterations=done,
+                        stop_reason="iteration budget of every level spent", seconds=time.perf_counter() - start,
+                        history=history)
+    return a_cur.cpu().numpy(), t_cur.cpu().numpy(), stage
+
+
+def _integrate(torch: Any, velocity: Any, grid: Any, steps: int) -> Any:
+    """Scaling and squaring: displacement (1, d, *shape) of exp(velocity), all in normalised units."""
+    import torch.nn.functional as F
+
+    disp = velocity / (2 ** steps)
+    for _ in range(steps):
+        moved = grid[None] + disp.movedim(1, -1)
+        disp = disp + F.grid_sample(disp, moved, mode="bilinear", padding_mode="border", align_corners=True)
+    return disp
+
+
+def _to_normalised_scale(torch: Any, shape: Sequence[int], device: Any) -> Any:
+    """Per-channel factor voxel -> normalised units; channel k is axis x, y, z (torch axis d-1-k)."""
+    dim = len(shape)
+    factors = [2.0 / max(int(shape[dim - 1 - k]) - 1, 1) for k in range(dim)]
+    return torch.tensor(factors, dtype=torch.float32, device=device).reshape(1, dim, *([1] * dim))
+
+
+def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallback | None,
+                      span: tuple[float, float]) -> tuple[Any, StageResult]:
+    """Optimise a stationary velocity field (fixed grid); returns (smoothed velocity in normalised units, result)."""
+    import torch
+    import torch.nn.functional as F
+    from monai.losses import BendingEnergyLoss, DiffusionLoss
+
+    from .torch_losses import gaussian_blur
+
+    p = ctx.params
+    dim = ctx.dim
+    dev = ctx.device
+    start = time.perf_counter()
+    metric = p.deformable_metric
+    total = ctx.total_matrix(torch.as_tensor(affine, dtype=torch.float64, device=dev)).float()
+    regulariser = DiffusionLoss() if p.regularisation == "diffusion" else BendingEnergyLoss()
+    history: list[tuple[int, int, float]] = []
+    velocity_norm = None  # smoothed velocity of the previous level, normalised units
+    total_iters = sum(int(i) for i in p.deformable_iterations)
+    done = 0
+    before = after = float("nan")
+    levels = list(zip(p.deformable_shrink_factors, p.deformable_iterations))
+    mode = "trilinear" if dim == 3 else "bilinear"
+    sigmas = [p.velocity_sigma] * dim
+    for level, (shrink, iters) in enumerate(levels):
+        fixed_img, fixed_mask, moving_img, _moving_mask = ctx.level_images(int(shrink))
+        image_shape = list(fixed_img.shape[2:])
+        image_grid = _identity_grid(image_shape, dev)
+        factor = max(int(p.velocity_grid_factor), 1)
+        shape = [max(min(n, 4), int(round((n - 1) / factor)) + 1) for n in image_shape]  # velocity grid
+        grid = _identity_grid(shape, dev)
+        with torch.no_grad():
+            fixed_feat = _features(ctx, metric, fixed_img)
+            moving_feat = _features(ctx, metric, moving_img)
+        to_norm = _to_normalised_scale(torch, shape, dev)
+        if velocity_norm is None:
+            v = torch.zeros(1, dim, *shape, device=dev)
+        else:
+            v = F.interpolate(velocity_norm, size=shape, mode=mode, align_corners=True) / to_norm
+        v.requires_grad_(True)
+        optimizer = torch.optim.Adam([v], lr=p.deformable_learning_rate)
+        padding = "border" if metric == "mind" else "zeros"
+
+        def similarity(vel: Any, fixed_feat: Any = fixed_feat, moving_feat: Any = moving_feat,
+                       fixed_mask: Any = fixed_mask, grid: Any = grid, to_norm: Any = to_norm,
+                       padding: str = padding, image_grid: Any = image_grid,
+                       image_shape: list[int] = image_shape) -> tuple[Any, Any]:
+            smooth = gaussian_blur(vel, sigmas) if p.velocity_sigma > 0 else vel
+            disp = _integrate(torch, smooth * to_norm, grid, int(p.integration_steps))
+            if list(disp.shape[2:]) != image_shape:
+                disp = F.interpolate(disp, size=image_shape, mode=mode, align_corners=True)
+            moved = _apply(image_grid[None] + disp.movedim(1, -1), total)
+            with ctx.autocast():
+                warped = F.grid_sample(moving_feat, moved, mode="bilinear", padding_mode=padding,
+                                       align_corners=True)
+                sim = _dense_similarity(ctx, metric, fixed_feat, warped, fixed_mask)
+            return sim.float(), smooth
+
+        if level == len(levels) - 1:
+            with torch.no_grad():
+                before = float(similarity(torch.zeros_like(v))[0])
+        iters = int(iters)
+        for it in range(iters):
+            optimizer.zero_grad(set_to_none=True)
+            sim, smooth = similarity(v)
+            loss = sim + p.regularisation_weight * regulariser(smooth)
+            if not torch.isfinite(loss):
+                raise RegistrationError(f"The deformable stage produced a non-finite metric at level {level + 1}.",
+                                        "Lower deformable_learning_rate or raise regularisation_weight.")
+            loss.backward()
+            optimizer.step()
+            history.append((level, it, float(sim.detach())))
+            done += 1
+            if it % 10 == 0 or it == iters - 1:
+                frac = span[0] + (span[1] - span[0]) * done / max(total_iters, 1)
+                report(progress, frac, f"deformable: level {level + 1}/{len(levels)}, iteration {it + 1}/{iters}, "
+                                       f"metric {float(sim.detach()):.4f}")
+        with torch.no_grad():
+            smooth = gaussian_blur(v, sigmas) if p.velocity_sigma > 0 else v
+            velocity_norm = (smooth * to_norm).detach()
+            if level == len(levels) - 1:
+                after = float(similarity(v)[0])
+    stage = StageResult(name="deformable", metric_name=f"{metric} (torch)", metric_before=before, metric_after=after,
+                        iterations=done, stop_reason="iteration budget of every level spent",
+                        seconds=time.perf_counter() - start, history=history)
+    return velocity_norm, stage
+
+
+def _full_resolution_displacement(ctx: _Context, velocity_norm: Any) -> Any:
+    """Integrate the velocity on the full fixed grid: displacement (1, d, *shape), normalised units."""
+    import torch
+    import torch.nn.functional as F
+
+    shape = list(ctx.fixed.shape)
+    mode = "trilinear" if ctx.dim == 3 else "bilinear"
+    with torch.no_grad():
+        v = F.interpolate(velocity_norm, size=shape, mode=mode, align_corners=True)
+        return _integrate(torch, v, _identity_grid(shape, ctx.device), int(ctx.params.integration_steps))
+
+
+def _displacement_transform(ctx: _Context, disp_norm: Any) -> sitk.DisplacementFieldTransform:
+    """DisplacementFieldTransform on the fixed grid (physical mm) from a normalised displacement."""
+    dim = ctx.dim
+    linear = ctx.f_norm_to_phys[:dim, :dim]
+    d = disp_norm[0].movedim(0, -1).double().cpu().numpy()  # (*shape, d) normalised, (x, y, z) order
+    physical = d @ linear.T
+    field = sitk.GetImageFromArray(physical.astype(np.float64), isVector=True)
+    field.CopyInformation(ctx.fixed_image)
+    return sitk.DisplacementFieldTransform(field)
+
+
+def _affine_transform(matrix: np.ndarray, center: np.ndarray, translation: np.ndarray) -> sitk.AffineTransform:
+    dim = len(center)
+    tx = sitk.AffineTransform(dim)
+    tx.SetMatrix([float(v) for v in np.asarray(matrix).ravel()])
+    tx.SetCenter([float(v) for v in center])
+    tx.SetTranslation([float(v) for v in translation])
+    return tx
+
+
+def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None, *,
+                   fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None,
+                   initial_transform: sitk.Transform | None = None, seed: int | None = None,
+                   progress: ProgressCallback | None = None) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with PyTorch (GPU when available): linear stages, then an SVF.
+
+    Args:
+        fixed: reference image (2D or 3D).
+        moving: image to align (same dimension, any modality).
+        parameters: TorchRegistrationParameters, the SimpleITK backend's RegistrationParameters
+            (converted by :func:`torch_parameters`), a dict of fields, or None for the defaults.
+        fixed_mask: the similarity is computed inside this mask only (fixed grid).
+        moving_mask: with the "mi" linear metric, only points that land in this mask count.
+        initial_transform: a linear transform (fixed -> moving points) to start from; replaces
+            the initializer.
+        seed: seed of the voxel sampling (overrides the parameters' seed); with the same seed,
+            device and thread count the result is identical.
+        progress: ``progress(fraction, message)``; returning False cancels.
+
+    Returns:
+        RegistrationResult with backend "torch": an AffineTransform, or
+        ``CompositeTransform([affine, DisplacementFieldTransform])`` when a deformable stage ran.
+
+    Raises:
+        InputError: bad images, masks, parameters, a non-linear initial transform, or no GPU
+            when one was requested.
+        RegistrationError: the optimisation diverged (non-finite metric).
+        OperationCancelled: the progress callback asked to stop.
+    """
+    import torch
+
+    t_start = time.perf_counter()
+    params = torch_parameters(parameters)
+    if seed is None:
+        seed = params.seed
+    if seed is None:
+        seed = secrets.randbelow(2 ** 31)
+    params = dataclasses.replace(params, seed=int(seed))
+    check_pair(fixed, moving, transform=initial_transform, require_overlap=True)
+    fixed_mask = check_mask(fixed_mask, fixed, "fixed mask", "fixed image") if fixed_mask is not None else None
+    moving_mask = check_mask(moving_mask, moving, "moving mask", "moving image") if moving_mask is not None else None
+    dim = fixed.GetDimension()
+    if initial_transform is not None:
+        if initial_transform.GetDimension() != dim:
+            raise InputError(f"The initial transform is {initial_transform.GetDimension()}D but the images are {dim}D.",
+                             "Give a transform of the images' dimension.")
+        parts = _linear_parts(initial_transform, dim)
+        if parts is None:
+            raise InputError("The torch backend starts only from a linear initial transform "
+                             f"(got {initial_transform.GetName()}).",
+                             "Give a rigid/affine initial transform, or use backend='sitk'.")
+    device = select_device(params.device)
+    fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
+    moving_f = sitk.Cast(moving, sitk.sitkFloat32)
+
+    det_before = torch.are_deterministic_algorithms_enabled()
+    warn_before = torch.is_deterministic_algorithms_warn_only_enabled()
+    # deterministic kernels where torch has them; warn_only because a few CUDA backward
+    # kernels (grid_sample) have no deterministic version
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        torch.manual_seed(int(seed))
+        report(progress, 0.0, f"torch registration on {device}")
+        ctx = _Context(fixed_f, moving_f, fixed_mask, moving_mask, params, int(seed), device)
+        center = _center_of_mass(fixed_f) if params.initializer == "moments" else _image_center(fixed_f)
+        if initial_transform is not None:
+            matrix, offset = parts
+            translation = offset - center + matrix @ center
+        else:
+            matrix = np.eye(dim)
+            if params.initializer == "moments":
+                translation = _center_of_mass(moving_f) - center
+            elif params.initializer == "geometry":
+                translation = _image_center(moving_f) - center
+            else:
+                translation = np.zeros(dim)
+        stage_results: list[StageResult] = []
+        warnings: list[str] = []
+        stages = params.stages
+        n = len(stages)
+        weights = [1.0 if s != "deformable" else 2.0 for s in stages]
+        bounds = np.concatenate([[0.0], np.cumsum(weights) / sum(weights) * 0.95])
+        velocity = None
+        with torch.no_grad():
+            metric_before = float(ctx.mi_at_points(ctx.eval_points, ctx.eval_values, ctx.total_matrix(
+                torch.as_tensor(_affine_matrix(matrix, center, translation), dtype=torch.float64, device=device)),
+                ctx.moving.tensor))
+        for i, name in enumerate(stages):
+            span = (float(bounds[i]), float(bounds[i + 1]))
+            if name in ("rigid", "affine"):
+                new_m, new_t, stage = _linear_stage(ctx, name, matrix, translation, center, progress, span)
+                if stage.metric_after <= stage.metric_before:
+                    matrix, translation = new_m, new_t
+                else:
+                    stage.accepted = False
+                    warnings.append(f"The {name} stage made the metric worse ({stage.metric_before:.4f} -> "
+                                    f"{stage.metric_after:.4f}); its result was discarded.")
+            else:
+                if i != n - 1:
+                    warnings.append("Stages after the deformable stage are ignored by the torch backend.")
+                velocity, stage = _deformable_stage(ctx, _affine_matrix(matrix, center, translation), progress, span)
+                if not stage.metric_after <= stage.metric_before:
+                    stage.accepted = False
+                    velocity = None
+                    warnings.append(f"The deformable stage made its metric worse ({stage.metric_before:.4f} -> "
+                                    f"{stage.metric_after:.4f}); its result was discarded.")
+            stage_results.append(stage)
+            if name == "deformable":
+                break
+        report(progress, 0.96, "converting the result to SimpleITK transforms")
+        affine_tx = _affine_transform(matrix, center, translation)
+        transform: sitk.Transform = affine_tx
+        total = ctx.total_matrix(torch.as_tensor(_affine_matrix(matrix, center, translation),
+                                                 dtype=torch.float64, device=device))
+        with torch.no_grad():
+            if velocity is not None:
+                disp = _full_resolution_displacement(ctx, velocity)
+                transform = sitk.CompositeTransform([affine_tx, _displacement_transform(ctx, disp)])
+                # metric of the final mapping at the evaluation points (their displacement sampled)
+                shape = (1, 1, 1, -1, dim) if dim == 3 else (1, 1, -1, dim)
+                d_pts = torch.nn.functional.grid_sample(disp, ctx.eval_points.reshape(shape), mode="bilinear",
+                                                        padding_mode="border", align_corners=True)
+                points = ctx.eval_points + d_pts.reshape(dim, -1).transpose(0, 1)
+                metric_after = float(ctx.mi_at_points(points, ctx.eval_values, total, ctx.moving.tensor))
+            else:
+                metric_after = float(ctx.mi_at_points(ctx.eval_points, ctx.eval_values, total, ctx.moving.tensor))
+        if metric_after > metric_before + 1e-6 and not any(s.accepted is False for s in stage_results):
+            warnings.append(f"Mutual information at the evaluation voxels got worse ({metric_before:.4f} -> "
+                            f"{metric_after:.4f}); check the result.")
+        report(progress, 1.0, "torch registration done")
+    finally:
+        torch.use_deterministic_algorithms(det_before, warn_only=warn_before)
+    info = params.to_dict()
+    info["device"] = str(device)
+    info["mixed_precision_active"] = bool(ctx.amp)
+    return RegistrationResult(transform=transform, stages=stage_results, metric_before=metric_before,
+                              metric_after=metric_after,
+                              warnings=warnings, seconds=time.perf_counter() - t_start, backend="torch",
+                              parameters=info)
+
+
+# --------------------------------------------------------------------------------------------
+# resampling with torch (the sitk transforms this backend returns, read back)
+
+def _transform_points(torch: Any, transform: sitk.Transform, points: Any) -> Any:
+    """Map physical points (N, d) float64 through a linear / displacement-field / composite transform."""
+    import torch.nn.functional as F
+
+    dim = transform.GetDimension()
+    if isinstance(transform, sitk.CompositeTransform):
+        # ITK applies the last transform added first
+        for i in reversed(range(transform.GetNumberOfTransforms())):
+            points = _transform_points(torch, transform.GetNthTransform(i), points)
+        return points
+    parts = _linear_parts(transform, dim)
+    if parts is not None:
+        matrix, offset = (torch.as_tensor(x, dtype=torch.float64, device=points.device) for x in parts)
+        return points @ matrix.T + offset
+    if isinstance(transform, sitk.DisplacementFieldTransform) or transform.GetName() == "DisplacementFieldTransform":
+        field_img = sitk.DisplacementFieldTransform(transform).GetDisplacementField()
+        field = torch.from_numpy(sitk.GetArrayFromImage(field_img).astype(np.float32)).to(points.device)
+        field = field.movedim(-1, 0)[None]
+        to_norm = torch.as_tensor(_physical_to_normalised(field_img), dtype=torch.float64, device=points.device)
+        norm = _apply(points, to_norm)
+        shape = (1, 1, 1, -1, dim) if dim == 3 else (1, 1, -1, dim)
+        disp = F.grid_sample(field, norm.float().reshape(shape), mode="bilinear", padding_mode="border",
+                             align_corners=True).reshape(dim, -1).transpose(0, 1).double()
+        inside = _inside_buffer(torch, norm, field_img.GetSize())
+        return points + disp * inside[:, None]
+    raise InputError(f"resample_torch cannot apply a {transform.GetName()}.",
+                     "Use linear transforms and displacement fields, or preprocess.resample (SimpleITK).")
+
+
+def _inside_buffer(torch: Any, norm: Any, size: Sequence[int]) -> Any:
+    """ITK's IsInsideBuffer for continuous indices: -0.5 <= index < size - 0.5 on every axis."""
+    half = torch.as_tensor([(s - 1) / 2.0 for s in size], dtype=torch.float64, device=norm.device)
+    index = (norm + 1.0) * half
+    upper = torch.as_tensor([s - 0.5 for s in size], dtype=torch.float64, device=norm.device)
+    return ((index >= -0.5) & (index < upper)).all(dim=1).to(torch.float64)
+
+
+def resample_torch(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None, *,
+                   default_value: float = 0.0, device: str = "auto") -> sitk.Image:
+    """Linear resampling of ``moving`` on ``reference``'s grid through ``transform``, with torch.
+
+    Matches ``sitk.Resample(moving, reference, transform, sitk.sitkLinear, default_value)``
+    (same inside/outside rule), for linear transforms, displacement fields and composites of
+    them, e.g. the transforms :func:`register_torch` returns; fast on a GPU.
+
+    Args:
+        moving: image to resample (scalar).
+        reference: output grid.
+        transform: reference physical point -> moving physical point (None: identity).
+        default_value: value outside the moving image.
+        device: "auto", "cpu" or "cuda".
+
+    Returns:
+        float32 image on the reference grid.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    dev = select_device(device)
+    dim = reference.GetDimension()
+    with torch.no_grad():
+        shape = reference.GetSize()[::-1]
+        grid = _identity_grid(shape, dev).reshape(-1, dim).double()
+        points = _apply(grid, torch.as_tensor(_normalised_to_physical(reference), dtype=torch.float64, device=dev))
+        if transform is not None:
+            points = _transform_points(torch, transform, points)
+        norm = _apply(points, torch.as_tensor(_physical_to_normalised(moving), dtype=torch.float64, device=dev))
+        arr = torch.from_numpy(sitk.GetArrayFromImage(sitk.Cast(moving, sitk.sitkFloat32)))[None, None].to(dev)
+        grid_shape = (1, 1, 1, -1, dim) if dim == 3 else (1, 1, -1, dim)
+        values = F.grid_sample(arr, norm.float().reshape(grid_shape), mode="bilinear", padding_mode="border",
+                               align_corners=True).reshape(-1).double()
+        inside = _inside_buffer(torch, norm, moving.GetSize())
+        values = torch.where(inside > 0, values, torch.full_like(values, float(default_value)))
+        out = sitk.GetImageFromArray(values.float().reshape(shape).cpu().numpy())
+    out.CopyInformation(reference)
+    return out

