@@ -1,0 +1,125 @@
+"""Registration: rigid, affine and B-spline (SimpleITK backend; a torch backend on request).
+
+Example::
+
+    from MultimodalFusionLib import io, registration
+    result = registration.register(io.read_image("ct.nii.gz"), io.read_image("mr.nii.gz"), preset="ct-mr-head")
+    print(result.metric_before, result.metric_after, result.warnings)
+    io.write_transform(result.transform, "mr_to_ct.tfm")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import SimpleITK as sitk
+
+from ..errors import InputError, itk_guard
+from ..progress import ProgressCallback
+from ..validation import check_mask, check_pair
+from .parameters import (
+    RegistrationParameters,
+    StageParameters,
+    default_stage,
+    list_presets,
+    load_preset,
+    presets_dir,
+)
+from .result import RegistrationResult, StageResult
+
+__all__ = [
+    "register",
+    "RegistrationParameters",
+    "StageParameters",
+    "RegistrationResult",
+    "StageResult",
+    "default_stage",
+    "load_preset",
+    "list_presets",
+    "presets_dir",
+    "BACKENDS",
+]
+
+BACKENDS = ("sitk", "torch")
+
+
+def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationParameters | None = None, *,
+             preset: str | None = None, stages: Sequence[str] | None = None,
+             fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None,
+             initial_transform: sitk.Transform | str | os.PathLike | None = None, seed: int | None = None,
+             progress: ProgressCallback | None = None, backend: str = "sitk") -> RegistrationResult:
+    """Register ``moving`` to ``fixed``: find T mapping fixed-space points into the moving image.
+
+    Args:
+        fixed: the reference image (2D or 3D).
+        moving: the image to align (same dimension, any modality).
+        parameters: full settings; default: ``preset`` if given, else one rigid stage with Mattes MI.
+        preset: a preset name from ``list_presets()`` (e.g. "ct-mr-head"), used when ``parameters`` is None.
+        stages: run these stages (e.g. ``["rigid", "affine", "bspline"]``), keeping the settings the
+            parameters/preset define for them and defaults for the others.
+        fixed_mask: metric region in the fixed image (same grid as ``fixed``).
+        moving_mask: metric region in the moving image (same grid as ``moving``).
+        initial_transform: a transform (or transform file) to start from, replacing the initializer.
+        seed: seed of the random metric sampling (overrides the parameters' seed); the same seed,
+            inputs and thread count give bit-identical transforms.
+        progress: ``progress(fraction, message)``; returning False cancels (OperationCancelled).
+        backend: "sitk" (SimpleITK) or "torch" (GPU-capable backend, when installed).
+
+    Returns:
+        RegistrationResult: the transform (linear, or a composite ending in a B-spline), metric
+        before/after, per-stage iterations, stop reasons, timings and warnings.
+
+    Raises:
+        InputError: bad images, masks, parameters, preset or backend.
+        RegistrationError: the optimisation could not run (e.g. images drifted apart).
+        OperationCancelled: the progress callback asked to stop.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"Unknown registration backend '{backend}'.", f"Use one of: {', '.join(BACKENDS)}.")
+    if parameters is None:
+        parameters = load_preset(preset) if preset else RegistrationParameters()
+    elif preset:
+        raise InputError("Both parameters and a preset were given.", "Give one of them.")
+    if stages:
+        if isinstance(stages, str):
+            stages = [s for s in stages.split(",") if s.strip()]
+        parameters = parameters.with_stages(stages)
+    if seed is not None:
+        parameters = dataclasses.replace(parameters, seed=int(seed))
+    parameters.validate()
+
+    if isinstance(initial_transform, (str, os.PathLike)):
+        from ..io import read_transform
+
+        initial_transform = read_transform(initial_transform)
+    # The geometry/moments initializers align the image centres, so only a registration that starts
+    # from the headers' placement (initializer "none" or a given transform) needs overlap up front.
+    needs_overlap = initial_transform is not None or parameters.initializer == "none"
+    check_pair(fixed, moving, transform=initial_transform, require_overlap=needs_overlap)
+    fixed_mask = check_mask(fixed_mask, fixed, "fixed mask", "fixed image") if fixed_mask is not None else None
+    moving_mask = check_mask(moving_mask, moving, "moving mask", "moving image") if moving_mask is not None else None
+    if moving.GetDimension() == 2 and any(s.name == "bspline" for s in parameters.stages) and \
+            min(fixed.GetSize()) < 16:
+        raise InputError(f"The fixed image {fixed.GetSize()} is too small for a B-spline stage.",
+                         "Use rigid/affine stages only, or a larger image.")
+
+    with itk_guard("preparing the images for registration"):
+        fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
+        moving_f = sitk.Cast(moving, sitk.sitkFloat32)
+
+    if backend == "torch":
+        try:
+            from .torch_backend import register_torch
+        except ImportError as exc:
+            raise InputError(f"The torch registration backend is not available ({exc}).",
+                             "Install the deep-learning extra (pip install 'slicer-multimodalfusion[deep]') "
+                             "or use backend='sitk'.") from exc
+        return register_torch(fixed_f, moving_f, parameters, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                              initial_transform=initial_transform, seed=parameters.seed, progress=progress)
+
+    from .sitk_backend import register_sitk
+
+    return register_sitk(fixed_f, moving_f, parameters, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                         initial_transform=initial_transform, progress=progress)

@@ -1,0 +1,209 @@
+"""Registration on ITK's classic 2D multimodal case, presets, seeds, progress and bad input."""
+
+from __future__ import annotations
+
+import math
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib.errors import InputError, OperationCancelled
+from MultimodalFusionLib.registration import (
+    RegistrationParameters,
+    default_stage,
+    list_presets,
+    load_preset,
+    register,
+)
+from MultimodalFusionLib.registration.accuracy import (
+    itk_brainweb_pair,
+    itk_brainweb_truth,
+    rotation_angle_deg,
+    transform_error,
+)
+
+
+class ItkBrainWebCase(unittest.TestCase):
+    """Fixed T1 BrainT1SliceBorder20, moving PD BrainProtonDensitySliceR10X13Y17 (10 deg, (13, 17) px)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.fixed, cls.moving = itk_brainweb_pair()
+        cls.result = register(cls.fixed, cls.moving, seed=7)
+
+    def test_rotation_and_translation_recovered(self):
+        tx = self.result.transform
+        angle = rotation_angle_deg(tx)
+        self.assertLess(abs(angle - 10.0), 0.5, f"angle {angle:.3f} deg")
+        # translation of the recovered centred rigid transform, expressed about the image centre
+        truth = itk_brainweb_truth(self.fixed)
+        err = transform_error(tx, truth, self.fixed)
+        self.assertLess(err["mean"], 0.5, f"mean displacement error {err['mean']:.3f} px")
+        center = np.array(truth.GetCenter())
+        recovered_t = np.array(tx.TransformPoint(center.tolist())) - center
+        expected_t = np.array(truth.TransformPoint(center.tolist())) - center
+        self.assertLess(float(np.linalg.norm(recovered_t - expected_t)), 0.5)
+        # the file name's nominal (13, 17) about the centre is 1.08 px from what the pixels hold
+        nominal = transform_error(tx, itk_brainweb_truth(self.fixed, nominal=True), self.fixed)
+        self.assertLess(nominal["mean"], 1.6)
+
+    def test_encoded_truth_matches_same_modality_registration(self):
+        # PD -> rotated PD with mean squares over all pixels: an independent check of the truth
+        from MultimodalFusionLib import data, io
+
+        pd = io.read_image(data.testing_data_dir() / "BrainProtonDensitySliceBorder20.png", float32=True)
+        stage = default_stage("rigid")
+        stage.metric, stage.sampling_strategy, stage.min_step = "mean_squares", "none", 1e-4
+        res = register(pd, self.moving, RegistrationParameters(stages=[stage]))
+        err = transform_error(res.transform, itk_brainweb_truth(pd), pd)
+        self.assertLess(err["mean"], 0.1)
+        self.assertAlmostEqual(rotation_angle_deg(res.transform), 10.0, delta=0.05)
+
+    def test_result_reports_stages(self):
+        r = self.result
+        self.assertEqual([s.name for s in r.stages], ["rigid"])
+        s = r.stages[0]
+        self.assertLess(s.metric_after, s.metric_before)
+        self.assertLess(r.metric_after, r.metric_before)
+        self.assertGreater(s.iterations, 5)
+        self.assertTrue(s.stop_reason)
+        self.assertGreater(s.seconds, 0)
+        self.assertTrue(s.history)
+        d = r.to_dict()
+        self.assertEqual(d["transform_type"], "Euler2DTransform")
+        self.assertFalse(r.is_deformable)
+
+    def test_same_seed_bit_identical(self):
+        a = register(self.fixed, self.moving, seed=7)
+        np.testing.assert_array_equal(np.array(a.transform.GetParameters()),
+                                      np.array(self.result.transform.GetParameters()))
+        self.assertEqual(a.metric_after, self.result.metric_after)
+
+    def test_progress_and_cancel(self):
+        calls = []
+        register(self.fixed, self.moving, progress=lambda f, m: calls.append((f, m)))
+        self.assertGreater(len(calls), 10)
+        fractions = [f for f, _ in calls]
+        self.assertTrue(all(0.0 <= f <= 1.0 for f in fractions))
+        self.assertEqual(fractions[-1], 1.0)
+
+        def cancel_after_five(fraction, message, seen=[]):  # noqa: B006 - a call counter
+            seen.append(1)
+            return len(seen) < 5
+
+        with self.assertRaises(OperationCancelled):
+            register(self.fixed, self.moving, progress=cancel_after_five)
+
+    def test_initial_transform_from_truth(self):
+        truth = itk_brainweb_truth(self.fixed)
+        res = register(self.fixed, self.moving, initial_transform=truth)
+        self.assertLess(transform_error(res.transform, truth, self.fixed)["mean"], 0.5)
+
+    def test_worse_stage_is_discarded_with_warning(self):
+        # start exactly at the answer and allow the optimizer only huge, noisy steps on a few samples
+        truth = itk_brainweb_truth(self.fixed)
+        stage = default_stage("rigid")
+        stage.learning_rate, stage.min_step, stage.relaxation_factor = 40.0, 30.0, 0.99
+        stage.sampling_percentage, stage.shrink_factors, stage.smoothing_sigmas = 0.01, [1], [0.0]
+        stage.iterations = 3
+        res = register(self.fixed, self.moving, RegistrationParameters(stages=[stage]), initial_transform=truth)
+        self.assertLessEqual(res.metric_after, res.metric_before)
+        if not res.stages[0].accepted:
+            self.assertTrue(any("worse" in w for w in res.warnings), res.warnings)
+            self.assertLess(transform_error(res.transform, truth, self.fixed)["mean"], 1e-6)
+
+
+class Presets(unittest.TestCase):
+    def test_required_presets_load(self):
+        names = list_presets()
+        for name in ("ct-mr-head", "mr-pet-brain", "pet-ct-body", "t1-t2-brain", "mr-mr-deformable"):
+            self.assertIn(name, names)
+            params = load_preset(name)
+            params.validate()
+            self.assertEqual(params.name, name)
+            self.assertTrue(params.stages)
+        self.assertEqual([s.name for s in load_preset("mr-mr-deformable").stages], ["rigid", "affine", "bspline"])
+
+    def test_unknown_preset_lists_available(self):
+        with self.assertRaises(InputError) as cm:
+            load_preset("no-such-preset")
+        self.assertIn("ct-mr-head", str(cm.exception))
+
+    def test_with_stages_and_bad_values(self):
+        p = load_preset("ct-mr-head").with_stages(["rigid", "affine"])
+        self.assertEqual([s.name for s in p.stages], ["rigid", "affine"])
+        self.assertEqual(p.stages[0].sampling_percentage, 0.02)  # the preset's own rigid settings
+        with self.assertRaises(InputError):
+            RegistrationParameters().with_stages(["rigid", "warp"])
+        with self.assertRaises(InputError):
+            RegistrationParameters.from_dict({"stages": [{"name": "rigid", "metric": "nmi"}]})
+        with self.assertRaises(InputError):
+            RegistrationParameters.from_dict({"stages": [{"name": "rigid", "sampling_percentage": 5}]})
+        with self.assertRaises(InputError):
+            RegistrationParameters.from_dict({"stages": [{"name": "rigid", "bins": 5}]})
+
+
+class BadInputs(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.fixed, cls.moving = itk_brainweb_pair()
+
+    def assertInputError(self, *words, **kwargs):
+        fixed = kwargs.pop("fixed", self.fixed)
+        moving = kwargs.pop("moving", self.moving)
+        with self.assertRaises(InputError) as cm:
+            register(fixed, moving, **kwargs)
+        msg = str(cm.exception)
+        for w in words:
+            self.assertIn(w, msg)
+        self.assertIn("Fix:", msg)
+        return msg
+
+    def test_2d_vs_3d(self):
+        vol = sitk.Image([20, 20, 20], sitk.sitkFloat32) + 1.0
+        vol[5, 5, 5] = 10.0
+        self.assertInputError("2D", "3D", moving=vol)
+
+    def test_no_overlap(self):
+        far = sitk.Image(self.moving)
+        far.SetOrigin((5000.0, 5000.0))
+        params = RegistrationParameters(initializer="none")
+        self.assertInputError("do not overlap", moving=far, parameters=params)
+
+    def test_constant_and_nan(self):
+        const = sitk.Image(self.moving.GetSize(), sitk.sitkFloat32) + 3.0
+        self.assertInputError("constant", moving=const)
+        arr = sitk.GetArrayFromImage(self.moving)
+        arr[10, 10] = np.nan
+        nan_img = sitk.GetImageFromArray(arr)
+        self.assertInputError("NaN", moving=nan_img)
+
+    def test_mask_on_other_grid(self):
+        mask = sitk.Image([30, 30], sitk.sitkUInt8) + 1
+        self.assertInputError("not on the fixed image's grid", fixed_mask=mask)
+
+    def test_empty_mask(self):
+        mask = sitk.Image(self.fixed.GetSize(), sitk.sitkUInt8)
+        mask.CopyInformation(self.fixed)
+        self.assertInputError("empty", fixed_mask=mask)
+
+    def test_bad_backend_and_preset(self):
+        self.assertInputError("backend", backend="gpu")
+        self.assertInputError("preset", preset="nope")
+
+    def test_masks_are_used(self):
+        # a box mask inside the 20-pixel border: the metric changes, the answer does not
+        arr = np.zeros(self.fixed.GetSize()[::-1], np.uint8)
+        arr[15:-15, 15:-15] = 1
+        mask = sitk.GetImageFromArray(arr)
+        mask.CopyInformation(self.fixed)
+        res = register(self.fixed, self.moving, fixed_mask=mask, seed=3)
+        plain = register(self.fixed, self.moving, seed=3)
+        self.assertNotEqual(res.metric_before, plain.metric_before)
+        self.assertLess(abs(rotation_angle_deg(res.transform) - 10.0), 0.5)
+        self.assertTrue(math.isfinite(res.metric_after))
+
+
+if __name__ == "__main__":
+    unittest.main()
