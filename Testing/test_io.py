@@ -1,0 +1,121 @@
+"""Reading and writing images and transforms: geometry kept exactly, clear errors."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib import io
+from MultimodalFusionLib.errors import InputError
+
+
+def _oblique() -> sitk.Image:
+    arr = np.random.default_rng(0).normal(100, 20, (12, 16, 20)).astype(np.float32)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.7, 1.1, 3.0))
+    img.SetOrigin((-40.5, 12.25, 80.0))
+    rot = sitk.Euler3DTransform()
+    rot.SetRotation(math.radians(12), math.radians(-25), math.radians(40))
+    img.SetDirection(rot.GetMatrix())
+    return img
+
+
+def _write_dicom_series(folder: str, uid: str, description: str, value: float) -> None:
+    """A tiny 3-slice CT-like series with its own series UID and description."""
+    for k in range(3):
+        sl = sitk.Image([8, 8], sitk.sitkInt16) + int(value + k)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|000e": uid,
+            "0008|103e": description,
+            "0020|0013": str(k + 1),
+            "0020|0032": f"0\\0\\{2.0 * k}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": "0.5\\0.5",
+            "0018|0050": "2.0",
+            "0008|0018": f"{uid}.{k + 1}",
+        }
+        for tag, val in tags.items():
+            sl.SetMetaData(tag, val)
+        writer.SetFileName(os.path.join(folder, f"{description}_{k}.dcm"))
+        writer.Execute(sl)
+
+
+class RoundTrip(unittest.TestCase):
+    def test_geometry_kept(self):
+        img = _oblique()
+        with tempfile.TemporaryDirectory() as d:
+            for ext in (".nii.gz", ".nii", ".nrrd", ".mha"):
+                path = io.write_image(img, os.path.join(d, "img" + ext))
+                back = io.read_image(path)
+                self.assertEqual(back.GetSize(), img.GetSize(), ext)
+                np.testing.assert_allclose(back.GetSpacing(), img.GetSpacing(), atol=1e-5, err_msg=ext)
+                np.testing.assert_allclose(back.GetOrigin(), img.GetOrigin(), atol=1e-4, err_msg=ext)
+                np.testing.assert_allclose(back.GetDirection(), img.GetDirection(), atol=1e-5, err_msg=ext)
+                np.testing.assert_allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img), rtol=1e-6)
+            self.assertEqual([f for f in os.listdir(d) if f.startswith(".mmf-tmp")], [])
+
+    def test_transform_round_trip(self):
+        tx = sitk.Euler3DTransform((1.0, 2.0, 3.0), 0.1, -0.2, 0.3, (4.0, 5.0, 6.0))
+        with tempfile.TemporaryDirectory() as d:
+            back = io.read_transform(io.write_transform(tx, os.path.join(d, "t.tfm")))
+            p = (10.0, -20.0, 30.0)
+            np.testing.assert_allclose(back.TransformPoint(p), tx.TransformPoint(p), atol=1e-9)
+
+    def test_png_colour_to_grey(self):
+        from MultimodalFusionLib import data
+
+        img = io.read_image(data.testing_data_dir() / "BrainT1SliceBorder20.png")
+        self.assertEqual(img.GetNumberOfComponentsPerPixel(), 1)
+        self.assertEqual(img.GetDimension(), 2)
+        rgb = io.read_image(data.testing_data_dir() / "BrainT1SliceBorder20.png", keep_color=True)
+        self.assertEqual(rgb.GetNumberOfComponentsPerPixel(), 3)
+
+
+class Errors(unittest.TestCase):
+    def test_missing_empty_and_garbage_files(self):
+        with tempfile.TemporaryDirectory() as d:
+            with self.assertRaises(InputError) as cm:
+                io.read_image(os.path.join(d, "nope.nii.gz"))
+            self.assertIn("not found", str(cm.exception))
+            empty = os.path.join(d, "empty.nii.gz")
+            open(empty, "wb").close()
+            with self.assertRaises(InputError) as cm:
+                io.read_image(empty)
+            self.assertIn("empty", str(cm.exception))
+            garbage = os.path.join(d, "garbage.nii.gz")
+            with open(garbage, "wb") as fh:
+                fh.write(b"this is not an image" * 10)
+            with self.assertRaises(InputError) as cm:
+                io.read_image(garbage)
+            self.assertIn("garbage.nii.gz", str(cm.exception))
+            self.assertNotIn("Traceback", str(cm.exception))
+
+    def test_folder_with_two_dicom_series(self):
+        with tempfile.TemporaryDirectory() as d:
+            _write_dicom_series(d, "1.2.826.0.1.3680043.2.1125.101", "AXIAL_A", 10)
+            _write_dicom_series(d, "1.2.826.0.1.3680043.2.1125.202", "AXIAL_B", 500)
+            with self.assertRaises(InputError) as cm:
+                io.read_image(d)
+            msg = str(cm.exception)
+            self.assertIn("2 DICOM series", msg)
+            self.assertIn("1.2.826.0.1.3680043.2.1125.101", msg)
+            self.assertIn("AXIAL_B", msg)
+            self.assertIn("--series", msg)
+            b = io.read_image(d, series="AXIAL_B")
+            self.assertEqual(b.GetSize(), (8, 8, 3))
+            self.assertGreaterEqual(float(sitk.GetArrayViewFromImage(b).min()), 500)
+            a = io.read_image(d, series="1.2.826.0.1.3680043.2.1125.101")
+            self.assertLess(float(sitk.GetArrayViewFromImage(a).max()), 20)
+
+
+if __name__ == "__main__":
+    unittest.main()

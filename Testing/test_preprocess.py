@@ -1,0 +1,123 @@
+"""Resampling, intensity normalisation, foreground masks and cropping."""
+
+from __future__ import annotations
+
+import math
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib.errors import InputError
+from MultimodalFusionLib.preprocess import (
+    CT_WINDOWS,
+    crop_to_overlap,
+    foreground_mask,
+    normalize_intensity,
+    resample,
+)
+
+
+def _oblique_volume() -> sitk.Image:
+    """A 3D blob on an oblique, anisotropic grid."""
+    z, y, x = np.mgrid[0:20, 0:30, 0:24].astype(np.float32)
+    arr = 100.0 * np.exp(-(((x - 12) / 6) ** 2 + ((y - 15) / 8) ** 2 + ((z - 10) / 5) ** 2)) + 5.0
+    img = sitk.GetImageFromArray(arr.astype(np.float32))
+    img.SetSpacing((0.9, 1.3, 2.7))
+    img.SetOrigin((-12.0, 30.5, 7.25))
+    rot = sitk.Euler3DTransform()
+    rot.SetRotation(math.radians(15), math.radians(-20), math.radians(30))
+    img.SetDirection(rot.GetMatrix())
+    return img
+
+
+class Resample(unittest.TestCase):
+    def test_identity_onto_own_grid_keeps_everything(self):
+        img = _oblique_volume()
+        for interp in ("linear", "bspline", "nearest"):
+            out = resample(img, img, interpolation=interp)
+            self.assertEqual(out.GetSize(), img.GetSize())
+            self.assertEqual(out.GetDirection(), img.GetDirection())
+            self.assertEqual(out.GetSpacing(), img.GetSpacing())
+            self.assertEqual(out.GetOrigin(), img.GetOrigin())
+            np.testing.assert_allclose(sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(img), atol=1e-3)
+
+    def test_translation_moves_content_in_physical_space(self):
+        img = _oblique_volume()
+        tx = sitk.TranslationTransform(3, (2.0, -1.0, 3.0))
+        out = resample(img, img, tx)
+        # out(x) = img(x + t): sample a voxel inside
+        idx = (12, 14, 9)
+        p = np.array(img.TransformIndexToPhysicalPoint(idx)) + np.array([2.0, -1.0, 3.0])
+        expected = sitk.Resample(img, [1, 1, 1], sitk.Transform(), sitk.sitkLinear, p.tolist(), (1, 1, 1),
+                                 img.GetDirection())[0, 0, 0]
+        self.assertAlmostEqual(out[idx], expected, places=3)
+
+    def test_nearest_keeps_labels_and_type(self):
+        lab = sitk.Cast(_oblique_volume() > 50, sitk.sitkUInt8)
+        ref = sitk.Image([30, 30, 30], sitk.sitkFloat32)
+        ref.SetSpacing((1.0, 1.0, 1.0))
+        ref.SetOrigin((-15.0, 20.0, 0.0))
+        out = resample(lab, ref, interpolation="nearest")
+        self.assertEqual(out.GetPixelID(), sitk.sitkUInt8)
+        self.assertTrue(set(np.unique(sitk.GetArrayViewFromImage(out))) <= {0, 1})
+
+    def test_bad_arguments(self):
+        img = _oblique_volume()
+        with self.assertRaises(InputError):
+            resample(img, img, interpolation="cubic")
+        with self.assertRaises(InputError):
+            resample(img, sitk.Image([10, 10], sitk.sitkFloat32))
+
+
+class Normalize(unittest.TestCase):
+    def test_zscore_percentile_window(self):
+        img = _oblique_volume()
+        z = sitk.GetArrayFromImage(normalize_intensity(img, "zscore"))
+        self.assertAlmostEqual(float(z.mean()), 0.0, places=4)
+        self.assertAlmostEqual(float(z.std()), 1.0, places=3)
+        p = sitk.GetArrayFromImage(normalize_intensity(img, "percentile", lower_percentile=2, upper_percentile=98))
+        self.assertEqual(float(p.min()), 0.0)
+        self.assertEqual(float(p.max()), 1.0)
+        ct = sitk.GetImageFromArray(np.linspace(-1000, 2000, 1000, dtype=np.float32).reshape(10, 10, 10))
+        w = sitk.GetArrayFromImage(normalize_intensity(ct, ct_window="brain"))
+        level, width = CT_WINDOWS["brain"]
+        vals = np.linspace(-1000, 2000, 1000).reshape(10, 10, 10)
+        np.testing.assert_allclose(w, np.clip((vals - (level - width / 2)) / width, 0, 1), atol=1e-5)
+        self.assertEqual(normalize_intensity(img).GetDirection(), img.GetDirection())
+
+    def test_unknown_window(self):
+        with self.assertRaises(InputError) as cm:
+            normalize_intensity(_oblique_volume(), ct_window="liver-ish")
+        self.assertIn("lung", str(cm.exception))
+
+
+class MasksAndCrop(unittest.TestCase):
+    def test_foreground_mask_on_head(self):
+        from MultimodalFusionLib import data
+
+        t = data.mni152(spacing_mm=4.0)
+        t2 = data.synthetic_contrast(t, "t2")
+        mask = foreground_mask(t2)
+        self.assertEqual(mask.GetPixelID(), sitk.sitkUInt8)
+        m = sitk.GetArrayViewFromImage(mask).astype(bool)
+        brain = sitk.GetArrayViewFromImage(t["brain_mask"]).astype(bool)
+        self.assertGreater((m & brain).sum() / brain.sum(), 0.9)  # covers the brain
+        self.assertLess(m.mean(), 0.8)                             # but not the whole box
+
+    def test_crop_to_overlap(self):
+        a = sitk.Image([40, 40, 20], sitk.sitkFloat32) + 1
+        b = sitk.Image([30, 30, 30], sitk.sitkFloat32) + 2
+        b.SetOrigin((20.0, 10.0, -5.0))
+        ca, cb = crop_to_overlap(a, b)
+        self.assertEqual(ca.GetSize(), (20, 30, 20))
+        self.assertEqual(ca.GetOrigin(), (20.0, 10.0, 0.0))
+        self.assertEqual(cb.GetOrigin(), (20.0, 10.0, 0.0))
+        far = sitk.Image(b)
+        far.SetOrigin((500.0, 0.0, 0.0))
+        with self.assertRaises(InputError):
+            crop_to_overlap(a, far)
+
+
+if __name__ == "__main__":
+    unittest.main()
