@@ -122,7 +122,7 @@ class WebAppInBrowserTest(unittest.TestCase):
             return f.read()[-3000:]
 
     def _open_page(self):
-        page = self.browser.new_page(viewport={"width": 1400, "height": 860})
+        page = self.browser.new_page(viewport={"width": 1400, "height": 1000})
         self.addCleanup(page.close)
         page.set_default_timeout(JOB_TIMEOUT_MS)
         page.goto(self.url, wait_until="domcontentloaded")
@@ -131,12 +131,17 @@ class WebAppInBrowserTest(unittest.TestCase):
                                " return b && !b.disabled; }", timeout=JOB_TIMEOUT_MS)
         return page
 
-    def _wait_job(self, page, label: str) -> list[str]:
-        """Wait until the job message says ``label`` finished; return the messages seen meanwhile."""
+    def _click_and_wait_job(self, page, button: str, label: str) -> list[str]:
+        """Click ``button``, wait until the job message says ``label`` finished; return the messages seen."""
+        before = page.inner_text("#mmf-job-message")
+        page.click(button)
         seen: list[str] = []
         deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
         while time.monotonic() < deadline:
             text = page.inner_text("#mmf-job-message")
+            if text == before and not seen:  # the job's first state update has not arrived yet
+                page.wait_for_timeout(100)
+                continue
             if not seen or seen[-1] != text:
                 seen.append(text)
             if f"{label} done" in text:
@@ -169,23 +174,31 @@ class WebAppInBrowserTest(unittest.TestCase):
         page = self._open_page()
         self.assertIn("MNI152", page.inner_text("body"))
 
+        # Cancel stops a running registration at the engine's next progress report
         page.click("#mmf-register")
-        messages = self._wait_job(page, "Registration")
+        page.wait_for_function("() => !document.querySelector('#mmf-cancel').disabled", timeout=30_000)
+        page.click("#mmf-cancel")
+        page.wait_for_function("() => /Registration (cancelled|done)/.test("
+                               "document.querySelector('#mmf-job-message').innerText)", timeout=JOB_TIMEOUT_MS)
+        self.assertIn("Registration cancelled", page.inner_text("#mmf-job-message"))
+        self.assertNotIn("MI before", page.inner_text("#mmf-metrics"))
+
+        messages = self._click_and_wait_job(page, "#mmf-register", "Registration")
         # progress reached the page while the job ran (the loop was not blocked)
         self.assertTrue(any("Registration:" in m for m in messages), messages)
         self.assertIn("MI before", page.inner_text("#mmf-metrics"))
 
-        page.click("#mmf-fuse")
-        self._wait_job(page, "Fusion")
+        self._click_and_wait_job(page, "#mmf-fuse", "Fusion")
         metrics_text = page.inner_text("#mmf-metrics")
         for name in ("Qabf", "SSIM", "VIF", "MI before"):
             self.assertIn(name, metrics_text)
         self.assertFalse(page.query_selector("#mmf-error"), "no error expected")
 
-        def coloured(views):
-            return all(_hot_mask(views[v]).mean() > 0.01 for v in ("axial", "coronal", "sagittal"))
+        def shown(views):
+            return (all(_hot_mask(views[v]).mean() > 0.01 for v in ("axial", "coronal", "sagittal"))
+                    and views["3d"][100:-100, 100:-100].std() > 20)
 
-        views = self._wait_views(page, coloured, "the PET colours in the slice views")
+        views = self._wait_views(page, shown, "the PET colours in the slice views and the 3D rendering")
         if os.environ.get("MMFUSION_WEB_SCREENSHOT"):
             page.screenshot(path=os.environ["MMFUSION_WEB_SCREENSHOT"])
         for name in ("axial", "coronal", "sagittal"):

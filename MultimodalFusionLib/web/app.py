@@ -365,11 +365,12 @@ class FusionWebApp:
         self.viewer.set_image("fused", None)
         self.viewer.set_image("registered", registered)
         self.viewer.show("registered")
-        rows = [{"name": "Metric before → after",
+        metric_name = result.stages[0].metric_name if result.stages else "metric"
+        rows = [{"name": f"{metric_name} before → after",
                  "value": f"{result.metric_before:.4g} → {result.metric_after:.4g}"},
                 {"name": "Stages", "value": ", ".join(s.name for s in result.stages) or "-"},
                 {"name": "Registration time", "value": f"{result.seconds:.1f} s"}]
-        for key in sorted(reg_metrics.get("after", {})):
+        for key in sorted(k for k in reg_metrics.get("after", {}) if k != "voxels"):
             before, after = reg_metrics["before"].get(key), reg_metrics["after"][key]
             rows.append({"name": f"{key} before → after", "value": f"{_fmt(before)} → {_fmt(after)}"})
         summary = "; ".join(result.warnings) if result.warnings else "Moving image aligned to the fixed image."

@@ -14,7 +14,9 @@ calls it from its asyncio loop, never from the worker thread.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import functools
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -28,6 +30,18 @@ ROLES = ("fixed", "moving", "registered", "fused")
 _NODE_NAMES = {"fixed": "Fixed", "moving": "Moving", "registered": "Moving registered", "fused": "Fused"}
 #: Volume-rendering preset used for the fused image unless the user picks another.
 DEFAULT_VR_PRESET = "MR-Default"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _batched(method: _F) -> _F:
+    """Run a display method inside :meth:`FusionViewer.batch` (one render at the end)."""
+    @functools.wraps(method)
+    def wrapper(self: FusionViewer, *args: Any, **kwargs: Any) -> Any:
+        with self.batch():
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class FusionViewer:
@@ -51,7 +65,29 @@ class FusionViewer:
         #: transparent so that the hot regions stand out over the anatomy.
         self.functional_percentiles = (40.0, 99.5)
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Block rendering of direct-rendering views during several changes, then render once.
+
+        Every MRML modification asks the views to render. Views with trame-slicer's
+        ``DirectRendering`` (the offscreen, serverless case) render synchronously each time:
+        one software render per change. Remote (RCA) views already coalesce requests on the
+        event loop and are left alone (blocking them also kept the 3D view from picking up a
+        new volume rendering). Views already blocked (not in the layout) stay blocked.
+        """
+        from trame_slicer.views import DirectRendering
+
+        views = [v for v in self.app.view_manager.get_views()
+                 if isinstance(getattr(v, "_scheduled_render", None), DirectRendering)]
+        states = [view.set_render_blocked(True) for view in views]
+        try:
+            yield
+        finally:
+            for view, was_blocked in zip(views, states):
+                view.set_render_blocked(was_blocked)
+
     # ------------------------------------------------------------------ volumes
+    @_batched
     def set_image(self, role: str, image: sitk.Image | None) -> Any:
         """Put ``image`` in the node of ``role`` (created on first use, updated in place after).
 
@@ -86,6 +122,7 @@ class FusionViewer:
         """The volume node of ``role`` or None."""
         return self.nodes.get(role)
 
+    @_batched
     def clear(self, roles: tuple[str, ...] = ROLES) -> None:
         """Remove the volumes of ``roles`` (and their volume renderings) from the scene."""
         for role in roles:
@@ -99,6 +136,7 @@ class FusionViewer:
                 return role
         return None
 
+    @_batched
     def show(self, foreground: str | None = None, *, opacity: float | None = None,
              colormap: str | None = None, reset_views: bool = False) -> None:
         """Fixed image as background, ``foreground`` (a role) coloured over it in every slice view.
@@ -132,6 +170,7 @@ class FusionViewer:
             self.reset_views()
         self.render()
 
+    @_batched
     def set_opacity(self, opacity: float) -> None:
         """Foreground opacity (0..1) in every slice view, without recomputing the display windows."""
         self.opacity = min(max(float(opacity), 0.0), 1.0)
@@ -139,6 +178,7 @@ class FusionViewer:
             view.set_foreground_opacity(self.opacity)
         self.render()
 
+    @_batched
     def set_colormap(self, colormap: str) -> None:
         """Colour table of the foreground layer (one of ``mrml.FUNCTIONAL_COLORMAPS``)."""
         self.colormap = colormap
@@ -180,7 +220,7 @@ class FusionViewer:
 
         Slicer's presets are tuned to CT (Hounsfield units) or MR values; the fused image is on
         a 0..255 scale and PET in SUV-like units, so the preset's transfer functions are
-        stretched onto the image's 1st..99.9th percentiles to keep their shape visible.
+        stretched onto the image's Otsu threshold..99.9th percentile to keep their shape.
 
         Args:
             role: the volume to render (the grey fused image by default).
@@ -200,6 +240,17 @@ class FusionViewer:
             raise InputError(f"Unknown volume-rendering preset '{preset}'.",
                              f"Use one of {', '.join(self.vr_presets())}.")
         self.vr_preset = preset
+        with self.batch():
+            display = self._setup_volume_rendering(role, node, preset)
+        # The camera is fitted to what the renderers hold, and the volume-rendering
+        # displayable manager adds the volume at the next render: render, then fit.
+        for view in self.app.view_manager.get_threed_views():
+            view.render()
+            view.reset_view()
+        self.render()
+        return display
+
+    def _setup_volume_rendering(self, role: str, node: Any, preset: str) -> Any:
         vr = self.app.volume_rendering
         for other in ROLES:  # one rendered volume at a time keeps the 3D view readable
             other_node = self.nodes.get(other)
@@ -218,9 +269,6 @@ class FusionViewer:
         view_ids = [v.get_view_node_id() for v in self.app.view_manager.get_threed_views()]
         display.SetViewNodeIDs(view_ids)
         display.SetVisibility(True)
-        for view in self.app.view_manager.get_threed_views():
-            view.reset_view()
-        self.render()
         return display
 
     # ------------------------------------------------------------------ views
