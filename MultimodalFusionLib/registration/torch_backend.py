@@ -22,7 +22,8 @@ Metrics: mutual information (multimodal; Mattes' B-spline Parzen windows by defa
 ``GlobalMutualInformationLoss`` with ``mi_window="gaussian"``; the linear stages sample a fixed
 set of voxels, like SimpleITK's random sampling), local normalised
 cross-correlation (MONAI, one modality) and MIND-SSC descriptors (multimodal, the default of
-the deformable stage). Regularisation: diffusion or bending energy (MONAI) of the velocity.
+the deformable stage). Regularisation: diffusion or bending energy of the velocity (MONAI's
+definitions, re-written with tuple indexing, which torch requires).
 
 torch and MONAI are imported inside the functions (``import MultimodalFusionLib`` stays fast).
 """
@@ -117,8 +118,8 @@ class TorchRegistrationParameters:
     deformable_iterations: list[int] = dataclasses.field(default_factory=lambda: [100, 50])
     deformable_learning_rate: float = 0.2
     regularisation: str = "diffusion"
-    regularisation_weight: float = 1.0
-    velocity_sigma: float = 1.0
+    regularisation_weight: float = 0.3
+    velocity_sigma: float = 2.0
     velocity_grid_factor: int = 2
     integration_steps: int = 7
     lncc_kernel: int = 7
@@ -670,9 +671,8 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
     """Optimise a stationary velocity field (fixed grid); returns (smoothed velocity in normalised units, result)."""
     import torch
     import torch.nn.functional as F
-    from monai.losses import BendingEnergyLoss, DiffusionLoss
 
-    from .torch_losses import gaussian_blur
+    from .torch_losses import bending_regularisation, diffusion_regularisation, gaussian_blur
 
     p = ctx.params
     dim = ctx.dim
@@ -680,7 +680,7 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
     start = time.perf_counter()
     metric = p.deformable_metric
     total = ctx.total_matrix(torch.as_tensor(affine, dtype=torch.float64, device=dev)).float()
-    regulariser = DiffusionLoss() if p.regularisation == "diffusion" else BendingEnergyLoss()
+    regulariser = diffusion_regularisation if p.regularisation == "diffusion" else bending_regularisation
     history: list[tuple[int, int, float]] = []
     velocity_norm = None  # smoothed velocity of the previous level, normalised units
     total_iters = sum(int(i) for i in p.deformable_iterations)

@@ -25,6 +25,8 @@ __all__ = [
     "lncc_loss",
     "mutual_information_loss",
     "mattes_mutual_information_loss",
+    "diffusion_regularisation",
+    "bending_regularisation",
 ]
 
 
@@ -203,3 +205,39 @@ def mattes_mutual_information_loss(fixed_values: Any, warped_values: Any, num_bi
     eps = 1e-10
     mi = (joint * (torch.log(joint + eps) - torch.log(p_fixed @ p_moving + eps))).sum()
     return -mi
+
+
+def _central_difference(x: Any, axis: int) -> Any:
+    """(x[i+1] - x[i-1]) / 2 along spatial ``axis`` (0-based), on the interior of every spatial axis.
+
+    The same as MONAI's ``spatial_gradient`` (used by its DiffusionLoss/BendingEnergyLoss),
+    written with tuple indexing: MONAI 1.6 indexes with a list, which torch deprecates.
+    """
+    dim = x.ndim - 2
+    start = [slice(None), slice(None)] + [slice(1, -1)] * dim
+    end = list(start)
+    start[2 + axis] = slice(2, None)
+    end[2 + axis] = slice(None, -2)
+    return (x[tuple(start)] - x[tuple(end)]) / 2.0
+
+
+def diffusion_regularisation(field: Any) -> Any:
+    """Mean squared first derivatives of a (B, d, *spatial) field (MONAI ``DiffusionLoss``, voxel units)."""
+    dim = field.ndim - 2
+    total = 0.0
+    for axis in range(dim):
+        total = total + _central_difference(field, axis) ** 2
+    return total.mean()
+
+
+def bending_regularisation(field: Any) -> Any:
+    """Mean bending energy of a (B, d, *spatial) field: squared second derivatives (central differences
+    of central differences, mixed terms twice), voxel units."""
+    dim = field.ndim - 2
+    first = [_central_difference(field, axis) for axis in range(dim)]
+    total = 0.0
+    for i in range(dim):
+        total = total + _central_difference(first[i], i) ** 2
+        for j in range(i + 1, dim):
+            total = total + 2.0 * _central_difference(first[i], j) ** 2
+    return total.mean()
