@@ -100,6 +100,113 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- register / resample / demo
+def _add_register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("register", help="register MOVING to FIXED (rigid, affine, B-spline; mutual information)",
+                       description="Find the transform mapping FIXED points into MOVING and write DIR/transform.tfm "
+                                   "(.h5 when deformable), DIR/moving_resampled.nii.gz, DIR/metrics.json and "
+                                   "DIR/checkerboard.png.")
+    p.add_argument("fixed", help="fixed (reference) image file or DICOM folder")
+    p.add_argument("moving", help="moving image file or DICOM folder")
+    p.add_argument("--output-dir", "-o", required=True, help="output folder")
+    p.add_argument("--preset", help="parameter preset (see --list-presets), e.g. ct-mr-head")
+    p.add_argument("--stages", help="comma-separated stages, e.g. rigid,affine,bspline (default: the preset's, "
+                                    "else rigid)")
+    p.add_argument("--fixed-mask", help="mask image on the fixed grid (metric region)")
+    p.add_argument("--moving-mask", help="mask image on the moving grid")
+    p.add_argument("--initial-transform", help="transform file to start from (replaces the initializer)")
+    p.add_argument("--seed", type=int, help="sampling seed: same seed, same transform (bit-identical)")
+    p.add_argument("--backend", choices=["sitk", "torch"], default="sitk", help="registration backend")
+    p.add_argument("--series", help="DICOM series UID or description, when a folder holds several")
+    p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
+    p.set_defaults(func=_run_register)
+
+
+def _run_register(args: argparse.Namespace) -> int:
+    from .io import read_image
+    from .registration import register
+    from .registration.outputs import save_registration_outputs
+
+    fixed = read_image(args.fixed, series=args.series, float32=True)
+    moving = read_image(args.moving, series=args.series, float32=True)
+    fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
+    moving_mask = read_image(args.moving_mask) if args.moving_mask else None
+    stages = [s for s in args.stages.split(",") if s.strip()] if args.stages else None
+    bar = ProgressBar(desc="register")
+    try:
+        result = register(fixed, moving, preset=args.preset, stages=stages, fixed_mask=fixed_mask,
+                          moving_mask=moving_mask, initial_transform=args.initial_transform, seed=args.seed,
+                          progress=bar, backend=args.backend)
+    finally:
+        bar.close()
+    metrics = save_registration_outputs(
+        result, fixed, moving, args.output_dir,
+        extra={"inputs": {"fixed": args.fixed, "moving": args.moving}})
+    if args.json:
+        _print_json(metrics)
+        return 0
+    for s in result.stages:
+        print(f"{s.name:>8}: metric {s.metric_before:.4f} -> {s.metric_after:.4f}, {s.iterations} iterations, "
+              f"{s.seconds:.1f} s{'' if s.accepted else ' (discarded: made the metric worse)'}")
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    out = metrics["outputs"]
+    print(f"wrote {os.path.join(args.output_dir, out['transform'])}, {out['moving_resampled']}, "
+          f"{out['checkerboard']}, metrics.json")
+    return 0
+
+
+def _add_resample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("resample", help="resample MOVING onto the grid of --reference with a transform")
+    p.add_argument("moving", help="image (or label/mask) to resample")
+    p.add_argument("--reference", required=True, help="image whose grid the output takes")
+    p.add_argument("--transform", help="transform file (fixed -> moving points, as `register` writes); "
+                                       "identity when omitted")
+    p.add_argument("--output", "-o", required=True, help="output image file")
+    p.add_argument("--interpolation", choices=["linear", "bspline", "nearest"], default="linear",
+                   help="nearest for labels and masks")
+    p.add_argument("--default-value", type=float, default=0.0, help="value outside the moving image")
+    p.add_argument("--series", help="DICOM series UID or description, when a folder holds several")
+    p.set_defaults(func=_run_resample)
+
+
+def _run_resample(args: argparse.Namespace) -> int:
+    from .io import read_image, read_transform, write_image
+    from .preprocess import resample
+
+    moving = read_image(args.moving, series=args.series)
+    reference = read_image(args.reference, series=args.series)
+    transform = read_transform(args.transform) if args.transform else None
+    out = resample(moving, reference, transform, interpolation=args.interpolation,
+                   default_value=args.default_value)
+    print(f"wrote {write_image(out, args.output)}")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the demo on bundled data (known misalignments) and print the errors")
+    p.add_argument("--output-dir", "-o", default="demo-output", help="output folder (default: demo-output)")
+    p.add_argument("--spacing", type=float, default=1.0, help="voxel size (mm) of the 3D case (default 1)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import format_summary, run_demo
+
+    bar = ProgressBar(desc="demo")
+    try:
+        results = run_demo(args.output_dir, progress=bar, spacing_mm=args.spacing)
+    finally:
+        bar.close()
+    if args.json:
+        _print_json(results)
+    else:
+        print(format_summary(results))
+        print(f"outputs in {args.output_dir}/")
+    return 0
+
+
 # ----------------------------------------------------------------------------- fuse / evaluate / run
 _FUSION_PARAM_FLAGS = ("weight", "wavelet", "levels", "sigma", "colormap", "opacity", "threshold", "window",
                        "adapt_steps", "weights", "device")
@@ -277,6 +384,7 @@ def _run_run(args: argparse.Namespace) -> int:
 _BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
 ]
+_BUILDERS += [_add_register, _add_resample, _add_demo]
 _BUILDERS += [_add_fuse, _add_evaluate, _add_run]
 
 

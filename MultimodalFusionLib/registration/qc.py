@@ -53,7 +53,10 @@ def checkerboard(fixed: sitk.Image, moving_on_fixed_grid: sitk.Image, squares: i
 
 
 def middle_slice(image: sitk.Image) -> np.ndarray:
-    """The middle axial slice (z index) of a 3D image, or the 2D image, as a numpy array (rows, cols)."""
+    """The middle axial slice of a 3D image (reoriented to LPS first), or the 2D image, as an array (rows, cols)."""
+    if image.GetDimension() == 3:
+        # radiological display: anterior at the top, the patient's left on the right
+        image = sitk.DICOMOrient(image, "LPS")
     arr = sitk.GetArrayFromImage(image)
     return arr[arr.shape[0] // 2] if image.GetDimension() == 3 else arr
 

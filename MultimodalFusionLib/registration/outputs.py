@@ -1,0 +1,79 @@
+"""Writing the outputs of a registration: transform, resampled moving image, metrics, checkerboard."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import SimpleITK as sitk
+
+from ..io import atomic_path, write_image, write_transform
+from ..preprocess import resample
+from .qc import write_checkerboard_png
+from .result import RegistrationResult
+
+__all__ = ["save_registration_outputs", "write_json"]
+
+
+def write_json(data: dict[str, Any], path: str | os.PathLike) -> str:
+    """Write ``data`` as indented JSON, atomically."""
+    tmp, final = atomic_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=_default)
+            fh.write("\n")
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return final
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return str(obj)
+
+
+def save_registration_outputs(result: RegistrationResult, fixed: sitk.Image, moving: sitk.Image,
+                              output_dir: str | os.PathLike, *, image_name: str = "moving_resampled.nii.gz",
+                              extra: dict[str, Any] | None = None,
+                              initial_transform: sitk.Transform | None = None) -> dict[str, Any]:
+    """Write a registration's outputs into ``output_dir`` and return metrics.json's content.
+
+    Files: ``transform.tfm`` (``transform.h5`` when deformable), ``moving_resampled.nii.gz``
+    (the moving image on the fixed grid), ``checkerboard.png`` (before | after, middle axial
+    slice for 3D) and ``metrics.json`` (metric before/after, per-stage iterations, stop reasons,
+    timings, warnings, output paths and ``extra``).
+
+    Args:
+        result: the registration result.
+        fixed: fixed image (grid of the outputs).
+        moving: moving image as given to the registration.
+        output_dir: folder (created if needed).
+        image_name: file name of the resampled moving image.
+        extra: more JSON-able entries for metrics.json (e.g. errors against a known answer).
+        initial_transform: the "before" of the checkerboard (identity when None).
+
+    Returns:
+        The metrics.json content.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    tx_name = "transform.h5" if result.is_deformable else "transform.tfm"
+    tx_path = write_transform(result.transform, os.path.join(output_dir, tx_name))
+    after = resample(moving, fixed, result.transform)
+    img_path = write_image(after, os.path.join(output_dir, image_name))
+    before = resample(moving, fixed, initial_transform)
+    cb_path = write_checkerboard_png(fixed, before, after, os.path.join(output_dir, "checkerboard.png"))
+    metrics = result.to_dict()
+    metrics["outputs"] = {"transform": os.path.basename(tx_path), "moving_resampled": os.path.basename(img_path),
+                          "checkerboard": os.path.basename(cb_path), "metrics": "metrics.json"}
+    if extra:
+        metrics.update(extra)
+    write_json(metrics, os.path.join(output_dir, "metrics.json"))
+    return metrics

@@ -1,0 +1,139 @@
+"""The `mmfusion register`, `resample`, `info` and `demo` commands, in-process and as a subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import SimpleITK as sitk
+
+from MultimodalFusionLib import cli, data
+from MultimodalFusionLib.io import read_image, read_transform
+
+DATA = data.testing_data_dir()
+FIXED = str(DATA / "BrainT1SliceBorder20.png")
+MOVING = str(DATA / "BrainProtonDensitySliceR10X13Y17.png")
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(list(argv))
+    return rc, out.getvalue(), err.getvalue()
+
+
+class RegisterCommand(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.dir = self.tmp.name
+
+    def test_register_json_and_outputs(self):
+        out_dir = os.path.join(self.dir, "reg")
+        rc, out, err = run_cli("register", FIXED, MOVING, "--output-dir", out_dir, "--seed", "1", "--json")
+        self.assertEqual(rc, 0, err)
+        metrics = json.loads(out)
+        for name in ("transform.tfm", "moving_resampled.nii.gz", "metrics.json", "checkerboard.png"):
+            self.assertTrue(os.path.isfile(os.path.join(out_dir, name)), name)
+        with open(os.path.join(out_dir, "metrics.json")) as fh:
+            self.assertEqual(json.load(fh), metrics)
+        self.assertLess(metrics["metric_after"], metrics["metric_before"])
+        self.assertEqual(metrics["stages"][0]["name"], "rigid")
+        self.assertIn("stop_reason", metrics["stages"][0])
+        resampled = read_image(os.path.join(out_dir, "moving_resampled.nii.gz"))
+        self.assertEqual(resampled.GetSize(), read_image(FIXED).GetSize())
+        png = sitk.ReadImage(os.path.join(out_dir, "checkerboard.png"))
+        self.assertGreater(png.GetSize()[0], 2 * read_image(FIXED).GetSize()[0])
+
+        # resample with the written transform gives the same image as register wrote
+        res_path = os.path.join(self.dir, "resampled.nrrd")
+        rc, out, err = run_cli("resample", MOVING, "--reference", FIXED, "--transform",
+                               os.path.join(out_dir, "transform.tfm"), "-o", res_path)
+        self.assertEqual(rc, 0, err)
+        a = sitk.GetArrayFromImage(read_image(res_path))
+        b = sitk.GetArrayFromImage(resampled)
+        self.assertLess(abs(a - b).max(), 1e-3)
+
+        rc, out, err = run_cli("info", res_path, "--json")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out)[res_path]["size"], list(read_image(FIXED).GetSize()))
+
+    def test_deformable_writes_h5(self):
+        out_dir = os.path.join(self.dir, "def")
+        rc, out, err = run_cli("register", FIXED, MOVING, "-o", out_dir, "--stages", "rigid,bspline", "--seed", "2")
+        self.assertEqual(rc, 0, err)
+        self.assertTrue(os.path.isfile(os.path.join(out_dir, "transform.h5")))
+        tx = read_transform(os.path.join(out_dir, "transform.h5"))
+        self.assertIsInstance(tx, sitk.Transform)
+        self.assertIn("bspline", out)
+
+    def test_preset_and_initial_transform(self):
+        first = os.path.join(self.dir, "first")
+        self.assertEqual(run_cli("register", FIXED, MOVING, "-o", first, "--preset", "ct-mr-head")[0], 0)
+        second = os.path.join(self.dir, "second")
+        rc, out, err = run_cli("register", FIXED, MOVING, "-o", second, "--initial-transform",
+                               os.path.join(first, "transform.tfm"), "--json")
+        self.assertEqual(rc, 0, err)
+        self.assertTrue(json.loads(out)["metric_after"] <= json.loads(out)["metric_before"])
+
+    def test_errors_are_one_line_without_traceback(self):
+        cases = [
+            ("register", os.path.join(self.dir, "missing.nii.gz"), MOVING, "-o", self.dir),
+            ("register", FIXED, MOVING, "-o", self.dir, "--preset", "no-such"),
+            ("register", FIXED, MOVING, "-o", self.dir, "--stages", "rigid,warp"),
+            ("resample", MOVING, "--reference", FIXED, "--transform", os.path.join(self.dir, "no.tfm"),
+             "-o", os.path.join(self.dir, "x.nii.gz")),
+        ]
+        for argv in cases:
+            rc, out, err = run_cli(*argv)
+            self.assertEqual(rc, 2, argv)
+            self.assertNotIn("Traceback", err)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+            self.assertTrue(err.startswith(f"mmfusion {argv[0]}: error:"), err)
+
+    def test_dimension_mismatch_message(self):
+        vol = sitk.Image([16, 16, 16], sitk.sitkFloat32)
+        vol[3, 3, 3] = 1.0
+        path = os.path.join(self.dir, "vol.nii.gz")
+        sitk.WriteImage(vol, path)
+        rc, out, err = run_cli("register", FIXED, path, "-o", self.dir)
+        self.assertEqual(rc, 2)
+        self.assertIn("2D but the moving image is 3D", err)
+
+
+class DemoAndSubprocess(unittest.TestCase):
+    def test_demo_command(self):
+        with tempfile.TemporaryDirectory() as d:
+            rc, out, err = run_cli("demo", "--output-dir", d, "--spacing", "3")
+            self.assertEqual(rc, 0, err)
+            self.assertIn("TRE", out)
+            with open(os.path.join(d, "summary.json")) as fh:
+                summary = json.load(fh)
+            self.assertLess(summary["itk_2d"]["angle_error_deg"], 0.5)
+            self.assertLess(summary["itk_2d"]["mean_error_px"], 0.5)
+            self.assertLess(summary["mni_3d"]["tre_mean_mm"], 1.0)
+            for sub in ("itk_2d", "mni_3d"):
+                self.assertTrue(os.path.isfile(os.path.join(d, sub, "checkerboard.png")))
+
+    def test_subprocess_register_and_error(self):
+        with tempfile.TemporaryDirectory() as d:
+            proc = subprocess.run([sys.executable, "-m", "MultimodalFusionLib.cli", "register", FIXED, MOVING,
+                                   "--output-dir", d, "--json"], capture_output=True, text=True, timeout=300)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            self.assertIn("metric_after", json.loads(proc.stdout))
+            proc = subprocess.run([sys.executable, "-m", "MultimodalFusionLib.cli", "register", FIXED,
+                                   os.path.join(d, "missing.png"), "--output-dir", d],
+                                  capture_output=True, text=True, timeout=300)
+            self.assertEqual(proc.returncode, 2)
+            self.assertNotIn("Traceback", proc.stderr)
+            self.assertIn("File not found", proc.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
