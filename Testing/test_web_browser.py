@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,9 @@ import unittest
 import urllib.request
 
 import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib.web.demo import DEMO_ROTATION_DEG
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -81,6 +85,7 @@ class WebAppInBrowserTest(unittest.TestCase):
             [sys.executable, "-m", "MultimodalFusionLib.cli", "web", "--demo", "--port", str(cls.port),
              "--host", "127.0.0.1"],
             stdout=cls.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        cls.addClassCleanup(cls._remove_log)
         cls.addClassCleanup(cls._stop_server)
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
@@ -116,13 +121,18 @@ class WebAppInBrowserTest(unittest.TestCase):
             server.wait(timeout=10)
 
     @classmethod
+    def _remove_log(cls):
+        cls.log.close()
+        os.unlink(cls.log.name)
+
+    @classmethod
     def _log_tail(cls) -> str:
         cls.log.flush()
         with open(cls.log.name, errors="replace") as f:
             return f.read()[-3000:]
 
     def _open_page(self):
-        page = self.browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = self.browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         self.addCleanup(page.close)
         page.set_default_timeout(JOB_TIMEOUT_MS)
         page.goto(self.url, wait_until="domcontentloaded")
@@ -194,6 +204,21 @@ class WebAppInBrowserTest(unittest.TestCase):
             self.assertIn(name, metrics_text)
         self.assertFalse(page.query_selector("#mmf-error"), "no error expected")
 
+        # the transform download is the registration's: it recovers the demo's known motion
+        with page.expect_download(timeout=30_000) as download:
+            page.click("#mmf-download-transform")
+        self.assertEqual(download.value.suggested_filename, "moving_to_fixed.tfm")
+        saved = os.path.join(tempfile.mkdtemp(prefix="mmfusion-web-test-"), "moving_to_fixed.tfm")
+        self.addCleanup(shutil.rmtree, os.path.dirname(saved), True)
+        download.value.save_as(saved)  # ITK picks the reader by the file suffix
+        transform = sitk.ReadTransform(saved)
+        while transform.GetName() == "CompositeTransform":  # the last (only) stage
+            transform = sitk.CompositeTransform(transform).GetBackTransform()
+        rotation = np.array(sitk.Euler3DTransform(transform).GetMatrix()).reshape(3, 3)
+        angle_deg = np.degrees(np.arccos(np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0)))
+        # the demo PET is rotated by DEMO_ROTATION_DEG (6 degrees about z)
+        self.assertAlmostEqual(angle_deg, float(np.linalg.norm(DEMO_ROTATION_DEG)), delta=1.0)
+
         def shown(views):
             return (all(_hot_mask(views[v]).mean() > 0.01 for v in ("axial", "coronal", "sagittal"))
                     and views["3d"][100:-100, 100:-100].std() > 20)
@@ -222,15 +247,30 @@ class WebAppInBrowserTest(unittest.TestCase):
                                  "grey slice views at opacity 0")
         self.assertGreater((views["axial"].max(axis=-1) > 40).mean(), 0.1)
 
-    def test_error_is_shown_in_the_page(self):
+    def test_errors_are_shown_in_the_page(self):
         page = self._open_page()
         page.fill("#mmf-fixed-path", "/nonexistent/fixed.nii.gz")
         page.fill("#mmf-moving-path", "/nonexistent/moving.nii.gz")
         page.click("#mmf-load")
         page.wait_for_selector("#mmf-error", timeout=30_000)
-        text = page.inner_text("#mmf-error")
-        self.assertIn("fixed.nii.gz", text)
+        self.assertIn("fixed.nii.gz", page.inner_text("#mmf-error"))
         self.assertIn("Loading failed", page.inner_text("#mmf-job-message"))
+
+        # upload: a 2D slice is refused with a message in the page (and the demo stays loaded)
+        from MultimodalFusionLib.data import testing_data_dir
+
+        page.click("#mmf-error button")  # close the banner
+        page.wait_for_selector("#mmf-error", state="detached", timeout=10_000)
+        uploads = page.query_selector_all(".v-navigation-drawer input[type=file]")
+        self.assertEqual(len(uploads), 2)
+        uploads[0].set_input_files(str(testing_data_dir() / "BrainT1Slice.png"))
+        page.wait_for_function("() => document.querySelector('#mmf-fixed-path').value.endsWith('BrainT1Slice.png')",
+                               timeout=30_000)
+        self.assertNotEqual(page.input_value("#mmf-fixed-path"), str(testing_data_dir() / "BrainT1Slice.png"),
+                            "the upload should be a copy on the server")
+        page.click("#mmf-load")
+        page.wait_for_selector("#mmf-error", timeout=30_000)
+        self.assertIn("2D image", page.inner_text("#mmf-error"))
 
 
 if __name__ == "__main__":

@@ -272,15 +272,15 @@ class FusionWebApp:
             if not fixed_path or not moving_path:
                 raise InputError("Both a fixed and a moving image are needed.",
                                  "Enter both paths (on the server) or upload both files.")
-            progress(0.0, f"reading {os.path.basename(fixed_path)}")
-            fixed = read_image(os.path.expanduser(fixed_path))
-            progress(0.5, f"reading {os.path.basename(moving_path)}")
-            moving = read_image(os.path.expanduser(moving_path), keep_color=True)
-            for image, name in ((fixed, fixed_path), (moving, moving_path)):
+            images = []
+            for i, (path, keep_color) in enumerate(((fixed_path, False), (moving_path, True))):
+                progress(0.5 * i, f"reading {os.path.basename(path)}")
+                image = read_image(os.path.expanduser(path), keep_color=keep_color)
                 if image.GetDimension() != 3:
-                    raise InputError(f"'{os.path.basename(name)}' is a {image.GetDimension()}D image.",
+                    raise InputError(f"'{os.path.basename(path)}' is a {image.GetDimension()}D image.",
                                      "The web viewer shows 3D volumes; use `mmfusion` for 2D slices.")
-            return fixed, moving, os.path.basename(fixed_path), os.path.basename(moving_path)
+                images.append(image)
+            return images[0], images[1], os.path.basename(fixed_path), os.path.basename(moving_path)
 
         self.worker.start("Loading", job, self._show_loaded)
 
@@ -312,7 +312,7 @@ class FusionWebApp:
         return upload_chunk
 
     def _save_upload(self, role: str, files: list[dict]) -> None:
-        """Write uploaded file(s) to the work folder and put the path in the panel.
+        """Write uploaded file(s) to the work folder and put the path in the panel (then: Load).
 
         A DICOM series arrives as several files: they go to one folder, which ``read_image``
         reads as a series; a single file keeps its name (and so its format suffix).
@@ -323,7 +323,6 @@ class FusionWebApp:
         written = write_client_files_to_dir(files, folder)
         with self.state:
             self.state[f"{role}_path"] = written[0] if len(written) == 1 else str(folder)
-            self.state[f"{role}_name"] = f"uploaded: {', '.join(Path(w).name for w in written[:3])}"
 
     # ------------------------------------------------------------------ registration
     def start_registration(self) -> None:
