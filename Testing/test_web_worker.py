@@ -1,0 +1,149 @@
+"""The web app's background worker: engine work off the event loop, progress, cancel, errors.
+
+Runs on a real trame server state (not started: no browser, no port) and real engine calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import unittest
+
+from MultimodalFusionLib.progress import report
+
+try:
+    from trame.app import get_server
+    _HAVE_TRAME = True
+except ImportError:  # pragma: no cover
+    _HAVE_TRAME = False
+
+
+@unittest.skipUnless(_HAVE_TRAME, "trame is not installed (pip install 'slicer-multimodalfusion[web]')")
+class BackgroundWorkerTest(unittest.TestCase):
+    def setUp(self):
+        from MultimodalFusionLib.web.worker import BackgroundWorker
+
+        self.server = get_server(f"worker-test-{id(self)}", client_type="vue3")
+        self.state = self.server.state
+        self.worker = BackgroundWorker(self.state, flush_interval=0.0)
+        self.addCleanup(self.worker.shutdown)
+
+    def _run(self, coro_factory):
+        return asyncio.run(coro_factory())
+
+    def test_result_reaches_on_success_on_the_loop_thread(self):
+        seen = {}
+
+        def job(progress):
+            seen["job_thread"] = threading.current_thread().name
+            report(progress, 0.5, "half way")
+            return 42
+
+        def on_success(value):
+            seen["value"] = value
+            seen["success_thread"] = threading.current_thread().name
+
+        async def main():
+            self.assertIsNotNone(self.worker.start("Sum", job, on_success))
+            self.assertTrue(self.state.job_busy)
+            await self.worker.wait()
+
+        self._run(main)
+        self.assertEqual(seen["value"], 42)
+        self.assertNotEqual(seen["job_thread"], seen["success_thread"])  # work ran off the loop's thread
+        self.assertEqual(seen["success_thread"], threading.main_thread().name)
+        self.assertFalse(self.state.job_busy)
+        self.assertTrue(self.state.job_message.startswith("Sum done"))
+        self.assertEqual(self.state.error_message, "")
+
+    def test_loop_stays_responsive_while_the_job_runs(self):
+        def job(progress):
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:  # busy Python work, holding the GIL in slices
+                sum(range(10_000))
+            return None
+
+        ticks = []
+
+        async def main():
+            self.worker.start("Busy", job)
+            while self.worker.busy:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        self._run(main)
+        self.assertGreater(len(ticks), 20)  # the loop kept running during the second of work
+        self.assertLess(max(b - a for a, b in zip(ticks, ticks[1:])), 0.5)
+
+    def test_engine_error_is_put_in_the_page_state(self):
+        from MultimodalFusionLib.io import read_image
+
+        async def main():
+            self.worker.start("Loading", lambda progress: read_image("no/such/file.nii.gz"))
+            await self.worker.wait()
+
+        self._run(main)
+        self.assertIn("no/such/file.nii.gz", self.state.error_message)
+        self.assertEqual(self.state.job_message, "Loading failed")
+        self.assertFalse(self.state.job_busy)
+
+    def test_unexpected_error_is_shown_too(self):
+        def job(progress):
+            raise ZeroDivisionError("boom")
+
+        async def main():
+            self.worker.start("Fusion", job)
+            await self.worker.wait()
+
+        with self.assertLogs("MultimodalFusionLib.web.worker", level="ERROR"):
+            self._run(main)
+        self.assertIn("Unexpected error during fusion: boom", self.state.error_message)
+
+    def test_cancel_stops_a_registration(self):
+        import SimpleITK as sitk
+
+        from MultimodalFusionLib.registration import register
+
+        # two blobs 6 px apart: a real registration with work left to cancel
+        fixed = sitk.GaussianSource(sitk.sitkFloat32, [96, 96], [10.0, 14.0], [44.0, 50.0], 100.0)
+        moving = sitk.GaussianSource(sitk.sitkFloat32, [96, 96], [10.0, 14.0], [50.0, 47.0], 100.0)
+        started = threading.Event()
+        results = []
+
+        def job(progress):
+            def relay(fraction, message):
+                started.set()
+                return progress(fraction, message)
+
+            return register(fixed, moving, stages=["rigid", "affine"], progress=relay)
+
+        async def main():
+            self.worker.start("Registration", job, results.append)
+            while not started.is_set():
+                await asyncio.sleep(0.005)
+            self.worker.cancel()
+            self.assertTrue(self.state.job_cancelling)
+            await self.worker.wait()
+
+        self._run(main)
+        self.assertEqual(results, [])
+        self.assertEqual(self.state.job_message, "Registration cancelled")
+        self.assertEqual(self.state.error_message, "")
+
+    def test_second_job_is_refused_while_one_runs(self):
+        release = threading.Event()
+
+        async def main():
+            self.worker.start("First", lambda progress: release.wait(5))
+            self.assertIsNone(self.worker.start("Second", lambda progress: None))
+            self.assertIn("First is still running", self.state.error_message)
+            release.set()
+            await self.worker.wait()
+
+        self._run(main)
+        self.assertTrue(self.state.job_message.startswith("First done"))
+
+
+if __name__ == "__main__":
+    unittest.main()
