@@ -254,6 +254,10 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _abs(v: Any) -> Any:
+    return abs(v) if isinstance(v, (int, float)) else v
+
+
 def _short(v: Any) -> str:
     """A parameter value for display: floats to 4 significant digits."""
     if isinstance(v, float):
@@ -320,7 +324,8 @@ def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> st
                 parts.append(f"<tr><td class=\"name\">{html.escape(name)}</td>"
                              + "".join(f"<td>{_fmt(vals.get(k))}</td>" for k in keys) + "</tr>")
         parts.append("</table><p class=\"note\">MI: mutual information (nats), NMI: normalised MI (1..2), "
-                     "NCC: normalised correlation; higher means better aligned.</p>")
+                     "NCC: normalised correlation (its size counts: contrasts such as T1/T2 correlate negatively); "
+                     "higher means better aligned.</p>")
     for w in reg.get("warnings") or []:
         parts.append(f'<p class="warn">Warning: {html.escape(str(w))}</p>')
     parts.append("</div>")
@@ -391,7 +396,8 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
         else:
             verdict = "alignment did NOT improve: check the images"
         body.append(f'<div class="card"><b>Registration:</b> {verdict} (mutual information {_fmt(b.get("MI"))} '
-                    f'&rarr; {_fmt(a.get("MI"))} nats, correlation {_fmt(b.get("NCC"))} &rarr; {_fmt(a.get("NCC"))}). '
+                    f'&rarr; {_fmt(a.get("MI"))} nats, |correlation| {_fmt(_abs(b.get("NCC")))} &rarr; '
+                    f'{_fmt(_abs(a.get("NCC")))}). '
                     "Details at the end.</div>")
     body.append("<h2>Fused images</h2><p class=\"note\">Columns: each input, the fused image, and the weight "
                 "map (how much of the first input each voxel carries: red = first input, blue = second). "
