@@ -219,6 +219,22 @@ class WebAppInBrowserTest(unittest.TestCase):
         # the demo PET is rotated by DEMO_ROTATION_DEG (6 degrees about z)
         self.assertAlmostEqual(angle_deg, float(np.linalg.norm(DEMO_ROTATION_DEG)), delta=1.0)
 
+        # downloads of the fused volume (3D, on the fixed grid) and of the HTML report
+        folder = os.path.dirname(saved)
+        with page.expect_download(timeout=60_000) as download:
+            page.click("#mmf-download-fused")
+        download.value.save_as(os.path.join(folder, "fused.nii.gz"))
+        fused = sitk.ReadImage(os.path.join(folder, "fused.nii.gz"))
+        self.assertEqual(fused.GetDimension(), 3)
+        self.assertGreater(sitk.GetArrayViewFromImage(fused).std(), 1.0)
+        with page.expect_download(timeout=60_000) as download:
+            page.click("#mmf-download-report")
+        download.value.save_as(os.path.join(folder, "report.html"))
+        with open(os.path.join(folder, "report.html"), encoding="utf-8") as f:
+            html = f.read()
+        self.assertTrue(html.lstrip().lower().startswith("<!doctype html"))
+        self.assertIn("Qabf", html)
+
         def shown(views):
             return (all(_hot_mask(views[v]).mean() > 0.01 for v in ("axial", "coronal", "sagittal"))
                     and views["3d"][100:-100, 100:-100].std() > 20)

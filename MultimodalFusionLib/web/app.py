@@ -108,6 +108,7 @@ class FusionWebApp:
         self._start_fixed, self._start_moving, self._start_demo = fixed, moving, demo
         self._demo_spacing = float(demo_spacing_mm)
         self._uploads: dict[str, list[dict]] = {"fixed": [], "moving": []}
+        self.names = {"fixed": "", "moving": ""}  # what is loaded (the report names it)
 
         vr_presets = self.viewer.vr_presets()
         methods = [m for m in list_methods() if m != "deep" or self._deep_available()]
@@ -287,6 +288,7 @@ class FusionWebApp:
     def _show_loaded(self, loaded: tuple[sitk.Image, sitk.Image, str, str]) -> None:
         fixed, moving, fixed_name, moving_name = loaded
         self.fixed_image, self.moving_image = fixed, moving
+        self.names = {"fixed": fixed_name, "moving": moving_name}
         self.registration = self.registered_image = self.fusion_result = None
         self.registration_metrics, self.fusion_metrics = {}, {}
         self.viewer.clear()
@@ -479,20 +481,28 @@ class FusionWebApp:
                                  registration=self.registration,
                                  registration_metrics=self.registration_metrics or None,
                                  title="MultimodalFusion web report",
-                                 notes=[f"fixed: {self.state.fixed_name}", f"moving: {self.state.moving_name}"])
+                                 notes=[f"fixed: {self.names['fixed']}", f"moving: {self.names['moving']}"])
             return Path(paths["html"])
         raise InputError(f"Unknown download '{what}'.", "Use transform, fused or report.")
 
-    def download(self, what: str) -> Any:
-        """Trigger behind the download buttons: the file as a trame attachment (None on error)."""
+    async def download(self, what: str) -> Any:
+        """Trigger behind the download buttons: the file as a trame attachment (None on error).
+
+        Writing the report (montages, chart) takes a moment, so files are written on a
+        thread and the page stays live meanwhile.
+        """
+        import asyncio
+
         try:
-            path = self.result_file(what)
+            path = await asyncio.get_running_loop().run_in_executor(None, self.result_file, what)
         except InputError as exc:
-            self.state.error_message = str(exc)
+            with self.state:
+                self.state.error_message = str(exc)
             return None
         except Exception as exc:  # shown in the page, not only in the log
             logger.exception("download of %s failed", what)
-            self.state.error_message = f"Could not write the {what}: {exc}"
+            with self.state:
+                self.state.error_message = f"Could not write the {what}: {exc}"
             return None
         return self.server.protocol.addAttachment(path.read_bytes())
 
