@@ -128,6 +128,7 @@ class FusionWebApp:
             "vr_preset": DEFAULT_VR_PRESET if DEFAULT_VR_PRESET in vr_presets else (vr_presets or [""])[0],
             "registration_rows": [], "metrics_rows": [], "registration_summary": "",
         })
+        self.state.change("preset")(self._on_preset)
         self.state.change("fg_opacity")(self._on_opacity)
         self.state.change("colormap")(self._on_colormap)
         self.state.change("fg_layer")(self._on_fg_layer)
@@ -424,6 +425,19 @@ class FusionWebApp:
         rows.append({"name": "Fusion time", "value": f"{result.seconds:.1f} s"})
         with self.state:
             self.state.update({"has_fused": True, "metrics_rows": rows})
+
+    def _on_preset(self, preset: str, **_: Any) -> None:
+        """A preset brings its own stages: show them, so Register runs what the panel says."""
+        if not preset:
+            return
+        from ..registration import load_preset
+
+        try:
+            stages = [stage.name for stage in load_preset(preset).stages]
+        except InputError as exc:
+            self.state.error_message = str(exc)
+            return
+        self.state.stages = [s for s in stages if s in STAGE_CHOICES] or list(self.state.stages)
 
     # ------------------------------------------------------------------ display
     def _on_opacity(self, fg_opacity: float, **_: Any) -> None:
