@@ -244,9 +244,12 @@ class FusionViewer:
             display = self._setup_volume_rendering(role, node, preset)
         # The camera is fitted to what the renderers hold, and the volume-rendering
         # displayable manager adds the volume at the next render: render, then fit.
-        for view in self.app.view_manager.get_threed_views():
+        threed_views = self.app.view_manager.get_threed_views()
+        for view in threed_views:
             view.render()
-            view.reset_view()
+        with self.batch():  # fitting the camera modifies it several times: render once after
+            for view in threed_views:
+                view.reset_view()
         self.render()
         return display
 
