@@ -18,7 +18,6 @@ try:
 except ImportError:  # pragma: no cover - the deep extra is part of the test environment
     torch = None
 
-from MultimodalFusionLib import data
 from MultimodalFusionLib.errors import InputError
 
 
@@ -246,9 +245,11 @@ class DeepFusionTest(unittest.TestCase):
         meta = read_metadata(path)
         self.assertEqual(meta["spatial_dims"], "2")
         self.assertLess(os.path.getsize(path), 5_000_000)
-        a, b = data.itk_brainweb_pair()
-        a = sitk.Cast(sitk.RescaleIntensity(a, 0, 255), sitk.sitkUInt8)
-        b = sitk.Resample(b, a)  # any second image on a's grid
+        a3, b3 = _pairs()[0]
+        mid = a3.shape[0] // 2
+        geo = ((1.0, 1.0), (5.0, -3.0), (1.0, 0.0, 0.0, 1.0))
+        a = sitk.Cast(_image(np.round(a3[mid] * 255), *geo), sitk.sitkUInt8)  # T1-like slice
+        b = sitk.Cast(_image(np.round(b3[mid] * 255), *geo), sitk.sitkUInt8)  # CT-like slice
         res = fuse(a, b, "deep", adapt_steps=0)
         self.assertEqual(_geometry(res.image), _geometry(a))
         m = fusion_metrics(res, a, b)

@@ -81,6 +81,7 @@ def save_weights(model: Any, path: str | os.PathLike, *, training: dict[str, Any
     tmp, final = atomic_path(path)
     try:
         save_file(state, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a weights file is meant to be shared
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
