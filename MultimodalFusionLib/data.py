@@ -54,9 +54,12 @@ def itk_brainweb_pair() -> tuple[sitk.Image, sitk.Image]:
     The moving image is the PD slice rotated by 10 degrees and shifted by (13, 17) pixels
     (``ITK_BRAINWEB_TRUTH``); the pixels are 1 mm.
     """
+    from .io import read_image
+
     d = testing_data_dir()
-    fixed = sitk.Cast(sitk.ReadImage(str(d / "BrainT1SliceBorder20.png")), sitk.sitkFloat32)
-    moving = sitk.Cast(sitk.ReadImage(str(d / "BrainProtonDensitySliceR10X13Y17.png")), sitk.sitkFloat32)
+    # BrainT1SliceBorder20.png is stored as RGB with R=G=B: read_image turns it into grey.
+    fixed = read_image(d / "BrainT1SliceBorder20.png", float32=True)
+    moving = read_image(d / "BrainProtonDensitySliceR10X13Y17.png", float32=True)
     return fixed, moving
 
 
