@@ -158,7 +158,7 @@ class TorchRegistrationTest(unittest.TestCase):
 
         case = accuracy.rigid_case(spacing_mm=3, tissues=self.tissues)
         params = self._params(stages=["affine", "deformable"], linear_iterations=[20, 10, 5],
-                              deformable_shrink_factors=[2], deformable_iterations=[8])
+                              deformable_level_spacing_mm=[6.0], deformable_iterations=[8])
         a = register_torch(case.fixed, case.moving, params, seed=11)
         b = register_torch(case.fixed, case.moving, params, seed=11)
         self.assertEqual(a.transform.GetNthTransform(0).GetParameters(), b.transform.GetNthTransform(0).GetParameters())
@@ -209,8 +209,8 @@ class TorchRegistrationTest(unittest.TestCase):
         self.assertEqual(mapped.stages, ["rigid", "deformable"])
 
 
-# settings of the deformable test: a 3 mm volume, so the finest levels are 6 and 3 mm
-_DEFORMABLE_TEST = {"stages": ["affine", "deformable"], "deformable_shrink_factors": [2, 1],
+# settings of the deformable test: a 3 mm volume, levels at 6 and 3 mm
+_DEFORMABLE_TEST = {"stages": ["affine", "deformable"], "deformable_level_spacing_mm": [6.0, 3.0],
                     "deformable_iterations": [100, 50]}
 
 

@@ -85,7 +85,10 @@ class TorchRegistrationParameters:
         mi_window: "bspline" (Mattes' windows as ITK's Mattes MI: O(N) work, the default) or
             "gaussian" (MONAI's ``GlobalMutualInformationLoss``: O(N x bins), slower on the CPU).
         deformable_metric: "mind" (multimodal, default), "mi" or "lncc" (one modality).
-        deformable_shrink_factors: deformable stage's pyramid, coarse to fine.
+        deformable_level_spacing_mm: voxel size of the deformable stage's levels, coarse to fine
+            (a level is never finer than the fixed image; levels that coincide are merged). In mm
+            rather than shrink factors because MIND and the velocity smoothness are physical
+            scales: a 3 mm image shrunk by 4 (12 mm voxels) has no usable descriptors.
         deformable_iterations: Adam iterations per deformable level.
         deformable_learning_rate: Adam step of the velocity field, in voxels of the level.
         regularisation: "diffusion" (first derivatives) or "bending" (second derivatives).
@@ -121,7 +124,7 @@ class TorchRegistrationParameters:
     histogram_bins: int = 32
     mi_window: str = "bspline"
     deformable_metric: str = "mind"
-    deformable_shrink_factors: list[int] = dataclasses.field(default_factory=lambda: [4, 2])
+    deformable_level_spacing_mm: list[float] = dataclasses.field(default_factory=lambda: [4.0, 2.0])
     deformable_iterations: list[int] = dataclasses.field(default_factory=lambda: [100, 50])
     deformable_learning_rate: float = 0.2
     regularisation: str = "diffusion"
@@ -158,15 +161,16 @@ class TorchRegistrationParameters:
             raise bad("mi_window", self.mi_window, "bspline / gaussian")
         if self.regularisation not in ("diffusion", "bending"):
             raise bad("regularisation", self.regularisation, "diffusion / bending")
-        for prefix in ("linear", "deformable"):
-            shrink = list(getattr(self, f"{prefix}_shrink_factors"))
-            iters = list(getattr(self, f"{prefix}_iterations"))
-            if not shrink or len(shrink) != len(iters):
-                raise bad(f"{prefix}_shrink_factors/{prefix}_iterations", (shrink, iters),
+        for levels_name, iters_name in (("linear_shrink_factors", "linear_iterations"),
+                                        ("deformable_level_spacing_mm", "deformable_iterations")):
+            levels = list(getattr(self, levels_name))
+            iters = list(getattr(self, iters_name))
+            if not levels or len(levels) != len(iters):
+                raise bad(f"{levels_name}/{iters_name}", (levels, iters),
                           "two lists of the same, non-zero length (one entry per pyramid level)")
-            if any(int(f) < 1 for f in shrink) or any(int(i) < 0 for i in iters):
-                raise bad(f"{prefix}_shrink_factors/{prefix}_iterations", (shrink, iters),
-                          "shrink factors >= 1 and iteration counts >= 0")
+            if any(float(f) <= 0 for f in levels) or any(int(i) < 0 for i in iters):
+                raise bad(f"{levels_name}/{iters_name}", (levels, iters),
+                          "positive level sizes and iteration counts >= 0")
         if int(self.histogram_bins) < 4:
             raise bad("histogram_bins", self.histogram_bins, "at least 4 (typically 32)")
         if not 0 <= int(self.integration_steps) <= 16:
@@ -485,10 +489,10 @@ class _Context:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def level_images(self, shrink: int) -> tuple[Any, Any, Any, Any]:
+    def level_images(self, shrink: float) -> tuple[Any, Any, Any, Any]:
         """Fixed image/mask and moving image/mask of a pyramid level (``shrink`` x the finest fixed voxel)."""
-        spacing = self.base_spacing * shrink
-        sigma = 0.5 * spacing if shrink > 1 else 0.0
+        spacing = self.base_spacing * max(float(shrink), 1.0)
+        sigma = 0.5 * spacing if shrink > 1.0 + 1e-6 else 0.0
         fixed, fixed_mask = self.fixed.level(sigma, spacing)
         moving, moving_mask = self.moving.level(sigma, spacing)
         return fixed, fixed_mask, moving, moving_mask
@@ -772,13 +776,19 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
     total_iters = sum(int(i) for i in p.deformable_iterations)
     done = 0
     before = after = float("nan")
-    levels = list(zip(p.deformable_shrink_factors, p.deformable_iterations))
+    levels: list[tuple[float, int]] = []
+    for spacing_mm, iters in zip(p.deformable_level_spacing_mm, p.deformable_iterations):
+        shrink = max(float(spacing_mm) / ctx.base_spacing, 1.0)
+        if levels and abs(levels[-1][0] - shrink) < 1e-6:
+            levels[-1] = (shrink, levels[-1][1] + int(iters))  # coincident levels: merge
+        else:
+            levels.append((shrink, int(iters)))
     mode = "trilinear" if dim == 3 else "bilinear"
     sigmas = [p.velocity_sigma] * dim
     for level, (shrink, iters) in enumerate(levels):
-        fixed_img, fixed_mask, moving_img, _moving_mask = ctx.level_images(int(shrink))
+        fixed_img, fixed_mask, moving_img, _moving_mask = ctx.level_images(shrink)
         if fixed_mask is None and p.deformable_foreground_mask:
-            fixed_mask = _foreground(fixed_img, ctx.base_spacing * int(shrink))
+            fixed_mask = _foreground(fixed_img, ctx.base_spacing * shrink)
         image_shape = list(fixed_img.shape[2:])
         image_grid = _identity_grid(image_shape, dev)
         factor = max(int(p.velocity_grid_factor), 1)
