@@ -11,8 +11,9 @@ Or give your own pair with a known answer:
 where T maps fixed-image points to moving-image points (ITK convention).
 
 Every method runs in its own subprocess (this script re-invoked with ``--worker NAME``), so
-"peak MB" is that process's maximum resident memory (ru_maxrss; imports, data and
-registration) and one tool's imports never affect another's timing. "reg s" times the
+"peak MB" is that process's maximum resident memory (imports, data and registration; VmHWM
+of the worker's own address space) and one tool's imports never affect
+another's timing. "reg s" times the
 registration call alone. TRE is the mean distance between the recovered and the true mapping
 over the mask voxels (the brain). ``--repeats N`` runs N separate processes per method and
 reports medians.
@@ -43,8 +44,9 @@ import SimpleITK as sitk
 # Runs from a source checkout without installing the package.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-RegisterFn = Callable[[str, str, str], tuple[sitk.Transform, float]]
-"""(fixed path, moving path, scratch folder) -> (recovered fixed->moving transform, registration seconds)."""
+RegisterFn = Callable[[str, str, str], tuple]
+"""(fixed path, moving path, scratch folder) -> (recovered fixed->moving transform, registration wall
+seconds[, registration CPU seconds of the process, all threads])."""
 
 
 @dataclasses.dataclass
@@ -64,10 +66,10 @@ def _ours(stages: list[str]) -> RegisterFn:
 
         fixed = read_image(fixed_path, float32=True)
         moving = read_image(moving_path, float32=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         # no seed: all ITK threads (a seed gives bit-identical results on one thread)
         result = register(fixed, moving, preset="t1-t2-brain", stages=stages)
-        return result.transform, time.perf_counter() - t0
+        return result.transform, time.perf_counter() - t0, time.process_time() - c0
     return run
 
 
@@ -82,17 +84,17 @@ def _elastix(maps: list[str]) -> RegisterFn:
         params = itk.ParameterObject.New()
         for m in maps:
             params.AddParameterMap(params.GetDefaultParameterMap(m))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _, tx_params = itk.elastix_registration_method(fixed, moving, parameter_object=params,
                                                        log_to_console=False, output_directory=scratch)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         # elastix' transform as a displacement field on the fixed grid (fixed -> moving points)
         field = itk.transformix_deformation_field(moving, tx_params)
         arr = np.asarray(itk.array_from_image(field), dtype=np.float64)
         ref = sitk.ReadImage(fixed_path)
         disp = sitk.GetImageFromArray(arr, isVector=True)
         disp.CopyInformation(ref)
-        return sitk.DisplacementFieldTransform(disp), seconds
+        return sitk.DisplacementFieldTransform(disp), seconds, cpu
     return run
 
 
@@ -103,9 +105,9 @@ def _ants(kind: str) -> RegisterFn:
 
         fixed = ants.image_read(fixed_path)
         moving = ants.image_read(moving_path)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = ants.registration(fixed, moving, type_of_transform=kind, outprefix=os.path.join(scratch, "ants_"))
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         transforms = []
         for path in out["fwdtransforms"]:
             if path.endswith((".nii.gz", ".nii")):
@@ -113,8 +115,10 @@ def _ants(kind: str) -> RegisterFn:
                 transforms.append(sitk.DisplacementFieldTransform(field))
             else:
                 transforms.append(sitk.ReadTransform(path))
-        # antsApplyTransforms builds an ITK composite in list order: the same composite here
-        return (transforms[0] if len(transforms) == 1 else sitk.CompositeTransform(transforms)), seconds
+        # ANTs lists [warp, affine] and maps a fixed point through the warp first, then the affine;
+        # sitk.CompositeTransform applies its last entry first, hence the reversed list (checked
+        # against the field ants.apply_transforms(..., compose=...) writes: identical TRE)
+        return (transforms[0] if len(transforms) == 1 else sitk.CompositeTransform(transforms[::-1])), seconds, cpu
     return run
 
 
@@ -180,19 +184,38 @@ def prepare_case(args: argparse.Namespace, folder: str) -> dict[str, str]:
     return paths
 
 
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process's own address space (VmHWM).
+
+    ru_maxrss is not used: Linux carries the parent's peak across fork/exec into it, so every
+    worker would report at least the launcher's memory.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def worker(name: str, case: dict[str, str]) -> dict[str, float]:
     """Run one method in this process and return its numbers."""
     from MultimodalFusionLib.registration.accuracy import transform_error
 
     method = METHODS[name]
     with tempfile.TemporaryDirectory() as scratch:
-        recovered, seconds = method.run(case["fixed"], case["moving"], scratch)
+        out = method.run(case["fixed"], case["moving"], scratch)
+    recovered, seconds = out[0], out[1]
+    cpu = out[2] if len(out) > 2 else float("nan")
     fixed = sitk.ReadImage(case["fixed"])
     mask = sitk.ReadImage(case["mask"])
     truth = sitk.ReadTransform(case["truth"])
     tre = transform_error(recovered, truth, fixed, mask)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return {"seconds": seconds, "peak_mb": peak_mb, "tre_mean": tre["mean"], "tre_max": tre["max"]}
+    peak_mb = _peak_rss_mb()
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak_mb, "tre_mean": tre["mean"],
+            "tre_max": tre["max"]}
 
 
 def run_in_subprocess(name: str, case_json: str, timeout: float) -> dict[str, float] | str:
@@ -257,15 +280,16 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"name": name, "tool": m.tool, "task": m.task, "runs": len(runs),
                              **{k: statistics.median(r[k] for r in runs) for k in runs[0]}})
     print(f"\nPair: {case['description']}. Median of {args.repeats} process(es) per row; "
-          "TRE over the mask; reg s = the registration call alone.\n")
-    print("| tool and settings | task | reg s | peak MB | mean TRE mm | max TRE mm |")
-    print("|---|---|---|---|---|---|")
+          "TRE over the mask; reg s = wall time of the registration call alone; CPU s = its CPU time "
+          f"over all threads (less sensitive to other load on a shared machine); {os.cpu_count()} cores.\n")
+    print("| tool and settings | task | reg s | CPU s | peak MB | mean TRE mm | max TRE mm |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['tool']} | {r['task']} | {r['error']} | | | |")
+            print(f"| {r['tool']} | {r['task']} | {r['error']} | | | | |")
         else:
-            print(f"| {r['tool']} | {r['task']} | {r['seconds']:.1f} | {r['peak_mb']:.0f} | "
-                  f"{r['tre_mean']:.3f} | {r['tre_max']:.3f} |")
+            print(f"| {r['tool']} | {r['task']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+                  f"{r['peak_mb']:.0f} | {r['tre_mean']:.3f} | {r['tre_max']:.3f} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

@@ -51,7 +51,10 @@ class StageParameters:
             affine, unit scales for B-spline), "lbfgsb" (no scales) or "gradient_descent_line_search".
         learning_rate: initial step (regular_step: maximal step in mm of physical shift).
         min_step: regular_step: stop when the step falls below this (mm).
-        relaxation_factor: regular_step: step shrink factor on direction change.
+        relaxation_factor: regular_step: step shrink factor on direction change; None: 0.5 for
+            3D (fewer full-resolution iterations, about twice as fast) and 0.8 for 2D (a 2D slice
+            has few pixels and a noisy metric: the step must shrink slowly to reach the optimum;
+            0.5 stops ITK's 10-degree T1/PD case at 3-5 degrees).
         iterations: maximal iterations per resolution level.
         gradient_tolerance: lbfgsb / regular_step gradient magnitude tolerance.
         shrink_factors: per level image shrink factors, coarse to fine.
@@ -70,7 +73,7 @@ class StageParameters:
     optimizer: str = "regular_step"
     learning_rate: float = 2.0
     min_step: float = 1e-3
-    relaxation_factor: float = 0.8
+    relaxation_factor: float | None = None
     iterations: int = 200
     gradient_tolerance: float = 1e-6
     shrink_factors: list[int] = dataclasses.field(default_factory=lambda: [4, 2, 1])

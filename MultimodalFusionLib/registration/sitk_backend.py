@@ -169,6 +169,9 @@ def evaluate_metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Trans
     method = sitk.ImageRegistrationMethod()
     full = dataclasses.replace(stage, sampling_strategy="none")
     _configure_metric(method, full, seed, fixed_mask, moving_mask)
+    # no gradient images: a metric value needs none, and filtering a 1 mm head costs seconds
+    method.MetricUseFixedImageGradientFilterOff()
+    method.MetricUseMovingImageGradientFilterOff()
     method.SetInitialTransform(sitk.Transform(transform))
     try:
         return float(method.MetricEvaluate(fixed, moving))
@@ -204,7 +207,7 @@ def _stage_transform(stage: StageParameters, fixed: sitk.Image, moving: sitk.Ima
         return sitk.BSplineTransformInitializer(fixed, [int(m) for m in mesh], order=3)
 
 
-def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParameters) -> None:
+def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParameters, dim: int) -> None:
     if stage.optimizer == "lbfgsb":
         method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=float(stage.gradient_tolerance),
                                     numberOfIterations=int(stage.iterations),
@@ -213,9 +216,11 @@ def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParam
                                     costFunctionConvergenceFactor=1e7)
         return
     if stage.optimizer == "regular_step":
+        relaxation = float(stage.relaxation_factor if stage.relaxation_factor is not None
+                           else (0.5 if dim == 3 else 0.8))
         method.SetOptimizerAsRegularStepGradientDescent(
             learningRate=float(stage.learning_rate), minStep=float(stage.min_step),
-            numberOfIterations=int(stage.iterations), relaxationFactor=float(stage.relaxation_factor),
+            numberOfIterations=int(stage.iterations), relaxationFactor=relaxation,
             gradientMagnitudeTolerance=float(stage.gradient_tolerance),
             estimateLearningRate=method.Never)
     else:
@@ -251,7 +256,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
 
     method = sitk.ImageRegistrationMethod()
     _configure_metric(method, stage, seed, fixed_mask, moving_mask, fixed, [int(f) for f in stage.shrink_factors])
-    _configure_optimizer(method, stage)
+    _configure_optimizer(method, stage, fixed.GetDimension())
     method.SetShrinkFactorsPerLevel([int(f) for f in stage.shrink_factors])
     method.SetSmoothingSigmasPerLevel([float(s) for s in stage.smoothing_sigmas])
     if stage.smoothing_in_mm:
@@ -376,10 +381,17 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
     assert previous is not None
     # Overall before/after with the last stage's metric settings at both ends (stages may differ).
     last = parameters.stages[-1]
-    start = _stage_transform(parameters.stages[0], fixed, moving, initial_transform, parameters.initializer)
-    start_total = compose(initial_transform, start, dim, _image_center(fixed))
-    metric_before = evaluate_metric(fixed, moving, start_total, last, parameters.seed, fixed_mask, moving_mask)
-    metric_after = evaluate_metric(fixed, moving, previous, last, parameters.seed, fixed_mask, moving_mask)
+    if len(stage_results) == 1:
+        # one stage: its own before/after are the overall ones (same points, same settings)
+        only = stage_results[0]
+        metric_before = only.metric_before
+        metric_after = only.metric_after if only.accepted else only.metric_before
+        start_total = previous
+    else:
+        start = _stage_transform(parameters.stages[0], fixed, moving, initial_transform, parameters.initializer)
+        start_total = compose(initial_transform, start, dim, _image_center(fixed))
+        metric_before = evaluate_metric(fixed, moving, start_total, last, parameters.seed, fixed_mask, moving_mask)
+        metric_after = evaluate_metric(fixed, moving, previous, last, parameters.seed, fixed_mask, moving_mask)
     if metric_after > metric_before:
         warnings.append(f"Registration made the {last.metric} metric worse overall ({metric_before:.5g} -> "
                         f"{metric_after:.5g}); the starting transform was kept. Check the inputs, masks and "
