@@ -470,6 +470,8 @@ class _Context:
         self.m_phys_to_norm = _physical_to_normalised(moving)
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(int(seed))
+        self.device_generator = torch.Generator(device=device)
+        self.device_generator.manual_seed(int(seed) + 1)
         self.amp = bool(params.mixed_precision and device.type == "cuda" and torch.cuda.is_bf16_supported())
         self.base_spacing = float(min(fixed.GetSpacing()))
         extent = (np.array(fixed.GetSize()) - 1) * np.array(fixed.GetSpacing())
@@ -827,8 +829,10 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
             if sampled and candidates is not None and candidates.numel() > n_samples:
                 # a fresh random subset of fixed voxels each iteration (seeded): the cost of an
                 # iteration no longer grows with the image, only with ``deformable_samples``
-                pick = candidates[torch.randperm(candidates.numel(), generator=ctx.generator)[:n_samples]
-                                  .to(dev)]
+                # drawn with replacement: O(samples) work, where a permutation of all voxels would
+                # cost more than the iteration itself on a 256^3 image
+                pick = candidates[torch.randint(0, candidates.numel(), (n_samples,), device=dev,
+                                                generator=ctx.device_generator)]
                 points = flat_grid[pick]
                 shape5 = (1, 1, 1, -1, dim) if dim == 3 else (1, 1, -1, dim)
                 d_pts = F.grid_sample(disp, points.reshape(shape5), mode="bilinear", padding_mode="border",
