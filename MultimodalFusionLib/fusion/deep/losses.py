@@ -28,15 +28,18 @@ class LossWeights:
         ssim: weight of the structural term.
         gradient: weight of the gradient-preservation term.
         intensity: weight of the max-intensity term.
+        gradient_gain: the gradient target is this multiple of the stronger source gradient
+            (1: preserve edges as they are; above 1: also enhance detail).
     """
 
     ssim: float = 1.0
     gradient: float = 10.0
     intensity: float = 1.0
+    gradient_gain: float = 1.0
 
     @classmethod
     def parse(cls, text: str | None) -> LossWeights:
-        """Parse ``"ssim,gradient,intensity"`` (e.g. ``"1,10,1"``); None gives the defaults."""
+        """Parse ``"ssim,gradient,intensity[,gradient_gain]"`` (e.g. ``"1,10,1"``); None gives the defaults."""
         if not text:
             return cls()
         parts = [p for p in str(text).replace(" ", "").split(",") if p]
@@ -44,11 +47,11 @@ class LossWeights:
             values = [float(p) for p in parts]
         except ValueError:
             values = []
-        if len(values) != 3 or any(v < 0 for v in values) or sum(values) == 0:
+        if len(values) not in (3, 4) or any(v < 0 for v in values) or sum(values[:3]) == 0:
             from ...errors import InputError
 
-            raise InputError(f"Loss weights '{text}' are not three non-negative numbers.",
-                             "Give them as SSIM,GRADIENT,INTENSITY, e.g. --loss-weights 1,10,1.")
+            raise InputError(f"Loss weights '{text}' are not three (or four, with the gradient gain) non-negative numbers.",
+                             "Give them as SSIM,GRADIENT,INTENSITY[,GRADIENT_GAIN], e.g. --loss-weights 1,10,1.")
         return cls(*values)
 
     def to_dict(self) -> dict[str, float]:
@@ -104,7 +107,7 @@ class FusionLoss:
         if w.gradient:
             ga, gb, gf = sobel_gradient(a), sobel_gradient(b), sobel_gradient(fused)
             stronger = (ga.abs().sum(1, keepdim=True) >= gb.abs().sum(1, keepdim=True)).to(ga.dtype)
-            target = stronger * ga + (1.0 - stronger) * gb
+            target = (stronger * ga + (1.0 - stronger) * gb) * w.gradient_gain
             g = (gf - target).abs().mean()
             terms["gradient"] = g
             total = total + w.gradient * g
