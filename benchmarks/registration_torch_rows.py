@@ -25,8 +25,8 @@ def _device_name() -> str:
     return f"CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU"
 
 
-def _torch(stages: list[str]) -> Callable[[str, str, str], tuple[Any, float]]:
-    def run(fixed_path: str, moving_path: str, scratch: str) -> tuple[Any, float]:
+def _torch(stages: list[str]) -> Callable[[str, str, str], tuple[Any, float, float]]:
+    def run(fixed_path: str, moving_path: str, scratch: str) -> tuple[Any, float, float]:
         import torch
 
         from MultimodalFusionLib.io import read_image
@@ -38,11 +38,11 @@ def _torch(stages: list[str]) -> Callable[[str, str, str], tuple[Any, float]]:
             torch.set_num_threads(int(threads))
         fixed = read_image(fixed_path, float32=True)
         moving = read_image(moving_path, float32=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = register(fixed, moving, TorchRegistrationParameters(stages=stages), backend="torch")
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        return result.transform, time.perf_counter() - t0
+        return result.transform, time.perf_counter() - t0, time.process_time() - c0
     return run
 
 
