@@ -118,7 +118,7 @@ def default_stage(name: str) -> StageParameters:
     if name == "rigid":
         return StageParameters(name="rigid")
     if name == "affine":
-        return StageParameters(name="affine", sampling_percentage=0.02, learning_rate=1.0)
+        return StageParameters(name="affine", sampling_percentage=0.01, learning_rate=1.0)
     if name == "bspline":
         # RegularStepGradientDescent with unit scales (control-point displacements are in mm) on
         # one control grid, with a fixed number of samples: ITK's Mattes MI gradient costs

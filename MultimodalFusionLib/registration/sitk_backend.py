@@ -103,6 +103,7 @@ def _image_center(image: sitk.Image) -> np.ndarray:
 # joint histogram, so small levels are sampled more densely.
 MIN_SAMPLES = 3000
 EVAL_VOXELS = 250_000
+GRADIENT_IMAGE_VOXELS = 1 << 20
 
 
 def _level_percentages(stage: StageParameters, fixed: sitk.Image | None,
@@ -256,6 +257,12 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
 
     method = sitk.ImageRegistrationMethod()
     _configure_metric(method, stage, seed, fixed_mask, moving_mask, fixed, [int(f) for f in stage.shrink_factors])
+    if fixed.GetNumberOfPixels() > GRADIENT_IMAGE_VOXELS:
+        # Large volumes: image gradients at the sample points only (central differences) instead of
+        # gradient images of every voxel at every level: saves about 2 CPU-seconds on a 1 mm head.
+        # Small images (2D slices) keep the smoother gradient images, which the 2D T1/PD case needs.
+        method.MetricUseFixedImageGradientFilterOff()
+        method.MetricUseMovingImageGradientFilterOff()
     _configure_optimizer(method, stage, fixed.GetDimension())
     method.SetShrinkFactorsPerLevel([int(f) for f in stage.shrink_factors])
     method.SetSmoothingSigmasPerLevel([float(s) for s in stage.smoothing_sigmas])
