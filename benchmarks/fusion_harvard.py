@@ -75,6 +75,7 @@ def run_set(root: Path, name: str, methods: list[str], limit: int | None) -> dic
                 t0 = time.perf_counter()
                 res = fusion.fuse(a, b, m)
                 seconds[m].append(time.perf_counter() - t0)
+                print(f"  {name} {mri_path.name} {m}: {seconds[m][-1]:.3f} s", file=sys.stderr, flush=True)
             except Exception as exc:  # report a failing method, keep benchmarking the others
                 errors[m] = f"{type(exc).__name__}: {exc}"
                 continue
