@@ -128,7 +128,7 @@ class TorchRegistrationParameters:
     deformable_iterations: list[int] = dataclasses.field(default_factory=lambda: [100, 50])
     deformable_learning_rate: float = 0.2
     regularisation: str = "diffusion"
-    regularisation_weight: float = 0.3
+    regularisation_weight: float = 1.0
     velocity_sigma: float = 2.0
     velocity_grid_factor: int = 2
     deformable_samples: int = 100000
