@@ -111,6 +111,15 @@ class DeepFusionTest(unittest.TestCase):
         self.assertEqual(_geometry(res2.image), _geometry(a))
         self.assertIsNotNone(res2.weights)
         self.assertEqual(res2.method, "deep")
+        # hard selection copies every voxel from the input its weight map favours
+        from MultimodalFusionLib.fusion.deep import fuse_arrays
+
+        fa, fb = a3[mid], b3[mid]
+        hard, w, used = fuse_arrays(fa, fb, weights=net, adapt_steps=2, selection="hard")
+        np.testing.assert_array_equal(hard, np.where(w >= 0.5, fa, fb))
+        self.assertEqual(used["selection"], "hard")
+        with self.assertRaises(InputError):
+            fuse_arrays(fa, fb, weights=net, adapt_steps=0, selection="nearest")
 
     def test_3d_fusion_sliding_window_and_slices_keep_the_fixed_geometry(self):
         from MultimodalFusionLib.fusion.deep import fuse_deep
