@@ -216,6 +216,32 @@ class TorchRegistrationTest(unittest.TestCase):
             with self.assertRaises(InputError):
                 select_device("cuda")
 
+    def test_monai_gaussian_mi_and_lncc(self) -> None:
+        from MultimodalFusionLib.registration.torch_backend import register_torch
+
+        fixed, moving = _brainweb_pair()
+        params = self._params(stages=["rigid"], mi_window="gaussian", linear_samples=5000,
+                              linear_iterations=[80, 40, 20])
+        result = register_torch(fixed, moving, params, seed=1)
+        err = accuracy.transform_error(result.transform, accuracy.itk_brainweb_truth(fixed), fixed)
+        self.assertLess(err["mean"], 1.5, err)
+        # one modality: the T1 slice against itself shifted by (4, -3) pixels (truth: the inverse shift),
+        # LNCC in both stages
+        shift = sitk.TranslationTransform(2, (4.0, -3.0))
+        shifted = sitk.Resample(fixed, fixed, shift, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        params = self._params(stages=["affine", "deformable"], linear_metric="lncc", deformable_metric="lncc",
+                              linear_iterations=[60, 30, 15], deformable_iterations=[10, 5])
+        result = register_torch(fixed, shifted, params, seed=1)
+        stage = result.stages[1]
+        self.assertEqual(stage.metric_name, "lncc (torch)")
+        if stage.metric_after > stage.metric_before:  # already aligned: a worse stage must be dropped, loudly
+            self.assertFalse(stage.accepted)
+            self.assertTrue(any("deformable" in w for w in result.warnings), result.warnings)
+            self.assertIsInstance(result.transform, sitk.AffineTransform)
+        inner = sitk.Cast(sitk.BinaryErode(sitk.Cast(fixed > 30, sitk.sitkUInt8), [8, 8]), sitk.sitkUInt8)
+        err = accuracy.transform_error(result.transform, shift.GetInverse(), fixed, inner)
+        self.assertLess(err["mean"], 1.0, err)
+
     def test_bad_inputs_name_the_fix(self) -> None:
         from MultimodalFusionLib.registration.torch_backend import register_torch, torch_parameters
 
