@@ -509,7 +509,8 @@ class _Context:
         values = image.reshape(-1)
         if mask is not None:
             keep = mask.reshape(-1) > 0
-            grid, values = grid[keep], values[keep]
+            if bool(keep.any()):  # a tiny mask can vanish on a coarse level: then use every voxel
+                grid, values = grid[keep], values[keep]
         if count and values.numel() > count:
             pick = torch.randperm(values.numel(), generator=self.generator)[:count].to(self.device)
             grid, values = grid[pick], values[pick]
