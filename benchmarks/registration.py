@@ -168,7 +168,8 @@ def prepare_case(args: argparse.Namespace, folder: str) -> dict[str, str]:
 
             mask = os.path.join(folder, "mask.nii.gz")
             sitk.WriteImage(foreground_mask(read_image(args.fixed, float32=True)), mask)
-        return {"fixed": args.fixed, "moving": args.moving, "truth": args.true_transform, "mask": mask,
+        return {"fixed": os.path.abspath(args.fixed), "moving": os.path.abspath(args.moving),
+                "truth": os.path.abspath(args.true_transform), "mask": os.path.abspath(mask),
                 "description": f"{args.fixed} vs {args.moving} (truth {args.true_transform})"}
     from MultimodalFusionLib.registration.accuracy import rigid_case
 
@@ -206,7 +207,13 @@ def worker(name: str, case: dict[str, str]) -> dict[str, float]:
 
     method = METHODS[name]
     with tempfile.TemporaryDirectory() as scratch:
-        out = method.run(case["fixed"], case["moving"], scratch)
+        # transformix writes deformationField.nii into the working directory: keep it in scratch
+        cwd = os.getcwd()
+        os.chdir(scratch)
+        try:
+            out = method.run(case["fixed"], case["moving"], scratch)
+        finally:
+            os.chdir(cwd)
     recovered, seconds = out[0], out[1]
     cpu = out[2] if len(out) > 2 else float("nan")
     # peak memory of the registration (imports, data, registration), before the TRE computation
