@@ -209,7 +209,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- fuse / evaluate / run
 _FUSION_PARAM_FLAGS = ("weight", "wavelet", "levels", "sigma", "colormap", "opacity", "threshold", "window",
-                       "adapt_steps", "weights", "device")
+                       "adapt_steps", "weights", "device", "selection")
 
 
 def _add_fusion_params(p: argparse.ArgumentParser) -> None:
@@ -225,11 +225,14 @@ def _add_fusion_params(p: argparse.ArgumentParser) -> None:
                    help="overlay: display window of the functional image")
     g.add_argument("--adapt", dest="adapt_steps", type=int, metavar="STEPS",
                    help="deep: per-study adaptation steps, a short unsupervised fine-tuning on this very pair "
-                        "(default 80 for 2D slices, 0 for 3D volumes)")
+                        "(default 0: the shipped weights as they are)")
     g.add_argument("--model", dest="weights", metavar="WEIGHTS",
                    help="deep: .safetensors weights (default: the shipped Resources/Models weights)")
     g.add_argument("--deep-device", dest="device", choices=("auto", "cpu", "cuda"),
                    help="deep: device (default auto: CUDA when present, CPU otherwise)")
+    g.add_argument("--selection", choices=("hard", "blend"),
+                   help="deep: hard (default: each voxel from the input its weight map favours) or blend "
+                        "(the network's weighted blend plus detail residual)")
 
 
 def _fusion_params(args: argparse.Namespace) -> dict[str, Any]:

@@ -120,6 +120,8 @@ class DeepFusionTest(unittest.TestCase):
         self.assertEqual(used["selection"], "hard")
         with self.assertRaises(InputError):
             fuse_arrays(fa, fb, weights=net, adapt_steps=0, selection="nearest")
+        blend, w2, _ = fuse_arrays(fa, fb, weights=net, adapt_steps=0, selection="blend")
+        self.assertFalse(np.array_equal(blend, np.where(w2 >= 0.5, fa, fb)))  # a real blend
 
     def test_3d_fusion_sliding_window_and_slices_keep_the_fixed_geometry(self):
         from MultimodalFusionLib.fusion.deep import fuse_deep
@@ -135,7 +137,7 @@ class DeepFusionTest(unittest.TestCase):
         self.assertEqual(_geometry(res.weights), _geometry(a))
         self.assertTrue(np.isfinite(sitk.GetArrayFromImage(res.image)).all())
         # a fresh network starts as the plain average: the sliding window must reproduce it
-        res0 = fuse_deep(a, b, weights=_tiny_net(3), roi_size=16, adapt_steps=0)
+        res0 = fuse_deep(a, b, weights=_tiny_net(3), roi_size=16, adapt_steps=0, selection="blend")
         na = (a3 - a3.min()) / (a3.max() - a3.min())
         nb = (b3 - b3.min()) / (b3.max() - b3.min())
         expected = 0.5 * (na + nb) * (a3.max() - a3.min()) + a3.min()

@@ -28,9 +28,10 @@ from .losses import FusionLoss, LossWeights
 
 __all__ = ["fuse_deep", "fuse_arrays", "registry_method", "DEFAULT_ADAPT_STEPS", "adapt", "predict"]
 
-#: Default per-study adaptation steps for 2D images (a 256x256 slice: ~15 s on one CPU thread).
-#: 3D volumes are not adapted by default (pass adapt_steps explicitly).
-DEFAULT_ADAPT_STEPS = 80
+#: Default per-study adaptation steps. 0: on the Harvard benchmark the shipped weights with hard
+#: selection scored as well without adaptation (README), and adaptation costs ~0.3 s per step for a
+#: 256x256 slice on one CPU thread (minutes for a volume). Pass adapt_steps (CLI --adapt) to use it.
+DEFAULT_ADAPT_STEPS = 0
 
 _MODEL_CACHE: dict[tuple[str, int], tuple[Any, dict[str, Any]]] = {}
 
@@ -210,7 +211,7 @@ def _random_patches(ta: Any, tb: Any, patch: int, n: int, gen: Any, multiple: in
 
 def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_steps: int | None = None,
                 adapt_lr: float = 1e-3, loss_weights: Any = None, seed: int = 0, device: str = "auto",
-                batch_size: int = 8, roi_size: int = 96, selection: str = "blend",
+                batch_size: int = 8, roi_size: int = 96, selection: str = "hard",
                 progress: ProgressCallback | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Fuse two arrays of one shape scaled to 0..1 (the fusion registry's contract).
 
@@ -220,16 +221,17 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
         weights: ``.safetensors`` weights file or a network; None uses the shipped default weights
             (3D volumes: the 3D default when shipped, otherwise the 2D one slice by slice).
         adapt_steps: per-study adaptation steps (fine-tuning on this pair with the unsupervised loss);
-            None: :data:`DEFAULT_ADAPT_STEPS` for 2D images, 0 for 3D volumes.
+            None: :data:`DEFAULT_ADAPT_STEPS` (0).
         adapt_lr: learning rate of the adaptation.
         loss_weights: :class:`LossWeights` or "ssim,gradient,intensity" text for the adaptation.
         seed: seed of the adaptation's random sampling.
         device: "auto" (CUDA when present, CPU fallback), "cpu" or "cuda".
         batch_size: slices per forward pass (2D network on a volume); sliding-window batch is a quarter.
         roi_size: sliding-window cube side (3D network) and adaptation patch side.
-        selection: "blend" (the network's output: weighted blend plus detail residual) or "hard"
-            (each voxel copied from the input its weight map favours: keeps every grey level of the
-            sources exactly, which mutual-information and VIF scores reward, at the cost of the residual).
+        selection: "hard" (default: each voxel copied from the input its weight map favours, so
+            every grey level of the sources is kept exactly, which edge (Qabf), VIF and mutual
+            information scores reward) or "blend" (the network's own output: the weighted blend plus
+            the detail residual, smoother).
         progress: progress callback.
 
     Returns:
@@ -249,11 +251,11 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
                          "Resample the second image onto the first (mmfusion resample / mmfusion run) first.")
     dim = a.ndim
     if selection not in ("blend", "hard"):
-        raise InputError(f"Unknown selection '{selection}'.", "Use 'blend' (default) or 'hard'.")
+        raise InputError(f"Unknown selection '{selection}'.", "Use 'hard' (default) or 'blend'.")
     model, meta = _load_model(weights, dim)
     if isinstance(loss_weights, str) or loss_weights is None:
         loss_weights = LossWeights.parse(loss_weights) if loss_weights else LossWeights()
-    steps = (DEFAULT_ADAPT_STEPS if dim == 2 else 0) if adapt_steps is None else int(adapt_steps)
+    steps = DEFAULT_ADAPT_STEPS if adapt_steps is None else int(adapt_steps)
     if steps < 0:
         raise InputError(f"adapt_steps must be >= 0 (got {steps}).", "Use 0 for no adaptation.")
     dev = resolve_device(device)
@@ -330,7 +332,7 @@ def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None
 def registry_method(a: np.ndarray, b: np.ndarray, *, progress: ProgressCallback | None = None,
                     weights: Any = None, adapt_steps: int | None = None, adapt_lr: float = 1e-3,
                     loss_weights: Any = None, seed: int = 0, device: str = "auto", batch_size: int = 8,
-                    roi_size: int = 96, selection: str = "blend") -> tuple[np.ndarray, np.ndarray]:
+                    roi_size: int = 96, selection: str = "hard") -> tuple[np.ndarray, np.ndarray]:
     """The "deep" entry of :data:`MultimodalFusionLib.fusion.METHODS` (arrays 0..1 in, (fused, weights) out).
 
     The parameters are those of :func:`fuse_arrays` (explicit, so front ends can list them).
