@@ -44,8 +44,8 @@ def default_weights_path(spatial_dims: int = 2) -> Path:
     env = os.environ.get("MMFUSION_MODELS_DIR")
     candidates = [Path(env)] if env else []
     # Source checkout: <repo>/MultimodalFusionLib/fusion/deep -> <repo>/Resources/Models; an installed
-    # Slicer extension keeps MultimodalFusionLib next to Resources/ the same way.
-    candidates += [here.parents[3] / "Resources" / "Models", here.parents[2] / "Resources" / "Models"]
+    # Slicer extension keeps MultimodalFusionLib next to Resources/ the same way, or inside it.
+    candidates += [here.parents[3] / "Resources" / "Models", here.parents[3] / "Models"]
     for folder in candidates:
         path = folder / f"deep_fusion_{spatial_dims}d.safetensors"
         if path.exists():
