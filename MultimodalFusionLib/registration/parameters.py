@@ -52,7 +52,8 @@ class StageParameters:
         learning_rate: initial step (regular_step: maximal step in mm of physical shift).
         min_step: regular_step: stop when the step falls below this (mm).
         relaxation_factor: regular_step: step shrink factor on direction change; None: 0.5 for
-            3D (fewer full-resolution iterations, about twice as fast) and 0.8 for 2D (a 2D slice
+            3D volumes of at least 1M voxels (fewer full-resolution iterations, about twice as
+            fast) and 0.8 for smaller volumes and 2D (a 2D slice
             has few pixels and a noisy metric: the step must shrink slowly to reach the optimum;
             0.5 stops ITK's 10-degree T1/PD case at 3-5 degrees).
         iterations: maximal iterations per resolution level.

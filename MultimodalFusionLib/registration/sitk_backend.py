@@ -208,7 +208,14 @@ def _stage_transform(stage: StageParameters, fixed: sitk.Image, moving: sitk.Ima
         return sitk.BSplineTransformInitializer(fixed, [int(m) for m in mesh], order=3)
 
 
-def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParameters, dim: int) -> None:
+# Volumes at least this large get the faster relaxation 0.5 (1 mm heads: about twice as fast at
+# the same error); smaller or coarser volumes have few voxels per iteration and a noisier metric,
+# and 0.5 stopped them early (a 4 mm phantom: 2.1 mm error with 0.5, 1.0 mm with 0.8).
+FAST_RELAXATION_VOXELS = 1_000_000
+
+
+def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParameters, dim: int,
+                         voxels: int = 0) -> None:
     if stage.optimizer == "lbfgsb":
         method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=float(stage.gradient_tolerance),
                                     numberOfIterations=int(stage.iterations),
@@ -218,7 +225,7 @@ def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParam
         return
     if stage.optimizer == "regular_step":
         relaxation = float(stage.relaxation_factor if stage.relaxation_factor is not None
-                           else (0.5 if dim == 3 else 0.8))
+                           else (0.5 if dim == 3 and voxels >= FAST_RELAXATION_VOXELS else 0.8))
         method.SetOptimizerAsRegularStepGradientDescent(
             learningRate=float(stage.learning_rate), minStep=float(stage.min_step),
             numberOfIterations=int(stage.iterations), relaxationFactor=relaxation,
@@ -263,7 +270,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
         # Small images (2D slices) keep the smoother gradient images, which the 2D T1/PD case needs.
         method.MetricUseFixedImageGradientFilterOff()
         method.MetricUseMovingImageGradientFilterOff()
-    _configure_optimizer(method, stage, fixed.GetDimension())
+    _configure_optimizer(method, stage, fixed.GetDimension(), fixed.GetNumberOfPixels())
     method.SetShrinkFactorsPerLevel([int(f) for f in stage.shrink_factors])
     method.SetSmoothingSigmasPerLevel([float(s) for s in stage.smoothing_sigmas])
     if stage.smoothing_in_mm:
