@@ -226,8 +226,10 @@ def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParam
     if stage.optimizer == "regular_step":
         relaxation = float(stage.relaxation_factor if stage.relaxation_factor is not None
                            else (0.5 if dim == 3 and voxels >= FAST_RELAXATION_VOXELS else 0.8))
+        large = dim == 3 and voxels >= FAST_RELAXATION_VOXELS
+        min_step = float(stage.min_step if stage.min_step is not None else (1e-2 if large else 1e-3))
         method.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=float(stage.learning_rate), minStep=float(stage.min_step),
+            learningRate=float(stage.learning_rate), minStep=min_step,
             numberOfIterations=int(stage.iterations), relaxationFactor=relaxation,
             gradientMagnitudeTolerance=float(stage.gradient_tolerance),
             estimateLearningRate=method.Never)
