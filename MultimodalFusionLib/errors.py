@@ -73,6 +73,8 @@ def _itk_first_line(message: str) -> str:
         if ln.lower().startswith("description:"):
             return ln.split(":", 1)[1].strip()
     for ln in reversed(lines):
-        if not ln.startswith(("Exception thrown", "sitk::ERROR", "/")):
+        if ln.startswith("sitk::ERROR:"):
+            ln = ln[len("sitk::ERROR:"):].strip()
+        if ln and not ln.startswith(("Exception thrown", "/")):
             return ln
     return lines[-1] if lines else "unknown ITK error"
