@@ -121,6 +121,14 @@ def _level_percentages(stage: StageParameters, fixed: sitk.Image | None,
     return out
 
 
+def itk_seed(seed: int) -> int:
+    """The ITK sampling seed for a user seed: ``seed + 1``, because ITK reads 0 as "seed from
+    the wall clock" (``sitkWallClock``), which made ``seed=0`` silently non-reproducible."""
+    if int(seed) < 0:
+        raise InputError(f"The seed must be a non-negative integer, not {seed}.", "Use e.g. --seed 0.")
+    return int(seed) % (2**31 - 2) + 1
+
+
 def _configure_metric(method: sitk.ImageRegistrationMethod, stage: StageParameters, seed: int | None,
                       fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
                       fixed: sitk.Image | None = None, shrink_factors: list[int] | None = None) -> None:
@@ -141,7 +149,7 @@ def _configure_metric(method: sitk.ImageRegistrationMethod, stage: StageParamete
         if seed is None:
             method.SetMetricSamplingPercentagePerLevel(pcts)
         else:
-            method.SetMetricSamplingPercentagePerLevel(pcts, int(seed))
+            method.SetMetricSamplingPercentagePerLevel(pcts, itk_seed(seed))
     if fixed_mask is not None:
         method.SetMetricFixedMask(fixed_mask)
     if moving_mask is not None:
