@@ -112,11 +112,9 @@ def itk_brainweb_pair() -> tuple[sitk.Image, sitk.Image]:
 
     The bundled PNGs are stored as RGB, so they are read through ``io.read_image`` (luminance).
     """
-    from .. import data, io
+    from .. import data
 
-    folder = data.testing_data_dir()
-    return (io.read_image(folder / "BrainT1SliceBorder20.png", float32=True),
-            io.read_image(folder / "BrainProtonDensitySliceR10X13Y17.png", float32=True))
+    return data.itk_brainweb_pair()
 
 
 def itk_brainweb_truth(fixed: sitk.Image, nominal: bool = False) -> sitk.Transform:
