@@ -48,22 +48,10 @@ class ProgressBar:
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=_json_default))
+    """Print strictly valid JSON (NaN/inf as null), like the metrics files."""
+    from .io import to_json_safe
 
-
-def _json_default(obj: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    return str(obj)
+    print(json.dumps(to_json_safe(obj), indent=2, allow_nan=False))
 
 
 # ----------------------------------------------------------------------------- info
@@ -305,16 +293,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .io import read_image
+    from .io import read_image, to_json_safe
     from .metrics import fusion_metrics
-    from .report import _clean_json
 
     f = read_image(args.fused, keep_color=True)
     a = read_image(args.a, keep_color=True)
     b = read_image(args.b, keep_color=True)
     values = fusion_metrics(f, a, b)
     if args.json:
-        print(json.dumps(_clean_json(values), indent=2))
+        print(json.dumps(to_json_safe(values), indent=2))
         return 0
     _print_metrics({os.path.basename(args.fused): values})
     return 0
@@ -363,9 +350,9 @@ def _run_run(args: argparse.Namespace) -> int:
                "registration_metrics": out["registration_metrics"], "seconds": out["seconds"],
                "registration": out["registration"].to_dict() if out["registration"] is not None else None}
     if args.json:
-        from .report import _clean_json
+        from .io import to_json_safe
 
-        print(json.dumps(_clean_json(summary), indent=2))
+        print(json.dumps(to_json_safe(summary), indent=2))
         return 0
     reg = out["registration"]
     if reg is not None:

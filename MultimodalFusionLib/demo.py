@@ -160,7 +160,7 @@ def run_demo(output_dir: str | os.PathLike = "demo-output", progress: ProgressCa
         dict step name -> summary (errors against the known answers, timings, output folders),
         also written to ``output_dir/summary.json``.
     """
-    from .registration.outputs import write_json
+    from .io import write_json
 
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
@@ -177,7 +177,7 @@ def run_demo(output_dir: str | os.PathLike = "demo-output", progress: ProgressCa
         done += share
     report(progress, 1.0, "demo done")
     ctx.results["total_seconds"] = time.perf_counter() - t0  # type: ignore[assignment]
-    write_json(ctx.results, os.path.join(output_dir, "summary.json"))
+    write_json(os.path.join(output_dir, "summary.json"), ctx.results)
     return ctx.results
 
 

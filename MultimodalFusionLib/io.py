@@ -11,10 +11,13 @@ renamed, so a crash never leaves a half-written result and an input is never ove
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -31,6 +34,10 @@ __all__ = [
     "to_luminance",
     "IMAGE_EXTENSIONS",
     "atomic_path",
+    "atomic_output",
+    "write_bytes",
+    "write_json",
+    "to_json_safe",
 ]
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg",
@@ -169,8 +176,69 @@ def atomic_path(path: str | os.PathLike) -> tuple[str, str]:
     return tmp, final
 
 
-def _commit(tmp: str, final: str) -> None:
-    os.replace(tmp, final)
+def _file_mode_from_umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, before any worker thread
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: What a plain open() would create: mkstemp's temporary files are 0600, which would leave
+#: results unreadable to the other users of a shared folder.
+_NEW_FILE_MODE = _file_mode_from_umask()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: int | None = None) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success rename it to ``path``, on error remove it.
+
+    Args:
+        path: the final file.
+        mode: permission bits of the result; default: as a new file under the user's umask.
+    """
+    tmp, final = atomic_path(path)
+    try:
+        yield tmp
+        os.chmod(tmp, _NEW_FILE_MODE if mode is None else mode)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_bytes(path: str | os.PathLike, payload: bytes) -> str:
+    """Write ``payload`` to ``path`` atomically; returns the path."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+    return os.fspath(path)
+
+
+def to_json_safe(obj: Any) -> Any:
+    """JSON-able copy: NaN/inf -> None, numpy scalars/arrays -> Python, objects with to_dict -> dict."""
+    import numpy as _np
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (_np.floating, _np.integer, _np.bool_)):
+        return to_json_safe(obj.item())
+    if isinstance(obj, _np.ndarray):
+        return to_json_safe(obj.tolist())
+    if isinstance(obj, Mapping):
+        return {str(k): to_json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json_safe(v) for v in obj]
+    if hasattr(obj, "to_dict"):
+        return to_json_safe(obj.to_dict())
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> str:
+    """Write ``obj`` as indented, strictly valid JSON (NaN/inf become null), atomically."""
+    text = json.dumps(to_json_safe(obj), indent=2, allow_nan=False)
+    return write_bytes(path, (text + "\n").encode("utf-8"))
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = True) -> str:
@@ -179,20 +247,16 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
     Returns:
         The path written.
     """
-    tmp, final = atomic_path(path)
+    final = os.fspath(path)
     out = image
     if _suffix(final) in _2D_EXTENSIONS and image.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkVectorUInt8):
         if image.GetNumberOfComponentsPerPixel() == 1:
             out = sitk.Cast(sitk.RescaleIntensity(image, 0, 255), sitk.sitkUInt8)
         else:
             out = sitk.Cast(image, sitk.sitkVectorUInt8)
-    try:
-        with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
-            sitk.WriteImage(out, tmp, compress and _suffix(final) not in _2D_EXTENSIONS)
-        _commit(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(final) as tmp, \
+            itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
+        sitk.WriteImage(out, tmp, compress and _suffix(final) not in _2D_EXTENSIONS)
     return final
 
 
@@ -215,14 +279,10 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
 
 def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
     """Write an ITK transform atomically (.tfm/.txt for linear, .h5 for deformable)."""
-    tmp, final = atomic_path(path)
-    try:
-        with itk_guard(f"writing transform '{final}'", "Use .tfm or .txt for linear and .h5 for deformable transforms."):
-            sitk.WriteTransform(transform, tmp)
-        _commit(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    final = os.fspath(path)
+    with atomic_output(final) as tmp, \
+            itk_guard(f"writing transform '{final}'", "Use .tfm or .txt for linear and .h5 for deformable transforms."):
+        sitk.WriteTransform(transform, tmp)
     return final
 
 

@@ -15,7 +15,6 @@ import base64
 import datetime
 import html
 import io as _bytesio
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -25,7 +24,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .fusion.base import FusionResult
-from .io import atomic_path
+from .io import write_bytes, write_json
 
 __all__ = ["save_montage_png", "write_report", "metrics_chart_png", "write_json", "REPORT_METRICS"]
 
@@ -42,42 +41,6 @@ _HOW_COMPUTED = (
 
 
 # ----------------------------------------------------------------------------- small helpers
-def _atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> str:
-    tmp, final = atomic_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return final
-
-
-def _clean_json(obj: Any) -> Any:
-    """JSON-able copy: NaN/inf -> None, numpy scalars -> Python, objects with to_dict -> dict."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (np.floating, np.integer)):
-        return _clean_json(obj.item())
-    if isinstance(obj, np.ndarray):
-        return _clean_json(obj.tolist())
-    if isinstance(obj, Mapping):
-        return {str(k): _clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean_json(v) for v in obj]
-    if hasattr(obj, "to_dict"):
-        return _clean_json(obj.to_dict())
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    return str(obj)
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> str:
-    """Write ``obj`` as indented, strictly valid JSON (NaN/inf become null), atomically."""
-    text = json.dumps(_clean_json(obj), indent=2, allow_nan=False)
-    return _atomic_write_bytes(path, (text + "\n").encode("utf-8"))
-
 
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -192,7 +155,7 @@ def save_montage_png(path: str | os.PathLike, inputs: Mapping[str, sitk.Image], 
         The path written.
     """
     fig = _montage_figure(inputs, fused)
-    return _atomic_write_bytes(path, _png_bytes(fig))
+    return write_bytes(path, _png_bytes(fig))
 
 
 # ----------------------------------------------------------------------------- chart
@@ -360,11 +323,11 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
     montage_pngs: list[tuple[FusionResult, bytes]] = []
     for res in fusions:
         png = _png_bytes(_montage_figure(inputs, res))
-        paths[f"montage_{res.method}"] = _atomic_write_bytes(os.path.join(out, f"montage_{res.method}.png"), png)
+        paths[f"montage_{res.method}"] = write_bytes(os.path.join(out, f"montage_{res.method}.png"), png)
         montage_pngs.append((res, png))
     chart = metrics_chart_png(metrics) if metrics else None
     if chart is not None:
-        paths["chart"] = _atomic_write_bytes(os.path.join(out, "metrics_chart.png"), chart)
+        paths["chart"] = write_bytes(os.path.join(out, "metrics_chart.png"), chart)
     created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     payload = {
         "title": title,
@@ -426,5 +389,5 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
     page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
-    paths["html"] = _atomic_write_bytes(os.path.join(out, "report.html"), page.encode("utf-8"))
+    paths["html"] = write_bytes(os.path.join(out, "report.html"), page.encode("utf-8"))
     return paths

@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import mrml
+from .registration.accuracy import transform_error
 
 __all__ = [
     "head_phantom",
@@ -399,14 +400,6 @@ MRML_SCENARIOS: dict[str, Callable[[Any], Any]] = {
 # Logic scenario
 # ----------------------------------------------------------------------------------------------
 
-def _mean_transform_error(recovered: sitk.Transform, truth: sitk.Transform, grid: sitk.Image) -> float:
-    """Mean distance (mm) between ``recovered(x)`` and ``truth(x)`` over the voxels of ``grid``."""
-    points = _physical_points(grid).reshape(-1, 3)[::7]
-    a = np.array([recovered.TransformPoint(p) for p in points.tolist()])
-    b = np.array([truth.TransformPoint(p) for p in points.tolist()])
-    return float(np.linalg.norm(a - b, axis=1).mean())
-
-
 def check_logic_register_fuse_show(logic: Any, scene: Any, *, method: str = "wavelet") -> dict[str, Any]:
     """The module's Logic end to end on the phantom: register PET to MR, fuse, show, tabulate.
 
@@ -430,7 +423,7 @@ def check_logic_register_fuse_show(logic: Any, scene: Any, *, method: str = "wav
 
     out = logic.run(mr, pet, stages=["rigid"], seed=1, fusionMethod=method, opacity=0.6, progress=progress)
     # accuracy of the recovered transform: mean displacement difference over the fixed grid
-    mean_error = _mean_transform_error(mrml.sitk_transform_from_node(out.transformNode), truth, fixed)
+    mean_error = transform_error(mrml.sitk_transform_from_node(out.transformNode), truth, fixed)["mean"]
     _expect(mean_error < 2.0, f"registration is off by {mean_error:.2f} mm on average")
     _expect(out.transformNode.IsA("vtkMRMLLinearTransformNode"), "a rigid registration must give a linear transform")
     _expect(fractions and fractions[-1] == 1.0 and all(b >= a - 1e-9 for a, b in zip(fractions, fractions[1:])),

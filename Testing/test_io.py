@@ -119,3 +119,30 @@ class Errors(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AtomicWrites(unittest.TestCase):
+    def test_outputs_get_umask_permissions_and_no_leftovers(self):
+        mask = os.umask(0)
+        os.umask(mask)
+        with tempfile.TemporaryDirectory() as d:
+            paths = [io.write_image(_oblique(), os.path.join(d, "a.nii.gz")),
+                     io.write_transform(sitk.Euler3DTransform(), os.path.join(d, "t.tfm")),
+                     io.write_json(os.path.join(d, "m.json"), {"x": float("nan")})]
+            for p in paths:
+                self.assertEqual(os.stat(p).st_mode & 0o777, 0o666 & ~mask, p)
+            self.assertEqual(sorted(os.listdir(d)), ["a.nii.gz", "m.json", "t.tfm"])
+            with open(paths[2], encoding="utf-8") as fh:
+                self.assertEqual(fh.read().strip(), '{\n  "x": null\n}')
+
+    def test_failed_write_keeps_the_old_file(self):
+        with tempfile.TemporaryDirectory() as d:
+            target = io.write_bytes(os.path.join(d, "r.bin"), b"old")
+            with self.assertRaises(RuntimeError):
+                with io.atomic_output(target) as tmp:
+                    with open(tmp, "wb") as fh:
+                        fh.write(b"half")
+                    raise RuntimeError("crash mid-write")
+            with open(target, "rb") as fh:
+                self.assertEqual(fh.read(), b"old")
+            self.assertEqual(os.listdir(d), ["r.bin"])

@@ -80,7 +80,7 @@ class Report2DTest(unittest.TestCase):
             self.assertEqual(sorted(f for f in os.listdir(tmp) if f.startswith(".")), [])
 
     def test_json_cleaning(self) -> None:
-        cleaned = report._clean_json({"a": float("nan"), "b": float("inf"), "c": np.float32(1.5), "d": (1, 2)})
+        cleaned = io.to_json_safe({"a": float("nan"), "b": float("inf"), "c": np.float32(1.5), "d": (1, 2)})
         self.assertEqual(cleaned, {"a": None, "b": None, "c": 1.5, "d": [1, 2]})
 
     def test_report_needs_a_fusion(self) -> None:

@@ -2,42 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import SimpleITK as sitk
 
-from ..io import atomic_path, write_image, write_transform
+from ..io import write_image, write_json, write_transform
 from ..preprocess import resample
 from .qc import write_checkerboard_png
 from .result import RegistrationResult
 
-__all__ = ["save_registration_outputs", "write_json"]
-
-
-def write_json(data: dict[str, Any], path: str | os.PathLike) -> str:
-    """Write ``data`` as indented JSON, atomically."""
-    tmp, final = atomic_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=_default)
-            fh.write("\n")
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return final
-
-
-def _default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    return str(obj)
+__all__ = ["save_registration_outputs"]
 
 
 def save_registration_outputs(result: RegistrationResult, fixed: sitk.Image, moving: sitk.Image,
@@ -75,5 +50,5 @@ def save_registration_outputs(result: RegistrationResult, fixed: sitk.Image, mov
                           "checkerboard": os.path.basename(cb_path), "metrics": "metrics.json"}
     if extra:
         metrics.update(extra)
-    write_json(metrics, os.path.join(output_dir, "metrics.json"))
+    write_json(os.path.join(output_dir, "metrics.json"), metrics)
     return metrics

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError
-from ...io import atomic_path
+from ...io import atomic_output
 from .network import FusionNetConfig, build_network
 
 __all__ = [
@@ -78,15 +78,9 @@ def save_weights(model: Any, path: str | os.PathLike, *, training: dict[str, Any
         "spatial_dims": str(config.spatial_dims),
         "training": json.dumps(training or {}, default=str),
     }
-    tmp, final = atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         save_file(state, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a weights file is meant to be shared
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return final
+    return os.fspath(path)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -188,14 +182,9 @@ def save_checkpoint(path: str | os.PathLike, *, model: Any, optimizer: Any, epoc
         "epoch": int(epoch),
         "state": json.dumps(state, default=str),
     }
-    tmp, final = atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return final
+    return os.fspath(path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
