@@ -106,6 +106,27 @@ def markdown_table(name: str, result: dict) -> str:
     return "\n".join(lines)
 
 
+def goal_check(name: str, result: dict, method: str = "deep") -> str:
+    """The deep-fusion goal, checked on one set: metrics where ``method`` is above CDDFuse's published
+    row (goal: at least 5 of 8), and whether it is above every classic method on Qabf and VIF."""
+    vals = result["methods"].get(method)
+    if not vals or "error" in vals:
+        return f"goal check ({name}): '{method}' did not run"
+    pub = CDDFUSE_PUBLISHED[name]
+    above = [k for k in KEYS if vals[k] > pub[k]]
+    lines = [f"goal check ({name.replace('_', '-')}): {method} above CDDFuse's published row on {len(above)}/8 "
+             f"({', '.join(above) or 'none'}) -> {'met' if len(above) >= 5 else 'NOT met'} (goal >= 5)"]
+    for key in ("Qabf", "VIF"):
+        others = {m: v[key] for m, v in result["methods"].items() if m != method and "error" not in v}
+        if not others:
+            continue
+        best = max(others, key=others.get)
+        ok = vals[key] > others[best]
+        lines.append(f"  {key}: {method} {vals[key]:.3f} vs best classic {best} {others[best]:.3f} -> "
+                     f"{'above' if ok else 'NOT above'}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="folder with MRI_CT, MRI_PET, MRI_SPECT (CDDFuse's test_img layout)")
@@ -130,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = res
         print(markdown_table(name, res))
         print()
+        if "deep" in methods and len(methods) > 1:
+            print(goal_check(name, res))
+            print()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"data": str(root), "methods": methods, "results": results, "published": CDDFUSE_PUBLISHED},
