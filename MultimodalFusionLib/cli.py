@@ -215,7 +215,8 @@ def _add_fusion_params(p: argparse.ArgumentParser) -> None:
                    help="deep: per-study adaptation steps, a short unsupervised fine-tuning on this very pair "
                         "(default 0: the shipped weights as they are)")
     g.add_argument("--model", dest="weights", metavar="WEIGHTS",
-                   help="deep: .safetensors weights (default: the shipped Resources/Models weights)")
+                   help="deep: .safetensors weights, or 2d / 3d for the shipped ones (default 2d: 2D network, "
+                        "volumes slice by slice; 3d: 3D network with sliding windows, slower on a CPU)")
     g.add_argument("--deep-device", dest="device", choices=("auto", "cpu", "cuda"),
                    help="deep: device (default auto: CUDA when present, CPU otherwise)")
     g.add_argument("--selection", choices=("hard", "blend"),

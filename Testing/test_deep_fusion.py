@@ -268,6 +268,35 @@ class DeepFusionTest(unittest.TestCase):
         # the trained network keeps more edges than the plain average
         self.assertGreater(m["Qabf"], avg["Qabf"])
 
+    def test_shipped_3d_weights_fuse_a_volume_on_request(self):
+        from MultimodalFusionLib.fusion import fuse
+        from MultimodalFusionLib.fusion.deep import default_weights_path, read_metadata
+        from MultimodalFusionLib.metrics import fusion_metrics
+
+        path = default_weights_path(3)
+        self.assertEqual(read_metadata(path)["spatial_dims"], "3")
+        self.assertLess(os.path.getsize(path), 5_000_000)
+        a3, b3 = _pairs()[0]
+        z = a3.shape[0] // 2
+        a3, b3 = a3[z - 12:z + 12], b3[z - 12:z + 12]  # 24 slices: quick on one CPU core
+        geo = ((1.5, 1.5, 1.5), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+        a = sitk.Cast(_image(np.round(a3 * 255), *geo), sitk.sitkUInt8)
+        b = sitk.Cast(_image(np.round(b3 * 255), *geo), sitk.sitkUInt8)
+        res3 = fuse(a, b, "deep", weights="3d", roi_size=48)
+        self.assertEqual(_geometry(res3.image), _geometry(a))
+        by_path = fuse(a, b, "deep", weights=str(path), roi_size=48)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(res3.image), sitk.GetArrayFromImage(by_path.image))
+        # the default for volumes: the 2D weights, slice by slice
+        res2 = fuse(a, b, "deep")
+        by_2d = fuse(a, b, "deep", weights=str(default_weights_path(2)))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(res2.image), sitk.GetArrayFromImage(by_2d.image))
+        self.assertFalse(np.array_equal(sitk.GetArrayFromImage(res2.weights), sitk.GetArrayFromImage(res3.weights)))
+        m3 = fusion_metrics(res3, a, b)
+        avg = fusion_metrics(fuse(a, b, "average"), a, b)
+        self.assertGreater(m3["Qabf"], avg["Qabf"])  # trained: keeps more edges than the average
+        with self.assertRaises(InputError):  # a 3D network cannot fuse a 2D slice
+            fuse(a[:, :, 12], b[:, :, 12], "deep", weights="3d")
+
 
 if __name__ == "__main__":
     unittest.main()
