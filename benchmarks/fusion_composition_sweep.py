@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 try:
     from MultimodalFusionLib import io, metrics
@@ -44,10 +43,8 @@ CLASSICS = ("average", "max", "pca", "wavelet", "laplacian", "overlay")
 
 
 def _grey8(path: Path) -> np.ndarray:
-    arr = sitk.GetArrayFromImage(io.read_image(path, keep_color=True)).astype(np.float64)
-    if arr.ndim == 3:  # colour: rounded BT.601 luminance, as the benchmark and OpenCV
-        arr = 0.299 * arr[..., 0] + 0.587 * arr[..., 1] + 0.114 * arr[..., 2]
-    return np.clip(np.round(arr), 0, 255)
+    """A PNG as the metrics see it: 8-bit grey, colour taken to its rounded BT.601 luminance."""
+    return metrics.to_8bit(io.read_image(path, keep_color=True))
 
 
 def _score(f01: np.ndarray, a8: np.ndarray, b8: np.ndarray) -> np.ndarray:
