@@ -58,7 +58,8 @@ class FusionBenchmarkScriptTest(unittest.TestCase):
             bench = _load_benchmark()
             buf = _io.StringIO()
             with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(_io.StringIO()):
-                rc = bench.main(["--data", str(root), "--methods", "average,max,deep", "--json", str(out_json)])
+                rc = bench.main(["--data", str(root), "--methods", "average,max,deep", "--deep-adapt", "2",
+                                 "--json", str(out_json)])
             text = buf.getvalue()
             self.assertEqual(rc, 0, text)
             self.assertIn("**MRI-CT** (2 pairs)", text)
@@ -67,13 +68,20 @@ class FusionBenchmarkScriptTest(unittest.TestCase):
             self.assertIn("| CDDFuse (published, full set) |", text)
             self.assertRegex(text, r"goal check \(MRI-CT\): deep above CDDFuse's published row on \d/8")
             self.assertRegex(text, r"Qabf: deep \d\.\d{3} vs best classic (average|max) \d\.\d{3}")
+            # the adapted row has its own goal check, against the classic rows only (not the other deep row)
+            self.assertRegex(text, r"goal check \(MRI-SPECT\): deep\+adapt2 above CDDFuse's published row on \d/8")
+            self.assertRegex(text, r"VIF: deep\+adapt2 \d\.\d{3} vs best classic (average|max) \d\.\d{3}")
+            self.assertNotRegex(text, r"vs best classic deep")
             results = json.loads(out_json.read_text())["results"]
             for name in ("MRI_CT", "MRI_SPECT"):
-                for method in ("average", "max", "deep"):
+                for method in ("average", "max", "deep", "deep+adapt2"):
                     vals = results[name]["methods"][method]
                     self.assertNotIn("error", vals)
                     self.assertTrue(all(math.isfinite(vals[k]) for k in bench.KEYS), (name, method, vals))
             # the grey MRI-CT pair fused with max is exactly the pixel-wise maximum: EN/SD follow from it
+            # adaptation changed the network, so the adapted row is not the shipped weights' row
+            shipped, adapted = (results["MRI_CT"]["methods"][m] for m in ("deep", "deep+adapt2"))
+            self.assertNotEqual([shipped[k] for k in bench.KEYS], [adapted[k] for k in bench.KEYS])
             ref = np.maximum(a8, b8)
             self.assertAlmostEqual(results["MRI_CT"]["methods"]["max"]["SD"], float(np.std(ref)), delta=1e-6)
 
