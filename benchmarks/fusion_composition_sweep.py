@@ -107,6 +107,14 @@ def _pyramid(a: np.ndarray, b: np.ndarray, w: np.ndarray, levels: int, base: str
     return current
 
 
+def _structure_select(a: np.ndarray, b: np.ndarray, w: np.ndarray, sigma: float, k: float) -> np.ndarray:
+    from scipy import ndimage
+
+    ea, eb = (ndimage.gaussian_filter(ndimage.sobel(x, 0) ** 2 + ndimage.sobel(x, 1) ** 2, sigma) for x in (a, b))
+    pick_a = np.where(ea > k * eb, True, np.where(eb > k * ea, False, w >= 0.5))
+    return np.where(pick_a, a, b)
+
+
 def candidates() -> dict:
     """name -> f(a, b, hard, blend, w) for every configuration of the sweep."""
     c = {"deep hard (default)": lambda a, b, h, bl, w: h, "deep blend": lambda a, b, h, bl, w: bl}
@@ -128,6 +136,10 @@ def candidates() -> dict:
                 c[f"gradient domain x{gain} base={base} lambda={lam}"] = (
                     lambda a, b, h, bl, w, g=gain, bs=base, lm=lam: _poisson(
                         a, b, h if bs == "w" else np.maximum(a, b), g, lm))
+    for sigma in (1.0, 2.0, 4.0):
+        for k in (1.0, 2.0, 4.0):
+            c[f"structure-aware selection sigma={sigma} k={k}"] = (
+                lambda a, b, h, bl, w, sg=sigma, kk=k: _structure_select(a, b, w, sg, kk))
     return c
 
 
