@@ -1,8 +1,10 @@
-"""The fusion benchmark script runs from a fresh clone on data laid out like CDDFuse's test_img.
+"""The fusion benchmark scripts run from a fresh clone on data laid out like CDDFuse's test_img.
 
 The real benchmark data (Harvard pairs) is not shipped; this builds a tiny folder in the same
 layout from the bundled ITK slices (grey MRI/CT pairs and pseudo-colour SPECT-like slices) and
-checks that the script prints its tables, its goal check, and writes finite metrics to JSON.
+checks that ``fusion_harvard.py`` prints its tables and goal checks (the adaptation row included)
+and writes finite metrics to JSON, and that ``fusion_composition_sweep.py`` scores every
+configuration and keeps its noise control out of the count.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from MultimodalFusionLib.io import read_image
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("fusion_harvard", ROOT / "benchmarks" / "fusion_harvard.py")
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -39,51 +41,80 @@ def _write_png(arr: np.ndarray, path: Path) -> None:
     sitk.WriteImage(img, str(path))
 
 
+def _run(main, argv: list[str]) -> tuple[int, str]:
+    buf = _io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(_io.StringIO()):
+        rc = main(argv)
+    return rc, buf.getvalue()
+
+
 class FusionBenchmarkScriptTest(unittest.TestCase):
-    def test_benchmark_prints_tables_and_goal_check(self):
+    @classmethod
+    def setUpClass(cls):
         t1 = read_image(mmdata.testing_data_dir() / "BrainT1Slice.png", float32=True)  # aligned T1/PD slices
         pd = read_image(mmdata.testing_data_dir() / "BrainProtonDensitySlice.png", float32=True)
         a = sitk.GetArrayFromImage(t1)[:128, :128].astype(np.float64)
         b = sitk.GetArrayFromImage(pd)[:128, :128].astype(np.float64)
-        a8 = np.round(255 * (a - a.min()) / np.ptp(a))
-        b8 = np.round(255 * (b - b.min()) / np.ptp(b))
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            for k, (x, y) in enumerate([(a8, b8), (b8, a8)]):
-                _write_png(x, root / "MRI_CT" / "MRI" / f"{k}.png")
-                _write_png(y, root / "MRI_CT" / "CT" / f"{k}.png")
-                _write_png(x, root / "MRI_SPECT" / "MRI" / f"{k}.png")
-                _write_png(np.round(apply_colormap(y / 255.0, "hot") * 255), root / "MRI_SPECT" / "SPECT" / f"{k}.png")
-            out_json = root / "results.json"
-            bench = _load_benchmark()
-            buf = _io.StringIO()
-            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(_io.StringIO()):
-                rc = bench.main(["--data", str(root), "--methods", "average,max,deep", "--deep-adapt", "2",
-                                 "--json", str(out_json)])
-            text = buf.getvalue()
-            self.assertEqual(rc, 0, text)
-            self.assertIn("**MRI-CT** (2 pairs)", text)
-            self.assertIn("**MRI-SPECT** (2 pairs)", text)
-            self.assertIn("(MRI_PET: no pairs found", text)
-            self.assertIn("| CDDFuse (published, full set) |", text)
-            self.assertRegex(text, r"goal check \(MRI-CT\): deep above CDDFuse's published row on \d/8")
-            self.assertRegex(text, r"Qabf: deep \d\.\d{3} vs best classic (average|max) \d\.\d{3}")
-            # the adapted row has its own goal check, against the classic rows only (not the other deep row)
-            self.assertRegex(text, r"goal check \(MRI-SPECT\): deep\+adapt2 above CDDFuse's published row on \d/8")
-            self.assertRegex(text, r"VIF: deep\+adapt2 \d\.\d{3} vs best classic (average|max) \d\.\d{3}")
-            self.assertNotRegex(text, r"vs best classic deep")
-            results = json.loads(out_json.read_text())["results"]
-            for name in ("MRI_CT", "MRI_SPECT"):
-                for method in ("average", "max", "deep", "deep+adapt2"):
-                    vals = results[name]["methods"][method]
-                    self.assertNotIn("error", vals)
-                    self.assertTrue(all(math.isfinite(vals[k]) for k in bench.KEYS), (name, method, vals))
-            # the grey MRI-CT pair fused with max is exactly the pixel-wise maximum: EN/SD follow from it
-            # adaptation changed the network, so the adapted row is not the shipped weights' row
-            shipped, adapted = (results["MRI_CT"]["methods"][m] for m in ("deep", "deep+adapt2"))
-            self.assertNotEqual([shipped[k] for k in bench.KEYS], [adapted[k] for k in bench.KEYS])
-            ref = np.maximum(a8, b8)
-            self.assertAlmostEqual(results["MRI_CT"]["methods"]["max"]["SD"], float(np.std(ref)), delta=1e-6)
+        cls.a8 = np.round(255 * (a - a.min()) / np.ptp(a))
+        cls.b8 = np.round(255 * (b - b.min()) / np.ptp(b))
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.root = root = Path(cls._tmp.name)
+        for k, (x, y) in enumerate([(cls.a8, cls.b8), (cls.b8, cls.a8)]):
+            _write_png(x, root / "MRI_CT" / "MRI" / f"{k}.png")
+            _write_png(y, root / "MRI_CT" / "CT" / f"{k}.png")
+            _write_png(x, root / "MRI_SPECT" / "MRI" / f"{k}.png")
+            _write_png(np.round(apply_colormap(y / 255.0, "hot") * 255), root / "MRI_SPECT" / "SPECT" / f"{k}.png")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def test_benchmark_prints_tables_and_goal_check(self):
+        a8, b8, root = self.a8, self.b8, self.root
+        out_json = root / "results.json"
+        bench = _load_script("fusion_harvard")
+        rc, text = _run(bench.main, ["--data", str(root), "--methods", "average,max,deep", "--deep-adapt", "2",
+                                     "--json", str(out_json)])
+        self.assertEqual(rc, 0, text)
+        self.assertIn("**MRI-CT** (2 pairs)", text)
+        self.assertIn("**MRI-SPECT** (2 pairs)", text)
+        self.assertIn("(MRI_PET: no pairs found", text)
+        self.assertIn("| CDDFuse (published, full set) |", text)
+        self.assertRegex(text, r"goal check \(MRI-CT\): deep above CDDFuse's published row on \d/8")
+        self.assertRegex(text, r"Qabf: deep \d\.\d{3} vs best classic (average|max) \d\.\d{3}")
+        # the adapted row has its own goal check, against the classic rows only (not the other deep row)
+        self.assertRegex(text, r"goal check \(MRI-SPECT\): deep\+adapt2 above CDDFuse's published row on \d/8")
+        self.assertRegex(text, r"VIF: deep\+adapt2 \d\.\d{3} vs best classic (average|max) \d\.\d{3}")
+        self.assertNotRegex(text, r"vs best classic deep")
+        results = json.loads(out_json.read_text())["results"]
+        for name in ("MRI_CT", "MRI_SPECT"):
+            for method in ("average", "max", "deep", "deep+adapt2"):
+                vals = results[name]["methods"][method]
+                self.assertNotIn("error", vals)
+                self.assertTrue(all(math.isfinite(vals[k]) for k in bench.KEYS), (name, method, vals))
+        # the grey MRI-CT pair fused with max is exactly the pixel-wise maximum: EN/SD follow from it
+        # adaptation changed the network, so the adapted row is not the shipped weights' row
+        shipped, adapted = (results["MRI_CT"]["methods"][m] for m in ("deep", "deep+adapt2"))
+        self.assertNotEqual([shipped[k] for k in bench.KEYS], [adapted[k] for k in bench.KEYS])
+        ref = np.maximum(a8, b8)
+        self.assertAlmostEqual(results["MRI_CT"]["methods"]["max"]["SD"], float(np.std(ref)), delta=1e-6)
+
+    def test_composition_sweep_runs_and_counts_configurations(self):
+        sweep = _load_script("fusion_composition_sweep")
+        n = len(sweep.candidates())
+        rc, text = _run(sweep.main, ["--data", str(self.root), "--sets", "MRI_CT", "--top", "3"])
+        self.assertEqual(rc, 0, text)
+        self.assertIn(f"**MRI-CT** (2 pairs; {n} configurations;", text)
+        self.assertRegex(text, rf"configurations meeting the whole goal: \d+ of {n}")
+        # the noise control is printed beside the table and is not one of the counted configurations
+        self.assertIn("| *control, not a method:", text)
+        self.assertFalse(any("control" in name for name in sweep.candidates()))
+        # the structure-aware selection copies pixels: every output value comes from one of the sources
+        a, b = self.a8 / 255.0, self.b8 / 255.0
+        w = np.full(a.shape, 0.5)
+        out = sweep._structure_select(a, b, w, 2.0, 1.0)
+        self.assertTrue(np.all((out == a) | (out == b)))
+        self.assertTrue(np.any(out != a) and np.any(out != b))
 
 
 if __name__ == "__main__":
