@@ -18,11 +18,13 @@ fusion literature uses, with the shipped network's weight map ``w`` where a rule
   with a base from ``w`` or max.
 
 It prints, per set, the best configurations (by metrics above CDDFuse, then Qabf + VIF) and how many
-meet the whole goal. It also prints a control that is not a fusion method: the default output with
-invisible noise (0-3 grey levels) added where both sources are black. It shows how far EN, a count
-of occupied grey levels, rises with nothing a reader would call better fusion, and so why
-"metrics above CDDFuse" is not chased with such tricks here. Metrics as ``benchmarks/fusion_harvard.py`` (CDDFuse's Evaluator.py on 8-bit
+meet the whole goal. Metrics as ``benchmarks/fusion_harvard.py`` (CDDFuse's Evaluator.py on 8-bit
 grey images). A research aid: the parameters it sweeps were never used to choose the shipped defaults.
+
+It also prints a control that is not a fusion method: the default output with invisible noise (0-3
+grey levels) added where both sources are black. It shows how far EN, a count of occupied grey
+levels, rises with nothing a reader would call better fusion, and so why "metrics above CDDFuse" is
+not chased with such tricks here.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def _pyramid(a: np.ndarray, b: np.ndarray, w: np.ndarray, levels: int, base: str
 
 
 def _structure_select(a: np.ndarray, b: np.ndarray, w: np.ndarray, sigma: float, k: float) -> np.ndarray:
+    """Each pixel copied from the source whose local Sobel energy is over ``k`` times the other's, else as ``w``."""
     from scipy import ndimage
 
     ea, eb = (ndimage.gaussian_filter(ndimage.sobel(x, 0) ** 2 + ndimage.sobel(x, 1) ** 2, sigma) for x in (a, b))
