@@ -194,21 +194,18 @@ class DeepFusionTest(unittest.TestCase):
             with self.assertRaises(InputError) as ctx:
                 load_weights(foreign)
             self.assertIn("not MultimodalFusion deep-fusion weights", str(ctx.exception))
-            newer = os.path.join(tmp, "newer.safetensors")
             state = {k: v.contiguous() for k, v in net.state_dict().items()}
-            meta = {"format": "mmfusion-deep-fusion", "format_version": "99",
-                    "architecture": '{"spatial_dims": 2}', "spatial_dims": "2"}
-            save_file(state, newer, metadata=meta)
-            with self.assertRaises(InputError) as ctx:
-                load_weights(newer)
-            self.assertIn("version", str(ctx.exception))
-            mismatch = os.path.join(tmp, "mismatch.safetensors")
-            meta = {"format": "mmfusion-deep-fusion", "format_version": "1",
-                    "architecture": '{"spatial_dims": 2, "features": 6}', "spatial_dims": "2"}
-            save_file(state, mismatch, metadata=meta)
-            with self.assertRaises(InputError) as ctx:
-                load_weights(mismatch)
-            self.assertIn("do not match", str(ctx.exception))
+            # our header, but a newer format version / an architecture the tensors do not fit
+            for name, version, architecture, message in (
+                    ("newer", "99", '{"spatial_dims": 2}', "version"),
+                    ("mismatch", "1", '{"spatial_dims": 2, "features": 6}', "do not match")):
+                path = os.path.join(tmp, f"{name}.safetensors")
+                meta = {"format": "mmfusion-deep-fusion", "format_version": version,
+                        "architecture": architecture, "spatial_dims": "2"}
+                save_file(state, path, metadata=meta)
+                with self.assertRaises(InputError) as ctx:
+                    load_weights(path)
+                self.assertIn(message, str(ctx.exception))
             with self.assertRaises(InputError) as ctx:
                 load_weights(good, spatial_dims=3)
             self.assertIn("2D network", str(ctx.exception))
