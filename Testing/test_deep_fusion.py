@@ -5,6 +5,7 @@ Small networks and downsampled MNI152 slices/volumes keep the whole file well un
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import unittest
@@ -213,6 +214,52 @@ class DeepFusionTest(unittest.TestCase):
                 load_weights(os.path.join(tmp, "missing.safetensors"))
             with self.assertRaises(InputError):
                 load_checkpoint(good)  # a weights file is not a checkpoint (torch.load weights_only refuses)
+            # a diverged run's NaN tensors would give NaN weight maps (a silently wrong fusion): refused
+            nan_state = dict(state)
+            name = next(k for k, v in nan_state.items() if v.is_floating_point() and v.dim() > 1)
+            nan_state[name] = torch.full_like(nan_state[name], float("nan"))
+            nan_path = os.path.join(tmp, "nan.safetensors")
+            save_file(nan_state, nan_path, metadata={"format": "mmfusion-deep-fusion", "format_version": "1",
+                                                     "architecture": json.dumps(net.config.to_dict()),
+                                                     "spatial_dims": "2"})
+            with self.assertRaises(InputError) as ctx:
+                load_weights(nan_path)
+            self.assertIn("NaN or infinite", str(ctx.exception))
+            self.assertIn(name, str(ctx.exception))
+
+    def test_weights_file_replaced_on_disk_is_read_again(self):
+        # a long session (Slicer, mmfusion web) re-trains into the same path: the new weights are used
+        from MultimodalFusionLib.fusion.deep import fuse_arrays, save_weights
+
+        t1, ct = _pairs()[0]
+        a, b = t1[20], ct[20]
+        nets = [_tiny_net(seed=s) for s in (1, 2)]
+        for net in nets:
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.add_(torch.randn_like(p) * 0.3)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "current.safetensors")
+            results = []
+            for net in nets:
+                save_weights(net, path)
+                results.append(fuse_arrays(a, b, weights=path, device="cpu", selection="blend")[0])
+            direct = fuse_arrays(a, b, weights=nets[1], device="cpu", selection="blend")[0]
+        self.assertFalse(np.array_equal(results[0], results[1]))
+        np.testing.assert_array_equal(results[1], direct)
+
+    def test_adaptation_input_errors_are_clear(self):
+        from MultimodalFusionLib.fusion.deep import fuse_arrays
+
+        a = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+        with self.assertRaises(InputError) as ctx:  # 3D weights cannot adapt to (or fuse) a 2D slice
+            fuse_arrays(a, a, weights=_tiny_net(3), adapt_steps=2, device="cpu")
+        self.assertIn("3D fusion network cannot fuse 2D images", str(ctx.exception))
+        with self.assertRaises(InputError) as ctx:  # smaller than the SSIM window of the adaptation loss
+            fuse_arrays(a[:5, :7], a[:5, :7], weights=_tiny_net(), adapt_steps=2, device="cpu")
+        self.assertIn("at least 8 voxels", str(ctx.exception))
+        fused, _, _ = fuse_arrays(a[:5, :7], a[:5, :7], weights=_tiny_net(), device="cpu")  # without: fine
+        self.assertEqual(fused.shape, (5, 7))
 
     def test_same_seed_same_result_and_resume(self):
         from MultimodalFusionLib.fusion.deep import TrainingConfig, train_fusion

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from typing import Any
 
@@ -36,11 +37,15 @@ DEFAULT_ADAPT_STEPS = 0
 #: Names of the shipped weights accepted in place of a path (``weights="3d"``, CLI ``--param weights=3d``).
 WEIGHT_ALIASES = {"2d": 2, "3d": 3, "default": 2, "default-2d": 2, "default-3d": 3}
 
-_MODEL_CACHE: dict[tuple[str, int], tuple[Any, dict[str, Any]]] = {}
+_MODEL_CACHE: dict[tuple[str, int, int, int], tuple[Any, dict[str, Any]]] = {}
+
+#: Smallest image side per-study adaptation accepts (the SSIM term's 7-voxel window must fit).
+MIN_ADAPT_SIZE = 8
 
 
 def _load_model(weights: Any, spatial_dims: int) -> tuple[Any, dict[str, Any]]:
-    """(network, metadata) from a path (cached per path), a network, or the shipped default."""
+    """(network, metadata) from a path (cached per file: a file replaced on disk is read again), a
+    network, or the shipped default."""
     from .weights import default_weights_path, load_weights
 
     if weights is not None and hasattr(weights, "config") and hasattr(weights, "state_dict"):
@@ -53,8 +58,15 @@ def _load_model(weights: Any, spatial_dims: int) -> tuple[Any, dict[str, Any]]:
         path = default_weights_path(WEIGHT_ALIASES[weights.lower()])
     else:
         path = weights
-    key = (str(path), 0)
+    try:
+        st = os.stat(path)
+        # a file replaced on disk (atomic rename: a new inode; rewritten: a new time) is read again
+        key = (os.path.abspath(os.fspath(path)), st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:  # missing/unreadable: load_weights raises the clear error
+        return load_weights(path)
     if key not in _MODEL_CACHE:
+        for stale in [k for k in _MODEL_CACHE if k[0] == key[0]]:  # an older version of this file
+            del _MODEL_CACHE[stale]
         _MODEL_CACHE[key] = load_weights(path)
     return _MODEL_CACHE[key]
 
@@ -255,11 +267,20 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
     if selection not in ("blend", "hard"):
         raise InputError(f"Unknown selection '{selection}'.", "Use 'hard' (default) or 'blend'.")
     model, meta = _load_model(weights, dim)
+    if model.config.spatial_dims > dim:
+        raise InputError(f"A {model.config.spatial_dims}D fusion network cannot fuse {dim}D images.",
+                         "Use 2D weights for 2D slices (weights='2d', CLI --model 2d); 3D volumes work with 2D or "
+                         "3D weights.")
     if isinstance(loss_weights, str) or loss_weights is None:
         loss_weights = LossWeights.parse(loss_weights) if loss_weights else LossWeights()
     steps = DEFAULT_ADAPT_STEPS if adapt_steps is None else int(adapt_steps)
     if steps < 0:
         raise InputError(f"adapt_steps must be >= 0 (got {steps}).", "Use 0 for no adaptation.")
+    sides = a.shape[-model.config.spatial_dims:]
+    if steps > 0 and min(sides) < MIN_ADAPT_SIZE:
+        raise InputError(f"Per-study adaptation needs images of at least {MIN_ADAPT_SIZE} voxels along each "
+                         f"axis the network sees (got {'x'.join(str(s) for s in sides)}).",
+                         "Fuse this image without adaptation (adapt_steps=0, CLI without --adapt).")
     dev = resolve_device(device)
     report(progress, 0.0, f"deep fusion on {dev.type}")
 

@@ -128,7 +128,7 @@ def load_weights(path: str | os.PathLike, *, spatial_dims: int | None = None,
 
     Raises:
         InputError: corrupted, foreign, newer-version or mismatched file (architecture vs tensors,
-            or spatial dimensions).
+            or spatial dimensions), or tensors holding NaN/infinite values.
     """
     meta = read_metadata(path)
     try:
@@ -157,6 +157,15 @@ def load_weights(path: str | os.PathLike, *, spatial_dims: int | None = None,
                            if keys)
         raise InputError(f"The tensors of '{path}' do not match its architecture header ({detail}).",
                          _FIX_DEFAULT)
+    import torch
+
+    not_finite = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if not_finite:
+        # a diverged training run or a damaged file: the network would return NaN weight maps
+        raise InputError(f"'{path}' holds NaN or infinite values in {len(not_finite)} tensor(s) "
+                         f"({', '.join(not_finite[:3])}{'...' if len(not_finite) > 3 else ''}).",
+                         "Re-train the weights (a lower --lr if the training diverged), or " + _FIX_DEFAULT[0].lower()
+                         + _FIX_DEFAULT[1:])
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     info: dict[str, Any] = dict(meta)
