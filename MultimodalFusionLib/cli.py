@@ -111,10 +111,14 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
-    from .io import read_image
+    from .io import check_not_overwriting_inputs, read_image
     from .registration import register
     from .registration.outputs import save_registration_outputs
 
+    check_not_overwriting_inputs(
+        [os.path.join(args.output_dir, n) for n in ("transform.*", "moving_resampled.nii.gz", "checkerboard.png",
+                                                     "metrics.json")],
+        [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform])
     fixed = read_image(args.fixed, series=args.series, float32=True)
     moving = read_image(args.moving, series=args.series, float32=True)
     fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
@@ -159,9 +163,10 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_resample(args: argparse.Namespace) -> int:
-    from .io import read_image, read_transform, write_image
+    from .io import check_not_overwriting_inputs, read_image, read_transform, write_image
     from .preprocess import resample
 
+    check_not_overwriting_inputs([args.output], [args.moving, args.reference, args.transform])
     moving = read_image(args.moving, series=args.series)
     reference = read_image(args.reference, series=args.series)
     transform = read_transform(args.transform) if args.transform else None
@@ -255,9 +260,12 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
 
 def _run_fuse(args: argparse.Namespace) -> int:
     from .fusion import fuse
-    from .io import read_image, write_image
+    from .io import check_not_overwriting_inputs, read_image, write_image
     from .pipeline import _writable
+    from .report import report_file_patterns
 
+    outputs = [args.output] + ([os.path.join(args.report, n) for n in report_file_patterns()] if args.report else [])
+    check_not_overwriting_inputs(outputs, [args.a, args.b])
     a = read_image(args.a, keep_color=True)
     b = read_image(args.b, keep_color=True)
     bar = ProgressBar(desc=f"fuse {args.method}")
@@ -457,6 +465,19 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise InputError(f"train-fusion needs torch and MONAI ({exc}).",
                          "pip install 'slicer-multimodalfusion[deep]'") from exc
+    from .fusion.deep.data import find_pairs
+    from .io import check_not_overwriting_inputs
+
+    checkpoint = args.checkpoint or args.output + ".ckpt.pt"
+    if not args.output.lower().endswith(".safetensors"):
+        raise InputError(f"The weights file '{args.output}' does not end in .safetensors.",
+                         "Name the output MODEL.safetensors (the format it is written in).")
+    if os.path.abspath(checkpoint) == os.path.abspath(args.output):
+        raise InputError(f"The checkpoint and the weights file are the same file ('{checkpoint}').",
+                         "Give --checkpoint another name (default: MODEL.safetensors.ckpt.pt).")
+    # (--resume may name the checkpoint itself: continuing a run updates it, as every epoch does)
+    check_not_overwriting_inputs([args.output, checkpoint],
+                                 [p for pair in find_pairs(args.pairs) for p in pair] + [args.init])
     if args.threads:
         torch.set_num_threads(args.threads)
     pairs = load_pairs(args.pairs)
@@ -464,7 +485,6 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
                           loss_weights=LossWeights.parse(args.loss_weights), seed=args.seed, device=args.device,
                           samples_per_epoch=args.samples_per_epoch)
     model = load_weights(args.init, spatial_dims=args.spatial_dims)[0] if args.init else None
-    checkpoint = args.checkpoint or args.output + ".ckpt.pt"
     bar = ProgressBar(desc="train-fusion")
     try:
         result = train_fusion(pairs, config=FusionNetConfig(spatial_dims=args.spatial_dims), training=tcfg,

@@ -12,12 +12,13 @@ renamed, so a crash never leaves a half-written result and an input is never ove
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,6 +36,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "atomic_path",
     "atomic_output",
+    "check_not_overwriting_inputs",
     "write_bytes",
     "write_json",
     "to_json_safe",
@@ -204,6 +206,30 @@ def atomic_output(path: str | os.PathLike, mode: int | None = None) -> Iterator[
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def check_not_overwriting_inputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[Any]) -> None:
+    """Refuse, before any work, outputs that would replace an input file.
+
+    Args:
+        outputs: output paths; the file name may hold shell wildcards (``out/fused_*``) for outputs
+            whose names are known only by pattern.
+        inputs: the inputs as given: paths, or anything else (images in memory, None), which is
+            skipped; folders (DICOM series) are skipped too, as writing a file into them replaces nothing.
+
+    Raises:
+        InputError: an output names one of the input files (also through a symbolic link).
+    """
+    files = [(os.fspath(src), os.path.realpath(src)) for src in inputs
+             if isinstance(src, (str, os.PathLike)) and os.path.isfile(src)]
+    for out in outputs:
+        real_out = os.path.realpath(os.path.dirname(os.path.abspath(os.fspath(out))))
+        pattern = os.path.basename(os.fspath(out))
+        for given, real in files:
+            if os.path.dirname(real) == real_out and fnmatch.fnmatchcase(os.path.basename(real), pattern):
+                raise InputError(f"The output '{out}' would overwrite the input file '{given}'.",
+                                 "Write the output elsewhere (another output file or --output-dir); inputs are "
+                                 "never overwritten.")
 
 
 def write_bytes(path: str | os.PathLike, payload: bytes) -> str:

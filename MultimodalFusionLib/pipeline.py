@@ -128,9 +128,20 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         raise InputError("No fusion method was given.", f"Name one or more of: {', '.join(fusion.list_methods())}.")
     for m in methods:
         fusion.get_method(m)  # fail early, before a long registration, on a misspelt method
+    deep_device = ((method_params or {}).get("deep") or {}).get("device")
+    if "deep" in methods and deep_device:
+        from .fusion.deep.training import resolve_device
+
+        resolve_device(deep_device)  # a CUDA request without a GPU fails now, not after the registration
     if isinstance(stages, str):
         stages = [s.strip() for s in stages.split(",") if s.strip()]
     out = os.fspath(output_dir)
+    from .io import check_not_overwriting_inputs
+
+    check_not_overwriting_inputs(
+        [os.path.join(out, n) for n in ["transform.*", "moving_resampled.*"]
+         + [f"{kind}_{m}.*" for m in methods for kind in ("fused", "weights")]]
+        + [os.path.join(out, n) for n in report_mod.report_file_patterns()], [fixed, moving])
     os.makedirs(out, exist_ok=True)
 
     report(progress, 0.0, "loading images")

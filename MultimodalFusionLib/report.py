@@ -26,7 +26,7 @@ from .errors import InputError
 from .fusion.base import FusionResult
 from .io import write_bytes, write_json
 
-__all__ = ["save_montage_png", "write_report", "metrics_chart_png", "write_json", "REPORT_METRICS"]
+__all__ = ["save_montage_png", "write_report", "report_file_patterns", "metrics_chart_png", "write_json", "REPORT_METRICS"]
 
 #: Metrics in the report's table and chart (the published set, then PSNR); higher is better for all.
 REPORT_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR")
@@ -293,6 +293,11 @@ def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> st
         parts.append(f'<p class="warn">Warning: {html.escape(str(w))}</p>')
     parts.append("</div>")
     return "".join(parts)
+
+
+def report_file_patterns() -> list[str]:
+    """Names of the files :func:`write_report` writes (``*`` stands for a method name)."""
+    return ["montage_*.png", "metrics_chart.png", "metrics.json", "report.html"]
 
 
 def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Image], fusions: Sequence[FusionResult],

@@ -82,6 +82,11 @@ class RegisterCommand(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertTrue(json.loads(out)["metric_after"] <= json.loads(out)["metric_before"])
 
+    def _copy(self, src: str, name: str) -> str:
+        dst = os.path.join(self.dir, name)
+        sitk.WriteImage(sitk.ReadImage(src), dst)
+        return dst
+
     def test_errors_are_one_line_without_traceback(self):
         cases = [
             ("register", os.path.join(self.dir, "missing.nii.gz"), MOVING, "-o", self.dir),
@@ -89,6 +94,8 @@ class RegisterCommand(unittest.TestCase):
             ("register", FIXED, MOVING, "-o", self.dir, "--stages", "rigid,warp"),
             ("resample", MOVING, "--reference", FIXED, "--transform", os.path.join(self.dir, "no.tfm"),
              "-o", os.path.join(self.dir, "x.nii.gz")),
+            # an input that the outputs would overwrite (a first run's result, registered again in place)
+            ("register", FIXED, self._copy(MOVING, "moving_resampled.nii.gz"), "-o", self.dir),
         ]
         for argv in cases:
             rc, out, err = run_cli(*argv)

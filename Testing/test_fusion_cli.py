@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MultimodalFusionLib import cli, data, io, metrics
+from MultimodalFusionLib.errors import InputError
 
 
 def _main(argv: list[str]) -> tuple[int, str, str]:
@@ -79,6 +80,45 @@ class FuseEvaluateCliTest(unittest.TestCase):
         code, _, stderr = _main(["fuse", self.a, moved, "-o", os.path.join(self.tmp.name, "x.nii.gz")])
         self.assertEqual(code, 2)
         self.assertIn("is not on the anatomical image (a)'s grid", stderr)
+
+    def test_grid_error_names_only_what_differs(self) -> None:
+        # only the direction differs: the message must say so, not list equal sizes/spacings/origins
+        turned = os.path.join(self.tmp.name, "turned.nii.gz")
+        img = io.read_image(self.b)
+        img.SetDirection((0.0, -1.0, 1.0, 0.0))
+        io.write_image(img, turned)
+        code, _, stderr = _main(["fuse", self.a, turned, "-o", os.path.join(self.tmp.name, "x.nii.gz")])
+        self.assertEqual(code, 2)
+        self.assertIn("grid: direction (0, -1, 1, 0) vs (1, 0, 0, 1)", stderr)
+        self.assertNotIn("size", stderr.split("Fix")[0])
+
+    def test_outputs_never_overwrite_inputs(self) -> None:
+        # the output named like an input (directly, or by another spelling of the path): refused, input intact
+        a_copy = os.path.join(self.tmp.name, "a.png")
+        with open(self.a, "rb") as src, open(a_copy, "wb") as dst:
+            dst.write(src.read())
+        before = open(a_copy, "rb").read()
+        other_spelling = os.path.join(self.tmp.name, ".", "sub", "..", "a.png")
+        os.makedirs(os.path.join(self.tmp.name, "sub"))
+        for argv in (["fuse", a_copy, self.b, "-o", a_copy],
+                     ["fuse", self.b, a_copy, "--method", "max", "-o", other_spelling],
+                     ["resample", a_copy, "--reference", self.b, "-o", a_copy]):
+            with self.subTest(argv[0]):
+                code, _, stderr = _main(argv)
+                self.assertEqual(code, 2, stderr)
+                self.assertIn("would overwrite the input file", stderr)
+                self.assertEqual(open(a_copy, "rb").read(), before)
+        # the report folder holding an input named like a report file
+        metrics_json = os.path.join(self.tmp.name, "metrics.json")
+        with open(metrics_json, "w") as fh:
+            fh.write("{}")
+        code, _, stderr = _main(["fuse", self.a, self.b, "-o", os.path.join(self.tmp.name, "f.nii.gz"),
+                                 "--report", self.tmp.name])
+        self.assertEqual(code, 0, stderr)  # metrics.json there is not an input: a report may replace it
+        with self.assertRaises(InputError):
+            io.check_not_overwriting_inputs([os.path.join(self.tmp.name, "montage_*.png")],
+                                            [os.path.join(self.tmp.name, "montage_average.png"), None, self.tmp.name])
+        io.check_not_overwriting_inputs([os.path.join(self.tmp.name, "fused.png")], [self.tmp.name, a_copy, None])
 
     def test_evaluate_json_matches_the_library(self) -> None:
         out = os.path.join(self.tmp.name, "fused.png")

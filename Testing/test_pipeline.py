@@ -143,6 +143,19 @@ class PipelineApiTest(unittest.TestCase):
             pipeline.run(t1, t1, tmp, methods="average,nonsense")
         self.assertIn("nonsense", str(ctx.exception))
 
+    def test_inputs_named_like_outputs_are_not_overwritten(self) -> None:
+        # a second run on the first run's resampled image, into the same folder: refused before any work
+        d = data.testing_data_dir()
+        with tempfile.TemporaryDirectory() as tmp:
+            moving = os.path.join(tmp, "moving_resampled.png")
+            shutil.copy(d / "BrainProtonDensitySlice.png", moving)
+            before = open(moving, "rb").read()
+            with self.assertRaises(InputError) as ctx:
+                pipeline.run(d / "BrainT1Slice.png", moving, tmp, register=False, methods="average")
+            self.assertIn("would overwrite the input file", str(ctx.exception))
+            self.assertEqual(open(moving, "rb").read(), before)
+            self.assertEqual(os.listdir(tmp), ["moving_resampled.png"])
+
     def test_aligned_2d_slices_without_registration(self) -> None:
         d = data.testing_data_dir()
         with tempfile.TemporaryDirectory() as tmp:

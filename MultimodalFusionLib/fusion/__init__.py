@@ -147,9 +147,15 @@ def check_same_grid(a: sitk.Image, b: sitk.Image, a_name: str = "anatomical imag
         return
     def fmt(v: Sequence[float]) -> str:
         return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+    # name only what differs (all four when the dimension differs)
+    props = [("size", a.GetSize(), b.GetSize(), str, 0, 0),
+             ("spacing", a.GetSpacing(), b.GetSpacing(), fmt, 1e-5, 1e-6),
+             ("origin", a.GetOrigin(), b.GetOrigin(), fmt, 1e-5, 1e-4),
+             ("direction", a.GetDirection(), b.GetDirection(), fmt, 0, 1e-5)]  # same_grid's tolerances
+    diffs = [f"{name} {show(vb)} vs {show(va)}" for name, va, vb, show, rtol, atol in props
+             if len(va) != len(vb) or not np.allclose(va, vb, rtol=rtol, atol=atol)]
     raise InputError(
-        f"The {b_name} is not on the {a_name}'s grid: size {b.GetSize()} vs {a.GetSize()}, spacing "
-        f"{fmt(b.GetSpacing())} vs {fmt(a.GetSpacing())}, origin {fmt(b.GetOrigin())} vs {fmt(a.GetOrigin())}.",
+        f"The {b_name} is not on the {a_name}'s grid: {', '.join(diffs) or 'geometry differs'}.",
         "Register and resample it onto the anatomical image first (mmfusion run FIXED MOVING, or "
         "mmfusion resample MOVING --reference FIXED), or use pipeline.run.")
 
