@@ -6,7 +6,7 @@ import io
 import os
 import tempfile
 import unittest
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,46 @@ class TrainFusionCliTest(unittest.TestCase):
             # a bad loss-weights string is a clear error (exit code 2), not a traceback
             with redirect_stdout(io.StringIO()):
                 self.assertEqual(main(common[:-1] + ["1,x"]), 2)
+
+    def test_bad_training_and_device_requests_fail_before_writing_anything(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            _write_pairs(tmp / "pairs")
+            model = tmp / "out" / "m.safetensors"
+            base = ["train-fusion", "--pairs", str(tmp / "pairs"), "--patch-size", "32", "--device", "cpu",
+                    "--epochs", "1"]
+            cases = [
+                # 2 pairs of 2D slices = 2 samples per epoch, fewer than the default batch of 8: no step would run
+                (["--output", str(model)], "fewer than the batch size 8"),
+                (["--output", str(tmp / "m.pt")], "does not end in .safetensors"),
+                (["--output", str(model), "--checkpoint", str(model)], "are the same file"),
+                # the weights written over a training image
+                (["--output", str(tmp / "pairs" / "MRI" / "18.png")], "does not end in .safetensors"),
+            ]
+            for extra, message in cases:
+                with self.subTest(message), redirect_stdout(io.StringIO()):
+                    err = io.StringIO()
+                    with redirect_stderr(err):
+                        self.assertEqual(main(base + extra), 2)
+                    self.assertIn(message, err.getvalue())
+                    self.assertNotIn("Traceback", err.getvalue())
+            self.assertFalse((tmp / "out").exists() and any((tmp / "out").iterdir()))
+            # three modality folders side by side: the error says why nothing was found
+            (tmp / "pairs" / "PET").mkdir()
+            err = io.StringIO()
+            with redirect_stderr(err), redirect_stdout(io.StringIO()):
+                self.assertEqual(main(base + ["--output", str(model)]), 2)
+            self.assertIn("exactly two image sub-folders", err.getvalue())
+            if not torch.cuda.is_available():
+                # a CUDA request without a GPU: the message names the options of this command, and `run`
+                # fails before registering (nothing written)
+                a, b = str(tmp / "pairs" / "MRI" / "18.png"), str(tmp / "pairs" / "CT" / "18.png")
+                err = io.StringIO()
+                with redirect_stderr(err), redirect_stdout(io.StringIO()):
+                    self.assertEqual(main(["run", a, b, "--methods", "deep", "--deep-device", "cuda",
+                                           "--output-dir", str(tmp / "run")]), 2)
+                self.assertIn("--deep-device", err.getvalue())
+                self.assertFalse((tmp / "run").exists())
 
 
 if __name__ == "__main__":

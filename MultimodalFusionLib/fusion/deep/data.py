@@ -65,9 +65,12 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
         raise InputError(f"Pairs folder '{root}' does not exist.",
                          "Give a folder with two sub-folders (e.g. MRI/ and CT/) of images with matching names.")
     pairs: list[tuple[Path, Path]] = []
+    skipped: list[str] = []
     for parent in sorted([root] + [p for p in root.rglob("*") if p.is_dir()]):
         subs = sorted(p for p in parent.iterdir() if p.is_dir())
         if len(subs) != 2:
+            if len(subs) > 2 and any(_is_image(f.name) for d in subs for f in d.iterdir() if f.is_file()):
+                skipped.append(f"'{parent}' ({len(subs)} sub-folders: {', '.join(d.name for d in subs[:4])})")
             continue
         first, second = subs
         if first.name.lower() in _SECOND and second.name.lower() not in _SECOND:
@@ -76,9 +79,12 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
         names_b = {p.name for p in second.iterdir() if p.is_file() and _is_image(p.name)}
         pairs.extend((first / n, second / n) for n in sorted(names_a & names_b))
     if not pairs:
-        raise InputError(f"No image pairs found below '{root}'.",
+        why = (f" Skipped, because a pair folder must hold exactly two image sub-folders: {'; '.join(skipped[:3])}."
+               if skipped else "")
+        raise InputError(f"No image pairs found below '{root}'.{why}",
                          "Put pairs in two sub-folders with matching file names, e.g. DIR/MRI/01.png and "
-                         "DIR/CT/01.png (2D images or 3D volumes).")
+                         "DIR/CT/01.png (2D images or 3D volumes); for three modalities make one folder per "
+                         "pairing (e.g. DIR/mr_ct/{MRI,CT}, DIR/mr_pet/{MRI,PET}).")
     return pairs
 
 

@@ -79,7 +79,8 @@ def resolve_device(device: str | None = "auto") -> Any:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise InputError("A CUDA device was requested but torch sees no GPU.",
-                             "Use --device auto or --device cpu (or install a CUDA build of torch).")
+                             "Use the device 'auto' or 'cpu' (mmfusion train-fusion --device, mmfusion fuse/run "
+                             "--deep-device, Python device=...), or install a CUDA build of torch.")
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
@@ -146,7 +147,13 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
         optimizer.load_state_dict(state["optimizer"])
     loss_fn = FusionLoss(config.spatial_dims, tcfg.loss_weights)
     per_epoch = tcfg.samples_per_epoch or len(samples)
-    steps_per_epoch = max(1, per_epoch // tcfg.batch_size)
+    if per_epoch < tcfg.batch_size:
+        # the loader drops incomplete batches: no step would run and the "trained" weights be random
+        raise InputError(f"{per_epoch} training sample(s) per epoch ({len(samples)} slices/volumes from "
+                         f"{len(pairs)} pair(s)) are fewer than the batch size {tcfg.batch_size}.",
+                         f"Use a batch size of at most {per_epoch} (--batch-size {per_epoch}), draw more samples "
+                         f"per epoch (--samples-per-epoch {tcfg.batch_size}), or add pairs.")
+    steps_per_epoch = per_epoch // tcfg.batch_size
     total_steps = steps_per_epoch * tcfg.epochs
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
