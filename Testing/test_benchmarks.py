@@ -2,9 +2,10 @@
 
 The real benchmark data (Harvard pairs) is not shipped; this builds a tiny folder in the same
 layout from the bundled ITK slices (grey MRI/CT pairs and pseudo-colour SPECT-like slices) and
-checks that ``fusion_harvard.py`` prints its tables and goal checks (the adaptation row included)
-and writes finite metrics to JSON, and that ``fusion_composition_sweep.py`` scores every
-configuration and keeps its noise control out of the count.
+checks that ``fusion_harvard.py`` prints its tables and goal checks (the adaptation row included),
+writes finite metrics to JSON and stretches every fused image as CDDFuse's ``test_MIF.py`` does,
+and that ``fusion_composition_sweep.py`` scores every configuration and keeps its noise control
+out of the count.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def _write_png(arr: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = sitk.GetImageFromArray(arr.astype(np.uint8), isVector=arr.ndim == 3)
     sitk.WriteImage(img, str(path))
+
+
+def _entropy(f: np.ndarray) -> float:
+    h = np.bincount(f.astype(np.uint8).ravel(), minlength=256) / f.size
+    return float(-np.sum(h[h > 0] * np.log2(h[h > 0])))
 
 
 def _run(main, argv: list[str]) -> tuple[int, str]:
@@ -92,12 +98,30 @@ class FusionBenchmarkScriptTest(unittest.TestCase):
                 vals = results[name]["methods"][method]
                 self.assertNotIn("error", vals)
                 self.assertTrue(all(math.isfinite(vals[k]) for k in bench.KEYS), (name, method, vals))
-        # the grey MRI-CT pair fused with max is exactly the pixel-wise maximum: EN/SD follow from it
         # adaptation changed the network, so the adapted row is not the shipped weights' row
         shipped, adapted = (results["MRI_CT"]["methods"][m] for m in ("deep", "deep+adapt2"))
         self.assertNotEqual([shipped[k] for k in bench.KEYS], [adapted[k] for k in bench.KEYS])
-        ref = np.maximum(a8, b8)
+        # the grey MRI-CT pair fused with max is exactly the pixel-wise maximum: its SD follows from it
+        ref = bench.cddfuse_saved(np.maximum(a8, b8))  # stretched as CDDFuse's test_MIF.py does
         self.assertAlmostEqual(results["MRI_CT"]["methods"]["max"]["SD"], float(np.std(ref)), delta=1e-6)
+
+    def test_benchmark_stretches_fused_images_as_cddfuse_does(self):
+        # CDDFuse's test_MIF.py min-max normalises its output before saving and scoring it; the
+        # benchmark does the same to every method (default), or scores the image as returned
+        bench = _load_script("fusion_harvard")
+        avg = 0.5 * (self.a8 + self.b8)
+        self.assertLess(np.ptp(avg), 250.0)  # so the stretch changes this image
+        expected = {"cddfuse": bench.cddfuse_saved(avg), "none": np.round(avg)}
+        self.assertEqual((expected["cddfuse"].min(), expected["cddfuse"].max()), (0.0, 255.0))
+        self.assertGreater(np.std(expected["cddfuse"]) - np.std(expected["none"]), 1.0)
+        for scaling, ref in expected.items():
+            res = bench.run_set(self.root, "MRI_CT", ["average"], 1, scaling)
+            self.assertAlmostEqual(res["methods"]["average"]["SD"], float(np.std(ref)), delta=0.05, msg=scaling)
+            self.assertAlmostEqual(res["methods"]["average"]["EN"], _entropy(ref), delta=0.01, msg=scaling)
+        self.assertTrue(np.array_equal(bench.cddfuse_saved(np.full((4, 4), 7.0)), np.zeros((4, 4))))
+        rc, text = _run(bench.main, ["--data", str(self.root), "--methods", "max", "--scaling", "none"])
+        self.assertEqual(rc, 0, text)
+        self.assertIn("fused images scored as returned, no stretch (--scaling none)", text)
 
     def test_composition_sweep_runs_and_counts_configurations(self):
         sweep = _load_script("fusion_composition_sweep")

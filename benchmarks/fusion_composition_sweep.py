@@ -12,14 +12,16 @@ fusion literature uses, with the shipped network's weight map ``w`` where a rule
 - deep: the shipped network, hard selection and blend;
 - pyramid: Laplacian pyramid, 1-3 levels, base from ``w`` or max, details by local energy or ``w``,
   detail gain 1 or 1.5 (Liu et al. 2017 style CNN-weighted pyramid);
-- additive: ``g * A + c * B`` (contrast gain g, share c of B);
+- additive: ``A + c * B`` (share c of B; a global contrast gain would cancel in the stretch below);
 - modulation: ``A * (1 + k * B) + c * B`` (anatomy modulated by function);
 - gradient domain: screened Poisson reconstruction from the stronger source gradient (gain 1/1.2)
   with a base from ``w`` or max.
 
 It prints, per set, the best configurations (by metrics above CDDFuse, then Qabf + VIF) and how many
 meet the whole goal. Metrics as ``benchmarks/fusion_harvard.py`` (CDDFuse's Evaluator.py on 8-bit
-grey images). A research aid: the parameters it sweeps were never used to choose the shipped defaults.
+grey images; every composition min-max stretched to 0..255 first, as CDDFuse's test_MIF.py does to
+its output, or clipped to 0..1 with ``--scaling none``). A research aid: the parameters it sweeps
+were never used to choose the shipped defaults.
 
 It also prints a control that is not a fusion method: the default output with invisible noise (0-3
 grey levels) added where both sources are black. It shows how far EN, a count of occupied grey
@@ -42,7 +44,7 @@ except ImportError:  # a source checkout without installing
     from MultimodalFusionLib import io, metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fusion_harvard import CDDFUSE_PUBLISHED, KEYS, SETS, _pairs, run_set  # noqa: E402
+from fusion_harvard import CDDFUSE_PUBLISHED, KEYS, SETS, _pairs, cddfuse_saved, run_set  # noqa: E402
 
 CLASSICS = ("average", "max", "pca", "wavelet", "laplacian", "overlay")
 
@@ -52,8 +54,9 @@ def _grey8(path: Path) -> np.ndarray:
     return metrics.to_8bit(io.read_image(path, keep_color=True))
 
 
-def _score(f01: np.ndarray, a8: np.ndarray, b8: np.ndarray) -> np.ndarray:
-    f8 = np.clip(np.round(np.clip(f01, 0.0, 1.0) * 255.0), 0, 255)
+def _score(f01: np.ndarray, a8: np.ndarray, b8: np.ndarray, scaling: str = "cddfuse") -> np.ndarray:
+    """Metrics of a composition of 0..1 images: min-max stretched as CDDFuse's test_MIF.py does, or clipped."""
+    f8 = cddfuse_saved(f01) if scaling == "cddfuse" else np.clip(np.round(np.clip(f01, 0.0, 1.0) * 255.0), 0, 255)
     m = metrics.fusion_metrics(f8, a8.astype(np.uint8), b8.astype(np.uint8))
     return np.array([m[k] for k in KEYS])
 
@@ -127,9 +130,8 @@ def candidates() -> dict:
                 for gain in (1.0, 1.5):
                     c[f"pyramid L{levels} base={base} detail={detail} x{gain}"] = (
                         lambda a, b, h, bl, w, L=levels, bs=base, d=detail, g=gain: _pyramid(a, b, w, L, bs, d, g))
-    for g in (1.0, 1.2, 1.4):
-        for share in (0.0, 0.15, 0.3, 0.5):
-            c[f"additive {g}*A + {share}*B"] = lambda a, b, h, bl, w, g=g, s=share: g * a + s * b
+    for share in (0.15, 0.3, 0.5, 0.75, 1.0):
+        c[f"additive A + {share}*B"] = lambda a, b, h, bl, w, s=share: a + s * b
     for k in (0.3, 0.6, 1.0):
         for share in (0.0, 0.1, 0.2):
             c[f"modulation A*(1+{k}*B) + {share}*B"] = lambda a, b, h, bl, w, k=k, s=share: a * (1 + k * b) + s * b
@@ -151,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder with MRI_CT, MRI_PET, MRI_SPECT (CDDFuse's layout)")
     parser.add_argument("--sets", default=",".join(SETS), help="comma-separated sets (default all)")
     parser.add_argument("--top", type=int, default=8, help="configurations listed per set")
+    parser.add_argument("--scaling", choices=("cddfuse", "none"), default="cddfuse",
+                        help="cddfuse (default): min-max stretch each composition to 0..255 as CDDFuse's test_MIF.py; "
+                             "none: clip it to 0..1")
     args = parser.parse_args(argv)
     from MultimodalFusionLib.fusion.deep import fuse_arrays
 
@@ -169,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
             blend, w, _ = fuse_arrays(a, b, selection="blend", device="cpu")
             hard = np.where(w >= 0.5, a, b)
             for cname, fn in cands.items():
-                sums[cname] += _score(fn(a, b, hard, blend, w), a8, b8)
+                sums[cname] += _score(fn(a, b, hard, blend, w), a8, b8, args.scaling)
             black = (a8 == 0) & (b8 == 0)
-            control += _score(np.round(hard * 255.0) / 255.0 + black * rng.integers(0, 4, a8.shape) / 255.0, a8, b8)
+            control += _score(np.round(hard * 255.0) / 255.0 + black * rng.integers(0, 4, a8.shape) / 255.0, a8, b8,
+                              args.scaling)
         means = {k: v / len(pairs) for k, v in sums.items()}
         # the classic methods exactly as benchmarks/fusion_harvard.py runs them (colour handling included)
-        classic = run_set(Path(args.data), name, list(CLASSICS), None)["methods"]
+        classic = run_set(Path(args.data), name, list(CLASSICS), None, args.scaling)["methods"]
         means.update({m: np.array([classic[m][k] for k in KEYS]) for m in CLASSICS})
         pub = np.array([CDDFUSE_PUBLISHED[name][k] for k in KEYS])
         iq, iv = KEYS.index("Qabf"), KEYS.index("VIF")

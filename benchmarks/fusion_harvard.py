@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/fusion_harvard.py --data /path/to/harvard_fusion_pairs [--methods average,wavelet]
-                                        [--deep-adapt N] [--max-pairs N] [--json results.json]
+                                        [--deep-adapt N] [--scaling cddfuse|none] [--max-pairs N]
+                                        [--json results.json]
 
 ``--data`` is a folder laid out like CDDFuse's ``test_img``: ``MRI_CT/{MRI,CT}``,
 ``MRI_PET/{MRI,PET}``, ``MRI_SPECT/{MRI,SPECT}``, same-named 256x256 PNGs forming pre-aligned
@@ -12,10 +13,12 @@ shows once it is installed and registered), or those named by ``--methods``. ``-
 a row ``deep+adaptN``: the shipped weights fine-tuned for N steps on each pair (per-study
 adaptation, hard selection, seed 0).
 
-How the numbers are computed (the way CDDFuse's ``utils/Evaluator.py`` computes its Table 5):
-images read as 8-bit grey (rounded BT.601 luminance, as OpenCV's grey conversion); colour
-PET/SPECT fused on Y of YCbCr; the metrics compare the 8-bit grey fused image (Y) with the MRI
-and the functional image's Y; MI in nats; SSIM and VIF sums over both sources. The published
+How the numbers are computed (the way CDDFuse's ``test_MIF.py`` and ``utils/Evaluator.py`` compute
+its Table 5): images read as 8-bit grey (rounded BT.601 luminance, as OpenCV's grey conversion);
+colour PET/SPECT fused on Y of YCbCr; every fused image is min-max stretched to 0..255 and rounded,
+as ``test_MIF.py`` does to CDDFuse's output before saving it (``--scaling none`` scores the fused
+image as the method returns it); the metrics compare that 8-bit grey image with the MRI and the
+functional image's Y; MI in nats; SSIM and VIF sums over both sources. The published
 row is CDDFuse's mean over the FULL test sets (21/42/73 pairs); a folder with fewer pairs
 (e.g. the first six) gives means over those only, so compare with that in mind.
 Runtime: seconds per slice for the fusion alone (CPU here unless a method uses a GPU).
@@ -32,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 try:
     from MultimodalFusionLib import fusion, io, metrics
@@ -66,8 +70,17 @@ def _method_call(method: str) -> tuple[str, dict]:
     return method, {}
 
 
-def run_set(root: Path, name: str, methods: list[str], limit: int | None) -> dict:
-    """Mean metrics and runtime per method over one pair set."""
+def cddfuse_saved(fused: np.ndarray) -> np.ndarray:
+    """A fused grey image as CDDFuse's ``test_MIF.py`` scores its own output: min-max stretched to
+    0..255 and rounded (it normalises the network output to 0..1 and saves ``255 * F`` as a PNG)."""
+    f = np.asarray(fused, dtype=np.float64)
+    lo, hi = float(f.min()), float(f.max())
+    return np.round((f - lo) / (hi - lo) * 255.0) if hi > lo else np.zeros_like(f)
+
+
+def run_set(root: Path, name: str, methods: list[str], limit: int | None, scaling: str = "cddfuse") -> dict:
+    """Mean metrics and runtime per method over one pair set; ``scaling="cddfuse"`` stretches every fused
+    image as :func:`cddfuse_saved`, ``"none"`` scores it as the method returns it."""
     pairs = _pairs(root, name, SETS[name], limit)
     if not pairs:
         return {}
@@ -89,7 +102,8 @@ def run_set(root: Path, name: str, methods: list[str], limit: int | None) -> dic
             except Exception as exc:  # report a failing method, keep benchmarking the others
                 errors[m] = f"{type(exc).__name__}: {exc}"
                 continue
-            values = metrics.fusion_metrics(res, a, b)
+            fused = cddfuse_saved(sitk.GetArrayFromImage(res.grey_image)) if scaling == "cddfuse" else res
+            values = metrics.fusion_metrics(fused, a, b)
             for k in KEYS:
                 sums[m][k] += values[k]
     out = {"pairs": len(pairs), "methods": {}}
@@ -145,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", help="comma-separated methods (default: every method of fusion.list_methods())")
     parser.add_argument("--deep-adapt", type=int, metavar="N",
                         help="add a row 'deep+adaptN': deep fusion with N per-study adaptation steps per pair")
+    parser.add_argument("--scaling", choices=("cddfuse", "none"), default="cddfuse",
+                        help="cddfuse (default): min-max stretch every fused image to 0..255 before scoring, as "
+                             "CDDFuse's test_MIF.py does to its output; none: score it as the method returns it")
     parser.add_argument("--max-pairs", type=int, help="use at most N pairs per set")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -158,11 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         methods.append(f"deep+adapt{args.deep_adapt}")
     print(f"# Harvard fusion benchmark: {', '.join(methods)}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    stretch = ("every fused image min-max stretched to 0..255 as CDDFuse's test_MIF.py does"
+               if args.scaling == "cddfuse" else "fused images scored as returned, no stretch (--scaling none)")
     print("metrics: CDDFuse utils/Evaluator.py definitions on 8-bit grey images (colour PET/SPECT fused on "
-          "Y of YCbCr; MI in nats; SSIM/VIF sums over both sources). Published row: CDDFuse Table 5, full test sets.\n")
+          f"Y of YCbCr; {stretch}; MI in nats; SSIM/VIF sums over both sources). Published row: CDDFuse Table 5, "
+          "full test sets.\n")
     results = {}
     for name in SETS:
-        res = run_set(root, name, methods, args.max_pairs)
+        res = run_set(root, name, methods, args.max_pairs, args.scaling)
         if not res:
             print(f"({name}: no pairs found under {root / name})\n")
             continue
@@ -176,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                     print()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"data": str(root), "methods": methods, "results": results, "published": CDDFUSE_PUBLISHED},
+            json.dump({"data": str(root), "methods": methods, "scaling": args.scaling, "results": results,
+                       "published": CDDFUSE_PUBLISHED},
                       fh, indent=2)
     return 0 if results else 1
 
