@@ -126,19 +126,21 @@ class MultimodalFusionParameterNode:
 
     fixedVolume, movingVolume - the volumes to register (moving onto fixed) and fuse.
     preset - registration preset; NO_PRESET: ``stages`` with default settings.
-    stages - comma-separated stages (rigid, affine, bspline); empty: the preset's.
+    stages - comma-separated stages (rigid, affine, bspline); empty (default): the preset's, rigid
+        without a preset. Stages given here replace the preset's.
     fixedMask, movingMask - optional metric masks (label map or segmentation).
     fusionMethod - pixel-level fusion method.
     colormap, opacity, threshold - display of the functional volume over the anatomy.
     showResult - show the result in the slice views after Apply.
     seed, backend - reproducibility and computation backend.
-    outputTransform, outputVolume, fusedVolume, metricsTable - outputs (created when empty).
+    outputTransform, outputVolume, fusedVolume, weightsVolume, metricsTable - outputs (created when
+        empty; reused by later runs, so repeated clicks add no nodes).
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
     preset: Annotated[str, Choice(PRESETS)] = NO_PRESET
-    stages: str = "rigid"
+    stages: str = ""
     fixedMask: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]] = None
     movingMask: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]] = None
     fusionMethod: Annotated[str, Choice(FUSION_METHODS)] = "average"
@@ -152,6 +154,7 @@ class MultimodalFusionParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
     # a union of node types must include None for parameterNodeWrapper (hence Optional)
     fusedVolume: Optional[Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]] = None
+    weightsVolume: Optional[vtkMRMLScalarVolumeNode] = None
     metricsTable: vtkMRMLTableNode
 
 
@@ -294,6 +297,17 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.ui.statusLabel.text = message
 
+    def _fusedOutput(self, functional):
+        """The fused-volume node to reuse, unless the output kind changed (colour for the overlay or a
+        colour functional volume, grey otherwise): a vector node cannot take a grey image or the
+        reverse, so a new node is made then."""
+        node = self._parameterNode.fusedVolume
+        if node is None:
+            return None
+        colour = self._parameterNode.fusionMethod == "overlay" or bool(
+            functional is not None and functional.IsA("vtkMRMLVectorVolumeNode"))
+        return node if bool(node.IsA("vtkMRMLVectorVolumeNode")) == colour else None
+
     def _registrationArguments(self) -> dict:
         p = self._parameterNode
         return {"preset": None if p.preset == NO_PRESET else p.preset,
@@ -323,9 +337,10 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             functional = p.outputVolume or p.movingVolume  # the registered volume when there is one
             transform = None if p.outputVolume else p.outputTransform
             out = self.logic.fuseVolumes(p.fixedVolume, functional, method=p.fusionMethod, transformNode=transform,
-                                         outputVolumeNode=p.fusedVolume, metricsTableNode=p.metricsTable,
-                                         progress=progress)
+                                         outputVolumeNode=self._fusedOutput(functional), weightsVolumeNode=p.weightsVolume,
+                                         metricsTableNode=p.metricsTable, progress=progress)
             p.fusedVolume, p.metricsTable = out.fusedVolumeNode, out.metricsTableNode
+            p.weightsVolume = out.weightsVolumeNode or p.weightsVolume
             slicer.util.setSliceViewerLayers(background=out.fusedVolumeNode, foreground=None, fit=True)
             return f"Fused ({p.fusionMethod}) in {out.result.seconds:.1f} s."
 
@@ -342,10 +357,12 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             arguments = self._registrationArguments()
             out = self.logic.run(p.fixedVolume, p.movingVolume, fusionMethod=p.fusionMethod, opacity=p.opacity,
-                                 colormap=p.colormap, fusedVolumeNode=p.fusedVolume, metricsTableNode=p.metricsTable,
+                                 colormap=p.colormap, fusedVolumeNode=self._fusedOutput(p.movingVolume),
+                                 weightsVolumeNode=p.weightsVolume, metricsTableNode=p.metricsTable,
                                  show=p.showResult, progress=progress, **arguments)
             p.outputTransform, p.outputVolume = out.transformNode, out.resampledVolumeNode
             p.fusedVolume, p.metricsTable = out.fusedVolumeNode, out.metricsTableNode
+            p.weightsVolume = out.fusion.weightsVolumeNode or p.weightsVolume
             result = out.registration.result
             return (f"Done: metric {result.metric_before:.4g} -> {result.metric_after:.4g}; fused with "
                     f"{p.fusionMethod}; metrics in '{out.metricsTableNode.GetName()}'. " + " ".join(result.warnings))

@@ -279,9 +279,15 @@ def volume_node_from_image(image: sitk.Image, scene: Any = None, *, name: str = 
         class_name = ("vtkMRMLVectorVolumeNode" if components > 1 else
                       "vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode")
         node = scene.AddNewNodeByClass(class_name, unique_name(scene, name))
+    elif not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError(f"'{_node_label(node)}' is not a volume node, so it cannot hold an image.",
+                         "Select a volume node as the output, or leave it empty to create one.")
     elif components > 1 and not node.IsA("vtkMRMLVectorVolumeNode"):
         raise InputError(f"Node '{node.GetName()}' is a scalar volume but the image has {components} components.",
                          "Let a new vector volume node be created (node=None).")
+    elif components == 1 and node.IsA("vtkMRMLVectorVolumeNode"):
+        raise InputError(f"Node '{node.GetName()}' is a colour (vector) volume but the image is grey.",
+                         "Select a scalar volume node as the output, or leave it empty to create one.")
     array = sitk.GetArrayFromImage(image)  # (z, y, x[, c]) - the x index varies fastest, as in VTK
     flat = np.ascontiguousarray(array.reshape(-1, components) if components > 1 else array.ravel())
     vtk_array = numpy_support.numpy_to_vtk(flat, deep=True)
@@ -317,21 +323,28 @@ def mask_from_node(node: Any, reference: sitk.Image) -> sitk.Image:
         raise InputError("No mask node given.", "Select a label map or segmentation.")
     if node.IsA("vtkMRMLSegmentationNode"):
         scene = get_scene(None, node)
-        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", unique_name(scene, "_mask_export"))
+        # the export adds a label map, its display node and colour table, and may give the segmentation
+        # a display node: every node it adds is removed again, so the scene is left as it was
+        before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+        empty = InputError(f"Segmentation '{node.GetName()}' has no visible, non-empty segment.",
+                           "Paint the region in the Segment Editor (or show a hidden segment), or select a "
+                           "label map.")
         try:
+            segmentation = node.GetSegmentation()
+            if segmentation is None or segmentation.GetNumberOfSegments() == 0:
+                raise empty
+            labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", unique_name(scene, "_mask_export"))
             reference_node = volume_node_from_image(sitk.Cast(reference, sitk.sitkUInt8) * 0, scene,
                                                     name="_mask_reference", display=False)
-            try:
-                ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(
-                    node, labelmap, reference_node)
-            finally:
-                scene.RemoveNode(reference_node)
-            if not ok:
-                raise InputError(f"Segmentation '{node.GetName()}' could not be exported to a label map.",
-                                 "Check it has at least one visible, non-empty segment.")
+            ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(
+                node, labelmap, reference_node)
+            if not ok or labelmap.GetImageData() is None or labelmap.GetImageData().GetNumberOfPoints() == 0:
+                raise empty
             mask = image_from_volume_node(labelmap)
         finally:
-            scene.RemoveNode(labelmap)
+            added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+            for extra in [n for n in added if n is not None and n.GetID() not in before]:
+                scene.RemoveNode(extra)
     elif node.IsA("vtkMRMLScalarVolumeNode"):
         mask = image_from_volume_node(node)
     else:
@@ -422,13 +435,22 @@ def transform_node_from_sitk(transform: sitk.Transform, scene: Any = None, *, na
     import slicer
 
     scene = get_scene(scene, node)
+    if node is not None and not node.IsA("vtkMRMLTransformNode"):
+        raise InputError(f"'{_node_label(node)}' is not a transform node, so it cannot hold the registration.",
+                         "Select a transform node as the output transform, or leave it empty to create one.")
     if transform.GetDimension() != 3:
         raise InputError(f"Slicer transforms are 3D; this one is {transform.GetDimension()}D.",
                          "Register 3D volumes to get a transform for Slicer.")
     if _is_linear(transform):
+        import vtk
+
         matrix_ras = _F4 @ linear_transform_matrix(transform) @ _F4
         if node is None:
             node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", unique_name(scene, name))
+        elif not node.IsLinear():
+            # the node holds a deformable transform (an earlier B-spline run): replace it, as a
+            # matrix cannot be set on a non-linear transform (Slicer would only log an error)
+            node.SetAndObserveTransformFromParent(vtk.vtkTransform())
         node.SetMatrixTransformFromParent(_vtk_matrix(matrix_ras))
         return node
     if node is None:
@@ -863,6 +885,7 @@ def _write_node_data(scene: Any, folder: str) -> None:
     """Write every storable node's data into ``folder`` (what Slicer's Save dialog does)."""
     extensions = {"vtkMRMLTransformNode": ".h5", "vtkMRMLTableNode": ".tsv", "vtkMRMLVolumeNode": ".nrrd"}
     count = scene.GetNumberOfNodesByClass("vtkMRMLStorableNode")
+    used: set[str] = set()  # file names (case-folded): "PET 1" and "PET_1" must not share a file
     for i in range(count):
         node = scene.GetNthNodeByClass(i, "vtkMRMLStorableNode")
         ext = next((e for cls, e in extensions.items() if node.IsA(cls)), None)
@@ -876,7 +899,12 @@ def _write_node_data(scene: Any, folder: str) -> None:
             storage = node.GetStorageNode()
         if storage is None:
             continue
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in node.GetName())
-        storage.SetFileName(os.path.join(folder, safe + ext))
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in node.GetName()) or "node"
+        name, k = safe + ext, 1
+        while name.lower() in used:
+            k += 1
+            name = f"{safe}_{k}{ext}"
+        used.add(name.lower())
+        storage.SetFileName(os.path.join(folder, name))
         if not storage.WriteData(node):
             raise InputError(f"Could not write the data of '{node.GetName()}'.", "Check the folder is writable.")

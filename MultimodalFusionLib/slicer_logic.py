@@ -89,6 +89,45 @@ def _check_not_input(output: Any, inputs: Sequence[Any], what: str) -> None:
                              f"Select another {what} node, or leave it empty to create a new one.")
 
 
+def _check_class(node: Any, class_name: str, what: str, kind: str) -> None:
+    """An output node of the wrong kind fails here, before any work, not deep inside VTK afterwards."""
+    if node is not None and not node.IsA(class_name):
+        raise InputError(f"The {what} '{node.GetName()}' is a {node.GetClassName()}, not a {kind}.",
+                         f"Select a {kind} as the {what}, or leave it empty to create one.")
+
+
+def _single_slice(image: Any) -> bool:
+    return image.GetDimension() == 3 and image.GetSize()[2] == 1
+
+
+def _as_2d(image: Any) -> Any:
+    """A single-slice volume (how Slicer holds a 2D image) as a 2D image (pixels and in-plane spacing)."""
+    import SimpleITK as sitk
+
+    arr = sitk.GetArrayFromImage(image)[0]
+    out = sitk.GetImageFromArray(arr, isVector=image.GetNumberOfComponentsPerPixel() > 1)
+    out.SetSpacing(image.GetSpacing()[:2])
+    return out
+
+
+def _as_slice_of(image: Any, reference: Any) -> Any:
+    """A 2D result put back on the single-slice ``reference`` volume's exact geometry."""
+    import SimpleITK as sitk
+
+    out = sitk.JoinSeries(image)
+    out.CopyInformation(reference)
+    return out
+
+
+def _has_content(image: Any) -> bool:
+    """Whether the image has more than one value (resampling outside a volume gives all zeros)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    arr = sitk.GetArrayViewFromImage(image)
+    return bool(arr.size) and bool(np.any(arr != arr.flat[0]))
+
+
 def _scalar(value: Any) -> Any:
     try:
         return float(value)
@@ -161,6 +200,8 @@ class FusionLogic:
         if fixedVolumeNode is movingVolumeNode:
             raise InputError("The fixed and moving volumes are the same node.", "Select two different volumes.")
         _check_not_input(outputVolumeNode, [fixedVolumeNode, movingVolumeNode], "output volume")
+        _check_class(outputTransformNode, "vtkMRMLTransformNode", "output transform", "transform node")
+        _check_class(outputVolumeNode, "vtkMRMLScalarVolumeNode", "output volume", "volume node")
         if fixedVolumeNode.GetParentTransformNode() is not None:
             # the result would relate the fixed volume's own grid, not where Slicer shows it
             raise InputError(f"The fixed volume '{fixedVolumeNode.GetName()}' is under a transform.",
@@ -169,6 +210,13 @@ class FusionLogic:
         report(progress, 0.0, "reading volumes")
         fixed = mrml.image_from_volume_node(fixedVolumeNode, float32=True)
         moving = mrml.image_from_volume_node(movingVolumeNode, float32=True)
+        flat = [n.GetName() for n, img in ((fixedVolumeNode, fixed), (movingVolumeNode, moving)) if _single_slice(img)]
+        if flat:
+            raise InputError(f"'{flat[0]}' is a single-slice volume (how Slicer holds a 2D image); registration "
+                             "on volume nodes needs 3D volumes.",
+                             "Register the 2D image files with 'mmfusion register FIXED MOVING' (or "
+                             "MultimodalFusionLib.registration.register), or use 3D volumes; aligned slices can "
+                             "be fused here (fuseVolumes).")
         fixed_mask = mrml.mask_from_node(fixedMaskNode, fixed) if fixedMaskNode is not None else None
         moving_mask = mrml.mask_from_node(movingMaskNode, moving) if movingMaskNode is not None else None
         initial = mrml.sitk_transform_from_node(initialTransformNode) if initialTransformNode is not None else None
@@ -210,7 +258,10 @@ class FusionLogic:
         """Fuse a functional (or second anatomical) volume into an anatomical one: a new volume.
 
         The functional volume is resampled onto the anatomical volume's grid first: through
-        ``transformNode`` when given (e.g. ``registerVolumes``' output), else as it lies.
+        ``transformNode`` when given (e.g. ``registerVolumes``' output), else through the transform it
+        is under (what the slice views show, e.g. after ``registerVolumes(applyTransform=True)``),
+        else as it lies. Single-slice volumes (Slicer's form of 2D images) are fused as 2D images,
+        as ``mmfusion fuse`` fuses the image files.
 
         Console example::
 
@@ -244,24 +295,56 @@ class FusionLogic:
         inputs = [anatomicalVolumeNode, functionalVolumeNode]
         _check_not_input(outputVolumeNode, inputs, "output volume")
         _check_not_input(weightsVolumeNode, inputs, "weights volume")
+        if outputVolumeNode is not None and outputVolumeNode is weightsVolumeNode:
+            raise InputError(f"'{outputVolumeNode.GetName()}' is selected for both the fused volume and the "
+                             "weight map; the weight map would replace the fused image.",
+                             "Select two different nodes, or leave one empty to create it.")
+        _check_class(outputVolumeNode, "vtkMRMLScalarVolumeNode", "output volume", "volume node")
+        _check_class(weightsVolumeNode, "vtkMRMLScalarVolumeNode", "weights volume", "volume node")
+        _check_class(metricsTableNode, "vtkMRMLTableNode", "metrics table", "table node")
+        if anatomicalVolumeNode.GetParentTransformNode() is not None:
+            # the output takes the anatomical grid; shown without that transform it would be offset
+            raise InputError(f"The anatomical volume '{anatomicalVolumeNode.GetName()}' is under a transform.",
+                             "Harden the transform on it (Transforms module) or remove it, then fuse.")
+        parent = functionalVolumeNode.GetParentTransformNode()
+        if parent is not None and transformNode is not None and parent is not transformNode:
+            raise InputError(f"The functional volume '{functionalVolumeNode.GetName()}' is under transform "
+                             f"'{parent.GetName()}' and transform '{transformNode.GetName()}' was given too.",
+                             "Give only one: remove the volume's transform, or leave transformNode empty to fuse "
+                             "it as it is shown.")
+        # a functional volume shown through a transform (e.g. after registerVolumes(applyTransform=True))
+        # is fused as it is shown
+        transformNode = transformNode or parent
         scene = self._sceneOf(anatomicalVolumeNode)
         report(progress, 0.0, "reading volumes")
         a = mrml.image_from_volume_node(anatomicalVolumeNode)
         b = mrml.image_from_volume_node(functionalVolumeNode)
-        if transformNode is not None:
-            b = resample_image(b, a, mrml.sitk_transform_from_node(transformNode))
-        elif not fusion.same_grid(a, b):
-            b = resample_image(b, a)
+        if transformNode is not None or not fusion.same_grid(a, b):
+            before = b
+            b = resample_image(b, a, mrml.sitk_transform_from_node(transformNode) if transformNode else None)
+            if not _has_content(b) and _has_content(before):
+                raise InputError(f"The functional volume '{functionalVolumeNode.GetName()}' does not overlap the "
+                                 f"anatomical volume '{anatomicalVolumeNode.GetName()}'"
+                                 + (f" through transform '{transformNode.GetName()}'" if transformNode else "") + ".",
+                                 "Register the two volumes first (registerVolumes), or check that the right "
+                                 "volumes and transform are selected.")
+        slice_volume = a if _single_slice(a) else None  # Slicer's form of a 2D image: fused as 2D
+        if slice_volume is not None:
+            a, b = _as_2d(a), _as_2d(b)
         # the pipeline's fusion step (fuse, then the metrics as the CLI and reports compute them)
         results, table_values = fuse_and_evaluate(a, b, [method], progress=scaled(progress, 0.05, 0.9),
                                                   method_params={method: dict(methodParameters)})
         result = results[0]
+        fused_image, weights_image = result.image, result.weights
+        if slice_volume is not None:
+            fused_image = _as_slice_of(fused_image, slice_volume)
+            weights_image = _as_slice_of(weights_image, slice_volume) if weights_image is not None else None
         metrics = {k: _scalar(v) for k, v in table_values[method].items()}
         base = f"{anatomicalVolumeNode.GetName()} + {functionalVolumeNode.GetName()} {method}"
-        fused_node = mrml.volume_node_from_image(result.image, scene, name=base, node=outputVolumeNode)
+        fused_node = mrml.volume_node_from_image(fused_image, scene, name=base, node=outputVolumeNode)
         weights_node = None
-        if result.weights is not None:
-            weights_node = mrml.volume_node_from_image(result.weights, scene, name=f"{base} weights",
+        if weights_image is not None:
+            weights_node = mrml.volume_node_from_image(weights_image, scene, name=f"{base} weights",
                                                        node=weightsVolumeNode)
         table = mrml.metrics_table_node({"fusion": metrics}, scene, name=f"{base} metrics", node=metricsTableNode)
         report(progress, 1.0, "fusion done")
@@ -272,7 +355,8 @@ class FusionLogic:
             stages: Sequence[str] | str | None = None, fixedMaskNode: Any = None, movingMaskNode: Any = None,
             seed: int | None = None, fusionMethod: str = "average", opacity: float = 0.5,
             colormap: str = "PET-Heat", outputTransformNode: Any = None, outputVolumeNode: Any = None,
-            fusedVolumeNode: Any = None, metricsTableNode: Any = None, show: bool = True,
+            fusedVolumeNode: Any = None, weightsVolumeNode: Any = None, metricsTableNode: Any = None,
+            show: bool = True,
             backend: str = "sitk", progress: ProgressCallback | None = None,
             **fusionParameters: Any) -> RunOutputs:
         """Register, resample, fuse, measure and show: the module's "Apply" button.
@@ -294,6 +378,8 @@ class FusionLogic:
             outputTransformNode: transform node to write into (new when None).
             outputVolumeNode: resampled moving volume node (new when None).
             fusedVolumeNode: fused volume node (new when None).
+            weightsVolumeNode: weight-map volume node, for methods with one (new when None; give the
+                previous run's to reuse it).
             metricsTableNode: metrics table node (new when None).
             show: set the slice views: background = fixed, foreground = registered moving volume.
             progress: ``progress(fraction, message)``; returning False cancels.
@@ -304,14 +390,20 @@ class FusionLogic:
             ``metricsTableNode``, and the engine results).
         """
         _check_not_input(fusedVolumeNode, [fixedVolumeNode, movingVolumeNode], "fused volume")
+        _check_not_input(weightsVolumeNode, [fixedVolumeNode, movingVolumeNode], "weights volume")
+        for node, cls, what, kind in ((fusedVolumeNode, "vtkMRMLScalarVolumeNode", "fused volume", "volume node"),
+                                      (weightsVolumeNode, "vtkMRMLScalarVolumeNode", "weights volume", "volume node"),
+                                      (metricsTableNode, "vtkMRMLTableNode", "metrics table", "table node")):
+            _check_class(node, cls, what, kind)  # before the registration, not after it
         scene = self._sceneOf(fixedVolumeNode)
         registration = self.registerVolumes(
             fixedVolumeNode, movingVolumeNode, preset=preset, stages=stages, fixedMaskNode=fixedMaskNode,
             movingMaskNode=movingMaskNode, seed=seed, outputTransformNode=outputTransformNode,
             outputVolumeNode=outputVolumeNode, backend=backend, progress=scaled(progress, 0.0, 0.7))
         fusion_out = self.fuseVolumes(fixedVolumeNode, registration.resampledVolumeNode, method=fusionMethod,
-                                      outputVolumeNode=fusedVolumeNode, metricsTableNode=metricsTableNode,
-                                      progress=scaled(progress, 0.7, 0.95), **fusionParameters)
+                                      outputVolumeNode=fusedVolumeNode, weightsVolumeNode=weightsVolumeNode,
+                                      metricsTableNode=metricsTableNode, progress=scaled(progress, 0.7, 0.95),
+                                      **fusionParameters)
         # one table with both: the registration's and the fusion's numbers
         table = mrml.metrics_table_node({"registration": registration.metrics, "fusion": fusion_out.metrics},
                                         scene, node=fusion_out.metricsTableNode)

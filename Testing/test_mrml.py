@@ -115,6 +115,25 @@ class MrmlHelpersTest(unittest.TestCase):
         mask = mrml.mask_from_node(segmentation, self.image)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(label))
 
+    def test_segmentation_mask_leaves_the_scene_as_it_was(self) -> None:
+        import slicer
+
+        label_node = mrml.volume_node_from_image(sitk.Cast(self.image > 300, sitk.sitkUInt8), self.scene,
+                                                 name="seg source", label=True)
+        segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Brain")
+        self.assertTrue(slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_node,
+                                                                                               segmentation))
+        empty = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Nothing")
+        ids = lambda: sorted(self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes()))  # noqa: E731
+        before = ids()
+        for _ in range(2):  # the export's label map, display node and colour table are all removed again
+            mrml.mask_from_node(segmentation, self.image)
+        self.assertEqual(ids(), before)
+        with self.assertRaisesRegex(InputError, "Segmentation 'Nothing' has no visible, non-empty segment"):
+            mrml.mask_from_node(empty, self.image)
+        self.assertEqual(ids(), before)
+        self.assertIsNone(empty.GetDisplayNode())  # the input segmentation is left as it was
+
     def test_empty_mask_is_refused(self) -> None:
         node = mrml.volume_node_from_image(sitk.Cast(self.image * 0, sitk.sitkUInt8), self.scene, label=True)
         with self.assertRaisesRegex(InputError, "empty"):
@@ -184,6 +203,43 @@ class MrmlHelpersTest(unittest.TestCase):
                 sitk.GetArrayFromImage(self.image))
         with self.assertRaises(InputError):
             mrml.save_scene("results.png", self.scene)
+
+    def test_mrml_scene_keeps_nodes_whose_names_differ_only_in_punctuation(self) -> None:
+        # "PET 1" and "PET_1" would both be written to PET_1.nrrd, the second over the first
+        arr = sitk.GetArrayFromImage(self.image)
+        for name, value in (("PET 1", 1.0), ("PET_1", 2.0), ("pet_1", 3.0)):
+            img = sitk.GetImageFromArray(np.full(arr.shape, value, np.float32))
+            img.CopyInformation(self.image)
+            mrml.volume_node_from_image(img, self.scene, name=name)
+        with tempfile.TemporaryDirectory() as folder:
+            loaded = mrml.load_scene(mrml.save_scene(os.path.join(folder, "scene.mrml"), self.scene))
+            for name, value in (("PET 1", 1.0), ("PET_1", 2.0), ("pet_1", 3.0)):
+                got = sitk.GetArrayFromImage(mrml.image_from_volume_node(loaded.GetFirstNodeByName(name)))
+                self.assertEqual(float(got.mean()), value, name)
+
+    def test_transform_node_reused_across_linear_and_deformable_results(self) -> None:
+        # a B-spline run, then a rigid run into the same output node (what the panel does when the
+        # stages change): the node must hold the rigid transform, not keep the old B-spline
+        bspline = sitk.BSplineTransformInitializer(self.image, [3, 3, 3])
+        params = np.array(bspline.GetParameters())
+        params[:] = 2.0
+        bspline.SetParameters(params.tolist())
+        rigid = sitk.Euler3DTransform((0, 0, 0), 0.1, 0.0, 0.0, (1.0, 2.0, 3.0))
+        node = mrml.transform_node_from_sitk(bspline, self.scene, name="reg")
+        point = (5.0, 6.0, 7.0)
+        for transform in (rigid, bspline, rigid):
+            self.assertIs(mrml.transform_node_from_sitk(transform, self.scene, node=node), node)
+            np.testing.assert_allclose(mrml.sitk_transform_from_node(node).TransformPoint(point),
+                                       transform.TransformPoint(point), atol=1e-6)
+        volume = mrml.volume_node_from_image(self.image, self.scene, name="v")
+        with self.assertRaisesRegex(InputError, "not a transform node"):
+            mrml.transform_node_from_sitk(rigid, self.scene, node=volume)
+        with self.assertRaisesRegex(InputError, "not a volume node"):
+            mrml.volume_node_from_image(self.image, self.scene, node=node)
+        rgb = sitk.Compose([sitk.Cast(self.image, sitk.sitkUInt8)] * 3)
+        vector = mrml.volume_node_from_image(rgb, self.scene, name="rgb")
+        with self.assertRaisesRegex(InputError, "colour \\(vector\\) volume but the image is grey"):
+            mrml.volume_node_from_image(self.image, self.scene, node=vector)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,71 @@ class LogicTest(unittest.TestCase):
                                    sitk.GetArrayFromImage(mrml.image_from_volume_node(via.fusedVolumeNode)),
                                    atol=1e-4)
 
+    def test_functional_volume_under_its_registration_is_fused_as_shown(self) -> None:
+        reg = self._register(applyTransform=True)  # PET now shown aligned through its parent transform
+        shown = self.logic.fuseVolumes(self.mr, self.pet, method="max")
+        explicit = self.logic.fuseVolumes(self.mr, self.pet, transformNode=reg.transformNode, method="max")
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.image_from_volume_node(shown.fusedVolumeNode)),
+                                      sitk.GetArrayFromImage(mrml.image_from_volume_node(explicit.fusedVolumeNode)))
+        other = mrml.transform_node_from_sitk(self.truth, self.scene, name="other")
+        with self.assertRaisesRegex(InputError, "Give only one"):
+            self.logic.fuseVolumes(self.mr, self.pet, transformNode=other)
+        mrml.set_parent_transform(self.pet, None)
+        mrml.set_parent_transform(self.mr, other)  # the anatomy shown elsewhere than its grid: refused
+        with self.assertRaisesRegex(InputError, "anatomical volume 'MR' is under a transform"):
+            self.logic.fuseVolumes(self.mr, self.pet)
+
+    def test_output_nodes_of_the_wrong_kind_fail_before_any_work(self) -> None:
+        table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", "t")
+        before = self.scene.GetNumberOfNodes()
+        for kwargs, message in (({"outputTransformNode": self.mr}, "not a transform node"),
+                                ({"outputVolumeNode": table}, "not a volume node")):
+            with self.subTest(message), self.assertRaisesRegex(InputError, message):
+                self._register(**kwargs)
+        weights = mrml.volume_node_from_image(self.fixed, self.scene, name="W")
+        with self.assertRaisesRegex(InputError, "both the fused volume and the weight map"):
+            self.logic.fuseVolumes(self.mr, self.pet, outputVolumeNode=weights, weightsVolumeNode=weights)
+        with self.assertRaisesRegex(InputError, "not a table node"):
+            self.logic.run(self.mr, self.pet, stages=["rigid"], metricsTableNode=self.mr)
+        self.assertEqual(self.scene.GetNumberOfNodes(), before + 2)  # W and its display node only
+        overlay = self.logic.fuseVolumes(self.mr, self.pet, method="overlay")
+        with self.assertRaisesRegex(InputError, "colour \\(vector\\) volume but the image is grey"):
+            self.logic.fuseVolumes(self.mr, self.pet, method="average", outputVolumeNode=overlay.fusedVolumeNode)
+
+    def test_repeated_runs_reuse_every_output_node(self) -> None:
+        kwargs = {"stages": ["rigid"], "seed": 3, "fusionMethod": "pca", "show": False}
+        first = self.logic.run(self.mr, self.pet, **kwargs)
+        self.assertIsNotNone(first.fusion.weightsVolumeNode)
+        count = self.scene.GetNumberOfNodes()
+        second = self.logic.run(self.mr, self.pet, outputTransformNode=first.transformNode,
+                                outputVolumeNode=first.resampledVolumeNode, fusedVolumeNode=first.fusedVolumeNode,
+                                weightsVolumeNode=first.fusion.weightsVolumeNode,
+                                metricsTableNode=first.metricsTableNode, **kwargs)
+        self.assertIs(second.fusion.weightsVolumeNode, first.fusion.weightsVolumeNode)
+        self.assertEqual(self.scene.GetNumberOfNodes(), count)
+
+    def test_single_slice_volumes_fuse_as_the_2d_images_they_hold(self) -> None:
+        from MultimodalFusionLib import data, fusion, io
+
+        d = data.testing_data_dir()
+        a, b = (io.read_image(d / n) for n in ("BrainT1Slice.png", "BrainProtonDensitySlice.png"))
+        a_node = mrml.volume_node_from_image(a, self.scene, name="T1 slice")  # how Slicer loads a PNG
+        b_node = mrml.volume_node_from_image(b, self.scene, name="PD slice")
+        out = self.logic.fuseVolumes(a_node, b_node, method="laplacian")
+        engine = fusion.fuse(a, b, "laplacian")
+        np.testing.assert_allclose(sitk.GetArrayFromImage(mrml.image_from_volume_node(out.fusedVolumeNode))[0],
+                                   sitk.GetArrayFromImage(engine.image), atol=1e-4)
+        self.assertEqual(out.fusedVolumeNode.GetImageData().GetDimensions(), a_node.GetImageData().GetDimensions())
+        with self.assertRaisesRegex(InputError, "single-slice volume"):
+            self.logic.registerVolumes(a_node, b_node)
+
+    def test_volumes_that_do_not_overlap_are_named_as_such(self) -> None:
+        far = sitk.Image(self.moving)
+        far.SetOrigin([o + 1000.0 for o in far.GetOrigin()])
+        far_node = mrml.volume_node_from_image(far, self.scene, name="far PET")
+        with self.assertRaisesRegex(InputError, "does not overlap"):
+            self.logic.fuseVolumes(self.mr, far_node)
+
     def test_inputs_are_never_outputs(self) -> None:
         with self.assertRaisesRegex(InputError, "never overwritten"):
             self._register(outputVolumeNode=self.pet)

@@ -151,7 +151,7 @@ class UiStaticTest(unittest.TestCase):
                      and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
         selectors = {n for n, w in self.widgets.items() if w.get("class") == "qMRMLNodeComboBox"}
         self.assertEqual(selectors - connected, set())
-        self.assertEqual(len(selectors), 8)
+        self.assertEqual(len(selectors), 9)
 
     def test_module_follows_the_scripted_module_template(self) -> None:
         for cls in ("MultimodalFusion", "MultimodalFusionParameterNode", "MultimodalFusionWidget",
