@@ -26,7 +26,8 @@ from .errors import InputError
 from .fusion.base import FusionResult
 from .io import write_bytes, write_json
 
-__all__ = ["save_montage_png", "write_report", "report_file_patterns", "metrics_chart_png", "write_json", "REPORT_METRICS"]
+__all__ = ["save_montage_png", "write_report", "report_file_patterns", "metrics_chart_png", "write_json",
+           "REPORT_METRICS"]
 
 #: Metrics in the report's table and chart (the published set, then PSNR); higher is better for all.
 REPORT_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR")
@@ -326,9 +327,14 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
     os.makedirs(out, exist_ok=True)
     paths: dict[str, str] = {}
     montage_pngs: list[tuple[FusionResult, bytes]] = []
+    labels: list[str] = []  # one per result: the method, numbered when a method comes more than once
+    seen: dict[str, int] = {}
     for res in fusions:
+        seen[res.method] = seen.get(res.method, 0) + 1
+        labels.append(res.method if seen[res.method] == 1 else f"{res.method}_{seen[res.method]}")
+        label = labels[-1]
         png = _png_bytes(_montage_figure(inputs, res))
-        paths[f"montage_{res.method}"] = write_bytes(os.path.join(out, f"montage_{res.method}.png"), png)
+        paths[f"montage_{label}"] = write_bytes(os.path.join(out, f"montage_{label}.png"), png)
         montage_pngs.append((res, png))
     chart = metrics_chart_png(metrics) if metrics else None
     if chart is not None:
@@ -340,7 +346,7 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
         "how_computed": _HOW_COMPUTED,
         "inputs": {name: {"size": list(img.GetSize()), "spacing": list(img.GetSpacing())}
                    for name, img in inputs.items()},
-        "fusions": {r.method: {"parameters": r.parameters, "seconds": r.seconds} for r in fusions},
+        "fusions": {label: {"parameters": r.parameters, "seconds": r.seconds} for label, r in zip(labels, fusions)},
         "metrics": metrics,
         "registration": registration,
         "registration_metrics": registration_metrics,

@@ -99,6 +99,47 @@ class FusionMethods2DTest(unittest.TestCase):
         with self.assertRaises(InputError):
             fusion.fuse(self.a8, self.b8, "average", not_a_parameter=3)
 
+    def test_bad_parameter_values_are_input_errors(self) -> None:
+        cases = [({"method": "average", "weight": "x"}, "'weight' of fusion method 'average' must be a number"),
+                 ({"method": "wavelet", "levels": "a"}, "'levels' of fusion method 'wavelet' must be a whole number"),
+                 ({"method": "laplacian", "levels": 2.5}, "must be a whole number"),
+                 ({"method": "laplacian", "sigma": float("nan")}, "'sigma' of fusion method 'laplacian'"),
+                 ({"method": "average", "window_a": (1,)}, "not a window"),
+                 ({"method": "overlay", "window": (200, 100)}, "not a window")]
+        for kwargs, message in cases:
+            with self.subTest(message), self.assertRaises(InputError) as ctx:
+                fusion.fuse(self.a8, self.b8, **kwargs)
+            self.assertIn(message, str(ctx.exception))
+        # numbers given as text (a GUI field, a CLI string) are accepted and recorded as numbers
+        res = fusion.fuse(self.a8, self.b8, "average", weight="0.25")
+        self.assertEqual(res.parameters["weight"], 0.25)
+        # the overlay threshold error names the value the user gave and the window, in their units
+        with self.assertRaises(InputError) as ctx:
+            fusion.fuse(self.a8, self.b8, "overlay", window=(0, 200), threshold=250)
+        self.assertIn("threshold 250 lies outside the functional window 0..200", str(ctx.exception))
+
+    def test_parameters_record_what_ran_on_a_small_image(self) -> None:
+        import warnings
+
+        small_a = sitk.RegionOfInterest(self.a8, [60, 60], [24, 20])
+        small_b = sitk.RegionOfInterest(self.b8, [60, 60], [24, 20])
+        for method, asked in (("wavelet", 100), ("laplacian", 100)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no PyWavelets "level too high" warning reaches the user
+                res = fusion.fuse(small_a, small_b, method, levels=asked)
+            self.assertLess(res.parameters["levels"], asked, method)
+            self.assertEqual(res.parameters["levels_requested"], asked, method)
+            # what the record says ran is what ran
+            again = fusion.fuse(small_a, small_b, method, levels=res.parameters["levels"])
+            np.testing.assert_array_equal(_arr(again.image), _arr(res.image))
+        thin = sitk.JoinSeries([self.a8, self.a8])
+        thin_b = sitk.JoinSeries([self.b8, self.b8])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = fusion.fuse(thin, thin_b, "wavelet")
+        self.assertEqual(res.parameters["levels"], 1)
+        self.assertEqual(fusion.fuse(small_a, small_b, "laplacian").parameters["levels"], 3)
+
     def test_grids_must_match(self) -> None:
         shifted = sitk.Image(self.b8)
         shifted.SetOrigin((5.0, 0.0))

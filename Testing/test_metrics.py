@@ -19,6 +19,17 @@ def _pair8() -> tuple[np.ndarray, np.ndarray]:
     return np.round(a), np.round(b)
 
 
+class UndefinedMetricsTest(unittest.TestCase):
+    def test_qabf_without_any_edge_is_nan_without_a_warning(self) -> None:
+        import warnings
+
+        flat = np.zeros((32, 32))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            values = metrics.fusion_metrics(flat, flat, flat)
+        self.assertTrue(np.isnan(values["Qabf"]))  # nothing to preserve: undefined, not 0 or 1
+
+
 class SingleMetricKnownAnswersTest(unittest.TestCase):
     def test_entropy(self) -> None:
         self.assertEqual(metrics.entropy(np.full((8, 8), 77.0)), 0.0)  # constant: 0 bits

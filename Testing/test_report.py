@@ -79,6 +79,16 @@ class Report2DTest(unittest.TestCase):
             self.assertIsNone(payload["registration"])
             self.assertEqual(sorted(f for f in os.listdir(tmp) if f.startswith(".")), [])
 
+    def test_two_results_of_one_method_keep_both_montages(self) -> None:
+        light, heavy = (fusion.fuse(self.a, self.b, "average", weight=w) for w in (0.2, 0.8))
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = report.write_report(tmp, inputs={"T1": self.a}, fusions=[light, heavy], metrics={})
+            self.assertNotEqual(open(paths["montage_average"], "rb").read(),
+                                open(paths["montage_average_2"], "rb").read())
+            payload = json.loads(open(paths["metrics_json"], encoding="utf-8").read())
+            self.assertEqual([payload["fusions"][k]["parameters"]["weight"] for k in ("average", "average_2")],
+                             [0.2, 0.8])
+
     def test_json_cleaning(self) -> None:
         cleaned = io.to_json_safe({"a": float("nan"), "b": float("inf"), "c": np.float32(1.5), "d": (1, 2)})
         self.assertEqual(cleaned, {"a": None, "b": None, "c": 1.5, "d": [1, 2]})

@@ -17,7 +17,11 @@ Registry (extensible)::
 
 A method receives float64 arrays ``a``, ``b`` of one shape (z, y, x or y, x) scaled to 0..1 and
 returns the fused array on that scale, or ``(fused, weights)`` with ``weights`` the per-voxel
-weight of ``a``; an array with one more, last axis of length 3 is an RGB result (the overlay).
+weight of ``a``, or ``(fused, weights, used)`` with ``used`` the parameters that really ran where
+they differ from those asked for (e.g. fewer levels on a small image; the record keeps the request
+as ``<name>_requested``); an array with one more, last axis of length 3 is an RGB result (the
+overlay). Numeric parameters are converted to the type of the method's default (a clear error for
+a value that is not a number).
 "deep" is registered lazily by importing ``MultimodalFusionLib.fusion.deep`` on first use.
 """
 
@@ -223,6 +227,44 @@ def _defaults(func: FusionMethod) -> dict[str, Any]:
             and isinstance(p.default, (int, float, str, bool))}
 
 
+def _checked_params(func: FusionMethod, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Numeric parameters converted to the type of their default, with a clear error for a value
+    that is not a (finite, for whole-number parameters whole) number."""
+    import math
+
+    defaults = _defaults(func)
+    out = {}
+    for key, value in params.items():
+        default = defaults.get(key)
+        if value is None or isinstance(default, (bool, str)) or not isinstance(default, (int, float)):
+            out[key] = value
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        whole = isinstance(default, int)
+        if not math.isfinite(number) or (whole and number != int(number)):
+            kind = "a whole number" if whole else "a number"
+            raise InputError(f"Parameter '{key}' of fusion method '{method}' must be {kind} (got {value!r}).",
+                             f"Give {kind}, e.g. {key}={default}.")
+        out[key] = int(number) if whole else number
+    return out
+
+
+def _checked_window(window: Any, name: str) -> tuple[float, float] | None:
+    if window is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in window)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise InputError(f"The {name} {window!r} is not a window (low, high) of two numbers with high > low.",
+                         f"Give {name}=(low, high), e.g. (0, 255); CLI --window LO HI.")
+    return lo, hi
+
+
 def _is_grey_rgb(image: sitk.Image) -> bool:
     arr = sitk.GetArrayViewFromImage(image)
     return bool(np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]))
@@ -278,6 +320,9 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     params = dict(params)
     if "window" in params:
         window_b = params.pop("window") if window_b is None else window_b
+    window_a = _checked_window(window_a, "window_a")
+    window_b = _checked_window(window_b, "window_b" if method != "overlay" else "functional window")
+    params = _checked_params(func, method, params)
     colour = ncomp > 1
     used: dict[str, Any] = {}
 
@@ -312,6 +357,11 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
             thr_unit = float(window_to_unit(np.array(float(thr)), window_b))
         else:  # colour input without a window: threshold in luminance units (0..255)
             thr_unit = float(thr) / 255.0
+        if not 0.0 <= thr_unit < 1.0:
+            shown = f"{window_b[0]:g}..{window_b[1]:g}" if window_b is not None else "0..255 (luminance)"
+            raise InputError(f"Overlay threshold {thr} lies outside the functional window {shown}.",
+                             "Give a threshold inside the window, in the functional image's units, or leave it "
+                             "out (10% up the window).")
         params["threshold"] = thr_unit
         if colour:
             params["functional_rgb"] = b_rgb_unit
@@ -327,7 +377,11 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     except TypeError as exc:
         raise InputError(f"Bad parameter for fusion method '{method}': {exc}.",
                          f"See help(MultimodalFusionLib.fusion.fuse) for the parameters of '{method}'.") from exc
-    fused, weights = (out if isinstance(out, tuple) else (out, None))
+    # a method returns fused, or (fused, weights), or (fused, weights, {parameters it really used}),
+    # e.g. the levels an image's size allowed: the record must say what ran, not what was asked for
+    out = out if isinstance(out, tuple) else (out, None)
+    fused, weights = out[0], out[1]
+    actual = out[2] if len(out) > 2 and isinstance(out[2], dict) else {}
     fused = np.asarray(fused, dtype=np.float64)
     params.pop("functional_rgb", None)
     if method == "overlay":
@@ -335,6 +389,10 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     used.update(_defaults(func))
     used.update({k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
                  for k, v in params.items()})
+    for key, value in actual.items():
+        if key in used and used[key] != value:
+            used[f"{key}_requested"] = used[key]
+        used[key] = value
 
     if fused.shape == a_unit.shape + (3,):  # an RGB result (overlay)
         rgb_out = np.clip(fused, 0.0, 1.0) * 255.0

@@ -14,6 +14,8 @@ Every function here follows the array contract of the method registry
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..errors import InputError
@@ -120,7 +122,7 @@ def wavelet(a: np.ndarray, b: np.ndarray, *, wavelet: str = "db2", levels: int =
         progress: progress callback.
 
     Returns:
-        (fused, estimated contribution map of ``a``).
+        (fused, estimated contribution map of ``a``, {"levels": the levels used}).
     """
     import pywt
 
@@ -133,8 +135,12 @@ def wavelet(a: np.ndarray, b: np.ndarray, *, wavelet: str = "db2", levels: int =
     max_level = pywt.dwtn_max_level(a.shape, wavelet)
     levels = max(1, min(levels, max_level))
     report(progress, 0.1, f"wavelet: decomposing ({wavelet}, {levels} levels)")
-    ca = pywt.wavedecn(a, wavelet, mode="symmetric", level=levels)
-    cb = pywt.wavedecn(b, wavelet, mode="symmetric", level=levels)
+    with warnings.catch_warnings():
+        # an axis shorter than the filter (a thin slab) still gets one level, with symmetric padding;
+        # PyWavelets' "level too high" warning about it is not for the user
+        warnings.filterwarnings("ignore", message="Level value of .* is too high", category=UserWarning)
+        ca = pywt.wavedecn(a, wavelet, mode="symmetric", level=levels)
+        cb = pywt.wavedecn(b, wavelet, mode="symmetric", level=levels)
     report(progress, 0.5, "wavelet: fusing coefficients")
     fused = [(ca[0] + cb[0]) / 2.0]
     for da, db in zip(ca[1:], cb[1:]):
@@ -142,7 +148,7 @@ def wavelet(a: np.ndarray, b: np.ndarray, *, wavelet: str = "db2", levels: int =
     out = pywt.waverecn(fused, wavelet, mode="symmetric")
     out = out[tuple(slice(0, n) for n in a.shape)]
     report(progress, 0.9, "wavelet: reconstructed")
-    return out, contribution_map(out, a, b, smooth=1.5)
+    return out, contribution_map(out, a, b, smooth=1.5), {"levels": levels}
 
 
 def _reduce(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -185,7 +191,7 @@ def laplacian(a: np.ndarray, b: np.ndarray, *, levels: int = 4, sigma: float = 1
         progress: progress callback.
 
     Returns:
-        (fused, estimated contribution map of ``a``).
+        (fused, estimated contribution map of ``a``, {"levels": the levels used}).
     """
     levels = int(levels)
     if levels < 1:
@@ -201,4 +207,4 @@ def laplacian(a: np.ndarray, b: np.ndarray, *, levels: int = 4, sigma: float = 1
     current = (pa[-1] + pb[-1]) / 2.0
     for la, lb in zip(reversed(pa[:-1]), reversed(pb[:-1])):
         current = _max_abs(la, lb) + _expand(current, la.shape)
-    return current, contribution_map(current, a, b, smooth=1.5)
+    return current, contribution_map(current, a, b, smooth=1.5), {"levels": levels}
