@@ -82,7 +82,10 @@ def _run_info(args: argparse.Namespace) -> int:
         d = info["dimension"]
         rows = [info["direction"][i * d:(i + 1) * d] for i in range(d)]
         print("  direction  " + " | ".join(" ".join(f"{v:+.4f}" for v in r) for r in rows))
-        print(f"  intensity  min {info['min']:.6g}, max {info['max']:.6g}, mean {info['mean']:.6g}")
+        if info["min"] is None:  # every voxel NaN/inf: no finite statistics
+            print("  intensity  no finite voxel")
+        else:
+            print(f"  intensity  min {info['min']:.6g}, max {info['max']:.6g}, mean {info['mean']:.6g}")
         if info["non_finite_voxels"]:
             print(f"  WARNING    {info['non_finite_voxels']} NaN/inf voxels")
     return 0
@@ -97,7 +100,7 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("fixed", help="fixed (reference) image file or DICOM folder")
     p.add_argument("moving", help="moving image file or DICOM folder")
     p.add_argument("--output-dir", "-o", required=True, help="output folder")
-    p.add_argument("--preset", help="parameter preset (see --list-presets), e.g. ct-mr-head")
+    p.add_argument("--preset", help="parameter preset (--list-presets shows them), e.g. ct-mr-head")
     p.add_argument("--stages", help="comma-separated stages, e.g. rigid,affine,bspline (default: the preset's, "
                                     "else rigid)")
     p.add_argument("--fixed-mask", help="mask image on the fixed grid (metric region)")
@@ -105,9 +108,41 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--initial-transform", help="transform file to start from (replaces the initializer)")
     p.add_argument("--seed", type=int, help="sampling seed: same seed, same transform (bit-identical)")
     p.add_argument("--backend", choices=["sitk", "torch"], default="sitk", help="registration backend")
-    p.add_argument("--series", help="DICOM series UID or description, when a folder holds several")
+    _add_initializer_and_series(p)
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
     p.set_defaults(func=_run_register)
+
+
+class _ListPresets(argparse.Action):
+    """``--list-presets``: print the presets with their stages and exit (no images needed)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from .registration import list_presets, load_preset
+
+        for name in list_presets():
+            preset = load_preset(name)
+            stages = ",".join(st.name for st in preset.stages)
+            print(f"{name:<22} {stages:<22} {preset.description}")
+        parser.exit(0)
+
+
+def _add_initializer_and_series(p: argparse.ArgumentParser) -> None:
+    """Options shared by register and run: initializer, preset list, DICOM series per image."""
+    p.add_argument("--initializer", choices=["moments", "geometry", "none"],
+                   help="start: align centres of mass (moments), image centres (geometry) or the headers' "
+                        "placement (none); default: the preset's, else moments")
+    p.add_argument("--list-presets", action=_ListPresets, help="print the presets and their stages, then exit")
+    p.add_argument("--series", help="DICOM series UID or description for both inputs, when a folder holds several")
+    p.add_argument("--fixed-series", help="DICOM series of the fixed input (default: --series)")
+    p.add_argument("--moving-series", help="DICOM series of the moving input (default: --series)")
+
+
+def _series(args: argparse.Namespace, which: str) -> str | None:
+    return getattr(args, f"{which}_series", None) or args.series
 
 
 def _run_register(args: argparse.Namespace) -> int:
@@ -116,11 +151,11 @@ def _run_register(args: argparse.Namespace) -> int:
     from .registration.outputs import save_registration_outputs
 
     check_not_overwriting_inputs(
-        [os.path.join(args.output_dir, n) for n in ("transform.*", "moving_resampled.nii.gz", "checkerboard.png",
+        [os.path.join(args.output_dir, n) for n in ("transform.*", "moving_resampled.*", "checkerboard.png",
                                                      "metrics.json")],
         [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform])
-    fixed = read_image(args.fixed, series=args.series, float32=True)
-    moving = read_image(args.moving, series=args.series, float32=True)
+    fixed = read_image(args.fixed, series=_series(args, "fixed"), float32=True)
+    moving = read_image(args.moving, series=_series(args, "moving"), float32=True)
     fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
     moving_mask = read_image(args.moving_mask) if args.moving_mask else None
     stages = [s for s in args.stages.split(",") if s.strip()] if args.stages else None
@@ -128,7 +163,7 @@ def _run_register(args: argparse.Namespace) -> int:
     try:
         result = register(fixed, moving, preset=args.preset, stages=stages, fixed_mask=fixed_mask,
                           moving_mask=moving_mask, initial_transform=args.initial_transform, seed=args.seed,
-                          progress=bar, backend=args.backend)
+                          progress=bar, backend=args.backend, initializer=args.initializer)
     finally:
         bar.close()
     metrics = save_registration_outputs(
@@ -159,6 +194,7 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
                    help="nearest for labels and masks")
     p.add_argument("--default-value", type=float, default=0.0, help="value outside the moving image")
     p.add_argument("--series", help="DICOM series UID or description, when a folder holds several")
+    p.add_argument("--reference-series", help="DICOM series of the reference (default: --series)")
     p.set_defaults(func=_run_resample)
 
 
@@ -168,7 +204,7 @@ def _run_resample(args: argparse.Namespace) -> int:
 
     check_not_overwriting_inputs([args.output], [args.moving, args.reference, args.transform])
     moving = read_image(args.moving, series=args.series)
-    reference = read_image(args.reference, series=args.series)
+    reference = read_image(args.reference, series=args.reference_series or args.series)
     transform = read_transform(args.transform) if args.transform else None
     out = resample(moving, reference, transform, interpolation=args.interpolation,
                    default_value=args.default_value)
@@ -328,6 +364,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the registration's random sampling (reproducible)")
     p.add_argument("--backend", default="sitk", help="registration backend: sitk (default) or torch")
     p.add_argument("--no-register", action="store_true", help="images are already aligned: only resample and fuse")
+    _add_initializer_and_series(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     _add_fusion_params(p)
     p.set_defaults(func=_run_run)
@@ -352,7 +389,8 @@ def _run_run(args: argparse.Namespace) -> int:
     try:
         out = run(args.fixed, args.moving, args.output_dir, preset=args.preset, stages=args.stages, methods=methods,
                   seed=args.seed, progress=bar, backend=args.backend, register=not args.no_register,
-                  method_params=method_params)
+                  method_params=method_params, initializer=args.initializer,
+                  fixed_series=_series(args, "fixed"), moving_series=_series(args, "moving"))
     finally:
         bar.close()
     summary = {"files": out["files"], "report": out["report"], "metrics": out["metrics"],
@@ -518,8 +556,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # output piped into a command that stopped reading (e.g. `| head`)
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
+        except OSError:
+            pass
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, --list-presets, or a usage error (2): a code, as every path
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

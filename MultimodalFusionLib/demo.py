@@ -91,7 +91,7 @@ def _step_mni_3d(ctx: DemoContext) -> dict[str, Any]:
     tre = case.error(result.transform)
     summary = {"case": case.description, "tre_before_mm": before["mean"], "tre_mean_mm": tre["mean"],
                "tre_max_mm": tre["max"], "seconds": result.seconds}
-    os.makedirs(out, exist_ok=True)
+    io.make_output_dir(out)
     io.write_image(case.fixed, os.path.join(out, "fixed_t1.nii.gz"))
     io.write_image(case.moving, os.path.join(out, "moving_t2.nii.gz"))
     io.write_transform(case.truth, os.path.join(out, "true_transform.tfm"))
@@ -160,10 +160,10 @@ def run_demo(output_dir: str | os.PathLike = "demo-output", progress: ProgressCa
         dict step name -> summary (errors against the known answers, timings, output folders),
         also written to ``output_dir/summary.json``.
     """
-    from .io import write_json
+    from .io import make_output_dir, write_json
 
     output_dir = os.fspath(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+    make_output_dir(output_dir)
     ctx = DemoContext(output_dir=output_dir, spacing_mm=spacing_mm)
     chosen = [s for s in DEMO_STEPS if steps is None or s[0] in steps]
     total = sum(share for _, share, _ in chosen) or 1.0

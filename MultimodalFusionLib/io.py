@@ -37,6 +37,8 @@ __all__ = [
     "atomic_path",
     "atomic_output",
     "check_not_overwriting_inputs",
+    "make_output_dir",
+    "volume_extension",
     "write_bytes",
     "write_json",
     "to_json_safe",
@@ -80,7 +82,14 @@ def list_dicom_series(folder: str | os.PathLike) -> list[dict[str, Any]]:
         raise InputError(f"'{folder}' is not a folder.", "Give the folder that holds the DICOM files.")
     series = []
     with itk_guard(f"scanning DICOM folder '{folder}'"):
-        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+        # ITK prints "No Series were found" to stderr for a folder without DICOM; the clear error
+        # below says it instead
+        shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        try:
+            uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(shown)
         for uid in uids:
             files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid)
             info: dict[str, Any] = {"uid": uid, "files": list(files), "description": "", "modality": "",
@@ -117,7 +126,8 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
         raise InputError(
             f"Folder '{folder}' holds {len(found)} DICOM series; which one should be used?\n"
             + _describe_series(found),
-            "Pick one by UID or description: --series UID (CLI) or read_image(folder, series=UID).")
+            "Pick one by UID or description: --series UID (CLI; --fixed-series / --moving-series / "
+            "--reference-series when the inputs differ) or read_image(folder, series=UID).")
     else:
         pick = found[0]
     reader = sitk.ImageSeriesReader()
@@ -163,15 +173,39 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     if not keep_color and image.GetNumberOfComponentsPerPixel() > 1:
         image = to_luminance(image)
     if float32 and image.GetNumberOfComponentsPerPixel() == 1:
-        image = sitk.Cast(image, sitk.sitkFloat32)
+        if image.GetDimension() not in (2, 3):  # ITK's filters (Cast included) exist for 2D and 3D only
+            raise InputError(f"'{path}' is a {image.GetDimension()}D image (size {image.GetSize()}); registration "
+                             "and fusion work on 2D and 3D images.",
+                             "Extract one 3D volume first (e.g. one time frame or one echo of the series).")
+        if image.GetPixelID() != sitk.sitkFloat32:
+            image = sitk.Cast(image, sitk.sitkFloat32)
     return image
+
+
+def make_output_dir(path: str | os.PathLike) -> str:
+    """Create an output folder (and its parents) if needed; a clear error when a file has its name.
+
+    Raises:
+        InputError: ``path``, or one of its parents, is an existing file.
+    """
+    path = os.fspath(path)
+    probe = os.path.abspath(path)
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe) if os.path.dirname(probe) != probe else ""
+    if probe and not os.path.isdir(probe):
+        raise InputError(f"The output folder '{path}' cannot be made: '{probe}' is a file.",
+                         "Give a folder name that is not an existing file (e.g. --output-dir results/).")
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def atomic_path(path: str | os.PathLike) -> tuple[str, str]:
     """(temporary path next to ``path`` with the same extension, final path)."""
     final = os.fspath(path)
+    if os.path.isdir(final):
+        raise InputError(f"The output '{final}' is a folder, not a file.", "Give a file name for the output.")
     folder = os.path.dirname(os.path.abspath(final))
-    os.makedirs(folder, exist_ok=True)
+    make_output_dir(folder)
     suffix = _suffix(final) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=".mmf-tmp-", suffix=suffix, dir=folder)
     os.close(fd)
@@ -267,19 +301,76 @@ def write_json(path: str | os.PathLike, obj: Any) -> str:
     return write_bytes(path, (text + "\n").encode("utf-8"))
 
 
+def _orthonormal(image: sitk.Image) -> bool:
+    d = np.array(image.GetDirection(), dtype=float).reshape(image.GetDimension(), image.GetDimension())
+    return bool(np.allclose(d @ d.T, np.eye(image.GetDimension()), atol=1e-4))
+
+
+def _for_2d_format(image: sitk.Image, final: str) -> sitk.Image:
+    """An image as a PNG/JPEG/BMP can hold it: its values kept where the format allows.
+
+    Integer values in 0..255 are written as they are (labels stay labels); in 0..65535 as 16-bit
+    PNG; grey values on the 0..255 scale are rounded. Anything else (CT in HU, PET in Bq/ml) has to
+    be rescaled to 0..255, with a warning; a volume cannot be a PNG.
+    """
+    import warnings
+
+    if image.GetDimension() == 3:
+        if image.GetSize()[2] != 1:
+            raise InputError(f"'{final}' is a 2D format but the image is a volume (size {image.GetSize()}).",
+                             "Write volumes as .nii.gz, .nrrd or .mha.")
+        image = image[:, :, 0]
+    if image.GetPixelID() in (sitk.sitkUInt8, sitk.sitkVectorUInt8):
+        return image
+    arr = sitk.GetArrayFromImage(image)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    whole = bool(np.all(np.mod(arr, 1) == 0)) if np.issubdtype(arr.dtype, np.floating) else True
+    vector = image.GetNumberOfComponentsPerPixel() > 1
+    if lo >= 0 and hi <= 255:
+        out = sitk.GetImageFromArray(np.round(arr).astype(np.uint8), isVector=vector)
+    elif lo >= 0 and hi <= 65535 and whole and _suffix(final) == ".png":
+        out = sitk.GetImageFromArray(arr.astype(np.uint16), isVector=vector)
+    else:
+        warnings.warn(f"'{final}': values {lo:g}..{hi:g} rescaled to 0..255 for an 8-bit image; write .nrrd, "
+                      ".mha or .nii.gz to keep them.", stacklevel=3)
+        scaled = (arr.astype(np.float64) - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros(arr.shape)
+        out = sitk.GetImageFromArray(np.round(scaled).astype(np.uint8), isVector=vector)
+    out.CopyInformation(image)
+    if any(abs(o) > 1e-6 for o in image.GetOrigin()) or not np.allclose(image.GetDirection(), [1, 0, 0, 1]):
+        warnings.warn(f"'{final}': a PNG/JPEG/BMP keeps no origin or direction (the image has origin "
+                      f"{[round(o, 3) for o in image.GetOrigin()]}); write .nrrd or .mha to keep them.", stacklevel=3)
+    return out
+
+
+def volume_extension(image: sitk.Image) -> str:
+    """The file extension that keeps ``image``'s geometry: ``.nii.gz``, or ``.mha`` when the
+    direction is sheared (non-orthonormal): NIfTI cannot store it, MetaImage keeps it exactly (NRRD
+    keeps the voxel-to-world mapping but re-normalises direction and spacing)."""
+    return ".nii.gz" if _orthonormal(image) else ".mha"
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = True) -> str:
-    """Write ``image`` atomically; PNG/JPEG outputs are rescaled to 8 bits if needed.
+    """Write ``image`` atomically, its values and geometry kept as far as the format allows.
+
+    PNG/JPEG/BMP: integer values in 0..255 are kept exactly (16-bit PNG up to 65535), grey values on
+    the 0..255 scale rounded, others rescaled with a warning; a volume is refused. NIfTI cannot hold
+    a non-orthonormal (sheared) direction: such an image is refused there (.mha keeps it).
 
     Returns:
         The path written.
+
+    Raises:
+        InputError: a volume to a 2D format, a sheared image to NIfTI, or an unwritable file.
     """
     final = os.fspath(path)
     out = image
-    if _suffix(final) in _2D_EXTENSIONS and image.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkVectorUInt8):
-        if image.GetNumberOfComponentsPerPixel() == 1:
-            out = sitk.Cast(sitk.RescaleIntensity(image, 0, 255), sitk.sitkUInt8)
-        else:
-            out = sitk.Cast(image, sitk.sitkVectorUInt8)
+    suffix = _suffix(final)
+    if suffix in _2D_EXTENSIONS:
+        out = _for_2d_format(image, final)
+    elif suffix in (".nii", ".nii.gz") and not _orthonormal(image):
+        raise InputError(f"'{final}': NIfTI cannot store this image's sheared (non-orthonormal) direction "
+                         f"{[round(v, 4) for v in image.GetDirection()]}; it would be written as another one.",
+                         "Write it as .mha, which keeps the direction exactly (see io.volume_extension).")
     with atomic_output(final) as tmp, \
             itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
         sitk.WriteImage(out, tmp, compress and _suffix(final) not in _2D_EXTENSIONS)

@@ -28,13 +28,13 @@ __all__ = ["run", "DEFAULT_METHODS", "fuse_and_evaluate"]
 DEFAULT_METHODS = ("overlay", "average", "wavelet")
 
 
-def _load(image: sitk.Image | str | os.PathLike, name: str) -> tuple[sitk.Image, str]:
+def _load(image: sitk.Image | str | os.PathLike, name: str, series: str | None = None) -> tuple[sitk.Image, str]:
     if isinstance(image, sitk.Image):
         return image, name
     from .io import read_image
 
     path = os.fspath(image)
-    return read_image(path, keep_color=True), os.path.basename(path.rstrip("/")) or name
+    return read_image(path, keep_color=True, series=series), os.path.basename(path.rstrip("/")) or name
 
 
 def _grey(image: sitk.Image) -> sitk.Image:
@@ -46,7 +46,11 @@ def _grey(image: sitk.Image) -> sitk.Image:
 
 
 def _ext_for(image: sitk.Image) -> str:
-    return ".png" if image.GetDimension() == 2 else ".nii.gz"
+    """File extension of an output on ``image``'s grid: PNG for 2D, NIfTI for volumes (MetaImage when
+    the direction is sheared, which NIfTI cannot hold)."""
+    from .io import volume_extension
+
+    return ".png" if image.GetDimension() == 2 else volume_extension(image)
 
 
 def _writable(image: sitk.Image, ext: str) -> sitk.Image:
@@ -83,7 +87,8 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         progress: ProgressCallback | None = None, fixed_mask: sitk.Image | None = None,
         moving_mask: sitk.Image | None = None, backend: str = "sitk", register: bool = True,
         method_params: dict[str, dict[str, Any]] | None = None,
-        title: str | None = None) -> dict[str, Any]:
+        title: str | None = None, initializer: str | None = None, fixed_series: str | None = None,
+        moving_series: str | None = None) -> dict[str, Any]:
     """Register ``moving`` to ``fixed``, resample it, fuse with each method, evaluate and write a report.
 
     Args:
@@ -102,6 +107,9 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         register: False when the images are already aligned (only resampled onto the fixed grid).
         method_params: per-method parameters, e.g. ``{"overlay": {"colormap": "hot"}}``.
         title: report title.
+        initializer: registration initializer ("moments", "geometry", "none"), overriding the preset's.
+        fixed_series: DICOM series (UID or description) of ``fixed`` when it is a folder of several.
+        moving_series: the same for ``moving``.
 
     Returns:
         dict: "registration" (RegistrationResult or None), "registration_metrics" ({"before",
@@ -136,17 +144,17 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     if isinstance(stages, str):
         stages = [s.strip() for s in stages.split(",") if s.strip()]
     out = os.fspath(output_dir)
-    from .io import check_not_overwriting_inputs
+    from .io import check_not_overwriting_inputs, make_output_dir
 
     check_not_overwriting_inputs(
         [os.path.join(out, n) for n in ["transform.*", "moving_resampled.*"]
          + [f"{kind}_{m}.*" for m in methods for kind in ("fused", "weights")]]
         + [os.path.join(out, n) for n in report_mod.report_file_patterns()], [fixed, moving])
-    os.makedirs(out, exist_ok=True)
+    make_output_dir(out)
 
     report(progress, 0.0, "loading images")
-    fixed_img, fixed_name = _load(fixed, "fixed")
-    moving_img, moving_name = _load(moving, "moving")
+    fixed_img, fixed_name = _load(fixed, "fixed", fixed_series)
+    moving_img, moving_name = _load(moving, "moving", moving_series)
     fixed_grey = _grey(fixed_img)
     moving_grey = _grey(moving_img)
     files: dict[str, str] = {}
@@ -158,7 +166,7 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
 
         registration = register_images(fixed_grey, moving_grey, preset=preset, stages=stages, fixed_mask=fixed_mask,
                                        moving_mask=moving_mask, seed=seed, progress=scaled(progress, 0.02, 0.6),
-                                       backend=backend)
+                                       backend=backend, initializer=initializer)
         transform = registration.transform
         tx_ext = ".tfm" if not registration.is_deformable else ".h5"
         files["transform"] = write_transform(transform, os.path.join(out, "transform" + tx_ext))
@@ -168,17 +176,27 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
                                pixel_type=moving_img.GetPixelID() if colour else None)
     before = resample(moving_grey, fixed_grey, None, "linear")
     after = resample(moving_grey, fixed_grey, transform, "linear")
+    flat = sitk.GetArrayViewFromImage(after)
+    if flat.size and flat.min() == flat.max():  # nothing of the moving image lands on the fixed grid
+        raise InputError(f"The moving image {moving_name} does not overlap the fixed image {fixed_name}"
+                         + (" after registration." if register else " as they lie (no registration)."),
+                         "Register them (drop --no-register), or check the origins in the headers "
+                         "(mmfusion info).")
     reg_metrics = {"before": metrics_mod.registration_metrics(fixed_grey, before, fixed_mask),
                    "after": metrics_mod.registration_metrics(fixed_grey, after, fixed_mask)}
     ext = _ext_for(fixed_grey)
-    files["moving_resampled"] = write_image(_writable(moving_on_fixed, ext), os.path.join(out, "moving_resampled" + ext))
+    # a 2D moving image that is not 8-bit (a PET in Bq/ml) would be clipped to 0..255 in a PNG: NRRD keeps it
+    eight_bit = moving_img.GetPixelID() in (sitk.sitkUInt8, sitk.sitkVectorUInt8)
+    moving_ext = ".nrrd" if ext == ".png" and not eight_bit else ext
+    files["moving_resampled"] = write_image(_writable(moving_on_fixed, moving_ext),
+                                            os.path.join(out, "moving_resampled" + moving_ext))
 
     fusions, table = fuse_and_evaluate(fixed_img, moving_on_fixed, methods, progress=scaled(progress, 0.62, 0.9),
                                        method_params=method_params)
     for res in fusions:
         files[f"fused_{res.method}"] = write_image(_writable(res.image, ext), os.path.join(out, f"fused_{res.method}{ext}"))
         if res.weights is not None and fixed_grey.GetDimension() == 3:
-            files[f"weights_{res.method}"] = write_image(res.weights, os.path.join(out, f"weights_{res.method}.nii.gz"))
+            files[f"weights_{res.method}"] = write_image(res.weights, os.path.join(out, f"weights_{res.method}{ext}"))
 
     report(progress, 0.92, "writing the report")
     report_paths = report_mod.write_report(

@@ -40,6 +40,12 @@ CT_WINDOWS = {
 }
 
 
+_INTEGER_RANGES = {sitk.sitkUInt8: (0, 255), sitk.sitkInt8: (-128, 127), sitk.sitkUInt16: (0, 65535),
+                   sitk.sitkInt16: (-32768, 32767), sitk.sitkUInt32: (0, 2 ** 32 - 1),
+                   sitk.sitkInt32: (-2 ** 31, 2 ** 31 - 1), sitk.sitkVectorUInt8: (0, 255),
+                   sitk.sitkVectorUInt16: (0, 65535)}
+
+
 def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
              interpolation: str = "linear", default_value: float = 0.0,
              pixel_type: int | None = None) -> sitk.Image:
@@ -64,7 +70,7 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
     if interpolation not in INTERPOLATORS:
         raise InputError(f"Unknown interpolation '{interpolation}'.",
                          f"Use one of: {', '.join(INTERPOLATORS)}.")
-    check_image(moving, "moving image", allow_vector=True)
+    check_image(moving, "moving image", allow_vector=True, allow_constant=True)
     if not isinstance(reference, sitk.Image):
         raise InputError(f"The reference is a {type(reference).__name__}, not an image.",
                          "Pass a SimpleITK image (only its grid is used).")
@@ -84,6 +90,13 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             pixel_type = sitk.sitkVectorFloat32
         else:
             pixel_type = sitk.sitkFloat32
+    limits = _INTEGER_RANGES.get(pixel_type)
+    if limits is not None and not limits[0] <= float(default_value) <= limits[1]:
+        # ITK would wrap it around (-1 -> 255 in 8-bit labels) into what looks like a real value
+        raise InputError(f"The default value {default_value:g} does not fit the output's "
+                         f"{sitk.GetPixelIDValueAsString(pixel_type)} pixels ({limits[0]}..{limits[1]}).",
+                         f"Give a default value within {limits[0]}..{limits[1]}, or resample with linear "
+                         "interpolation (float output).")
     with itk_guard("resampling", "Check the transform matches the images (same dimension)."):
         return sitk.Resample(moving, reference, transform, INTERPOLATORS[interpolation],
                              float(default_value), pixel_type)

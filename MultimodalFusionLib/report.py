@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .fusion.base import FusionResult
-from .io import write_bytes, write_json
+from .io import make_output_dir, write_bytes, write_json
 
 __all__ = ["save_montage_png", "write_report", "report_file_patterns", "metrics_chart_png", "write_json",
            "REPORT_METRICS"]
@@ -324,7 +324,7 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
     if not fusions:
         raise InputError("No fusion results were given to the report.", "Fuse at least one method first.")
     out = os.fspath(output_dir)
-    os.makedirs(out, exist_ok=True)
+    make_output_dir(out)
     paths: dict[str, str] = {}
     montage_pngs: list[tuple[FusionResult, bytes]] = []
     labels: list[str] = []  # one per result: the method, numbered when a method comes more than once

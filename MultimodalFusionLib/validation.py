@@ -16,8 +16,10 @@ from .errors import InputError
 __all__ = ["check_image", "check_pair", "check_mask", "physical_bounds", "overlap_fraction"]
 
 
-def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False) -> None:
-    """Raise InputError if ``image`` is not usable: wrong dimension, empty, NaN/inf, constant."""
+def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,
+                allow_constant: bool = False) -> None:
+    """Raise InputError if ``image`` is not usable: wrong dimension, empty, NaN/inf, constant (unless
+    ``allow_constant``: resampling a blank mask is legitimate, registering or fusing one is not)."""
     if not isinstance(image, sitk.Image):
         raise InputError(f"The {name} is a {type(image).__name__}, not an image.",
                          "Pass a SimpleITK image, or read it with MultimodalFusionLib.io.read_image.")
@@ -43,7 +45,7 @@ def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = 
             raise InputError(f"The {name} has {bad} NaN or infinite voxels.",
                              "Replace them (e.g. with 0 or the background value) before registering or fusing.")
     lo, hi = float(arr.min()), float(arr.max())
-    if lo == hi:
+    if lo == hi and not allow_constant:
         raise InputError(f"The {name} is constant (every voxel is {lo:g}); it holds no structure to use.",
                          "Check that the right file or series was loaded and that it is not blank.")
 
@@ -81,6 +83,10 @@ def check_pair(fixed: sitk.Image, moving: sitk.Image, *, transform: sitk.Transfo
         raise InputError(
             f"The fixed image is {fixed.GetDimension()}D but the moving image is {moving.GetDimension()}D.",
             "Register images of the same dimension (extract a slice from the volume, or use two volumes).")
+    if transform is not None and transform.GetDimension() != fixed.GetDimension():
+        raise InputError(f"The initial transform is {transform.GetDimension()}D but the images are "
+                         f"{fixed.GetDimension()}D.",
+                         f"Give a {fixed.GetDimension()}D transform (one from registering images of this dimension).")
     if require_overlap and overlap_fraction(fixed, moving, transform) <= 0.0:
         lo_f, hi_f = physical_bounds(fixed)
         lo_m, hi_m = physical_bounds(moving)

@@ -28,6 +28,16 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
+def _help(command: str) -> str:
+    out = _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(_io.StringIO()):
+        try:
+            cli.main([command, "--help"])
+        except SystemExit:
+            pass
+    return out.getvalue()
+
+
 class RegisterCommand(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
@@ -103,6 +113,44 @@ class RegisterCommand(unittest.TestCase):
             self.assertNotIn("Traceback", err)
             self.assertEqual(len(err.strip().splitlines()), 1, err)
             self.assertTrue(err.startswith(f"mmfusion {argv[0]}: error:"), err)
+
+    def test_presets_initializer_and_series_options(self):
+        rc, out, _ = run_cli("register", "--list-presets")
+        self.assertEqual(rc, 0)
+        self.assertIn("mr-mr-deformable", out)
+        self.assertIn("rigid,affine,bspline", out)
+        rc, out, _ = run_cli("run", "--list-presets")
+        self.assertIn("t1-t2-brain", out)
+        out_dir = os.path.join(self.dir, "init")
+        rc, _, err = run_cli("register", FIXED, MOVING, "-o", out_dir, "--initializer", "geometry", "--seed", "1",
+                             "--json")
+        self.assertEqual(rc, 0, err)
+        for command in ("register", "run"):
+            helptext = _help(command)
+            for option in ("--initializer", "--fixed-series", "--moving-series", "--list-presets"):
+                self.assertIn(option, helptext, (command, option))
+        self.assertIn("--reference-series", _help("resample"))
+
+    def test_thin_slab_nan_info_and_output_dir_that_is_a_file(self):
+        import numpy as np
+
+        z, y, x = np.mgrid[:6, :40, :40]
+        blob = (100 * np.exp(-((x - 20) ** 2 / 50 + (y - 18) ** 2 / 70 + (z - 3) ** 2 / 8))).astype(np.float32)
+        slab, slab_moved = (os.path.join(self.dir, n) for n in ("slab.nrrd", "slab_moved.nrrd"))
+        sitk.WriteImage(sitk.GetImageFromArray(blob), slab)
+        sitk.WriteImage(sitk.GetImageFromArray(np.roll(blob, 1, axis=2)), slab_moved)
+        # 6 slices, fewer than the checkerboard's 8 squares: ITK divided by zero and killed the process
+        rc, _, err = run_cli("register", slab, slab_moved, "-o", os.path.join(self.dir, "slab_out"), "--seed", "1")
+        self.assertEqual(rc, 0, err)
+        self.assertTrue(os.path.isfile(os.path.join(self.dir, "slab_out", "checkerboard.png")))
+        nan_path = os.path.join(self.dir, "nan.mha")
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), np.nan, np.float32)), nan_path)
+        rc, out, err = run_cli("info", nan_path)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("no finite voxel", out)
+        rc, _, err = run_cli("register", FIXED, MOVING, "-o", nan_path)
+        self.assertEqual(rc, 2)
+        self.assertIn("is a file", err)
 
     def test_dimension_mismatch_message(self):
         vol = sitk.Image([16, 16, 16], sitk.sitkFloat32)

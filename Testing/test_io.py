@@ -121,6 +121,69 @@ if __name__ == "__main__":
     unittest.main()
 
 
+class WriteRules(unittest.TestCase):
+    """Outputs keep values and geometry as far as the format allows, or say why not."""
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.tmp.name, name)
+
+    def test_png_keeps_labels_and_0_255_values(self) -> None:
+        import warnings
+
+        labels = sitk.GetImageFromArray(np.array([[0, 1, 2], [2, 1, 0]], np.uint16))
+        big = sitk.GetImageFromArray(np.array([[0, 300, 9640]], np.uint16))
+        grey = sitk.GetImageFromArray(np.array([[0.4, 17.6, 214.0]], np.float32))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # none of these needs a rescale
+            for image, expected in ((labels, [[0, 1, 2], [2, 1, 0]]), (big, [[0, 300, 9640]]),
+                                    (grey, [[0, 18, 214]])):
+                path = io.write_image(image, self._path("x.png"))
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(path)), expected)
+        hu = sitk.GetImageFromArray(np.array([[-1000.0, 0.0, 3000.0]], np.float32))
+        with self.assertWarnsRegex(UserWarning, "rescaled to 0..255"):
+            io.write_image(hu, self._path("hu.png"))
+        shifted = sitk.Image(labels)
+        shifted.SetOrigin((3.0, 4.0))
+        with self.assertWarnsRegex(UserWarning, "keeps no origin"):
+            io.write_image(shifted, self._path("o.png"))
+        with self.assertRaisesRegex(InputError, "2D format but the image is a volume"):
+            io.write_image(_oblique(), self._path("v.png"))
+
+    def test_sheared_direction_is_refused_by_nifti_and_kept_by_mha(self) -> None:
+        img = _oblique()
+        sheared = np.array(img.GetDirection()).reshape(3, 3) @ np.array([[1, 0.2, 0], [0, 1, 0], [0, 0, 1]])
+        img.SetDirection(sheared.ravel().tolist())
+        with self.assertRaisesRegex(InputError, "NIfTI cannot store"):
+            io.write_image(img, self._path("s.nii.gz"))
+        self.assertEqual(io.volume_extension(img), ".mha")
+        back = io.read_image(io.write_image(img, self._path("s.mha")))
+        np.testing.assert_allclose(back.GetDirection(), img.GetDirection(), atol=1e-9)
+        self.assertEqual(io.volume_extension(_oblique()), ".nii.gz")
+
+    def test_output_folders_and_files_that_are_the_other_kind(self) -> None:
+        a_file = self._path("taken.tfm")
+        open(a_file, "w").close()
+        with self.assertRaisesRegex(InputError, "is a file"):
+            io.make_output_dir(os.path.join(a_file, "sub"))
+        with self.assertRaisesRegex(InputError, "is a file"):
+            io.make_output_dir(a_file)
+        with self.assertRaisesRegex(InputError, "is a folder, not a file"):
+            io.write_image(_oblique(), self.tmp.name)
+        self.assertTrue(os.path.isdir(io.make_output_dir(self._path("new/deeper"))))
+
+    def test_4d_image_for_registration_is_named(self) -> None:
+        four = sitk.Image([4, 4, 4, 3], sitk.sitkFloat32)
+        path = self._path("four.nrrd")
+        sitk.WriteImage(four, path)
+        with self.assertRaisesRegex(InputError, "is a 4D image"):
+            io.read_image(path, float32=True)
+        self.assertEqual(io.read_image(path).GetDimension(), 4)  # `mmfusion info` can still show it
+
+
 class AtomicWrites(unittest.TestCase):
     def test_outputs_get_umask_permissions_and_no_leftovers(self):
         mask = os.umask(0)

@@ -156,6 +156,21 @@ class PipelineApiTest(unittest.TestCase):
             self.assertEqual(open(moving, "rb").read(), before)
             self.assertEqual(os.listdir(tmp), ["moving_resampled.png"])
 
+    def test_non_8bit_2d_moving_image_is_kept_and_non_overlap_is_named(self) -> None:
+        d = data.testing_data_dir()
+        pet = sitk.Cast(io.read_image(d / "BrainProtonDensitySlice.png"), sitk.sitkFloat32) * 40.0  # up to ~9000
+        fixed = io.read_image(d / "BrainT1Slice.png")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = pipeline.run(fixed, pet, tmp, register=False, methods="average")
+            saved = out["files"]["moving_resampled"]
+            self.assertTrue(saved.endswith(".nrrd"), saved)  # a PNG would clip it to 0..255
+            np.testing.assert_allclose(sitk.GetArrayFromImage(io.read_image(saved)), sitk.GetArrayFromImage(pet),
+                                       rtol=1e-6, atol=1e-6)
+            far = sitk.Image(pet)
+            far.SetOrigin((5000.0, 0.0))
+            with self.assertRaisesRegex(InputError, "does not overlap the fixed image"):
+                pipeline.run(fixed, far, os.path.join(tmp, "far"), register=False, methods="average")
+
     def test_aligned_2d_slices_without_registration(self) -> None:
         d = data.testing_data_dir()
         with tempfile.TemporaryDirectory() as tmp:

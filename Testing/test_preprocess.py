@@ -70,6 +70,19 @@ class Resample(unittest.TestCase):
             resample(img, sitk.Image([10, 10], sitk.sitkFloat32))
 
 
+class ResampleEdgeCases(unittest.TestCase):
+    def test_blank_mask_resamples_and_default_value_must_fit_the_pixels(self) -> None:
+        from MultimodalFusionLib.preprocess import resample
+
+        labels = sitk.Image([10, 10, 10], sitk.sitkUInt8)  # an empty mask is legitimate to resample
+        out = resample(labels, labels, interpolation="nearest")
+        self.assertEqual(out.GetPixelID(), sitk.sitkUInt8)
+        for bad in (-1, 300):  # ITK would wrap them to 255 / 44, values that look like labels
+            with self.assertRaisesRegex(InputError, f"default value {bad} does not fit"):
+                resample(labels, labels, interpolation="nearest", default_value=bad)
+        self.assertEqual(resample(labels, labels, default_value=-1).GetPixelID(), sitk.sitkFloat32)
+
+
 class Normalize(unittest.TestCase):
     def test_zscore_percentile_window(self):
         img = _oblique_volume()

@@ -195,6 +195,31 @@ class BadInputs(unittest.TestCase):
         mask.CopyInformation(self.fixed)
         self.assertInputError("empty", fixed_mask=mask)
 
+    def test_thin_images_and_foreign_initial_transforms(self):
+        # fewer than 4 voxels along an axis: ITK's smoothing cannot run; a clear error instead of ITK's
+        arr = np.random.default_rng(1).normal(100, 10, (2, 40, 40)).astype(np.float32)
+        two = sitk.GetImageFromArray(arr)
+        self.assertInputError("only 2 voxels along an axis", "2D slices", fixed=two, moving=two)
+        # a 2D initial transform for 3D images is named, not a deep ITK point-dimension error
+        vol = sitk.GetImageFromArray(np.random.default_rng(2).normal(100, 10, (16, 20, 20)).astype(np.float32))
+        self.assertInputError("initial transform is 2D but the images are 3D", fixed=vol, moving=vol,
+                              initial_transform=sitk.Euler2DTransform())
+
+    def test_thin_slab_registers_with_fewer_shrink_steps(self):
+        # 48 x 48 x 6: the 4-2-1 pyramid would shrink the 6 slices below 4; the levels are capped instead
+        z, y, x = np.mgrid[:6, :48, :48]
+        blob = 100 * np.exp(-((x - 24) ** 2 / 60 + (y - 22) ** 2 / 90 + (z - 3) ** 2 / 8))
+        fixed = sitk.GetImageFromArray(blob.astype(np.float32))
+        moved = sitk.GetImageFromArray(np.roll(blob, 2, axis=2).astype(np.float32))
+        result = register(fixed, moved, stages=["rigid"], seed=1, initializer="geometry")
+        self.assertAlmostEqual(result.transform.TransformPoint((24.0, 22.0, 3.0))[0], 26.0, delta=0.3)
+
+    def test_initializer_argument_overrides_the_preset(self):
+        far = sitk.Image(self.moving)
+        far.SetOrigin((5000.0, 5000.0))
+        self.assertInputError("do not overlap", moving=far, preset="t1-t2-brain", initializer="none")
+        register(self.fixed, far, preset="t1-t2-brain", initializer="geometry", seed=1)  # centres aligned: runs
+
     def test_bad_backend_and_preset(self):
         self.assertInputError("backend", backend="gpu")
         self.assertInputError("preset", preset="nope")

@@ -49,7 +49,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
              preset: str | None = None, stages: Sequence[str] | None = None,
              fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None,
              initial_transform: sitk.Transform | str | os.PathLike | None = None, seed: int | None = None,
-             progress: ProgressCallback | None = None, backend: str = "sitk") -> RegistrationResult:
+             progress: ProgressCallback | None = None, backend: str = "sitk",
+             initializer: str | None = None) -> RegistrationResult:
     """Register ``moving`` to ``fixed``: find T mapping fixed-space points into the moving image.
 
     Args:
@@ -66,6 +67,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
             inputs and thread count give bit-identical transforms.
         progress: ``progress(fraction, message)``; returning False cancels (OperationCancelled).
         backend: "sitk" (SimpleITK) or "torch" (GPU-capable backend, when installed).
+        initializer: "moments", "geometry" or "none" (overrides the parameters'/preset's).
 
     Returns:
         RegistrationResult: the transform (linear, or a composite ending in a B-spline), metric
@@ -88,6 +90,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
         parameters = parameters.with_stages(stages)
     if seed is not None:
         parameters = dataclasses.replace(parameters, seed=int(seed))
+    if initializer:
+        parameters = dataclasses.replace(parameters, initializer=str(initializer))
     parameters.validate()
 
     if isinstance(initial_transform, (str, os.PathLike)):
@@ -98,6 +102,11 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
     # from the headers' placement (initializer "none" or a given transform) needs overlap up front.
     needs_overlap = initial_transform is not None or parameters.initializer == "none"
     check_pair(fixed, moving, transform=initial_transform, require_overlap=needs_overlap)
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        if min(image.GetSize()) < 4:  # ITK's smoothing and the metric's gradients need 4 voxels per axis
+            raise InputError(f"The {name} image has only {min(image.GetSize())} voxels along an axis (size "
+                             f"{image.GetSize()}); registration needs at least 4 along every axis.",
+                             "Register thin slabs as 2D slices (extract the slice), or give a thicker volume.")
     fixed_mask = check_mask(fixed_mask, fixed, "fixed mask", "fixed image") if fixed_mask is not None else None
     moving_mask = check_mask(moving_mask, moving, "moving mask", "moving image") if moving_mask is not None else None
     if moving.GetDimension() == 2 and any(s.name == "bspline" for s in parameters.stages) and \

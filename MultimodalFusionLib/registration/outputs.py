@@ -7,7 +7,7 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from ..io import write_image, write_json, write_transform
+from ..io import make_output_dir, volume_extension, write_image, write_json, write_transform
 from ..preprocess import resample
 from .qc import write_checkerboard_png
 from .result import RegistrationResult
@@ -38,10 +38,14 @@ def save_registration_outputs(result: RegistrationResult, fixed: sitk.Image, mov
     Returns:
         The metrics.json content.
     """
-    os.makedirs(output_dir, exist_ok=True)
+    make_output_dir(output_dir)
     tx_name = "transform.h5" if result.is_deformable else "transform.tfm"
     tx_path = write_transform(result.transform, os.path.join(output_dir, tx_name))
     after = resample(moving, fixed, result.transform)
+    if image_name.endswith((".nii", ".nii.gz")) and volume_extension(fixed) != ".nii.gz":
+        # a sheared fixed grid: NIfTI would store another direction
+        image_name = image_name[: -len(".nii.gz") if image_name.endswith(".gz") else -len(".nii")] + \
+            volume_extension(fixed)
     img_path = write_image(after, os.path.join(output_dir, image_name))
     before = resample(moving, fixed, initial_transform)
     cb_path = write_checkerboard_png(fixed, before, after, os.path.join(output_dir, "checkerboard.png"))

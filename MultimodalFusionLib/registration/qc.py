@@ -48,7 +48,9 @@ def checkerboard(fixed: sitk.Image, moving_on_fixed_grid: sitk.Image, squares: i
     a = _unit(sitk.Cast(fixed, sitk.sitkFloat32))
     b = _unit(sitk.Cast(moving_on_fixed_grid, sitk.sitkFloat32))
     b.CopyInformation(a)
-    pattern = [max(1, int(squares))] * fixed.GetDimension()
+    # at most one square per voxel along each axis: ITK divides the size by the pattern, and a thin
+    # slab (fewer voxels than squares) would divide by zero and kill the process (SIGFPE)
+    pattern = [max(1, min(int(squares), int(n))) for n in fixed.GetSize()]
     return sitk.CheckerBoard(a, b, pattern)
 
 

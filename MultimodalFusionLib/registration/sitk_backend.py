@@ -206,7 +206,8 @@ def _stage_transform(stage: StageParameters, fixed: sitk.Image, moving: sitk.Ima
             mode = (sitk.CenteredTransformInitializerFilter.GEOMETRY if initializer == "geometry"
                     else sitk.CenteredTransformInitializerFilter.MOMENTS)
             with itk_guard(f"initialising the transform ({initializer})",
-                           "Use --initializer geometry (moments needs non-empty foreground)."):
+                           "Use the 'geometry' initializer (CLI --initializer geometry; Python "
+                           "initializer='geometry'): moments needs a non-empty foreground."):
                 return sitk.CenteredTransformInitializer(fixed, moving, base, mode)
         base.SetCenter(center.tolist())
         return base
@@ -273,7 +274,11 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
             "Use the 'geometry' or 'moments' initializer, or give an initial transform that roughly aligns them.")
 
     method = sitk.ImageRegistrationMethod()
-    _configure_metric(method, stage, seed, fixed_mask, moving_mask, fixed, [int(f) for f in stage.shrink_factors])
+    # ITK's pyramid smooths every axis, which needs 4 voxels along it: no level may shrink the smaller
+    # image below that (a thin slab or a small cube registers at fewer shrink steps, not an ITK error)
+    most = max(1, min(min(fixed.GetSize()), min(moving.GetSize())) // 4)
+    shrink = [min(int(f), most) for f in stage.shrink_factors]
+    _configure_metric(method, stage, seed, fixed_mask, moving_mask, fixed, shrink)
     if fixed.GetNumberOfPixels() > GRADIENT_IMAGE_VOXELS:
         # Large volumes: image gradients at the sample points only (central differences) instead of
         # gradient images of every voxel at every level: saves about 2 CPU-seconds on a 1 mm head.
@@ -281,7 +286,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
         method.MetricUseFixedImageGradientFilterOff()
         method.MetricUseMovingImageGradientFilterOff()
     _configure_optimizer(method, stage, fixed.GetDimension(), fixed.GetNumberOfPixels())
-    method.SetShrinkFactorsPerLevel([int(f) for f in stage.shrink_factors])
+    method.SetShrinkFactorsPerLevel(shrink)
     method.SetSmoothingSigmasPerLevel([float(s) for s in stage.smoothing_sigmas])
     if stage.smoothing_in_mm:
         method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()

@@ -957,7 +957,10 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     if seed is None:
         seed = secrets.randbelow(2 ** 31)
     params = dataclasses.replace(params, seed=int(seed))
-    check_pair(fixed, moving, transform=initial_transform, require_overlap=True)
+    # as the sitk backend: the moments/geometry initialisers align the centres, so only a start from
+    # an initial transform or from no initialiser needs the images to overlap as they lie
+    check_pair(fixed, moving, transform=initial_transform,
+               require_overlap=initial_transform is not None or params.initializer == "none")
     fixed_mask = check_mask(fixed_mask, fixed, "fixed mask", "fixed image") if fixed_mask is not None else None
     moving_mask = check_mask(moving_mask, moving, "moving mask", "moving image") if moving_mask is not None else None
     dim = fixed.GetDimension()
