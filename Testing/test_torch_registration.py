@@ -188,6 +188,17 @@ class TorchRegistrationTest(unittest.TestCase):
         with self.assertRaises(OperationCancelled):
             registration.register(fixed, moving, stages=["rigid"], backend="torch", progress=stop)
 
+        # images that do not overlap as they lie: the moments initializer aligns them, as on the sitk
+        # backend (the torch backend used to refuse them); the known answer moves by the shift
+        far = sitk.Image(moving)
+        far.SetOrigin((400.0, -300.0))
+        shifted = registration.register(fixed, far, stages=["rigid"], backend="torch", seed=2)
+        point = (90.0, 100.0)
+        found = np.subtract(shifted.transform.TransformPoint(point), (400.0, -300.0))
+        np.testing.assert_allclose(found, truth.TransformPoint(point), atol=1.5)
+        with self.assertRaises(InputError):  # starting from the headers' placement, they cannot overlap
+            registration.register(fixed, far, stages=["rigid"], backend="torch", initializer="none")
+
     def test_2d_deformable_and_device_choice(self) -> None:
         from MultimodalFusionLib.registration.torch_backend import (
             register_torch,
