@@ -452,10 +452,26 @@ def _run_web(args: argparse.Namespace) -> int:
 
         raise InputError(f"The web UI needs trame-slicer ({exc}).",
                          "pip install 'slicer-multimodalfusion[web]'") from exc
-    print(f"mmfusion web: serving on http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
-    serve(fixed=args.fixed, moving=args.moving, port=args.port, host=args.host, demo=args.demo,
+    port = _free_port(args.host, args.port)  # before the slow start-up, and the real port for --port 0
+    print(f"mmfusion web: serving on http://{args.host}:{port}/ (Ctrl+C stops)", file=sys.stderr)
+    serve(fixed=args.fixed, moving=args.moving, port=port, host=args.host, demo=args.demo,
           open_browser=args.open)
     return 0
+
+
+def _free_port(host: str, port: int) -> int:
+    """``port`` if it can be bound on ``host`` (a free one for 0); a clear error when it is taken."""
+    import socket
+
+    from .errors import InputError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise InputError(f"Cannot listen on {host}:{port} ({exc.strerror or exc}).",
+                             "Use another --port (--port 0 picks a free one), or stop the program using it.") from exc
+        return int(probe.getsockname()[1])
 
 
 _BUILDERS.append(_add_web)

@@ -54,6 +54,8 @@ __all__ = [
     "save_scene",
     "load_scene",
     "FUNCTIONAL_COLORMAPS",
+    "CORE_COLORMAPS",
+    "available_colormaps",
 ]
 
 #: Diagonal of the matrix that converts LPS <-> RAS (its own inverse).
@@ -62,8 +64,18 @@ _F3 = np.diag(LPS_TO_RAS)
 _F4 = np.diag(LPS_TO_RAS + (1.0,))
 
 #: Colour nodes suited to functional images (PET, SPECT), all among Slicer's default colour nodes.
-FUNCTIONAL_COLORMAPS = ("PET-Heat", "PET-Rainbow2", "PET-DICOM", "Inferno", "Magma", "Plasma",
-                        "Viridis", "Rainbow", "Iron", "Hot")
+FUNCTIONAL_COLORMAPS = ("PET-Heat", "PET-Rainbow2", "PET-DICOM", "PET-HotMetalBlue", "Inferno", "Magma",
+                        "Plasma", "Viridis", "Rainbow", "Iron")
+#: The part of :data:`FUNCTIONAL_COLORMAPS` that MRML itself defines; Inferno, Magma, Plasma and
+#: Viridis come from Slicer's Colors module (the application), so a bare MRML scene lacks them.
+CORE_COLORMAPS = ("PET-Heat", "PET-Rainbow2", "PET-DICOM", "PET-HotMetalBlue", "Rainbow", "Iron")
+
+
+def available_colormaps(scene: Any) -> list[str]:
+    """The colour tables of :data:`FUNCTIONAL_COLORMAPS` that ``scene`` holds (after adding MRML's
+    defaults): what a colour-table choice may offer."""
+    ensure_color_nodes(scene)
+    return [name for name in FUNCTIONAL_COLORMAPS if scene.GetFirstNodeByName(name) is not None]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -604,8 +616,8 @@ def _color_node(scene: Any, colormap: str) -> Any:
         ensure_color_nodes(scene)
         color = scene.GetFirstNodeByName(colormap)
     if color is None or not color.IsA("vtkMRMLColorNode"):
-        raise InputError(f"There is no colour table named '{colormap}'.",
-                         f"Use one of {', '.join(FUNCTIONAL_COLORMAPS)}.")
+        raise InputError(f"There is no colour table named '{colormap}' in this scene.",
+                         f"Use one of {', '.join(available_colormaps(scene))}.")
     return color
 
 

@@ -122,7 +122,7 @@ class FusionWebApp:
             "preset": "",
             "stage_choices": list(STAGE_CHOICES), "stages": ["rigid"], "seed": 0,
             "methods": methods, "method": "average" if "average" in methods else methods[0],
-            "colormaps": list(mrml.FUNCTIONAL_COLORMAPS), "colormap": "PET-Heat",
+            "colormaps": mrml.available_colormaps(self.slicer_app.scene), "colormap": "PET-Heat",
             "fg_opacity": 0.5, "fg_layers": _FG_LAYERS, "fg_layer": "functional",
             "vr_presets": vr_presets,
             "vr_preset": DEFAULT_VR_PRESET if DEFAULT_VR_PRESET in vr_presets else (vr_presets or [""])[0],
@@ -174,7 +174,7 @@ class FusionWebApp:
                             with v3.VCol(cols=2):
                                 v3.VFileInput(
                                     hide_input=True, prepend_icon="mdi-upload", density="compact",
-                                    hide_details=True, title=f"Upload the {role} image",
+                                    hide_details=True, title=f"Upload the {role} image", multiple=True,
                                     change=("window.load_files_by_chunks($event.target.files, "
                                             f"{{ trigger_name: '{trig(self._upload_chunk_fn(role))}' }})"))
                         html.Div(f"{{{{ {role}_name }}}}", classes="text-caption text-grey mb-1")
@@ -237,8 +237,9 @@ class FusionWebApp:
                         v3.VBtn(label, prepend_icon="mdi-download", density="compact", size="small",
                                 classes="mr-1 mb-1", disabled=(f"!{enabled} || job_busy",),
                                 id=f"mmf-download-{what}",
-                                click=f"utils.download('{filename}', trigger('{download}', ['{what}']), "
-                                      "'application/octet-stream')")
+                                # no file when the server refused (its banner says why), not a "null" file
+                                click=f"trigger('{download}', ['{what}']).then((f) => f && "
+                                      f"utils.download('{filename}', f, 'application/octet-stream'))")
             with v3.VMain():
                 with FlexContainer(row=True, fill_height=True, style="height: calc(100vh - 48px);"):
                     self.layout_manager.initialize_layout_grid(self.ui)
@@ -278,9 +279,13 @@ class FusionWebApp:
             for i, (path, keep_color) in enumerate(((fixed_path, False), (moving_path, True))):
                 progress(0.5 * i, f"reading {os.path.basename(path)}")
                 image = read_image(os.path.expanduser(path), keep_color=keep_color)
-                if image.GetDimension() != 3:
-                    raise InputError(f"'{os.path.basename(path)}' is a {image.GetDimension()}D image.",
-                                     "The web viewer shows 3D volumes; use `mmfusion` for 2D slices.")
+                name = os.path.basename(path)
+                if image.GetDimension() > 3:
+                    raise InputError(f"'{name}' is a {image.GetDimension()}D image (size {image.GetSize()}).",
+                                     "Extract one 3D volume first (e.g. one time frame), then load it.")
+                if image.GetDimension() == 2 or min(image.GetSize()) == 1:
+                    raise InputError(f"'{name}' is a 2D image (size {image.GetSize()}); the web viewer shows "
+                                     "3D volumes.", "Register and fuse 2D slices with `mmfusion run`/`mmfusion fuse`.")
                 images.append(image)
             return images[0], images[1], os.path.basename(fixed_path), os.path.basename(moving_path)
 
@@ -320,10 +325,22 @@ class FusionWebApp:
         A DICOM series arrives as several files: they go to one folder, which ``read_image``
         reads as a series; a single file keeps its name (and so its format suffix).
         """
-        from trame_slicer.utils import write_client_files_to_dir
+        from trame.app.file_upload import ClientFile
 
         folder = Path(tempfile.mkdtemp(prefix=f"{role}-", dir=self.workdir))
-        written = write_client_files_to_dir(files, folder)
+        written = []
+        for entry in files:
+            upload = ClientFile(entry)
+            # the browser sends the name: keep only its last part, so "../x" or "/etc/x" cannot write
+            # outside this upload's folder
+            name = os.path.basename(str(upload.name).replace("\\", "/"))
+            if name in ("", ".", ".."):
+                with self.state:
+                    self.state.error_message = f"An uploaded file has no usable name ({upload.name!r})."
+                return
+            path = folder / name
+            path.write_bytes(upload.content)
+            written.append(path.as_posix())
         with self.state:
             self.state[f"{role}_path"] = written[0] if len(written) == 1 else str(folder)
 
@@ -344,18 +361,18 @@ class FusionWebApp:
         seed = int(self.state.seed or 0)
 
         def job(progress):
+            from ..io import to_luminance
             from ..progress import scaled
 
-            result = register(fixed, moving, preset=preset, stages=stages, seed=seed,
+            # a colour moving volume is registered by its luminance (and shown in colour)
+            grey = moving if moving.GetNumberOfComponentsPerPixel() == 1 else to_luminance(moving)
+            result = register(fixed, grey, preset=preset, stages=stages, seed=seed,
                               progress=scaled(progress, 0.0, 0.9))
             progress(0.92, "resampling the moving image")
-            grey_moving = moving if moving.GetNumberOfComponentsPerPixel() == 1 else None
             registered = resample(moving, fixed, result.transform)
-            reg_metrics: dict[str, dict[str, float]] = {}
-            if grey_moving is not None:
-                progress(0.96, "registration metrics")
-                reg_metrics = {"before": metrics.registration_metrics(fixed, resample(moving, fixed)),
-                               "after": metrics.registration_metrics(fixed, registered)}
+            progress(0.96, "registration metrics")
+            reg_metrics = {"before": metrics.registration_metrics(fixed, resample(grey, fixed)),
+                           "after": metrics.registration_metrics(fixed, resample(grey, fixed, result.transform))}
             return result, registered, reg_metrics
 
         self.worker.start("Registration", job, self._show_registration)
@@ -401,6 +418,10 @@ class FusionWebApp:
             if functional is None:  # not registered: fuse as the images lie (same physical space)
                 progress(0.0, "resampling the moving image (not registered)")
                 functional = resample(moving, fixed)
+                flat = sitk.GetArrayViewFromImage(functional)
+                if flat.min() == flat.max():
+                    raise InputError("The moving image does not overlap the fixed image as they lie.",
+                                     "Press Register first (it aligns them), then Fuse.")
             result = fuse(fixed, functional, method, progress=scaled(progress, 0.0, 0.7))
             progress(0.75, "fusion metrics")
             values = metrics.fusion_metrics(result, fixed, functional)
@@ -448,12 +469,14 @@ class FusionWebApp:
             self.viewer.set_colormap(colormap)
         except InputError as exc:
             self.state.error_message = str(exc)
+            self.state.colormap = self.viewer.colormap  # the choice shows what is in use
 
     def _on_fg_layer(self, fg_layer: str, **_: Any) -> None:
         if self.fixed_image is None:
             return
         if fg_layer == "fused" and self.viewer.node("fused") is None:
             self.state.error_message = "There is no fused image yet: press Fuse first."
+            self.state.fg_layer = "functional"  # the choice shows what the views show
             return
         self.viewer.show("fused" if fg_layer == "fused" else self.viewer.default_foreground())
 
@@ -477,6 +500,8 @@ class FusionWebApp:
         """
         from .. import io
 
+        if what not in ("transform", "fused", "report"):  # before any folder is made from the name
+            raise InputError(f"Unknown download '{what}'.", "Use transform, fused or report.")
         out = Path(tempfile.mkdtemp(prefix=f"{what}-", dir=self.workdir))
         if what == "transform":
             if self.registration is None:

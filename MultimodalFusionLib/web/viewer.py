@@ -105,18 +105,37 @@ class FusionViewer:
         old = self.nodes.get(role)
         if image is None:
             if old is not None:
-                self.scene.RemoveNode(old)
+                self._remove_node(old)
             self.nodes.pop(role, None)
             self.images.pop(role, None)
             return None
         rgb = image.GetNumberOfComponentsPerPixel() > 1
         if old is not None and bool(old.IsA("vtkMRMLVectorVolumeNode")) != rgb:
-            self.scene.RemoveNode(old)  # scalar <-> colour: the node class must change
+            self._remove_node(old)  # scalar <-> colour: the node class must change
             old = None
         node = mrml.volume_node_from_image(image, self.scene, name=_NODE_NAMES[role], node=old)
         self.nodes[role] = node
         self.images[role] = image
         return node
+
+    def _remove_node(self, node: Any) -> None:
+        """Remove a volume node with what it brought: display nodes (volume rendering's too) and their
+        volume-property nodes, which the scene would otherwise keep after every new result."""
+        extra = []
+        for i in range(node.GetNumberOfDisplayNodes()):
+            display = node.GetNthDisplayNode(i)
+            if display is None:
+                continue
+            extra.append(display)
+            prop = display.GetVolumePropertyNode() if hasattr(display, "GetVolumePropertyNode") else None
+            if prop is not None:
+                extra.append(prop)
+        if node.GetStorageNode() is not None:
+            extra.append(node.GetStorageNode())
+        self.scene.RemoveNode(node)
+        for other in extra:
+            if other.GetScene() is not None:
+                self.scene.RemoveNode(other)
 
     def node(self, role: str) -> Any:
         """The volume node of ``role`` or None."""
@@ -180,7 +199,16 @@ class FusionViewer:
 
     @_batched
     def set_colormap(self, colormap: str) -> None:
-        """Colour table of the foreground layer (one of ``mrml.FUNCTIONAL_COLORMAPS``)."""
+        """Colour table of the foreground layer (one of ``mrml.available_colormaps(scene)``).
+
+        Raises:
+            InputError: the scene has no such table (the previous one stays in use).
+        """
+        from .. import mrml
+
+        if colormap not in mrml.available_colormaps(self.scene):
+            raise InputError(f"There is no colour table named '{colormap}' in this scene.",
+                             f"Use one of {', '.join(mrml.available_colormaps(self.scene))}.")
         self.colormap = colormap
         node = self.nodes.get(self.foreground_role) if self.foreground_role else None
         self._setup_functional(node)

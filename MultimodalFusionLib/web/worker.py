@@ -50,6 +50,7 @@ class BackgroundWorker:
         self.state = state
         self.flush_interval = float(flush_interval)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmfusion-web-job")
+        self._busy_notice: str | None = None
         self._cancel = threading.Event()
         self._task: asyncio.Task | None = None
         self._last_flush = 0.0
@@ -79,6 +80,7 @@ class BackgroundWorker:
         if self.busy:
             with self.state:
                 self.state.error_message = f"{self.state.job_label} is still running; wait for it or cancel it."
+                self._busy_notice = self.state.error_message  # cleared when that job ends
             return None
         self._cancel.clear()
         with self.state:
@@ -159,3 +161,5 @@ class BackgroundWorker:
                                else self.state.job_progress})
             if error:
                 self.state.error_message = error
+            elif self.state.error_message and self.state.error_message == self._busy_notice:
+                self.state.error_message = ""  # "still running" no longer holds
