@@ -253,6 +253,72 @@ class TorchRegistrationTest(unittest.TestCase):
         err = accuracy.transform_error(result.transform, shift.GetInverse(), fixed, inner)
         self.assertLess(err["mean"], 1.0, err)
 
+    def test_mind_does_not_depend_on_how_the_moving_voxels_are_stored(self) -> None:
+        # the same moving image stored in another axis order (DICOMOrient does not resample): MIND
+        # descriptors taken on each image's own grid gave 0.8, 8.0 and 3.2 mm; on the fixed grid, one answer
+        from MultimodalFusionLib import registration
+
+        case = accuracy.rigid_case(spacing_mm=4, tissues=data.mni152(spacing_mm=4))
+        params = self._params(stages=["affine", "deformable"], linear_iterations=[60, 30, 10],
+                              deformable_level_spacing_mm=[8.0, 4.0], deformable_iterations=[30, 15])
+        errors = []
+        for order in (None, "LPS", "SAR"):
+            moving = case.moving if order is None else sitk.DICOMOrient(case.moving, order)
+            result = registration.register(case.fixed, moving, params, backend="torch", seed=1)
+            errors.append(case.error(result.transform)["mean"])
+            self.assertLessEqual(result.metric_after, result.metric_before + 1e-6)  # never worse than the start
+        self.assertLess(max(errors) - min(errors), 0.05, errors)
+        self.assertLess(max(errors), 1.5, errors)
+        # the linear stage with MIND too
+        linear = []
+        for order in (None, "SAR"):
+            moving = case.moving if order is None else sitk.DICOMOrient(case.moving, order)
+            result = registration.register(case.fixed, moving,
+                                           self._params(stages=["affine"], linear_metric="mind",
+                                                        linear_iterations=[60, 30, 10]), backend="torch", seed=1)
+            linear.append(case.error(result.transform)["mean"])
+        self.assertLess(abs(linear[0] - linear[1]), 0.05, linear)
+
+    def test_register_accepts_torch_stage_names_dicts_and_seeds_by_default(self) -> None:
+        from MultimodalFusionLib import registration
+
+        fixed, moving = _brainweb_pair()
+        quick = {"stages": ["rigid"], "linear_iterations": [20, 10, 5], "device": "cpu"}
+        first = registration.register(fixed, moving, dict(quick), backend="torch")  # the dict form
+        again = registration.register(fixed, moving, dict(quick), backend="torch")
+        # unseeded: the torch default seed 42, so two runs are the same
+        self.assertEqual(first.transform.GetParameters(), again.transform.GetParameters())
+        self.assertEqual(first.parameters["seed"], 42)
+        # the torch stage names of the README through register() (they were refused as unknown)
+        result = registration.register(fixed, moving, stages="rigid,syn", backend="torch", seed=1)
+        self.assertEqual([st.name for st in result.stages], ["rigid", "deformable"])
+        with self.assertRaises(InputError):
+            registration.register(fixed, moving, stages=["rigid", "warp-drive"], backend="torch")
+
+    def test_folding_from_weak_regularisation_is_warned(self) -> None:
+        from MultimodalFusionLib import registration
+
+        fixed, moving = _brainweb_pair()
+        loose = self._params(stages=["rigid", "deformable"], regularisation_weight=0.0, velocity_sigma=0.5,
+                             deformable_learning_rate=0.5, velocity_grid_factor=1, deformable_metric="mi")
+        result = registration.register(fixed, moving, loose, backend="torch", seed=1)
+        self.assertTrue(any("folds in" in w for w in result.warnings), result.warnings)
+        default = registration.register(fixed, moving, stages=["rigid", "deformable"], backend="torch", seed=1)
+        self.assertFalse(any("folds in" in w for w in default.warnings), default.warnings)
+
+    def test_bad_parameter_values_are_input_errors(self) -> None:
+        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
+
+        cases = {"deformable_samples": -1, "lncc_kernel": 4, "mind_radius": -1, "mind_dilation": 0,
+                 "histogram_bins": 100000, "seed": "abc", "velocity_grid_factor": 0, "linear_samples": -5,
+                 "velocity_sigma": float("nan"), "regularisation_weight": float("nan"),
+                 "linear_learning_rate": float("inf"), "linear_iterations": ["x", 1, 1],
+                 "deformable_level_spacing_mm": [float("nan"), 2.0], "stages": "affine"}
+        for field, value in cases.items():
+            with self.subTest(field=field), self.assertRaises(InputError) as ctx:
+                TorchRegistrationParameters(**{field: value}).validate()
+            self.assertIn("Fix:", str(ctx.exception))
+
     def test_bad_inputs_name_the_fix(self) -> None:
         from MultimodalFusionLib.registration.torch_backend import register_torch, torch_parameters
 

@@ -84,9 +84,20 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
         parameters = load_preset(preset) if preset else RegistrationParameters()
     elif preset:
         raise InputError("Both parameters and a preset were given.", "Give one of them.")
+    if isinstance(parameters, dict):  # the dict form of either backend's settings
+        if backend == "torch":
+            from .torch_backend import torch_parameters
+
+            parameters = torch_parameters(parameters)
+        else:
+            parameters = RegistrationParameters.from_dict(parameters)
     if stages:
         if isinstance(stages, str):
             stages = [s for s in stages.split(",") if s.strip()]
+        if backend == "torch" and isinstance(parameters, RegistrationParameters):
+            # the torch backend's own stage names (README): its deformable stage stands in for bspline
+            stages = ["bspline" if str(s).strip().lower() in ("deformable", "syn", "diffeomorphic") else s
+                      for s in stages]
         parameters = parameters.with_stages(stages)
     if seed is not None:
         parameters = dataclasses.replace(parameters, seed=int(seed))
@@ -109,7 +120,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
                              "Register thin slabs as 2D slices (extract the slice), or give a thicker volume.")
     fixed_mask = check_mask(fixed_mask, fixed, "fixed mask", "fixed image") if fixed_mask is not None else None
     moving_mask = check_mask(moving_mask, moving, "moving mask", "moving image") if moving_mask is not None else None
-    if moving.GetDimension() == 2 and any(s.name == "bspline" for s in parameters.stages) and \
+    if moving.GetDimension() == 2 and any(getattr(s, "name", s) == "bspline" for s in parameters.stages) and \
             min(fixed.GetSize()) < 16:
         raise InputError(f"The fixed image {fixed.GetSize()} is too small for a B-spline stage.",
                          "Use rigid/affine stages only, or a larger image.")

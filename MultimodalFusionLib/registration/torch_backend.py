@@ -147,6 +147,20 @@ class TorchRegistrationParameters:
         def bad(field: str, value: Any, allowed: str) -> InputError:
             return InputError(f"Torch registration: invalid {field} {value!r}.", f"Use {allowed}.")
 
+        def number(field: str, *, whole: bool = False, low: float | None = None, high: float | None = None,
+                   low_open: bool = False, allowed: str = "") -> None:
+            value = getattr(self, field)
+            try:
+                x = float(value)
+            except (TypeError, ValueError):
+                x = float("nan")
+            ok = (math.isfinite(x) and (not whole or (x == int(x) and not isinstance(value, bool)))
+                  and (low is None or (x > low if low_open else x >= low)) and (high is None or x <= high))
+            if not ok:
+                raise bad(field, value, allowed)
+
+        if isinstance(self.stages, str):
+            raise bad("stages", self.stages, "a list of stage names, e.g. ['affine', 'deformable']")
         if not self.stages:
             raise bad("stages", self.stages, "at least one of " + ", ".join(TORCH_STAGES))
         for stage in self.stages:
@@ -168,19 +182,30 @@ class TorchRegistrationParameters:
             if not levels or len(levels) != len(iters):
                 raise bad(f"{levels_name}/{iters_name}", (levels, iters),
                           "two lists of the same, non-zero length (one entry per pyramid level)")
-            if any(float(f) <= 0 for f in levels) or any(int(i) < 0 for i in iters):
+            try:
+                ok = (all(math.isfinite(float(f)) and float(f) > 0 for f in levels)
+                      and all(float(i) == int(i) and int(i) >= 0 for i in iters))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
                 raise bad(f"{levels_name}/{iters_name}", (levels, iters),
-                          "positive level sizes and iteration counts >= 0")
-        if int(self.histogram_bins) < 4:
-            raise bad("histogram_bins", self.histogram_bins, "at least 4 (typically 32)")
-        if not 0 <= int(self.integration_steps) <= 16:
-            raise bad("integration_steps", self.integration_steps, "0..16 (7 is typical)")
-        if self.regularisation_weight < 0 or self.velocity_sigma < 0:
-            raise bad("regularisation_weight/velocity_sigma", (self.regularisation_weight, self.velocity_sigma),
-                      "non-negative numbers")
-        if self.linear_learning_rate <= 0 or self.deformable_learning_rate <= 0:
-            raise bad("learning rates", (self.linear_learning_rate, self.deformable_learning_rate),
-                      "positive numbers")
+                          "positive, finite level sizes and whole iteration counts >= 0")
+        number("histogram_bins", whole=True, low=4, high=256, allowed="a whole number 4..256 (typically 32)")
+        number("integration_steps", whole=True, low=0, high=16, allowed="0..16 (7 is typical)")
+        for field in ("regularisation_weight", "velocity_sigma"):
+            number(field, low=0, allowed="a finite number >= 0")
+        for field in ("linear_learning_rate", "deformable_learning_rate"):
+            number(field, low=0, low_open=True, high=10, allowed="a finite number > 0 (e.g. 0.02 / 0.2)")
+        for field in ("linear_samples", "deformable_samples"):
+            number(field, whole=True, low=0, allowed="a whole number >= 0 (0: every voxel)")
+        number("velocity_grid_factor", whole=True, low=1, high=16, allowed="a whole number 1..16")
+        number("mind_radius", whole=True, low=1, high=8, allowed="a whole number 1..8 (1 is typical)")
+        number("mind_dilation", whole=True, low=1, high=8, allowed="a whole number 1..8 (2 is typical)")
+        number("lncc_kernel", whole=True, low=3, high=31, allowed="an odd whole number 3..31 (7 is typical)")
+        if int(self.lncc_kernel) % 2 == 0:
+            raise bad("lncc_kernel", self.lncc_kernel, "an odd whole number 3..31 (7 is typical)")
+        if self.seed is not None:
+            number("seed", whole=True, low=0, allowed="a whole number >= 0, or None")
 
     def with_stages(self, names: Sequence[str]) -> TorchRegistrationParameters:
         """A copy running ``names`` in order ("rigid", "affine", "deformable"; "bspline"/"syn" = deformable)."""
@@ -253,7 +278,7 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
         init = getattr(parameters, "initializer", None)
         if init in ("moments", "geometry", "none"):
             out.initializer = init
-        if hasattr(parameters, "seed"):
+        if getattr(parameters, "seed", None) is not None:  # unseeded: keep the torch default (42)
             out.seed = parameters.seed
         out.name = str(getattr(parameters, "name", out.name))
         # a ``torch`` dict on the parameters (if a preset carries one) overrides the defaults
@@ -668,7 +693,10 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
         else:
             grid = _identity_grid(fixed_img.shape[2:], dev)
             fixed_feat = _features(ctx, metric, fixed_img)
-            moving_feat = _features(ctx, metric, moving_img)
+            # MIND compares neighbour voxels at fixed offsets: taken on the moving image's own grid,
+            # its descriptors would depend on how that image's voxels are stored (axis order,
+            # spacing, obliquity). They are computed on the warped image, on the fixed grid.
+            moving_feat = _features(ctx, metric, moving_img) if metric != "mind" else moving_img
         n_rot = (3 if dim == 3 else 1) if name == "rigid" else dim * dim
         rot = torch.zeros(n_rot, dtype=torch.float64, device=dev, requires_grad=True)
         shift = torch.zeros(dim, dtype=torch.float64, device=dev, requires_grad=True)
@@ -705,6 +733,8 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
                     moved = _apply(grid.double(), total).float()
                     warped = F.grid_sample(moving_feat, moved[None], mode="bilinear", padding_mode="border",
                                            align_corners=True)
+                    if metric == "mind":
+                        warped = _features(ctx, metric, warped)
                     loss = _dense_similarity(ctx, metric, fixed_feat, warped, fixed_mask)
             loss = loss.float()
             loss.backward()
@@ -799,7 +829,16 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
         grid = _identity_grid(shape, dev)
         with torch.no_grad():
             fixed_feat = _features(ctx, metric, fixed_img)
-            moving_feat = _features(ctx, metric, moving_img)
+            if metric == "mind":
+                # descriptors of the affinely aligned moving image on the fixed grid (see the linear
+                # stage): independent of how the moving voxels are stored; the field then warps them
+                on_fixed = F.grid_sample(moving_img, _apply(image_grid[None], total), mode="bilinear",
+                                         padding_mode="border", align_corners=True)
+                moving_feat = _features(ctx, metric, on_fixed)
+                warp = torch.eye(dim + 1, dtype=total.dtype, device=dev)
+            else:
+                moving_feat = _features(ctx, metric, moving_img)
+                warp = total
         to_norm = _to_normalised_scale(torch, shape, dev)
         if velocity_norm is None:
             v = torch.zeros(1, dim, *shape, device=dev)
@@ -824,7 +863,7 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
                        padding: str = padding, image_grid: Any = image_grid,
                        image_shape: list[int] = image_shape, sampled: bool = False,
                        candidates: Any = candidates, n_samples: int = n_samples,
-                       flat_grid: Any = flat_grid, flat_feat: Any = flat_feat) -> tuple[Any, Any]:
+                       flat_grid: Any = flat_grid, flat_feat: Any = flat_feat, warp: Any = warp) -> tuple[Any, Any]:
             smooth = gaussian_blur(vel, sigmas) if p.velocity_sigma > 0 else vel
             disp = _integrate(torch, smooth * to_norm, grid, int(p.integration_steps))
             if sampled and candidates is not None and candidates.numel() > n_samples:
@@ -838,7 +877,7 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
                 shape5 = (1, 1, 1, -1, dim) if dim == 3 else (1, 1, -1, dim)
                 d_pts = F.grid_sample(disp, points.reshape(shape5), mode="bilinear", padding_mode="border",
                                       align_corners=True).reshape(dim, -1).transpose(0, 1)
-                moved = _apply(points + d_pts, total)
+                moved = _apply(points + d_pts, warp)
                 with ctx.autocast(metric):
                     warped_pts = ctx.sample_moving(moving_feat, moved, padding)
                     fixed_pts = flat_feat[:, pick]
@@ -849,7 +888,7 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
                 return sim.float(), smooth
             if list(disp.shape[2:]) != image_shape:
                 disp = F.interpolate(disp, size=image_shape, mode=mode, align_corners=True)
-            moved = _apply(image_grid[None] + disp.movedim(1, -1), total)
+            moved = _apply(image_grid[None] + disp.movedim(1, -1), warp)
             with ctx.autocast(metric):
                 warped = F.grid_sample(moving_feat, moved, mode="bilinear", padding_mode=padding,
                                        align_corners=True)
@@ -885,6 +924,30 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
                         iterations=done, stop_reason="iteration budget of every level spent",
                         seconds=time.perf_counter() - start, history=history)
     return velocity_norm, stage
+
+
+def _folding(torch: Any, disp: Any) -> tuple[float, float]:
+    """(fraction of voxels whose Jacobian determinant is <= 0, smallest determinant) of the mapping
+    x + u(x), for a displacement (1, d, *shape) in normalised units (channels x, y, z)."""
+    dim = disp.shape[1]
+    shape = list(disp.shape[2:])
+    scale = torch.tensor([(shape[dim - 1 - k] - 1) / 2.0 for k in range(dim)], dtype=disp.dtype,
+                         device=disp.device).reshape(dim, *([1] * dim))
+    u = disp[0] * scale  # voxel units
+    folded, smallest, count = 0, float("inf"), 0
+    step = 16  # slabs along the first tensor axis keep the 3x3 Jacobians small on a 1 mm head
+    for lo in range(0, shape[0], step):
+        part = u[:, max(lo - 1, 0):min(lo + step + 1, shape[0])]
+        # d u_i / d x_j: spatial axis j (x, y, z) is tensor axis dim - 1 - j of each channel
+        grads = [torch.gradient(part, dim=1 + (dim - 1 - j))[0] for j in range(dim)]
+        jac = torch.stack(grads, dim=1) + torch.eye(dim, dtype=u.dtype, device=u.device).reshape(
+            dim, dim, *([1] * dim))
+        keep = slice(1 if lo > 0 else 0, None if lo + step + 1 > shape[0] else -1)
+        det = torch.linalg.det(jac.movedim(0, -1).movedim(0, -1))[keep]
+        folded += int((det <= 0).sum())
+        count += det.numel()
+        smallest = min(smallest, float(det.min()))
+    return folded / max(count, 1), smallest
 
 
 def _full_resolution_displacement(ctx: _Context, velocity_norm: Any) -> Any:
@@ -1048,6 +1111,20 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
                                                         padding_mode="border", align_corners=True)
                 points = ctx.eval_points + d_pts.reshape(dim, -1).transpose(0, 1)
                 metric_after = float(ctx.mi_at_points(points, ctx.eval_values, total, ctx.moving.tensor))
+                linear_only = float(ctx.mi_at_points(ctx.eval_points, ctx.eval_values, total, ctx.moving.tensor))
+                if metric_after > metric_before + 1e-6 and linear_only < metric_after:
+                    # the field lowered its own similarity (MIND) but left the images less alike than at
+                    # the start: as the sitk backend does with a stage that makes things worse, drop it
+                    stage_results[-1].accepted = False
+                    warnings.append(f"The deformable stage made mutual information at the evaluation voxels worse "
+                                    f"({linear_only:.4f} -> {metric_after:.4f}); its result was discarded.")
+                    transform, metric_after = affine_tx, linear_only
+                else:
+                    fraction, smallest = _folding(torch, disp)
+                    if fraction > 0:  # scaling and squaring is diffeomorphic only in the limit
+                        warnings.append(f"The deformation folds in {100 * fraction:.2f}% of the voxels (Jacobian "
+                                        f"determinant down to {smallest:.2f}): raise regularisation_weight or "
+                                        "velocity_sigma.")
             else:
                 metric_after = float(ctx.mi_at_points(ctx.eval_points, ctx.eval_values, total, ctx.moving.tensor))
         if metric_after > metric_before + 1e-6 and not any(s.accepted is False for s in stage_results):
