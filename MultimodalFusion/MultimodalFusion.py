@@ -297,17 +297,6 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.ui.statusLabel.text = message
 
-    def _fusedOutput(self, functional):
-        """The fused-volume node to reuse, unless the output kind changed (colour for the overlay or a
-        colour functional volume, grey otherwise): a vector node cannot take a grey image or the
-        reverse, so a new node is made then."""
-        node = self._parameterNode.fusedVolume
-        if node is None:
-            return None
-        colour = self._parameterNode.fusionMethod == "overlay" or bool(
-            functional is not None and functional.IsA("vtkMRMLVectorVolumeNode"))
-        return node if bool(node.IsA("vtkMRMLVectorVolumeNode")) == colour else None
-
     def _registrationArguments(self) -> dict:
         p = self._parameterNode
         return {"preset": None if p.preset == NO_PRESET else p.preset,
@@ -337,8 +326,9 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             functional = p.outputVolume or p.movingVolume  # the registered volume when there is one
             transform = None if p.outputVolume else p.outputTransform
             out = self.logic.fuseVolumes(p.fixedVolume, functional, method=p.fusionMethod, transformNode=transform,
-                                         outputVolumeNode=self._fusedOutput(functional), weightsVolumeNode=p.weightsVolume,
-                                         metricsTableNode=p.metricsTable, progress=progress)
+                                         outputVolumeNode=p.fusedVolume, weightsVolumeNode=p.weightsVolume,
+                                         metricsTableNode=p.metricsTable, newNodeOnKindChange=True,
+                                         progress=progress)
             p.fusedVolume, p.metricsTable = out.fusedVolumeNode, out.metricsTableNode
             p.weightsVolume = out.weightsVolumeNode or p.weightsVolume
             slicer.util.setSliceViewerLayers(background=out.fusedVolumeNode, foreground=None, fit=True)
@@ -357,7 +347,7 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             arguments = self._registrationArguments()
             out = self.logic.run(p.fixedVolume, p.movingVolume, fusionMethod=p.fusionMethod, opacity=p.opacity,
-                                 colormap=p.colormap, fusedVolumeNode=self._fusedOutput(p.movingVolume),
+                                 colormap=p.colormap, fusedVolumeNode=p.fusedVolume, newNodeOnKindChange=True,
                                  weightsVolumeNode=p.weightsVolume, metricsTableNode=p.metricsTable,
                                  show=p.showResult, progress=progress, **arguments)
             p.outputTransform, p.outputVolume = out.transformNode, out.resampledVolumeNode

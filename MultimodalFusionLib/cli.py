@@ -151,9 +151,9 @@ def _run_register(args: argparse.Namespace) -> int:
     from .registration.outputs import save_registration_outputs
 
     check_not_overwriting_inputs(
-        [os.path.join(args.output_dir, n) for n in ("transform.*", "moving_resampled.*", "checkerboard.png",
-                                                     "metrics.json")],
-        [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform])
+        [os.path.join(args.output_dir, n) for n in ("checkerboard.png", "metrics.json")],
+        [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform],
+        patterns=[os.path.join(args.output_dir, n) for n in ("transform.*", "moving_resampled.*")])
     fixed = read_image(args.fixed, series=_series(args, "fixed"), float32=True)
     moving = read_image(args.moving, series=_series(args, "moving"), float32=True)
     fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
@@ -300,8 +300,8 @@ def _run_fuse(args: argparse.Namespace) -> int:
     from .pipeline import _writable
     from .report import report_file_patterns
 
-    outputs = [args.output] + ([os.path.join(args.report, n) for n in report_file_patterns()] if args.report else [])
-    check_not_overwriting_inputs(outputs, [args.a, args.b])
+    report_files = [os.path.join(args.report, n) for n in report_file_patterns()] if args.report else []
+    check_not_overwriting_inputs([args.output], [args.a, args.b], patterns=report_files)
     a = read_image(args.a, keep_color=True)
     b = read_image(args.b, keep_color=True)
     bar = ProgressBar(desc=f"fuse {args.method}")
@@ -466,6 +466,8 @@ def _free_port(host: str, port: int) -> int:
     from .errors import InputError
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if os.name == "posix":  # as the server will: a port in TIME_WAIT after the last run is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, int(port)))
         except OSError as exc:

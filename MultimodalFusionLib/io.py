@@ -12,10 +12,10 @@ renamed, so a crash never leaves a half-written result and an input is never ove
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -242,28 +242,45 @@ def atomic_output(path: str | os.PathLike, mode: int | None = None) -> Iterator[
             os.remove(tmp)
 
 
-def check_not_overwriting_inputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[Any]) -> None:
+def check_not_overwriting_inputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[Any], *,
+                                 patterns: Iterable[str | os.PathLike] = ()) -> None:
     """Refuse, before any work, outputs that would replace an input file.
 
     Args:
-        outputs: output paths; the file name may hold shell wildcards (``out/fused_*``) for outputs
-            whose names are known only by pattern.
+        outputs: output paths, taken literally (``scan[1].png`` is that name).
         inputs: the inputs as given: paths, or anything else (images in memory, None), which is
             skipped; folders (DICOM series) are skipped too, as writing a file into them replaces nothing.
+        patterns: outputs known only by pattern (``out/fused_*``): ``*`` in the file name matches
+            any text, every other character itself.
 
     Raises:
-        InputError: an output names one of the input files (also through a symbolic link).
+        InputError: an output names one of the input files (also through a symbolic link, a hard
+            link or another spelling of the path, and on case-insensitive disks).
     """
-    files = [(os.fspath(src), os.path.realpath(src)) for src in inputs
-             if isinstance(src, (str, os.PathLike)) and os.path.isfile(src)]
+    files = [os.fspath(src) for src in inputs if isinstance(src, (str, os.PathLike)) and os.path.isfile(src)]
+
+    def refuse(out: Any, given: str) -> None:
+        raise InputError(f"The output '{out}' would overwrite the input file '{given}'.",
+                         "Write the output elsewhere (another output file or --output-dir); inputs are "
+                         "never overwritten.")
+
     for out in outputs:
-        real_out = os.path.realpath(os.path.dirname(os.path.abspath(os.fspath(out))))
-        pattern = os.path.basename(os.fspath(out))
-        for given, real in files:
-            if os.path.dirname(real) == real_out and fnmatch.fnmatchcase(os.path.basename(real), pattern):
-                raise InputError(f"The output '{out}' would overwrite the input file '{given}'.",
-                                 "Write the output elsewhere (another output file or --output-dir); inputs are "
-                                 "never overwritten.")
+        out_path = os.fspath(out)
+        for given in files:
+            if os.path.exists(out_path):
+                if os.path.samefile(out_path, given):
+                    refuse(out, given)
+            elif os.path.normcase(os.path.realpath(out_path)) == os.path.normcase(os.path.realpath(given)):
+                refuse(out, given)
+    for pattern in patterns:
+        folder = os.path.normcase(os.path.realpath(os.path.dirname(os.path.abspath(os.fspath(pattern)))))
+        regex = ".*".join(re.escape(part) for part in os.path.basename(os.fspath(pattern)).split("*"))
+        flags = re.IGNORECASE if os.path.normcase("A") == "a" else 0
+        for given in files:
+            real = os.path.realpath(given)
+            if os.path.normcase(os.path.dirname(real)) == folder and re.fullmatch(regex, os.path.basename(real),
+                                                                                  flags=flags):
+                refuse(pattern, given)
 
 
 def write_bytes(path: str | os.PathLike, payload: bytes) -> str:
@@ -310,8 +327,9 @@ def _for_2d_format(image: sitk.Image, final: str) -> sitk.Image:
     """An image as a PNG/JPEG/BMP can hold it: its values kept where the format allows.
 
     Integer values in 0..255 are written as they are (labels stay labels); in 0..65535 as 16-bit
-    PNG; grey values on the 0..255 scale are rounded. Anything else (CT in HU, PET in Bq/ml) has to
-    be rescaled to 0..255, with a warning; a volume cannot be a PNG.
+    PNG; grey values on the 0..255 scale are rounded. Anything else (CT in HU, PET in Bq/ml, a
+    0..1 probability map, which rounding would reduce to 0 and 1) has to be rescaled to 0..255,
+    with a warning; a volume cannot be a PNG.
     """
     import warnings
 
@@ -326,7 +344,8 @@ def _for_2d_format(image: sitk.Image, final: str) -> sitk.Image:
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     whole = bool(np.all(np.mod(arr, 1) == 0)) if np.issubdtype(arr.dtype, np.floating) else True
     vector = image.GetNumberOfComponentsPerPixel() > 1
-    if lo >= 0 and hi <= 255:
+    if lo >= 0 and hi <= 255 and (whole or hi > 1.0):
+        # integers, or grey values on the 0..255 display scale (a fused image): rounded, not stretched
         out = sitk.GetImageFromArray(np.round(arr).astype(np.uint8), isVector=vector)
     elif lo >= 0 and hi <= 65535 and whole and _suffix(final) == ".png":
         out = sitk.GetImageFromArray(arr.astype(np.uint16), isVector=vector)

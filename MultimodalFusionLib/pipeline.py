@@ -147,9 +147,10 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     from .io import check_not_overwriting_inputs, make_output_dir
 
     check_not_overwriting_inputs(
-        [os.path.join(out, n) for n in ["transform.*", "moving_resampled.*"]
-         + [f"{kind}_{m}.*" for m in methods for kind in ("fused", "weights")]]
-        + [os.path.join(out, n) for n in report_mod.report_file_patterns()], [fixed, moving])
+        [], [fixed, moving],
+        patterns=[os.path.join(out, n) for n in ["transform.*", "moving_resampled.*"]
+                  + [f"{kind}_{m}.*" for m in methods for kind in ("fused", "weights")]
+                  + list(report_mod.report_file_patterns())])
     make_output_dir(out)
 
     report(progress, 0.0, "loading images")

@@ -253,8 +253,8 @@ class FusionLogic:
     # ------------------------------------------------------------------------------------------
     def fuseVolumes(self, anatomicalVolumeNode: Any, functionalVolumeNode: Any, *, method: str = "average",
                     transformNode: Any = None, outputVolumeNode: Any = None, weightsVolumeNode: Any = None,
-                    metricsTableNode: Any = None, progress: ProgressCallback | None = None,
-                    **methodParameters: Any) -> FusionOutputs:
+                    metricsTableNode: Any = None, newNodeOnKindChange: bool = False,
+                    progress: ProgressCallback | None = None, **methodParameters: Any) -> FusionOutputs:
         """Fuse a functional (or second anatomical) volume into an anatomical one: a new volume.
 
         The functional volume is resampled onto the anatomical volume's grid first: through
@@ -279,6 +279,9 @@ class FusionLogic:
             outputVolumeNode: volume node for the fused image; a new one when None.
             weightsVolumeNode: volume node for the per-voxel weight map; a new one when None.
             metricsTableNode: table node for the fusion metrics; a new one when None.
+            newNodeOnKindChange: when ``outputVolumeNode`` is of the other kind than the result
+                (a colour node for a grey result, or the reverse: the method or the functional
+                volume changed), make a new node instead of refusing (what the module's panel does).
             progress: ``progress(fraction, message)``; returning False cancels.
             **methodParameters: the method's parameters (e.g. ``weight=0.6``, ``levels=3``).
 
@@ -341,6 +344,10 @@ class FusionLogic:
             weights_image = _as_slice_of(weights_image, slice_volume) if weights_image is not None else None
         metrics = {k: _scalar(v) for k, v in table_values[method].items()}
         base = f"{anatomicalVolumeNode.GetName()} + {functionalVolumeNode.GetName()} {method}"
+        colour = fused_image.GetNumberOfComponentsPerPixel() > 1
+        if (newNodeOnKindChange and outputVolumeNode is not None
+                and bool(outputVolumeNode.IsA("vtkMRMLVectorVolumeNode")) != colour):
+            outputVolumeNode = None
         fused_node = mrml.volume_node_from_image(fused_image, scene, name=base, node=outputVolumeNode)
         weights_node = None
         if weights_image is not None:
@@ -356,7 +363,7 @@ class FusionLogic:
             seed: int | None = None, fusionMethod: str = "average", opacity: float = 0.5,
             colormap: str = "PET-Heat", outputTransformNode: Any = None, outputVolumeNode: Any = None,
             fusedVolumeNode: Any = None, weightsVolumeNode: Any = None, metricsTableNode: Any = None,
-            show: bool = True,
+            newNodeOnKindChange: bool = False, show: bool = True,
             backend: str = "sitk", progress: ProgressCallback | None = None,
             **fusionParameters: Any) -> RunOutputs:
         """Register, resample, fuse, measure and show: the module's "Apply" button.
@@ -381,6 +388,7 @@ class FusionLogic:
             weightsVolumeNode: weight-map volume node, for methods with one (new when None; give the
                 previous run's to reuse it).
             metricsTableNode: metrics table node (new when None).
+            newNodeOnKindChange: see :meth:`fuseVolumes`.
             show: set the slice views: background = fixed, foreground = registered moving volume.
             progress: ``progress(fraction, message)``; returning False cancels.
             **fusionParameters: parameters of the fusion method.
@@ -402,8 +410,8 @@ class FusionLogic:
             outputVolumeNode=outputVolumeNode, backend=backend, progress=scaled(progress, 0.0, 0.7))
         fusion_out = self.fuseVolumes(fixedVolumeNode, registration.resampledVolumeNode, method=fusionMethod,
                                       outputVolumeNode=fusedVolumeNode, weightsVolumeNode=weightsVolumeNode,
-                                      metricsTableNode=metricsTableNode, progress=scaled(progress, 0.7, 0.95),
-                                      **fusionParameters)
+                                      metricsTableNode=metricsTableNode, newNodeOnKindChange=newNodeOnKindChange,
+                                      progress=scaled(progress, 0.7, 0.95), **fusionParameters)
         # one table with both: the registration's and the fusion's numbers
         table = mrml.metrics_table_node({"registration": registration.metrics, "fusion": fusion_out.metrics},
                                         scene, node=fusion_out.metricsTableNode)

@@ -280,6 +280,25 @@ class RegistryTest(unittest.TestCase):
         finally:
             fusion.METHODS.pop("test-min", None)
 
+    def test_registered_method_keeps_its_own_parameter_types(self) -> None:
+        seen = {}
+
+        def gamma_blend(a: np.ndarray, b: np.ndarray, *, gamma=1, size=3, progress=None) -> np.ndarray:
+            seen.update(gamma=gamma, size=size)
+            return (a ** gamma + b) / 2.0
+
+        fusion.register_method("test-gamma", gamma_blend)
+        try:
+            a, b = _slices()
+            fusion.fuse(a, b, "test-gamma", gamma=0.5, size=(3, 5))  # an int default is not a type contract
+            self.assertEqual(seen, {"gamma": 0.5, "size": (3, 5)})
+            fusion.fuse(a, b, "test-gamma", gamma="2")  # text from a form or the CLI: converted
+            self.assertEqual(seen["gamma"], 2)
+            with self.assertRaisesRegex(InputError, "'gamma' of fusion method 'test-gamma' must be a (whole )?number"):
+                fusion.fuse(a, b, "test-gamma", gamma="two")
+        finally:
+            fusion.METHODS.pop("test-gamma", None)
+
     def test_deep_is_listed_when_torch_is_importable(self) -> None:
         has_torch = importlib.util.find_spec("torch") is not None
         has_deep = importlib.util.find_spec("MultimodalFusionLib.fusion.deep") is not None

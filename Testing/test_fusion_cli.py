@@ -116,9 +116,21 @@ class FuseEvaluateCliTest(unittest.TestCase):
                                  "--report", self.tmp.name])
         self.assertEqual(code, 0, stderr)  # metrics.json there is not an input: a report may replace it
         with self.assertRaises(InputError):
-            io.check_not_overwriting_inputs([os.path.join(self.tmp.name, "montage_*.png")],
-                                            [os.path.join(self.tmp.name, "montage_average.png"), None, self.tmp.name])
+            io.check_not_overwriting_inputs([], [os.path.join(self.tmp.name, "montage_average.png"), None,
+                                                 self.tmp.name],
+                                            patterns=[os.path.join(self.tmp.name, "montage_*.png")])
         io.check_not_overwriting_inputs([os.path.join(self.tmp.name, "fused.png")], [self.tmp.name, a_copy, None])
+        # literal names are literal: brackets are not glob classes, in either direction
+        bracket = os.path.join(self.tmp.name, "scan[1].png")
+        with open(bracket, "wb") as fh:
+            fh.write(before)
+        with self.assertRaises(InputError):
+            io.check_not_overwriting_inputs([bracket], [bracket])
+        plain = os.path.join(self.tmp.name, "fused1.png")
+        with open(plain, "wb") as fh:
+            fh.write(before)
+        io.check_not_overwriting_inputs([os.path.join(self.tmp.name, "fused[1].png")], [plain])
+        io.check_not_overwriting_inputs([], [plain], patterns=[os.path.join(self.tmp.name, "fused[1]*")])
 
     def test_evaluate_json_matches_the_library(self) -> None:
         out = os.path.join(self.tmp.name, "fused.png")

@@ -143,6 +143,10 @@ class WriteRules(unittest.TestCase):
                                     (grey, [[0, 18, 214]])):
                 path = io.write_image(image, self._path("x.png"))
                 np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(path)), expected)
+        probability = sitk.GetImageFromArray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8))
+        with self.assertWarnsRegex(UserWarning, "rescaled to 0..255"):  # rounding would leave only 0 and 1
+            path = io.write_image(probability, self._path("p.png"))
+        self.assertEqual(len(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(path)))), 64)
         hu = sitk.GetImageFromArray(np.array([[-1000.0, 0.0, 3000.0]], np.float32))
         with self.assertWarnsRegex(UserWarning, "rescaled to 0..255"):
             io.write_image(hu, self._path("hu.png"))

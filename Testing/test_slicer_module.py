@@ -155,6 +155,16 @@ class LogicTest(unittest.TestCase):
         overlay = self.logic.fuseVolumes(self.mr, self.pet, method="overlay")
         with self.assertRaisesRegex(InputError, "colour \\(vector\\) volume but the image is grey"):
             self.logic.fuseVolumes(self.mr, self.pet, method="average", outputVolumeNode=overlay.fusedVolumeNode)
+        # what the panel does: a new node when the kind changes, the same node while it does not; a grey
+        # volume stored as RGB (R = G = B) is fused as grey, so its result reuses a grey node
+        grey = self.logic.fuseVolumes(self.mr, self.pet, method="average", outputVolumeNode=overlay.fusedVolumeNode,
+                                      newNodeOnKindChange=True)
+        self.assertFalse(grey.fusedVolumeNode.IsA("vtkMRMLVectorVolumeNode"))
+        grey_rgb = mrml.volume_node_from_image(sitk.Compose([sitk.Cast(sitk.RescaleIntensity(self.moving), sitk.sitkUInt8)] * 3),
+                                               self.scene, name="PET as RGB")
+        again = self.logic.fuseVolumes(self.mr, grey_rgb, method="max", outputVolumeNode=grey.fusedVolumeNode,
+                                       newNodeOnKindChange=True)
+        self.assertIs(again.fusedVolumeNode, grey.fusedVolumeNode)
 
     def test_repeated_runs_reuse_every_output_node(self) -> None:
         kwargs = {"stages": ["rigid"], "seed": 3, "fusionMethod": "pca", "show": False}

@@ -82,6 +82,10 @@ _LAZY: dict[str, tuple[str, str]] = {
 }
 
 
+#: The methods this package defines (their integer parameters take whole numbers only).
+_BUILTIN_METHODS = frozenset({"average", "max", "pca", "wavelet", "laplacian", "overlay", "deep"})
+
+
 def register_method(name: str, func: FusionMethod, *, overwrite: bool = True) -> None:
     """Add a fusion method to the registry (``fuse(..., method=name)`` and the CLI then know it).
 
@@ -123,13 +127,15 @@ def get_method(name: str) -> FusionMethod:
     Raises:
         InputError: unknown method, or its optional dependencies are missing.
     """
-    if name not in METHODS and name in _LAZY:
+    if name in _LAZY and (name not in METHODS or not _lazy_available(name)):
         module, needs = _LAZY[name]
         try:
+            importlib.import_module(needs)  # the package registers itself lazily; its dependency may be missing
             importlib.import_module(module)
         except ImportError as exc:
             raise InputError(f"The '{name}' fusion method needs '{needs}', which could not be imported ({exc}).",
-                             "Install the optional dependencies: pip install 'slicer-multimodalfusion[deep]'.") from exc
+                             "Install the optional dependencies: pip install 'slicer-multimodalfusion[deep]' "
+                             "(torch==2.13.0 with PyTorch's CPU index for a CPU-only machine).") from exc
     if name not in METHODS:
         raise InputError(f"Unknown fusion method '{name}'.", f"Use one of: {', '.join(list_methods())}.")
     return METHODS[name]
@@ -228,27 +234,31 @@ def _defaults(func: FusionMethod) -> dict[str, Any]:
 
 
 def _checked_params(func: FusionMethod, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Numeric parameters converted to the type of their default, with a clear error for a value
-    that is not a (finite, for whole-number parameters whole) number."""
+    """Parameters as a method takes them: a number given as text ("0.6", from a form or the CLI)
+    becomes the type of the parameter's default; a non-finite number, text that is not a number,
+    or (for the built-in methods) a fraction where a whole number is needed, is a clear error.
+    Other values (tuples, names, a registered method's own types) pass as they are."""
     import math
 
     defaults = _defaults(func)
     out = {}
     for key, value in params.items():
         default = defaults.get(key)
-        if value is None or isinstance(default, (bool, str)) or not isinstance(default, (int, float)):
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        whole = isinstance(default, int) and not isinstance(default, bool)
+        if value is None or not numeric or not (isinstance(value, (str, int, float)) and not isinstance(value, bool)):
             out[key] = value
             continue
         try:
             number = float(value)
-        except (TypeError, ValueError):
+        except ValueError:
             number = float("nan")
-        whole = isinstance(default, int)
-        if not math.isfinite(number) or (whole and number != int(number)):
-            kind = "a whole number" if whole else "a number"
+        strict = isinstance(value, str) or method in _BUILTIN_METHODS
+        if not math.isfinite(number) or (whole and strict and number != int(number)):
+            kind = "a whole number" if whole and strict else "a number"
             raise InputError(f"Parameter '{key}' of fusion method '{method}' must be {kind} (got {value!r}).",
                              f"Give {kind}, e.g. {key}={default}.")
-        out[key] = int(number) if whole else number
+        out[key] = (int(number) if whole and number == int(number) else number) if isinstance(value, str) else value
     return out
 
 
