@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 $(VENV)/.bench-installed: $(STAMP)
-	$(PIP) install -q ".[bench]" "$(TORCH)"
+	$(PIP) install -q "$(TORCH)" -e ".[bench]"   # editable, as $(STAMP): a copy would shadow the checkout
 	touch $@
 
 bench: $(VENV)/.bench-installed

@@ -20,6 +20,7 @@ from .errors import InputError
 
 __all__ = [
     "testing_data_dir",
+    "bundled_folder",
     "itk_brainweb_pair",
     "ITK_BRAINWEB_TRUTH",
     "mni152",
@@ -37,14 +38,34 @@ _MNI_NAMES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
               "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
 
 
+def bundled_folder(relative: str, env: str | None = None) -> Path:
+    """A folder the project ships beside ``MultimodalFusionLib`` (``Resources/Presets``,
+    ``Resources/Models``, ``Testing/Data``), wherever the code runs from.
+
+    Looked for, in order: the environment variable ``env`` if set; the source checkout or the
+    Slicer extension (the folder next to ``MultimodalFusionLib``); an installed wheel, which puts
+    these folders under ``<prefix>/share/multimodalfusion/``. The first that exists is returned
+    (the checkout's path when none does, for the caller's error message).
+    """
+    import sys
+    import sysconfig
+
+    if env and os.environ.get(env):
+        return Path(os.environ[env])
+    beside = Path(__file__).resolve().parent.parent / relative
+    candidates = [beside]
+    for prefix in dict.fromkeys([sys.prefix, sysconfig.get_paths().get("data", sys.prefix)]):
+        candidates.append(Path(prefix) / "share" / "multimodalfusion" / relative)
+    return next((c for c in candidates if c.is_dir()), beside)
+
+
 def testing_data_dir() -> Path:
-    """``Testing/Data`` of a source checkout (the ITK slices and their licence)."""
-    here = Path(__file__).resolve().parent.parent / "Testing" / "Data"
-    env = os.environ.get("MMFUSION_TESTING_DATA")
-    path = Path(env) if env else here
+    """``Testing/Data``: the ITK slices and their licence (source checkout or installed wheel)."""
+    path = bundled_folder("Testing/Data", "MMFUSION_TESTING_DATA")
     if not path.is_dir():
         raise InputError(f"The bundled test data folder '{path}' is missing.",
-                         "Run from a source checkout of MultimodalFusion, or set MMFUSION_TESTING_DATA.")
+                         "Run from a source checkout or an installed wheel of MultimodalFusion, or set "
+                         "MMFUSION_TESTING_DATA.")
     return path
 
 

@@ -100,3 +100,57 @@ def _annotations(tree: ast.AST):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class InstalledLayoutTest(unittest.TestCase):
+    """A wheel carries Resources/ and Testing/Data under <prefix>/share/multimodalfusion/."""
+
+    def test_wheel_data_files_cover_what_the_code_loads(self):
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            self.skipTest("tomllib needs Python 3.11")
+        import glob
+
+        spec = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+        data_files = spec["tool"]["setuptools"]["data-files"]
+        shipped = {p for patterns in data_files.values() for pattern in patterns
+                   for p in glob.glob(str(ROOT / pattern))}
+        needed = [*ROOT.glob("Resources/Models/*.safetensors"), *ROOT.glob("Resources/Presets/*.json"),
+                  *ROOT.glob("Testing/Data/*.png")]
+        self.assertTrue(needed)
+        for path in needed:
+            self.assertIn(str(path), shipped, path)
+        for target in data_files:
+            self.assertTrue(target.startswith("share/multimodalfusion/"), target)
+
+    def test_bundled_folders_are_found_under_the_install_prefix(self):
+        import tempfile
+
+        from MultimodalFusionLib.data import bundled_folder
+
+        with tempfile.TemporaryDirectory() as prefix:
+            target = Path(prefix) / "share" / "multimodalfusion" / "Resources" / "OnlyInstalled"
+            target.mkdir(parents=True)
+            saved = sys.prefix
+            sys.prefix = prefix  # what an installed wheel's interpreter reports
+            try:
+                self.assertEqual(bundled_folder("Resources/OnlyInstalled"), target)
+                # a checkout's own folder comes first
+                self.assertEqual(bundled_folder("Resources/Presets"), ROOT / "Resources" / "Presets")
+            finally:
+                sys.prefix = saved
+
+    def test_deep_without_torch_is_a_one_line_error(self):
+        code = ("import sys; sys.modules['torch'] = None\n"  # torch not installed
+                "from MultimodalFusionLib.cli import main\n"
+                f"sys.exit(main(['fuse', r'{ROOT / 'Testing/Data/BrainT1Slice.png'}', "
+                f"r'{ROOT / 'Testing/Data/BrainProtonDensitySlice.png'}', '--method', 'deep', '-o', 'x.png']))")
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp)
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        self.assertIn("needs 'torch'", proc.stderr)
+        self.assertIn("slicer-multimodalfusion[deep]", proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)

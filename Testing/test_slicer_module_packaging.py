@@ -108,6 +108,12 @@ class PackagingStaticTest(unittest.TestCase):
         for name in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
                      "EXTENSION_SCREENSHOTURLS"):
             self.assertTrue(_cmake_set(self.top_cmake, name))
+        # the icon and screenshots are raw files of this repository's main branch: they must exist here
+        for name in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+            for url in _cmake_set(self.top_cmake, name).split():
+                if "/main/" in url:
+                    with self.subTest(url=url):
+                        self.assertTrue((ROOT / url.split("/main/", 1)[1]).is_file(), url)
         self.assertIn("slicerMacroBuildScriptedModule", self.module_cmake)
         self.assertIn("slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)", self.module_cmake)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -210,11 +209,10 @@ class RegistrationParameters:
 
 def presets_dir() -> Path:
     """The folder of preset JSON files (``Resources/Presets`` beside ``MultimodalFusionLib``)."""
-    env = os.environ.get("MMFUSION_PRESETS_DIR")
-    if env:
-        return Path(env)
-    # registration/ -> MultimodalFusionLib/ -> (checkout root | Slicer module folder)
-    return Path(__file__).resolve().parent.parent.parent / "Resources" / "Presets"
+    from ..data import bundled_folder
+
+    # checkout root or Slicer module folder beside MultimodalFusionLib, or an installed wheel's share/
+    return bundled_folder("Resources/Presets", "MMFUSION_PRESETS_DIR")
 
 
 def list_presets() -> list[str]:

@@ -40,20 +40,23 @@ _FIX_DEFAULT = ("Use a weights file written by 'mmfusion train-fusion' or the sh
 
 def default_weights_path(spatial_dims: int = 2) -> Path:
     """The shipped default weights file (``Resources/Models/deep_fusion_<2|3>d.safetensors``)."""
+    from ...data import bundled_folder
+
     here = Path(__file__).resolve()
     env = os.environ.get("MMFUSION_MODELS_DIR")
     candidates = [Path(env)] if env else []
     # Source checkout: <repo>/MultimodalFusionLib/fusion/deep -> <repo>/Resources/Models; an installed
-    # Slicer extension keeps MultimodalFusionLib next to Resources/ the same way, or inside it.
-    candidates += [here.parents[3] / "Resources" / "Models", here.parents[3] / "Models"]
+    # Slicer extension keeps MultimodalFusionLib next to Resources/ the same way, or inside it; a
+    # wheel installs them under <prefix>/share/multimodalfusion/
+    candidates += [bundled_folder("Resources/Models"), here.parents[3] / "Models"]
     for folder in candidates:
         path = folder / f"deep_fusion_{spatial_dims}d.safetensors"
         if path.exists():
             return path
     raise InputError(f"No default {spatial_dims}D deep-fusion weights file was found (looked in "
                      f"{', '.join(str(c) for c in candidates)}).",
-                     "Pass weights=PATH (mmfusion fuse --method deep --param weights=PATH), or train one with "
-                     "'mmfusion train-fusion'.")
+                     "Pass weights=PATH (CLI: mmfusion fuse --method deep --model PATH), set MMFUSION_MODELS_DIR "
+                     "to the folder of the shipped weights, or train some with 'mmfusion train-fusion'.")
 
 
 def save_weights(model: Any, path: str | os.PathLike, *, training: dict[str, Any] | None = None) -> str:
