@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .progress import ProgressCallback, report, scaled
+from .validation import has_content
 
 __all__ = ["run", "DEFAULT_METHODS", "fuse_and_evaluate"]
 
@@ -177,8 +178,7 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
                                pixel_type=moving_img.GetPixelID() if colour else None)
     before = resample(moving_grey, fixed_grey, None, "linear")
     after = resample(moving_grey, fixed_grey, transform, "linear")
-    flat = sitk.GetArrayViewFromImage(after)
-    if flat.size and flat.min() == flat.max():  # nothing of the moving image lands on the fixed grid
+    if not has_content(after):  # nothing of the moving image lands on the fixed grid
         raise InputError(f"The moving image {moving_name} does not overlap the fixed image {fixed_name}"
                          + (" after registration." if register else " as they lie (no registration)."),
                          "Register them (drop --no-register), or check the origins in the headers "

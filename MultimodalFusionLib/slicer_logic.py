@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from . import mrml
 from .errors import InputError
 from .progress import ProgressCallback, report, scaled
+from .validation import has_content
 
 __all__ = ["FusionLogic", "RegistrationOutputs", "FusionOutputs", "RunOutputs"]
 
@@ -117,15 +118,6 @@ def _as_slice_of(image: Any, reference: Any) -> Any:
     out = sitk.JoinSeries(image)
     out.CopyInformation(reference)
     return out
-
-
-def _has_content(image: Any) -> bool:
-    """Whether the image has more than one value (resampling outside a volume gives all zeros)."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    arr = sitk.GetArrayViewFromImage(image)
-    return bool(arr.size) and bool(np.any(arr != arr.flat[0]))
 
 
 def _scalar(value: Any) -> Any:
@@ -325,7 +317,7 @@ class FusionLogic:
         if transformNode is not None or not fusion.same_grid(a, b):
             before = b
             b = resample_image(b, a, mrml.sitk_transform_from_node(transformNode) if transformNode else None)
-            if not _has_content(b) and _has_content(before):
+            if not has_content(b) and has_content(before):
                 raise InputError(f"The functional volume '{functionalVolumeNode.GetName()}' does not overlap the "
                                  f"anatomical volume '{anatomicalVolumeNode.GetName()}'"
                                  + (f" through transform '{transformNode.GetName()}'" if transformNode else "") + ".",

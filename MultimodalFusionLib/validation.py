@@ -50,6 +50,13 @@ def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = 
                          "Check that the right file or series was loaded and that it is not blank.")
 
 
+def has_content(image: sitk.Image) -> bool:
+    """Whether ``image`` holds more than one value: an image resampled where the source does not
+    reach is constant (all the default value), the sign that the two do not overlap."""
+    arr = sitk.GetArrayViewFromImage(image)
+    return bool(arr.size) and bool(arr.min() != arr.max())
+
+
 def physical_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned physical (LPS) bounding box of the image's voxel-edge corners."""
     size = np.array(image.GetSize())

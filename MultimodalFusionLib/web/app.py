@@ -403,6 +403,7 @@ class FusionWebApp:
         from .. import metrics
         from ..fusion import fuse
         from ..preprocess import resample
+        from ..validation import has_content
 
         fixed, moving, registered = self.fixed_image, self.moving_image, self.registered_image
         if fixed is None or moving is None:
@@ -418,8 +419,7 @@ class FusionWebApp:
             if functional is None:  # not registered: fuse as the images lie (same physical space)
                 progress(0.0, "resampling the moving image (not registered)")
                 functional = resample(moving, fixed)
-                flat = sitk.GetArrayViewFromImage(functional)
-                if flat.min() == flat.max():
+                if not has_content(functional):
                     raise InputError("The moving image does not overlap the fixed image as they lie.",
                                      "Press Register first (it aligns them), then Fuse.")
             result = fuse(fixed, functional, method, progress=scaled(progress, 0.0, 0.7))
