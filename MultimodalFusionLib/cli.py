@@ -275,8 +275,16 @@ def _print_metrics(table: dict[str, dict[str, float]]) -> None:
 
     keys = list(REPORT_METRICS) + ["MI_mean", "VIF_mean", "SSIM_mean"]
     print("method".ljust(12) + "".join(k.rjust(10) for k in keys))
+    def cell(value: Any) -> str:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return "n/a".rjust(10)
+        return "n/a".rjust(10) if number != number or number in (float("inf"), float("-inf")) \
+            else f"{number + 0.0:10.3f}".replace("-0.000", " 0.000")  # NaN: undefined (e.g. Qabf without edges)
+
     for method, vals in table.items():
-        print(method.ljust(12) + "".join(f"{vals.get(k, float('nan')):10.3f}" for k in keys))
+        print(method.ljust(12) + "".join(cell(vals.get(k)) for k in keys))
     print("(computed as CDDFuse's Evaluator.py on 8-bit grey images; MI in nats; SSIM/VIF/MI are sums over "
           "both sources, *_mean half of them)")
 

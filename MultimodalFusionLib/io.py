@@ -130,11 +130,73 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
             "--reference-series when the inputs differ) or read_image(folder, series=UID).")
     else:
         pick = found[0]
+    float_values = _check_series_geometry(pick)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(pick["files"])
+    if float_values:  # per-slice or fractional rescale (PET): the first slice's integer type would round
+        reader.SetOutputPixelType(sitk.sitkFloat32)
     with itk_guard(f"reading DICOM series '{pick['uid']}'",
                    "Check that the series is complete (no missing slices)."):
         return reader.Execute()
+
+
+def _check_series_geometry(pick: dict[str, Any]) -> bool:
+    """Refuse a series whose geometry would be made up; returns whether its values need floats.
+
+    ITK reads a series without ImagePositionPatient (0020,0032) or PixelSpacing (0028,0030) as if
+    it had 1 mm spacing at the origin, and a series with a missing slice as evenly spaced, with
+    every later slice misplaced, printing at most a warning. Only geometry and rescale tags are read.
+    """
+    label = pick.get("description") or pick["uid"]
+    tags = {"position": "0020|0032", "orientation": "0020|0037", "spacing": "0028|0030",
+            "slope": "0028|1053", "intercept": "0028|1052"}
+    rows = []
+    for path in pick["files"]:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.LoadPrivateTagsOff()
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            continue
+        rows.append({k: reader.GetMetaData(t).strip() if reader.HasMetaDataKey(t) else "" for k, t in tags.items()})
+    if not rows:
+        return False
+
+    def numbers(text: str) -> list[float]:
+        try:
+            return [float(v) for v in text.replace("\\", " ").split()] if text else []
+        except ValueError:
+            return []
+
+    fix = ("Export the series again with its geometry tags (from the scanner or PACS), or convert it with a "
+           "tool that knows its geometry, then load the converted file.")
+    if any(len(numbers(r["spacing"])) != 2 for r in rows):
+        raise InputError(f"DICOM series '{label}' has no usable PixelSpacing (0028,0030) on every slice, so its "
+                         "pixel size is unknown (ITK would assume 1 mm).", fix)
+    if len(rows) > 1:
+        positions = [numbers(r["position"]) for r in rows]
+        if any(len(p) != 3 for p in positions):
+            raise InputError(f"DICOM series '{label}' has no usable ImagePositionPatient (0020,0032) on every "
+                             "slice, so where its slices lie is unknown (ITK would stack them 1 mm apart at "
+                             "the origin).", fix)
+        cosines = numbers(rows[0]["orientation"]) or [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        normal = np.cross(cosines[:3], cosines[3:6])
+        depth = np.sort(np.array(positions) @ normal)
+        steps = np.diff(depth)
+        typical = float(np.median(steps)) if steps.size else 0.0
+        if steps.size and (typical <= 0 or float(steps.max() - steps.min()) > max(0.01, 0.01 * typical)):
+            where = int(np.argmax(np.abs(steps - typical)))
+            raise InputError(f"DICOM series '{label}' has uneven slice spacing: steps from {steps.min():.4g} to "
+                             f"{steps.max():.4g} mm along the slice normal (a slice may be missing between "
+                             f"{depth[where]:.4g} and {depth[where + 1]:.4g} mm); reading it as evenly spaced "
+                             "would misplace every slice after the gap.",
+                             "Load the complete series, or resample it onto a regular grid first (e.g. in "
+                             "Slicer, with the DICOM module's acquisition-geometry regularization).")
+    slopes = {r["slope"] or "1" for r in rows}
+    intercepts = {r["intercept"] or "0" for r in rows}
+    values = [v for t in slopes | intercepts for v in numbers(t)]
+    return len(slopes) > 1 or len(intercepts) > 1 or any(v != int(v) for v in values)
 
 
 def _describe_series(found: Sequence[dict[str, Any]]) -> str:

@@ -55,9 +55,15 @@ def _ext_for(image: sitk.Image) -> str:
 
 
 def _writable(image: sitk.Image, ext: str) -> sitk.Image:
-    """Fused grey images are on a 0..255 scale: PNG gets them rounded, not re-stretched."""
+    """Fused grey images are on a 0..255 scale: PNG gets them rounded, not re-stretched, and rounded
+    as the metrics round them (half to even), so `mmfusion evaluate` on the file gives the same numbers."""
     if ext == ".png" and image.GetNumberOfComponentsPerPixel() == 1 and image.GetPixelID() != sitk.sitkUInt8:
-        return sitk.Cast(sitk.Clamp(image, sitk.sitkFloat32, 0.0, 255.0) + 0.5, sitk.sitkUInt8)
+        import numpy as np
+
+        arr = np.clip(np.round(sitk.GetArrayFromImage(image).astype(np.float64)), 0, 255).astype(np.uint8)
+        out = sitk.GetImageFromArray(arr)
+        out.CopyInformation(image)
+        return out
     return image
 
 

@@ -132,6 +132,30 @@ class FuseEvaluateCliTest(unittest.TestCase):
         io.check_not_overwriting_inputs([os.path.join(self.tmp.name, "fused[1].png")], [plain])
         io.check_not_overwriting_inputs([], [plain], patterns=[os.path.join(self.tmp.name, "fused[1]*")])
 
+    def test_evaluate_on_the_written_file_gives_the_run_s_numbers(self) -> None:
+        # the average of two 8-bit images has many exact .5 values: the PNG must round them as the
+        # metrics do; the overlay's metrics must be those of the 8-bit colours stored in the file
+        for method in ("average", "overlay"):
+            with self.subTest(method):
+                out = os.path.join(self.tmp.name, f"{method}.png")
+                rep = os.path.join(self.tmp.name, f"rep_{method}")
+                code, _, stderr = _main(["fuse", self.a, self.b, "--method", method, "-o", out, "--report", rep])
+                self.assertEqual(code, 0, stderr)
+                recorded = json.load(open(os.path.join(rep, "metrics.json")))["metrics"][method]
+                code, stdout, _ = _main(["evaluate", "--fused", out, self.a, self.b, "--json"])
+                again = json.loads(stdout)
+                for key in metrics.FUSION_METRICS:
+                    self.assertAlmostEqual(again[key], recorded[key], places=9, msg=key)
+
+    def test_undefined_metrics_print_as_n_a(self) -> None:
+        flat = os.path.join(self.tmp.name, "flat.png")
+        sitk.WriteImage(sitk.Image([32, 32], sitk.sitkUInt8) + 7, flat)
+        code, stdout, _ = _main(["evaluate", "--fused", flat, flat, flat])
+        self.assertEqual(code, 0)
+        self.assertIn("n/a", stdout)
+        self.assertNotIn("nan", stdout)
+        self.assertNotIn("-0.000", stdout)
+
     def test_evaluate_json_matches_the_library(self) -> None:
         out = os.path.join(self.tmp.name, "fused.png")
         self.assertEqual(_main(["fuse", self.a, self.b, "--method", "wavelet", "-o", out])[0], 0)

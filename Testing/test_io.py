@@ -121,6 +121,66 @@ if __name__ == "__main__":
     unittest.main()
 
 
+def _pydicom_series(folder: str, *, z=(0.0, 3.0, 6.0, 9.0, 12.0, 15.0), drop=(), slopes=None) -> np.ndarray:
+    """A small PET-like series written with pydicom; returns the true values (slices, rows, cols)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    series, study = generate_uid(), generate_uid()
+    rng = np.random.default_rng(0)
+    truth = []
+    for k, zk in enumerate(z):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.128"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(os.path.join(folder, f"s{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "PT", series, study
+        ds.PatientName, ds.PatientID = "Doe^Jane", "12345"
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [0.0, 0.0, zk]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [1.5, 1.5]
+        ds.SliceThickness = 3.0
+        ds.Rows = ds.Columns = 16
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        stored = rng.integers(0, 3000, (16, 16)).astype(np.uint16)
+        slope = 1.0 if slopes is None else slopes[k]
+        ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+        ds.PixelData = stored.tobytes()
+        for name in drop:
+            delattr(ds, name)
+        ds.save_as(ds.filename, enforce_file_format=True)
+        truth.append(stored * slope)
+    return np.array(truth)
+
+
+class DicomGeometry(unittest.TestCase):
+    """A series whose geometry ITK would make up is refused with the tag's name; values keep their scale."""
+
+    def test_missing_tags_and_uneven_slices_are_named(self) -> None:
+        cases = [({"drop": ("ImagePositionPatient",)}, "ImagePositionPatient (0020,0032)"),
+                 ({"drop": ("PixelSpacing",)}, "PixelSpacing (0028,0030)"),
+                 ({"z": (0.0, 3.0, 6.0, 9.0, 15.0, 18.0)}, "uneven slice spacing")]
+        for kwargs, message in cases:
+            with self.subTest(message), tempfile.TemporaryDirectory() as d:
+                _pydicom_series(d, **kwargs)
+                with self.assertRaises(InputError) as ctx:
+                    io.read_image(d)
+                self.assertIn(message, str(ctx.exception))
+                self.assertNotIn("Doe", str(ctx.exception))
+
+    def test_complete_series_and_per_slice_rescale(self) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            truth = _pydicom_series(d, slopes=[1.0, 0.0004, 0.0004, 0.0004, 0.0004, 0.0004])
+            image = io.read_image(d)
+            self.assertEqual(image.GetSpacing(), (1.5, 1.5, 3.0))
+            self.assertEqual(image.GetPixelID(), sitk.sitkFloat32)  # the first slice's uint16 would round
+            np.testing.assert_allclose(sitk.GetArrayFromImage(image), truth, rtol=1e-5, atol=1e-6)
+
+
 class WriteRules(unittest.TestCase):
     """Outputs keep values and geometry as far as the format allows, or say why not."""
 

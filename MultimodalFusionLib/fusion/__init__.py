@@ -405,9 +405,11 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
         used[key] = value
 
     if fused.shape == a_unit.shape + (3,):  # an RGB result (overlay)
-        rgb_out = np.clip(fused, 0.0, 1.0) * 255.0
-        grey_arr = (0.299 * rgb_out[..., 0] + 0.587 * rgb_out[..., 1] + 0.114 * rgb_out[..., 2])
-        image = _from_array(np.round(rgb_out).astype(np.uint8), a, rgb=True)
+        rgb8 = np.round(np.clip(fused, 0.0, 1.0) * 255.0)
+        # the grey the metrics see is the luminance of the 8-bit colours as stored, so that
+        # `mmfusion evaluate` on the written file gives the numbers of the run
+        grey_arr = (0.299 * rgb8[..., 0] + 0.587 * rgb8[..., 1] + 0.114 * rgb8[..., 2])
+        image = _from_array(rgb8.astype(np.uint8), a, rgb=True)
     elif fused.shape == a_unit.shape:
         grey_arr = np.clip(fused, 0.0, 1.0) * 255.0
         if colour:
