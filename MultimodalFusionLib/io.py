@@ -232,6 +232,8 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
         with itk_guard(f"reading '{path}'",
                        "Use a NIfTI, NRRD, MHA/MHD, PNG/JPEG or DICOM file, and check it is not truncated."):
             image = sitk.ReadImage(path)
+        if image.GetDimension() == 3 and image.GetSize()[2] == 1 and _suffix(path) in (".dcm", ".ima", ""):
+            image = _dicom_slice_as_2d(image)
     if not keep_color and image.GetNumberOfComponentsPerPixel() > 1:
         image = to_luminance(image)
     if float32 and image.GetNumberOfComponentsPerPixel() == 1:
@@ -259,6 +261,20 @@ def make_output_dir(path: str | os.PathLike) -> str:
                          "Give a folder name that is not an existing file (e.g. --output-dir results/).")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def _dicom_slice_as_2d(image: sitk.Image) -> sitk.Image:
+    """One DICOM file is one slice, which ITK reads as a volume of one slice: the 2D image it is
+    (in-plane origin, spacing and direction kept), unless the slice is oblique to every axis plane,
+    which a 2D direction cannot hold (then it stays a one-slice volume)."""
+    extract = sitk.ExtractImageFilter()
+    extract.SetSize([image.GetSize()[0], image.GetSize()[1], 0])
+    extract.SetIndex([0, 0, 0])
+    extract.SetDirectionCollapseToStrategy(sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+    try:
+        return extract.Execute(image)
+    except RuntimeError:
+        return image
 
 
 def atomic_path(path: str | os.PathLike) -> tuple[str, str]:

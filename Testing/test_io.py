@@ -172,6 +172,14 @@ class DicomGeometry(unittest.TestCase):
                 self.assertIn(message, str(ctx.exception))
                 self.assertNotIn("Doe", str(ctx.exception))
 
+    def test_one_dicom_file_is_a_2d_slice(self) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            truth = _pydicom_series(d, z=(6.0,))
+            image = io.read_image(os.path.join(d, "s0.dcm"))
+            self.assertEqual(image.GetDimension(), 2)
+            self.assertEqual(image.GetSpacing(), (1.5, 1.5))
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth[0])
+
     def test_complete_series_and_per_slice_rescale(self) -> None:
         with tempfile.TemporaryDirectory() as d:
             truth = _pydicom_series(d, slopes=[1.0, 0.0004, 0.0004, 0.0004, 0.0004, 0.0004])
