@@ -92,12 +92,22 @@ class FusionBenchmarkScriptTest(unittest.TestCase):
         self.assertRegex(text, r"goal check \(MRI-SPECT\): deep\+adapt2 above CDDFuse's published row on \d/8")
         self.assertRegex(text, r"VIF: deep\+adapt2 \d\.\d{3} vs best classic (average|max) \d\.\d{3}")
         self.assertNotRegex(text, r"vs best classic deep")
+        # each source scored as if it were the fused image: printed as reference rows, never a "classic" rival
+        self.assertIn("| *MRI alone (a source, not a fusion)* |", text)
+        self.assertIn("| *SPECT alone (a source, not a fusion)* |", text)
+        self.assertNotRegex(text, r"vs best classic \S*alone")
         results = json.loads(out_json.read_text())["results"]
         for name in ("MRI_CT", "MRI_SPECT"):
             for method in ("average", "max", "deep", "deep+adapt2"):
                 vals = results[name]["methods"][method]
                 self.assertNotIn("error", vals)
                 self.assertTrue(all(math.isfinite(vals[k]) for k in bench.KEYS), (name, method, vals))
+        sources = json.loads(out_json.read_text())["results"]["MRI_CT"]["sources"]
+        self.assertEqual(set(sources), {"MRI alone", "CT alone"})
+        # the MRI of the two pairs is a8, then b8 (both span 0..255, so the stretch keeps them)
+        self.assertAlmostEqual(sources["MRI alone"]["SD"], (np.std(a8) + np.std(b8)) / 2, delta=1e-6)
+        self.assertIsNone(sources["MRI alone"]["SCD"])  # corr(F - A, B) of a constant: undefined, n/a
+        self.assertEqual(sources["CT alone"]["EN"], sources["MRI alone"]["EN"])  # the same two images, swapped
         # adaptation changed the network, so the adapted row is not the shipped weights' row
         shipped, adapted = (results["MRI_CT"]["methods"][m] for m in ("deep", "deep+adapt2"))
         self.assertNotEqual([shipped[k] for k in bench.KEYS], [adapted[k] for k in bench.KEYS])

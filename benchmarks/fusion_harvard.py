@@ -21,6 +21,9 @@ image as the method returns it); the metrics compare that 8-bit grey image with 
 functional image's Y; MI in nats; SSIM and VIF sums over both sources. The published
 row is CDDFuse's mean over the FULL test sets (21/42/73 pairs); a folder with fewer pairs
 (e.g. the first six) gives means over those only, so compare with that in mind.
+Two reference rows per set score each source as if it were the fused image ("MRI alone", "CT alone"...):
+not fusion methods, never counted as classic rivals in the goal check; they show how far the pairs
+themselves go on each metric.
 Runtime: seconds per slice for the fusion alone (CPU here unless a method uses a GPU).
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -78,6 +82,23 @@ def cddfuse_saved(fused: np.ndarray) -> np.ndarray:
     return np.round((f - lo) / (hi - lo) * 255.0) if hi > lo else np.zeros_like(f)
 
 
+def source_rows(pairs: list[tuple[Path, Path]], functional: str, scaling: str = "cddfuse") -> dict:
+    """Reference rows that are not fusion methods: each source image scored as if it were the fused image
+    (8-bit grey, stretched like every row). They show what the pairs themselves hold: a metric no source
+    reaches must come from contrast a method adds, and a metric the MRI alone tops rewards copying it."""
+    rows = {"MRI alone": [], f"{functional} alone": []}
+    for mri_path, fun_path in pairs:
+        # uint8, so the metrics keep the sources' grey levels (a float array would be min-max scaled)
+        a = metrics.to_8bit(io.read_image(mri_path, keep_color=True)).astype(np.uint8)
+        b = metrics.to_8bit(io.read_image(fun_path, keep_color=True)).astype(np.uint8)
+        for label, src in zip(rows, (a, b)):
+            f = cddfuse_saved(src) if scaling == "cddfuse" else src
+            rows[label].append(metrics.fusion_metrics(f, a, b))
+    # SCD is undefined for a source (F - A is constant when F is A): None, printed n/a
+    means = {label: {k: float(np.mean([v[k] for v in vals])) for k in KEYS} for label, vals in rows.items()}
+    return {label: {k: (x if math.isfinite(x) else None) for k, x in m.items()} for label, m in means.items()}
+
+
 def run_set(root: Path, name: str, methods: list[str], limit: int | None, scaling: str = "cddfuse") -> dict:
     """Mean metrics and runtime per method over one pair set; ``scaling="cddfuse"`` stretches every fused
     image as :func:`cddfuse_saved`, ``"none"`` scores it as the method returns it."""
@@ -106,7 +127,7 @@ def run_set(root: Path, name: str, methods: list[str], limit: int | None, scalin
             values = metrics.fusion_metrics(fused, a, b)
             for k in KEYS:
                 sums[m][k] += values[k]
-    out = {"pairs": len(pairs), "methods": {}}
+    out = {"pairs": len(pairs), "methods": {}, "sources": source_rows(pairs, SETS[name], scaling)}
     for m in methods:
         if m in errors:
             out["methods"][m] = {"error": errors[m]}
@@ -125,6 +146,9 @@ def markdown_table(name: str, result: dict) -> str:
             lines.append(f"| {m} | failed: {vals['error'][:80]} |" + " |" * (len(KEYS)))
             continue
         lines.append(f"| {m} | " + " | ".join(f"{vals[k]:.2f}" for k in KEYS) + f" | {vals['seconds_per_slice']:.3f} |")
+    for label, vals in result.get("sources", {}).items():
+        lines.append(f"| *{label} (a source, not a fusion)* | " + " | ".join("n/a" if vals[k] is None else f"{vals[k]:.2f}" for k in KEYS)
+                     + " | n/a |")
     pub = CDDFUSE_PUBLISHED[name]
     lines.append("| CDDFuse (published, full set) | " + " | ".join(f"{pub[k]:.2f}" for k in KEYS) + " | n/a |")
     return "\n".join(lines)
