@@ -133,7 +133,16 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
             raise InputError(f"Unknown CT window '{ct_window}'.", f"Use one of: {', '.join(CT_WINDOWS)}.")
         window = CT_WINDOWS[ct_window]
         method = "window"
-    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    if method == "percentile":
+        lower, upper = float(lower_percentile), float(upper_percentile)
+        if not 0.0 <= lower < upper <= 100.0:  # NaN fails too
+            raise InputError(f"The percentiles {lower:g}..{upper:g} are not a range within 0..100.",
+                             "Give 0 <= lower_percentile < upper_percentile <= 100 (e.g. 1 and 99).")
+    if not all(np.isfinite(float(v)) for v in output_range):
+        raise InputError(f"The output range {tuple(output_range)} is not finite.", "Give two numbers, e.g. (0, 1).")
+    # float64: a float32 copy of a wide-range image (doubles near 1e8, int32/uint32 counts) loses the
+    # differences between neighbouring values, and of huge ones overflows to inf
+    arr = sitk.GetArrayFromImage(image).astype(np.float64)
     if mask is not None:
         from .validation import check_mask
 
@@ -143,8 +152,9 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
         values = arr.ravel()
     lo_out, hi_out = (float(v) for v in output_range)
     if method == "zscore":
-        std = float(values.std())
-        out = (arr - float(values.mean())) / (std if std > 0 else 1.0)
+        scale = float(np.abs(values).max()) or 1.0  # statistics of values/scale: no overflow near 1e300
+        mean, std = float((values / scale).mean()) * scale, float((values / scale).std()) * scale
+        out = (arr - mean) / (std if std > 0 else 1.0)
     elif method == "percentile":
         lo, hi = np.percentile(values, [lower_percentile, upper_percentile])
         if hi <= lo:
@@ -155,13 +165,19 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
             raise InputError("The 'window' normalisation needs window=(level, width) or a ct_window name.",
                              f"Give e.g. ct_window='brain' (one of {', '.join(CT_WINDOWS)}).")
         level, width = (float(v) for v in window)
-        if width <= 0:
-            raise InputError(f"The window width must be positive (got {width:g}).", "Give a positive width.")
+        if not (np.isfinite(level) and np.isfinite(width)) or width <= 0:
+            raise InputError(f"The window (level {level:g}, width {width:g}) needs a finite level and a "
+                             "positive, finite width.", "Give e.g. window=(40, 80), or a ct_window name.")
         lo, hi = level - width / 2.0, level + width / 2.0
         out = lo_out + (np.clip(arr, lo, hi) - lo) / (hi - lo) * (hi_out - lo_out)
     else:
         raise InputError(f"Unknown normalisation method '{method}'.", "Use 'zscore', 'percentile' or 'window'.")
-    result = sitk.GetImageFromArray(out.astype(np.float32))
+    with np.errstate(over="ignore"):
+        out32 = out.astype(np.float32)
+    if not np.all(np.isfinite(out32)):
+        raise InputError("The normalised values do not fit 32-bit floats.",
+                         "Use method='zscore' or 'percentile', which bring any range to a few units.")
+    result = sitk.GetImageFromArray(out32)
     result.CopyInformation(image)
     return result
 
@@ -188,6 +204,10 @@ def foreground_mask(image: sitk.Image, *, smoothing_sigma_mm: float | None = Non
     img = sitk.Cast(image, sitk.sitkFloat32)
     sigma = smoothing_sigma_mm if smoothing_sigma_mm is not None else 1.5 * min(image.GetSpacing())
     if sigma > 0:
+        if min(image.GetSize()) < 4:  # ITK's recursive Gaussian needs 4 voxels along every axis
+            raise InputError(f"The image (size {image.GetSize()}) is too small to smooth before thresholding: "
+                             "the Gaussian smoothing needs at least 4 voxels along every axis.",
+                             "Pass smoothing_sigma_mm=0 (no smoothing), or give a larger image.")
         img = sitk.SmoothingRecursiveGaussian(img, float(sigma))
     # insideValue=0/outsideValue=1 gives the bright class as 1
     mask = sitk.OtsuThreshold(img, 0, 1, 128)
@@ -227,6 +247,8 @@ def crop_to_overlap(a: sitk.Image, b: sitk.Image, margin_mm: float = 0.0) -> tup
     Raises:
         InputError: the images do not overlap.
     """
+    check_image(a, "first image", allow_vector=True, allow_constant=True)
+    check_image(b, "second image", allow_vector=True, allow_constant=True)
     if a.GetDimension() != b.GetDimension():
         raise InputError(f"Cannot crop a {a.GetDimension()}D and a {b.GetDimension()}D image to their overlap.",
                          "Give two images of the same dimension.")

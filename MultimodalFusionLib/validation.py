@@ -109,6 +109,10 @@ def check_mask(mask: sitk.Image, image: sitk.Image, name: str = "mask", image_na
     """A mask must lie on the image's grid and be non-empty; returns it as UInt8 (0/1)."""
     if not isinstance(mask, sitk.Image):
         raise InputError(f"The {name} is not an image.", "Pass a SimpleITK label image.")
+    if mask.GetNumberOfComponentsPerPixel() > 1:
+        raise InputError(f"The {name} has {mask.GetNumberOfComponentsPerPixel()} components per pixel (colour), "
+                         "not one label per voxel.",
+                         "Give a label or binary image (e.g. a segmentation exported as .nii.gz or .nrrd).")
     same = (mask.GetSize() == image.GetSize()
             and np.allclose(mask.GetSpacing(), image.GetSpacing(), rtol=1e-5, atol=1e-6)
             and np.allclose(mask.GetOrigin(), image.GetOrigin(), rtol=1e-5, atol=1e-4)

@@ -134,3 +134,49 @@ class MasksAndCrop(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class NormalizeEdgeCases(unittest.TestCase):
+    def test_wide_range_values_keep_their_differences(self) -> None:
+        # doubles near 1e8 (float32 steps there are 8): z-scores of the real differences, not zeros
+        values = 1e8 + np.arange(100, dtype=np.float64).reshape(10, 10)
+        out = sitk.GetArrayFromImage(normalize_intensity(sitk.GetImageFromArray(values)))
+        expected = (values - values.mean()) / values.std()
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+        huge = sitk.GetImageFromArray(np.array([[1e300, -1e300], [0.0, 0.0]]))
+        out = sitk.GetArrayFromImage(normalize_intensity(huge))
+        np.testing.assert_allclose(out, [[math.sqrt(2), -math.sqrt(2)], [0, 0]], atol=1e-6)
+
+    def test_percentiles_and_window_must_be_a_range(self) -> None:
+        ct = sitk.GetImageFromArray(np.arange(-1000, 1500, 25, dtype=np.int16).reshape(10, 10))
+        for lower, upper in ((99, 1), (5, 5), (1, 150), (-1, 99), (float("nan"), 99)):
+            with self.assertRaises(InputError, msg=f"{lower}..{upper}") as ctx:
+                normalize_intensity(ct, "percentile", lower_percentile=lower, upper_percentile=upper)
+            self.assertIn("percentile", str(ctx.exception))
+        for window in ((40, float("nan")), (float("inf"), 80)):
+            with self.assertRaises(InputError):
+                normalize_intensity(ct, "window", window=window)
+        with self.assertRaises(InputError):
+            normalize_intensity(ct, "percentile", output_range=(0, float("inf")))
+
+
+class SmallAndOddInputs(unittest.TestCase):
+    def test_foreground_mask_of_a_tiny_image_is_a_clear_error(self) -> None:
+        tiny = sitk.GetImageFromArray(np.pad(np.ones((1, 1, 1), np.float32), 1))  # 3x3x3
+        with self.assertRaises(InputError) as ctx:
+            foreground_mask(tiny)
+        self.assertIn("smoothing_sigma_mm=0", str(ctx.exception))
+        mask = foreground_mask(tiny, smoothing_sigma_mm=0, opening_radius=0)
+        self.assertEqual(mask.GetSize(), (3, 3, 3))
+
+    def test_crop_and_mask_refuse_what_is_not_an_image_or_a_label(self) -> None:
+        from MultimodalFusionLib.validation import check_mask
+
+        img = _oblique_volume()
+        with self.assertRaises(InputError):
+            crop_to_overlap(np.zeros((20, 30, 24)), img)
+        rgb = sitk.GetImageFromArray(np.ones((5, 6, 3), np.uint8), isVector=True)
+        grey = sitk.GetImageFromArray(np.ones((5, 6), np.uint8))
+        with self.assertRaises(InputError) as ctx:
+            check_mask(rgb, grey)
+        self.assertIn("components", str(ctx.exception))
