@@ -259,7 +259,11 @@ def make_output_dir(path: str | os.PathLike) -> str:
     if probe and not os.path.isdir(probe):
         raise InputError(f"The output folder '{path}' cannot be made: '{probe}' is a file.",
                          "Give a folder name that is not an existing file (e.g. --output-dir results/).")
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:  # read-only disk or folder, no permission, a name the file system refuses
+        raise InputError(f"The output folder '{path}' cannot be created ({exc.strerror or exc}).",
+                         "Give an output folder you can write to (e.g. one in your home folder).") from exc
     return path
 
 
@@ -285,7 +289,11 @@ def atomic_path(path: str | os.PathLike) -> tuple[str, str]:
     folder = os.path.dirname(os.path.abspath(final))
     make_output_dir(folder)
     suffix = _suffix(final) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=".mmf-tmp-", suffix=suffix, dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mmf-tmp-", suffix=suffix, dir=folder)
+    except OSError as exc:  # read-only folder or disk, no permission
+        raise InputError(f"Cannot write '{final}': the folder '{folder}' is not writable ({exc.strerror or exc}).",
+                         "Write the output to a folder you can write to.") from exc
     os.close(fd)
     return tmp, final
 

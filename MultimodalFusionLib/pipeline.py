@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .progress import ProgressCallback, report, scaled
-from .validation import has_content
+from .validation import check_image, has_content
 
 __all__ = ["run", "DEFAULT_METHODS", "fuse_and_evaluate"]
 
@@ -165,6 +165,10 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     moving_img, moving_name = _load(moving, "moving", moving_series)
     fixed_grey = _grey(fixed_img)
     moving_grey = _grey(moving_img)
+    # a blank (constant) moving image resampled is constant too: without this it would be reported,
+    # with --no-register, as not overlapping the fixed image
+    check_image(fixed_grey, f"fixed image {fixed_name}")
+    check_image(moving_grey, f"moving image {moving_name}")
     files: dict[str, str] = {}
 
     registration = None

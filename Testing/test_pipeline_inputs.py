@@ -1,0 +1,85 @@
+"""Bad inputs and unwritable outputs of ``pipeline.run`` and the CLI: clear errors, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import tempfile
+import unittest
+
+import SimpleITK as sitk
+
+from MultimodalFusionLib import cli, data, io, pipeline
+from MultimodalFusionLib.errors import InputError
+
+#: a folder no process can create files in, root included (Linux)
+_UNWRITABLE = "/proc/self"
+
+
+class BlankInputsTest(unittest.TestCase):
+    def test_a_blank_moving_image_is_named_as_blank_not_as_not_overlapping(self) -> None:
+        t1 = io.read_image(data.testing_data_dir() / "BrainT1Slice.png")
+        blank = sitk.Image(t1.GetSize(), sitk.sitkUInt8) + 7
+        blank.CopyInformation(t1)
+        with tempfile.TemporaryDirectory() as tmp:
+            for fixed, moving, which in ((t1, blank, "moving"), (blank, t1, "fixed")):
+                with self.assertRaises(InputError) as ctx:
+                    pipeline.run(fixed, moving, tmp, methods="average", register=False)
+                self.assertIn(f"{which} image", str(ctx.exception))
+                self.assertIn("constant", str(ctx.exception))
+                self.assertNotIn("overlap", str(ctx.exception))
+
+
+class UnwritableOutputTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="mmf-unwritable-")
+        d = data.testing_data_dir()
+        self.a, self.b = str(d / "BrainT1Slice.png"), str(d / "BrainProtonDensitySlice.png")
+
+    def tearDown(self) -> None:
+        import shutil
+
+        for root, dirs, _files in os.walk(self.tmp):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o700)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _cli_error(self, argv: list[str]) -> str:
+        from contextlib import redirect_stderr
+        from io import StringIO
+
+        err = StringIO()
+        with redirect_stderr(err):
+            code = cli.main(argv)
+        self.assertNotEqual(code, 0)
+        return err.getvalue()
+
+    @unittest.skipUnless(sys.platform.startswith("linux") and os.path.isdir(_UNWRITABLE), "needs Linux /proc")
+    def test_an_output_where_nothing_can_be_written_is_a_clear_error(self) -> None:
+        with self.assertRaises(InputError) as ctx:
+            io.make_output_dir(os.path.join(_UNWRITABLE, "results"))
+        self.assertIn("cannot be created", str(ctx.exception))
+        with self.assertRaises(InputError) as ctx:
+            io.write_bytes(os.path.join(_UNWRITABLE, "x.png"), b"")
+        self.assertIn("not writable", str(ctx.exception))
+        message = self._cli_error(["run", self.a, self.b, "--output-dir", os.path.join(_UNWRITABLE, "out"),
+                                   "--no-register", "--methods", "average"])
+        self.assertIn("mmfusion run: error: The output folder", message)
+        message = self._cli_error(["fuse", self.a, self.b, "-o", os.path.join(_UNWRITABLE, "fused.png")])
+        self.assertIn("mmfusion fuse: error: Cannot write", message)
+
+    @unittest.skipIf(os.name != "posix" or os.geteuid() == 0, "permissions do not bind root")
+    def test_a_read_only_folder_is_a_clear_error(self) -> None:
+        locked = os.path.join(self.tmp, "locked")
+        os.mkdir(locked)
+        os.chmod(locked, stat.S_IRUSR | stat.S_IXUSR)
+        message = self._cli_error(["fuse", self.a, self.b, "-o", os.path.join(locked, "fused.png")])
+        self.assertIn("not writable", message)
+        message = self._cli_error(["run", self.a, self.b, "--output-dir", os.path.join(locked, "sub"),
+                                   "--no-register", "--methods", "average"])
+        self.assertIn("cannot be created", message)
+
+
+if __name__ == "__main__":
+    unittest.main()
