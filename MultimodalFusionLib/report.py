@@ -3,8 +3,10 @@
 The HTML report has everything inline (images as base64 PNG, CSS in the page, no scripts, no
 external resources), so it opens in any browser, from a mail attachment or a USB stick.
 Pictures are made with matplotlib's object API (no pyplot state, no display needed). 3D images
-are shown as axial, coronal and sagittal slices through the centre, in radiological convention
-(patient's right on the viewer's left, anterior up in axial views).
+are shown as axial, coronal and sagittal slices through the centre, in radiological convention,
+as Slicer shows them (patient's right on the viewer's left; anterior up in axial views, superior
+up in coronal and sagittal ones, anterior on the left in sagittal ones); a 2D image is shown as an
+axial slice in the same convention (PNG/JPEG slices, which carry no direction, as stored).
 
 Every file is written atomically (temporary file, then rename).
 """
@@ -59,10 +61,22 @@ def _png_bytes(fig) -> bytes:
 
 
 def _views(image: sitk.Image) -> list[tuple[str, np.ndarray, float]]:
-    """(view name, 2D array (or rows x cols x 3), pixel aspect) to display, radiological convention."""
+    """(view name, 2D array (or rows x cols x 3), pixel aspect) to display, as Slicer shows them.
+
+    Radiological convention: patient's right on the viewer's left; anterior up in axial views,
+    superior up in coronal and sagittal ones, anterior on the left in sagittal ones. A 2D image is
+    an axial slice (its x and y are the patient's L and P axes, as in Slicer): one whose direction
+    flips or swaps them (a slice of a NIfTI stored in RAS order) is turned back; PNG/JPEG slices,
+    which have no direction (identity), are shown as stored.
+    """
     if image.GetDimension() == 2:
-        arr = sitk.GetArrayFromImage(image)
-        sx, sy = image.GetSpacing()
+        try:
+            oriented = sitk.DICOMOrient(sitk.JoinSeries(image), "LPS")
+            arr = sitk.GetArrayFromImage(oriented)[0]
+            sx, sy = oriented.GetSpacing()[:2]
+        except RuntimeError:  # unusual directions: show the pixel grid as stored
+            arr = sitk.GetArrayFromImage(image)
+            sx, sy = image.GetSpacing()
         return [("", arr, sy / sx)]
     try:
         image = sitk.DICOMOrient(image, "LPS")
@@ -92,8 +106,11 @@ def _show(ax, view: np.ndarray, aspect: float, *, rng: tuple[float, float] | Non
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)
-    if view.ndim == 3:  # RGB
-        return ax.imshow(view.astype(np.uint8), aspect=aspect, interpolation="nearest")
+    if view.ndim == 3:  # RGB: 8-bit as it is, anything else (16-bit, float 0..1) scaled over ``rng``
+        if view.dtype != np.uint8:
+            lo, hi = rng if rng is not None else (float(view.min()), float(view.max()))
+            view = np.clip((view.astype(np.float64) - lo) / (hi - lo if hi > lo else 1.0) * 255.0, 0, 255)
+        return ax.imshow(np.round(view).astype(np.uint8), aspect=aspect, interpolation="nearest")
     lo, hi = rng if rng is not None else _display_range(view)
     return ax.imshow(view, cmap=cmap, vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
 
@@ -122,7 +139,11 @@ def _montage_figure(inputs: Mapping[str, sitk.Image], fused: FusionResult):
         img_views = views[title]
         whole = sitk.GetArrayViewFromImage(img)
         rng = None
-        if kind == "input" and img.GetNumberOfComponentsPerPixel() == 1:
+        if img.GetNumberOfComponentsPerPixel() > 1 and whole.dtype != np.uint8:
+            # one scale for the whole colour image (16-bit or float RGB): a cast to 8 bits would wrap it
+            values = np.asarray(whole, dtype=np.float64)
+            rng = (float(values.min()), float(values.max()))
+        elif kind == "input" and img.GetNumberOfComponentsPerPixel() == 1:
             rng = _display_range(np.asarray(whole, dtype=np.float64))
         elif kind == "fused" and img.GetNumberOfComponentsPerPixel() == 1:
             rng = (0.0, 255.0)
@@ -181,7 +202,7 @@ def metrics_chart_png(metrics: Mapping[str, Mapping[str, float]], keys: Sequence
         shown = [v if v is not None and math.isfinite(v) else 0.0 for v in values]
         bars = ax.bar(range(len(methods)), shown, color=[palette[j % len(palette)] for j in range(len(methods))])
         for bar, v in zip(bars, values):
-            label = f"{v:.2f}" if v is not None and math.isfinite(v) else "n/a"
+            label = f"{v:.2f}" if v is not None and math.isfinite(v) else _fmt(v)  # as the table: inf is ∞
             ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                         fontsize=7)
         ax.set_title(key + " (higher is better)", fontsize=9)
@@ -375,8 +396,10 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
                     "Details at the end.</div>")
     body.append("<h2>Fused images</h2><p class=\"note\">Columns: each input, the fused image, and the weight "
                 "map (how much of the first input each voxel carries: red = first input, blue = second). "
-                "3D images show axial, coronal and sagittal slices through the centre (patient's right "
-                "on the left).</p>")
+                "3D images show axial, coronal and sagittal slices through the centre, as Slicer shows "
+                "them: patient's right on the left, anterior up in axial views, superior up in coronal "
+                "and sagittal ones (anterior on the left); 2D images as axial slices in the same convention "
+                "(PNG/JPEG slices as stored).</p>")
     for res, png in montage_pngs:
         params = ", ".join(f"{k}={_short(v)}" for k, v in res.parameters.items()) or "defaults"
         body.append(f"<h3>{html.escape(res.method)}</h3>")

@@ -121,3 +121,49 @@ class Report3DTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ReportOrientationAndColourTest(unittest.TestCase):
+    """What the montage shows: Slicer's orientation, and colour images of any pixel type."""
+
+    @staticmethod
+    def _quadrants(view: np.ndarray) -> list[int]:
+        h, w = view.shape[:2]
+        return [int(q.mean() > 50) for q in (view[:h // 2, :w // 2], view[:h // 2, w // 2:],
+                                              view[h // 2:, :w // 2], view[h // 2:, w // 2:])]
+
+    def test_views_put_right_left_and_anterior_superior_up_whatever_the_storage_order(self) -> None:
+        vol = np.zeros((10, 12, 14), np.float32)  # LPS order (z, y, x): small x = right, small y = anterior
+        vol[5:, :7, :8] = 100.0  # the right-anterior-superior octant
+        lps = sitk.GetImageFromArray(vol)
+        ras = sitk.GetImageFromArray(vol[:, ::-1, ::-1].copy())  # as a NIfTI in RAS order reads
+        ras.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+        for image in (lps, ras):
+            for name, view, _aspect in report._views(image):
+                self.assertEqual(self._quadrants(view), [1, 0, 0, 0], name)  # top left, as in Slicer
+
+    def test_a_2d_slice_stored_in_ras_order_is_shown_as_slicer_shows_it(self) -> None:
+        arr = np.zeros((20, 30), np.float32)
+        arr[10:, 15:] = 100.0  # with direction diag(-1, -1): high indices are the patient's right, anterior
+        flipped = sitk.GetImageFromArray(arr)
+        flipped.SetDirection((-1, 0, 0, -1))
+        flipped.SetSpacing((0.5, 2.0))
+        (_, view, aspect), = report._views(flipped)
+        self.assertEqual(self._quadrants(view), [1, 0, 0, 0])
+        self.assertAlmostEqual(aspect, 4.0)
+        plain = sitk.GetImageFromArray(arr)  # a PNG: no direction, shown as stored
+        (_, view, _), = report._views(plain)
+        np.testing.assert_array_equal(view, arr)
+
+    def test_16_bit_colour_is_scaled_not_wrapped(self) -> None:
+        grey = np.zeros((40, 40), np.float32)
+        grey[5:35, 5:35] = 200.0
+        a = sitk.GetImageFromArray(grey)
+        rgb = np.zeros((40, 40, 3), np.uint16)
+        rgb[:, 20:, 0] = 60000  # red half; 60000 cast to 8 bits would be 96 (dark)
+        b = sitk.GetImageFromArray(rgb, isVector=True)
+        res = fusion.fuse(a, b, "average")
+        with tempfile.TemporaryDirectory() as tmp:
+            img = _read_png(report.save_montage_png(os.path.join(tmp, "m.png"), {"A": a, "B": b}, res))[..., :3]
+        bright_red = (img[..., 0] > 0.9) & (img[..., 1] < 0.1) & (img[..., 2] < 0.1)
+        self.assertGreater(int(bright_red.sum()), 100)
