@@ -58,8 +58,8 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             (the transform a registration returns); identity when None.
         interpolation: "linear", "bspline" (smooth, for display) or "nearest" (labels, masks).
         default_value: value of output voxels that map outside the moving image.
-        pixel_type: output pixel type; by default float32 for linear/bspline and the moving
-            image's own type for nearest.
+        pixel_type: output pixel type; by default float32 for linear/bspline (float64 for a
+            float64 image, whose values float32 would round) and the moving image's own type for nearest.
 
     Returns:
         The resampled image on the reference grid.
@@ -85,6 +85,9 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
                          f"{reference.GetDimension()}D.", "Give a transform of the images' dimension.")
     if pixel_type is None:
         if interpolation == "nearest":
+            pixel_type = moving.GetPixelID()
+        elif moving.GetPixelID() in (sitk.sitkFloat64, sitk.sitkVectorFloat64):
+            # double stays double: float32 would round values near 1e8 to steps of 8 and overflow past 3e38
             pixel_type = moving.GetPixelID()
         elif moving.GetNumberOfComponentsPerPixel() > 1:
             pixel_type = sitk.sitkVectorFloat32

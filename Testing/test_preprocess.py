@@ -180,3 +180,14 @@ class SmallAndOddInputs(unittest.TestCase):
         with self.assertRaises(InputError) as ctx:
             check_mask(rgb, grey)
         self.assertIn("components", str(ctx.exception))
+
+
+class ResamplePrecision(unittest.TestCase):
+    def test_float64_images_keep_their_precision(self) -> None:
+        values = 1e8 + np.arange(24, dtype=np.float64).reshape(4, 6) * 0.5  # float32 steps here are 8
+        img = sitk.GetImageFromArray(values)
+        img.SetSpacing((0.7, 1.1))
+        out = resample(img, img, interpolation="linear")
+        self.assertEqual(out.GetPixelID(), sitk.sitkFloat64)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(out), values)
+        self.assertEqual(resample(sitk.Cast(img, sitk.sitkFloat32), img).GetPixelID(), sitk.sitkFloat32)
