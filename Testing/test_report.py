@@ -167,3 +167,19 @@ class ReportOrientationAndColourTest(unittest.TestCase):
             img = _read_png(report.save_montage_png(os.path.join(tmp, "m.png"), {"A": a, "B": b}, res))[..., :3]
         bright_red = (img[..., 0] > 0.9) & (img[..., 1] < 0.1) & (img[..., 2] < 0.1)
         self.assertGreater(int(bright_red.sum()), 100)
+
+
+class RegistrationSectionTest(unittest.TestCase):
+    def test_the_alignment_table_says_what_it_measured(self) -> None:
+        d = data.testing_data_dir()
+        a = io.read_image(d / "BrainT1Slice.png")
+        b = io.read_image(d / "BrainProtonDensitySlice.png")
+        res = fusion.fuse(a, b, "average")
+        reg = {"before": metrics.registration_metrics(a, sitk.Cast(b, sitk.sitkFloat32)),
+               "after": metrics.registration_metrics(a, sitk.Cast(b, sitk.sitkFloat32))}
+        with tempfile.TemporaryDirectory() as tmp:
+            page = open(report.write_report(tmp, inputs={"T1": a, "PD": b}, fusions=[res], metrics={},
+                                             registration_metrics=reg)["html"], encoding="utf-8").read()
+        self.assertIn("64-bin joint histogram", page)
+        self.assertIn("fixed image's grid", page)
+        self.assertIn(f"{reg['after']['MI']:.3f}", page)
