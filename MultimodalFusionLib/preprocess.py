@@ -94,6 +94,11 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         else:
             pixel_type = sitk.sitkFloat32
     limits = _INTEGER_RANGES.get(pixel_type)
+    if limits is not None and not float(default_value).is_integer():
+        # ITK would truncate it (0.5 -> 0) into a value that looks like a real voxel
+        raise InputError(f"The default value {default_value:g} is not a whole number, but the output has "
+                         f"{sitk.GetPixelIDValueAsString(pixel_type)} pixels.",
+                         "Give a whole number, or resample with linear interpolation (float output).")
     if limits is not None and not limits[0] <= float(default_value) <= limits[1]:
         # ITK would wrap it around (-1 -> 255 in 8-bit labels) into what looks like a real value
         raise InputError(f"The default value {default_value:g} does not fit the output's "

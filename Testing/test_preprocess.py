@@ -81,6 +81,10 @@ class ResampleEdgeCases(unittest.TestCase):
             with self.assertRaisesRegex(InputError, f"default value {bad} does not fit"):
                 resample(labels, labels, interpolation="nearest", default_value=bad)
         self.assertEqual(resample(labels, labels, default_value=-1).GetPixelID(), sitk.sitkFloat32)
+        with self.assertRaisesRegex(InputError, "default value 0.5 is not a whole number"):  # ITK: 0.5 -> 0
+            resample(labels, labels, interpolation="nearest", default_value=0.5)
+        self.assertEqual(resample(labels, labels, interpolation="nearest", default_value=7.0).GetPixelID(),
+                         sitk.sitkUInt8)
 
 
 class Normalize(unittest.TestCase):
