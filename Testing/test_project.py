@@ -124,6 +124,25 @@ class InstalledLayoutTest(unittest.TestCase):
         for target in data_files:
             self.assertTrue(target.startswith("share/multimodalfusion/"), target)
 
+    def test_build_requirements_read_the_metadata_and_python_range(self):
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            self.skipTest("tomllib needs Python 3.11")
+        import re
+
+        spec = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+        project = spec["project"]
+        if isinstance(project.get("license"), str):
+            # a PEP 639 SPDX string: setuptools 64-76 refuse it ("project.license must be valid
+            # exactly by one definition"), so `pip install --no-build-isolation` with them fails
+            floor = [re.fullmatch(r"setuptools>=(\d+)(\.\d+)*", r) for r in spec["build-system"]["requires"]]
+            floor = [int(m.group(1)) for m in floor if m]
+            self.assertTrue(floor and floor[0] >= 77, spec["build-system"]["requires"])
+        self.assertEqual(project["requires-python"], ">=3.9")
+        for minor in (9, 10, 11, 12):
+            self.assertIn(f"Programming Language :: Python :: 3.{minor}", project["classifiers"])
+
     def test_bundled_folders_are_found_under_the_install_prefix(self):
         import tempfile
 
