@@ -168,6 +168,20 @@ class TorchRegistrationTest(unittest.TestCase):
         self.assertGreater(float(np.abs(fa).max()), 0.0)
         self.assertEqual(a.parameters["seed"], 11)
 
+    def test_seed_does_not_touch_the_global_torch_generator(self) -> None:
+        from MultimodalFusionLib.registration.torch_backend import register_torch
+
+        fixed, moving = _brainweb_pair()
+        params = self._params(stages=["rigid"], linear_iterations=[10, 5, 5])
+        results = []
+        for caller_seed in (123, 456):  # the caller's own random stream, before and after
+            torch.manual_seed(caller_seed)
+            state = torch.get_rng_state()
+            results.append(register_torch(fixed, moving, params, seed=3).transform.GetParameters())
+            self.assertTrue(torch.equal(torch.get_rng_state(), state), "the registration reseeded torch")
+        # and the result depends on its own seed only, not on the state it found
+        self.assertEqual(results[0], results[1])
+
     def test_2d_rigid_through_register_and_cancellation(self) -> None:
         from MultimodalFusionLib import registration
 

@@ -1047,8 +1047,9 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     cudnn_before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     if device.type == "cuda":
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    # All sampling draws from the context's own generators (seeded below), never from torch's
+    # global one: a registration leaves the caller's torch.rand & co. as they were.
     try:
-        torch.manual_seed(int(seed))
         report(progress, 0.0, f"torch registration on {device}")
         ctx = _Context(fixed_f, moving_f, fixed_mask, moving_mask, params, int(seed), device)
         center = _center_of_mass(fixed_f) if params.initializer == "moments" else _image_center(fixed_f)
