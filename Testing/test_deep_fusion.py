@@ -19,7 +19,7 @@ try:
 except ImportError:  # pragma: no cover - the deep extra is part of the test environment
     torch = None
 
-from MultimodalFusionLib.errors import InputError
+from MultimodalFusionLib.errors import InputError, OperationCancelled
 
 
 def _tiny_config(spatial_dims: int = 2):
@@ -273,15 +273,17 @@ class DeepFusionTest(unittest.TestCase):
         self.assertEqual([h["loss"] for h in r1.history], [h["loss"] for h in r2.history])
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = os.path.join(tmp, "run.ckpt.pt")
-            one = TrainingConfig(**{**tcfg.__dict__, "epochs": 2})
-            # run one epoch only (as if interrupted), then resume for the second
-            first = train_fusion(pairs, config=_tiny_config(), training=TrainingConfig(
-                **{**one.__dict__, "epochs": 1}), checkpoint=ckpt)
-            self.assertEqual(len(first.history), 1)
-            resumed = train_fusion(pairs, training=one, resume=ckpt)
-        self.assertEqual(len(resumed.history), 2)
-        # the learning-rate schedule depends on the total epochs, so compare with a 2-epoch run's second epoch
-        self.assertTrue(np.isfinite(resumed.history[-1]["loss"]))
+
+            def stop_in_epoch_2(fraction: float, message: str) -> bool:
+                return not message.startswith("epoch 2/")
+
+            # the 2-epoch run interrupted in its second epoch, then resumed from the epoch-1 checkpoint
+            with self.assertRaises(OperationCancelled):
+                train_fusion(pairs, config=_tiny_config(), training=tcfg, checkpoint=ckpt, progress=stop_in_epoch_2)
+            resumed = train_fusion(pairs, training=tcfg, resume=ckpt)
+        self.assertEqual([h["loss"] for h in resumed.history], [h["loss"] for h in r1.history])
+        for (k, v1), v2 in zip(r1.model.state_dict().items(), resumed.model.state_dict().values()):
+            self.assertTrue(torch.equal(v1, v2), k)  # exactly the uninterrupted run
         # adaptation with one seed is reproducible
         from MultimodalFusionLib.fusion.deep import fuse_arrays
 
@@ -290,6 +292,23 @@ class DeepFusionTest(unittest.TestCase):
         f2, w2, _ = fuse_arrays(a3[12], b3[12], weights=_tiny_net(), adapt_steps=3, seed=5)
         np.testing.assert_array_equal(f1, f2)
         np.testing.assert_array_equal(w1, w2)
+
+    def test_training_leaves_the_callers_random_state_alone(self):
+        import random
+
+        from MultimodalFusionLib.fusion.deep import TrainingConfig, train_fusion
+
+        random.seed(11)
+        np.random.seed(11)
+        torch.manual_seed(11)
+        states = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+        flags = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+        train_fusion(_pairs()[:1], config=_tiny_config(), training=TrainingConfig(
+            epochs=1, batch_size=2, patch_size=32, samples_per_epoch=2, seed=7, device="cpu"))
+        self.assertEqual(random.getstate(), states[0])
+        np.testing.assert_array_equal(np.random.get_state()[1], states[1])
+        self.assertTrue(torch.equal(torch.get_rng_state(), states[2]))
+        self.assertEqual((torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark), flags)
 
     def test_shipped_default_weights_fuse_a_slice(self):
         from MultimodalFusionLib.fusion import fuse

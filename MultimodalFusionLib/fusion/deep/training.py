@@ -3,16 +3,19 @@
 Every epoch re-seeds torch, numpy, the augmentation chain and the data order from ``seed + epoch``
 (``monai.utils.set_determinism`` and a ``torch.Generator``), so a run resumed from a checkpoint
 continues exactly as the uninterrupted run would, and the same seed gives the same weights on
-the CPU.
+the CPU. The caller's global random states (Python, numpy, torch) and cuDNN flags are restored
+afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import random
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -87,6 +90,24 @@ def resolve_device(device: str | None = "auto") -> Any:
     raise InputError(f"Unknown device '{device}'.", "Use auto, cpu or cuda.")
 
 
+
+@contextlib.contextmanager
+def _caller_random_state_kept(torch: Any) -> Iterator[None]:
+    """Restore Python's, numpy's and torch's global random states and cuDNN's flags on exit."""
+    py_state, np_state, cpu_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+
 def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: FusionNetConfig | None = None,
                  training: TrainingConfig | None = None, checkpoint: str | os.PathLike | None = None,
                  resume: str | os.PathLike | None = None, progress: ProgressCallback | None = None,
@@ -131,79 +152,82 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
         config = state["architecture"]
         start_epoch = int(state["epoch"]) + 1
         history = list(state["state"].get("history", []))
-    set_determinism(seed=tcfg.seed)
-    if model is None:
-        model = build_network(config or FusionNetConfig())
-    config = model.config
-    multiple = config.size_multiple
-    if tcfg.patch_size % multiple:
-        raise InputError(f"Patch size {tcfg.patch_size} is not a multiple of {multiple}.",
-                         f"Use a multiple of {multiple}, e.g. {multiple * math.ceil(tcfg.patch_size / multiple)}.")
-    samples = to_training_samples(pairs, config.spatial_dims)
-    model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    loss_fn = FusionLoss(config.spatial_dims, tcfg.loss_weights)
-    per_epoch = tcfg.samples_per_epoch or len(samples)
-    if per_epoch < tcfg.batch_size:
-        # the loader drops incomplete batches: no step would run and the "trained" weights be random
-        raise InputError(f"{per_epoch} training sample(s) per epoch ({len(samples)} slices/volumes from "
-                         f"{len(pairs)} pair(s)) are fewer than the batch size {tcfg.batch_size}.",
-                         f"Use a batch size of at most {per_epoch} (--batch-size {per_epoch}), draw more samples "
-                         f"per epoch (--samples-per-epoch {tcfg.batch_size}), or add pairs.")
-    steps_per_epoch = per_epoch // tcfg.batch_size
-    total_steps = steps_per_epoch * tcfg.epochs
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if amp else None
-    t0 = time.perf_counter()
-    report(progress, start_epoch / tcfg.epochs, f"training on {len(samples)} samples ({device.type})")
-    for epoch in range(start_epoch, tcfg.epochs):
-        epoch_seed = tcfg.seed + 1000 * (epoch + 1)
-        set_determinism(seed=epoch_seed)
-        gen = torch.Generator().manual_seed(epoch_seed)
-        if tcfg.samples_per_epoch:
-            order = torch.randint(len(samples), (per_epoch,), generator=gen).tolist()
-        else:
-            order = torch.randperm(len(samples), generator=gen).tolist()
-        dataset = Dataset([samples[i] for i in order], transform=augmentation(config.spatial_dims,
-                                                                             tcfg.patch_size, epoch_seed))
-        loader = DataLoader(dataset, batch_size=tcfg.batch_size, shuffle=False, num_workers=0, drop_last=True)
-        sums: dict[str, float] = {}
-        n = 0
-        for step, batch in enumerate(loader):
-            # cosine decay of the learning rate over the whole run (a pure function of the step,
-            # so resuming gives the same schedule)
-            global_step = epoch * steps_per_epoch + step
-            for group in optimizer.param_groups:
-                group["lr"] = tcfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * global_step / total_steps)))
-            a = batch["a"].to(device)
-            b = batch["b"].to(device)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                fused, _ = model(a, b)
-            loss, terms = loss_fn(fused.float(), a, b)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+    # set_determinism seeds Python's, numpy's and torch's global generators (MONAI's DataLoader and the
+    # network's initialisation draw from them) and cuDNN's flags: put the caller's back afterwards
+    with _caller_random_state_kept(torch):
+        set_determinism(seed=tcfg.seed)
+        if model is None:
+            model = build_network(config or FusionNetConfig())
+        config = model.config
+        multiple = config.size_multiple
+        if tcfg.patch_size % multiple:
+            raise InputError(f"Patch size {tcfg.patch_size} is not a multiple of {multiple}.",
+                             f"Use a multiple of {multiple}, e.g. {multiple * math.ceil(tcfg.patch_size / multiple)}.")
+        samples = to_training_samples(pairs, config.spatial_dims)
+        model.to(device).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        loss_fn = FusionLoss(config.spatial_dims, tcfg.loss_weights)
+        per_epoch = tcfg.samples_per_epoch or len(samples)
+        if per_epoch < tcfg.batch_size:
+            # the loader drops incomplete batches: no step would run and the "trained" weights be random
+            raise InputError(f"{per_epoch} training sample(s) per epoch ({len(samples)} slices/volumes from "
+                             f"{len(pairs)} pair(s)) are fewer than the batch size {tcfg.batch_size}.",
+                             f"Use a batch size of at most {per_epoch} (--batch-size {per_epoch}), draw more samples "
+                             f"per epoch (--samples-per-epoch {tcfg.batch_size}), or add pairs.")
+        steps_per_epoch = per_epoch // tcfg.batch_size
+        total_steps = steps_per_epoch * tcfg.epochs
+        amp = device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda") if amp else None
+        t0 = time.perf_counter()
+        report(progress, start_epoch / tcfg.epochs, f"training on {len(samples)} samples ({device.type})")
+        for epoch in range(start_epoch, tcfg.epochs):
+            epoch_seed = tcfg.seed + 1000 * (epoch + 1)
+            set_determinism(seed=epoch_seed)
+            gen = torch.Generator().manual_seed(epoch_seed)
+            if tcfg.samples_per_epoch:
+                order = torch.randint(len(samples), (per_epoch,), generator=gen).tolist()
             else:
-                loss.backward()
-                optimizer.step()
-            terms["loss"] = float(loss.detach())
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
-            report(progress, (global_step + 1) / total_steps,
-                   f"epoch {epoch + 1}/{tcfg.epochs} loss {terms['loss']:.4f}")
-        entry = {k: v / max(n, 1) for k, v in sums.items()}
-        entry["epoch"] = epoch + 1
-        entry["seconds"] = time.perf_counter() - t0
-        history.append(entry)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model=model, optimizer=optimizer, epoch=epoch,
-                            state={"history": history, "training": tcfg.to_dict()})
-    model.to("cpu").eval()
-    report(progress, 1.0, "training done")
-    return TrainingResult(model=model, history=history, seconds=time.perf_counter() - t0, device=device.type)
+                order = torch.randperm(len(samples), generator=gen).tolist()
+            dataset = Dataset([samples[i] for i in order], transform=augmentation(config.spatial_dims,
+                                                                                 tcfg.patch_size, epoch_seed))
+            loader = DataLoader(dataset, batch_size=tcfg.batch_size, shuffle=False, num_workers=0, drop_last=True)
+            sums: dict[str, float] = {}
+            n = 0
+            for step, batch in enumerate(loader):
+                # cosine decay of the learning rate over the whole run (a pure function of the step,
+                # so resuming gives the same schedule)
+                global_step = epoch * steps_per_epoch + step
+                for group in optimizer.param_groups:
+                    group["lr"] = tcfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * global_step / total_steps)))
+                a = batch["a"].to(device)
+                b = batch["b"].to(device)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    fused, _ = model(a, b)
+                loss, terms = loss_fn(fused.float(), a, b)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                terms["loss"] = float(loss.detach())
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n += 1
+                report(progress, (global_step + 1) / total_steps,
+                       f"epoch {epoch + 1}/{tcfg.epochs} loss {terms['loss']:.4f}")
+            entry = {k: v / max(n, 1) for k, v in sums.items()}
+            entry["epoch"] = epoch + 1
+            entry["seconds"] = time.perf_counter() - t0
+            history.append(entry)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, model=model, optimizer=optimizer, epoch=epoch,
+                                state={"history": history, "training": tcfg.to_dict()})
+        model.to("cpu").eval()
+        report(progress, 1.0, "training done")
+        return TrainingResult(model=model, history=history, seconds=time.perf_counter() - t0, device=device.type)
