@@ -91,6 +91,14 @@ def resolve_device(device: str | None = "auto") -> Any:
 
 
 
+def _grad_scaler(torch: Any) -> Any:
+    """A CUDA GradScaler: ``torch.amp.GradScaler`` from torch 2.3, ``torch.cuda.amp`` before (the
+    [deep] extra and Slicer's PyTorch extension allow torch 2.0-2.2, which lack the former)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()
+
+
 @contextlib.contextmanager
 def _caller_random_state_kept(torch: Any) -> Iterator[None]:
     """Restore Python's, numpy's and torch's global random states and cuDNN's flags on exit."""
@@ -180,7 +188,7 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
         steps_per_epoch = per_epoch // tcfg.batch_size
         total_steps = steps_per_epoch * tcfg.epochs
         amp = device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda") if amp else None
+        scaler = _grad_scaler(torch) if amp else None
         t0 = time.perf_counter()
         report(progress, start_epoch / tcfg.epochs, f"training on {len(samples)} samples ({device.type})")
         for epoch in range(start_epoch, tcfg.epochs):
