@@ -86,6 +86,20 @@ class ItkBrainWebCase(unittest.TestCase):
         b = register(self.fixed, self.moving, seed=0)
         np.testing.assert_array_equal(np.array(a.transform.GetParameters()), np.array(b.transform.GetParameters()))
 
+    def test_seeded_result_ignores_the_itk_thread_default(self):
+        # ITK's threaded metric sums vary in order even at a fixed thread count, so a seed pins one
+        # thread; the process-wide default (ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS) must not matter
+        saved = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        self.addCleanup(sitk.ProcessObject.SetGlobalDefaultNumberOfThreads, saved)
+        params = []
+        for threads in (1, 4):
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+            result = register(self.fixed, self.moving, stages=["rigid", "bspline"], seed=5)
+            self.assertEqual(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), threads)  # restored
+            params.append([result.transform.GetNthTransform(i).GetParameters()
+                           for i in range(result.transform.GetNumberOfTransforms())])
+        self.assertEqual(params[0], params[1])
+
     def test_progress_and_cancel(self):
         calls = []
         register(self.fixed, self.moving, progress=lambda f, m: calls.append((f, m)))

@@ -63,8 +63,9 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
         fixed_mask: metric region in the fixed image (same grid as ``fixed``).
         moving_mask: metric region in the moving image (same grid as ``moving``).
         initial_transform: a transform (or transform file) to start from, replacing the initializer.
-        seed: seed of the random metric sampling (overrides the parameters' seed); the same seed,
-            inputs and thread count give bit-identical transforms.
+        seed: seed of the random metric sampling (overrides the parameters' seed); the same seed and
+            inputs give bit-identical transforms (the sitk backend then runs its metric on one ITK
+            thread unless ``parameters.number_of_threads`` says otherwise, which gives that up).
         progress: ``progress(fraction, message)``; returning False cancels (OperationCancelled).
         backend: "sitk" (SimpleITK) or "torch" (GPU-capable backend, when installed).
         initializer: "moments", "geometry" or "none" (overrides the parameters'/preset's).
