@@ -121,8 +121,12 @@ class _ListPresets(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        from .registration import list_presets, load_preset
+        from .registration import list_presets, load_preset, presets_dir
 
+        if not list_presets():  # an empty line and exit 0 would read as "no presets exist, all is well"
+            parser.exit(2, f"{parser.prog}: error: No registration presets found in '{presets_dir()}'. Fix: Point "
+                           "MMFUSION_PRESETS_DIR at a folder of preset .json files (e.g. Resources/Presets), "
+                           "or unset it.\n")
         for name in list_presets():
             preset = load_preset(name)
             stages = ",".join(st.name for st in preset.stages)
@@ -134,7 +138,7 @@ def _add_initializer_and_series(p: argparse.ArgumentParser) -> None:
     """Options shared by register and run: initializer, preset list, DICOM series per image."""
     p.add_argument("--initializer", choices=["moments", "geometry", "none"],
                    help="start: align centres of mass (moments), image centres (geometry) or the headers' "
-                        "placement (none); default: the preset's, else moments")
+                        "placement (none); default: the preset's, else geometry")
     p.add_argument("--list-presets", action=_ListPresets, help="print the presets and their stages, then exit")
     p.add_argument("--series", help="DICOM series UID or description for both inputs, when a folder holds several")
     p.add_argument("--fixed-series", help="DICOM series of the fixed input (default: --series)")

@@ -131,6 +131,38 @@ class RegisterCommand(unittest.TestCase):
                 self.assertIn(option, helptext, (command, option))
         self.assertIn("--reference-series", _help("resample"))
 
+    def test_initializer_default_in_help_is_the_one_used(self):
+        """`--initializer` help names the default a preset-less registration really starts from."""
+        from MultimodalFusionLib.registration import RegistrationParameters
+
+        default = RegistrationParameters().initializer
+        out_dir = os.path.join(self.dir, "noinit")
+        rc, out, err = run_cli("register", FIXED, MOVING, "-o", out_dir, "--seed", "1", "--json")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out)["parameters"]["initializer"], default)
+        for command in ("register", "run"):
+            helptext = " ".join(_help(command).split())
+            self.assertIn(f"default: the preset's, else {default}", helptext, command)
+
+    def test_list_presets_with_no_presets_is_an_error(self):
+        """An empty presets folder (MMFUSION_PRESETS_DIR) is named, not listed as nothing with exit 0."""
+        empty = os.path.join(self.dir, "no-presets")
+        os.makedirs(empty)
+        saved = os.environ.get("MMFUSION_PRESETS_DIR")
+        os.environ["MMFUSION_PRESETS_DIR"] = empty
+        try:
+            rc, out, err = run_cli("register", "--list-presets")
+        finally:
+            if saved is None:
+                del os.environ["MMFUSION_PRESETS_DIR"]
+            else:
+                os.environ["MMFUSION_PRESETS_DIR"] = saved
+        self.assertEqual(rc, 2)
+        self.assertEqual(out, "")
+        self.assertIn("No registration presets found in", err)
+        self.assertIn(empty, err)
+        self.assertIn("MMFUSION_PRESETS_DIR", err)
+
     def test_thin_slab_nan_info_and_output_dir_that_is_a_file(self):
         import numpy as np
 
