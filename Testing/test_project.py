@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import re
@@ -173,3 +174,39 @@ class InstalledLayoutTest(unittest.TestCase):
         self.assertIn("needs 'torch'", proc.stderr)
         self.assertIn("slicer-multimodalfusion[deep]", proc.stderr)
         self.assertNotIn("Traceback", proc.stderr)
+
+
+class ReadmeMatchesCliTest(unittest.TestCase):
+    """What README.md shows of `mmfusion` is what the parser offers and the commands write."""
+
+    @classmethod
+    def setUpClass(cls):
+        from MultimodalFusionLib.cli import build_parser
+
+        parser = build_parser()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        cls.options = {name: {s for a in p._actions for s in a.option_strings} for name, p in sub.choices.items()}
+        cls.readme = (ROOT / "README.md").read_text(encoding="utf-8")
+        # command lines of the fenced code blocks (continuation lines joined)
+        blocks = re.findall(r"```(?:bash)?\n(.*?)```", cls.readme, flags=re.S)
+        cls.lines = [ln.strip() for b in blocks for ln in b.replace("\\\n", " ").splitlines()
+                     if ln.strip().startswith("mmfusion ")]
+
+    def test_every_command_is_documented_and_exists(self):
+        shown = {ln.split()[1] for ln in self.lines}
+        self.assertEqual(shown, set(self.options))
+
+    def test_every_option_shown_exists(self):
+        bad = []
+        for line in self.lines:
+            command, rest = line.split()[1], line.split("#")[0]
+            for flag in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", rest.split(None, 2)[-1]):
+                if flag not in self.options[command]:
+                    bad.append(f"{command} {flag}")
+        self.assertEqual(bad, [])
+
+    def test_checkpoint_name_is_the_one_train_fusion_writes(self):
+        # `mmfusion train-fusion --output MODEL.safetensors` writes MODEL.safetensors + ".ckpt.pt"
+        self.assertIn("--output MODEL.safetensors", self.readme)
+        names = set(re.findall(r"[\w.]+\.ckpt\.pt", self.readme))
+        self.assertEqual(names, {"MODEL.safetensors.ckpt.pt"})
