@@ -188,9 +188,14 @@ class ReadmeMatchesCliTest(unittest.TestCase):
         cls.options = {name: {s for a in p._actions for s in a.option_strings} for name, p in sub.choices.items()}
         cls.readme = (ROOT / "README.md").read_text(encoding="utf-8")
         # command lines of the fenced code blocks (continuation lines joined)
-        blocks = re.findall(r"```(?:bash)?\n(.*?)```", cls.readme, flags=re.S)
+        blocks, block = [], None
+        for line in cls.readme.splitlines():
+            if line.startswith("```"):
+                block = [] if block is None else blocks.append("\n".join(block))
+            elif block is not None:
+                block.append(line)
         cls.lines = [ln.strip() for b in blocks for ln in b.replace("\\\n", " ").splitlines()
-                     if ln.strip().startswith("mmfusion ")]
+                     if re.match(r"mmfusion [a-z-]+(\s|$)", ln.strip())]  # not the quoted error messages
 
     def test_every_command_is_documented_and_exists(self):
         shown = {ln.split()[1] for ln in self.lines}
