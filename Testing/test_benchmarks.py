@@ -133,6 +133,48 @@ class FusionBenchmarkScriptTest(unittest.TestCase):
         self.assertEqual(rc, 0, text)
         self.assertIn("fused images scored as returned, no stretch (--scaling none)", text)
 
+    def test_bad_data_sets_and_methods_are_refused_up_front(self):
+        """A wrong --data, --sets or --methods is a usage error (exit 2), not a traceback, a table of
+        "failed" rows, or an exit 0 with nothing scored."""
+        sweep = _load_script("fusion_composition_sweep")
+        bench = _load_script("fusion_harvard")
+        missing = str(self.root / "no-such-folder")
+        for main, argv, expected in [
+                (sweep.main, ["--data", missing], "is not a folder"),
+                (sweep.main, ["--data", str(self.root), "--sets", "MRI_XX"], "unknown set(s) ['MRI_XX']"),
+                (bench.main, ["--data", str(self.root), "--methods", "max,maks"], "unknown method(s) ['maks']")]:
+            err = _io.StringIO()
+            with self.assertRaises(SystemExit) as stop, contextlib.redirect_stdout(_io.StringIO()), \
+                    contextlib.redirect_stderr(err):
+                main(argv)
+            self.assertEqual(stop.exception.code, 2, argv)
+            self.assertIn(expected, err.getvalue(), argv)
+        with tempfile.TemporaryDirectory() as empty:  # a folder, but not the one holding the sets
+            rc, text = _run(sweep.main, ["--data", empty, "--sets", "MRI_CT"])
+        self.assertEqual(rc, 1)
+        self.assertIn("MRI_CT: no pairs found under", text)
+
+    def test_registration_benchmark_names_a_bad_input_file(self):
+        import sys
+
+        spec = importlib.util.spec_from_file_location("bench_registration", ROOT / "benchmarks" / "registration.py")
+        reg = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = reg  # its dataclasses look their module up there
+        self.addCleanup(sys.modules.pop, spec.name, None)
+        spec.loader.exec_module(reg)
+        with tempfile.TemporaryDirectory() as tmp:
+            fixed = str(mmdata.testing_data_dir() / "BrainT1Slice.png")
+            for argv, expected in [
+                    (["--fixed", str(Path(tmp) / "missing.nii.gz")], "File not found"),
+                    (["--fixed", fixed, "--true-transform", fixed], "Give an ITK transform file")]:
+                argv = argv + (["--true-transform", "t.tfm"] if "--true-transform" not in argv else [])
+                argv += ["--moving", fixed, "--only", "ours-rigid"]
+                with self.assertRaises(SystemExit) as stop, contextlib.redirect_stderr(_io.StringIO()):
+                    reg.main(argv)
+                self.assertIsInstance(stop.exception.code, str, argv)
+                self.assertTrue(stop.exception.code.startswith("registration.py: error:"), stop.exception.code)
+                self.assertIn(expected, stop.exception.code)
+
     def test_composition_sweep_runs_and_counts_configurations(self):
         sweep = _load_script("fusion_composition_sweep")
         n = len(sweep.candidates())

@@ -157,14 +157,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="cddfuse (default): min-max stretch each composition to 0..255 as CDDFuse's test_MIF.py; "
                              "none: clip it to 0..1")
     args = parser.parse_args(argv)
+    root = Path(args.data)
+    if not root.is_dir():
+        parser.error(f"--data {root} is not a folder")
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    unknown = [s for s in sets if s not in SETS]
+    if unknown or not sets:
+        parser.error(f"--sets {args.sets}: unknown set(s) {unknown}; use a comma-separated list of {', '.join(SETS)}")
     from MultimodalFusionLib.fusion.deep import fuse_arrays
 
     cands = candidates()
-    for name in args.sets.split(","):
-        pairs = _pairs(Path(args.data), name, SETS[name], None)
+    found = 0
+    for name in sets:
+        pairs = _pairs(root, name, SETS[name], None)
         if not pairs:
-            print(f"({name}: no pairs)")
+            print(f"({name}: no pairs found under {root / name})")
             continue
+        found += 1
         sums = {k: np.zeros(len(KEYS)) for k in cands}
         control = np.zeros(len(KEYS))
         rng = np.random.default_rng(0)
@@ -180,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                               args.scaling)
         means = {k: v / len(pairs) for k, v in sums.items()}
         # the classic methods exactly as benchmarks/fusion_harvard.py runs them (colour handling included)
-        classic = run_set(Path(args.data), name, list(CLASSICS), None, args.scaling)["methods"]
+        classic = run_set(root, name, list(CLASSICS), None, args.scaling)["methods"]
         means.update({m: np.array([classic[m][k] for k in KEYS]) for m in CLASSICS})
         pub = np.array([CDDFUSE_PUBLISHED[name][k] for k in KEYS])
         iq, iv = KEYS.index("Qabf"), KEYS.index("VIF")
@@ -208,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nconfigurations meeting the whole goal: {len(met)} of {len(rows)}; above every classic on Qabf "
               f"and VIF: {len(above_both)}" + (f" (most metrics above CDDFuse among them: "
                                                f"{max(r[0] for r in above_both)}/8)" if above_both else ""))
-    return 0
+    return 0 if found else 1  # as fusion_harvard.py: nothing scored is not a success
 
 
 if __name__ == "__main__":

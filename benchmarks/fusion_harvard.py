@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -192,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.data)
     if not root.is_dir():
         parser.error(f"--data {root} is not a folder")
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else fusion.list_methods()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else fusion.list_methods()
+    unknown = [m for m in methods if m not in fusion.list_methods() and not re.fullmatch(r"deep\+adapt[1-9]\d*", m)]
+    if unknown or not methods:  # a typo would otherwise run the whole benchmark and print "failed" rows
+        parser.error(f"--methods {args.methods}: unknown method(s) {unknown}; use a comma-separated list of "
+                     f"{', '.join(fusion.list_methods())} (--deep-adapt N adds adapted deep rows)")
     if args.deep_adapt is not None:
         if args.deep_adapt < 1:
             parser.error(f"--deep-adapt {args.deep_adapt}: give a number of adaptation steps of 1 or more")

@@ -161,13 +161,22 @@ def prepare_case(args: argparse.Namespace, folder: str) -> dict[str, str]:
     if args.fixed:
         if not (args.moving and args.true_transform):
             sys.exit("--fixed needs --moving and --true-transform")
+        from MultimodalFusionLib.errors import MultimodalFusionError
+        from MultimodalFusionLib.io import read_image, read_transform
+        from MultimodalFusionLib.preprocess import foreground_mask
+
+        try:  # here, once, with the engine's one-line messages, not as a traceback in every worker
+            fixed = read_image(args.fixed, float32=True)
+            read_image(args.moving)
+            read_transform(args.true_transform)
+            if args.mask:
+                read_image(args.mask)
+        except MultimodalFusionError as exc:
+            sys.exit(f"registration.py: error: {exc}")
         mask = args.mask
         if not mask:
-            from MultimodalFusionLib.io import read_image
-            from MultimodalFusionLib.preprocess import foreground_mask
-
             mask = os.path.join(folder, "mask.nii.gz")
-            sitk.WriteImage(foreground_mask(read_image(args.fixed, float32=True)), mask)
+            sitk.WriteImage(foreground_mask(fixed), mask)
         return {"fixed": os.path.abspath(args.fixed), "moving": os.path.abspath(args.moving),
                 "truth": os.path.abspath(args.true_transform), "mask": os.path.abspath(mask),
                 "description": f"{args.fixed} vs {args.moving} (truth {args.true_transform})"}
