@@ -261,7 +261,7 @@ def make_output_dir(path: str | os.PathLike) -> str:
                          "Give a folder name that is not an existing file (e.g. --output-dir results/).")
     try:
         os.makedirs(path, exist_ok=True)
-    except OSError as exc:  # read-only disk or folder, no permission, a name the file system refuses
+    except OSError as exc:  # read-only or special file system, no permission, a name too long
         raise InputError(f"The output folder '{path}' cannot be created ({exc.strerror or exc}).",
                          "Give an output folder you can write to (e.g. one in your home folder).") from exc
     return path
@@ -291,9 +291,11 @@ def atomic_path(path: str | os.PathLike) -> tuple[str, str]:
     suffix = _suffix(final) or ".tmp"
     try:
         fd, tmp = tempfile.mkstemp(prefix=".mmf-tmp-", suffix=suffix, dir=folder)
-    except OSError as exc:  # read-only folder or disk, no permission
-        raise InputError(f"Cannot write '{final}': the folder '{folder}' is not writable ({exc.strerror or exc}).",
-                         "Write the output to a folder you can write to.") from exc
+    except OSError as exc:  # read-only folder or disk, no permission, a name too long; the temporary
+        # file's name is internal, so name the output the user gave
+        raise InputError(f"Cannot write '{final}' ({exc.strerror or exc}).",
+                         "Give an output path in a folder you can write to (and a file name of at most "
+                         "a few hundred characters).") from exc
     os.close(fd)
     return tmp, final
 
@@ -321,8 +323,12 @@ def atomic_output(path: str | os.PathLike, mode: int | None = None) -> Iterator[
     tmp, final = atomic_path(path)
     try:
         yield tmp
-        os.chmod(tmp, _NEW_FILE_MODE if mode is None else mode)
-        os.replace(tmp, final)
+        try:
+            os.chmod(tmp, _NEW_FILE_MODE if mode is None else mode)
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise InputError(f"Cannot write '{final}' ({exc.strerror or exc}).",
+                             "Give an output path you can write to.") from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -476,9 +482,16 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         raise InputError(f"'{final}': NIfTI cannot store this image's sheared (non-orthonormal) direction "
                          f"{[round(v, 4) for v in image.GetDirection()]}; it would be written as another one.",
                          "Write it as .mha, which keeps the direction exactly (see io.volume_extension).")
-    with atomic_output(final) as tmp, \
-            itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
-        sitk.WriteImage(out, tmp, compress and _suffix(final) not in _2D_EXTENSIONS)
+    with atomic_output(final) as tmp:
+        try:
+            with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
+                sitk.WriteImage(out, tmp, compress and _suffix(final) not in _2D_EXTENSIONS)
+        except InputError as exc:
+            if "Unable to determine ImageIO writer" in str(exc):  # ITK names the temporary file, not the output
+                raise InputError(f"No image format is written as '{final}' (extension "
+                                 f"'{_suffix(final) or 'none'}').",
+                                 "Name the output .nii.gz, .nrrd or .mha (any image), or .png (2D slices).") from exc
+            raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
     return final
 
 

@@ -281,3 +281,42 @@ class AtomicWrites(unittest.TestCase):
             with open(target, "rb") as fh:
                 self.assertEqual(fh.read(), b"old")
             self.assertEqual(os.listdir(d), ["r.bin"])
+
+
+class UnwritableOutputs(unittest.TestCase):
+    """An output that cannot be written is an InputError naming the output (exit 2 in the CLI), not an
+    OSError traceback or ITK's message about an internal temporary file."""
+
+    def test_unknown_extension_names_the_output_and_the_formats(self):
+        with tempfile.TemporaryDirectory() as d:
+            for name, ext in (("fused.xyz", "'.xyz'"), ("fused", "'none'")):
+                with self.assertRaises(InputError) as ctx:
+                    io.write_image(_oblique(), os.path.join(d, name))
+                text = str(ctx.exception)
+                self.assertIn(f"'{os.path.join(d, name)}'", text)
+                self.assertIn(ext, text)
+                self.assertIn(".nii.gz", text)
+                self.assertNotIn(".mmf-tmp-", text)
+            self.assertEqual(os.listdir(d), [])
+
+    def test_a_file_or_folder_that_cannot_be_created(self):
+        import contextlib
+        import io as _io
+
+        from MultimodalFusionLib import cli, data
+
+        with tempfile.TemporaryDirectory() as d:
+            long_file = os.path.join(d, "a" * 300 + ".nii.gz")  # longer than any file system's name limit
+            with self.assertRaises(InputError) as ctx:
+                io.write_image(_oblique(), long_file)
+            self.assertIn("Cannot write", str(ctx.exception))
+            self.assertNotIn(".mmf-tmp-", str(ctx.exception))
+            with self.assertRaises(InputError) as ctx:
+                io.make_output_dir(os.path.join(d, "b" * 300, "out"))
+            self.assertIn("cannot be created", str(ctx.exception))
+            slice_png = str(data.testing_data_dir() / "BrainT1Slice.png")
+            err = _io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(_io.StringIO()):
+                rc = cli.main(["resample", slice_png, "--reference", slice_png, "-o", long_file])
+            self.assertEqual(rc, 2)
+            self.assertTrue(err.getvalue().startswith("mmfusion resample: error: Cannot write"), err.getvalue())
