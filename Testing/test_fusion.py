@@ -110,6 +110,12 @@ class FusionMethods2DTest(unittest.TestCase):
             with self.subTest(message), self.assertRaises(InputError) as ctx:
                 fusion.fuse(self.a8, self.b8, **kwargs)
             self.assertIn(message, str(ctx.exception))
+        # the CLI's --window sets the functional window only: the fix for window_a must not point at it
+        for kwargs, cli_hint in (({"window_a": (5, 1)}, False), ({"window_b": (5, 1)}, True),
+                                 ({"window": (5, 1)}, True)):
+            with self.subTest(kwargs), self.assertRaises(InputError) as ctx:
+                fusion.fuse(self.a8, self.b8, "average", **kwargs)
+            self.assertEqual("--window" in str(ctx.exception), cli_hint, str(ctx.exception))
         # numbers given as text (a GUI field, a CLI string) are accepted and recorded as numbers
         res = fusion.fuse(self.a8, self.b8, "average", weight="0.25")
         self.assertEqual(res.parameters["weight"], 0.25)

@@ -270,8 +270,10 @@ def _checked_window(window: Any, name: str) -> tuple[float, float] | None:
     except (TypeError, ValueError):
         lo = hi = float("nan")
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        # the CLI's --window is the functional image's window (window_b); window_a has no CLI option
+        cli = "" if name == "window_a" else "; CLI --window LO HI"
         raise InputError(f"The {name} {window!r} is not a window (low, high) of two numbers with high > low.",
-                         f"Give {name}=(low, high), e.g. (0, 255); CLI --window LO HI.")
+                         f"Give {name}=(low, high), e.g. (0, 255){cli}.")
     return lo, hi
 
 
