@@ -215,3 +215,15 @@ class ReadmeMatchesCliTest(unittest.TestCase):
         self.assertIn("--output MODEL.safetensors", self.readme)
         names = set(re.findall(r"[\w.]+\.ckpt\.pt", self.readme))
         self.assertEqual(names, {"MODEL.safetensors.ckpt.pt"})
+
+
+class PresetClaimsTest(unittest.TestCase):
+    def test_t1_t2_preset_quotes_the_measured_demo_error(self):
+        """--list-presets shows the preset's description: its accuracy figure is the one the demo (which runs
+        these settings) measures and README.md reports, not an older or foreign number."""
+        readme = (ROOT / "README.md").read_text(encoding="utf-8")
+        measured = re.search(r"3D mean TRE\s+8\.47 mm -> ([\d.]+) mm", readme)
+        self.assertIsNotNone(measured)
+        preset = json.loads((ROOT / "Resources" / "Presets" / "t1-t2-brain.json").read_text(encoding="utf-8"))
+        quoted = re.findall(r"([\d.]+) mm (?:mean TRE|error)", preset["description"])
+        self.assertEqual(quoted, [measured.group(1)])
