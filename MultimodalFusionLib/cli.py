@@ -301,7 +301,8 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
                    "overlay, deep (when installed); default average")
     p.add_argument("-o", "--output", required=True, help="fused image file (.nii.gz, .nrrd, .mha, .png)")
     p.add_argument("--report", metavar="DIR", help="also write metrics.json, montage PNG and report.html here")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON (with --report)")
+    p.add_argument("--json", action="store_true",
+                   help="print the metrics as JSON (stdout holds only the JSON, as for the other commands)")
     _add_fusion_params(p)
     p.set_defaults(func=_run_fuse)
 
@@ -323,20 +324,25 @@ def _run_fuse(args: argparse.Namespace) -> int:
         bar.close()
     ext = ".png" if args.output.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")) else ""
     written = write_image(_writable(res.image, ext), args.output)
-    print(f"fused ({res.method}, {res.seconds:.2f} s) -> {written}")
-    if args.report:
+    # with --json, stdout is the JSON alone (a script parses it); the status lines go to stderr
+    status = sys.stderr if args.json else sys.stdout
+    print(f"fused ({res.method}, {res.seconds:.2f} s) -> {written}", file=status)
+    if args.report or args.json:
         from .metrics import fusion_metrics
-        from .report import write_report
 
         table = {res.method: fusion_metrics(res, a, b)}
-        paths = write_report(args.report, inputs={f"A: {os.path.basename(args.a)}": a,
-                                                  f"B: {os.path.basename(args.b)}": b},
-                             fusions=[res], metrics=table, title=f"Fusion ({res.method})")
+        if args.report:
+            from .report import write_report
+
+            paths = write_report(args.report, inputs={f"A: {os.path.basename(args.a)}": a,
+                                                      f"B: {os.path.basename(args.b)}": b},
+                                 fusions=[res], metrics=table, title=f"Fusion ({res.method})")
         if args.json:
             _print_json(table)
         else:
             _print_metrics(table)
-        print(f"report -> {paths['html']}")
+        if args.report:
+            print(f"report -> {paths['html']}", file=status)
     return 0
 
 

@@ -49,6 +49,24 @@ class FuseEvaluateCliTest(unittest.TestCase):
         self.assertTrue(os.path.isfile(os.path.join(rep, "report.html")))
         self.assertIn("SSIM", stdout)
 
+    def test_fuse_json_prints_only_json_with_or_without_a_report(self) -> None:
+        """`fuse --json` is parseable as register/run/evaluate --json are; without --report it is not ignored."""
+        out = os.path.join(self.tmp.name, "fused.png")
+        rep = os.path.join(self.tmp.name, "report")
+        for extra in (["--report", rep], []):
+            with self.subTest(extra=extra):
+                code, stdout, stderr = _main(["fuse", self.a, self.b, "--method", "average", "-o", out, "--json",
+                                              *extra])
+                self.assertEqual(code, 0, stderr)
+                table = json.loads(stdout)
+                self.assertEqual(list(table), ["average"])
+                self.assertIn("fused (average", stderr)
+                recorded = metrics.fusion_metrics(io.read_image(out, keep_color=True),
+                                                  io.read_image(self.a, keep_color=True),
+                                                  io.read_image(self.b, keep_color=True))
+                self.assertAlmostEqual(table["average"]["SSIM"], recorded["SSIM"], places=9)
+        self.assertTrue(os.path.isfile(os.path.join(rep, "report.html")))
+
     def test_fuse_png_output_keeps_the_scale(self) -> None:
         out = os.path.join(self.tmp.name, "fused.png")
         code, _, stderr = _main(["fuse", self.a, self.b, "--method", "max", "-o", out])
