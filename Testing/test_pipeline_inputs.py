@@ -62,7 +62,7 @@ class UnwritableOutputTest(unittest.TestCase):
         self.assertIn("cannot be created", str(ctx.exception))
         with self.assertRaises(InputError) as ctx:
             io.write_bytes(os.path.join(_UNWRITABLE, "x.png"), b"")
-        self.assertIn("not writable", str(ctx.exception))
+        self.assertIn("Cannot write '/proc/self/x.png'", str(ctx.exception))
         message = self._cli_error(["run", self.a, self.b, "--output-dir", os.path.join(_UNWRITABLE, "out"),
                                    "--no-register", "--methods", "average"])
         self.assertIn("mmfusion run: error: The output folder", message)
@@ -75,7 +75,8 @@ class UnwritableOutputTest(unittest.TestCase):
         os.mkdir(locked)
         os.chmod(locked, stat.S_IRUSR | stat.S_IXUSR)
         message = self._cli_error(["fuse", self.a, self.b, "-o", os.path.join(locked, "fused.png")])
-        self.assertIn("not writable", message)
+        self.assertIn("Cannot write", message)
+        self.assertIn("Permission denied", message)
         message = self._cli_error(["run", self.a, self.b, "--output-dir", os.path.join(locked, "sub"),
                                    "--no-register", "--methods", "average"])
         self.assertIn("cannot be created", message)
