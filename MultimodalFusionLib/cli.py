@@ -540,7 +540,7 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
         raise InputError(f"train-fusion needs torch and MONAI ({exc}).",
                          "pip install 'slicer-multimodalfusion[deep]'") from exc
     from .fusion.deep.data import find_pairs
-    from .io import check_not_overwriting_inputs
+    from .io import check_not_overwriting_inputs, check_writable
 
     checkpoint = args.checkpoint or args.output + ".ckpt.pt"
     if not args.output.lower().endswith(".safetensors"):
@@ -552,6 +552,8 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
     # (--resume may name the checkpoint itself: continuing a run updates it, as every epoch does)
     check_not_overwriting_inputs([args.output, checkpoint],
                                  [p for pair in find_pairs(args.pairs) for p in pair] + [args.init])
+    for path in (args.output, checkpoint):  # before training, not after its first epoch
+        check_writable(path)
     if args.threads:
         torch.set_num_threads(args.threads)
     pairs = load_pairs(args.pairs)

@@ -300,6 +300,12 @@ def atomic_path(path: str | os.PathLike) -> tuple[str, str]:
     return tmp, final
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise the :func:`atomic_path` error now if ``path`` cannot be written (a long job checks before it runs)."""
+    tmp, _ = atomic_path(path)
+    os.remove(tmp)
+
+
 def _file_mode_from_umask() -> int:
     # os.umask can only be read by setting it; done once, at import, before any worker thread
     mask = os.umask(0)

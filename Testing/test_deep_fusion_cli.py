@@ -86,6 +86,9 @@ class TrainFusionCliTest(unittest.TestCase):
                 # the weights written over a training image
                 (["--output", str(tmp / "pairs" / "MRI" / "18.png")], "does not end in .safetensors"),
             ]
+            if os.path.isdir("/proc/self"):  # an output nothing can be written to: refused before training
+                cases.append((["--output", "/proc/self/m.safetensors", "--batch-size", "2"],
+                              "Cannot write '/proc/self/m.safetensors' ("))  # not the checkpoint, after an epoch
             for extra, message in cases:
                 with self.subTest(message), redirect_stdout(io.StringIO()):
                     err = io.StringIO()
