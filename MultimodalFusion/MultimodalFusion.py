@@ -11,10 +11,10 @@ is tested outside Slicer against a real MRML scene::
 # No ``from __future__ import annotations`` here: @parameterNodeWrapper reads the annotations
 # at class-creation time and needs them as real types (typing.Union/Optional, Python 3.9).
 import contextlib
-import importlib.util
 import logging
 import os
 import sys
+import tempfile
 from typing import Annotated, Optional, Union
 
 import qt
@@ -51,7 +51,7 @@ def _addEngineToPath() -> None:
 
 _addEngineToPath()
 
-from MultimodalFusionLib import OperationCancelled, mrml, scenarios  # noqa: E402
+from MultimodalFusionLib import OperationCancelled, mrml, scenarios, slicer_dependencies  # noqa: E402
 from MultimodalFusionLib.fusion import list_methods  # noqa: E402
 from MultimodalFusionLib.registration import list_presets  # noqa: E402
 from MultimodalFusionLib.slicer_logic import FusionLogic  # noqa: E402
@@ -62,8 +62,6 @@ PRESETS = [NO_PRESET, *list_presets()]
 FUSION_METHODS = list_methods() if "deep" in list_methods() else [*list_methods(), "deep"]
 COLORMAPS = list(mrml.FUNCTIONAL_COLORMAPS)
 BACKENDS = ["sitk", "torch"]
-#: Pure-Python packages the engine needs beyond what Slicer ships (import name -> pip name).
-PYTHON_DEPENDENCIES = {"scipy": "scipy", "pywt": "PyWavelets"}
 
 
 def resourcePath(relativePath: str) -> str:
@@ -258,36 +256,44 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             dialog.close()
 
-    def _ensureDependencies(self, method: str = "", backend: str = "sitk") -> bool:
-        """Install missing pure-Python packages (and PyTorch via Slicer's PyTorch extension) on
-        the user's confirmation; never at import time."""
-        missing = [pip for module, pip in PYTHON_DEPENDENCIES.items() if importlib.util.find_spec(module) is None]
-        needsTorch = method == "deep" or backend == "torch"
-        if needsTorch and importlib.util.find_spec("monai") is None:
-            missing.append("monai>=1.3 safetensors")
-        if missing:
-            if not slicer.util.confirmOkCancelDisplay(
-                    f"MultimodalFusion needs these Python packages: {', '.join(missing)}. Install them now?"):
-                return False
-            with slicer.util.WaitCursor():
-                slicer.util.pip_install(" ".join(missing))
-        if needsTorch and importlib.util.find_spec("torch") is None:
-            try:
-                import PyTorchUtils  # the PyTorch extension (EXTENSION_DEPENDS PyTorch)
-            except ImportError:
-                slicer.util.errorDisplay("Deep fusion and the torch backend need the PyTorch extension. "
-                                         "Install 'PyTorch' from the Extensions Manager and restart Slicer.")
-                return False
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=True) is None:
-                return False
+    def _ensureDependencies(self, method=None, backend=None) -> bool:
+        """Install what an action fusing with ``method`` / registering with ``backend`` lacks, on
+        the user's confirmation, never at import time: pure-Python packages with pip, PyTorch with
+        Slicer's PyTorch extension (never pip), then MONAI with that torch pinned, so pip cannot
+        pull torch from PyPI as a MONAI dependency (MultimodalFusionLib/slicer_dependencies.py)."""
+        steps = slicer_dependencies.install_plan(method, backend)
+        pipPackages = [r for step in steps if step.kind != slicer_dependencies.TORCH for r in step.requirements]
+        if pipPackages and not slicer.util.confirmOkCancelDisplay(
+                f"MultimodalFusion needs these Python packages: {', '.join(pipPackages)}. Install them now?"):
+            return False
+        for step in steps:
+            if step.kind == slicer_dependencies.PIP:
+                with slicer.util.WaitCursor():
+                    slicer.util.pip_install(list(step.requirements))
+            elif step.kind == slicer_dependencies.TORCH:
+                try:
+                    import PyTorchUtils  # the PyTorch extension (EXTENSION_DEPENDS PyTorch)
+                except ImportError:
+                    slicer.util.errorDisplay("Deep fusion and the torch backend need the PyTorch extension. "
+                                             "Install 'PyTorch' from the Extensions Manager and restart Slicer.")
+                    return False
+                torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+                if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=True) is None:
+                    return False
+            else:  # PIP_WITH_TORCH_PINNED
+                with tempfile.TemporaryDirectory() as folder:
+                    constraints = os.path.join(folder, "torch-constraint.txt")
+                    with open(constraints, "w") as f:
+                        f.write(slicer_dependencies.torch_constraint())
+                    with slicer.util.WaitCursor():
+                        slicer.util.pip_install([*step.requirements, "-c", constraints])
         return True
 
-    def _run(self, title: str, work) -> None:
-        """Run ``work(progress)`` with error display, a cancellable progress dialog and a status line."""
+    def _run(self, title: str, work, method=None, backend=None) -> None:
+        """Run ``work(progress)`` with error display, a cancellable progress dialog and a status line,
+        after installing what fusing with ``method`` / registering with ``backend`` needs."""
         with slicer.util.tryWithErrorDisplay(f"{title} failed.", waitCursor=True):
-            p = self._parameterNode
-            if not self._ensureDependencies(p.fusionMethod, p.backend):
+            if not self._ensureDependencies(method, backend):
                 return
             try:
                 with self._progress(title) as progress:
@@ -318,7 +324,7 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return (f"Registered: metric {out.result.metric_before:.4g} -> {out.result.metric_after:.4g} "
                     f"in {out.result.seconds:.1f} s. " + " ".join(out.result.warnings))
 
-        self._run("Registration", work)
+        self._run("Registration", work, backend=self._parameterNode.backend)
 
     def onFuseButton(self) -> None:
         def work(progress):
@@ -334,7 +340,7 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.setSliceViewerLayers(background=out.fusedVolumeNode, foreground=None, fit=True)
             return f"Fused ({p.fusionMethod}) in {out.result.seconds:.1f} s."
 
-        self._run("Fusion", work)
+        self._run("Fusion", work, method=self._parameterNode.fusionMethod)
 
     def onShowButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not show the fusion.", waitCursor=True):
@@ -349,7 +355,7 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             out = self.logic.run(p.fixedVolume, p.movingVolume, fusionMethod=p.fusionMethod, opacity=p.opacity,
                                  colormap=p.colormap, fusedVolumeNode=p.fusedVolume, newNodeOnKindChange=True,
                                  weightsVolumeNode=p.weightsVolume, metricsTableNode=p.metricsTable,
-                                 show=p.showResult, progress=progress, **arguments)
+                                 show=p.showResult, displayThreshold=p.threshold, progress=progress, **arguments)
             p.outputTransform, p.outputVolume = out.transformNode, out.resampledVolumeNode
             p.fusedVolume, p.metricsTable = out.fusedVolumeNode, out.metricsTableNode
             p.weightsVolume = out.fusion.weightsVolumeNode or p.weightsVolume
@@ -357,7 +363,8 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return (f"Done: metric {result.metric_before:.4g} -> {result.metric_after:.4g}; fused with "
                     f"{p.fusionMethod}; metrics in '{out.metricsTableNode.GetName()}'. " + " ".join(result.warnings))
 
-        self._run("Registration and fusion", work)
+        p = self._parameterNode
+        self._run("Registration and fusion", work, method=p.fusionMethod, backend=p.backend)
 
     def onSaveSceneButton(self) -> None:
         path = qt.QFileDialog.getSaveFileName(None, "Save scene with results", "MultimodalFusion.mrb",
@@ -409,9 +416,8 @@ class MultimodalFusionTest(ScriptedLoadableModuleTest):
         self.test_RegisterFuseShow()
 
     def _installDependencies(self):
-        missing = [pip for module, pip in PYTHON_DEPENDENCIES.items() if importlib.util.find_spec(module) is None]
-        if missing:
-            slicer.util.pip_install(" ".join(missing))
+        for step in slicer_dependencies.install_plan():  # scipy, PyWavelets: the tests use no torch
+            slicer.util.pip_install(list(step.requirements))
 
     def test_MrmlBridge(self):
         """Volumes and transforms round-trip exactly; hardening reproduces the engine; display, table, save."""

@@ -355,7 +355,7 @@ class FusionLogic:
             seed: int | None = None, fusionMethod: str = "average", opacity: float = 0.5,
             colormap: str = "PET-Heat", outputTransformNode: Any = None, outputVolumeNode: Any = None,
             fusedVolumeNode: Any = None, weightsVolumeNode: Any = None, metricsTableNode: Any = None,
-            newNodeOnKindChange: bool = False, show: bool = True,
+            newNodeOnKindChange: bool = False, show: bool = True, displayThreshold: float | None = 0.1,
             backend: str = "sitk", progress: ProgressCallback | None = None,
             **fusionParameters: Any) -> RunOutputs:
         """Register, resample, fuse, measure and show: the module's "Apply" button.
@@ -382,6 +382,9 @@ class FusionLogic:
             metricsTableNode: metrics table node (new when None).
             newNodeOnKindChange: see :meth:`fuseVolumes`.
             show: set the slice views: background = fixed, foreground = registered moving volume.
+            displayThreshold: with ``show``, the fraction of the display window below which the
+                foreground is transparent (None: no threshold); ``threshold`` of :meth:`showFusion`
+                (``threshold=`` here goes to the fusion method, e.g. the overlay's).
             progress: ``progress(fraction, message)``; returning False cancels.
             **fusionParameters: parameters of the fusion method.
 
@@ -408,7 +411,8 @@ class FusionLogic:
         table = mrml.metrics_table_node({"registration": registration.metrics, "fusion": fusion_out.metrics},
                                         scene, node=fusion_out.metricsTableNode)
         if show:
-            self.showFusion(fixedVolumeNode, registration.resampledVolumeNode, opacity=opacity, colormap=colormap)
+            self.showFusion(fixedVolumeNode, registration.resampledVolumeNode, opacity=opacity, colormap=colormap,
+                            threshold=displayThreshold)
         report(progress, 1.0, "done")
         return RunOutputs(registration, fusion_out, table)
 

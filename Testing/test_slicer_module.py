@@ -20,7 +20,7 @@ try:
 except ImportError:  # pragma: no cover - slicer-core is a test dependency
     HAVE_MRML = False
 
-from MultimodalFusionLib import InputError, OperationCancelled, scenarios
+from MultimodalFusionLib import InputError, OperationCancelled, scenarios, slicer_dependencies
 
 if HAVE_MRML:
     from MultimodalFusionLib import mrml
@@ -222,6 +222,16 @@ class LogicTest(unittest.TestCase):
             self._register(progress=lambda fraction, message: fraction < 0.3)
         self.assertEqual(self.scene.GetNumberOfNodes(), before)
 
+    def test_run_shows_with_the_display_threshold(self) -> None:
+        """The panel's Threshold reaches the slice views after "Register and fuse" (run), as after
+        Register and Show fusion (showFusion); before, run() always used 0.1."""
+        out = self.logic.run(self.mr, self.pet, stages=["rigid"], seed=3, fusionMethod="max", opacity=0.3,
+                             displayThreshold=None)
+        self.assertFalse(out.resampledVolumeNode.GetDisplayNode().GetApplyThreshold())
+        composite = self.scene.GetSingletonNode("Red", "vtkMRMLSliceCompositeNode")
+        self.assertEqual(composite.GetForegroundVolumeID(), out.resampledVolumeNode.GetID())
+        self.assertEqual(composite.GetForegroundOpacity(), 0.3)
+
     def test_show_fusion_and_save_results(self) -> None:
         count = self.logic.showFusion(self.mr, self.pet, opacity=0.25, colormap="PET-Heat", threshold=None)
         self.assertEqual(count, 3)
@@ -232,6 +242,41 @@ class LogicTest(unittest.TestCase):
             path = self.logic.saveResults(os.path.join(folder, "fusion.mrb"))
             loaded = mrml.load_scene(path)
             self.assertIsNotNone(loaded.GetFirstNodeByName("PET"))
+
+
+class DependencyPlanTest(unittest.TestCase):
+    """What the module installs before an action (MultimodalFusionLib.slicer_dependencies)."""
+
+    def test_nothing_missing_nothing_to_do(self) -> None:
+        self.assertEqual(slicer_dependencies.install_plan("deep", "torch", installed=lambda name: True), [])
+
+    def test_torch_comes_from_the_extension_before_monai(self) -> None:
+        steps = slicer_dependencies.install_plan("deep", "sitk", installed=lambda name: False)
+        kinds = [s.kind for s in steps]
+        self.assertEqual(kinds, [slicer_dependencies.PIP, slicer_dependencies.TORCH,
+                                 slicer_dependencies.PIP_WITH_TORCH_PINNED])
+        self.assertEqual(steps[0].requirements, ("scipy", "PyWavelets"))
+        self.assertIn("monai>=1.3", steps[2].requirements)
+        # no step pip-installs torch: pip would take PyPI's build, not the PyTorch extension's
+        for step in steps:
+            self.assertFalse([r for r in step.requirements if r.split("=")[0].split(">")[0] == "torch"])
+
+    def test_only_the_action_s_needs(self) -> None:
+        none = set()
+        self.assertEqual(slicer_dependencies.install_plan("deep", None, installed=none.__contains__)[1].kind,
+                         slicer_dependencies.TORCH)  # Fuse with deep
+        self.assertEqual(slicer_dependencies.install_plan(None, "torch", installed=none.__contains__)[1].kind,
+                         slicer_dependencies.TORCH)  # Register with the torch backend
+        # Register with SimpleITK while the (unused) method is deep; Fuse with wavelet while the
+        # (unused) backend is torch: no PyTorch
+        for method, backend in ((None, "sitk"), ("wavelet", None)):
+            steps = slicer_dependencies.install_plan(method, backend, installed=none.__contains__)
+            self.assertEqual([s.kind for s in steps], [slicer_dependencies.PIP])
+
+    def test_torch_already_there_monai_pinned_to_it(self) -> None:
+        steps = slicer_dependencies.install_plan("wavelet", "torch", installed={"scipy", "pywt", "torch"}.__contains__)
+        self.assertEqual(steps, [slicer_dependencies.Step(slicer_dependencies.PIP_WITH_TORCH_PINNED,
+                                                          ("monai>=1.3", "safetensors"))])
 
 
 if __name__ == "__main__":

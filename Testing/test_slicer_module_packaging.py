@@ -149,6 +149,7 @@ class Blocker(importlib.abc.MetaPathFinder):
             raise ImportError("not shipped with Slicer: " + name)
 sys.meta_path.insert(0, Blocker())
 import MultimodalFusionLib.mrml, MultimodalFusionLib.scenarios, MultimodalFusionLib.slicer_logic
+import MultimodalFusionLib.slicer_dependencies
 import MultimodalFusionLib.pipeline, MultimodalFusionLib.preprocess, MultimodalFusionLib.metrics
 from MultimodalFusionLib.fusion import list_methods
 from MultimodalFusionLib.registration import list_presets

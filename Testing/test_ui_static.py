@@ -6,6 +6,13 @@
   that Slicer's parameterNodeWrapper can connect to that field's type, node selectors list the
   field's node classes, sliders match the field's range, and no widget names a missing field;
 - every node selector gets the scene (``mrmlSceneChanged`` -> ``setMRMLScene``);
+- every output selector lists the node classes the Logic really writes into its field (the
+  filter rule of Slicer's qMRMLSortFilterProxyModel: ``showChildNodeTypes`` false lists only the
+  exact classes of ``nodeTypes``); needs slicer-core for the node classes;
+- the widget passes every Display setting to the Logic calls that show a result, and asks for
+  (and installs) only what the clicked action needs, in the order of
+  ``MultimodalFusionLib.slicer_dependencies.install_plan`` (torch from the PyTorch extension,
+  never from pip);
 - the module keeps the scripted-module template's shape: five classes, category
   "Registration", Logic built on the tested Qt-free FusionLogic, under 700 lines.
 """
@@ -69,6 +76,51 @@ def _parameter_fields(tree: ast.Module) -> dict[str, ast.expr]:
 
 def _names_in(annotation: ast.expr) -> list[str]:
     return [n.id for n in ast.walk(annotation) if isinstance(n, ast.Name)]
+
+
+def _method(tree: ast.Module, cls: str, name: str) -> ast.FunctionDef:
+    for node in _class(tree, cls).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node
+    raise AssertionError(f"{cls}.{name} not found in {MODULE.name}")
+
+
+def _calls(function: ast.AST, attribute: str) -> list[ast.Call]:
+    return [n for n in ast.walk(function) if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute) and n.func.attr == attribute]
+
+
+def _keywords(call: ast.Call) -> dict[str, str]:
+    return {k.arg: ast.unparse(k.value) for k in call.keywords if k.arg}
+
+
+def _produced_output_classes() -> dict[str, set[str]]:
+    """The node classes the Logic creates for each output field, made by the same
+    MultimodalFusionLib.mrml functions on a real (slicer-core) scene."""
+    import SimpleITK as sitk
+
+    from MultimodalFusionLib import mrml
+
+    scene = mrml.new_scene(colors=False, slice_views=False)
+    grid = sitk.Image([12, 12, 12], sitk.sitkFloat32)
+    rigid = sitk.Euler3DTransform()
+    rigid.SetTranslation([1.0, 2.0, 3.0])
+    bspline = sitk.BSplineTransformInitializer(grid, [2, 2, 2])
+    field = sitk.DisplacementFieldTransform(sitk.Image([12, 12, 12], sitk.sitkVectorFloat64, 3))
+    transforms = {mrml.transform_node_from_sitk(t, scene).GetClassName() for t in (rigid, bspline, field)}
+    grey = mrml.volume_node_from_image(grid, scene).GetClassName()
+    rgb = mrml.volume_node_from_image(sitk.Compose([sitk.Cast(grid, sitk.sitkUInt8)] * 3), scene).GetClassName()
+    table = mrml.metrics_table_node({"mi": 0.5}, scene).GetClassName()
+    return {"outputTransform": transforms, "outputVolume": {grey}, "fusedVolume": {grey, rgb},
+            "weightsVolume": {grey}, "metricsTable": {table}}
+
+
+try:
+    import slicer as _slicer
+
+    HAVE_MRML = hasattr(_slicer, "vtkMRMLScene")
+except ImportError:  # pragma: no cover - slicer-core is a test dependency
+    HAVE_MRML = False
 
 
 class UiStaticTest(unittest.TestCase):
@@ -152,6 +204,66 @@ class UiStaticTest(unittest.TestCase):
         selectors = {n for n, w in self.widgets.items() if w.get("class") == "qMRMLNodeComboBox"}
         self.assertEqual(selectors - connected, set())
         self.assertEqual(len(selectors), 9)
+
+    @unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
+    def test_output_selectors_list_the_nodes_the_logic_creates(self) -> None:
+        """A selector that cannot list its field's node shows "(create new)" after a run while the
+        parameter node holds the hidden node (qMRMLNodeComboBox::setCurrentNodeID selects None
+        for a node its proxy model filters out)."""
+        import slicer
+
+        produced = _produced_output_classes()
+        self.assertIn("vtkMRMLLinearTransformNode", produced["outputTransform"])
+        self.assertIn("vtkMRMLBSplineTransformNode", produced["outputTransform"])
+        bound = {_property(w, "SlicerParameterName").find("string").text: w for w in self.widgets.values()
+                 if _property(w, "SlicerParameterName") is not None}
+        for field, classes in produced.items():
+            widget = bound[field]
+            node_types = [s.text for s in _property(widget, "nodeTypes").iter("string")]
+            show_children = _property(widget, "showChildNodeTypes").find("bool").text == "true"
+            for class_name in sorted(classes):
+                node = getattr(slicer, class_name)()
+                # qMRMLSortFilterProxyModel::filterAcceptsNode: IsA(nodeType), and the exact class
+                # unless showChildNodeTypes
+                listed = any(node.IsA(t) and (show_children or class_name == t) for t in node_types)
+                with self.subTest(field=field, node=class_name):
+                    self.assertTrue(listed, f"{widget.get('name')} (nodeTypes {node_types}, showChildNodeTypes "
+                                            f"{show_children}) cannot list the {class_name} written into {field}")
+
+    def test_display_settings_reach_every_call_that_shows(self) -> None:
+        """Register (showFusion) and Register-and-fuse (run) use the panel's opacity, colour table
+        and threshold; before, run() dropped the threshold slider."""
+        for button, call in (("onRegisterButton", "showFusion"), ("onShowButton", "showFusion"),
+                             ("onApplyButton", "run")):
+            calls = _calls(_method(self.tree, "MultimodalFusionWidget", button), call)
+            self.assertTrue(calls, f"{button} does not call logic.{call}")
+            keywords = _keywords(calls[0])
+            with self.subTest(button=button):
+                self.assertEqual(keywords.get("opacity"), "p.opacity")
+                self.assertEqual(keywords.get("colormap"), "p.colormap")
+                self.assertEqual(keywords.get("displayThreshold" if call == "run" else "threshold"), "p.threshold")
+
+    def test_each_action_installs_only_what_it_needs(self) -> None:
+        """Register needs the backend's packages, Fuse the method's, Register-and-fuse both."""
+        expected = {"onRegisterButton": {"backend"}, "onFuseButton": {"method"},
+                    "onApplyButton": {"method", "backend"}}
+        for button, needs in expected.items():
+            calls = _calls(_method(self.tree, "MultimodalFusionWidget", button), "_run")
+            with self.subTest(button=button):
+                self.assertEqual(len(calls), 1)
+                self.assertEqual(set(_keywords(calls[0])), needs)
+
+    def test_dependencies_follow_the_plan_and_torch_never_comes_from_pip(self) -> None:
+        ensure = _method(self.tree, "MultimodalFusionWidget", "_ensureDependencies")
+        source = ast.get_source_segment(self.source, ensure)
+        self.assertIn("slicer_dependencies.install_plan(", source)
+        self.assertIn("confirmOkCancelDisplay", source)  # asks before any pip install
+        self.assertLess(source.index("confirmOkCancelDisplay"), source.index("pip_install"))
+        self.assertIn("installTorch(askConfirmation=True)", source)
+        for call in _calls(self.tree, "pip_install"):
+            with self.subTest(line=call.lineno):
+                self.assertNotIn("torch", ast.get_source_segment(self.source, call).replace("constraints", ""))
+        self.assertNotIn("PYTHON_DEPENDENCIES", self.source)  # one list: slicer_dependencies
 
     def test_module_follows_the_scripted_module_template(self) -> None:
         for cls in ("MultimodalFusion", "MultimodalFusionParameterNode", "MultimodalFusionWidget",
