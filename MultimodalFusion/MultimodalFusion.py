@@ -87,6 +87,11 @@ class MultimodalFusion(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Multimodal Fusion"
         self.parent.categories = ["Registration"]
+        # Slicer looks for Resources/Icons/<module>.png next to this file (installed extension); in a
+        # source checkout ("Additional module paths") Resources/ is one folder up
+        iconPath = resourcePath("Icons/MultimodalFusion.png")
+        if os.path.isfile(iconPath):
+            self.parent.icon = qt.QIcon(iconPath)
         self.parent.dependencies = []
         self.parent.contributors = ["MultimodalFusion developers"]
         self.parent.helpText = """

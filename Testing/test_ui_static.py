@@ -276,6 +276,11 @@ class UiStaticTest(unittest.TestCase):
         self.assertLess(len(self.source.splitlines()), 700)
         self.assertIn("tryWithErrorDisplay", self.source)
         self.assertIn("connectGui", self.source)
+        # the icon is found in a source checkout too, where Resources/ is not next to the module file
+        module_init = ast.get_source_segment(self.source, _class(self.tree, "MultimodalFusion"))
+        self.assertIn('resourcePath("Icons/MultimodalFusion.png")', module_init)
+        self.assertIn("self.parent.icon = qt.QIcon(", module_init)
+        self.assertTrue((ROOT / "Resources" / "Icons" / "MultimodalFusion.png").is_file())
         self.assertIn("wasCanceled", self.source)  # the progress dialog's Cancel reaches the engine
         for reference in ("SimpleITK", "Mattes", "MONAI"):
             self.assertIn(reference, self.source)
