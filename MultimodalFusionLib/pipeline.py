@@ -67,6 +67,23 @@ def _writable(image: sitk.Image, ext: str) -> sitk.Image:
     return image
 
 
+def _keep_8bit(resampled: sitk.Image, source: sitk.Image) -> sitk.Image:
+    """An 8-bit image resampled (float) back to 8 bits, rounded half to even as PNGs are written.
+
+    Fusion and the metrics take 8-bit images as they are and stretch other ones to their range: a
+    float copy of an 8-bit PET/SPECT slice would be fused and scored stretched, unlike the
+    ``moving_resampled.png`` written (and ``mmfusion fuse``/``evaluate`` on it). ITK's own cast truncates.
+    """
+    if source.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkVectorUInt8):
+        return resampled
+    import numpy as np
+
+    arr = np.clip(np.round(sitk.GetArrayFromImage(resampled).astype(np.float64)), 0, 255).astype(np.uint8)
+    out = sitk.GetImageFromArray(arr, isVector=resampled.GetNumberOfComponentsPerPixel() > 1)
+    out.CopyInformation(resampled)
+    return out
+
+
 def fuse_and_evaluate(a: sitk.Image, b: sitk.Image, methods: Sequence[str], *,
                       progress: ProgressCallback | None = None,
                       method_params: dict[str, dict[str, Any]] | None = None) -> tuple[list[Any], dict[str, dict]]:
@@ -185,7 +202,8 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     report(progress, 0.6, "resampling the moving image onto the fixed grid")
     colour = moving_img.GetNumberOfComponentsPerPixel() > 1
     moving_on_fixed = resample(moving_img, fixed_grey, transform, "linear",
-                               pixel_type=moving_img.GetPixelID() if colour else None)
+                               pixel_type=sitk.sitkVectorFloat32 if colour else None)
+    moving_on_fixed = _keep_8bit(moving_on_fixed, moving_img)
     before = resample(moving_grey, fixed_grey, None, "linear")
     after = resample(moving_grey, fixed_grey, transform, "linear")
     if not has_content(after):  # nothing of the moving image lands on the fixed grid
