@@ -906,6 +906,11 @@ def _write_node_data(scene: Any, folder: str) -> None:
         if node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is None:
             continue
         storage = node.GetStorageNode()
+        own = os.path.abspath(storage.GetFileName()) if storage is not None and storage.GetFileName() else None
+        if own is not None and os.path.isfile(own) and not node.GetModifiedSinceRead():
+            # unchanged since it was read (an input loaded from a file) or last saved: the scene refers
+            # to its file, as Slicer's Save does; rewriting it would replace an input
+            continue
         if storage is None:
             node.AddDefaultStorageNode()
             storage = node.GetStorageNode()
@@ -913,7 +918,9 @@ def _write_node_data(scene: Any, folder: str) -> None:
             continue
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in node.GetName()) or "node"
         name, k = safe + ext, 1
-        while name.lower() in used:
+        # a file already in the folder is not replaced unless it is this node's own (an earlier save)
+        while name.lower() in used or (os.path.exists(os.path.join(folder, name))
+                                       and os.path.join(folder, name) != own):
             k += 1
             name = f"{safe}_{k}{ext}"
         used.add(name.lower())

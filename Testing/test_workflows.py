@@ -62,3 +62,49 @@ class EightBitRunTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+try:
+    import slicer  # noqa: F401  (the slicer-core wheel, or Slicer itself)
+
+    HAVE_MRML = hasattr(slicer, "vtkMRMLScene")
+except ImportError:  # pragma: no cover - slicer-core is a test dependency
+    HAVE_MRML = False
+
+
+@unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
+class SceneSaveKeepsFilesTest(unittest.TestCase):
+    """Saving a .mrml scene into the folder its input came from replaces neither that input nor an
+    unrelated file that happens to have a node's name; a second save adds no copies."""
+
+    def test_inputs_and_foreign_files_survive_a_scene_save(self) -> None:
+        from MultimodalFusionLib import mrml
+
+        ct = sitk.GetImageFromArray(np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8) - 100)
+        ct.SetSpacing((0.7, 0.7, 3.0))
+        with tempfile.TemporaryDirectory() as tmp:
+            io.write_image(ct, os.path.join(tmp, "CT.nrrd"), compress=False)
+            io.write_image(sitk.Image(4, 4, 4, sitk.sitkFloat32) + 42.0, os.path.join(tmp, "PET_registered.nrrd"))
+            before = {n: open(os.path.join(tmp, n), "rb").read() for n in os.listdir(tmp)}
+            scene = mrml.new_scene()
+            node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+            storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+            storage.SetFileName(os.path.join(tmp, "CT.nrrd"))
+            node.SetAndObserveStorageNodeID(storage.GetID())
+            self.assertTrue(storage.ReadData(node))
+            pet = sitk.GetImageFromArray(np.full((6, 7, 8), 5000.0, dtype=np.float32))
+            pet.CopyInformation(ct)
+            mrml.volume_node_from_image(pet, scene, name="PET registered")
+            path = mrml.save_scene(os.path.join(tmp, "fusion.mrml"), scene)
+            for name, payload in before.items():
+                self.assertEqual(open(os.path.join(tmp, name), "rb").read(), payload, name)
+            listing = sorted(os.listdir(tmp))
+            mrml.save_scene(path, scene)  # again: nothing new, nothing replaced
+            self.assertEqual(sorted(os.listdir(tmp)), listing)
+            reloaded = mrml.load_scene(path)
+            values = {reloaded.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode").GetName():
+                      sitk.GetArrayFromImage(mrml.image_from_volume_node(
+                          reloaded.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")))
+                      for i in range(reloaded.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))}
+            np.testing.assert_array_equal(values["CT"], sitk.GetArrayFromImage(ct))
+            np.testing.assert_array_equal(values["PET registered"], sitk.GetArrayFromImage(pet))
