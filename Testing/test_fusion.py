@@ -233,14 +233,37 @@ class OverlayAndColourTest(unittest.TestCase):
         self.assertEqual(res.image.GetNumberOfComponentsPerPixel(), 3)
         self.assertEqual(res.image.GetPixelID(), sitk.sitkVectorUInt8)
         y_b = color.rgb_to_ycbcr(np.round(hot))[..., 0]
-        np.testing.assert_allclose(_arr(res.grey), 0.5 * _arr(self.a8) + 0.5 * y_b, atol=1e-3)
-        # the colour comes back: where the map is red, red exceeds blue; Y of the RGB output ~ fused Y
+        fused_y = 0.5 * _arr(self.a8) + 0.5 * y_b
+        # the grey is the luminance of the colours as stored: the fused Y up to their 8-bit rounding,
+        # everywhere (colours that would leave the RGB gamut are desaturated, not clipped)
         out = sitk.GetArrayFromImage(res.image).astype(np.float64)
+        np.testing.assert_allclose(_arr(res.grey), color.rgb_to_ycbcr(out)[..., 0], atol=1e-3)
+        self.assertLessEqual(float(np.abs(_arr(res.grey) - fused_y).max()), 0.5 + 1e-6)
+        # the colour comes back: where the map is red, red exceeds blue
         y, x = 100, 112  # on the spot's flank, where the hot map is red
         self.assertGreater(out[y, x, 0], out[y, x, 2] + 30)
-        # (saturated colours can leave the RGB gamut and be clipped, so compare most pixels)
-        diff = np.abs(color.rgb_to_ycbcr(out)[..., 0] - _arr(res.grey))
-        self.assertLess(np.percentile(diff, 95), 1.5)
+
+    def test_saturated_colour_keeps_the_fused_brightness_and_its_hue(self) -> None:
+        # pure red PET (Y 76) under bright anatomy: Y + Cr term would need R > 255; clipping R would
+        # darken the pixel, so the colour is desaturated instead and the fused Y stays
+        ramp = np.tile(np.linspace(230, 255, 16), (16, 1))
+        a = sitk.GetImageFromArray(np.round(ramp).astype(np.uint8))
+        red = np.zeros((16, 16, 3), np.uint8)
+        red[..., 0] = np.round(ramp.T).astype(np.uint8)  # pure red, Y <= 76
+        b = sitk.GetImageFromArray(red, isVector=True)
+        res = fusion.fuse(a, b, "max")  # fused Y = a
+        out = sitk.GetArrayFromImage(res.image).astype(np.float64)
+        np.testing.assert_allclose(color.rgb_to_ycbcr(out)[..., 0], np.round(ramp), atol=0.5)
+        r, g, bl = out[0, 0]
+        self.assertEqual(r, 255.0)  # still the reddest channel: hue kept
+        self.assertGreater(r, g)
+        self.assertGreater(r, bl)
+        self.assertLess(g, 230.0)  # still tinted, not grey
+        self.assertAlmostEqual(float(_arr(res.grey)[0, 0]), float(color.rgb_to_ycbcr(out)[0, 0, 0]), places=3)
+        # in-gamut pixels are the plain YCbCr inverse
+        ycc = color.rgb_to_ycbcr(np.array([[[200.0, 100.0, 50.0]]]))
+        np.testing.assert_allclose(color.ycbcr_to_rgb_in_gamut(ycc[..., 0], ycc[..., 1:]), [[[200, 100, 50]]],
+                                   atol=1e-3)
 
 
 class Fusion3DTest(unittest.TestCase):

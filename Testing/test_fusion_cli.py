@@ -153,14 +153,21 @@ class FuseEvaluateCliTest(unittest.TestCase):
     def test_evaluate_on_the_written_file_gives_the_run_s_numbers(self) -> None:
         # the average of two 8-bit images has many exact .5 values: the PNG must round them as the
         # metrics do; the overlay's metrics must be those of the 8-bit colours stored in the file
-        for method in ("average", "overlay"):
-            with self.subTest(method):
+        # and a saturated colour PET slice fused on Y: the colours put back must not be clipped away
+        # from the fused brightness (metrics of the stored colours, which keep it)
+        from MultimodalFusionLib.fusion import color
+
+        hot = np.round(color.apply_colormap(self._grey8()[1] / 255.0, "hot") * 255.0).astype(np.uint8)
+        colour_b = os.path.join(self.tmp.name, "pet_hot.png")
+        sitk.WriteImage(sitk.GetImageFromArray(hot, isVector=True), colour_b)
+        for method, b in (("average", self.b), ("overlay", self.b), ("wavelet", colour_b), ("max", colour_b)):
+            with self.subTest(method=method, b=b):
                 out = os.path.join(self.tmp.name, f"{method}.png")
                 rep = os.path.join(self.tmp.name, f"rep_{method}")
-                code, _, stderr = _main(["fuse", self.a, self.b, "--method", method, "-o", out, "--report", rep])
+                code, _, stderr = _main(["fuse", self.a, b, "--method", method, "-o", out, "--report", rep])
                 self.assertEqual(code, 0, stderr)
                 recorded = json.load(open(os.path.join(rep, "metrics.json")))["metrics"][method]
-                code, stdout, _ = _main(["evaluate", "--fused", out, self.a, self.b, "--json"])
+                code, stdout, _ = _main(["evaluate", "--fused", out, self.a, b, "--json"])
                 again = json.loads(stdout)
                 for key in metrics.FUSION_METRICS:
                     self.assertAlmostEqual(again[key], recorded[key], places=9, msg=key)

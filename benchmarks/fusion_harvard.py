@@ -14,8 +14,9 @@ a row ``deep+adaptN``: the shipped weights fine-tuned for N steps on each pair (
 adaptation, hard selection, seed 0).
 
 How the numbers are computed (the way CDDFuse's ``test_MIF.py`` and ``utils/Evaluator.py`` compute
-its Table 5): images read as 8-bit grey (rounded BT.601 luminance, as OpenCV's grey conversion);
-colour PET/SPECT fused on Y of YCbCr; every fused image is min-max stretched to 0..255 and rounded,
+its Table 5): images read as 8-bit grey (rounded BT.601 luminance, as OpenCV's grey conversion) and
+fused as such (the ``overlay`` row blends the PET/SPECT slice's own colours over the MRI and is
+scored by their luminance); every fused image is min-max stretched to 0..255 and rounded,
 as ``test_MIF.py`` does to CDDFuse's output before saving it (``--scaling none`` scores the fused
 image as the method returns it); the metrics compare that 8-bit grey image with the MRI and the
 functional image's Y; MI in nats; SSIM and VIF sums over both sources. The published
@@ -100,6 +101,15 @@ def source_rows(pairs: list[tuple[Path, Path]], functional: str, scaling: str = 
     return {label: {k: (x if math.isfinite(x) else None) for k, x in m.items()} for label, m in means.items()}
 
 
+def _grey8_image(image: sitk.Image) -> sitk.Image:
+    """A colour slice as OpenCV's grey conversion reads it (rounded BT.601 luminance, 8-bit); grey as is."""
+    if image.GetNumberOfComponentsPerPixel() == 1:
+        return image
+    grey = sitk.GetImageFromArray(metrics.to_8bit(image).astype(np.uint8))
+    grey.CopyInformation(image)
+    return grey
+
+
 def run_set(root: Path, name: str, methods: list[str], limit: int | None, scaling: str = "cddfuse") -> dict:
     """Mean metrics and runtime per method over one pair set; ``scaling="cddfuse"`` stretches every fused
     image as :func:`cddfuse_saved`, ``"none"`` scores it as the method returns it."""
@@ -112,13 +122,15 @@ def run_set(root: Path, name: str, methods: list[str], limit: int | None, scalin
     for mri_path, fun_path in pairs:
         a = io.read_image(mri_path, keep_color=True)
         b = io.read_image(fun_path, keep_color=True)
+        b_grey = _grey8_image(b)
         for m in methods:
             if m in errors:
                 continue
             try:
                 t0 = time.perf_counter()
                 method, params = _method_call(m)
-                res = fusion.fuse(a, b, method, **params)
+                # test_MIF.py reads PET/SPECT as grey and fuses that; the overlay shows b's own colours
+                res = fusion.fuse(a, b if method == "overlay" else b_grey, method, **params)
                 seconds[m].append(time.perf_counter() - t0)
                 print(f"  {name} {mri_path.name} {m}: {seconds[m][-1]:.3f} s", file=sys.stderr, flush=True)
             except Exception as exc:  # report a failing method, keep benchmarking the others
@@ -206,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     stretch = ("every fused image min-max stretched to 0..255 as CDDFuse's test_MIF.py does"
                if args.scaling == "cddfuse" else "fused images scored as returned, no stretch (--scaling none)")
-    print("metrics: CDDFuse utils/Evaluator.py definitions on 8-bit grey images (colour PET/SPECT fused on "
-          f"Y of YCbCr; {stretch}; MI in nats; SSIM/VIF sums over both sources). Published row: CDDFuse Table 5, "
+    print("metrics: CDDFuse utils/Evaluator.py definitions on 8-bit grey images (colour PET/SPECT read as grey "
+          f"and fused so, as test_MIF.py does; overlay: their own colours; {stretch}; MI in nats; SSIM/VIF sums over both sources). Published row: CDDFuse Table 5, "
           "full test sets.\n")
     results = {}
     for name in SETS:

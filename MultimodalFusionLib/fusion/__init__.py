@@ -6,8 +6,9 @@ returns a :class:`FusionResult` whose image has ``a``'s geometry. The grey fused
 0..255 display scale (what the metrics and the 8-bit literature use).
 
 Colour functional slices (the pseudo-colour PET/SPECT PNGs of the fusion literature) are fused
-on the Y channel of YCbCr and their Cb/Cr put back: ``FusionResult.image`` is then RGB and
-``FusionResult.grey`` the fused Y.
+on the Y channel of YCbCr and their Cb/Cr put back (desaturated per pixel where the colour would
+leave the RGB gamut, so the fused brightness is kept): ``FusionResult.image`` is then RGB and
+``FusionResult.grey`` its luminance, the fused Y up to the 8-bit rounding of the stored colours.
 
 Registry (extensible)::
 
@@ -40,7 +41,7 @@ from ..progress import ProgressCallback, report, scaled
 from ..validation import check_image
 from . import classic
 from .base import FusionResult
-from .color import overlay_arrays, rgb_to_ycbcr, window_to_unit, ycbcr_to_rgb
+from .color import overlay_arrays, rgb_to_ycbcr, window_to_unit, ycbcr_to_rgb_in_gamut
 
 __all__ = [
     "FusionResult",
@@ -406,22 +407,23 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
             used[f"{key}_requested"] = used[key]
         used[key] = value
 
+    rgb8 = None
     if fused.shape == a_unit.shape + (3,):  # an RGB result (overlay)
         rgb8 = np.round(np.clip(fused, 0.0, 1.0) * 255.0)
-        # the grey the metrics see is the luminance of the 8-bit colours as stored, so that
-        # `mmfusion evaluate` on the written file gives the numbers of the run
-        grey_arr = (0.299 * rgb8[..., 0] + 0.587 * rgb8[..., 1] + 0.114 * rgb8[..., 2])
-        image = _from_array(rgb8.astype(np.uint8), a, rgb=True)
     elif fused.shape == a_unit.shape:
         grey_arr = np.clip(fused, 0.0, 1.0) * 255.0
-        if colour:
-            rgb_out = ycbcr_to_rgb(np.concatenate([grey_arr[..., None], chroma], axis=-1))
-            image = _from_array(np.clip(np.round(rgb_out), 0, 255).astype(np.uint8), a, rgb=True)
+        if colour:  # the fused Y with b's colour, desaturated where it would clip (so Y is kept)
+            rgb8 = np.clip(np.round(ycbcr_to_rgb_in_gamut(grey_arr, chroma)), 0, 255)
         else:
             image = _from_array(grey_arr.astype(np.float32), a)
     else:
         raise InputError(f"Fusion method '{method}' returned an array of shape {fused.shape} for inputs of "
                          f"shape {a_unit.shape}.", "Fix the method: it must return the inputs' shape.")
+    if rgb8 is not None:
+        # the grey the metrics see is the luminance of the 8-bit colours as stored, so that
+        # `mmfusion evaluate` on the written file gives the numbers of the run
+        grey_arr = 0.299 * rgb8[..., 0] + 0.587 * rgb8[..., 1] + 0.114 * rgb8[..., 2]
+        image = _from_array(rgb8.astype(np.uint8), a, rgb=True)
     grey = _from_array(grey_arr.astype(np.float32), a)
     weights_img = None
     if weights is not None:

@@ -23,6 +23,7 @@ from ..errors import InputError
 __all__ = [
     "rgb_to_ycbcr",
     "ycbcr_to_rgb",
+    "ycbcr_to_rgb_in_gamut",
     "colormap_lut",
     "apply_colormap",
     "overlay_arrays",
@@ -65,6 +66,26 @@ def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
     g = y - 0.344136 * cb - 0.714136 * cr
     b = y + 1.772 * cb
     return np.stack([r, g, b], axis=-1)
+
+
+def ycbcr_to_rgb_in_gamut(y: np.ndarray, chroma: np.ndarray) -> np.ndarray:
+    """RGB (0..255 scale, float) of luminance ``y`` with the colour of ``chroma`` (Cb, Cr), desaturated
+    per pixel just enough to stay inside 0..255.
+
+    Putting a colour image's Cb/Cr back on a new Y can leave the RGB cube (a bright anatomy pixel under a
+    saturated red PET): clipping each channel would then change the luminance, so the stored image would
+    no longer show the fused brightness. Here the chroma of such a pixel is scaled down until its
+    channels fit, which keeps its luminance and hue and lowers only its saturation.
+    """
+    y = np.clip(np.asarray(y, dtype=np.float64), 0.0, 255.0)[..., None]
+    cb = np.asarray(chroma, dtype=np.float64)[..., 0] - 128.0
+    cr = np.asarray(chroma, dtype=np.float64)[..., 1] - 128.0
+    # each channel minus Y; their BT.601 luminance is 0, so any multiple of it keeps Y
+    delta = np.stack([1.402 * cr, -0.344136 * cb - 0.714136 * cr, 1.772 * cb], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(delta > 0, (255.0 - y) / delta, np.where(delta < 0, y / -delta, np.inf))
+    scale = np.clip(room.min(axis=-1), 0.0, 1.0)
+    return y + scale[..., None] * delta
 
 
 def colormap_lut(name: str) -> np.ndarray:
