@@ -182,16 +182,24 @@ def to_unit(image: sitk.Image | np.ndarray, window: Sequence[float] | None = Non
     if isinstance(image, sitk.Image):
         if is_8bit is None:
             is_8bit = image.GetPixelID() == sitk.sitkUInt8
-        arr = sitk.GetArrayFromImage(image).astype(np.float64)
+        # one float64 copy of the voxels (a view, then astype), scaled in place below: a 512x512x200
+        # CT needs one 420 MB array here, not the three that copy + subtract + divide allocate
+        arr = sitk.GetArrayViewFromImage(image).astype(np.float64)
     else:
-        arr = np.asarray(image, dtype=np.float64)
-        is_8bit = bool(is_8bit) if is_8bit is not None else arr.dtype == np.uint8
+        src = np.asarray(image)
+        is_8bit = bool(is_8bit) if is_8bit is not None else src.dtype == np.uint8
+        arr = src.astype(np.float64)  # always a copy: the caller's array is never scaled in place
     if window is not None:
         return np.clip(window_to_unit(arr, window), 0.0, 1.0)
     if is_8bit:
-        return arr / 255.0
+        arr /= 255.0
+        return arr
     lo, hi = float(arr.min()), float(arr.max())
-    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if not hi > lo:
+        return np.zeros_like(arr)
+    arr -= lo  # the same operations as (arr - lo) / (hi - lo), so the same values, in place
+    arr /= hi - lo
+    return arr
 
 
 def _from_array(arr: np.ndarray, reference: sitk.Image, *, rgb: bool = False) -> sitk.Image:
@@ -396,6 +404,9 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     fused, weights = out[0], out[1]
     actual = out[2] if len(out) > 2 and isinstance(out[2], dict) else {}
     fused = np.asarray(fused, dtype=np.float64)
+    shape = a_unit.shape
+    # the scaled inputs are not needed any more (a method that returns one of them keeps it alive)
+    del a_unit, b_unit, b_rgb_unit, out
     params.pop("functional_rgb", None)
     if method == "overlay":
         params.pop("threshold", None)
@@ -407,24 +418,38 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
             used[f"{key}_requested"] = used[key]
         used[key] = value
 
+    # Whole-volume arithmetic below runs in place on fresh arrays (np.clip allocates one): the
+    # same operations in the same order as before, so the same values, with fewer 8-byte copies.
+    grey = None
     rgb8 = None
-    if fused.shape == a_unit.shape + (3,):  # an RGB result (overlay)
-        rgb8 = np.round(np.clip(fused, 0.0, 1.0) * 255.0)
-    elif fused.shape == a_unit.shape:
-        grey_arr = np.clip(fused, 0.0, 1.0) * 255.0
+    if fused.shape == shape + (3,):  # an RGB result (overlay)
+        rgb8 = np.clip(fused, 0.0, 1.0)
+        del fused
+        rgb8 *= 255.0
+        np.round(rgb8, out=rgb8)
+    elif fused.shape == shape:
+        grey_arr = np.clip(fused, 0.0, 1.0)
+        del fused
+        grey_arr *= 255.0
         if colour:  # the fused Y with b's colour, desaturated where it would clip (so Y is kept)
             rgb8 = np.clip(np.round(ycbcr_to_rgb_in_gamut(grey_arr, chroma)), 0, 255)
         else:
-            image = _from_array(grey_arr.astype(np.float32), a)
+            # a grey result is its own grey image: one float32 volume, not two identical ones
+            image = grey = _from_array(grey_arr.astype(np.float32), a)
     else:
         raise InputError(f"Fusion method '{method}' returned an array of shape {fused.shape} for inputs of "
-                         f"shape {a_unit.shape}.", "Fix the method: it must return the inputs' shape.")
+                         f"shape {shape}.", "Fix the method: it must return the inputs' shape.")
     if rgb8 is not None:
         # the grey the metrics see is the luminance of the 8-bit colours as stored, so that
         # `mmfusion evaluate` on the written file gives the numbers of the run
-        grey_arr = 0.299 * rgb8[..., 0] + 0.587 * rgb8[..., 1] + 0.114 * rgb8[..., 2]
+        grey_arr = 0.299 * rgb8[..., 0]
+        grey_arr += 0.587 * rgb8[..., 1]
+        grey_arr += 0.114 * rgb8[..., 2]
         image = _from_array(rgb8.astype(np.uint8), a, rgb=True)
-    grey = _from_array(grey_arr.astype(np.float32), a)
+        del rgb8
+    if grey is None:
+        grey = _from_array(grey_arr.astype(np.float32), a)
+    del grey_arr
     weights_img = None
     if weights is not None:
         weights_img = _from_array(np.clip(np.asarray(weights, dtype=np.float32), 0.0, 1.0), a)

@@ -87,24 +87,40 @@ def contribution_map(fused: np.ndarray, a: np.ndarray, b: np.ndarray, *, smooth:
         smooth: Gaussian sigma (voxels) of a local average weighted by ``|a - b|``, so that the
             map shows which input dominates a region rather than voxel noise (0: none).
     """
-    da = np.abs(fused - a)
+    # Built in place, each temporary freed as soon as it is used: on a 512x512x200 CT this map held
+    # about nine float64 volumes (3.8 GB) at once, now four; the arithmetic is unchanged.
     db = np.abs(fused - b)
-    den = da + db
-    with np.errstate(invalid="ignore", divide="ignore"):
-        w = np.where(den > 1e-12, db / np.where(den > 1e-12, den, 1.0), 0.5)
+    den = np.abs(fused - a)
+    den += db
+    w = np.full(den.shape, 0.5)
+    valid = den > 1e-12
+    np.divide(db, den, out=w, where=valid)
+    del db, den, valid
     if smooth > 0:
         from scipy import ndimage
 
         # regions where the inputs agree carry no information about who contributed
         confidence = np.abs(a - b)
-        num = ndimage.gaussian_filter(w * confidence, smooth)
+        w *= confidence
+        num = ndimage.gaussian_filter(w, smooth)
         norm = ndimage.gaussian_filter(confidence, smooth)
-        w = np.where(norm > 1e-6, num / np.where(norm > 1e-6, norm, 1.0), 0.5)
-    return np.clip(w, 0.0, 1.0).astype(np.float32)
+        del confidence
+        w.fill(0.5)
+        valid = norm > 1e-6
+        np.divide(num, norm, out=w, where=valid)
+        del num, norm, valid
+    np.clip(w, 0.0, 1.0, out=w)
+    return w.astype(np.float32)
 
 
 def _max_abs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(np.abs(x) >= np.abs(y), x, y)
+
+
+def _max_abs_into(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``_max_abs(x, y)`` written into ``x`` (which must be a fresh array the caller owns)."""
+    np.copyto(x, y, where=np.abs(x) < np.abs(y))
+    return x
 
 
 def wavelet(a: np.ndarray, b: np.ndarray, *, wavelet: str = "db2", levels: int = 3,
@@ -142,10 +158,17 @@ def wavelet(a: np.ndarray, b: np.ndarray, *, wavelet: str = "db2", levels: int =
         ca = pywt.wavedecn(a, wavelet, mode="symmetric", level=levels)
         cb = pywt.wavedecn(b, wavelet, mode="symmetric", level=levels)
     report(progress, 0.5, "wavelet: fusing coefficients")
+    # fused in place in a's coefficients, b's freed band by band: a third fewer volume-sized
+    # coefficient sets alive at once (same max-abs rule, same values)
     fused = [(ca[0] + cb[0]) / 2.0]
     for da, db in zip(ca[1:], cb[1:]):
-        fused.append({k: _max_abs(da[k], db[k]) for k in da})
+        for k in da:
+            _max_abs_into(da[k], db[k])
+            db[k] = None
+        fused.append(da)
+    del ca, cb
     out = pywt.waverecn(fused, wavelet, mode="symmetric")
+    del fused
     out = out[tuple(slice(0, n) for n in a.shape)]
     report(progress, 0.9, "wavelet: reconstructed")
     return out, contribution_map(out, a, b, smooth=1.5), {"levels": levels}
@@ -204,7 +227,9 @@ def laplacian(a: np.ndarray, b: np.ndarray, *, levels: int = 4, sigma: float = 1
     pa = _laplacian_pyramid(a, levels, float(sigma))
     pb = _laplacian_pyramid(b, levels, float(sigma))
     report(progress, 0.6, "laplacian: fusing and collapsing")
-    current = (pa[-1] + pb[-1]) / 2.0
-    for la, lb in zip(reversed(pa[:-1]), reversed(pb[:-1])):
-        current = _max_abs(la, lb) + _expand(current, la.shape)
+    current = (pa.pop() + pb.pop()) / 2.0
+    while pa:  # finest level last; each level is freed once it is collapsed (same values)
+        la, lb = pa.pop(), pb.pop()
+        current = _max_abs_into(la, lb) + _expand(current, la.shape)
+        del la, lb
     return current, contribution_map(current, a, b, smooth=1.5), {"levels": levels}

@@ -113,8 +113,10 @@ def colormap_lut(name: str) -> np.ndarray:
 def apply_colormap(unit: np.ndarray, name: str = "hot") -> np.ndarray:
     """Map values in 0..1 (clipped) to RGB in 0..1 (colour on a new last axis)."""
     lut = colormap_lut(name)
-    idx = np.clip(np.round(np.asarray(unit, dtype=np.float64) * 255.0), 0, 255).astype(np.intp)
-    return lut[idx]
+    scaled = np.asarray(unit, dtype=np.float64) * 255.0  # a fresh array: rounded and clipped in place
+    np.round(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    return lut[scaled.astype(np.intp)]
 
 
 def overlay_arrays(anatomical: np.ndarray, functional: np.ndarray, *, colormap: str = "hot",
@@ -144,11 +146,22 @@ def overlay_arrays(anatomical: np.ndarray, functional: np.ndarray, *, colormap: 
                          "Give a threshold inside the window (between its low and high values).")
     f = np.clip(functional, 0.0, 1.0)
     colour = functional_rgb if functional_rgb is not None else apply_colormap(f, colormap)
-    # Opacity ramps from 0 at the threshold to ``opacity`` at the top of the window.
-    alpha = opacity * np.clip((f - threshold) / (1.0 - threshold), 0.0, 1.0)
-    grey = np.clip(anatomical, 0.0, 1.0)[..., None]
-    rgb = (1.0 - alpha[..., None]) * grey + alpha[..., None] * colour
-    return rgb, 1.0 - alpha
+    # Opacity ramps from 0 at the threshold to ``opacity`` at the top of the window. Computed in
+    # place on fresh arrays (the same operations, so the same values): on a 512x512x200 CT the
+    # overlay held about 16 float64 volumes at once, now about 9.
+    alpha = f
+    alpha -= threshold
+    alpha /= 1.0 - threshold
+    np.clip(alpha, 0.0, 1.0, out=alpha)
+    alpha = opacity * alpha
+    del f
+    rgb = alpha[..., None] * colour  # a + b == b + a in floating point: same sum as before
+    del colour
+    keep = 1.0 - alpha
+    grey = np.clip(anatomical, 0.0, 1.0)
+    grey *= keep
+    rgb += grey[..., None]
+    return rgb, keep
 
 
 def window_to_unit(values: np.ndarray, window: Sequence[float]) -> np.ndarray:
