@@ -16,15 +16,32 @@ from ..errors import InputError
 __all__ = ["checkerboard", "write_checkerboard_png", "middle_slice"]
 
 
-def _unit(image: sitk.Image) -> sitk.Image:
-    """Intensities mapped to 0..1 between the 1st and 99th percentile (robust to outliers)."""
-    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+def _unit_range(arr: np.ndarray) -> tuple[float, float]:
+    """(lo, hi): the 1st and 99th percentile of the finite values (robust to outliers)."""
     finite = arr[np.isfinite(arr)]
     lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
     hi = hi if hi > lo else lo + 1.0
-    out = sitk.GetImageFromArray(np.clip((np.nan_to_num(arr) - lo) / (hi - lo), 0, 1).astype(np.float32))
+    return lo, hi
+
+
+def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return np.clip((np.nan_to_num(arr) - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def _unit(image: sitk.Image) -> sitk.Image:
+    """Intensities mapped to 0..1 between the 1st and 99th percentile (robust to outliers)."""
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    out = sitk.GetImageFromArray(_scale(arr, *_unit_range(arr)))
     out.CopyInformation(image)
     return out
+
+
+def _unit_middle_slice(image: sitk.Image) -> np.ndarray:
+    """``middle_slice(_unit(image))`` without scaling the whole volume: the range still comes from
+    every voxel, but only the displayed slice is scaled (the same element-wise operations)."""
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    lo, hi = _unit_range(sitk.GetArrayViewFromImage(image))
+    return _scale(middle_slice(image), lo, hi)
 
 
 def checkerboard(fixed: sitk.Image, moving_on_fixed_grid: sitk.Image, squares: int = 8) -> sitk.Image:
@@ -76,8 +93,20 @@ def write_checkerboard_png(fixed: sitk.Image, moving_before: sitk.Image, moving_
     """
     from ..io import write_image
 
-    before = middle_slice(checkerboard(fixed, moving_before, squares))
-    after = middle_slice(checkerboard(fixed, moving_after, squares))
+    for moving in (moving_before, moving_after):
+        if fixed.GetSize() != moving.GetSize():
+            checkerboard(fixed, moving, squares)  # raises the grid error
+    # Only the middle slice is shown, so only it is built: which image each of its pixels comes from
+    # is read off ITK's checkerboard of two constant masks (the same pattern checkerboard() makes),
+    # and each image is scaled once. The PNG is identical to middle_slice(checkerboard(...)); on a
+    # 512x512x200 CT this took 30 s (two whole-volume float64 scalings per image, the fixed one twice).
+    pattern = [max(1, min(int(squares), int(n))) for n in fixed.GetSize()]
+    zeros = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
+    zeros.CopyInformation(fixed)
+    take_moving = middle_slice(sitk.CheckerBoard(zeros, zeros + 1, pattern)) > 0
+    fixed_slice = _unit_middle_slice(fixed)
+    before = np.where(take_moving, _unit_middle_slice(moving_before), fixed_slice)
+    after = np.where(take_moving, _unit_middle_slice(moving_after), fixed_slice)
     gap = np.ones((before.shape[0], max(4, before.shape[1] // 50)), np.float32)
     panel = np.concatenate([before, gap, after], axis=1)
     img = sitk.GetImageFromArray((np.clip(panel, 0, 1) * 255).astype(np.uint8))
