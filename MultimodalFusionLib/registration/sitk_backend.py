@@ -294,7 +294,10 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
         method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     if previous is not None:
         method.SetMovingInitialTransform(previous)
-    optimized = start
+    # ITK optimises in place: give it a copy, so that ``start`` (and ``start_total``, which is ``start``
+    # itself for a first stage, or a composite holding it for a B-spline stage) stays the starting
+    # transform a discarded stage falls back to (optimising ``start`` itself returned the discarded result)
+    optimized = type(start)(start)
     method.SetInitialTransform(optimized, inPlace=True)
 
     history: list[tuple[int, int, float]] = []

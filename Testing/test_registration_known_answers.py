@@ -1,0 +1,88 @@
+"""Known-answer checks of the SimpleITK engine's bookkeeping (MNI152 at 3 mm, a few seconds).
+
+A stage whose result is discarded must give back the transform it started from, not the
+optimised one; the stage's and the overall metric values must be ITK's at the returned transform.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib import data
+from MultimodalFusionLib.registration import RegistrationParameters, default_stage, register
+from MultimodalFusionLib.registration.accuracy import rigid_case
+
+SPACING = 3.0
+
+
+def _itk_mattes(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, bins: int = 50) -> float:
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(bins)
+    method.SetMetricSamplingStrategy(method.NONE)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetInitialTransform(sitk.Transform(transform))
+    return method.MetricEvaluate(fixed, moving)
+
+
+class DiscardedStage(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tissues = data.mni152(spacing_mm=SPACING)
+        cls.case = rigid_case(spacing_mm=SPACING, tissues=cls.tissues, angles_deg=(5.0, 0.0, 0.0),
+                              translation=(2.0, 0.0, 3.0))
+
+    def _diverging(self, **extra) -> RegistrationParameters:
+        # 60 mm steps on one full-resolution level: the optimizer jumps far away and the stage fails
+        stage = dataclasses.replace(default_stage("rigid"), learning_rate=60.0, iterations=3, shrink_factors=[1],
+                                    smoothing_sigmas=[0.0], relaxation_factor=0.99)
+        return RegistrationParameters(stages=[stage], **extra)
+
+    def test_discarded_first_stage_returns_the_starting_transform(self):
+        case = self.case
+        res = register(case.fixed, case.moving, self._diverging(), seed=0)
+        self.assertFalse(res.stages[0].accepted)
+        self.assertTrue(any("discarded" in w for w in res.warnings), res.warnings)
+        # geometry initializer on one grid: the start is the identity, 5.6 mm from the truth
+        # (before the fix the "discarded" optimised transform came back, about 130 mm off)
+        self.assertAlmostEqual(case.error(res.transform)["mean"], case.error_before()["mean"], places=6)
+        self.assertTrue(np.allclose(res.transform.GetParameters(), 0.0), res.transform.GetParameters())
+        self.assertAlmostEqual(res.metric_after, res.metric_before, places=12)
+        self.assertAlmostEqual(_itk_mattes(case.fixed, case.moving, res.transform), res.metric_after, places=6)
+
+    def test_discarded_stage_keeps_a_given_initial_transform(self):
+        case = self.case
+        initial = sitk.TranslationTransform(3, (1.0, 0.0, 2.0))
+        res = register(case.fixed, case.moving, self._diverging(), initial_transform=initial, seed=0)
+        self.assertFalse(res.stages[0].accepted)
+        for point in ([0.0, 0.0, 0.0], [40.0, -30.0, 20.0]):
+            self.assertTrue(np.allclose(res.transform.TransformPoint(point), initial.TransformPoint(point),
+                                        atol=1e-9))
+
+    def test_discarded_bspline_stage_returns_the_linear_result(self):
+        case = self.case
+        rigid = default_stage("rigid")
+        bspline = dataclasses.replace(default_stage("bspline"), learning_rate=200.0, iterations=3,
+                                      shrink_factors=[1], smoothing_sigmas=[0.0], relaxation_factor=0.99)
+        res = register(case.fixed, case.moving, RegistrationParameters(stages=[rigid, bspline]), seed=0)
+        self.assertTrue(res.stages[0].accepted)
+        self.assertFalse(res.stages[1].accepted, [s.to_dict() if hasattr(s, "to_dict") else s for s in res.stages])
+        # whatever the B-spline part of the returned composite is, it must be the identity
+        field = sitk.TransformToDisplacementField(res.transform, sitk.sitkVectorFloat64, case.fixed.GetSize(),
+                                                  case.fixed.GetOrigin(), case.fixed.GetSpacing(),
+                                                  case.fixed.GetDirection())
+        rigid_only = res.transform.GetNthTransform(0) if isinstance(res.transform, sitk.CompositeTransform) \
+            else res.transform
+        field_rigid = sitk.TransformToDisplacementField(rigid_only, sitk.sitkVectorFloat64, case.fixed.GetSize(),
+                                                        case.fixed.GetOrigin(), case.fixed.GetSpacing(),
+                                                        case.fixed.GetDirection())
+        diff = np.abs(sitk.GetArrayFromImage(field) - sitk.GetArrayFromImage(field_rigid)).max()
+        self.assertLess(diff, 1e-9)
+        self.assertLess(case.error(res.transform)["mean"], 0.5)
+
+
+if __name__ == "__main__":
+    unittest.main()
