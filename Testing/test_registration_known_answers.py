@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MultimodalFusionLib import data
+from MultimodalFusionLib.errors import InputError
 from MultimodalFusionLib.registration import RegistrationParameters, default_stage, register
 from MultimodalFusionLib.registration.accuracy import rigid_case
 
@@ -82,6 +83,23 @@ class DiscardedStage(unittest.TestCase):
         diff = np.abs(sitk.GetArrayFromImage(field) - sitk.GetArrayFromImage(field_rigid)).max()
         self.assertLess(diff, 1e-9)
         self.assertLess(case.error(res.transform)["mean"], 0.5)
+
+
+class LbfgsbNeedsScales(unittest.TestCase):
+    """ITK's LBFGSB ignores optimizer scales (it says so on stderr and sets them to one): on rigid
+    MNI152 at 3 mm (8 degrees, 9.4 mm) it stopped at 9.6 mm mean TRE, regular_step reached 0.15 mm."""
+
+    def test_lbfgsb_refused_for_linear_stages(self):
+        for name in ("rigid", "affine"):
+            params = RegistrationParameters(stages=[dataclasses.replace(default_stage(name), optimizer="lbfgsb")])
+            with self.assertRaises(InputError) as ctx:
+                params.validate()
+            self.assertIn("lbfgsb", str(ctx.exception))
+            with self.assertRaises(InputError):
+                RegistrationParameters.from_dict({"stages": [{"name": name, "optimizer": "lbfgsb"}]})
+
+    def test_lbfgsb_still_allowed_for_bspline(self):
+        RegistrationParameters(stages=[dataclasses.replace(default_stage("bspline"), optimizer="lbfgsb")]).validate()
 
 
 if __name__ == "__main__":
