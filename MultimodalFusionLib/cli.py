@@ -150,7 +150,7 @@ def _series(args: argparse.Namespace, which: str) -> str | None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
-    from .io import check_not_overwriting_inputs, read_image
+    from .io import check_not_overwriting_inputs, read_image, read_transform
     from .registration import register
     from .registration.outputs import save_registration_outputs
 
@@ -170,9 +170,11 @@ def _run_register(args: argparse.Namespace) -> int:
                           progress=bar, backend=args.backend, initializer=args.initializer)
     finally:
         bar.close()
+    # the checkerboard's "before" shows where the registration started (the metric_before transform)
+    initial = read_transform(args.initial_transform) if args.initial_transform else None
     metrics = save_registration_outputs(
         result, fixed, moving, args.output_dir,
-        extra={"inputs": {"fixed": args.fixed, "moving": args.moving}})
+        extra={"inputs": {"fixed": args.fixed, "moving": args.moving}}, initial_transform=initial)
     if args.json:
         _print_json(metrics)
         return 0

@@ -102,5 +102,46 @@ class LbfgsbNeedsScales(unittest.TestCase):
         RegistrationParameters(stages=[dataclasses.replace(default_stage("bspline"), optimizer="lbfgsb")]).validate()
 
 
+
+class CliCheckerboardBefore(unittest.TestCase):
+    def test_register_checkerboard_before_uses_the_initial_transform(self):
+        """`mmfusion register --initial-transform T`: the left (before) panel shows the moving image
+        through T, where metric_before was measured, not through the identity."""
+        import contextlib
+        import io as _io
+        import os
+        import tempfile
+
+        from MultimodalFusionLib import cli
+        from MultimodalFusionLib.preprocess import resample
+        from MultimodalFusionLib.registration.qc import write_checkerboard_png
+
+        fixed, moving = data.itk_brainweb_pair()
+        initial = sitk.TranslationTransform(2, (25.0, -20.0))
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = [os.path.join(tmp, n) for n in ("f.nrrd", "m.nrrd", "init.tfm")]
+            sitk.WriteImage(fixed, paths[0])
+            sitk.WriteImage(moving, paths[1])
+            sitk.WriteTransform(initial, paths[2])
+            out = os.path.join(tmp, "out")
+            with contextlib.redirect_stdout(_io.StringIO()), contextlib.redirect_stderr(_io.StringIO()):
+                rc = cli.main(["register", paths[0], paths[1], "--output-dir", out, "--initial-transform", paths[2],
+                               "--seed", "0"])
+            self.assertEqual(rc, 0)
+            got = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "checkerboard.png")))
+            after = resample(moving, fixed, read_transform_file(os.path.join(out, "transform.tfm")))
+            want_path = write_checkerboard_png(fixed, resample(moving, fixed, initial), after,
+                                               os.path.join(tmp, "want.png"))
+            want = sitk.GetArrayFromImage(sitk.ReadImage(want_path))
+        self.assertEqual(got.shape, want.shape)
+        self.assertEqual(int(np.abs(got.astype(int) - want.astype(int)).max()), 0)
+
+
+def read_transform_file(path: str) -> sitk.Transform:
+    from MultimodalFusionLib.io import read_transform
+
+    return read_transform(path)
+
+
 if __name__ == "__main__":
     unittest.main()
