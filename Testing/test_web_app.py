@@ -75,6 +75,44 @@ class WebAppTest(unittest.TestCase):
         self.app._save_upload("fixed", [{"name": "..", "content": b"x"}])
         self.assertIn("no usable name", self.app.state.error_message)
 
+    def test_header_and_data_upload_is_read_by_its_header(self) -> None:
+        # an .mhd + .raw pair (any order) is given by the header's path, not read as a DICOM folder
+        pair = self.root / "pair"
+        pair.mkdir(exist_ok=True)
+        sitk.WriteImage(sitk.ReadImage(self.moving_path), str(pair / "pet.mhd"))
+        files = [{"name": name, "content": (pair / name).read_bytes()} for name in ("pet.raw", "pet.mhd")]
+        self.app._save_upload("moving", files)
+        self.assertTrue(self.app.state.moving_path.endswith("pet.mhd"), self.app.state.moving_path)
+        self.assertTrue(Path(self.app.state.moving_path).with_suffix(".raw").is_file())
+        self.app.state.fixed_path = self.fixed_path
+        self.app.state.error_message = ""
+        self._do(self.app.load_from_paths)
+        self.assertEqual(self.app.state.error_message, "")
+        self.assertEqual(self.app.state.moving_name, "pet.mhd")
+        self.assertEqual(self.app.moving_image.GetSize(), sitk.ReadImage(self.moving_path).GetSize())
+
+    def test_a_new_upload_removes_the_previous_copy(self) -> None:
+        self.app._save_upload("moving", [{"name": "first.nii.gz", "content": b"1"}])
+        first = Path(self.app.state.moving_path)
+        self.app._save_upload("moving", [{"name": "second.nii.gz", "content": b"2"}])
+        self.assertFalse(first.parent.exists(), "the replaced upload should be removed from the server")
+        self.assertTrue(Path(self.app.state.moving_path).is_file())
+        self.app._save_upload("fixed", [{"name": "..", "content": b"x"}])  # refused: no folder left
+        self.assertEqual(sorted(p.name for p in self.workdir.iterdir() if p.name.startswith("moving-")),
+                         [Path(self.app.state.moving_path).parent.name])
+
+    def test_downloads_leave_no_files_on_the_server(self) -> None:
+        self._load()
+        self.app.state.stages = ["rigid"]
+        self._do(self.app.start_registration)
+        self._do(self.app.start_fusion)
+        self.assertTrue(self.app.state.has_fused, self.app.state.error_message)
+        before = sorted(os.listdir(self.workdir))
+        for what, start in (("transform", b"#Insight"), ("fused", b"\x1f\x8b"), ("report", b"<!")):
+            content = self.app.result_bytes(what)
+            self.assertTrue(content.lstrip().startswith(start), (what, content[:20]))
+            self.assertEqual(sorted(os.listdir(self.workdir)), before, what)
+
     def test_unknown_download_makes_no_folder(self) -> None:
         before = set(os.listdir(self.workdir)) | set(os.listdir(self.root))
         for what in ("../../etc", "/tmp/x"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ _FG_LAYERS = [{"title": "Functional (moving, registered)", "value": "functional"
               {"title": "Fused image", "value": "fused"}]
 # Metrics shown in the table, in this order (fusion_metrics returns more; the report has all).
 _FUSION_METRIC_KEYS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR")
+# Image headers whose voxels lie in a second file uploaded with them: the header is what is read.
+_HEADER_SUFFIXES = (".mhd", ".nhdr", ".hdr")
 
 
 def _quad_layout() -> Any:
@@ -108,6 +111,7 @@ class FusionWebApp:
         self._start_fixed, self._start_moving, self._start_demo = fixed, moving, demo
         self._demo_spacing = float(demo_spacing_mm)
         self._uploads: dict[str, list[dict]] = {"fixed": [], "moving": []}
+        self._upload_dirs: dict[str, Path] = {}  # each role's last upload (older ones are removed)
         self.names = {"fixed": "", "moving": ""}  # what is loaded (the report names it)
 
         vr_presets = self.viewer.vr_presets()
@@ -323,7 +327,10 @@ class FusionWebApp:
         """Write uploaded file(s) to the work folder and put the path in the panel (then: Load).
 
         A DICOM series arrives as several files: they go to one folder, which ``read_image``
-        reads as a series; a single file keeps its name (and so its format suffix).
+        reads as a series; a single file keeps its name (and so its format suffix). A header
+        with its data file (``.mhd`` + ``.raw``, ``.nhdr`` + ``.raw``, ``.hdr`` + ``.img``) is
+        given by the header's path. The role's previous upload is removed: its image, if
+        loaded, is in memory, and patient files should not pile up on the server.
         """
         from trame.app.file_upload import ClientFile
 
@@ -335,14 +342,26 @@ class FusionWebApp:
             # outside this upload's folder
             name = os.path.basename(str(upload.name).replace("\\", "/"))
             if name in ("", ".", ".."):
+                shutil.rmtree(folder, ignore_errors=True)
                 with self.state:
                     self.state.error_message = f"An uploaded file has no usable name ({upload.name!r})."
                 return
             path = folder / name
             path.write_bytes(upload.content)
-            written.append(path.as_posix())
+            written.append(path)
+        previous = self._upload_dirs.get(role)
+        if previous is not None and previous != folder:
+            shutil.rmtree(previous, ignore_errors=True)
+        self._upload_dirs[role] = folder
+        headers = [p for p in written if p.name.lower().endswith(_HEADER_SUFFIXES)]
+        if len(written) == 1:
+            target = written[0].as_posix()
+        elif len(headers) == 1:
+            target = headers[0].as_posix()
+        else:
+            target = folder.as_posix()
         with self.state:
-            self.state[f"{role}_path"] = written[0] if len(written) == 1 else str(folder)
+            self.state[f"{role}_path"] = target
 
     # ------------------------------------------------------------------ registration
     def start_registration(self) -> None:
@@ -490,7 +509,7 @@ class FusionWebApp:
 
     # ------------------------------------------------------------------ downloads
     def result_file(self, what: str) -> Path:
-        """Write a result to the work folder and return its path.
+        """Write a result to a new folder in the work folder and return its path.
 
         Args:
             what: "transform" (ITK .tfm), "fused" (NIfTI) or "report" (self-contained HTML).
@@ -498,20 +517,36 @@ class FusionWebApp:
         Raises:
             InputError: the result does not exist yet.
         """
+        return self._write_result(what)[0]
+
+    def result_bytes(self, what: str) -> bytes:
+        """The content of :meth:`result_file`; the file and its folder are removed once read.
+
+        Every click of a download button writes a new file (the fused volume, the report with
+        its montages): kept, they would fill the work folder for as long as the server runs.
+        """
+        path, folder = self._write_result(what)
+        try:
+            return path.read_bytes()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _write_result(self, what: str) -> tuple[Path, Path]:
+        """(file, the new folder holding it) of a result; nothing is left behind when it fails."""
         from .. import io
 
         if what not in ("transform", "fused", "report"):  # before any folder is made from the name
             raise InputError(f"Unknown download '{what}'.", "Use transform, fused or report.")
-        out = Path(tempfile.mkdtemp(prefix=f"{what}-", dir=self.workdir))
-        if what == "transform":
-            if self.registration is None:
-                raise InputError("There is no transform yet.", "Press Register first.")
-            return Path(io.write_transform(self.registration.transform, out / "moving_to_fixed.tfm"))
-        if self.fusion_result is None:
+        if what == "transform" and self.registration is None:
+            raise InputError("There is no transform yet.", "Press Register first.")
+        if what != "transform" and self.fusion_result is None:
             raise InputError("There is no fused image yet.", "Press Fuse first.")
-        if what == "fused":
-            return Path(io.write_image(self.fusion_result.image, out / "fused.nii.gz"))
-        if what == "report":
+        out = Path(tempfile.mkdtemp(prefix=f"{what}-", dir=self.workdir))
+        try:
+            if what == "transform":
+                return Path(io.write_transform(self.registration.transform, out / "moving_to_fixed.tfm")), out
+            if what == "fused":
+                return Path(io.write_image(self.fusion_result.image, out / "fused.nii.gz")), out
             from ..report import write_report
 
             inputs = {"Fixed": self.fixed_image, "Moving (on the fixed grid)": self.registered_image}
@@ -521,19 +556,21 @@ class FusionWebApp:
                                  registration_metrics=self.registration_metrics or None,
                                  title="MultimodalFusion web report",
                                  notes=[f"fixed: {self.names['fixed']}", f"moving: {self.names['moving']}"])
-            return Path(paths["html"])
-        raise InputError(f"Unknown download '{what}'.", "Use transform, fused or report.")
+            return Path(paths["html"]), out
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
 
     async def download(self, what: str) -> Any:
         """Trigger behind the download buttons: the file as a trame attachment (None on error).
 
         Writing the report (montages, chart) takes a moment, so files are written on a
-        thread and the page stays live meanwhile.
+        thread and the page stays live meanwhile; the server keeps no copy.
         """
         import asyncio
 
         try:
-            path = await asyncio.get_running_loop().run_in_executor(None, self.result_file, what)
+            content = await asyncio.get_running_loop().run_in_executor(None, self.result_bytes, what)
         except InputError as exc:
             with self.state:
                 self.state.error_message = str(exc)
@@ -543,7 +580,7 @@ class FusionWebApp:
             with self.state:
                 self.state.error_message = f"Could not write the {what}: {exc}"
             return None
-        return self.server.protocol.addAttachment(path.read_bytes())
+        return self.server.protocol.addAttachment(content)
 
 
 def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 8080, host: str = "127.0.0.1",
