@@ -288,6 +288,30 @@ class WebAppInBrowserTest(unittest.TestCase):
         page.wait_for_selector("#mmf-error", timeout=30_000)
         self.assertIn("2D image", page.inner_text("#mmf-error"))
 
+    def test_an_upload_cut_off_by_a_reload_is_not_merged_into_the_next(self):
+        page = self._open_page()
+        # The page sends an upload in chunks and then an end marker. Make the next upload send its
+        # first chunk only (a stale DICOM slice), as a page closed or reloaded mid-upload does.
+        page.evaluate("""() => { window.load_files_by_chunks = async (files, inputs) => {
+            const cut = new DataTransfer();
+            cut.items.add(new File([new Uint8Array(128)], 'IM0001.dcm'));
+            await trame.trigger(inputs.trigger_name, [cut.files]);
+            return {status: true}; }; }""")
+        uploads = page.query_selector_all(".v-navigation-drawer input[type=file]")
+        folder = tempfile.mkdtemp(prefix="mmfusion-web-test-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        pet = os.path.join(folder, "pet.nii.gz")
+        sitk.WriteImage(sitk.Image([8, 8, 8], sitk.sitkFloat32), pet)
+        uploads[1].set_input_files(pet)
+        page.wait_for_timeout(2000)  # the chunk reaches the server; its end never does
+        page.reload(wait_until="domcontentloaded")  # the page's own upload code is back
+        page.wait_for_selector("#mmf-moving-path")
+        page.query_selector_all(".v-navigation-drawer input[type=file]")[1].set_input_files(pet)
+        page.wait_for_function("() => document.querySelector('#mmf-moving-path').value.endsWith('pet.nii.gz')",
+                               timeout=30_000)
+        uploaded = page.input_value("#mmf-moving-path")
+        self.assertEqual(os.listdir(os.path.dirname(uploaded)), ["pet.nii.gz"])
+
 
 if __name__ == "__main__":
     unittest.main()

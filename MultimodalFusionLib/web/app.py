@@ -138,6 +138,7 @@ class FusionWebApp:
         self.state.change("fg_layer")(self._on_fg_layer)
         self.state.change("vr_preset")(self._on_vr_preset)
         self.ctrl.on_server_ready.add(self._on_server_ready)
+        self.ctrl.on_client_exited.add(self._drop_partial_uploads)
         self._build_ui()
 
     @staticmethod
@@ -322,6 +323,15 @@ class FusionWebApp:
 
         upload_chunk.__name__ = f"upload_{role}_chunk"
         return upload_chunk
+
+    def _drop_partial_uploads(self, **_: Any) -> None:
+        """A page closed or reloaded in the middle of an upload never sends its end: forget its
+        chunks, or they would be merged into the next upload (a stale DICOM series read instead of
+        the file the user then picks)."""
+        for role, pending in self._uploads.items():
+            if pending:
+                logger.info("dropping an unfinished %s upload (%d file(s))", role, len(pending))
+                self._uploads[role] = []
 
     def _save_upload(self, role: str, files: list[dict]) -> None:
         """Write uploaded file(s) to the work folder and put the path in the panel (then: Load).
