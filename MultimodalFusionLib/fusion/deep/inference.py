@@ -13,10 +13,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
+import ctypes.util
 import os
+import sys
+import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -69,6 +74,58 @@ def _load_model(weights: Any, spatial_dims: int) -> tuple[Any, dict[str, Any]]:
             del _MODEL_CACHE[stale]
         _MODEL_CACHE[key] = load_weights(path)
     return _MODEL_CACHE[key]
+
+
+# glibc mallopt() parameters and their defaults (malloc.h; mallopt cannot read the current values)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+_MALLOC_LOCK = threading.Lock()
+_malloc_users = 0
+
+
+def _glibc() -> Any:
+    """The C library when it is glibc (has mallopt and malloc_trim), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _reuse_freed_memory() -> Iterator[None]:
+    """While the network runs, keep the memory torch frees for its next tensors (glibc only).
+
+    Each forward pass of a batch of 256x256 slices allocates activations of 16-50 MB. glibc serves
+    blocks that large with mmap and unmaps them on free (smaller ones are trimmed off the heap's
+    top), so the next batch faults every page in again, zero-filled by the kernel: on a 256^3
+    volume that was ~6 million page faults and 40 % of the CPU time (`/usr/bin/time -v`: 17-23 s of
+    system time). Serving them from the heap and not trimming it lets the next batch reuse the
+    pages; the arithmetic and so the result are unchanged, peak memory about the same (+9 %). The
+    defaults are put back afterwards and the kept memory returned to the system (malloc_trim).
+    Nested or concurrent uses share one setting (counted).
+    """
+    global _malloc_users
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    with _MALLOC_LOCK:
+        if _malloc_users == 0:
+            libc.mallopt(_M_MMAP_MAX, 0)
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 30)
+        _malloc_users += 1
+    try:
+        yield
+    finally:
+        with _MALLOC_LOCK:
+            _malloc_users -= 1
+            if _malloc_users == 0:
+                libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+                libc.malloc_trim(0)
 
 
 def _pad_to_multiple(x: Any, multiple: int) -> tuple[Any, list[int]]:
@@ -294,22 +351,27 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
                        progress=scaled(progress, 0.8 if steps > 0 else 0.0, 1.0))
 
     try:
-        fused, weight = _run(dev)
+        with _reuse_freed_memory():
+            fused, weight = _run(dev)
     except torch.cuda.OutOfMemoryError:
         if (device or "auto").lower() != "auto":
             raise
         torch.cuda.empty_cache()
         dev = torch.device("cpu")  # CPU fallback when the GPU is too small for this volume
-        fused, weight = _run(dev)
+        with _reuse_freed_memory():
+            fused, weight = _run(dev)
     finally:
         model.to("cpu")
     if selection == "hard":
         fused = np.where(weight >= 0.5, a, b)
+    # both arrays are this function's own (fresh from predict / np.where): clip them in place
+    np.clip(fused, 0.0, 1.0, out=fused)
+    np.clip(weight, 0.0, 1.0, out=weight)
     params = {"weights": str(weights) if isinstance(weights, (str, bytes)) or hasattr(weights, "__fspath__")
               else ("default-2d" if weights is None else "model"),
               "adapt_steps": steps, "adapt_lr": adapt_lr, "loss_weights": loss_weights.to_dict(), "seed": seed,
               "device": dev.type, "spatial_dims": int(meta["architecture"]["spatial_dims"]), "selection": selection}
-    return np.clip(fused, 0.0, 1.0), np.clip(weight, 0.0, 1.0), params
+    return fused, weight, params
 
 
 def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None = None,
