@@ -158,6 +158,60 @@ class FusionMetricsTest(unittest.TestCase):
         self.assertAlmostEqual(m["SF"], np.mean([metrics.spatial_frequency(vol[k]) for k in range(1, 5)]))
 
 
+class ParallelSlicesTest(unittest.TestCase):
+    """A volume's per-slice metrics from worker processes equal the serial ones to the last bit."""
+
+    @staticmethod
+    def _volume() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(3)
+        z, y, x = np.mgrid[0:10, 0:48, 0:40]
+        a = np.round(120 + 100 * np.sin(x / 5.0 + z) * np.cos(y / 7.0))
+        b = np.round(np.clip(255 * np.exp(-((x - 20) ** 2 + (y - 24) ** 2) / 200.0) + rng.normal(0, 8, x.shape), 0, 255))
+        a[0] = 0
+        b[0] = 0  # an empty slice: skipped by both paths
+        f = np.round((a + b) / 2)
+        return f, a.astype(np.uint8), b.astype(np.uint8)  # 8-bit sources keep their values
+
+    def test_parallel_equals_serial(self) -> None:
+        f, a, b = self._volume()
+        saved = metrics.PARALLEL_MIN_PIXELS
+        metrics.PARALLEL_MIN_PIXELS = 1  # a pool for this small volume too
+        try:
+            parallel = metrics.fusion_metrics(f, a, b, workers=3)
+        finally:
+            metrics.PARALLEL_MIN_PIXELS = saved
+        serial = metrics.fusion_metrics(f, a, b, workers=1)
+        self.assertEqual(list(parallel), list(serial))  # same keys, same order
+        for key in serial:
+            self.assertEqual(np.float64(parallel[key]).tobytes(), np.float64(serial[key]).tobytes(), key)
+        # and the single-slice metrics average exactly as a loop over the slices does
+        keep = range(1, f.shape[0])
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        self.assertEqual(serial["VIF_A"], float(np.mean([metrics.vif(a[k], f[k]) for k in keep])))
+        self.assertEqual(serial["SSIM_B"], float(np.mean([metrics.ssim(f[k], b[k]) for k in keep])))
+
+    def test_worker_count_honours_omp_num_threads(self) -> None:
+        import os
+        import sys
+
+        saved = os.environ.get("OMP_NUM_THREADS")
+        try:
+            os.environ["OMP_NUM_THREADS"] = "1"
+            self.assertEqual(metrics.metric_workers(), 1)
+            os.environ["OMP_NUM_THREADS"] = "64"
+            expected = len(os.sched_getaffinity(0)) if sys.platform.startswith("linux") else 1
+            self.assertEqual(metrics.metric_workers(), expected)  # a cap, not a target
+            os.environ["OMP_NUM_THREADS"] = "not a number"
+            self.assertEqual(metrics.metric_workers(), expected)
+        finally:
+            if saved is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = saved
+        self.assertEqual(metrics.metric_workers(3), 3)  # asked for explicitly
+        self.assertEqual(metrics.metric_workers(0), 1)
+
+
 class RegistrationMetricsTest(unittest.TestCase):
     def test_aligned_beats_misaligned(self) -> None:
         d = data.testing_data_dir()
