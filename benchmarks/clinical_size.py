@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/clinical_size.py [--methods average,max,pca,wavelet,laplacian,overlay] [--scale 1.0]
+                                       [--evaluate 1,auto]
 
 Data (no download): nilearn's MNI152 tissue maps turned into a CT-like and a PET-like contrast
 (``MultimodalFusionLib.data``), resampled to a head CT grid of 512x512x200 at 0.7x0.7x1.5 mm
@@ -11,6 +12,11 @@ registration and resampling. ``--scale 0.5`` halves every side for a quick look.
 
 Per step: wall seconds, numpy's peak allocation during the step (tracemalloc, MB; SimpleITK's own
 buffers are not in it) and the process's peak resident memory so far (MB).
+
+``--evaluate 1,auto`` then scores the average fusion with ``metrics.fusion_metrics`` (what
+``mmfusion evaluate`` and ``fuse --report`` compute) once per worker count: 1 is the serial loop over
+the slices, ``auto`` the default (the CPUs available, at most ``OMP_NUM_THREADS``); the rows must
+give the same numbers, which is checked (to the last bit) and printed. ``--evaluate ""`` skips it.
 """
 
 from __future__ import annotations
@@ -67,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="average,max,pca,wavelet,laplacian,overlay")
     parser.add_argument("--scale", type=float, default=1.0, help="side scale of the 512x512x200 grid")
+    parser.add_argument("--evaluate", default="1,auto",
+                        help="worker counts for the metrics of the average fusion (default 1,auto; '' skips)")
     args = parser.parse_args(argv)
 
-    from MultimodalFusionLib import fusion
+    from MultimodalFusionLib import fusion, metrics
     from MultimodalFusionLib.registration import qc
 
     ct, pet = ct_pet_pair(args.scale)
@@ -84,6 +92,24 @@ def main(argv: list[str] | None = None) -> int:
         _, seconds, numpy_peak, rss = _measure(
             lambda: qc.write_checkerboard_png(ct, pet, pet, Path(tmp) / "checkerboard.png"))
     print(f"{'register: checkerboard.png':32s} {seconds:8.1f} {numpy_peak:14.0f} {rss:16.0f}")
+    counts = [c.strip() for c in args.evaluate.split(",") if c.strip()]
+    if counts:
+        fused = fusion.fuse(ct, pet, "average")
+        metrics.fusion_metrics(np.ones((8, 8)), np.ones((8, 8)), np.ones((8, 8)))  # imports scipy before timing
+        first = None
+        for count in counts:
+            workers = None if count == "auto" else int(count)
+            values, seconds, numpy_peak, rss = _measure(lambda w=workers: metrics.fusion_metrics(fused, ct, pet,
+                                                                                                 workers=w))
+            # (a pool only for volumes with >= metrics.PARALLEL_MIN_PIXELS pixels in the slices scored)
+            label = f"evaluate, workers {count} ({metrics.metric_workers(workers)})"
+            print(f"{label:32s} {seconds:8.1f} {numpy_peak:14.0f} {rss:16.0f}", flush=True)
+            first = first or values
+            if list(values) != list(first) or any(np.float64(values[k]).tobytes() != np.float64(first[k]).tobytes()
+                                                  for k in first):
+                raise SystemExit(f"evaluate with {count} worker(s) gave other numbers than {counts[0]}")
+        print("evaluate: identical numbers for every worker count: "
+              + ", ".join(f"{k} {first[k]:.6g}" for k in metrics.FUSION_METRICS))
     return 0
 
 
