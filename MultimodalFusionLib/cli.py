@@ -606,6 +606,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def _own_process_tuning() -> None:
+    """Settings only the program that owns the process may change: deep fusion of volumes keeps the
+    memory torch frees between batches (glibc malloc tuning, 2.4x faster on a 256^3 volume)."""
+    try:
+        from .fusion.deep import inference
+    except ImportError:  # deep fusion's own dependencies missing: nothing to tune
+        return
+    inference.KEEP_FREED_MEMORY = True
+
+
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
@@ -615,6 +625,7 @@ def _main(argv: list[str] | None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _own_process_tuning()
     try:
         return int(args.func(args) or 0)
     except MultimodalFusionError as exc:

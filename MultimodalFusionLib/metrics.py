@@ -359,11 +359,15 @@ def metric_workers(requested: int | None = None) -> int:
     (``os.sched_getaffinity``), capped by ``OMP_NUM_THREADS`` when it is set to a positive whole
     number (the usual way to keep a job to fewer cores on a shared machine). 1 where worker
     processes are not used: anything but Linux (they would be spawned, which re-imports the caller's
-    main module and does not work inside an embedding application such as 3D Slicer).
+    main module and does not work inside an embedding application), and inside the 3D Slicer
+    application (``slicer.app``), whose process is not this library's to fork.
     """
     if requested is not None:
         return max(1, int(requested))
     if not sys.platform.startswith("linux"):
+        return 1
+    if getattr(sys.modules.get("slicer"), "app", None) is not None:
+        # inside the 3D Slicer application (Qt threads, a GUI event loop): forking it is not ours to do
         return 1
     try:
         cpus = len(os.sched_getaffinity(0))

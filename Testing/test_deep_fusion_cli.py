@@ -71,6 +71,19 @@ class TrainFusionCliTest(unittest.TestCase):
             with redirect_stdout(io.StringIO()):
                 self.assertEqual(main(common[:-1] + ["1,x"]), 2)
 
+    def test_only_the_command_retunes_the_process_allocator(self):
+        # a library call (Slicer, the web app, a script) leaves glibc's malloc alone; mmfusion owns its process
+        from MultimodalFusionLib.fusion.deep import inference
+
+        saved = inference.KEEP_FREED_MEMORY
+        try:
+            inference.KEEP_FREED_MEMORY = False
+            with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+                self.assertEqual(main(["info", str(Path(__file__).parent / "Data" / "BrainT1Slice.png")]), 0)
+            self.assertTrue(inference.KEEP_FREED_MEMORY)
+        finally:
+            inference.KEEP_FREED_MEMORY = saved
+
     def test_bad_training_and_device_requests_fail_before_writing_anything(self):
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)

@@ -211,6 +211,22 @@ class ParallelSlicesTest(unittest.TestCase):
         self.assertEqual(metrics.metric_workers(3), 3)  # asked for explicitly
         self.assertEqual(metrics.metric_workers(0), 1)
 
+    def test_no_worker_processes_inside_the_slicer_application(self) -> None:
+        # the Slicer application cannot run here: a module named slicer with an `app` stands in for it
+        import sys
+        import types
+
+        saved = sys.modules.get("slicer")
+        sys.modules["slicer"] = types.SimpleNamespace(app=object())
+        try:
+            self.assertEqual(metrics.metric_workers(), 1)
+            self.assertEqual(metrics.metric_workers(2), 2)  # asked for explicitly: the caller's choice
+        finally:
+            if saved is None:
+                sys.modules.pop("slicer", None)
+            else:
+                sys.modules["slicer"] = saved
+
 
 class RegistrationMetricsTest(unittest.TestCase):
     def test_aligned_beats_misaligned(self) -> None:

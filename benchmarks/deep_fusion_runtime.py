@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     from MultimodalFusionLib import fusion
     from MultimodalFusionLib.fusion.deep import inference
 
+    inference.KEEP_FREED_MEMORY = True  # as the mmfusion command sets it (this script owns its process)
+
     fuse_deep(a2, b2, adapt_steps=0, device=args.device)  # load the weights once (cached)
     rows = []
     if not args.only_volume:

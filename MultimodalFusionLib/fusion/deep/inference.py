@@ -81,6 +81,10 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
 _MALLOC_LOCK = threading.Lock()
 _malloc_users = 0
+#: Whether volume inference may retune glibc's malloc (see :func:`_reuse_freed_memory`). That is a
+#: process-wide setting, so a library leaves it alone inside someone else's process (3D Slicer, the
+#: web app, a user's script: False); the ``mmfusion`` command, whose process it is, turns it on.
+KEEP_FREED_MEMORY = False
 
 
 def _glibc() -> Any:
@@ -108,7 +112,7 @@ def _reuse_freed_memory() -> Iterator[None]:
     Nested or concurrent uses share one setting (counted).
     """
     global _malloc_users
-    libc = _glibc()
+    libc = _glibc() if KEEP_FREED_MEMORY else None
     if libc is None:
         yield
         return
