@@ -38,6 +38,7 @@ class WebAppTest(unittest.TestCase):
         cls.root = Path(cls._tmp.name)
         cls.workdir = cls.root / "work"
         cls.app = FusionWebApp(get_server("mmfusion-test-web-app", client_type="vue3"), workdir=str(cls.workdir))
+        cls.controls_enabled_before_load = (cls.app.state.wl_enabled, cls.app.state.fg_range_enabled)
         fixed, moving, _ = demo_images(spacing_mm=4.0)
         cls.fixed_path, cls.moving_path = str(cls.root / "t1.nii.gz"), str(cls.root / "pet.nii.gz")
         sitk.WriteImage(fixed, cls.fixed_path)
@@ -157,6 +158,104 @@ class WebAppTest(unittest.TestCase):
         self.loop.run_until_complete(double_click())
         self.assertTrue(self.app.state.job_message.startswith("Registration done"), self.app.state.job_message)
         self.assertEqual(self.app.state.error_message, "")
+
+    def _set(self, **values) -> None:
+        """Change panel values as the page does: the state's change callbacks run on flush (a state
+        is flushed once ready, which a running server marks it when a page connects)."""
+        self.app.state.ready()
+        with self.app.state:
+            self.app.state.update(values)
+
+    def test_window_level_and_functional_range_controls_drive_the_display_nodes(self) -> None:
+        from MultimodalFusionLib import data
+        from MultimodalFusionLib.web.viewer import CT_WINDOW_LEVEL_PRESETS, image_range
+
+        self.assertEqual(self.controls_enabled_before_load, (False, False))
+        tissues = data.mni152(spacing_mm=4.0)  # a CT in HU and a PET in SUV-like units, aligned
+        ct, pet = data.synthetic_contrast(tissues, "ct"), data.synthetic_contrast(tissues, "pet")
+        ct_path, pet_path = str(self.root / "ct.nii.gz"), str(self.root / "pet_suv.nii.gz")
+        sitk.WriteImage(ct, ct_path)
+        sitk.WriteImage(pet, pet_path)
+        self.app.state.fixed_path, self.app.state.moving_path = ct_path, pet_path
+        self._do(self.app.load_from_paths)
+        state, viewer = self.app.state, self.app.viewer
+        self.assertTrue(state.wl_enabled and state.fg_range_enabled, state.error_message)
+        bg = viewer.node("fixed").GetDisplayNode()
+        ct_lo, ct_hi = image_range(ct)
+        self.assertEqual((state.bg_level_min, state.bg_level_max), (ct_lo, ct_hi))  # the image's HU range
+        self.assertEqual(state.wl_preset, "auto")
+        self.assertAlmostEqual(state.bg_window, bg.GetWindow(), delta=state.bg_step)
+        # a CT background offers Slicer's CT presets (an MR one does not: see below)
+        offered = [p["value"] for p in state.wl_presets]
+        self.assertTrue(set(CT_WINDOW_LEVEL_PRESETS) <= set(offered), offered)
+
+        self._set(wl_preset="CT-Brain")
+        self.assertEqual(bg.GetAutoWindowLevel(), 0)
+        self.assertEqual((bg.GetWindow(), bg.GetLevel()), CT_WINDOW_LEVEL_PRESETS["CT-Brain"])
+        self.assertEqual((state.bg_window, state.bg_level), CT_WINDOW_LEVEL_PRESETS["CT-Brain"])
+
+        self._set(bg_window=400, bg_level=40)  # the sliders: a manual window
+        self.assertEqual((bg.GetWindow(), bg.GetLevel()), (400.0, 40.0))
+        self.assertEqual(state.wl_preset, "manual")
+        self._set(bg_level="-600")  # the number field sends text
+        self.assertEqual((bg.GetWindow(), bg.GetLevel()), (400.0, -600.0))
+
+        # foreground: lower threshold (transparent below) and upper display limit, in SUV
+        fg = viewer.node("moving").GetDisplayNode()
+        pet_lo, pet_hi = image_range(pet)
+        self.assertEqual((state.fg_min, state.fg_max), (pet_lo, pet_hi))
+        self.assertLess(pet_lo, state.fg_lower)
+        self.assertLess(state.fg_lower, state.fg_upper)
+        self._set(fg_lower=1.5, fg_upper=2.5)
+        self.assertEqual(fg.GetApplyThreshold(), 1)
+        self.assertAlmostEqual(fg.GetLowerThreshold(), 1.5)
+        self.assertAlmostEqual(fg.GetWindowLevelMin(), 1.5)
+        self.assertAlmostEqual(fg.GetWindowLevelMax(), 2.5)
+
+        # colour table, opacity and layer changes keep both
+        self._set(colormap="PET-Rainbow2", fg_opacity=0.7)
+        self.assertEqual(self.app.viewer.colormap, "PET-Rainbow2")
+        self.assertEqual((bg.GetWindow(), bg.GetLevel()), (400.0, -600.0))
+        self.assertAlmostEqual(fg.GetLowerThreshold(), 1.5)
+        self.assertAlmostEqual(fg.GetWindowLevelMax(), 2.5)
+
+        # a registration shows a new node (the registered PET, same units): the range carries over
+        self.app.state.stages = ["rigid"]
+        self._do(self.app.start_registration)
+        self.assertTrue(state.has_registered, state.error_message)
+        reg = viewer.node("registered").GetDisplayNode()
+        self.assertIs(viewer.foreground_node(), viewer.node("registered"))
+        self.assertAlmostEqual(reg.GetLowerThreshold(), 1.5)
+        self.assertAlmostEqual(reg.GetWindowLevelMax(), 2.5)
+        self.assertEqual((state.fg_lower, state.fg_upper), (1.5, 2.5))
+        self.assertEqual((bg.GetWindow(), bg.GetLevel()), (400.0, -600.0))
+
+        # the fused layer has its own scale: its range starts from the percentile rule, in its units
+        self._do(self.app.start_fusion)
+        self._set(fg_layer="fused")
+        fused_lo, fused_hi = image_range(viewer.images["fused"])
+        self.assertEqual((state.fg_min, state.fg_max), (fused_lo, fused_hi))
+        fused = viewer.node("fused").GetDisplayNode()
+        self.assertAlmostEqual(state.fg_upper, fused.GetWindowLevelMax(), delta=state.fg_step)
+        self._set(fg_lower=fused_lo + 0.5 * (fused_hi - fused_lo))
+        self.assertAlmostEqual(fused.GetLowerThreshold(), state.fg_lower)
+        self._set(fg_layer="functional")  # back to the PET: its own range again
+        self.assertEqual((state.fg_lower, state.fg_upper), (1.5, 2.5))
+
+        # Auto: the percentile rules again
+        self.app.reset_functional_range()
+        self.assertNotAlmostEqual(reg.GetWindowLevelMax(), 2.5)
+        self.assertAlmostEqual(state.fg_upper, reg.GetWindowLevelMax(), delta=state.fg_step)
+        self._set(wl_preset="auto")
+        self.assertNotEqual((bg.GetWindow(), bg.GetLevel()), (400.0, -600.0))
+        self.assertAlmostEqual(state.bg_level, bg.GetLevel(), delta=state.bg_step)
+
+        # an MR background: no CT presets; a new load forgets the CT's manual window
+        self._set(bg_window=500, bg_level=100)
+        self._load()
+        self.assertEqual([p["value"] for p in state.wl_presets], ["auto", "manual"])
+        self.assertEqual(state.wl_preset, "auto")
+        self.assertIsNone(viewer.background_window_level)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,10 @@ _FG_LAYERS = [{"title": "Functional (moving, registered)", "value": "functional"
               {"title": "Fused image", "value": "fused"}]
 # Metrics shown in the table, in this order (fusion_metrics returns more; the report has all).
 _FUSION_METRIC_KEYS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR")
+# Background window/level choices besides the CT presets (3D Slicer's Volumes module names).
+_WL_AUTO, _WL_MANUAL = "auto", "manual"
+_WL_BASE_CHOICES = [{"title": "Auto (0.5-99.5th percentile)", "value": _WL_AUTO},
+                    {"title": "Manual", "value": _WL_MANUAL}]
 # Image headers whose voxels lie in a second file uploaded with them: the header is what is read.
 _HEADER_SUFFIXES = (".mhd", ".nhdr", ".hdr")
 
@@ -50,6 +54,32 @@ def _quad_layout() -> Any:
         Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.coronal_view()]),
         Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.sagittal_view(), ViewLayoutDefinition.threed_view()]),
     ])
+
+
+def _step(lo: float, hi: float, integer: bool) -> float:
+    """Slider step for values in lo..hi: about a thousandth of the range, a power of ten (>= 1 for integers)."""
+    import math
+
+    span = max(hi - lo, 1e-9)
+    step = 10.0 ** math.floor(math.log10(span / 1000.0))
+    return max(step, 1.0) if integer else step
+
+
+def _snap(value: float, step: float) -> float:
+    """``value`` rounded to the slider's step, without float noise (what the panel shows)."""
+    import math
+
+    decimals = max(0, -math.floor(math.log10(step)))
+    return round(round(value / step) * step, decimals)
+
+
+def _number(value: Any) -> float | None:
+    """A panel value as a float (number fields send strings; an empty or partial entry is None)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
 
 
 def _fmt(value: Any) -> str:
@@ -131,12 +161,21 @@ class FusionWebApp:
             "vr_presets": vr_presets,
             "vr_preset": DEFAULT_VR_PRESET if DEFAULT_VR_PRESET in vr_presets else (vr_presets or [""])[0],
             "registration_rows": [], "metrics_rows": [], "registration_summary": "",
+            # background window/level and foreground threshold/limit, in the images' units
+            "wl_enabled": False, "wl_presets": list(_WL_BASE_CHOICES), "wl_preset": _WL_AUTO,
+            "bg_window": 1.0, "bg_level": 0.0, "bg_window_max": 1.0, "bg_level_min": 0.0,
+            "bg_level_max": 1.0, "bg_step": 1.0,
+            "fg_range_enabled": False, "fg_lower": 0.0, "fg_upper": 1.0, "fg_min": 0.0, "fg_max": 1.0,
+            "fg_step": 1.0,
         })
         self.state.change("preset")(self._on_preset)
         self.state.change("fg_opacity")(self._on_opacity)
         self.state.change("colormap")(self._on_colormap)
         self.state.change("fg_layer")(self._on_fg_layer)
         self.state.change("vr_preset")(self._on_vr_preset)
+        self.state.change("wl_preset")(self._on_wl_preset)
+        self.state.change("bg_window", "bg_level")(self._on_bg_window_level)
+        self.state.change("fg_lower", "fg_upper")(self._on_fg_range)
         self.ctrl.on_server_ready.add(self._on_server_ready)
         self.ctrl.on_client_exited.add(self._drop_partial_uploads)
         self._build_ui()
@@ -219,7 +258,8 @@ class FusionWebApp:
                     v3.VSelect(v_model=("colormap",), items=("colormaps",), label="Colour table",
                                density="compact", hide_details=True, classes="mb-1")
                     v3.VSlider(v_model=("fg_opacity",), min=0, max=1, step=0.05, label="Opacity",
-                               density="compact", hide_details=True, thumb_label=True)
+                               density="compact", hide_details=True, thumb_label=True, id="mmf-fg-opacity")
+                    self._build_window_level_ui(v3, html)
                     v3.VSelect(v_model=("vr_preset",), items=("vr_presets",), label="3D rendering preset",
                                density="compact", hide_details=True, classes="mb-2")
                     # ---------------------------------------------------------- metrics
@@ -248,6 +288,40 @@ class FusionWebApp:
             with v3.VMain():
                 with FlexContainer(row=True, fill_height=True, style="height: calc(100vh - 48px);"):
                     self.layout_manager.initialize_layout_grid(self.ui)
+
+    def _build_window_level_ui(self, v3: Any, html: Any) -> None:
+        """Background window/level (preset, window, level) and foreground threshold/upper limit.
+
+        Each value has a slider (drag) and a number field (exact entry) on the same state
+        variable; ranges come from the loaded image's min/max, in its own units.
+        """
+        def slider_and_field(name: str, label: str, lo: str, hi: str, step: str, enabled: str) -> None:
+            with v3.VRow(dense=True, no_gutters=True, classes="align-center"):
+                with v3.VCol(cols=8):
+                    v3.VSlider(v_model=(name,), min=(lo,), max=(hi,), step=(step,), label=label,
+                               density="compact", hide_details=True, disabled=(f"!{enabled}",),
+                               id=f"mmf-{name.replace('_', '-')}")
+                with v3.VCol(cols=4, classes="pl-1"):
+                    v3.VTextField(v_model=(name,), type="number", step=(step,), density="compact",
+                                  hide_details=True, variant="outlined", disabled=(f"!{enabled}",),
+                                  id=f"mmf-{name.replace('_', '-')}-value")
+
+        html.Div("Anatomy window/level", classes="text-caption mt-2")
+        v3.VSelect(v_model=("wl_preset",), items=("wl_presets",), label="Window/level preset",
+                   density="compact", hide_details=True, classes="mb-1", disabled=("!wl_enabled",),
+                   id="mmf-wl-preset")
+        slider_and_field("bg_window", "Window", "bg_step", "bg_window_max", "bg_step", "wl_enabled")
+        slider_and_field("bg_level", "Level", "bg_level_min", "bg_level_max", "bg_step", "wl_enabled")
+        with v3.VRow(dense=True, no_gutters=True, classes="align-center mt-1"):
+            with v3.VCol(cols=8):
+                html.Div("Functional threshold / upper limit", classes="text-caption")
+            with v3.VCol(cols=4, classes="pl-1"):
+                v3.VBtn("Auto", click=self.reset_functional_range, size="x-small", block=True,
+                        disabled=("!fg_range_enabled",), id="mmf-fg-auto")
+        slider_and_field("fg_lower", "Lower", "fg_min", "fg_max", "fg_step", "fg_range_enabled")
+        slider_and_field("fg_upper", "Upper", "fg_min", "fg_max", "fg_step", "fg_range_enabled")
+        html.Div("Below the lower threshold the functional image is transparent; the colour table spans "
+                 "lower..upper (values in the image's units).", classes="text-caption text-grey mb-2")
 
     # ------------------------------------------------------------------ start-up
     def _on_server_ready(self, **_: Any) -> None:
@@ -311,6 +385,7 @@ class FusionWebApp:
                                "has_fused": False, "fixed_name": fixed_name, "moving_name": moving_name,
                                "registration_rows": [], "metrics_rows": [], "registration_summary": "",
                                "fg_layer": "functional"})
+            self._sync_display_state()
 
     def _upload_chunk_fn(self, role: str):
         async def upload_chunk(files: list[dict]) -> None:
@@ -425,6 +500,7 @@ class FusionWebApp:
         with self.state:
             self.state.update({"has_registered": True, "has_fused": False, "registration_rows": rows,
                                "metrics_rows": [], "registration_summary": summary, "fg_layer": "functional"})
+            self._sync_display_state()
 
     # ------------------------------------------------------------------ fusion
     def start_fusion(self) -> None:
@@ -475,6 +551,7 @@ class FusionWebApp:
         rows.append({"name": "Fusion time", "value": f"{result.seconds:.1f} s"})
         with self.state:
             self.state.update({"has_fused": True, "metrics_rows": rows})
+            self._sync_display_state()
 
     def _on_preset(self, preset: str, **_: Any) -> None:
         """A preset brings its own stages: show them, so Register runs what the panel says."""
@@ -508,6 +585,96 @@ class FusionWebApp:
             self.state.fg_layer = "functional"  # the choice shows what the views show
             return
         self.viewer.show("fused" if fg_layer == "fused" else self.viewer.default_foreground())
+        self._sync_display_state()
+
+    # ------------------------------------------------------------------ window/level
+    def _sync_display_state(self) -> None:
+        """Put the display nodes' background window/level and foreground range in the panel, with
+        slider ranges from the shown images' min/max (the user's values are kept by the viewer
+        over colour-table, opacity and layer changes and over new registrations)."""
+        import numpy as np
+
+        from .viewer import CT_WINDOW_LEVEL_PRESETS, image_range, looks_like_ct
+
+        def limits(image: sitk.Image) -> tuple[float, float, float]:
+            lo, hi = image_range(image)
+            integer = np.issubdtype(sitk.GetArrayViewFromImage(image).dtype, np.integer)
+            return lo, hi, _step(lo, hi, bool(integer))
+
+        update: dict[str, Any] = {}
+        role, wl = self.viewer.background_role(), self.viewer.current_background_window_level()
+        if role is None or wl is None:
+            update["wl_enabled"] = False
+        else:
+            image = self.viewer.images[role]
+            lo, hi, step = limits(image)
+            presets = list(_WL_BASE_CHOICES)
+            if looks_like_ct(image):
+                presets += [{"title": f"{name} (W {w:g} / L {lv:g})", "value": name}
+                            for name, (w, lv) in CT_WINDOW_LEVEL_PRESETS.items()]
+            window, level = wl
+            update.update({"wl_enabled": True, "wl_presets": presets, "bg_step": step,
+                           "bg_window_max": max(hi - lo, window), "bg_level_min": min(lo, level),
+                           "bg_level_max": max(hi, level), "bg_window": _snap(window, step),
+                           "bg_level": _snap(level, step)})
+            if self.viewer.background_window_level is None:
+                update["wl_preset"] = _WL_AUTO
+            elif self.state.wl_preset not in [p["value"] for p in presets]:
+                update["wl_preset"] = _WL_MANUAL
+        fg_range = self.viewer.current_functional_range()
+        if fg_range is None:
+            update["fg_range_enabled"] = False
+        else:
+            lo, hi, step = limits(self.viewer.images[self.viewer.foreground_role])
+            lower, upper = fg_range
+            update.update({"fg_range_enabled": True, "fg_step": step, "fg_min": min(lo, lower),
+                           "fg_max": max(hi, upper), "fg_lower": _snap(lower, step),
+                           "fg_upper": _snap(upper, step)})
+        self.state.update(update)
+
+    def _on_wl_preset(self, wl_preset: str, **_: Any) -> None:
+        """Auto (the percentile rule) or one of Slicer's CT presets; Manual is what the sliders set."""
+        from .viewer import CT_WINDOW_LEVEL_PRESETS
+
+        if self.viewer.current_background_window_level() is None:
+            return
+        if wl_preset == _WL_AUTO:
+            self.viewer.set_background_window_level(None)
+        elif wl_preset in CT_WINDOW_LEVEL_PRESETS:
+            self.viewer.set_background_window_level(*CT_WINDOW_LEVEL_PRESETS[wl_preset])
+        else:
+            return
+        self._sync_display_state()
+
+    def _on_bg_window_level(self, bg_window: Any, bg_level: Any, **_: Any) -> None:
+        """The window/level sliders or fields moved: set them on the background's display node."""
+        current = self.viewer.current_background_window_level()
+        window, level = _number(bg_window), _number(bg_level)
+        if current is None or window is None or level is None or window <= 0:
+            return
+        tolerance = 0.51 * float(self.state.bg_step or 0.0)  # the panel shows values rounded to the step
+        if abs(window - current[0]) <= tolerance and abs(level - current[1]) <= tolerance:
+            return  # the panel echoing the display node (load, preset), not a user change
+        self.viewer.set_background_window_level(window, level)
+        if self.state.wl_preset != _WL_MANUAL:
+            self.state.wl_preset = _WL_MANUAL
+
+    def _on_fg_range(self, fg_lower: Any, fg_upper: Any, **_: Any) -> None:
+        """The functional threshold/upper limit moved: set them on the foreground's display node."""
+        current = self.viewer.current_functional_range()
+        lower, upper = _number(fg_lower), _number(fg_upper)
+        if current is None or lower is None or upper is None:
+            return
+        tolerance = 0.51 * float(self.state.fg_step or 0.0)
+        if abs(lower - current[0]) <= tolerance and abs(upper - current[1]) <= tolerance:
+            return
+        self.viewer.set_functional_range(lower, upper)
+
+    def reset_functional_range(self) -> None:
+        """Back to the percentile rule (40th..99.5th percentile of the uptake inside the body)."""
+        self.viewer.set_functional_range(None)
+        with self.state:
+            self._sync_display_state()
 
     def _on_vr_preset(self, vr_preset: str, **_: Any) -> None:
         if self.viewer.node("fused") is None or not vr_preset:

@@ -23,13 +23,24 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 
-__all__ = ["FusionViewer", "ROLES", "capture_view", "DEFAULT_VR_PRESET"]
+__all__ = ["FusionViewer", "ROLES", "capture_view", "DEFAULT_VR_PRESET", "CT_WINDOW_LEVEL_PRESETS",
+           "looks_like_ct"]
 
 #: Volume roles of a session, in the order they appear.
 ROLES = ("fixed", "moving", "registered", "fused")
 _NODE_NAMES = {"fixed": "Fixed", "moving": "Moving", "registered": "Moving registered", "fused": "Fused"}
 #: Volume-rendering preset used for the fused image unless the user picks another.
 DEFAULT_VR_PRESET = "MR-Default"
+
+#: 3D Slicer's CT window/level presets (name: (window, level) in HU), as in the Volumes module's
+#: ``Modules/Loadable/Volumes/Resources/VolumeDisplayPresets.json``.
+CT_WINDOW_LEVEL_PRESETS: dict[str, tuple[float, float]] = {
+    "CT-Bone": (1000.0, 400.0),
+    "CT-Air": (1000.0, -426.0),
+    "CT-Brain": (100.0, 50.0),
+    "CT-Abdomen": (350.0, 40.0),
+    "CT-Lung": (1400.0, -500.0),
+}
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -64,6 +75,13 @@ class FusionViewer:
         #: body: starting at the 40th percentile keeps background uptake (white matter, noise)
         #: transparent so that the hot regions stand out over the anatomy.
         self.functional_percentiles = (40.0, 99.5)
+        #: Background (window, level) chosen by the user; None: the percentile rule of
+        #: ``mrml.setup_anatomical_display`` ("Auto"). Kept over new registrations and fusions.
+        self.background_window_level: tuple[float, float] | None = None
+        #: Foreground (lower threshold, upper display limit) chosen by the user, per kind of
+        #: foreground: "functional" (moving/registered, the image's own units) and "fused" (the
+        #: fused image's scale). A kind without one uses :attr:`functional_percentiles`.
+        self.functional_ranges: dict[str, tuple[float, float]] = {}
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -102,6 +120,16 @@ class FusionViewer:
 
         if role not in ROLES:
             raise InputError(f"Unknown volume role '{role}'.", f"Use one of {', '.join(ROLES)}.")
+        # The user's display ranges belong to the images: removing the fixed image forgets the
+        # background window/level, removing the moving image the functional range; a new fused
+        # image (another method, another scale) starts from the percentile rule again. A new
+        # registered image keeps the functional range: it is the moving image, in its units.
+        if role == "fixed" and image is None:
+            self.background_window_level = None
+        elif role == "moving" and image is None:
+            self.functional_ranges.pop("functional", None)
+        elif role == "fused":
+            self.functional_ranges.pop("fused", None)
         old = self.nodes.get(role)
         if image is None:
             if old is not None:
@@ -184,6 +212,7 @@ class FusionViewer:
         if background is None:
             return
         mrml.show_fusion(background, fg_node, opacity=self.opacity, colormap=self.colormap, scene=self.scene)
+        self._apply_background_window_level()
         self._setup_functional(fg_node)
         if reset_views:
             self.reset_views()
@@ -230,13 +259,95 @@ class FusionViewer:
         role = next((r for r, n in self.nodes.items() if n is node), None)
         if role is None:
             return
-        lo, hi = _functional_window(self.images[role], self.functional_percentiles)
+        lo, hi = self.functional_ranges.get(_range_kind(role)) or _functional_window(
+            self.images[role], self.functional_percentiles)
         display.AutoWindowLevelOff()
         display.SetWindowLevelMinMax(lo, hi)
         display.AutoThresholdOff()
-        upper = float(sitk.GetArrayViewFromImage(self.images[role]).max())
+        upper = image_range(self.images[role])[1]
         display.SetThreshold(lo, max(upper, hi))
         display.SetApplyThreshold(1)
+
+    # ------------------------------------------------------------------ window/level
+    def background_node(self) -> Any:
+        """The volume shown as the slice views' background (the fixed image, else the moving one)."""
+        return self.nodes.get("fixed") if "fixed" in self.nodes else self.nodes.get("moving")
+
+    def background_role(self) -> str | None:
+        return "fixed" if "fixed" in self.nodes else "moving" if "moving" in self.nodes else None
+
+    def current_background_window_level(self) -> tuple[float, float] | None:
+        """(window, level) of the background's display node, in the image's units (None: no scalar background)."""
+        node = self.background_node()
+        if node is None or node.IsA("vtkMRMLVectorVolumeNode") or node.GetDisplayNode() is None:
+            return None
+        display = node.GetDisplayNode()
+        return float(display.GetWindow()), float(display.GetLevel())
+
+    @_batched
+    def set_background_window_level(self, window: float | None, level: float | None = None) -> None:
+        """Window/level of the background in the image's units, as Slicer's Volumes module sets it.
+
+        Args:
+            window: width of the displayed grey range (> 0); None goes back to "Auto" (the
+                0.5..99.5th percentiles of the image).
+            level: centre of the displayed grey range.
+        """
+        if window is None or level is None:
+            self.background_window_level = None
+        else:
+            self.background_window_level = (max(float(window), 1e-6), float(level))
+        self._apply_background_window_level()
+        self.render()
+
+    def _apply_background_window_level(self) -> None:
+        from .. import mrml
+
+        node = self.background_node()
+        if node is None or node.IsA("vtkMRMLVectorVolumeNode"):
+            return
+        if self.background_window_level is None:
+            mrml.setup_anatomical_display(node)
+            return
+        display = node.GetDisplayNode() or mrml.setup_anatomical_display(node)
+        window, level = self.background_window_level
+        display.SetAutoWindowLevel(0)
+        display.SetWindowLevel(window, level)
+
+    def foreground_node(self) -> Any:
+        """The foreground volume of the slice views (None when only the background is shown)."""
+        return self.nodes.get(self.foreground_role) if self.foreground_role else None
+
+    def current_functional_range(self) -> tuple[float, float] | None:
+        """(lower threshold, upper display limit) of the scalar foreground, in the image's units."""
+        node = self.foreground_node()
+        if node is None or node.IsA("vtkMRMLVectorVolumeNode") or node.GetDisplayNode() is None:
+            return None
+        display = node.GetDisplayNode()
+        return float(display.GetLowerThreshold()), float(display.GetWindowLevelMax())
+
+    @_batched
+    def set_functional_range(self, lower: float | None, upper: float | None = None) -> None:
+        """Lower threshold and upper display limit of the shown foreground (its own units).
+
+        Voxels below ``lower`` are transparent; the colour table spans ``lower..upper`` and voxels
+        above ``upper`` take its last colour. None goes back to the percentile rule
+        (:attr:`functional_percentiles` of the uptake inside the body).
+        """
+        role = self.foreground_role
+        if role is None or role not in self.nodes:
+            return
+        kind = _range_kind(role)
+        if lower is None or upper is None:
+            self.functional_ranges.pop(kind, None)
+        else:
+            lower, upper = float(lower), float(upper)
+            if upper <= lower:  # an empty window: keep the colour table usable
+                lo, hi = image_range(self.images[role])
+                upper = lower + max(1e-6, 1e-3 * (hi - lo))
+            self.functional_ranges[kind] = (lower, upper)
+        self._setup_functional(self.nodes[role])
+        self.render()
 
     # ------------------------------------------------------------------ 3D
     def vr_presets(self) -> list[str]:
@@ -312,6 +423,35 @@ class FusionViewer:
         """Ask every view to render (remote views schedule it; direct views render now)."""
         for view in self.app.view_manager.get_views():
             view.schedule_render()
+
+
+def _range_kind(role: str) -> str:
+    """Foregrounds sharing units share a user range: the moving image and its registered copy."""
+    return "fused" if role == "fused" else "functional"
+
+
+def image_range(image: sitk.Image) -> tuple[float, float]:
+    """(min, max) of the finite voxel values of a scalar image."""
+    arr = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return 0.0, 1.0
+    return float(arr.min()), float(arr.max())
+
+
+def looks_like_ct(image: sitk.Image) -> bool:
+    """True for an image in Hounsfield units: air near -1000 HU and values reaching bone's hundreds."""
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        return False
+    arr = sitk.GetArrayViewFromImage(image).ravel()
+    sample = arr[::max(1, arr.size // 1_000_000)]
+    if np.issubdtype(sample.dtype, np.floating):
+        sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return False
+    low, high = (float(v) for v in np.percentile(sample, [1.0, 99.9]))
+    return low <= -500.0 and float(sample.min()) >= -3100.0 and high >= 100.0
 
 
 def _percentiles(image: sitk.Image, low: float, high: float) -> tuple[float, float]:
