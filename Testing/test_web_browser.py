@@ -263,6 +263,51 @@ class WebAppInBrowserTest(unittest.TestCase):
                                  "grey slice views at opacity 0")
         self.assertGreater((views["axial"].max(axis=-1) > 40).mean(), 0.1)
 
+    def _slider_thumb(self, page, name: str):
+        """The thumb of the panel's slider ``name`` (e.g. "bg-level"), for keyboard moves as a user makes."""
+        thumb = page.locator(f".v-slider:has(#mmf-{name}) .v-slider-thumb")
+        self.assertEqual(thumb.count(), 1, name)
+        return thumb
+
+    def test_window_level_and_threshold_change_the_slice_views(self):
+        page = self._open_page()
+        page.wait_for_function("() => !document.querySelector('#mmf-bg-level-value').disabled", timeout=30_000)
+        self.assertTrue(page.is_enabled("#mmf-fg-lower-value"))
+        # full foreground opacity (another test may have left it at 0): the functional colours show
+        self._slider_thumb(page, "fg-opacity").focus()
+        page.keyboard.press("End")
+        views = self._wait_views(page, lambda v: _hot_mask(v["axial"]).mean() > 0.01, "the PET colours")
+
+        def anatomy_brightness(pixels: np.ndarray) -> float:
+            grey = pixels.max(axis=-1) - pixels.min(axis=-1) < 20  # the anatomy, not the PET colours
+            return float(pixels[grey].mean())
+
+        auto = anatomy_brightness(views["axial"])
+        # the level to the image's maximum: the anatomy goes dark, live
+        self._slider_thumb(page, "bg-level").focus()
+        page.keyboard.press("End")
+        views = self._wait_views(page, lambda v: anatomy_brightness(v["axial"]) < 0.6 * auto, "a darker anatomy")
+        self.assertIn("Manual", page.inner_text(".v-navigation-drawer"))
+        # a narrow window typed in the field, with the level low: the anatomy goes bright
+        page.fill("#mmf-bg-level-value", "1")
+        page.fill("#mmf-bg-window-value", "2")
+        self._wait_views(page, lambda v: anatomy_brightness(v["axial"]) > max(1.2 * auto, 60), "a brighter anatomy")
+
+        # the functional lower threshold at the image's maximum: its colours go, the anatomy stays
+        self._slider_thumb(page, "fg-lower").focus()
+        page.keyboard.press("End")
+        views = self._wait_views(page, lambda v: _hot_mask(v["axial"]).mean() < 0.001, "no PET colours")
+        self.assertGreater((views["axial"].max(axis=-1) > 40).mean(), 0.1)
+
+        # Auto for both: as at the start (leave the shared server as found)
+        page.click("#mmf-fg-auto")
+        page.locator(".v-select:has(#mmf-wl-preset) .v-field").click(timeout=10_000)
+        page.locator(".v-overlay .v-list-item", has_text="Auto").click(timeout=10_000)
+        self._wait_views(page, lambda v: (_hot_mask(v["axial"]).mean() > 0.01
+                                          and abs(anatomy_brightness(v["axial"]) - auto) < 0.1 * auto),
+                         "the automatic windows again")
+        self.assertFalse(page.query_selector("#mmf-error"), "no error expected")
+
     def test_errors_are_shown_in_the_page(self):
         page = self._open_page()
         page.fill("#mmf-fixed-path", "/nonexistent/fixed.nii.gz")
