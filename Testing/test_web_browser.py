@@ -241,6 +241,9 @@ class WebAppInBrowserTest(unittest.TestCase):
 
         views = self._wait_views(page, shown, "the PET colours in the slice views and the 3D rendering")
         if os.environ.get("MMFUSION_WEB_SCREENSHOT"):
+            # the panel at its display controls (the download clicks scrolled it to the bottom)
+            page.evaluate("document.querySelector('#mmf-fg-layer').scrollIntoView({block: 'center'})")
+            page.wait_for_timeout(300)
             page.screenshot(path=os.environ["MMFUSION_WEB_SCREENSHOT"])
         for name in ("axial", "coronal", "sagittal"):
             pixels = views[name]

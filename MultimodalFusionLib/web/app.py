@@ -255,7 +255,7 @@ class FusionWebApp:
                     # ---------------------------------------------------------- display
                     html.Div("4. Display", classes="text-subtitle-2 mt-3 mb-1")
                     v3.VSelect(v_model=("fg_layer",), items=("fg_layers",), label="Foreground layer",
-                               density="compact", hide_details=True, classes="mb-1")
+                               density="compact", hide_details=True, classes="mb-1", id="mmf-fg-layer")
                     v3.VSelect(v_model=("colormap",), items=("colormaps",), label="Colour table",
                                density="compact", hide_details=True, classes="mb-1")
                     v3.VSlider(v_model=("fg_opacity",), min=0, max=1, step=0.05, label="Opacity",
@@ -615,7 +615,8 @@ class FusionWebApp:
                             for name, (w, lv) in CT_WINDOW_LEVEL_PRESETS.items()]
             window, level = wl
             update.update({"wl_enabled": True, "wl_presets": presets, "bg_step": step,
-                           "bg_window_max": max(hi - lo, window), "bg_level_min": min(lo, level),
+                           "bg_window_max": max(2.0 * (hi - lo), window),  # wider than the range: dimmer
+                           "bg_level_min": min(lo, level),
                            "bg_level_max": max(hi, level), "bg_window": _snap(window, step),
                            "bg_level": _snap(level, step)})
             if self.viewer.background_window_level is None:
