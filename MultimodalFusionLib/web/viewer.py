@@ -55,6 +55,13 @@ def _batched(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+
+def _scalar_display(node: Any) -> Any:
+    """The display node of a scalar volume node (None: no node, a colour volume, or not displayed)."""
+    if node is None or node.IsA("vtkMRMLVectorVolumeNode"):
+        return None
+    return node.GetDisplayNode()
+
 class FusionViewer:
     """Volume nodes and display settings of one fusion session in a trame-slicer scene.
 
@@ -278,11 +285,8 @@ class FusionViewer:
 
     def current_background_window_level(self) -> tuple[float, float] | None:
         """(window, level) of the background's display node, in the image's units (None: no scalar background)."""
-        node = self.background_node()
-        if node is None or node.IsA("vtkMRMLVectorVolumeNode") or node.GetDisplayNode() is None:
-            return None
-        display = node.GetDisplayNode()
-        return float(display.GetWindow()), float(display.GetLevel())
+        display = _scalar_display(self.background_node())
+        return None if display is None else (float(display.GetWindow()), float(display.GetLevel()))
 
     @_batched
     def set_background_window_level(self, window: float | None, level: float | None = None) -> None:
@@ -320,11 +324,8 @@ class FusionViewer:
 
     def current_functional_range(self) -> tuple[float, float] | None:
         """(lower threshold, upper display limit) of the scalar foreground, in the image's units."""
-        node = self.foreground_node()
-        if node is None or node.IsA("vtkMRMLVectorVolumeNode") or node.GetDisplayNode() is None:
-            return None
-        display = node.GetDisplayNode()
-        return float(display.GetLowerThreshold()), float(display.GetWindowLevelMax())
+        display = _scalar_display(self.foreground_node())
+        return None if display is None else (float(display.GetLowerThreshold()), float(display.GetWindowLevelMax()))
 
     @_batched
     def set_functional_range(self, lower: float | None, upper: float | None = None) -> None:
