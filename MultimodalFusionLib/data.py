@@ -46,15 +46,21 @@ def bundled_folder(relative: str, env: str | None = None) -> Path:
     Slicer extension (the folder next to ``MultimodalFusionLib``); an installed wheel, which puts
     these folders under ``<prefix>/share/multimodalfusion/``. The first that exists is returned
     (the checkout's path when none does, for the caller's error message).
+
+    ``<prefix>`` is found from where this package was installed (``<prefix>/lib/pythonX.Y/site-packages``
+    or ``<prefix>/Lib/site-packages``), so ``pip install --user`` and ``--prefix`` installs, whose
+    prefix is not the interpreter's, find their data too; then ``sys.prefix`` and sysconfig's data path.
     """
     import sys
     import sysconfig
 
     if env and os.environ.get(env):
         return Path(os.environ[env])
-    beside = Path(__file__).resolve().parent.parent / relative
+    site_dir = Path(__file__).resolve().parent.parent
+    beside = site_dir / relative
     candidates = [beside]
-    for prefix in dict.fromkeys([sys.prefix, sysconfig.get_paths().get("data", sys.prefix)]):
+    prefixes = [*list(site_dir.parents)[:3], sys.prefix, sysconfig.get_paths().get("data", sys.prefix)]
+    for prefix in dict.fromkeys(str(p) for p in prefixes):
         candidates.append(Path(prefix) / "share" / "multimodalfusion" / relative)
     return next((c for c in candidates if c.is_dir()), beside)
 

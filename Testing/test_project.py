@@ -161,6 +161,31 @@ class InstalledLayoutTest(unittest.TestCase):
             finally:
                 sys.prefix = saved
 
+    def test_bundled_folders_are_found_for_a_user_or_prefix_install(self):
+        """`pip install --user` / `--prefix DIR` put the package in DIR/lib/pythonX.Y/site-packages and
+        the data in DIR/share/multimodalfusion, with an interpreter whose sys.prefix is elsewhere."""
+        import os
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            prefix = Path(tmp) / "userbase"
+            site = prefix / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+            shutil.copytree(ROOT / "MultimodalFusionLib", site / "MultimodalFusionLib",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            target = prefix / "share" / "multimodalfusion" / "Resources" / "OnlyInstalled"
+            target.mkdir(parents=True)
+            code = ("import MultimodalFusionLib.data as d; print(d.__file__); "
+                    "print(d.bundled_folder('Resources/OnlyInstalled'))")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MMFUSION_")}
+            env["PYTHONPATH"] = str(site)
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp,
+                                 env=env, timeout=120)
+            self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+            module_file, folder = out.stdout.split()
+            self.assertTrue(module_file.startswith(str(site)), module_file)
+            self.assertEqual(Path(folder), target)
+
     def test_deep_without_torch_is_a_one_line_error(self):
         code = ("import sys; sys.modules['torch'] = None\n"  # torch not installed
                 "from MultimodalFusionLib.cli import main\n"
