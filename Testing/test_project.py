@@ -86,6 +86,40 @@ class ProjectTest(unittest.TestCase):
         self.assertIn("make test", (ROOT / ".ci" / "run").read_text(encoding="utf-8"))
 
 
+class SystemDepsTest(unittest.TestCase):
+    """scripts/install-system-deps.sh (run by `make test`) installs every program the tests need."""
+
+    def test_cmake_and_compilers_are_installed_where_missing_and_present_libraries_are_not(self):
+        import shutil
+        import tempfile
+
+        bash, grep = shutil.which("bash"), shutil.which("grep")
+        if not (bash and grep):
+            self.skipTest("bash and grep are needed to run the script")
+        libs = "libEGL.so.1 libEGL_mesa.so.0 libGL.so.1 libOpenGL.so.0 libGLU.so.1 libXrender.so.1 libxkbcommon.so.0"
+        with tempfile.TemporaryDirectory() as tmp:
+            stubs = Path(tmp)
+            record = stubs / "apt.txt"
+            (stubs / "grep").symlink_to(grep)
+            (stubs / "seq").symlink_to(shutil.which("seq"))
+            # a machine with the GL libraries but no cmake, cc or c++ on PATH; apt-get only records
+            # (and a linker cache longer than a pipe's buffer, as on a machine with many libraries)
+            for name, body in {"ldconfig": f"for l in {libs}; do echo \"$l => /lib/$l\"; done; "
+                                           "for i in $(seq 5000); do echo \"libfiller$i.so => /lib/x$i\"; done",
+                               "id": "echo 0",
+                               "apt-get": f"echo \"$@\" >> {record}"}.items():
+                (stubs / name).write_text(f"#!{bash}\n{body}\n")
+                (stubs / name).chmod(0o755)
+            out = subprocess.run([bash, str(ROOT / "scripts" / "install-system-deps.sh")], capture_output=True,
+                                 text=True, env={"PATH": str(stubs), "HOME": tmp}, timeout=60)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            installed = record.read_text().split() if record.exists() else []
+        for package in ("cmake", "gcc", "g++"):
+            self.assertIn(package, installed, out.stdout)
+        for package in ("libegl1", "libegl-mesa0", "libgl1", "libopengl0", "libglu1-mesa", "libxrender1"):
+            self.assertNotIn(package, installed)  # present libraries are not reinstalled
+
+
 def _annotations(tree: ast.AST):
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
