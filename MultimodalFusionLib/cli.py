@@ -9,10 +9,11 @@ with a non-zero exit code, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import __version__
 from .errors import MultimodalFusionError
@@ -606,14 +607,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def _own_process_tuning() -> None:
-    """Settings only the program that owns the process may change: deep fusion of volumes keeps the
-    memory torch frees between batches (glibc malloc tuning, 2.4x faster on a 256^3 volume)."""
+@contextlib.contextmanager
+def _own_process_tuning(args: argparse.Namespace) -> Iterator[None]:
+    """Settings only the program that owns the process may change, for the command's duration: deep
+    fusion of volumes keeps the memory torch frees between batches (glibc malloc tuning, 2.4x faster on a
+    256^3 volume). Not for ``mmfusion web``: the web app (server, render threads) leaves the allocator
+    alone, as the README says. The caller's setting is put back afterwards (``main`` may be called from
+    a script or a test, whose process it is not)."""
     try:
         from .fusion.deep import inference
     except ImportError:  # deep fusion's own dependencies missing: nothing to tune
+        yield
         return
-    inference.KEEP_FREED_MEMORY = True
+    saved = inference.KEEP_FREED_MEMORY
+    inference.KEEP_FREED_MEMORY = saved or getattr(args, "func", None) is not _run_web
+    try:
+        yield
+    finally:
+        inference.KEEP_FREED_MEMORY = saved
 
 
 def _main(argv: list[str] | None) -> int:
@@ -625,9 +636,9 @@ def _main(argv: list[str] | None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    _own_process_tuning()
     try:
-        return int(args.func(args) or 0)
+        with _own_process_tuning(args):
+            return int(args.func(args) or 0)
     except MultimodalFusionError as exc:
         if args.verbose:
             raise

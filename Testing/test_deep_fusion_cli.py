@@ -72,14 +72,27 @@ class TrainFusionCliTest(unittest.TestCase):
                 self.assertEqual(main(common[:-1] + ["1,x"]), 2)
 
     def test_only_the_command_retunes_the_process_allocator(self):
-        # a library call (Slicer, the web app, a script) leaves glibc's malloc alone; mmfusion owns its process
+        # a library call (Slicer, the web app, a script) leaves glibc's malloc alone; mmfusion owns its
+        # process while a command runs, but not `mmfusion web` (the web app), and main() called from a
+        # script leaves the script's setting as it was
+        from MultimodalFusionLib.cli import _own_process_tuning, build_parser
         from MultimodalFusionLib.fusion.deep import inference
 
         saved = inference.KEEP_FREED_MEMORY
+        parser = build_parser()
         try:
             inference.KEEP_FREED_MEMORY = False
             with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
                 self.assertEqual(main(["info", str(Path(__file__).parent / "Data" / "BrainT1Slice.png")]), 0)
+            self.assertFalse(inference.KEEP_FREED_MEMORY)  # put back after the command
+            with _own_process_tuning(parser.parse_args(["fuse", "a.png", "b.png", "-o", "f.png"])):
+                self.assertTrue(inference.KEEP_FREED_MEMORY)
+            self.assertFalse(inference.KEEP_FREED_MEMORY)
+            with _own_process_tuning(parser.parse_args(["web"])):
+                self.assertFalse(inference.KEEP_FREED_MEMORY)  # the web app leaves the allocator alone
+            inference.KEEP_FREED_MEMORY = True  # a script that opted in keeps its choice
+            with _own_process_tuning(parser.parse_args(["web"])):
+                self.assertTrue(inference.KEEP_FREED_MEMORY)
             self.assertTrue(inference.KEEP_FREED_MEMORY)
         finally:
             inference.KEEP_FREED_MEMORY = saved
