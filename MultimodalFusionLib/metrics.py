@@ -355,17 +355,17 @@ def _slices_with_content(a: np.ndarray, b: np.ndarray) -> list[int]:
 def metric_workers(requested: int | None = None) -> int:
     """Worker processes :func:`fusion_metrics` may use for a volume's slices.
 
-    ``requested`` when given (at least 1); otherwise the CPUs this process may run on
-    (``os.sched_getaffinity``), capped by ``OMP_NUM_THREADS`` when it is set to a positive whole
-    number (the usual way to keep a job to fewer cores on a shared machine). 1 where worker
-    processes are not used: anything but Linux (they would be spawned, which re-imports the caller's
-    main module and does not work inside an embedding application), and inside the 3D Slicer
-    application (``slicer.app``), whose process is not this library's to fork.
+    1 on anything but Linux, whatever was requested (the workers are forked: spawned ones would
+    re-import the caller's main module, which does not work inside an embedding application, and
+    forking is unsafe on macOS). On Linux ``requested`` when given (at least 1); otherwise the CPUs
+    this process may run on (``os.sched_getaffinity``), capped by ``OMP_NUM_THREADS`` when it is set
+    to a positive whole number (the usual way to keep a job to fewer cores on a shared machine), and
+    1 inside the 3D Slicer application (``slicer.app``), whose process is not this library's to fork.
     """
-    if requested is not None:
-        return max(1, int(requested))
     if not sys.platform.startswith("linux"):
         return 1
+    if requested is not None:
+        return max(1, int(requested))
     if getattr(sys.modules.get("slicer"), "app", None) is not None:
         # inside the 3D Slicer application (Qt threads, a GUI event loop): forking it is not ours to do
         return 1
@@ -435,7 +435,8 @@ def fusion_metrics(fused: Any, a: Any, b: Any, *, workers: int | None = None) ->
         a: first source (e.g. the anatomical MR); colour is taken to its luminance.
         b: second source (e.g. CT, or the PET/SPECT luminance Y).
         workers: processes for a volume's per-slice metrics (default :func:`metric_workers`: the
-            CPUs available, at most ``OMP_NUM_THREADS``; 1: this process only). Used only for
+            CPUs available, at most ``OMP_NUM_THREADS``; 1: this process only; always 1 outside
+            Linux). Used only for
             volumes with at least :data:`PARALLEL_MIN_PIXELS` pixels in the slices scored; the
             numbers are the same either way.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import unittest
 
 import numpy as np
@@ -208,8 +209,28 @@ class ParallelSlicesTest(unittest.TestCase):
                 os.environ.pop("OMP_NUM_THREADS", None)
             else:
                 os.environ["OMP_NUM_THREADS"] = saved
-        self.assertEqual(metrics.metric_workers(3), 3)  # asked for explicitly
+        expected = 3 if sys.platform.startswith("linux") else 1
+        self.assertEqual(metrics.metric_workers(3), expected)  # asked for explicitly
         self.assertEqual(metrics.metric_workers(0), 1)
+
+    def test_no_worker_processes_outside_linux_even_when_asked(self) -> None:
+        # the README: "other systems run serially"; the workers are forked, which macOS does not survive
+        # reliably (Python spawns there by default): an explicit workers=N must not fork either
+        import sys
+        from unittest import mock
+
+        f, a, b = self._volume()
+        saved = metrics.PARALLEL_MIN_PIXELS
+        metrics.PARALLEL_MIN_PIXELS = 1
+        forks = []
+        try:
+            with mock.patch.object(sys, "platform", "darwin"), \
+                    mock.patch.object(os, "fork", side_effect=lambda: forks.append(1) or _no_fork()):
+                self.assertEqual(metrics.metric_workers(4), 1)
+                metrics.fusion_metrics(f, a, b, workers=4)
+        finally:
+            metrics.PARALLEL_MIN_PIXELS = saved
+        self.assertEqual(forks, [])
 
     def test_no_worker_processes_inside_the_slicer_application(self) -> None:
         # the Slicer application cannot run here: a module named slicer with an `app` stands in for it
@@ -226,6 +247,10 @@ class ParallelSlicesTest(unittest.TestCase):
                 sys.modules.pop("slicer", None)
             else:
                 sys.modules["slicer"] = saved
+
+
+def _no_fork() -> int:
+    raise OSError("fork refused by the test")
 
 
 class RegistrationMetricsTest(unittest.TestCase):
