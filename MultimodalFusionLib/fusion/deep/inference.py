@@ -108,7 +108,10 @@ def _reuse_freed_memory() -> Iterator[None]:
     volume that was ~6 million page faults and 40 % of the CPU time (`/usr/bin/time -v`: 17-23 s of
     system time). Serving them from the heap and not trimming it lets the next batch reuse the
     pages; the arithmetic and so the result are unchanged, peak memory about the same (+9 %). The
-    defaults are put back afterwards and the kept memory returned to the system (malloc_trim).
+    documented defaults are put back afterwards and the kept memory returned to the system
+    (malloc_trim). Not quite the state before: glibc cannot report the current values, so values set
+    with MALLOC_MMAP_MAX_/MALLOC_TRIM_THRESHOLD_ or an earlier mallopt are replaced by the defaults, and
+    any mallopt turns off glibc's dynamic mmap threshold for the rest of the process (hence opt-in).
     Nested or concurrent uses share one setting (counted).
     """
     global _malloc_users
