@@ -41,6 +41,7 @@ import itertools
 import math
 import os
 import sys
+import threading
 import warnings
 from typing import Any, Sequence
 
@@ -359,8 +360,9 @@ def metric_workers(requested: int | None = None) -> int:
     re-import the caller's main module, which does not work inside an embedding application, and
     forking is unsafe on macOS). On Linux ``requested`` when given (at least 1); otherwise the CPUs
     this process may run on (``os.sched_getaffinity``), capped by ``OMP_NUM_THREADS`` when it is set
-    to a positive whole number (the usual way to keep a job to fewer cores on a shared machine), and
-    1 inside the 3D Slicer application (``slicer.app``), whose process is not this library's to fork.
+    to a positive whole number (the usual way to keep a job to fewer cores on a shared machine); and
+    1 inside the 3D Slicer application (``slicer.app``), whose process is not this library's to fork,
+    or when called from a thread other than the main one (e.g. the web app's job thread).
     """
     if not sys.platform.startswith("linux"):
         return 1
@@ -368,6 +370,10 @@ def metric_workers(requested: int | None = None) -> int:
         return max(1, int(requested))
     if getattr(sys.modules.get("slicer"), "app", None) is not None:
         # inside the 3D Slicer application (Qt threads, a GUI event loop): forking it is not ours to do
+        return 1
+    if threading.current_thread() is not threading.main_thread():
+        # a job thread of a server (the web app) or of the caller's own: another thread may hold a lock
+        # the forked child would then wait on for ever, so only a main thread forks workers by default
         return 1
     try:
         cpus = len(os.sched_getaffinity(0))

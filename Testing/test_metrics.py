@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import unittest
 
 import numpy as np
@@ -231,6 +232,17 @@ class ParallelSlicesTest(unittest.TestCase):
         finally:
             metrics.PARALLEL_MIN_PIXELS = saved
         self.assertEqual(forks, [])
+
+    def test_no_worker_processes_by_default_from_a_job_thread(self) -> None:
+        import threading
+
+        seen = []
+        worker = threading.Thread(target=lambda: seen.extend([metrics.metric_workers(), metrics.metric_workers(2)]))
+        worker.start()
+        worker.join()
+        self.assertEqual(seen[0], 1)  # a server's job thread (the web app) computes serially
+        if sys.platform.startswith("linux"):
+            self.assertEqual(seen[1], 2)  # asked for explicitly: the caller's choice
 
     def test_no_worker_processes_inside_the_slicer_application(self) -> None:
         # the Slicer application cannot run here: a module named slicer with an `app` stands in for it
