@@ -98,6 +98,14 @@ class WebAppTest(unittest.TestCase):
         self.app._save_upload("moving", [{"name": "second.nii.gz", "content": b"2"}])
         self.assertFalse(first.parent.exists(), "the replaced upload should be removed from the server")
         self.assertTrue(Path(self.app.state.moving_path).is_file())
+        # while a job runs (a Load may be reading it) a replaced upload stays, until the next upload after it
+        self.app.state.job_busy = True
+        second = Path(self.app.state.moving_path)
+        self.app._save_upload("moving", [{"name": "third.nii.gz", "content": b"3"}])
+        self.assertTrue(second.is_file())
+        self.app.state.job_busy = False
+        self.app._save_upload("moving", [{"name": "fourth.nii.gz", "content": b"4"}])
+        self.assertFalse(second.parent.exists())
         self.app._save_upload("fixed", [{"name": "..", "content": b"x"}])  # refused: no folder left
         self.assertEqual(sorted(p.name for p in self.workdir.iterdir() if p.name.startswith("moving-")),
                          [Path(self.app.state.moving_path).parent.name])

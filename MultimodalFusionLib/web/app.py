@@ -143,6 +143,7 @@ class FusionWebApp:
         self._demo_spacing = float(demo_spacing_mm)
         self._uploads: dict[str, list[dict]] = {"fixed": [], "moving": []}
         self._upload_dirs: dict[str, Path] = {}  # each role's last upload (older ones are removed)
+        self._stale_uploads: list[Path] = []  # replaced while a job ran (it may be reading them)
         self.names = {"fixed": "", "moving": ""}  # what is loaded (the report names it)
 
         vr_presets = self.viewer.vr_presets()
@@ -437,7 +438,11 @@ class FusionWebApp:
             written.append(path)
         previous = self._upload_dirs.get(role)
         if previous is not None and previous != folder:
-            shutil.rmtree(previous, ignore_errors=True)
+            self._stale_uploads.append(previous)
+        if not self.state.job_busy:  # a running Load may still be reading a replaced upload: later
+            for stale in self._stale_uploads:
+                shutil.rmtree(stale, ignore_errors=True)
+            self._stale_uploads.clear()
         self._upload_dirs[role] = folder
         headers = [p for p in written if p.name.lower().endswith(_HEADER_SUFFIXES)]
         if len(written) == 1:
