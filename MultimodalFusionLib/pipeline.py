@@ -76,6 +76,11 @@ def _keep_8bit(resampled: sitk.Image, source: sitk.Image) -> sitk.Image:
     """
     if source.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkVectorUInt8):
         return resampled
+    return round_to_8bit(resampled)
+
+
+def round_to_8bit(resampled: sitk.Image) -> sitk.Image:
+    """A resampled (float) copy of an 8-bit image back in 8 bits: rounded half to even, clipped to 0..255."""
     import numpy as np
 
     arr = np.clip(np.round(sitk.GetArrayFromImage(resampled).astype(np.float64)), 0, 255).astype(np.uint8)

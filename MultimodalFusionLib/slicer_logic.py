@@ -184,6 +184,7 @@ class FusionLogic:
             OperationCancelled: cancelled through ``progress``.
         """
         from . import metrics as metrics_module
+        from .pipeline import round_to_8bit
         from .preprocess import resample as resample_image
         from .registration import RegistrationParameters, register
 
@@ -231,10 +232,13 @@ class FusionLogic:
         resampled_node = None
         if resample:
             resampled = resample_image(moving, fixed, result.transform)
-            resampled_node = mrml.volume_node_from_image(resampled, scene, name=f"{movingVolumeNode.GetName()} registered",
-                                                         node=outputVolumeNode)
             metrics.update({k: _scalar(v) for k, v in
                             metrics_module.registration_metrics(fixed, resampled, fixed_mask).items()})
+            # an 8-bit moving volume stays 8-bit, as `mmfusion run` writes it: fusing it then gives the CLI's numbers
+            moving_8bit = movingVolumeNode.GetImageData().GetScalarTypeAsString() == "unsigned char"
+            resampled_node = mrml.volume_node_from_image(round_to_8bit(resampled) if moving_8bit else resampled, scene,
+                                                         name=f"{movingVolumeNode.GetName()} registered",
+                                                         node=outputVolumeNode)
         if applyTransform:
             mrml.set_parent_transform(movingVolumeNode, transform_node)
         for i, warning in enumerate(result.warnings):

@@ -57,6 +57,20 @@ class LogicTest(unittest.TestCase):
     def _register(self, **kwargs):
         return self.logic.registerVolumes(self.mr, self.pet, stages=["rigid"], seed=3, **kwargs)
 
+    def test_an_8bit_moving_volume_stays_8bit_as_the_cli_writes_it(self) -> None:
+        # fusing the registered volume then gives `mmfusion run`'s numbers (not a stretched float copy)
+        arr = sitk.GetArrayFromImage(self.moving).astype(np.float64)
+        pet8 = sitk.GetImageFromArray(np.round(200.0 * (arr - arr.min()) / np.ptp(arr)).astype(np.uint8))
+        pet8.CopyInformation(self.moving)
+        node = mrml.volume_node_from_image(pet8, self.scene, name="PET 8-bit")
+        out = self.logic.registerVolumes(self.mr, node, stages=["rigid"], seed=3)
+        registered = mrml.image_from_volume_node(out.resampledVolumeNode)
+        self.assertEqual(registered.GetPixelID(), sitk.sitkUInt8)
+        from MultimodalFusionLib.preprocess import resample
+
+        expected = np.round(sitk.GetArrayFromImage(resample(pet8, self.fixed, out.result.transform)))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(registered), np.clip(expected, 0, 255))
+
     def test_registered_volume_equals_hardened_moving_volume(self) -> None:
         out = self._register(applyTransform=True)
         self.assertIs(self.pet.GetParentTransformNode(), out.transformNode)
