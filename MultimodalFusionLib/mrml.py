@@ -622,13 +622,9 @@ def _color_node(scene: Any, colormap: str) -> Any:
 
 
 def _robust_range(node: Any, low: float, high: float) -> tuple[float, float]:
-    image = image_from_volume_node(node)
-    array = sitk.GetArrayViewFromImage(image)
-    values = array[np.isfinite(array)] if np.issubdtype(array.dtype, np.floating) else array.ravel()
-    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
-    if hi <= lo:
-        lo, hi = float(values.min()), float(values.max())
-    return lo, hi if hi > lo else lo + 1.0
+    from .preprocess import robust_range
+
+    return robust_range(sitk.GetArrayViewFromImage(image_from_volume_node(node)), low, high)
 
 
 def setup_anatomical_display(node: Any, *, percentiles: tuple[float, float] = (0.5, 99.5)) -> Any:

@@ -16,6 +16,7 @@ from .validation import check_image, physical_bounds
 
 __all__ = [
     "resample",
+    "robust_range",
     "normalize_intensity",
     "foreground_mask",
     "crop_to_overlap",
@@ -108,6 +109,20 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
     with itk_guard("resampling", "Check the transform matches the images (same dimension)."):
         return sitk.Resample(moving, reference, transform, INTERPOLATORS[interpolation],
                              float(default_value), pixel_type)
+
+
+def robust_range(values: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """Display range ``(lo, hi)``: the ``low``/``high`` percentiles of the finite values (robust to hot
+    spots and outliers), their min/max where the percentiles coincide, and never an empty range
+    (``hi > lo``); (0, 1) when nothing is finite. The report, the Slicer displays and the web viewer use it."""
+    values = np.asarray(values)
+    finite = values[np.isfinite(values)] if np.issubdtype(values.dtype, np.floating) else values.ravel()
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(finite, [low, high]))
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    return lo, (hi if hi > lo else lo + 1.0)
 
 
 def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk.Image | None = None,

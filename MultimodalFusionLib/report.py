@@ -91,13 +91,9 @@ def _views(image: sitk.Image) -> list[tuple[str, np.ndarray, float]]:
 
 
 def _display_range(arr: np.ndarray) -> tuple[float, float]:
-    finite = arr[np.isfinite(arr)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(finite, [0.5, 99.5])
-    if hi <= lo:
-        lo, hi = float(finite.min()), float(finite.max())
-    return float(lo), float(hi if hi > lo else lo + 1.0)
+    from .preprocess import robust_range
+
+    return robust_range(arr, 0.5, 99.5)
 
 
 def _show(ax, view: np.ndarray, aspect: float, *, rng: tuple[float, float] | None = None,

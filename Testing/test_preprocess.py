@@ -136,8 +136,18 @@ class MasksAndCrop(unittest.TestCase):
             crop_to_overlap(a, far)
 
 
-if __name__ == "__main__":
-    unittest.main()
+class RobustRangeTest(unittest.TestCase):
+    def test_percentiles_fallbacks_and_non_finite_values(self) -> None:
+        from MultimodalFusionLib.preprocess import robust_range
+
+        values = np.arange(1001, dtype=np.float64)
+        self.assertEqual(robust_range(values, 1.0, 99.0), (10.0, 990.0))
+        spike = np.zeros(1000)
+        spike[0] = 5.0  # the percentiles coincide: min/max instead
+        self.assertEqual(robust_range(spike, 1.0, 99.0), (0.0, 5.0))
+        self.assertEqual(robust_range(np.full(10, 3, np.int16), 1.0, 99.0), (3.0, 4.0))  # never empty
+        self.assertEqual(robust_range(np.array([np.nan, 1.0, 2.0, np.inf]), 0.0, 100.0), (1.0, 2.0))
+        self.assertEqual(robust_range(np.array([np.nan]), 1.0, 99.0), (0.0, 1.0))
 
 
 class NormalizeEdgeCases(unittest.TestCase):
@@ -195,3 +205,7 @@ class ResamplePrecision(unittest.TestCase):
         self.assertEqual(out.GetPixelID(), sitk.sitkFloat64)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(out), values)
         self.assertEqual(resample(sitk.Cast(img, sitk.sitkFloat32), img).GetPixelID(), sitk.sitkFloat32)
+
+
+if __name__ == "__main__":
+    unittest.main()

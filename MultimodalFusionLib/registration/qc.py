@@ -44,6 +44,12 @@ def _unit_middle_slice(image: sitk.Image) -> np.ndarray:
     return _scale(middle_slice(image), lo, hi)
 
 
+def _pattern(fixed: sitk.Image, squares: int) -> list[int]:
+    """Squares per axis: at most one per voxel, as ITK divides the size by the pattern and a thin slab
+    (fewer voxels than squares) would divide by zero and kill the process (SIGFPE)."""
+    return [max(1, min(int(squares), int(n))) for n in fixed.GetSize()]
+
+
 def checkerboard(fixed: sitk.Image, moving_on_fixed_grid: sitk.Image, squares: int = 8) -> sitk.Image:
     """A checkerboard of the two images (each normalised to 0..1), on the fixed grid.
 
@@ -65,9 +71,7 @@ def checkerboard(fixed: sitk.Image, moving_on_fixed_grid: sitk.Image, squares: i
     a = _unit(sitk.Cast(fixed, sitk.sitkFloat32))
     b = _unit(sitk.Cast(moving_on_fixed_grid, sitk.sitkFloat32))
     b.CopyInformation(a)
-    # at most one square per voxel along each axis: ITK divides the size by the pattern, and a thin
-    # slab (fewer voxels than squares) would divide by zero and kill the process (SIGFPE)
-    pattern = [max(1, min(int(squares), int(n))) for n in fixed.GetSize()]
+    pattern = _pattern(fixed, squares)
     return sitk.CheckerBoard(a, b, pattern)
 
 
@@ -100,7 +104,7 @@ def write_checkerboard_png(fixed: sitk.Image, moving_before: sitk.Image, moving_
     # is read off ITK's checkerboard of two constant masks (the same pattern checkerboard() makes),
     # and each image is scaled once. The PNG is identical to middle_slice(checkerboard(...)); on a
     # 512x512x200 CT this took 30 s (two whole-volume float64 scalings per image, the fixed one twice).
-    pattern = [max(1, min(int(squares), int(n))) for n in fixed.GetSize()]
+    pattern = _pattern(fixed, squares)
     zeros = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
     zeros.CopyInformation(fixed)
     take_moving = middle_slice(sitk.CheckerBoard(zeros, zeros + 1, pattern)) > 0

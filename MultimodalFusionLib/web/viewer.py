@@ -456,12 +456,9 @@ def looks_like_ct(image: sitk.Image) -> bool:
 
 
 def _percentiles(image: sitk.Image, low: float, high: float) -> tuple[float, float]:
-    arr = sitk.GetArrayViewFromImage(image)
-    arr = arr[np.isfinite(arr)]
-    lo, hi = (float(v) for v in np.percentile(arr, [low, high]))
-    if hi <= lo:
-        lo, hi = float(arr.min()), float(arr.max())
-    return lo, (hi if hi > lo else lo + 1.0)
+    from ..preprocess import robust_range
+
+    return robust_range(sitk.GetArrayViewFromImage(image), low, high)
 
 
 def _functional_window(image: sitk.Image, percentiles: tuple[float, float]) -> tuple[float, float]:
