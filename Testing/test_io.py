@@ -117,10 +117,6 @@ class Errors(unittest.TestCase):
             self.assertLess(float(sitk.GetArrayViewFromImage(a).max()), 20)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 def _pydicom_series(folder: str, *, z=(0.0, 3.0, 6.0, 9.0, 12.0, 15.0), drop=(), slopes=None) -> np.ndarray:
     """A small PET-like series written with pydicom; returns the true values (slices, rows, cols)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -320,3 +316,7 @@ class UnwritableOutputs(unittest.TestCase):
                 rc = cli.main(["resample", slice_png, "--reference", slice_png, "-o", long_file])
             self.assertEqual(rc, 2)
             self.assertTrue(err.getvalue().startswith("mmfusion resample: error: Cannot write"), err.getvalue())
+
+
+if __name__ == "__main__":
+    unittest.main()

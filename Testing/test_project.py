@@ -133,10 +133,6 @@ def _annotations(tree: ast.AST):
             yield node.annotation
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class InstalledLayoutTest(unittest.TestCase):
     """A wheel carries Resources/ and Testing/Data under <prefix>/share/multimodalfusion/."""
 
@@ -286,3 +282,7 @@ class PresetClaimsTest(unittest.TestCase):
         preset = json.loads((ROOT / "Resources" / "Presets" / "t1-t2-brain.json").read_text(encoding="utf-8"))
         quoted = re.findall(r"([\d.]+) mm (?:mean TRE|error)", preset["description"])
         self.assertEqual(quoted, [measured.group(1)])
+
+
+if __name__ == "__main__":
+    unittest.main()

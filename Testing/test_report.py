@@ -119,10 +119,6 @@ class Report3DTest(unittest.TestCase):
             self.assertGreater(img.shape[0], 300)  # three rows of views
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class ReportOrientationAndColourTest(unittest.TestCase):
     """What the montage shows: Slicer's orientation, and colour images of any pixel type."""
 
@@ -183,3 +179,7 @@ class RegistrationSectionTest(unittest.TestCase):
         self.assertIn("64-bin joint histogram", page)
         self.assertIn("fixed image's grid", page)
         self.assertIn(f"{reg['after']['MI']:.3f}", page)
+
+
+if __name__ == "__main__":
+    unittest.main()

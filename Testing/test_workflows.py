@@ -60,10 +60,6 @@ class EightBitRunTest(unittest.TestCase):
             self.assertEqual(len(result["fusions"]), 2)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 try:
     import slicer  # noqa: F401  (the slicer-core wheel, or Slicer itself)
 
@@ -108,3 +104,7 @@ class SceneSaveKeepsFilesTest(unittest.TestCase):
                       for i in range(reloaded.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))}
             np.testing.assert_array_equal(values["CT"], sitk.GetArrayFromImage(ct))
             np.testing.assert_array_equal(values["PET registered"], sitk.GetArrayFromImage(pet))
+
+
+if __name__ == "__main__":
+    unittest.main()
