@@ -207,6 +207,14 @@ class DemoAndSubprocess(unittest.TestCase):
             self.assertLess(summary["mni_3d"]["tre_mean_mm"], 1.0)
             for sub in ("itk_2d", "mni_3d"):
                 self.assertTrue(os.path.isfile(os.path.join(d, sub, "checkerboard.png")))
+            from MultimodalFusionLib import fusion
+
+            if "deep" in fusion.list_methods():  # make demo installs torch: the report shows the deep row too
+                self.assertEqual(summary["fusion"]["methods"], "overlay, wavelet, deep")
+                self.assertTrue(os.path.isfile(os.path.join(d, "fusion", "montage_deep.png")))
+                # the deep fusion keeps the structure of both images better than the classic rows here
+                self.assertGreater(summary["fusion"]["deep_SSIM"], summary["fusion"]["overlay_SSIM"])
+                self.assertGreater(summary["fusion"]["deep_load_seconds"], 0.0)
 
     def test_subprocess_register_and_error(self):
         with tempfile.TemporaryDirectory() as d:
