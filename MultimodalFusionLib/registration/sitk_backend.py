@@ -117,7 +117,10 @@ def _level_percentages(stage: StageParameters, fixed: sitk.Image | None,
         if stage.number_of_samples:
             out.append(min(1.0, float(stage.number_of_samples) / voxels))
         else:
-            out.append(min(1.0, max(pct, MIN_SAMPLES / voxels)))
+            level_pct = max(pct, MIN_SAMPLES / voxels)
+            if stage.max_samples:
+                level_pct = min(level_pct, float(stage.max_samples) / voxels)
+            out.append(min(1.0, level_pct))
     return out
 
 

@@ -1,0 +1,136 @@
+"""Large volumes: the ``max_samples`` cap on the metric samples of large levels (its validation, and
+that it reaches ITK: a capped percentage registers exactly as the same fixed count does)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib.errors import InputError
+from MultimodalFusionLib.registration import (
+    RegistrationParameters,
+    StageParameters,
+    load_preset,
+    register,
+)
+from MultimodalFusionLib.registration.accuracy import rigid_transform
+from MultimodalFusionLib.registration.parameters import MAX_SAMPLES
+from MultimodalFusionLib.registration.sitk_backend import MIN_SAMPLES, _level_percentages
+
+
+def _samples(stage: StageParameters, size: tuple[int, ...], shrink: list[int]) -> list[int]:
+    """Samples per level as ITK draws them: voxels of the shrunk grid times the level's fraction."""
+    fixed = sitk.Image(list(size), sitk.sitkUInt8)
+    pcts = _level_percentages(stage, fixed, shrink)
+    return [int(np.prod([max(1, s // f) for s in size]) * p) for p, f in zip(pcts, shrink)]
+
+
+def _blob_pair(size: int = 40) -> tuple[sitk.Image, sitk.Image, sitk.Transform]:
+    """Two contrasts of a smooth 3D phantom; the moving one displaced by a known rigid transform."""
+    z, y, x = np.mgrid[:size, :size, :size].astype(np.float32) - size / 2
+    body = np.exp(-(x**2 + (1.3 * y) ** 2 + (0.8 * z) ** 2) / (2 * (size / 4) ** 2))
+    spot = np.exp(-((x - 5) ** 2 + (y + 4) ** 2 + (z - 3) ** 2) / 18.0)
+    fixed = sitk.GetImageFromArray((body + 0.8 * spot).astype(np.float32))
+    other = sitk.GetImageFromArray((1.0 - body + 1.5 * spot).astype(np.float32))  # inverted contrast
+    for image in (fixed, other):
+        image.SetSpacing([2.0, 2.0, 2.0])
+    centre = fixed.TransformContinuousIndexToPhysicalPoint([(size - 1) / 2.0] * 3)
+    truth = rigid_transform(centre, (4.0, 0.0, -3.0), (3.0, -2.0, 1.5))
+    moving = sitk.Resample(other, fixed, truth.GetInverse(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return fixed, moving, truth
+
+
+class SamplesPerLevel(unittest.TestCase):
+    def test_clinical_ct_grid_is_capped_at_its_finest_level(self):
+        # 512x512x200 (a 0.7 mm head CT): 1% of the full grid is 524 288 points, capped to MAX_SAMPLES;
+        # the coarse levels (8 192 and 65 536 points) are below the cap and keep their percentage
+        stage = StageParameters()
+        self.assertEqual(_samples(stage, (512, 512, 200), [4, 2, 1])[:2], [8192, 65536])
+        self.assertAlmostEqual(_samples(stage, (512, 512, 200), [4, 2, 1])[2], MAX_SAMPLES, delta=1)
+        uncapped = StageParameters(max_samples=None)
+        self.assertEqual(_samples(uncapped, (512, 512, 200), [4, 2, 1]), [8192, 65536, 524288])
+        capped = StageParameters(max_samples=20_000)
+        self.assertEqual([round(n, -1) for n in _samples(capped, (512, 512, 200), [4, 2, 1])],
+                         [8190, 20000, 20000])
+
+    def test_images_up_to_256_cubed_at_one_percent_are_unchanged(self):
+        # the sizes of the tests and ``make demo`` (1 mm MNI152, 256^3 at most): the default cap binds nowhere
+        for size in [(256, 256, 256), (160, 192, 192), (91, 109, 91), (221, 257)]:
+            shrink = [4, 2, 1]
+            fixed = sitk.Image(list(size), sitk.sitkUInt8)
+            self.assertEqual(_level_percentages(StageParameters(), fixed, shrink),
+                             _level_percentages(StageParameters(max_samples=None), fixed, shrink), size)
+
+    def test_small_levels_keep_the_minimum(self):
+        # the cap lowers large levels only: a coarse level still gets MIN_SAMPLES (or all its voxels)
+        samples = _samples(StageParameters(max_samples=MIN_SAMPLES + 1000), (256, 256, 256), [8, 4, 1])
+        self.assertEqual(samples[0], MIN_SAMPLES)
+        self.assertTrue(all(n <= MIN_SAMPLES + 1000 for n in samples), samples)
+
+    def test_an_explicit_count_is_not_capped(self):
+        stage = StageParameters(number_of_samples=300_000, max_samples=100_000)
+        self.assertEqual(_samples(stage, (512, 512, 200), [1])[0], 300_000)
+
+
+class CapReachesItk(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.fixed, cls.moving, cls.truth = _blob_pair()
+
+    def _register(self, **stage_fields) -> sitk.Transform:
+        stage = StageParameters(shrink_factors=[2, 1], smoothing_sigmas=[1.0, 0.0], **stage_fields)
+        return register(self.fixed, self.moving, RegistrationParameters(stages=[stage]), seed=3).transform
+
+    def test_capped_percentage_registers_as_the_same_count(self):
+        # 50% of 40^3 (32 000 points) and of 20^3 (4 000) capped at 3 500 per level is exactly a fixed
+        # count of 3 500: the same fractions reach ITK, so the seeded transforms are bit-identical
+        capped = self._register(sampling_percentage=0.5, max_samples=3500)
+        counted = self._register(sampling_percentage=0.5, number_of_samples=3500, max_samples=None)
+        uncapped = self._register(sampling_percentage=0.5, max_samples=None)
+        self.assertEqual(capped.GetParameters(), counted.GetParameters())
+        self.assertNotEqual(capped.GetParameters(), uncapped.GetParameters())
+        # and the capped run is reproducible and still finds the answer
+        self.assertEqual(capped.GetParameters(), self._register(sampling_percentage=0.5,
+                                                                max_samples=3500).GetParameters())
+        moved = [np.array(capped.TransformPoint(p)) - np.array(self.truth.TransformPoint(p))
+                 for p in ([40.0, 40.0, 40.0], [30.0, 45.0, 38.0], [50.0, 35.0, 42.0])]
+        self.assertLess(max(float(np.linalg.norm(d)) for d in moved), 1.0)
+
+    def test_default_cap_changes_nothing_below_it(self):
+        self.assertEqual(self._register().GetParameters(), self._register(max_samples=None).GetParameters())
+
+
+class Validation(unittest.TestCase):
+    def test_bad_max_samples_and_number_of_samples(self):
+        for field in ("max_samples", "number_of_samples"):
+            for value in (0, -5, 999, 1500.5, "many", True, [5000]):
+                with self.subTest(field=field, value=value), self.assertRaises(InputError) as cm:
+                    RegistrationParameters.from_dict({"stages": [{"name": "rigid", field: value}]})
+                self.assertIn(field, str(cm.exception))
+                self.assertIn("at least 1000", str(cm.exception))
+
+    def test_good_values(self):
+        for value in (None, 1000, 50_000, 2e5, np.int64(3000)):
+            with self.subTest(value=value):
+                params = RegistrationParameters.from_dict({"stages": [{"name": "affine", "max_samples": value}]})
+                self.assertEqual(params.stages[0].max_samples, value)
+
+    def test_preset_file_and_round_trip(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "mine.json"
+            path.write_text(json.dumps({"stages": [{"name": "rigid", "max_samples": 50000},
+                                                   {"name": "affine", "max_samples": None}]}))
+            params = load_preset(str(path))
+        self.assertEqual([s.max_samples for s in params.stages], [50000, None])
+        again = RegistrationParameters.from_dict({k: v for k, v in params.to_dict().items()})
+        self.assertEqual([s.max_samples for s in again.stages], [50000, None])
+        self.assertEqual(RegistrationParameters().stages[0].max_samples, MAX_SAMPLES)
+
+
+if __name__ == "__main__":
+    unittest.main()
