@@ -104,6 +104,9 @@ def _image_center(image: sitk.Image) -> np.ndarray:
 MIN_SAMPLES = 3000
 EVAL_VOXELS = 250_000
 GRADIENT_IMAGE_VOXELS = 1 << 20
+# Images larger than this (256^3; a 512x512x200 CT is 52 M) get their coarse pyramid levels made by
+# _reduced_level instead of ITK's full-resolution smoothing; smaller ones keep ITK's pyramid exactly.
+REDUCED_PYRAMID_VOXELS = 1 << 24
 
 
 def _level_percentages(stage: StageParameters, fixed: sitk.Image | None,
@@ -258,57 +261,73 @@ def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParam
     method.SetOptimizerScalesFromPhysicalShift()
 
 
-# ----------------------------------------------------------------------------- one stage
-def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, previous: sitk.Transform | None,
-               params: RegistrationParameters, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
-               progress: ProgressCallback | None, span: tuple[float, float]) -> tuple[sitk.Transform, StageResult]:
-    """Optimise one stage; returns (accumulated transform, stage result)."""
-    t0 = time.perf_counter()
-    dim = fixed.GetDimension()
-    center = _image_center(fixed)
-    seed = params.seed
-    start = _stage_transform(stage, fixed, moving, previous, params.initializer)
-    start_total = compose(previous, start, dim, center)
-    metric_before = evaluate_metric(fixed, moving, start_total, stage, seed, fixed_mask, moving_mask)
-    if not math.isfinite(metric_before):
-        raise RegistrationError(
-            f"Stage '{stage.name}': the images barely overlap at the starting transform, so the metric cannot "
-            "be computed.",
-            "Use the 'geometry' or 'moments' initializer, or give an initial transform that roughly aligns them.")
+def _stage_method(stage: StageParameters, seed: int | None, fixed_mask: sitk.Image | None,
+                  moving_mask: sitk.Image | None, fixed: sitk.Image, shrink: list[int], sigmas: list[float],
+                  full_voxels: int) -> sitk.ImageRegistrationMethod:
+    """An ITK registration method for ``stage`` on the levels (``shrink``, ``sigmas``) of ``fixed``.
 
+    ``full_voxels`` is the full-resolution fixed image's size, which picks the optimizer settings and
+    the gradient computation (the same for every level, whether ITK or _reduced_level makes them).
+    """
     method = sitk.ImageRegistrationMethod()
-    # ITK's pyramid smooths every axis, which needs 4 voxels along it: no level may shrink the smaller
-    # image below that (a thin slab or a small cube registers at fewer shrink steps, not an ITK error)
-    most = max(1, min(min(fixed.GetSize()), min(moving.GetSize())) // 4)
-    shrink = [min(int(f), most) for f in stage.shrink_factors]
     _configure_metric(method, stage, seed, fixed_mask, moving_mask, fixed, shrink)
-    if fixed.GetNumberOfPixels() > GRADIENT_IMAGE_VOXELS:
+    if full_voxels > GRADIENT_IMAGE_VOXELS:
         # Large volumes: image gradients at the sample points only (central differences) instead of
         # gradient images of every voxel at every level: saves about 2 CPU-seconds on a 1 mm head.
         # Small images (2D slices) keep the smoother gradient images, which the 2D T1/PD case needs.
         method.MetricUseFixedImageGradientFilterOff()
         method.MetricUseMovingImageGradientFilterOff()
-    _configure_optimizer(method, stage, fixed.GetDimension(), fixed.GetNumberOfPixels())
+    _configure_optimizer(method, stage, fixed.GetDimension(), full_voxels)
     method.SetShrinkFactorsPerLevel(shrink)
-    method.SetSmoothingSigmasPerLevel([float(s) for s in stage.smoothing_sigmas])
+    method.SetSmoothingSigmasPerLevel(sigmas)
     if stage.smoothing_in_mm:
         method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     else:
         method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    if previous is not None:
-        method.SetMovingInitialTransform(previous)
-    # ITK optimises in place: give it a copy, so that ``start`` (and ``start_total``, which is ``start``
-    # itself for a first stage, or a composite holding it for a B-spline stage) stays the starting
-    # transform a discarded stage falls back to (optimising ``start`` itself returned the discarded result)
-    optimized = type(start)(start)
-    method.SetInitialTransform(optimized, inPlace=True)
+    return method
 
-    history: list[tuple[int, int, float]] = []
-    levels = len(stage.shrink_factors)
+
+def _reduced_level(fixed: sitk.Image, moving: sitk.Image, factor: int, sigma: float,
+                   stage: StageParameters) -> tuple[sitk.Image, sitk.Image, list[int], list[float]]:
+    """One pyramid level of a large pair as ITK then registers it: (fixed, moving, [shrink], [0.0]).
+
+    ITK's ImageRegistrationMethodv4 smooths the full-resolution fixed and moving images at every
+    level (DiscreteGaussian) and only shrinks the grid of sample points; on a 512x512x200 CT that
+    is 2-7 s per image and level, more than the optimisation itself. Here an image of more than
+    ``REDUCED_PYRAMID_VOXELS`` voxels is first block-averaged by the level's shrink factor
+    (elastix's recursive pyramid does the same: smooth and downsample) and then smoothed with the
+    same sigma (in full-resolution voxels, or mm), on the small image; a smaller image is smoothed
+    as ITK would and, when it is the fixed one, ITK still shrinks its sample grid. ITK itself
+    then runs this one level unsmoothed. The finest level (factor 1, sigma 0) is the images as
+    they are.
+    """
+    dim = fixed.GetDimension()
+
+    def level_image(image: sitk.Image) -> tuple[sitk.Image, int]:
+        reduce = factor if factor > 1 and image.GetNumberOfPixels() > REDUCED_PYRAMID_VOXELS else 1
+        if reduce > 1:
+            image = sitk.BinShrink(image, [reduce] * dim)
+        if sigma > 0:
+            # the block average already smoothed by about (reduce^2 - 1) / 12 voxels^2: close enough
+            # to ITK's full-resolution smoothing at the coarse levels, where the optimisation only has
+            # to come close (the finest level is exact)
+            scaled = sigma if stage.smoothing_in_mm else sigma / reduce
+            image = sitk.DiscreteGaussian(image, scaled * scaled, 32, 0.01, bool(stage.smoothing_in_mm))
+        return image, reduce
+
+    fixed_level, fixed_reduce = level_image(fixed)
+    moving_level, _ = level_image(moving)
+    return fixed_level, moving_level, [factor // fixed_reduce], [0.0]
+
+
+def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, stage: StageParameters,
+             first_level: int, levels: int, history: list[tuple[int, int, float]],
+             progress: ProgressCallback | None, span: tuple[float, float]) -> None:
+    """Run ``method`` (its levels are the stage's levels from ``first_level`` on), appending to ``history``."""
     state = {"cancelled": False, "error": None}
 
     def on_iteration() -> None:
-        level = method.GetCurrentLevel()
+        level = first_level + method.GetCurrentLevel()
         it = method.GetOptimizerIteration()
         value = method.GetMetricValue()
         history.append((int(level), int(it), float(value)))
@@ -344,6 +363,53 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     if state["error"] is not None:
         raise state["error"]
 
+
+# ----------------------------------------------------------------------------- one stage
+def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, previous: sitk.Transform | None,
+               params: RegistrationParameters, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
+               progress: ProgressCallback | None, span: tuple[float, float]) -> tuple[sitk.Transform, StageResult]:
+    """Optimise one stage; returns (accumulated transform, stage result)."""
+    t0 = time.perf_counter()
+    dim = fixed.GetDimension()
+    center = _image_center(fixed)
+    seed = params.seed
+    start = _stage_transform(stage, fixed, moving, previous, params.initializer)
+    start_total = compose(previous, start, dim, center)
+    metric_before = evaluate_metric(fixed, moving, start_total, stage, seed, fixed_mask, moving_mask)
+    if not math.isfinite(metric_before):
+        raise RegistrationError(
+            f"Stage '{stage.name}': the images barely overlap at the starting transform, so the metric cannot "
+            "be computed.",
+            "Use the 'geometry' or 'moments' initializer, or give an initial transform that roughly aligns them.")
+
+    # ITK's pyramid smooths every axis, which needs 4 voxels along it: no level may shrink the smaller
+    # image below that (a thin slab or a small cube registers at fewer shrink steps, not an ITK error)
+    most = max(1, min(min(fixed.GetSize()), min(moving.GetSize())) // 4)
+    shrink = [min(int(f), most) for f in stage.shrink_factors]
+    sigmas = [float(s) for s in stage.smoothing_sigmas]
+    # ITK optimises in place: give it a copy, so that ``start`` (and ``start_total``, which is ``start``
+    # itself for a first stage, or a composite holding it for a B-spline stage) stays the starting
+    # transform a discarded stage falls back to (optimising ``start`` itself returned the discarded result)
+    optimized = type(start)(start)
+    if max(fixed.GetNumberOfPixels(), moving.GetNumberOfPixels()) > REDUCED_PYRAMID_VOXELS:
+        # one ITK run per level on images reduced here (see _reduced_level): ITK's own pyramid would
+        # smooth both full-resolution images at every level
+        runs = (_reduced_level(fixed, moving, f, sigma, stage) for f, sigma in zip(shrink, sigmas))
+    else:
+        runs = iter([(fixed, moving, shrink, sigmas)])
+
+    history: list[tuple[int, int, float]] = []
+    levels = len(stage.shrink_factors)
+    stop_reason = ""
+    for first_level, (fixed_in, moving_in, shrink_in, sigmas_in) in enumerate(runs):
+        method = _stage_method(stage, seed, fixed_mask, moving_mask, fixed_in, shrink_in, sigmas_in,
+                               fixed.GetNumberOfPixels())
+        if previous is not None:
+            method.SetMovingInitialTransform(previous)
+        method.SetInitialTransform(optimized, inPlace=True)
+        _execute(method, fixed_in, moving_in, stage, first_level, levels, history, progress, span)
+        stop_reason = method.GetOptimizerStopConditionDescription()
+
     final_total = compose(previous, optimized, dim, center)
     metric_after = evaluate_metric(fixed, moving, final_total, stage, seed, fixed_mask, moving_mask)
     # iterations summed over levels: the history restarts its counter at every level
@@ -353,7 +419,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     stage_result = StageResult(
         name=stage.name, metric_name=stage.metric, metric_before=metric_before,
         metric_after=metric_after if math.isfinite(metric_after) else float("nan"),
-        iterations=iterations, stop_reason=method.GetOptimizerStopConditionDescription(),
+        iterations=iterations, stop_reason=stop_reason,
         seconds=time.perf_counter() - t0, history=history, accepted=accepted)
     return result_tx, stage_result
 
