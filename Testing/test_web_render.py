@@ -101,6 +101,79 @@ class OffscreenViewTest(unittest.TestCase):
         diff = np.abs(coloured.astype(int) - grey.astype(int)).max(axis=-1)
         self.assertLess(np.median(diff[none]), 5)
 
+    @staticmethod
+    def _drag(view, dx: int, dy: int, button: str = "Left", start: tuple[int, int] = (120, 120)) -> None:
+        """Press, move in 5 steps by (dx, dy) pixels (VTK's display y points up), release: a mouse drag."""
+        from vtkmodules.vtkCommonCore import vtkCommand
+
+        interactor = view.interactor()
+        interactor.SetEventPosition(*start)
+        interactor.InvokeEvent(vtkCommand.MouseMoveEvent)
+        interactor.InvokeEvent(getattr(vtkCommand, f"{button}ButtonPressEvent"))
+        for i in range(1, 6):
+            interactor.SetEventPosition(start[0] + dx * i // 5, start[1] + dy * i // 5)
+            interactor.InvokeEvent(vtkCommand.MouseMoveEvent)
+        interactor.InvokeEvent(getattr(vtkCommand, f"{button}ButtonReleaseEvent"))
+
+    def test_left_drag_in_a_slice_view_sets_the_anatomy_window_level_as_slicer(self):
+        from vtkmodules.vtkCommonCore import vtkCommand
+
+        from MultimodalFusionLib.web.viewer import capture_view, image_range
+
+        seen = []
+        self.viewer.enable_window_level_drag(seen.append)
+        self.addCleanup(self.viewer.set_background_window_level, None)  # Auto again for the other tests
+        self.viewer.show("registered")
+        before = capture_view(self.axial)
+        window0, level0 = self.viewer.current_background_window_level()
+        functional = self.viewer.current_functional_range()
+        lo, hi = image_range(self.fixed)
+        gain = (hi - lo) / 240.0  # Slicer's: the image's range per pixel of the view's shorter side
+
+        self._drag(self.axial, 48, 0)  # right: a wider window, the same level
+        window1, level1 = self.viewer.current_background_window_level()
+        self.assertAlmostEqual(window1 - window0, 48 * gain, delta=1e-6 * (hi - lo))
+        self.assertAlmostEqual(level1, level0, delta=1e-9 * (hi - lo))
+        self._drag(self.axial, 0, -36)  # down: a lower level (brighter anatomy), the same window
+        window2, level2 = self.viewer.current_background_window_level()
+        self.assertAlmostEqual(level2 - level1, -36 * gain, delta=1e-6 * (hi - lo))
+        self.assertAlmostEqual(window2, window1, delta=1e-9 * (hi - lo))
+        # the listener heard every step; the value is the user's, kept over a display change
+        self.assertEqual(seen[-1], (window2, level2))
+        self.assertEqual(self.viewer.background_window_level, (window2, level2))
+        self.viewer.show("registered", colormap="PET-Rainbow2")
+        self.viewer.show("registered", colormap="PET-Heat")
+        self.assertEqual(self.viewer.current_background_window_level(), (window2, level2))
+        # the functional overlay under the cursor keeps its own window (it has the threshold controls)
+        self.assertEqual(self.viewer.current_functional_range(), functional)
+        after = capture_view(self.axial)
+        self.assertGreater(np.abs(after.astype(int) - before.astype(int)).mean(), 5, "the slice did not change")
+
+        # the other mouse actions are left to Slicer: wheel scrolls slices, right-drag zooms
+        offset = self.axial.get_slice_value()
+        self.axial.interactor().InvokeEvent(vtkCommand.MouseWheelForwardEvent)
+        self.assertNotEqual(self.axial.get_slice_value(), offset)
+        field_of_view = self.axial.get_view_node().GetFieldOfView()[0]
+        self._drag(self.axial, 0, 30, button="Right")
+        self.assertNotEqual(self.axial.get_view_node().GetFieldOfView()[0], field_of_view)
+        self.assertEqual(self.viewer.current_background_window_level(), (window2, level2))
+        self.axial.interactor().InvokeEvent(vtkCommand.MouseWheelBackwardEvent)
+        # and a left-drag in the 3D view still rotates it (the mouse mode is the scene's, for all views)
+        camera = self.threed.first_renderer().GetActiveCamera()
+        position = camera.GetPosition()
+        self._drag(self.threed, 40, 0)
+        self.assertNotEqual(camera.GetPosition(), position)
+        self.viewer.reset_views()
+
+        # the viewer's own changes are not taken for drags; Slicer's reset (double-click) is the Auto
+        count = len(seen)
+        self.viewer.set_background_window_level(100.0, 50.0)
+        self.assertEqual(len(seen), count)
+        self.viewer.node("fixed").GetDisplayNode().AutoWindowLevelOn()  # what the widget's reset does
+        self.assertIsNone(seen[-1])
+        self.assertIsNone(self.viewer.background_window_level)
+        self.assertAlmostEqual(self.viewer.current_background_window_level()[0], window0, delta=1e-3 * window0)
+
     def test_volume_rendering_of_fused_image(self):
         from MultimodalFusionLib.fusion import fuse
         from MultimodalFusionLib.web.viewer import capture_view

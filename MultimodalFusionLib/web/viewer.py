@@ -89,6 +89,16 @@ class FusionViewer:
         #: foreground: "functional" (moving/registered, the image's own units) and "fused" (the
         #: fused image's scale). A kind without one uses :attr:`functional_percentiles`.
         self.functional_ranges: dict[str, tuple[float, float]] = {}
+        # Window/level drag in the slice views (:meth:`enable_window_level_drag`): whether it is on,
+        # who hears of a dragged value, the display node watched for it, the (window, level) this
+        # viewer last put on that node, and how many :meth:`batch` blocks are open (while one is,
+        # changes to the node are the viewer's own, not a drag).
+        self._window_level_drag = False
+        self._on_dragged_window_level: Callable[[tuple[float, float] | None], None] | None = None
+        self._watched_display: Any = None
+        self._watch_tag: int | None = None
+        self._applied_window_level: tuple[float, float] | None = None
+        self._batch_depth = 0
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -105,9 +115,11 @@ class FusionViewer:
         views = [v for v in self.app.view_manager.get_views()
                  if isinstance(getattr(v, "_scheduled_render", None), DirectRendering)]
         states = [view.set_render_blocked(True) for view in views]
+        self._batch_depth += 1
         try:
             yield
         finally:
+            self._batch_depth -= 1
             for view, was_blocked in zip(views, states):
                 view.set_render_blocked(was_blocked)
 
@@ -167,6 +179,8 @@ class FusionViewer:
                 extra.append(prop)
         if node.GetStorageNode() is not None:
             extra.append(node.GetStorageNode())
+        if self._watched_display is not None and any(d is self._watched_display for d in extra):
+            self._watch_background_display(None)
         self.scene.RemoveNode(node)
         for other in extra:
             if other.GetScene() is not None:
@@ -219,6 +233,7 @@ class FusionViewer:
         if background is None:
             return
         mrml.show_fusion(background, fg_node, opacity=self.opacity, colormap=self.colormap, scene=self.scene)
+        self._configure_window_level_widgets()  # views made since the drag was enabled
         self._apply_background_window_level()
         self._setup_functional(fg_node)
         if reset_views:
@@ -311,12 +326,88 @@ class FusionViewer:
         if node is None or node.IsA("vtkMRMLVectorVolumeNode"):
             return
         if self.background_window_level is None:
-            mrml.setup_anatomical_display(node)
+            display = mrml.setup_anatomical_display(node)
+        else:
+            display = node.GetDisplayNode() or mrml.setup_anatomical_display(node)
+            window, level = self.background_window_level
+            display.SetAutoWindowLevel(0)
+            display.SetWindowLevel(window, level)
+        self._applied_window_level = (float(display.GetWindow()), float(display.GetLevel()))
+        if self._window_level_drag:
+            self._watch_background_display(display)
+
+    # ------------------------------------------------------------------ window/level drag
+    def enable_window_level_drag(
+            self, on_change: Callable[[tuple[float, float] | None], None] | None = None) -> None:
+        """Left-drag in the slice views sets the anatomy's window/level, as in 3D Slicer.
+
+        Slicer's own widget does the work (``vtkMRMLWindowLevelWidget``, held by the slice views'
+        scalar-bar displayable manager), in Slicer's "Adjust window/level" mouse mode: dragging
+        right widens the window, dragging up raises the level, each by the image's scalar range
+        per the view's shorter side (a drag across the view spans the whole range, in any units).
+        Only the background is adjusted: Slicer adjusts the layer under the cursor, which here is
+        mostly the functional overlay, and that layer has its own threshold and upper limit. The
+        wheel (slice scrolling), right-drag (zoom), middle-drag (pan) and the 3D view's rotation
+        keep working: the widget claims the left button only.
+
+        The dragged value becomes the user's window/level (:attr:`background_window_level`, kept
+        over later display changes as a value set with :meth:`set_background_window_level`).
+
+        Args:
+            on_change: called after each change a drag makes, with the new (window, level), or
+                with None when Slicer's reset (a double-click) put the display back to automatic:
+                the viewer's Auto (the percentile rule) is applied then.
+        """
+        import slicer
+
+        self._window_level_drag, self._on_dragged_window_level = True, on_change
+        interaction = self.app.app_logic.GetInteractionNode()
+        if interaction is not None:
+            interaction.SetCurrentInteractionMode(slicer.vtkMRMLInteractionNode.AdjustWindowLevel)
+        self._configure_window_level_widgets()
+        display = _scalar_display(self.background_node())
+        if display is not None:
+            self._watch_background_display(display)
+
+    def _configure_window_level_widgets(self) -> None:
+        """Background-only window/level adjustment in every slice view (idempotent)."""
+        if not self._window_level_drag:
+            return  # leave Slicer's defaults
+        import slicer
+
+        for view in self.app.view_manager.get_slice_views():
+            manager = view.get_displayable_manager_by_class(slicer.vtkMRMLScalarBarDisplayableManager)
+            if manager is not None:
+                manager.SetAdjustBackgroundWindowLevelEnabled(True)
+                manager.SetAdjustForegroundWindowLevelEnabled(False)
+
+    def _watch_background_display(self, display: Any) -> None:
+        """Observe the background's display node, where Slicer's widget writes a dragged window/level."""
+        if display is self._watched_display:
             return
-        display = node.GetDisplayNode() or mrml.setup_anatomical_display(node)
-        window, level = self.background_window_level
-        display.SetAutoWindowLevel(0)
-        display.SetWindowLevel(window, level)
+        if self._watched_display is not None and self._watch_tag is not None:
+            self._watched_display.RemoveObserver(self._watch_tag)
+        self._watched_display, self._watch_tag = display, None
+        if display is not None:
+            from vtkmodules.vtkCommonCore import vtkCommand
+
+            self._watch_tag = display.AddObserver(vtkCommand.ModifiedEvent, self._on_background_display_modified)
+
+    def _on_background_display_modified(self, display: Any, _event: str) -> None:
+        """Pick up a window/level that the viewer did not set (a drag in a slice view)."""
+        if self._batch_depth or display is not _scalar_display(self.background_node()):
+            return  # the viewer's own change, or a node that is no longer the background
+        if display.GetAutoWindowLevel():  # Slicer's reset (double-click): the viewer's Auto instead
+            self.set_background_window_level(None)
+            if self._on_dragged_window_level is not None:
+                self._on_dragged_window_level(None)
+            return
+        window_level = (float(display.GetWindow()), float(display.GetLevel()))
+        if window_level == self._applied_window_level:
+            return  # another property of the node changed (colour table, ...)
+        self.background_window_level = self._applied_window_level = window_level
+        if self._on_dragged_window_level is not None:
+            self._on_dragged_window_level(window_level)
 
     def foreground_node(self) -> Any:
         """The foreground volume of the slice views (None when only the background is shown)."""
