@@ -265,6 +265,60 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual(state.wl_preset, "auto")
         self.assertIsNone(viewer.background_window_level)
 
+    def test_a_left_drag_in_a_slice_view_moves_the_window_level_controls(self) -> None:
+        from vtkmodules.vtkCommonCore import vtkCommand
+
+        self._load()
+        self._set(wl_preset="auto")
+        state, viewer = self.app.state, self.app.viewer
+        bg = viewer.node("fixed").GetDisplayNode()
+        window0, level0 = bg.GetWindow(), bg.GetLevel()
+        view = self.app.slicer_app.view_manager.get_slice_views()[0]
+        view.render_window().SetSize(200, 200)
+        view.interactor().InvokeEvent(vtkCommand.WindowResizeEvent)  # as the page's resize does
+        interactor = view.interactor()
+        interactor.SetEventPosition(100, 100)
+        interactor.InvokeEvent(vtkCommand.MouseMoveEvent)
+        interactor.InvokeEvent(vtkCommand.LeftButtonPressEvent)
+        interactor.SetEventPosition(140, 130)  # right and up: a wider window, a higher level
+        interactor.InvokeEvent(vtkCommand.MouseMoveEvent)
+        interactor.InvokeEvent(vtkCommand.LeftButtonReleaseEvent)
+        self.assertGreater(bg.GetWindow(), window0)
+        self.assertGreater(bg.GetLevel(), level0)
+        # the panel follows the drag: values (as the fields show them), Manual, the user's value kept
+        self.assertAlmostEqual(state.bg_window, bg.GetWindow(), delta=state.bg_step)
+        self.assertAlmostEqual(state.bg_level, bg.GetLevel(), delta=state.bg_step)
+        self.assertEqual(state.wl_preset, "manual")
+        self.assertEqual(viewer.background_window_level, (bg.GetWindow(), bg.GetLevel()))
+        dragged = (bg.GetWindow(), bg.GetLevel())
+        self._set(fg_opacity=0.3)  # the panel's echo and other controls leave the dragged value alone
+        self.assertEqual((bg.GetWindow(), bg.GetLevel()), dragged)
+        # and the sliders and Auto still drive the display after a drag
+        self._set(bg_window=50, bg_level=20)
+        self.assertEqual((bg.GetWindow(), bg.GetLevel()), (50.0, 20.0))
+        self._set(wl_preset="auto")
+        self.assertAlmostEqual(bg.GetWindow(), window0, delta=1e-3 * window0)
+        self.assertAlmostEqual(state.bg_window, window0, delta=state.bg_step)
+        self._set(fg_opacity=0.5)
+
+
+class WindowLevelPanelTest(unittest.TestCase):
+    """The panel values for a background window/level (no app, no scene)."""
+
+    def test_ranges_from_the_image_widened_to_hold_the_value(self) -> None:
+        from MultimodalFusionLib.web.app import _window_level_panel
+
+        inside = _window_level_panel(120.04, 60.01, 0.0, 255.0, 0.1)
+        self.assertEqual(inside, {"bg_step": 0.1, "bg_window_max": 510.0, "bg_level_min": 0.0,
+                                  "bg_level_max": 255.0, "bg_window": 120.0, "bg_level": 60.0})
+        # a drag may take the level half a window past the range, and the window past twice it
+        outside = _window_level_panel(600.0, -150.0, 0.0, 255.0, 1.0)
+        self.assertEqual((outside["bg_window_max"], outside["bg_level_min"], outside["bg_level_max"]),
+                         (600.0, -150.0, 255.0))
+        above = _window_level_panel(10.0, 300.0, -1000.0, 200.0, 1.0)
+        self.assertEqual((above["bg_level_min"], above["bg_level_max"], above["bg_window_max"]),
+                         (-1000.0, 300.0, 2400.0))
+
 
 if __name__ == "__main__":
     unittest.main()

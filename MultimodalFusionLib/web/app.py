@@ -74,6 +74,18 @@ def _snap(value: float, step: float) -> float:
     return round(round(value / step) * step, decimals)
 
 
+def _window_level_panel(window: float, level: float, lo: float, hi: float, step: float) -> dict[str, float]:
+    """The panel's window/level values and slider ranges for a background with voxels in ``lo..hi``.
+
+    The window slider reaches twice the image's range (a wider window dims the anatomy, as in
+    Slicer), the level slider spans the range; both widen to hold a value outside them (a window
+    or level typed, or dragged in a slice view, where Slicer lets the level go half a window past
+    the range). Values are rounded to the slider's ``step``, as the panel shows them.
+    """
+    return {"bg_step": step, "bg_window_max": max(2.0 * (hi - lo), window), "bg_level_min": min(lo, level),
+            "bg_level_max": max(hi, level), "bg_window": _snap(window, step), "bg_level": _snap(level, step)}
+
+
 def _number(value: Any) -> float | None:
     """A panel value as a float (number fields send strings; an empty or partial entry is None)."""
     try:
@@ -129,6 +141,9 @@ class FusionWebApp:
         self.layout_manager.register_layout(QUAD_LAYOUT_ID, _quad_layout())
         self.layout_manager.set_layout(QUAD_LAYOUT_ID)
         self.viewer = FusionViewer(self.slicer_app)
+        # left-drag in a slice view: the anatomy's window/level, as in Slicer (the panel follows)
+        self.viewer.enable_window_level_drag(self._on_dragged_window_level)
+        self._background_limits: tuple[float, float, float] | None = None  # (min, max, step) of its voxels
         self.worker = BackgroundWorker(self.state)
 
         # engine objects of the session
@@ -611,19 +626,15 @@ class FusionWebApp:
         role, wl = self.viewer.background_role(), self.viewer.current_background_window_level()
         if role is None or wl is None:
             update["wl_enabled"] = False
+            self._background_limits = None
         else:
             image = self.viewer.images[role]
-            lo, hi, step = limits(image)
+            self._background_limits = lo, hi, step = limits(image)
             presets = list(_WL_BASE_CHOICES)
             if looks_like_ct(image):
                 presets += [{"title": f"{name} (W {w:g} / L {lv:g})", "value": name}
                             for name, (w, lv) in CT_WINDOW_LEVEL_PRESETS.items()]
-            window, level = wl
-            update.update({"wl_enabled": True, "wl_presets": presets, "bg_step": step,
-                           "bg_window_max": max(2.0 * (hi - lo), window),  # wider than the range: dimmer
-                           "bg_level_min": min(lo, level),
-                           "bg_level_max": max(hi, level), "bg_window": _snap(window, step),
-                           "bg_level": _snap(level, step)})
+            update.update({"wl_enabled": True, "wl_presets": presets, **_window_level_panel(*wl, lo, hi, step)})
             if self.viewer.background_window_level is None:
                 update["wl_preset"] = _WL_AUTO
             elif self.state.wl_preset not in [p["value"] for p in presets]:
@@ -638,6 +649,21 @@ class FusionWebApp:
                            "fg_max": max(hi, upper), "fg_lower": _snap(lower, step),
                            "fg_upper": _snap(upper, step)})
         self.state.update(update)
+
+    def _on_dragged_window_level(self, window_level: tuple[float, float] | None) -> None:
+        """A left-drag in a slice view changed the anatomy's window/level: the panel follows, live.
+
+        Called on the server's loop for every mouse move of the drag, so it reuses the image's
+        min/max found when the image was shown rather than scanning its voxels again. The values
+        echo back through :meth:`_on_bg_window_level`, which sees the display node already has them.
+        """
+        if window_level is None or self._background_limits is None:  # Slicer's reset: Auto
+            with self.state:
+                self._sync_display_state()
+            return
+        with self.state:
+            self.state.update({**_window_level_panel(*window_level, *self._background_limits),
+                               "wl_preset": _WL_MANUAL})
 
     def _on_wl_preset(self, wl_preset: str, **_: Any) -> None:
         """Auto (the percentile rule) or one of Slicer's CT presets; Manual is what the sliders set."""
