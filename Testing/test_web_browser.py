@@ -62,6 +62,12 @@ def _hot_mask(pixels: np.ndarray) -> np.ndarray:
     return (p[..., 0] > 140) & (p[..., 0] - p[..., 2] > 70)
 
 
+def _anatomy_brightness(pixels: np.ndarray) -> float:
+    """Mean of the grey pixels of a slice view: the anatomy, not the PET colours."""
+    grey = pixels.max(axis=-1) - pixels.min(axis=-1) < 20
+    return float(pixels[grey].mean())
+
+
 def _png_to_array(png: bytes) -> np.ndarray:
     from PIL import Image
 
@@ -280,11 +286,7 @@ class WebAppInBrowserTest(unittest.TestCase):
         self._slider_thumb(page, "fg-opacity").focus()
         page.keyboard.press("End")
         views = self._wait_views(page, lambda v: _hot_mask(v["axial"]).mean() > 0.01, "the PET colours")
-
-        def anatomy_brightness(pixels: np.ndarray) -> float:
-            grey = pixels.max(axis=-1) - pixels.min(axis=-1) < 20  # the anatomy, not the PET colours
-            return float(pixels[grey].mean())
-
+        anatomy_brightness = _anatomy_brightness
         auto = anatomy_brightness(views["axial"])
         # the level to the image's maximum: the anatomy goes dark, live
         self._slider_thumb(page, "bg-level").focus()
@@ -304,11 +306,79 @@ class WebAppInBrowserTest(unittest.TestCase):
 
         # Auto for both: as at the start (leave the shared server as found)
         page.click("#mmf-fg-auto")
-        page.locator(".v-select:has(#mmf-wl-preset) .v-field").click(timeout=10_000)
-        page.locator(".v-overlay .v-list-item", has_text="Auto").click(timeout=10_000)
+        self._choose_auto_window_level(page)
         self._wait_views(page, lambda v: (_hot_mask(v["axial"]).mean() > 0.01
                                           and abs(anatomy_brightness(v["axial"]) - auto) < 0.1 * auto),
                          "the automatic windows again")
+        self.assertFalse(page.query_selector("#mmf-error"), "no error expected")
+
+    def _choose_auto_window_level(self, page) -> None:
+        page.locator(".v-select:has(#mmf-wl-preset) .v-field").click(timeout=10_000)
+        page.locator(".v-overlay .v-list-item", has_text="Auto").click(timeout=10_000)
+
+    def test_left_drag_in_a_slice_view_sets_the_anatomy_window_level(self):
+        page = self._open_page()
+        page.wait_for_function("() => !document.querySelector('#mmf-bg-level-value').disabled", timeout=30_000)
+
+        def window_level() -> tuple[float, float]:
+            """The fields' values once the server has handled the whole drag (they stop changing)."""
+            last, deadline = None, time.monotonic() + 30
+            while time.monotonic() < deadline:
+                now = float(page.input_value("#mmf-bg-window-value")), float(page.input_value("#mmf-bg-level-value"))
+                if now == last:
+                    return now
+                last = now
+                page.wait_for_timeout(700)
+            self.fail(f"the window/level fields kept changing: {last}")
+
+        self.addCleanup(self._choose_auto_window_level, page)  # leave the shared server as found
+        if page.query_selector("#mmf-error"):  # another test's banner (one server, one session)
+            page.click("#mmf-error button")
+            page.wait_for_selector("#mmf-error", state="detached", timeout=10_000)
+        window0, level0 = window_level()
+        level_thumb = self._slider_thumb(page, "bg-level")  # its range: the image's min..max
+        level_range = float(level_thumb.get_attribute("aria-valuemax")) - float(level_thumb.get_attribute("aria-valuemin"))
+        self.assertGreater(level_range, 0)
+        step = 10 ** np.floor(np.log10(level_range / 1000.0))
+        views = self._wait_views(page, lambda v: (v["axial"].max(axis=-1) > 40).mean() > 0.1, "the anatomy")
+        auto = _anatomy_brightness(views["axial"])
+        box = page.query_selector_all("main img.image-display-area")[0].bounding_box()  # the axial view
+        x, y = box["x"] + 0.5 * box["width"], box["y"] + 0.6 * box["height"]
+
+        def drag(dx: float, dy: float) -> None:
+            page.mouse.move(x, y)
+            page.mouse.down()
+            page.mouse.move(x + dx, y + dy, steps=12)
+            page.mouse.up()
+
+        # up: the level rises (Slicer: by the image's range per the view's shorter side), the anatomy darkens
+        drag(0, -0.3 * box["height"])
+        page.wait_for_function(f"() => parseFloat(document.querySelector('#mmf-bg-level-value').value) > "
+                               f"{level0 + 0.2 * level_range}", timeout=30_000)
+        window1, level1 = window_level()
+        self.assertAlmostEqual(window1, window0, delta=0.02 * level_range, msg="a vertical drag moves the level")
+        self.assertIn("Manual", page.inner_text(".v-navigation-drawer"))
+        self._wait_views(page, lambda v: _anatomy_brightness(v["axial"]) < 0.7 * auto, "a darker anatomy")
+
+        # right: the window widens, the level stays; the slice changes again
+        before = self._views(page)["axial"]
+        drag(0.3 * box["width"], 0)
+        page.wait_for_function(f"() => parseFloat(document.querySelector('#mmf-bg-window-value').value) > "
+                               f"{window1 + 0.2 * level_range}", timeout=30_000)
+        window2, level2 = window_level()
+        self.assertAlmostEqual(level2, level1, delta=0.02 * level_range, msg="a horizontal drag moves the window")
+        self._wait_views(page, lambda v: np.abs(v["axial"].astype(int) - before.astype(int)).mean() > 2,
+                         "the wider window")
+        # the slider's thumb follows the field (same state): its value is the window's
+        self.assertAlmostEqual(float(self._slider_thumb(page, "bg-window").get_attribute("aria-valuenow")), window2,
+                               delta=step)
+
+        # the preset still works after a drag: Auto, as at the start
+        self._choose_auto_window_level(page)
+        page.wait_for_function(f"() => Math.abs(parseFloat(document.querySelector('#mmf-bg-level-value').value) "
+                               f"- {level0}) <= {2 * step}", timeout=30_000)
+        self._wait_views(page, lambda v: abs(_anatomy_brightness(v["axial"]) - auto) < 0.1 * auto,
+                         "the automatic window again")
         self.assertFalse(page.query_selector("#mmf-error"), "no error expected")
 
     def test_errors_are_shown_in_the_page(self):
