@@ -156,6 +156,9 @@ class OffscreenViewTest(unittest.TestCase):
         field_of_view = self.axial.get_view_node().GetFieldOfView()[0]
         self._drag(self.axial, 0, 30, button="Right")
         self.assertNotEqual(self.axial.get_view_node().GetFieldOfView()[0], field_of_view)
+        origin = self.axial.get_view_node().GetXYToRAS().GetElement(0, 3)
+        self._drag(self.axial, 30, 0, button="Middle")  # and middle-drag pans
+        self.assertNotEqual(self.axial.get_view_node().GetXYToRAS().GetElement(0, 3), origin)
         self.assertEqual(self.viewer.current_background_window_level(), (window2, level2))
         self.axial.interactor().InvokeEvent(vtkCommand.MouseWheelBackwardEvent)
         # and a left-drag in the 3D view still rotates it (the mouse mode is the scene's, for all views)
