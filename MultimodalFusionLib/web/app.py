@@ -3,7 +3,8 @@
 ``mmfusion web`` calls :func:`serve`. One browser page shows a panel (load the fixed and
 moving volumes from server paths or by upload; preset, stages, Register with progress and
 Cancel; fusion method, Fuse; foreground opacity, colour table and layer; background
-window/level (Auto, Slicer's CT presets, window and level) and the foreground's lower threshold
+window/level (Auto, Slicer's CT presets, window and level, or a left-drag in a slice view as in
+Slicer) and the foreground's lower threshold
 and upper display limit; volume-rendering preset; metrics table; downloads of the transform, the fused volume and the HTML report)
 next to Slicer's quad layout (axial, sagittal, coronal, 3D), rendered on the server by
 Slicer's own libraries (trame-slicer, slicer-core) and streamed as images.
