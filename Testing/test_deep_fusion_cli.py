@@ -129,6 +129,20 @@ class TrainFusionCliTest(unittest.TestCase):
             with redirect_stderr(err), redirect_stdout(io.StringIO()):
                 self.assertEqual(main(base + ["--output", str(model)]), 2)
             self.assertIn("exactly two image sub-folders", err.getvalue())
+            # a pair of volumes of one size on different grids (the second shifted by 5 mm): refused, not trained
+            # on misaligned voxels
+            vol = sitk.GetImageFromArray(np.random.default_rng(0).random((6, 20, 20)).astype(np.float32))
+            for sub, origin in (("MR", (0.0, 0.0, 0.0)), ("CT", (5.0, 0.0, 0.0))):
+                (tmp / "vols" / sub).mkdir(parents=True)
+                vol.SetOrigin(origin)
+                sitk.WriteImage(vol, str(tmp / "vols" / sub / "p1.nii.gz"))
+            err = io.StringIO()
+            with redirect_stderr(err), redirect_stdout(io.StringIO()):
+                self.assertEqual(main(["train-fusion", "--pairs", str(tmp / "vols"), "--output", str(model),
+                                       "--device", "cpu", "--epochs", "1"]), 2)
+            self.assertIn("is not on the training image", err.getvalue())
+            self.assertIn("origin (5, 0, 0) vs (0, 0, 0)", err.getvalue())
+            self.assertNotIn("Traceback", err.getvalue())
             if not torch.cuda.is_available():
                 # a CUDA request without a GPU: the message names the options of this command, and `run`
                 # fails before registering (nothing written)

@@ -89,18 +89,23 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
 
 
 def load_pairs(folder: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Read and normalise every pair below ``folder`` (colour images as luminance, Y of YCbCr)."""
+    """Read and normalise every pair below ``folder`` (colour images as luminance, Y of YCbCr).
+
+    Raises:
+        InputError: an unreadable, empty or non-finite image, or a pair whose two images are not on
+            one grid (size, spacing, origin or direction): the network sees voxel arrays, so a pair
+            of the same size placed differently would teach it from misaligned images.
+    """
     from ...io import read_image
     from ...validation import check_image
+    from .. import check_same_grid
 
     out = []
     for pa, pb in find_pairs(folder):
         a, b = read_image(pa, float32=True), read_image(pb, float32=True)
         check_image(a, f"training image '{pa}'")
         check_image(b, f"training image '{pb}'")
-        if a.GetSize() != b.GetSize():
-            raise InputError(f"Training pair '{pa.name}' has different sizes ({a.GetSize()} vs {b.GetSize()}).",
-                             "Resample the second image onto the first (mmfusion resample) before training.")
+        check_same_grid(a, b, f"training image '{pa}'", f"training image '{pb}'")
         out.append((normalize(sitk.GetArrayFromImage(a))[0], normalize(sitk.GetArrayFromImage(b))[0]))
     return out
 
