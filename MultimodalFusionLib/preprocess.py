@@ -139,7 +139,7 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
         mask: statistics are computed inside this mask (same grid) when given.
         lower_percentile: see ``method``.
         upper_percentile: see ``method``.
-        window: (level, width) for "window".
+        window: (level, width) for "window" (a CT window name here is read as ``ct_window``).
         ct_window: a CT window preset name (brain, subdural, bone, soft-tissue, lung); implies
             ``method="window"``.
         output_range: target range of "percentile" and "window".
@@ -151,6 +151,13 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
         InputError: unknown method or CT window, or a window of non-positive width.
     """
     check_image(image, "image")
+    if isinstance(window, str):
+        # window="brain" reads naturally but the name belongs in ct_window: take it rather than
+        # failing in float() on its first letter
+        if ct_window is not None and ct_window != window:
+            raise InputError(f"Two CT windows given: window='{window}' and ct_window='{ct_window}'.",
+                             "Give one CT window name, as ct_window (window= takes (level, width)).")
+        ct_window, window = window, None
     if ct_window is not None:
         if ct_window not in CT_WINDOWS:
             raise InputError(f"Unknown CT window '{ct_window}'.", f"Use one of: {', '.join(CT_WINDOWS)}.")
@@ -187,7 +194,12 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
         if window is None:
             raise InputError("The 'window' normalisation needs window=(level, width) or a ct_window name.",
                              f"Give e.g. ct_window='brain' (one of {', '.join(CT_WINDOWS)}).")
-        level, width = (float(v) for v in window)
+        try:
+            level, width = (float(v) for v in window)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"The window {window!r} is not (level, width).",
+                             f"Give two numbers, e.g. window=(40, 80), or ct_window= one of "
+                             f"{', '.join(CT_WINDOWS)}.") from exc
         if not (np.isfinite(level) and np.isfinite(width)) or width <= 0:
             raise InputError(f"The window (level {level:g}, width {width:g}) needs a finite level and a "
                              "positive, finite width.", "Give e.g. window=(40, 80), or a ct_window name.")

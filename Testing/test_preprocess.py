@@ -108,6 +108,18 @@ class Normalize(unittest.TestCase):
             normalize_intensity(_oblique_volume(), ct_window="liver-ish")
         self.assertIn("lung", str(cm.exception))
 
+    def test_window_given_a_ct_window_name(self):
+        # window="brain" is read as ct_window="brain", not a ValueError from float('b')
+        ct = sitk.GetImageFromArray(np.linspace(-1000, 2000, 1000, dtype=np.float32).reshape(10, 10, 10))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(normalize_intensity(ct, "window", window="brain")),
+                                      sitk.GetArrayFromImage(normalize_intensity(ct, ct_window="brain")))
+        for bad in ("liver-ish", (40,), ("a", "b"), 40):
+            with self.assertRaises(InputError, msg=repr(bad)) as cm:
+                normalize_intensity(ct, "window", window=bad)
+            self.assertIn("brain", str(cm.exception))
+        with self.assertRaises(InputError):
+            normalize_intensity(ct, window="brain", ct_window="bone")
+
 
 class MasksAndCrop(unittest.TestCase):
     def test_foreground_mask_on_head(self):
