@@ -593,6 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for build in _BUILDERS:
         build(sub)
+    for command in sub.choices.values():
+        # `mmfusion register ... -v` as well as `mmfusion -v register ...`: SUPPRESS keeps the top-level
+        # value when the sub-command does not repeat it
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="show tracebacks of errors")
     return parser
 
 

@@ -229,6 +229,20 @@ class DemoAndSubprocess(unittest.TestCase):
             self.assertNotIn("Traceback", proc.stderr)
             self.assertIn("File not found", proc.stderr)
 
+    def test_verbose_before_or_after_the_command(self):
+        """`-v` shows the traceback wherever it is typed (`mmfusion register ... -v` was a usage error)."""
+        from MultimodalFusionLib.errors import InputError
+
+        with tempfile.TemporaryDirectory() as d:
+            missing = os.path.join(d, "missing.png")
+            for argv in (["-v", "register", FIXED, missing, "-o", d], ["register", FIXED, missing, "-o", d, "-v"],
+                         ["info", missing, "--verbose"]):
+                with self.subTest(argv=argv), self.assertRaises(InputError):
+                    run_cli(*argv)
+            rc, _, err = run_cli("register", FIXED, missing, "-o", d)  # without: one line, exit 2
+            self.assertEqual(rc, 2)
+            self.assertIn("File not found", err)
+
 
 if __name__ == "__main__":
     unittest.main()
