@@ -519,7 +519,7 @@ def _add_train_fusion(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, augmentation and order (default 0)")
     p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written after every epoch (default MODEL.ckpt.pt)")
+    p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written after every epoch (default: the --output name plus .ckpt.pt, e.g. MODEL.safetensors.ckpt.pt)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=_run_train_fusion)
 
