@@ -155,5 +155,23 @@ class TrainFusionCliTest(unittest.TestCase):
                 self.assertFalse((tmp / "run").exists())
 
 
+@unittest.skipIf(torch is None, "torch/monai not installed")
+class TrainFusionDefaultsTest(unittest.TestCase):
+    def test_cli_and_python_api_share_their_defaults(self):
+        """train_fusion(pairs) from Python trains as `mmfusion train-fusion` does (the API's patch side was 128,
+        the command's and README's 96)."""
+        import argparse
+
+        from MultimodalFusionLib.cli import build_parser
+        from MultimodalFusionLib.fusion.deep import TrainingConfig
+
+        sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+        cli_defaults = {a.dest: a.default for a in sub.choices["train-fusion"]._actions}
+        api = TrainingConfig()
+        for field in ("epochs", "batch_size", "lr", "patch_size", "seed", "device", "samples_per_epoch"):
+            with self.subTest(field=field):
+                self.assertEqual(getattr(api, field), cli_defaults[field])
+
+
 if __name__ == "__main__":
     unittest.main()

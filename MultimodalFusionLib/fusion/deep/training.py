@@ -46,7 +46,7 @@ class TrainingConfig:
     epochs: int = 20
     batch_size: int = 8
     lr: float = 2e-3
-    patch_size: int = 128
+    patch_size: int = 96  # as `mmfusion train-fusion --patch-size` (README); the shipped weights used 112 / 64
     loss_weights: LossWeights = dataclasses.field(default_factory=LossWeights)
     seed: int = 0
     device: str = "auto"
