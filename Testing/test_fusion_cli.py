@@ -85,6 +85,11 @@ class FuseEvaluateCliTest(unittest.TestCase):
         code, _, stderr = _main(["fuse", self.a, self.b, "--method", "max", "--sigma", "2", "-o", out])
         self.assertEqual(code, 2)
         self.assertIn("Bad parameter", stderr)
+        self.assertIn("'max' takes no parameters", stderr)  # not Python's "unexpected keyword argument"
+        code, _, stderr = _main(["fuse", self.a, self.b, "--method", "average", "--levels", "3", "-o", out])
+        self.assertEqual(code, 2)
+        self.assertIn("no parameter 'levels'", stderr)
+        self.assertIn("'average' takes weight", stderr)
         code, _, stderr = _main(["fuse", self.a, self.b, "--method", "nope", "-o", out])
         self.assertEqual(code, 2)
         self.assertIn("Unknown fusion method", stderr)

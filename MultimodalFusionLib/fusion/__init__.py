@@ -247,8 +247,27 @@ def _checked_params(func: FusionMethod, method: str, params: dict[str, Any]) -> 
     becomes the type of the parameter's default; a non-finite number, text that is not a number,
     or (for the built-in methods) a fraction where a whole number is needed, is a clear error.
     Other values (tuples, names, a registered method's own types) pass as they are."""
+    import inspect
     import math
 
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        # a parameter the method does not take (e.g. `mmfusion fuse --method average --levels 3`): name the ones
+        # it does take, not Python's "unexpected keyword argument" from inside the call
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        accepted = [k for k, p in list(sig.parameters.items())[2:]  # after the two arrays a, b
+                    if p.kind in named and k not in ("progress", "functional_rgb")]
+        if method == "overlay":
+            accepted.append("window")
+        unknown = [k for k in params if k not in accepted]
+        if unknown:
+            takes = f"takes {', '.join(accepted)}" if accepted else "takes no parameters"
+            raise InputError(f"Bad parameter for fusion method '{method}': it has no parameter "
+                             f"{', '.join(repr(k) for k in unknown)}.",
+                             f"Leave it out: '{method}' {takes} (mmfusion fuse --help lists each method's flags).")
     defaults = _defaults(func)
     out = {}
     for key, value in params.items():
