@@ -281,7 +281,8 @@ def _print_metrics(table: dict[str, dict[str, float]]) -> None:
     from .report import REPORT_METRICS
 
     keys = list(REPORT_METRICS) + ["MI_mean", "VIF_mean", "SSIM_mean"]
-    print("method".ljust(12) + "".join(k.rjust(10) for k in keys))
+    width = max([12] + [len(str(m)) + 2 for m in table])  # `evaluate` rows are file names: keep the columns
+    print("method".ljust(width) + "".join(k.rjust(10) for k in keys))
     def cell(value: Any) -> str:
         try:
             number = float(value)
@@ -291,7 +292,7 @@ def _print_metrics(table: dict[str, dict[str, float]]) -> None:
             else f"{number + 0.0:10.3f}".replace("-0.000", " 0.000")  # NaN: undefined (e.g. Qabf without edges)
 
     for method, vals in table.items():
-        print(method.ljust(12) + "".join(cell(vals.get(k)) for k in keys))
+        print(str(method).ljust(width) + "".join(cell(vals.get(k)) for k in keys))
     print("(computed as CDDFuse's Evaluator.py on 8-bit grey images; MI in nats; SSIM/VIF/MI are sums over "
           "both sources, *_mean half of them)")
 

@@ -49,6 +49,20 @@ class FuseEvaluateCliTest(unittest.TestCase):
         self.assertTrue(os.path.isfile(os.path.join(rep, "report.html")))
         self.assertIn("SSIM", stdout)
 
+    def test_evaluate_table_columns_stay_aligned_under_a_long_file_name(self) -> None:
+        """`evaluate` labels its row with the fused file's name: one over 12 characters shifted every value
+        right of its column header."""
+        import re
+
+        out = os.path.join(self.tmp.name, "fused_wavelet_long_name.png")
+        self.assertEqual(_main(["fuse", self.a, self.b, "--method", "average", "-o", out])[0], 0)
+        code, stdout, stderr = _main(["evaluate", "--fused", out, self.a, self.b])
+        self.assertEqual(code, 0, stderr)
+        header, row = stdout.splitlines()[:2]
+        self.assertTrue(row.startswith("fused_wavelet_long_name.png "))
+        ends = [[m.end() for m in re.finditer(r"\S+", line)][1:] for line in (header, row)]
+        self.assertEqual(ends[0], ends[1])  # every value ends where its column's name ends
+
     def test_fuse_json_prints_only_json_with_or_without_a_report(self) -> None:
         """`fuse --json` is parseable as register/run/evaluate --json are; without --report it is not ignored."""
         out = os.path.join(self.tmp.name, "fused.png")
