@@ -260,8 +260,6 @@ def _checked_params(func: FusionMethod, method: str, params: dict[str, Any]) -> 
         named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         accepted = [k for k, p in list(sig.parameters.items())[2:]  # after the two arrays a, b
                     if p.kind in named and k not in ("progress", "functional_rgb")]
-        if method == "overlay":
-            accepted.append("window")
         unknown = [k for k in params if k not in accepted]
         if unknown:
             takes = f"takes {', '.join(accepted)}" if accepted else "takes no parameters"
