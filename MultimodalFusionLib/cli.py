@@ -56,8 +56,13 @@ def _print_json(obj: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- info
+def _numbers(values: Any, spec: str, sep: str = ", ") -> str:
+    return sep.join(format(v + 0.0, spec) for v in values)  # + 0.0: no "-0" for a negated zero
+
+
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="size, spacing, origin, direction and intensity range of images")
+    p = sub.add_parser("info", help="size, spacing, origin and direction (LPS and RAS), orientation code and "
+                                   "intensity range of images")
     p.add_argument("files", nargs="+", help="image files or DICOM folders")
     p.add_argument("--series", help="DICOM series UID or description, when a folder holds several")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -79,10 +84,19 @@ def _run_info(args: argparse.Namespace) -> int:
         print(f"  dimension  {info['dimension']}D, {info['components']} component(s), {info['pixel_type']}")
         print(f"  size       {' x '.join(str(s) for s in info['size'])}")
         print(f"  spacing    {', '.join(f'{s:.6g}' for s in info['spacing'])} mm")
-        print(f"  origin     {', '.join(f'{o:.6g}' for o in info['origin'])} mm (LPS)")
+        # ITK's numbers (LPS) and Slicer's (RAS) side by side: users compare both with their tools
+        print(f"  origin     {_numbers(info['origin'], '.6g')} mm (LPS: ITK, ANTs, elastix)"
+              f" = {_numbers(info['origin_ras'], '.6g')} mm (RAS: Slicer)")
         d = info["dimension"]
-        rows = [info["direction"][i * d:(i + 1) * d] for i in range(d)]
-        print("  direction  " + " | ".join(" ".join(f"{v:+.4f}" for v in r) for r in rows))
+        for label, key, tool in (("direction", "direction", "LPS; rows, column j = image axis j"),
+                                 ("", "direction_ras", "RAS: Slicer's IJK to RAS direction matrix")):
+            rows = [info[key][i * d:(i + 1) * d] for i in range(d)]
+            print(f"  {label:<10} " + " | ".join(_numbers(r, '+.4f', ' ') for r in rows) + f"  ({tool})")
+        if info.get("orientation"):
+            oblique = (f", oblique by {info['oblique_degrees']:.1f} deg: nearest axes"
+                       if info["oblique_degrees"] > 0.05 else "")
+            print(f"  orientation {info['orientation']} (axes run toward, as nibabel aff2axcodes and ITK DICOMOrient"
+                  f" name it; ITK-SNAP RAI code {info['orientation_itksnap']}){oblique}")
         if info["min"] is None:  # every voxel NaN/inf: no finite statistics
             print("  intensity  no finite voxel")
         else:

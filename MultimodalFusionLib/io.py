@@ -32,6 +32,7 @@ __all__ = [
     "write_transform",
     "list_dicom_series",
     "image_info",
+    "orientation_code",
     "to_luminance",
     "IMAGE_EXTENSIONS",
     "atomic_path",
@@ -527,18 +528,62 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
     return final
 
 
+_OPPOSITE_LETTERS = str.maketrans("LRPASI", "RLAPIS")
+
+
+def orientation_code(image: sitk.Image) -> tuple[str, float] | None:
+    """The letters naming where each image axis points, and how oblique the grid is.
+
+    The code is the one nibabel's ``aff2axcodes``, ITK's ``DICOMOrientImageFilter`` and NRRD's
+    "space" name: the direction each axis runs *toward* ("LPS" for an identity direction, "RAS"
+    for a NIfTI stored the usual way). ITK-SNAP's "RAI code" names where each axis comes *from*,
+    the opposite letters (``code.translate`` with R<->L, A<->P, S<->I). For an oblique grid the
+    letters name the nearest anatomical axes.
+
+    Returns:
+        (code, degrees): the code (two letters for a 2D image, taken as an axial slice as Slicer
+        takes it) and the largest angle between an image axis and its nearest anatomical axis
+        (0 for an axis-aligned grid); None for other dimensions.
+    """
+    dim = image.GetDimension()
+    if dim not in (2, 3):
+        return None
+    direction = np.eye(3)
+    direction[:dim, :dim] = np.array(image.GetDirection(), dtype=float).reshape(dim, dim)
+    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines([float(v) for v in direction.ravel()])
+    unit = direction / np.linalg.norm(direction, axis=0)
+    degrees = float(np.degrees(np.arccos(np.clip(np.abs(unit).max(axis=0), -1.0, 1.0))).max())
+    return code[:dim], degrees
+
+
 def image_info(image: sitk.Image) -> dict[str, Any]:
-    """Size, spacing, origin, direction, pixel type and intensity range of an image."""
+    """Size, spacing, geometry, orientation, pixel type and intensity range of an image.
+
+    ``origin`` and ``direction`` (row-major; column j is image axis j) are ITK's, in LPS, as
+    SimpleITK, ANTs and elastix give them; ``origin_ras`` and ``direction_ras`` are what Slicer's
+    Volumes module shows (x and y negated). ``orientation`` is the code nibabel's aff2axcodes and
+    ITK's DICOMOrient give; ``orientation_itksnap`` is ITK-SNAP's RAI code for the same grid (see
+    :func:`orientation_code`).
+    """
+    from .mrml import ras_geometry
+
     arr = sitk.GetArrayViewFromImage(image)
     finite = np.isfinite(arr) if np.issubdtype(arr.dtype, np.floating) else None
     has_nan = bool(finite is not None and not finite.all())
     vals = arr[finite] if finite is not None else arr
+    origin_ras, direction_ras = ras_geometry(image)
+    orientation = orientation_code(image)
     return {
         "dimension": image.GetDimension(),
         "size": list(image.GetSize()),
         "spacing": [float(s) for s in image.GetSpacing()],
         "origin": [float(o) for o in image.GetOrigin()],
         "direction": [float(d) for d in image.GetDirection()],
+        "origin_ras": origin_ras,
+        "direction_ras": direction_ras,
+        "orientation": orientation[0] if orientation else None,
+        "orientation_itksnap": orientation[0].translate(_OPPOSITE_LETTERS) if orientation else None,
+        "oblique_degrees": orientation[1] if orientation else None,
         "pixel_type": image.GetPixelIDTypeAsString(),
         "components": image.GetNumberOfComponentsPerPixel(),
         "min": float(vals.min()) if vals.size else None,

@@ -33,6 +33,8 @@ from .errors import InputError, itk_guard
 
 __all__ = [
     "LPS_TO_RAS",
+    "ras_geometry",
+    "slicer_matrix_to_parent",
     "get_scene",
     "new_scene",
     "ensure_color_nodes",
@@ -62,6 +64,39 @@ __all__ = [
 LPS_TO_RAS = (-1.0, -1.0, 1.0)
 _F3 = np.diag(LPS_TO_RAS)
 _F4 = np.diag(LPS_TO_RAS + (1.0,))
+
+
+def ras_geometry(image: sitk.Image) -> tuple[list[float], list[float]]:
+    """The image's origin and direction (row-major) in RAS, as Slicer shows them.
+
+    Pure arithmetic (no MRML): the numbers Slicer's Volumes module gives for the image once
+    loaded (origin; "IJK to RAS direction matrix"). A 2D image is taken as Slicer takes it (one
+    axial slice), so its x and y change sign too.
+    """
+    dim = image.GetDimension()
+    flip = np.diag(LPS_TO_RAS[:dim]) if dim <= 3 else np.diag(LPS_TO_RAS + (1.0,) * (dim - 3))
+    origin = flip @ np.array(image.GetOrigin(), dtype=float)
+    direction = flip @ np.array(image.GetDirection(), dtype=float).reshape(dim, dim)
+    return [float(v) + 0.0 for v in origin], [float(v) + 0.0 for v in direction.ravel()]
+
+
+def slicer_matrix_to_parent(transform: sitk.Transform) -> np.ndarray:
+    """The 4x4 RAS matrix Slicer's Transforms module shows for a linear engine transform.
+
+    Loading the engine's ``transform.tfm`` (ITK: fixed -> moving points, LPS) into Slicer gives a
+    transform node whose "to parent" matrix, the one the Transforms module displays and edits,
+    is the inverse in RAS: it moves the moving volume's points onto the fixed volume
+    (``F T^-1 F``, ``F = diag(-1, -1, 1, 1)``). Pure arithmetic, equal to what
+    :func:`transform_node_from_sitk` and Slicer's own transform reader give (tested).
+
+    Raises:
+        InputError: the transform is not linear or not 3D.
+    """
+    if transform.GetDimension() != 3:
+        raise InputError(f"Slicer transforms are 3D; this one is {transform.GetDimension()}D.",
+                         "Register 3D volumes to get a transform for Slicer.")
+    return _F4 @ np.linalg.inv(linear_transform_matrix(transform)) @ _F4
+
 
 #: Colour nodes suited to functional images (PET, SPECT), all among Slicer's default colour nodes.
 FUNCTIONAL_COLORMAPS = ("PET-Heat", "PET-Rainbow2", "PET-DICOM", "PET-HotMetalBlue", "Inferno", "Magma",

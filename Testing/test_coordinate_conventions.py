@@ -1,0 +1,151 @@
+"""Numbers users compare with Slicer (RAS), ITK-SNAP, ANTs and elastix (LPS): right, and labelled.
+
+Each case is checked against an independent source: a NRRD header written by hand (its "space"
+and "space directions" say where each axis points), Slicer's own libraries (slicer-core: a real
+scene, Slicer's ITK transform reader) and, where installed, nibabel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+import math
+import os
+import tempfile
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib import cli, io, mrml
+
+try:
+    import slicer  # noqa: F401  (the slicer-core wheel, or Slicer itself)
+
+    HAVE_MRML = hasattr(slicer, "vtkMRMLScene")
+except ImportError:  # pragma: no cover - slicer-core is a test dependency
+    HAVE_MRML = False
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(list(argv))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def write_nrrd(path: str, space: str, directions: list[tuple[float, float, float]],
+               origin: tuple[float, float, float], size: tuple[int, int, int] = (3, 4, 5)) -> str:
+    """A raw NRRD written by hand, so the geometry does not come from the code under test."""
+    header = ["NRRD0004", "type: float", "dimension: 3", f"space: {space}",
+              "sizes: " + " ".join(str(s) for s in size),
+              "space directions: " + " ".join("(" + ",".join(repr(float(v)) for v in d) + ")" for d in directions),
+              "kinds: domain domain domain", "endian: little", "encoding: raw",
+              "space origin: (" + ",".join(repr(float(v)) for v in origin) + ")"]
+    data = np.arange(int(np.prod(size)), dtype="<f4").tobytes()
+    with open(path, "wb") as fh:
+        fh.write(("\n".join(header) + "\n\n").encode("ascii") + data)
+    return path
+
+
+C20, S20 = math.cos(math.radians(20)), math.sin(math.radians(20))
+
+#: name -> (NRRD space, space directions, origin, orientation code (axes run toward), ITK-SNAP RAI code,
+#: obliquity in degrees). The codes follow from the header alone: in RAS space +x is R, in LPS +x is L.
+CASES = {
+    "ras": ("right-anterior-superior", [(1, 0, 0), (0, 1, 0), (0, 0, 1)], (10, -20, 30), "RAS", "LPI", 0.0),
+    "lps": ("left-posterior-superior", [(1, 0, 0), (0, 1, 0), (0, 0, 1)], (10, -20, 30), "LPS", "RAI", 0.0),
+    "rpi": ("right-anterior-superior", [(1, 0, 0), (0, -1, 0), (0, 0, -1)], (0, 0, 0), "RPI", "LAS", 0.0),
+    "sagittal": ("right-anterior-superior", [(0, 0, 2), (-1, 0, 0), (0, -1, 0)], (10, -20, 30), "SLP", "IRA", 0.0),
+    "oblique": ("right-anterior-superior", [(C20, S20, 0), (-S20, C20, 0), (0, 0, 3)], (1, 2, 3), "RAS", "LPI",
+                20.0),
+    "oblique_flipped": ("left-posterior-superior", [(C20, -S20, 0), (-S20, -C20, 0), (0, 0, 1)], (1, 2, 3), "LAS",
+                        "RPI", 20.0),
+}
+
+
+def _ras(space: str, vector: tuple[float, float, float]) -> np.ndarray:
+    v = np.array(vector, dtype=float)
+    return v if space.startswith("right") else v * np.array([-1.0, -1.0, 1.0])
+
+
+class InfoOrientationTest(unittest.TestCase):
+    """`mmfusion info` and io.image_info: the orientation code as nibabel, ITK and ITK-SNAP name it,
+    and origin/direction in LPS (ITK) and RAS (Slicer)."""
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+
+    def _files(self, name: str) -> list[str]:
+        space, dirs, origin = CASES[name][:3]
+        nrrd = write_nrrd(os.path.join(self.tmp.name, f"{name}.nrrd"), space, dirs, origin)
+        image = io.read_image(nrrd)
+        return [nrrd, io.write_image(image, os.path.join(self.tmp.name, f"{name}.nii.gz")),
+                io.write_image(image, os.path.join(self.tmp.name, f"{name}.mha"))]
+
+    def test_codes_and_geometry_follow_the_header(self) -> None:
+        for name, (space, dirs, origin, code, itksnap, oblique) in CASES.items():
+            spacing = np.linalg.norm(np.array(dirs, dtype=float), axis=1)
+            direction_ras = np.stack([_ras(space, d) for d in dirs], axis=1) / spacing
+            for path in self._files(name):
+                with self.subTest(name=name, file=os.path.basename(path)):
+                    info = io.image_info(io.read_image(path))
+                    self.assertEqual(info["orientation"], code)
+                    self.assertEqual(info["orientation_itksnap"], itksnap)
+                    self.assertAlmostEqual(info["oblique_degrees"], oblique, places=3)
+                    np.testing.assert_allclose(info["origin_ras"], _ras(space, origin), atol=1e-5)
+                    np.testing.assert_allclose(info["origin"], _ras(space, origin) * [-1, -1, 1], atol=1e-5)
+                    np.testing.assert_allclose(np.reshape(info["direction_ras"], (3, 3)), direction_ras, atol=1e-6)
+                    np.testing.assert_allclose(np.reshape(info["direction"], (3, 3)),
+                                               np.diag([-1.0, -1.0, 1.0]) @ direction_ras, atol=1e-6)
+
+    def test_codes_match_nibabel_for_the_nifti_files(self) -> None:
+        try:
+            import nibabel
+            from nibabel.orientations import aff2axcodes
+        except ImportError:  # pragma: no cover - nibabel is optional
+            self.skipTest("nibabel is not installed")
+        for name in CASES:
+            nifti = self._files(name)[1]
+            with self.subTest(name=name):
+                self.assertEqual("".join(aff2axcodes(nibabel.load(nifti).affine)),
+                                 io.image_info(io.read_image(nifti))["orientation"])
+
+    def test_printout_labels_each_convention(self) -> None:
+        nrrd = self._files("sagittal")[0]
+        rc, out, err = run_cli("info", nrrd)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("origin     -10, 20, 30 mm (LPS: ITK, ANTs, elastix) = 10, -20, 30 mm (RAS: Slicer)", out)
+        self.assertIn("orientation SLP (axes run toward", out)
+        self.assertIn("ITK-SNAP RAI code IRA", out)
+        self.assertIn("(RAS: Slicer's IJK to RAS direction matrix)", out)
+        self.assertNotIn("-0.0000", out)
+        rc, out, err = run_cli("info", nrrd, "--json")
+        self.assertEqual(json.loads(out)[nrrd]["orientation"], "SLP")
+
+    def test_a_2d_slice_is_coded_as_slicer_shows_it(self) -> None:
+        info = io.image_info(sitk.Image([4, 5], sitk.sitkUInt8))  # a PNG: x, y as Slicer's L, P
+        self.assertEqual((info["orientation"], info["orientation_itksnap"]), ("LP", "RA"))
+        self.assertEqual(info["direction_ras"], [-1.0, 0.0, 0.0, -1.0])
+
+    @unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
+    def test_ras_numbers_are_what_a_slicer_volume_node_holds(self) -> None:
+        import vtk
+
+        scene = mrml.new_scene(colors=False, slice_views=False)
+        for name in CASES:
+            image = io.read_image(self._files(name)[0])
+            node = mrml.volume_node_from_image(image, scene, name=name)
+            info = io.image_info(image)
+            matrix = vtk.vtkMatrix4x4()
+            node.GetIJKToRASDirectionMatrix(matrix)
+            with self.subTest(name=name):
+                np.testing.assert_allclose(node.GetOrigin(), info["origin_ras"], atol=1e-9)
+                np.testing.assert_allclose([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)],
+                                           np.reshape(info["direction_ras"], (3, 3)), atol=1e-12)
+
+
+if __name__ == "__main__":
+    unittest.main()
