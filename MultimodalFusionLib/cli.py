@@ -196,12 +196,32 @@ def _run_register(args: argparse.Namespace) -> int:
     for s in result.stages:
         print(f"{s.name:>8}: metric {s.metric_before:.4f} -> {s.metric_after:.4f}, {s.iterations} iterations, "
               f"{s.seconds:.1f} s{'' if s.accepted else ' (discarded: made the metric worse)'}")
+    for line in _transform_lines(metrics.get("transform")):
+        print(line)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     out = metrics["outputs"]
     print(f"wrote {os.path.join(args.output_dir, out['transform'])}, {out['moving_resampled']}, "
           f"{out['checkerboard']}, metrics.json")
     return 0
+
+
+def _transform_lines(summary: dict[str, Any] | None) -> list[str]:
+    """A linear result's numbers, each with its convention: users check them in Slicer or ITK tools."""
+    if not summary:
+        return []
+    def vec(values: Any) -> str:
+        return "(" + ", ".join(f"{v + 0.0:.3f}" for v in values) + ")"
+    angle = summary.get("rotation_deg")
+    head = f"transform: rotation {angle:.3f} deg, " if angle is not None else "transform: "
+    lines = [head + f"offset {vec(summary['itk_offset_lps'])} mm; the file maps fixed -> moving points in LPS "
+                    "(ITK, ANTs, elastix)" + (", 2D: angle from +x toward +y" if len(summary["itk_offset_lps"]) == 2
+                                             and angle is not None else "")]
+    if "slicer_translation_ras" in summary:
+        lr, pa, is_ = summary["slicer_translation_ras"]
+        lines.append(f"  in Slicer (Transforms module, RAS, moves the moving volume onto the fixed one): translation "
+                     f"LR {lr + 0.0:.3f}, PA {pa + 0.0:.3f}, IS {is_ + 0.0:.3f} mm")
+    return lines
 
 
 def _add_resample(sub: argparse._SubParsersAction) -> None:
@@ -440,6 +460,8 @@ def _run_run(args: argparse.Namespace) -> int:
     reg = out["registration"]
     if reg is not None:
         print(f"registration: {reg.backend}, {reg.seconds:.1f} s, metric {reg.metric_before:.4f} -> {reg.metric_after:.4f}")
+        for line in _transform_lines(reg.to_dict().get("transform")):
+            print(f"  {line}")
         for w in reg.warnings:
             print(f"  warning: {w}")
     rm = out["registration_metrics"]

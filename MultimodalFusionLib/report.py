@@ -282,6 +282,16 @@ def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> st
             ("metric after", reg.get("metric_after")), ("seconds", reg.get("seconds"))]
     parts.append('<tr><td colspan="2" class="name note">metric as the optimiser reports it: lower is better'
                  "</td></tr>")
+    tx = reg.get("transform") or {}
+    def vec(values: Sequence[float]) -> str:
+        return "(" + ", ".join(f"{v + 0.0:.3f}" for v in values) + ") mm"
+    if tx.get("rotation_deg") is not None:
+        rows.append(("rotation (degrees)", tx["rotation_deg"]))
+    if tx.get("itk_offset_lps") is not None:
+        rows.append(("offset in the transform file: ITK, LPS, maps fixed → moving points", vec(tx["itk_offset_lps"])))
+    if tx.get("slicer_translation_ras") is not None:
+        rows.append(("translation in Slicer's Transforms module: RAS (LR, PA, IS), moves moving → fixed",
+                     vec(tx["slicer_translation_ras"])))
     for k, v in rows:
         if v is not None:
             parts.append(f"<tr><th class=\"name\">{html.escape(k)}</th><td>{_fmt(v)}</td></tr>")

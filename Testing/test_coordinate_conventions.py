@@ -147,5 +147,93 @@ class InfoOrientationTest(unittest.TestCase):
                                            np.reshape(info["direction_ras"], (3, 3)), atol=1e-12)
 
 
+class TransformNumbersTest(unittest.TestCase):
+    """metrics.json's and the console's transform numbers: ITK's (LPS, fixed -> moving) and what
+    Slicer's Transforms module shows for the written transform.tfm (RAS, "to parent")."""
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+
+    def test_summary_of_a_known_rigid_transform(self) -> None:
+        from MultimodalFusionLib.registration.result import transform_summary
+
+        tx = sitk.Euler3DTransform((10.0, -20.0, 30.0), 0.1, -0.05, 0.2, (4.0, -6.0, 8.0))
+        summary = transform_summary(tx)
+        point = np.array([3.0, 7.0, -11.0])
+        moved = np.reshape(summary["itk_matrix_lps"], (3, 3)) @ point + summary["itk_offset_lps"]
+        np.testing.assert_allclose(moved, tx.TransformPoint(point.tolist()), atol=1e-12)
+        self.assertEqual(summary["itk_parameters"], list(tx.GetParameters()))
+        self.assertEqual(summary["itk_fixed_parameters"], list(tx.GetFixedParameters()))
+        angle = math.degrees(math.acos((np.trace(np.reshape(tx.GetMatrix(), (3, 3))) - 1) / 2))
+        self.assertAlmostEqual(summary["rotation_deg"], angle, places=9)
+        # Slicer's "to parent" moves the moving image's RAS points back onto the fixed image's
+        flip = np.array([-1.0, -1.0, 1.0])
+        slicer = np.array(summary["slicer_matrix_to_parent_ras"])
+        np.testing.assert_allclose(slicer[:3, :3] @ (moved * flip) + slicer[:3, 3], point * flip, atol=1e-12)
+        self.assertEqual(summary["slicer_translation_ras"], list(slicer[:3, 3]))
+
+    def test_2d_angle_is_signed_and_affine_has_none(self) -> None:
+        from MultimodalFusionLib.registration.result import transform_summary
+
+        self.assertAlmostEqual(transform_summary(sitk.Euler2DTransform((5, 5), math.radians(-10)))["rotation_deg"],
+                               -10.0)
+        affine = sitk.AffineTransform(3)
+        affine.Scale(1.1)
+        summary = transform_summary(affine)
+        self.assertIsNone(summary["rotation_deg"])
+        self.assertIsNone(transform_summary(sitk.BSplineTransform(3)))
+
+    @unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
+    def test_register_prints_what_slicer_shows_for_its_transform_file(self) -> None:
+        import slicer
+        import vtk
+
+        from MultimodalFusionLib import scenarios
+
+        fixed, moving, _truth = scenarios.phantom_pair()  # oblique grids, a known rigid misalignment
+        paths = [io.write_image(img, os.path.join(self.tmp.name, f"{n}.nii.gz"))
+                 for n, img in (("fixed", fixed), ("moving", moving))]
+        out_dir = os.path.join(self.tmp.name, "reg")
+        rc, out, err = run_cli("register", *paths, "-o", out_dir, "--seed", "0")
+        self.assertEqual(rc, 0, err)
+        with open(os.path.join(out_dir, "metrics.json")) as fh:
+            summary = json.load(fh)["transform"]
+        self.assertIn("maps fixed-image points to moving-image points", summary["convention"])
+
+        scene = slicer.vtkMRMLScene()
+        node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        storage = slicer.vtkMRMLTransformStorageNode()  # Slicer's own reader, as File > Add Data uses
+        storage.SetScene(scene)
+        storage.SetFileName(os.path.join(out_dir, "transform.tfm"))
+        self.assertTrue(storage.ReadData(node))
+        matrix = vtk.vtkMatrix4x4()
+        node.GetMatrixTransformToParent(matrix)
+        shown = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+        np.testing.assert_allclose(summary["slicer_matrix_to_parent_ras"], shown, atol=1e-9)
+        lr, pa, is_ = shown[:3, 3]
+        self.assertIn(f"translation LR {lr:.3f}, PA {pa:.3f}, IS {is_:.3f} mm", out)
+        self.assertIn("in Slicer (Transforms module, RAS, moves the moving volume onto the fixed one)", out)
+        self.assertIn("the file maps fixed -> moving points in LPS", out)
+        tx = io.read_transform(os.path.join(out_dir, "transform.tfm"))
+        self.assertIn(f"offset ({', '.join(f'{v:.3f}' for v in tx.TransformPoint((0.0, 0.0, 0.0)))}) mm", out)
+
+    def test_report_shows_both_conventions(self) -> None:
+        from MultimodalFusionLib import fusion, report
+        from MultimodalFusionLib.registration.result import RegistrationResult
+
+        tx = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, 0.0, (4.0, -6.0, 8.0))  # a pure shift, LPS
+        vol = sitk.GetImageFromArray(np.random.default_rng(0).normal(100, 10, (8, 9, 10)).astype(np.float32))
+        fused = fusion.fuse(vol, vol, "average")
+        result = RegistrationResult(transform=tx, stages=[], metric_before=0.0, metric_after=-1.0)
+        paths = report.write_report(self.tmp.name, inputs={"A": vol, "B": vol}, fusions=[fused],
+                                    metrics={}, registration=result)
+        with open(paths["html"], encoding="utf-8") as fh:
+            page = fh.read()
+        self.assertIn("ITK, LPS, maps fixed → moving points</th><td>(4.000, -6.000, 8.000) mm", page)
+        # Slicer's to-parent is the inverse in RAS: -(4, -6, 8) with x and y negated
+        self.assertIn("(LR, PA, IS), moves moving → fixed</th><td>(4.000, -6.000, -8.000) mm", page)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -5,9 +5,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["StageResult", "RegistrationResult"]
+__all__ = ["StageResult", "RegistrationResult", "transform_summary", "TRANSFORM_CONVENTION"]
+
+#: What the numbers of :func:`transform_summary` mean (written next to them in metrics.json).
+TRANSFORM_CONVENTION = (
+    "itk_*: the transform as the transform file holds it: it maps fixed-image points to moving-image points, "
+    "in LPS (ITK, ANTs, elastix; resample the moving image with it). slicer_*: what Slicer's Transforms module "
+    "shows once that file is loaded: the 'to parent' matrix in RAS, the inverse, which moves the moving volume "
+    "onto the fixed one (its translation column is the LR, PA, IS sliders).")
 
 
 @dataclasses.dataclass
@@ -74,7 +82,8 @@ class RegistrationResult:
         return not _is_linear(self.transform)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able summary (no transform parameters; those go to the transform file)."""
+        """JSON-able summary: metrics, stages, and a linear transform's numbers in ITK's and Slicer's
+        conventions (:func:`transform_summary`; a deformable one is only in the transform file)."""
         return {
             "backend": self.backend,
             "metric_before": self.metric_before,
@@ -82,6 +91,7 @@ class RegistrationResult:
             "seconds": self.seconds,
             "deformable": self.is_deformable,
             "transform_type": self.transform.GetName(),
+            "transform": transform_summary(self.transform),
             "warnings": list(self.warnings),
             "stages": [s.to_dict() for s in self.stages],
             "parameters": self.parameters,
@@ -92,3 +102,45 @@ def _is_linear(tx: sitk.Transform) -> bool:
     if isinstance(tx, sitk.CompositeTransform):
         return all(_is_linear(tx.GetNthTransform(i)) for i in range(tx.GetNumberOfTransforms()))
     return tx.IsLinear()
+
+
+def transform_summary(transform: sitk.Transform) -> dict[str, Any] | None:
+    """A linear transform's numbers as ITK (LPS, fixed -> moving) and Slicer (RAS, moving -> fixed) show them.
+
+    Returns:
+        None for a deformable transform, else a dict with ``convention`` (:data:`TRANSFORM_CONVENTION`),
+        ``itk_matrix_lps`` (rows) and ``itk_offset_lps`` (where the origin goes: the homogeneous
+        matrix's last column; ITK's "Translation" parameter differs when the transform has a centre),
+        ``itk_parameters`` and ``itk_fixed_parameters`` (the transform file's Parameters and
+        FixedParameters lines; absent for a composite), ``rotation_deg`` (rigid transforms only:
+        the rotation's angle, signed in 2D, counterclockwise from +x toward +y), and for 3D
+        ``slicer_matrix_to_parent_ras`` (4x4 rows) and ``slicer_translation_ras`` (mm).
+    """
+    from ..mrml import linear_transform_matrix, slicer_matrix_to_parent
+
+    if not _is_linear(transform):
+        return None
+    dim = transform.GetDimension()
+    homogeneous = linear_transform_matrix(transform)
+    matrix, offset = homogeneous[:dim, :dim], homogeneous[:dim, 3]
+    rigid = np.allclose(matrix.T @ matrix, np.eye(dim), atol=1e-6) and np.linalg.det(matrix) > 0
+    if not rigid:
+        angle = None
+    elif dim == 2:
+        angle = float(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0])))
+    else:
+        angle = float(np.degrees(np.arccos(np.clip((np.trace(matrix) - 1.0) / 2.0, -1.0, 1.0))))
+    summary: dict[str, Any] = {
+        "convention": TRANSFORM_CONVENTION,
+        "itk_matrix_lps": [[float(v) for v in row] for row in matrix],
+        "itk_offset_lps": [float(v) for v in offset],
+        "rotation_deg": angle,
+    }
+    if not isinstance(transform, sitk.CompositeTransform):
+        summary["itk_parameters"] = [float(v) for v in transform.GetParameters()]
+        summary["itk_fixed_parameters"] = [float(v) for v in transform.GetFixedParameters()]
+    if dim == 3:
+        slicer = slicer_matrix_to_parent(transform)
+        summary["slicer_matrix_to_parent_ras"] = [[float(v) + 0.0 for v in row] for row in slicer]
+        summary["slicer_translation_ras"] = [float(v) + 0.0 for v in slicer[:3, 3]]
+    return summary
