@@ -235,5 +235,55 @@ class TransformNumbersTest(unittest.TestCase):
         self.assertIn("(LR, PA, IS), moves moving → fixed</th><td>(4.000, -6.000, -8.000) mm", page)
 
 
+class CheckerboardOrientationTest(unittest.TestCase):
+    """checkerboard.png: shown as Slicer's axial view (radiological), square pixels in mm, whatever
+    the order the volume's axes are stored in."""
+
+    @staticmethod
+    def _sagittal_volume() -> tuple[sitk.Image, np.ndarray]:
+        # stored sagittally: axis 0 runs A -> P (1 mm), axis 1 S -> I (1 mm), axis 2 R -> L (4 mm slices)
+        arr = np.zeros((10, 16, 20), np.float32)  # numpy (axis 2, axis 1, axis 0)
+        arr[:5, :8, :10] = 100.0  # right (low axis 2), superior (low axis 1), anterior (low axis 0)
+        image = sitk.GetImageFromArray(arr)
+        image.SetSpacing((1.0, 1.0, 4.0))
+        image.SetDirection((0, 0, 1, 1, 0, 0, 0, -1, 0))  # LPS columns: +y (P), -z (I), +x (L)
+        return image, arr
+
+    def test_middle_slice_is_radiological_for_any_storage_order(self) -> None:
+        from MultimodalFusionLib.registration import qc
+
+        image, _ = self._sagittal_volume()
+        view = qc.middle_slice(image)
+        self.assertEqual(view.shape, (20, 10))  # rows anterior -> posterior, columns right -> left
+        self.assertEqual(qc.display_spacing(image), (4.0, 1.0))
+        self.assertEqual(view[:10, :5].min(), 100.0)  # right-anterior on the top left, as in Slicer
+        self.assertEqual(view[10:, :].max(), 0.0)
+        self.assertEqual(view[:, 5:].max(), 0.0)
+
+    def test_png_has_the_physical_aspect_of_the_displayed_slice(self) -> None:
+        from MultimodalFusionLib.registration import qc
+
+        image, _ = self._sagittal_volume()
+        with tempfile.TemporaryDirectory() as tmp:
+            png = sitk.GetArrayFromImage(sitk.ReadImage(qc.write_checkerboard_png(image, image, image,
+                                                                                  os.path.join(tmp, "cb.png"))))
+        # each panel: 10 columns of 4 mm by 20 rows of 1 mm, i.e. 40 mm wide and 20 mm tall (it was
+        # drawn 10 wide and 20 tall: the stored spacing (1, 1, 4) was taken for the displayed one)
+        gap = max(4, 10 // 50)
+        self.assertEqual(png.shape, (20, (10 + gap + 10) * 4))
+
+    def test_a_2d_slice_stored_in_ras_order_is_turned_as_slicer_shows_it(self) -> None:
+        from MultimodalFusionLib.registration import qc
+
+        arr = np.zeros((20, 30), np.float32)
+        arr[10:, 15:] = 1.0  # with direction diag(-1, -1): high indices are the patient's right, anterior
+        flipped = sitk.GetImageFromArray(arr)
+        flipped.SetDirection((-1, 0, 0, -1))
+        view = qc.middle_slice(flipped)
+        self.assertEqual(view[:10, :15].min(), 1.0)
+        self.assertEqual(view[10:, :].max(), 0.0)
+        np.testing.assert_array_equal(qc.middle_slice(sitk.GetImageFromArray(arr)), arr)  # a PNG: as stored
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 
-__all__ = ["checkerboard", "write_checkerboard_png", "middle_slice"]
+__all__ = ["checkerboard", "write_checkerboard_png", "middle_slice", "display_spacing"]
 
 
 def _unit_range(arr: np.ndarray) -> tuple[float, float]:
@@ -75,11 +75,35 @@ def checkerboard(fixed: sitk.Image, moving_on_fixed_grid: sitk.Image, squares: i
     return sitk.CheckerBoard(a, b, pattern)
 
 
+def _to_lps(image: sitk.Image) -> sitk.Image:
+    """The image resampled (by axis permutation and flips only) so its axes run toward L, P (and S).
+
+    Radiological display, as Slicer's axial view: row 0 is anterior, column 0 the patient's right.
+    A 2D image is an axial slice, as Slicer takes it (one whose direction flips or swaps x and y,
+    e.g. a slice of a NIfTI stored in RAS order, is turned back; a PNG has identity and stays).
+    """
+    try:
+        if image.GetDimension() == 2:
+            return sitk.DICOMOrient(sitk.JoinSeries(image), "LPS")[:, :, 0]
+        return sitk.DICOMOrient(image, "LPS")
+    except RuntimeError:  # unusual directions: the grid as stored
+        return image
+
+
+def display_spacing(image: sitk.Image) -> tuple[float, float]:
+    """(column, row) pixel size in mm of :func:`middle_slice`'s array: the spacing along L and P,
+    which for a volume stored sagittally or coronally is not its first two spacings."""
+    probe = sitk.Image([1] * image.GetDimension(), sitk.sitkUInt8)
+    probe.SetSpacing(image.GetSpacing())
+    probe.SetDirection(image.GetDirection())
+    sx, sy = _to_lps(probe).GetSpacing()[:2]
+    return float(sx), float(sy)
+
+
 def middle_slice(image: sitk.Image) -> np.ndarray:
-    """The middle axial slice of a 3D image (reoriented to LPS first), or the 2D image, as an array (rows, cols)."""
-    if image.GetDimension() == 3:
-        # radiological display: anterior at the top, the patient's left on the right
-        image = sitk.DICOMOrient(image, "LPS")
+    """The middle axial slice of a 3D image, or the 2D image, as an array (rows, cols), in radiological
+    display (reoriented to LPS first: anterior at the top, the patient's right on the left, as Slicer)."""
+    image = _to_lps(image)
     arr = sitk.GetArrayFromImage(image)
     return arr[arr.shape[0] // 2] if image.GetDimension() == 3 else arr
 
@@ -90,7 +114,8 @@ def write_checkerboard_png(fixed: sitk.Image, moving_before: sitk.Image, moving_
 
     Both moving images must already be on the fixed grid (before: resampled with the identity
     or initial transform; after: with the registration result). 3D images show the middle
-    axial slice.
+    axial slice; every panel is shown as Slicer's axial view shows it (radiological: the patient's
+    right on the left, anterior at the top; see :func:`middle_slice`) with square pixels in mm.
 
     Returns:
         The path written (atomically).
@@ -114,11 +139,12 @@ def write_checkerboard_png(fixed: sitk.Image, moving_before: sitk.Image, moving_
     gap = np.ones((before.shape[0], max(4, before.shape[1] // 50)), np.float32)
     panel = np.concatenate([before, gap, after], axis=1)
     img = sitk.GetImageFromArray((np.clip(panel, 0, 1) * 255).astype(np.uint8))
-    sp = fixed.GetSpacing()
-    if abs(sp[0] - sp[1]) > 1e-6:
-        # square pixels on screen: stretch rows to the physical aspect ratio
-        img.SetSpacing([sp[0], sp[1]])
-        new_rows = int(round(panel.shape[0] * sp[1] / sp[0]))
-        img = sitk.Resample(img, [panel.shape[1], new_rows], sitk.Transform(), sitk.sitkLinear, [0, 0],
-                            [sp[0], sp[0]], [1, 0, 0, 1], 0, sitk.sitkUInt8)
+    sx, sy = display_spacing(fixed)  # of the displayed (reoriented) slice, not the stored axes
+    if abs(sx - sy) > 1e-6:
+        # square pixels on screen: stretch the coarser axis to the physical aspect ratio
+        step = min(sx, sy)
+        img.SetSpacing([sx, sy])
+        size = [int(round(panel.shape[1] * sx / step)), int(round(panel.shape[0] * sy / step))]
+        img = sitk.Resample(img, size, sitk.Transform(), sitk.sitkLinear, [0, 0], [step, step], [1, 0, 0, 1], 0,
+                            sitk.sitkUInt8)
     return write_image(img, path)
