@@ -5,8 +5,9 @@ external resources), so it opens in any browser, from a mail attachment or a USB
 Pictures are made with matplotlib's object API (no pyplot state, no display needed). 3D images
 are shown as axial, coronal and sagittal slices through the centre, in radiological convention,
 as Slicer shows them (patient's right on the viewer's left; anterior up in axial views, superior
-up in coronal and sagittal ones, anterior on the left in sagittal ones); a 2D image is shown as an
-axial slice in the same convention (PNG/JPEG slices, which carry no direction, as stored).
+up in coronal and sagittal ones, anterior on the left in sagittal ones), each view marked with the
+patient's sides (R/L, A/P, S/I); a 2D image is shown as an axial slice in the same convention
+(PNG/JPEG slices, which carry no direction, as stored).
 
 Every file is written atomically (temporary file, then rename).
 """
@@ -90,6 +91,35 @@ def _views(image: sitk.Image) -> list[tuple[str, np.ndarray, float]]:
             ("sagittal", arr[:, :, nx // 2][::-1], sz / sy)]
 
 
+#: Patient side at each edge of a view (left, right, top, bottom), radiological as Slicer's slice views.
+_VIEW_SIDES = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sagittal": ("A", "P", "S", "I")}
+
+
+def _orientable(image: sitk.Image) -> bool:
+    """Whether :func:`_views` can turn the volume to Slicer's orientation (else it shows the voxel grid
+    as stored and the views get no side letters)."""
+    probe = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    probe.SetDirection(image.GetDirection())
+    try:
+        sitk.DICOMOrient(probe, "LPS")
+    except RuntimeError:
+        return False
+    return True
+
+
+def _label_sides(ax, view_name: str) -> None:
+    """Put the patient's sides (R/L, A/P, S/I) at the edges of a view, so a lone PNG reads right."""
+    from matplotlib import patheffects
+
+    left, right, top, bottom = _VIEW_SIDES[view_name]
+    style = {"color": "yellow", "fontsize": 7, "fontweight": "bold", "transform": ax.transAxes,
+             "path_effects": [patheffects.withStroke(linewidth=1.5, foreground="black")]}  # legible on light maps
+    ax.text(0.02, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.98, 0.5, right, ha="right", va="center", **style)
+    ax.text(0.5, 0.98, top, ha="center", va="top", **style)
+    ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
+
+
 def _display_range(arr: np.ndarray) -> tuple[float, float]:
     from .preprocess import robust_range
 
@@ -122,6 +152,7 @@ def _montage_figure(inputs: Mapping[str, sitk.Image], fused: FusionResult):
     if fused.weights is not None:
         columns.append((f"weight of {a_name}", fused.weights, "weights"))
     views = {title: _views(img) for title, img, _ in columns}
+    sides = {title: img.GetDimension() == 3 and _orientable(img) for title, img, _ in columns}
     n_rows = len(next(iter(views.values())))
     n_cols = len(columns)
     cell = 2.6
@@ -152,6 +183,8 @@ def _montage_figure(inputs: Mapping[str, sitk.Image], fused: FusionResult):
                 ax.set_title(title, color="white", fontsize=10)
             if c == 0 and view_name:
                 ax.set_ylabel(view_name, color="white", fontsize=9)
+            if sides[title] and view_name in _VIEW_SIDES:
+                _label_sides(ax, view_name)
             if kind == "weights" and r == n_rows - 1:
                 bar = fig.colorbar(handle, ax=[axes[k][c] for k in range(n_rows)], fraction=0.05, pad=0.02)
                 bar.ax.tick_params(colors="white", labelsize=7)
@@ -406,9 +439,10 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
     body.append("<h2>Fused images</h2><p class=\"note\">Columns: each input, the fused image, and the weight "
                 "map (how much of the first input each voxel carries: red = first input, blue = second). "
                 "3D images show axial, coronal and sagittal slices through the centre, as Slicer shows "
-                "them: patient's right on the left, anterior up in axial views, superior up in coronal "
-                "and sagittal ones (anterior on the left); 2D images as axial slices in the same convention "
-                "(PNG/JPEG slices as stored).</p>")
+                "them (radiological convention): patient's right on the left, anterior up in axial views, "
+                "superior up in coronal and sagittal ones (anterior on the left); yellow letters mark the "
+                "patient's sides (R/L, A/P, S/I). 2D images are shown as axial slices in the same convention "
+                "(PNG/JPEG slices, which carry no orientation, as stored).</p>")
     for res, png in montage_pngs:
         params = ", ".join(f"{k}={_short(v)}" for k, v in res.parameters.items()) or "defaults"
         body.append(f"<h3>{html.escape(res.method)}</h3>")

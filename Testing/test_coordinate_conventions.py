@@ -285,5 +285,40 @@ class CheckerboardOrientationTest(unittest.TestCase):
         np.testing.assert_array_equal(qc.middle_slice(sitk.GetImageFromArray(arr)), arr)  # a PNG: as stored
 
 
+class MontageSideLettersTest(unittest.TestCase):
+    """The report's montage marks the patient's sides where Slicer's slice views have them."""
+
+    def test_views_are_marked_radiologically_and_the_marks_match_the_pixels(self) -> None:
+        from MultimodalFusionLib import fusion, report
+
+        vol = np.zeros((10, 12, 14), np.float32)  # LPS order (z, y, x): small x = right, small y = anterior
+        vol[5:, :7, :8] = 100.0  # the right-anterior-superior octant
+        ras = sitk.GetImageFromArray(vol[:, ::-1, ::-1].copy())  # as a NIfTI in RAS order reads
+        ras.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+        fused = fusion.fuse(ras, ras, "average")
+        fig = report._montage_figure({"A": ras, "B": ras}, fused)
+        expected = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"),
+                    "sagittal": ("A", "P", "S", "I")}
+        columns = 2 + 1 + (fused.weights is not None)  # A, B, fused, weight map
+        axes = [ax for ax in fig.axes if ax.texts]
+        self.assertEqual(len(axes), 3 * columns)  # every view of every column, not the colour bar
+        for ax in axes:
+            name = ax.get_ylabel() or None
+            marks = {tuple(round(v, 2) for v in t.get_position()): t.get_text() for t in ax.texts}
+            edges = tuple(marks[p] for p in ((0.02, 0.5), (0.98, 0.5), (0.5, 0.98), (0.5, 0.02)))
+            self.assertIn(edges, expected.values())
+            if name:  # first column: the bright octant (right, anterior, superior) sits at the left and top marks
+                self.assertEqual(edges, expected[name])
+                view = ax.images[0].get_array()
+                self.assertEqual((view[0, 0], view[-1, -1]), (100.0, 0.0), name)
+
+    def test_2d_slices_get_no_side_letters(self) -> None:
+        from MultimodalFusionLib import fusion, report
+
+        png = sitk.GetImageFromArray(np.random.default_rng(0).normal(100, 10, (20, 24)).astype(np.float32))
+        fig = report._montage_figure({"A": png, "B": png}, fusion.fuse(png, png, "average"))
+        self.assertFalse(any(ax.texts for ax in fig.axes))
+
+
 if __name__ == "__main__":
     unittest.main()
