@@ -456,7 +456,7 @@ def _for_2d_format(image: sitk.Image, final: str) -> sitk.Image:
     out.CopyInformation(image)
     if any(abs(o) > 1e-6 for o in image.GetOrigin()) or not np.allclose(image.GetDirection(), [1, 0, 0, 1]):
         warnings.warn(f"'{final}': a PNG/JPEG/BMP keeps no origin or direction (the image has origin "
-                      f"{[round(o, 3) for o in image.GetOrigin()]}); write .nrrd or .mha to keep them.", stacklevel=3)
+                      f"{[round(o, 3) for o in image.GetOrigin()]} mm, LPS); write .nrrd or .mha to keep them.", stacklevel=3)
     return out
 
 

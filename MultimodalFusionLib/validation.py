@@ -12,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .io import orientation_code
 
 __all__ = ["check_image", "check_pair", "check_mask", "physical_bounds", "overlap_fraction"]
 
@@ -100,7 +101,8 @@ def check_pair(fixed: sitk.Image, moving: sitk.Image, *, transform: sitk.Transfo
         raise InputError(
             "The fixed and moving images do not overlap in physical space "
             f"(fixed spans {np.round(lo_f, 1).tolist()}..{np.round(hi_f, 1).tolist()} mm, "
-            f"moving spans {np.round(lo_m, 1).tolist()}..{np.round(hi_m, 1).tolist()} mm).",
+            f"moving spans {np.round(lo_m, 1).tolist()}..{np.round(hi_m, 1).tolist()} mm; LPS as in ITK, "
+            "Slicer shows x and y negated).",
             "Use the 'geometry' or 'moments' initializer (it aligns their centres), or check the origins "
             "in the headers.")
 
@@ -118,10 +120,15 @@ def check_mask(mask: sitk.Image, image: sitk.Image, name: str = "mask", image_na
             and np.allclose(mask.GetOrigin(), image.GetOrigin(), rtol=1e-5, atol=1e-4)
             and np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-5))
     if not same:
+        def placement(img: sitk.Image) -> str:
+            # origin and orientation too: a mask saved flipped (RAS vs LPS order) has the image's size and spacing
+            code = orientation_code(img)
+            return (f"size {img.GetSize()}, spacing {tuple(round(s, 4) for s in img.GetSpacing())}, origin "
+                    f"{tuple(round(o + 0.0, 3) for o in img.GetOrigin())} mm (LPS)"
+                    + (f", axes toward {code[0]}" if code else ""))
         raise InputError(
-            f"The {name} is not on the {image_name}'s grid (mask size {mask.GetSize()}, spacing "
-            f"{tuple(round(s, 4) for s in mask.GetSpacing())}; {image_name} size {image.GetSize()}, spacing "
-            f"{tuple(round(s, 4) for s in image.GetSpacing())}).",
+            f"The {name} is not on the {image_name}'s grid (mask {placement(mask)}; {image_name} "
+            f"{placement(image)}).",
             f"Resample the mask onto the {image_name} with nearest-neighbour interpolation "
             "(mmfusion resample MASK --reference IMAGE --interpolation nearest).")
     out = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)

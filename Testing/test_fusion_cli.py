@@ -126,7 +126,7 @@ class FuseEvaluateCliTest(unittest.TestCase):
         io.write_image(img, turned)
         code, _, stderr = _main(["fuse", self.a, turned, "-o", os.path.join(self.tmp.name, "x.nii.gz")])
         self.assertEqual(code, 2)
-        self.assertIn("grid: direction (0, -1, 1, 0) vs (1, 0, 0, 1)", stderr)
+        self.assertIn("grid: direction (LPS) (0, -1, 1, 0) vs (1, 0, 0, 1)", stderr)
         self.assertNotIn("size", stderr.split("Fix")[0])
 
     def test_outputs_never_overwrite_inputs(self) -> None:

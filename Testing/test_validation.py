@@ -48,6 +48,14 @@ class Checks(unittest.TestCase):
         other = sitk.Image([10, 10, 10], sitk.sitkUInt8) + 1
         self.assertMessage(lambda: check_mask(other, img), "not on the image's grid", "nearest")
 
+    def test_mask_stored_flipped_is_named_by_its_placement(self):
+        img = _img()
+        flipped = sitk.Image(img.GetSize(), sitk.sitkUInt8) + 1  # same size and spacing, RAS order
+        flipped.SetSpacing(img.GetSpacing())
+        flipped.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+        self.assertMessage(lambda: check_mask(flipped, img), "axes toward RAS", "axes toward LPS",
+                           "origin (0.0, 0.0, 0.0) mm (LPS)")
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -161,8 +161,8 @@ def check_same_grid(a: sitk.Image, b: sitk.Image, a_name: str = "anatomical imag
     # name only what differs (all four when the dimension differs)
     props = [("size", a.GetSize(), b.GetSize(), str, 0, 0),
              ("spacing", a.GetSpacing(), b.GetSpacing(), fmt, 1e-5, 1e-6),
-             ("origin", a.GetOrigin(), b.GetOrigin(), fmt, 1e-5, 1e-4),
-             ("direction", a.GetDirection(), b.GetDirection(), fmt, 0, 1e-5)]  # same_grid's tolerances
+             ("origin (LPS)", a.GetOrigin(), b.GetOrigin(), fmt, 1e-5, 1e-4),
+             ("direction (LPS)", a.GetDirection(), b.GetDirection(), fmt, 0, 1e-5)]  # same_grid's tolerances
     diffs = [f"{name} {show(vb)} vs {show(va)}" for name, va, vb, show, rtol, atol in props
              if len(va) != len(vb) or not np.allclose(va, vb, rtol=rtol, atol=atol)]
     raise InputError(
