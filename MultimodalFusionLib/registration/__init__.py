@@ -68,7 +68,10 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
             thread unless ``parameters.number_of_threads`` says otherwise, which gives that up).
         progress: ``progress(fraction, message)``; returning False cancels (OperationCancelled).
         backend: "sitk" (SimpleITK) or "torch" (GPU-capable backend, when installed).
-        initializer: "moments", "geometry" or "none" (overrides the parameters'/preset's).
+        initializer: "moments", "geometry", "none" or "search" (overrides the parameters'/preset's).
+            "search" starts from the centres of mass and tries a grid of rotations at a coarse level
+            first (sitk backend, rigid or affine first stage): for images rotated beyond the rigid
+            stage's capture range of about 35 degrees (README, "Capture range").
 
     Returns:
         RegistrationResult: the transform (linear, or a composite ending in a B-spline), metric
@@ -106,6 +109,14 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
         parameters = dataclasses.replace(parameters, initializer=str(initializer))
     parameters.validate()
 
+    if parameters.initializer == "search":
+        if backend != "sitk":
+            raise InputError("The 'search' initializer (rotation search) runs on the sitk backend only.",
+                             "Use backend 'sitk', or initializer 'moments' on the torch backend.")
+        if initial_transform is not None:
+            raise InputError("Both the 'search' initializer and an initial transform were given: the search starts "
+                             "from the centres of mass, an initial transform replaces any initializer.",
+                             "Give one of them (drop --initial-transform, or --initializer search).")
     if isinstance(initial_transform, (str, os.PathLike)):
         from ..io import read_transform
 

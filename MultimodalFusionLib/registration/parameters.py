@@ -31,7 +31,7 @@ __all__ = [
 STAGE_TYPES = ("rigid", "affine", "bspline")
 METRICS = ("mattes_mi", "joint_histogram_mi", "correlation", "mean_squares")
 OPTIMIZERS = ("regular_step", "lbfgsb", "gradient_descent_line_search")
-INITIALIZERS = ("geometry", "moments", "none")
+INITIALIZERS = ("geometry", "moments", "none", "search")
 SAMPLING = ("random", "regular", "none")
 #: Default ``StageParameters.max_samples``: binds only on levels of more than 20 M voxels at 1% (a
 #: 512x512x200 CT's finest level: 524 k samples); 256^3 at 1% (168 k) and everything smaller is unchanged.
@@ -177,8 +177,11 @@ class RegistrationParameters:
 
     Attributes:
         stages: the stages, run in order, each starting from the previous result.
-        initializer: "geometry" (align image centres), "moments" (align centres of mass) or
-            "none" (identity); ignored when an initial transform is given.
+        initializer: "geometry" (align image centres), "moments" (align centres of mass), "none"
+            (identity) or "search" (centres of mass, then the best of a grid of rotations at a coarse
+            level: for images rotated beyond the rigid stage's capture range of about 35 degrees; see
+            ``rotation_search``; needs a rigid or affine first stage); ignored when an initial
+            transform is given (``register`` refuses one together with "search").
         seed: seed of the random metric sampling. With a seed the metric runs on one ITK thread
             and the result is bit-identical from run to run (ITK's multi-threaded metric sums in a
             varying order, which changes results at round-off level and, through the optimizer's
@@ -202,6 +205,10 @@ class RegistrationParameters:
             raise InputError("No registration stage given.", f"Give at least one of {', '.join(STAGE_TYPES)}.")
         if self.initializer not in INITIALIZERS:
             raise InputError(f"Unknown initializer '{self.initializer}'.", f"Use one of {', '.join(INITIALIZERS)}.")
+        if self.initializer == "search" and self.stages[0].name not in ("rigid", "affine"):
+            raise InputError(f"The 'search' initializer searches rotations for a rigid or affine first stage, but "
+                             f"the first stage is '{self.stages[0].name}'.",
+                             "Run a rigid stage first (e.g. --stages rigid,bspline), or use another initializer.")
         for stage in self.stages:
             stage.validate()
 

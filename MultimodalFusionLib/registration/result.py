@@ -65,6 +65,8 @@ class RegistrationResult:
         seconds: total wall time.
         backend: "sitk" or "torch".
         parameters: the parameters used (a JSON-able dict).
+        initializer: what the "search" initializer found (candidates, refined, rotation_deg from the
+            centre-of-mass start, coarse_voxel_mm, metric, seconds); None for the other initializers.
     """
 
     transform: sitk.Transform
@@ -75,6 +77,7 @@ class RegistrationResult:
     seconds: float = 0.0
     backend: str = "sitk"
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    initializer: dict[str, Any] | None = None
 
     @property
     def is_deformable(self) -> bool:
@@ -84,7 +87,7 @@ class RegistrationResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary: metrics, stages, and a linear transform's numbers in ITK's and Slicer's
         conventions (:func:`transform_summary`; a deformable one is only in the transform file)."""
-        return {
+        out = {
             "backend": self.backend,
             "metric_before": self.metric_before,
             "metric_after": self.metric_after,
@@ -96,6 +99,9 @@ class RegistrationResult:
             "stages": [s.to_dict() for s in self.stages],
             "parameters": self.parameters,
         }
+        if self.initializer is not None:  # only the search reports one: other outputs stay as they were
+            out["initializer"] = dict(self.initializer)
+        return out
 
 
 def _is_linear(tx: sitk.Transform) -> bool:

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, OperationCancelled, RegistrationError, itk_guard
-from ..progress import ProgressCallback, report
+from ..progress import ProgressCallback, report, scaled
 from .parameters import RegistrationParameters, StageParameters
 from .result import RegistrationResult, StageResult
 
@@ -196,11 +196,13 @@ def evaluate_metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Trans
 
 
 def _stage_transform(stage: StageParameters, fixed: sitk.Image, moving: sitk.Image,
-                     start: sitk.Transform | None, initializer: str) -> sitk.Transform:
+                     start: sitk.Transform | None, initializer: str,
+                     searched: sitk.Transform | None = None) -> sitk.Transform:
     """The transform the stage optimises, before optimisation.
 
-    The first stage starts from the initializer (when ``start`` is None); later stages start
-    at identity on top of the previous result.
+    The first stage starts from the initializer (when ``start`` is None; for "search", from
+    ``searched``, the rotation search's result); later stages start at identity on top of the
+    previous result.
     """
     dim = fixed.GetDimension()
     center = _image_center(fixed)
@@ -208,6 +210,9 @@ def _stage_transform(stage: StageParameters, fixed: sitk.Image, moving: sitk.Ima
         base = sitk.Euler3DTransform() if dim == 3 else sitk.Euler2DTransform()
         if stage.name == "affine":
             base = sitk.AffineTransform(dim)
+        if start is None and initializer == "search":
+            assert searched is not None, "the rotation search runs before the first stage"
+            return type(searched)(searched)
         if start is None and initializer != "none":
             mode = (sitk.CenteredTransformInitializerFilter.GEOMETRY if initializer == "geometry"
                     else sitk.CenteredTransformInitializerFilter.MOMENTS)
@@ -367,13 +372,14 @@ def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: si
 # ----------------------------------------------------------------------------- one stage
 def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, previous: sitk.Transform | None,
                params: RegistrationParameters, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
-               progress: ProgressCallback | None, span: tuple[float, float]) -> tuple[sitk.Transform, StageResult]:
+               progress: ProgressCallback | None, span: tuple[float, float],
+               searched: sitk.Transform | None = None) -> tuple[sitk.Transform, StageResult]:
     """Optimise one stage; returns (accumulated transform, stage result)."""
     t0 = time.perf_counter()
     dim = fixed.GetDimension()
     center = _image_center(fixed)
     seed = params.seed
-    start = _stage_transform(stage, fixed, moving, previous, params.initializer)
+    start = _stage_transform(stage, fixed, moving, previous, params.initializer, searched)
     start_total = compose(previous, start, dim, center)
     metric_before = evaluate_metric(fixed, moving, start_total, stage, seed, fixed_mask, moving_mask)
     if not math.isfinite(metric_before):
@@ -425,6 +431,9 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
 
 
 # ----------------------------------------------------------------------------- pipeline
+#: Share of the progress range the rotation search takes (the stages share the rest).
+SEARCH_SHARE = 0.2
+
 def register_sitk(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationParameters, *,
                   fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None,
                   initial_transform: sitk.Transform | None = None,
@@ -457,11 +466,26 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
     previous = initial_transform
     stage_results: list[StageResult] = []
     warnings: list[str] = []
+    searched: sitk.Transform | None = None
+    search_info: dict[str, Any] | None = None
+    if parameters.initializer == "search" and initial_transform is None:
+        from .rotation_search import search_rotation
+
+        report(progress, 0.0, "rotation search: starting")
+        searched, search_info = search_rotation(fixed, moving, parameters.stages[0], fixed_mask=fixed_mask,
+                                                moving_mask=moving_mask, progress=scaled(progress, 0.0, SEARCH_SHARE))
+        progress = scaled(progress, SEARCH_SHARE, 1.0)
+    # a first linear stage started from the centres cannot come back from a rotation beyond about 35 degrees;
+    # its failures say so (a rigid stage far off often hits its iteration limit, or is discarded)
+    hint = (" If the images may be rotated more than about 35 degrees apart (e.g. prone vs supine), try the "
+            "rotation search: initializer 'search' (CLI --initializer search)."
+            if searched is None and initial_transform is None and parameters.stages[0].name in ("rigid", "affine")
+            else "")
     n = len(parameters.stages)
     for i, stage in enumerate(parameters.stages):
         report(progress, i / n, f"{stage.name}: starting")
         previous, res = _run_stage(fixed, moving, stage, previous, parameters, fixed_mask, moving_mask,
-                                   progress, (i / n, (i + 1) / n))
+                                   progress, (i / n, (i + 1) / n), searched if i == 0 else None)
         stage_results.append(res)
         if not res.accepted:
             change = abs(res.metric_after - res.metric_before) / max(abs(res.metric_before), 1e-12)
@@ -474,10 +498,11 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
                 warnings.append(
                     f"Stage '{stage.name}' made the {stage.metric} metric worse ({res.metric_before:.5g} -> "
                     f"{res.metric_after:.5g}); its result was discarded and the transform before it kept. "
-                    "The stage probably failed: check the initial alignment, masks or preset.")
+                    "The stage probably failed: check the initial alignment, masks or preset." + hint)
         elif "maximum number of iterations" in res.stop_reason.lower():
             warnings.append(f"Stage '{stage.name}' stopped at its iteration limit ({stage.iterations} per level); "
-                            "it may not have fully converged (raise 'iterations' if the result looks off).")
+                            "it may not have fully converged (raise 'iterations' if the result looks off)."
+                            + (hint if i == 0 and stage.name == "rigid" else ""))
     report(progress, 1.0, "registration done")
     assert previous is not None
     # Overall before/after with the last stage's metric settings at both ends (stages may differ).
@@ -489,19 +514,20 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
         metric_after = only.metric_after if only.accepted else only.metric_before
         start_total = previous
     else:
-        start = _stage_transform(parameters.stages[0], fixed, moving, initial_transform, parameters.initializer)
+        start = _stage_transform(parameters.stages[0], fixed, moving, initial_transform, parameters.initializer,
+                                 searched)
         start_total = compose(initial_transform, start, dim, _image_center(fixed))
         metric_before = evaluate_metric(fixed, moving, start_total, last, parameters.seed, fixed_mask, moving_mask)
         metric_after = evaluate_metric(fixed, moving, previous, last, parameters.seed, fixed_mask, moving_mask)
     if metric_after > metric_before:
         warnings.append(f"Registration made the {last.metric} metric worse overall ({metric_before:.5g} -> "
                         f"{metric_after:.5g}); the starting transform was kept. Check the inputs, masks and "
-                        "initial alignment.")
+                        "initial alignment." + hint)
         previous, metric_after = start_total, metric_before
     return RegistrationResult(
         transform=previous, stages=stage_results, metric_before=float(metric_before),
         metric_after=float(metric_after), warnings=warnings, seconds=time.perf_counter() - t0, backend="sitk",
-        parameters=parameters.to_dict())
+        parameters=parameters.to_dict(), initializer=search_info)
 
 
 def describe_transform(transform: sitk.Transform) -> dict[str, Any]:

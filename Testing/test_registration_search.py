@@ -1,0 +1,174 @@
+"""The rotation search initializer (``initializer="search"``): known answers beyond the capture range.
+
+The default start (image centres, no rotation) recovers rotations up to about 35 degrees; these
+cases are rotated further, where the default ends tens of mm off, and the search must bring them
+to well under 1 mm (MNI152 at 3 mm, and ITK's 2D BrainWeb T1/PD pair turned a further 90 degrees).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib import data
+from MultimodalFusionLib.errors import InputError, OperationCancelled, RegistrationError
+from MultimodalFusionLib.registration import RegistrationParameters, default_stage, register
+from MultimodalFusionLib.registration.accuracy import (
+    itk_brainweb_truth,
+    rigid_case,
+    rigid_transform,
+    transform_error,
+)
+from MultimodalFusionLib.registration.rotation_search import rotation_candidates
+
+SPACING = 3.0
+
+
+def _rotated_brainweb(extra_deg: float) -> tuple[sitk.Image, sitk.Image, sitk.Transform]:
+    """ITK's T1 (fixed) / PD (moving, 10 degrees and a shift off) pair with the PD turned ``extra_deg`` more."""
+    fixed, moving = data.itk_brainweb_pair()
+    center = moving.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in moving.GetSize()])
+    turn = rigid_transform(center, [extra_deg], [0.0, 0.0])
+    # moved(y) = moving(turn(y)), so the fixed->moved truth is turn^-1 after the pair's own truth
+    moved = sitk.Resample(moving, moving, turn, sitk.sitkLinear, 0.0)
+    truth = sitk.CompositeTransform([turn.GetInverse(), itk_brainweb_truth(fixed)])  # last added runs first
+    return fixed, moved, truth
+
+
+class Search3D(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tissues = data.mni152(spacing_mm=SPACING)
+
+    def _case(self, angles):
+        return rigid_case(spacing_mm=SPACING, tissues=self.tissues, angles_deg=angles)
+
+    def test_search_recovers_rotations_the_default_cannot(self):
+        # 90 degrees about the vertical axis (a header a quarter turn off) and 120 about front-back
+        for angles in ((0.0, 0.0, 90.0), (0.0, 120.0, 0.0)):
+            with self.subTest(angles=angles):
+                case = self._case(angles)
+                default = register(case.fixed, case.moving, seed=0)
+                self.assertGreater(case.error(default.transform)["mean"], 20.0)
+                self.assertIsNone(default.initializer)
+                found = register(case.fixed, case.moving, seed=0, initializer="search")
+                self.assertLess(case.error(found.transform)["mean"], 1.0)
+                info = found.initializer
+                self.assertEqual((info["name"], info["candidates"]), ("search", len(rotation_candidates(3))))
+                self.assertAlmostEqual(info["rotation_deg"], max(abs(a) for a in angles), delta=10.0)
+                self.assertEqual(found.to_dict()["initializer"], info)
+                self.assertEqual(found.parameters["initializer"], "search")
+
+    def test_affine_first_stage_starts_from_the_search(self):
+        case = self._case((60.0, 0.0, 0.0))
+        found = register(case.fixed, case.moving, seed=0, stages=["affine"], initializer="search")
+        self.assertEqual(found.transform.GetName(), "AffineTransform")
+        self.assertLess(case.error(found.transform)["mean"], 1.0)
+
+    def test_a_failing_default_names_the_search(self):
+        # 60 degrees about front-back: the default runs out of iterations far from the answer
+        case = self._case((0.0, 60.0, 0.0))
+        default = register(case.fixed, case.moving, seed=0)
+        self.assertGreater(case.error(default.transform)["mean"], 20.0)
+        self.assertTrue(any("--initializer search" in w for w in default.warnings), default.warnings)
+
+
+class Search2D(unittest.TestCase):
+    def test_brainweb_turned_a_further_90_degrees(self):
+        fixed, moving, truth = _rotated_brainweb(90.0)
+        default = register(fixed, moving, seed=0)
+        self.assertGreater(transform_error(default.transform, truth, fixed)["mean"], 20.0)
+        found = register(fixed, moving, seed=0, initializer="search")
+        self.assertLess(transform_error(found.transform, truth, fixed)["mean"], 1.0)
+        self.assertEqual(found.initializer["candidates"], 24)  # the in-plane angle in 15-degree steps
+
+    def test_same_inputs_same_transform(self):
+        fixed, moving, _ = _rotated_brainweb(-120.0)
+        first = register(fixed, moving, seed=0, initializer="search")
+        second = register(fixed, moving, seed=0, initializer="search")
+        self.assertEqual(first.transform.GetParameters(), second.transform.GetParameters())
+        self.assertEqual(first.initializer["metric"], second.initializer["metric"])
+
+    def test_masks_restrict_the_search_metric(self):
+        fixed, moving, truth = _rotated_brainweb(150.0)
+        fixed_mask = sitk.Cast(fixed > 20, sitk.sitkUInt8)
+        moving_mask = sitk.Cast(moving > 20, sitk.sitkUInt8)
+        plain = register(fixed, moving, seed=0, initializer="search")
+        masked = register(fixed, moving, seed=0, initializer="search", fixed_mask=fixed_mask, moving_mask=moving_mask)
+        self.assertNotEqual(plain.initializer["metric"], masked.initializer["metric"])
+        self.assertLess(transform_error(masked.transform, truth, fixed)["mean"], 1.0)
+        # a mask that leaves the search nothing to compare fails as the other initializers do, not with
+        # a wrong answer
+        corner = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
+        corner.CopyInformation(fixed)
+        corner[0:3, 0:3] = 1
+        with self.assertRaises(RegistrationError):
+            register(fixed, moving, seed=0, initializer="search", fixed_mask=corner)
+
+    def test_progress_and_cancel(self):
+        fixed, moving, _ = _rotated_brainweb(90.0)
+        seen = []
+        register(fixed, moving, seed=0, initializer="search", progress=lambda f, m: seen.append((f, m)))
+        fractions = [f for f, _ in seen]
+        self.assertEqual(fractions, sorted(fractions))
+        self.assertTrue(any(m.startswith("rotation search: refining") for _, m in seen))
+        self.assertEqual(seen[-1], (1.0, "registration done"))
+        for stop_at in ("rotation search: 0/", "rotation search: refining"):
+            with self.subTest(stop_at=stop_at):
+                with self.assertRaises(OperationCancelled):
+                    register(fixed, moving, seed=0, initializer="search",
+                             progress=lambda f, m, s=stop_at: not m.startswith(s))
+
+
+class SearchInvalidUses(unittest.TestCase):
+    def setUp(self):
+        self.fixed, self.moving = data.itk_brainweb_pair()
+
+    def _refused(self, *needles, **kwargs):
+        with self.assertRaises(InputError) as ctx:
+            register(self.fixed, self.moving, **kwargs)
+        for needle in needles:
+            self.assertIn(needle, str(ctx.exception))
+
+    def test_with_an_initial_transform(self):
+        self._refused("initial transform", "Fix:", initializer="search",
+                      initial_transform=sitk.TranslationTransform(2, (1.0, 2.0)))
+
+    def test_on_the_torch_backend(self):
+        self._refused("sitk backend", initializer="search", backend="torch")
+
+    def test_before_a_bspline_first_stage(self):
+        self._refused("rigid or affine first stage", initializer="search", stages=["bspline"])
+        with self.assertRaises(InputError):
+            RegistrationParameters.from_dict({"initializer": "search", "stages": ["bspline", "rigid"]})
+
+    def test_unknown_initializer_lists_search(self):
+        self._refused("search", initializer="rotate")
+
+    def test_default_is_unchanged(self):
+        self.assertEqual(RegistrationParameters().initializer, "geometry")
+        stage = dataclasses.replace(default_stage("rigid"), iterations=5)
+        res = register(self.fixed, self.moving, RegistrationParameters(stages=[stage]), seed=0)
+        self.assertNotIn("initializer", res.to_dict())
+
+
+class Candidates(unittest.TestCase):
+    def test_candidates_are_distinct_rotations_starting_at_the_identity(self):
+        for dim, count in ((2, 24), (3, 208)):
+            mats = rotation_candidates(dim)
+            self.assertEqual(len(mats), count)
+            np.testing.assert_allclose(mats[0], np.eye(dim), atol=1e-12)
+            for m in mats:
+                np.testing.assert_allclose(m @ m.T, np.eye(dim), atol=1e-9)
+                self.assertGreater(np.linalg.det(m), 0.0)
+        stacked = np.array(rotation_candidates(3))
+        cos = (np.einsum("aij,bij->ab", stacked, stacked) - 1.0) / 2.0
+        np.fill_diagonal(cos, -1.0)
+        self.assertLess(cos.max(), np.cos(np.radians(15.0)))  # no two within a third of the 45-degree step
+
+
+if __name__ == "__main__":
+    unittest.main()
