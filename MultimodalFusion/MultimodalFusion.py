@@ -54,6 +54,7 @@ _addEngineToPath()
 from MultimodalFusionLib import OperationCancelled, mrml, scenarios, slicer_dependencies  # noqa: E402
 from MultimodalFusionLib.fusion import list_methods  # noqa: E402
 from MultimodalFusionLib.registration import list_presets  # noqa: E402
+from MultimodalFusionLib.registration.parameters import INITIALIZERS as REGISTRATION_INITIALIZERS  # noqa: E402
 from MultimodalFusionLib.slicer_logic import FusionLogic  # noqa: E402
 
 #: Preset choice meaning "no preset: the stages field with default settings".
@@ -62,6 +63,9 @@ PRESETS = [NO_PRESET, *list_presets()]
 FUSION_METHODS = list_methods() if "deep" in list_methods() else [*list_methods(), "deep"]
 COLORMAPS = list(mrml.FUNCTIONAL_COLORMAPS)
 BACKENDS = ["sitk", "torch"]
+#: Initializer choice meaning "the preset's" (geometry without a preset).
+PRESET_INITIALIZER = "(preset)"
+INITIALIZERS = [PRESET_INITIALIZER, *REGISTRATION_INITIALIZERS]
 
 
 def resourcePath(relativePath: str) -> str:
@@ -131,6 +135,8 @@ class MultimodalFusionParameterNode:
     preset - registration preset; NO_PRESET: ``stages`` with default settings.
     stages - comma-separated stages (rigid, affine, bspline); empty (default): the preset's, rigid
         without a preset. Stages given here replace the preset's.
+    initializer - the registration's start; PRESET_INITIALIZER: the preset's (geometry without one);
+        "search" tries a grid of rotations first (volumes more than about 35 degrees apart).
     fixedMask, movingMask - optional metric masks (label map or segmentation).
     fusionMethod - pixel-level fusion method.
     colormap, opacity, threshold - display of the functional volume over the anatomy.
@@ -144,6 +150,7 @@ class MultimodalFusionParameterNode:
     movingVolume: vtkMRMLScalarVolumeNode
     preset: Annotated[str, Choice(PRESETS)] = NO_PRESET
     stages: str = ""
+    initializer: Annotated[str, Choice(INITIALIZERS)] = PRESET_INITIALIZER
     fixedMask: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]] = None
     movingMask: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]] = None
     fusionMethod: Annotated[str, Choice(FUSION_METHODS)] = "average"
@@ -312,6 +319,7 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         return {"preset": None if p.preset == NO_PRESET else p.preset,
                 "stages": [s.strip() for s in p.stages.split(",") if s.strip()] or None,
+                "initializer": None if p.initializer == PRESET_INITIALIZER else p.initializer,
                 "fixedMaskNode": p.fixedMask, "movingMaskNode": p.movingMask, "seed": p.seed,
                 "outputTransformNode": p.outputTransform, "outputVolumeNode": p.outputVolume,
                 "backend": p.backend}

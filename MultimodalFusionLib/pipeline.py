@@ -136,7 +136,7 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         register: False when the images are already aligned (only resampled onto the fixed grid).
         method_params: per-method parameters, e.g. ``{"overlay": {"colormap": "hot"}}``.
         title: report title.
-        initializer: registration initializer ("moments", "geometry", "none"), overriding the preset's.
+        initializer: registration initializer ("moments", "geometry", "none", "search"), overriding the preset's.
         fixed_series: DICOM series (UID or description) of ``fixed`` when it is a folder of several.
         moving_series: the same for ``moving``.
 

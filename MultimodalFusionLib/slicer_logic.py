@@ -146,7 +146,8 @@ class FusionLogic:
                         movingMaskNode: Any = None, initialTransformNode: Any = None, seed: int | None = None,
                         outputTransformNode: Any = None, outputVolumeNode: Any = None,
                         resample: bool = True, applyTransform: bool = False, backend: str = "sitk",
-                        parameters: Any = None, progress: ProgressCallback | None = None) -> RegistrationOutputs:
+                        parameters: Any = None, initializer: str | None = None,
+                        progress: ProgressCallback | None = None) -> RegistrationOutputs:
         """Register the moving volume to the fixed one; the result is a new transform node.
 
         Console example::
@@ -173,6 +174,10 @@ class FusionLogic:
             backend: "sitk" or "torch".
             parameters: full settings (``MultimodalFusionLib.registration.RegistrationParameters``
                 or its dict form), instead of a preset.
+            initializer: the start, overriding the preset's: "geometry" (image centres), "moments"
+                (centres of mass), "none" (where the volumes lie) or "search" (centres of mass, then
+                the best of a grid of rotations: for volumes rotated more than about 35 degrees
+                apart, e.g. prone vs supine; about 1-2 s more for a head). None: the preset's.
             progress: ``progress(fraction, message)``; returning False cancels.
 
         Returns:
@@ -218,7 +223,7 @@ class FusionLogic:
             parameters = RegistrationParameters.from_dict(parameters)
         result = register(fixed, moving, parameters, preset=preset or None, stages=stages or None, fixed_mask=fixed_mask,
                           moving_mask=moving_mask, initial_transform=initial, seed=seed,
-                          progress=scaled(progress, 0.02, 0.9), backend=backend)
+                          progress=scaled(progress, 0.02, 0.9), backend=backend, initializer=initializer or None)
         report(progress, 0.9, "creating output nodes")
         name = f"{movingVolumeNode.GetName()} to {fixedVolumeNode.GetName()}"
         transform_node = mrml.transform_node_from_sitk(result.transform, scene, name=name,
@@ -360,7 +365,7 @@ class FusionLogic:
             colormap: str = "PET-Heat", outputTransformNode: Any = None, outputVolumeNode: Any = None,
             fusedVolumeNode: Any = None, weightsVolumeNode: Any = None, metricsTableNode: Any = None,
             newNodeOnKindChange: bool = False, show: bool = True, displayThreshold: float | None = 0.1,
-            backend: str = "sitk", progress: ProgressCallback | None = None,
+            backend: str = "sitk", initializer: str | None = None, progress: ProgressCallback | None = None,
             **fusionParameters: Any) -> RunOutputs:
         """Register, resample, fuse, measure and show: the module's "Apply" button.
 
@@ -374,7 +379,8 @@ class FusionLogic:
         Args:
             fixedVolumeNode: anatomical/fixed volume.
             movingVolumeNode: functional/moving volume.
-            preset, stages, fixedMaskNode, movingMaskNode, seed, backend: see :meth:`registerVolumes`.
+            preset, stages, fixedMaskNode, movingMaskNode, seed, backend, initializer: see
+                :meth:`registerVolumes`.
             fusionMethod: fusion method name.
             opacity: foreground (functional) opacity in the slice views.
             colormap: colour table of the functional volume ("PET-Heat", "PET-Rainbow2", ...).
@@ -406,7 +412,8 @@ class FusionLogic:
         registration = self.registerVolumes(
             fixedVolumeNode, movingVolumeNode, preset=preset, stages=stages, fixedMaskNode=fixedMaskNode,
             movingMaskNode=movingMaskNode, seed=seed, outputTransformNode=outputTransformNode,
-            outputVolumeNode=outputVolumeNode, backend=backend, progress=scaled(progress, 0.0, 0.7))
+            outputVolumeNode=outputVolumeNode, backend=backend, initializer=initializer,
+            progress=scaled(progress, 0.0, 0.7))
         fusion_out = self.fuseVolumes(fixedVolumeNode, registration.resampledVolumeNode, method=fusionMethod,
                                       outputVolumeNode=fusedVolumeNode, weightsVolumeNode=weightsVolumeNode,
                                       metricsTableNode=metricsTableNode, newNodeOnKindChange=newNodeOnKindChange,

@@ -131,6 +131,33 @@ class RegisterCommand(unittest.TestCase):
                 self.assertIn(option, helptext, (command, option))
         self.assertIn("--reference-series", _help("resample"))
 
+    def test_initializer_search_recovers_a_quarter_turn(self):
+        """`--initializer search`: the PD slice turned a further 90 degrees registers; --help names it."""
+        from MultimodalFusionLib.registration.accuracy import (
+            itk_brainweb_truth,
+            rigid_transform,
+            transform_error,
+        )
+
+        fixed, moving = read_image(FIXED, float32=True), read_image(MOVING, float32=True)
+        center = moving.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in moving.GetSize()])
+        turn = rigid_transform(center, [90.0], [0.0, 0.0])
+        turned = os.path.join(self.dir, "pd_turned.nrrd")
+        sitk.WriteImage(sitk.Resample(moving, moving, turn, sitk.sitkLinear, 0.0), turned)
+        out_dir = os.path.join(self.dir, "search")
+        rc, out, err = run_cli("register", FIXED, turned, "-o", out_dir, "--initializer", "search", "--seed", "0",
+                               "--json")
+        self.assertEqual(rc, 0, err)
+        metrics = json.loads(out)
+        self.assertEqual(metrics["initializer"]["name"], "search")
+        truth = sitk.CompositeTransform([turn.GetInverse(), itk_brainweb_truth(fixed)])
+        recovered = read_transform(os.path.join(out_dir, "transform.tfm"))
+        self.assertLess(transform_error(recovered, truth, fixed)["mean"], 1.0)
+        self.assertIn("search", " ".join(_help("register").split()))
+        rc, _, err = run_cli("register", FIXED, turned, "-o", out_dir, "--initializer", "search", "--backend", "torch")
+        self.assertEqual(rc, 2)
+        self.assertIn("sitk backend", err)
+
     def test_initializer_default_in_help_is_the_one_used(self):
         """`--initializer` help names the default a preset-less registration really starts from."""
         from MultimodalFusionLib.registration import RegistrationParameters

@@ -96,6 +96,13 @@ class LogicTest(unittest.TestCase):
         np.testing.assert_allclose(mrml.linear_transform_matrix(first.result.transform),
                                    mrml.linear_transform_matrix(second.result.transform), atol=1e-6)
 
+    def test_initializer_reaches_the_engine(self) -> None:
+        out = self._register(initializer="search")
+        self.assertEqual(out.result.initializer["name"], "search")
+        self.assertEqual(out.result.parameters["initializer"], "search")
+        with self.assertRaises(InputError):
+            self._register(initializer="rotate")
+
     def test_masks_from_label_map_and_segmentation(self) -> None:
         head = sitk.Cast(self.fixed > 50, sitk.sitkUInt8)
         fixed_mask = mrml.volume_node_from_image(head, self.scene, name="head", label=True)
