@@ -15,8 +15,8 @@ example do:
    hand the best result to the first stage as its starting transform.
 
 The metric uses every voxel of the coarse level (no random sampling), so the search is the same
-from run to run; masks restrict it as they restrict the stages. On the 3 mm MNI head it takes about
-1 s, on the 1 mm head about 2 s (README table).
+from run to run; masks restrict it as they restrict the stages. On the 3 mm and the 1 mm MNI head it
+takes about 1.2-1.7 s (README, "Rotation search").
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ __all__ = ["search_rotation", "rotation_candidates", "SEARCH_STEP_DEG", "SEARCH_
 SEARCH_STEP_DEG = {2: 15.0, 3: 45.0}
 #: Fixed-image voxels of the coarse search level (a 1 mm head becomes about 8 mm voxels).
 SEARCH_VOXELS = 20_000
-#: Best grid candidates refined by a short optimisation; on 40 random 3D rotations of the 3 mm MNI
-#: head (with up to 10 mm shifts) 8 brought every one within the rigid stage's capture range, 5 missed one.
+#: Best grid candidates refined by a short optimisation (a first trial on 20 random 3D rotations of the
+#: 3 mm MNI head left one far off with 5, none with 8; README: 37 of 40 random rotations within 1 mm).
 SEARCH_REFINE = 8
 #: Iterations of each refinement (coarse level only: it needs to come close, not to converge).
 SEARCH_REFINE_ITERATIONS = 50
