@@ -99,23 +99,16 @@ def _coarse(image: sitk.Image, coarse_mm: float, mask: sitk.Image | None) -> tup
 
 def _method(stage: StageParameters, fixed_mask: sitk.Image | None,
             moving_mask: sitk.Image | None) -> sitk.ImageRegistrationMethod:
+    """The stage's metric as the stages set it up, with at most ``SEARCH_BINS`` bins and every voxel."""
+    import dataclasses
+
+    from .sitk_backend import _configure_metric
+
     method = sitk.ImageRegistrationMethod()
-    bins = min(int(stage.histogram_bins), SEARCH_BINS)
-    if stage.metric == "mattes_mi":
-        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
-    elif stage.metric == "joint_histogram_mi":
-        method.SetMetricAsJointHistogramMutualInformation(numberOfHistogramBins=bins, varianceForJointPDFSmoothing=1.5)
-    elif stage.metric == "correlation":
-        method.SetMetricAsCorrelation()
-    else:
-        method.SetMetricAsMeanSquares()
     # every coarse voxel: no random sample set, so the search does not depend on a seed
-    method.SetMetricSamplingStrategy(method.NONE)
-    if fixed_mask is not None:
-        method.SetMetricFixedMask(fixed_mask)
-    if moving_mask is not None:
-        method.SetMetricMovingMask(moving_mask)
-    method.SetInterpolator(sitk.sitkLinear)
+    coarse = dataclasses.replace(stage, histogram_bins=min(int(stage.histogram_bins), SEARCH_BINS),
+                                 sampling_strategy="none")
+    _configure_metric(method, coarse, None, fixed_mask, moving_mask)
     return method
 
 
