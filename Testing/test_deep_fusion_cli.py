@@ -141,7 +141,7 @@ class TrainFusionCliTest(unittest.TestCase):
                 self.assertEqual(main(["train-fusion", "--pairs", str(tmp / "vols"), "--output", str(model),
                                        "--device", "cpu", "--epochs", "1"]), 2)
             self.assertIn("is not on the training image", err.getvalue())
-            self.assertIn("origin (5, 0, 0) vs (0, 0, 0)", err.getvalue())
+            self.assertIn("origin (LPS) (5, 0, 0) vs (0, 0, 0)", err.getvalue())
             self.assertNotIn("Traceback", err.getvalue())
             if not torch.cuda.is_available():
                 # a CUDA request without a GPU: the message names the options of this command, and `run`
