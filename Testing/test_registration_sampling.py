@@ -103,6 +103,17 @@ class CapReachesItk(unittest.TestCase):
                  for p in ([40.0, 40.0, 40.0], [30.0, 45.0, 38.0], [50.0, 35.0, 42.0])]
         self.assertLess(max(float(np.linalg.norm(d)) for d in moved), 1.0)
 
+    def test_the_cap_binds_at_a_percentage_of_one_too(self):
+        # sampling_percentage 1.0 used to mean ITK's "every voxel" whatever max_samples said, so the cap
+        # that keeps a clinical CT's finest level at 200 000 points did not apply to it
+        capped = self._register(sampling_percentage=1.0, max_samples=3500)
+        counted = self._register(sampling_percentage=0.5, number_of_samples=3500, max_samples=None)
+        self.assertEqual(capped.GetParameters(), counted.GetParameters())
+        # without a binding cap, 1.0 is still every voxel, as before
+        every = self._register(sampling_percentage=1.0, max_samples=None)
+        self.assertEqual(every.GetParameters(), self._register(sampling_percentage=1.0).GetParameters())
+        self.assertEqual(every.GetParameters(), self._register(sampling_strategy="none").GetParameters())
+
     def test_default_cap_changes_nothing_below_it(self):
         self.assertEqual(self._register().GetParameters(), self._register(max_samples=None).GetParameters())
 

@@ -147,11 +147,17 @@ def _configure_metric(method: sitk.ImageRegistrationMethod, stage: StageParamete
         method.SetMetricAsCorrelation()
     else:
         method.SetMetricAsMeanSquares()
-    if stage.sampling_strategy == "none" or stage.sampling_percentage >= 1.0:
+    pcts = _level_percentages(stage, fixed, shrink_factors)
+    every_voxel = stage.sampling_strategy == "none" or stage.sampling_percentage >= 1.0
+    if every_voxel and stage.sampling_strategy != "none" and not stage.number_of_samples and min(pcts) < 1.0:
+        # sampling_percentage 1.0 with a level above max_samples: capped as any other percentage (ITK's
+        # NONE evaluated all 52 M voxels of a clinical CT every iteration); levels below the cap then
+        # sample a fraction of 1.0
+        every_voxel = False
+    if every_voxel:
         method.SetMetricSamplingStrategy(method.NONE)
     else:
         method.SetMetricSamplingStrategy(method.RANDOM if stage.sampling_strategy == "random" else method.REGULAR)
-        pcts = _level_percentages(stage, fixed, shrink_factors)
         if seed is None:
             method.SetMetricSamplingPercentagePerLevel(pcts)
         else:
