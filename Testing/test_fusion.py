@@ -328,8 +328,8 @@ class RegistryTest(unittest.TestCase):
         finally:
             fusion.METHODS.pop("test-gamma", None)
 
-    def test_deep_is_listed_when_torch_is_importable(self) -> None:
-        has_torch = importlib.util.find_spec("torch") is not None
+    def test_deep_is_listed_when_its_dependencies_are_importable(self) -> None:
+        has_torch = all(importlib.util.find_spec(p) is not None for p in ("torch", "monai", "safetensors"))
         has_deep = importlib.util.find_spec("MultimodalFusionLib.fusion.deep") is not None
         self.assertEqual("deep" in fusion.list_methods(), has_torch and has_deep)
 

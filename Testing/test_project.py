@@ -230,6 +230,25 @@ class InstalledLayoutTest(unittest.TestCase):
         self.assertIn("slicer-multimodalfusion[deep]", proc.stderr)
         self.assertNotIn("Traceback", proc.stderr)
 
+    def test_deep_with_torch_but_without_monai_is_not_offered(self):
+        # torch alone used to list "deep", so the demo's fusion step picked it and `fuse --method deep`
+        # died in build_network with ModuleNotFoundError (a traceback) instead of the install hint
+        code = ("import sys; sys.modules['monai'] = None\n"  # torch installed, MONAI not
+                "from MultimodalFusionLib import fusion\n"
+                "print('listed' if 'deep' in fusion.list_methods() else 'not listed')\n"
+                "from MultimodalFusionLib.cli import main\n"
+                f"sys.exit(main(['fuse', r'{ROOT / 'Testing/Data/BrainT1Slice.png'}', "
+                f"r'{ROOT / 'Testing/Data/BrainProtonDensitySlice.png'}', '--method', 'deep', '-o', 'x.png']))")
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp)
+        self.assertEqual(proc.stdout.split()[:2], ["not", "listed"], proc.stdout)
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        self.assertIn("needs 'monai'", proc.stderr)
+        self.assertIn("slicer-multimodalfusion[deep]", proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+
 
 class ReadmeMatchesCliTest(unittest.TestCase):
     """What README.md shows of `mmfusion` is what the parser offers and the commands write."""

@@ -77,9 +77,10 @@ METHODS: dict[str, FusionMethod] = {
 }
 
 #: Methods provided by an optional module, imported (and so registered) on first use, with the
-#: top-level package they need.
-_LAZY: dict[str, tuple[str, str]] = {
-    "deep": ("MultimodalFusionLib.fusion.deep", "torch"),
+#: top-level packages they need (all of them: deep imports MONAI and safetensors only when it runs, so
+#: with torch alone it was listed, picked by the demo, and failed inside fuse()).
+_LAZY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "deep": ("MultimodalFusionLib.fusion.deep", ("torch", "monai", "safetensors")),
 }
 
 
@@ -108,7 +109,7 @@ def register_method(name: str, func: FusionMethod, *, overwrite: bool = True) ->
 def _lazy_available(name: str) -> bool:
     module, needs = _LAZY[name]
     try:
-        return (importlib.util.find_spec(needs) is not None
+        return (all(importlib.util.find_spec(package) is not None for package in needs)
                 and importlib.util.find_spec(module) is not None)
     except (ImportError, ValueError):
         return False
@@ -116,8 +117,8 @@ def _lazy_available(name: str) -> bool:
 
 def list_methods() -> list[str]:
     """Names of the available methods: the registry plus lazily-registered ones whose
-    dependencies are installed (e.g. "deep" when torch is importable)."""
-    names = list(METHODS)
+    dependencies are installed (e.g. "deep" when torch, MONAI and safetensors are importable)."""
+    names = [n for n in METHODS if n not in _LAZY or _lazy_available(n)]
     names += [n for n in _LAZY if n not in METHODS and _lazy_available(n)]
     return names
 
@@ -130,11 +131,12 @@ def get_method(name: str) -> FusionMethod:
     """
     if name in _LAZY and (name not in METHODS or not _lazy_available(name)):
         module, needs = _LAZY[name]
+        missing = module
         try:
-            importlib.import_module(needs)  # the package registers itself lazily; its dependency may be missing
-            importlib.import_module(module)
+            for missing in (*needs, module):  # the package registers itself lazily; a dependency may be missing
+                importlib.import_module(missing)
         except ImportError as exc:
-            raise InputError(f"The '{name}' fusion method needs '{needs}', which could not be imported ({exc}).",
+            raise InputError(f"The '{name}' fusion method needs '{missing}', which could not be imported ({exc}).",
                              "Install the optional dependencies: pip install 'slicer-multimodalfusion[deep]' "
                              "(torch==2.13.0 with PyTorch's CPU index for a CPU-only machine).") from exc
     if name not in METHODS:
