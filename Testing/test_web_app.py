@@ -5,6 +5,7 @@ tables, repeated runs and the error banner. ``test_web_browser.py`` covers the p
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import tempfile
 import unittest
@@ -39,10 +40,18 @@ class WebAppTest(unittest.TestCase):
         cls.workdir = cls.root / "work"
         cls.app = FusionWebApp(get_server("mmfusion-test-web-app", client_type="vue3"), workdir=str(cls.workdir))
         cls.controls_enabled_before_load = (cls.app.state.wl_enabled, cls.app.state.fg_range_enabled)
-        fixed, moving, _ = demo_images(spacing_mm=4.0)
+        fixed, moving, truth = demo_images(spacing_mm=4.0)
         cls.fixed_path, cls.moving_path = str(cls.root / "t1.nii.gz"), str(cls.root / "pet.nii.gz")
         sitk.WriteImage(fixed, cls.fixed_path)
         sitk.WriteImage(moving, cls.moving_path)
+        # the PET turned a further 90 degrees about the vertical axis: beyond the default start's reach
+        centre = moving.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in moving.GetSize()])
+        turn = sitk.Euler3DTransform(centre, 0.0, 0.0, math.radians(90.0), (0.0, 0.0, 0.0))
+        cls.turned_path = str(cls.root / "pet-turned.nii.gz")
+        sitk.WriteImage(sitk.Resample(moving, moving, turn, sitk.sitkLinear, 0.0), cls.turned_path)
+        # turned(y) = moving(turn(y)): the fixed -> turned truth is turn^-1 after the demo's truth
+        cls.fixed_image = fixed
+        cls.turned_truth = sitk.CompositeTransform([turn.GetInverse(), truth])
         cls.loop = asyncio.new_event_loop()
 
     @classmethod
@@ -166,6 +175,63 @@ class WebAppTest(unittest.TestCase):
         self.loop.run_until_complete(double_click())
         self.assertTrue(self.app.state.job_message.startswith("Registration done"), self.app.state.job_message)
         self.assertEqual(self.app.state.error_message, "")
+
+    def test_initializer_choice_reaches_the_engine(self) -> None:
+        from unittest import mock
+
+        from MultimodalFusionLib import registration
+        from MultimodalFusionLib.registration.accuracy import transform_error
+        from MultimodalFusionLib.registration.parameters import INITIALIZERS
+        from MultimodalFusionLib.web.app import INITIALIZER_CHOICES
+
+        state = self.app.state
+        # the CLI's --initializer values, and "" for the preset's (the CLI without the option)
+        self.assertEqual([c["value"] for c in state.initializers], ["", *INITIALIZERS])
+        self.assertEqual(state.initializer, "")
+        self.assertEqual(set(state.initializer_help), {c["value"] for c in INITIALIZER_CHOICES})
+        self.assertIn("35 degrees", state.initializer_help["search"])
+
+        state.fixed_path, state.moving_path = self.fixed_path, self.turned_path
+        self._do(self.app.load_from_paths)
+        self.assertTrue(state.has_moving, state.error_message)
+        calls = []
+        real_register = registration.register
+
+        def recording_register(*args, **kwargs):
+            calls.append(kwargs)
+            return real_register(*args, **kwargs)
+
+        def rows() -> dict:
+            return {r["name"]: r["value"] for r in state.registration_rows}
+
+        with mock.patch.object(registration, "register", recording_register):
+            try:
+                # the default start: the preset's (here none: geometry), which cannot undo 90 degrees
+                state.preset, state.stages = "", ["rigid"]
+                self._do(self.app.start_registration)
+                self.assertTrue(state.has_registered, state.error_message)
+                self.assertIsNone(calls[-1]["initializer"])
+                self.assertEqual(rows()["Initializer"], "geometry")
+                self.assertGreater(transform_error(self.app.registration.transform, self.turned_truth,
+                                                   self.fixed_image)["mean"], 20.0)
+                # the search finds the quarter turn, and the metrics table says so
+                state.initializer = "search"
+                self._do(self.app.start_registration)
+                self.assertTrue(state.has_registered, state.error_message)
+                self.assertEqual(calls[-1]["initializer"], "search")
+                info = self.app.registration.initializer
+                self.assertEqual(info["name"], "search")
+                self.assertAlmostEqual(info["rotation_deg"], 90.0, delta=15.0)
+                self.assertTrue(rows()["Initializer"].startswith("search: "), rows())
+                self.assertLess(transform_error(self.app.registration.transform, self.turned_truth,
+                                                self.fixed_image)["mean"], 2.0)
+                # an engine refusal (search before a B-spline first stage) is the banner, not a crash
+                state.stages = ["bspline"]
+                self._do(self.app.start_registration)
+                self.assertIn("rigid or affine first stage", state.error_message)
+            finally:
+                state.initializer, state.stages = "", ["rigid"]
+                state.fixed_path, state.moving_path = self.fixed_path, self.moving_path
 
     def _set(self, **values) -> None:
         """Change panel values as the page does: the state's change callbacks run on flush (a state

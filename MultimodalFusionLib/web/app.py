@@ -1,7 +1,7 @@
 """The trame-slicer web application: panel, quad layout and the engine behind them.
 
 ``mmfusion web`` calls :func:`serve`. One browser page shows a panel (load the fixed and
-moving volumes from server paths or by upload; preset, stages, Register with progress and
+moving volumes from server paths or by upload; preset, stages, initializer, Register with progress and
 Cancel; fusion method, Fuse; foreground opacity, colour table and layer; background
 window/level (Auto, Slicer's CT presets, window and level, or a left-drag in a slice view as in
 Slicer) and the foreground's lower threshold
@@ -30,12 +30,28 @@ import SimpleITK as sitk
 from ..errors import InputError
 from .offscreen import configure_offscreen_rendering
 
-__all__ = ["FusionWebApp", "serve", "STAGE_CHOICES", "QUAD_LAYOUT_ID"]
+__all__ = ["FusionWebApp", "serve", "STAGE_CHOICES", "INITIALIZER_CHOICES", "QUAD_LAYOUT_ID"]
 
 logger = logging.getLogger(__name__)
 
 STAGE_CHOICES = ("rigid", "affine", "bspline")
 QUAD_LAYOUT_ID = "Fusion quad"
+#: The registration's start, as the CLI's ``--initializer`` (and the Slicer panel's Initializer): ""
+#: leaves it to the preset (geometry without one). Each value's help is shown under the choice.
+INITIALIZER_CHOICES = (
+    {"value": "", "title": "(preset)",
+     "help": "The preset's start (geometry without a preset)."},
+    {"value": "geometry", "title": "geometry",
+     "help": "Image centres aligned, no rotation (rotations up to about 35 degrees are recovered)."},
+    {"value": "moments", "title": "moments",
+     "help": "Centres of mass aligned, no rotation."},
+    {"value": "none", "title": "none",
+     "help": "Where the volumes lie (their headers' placement)."},
+    {"value": "search", "title": "search",
+     "help": "Centres of mass, then the best of a grid of rotations at a coarse level: for volumes rotated "
+             "more than about 35 degrees apart (e.g. prone vs supine); about 1-2 s more for a head; needs a "
+             "rigid or affine first stage."},
+)
 _FG_LAYERS = [{"title": "Functional (moving, registered)", "value": "functional"},
               {"title": "Fused image", "value": "fused"}]
 # Metrics shown in the table, in this order (fusion_metrics returns more; the report has all).
@@ -100,6 +116,15 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _initializer_text(result: Any) -> str:
+    """The start the registration used; for the search, the rotation it found and its seconds."""
+    name = str((result.parameters or {}).get("initializer", "")) or "-"
+    info = result.initializer
+    if name == "search" and info:
+        return f"search: {info['rotation_deg']:.0f}° from the centres of mass ({info['seconds']:.1f} s)"
+    return name
 
 
 class FusionWebApp:
@@ -173,6 +198,8 @@ class FusionWebApp:
                 {"title": p, "value": p} for p in list_presets()],
             "preset": "",
             "stage_choices": list(STAGE_CHOICES), "stages": ["rigid"], "seed": 0,
+            "initializers": [{"title": c["title"], "value": c["value"]} for c in INITIALIZER_CHOICES],
+            "initializer": "", "initializer_help": {c["value"]: c["help"] for c in INITIALIZER_CHOICES},
             "methods": methods, "method": "average" if "average" in methods else methods[0],
             "colormaps": mrml.available_colormaps(self.slicer_app.scene), "colormap": "PET-Heat",
             "fg_opacity": 0.5, "fg_layers": _FG_LAYERS, "fg_layer": "functional",
@@ -249,6 +276,9 @@ class FusionWebApp:
                                hide_details=True, classes="mb-1")
                     v3.VSelect(v_model=("stages",), items=("stage_choices",), label="Stages", multiple=True,
                                chips=True, density="compact", hide_details=True, classes="mb-1")
+                    v3.VSelect(v_model=("initializer",), items=("initializers",), label="Initializer",
+                               density="compact", persistent_hint=True, hint=("initializer_help[initializer]",),
+                               classes="mb-1", id="mmf-initializer")
                     with v3.VRow(dense=True, no_gutters=True):
                         with v3.VCol(cols=8):
                             v3.VBtn("Register", click=self.start_registration, color="primary", block=True,
@@ -472,7 +502,7 @@ class FusionWebApp:
 
     # ------------------------------------------------------------------ registration
     def start_registration(self) -> None:
-        """Register the moving image to the fixed one with the panel's preset and stages."""
+        """Register the moving image to the fixed one with the panel's preset, stages and initializer."""
         from .. import metrics
         from ..preprocess import resample
         from ..registration import register
@@ -485,6 +515,7 @@ class FusionWebApp:
         preset = self.state.preset or None
         stages = list(self.state.stages or []) or (None if preset else ["rigid"])
         seed = int(self.state.seed or 0)
+        initializer = self.state.initializer or None  # None: the preset's, as the CLI without --initializer
 
         def job(progress):
             from ..io import to_luminance
@@ -492,7 +523,7 @@ class FusionWebApp:
 
             # a colour moving volume is registered by its luminance (and shown in colour)
             grey = moving if moving.GetNumberOfComponentsPerPixel() == 1 else to_luminance(moving)
-            result = register(fixed, grey, preset=preset, stages=stages, seed=seed,
+            result = register(fixed, grey, preset=preset, stages=stages, seed=seed, initializer=initializer,
                               progress=scaled(progress, 0.0, 0.9))
             progress(0.92, "resampling the moving image")
             registered = resample(moving, fixed, result.transform)
@@ -514,6 +545,7 @@ class FusionWebApp:
         rows = [{"name": f"{metric_name} before → after",
                  "value": f"{result.metric_before:.4g} → {result.metric_after:.4g}"},
                 {"name": "Stages", "value": ", ".join(s.name for s in result.stages) or "-"},
+                {"name": "Initializer", "value": _initializer_text(result)},
                 {"name": "Registration time", "value": f"{result.seconds:.1f} s"}]
         for key in sorted(k for k in reg_metrics.get("after", {}) if k != "voxels"):
             before, after = reg_metrics["before"].get(key), reg_metrics["after"][key]
