@@ -5,7 +5,7 @@ layout from the bundled ITK slices (grey MRI/CT pairs and pseudo-colour SPECT-li
 checks that ``fusion_harvard.py`` prints its tables and goal checks (the adaptation row included),
 writes finite metrics to JSON and stretches every fused image as CDDFuse's ``test_MIF.py`` does,
 and that ``fusion_composition_sweep.py`` scores every configuration and keeps its noise control
-out of the count.
+out of the count. ``capture_range.py --random`` draws reproducible rotations and counts its cases.
 """
 
 from __future__ import annotations
@@ -191,6 +191,25 @@ class FusionBenchmarkScriptTest(unittest.TestCase):
         out = sweep._structure_select(a, b, w, 2.0, 1.0)
         self.assertTrue(np.all((out == a) | (out == b)))
         self.assertTrue(np.any(out != a) and np.any(out != b))
+
+
+class CaptureRangeScriptTest(unittest.TestCase):
+    def test_random_rotations_are_reproducible_rotations_and_the_summary_counts_them(self):
+        capture = _load_script("capture_range")
+        first, again = capture.random_rotations(30, 1), capture.random_rotations(30, 1)
+        self.assertEqual(first, again)
+        self.assertNotEqual(first, capture.random_rotations(30, 2))
+        for angles, shift in first:
+            self.assertLessEqual(float(np.linalg.norm(shift)), 10.0)
+            self.assertTrue(all(-180.0 <= a <= 180.0 for a in angles))
+        # uniform over orientations: about several axes at once, not one (all three angles turn)
+        self.assertGreater(sum(min(abs(a) for a in angles) > 10.0 for angles, _ in first), 10)
+        rc, text = _run(capture.main, ["--spacing", "6", "--random", "2", "--random-seed", "1",
+                                       "--initializers", "geometry"])
+        self.assertEqual(rc, 0, text)
+        self.assertEqual(len([line for line in text.splitlines() if line.startswith("| 0 |")
+                              or line.startswith("| 1 |")]), 2, text)
+        self.assertRegex(text, r"summary: geometry: \d/2 within 1 mm \(worst [0-9.]+ mm")
 
 
 if __name__ == "__main__":
