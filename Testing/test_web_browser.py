@@ -199,10 +199,16 @@ class WebAppInBrowserTest(unittest.TestCase):
         self.assertIn("Registration cancelled", page.inner_text("#mmf-job-message"))
         self.assertNotIn("MI before", page.inner_text("#mmf-metrics"))
 
+        # the Initializer select: its help shows under it, and the registration uses the choice
+        page.locator(".v-select:has(#mmf-initializer) .v-field").click(timeout=10_000)
+        page.locator(".v-overlay .v-list-item", has_text="search").click(timeout=10_000)
+        page.wait_for_function("() => document.querySelector('.v-select:has(#mmf-initializer)')"
+                               ".innerText.includes('35 degrees')", timeout=10_000)
         messages = self._click_and_wait_job(page, "#mmf-register", "Registration")
         # progress reached the page while the job ran (the loop was not blocked)
         self.assertTrue(any("Registration:" in m for m in messages), messages)
         self.assertIn("MI before", page.inner_text("#mmf-metrics"))
+        self.assertIn("search: ", page.inner_text("#mmf-metrics"))
 
         self._click_and_wait_job(page, "#mmf-fuse", "Fusion")
         metrics_text = page.inner_text("#mmf-metrics")
