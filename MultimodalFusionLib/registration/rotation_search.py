@@ -11,11 +11,10 @@ example do:
    the fixed centre of mass: in 3D Euler angles in steps of 45 degrees about each axis over
    +-180 degrees (duplicate rotations dropped: 208), in 2D the in-plane angle in steps of 15 degrees;
 3. run a short rigid optimisation on that level from the ``SEARCH_REFINE`` best candidates (a grid
-   point can lie up to about 39 degrees from the truth, near the edge of the capture range; the
-   rotation is optimised as a versor, which has no gimbal lock) and hand the best result to the
-   first stage as its starting transform, in 3D as Euler angles in whichever of ITK's two angle
-   orders keeps it at least 45 degrees from that order's gimbal lock (the stage optimises the
-   angles: near the lock it stopped 1-3 mm off).
+   point can lie up to about 39 degrees from the truth, near the edge of the capture range) and
+   hand the best result to the first stage as its starting transform, in 3D as Euler angles in
+   whichever of ITK's two angle orders keeps it at least 45 degrees from that order's gimbal lock
+   (the stage optimises the angles: near the lock it stopped 1-3 mm off).
 
 The metric uses every voxel of the coarse level (no random sampling), so the search is the same
 from run to run; masks restrict it as they restrict the stages. On the 3 mm and the 1 mm MNI head it
@@ -199,28 +198,11 @@ def _refine(tx: sitk.Transform, fixed: sitk.Image, moving: sitk.Image, stage: St
             progress: ProgressCallback | None, fraction: float, message: str) -> float:
     """Optimise ``tx`` in place on the coarse level for a few iterations; its final metric value.
 
-    In 3D the rotation is optimised as a versor (``VersorRigid3DTransform``), not as ``tx``'s Euler
-    angles: about a third of all orientations lie within 30 degrees of the Euler angles' gimbal lock
-    (ITK's angle about x at +-90 degrees), where gradient descent on the angles crawls and stops
-    several mm short (3 mm head: 6 of 120 random rotations ended 0.7-2.6 mm off, all with the x
-    angle beyond 65 degrees); a versor has no such singularity.
+    The angles are optimised as they are, also near their gimbal lock: optimising a versor instead
+    (no lock) was tried and did worse (3 mm head, 160 random rotations: a 170-degree rotation then
+    picked a wrong candidate and ended 90 mm off); what the misses needed was the stage's start
+    handed over away from the lock (``_away_from_gimbal_lock``).
     """
-    if tx.GetDimension() == 3:
-        versor = sitk.VersorRigid3DTransform()
-        versor.SetCenter(tx.GetCenter())
-        versor.SetMatrix(tx.GetMatrix())
-        versor.SetTranslation(tx.GetTranslation())
-        value = _optimize(versor, fixed, moving, stage, fixed_mask, moving_mask, coarse_mm, progress, fraction,
-                          message)
-        tx.SetMatrix(versor.GetMatrix())
-        tx.SetTranslation(versor.GetTranslation())
-        return value
-    return _optimize(tx, fixed, moving, stage, fixed_mask, moving_mask, coarse_mm, progress, fraction, message)
-
-
-def _optimize(tx: sitk.Transform, fixed: sitk.Image, moving: sitk.Image, stage: StageParameters,
-              fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None, coarse_mm: float,
-              progress: ProgressCallback | None, fraction: float, message: str) -> float:
     method = _method(stage, fixed_mask, moving_mask)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0 * coarse_mm, minStep=0.01 * coarse_mm, numberOfIterations=SEARCH_REFINE_ITERATIONS,
