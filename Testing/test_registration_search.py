@@ -132,6 +132,30 @@ class Search2D(unittest.TestCase):
                     register(fixed, moving, seed=0, initializer="search",
                              progress=lambda f, m, s=stop_at: not m.startswith(s))
 
+        # a progress callback that fails while a candidate is refined: its own error comes out (ITK's loop is
+        # stopped, not crossed by the exception)
+        def broken(_fraction, message):
+            if message.startswith("rotation search: refining"):
+                raise ValueError("callback failed")
+
+        with self.assertRaisesRegex(ValueError, "callback failed"):
+            register(fixed, moving, seed=0, initializer="search", progress=broken)
+
+    def test_refinements_that_drift_out_fall_back_to_the_moments_start(self):
+        from MultimodalFusionLib.registration import rotation_search
+
+        fixed, moving = (sitk.Cast(im, sitk.sitkFloat32) for im in _rotated_brainweb(90.0)[:2])
+        moments = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler2DTransform(),
+                                                    sitk.CenteredTransformInitializerFilter.MOMENTS)
+        saved = rotation_search._refine
+        rotation_search._refine = lambda *args, **kwargs: float("inf")  # every candidate left the moving image
+        try:
+            start, info = rotation_search.search_rotation(fixed, moving, default_stage("rigid"))
+        finally:
+            rotation_search._refine = saved
+        self.assertEqual(start.GetParameters(), sitk.Euler2DTransform(moments).GetParameters())
+        self.assertIsNone(info["metric"])
+
 
 class SearchInvalidUses(unittest.TestCase):
     def setUp(self):

@@ -140,12 +140,9 @@ def search_rotation(fixed: sitk.Image, moving: sitk.Image, stage: StageParameter
     t0 = time.perf_counter()
     dim = fixed.GetDimension()
     euler = sitk.Euler3DTransform() if dim == 3 else sitk.Euler2DTransform()
-    with itk_guard("initialising the rotation search (moments)",
-                   "Use the 'geometry' initializer: the search starts from the centres of mass, which needs a "
-                   "non-empty foreground."):
-        start = sitk.CenteredTransformInitializer(fixed, moving, euler,
-                                                  sitk.CenteredTransformInitializerFilter.MOMENTS)
-    start = type(euler)(start)
+    from .sitk_backend import moments_start
+
+    start = moments_start(fixed, moving, euler)
     extent = np.prod([sp * sz for sp, sz in zip(fixed.GetSpacing(), fixed.GetSize())])
     coarse_mm = max(min(fixed.GetSpacing()), float((extent / SEARCH_VOXELS) ** (1.0 / dim)))
     with itk_guard("preparing the coarse level of the rotation search"):
@@ -180,9 +177,9 @@ def search_rotation(fixed: sitk.Image, moving: sitk.Image, stage: StageParameter
         tx.SetMatrix(candidates[k].ravel().tolist())
         value = _refine(tx, fixed_c, moving_c, stage, fixed_mask_c, moving_mask_c, coarse_mm, progress,
                         0.7 + 0.3 * j / len(picks), f"rotation search: refining candidate {j + 1}/{len(picks)}")
-        if best is None or value < best[0]:
+        if math.isfinite(value) and (best is None or value < best[0]):
             best = (value, tx)
-    if best is None:  # no rotation left the images overlapping: the moments start, as "moments" gives
+    if best is None:  # no rotation (or refinement) kept the images overlapping: the moments start, as "moments" gives
         best = (math.nan, start)
     report(progress, 1.0, "rotation search done")
     from .accuracy import rotation_angle_deg
@@ -209,7 +206,7 @@ def _refine(tx: sitk.Transform, fixed: sitk.Image, moving: sitk.Image, stage: St
         relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6, estimateLearningRate=method.Never)
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetInitialTransform(tx, inPlace=True)
-    state = {"cancelled": False}
+    state: dict[str, Any] = {"cancelled": False, "error": None}
 
     def on_iteration() -> None:
         try:
@@ -217,19 +214,29 @@ def _refine(tx: sitk.Transform, fixed: sitk.Image, moving: sitk.Image, stage: St
         except OperationCancelled:
             state["cancelled"] = True
             method.StopRegistration()
+        except Exception as exc:  # noqa: BLE001 - an exception must not escape into ITK's C++ loop
+            state["error"] = exc
+            method.StopRegistration()
 
     if progress is not None:
         method.AddCommand(sitk.sitkIterationEvent, on_iteration)
     try:
         method.Execute(fixed, moving)
-        value = float(method.GetMetricValue())
     except RuntimeError:  # drifted out of the moving image: this candidate loses
-        value = math.inf
+        return math.inf
     finally:
         method.RemoveAllCommands()
     if state["cancelled"]:
         raise OperationCancelled()
-    return value
+    if state["error"] is not None:
+        raise state["error"]
+    # the metric at the final parameters (GetMetricValue is that of the last iteration's start)
+    score = _method(stage, fixed_mask, moving_mask)
+    score.SetInitialTransform(tx)
+    try:
+        return float(score.MetricEvaluate(fixed, moving))
+    except RuntimeError:
+        return math.inf
 
 
 def _away_from_gimbal_lock(tx: sitk.Transform) -> sitk.Transform:

@@ -98,6 +98,48 @@ def _image_center(image: sitk.Image) -> np.ndarray:
     return np.array(image.TransformContinuousIndexToPhysicalPoint(idx))
 
 
+def centre_of_mass(image: sitk.Image, what: str = "image") -> np.ndarray:
+    """The intensity-weighted centre of ``image`` in physical (LPS) coordinates, as ITK's moments give it.
+
+    Computed here rather than by ITK's ``CenteredTransformInitializer(MOMENTS)``: ITK's moments
+    calculator sums over the image's *requested* region, which a filter run on the same image
+    earlier in the process may have narrowed (``RegionOfInterest``, a ``BinShrink`` of an odd size):
+    after ``RegionOfInterest(fixed, [20, 20], [100, 100])`` the moments start of the 2D BrainWeb
+    pair moved by 21 mm, so the same call gave another registration depending on what ran before.
+    Like ITK, the voxel values are the weights as they are (signed); the sums are per axis.
+
+    Raises:
+        InputError: the weights sum to zero (an empty image): no centre of mass.
+    """
+    arr = sitk.GetArrayViewFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        raise InputError(f"The {what} has {image.GetNumberOfComponentsPerPixel()} components per pixel; its "
+                         "centre of mass needs a grey image.", "Convert it to grey first.")
+    total = float(arr.sum(dtype=np.float64))
+    if total == 0.0 or not np.isfinite(total):
+        raise InputError(f"The {what} has no centre of mass (its voxel values sum to {total:g}).",
+                         "Use the 'geometry' initializer (CLI --initializer geometry; Python "
+                         "initializer='geometry'): moments needs a non-empty foreground.")
+    dim = image.GetDimension()
+    index = []
+    for axis in range(dim):  # numpy axis (dim - 1 - axis) is ITK index axis ``axis``
+        others = tuple(a for a in range(dim) if a != dim - 1 - axis)
+        profile = arr.sum(axis=others, dtype=np.float64)
+        index.append(float(np.dot(profile, np.arange(profile.size, dtype=np.float64)) / total))
+    return np.array(image.TransformContinuousIndexToPhysicalPoint(index))
+
+
+def moments_start(fixed: sitk.Image, moving: sitk.Image, base: sitk.Transform) -> sitk.Transform:
+    """``base`` (Euler or affine) centred on the fixed centre of mass and shifted onto the moving one:
+    what ITK's ``CenteredTransformInitializer(MOMENTS)`` gives, from :func:`centre_of_mass`."""
+    centre = centre_of_mass(fixed, "fixed image")
+    shift = centre_of_mass(moving, "moving image") - centre
+    out = type(base)(base)
+    out.SetCenter(centre.tolist())
+    out.SetTranslation(shift.tolist())
+    return out
+
+
 # ----------------------------------------------------------------------------- set-up
 # Fewest metric samples per level: 1% of a small (2D or coarse) image is too few for a stable
 # joint histogram, so small levels are sampled more densely.
@@ -219,13 +261,12 @@ def _stage_transform(stage: StageParameters, fixed: sitk.Image, moving: sitk.Ima
         if start is None and initializer == "search":
             assert searched is not None, "the rotation search runs before the first stage"
             return type(searched)(searched)
-        if start is None and initializer != "none":
-            mode = (sitk.CenteredTransformInitializerFilter.GEOMETRY if initializer == "geometry"
-                    else sitk.CenteredTransformInitializerFilter.MOMENTS)
-            with itk_guard(f"initialising the transform ({initializer})",
-                           "Use the 'geometry' initializer (CLI --initializer geometry; Python "
-                           "initializer='geometry'): moments needs a non-empty foreground."):
-                return sitk.CenteredTransformInitializer(fixed, moving, base, mode)
+        if start is None and initializer == "moments":
+            return moments_start(fixed, moving, base)
+        if start is None and initializer == "geometry":
+            with itk_guard("initialising the transform (geometry)"):
+                return sitk.CenteredTransformInitializer(fixed, moving, base,
+                                                         sitk.CenteredTransformInitializerFilter.GEOMETRY)
         base.SetCenter(center.tolist())
         return base
     # B-spline: control grid over the fixed image domain
