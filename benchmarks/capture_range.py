@@ -64,8 +64,22 @@ def random_rotations(count: int, seed: int, max_shift_mm: float = 10.0) -> list[
     return cases
 
 
-def _run_random(args: argparse.Namespace, inits: list[str], tissues: dict) -> list[dict]:
+def _register_each(case, inits: list[str], seed: int, row: dict) -> list[str]:
+    """Register ``case`` from each initializer: fills ``row[init]`` (TRE, seconds, warnings), returns the cells."""
     from MultimodalFusionLib.registration import register
+
+    cells = []
+    for init in inits:
+        t0 = time.perf_counter()
+        result = register(case.fixed, case.moving, seed=seed, initializer=init)
+        seconds = time.perf_counter() - t0
+        tre = case.error(result.transform)["mean"]
+        row[init] = {"tre_mm": tre, "seconds": seconds, "warnings": result.warnings}
+        cells.append(f"{tre:.2f} ({seconds:.1f})")
+    return cells
+
+
+def _run_random(args: argparse.Namespace, inits: list[str], tissues: dict) -> list[dict]:
     from MultimodalFusionLib.registration.accuracy import rigid_case, rotation_angle_deg
 
     print(f"MNI152 at {args.spacing:g} mm, {args.random} random rotations (generator seed {args.random_seed}), "
@@ -77,14 +91,7 @@ def _run_random(args: argparse.Namespace, inits: list[str], tissues: dict) -> li
         case = rigid_case(spacing_mm=args.spacing, tissues=tissues, angles_deg=angles, translation=shift)
         row: dict = {"case": k, "angles_deg": angles, "translation": shift,
                      "rotation_deg": rotation_angle_deg(case.truth)}
-        cells = []
-        for init in inits:
-            t0 = time.perf_counter()
-            result = register(case.fixed, case.moving, seed=args.seed, initializer=init)
-            seconds = time.perf_counter() - t0
-            tre = case.error(result.transform)["mean"]
-            row[init] = {"tre_mm": tre, "seconds": seconds, "warnings": result.warnings}
-            cells.append(f"{tre:.2f} ({seconds:.1f})")
+        cells = _register_each(case, inits, args.seed, row)
         rows.append(row)
         print(f"| {k} | {', '.join(f'{a:.0f}' for a in angles)} | {row['rotation_deg']:.0f} | "
               + " | ".join(cells) + " |", flush=True)
@@ -115,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from MultimodalFusionLib import data
-    from MultimodalFusionLib.registration import register
     from MultimodalFusionLib.registration.accuracy import rigid_case
 
     tissues = data.mni152(spacing_mm=args.spacing)
@@ -140,14 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             case = rigid_case(spacing_mm=args.spacing, tissues=tissues, angles_deg=angles,
                               translation=_floats(args.translation))
             row = {"axis": axis, "angle_deg": angle}
-            cells = []
-            for init in inits:
-                t0 = time.perf_counter()
-                result = register(case.fixed, case.moving, seed=args.seed, initializer=init)
-                seconds = time.perf_counter() - t0
-                tre = case.error(result.transform)["mean"]
-                row[init] = {"tre_mm": tre, "seconds": seconds, "warnings": result.warnings}
-                cells.append(f"{tre:.2f} ({seconds:.1f})")
+            cells = _register_each(case, inits, args.seed, row)
             rows.append(row)
             print(f"| {axis} | {angle:g} | " + " | ".join(cells) + " |", flush=True)
     if args.json:

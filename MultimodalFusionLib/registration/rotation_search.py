@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import OperationCancelled, itk_guard
+from ..errors import itk_guard
 from ..progress import ProgressCallback, report
 from .parameters import StageParameters
 
@@ -206,30 +206,18 @@ def _refine(tx: sitk.Transform, fixed: sitk.Image, moving: sitk.Image, stage: St
         relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6, estimateLearningRate=method.Never)
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetInitialTransform(tx, inPlace=True)
+    from .sitk_backend import raise_if_stopped, report_or_stop
+
     state: dict[str, Any] = {"cancelled": False, "error": None}
-
-    def on_iteration() -> None:
-        try:
-            report(progress, fraction, message)
-        except OperationCancelled:
-            state["cancelled"] = True
-            method.StopRegistration()
-        except Exception as exc:  # noqa: BLE001 - an exception must not escape into ITK's C++ loop
-            state["error"] = exc
-            method.StopRegistration()
-
     if progress is not None:
-        method.AddCommand(sitk.sitkIterationEvent, on_iteration)
+        method.AddCommand(sitk.sitkIterationEvent, lambda: report_or_stop(method, state, progress, fraction, message))
     try:
         method.Execute(fixed, moving)
     except RuntimeError:  # drifted out of the moving image: this candidate loses
         return math.inf
     finally:
         method.RemoveAllCommands()
-    if state["cancelled"]:
-        raise OperationCancelled()
-    if state["error"] is not None:
-        raise state["error"]
+    raise_if_stopped(state)
     # the metric at the final parameters (GetMetricValue is that of the last iteration's start)
     score = _method(stage, fixed_mask, moving_mask)
     score.SetInitialTransform(tx)

@@ -372,11 +372,34 @@ def _reduced_level(fixed: sitk.Image, moving: sitk.Image, factor: int, sigma: fl
     return fixed_level, moving_level, [factor // fixed_reduce], [0.0]
 
 
+def report_or_stop(method: sitk.ImageRegistrationMethod, state: dict[str, Any], progress: ProgressCallback | None,
+                   fraction: float, message: str) -> None:
+    """Report progress from inside ITK's iteration loop; a cancel or any error stops ``method`` and is
+    kept in ``state`` ("cancelled" / "error") for the caller to raise once ITK has returned (an
+    exception must not cross ITK's C++ loop)."""
+    try:
+        report(progress, fraction, message)
+    except OperationCancelled:
+        state["cancelled"] = True
+        method.StopRegistration()
+    except Exception as exc:  # noqa: BLE001
+        state["error"] = exc
+        method.StopRegistration()
+
+
+def raise_if_stopped(state: dict[str, Any]) -> None:
+    """After ITK returned: raise what :func:`report_or_stop` kept (a cancel, or the callback's error)."""
+    if state["cancelled"]:
+        raise OperationCancelled()
+    if state["error"] is not None:
+        raise state["error"]
+
+
 def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, stage: StageParameters,
              first_level: int, levels: int, history: list[tuple[int, int, float]],
              progress: ProgressCallback | None, span: tuple[float, float]) -> None:
     """Run ``method`` (its levels are the stage's levels from ``first_level`` on), appending to ``history``."""
-    state = {"cancelled": False, "error": None}
+    state: dict[str, Any] = {"cancelled": False, "error": None}
 
     def on_iteration() -> None:
         level = first_level + method.GetCurrentLevel()
@@ -384,15 +407,8 @@ def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: si
         value = method.GetMetricValue()
         history.append((int(level), int(it), float(value)))
         frac = (level + min(it / max(stage.iterations, 1), 1.0)) / levels
-        try:
-            report(progress, span[0] + (span[1] - span[0]) * frac,
-                   f"{stage.name}: level {level + 1}/{levels}, iteration {it}, metric {value:.4f}")
-        except OperationCancelled:
-            state["cancelled"] = True
-            method.StopRegistration()
-        except Exception as exc:  # noqa: BLE001 - an exception must not escape into ITK's C++ loop
-            state["error"] = exc
-            method.StopRegistration()
+        report_or_stop(method, state, progress, span[0] + (span[1] - span[0]) * frac,
+                       f"{stage.name}: level {level + 1}/{levels}, iteration {it}, metric {value:.4f}")
 
     method.AddCommand(sitk.sitkIterationEvent, on_iteration)
     try:
@@ -410,10 +426,7 @@ def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: si
                                 "Try another preset or initializer, or check the inputs.") from exc
     finally:
         method.RemoveAllCommands()
-    if state["cancelled"]:
-        raise OperationCancelled()
-    if state["error"] is not None:
-        raise state["error"]
+    raise_if_stopped(state)
 
 
 # ----------------------------------------------------------------------------- one stage
