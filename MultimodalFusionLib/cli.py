@@ -151,12 +151,12 @@ class _ListPresets(argparse.Action):
 
 def _add_initializer_and_series(p: argparse.ArgumentParser) -> None:
     """Options shared by register and run: initializer, preset list, DICOM series per image."""
-    p.add_argument("--initializer", choices=["moments", "geometry", "none", "search"],
-                   help="start: align centres of mass (moments), image centres (geometry) or the headers' "
-                        "placement (none); search: centres of mass, then the best of a grid of rotations at a "
-                        "coarse level (for images rotated more than about 35 degrees apart, e.g. prone vs "
-                        "supine; about 1-2 s more for a head; sitk backend, rigid or affine first stage); "
-                        "default: the preset's, else geometry")
+    from .registration.parameters import INITIALIZER_HELP, INITIALIZERS
+
+    p.add_argument("--initializer", choices=list(INITIALIZERS),
+                   help="the registration's start: " + " ".join(f"{name}: {INITIALIZER_HELP[name]}"
+                                                                for name in INITIALIZERS)
+                        + " (default: the preset's, else geometry)")
     p.add_argument("--list-presets", action=_ListPresets, help="print the presets and their stages, then exit")
     p.add_argument("--series", help="DICOM series UID or description for both inputs, when a folder holds several")
     p.add_argument("--fixed-series", help="DICOM series of the fixed input (default: --series)")

@@ -32,6 +32,15 @@ STAGE_TYPES = ("rigid", "affine", "bspline")
 METRICS = ("mattes_mi", "joint_histogram_mi", "correlation", "mean_squares")
 OPTIMIZERS = ("regular_step", "lbfgsb", "gradient_descent_line_search")
 INITIALIZERS = ("geometry", "moments", "none", "search")
+#: What each initializer does, in one sentence: the CLI's --initializer help and the web UI's choices.
+INITIALIZER_HELP = {
+    "geometry": "Image centres aligned, no rotation (rotations up to about 35 degrees are recovered).",
+    "moments": "Centres of mass aligned, no rotation.",
+    "none": "Where the volumes lie (their headers' placement).",
+    "search": "Centres of mass, then the best of a grid of rotations at a coarse level: for volumes rotated "
+              "more than about 35 degrees apart (e.g. prone vs supine); about 1-2 s more for a head; needs a "
+              "rigid or affine first stage (sitk backend).",
+}
 SAMPLING = ("random", "regular", "none")
 #: Default ``StageParameters.max_samples``: binds only on levels of more than 20 M voxels at 1% (a
 #: 512x512x200 CT's finest level: 524 k samples); 256^3 at 1% (168 k) and everything smaller is unchanged.

@@ -28,6 +28,7 @@ from typing import Any
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..registration.parameters import INITIALIZER_HELP, INITIALIZERS
 from .offscreen import configure_offscreen_rendering
 
 __all__ = ["FusionWebApp", "serve", "STAGE_CHOICES", "INITIALIZER_CHOICES", "QUAD_LAYOUT_ID"]
@@ -39,18 +40,8 @@ QUAD_LAYOUT_ID = "Fusion quad"
 #: The registration's start, as the CLI's ``--initializer`` (and the Slicer panel's Initializer): ""
 #: leaves it to the preset (geometry without one). Each value's help is shown under the choice.
 INITIALIZER_CHOICES = (
-    {"value": "", "title": "(preset)",
-     "help": "The preset's start (geometry without a preset)."},
-    {"value": "geometry", "title": "geometry",
-     "help": "Image centres aligned, no rotation (rotations up to about 35 degrees are recovered)."},
-    {"value": "moments", "title": "moments",
-     "help": "Centres of mass aligned, no rotation."},
-    {"value": "none", "title": "none",
-     "help": "Where the volumes lie (their headers' placement)."},
-    {"value": "search", "title": "search",
-     "help": "Centres of mass, then the best of a grid of rotations at a coarse level: for volumes rotated "
-             "more than about 35 degrees apart (e.g. prone vs supine); about 1-2 s more for a head; needs a "
-             "rigid or affine first stage."},
+    {"value": "", "title": "(preset)", "help": "The preset's start (geometry without a preset)."},
+    *({"value": name, "title": name, "help": INITIALIZER_HELP[name]} for name in INITIALIZERS),
 )
 _FG_LAYERS = [{"title": "Functional (moving, registered)", "value": "functional"},
               {"title": "Fused image", "value": "fused"}]
