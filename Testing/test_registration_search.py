@@ -157,6 +157,23 @@ class Search2D(unittest.TestCase):
         self.assertIsNone(info["metric"])
 
 
+class SearchOnTheTorchBackend(unittest.TestCase):
+    def test_the_search_hands_its_start_to_the_first_linear_stage(self):
+        from MultimodalFusionLib.registration.torch_backend import torch_parameters
+
+        case = rigid_case(spacing_mm=SPACING, angles_deg=(0.0, 120.0, 0.0))
+        plain = register(case.fixed, case.moving, seed=0, backend="torch", stages=["affine"], initializer="moments")
+        self.assertGreater(case.error(plain.transform)["mean"], 20.0)  # beyond the capture range
+        found = register(case.fixed, case.moving, seed=0, backend="torch", stages=["affine"], initializer="search")
+        self.assertEqual(found.backend, "torch")
+        self.assertLess(case.error(found.transform)["mean"], 1.0)
+        self.assertEqual(found.initializer["name"], "search")
+        self.assertAlmostEqual(found.initializer["rotation_deg"], 120.0, delta=10.0)
+        self.assertEqual(found.parameters["initializer"], "search")
+        # a sitk preset asking for the search keeps asking for it on the torch backend
+        self.assertEqual(torch_parameters(RegistrationParameters(initializer="search")).initializer, "search")
+
+
 class SearchInvalidUses(unittest.TestCase):
     def setUp(self):
         self.fixed, self.moving = data.itk_brainweb_pair()
@@ -171,8 +188,8 @@ class SearchInvalidUses(unittest.TestCase):
         self._refused("initial transform", "Fix:", initializer="search",
                       initial_transform=sitk.TranslationTransform(2, (1.0, 2.0)))
 
-    def test_on_the_torch_backend(self):
-        self._refused("sitk backend", initializer="search", backend="torch")
+    def test_before_a_deformable_first_stage_on_the_torch_backend(self):
+        self._refused("rigid or affine first stage", initializer="search", backend="torch", stages=["deformable"])
 
     def test_before_a_bspline_first_stage(self):
         self._refused("rigid or affine first stage", initializer="search", stages=["bspline"])

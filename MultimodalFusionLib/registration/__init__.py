@@ -110,9 +110,6 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
     parameters.validate()
 
     if parameters.initializer == "search":
-        if backend != "sitk":
-            raise InputError("The 'search' initializer (rotation search) runs on the sitk backend only.",
-                             "Use backend 'sitk', or initializer 'moments' on the torch backend.")
         if initial_transform is not None:
             raise InputError("Both the 'search' initializer and an initial transform were given: the search starts "
                              "from the centres of mass, an initial transform replaces any initializer.",

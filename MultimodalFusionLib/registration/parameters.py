@@ -39,7 +39,7 @@ INITIALIZER_HELP = {
     "none": "Where the volumes lie (their headers' placement).",
     "search": "Centres of mass, then the best of a grid of rotations at a coarse level: for volumes rotated "
               "more than about 35 degrees apart (e.g. prone vs supine); about 1-2 s more for a head; needs a "
-              "rigid or affine first stage (sitk backend).",
+              "rigid or affine first stage.",
 }
 SAMPLING = ("random", "regular", "none")
 #: Default ``StageParameters.max_samples``: binds only on levels of more than 20 M voxels at 1% (a

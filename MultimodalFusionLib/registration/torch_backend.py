@@ -40,9 +40,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, RegistrationError
-from ..progress import ProgressCallback, report
+from ..progress import ProgressCallback, report, scaled
 from ..validation import check_mask, check_pair
+from .parameters import StageParameters
 from .result import RegistrationResult, StageResult
+from .rotation_search import search_rotation
+from .sitk_backend import SEARCH_SHARE
 
 __all__ = [
     "TorchRegistrationParameters",
@@ -72,8 +75,10 @@ class TorchRegistrationParameters:
 
     Attributes:
         stages: run in order: "rigid", "affine" (linear) and "deformable" (stationary velocity field).
-        initializer: "moments" (align centres of mass), "geometry" (align image centres) or "none";
-            ignored when an initial transform is given.
+        initializer: "moments" (align centres of mass), "geometry" (align image centres), "none" or
+            "search" (centres of mass, then the rotation search of ``rotation_search``, run by
+            SimpleITK on the CPU, as the sitk backend runs it; needs a linear first stage); ignored
+            when an initial transform is given.
         seed: seed of the voxel sampling (same seed, same device and thread count -> same result).
         linear_metric: "mi" (multimodal), "lncc" or "mind".
         linear_shrink_factors: linear stages' pyramid, coarse to fine.
@@ -169,8 +174,13 @@ class TorchRegistrationParameters:
         for field in ("linear_metric", "deformable_metric"):
             if _METRIC_ALIASES.get(str(getattr(self, field)).lower()) is None:
                 raise bad(field, getattr(self, field), " / ".join(TORCH_METRICS))
-        if self.initializer not in ("moments", "geometry", "none"):
-            raise bad("initializer", self.initializer, "moments / geometry / none")
+        if self.initializer not in ("moments", "geometry", "none", "search"):
+            raise bad("initializer", self.initializer, "moments / geometry / none / search")
+        if self.initializer == "search" and _STAGE_ALIASES.get(str(self.stages[0]).lower()) not in ("rigid", "affine"):
+            raise InputError(f"The 'search' initializer searches rotations for a rigid or affine first stage, but "
+                             f"the first stage is '{self.stages[0]}'.",
+                             "Put a rigid or affine stage first (e.g. stages affine,deformable), or use initializer "
+                             "'moments'.")
         if self.mi_window not in ("bspline", "gaussian"):
             raise bad("mi_window", self.mi_window, "bspline / gaussian")
         if self.regularisation not in ("diffusion", "bending"):
@@ -276,7 +286,7 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
         if deform and _METRIC_ALIASES.get(str(getattr(deform[0], "metric", "")).lower()) == "lncc":
             out.deformable_metric = "lncc"
         init = getattr(parameters, "initializer", None)
-        if init in ("moments", "geometry", "none"):
+        if init in ("moments", "geometry", "none", "search"):
             out.initializer = init
         if getattr(parameters, "seed", None) is not None:  # unseeded: keep the torch default (42)
             out.seed = parameters.seed
@@ -1039,6 +1049,11 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     device = select_device(params.device)
     fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
     moving_f = sitk.Cast(moving, sitk.sitkFloat32)
+    search_info = None
+    if params.initializer == "search" and initial_transform is None:
+        initial_transform, search_info = _search_start(fixed_f, moving_f, params, fixed_mask, moving_mask, progress)
+        parts = _linear_parts(initial_transform, dim)
+        progress = scaled(progress, SEARCH_SHARE, 1.0)
 
     # Reproducibility: the CPU kernels used here are deterministic for a given thread count (tested).
     # On CUDA, cuDNN is told to be deterministic; grid_sample's backward accumulates with atomic
@@ -1140,7 +1155,23 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     return RegistrationResult(transform=transform, stages=stage_results, metric_before=metric_before,
                               metric_after=metric_after,
                               warnings=warnings, seconds=time.perf_counter() - t_start, backend="torch",
-                              parameters=info)
+                              parameters=info, initializer=search_info)
+
+
+def _search_start(fixed: sitk.Image, moving: sitk.Image, params: TorchRegistrationParameters,
+                  fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
+                  progress: ProgressCallback | None) -> tuple[sitk.Transform, dict[str, Any]]:
+    """The rotation search's start for the first linear stage (SimpleITK on the CPU, as on the sitk backend).
+
+    The search scores Mattes mutual information with the torch settings' histogram bins (at most 32
+    at its coarse level) whatever the linear metric: MI serves one modality as well as two, and the
+    search only has to land inside the linear stage's capture range.
+    """
+    first = _STAGE_ALIASES[str(params.stages[0]).lower()]
+    stage = StageParameters(name=first, metric="mattes_mi", histogram_bins=int(params.histogram_bins))
+    report(progress, 0.0, "rotation search: starting")
+    return search_rotation(fixed, moving, stage, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                           progress=scaled(progress, 0.0, SEARCH_SHARE))
 
 
 # --------------------------------------------------------------------------------------------
