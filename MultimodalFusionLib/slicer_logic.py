@@ -97,6 +97,15 @@ def _check_class(node: Any, class_name: str, what: str, kind: str) -> None:
                          f"Select a {kind} as the {what}, or leave it empty to create one.")
 
 
+def _in_world(node: Any) -> Any:
+    """An output node holds world coordinates (the fixed grid; a fixed-to-moving transform). One the
+    user chose that sits under a transform is taken out of it: under it, the output would be shown
+    moved by that transform (and a moving volume put under an output transform would not line up)."""
+    if node is not None and node.GetParentTransformNode() is not None:
+        mrml.set_parent_transform(node, None)
+    return node
+
+
 def _single_slice(image: Any) -> bool:
     return image.GetDimension() == 3 and image.GetSize()[2] == 1
 
@@ -165,7 +174,8 @@ class FusionLogic:
             movingMaskNode: the same for the moving volume.
             initialTransformNode: a transform to start from (e.g. a manual pre-alignment).
             seed: seed of the random metric sampling (same seed, same result).
-            outputTransformNode: transform node to write into; a new one when None.
+            outputTransformNode: transform node to write into; a new one when None. The results are
+                in world coordinates: an output node under a transform is taken out of it.
             outputVolumeNode: volume node for the resampled moving volume; a new one when None.
             resample: make the resampled moving volume.
             applyTransform: also set the transform as the moving volume's parent (display only;
@@ -226,8 +236,8 @@ class FusionLogic:
                           progress=scaled(progress, 0.02, 0.9), backend=backend, initializer=initializer or None)
         report(progress, 0.9, "creating output nodes")
         name = f"{movingVolumeNode.GetName()} to {fixedVolumeNode.GetName()}"
-        transform_node = mrml.transform_node_from_sitk(result.transform, scene, name=name,
-                                                       node=outputTransformNode)
+        transform_node = _in_world(mrml.transform_node_from_sitk(result.transform, scene, name=name,
+                                                                 node=outputTransformNode))
         metrics: dict[str, Any] = {
             "metric_before": _scalar(result.metric_before),
             "metric_after": _scalar(result.metric_after),
@@ -241,9 +251,9 @@ class FusionLogic:
                             metrics_module.registration_metrics(fixed, resampled, fixed_mask).items()})
             # an 8-bit moving volume stays 8-bit, as `mmfusion run` writes it: fusing it then gives the CLI's numbers
             moving_8bit = movingVolumeNode.GetImageData().GetScalarTypeAsString() == "unsigned char"
-            resampled_node = mrml.volume_node_from_image(round_to_8bit(resampled) if moving_8bit else resampled, scene,
-                                                         name=f"{movingVolumeNode.GetName()} registered",
-                                                         node=outputVolumeNode)
+            resampled_node = _in_world(mrml.volume_node_from_image(
+                round_to_8bit(resampled) if moving_8bit else resampled, scene,
+                name=f"{movingVolumeNode.GetName()} registered", node=outputVolumeNode))
         if applyTransform:
             mrml.set_parent_transform(movingVolumeNode, transform_node)
         for i, warning in enumerate(result.warnings):
@@ -277,7 +287,8 @@ class FusionLogic:
             functionalVolumeNode: function (PET, SPECT) or a second anatomical volume.
             method: fusion method (``MultimodalFusionLib.fusion.list_methods()``).
             transformNode: registration transform (fixed = anatomical, moving = functional).
-            outputVolumeNode: volume node for the fused image; a new one when None.
+            outputVolumeNode: volume node for the fused image; a new one when None (taken out of a
+                transform it is under: the output lies on the anatomical volume's grid).
             weightsVolumeNode: volume node for the per-voxel weight map; a new one when None.
             metricsTableNode: table node for the fusion metrics; a new one when None.
             newNodeOnKindChange: when ``outputVolumeNode`` is of the other kind than the result
@@ -349,11 +360,11 @@ class FusionLogic:
         if (newNodeOnKindChange and outputVolumeNode is not None
                 and bool(outputVolumeNode.IsA("vtkMRMLVectorVolumeNode")) != colour):
             outputVolumeNode = None
-        fused_node = mrml.volume_node_from_image(fused_image, scene, name=base, node=outputVolumeNode)
+        fused_node = _in_world(mrml.volume_node_from_image(fused_image, scene, name=base, node=outputVolumeNode))
         weights_node = None
         if weights_image is not None:
-            weights_node = mrml.volume_node_from_image(weights_image, scene, name=f"{base} weights",
-                                                       node=weightsVolumeNode)
+            weights_node = _in_world(mrml.volume_node_from_image(weights_image, scene, name=f"{base} weights",
+                                                                 node=weightsVolumeNode))
         table = mrml.metrics_table_node({"fusion": metrics}, scene, name=f"{base} metrics", node=metricsTableNode)
         report(progress, 1.0, "fusion done")
         return FusionOutputs(fused_node, weights_node, table, result, metrics)

@@ -237,6 +237,40 @@ class LogicTest(unittest.TestCase):
         with self.assertRaisesRegex(InputError, "under a transform"):
             self._register()
 
+    def test_output_nodes_under_a_transform_are_taken_out_of_it(self) -> None:
+        """Output nodes chosen by the user that sit under a transform: the results are in world
+        coordinates (the fixed volume's), so under that transform they were shown 25 mm off, and
+        the moving volume put under the output transform was not aligned."""
+        import vtk
+
+        shift = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+        matrix = vtk.vtkMatrix4x4()
+        matrix.SetElement(0, 3, 25.0)
+        shift.SetMatrixTransformToParent(matrix)
+        chosen_transform = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "chosen transform")
+        chosen_volume = mrml.volume_node_from_image(self.fixed * 0, self.scene, name="chosen volume")
+        chosen_fused = mrml.volume_node_from_image(self.fixed * 0, self.scene, name="chosen fused")
+        chosen_weights = mrml.volume_node_from_image(self.fixed * 0, self.scene, name="chosen weights")
+        for node in (chosen_transform, chosen_volume, chosen_fused, chosen_weights):
+            mrml.set_parent_transform(node, shift)
+        out = self._register(outputTransformNode=chosen_transform, outputVolumeNode=chosen_volume,
+                             applyTransform=True)
+        self.assertIs(out.transformNode, chosen_transform)
+        # the moving volume as shown through the output transform is the resampled volume...
+        resampled = sitk.GetArrayFromImage(mrml.image_from_volume_node(chosen_volume))
+        shown = sitk.GetArrayFromImage(mrml.reslice_volume_node(self.pet, self.mr))
+        both = (shown != 0) & (resampled != 0)
+        self.assertLess(np.abs(shown - resampled)[both].max() / np.abs(resampled).max(), 1e-3)
+        # ...and the resampled, fused and weight volumes are shown on the fixed volume's grid, where it lies
+        fused = self.logic.fuseVolumes(self.mr, chosen_volume, method="average", outputVolumeNode=chosen_fused,
+                                       weightsVolumeNode=chosen_weights)
+        self.assertIs(fused.weightsVolumeNode, chosen_weights)
+        for node in (chosen_volume, chosen_fused, chosen_weights):
+            own = sitk.GetArrayFromImage(mrml.image_from_volume_node(node))
+            as_shown = sitk.GetArrayFromImage(mrml.reslice_volume_node(node, self.mr, interpolation="nearest"))
+            np.testing.assert_array_equal(as_shown, own, err_msg=node.GetName())
+        self.assertIsNone(chosen_transform.GetParentTransformNode())
+
     def test_cancel_stops_without_new_nodes(self) -> None:
         before = self.scene.GetNumberOfNodes()
         with self.assertRaises(OperationCancelled):
