@@ -355,19 +355,25 @@ def volume_node_from_image(image: sitk.Image, scene: Any = None, *, name: str = 
     return node
 
 
-def mask_from_node(node: Any, reference: sitk.Image) -> sitk.Image:
+def mask_from_node(node: Any, reference: sitk.Image, reference_node: Any = None) -> sitk.Image:
     """A mask (UInt8 0/1) on ``reference``'s grid from a label-map volume or a segmentation node.
 
-    Label maps on another grid are resampled with nearest-neighbour interpolation; a
-    segmentation's visible segments are merged.
+    The mask lies where Slicer shows it relative to ``reference_node``, the volume node
+    ``reference`` was read from: through the transforms either is under (a mask under the same
+    transform as its volume is taken on the volume's own grid). Without ``reference_node`` the
+    reference is in world coordinates. Label maps on another grid (or placed elsewhere) are
+    resampled with nearest-neighbour interpolation; a segmentation's visible segments are merged.
 
     Raises:
-        InputError: the node is neither a label map/scalar volume nor a segmentation, or is empty.
+        InputError: the node is neither a label map/scalar volume nor a segmentation, is empty,
+            or lies under a non-linear transform relative to the reference.
     """
     import slicer
 
     if node is None:
         raise InputError("No mask node given.", "Select a label map or segmentation.")
+    reference_parent = reference_node.GetParentTransformNode() if reference_node is not None else None
+    to_mask = None  # reference space -> mask space (LPS), for a label map under another transform
     if node.IsA("vtkMRMLSegmentationNode"):
         scene = get_scene(None, node)
         # the export adds a label map, its display node and colour table, and may give the segmentation
@@ -381,10 +387,13 @@ def mask_from_node(node: Any, reference: sitk.Image) -> sitk.Image:
             if segmentation is None or segmentation.GetNumberOfSegments() == 0:
                 raise empty
             labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", unique_name(scene, "_mask_export"))
-            reference_node = volume_node_from_image(sitk.Cast(reference, sitk.sitkUInt8) * 0, scene,
-                                                    name="_mask_reference", display=False)
+            grid_node = volume_node_from_image(sitk.Cast(reference, sitk.sitkUInt8) * 0, scene,
+                                               name="_mask_reference", display=False)
+            # the export maps the segmentation through the transforms between it and the label map
+            for helper in (labelmap, grid_node):
+                set_parent_transform(helper, reference_parent)
             ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(
-                node, labelmap, reference_node)
+                node, labelmap, grid_node)
             if not ok or labelmap.GetImageData() is None or labelmap.GetImageData().GetNumberOfPoints() == 0:
                 raise empty
             mask = image_from_volume_node(labelmap)
@@ -394,6 +403,8 @@ def mask_from_node(node: Any, reference: sitk.Image) -> sitk.Image:
                 scene.RemoveNode(extra)
     elif node.IsA("vtkMRMLScalarVolumeNode"):
         mask = image_from_volume_node(node)
+        to_mask = _linear_between(reference_parent, node.GetParentTransformNode(),
+                                  f"Mask '{node.GetName()}'", _node_label(reference_node))
     else:
         raise InputError(f"'{_node_label(node)}' cannot be used as a mask.", "Select a label map or a segmentation.")
     if mask.GetNumberOfComponentsPerPixel() > 1:
@@ -402,14 +413,37 @@ def mask_from_node(node: Any, reference: sitk.Image) -> sitk.Image:
                  and np.allclose(mask.GetSpacing(), reference.GetSpacing(), atol=1e-6)
                  and np.allclose(mask.GetOrigin(), reference.GetOrigin(), atol=1e-4)
                  and np.allclose(mask.GetDirection(), reference.GetDirection(), atol=1e-6))
-    if not same_grid:
+    if not same_grid or to_mask is not None:
         with itk_guard(f"resampling mask '{node.GetName()}'"):
-            mask = sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+            mask = sitk.Resample(mask, reference, to_mask or sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     mask = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
     if not sitk.GetArrayViewFromImage(mask).any():
         raise InputError(f"Mask '{node.GetName()}' is empty where it overlaps the image.",
                          "Draw the mask over the region of interest of that image.")
     return mask
+
+
+def _linear_between(source: Any, target: Any, what: str, reference: str) -> sitk.AffineTransform | None:
+    """The resampling transform (LPS) from the space of transform node ``source`` to that of ``target``
+    (None: world); None when both are the same space."""
+    import slicer
+    import vtk
+
+    if source is target:
+        return None
+    if any(t is not None and not t.IsTransformToWorldLinear() for t in (source, target)):
+        raise InputError(f"{what} and the volume '{reference}' are under different transforms, and one is not "
+                         "linear.", "Harden the transforms (Transforms module), or put the mask under the "
+                                    "volume's transform.")
+    matrix = vtk.vtkMatrix4x4()
+    slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(source, target, matrix)
+    lps = _F4 @ _np_matrix(matrix) @ _F4
+    if np.allclose(lps, np.eye(4), atol=1e-12):
+        return None
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix([float(v) for v in lps[:3, :3].ravel()])
+    affine.SetTranslation([float(v) for v in lps[:3, 3]])
+    return affine
 
 
 def _node_label(node: Any) -> str:

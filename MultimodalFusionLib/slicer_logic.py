@@ -170,8 +170,10 @@ class FusionLogic:
             movingVolumeNode: volume to align (e.g. MR, PET, SPECT).
             preset: registration preset name (``MultimodalFusionLib.registration.list_presets()``).
             stages: stages to run, e.g. ``["rigid", "affine", "bspline"]`` or ``"rigid,affine"``.
-            fixedMaskNode: label map or segmentation limiting the metric in the fixed volume.
-            movingMaskNode: the same for the moving volume.
+            fixedMaskNode: label map or segmentation limiting the metric in the fixed volume, where
+                it is shown (through a transform it is under).
+            movingMaskNode: the same for the moving volume, relative to it (a mask under the moving
+                volume's transform is taken on the moving volume's own grid, as the volume is).
             initialTransformNode: a transform to start from (e.g. a manual pre-alignment).
             seed: seed of the random metric sampling (same seed, same result).
             outputTransformNode: transform node to write into; a new one when None. The results are
@@ -225,8 +227,11 @@ class FusionLogic:
                              "Register the 2D image files with 'mmfusion register FIXED MOVING' (or "
                              "MultimodalFusionLib.registration.register), or use 3D volumes; aligned slices can "
                              "be fused here (fuseVolumes).")
-        fixed_mask = mrml.mask_from_node(fixedMaskNode, fixed) if fixedMaskNode is not None else None
-        moving_mask = mrml.mask_from_node(movingMaskNode, moving) if movingMaskNode is not None else None
+        # each mask lies where it is shown relative to its volume (the moving volume is taken on its own grid)
+        fixed_mask = (mrml.mask_from_node(fixedMaskNode, fixed, reference_node=fixedVolumeNode)
+                      if fixedMaskNode is not None else None)
+        moving_mask = (mrml.mask_from_node(movingMaskNode, moving, reference_node=movingVolumeNode)
+                       if movingMaskNode is not None else None)
         initial = mrml.sitk_transform_from_node(initialTransformNode) if initialTransformNode is not None else None
 
         if isinstance(parameters, dict):

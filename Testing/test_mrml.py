@@ -134,6 +134,49 @@ class MrmlHelpersTest(unittest.TestCase):
         self.assertEqual(ids(), before)
         self.assertIsNone(empty.GetDisplayNode())  # the input segmentation is left as it was
 
+    def test_masks_lie_where_slicer_shows_them_relative_to_their_volume(self) -> None:
+        """A label map under a transform was used at its grid's place (not where it is shown), a segmentation
+        where it is shown in world coordinates even when its volume is under the same transform (the moving
+        volume is registered on its own grid): both are now placed relative to the volume, as shown."""
+        import slicer
+        import vtk
+
+        box = np.zeros(sitk.GetArrayViewFromImage(self.image).shape, np.uint8)
+        box[4:10, 5:12, 4:11] = 1
+        box = sitk.GetImageFromArray(box)
+        box.CopyInformation(self.image)
+        label = mrml.volume_node_from_image(box, self.scene, name="box", label=True)
+        segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "box segmentation")
+        self.assertTrue(slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label, segmentation))
+        volume = mrml.volume_node_from_image(self.image, self.scene, name="volume")
+        shift = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift 12 mm right")
+        matrix = vtk.vtkMatrix4x4()
+        matrix.SetElement(0, 3, 12.0)
+        shift.SetMatrixTransformToParent(matrix)
+        # shown 12 mm to the right (RAS) is 12 mm toward -x in LPS: a voxel at p shows the mask's p + (12, 0, 0)
+        shifted = sitk.Resample(box, self.image, sitk.TranslationTransform(3, (12.0, 0.0, 0.0)),
+                                sitk.sitkNearestNeighbor, 0)
+
+        def centroid(mask: sitk.Image) -> np.ndarray:
+            stats = sitk.LabelShapeStatisticsImageFilter()
+            stats.Execute(mask)
+            return np.array(stats.GetCentroid(1))
+
+        for node in (label, segmentation):
+            with self.subTest(node.GetName()):
+                mrml.set_parent_transform(node, shift)
+                moved = mrml.mask_from_node(node, self.image, reference_node=volume)
+                self.assertLess(np.linalg.norm(centroid(moved) - centroid(shifted)), 1.0)
+                mrml.set_parent_transform(volume, shift)  # mask and volume moved together: the grid's mask
+                together = mrml.mask_from_node(node, self.image, reference_node=volume)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(together), sitk.GetArrayFromImage(box))
+                mrml.set_parent_transform(volume, None)
+                mrml.set_parent_transform(node, None)
+        bspline = mrml.transform_node_from_sitk(sitk.BSplineTransformInitializer(self.image, [2, 2, 2]), self.scene)
+        mrml.set_parent_transform(label, bspline)
+        with self.assertRaisesRegex(InputError, "not linear"):
+            mrml.mask_from_node(label, self.image, reference_node=volume)
+
     def test_empty_mask_is_refused(self) -> None:
         node = mrml.volume_node_from_image(sitk.Cast(self.image * 0, sitk.sitkUInt8), self.scene, label=True)
         with self.assertRaisesRegex(InputError, "empty"):

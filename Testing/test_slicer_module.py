@@ -112,6 +112,26 @@ class LogicTest(unittest.TestCase):
         out = self._register(fixedMaskNode=fixed_mask, movingMaskNode=moving_mask)
         self.assertLess(out.result.metric_after, out.result.metric_before)
 
+    def test_a_mask_moved_with_its_volume_stays_on_it(self) -> None:
+        """The moving volume and its mask both under a (far) transform: the volume is registered on its own
+        grid, so the mask must be taken there too, not where the transform shows it (empty there)."""
+        import vtk
+
+        far = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "far")
+        matrix = vtk.vtkMatrix4x4()
+        matrix.SetElement(1, 3, 500.0)
+        far.SetMatrixTransformToParent(matrix)
+        label = mrml.volume_node_from_image(sitk.Cast(self.moving > 0.1, sitk.sitkUInt8), self.scene,
+                                            name="PET mask", label=True)
+        segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "PET segmentation")
+        self.assertTrue(slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label, segmentation))
+        for node in (self.pet, label, segmentation):
+            mrml.set_parent_transform(node, far)
+        for mask in (label, segmentation):
+            with self.subTest(mask.GetName()):
+                out = self._register(movingMaskNode=mask)
+                self.assertLess(out.result.metric_after, out.result.metric_before)
+
     def test_deformable_result_is_a_bspline_transform_node(self) -> None:
         quick = {"initializer": "none", "stages": [
             {"name": "bspline", "iterations": 3, "shrink_factors": [2], "smoothing_sigmas": [1.0], "mesh_size": 3}]}
