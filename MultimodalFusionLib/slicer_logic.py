@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from . import mrml
 from .errors import InputError
 from .progress import ProgressCallback, report, scaled
-from .validation import has_content
+from .validation import has_content, overlap_fraction
 
 __all__ = ["FusionLogic", "RegistrationOutputs", "FusionOutputs", "RunOutputs"]
 
@@ -174,22 +174,25 @@ class FusionLogic:
                 it is shown (through a transform it is under).
             movingMaskNode: the same for the moving volume, relative to it (a mask under the moving
                 volume's transform is taken on the moving volume's own grid, as the volume is).
-            initialTransformNode: a transform to start from (e.g. a manual pre-alignment).
+            initialTransformNode: a transform to start from (e.g. a manual pre-alignment). None: the
+                transform the moving volume is under, if any (it starts where it is shown), unless
+                ``initializer`` is given.
             seed: seed of the random metric sampling (same seed, same result).
             outputTransformNode: transform node to write into; a new one when None. The results are
                 in world coordinates: an output node under a transform is taken out of it.
             outputVolumeNode: volume node for the resampled moving volume; a new one when None.
             resample: make the resampled moving volume.
             applyTransform: also set the transform as the moving volume's parent (display only;
-                the moving volume's voxels are not changed). A transform already on the moving
-                volume is not used (give it as ``initialTransformNode`` to start from it).
+                the moving volume's voxels are not changed), in place of the transform it was under
+                (the result includes that one: see ``initialTransformNode``).
             backend: "sitk" or "torch".
             parameters: full settings (``MultimodalFusionLib.registration.RegistrationParameters``
                 or its dict form), instead of a preset.
             initializer: the start, overriding the preset's: "geometry" (image centres), "moments"
-                (centres of mass), "none" (where the volumes lie) or "search" (centres of mass, then
-                the best of a grid of rotations: for volumes rotated more than about 35 degrees
-                apart, e.g. prone vs supine; about 1-2 s more for a head). None: the preset's.
+                (centres of mass), "none" (where the volumes' grids lie) or "search" (centres of mass,
+                then the best of a grid of rotations: for volumes rotated more than about 35 degrees
+                apart, e.g. prone vs supine; about 1-2 s more for a head). None: the preset's, or where
+                the moving volume is shown when it is under a transform.
             progress: ``progress(fraction, message)``; returning False cancels.
 
         Returns:
@@ -232,7 +235,20 @@ class FusionLogic:
                       if fixedMaskNode is not None else None)
         moving_mask = (mrml.mask_from_node(movingMaskNode, moving, reference_node=movingVolumeNode)
                        if movingMaskNode is not None else None)
+        moving_parent = movingVolumeNode.GetParentTransformNode()
+        if initialTransformNode is None and moving_parent is not None and not initializer:
+            # the moving volume is registered on its own grid, from where it is shown (e.g. pre-aligned in the
+            # Transforms module); the result, like any start, includes it: it replaces that parent
+            initialTransformNode = moving_parent
         initial = mrml.sitk_transform_from_node(initialTransformNode) if initialTransformNode is not None else None
+        if initial is not None and overlap_fraction(fixed, moving, initial) <= 0.0:
+            how = ("is shown through transform" if initialTransformNode is moving_parent
+                   else "is placed by the initial transform")
+            raise InputError(f"The moving volume '{movingVolumeNode.GetName()}' {how} '{initialTransformNode.GetName()}' "
+                             f"where it does not overlap the fixed volume '{fixedVolumeNode.GetName()}'; the "
+                             "registration starts there.",
+                             "Move it over the fixed volume (Transforms module) or remove that transform, or choose "
+                             "an initializer (geometry, moments) to start from the volumes' centres.")
 
         if isinstance(parameters, dict):
             parameters = RegistrationParameters.from_dict(parameters)

@@ -128,9 +128,11 @@ class LogicTest(unittest.TestCase):
         for node in (self.pet, label, segmentation):
             mrml.set_parent_transform(node, far)
         for mask in (label, segmentation):
-            with self.subTest(mask.GetName()):
-                out = self._register(movingMaskNode=mask)
+            with self.subTest(mask.GetName()):  # moments: the start is not where the volume is shown (far away)
+                out = self._register(movingMaskNode=mask, initializer="moments")
                 self.assertLess(out.result.metric_after, out.result.metric_before)
+        with self.assertRaisesRegex(InputError, "'PET' is shown through transform 'far' where it does not overlap"):
+            self._register(movingMaskNode=label)
 
     def test_deformable_result_is_a_bspline_transform_node(self) -> None:
         quick = {"initializer": "none", "stages": [
@@ -250,6 +252,29 @@ class LogicTest(unittest.TestCase):
             self.logic.registerVolumes(self.mr, self.mr)
         with self.assertRaises(InputError):
             self.logic.registerVolumes(self.mr, None)
+
+    def test_registration_starts_where_the_moving_volume_is_shown(self) -> None:
+        """A moving volume the user pre-aligned with the Transforms module (its grid is 90 degrees off, its
+        parent transform shows it in place): the registration ignored the parent and ended 75 mm off."""
+        centre = self.moving.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in self.moving.GetSize()])
+        turn = sitk.Euler3DTransform(centre, 0.0, 0.0, np.pi / 2)
+        rotation = np.array(turn.GetMatrix()).reshape(3, 3)
+        turned = sitk.Image(self.moving)  # the same voxels on a grid turned by 90 degrees about its centre
+        turned.SetDirection((rotation @ np.array(self.moving.GetDirection()).reshape(3, 3)).ravel().tolist())
+        turned.SetOrigin((rotation @ (np.array(self.moving.GetOrigin()) - centre) + centre).tolist())
+        node = mrml.volume_node_from_image(turned, self.scene, name="PET turned")
+        manual = mrml.transform_node_from_sitk(turn, self.scene, name="manual pre-alignment")
+        mrml.set_parent_transform(node, manual)
+        out = self.logic.registerVolumes(self.mr, node, stages=["rigid"], seed=3)
+        # the result maps fixed points onto the turned grid: truth, then the turn
+        points = [(0.0, 0.0, 0.0), (30.0, 20.0, -10.0), (-25.0, 30.0, 15.0), (20.0, -30.0, 20.0)]
+        error = max(np.linalg.norm(np.subtract(out.result.transform.TransformPoint(p),
+                                               turn.TransformPoint(self.truth.TransformPoint(p)))) for p in points)
+        self.assertLess(error, 2.0)
+        self.assertIs(node.GetParentTransformNode(), manual)  # the input is left as it was
+        # an initializer chosen explicitly is the start (as before): the parent is not used then
+        searched = self.logic.registerVolumes(self.mr, node, stages=["rigid"], seed=3, initializer="search")
+        self.assertEqual(searched.result.initializer["name"], "search")
 
     def test_fixed_volume_under_a_transform_is_refused(self) -> None:
         parent = mrml.transform_node_from_sitk(self.truth, self.scene, name="manual")
