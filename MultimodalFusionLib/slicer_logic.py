@@ -175,8 +175,8 @@ class FusionLogic:
             movingMaskNode: the same for the moving volume, relative to it (a mask under the moving
                 volume's transform is taken on the moving volume's own grid, as the volume is).
             initialTransformNode: a transform to start from (e.g. a manual pre-alignment). None: the
-                transform the moving volume is under, if any (it starts where it is shown), unless
-                ``initializer`` is given.
+                linear transform the moving volume is under, if any (it starts where it is shown),
+                unless ``initializer`` is given; a non-linear one is not used (a warning says so).
             seed: seed of the random metric sampling (same seed, same result).
             outputTransformNode: transform node to write into; a new one when None. The results are
                 in world coordinates: an output node under a transform is taken out of it.
@@ -236,10 +236,14 @@ class FusionLogic:
         moving_mask = (mrml.mask_from_node(movingMaskNode, moving, reference_node=movingVolumeNode)
                        if movingMaskNode is not None else None)
         moving_parent = movingVolumeNode.GetParentTransformNode()
+        unused_parent = None
         if initialTransformNode is None and moving_parent is not None and not initializer:
-            # the moving volume is registered on its own grid, from where it is shown (e.g. pre-aligned in the
-            # Transforms module); the result, like any start, includes it: it replaces that parent
-            initialTransformNode = moving_parent
+            if moving_parent.IsTransformToWorldLinear():
+                # the moving volume is registered on its own grid, from where it is shown (e.g. pre-aligned in
+                # the Transforms module); the result, like any start, includes it: it replaces that parent
+                initialTransformNode = moving_parent
+            else:  # a rigid or affine stage cannot start from a deformation (ITK has no Jacobian for it)
+                unused_parent = moving_parent
         initial = mrml.sitk_transform_from_node(initialTransformNode) if initialTransformNode is not None else None
         if initial is not None and overlap_fraction(fixed, moving, initial) <= 0.0:
             how = ("is shown through transform" if initialTransformNode is moving_parent
@@ -277,6 +281,11 @@ class FusionLogic:
                 name=f"{movingVolumeNode.GetName()} registered", node=outputVolumeNode))
         if applyTransform:
             mrml.set_parent_transform(movingVolumeNode, transform_node)
+        if unused_parent is not None:
+            result.warnings.append(
+                f"The moving volume '{movingVolumeNode.GetName()}' is under the non-linear transform "
+                f"'{unused_parent.GetName()}', which the registration did not start from (it started from the "
+                "volume's own grid); harden that transform first to register the volume as shown.")
         for i, warning in enumerate(result.warnings):
             metrics[f"warning_{i + 1}"] = warning
         report(progress, 1.0, "registration done")

@@ -275,6 +275,12 @@ class LogicTest(unittest.TestCase):
         # an initializer chosen explicitly is the start (as before): the parent is not used then
         searched = self.logic.registerVolumes(self.mr, node, stages=["rigid"], seed=3, initializer="search")
         self.assertEqual(searched.result.initializer["name"], "search")
+        # a rigid stage cannot start from a deformation: under a B-spline the volume's own grid is the start, said
+        bspline = sitk.BSplineTransformInitializer(self.fixed, [2, 2, 2])
+        mrml.set_parent_transform(self.pet, mrml.transform_node_from_sitk(bspline, self.scene, name="deformation"))
+        out = self._register()
+        self.assertIn("non-linear transform 'deformation'", " ".join(out.result.warnings))
+        self.assertIn("non-linear transform 'deformation'", " ".join(str(v) for v in out.metrics.values()))
 
     def test_fixed_volume_under_a_transform_is_refused(self) -> None:
         parent = mrml.transform_node_from_sitk(self.truth, self.scene, name="manual")
