@@ -223,6 +223,12 @@ class FusionLogic:
         report(progress, 0.0, "reading volumes")
         fixed = mrml.image_from_volume_node(fixedVolumeNode, float32=True)
         moving = mrml.image_from_volume_node(movingVolumeNode, float32=True)
+        for role, node, image in (("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)):
+            if image.GetNumberOfComponentsPerPixel() > 1:
+                raise InputError(f"The {role} volume '{node.GetName()}' has {image.GetNumberOfComponentsPerPixel()} "
+                                 "components per voxel (a colour or multi-frame volume); registration needs grey "
+                                 "volumes.", "Convert it with the Vector to Scalar Volume module (Converters), or "
+                                             "select a grey volume.")
         flat = [n.GetName() for n, img in ((fixedVolumeNode, fixed), (movingVolumeNode, moving)) if _single_slice(img)]
         if flat:
             raise InputError(f"'{flat[0]}' is a single-slice volume (how Slicer holds a 2D image); registration "

@@ -282,6 +282,14 @@ class LogicTest(unittest.TestCase):
         self.assertIn("non-linear transform 'deformation'", " ".join(out.result.warnings))
         self.assertIn("non-linear transform 'deformation'", " ".join(str(v) for v in out.metrics.values()))
 
+    def test_colour_volumes_are_refused_with_a_fix_that_works_in_slicer(self) -> None:
+        # the engine's fix ("read_image does so unless keep_color=True") has no meaning for a volume node
+        rgb = mrml.volume_node_from_image(sitk.Compose([sitk.Cast(sitk.RescaleIntensity(self.moving), sitk.sitkUInt8)] * 3),
+                                          self.scene, name="PET RGB")
+        for fixed, moving in ((self.mr, rgb), (rgb, self.mr)):
+            with self.assertRaisesRegex(InputError, "'PET RGB' has 3 components.*Vector to Scalar Volume"):
+                self.logic.registerVolumes(fixed, moving, stages=["rigid"])
+
     def test_fixed_volume_under_a_transform_is_refused(self) -> None:
         parent = mrml.transform_node_from_sitk(self.truth, self.scene, name="manual")
         mrml.set_parent_transform(self.mr, parent)
