@@ -272,6 +272,13 @@ class LogicTest(unittest.TestCase):
                                                turn.TransformPoint(self.truth.TransformPoint(p)))) for p in points)
         self.assertLess(error, 2.0)
         self.assertIs(node.GetParentTransformNode(), manual)  # the input is left as it was
+        # the result includes the pre-alignment: in its place, it shows the volume as the resampled one
+        mrml.set_parent_transform(node, out.transformNode)
+        shown = sitk.GetArrayFromImage(mrml.reslice_volume_node(node, self.mr))
+        resampled = sitk.GetArrayFromImage(mrml.image_from_volume_node(out.resampledVolumeNode))
+        both = (shown != 0) & (resampled != 0)
+        self.assertLess(np.abs(shown - resampled)[both].max() / np.abs(resampled).max(), 1e-3)
+        mrml.set_parent_transform(node, manual)
         # an initializer chosen explicitly is the start (as before): the parent is not used then
         searched = self.logic.registerVolumes(self.mr, node, stages=["rigid"], seed=3, initializer="search")
         self.assertEqual(searched.result.initializer["name"], "search")
