@@ -206,7 +206,7 @@ class FusionLogic:
         from . import metrics as metrics_module
         from .pipeline import round_to_8bit
         from .preprocess import resample as resample_image
-        from .registration import RegistrationParameters, register
+        from .registration import RegistrationParameters, load_preset, register
 
         if fixedVolumeNode is None or movingVolumeNode is None:
             raise InputError("Select both a fixed and a moving volume.", "Choose the two volumes to register.")
@@ -241,9 +241,15 @@ class FusionLogic:
                       if fixedMaskNode is not None else None)
         moving_mask = (mrml.mask_from_node(movingMaskNode, moving, reference_node=movingVolumeNode)
                        if movingMaskNode is not None else None)
+        if isinstance(parameters, dict):
+            parameters = RegistrationParameters.from_dict(parameters)
+        # the rotation search (asked for here, in the parameters or in the preset) starts from the centres
+        # of mass and refuses a start transform: it takes precedence over the moving volume's parent
+        asked = initializer or getattr(parameters, "initializer", None) or (
+            load_preset(preset).initializer if preset and parameters is None else None)
         moving_parent = movingVolumeNode.GetParentTransformNode()
         unused_parent = None
-        if initialTransformNode is None and moving_parent is not None and not initializer:
+        if initialTransformNode is None and moving_parent is not None and not initializer and asked != "search":
             if moving_parent.IsTransformToWorldLinear():
                 # the moving volume is registered on its own grid, from where it is shown (e.g. pre-aligned in
                 # the Transforms module); the result, like any start, includes it: it replaces that parent
@@ -260,8 +266,6 @@ class FusionLogic:
                              "Move it over the fixed volume (Transforms module) or remove that transform, or choose "
                              "an initializer (geometry, moments) to start from the volumes' centres.")
 
-        if isinstance(parameters, dict):
-            parameters = RegistrationParameters.from_dict(parameters)
         result = register(fixed, moving, parameters, preset=preset or None, stages=stages or None, fixed_mask=fixed_mask,
                           moving_mask=moving_mask, initial_transform=initial, seed=seed,
                           progress=scaled(progress, 0.02, 0.9), backend=backend, initializer=initializer or None)

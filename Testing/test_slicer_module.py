@@ -282,6 +282,9 @@ class LogicTest(unittest.TestCase):
         # an initializer chosen explicitly is the start (as before): the parent is not used then
         searched = self.logic.registerVolumes(self.mr, node, stages=["rigid"], seed=3, initializer="search")
         self.assertEqual(searched.result.initializer["name"], "search")
+        # so is the search asked for in the parameters (it refuses a start transform: the parent is not one)
+        searched = self.logic.registerVolumes(self.mr, node, seed=3, parameters={"initializer": "search"})
+        self.assertEqual(searched.result.initializer["name"], "search")
         # a rigid stage cannot start from a deformation: under a B-spline the volume's own grid is the start, said
         bspline = sitk.BSplineTransformInitializer(self.fixed, [2, 2, 2])
         mrml.set_parent_transform(self.pet, mrml.transform_node_from_sitk(bspline, self.scene, name="deformation"))
