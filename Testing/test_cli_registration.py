@@ -159,6 +159,23 @@ class RegisterCommand(unittest.TestCase):
         self.assertEqual(rc, 2)
         self.assertIn("rigid or affine first stage", err)
 
+    def test_a_deformable_result_as_the_initial_transform(self):
+        """Refining an earlier rigid,bspline result: the rigid stage failed inside ITK on the B-spline start,
+        and the composite holding the earlier composite could not be written to .h5."""
+        first = os.path.join(self.dir, "first")
+        rc, _, err = run_cli("register", FIXED, MOVING, "-o", first, "--stages", "rigid,bspline", "--seed", "1")
+        self.assertEqual(rc, 0, err)
+        again = os.path.join(self.dir, "again")
+        rc, out, err = run_cli("register", FIXED, MOVING, "-o", again, "--stages", "rigid", "--seed", "1",
+                               "--initial-transform", os.path.join(first, "transform.h5"), "--json")
+        self.assertEqual(rc, 0, err)
+        self.assertLessEqual(json.loads(out)["metric_after"], json.loads(out)["metric_before"])
+        from MultimodalFusionLib.registration.accuracy import itk_brainweb_truth, transform_error
+
+        refined = read_transform(os.path.join(again, "transform.h5"))
+        fixed = read_image(FIXED, float32=True)
+        self.assertLess(transform_error(refined, itk_brainweb_truth(fixed), fixed)["median"], 0.5)
+
     def test_initializer_default_in_help_is_the_one_used(self):
         """`--initializer` help names the default a preset-less registration really starts from."""
         from MultimodalFusionLib.registration import RegistrationParameters

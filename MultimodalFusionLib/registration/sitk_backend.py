@@ -80,9 +80,19 @@ def compose(outer: sitk.Transform | None, inner: sitk.Transform, dim: int, cente
         rigid = all(_is_rigid_type(t) for t in (outer, inner))
         return _matrix_transform(matrix, offset, center, rigid)
     composite = sitk.CompositeTransform(dim)
-    composite.AddTransform(outer)   # ITK applies the last added transform first
-    composite.AddTransform(inner)
+    # ITK applies the last added transform first; a composite's parts are added one by one (a composite
+    # inside a composite cannot be written to an .h5 file: "Composite Transform can only be 1st transform")
+    for part in (*_parts(outer), *_parts(inner)):
+        composite.AddTransform(part)
     return composite
+
+
+def _parts(transform: sitk.Transform) -> list[sitk.Transform]:
+    """The transforms of a composite, in its order (nested composites flattened); others as themselves."""
+    if transform.GetTransformEnum() != sitk.sitkComposite:
+        return [transform]
+    composite = sitk.CompositeTransform(transform)
+    return [p for i in range(composite.GetNumberOfTransforms()) for p in _parts(composite.GetNthTransform(i))]
 
 
 def _is_rigid_type(tx: sitk.Transform) -> bool:
@@ -429,6 +439,49 @@ def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: si
     raise_if_stopped(state)
 
 
+#: Margin, as a share of the fixed image's extent on each side, of the grid that a moving image is
+#: resampled on through a non-linear start (:func:`_moving_through`): room for the stage to move it.
+START_GRID_MARGIN = 0.15
+#: Most voxels of that grid (coarser than the fixed grid beyond this): 64 M float32 voxels are 256 MB.
+START_GRID_VOXELS = 64_000_000
+
+
+def _moving_through(start: sitk.Transform, fixed: sitk.Image, moving: sitk.Image,
+                    moving_mask: sitk.Image | None) -> tuple[sitk.Image, sitk.Image | None] | None:
+    """The moving image (and mask) resampled through a non-linear ``start``, for a stage to register
+    the fixed image to; None for a linear ``start`` (ITK composes that one itself).
+
+    A stage after a non-linear start optimises ``x -> start(stage(x))``. Handed to ITK as the moving
+    initial transform, the start's Jacobian with respect to position is needed: ``BSplineTransform``
+    does not implement it (every stage after a B-spline start, e.g. an earlier rigid+bspline result given
+    as ``--initial-transform``, failed inside ITK), and ``DisplacementFieldTransform`` reads it outside
+    the field's memory for points beyond it (the 2D BrainWeb rigid stage then ended 3-4 degrees off)
+    and, even inside, not the same from run to run (0.15 px apart with one seed). Registering to
+    ``moving(start(y))`` instead is the same problem with deterministic resampling: the image is
+    resampled once per stage on the fixed grid widened by ``START_GRID_MARGIN`` on each side (coarser
+    above ``START_GRID_VOXELS``). The metric before and after and the result use ``start`` itself.
+    """
+    if _is_linear(start):
+        return None
+    dim = fixed.GetDimension()
+    spacing = np.array(fixed.GetSpacing())
+    extent = (np.array(fixed.GetSize()) - 1) * spacing
+    wide = extent * (1.0 + 2.0 * START_GRID_MARGIN)
+    factor = max(1.0, (np.prod(wide / spacing + 1) / START_GRID_VOXELS) ** (1.0 / dim))
+    new_spacing = (spacing * factor).tolist()
+    size = [max(2, int(math.ceil(w / sp)) + 1) for w, sp in zip(wide, new_spacing)]
+    direction = np.array(fixed.GetDirection()).reshape(dim, dim)
+    origin = (np.array(fixed.GetOrigin()) - direction @ (extent * START_GRID_MARGIN)).tolist()
+    with itk_guard("resampling the moving image through the non-linear start transform"):
+        warped = sitk.Resample(moving, size, start, sitk.sitkLinear, origin, new_spacing, fixed.GetDirection(),
+                               0.0, moving.GetPixelID())
+        mask = None
+        if moving_mask is not None:
+            mask = sitk.Resample(moving_mask, size, start, sitk.sitkNearestNeighbor, origin, new_spacing,
+                                 fixed.GetDirection(), 0, moving_mask.GetPixelID())
+    return warped, mask
+
+
 # ----------------------------------------------------------------------------- one stage
 def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, previous: sitk.Transform | None,
                params: RegistrationParameters, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
@@ -448,6 +501,10 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
             "be computed.",
             "Use the 'geometry' or 'moments' initializer, or give an initial transform that roughly aligns them.")
 
+    # a non-linear start: the stage registers to the moving image resampled through it (see _moving_through)
+    warped = _moving_through(previous, fixed, moving, moving_mask) if previous is not None else None
+    stage_moving, stage_mask = warped if warped is not None else (moving, moving_mask)
+
     # ITK's pyramid smooths every axis, which needs 4 voxels along it: no level may shrink the smaller
     # image below that (a thin slab or a small cube registers at fewer shrink steps, not an ITK error)
     most = max(1, min(min(fixed.GetSize()), min(moving.GetSize())) // 4)
@@ -457,20 +514,20 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     # itself for a first stage, or a composite holding it for a B-spline stage) stays the starting
     # transform a discarded stage falls back to (optimising ``start`` itself returned the discarded result)
     optimized = type(start)(start)
-    if max(fixed.GetNumberOfPixels(), moving.GetNumberOfPixels()) > REDUCED_PYRAMID_VOXELS:
+    if max(fixed.GetNumberOfPixels(), stage_moving.GetNumberOfPixels()) > REDUCED_PYRAMID_VOXELS:
         # one ITK run per level on images reduced here (see _reduced_level): ITK's own pyramid would
         # smooth both full-resolution images at every level
-        runs = (_reduced_level(fixed, moving, f, sigma, stage) for f, sigma in zip(shrink, sigmas))
+        runs = (_reduced_level(fixed, stage_moving, f, sigma, stage) for f, sigma in zip(shrink, sigmas))
     else:
-        runs = iter([(fixed, moving, shrink, sigmas)])
+        runs = iter([(fixed, stage_moving, shrink, sigmas)])
 
     history: list[tuple[int, int, float]] = []
     levels = len(stage.shrink_factors)
     stop_reason = ""
     for first_level, (fixed_in, moving_in, shrink_in, sigmas_in) in enumerate(runs):
-        method = _stage_method(stage, seed, fixed_mask, moving_mask, fixed_in, shrink_in, sigmas_in,
+        method = _stage_method(stage, seed, fixed_mask, stage_mask, fixed_in, shrink_in, sigmas_in,
                                fixed.GetNumberOfPixels())
-        if previous is not None:
+        if previous is not None and warped is None:
             method.SetMovingInitialTransform(previous)
         method.SetInitialTransform(optimized, inPlace=True)
         _execute(method, fixed_in, moving_in, stage, first_level, levels, history, progress, span)
