@@ -250,11 +250,12 @@ class FusionLogic:
         moving_parent = movingVolumeNode.GetParentTransformNode()
         unused_parent = None
         if initialTransformNode is None and moving_parent is not None and not initializer and asked != "search":
-            if moving_parent.IsTransformToWorldLinear():
+            if moving_parent.IsTransformToWorldLinear() or (backend == "sitk"
+                                                            and moving_parent.GetParentTransformNode() is None):
                 # the moving volume is registered on its own grid, from where it is shown (e.g. pre-aligned in
                 # the Transforms module); the result, like any start, includes it: it replaces that parent
                 initialTransformNode = moving_parent
-            else:  # a rigid or affine stage cannot start from a deformation (ITK has no Jacobian for it)
+            else:  # the torch backend starts only from a linear transform; a deformation under another is not read
                 unused_parent = moving_parent
         initial = mrml.sitk_transform_from_node(initialTransformNode) if initialTransformNode is not None else None
         if initial is not None and overlap_fraction(fixed, moving, initial) <= 0.0:
