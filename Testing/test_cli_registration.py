@@ -239,6 +239,52 @@ class RegisterCommand(unittest.TestCase):
         self.assertIn("2D but the moving image is 3D", err)
 
 
+class MalformedPresetFile(unittest.TestCase):
+    """A preset file a user edited by hand: each wrong value is named, with exit 2, before any work."""
+
+    CASES = {  # preset JSON -> a word the error must name
+        "[1, 2]": "holds a JSON list",
+        '{"stages": 5}': '"stages" must be a list',
+        '{"stages": [5]}': "neither a stage name nor an object",
+        '{"stages": [{"name": "rigid", "iterations": "abc"}]}': "iterations",
+        '{"stages": [{"name": "rigid", "iterations": null}]}': "iterations",
+        '{"stages": [{"name": "rigid", "iterations": 1.5}]}': "iterations",
+        '{"stages": [{"name": "rigid", "sampling_percentage": null}]}': "sampling_percentage",
+        '{"stages": [{"name": "rigid", "sampling_percentage": "x"}]}': "sampling_percentage",
+        '{"stages": [{"name": "rigid", "histogram_bins": "x"}]}': "histogram_bins",
+        '{"stages": [{"name": "rigid", "histogram_bins": 1000000000}]}': "histogram_bins",
+        '{"stages": [{"name": "rigid", "learning_rate": -1}]}': "learning_rate",
+        '{"stages": [{"name": "rigid", "learning_rate": 0}]}': "learning_rate",
+        '{"stages": [{"name": "rigid", "learning_rate": NaN}]}': "learning_rate",
+        '{"stages": [{"name": "rigid", "min_step": -1}]}': "min_step",
+        '{"stages": [{"name": "rigid", "relaxation_factor": 2}]}': "relaxation_factor",
+        '{"stages": [{"name": "rigid", "gradient_tolerance": "x"}]}': "gradient_tolerance",
+        '{"stages": [{"name": "rigid", "shrink_factors": 4, "smoothing_sigmas": 2}]}': "shrink_factors",
+        '{"stages": [{"name": "rigid", "shrink_factors": ["a"], "smoothing_sigmas": [0]}]}': "shrink_factors",
+        '{"stages": [{"name": "rigid", "shrink_factors": [1], "smoothing_sigmas": [-1]}]}': "smoothing_sigmas",
+        '{"stages": [{"name": "rigid", "smoothing_in_mm": "yes"}]}': "smoothing_in_mm",
+        '{"stages": [{"name": "bspline", "mesh_size": "x"}]}': "mesh_size",
+        '{"stages": [{"name": "bspline", "mesh_size": [4, 4, 4]}]}': "mesh_size",  # 3 numbers, 2D images
+        '{"seed": "x"}': "seed",
+        '{"number_of_threads": -1}': "number_of_threads",
+    }
+
+    def test_each_bad_value_is_a_one_line_error(self):
+        with tempfile.TemporaryDirectory() as d:
+            for i, (text, word) in enumerate(self.CASES.items()):
+                preset = os.path.join(d, f"preset{i}.json")
+                with open(preset, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+                out_dir = os.path.join(d, f"out{i}")
+                with self.subTest(preset=text):
+                    rc, out, err = run_cli("register", FIXED, MOVING, "-o", out_dir, "--preset", preset)
+                    self.assertEqual(rc, 2, err)
+                    self.assertTrue(err.startswith("mmfusion register: error: "), err)
+                    self.assertIn(word, err)
+                    self.assertIn("Fix: ", err)
+                    self.assertFalse(os.path.exists(os.path.join(out_dir, "transform.tfm")))
+
+
 class DemoAndSubprocess(unittest.TestCase):
     def test_demo_command(self):
         with tempfile.TemporaryDirectory() as d:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import numbers
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,6 +49,8 @@ MAX_SAMPLES = 200_000
 #: Fewest samples ``number_of_samples`` / ``max_samples`` may ask for: a joint histogram of 32-50 bins
 #: squared needs thousands of points (elastix's default is 2000 fresh points per iteration).
 MIN_SAMPLE_COUNT = 1000
+#: Most Mattes MI histogram bins a stage may ask for (elastix and ANTs use 32-64).
+MAX_HISTOGRAM_BINS = 1024
 
 
 @dataclasses.dataclass
@@ -122,17 +125,35 @@ class StageParameters:
             raise bad("optimizer", self.optimizer, " / ".join(OPTIMIZERS))
         if self.sampling_strategy not in SAMPLING:
             raise bad("sampling_strategy", self.sampling_strategy, " / ".join(SAMPLING))
-        if not 0.0 < float(self.sampling_percentage) <= 1.0:
+        if not _is_number(self.sampling_percentage) or not 0.0 < float(self.sampling_percentage) <= 1.0:
             raise bad("sampling_percentage", self.sampling_percentage, "a fraction in (0, 1], e.g. 0.01 for 1%")
         for field in ("number_of_samples", "max_samples"):
             count = getattr(self, field)
             if count is not None and not _is_whole(count, MIN_SAMPLE_COUNT):
                 raise bad(field, count, f"a whole number of at least {MIN_SAMPLE_COUNT} (samples per resolution "
                                         "level), or null for none")
-        if int(self.histogram_bins) < 4:
-            raise bad("histogram_bins", self.histogram_bins, "at least 4 (typically 32-64)")
-        if int(self.iterations) < 1:
-            raise bad("iterations", self.iterations, "a positive number")
+        if not _is_whole(self.histogram_bins, 4) or self.histogram_bins > MAX_HISTOGRAM_BINS:
+            # ITK's joint histogram is bins x bins per thread: a billion bins ran a minute, then failed
+            raise bad("histogram_bins", self.histogram_bins, f"a whole number from 4 to {MAX_HISTOGRAM_BINS} "
+                                                             "(typically 32-64)")
+        if not _is_whole(self.iterations, 1):
+            raise bad("iterations", self.iterations, "a whole number of at least 1 (iterations per resolution level)")
+        # a zero or negative step runs ITK's optimizer without moving, or uphill, and reports success
+        if not _is_number(self.learning_rate) or self.learning_rate <= 0:
+            raise bad("learning_rate", self.learning_rate, "a positive number (regular_step: the largest step, mm)")
+        if self.min_step is not None and (not _is_number(self.min_step) or self.min_step <= 0):
+            raise bad("min_step", self.min_step, "a positive number (mm), or null for the default")
+        if self.relaxation_factor is not None and (not _is_number(self.relaxation_factor)
+                                                   or not 0.0 < self.relaxation_factor < 1.0):
+            raise bad("relaxation_factor", self.relaxation_factor, "a number between 0 and 1 (exclusive), or null "
+                                                                   "for the default")
+        if not _is_number(self.gradient_tolerance) or self.gradient_tolerance < 0:
+            raise bad("gradient_tolerance", self.gradient_tolerance, "a number >= 0, e.g. 1e-6")
+        if not isinstance(self.smoothing_in_mm, bool):
+            raise bad("smoothing_in_mm", self.smoothing_in_mm, "true or false")
+        levels = "lists with one entry per resolution level, coarse to fine, e.g. [4, 2, 1] and [2, 1, 0]"
+        if not isinstance(self.shrink_factors, (list, tuple)) or not isinstance(self.smoothing_sigmas, (list, tuple)):
+            raise bad("shrink_factors/smoothing_sigmas", (self.shrink_factors, self.smoothing_sigmas), levels)
         if not self.shrink_factors or len(self.shrink_factors) != len(self.smoothing_sigmas):
             raise bad("shrink_factors/smoothing_sigmas", (self.shrink_factors, self.smoothing_sigmas),
                       "two lists of the same, non-zero length (one entry per resolution level)")
@@ -145,10 +166,12 @@ class StageParameters:
                              "mis-weighted and it stops far from the answer).",
                              "Use optimizer 'regular_step' (or 'gradient_descent_line_search') for rigid and "
                              "affine stages; lbfgsb suits B-spline stages.")
-        if any(int(f) < 1 for f in self.shrink_factors):
+        if not all(_is_whole(f, 1) for f in self.shrink_factors):
             raise bad("shrink_factors", self.shrink_factors, "integers >= 1")
+        if not all(_is_number(s) and s >= 0 for s in self.smoothing_sigmas):
+            raise bad("smoothing_sigmas", self.smoothing_sigmas, "numbers >= 0 (0: no smoothing)")
         mesh = self.mesh_size if isinstance(self.mesh_size, (list, tuple)) else [self.mesh_size]
-        if any(int(m) < 1 for m in mesh):
+        if not mesh or not all(_is_whole(m, 1) for m in mesh):
             raise bad("mesh_size", self.mesh_size, "a positive number of control-grid cells")
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +183,11 @@ def _is_whole(value: Any, low: int) -> bool:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     return float(value).is_integer() and value >= low
+
+
+def _is_number(value: Any) -> bool:
+    """``value`` is a finite real number (not a bool, a string or None): JSON may hold any of them."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def default_stage(name: str) -> StageParameters:
@@ -218,7 +246,17 @@ class RegistrationParameters:
             raise InputError(f"The 'search' initializer searches rotations for a rigid or affine first stage, but "
                              f"the first stage is '{self.stages[0].name}'.",
                              "Run a rigid stage first (e.g. --stages rigid,bspline), or use another initializer.")
+        if self.seed is not None and not _is_whole(self.seed, 0):
+            raise InputError(f"The seed must be a non-negative integer, not {self.seed!r}.",
+                             "Use e.g. --seed 0 (or \"seed\": 0 in a preset; null for a wall-clock seed).")
+        if self.number_of_threads is not None and not _is_whole(self.number_of_threads, 1):
+            raise InputError(f"Invalid number_of_threads {self.number_of_threads!r}.",
+                             "Use a whole number of at least 1, or null for ITK's default.")
         for stage in self.stages:
+            if not isinstance(stage, StageParameters):
+                raise InputError(f"Registration stage {stage!r} is not a stage's settings.",
+                                 f"Give each stage as a name ({', '.join(STAGE_TYPES)}) or an object of settings "
+                                 "with a \"name\", e.g. {\"name\": \"rigid\", \"iterations\": 200}.")
             stage.validate()
 
     def with_stages(self, names: Sequence[str]) -> RegistrationParameters:
@@ -241,12 +279,24 @@ class RegistrationParameters:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RegistrationParameters:
         """Build from a preset-style dict; each stage's missing keys take that stage type's defaults."""
+        example = '{"stages": [{"name": "rigid", "iterations": 200}], "initializer": "geometry"}'
+        if not isinstance(data, dict):
+            raise InputError(f"Registration settings must be an object of named settings, not a "
+                             f"{type(data).__name__}.", f"Write them as an object, e.g. {example}.")
         data = dict(data)
         fields = {f.name for f in dataclasses.fields(StageParameters)}
         stages = []
-        for raw in data.pop("stages", [{"name": "rigid"}]):
+        raw_stages = data.pop("stages", [{"name": "rigid"}])
+        if not isinstance(raw_stages, (list, tuple)):
+            raise InputError(f"Registration \"stages\" must be a list, not {raw_stages!r}.",
+                             f"List the stages in order, e.g. {example}.")
+        for raw in raw_stages:
             if isinstance(raw, str):
                 raw = {"name": raw}
+            if not isinstance(raw, dict):
+                raise InputError(f"Registration stage {raw!r} is neither a stage name nor an object of settings.",
+                                 f"Give each stage as a name ({', '.join(STAGE_TYPES)}) or an object with a "
+                                 "\"name\", e.g. {\"name\": \"rigid\", \"iterations\": 200}.")
             unknown = set(raw) - fields
             if unknown:
                 raise InputError(f"Unknown stage setting(s) {sorted(unknown)}.",
@@ -293,5 +343,9 @@ def load_preset(name: str) -> RegistrationParameters:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"Preset file '{path}' is not valid JSON ({exc}).", "Fix or remove the file.") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"Preset file '{path}' holds a JSON {type(data).__name__}, not an object of settings.",
+                         "Write the preset as an object, as the shipped ones in Resources/Presets are, e.g. "
+                         '{"stages": [{"name": "rigid"}], "initializer": "geometry"}.')
     data.setdefault("name", path.stem)
     return RegistrationParameters.from_dict(data)

@@ -281,6 +281,9 @@ def _stage_transform(stage: StageParameters, fixed: sitk.Image, moving: sitk.Ima
         return base
     # B-spline: control grid over the fixed image domain
     mesh = stage.mesh_size if isinstance(stage.mesh_size, (list, tuple)) else [stage.mesh_size] * dim
+    if len(mesh) != dim:
+        raise InputError(f"Stage '{stage.name}': mesh_size {list(mesh)} has {len(mesh)} entries but the images are "
+                         f"{dim}D.", f"Give one number for every axis, or {dim} numbers (one per axis).")
     with itk_guard("setting up the B-spline grid"):
         return sitk.BSplineTransformInitializer(fixed, [int(m) for m in mesh], order=3)
 
