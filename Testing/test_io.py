@@ -153,6 +153,70 @@ def _pydicom_series(folder: str, *, z=(0.0, 3.0, 6.0, 9.0, 12.0, 15.0), drop=(),
     return np.array(truth)
 
 
+class NiftiReaderGaps(unittest.TestCase):
+    """What ITK's NIfTI reader does silently: pads a truncated file with zeros, reads NaN/inf as 0."""
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.arr = np.random.default_rng(3).normal(100, 20, (6, 7, 8)).astype(np.float32)
+        self.arr[2, 3, 4], self.arr[5, 6, 7], self.arr[0, 0, 1] = np.nan, np.inf, -np.inf
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.tmp.name, name)
+
+    def test_a_truncated_file_is_refused_not_padded_with_zeros(self) -> None:
+        whole = sitk.GetImageFromArray(np.nan_to_num(self.arr, posinf=0, neginf=0))
+        for name, pixel in (("t.nii.gz", sitk.sitkFloat32), ("t.nii", sitk.sitkFloat32),
+                            ("i.nii.gz", sitk.sitkInt16), ("i.nii", sitk.sitkInt16)):
+            sitk.WriteImage(sitk.Cast(whole, pixel), self._path("whole_" + name))
+            with open(self._path("whole_" + name), "rb") as fh:
+                payload = fh.read()
+            with open(self._path(name), "wb") as fh:
+                fh.write(payload[:len(payload) * 2 // 3])
+            with self.subTest(name=name), self.assertRaises(InputError) as cm:
+                io.read_image(self._path(name))
+            self.assertIn("is truncated", str(cm.exception))
+            self.assertIn(name, str(cm.exception))
+            io.read_image(self._path("whole_" + name))  # the complete file reads
+
+    def test_nan_and_inf_voxels_are_kept_where_they_are(self) -> None:
+        for name, dtype in (("f.nii.gz", np.float32), ("d.nii", np.float64)):
+            sitk.WriteImage(sitk.GetImageFromArray(self.arr.astype(dtype)), self._path(name))
+            got = sitk.GetArrayFromImage(io.read_image(self._path(name)))
+            with self.subTest(name=name):
+                np.testing.assert_array_equal(got, self.arr.astype(dtype))  # NaN == NaN here
+                self.assertTrue(np.isposinf(got[5, 6, 7]) and np.isneginf(got[0, 0, 1]))
+        # scl_slope 2, scl_inter 1 (bytes 112-119 of a NIfTI-1 header): ITK reads a NaN as 0 * 2 + 1
+        sitk.WriteImage(sitk.GetImageFromArray(self.arr), self._path("scaled.nii"))
+        with open(self._path("scaled.nii"), "r+b") as fh:
+            fh.seek(112)
+            fh.write(np.array([2.0, 1.0], "<f4").tobytes())
+        got = sitk.GetArrayFromImage(io.read_image(self._path("scaled.nii")))
+        self.assertTrue(np.isnan(got[2, 3, 4]))
+        self.assertEqual(int(np.count_nonzero(~np.isfinite(got))), 3)
+        self.assertAlmostEqual(float(got[1, 1, 1]), 2 * float(self.arr[1, 1, 1]) + 1, places=3)
+
+    def test_the_cli_reports_and_refuses_them(self) -> None:
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        path, other = self._path("pet nan.nii.gz"), self._path("other.nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray(self.arr), path)
+        sitk.WriteImage(sitk.GetImageFromArray(np.nan_to_num(self.arr, posinf=0, neginf=0)), other)
+        for argv, code, text in ((["info", path], 0, "WARNING    3 NaN/inf voxels"),
+                                 (["register", other, path, "-o", self._path("out")], 2, "has 3 NaN or infinite"),
+                                 (["fuse", other, path, "-o", self._path("f.nii.gz")], 2, "has 3 NaN or infinite")):
+            out, err = StringIO(), StringIO()
+            with redirect_stdout(out), redirect_stderr(err):
+                rc = cli.main(argv)
+            with self.subTest(argv=argv[0]):
+                self.assertEqual(rc, code, err.getvalue())
+                self.assertIn(text, out.getvalue() + err.getvalue())
+
+
 class DicomGeometry(unittest.TestCase):
     """A series whose geometry ITK would make up is refused with the tag's name; values keep their scale."""
 
