@@ -526,6 +526,8 @@ def _free_port(host: str, port: int) -> int:
 
     from .errors import InputError
 
+    if not 0 <= int(port) <= 65535:  # socket.bind raised OverflowError, a traceback
+        raise InputError(f"--port {port} is not a TCP port.", "Give a port from 1 to 65535 (--port 0 picks a free one).")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
         if os.name == "posix":  # as the server will: a port in TIME_WAIT after the last run is free
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -597,6 +599,9 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
                                  [p for pair in find_pairs(args.pairs) for p in pair] + [args.init])
     for path in (args.output, checkpoint):  # before training, not after its first epoch
         check_writable(path)
+    if args.threads is not None and args.threads < 1:  # torch raised a bare RuntimeError; 0 was ignored
+        raise InputError(f"--threads {args.threads}: the number of CPU threads must be at least 1.",
+                         "Give --threads 1 or more, or leave it out (torch's default).")
     if args.threads:
         torch.set_num_threads(args.threads)
     pairs = load_pairs(args.pairs)

@@ -15,12 +15,14 @@ steps left in ``context.images`` / ``context.results``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from typing import Any, Callable
 
 import SimpleITK as sitk
 
+from .errors import InputError
 from .progress import ProgressCallback, report, scaled
 
 __all__ = ["run_demo", "DemoContext", "DEMO_STEPS", "format_summary"]
@@ -176,6 +178,10 @@ def run_demo(output_dir: str | os.PathLike = "demo-output", progress: ProgressCa
     """
     from .io import make_output_dir, write_json
 
+    if not (isinstance(spacing_mm, (int, float)) and math.isfinite(spacing_mm) and spacing_mm > 0):
+        # 0, negative or NaN reached numpy's int() or ITK's smoothing as a traceback
+        raise InputError(f"The demo's voxel size {spacing_mm} mm is not a positive number.",
+                         "Give --spacing 1 (the reference 160x192x192 pair) or another positive size, e.g. 3.")
     output_dir = os.fspath(output_dir)
     make_output_dir(output_dir)
     ctx = DemoContext(output_dir=output_dir, spacing_mm=spacing_mm)

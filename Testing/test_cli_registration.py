@@ -307,6 +307,26 @@ class DemoAndSubprocess(unittest.TestCase):
                 self.assertGreater(summary["fusion"]["deep_SSIM"], summary["fusion"]["overlay_SSIM"])
                 self.assertGreater(summary["fusion"]["deep_load_seconds"], 0.0)
 
+    def test_numbers_the_parser_accepts_but_the_command_cannot_use(self):
+        """A zero, negative or NaN demo voxel size and a port outside 0..65535 are one-line errors (they were
+        tracebacks from numpy's int(), ITK's smoothing and socket.bind)."""
+        with tempfile.TemporaryDirectory() as d:
+            for spacing in ("0", "-1", "nan"):
+                with self.subTest(spacing=spacing):
+                    rc, _, err = run_cli("demo", "--spacing", spacing, "-o", os.path.join(d, "demo"))
+                    self.assertEqual(rc, 2, err)
+                    self.assertIn("is not a positive number", err)
+                    self.assertFalse(os.path.exists(os.path.join(d, "demo", "summary.json")))
+        try:
+            import MultimodalFusionLib.web.app  # noqa: F401 - the web extra: `mmfusion web` needs it first
+        except ImportError:
+            return
+        for port in ("-1", "65536", "99999"):
+            with self.subTest(port=port):
+                rc, _, err = run_cli("web", "--port", port)
+                self.assertEqual(rc, 2, err)
+                self.assertIn(f"--port {port} is not a TCP port", err)
+
     def test_subprocess_register_and_error(self):
         with tempfile.TemporaryDirectory() as d:
             proc = subprocess.run([sys.executable, "-m", "MultimodalFusionLib.cli", "register", FIXED, MOVING,

@@ -147,10 +147,14 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
     from .weights import load_checkpoint, save_checkpoint
 
     tcfg = training or TrainingConfig()
-    if tcfg.epochs < 1 or tcfg.batch_size < 1 or tcfg.lr <= 0 or tcfg.patch_size < 16:
+    if not (tcfg.epochs >= 1 and tcfg.batch_size >= 1 and math.isfinite(tcfg.lr) and tcfg.lr > 0
+            and tcfg.patch_size >= 16):  # written so that a NaN fails it (--lr nan reached torch's traceback)
         raise InputError(f"Invalid training settings (epochs {tcfg.epochs}, batch size {tcfg.batch_size}, "
                          f"lr {tcfg.lr}, patch {tcfg.patch_size}).",
                          "Use epochs >= 1, batch size >= 1, lr > 0 and patch size >= 16.")
+    if tcfg.samples_per_epoch is not None and tcfg.samples_per_epoch < 1:  # 0 had meant "all", silently
+        raise InputError(f"Invalid samples per epoch {tcfg.samples_per_epoch}.",
+                         "Use --samples-per-epoch 1 or more, or leave it out for one pass over all samples.")
     device = resolve_device(tcfg.device)
     start_epoch = 0
     history: list[dict[str, float]] = []
