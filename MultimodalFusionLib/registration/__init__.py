@@ -70,7 +70,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
         backend: "sitk" (SimpleITK) or "torch" (GPU-capable backend, when installed).
         initializer: "moments", "geometry", "none" or "search" (overrides the parameters'/preset's).
             "search" starts from the centres of mass and tries a grid of rotations at a coarse level
-            first (sitk backend, rigid or affine first stage): for images rotated beyond the rigid
+            first (rigid or affine first stage; on the torch backend too): for images rotated beyond the rigid
             stage's capture range of about 35 degrees (README, "Capture range").
 
     Returns:
