@@ -122,14 +122,19 @@ def to_training_samples(pairs: Sequence[tuple[np.ndarray, np.ndarray]], spatial_
     """
     samples = []
     for a, b in pairs:
+        # views of float32 pairs (load_pairs and synthetic_pairs give float32), not copies: astype
+        # copied every volume once more, doubling training's memory; the MONAI chain never writes into
+        # its input (the caller's arrays stay as they were), so training sees the same values
+        a = np.asarray(a, dtype=np.float32)
+        b = np.asarray(b, dtype=np.float32)
         if a.ndim == spatial_dims:
-            samples.append({"a": a[None].astype(np.float32), "b": b[None].astype(np.float32)})
+            samples.append({"a": a[None], "b": b[None]})
         elif a.ndim == 3 and spatial_dims == 2:
             for k in range(a.shape[0]):
                 sa, sb = a[k], b[k]
                 if max((sa > 0.05).mean(), (sb > 0.05).mean()) < min_foreground:
                     continue
-                samples.append({"a": sa[None].astype(np.float32), "b": sb[None].astype(np.float32)})
+                samples.append({"a": sa[None], "b": sb[None]})
         else:
             raise InputError(f"A {spatial_dims}D network cannot be trained on {a.ndim}D images.",
                              "Train a 2D network (--spatial-dims 2) on 2D slices, or give 3D volumes.")

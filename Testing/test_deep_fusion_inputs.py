@@ -1,0 +1,71 @@
+"""Deep fusion with demanding inputs: training data memory, odd settings, resumed runs, unaligned images.
+
+Tiny networks and small arrays: each test runs in a few seconds on 2 CPU threads.
+"""
+
+from __future__ import annotations
+
+import unittest
+
+import numpy as np
+
+try:
+    import monai  # noqa: F401
+    import torch
+except ImportError:  # pragma: no cover - the deep extra is part of the test environment
+    torch = None
+
+from MultimodalFusionLib.errors import InputError
+
+
+def _tiny_config(spatial_dims: int = 2):
+    from MultimodalFusionLib.fusion.deep import FusionNetConfig
+
+    return FusionNetConfig(spatial_dims=spatial_dims, features=4, channels=(8, 16, 16), strides=(2, 2))
+
+
+def _blobs(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A smooth 0..1 array with structure (so slices are not dropped as empty)."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    arr = np.zeros(shape)
+    for _ in range(4):
+        centre, width = rng.uniform(-0.6, 0.6, len(shape)), rng.uniform(0.2, 0.5)
+        arr += np.exp(-sum((g - c) ** 2 for g, c in zip(grids, centre)) / width ** 2)
+    return (arr / arr.max()).astype(np.float32)
+
+
+@unittest.skipIf(torch is None, "torch/monai not installed")
+class TrainingDataTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        torch.set_num_threads(2)
+
+    def test_training_samples_share_the_pairs_memory_and_training_leaves_them_alone(self):
+        """to_training_samples copied every volume once more (astype): twice the memory for big volumes."""
+        from MultimodalFusionLib.fusion.deep import TrainingConfig, train_fusion
+        from MultimodalFusionLib.fusion.deep.data import to_training_samples
+
+        pairs = [(_blobs((6, 24, 20), 0), _blobs((6, 24, 20), 1)), (_blobs((24, 20), 2), _blobs((24, 20), 3))]
+        kept = [(a.copy(), b.copy()) for a, b in pairs]
+        volumes = to_training_samples(pairs[:1], 3)
+        self.assertTrue(np.shares_memory(volumes[0]["a"], pairs[0][0]))
+        self.assertTrue(np.shares_memory(volumes[0]["b"], pairs[0][1]))
+        slices = to_training_samples(pairs, 2)
+        self.assertGreaterEqual(len(slices), 5)  # the 2D pair and the slices with content
+        for sample in slices:
+            self.assertEqual(sample["a"].dtype, np.float32)
+            self.assertTrue(any(np.shares_memory(sample["a"], a) for a, _ in pairs))
+        # a float64 pair is converted (one float32 copy, as before)
+        converted = to_training_samples([(pairs[1][0].astype(np.float64), pairs[1][1])], 2)
+        self.assertEqual(converted[0]["a"].dtype, np.float32)
+        # the augmentation never writes into the samples, so the caller's arrays stay as they were
+        train_fusion(pairs, config=_tiny_config(2),
+                     training=TrainingConfig(epochs=2, batch_size=2, patch_size=16, samples_per_epoch=6, device="cpu"))
+        for (a, b), (a0, b0) in zip(pairs, kept):
+            np.testing.assert_array_equal(a, a0)
+            np.testing.assert_array_equal(b, b0)
+
+
+if __name__ == "__main__":
+    unittest.main()
