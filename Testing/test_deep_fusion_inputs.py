@@ -8,6 +8,7 @@ from __future__ import annotations
 import unittest
 
 import numpy as np
+import SimpleITK as sitk
 
 try:
     import monai  # noqa: F401
@@ -65,6 +66,35 @@ class TrainingDataTest(unittest.TestCase):
         for (a, b), (a0, b0) in zip(pairs, kept):
             np.testing.assert_array_equal(a, a0)
             np.testing.assert_array_equal(b, b0)
+
+
+@unittest.skipIf(torch is None, "torch/monai not installed")
+class InferenceInputsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        torch.set_num_threads(2)
+
+    def _net(self, spatial_dims: int = 2):
+        from MultimodalFusionLib.fusion.deep import build_network
+
+        torch.manual_seed(0)
+        return build_network(_tiny_config(spatial_dims))
+
+    def test_fuse_deep_refuses_a_second_image_placed_elsewhere(self):
+        """fuse_deep compared the sizes only: an image of the same size 50 mm away was fused voxel by voxel."""
+        from MultimodalFusionLib.fusion.deep import fuse_deep
+
+        a = sitk.GetImageFromArray(_blobs((24, 20), 0))
+        for change, expected in ((lambda im: im.SetOrigin((50.0, 0.0)), "origin"),
+                                 (lambda im: im.SetSpacing((2.0, 1.0)), "spacing"),
+                                 (lambda im: im.SetDirection((0.0, 1.0, 1.0, 0.0)), "direction")):
+            b = sitk.GetImageFromArray(_blobs((24, 20), 1))
+            change(b)
+            with self.subTest(expected):
+                with self.assertRaises(InputError) as caught:
+                    fuse_deep(a, b, weights=self._net())
+                self.assertIn(expected, str(caught.exception))
+                self.assertIn("resample", str(caught.exception))
 
 
 if __name__ == "__main__":

@@ -402,14 +402,15 @@ def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None
     Raises:
         InputError: unusable images, different grids, or a bad weights file.
     """
+    from .. import check_same_grid
     from .data import normalize
 
     t0 = time.perf_counter()
     check_image(a, "first image")
     check_image(b, "second image")
-    if a.GetSize() != b.GetSize() or a.GetDimension() != b.GetDimension():
-        raise InputError(f"Deep fusion needs both images on one grid (sizes {a.GetSize()} and {b.GetSize()}).",
-                         "Resample the second image onto the first (mmfusion resample / mmfusion run) first.")
+    # the whole grid, not the size alone: the network pairs voxels by index, so an image of the same size
+    # placed elsewhere (origin, spacing, direction) would be fused with the wrong anatomy
+    check_same_grid(a, b, "first image", "second image")
     arr_a, lo, hi = normalize(sitk.GetArrayFromImage(a))
     arr_b, _, _ = normalize(sitk.GetArrayFromImage(b))
     fused, weight, used = fuse_arrays(arr_a, arr_b, progress=progress, **params)
