@@ -96,6 +96,52 @@ class InferenceInputsTest(unittest.TestCase):
                 self.assertIn(expected, str(caught.exception))
                 self.assertIn("resample", str(caught.exception))
 
+    def test_bad_inference_settings_are_clear_errors(self):
+        """batch_size -1 returned uninitialised memory as the fused volume, 0 a ValueError from range();
+        a negative or non-finite adaptation rate a torch ValueError; a huge window a 8e18-byte allocation."""
+        from MultimodalFusionLib.fusion import fuse
+        from MultimodalFusionLib.fusion.deep import fuse_arrays
+
+        vol_a, vol_b = _blobs((5, 20, 20), 0), _blobs((5, 20, 20), 1)
+        net2, net3 = self._net(2), self._net(3)
+        cases = [
+            (dict(weights=net2, batch_size=-1), "batch_size"),
+            (dict(weights=net2, batch_size=0), "batch_size"),
+            (dict(weights=net2, batch_size=2.5), "batch_size"),
+            (dict(weights=net3, roi_size=0), "roi_size"),
+            (dict(weights=net3, roi_size=10 ** 6), "roi_size"),
+            (dict(weights=net2, adapt_steps=1, adapt_lr=-1.0), "adapt_lr"),
+            (dict(weights=net2, adapt_steps=1, adapt_lr=float("nan")), "adapt_lr"),
+            (dict(weights=net2, adapt_steps=1.5), "adapt_steps"),
+            (dict(weights=net2, adapt_steps=True), "adapt_steps"),
+        ]
+        for params, name in cases:
+            with self.subTest(params=params):
+                with self.assertRaises(InputError) as caught:
+                    fuse_arrays(vol_a, vol_b, **params)
+                self.assertIn(name, str(caught.exception))
+        # through fusion.fuse too (its parameter check lets deep's None-default adapt_steps through)
+        a, b = sitk.GetImageFromArray(vol_a[2]), sitk.GetImageFromArray(vol_b[2])
+        with self.assertRaises(InputError):
+            fuse(a, b, "deep", weights=net2, adapt_steps=1.5)
+        # sound values still run: a window larger than the volume, one slice per batch
+        fused, weight, _ = fuse_arrays(vol_a, vol_b, weights=net2, batch_size=1)
+        self.assertTrue(np.isfinite(fused).all() and 0.0 <= weight.min() and weight.max() <= 1.0)
+
+    def test_non_finite_or_empty_arrays_are_refused(self):
+        """fuse_arrays (public) let one NaN voxel turn every voxel of the blend and weight map into NaN,
+        and an empty array reached torch (RuntimeError)."""
+        from MultimodalFusionLib.fusion.deep import fuse_arrays
+
+        a, b = _blobs((20, 20), 0), _blobs((20, 20), 1)
+        b[3, 3] = np.nan
+        with self.assertRaises(InputError) as caught:
+            fuse_arrays(a, b, weights=self._net(), selection="blend")
+        self.assertIn("NaN", str(caught.exception))
+        with self.assertRaises(InputError) as caught:
+            fuse_arrays(np.zeros((0, 5), np.float32), np.zeros((0, 5), np.float32), weights=self._net())
+        self.assertIn("empty", str(caught.exception))
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -48,6 +48,29 @@ _MODEL_CACHE: dict[tuple[str, int, int, int], tuple[Any, dict[str, Any]]] = {}
 MIN_ADAPT_SIZE = 8
 
 
+#: Largest sliding-window side accepted (a 1024^3 window's activations are already hundreds of GB).
+MAX_ROI_SIZE = 1024
+
+
+def _whole_number(value: Any, name: str, minimum: int, maximum: int | None = None, example: str = "") -> int:
+    """``value`` as an int within [minimum, maximum], else a clear InputError (not torch's or range()'s
+    error, nor silently truncated: 1.5 adaptation steps are not 1, a batch of -1 slices is not a batch)."""
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    ok = (isinstance(number, (int, float, np.integer, np.floating)) and not isinstance(number, (bool, np.bool_))
+          and np.isfinite(number) and float(number) == int(number)
+          and minimum <= int(number) and (maximum is None or int(number) <= maximum))
+    if not ok:
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        raise InputError(f"{name} must be a whole number {bounds} (got {value!r}).",
+                         f"Give a whole number {bounds}{', e.g. ' + example if example else ''}.")
+    return int(number)
+
+
 def _load_model(weights: Any, spatial_dims: int) -> tuple[Any, dict[str, Any]]:
     """(network, metadata) from a path (cached per file: a file replaced on disk is read again), a
     network, or the shipped default."""
@@ -327,9 +350,16 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
     if a.shape != b.shape or a.ndim not in (2, 3):
         raise InputError(f"Deep fusion needs two 2D or 3D arrays of one shape (got {a.shape} and {b.shape}).",
                          "Resample the second image onto the first (mmfusion resample / mmfusion run) first.")
+    if a.size == 0:
+        raise InputError(f"Deep fusion was given empty arrays (shape {a.shape}).", "Give images with voxels.")
+    for arr, which in ((a, "first"), (b, "second")):
+        if not np.isfinite(arr).all():  # one NaN spreads through the convolutions to every voxel
+            raise InputError(f"The {which} array holds {int(np.count_nonzero(~np.isfinite(arr)))} NaN or "
+                             "infinite values.", "Replace them (e.g. with 0 or the background value) first.")
     dim = a.ndim
     if selection not in ("blend", "hard"):
         raise InputError(f"Unknown selection '{selection}'.", "Use 'hard' (default) or 'blend'.")
+    batch_size = _whole_number(batch_size, "batch_size", 1, example="8")
     model, meta = _load_model(weights, dim)
     if model.config.spatial_dims > dim:
         raise InputError(f"A {model.config.spatial_dims}D fusion network cannot fuse {dim}D images.",
@@ -337,9 +367,16 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
                          "3D weights.")
     if isinstance(loss_weights, str) or loss_weights is None:
         loss_weights = LossWeights.parse(loss_weights) if loss_weights else LossWeights()
-    steps = DEFAULT_ADAPT_STEPS if adapt_steps is None else int(adapt_steps)
-    if steps < 0:
-        raise InputError(f"adapt_steps must be >= 0 (got {steps}).", "Use 0 for no adaptation.")
+    roi_size = _whole_number(roi_size, "roi_size", model.config.size_multiple, MAX_ROI_SIZE, "96")
+    steps = (DEFAULT_ADAPT_STEPS if adapt_steps is None
+             else _whole_number(adapt_steps, "adapt_steps", 0, example="0 (no adaptation) or 80"))
+    try:
+        adapt_lr = float(adapt_lr)
+    except (TypeError, ValueError):
+        adapt_lr = float("nan")
+    if not (np.isfinite(adapt_lr) and adapt_lr > 0):
+        raise InputError(f"adapt_lr must be a positive number (got {adapt_lr!r}).",
+                         "Use e.g. adapt_lr=1e-3 (default).")
     sides = a.shape[-model.config.spatial_dims:]
     if steps > 0 and min(sides) < MIN_ADAPT_SIZE:
         raise InputError(f"Per-study adaptation needs images of at least {MIN_ADAPT_SIZE} voxels along each "
