@@ -554,7 +554,8 @@ def _add_train_fusion(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3, cosine decay)")
     p.add_argument("--patch-size", type=int, default=96, help="training patch side in pixels/voxels (default 96)")
     p.add_argument("--samples-per-epoch", type=int, help="samples drawn per epoch (default: all, once)")
-    p.add_argument("--spatial-dims", type=int, choices=(2, 3), default=2, help="2D (slices) or 3D network (default 2)")
+    p.add_argument("--spatial-dims", type=int, choices=(2, 3),
+                   help="2D (slices) or 3D network (default 2; with --resume or --init: theirs)")
     p.add_argument("--loss-weights", default="1,10,1", metavar="SSIM,GRAD,INT",
                    help="weights of the structure, gradient and intensity terms (default 1,10,1)")
     p.add_argument("--init", metavar="WEIGHTS", help="start from these weights (fine-tuning) instead of random")
@@ -594,6 +595,23 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
     if os.path.abspath(checkpoint) == os.path.abspath(args.output):
         raise InputError(f"The checkpoint and the weights file are the same file ('{checkpoint}').",
                          "Give --checkpoint another name (default: MODEL.safetensors.ckpt.pt).")
+    if args.threads is not None and args.threads < 1:  # torch: a RuntimeError for -1, 0 silently ignored
+        raise InputError(f"--threads must be at least 1 (got {args.threads}).",
+                         "Give the number of CPU threads torch may use, or leave it out (all cores).")
+    # settings first: a typo in --lr must not wait for every volume to be read
+    tcfg = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patch_size=args.patch_size,
+                          loss_weights=LossWeights.parse(args.loss_weights), seed=args.seed, device=args.device,
+                          samples_per_epoch=args.samples_per_epoch)
+    tcfg.check()
+    if args.resume and args.spatial_dims is not None:
+        from .fusion.deep.weights import load_checkpoint
+
+        resumed_dims = load_checkpoint(args.resume)["architecture"].spatial_dims
+        if resumed_dims != args.spatial_dims:  # the checkpoint's network was trained silently instead
+            raise InputError(f"--spatial-dims {args.spatial_dims} was given, but the checkpoint '{args.resume}' "
+                             f"holds a {resumed_dims}D network.",
+                             f"Leave out --spatial-dims to continue the {resumed_dims}D run (or give "
+                             f"--spatial-dims {resumed_dims}), or start a new run without --resume.")
     # (--resume may name the checkpoint itself: continuing a run updates it, as every epoch does)
     check_not_overwriting_inputs([args.output, checkpoint],
                                  [p for pair in find_pairs(args.pairs) for p in pair] + [args.init])
@@ -604,14 +622,11 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
                          "Give --threads 1 or more, or leave it out (torch's default).")
     if args.threads:
         torch.set_num_threads(args.threads)
-    pairs = load_pairs(args.pairs)
-    tcfg = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patch_size=args.patch_size,
-                          loss_weights=LossWeights.parse(args.loss_weights), seed=args.seed, device=args.device,
-                          samples_per_epoch=args.samples_per_epoch)
     model = load_weights(args.init, spatial_dims=args.spatial_dims)[0] if args.init else None
+    pairs = load_pairs(args.pairs)
     bar = ProgressBar(desc="train-fusion")
     try:
-        result = train_fusion(pairs, config=FusionNetConfig(spatial_dims=args.spatial_dims), training=tcfg,
+        result = train_fusion(pairs, config=FusionNetConfig(spatial_dims=args.spatial_dims or 2), training=tcfg,
                               checkpoint=checkpoint, resume=args.resume, progress=bar, model=model)
     finally:
         bar.close()

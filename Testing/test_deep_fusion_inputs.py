@@ -5,7 +5,12 @@ Tiny networks and small arrays: each test runs in a few seconds on 2 CPU threads
 
 from __future__ import annotations
 
+import io
+import os
+import tempfile
 import unittest
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -16,6 +21,7 @@ try:
 except ImportError:  # pragma: no cover - the deep extra is part of the test environment
     torch = None
 
+from MultimodalFusionLib.cli import main
 from MultimodalFusionLib.errors import InputError
 
 
@@ -66,6 +72,93 @@ class TrainingDataTest(unittest.TestCase):
         for (a, b), (a0, b0) in zip(pairs, kept):
             np.testing.assert_array_equal(a, a0)
             np.testing.assert_array_equal(b, b0)
+
+    def test_training_settings_no_run_can_use_are_refused(self):
+        """lr=inf trained NaN weights and returned them as trained; lr=nan failed inside torch;
+        samples_per_epoch=0 silently meant all samples and -3 suggested a batch size of -3."""
+        from MultimodalFusionLib.fusion.deep import TrainingConfig, train_fusion
+
+        pairs = [(_blobs((24, 24), 0), _blobs((24, 24), 1))]
+        for field, value in (("lr", float("inf")), ("lr", float("nan")), ("samples_per_epoch", 0),
+                             ("samples_per_epoch", -3)):
+            with self.subTest(**{field: value}):
+                tcfg = TrainingConfig(epochs=1, batch_size=1, patch_size=16, device="cpu", **{field: value})
+                with self.assertRaises(InputError) as caught:
+                    train_fusion(pairs, config=_tiny_config(2), training=tcfg)
+                self.assertIn(field if field != "lr" else "lr nan" if value != value else "lr inf",
+                              str(caught.exception))
+
+    def test_a_diverged_run_is_an_error_not_nan_weights(self):
+        """The loss went NaN and train_fusion returned (and the CLI saved) NaN weights as a trained network."""
+        from MultimodalFusionLib.fusion.deep import TrainingConfig, build_network, train_fusion
+
+        torch.manual_seed(0)
+        net = build_network(_tiny_config(2))
+        with torch.no_grad():  # weights so large that the first forward pass overflows
+            for p in net.parameters():
+                p.add_(torch.randn_like(p)).mul_(1e12)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = os.path.join(tmp, "c.ckpt.pt")
+            with self.assertRaises(InputError) as caught:
+                train_fusion([(_blobs((24, 24), 0), _blobs((24, 24), 1))], model=net, checkpoint=ckpt,
+                             training=TrainingConfig(epochs=1, batch_size=1, patch_size=16, device="cpu"))
+            self.assertIn("diverged in epoch 1", str(caught.exception))
+            self.assertIn("--lr", str(caught.exception))
+            self.assertFalse(os.path.exists(ckpt))  # no checkpoint of NaN weights
+
+
+def _write_pairs(folder: Path) -> None:
+    for sub, seed in (("MRI", 0), ("CT", 1)):
+        (folder / sub).mkdir(parents=True)
+        for k in range(2):
+            arr = np.round(_blobs((32, 28), seed + 2 * k) * 255).astype(np.uint8)
+            sitk.WriteImage(sitk.GetImageFromArray(arr), str(folder / sub / f"{k}.png"))
+
+
+@unittest.skipIf(torch is None, "torch/monai not installed")
+class TrainFusionCommandTest(unittest.TestCase):
+    def _main(self, args: list[str]) -> tuple[int, str]:
+        err = io.StringIO()
+        with redirect_stdout(io.StringIO()), redirect_stderr(err):
+            rc = main(args)
+        return rc, err.getvalue()
+
+    def test_threads_and_architecture_mismatches_are_clear_errors(self):
+        """--threads -1 was a RuntimeError traceback and 0 was ignored; --resume of a 3D checkpoint with --init
+        2D weights a traceback listing every tensor; --spatial-dims 3 with a 2D checkpoint silently trained 2D."""
+        from MultimodalFusionLib.fusion.deep import FusionNetConfig, build_network, save_weights
+        from MultimodalFusionLib.fusion.deep.weights import save_checkpoint
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            _write_pairs(tmp / "pairs")
+            nets = {}
+            for dims in (2, 3):
+                nets[dims] = build_network(FusionNetConfig(spatial_dims=dims))
+                save_checkpoint(tmp / f"c{dims}.ckpt.pt", model=nets[dims], epoch=0, state={},
+                                optimizer=torch.optim.Adam(nets[dims].parameters()))
+            save_weights(nets[2], tmp / "w2.safetensors")
+            base = ["train-fusion", "--pairs", str(tmp / "pairs"), "--output", str(tmp / "out" / "m.safetensors"),
+                    "--patch-size", "16", "--batch-size", "1", "--device", "cpu", "--epochs", "2"]
+            cases = [
+                (["--threads", "0"], "--threads must be at least 1"),
+                (["--threads", "-1"], "--threads must be at least 1"),
+                (["--resume", str(tmp / "c3.ckpt.pt"), "--init", str(tmp / "w2.safetensors")],
+                 "holds a 3D network"),
+                (["--resume", str(tmp / "c2.ckpt.pt"), "--spatial-dims", "3"], "holds a 2D network"),
+            ]
+            for extra, message in cases:
+                with self.subTest(extra=extra):
+                    rc, err = self._main(base + extra)
+                    self.assertEqual(rc, 2, err)
+                    self.assertIn(message, err)
+                    self.assertNotIn("Traceback", err)
+            self.assertFalse((tmp / "out" / "m.safetensors").exists())
+            # the checkpoint's own architecture without --spatial-dims, and a matching --spatial-dims, resume
+            for extra in ([], ["--spatial-dims", "2"]):
+                with self.subTest(resume=extra):
+                    rc, err = self._main(base + ["--resume", str(tmp / "c2.ckpt.pt")] + extra)
+                    self.assertEqual(rc, 0, err)
 
 
 @unittest.skipIf(torch is None, "torch/monai not installed")

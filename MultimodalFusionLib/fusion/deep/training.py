@@ -57,6 +57,24 @@ class TrainingConfig:
         d["loss_weights"] = self.loss_weights.to_dict()
         return d
 
+    def check(self) -> None:
+        """Raise InputError for settings no training can run with (the CLI calls it before reading the pairs).
+
+        Raises:
+            InputError: epochs or batch size below 1, a learning rate that is not a positive finite number
+                (inf trained NaN weights and wrote them; NaN failed inside torch), a patch side below 16,
+                or fewer than one sample per epoch.
+        """
+        lr_ok = isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0
+        if self.epochs < 1 or self.batch_size < 1 or not lr_ok or self.patch_size < 16:
+            raise InputError(f"Invalid training settings (epochs {self.epochs}, batch size {self.batch_size}, "
+                             f"lr {self.lr}, patch {self.patch_size}).",
+                             "Use epochs >= 1, batch size >= 1, a finite lr > 0 and patch size >= 16.")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            # 0 used to mean "all samples" silently, and a negative count suggested a negative batch size
+            raise InputError(f"samples_per_epoch must be at least 1 (got {self.samples_per_epoch}).",
+                             "Leave it out (one pass over all samples per epoch) or give a count >= the batch size.")
+
 
 @dataclasses.dataclass
 class TrainingResult:
@@ -147,14 +165,7 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
     from .weights import load_checkpoint, save_checkpoint
 
     tcfg = training or TrainingConfig()
-    if not (tcfg.epochs >= 1 and tcfg.batch_size >= 1 and math.isfinite(tcfg.lr) and tcfg.lr > 0
-            and tcfg.patch_size >= 16):  # written so that a NaN fails it (--lr nan reached torch's traceback)
-        raise InputError(f"Invalid training settings (epochs {tcfg.epochs}, batch size {tcfg.batch_size}, "
-                         f"lr {tcfg.lr}, patch {tcfg.patch_size}).",
-                         "Use epochs >= 1, batch size >= 1, lr > 0 and patch size >= 16.")
-    if tcfg.samples_per_epoch is not None and tcfg.samples_per_epoch < 1:  # 0 had meant "all", silently
-        raise InputError(f"Invalid samples per epoch {tcfg.samples_per_epoch}.",
-                         "Use --samples-per-epoch 1 or more, or leave it out for one pass over all samples.")
+    tcfg.check()
     device = resolve_device(tcfg.device)
     start_epoch = 0
     history: list[dict[str, float]] = []
@@ -162,6 +173,13 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
     if resume is not None:
         state = load_checkpoint(resume)
         config = state["architecture"]
+        if model is not None and model.config != config:
+            # load_state_dict would fail with torch's list of every mismatched tensor
+            raise InputError(f"The checkpoint '{os.fspath(resume)}' holds a {config.spatial_dims}D network "
+                             f"({config.to_dict()}) but the network to train is "
+                             f"{model.config.spatial_dims}D ({model.config.to_dict()}).",
+                             "Resume without --init (the checkpoint holds the weights), or give --init weights "
+                             "of the checkpoint's architecture.")
         start_epoch = int(state["epoch"]) + 1
         history = list(state["state"].get("history", []))
     # set_determinism seeds Python's, numpy's and torch's global generators (MONAI's DataLoader and the
@@ -233,6 +251,14 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
                 n += 1
                 report(progress, (global_step + 1) / total_steps,
                        f"epoch {epoch + 1}/{tcfg.epochs} loss {terms['loss']:.4f}")
+            bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+            if bad:
+                # a diverged run: say so now, not write NaN weights as if trained (load_weights refuses them)
+                raise InputError(f"Training diverged in epoch {epoch + 1}: {len(bad)} weight tensor(s) hold NaN "
+                                 f"or infinite values (last loss {sums.get('loss', float('nan')) / max(n, 1):.4g}); "
+                                 "nothing of this epoch was saved.",
+                                 f"Use a lower learning rate (--lr, now {tcfg.lr:g}); --resume from the checkpoint "
+                                 "of the last good epoch, if one was written, continues from there.")
             entry = {k: v / max(n, 1) for k, v in sums.items()}
             entry["epoch"] = epoch + 1
             entry["seconds"] = time.perf_counter() - t0
