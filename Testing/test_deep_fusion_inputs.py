@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - the deep extra is part of the test env
     torch = None
 
 from MultimodalFusionLib.cli import main
-from MultimodalFusionLib.errors import InputError
+from MultimodalFusionLib.errors import InputError, OperationCancelled
 
 
 def _tiny_config(spatial_dims: int = 2):
@@ -220,6 +220,16 @@ class InferenceInputsTest(unittest.TestCase):
         # sound values still run: a window larger than the volume, one slice per batch
         fused, weight, _ = fuse_arrays(vol_a, vol_b, weights=net2, batch_size=1)
         self.assertTrue(np.isfinite(fused).all() and 0.0 <= weight.min() and weight.max() <= 1.0)
+        # a huge number of steps (CLI --adapt 10**23, a Python int beyond int64) is taken and can be cancelled
+        calls = []
+
+        def stop_after_two_steps(fraction: float, message: str) -> bool:
+            calls.append(message)
+            return not message.startswith("adapting 2/")
+
+        with self.assertRaises(OperationCancelled):
+            fuse_arrays(vol_a[2], vol_b[2], weights=net2, adapt_steps=10 ** 23, progress=stop_after_two_steps)
+        self.assertTrue(any(m.startswith("adapting 1/100000000000000000000000") for m in calls), calls)
 
     def test_non_finite_or_empty_arrays_are_refused(self):
         """fuse_arrays (public) let one NaN voxel turn every voxel of the blend and weight map into NaN,

@@ -17,6 +17,7 @@ import contextlib
 import copy
 import ctypes
 import ctypes.util
+import math
 import os
 import sys
 import threading
@@ -61,8 +62,9 @@ def _whole_number(value: Any, name: str, minimum: int, maximum: int | None = Non
             number = float(value)
         except ValueError:
             number = None
-    ok = (isinstance(number, (int, float, np.integer, np.floating)) and not isinstance(number, (bool, np.bool_))
-          and np.isfinite(number) and float(number) == int(number)
+    if isinstance(number, (float, np.floating)) and math.isfinite(number) and number == int(number):
+        number = int(number)
+    ok = (isinstance(number, (int, np.integer)) and not isinstance(number, (bool, np.bool_))
           and minimum <= int(number) and (maximum is None or int(number) <= maximum))
     if not ok:
         bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
