@@ -231,6 +231,22 @@ class InferenceInputsTest(unittest.TestCase):
             fuse_arrays(vol_a[2], vol_b[2], weights=net2, adapt_steps=10 ** 23, progress=stop_after_two_steps)
         self.assertTrue(any(m.startswith("adapting 1/100000000000000000000000") for m in calls), calls)
 
+    def test_fuse_records_what_ran(self):
+        """fusion.fuse recorded deep's device as "auto" (not which one ran), no weights or adaptation steps for the
+        defaults, and a network passed as weights as its whole module tree (kilobytes in metrics.json)."""
+        from MultimodalFusionLib.fusion import fuse
+
+        a, b = sitk.GetImageFromArray(_blobs((24, 20), 0)), sitk.GetImageFromArray(_blobs((24, 20), 1))
+        used = fuse(a, b, "deep").parameters
+        expected_device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.assertEqual((used["device"], used["device_requested"]), (expected_device, "auto"))
+        self.assertEqual((used["weights"], used["adapt_steps"], used["spatial_dims"]), ("default-2d", 0, 2))
+        used = fuse(a, b, "deep", weights=self._net(), device="cpu").parameters
+        self.assertEqual((used["device"], used["weights"]), ("cpu", "model"))
+        self.assertNotIn("device_requested", used)
+        for key, value in used.items():
+            self.assertFalse(isinstance(value, str) and (len(value) > 200 or "\n" in value), (key, str(value)[:80]))
+
     def test_non_finite_or_empty_arrays_are_refused(self):
         """fuse_arrays (public) let one NaN voxel turn every voxel of the blend and weight map into NaN,
         and an empty array reached torch (RuntimeError)."""

@@ -305,6 +305,16 @@ def _checked_window(window: Any, name: str) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _recorded(value: Any) -> Any:
+    """A parameter as FusionResult.parameters (and metrics.json, the report) keep it: numbers and text as
+    they are, other values as text, but an object whose text is long or spans lines (a torch network passed
+    as deep's ``weights`` printed its whole module tree, kilobytes) by its type's name."""
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    text = str(value)
+    return text if len(text) <= 200 and "\n" not in text else f"<{type(value).__name__} object>"
+
+
 def _is_grey_rgb(image: sitk.Image) -> bool:
     arr = sitk.GetArrayViewFromImage(image)
     return bool(np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]))
@@ -430,8 +440,7 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     if method == "overlay":
         params.pop("threshold", None)
     used.update(_defaults(func))
-    used.update({k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
-                 for k, v in params.items()})
+    used.update({k: _recorded(v) for k, v in params.items()})
     for key, value in actual.items():
         if key in used and used[key] != value:
             used[f"{key}_requested"] = used[key]

@@ -464,12 +464,16 @@ def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None
 def registry_method(a: np.ndarray, b: np.ndarray, *, progress: ProgressCallback | None = None,
                     weights: Any = None, adapt_steps: int | None = None, adapt_lr: float = 1e-3,
                     loss_weights: Any = None, seed: int = 0, device: str = "auto", batch_size: int = 8,
-                    roi_size: int = 96, selection: str = "hard") -> tuple[np.ndarray, np.ndarray]:
-    """The "deep" entry of :data:`MultimodalFusionLib.fusion.METHODS` (arrays 0..1 in, (fused, weights) out).
+                    roi_size: int = 96, selection: str = "hard"
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The "deep" entry of :data:`MultimodalFusionLib.fusion.METHODS` (arrays 0..1 in, (fused, weights,
+    what ran) out: the device that ran (not "auto"; the CPU after a CUDA out-of-memory fallback), the
+    weights (also the default's name), the adaptation steps and the network's dimensions).
 
     The parameters are those of :func:`fuse_arrays` (explicit, so front ends can list them).
     """
-    fused, weight, _ = fuse_arrays(a, b, progress=progress, weights=weights, adapt_steps=adapt_steps,
-                                   adapt_lr=adapt_lr, loss_weights=loss_weights, seed=seed, device=device,
-                                   batch_size=batch_size, roi_size=roi_size, selection=selection)
-    return fused.astype(np.float64), weight
+    fused, weight, used = fuse_arrays(a, b, progress=progress, weights=weights, adapt_steps=adapt_steps,
+                                      adapt_lr=adapt_lr, loss_weights=loss_weights, seed=seed, device=device,
+                                      batch_size=batch_size, roi_size=roi_size, selection=selection)
+    ran = {k: used[k] for k in ("weights", "adapt_steps", "device", "spatial_dims")}
+    return fused.astype(np.float64), weight, ran
