@@ -247,6 +247,20 @@ class InferenceInputsTest(unittest.TestCase):
         for key, value in used.items():
             self.assertFalse(isinstance(value, str) and (len(value) > 200 or "\n" in value), (key, str(value)[:80]))
 
+    def test_adaptation_seed(self):
+        """Same seed, same result; another seed draws other slices of a volume; a 2D image is adapted on the
+        whole image every step, so the seed has nothing to draw there (README)."""
+        from MultimodalFusionLib.fusion.deep import fuse_arrays
+
+        vol_a, vol_b = _blobs((8, 16, 16), 0), _blobs((8, 16, 16), 1)
+        runs = {(dims, seed): fuse_arrays(vol_a if dims == 3 else vol_a[4], vol_b if dims == 3 else vol_b[4],
+                                          weights=self._net(), adapt_steps=2, seed=seed, selection="blend")[0]
+                for dims in (2, 3) for seed in (0, 0, 1)}
+        again = fuse_arrays(vol_a, vol_b, weights=self._net(), adapt_steps=2, seed=0, selection="blend")[0]
+        np.testing.assert_array_equal(runs[3, 0], again)
+        self.assertFalse(np.array_equal(runs[3, 0], runs[3, 1]))
+        np.testing.assert_array_equal(runs[2, 0], runs[2, 1])
+
     def test_non_finite_or_empty_arrays_are_refused(self):
         """fuse_arrays (public) let one NaN voxel turn every voxel of the blend and weight map into NaN,
         and an empty array reached torch (RuntimeError)."""
