@@ -617,9 +617,6 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
                                  [p for pair in find_pairs(args.pairs) for p in pair] + [args.init])
     for path in (args.output, checkpoint):  # before training, not after its first epoch
         check_writable(path)
-    if args.threads is not None and args.threads < 1:  # torch raised a bare RuntimeError; 0 was ignored
-        raise InputError(f"--threads {args.threads}: the number of CPU threads must be at least 1.",
-                         "Give --threads 1 or more, or leave it out (torch's default).")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_weights(args.init, spatial_dims=args.spatial_dims)[0] if args.init else None
