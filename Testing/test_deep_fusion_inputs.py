@@ -154,6 +154,22 @@ class TrainFusionCommandTest(unittest.TestCase):
                     self.assertIn(message, err)
                     self.assertNotIn("Traceback", err)
             self.assertFalse((tmp / "out" / "m.safetensors").exists())
+            # a resume continues the checkpoint's run: other settings, or fewer epochs than it trained, are refused
+            # (they went on silently: another data order and learning-rate schedule, or no training at all)
+            from MultimodalFusionLib.fusion.deep import TrainingConfig
+
+            run = TrainingConfig(epochs=4, batch_size=1, patch_size=16, device="cpu").to_dict()
+            save_checkpoint(tmp / "run.ckpt.pt", model=nets[2], epoch=2, optimizer=torch.optim.Adam(nets[2].parameters()),
+                            state={"training": run})
+            resumed = base + ["--resume", str(tmp / "run.ckpt.pt")]
+            for extra, message in ((["--lr", "0.01"], "lr 0.002 -> 0.01"), (["--seed", "3"], "--seed 0"),
+                                   ([], "already trained 3 epochs; --epochs 2")):
+                with self.subTest(resumed=extra):
+                    rc, err = self._main(resumed + extra)
+                    self.assertEqual(rc, 2, err)
+                    self.assertIn(message, err)
+            rc, err = self._main(resumed + ["--epochs", "3"])  # its weights as they are
+            self.assertEqual(rc, 0, err)
             # the checkpoint's own architecture without --spatial-dims, and a matching --spatial-dims, resume
             for extra in ([], ["--spatial-dims", "2"]):
                 with self.subTest(resume=extra):

@@ -76,6 +76,36 @@ class TrainingConfig:
                              "Leave it out (one pass over all samples per epoch) or give a count >= the batch size.")
 
 
+#: Settings a resumed run must share with the checkpoint's (with them, it continues as the uninterrupted
+#: run would: the same data order, augmentation and learning-rate schedule, step for step).
+RESUME_SETTINGS = ("seed", "lr", "batch_size", "patch_size", "loss_weights", "samples_per_epoch")
+_FLAGS = {"seed": "--seed", "lr": "--lr", "batch_size": "--batch-size", "patch_size": "--patch-size",
+          "loss_weights": "--loss-weights", "samples_per_epoch": "--samples-per-epoch"}
+
+
+def _check_resumable(path: Any, saved: dict[str, Any], tcfg: TrainingConfig, done: int) -> None:
+    """Refuse a resume that would not continue the checkpoint's run: other settings, or fewer epochs."""
+    now = tcfg.to_dict()
+    changed = [k for k in RESUME_SETTINGS if k in saved and saved[k] != now[k]]
+    if changed:
+        listed = ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in changed)
+        keep = " ".join(f"{_FLAGS[k]} {_flag_value(saved[k])}" for k in changed if saved[k] is not None)
+        raise InputError(f"Resuming '{os.fspath(path)}' with other settings than its run's ({listed}): it would not "
+                         "continue that run (data order, augmentation and learning-rate schedule follow them).",
+                         f"Give the run's settings ({keep or 'leave out the changed options'}) to continue it, or "
+                         "start a new run from its weights with --init MODEL.safetensors (new settings allowed).")
+    if tcfg.epochs < done:
+        raise InputError(f"The checkpoint '{os.fspath(path)}' has already trained {done} epochs; --epochs "
+                         f"{tcfg.epochs} is fewer.",
+                         f"Give --epochs {done} to write its weights as they are, or more to train on.")
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, dict):  # loss weights: the CLI's comma-separated form, in the field order
+        return ",".join(f"{v:g}" for v in value.values())
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 @dataclasses.dataclass
 class TrainingResult:
     """The trained network and its history (mean loss per epoch, seconds)."""
@@ -182,6 +212,7 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
                              "of the checkpoint's architecture.")
         start_epoch = int(state["epoch"]) + 1
         history = list(state["state"].get("history", []))
+        _check_resumable(resume, state["state"].get("training") or {}, tcfg, start_epoch)
     # set_determinism seeds Python's, numpy's and torch's global generators (MONAI's DataLoader and the
     # network's initialisation draw from them) and cuDNN's flags: put the caller's back afterwards
     with _caller_random_state_kept(torch):
