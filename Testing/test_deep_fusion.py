@@ -214,6 +214,17 @@ class DeepFusionTest(unittest.TestCase):
                 load_weights(os.path.join(tmp, "missing.safetensors"))
             with self.assertRaises(InputError):
                 load_checkpoint(good)  # a weights file is not a checkpoint (torch.load weights_only refuses)
+            # our checkpoint header with a damaged architecture or state: a ValueError/KeyError traceback before
+            for name, change in (("architecture", {"architecture": '{"spatial_dims": 5}'}),
+                                 ("state", {"state": "{not json"}), ("epoch", {"epoch": None})):
+                payload = {"format": "mmfusion-deep-fusion-checkpoint", "format_version": 1,
+                           "architecture": json.dumps(net.config.to_dict()), "model": state, "optimizer": {},
+                           "epoch": 0, "state": "{}", **change}
+                path = os.path.join(tmp, f"damaged-{name}.ckpt.pt")
+                torch.save(payload, path)
+                with self.subTest(damaged=name), self.assertRaises(InputError) as ctx:
+                    load_checkpoint(path)
+                self.assertIn("is damaged", str(ctx.exception))
             # a diverged run's NaN tensors would give NaN weight maps (a silently wrong fusion): refused
             nan_state = dict(state)
             name = next(k for k, v in nan_state.items() if v.is_floating_point() and v.dim() > 1)

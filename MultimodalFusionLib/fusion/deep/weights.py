@@ -221,6 +221,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                          "Give a checkpoint written by 'mmfusion train-fusion'.")
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:
         raise InputError(f"'{path}' was written by a newer MultimodalFusion.", "Update MultimodalFusion.")
-    payload["architecture"] = FusionNetConfig.from_dict(json.loads(payload["architecture"]))
-    payload["state"] = json.loads(payload.get("state") or "{}")
+    try:
+        payload["architecture"] = FusionNetConfig.from_dict(json.loads(payload["architecture"]))
+        payload["state"] = json.loads(payload.get("state") or "{}")
+        if not isinstance(payload["state"], dict) or not isinstance(payload.get("model"), dict):
+            raise ValueError("no model weights or training state")
+        int(payload["epoch"])
+    except (KeyError, TypeError, ValueError) as exc:  # json's JSONDecodeError is a ValueError
+        raise InputError(f"The training checkpoint '{path}' is damaged: {exc}.",
+                         "Resume from another checkpoint, or start a new run (--init MODEL.safetensors keeps "
+                         "trained weights).") from exc
     return payload
