@@ -564,6 +564,9 @@ def _add_train_fusion(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its checkpoint")
     p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written after every epoch (default: the --output name plus .ckpt.pt, e.g. MODEL.safetensors.ckpt.pt)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="keep the normalised pairs as memory-mapped .npy files in DIR instead of in memory "
+                        "(for pair sets larger than memory: 64 MB per 256^3 volume); same weights")
     p.set_defaults(func=_run_train_fusion)
 
 
@@ -620,7 +623,7 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_weights(args.init, spatial_dims=args.spatial_dims)[0] if args.init else None
-    pairs = load_pairs(args.pairs)
+    pairs = load_pairs(args.pairs, cache_dir=args.cache_dir)
     bar = ProgressBar(desc="train-fusion")
     try:
         result = train_fusion(pairs, config=FusionNetConfig(spatial_dims=args.spatial_dims or 2), training=tcfg,

@@ -73,6 +73,35 @@ class TrainingDataTest(unittest.TestCase):
             np.testing.assert_array_equal(a, a0)
             np.testing.assert_array_equal(b, b0)
 
+    def test_pairs_cached_on_disk_train_the_same_weights(self):
+        """load_pairs held every pair in memory (64 MB per 256^3 volume): cache_dir maps them from disk."""
+        from MultimodalFusionLib.fusion.deep import TrainingConfig, train_fusion
+        from MultimodalFusionLib.fusion.deep.data import load_pairs
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            for sub, seed in (("MRI", 0), ("CT", 1)):  # two small volumes per modality
+                (tmp / "pairs" / sub).mkdir(parents=True)
+                for k in range(2):
+                    sitk.WriteImage(sitk.GetImageFromArray(_blobs((6, 24, 20), seed + 2 * k)),
+                                    str(tmp / "pairs" / sub / f"{k}.nii.gz"))
+            held = load_pairs(tmp / "pairs")
+            mapped = load_pairs(tmp / "pairs", cache_dir=tmp / "cache")
+            self.assertEqual(sorted(os.listdir(tmp / "cache")),
+                             ["pair00000_a.npy", "pair00000_b.npy", "pair00001_a.npy", "pair00001_b.npy"])
+            for (a, b), (ma, mb) in zip(held, mapped):
+                self.assertIsInstance(ma, np.memmap)
+                np.testing.assert_array_equal(a, ma)
+                np.testing.assert_array_equal(b, mb)
+            tcfg = TrainingConfig(epochs=1, batch_size=2, patch_size=16, samples_per_epoch=4, device="cpu")
+            nets = [train_fusion(p, config=_tiny_config(2), training=tcfg).model for p in (held, mapped)]
+            for (name, w), w2 in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+                self.assertTrue(torch.equal(w, w2), name)
+            # training wrote nothing into the files (copy-on-write maps)
+            for k, (a, b) in enumerate(held):
+                np.testing.assert_array_equal(np.load(tmp / "cache" / f"pair{k:05d}_a.npy"), a)
+                np.testing.assert_array_equal(np.load(tmp / "cache" / f"pair{k:05d}_b.npy"), b)
+
     def test_training_settings_no_run_can_use_are_refused(self):
         """lr=inf trained NaN weights and returned them as trained; lr=nan failed inside torch;
         samples_per_epoch=0 silently meant all samples and -3 suggested a batch size of -3."""

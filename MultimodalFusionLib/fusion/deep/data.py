@@ -88,8 +88,17 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def load_pairs(folder: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarray]]:
+def load_pairs(folder: str | os.PathLike,
+               cache_dir: str | os.PathLike | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Read and normalise every pair below ``folder`` (colour images as luminance, Y of YCbCr).
+
+    Args:
+        folder: the pairs folder (see the module docstring).
+        cache_dir: None: the pairs are held in memory (float32: 64 MB per 256^3 volume). A folder:
+            each normalised image is written there as ``pairNNNNN_a.npy`` / ``_b.npy`` (replacing
+            those of an earlier run) and returned as a copy-on-write memory map of that file, so a
+            training set larger than memory is read from disk as training touches it; only one pair
+            is in memory at a time while loading. Training on the maps gives the same weights.
 
     Raises:
         InputError: an unreadable, empty or non-finite image, or a pair whose two images are not on
@@ -106,8 +115,24 @@ def load_pairs(folder: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarray]]
         check_image(a, f"training image '{pa}'")
         check_image(b, f"training image '{pb}'")
         check_same_grid(a, b, f"training image '{pa}'", f"training image '{pb}'")
-        out.append((normalize(sitk.GetArrayFromImage(a))[0], normalize(sitk.GetArrayFromImage(b))[0]))
+        pair = (normalize(sitk.GetArrayFromImage(a))[0], normalize(sitk.GetArrayFromImage(b))[0])
+        del a, b
+        if cache_dir is not None:
+            pair = tuple(_mapped(arr, Path(cache_dir) / f"pair{len(out):05d}_{side}.npy")  # type: ignore[assignment]
+                         for arr, side in zip(pair, "ab"))
+        out.append(pair)
     return out
+
+
+def _mapped(arr: np.ndarray, path: Path) -> np.ndarray:
+    """``arr`` written to ``path`` (atomically) and read back as a copy-on-write memory map."""
+    from ...io import atomic_output, make_output_dir
+
+    make_output_dir(path.parent)
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to the temporary name
+            np.save(fh, arr)
+    return np.load(path, mmap_mode="c")
 
 
 def to_training_samples(pairs: Sequence[tuple[np.ndarray, np.ndarray]], spatial_dims: int,
