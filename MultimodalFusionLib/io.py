@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ __all__ = [
     "atomic_output",
     "check_not_overwriting_inputs",
     "make_output_dir",
+    "replacing_outputs",
     "volume_extension",
     "write_bytes",
     "write_json",
@@ -486,6 +488,60 @@ def check_not_overwriting_inputs(outputs: Iterable[str | os.PathLike], inputs: I
             if os.path.normcase(os.path.dirname(real)) == folder and re.fullmatch(regex, os.path.basename(real),
                                                                                   flags=flags):
                 refuse(pattern, given)
+
+
+def _name_pattern(pattern: str) -> re.Pattern:
+    """A file-name pattern (``*`` any text, every other character itself) as a regex, case-blind where the disk is."""
+    flags = re.IGNORECASE if os.path.normcase("A") == "a" else 0
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), flags)
+
+
+@contextlib.contextmanager
+def replacing_outputs(output_dir: str | os.PathLike, *, previous: Iterable[str] = (),
+                      keep: Iterable[Any] = ()) -> Iterator[str]:
+    """Write a set of results into ``output_dir`` as a whole: all of them replace the earlier ones, or none.
+
+    Yields a hidden staging folder inside ``output_dir`` to write every result into. When the block
+    ends without an error, the files of an earlier run that match ``previous`` (file-name patterns,
+    ``*`` for any text) and that this run did not write are removed, then the staged files are moved
+    in (a rename each, on the same disk). On an error or a cancellation ``output_dir`` is left as it
+    was. Either way the staging folder is removed.
+
+    Args:
+        output_dir: the results folder (created if needed).
+        previous: names an earlier run of the same job may have left, e.g. ``["transform.h5", "fused_*.*"]``.
+        keep: files never removed, whatever their names (the job's inputs, when they live in the folder).
+
+    Raises:
+        InputError: the folder cannot be made or written to.
+    """
+    out = make_output_dir(output_dir)
+    try:
+        stage = tempfile.mkdtemp(prefix=".mmf-staging-", dir=out)
+    except OSError as exc:
+        raise InputError(f"Cannot write into the output folder '{out}' ({exc.strerror or exc}).",
+                         "Give an output folder you can write to.") from exc
+    try:
+        yield stage
+        written = set(os.listdir(stage))
+        kept = {os.path.normcase(os.path.realpath(os.fspath(k))) for k in keep
+                if isinstance(k, (str, os.PathLike)) and os.path.isfile(k)}
+        patterns = [_name_pattern(p) for p in previous]
+        try:
+            for name in os.listdir(out):
+                path = os.path.join(out, name)
+                if (name in written or not os.path.isfile(path)
+                        or os.path.normcase(os.path.realpath(path)) in kept
+                        or not any(p.fullmatch(name) for p in patterns)):
+                    continue
+                os.remove(path)
+            for name in sorted(written):
+                os.replace(os.path.join(stage, name), os.path.join(out, name))
+        except OSError as exc:
+            raise InputError(f"Cannot write the results into '{out}' ({exc.strerror or exc}).",
+                             "Give an output folder you can write to.") from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike, payload: bytes) -> str:

@@ -152,10 +152,7 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         OperationCancelled: the progress callback asked to stop.
     """
     from . import fusion
-    from . import metrics as metrics_mod
     from . import report as report_mod
-    from .io import write_image, write_transform
-    from .preprocess import resample
 
     start = time.perf_counter()
     if isinstance(methods, str):
@@ -173,7 +170,7 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     if isinstance(stages, str):
         stages = [s.strip() for s in stages.split(",") if s.strip()]
     out = os.fspath(output_dir)
-    from .io import check_not_overwriting_inputs, make_output_dir
+    from .io import check_not_overwriting_inputs, make_output_dir, replacing_outputs
 
     check_not_overwriting_inputs(
         [], [fixed, moving],
@@ -191,6 +188,45 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     # with --no-register, as not overlapping the fixed image
     check_image(fixed_grey, f"fixed image {fixed_name}")
     check_image(moving_grey, f"moving image {moving_name}")
+    # every result is written into a staging folder and moved in at the end: a run that fails or is
+    # cancelled half-way leaves the last good run's results, and one that succeeds leaves none of them
+    with replacing_outputs(out, previous=_previous_outputs(methods), keep=[fixed, moving]) as stage:
+        files, report_paths, registration, reg_metrics, fusions, table = _register_fuse_report(
+            fixed_img, fixed_name, moving_img, moving_name, fixed_grey, moving_grey, stage, methods=methods,
+            preset=preset, stages=stages, seed=seed, progress=progress, fixed_mask=fixed_mask,
+            moving_mask=moving_mask, backend=backend, register=register, method_params=method_params,
+            title=title, initializer=initializer)
+    files = {k: os.path.join(out, os.path.basename(v)) for k, v in files.items()}
+    report_paths = {k: os.path.join(out, os.path.basename(v)) for k, v in report_paths.items()}
+    report(progress, 1.0, "done")
+    return {"registration": registration, "registration_metrics": reg_metrics, "fusions": fusions, "metrics": table,
+            "files": files, "report": report_paths, "seconds": time.perf_counter() - start}
+
+
+def _previous_outputs(methods: Sequence[str]) -> list[str]:
+    """File names an earlier ``run`` into the same folder may have left (any method it could have run)."""
+    from . import fusion
+    from . import report as report_mod
+
+    names = ["transform.tfm", "transform.h5", "moving_resampled.*"] + list(report_mod.report_file_patterns())
+    for m in dict.fromkeys([*fusion.list_methods(), "deep", *methods]):
+        names += [f"fused_{m}.*", f"weights_{m}.*", f"montage_{m}.png"]
+    return [n for n in names if n != "montage_*.png"]  # montages only by method: not a user's own PNGs
+
+
+def _register_fuse_report(fixed_img: sitk.Image, fixed_name: str, moving_img: sitk.Image, moving_name: str,
+                          fixed_grey: sitk.Image, moving_grey: sitk.Image, out: str, *, methods: Sequence[str],
+                          preset: str | None, stages: Sequence[str] | None, seed: int | None,
+                          progress: ProgressCallback | None, fixed_mask: sitk.Image | None,
+                          moving_mask: sitk.Image | None, backend: str, register: bool,
+                          method_params: dict[str, dict[str, Any]] | None, title: str | None,
+                          initializer: str | None) -> tuple[dict[str, str], dict[str, str], Any, dict, list, dict]:
+    """The work of :func:`run` once the images are loaded, its files written into ``out``."""
+    from . import metrics as metrics_mod
+    from . import report as report_mod
+    from .io import write_image, write_transform
+    from .preprocess import resample
+
     files: dict[str, str] = {}
 
     registration = None
@@ -239,6 +275,4 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         title=title or f"Fusion of {moving_name} onto {fixed_name}",
         notes=[f"fixed (anatomical): {fixed_name}; moving (functional): {moving_name}; methods: {', '.join(methods)}"
                + (f"; preset: {preset}" if preset else "") + (f"; stages: {', '.join(stages)}" if stages else "")])
-    report(progress, 1.0, "done")
-    return {"registration": registration, "registration_metrics": reg_metrics, "fusions": fusions, "metrics": table,
-            "files": files, "report": report_paths, "seconds": time.perf_counter() - start}
+    return files, report_paths, registration, reg_metrics, fusions, table

@@ -7,7 +7,7 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from ..io import make_output_dir, volume_extension, write_image, write_json, write_transform
+from ..io import replacing_outputs, volume_extension, write_image, write_json, write_transform
 from ..preprocess import resample
 from .qc import write_checkerboard_png
 from .result import RegistrationResult
@@ -38,21 +38,25 @@ def save_registration_outputs(result: RegistrationResult, fixed: sitk.Image, mov
     Returns:
         The metrics.json content.
     """
-    make_output_dir(output_dir)
-    tx_name = "transform.h5" if result.is_deformable else "transform.tfm"
-    tx_path = write_transform(result.transform, os.path.join(output_dir, tx_name))
-    after = resample(moving, fixed, result.transform)
-    if image_name.endswith((".nii", ".nii.gz")) and volume_extension(fixed) != ".nii.gz":
-        # a sheared fixed grid: NIfTI would store another direction
-        image_name = image_name[: -len(".nii.gz") if image_name.endswith(".gz") else -len(".nii")] + \
-            volume_extension(fixed)
-    img_path = write_image(after, os.path.join(output_dir, image_name))
-    before = resample(moving, fixed, initial_transform)
-    cb_path = write_checkerboard_png(fixed, before, after, os.path.join(output_dir, "checkerboard.png"))
-    metrics = result.to_dict()
-    metrics["outputs"] = {"transform": os.path.basename(tx_path), "moving_resampled": os.path.basename(img_path),
-                          "checkerboard": os.path.basename(cb_path), "metrics": "metrics.json"}
-    if extra:
-        metrics.update(extra)
-    write_json(os.path.join(output_dir, "metrics.json"), metrics)
+    # written as a whole (staged, then moved in): a re-run leaves no file of the last one, e.g. its
+    # deformable transform.h5 next to a new linear transform.tfm, or a .nii.gz next to a new .mha
+    stem = image_name[: -len(".nii.gz")] if image_name.endswith(".nii.gz") else os.path.splitext(image_name)[0]
+    previous = ["transform.tfm", "transform.h5", stem + ".*", "checkerboard.png", "metrics.json"]
+    with replacing_outputs(output_dir, previous=previous) as stage:
+        tx_name = "transform.h5" if result.is_deformable else "transform.tfm"
+        tx_path = write_transform(result.transform, os.path.join(stage, tx_name))
+        after = resample(moving, fixed, result.transform)
+        if image_name.endswith((".nii", ".nii.gz")) and volume_extension(fixed) != ".nii.gz":
+            # a sheared fixed grid: NIfTI would store another direction
+            image_name = image_name[: -len(".nii.gz") if image_name.endswith(".gz") else -len(".nii")] + \
+                volume_extension(fixed)
+        img_path = write_image(after, os.path.join(stage, image_name))
+        before = resample(moving, fixed, initial_transform)
+        cb_path = write_checkerboard_png(fixed, before, after, os.path.join(stage, "checkerboard.png"))
+        metrics = result.to_dict()
+        metrics["outputs"] = {"transform": os.path.basename(tx_path), "moving_resampled": os.path.basename(img_path),
+                              "checkerboard": os.path.basename(cb_path), "metrics": "metrics.json"}
+        if extra:
+            metrics.update(extra)
+        write_json(os.path.join(stage, "metrics.json"), metrics)
     return metrics
