@@ -427,6 +427,10 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
         b, a = registration_metrics["before"], registration_metrics["after"]
         gain = (a.get("MI") or 0.0) - (b.get("MI") or 0.0)
         if abs(gain) <= 1e-6 * max(1.0, abs(b.get("MI") or 0.0)):
+            # MI unchanged: so it is when the images did not move, but also when they hold too little
+            # for MI to notice a move (a lone bright voxel); the correlation then decides
+            gain = abs(a.get("NCC") or 0.0) - abs(b.get("NCC") or 0.0)
+        if abs(gain) <= 1e-6:
             verdict = "alignment unchanged (already aligned, or the starting position was kept)"
         elif gain > 0:
             verdict = "alignment improved"

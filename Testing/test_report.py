@@ -180,6 +180,25 @@ class RegistrationSectionTest(unittest.TestCase):
         self.assertIn("fixed image's grid", page)
         self.assertIn(f"{reg['after']['MI']:.3f}", page)
 
+    def test_the_verdict_does_not_call_a_move_apart_unchanged(self) -> None:
+        # a single non-zero voxel registered to itself: the MI of so empty an image barely moves, but
+        # the registration moved the images apart (correlation 1 -> 0.47); the card had called that
+        # "alignment unchanged (already aligned, or the starting position was kept)"
+        a = sitk.Image([20, 20, 20], sitk.sitkFloat32)
+        a[10, 10, 10] = 1.0
+        res = fusion.fuse(a, a, "average")
+        cases = {"did NOT improve": (1.0, 0.4718), "alignment improved": (0.4718, 1.0),
+                 "alignment unchanged": (0.9, 0.9)}
+        for verdict, (ncc_before, ncc_after) in cases.items():
+            reg = {"before": {"MI": 0.0012483917897572866, "NMI": 2.0, "NCC": ncc_before},
+                   "after": {"MI": 0.0012483917897570082, "NMI": 1.125, "NCC": ncc_after}}
+            with tempfile.TemporaryDirectory() as tmp:
+                page = open(report.write_report(tmp, inputs={"A": a, "B": a}, fusions=[res], metrics={},
+                                                 registration_metrics=reg)["html"], encoding="utf-8").read()
+            card = page[page.index("<b>Registration:</b>"):]
+            card = card[:card.index("</div>")]
+            self.assertIn(verdict, card)
+
 
 if __name__ == "__main__":
     unittest.main()
