@@ -83,12 +83,47 @@ def _views(image: sitk.Image) -> list[tuple[str, np.ndarray, float]]:
         image = sitk.DICOMOrient(image, "LPS")
     except RuntimeError:  # unusual directions: show the voxel grid as stored
         pass
-    arr = sitk.GetArrayFromImage(image)  # (z: inferior->superior, y: anterior->posterior, x: right->left)
     sx, sy, sz = image.GetSpacing()
+    if not np.allclose(image.GetDirection(), np.eye(3).ravel(), atol=1e-6) and _orientable(image):
+        return _oblique_views(image)
+    arr = sitk.GetArrayFromImage(image)  # (z: inferior->superior, y: anterior->posterior, x: right->left)
     nz, ny, nx = arr.shape[:3]
     return [("axial", arr[nz // 2], sy / sx),
             ("coronal", arr[:, ny // 2][::-1], sz / sx),
             ("sagittal", arr[:, :, nx // 2][::-1], sz / sy)]
+
+
+def _oblique_views(image: sitk.Image) -> list[tuple[str, np.ndarray, float]]:
+    """The three views of an oblique volume (its axes turned from the patient's), in the patient's axes
+    as Slicer's slice views show it: each a one-voxel slab through the volume's centre, resampled
+    (nearest neighbour, so values and colours stay as stored) over the volume's extent on an LPS grid,
+    NaN (float) or 0 outside the volume.
+    ``image`` is already turned to the nearest axes (DICOMOrient "LPS"), so its spacing is per L, P, S."""
+    spacing = np.array(image.GetSpacing())
+    size = np.array(image.GetSize())
+    corners = np.array([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+                        for corner in np.array(list(np.ndindex(2, 2, 2))) * (size - 1)])
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint([float(c) for c in (size - 1) / 2.0]))
+    counts = np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1
+    # beyond the volume's extent there is no data: NaN (not drawn) where the pixels can hold it, so a
+    # weight map does not read as "all from the second image" there
+    outside = float("nan") if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) else 0.0
+    views = []
+    for name, axis in (("axial", 2), ("coronal", 1), ("sagittal", 0)):
+        grid_size, origin = counts.copy(), lo.copy()
+        grid_size[axis], origin[axis] = 1, centre[axis]
+        slab = sitk.Resample(image, [int(n) for n in grid_size], sitk.Transform(), sitk.sitkNearestNeighbor,
+                             [float(v) for v in origin], [float(v) for v in spacing], np.eye(3).ravel().tolist(),
+                             outside, image.GetPixelID())
+        arr = sitk.GetArrayFromImage(slab)  # (z, y, x[, rgb]) with one of them 1 long
+        if axis == 2:
+            views.append((name, arr[0], spacing[1] / spacing[0]))
+        elif axis == 1:
+            views.append((name, arr[:, 0][::-1], spacing[2] / spacing[0]))
+        else:
+            views.append((name, arr[:, :, 0][::-1], spacing[2] / spacing[1]))
+    return views
 
 
 #: Patient side at each edge of a view (left, right, top, bottom), radiological as Slicer's slice views.
@@ -130,6 +165,7 @@ def _show(ax, view: np.ndarray, aspect: float, *, rng: tuple[float, float] | Non
           cmap: str = "gray") -> Any:
     ax.set_xticks([])
     ax.set_yticks([])
+    ax.set_facecolor("black")  # where a view has no data (NaN: beyond an oblique volume), as Slicer shows it
     for spine in ax.spines.values():
         spine.set_visible(False)
     if view.ndim == 3:  # RGB: 8-bit as it is, anything else (16-bit, float 0..1) scaled over ``rng``

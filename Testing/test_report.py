@@ -138,6 +138,27 @@ class ReportOrientationAndColourTest(unittest.TestCase):
             for name, view, _aspect in report._views(image):
                 self.assertEqual(self._quadrants(view), [1, 0, 0, 0], name)  # top left, as in Slicer
 
+    def test_an_oblique_volume_is_shown_in_the_patient_axes_as_slicer_shows_it(self) -> None:
+        # a bar along left-right, through the centre, in a volume whose grid is turned 30 degrees about
+        # the superior axis: Slicer's axial view (patient axes) shows it level; the voxel grid would tilt it
+        import math
+
+        turn = math.radians(30)
+        image = sitk.Image([48, 48, 12], sitk.sitkFloat32)
+        image.SetDirection((math.cos(turn), -math.sin(turn), 0, math.sin(turn), math.cos(turn), 0, 0, 0, 1))
+        image.SetOrigin(image.TransformContinuousIndexToPhysicalPoint([-23.5, -23.5, -5.5]))  # centre at 0
+        arr = np.zeros((12, 48, 48), np.float32)
+        for k, j, i in np.ndindex(*arr.shape):
+            x, y, z = image.TransformIndexToPhysicalPoint((i, j, k))
+            arr[k, j, i] = 100.0 if abs(x) < 18 and abs(y) < 2.5 and abs(z) < 3 else 0.0
+        grid = sitk.GetImageFromArray(arr)
+        grid.CopyInformation(image)
+        (name, view, aspect), = report._views(grid)[:1]
+        rows, cols = np.nonzero(view > 50)
+        slope = np.polyfit(cols * 1.0, rows * aspect, 1)[0]
+        self.assertLess(abs(math.degrees(math.atan(slope))), 3.0)  # level, not 30 degrees
+        self.assertTrue(report._orientable(grid))
+
     def test_a_2d_slice_stored_in_ras_order_is_shown_as_slicer_shows_it(self) -> None:
         arr = np.zeros((20, 30), np.float32)
         arr[10:, 15:] = 100.0  # with direction diag(-1, -1): high indices are the patient's right, anterior
