@@ -102,7 +102,9 @@ def to_8bit(image: Any, *, fused: bool = False) -> np.ndarray:
     """An image as 8-bit grey values (integers 0..255 in a float64 array), as the metrics need.
 
     Rule: 8-bit images (UInt8 pixels, or 8-bit colour taken to its rounded luminance) keep
-    their values. A fused image (``fused=True``) already inside 0..255 (what
+    their values. A fused image (``fused=True``) of floats all within 0..1, not only 0 and 1
+    (the 0..1 scale of torch/MONAI outputs and scikit-image's float images), is multiplied by 255
+    and rounded, as scikit-image's ``img_as_ubyte`` does; one otherwise inside 0..255 (what
     :func:`MultimodalFusionLib.fusion.fuse` returns) is rounded and clipped. Anything else is
     min-max scaled to 0..255 and rounded, the same scaling ``fuse`` applies to its inputs.
 
@@ -111,6 +113,7 @@ def to_8bit(image: Any, *, fused: bool = False) -> np.ndarray:
         fused: apply the rule for fused images.
     """
     arr, is_8bit = _as_array(image)
+    is_float = np.issubdtype(arr.dtype, np.floating)
     arr = arr.astype(np.float64)
     if arr.size == 0:
         raise InputError("An image given to the metrics is empty.", "Give a non-empty image.")
@@ -118,6 +121,9 @@ def to_8bit(image: Any, *, fused: bool = False) -> np.ndarray:
         raise InputError("An image given to the metrics has NaN or infinite values.",
                          "Replace them before computing metrics.")
     lo, hi = float(arr.min()), float(arr.max())
+    if fused and not is_8bit and is_float and lo >= 0.0 and hi <= 1.0 and np.any(arr != np.round(arr)):
+        # on the 0..1 scale: as 0..255 it would round to a black and (at most) one-grey image
+        return np.round(arr * 255.0)
     if is_8bit or (fused and lo >= -0.5 and hi <= 255.5):
         return np.clip(np.round(arr), 0, 255)
     if hi > lo:

@@ -160,6 +160,21 @@ class FusionMetricsTest(unittest.TestCase):
         self.assertAlmostEqual(m["SF"], np.mean([metrics.spatial_frequency(vol[k]) for k in range(1, 5)]))
 
 
+    def test_fused_float_image_on_the_0_to_1_scale(self) -> None:
+        # a fused image saved as float 0..1 (torch/MONAI outputs, skimage's float images) is 8-bit as
+        # skimage's img_as_ubyte makes it, not rounded to 0/1 as if it were on the 0..255 scale
+        from skimage.util import img_as_ubyte
+
+        a, b = _pair8()
+        f01 = (a + b) / 510.0
+        np.testing.assert_array_equal(metrics.to_8bit(f01, fused=True), img_as_ubyte(f01))
+        from_01 = metrics.fusion_metrics(sitk.GetImageFromArray(f01), a.astype(np.uint8), b.astype(np.uint8))
+        from_8bit = metrics.fusion_metrics(img_as_ubyte(f01), a.astype(np.uint8), b.astype(np.uint8))
+        self.assertEqual(from_01, from_8bit)
+        # a fused image holding only the grey levels 0 and 1 stays on the 0..255 scale
+        np.testing.assert_array_equal(metrics.to_8bit(np.round(f01), fused=True), np.round(f01))
+
+
 class ParallelSlicesTest(unittest.TestCase):
     """A volume's per-slice metrics from worker processes equal the serial ones to the last bit."""
 
