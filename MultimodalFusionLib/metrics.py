@@ -12,7 +12,7 @@ the published ones:
   labels (``sklearn.metrics.mutual_info_score``), in nats;
 - SCD: ``corr(F - B, A) + corr(F - A, B)`` (sum of the correlations of differences);
 - VIF: ``VIF(A, F) + VIF(B, F)``, the pixel-domain multiscale VIF (4 scales, Gaussian windows
-  17/9/5/3, noise variance 2);
+  17/9/5/3, noise variance 2; images under 41 pixels a side use the scales that fit, under 17 NaN);
 - Qabf: Xydeas-Petrovic edge preservation with Sobel gradients (including Evaluator.py's
   handling of equal gradient magnitudes);
 - SSIM: ``SSIM(F, A) + SSIM(F, B)`` with scikit-image's defaults as CDDFuse ran them
@@ -223,7 +223,10 @@ def vif(ref: np.ndarray, dist: np.ndarray) -> float:
 
     Four scales with Gaussian windows of 17, 9, 5 and 3 pixels (sd = size / 5), 'valid'
     convolutions, down-sampling by 2 between scales, noise variance 2; NaN (constant images)
-    counts as 1, as in Evaluator.py. Scales whose window no longer fits are skipped.
+    counts as 1, as in Evaluator.py. Scales whose window no longer fits are skipped (all four fit
+    from 41 pixels a side; Evaluator.py convolves such an image with the larger window instead, so
+    on images under 41 pixels the two differ). Under 17 pixels a side no scale fits and the value is
+    NaN (undefined: nothing was measured).
     """
     sigma_nsq = 2.0
     eps = 1e-10
@@ -231,6 +234,7 @@ def vif(ref: np.ndarray, dist: np.ndarray) -> float:
     dist = np.asarray(dist, dtype=np.float64)
     num = 0.0
     den = 0.0
+    measured = False
     for scale in range(1, 5):
         n = 2 ** (4 - scale + 1) + 1
         win = np.rot90(_gaussian_window(n), 2)
@@ -265,6 +269,9 @@ def vif(ref: np.ndarray, dist: np.ndarray) -> float:
         sv_sq[sv_sq <= eps] = eps
         num += float(np.sum(np.log10(1.0 + g * g * sigma1_sq / (sv_sq + sigma_nsq))))
         den += float(np.sum(np.log10(1.0 + sigma1_sq / sigma_nsq)))
+        measured = True
+    if not measured:  # smaller than the smallest window: not 0/0 of a constant image, but nothing at all
+        return float("nan")
     with np.errstate(invalid="ignore", divide="ignore"):
         value = np.float64(num) / np.float64(den)
     return 1.0 if np.isnan(value) else float(value)

@@ -174,6 +174,17 @@ class FusionMetricsTest(unittest.TestCase):
         # a fused image holding only the grey levels 0 and 1 stays on the 0..255 scale
         np.testing.assert_array_equal(metrics.to_8bit(np.round(f01), fused=True), np.round(f01))
 
+    def test_vif_of_images_smaller_than_every_window_is_undefined(self) -> None:
+        # below 17 pixels no VIF scale fits: nothing was measured, so NaN (n/a), not the perfect score 1
+        rng = np.random.default_rng(2)
+        a = rng.integers(0, 256, (16, 16)).astype(np.uint8)
+        b = rng.integers(0, 256, (16, 16)).astype(np.uint8)
+        self.assertTrue(math.isnan(metrics.vif(a, np.zeros((16, 16)))))
+        m = metrics.fusion_metrics(np.zeros((16, 16)), a, b)
+        for key in ("VIF", "VIF_A", "VIF_B", "VIF_mean"):
+            self.assertTrue(math.isnan(m[key]), key)
+        self.assertLess(metrics.vif(np.pad(a, 1), np.zeros((18, 18))), 0.01)  # one scale fits: measured
+
 
 class ParallelSlicesTest(unittest.TestCase):
     """A volume's per-slice metrics from worker processes equal the serial ones to the last bit."""
