@@ -311,6 +311,31 @@ class RegistrationMetricsTest(unittest.TestCase):
         with self.assertRaises(InputError):
             metrics.registration_metrics(fixed, sitk.Shrink(moving, [2, 2]))
 
+    def test_registration_metrics_match_scipy_and_scikit_image(self) -> None:
+        # MI from numpy's equal-width 64-bin histogram2d, NMI = scikit-image's normalized_mutual_information,
+        # NCC = scipy's Pearson r (signed: an inverted contrast is negative), with and without a mask
+        from scipy.stats import pearsonr
+        from skimage.metrics import normalized_mutual_information
+
+        rng = np.random.default_rng(3)
+        f = rng.normal(100.0, 30.0, (12, 30, 25))
+        m = -2.0 * f + rng.normal(0.0, 20.0, f.shape) + 1000.0
+        fixed, moving = sitk.GetImageFromArray(f), sitk.GetImageFromArray(m.astype(np.float32))
+        for img in (fixed, moving):
+            img.SetSpacing((0.7, 1.3, 3.0))
+        mask = sitk.Cast(fixed > 100.0, sitk.sitkUInt8)
+        for msk, keep in ((None, np.ones(f.size, bool)), (mask, f.ravel() > 100.0)):
+            x, y = f.ravel()[keep], sitk.GetArrayFromImage(moving).astype(np.float64).ravel()[keep]
+            values = metrics.registration_metrics(fixed, moving, msk)
+            joint = np.histogram2d(x, y, bins=64)[0] / x.size
+            outer = joint.sum(axis=1, keepdims=True) @ joint.sum(axis=0, keepdims=True)
+            nz = joint > 0
+            self.assertAlmostEqual(values["MI"], float(np.sum(joint[nz] * np.log(joint[nz] / outer[nz]))), places=12)
+            self.assertAlmostEqual(values["NMI"], normalized_mutual_information(x, y, bins=64), places=12)
+            self.assertAlmostEqual(values["NCC"], pearsonr(x, y)[0], places=12)
+            self.assertLess(values["NCC"], -0.8)
+            self.assertEqual(values["voxels"], keep.sum())
+
     def test_tre(self) -> None:
         tx = sitk.TranslationTransform(3, (3.0, 4.0, 0.0))
         fixed_pts = [(0.0, 0.0, 0.0), (10.0, 5.0, 2.0)]
