@@ -336,6 +336,34 @@ class RegistrationMetricsTest(unittest.TestCase):
             self.assertLess(values["NCC"], -0.8)
             self.assertEqual(values["voxels"], keep.sum())
 
+    def test_transform_error_in_mm_on_an_oblique_anisotropic_grid(self) -> None:
+        from MultimodalFusionLib.registration.accuracy import transform_error
+
+        ref = sitk.Image([9, 7, 5], sitk.sitkUInt8)
+        ref.SetSpacing((0.8, 1.7, 3.1))
+        ref.SetOrigin((-12.0, 5.0, 40.0))
+        ref.SetDirection(sitk.VersorTransform((0.2, -0.1, 0.3), 0.5).GetMatrix())
+        recovered = sitk.Euler3DTransform((1.0, 2.0, 3.0), 0.1, -0.05, 0.2, (3.0, -4.0, 5.0))
+        truth = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.02, -0.1, (2.0, 1.0, -1.0))
+        mask = sitk.Image(ref)
+        mask[2:6, 1:5, 1:4] = 1
+        # the distance ITK's own TransformPoint gives at every voxel centre of the mask, in mm
+        ref_d = []
+        for idx in np.ndindex(*ref.GetSize()):
+            if mask[idx]:
+                p = ref.TransformIndexToPhysicalPoint(idx)
+                ref_d.append(np.linalg.norm(np.subtract(recovered.TransformPoint(p), truth.TransformPoint(p))))
+        err = transform_error(recovered, truth, ref, mask)
+        self.assertEqual(err["points"], len(ref_d))
+        self.assertAlmostEqual(err["mean"], float(np.mean(ref_d)), places=9)
+        self.assertAlmostEqual(err["max"], float(np.max(ref_d)), places=9)
+        self.assertAlmostEqual(err["median"], float(np.median(ref_d)), places=9)
+        # a mask of the same size placed elsewhere selects other points: refused, not used voxel by voxel
+        moved = sitk.Image(mask)
+        moved.SetOrigin((0.0, 0.0, 0.0))
+        with self.assertRaises(InputError):
+            transform_error(recovered, truth, ref, moved)
+
     def test_tre(self) -> None:
         tx = sitk.TranslationTransform(3, (3.0, 4.0, 0.0))
         fixed_pts = [(0.0, 0.0, 0.0), (10.0, 5.0, 2.0)]

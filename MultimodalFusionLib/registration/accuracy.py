@@ -38,7 +38,8 @@ def transform_error(recovered: sitk.Transform, truth: sitk.Transform, reference:
         recovered: transform found by registration (fixed -> moving points).
         truth: the true transform (fixed -> moving points).
         reference: grid of the points (usually the fixed image).
-        mask: only voxels where the mask is non-zero (same grid as ``reference``).
+        mask: only voxels where the mask is non-zero (on ``reference``'s grid: size, origin, spacing and
+            direction, else an InputError).
 
     Returns:
         dict with "mean", "median", "max" (mm, or pixels for unit spacing) and "points".
@@ -47,10 +48,11 @@ def transform_error(recovered: sitk.Transform, truth: sitk.Transform, reference:
     d_true = _displacements(truth, reference)
     err = np.linalg.norm(d_rec - d_true, axis=-1)
     if mask is not None:
-        sel = sitk.GetArrayViewFromImage(mask).astype(bool)
-        if sel.shape != err.shape:
-            raise InputError("The error mask is not on the reference grid.", "Give a mask on the fixed image grid.")
-        err = err[sel]
+        from ..validation import check_mask
+
+        # the whole grid (origin, spacing, direction), not only the size: a mask placed elsewhere would
+        # pick other points voxel by voxel
+        err = err[sitk.GetArrayFromImage(check_mask(mask, reference, "error mask", "reference image")).astype(bool)]
     if err.size == 0:
         raise InputError("The error mask is empty.", "Give a non-empty mask.")
     return {"mean": float(err.mean()), "median": float(np.median(err)), "max": float(err.max()),
