@@ -331,7 +331,7 @@ def _print_metrics(table: dict[str, dict[str, float]]) -> None:
     for method, vals in table.items():
         print(str(method).ljust(width) + "".join(cell(vals.get(k)) for k in keys))
     print("(computed as CDDFuse's Evaluator.py on 8-bit grey images; MI in nats; SSIM/VIF/MI are sums over "
-          "both sources, *_mean half of them)")
+          "both sources, *_mean half of them; PSNR with peak 255)")
 
 
 def _add_fuse(sub: argparse._SubParsersAction) -> None:

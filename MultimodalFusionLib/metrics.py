@@ -19,13 +19,15 @@ the published ones:
   (scikit-image 0.19 on float images: 7x7 uniform window, sample covariance and
   ``data_range = 2``, the float dtype range), which is why it exceeds 1;
 - PSNR (not in CDDFuse's table): ``10 log10(255^2 / MSE)`` with MSE the mean of MSE(F, A) and
-  MSE(F, B).
+  MSE(F, B); Evaluator.py's own ``PSNR`` takes ``max(F)^2`` as the peak instead, so it differs.
 
 Single-source values are reported too, labelled: ``MI_A``/``MI_B``/``MI_mean``, the same for
 VIF, SSIM and PSNR (``X_mean`` is half the published sum).
 
 3D volumes: EN, SD, MI, SCD and PSNR use every voxel; SF, VIF, Qabf and SSIM are 2D metrics and
-are averaged over the axial slices where ``A`` or ``B`` is not constant.
+are averaged over the slices along the third voxel axis (numpy axis 0, ITK's k) where ``A`` or ``B``
+is not constant: axial slices for an axially stored volume, sagittal ones for a sagittally stored one
+(orient the images first, e.g. ``sitk.DICOMOrient(image, "LPS")``, to score axial slices).
 
 Parallel slices: on Linux a volume whose scored slices hold at least :data:`PARALLEL_MIN_PIXELS`
 pixels has its per-slice metrics computed by a pool of worker processes (scipy's ``convolve2d``,

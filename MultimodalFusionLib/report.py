@@ -40,8 +40,9 @@ _HOW_COMPUTED = (
     "for the Harvard MRI-CT/PET/SPECT sets), on 8-bit grey images: EN entropy (bits); SD standard "
     "deviation; SF spatial frequency; MI = MI(F,A) + MI(F,B) in nats; SCD sum of correlations of "
     "differences; VIF = VIF(A,F) + VIF(B,F); Qabf edge preservation; SSIM = SSIM(F,A) + SSIM(F,B) "
-    "(hence up to 2); PSNR in dB against both sources. For every metric, higher is better. In 3D, SF, VIF, "
-    "Qabf and SSIM are averaged over axial slices.")
+    "(hence up to 2); PSNR in dB against both sources with peak 255 (not Evaluator.py's max(F)). For every "
+    "metric, higher is better. In 3D, SF, VIF, Qabf and SSIM are averaged over the slices along the volume's "
+    "third voxel axis (axial slices when it is stored axially).")
 
 
 # ----------------------------------------------------------------------------- small helpers
