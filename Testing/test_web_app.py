@@ -131,6 +131,39 @@ class WebAppTest(unittest.TestCase):
             self.assertTrue(content.lstrip().startswith(start), (what, content[:20]))
             self.assertEqual(sorted(os.listdir(self.workdir)), before, what)
 
+    def test_an_8bit_moving_volume_is_fused_and_scored_as_the_cli_does(self) -> None:
+        # `mmfusion run` keeps an 8-bit moving image 8-bit after resampling (fusion and the metrics take
+        # 8-bit values as they are and stretch others): the panel must show the CLI's numbers
+        from MultimodalFusionLib import pipeline
+        from MultimodalFusionLib.web.app import _fmt
+
+        moving8 = sitk.Cast(sitk.RescaleIntensity(sitk.ReadImage(self.moving_path), 0, 255), sitk.sitkUInt8)
+        path = str(self.root / "pet-8bit.nii.gz")
+        sitk.WriteImage(moving8, path)
+        state = self.app.state
+        state.fixed_path, state.moving_path = self.fixed_path, path
+        try:
+            self._do(self.app.load_from_paths)
+            state.preset, state.stages, state.initializer, state.method = "", ["rigid"], "", "average"
+            # fused as they lie (no registration), then registered and fused, as `run --no-register` / `run`
+            for register in (False, True):
+                if register:
+                    self._do(self.app.start_registration)
+                    self.assertTrue(state.has_registered, state.error_message)
+                self._do(self.app.start_fusion)
+                self.assertTrue(state.has_fused, state.error_message)
+                self.assertEqual(self.app.registered_image.GetPixelID(), sitk.sitkUInt8)
+                cli = pipeline.run(self.fixed_path, path, self.root / f"cli-8bit-{register}", stages=["rigid"],
+                                   methods=["average"], seed=0, register=register)
+                for key, value in cli["metrics"]["average"].items():
+                    self.assertAlmostEqual(self.app.fusion_metrics[key], value, places=9, msg=(register, key))
+                shown = {row["name"]: row["value"] for row in state.metrics_rows}
+                self.assertEqual(shown["MI (average)"], _fmt(cli["metrics"]["average"]["MI"]))
+            self.assertEqual(self.app.registration_metrics, cli["registration_metrics"])
+            self.assertEqual(self.app.registration.metric_after, cli["registration"].metric_after)
+        finally:
+            state.moving_path = self.moving_path
+
     def test_unknown_download_makes_no_folder(self) -> None:
         before = set(os.listdir(self.workdir)) | set(os.listdir(self.root))
         for what in ("../../etc", "/tmp/x"):

@@ -109,6 +109,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _on_fixed_grid(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transform | None) -> sitk.Image:
+    """The moving image resampled onto the fixed grid as ``mmfusion run`` does: an 8-bit image stays
+    8-bit (rounded half to even), since fusion and the metrics take 8-bit values as they are and
+    stretch a float copy to its range (the panel's numbers would differ from the CLI's)."""
+    from ..pipeline import round_to_8bit
+    from ..preprocess import resample
+
+    resampled = resample(moving, fixed, transform)
+    if moving.GetPixelID() in (sitk.sitkUInt8, sitk.sitkVectorUInt8):
+        return round_to_8bit(resampled)
+    return resampled
+
+
 def _initializer_text(result: Any) -> str:
     """The start the registration used; for the search, the rotation it found and its seconds."""
     name = str((result.parameters or {}).get("initializer", "")) or "-"
@@ -517,7 +530,7 @@ class FusionWebApp:
             result = register(fixed, grey, preset=preset, stages=stages, seed=seed, initializer=initializer,
                               progress=scaled(progress, 0.0, 0.9))
             progress(0.92, "resampling the moving image")
-            registered = resample(moving, fixed, result.transform)
+            registered = _on_fixed_grid(moving, fixed, result.transform)
             progress(0.96, "registration metrics")
             reg_metrics = {"before": metrics.registration_metrics(fixed, resample(grey, fixed)),
                            "after": metrics.registration_metrics(fixed, resample(grey, fixed, result.transform))}
@@ -552,7 +565,6 @@ class FusionWebApp:
         """Fuse the fixed image with the (registered) moving image by the panel's method."""
         from .. import metrics
         from ..fusion import fuse
-        from ..preprocess import resample
         from ..validation import has_content
 
         fixed, moving, registered = self.fixed_image, self.moving_image, self.registered_image
@@ -568,7 +580,7 @@ class FusionWebApp:
             functional = registered
             if functional is None:  # not registered: fuse as the images lie (same physical space)
                 progress(0.0, "resampling the moving image (not registered)")
-                functional = resample(moving, fixed)
+                functional = _on_fixed_grid(moving, fixed, None)
                 if not has_content(functional):
                     raise InputError("The moving image does not overlap the fixed image as they lie.",
                                      "Press Register first (it aligns them), then Fuse.")
