@@ -164,6 +164,37 @@ class WebAppTest(unittest.TestCase):
         finally:
             state.moving_path = self.moving_path
 
+    def test_unusable_volumes_are_refused_at_load_naming_the_file(self) -> None:
+        # as `mmfusion run` refuses them before registering; a blank PET was reported at Fuse as "does
+        # not overlap", and a NaN volume loaded (with a display window thrown off by the NaNs)
+        self._load()
+        loaded = (self.app.fixed_image, self.app.moving_image)
+        moving = sitk.ReadImage(self.moving_path)
+        with_nan = sitk.GetArrayFromImage(moving)
+        with_nan[0, 0, :5] = float("nan")
+        nan_image = sitk.GetImageFromArray(with_nan)
+        nan_image.CopyInformation(moving)
+        blank = sitk.Image(moving.GetSize(), sitk.sitkFloat32) + 3.0
+        blank.CopyInformation(moving)
+        state = self.app.state
+        try:
+            for role, name, image, words in (("moving", "pet-nan.nrrd", nan_image, "5 NaN"),
+                                             ("fixed", "t1-nan.nrrd", nan_image, "5 NaN"),
+                                             ("moving", "pet-blank.nii.gz", blank, "constant")):
+                path = str(self.root / name)
+                sitk.WriteImage(image, path)
+                state.fixed_path, state.moving_path = self.fixed_path, self.moving_path
+                state[f"{role}_path"] = path
+                self._do(self.app.load_from_paths)
+                self.assertIn(name, state.error_message)
+                self.assertIn(words, state.error_message)
+                self.assertIn("Fix:", state.error_message)
+                self.assertEqual((self.app.fixed_image, self.app.moving_image), loaded)  # the pair shown stays
+        finally:
+            state.fixed_path, state.moving_path = self.fixed_path, self.moving_path
+        self._load()  # and the server goes on working
+        self.assertEqual(state.error_message, "")
+
     def test_unknown_download_makes_no_folder(self) -> None:
         before = set(os.listdir(self.workdir)) | set(os.listdir(self.root))
         for what in ("../../etc", "/tmp/x"):

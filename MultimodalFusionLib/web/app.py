@@ -398,7 +398,8 @@ class FusionWebApp:
 
     def load_from_paths(self) -> None:
         """Read the images at ``fixed_path`` and ``moving_path`` (server paths) in the background."""
-        from ..io import read_image
+        from ..io import read_image, to_luminance
+        from ..validation import check_image
 
         fixed_path, moving_path = str(self.state.fixed_path or ""), str(self.state.moving_path or "")
 
@@ -417,6 +418,10 @@ class FusionWebApp:
                 if image.GetDimension() == 2 or min(image.GetSize()) == 1:
                     raise InputError(f"'{name}' is a 2D image (size {image.GetSize()}); the web viewer shows "
                                      "3D volumes.", "Register and fuse 2D slices with `mmfusion run`/`mmfusion fuse`.")
+                # as `mmfusion run` does before registering: NaN/inf voxels or a blank image are refused
+                # now, naming the file (at Register/Fuse a blank PET read as "does not overlap")
+                check_image(image if image.GetNumberOfComponentsPerPixel() == 1 else to_luminance(image),
+                            f"{'fixed' if i == 0 else 'moving'} image '{name}'")
                 images.append(image)
             return images[0], images[1], os.path.basename(fixed_path), os.path.basename(moving_path)
 
