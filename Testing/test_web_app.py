@@ -164,6 +164,42 @@ class WebAppTest(unittest.TestCase):
         finally:
             state.moving_path = self.moving_path
 
+    def test_fused_download_has_the_fixed_grid_even_a_sheared_one(self) -> None:
+        # NIfTI cannot hold a sheared direction (a gantry-tilted CT): the fused volume comes as .mha there
+        base_fixed, base_moving = sitk.ReadImage(self.fixed_path), sitk.ReadImage(self.moving_path)
+        turn = math.radians(20.0)
+        rotation = [[math.cos(turn), -math.sin(turn), 0.0], [math.sin(turn), math.cos(turn), 0.0], [0.0, 0.0, 1.0]]
+        state = self.app.state
+        try:
+            for shear, name in ((0.3, "fused.mha"), (0.0, "fused.nii.gz")):
+                direction = [[sum(rotation[i][k] * ([[1, 0, shear], [0, 1, 0], [0, 0, 1]][k][j])
+                                  for k in range(3)) for j in range(3)] for i in range(3)]
+                paths = []
+                for role, image in (("fixed", base_fixed), ("moving", base_moving)):
+                    image = sitk.Image(image)
+                    image.SetDirection([v for row in direction for v in row])
+                    image.SetOrigin((10.5, -20.25, 33.0))
+                    paths.append(str(self.root / f"{role}-shear{shear}.mha"))
+                    sitk.WriteImage(image, paths[-1])
+                state.fixed_path, state.moving_path = paths
+                self._do(self.app.load_from_paths)
+                self._do(self.app.start_fusion)
+                self.assertTrue(state.has_fused, state.error_message)
+                content = self.app.result_bytes("fused")
+                self.assertEqual(state.download_names["fused"], name)  # what the page saves it as
+                folder = self.root / f"download-shear{shear}"
+                folder.mkdir()
+                saved = folder / name
+                saved.write_bytes(content)  # ITK reads it by its suffix
+                fused, fixed = sitk.ReadImage(str(saved)), sitk.ReadImage(paths[0])
+                self.assertEqual(fused.GetSize(), fixed.GetSize())
+                for got, want in ((fused.GetOrigin(), fixed.GetOrigin()), (fused.GetSpacing(), fixed.GetSpacing()),
+                                  (fused.GetDirection(), fixed.GetDirection())):
+                    for g, w in zip(got, want):
+                        self.assertAlmostEqual(g, w, places=5, msg=(shear, got, want))
+        finally:
+            state.fixed_path, state.moving_path = self.fixed_path, self.moving_path
+
     def test_unusable_volumes_are_refused_at_load_naming_the_file(self) -> None:
         # as `mmfusion run` refuses them before registering; a blank PET was reported at Fuse as "does
         # not overlap", and a NaN volume loaded (with a display window thrown off by the NaNs)

@@ -122,6 +122,13 @@ def _on_fixed_grid(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transf
     return resampled
 
 
+def _fused_file_name(result: Any) -> str:
+    """``fused.nii.gz``, or ``fused.mha`` on a sheared fixed grid (a gantry tilt), which NIfTI cannot store."""
+    from ..io import volume_extension
+
+    return "fused" + volume_extension(result.image)
+
+
 def _initializer_text(result: Any) -> str:
     """The start the registration used; for the search, the rotation it found and its seconds."""
     name = str((result.parameters or {}).get("initializer", "")) or "-"
@@ -210,6 +217,8 @@ class FusionWebApp:
             "vr_presets": vr_presets,
             "vr_preset": DEFAULT_VR_PRESET if DEFAULT_VR_PRESET in vr_presets else (vr_presets or [""])[0],
             "registration_rows": [], "metrics_rows": [], "registration_summary": "",
+            # what the page saves each download as (the fused volume's suffix follows its grid)
+            "download_names": {"transform": "moving_to_fixed.tfm", "fused": "fused.nii.gz", "report": "report.html"},
             # background window/level and foreground threshold/limit, in the images' units
             "wl_enabled": False, "wl_presets": list(_WL_BASE_CHOICES), "wl_preset": _WL_AUTO,
             "bg_window": 1.0, "bg_level": 0.0, "bg_window_max": 1.0, "bg_level_min": 0.0,
@@ -327,16 +336,15 @@ class FusionWebApp:
                     # ---------------------------------------------------------- downloads
                     html.Div("6. Download", classes="text-subtitle-2 mt-3 mb-1")
                     download = trig(self.download)
-                    for what, label, filename, enabled in (
-                            ("transform", "Transform", "moving_to_fixed.tfm", "has_registered"),
-                            ("fused", "Fused volume", "fused.nii.gz", "has_fused"),
-                            ("report", "Report", "report.html", "has_fused")):
+                    for what, label, enabled in (("transform", "Transform", "has_registered"),
+                                                 ("fused", "Fused volume", "has_fused"),
+                                                 ("report", "Report", "has_fused")):
                         v3.VBtn(label, prepend_icon="mdi-download", density="compact", size="small",
                                 classes="mr-1 mb-1", disabled=(f"!{enabled} || job_busy",),
                                 id=f"mmf-download-{what}",
                                 # no file when the server refused (its banner says why), not a "null" file
                                 click=f"trigger('{download}', ['{what}']).then((f) => f && "
-                                      f"utils.download('{filename}', f, 'application/octet-stream'))")
+                                      f"utils.download(download_names['{what}'], f, 'application/octet-stream'))")
             with v3.VMain():
                 with FlexContainer(row=True, fill_height=True, style="height: calc(100vh - 48px);"):
                     self.layout_manager.initialize_layout_grid(self.ui)
@@ -612,7 +620,8 @@ class FusionWebApp:
                 for key in _FUSION_METRIC_KEYS if key in values]
         rows.append({"name": "Fusion time", "value": f"{result.seconds:.1f} s"})
         with self.state:
-            self.state.update({"has_fused": True, "metrics_rows": rows})
+            self.state.update({"has_fused": True, "metrics_rows": rows,
+                               "download_names": {**self.state.download_names, "fused": _fused_file_name(result)}})
             self._sync_display_state()
 
     def _on_preset(self, preset: str, **_: Any) -> None:
@@ -763,7 +772,8 @@ class FusionWebApp:
         """Write a result to a new folder in the work folder and return its path.
 
         Args:
-            what: "transform" (ITK .tfm), "fused" (NIfTI) or "report" (self-contained HTML).
+            what: "transform" (ITK .tfm), "fused" (NIfTI; MetaImage on a sheared fixed grid) or "report"
+                (self-contained HTML).
 
         Raises:
             InputError: the result does not exist yet.
@@ -797,7 +807,7 @@ class FusionWebApp:
             if what == "transform":
                 return Path(io.write_transform(self.registration.transform, out / "moving_to_fixed.tfm")), out
             if what == "fused":
-                return Path(io.write_image(self.fusion_result.image, out / "fused.nii.gz")), out
+                return Path(io.write_image(self.fusion_result.image, out / _fused_file_name(self.fusion_result))), out
             from ..report import write_report
 
             inputs = {"Fixed": self.fixed_image, "Moving (on the fixed grid)": self.registered_image}
