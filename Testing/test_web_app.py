@@ -101,6 +101,31 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual(self.app.state.moving_name, "pet.mhd")
         self.assertEqual(self.app.moving_image.GetSize(), sitk.ReadImage(self.moving_path).GetSize())
 
+    def test_a_header_uploaded_without_its_data_file_is_refused_naming_it(self) -> None:
+        # ITK's messages named no file or the wrong one ("Reason: No such file or directory", "use a
+        # NIfTI, NRRD, MHA/MHD ... file") for a .mhd, .nhdr or .hdr whose voxels were not uploaded with it
+        folder = self.root / "headers"
+        folder.mkdir(exist_ok=True)
+        image = sitk.ReadImage(self.moving_path)
+        state = self.app.state
+        state.moving_path = self.moving_path
+        for header, data in (("pet.mhd", "pet.raw"), ("pet.nhdr", "pet.raw"), ("pet.hdr", "pet.img")):
+            sitk.WriteImage(image, str(folder / header), useCompression=False)
+            self.assertTrue((folder / data).is_file(), data)
+            state.error_message = ""
+            self.app._save_upload("moving", [{"name": header, "content": (folder / header).read_bytes()}])
+            self.assertIn(f"'{data}'", state.error_message)
+            self.assertIn("together", state.error_message)
+            self.assertEqual(state.moving_path, self.moving_path)  # the path shown stays what it was
+            # uploaded together they are taken (the header is what is read)
+            state.error_message = ""
+            self.app._save_upload("moving", [{"name": name, "content": (folder / name).read_bytes()}
+                                             for name in (header, data)])
+            self.assertEqual(state.error_message, "")
+            self.assertEqual(Path(state.moving_path).name, header)
+            state.moving_path = self.moving_path
+        self.assertEqual(len([p for p in self.workdir.iterdir() if p.name.startswith("moving-")]), 1)
+
     def test_a_new_upload_removes_the_previous_copy(self) -> None:
         self.app._save_upload("moving", [{"name": "first.nii.gz", "content": b"1"}])
         first = Path(self.app.state.moving_path)

@@ -55,6 +55,35 @@ _WL_BASE_CHOICES = [{"title": "Auto (0.5-99.5th percentile)", "value": _WL_AUTO}
 _HEADER_SUFFIXES = (".mhd", ".nhdr", ".hdr")
 
 
+def _missing_data_file(header: Path) -> str | None:
+    """The name of the data file an uploaded image header points to, when it is not next to it.
+
+    ``.mhd``: its ``ElementDataFile`` (``LOCAL``: the voxels follow the header); ``.nhdr``: its
+    ``data file`` field; Analyze ``.hdr``: the ``.img`` of the same name. Lists and numbered patterns
+    of data files are not checked (the reader reports them). None: not a header, or nothing missing.
+    """
+    import re
+
+    name = header.name.lower()
+    if not header.is_file() or not name.endswith(_HEADER_SUFFIXES):
+        return None
+    if name.endswith(".hdr"):
+        stem = header.name[:-len(".hdr")]
+        found = [stem + ext for ext in (".img", ".img.gz", ".IMG") if (header.parent / (stem + ext)).is_file()]
+        return None if found else stem + ".img"
+    with open(header, "rb") as f:
+        text = f.read(65536).decode("latin-1")
+    pattern = r"^\s*ElementDataFile\s*=\s*(.*?)\s*$" if name.endswith(".mhd") else r"^\s*data ?file\s*:\s*(.*?)\s*$"
+    match = re.search(pattern, text, re.IGNORECASE | re.MULTILINE)
+    if match is None:
+        return None
+    data = match.group(1)
+    if data.upper() in ("LOCAL", "LIST") or not data or "%" in data or " " in data:
+        return None
+    data = os.path.basename(data.replace("\\", "/"))  # uploads hold no folders
+    return None if (header.parent / data).is_file() else data
+
+
 def _quad_layout() -> Any:
     """Axial | sagittal over coronal | 3D."""
     from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
@@ -499,6 +528,21 @@ class FusionWebApp:
             path = folder / name
             path.write_bytes(upload.content)
             written.append(path)
+        headers = [p for p in written if p.name.lower().endswith(_HEADER_SUFFIXES)]
+        if len(written) == 1:
+            target = written[0].as_posix()
+        elif len(headers) == 1:
+            target = headers[0].as_posix()
+        else:
+            target = folder.as_posix()
+        missing = _missing_data_file(Path(target))
+        if missing:  # ITK would say "No such file or directory" without naming it, or blame the format
+            shutil.rmtree(folder, ignore_errors=True)
+            with self.state:
+                self.state.error_message = str(InputError(
+                    f"'{Path(target).name}' is a header: its voxels are in '{missing}', which was not uploaded.",
+                    f"Upload the two files together (select both '{Path(target).name}' and '{missing}')."))
+            return
         previous = self._upload_dirs.get(role)
         if previous is not None and previous != folder:
             self._stale_uploads.append(previous)
@@ -507,13 +551,6 @@ class FusionWebApp:
                 shutil.rmtree(stale, ignore_errors=True)
             self._stale_uploads.clear()
         self._upload_dirs[role] = folder
-        headers = [p for p in written if p.name.lower().endswith(_HEADER_SUFFIXES)]
-        if len(written) == 1:
-            target = written[0].as_posix()
-        elif len(headers) == 1:
-            target = headers[0].as_posix()
-        else:
-            target = folder.as_posix()
         with self.state:
             self.state[f"{role}_path"] = target
 
