@@ -235,12 +235,14 @@ class WebAppInBrowserTest(unittest.TestCase):
         folder = os.path.dirname(saved)
         with page.expect_download(timeout=60_000) as download:
             page.click("#mmf-download-fused")
+        self.assertEqual(download.value.suggested_filename, "fused.nii.gz")  # the name the server wrote
         download.value.save_as(os.path.join(folder, "fused.nii.gz"))
         fused = sitk.ReadImage(os.path.join(folder, "fused.nii.gz"))
         self.assertEqual(fused.GetDimension(), 3)
         self.assertGreater(sitk.GetArrayViewFromImage(fused).std(), 1.0)
         with page.expect_download(timeout=60_000) as download:
             page.click("#mmf-download-report")
+        self.assertEqual(download.value.suggested_filename, "report.html")
         download.value.save_as(os.path.join(folder, "report.html"))
         with open(os.path.join(folder, "report.html"), encoding="utf-8") as f:
             html = f.read()
