@@ -218,6 +218,22 @@ class InferenceInputsTest(unittest.TestCase):
         torch.manual_seed(0)
         return build_network(_tiny_config(spatial_dims))
 
+    def test_a_volume_smaller_than_the_window_is_one_window_of_its_own_size(self):
+        """The 3D network's sliding window padded a thin slab to whole 96^3 windows (a 5-slice 192x160 slab:
+        5.1 s); a window no larger than the volume gives what the network gives on the volume itself."""
+        from MultimodalFusionLib.fusion.deep import load_weights
+        from MultimodalFusionLib.fusion.deep.inference import _forward_padded, predict
+        from MultimodalFusionLib.fusion.deep.weights import default_weights_path
+
+        net = load_weights(default_weights_path(3))[0].eval()  # the shipped 3D weights: a receptive field that reaches the padding
+        a, b = _blobs((5, 40, 36), 0), _blobs((5, 40, 36), 1)
+        fused, weight = predict(net, a, b, device=torch.device("cpu"), roi_size=96)
+        with torch.no_grad():
+            direct_f, direct_w = _forward_padded(net, torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None],
+                                                 False)
+        np.testing.assert_allclose(fused, direct_f[0, 0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(weight, direct_w[0, 0].numpy(), atol=1e-5)
+
     def test_fuse_deep_refuses_a_second_image_placed_elsewhere(self):
         """fuse_deep compared the sizes only: an image of the same size 50 mm away was fused voxel by voxel."""
         from MultimodalFusionLib.fusion.deep import fuse_deep

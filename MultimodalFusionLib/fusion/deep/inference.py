@@ -229,6 +229,9 @@ def predict(model: Any, a: np.ndarray, b: np.ndarray, *, device: Any, batch_size
 
             multiple = model.config.size_multiple
             roi = int(max(multiple, roi_size - roi_size % multiple))
+            # a window no larger than the volume (rounded up to the network's multiple) along each axis: MONAI
+            # pads a smaller volume to the whole window, so a 5-slice slab ran 96 slices of zeros (5.1 s -> 0.9 s)
+            rois = [min(roi, multiple * math.ceil(side / multiple)) for side in a.shape]
 
             def _predictor(x: Any) -> Any:
                 with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
@@ -239,7 +242,7 @@ def predict(model: Any, a: np.ndarray, b: np.ndarray, *, device: Any, batch_size
                 return None
 
             x = torch.stack([ta, tb])[None]
-            out = sliding_window_inference(x, roi_size=[roi] * 3, sw_batch_size=max(1, batch_size // 4),
+            out = sliding_window_inference(x, roi_size=rois, sw_batch_size=max(1, batch_size // 4),
                                            predictor=_predictor, overlap=0.25, mode="gaussian",
                                            padding_mode="replicate", sw_device=device, device="cpu")
             report(progress, 1.0, "fused (sliding window)")
