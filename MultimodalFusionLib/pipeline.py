@@ -161,7 +161,8 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     if not methods:
         raise InputError("No fusion method was given.", f"Name one or more of: {', '.join(fusion.list_methods())}.")
     for m in methods:
-        fusion.get_method(m)  # fail early, before a long registration, on a misspelt method
+        # fail early, before a long registration, on a misspelt method, parameter or value
+        fusion.check_parameters(m, (method_params or {}).get(m, {}))
     deep_device = ((method_params or {}).get("deep") or {}).get("device")
     if "deep" in methods and deep_device:
         from .fusion.deep.training import resolve_device

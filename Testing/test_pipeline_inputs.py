@@ -17,6 +17,28 @@ from MultimodalFusionLib.errors import InputError
 _UNWRITABLE = "/proc/self"
 
 
+class FusionParametersBeforeRegistrationTest(unittest.TestCase):
+    def test_a_bad_fusion_value_fails_before_the_registration(self) -> None:
+        """`run --method wavelet --wavelet nosuch` registered first and failed only when it came to fuse."""
+        t1 = io.read_image(data.testing_data_dir() / "BrainT1SliceBorder20.png")
+        pd = io.read_image(data.testing_data_dir() / "BrainProtonDensitySliceR10X13Y17.png")
+        cases = (("wavelet", {"wavelet": "nosuch"}, "Unknown discrete wavelet"),
+                 ("laplacian", {"levels": 0}, "at least 1"), ("overlay", {"opacity": 2}, "outside 0..1"),
+                 ("overlay", {"colormap": "nosuch"}, "Unknown colour map"), ("average", {"weight": 1.5}, "outside 0..1"),
+                 ("average", {"levels": 3}, "no parameter 'levels'"), ("overlay", {"window": (5, 1)}, "window"))
+        with tempfile.TemporaryDirectory() as tmp:
+            for method, params, message in cases:
+                seen: list[str] = []
+                with self.subTest(method=method, **params), self.assertRaises(InputError) as ctx:
+                    pipeline.run(t1, pd, tmp, methods=method, method_params={method: params},
+                                 progress=lambda fraction, text, seen=seen: seen.append(text))
+                self.assertIn(message, str(ctx.exception))
+                self.assertEqual(seen, [], "nothing (no registration) should have started")
+            self.assertEqual(os.listdir(tmp), [])
+            # levels beyond what a 16x16 test pair allows are reduced, as on the images, not refused
+            pipeline.run(t1, pd, tmp, methods="wavelet", method_params={"wavelet": {"levels": 9}}, register=False)
+
+
 class BlankInputsTest(unittest.TestCase):
     def test_a_blank_moving_image_is_named_as_blank_not_as_not_overlapping(self) -> None:
         t1 = io.read_image(data.testing_data_dir() / "BrainT1Slice.png")

@@ -50,6 +50,7 @@ __all__ = [
     "register_method",
     "list_methods",
     "get_method",
+    "check_parameters",
     "same_grid",
     "check_same_grid",
     "to_unit",
@@ -288,6 +289,25 @@ def _checked_params(func: FusionMethod, method: str, params: dict[str, Any]) -> 
                              f"Give {kind}, e.g. {key}={default}.")
         out[key] = (int(number) if whole and number == int(number) else number) if isinstance(value, str) else value
     return out
+
+
+def check_parameters(method: str, params: dict[str, Any] | None = None) -> None:
+    """Raise now the InputError ``fuse(a, b, method, **params)`` would raise for these parameters.
+
+    For a job that fuses after a long registration (``pipeline.run``): a misspelt parameter or value
+    must not wait for it. Names, numbers and windows are checked as ``fuse`` checks them; the
+    built-in classic methods (whose value checks do not depend on the images: too many levels
+    are reduced to what an image allows, never refused) also fuse a small test pair with them.
+    """
+    func = get_method(method)
+    params = dict(params or {})
+    for key in ("window", "window_a", "window_b"):
+        if key in params:
+            _checked_window(params.pop(key), key)
+    checked = _checked_params(func, method, params)
+    if method in _BUILTIN_METHODS and method != "deep":
+        ramp = np.linspace(0.0, 1.0, 256).reshape(16, 16)
+        func(ramp, np.ascontiguousarray(ramp.T), **checked)
 
 
 def _checked_window(window: Any, name: str) -> tuple[float, float] | None:
