@@ -460,6 +460,9 @@ class FusionLogic:
                                       (weightsVolumeNode, "vtkMRMLScalarVolumeNode", "weights volume", "volume node"),
                                       (metricsTableNode, "vtkMRMLTableNode", "metrics table", "table node")):
             _check_class(node, cls, what, kind)  # before the registration, not after it
+        from . import fusion
+
+        fusion.check_parameters(fusionMethod, fusionParameters)  # a misspelt value must not wait for it either
         scene = self._sceneOf(fixedVolumeNode)
         registration = self.registerVolumes(
             fixedVolumeNode, movingVolumeNode, preset=preset, stages=stages, fixedMaskNode=fixedMaskNode,

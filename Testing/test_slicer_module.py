@@ -194,6 +194,9 @@ class LogicTest(unittest.TestCase):
             self.logic.fuseVolumes(self.mr, self.pet, outputVolumeNode=weights, weightsVolumeNode=weights)
         with self.assertRaisesRegex(InputError, "not a table node"):
             self.logic.run(self.mr, self.pet, stages=["rigid"], metricsTableNode=self.mr)
+        # a bad fusion value fails before the registration (which would have added its transform node)
+        with self.assertRaisesRegex(InputError, "Unknown discrete wavelet"):
+            self.logic.run(self.mr, self.pet, stages=["rigid"], fusionMethod="wavelet", wavelet="nosuch")
         self.assertEqual(self.scene.GetNumberOfNodes(), before + 2)  # W and its display node only
         overlay = self.logic.fuseVolumes(self.mr, self.pet, method="overlay")
         with self.assertRaisesRegex(InputError, "colour \\(vector\\) volume but the image is grey"):
