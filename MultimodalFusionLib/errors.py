@@ -8,6 +8,7 @@ dialog. Raw ITK exceptions never reach the user: :func:`itk_guard` translates th
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Iterator
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "RegistrationError",
     "OperationCancelled",
     "itk_guard",
+    "itk_reason",
 ]
 
 
@@ -62,19 +64,50 @@ def itk_guard(what: str, fix: str | None = None) -> Iterator[None]:
     except MultimodalFusionError:
         raise
     except RuntimeError as exc:  # SimpleITK raises RuntimeError with a multi-line ITK trace
-        first = _itk_first_line(str(exc))
-        raise InputError(f"ITK failed while {what}: {first}", fix) from exc
+        raise InputError(f"ITK failed while {what}: {itk_reason(str(exc))}", fix) from exc
 
 
-def _itk_first_line(message: str) -> str:
-    """The informative line of an ITK exception text (drops file/line noise)."""
+#: "ITK ERROR: MetaImageIO(0x55d...): " / "sitk::ERROR: ": who raised it, and where it lives in memory
+_ITK_PREFIX = re.compile(r"^(?:ITK ERROR:|sitk::ERROR:)\s*(?:[\w:<>, ]+\(0x[0-9a-fA-F]+\):\s*)?")
+#: "Exception thrown in SimpleITK ReadTransform: /path/itkTxtTransformIO.cxx:160:": the C++ source line
+_SOURCE_LINE = re.compile(r"^(?:Exception thrown in .*|\S+\.(?:cxx|hxx|cpp|cc|h|txx):\d+:?)$")
+
+
+def itk_reason(message: str) -> str:
+    """ITK's reason from one of its exception texts, as one sentence: the object address, the source
+    file and line and the lists some errors append (every registered transform type, the IO classes
+    tried) dropped; ITK's own words kept.
+
+    Args:
+        message: ``str()`` of the RuntimeError SimpleITK raised.
+    """
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     for ln in lines:
-        if ln.lower().startswith("description:"):
-            return ln.split(":", 1)[1].strip()
-    for ln in reversed(lines):
-        if ln.startswith("sitk::ERROR:"):
-            ln = ln[len("sitk::ERROR:"):].strip()
-        if ln and not ln.startswith(("Exception thrown", "/")):
-            return ln
-    return lines[-1] if lines else "unknown ITK error"
+        if ln.lower().startswith("description:"):  # older ITK: Location / Description / File / Line
+            return _sentence(ln.split(":", 1)[1].strip())
+    body = [ln for ln in lines if not _SOURCE_LINE.match(ln)]
+    start = next((i for i, ln in enumerate(body) if _ITK_PREFIX.match(ln) and _ITK_PREFIX.match(ln).group()), 0)
+    body = body[start:]
+    if not body:
+        return "unknown ITK error."
+    body[0] = _ITK_PREFIX.sub("", body[0])
+    nrrd = [ln for ln in body if ln.startswith("[nrrd]")]
+    if nrrd:  # teem's trace, outermost call first: its last line says what went wrong
+        return _sentence(re.sub(r"^\[nrrd\]\s*\w+:\s*", "", nrrd[-1]))
+    kept = [body[0]]
+    for ln in body[1:]:
+        # a line ending in ':' opens a list (the transform types registered, the IO classes tried);
+        # "The usual cause..." is advice for ITK developers (register the class with its factory)
+        if ln.endswith(":") or ln.startswith(('"', "The usual cause")) or len(" ".join(kept)) > 300:
+            break
+        kept.append(ln)
+    text = kept[0]
+    for ln in kept[1:]:
+        text += (" " if text.endswith((".", ":", ";", ",")) else "; ") + ln
+    return _sentence(text)
+
+
+def _sentence(text: str) -> str:
+    """``text`` ending as a sentence does: a last lone ':' is the character ITK names ("delimited by :")."""
+    text = re.sub(r"\s:$", " ':'", re.sub(r"\s+", " ", text).strip()) or "unknown ITK error"
+    return text if text.endswith((".", "!", "?")) else text + "."

@@ -153,6 +153,68 @@ def _pydicom_series(folder: str, *, z=(0.0, 3.0, 6.0, 9.0, 12.0, 15.0), drop=(),
     return np.array(truth)
 
 
+class ItkErrorText(unittest.TestCase):
+    """ITK's own words stay in an error, without its noise: no object address, no source file and line."""
+
+    def test_real_itk_failures_read_as_one_sentence_and_a_fix(self) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            def write(name: str, payload: bytes) -> str:
+                with open(os.path.join(d, name), "wb") as fh:
+                    fh.write(payload)
+                return os.path.join(d, name)
+
+            sitk.WriteTransform(sitk.AffineTransform(3), os.path.join(d, "affine3.tfm"))
+            with open(os.path.join(d, "affine3.tfm")) as fh:
+                affine3 = fh.read()
+            sitk.WriteImage(sitk.Image([16, 16], sitk.sitkUInt8) + 7, os.path.join(d, "whole.png"))
+            with open(os.path.join(d, "whole.png"), "rb") as fh:
+                png = fh.read()
+            cases = [  # (read, file, ITK's reason that must stay)
+                (io.read_transform, write("notes.txt", b"hello\nnot a transform\n"), "Tags must be delimited by"),
+                # a 3D affine holding a 2D affine's 6 parameters: a transform file of the wrong dimension
+                (io.read_transform, write("wrong_dim.tfm", affine3.replace(
+                    "Parameters: 1 0 0 0 1 0 0 0 1 0 0 0", "Parameters: 1 0 0 1 0 0").encode()),
+                 "parameters array size (6) is less than expected"),
+                (io.read_transform, write("unknown.tfm", affine3.replace("AffineTransform", "FooTransform").encode()),
+                 'Could not create an instance of "FooTransform_double_3_3"'),
+                (io.read_transform, os.path.join(d, "whole.png"),
+                 "Could not create Transform IO object for reading file"),
+                (io.read_image, write("cut.png", png[:len(png) // 2]), "PNG critical error"),
+            ]
+            for read, path, reason in cases:
+                with self.subTest(file=os.path.basename(path)), self.assertRaises(InputError) as cm:
+                    read(path)
+                text = str(cm.exception)
+                with self.subTest(file=os.path.basename(path)):
+                    self.assertIn(reason, text)
+                    self.assertIn(path, text)
+                    self.assertIn(" Fix: ", text)
+                    self.assertNotIn("\n", text)
+                    for noise in ("ITK ERROR", "(0x", ".cxx", ".hxx", "Exception thrown", "sitk::ERROR",
+                                  "Registered Transforms", "_float_3_3", "Tried to create", "TransformFactory"):
+                        self.assertNotIn(noise, text)
+                    self.assertRegex(cm.exception.problem, r"[.!?]$")  # a sentence, ended
+
+
+    def test_a_registration_failure_keeps_itk_reason_without_the_noise(self) -> None:
+        from MultimodalFusionLib.errors import itk_reason
+
+        fixed = sitk.GetImageFromArray(np.random.default_rng(0).random((12, 12, 12)).astype(np.float32))
+        moving = sitk.Image(fixed)
+        moving.SetOrigin((500.0, 500.0, 500.0))  # no sample of the fixed image lands in it
+        method = sitk.ImageRegistrationMethod()
+        method.SetMetricAsMattesMutualInformation(32)
+        method.SetOptimizerAsGradientDescent(1.0, 5)
+        method.SetInitialTransform(sitk.TranslationTransform(3))
+        with self.assertRaises(RuntimeError) as cm:
+            method.Execute(fixed, moving)
+        self.assertIn("ITK ERROR", str(cm.exception))  # what ITK says, noise included
+        reason = itk_reason(str(cm.exception))
+        self.assertTrue(reason.startswith("All samples map outside moving image buffer."), reason)
+        self.assertNotIn("0x", reason)
+        self.assertNotIn("Mattes", reason)
+
+
 class NiftiReaderGaps(unittest.TestCase):
     """What ITK's NIfTI reader does silently: pads a truncated file with zeros, reads NaN/inf as 0."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError, OperationCancelled, RegistrationError, itk_guard
+from ..errors import InputError, OperationCancelled, RegistrationError, itk_guard, itk_reason
 from ..progress import ProgressCallback, report, scaled
 from .parameters import RegistrationParameters, StageParameters
 from .result import RegistrationResult, StageResult
@@ -427,15 +427,13 @@ def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: si
     try:
         method.Execute(fixed, moving)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((ln.split(":", 1)[1].strip() for ln in first if ln.lower().startswith("description:")),
-                      first[-1] if first else "unknown error")
+        detail = itk_reason(str(exc)).rstrip(".")
         if "samples" in detail.lower() or "valid points" in detail.lower():
             raise RegistrationError(
                 f"Stage '{stage.name}' failed: too few sample points map inside the moving image ({detail}).",
                 "The images probably drifted apart: check the initial alignment, use masks, or raise "
                 "sampling_percentage.") from exc
-        raise RegistrationError(f"Stage '{stage.name}' failed inside ITK: {detail}",
+        raise RegistrationError(f"Stage '{stage.name}' failed inside ITK: {detail}.",
                                 "Try another preset or initializer, or check the inputs.") from exc
     finally:
         method.RemoveAllCommands()
