@@ -232,6 +232,8 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     else:
         if os.path.getsize(path) == 0:
             raise InputError(f"File '{path}' is empty (0 bytes).", "Give a complete image file.")
+        if _suffix(path) in (".mha", ".mhd"):
+            _check_metaimage_size(path)
         with itk_guard(f"reading '{path}'",
                        "Use a NIfTI, NRRD, MHA/MHD, PNG/JPEG or DICOM file, and check it is not truncated."):
             image = sitk.ReadImage(path)
@@ -353,6 +355,77 @@ def _check_nifti_voxels(path: str, image: sitk.Image) -> sitk.Image:
     for key in image.GetMetaDataKeys():
         out.SetMetaData(key, image.GetMetaData(key))
     return out
+
+
+#: Bytes per value of the MetaImage element types whose size is the same on every platform
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_FLOAT": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_DOUBLE": 8}
+_TRUNCATED_FIX = "Copy or download the file again, complete; check the disk was not full when it was written."
+
+
+def _check_metaimage_size(path: str) -> None:
+    """Refuse a truncated MetaImage before ITK reads it: ITK's MetaIO prints "data not read completely" (or
+    "Cannot parse file") on stderr and fails with "Reason: No such file or directory", a stale errno.
+
+    Only what the header pins down is checked: the data's byte count (uncompressed: the voxels times their
+    size; compressed: ``CompressedDataSize``) against what the file (or the data file an .mhd names)
+    holds. Headers this does not follow (ASCII data, a list of data files, ``HeaderSize = -1``, a compressed
+    file without ``CompressedDataSize``) are left to ITK.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+    end = re.search(rb"(?m)^[ \t]*ElementDataFile[ \t]*=[ \t]*([^\r\n]*?)[ \t]*(?:\r?\n|\Z)", head)
+    if not re.match(rb"\s*\w+\s*=", head):
+        return  # not a MetaImage header: ITK chooses its reader from the contents
+    if end is None:
+        if len(head) < (1 << 20) and re.search(rb"(?m)^\s*(?:NDims|DimSize|ObjectType)\s*=", head):
+            raise InputError(f"'{path}' is truncated: its MetaImage header is incomplete (it ends before the "
+                             "ElementDataFile line, which closes a header).", _TRUNCATED_FIX)
+        return
+    fields = {}
+    for line in head[:end.start()].decode("latin-1").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    try:
+        dims = [int(v) for v in fields["DimSize"].split()]
+        channels = int(fields.get("ElementNumberOfChannels", "1"))
+        header_size = int(fields.get("HeaderSize", "0"))
+    except (KeyError, ValueError):
+        return
+    binary = fields.get("BinaryData", "True").lower() in ("true", "1")
+    compressed = fields.get("CompressedData", "False").lower() in ("true", "1")
+    target = end.group(1).decode("latin-1")
+    if not binary or header_size < 0 or target.upper().startswith("LIST") or "%" in target:
+        return
+    if target.upper() == "LOCAL":
+        data_file, available = path, os.path.getsize(path) - end.end() - header_size
+    else:
+        data_file = os.path.join(os.path.dirname(path), target)
+        if not os.path.isfile(data_file):
+            raise InputError(f"'{path}' names its voxels' file '{target}' (ElementDataFile), which does not exist "
+                             f"next to it ('{data_file}').",
+                             "Keep the header and its data file together, with the name the header gives.")
+        available = os.path.getsize(data_file) - header_size
+    where = f"'{path}'" if data_file == path else f"'{path}' (its data file '{target}')"
+    if compressed:
+        if "CompressedDataSize" not in fields:
+            return
+        try:
+            expected = int(fields["CompressedDataSize"])
+        except ValueError:
+            return
+        what = f"{expected} bytes of compressed data"
+    else:
+        size = _MET_BYTES.get(fields.get("ElementType", ""))
+        if size is None:
+            return
+        count = int(np.prod(dims, dtype=np.int64))
+        expected = count * channels * size
+        what = f"{count} voxels ({expected} bytes)"
+    if available < expected:
+        raise InputError(f"{where} is truncated: its header describes {what} but the file holds only "
+                         f"{max(available, 0)} bytes of them.", _TRUNCATED_FIX)
 
 
 def make_output_dir(path: str | os.PathLike) -> str:

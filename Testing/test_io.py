@@ -279,6 +279,76 @@ class NiftiReaderGaps(unittest.TestCase):
                 self.assertIn(text, out.getvalue() + err.getvalue())
 
 
+class MetaImageReaderGaps(unittest.TestCase):
+    """A truncated MetaImage: ITK printed MetaIO's warnings to stderr and failed with 'Reason: No such file
+    or directory' (a stale errno); it is named truncated before ITK reads it."""
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        arr = np.random.default_rng(4).normal(100, 20, (10, 12, 14)).astype(np.float32)
+        self.image = sitk.GetImageFromArray(arr)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.tmp.name, name)
+
+    def _cut(self, source: str, target: str, keep: int | None = None) -> str:
+        with open(self._path(source), "rb") as fh:
+            payload = fh.read()
+        with open(self._path(target), "wb") as fh:
+            fh.write(payload[:len(payload) // 2 if keep is None else keep])
+        return self._path(target)
+
+    def test_truncated_data_and_header_are_named(self) -> None:
+        sitk.WriteImage(self.image, self._path("whole.mha"))
+        sitk.WriteImage(self.image, self._path("whole_z.mha"), True)
+        sitk.WriteImage(self.image, self._path("pair.mhd"))  # pair.raw beside it
+        sitk.WriteImage(sitk.Cast(self.image, sitk.sitkInt16), self._path("short.mha"))
+        self._cut("pair.raw", "pair.raw")
+        cases = {"raw": (self._cut("whole.mha", "cut.mha"), "is truncated"),
+                 "compressed": (self._cut("whole_z.mha", "cut_z.mha"), "is truncated"),
+                 "int16": (self._cut("short.mha", "cut_short.mha"), "is truncated"),
+                 "header and data file": (self._path("pair.mhd"), "is truncated"),
+                 "header cut": (self._cut("whole.mha", "cut_header.mha", keep=100), "header is incomplete")}
+        for case, (path, said) in cases.items():
+            with self.subTest(case), self.assertRaises(InputError) as cm:
+                io.read_image(path)
+            text = str(cm.exception)
+            with self.subTest(case):
+                self.assertIn(said, text)
+                self.assertIn(os.path.basename(path), text)
+                self.assertNotIn("No such file or directory", text)
+                self.assertIn("Fix: Copy or download the file again", text)
+        with self.assertRaises(InputError) as cm:
+            io.read_image(self._path("pair.mhd"))
+        self.assertIn("'pair.raw'", str(cm.exception))  # the data file that is short is named
+        for whole in ("whole.mha", "whole_z.mha", "short.mha"):
+            self.assertEqual(io.read_image(self._path(whole)).GetSize(), (14, 12, 10))
+
+    def test_a_missing_data_file_is_named(self) -> None:
+        sitk.WriteImage(self.image, self._path("alone.mhd"))
+        os.remove(self._path("alone.raw"))
+        with self.assertRaises(InputError) as cm:
+            io.read_image(self._path("alone.mhd"))
+        self.assertIn("alone.raw", str(cm.exception))
+        self.assertIn("does not exist", str(cm.exception))
+
+    def test_metaio_warnings_do_not_reach_stderr(self) -> None:
+        import subprocess
+        import sys
+
+        sitk.WriteImage(self.image, self._path("whole.mha"))
+        path = self._cut("whole.mha", "cut.mha")
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.run([sys.executable, "-m", "MultimodalFusionLib.cli", "info", path],
+                              capture_output=True, text=True, timeout=120, env=env)
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        self.assertIn("is truncated", proc.stderr)
+        self.assertNotIn("MetaImage:", proc.stderr)
+        self.assertNotIn("ideal =", proc.stderr)
+
+
 class DicomGeometry(unittest.TestCase):
     """A series whose geometry ITK would make up is refused with the tag's name; values keep their scale."""
 
