@@ -234,9 +234,14 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
             raise InputError(f"File '{path}' is empty (0 bytes).", "Give a complete image file.")
         if _suffix(path) in (".mha", ".mhd"):
             _check_metaimage_size(path)
-        with itk_guard(f"reading '{path}'",
-                       "Use a NIfTI, NRRD, MHA/MHD, PNG/JPEG or DICOM file, and check it is not truncated."):
-            image = sitk.ReadImage(path)
+        try:
+            with itk_guard(f"reading '{path}'",
+                           "Use a NIfTI, NRRD, MHA/MHD, PNG/JPEG or DICOM file, and check it is not truncated."):
+                image = sitk.ReadImage(path)
+        except InputError as exc:
+            if _is_nifti2(path):
+                raise _nifti2_error(path) from exc
+            raise
         if _suffix(path) in (".nii", ".nii.gz"):
             image = _check_nifti_voxels(path, image)
         if image.GetDimension() == 3 and image.GetSize()[2] == 1 and _suffix(path) in (".dcm", ".ima", ""):
@@ -283,6 +288,35 @@ def _nifti_layout(header: bytes) -> tuple[str, int, int, int, int, float] | None
     count = int(np.prod([max(1, int(d)) for d in dims[1:dims[0] + 1]], dtype=np.int64))
     zero = float(inter) if slope != 0 and math.isfinite(slope) and math.isfinite(inter) else 0.0
     return order, int(datatype), bitpix // 8, count, offset, zero
+
+
+def _is_nifti2(path: str) -> bool:
+    """True for a NIfTI-2 file (its header is 540 bytes long, and says so first), gzip-compressed or not."""
+    import gzip
+    import struct
+    import zlib
+
+    try:
+        with open(path, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            head = fh.read(8)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return len(head) == 8 and head[4:7] in (b"n+2", b"ni2") and 540 in (struct.unpack("<i", head[:4])[0],
+                                                                         struct.unpack(">i", head[:4])[0])
+
+
+def _nifti2_error(path: str) -> InputError:
+    """SimpleITK 2.5 (ITK 5.4) reads no NIfTI-2 file; nibabel converts it to a NIfTI-1 ITK reads."""
+    base = path[:-len(_suffix(path))] if _suffix(path) in (".nii", ".nii.gz") else path
+    copy = base + "_nifti1" + (_suffix(path) if _suffix(path) in (".nii", ".nii.gz") else ".nii.gz")
+    code = (f"import nibabel as nib; img = nib.load({path!r}); "
+            f"nib.save(nib.Nifti1Image(img.dataobj, img.affine, img.header), {copy!r})")
+    return InputError(f"'{path}' is a NIfTI-2 file, which ITK (SimpleITK {sitk.Version.VersionString()}) "
+                      "does not read.",
+                      f"Convert it to NIfTI-1 with nibabel (Python), then give the copy: `{code}` (NIfTI-1 "
+                      "holds up to 32767 voxels along an axis).")
 
 
 def _check_nifti_voxels(path: str, image: sitk.Image) -> sitk.Image:
