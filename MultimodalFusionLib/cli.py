@@ -196,8 +196,10 @@ def _run_register(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(metrics)
         return 0
-    for s in result.stages:
-        print(f"{s.name:>8}: metric {s.metric_before:.4f} -> {s.metric_after:.4f}, {s.iterations} iterations, "
+    from .registration.result import iterations_text
+
+    for s in result.stages:  # iterations per resolution level, coarsest first, and their sum
+        print(f"{s.name:>8}: metric {s.metric_before:.4f} -> {s.metric_after:.4f}, {iterations_text(s)} iterations, "
               f"{s.seconds:.1f} s{'' if s.accepted else ' (discarded: made the metric worse)'}")
     for line in _transform_lines(metrics.get("transform")):
         print(line)

@@ -368,13 +368,17 @@ def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> st
     parts.append("</table>")
     stages = reg.get("stages") or []
     if stages:
+        from .registration.result import iterations_text
+
+        # per level, coarsest first: ITK's stop reason ("after 45 iterations") counts its last level only
         parts.append("<table><tr><th class=\"name\">stage</th><th>metric before</th><th>metric after</th>"
-                     "<th>iterations</th><th>seconds</th><th class=\"name\">stop reason</th></tr>")
+                     "<th>iterations per level</th><th>seconds</th><th class=\"name\">stop reason</th></tr>")
         for s in stages:
+            reason = str(s.get("stop_reason", ""))
+            reason = reason if len(reason) <= 240 else reason[:239] + "…"
             parts.append(f"<tr><td class=\"name\">{html.escape(str(s.get('name')))}</td><td>{_fmt(s.get('metric_before'))}"
-                         f"</td><td>{_fmt(s.get('metric_after'))}</td><td>{_fmt(s.get('iterations'))}</td>"
-                         f"<td>{_fmt(s.get('seconds'))}</td><td class=\"name\">"
-                         f"{html.escape(str(s.get('stop_reason', '')))[:120]}</td></tr>")
+                         f"</td><td>{_fmt(s.get('metric_after'))}</td><td>{html.escape(iterations_text(s))}</td>"
+                         f"<td>{_fmt(s.get('seconds'))}</td><td class=\"name\">{html.escape(reason)}</td></tr>")
         parts.append("</table>")
     if extra:
         parts.append("<h3>Alignment before and after registration</h3><table><tr><th class=\"name\"></th>")

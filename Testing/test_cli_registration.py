@@ -6,6 +6,7 @@ import contextlib
 import io as _io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,27 @@ class RegisterCommand(unittest.TestCase):
         rc, out, err = run_cli("info", res_path, "--json")
         self.assertEqual(rc, 0, err)
         self.assertEqual(json.loads(out)[res_path]["size"], list(read_image(FIXED).GetSize()))
+
+    def test_iterations_per_level_agree_with_the_stop_reason(self):
+        """ITK's stop reason counts the last level's iterations ("after 45 iterations") where the stage's
+        total summed all levels (141): the levels' counts are given, and the stop reason says its level."""
+        out_dir = os.path.join(self.dir, "levels")
+        rc, out, err = run_cli("register", FIXED, MOVING, "-o", out_dir, "--stages", "rigid,affine", "--seed", "1")
+        self.assertEqual(rc, 0, err)
+        with open(os.path.join(out_dir, "metrics.json")) as fh:
+            stages = json.load(fh)["stages"]
+        for stage in stages:
+            with self.subTest(stage=stage["name"]):
+                levels = stage["level_iterations"]
+                self.assertEqual(len(levels), 3)  # shrink factors 4, 2, 1
+                self.assertEqual(sum(levels), stage["iterations"])  # the total stays where it was
+                self.assertTrue(stage["stop_reason"].startswith("last level (3 of 3): "), stage["stop_reason"])
+                said = re.search(r"after (\d+) iterations", stage["stop_reason"])
+                if said:
+                    self.assertEqual(int(said.group(1)), levels[-1])
+                shown = "+".join(str(n) for n in levels) + f" = {stage['iterations']} iterations"
+                self.assertIn(f"{stage['name']}: ", out)
+                self.assertIn(shown, out)
 
     def test_deformable_writes_h5(self):
         out_dir = os.path.join(self.dir, "def")

@@ -8,6 +8,7 @@ import os
 import re
 import tempfile
 import unittest
+from html import escape as html_escape
 
 import numpy as np
 import SimpleITK as sitk
@@ -200,6 +201,24 @@ class RegistrationSectionTest(unittest.TestCase):
         self.assertIn("64-bin joint histogram", page)
         self.assertIn("fixed image's grid", page)
         self.assertIn(f"{reg['after']['MI']:.3f}", page)
+
+    def test_the_stage_table_gives_iterations_per_level(self) -> None:
+        from MultimodalFusionLib.registration import register
+
+        d = data.testing_data_dir()
+        a = io.read_image(d / "BrainT1SliceBorder20.png", float32=True)
+        b = io.read_image(d / "BrainProtonDensitySliceR10X13Y17.png", float32=True)
+        result = register(a, b, stages=["rigid"], seed=1)
+        stage = result.stages[0]
+        self.assertEqual(sum(stage.level_iterations), stage.iterations)
+        with tempfile.TemporaryDirectory() as tmp:
+            page = open(report.write_report(tmp, inputs={"T1": a, "PD": b}, fusions=[fusion.fuse(a, b, "average")],
+                                             metrics={}, registration=result)["html"], encoding="utf-8").read()
+        per_level = "+".join(str(n) for n in stage.level_iterations)
+        self.assertIn(f"<td>{per_level} = {stage.iterations}</td>", page)
+        self.assertIn("iterations per level", page)
+        self.assertIn("last level (3 of 3): ", page)
+        self.assertIn(html_escape(stage.stop_reason), page)  # whole, not cut at 120 characters
 
     def test_the_verdict_does_not_call_a_move_apart_unchanged(self) -> None:
         # a single non-zero voxel registered to itself: the MI of so empty an image barely moves, but

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["StageResult", "RegistrationResult", "transform_summary", "TRANSFORM_CONVENTION"]
+__all__ = ["StageResult", "RegistrationResult", "transform_summary", "iterations_text", "TRANSFORM_CONVENTION"]
 
 #: What the numbers of :func:`transform_summary` mean (written next to them in metrics.json).
 TRANSFORM_CONVENTION = (
@@ -28,10 +28,13 @@ class StageResult:
         metric_before: metric value at the stage's starting transform.
         metric_after: metric value at the stage's final transform.
         iterations: optimizer iterations run (summed over resolution levels).
-        stop_reason: the optimizer's own stop condition text.
+        stop_reason: the optimizer's own stop condition text; ITK's is its last level's (its "after 45
+            iterations" counts that level only), and says so: "last level (3 of 3): ...".
         seconds: wall time of the stage.
         history: per-iteration (level, iteration, metric value) triples.
         accepted: False when the stage made the metric worse and its result was discarded.
+        level_iterations: iterations run at each resolution level, coarsest first (they sum to
+            ``iterations``); taken from ``history`` when not given.
     """
 
     name: str
@@ -43,11 +46,28 @@ class StageResult:
     seconds: float
     history: list[tuple[int, int, float]] = dataclasses.field(default_factory=list)
     accepted: bool = True
+    level_iterations: list[int] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.level_iterations and self.history:
+            levels = max(int(h[0]) for h in self.history) + 1
+            self.level_iterations = [sum(1 for h in self.history if int(h[0]) == level) for level in range(levels)]
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["history"] = [list(h) for h in self.history]
         return d
+
+
+def iterations_text(stage: StageResult | dict[str, Any]) -> str:
+    """A stage's iterations as a reader compares them with its stop reason: per level and their sum
+    ("43+53+45 = 141"), or the total alone for a single level (or a stage given without levels)."""
+    get = stage.get if isinstance(stage, dict) else lambda key: getattr(stage, key, None)
+    levels = get("level_iterations") or []
+    total = get("iterations")
+    if len(levels) > 1:
+        return "+".join(str(int(n)) for n in levels) + f" = {total}"
+    return str(total)
 
 
 @dataclasses.dataclass

@@ -538,13 +538,16 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     metric_after = evaluate_metric(fixed, moving, final_total, stage, seed, fixed_mask, moving_mask)
     # iterations summed over levels: the history restarts its counter at every level
     iterations = len(history)
+    level_iterations = [sum(1 for h in history if h[0] == level) for level in range(levels)]
+    if levels > 1:  # ITK's text ("after 45 iterations") is its last level's: a reader compares it with the total
+        stop_reason = f"last level ({levels} of {levels}): {stop_reason}"
     accepted = math.isfinite(metric_after) and metric_after <= metric_before
     result_tx = final_total if accepted else start_total
     stage_result = StageResult(
         name=stage.name, metric_name=stage.metric, metric_before=metric_before,
         metric_after=metric_after if math.isfinite(metric_after) else float("nan"),
         iterations=iterations, stop_reason=stop_reason,
-        seconds=time.perf_counter() - t0, history=history, accepted=accepted)
+        seconds=time.perf_counter() - t0, history=history, accepted=accepted, level_iterations=level_iterations)
     return result_tx, stage_result
 
 
