@@ -548,7 +548,7 @@ def registration_metrics(fixed: sitk.Image, moving_on_fixed_grid: sitk.Image, ma
     if mask is not None:
         from .validation import check_mask
 
-        keep = sitk.GetArrayFromImage(check_mask(mask, fixed)).ravel().astype(bool)
+        keep = sitk.GetArrayFromImage(check_mask(mask, fixed, "fixed mask", "fixed image")).ravel().astype(bool)
         f, m = f[keep], m[keep]
     if f.size < 2:
         raise InputError("Fewer than two voxels to compare.", "Give a larger mask.")

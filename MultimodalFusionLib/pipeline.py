@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .progress import ProgressCallback, report, scaled
-from .validation import check_image, has_content
+from .validation import check_image, check_mask, has_content
 
 __all__ = ["run", "DEFAULT_METHODS", "fuse_and_evaluate"]
 
@@ -189,6 +189,8 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     # with --no-register, as not overlapping the fixed image
     check_image(fixed_grey, f"fixed image {fixed_name}")
     check_image(moving_grey, f"moving image {moving_name}")
+    if fixed_mask is not None:  # also without registration, where only the alignment metrics use it
+        fixed_mask = check_mask(fixed_mask, fixed_grey, "fixed mask", "fixed image")
     # every result is written into a staging folder and moved in at the end: a run that fails or is
     # cancelled half-way leaves the last good run's results, and one that succeeds leaves none of them
     with replacing_outputs(out, previous=_previous_outputs(methods), keep=[fixed, moving]) as stage:

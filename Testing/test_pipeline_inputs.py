@@ -53,6 +53,31 @@ class BlankInputsTest(unittest.TestCase):
                 self.assertNotIn("overlap", str(ctx.exception))
 
 
+class MaskOffGridTest(unittest.TestCase):
+    def test_a_fixed_mask_off_the_fixed_grid_is_named_with_or_without_registration(self) -> None:
+        """Without registration the mask reached only the alignment metrics, whose error said "The mask is
+        not on the image's grid": which mask, which image? Now both paths name them, before any work."""
+        d = data.testing_data_dir()
+        t1 = io.read_image(d / "BrainT1Slice.png")
+        mask = sitk.Image([40, 30], sitk.sitkUInt8) + 1  # not the fixed image's size
+        metrics_mask = sitk.Image(t1.GetSize(), sitk.sitkUInt8)  # on the grid, but empty
+        metrics_mask.CopyInformation(t1)
+        with tempfile.TemporaryDirectory() as tmp:
+            messages = {}
+            for register in (False, True):
+                with self.subTest(register=register), self.assertRaises(InputError) as ctx:
+                    pipeline.run(t1, str(d / "BrainProtonDensitySlice.png"), tmp, methods="average",
+                                 register=register, fixed_mask=mask)
+                messages[register] = str(ctx.exception)
+                self.assertIn("The fixed mask is not on the fixed image's grid", messages[register])
+                self.assertEqual(os.listdir(tmp), [])  # refused before any work
+            self.assertEqual(messages[False], messages[True])
+            with self.assertRaises(InputError) as ctx:
+                pipeline.run(t1, str(d / "BrainProtonDensitySlice.png"), tmp, methods="average", register=False,
+                             fixed_mask=metrics_mask)
+            self.assertIn("The fixed mask is empty", str(ctx.exception))
+
+
 class UnwritableOutputTest(unittest.TestCase):
     def setUp(self) -> None:
         self.tmp = tempfile.mkdtemp(prefix="mmf-unwritable-")
