@@ -485,16 +485,19 @@ def make_output_dir(path: str | os.PathLike) -> str:
 
 def _dicom_slice_as_2d(image: sitk.Image) -> sitk.Image:
     """One DICOM file is one slice, which ITK reads as a volume of one slice: the 2D image it is
-    (in-plane origin, spacing and direction kept), unless the slice is oblique to every axis plane,
-    which a 2D direction cannot hold (then it stays a one-slice volume)."""
+    (in-plane origin, spacing and direction kept) when it lies in an axial plane; a slice out of that
+    plane (coronal, sagittal, or tilted from axial) stays a one-slice volume, as no 2D direction holds
+    it: ITK's sub-matrix of a tilted slice's direction is sheared (a slice tilted 20 degrees had every
+    row 6% short), and singular for a coronal or sagittal one."""
     extract = sitk.ExtractImageFilter()
     extract.SetSize([image.GetSize()[0], image.GetSize()[1], 0])
     extract.SetIndex([0, 0, 0])
     extract.SetDirectionCollapseToStrategy(sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
     try:
-        return extract.Execute(image)
+        slice_2d = extract.Execute(image)
     except RuntimeError:
         return image
+    return slice_2d if _orthonormal(slice_2d) else image
 
 
 def atomic_path(path: str | os.PathLike) -> tuple[str, str]:
