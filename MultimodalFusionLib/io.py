@@ -134,6 +134,10 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     else:
         pick = found[0]
     float_values = _check_series_geometry(pick)
+    if len(pick["files"]) == 1:
+        # one file (one slice, or an enhanced multi-frame image): read as the file alone is, a slice as
+        # 2D; ITK's series reader gives a one-slice volume and takes no geometry from functional groups
+        return _read_dicom_file(pick["files"][0])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(pick["files"])
     if float_values:  # per-slice or fractional rescale (PET): the first slice's integer type would round
@@ -162,6 +166,9 @@ def _check_series_geometry(pick: dict[str, Any]) -> bool:
             reader.ReadImageInformation()
         except RuntimeError:
             continue
+        if reader.GetDimension() == 3 and reader.GetSize()[2] > 1 and len(pick["files"]) == 1:
+            # an enhanced multi-frame image: its geometry is in functional groups, which GDCM reads
+            return False
         rows.append({k: reader.GetMetaData(t).strip() if reader.HasMetaDataKey(t) else "" for k, t in tags.items()})
     if not rows:
         return False
@@ -232,16 +239,7 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     else:
         if os.path.getsize(path) == 0:
             raise InputError(f"File '{path}' is empty (0 bytes).", "Give a complete image file.")
-        if _suffix(path) in (".mha", ".mhd"):
-            _check_metaimage_size(path)
-        try:
-            with itk_guard(f"reading '{path}'",
-                           "Use a NIfTI, NRRD, MHA/MHD, PNG/JPEG or DICOM file, and check it is not truncated."):
-                image = sitk.ReadImage(path)
-        except InputError as exc:
-            if _is_nifti2(path):
-                raise _nifti2_error(path) from exc
-            raise
+        image = _read_file(path)
         if _suffix(path) in (".nii", ".nii.gz"):
             image = _check_nifti_voxels(path, image)
         if image.GetDimension() == 3 and image.GetSize()[2] == 1 and _suffix(path) in (".dcm", ".ima", ""):
@@ -255,6 +253,27 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
                              "Extract one 3D volume first (e.g. one time frame or one echo of the series).")
         if image.GetPixelID() != sitk.sitkFloat32:
             image = sitk.Cast(image, sitk.sitkFloat32)
+    return image
+
+
+def _read_file(path: str) -> sitk.Image:
+    if _suffix(path) in (".mha", ".mhd"):
+        _check_metaimage_size(path)
+    try:
+        with itk_guard(f"reading '{path}'",
+                       "Use a NIfTI, NRRD, MHA/MHD, PNG/JPEG or DICOM file, and check it is not truncated."):
+            return sitk.ReadImage(path)
+    except InputError as exc:
+        if _is_nifti2(path):
+            raise _nifti2_error(path) from exc
+        raise
+
+
+def _read_dicom_file(path: str) -> sitk.Image:
+    """One DICOM file: a slice as the 2D image it is (see :func:`_dicom_slice_as_2d`), a multi-frame file as its volume."""
+    image = _read_file(path)
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
+        image = _dicom_slice_as_2d(image)
     return image
 
 

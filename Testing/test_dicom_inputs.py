@@ -123,3 +123,65 @@ class DicomGeometryFromTags(unittest.TestCase):
         image = io.read_image(os.path.join(self.dir, "IM0000.dcm"))
         self.assertEqual(image.GetDimension(), 3)
         self._assert_placed(image, [(-12.0, -14.0, 30.0)], orientation)
+
+    def test_a_folder_of_one_slice_is_read_as_the_file_is(self) -> None:
+        # ITK's series reader gave a one-slice volume, which every command refused ("Read it as a 2D image")
+        write_series(self.dir, positions=[(-12.0, -14.0, 30.0)])
+        from_folder = io.read_image(self.dir)
+        from_file = io.read_image(os.path.join(self.dir, "IM0000.dcm"))
+        self.assertEqual(from_folder.GetDimension(), 2)
+        for get in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+            self.assertEqual(getattr(from_folder, get)(), getattr(from_file, get)(), get)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(from_folder), sitk.GetArrayFromImage(from_file))
+
+    def test_enhanced_multiframe_file_in_a_folder(self) -> None:
+        # an enhanced CT keeps PixelSpacing and the positions in its functional groups: the folder was
+        # refused for having "no usable PixelSpacing (0028,0030)", though the file alone read correctly
+        positions = [(-5.0, -6.0, 10.0 + 2.0 * k) for k in range(5)]
+        truth = write_enhanced(os.path.join(self.dir, "enhanced.dcm"), positions)
+        for path in (self.dir, os.path.join(self.dir, "enhanced.dcm")):
+            image = io.read_image(path)
+            self._assert_placed(image, positions, AXIAL, rows=truth.shape[1], cols=truth.shape[2],
+                                pixel_spacing=(0.7, 0.6))
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+
+
+def write_enhanced(path: str, positions: Sequence[Sequence[float]], orientation: Sequence[float] = AXIAL,
+                   rows: int = 12, cols: int = 10, pixel_spacing: tuple[float, float] = (0.7, 0.6)) -> np.ndarray:
+    """An enhanced (multi-frame) CT: geometry and rescale in the functional groups; returns the HU values."""
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    for name, value in PHI.items():
+        setattr(ds, name, value)
+    ds.Modality, ds.SeriesDescription, ds.InstanceNumber = "CT", "ENHANCED CT", 1
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid()
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, len(positions)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    measures, plane, rescale, shared = Dataset(), Dataset(), Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = list(pixel_spacing), 2.0
+    plane.ImageOrientationPatient = [float(v) for v in orientation]
+    rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = 1, -1024, "HU"
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PlaneOrientationSequence = DicomSequence([plane])
+    shared.PixelValueTransformationSequence = DicomSequence([rescale])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    frames = []
+    for position in positions:
+        frame, where = Dataset(), Dataset()
+        where.ImagePositionPatient = [float(v) for v in position]
+        frame.PlanePositionSequence = DicomSequence([where])
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
+    stored = (np.arange(len(positions) * rows * cols).reshape(len(positions), rows, cols) % 700 + 24).astype(np.int16)
+    ds.PixelData = stored.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return stored.astype(np.float64) - 1024
