@@ -133,7 +133,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
             "--reference-series when the inputs differ) or read_image(folder, series=UID).")
     else:
         pick = found[0]
-    float_values = _check_series_geometry(pick)
+    float_values, slice_step = _check_series_geometry(pick)
     if len(pick["files"]) == 1:
         # one file (one slice, or an enhanced multi-frame image): read as the file alone is, a slice as
         # 2D; ITK's series reader gives a one-slice volume and takes no geometry from functional groups
@@ -144,11 +144,33 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
         reader.SetOutputPixelType(sitk.sitkFloat32)
     with itk_guard(f"reading DICOM series '{pick['uid']}'",
                    "Check that the series is complete (no missing slices)."):
-        return reader.Execute()
+        image = reader.Execute()
+    return _with_slice_step(image, slice_step)
 
 
-def _check_series_geometry(pick: dict[str, Any]) -> bool:
-    """Refuse a series whose geometry would be made up; returns whether its values need floats.
+def _with_slice_step(image: sitk.Image, step: np.ndarray | None) -> sitk.Image:
+    """The series' slice axis as its ImagePositionPatient give it: ITK stacks the slices along the
+    normal of the slice plane, one position-to-position distance apart, so a gantry-tilted CT (each
+    slice shifted within its plane) would be placed wrong, more so with every slice; its grid is sheared.
+    A drift under 0.01 mm over the whole series is left as ITK reads it (an orthonormal grid)."""
+    if step is None or image.GetDimension() != 3:
+        return image
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    axis = direction[:, 2]
+    drift = np.linalg.norm(step - (step @ axis) * axis) * (image.GetSize()[2] - 1)
+    if drift <= 0.01:
+        return image
+    direction[:, 2] = step / np.linalg.norm(step)
+    spacing = list(image.GetSpacing())
+    spacing[2] = float(np.linalg.norm(step))
+    image.SetDirection([float(v) for v in direction.ravel()])
+    image.SetSpacing(spacing)
+    return image
+
+
+def _check_series_geometry(pick: dict[str, Any]) -> tuple[bool, np.ndarray | None]:
+    """Refuse a series whose geometry would be made up; returns whether its values need floats, and
+    the step from slice to slice (LPS, mm) in the files' order, the order ITK stacks them in.
 
     ITK reads a series without ImagePositionPatient (0020,0032) or PixelSpacing (0028,0030) as if
     it had 1 mm spacing at the origin, and a series with a missing slice as evenly spaced, with
@@ -168,10 +190,10 @@ def _check_series_geometry(pick: dict[str, Any]) -> bool:
             continue
         if reader.GetDimension() == 3 and reader.GetSize()[2] > 1 and len(pick["files"]) == 1:
             # an enhanced multi-frame image: its geometry is in functional groups, which GDCM reads
-            return False
+            return False, None
         rows.append({k: reader.GetMetaData(t).strip() if reader.HasMetaDataKey(t) else "" for k, t in tags.items()})
     if not rows:
-        return False
+        return False, None
 
     def numbers(text: str) -> list[float]:
         try:
@@ -203,10 +225,24 @@ def _check_series_geometry(pick: dict[str, Any]) -> bool:
                              "would misplace every slice after the gap.",
                              "Load the complete series, or resample it onto a regular grid first (e.g. in "
                              "Slicer, with the DICOM module's acquisition-geometry regularization).")
+    slice_step = None
+    if len(rows) > 1 and len(rows) == len(pick["files"]):
+        # evenly spaced along the normal; each slice must also lie on the line from the first to the last
+        # (a gantry tilt shifts every slice by the same amount: a sheared grid; other shifts fit no grid)
+        points = np.array(positions, dtype=float)
+        slice_step = (points[-1] - points[0]) / (len(points) - 1)
+        off_line = np.linalg.norm(points - (points[0] + np.outer(np.arange(len(points)), slice_step)), axis=1)
+        if float(off_line.max()) > max(0.01, 0.01 * float(np.linalg.norm(slice_step))):
+            raise InputError(f"DICOM series '{label}' has slices whose ImagePositionPatient (0020,0032) are not on "
+                             "one straight line: slice "
+                             f"{int(np.argmax(off_line)) + 1} of {len(points)} lies {off_line.max():.4g} mm off the "
+                             "line from the first slice to the last, so no regular grid holds the series.",
+                             "Load the series as the scanner exported it, or resample it onto a regular grid first "
+                             "(e.g. in Slicer, with the DICOM module's acquisition-geometry regularization).")
     slopes = {r["slope"] or "1" for r in rows}
     intercepts = {r["intercept"] or "0" for r in rows}
     values = [v for t in slopes | intercepts for v in numbers(t)]
-    return len(slopes) > 1 or len(intercepts) > 1 or any(v != int(v) for v in values)
+    return len(slopes) > 1 or len(intercepts) > 1 or any(v != int(v) for v in values), slice_step
 
 
 def _describe_series(found: Sequence[dict[str, Any]]) -> str:

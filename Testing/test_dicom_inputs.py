@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MultimodalFusionLib import io
+from MultimodalFusionLib.errors import InputError
 
 try:
     import pydicom  # noqa: F401
@@ -144,6 +145,26 @@ class DicomGeometryFromTags(unittest.TestCase):
             self._assert_placed(image, positions, AXIAL, rows=truth.shape[1], cols=truth.shape[2],
                                 pixel_spacing=(0.7, 0.6))
             np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+
+
+    def test_gantry_tilted_ct_is_read_sheared(self) -> None:
+        # slices 2.5 mm apart along z, each shifted 0.91 mm posterior (a gantry tilted 20 degrees): ITK stacked
+        # them along the slice normal 2.66 mm apart, the last slice 6.4 mm off; the grid is now sheared
+        shift = 2.5 * math.tan(math.radians(20))
+        positions = [(-12.0, -14.0 + shift * k, 30.0 + 2.5 * k) for k in range(6)]
+        write_series(self.dir, positions=positions)
+        image = io.read_image(self.dir)
+        self._assert_placed(image, positions, AXIAL)
+        self.assertEqual(io.volume_extension(image), ".mha")  # NIfTI cannot hold the shear
+
+    def test_slices_off_one_line_are_refused(self) -> None:
+        # even steps along the normal, but one slice shifted sideways: no grid holds it
+        positions = [(-12.0, -14.0 + (3.0 if k == 3 else 0.0), 30.0 + 2.5 * k) for k in range(6)]
+        write_series(self.dir, positions=positions)
+        with self.assertRaises(InputError) as ctx:
+            io.read_image(self.dir)
+        self.assertIn("ImagePositionPatient (0020,0032)", str(ctx.exception))
+        self.assertIn("not on one straight line", str(ctx.exception))
 
 
 def write_enhanced(path: str, positions: Sequence[Sequence[float]], orientation: Sequence[float] = AXIAL,
