@@ -212,7 +212,19 @@ def _check_series_geometry(pick: dict[str, Any]) -> tuple[bool, np.ndarray | Non
             raise InputError(f"DICOM series '{label}' has no usable ImagePositionPatient (0020,0032) on every "
                              "slice, so where its slices lie is unknown (ITK would stack them 1 mm apart at "
                              "the origin).", fix)
-        cosines = numbers(rows[0]["orientation"]) or [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        orientations = [numbers(r["orientation"]) for r in rows]
+        if any(len(o) != 6 for o in orientations):
+            raise InputError(f"DICOM series '{label}' has no usable ImageOrientationPatient (0020,0037) on every "
+                             "slice, so which way its rows and columns run is unknown (ITK would take the "
+                             "slices as axial).", fix)
+        cosines = orientations[0]
+        turned = sum(not np.allclose(o, cosines, atol=1e-4) for o in orientations)
+        if turned:
+            raise InputError(f"DICOM series '{label}' mixes slice orientations: {turned} of the {len(rows)} slices "
+                             "have another ImageOrientationPatient (0020,0037) than the first (e.g. localizer "
+                             "images saved in the series), so no one grid holds its slices.",
+                             "Move the slices of the other orientation into another folder (or export each "
+                             "orientation as its own series), then load the folder of one orientation.")
         normal = np.cross(cosines[:3], cosines[3:6])
         depth = np.sort(np.array(positions) @ normal)
         steps = np.diff(depth)

@@ -167,6 +167,26 @@ class DicomGeometryFromTags(unittest.TestCase):
         self.assertIn("not on one straight line", str(ctx.exception))
 
 
+    def test_mixed_or_missing_orientation_is_named(self) -> None:
+        # a localizer's coronal slices saved in the axial series: was "uneven slice spacing ... a slice
+        # may be missing between 30 and 30 mm"; a series without ImageOrientationPatient was read as axial
+        coronal = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+        cases = {"mixed": dict(orientations=[AXIAL] * 4 + [coronal] * 2),
+                 "missing": dict(positions=[(-12.0, -14.0 + 2.5 * k, 30.0) for k in range(6)],
+                                 drop=("ImageOrientationPatient",))}
+        for name, kwargs in cases.items():
+            with self.subTest(name), tempfile.TemporaryDirectory() as folder:
+                write_series(folder, **kwargs)
+                with self.assertRaises(InputError) as ctx:
+                    io.read_image(folder)
+                self.assertIn("ImageOrientationPatient (0020,0037)", str(ctx.exception))
+        with tempfile.TemporaryDirectory() as folder:
+            write_series(folder, orientations=[AXIAL] * 4 + [coronal] * 2)
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(folder)
+            self.assertRegex(str(ctx.exception), r"mixes slice orientations: [24] of the 6 slices")
+
+
 def write_enhanced(path: str, positions: Sequence[Sequence[float]], orientation: Sequence[float] = AXIAL,
                    rows: int = 12, cols: int = 10, pixel_spacing: tuple[float, float] = (0.7, 0.6)) -> np.ndarray:
     """An enhanced (multi-frame) CT: geometry and rescale in the functional groups; returns the HU values."""
