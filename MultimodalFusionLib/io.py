@@ -52,6 +52,94 @@ IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png",
 _2D_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 # DICOM tags that are safe to show: never patient-identifying ones (name, ID, birth date...).
 _SAFE_SERIES_TAGS = {"0008|103e": "description", "0008|0060": "modality", "0020|0011": "series_number"}
+#: DICOM transfer syntaxes by UID: the pixel data as stored (those GDCM reads without a codec first)
+_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2": "Implicit VR Little Endian (uncompressed)",
+    "1.2.840.10008.1.2.1": "Explicit VR Little Endian (uncompressed)",
+    "1.2.840.10008.1.2.1.99": "Deflated Explicit VR Little Endian",
+    "1.2.840.10008.1.2.2": "Explicit VR Big Endian (uncompressed)",
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline", "1.2.840.10008.1.2.4.51": "JPEG Extended",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless", "1.2.840.10008.1.2.4.70": "JPEG Lossless SV1",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless", "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless", "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.4.92": "JPEG 2000 Part 2 Lossless", "1.2.840.10008.1.2.4.93": "JPEG 2000 Part 2",
+    "1.2.840.10008.1.2.4.94": "JPIP Referenced", "1.2.840.10008.1.2.4.95": "JPIP Referenced Deflate",
+    "1.2.840.10008.1.2.4.100": "MPEG-2 video", "1.2.840.10008.1.2.4.101": "MPEG-2 video",
+    "1.2.840.10008.1.2.4.102": "MPEG-4 AVC/H.264 video", "1.2.840.10008.1.2.4.103": "MPEG-4 AVC/H.264 video",
+    "1.2.840.10008.1.2.4.104": "MPEG-4 AVC/H.264 video", "1.2.840.10008.1.2.4.105": "MPEG-4 AVC/H.264 video",
+    "1.2.840.10008.1.2.4.106": "MPEG-4 AVC/H.264 video", "1.2.840.10008.1.2.4.107": "HEVC/H.265 video",
+    "1.2.840.10008.1.2.4.108": "HEVC/H.265 video", "1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
+    "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression", "1.2.840.10008.1.2.4.112": "JPEG XL",
+    "1.2.840.10008.1.2.4.201": "High-Throughput JPEG 2000 Lossless",
+    "1.2.840.10008.1.2.4.202": "High-Throughput JPEG 2000 (RPCL) Lossless",
+    "1.2.840.10008.1.2.4.203": "High-Throughput JPEG 2000", "1.2.840.10008.1.2.5": "RLE Lossless",
+}
+#: syntaxes ITK's GDCM has no decoder for: named before ITK tries (and prints codec noise to stderr)
+_UNDECODABLE = {uid for uid, name in _TRANSFER_SYNTAXES.items() if "video" in name or "JPIP" in name
+                or "JPEG XL" in name}
+_DECOMPRESS_FIX = ("Convert the files to an uncompressed transfer syntax (Explicit VR Little Endian) first, e.g. "
+                   "with GDCM's `gdcmconv --raw IN OUT`, DCMTK's dcmdjpeg/dcmdjpls/dcmdrle, or pydicom "
+                   "(ds.decompress(), with pylibjpeg installed); a video holds no slices: export the images.")
+
+
+def _dicom_transfer_syntax(path: str) -> str | None:
+    """The Transfer Syntax UID (0002,0010) of a DICOM Part 10 file (read from its file meta group, as
+    GDCM gives no access to it), or None for a file without the "DICM" prefix."""
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 14)
+    except OSError:
+        return None
+    if head[128:132] != b"DICM":
+        return None
+    pos = 132
+    while pos + 8 <= len(head):  # the file meta group is always explicit VR little endian
+        group, element = struct.unpack("<HH", head[pos:pos + 4])
+        if group != 0x0002:
+            break
+        vr = head[pos + 4:pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            length, start = struct.unpack("<I", head[pos + 8:pos + 12])[0], pos + 12
+        else:
+            length, start = struct.unpack("<H", head[pos + 6:pos + 8])[0], pos + 8
+        if element == 0x0010:
+            return head[start:start + length].rstrip(b"\0 ").decode("ascii", "replace")
+        pos = start + length
+    return None
+
+
+def _transfer_syntax_error(what: str, uid: str, itk_message: str | None = None) -> InputError:
+    name = _TRANSFER_SYNTAXES.get(uid)
+    stored = (f"{what} is stored as {name} (transfer syntax {uid})," if name else
+              f"{what} is stored in an unknown (e.g. private) transfer syntax, {uid},")
+    if itk_message is None:
+        return InputError(f"{stored} which ITK's DICOM reader (GDCM) cannot decode.", _DECOMPRESS_FIX)
+    return InputError(f"{stored} and ITK's DICOM reader (GDCM) could not decode its pixel data ({itk_message}): "
+                      "the files may be damaged, or use a variant of that compression GDCM lacks.",
+                      _DECOMPRESS_FIX + " If the converter fails too, the files are damaged: export them again.")
+
+
+def _check_decodable(what: str, path: str, *, unknown_too: bool = False) -> str | None:
+    """Refuse a DICOM file whose transfer syntax GDCM has no decoder for (``unknown_too``: or one not in
+    the table, once GDCM has skipped the file); returns the syntax (None: not a DICOM file)."""
+    uid = _dicom_transfer_syntax(path)
+    if uid is not None and (uid in _UNDECODABLE or (unknown_too and uid not in _TRANSFER_SYNTAXES)):
+        raise _transfer_syntax_error(what, uid)
+    return uid
+
+
+@contextlib.contextmanager
+def _naming_transfer_syntax(what: str, uid: str | None) -> Iterator[None]:
+    """An ITK failure reading compressed DICOM pixels ("Failed to change to Implicit Transfer Syntax")
+    names the compression and the fix instead."""
+    try:
+        yield
+    except InputError as exc:
+        if uid is None or "uncompressed" in _TRANSFER_SYNTAXES.get(uid, ""):
+            raise
+        raise _transfer_syntax_error(what, uid, exc.problem) from exc
 
 
 def _suffix(path: str | os.PathLike) -> str:
@@ -114,6 +202,10 @@ def list_dicom_series(folder: str | os.PathLike) -> list[dict[str, Any]]:
 def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     found = list_dicom_series(folder)
     if not found:
+        for name in sorted(os.listdir(folder)):  # DICOM files GDCM skipped: say why
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                _check_decodable(f"DICOM file '{path}'", path, unknown_too=True)
         raise InputError(f"No DICOM series found in folder '{folder}'.",
                          "Point to a folder of DICOM files (.dcm), or to an image file.")
     if series is not None:
@@ -133,6 +225,8 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
             "--reference-series when the inputs differ) or read_image(folder, series=UID).")
     else:
         pick = found[0]
+    label = f"DICOM series '{pick['description'] or pick['uid']}'"
+    syntax = _check_decodable(label, pick["files"][0])
     float_values, slice_step = _check_series_geometry(pick)
     if len(pick["files"]) == 1:
         # one file (one slice, or an enhanced multi-frame image): read as the file alone is, a slice as
@@ -142,8 +236,8 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     reader.SetFileNames(pick["files"])
     if float_values:  # per-slice or fractional rescale (PET): the first slice's integer type would round
         reader.SetOutputPixelType(sitk.sitkFloat32)
-    with itk_guard(f"reading DICOM series '{pick['uid']}'",
-                   "Check that the series is complete (no missing slices)."):
+    with _naming_transfer_syntax(label, syntax), itk_guard(f"reading DICOM series '{pick['uid']}'",
+                                                          "Check that the series is complete (no missing slices)."):
         image = reader.Execute()
     return _with_slice_step(image, slice_step)
 
@@ -307,9 +401,11 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
 def _read_file(path: str) -> sitk.Image:
     if _suffix(path) in (".mha", ".mhd"):
         _check_metaimage_size(path)
+    what = f"DICOM file '{path}'"
+    syntax = _check_decodable(what, path)
     try:
-        with itk_guard(f"reading '{path}'",
-                       "Use a NIfTI, NRRD, MHA/MHD, PNG/JPEG or DICOM file, and check it is not truncated."):
+        with _naming_transfer_syntax(what, syntax), itk_guard(
+                f"reading '{path}'", "Use a NIfTI, NRRD, MHA/MHD, PNG/JPEG or DICOM file, and check it is not truncated."):
             return sitk.ReadImage(path)
     except InputError as exc:
         if _is_nifti2(path):

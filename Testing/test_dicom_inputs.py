@@ -187,6 +187,27 @@ class DicomGeometryFromTags(unittest.TestCase):
             self.assertRegex(str(ctx.exception), r"mixes slice orientations: [24] of the 6 slices")
 
 
+
+@unittest.skipUnless(_HAVE_PYDICOM, "pydicom is not installed (pip install 'slicer-multimodalfusion[test]')")
+class DicomFilesItCannotRead(unittest.TestCase):
+    """Files ITK's DICOM reader (GDCM) cannot decode are named with their transfer syntax and the fix."""
+
+    def test_undecodable_transfer_syntax_is_named(self) -> None:
+        # MPEG-4 was "ITK failed ...: Failed to change to Implicit Transfer Syntax. Fix: Check that the series
+        # is complete"; an unknown (private) syntax was "No DICOM series found in folder"
+        for uid, name in (("1.2.840.10008.1.2.4.102", "MPEG-4"), ("1.2.826.0.1.3680043.2.1143.999.1", "unknown")):
+            with self.subTest(name), tempfile.TemporaryDirectory() as folder:
+                write_series(folder, transfer_syntax=uid)
+                for path in (folder, os.path.join(folder, "IM0000.dcm")):
+                    with self.assertRaises(InputError) as ctx:
+                        io.read_image(path)
+                    message = str(ctx.exception)
+                    self.assertIn(uid, message)
+                    self.assertIn(name, message)
+                    self.assertIn("uncompressed", message)  # the fix
+                    self.assertNotIn("Implicit Transfer Syntax", message)
+
+
 def write_enhanced(path: str, positions: Sequence[Sequence[float]], orientation: Sequence[float] = AXIAL,
                    rows: int = 12, cols: int = 10, pixel_spacing: tuple[float, float] = (0.7, 0.6)) -> np.ndarray:
     """An enhanced (multi-frame) CT: geometry and rescale in the functional groups; returns the HU values."""
