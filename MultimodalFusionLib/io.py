@@ -12,6 +12,7 @@ renamed, so a crash never leaves a half-written result and an input is never ove
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -201,6 +202,11 @@ def list_dicom_series(folder: str | os.PathLike) -> list[dict[str, Any]]:
 
 def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     found = list_dicom_series(folder)
+    if not found and _dicomdir(folder):
+        # a CD or PACS export: the DICOMDIR indexes images kept in sub-folders (PT000000/ST000000/...)
+        for sub, dirs, _ in itertools.islice(os.walk(folder), 1, 5000):
+            dirs.sort()
+            found += list_dicom_series(sub)
     if not found:
         for name in sorted(os.listdir(folder)):  # DICOM files GDCM skipped: say why
             path = os.path.join(folder, name)
@@ -260,6 +266,12 @@ def _with_slice_step(image: sitk.Image, step: np.ndarray | None) -> sitk.Image:
     image.SetDirection([float(v) for v in direction.ravel()])
     image.SetSpacing(spacing)
     return image
+
+
+def _dicomdir(folder: str) -> str | None:
+    """The DICOMDIR file in ``folder`` (any case), if there is one."""
+    return next((os.path.join(folder, name) for name in sorted(os.listdir(folder))
+                 if name.upper() == "DICOMDIR" and os.path.isfile(os.path.join(folder, name))), None)
 
 
 def _check_series_geometry(pick: dict[str, Any]) -> tuple[bool, np.ndarray | None]:
@@ -362,7 +374,8 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     """Read an image file, or a DICOM series from a folder.
 
     Args:
-        path: image file, or folder of DICOM files.
+        path: image file, folder of DICOM files, or a DICOMDIR (or its folder: the series in the
+            sub-folders it indexes).
         series: DICOM series UID (or unique description substring) when the folder holds several.
         keep_color: keep RGB(A) pixels; by default colour images are converted to luminance.
         float32: cast the result to 32-bit float.
@@ -376,6 +389,8 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"File not found: '{path}'.", "Check the path and its spelling.")
+    if os.path.basename(path).upper() == "DICOMDIR" and os.path.isfile(path):
+        path = os.path.dirname(path) or "."  # an index of the images below it, not an image
     if os.path.isdir(path):
         image = _read_dicom_folder(path, series)
     else:

@@ -28,7 +28,8 @@ except ImportError:  # pragma: no cover - the test extra is not installed
 #: identifying values written into every file: none may show up anywhere
 PHI = {"PatientName": "Zzyzx^Quintessa", "PatientID": "PID998877", "PatientBirthDate": "19410315",
        "InstitutionName": "St Elsewhere Hospital", "AccessionNumber": "ACC55443322", "StudyDate": "20230417",
-       "ReferringPhysicianName": "Kildare^James", "OperatorsName": "Operator^Olga", "StationName": "STATIONXQ7"}
+       "ReferringPhysicianName": "Kildare^James", "OperatorsName": "Operator^Olga", "StationName": "STATIONXQ7",
+       "StudyTime": "101112", "StudyID": "STUDY4711"}
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -206,6 +207,28 @@ class DicomFilesItCannotRead(unittest.TestCase):
                     self.assertIn(name, message)
                     self.assertIn("uncompressed", message)  # the fix
                     self.assertNotIn("Implicit Transfer Syntax", message)
+
+
+    def test_dicomdir_is_read_through(self) -> None:
+        # a CD/PACS export: DICOMDIR at the top, the images in PT000000/ST000000/SE000000/; the folder was
+        # "No DICOM series found" and the DICOMDIR file "Unable to determine ImageIO reader"
+        from pydicom import dcmread
+        from pydicom.fileset import FileSet
+
+        with tempfile.TemporaryDirectory() as source, tempfile.TemporaryDirectory() as export:
+            truth = write_series(source)
+            fileset = FileSet()
+            for name in sorted(os.listdir(source)):
+                fileset.add(dcmread(os.path.join(source, name)))
+            fileset.write(export)
+            for path in (export, os.path.join(export, "DICOMDIR")):
+                image = io.read_image(path)
+                self.assertEqual(image.GetSize(), (10, 12, 6))
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+            write_series(os.path.join(export, "more"), description="SECOND")  # two series: pick one
+            with self.assertRaisesRegex(InputError, "holds 2 DICOM series"):
+                io.read_image(export)
+            self.assertEqual(io.read_image(export, series="SECOND").GetSize(), (10, 12, 6))
 
 
 def write_enhanced(path: str, positions: Sequence[Sequence[float]], orientation: Sequence[float] = AXIAL,
