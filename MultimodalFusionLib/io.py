@@ -418,14 +418,22 @@ def _read_file(path: str) -> sitk.Image:
         _check_metaimage_size(path)
     what = f"DICOM file '{path}'"
     syntax = _check_decodable(what, path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
     try:
         with _naming_transfer_syntax(what, syntax), itk_guard(
                 f"reading '{path}'", "Use a NIfTI, NRRD, MHA/MHD, PNG/JPEG or DICOM file, and check it is not truncated."):
-            return sitk.ReadImage(path)
+            image = reader.Execute()
     except InputError as exc:
         if _is_nifti2(path):
             raise _nifti2_error(path) from exc
         raise
+    if syntax is not None or sitk.ImageFileReader.GetImageIOFromFileName(path) == "GDCMImageIO":
+        # ITK keeps every tag of the file (patient name, ID, birth date...) in the image, and the NRRD and
+        # MetaImage writers put them in the header of anything written from it: no tag travels on
+        for key in image.GetMetaDataKeys():
+            image.EraseMetaData(key)
+    return image
 
 
 def _read_dicom_file(path: str) -> sitk.Image:

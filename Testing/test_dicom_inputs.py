@@ -72,7 +72,10 @@ def write_series(folder: str, *, positions: Sequence[Sequence[float]] | None = N
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        stored = rng.integers(0, 2000, (rows, cols)).astype(np.uint16)
+        # a bright ball in the slice stack, with some noise: registrable, and every value different
+        y, x = np.mgrid[:rows, :cols]
+        r2 = ((y - rows / 2) / rows) ** 2 + ((x - cols / 2) / cols) ** 2 + ((k - len(positions) / 2) / 8) ** 2
+        stored = (1000 + 800 * np.exp(-r2 / 0.05) + rng.integers(0, 50, (rows, cols))).astype(np.uint16)
         ds.PixelData = stored.tobytes()
         for name in drop:
             delattr(ds, name)
@@ -229,6 +232,64 @@ class DicomFilesItCannotRead(unittest.TestCase):
             with self.assertRaisesRegex(InputError, "holds 2 DICOM series"):
                 io.read_image(export)
             self.assertEqual(io.read_image(export, series="SECOND").GetSize(), (10, 12, 6))
+
+
+
+@unittest.skipUnless(_HAVE_PYDICOM, "pydicom is not installed (pip install 'slicer-multimodalfusion[test]')")
+class NoPatientDataOut(unittest.TestCase):
+    """No identifying value of the DICOM files reaches an image the package returns or writes."""
+
+    def _assert_clean(self, payload: bytes, where: str) -> None:
+        for name, value in PHI.items():
+            self.assertNotIn(value.encode(), payload, f"{name} in {where}")
+
+    def test_read_volume_carries_no_patient_tags(self) -> None:
+        # ITK kept every tag of a DICOM file read as a volume (an enhanced CT, a tilted slice) in the image's
+        # metadata, and NRRD/MetaImage writers put them in the header: PatientName, ID, birth date...
+        with tempfile.TemporaryDirectory() as folder:
+            write_enhanced(os.path.join(folder, "enhanced.dcm"), [(0.0, 0.0, 2.0 * k) for k in range(4)])
+            image = io.read_image(os.path.join(folder, "enhanced.dcm"))
+            self.assertEqual(image.GetMetaDataKeys(), ())
+            for name in ("converted.nrrd", "converted.mha"):
+                path = io.write_image(image, os.path.join(folder, name))
+                with open(path, "rb") as fh:
+                    self._assert_clean(fh.read(), name)
+
+    def test_cli_outputs_hold_no_patient_data(self) -> None:
+        """info, register and run (report included) on a CT and a PET series, and an error message."""
+        import contextlib
+        import io as text_io
+
+        from MultimodalFusionLib import cli
+
+        with tempfile.TemporaryDirectory() as root:
+            ct, pet = os.path.join(root, "ct"), os.path.join(root, "pet")
+            write_series(ct, rows=24, cols=24, positions=[(-12.0, -14.0, 30.0 + 2.5 * k) for k in range(8)])
+            write_series(pet, modality="PT", description="PET AC", pixel_spacing=(1.6, 1.8), rows=12, cols=12,
+                         positions=[(-11.0, -13.0, 31.0 + 3.0 * k) for k in range(6)])
+            write_series(os.path.join(root, "gap"), positions=[(0.0, 0.0, z) for z in (0.0, 2.5, 7.5)])
+            commands = [["info", ct, pet], ["info", "--json", ct],
+                        ["register", ct, pet, "--output-dir", os.path.join(root, "reg"), "--stages", "rigid",
+                         "--seed", "0"],
+                        ["run", ct, pet, "--output-dir", os.path.join(root, "run"), "--stages", "rigid",
+                         "--methods", "overlay,average", "--seed", "0"],
+                        ["info", os.path.join(root, "gap")]]
+            for argv in commands:
+                out, err = text_io.StringIO(), text_io.StringIO()
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    code = cli.main(argv)
+                self.assertEqual(code, 2 if "gap" in argv[-1] else 0, err.getvalue())
+                self._assert_clean((out.getvalue() + err.getvalue()).encode(), " ".join(argv[:1]))
+            written = [os.path.join(d, f) for d in ("reg", "run") for f in os.listdir(os.path.join(root, d))]
+            self.assertIn(os.path.join("run", "report.html"), written)
+            for path in written:
+                with open(os.path.join(root, path), "rb") as fh:
+                    payload = fh.read()
+                if path.endswith(".gz"):
+                    import gzip
+
+                    payload = gzip.decompress(payload)
+                self._assert_clean(payload + os.path.basename(path).encode(), path)
 
 
 def write_enhanced(path: str, positions: Sequence[Sequence[float]], orientation: Sequence[float] = AXIAL,
