@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from . import __version__
 from .errors import MultimodalFusionError
@@ -158,9 +158,14 @@ def _add_initializer_and_series(p: argparse.ArgumentParser) -> None:
                                                                 for name in INITIALIZERS)
                         + " (default: the preset's, else geometry)")
     p.add_argument("--list-presets", action=_ListPresets, help="print the presets and their stages, then exit")
-    p.add_argument("--series", help="DICOM series UID or description for both inputs, when a folder holds several")
-    p.add_argument("--fixed-series", help="DICOM series of the fixed input (default: --series)")
-    p.add_argument("--moving-series", help="DICOM series of the moving input (default: --series)")
+    _add_series(p, ("fixed", "moving"))
+
+
+def _add_series(p: argparse.ArgumentParser, roles: Sequence[str]) -> None:
+    """--series for every input and --ROLE-series for each (``_series`` reads them)."""
+    p.add_argument("--series", help="DICOM series UID or description for every input, when a folder holds several")
+    for role in roles:
+        p.add_argument(f"--{role}-series", help=f"DICOM series of the {role} input (default: --series)")
 
 
 def _series(args: argparse.Namespace, which: str) -> str | None:
@@ -347,6 +352,7 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the metrics as JSON (stdout holds only the JSON, as for the other commands)")
     _add_fusion_params(p)
+    _add_series(p, ("a", "b"))
     p.set_defaults(func=_run_fuse)
 
 
@@ -358,8 +364,8 @@ def _run_fuse(args: argparse.Namespace) -> int:
 
     report_files = [os.path.join(args.report, n) for n in report_file_patterns()] if args.report else []
     check_not_overwriting_inputs([args.output], [args.a, args.b], patterns=report_files)
-    a = read_image(args.a, keep_color=True)
-    b = read_image(args.b, keep_color=True)
+    a = read_image(args.a, keep_color=True, series=_series(args, "a"))
+    b = read_image(args.b, keep_color=True, series=_series(args, "b"))
     bar = ProgressBar(desc=f"fuse {args.method}")
     try:
         res = fuse(a, b, args.method, progress=bar, **_fusion_params(args))
@@ -395,6 +401,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("a", help="source image A")
     p.add_argument("b", help="source image B")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_series(p, ("fused", "a", "b"))
     p.set_defaults(func=_run_evaluate)
 
 
@@ -402,9 +409,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .io import read_image, to_json_safe
     from .metrics import fusion_metrics
 
-    f = read_image(args.fused, keep_color=True)
-    a = read_image(args.a, keep_color=True)
-    b = read_image(args.b, keep_color=True)
+    f = read_image(args.fused, keep_color=True, series=_series(args, "fused"))
+    a = read_image(args.a, keep_color=True, series=_series(args, "a"))
+    b = read_image(args.b, keep_color=True, series=_series(args, "b"))
     values = fusion_metrics(f, a, b)
     if args.json:
         print(json.dumps(to_json_safe(values), indent=2))

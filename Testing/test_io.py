@@ -115,6 +115,23 @@ class Errors(unittest.TestCase):
             self.assertGreaterEqual(float(sitk.GetArrayViewFromImage(b).min()), 500)
             a = io.read_image(d, series="1.2.826.0.1.3680043.2.1125.101")
             self.assertLess(float(sitk.GetArrayViewFromImage(a).max()), 20)
+            # the --series the message advises exists on every command reading two or more images (fuse and
+            # evaluate had none: "unrecognized arguments")
+            import contextlib
+            import io as _io
+            import json
+
+            from MultimodalFusionLib.cli import main
+
+            out_dir = tempfile.TemporaryDirectory()
+            self.addCleanup(out_dir.cleanup)
+            fused = os.path.join(out_dir.name, "fused.nii.gz")
+            with contextlib.redirect_stdout(_io.StringIO()):
+                self.assertEqual(main(["fuse", d, d, "--a-series", "AXIAL_A", "--b-series", "AXIAL_B", "-o", fused]), 0)
+            out = _io.StringIO()
+            with contextlib.redirect_stdout(out):
+                self.assertEqual(main(["evaluate", "--fused", fused, d, d, "--series", "AXIAL_A", "--json"]), 0)
+            self.assertIn("SSIM", json.loads(out.getvalue()))
 
 
 def _pydicom_series(folder: str, *, z=(0.0, 3.0, 6.0, 9.0, 12.0, 15.0), drop=(), slopes=None) -> np.ndarray:
