@@ -38,6 +38,21 @@ class FusionParametersBeforeRegistrationTest(unittest.TestCase):
             # levels beyond what a 16x16 test pair allows are reduced, as on the images, not refused
             pipeline.run(t1, pd, tmp, methods="wavelet", method_params={"wavelet": {"levels": 9}}, register=False)
 
+    def test_an_overlay_threshold_in_the_images_units_is_not_refused_up_front(self) -> None:
+        """The overlay threshold is in the functional image's units (fuse maps it through the window):
+        the early check fused its 0..1 test pair with it as given and refused `run --method overlay
+        --threshold 100` on 8-bit images, which fuses fine."""
+        t1 = io.read_image(data.testing_data_dir() / "BrainT1SliceBorder20.png")
+        pd = io.read_image(data.testing_data_dir() / "BrainProtonDensitySliceR10X13Y17.png")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = pipeline.run(t1, pd, tmp, methods="overlay", method_params={"overlay": {"threshold": 100}},
+                               register=False)
+            self.assertEqual(out["fusions"][0].parameters["threshold"], 100.0)
+            for bad in ("nosuch", float("nan")):  # not a number: refused before any work, as InputError
+                with self.subTest(threshold=bad), self.assertRaises(InputError) as ctx:
+                    pipeline.run(t1, pd, tmp, methods="overlay", method_params={"overlay": {"threshold": bad}})
+                self.assertIn("threshold", str(ctx.exception))
+
 
 class BlankInputsTest(unittest.TestCase):
     def test_a_blank_moving_image_is_named_as_blank_not_as_not_overlapping(self) -> None:

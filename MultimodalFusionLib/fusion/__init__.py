@@ -304,10 +304,28 @@ def check_parameters(method: str, params: dict[str, Any] | None = None) -> None:
     for key in ("window", "window_a", "window_b"):
         if key in params:
             _checked_window(params.pop(key), key)
+    if method == "overlay" and "threshold" in params:
+        # in the functional image's units: fuse maps it through that image's window, unknown here, so
+        # only its being a number is checked (the 0..1 test pair would refuse e.g. 100 of an 8-bit PET)
+        _checked_threshold(params.pop("threshold"))
     checked = _checked_params(func, method, params)
     if method in _BUILTIN_METHODS and method != "deep":
         ramp = np.linspace(0.0, 1.0, 256).reshape(16, 16)
         func(ramp, np.ascontiguousarray(ramp.T), **checked)
+
+
+def _checked_threshold(threshold: Any) -> float | None:
+    """The overlay threshold as a float (None: the default), or a clear InputError (not float()'s ValueError)."""
+    if threshold is None:
+        return None
+    try:
+        value = float(threshold) if not isinstance(threshold, bool) else float("nan")
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value):
+        raise InputError(f"The overlay threshold must be a number in the functional image's units (got {threshold!r}).",
+                         "Give a number inside the functional window, or leave it out (10% up the window).")
+    return value
 
 
 def _checked_window(window: Any, name: str) -> tuple[float, float] | None:
@@ -421,6 +439,7 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
 
     if method == "overlay":
         thr = params.pop("threshold", None)
+        _checked_threshold(thr)  # a number (float() below), named as given in the messages
         if thr is None:
             thr_unit = 0.1
         elif window_b is not None:
