@@ -592,8 +592,12 @@ def _check_metaimage_size(path: str) -> None:
     holds. Headers this does not follow (ASCII data, a list of data files, ``HeaderSize = -1``, a compressed
     file without ``CompressedDataSize``) are left to ITK.
     """
-    with open(path, "rb") as fh:
-        head = fh.read(1 << 20)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 20)
+    except OSError as exc:  # read before ITK, whose failure is an InputError: so must this one be
+        raise InputError(f"Cannot read '{path}' ({exc.strerror or exc}).",
+                         "Check the file's permissions (it must be readable), or copy it somewhere readable.") from exc
     end = re.search(rb"(?m)^[ \t]*ElementDataFile[ \t]*=[ \t]*([^\r\n]*?)[ \t]*(?:\r?\n|\Z)", head)
     if not re.match(rb"\s*\w+\s*=", head):
         return  # not a MetaImage header: ITK chooses its reader from the contents

@@ -385,6 +385,22 @@ class MetaImageReaderGaps(unittest.TestCase):
         self.assertIn("alone.raw", str(cm.exception))
         self.assertIn("does not exist", str(cm.exception))
 
+    def test_an_unreadable_metaimage_is_an_input_error(self) -> None:
+        """The size check opened the file before ITK did: an .mha without read permission was a
+        PermissionError traceback (ITK's own failure had been an InputError)."""
+        sitk.WriteImage(self.image, self._path("locked.mha"))
+        os.chmod(self._path("locked.mha"), 0)
+        try:
+            open(self._path("locked.mha"), "rb").close()
+        except PermissionError:
+            pass
+        else:
+            self.skipTest("permissions do not bind this user (root)")
+        with self.assertRaises(InputError) as cm:
+            io.read_image(self._path("locked.mha"))
+        self.assertIn("locked.mha", str(cm.exception))
+        self.assertIn("Permission denied", str(cm.exception))
+
     def test_metaio_warnings_do_not_reach_stderr(self) -> None:
         import subprocess
         import sys
