@@ -446,6 +446,10 @@ def _read_dicom_file(path: str) -> sitk.Image:
 
 #: NIfTI datatype codes of real floating-point voxels: ITK's NIfTI reader turns their NaN/inf into 0
 _NIFTI_FLOATS = {16: np.float32, 64: np.float64}
+#: Bytes per voxel of each NIfTI datatype: nifti1_io (ITK's reader) sizes voxels by the datatype and
+#: ignores a bitpix that disagrees, so the size check must too (uint8 .. rgba32)
+_NIFTI_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+                1536: 16, 1792: 16, 2048: 32, 2304: 4}
 
 
 def _nifti_layout(header: bytes) -> tuple[str, int, int, int, int, float] | None:
@@ -469,11 +473,12 @@ def _nifti_layout(header: bytes) -> tuple[str, int, int, int, int, float] | None
             break
     else:
         return None
-    if not 1 <= dims[0] <= 7 or bitpix <= 0 or bitpix % 8:
+    voxel_bytes = _NIFTI_BYTES.get(int(datatype)) or (bitpix // 8 if bitpix > 0 and bitpix % 8 == 0 else 0)
+    if not 1 <= dims[0] <= 7 or not voxel_bytes:
         return None
     count = int(np.prod([max(1, int(d)) for d in dims[1:dims[0] + 1]], dtype=np.int64))
     zero = float(inter) if slope != 0 and math.isfinite(slope) and math.isfinite(inter) else 0.0
-    return order, int(datatype), bitpix // 8, count, offset, zero
+    return order, int(datatype), voxel_bytes, count, offset, zero
 
 
 def _is_nifti2(path: str) -> bool:

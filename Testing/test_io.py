@@ -259,6 +259,17 @@ class NiftiReaderGaps(unittest.TestCase):
             self.assertIn(name, str(cm.exception))
             io.read_image(self._path("whole_" + name))  # the complete file reads
 
+    def test_a_wrong_bitpix_does_not_make_a_complete_file_truncated(self) -> None:
+        """ITK (nifti1_io) sizes a voxel by the datatype and ignores bitpix; the truncation check took
+        bitpix and refused a complete float32 file whose header said 64 bits, which ITK reads whole."""
+        sitk.WriteImage(sitk.GetImageFromArray(self.arr), self._path("bitpix.nii"))
+        with open(self._path("bitpix.nii"), "r+b") as fh:
+            fh.seek(72)  # bitpix, after the datatype (bytes 70-71): 32 -> 64
+            fh.write(np.array([64], "<i2").tobytes())
+        self.assertEqual(sitk.ReadImage(self._path("bitpix.nii")).GetSize(), (8, 7, 6))
+        got = sitk.GetArrayFromImage(io.read_image(self._path("bitpix.nii")))
+        np.testing.assert_array_equal(got, self.arr)  # NaN/inf put back where they are, too
+
     def test_nan_and_inf_voxels_are_kept_where_they_are(self) -> None:
         for name, dtype in (("f.nii.gz", np.float32), ("d.nii", np.float64)):
             sitk.WriteImage(sitk.GetImageFromArray(self.arr.astype(dtype)), self._path(name))
