@@ -615,11 +615,14 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
                           loss_weights=LossWeights.parse(args.loss_weights), seed=args.seed, device=args.device,
                           samples_per_epoch=args.samples_per_epoch)
     tcfg.check()
-    if args.resume and args.spatial_dims is not None:
+    if args.resume:  # before the pairs are read, as the other settings
+        from .fusion.deep.training import check_resumable
         from .fusion.deep.weights import load_checkpoint
 
-        resumed_dims = load_checkpoint(args.resume)["architecture"].spatial_dims
-        if resumed_dims != args.spatial_dims:  # the checkpoint's network was trained silently instead
+        state = load_checkpoint(args.resume)
+        check_resumable(args.resume, state["state"].get("training") or {}, tcfg, int(state["epoch"]) + 1)
+        resumed_dims = state["architecture"].spatial_dims
+        if args.spatial_dims is not None and resumed_dims != args.spatial_dims:  # the checkpoint's network was trained silently instead
             raise InputError(f"--spatial-dims {args.spatial_dims} was given, but the checkpoint '{args.resume}' "
                              f"holds a {resumed_dims}D network.",
                              f"Leave out --spatial-dims to continue the {resumed_dims}D run (or give "

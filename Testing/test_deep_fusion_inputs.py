@@ -102,6 +102,13 @@ class TrainingDataTest(unittest.TestCase):
                 np.testing.assert_array_equal(np.load(tmp / "cache" / f"pair{k:05d}_a.npy"), a)
                 np.testing.assert_array_equal(np.load(tmp / "cache" / f"pair{k:05d}_b.npy"), b)
 
+    def test_a_numpy_learning_rate_is_a_number(self):
+        from MultimodalFusionLib.fusion.deep import TrainingConfig
+
+        TrainingConfig(lr=np.float32(1e-3)).check()  # refused by the first version of the check
+        with self.assertRaises(InputError):
+            TrainingConfig(lr=np.float32("nan")).check()
+
     def test_training_settings_no_run_can_use_are_refused(self):
         """lr=inf trained NaN weights and returned them as trained; lr=nan failed inside torch;
         samples_per_epoch=0 silently meant all samples and -3 suggested a batch size of -3."""
@@ -197,6 +204,14 @@ class TrainFusionCommandTest(unittest.TestCase):
                     rc, err = self._main(resumed + extra)
                     self.assertEqual(rc, 2, err)
                     self.assertIn(message, err)
+            # before any pair is read (as the other settings): an unreadable pair is not what is reported
+            broken = tmp / "broken"
+            for sub in ("MRI", "CT"):
+                (broken / sub).mkdir(parents=True)
+                (broken / sub / "0.png").write_bytes(b"not a png")
+            rc, err = self._main(["train-fusion", "--pairs", str(broken)] + resumed[3:] + ["--lr", "0.01"])
+            self.assertEqual(rc, 2, err)
+            self.assertIn("lr 0.002 -> 0.01", err)
             rc, err = self._main(resumed + ["--epochs", "3"])  # its weights as they are
             self.assertEqual(rc, 0, err)
             # the checkpoint's own architecture without --spatial-dims, and a matching --spatial-dims, resume

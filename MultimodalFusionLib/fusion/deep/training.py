@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
 import os
 import random
 import time
@@ -65,7 +66,8 @@ class TrainingConfig:
                 (inf trained NaN weights and wrote them; NaN failed inside torch), a patch side below 16,
                 or fewer than one sample per epoch.
         """
-        lr_ok = isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0
+        lr_ok = (isinstance(self.lr, numbers.Real) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
+                 and self.lr > 0)  # numpy's float32 too
         if self.epochs < 1 or self.batch_size < 1 or not lr_ok or self.patch_size < 16:
             raise InputError(f"Invalid training settings (epochs {self.epochs}, batch size {self.batch_size}, "
                              f"lr {self.lr}, patch {self.patch_size}).",
@@ -83,8 +85,15 @@ _FLAGS = {"seed": "--seed", "lr": "--lr", "batch_size": "--batch-size", "patch_s
           "loss_weights": "--loss-weights", "samples_per_epoch": "--samples-per-epoch"}
 
 
-def _check_resumable(path: Any, saved: dict[str, Any], tcfg: TrainingConfig, done: int) -> None:
-    """Refuse a resume that would not continue the checkpoint's run: other settings, or fewer epochs."""
+def check_resumable(path: Any, saved: dict[str, Any], tcfg: TrainingConfig, done: int) -> None:
+    """Refuse a resume that would not continue the checkpoint's run: other settings, or fewer epochs.
+
+    Args:
+        path: the checkpoint (for the message).
+        saved: its ``state["training"]`` (the run's settings; empty: nothing to compare).
+        tcfg: the settings of the resumed run.
+        done: epochs the checkpoint has trained.
+    """
     now = tcfg.to_dict()
     changed = [k for k in RESUME_SETTINGS if k in saved and saved[k] != now[k]]
     if changed:
@@ -212,7 +221,7 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
                              "of the checkpoint's architecture.")
         start_epoch = int(state["epoch"]) + 1
         history = list(state["state"].get("history", []))
-        _check_resumable(resume, state["state"].get("training") or {}, tcfg, start_epoch)
+        check_resumable(resume, state["state"].get("training") or {}, tcfg, start_epoch)
     # set_determinism seeds Python's, numpy's and torch's global generators (MONAI's DataLoader and the
     # network's initialisation draw from them) and cuDNN's flags: put the caller's back afterwards
     with _caller_random_state_kept(torch):
