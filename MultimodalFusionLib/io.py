@@ -200,6 +200,10 @@ def list_dicom_series(folder: str | os.PathLike) -> list[dict[str, Any]]:
     return series
 
 
+class SeveralDicomSeries(InputError):
+    """A DICOM folder holds several series and none was picked (the problem lists them)."""
+
+
 def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     found = list_dicom_series(folder)
     if not found and _dicomdir(folder):
@@ -224,7 +228,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
                 "Give the exact series UID (or a description that matches one series).")
         pick = chosen[0]
     elif len(found) > 1:
-        raise InputError(
+        raise SeveralDicomSeries(
             f"Folder '{folder}' holds {len(found)} DICOM series; which one should be used?\n"
             + _describe_series(found),
             "Pick one by UID or description: --series UID (CLI; --fixed-series / --moving-series / "

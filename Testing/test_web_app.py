@@ -101,6 +101,29 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual(self.app.state.moving_name, "pet.mhd")
         self.assertEqual(self.app.moving_image.GetSize(), sitk.ReadImage(self.moving_path).GetSize())
 
+    def test_a_folder_of_several_dicom_series_names_a_fix_this_page_offers(self) -> None:
+        """The engine's fix names --series and read_image(series=...), which the page has no field for."""
+        folder = self.root / "two-series"
+        folder.mkdir()
+        for uid, description in (("1.2.826.0.1.3680043.2.1125.7", "T1"), ("1.2.826.0.1.3680043.2.1125.8", "PET")):
+            for k in range(3):
+                slice_ = sitk.Image([8, 8], sitk.sitkInt16) + 10 * k + 5
+                for tag, value in (("0008|0060", "CT"), ("0020|000e", uid), ("0008|103e", description),
+                                   ("0020|0032", f"0\\0\\{2.0 * k}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                                   ("0028|0030", "0.5\\0.5"), ("0008|0018", f"{uid}.{k + 1}")):
+                    slice_.SetMetaData(tag, value)
+                writer = sitk.ImageFileWriter()
+                writer.KeepOriginalImageUIDOn()
+                writer.SetFileName(str(folder / f"{description}{k}.dcm"))
+                writer.Execute(slice_)
+        self.app.state.fixed_path, self.app.state.moving_path = str(folder), self.moving_path
+        self._do(self.app.load_from_paths)
+        message = self.app.state.error_message
+        self.assertIn("2 DICOM series", message)
+        self.assertIn("PET", message)  # the series are listed
+        self.assertIn("only its files", message)
+        self.assertNotIn("--series", message)
+
     def test_a_header_uploaded_without_its_data_file_is_refused_naming_it(self) -> None:
         # ITK's messages named no file or the wrong one ("Reason: No such file or directory", "use a
         # NIfTI, NRRD, MHA/MHD ... file") for a .mhd, .nhdr or .hdr whose voxels were not uploaded with it

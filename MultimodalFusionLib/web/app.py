@@ -435,7 +435,15 @@ class FusionWebApp:
 
     def load_from_paths(self) -> None:
         """Read the images at ``fixed_path`` and ``moving_path`` (server paths) in the background."""
-        from ..io import read_image, to_luminance
+        from ..io import SeveralDicomSeries, to_luminance
+        from ..io import read_image as read_any
+
+        def read_image(path: str, keep_color: bool) -> sitk.Image:
+            try:
+                return read_any(path, keep_color=keep_color)
+            except SeveralDicomSeries as exc:  # its fix names CLI options and Python, which this page has not
+                raise InputError(exc.problem, "Load one series: give the path of a folder that holds only its "
+                                              "files, or upload only that series' files.") from exc
         from ..validation import check_image
 
         fixed_path, moving_path = str(self.state.fixed_path or ""), str(self.state.moving_path or "")
