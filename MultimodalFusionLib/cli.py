@@ -432,6 +432,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the registration's random sampling (reproducible)")
     p.add_argument("--backend", default="sitk", help="registration backend: sitk (default) or torch")
     p.add_argument("--no-register", action="store_true", help="images are already aligned: only resample and fuse")
+    p.add_argument("--fixed-mask", help="mask image on the fixed grid: the registration metric's region, and the "
+                                        "region of the alignment numbers (MI/NCC/NMI before and after)")
+    p.add_argument("--moving-mask", help="mask image on the moving grid (registration metric region)")
     _add_initializer_and_series(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     _add_fusion_params(p)
@@ -453,10 +456,18 @@ def _run_run(args: argparse.Namespace) -> int:
         if m == "overlay":
             accepted |= {"window"}
         method_params[m] = {k: v for k, v in params.items() if k in accepted}
+    from .errors import InputError
+
+    if args.no_register and args.moving_mask:  # it only restricts the registration's metric
+        raise InputError("--moving-mask was given with --no-register: it limits the registration's metric, and "
+                         "no registration runs.", "Leave out --moving-mask, or register (drop --no-register).")
+    from .io import read_image
+
+    masks = {k: read_image(getattr(args, k)) if getattr(args, k) else None for k in ("fixed_mask", "moving_mask")}
     bar = ProgressBar(desc="run")
     try:
         out = run(args.fixed, args.moving, args.output_dir, preset=args.preset, stages=args.stages, methods=methods,
-                  seed=args.seed, progress=bar, backend=args.backend, register=not args.no_register,
+                  seed=args.seed, progress=bar, backend=args.backend, register=not args.no_register, **masks,
                   method_params=method_params, initializer=args.initializer,
                   fixed_series=_series(args, "fixed"), moving_series=_series(args, "moving"))
     finally:

@@ -198,6 +198,29 @@ class RegisterCommand(unittest.TestCase):
         fixed = read_image(FIXED, float32=True)
         self.assertLess(transform_error(refined, itk_brainweb_truth(fixed), fixed)["median"], 0.5)
 
+    def test_run_takes_the_masks_register_takes(self):
+        """`run` had no --fixed-mask/--moving-mask: a masked registration needed register + fuse by hand."""
+        fixed = read_image(FIXED)
+        mask = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
+        mask.CopyInformation(fixed)
+        mask[40:180, 40:200] = 1  # the head, not the border
+        mask_path = os.path.join(self.dir, "mask.nrrd")
+        sitk.WriteImage(mask, mask_path)
+        summaries = {}
+        for name, extra in (("plain", []), ("masked", ["--fixed-mask", mask_path, "--moving-mask", mask_path])):
+            out_dir = os.path.join(self.dir, name)
+            rc, out, err = run_cli("run", FIXED, MOVING, "--output-dir", out_dir, "--methods", "average", "--seed",
+                                   "1", "--json", *extra)
+            self.assertEqual(rc, 0, err)
+            summaries[name] = json.loads(out)
+        # the alignment numbers are measured inside the fixed mask, so they change with it
+        self.assertNotEqual(summaries["plain"]["registration_metrics"]["after"]["MI"],
+                            summaries["masked"]["registration_metrics"]["after"]["MI"])
+        rc, _, err = run_cli("run", FIXED, MOVING, "--output-dir", os.path.join(self.dir, "nr"), "--no-register",
+                             "--moving-mask", mask_path)
+        self.assertEqual(rc, 2)
+        self.assertIn("--moving-mask was given with --no-register", err)
+
     def test_initializer_default_in_help_is_the_one_used(self):
         """`--initializer` help names the default a preset-less registration really starts from."""
         from MultimodalFusionLib.registration import RegistrationParameters
