@@ -456,11 +456,6 @@ def _run_run(args: argparse.Namespace) -> int:
         if m == "overlay":
             accepted |= {"window"}
         method_params[m] = {k: v for k, v in params.items() if k in accepted}
-    from .errors import InputError
-
-    if args.no_register and args.moving_mask:  # it only restricts the registration's metric
-        raise InputError("--moving-mask was given with --no-register: it limits the registration's metric, and "
-                         "no registration runs.", "Leave out --moving-mask, or register (drop --no-register).")
     from .io import read_image
 
     masks = {k: read_image(getattr(args, k)) if getattr(args, k) else None for k in ("fixed_mask", "moving_mask")}

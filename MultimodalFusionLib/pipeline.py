@@ -160,6 +160,10 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     methods = list(dict.fromkeys(methods))  # keep order, drop repeats
     if not methods:
         raise InputError("No fusion method was given.", f"Name one or more of: {', '.join(fusion.list_methods())}.")
+    if not register and moving_mask is not None:  # it only restricts the registration's metric: silently unused
+        raise InputError("A moving mask was given without registration (--no-register): it limits the "
+                         "registration's metric, and no registration runs.",
+                         "Leave out the moving mask (--moving-mask), or register.")
     for m in methods:
         # fail early, before a long registration, on a misspelt method, parameter or value
         fusion.check_parameters(m, (method_params or {}).get(m, {}))

@@ -219,7 +219,7 @@ class RegisterCommand(unittest.TestCase):
         rc, _, err = run_cli("run", FIXED, MOVING, "--output-dir", os.path.join(self.dir, "nr"), "--no-register",
                              "--moving-mask", mask_path)
         self.assertEqual(rc, 2)
-        self.assertIn("--moving-mask was given with --no-register", err)
+        self.assertIn("moving mask was given without registration (--no-register)", err)
 
     def test_initializer_default_in_help_is_the_one_used(self):
         """`--initializer` help names the default a preset-less registration really starts from."""
