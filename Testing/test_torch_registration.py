@@ -354,6 +354,20 @@ class TorchRegistrationTest(unittest.TestCase):
         self.assertEqual(mapped.stages, ["rigid", "deformable"])
 
 
+    def test_tiny_images_are_input_errors_through_register_torch(self) -> None:
+        # register() refused an axis of fewer than 4 voxels, but register_torch (public) handed it to
+        # ITK's recursive Gaussian, whose RuntimeError reached the user
+        from MultimodalFusionLib.registration.torch_backend import register_torch
+
+        rng = np.random.default_rng(0)
+        for shape in ((3, 3), (3, 20, 20)):
+            a = sitk.GetImageFromArray(rng.random(shape).astype(np.float32))
+            b = sitk.GetImageFromArray(rng.random(shape).astype(np.float32))
+            with self.subTest(shape=shape):
+                with self.assertRaises(InputError) as ctx:
+                    register_torch(a, b, self._params(stages=["rigid"]))
+                self.assertIn("at least 4", str(ctx.exception))
+
 # settings of the deformable test: a 3 mm volume, levels at 6 and 3 mm
 _DEFORMABLE_TEST = {"stages": ["affine", "deformable"], "deformable_level_spacing_mm": [6.0, 3.0],
                     "deformable_iterations": [100, 50]}
