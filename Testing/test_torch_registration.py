@@ -368,6 +368,25 @@ class TorchRegistrationTest(unittest.TestCase):
                     register_torch(a, b, self._params(stages=["rigid"]))
                 self.assertIn("at least 4", str(ctx.exception))
 
+    def test_device_settings_are_checked_before_running(self) -> None:
+        # "mps" (or any device torch cannot use here) was accepted and failed inside torch with a
+        # RuntimeError; a mixed_precision of "no" counted as True; a device of 0 silently meant "auto"
+        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters, select_device
+
+        for device in ("mps", "gpu", "cuda:99", 0):
+            with self.subTest(device=device):
+                with self.assertRaises(InputError) as ctx:
+                    select_device(device)
+                self.assertIn("Fix:", str(ctx.exception))
+        for field, value in (("device", "mps"), ("device", 0), ("mixed_precision", "no")):
+            with self.subTest(field=field, value=value), self.assertRaises(InputError):
+                TorchRegistrationParameters(**{field: value}).validate()
+        self.assertEqual(select_device("CPU").type, "cpu")
+        if not torch.cuda.is_available():  # auto runs on the CPU; cuda names the fix
+            self.assertEqual(select_device("auto").type, "cpu")
+            with self.assertRaises(InputError):
+                select_device("cuda:0")
+
 # settings of the deformable test: a 3 mm volume, levels at 6 and 3 mm
 _DEFORMABLE_TEST = {"stages": ["affine", "deformable"], "deformable_level_spacing_mm": [6.0, 3.0],
                     "deformable_iterations": [100, 50]}
