@@ -387,6 +387,25 @@ class TorchRegistrationTest(unittest.TestCase):
             with self.assertRaises(InputError):
                 select_device("cuda:0")
 
+    def test_moving_mask_not_used_by_a_stage_is_warned(self) -> None:
+        # the moving mask restricts only the "mi" linear metric; with MIND/LNCC or in the deformable stage it
+        # was silently not applied (only its intensity window was), where the sitk backend honours it
+        from MultimodalFusionLib.registration.torch_backend import register_torch
+
+        fixed, moving = _brainweb_pair()
+        mask = sitk.Image(moving.GetSize(), sitk.sitkUInt8)
+        mask.CopyInformation(moving)
+        mask[40:180, 40:220] = 1
+        quick = {"linear_iterations": [5, 5, 5], "deformable_iterations": [3, 3]}
+        used = register_torch(fixed, moving, self._params(stages=["rigid"], **quick), moving_mask=mask, seed=1)
+        self.assertFalse(any("moving mask" in w for w in used.warnings), used.warnings)
+        for stages, metric in ((["rigid"], "lncc"), (["rigid", "deformable"], "mi")):
+            result = register_torch(fixed, moving, self._params(stages=stages, linear_metric=metric, **quick),
+                                    moving_mask=mask, seed=1)
+            with self.subTest(stages=stages, metric=metric):
+                self.assertTrue(any("moving mask" in w for w in result.warnings), result.warnings)
+
+
 # settings of the deformable test: a 3 mm volume, levels at 6 and 3 mm
 _DEFORMABLE_TEST = {"stages": ["affine", "deformable"], "deformable_level_spacing_mm": [6.0, 3.0],
                     "deformable_iterations": [100, 50]}

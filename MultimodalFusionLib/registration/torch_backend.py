@@ -1023,7 +1023,8 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         parameters: TorchRegistrationParameters, the SimpleITK backend's RegistrationParameters
             (converted by :func:`torch_parameters`), a dict of fields, or None for the defaults.
         fixed_mask: the similarity is computed inside this mask only (fixed grid).
-        moving_mask: with the "mi" linear metric, only points that land in this mask count.
+        moving_mask: with the "mi" linear metric, only points that land in this mask count; other
+            metrics and the deformable stage do not use it (a warning says so).
         initial_transform: a linear transform (fixed -> moving points) to start from; replaces
             the initializer.
         seed: seed of the voxel sampling (overrides the parameters' seed); with the same seed,
@@ -1136,6 +1137,15 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
             stage_results.append(stage)
             if name == "deformable":
                 break
+        if moving_mask is not None:
+            # only the "mi" linear metric restricts itself to the moving mask (elsewhere it sets only the
+            # intensity window): say so rather than let the user believe the mask held
+            unmasked = [st.name for st in stage_results
+                        if st.name == "deformable" or params.linear_metric != "mi"]
+            if unmasked:
+                warnings.append(f"The moving mask restricts only the 'mi' metric of the linear stages; the "
+                                f"{', '.join(unmasked)} stage(s) ran without it (it set only the intensity window). "
+                                "Use linear_metric 'mi', a fixed mask, or backend='sitk' to mask those too.")
         report(progress, 0.96, "converting the result to SimpleITK transforms")
         affine_tx = _affine_transform(matrix, center, translation)
         transform: sitk.Transform = affine_tx
