@@ -368,6 +368,16 @@ class TorchRegistrationTest(unittest.TestCase):
                     register_torch(a, b, self._params(stages=["rigid"]))
                 self.assertIn("at least 4", str(ctx.exception))
 
+    def test_a_small_2d_image_for_a_deformable_stage_names_the_torch_stage(self) -> None:
+        # the refusal spoke of a "B-spline stage", the sitk backend's, to a torch user who asked for "deformable"
+        from MultimodalFusionLib.registration import register
+
+        rng = np.random.default_rng(1)
+        a, b = (sitk.GetImageFromArray(rng.random((12, 12)).astype(np.float32)) for _ in range(2))
+        with self.assertRaises(InputError) as ctx:
+            register(a, b, backend="torch", stages=["affine", "deformable"])
+        self.assertIn("too small for a deformable stage", str(ctx.exception))
+
     def test_device_settings_are_checked_before_running(self) -> None:
         # "mps" (or any device torch cannot use here) was accepted and failed inside torch with a
         # RuntimeError; a mixed_precision of "no" counted as True; a device of 0 silently meant "auto"
