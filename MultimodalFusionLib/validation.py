@@ -11,7 +11,7 @@ import itertools
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputError, itk_reason
 from .io import orientation_code
 
 __all__ = ["check_image", "check_pair", "check_mask", "physical_bounds", "overlap_fraction"]
@@ -95,6 +95,15 @@ def check_pair(fixed: sitk.Image, moving: sitk.Image, *, transform: sitk.Transfo
         raise InputError(f"The initial transform is {transform.GetDimension()}D but the images are "
                          f"{fixed.GetDimension()}D.",
                          f"Give a {fixed.GetDimension()}D transform (one from registering images of this dimension).")
+    if transform is not None:
+        centre = fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in fixed.GetSize()])
+        try:  # e.g. a displacement-field transform holding no field: ITK refuses every point
+            transform.TransformPoint(centre)
+        except RuntimeError as exc:
+            reason = itk_reason(str(exc)).rstrip(".")
+            raise InputError(f"The initial transform ({transform.GetName()}) cannot map a point: {reason}.",
+                             "Give a complete transform (a file written by mmfusion register, Slicer, ANTs or "
+                             "elastix, or a SimpleITK transform with its parameters and field set).") from exc
     if require_overlap and overlap_fraction(fixed, moving, transform) <= 0.0:
         lo_f, hi_f = physical_bounds(fixed)
         lo_m, hi_m = physical_bounds(moving)

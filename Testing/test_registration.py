@@ -284,6 +284,13 @@ class BadInputs(unittest.TestCase):
         mask.CopyInformation(self.fixed)
         self.assertInputError("empty", fixed_mask=mask)
 
+    def test_an_initial_transform_that_maps_nothing(self):
+        # a displacement-field transform without its field: ITK's RuntimeError reached the user from check_pair
+        for backend in ("sitk", "torch"):
+            with self.subTest(backend=backend):
+                self.assertInputError("cannot map a point", "No displacement field is specified",
+                                      initial_transform=sitk.DisplacementFieldTransform(2), backend=backend)
+
     def test_thin_images_and_foreign_initial_transforms(self):
         # fewer than 4 voxels along an axis: ITK's smoothing cannot run; a clear error instead of ITK's
         arr = np.random.default_rng(1).normal(100, 10, (2, 40, 40)).astype(np.float32)
