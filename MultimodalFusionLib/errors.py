@@ -86,7 +86,7 @@ def itk_reason(message: str) -> str:
         if ln.lower().startswith("description:"):  # older ITK: Location / Description / File / Line
             return _sentence(ln.split(":", 1)[1].strip())
     body = [ln for ln in lines if not _SOURCE_LINE.match(ln)]
-    start = next((i for i, ln in enumerate(body) if _ITK_PREFIX.match(ln) and _ITK_PREFIX.match(ln).group()), 0)
+    start = next((i for i, ln in enumerate(body) if _ITK_PREFIX.match(ln)), 0)
     body = body[start:]
     if not body:
         return "unknown ITK error."

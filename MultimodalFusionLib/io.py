@@ -400,11 +400,9 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     else:
         if os.path.getsize(path) == 0:
             raise InputError(f"File '{path}' is empty (0 bytes).", "Give a complete image file.")
-        image = _read_file(path)
+        image = _read_dicom_file(path) if _suffix(path) in (".dcm", ".ima", "") else _read_file(path)
         if _suffix(path) in (".nii", ".nii.gz"):
             image = _check_nifti_voxels(path, image)
-        if image.GetDimension() == 3 and image.GetSize()[2] == 1 and _suffix(path) in (".dcm", ".ima", ""):
-            image = _dicom_slice_as_2d(image)
     if not keep_color and image.GetNumberOfComponentsPerPixel() > 1:
         image = to_luminance(image)
     if float32 and image.GetNumberOfComponentsPerPixel() == 1:
@@ -539,7 +537,7 @@ def _check_nifti_voxels(path: str, image: sitk.Image) -> sitk.Image:
     floats = _NIFTI_FLOATS.get(datatype)
     truncated = (f"'{path}' is truncated: its header describes {count} voxels ({expected} bytes with the header) "
                  "but the file ends before them (ITK would read the missing voxels as 0).")
-    fix = "Copy or download the file again, complete; check the disk was not full when it was written."
+    fix = _TRUNCATED_FIX
     if not gz:
         size_ok = os.path.getsize(path) >= expected
         if not size_ok:
@@ -790,12 +788,10 @@ def check_not_overwriting_inputs(outputs: Iterable[str | os.PathLike], inputs: I
                 refuse(out, given)
     for pattern in patterns:
         folder = os.path.normcase(os.path.realpath(os.path.dirname(os.path.abspath(os.fspath(pattern)))))
-        regex = ".*".join(re.escape(part) for part in os.path.basename(os.fspath(pattern)).split("*"))
-        flags = re.IGNORECASE if os.path.normcase("A") == "a" else 0
+        regex = _name_pattern(os.path.basename(os.fspath(pattern)))
         for given in files:
             real = os.path.realpath(given)
-            if os.path.normcase(os.path.dirname(real)) == folder and re.fullmatch(regex, os.path.basename(real),
-                                                                                  flags=flags):
+            if os.path.normcase(os.path.dirname(real)) == folder and regex.fullmatch(os.path.basename(real)):
                 refuse(pattern, given)
 
 

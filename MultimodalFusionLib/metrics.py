@@ -234,9 +234,10 @@ def vif(ref: np.ndarray, dist: np.ndarray) -> float:
     eps = 1e-10
     ref = np.asarray(ref, dtype=np.float64)
     dist = np.asarray(dist, dtype=np.float64)
+    if min(ref.shape) < 17:  # smaller than the first scale's window: not 0/0 of a constant image, but nothing at all
+        return float("nan")
     num = 0.0
     den = 0.0
-    measured = False
     for scale in range(1, 5):
         n = 2 ** (4 - scale + 1) + 1
         win = np.rot90(_gaussian_window(n), 2)
@@ -271,9 +272,6 @@ def vif(ref: np.ndarray, dist: np.ndarray) -> float:
         sv_sq[sv_sq <= eps] = eps
         num += float(np.sum(np.log10(1.0 + g * g * sigma1_sq / (sv_sq + sigma_nsq))))
         den += float(np.sum(np.log10(1.0 + sigma1_sq / sigma_nsq)))
-        measured = True
-    if not measured:  # smaller than the smallest window: not 0/0 of a constant image, but nothing at all
-        return float("nan")
     with np.errstate(invalid="ignore", divide="ignore"):
         value = np.float64(num) / np.float64(den)
     return 1.0 if np.isnan(value) else float(value)
