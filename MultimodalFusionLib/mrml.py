@@ -440,6 +440,11 @@ def _linear_between(source: Any, target: Any, what: str, reference: str) -> sitk
     lps = _F4 @ _np_matrix(matrix) @ _F4
     if np.allclose(lps, np.eye(4), atol=1e-12):
         return None
+    return _affine_lps(lps)
+
+
+def _affine_lps(lps: np.ndarray) -> sitk.AffineTransform:
+    """A 4x4 homogeneous LPS matrix as an ITK affine transform."""
     affine = sitk.AffineTransform(3)
     affine.SetMatrix([float(v) for v in lps[:3, :3].ravel()])
     affine.SetTranslation([float(v) for v in lps[:3, 3]])
@@ -589,11 +594,7 @@ def sitk_transform_from_node(node: Any) -> sitk.Transform:
     if node.IsTransformToWorldLinear():
         matrix = vtk.vtkMatrix4x4()
         node.GetMatrixTransformFromWorld(matrix)
-        lps = _F4 @ _np_matrix(matrix) @ _F4
-        affine = sitk.AffineTransform(3)
-        affine.SetMatrix([float(v) for v in lps[:3, :3].ravel()])
-        affine.SetTranslation([float(v) for v in lps[:3, 3]])
-        return affine
+        return _affine_lps(_F4 @ _np_matrix(matrix) @ _F4)
     if node.GetParentTransformNode() is not None:
         raise InputError(f"The deformable transform '{node.GetName()}' is under another transform.",
                          "Harden the parent transform on it first (Transforms module), or remove the parent.")

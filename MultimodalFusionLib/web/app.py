@@ -142,13 +142,10 @@ def _on_fixed_grid(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transf
     """The moving image resampled onto the fixed grid as ``mmfusion run`` does: an 8-bit image stays
     8-bit (rounded half to even), since fusion and the metrics take 8-bit values as they are and
     stretch a float copy to its range (the panel's numbers would differ from the CLI's)."""
-    from ..pipeline import round_to_8bit
+    from ..pipeline import _keep_8bit
     from ..preprocess import resample
 
-    resampled = resample(moving, fixed, transform)
-    if moving.GetPixelID() in (sitk.sitkUInt8, sitk.sitkVectorUInt8):
-        return round_to_8bit(resampled)
-    return resampled
+    return _keep_8bit(resample(moving, fixed, transform), moving)
 
 
 def _fused_file_name(result: Any) -> str:
