@@ -80,19 +80,12 @@ def compose(outer: sitk.Transform | None, inner: sitk.Transform, dim: int, cente
         rigid = all(_is_rigid_type(t) for t in (outer, inner))
         return _matrix_transform(matrix, offset, center, rigid)
     composite = sitk.CompositeTransform(dim)
-    # ITK applies the last added transform first; a composite's parts are added one by one (a composite
-    # inside a composite cannot be written to an .h5 file: "Composite Transform can only be 1st transform")
-    for part in (*_parts(outer), *_parts(inner)):
-        composite.AddTransform(part)
+    composite.AddTransform(outer)   # ITK applies the last added transform first
+    composite.AddTransform(inner)
+    # a composite inside a composite cannot be written to an .h5 file ("Composite Transform can only be
+    # 1st transform"): one level, the parts in the same order
+    composite.FlattenTransform()
     return composite
-
-
-def _parts(transform: sitk.Transform) -> list[sitk.Transform]:
-    """The transforms of a composite, in its order (nested composites flattened); others as themselves."""
-    if transform.GetTransformEnum() != sitk.sitkComposite:
-        return [transform]
-    composite = sitk.CompositeTransform(transform)
-    return [p for i in range(composite.GetNumberOfTransforms()) for p in _parts(composite.GetNthTransform(i))]
 
 
 def _is_rigid_type(tx: sitk.Transform) -> bool:
