@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from .errors import InputError, itk_reason
 from .io import orientation_code
 
-__all__ = ["check_image", "check_pair", "check_mask", "physical_bounds", "overlap_fraction"]
+__all__ = ["check_image", "check_pair", "check_min_axis", "check_mask", "physical_bounds", "overlap_fraction"]
 
 
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,
@@ -80,6 +80,16 @@ def overlap_fraction(a: sitk.Image, b: sitk.Image, transform: sitk.Transform | N
     inter = np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0, None)
     vol_a = np.prod(hi_a - lo_a)
     return float(np.prod(inter) / vol_a) if vol_a > 0 else 0.0
+
+
+def check_min_axis(fixed: sitk.Image, moving: sitk.Image) -> None:
+    """Both images have at least 4 voxels along every axis (ITK's pyramid smoothing and the metric's
+    gradients need them), for either registration backend."""
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        if min(image.GetSize()) < 4:
+            raise InputError(f"The {name} image has only {min(image.GetSize())} voxels along an axis (size "
+                             f"{image.GetSize()}); registration needs at least 4 along every axis.",
+                             "Register thin slabs as 2D slices (extract the slice), or give a thicker volume.")
 
 
 def check_pair(fixed: sitk.Image, moving: sitk.Image, *, transform: sitk.Transform | None = None,

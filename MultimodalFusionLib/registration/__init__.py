@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError, itk_guard
 from ..progress import ProgressCallback
-from ..validation import check_mask, check_pair
+from ..validation import check_mask, check_min_axis, check_pair
 from .parameters import (
     RegistrationParameters,
     StageParameters,
@@ -122,11 +122,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
     # from the headers' placement (initializer "none" or a given transform) needs overlap up front.
     needs_overlap = initial_transform is not None or parameters.initializer == "none"
     check_pair(fixed, moving, transform=initial_transform, require_overlap=needs_overlap)
-    for name, image in (("fixed", fixed), ("moving", moving)):
-        if min(image.GetSize()) < 4:  # ITK's smoothing and the metric's gradients need 4 voxels per axis
-            raise InputError(f"The {name} image has only {min(image.GetSize())} voxels along an axis (size "
-                             f"{image.GetSize()}); registration needs at least 4 along every axis.",
-                             "Register thin slabs as 2D slices (extract the slice), or give a thicker volume.")
+    check_min_axis(fixed, moving)
     fixed_mask = check_mask(fixed_mask, fixed, "fixed mask", "fixed image") if fixed_mask is not None else None
     moving_mask = check_mask(moving_mask, moving, "moving mask", "moving image") if moving_mask is not None else None
     if moving.GetDimension() == 2 and any(getattr(s, "name", s) == "bspline" for s in parameters.stages) and \

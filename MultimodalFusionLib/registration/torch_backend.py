@@ -41,7 +41,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError, RegistrationError
 from ..progress import ProgressCallback, report, scaled
-from ..validation import check_mask, check_pair
+from ..validation import check_mask, check_min_axis, check_pair
 from .parameters import StageParameters
 from .result import RegistrationResult, StageResult
 from .rotation_search import search_rotation
@@ -1054,11 +1054,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     # an initial transform or from no initialiser needs the images to overlap as they lie
     check_pair(fixed, moving, transform=initial_transform,
                require_overlap=initial_transform is not None or params.initializer == "none")
-    for name, image in (("fixed", fixed), ("moving", moving)):
-        if min(image.GetSize()) < 4:  # as register(): ITK's recursive Gaussian of the pyramid needs 4 voxels
-            raise InputError(f"The {name} image has only {min(image.GetSize())} voxels along an axis (size "
-                             f"{image.GetSize()}); registration needs at least 4 along every axis.",
-                             "Register thin slabs as 2D slices (extract the slice), or give a thicker volume.")
+    check_min_axis(fixed, moving)
     fixed_mask = check_mask(fixed_mask, fixed, "fixed mask", "fixed image") if fixed_mask is not None else None
     moving_mask = check_mask(moving_mask, moving, "moving mask", "moving image") if moving_mask is not None else None
     dim = fixed.GetDimension()
