@@ -201,7 +201,16 @@ def list_dicom_series(folder: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 class SeveralDicomSeries(InputError):
-    """A DICOM folder holds several series and none was picked (the problem lists them)."""
+    """A DICOM folder holds several series and none was picked (the problem lists them).
+
+    ``series`` holds, for each, what a picker shows: ``uid``, ``description``, ``modality`` and
+    ``files`` (the number of files); no patient-identifying tag.
+    """
+
+    def __init__(self, problem: str, fix: str | None = None, series: Sequence[dict[str, Any]] = ()):
+        super().__init__(problem, fix)
+        self.series = [{"uid": s["uid"], "description": s["description"], "modality": s["modality"],
+                        "files": len(s["files"])} for s in series]
 
 
 def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
@@ -232,7 +241,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
             f"Folder '{folder}' holds {len(found)} DICOM series; which one should be used?\n"
             + _describe_series(found),
             "Pick one by UID or description: --series UID (CLI; --fixed-series / --moving-series / "
-            "--reference-series when the inputs differ) or read_image(folder, series=UID).")
+            "--reference-series when the inputs differ) or read_image(folder, series=UID).", found)
     else:
         pick = found[0]
     label = f"DICOM series '{pick['description'] or pick['uid']}'"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import shutil
 import tempfile
 import unittest
 from pathlib import Path
@@ -24,6 +25,22 @@ try:
     _HAVE_TRAME_SLICER = True
 except ImportError:  # pragma: no cover - the web extra is not installed
     _HAVE_TRAME_SLICER = False
+
+
+def write_two_dicom_series(folder: Path) -> None:
+    """Two 8x8x3 DICOM series in one folder: "T1" (slices 5, 15, 25) and "PET" (105, 115, 125)."""
+    folder.mkdir()
+    for uid, description in (("1.2.826.0.1.3680043.2.1125.7", "T1"), ("1.2.826.0.1.3680043.2.1125.8", "PET")):
+        for k in range(3):
+            slice_ = sitk.Image([8, 8], sitk.sitkInt16) + 10 * k + (105 if description == "PET" else 5)
+            for tag, value in (("0008|0060", "CT"), ("0020|000e", uid), ("0008|103e", description),
+                               ("0020|0032", f"0\\0\\{2.0 * k}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                               ("0028|0030", "0.5\\0.5"), ("0008|0018", f"{uid}.{k + 1}")):
+                slice_.SetMetaData(tag, value)
+            writer = sitk.ImageFileWriter()
+            writer.KeepOriginalImageUIDOn()
+            writer.SetFileName(str(folder / f"{description}{k}.dcm"))
+            writer.Execute(slice_)
 
 
 @unittest.skipUnless(_HAVE_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
@@ -104,25 +121,32 @@ class WebAppTest(unittest.TestCase):
     def test_a_folder_of_several_dicom_series_names_a_fix_this_page_offers(self) -> None:
         """The engine's fix names --series and read_image(series=...), which the page has no field for."""
         folder = self.root / "two-series"
-        folder.mkdir()
-        for uid, description in (("1.2.826.0.1.3680043.2.1125.7", "T1"), ("1.2.826.0.1.3680043.2.1125.8", "PET")):
-            for k in range(3):
-                slice_ = sitk.Image([8, 8], sitk.sitkInt16) + 10 * k + 5
-                for tag, value in (("0008|0060", "CT"), ("0020|000e", uid), ("0008|103e", description),
-                                   ("0020|0032", f"0\\0\\{2.0 * k}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
-                                   ("0028|0030", "0.5\\0.5"), ("0008|0018", f"{uid}.{k + 1}")):
-                    slice_.SetMetaData(tag, value)
-                writer = sitk.ImageFileWriter()
-                writer.KeepOriginalImageUIDOn()
-                writer.SetFileName(str(folder / f"{description}{k}.dcm"))
-                writer.Execute(slice_)
+        write_two_dicom_series(folder)
         self.app.state.fixed_path, self.app.state.moving_path = str(folder), self.moving_path
         self._do(self.app.load_from_paths)
         message = self.app.state.error_message
         self.assertIn("2 DICOM series", message)
         self.assertIn("PET", message)  # the series are listed
-        self.assertIn("only its files", message)
+        self.assertIn('"fixed DICOM series" list', message)
         self.assertNotIn("--series", message)
+        # ... and offered in the panel: the one picked there is read at the next Load
+        items = self.app.state.fixed_series_items
+        self.assertEqual([i["title"] for i in items], ["T1 CT (3 files)", "PET CT (3 files)"])
+        self.assertEqual(self.app.state.fixed_series_path, str(folder))
+        self.assertEqual(self.app.state.moving_series_items, [])
+        self.app.state.fixed_series = next(i["value"] for i in items if i["title"].startswith("PET"))
+        self._do(self.app.load_from_paths)
+        self.assertEqual(self.app.state.error_message, "")
+        self.assertEqual(self.app.fixed_image.GetSize(), (8, 8, 3))
+        arr = sitk.GetArrayFromImage(self.app.fixed_image)
+        self.assertEqual([float(arr[k].mean()) for k in range(3)], [105.0, 115.0, 125.0])  # PET's, not T1's
+        # the choice belongs to that folder: another path with several series asks again
+        other = self.root / "two-series-copy"
+        shutil.copytree(folder, other)
+        self.app.state.fixed_path = str(other)
+        self._do(self.app.load_from_paths)
+        self.assertIn("2 DICOM series", self.app.state.error_message)
+        self.assertEqual(self.app.state.fixed_series_path, str(other))
 
     def test_a_header_uploaded_without_its_data_file_is_refused_naming_it(self) -> None:
         # ITK's messages named no file or the wrong one ("Reason: No such file or directory", "use a

@@ -414,6 +414,32 @@ class WebAppInBrowserTest(unittest.TestCase):
         page.wait_for_selector("#mmf-error", timeout=30_000)
         self.assertIn("2D image", page.inner_text("#mmf-error"))
 
+    def test_a_dicom_series_is_picked_in_the_page_when_a_folder_holds_several(self):
+        from pathlib import Path
+
+        from test_web_app import write_two_dicom_series
+
+        root = Path(tempfile.mkdtemp(prefix="mmfusion-web-test-"))
+        self.addCleanup(shutil.rmtree, root, True)
+        write_two_dicom_series(root / "study")
+        pet = root / "pet.nii.gz"
+        sitk.WriteImage(sitk.GetImageFromArray(np.arange(512, dtype=np.float32).reshape(8, 8, 8)), str(pet))
+        page = self._open_page()
+        self.assertIsNone(page.query_selector("#mmf-fixed-series"))  # no list until a folder needs one
+        page.fill("#mmf-fixed-path", str(root / "study"))
+        page.fill("#mmf-moving-path", str(pet))
+        page.click("#mmf-load")
+        page.wait_for_selector("#mmf-error", timeout=30_000)
+        self.assertIn("2 DICOM series", page.inner_text("#mmf-error"))
+        # the list offers the folder's series by description
+        page.locator(".v-select:has(#mmf-fixed-series) .v-field").click(timeout=10_000)
+        page.locator(".v-overlay .v-list-item", has_text="PET CT (3 files)").click(timeout=10_000)
+        self._click_and_wait_job(page, "#mmf-load", "Loading")
+        self.assertIsNone(page.query_selector("#mmf-error"))
+        # the list belongs to that folder: another path hides it
+        page.fill("#mmf-fixed-path", str(pet))
+        page.wait_for_selector("#mmf-fixed-series", state="detached", timeout=10_000)
+
     def test_an_upload_cut_off_by_a_reload_is_not_merged_into_the_next(self):
         page = self._open_page()
         # The page sends an upload in chunks and then an end marker. Make the next upload send its

@@ -230,6 +230,9 @@ class FusionWebApp:
             "trame__title": "MultimodalFusion",
             "fixed_path": fixed or "", "moving_path": moving or "",
             "fixed_name": "", "moving_name": "",
+            # a folder of several DICOM series: the series offered for that path and the one picked
+            "fixed_series_items": [], "fixed_series_path": "", "fixed_series": None,
+            "moving_series_items": [], "moving_series_path": "", "moving_series": None,
             "has_fixed": False, "has_moving": False, "has_registered": False, "has_fused": False,
             "presets": [{"title": "(none: stages below)", "value": ""}] + [
                 {"title": p, "value": p} for p in list_presets()],
@@ -305,6 +308,10 @@ class FusionWebApp:
                                     hide_details=True, title=f"Upload the {role} image", multiple=True,
                                     change=("window.load_files_by_chunks($event.target.files, "
                                             f"{{ trigger_name: '{trig(self._upload_chunk_fn(role))}' }})"))
+                        v3.VSelect(v_model=(f"{role}_series",), items=(f"{role}_series_items",),
+                                   label=f"{role} DICOM series", density="compact", hide_details=True,
+                                   classes="mt-1", id=f"mmf-{role}-series",
+                                   v_if=(f"{role}_series_items.length && {role}_series_path === {role}_path",))
                         html.Div(f"{{{{ {role}_name }}}}", classes="text-caption text-grey mb-1")
                     v3.VBtn("Load volumes", click=self.load_from_paths, block=True, density="compact",
                             disabled=("job_busy || !fixed_path || !moving_path",), id="mmf-load",
@@ -431,28 +438,39 @@ class FusionWebApp:
         self.worker.start("Loading the demo data", job, self._show_loaded)
 
     def load_from_paths(self) -> None:
-        """Read the images at ``fixed_path`` and ``moving_path`` (server paths) in the background."""
+        """Read the images at ``fixed_path`` and ``moving_path`` (server paths) in the background.
+
+        A folder of several DICOM series is not guessed at: the load fails naming them, and the
+        panel then offers them in a "DICOM series" list under that path; the next Load reads the one
+        picked there (the choice holds for that path only).
+        """
         from ..io import SeveralDicomSeries, to_luminance
         from ..io import read_image as read_any
-
-        def read_image(path: str, keep_color: bool) -> sitk.Image:
-            try:
-                return read_any(path, keep_color=keep_color)
-            except SeveralDicomSeries as exc:  # its fix names CLI options and Python, which this page has not
-                raise InputError(exc.problem, "Load one series: give the path of a folder that holds only its "
-                                              "files, or upload only that series' files.") from exc
         from ..validation import check_image
 
         fixed_path, moving_path = str(self.state.fixed_path or ""), str(self.state.moving_path or "")
+        picked = {role: (self.state[f"{role}_series"] or None
+                         if self.state[f"{role}_series_path"] == path and self.state[f"{role}_series_items"]
+                         else None)
+                  for role, path in (("fixed", fixed_path), ("moving", moving_path))}
+        several: dict[str, tuple[str, list[dict[str, Any]]]] = {}  # written by the job, shown after it
+
+        def read_image(role: str, path: str, keep_color: bool) -> sitk.Image:
+            try:
+                return read_any(os.path.expanduser(path), keep_color=keep_color, series=picked[role])
+            except SeveralDicomSeries as exc:  # its fix names CLI options and Python, which this page has not
+                several[role] = (path, exc.series)
+                raise InputError(exc.problem, f"Pick the series in the \"{role} DICOM series\" list under its "
+                                              "path, then Load again.") from exc
 
         def job(progress):
             if not fixed_path or not moving_path:
                 raise InputError("Both a fixed and a moving image are needed.",
                                  "Enter both paths (on the server) or upload both files.")
             images = []
-            for i, (path, keep_color) in enumerate(((fixed_path, False), (moving_path, True))):
+            for i, (role, path, keep_color) in enumerate((("fixed", fixed_path, False), ("moving", moving_path, True))):
                 progress(0.5 * i, f"reading {os.path.basename(path)}")
-                image = read_image(os.path.expanduser(path), keep_color=keep_color)
+                image = read_image(role, path, keep_color)
                 name = os.path.basename(path)
                 if image.GetDimension() > 3:
                     raise InputError(f"'{name}' is a {image.GetDimension()}D image (size {image.GetSize()}).",
@@ -463,11 +481,21 @@ class FusionWebApp:
                 # as `mmfusion run` does before registering: NaN/inf voxels or a blank image are refused
                 # now, naming the file (at Register/Fuse a blank PET read as "does not overlap")
                 check_image(image if image.GetNumberOfComponentsPerPixel() == 1 else to_luminance(image),
-                            f"{'fixed' if i == 0 else 'moving'} image '{name}'")
+                            f"{role} image '{name}'")
                 images.append(image)
             return images[0], images[1], os.path.basename(fixed_path), os.path.basename(moving_path)
 
-        self.worker.start("Loading", job, self._show_loaded)
+        def offer_series() -> None:
+            with self.state:
+                for role, (path, found) in several.items():
+                    self.state[f"{role}_series_path"] = path
+                    self.state[f"{role}_series_items"] = [
+                        {"title": f"{s['description'] or '(no description)'}"
+                                  f"{' ' + s['modality'] if s['modality'] else ''} ({s['files']} files)",
+                         "value": s["uid"]} for s in found]
+                    self.state[f"{role}_series"] = None
+
+        self.worker.start("Loading", job, self._show_loaded, on_finished=offer_series)
 
     def _show_loaded(self, loaded: tuple[sitk.Image, sitk.Image, str, str]) -> None:
         fixed, moving, fixed_name, moving_name = loaded
