@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from .errors import InputError, itk_reason
 from .io import orientation_code
 
-__all__ = ["check_image", "check_pair", "check_min_axis", "check_mask", "physical_bounds", "overlap_fraction"]
+__all__ = ["check_image", "check_pair", "check_min_axis", "check_deformable_size", "check_mask", "physical_bounds", "overlap_fraction"]
 
 
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,
@@ -90,6 +90,21 @@ def check_min_axis(fixed: sitk.Image, moving: sitk.Image) -> None:
             raise InputError(f"The {name} image has only {min(image.GetSize())} voxels along an axis (size "
                              f"{image.GetSize()}); registration needs at least 4 along every axis.",
                              "Register thin slabs as 2D slices (extract the slice), or give a thicker volume.")
+
+
+#: Fewest pixels along each axis of a 2D fixed image that a deformable stage (the sitk backend's
+#: B-spline, the torch backend's velocity field) is run on.
+MIN_DEFORMABLE_2D_AXIS = 16
+
+
+def check_deformable_size(fixed: sitk.Image, stage: str) -> None:
+    """A 2D fixed image has at least ``MIN_DEFORMABLE_2D_AXIS`` pixels along each axis for a deformable
+    stage; ``stage`` names it as the backend does ("B-spline", "deformable"). Each backend calls this
+    before it runs any stage, so that no linear stage runs only to be followed by the refusal."""
+    if fixed.GetDimension() == 2 and min(fixed.GetSize()) < MIN_DEFORMABLE_2D_AXIS:
+        raise InputError(f"The fixed image {fixed.GetSize()} is too small for a {stage} stage (at least "
+                         f"{MIN_DEFORMABLE_2D_AXIS} pixels along each axis).",
+                         "Use rigid/affine stages only, or a larger image.")
 
 
 def check_pair(fixed: sitk.Image, moving: sitk.Image, *, transform: sitk.Transform | None = None,

@@ -310,6 +310,25 @@ class BadInputs(unittest.TestCase):
         result = register(fixed, moved, stages=["rigid"], seed=1, initializer="geometry")
         self.assertAlmostEqual(result.transform.TransformPoint((24.0, 22.0, 3.0))[0], 26.0, delta=0.3)
 
+    def test_a_small_2d_image_is_refused_for_a_bspline_stage_on_every_path(self):
+        # the 16-pixel check lived in register() only: register_sitk (public) ran the B-spline stage on 12x12
+        from MultimodalFusionLib.registration.sitk_backend import register_sitk
+
+        y, x = np.mgrid[:12, :40]
+        a, b = (sitk.GetImageFromArray((100 * np.exp(-((x - c) ** 2 / 40 + (y - 6) ** 2 / 10))).astype(np.float32))
+                for c in (20, 21))
+        params = RegistrationParameters().with_stages(["rigid", "bspline"])
+        calls = (lambda progress: register(a, b, params, progress=progress),
+                 lambda progress: register_sitk(a, b, params, progress=progress))
+        for i, call in enumerate(calls):
+            messages = []
+            with self.subTest(call=i), self.assertRaises(InputError) as cm:
+                call(lambda fraction, message, messages=messages: messages.append(message))
+            self.assertIn("(40, 12) is too small for a B-spline stage (at least 16 pixels", str(cm.exception))
+            self.assertEqual(messages, [])  # refused before the rigid stage ran
+        # without the B-spline stage the same pair registers
+        self.assertEqual(len(register_sitk(a, b, RegistrationParameters(seed=1)).stages), 1)
+
     def test_initializer_argument_overrides_the_preset(self):
         far = sitk.Image(self.moving)
         far.SetOrigin((5000.0, 5000.0))

@@ -369,14 +369,29 @@ class TorchRegistrationTest(unittest.TestCase):
                 self.assertIn("at least 4", str(ctx.exception))
 
     def test_a_small_2d_image_for_a_deformable_stage_names_the_torch_stage(self) -> None:
-        # the refusal spoke of a "B-spline stage", the sitk backend's, to a torch user who asked for "deformable"
+        # the refusal spoke of a "B-spline stage", the sitk backend's, to a torch user who asked for "deformable";
+        # and it was keyed on the sitk stage name in register(): torch settings (object or dict) and
+        # register_torch itself ran the deformable stage on 12x12 and discarded it
         from MultimodalFusionLib.registration import register
+        from MultimodalFusionLib.registration.torch_backend import register_torch
 
         rng = np.random.default_rng(1)
         a, b = (sitk.GetImageFromArray(rng.random((12, 12)).astype(np.float32)) for _ in range(2))
-        with self.assertRaises(InputError) as ctx:
-            register(a, b, backend="torch", stages=["affine", "deformable"])
-        self.assertIn("too small for a deformable stage", str(ctx.exception))
+        stages = ["affine", "deformable"]
+        calls = {
+            "stages": lambda progress: register(a, b, backend="torch", stages=stages, progress=progress),
+            "settings": lambda progress: register(a, b, self._params(stages=stages), backend="torch",
+                                                  progress=progress),
+            "dict": lambda progress: register(a, b, {"stages": stages, "device": "cpu"}, backend="torch",
+                                              progress=progress),
+            "register_torch": lambda progress: register_torch(a, b, self._params(stages=stages), progress=progress),
+        }
+        for how, call in calls.items():
+            messages = []
+            with self.subTest(how=how), self.assertRaises(InputError) as ctx:
+                call(lambda fraction, message, messages=messages: messages.append(message))
+            self.assertIn("(12, 12) is too small for a deformable stage (at least 16 pixels", str(ctx.exception))
+            self.assertEqual(messages, [])  # refused before the affine stage ran
 
     def test_device_settings_are_checked_before_running(self) -> None:
         # "mps" (or any device torch cannot use here) was accepted and failed inside torch with a

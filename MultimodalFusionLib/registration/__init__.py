@@ -125,11 +125,6 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
     check_min_axis(fixed, moving)
     fixed_mask = check_mask(fixed_mask, fixed, "fixed mask", "fixed image") if fixed_mask is not None else None
     moving_mask = check_mask(moving_mask, moving, "moving mask", "moving image") if moving_mask is not None else None
-    if moving.GetDimension() == 2 and any(getattr(s, "name", s) == "bspline" for s in parameters.stages) and \
-            min(fixed.GetSize()) < 16:
-        stage = "deformable" if backend == "torch" else "B-spline"
-        raise InputError(f"The fixed image {fixed.GetSize()} is too small for a {stage} stage (at least 16 pixels "
-                         "along each axis).", "Use rigid/affine stages only, or a larger image.")
 
     with itk_guard("preparing the images for registration"):
         fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)

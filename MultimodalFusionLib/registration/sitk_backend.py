@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError, OperationCancelled, RegistrationError, itk_guard, itk_reason
 from ..progress import ProgressCallback, report, scaled
+from ..validation import check_deformable_size
 from .parameters import RegistrationParameters, StageParameters
 from .result import RegistrationResult, StageResult
 
@@ -561,6 +562,9 @@ def register_sitk(fixed: sitk.Image, moving: sitk.Image, parameters: Registratio
     if initial_transform is not None and initial_transform.GetDimension() != dim:
         raise InputError(f"The initial transform is {initial_transform.GetDimension()}D but the images are {dim}D.",
                          "Give a transform of the images' dimension.")
+    if any(stage.name == "bspline" for stage in parameters.stages):
+        # here, not in register(): register_sitk is public too, and the refusal must come before any stage runs
+        check_deformable_size(fixed, "B-spline")
     threads = parameters.number_of_threads or (1 if parameters.seed is not None else None)
     saved_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     if threads:

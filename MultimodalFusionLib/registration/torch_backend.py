@@ -41,7 +41,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError, RegistrationError
 from ..progress import ProgressCallback, report, scaled
-from ..validation import check_mask, check_min_axis, check_pair
+from ..validation import check_deformable_size, check_mask, check_min_axis, check_pair
 from .parameters import StageParameters
 from .result import RegistrationResult, StageResult
 from .rotation_search import search_rotation
@@ -1055,6 +1055,8 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     check_pair(fixed, moving, transform=initial_transform,
                require_overlap=initial_transform is not None or params.initializer == "none")
     check_min_axis(fixed, moving)
+    if "deformable" in params.stages:
+        check_deformable_size(fixed, "deformable")
     fixed_mask = check_mask(fixed_mask, fixed, "fixed mask", "fixed image") if fixed_mask is not None else None
     moving_mask = check_mask(moving_mask, moving, "moving mask", "moving image") if moving_mask is not None else None
     dim = fixed.GetDimension()
