@@ -329,6 +329,17 @@ class BadInputs(unittest.TestCase):
         # without the B-spline stage the same pair registers
         self.assertEqual(len(register_sitk(a, b, RegistrationParameters(seed=1)).stages), 1)
 
+    def test_a_bspline_grid_of_the_wrong_dimension_is_refused_before_any_stage_runs(self):
+        # a 3-entry mesh_size for 2D images was refused only once the rigid stage before it had run
+        import dataclasses
+
+        bspline = dataclasses.replace(default_stage("bspline"), mesh_size=[4, 4, 4])
+        params = RegistrationParameters(stages=[default_stage("rigid"), bspline])
+        messages = []
+        self.assertInputError("mesh_size [4, 4, 4] has 3 entries but the images are 2D", parameters=params,
+                              progress=lambda fraction, message: messages.append(message))
+        self.assertEqual(messages, [])
+
     def test_initializer_argument_overrides_the_preset(self):
         far = sitk.Image(self.moving)
         far.SetOrigin((5000.0, 5000.0))

@@ -274,12 +274,26 @@ def _stage_transform(stage: StageParameters, fixed: sitk.Image, moving: sitk.Ima
         base.SetCenter(center.tolist())
         return base
     # B-spline: control grid over the fixed image domain
+    with itk_guard("setting up the B-spline grid"):
+        return sitk.BSplineTransformInitializer(fixed, _bspline_mesh(stage, fixed), order=3)
+
+
+def _bspline_mesh(stage: StageParameters, fixed: sitk.Image) -> list[int]:
+    """The control grid (cells per axis) of B-spline ``stage`` on ``fixed``.
+
+    :func:`register_sitk` calls this for every B-spline stage before any stage runs: a grid of the
+    wrong dimension or an image too small for it is refused up front, not after the linear stages ran.
+
+    Raises:
+        InputError: a 2D fixed image below 16 pixels along an axis, or a mesh_size of the wrong length.
+    """
+    check_deformable_size(fixed, "B-spline")
+    dim = fixed.GetDimension()
     mesh = stage.mesh_size if isinstance(stage.mesh_size, (list, tuple)) else [stage.mesh_size] * dim
     if len(mesh) != dim:
         raise InputError(f"Stage '{stage.name}': mesh_size {list(mesh)} has {len(mesh)} entries but the images are "
                          f"{dim}D.", f"Give one number for every axis, or {dim} numbers (one per axis).")
-    with itk_guard("setting up the B-spline grid"):
-        return sitk.BSplineTransformInitializer(fixed, [int(m) for m in mesh], order=3)
+    return [int(m) for m in mesh]
 
 
 # Volumes at least this large get the faster relaxation 0.5 (1 mm heads: about twice as fast at
@@ -562,9 +576,10 @@ def register_sitk(fixed: sitk.Image, moving: sitk.Image, parameters: Registratio
     if initial_transform is not None and initial_transform.GetDimension() != dim:
         raise InputError(f"The initial transform is {initial_transform.GetDimension()}D but the images are {dim}D.",
                          "Give a transform of the images' dimension.")
-    if any(stage.name == "bspline" for stage in parameters.stages):
-        # here, not in register(): register_sitk is public too, and the refusal must come before any stage runs
-        check_deformable_size(fixed, "B-spline")
+    for stage in parameters.stages:
+        if stage.name == "bspline":
+            # here, not in register(): register_sitk is public too, and the refusal must come before any stage runs
+            _bspline_mesh(stage, fixed)
     threads = parameters.number_of_threads or (1 if parameters.seed is not None else None)
     saved_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     if threads:
