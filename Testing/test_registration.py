@@ -239,6 +239,27 @@ class Presets(unittest.TestCase):
         with self.assertRaises(InputError):
             RegistrationParameters.from_dict({"stages": [{"name": "rigid", "bins": 5}]})
 
+    def test_resolve_parameters_gives_what_register_runs_with(self):
+        # front ends (the Slicer Logic) resolve once and pass the result on: resolving it again changes nothing
+        from MultimodalFusionLib.registration import resolve_parameters
+
+        p = resolve_parameters(preset="ct-mr-head", stages="rigid,affine", seed=2, initializer="search")
+        self.assertEqual((p.name, p.seed, p.initializer), ("ct-mr-head", 2, "search"))
+        self.assertEqual([s.name for s in p.stages], ["rigid", "affine"])
+        self.assertEqual(p.stages[0].sampling_percentage, 0.02)  # the preset's own rigid settings
+        self.assertEqual(resolve_parameters(p).to_dict(), p.to_dict())
+        self.assertEqual(resolve_parameters({"stages": ["rigid"], "seed": 4}).seed, 4)
+        torch_settings = resolve_parameters({"stages": ["affine", "deformable"], "device": "cpu"}, backend="torch")
+        self.assertEqual((type(torch_settings).__name__, torch_settings.stages),
+                         ("TorchRegistrationParameters", ["affine", "deformable"]))
+        self.assertEqual([s.name for s in resolve_parameters(stages=["rigid", "deformable"], backend="torch").stages],
+                         ["rigid", "bspline"])  # the sitk settings, their deformable stage named as the sitk one
+        for kwargs, words in (({"backend": "gpu"}, "backend"), ({"preset": "nope"}, "preset"),
+                              ({"parameters": p, "preset": "ct-mr-head"}, "Both parameters and a preset")):
+            with self.subTest(kwargs=kwargs), self.assertRaises(InputError) as cm:
+                resolve_parameters(**kwargs)
+            self.assertIn(words, str(cm.exception))
+
 
 class BadInputs(unittest.TestCase):
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import SimpleITK as sitk
 
@@ -31,6 +31,7 @@ from .result import RegistrationResult, StageResult
 
 __all__ = [
     "register",
+    "resolve_parameters",
     "RegistrationParameters",
     "StageParameters",
     "RegistrationResult",
@@ -82,32 +83,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
         RegistrationError: the optimisation could not run (e.g. images drifted apart).
         OperationCancelled: the progress callback asked to stop.
     """
-    if backend not in BACKENDS:
-        raise InputError(f"Unknown registration backend '{backend}'.", f"Use one of: {', '.join(BACKENDS)}.")
-    if parameters is None:
-        parameters = load_preset(preset) if preset else RegistrationParameters()
-    elif preset:
-        raise InputError("Both parameters and a preset were given.", "Give one of them.")
-    if isinstance(parameters, dict):  # the dict form of either backend's settings
-        if backend == "torch":
-            from .torch_backend import torch_parameters
-
-            parameters = torch_parameters(parameters)
-        else:
-            parameters = RegistrationParameters.from_dict(parameters)
-    if stages:
-        if isinstance(stages, str):
-            stages = [s for s in stages.split(",") if s.strip()]
-        if backend == "torch" and isinstance(parameters, RegistrationParameters):
-            # the torch backend's own stage names (README): its deformable stage stands in for bspline
-            stages = ["bspline" if str(s).strip().lower() in ("deformable", "syn", "diffeomorphic") else s
-                      for s in stages]
-        parameters = parameters.with_stages(stages)
-    if seed is not None:
-        parameters = dataclasses.replace(parameters, seed=int(seed))
-    if initializer:
-        parameters = dataclasses.replace(parameters, initializer=str(initializer))
-    parameters.validate()
+    parameters = resolve_parameters(parameters, preset=preset, stages=stages, seed=seed, initializer=initializer,
+                                    backend=backend)
 
     if parameters.initializer == "search":
         if initial_transform is not None:
@@ -144,3 +121,53 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
 
     return register_sitk(fixed_f, moving_f, parameters, fixed_mask=fixed_mask, moving_mask=moving_mask,
                          initial_transform=initial_transform, progress=progress)
+
+
+def resolve_parameters(parameters: RegistrationParameters | Any = None, *, preset: str | None = None,
+                       stages: Sequence[str] | str | None = None, seed: int | None = None,
+                       initializer: str | None = None, backend: str = "sitk") -> Any:
+    """The settings :func:`register` runs with, from its arguments (the preset file is read here, once).
+
+    Front ends that need to know the settings before registering (the Slicer Logic looks at the
+    initializer) call this and pass its result on to :func:`register` as ``parameters``, which then
+    runs with exactly these settings.
+
+    Args:
+        parameters: full settings (a ``RegistrationParameters``, the torch backend's
+            ``TorchRegistrationParameters``, or the dict form of the ``backend``'s settings), or None.
+        preset, stages, seed, initializer, backend: as for :func:`register`.
+
+    Returns:
+        The validated settings: ``parameters`` (or the preset, or the defaults) with ``stages``,
+        ``seed`` and ``initializer`` applied; a dict becomes the backend's settings object.
+
+    Raises:
+        InputError: an unknown backend or preset, both parameters and a preset, or bad settings.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"Unknown registration backend '{backend}'.", f"Use one of: {', '.join(BACKENDS)}.")
+    if parameters is None:
+        parameters = load_preset(preset) if preset else RegistrationParameters()
+    elif preset:
+        raise InputError("Both parameters and a preset were given.", "Give one of them.")
+    if isinstance(parameters, dict):  # the dict form of either backend's settings
+        if backend == "torch":
+            from .torch_backend import torch_parameters
+
+            parameters = torch_parameters(parameters)
+        else:
+            parameters = RegistrationParameters.from_dict(parameters)
+    if stages:
+        if isinstance(stages, str):
+            stages = [s for s in stages.split(",") if s.strip()]
+        if backend == "torch" and isinstance(parameters, RegistrationParameters):
+            # the torch backend's own stage names (README): its deformable stage stands in for bspline
+            stages = ["bspline" if str(s).strip().lower() in ("deformable", "syn", "diffeomorphic") else s
+                      for s in stages]
+        parameters = parameters.with_stages(stages)
+    if seed is not None:
+        parameters = dataclasses.replace(parameters, seed=int(seed))
+    if initializer:
+        parameters = dataclasses.replace(parameters, initializer=str(initializer))
+    parameters.validate()
+    return parameters
