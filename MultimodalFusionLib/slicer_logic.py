@@ -186,8 +186,9 @@ class FusionLogic:
                 the moving volume's voxels are not changed), in place of the transform it was under
                 (the result includes that one: see ``initialTransformNode``).
             backend: "sitk" or "torch".
-            parameters: full settings (``MultimodalFusionLib.registration.RegistrationParameters``
-                or its dict form), instead of a preset.
+            parameters: full settings, instead of a preset, as ``registration.register`` takes them:
+                ``MultimodalFusionLib.registration.RegistrationParameters``, the torch backend's
+                ``TorchRegistrationParameters``, or the dict form of the ``backend``'s settings.
             initializer: the start, overriding the preset's: "geometry" (image centres), "moments"
                 (centres of mass), "none" (where the volumes' grids lie) or "search" (centres of mass,
                 then the best of a grid of rotations: for volumes rotated more than about 35 degrees
@@ -206,7 +207,7 @@ class FusionLogic:
         from . import metrics as metrics_module
         from .pipeline import round_to_8bit
         from .preprocess import resample as resample_image
-        from .registration import RegistrationParameters, load_preset, register
+        from .registration import register, resolve_parameters
 
         if fixedVolumeNode is None or movingVolumeNode is None:
             raise InputError("Select both a fixed and a moving volume.", "Choose the two volumes to register.")
@@ -241,15 +242,16 @@ class FusionLogic:
                       if fixedMaskNode is not None else None)
         moving_mask = (mrml.mask_from_node(movingMaskNode, moving, reference_node=movingVolumeNode)
                        if movingMaskNode is not None else None)
-        if isinstance(parameters, dict):
-            parameters = RegistrationParameters.from_dict(parameters)
+        # the settings register() runs with (passed on to it: the preset file is read once); a dict is the
+        # backend's own dict form, as register() takes it
+        settings = resolve_parameters(parameters, preset=preset or None, stages=stages or None, seed=seed,
+                                      initializer=initializer or None, backend=backend)
         # the rotation search (asked for here, in the parameters or in the preset) starts from the centres
         # of mass and refuses a start transform: it takes precedence over the moving volume's parent
-        asked = initializer or getattr(parameters, "initializer", None) or (
-            load_preset(preset).initializer if preset and parameters is None else None)
         moving_parent = movingVolumeNode.GetParentTransformNode()
         unused_parent = None
-        if initialTransformNode is None and moving_parent is not None and not initializer and asked != "search":
+        if initialTransformNode is None and moving_parent is not None and not initializer and \
+                settings.initializer != "search":
             if moving_parent.IsTransformToWorldLinear() or (backend == "sitk"
                                                             and moving_parent.GetParentTransformNode() is None):
                 # the moving volume is registered on its own grid, from where it is shown (e.g. pre-aligned in
@@ -267,9 +269,8 @@ class FusionLogic:
                              "Move it over the fixed volume (Transforms module) or remove that transform, or choose "
                              "an initializer (geometry, moments) to start from the volumes' centres.")
 
-        result = register(fixed, moving, parameters, preset=preset or None, stages=stages or None, fixed_mask=fixed_mask,
-                          moving_mask=moving_mask, initial_transform=initial, seed=seed,
-                          progress=scaled(progress, 0.02, 0.9), backend=backend, initializer=initializer or None)
+        result = register(fixed, moving, settings, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                          initial_transform=initial, progress=scaled(progress, 0.02, 0.9), backend=backend)
         report(progress, 0.9, "creating output nodes")
         name = f"{movingVolumeNode.GetName()} to {fixedVolumeNode.GetName()}"
         transform_node = _in_world(mrml.transform_node_from_sitk(result.transform, scene, name=name,

@@ -299,6 +299,15 @@ class LogicTest(unittest.TestCase):
         self.assertIn("non-linear transform 'deformation'", " ".join(out.result.warnings))
         self.assertIn("non-linear transform 'deformation'", " ".join(str(v) for v in out.metrics.values()))
 
+    def test_torch_settings_in_their_dict_form_are_taken_as_register_takes_them(self) -> None:
+        # the Logic read every dict as the SimpleITK backend's settings (its own copy of register()'s rules),
+        # so the torch backend's dict form, which register() and the CLI take, was refused here
+        quick = {"stages": ["affine"], "device": "cpu", "linear_iterations": [20, 10, 5]}
+        out = self.logic.registerVolumes(self.mr, self.pet, parameters=quick, backend="torch", seed=3)
+        self.assertEqual(out.result.backend, "torch")
+        self.assertEqual(out.result.parameters["linear_iterations"], [20, 10, 5])
+        self.assertEqual(out.result.parameters["seed"], 3)
+
     def test_colour_volumes_are_refused_with_a_fix_that_works_in_slicer(self) -> None:
         # the engine's fix ("read_image does so unless keep_color=True") has no meaning for a volume node
         rgb = mrml.volume_node_from_image(sitk.Compose([sitk.Cast(sitk.RescaleIntensity(self.moving), sitk.sitkUInt8)] * 3),
