@@ -41,6 +41,7 @@ __all__ = [
     "atomic_output",
     "check_not_overwriting_inputs",
     "make_output_dir",
+    "missing_data_file",
     "replacing_outputs",
     "volume_extension",
     "write_bytes",
@@ -425,6 +426,7 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
 
 
 def _read_file(path: str) -> sitk.Image:
+    _check_data_file(path)
     if _suffix(path) in (".mha", ".mhd"):
         _check_metaimage_size(path)
     what = f"DICOM file '{path}'"
@@ -593,6 +595,78 @@ def _check_nifti_voxels(path: str, image: sitk.Image) -> sitk.Image:
     return out
 
 
+#: A MetaImage header's last line, naming where its voxels are
+_ELEMENT_DATA_FILE = re.compile(rb"(?m)^[ \t]*ElementDataFile[ \t]*=[ \t]*([^\r\n]*?)[ \t]*(?:\r?\n|\Z)")
+#: Headers whose voxels may lie in another file, and the field that names it
+_DATA_FILE_FIELDS = {".mha": "ElementDataFile", ".mhd": "ElementDataFile", ".nrrd": "data file",
+                     ".nhdr": "data file", ".hdr": "the .img file of the same name"}
+
+
+def missing_data_file(path: str | os.PathLike) -> str | None:
+    """The data file an image header names, when it is not there; None when nothing is missing.
+
+    A MetaImage (``.mhd``, or ``.mha``) names its voxels' file in ``ElementDataFile`` (``LOCAL``: they
+    follow the header); a detached NRRD header (``.nhdr``, or ``.nrrd``) in its ``data file`` field; an
+    Analyze or NIfTI-pair header (``.hdr``) keeps them in the ``.img`` (or ``.img.gz``) of the same name.
+    Relative names are relative to the header's folder. Lists and numbered patterns of data files are
+    not checked (ITK's reader reports them). ITK names none of these files when one is missing: it says
+    "nifti_image_load failed", or "couldn't open" advising another format.
+
+    Returns:
+        The data file's name as the header gives it (a ``.hdr``'s: ``NAME.img``), or None (not such a
+        header, or its data file exists).
+    """
+    path = os.fspath(path)
+    suffix = _suffix(path)
+    if suffix not in _DATA_FILE_FIELDS or not os.path.isfile(path):
+        return None
+    folder = os.path.dirname(path)
+    if suffix == ".hdr":
+        import struct
+
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(4)
+        except OSError:
+            return None  # ITK's reader names an unreadable file
+        if len(head) < 4 or 348 not in (struct.unpack("<i", head)[0], struct.unpack(">i", head)[0]):
+            return None  # not an Analyze/NIfTI header: ITK says what it is not
+        stem = os.path.basename(path)[:-len(".hdr")]
+        found = any(os.path.isfile(os.path.join(folder, stem + ext)) for ext in (".img", ".img.gz", ".IMG"))
+        return None if found else stem + ".img"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 20)
+    except OSError:
+        return None
+    if suffix in (".mha", ".mhd"):
+        match = _ELEMENT_DATA_FILE.search(head)
+    else:
+        if not head.startswith(b"NRRD"):
+            return None
+        header = re.split(rb"\r?\n\r?\n", head, maxsplit=1)[0]  # an attached header ends at a blank line
+        match = re.search(rb"(?mi)^[ \t]*data ?file[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?:\r?\n|\Z)", header)
+    if match is None:
+        return None
+    named = match.group(1).decode("utf-8", "replace")
+    if not named or named.upper() in ("LOCAL", "LIST") or named.upper().startswith("LIST ") or "%" in named:
+        return None
+    return None if os.path.isfile(os.path.join(folder, named)) else named
+
+
+def _check_data_file(path: str) -> None:
+    """Refuse an image header whose data file is missing, naming it (see :func:`missing_data_file`)."""
+    named = missing_data_file(path)
+    if named is None:
+        return
+    field = _DATA_FILE_FIELDS[_suffix(path)]
+    where = os.path.join(os.path.dirname(path), named)
+    said = f"in '{named}' ({field})" if _suffix(path) != ".hdr" else f"in '{named}', {field}"
+    raise InputError(f"'{path}' is a header: its voxels are {said}, which does not exist ('{where}').",
+                     "Keep the header and its data file together, with the name the header gives (copy or "
+                     "upload both), or give a single-file image (.nii.gz, .nrrd, .mha).")
+
+
 #: Bytes per value of the MetaImage element types whose size is the same on every platform
 _MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
               "MET_FLOAT": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_DOUBLE": 8}
@@ -614,7 +688,7 @@ def _check_metaimage_size(path: str) -> None:
     except OSError as exc:  # read before ITK, whose failure is an InputError: so must this one be
         raise InputError(f"Cannot read '{path}' ({exc.strerror or exc}).",
                          "Check the file's permissions (it must be readable), or copy it somewhere readable.") from exc
-    end = re.search(rb"(?m)^[ \t]*ElementDataFile[ \t]*=[ \t]*([^\r\n]*?)[ \t]*(?:\r?\n|\Z)", head)
+    end = _ELEMENT_DATA_FILE.search(head)
     if not re.match(rb"\s*\w+\s*=", head):
         return  # not a MetaImage header: ITK chooses its reader from the contents
     if end is None:
@@ -643,9 +717,7 @@ def _check_metaimage_size(path: str) -> None:
     else:
         data_file = os.path.join(os.path.dirname(path), target)
         if not os.path.isfile(data_file):
-            raise InputError(f"'{path}' names its voxels' file '{target}' (ElementDataFile), which does not exist "
-                             f"next to it ('{data_file}').",
-                             "Keep the header and its data file together, with the name the header gives.")
+            return  # named by _check_data_file
         available = os.path.getsize(data_file) - header_size
     where = f"'{path}'" if data_file == path else f"'{path}' (its data file '{target}')"
     if compressed:

@@ -389,12 +389,54 @@ class MetaImageReaderGaps(unittest.TestCase):
             self.assertEqual(io.read_image(self._path(whole)).GetSize(), (14, 12, 10))
 
     def test_a_missing_data_file_is_named(self) -> None:
-        sitk.WriteImage(self.image, self._path("alone.mhd"))
-        os.remove(self._path("alone.raw"))
+        """ITK named no file for an Analyze .hdr without its .img ("nifti_image_load failed") and blamed the
+        format for an .nhdr without its data file ("couldn't open ..." with "Use a NIfTI, NRRD, ... file")."""
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        for header, data, field in (("alone.mhd", "alone.raw", "ElementDataFile"), ("alone.nhdr", "alone.raw", "data file"),
+                                    ("alone.hdr", "alone.img", ".img file of the same name")):
+            with self.subTest(header):
+                sitk.WriteImage(self.image, self._path(header))
+                self.assertEqual(io.read_image(self._path(header)).GetSize(), (14, 12, 10))
+                self.assertIsNone(io.missing_data_file(self._path(header)))
+                os.remove(self._path(data))
+                self.assertEqual(io.missing_data_file(self._path(header)), data)
+                with self.assertRaises(InputError) as cm:
+                    io.read_image(self._path(header))
+                self.assertIn(f"'{data}'", str(cm.exception))
+                self.assertIn(field, str(cm.exception))
+                self.assertIn("does not exist", str(cm.exception))
+                self.assertIn("Keep the header and its data file together", str(cm.exception))
+                out, err = StringIO(), StringIO()
+                with redirect_stdout(out), redirect_stderr(err):
+                    rc = cli.main(["info", self._path(header)])
+                self.assertEqual(rc, 2)
+                self.assertIn(f"its voxels are in '{data}'", err.getvalue())
+
+    def test_a_data_file_in_another_folder_is_found_or_named(self) -> None:
+        # a data file's name is relative to the header's folder (or absolute): both kinds are followed
+        os.makedirs(self._path("voxels"))
+        sitk.WriteImage(self.image, self._path("voxels/pet.nhdr"))
+        with open(self._path("voxels/pet.nhdr")) as fh:
+            text = fh.read()
+        for name, data_line in (("relative.nhdr", "data file: voxels/pet.raw"),
+                                ("absolute.nhdr", f"data file: {self._path('voxels/pet.raw')}")):
+            with open(self._path(name), "w") as fh:
+                fh.write(text.replace("data file: pet.raw", data_line))
+            with self.subTest(name):
+                self.assertIsNone(io.missing_data_file(self._path(name)))
+                self.assertEqual(io.read_image(self._path(name)).GetSize(), (14, 12, 10))
+        os.rename(self._path("voxels/pet.raw"), self._path("voxels/moved.raw"))
         with self.assertRaises(InputError) as cm:
-            io.read_image(self._path("alone.mhd"))
-        self.assertIn("alone.raw", str(cm.exception))
-        self.assertIn("does not exist", str(cm.exception))
+            io.read_image(self._path("relative.nhdr"))
+        self.assertIn("'voxels/pet.raw'", str(cm.exception))
+        # images whose voxels are in the same file have no data file to miss
+        for single in ("whole.nrrd", "whole.mha", "whole.nii"):
+            sitk.WriteImage(self.image, self._path(single))
+            self.assertIsNone(io.missing_data_file(self._path(single)))
 
     def test_an_unreadable_metaimage_is_an_input_error(self) -> None:
         """The size check opened the file before ITK did: an .mha without read permission was a

@@ -171,6 +171,14 @@ class WebAppTest(unittest.TestCase):
             self.assertEqual(state.error_message, "")
             self.assertEqual(Path(state.moving_path).name, header)
             state.moving_path = self.moving_path
+        # a header naming its data file in a folder: an upload keeps no folders, so uploading both cannot help
+        text = (folder / "pet.nhdr").read_text().replace("data file: pet.raw", "data file: voxels/pet.raw")
+        state.error_message = ""
+        self.app._save_upload("moving", [{"name": "pet.nhdr", "content": text.encode()},
+                                         {"name": "pet.raw", "content": (folder / "pet.raw").read_bytes()}])
+        self.assertIn("'voxels/pet.raw'", state.error_message)
+        self.assertIn("edit it to name 'pet.raw'", state.error_message)
+        self.assertEqual(state.moving_path, self.moving_path)
         self.assertEqual(len([p for p in self.workdir.iterdir() if p.name.startswith("moving-")]), 1)
 
     def test_a_new_upload_removes_the_previous_copy(self) -> None:

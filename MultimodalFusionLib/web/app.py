@@ -28,6 +28,7 @@ from typing import Any
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..io import missing_data_file
 from ..registration.parameters import INITIALIZER_HELP, INITIALIZERS
 from .offscreen import configure_offscreen_rendering
 
@@ -53,35 +54,6 @@ _WL_BASE_CHOICES = [{"title": "Auto (0.5-99.5th percentile)", "value": _WL_AUTO}
                     {"title": "Manual", "value": _WL_MANUAL}]
 # Image headers whose voxels lie in a second file uploaded with them: the header is what is read.
 _HEADER_SUFFIXES = (".mhd", ".nhdr", ".hdr")
-
-
-def _missing_data_file(header: Path) -> str | None:
-    """The name of the data file an uploaded image header points to, when it is not next to it.
-
-    ``.mhd``: its ``ElementDataFile`` (``LOCAL``: the voxels follow the header); ``.nhdr``: its
-    ``data file`` field; Analyze ``.hdr``: the ``.img`` of the same name. Lists and numbered patterns
-    of data files are not checked (the reader reports them). None: not a header, or nothing missing.
-    """
-    import re
-
-    name = header.name.lower()
-    if not header.is_file() or not name.endswith(_HEADER_SUFFIXES):
-        return None
-    if name.endswith(".hdr"):
-        stem = header.name[:-len(".hdr")]
-        found = [stem + ext for ext in (".img", ".img.gz", ".IMG") if (header.parent / (stem + ext)).is_file()]
-        return None if found else stem + ".img"
-    with open(header, "rb") as f:
-        text = f.read(65536).decode("latin-1")
-    pattern = r"^\s*ElementDataFile\s*=\s*(.*?)\s*$" if name.endswith(".mhd") else r"^\s*data ?file\s*:\s*(.*?)\s*$"
-    match = re.search(pattern, text, re.IGNORECASE | re.MULTILINE)
-    if match is None:
-        return None
-    data = match.group(1)
-    if data.upper() in ("LOCAL", "LIST") or not data or "%" in data or " " in data:
-        return None
-    data = os.path.basename(data.replace("\\", "/"))  # uploads hold no folders
-    return None if (header.parent / data).is_file() else data
 
 
 def _quad_layout() -> Any:
@@ -568,13 +540,18 @@ class FusionWebApp:
             target = headers[0].as_posix()
         else:
             target = folder.as_posix()
-        missing = _missing_data_file(Path(target))
-        if missing:  # ITK would say "No such file or directory" without naming it, or blame the format
+        missing = missing_data_file(target)  # the check read_image makes, before the upload is kept
+        if missing:
             shutil.rmtree(folder, ignore_errors=True)
+            header = Path(target).name
+            fix = f"Upload the two files together (select both '{header}' and '{missing}')."
+            base = os.path.basename(missing.replace("\\", "/"))
+            if base != missing:  # uploads keep no folders
+                fix = (f"The header names its data file with a folder, which an upload cannot recreate: give the "
+                       f"header's path on the server instead, or edit it to name '{base}'.")
             with self.state:
                 self.state.error_message = str(InputError(
-                    f"'{Path(target).name}' is a header: its voxels are in '{missing}', which was not uploaded.",
-                    f"Upload the two files together (select both '{Path(target).name}' and '{missing}')."))
+                    f"'{header}' is a header: its voxels are in '{missing}', which was not uploaded.", fix))
             return
         previous = self._upload_dirs.get(role)
         if previous is not None and previous != folder:
