@@ -388,6 +388,55 @@ class MetaImageReaderGaps(unittest.TestCase):
         for whole in ("whole.mha", "whole_z.mha", "short.mha"):
             self.assertEqual(io.read_image(self._path(whole)).GetSize(), (14, 12, 10))
 
+    def test_a_damaged_compressed_stream_is_refused(self) -> None:
+        """ITK's MetaIO inflated a damaged zlib stream without an error: 64 flipped bytes in the middle read as
+        other values in some voxels, a damaged end as zeros after a stray "Uncompress failed" on stdout."""
+        import zlib
+
+        sitk.WriteImage(self.image, self._path("whole_z.mha"), True)
+        sitk.WriteImage(self.image, self._path("pair_z.mhd"), True)  # pair_z.zraw beside it
+        with open(self._path("whole_z.mha"), "rb") as fh:
+            payload = fh.read()
+        start = payload.index(b"ElementDataFile = LOCAL\n") + len(b"ElementDataFile = LOCAL\n")
+        middle = (start + len(payload)) // 2
+        with open(self._path("pair_z.zraw"), "rb") as fh:
+            stream = fh.read()
+        flipped = bytes(b ^ 0xFF for b in stream[len(stream) // 2:len(stream) // 2 + 64])
+        damaged = {"bytes flipped in the middle": (
+                       "flipped.mha", payload[:middle] + bytes(b ^ 0xFF for b in payload[middle:middle + 64])
+                       + payload[middle + 64:]),
+                   "one bit flipped": ("bit.mha", payload[:start + 100] + bytes([payload[start + 100] ^ 1])
+                                       + payload[start + 101:]),
+                   "its end damaged": ("end.mha", payload[:-8] + bytes(b ^ 0xFF for b in payload[-8:]))}
+        for name, content in damaged.values():
+            with open(self._path(name), "wb") as fh:
+                fh.write(content)
+        with open(self._path("pair_z.zraw"), "wb") as fh:
+            fh.write(stream[:len(stream) // 2] + flipped + stream[len(stream) // 2 + 64:])
+        damaged["a data file's bytes flipped"] = ("pair_z.mhd", b"")
+        for case, (name, _) in damaged.items():
+            with self.subTest(case), self.assertRaises(InputError) as cm:
+                io.read_image(self._path(name))
+            with self.subTest(case):
+                self.assertIn(f"{name}'", str(cm.exception))
+                self.assertIn("is damaged", str(cm.exception))
+                self.assertIn("Copy or download the file again", str(cm.exception))
+        self.assertIn("(its data file 'pair_z.zraw')", str(cm.exception))
+        # good streams still read, also those whose checksum is taken over values ITK converted: a big-endian
+        # stream (ITK swaps the bytes) and a vector image
+        values = sitk.GetArrayFromImage(self.image)
+        packed = zlib.compress(values.astype(">f4").tobytes())
+        with open(self._path("msb.mha"), "wb") as fh:
+            fh.write(("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = True\n"
+                      f"CompressedData = True\nCompressedDataSize = {len(packed)}\nDimSize = 14 12 10\n"
+                      "ElementType = MET_FLOAT\nElementDataFile = LOCAL\n").encode() + packed)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(self._path("msb.mha"))), values)
+        rgb = sitk.GetImageFromArray(np.random.default_rng(5).integers(0, 255, (12, 14, 3), dtype=np.uint8),
+                                     isVector=True)
+        sitk.WriteImage(rgb, self._path("rgb_z.mha"), True)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(self._path("rgb_z.mha"), keep_color=True)),
+                                      sitk.GetArrayFromImage(rgb))
+
     def test_a_missing_data_file_is_named(self) -> None:
         """ITK named no file for an Analyze .hdr without its .img ("nifti_image_load failed") and blamed the
         format for an .nhdr without its data file ("couldn't open ..." with "Use a NIfTI, NRRD, ... file")."""
