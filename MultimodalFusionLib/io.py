@@ -683,6 +683,7 @@ class _CompressedVoxels(NamedTuple):
     length: int  # bytes of the compressed stream (CompressedDataSize, or to the end of the file)
     raw_bytes: int | None  # their size decompressed (None: an element type of no fixed size)
     msb: bool  # stored big-endian: ITK swaps the values to the machine's order
+    unsized: bool  # in the header's own file, which gives no CompressedDataSize
 
 
 def _check_metaimage_size(path: str) -> _CompressedVoxels | None:
@@ -747,7 +748,8 @@ def _check_metaimage_size(path: str) -> _CompressedVoxels | None:
             return None
         msb = any(fields.get(k, "False").lower() in ("true", "1")
                   for k in ("BinaryDataByteOrderMSB", "ElementByteOrderMSB"))
-        voxels = _CompressedVoxels(where, data_file, start, min(expected, available), raw_bytes, msb)
+        voxels = _CompressedVoxels(where, data_file, start, min(expected, available), raw_bytes, msb,
+                                   data_file == path and "CompressedDataSize" not in fields)
         what = f"{expected} bytes of compressed data"
     elif raw_bytes is None:
         return None
@@ -781,13 +783,16 @@ def _check_compressed_voxels(image: sitk.Image, data: _CompressedVoxels) -> None
         first = fh.read(2)
         fh.seek(data.start + max(data.length - 8, 0))
         tail = fh.read(8)
+    compared = False  # ITK's voxels were compared with the checksum (and differ)
     if len(first) == 2 and len(tail) == 8 and (data.raw_bytes is None or data.raw_bytes == buffer.nbytes):
         if first == b"\x1f\x8b":  # gzip: CRC-32, then the size, little-endian
             if zlib.crc32(buffer) == int.from_bytes(tail[:4], "little"):
                 return
+            compared = data.raw_bytes is not None
         elif first[0] & 0x0F == 8 and int.from_bytes(first, "big") % 31 == 0:  # zlib: Adler-32, big-endian
             if zlib.adler32(buffer) == int.from_bytes(tail[4:], "big"):
                 return
+            compared = data.raw_bytes is not None
     problem = None
     inflate = zlib.decompressobj(47)  # zlib or gzip, as MetaIO takes either
     produced, remaining = 0, data.length
@@ -812,6 +817,17 @@ def _check_compressed_voxels(image: sitk.Image, data: _CompressedVoxels) -> None
         raise InputError(f"{data.where} is damaged: {problem}; ITK would have read other voxel values without "
                          "an error.", "Copy or download the file again, or write it again from its source (a "
                          "damaged compressed file cannot be repaired).")
+    if compared:  # a sound stream, and ITK read other values from it
+        size = data.length - remaining - len(inflate.unused_data)  # what the stream took of what was read
+        if data.unsized:
+            raise InputError(f"{data.where} has no CompressedDataSize in its header, without which ITK's MetaImage "
+                             "reader reads other values than its compressed voxels hold (without an error).",
+                             f"Add the line 'CompressedDataSize = {size}' to its header, before ElementDataFile "
+                             "(the stream's length in bytes), or write the image again from its source.")
+        raise InputError(f"ITK's MetaImage reader read other values from {data.where} than its compressed voxels "
+                         "hold (their checksum differs).",
+                         "Convert the file with another tool (e.g. to .nrrd or .nii.gz), or write it again from "
+                         "its source.")
 
 
 def make_output_dir(path: str | os.PathLike) -> str:

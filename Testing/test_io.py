@@ -437,6 +437,32 @@ class MetaImageReaderGaps(unittest.TestCase):
         np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(self._path("rgb_z.mha"), keep_color=True)),
                                       sitk.GetArrayFromImage(rgb))
 
+    def test_a_compressed_mha_without_its_stream_size_is_refused(self) -> None:
+        """ITK's MetaIO read a compressed .mha whose header gives no CompressedDataSize as other values (a
+        sound stream; an .mhd's separate data file reads well without it), with no error."""
+        import zlib
+
+        values = sitk.GetArrayFromImage(self.image)
+        packed = zlib.compress(values.tobytes())
+        header = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                  "CompressedData = True\nDimSize = 14 12 10\nElementType = MET_FLOAT\nElementDataFile = {}\n")
+        with open(self._path("unsized.mha"), "wb") as fh:
+            fh.write(header.format("LOCAL").encode() + packed)
+        with self.assertRaises(InputError) as cm:
+            io.read_image(self._path("unsized.mha"))
+        self.assertIn("no CompressedDataSize", cm.exception.problem)
+        self.assertIn(f"'CompressedDataSize = {len(packed)}'", cm.exception.fix)
+        # the fix, done as it says, reads the voxels
+        with open(self._path("unsized.mha"), "wb") as fh:
+            fh.write(header.format("LOCAL").replace("DimSize", f"CompressedDataSize = {len(packed)}\nDimSize")
+                     .encode() + packed)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(self._path("unsized.mha"))), values)
+        with open(self._path("unsized.mhd"), "w") as fh:
+            fh.write(header.format("unsized.zraw"))
+        with open(self._path("unsized.zraw"), "wb") as fh:
+            fh.write(packed)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(self._path("unsized.mhd"))), values)
+
     def test_a_missing_data_file_is_named(self) -> None:
         """ITK named no file for an Analyze .hdr without its .img ("nifti_image_load failed") and blamed the
         format for an .nhdr without its data file ("couldn't open ..." with "Use a NIfTI, NRRD, ... file")."""
