@@ -247,11 +247,11 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
         pick = found[0]
     label = f"DICOM series '{pick['description'] or pick['uid']}'"
     syntax = _check_decodable(label, pick["files"][0])
-    float_values, slice_step = _check_series_geometry(pick)
     if len(pick["files"]) == 1:
         # one file (one slice, or an enhanced multi-frame image): read as the file alone is, a slice as
         # 2D; ITK's series reader gives a one-slice volume and takes no geometry from functional groups
         return _read_dicom_file(pick["files"][0])
+    float_values, slice_step = _check_series_geometry(pick)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(pick["files"])
     if float_values:  # per-slice or fractional rescale (PET): the first slice's integer type would round
@@ -288,6 +288,57 @@ def _dicomdir(folder: str) -> str | None:
                  if name.upper() == "DICOMDIR" and os.path.isfile(os.path.join(folder, name))), None)
 
 
+def _dicom_numbers(text: str) -> list[float]:
+    """The numbers of a DICOM multi-valued decimal string ("0.8\\0.9"); [] when it holds anything else."""
+    try:
+        return [float(v) for v in text.replace("\\", " ").split()] if text else []
+    except ValueError:
+        return []
+
+
+#: Tags that give one DICOM image's pixel size (row spacing, then column spacing, mm), in the order taken
+_SPACING_TAGS = (("0028|0030", "PixelSpacing (0028,0030)"), ("0018|1164", "ImagerPixelSpacing (0018,1164)"),
+                 ("0018|2010", "NominalScannedPixelSpacing (0018,2010)"))
+
+
+def _set_dicom_file_spacing(image: sitk.Image, path: str) -> None:
+    """Give a single-frame DICOM image the pixel size its tags state, or refuse it when none does.
+
+    ITK's DICOM reader (GDCM) reads a file without PixelSpacing (0028,0030) at 1 mm without a word (a
+    series without it is refused, see :func:`_check_series_geometry`), and for radiographs (CR, DX, MG,
+    XA) takes ImagerPixelSpacing (0018,1164) even where PixelSpacing is present. Here PixelSpacing comes
+    first (DICOM's size in the patient, calibrated where the two differ); without it ImagerPixelSpacing
+    (the size at the detector: larger than in the patient by the geometric magnification) or
+    NominalScannedPixelSpacing (0018,2010, a digitised film's) stand in, with a warning. A multi-frame
+    file (one with NumberOfFrames) keeps what GDCM read, e.g. from its functional groups. Only these tags
+    are read, and the warning and the error name the file and the tags only.
+    """
+    import warnings
+
+    if image.HasMetaDataKey("0028|0008"):  # NumberOfFrames: a multi-frame IOD, e.g. an enhanced CT or MR,
+        return  # whose pixel size may be in functional groups, where GDCM reads it (also for one frame)
+    usable = [(tag, name, values) for tag, name in _SPACING_TAGS
+              for values in [_dicom_numbers(image.GetMetaData(tag).strip()) if image.HasMetaDataKey(tag) else []]
+              if len(values) == 2]
+    if not usable:
+        raise InputError(f"DICOM file '{path}' has no usable PixelSpacing (0028,0030), nor ImagerPixelSpacing "
+                         "(0018,1164) or NominalScannedPixelSpacing (0018,2010), so its pixel size is unknown "
+                         "(ITK would assume 1 mm).",
+                         "Export it again with its PixelSpacing (from the scanner or PACS), or set it, e.g. with "
+                         "DCMTK: dcmodify -i \"(0028,0030)=0.5\\0.5\" FILE (row spacing\\column spacing, mm), or "
+                         "convert it to NIfTI with the right spacing and load that.")
+    tag, name, values = usable[0]
+    spacing = list(image.GetSpacing())
+    spacing[0], spacing[1] = values[1], values[0]
+    image.SetSpacing(spacing)
+    if tag != "0028|0030":
+        warnings.warn(f"DICOM file '{path}' has no PixelSpacing (0028,0030): its pixel size, {values[0]:g} x "
+                      f"{values[1]:g} mm (rows x columns), is its {name}"
+                      + (", the size at the detector: distances in the patient are smaller by the geometric "
+                         "magnification." if tag == "0018|1164" else ", the digitised film's."),
+                      stacklevel=2)
+
+
 def _check_series_geometry(pick: dict[str, Any]) -> tuple[bool, np.ndarray | None]:
     """Refuse a series whose geometry would be made up; returns whether its values need floats, and
     the step from slice to slice (LPS, mm) in the files' order, the order ITK stacks them in.
@@ -315,12 +366,7 @@ def _check_series_geometry(pick: dict[str, Any]) -> tuple[bool, np.ndarray | Non
     if not rows:
         return False, None
 
-    def numbers(text: str) -> list[float]:
-        try:
-            return [float(v) for v in text.replace("\\", " ").split()] if text else []
-        except ValueError:
-            return []
-
+    numbers = _dicom_numbers
     fix = ("Export the series again with its geometry tags (from the scanner or PACS), or convert it with a "
            "tool that knows its geometry, then load the converted file.")
     if any(len(numbers(r["spacing"])) != 2 for r in rows):
@@ -443,6 +489,7 @@ def _read_file(path: str) -> sitk.Image:
     if compressed is not None:
         _check_compressed_voxels(image, compressed)
     if syntax is not None or sitk.ImageFileReader.GetImageIOFromFileName(path) == "GDCMImageIO":
+        _set_dicom_file_spacing(image, path)
         # ITK keeps every tag of the file (patient name, ID, birth date...) in the image, and the NRRD and
         # MetaImage writers put them in the header of anything written from it: no tag travels on
         for key in image.GetMetaDataKeys():

@@ -139,6 +139,58 @@ class DicomGeometryFromTags(unittest.TestCase):
             self.assertEqual(getattr(from_folder, get)(), getattr(from_file, get)(), get)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(from_folder), sitk.GetArrayFromImage(from_file))
 
+    def test_one_file_without_pixel_spacing_uses_the_projection_tags_or_is_refused(self) -> None:
+        """A single file without PixelSpacing (0028,0030) was read at 1 mm without a word (a series without it
+        is refused); GDCM took ImagerPixelSpacing only for radiograph SOP classes, and there even over
+        PixelSpacing. ImagerPixelSpacing, then NominalScannedPixelSpacing, stand in with a warning."""
+        import warnings
+
+        import pydicom
+
+        dx = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+        cases = {"CT, ImagerPixelSpacing": (None, {"ImagerPixelSpacing": [0.5, 0.6]}, ("PixelSpacing",),
+                                            (0.6, 0.5), "ImagerPixelSpacing (0018,1164)"),
+                 "DX, ImagerPixelSpacing": (dx, {"ImagerPixelSpacing": [0.5, 0.6]}, ("PixelSpacing",),
+                                            (0.6, 0.5), "ImagerPixelSpacing (0018,1164)"),
+                 "CT, NominalScannedPixelSpacing": (None, {"NominalScannedPixelSpacing": [0.3, 0.4]},
+                                                    ("PixelSpacing",), (0.4, 0.3),
+                                                    "NominalScannedPixelSpacing (0018,2010)"),
+                 # PixelSpacing, the size in the patient, comes first (GDCM read this DX at 0.6 x 0.5 mm)
+                 "DX, both": (dx, {"ImagerPixelSpacing": [0.5, 0.6]}, (), (0.9, 0.8), None),
+                 "CT, neither": (None, {}, ("PixelSpacing",), None, None)}
+        for case, (sop, tags, drop, spacing, named) in cases.items():
+            with self.subTest(case), tempfile.TemporaryDirectory() as folder:
+                write_series(folder, positions=[(-12.0, -14.0, 30.0)], drop=drop)
+                path = os.path.join(folder, "IM0000.dcm")
+                ds = pydicom.dcmread(path)
+                if sop:
+                    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop
+                for name, value in tags.items():
+                    setattr(ds, name, value)
+                ds.save_as(path)
+                for given in (path, folder):  # a folder of one file reads as the file
+                    if spacing is None:
+                        with self.assertRaises(InputError) as ctx:
+                            io.read_image(given)
+                        self.assertIn("no usable PixelSpacing (0028,0030)", ctx.exception.problem)
+                        self.assertIn("ITK would assume 1 mm", ctx.exception.problem)
+                        self.assertIn('dcmodify -i "(0028,0030)=0.5\\0.5"', ctx.exception.fix)
+                        self.assertNotIn(PHI["PatientName"], str(ctx.exception))
+                        continue
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        image = io.read_image(given)
+                    self.assertEqual(image.GetSpacing(), spacing)
+                    said = [str(w.message) for w in caught]
+                    if named is None:
+                        self.assertEqual(said, [])
+                    else:
+                        self.assertEqual(len(said), 1, said)
+                        self.assertIn(f"is its {named}", said[0])
+                        self.assertIn("no PixelSpacing (0028,0030)", said[0])
+                        for value in PHI.values():
+                            self.assertNotIn(value, said[0])
+
     def test_enhanced_multiframe_file_in_a_folder(self) -> None:
         # an enhanced CT keeps PixelSpacing and the positions in its functional groups: the folder was
         # refused for having "no usable PixelSpacing (0028,0030)", though the file alone read correctly
