@@ -8,7 +8,11 @@ import asyncio
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -546,6 +550,65 @@ class WebAppTest(unittest.TestCase):
         self.assertAlmostEqual(bg.GetWindow(), window0, delta=1e-3 * window0)
         self.assertAlmostEqual(state.bg_window, window0, delta=state.bg_step)
         self._set(fg_opacity=0.5)
+
+
+@unittest.skipUnless(_HAVE_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
+@unittest.skipUnless(os.name == "posix", "SIGTERM is a POSIX signal")
+class ServerStopTest(unittest.TestCase):
+    """``mmfusion web`` in a subprocess: a SIGTERM leaves no work folder behind, during start-up too (the
+    default action ended the process at once, leaving an empty ``mmfusion-web-*`` folder)."""
+
+    def _start(self, tmp: str) -> tuple[subprocess.Popen, str]:
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, TMPDIR=tmp, PYTHONUNBUFFERED="1",
+                   PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        log = os.path.join(tmp, "server.log")
+        with open(log, "wb") as out:
+            server = subprocess.Popen([sys.executable, "-m", "MultimodalFusionLib.cli", "web", "--port", "0"],
+                                      stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.addCleanup(self._kill, server)
+        return server, log
+
+    @staticmethod
+    def _kill(server: subprocess.Popen) -> None:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)  # its own session: the server and nothing else
+            server.wait(timeout=30)
+
+    @staticmethod
+    def _wait_for(condition, what: str, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} within {timeout} s")
+            time.sleep(0.02)
+
+    def _work_folders(self, tmp: str) -> list[str]:
+        return [name for name in os.listdir(tmp) if name.startswith("mmfusion-web-")]
+
+    def test_sigterm_during_start_up_removes_the_work_folder(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            server, log = self._start(tmp)
+            self._wait_for(lambda: self._work_folders(tmp) or server.poll() is not None, "work folder")
+            self.assertIsNone(server.poll(), Path(log).read_text())
+            server.send_signal(signal.SIGTERM)  # the scene and views are still being made
+            server.wait(timeout=60)
+            text = Path(log).read_text()
+            self.assertNotIn("App running at", text)  # it was stopped in its start-up
+            self.assertEqual(server.returncode, 128 + signal.SIGTERM, text)
+            self.assertEqual(self._work_folders(tmp), [])
+
+    def test_sigterm_while_serving_removes_the_work_folder(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            server, log = self._start(tmp)
+            self._wait_for(lambda: "App running at" in Path(log).read_text() or server.poll() is not None,
+                           "running server")
+            self.assertIsNone(server.poll(), Path(log).read_text())
+            self.assertEqual(len(self._work_folders(tmp)), 1)
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+            self.assertEqual(server.returncode, 0, Path(log).read_text())
+            self.assertEqual(self._work_folders(tmp), [])
 
 
 class WindowLevelPanelTest(unittest.TestCase):

@@ -18,12 +18,13 @@ is the same public function the CLI and the Slicer module use: ``io.read_image``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import SimpleITK as sitk
 
@@ -908,8 +909,34 @@ def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 80
     configure_offscreen_rendering()
     # trame parses sys.argv for its own options; keep mmfusion's arguments away from it.
     os.environ.setdefault("TRAME_ARGS", "--server")
-    app = FusionWebApp(fixed=fixed, moving=moving, demo=demo, demo_spacing_mm=demo_spacing_mm)
+    # the work folder is made here, so that it goes however the start-up ends (uploads and downloads of
+    # patient files pass through it)
+    with _sigterm_exits(), tempfile.TemporaryDirectory(prefix="mmfusion-web-") as workdir:
+        app = FusionWebApp(fixed=fixed, moving=moving, demo=demo, demo_spacing_mm=demo_spacing_mm, workdir=workdir)
+        try:
+            app.server.start(port=port, host=host, open_browser=open_browser, timeout=0)
+        finally:
+            app.worker.shutdown()
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """A SIGTERM (``kill``, a service manager, a container stopping) during the start-up of several seconds
+    ends the process as Ctrl+C does, through the clean-up code: by default it ended it at once, leaving the
+    work folder behind. Once running, the server's own handler takes SIGTERM (and stops cleanly). Only the
+    main thread can set a handler: from another thread (the Python API) nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)  # a shell's status for a process ended by the signal
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
-        app.server.start(port=port, host=host, open_browser=open_browser, timeout=0)
+        yield
     finally:
-        app.worker.shutdown()
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
