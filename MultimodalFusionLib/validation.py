@@ -14,7 +14,8 @@ import SimpleITK as sitk
 from .errors import InputError, itk_reason
 from .io import orientation_code
 
-__all__ = ["check_image", "check_pair", "check_min_axis", "check_deformable_size", "check_mask", "physical_bounds", "overlap_fraction"]
+__all__ = ["check_image", "check_pair", "check_min_axis", "check_deformable_size", "check_mask", "check_on_grid",
+           "grid_differences", "physical_bounds", "overlap_fraction"]
 
 
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,
@@ -141,6 +142,47 @@ def check_pair(fixed: sitk.Image, moving: sitk.Image, *, transform: sitk.Transfo
             "in the headers.")
 
 
+def grid_differences(image: sitk.Image, reference: sitk.Image) -> list[str]:
+    """What differs between ``image``'s grid and ``reference``'s, one "what image-value vs reference-value"
+    entry per differing property (size, spacing, origin, direction; all four when the dimension differs);
+    empty when both lie on one grid. :func:`MultimodalFusionLib.fusion.same_grid` is "no difference".
+
+    Values are shown with as many digits as tell them apart (an origin 0.002 mm off at -120.5 mm
+    read "(-120.5, 100, 30) vs (-120.5, 100, 30)" at four), and a direction also by the letters its
+    axes run toward (a mask saved flipped, RAS vs LPS order, has the image's size and spacing).
+    """
+    def shown(va: tuple, vb: tuple) -> tuple[str, str]:
+        for digits in range(4, 17):
+            sa, sb = ("(" + ", ".join(f"{x:.{digits}g}" for x in v) + ")" for v in (va, vb))
+            if sa != sb:
+                break
+        return sa, sb
+
+    differences = []
+    for what, va, vb, rtol, atol in (("size", image.GetSize(), reference.GetSize(), 0, 0),
+                                     ("spacing", image.GetSpacing(), reference.GetSpacing(), 1e-5, 1e-6),
+                                     ("origin (LPS)", image.GetOrigin(), reference.GetOrigin(), 1e-5, 1e-4),
+                                     ("direction (LPS)", image.GetDirection(), reference.GetDirection(), 0, 1e-5)):
+        if len(va) == len(vb) and np.allclose(va, vb, rtol=rtol, atol=atol):
+            continue
+        sa, sb = (str(va), str(vb)) if what == "size" else shown(va, vb)
+        text = f"{what} {sa} vs {sb}"
+        if what.startswith("direction"):
+            codes = [orientation_code(img) for img in (image, reference)]
+            if all(codes) and codes[0][0] != codes[1][0]:
+                text += f" (axes toward {codes[0][0]} vs {codes[1][0]})"
+        differences.append(text)
+    return differences
+
+
+def check_on_grid(image: sitk.Image, reference: sitk.Image, name: str, reference_name: str, fix: str) -> None:
+    """Raise InputError "The <name> is not on the <reference_name>'s grid: <what differs>." with ``fix``
+    when ``image`` does not lie on ``reference``'s grid (:func:`grid_differences`)."""
+    differences = grid_differences(image, reference)
+    if differences:
+        raise InputError(f"The {name} is not on the {reference_name}'s grid: {', '.join(differences)}.", fix)
+
+
 def check_mask(mask: sitk.Image, image: sitk.Image, name: str = "mask", image_name: str = "image") -> sitk.Image:
     """A mask must lie on the image's grid and be non-empty; returns it as UInt8 (0/1)."""
     if not isinstance(mask, sitk.Image):
@@ -149,22 +191,9 @@ def check_mask(mask: sitk.Image, image: sitk.Image, name: str = "mask", image_na
         raise InputError(f"The {name} has {mask.GetNumberOfComponentsPerPixel()} components per pixel (colour), "
                          "not one label per voxel.",
                          "Give a label or binary image (e.g. a segmentation exported as .nii.gz or .nrrd).")
-    same = (mask.GetSize() == image.GetSize()
-            and np.allclose(mask.GetSpacing(), image.GetSpacing(), rtol=1e-5, atol=1e-6)
-            and np.allclose(mask.GetOrigin(), image.GetOrigin(), rtol=1e-5, atol=1e-4)
-            and np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-5))
-    if not same:
-        def placement(img: sitk.Image) -> str:
-            # origin and orientation too: a mask saved flipped (RAS vs LPS order) has the image's size and spacing
-            code = orientation_code(img)
-            return (f"size {img.GetSize()}, spacing {tuple(round(s, 4) for s in img.GetSpacing())}, origin "
-                    f"{tuple(round(o + 0.0, 3) for o in img.GetOrigin())} mm (LPS)"
-                    + (f", axes toward {code[0]}" if code else ""))
-        raise InputError(
-            f"The {name} is not on the {image_name}'s grid (mask {placement(mask)}; {image_name} "
-            f"{placement(image)}).",
-            f"Resample the mask onto the {image_name} with nearest-neighbour interpolation "
-            "(mmfusion resample MASK --reference IMAGE --interpolation nearest).")
+    check_on_grid(mask, image, name, image_name,
+                  f"Resample the mask onto the {image_name} with nearest-neighbour interpolation "
+                  "(mmfusion resample MASK --reference IMAGE --interpolation nearest).")
     out = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
     if not sitk.GetArrayViewFromImage(out).any():
         raise InputError(f"The {name} is empty (no non-zero voxel).", "Give a mask that covers the region of interest.")

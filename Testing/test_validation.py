@@ -8,7 +8,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from MultimodalFusionLib.errors import InputError
-from MultimodalFusionLib.validation import check_image, check_mask, check_pair, overlap_fraction
+from MultimodalFusionLib.validation import (
+    check_image,
+    check_mask,
+    check_pair,
+    grid_differences,
+    overlap_fraction,
+)
 
 
 def _img(size=(20, 20, 10), value=None):
@@ -46,16 +52,32 @@ class Checks(unittest.TestCase):
         mask = sitk.Image([20, 20, 10], sitk.sitkUInt8) + 1
         self.assertEqual(check_mask(mask, img).GetPixelID(), sitk.sitkUInt8)
         other = sitk.Image([10, 10, 10], sitk.sitkUInt8) + 1
-        self.assertMessage(lambda: check_mask(other, img), "not on the image's grid", "nearest")
+        self.assertMessage(lambda: check_mask(other, img), "not on the image's grid: size (10, 10, 10) vs (20, 20, 10)",
+                           "nearest")
 
     def test_mask_stored_flipped_is_named_by_its_placement(self):
         img = _img()
         flipped = sitk.Image(img.GetSize(), sitk.sitkUInt8) + 1  # same size and spacing, RAS order
         flipped.SetSpacing(img.GetSpacing())
         flipped.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
-        self.assertMessage(lambda: check_mask(flipped, img), "axes toward RAS", "axes toward LPS",
-                           "origin (0.0, 0.0, 0.0) mm (LPS)")
+        self.assertMessage(lambda: check_mask(flipped, img), "direction (LPS) (-1, 0, 0, 0, -1, 0, 0, 0, 1) vs "
+                           "(1, 0, 0, 0, 1, 0, 0, 0, 1) (axes toward RAS vs LPS).")
+        # one listing for masks and fusion inputs (fusion.check_same_grid): only what differs is named
+        with self.assertRaises(InputError) as cm:
+            check_mask(flipped, img)
+        self.assertNotIn("size", str(cm.exception).split("Fix:")[0])
+        self.assertNotIn("origin", str(cm.exception))
 
+    def test_grid_values_shown_with_the_digits_that_tell_them_apart(self):
+        # 0.002 mm off at -120.5 mm: four significant digits showed "(-120.5, 100, 30) vs (-120.5, 100, 30)"
+        img = _img()
+        img.SetOrigin((-120.5, 100.0, 30.0))
+        mask = sitk.Image(img.GetSize(), sitk.sitkUInt8) + 1
+        mask.CopyInformation(img)
+        mask.SetOrigin((-120.502, 100.0, 30.0))
+        self.assertEqual(grid_differences(mask, img), ["origin (LPS) (-120.502, 100, 30) vs (-120.5, 100, 30)"])
+        self.assertMessage(lambda: check_mask(mask, img), "origin (LPS) (-120.502, 100, 30) vs (-120.5, 100, 30)")
+        self.assertEqual(grid_differences(img, img), [])
 
 if __name__ == "__main__":
     unittest.main()

@@ -38,7 +38,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..progress import ProgressCallback, report, scaled
-from ..validation import check_image
+from ..validation import check_image, check_on_grid, grid_differences
 from . import classic
 from .base import FusionResult
 from .color import overlay_arrays, rgb_to_ycbcr, window_to_unit, ycbcr_to_rgb_in_gamut
@@ -148,30 +148,15 @@ def get_method(name: str) -> FusionMethod:
 # ----------------------------------------------------------------------------- geometry / scaling
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     """True when ``a`` and ``b`` have the same size, spacing, origin and direction."""
-    return (a.GetDimension() == b.GetDimension() and a.GetSize() == b.GetSize()
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-5, atol=1e-6)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=1e-5, atol=1e-4)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5))
+    return not grid_differences(b, a)
 
 
 def check_same_grid(a: sitk.Image, b: sitk.Image, a_name: str = "anatomical image (a)",
                     b_name: str = "functional image (b)") -> None:
     """Raise InputError naming the difference when ``b`` is not on ``a``'s grid."""
-    if same_grid(a, b):
-        return
-    def fmt(v: Sequence[float]) -> str:
-        return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
-    # name only what differs (all four when the dimension differs)
-    props = [("size", a.GetSize(), b.GetSize(), str, 0, 0),
-             ("spacing", a.GetSpacing(), b.GetSpacing(), fmt, 1e-5, 1e-6),
-             ("origin (LPS)", a.GetOrigin(), b.GetOrigin(), fmt, 1e-5, 1e-4),
-             ("direction (LPS)", a.GetDirection(), b.GetDirection(), fmt, 0, 1e-5)]  # same_grid's tolerances
-    diffs = [f"{name} {show(vb)} vs {show(va)}" for name, va, vb, show, rtol, atol in props
-             if len(va) != len(vb) or not np.allclose(va, vb, rtol=rtol, atol=atol)]
-    raise InputError(
-        f"The {b_name} is not on the {a_name}'s grid: {', '.join(diffs) or 'geometry differs'}.",
-        "Register and resample it onto the anatomical image first (mmfusion run FIXED MOVING, or "
-        "mmfusion resample MOVING --reference FIXED), or use pipeline.run.")
+    check_on_grid(b, a, b_name, a_name,
+                  "Register and resample it onto the anatomical image first (mmfusion run FIXED MOVING, or "
+                  "mmfusion resample MOVING --reference FIXED), or use pipeline.run.")
 
 
 def to_unit(image: sitk.Image | np.ndarray, window: Sequence[float] | None = None,
