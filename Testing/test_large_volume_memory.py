@@ -121,6 +121,19 @@ class CheckerboardSliceTest(unittest.TestCase):
                                                         sitk.sitkUInt8))
         np.testing.assert_array_equal(png, expected)
 
+    def test_a_small_bright_object_keeps_its_contrast(self):
+        # an object on under 1% of the voxels (a PET hot spot): the 1st and 99th percentiles are both the
+        # background, and the scaling to 0..1 over (0, 1) showed all of it flat white; now its min..max
+        arr = np.zeros((40, 40, 40), np.float32)
+        arr[19:22, 18:21, 18:21] = np.linspace(100.0, 1000.0, 27, dtype=np.float32).reshape(3, 3, 3)
+        image = sitk.GetImageFromArray(arr)
+        spot = sitk.GetArrayFromImage(qc.checkerboard(image, image))[19:22, 18:21, 18:21]
+        np.testing.assert_allclose(spot, arr[19:22, 18:21, 18:21] / 1000.0, rtol=1e-6)
+        with tempfile.TemporaryDirectory() as tmp:  # the PNG's slice path scales the same way
+            png = sitk.GetArrayFromImage(sitk.ReadImage(qc.write_checkerboard_png(image, image, image,
+                                                                                  Path(tmp) / "cb.png")))
+        self.assertGreater(len(np.unique(png)), 4)  # background, gap and several grey levels of the spot
+
     def test_grids_must_match(self):
         fixed, moving, _ = scenarios.phantom_pair()
         with tempfile.TemporaryDirectory() as tmp, self.assertRaises(Exception) as ctx:

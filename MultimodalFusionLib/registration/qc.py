@@ -12,26 +12,21 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..preprocess import robust_range
 
 __all__ = ["checkerboard", "write_checkerboard_png", "middle_slice", "display_spacing"]
 
 
-def _unit_range(arr: np.ndarray) -> tuple[float, float]:
-    """(lo, hi): the 1st and 99th percentile of the finite values (robust to outliers)."""
-    finite = arr[np.isfinite(arr)]
-    lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
-    hi = hi if hi > lo else lo + 1.0
-    return lo, hi
-
-
 def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    lo, hi = np.float64(lo), np.float64(hi)  # scaled in float64 (a Python float would keep float32's rounding)
     return np.clip((np.nan_to_num(arr) - lo) / (hi - lo), 0, 1).astype(np.float32)
 
 
 def _unit(image: sitk.Image) -> sitk.Image:
-    """Intensities mapped to 0..1 between the 1st and 99th percentile (robust to outliers)."""
+    """Intensities mapped to 0..1 between the 1st and 99th percentile (robust to outliers; their min and max
+    where those coincide: an object on under 1% of the voxels, e.g. a PET hot spot, had shown flat white)."""
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
-    out = sitk.GetImageFromArray(_scale(arr, *_unit_range(arr)))
+    out = sitk.GetImageFromArray(_scale(arr, *robust_range(arr, 1.0, 99.0)))
     out.CopyInformation(image)
     return out
 
@@ -40,7 +35,7 @@ def _unit_middle_slice(image: sitk.Image) -> np.ndarray:
     """``middle_slice(_unit(image))`` without scaling the whole volume: the range still comes from
     every voxel, but only the displayed slice is scaled (the same element-wise operations)."""
     image = sitk.Cast(image, sitk.sitkFloat32)
-    lo, hi = _unit_range(sitk.GetArrayViewFromImage(image))
+    lo, hi = robust_range(sitk.GetArrayViewFromImage(image), 1.0, 99.0)
     return _scale(middle_slice(image), lo, hi)
 
 
