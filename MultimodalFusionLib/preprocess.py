@@ -17,6 +17,7 @@ from .validation import check_image, physical_bounds
 __all__ = [
     "resample",
     "robust_range",
+    "reorient_to_lps",
     "normalize_intensity",
     "foreground_mask",
     "crop_to_overlap",
@@ -123,6 +124,22 @@ def robust_range(values: np.ndarray, low: float, high: float) -> tuple[float, fl
     if hi <= lo:
         lo, hi = float(finite.min()), float(finite.max())
     return lo, (hi if hi > lo else lo + 1.0)
+
+
+def reorient_to_lps(image: sitk.Image) -> sitk.Image:
+    """The image resampled (by axis permutation and flips only) so its axes run toward L, P (and S).
+
+    This is radiological display, as Slicer's axial view: row 0 anterior, column 0 the patient's right
+    (the checkerboard PNG and the report's views use it). A 2D image is an axial slice, as Slicer takes
+    it: one whose direction flips or swaps x and y (a slice of a NIfTI stored in RAS order) is turned
+    back; a PNG has identity and stays. Unusual directions ITK cannot reorient: the image as stored.
+    """
+    try:
+        if image.GetDimension() == 2:
+            return sitk.DICOMOrient(sitk.JoinSeries(image), "LPS")[:, :, 0]
+        return sitk.DICOMOrient(image, "LPS")
+    except RuntimeError:  # unusual directions: the grid as stored
+        return image
 
 
 def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk.Image | None = None,

@@ -28,6 +28,7 @@ import SimpleITK as sitk
 from .errors import InputError
 from .fusion.base import FusionResult
 from .io import make_output_dir, write_bytes, write_json
+from .preprocess import reorient_to_lps
 
 __all__ = ["save_montage_png", "write_report", "report_file_patterns", "metrics_chart_png", "write_json",
            "REPORT_METRICS"]
@@ -71,19 +72,10 @@ def _views(image: sitk.Image) -> list[tuple[str, np.ndarray, float]]:
     flips or swaps them (a slice of a NIfTI stored in RAS order) is turned back; PNG/JPEG slices,
     which have no direction (identity), are shown as stored.
     """
+    image = reorient_to_lps(image)  # unusual directions: the grid as stored
     if image.GetDimension() == 2:
-        try:
-            oriented = sitk.DICOMOrient(sitk.JoinSeries(image), "LPS")
-            arr = sitk.GetArrayFromImage(oriented)[0]
-            sx, sy = oriented.GetSpacing()[:2]
-        except RuntimeError:  # unusual directions: show the pixel grid as stored
-            arr = sitk.GetArrayFromImage(image)
-            sx, sy = image.GetSpacing()
-        return [("", arr, sy / sx)]
-    try:
-        image = sitk.DICOMOrient(image, "LPS")
-    except RuntimeError:  # unusual directions: show the voxel grid as stored
-        pass
+        sx, sy = image.GetSpacing()
+        return [("", sitk.GetArrayFromImage(image), sy / sx)]
     sx, sy, sz = image.GetSpacing()
     if not np.allclose(image.GetDirection(), np.eye(3).ravel(), atol=1e-6) and _orientable(image):
         return _oblique_views(image)

@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..preprocess import robust_range
+from ..preprocess import reorient_to_lps, robust_range
 
 __all__ = ["checkerboard", "write_checkerboard_png", "middle_slice", "display_spacing"]
 
@@ -70,35 +70,20 @@ def checkerboard(fixed: sitk.Image, moving_on_fixed_grid: sitk.Image, squares: i
     return sitk.CheckerBoard(a, b, pattern)
 
 
-def _to_lps(image: sitk.Image) -> sitk.Image:
-    """The image resampled (by axis permutation and flips only) so its axes run toward L, P (and S).
-
-    Radiological display, as Slicer's axial view: row 0 is anterior, column 0 the patient's right.
-    A 2D image is an axial slice, as Slicer takes it (one whose direction flips or swaps x and y,
-    e.g. a slice of a NIfTI stored in RAS order, is turned back; a PNG has identity and stays).
-    """
-    try:
-        if image.GetDimension() == 2:
-            return sitk.DICOMOrient(sitk.JoinSeries(image), "LPS")[:, :, 0]
-        return sitk.DICOMOrient(image, "LPS")
-    except RuntimeError:  # unusual directions: the grid as stored
-        return image
-
-
 def display_spacing(image: sitk.Image) -> tuple[float, float]:
     """(column, row) pixel size in mm of :func:`middle_slice`'s array: the spacing along L and P,
     which for a volume stored sagittally or coronally is not its first two spacings."""
     probe = sitk.Image([1] * image.GetDimension(), sitk.sitkUInt8)
     probe.SetSpacing(image.GetSpacing())
     probe.SetDirection(image.GetDirection())
-    sx, sy = _to_lps(probe).GetSpacing()[:2]
+    sx, sy = reorient_to_lps(probe).GetSpacing()[:2]
     return float(sx), float(sy)
 
 
 def middle_slice(image: sitk.Image) -> np.ndarray:
     """The middle axial slice of a 3D image, or the 2D image, as an array (rows, cols), in radiological
     display (reoriented to LPS first: anterior at the top, the patient's right on the left, as Slicer)."""
-    image = _to_lps(image)
+    image = reorient_to_lps(image)
     arr = sitk.GetArrayFromImage(image)
     return arr[arr.shape[0] // 2] if image.GetDimension() == 3 else arr
 
