@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from .accuracy import rotation_angle_deg
+
 __all__ = ["StageResult", "RegistrationResult", "transform_summary", "iterations_text", "TRANSFORM_CONVENTION"]
 
 #: What the numbers of :func:`transform_summary` mean (written next to them in metrics.json).
@@ -150,12 +152,7 @@ def transform_summary(transform: sitk.Transform) -> dict[str, Any] | None:
     homogeneous = linear_transform_matrix(transform)
     matrix, offset = homogeneous[:dim, :dim], homogeneous[:dim, 3]
     rigid = np.allclose(matrix.T @ matrix, np.eye(dim), atol=1e-6) and np.linalg.det(matrix) > 0
-    if not rigid:
-        angle = None
-    elif dim == 2:
-        angle = float(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0])))
-    else:
-        angle = float(np.degrees(np.arccos(np.clip((np.trace(matrix) - 1.0) / 2.0, -1.0, 1.0))))
+    angle = rotation_angle_deg(matrix) if rigid else None
     summary: dict[str, Any] = {
         "convention": TRANSFORM_CONVENTION,
         "itk_matrix_lps": [[float(v) for v in row] for row in matrix],
