@@ -220,6 +220,24 @@ class RegistrationSectionTest(unittest.TestCase):
         self.assertIn("last level (3 of 3): ", page)
         self.assertIn(html_escape(stage.stop_reason), page)  # whole, not cut at 120 characters
 
+    def test_levels_that_ran_no_iteration_are_counted(self) -> None:
+        from MultimodalFusionLib.registration import register
+        from MultimodalFusionLib.registration.parameters import RegistrationParameters, StageParameters
+        from MultimodalFusionLib.registration.result import StageResult, iterations_per_level
+
+        history = [(0, 1, -0.5), (0, 2, -0.6), (1, 1, -0.7)]
+        self.assertEqual(iterations_per_level(history, 3), [2, 1, 0])
+        self.assertEqual(iterations_per_level(history), [2, 1])  # the history alone shows no third level
+        self.assertEqual(StageResult("rigid", "mi", 0.0, 0.0, 3, "", 0.0, history).level_iterations, [2, 1])
+        # a stage whose gradient is within tolerance at once runs no iteration at any of its 3 levels:
+        # the sitk backend still counts them (one derivation, with the stage's number of levels)
+        d = data.testing_data_dir()
+        a = io.read_image(d / "BrainT1SliceBorder20.png", float32=True)
+        b = io.read_image(d / "BrainProtonDensitySliceR10X13Y17.png", float32=True)
+        stage = register(a, b, RegistrationParameters(stages=[StageParameters(name="rigid", gradient_tolerance=1e3)],
+                                                      seed=1)).stages[0]
+        self.assertEqual((stage.iterations, stage.level_iterations), (0, [0, 0, 0]))
+
     def test_the_verdict_does_not_call_a_move_apart_unchanged(self) -> None:
         # a single non-zero voxel registered to itself: the MI of so empty an image barely moves, but
         # the registration moved the images apart (correlation 1 -> 0.47); the card had called that

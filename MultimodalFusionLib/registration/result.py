@@ -10,7 +10,8 @@ import SimpleITK as sitk
 
 from .accuracy import rotation_angle_deg
 
-__all__ = ["StageResult", "RegistrationResult", "transform_summary", "iterations_text", "TRANSFORM_CONVENTION"]
+__all__ = ["StageResult", "RegistrationResult", "transform_summary", "iterations_per_level", "iterations_text",
+           "TRANSFORM_CONVENTION"]
 
 #: What the numbers of :func:`transform_summary` mean (written next to them in metrics.json).
 TRANSFORM_CONVENTION = (
@@ -52,13 +53,21 @@ class StageResult:
 
     def __post_init__(self) -> None:
         if not self.level_iterations and self.history:
-            levels = max(int(h[0]) for h in self.history) + 1
-            self.level_iterations = [sum(1 for h in self.history if int(h[0]) == level) for level in range(levels)]
+            self.level_iterations = iterations_per_level(self.history)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["history"] = [list(h) for h in self.history]
         return d
+
+
+def iterations_per_level(history: list[tuple[int, int, float]], levels: int | None = None) -> list[int]:
+    """Iterations at each resolution level, coarsest first, counted from a stage's (level, iteration,
+    metric) ``history``; ``levels`` (the stage's number of levels) also counts the last levels that ran
+    no iteration, which the history alone cannot show (a stage that converged at once there)."""
+    if levels is None:
+        levels = max((int(h[0]) for h in history), default=-1) + 1
+    return [sum(1 for h in history if int(h[0]) == level) for level in range(levels)]
 
 
 def iterations_text(stage: StageResult | dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from ..errors import InputError, OperationCancelled, RegistrationError, itk_guar
 from ..progress import ProgressCallback, report, scaled
 from ..validation import check_deformable_size
 from .parameters import RegistrationParameters, StageParameters
-from .result import RegistrationResult, StageResult
+from .result import RegistrationResult, StageResult, iterations_per_level
 
 __all__ = ["register_sitk", "linear_parts", "compose", "evaluate_metric"]
 
@@ -546,7 +546,6 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     metric_after = evaluate_metric(fixed, moving, final_total, stage, seed, fixed_mask, moving_mask)
     # iterations summed over levels: the history restarts its counter at every level
     iterations = len(history)
-    level_iterations = [sum(1 for h in history if h[0] == level) for level in range(levels)]
     if levels > 1:  # ITK's text ("after 45 iterations") is its last level's: a reader compares it with the total
         stop_reason = f"last level ({levels} of {levels}): {stop_reason}"
     accepted = math.isfinite(metric_after) and metric_after <= metric_before
@@ -555,7 +554,8 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
         name=stage.name, metric_name=stage.metric, metric_before=metric_before,
         metric_after=metric_after if math.isfinite(metric_after) else float("nan"),
         iterations=iterations, stop_reason=stop_reason,
-        seconds=time.perf_counter() - t0, history=history, accepted=accepted, level_iterations=level_iterations)
+        seconds=time.perf_counter() - t0, history=history, accepted=accepted,
+        level_iterations=iterations_per_level(history, levels))  # with levels that ran no iteration
     return result_tx, stage_result
 
 
