@@ -7,6 +7,9 @@ ITK, so a user never sees an ITK traceback or a silently wrong answer.
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -15,7 +18,7 @@ from .errors import InputError, itk_reason
 from .io import orientation_code
 
 __all__ = ["check_image", "check_pair", "check_min_axis", "check_deformable_size", "check_mask", "check_on_grid",
-           "grid_differences", "physical_bounds", "overlap_fraction"]
+           "grid_differences", "whole_number", "physical_bounds", "overlap_fraction"]
 
 
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,
@@ -50,6 +53,22 @@ def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = 
     if lo == hi and not allow_constant:
         raise InputError(f"The {name} is constant (every voxel is {lo:g}); it holds no structure to use.",
                          "Check that the right file or series was loaded and that it is not blank.")
+
+
+def whole_number(value: Any, minimum: int, maximum: int | None = None) -> int | None:
+    """``value`` as an int when it is a whole number from ``minimum`` to ``maximum`` (an int, or a float
+    without a fraction: JSON's 200.0); None for anything else, bools, strings, 1.5, NaN and infinity
+    among them. Each caller words its own message (which setting, which values it takes)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return None
+    if isinstance(value, numbers.Integral):
+        number = int(value)  # not through float: 10**400 is whole, float() of it overflows
+    else:
+        as_float = float(value)
+        if not (math.isfinite(as_float) and as_float.is_integer()):
+            return None
+        number = int(as_float)
+    return number if minimum <= number and (maximum is None or number <= maximum) else None
 
 
 def has_content(image: sitk.Image) -> bool:

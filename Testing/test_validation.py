@@ -14,6 +14,7 @@ from MultimodalFusionLib.validation import (
     check_pair,
     grid_differences,
     overlap_fraction,
+    whole_number,
 )
 
 
@@ -78,6 +79,19 @@ class Checks(unittest.TestCase):
         self.assertEqual(grid_differences(mask, img), ["origin (LPS) (-120.502, 100, 30) vs (-120.5, 100, 30)"])
         self.assertMessage(lambda: check_mask(mask, img), "origin (LPS) (-120.502, 100, 30) vs (-120.5, 100, 30)")
         self.assertEqual(grid_differences(img, img), [])
+
+    def test_whole_number(self):
+        # one check for registration parameters and deep-fusion settings, each wording its own message
+        self.assertEqual(whole_number(200.0, 1), 200)  # JSON's 200.0 is whole
+        self.assertEqual(whole_number(np.int64(8), 1, 8), 8)
+        self.assertEqual(whole_number(np.float32(3.0), 0), 3)
+        for value in (1.5, True, np.bool_(True), "8", None, float("nan"), float("inf"), 0, 9):
+            with self.subTest(value=value):
+                self.assertIsNone(whole_number(value, 1, 8))
+        # a whole number too large for a float is still whole (float() of it raised OverflowError)
+        self.assertEqual(whole_number(10 ** 400, 0), 10 ** 400)
+        self.assertIsNone(whole_number(10 ** 400, 0, 8))
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InputError
+from ..validation import whole_number
 
 __all__ = [
     "StageParameters",
@@ -129,14 +130,14 @@ class StageParameters:
             raise bad("sampling_percentage", self.sampling_percentage, "a fraction in (0, 1], e.g. 0.01 for 1%")
         for field in ("number_of_samples", "max_samples"):
             count = getattr(self, field)
-            if count is not None and not _is_whole(count, MIN_SAMPLE_COUNT):
+            if count is not None and whole_number(count, MIN_SAMPLE_COUNT) is None:
                 raise bad(field, count, f"a whole number of at least {MIN_SAMPLE_COUNT} (samples per resolution "
                                         "level), or null for none")
-        if not _is_whole(self.histogram_bins, 4) or self.histogram_bins > MAX_HISTOGRAM_BINS:
+        if whole_number(self.histogram_bins, 4, MAX_HISTOGRAM_BINS) is None:
             # ITK's joint histogram is bins x bins per thread: a billion bins ran a minute, then failed
             raise bad("histogram_bins", self.histogram_bins, f"a whole number from 4 to {MAX_HISTOGRAM_BINS} "
                                                              "(typically 32-64)")
-        if not _is_whole(self.iterations, 1):
+        if whole_number(self.iterations, 1) is None:
             raise bad("iterations", self.iterations, "a whole number of at least 1 (iterations per resolution level)")
         # a zero or negative step runs ITK's optimizer without moving, or uphill, and reports success
         if not _is_number(self.learning_rate) or self.learning_rate <= 0:
@@ -166,23 +167,16 @@ class StageParameters:
                              "mis-weighted and it stops far from the answer).",
                              "Use optimizer 'regular_step' (or 'gradient_descent_line_search') for rigid and "
                              "affine stages; lbfgsb suits B-spline stages.")
-        if not all(_is_whole(f, 1) for f in self.shrink_factors):
+        if any(whole_number(f, 1) is None for f in self.shrink_factors):
             raise bad("shrink_factors", self.shrink_factors, "integers >= 1")
         if not all(_is_number(s) and s >= 0 for s in self.smoothing_sigmas):
             raise bad("smoothing_sigmas", self.smoothing_sigmas, "numbers >= 0 (0: no smoothing)")
         mesh = self.mesh_size if isinstance(self.mesh_size, (list, tuple)) else [self.mesh_size]
-        if not mesh or not all(_is_whole(m, 1) for m in mesh):
+        if not mesh or any(whole_number(m, 1) is None for m in mesh):
             raise bad("mesh_size", self.mesh_size, "a positive number of control-grid cells")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _is_whole(value: Any, low: int) -> bool:
-    """``value`` is a whole number >= ``low`` (bools and fractional floats are not)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    return float(value).is_integer() and value >= low
 
 
 def _is_number(value: Any) -> bool:
@@ -246,10 +240,10 @@ class RegistrationParameters:
             raise InputError(f"The 'search' initializer searches rotations for a rigid or affine first stage, but "
                              f"the first stage is '{self.stages[0].name}'.",
                              "Run a rigid stage first (e.g. --stages rigid,bspline), or use another initializer.")
-        if self.seed is not None and not _is_whole(self.seed, 0):
+        if self.seed is not None and whole_number(self.seed, 0) is None:
             raise InputError(f"The seed must be a non-negative integer, not {self.seed!r}.",
                              "Use e.g. --seed 0 (or \"seed\": 0 in a preset; null for a wall-clock seed).")
-        if self.number_of_threads is not None and not _is_whole(self.number_of_threads, 1):
+        if self.number_of_threads is not None and whole_number(self.number_of_threads, 1) is None:
             raise InputError(f"Invalid number_of_threads {self.number_of_threads!r}.",
                              "Use a whole number of at least 1, or null for ITK's default.")
         for stage in self.stages:

@@ -29,7 +29,7 @@ import SimpleITK as sitk
 
 from ...errors import InputError
 from ...progress import ProgressCallback, report, scaled
-from ...validation import check_image
+from ...validation import check_image, whole_number
 from ..base import FusionResult
 from .losses import FusionLoss, LossWeights
 
@@ -54,23 +54,21 @@ MAX_ROI_SIZE = 1024
 
 
 def _whole_number(value: Any, name: str, minimum: int, maximum: int | None = None, example: str = "") -> int:
-    """``value`` as an int within [minimum, maximum], else a clear InputError (not torch's or range()'s
-    error, nor silently truncated: 1.5 adaptation steps are not 1, a batch of -1 slices is not a batch)."""
+    """``value`` (or a string holding one, e.g. "8") as an int within [minimum, maximum], else a clear
+    InputError (not torch's or range()'s error, nor silently truncated: 1.5 adaptation steps are not 1,
+    a batch of -1 slices is not a batch)."""
     number: Any = value
     if isinstance(value, str):
         try:
             number = float(value)
         except ValueError:
             number = None
-    if isinstance(number, (float, np.floating)) and math.isfinite(number) and number == int(number):
-        number = int(number)
-    ok = (isinstance(number, (int, np.integer)) and not isinstance(number, (bool, np.bool_))
-          and minimum <= int(number) and (maximum is None or int(number) <= maximum))
-    if not ok:
+    whole = whole_number(number, minimum, maximum)
+    if whole is None:
         bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
         raise InputError(f"{name} must be a whole number {bounds} (got {value!r}).",
                          f"Give a whole number {bounds}{', e.g. ' + example if example else ''}.")
-    return int(number)
+    return whole
 
 
 def _load_model(weights: Any, spatial_dims: int) -> tuple[Any, dict[str, Any]]:
