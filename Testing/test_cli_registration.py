@@ -312,6 +312,10 @@ class MalformedPresetFile(unittest.TestCase):
         '{"stages": [{"name": "bspline", "mesh_size": [4, 4, 4]}]}': "mesh_size",  # 3 numbers, 2D images
         '{"seed": "x"}': "seed",
         '{"number_of_threads": -1}': "number_of_threads",
+        # whole, but beyond ITK's 32-bit unsigned ints: SimpleITK's wrapper raised OverflowError/TypeError
+        '{"stages": [{"name": "rigid", "iterations": 1e10}]}': "iterations",
+        '{"stages": [{"name": "bspline", "mesh_size": 10000000000}]}': "mesh_size",
+        '{"number_of_threads": 10000000000}': "number_of_threads",
     }
 
     def test_each_bad_value_is_a_one_line_error(self):

@@ -52,6 +52,9 @@ MAX_SAMPLES = 200_000
 MIN_SAMPLE_COUNT = 1000
 #: Most Mattes MI histogram bins a stage may ask for (elastix and ANTs use 32-64).
 MAX_HISTOGRAM_BINS = 1024
+#: Largest iterations, mesh size or thread count ITK takes: it keeps them in 32-bit unsigned ints, and
+#: a larger one failed in SimpleITK's wrapper with an OverflowError after the checks had passed.
+ITK_UINT_MAX = 2**32 - 1
 
 
 @dataclasses.dataclass
@@ -137,8 +140,9 @@ class StageParameters:
             # ITK's joint histogram is bins x bins per thread: a billion bins ran a minute, then failed
             raise bad("histogram_bins", self.histogram_bins, f"a whole number from 4 to {MAX_HISTOGRAM_BINS} "
                                                              "(typically 32-64)")
-        if whole_number(self.iterations, 1) is None:
-            raise bad("iterations", self.iterations, "a whole number of at least 1 (iterations per resolution level)")
+        if whole_number(self.iterations, 1, ITK_UINT_MAX) is None:
+            raise bad("iterations", self.iterations, f"a whole number from 1 to {ITK_UINT_MAX} (iterations per "
+                                                     "resolution level; ITK keeps it in 32 bits)")
         # a zero or negative step runs ITK's optimizer without moving, or uphill, and reports success
         if not _is_number(self.learning_rate) or self.learning_rate <= 0:
             raise bad("learning_rate", self.learning_rate, "a positive number (regular_step: the largest step, mm)")
@@ -172,8 +176,9 @@ class StageParameters:
         if not all(_is_number(s) and s >= 0 for s in self.smoothing_sigmas):
             raise bad("smoothing_sigmas", self.smoothing_sigmas, "numbers >= 0 (0: no smoothing)")
         mesh = self.mesh_size if isinstance(self.mesh_size, (list, tuple)) else [self.mesh_size]
-        if not mesh or any(whole_number(m, 1) is None for m in mesh):
-            raise bad("mesh_size", self.mesh_size, "a positive number of control-grid cells")
+        if not mesh or any(whole_number(m, 1, ITK_UINT_MAX) is None for m in mesh):
+            raise bad("mesh_size", self.mesh_size, f"a positive number of control-grid cells (at most {ITK_UINT_MAX} "
+                                                   "per axis)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -243,9 +248,10 @@ class RegistrationParameters:
         if self.seed is not None and whole_number(self.seed, 0) is None:
             raise InputError(f"The seed must be a non-negative integer, not {self.seed!r}.",
                              "Use e.g. --seed 0 (or \"seed\": 0 in a preset; null for a wall-clock seed).")
-        if self.number_of_threads is not None and whole_number(self.number_of_threads, 1) is None:
+        if self.number_of_threads is not None and whole_number(self.number_of_threads, 1, ITK_UINT_MAX) is None:
             raise InputError(f"Invalid number_of_threads {self.number_of_threads!r}.",
-                             "Use a whole number of at least 1, or null for ITK's default.")
+                             f"Use a whole number from 1 to {ITK_UINT_MAX} (ITK clamps it to its own "
+                             "maximum), or null for ITK's default.")
         for stage in self.stages:
             if not isinstance(stage, StageParameters):
                 raise InputError(f"Registration stage {stage!r} is not a stage's settings.",
