@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, itk_guard
+from .validation import grid_differences
 
 __all__ = [
     "LPS_TO_RAS",
@@ -409,11 +410,8 @@ def mask_from_node(node: Any, reference: sitk.Image, reference_node: Any = None)
         raise InputError(f"'{_node_label(node)}' cannot be used as a mask.", "Select a label map or a segmentation.")
     if mask.GetNumberOfComponentsPerPixel() > 1:
         raise InputError(f"Mask '{node.GetName()}' is a colour volume.", "Select a label map or a segmentation.")
-    same_grid = (mask.GetSize() == reference.GetSize()
-                 and np.allclose(mask.GetSpacing(), reference.GetSpacing(), atol=1e-6)
-                 and np.allclose(mask.GetOrigin(), reference.GetOrigin(), atol=1e-4)
-                 and np.allclose(mask.GetDirection(), reference.GetDirection(), atol=1e-6))
-    if not same_grid or to_mask is not None:
+    # on the image's grid as the engine's mask check (validation.check_mask) sees it, or resampled onto it
+    if grid_differences(mask, reference) or to_mask is not None:
         with itk_guard(f"resampling mask '{node.GetName()}'"):
             mask = sitk.Resample(mask, reference, to_mask or sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     mask = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
