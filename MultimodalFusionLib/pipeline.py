@@ -168,10 +168,12 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         # fail early, before a long registration, on a misspelt method, parameter or value
         fusion.check_parameters(m, (method_params or {}).get(m, {}))
     deep_device = ((method_params or {}).get("deep") or {}).get("device")
-    if "deep" in methods and deep_device:
+    if "deep" in methods and deep_device is not None:
         from .fusion.deep.training import resolve_device
 
-        resolve_device(deep_device)  # a CUDA request without a GPU fails now, not after the registration
+        # a device deep fusion cannot use (an unknown name, CUDA without a GPU, cuda:N past the GPUs) fails
+        # now, not after the registration
+        resolve_device(deep_device)
     if isinstance(stages, str):
         stages = [s.strip() for s in stages.split(",") if s.strip()]
     out = os.fspath(output_dir)

@@ -352,5 +352,66 @@ class InferenceInputsTest(unittest.TestCase):
         self.assertIn("empty", str(caught.exception))
 
 
+@unittest.skipIf(torch is None, "torch/monai not installed")
+class DeviceTest(unittest.TestCase):
+    """Deep fusion had its own device resolver: it took 'cuda:7' on a one-GPU machine (torch failed later),
+    'CUDA:x' and 'cudafoo' as CUDA devices, refused ' CPU ' and read a device of 0 as 'auto'. Deep fusion and
+    the torch registration backend now share devices.select_device, each naming its own options in the fix."""
+
+    def test_deep_fusion_and_torch_registration_resolve_devices_alike(self):
+        from MultimodalFusionLib.fusion.deep.training import resolve_device
+        from MultimodalFusionLib.registration.torch_backend import select_device
+
+        deep_fix = "mmfusion train-fusion --device, mmfusion fuse/run --deep-device, Python device=..."
+        for name in ("mps", "gpu", "CUDA:x", "cudafoo", "cuda:-1", "cuda:", 0):
+            for resolver in (resolve_device, select_device):
+                with self.subTest(name=name, resolver=resolver.__name__):
+                    with self.assertRaises(InputError) as caught:
+                        resolver(name)
+                    self.assertIn(f"Unknown or unsupported torch device {name!r}", str(caught.exception))
+                    self.assertEqual(deep_fix in str(caught.exception), resolver is resolve_device)
+        gpu = torch.cuda.is_available()
+        for name in (" CPU ", "cpu", "Auto", None):
+            for resolver in (resolve_device, select_device):
+                with self.subTest(name=name, resolver=resolver.__name__):
+                    cpu = name is not None and name.strip().lower() == "cpu"
+                    self.assertEqual(resolver(name).type, "cpu" if cpu or not gpu else "cuda")
+        if not gpu:
+            for name in ("cuda", "cuda:0", "CUDA:0", "cuda:7"):
+                for resolver in (resolve_device, select_device):
+                    with self.subTest(name=name, resolver=resolver.__name__):
+                        with self.assertRaises(InputError) as caught:
+                            resolver(name)
+                        self.assertIn(f"Device '{name}' was requested but torch sees no CUDA GPU",
+                                      str(caught.exception))
+                        self.assertEqual(deep_fix in str(caught.exception), resolver is resolve_device)
+        else:  # pragma: no cover - no GPU here so far
+            past = f"cuda:{torch.cuda.device_count()}"
+            for resolver in (resolve_device, select_device):
+                with self.assertRaises(InputError) as caught:
+                    resolver(past)
+                self.assertIn(f"sees {torch.cuda.device_count()} CUDA GPU(s)", str(caught.exception))
+            self.assertEqual(resolve_device("CUDA:0"), torch.device("cuda:0"))
+
+    def test_every_deep_caller_refuses_a_bad_device_before_working(self):
+        """fuse_arrays, and pipeline.run before the registration."""
+        from MultimodalFusionLib import pipeline
+        from MultimodalFusionLib.fusion.deep import fuse_arrays
+
+        a, b = _blobs((4, 16, 16), 0), _blobs((4, 16, 16), 1)
+        with self.assertRaises(InputError) as caught:
+            fuse_arrays(a, b, weights=None, device="cuda:x")
+        self.assertIn("'cuda:x'", str(caught.exception))
+        self.assertEqual(fuse_arrays(a, b, device=" CPU ")[2]["device"], "cpu")
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            fixed = sitk.GetImageFromArray(_blobs((24, 24), 0))
+            with self.assertRaises(InputError) as caught:
+                pipeline.run(fixed, fixed, tmp / "run", methods=["deep"], register=False,
+                             method_params={"deep": {"device": "CUDA:x"}})
+            self.assertIn("'CUDA:x'", str(caught.exception))
+            self.assertFalse((tmp / "run").exists())
+
+
 if __name__ == "__main__":
     unittest.main()

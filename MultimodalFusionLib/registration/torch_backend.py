@@ -39,6 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..devices import device_name_ok, select_device
 from ..errors import InputError, RegistrationError
 from ..progress import ProgressCallback, report, scaled
 from ..validation import check_deformable_size, check_mask, check_min_axis, check_pair
@@ -218,7 +219,7 @@ class TorchRegistrationParameters:
             number("seed", whole=True, low=0, allowed="a whole number >= 0, or None")
         if not isinstance(self.mixed_precision, (bool, np.bool_)):  # "no" would count as True
             raise bad("mixed_precision", self.mixed_precision, "True or False")
-        if not _device_name_ok(self.device):
+        if not device_name_ok(self.device):
             raise bad("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
 
     def with_stages(self, names: Sequence[str]) -> TorchRegistrationParameters:
@@ -309,41 +310,6 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
     out.deformable_metric = _METRIC_ALIASES.get(str(out.deformable_metric).lower(), str(out.deformable_metric))
     out.validate()
     return out
-
-
-def _device_name_ok(device: Any) -> bool:
-    """Whether ``device`` names a device this backend can run on: auto, cpu, cuda or cuda:N (or None: auto)."""
-    if device is None:
-        return True
-    if not isinstance(device, str):
-        return False
-    name = device.strip().lower()
-    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
-
-
-def select_device(device: str = "auto") -> Any:
-    """``torch.device``: CUDA when ``device="auto"`` and a GPU is usable, else the CPU.
-
-    Raises:
-        InputError: a device other than auto/cpu/cuda[:N] (the kernels used here are tested on
-            those only), or a CUDA device that is not usable.
-    """
-    import torch
-
-    if not _device_name_ok(device):
-        raise InputError(f"Unknown or unsupported torch device {device!r}.", "Use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    name = (device or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError(f"Device '{device}' was requested but torch sees no CUDA GPU.",
-                             "Use device='auto' or 'cpu', or install a CUDA build of PyTorch.")
-        index = int(name[5:]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise InputError(f"Device '{device}' was requested but torch sees {torch.cuda.device_count()} CUDA "
-                             "GPU(s).", f"Use 'cuda' or 'cuda:0'..'cuda:{torch.cuda.device_count() - 1}'.")
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------------------------

@@ -329,7 +329,7 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
         adapt_lr: learning rate of the adaptation.
         loss_weights: :class:`LossWeights` or "ssim,gradient,intensity" text for the adaptation.
         seed: seed of the adaptation's random sampling.
-        device: "auto" (CUDA when present, CPU fallback), "cpu" or "cuda".
+        device: "auto" (CUDA when present, CPU fallback), "cpu", "cuda" or "cuda:N".
         batch_size: slices per forward pass (2D network on a volume); sliding-window batch is a quarter.
         roi_size: sliding-window cube side (3D network) and adaptation patch side.
         selection: "hard" (default: each voxel copied from the input its weight map favours, so
@@ -401,7 +401,7 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
         with _reuse_freed_memory():
             fused, weight = _run(dev)
     except torch.cuda.OutOfMemoryError:
-        if (device or "auto").lower() != "auto":
+        if (device or "auto").strip().lower() != "auto":  # resolve_device took it: a string or None
             raise
         torch.cuda.empty_cache()
         dev = torch.device("cpu")  # CPU fallback when the GPU is too small for this volume

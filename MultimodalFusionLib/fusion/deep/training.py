@@ -39,7 +39,7 @@ class TrainingConfig:
         patch_size: side of the random training patches (pixels/voxels).
         loss_weights: weights of the loss terms.
         seed: seed of initialisation, augmentation and data order.
-        device: "auto" (CUDA when present), "cpu" or "cuda".
+        device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
         samples_per_epoch: if set, draw this many samples per epoch (with replacement) instead of
             one pass over all samples; keeps epochs short on large data sets.
     """
@@ -125,27 +125,22 @@ class TrainingResult:
     device: str
 
 
+#: Where a user sets deep fusion's device, named in the fix of a device it cannot use.
+DEVICE_OPTIONS = "mmfusion train-fusion --device, mmfusion fuse/run --deep-device, Python device=..."
+
+
 def resolve_device(device: str | None = "auto") -> Any:
     """A torch device: "auto" picks CUDA when available, otherwise the CPU.
 
+    The engine's one resolver (:func:`MultimodalFusionLib.devices.select_device`, which the torch
+    registration backend uses too), with a fix naming deep fusion's options.
+
     Raises:
-        InputError: "cuda" was asked for but no CUDA device is available, or the name is unknown.
+        InputError: a name other than auto/cpu/cuda/cuda:N, CUDA without a GPU, or cuda:N past the GPUs.
     """
-    import torch
+    from ...devices import select_device
 
-    name = (device or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError("A CUDA device was requested but torch sees no GPU.",
-                             "Use the device 'auto' or 'cpu' (mmfusion train-fusion --device, mmfusion fuse/run "
-                             "--deep-device, Python device=...), or install a CUDA build of torch.")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise InputError(f"Unknown device '{device}'.", "Use auto, cpu or cuda.")
-
+    return select_device(device, where=DEVICE_OPTIONS)
 
 
 def _grad_scaler(torch: Any) -> Any:
