@@ -394,15 +394,18 @@ class DeviceTest(unittest.TestCase):
             self.assertEqual(resolve_device("CUDA:0"), torch.device("cuda:0"))
 
     def test_every_deep_caller_refuses_a_bad_device_before_working(self):
-        """fuse_arrays, and pipeline.run before the registration."""
+        """fuse_arrays, train_fusion (TrainingConfig.check: the CLI calls it before reading the pairs, and the
+        device was checked only after all were read) and pipeline.run (before the registration)."""
         from MultimodalFusionLib import pipeline
-        from MultimodalFusionLib.fusion.deep import fuse_arrays
+        from MultimodalFusionLib.fusion.deep import TrainingConfig, fuse_arrays
 
         a, b = _blobs((4, 16, 16), 0), _blobs((4, 16, 16), 1)
         with self.assertRaises(InputError) as caught:
             fuse_arrays(a, b, weights=None, device="cuda:x")
         self.assertIn("'cuda:x'", str(caught.exception))
         self.assertEqual(fuse_arrays(a, b, device=" CPU ")[2]["device"], "cpu")
+        with self.assertRaises(InputError):
+            TrainingConfig(device="mps").check()
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             fixed = sitk.GetImageFromArray(_blobs((24, 24), 0))
@@ -411,6 +414,18 @@ class DeviceTest(unittest.TestCase):
                              method_params={"deep": {"device": "CUDA:x"}})
             self.assertIn("'CUDA:x'", str(caught.exception))
             self.assertFalse((tmp / "run").exists())
+            if not torch.cuda.is_available():
+                # the command refuses --device cuda before reading any pair (these cannot be read at all)
+                for sub in ("MRI", "CT"):
+                    (tmp / "broken" / sub).mkdir(parents=True)
+                    (tmp / "broken" / sub / "0.png").write_bytes(b"not a png")
+                err = io.StringIO()
+                with redirect_stdout(io.StringIO()), redirect_stderr(err):
+                    rc = main(["train-fusion", "--pairs", str(tmp / "broken"), "--output", str(tmp / "m.safetensors"),
+                               "--device", "cuda"])
+                self.assertEqual(rc, 2, err.getvalue())
+                self.assertIn("sees no CUDA GPU", err.getvalue())
+                self.assertIn("train-fusion --device", err.getvalue())
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ class TrainingConfig:
         Raises:
             InputError: epochs or batch size below 1, a learning rate that is not a positive finite number
                 (inf trained NaN weights and wrote them; NaN failed inside torch), a patch side below 16,
-                or fewer than one sample per epoch.
+                fewer than one sample per epoch, or a device torch cannot use (see :func:`resolve_device`;
+                it was found only after every pair had been read).
         """
         lr_ok = (isinstance(self.lr, numbers.Real) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
                  and self.lr > 0)  # numpy's float32 too
@@ -76,6 +77,7 @@ class TrainingConfig:
             # 0 used to mean "all samples" silently, and a negative count suggested a negative batch size
             raise InputError(f"samples_per_epoch must be at least 1 (got {self.samples_per_epoch}).",
                              "Leave it out (one pass over all samples per epoch) or give a count >= the batch size.")
+        resolve_device(self.device)
 
 
 #: Settings a resumed run must share with the checkpoint's (with them, it continues as the uninterrupted
