@@ -621,13 +621,13 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
                           loss_weights=LossWeights.parse(args.loss_weights), seed=args.seed, device=args.device,
                           samples_per_epoch=args.samples_per_epoch)
     tcfg.check()
-    if args.resume:  # before the pairs are read, as the other settings
-        from .fusion.deep.training import check_resumable
-        from .fusion.deep.weights import load_checkpoint
+    resumed = None
+    if args.resume:  # before the pairs are read, as the other settings; train_fusion gets the file as read here
+        from .fusion.deep.training import check_resumable, open_resume
 
-        state = load_checkpoint(args.resume)
-        check_resumable(args.resume, state["state"].get("training") or {}, tcfg, int(state["epoch"]) + 1)
-        resumed_dims = state["architecture"].spatial_dims
+        resumed = open_resume(args.resume)
+        check_resumable(args.resume, resumed.training, tcfg, resumed.epochs_done)
+        resumed_dims = resumed.architecture.spatial_dims
         if args.spatial_dims is not None and resumed_dims != args.spatial_dims:  # the checkpoint's network was trained silently instead
             raise InputError(f"--spatial-dims {args.spatial_dims} was given, but the checkpoint '{args.resume}' "
                              f"holds a {resumed_dims}D network.",
@@ -645,7 +645,7 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
     bar = ProgressBar(desc="train-fusion")
     try:
         result = train_fusion(pairs, config=FusionNetConfig(spatial_dims=args.spatial_dims or 2), training=tcfg,
-                              checkpoint=checkpoint, resume=args.resume, progress=bar, model=model)
+                              checkpoint=checkpoint, resume=resumed, progress=bar, model=model)
     finally:
         bar.close()
     save_weights(result.model, args.output,

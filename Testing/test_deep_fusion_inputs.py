@@ -220,6 +220,48 @@ class TrainFusionCommandTest(unittest.TestCase):
                     rc, err = self._main(base + ["--resume", str(tmp / "c2.ckpt.pt")] + extra)
                     self.assertEqual(rc, 0, err)
 
+    def test_resume_reads_the_checkpoint_once(self):
+        """train-fusion --resume read the checkpoint twice (the command's early checks, then train_fusion): the
+        command now hands train_fusion what open_resume read. Counted with a wrapper that calls the real torch.load.
+        A ResumedRun is not changed by training from it (Adam's moments would have been updated in place)."""
+        from MultimodalFusionLib.fusion.deep import TrainingConfig, build_network, train_fusion
+        from MultimodalFusionLib.fusion.deep.training import open_resume
+        from MultimodalFusionLib.fusion.deep.weights import save_checkpoint
+
+        real_load, loads = torch.load, []
+
+        def counting_load(f, *args, **kwargs):
+            loads.append(os.fspath(f))
+            return real_load(f, *args, **kwargs)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            _write_pairs(tmp / "pairs")
+            torch.manual_seed(0)
+            net = build_network(_tiny_config(2))
+            ckpt = str(tmp / "run.ckpt.pt")
+            save_checkpoint(ckpt, model=net, epoch=0, optimizer=torch.optim.Adam(net.parameters()), state={})
+            torch.load = counting_load
+            try:
+                rc, err = self._main(["train-fusion", "--pairs", str(tmp / "pairs"), "--output",
+                                      str(tmp / "m.safetensors"), "--patch-size", "16", "--batch-size", "1",
+                                      "--device", "cpu", "--epochs", "2", "--resume", ckpt])
+                self.assertEqual(rc, 0, err)
+                self.assertEqual(loads, [ckpt])
+                # from Python: a path is read by train_fusion, an opened run is not read again
+                pairs = [(_blobs((24, 24), 0), _blobs((24, 24), 1)), (_blobs((24, 24), 2), _blobs((24, 24), 3))]
+                tcfg = TrainingConfig(epochs=2, batch_size=1, patch_size=16, device="cpu")
+                by_path = train_fusion(pairs, training=tcfg, resume=ckpt).model.state_dict()
+                run = open_resume(ckpt)
+                del loads[:]
+                opened = [train_fusion(pairs, training=tcfg, resume=run).model.state_dict() for _ in range(2)]
+                self.assertEqual(loads, [])
+            finally:
+                torch.load = real_load
+            for name, weight in by_path.items():
+                self.assertTrue(torch.equal(weight, opened[0][name]), name)
+                self.assertTrue(torch.equal(weight, opened[1][name]), name)
+
 
 @unittest.skipIf(torch is None, "torch/monai not installed")
 class InferenceInputsTest(unittest.TestCase):

@@ -10,6 +10,7 @@ afterwards.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import numbers
@@ -25,7 +26,7 @@ from ...progress import ProgressCallback, report
 from .losses import FusionLoss, LossWeights
 from .network import FusionNetConfig, build_network
 
-__all__ = ["TrainingConfig", "TrainingResult", "train_fusion", "resolve_device"]
+__all__ = ["TrainingConfig", "TrainingResult", "ResumedRun", "open_resume", "train_fusion", "resolve_device"]
 
 
 @dataclasses.dataclass
@@ -111,6 +112,46 @@ def check_resumable(path: Any, saved: dict[str, Any], tcfg: TrainingConfig, done
                          f"Give --epochs {done} to write its weights as they are, or more to train on.")
 
 
+@dataclasses.dataclass
+class ResumedRun:
+    """A training checkpoint, read and checked once by :func:`open_resume`: what a resumed run continues.
+
+    The CLI opens it to check the settings before the pairs are read and hands it to
+    :func:`train_fusion` (``resume=``), so the file is read once, not once per check.
+
+    Attributes:
+        path: the checkpoint file (named in messages).
+        architecture: the network's architecture.
+        epochs_done: epochs the checkpoint has trained (the resumed run starts with the next).
+        history: the per-epoch loss history so far.
+        training: the run's settings (``TrainingConfig.to_dict()``; empty: nothing to compare).
+        model_state: the network's state dict.
+        optimizer_state: the optimiser's state dict.
+    """
+
+    path: str
+    architecture: FusionNetConfig
+    epochs_done: int
+    history: list[dict[str, Any]]
+    training: dict[str, Any]
+    model_state: dict[str, Any]
+    optimizer_state: dict[str, Any]
+
+
+def open_resume(path: str | os.PathLike) -> ResumedRun:
+    """Read a checkpoint to resume from (``weights.load_checkpoint``: ``torch.load(weights_only=True)``).
+
+    Raises:
+        InputError: missing, corrupted, foreign or damaged checkpoint.
+    """
+    from .weights import load_checkpoint
+
+    state = load_checkpoint(path)
+    return ResumedRun(path=os.fspath(path), architecture=state["architecture"], epochs_done=int(state["epoch"]) + 1,
+                      history=list(state["state"].get("history", [])), training=state["state"].get("training") or {},
+                      model_state=state["model"], optimizer_state=state["optimizer"])
+
+
 def _flag_value(value: Any) -> str:
     if isinstance(value, dict):  # loss weights: the CLI's comma-separated form, in the field order
         return ",".join(f"{v:g}" for v in value.values())
@@ -172,7 +213,7 @@ def _caller_random_state_kept(torch: Any) -> Iterator[None]:
 
 def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: FusionNetConfig | None = None,
                  training: TrainingConfig | None = None, checkpoint: str | os.PathLike | None = None,
-                 resume: str | os.PathLike | None = None, progress: ProgressCallback | None = None,
+                 resume: str | os.PathLike | ResumedRun | None = None, progress: ProgressCallback | None = None,
                  model: Any = None) -> TrainingResult:
     """Train a fusion network on normalised image pairs with the unsupervised loss.
 
@@ -182,7 +223,8 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
         config: the architecture (ignored when resuming or when ``model`` is given).
         training: hyper-parameters.
         checkpoint: file to write a resumable checkpoint to after every epoch (None: none).
-        resume: checkpoint to continue from.
+        resume: checkpoint to continue from: its path, or the :class:`ResumedRun` that :func:`open_resume`
+            read from it (not read again).
         progress: progress callback (fraction, message); returning False cancels.
         model: an existing network to fine-tune instead of a new one.
 
@@ -198,27 +240,27 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
     from monai.utils import set_determinism
 
     from .data import augmentation, to_training_samples
-    from .weights import load_checkpoint, save_checkpoint
+    from .weights import save_checkpoint
 
     tcfg = training or TrainingConfig()
     tcfg.check()
     device = resolve_device(tcfg.device)
     start_epoch = 0
     history: list[dict[str, float]] = []
-    state = None
+    run = None
     if resume is not None:
-        state = load_checkpoint(resume)
-        config = state["architecture"]
+        run = resume if isinstance(resume, ResumedRun) else open_resume(resume)
+        config = run.architecture
         if model is not None and model.config != config:
             # load_state_dict would fail with torch's list of every mismatched tensor
-            raise InputError(f"The checkpoint '{os.fspath(resume)}' holds a {config.spatial_dims}D network "
+            raise InputError(f"The checkpoint '{run.path}' holds a {config.spatial_dims}D network "
                              f"({config.to_dict()}) but the network to train is "
                              f"{model.config.spatial_dims}D ({model.config.to_dict()}).",
                              "Resume without --init (the checkpoint holds the weights), or give --init weights "
                              "of the checkpoint's architecture.")
-        start_epoch = int(state["epoch"]) + 1
-        history = list(state["state"].get("history", []))
-        check_resumable(resume, state["state"].get("training") or {}, tcfg, start_epoch)
+        start_epoch = run.epochs_done
+        history = list(run.history)
+        check_resumable(run.path, run.training, tcfg, start_epoch)
     # set_determinism seeds Python's, numpy's and torch's global generators (MONAI's DataLoader and the
     # network's initialisation draw from them) and cuDNN's flags: put the caller's back afterwards
     with _caller_random_state_kept(torch):
@@ -233,9 +275,11 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
         samples = to_training_samples(pairs, config.spatial_dims)
         model.to(device).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+        if run is not None:
+            model.load_state_dict(run.model_state)
+            # a copy: torch's load_state_dict keeps the given tensors as Adam's moments, which every step updates
+            # in place, so the caller's ResumedRun would change (a second run from it trained differently)
+            optimizer.load_state_dict(copy.deepcopy(run.optimizer_state))
         loss_fn = FusionLoss(config.spatial_dims, tcfg.loss_weights)
         per_epoch = tcfg.samples_per_epoch or len(samples)
         if per_epoch < tcfg.batch_size:
