@@ -470,5 +470,92 @@ class DeviceTest(unittest.TestCase):
                 self.assertIn("train-fusion --device", err.getvalue())
 
 
+@unittest.skipIf(torch is None, "torch/monai not installed")
+class SliceAxisTest(unittest.TestCase):
+    """The 2D weights fused every volume along the array's first axis (ITK's z): a thick-slice acquisition stored
+    with x (or y) as its thick axis was fused in cuts across its slices. It is now sliced across its clearly
+    thickest axis, so it fuses as the same data stored with that axis as z; other volumes are fused as before."""
+
+    @classmethod
+    def setUpClass(cls):
+        torch.set_num_threads(2)
+
+    @staticmethod
+    def _image(arr: np.ndarray, spacing: tuple[float, float, float]) -> sitk.Image:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+        image.SetSpacing(spacing)
+        return image
+
+    def test_the_axis_rule(self):
+        from MultimodalFusionLib.fusion.deep.inference import slice_axis
+
+        # spacing in array order (z, y, x): the thick axis wins only when more than 1.5x each other axis
+        for spacing, axis in (((1, 1, 1), 0), ((1, 1, 1.4), 0), ((5, 1, 1), 0), ((1, 1, 5), 2), ((1, 5, 1), 1),
+                              ((1, 1, 1.6), 2), ((1, 5, 5), 0), ((4.9, 1, 5), 0), ((0.5, 0.5, 0.5), 0), (None, 0)):
+            with self.subTest(spacing=spacing):
+                self.assertEqual(slice_axis(spacing), axis)
+
+    def test_a_volume_stored_with_its_thick_axis_along_x_or_y_fuses_as_if_stored_along_z(self):
+        from MultimodalFusionLib.fusion import fuse
+        from MultimodalFusionLib.fusion.deep import fuse_arrays, fuse_deep
+
+        a, b = _blobs((32, 36, 8), 0), _blobs((32, 36, 8), 1)  # (z, y, x): 8 sagittal slices of 5 mm
+        as_z = (2, 0, 1)  # the same voxels with the thick axis first: (x, z, y), spacing (x, y, z) = (1, 1, 5)
+        sagittal = [self._image(v, (5.0, 1.0, 1.0)) for v in (a, b)]
+        axial = [self._image(v.transpose(as_z), (1.0, 1.0, 5.0)) for v in (a, b)]
+        fused_x = fuse(*sagittal, "deep")
+        fused_z = fuse(*axial, "deep")
+        self.assertEqual((fused_x.parameters["slice_axis"], fused_z.parameters["slice_axis"]), ("x", "z"))
+        for name in ("image", "weights"):
+            np.testing.assert_allclose(sitk.GetArrayFromImage(getattr(fused_x, name)).transpose(as_z),
+                                       sitk.GetArrayFromImage(getattr(fused_z, name)), atol=1e-5)
+        # the direct entry point, with per-study adaptation (it draws slices across the thick axis too)
+        adapted_x = fuse_deep(*sagittal, adapt_steps=2, selection="blend")
+        adapted_z = fuse_deep(*axial, adapt_steps=2, selection="blend")
+        np.testing.assert_allclose(sitk.GetArrayFromImage(adapted_x.image).transpose(as_z),
+                                   sitk.GetArrayFromImage(adapted_z.image), atol=1e-5)
+        # a coronal acquisition (thick y) likewise
+        as_y = (0, 2, 1)  # (z, x, y): the 5 mm axis second
+        coronal = [self._image(v.transpose(as_y), (1.0, 5.0, 1.0)) for v in (a, b)]
+        fused_y = fuse(*coronal, "deep")
+        self.assertEqual(fused_y.parameters["slice_axis"], "y")
+        np.testing.assert_allclose(sitk.GetArrayFromImage(fused_y.image), sitk.GetArrayFromImage(fused_x.image)
+                                   .transpose(as_y), atol=1e-5)
+        # and not what the old slicing along the first axis gave
+        old, _, used = fuse_arrays(a, b, selection="blend")
+        new, _, _ = fuse_arrays(a, b, selection="blend", spacing=(1.0, 1.0, 5.0))
+        self.assertEqual(used["slice_axis"], "z")
+        self.assertGreater(float(np.abs(old - new).max()), 0.05)
+
+    def test_other_volumes_are_fused_as_before(self):
+        from MultimodalFusionLib.fusion import fuse
+        from MultimodalFusionLib.fusion.deep import FusionNetConfig, build_network, fuse_arrays
+
+        a, b = _blobs((12, 20, 16), 0), _blobs((12, 20, 16), 1)
+        before = fuse_arrays(a, b, selection="blend")[:2]  # no spacing: the first axis, as always
+        # isotropic, nearly so (x 1.4x), thick along z (the first axis), or two thick axes: bit-identical
+        for spacing in ((1.0, 1.0, 1.0), (1.0, 1.0, 1.4), (5.0, 1.0, 1.0), (1.0, 5.0, 5.0), (0.5, 0.5, 0.7)):
+            with self.subTest(spacing=spacing):
+                fused, weight, used = fuse_arrays(a, b, selection="blend", spacing=spacing)
+                self.assertEqual(used["slice_axis"], "z")
+                np.testing.assert_array_equal(fused, before[0])
+                np.testing.assert_array_equal(weight, before[1])
+        iso = fuse(self._image(a, (1.0, 1.0, 1.0)), self._image(b, (1.0, 1.0, 1.0)), "deep")
+        near = fuse(self._image(a, (1.2, 1.0, 1.0)), self._image(b, (1.2, 1.0, 1.0)), "deep")
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(iso.image), sitk.GetArrayFromImage(near.image))
+        # a 3D network sees the whole volume: no slicing, nothing recorded
+        torch.manual_seed(0)
+        net3 = build_network(FusionNetConfig(spatial_dims=3, features=4, channels=(8, 16, 16), strides=(2, 2)))
+        self.assertNotIn("slice_axis", fuse_arrays(a, b, weights=net3, spacing=(1.0, 1.0, 5.0))[2])
+        # spacing is the images' geometry: checked when given directly, refused as a fuse() parameter
+        for bad in ((1.0, 1.0), (1.0, 0.0, 1.0), (1.0, float("nan"), 1.0), "abc"):
+            with self.subTest(spacing=bad), self.assertRaises(InputError) as caught:
+                fuse_arrays(a, b, spacing=bad)
+            self.assertIn("spacing", str(caught.exception))
+        with self.assertRaises(InputError) as caught:
+            fuse(self._image(a, (1.0, 1.0, 1.0)), self._image(b, (1.0, 1.0, 1.0)), "deep", spacing=(1, 1, 5))
+        self.assertIn("no parameter 'spacing'", str(caught.exception))
+
+
 if __name__ == "__main__":
     unittest.main()

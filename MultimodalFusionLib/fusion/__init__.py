@@ -22,7 +22,9 @@ weight of ``a``, or ``(fused, weights, used)`` with ``used`` the parameters that
 they differ from those asked for (e.g. fewer levels on a small image; the record keeps the request
 as ``<name>_requested``); an array with one more, last axis of length 3 is an RGB result (the
 overlay). Numeric parameters are converted to the type of the method's default (a clear error for
-a value that is not a number).
+a value that is not a number). A method with a keyword parameter ``spacing`` is also given the
+images' voxel spacing in the arrays' axis order (z, y, x or y, x): "deep" slices a volume across its
+thickest axis with it. It is geometry, not a setting: ``fuse`` refuses it from the caller.
 "deep" is registered lazily by importing ``MultimodalFusionLib.fusion.deep`` on first use.
 """
 
@@ -230,6 +232,18 @@ def _defaults(func: FusionMethod) -> dict[str, Any]:
             and isinstance(p.default, (int, float, str, bool))}
 
 
+def _takes_spacing(func: FusionMethod) -> bool:
+    """Whether a method takes the images' voxel spacing (a keyword parameter ``spacing``)."""
+    import inspect
+
+    try:
+        found = inspect.signature(func).parameters.get("spacing")
+    except (TypeError, ValueError):
+        return False
+    return found is not None and found.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                inspect.Parameter.KEYWORD_ONLY)
+
+
 def _checked_params(func: FusionMethod, method: str, params: dict[str, Any]) -> dict[str, Any]:
     """Parameters as a method takes them: a number given as text ("0.6", from a form or the CLI)
     becomes the type of the parameter's default; a non-finite number, text that is not a number,
@@ -247,7 +261,7 @@ def _checked_params(func: FusionMethod, method: str, params: dict[str, Any]) -> 
         # it does take, not Python's "unexpected keyword argument" from inside the call
         named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         accepted = [k for k, p in list(sig.parameters.items())[2:]  # after the two arrays a, b
-                    if p.kind in named and k not in ("progress", "functional_rgb")]
+                    if p.kind in named and k not in ("progress", "functional_rgb", "spacing")]
         unknown = [k for k in params if k not in accepted]
         if unknown:
             takes = f"takes {', '.join(accepted)}" if accepted else "takes no parameters"
@@ -446,6 +460,8 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     if window_b is not None:
         used["window_b"] = [float(v) for v in window_b]
 
+    if _takes_spacing(func):  # the geometry the arrays lost (see the module docstring)
+        params["spacing"] = tuple(reversed(a.GetSpacing()))
     try:
         out = func(a_unit, b_unit, progress=scaled(progress, 0.05, 0.95), **params)
     except TypeError as exc:
@@ -461,6 +477,7 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     # the scaled inputs are not needed any more (a method that returns one of them keeps it alive)
     del a_unit, b_unit, b_rgb_unit, out
     params.pop("functional_rgb", None)
+    params.pop("spacing", None)
     if method == "overlay":
         params.pop("threshold", None)
     used.update(_defaults(func))

@@ -3,8 +3,11 @@
 - Inputs are two images on one grid (the second already resampled onto the first); the output
   ``FusionResult`` has the first (fixed) image's geometry, its intensity range, and the per-voxel
   weight of the first input as the explainability map.
-- A 2D network fuses 2D images directly and 3D volumes slice by slice (axial slices in batches);
-  a 3D network fuses volumes of any size with ``monai.inferers.sliding_window_inference``.
+- A 2D network fuses 2D images directly and 3D volumes slice by slice, in batches: across the
+  volume's thickest voxel axis when its spacing is clearly the coarsest (:func:`slice_axis`; a
+  thick-slice acquisition stored sagittally or coronally is fused in its own slices), otherwise
+  along the array's first axis (ITK's z); a 3D network fuses volumes of any size with
+  ``monai.inferers.sliding_window_inference``.
 - Mixed precision (float16 autocast) on CUDA; device "auto" picks CUDA when present and falls back
   to the CPU when CUDA runs out of memory.
 - ``adapt_steps > 0`` first fine-tunes a copy of the network on the very pair being fused with the
@@ -22,7 +25,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -33,7 +36,7 @@ from ...validation import check_image, whole_number
 from ..base import FusionResult
 from .losses import FusionLoss, LossWeights
 
-__all__ = ["fuse_deep", "fuse_arrays", "registry_method", "DEFAULT_ADAPT_STEPS", "adapt", "predict"]
+__all__ = ["fuse_deep", "fuse_arrays", "registry_method", "DEFAULT_ADAPT_STEPS", "adapt", "predict", "slice_axis"]
 
 #: Default per-study adaptation steps. 0: on the Harvard benchmark the shipped weights with hard
 #: selection scored as well without adaptation (README), and adaptation costs ~0.3 s per step for a
@@ -51,6 +54,37 @@ MIN_ADAPT_SIZE = 8
 
 #: Largest sliding-window side accepted (a 1024^3 window's activations are already hundreds of GB).
 MAX_ROI_SIZE = 1024
+
+
+#: A 2D network slices a volume across its coarsest voxel axis when that axis's spacing is more than this
+#: many times that of each other axis. Thick-slice acquisitions are 2-10x (e.g. 1 x 1 x 5 mm); isotropic
+#: 3D acquisitions and resampled volumes stay near 1 (an MPRAGE's 1 x 1 x 1.2 mm: 1.2x), where every
+#: axis is as good as another and the first one is kept, so those outputs are unchanged.
+SLICE_AXIS_RATIO = 1.5
+
+_AXIS_NAMES = ("z", "y", "x")  # ITK's voxel axes of the array axes 0, 1, 2
+
+
+def slice_axis(spacing: Sequence[float] | None) -> int:
+    """The array axis along which a 2D network fuses a volume slice by slice.
+
+    Each slice should be an acquired slice, whose in-plane voxels are fine, not a cut across the thick
+    slices of, say, a sagittal 1 x 1 x 5 mm acquisition stored with x as its 5 mm axis (array axis 2).
+
+    Args:
+        spacing: the voxel spacing in the array's axis order (z, y, x: ITK's reversed); None: unknown.
+
+    Returns:
+        The axis whose spacing is more than :data:`SLICE_AXIS_RATIO` times each other axis's, else 0 (the
+        first axis, ITK's z, as always before: also for isotropic, nearly isotropic or unknown spacing,
+        and where two axes are equally thick, since no slice plane is fine in both directions then).
+    """
+    if spacing is None or len(spacing) != 3:
+        return 0
+    sides = [float(v) for v in spacing]
+    thick = int(np.argmax(sides))
+    others = [v for k, v in enumerate(sides) if k != thick]
+    return thick if sides[thick] > SLICE_AXIS_RATIO * max(others) else 0
 
 
 def _whole_number(value: Any, name: str, minimum: int, maximum: int | None = None, example: str = "") -> int:
@@ -315,7 +349,8 @@ def _random_patches(ta: Any, tb: Any, patch: int, n: int, gen: Any, multiple: in
 def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_steps: int | None = None,
                 adapt_lr: float = 1e-3, loss_weights: Any = None, seed: int = 0, device: str = "auto",
                 batch_size: int = 8, roi_size: int = 96, selection: str = "hard",
-                progress: ProgressCallback | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                progress: ProgressCallback | None = None, spacing: Sequence[float] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Fuse two arrays of one shape scaled to 0..1 (the fusion registry's contract).
 
     Args:
@@ -337,9 +372,13 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
             information scores reward) or "blend" (the network's own output: the weighted blend plus
             the detail residual, smoother).
         progress: progress callback.
+        spacing: voxel spacing in the arrays' axis order ((z, y, x) for a volume); a 2D network then fuses a
+            volume across its clearly thickest axis (:func:`slice_axis`). None: along the first axis.
 
     Returns:
-        (fused 0..1, weight of ``a`` 0..1, parameters used) as float32 arrays of the inputs' shape.
+        (fused 0..1, weight of ``a`` 0..1, parameters used) as float32 arrays of the inputs' shape; for a
+        volume fused by a 2D network the parameters name the voxel axis it was sliced along
+        (``slice_axis``: "z", "y" or "x", ITK's).
 
     Raises:
         InputError: shapes differ, bad settings, or a bad weights file.
@@ -363,11 +402,23 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
     if selection not in ("blend", "hard"):
         raise InputError(f"Unknown selection '{selection}'.", "Use 'hard' (default) or 'blend'.")
     batch_size = _whole_number(batch_size, "batch_size", 1, example="8")
+    if spacing is not None:
+        try:
+            spacing = [float(v) for v in spacing]
+        except (TypeError, ValueError):
+            spacing = []
+        if len(spacing) != dim or not all(math.isfinite(v) and v > 0 for v in spacing):
+            raise InputError(f"spacing must be {dim} positive numbers, one per array axis (got {spacing!r}).",
+                             "Give the voxel spacing in the arrays' axis order (ITK's reversed), or None.")
     model, meta = _load_model(weights, dim)
     if model.config.spatial_dims > dim:
         raise InputError(f"A {model.config.spatial_dims}D fusion network cannot fuse {dim}D images.",
                          "Use 2D weights for 2D slices (weights='2d', CLI --model 2d); 3D volumes work with 2D or "
                          "3D weights.")
+    sliced = dim == 3 and model.config.spatial_dims == 2
+    axis = slice_axis(spacing) if sliced else 0
+    # the slicing axis first (views): predict and adapt cut volumes along the first axis
+    run_a, run_b = (np.moveaxis(a, axis, 0), np.moveaxis(b, axis, 0)) if axis else (a, b)
     if isinstance(loss_weights, str) or loss_weights is None:
         loss_weights = LossWeights.parse(loss_weights) if loss_weights else LossWeights()
     roi_size = _whole_number(roi_size, "roi_size", model.config.size_multiple, MAX_ROI_SIZE, "96")
@@ -380,7 +431,7 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
     if not (np.isfinite(adapt_lr) and adapt_lr > 0):
         raise InputError(f"adapt_lr must be a positive number (got {adapt_lr!r}).",
                          "Use e.g. adapt_lr=1e-3 (default).")
-    sides = a.shape[-model.config.spatial_dims:]
+    sides = run_a.shape[-model.config.spatial_dims:]
     if steps > 0 and min(sides) < MIN_ADAPT_SIZE:
         raise InputError(f"Per-study adaptation needs images of at least {MIN_ADAPT_SIZE} voxels along each "
                          f"axis the network sees (got {'x'.join(str(s) for s in sides)}).",
@@ -391,11 +442,14 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
     def _run(dev: Any) -> tuple[np.ndarray, np.ndarray]:
         net = model
         if steps > 0:
-            net = adapt(model, a, b, steps=steps, lr=adapt_lr, loss_weights=loss_weights, seed=seed,
+            net = adapt(model, run_a, run_b, steps=steps, lr=adapt_lr, loss_weights=loss_weights, seed=seed,
                         device=dev, batch_size=4 if dim == 3 else 1, patch=roi_size,
                         progress=scaled(progress, 0.0, 0.8))
-        return predict(net, a, b, device=dev, batch_size=batch_size, roi_size=roi_size,
-                       progress=scaled(progress, 0.8 if steps > 0 else 0.0, 1.0))
+        fused, weight = predict(net, run_a, run_b, device=dev, batch_size=batch_size, roi_size=roi_size,
+                                progress=scaled(progress, 0.8 if steps > 0 else 0.0, 1.0))
+        if axis:  # back to the inputs' axis order, as C-ordered arrays (what callers and sitk expect)
+            fused, weight = (np.ascontiguousarray(np.moveaxis(x, 0, axis)) for x in (fused, weight))
+        return fused, weight
 
     try:
         with _reuse_freed_memory():
@@ -418,6 +472,8 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
               else ("default-2d" if weights is None else "model"),
               "adapt_steps": steps, "adapt_lr": adapt_lr, "loss_weights": loss_weights.to_dict(), "seed": seed,
               "device": dev.type, "spatial_dims": int(meta["architecture"]["spatial_dims"]), "selection": selection}
+    if sliced:
+        params["slice_axis"] = _AXIS_NAMES[axis]
     return fused, weight, params
 
 
@@ -453,7 +509,8 @@ def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None
     check_same_grid(a, b, "first image", "second image")
     arr_a, lo, hi = normalize(sitk.GetArrayFromImage(a))
     arr_b, _, _ = normalize(sitk.GetArrayFromImage(b))
-    fused, weight, used = fuse_arrays(arr_a, arr_b, progress=progress, **params)
+    # the voxel spacing in the arrays' axis order: a 2D network slices a volume across its thickest axis
+    fused, weight, used = fuse_arrays(arr_a, arr_b, progress=progress, spacing=a.GetSpacing()[::-1], **params)
     fused_img = sitk.GetImageFromArray((fused * (hi - lo) + lo).astype(np.float32))
     fused_img.CopyInformation(a)
     weight_img = sitk.GetImageFromArray(weight.astype(np.float32))
@@ -465,16 +522,19 @@ def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None
 def registry_method(a: np.ndarray, b: np.ndarray, *, progress: ProgressCallback | None = None,
                     weights: Any = None, adapt_steps: int | None = None, adapt_lr: float = 1e-3,
                     loss_weights: Any = None, seed: int = 0, device: str = "auto", batch_size: int = 8,
-                    roi_size: int = 96, selection: str = "hard"
+                    roi_size: int = 96, selection: str = "hard", spacing: Sequence[float] | None = None
                     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The "deep" entry of :data:`MultimodalFusionLib.fusion.METHODS` (arrays 0..1 in, (fused, weights,
     what ran) out: the device that ran (not "auto"; the CPU after a CUDA out-of-memory fallback), the
-    weights (also the default's name), the adaptation steps and the network's dimensions).
+    weights (also the default's name), the adaptation steps, the network's dimensions and, for a volume
+    fused by a 2D network, the voxel axis it was sliced along).
 
-    The parameters are those of :func:`fuse_arrays` (explicit, so front ends can list them).
+    The parameters are those of :func:`fuse_arrays` (explicit, so front ends can list them); ``spacing``
+    is the images' voxel spacing, which ``fusion.fuse`` passes (not a user setting).
     """
     fused, weight, used = fuse_arrays(a, b, progress=progress, weights=weights, adapt_steps=adapt_steps,
                                       adapt_lr=adapt_lr, loss_weights=loss_weights, seed=seed, device=device,
-                                      batch_size=batch_size, roi_size=roi_size, selection=selection)
-    ran = {k: used[k] for k in ("weights", "adapt_steps", "device", "spatial_dims")}
+                                      batch_size=batch_size, roi_size=roi_size, selection=selection,
+                                      spacing=spacing)
+    ran = {k: used[k] for k in ("weights", "adapt_steps", "device", "spatial_dims", "slice_axis") if k in used}
     return fused.astype(np.float64), weight, ran
