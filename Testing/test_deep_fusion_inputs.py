@@ -527,6 +527,27 @@ class SliceAxisTest(unittest.TestCase):
         self.assertEqual(used["slice_axis"], "z")
         self.assertGreater(float(np.abs(old - new).max()), 0.05)
 
+    def test_training_pairs_are_sliced_as_fusion_slices_them(self):
+        """A 2D network is trained on slices along the first axis: load_pairs puts the acquisition's slice
+        axis there (it gave a sagittal volume stored with x thick as 1 x 5 mm cuts across its slices)."""
+        from MultimodalFusionLib.fusion.deep.data import load_pairs, to_training_samples
+
+        a, b = _blobs((32, 36, 8), 0), _blobs((32, 36, 8), 1)  # (z, y, x): 8 sagittal slices of 5 mm
+        as_z = (2, 0, 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, arrays, spacing in (("sagittal", (a, b), (5.0, 1.0, 1.0)),
+                                          ("axial", (a.transpose(as_z), b.transpose(as_z)), (1.0, 1.0, 5.0))):
+                for sub, arr in zip(("MRI", "CT"), arrays):
+                    Path(tmp, name, sub).mkdir(parents=True)
+                    sitk.WriteImage(self._image(arr, spacing), str(Path(tmp, name, sub, "0.nii.gz")))
+            sagittal, axial = load_pairs(Path(tmp, "sagittal")), load_pairs(Path(tmp, "axial"))
+            for got, want in zip(sagittal[0], axial[0]):
+                self.assertEqual(got.shape, (8, 32, 36))  # 8 slices of 32 x 36 at 1 mm
+                np.testing.assert_array_equal(got, want)
+            self.assertEqual(len(to_training_samples(sagittal, 2)), len(to_training_samples(axial, 2)))
+            # a 3D network is trained on the volume as stored, as it fuses it
+            np.testing.assert_array_equal(load_pairs(Path(tmp, "sagittal"), spatial_dims=3)[0][0].shape, (32, 36, 8))
+
     def test_other_volumes_are_fused_as_before(self):
         from MultimodalFusionLib.fusion import fuse
         from MultimodalFusionLib.fusion.deep import FusionNetConfig, build_network, fuse_arrays

@@ -88,8 +88,37 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def load_pairs(folder: str | os.PathLike,
-               cache_dir: str | os.PathLike | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+#: A 2D network slices a volume across its coarsest voxel axis when that axis's spacing is more than this
+#: many times that of each other axis. Thick-slice acquisitions are 2-10x (e.g. 1 x 1 x 5 mm); isotropic
+#: 3D acquisitions and resampled volumes stay near 1 (an MPRAGE's 1 x 1 x 1.2 mm: 1.2x), where every
+#: axis is as good as another and the first one is kept, so those outputs are unchanged.
+SLICE_AXIS_RATIO = 1.5
+
+
+def slice_axis(spacing: Sequence[float] | None) -> int:
+    """The array axis along which a 2D network fuses a volume slice by slice.
+
+    Each slice should be an acquired slice, whose in-plane voxels are fine, not a cut across the thick
+    slices of, say, a sagittal 1 x 1 x 5 mm acquisition stored with x as its 5 mm axis (array axis 2).
+
+    Args:
+        spacing: the voxel spacing in the array's axis order (z, y, x: ITK's reversed); None: unknown.
+
+    Returns:
+        The axis whose spacing is more than :data:`SLICE_AXIS_RATIO` times each other axis's, else 0 (the
+        first axis, ITK's z, as always before: also for isotropic, nearly isotropic or unknown spacing,
+        and where two axes are equally thick, since no slice plane is fine in both directions then).
+    """
+    if spacing is None or len(spacing) != 3:
+        return 0
+    sides = [float(v) for v in spacing]
+    thick = int(np.argmax(sides))
+    others = [v for k, v in enumerate(sides) if k != thick]
+    return thick if sides[thick] > SLICE_AXIS_RATIO * max(others) else 0
+
+
+def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+               spatial_dims: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
     """Read and normalise every pair below ``folder`` (colour images as luminance, Y of YCbCr).
 
     Args:
@@ -99,6 +128,10 @@ def load_pairs(folder: str | os.PathLike,
             those of an earlier run) and returned as a copy-on-write memory map of that file, so a
             training set larger than memory is read from disk as training touches it; only one pair
             is in memory at a time while loading. Training on the maps gives the same weights.
+        spatial_dims: the network they are for. 2: a volume's acquisition slice axis is put first
+            (the array axis :func:`slice_axis` picks, as fusion slices it), since a 2D network is
+            trained on slices along that axis: a sagittal 1 x 1 x 5 mm volume stored with x thick then
+            gives its acquired slices, not 1 x 5 mm cuts across them. 3: the arrays as stored.
 
     Raises:
         InputError: an unreadable, empty or non-finite image, or a pair whose two images are not on
@@ -115,7 +148,11 @@ def load_pairs(folder: str | os.PathLike,
         check_image(a, f"training image '{pa}'")
         check_image(b, f"training image '{pb}'")
         check_same_grid(a, b, f"training image '{pa}'", f"training image '{pb}'")
-        pair = (normalize(sitk.GetArrayFromImage(a))[0], normalize(sitk.GetArrayFromImage(b))[0])
+        # to_training_samples cuts a volume along axis 0: for a 2D network, the acquisition's slice axis
+        axis = slice_axis(a.GetSpacing()[::-1]) if a.GetDimension() == 3 and spatial_dims == 2 else 0
+        pair = tuple(normalize(sitk.GetArrayFromImage(img))[0] for img in (a, b))
+        if axis:
+            pair = tuple(np.ascontiguousarray(np.moveaxis(arr, axis, 0)) for arr in pair)
         del a, b
         if cache_dir is not None:
             pair = tuple(_mapped(arr, Path(cache_dir) / f"pair{len(out):05d}_{side}.npy")  # type: ignore[assignment]
@@ -139,7 +176,8 @@ def to_training_samples(pairs: Sequence[tuple[np.ndarray, np.ndarray]], spatial_
                         min_foreground: float = 0.05) -> list[dict[str, np.ndarray]]:
     """MONAI-style samples ``{"a": (1, *spatial), "b": (1, *spatial)}``.
 
-    For a 2D network, 3D volumes are cut into axial slices (those with less than ``min_foreground``
+    For a 2D network, 3D volumes are cut into slices along their first axis (:func:`load_pairs` puts the
+    acquisition's slice axis first; those with less than ``min_foreground``
     of their pixels above 5 % of the range in both inputs are dropped: empty slices teach nothing).
 
     Raises:
