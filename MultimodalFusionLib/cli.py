@@ -48,6 +48,16 @@ class ProgressBar:
             self._bar = None
 
 
+def _device(text: str) -> str:
+    """An argparse type: a torch device name the engine runs on (auto, cpu, cuda, cuda:N), normalised;
+    whether a GPU is there is checked when the command runs (devices.select_device)."""
+    from .devices import device_name_ok
+
+    if not device_name_ok(text):
+        raise argparse.ArgumentTypeError(f"invalid device {text!r} (use auto, cpu, cuda or cuda:N)")
+    return text.strip().lower()
+
+
 def _print_json(obj: Any) -> None:
     """Print strictly valid JSON (NaN/inf as null), like the metrics files."""
     from .io import to_json_safe
@@ -309,8 +319,8 @@ def _add_fusion_params(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", dest="weights", metavar="WEIGHTS",
                    help="deep: .safetensors weights, or 2d / 3d for the shipped ones (default 2d: 2D network, "
                         "volumes slice by slice; 3d: 3D network with sliding windows, slower on a CPU)")
-    g.add_argument("--deep-device", dest="device", choices=("auto", "cpu", "cuda"),
-                   help="deep: device (default auto: CUDA when present, CPU otherwise)")
+    g.add_argument("--deep-device", dest="device", type=_device, metavar="{auto,cpu,cuda,cuda:N}",
+                   help="deep: device (default auto: CUDA when present, CPU otherwise; cuda:N picks a GPU)")
     g.add_argument("--selection", choices=("hard", "blend"),
                    help="deep: hard (default: each voxel from the input its weight map favours) or blend "
                         "(the network's weighted blend plus detail residual)")
@@ -357,13 +367,14 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fuse(args: argparse.Namespace) -> int:
-    from .fusion import fuse
+    from .fusion import check_parameters, fuse
     from .io import check_not_overwriting_inputs, read_image, write_image
     from .pipeline import _writable
     from .report import report_file_patterns
 
     report_files = [os.path.join(args.report, n) for n in report_file_patterns()] if args.report else []
     check_not_overwriting_inputs([args.output], [args.a, args.b], patterns=report_files)
+    check_parameters(args.method, _fusion_params(args))  # a typo or a missing GPU: before reading the images
     a = read_image(args.a, keep_color=True, series=_series(args, "a"))
     b = read_image(args.b, keep_color=True, series=_series(args, "b"))
     bar = ProgressBar(desc=f"fuse {args.method}")
@@ -574,7 +585,8 @@ def _add_train_fusion(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss-weights", default="1,10,1", metavar="SSIM,GRAD,INT",
                    help="weights of the structure, gradient and intensity terms (default 1,10,1)")
     p.add_argument("--init", metavar="WEIGHTS", help="start from these weights (fine-tuning) instead of random")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
+    p.add_argument("--device", default="auto", type=_device, metavar="{auto,cpu,cuda,cuda:N}",
+                   help="default auto: CUDA when present, CPU otherwise; cuda:N picks a GPU")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, augmentation and order (default 0)")
     p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its checkpoint")
     p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written after every epoch (default: the --output name plus .ckpt.pt, e.g. MODEL.safetensors.ckpt.pt)")

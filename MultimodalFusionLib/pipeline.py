@@ -165,15 +165,9 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
                          "registration's metric, and no registration runs.",
                          "Leave out the moving mask (--moving-mask), or register.")
     for m in methods:
-        # fail early, before a long registration, on a misspelt method, parameter or value
+        # fail early, before a long registration, on a misspelt method, parameter or value (deep fusion's
+        # device too: an unknown name, CUDA without a GPU, cuda:N past the GPUs)
         fusion.check_parameters(m, (method_params or {}).get(m, {}))
-    deep_device = ((method_params or {}).get("deep") or {}).get("device")
-    if "deep" in methods and deep_device is not None:
-        from .fusion.deep.training import resolve_device
-
-        # a device deep fusion cannot use (an unknown name, CUDA without a GPU, cuda:N past the GPUs) fails
-        # now, not after the registration
-        resolve_device(deep_device)
     if isinstance(stages, str):
         stages = [s.strip() for s in stages.split(",") if s.strip()]
     out = os.fspath(output_dir)

@@ -468,6 +468,23 @@ class DeviceTest(unittest.TestCase):
                 self.assertEqual(rc, 2, err.getvalue())
                 self.assertIn("sees no CUDA GPU", err.getvalue())
                 self.assertIn("train-fusion --device", err.getvalue())
+            # the commands take cuda:N (the options offered auto/cpu/cuda only, so a GPU could be picked from
+            # Python alone) and refuse other names as the engine does, before any work
+            for args in (["train-fusion", "--pairs", str(tmp / "broken"), "--output", str(tmp / "m.safetensors"),
+                          "--device"], ["fuse", "a.nii.gz", "b.nii.gz", "-o", "f.nii.gz", "--method", "deep", "--deep-device"]):
+                for name, refusal in (("cuda:1", None if torch.cuda.device_count() > 1 else "CUDA GPU"),
+                                      ("mps", "invalid device 'mps' (use auto, cpu, cuda or cuda:N)")):
+                    if refusal is None:  # pragma: no cover - no machine with two GPUs here
+                        continue
+                    with self.subTest(command=args[0], device=name):
+                        err = io.StringIO()
+                        with redirect_stdout(io.StringIO()), redirect_stderr(err):
+                            try:
+                                rc = main(args + [name])
+                            except SystemExit as exit_:  # argparse's refusal
+                                rc = exit_.code
+                        self.assertEqual(rc, 2, err.getvalue())
+                        self.assertIn(refusal, err.getvalue())
 
 
 @unittest.skipIf(torch is None, "torch/monai not installed")
