@@ -422,22 +422,29 @@ class WebAppInBrowserTest(unittest.TestCase):
         root = Path(tempfile.mkdtemp(prefix="mmfusion-web-test-"))
         self.addCleanup(shutil.rmtree, root, True)
         write_two_dicom_series(root / "study")
-        pet = root / "pet.nii.gz"
-        sitk.WriteImage(sitk.GetImageFromArray(np.arange(512, dtype=np.float32).reshape(8, 8, 8)), str(pet))
+        # the moving path names no file: the load fails after the fixed series is read, so the demo the
+        # other tests use stays loaded (test_web_app.py checks which series' voxels a load reads)
+        missing = root / "no-such-moving.nii.gz"
         page = self._open_page()
         self.assertIsNone(page.query_selector("#mmf-fixed-series"))  # no list until a folder needs one
         page.fill("#mmf-fixed-path", str(root / "study"))
-        page.fill("#mmf-moving-path", str(pet))
+        page.fill("#mmf-moving-path", str(missing))
         page.click("#mmf-load")
         page.wait_for_selector("#mmf-error", timeout=30_000)
         self.assertIn("2 DICOM series", page.inner_text("#mmf-error"))
         # the list offers the folder's series by description
         page.locator(".v-select:has(#mmf-fixed-series) .v-field").click(timeout=10_000)
         page.locator(".v-overlay .v-list-item", has_text="PET CT (3 files)").click(timeout=10_000)
-        self._click_and_wait_job(page, "#mmf-load", "Loading")
-        self.assertIsNone(page.query_selector("#mmf-error"))
+        page.click("#mmf-error button")  # close the banner
+        page.wait_for_selector("#mmf-error", state="detached", timeout=10_000)
+        page.click("#mmf-load")
+        page.wait_for_selector("#mmf-error", timeout=30_000)
+        error = page.inner_text("#mmf-error")
+        self.assertIn("no-such-moving.nii.gz", error)  # the picked series was read: the moving file is next
+        self.assertNotIn("DICOM series", error)
         # the list belongs to that folder: another path hides it
-        page.fill("#mmf-fixed-path", str(pet))
+        page.fill("#mmf-fixed-path", "")
+        page.fill("#mmf-moving-path", "")
         page.wait_for_selector("#mmf-fixed-series", state="detached", timeout=10_000)
 
     def test_an_upload_cut_off_by_a_reload_is_not_merged_into_the_next(self):
