@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import unittest
 
@@ -259,6 +260,27 @@ class Presets(unittest.TestCase):
             with self.subTest(kwargs=kwargs), self.assertRaises(InputError) as cm:
                 resolve_parameters(**kwargs)
             self.assertIn(words, str(cm.exception))
+
+
+class SparseContent(unittest.TestCase):
+    """A single bright voxel (or a few) gave a different transform for every seed, without a word."""
+
+    def test_an_image_with_almost_no_structure_is_warned_about_and_real_images_are_not(self):
+        a = np.zeros((64, 64), np.float32)
+        a[30, 30] = 100.0
+        b = np.zeros((64, 64), np.float32)
+        b[33, 28] = 100.0
+        fixed, moving = sitk.GetImageFromArray(a), sitk.GetImageFromArray(b)
+        results = [register(fixed, moving, seed=seed) for seed in (0, 1)]
+        self.assertNotEqual(results[0].transform.GetParameters(), results[1].transform.GetParameters())
+        for result in results:
+            sparse = [w for w in result.warnings if "structure in only 1 voxel(s)" in w]
+            self.assertEqual([w.split()[1] for w in sparse], ["fixed", "moving"])
+            self.assertIn("varies with the sampling seed", sparse[0])
+        pair = itk_brainweb_pair()
+        stage = dataclasses.replace(default_stage("rigid"), iterations=2)
+        brain = register(*pair, RegistrationParameters(stages=[stage]), seed=0)
+        self.assertFalse([w for w in brain.warnings if "structure in only" in w], brain.warnings)
 
 
 class BadInputs(unittest.TestCase):

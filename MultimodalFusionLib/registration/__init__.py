@@ -14,6 +14,7 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
+import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, itk_guard
@@ -106,6 +107,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
     with itk_guard("preparing the images for registration"):
         fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
         moving_f = sitk.Cast(moving, sitk.sitkFloat32)
+    sparse = sparse_content_warnings(fixed_f, moving_f)
 
     if backend == "torch":
         try:
@@ -114,13 +116,37 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
             raise InputError(f"The torch registration backend is not available ({exc}).",
                              "Install the deep-learning extra (pip install 'slicer-multimodalfusion[deep]') "
                              "or use backend='sitk'.") from exc
-        return register_torch(fixed_f, moving_f, parameters, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                              initial_transform=initial_transform, seed=parameters.seed, progress=progress)
+        result = register_torch(fixed_f, moving_f, parameters, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                                initial_transform=initial_transform, seed=parameters.seed, progress=progress)
+    else:
+        from .sitk_backend import register_sitk
 
-    from .sitk_backend import register_sitk
+        result = register_sitk(fixed_f, moving_f, parameters, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                               initial_transform=initial_transform, progress=progress)
+    result.warnings[:0] = sparse
+    return result
 
-    return register_sitk(fixed_f, moving_f, parameters, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                         initial_transform=initial_transform, progress=progress)
+
+#: Fewest voxels above an image's background (its minimum) below which :func:`register` warns that the
+#: result is unreliable. Measured on a 96x96 blob shifted by (3, -2) px, rigid, seeds 0-3: with 1, 81 or
+#: 121 such voxels the error varied from 0.2 to 1.3 px with the seed; from 169 up it stayed under 0.2 px.
+MIN_CONTENT_VOXELS = 150
+
+
+def sparse_content_warnings(fixed: sitk.Image, moving: sitk.Image) -> list[str]:
+    """A warning for each image with structure in fewer than :data:`MIN_CONTENT_VOXELS` voxels (those
+    above its minimum, the background): a metric of intensities has almost nothing to align there, so
+    the result changes with the sampling seed, without an error (e.g. a single bright voxel)."""
+    out = []
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        arr = sitk.GetArrayViewFromImage(image)
+        count = int(np.count_nonzero(arr > arr.min()))
+        if count < MIN_CONTENT_VOXELS:
+            out.append(f"The {name} image holds structure in only {count} voxel(s) (above its background): "
+                       "intensity-based registration has almost nothing to align, and its result varies with the "
+                       "sampling seed. Check the image, or register images with more content (e.g. the "
+                       "anatomical series) and apply that transform.")
+    return out
 
 
 def resolve_parameters(parameters: RegistrationParameters | Any = None, *, preset: str | None = None,
