@@ -5,7 +5,8 @@ A rigid stage started from aligned centres recovers rotations up to about 35 deg
 This initializer does what ANTs' ``antsAI`` and SimpleITK's ``ImageRegistrationMethodExhaustive``
 example do:
 
-1. align the centres of mass (ITK's moments initializer, as ``initializer="moments"``);
+1. align the centres of mass (as ``initializer="moments"``: ``sitk_backend.centre_of_mass``, an offset
+   background such as a CT's air weighing nothing);
 2. on one coarse, smoothed level of both images (about ``SEARCH_VOXELS`` fixed voxels) evaluate the
    first stage's metric (Mattes MI with at most 32 bins by default) over a grid of rotations about
    the fixed centre of mass: in 3D Euler angles in steps of 45 degrees about each axis over

@@ -76,7 +76,8 @@ class TorchRegistrationParameters:
 
     Attributes:
         stages: run in order: "rigid", "affine" (linear) and "deformable" (stationary velocity field).
-        initializer: "moments" (align centres of mass), "geometry" (align image centres), "none" or
+        initializer: "moments" (align centres of mass, by ``sitk_backend.centre_of_mass``: the rule of
+            the sitk backend), "geometry" (align image centres), "none" or
             "search" (centres of mass, then the rotation search of ``rotation_search``, run by
             SimpleITK on the CPU, as the sitk backend runs it; needs a linear first stage); ignored
             when an initial transform is given.
@@ -355,19 +356,11 @@ def _image_center(image: sitk.Image) -> np.ndarray:
     return np.array(image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in image.GetSize()]))
 
 
-def _center_of_mass(image: sitk.Image) -> np.ndarray:
-    """Physical centre of mass of (intensity - minimum): air at its lowest value weighs nothing (CT too)."""
-    arr = sitk.GetArrayViewFromImage(image).astype(np.float64)
-    weight = arr - arr.min()
-    total = weight.sum()
-    if total <= 0:
-        return _image_center(image)
-    dim = image.GetDimension()
-    index = []
-    for axis in range(dim):  # array axis order is reversed (z, y, x)
-        profile = weight.sum(axis=tuple(a for a in range(dim) if a != dim - 1 - axis))
-        index.append(float((profile * np.arange(profile.size)).sum() / total))
-    return np.array(image.TransformContinuousIndexToPhysicalPoint(index))
+def _center_of_mass(image: sitk.Image, what: str) -> np.ndarray:
+    """The sitk backend's centre of mass (one rule for both backends and the rotation search)."""
+    from .sitk_backend import centre_of_mass
+
+    return centre_of_mass(image, what)
 
 
 def _linear_parts(transform: sitk.Transform, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -1056,14 +1049,15 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     try:
         report(progress, 0.0, f"torch registration on {device}")
         ctx = _Context(fixed_f, moving_f, fixed_mask, moving_mask, params, int(seed), device)
-        center = _center_of_mass(fixed_f) if params.initializer == "moments" else _image_center(fixed_f)
+        center = _center_of_mass(fixed_f, "fixed image") if params.initializer == "moments" \
+            else _image_center(fixed_f)
         if initial_transform is not None:
             matrix, offset = parts
             translation = offset - center + matrix @ center
         else:
             matrix = np.eye(dim)
             if params.initializer == "moments":
-                translation = _center_of_mass(moving_f) - center
+                translation = _center_of_mass(moving_f, "moving image") - center
             elif params.initializer == "geometry":
                 translation = _image_center(moving_f) - center
             else:
