@@ -5,7 +5,8 @@ layout from the bundled ITK slices (grey MRI/CT pairs and pseudo-colour SPECT-li
 checks that ``fusion_harvard.py`` prints its tables and goal checks (the adaptation row included),
 writes finite metrics to JSON and stretches every fused image as CDDFuse's ``test_MIF.py`` does,
 and that ``fusion_composition_sweep.py`` scores every configuration and keeps its noise control
-out of the count. ``capture_range.py --random`` draws reproducible rotations and counts its cases.
+out of the count. ``capture_range.py --random`` draws reproducible rotations and counts its cases;
+``centre_of_mass.py`` prints its table of centre-of-mass rules.
 """
 
 from __future__ import annotations
@@ -211,6 +212,21 @@ class CaptureRangeScriptTest(unittest.TestCase):
                               or line.startswith("| 1 |")]), 2, text)
         self.assertRegex(text, r"summary: geometry: \d/2 within 1 mm \(worst [0-9.]+ mm")
 
+
+
+class CentreOfMassScriptTest(unittest.TestCase):
+    def test_the_centre_table_compares_the_rules_on_each_image(self):
+        rc, text = _run(_load_script("centre_of_mass").main, ["--spacing", "6", "--no-register"])
+        self.assertEqual(rc, 0, text)
+        rows = {line.split("|")[1].strip(): [float(v) for v in line.split("|")[2:5]]
+                for line in text.splitlines() if line.startswith("| ") and line[2:3] in "CTP"}
+        self.assertEqual(len(rows), 7, text)
+        signed, minimum, now = rows["CT"]
+        self.assertGreater(signed, 10.0 * now)  # the air pulls the signed centre, not this version's
+        self.assertLess(now, 1.5)
+        self.assertAlmostEqual(rows["T2 - 1000"][2], rows["T2"][2], delta=0.05)  # an offset does not move it
+        self.assertGreater(rows["T2 - 1000"][0], 5.0)
+        self.assertRegex(text, r"this version: [0-9.]+")
 
 if __name__ == "__main__":
     unittest.main()
