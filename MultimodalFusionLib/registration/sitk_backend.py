@@ -119,9 +119,11 @@ def centre_of_mass(image: sitk.Image, what: str = "image") -> np.ndarray:
     -1000 HU) weighs its air near zero instead of pulling the centre towards it: ITK's moments use
     the signed values, and on the 3 mm MNI head a synthetic CT's centre came 38.7 mm from the
     object's, a T2 minus 1000 19.0 mm (README, "Centre of mass"). The percentile rather than the
-    minimum: below-background noise (a CT's air, noise added to a zero background) made the minimum
-    weigh the whole background by 3-5 sigma, 3.2-4.6 mm off on those images, the percentile 0.4-0.9 mm.
-    Values below the level (noise, a padding floor) weigh nothing.
+    minimum: the minimum lies 3-5 sigma of the noise below the background, which it weighs by that much
+    a voxel: 3.4-4.6 mm off on the CT, T2 and PET, 15.4 mm with 90 mm more air beside the CT; the
+    percentile 0.4-0.5 and 2.8 mm (``benchmarks/centre_of_mass.py``). Values below the level (noise, a
+    padding floor) weigh nothing; padding covering more than a quarter of the image (-3024 outside a
+    circular field of view) sets the level itself and still pulls the centre.
 
     Computed here rather than by ITK's ``CenteredTransformInitializer(MOMENTS)``: ITK's moments
     calculator sums over the image's *requested* region, which a filter run on the same image
