@@ -24,6 +24,8 @@ __all__ = [
     "KnownCase",
     "rigid_case",
     "bspline_case",
+    "slab_motion_case",
+    "itk_brainweb_band_case",
     "itk_brainweb_truth",
     "itk_brainweb_pair",
     "ITK_BRAINWEB_ENCODED_TRANSLATION",
@@ -149,6 +151,8 @@ class KnownCase:
         truth: true fixed->moving transform.
         mask: fixed-grid mask over which the error is measured (the brain).
         description: what was done.
+        moving_mask: where the moving image holds what ``truth`` describes (moving grid), for cases
+            with a region to exclude; None when all of it does.
     """
 
     fixed: sitk.Image
@@ -156,6 +160,7 @@ class KnownCase:
     truth: sitk.Transform
     mask: sitk.Image
     description: str
+    moving_mask: sitk.Image | None = None
 
     def error(self, recovered: sitk.Transform) -> dict[str, float]:
         """TRE of ``recovered`` against the truth over the mask (mm)."""
@@ -239,3 +244,77 @@ def bspline_case(spacing_mm: float = 2.0, magnitude_mm: float = 5.0, mesh: int =
     return KnownCase(fixed=fixed, moving=moving, truth=truth, mask=mask,
                      description=f"MNI152 T1 warped by a smooth B-spline ({mesh}^3 grid, mean {magnitude_mm} mm) "
                                  f"vs synthetic {contrast.upper()}")
+
+
+def slab_motion_case(spacing_mm: float = 3.0, contrast: str = "t2", slab_fraction: float = 0.4,
+                     angles_deg: Sequence[float] = (6.0, 0.0, 0.0), translation: Sequence[float] = (4.0, -3.0, 3.0),
+                     slab_angles_deg: Sequence[float] = (14.0, 0.0, 0.0),
+                     slab_translation: Sequence[float] = (4.0, 9.0, 3.0), seed: int = 0,
+                     shape: tuple[int, int, int] | None = (160, 192, 192),
+                     tissues: dict[str, sitk.Image] | None = None) -> KnownCase:
+    """A rigid case whose moving image has a slab that misleads: the head moved during the acquisition.
+
+    The moving image is :func:`rigid_case`'s, except its last ``slab_fraction`` of slices (the top of
+    the head on the template's grid), which show the head where a second rigid transform puts it (by
+    default 8 degrees further about the left-right axis and 12 mm further along y at the centre), as
+    slices acquired after the patient moved would. ``moving_mask`` covers the other slices; the error
+    ``mask`` is the fixed brain that ``truth`` sends into them. A registration that weighs the slab is
+    pulled between the two positions; one that excludes it (a moving mask) should recover ``truth``.
+    """
+    from .. import data
+
+    if not 0.0 < float(slab_fraction) < 1.0:
+        raise InputError(f"slab_fraction must lie strictly between 0 and 1 (got {slab_fraction}).",
+                         "Give e.g. 0.4 for the top 40% of the slices.")
+    tissues = tissues or data.mni152(spacing_mm=spacing_mm, shape=shape)
+    case = rigid_case(spacing_mm=spacing_mm, angles_deg=angles_deg, translation=translation, contrast=contrast,
+                      seed=seed, tissues=tissues)
+    other = data.synthetic_contrast(tissues, contrast, seed=seed)
+    slab_truth = rigid_transform(_center(case.fixed), slab_angles_deg, slab_translation)
+    slab = sitk.GetArrayFromImage(sitk.Resample(other, other, slab_truth.GetInverse(), sitk.sitkLinear, 0.0,
+                                                sitk.sitkFloat32))
+    pixels = sitk.GetArrayFromImage(case.moving)
+    cut = int(round(pixels.shape[0] * (1.0 - float(slab_fraction))))
+    pixels[cut:] = slab[cut:]
+    moving = sitk.GetImageFromArray(pixels)
+    moving.CopyInformation(case.moving)
+    kept = np.zeros(pixels.shape, np.uint8)
+    kept[:cut] = 1
+    moving_mask = sitk.GetImageFromArray(kept)
+    moving_mask.CopyInformation(case.moving)
+    # fixed voxels x whose true moving point truth(x) lies in the kept slices, inside the brain
+    reached = sitk.Resample(moving_mask, case.fixed, case.truth, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    mask = sitk.And(reached, case.mask)
+    return KnownCase(fixed=case.fixed, moving=moving, truth=case.truth, mask=mask, moving_mask=moving_mask,
+                     description=f"{case.description}; its top {100 * float(slab_fraction):.0f}% of slices show "
+                                 f"the head moved by rotation {list(slab_angles_deg)} deg, translation "
+                                 f"{list(slab_translation)} mm instead (outside moving_mask)")
+
+
+def itk_brainweb_band_case(band_rows: int = 100, band_angle_deg: float = 12.0,
+                           band_translation: Sequence[float] = (0.0, 10.0)) -> KnownCase:
+    """ITK's 2D T1/PD pair (:func:`itk_brainweb_pair`) whose moving slice has a band that misleads.
+
+    The moving slice's first ``band_rows`` rows (the top of the head) show the head turned
+    ``band_angle_deg`` further and moved by ``band_translation`` pixels, about the image centre;
+    ``moving_mask`` covers the other rows, and the error ``mask`` is the fixed head (T1 > 30) that the
+    truth (:func:`itk_brainweb_truth`) sends into them.
+    """
+    fixed, moving = itk_brainweb_pair()
+    truth = itk_brainweb_truth(fixed)
+    further = sitk.Resample(moving, moving, rigid_transform(_center(fixed), [band_angle_deg], band_translation),
+                            sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    pixels = sitk.GetArrayFromImage(moving)
+    pixels[:band_rows] = sitk.GetArrayFromImage(further)[:band_rows]
+    banded = sitk.GetImageFromArray(pixels)
+    banded.CopyInformation(moving)
+    kept = np.zeros(pixels.shape, np.uint8)
+    kept[band_rows:] = 1
+    moving_mask = sitk.GetImageFromArray(kept)
+    moving_mask.CopyInformation(moving)
+    mask = sitk.And(sitk.Resample(moving_mask, fixed, truth, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8),
+                    sitk.Cast(fixed > 30, sitk.sitkUInt8))
+    return KnownCase(fixed=fixed, moving=banded, truth=truth, mask=mask, moving_mask=moving_mask,
+                     description=f"ITK BrainWeb T1 vs PD (10 degrees); the PD's first {band_rows} rows turned "
+                                 f"{band_angle_deg} degrees and moved {list(band_translation)} px further "
+                                 "(outside moving_mask)")
