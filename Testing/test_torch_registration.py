@@ -430,6 +430,30 @@ class TorchRegistrationTest(unittest.TestCase):
             with self.subTest(stages=stages, metric=metric):
                 self.assertTrue(any("moving mask" in w for w in result.warnings), result.warnings)
 
+    def test_masked_lncc_windows_ignore_what_lies_outside_the_mask(self) -> None:
+        from monai.losses import LocalNormalizedCrossCorrelationLoss
+
+        from MultimodalFusionLib.registration.torch_losses import lncc_loss, masked_lncc
+
+        gen = torch.Generator().manual_seed(0)
+        for shape in ((1, 1, 14, 16, 15), (1, 1, 20, 18)):
+            with self.subTest(dims=len(shape) - 2):
+                a = torch.rand(shape, generator=gen)
+                b = 0.5 * a + 0.3 * torch.rand(shape, generator=gen)
+                monai_map = LocalNormalizedCrossCorrelationLoss(spatial_dims=len(shape) - 2, kernel_size=5,
+                                                                reduction="none")(b, a)
+                ones_map = masked_lncc(a, b, torch.ones_like(a), 5)
+                inner = (slice(None), slice(None)) + (slice(2, -2),) * (len(shape) - 2)
+                torch.testing.assert_close(-ones_map[inner], monai_map[inner])  # MONAI's, away from the border
+                mask = torch.ones_like(a)
+                mask[..., :6] = 0
+                corrupted = b.clone()
+                corrupted[..., :6] = 5.0 * torch.rand(corrupted[..., :6].shape, generator=gen)
+                self.assertTrue(torch.equal(lncc_loss(a, b, mask, 5, window_mask=mask),
+                                            lncc_loss(a, corrupted, mask, 5, window_mask=mask)))
+                # without window_mask, the windows still see the corrupted columns next to the mask
+                self.assertFalse(torch.equal(lncc_loss(a, b, mask, 5), lncc_loss(a, corrupted, mask, 5)))
+
 
 # settings of the deformable test: a 3 mm volume, levels at 6 and 3 mm
 _DEFORMABLE_TEST = {"stages": ["affine", "deformable"], "deformable_level_spacing_mm": [6.0, 3.0],

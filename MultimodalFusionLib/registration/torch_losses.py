@@ -23,6 +23,7 @@ __all__ = [
     "masked_mean",
     "mind_loss",
     "lncc_loss",
+    "masked_lncc",
     "mutual_information_loss",
     "mattes_mutual_information_loss",
     "diffusion_regularisation",
@@ -134,13 +135,60 @@ def mind_loss(fixed_descriptors: Any, warped_descriptors: Any, mask: Any | None 
     return masked_mean((fixed_descriptors - warped_descriptors) ** 2, mask)
 
 
-def lncc_loss(fixed: Any, warped: Any, mask: Any | None = None, kernel_size: int = 7) -> Any:
-    """MONAI's local normalised cross-correlation loss (-1 = perfect), averaged over the mask."""
-    from monai.losses import LocalNormalizedCrossCorrelationLoss
+def lncc_loss(fixed: Any, warped: Any, mask: Any | None = None, kernel_size: int = 7,
+              window_mask: Any | None = None) -> Any:
+    """Local normalised cross-correlation loss (-1 = perfect), averaged over ``mask``.
 
-    loss = LocalNormalizedCrossCorrelationLoss(spatial_dims=fixed.ndim - 2, kernel_size=int(kernel_size),
-                                               reduction="none")
-    return masked_mean(loss(warped, fixed), mask)
+    Without ``window_mask``, MONAI's ``LocalNormalizedCrossCorrelationLoss`` (squared LNCC in a box
+    window over every voxel). With it, each window's means, variances and covariance are taken over
+    the window's voxels inside ``window_mask`` only, as ANTs' neighbourhood correlation does under a
+    mask: what lies outside it (an artefact, a region one image lacks) does not reach the voxels
+    next to it.
+
+    Args:
+        fixed: tensor ``(B, 1, *spatial)``.
+        warped: tensor of the same shape.
+        mask: ``(B, 1, *spatial)`` weights (0/1) of the voxels averaged, or None for all.
+        kernel_size: odd window width in voxels.
+        window_mask: ``(B, 1, *spatial)`` weights (0/1) of the voxels the windows may use, or None.
+    """
+    if window_mask is None:
+        from monai.losses import LocalNormalizedCrossCorrelationLoss
+
+        loss = LocalNormalizedCrossCorrelationLoss(spatial_dims=fixed.ndim - 2, kernel_size=int(kernel_size),
+                                                   reduction="none")
+        return masked_mean(loss(warped, fixed), mask)
+    return masked_mean(-masked_lncc(fixed, warped, window_mask, kernel_size), mask)
+
+
+def masked_lncc(fixed: Any, warped: Any, mask: Any, kernel_size: int = 7, eps: float = 1e-5) -> Any:
+    """Squared local NCC per voxel with window statistics over the voxels inside ``mask`` only.
+
+    As MONAI's LNCC (box window, variances floored at ``eps``), except that every window sum is
+    weighted by the mask and the means divide by the window's count of masked voxels: with a mask of
+    ones it equals MONAI's away from the image border (where MONAI counts the zero padding).
+
+    Returns:
+        tensor ``(B, 1, *spatial)`` in [0, 1] (0 where the window holds no masked voxel).
+    """
+    import torch
+    from monai.networks.layers import separable_filtering
+
+    weight = mask.to(fixed.dtype)
+    kernels = [torch.ones(int(kernel_size), dtype=fixed.dtype, device=fixed.device)] * (fixed.ndim - 2)
+    f, w = fixed * weight, warped * weight
+    count = separable_filtering(weight, kernels)
+    f_sum, w_sum = separable_filtering(f, kernels), separable_filtering(w, kernels)
+    f2_sum = separable_filtering(f * fixed, kernels)
+    w2_sum = separable_filtering(w * warped, kernels)
+    fw_sum = separable_filtering(f * warped, kernels)
+    n = count.clamp_min(1.0)
+    f_avg, w_avg = f_sum / n, w_sum / n
+    cross = fw_sum - w_avg * f_sum
+    floor = torch.as_tensor(eps, dtype=f_sum.dtype, device=f_sum.device)
+    f_var = torch.max(f2_sum - f_avg * f_sum, floor)
+    w_var = torch.max(w2_sum - w_avg * w_sum, floor)
+    return cross * cross / (f_var * w_var)
 
 
 def mutual_information_loss(fixed_values: Any, warped_values: Any, num_bins: int = 32) -> Any:
