@@ -412,23 +412,44 @@ class TorchRegistrationTest(unittest.TestCase):
             with self.assertRaises(InputError):
                 select_device("cuda:0")
 
-    def test_moving_mask_not_used_by_a_stage_is_warned(self) -> None:
-        # the moving mask restricts only the "mi" linear metric; with MIND/LNCC or in the deformable stage it
-        # was silently not applied (only its intensity window was), where the sitk backend honours it
+    def test_a_moving_mask_excludes_a_mismatched_band_in_every_metric_2d(self) -> None:
+        # the moving slice's top 100 rows show the head turned 12 degrees and moved 10 px further (a band
+        # that misleads): masked out, every metric and the deformable stage must follow the rest. The
+        # moving mask used to restrict only the "mi" linear metric: MIND/LNCC ended 17 px off with it
         from MultimodalFusionLib.registration.torch_backend import register_torch
 
-        fixed, moving = _brainweb_pair()
-        mask = sitk.Image(moving.GetSize(), sitk.sitkUInt8)
-        mask.CopyInformation(moving)
-        mask[40:180, 40:220] = 1
-        quick = {"linear_iterations": [5, 5, 5], "deformable_iterations": [3, 3]}
-        used = register_torch(fixed, moving, self._params(stages=["rigid"], **quick), moving_mask=mask, seed=1)
-        self.assertFalse(any("moving mask" in w for w in used.warnings), used.warnings)
-        for stages, metric in ((["rigid"], "lncc"), (["rigid", "deformable"], "mi")):
-            result = register_torch(fixed, moving, self._params(stages=stages, linear_metric=metric, **quick),
-                                    moving_mask=mask, seed=1)
-            with self.subTest(stages=stages, metric=metric):
-                self.assertTrue(any("moving mask" in w for w in result.warnings), result.warnings)
+        case = accuracy.itk_brainweb_band_case()
+        fixed, moving, mask, truth, region = case.fixed, case.moving, case.moving_mask, case.truth, case.mask
+        quick = {"linear_iterations": [60, 30, 15], "deformable_iterations": [20, 10]}
+        for metric in ("mind", "lncc"):
+            params = self._params(stages=["rigid"], linear_metric=metric, **quick)
+            with self.subTest(metric=metric):
+                unmasked = register_torch(fixed, moving, params, seed=1)
+                masked = register_torch(fixed, moving, params, moving_mask=mask, seed=1)
+                misled = accuracy.transform_error(unmasked.transform, truth, fixed, region)["mean"]
+                found = accuracy.transform_error(masked.transform, truth, fixed, region)["mean"]
+                self.assertGreater(misled, 5.0)  # the band does mislead
+                self.assertLess(found, 1.0)
+                self.assertFalse(any("moving mask" in w for w in masked.warnings), masked.warnings)
+        # the deformable stage (MIND, sampled voxels) after a masked rigid stage
+        params = self._params(stages=["rigid", "deformable"], linear_metric="mind", **quick)
+        masked = register_torch(fixed, moving, params, moving_mask=mask, seed=1)
+        self.assertIsInstance(masked.transform, sitk.CompositeTransform)
+        err = accuracy.transform_error(masked.transform, truth, fixed, region)
+        self.assertLess(err["mean"], 2.0, err)  # 11 px without the mask
+
+    def test_a_moving_mask_excludes_a_moved_slab_3d(self) -> None:
+        # MNI152 at 4 mm whose moving image's top 40% of slices show the head moved 8 degrees and 12 mm
+        # further (the patient moved during the acquisition); LNCC with the slab masked out
+        from MultimodalFusionLib.registration.torch_backend import register_torch
+
+        case = accuracy.slab_motion_case(spacing_mm=4, contrast="t1", tissues=data.mni152(spacing_mm=4))
+        params = self._params(stages=["affine"], linear_metric="lncc", linear_iterations=[60, 30, 10])
+        misled = case.error(register_torch(case.fixed, case.moving, params, seed=1).transform)["mean"]
+        found = case.error(register_torch(case.fixed, case.moving, params, moving_mask=case.moving_mask,
+                                          seed=1).transform)
+        self.assertGreater(misled, 2.0)  # 2.95 mm
+        self.assertLess(found["mean"], 1.0, found)  # 0.56 mm (2.98 when the mask was ignored)
 
     def test_masked_lncc_windows_ignore_what_lies_outside_the_mask(self) -> None:
         from monai.losses import LocalNormalizedCrossCorrelationLoss
