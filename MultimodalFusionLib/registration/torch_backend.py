@@ -1048,8 +1048,9 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         parameters: TorchRegistrationParameters, the SimpleITK backend's RegistrationParameters
             (converted by :func:`torch_parameters`), a dict of fields, or None for the defaults.
         fixed_mask: the similarity is computed inside this mask only (fixed grid), in every stage and metric.
-        moving_mask: only fixed voxels whose moving point (through the current transform) lands inside
-            this mask count, in every stage and metric, as in ITK; with both masks, voxels inside both.
+        moving_mask: only fixed voxels whose moving point lands inside this mask count, in every stage and
+            metric (through the current transform in the linear stages, through the affine in the deformable
+            stage); with both masks, voxels inside both. LNCC's windows also leave out the voxels outside it.
         initial_transform: a linear transform (fixed -> moving points) to start from; replaces
             the initializer.
         seed: seed of the voxel sampling (overrides the parameters' seed); with the same seed,
