@@ -18,6 +18,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from MultimodalFusionLib import io
 from MultimodalFusionLib.errors import InputError
 from MultimodalFusionLib.web.offscreen import configure_offscreen_rendering
 
@@ -175,6 +176,20 @@ class WebAppTest(unittest.TestCase):
             self.assertEqual(state.error_message, "")
             self.assertEqual(Path(state.moving_path).name, header)
             state.moving_path = self.moving_path
+        # a .mha or .nrrd may name a data file too (io.missing_data_file checks them): the fix above, both files
+        # uploaded together, must work for them as well (the upload was read as a DICOM folder)
+        for header, source, data in (("pet-data.mha", "pet.mhd", "pet.raw"), ("pet-data.nrrd", "pet.nhdr", "pet.raw")):
+            with self.subTest(header):
+                state.error_message = ""
+                self.app._save_upload("moving", [{"name": header, "content": (folder / source).read_bytes()}])
+                self.assertIn(f"select both '{header}' and '{data}'", state.error_message)
+                state.error_message = ""
+                self.app._save_upload("moving", [{"name": name, "content": (folder / name_on_disk).read_bytes()}
+                                                 for name, name_on_disk in ((header, source), (data, data))])
+                self.assertEqual(state.error_message, "")
+                self.assertEqual(Path(state.moving_path).name, header)
+                self.assertEqual(io.read_image(state.moving_path).GetSize(), image.GetSize())
+                state.moving_path = self.moving_path
         # a header naming its data file in a folder: an upload keeps no folders, so uploading both cannot help
         text = (folder / "pet.nhdr").read_text().replace("data file: pet.raw", "data file: voxels/pet.raw")
         state.error_message = ""

@@ -53,8 +53,9 @@ _FUSION_METRIC_KEYS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "PS
 _WL_AUTO, _WL_MANUAL = "auto", "manual"
 _WL_BASE_CHOICES = [{"title": "Auto (0.5-99.5th percentile)", "value": _WL_AUTO},
                     {"title": "Manual", "value": _WL_MANUAL}]
-# Image headers whose voxels lie in a second file uploaded with them: the header is what is read.
-_HEADER_SUFFIXES = (".mhd", ".nhdr", ".hdr")
+# Image headers whose voxels lie in a second file uploaded with them: the header is what is read. A .mha
+# or .nrrd may name a data file too (io.missing_data_file checks the same five), then uploaded with it.
+_HEADER_SUFFIXES = (".mhd", ".mha", ".nhdr", ".nrrd", ".hdr")
 
 
 def _quad_layout() -> Any:
