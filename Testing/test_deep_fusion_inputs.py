@@ -593,6 +593,12 @@ class SliceAxisTest(unittest.TestCase):
         with self.assertRaises(InputError) as caught:
             fuse(self._image(a, (1.0, 1.0, 1.0)), self._image(b, (1.0, 1.0, 1.0)), "deep", spacing=(1, 1, 5))
         self.assertIn("no parameter 'spacing'", str(caught.exception))
+        # ... and by fuse_deep, which passes the images' own (it was a TypeError: "multiple values for 'spacing'")
+        from MultimodalFusionLib.fusion.deep import fuse_deep
+
+        with self.assertRaises(InputError) as caught:
+            fuse_deep(self._image(a, (1.0, 1.0, 1.0)), self._image(b, (1.0, 1.0, 1.0)), spacing=(1, 1, 5))
+        self.assertIn("spacing", str(caught.exception))
 
 
 if __name__ == "__main__":

@@ -462,7 +462,7 @@ def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None
         b: second image, already on ``a``'s grid (same size).
         progress: progress callback.
         **params: see :func:`fuse_arrays` (weights, adapt_steps, adapt_lr, loss_weights, seed, device,
-            batch_size, roi_size).
+            batch_size, roi_size, selection; not spacing: ``a``'s is used).
 
     Returns:
         FusionResult with the fused image (float32, ``a``'s geometry and intensity range) and
@@ -475,6 +475,9 @@ def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None
     from .data import normalize
 
     t0 = time.perf_counter()
+    if "spacing" in params:  # the images' own is passed below (as fusion.fuse refuses it too)
+        raise InputError("spacing is not a setting of fuse_deep: the images' own voxel spacing is used.",
+                         "Leave it out; set the images' spacing (image.SetSpacing) if it is wrong.")
     check_image(a, "first image")
     check_image(b, "second image")
     # the whole grid, not the size alone: the network pairs voxels by index, so an image of the same size
