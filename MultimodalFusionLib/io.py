@@ -296,6 +296,13 @@ def _dicom_numbers(text: str) -> list[float]:
         return []
 
 
+def _dicom_pixel_size(text: str) -> list[float]:
+    """The two sizes (mm) of a DICOM pixel-spacing string ("0.8\\0.9"); [] unless they are two positive
+    finite numbers (GDCM reads a 0 as 1 mm, and ITK refuses a zero or negative spacing with a traceback)."""
+    values = _dicom_numbers(text)
+    return values if len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values) else []
+
+
 #: Tags that give one DICOM image's pixel size (row spacing, then column spacing, mm), in the order taken
 _SPACING_TAGS = (("0028|0030", "PixelSpacing (0028,0030)"), ("0018|1164", "ImagerPixelSpacing (0018,1164)"),
                  ("0018|2010", "NominalScannedPixelSpacing (0018,2010)"))
@@ -318,8 +325,8 @@ def _set_dicom_file_spacing(image: sitk.Image, path: str) -> None:
     if image.HasMetaDataKey("0028|0008"):  # NumberOfFrames: a multi-frame IOD, e.g. an enhanced CT or MR,
         return  # whose pixel size may be in functional groups, where GDCM reads it (also for one frame)
     usable = [(tag, name, values) for tag, name in _SPACING_TAGS
-              for values in [_dicom_numbers(image.GetMetaData(tag).strip()) if image.HasMetaDataKey(tag) else []]
-              if len(values) == 2]
+              for values in [_dicom_pixel_size(image.GetMetaData(tag).strip()) if image.HasMetaDataKey(tag) else []]
+              if values]
     if not usable:
         raise InputError(f"DICOM file '{path}' has no usable PixelSpacing (0028,0030), nor ImagerPixelSpacing "
                          "(0018,1164) or NominalScannedPixelSpacing (0018,2010), so its pixel size is unknown "
@@ -369,7 +376,7 @@ def _check_series_geometry(pick: dict[str, Any]) -> tuple[bool, np.ndarray | Non
     numbers = _dicom_numbers
     fix = ("Export the series again with its geometry tags (from the scanner or PACS), or convert it with a "
            "tool that knows its geometry, then load the converted file.")
-    if any(len(numbers(r["spacing"])) != 2 for r in rows):
+    if any(not _dicom_pixel_size(r["spacing"]) for r in rows):
         raise InputError(f"DICOM series '{label}' has no usable PixelSpacing (0028,0030) on every slice, so its "
                          "pixel size is unknown (ITK would assume 1 mm).", fix)
     if len(rows) > 1:

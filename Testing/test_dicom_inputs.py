@@ -191,6 +191,20 @@ class DicomGeometryFromTags(unittest.TestCase):
                         for value in PHI.values():
                             self.assertNotIn(value, said[0])
 
+    def test_a_pixel_spacing_of_zero_or_below_is_refused(self) -> None:
+        """A PixelSpacing of 0, a negative or a non-finite value is no pixel size: one file failed with a RuntimeError
+        traceback from ITK's SetSpacing (0, negative) or read with a NaN/inf spacing, and a series read at the
+        1 mm GDCM puts in for a 0 without a word."""
+        for spacing in ((0.0, 0.9), (-0.8, 0.9), (float("nan"), 0.9), (0.8, float("inf"))):
+            for slices in (1, 3):
+                with self.subTest(spacing=spacing, slices=slices), tempfile.TemporaryDirectory() as folder:
+                    write_series(folder, positions=[(-12.0, -14.0, 30.0 + 2.5 * k) for k in range(slices)],
+                                 pixel_spacing=spacing)
+                    for given in ([os.path.join(folder, "IM0000.dcm")] if slices == 1 else []) + [folder]:
+                        with self.assertRaises(InputError) as ctx:
+                            io.read_image(given)
+                        self.assertIn("no usable PixelSpacing (0028,0030)", ctx.exception.problem)
+
     def test_enhanced_multiframe_file_in_a_folder(self) -> None:
         # an enhanced CT keeps PixelSpacing and the positions in its functional groups: the folder was
         # refused for having "no usable PixelSpacing (0028,0030)", though the file alone read correctly
