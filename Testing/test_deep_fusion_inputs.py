@@ -456,6 +456,17 @@ class DeviceTest(unittest.TestCase):
                              method_params={"deep": {"device": "CUDA:x"}})
             self.assertIn("'CUDA:x'", str(caught.exception))
             self.assertFalse((tmp / "run").exists())
+            # the other settings fuse_arrays refuses without the images or the network: before the registration
+            # too (pipeline.run checked only their names and types, so --adapt -1 waited for the registration)
+            for bad, named in (({"adapt_steps": -1}, "adapt_steps"), ({"adapt_steps": 1.5}, "adapt_steps"),
+                               ({"batch_size": 0}, "batch_size"), ({"selection": "soft"}, "selection"),
+                               ({"adapt_lr": -1.0}, "adapt_lr"), ({"loss_weights": "a,b"}, "Loss weights")):
+                with self.subTest(bad=bad):
+                    with self.assertRaises(InputError) as caught:
+                        pipeline.run(fixed, fixed, tmp / "run", methods=["deep"], register=False,
+                                     method_params={"deep": bad})
+                    self.assertIn(named, str(caught.exception))
+                    self.assertFalse((tmp / "run").exists())
             if not torch.cuda.is_available():
                 # the command refuses --device cuda before reading any pair (these cannot be read at all)
                 for sub in ("MRI", "CT"):

@@ -294,7 +294,8 @@ def check_parameters(method: str, params: dict[str, Any] | None = None) -> None:
     """Raise now the InputError ``fuse(a, b, method, **params)`` would raise for these parameters.
 
     For a job that fuses after a long registration (``pipeline.run``): a misspelt parameter or value
-    must not wait for it. Names, numbers, windows and deep fusion's device are checked as ``fuse`` checks them; the
+    must not wait for it. Names, numbers, windows, deep fusion's device and its values that need no network
+    (:func:`~MultimodalFusionLib.fusion.deep.inference.check_settings`) are checked as ``fuse`` checks them; the
     built-in classic methods (whose value checks do not depend on the images: too many levels
     are reduced to what an image allows, never refused) also fuse a small test pair with them.
     """
@@ -308,11 +309,17 @@ def check_parameters(method: str, params: dict[str, Any] | None = None) -> None:
         # only its being a number is checked (the 0..1 test pair would refuse e.g. 100 of an 8-bit PET)
         _checked_threshold(params.pop("threshold"))
     checked = _checked_params(func, method, params)
-    if method == "deep" and checked.get("device") is not None:
+    if method == "deep":
+        from .deep.inference import check_settings
         from .deep.training import resolve_device
 
-        # an unknown name, CUDA without a GPU or cuda:N past the GPUs fails now, not after the work before
-        resolve_device(checked["device"])
+        # its values too (adapt_steps=-1, selection="soft", ...): the weights and roi_size need the network,
+        # and are checked when it is loaded
+        check_settings(**{k: checked[k] for k in ("adapt_steps", "adapt_lr", "loss_weights", "batch_size",
+                                                  "selection") if k in checked})
+        if checked.get("device") is not None:
+            # an unknown name, CUDA without a GPU or cuda:N past the GPUs fails now, not after the work before
+            resolve_device(checked["device"])
     if method in _BUILTIN_METHODS and method != "deep":
         ramp = np.linspace(0.0, 1.0, 256).reshape(16, 16)
         func(ramp, np.ascontiguousarray(ramp.T), **checked)

@@ -37,7 +37,8 @@ from ..base import FusionResult
 from .data import SLICE_AXIS_RATIO, slice_axis  # noqa: F401 (part of this module's API)
 from .losses import FusionLoss, LossWeights
 
-__all__ = ["fuse_deep", "fuse_arrays", "registry_method", "DEFAULT_ADAPT_STEPS", "adapt", "predict", "slice_axis"]
+__all__ = ["fuse_deep", "fuse_arrays", "check_settings", "registry_method", "DEFAULT_ADAPT_STEPS", "adapt", "predict",
+           "slice_axis"]
 
 #: Default per-study adaptation steps. 0: on the Harvard benchmark the shipped weights with hard
 #: selection scored as well without adaptation (README), and adaptation costs ~0.3 s per step for a
@@ -319,6 +320,38 @@ def _random_patches(ta: Any, tb: Any, patch: int, n: int, gen: Any, multiple: in
     return torch.stack(pa)[:, None], torch.stack(pb)[:, None]
 
 
+def check_settings(*, adapt_steps: Any = None, adapt_lr: Any = 1e-3, loss_weights: Any = None,
+                   batch_size: Any = 8, selection: str = "hard") -> tuple[int, float, LossWeights, int]:
+    """The settings of :func:`fuse_arrays` that need neither the images nor the network, checked.
+
+    ``fusion.check_parameters`` (``pipeline.run`` before registering, ``mmfusion fuse`` before reading
+    the images) calls it, so that e.g. ``adapt_steps=-1`` is refused before that work, as ``fuse_arrays``
+    would refuse it after.
+
+    Returns:
+        (adaptation steps, adaptation learning rate, loss weights, batch size).
+
+    Raises:
+        InputError: a selection other than hard/blend, a batch size below 1, adaptation steps that are not a
+            whole number >= 0, a learning rate that is not a positive number, or unparsable loss weights.
+    """
+    if selection not in ("blend", "hard"):
+        raise InputError(f"Unknown selection '{selection}'.", "Use 'hard' (default) or 'blend'.")
+    batch_size = _whole_number(batch_size, "batch_size", 1, example="8")
+    if isinstance(loss_weights, str) or loss_weights is None:
+        loss_weights = LossWeights.parse(loss_weights) if loss_weights else LossWeights()
+    steps = (DEFAULT_ADAPT_STEPS if adapt_steps is None
+             else _whole_number(adapt_steps, "adapt_steps", 0, example="0 (no adaptation) or 80"))
+    try:
+        adapt_lr = float(adapt_lr)
+    except (TypeError, ValueError):
+        adapt_lr = float("nan")
+    if not (np.isfinite(adapt_lr) and adapt_lr > 0):
+        raise InputError(f"adapt_lr must be a positive number (got {adapt_lr!r}).",
+                         "Use e.g. adapt_lr=1e-3 (default).")
+    return steps, adapt_lr, loss_weights, batch_size
+
+
 def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_steps: int | None = None,
                 adapt_lr: float = 1e-3, loss_weights: Any = None, seed: int = 0, device: str = "auto",
                 batch_size: int = 8, roi_size: int = 96, selection: str = "hard",
@@ -372,9 +405,9 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
             raise InputError(f"The {which} array holds {int(np.count_nonzero(~np.isfinite(arr)))} NaN or "
                              "infinite values.", "Replace them (e.g. with 0 or the background value) first.")
     dim = a.ndim
-    if selection not in ("blend", "hard"):
-        raise InputError(f"Unknown selection '{selection}'.", "Use 'hard' (default) or 'blend'.")
-    batch_size = _whole_number(batch_size, "batch_size", 1, example="8")
+    steps, adapt_lr, loss_weights, batch_size = check_settings(
+        adapt_steps=adapt_steps, adapt_lr=adapt_lr, loss_weights=loss_weights, batch_size=batch_size,
+        selection=selection)
     if spacing is not None:
         try:
             spacing = [float(v) for v in spacing]
@@ -392,18 +425,7 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
     axis = slice_axis(spacing) if sliced else 0
     # the slicing axis first (views): predict and adapt cut volumes along the first axis
     run_a, run_b = (np.moveaxis(a, axis, 0), np.moveaxis(b, axis, 0)) if axis else (a, b)
-    if isinstance(loss_weights, str) or loss_weights is None:
-        loss_weights = LossWeights.parse(loss_weights) if loss_weights else LossWeights()
     roi_size = _whole_number(roi_size, "roi_size", model.config.size_multiple, MAX_ROI_SIZE, "96")
-    steps = (DEFAULT_ADAPT_STEPS if adapt_steps is None
-             else _whole_number(adapt_steps, "adapt_steps", 0, example="0 (no adaptation) or 80"))
-    try:
-        adapt_lr = float(adapt_lr)
-    except (TypeError, ValueError):
-        adapt_lr = float("nan")
-    if not (np.isfinite(adapt_lr) and adapt_lr > 0):
-        raise InputError(f"adapt_lr must be a positive number (got {adapt_lr!r}).",
-                         "Use e.g. adapt_lr=1e-3 (default).")
     sides = run_a.shape[-model.config.spatial_dims:]
     if steps > 0 and min(sides) < MIN_ADAPT_SIZE:
         raise InputError(f"Per-study adaptation needs images of at least {MIN_ADAPT_SIZE} voxels along each "
