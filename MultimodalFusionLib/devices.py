@@ -23,7 +23,9 @@ def device_name_ok(device: Any) -> bool:
     if not isinstance(device, str):  # 0 (falsy) would otherwise pass for "auto"
         return False
     name = device.strip().lower()
-    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+    index = name[5:]
+    # ASCII digits: str.isdigit also takes "²" or full-width digits, which int() or torch then refuse
+    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and index.isascii() and index.isdigit())
 
 
 def select_device(device: Any = "auto", *, where: str | None = None) -> Any:

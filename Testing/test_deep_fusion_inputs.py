@@ -405,7 +405,7 @@ class DeviceTest(unittest.TestCase):
         from MultimodalFusionLib.registration.torch_backend import select_device
 
         deep_fix = "mmfusion train-fusion --device, mmfusion fuse/run --deep-device, Python device=..."
-        for name in ("mps", "gpu", "CUDA:x", "cudafoo", "cuda:-1", "cuda:", 0):
+        for name in ("mps", "gpu", "CUDA:x", "cudafoo", "cuda:-1", "cuda:", 0, "cuda:\u00b2", "cuda:\uff11"):
             for resolver in (resolve_device, select_device):
                 with self.subTest(name=name, resolver=resolver.__name__):
                     with self.assertRaises(InputError) as caught:
