@@ -152,6 +152,21 @@ class WebAppTest(unittest.TestCase):
         self._do(self.app.load_from_paths)
         self.assertIn("2 DICOM series", self.app.state.error_message)
         self.assertEqual(self.app.state.fixed_series_path, str(other))
+        # one study folder for both roles (MR and PET of one export): both lists come with one Load, and
+        # the two picks are read by the next (it took a Load per role)
+        self.app.state.moving_path = str(other)
+        self._do(self.app.load_from_paths)
+        message = self.app.state.error_message
+        self.assertIn("Fixed: Folder", message)
+        self.assertIn("Moving: Folder", message)
+        self.assertIn('"fixed DICOM series" and "moving DICOM series" lists', message)
+        self.assertEqual(self.app.state.moving_series_path, str(other))
+        values = {i["title"].split()[0]: i["value"] for i in self.app.state.moving_series_items}
+        self.app.state.fixed_series, self.app.state.moving_series = values["T1"], values["PET"]
+        self._do(self.app.load_from_paths)
+        self.assertEqual(self.app.state.error_message, "")
+        self.assertEqual([float(sitk.GetArrayViewFromImage(self.app.moving_image)[0].mean()),
+                          float(sitk.GetArrayViewFromImage(self.app.fixed_image)[0].mean())], [105.0, 5.0])
 
     def test_a_header_uploaded_without_its_data_file_is_refused_naming_it(self) -> None:
         # ITK's messages named no file or the wrong one ("Reason: No such file or directory", "use a

@@ -427,15 +427,14 @@ class FusionWebApp:
                          if self.state[f"{role}_series_path"] == path and self.state[f"{role}_series_items"]
                          else None)
                   for role, path in (("fixed", fixed_path), ("moving", moving_path))}
-        several: dict[str, tuple[str, list[dict[str, Any]]]] = {}  # written by the job, shown after it
+        several: dict[str, tuple[str, list[dict[str, Any]], str]] = {}  # written by the job, shown after it
 
-        def read_image(role: str, path: str, keep_color: bool) -> sitk.Image:
+        def read_image(role: str, path: str, keep_color: bool) -> sitk.Image | None:
             try:
                 return read_any(os.path.expanduser(path), keep_color=keep_color, series=picked[role])
             except SeveralDicomSeries as exc:  # its fix names CLI options and Python, which this page has not
-                several[role] = (path, exc.series)
-                raise InputError(exc.problem, f"Pick the series in the \"{role} DICOM series\" list under its "
-                                              "path, then Load again.") from exc
+                several[role] = (path, exc.series, exc.problem)
+                return None
 
         def job(progress):
             if not fixed_path or not moving_path:
@@ -445,6 +444,8 @@ class FusionWebApp:
             for i, (role, path, keep_color) in enumerate((("fixed", fixed_path, False), ("moving", moving_path, True))):
                 progress(0.5 * i, f"reading {os.path.basename(path)}")
                 image = read_image(role, path, keep_color)
+                if image is None:  # several series: the other role is read too, so both lists come at once
+                    continue
                 name = os.path.basename(path)
                 if image.GetDimension() > 3:
                     raise InputError(f"'{name}' is a {image.GetDimension()}D image (size {image.GetSize()}).",
@@ -457,11 +458,16 @@ class FusionWebApp:
                 check_image(image if image.GetNumberOfComponentsPerPixel() == 1 else to_luminance(image),
                             f"{role} image '{name}'")
                 images.append(image)
+            if several:
+                lists = " and ".join(f'"{role} DICOM series"' for role in several)
+                raise InputError("\n".join(f"{role.capitalize()}: {problem}" for role, (_, _, problem) in several.items()),
+                                 f"Pick the series in the {lists} list{'s' if len(several) > 1 else ''} under "
+                                 f"{'their paths' if len(several) > 1 else 'its path'}, then Load again.")
             return images[0], images[1], os.path.basename(fixed_path), os.path.basename(moving_path)
 
         def offer_series() -> None:
             with self.state:
-                for role, (path, found) in several.items():
+                for role, (path, found, _) in several.items():
                     self.state[f"{role}_series_path"] = path
                     self.state[f"{role}_series_items"] = [
                         {"title": f"{s['description'] or '(no description)'}"
