@@ -440,10 +440,16 @@ class FusionWebApp:
             if not fixed_path or not moving_path:
                 raise InputError("Both a fixed and a moving image are needed.",
                                  "Enter both paths (on the server) or upload both files.")
-            images = []
+            images, other = [], ""
             for i, (role, path, keep_color) in enumerate((("fixed", fixed_path, False), ("moving", moving_path, True))):
                 progress(0.5 * i, f"reading {os.path.basename(path)}")
-                image = read_image(role, path, keep_color)
+                try:
+                    image = read_image(role, path, keep_color)
+                except InputError as exc:
+                    if not several:
+                        raise
+                    other = f"{role.capitalize()}: {exc}"  # said with the series lists the fixed path needs
+                    break
                 if image is None:  # several series: the other role is read too, so both lists come at once
                     continue
                 name = os.path.basename(path)
@@ -460,7 +466,8 @@ class FusionWebApp:
                 images.append(image)
             if several:
                 lists = " and ".join(f'"{role} DICOM series"' for role in several)
-                raise InputError("\n".join(f"{role.capitalize()}: {problem}" for role, (_, _, problem) in several.items()),
+                raise InputError("\n".join([f"{role.capitalize()}: {problem}" for role, (_, _, problem) in several.items()]
+                                            + ([other] if other else [])),
                                  f"Pick the series in the {lists} list{'s' if len(several) > 1 else ''} under "
                                  f"{'their paths' if len(several) > 1 else 'its path'}, then Load again.")
             return images[0], images[1], os.path.basename(fixed_path), os.path.basename(moving_path)
