@@ -23,6 +23,7 @@ from MultimodalFusionLib.registration.accuracy import (
     rotation_angle_deg,
     transform_error,
 )
+from MultimodalFusionLib.registration.parameters import ITK_UINT_MAX
 
 
 class ItkBrainWebCase(unittest.TestCase):
@@ -382,6 +383,20 @@ class BadInputs(unittest.TestCase):
         self.assertInputError("mesh_size [4, 4, 4] has 3 entries but the images are 2D", parameters=params,
                               progress=lambda fraction, message: messages.append(message))
         self.assertEqual(messages, [])
+
+    def test_the_largest_iteration_count_runs_an_lbfgsb_stage(self):
+        # iterations go up to ITK's 32-bit maximum, but the LBFGSB stage asked ITK for 4 function evaluations
+        # per iteration: from 2^30 on that overflowed in SimpleITK's wrapper with an OverflowError traceback
+        y, x = np.mgrid[:40, :40]
+        a, b = (sitk.GetImageFromArray((100 * np.exp(-((x - c) ** 2 / 40 + (y - 18) ** 2 / 60))).astype(np.float32))
+                for c in (20, 21))
+        for iterations in (2**30, ITK_UINT_MAX):
+            stage = dataclasses.replace(default_stage("bspline"), optimizer="lbfgsb", mesh_size=2,
+                                        iterations=iterations)
+            with self.subTest(iterations=iterations):
+                result = register(a, b, RegistrationParameters(stages=[stage]), seed=0)
+                self.assertEqual([s.name for s in result.stages], ["bspline"])
+                self.assertLess(result.stages[0].iterations, 1000)  # converged, long before the limit
 
     def test_initializer_argument_overrides_the_preset(self):
         far = sitk.Image(self.moving)

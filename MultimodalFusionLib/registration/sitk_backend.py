@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from ..errors import InputError, OperationCancelled, RegistrationError, itk_guard, itk_reason
 from ..progress import ProgressCallback, report, scaled
 from ..validation import check_deformable_size
-from .parameters import RegistrationParameters, StageParameters
+from .parameters import ITK_UINT_MAX, RegistrationParameters, StageParameters
 from .result import RegistrationResult, StageResult, iterations_per_level
 
 __all__ = ["register_sitk", "linear_parts", "compose", "evaluate_metric"]
@@ -337,7 +337,8 @@ def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParam
         method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=float(stage.gradient_tolerance),
                                     numberOfIterations=int(stage.iterations),
                                     maximumNumberOfCorrections=5,
-                                    maximumNumberOfFunctionEvaluations=4 * int(stage.iterations),
+                                    # 4 per iteration, within ITK's 32-bit unsigned int as iterations are
+                                    maximumNumberOfFunctionEvaluations=min(4 * int(stage.iterations), ITK_UINT_MAX),
                                     costFunctionConvergenceFactor=1e7)
         return
     if stage.optimizer == "regular_step":
