@@ -263,6 +263,23 @@ class Presets(unittest.TestCase):
             self.assertIn(words, str(cm.exception))
 
 
+    def test_settings_of_another_type_than_the_backend_takes_are_refused(self):
+        # torch settings with the default sitk backend (or a preset name given as parameters) went on into the
+        # backend and failed there with an AttributeError traceback ('str' object has no attribute 'name')
+        from MultimodalFusionLib.registration import resolve_parameters
+        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
+
+        fixed, moving = itk_brainweb_pair()
+        for parameters, backend, words in ((TorchRegistrationParameters(), "sitk", "of type TorchRegistrationParameters"),
+                                           ("ct-mr-head", "sitk", "'ct-mr-head'"),
+                                           ("ct-mr-head", "torch", "'ct-mr-head'")):
+            for call in (resolve_parameters, lambda p, backend: register(fixed, moving, p, backend=backend)):
+                with self.subTest(parameters=parameters, backend=backend, call=call), \
+                        self.assertRaises(InputError) as cm:
+                    call(parameters, backend=backend)
+                self.assertIn(f"{words} cannot run on the '{backend}' backend", str(cm.exception))
+                self.assertIn("preset=", str(cm.exception))
+
 class SparseContent(unittest.TestCase):
     """A single bright voxel (or a few) gave a different transform for every seed, without a word."""
 

@@ -168,7 +168,8 @@ def resolve_parameters(parameters: RegistrationParameters | Any = None, *, prese
         ``seed`` and ``initializer`` applied; a dict becomes the backend's settings object.
 
     Raises:
-        InputError: an unknown backend or preset, both parameters and a preset, or bad settings.
+        InputError: an unknown backend or preset, both parameters and a preset, settings of another
+            type than the backend takes (a preset name, torch settings for backend 'sitk'), or bad settings.
     """
     if backend not in BACKENDS:
         raise InputError(f"Unknown registration backend '{backend}'.", f"Use one of: {', '.join(BACKENDS)}.")
@@ -183,6 +184,17 @@ def resolve_parameters(parameters: RegistrationParameters | Any = None, *, prese
             parameters = torch_parameters(parameters)
         else:
             parameters = RegistrationParameters.from_dict(parameters)
+    if backend == "torch":
+        from .torch_backend import TorchRegistrationParameters
+
+        kinds: tuple[type, ...] = (RegistrationParameters, TorchRegistrationParameters)
+    else:
+        kinds = (RegistrationParameters,)
+    if not isinstance(parameters, kinds):  # e.g. a preset name, or torch settings for the sitk backend
+        given = repr(parameters) if isinstance(parameters, str) else f"of type {type(parameters).__name__}"
+        raise InputError(f"Registration parameters {given} cannot run on the '{backend}' backend.",
+                         "Give a RegistrationParameters or its dict form (a TorchRegistrationParameters or its "
+                         "dict form with backend='torch'), or a preset name as preset=... (CLI --preset).")
     if stages:
         if isinstance(stages, str):
             stages = [s for s in stages.split(",") if s.strip()]
