@@ -46,7 +46,7 @@ from ..validation import check_deformable_size, check_mask, check_min_axis, chec
 from .parameters import StageParameters
 from .result import RegistrationResult, StageResult
 from .rotation_search import search_rotation
-from .sitk_backend import SEARCH_SHARE
+from .sitk_backend import SEARCH_SHARE, centre_of_mass
 
 __all__ = [
     "TorchRegistrationParameters",
@@ -354,13 +354,6 @@ def _affine_matrix(matrix: np.ndarray, center: np.ndarray, translation: np.ndarr
 
 def _image_center(image: sitk.Image) -> np.ndarray:
     return np.array(image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in image.GetSize()]))
-
-
-def _center_of_mass(image: sitk.Image, what: str) -> np.ndarray:
-    """The sitk backend's centre of mass (one rule for both backends and the rotation search)."""
-    from .sitk_backend import centre_of_mass
-
-    return centre_of_mass(image, what)
 
 
 def _linear_parts(transform: sitk.Transform, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -1116,7 +1109,8 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     try:
         report(progress, 0.0, f"torch registration on {device}")
         ctx = _Context(fixed_f, moving_f, fixed_mask, moving_mask, params, int(seed), device)
-        center = _center_of_mass(fixed_f, "fixed image") if params.initializer == "moments" \
+        # the sitk backend's centre of mass: one rule for both backends and the rotation search
+        center = centre_of_mass(fixed_f, "fixed image") if params.initializer == "moments" \
             else _image_center(fixed_f)
         if initial_transform is not None:
             matrix, offset = parts
@@ -1124,7 +1118,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         else:
             matrix = np.eye(dim)
             if params.initializer == "moments":
-                translation = _center_of_mass(moving_f, "moving image") - center
+                translation = centre_of_mass(moving_f, "moving image") - center
             elif params.initializer == "geometry":
                 translation = _image_center(moving_f) - center
             else:
