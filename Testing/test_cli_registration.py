@@ -315,6 +315,8 @@ class MalformedPresetFile(unittest.TestCase):
         # whole, but beyond ITK's 32-bit unsigned ints: SimpleITK's wrapper raised OverflowError/TypeError
         '{"stages": [{"name": "rigid", "iterations": 1e10}]}': "iterations",
         '{"stages": [{"name": "bspline", "mesh_size": 10000000000}]}': "mesh_size",
+        # more control points than voxels: 1e9 had killed the process inside ITK (a double free)
+        '{"stages": [{"name": "bspline", "mesh_size": 1000}]}': "control points, more than the",
         '{"number_of_threads": 10000000000}': "number_of_threads",
     }
 

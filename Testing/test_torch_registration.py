@@ -332,6 +332,8 @@ class TorchRegistrationTest(unittest.TestCase):
             with self.subTest(field=field), self.assertRaises(InputError) as ctx:
                 TorchRegistrationParameters(**{field: value}).validate()
             self.assertIn("Fix:", str(ctx.exception))
+        with self.assertRaises(InputError):  # beyond torch's 64-bit seeds: a ValueError traceback before
+            TorchRegistrationParameters(seed=2**64).validate()
 
     def test_bad_inputs_name_the_fix(self) -> None:
         from MultimodalFusionLib.registration.torch_backend import register_torch, torch_parameters
