@@ -39,6 +39,16 @@ ROWS = [
 ]
 
 
+
+def _measured(case, register, *args, **kwargs) -> tuple[dict, str]:
+    """One registration timed and scored against ``case``'s truth: its row entry and its table cell."""
+    t0 = time.perf_counter()
+    result = register(*args, **kwargs)
+    seconds = time.perf_counter() - t0
+    err = case.error(result.transform)
+    return ({"mean_mm": err["mean"], "max_mm": err["max"], "seconds": seconds, "warnings": result.warnings},
+            f"{err['mean']:.2f} / {err['max']:.2f} ({seconds:.1f})")
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spacing", type=float, default=3.0, help="voxel size of the pair in mm (default 3)")
@@ -72,14 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         cells, row = [], {"row": name}
         for label, fixed_mask, moving_mask in (("no_mask", None, None), ("moving_mask", None, case.moving_mask),
                                                ("fixed_mask", case.mask, None)):
-            t0 = time.perf_counter()
-            result = register_torch(case.fixed, case.moving, params, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                                    seed=args.seed, initial_transform=case.truth if from_truth else None)
-            seconds = time.perf_counter() - t0
-            err = case.error(result.transform)
-            row[label] = {"mean_mm": err["mean"], "max_mm": err["max"], "seconds": seconds,
-                          "warnings": result.warnings}
-            cells.append(f"{err['mean']:.2f} / {err['max']:.2f} ({seconds:.1f})")
+            row[label], cell = _measured(case, register_torch, case.fixed, case.moving, params, fixed_mask=fixed_mask,
+                                         moving_mask=moving_mask, seed=args.seed,
+                                         initial_transform=case.truth if from_truth else None)
+            cells.append(cell)
         out.append(row)
         print(f"| {name} | {' | '.join(cells)} |", flush=True)
     # 2D: ITK's BrainWeb T1/PD slices with a band of the PD turned further (the tests' pair), rigid + deformable
@@ -94,13 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                                              deformable_iterations=[20, 10])
         cells, row = [], {"row": f"2D rigid + deformable, {metric}"}
         for label, mask in (("no_mask", None), ("moving_mask", band.moving_mask)):
-            t0 = time.perf_counter()
-            result = register_torch(band.fixed, band.moving, params, moving_mask=mask, seed=args.seed)
-            seconds = time.perf_counter() - t0
-            err = band.error(result.transform)
-            row[label] = {"mean_mm": err["mean"], "max_mm": err["max"], "seconds": seconds,
-                          "warnings": result.warnings}
-            cells.append(f"{err['mean']:.2f} / {err['max']:.2f} ({seconds:.1f})")
+            row[label], cell = _measured(band, register_torch, band.fixed, band.moving, params, moving_mask=mask,
+                                         seed=args.seed)
+            cells.append(cell)
         out.append(row)
         print(f"| {metric} | {' | '.join(cells)} |", flush=True)
     if args.json:
