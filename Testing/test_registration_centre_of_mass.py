@@ -132,6 +132,40 @@ class CentreOfMass(unittest.TestCase):
         centre = np.array(start.GetCenter())
         self.assertLess(self._centre_error(case, centre, np.array(start.TransformPoint(centre.tolist()))), 6.0)
 
+    def test_masks_limit_the_centre_on_both_backends(self):
+        """A registration mask keeps what lies outside it (a CT's couch, padding) out of the centre of mass, as
+        elastix's centre-of-gravity initialisation uses its masks; both ignored the masks before."""
+        case = self.ct_case
+        side = int(90 / SPACING)
+        moving = _with_air(case.moving, side)  # 90 mm more field on one side, holding a couch-like slab
+        arr = sitk.GetArrayFromImage(moving)
+        arr[:, :, 2:side - 2] = 1200.0
+        moving = sitk.GetImageFromArray(arr)
+        moving.CopyInformation(_with_air(case.moving, side))
+        mask = sitk.Image(moving.GetSize(), sitk.sitkUInt8)
+        mask.CopyInformation(moving)
+        mask[side:, :, :] = 1  # the original field of view
+        plain = centre_of_mass(case.moving)
+        self.assertGreater(np.linalg.norm(centre_of_mass(moving) - plain), 20.0)  # the slab pulled it
+        self.assertLess(np.linalg.norm(centre_of_mass(moving, mask=mask) - plain), 1.0)
+        expected = moments_start(case.fixed, moving, sitk.Euler3DTransform(), moving_mask=mask)
+        self.assertLess(np.linalg.norm(np.array(expected.GetCenter()) + expected.GetTranslation() - plain), 1.0)
+        params = TorchRegistrationParameters(stages=["rigid"], initializer="moments", linear_shrink_factors=[4],
+                                             linear_iterations=[0], device="cpu")
+        start = register(case.fixed, moving, params, backend="torch", seed=0, moving_mask=mask).transform
+        for point in ([0.0, 0.0, 0.0], [60.0, -40.0, 30.0]):
+            np.testing.assert_allclose(start.TransformPoint(point), expected.TransformPoint(point), atol=1e-6)
+        # the sitk backend's moments start and the search start there too (within the search's refinement)
+        found = register(case.fixed, moving, stages=["rigid"], initializer="search", seed=0, moving_mask=mask)
+        self.assertLess(case.error(found.transform)["mean"], 1.5)
+        low = sitk.Image(moving)
+        low[0, 0, 0] = -3000.0  # below the background level: weighs nothing
+        only = sitk.Image(moving.GetSize(), sitk.sitkUInt8)
+        only.CopyInformation(moving)
+        only[0, 0, 0] = 1
+        with self.assertRaisesRegex(InputError, "above the background level inside its mask sum to 0"):
+            centre_of_mass(low, "moving image", only)
+
 
 if __name__ == "__main__":
     unittest.main()

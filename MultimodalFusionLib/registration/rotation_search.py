@@ -143,7 +143,7 @@ def search_rotation(fixed: sitk.Image, moving: sitk.Image, stage: StageParameter
     euler = sitk.Euler3DTransform() if dim == 3 else sitk.Euler2DTransform()
     from .sitk_backend import moments_start
 
-    start = moments_start(fixed, moving, euler)
+    start = moments_start(fixed, moving, euler, fixed_mask, moving_mask)
     extent = np.prod([sp * sz for sp, sz in zip(fixed.GetSpacing(), fixed.GetSize())])
     coarse_mm = max(min(fixed.GetSpacing()), float((extent / SEARCH_VOXELS) ** (1.0 / dim)))
     with itk_guard("preparing the coarse level of the rotation search"):

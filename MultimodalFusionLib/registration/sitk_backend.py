@@ -108,8 +108,9 @@ BACKGROUND_PERCENTILE = 25.0
 BACKGROUND_SAMPLES = 1_000_000
 
 
-def centre_of_mass(image: sitk.Image, what: str = "image") -> np.ndarray:
-    """The centre of mass of the object in ``image``, in physical (LPS) coordinates.
+def centre_of_mass(image: sitk.Image, what: str = "image", mask: sitk.Image | None = None) -> np.ndarray:
+    """The centre of mass of the object in ``image`` (inside ``mask``, when given), in physical (LPS)
+    coordinates.
 
     The one rule of the ``moments`` initializer on both backends and of the rotation search's start.
     The weights are the voxel values above the image's background level: ``max(value - level, 0)``,
@@ -123,7 +124,9 @@ def centre_of_mass(image: sitk.Image, what: str = "image") -> np.ndarray:
     a voxel: 3.4-4.6 mm off on the CT, T2 and PET, 15.4 mm with 90 mm more air beside the CT; the
     percentile 0.4-0.5 and 2.8 mm (``benchmarks/centre_of_mass.py``). Values below the level (noise, a
     padding floor) weigh nothing; padding covering more than a quarter of the image (-3024 outside a
-    circular field of view) sets the level itself and still pulls the centre.
+    circular field of view) sets the level itself and still pulls the centre. A registration mask (on
+    the image's grid) limits the weights to its voxels, as elastix's centre-of-gravity initialisation
+    uses its masks: a head mask leaves out a CT's couch or that padding.
 
     Computed here rather than by ITK's ``CenteredTransformInitializer(MOMENTS)``: ITK's moments
     calculator sums over the image's *requested* region, which a filter run on the same image
@@ -146,10 +149,13 @@ def centre_of_mass(image: sitk.Image, what: str = "image") -> np.ndarray:
         sample = flat[:: max(1, flat.size // BACKGROUND_SAMPLES)]
         level = min(0.0, float(np.percentile(sample, BACKGROUND_PERCENTILE)))
         weights = np.maximum(arr - level, 0.0)
+    if mask is not None:  # the level is the whole image's background; the weights are the mask's voxels
+        weights = np.where(sitk.GetArrayViewFromImage(mask) != 0, weights, 0)
     total = float(weights.sum(dtype=np.float64))
     if total == 0.0 or not np.isfinite(total):
-        raise InputError(f"The {what} has no centre of mass (its voxel values above the background level sum "
-                         f"to {total:g}).",
+        inside = " inside its mask" if mask is not None else ""
+        raise InputError(f"The {what} has no centre of mass (its voxel values above the background level{inside} "
+                         f"sum to {total:g}).",
                          "Use the 'geometry' initializer (CLI --initializer geometry; Python "
                          "initializer='geometry'): moments needs a non-empty foreground.")
     dim = image.GetDimension()
@@ -161,12 +167,13 @@ def centre_of_mass(image: sitk.Image, what: str = "image") -> np.ndarray:
     return np.array(image.TransformContinuousIndexToPhysicalPoint(index))
 
 
-def moments_start(fixed: sitk.Image, moving: sitk.Image, base: sitk.Transform) -> sitk.Transform:
+def moments_start(fixed: sitk.Image, moving: sitk.Image, base: sitk.Transform,
+                  fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None) -> sitk.Transform:
     """``base`` (Euler or affine) centred on the fixed centre of mass and shifted onto the moving one
-    (:func:`centre_of_mass`): ITK's ``CenteredTransformInitializer(MOMENTS)`` with an offset background
-    weighing nothing."""
-    centre = centre_of_mass(fixed, "fixed image")
-    shift = centre_of_mass(moving, "moving image") - centre
+    (:func:`centre_of_mass`, each inside its registration mask when given): ITK's
+    ``CenteredTransformInitializer(MOMENTS)`` with an offset background weighing nothing."""
+    centre = centre_of_mass(fixed, "fixed image", fixed_mask)
+    shift = centre_of_mass(moving, "moving image", moving_mask) - centre
     out = type(base)(base)
     out.SetCenter(centre.tolist())
     out.SetTranslation(shift.tolist())
@@ -278,7 +285,8 @@ def evaluate_metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Trans
 
 def _stage_transform(stage: StageParameters, fixed: sitk.Image, moving: sitk.Image,
                      start: sitk.Transform | None, initializer: str,
-                     searched: sitk.Transform | None = None) -> sitk.Transform:
+                     searched: sitk.Transform | None = None, fixed_mask: sitk.Image | None = None,
+                     moving_mask: sitk.Image | None = None) -> sitk.Transform:
     """The transform the stage optimises, before optimisation.
 
     The first stage starts from the initializer (when ``start`` is None; for "search", from
@@ -295,7 +303,7 @@ def _stage_transform(stage: StageParameters, fixed: sitk.Image, moving: sitk.Ima
             assert searched is not None, "the rotation search runs before the first stage"
             return type(searched)(searched)
         if start is None and initializer == "moments":
-            return moments_start(fixed, moving, base)
+            return moments_start(fixed, moving, base, fixed_mask, moving_mask)
         if start is None and initializer == "geometry":
             with itk_guard("initialising the transform (geometry)"):
                 return sitk.CenteredTransformInitializer(fixed, moving, base,
@@ -541,7 +549,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     dim = fixed.GetDimension()
     center = _image_center(fixed)
     seed = params.seed
-    start = _stage_transform(stage, fixed, moving, previous, params.initializer, searched)
+    start = _stage_transform(stage, fixed, moving, previous, params.initializer, searched, fixed_mask, moving_mask)
     start_total = compose(previous, start, dim, center)
     metric_before = evaluate_metric(fixed, moving, start_total, stage, seed, fixed_mask, moving_mask)
     if not math.isfinite(metric_before):
@@ -688,7 +696,7 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
         start_total = previous
     else:
         start = _stage_transform(parameters.stages[0], fixed, moving, initial_transform, parameters.initializer,
-                                 searched)
+                                 searched, fixed_mask, moving_mask)
         start_total = compose(initial_transform, start, dim, _image_center(fixed))
         metric_before = evaluate_metric(fixed, moving, start_total, last, parameters.seed, fixed_mask, moving_mask)
         metric_after = evaluate_metric(fixed, moving, previous, last, parameters.seed, fixed_mask, moving_mask)

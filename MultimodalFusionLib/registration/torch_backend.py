@@ -1111,7 +1111,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         report(progress, 0.0, f"torch registration on {device}")
         ctx = _Context(fixed_f, moving_f, fixed_mask, moving_mask, params, int(seed), device)
         # the sitk backend's centre of mass: one rule for both backends and the rotation search
-        center = centre_of_mass(fixed_f, "fixed image") if params.initializer == "moments" \
+        center = centre_of_mass(fixed_f, "fixed image", fixed_mask) if params.initializer == "moments" \
             else _image_center(fixed_f)
         if initial_transform is not None:
             matrix, offset = parts
@@ -1119,7 +1119,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         else:
             matrix = np.eye(dim)
             if params.initializer == "moments":
-                translation = centre_of_mass(moving_f, "moving image") - center
+                translation = centre_of_mass(moving_f, "moving image", moving_mask) - center
             elif params.initializer == "geometry":
                 translation = _image_center(moving_f) - center
             else:
