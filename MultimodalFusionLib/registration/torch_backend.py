@@ -489,7 +489,10 @@ class _Context:
 
     def autocast(self, metric: str) -> Any:
         """bfloat16 autocast on CUDA for the conv/elementwise metrics; never for MI, whose joint
-        histogram needs float32 (a bfloat16 matmul would quantise the probabilities)."""
+        histogram needs float32 (a bfloat16 matmul would quantise the probabilities). LNCC turns it off
+        again for its window statistics (torch_losses.lncc_loss: its variances cancel in bfloat16), and
+        MIND-SSC has no operation autocast lowers, so both compute in float32 (benchmarks/mixed_precision_cpu.py
+        emulates this on the CPU)."""
         import contextlib
 
         import torch

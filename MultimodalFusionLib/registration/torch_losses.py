@@ -151,14 +151,28 @@ def lncc_loss(fixed: Any, warped: Any, mask: Any | None = None, kernel_size: int
         mask: ``(B, 1, *spatial)`` weights (0/1) of the voxels averaged, or None for all.
         kernel_size: odd window width in voxels.
         window_mask: ``(B, 1, *spatial)`` weights (0/1) of the voxels the windows may use, or None.
+
+    Under autocast (bfloat16/float16) LNCC is still computed in float32: its local variances lose every
+    digit in bfloat16.
     """
     if window_mask is None:
         from monai.losses import LocalNormalizedCrossCorrelationLoss
 
-        loss = LocalNormalizedCrossCorrelationLoss(spatial_dims=fixed.ndim - 2, kernel_size=int(kernel_size),
-                                                   reduction="none")
-        return masked_mean(loss(warped, fixed), mask)
+        with _float32(fixed):  # the constructor too: its window volume is a matmul (343 -> 344 in bfloat16)
+            loss = LocalNormalizedCrossCorrelationLoss(spatial_dims=fixed.ndim - 2, kernel_size=int(kernel_size),
+                                                       reduction="none")
+            return masked_mean(loss(warped.float(), fixed.float()), mask)
     return masked_mean(-masked_lncc(fixed, warped, window_mask, kernel_size), mask)
+
+
+def _float32(tensor: Any) -> Any:
+    """A region where autocast is off on ``tensor``'s device: LNCC's window variances E[x^2] - E[x]^2 cancel
+    catastrophically in bfloat16 (8-bit mantissa). Under CUDA's bfloat16 autocast (the torch backend's
+    ``mixed_precision``, emulated on the CPU) the box sums came out of the convolutions in bfloat16 and
+    the loss of a 3 mm MNI152 pair read -4.3e6 instead of -0.73. Without autocast this changes nothing."""
+    import torch
+
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
 
 
 def masked_lncc(fixed: Any, warped: Any, mask: Any, kernel_size: int = 7, eps: float = 1e-5) -> Any:
@@ -169,26 +183,29 @@ def masked_lncc(fixed: Any, warped: Any, mask: Any, kernel_size: int = 7, eps: f
     ones it equals MONAI's away from the image border (where MONAI counts the zero padding).
 
     Returns:
-        tensor ``(B, 1, *spatial)`` in [0, 1] (0 where the window holds no masked voxel).
+        tensor ``(B, 1, *spatial)`` in [0, 1] (0 where the window holds no masked voxel), float32: under
+        autocast too, the window statistics are computed in float32.
     """
     import torch
     from monai.networks.layers import separable_filtering
 
-    weight = mask.to(fixed.dtype)
-    kernels = [torch.ones(int(kernel_size), dtype=fixed.dtype, device=fixed.device)] * (fixed.ndim - 2)
-    f, w = fixed * weight, warped * weight
-    count = separable_filtering(weight, kernels)
-    f_sum, w_sum = separable_filtering(f, kernels), separable_filtering(w, kernels)
-    f2_sum = separable_filtering(f * fixed, kernels)
-    w2_sum = separable_filtering(w * warped, kernels)
-    fw_sum = separable_filtering(f * warped, kernels)
-    n = count.clamp_min(1.0)
-    f_avg, w_avg = f_sum / n, w_sum / n
-    cross = fw_sum - w_avg * f_sum
-    floor = torch.as_tensor(eps, dtype=f_sum.dtype, device=f_sum.device)
-    f_var = torch.max(f2_sum - f_avg * f_sum, floor)
-    w_var = torch.max(w2_sum - w_avg * w_sum, floor)
-    return cross * cross / (f_var * w_var)
+    with _float32(fixed):
+        fixed, warped = fixed.float(), warped.float()
+        weight = mask.to(fixed.dtype)
+        kernels = [torch.ones(int(kernel_size), dtype=fixed.dtype, device=fixed.device)] * (fixed.ndim - 2)
+        f, w = fixed * weight, warped * weight
+        count = separable_filtering(weight, kernels)
+        f_sum, w_sum = separable_filtering(f, kernels), separable_filtering(w, kernels)
+        f2_sum = separable_filtering(f * fixed, kernels)
+        w2_sum = separable_filtering(w * warped, kernels)
+        fw_sum = separable_filtering(f * warped, kernels)
+        n = count.clamp_min(1.0)
+        f_avg, w_avg = f_sum / n, w_sum / n
+        cross = fw_sum - w_avg * f_sum
+        floor = torch.as_tensor(eps, dtype=f_sum.dtype, device=f_sum.device)
+        f_var = torch.max(f2_sum - f_avg * f_sum, floor)
+        w_var = torch.max(w2_sum - w_avg * w_sum, floor)
+        return cross * cross / (f_var * w_var)
 
 
 def mutual_information_loss(fixed_values: Any, warped_values: Any, num_bins: int = 32) -> Any:
