@@ -446,6 +446,9 @@ class WebAppInBrowserTest(unittest.TestCase):
         page.fill("#mmf-fixed-path", "")
         page.fill("#mmf-moving-path", "")
         page.wait_for_selector("#mmf-fixed-series", state="detached", timeout=10_000)
+        # the page's state is the server's: leave no banner for the next test's page to find at once
+        page.click("#mmf-error button")
+        page.wait_for_selector("#mmf-error", state="detached", timeout=10_000)
 
     def test_an_upload_cut_off_by_a_reload_is_not_merged_into_the_next(self):
         page = self._open_page()
