@@ -103,10 +103,12 @@ class TorchRegistrationParameters:
         velocity_sigma: Gaussian smoothing of the velocity field, in voxels of its grid.
         velocity_grid_factor: the velocity field lives on a grid this many times coarser than
             the level's image grid (its displacement is upsampled to warp): smoother and faster.
-        deformable_foreground_mask: when no fixed mask is given, the deformable similarity counts
-            only the fixed image's foreground (above 2% of its intensity range, dilated by 3 mm):
-            background holds nothing to align, while the other modality may show structure there
-            (e.g. the skull and scalp that a skull-stripped T1 lacks), which would pull the field.
+        deformable_foreground_mask: when no fixed mask is given, the deformable similarity (and the
+            linear stages' with ``linear_metric="mind"``) counts only the fixed image's foreground
+            (above 2% of its intensity range, dilated by 3 mm): background holds nothing to align,
+            while the other modality may show structure there (e.g. the skull and scalp that a
+            skull-stripped T1 lacks, or noise that MIND's normalisation turns into descriptors),
+            which would pull the field or the affine.
         deformable_samples: fixed voxels (inside the fixed mask) drawn afresh each iteration for
             the "mind" and "mi" similarity of the deformable stage (0: every voxel).
         integration_steps: scaling-and-squaring steps (the field is divided by 2**steps).
@@ -728,6 +730,10 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
     done = 0
     for level, (shrink, iters) in enumerate(zip(p.linear_shrink_factors, p.linear_iterations)):
         fixed_img, fixed_mask, moving_img, moving_mask = ctx.level_images(int(shrink))
+        if metric == "mind" and fixed_mask is None and p.deformable_foreground_mask:
+            # as in the deformable stage: MIND over the fixed background (flat in a skull-stripped T1, while
+            # a T2 shows noise, skull and scalp there) pulled the known 3 mm affine case from 7.2 to 9.6 mm
+            fixed_mask = _foreground(fixed_img, ctx.base_spacing * int(shrink))
         if metric == "mi":
             points, values = ctx.sample((fixed_img, fixed_mask), int(p.linear_samples))
         else:
