@@ -373,19 +373,18 @@ def _check_series_geometry(pick: dict[str, Any]) -> tuple[bool, np.ndarray | Non
     if not rows:
         return False, None
 
-    numbers = _dicom_numbers
     fix = ("Export the series again with its geometry tags (from the scanner or PACS), or convert it with a "
            "tool that knows its geometry, then load the converted file.")
     if any(not _dicom_pixel_size(r["spacing"]) for r in rows):
         raise InputError(f"DICOM series '{label}' has no usable PixelSpacing (0028,0030) on every slice, so its "
                          "pixel size is unknown (ITK would assume 1 mm).", fix)
     if len(rows) > 1:
-        positions = [numbers(r["position"]) for r in rows]
+        positions = [_dicom_numbers(r["position"]) for r in rows]
         if any(len(p) != 3 for p in positions):
             raise InputError(f"DICOM series '{label}' has no usable ImagePositionPatient (0020,0032) on every "
                              "slice, so where its slices lie is unknown (ITK would stack them 1 mm apart at "
                              "the origin).", fix)
-        orientations = [numbers(r["orientation"]) for r in rows]
+        orientations = [_dicom_numbers(r["orientation"]) for r in rows]
         if any(len(o) != 6 for o in orientations):
             raise InputError(f"DICOM series '{label}' has no usable ImageOrientationPatient (0020,0037) on every "
                              "slice, so which way its rows and columns run is unknown (ITK would take the "
@@ -426,7 +425,7 @@ def _check_series_geometry(pick: dict[str, Any]) -> tuple[bool, np.ndarray | Non
                              "(e.g. in Slicer, with the DICOM module's acquisition-geometry regularization).")
     slopes = {r["slope"] or "1" for r in rows}
     intercepts = {r["intercept"] or "0" for r in rows}
-    values = [v for t in slopes | intercepts for v in numbers(t)]
+    values = [v for t in slopes | intercepts for v in _dicom_numbers(t)]
     return len(slopes) > 1 or len(intercepts) > 1 or any(v != int(v) for v in values), slice_step
 
 
