@@ -317,33 +317,214 @@ def _set_dicom_file_spacing(image: sitk.Image, path: str) -> None:
     first (DICOM's size in the patient, calibrated where the two differ); without it ImagerPixelSpacing
     (the size at the detector: larger than in the patient by the geometric magnification) or
     NominalScannedPixelSpacing (0018,2010, a digitised film's) stand in, with a warning. A multi-frame
-    file (one with NumberOfFrames) keeps what GDCM read, e.g. from its functional groups. Only these tags
-    are read, and the warning and the error name the file and the tags only.
+    file (one with NumberOfFrames) is placed by :func:`_set_multiframe_geometry`. Only these tags are read,
+    and the warning and the error name the file and the tags only.
     """
-    import warnings
-
-    if image.HasMetaDataKey("0028|0008"):  # NumberOfFrames: a multi-frame IOD, e.g. an enhanced CT or MR,
-        return  # whose pixel size may be in functional groups, where GDCM reads it (also for one frame)
+    if image.HasMetaDataKey("0028|0008"):  # NumberOfFrames: a multi-frame IOD, e.g. an enhanced CT or MR
+        _set_multiframe_geometry(image, path)
+        return
     usable = [(tag, name, values) for tag, name in _SPACING_TAGS
               for values in [_dicom_pixel_size(image.GetMetaData(tag).strip()) if image.HasMetaDataKey(tag) else []]
               if values]
     if not usable:
-        raise InputError(f"DICOM file '{path}' has no usable PixelSpacing (0028,0030), nor ImagerPixelSpacing "
-                         "(0018,1164) or NominalScannedPixelSpacing (0018,2010), so its pixel size is unknown "
-                         "(ITK would assume 1 mm).",
-                         "Export it again with its PixelSpacing (from the scanner or PACS), or set it, e.g. with "
-                         "DCMTK: dcmodify -i \"(0028,0030)=0.5\\0.5\" FILE (row spacing\\column spacing, mm), or "
-                         "convert it to NIfTI with the right spacing and load that.")
-    tag, name, values = usable[0]
+        raise _no_pixel_size(path, "")
+    _set_pixel_size(image, path, *usable[0])
+
+
+def _no_pixel_size(path: str, where: str) -> InputError:
+    return InputError(f"DICOM file '{path}' has no usable PixelSpacing (0028,0030){where}, nor ImagerPixelSpacing "
+                      "(0018,1164) or NominalScannedPixelSpacing (0018,2010), so its pixel size is unknown "
+                      "(ITK would assume 1 mm).",
+                      "Export it again with its PixelSpacing (from the scanner or PACS), or set it, e.g. with "
+                      "DCMTK: dcmodify -i \"(0028,0030)=0.5\\0.5\" FILE (row spacing\\column spacing, mm), or "
+                      "convert it to NIfTI with the right spacing and load that.")
+
+
+def _set_pixel_size(image: sitk.Image, path: str, tag: str, name: str, values: list[float]) -> None:
+    """Set the in-plane spacing (``values``: row spacing, column spacing) taken from ``tag``; a warning
+    says so when it is the detector's or the film's pixel size rather than the patient's."""
+    import warnings
+
     spacing = list(image.GetSpacing())
     spacing[0], spacing[1] = values[1], values[0]
     image.SetSpacing(spacing)
-    if tag != "0028|0030":
+    if tag in ("0018|1164", "0018|2010"):
         warnings.warn(f"DICOM file '{path}' has no PixelSpacing (0028,0030): its pixel size, {values[0]:g} x "
                       f"{values[1]:g} mm (rows x columns), is its {name}"
                       + (", the size at the detector: distances in the patient are smaller by the geometric "
                          "magnification." if tag == "0018|1164" else ", the digitised film's."),
-                      stacklevel=2)
+                      stacklevel=3)
+
+
+def _first_item(item: Mapping[int, Any], sequence: int) -> Mapping[int, Any]:
+    """The first item of ``sequence`` in a data set read by :func:`dicom_header.read_geometry_tags`, or {}."""
+    items = item.get(sequence)
+    return items[0] if isinstance(items, list) and items else {}
+
+
+_SHARED_GROUPS, _PER_FRAME_GROUPS = 0x52009229, 0x52009230
+_PIXEL_MEASURES, _PLANE_POSITION, _PLANE_ORIENTATION = 0x00289110, 0x00209113, 0x00209116
+
+
+def _set_multiframe_geometry(image: sitk.Image, path: str) -> None:
+    """Place a multi-frame DICOM image (one with NumberOfFrames, e.g. an enhanced CT/MR/PET) by its own
+    tags, or refuse it where they do not say where its voxels are.
+
+    ITK's DICOM reader (GDCM) reads the functional groups of enhanced images, but it read such a file at
+    1 mm without a word when no pixel size was anywhere, ignored a top-level PixelSpacing (0028,0030) in
+    an enhanced or secondary-capture file, and when the frames' ImagePositionPatient were not evenly
+    spaced in frame order (a missing frame, frames out of order, several time points or echoes of one
+    volume) it dropped every spacing, the pixel size included, to 1 mm without a word. A multi-frame file
+    without per-frame positions (NM, a legacy multi-frame CT) got 1 mm between its frames without
+    SpacingBetweenSlices (0018,0088). Here the pixel size is, in this order: the top-level PixelSpacing,
+    the shared functional groups' PixelMeasuresSequence (0028,9110), the first frame's, then (with a
+    warning, as for one frame) ImagerPixelSpacing or NominalScannedPixelSpacing; the frame axis is the
+    frames' ImagePositionPatient (0020,0032) in their PlanePositionSequence (0020,9113) where every
+    frame has one (evenly spaced along one line, else refused), else SpacingBetweenSlices, else
+    SliceThickness (0018,0050) with a warning (contiguous slices assumed), else refused.
+    """
+    import warnings
+
+    from .dicom_header import read_geometry_tags
+
+    tags = read_geometry_tags(path)
+    if tags is None:
+        warnings.warn(f"DICOM file '{path}': its header could not be walked to check its pixel size and frame "
+                      "positions, so its geometry is as ITK's reader (GDCM) gives it.", stacklevel=3)
+        return
+    shared = _first_item(tags, _SHARED_GROUPS)
+    frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
+    _set_pixel_size(image, path, *_multiframe_pixel_size(path, tags, shared, frames))
+    if image.GetDimension() != 3 or image.GetSize()[2] < 2:
+        return
+    _set_frame_axis(image, path, tags, shared, frames)
+
+
+def _multiframe_pixel_size(path: str, tags: Mapping[int, Any], shared: Mapping[int, Any],
+                           frames: Sequence[Mapping[int, Any]]) -> tuple[str, str, list[float]]:
+    """(tag, its name, [row spacing, column spacing]) of a multi-frame file, found in the order of
+    :func:`_set_multiframe_geometry`; refuses a file without any, or with frames of different sizes."""
+    shared_measures = _first_item(shared, _PIXEL_MEASURES)
+    first_measures = _first_item(frames[0], _PIXEL_MEASURES) if frames else {}
+    candidates = [("0028|0030", "PixelSpacing (0028,0030)", tags.get(0x00280030)),
+                  ("shared", "", shared_measures.get(0x00280030)),
+                  ("per-frame", "", first_measures.get(0x00280030)),
+                  ("0018|1164", "ImagerPixelSpacing (0018,1164)", tags.get(0x00181164)),
+                  ("0018|2010", "NominalScannedPixelSpacing (0018,2010)", tags.get(0x00182010))]
+    usable = [(tag, name, values) for tag, name, text in candidates
+              for values in [_dicom_pixel_size(text) if isinstance(text, str) else []] if values]
+    if not usable:
+        raise _no_pixel_size(path, " at its top level or in its shared or per-frame functional groups' "
+                                   "PixelMeasuresSequence (0028,9110)")
+    if usable[0][0] == "per-frame":
+        sizes = {tuple(_dicom_pixel_size(m.get(0x00280030) or "")) for m in
+                 (_first_item(f, _PIXEL_MEASURES) for f in frames) if m.get(0x00280030)}
+        if len(sizes) > 1:
+            raise InputError(f"DICOM file '{path}' has frames of different pixel sizes (PixelSpacing (0028,0030) "
+                             "in its per-frame functional groups), so no one grid holds them.",
+                             "Split the file into single-frame files (e.g. with dcm2niix, or Slicer's DICOM "
+                             "module), then load the frames of one pixel size as a series.")
+    return usable[0]
+
+
+def _frame_positions(frames: Sequence[Mapping[int, Any]]) -> np.ndarray | None:
+    """Each frame's ImagePositionPatient from its PlanePositionSequence (frames x 3, LPS mm), or None
+    unless there are at least two frames and every one has a usable position."""
+    positions = [_dicom_numbers(_first_item(f, _PLANE_POSITION).get(0x00200032) or "") for f in frames]
+    if len(positions) < 2 or not all(len(p) == 3 and all(map(math.isfinite, p)) for p in positions):
+        return None
+    return np.array(positions, dtype=float)
+
+
+def _frame_step(path: str, points: np.ndarray) -> np.ndarray:
+    """The step from frame to frame (LPS, mm); refuses frames not evenly spaced along one line in frame
+    order, the order in which ITK stacks them."""
+    count = len(points)
+    step = (points[-1] - points[0]) / (count - 1)
+    length = float(np.linalg.norm(step))
+    off = np.linalg.norm(points - (points[0] + np.outer(np.arange(count), step)), axis=1)
+    if length < 1e-6 or float(off.max()) > max(0.01, 0.01 * length):
+        worst = int(np.argmax(off))
+        raise InputError(f"DICOM file '{path}' has {count} frames whose ImagePositionPatient (0020,0032) are not "
+                         "evenly spaced along one line in frame order"
+                         + (" (they all lie at one position)" if length < 1e-6 else
+                            f" (frame {worst + 1} lies {off[worst]:.4g} mm from where even steps from the first "
+                            "frame to the last put it)")
+                         + ": e.g. a missing frame, frames out of order, or several time points or echoes in one "
+                         "file. ITK's reader would give it 1 mm spacing, in plane too, without a word (or fail).",
+                         "Split the file into single-frame files (e.g. with dcm2niix, or Slicer's DICOM module, "
+                         "which sort frames by position and time), then load one volume as a series.")
+    return step
+
+
+def _explain_multiframe_failure(path: str) -> None:
+    """Where ITK failed to read a multi-frame DICOM file, refuse it for its pixel size or frame positions
+    if they are the cause: ITK fails on a zero spacing ("Zero-valued spacing is not supported"), e.g. a
+    PixelSpacing of 0 in the functional groups, or frames all at one position."""
+    from .dicom_header import read_geometry_tags
+
+    tags = read_geometry_tags(path)
+    if tags is not None and tags.get(0x00280008):
+        frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
+        _multiframe_pixel_size(path, tags, _first_item(tags, _SHARED_GROUPS), frames)
+        points = _frame_positions(frames)
+        if points is not None:
+            _frame_step(path, points)
+
+
+def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], shared: Mapping[int, Any],
+                    frames: Sequence[Mapping[int, Any]]) -> None:
+    """The origin, frame spacing and frame direction of a multi-frame image (see :func:`_set_multiframe_geometry`)."""
+    import warnings
+
+    count = image.GetSize()[2]
+    points = _frame_positions(frames)
+    if points is not None and len(points) == count:
+        orientations = [_dicom_numbers(_first_item(f, _PLANE_ORIENTATION).get(0x00200037) or "") for f in frames]
+        cosines = (_dicom_numbers(tags.get(0x00200037) or "")
+                   or _dicom_numbers(_first_item(shared, _PLANE_ORIENTATION).get(0x00200037) or "")
+                   or orientations[0])
+        if len(cosines) == 6 and any(len(o) == 6 and not np.allclose(o, cosines, atol=1e-4) for o in orientations):
+            raise InputError(f"DICOM file '{path}' mixes frame orientations (ImageOrientationPatient (0020,0037) "
+                             "in its per-frame functional groups), so no one grid holds its frames.",
+                             "Split the file into single-frame files (e.g. with dcm2niix, or Slicer's DICOM "
+                             "module), then load the frames of one orientation as a series.")
+        direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+        if len(cosines) == 6:
+            direction[:, 0], direction[:, 1] = cosines[:3], cosines[3:]
+        step = _frame_step(path, points)
+        length = float(np.linalg.norm(step))
+        normal = np.cross(direction[:, 0], direction[:, 1])
+        axis = step / length
+        if float(np.linalg.norm(step - (step @ normal) * normal)) * (count - 1) <= 0.01:
+            axis = normal if step @ normal > 0 else -normal  # no shear: the orthonormal grid ITK builds
+        direction[:, 2] = axis
+        spacing = list(image.GetSpacing())
+        spacing[2] = length
+        image.SetOrigin([float(v) for v in points[0]])
+        image.SetSpacing(spacing)
+        image.SetDirection([float(v) for v in direction.ravel()])
+        return
+    measures = _first_item(shared, _PIXEL_MEASURES)
+    for tag, name, text in (("0018|0088", "SpacingBetweenSlices (0018,0088)", tags.get(0x00180088)),
+                            ("0018|0088", "", measures.get(0x00180088)),
+                            ("0018|0050", "SliceThickness (0018,0050)", tags.get(0x00180050)),
+                            ("0018|0050", "SliceThickness (0018,0050)", measures.get(0x00180050))):
+        values = _dicom_numbers(text) if isinstance(text, str) else []
+        if len(values) == 1 and math.isfinite(values[0]) and values[0] > 0:
+            spacing = list(image.GetSpacing())
+            spacing[2] = values[0]
+            image.SetSpacing(spacing)
+            if tag == "0018|0050":
+                warnings.warn(f"DICOM file '{path}' has no per-frame ImagePositionPatient (0020,0032) nor "
+                              f"SpacingBetweenSlices (0018,0088): its {count} frames are taken as contiguous "
+                              f"slices, {values[0]:g} mm apart (its {name}).", stacklevel=4)
+            return
+    raise InputError(f"DICOM file '{path}' has {count} frames but neither per-frame ImagePositionPatient (0020,0032), "
+                     "SpacingBetweenSlices (0018,0088) nor SliceThickness (0018,0050), so the distance between its "
+                     "frames is unknown (ITK would assume 1 mm); its frames may also be time points, not slices.",
+                     "Export it again with its geometry (from the scanner or PACS), or convert it to NIfTI with the "
+                     "right spacing and load that; a cine or dynamic file holds no volume: export one frame.")
 
 
 def _check_series_geometry(pick: dict[str, Any]) -> tuple[bool, np.ndarray | None]:
@@ -491,6 +672,8 @@ def _read_file(path: str) -> sitk.Image:
     except InputError as exc:
         if _is_nifti2(path):
             raise _nifti2_error(path) from exc
+        if syntax is not None:
+            _explain_multiframe_failure(path)
         raise
     if compressed is not None:
         _check_compressed_voxels(image, compressed)

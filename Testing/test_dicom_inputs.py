@@ -216,6 +216,163 @@ class DicomGeometryFromTags(unittest.TestCase):
                                 pixel_spacing=(0.7, 0.6))
             np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
 
+    def test_multiframe_pixel_size_is_found_in_order_or_refused(self) -> None:
+        """A multi-frame file takes its pixel size from the top-level PixelSpacing, else the shared functional
+        groups', else the first frame's, else ImagerPixelSpacing (with a warning); with none it is refused.
+        ITK read one with no pixel size, or with it only at the top level, at 1 mm without a word."""
+        import warnings
+
+        positions = [(-5.0, -6.0, 10.0 + 3.0 * k) for k in range(4)]
+        cases = {"top level": ({"pixel_spacing": (0.7, 0.6), "spacing_in": "top"}, (0.6, 0.7), False),
+                 "shared groups": ({"pixel_spacing": (0.7, 0.6)}, (0.6, 0.7), False),
+                 "per-frame groups": ({"pixel_spacing": (0.7, 0.6), "spacing_in": "per-frame"}, (0.6, 0.7), False),
+                 "top level over shared": ({"pixel_spacing": (0.5, 0.4), "top": {"PixelSpacing": [0.7, 0.6]}},
+                                           (0.6, 0.7), False),
+                 "ImagerPixelSpacing": ({"pixel_spacing": None, "top": {"ImagerPixelSpacing": [0.7, 0.6]}},
+                                        (0.6, 0.7), True),
+                 "none": ({"pixel_spacing": None}, None, False),
+                 "zero": ({"pixel_spacing": (0.0, 0.6)}, None, False)}
+        for case, (options, spacing, warned) in cases.items():
+            with self.subTest(case), tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "frames.dcm")
+                write_enhanced(path, positions, rows=8, cols=8, **options)
+                for given in (path, folder):
+                    if spacing is None:
+                        with self.assertRaises(InputError) as ctx:
+                            io.read_image(given)
+                        self.assertIn(f"DICOM file '{path}' has no usable PixelSpacing (0028,0030) at its top level "
+                                      "or in its shared or per-frame functional groups' PixelMeasuresSequence",
+                                      ctx.exception.problem)
+                        self.assertIn("ITK would assume 1 mm", ctx.exception.problem)
+                        self.assertIn('dcmodify -i "(0028,0030)=0.5\\0.5"', ctx.exception.fix)
+                        for value in PHI.values():
+                            self.assertNotIn(value, str(ctx.exception))
+                        continue
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        image = io.read_image(given)
+                    self.assertEqual(image.GetSpacing(), spacing + (3.0,))
+                    self.assertEqual(image.GetOrigin(), positions[0])
+                    said = [str(w.message) for w in caught]
+                    self.assertEqual(len(said), int(warned), said)
+                    if warned:
+                        self.assertIn("is its ImagerPixelSpacing (0018,1164)", said[0])
+
+    def test_multiframe_frames_are_placed_by_their_positions_or_refused(self) -> None:
+        """The frame axis is the frames' ImagePositionPatient: ITK gave a file whose frames are not evenly spaced
+        in frame order 1 mm spacing (in plane too) without a word, failed on frames at one position with
+        "Zero-valued spacing is not supported", and stacked frames shifted within their plane (sheared) along
+        the normal."""
+        c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
+        oblique = (1.0, 0.0, 0.0, 0.0, c, s)
+        normal = np.cross(oblique[:3], oblique[3:])
+        placed = {"descending": ([(0.0, 0.0, 9.0 - 3.0 * k) for k in range(4)], AXIAL),
+                  "sheared": ([(0.0, 1.0 * k, 3.0 * k) for k in range(4)], AXIAL),
+                  "oblique": ([tuple(np.array([1.0, 2.0, 3.0]) + 2.5 * k * normal) for k in range(4)], oblique),
+                  # SpacingBetweenSlices (and the SliceThickness of 2) disagree with the positions: these win
+                  "SpacingBetweenSlices 5": ([(0.0, 0.0, 3.0 * k) for k in range(4)], AXIAL)}
+        for case, (positions, orientation) in placed.items():
+            with self.subTest(case), tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "frames.dcm")
+                top = {"SpacingBetweenSlices": 5.0} if "5" in case else None
+                truth = write_enhanced(path, positions, orientation, rows=8, cols=8, top=top)
+                image = io.read_image(path)
+                self._assert_placed(image, positions, orientation, rows=8, cols=8, pixel_spacing=(0.7, 0.6))
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+        refused = {"a missing frame": ([(0.0, 0.0, z) for z in (0.0, 3.0, 6.0, 12.0)], "frame 3 lies 2 mm"),
+                   "out of order": ([(0.0, 0.0, z) for z in (0.0, 6.0, 3.0, 9.0)], "frame 2 lies 3 mm"),
+                   "one position": ([(0.0, 0.0, 0.0)] * 4, "they all lie at one position")}
+        for case, (positions, where) in refused.items():
+            with self.subTest(case), tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "frames.dcm")
+                write_enhanced(path, positions, rows=8, cols=8)
+                for given in (path, folder):
+                    with self.assertRaises(InputError) as ctx:
+                        io.read_image(given)
+                    self.assertIn(f"DICOM file '{path}' has 4 frames whose ImagePositionPatient (0020,0032) are not "
+                                  f"evenly spaced along one line in frame order ({where}", ctx.exception.problem)
+                    self.assertIn("dcm2niix", ctx.exception.fix)
+        with tempfile.TemporaryDirectory() as folder:  # one frame turned in its per-frame group
+            import pydicom
+            from pydicom.dataset import Dataset
+            from pydicom.sequence import Sequence as DicomSequence
+
+            path = os.path.join(folder, "frames.dcm")
+            write_enhanced(path, [(0.0, 0.0, 3.0 * k) for k in range(4)], rows=8, cols=8)
+            ds = pydicom.dcmread(path)
+            turned = Dataset()
+            turned.ImageOrientationPatient = list(oblique)
+            ds.PerFrameFunctionalGroupsSequence[2].PlaneOrientationSequence = DicomSequence([turned])
+            ds.save_as(path)
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(path)
+            self.assertIn("mixes frame orientations", ctx.exception.problem)
+
+    def test_multiframe_without_positions_takes_the_slice_spacing_tags_or_is_refused(self) -> None:
+        """Without per-frame positions (e.g. NM, a legacy multi-frame CT) the frames are SpacingBetweenSlices
+        apart, else SliceThickness with a warning (ITK gave 1 mm); with neither the file is refused."""
+        import warnings
+
+        nm = "1.2.840.10008.5.1.4.1.1.20"  # Nuclear Medicine Image Storage: frames without functional groups
+        cases = {"SpacingBetweenSlices": ({"SpacingBetweenSlices": 3.0, "SliceThickness": 2.0}, 3.0, False),
+                 "SliceThickness": ({"SliceThickness": 2.0}, 2.0, True),
+                 "neither": ({}, None, False)}
+        for case, (top, step, warned) in cases.items():
+            with self.subTest(case), tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "frames.dcm")
+                write_enhanced(path, None, rows=8, cols=8, frames=4, spacing_in="top", sop_class=nm, top=top,
+                               groups=False)
+                if step is None:
+                    with self.assertRaises(InputError) as ctx:
+                        io.read_image(path)
+                    self.assertIn("has 4 frames but neither per-frame ImagePositionPatient (0020,0032), "
+                                  "SpacingBetweenSlices (0018,0088) nor SliceThickness (0018,0050)", ctx.exception.problem)
+                    continue
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    image = io.read_image(path)
+                self.assertEqual(image.GetSpacing(), (0.6, 0.7, step))
+                said = [str(w.message) for w in caught]
+                self.assertEqual(len(said), int(warned), said)
+                if warned:
+                    self.assertIn("taken as contiguous slices, 2 mm apart (its SliceThickness (0018,0050))", said[0])
+
+    def test_multiframe_geometry_is_read_in_every_encoding(self) -> None:
+        """The functional groups are walked in implicit and explicit VR, little and big endian, and deflated,
+        and only the geometry tags are kept (no patient-identifying value)."""
+        import pydicom
+        from pydicom.uid import (
+            DeflatedExplicitVRLittleEndian,
+            ExplicitVRBigEndian,
+            ExplicitVRLittleEndian,
+            ImplicitVRLittleEndian,
+        )
+
+        from MultimodalFusionLib.dicom_header import read_geometry_tags
+
+        positions = [(-5.0, -6.0, 10.0 + 3.0 * k) for k in range(4)]
+        source = os.path.join(self.dir, "source.dcm")
+        truth = write_enhanced(source, positions, rows=8, cols=8, spacing_in="per-frame")
+        for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
+                       DeflatedExplicitVRLittleEndian):
+            with self.subTest(syntax.name):
+                ds = pydicom.dcmread(source)
+                ds.file_meta.TransferSyntaxUID = syntax
+                if syntax == ExplicitVRBigEndian:  # pydicom re-encodes every element but the pixel data
+                    ds.PixelData = np.frombuffer(ds.PixelData, "<i2").astype(">i2").tobytes()
+                path = os.path.join(self.dir, f"{syntax}.dcm")
+                pydicom.dcmwrite(path, ds, implicit_vr=syntax == ImplicitVRLittleEndian,
+                                 little_endian=syntax != ExplicitVRBigEndian, force_encoding=True)
+                tags = read_geometry_tags(path)
+                frames = tags[0x52009230]
+                self.assertEqual(len(frames), 4)
+                self.assertEqual(frames[3][0x00209113][0][0x00200032], "-5.0\\-6.0\\19.0")
+                self.assertEqual(frames[0][0x00289110][0][0x00280030], "0.7\\0.6")
+                for value in PHI.values():
+                    self.assertNotIn(value, repr(tags))
+                image = io.read_image(path)
+                self._assert_placed(image, positions, AXIAL, rows=8, cols=8, pixel_spacing=(0.7, 0.6))
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
 
     def test_gantry_tilted_ct_is_read_sheared(self) -> None:
         # slices 2.5 mm apart along z, each shifted 0.91 mm posterior (a gantry tilted 20 degrees): ITK stacked
@@ -358,15 +515,23 @@ class NoPatientDataOut(unittest.TestCase):
                 self._assert_clean(payload + os.path.basename(path).encode(), path)
 
 
-def write_enhanced(path: str, positions: Sequence[Sequence[float]], orientation: Sequence[float] = AXIAL,
-                   rows: int = 12, cols: int = 10, pixel_spacing: tuple[float, float] = (0.7, 0.6)) -> np.ndarray:
-    """An enhanced (multi-frame) CT: geometry and rescale in the functional groups; returns the HU values."""
+def write_enhanced(path: str, positions: Sequence[Sequence[float]] | None, orientation: Sequence[float] = AXIAL,
+                   rows: int = 12, cols: int = 10, pixel_spacing: tuple[float, float] | None = (0.7, 0.6),
+                   spacing_in: str = "shared", frames: int | None = None, top: dict | None = None,
+                   sop_class: str = "1.2.840.10008.5.1.4.1.1.2.1", groups: bool = True) -> np.ndarray:
+    """An enhanced (multi-frame) CT: geometry and rescale in the functional groups; returns the HU values.
+
+    ``spacing_in``: where PixelSpacing goes: "shared" or "per-frame" functional groups, "top" level; ``positions``
+    None: no per-frame positions (``frames`` frames); ``top``: more top-level tags (pydicom keywords);
+    ``groups`` False: no functional groups at all (as in NM or a legacy multi-frame CT).
+    """
     from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.sequence import Sequence as DicomSequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+    count = len(positions) if positions is not None else frames
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    meta.MediaStorageSOPClassUID = sop_class  # default: Enhanced CT Image Storage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
@@ -375,25 +540,38 @@ def write_enhanced(path: str, positions: Sequence[Sequence[float]], orientation:
         setattr(ds, name, value)
     ds.Modality, ds.SeriesDescription, ds.InstanceNumber = "CT", "ENHANCED CT", 1
     ds.SeriesInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid()
-    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, len(positions)
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, count
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    for name, value in (top or {}).items():
+        setattr(ds, name, value)
     measures, plane, rescale, shared = Dataset(), Dataset(), Dataset(), Dataset()
-    measures.PixelSpacing, measures.SliceThickness = list(pixel_spacing), 2.0
+    measures.SliceThickness = 2.0
+    if pixel_spacing is not None and spacing_in == "shared":
+        measures.PixelSpacing = list(pixel_spacing)
+    elif pixel_spacing is not None and spacing_in == "top":
+        ds.PixelSpacing = list(pixel_spacing)
     plane.ImageOrientationPatient = [float(v) for v in orientation]
     rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = 1, -1024, "HU"
     shared.PixelMeasuresSequence = DicomSequence([measures])
     shared.PlaneOrientationSequence = DicomSequence([plane])
     shared.PixelValueTransformationSequence = DicomSequence([rescale])
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-    frames = []
-    for position in positions:
-        frame, where = Dataset(), Dataset()
-        where.ImagePositionPatient = [float(v) for v in position]
-        frame.PlanePositionSequence = DicomSequence([where])
-        frames.append(frame)
-    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
-    stored = (np.arange(len(positions) * rows * cols).reshape(len(positions), rows, cols) % 700 + 24).astype(np.int16)
+    items = []
+    for k in range(count):
+        frame, where, own = Dataset(), Dataset(), Dataset()
+        if positions is not None:
+            where.ImagePositionPatient = [float(v) for v in positions[k]]
+            frame.PlanePositionSequence = DicomSequence([where])
+        if pixel_spacing is not None and spacing_in == "per-frame":
+            own.PixelSpacing = list(pixel_spacing)
+            frame.PixelMeasuresSequence = DicomSequence([own])
+        items.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(items)
+    if not groups:
+        del ds.SharedFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    stored = (np.arange(count * rows * cols).reshape(count, rows, cols) % 700 + 24).astype(np.int16)
     ds.PixelData = stored.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return stored.astype(np.float64) - 1024
