@@ -94,7 +94,8 @@ def _pyramid(a: np.ndarray, b: np.ndarray, w: np.ndarray, levels: int, base: str
 
     from MultimodalFusionLib.fusion.classic import _expand, _laplacian_pyramid, _reduce
 
-    pa, pb = _laplacian_pyramid(a, levels, 1.0), _laplacian_pyramid(b, levels, 1.0)
+    level_axes = [tuple(range(a.ndim))] * levels  # every axis halved at every level (2D slices)
+    pa, pb = _laplacian_pyramid(a, level_axes, 1.0), _laplacian_pyramid(b, level_axes, 1.0)
     pw = [np.where(w >= 0.5, 1.0, 0.0)]
     for _ in range(levels):
         pw.append(_reduce(pw[-1], 1.0))

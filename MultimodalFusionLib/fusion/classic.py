@@ -123,18 +123,35 @@ def _max_abs_into(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return x
 
 
+def _wavelet_level_axes(shape: tuple[int, ...], wavelet: str, levels: int) -> list[tuple[int, ...]]:
+    """The axes each decomposition level halves: an axis takes the levels its own length allows
+    (``pywt.dwt_max_level``), so a thin slab or a strip is decomposed in plane as its slices are.
+    Where no axis is as long as the filter, one level over all of them (symmetric padding)."""
+    import pywt
+
+    per_axis = [pywt.dwt_max_level(n, pywt.Wavelet(wavelet).dec_len) for n in shape]
+    if max(per_axis) < 1:
+        return [tuple(range(len(shape)))]
+    return [tuple(ax for ax, most in enumerate(per_axis) if most >= level)
+            for level in range(1, min(levels, max(per_axis)) + 1)]
+
+
 def wavelet(a: np.ndarray, b: np.ndarray, *, wavelet: str = "db2", levels: int = 3,
             progress: ProgressCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Discrete wavelet fusion (PyWavelets ``wavedecn``, so 2D and 3D alike).
+    """Discrete wavelet fusion (PyWavelets ``dwtn``/``idwtn`` level by level, as ``wavedecn``; 2D and 3D).
 
     Rules: the approximation band is averaged; each detail coefficient takes the one of larger
     absolute value (max-abs), which keeps the sharper edge of either input.
+
+    Each axis is halved as many times as its own length allows (up to ``levels``): the levels of a
+    thin slab or an anisotropic grid are not capped by its shortest axis, which is simply no longer
+    decomposed; an image whose axes all allow the levels is decomposed exactly as by ``wavedecn``.
 
     Args:
         a: anatomical image, 0..1.
         b: functional image, 0..1.
         wavelet: PyWavelets wavelet name ("db2", "haar", "sym4", "bior2.2", ...).
-        levels: decomposition levels (reduced to what the image size allows).
+        levels: decomposition levels (reduced to what the longest axis allows).
         progress: progress callback.
 
     Returns:
@@ -148,36 +165,49 @@ def wavelet(a: np.ndarray, b: np.ndarray, *, wavelet: str = "db2", levels: int =
     levels = int(levels)
     if levels < 1:
         raise InputError(f"Wavelet levels must be at least 1 (got {levels}).", "Give --levels 1 or more.")
-    max_level = pywt.dwtn_max_level(a.shape, wavelet)
-    levels = max(1, min(levels, max_level))
+    level_axes = _wavelet_level_axes(a.shape, wavelet, levels)
+    levels = len(level_axes)
     report(progress, 0.1, f"wavelet: decomposing ({wavelet}, {levels} levels)")
+    # level by level (what wavedecn does, with the same axes at every level): the approximation is split
+    # again; the details of a and b are fused in place in a's coefficients, b's freed band by band
+    approx_a, approx_b = a, b
+    details: list[tuple[tuple[int, ...], dict[str, np.ndarray]]] = []
     with warnings.catch_warnings():
-        # an axis shorter than the filter (a thin slab) still gets one level, with symmetric padding;
+        # an image with no axis as long as the filter still gets one level, with symmetric padding;
         # PyWavelets' "level too high" warning about it is not for the user
         warnings.filterwarnings("ignore", message="Level value of .* is too high", category=UserWarning)
-        ca = pywt.wavedecn(a, wavelet, mode="symmetric", level=levels)
-        cb = pywt.wavedecn(b, wavelet, mode="symmetric", level=levels)
+        for axes in level_axes:
+            da = pywt.dwtn(approx_a, wavelet, mode="symmetric", axes=axes)
+            db = pywt.dwtn(approx_b, wavelet, mode="symmetric", axes=axes)
+            key = "a" * len(axes)
+            approx_a, approx_b = da.pop(key), db.pop(key)
+            for k in da:
+                _max_abs_into(da[k], db[k])
+                db[k] = None
+            details.append((axes, da))
+            del db
     report(progress, 0.5, "wavelet: fusing coefficients")
-    # fused in place in a's coefficients, b's freed band by band: a third fewer volume-sized
-    # coefficient sets alive at once (same max-abs rule, same values)
-    fused = [(ca[0] + cb[0]) / 2.0]
-    for da, db in zip(ca[1:], cb[1:]):
-        for k in da:
-            _max_abs_into(da[k], db[k])
-            db[k] = None
-        fused.append(da)
-    del ca, cb
-    out = pywt.waverecn(fused, wavelet, mode="symmetric")
-    del fused
+    out = (approx_a + approx_b) / 2.0
+    del approx_a, approx_b
+    while details:  # coarsest first, as waverecn: an odd length's extra coefficient is cropped
+        axes, bands = details.pop()
+        shape = next(iter(bands.values())).shape
+        bands["a" * len(axes)] = out[tuple(slice(0, n) for n in shape)]
+        out = pywt.idwtn(bands, wavelet, mode="symmetric", axes=axes)
+        del bands
     out = out[tuple(slice(0, n) for n in a.shape)]
     report(progress, 0.9, "wavelet: reconstructed")
     return out, contribution_map(out, a, b, smooth=1.5), {"levels": levels}
 
 
-def _reduce(x: np.ndarray, sigma: float) -> np.ndarray:
+def _reduce(x: np.ndarray, sigma: float, axes: tuple[int, ...] | None = None) -> np.ndarray:
+    """Smooth and halve ``x`` along ``axes`` (default: all; the other axes untouched)."""
     from scipy import ndimage
 
-    return ndimage.gaussian_filter(x, sigma, mode="reflect")[tuple(slice(None, None, 2) for _ in x.shape)]
+    axes = tuple(range(x.ndim)) if axes is None else axes
+    sigmas = [sigma if ax in axes else 0.0 for ax in range(x.ndim)]  # scipy skips an axis of sigma 0
+    smooth = ndimage.gaussian_filter(x, sigmas, mode="reflect")
+    return smooth[tuple(slice(None, None, 2) if ax in axes else slice(None) for ax in range(x.ndim))]
 
 
 def _expand(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -191,11 +221,22 @@ def _expand(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _laplacian_pyramid(x: np.ndarray, levels: int, sigma: float) -> list[np.ndarray]:
+def _laplacian_level_axes(shape: tuple[int, ...], levels: int) -> list[tuple[int, ...]]:
+    """The axes each pyramid level halves: an axis as long as its own levels allow (its coarsest level
+    keeps at least 4 voxels), so a thin slab's slices get the levels of a 2D image. Where no axis has
+    8 voxels, one level over all of them."""
+    per_axis = [max(0, int(np.floor(np.log2(n / 4.0)))) for n in shape]
+    if max(per_axis) < 1:
+        return [tuple(range(len(shape)))]
+    return [tuple(ax for ax, most in enumerate(per_axis) if most >= level)
+            for level in range(1, min(levels, max(per_axis)) + 1)]
+
+
+def _laplacian_pyramid(x: np.ndarray, level_axes: list[tuple[int, ...]], sigma: float) -> list[np.ndarray]:
     pyramid = []
     current = x
-    for _ in range(levels):
-        smaller = _reduce(current, sigma)
+    for axes in level_axes:
+        smaller = _reduce(current, sigma, axes)
         pyramid.append(current - _expand(smaller, current.shape))
         current = smaller
     pyramid.append(current)  # the low-pass residual
@@ -209,7 +250,9 @@ def laplacian(a: np.ndarray, b: np.ndarray, *, levels: int = 4, sigma: float = 1
     Args:
         a: anatomical image, 0..1.
         b: functional image, 0..1.
-        levels: pyramid levels (reduced so the coarsest level keeps at least 4 voxels a side).
+        levels: pyramid levels (reduced so the coarsest level keeps at least 4 voxels along the
+            longest axis; a shorter axis stops being halved when it reaches that, so a thin slab is
+            reduced in plane as its slices are).
         sigma: Gaussian smoothing (voxels) before each down-sampling.
         progress: progress callback.
 
@@ -221,11 +264,11 @@ def laplacian(a: np.ndarray, b: np.ndarray, *, levels: int = 4, sigma: float = 1
         raise InputError(f"Laplacian pyramid levels must be at least 1 (got {levels}).", "Give --levels 1 or more.")
     if not float(sigma) > 0:
         raise InputError(f"Laplacian sigma must be positive (got {sigma}).", "Give --sigma 1.0, for example.")
-    max_levels = max(1, int(np.floor(np.log2(min(a.shape) / 4.0))))
-    levels = min(levels, max_levels)
+    level_axes = _laplacian_level_axes(a.shape, levels)
+    levels = len(level_axes)
     report(progress, 0.1, f"laplacian: building pyramids ({levels} levels)")
-    pa = _laplacian_pyramid(a, levels, float(sigma))
-    pb = _laplacian_pyramid(b, levels, float(sigma))
+    pa = _laplacian_pyramid(a, level_axes, float(sigma))
+    pb = _laplacian_pyramid(b, level_axes, float(sigma))
     report(progress, 0.6, "laplacian: fusing and collapsing")
     current = (pa.pop() + pb.pop()) / 2.0
     while pa:  # finest level last; each level is freed once it is collapsed (same values)
