@@ -124,6 +124,35 @@ class FusionMethods2DTest(unittest.TestCase):
             fusion.fuse(self.a8, self.b8, "overlay", window=(0, 200), threshold=250)
         self.assertIn("threshold 250 lies outside the functional window 0..200", str(ctx.exception))
 
+    def test_parameter_types_are_checked_before_the_method_runs(self) -> None:
+        # None, True or a non-text colour map reached the method: float(None) / None.lower() as the message (or,
+        # from check_parameters, a bare TypeError / AttributeError), and weight=True fused with weight 1
+        cases = [("average", {"weight": None}, "'weight' of fusion method 'average' must be a number (got None)"),
+                 ("average", {"weight": True}, "must be a number (got True)"),
+                 ("wavelet", {"levels": None}, "'levels' of fusion method 'wavelet' must be a whole number"),
+                 ("laplacian", {"sigma": None}, "'sigma' of fusion method 'laplacian' must be a number"),
+                 ("overlay", {"opacity": None}, "'opacity' of fusion method 'overlay' must be a number"),
+                 ("overlay", {"colormap": None}, "colour map None"),
+                 ("overlay", {"colormap": 5}, "colour map 5"),
+                 ("wavelet", {"levels": np.float32(2.5)}, "must be a whole number (got 2.5)"),
+                 ("average", {"weight": np.float64("nan")}, "must be a number")]
+        for method, params, message in cases:
+            with self.subTest(method=method, **params):
+                with self.assertRaises(InputError) as ctx:
+                    fusion.check_parameters(method, params)
+                self.assertIn(message, str(ctx.exception))
+                with self.assertRaises(InputError) as ctx:
+                    fusion.fuse(self.a8, self.b8, method, **params)
+                self.assertIn(message, str(ctx.exception))
+        # numpy numbers (a weight from np.linspace, levels from an array) run and are recorded as numbers, so
+        # metrics.json holds 0.25, not the text "0.25"
+        res = fusion.fuse(self.a8, self.b8, "average", weight=np.float32(0.25))
+        self.assertEqual(res.parameters["weight"], 0.25)
+        self.assertIsInstance(res.parameters["weight"], float)
+        res = fusion.fuse(self.a8, self.b8, "wavelet", levels=np.int64(2))
+        self.assertEqual(res.parameters["levels"], 2)
+        self.assertIs(type(res.parameters["levels"]), int)
+
     def test_parameters_record_what_ran_on_a_small_image(self) -> None:
         import warnings
 

@@ -269,11 +269,19 @@ def _checked_params(func: FusionMethod, method: str, params: dict[str, Any]) -> 
                              f"{', '.join(repr(k) for k in unknown)}.",
                              f"Leave it out: '{method}' {takes} (mmfusion fuse --help lists each method's flags).")
     defaults = _defaults(func)
+    classic_method = method in _BUILTIN_METHODS and method != "deep"
     out = {}
     for key, value in params.items():
+        if isinstance(value, np.generic):  # np.float32(0.3), np.int64(2): checked and recorded as Python numbers
+            value = value.item()
         default = defaults.get(key)
         numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
         whole = isinstance(default, int) and not isinstance(default, bool)
+        if classic_method and numeric and (value is None or isinstance(value, bool)):
+            # float(None) inside the method was the message; True ran as weight 1, levels 1
+            kind = "a whole number" if whole else "a number"
+            raise InputError(f"Parameter '{key}' of fusion method '{method}' must be {kind} (got {value!r}).",
+                             f"Give {kind}, e.g. {key}={default}, or leave it out.")
         if value is None or not numeric or not (isinstance(value, (str, int, float)) and not isinstance(value, bool)):
             out[key] = value
             continue
@@ -358,6 +366,8 @@ def _recorded(value: Any) -> Any:
     """A parameter as FusionResult.parameters (and metrics.json, the report) keep it: numbers and text as
     they are, other values as text, but an object whose text is long or spans lines (a torch network passed
     as deep's ``weights`` printed its whole module tree, kilobytes) by its type's name."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, (int, float, str, bool, type(None))):
         return value
     text = str(value)

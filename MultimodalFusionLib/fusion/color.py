@@ -94,6 +94,9 @@ def colormap_lut(name: str) -> np.ndarray:
     Raises:
         InputError: the name is neither built in nor a matplotlib colour map.
     """
+    if not isinstance(name, str):  # None.lower() was the message
+        raise InputError(f"The colour map {name!r} is not a colour-map name.",
+                         f"Give one of {', '.join(COLORMAPS)} or a matplotlib colour-map name (e.g. 'inferno').")
     key = name.lower()
     if key in _CONTROL_POINTS:
         pts = np.array(_CONTROL_POINTS[key], dtype=np.float64)
