@@ -109,6 +109,16 @@ class FuseEvaluateCliTest(unittest.TestCase):
         self.assertIn("Unknown fusion method", stderr)
         self.assertNotIn("Traceback", stderr)
 
+    def test_laplacian_sigma_too_wide_is_refused(self) -> None:
+        # a Gaussian kernel of 8 sigma + 1 taps: --sigma 1e9 asked numpy for 60 GB (a MemoryError traceback)
+        out = os.path.join(self.tmp.name, "lap.png")
+        code, _, stderr = _main(["fuse", self.a, self.b, "--method", "laplacian", "--sigma", "1e9", "-o", out])
+        self.assertEqual(code, 2, stderr)
+        self.assertIn("Laplacian sigma 1e+09 voxels is wider than", stderr)
+        self.assertFalse(os.path.exists(out))
+        code, _, stderr = _main(["fuse", self.a, self.b, "--method", "laplacian", "--sigma", "4", "-o", out])
+        self.assertEqual(code, 0, stderr)
+
     def test_fuse_refuses_images_on_different_grids(self) -> None:
         moved = os.path.join(self.tmp.name, "shifted.nii.gz")
         img = io.read_image(self.b)

@@ -221,6 +221,10 @@ def _expand(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+#: Widest Gaussian (voxels) the Laplacian pyramid takes before each halving.
+_MAX_LAPLACIAN_SIGMA = 64.0
+
+
 def _laplacian_level_axes(shape: tuple[int, ...], levels: int) -> list[tuple[int, ...]]:
     """The axes each pyramid level halves: an axis as long as its own levels allow (its coarsest level
     keeps at least 4 voxels), so a thin slab's slices get the levels of a 2D image. Where no axis has
@@ -253,7 +257,7 @@ def laplacian(a: np.ndarray, b: np.ndarray, *, levels: int = 4, sigma: float = 1
         levels: pyramid levels (reduced so the coarsest level keeps at least 4 voxels along the
             longest axis; a shorter axis stops being halved when it reaches that, so a thin slab is
             reduced in plane as its slices are).
-        sigma: Gaussian smoothing (voxels) before each down-sampling.
+        sigma: Gaussian smoothing (voxels) before each down-sampling (above 0, at most 64).
         progress: progress callback.
 
     Returns:
@@ -264,6 +268,11 @@ def laplacian(a: np.ndarray, b: np.ndarray, *, levels: int = 4, sigma: float = 1
         raise InputError(f"Laplacian pyramid levels must be at least 1 (got {levels}).", "Give --levels 1 or more.")
     if not float(sigma) > 0:
         raise InputError(f"Laplacian sigma must be positive (got {sigma}).", "Give --sigma 1.0, for example.")
+    if float(sigma) > _MAX_LAPLACIAN_SIGMA:
+        # scipy builds a kernel of 8 sigma + 1 taps: --sigma 1e9 asked numpy for 60 GB
+        raise InputError(f"Laplacian sigma {float(sigma):g} voxels is wider than {_MAX_LAPLACIAN_SIGMA:g} voxels: "
+                         "a Gaussian that wide before each halving puts the whole image in the first band.",
+                         "Give a sigma of about 1 voxel (Burt & Adelson's kernel; default 1.0).")
     level_axes = _laplacian_level_axes(a.shape, levels)
     levels = len(level_axes)
     report(progress, 0.1, f"laplacian: building pyramids ({levels} levels)")
