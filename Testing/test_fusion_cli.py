@@ -12,7 +12,7 @@ import unittest
 import numpy as np
 import SimpleITK as sitk
 
-from MultimodalFusionLib import cli, data, io, metrics
+from MultimodalFusionLib import cli, data, fusion, io, metrics
 from MultimodalFusionLib.errors import InputError
 
 
@@ -108,6 +108,23 @@ class FuseEvaluateCliTest(unittest.TestCase):
         self.assertEqual(code, 2)
         self.assertIn("Unknown fusion method", stderr)
         self.assertNotIn("Traceback", stderr)
+
+    def test_window_is_the_functional_window_of_every_method(self) -> None:
+        # --window sets window_b for every method (a PET's SUV range for wavelet, average, ...), but --help
+        # called it "overlay: display window", so a user windowing a PET for another method would not find it
+        code, help_text, _ = _main(["fuse", "--help"])
+        self.assertEqual(code, 0)
+        flat = " ".join(help_text.split())
+        self.assertNotIn("overlay: display window", flat)
+        self.assertIn("every method", flat)
+        out = os.path.join(self.tmp.name, "windowed.nii.gz")
+        code, _, stderr = _main(["fuse", self.a, self.b, "--method", "wavelet", "--window", "50", "150", "-o", out])
+        self.assertEqual(code, 0, stderr)
+        a, b = (io.read_image(p, keep_color=True) for p in (self.a, self.b))  # as the CLI reads them
+        want = sitk.GetArrayFromImage(fusion.fuse(a, b, "wavelet", window_b=(50, 150)).image)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out)), want)
+        plain = sitk.GetArrayFromImage(fusion.fuse(a, b, "wavelet").image)
+        self.assertGreater(np.abs(want - plain).max(), 10.0)  # the window did change the fusion
 
     def test_laplacian_sigma_too_wide_is_refused(self) -> None:
         # a Gaussian kernel of 8 sigma + 1 taps: --sigma 1e9 asked numpy for 60 GB (a MemoryError traceback)
