@@ -69,6 +69,8 @@ class StageParameters:
         sampling_percentage: fraction (0..1] of voxels sampled per iteration.
         number_of_samples: when set, sample about this many voxels per level instead of a
             percentage (B-spline cost grows with samples x parameters, so it uses a fixed count).
+            With a fixed mask, this count, ``max_samples`` and the engine's floor of 3000 count the
+            samples inside the mask (ITK drops those outside it).
         max_samples: at most this many samples per level from ``sampling_percentage`` (None: no
             cap). ITK draws one sample set per level and evaluates all of it every iteration, so
             a percentage of a clinical CT (1% of 512x512x200 is 524 k points) costs time without
