@@ -357,7 +357,7 @@ def _set_pixel_size(image: sitk.Image, path: str, tag: str, name: str, values: l
 
 
 def _first_item(item: Mapping[int, Any], sequence: int) -> Mapping[int, Any]:
-    """The first item of ``sequence`` in a data set read by :func:`dicom_header.read_geometry_tags`, or {}."""
+    """The first item of ``sequence`` in the tags read by :func:`dicom_header.read_geometry_tags`, or {}."""
     items = item.get(sequence)
     return items[0] if isinstance(items, list) and items else {}
 
@@ -388,8 +388,8 @@ def _set_multiframe_geometry(image: sitk.Image, path: str) -> None:
     from .dicom_header import read_geometry_tags
 
     tags = read_geometry_tags(path)
-    if tags is None:
-        warnings.warn(f"DICOM file '{path}': its header could not be walked to check its pixel size and frame "
+    if tags is None or 0x00280008 not in tags:  # unreadable, or cut short before the NumberOfFrames ITK saw
+        warnings.warn(f"DICOM file '{path}': its header could not be read to check its pixel size and frame "
                       "positions, so its geometry is as ITK's reader (GDCM) gives it.", stacklevel=3)
         return
     shared = _first_item(tags, _SHARED_GROUPS)

@@ -1,6 +1,6 @@
 """What the Slicer module must install before an action, and in which order (pure Python, no Qt).
 
-Slicer ships SimpleITK and numpy; the engine also needs ``scipy`` and ``PyWavelets``, and deep
+Slicer ships SimpleITK, numpy and pydicom; the engine also needs ``scipy`` and ``PyWavelets``, and deep
 fusion and the torch registration backend need PyTorch and MONAI. PyTorch must come from Slicer's
 PyTorch extension (``PyTorchUtils``, which picks the build matching the GPU driver), never from
 ``pip install``: MONAI requires ``torch``, so pip-installing MONAI into a Slicer without torch

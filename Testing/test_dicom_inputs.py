@@ -1,7 +1,7 @@
 """DICOM inputs as scanners and PACS write them: geometry read from the tags exactly (or refused naming
 the tag and the fix), and no patient-identifying value in anything the package shows or writes.
 
-Every series is written here with pydicom (a test dependency), a few small slices each.
+Every series is written here with pydicom (a dependency of the package), a few small slices each.
 """
 
 from __future__ import annotations
@@ -17,13 +17,6 @@ import SimpleITK as sitk
 
 from MultimodalFusionLib import io
 from MultimodalFusionLib.errors import InputError
-
-try:
-    import pydicom  # noqa: F401
-
-    _HAVE_PYDICOM = True
-except ImportError:  # pragma: no cover - the test extra is not installed
-    _HAVE_PYDICOM = False
 
 #: identifying values written into every file: none may show up anywhere
 PHI = {"PatientName": "Zzyzx^Quintessa", "PatientID": "PID998877", "PatientBirthDate": "19410315",
@@ -105,7 +98,6 @@ def expected_centres(positions: Sequence[Sequence[float]], orientation: Sequence
                                                      first + (rows - 1) * pixel_spacing[0] * col])
 
 
-@unittest.skipUnless(_HAVE_PYDICOM, "pydicom is not installed (pip install 'slicer-multimodalfusion[test]')")
 class DicomGeometryFromTags(unittest.TestCase):
     """Each image is placed where its ImagePositionPatient/ImageOrientationPatient/PixelSpacing put it."""
 
@@ -338,8 +330,8 @@ class DicomGeometryFromTags(unittest.TestCase):
                     self.assertIn("taken as contiguous slices, 2 mm apart (its SliceThickness (0018,0050))", said[0])
 
     def test_multiframe_geometry_is_read_in_every_encoding(self) -> None:
-        """The functional groups are walked in implicit and explicit VR, little and big endian, and deflated,
-        and only the geometry tags are kept (no patient-identifying value)."""
+        """The functional groups are read in implicit and explicit VR, little and big endian, deflated, and from
+        a bare data set, and only the geometry tags are kept (no patient-identifying value)."""
         import pydicom
         from pydicom.uid import (
             DeflatedExplicitVRLittleEndian,
@@ -373,6 +365,21 @@ class DicomGeometryFromTags(unittest.TestCase):
                 image = io.read_image(path)
                 self._assert_placed(image, positions, AXIAL, rows=8, cols=8, pixel_spacing=(0.7, 0.6))
                 np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+        with self.subTest("bare data set"):  # no preamble, no file meta: ITK reads it, so must the header reader
+            ds = pydicom.dcmread(source)
+            ds.preamble, ds.file_meta = None, pydicom.dataset.FileMetaDataset()
+            path = os.path.join(self.dir, "bare.dcm")
+            pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True)
+            self.assertEqual(read_geometry_tags(path)[0x52009230][3][0x00209113][0][0x00200032], "-5.0\\-6.0\\19.0")
+            self._assert_placed(io.read_image(path), positions, AXIAL, rows=8, cols=8, pixel_spacing=(0.7, 0.6))
+        with self.subTest("not a number"):  # the stored text, not a pydicom float: refused, not a traceback
+            path = os.path.join(self.dir, "nan.dcm")
+            with open(source, "rb") as fh, open(path, "wb") as out:
+                out.write(fh.read().replace(b"0.7\\0.6", b"abc\\x.6"))
+            self.assertEqual(read_geometry_tags(path)[0x52009230][0][0x00289110][0][0x00280030], "abc\\x.6")
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(path)
+            self.assertIn("has no usable PixelSpacing (0028,0030)", str(ctx.exception))
 
     def test_gantry_tilted_ct_is_read_sheared(self) -> None:
         # slices 2.5 mm apart along z, each shifted 0.91 mm posterior (a gantry tilted 20 degrees): ITK stacked
@@ -415,7 +422,6 @@ class DicomGeometryFromTags(unittest.TestCase):
 
 
 
-@unittest.skipUnless(_HAVE_PYDICOM, "pydicom is not installed (pip install 'slicer-multimodalfusion[test]')")
 class DicomFilesItCannotRead(unittest.TestCase):
     """Files ITK's DICOM reader (GDCM) cannot decode are named with their transfer syntax and the fix."""
 
@@ -458,7 +464,6 @@ class DicomFilesItCannotRead(unittest.TestCase):
 
 
 
-@unittest.skipUnless(_HAVE_PYDICOM, "pydicom is not installed (pip install 'slicer-multimodalfusion[test]')")
 class NoPatientDataOut(unittest.TestCase):
     """No identifying value of the DICOM files reaches an image the package returns or writes."""
 
