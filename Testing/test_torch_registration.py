@@ -497,6 +497,38 @@ class TorchRegistrationTest(unittest.TestCase):
                 # without window_mask, the windows still see the corrupted columns next to the mask
                 self.assertFalse(torch.equal(lncc_loss(a, b, mask, 5), lncc_loss(a, corrupted, mask, 5)))
 
+    def test_a_thin_mask_keeps_voxels_at_every_pyramid_level(self) -> None:
+        # a mask drawn on one slice of a volume (or two rows of a slice) fell between the voxel centres of the
+        # coarse levels: they counted no voxel, so LNCC optimised a loss of 0 with a zero gradient, and the
+        # deformable stage (levels of 4 and 2 mm on a 1 mm image) did nothing at all, without a word
+        from MultimodalFusionLib.registration.torch_backend import _Context, register_torch
+
+        for dim, n, rows in ((3, 40, [5]), (2, 96, [1, 2])):
+            fixed, moving = _blobs(dim, n, 0.0), _blobs(dim, n, 2.0)
+            arr = np.zeros((n,) * dim, np.uint8)
+            arr[rows] = 1  # one slice (3D), two rows (2D): 1600 and 192 voxels
+            mask = sitk.GetImageFromArray(arr)
+            mask.CopyInformation(fixed)
+            params = self._params(stages=["affine", "deformable"], linear_metric="lncc", deformable_metric="lncc",
+                                  linear_iterations=[10, 10, 10], deformable_iterations=[10, 10])
+            with self.subTest(dim=dim):
+                ctx = _Context(fixed, moving, mask, None, params, 1, torch.device("cpu"))
+                shrinks = [float(f) for f in params.linear_shrink_factors] + [
+                    max(mm / ctx.base_spacing, 1.0) for mm in params.deformable_level_spacing_mm]
+                for shrink in shrinks:
+                    level_mask = ctx.level_images(shrink)[1]
+                    self.assertGreater(int(level_mask.sum()), 0, f"shrink {shrink}: the mask vanished")
+                    # what it keeps lies where the mask is: the level rows nearest to the mask's rows
+                    kept = torch.nonzero(level_mask[0, 0].sum(dim=tuple(range(1, dim))))[:, 0].tolist()
+                    scale = (level_mask.shape[2] - 1) / (n - 1)
+                    self.assertEqual(kept, sorted({round(r * scale) for r in rows}), shrink)
+                result = register_torch(fixed, moving, params, fixed_mask=mask, seed=1)
+                linear, deformable = result.stages
+                for stage in (linear, deformable):
+                    for level in {h[0] for h in stage.history}:
+                        values = [h[2] for h in stage.history if h[0] == level]
+                        self.assertTrue(any(v != 0.0 for v in values), (stage.name, level, values))
+
     def test_lncc_is_computed_in_float32_under_bfloat16_autocast(self) -> None:
         # on CUDA the similarity runs under bfloat16 autocast (mixed_precision); on the CPU the same autocast
         # lowers the same convolutions. LNCC's variances E[x^2] - E[x]^2 lost every digit there: a 3 mm
@@ -544,6 +576,18 @@ class TorchRegistrationTest(unittest.TestCase):
         self.assertLess(errors["float32"], 1.0, errors)
         # 0.58 mm in float32; 5.03 mm under bfloat16 when LNCC's window statistics were taken in bfloat16
         self.assertLess(abs(errors["bfloat16"] - errors["float32"]), 0.05, errors)
+
+
+def _blobs(dim: int, n: int, shift: float) -> sitk.Image:
+    """A smooth random image (n voxels along each of ``dim`` axes, 1 mm) of twelve Gaussian blobs, moved by
+    ``shift`` voxels along every axis (the same blobs for every shift)."""
+    rng = np.random.default_rng(0)
+    grids = np.meshgrid(*[np.arange(n, dtype=float)] * dim, indexing="ij")
+    out = np.zeros((n,) * dim)
+    for _ in range(12):
+        centre, sigma, height = rng.uniform(0.25 * n, 0.75 * n, dim), rng.uniform(2, 6), rng.uniform(0.3, 1)
+        out += height * np.exp(-sum((g - c - shift) ** 2 for g, c in zip(grids, centre)) / (2 * sigma * sigma))
+    return sitk.GetImageFromArray(out.astype(np.float32))
 
 
 @contextlib.contextmanager

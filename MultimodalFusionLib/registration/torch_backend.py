@@ -445,7 +445,15 @@ class _Pyramid:
                 img = F.interpolate(img, size=shape, mode=mode, align_corners=True)
         if tuple(shape) != tuple(self.shape):
             if mask is not None:
-                mask = (F.interpolate(mask, size=shape, mode=mode, align_corners=True) > 0.5).float()
+                full = mask
+                mask = (F.interpolate(full, size=shape, mode=mode, align_corners=True) > 0.5).float()
+                if not bool(mask.any()):
+                    # a mask a few voxels wide can fall between the level's voxel centres: the level then
+                    # counted nothing (LNCC and MIND optimised a loss of 0 with a zero gradient, MI silently
+                    # used every voxel, a deformable stage on 2-4 mm levels of a 1 mm image did nothing at
+                    # all). Such a level keeps the voxels nearest to the mask's (a max-pool rule, as the
+                    # rotation search shrinks masks); any other mask is downsampled exactly as before.
+                    mask = _nearest_level_voxels(full, shape)
         self._cache[key] = (img, mask)
         return img, mask
 
@@ -456,6 +464,25 @@ class _Pyramid:
             extent = (n - 1) * s
             shape.append(int(min(n, max(min(n, 4), round(extent / max(spacing_mm, s)) + 1))))
         return shape
+
+
+def _nearest_level_voxels(mask: Any, shape: Sequence[int]) -> Any:
+    """A level mask of torch ``shape`` holding the level voxel nearest to each voxel of ``mask`` (1, 1, *full).
+
+    Level voxel ``j`` of ``m`` along an axis of ``n`` voxels lies at full-resolution index ``j (n - 1) / (m - 1)``
+    (``align_corners=True``), so full-resolution voxel ``i`` is nearest to ``round(i (m - 1) / (n - 1))``: every
+    voxel of the mask marks one level voxel, and no level of a non-empty mask is empty.
+    """
+    import torch
+
+    index = torch.nonzero(mask[0, 0] > 0)  # (k, d), torch axis order
+    full = torch.as_tensor(mask.shape[2:], dtype=torch.float64, device=mask.device)
+    level = torch.as_tensor(list(shape), dtype=torch.float64, device=mask.device)
+    scale = (level - 1.0) / (full - 1.0).clamp_min(1.0)
+    nearest = torch.round(index.to(torch.float64) * scale).long()
+    out = torch.zeros((1, 1, *[int(n) for n in shape]), dtype=mask.dtype, device=mask.device)
+    out[(0, 0) + tuple(nearest.unbind(dim=1))] = 1.0
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,10 +546,9 @@ class _Context:
         shape = image.shape[2:]
         grid = _identity_grid(shape, self.device).reshape(-1, self.dim)
         values = image.reshape(-1)
-        if mask is not None:
+        if mask is not None:  # never empty: check_mask refuses an empty mask, and no level of one is empty
             keep = mask.reshape(-1) > 0
-            if bool(keep.any()):  # a tiny mask can vanish on a coarse level: then use every voxel
-                grid, values = grid[keep], values[keep]
+            grid, values = grid[keep], values[keep]
         if count and values.numel() > count:
             pick = torch.randperm(values.numel(), generator=self.generator)[:count].to(self.device)
             grid, values = grid[pick], values[pick]
