@@ -345,6 +345,21 @@ class BadInputs(unittest.TestCase):
         mask.CopyInformation(self.fixed)
         self.assertInputError("empty", fixed_mask=mask)
 
+    def test_a_mask_of_a_few_voxels_names_the_mask_and_the_fix(self):
+        # ITK's own words had reached the user as a RegistrationError with the fix "try another preset":
+        # "VirtualSampledPointSet must have 1 or more points", or for one voxel "the images barely overlap"
+        for width in (1, 2, 3):
+            arr = np.zeros(self.fixed.GetSize()[::-1], np.uint8)
+            arr[120:120 + width, 110:110 + width] = 1
+            mask = sitk.GetImageFromArray(arr)
+            mask.CopyInformation(self.fixed)
+            for metric in ("mattes_mi", "correlation", "mean_squares"):
+                params = RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), metric=metric)])
+                with self.subTest(width=width, metric=metric):
+                    msg = self.assertInputError("fixed mask", f"({width * width} voxel", fixed_mask=mask,
+                                                parameters=params, seed=1)
+                    self.assertTrue("larger fixed mask" in msg, msg)
+
     def test_an_initial_transform_that_maps_nothing(self):
         # a displacement-field transform without its field: ITK's RuntimeError reached the user from check_pair
         for backend in ("sitk", "torch"):

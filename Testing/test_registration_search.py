@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MultimodalFusionLib import data
-from MultimodalFusionLib.errors import InputError, OperationCancelled, RegistrationError
+from MultimodalFusionLib.errors import InputError, OperationCancelled
 from MultimodalFusionLib.registration import RegistrationParameters, default_stage, register
 from MultimodalFusionLib.registration.accuracy import (
     itk_brainweb_truth,
@@ -111,11 +111,11 @@ class Search2D(unittest.TestCase):
         self.assertNotEqual(plain.initializer["metric"], masked.initializer["metric"])
         self.assertLess(transform_error(masked.transform, truth, fixed)["mean"], 1.0)
         # a mask that leaves the search nothing to compare fails as the other initializers do, not with
-        # a wrong answer
+        # a wrong answer: an InputError naming the mask (it was a RegistrationError about the images' overlap)
         corner = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
         corner.CopyInformation(fixed)
         corner[0:3, 0:3] = 1
-        with self.assertRaises(RegistrationError):
+        with self.assertRaisesRegex(InputError, r"fixed mask \(9 voxels\)"):
             register(fixed, moving, seed=0, initializer="search", fixed_mask=corner)
 
     def test_progress_and_cancel(self):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from typing import Any
 
@@ -481,8 +482,14 @@ def raise_if_stopped(state: dict[str, Any]) -> None:
 
 def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, stage: StageParameters,
              first_level: int, levels: int, history: list[tuple[int, int, float]],
-             progress: ProgressCallback | None, span: tuple[float, float]) -> None:
-    """Run ``method`` (its levels are the stage's levels from ``first_level`` on), appending to ``history``."""
+             progress: ProgressCallback | None, span: tuple[float, float],
+             fixed_mask: sitk.Image | None = None) -> None:
+    """Run ``method`` (its levels are the stage's levels from ``first_level`` on), appending to ``history``.
+
+    Raises:
+        InputError: ``fixed_mask`` left a level no sample point (see :func:`_small_mask_error`).
+        RegistrationError: ITK failed otherwise.
+    """
     state: dict[str, Any] = {"cancelled": False, "error": None}
 
     def on_iteration() -> None:
@@ -499,6 +506,9 @@ def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: si
         method.Execute(fixed, moving)
     except RuntimeError as exc:
         detail = itk_reason(str(exc)).rstrip(".")
+        if fixed_mask is not None and _SMALL_MASK_ITK_TEXTS.search(detail):
+            raise _small_mask_error(stage, fixed_mask, first_level + method.GetCurrentLevel(), levels,
+                                    detail) from exc
         if "samples" in detail.lower() or "valid points" in detail.lower():
             raise RegistrationError(
                 f"Stage '{stage.name}' failed: too few sample points map inside the moving image ({detail}).",
@@ -509,6 +519,32 @@ def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: si
     finally:
         method.RemoveAllCommands()
     raise_if_stopped(state)
+
+
+#: What ITK says when a fixed mask leaves a level no sample point ("VirtualSampledPointSet must have 1 or
+#: more points"), or Mattes MI samples of a single fixed value ("Zero-valued spacing is not supported"):
+#: with a mask of a few voxels, its own words, naming neither the mask nor the fix
+_SMALL_MASK_ITK_TEXTS = re.compile(r"SampledPointSet must have 1 or more points|Zero-valued spacing", re.I)
+
+
+def _small_mask_error(stage: StageParameters, fixed_mask: sitk.Image, level: int, levels: int,
+                      detail: str) -> InputError:
+    """The InputError for a fixed mask too small for a level of ``stage``: its voxel count and the fixes.
+
+    ITK samples a level on the fixed grid shrunk by the level's factor and keeps the points inside the mask
+    (with random or regular sampling, ``sampling_percentage`` of them): a mask a few voxels across can hold
+    none of them at a coarse level, or too few for a histogram.
+    """
+    voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask)))
+    shrink = list(stage.shrink_factors)
+    factor = shrink[level] if 0 <= level < len(shrink) else shrink[-1]
+    return InputError(
+        f"Stage '{stage.name}': the fixed mask ({voxels} voxel{'s' if voxels != 1 else ''}) is too small for the "
+        f"metric at level {level + 1} of {levels} (shrink factor {factor}): ITK found too few sample points "
+        f"inside it ({detail}).",
+        "Give a larger fixed mask (dilate it so that it spans several voxels of the coarsest level), sample every "
+        "voxel (sampling_strategy 'none'), use smaller shrink_factors (e.g. [2, 1] or [1]), or register "
+        "without the mask.")
 
 
 #: Margin, as a share of the fixed image's extent on each side, of the grid that a moving image is
@@ -567,6 +603,16 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     start = _stage_transform(stage, fixed, moving, previous, params.initializer, searched, fixed_mask, moving_mask)
     start_total = compose(previous, start, dim, center)
     metric_before = evaluate_metric(fixed, moving, start_total, stage, seed, fixed_mask, moving_mask)
+    if not math.isfinite(metric_before) and fixed_mask is not None:
+        voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask)))
+        raise InputError(
+            f"Stage '{stage.name}': the {stage.metric} metric cannot be computed at the starting transform over "
+            f"the fixed mask ({voxels} voxel{'s' if voxels != 1 else ''}): too few of its voxels map inside the "
+            "moving image" + (" and its mask" if moving_mask is not None else "") + ", or the mask is too small "
+            "for the metric.",
+            "Give a larger fixed mask, check that the masks cover the same anatomy (each on its own image's grid), "
+            "or use the 'moments' initializer (it aligns the masks' centres) or an initial transform that "
+            "roughly aligns them.")
     if not math.isfinite(metric_before):
         raise RegistrationError(
             f"Stage '{stage.name}': the images barely overlap at the starting transform, so the metric cannot "
@@ -602,7 +648,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
         if previous is not None and warped is None:
             method.SetMovingInitialTransform(previous)
         method.SetInitialTransform(optimized, inPlace=True)
-        _execute(method, fixed_in, moving_in, stage, first_level, levels, history, progress, span)
+        _execute(method, fixed_in, moving_in, stage, first_level, levels, history, progress, span, fixed_mask)
         stop_reason = method.GetOptimizerStopConditionDescription()
 
     final_total = compose(previous, optimized, dim, center)
