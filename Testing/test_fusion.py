@@ -270,6 +270,24 @@ class OverlayAndColourTest(unittest.TestCase):
         with self.assertRaises(InputError):
             fusion.fuse(self.a8, self.pet, "overlay", opacity=2.0)
 
+    def test_overlay_takes_a_lookup_table_as_its_colour_map(self) -> None:
+        # a table of 256 colours is applied as the named map of those colours is: bit-identical
+        named = fusion.fuse(self.a8, self.pet, "overlay", colormap="hot", opacity=0.7)
+        table = fusion.fuse(self.a8, self.pet, "overlay", colormap=color.colormap_lut("hot"), opacity=0.7)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(table.image), sitk.GetArrayFromImage(named.image))
+        # a two-colour table (blue at the bottom of the window, red at its top): the hot spot is red
+        two = fusion.fuse(self.a8, self.pet, "overlay", colormap=[[0, 0, 1], [1, 0, 0]], opacity=1.0,
+                          window=(0.0, 8.0))
+        y, x = self.spot_index
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(two.image)[y, x], [255, 0, 0])
+        fusion.check_parameters("overlay", {"colormap": np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])})
+        for bad in ([[0, 0, 1]], [[0, 0], [1, 1]], [[0, 0, 2], [1, 1, 1]], [[0, 0, float("nan")], [1, 1, 1]],
+                    [["a", "b", "c"], [1, 1, 1]], [[0, 0, 1], [1, 0, 0, 1]]):
+            with self.subTest(bad=bad), self.assertRaisesRegex(InputError, "not a lookup table"):
+                fusion.fuse(self.a8, self.pet, "overlay", colormap=bad)
+            with self.subTest(bad=bad, check=True), self.assertRaisesRegex(InputError, "not a lookup table"):
+                fusion.check_parameters("overlay", {"colormap": bad})
+
     def test_ycbcr_round_trip(self) -> None:
         rgb = np.random.default_rng(1).uniform(0, 255, (20, 30, 3))
         np.testing.assert_allclose(color.ycbcr_to_rgb(color.rgb_to_ycbcr(rgb)), rgb, atol=1e-3)

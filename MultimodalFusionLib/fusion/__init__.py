@@ -61,7 +61,7 @@ __all__ = [
 FusionMethod = Callable[..., Any]
 
 
-def _overlay(a: np.ndarray, b: np.ndarray, *, colormap: str = "pet", opacity: float = 0.5,
+def _overlay(a: np.ndarray, b: np.ndarray, *, colormap: str | np.ndarray = "pet", opacity: float = 0.5,
              threshold: float = 0.1, functional_rgb: np.ndarray | None = None,
              progress: ProgressCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Registry entry of the colour overlay (array contract; threshold as a fraction of the window)."""
@@ -397,8 +397,9 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
         window_b: the same for ``b`` (for "overlay": the functional display window, default
             from its minimum to its 99.5th percentile).
         **params: method parameters: average ``weight``; wavelet ``wavelet``, ``levels``;
-            laplacian ``levels``, ``sigma``; overlay ``colormap`` ("pet" (default), "hot", "rainbow" or a
-            matplotlib name), ``opacity`` (0..1), ``threshold`` (in ``b``'s units; default 10%
+            laplacian ``levels``, ``sigma``; overlay ``colormap`` ("pet" (default), "hot", "rainbow", a
+            matplotlib name, or a lookup table: (N, 3) colours in 0..1, bottom of the window first),
+            ``opacity`` (0..1), ``threshold`` (in ``b``'s units; default 10%
             up the window), ``window`` (alias of ``window_b``).
 
     Returns:

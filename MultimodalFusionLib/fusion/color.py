@@ -4,7 +4,9 @@
   uses for colour PET/SPECT slices: fuse the luminance Y with the anatomical image, then put the
   chroma (Cb, Cr) back.
 - Colour maps are lookup tables of 256 RGB entries. "hot", "pet", "rainbow" and "grey" are
-  defined here (no matplotlib import); any other name is looked up in matplotlib.
+  defined here (no matplotlib import); any other name is looked up in matplotlib. A lookup table
+  itself (an (N, 3) or (N, 4) array of colours in 0..1, e.g. a Slicer colour table's colours) is
+  accepted wherever a colour-map name is.
 - The overlay blends a colour-mapped functional image over the grey anatomical image, with an
   opacity, a threshold below which the anatomy shows alone, and a display window.
 
@@ -88,13 +90,30 @@ def ycbcr_to_rgb_in_gamut(y: np.ndarray, chroma: np.ndarray) -> np.ndarray:
     return y + scale[..., None] * delta
 
 
-def colormap_lut(name: str) -> np.ndarray:
-    """A (256, 3) float lookup table in 0..1 for colour map ``name``.
+def colormap_lut(name: str | np.ndarray) -> np.ndarray:
+    """A (N, 3) float lookup table in 0..1 for colour map ``name`` (N = 256 for a name).
+
+    Args:
+        name: a built-in or matplotlib colour-map name, or a lookup table: N >= 2 colours (rows of R, G, B
+            or R, G, B, A in 0..1; alpha is ignored), the first for the bottom of the window, the last for
+            its top.
 
     Raises:
-        InputError: the name is neither built in nor a matplotlib colour map.
+        InputError: the name is neither built in nor a matplotlib colour map, or the table is not one.
     """
-    if not isinstance(name, str):  # None.lower() was the message
+    if not isinstance(name, str):
+        if isinstance(name, (np.ndarray, list, tuple)):
+            try:
+                lut = np.array(name, dtype=np.float64)
+                what = f"table of shape {lut.shape}"
+            except (TypeError, ValueError):  # text, or rows of different lengths
+                lut, what = np.empty((0, 0)), f"{type(name).__name__} of non-numbers or uneven rows"
+            if lut.ndim == 2 and lut.shape[0] >= 2 and lut.shape[1] in (3, 4) and np.all(np.isfinite(lut)) \
+                    and lut.min() >= 0.0 and lut.max() <= 1.0:
+                return lut[:, :3]
+            raise InputError(f"The colour map given as a {what} is not a lookup table.",
+                             "Give N >= 2 rows of R, G, B (or R, G, B, A) in 0..1, or a colour-map name.")
+        # None.lower() was the message
         raise InputError(f"The colour map {name!r} is not a colour-map name.",
                          f"Give one of {', '.join(COLORMAPS)} or a matplotlib colour-map name (e.g. 'inferno').")
     key = name.lower()
@@ -113,16 +132,17 @@ def colormap_lut(name: str) -> np.ndarray:
     return np.asarray(cmap(np.linspace(0.0, 1.0, 256)))[:, :3]
 
 
-def apply_colormap(unit: np.ndarray, name: str = "hot") -> np.ndarray:
-    """Map values in 0..1 (clipped) to RGB in 0..1 (colour on a new last axis)."""
+def apply_colormap(unit: np.ndarray, name: str | np.ndarray = "hot") -> np.ndarray:
+    """Map values in 0..1 (clipped) to RGB in 0..1 (colour on a new last axis): the nearest of the colour
+    map's entries (256 for a name; a lookup table's own number)."""
     lut = colormap_lut(name)
-    scaled = np.asarray(unit, dtype=np.float64) * 255.0  # a fresh array: rounded and clipped in place
+    scaled = np.asarray(unit, dtype=np.float64) * float(len(lut) - 1)  # a fresh array: rounded and clipped in place
     np.round(scaled, out=scaled)
-    np.clip(scaled, 0, 255, out=scaled)
+    np.clip(scaled, 0, len(lut) - 1, out=scaled)
     return lut[scaled.astype(np.intp)]
 
 
-def overlay_arrays(anatomical: np.ndarray, functional: np.ndarray, *, colormap: str = "hot",
+def overlay_arrays(anatomical: np.ndarray, functional: np.ndarray, *, colormap: str | np.ndarray = "hot",
                    opacity: float = 0.5, threshold: float = 0.1,
                    functional_rgb: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Blend a colour-mapped functional image over a grey anatomical one.
@@ -130,7 +150,7 @@ def overlay_arrays(anatomical: np.ndarray, functional: np.ndarray, *, colormap: 
     Args:
         anatomical: anatomical image in 0..1 (already windowed).
         functional: functional image in 0..1 (already windowed: 0 = window low, 1 = window high).
-        colormap: colour map for the functional image.
+        colormap: colour map for the functional image: a name or a lookup table (:func:`colormap_lut`).
         opacity: opacity of the colour where the functional image is at the top of its window
             (0: anatomy only, 1: colour only).
         threshold: functional values (0..1 of the window) at or below which only the anatomy
