@@ -139,7 +139,8 @@ class MultimodalFusionParameterNode:
         "search" tries a grid of rotations first (volumes more than about 35 degrees apart).
     fixedMask, movingMask - optional metric masks (label map or segmentation).
     fusionMethod - pixel-level fusion method.
-    colormap, opacity, threshold - display of the functional volume over the anatomy.
+    colormap, opacity, threshold - display of the functional volume over the anatomy; colormap and
+        opacity also colour the "overlay" fusion's volume.
     showResult - show the result in the slice views after Apply.
     seed, backend - reproducibility and computation backend.
     outputTransform, outputVolume, fusedVolume, weightsVolume, metricsTable - outputs (created when
@@ -344,10 +345,12 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             functional = p.outputVolume or p.movingVolume  # the registered volume when there is one
             transform = None if p.outputVolume else p.outputTransform
+            # the overlay is coloured with the Display section's colour table and opacity (as Apply does)
+            overlay = {"colormap": p.colormap, "opacity": p.opacity} if p.fusionMethod == "overlay" else {}
             out = self.logic.fuseVolumes(p.fixedVolume, functional, method=p.fusionMethod, transformNode=transform,
                                          outputVolumeNode=p.fusedVolume, weightsVolumeNode=p.weightsVolume,
                                          metricsTableNode=p.metricsTable, newNodeOnKindChange=True,
-                                         progress=progress)
+                                         progress=progress, **overlay)
             p.fusedVolume, p.metricsTable = out.fusedVolumeNode, out.metricsTableNode
             p.weightsVolume = out.weightsVolumeNode or p.weightsVolume
             slicer.util.setSliceViewerLayers(background=out.fusedVolumeNode, foreground=None, fit=True)

@@ -51,6 +51,7 @@ __all__ = [
     "reslice_volume_node",
     "setup_anatomical_display",
     "setup_functional_display",
+    "colormap_colors",
     "show_fusion",
     "metrics_table_node",
     "table_to_dict",
@@ -687,6 +688,36 @@ def _color_node(scene: Any, colormap: str) -> Any:
         raise InputError(f"There is no colour table named '{colormap}' in this scene.",
                          f"Use one of {', '.join(available_colormaps(scene))}.")
     return color
+
+
+def colormap_colors(scene: Any, colormap: str, size: int = 256) -> np.ndarray | None:
+    """The colours the colour node named ``colormap`` gives a volume across its display window: ``size``
+    RGB rows in 0..1 sampled evenly over the node's range, the window's bottom first (what the engine's
+    overlay takes as a lookup table). None when the scene (with Slicer's default colour nodes) has no
+    colour node of that name.
+
+    Procedural nodes (PET-Heat, PET-Rainbow2, ...) are sampled through their colour transfer function,
+    colour tables (Rainbow, Iron, ...) through their lookup table, as the slice views map a window onto them.
+    """
+    if not isinstance(colormap, str):
+        return None
+    scene = get_scene(scene)
+    color = scene.GetFirstNodeByName(colormap)
+    if color is None or not color.IsA("vtkMRMLColorNode"):
+        ensure_color_nodes(scene)
+        color = scene.GetFirstNodeByName(colormap)
+    if color is None or not color.IsA("vtkMRMLColorNode"):
+        return None
+    mapper = color.GetScalarsToColors() or color.GetLookupTable()
+    if mapper is None:
+        raise InputError(f"The colour node '{colormap}' has no colours.", "Choose another colour table.")
+    lo, hi = mapper.GetRange()
+    out = np.empty((int(size), 3))
+    rgb = [0.0, 0.0, 0.0]
+    for i, value in enumerate(np.linspace(lo, hi, int(size))):
+        mapper.GetColor(float(value), rgb)
+        out[i] = rgb
+    return np.clip(out, 0.0, 1.0)
 
 
 def _robust_range(node: Any, low: float, high: float) -> tuple[float, float]:

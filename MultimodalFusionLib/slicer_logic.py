@@ -136,6 +136,30 @@ def _scalar(value: Any) -> Any:
         return value
 
 
+def _overlay_parameters(scene: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """The overlay's parameters as the engine takes them: a ``colormap`` that names a colour node of the
+    scene (PET-Heat, PET-Rainbow2, Rainbow, Iron, ...; Slicer's default colour nodes are added when the scene
+    lacks them) becomes that node's colours, so the fused volume is coloured as the slice views colour a
+    volume with that table; another name must be one of the engine's (pet, hot, rainbow, grey, matplotlib's)."""
+    from .fusion.color import COLORMAPS, colormap_lut
+
+    colormap = params.get("colormap")
+    if not isinstance(colormap, str):
+        return params  # the engine's default, a lookup table, or a wrong value the engine names
+    colors = mrml.colormap_colors(scene, colormap)
+    if colors is not None:
+        return {**params, "colormap": colors}
+    try:
+        colormap_lut(colormap)
+    except InputError as exc:
+        raise InputError(f"Unknown colour map '{colormap}': this scene has no colour table of that name and the "
+                         "fusion engine has no colour map of that name either.",
+                         f"Use a colour table ({', '.join(mrml.available_colormaps(scene))}, or another of the "
+                         f"Colors module) or one of the engine's maps ({', '.join(COLORMAPS)}; matplotlib's names "
+                         "where matplotlib is installed).") from exc
+    return params
+
+
 class FusionLogic:
     """Register and fuse volume nodes; every GUI action is one method here.
 
@@ -337,7 +361,12 @@ class FusionLogic:
                 (a colour node for a grey result, or the reverse: the method or the functional
                 volume changed), make a new node instead of refusing (what the module's panel does).
             progress: ``progress(fraction, message)``; returning False cancels.
-            **methodParameters: the method's parameters (e.g. ``weight=0.6``, ``levels=3``).
+            **methodParameters: the method's parameters (e.g. ``weight=0.6``, ``levels=3``). The
+                overlay's ``colormap`` is a colour table of the scene ("PET-Heat", "PET-Rainbow2",
+                "Rainbow", "Iron", ...: the fused volume takes the colours the slice views give a
+                volume with that table; a table's name wins over an engine map of the same name, e.g.
+                "Rainbow") or one of the engine's maps ("pet", the default, "hot", "rainbow", "grey",
+                a matplotlib name); ``opacity`` is the colour's opacity at the top of the window.
 
         Returns:
             FusionOutputs with ``fusedVolumeNode``, ``weightsVolumeNode``, ``metricsTableNode``,
@@ -373,6 +402,9 @@ class FusionLogic:
         # is fused as it is shown
         transformNode = transformNode or parent
         scene = self._sceneOf(anatomicalVolumeNode)
+        engineParameters = dict(methodParameters)
+        if method == "overlay":  # a colour table's name becomes its colours (before any work)
+            engineParameters = _overlay_parameters(scene, engineParameters)
         report(progress, 0.0, "reading volumes")
         a = mrml.image_from_volume_node(anatomicalVolumeNode)
         b = mrml.image_from_volume_node(functionalVolumeNode)
@@ -390,8 +422,10 @@ class FusionLogic:
             a, b = _as_2d(a), _as_2d(b)
         # the pipeline's fusion step (fuse, then the metrics as the CLI and reports compute them)
         results, table_values = fuse_and_evaluate(a, b, [method], progress=scaled(progress, 0.05, 0.9),
-                                                  method_params={method: dict(methodParameters)})
+                                                  method_params={method: engineParameters})
         result = results[0]
+        if engineParameters.get("colormap") is not methodParameters.get("colormap"):
+            result.parameters["colormap"] = methodParameters["colormap"]  # the table's name, not its colours
         fused_image, weights_image = result.image, result.weights
         if slice_volume is not None:
             fused_image = _as_slice_of(fused_image, slice_volume)
@@ -435,8 +469,10 @@ class FusionLogic:
             preset, stages, fixedMaskNode, movingMaskNode, seed, backend, initializer: see
                 :meth:`registerVolumes`.
             fusionMethod: fusion method name.
-            opacity: foreground (functional) opacity in the slice views.
-            colormap: colour table of the functional volume ("PET-Heat", "PET-Rainbow2", ...).
+            opacity: foreground (functional) opacity in the slice views; with ``fusionMethod="overlay"``
+                also the overlay's opacity (the colour's at the top of the functional window).
+            colormap: colour table of the functional volume ("PET-Heat", "PET-Rainbow2", ...); with
+                ``fusionMethod="overlay"`` also the fused volume's colours (see :meth:`fuseVolumes`).
             outputTransformNode: transform node to write into (new when None).
             outputVolumeNode: resampled moving volume node (new when None).
             fusedVolumeNode: fused volume node (new when None).
@@ -461,10 +497,17 @@ class FusionLogic:
                                       (weightsVolumeNode, "vtkMRMLScalarVolumeNode", "weights volume", "volume node"),
                                       (metricsTableNode, "vtkMRMLTableNode", "metrics table", "table node")):
             _check_class(node, cls, what, kind)  # before the registration, not after it
+        if fixedVolumeNode is None or movingVolumeNode is None:
+            raise InputError("Select both a fixed and a moving volume.", "Choose the two volumes to register.")
         from . import fusion
 
-        fusion.check_parameters(fusionMethod, fusionParameters)  # a misspelt value must not wait for it either
         scene = self._sceneOf(fixedVolumeNode)
+        checked = fusionParameters
+        if fusionMethod == "overlay":
+            # the panel's one colour table and opacity: the fused overlay shows what the slice views show
+            fusionParameters.update(colormap=colormap, opacity=opacity)
+            checked = _overlay_parameters(scene, fusionParameters)
+        fusion.check_parameters(fusionMethod, checked)  # a misspelt value must not wait for it either
         registration = self.registerVolumes(
             fixedVolumeNode, movingVolumeNode, preset=preset, stages=stages, fixedMaskNode=fixedMaskNode,
             movingMaskNode=movingMaskNode, seed=seed, outputTransformNode=outputTransformNode,

@@ -212,6 +212,73 @@ class LogicTest(unittest.TestCase):
                                        newNodeOnKindChange=True)
         self.assertIs(again.fusedVolumeNode, grey.fusedVolumeNode)
 
+    def _table_colours(self, name: str) -> np.ndarray:
+        """The colour node's own 256-entry lookup table (Slicer's table, not the engine's sampling of it)."""
+        lut = self.scene.GetFirstNodeByName(name).GetLookupTable()
+        self.assertEqual(lut.GetNumberOfTableValues(), 256)
+        return np.array([lut.GetTableValue(i)[:3] for i in range(256)])
+
+    def test_overlay_run_shows_the_panels_colour_table_and_opacity(self) -> None:
+        """run(fusionMethod="overlay", colormap=..., opacity=...) colours the fused volume with that Slicer
+        colour table at that opacity (it used the engine's "pet" at 0.5 whatever was chosen)."""
+        from MultimodalFusionLib import fusion
+
+        out = self.logic.run(self.mr, self.pet, stages=["rigid"], seed=3, fusionMethod="overlay",
+                             colormap="PET-Rainbow2", opacity=0.3, show=False)
+        self.assertEqual(out.fusion.result.parameters["colormap"], "PET-Rainbow2")
+        self.assertEqual(out.fusion.result.parameters["opacity"], 0.3)
+        registered = mrml.image_from_volume_node(out.resampledVolumeNode)
+        fused = sitk.GetArrayFromImage(mrml.image_from_volume_node(out.fusedVolumeNode)).astype(np.float64)
+        expected = fusion.fuse(self.fixed, registered, "overlay", colormap=self._table_colours("PET-Rainbow2"),
+                               opacity=0.3)
+        # the node's table and its transfer function differ by under half an 8-bit step
+        np.testing.assert_allclose(fused, sitk.GetArrayFromImage(expected.image), atol=1.0)
+        engine = fusion.fuse(self.fixed, registered, "overlay")  # what every run made before
+        self.assertGreater(np.abs(fused - sitk.GetArrayFromImage(engine.image)).max(), 50)
+        # the hottest voxels: 0.7 of the anatomy's grey plus 0.3 of PET-Rainbow2's top colour (red)
+        keep = sitk.GetArrayFromImage(mrml.image_from_volume_node(out.fusion.weightsVolumeNode))
+        hot = keep <= keep.min() + 1e-6
+        self.assertAlmostEqual(float(keep.min()), 0.7, places=5)
+        red_minus_green = fused[hot][:, 0] - fused[hot][:, 1]
+        np.testing.assert_allclose(red_minus_green, 0.3 * 255 * (1.0 - self._table_colours("PET-Rainbow2")[255, 1]),
+                                   atol=1.0)
+        # the panel's Fuse button passes the same names to fuseVolumes: the same volume
+        fuse = self.logic.fuseVolumes(self.mr, out.resampledVolumeNode, method="overlay", colormap="PET-Rainbow2",
+                                      opacity=0.3)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.image_from_volume_node(fuse.fusedVolumeNode)),
+                                      fused)
+
+    def test_overlay_colour_names_are_the_scenes_colour_tables_then_the_engines(self) -> None:
+        from MultimodalFusionLib import fusion
+
+        reg = self._register()
+        registered = mrml.image_from_volume_node(reg.resampledVolumeNode)
+
+        def fused(**kwargs):
+            out = self.logic.fuseVolumes(self.mr, reg.resampledVolumeNode, method="overlay", **kwargs)
+            return out, sitk.GetArrayFromImage(mrml.image_from_volume_node(out.fusedVolumeNode)).astype(np.float64)
+
+        # Slicer's "Rainbow" (red to violet) wins over the engine's "rainbow" (blue to red)
+        out, rainbow = fused(colormap="Rainbow")
+        self.assertEqual(out.result.parameters["colormap"], "Rainbow")
+        np.testing.assert_allclose(rainbow, sitk.GetArrayFromImage(fusion.fuse(
+            self.fixed, registered, "overlay", colormap=self._table_colours("Rainbow")).image), atol=1.0)
+        engine = sitk.GetArrayFromImage(fusion.fuse(self.fixed, registered, "overlay", colormap="rainbow").image)
+        self.assertGreater(np.abs(rainbow - engine).max(), 50)
+        # engine names no colour table has still run as they did; no name given: the engine's "pet"
+        for kwargs, name in (({"colormap": "hot"}, "hot"), ({}, "pet")):
+            out, arr = fused(**kwargs)
+            self.assertEqual(out.result.parameters["colormap"], name)
+            np.testing.assert_array_equal(arr, sitk.GetArrayFromImage(
+                fusion.fuse(self.fixed, registered, "overlay", **kwargs).image))
+        # a name that is neither: refused naming both kinds, before any work (no node added), in run too
+        before = self.scene.GetNumberOfNodes()
+        with self.assertRaisesRegex(InputError, "no colour table of that name.*PET-Rainbow2.*pet"):
+            fused(colormap="NoSuchColours")
+        with self.assertRaisesRegex(InputError, "no colour table of that name"):
+            self.logic.run(self.mr, self.pet, stages=["rigid"], fusionMethod="overlay", colormap="NoSuchColours")
+        self.assertEqual(self.scene.GetNumberOfNodes(), before)
+
     def test_repeated_runs_reuse_every_output_node(self) -> None:
         kwargs = {"stages": ["rigid"], "seed": 3, "fusionMethod": "pca", "show": False}
         first = self.logic.run(self.mr, self.pet, **kwargs)
