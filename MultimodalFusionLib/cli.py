@@ -302,7 +302,7 @@ _FUSION_PARAM_FLAGS = ("weight", "wavelet", "levels", "sigma", "colormap", "opac
                        "adapt_steps", "weights", "device", "selection")
 
 
-def _add_fusion_params(p: argparse.ArgumentParser, *, window_for_every_method: bool = False) -> None:
+def _add_fusion_params(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fusion method parameters (only those of the chosen method)")
     g.add_argument("--weight", type=float, help="average: weight of the anatomical image A (0..1, default 0.5)")
     g.add_argument("--wavelet", help="wavelet: PyWavelets wavelet name (default db2)")
@@ -311,11 +311,10 @@ def _add_fusion_params(p: argparse.ArgumentParser, *, window_for_every_method: b
     g.add_argument("--colormap", help="overlay: pet (default), hot, rainbow, grey or a matplotlib name")
     g.add_argument("--opacity", type=float, help="overlay: colour opacity 0..1 (default 0.5)")
     g.add_argument("--threshold", type=float, help="overlay: functional value below which no colour shows")
-    # `fuse` passes it to fusion.fuse as window_b whatever the method; `run` gives it to the overlay only
+    # `fuse` and `run` both pass it to fusion.fuse as window_b, whatever the method
     g.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"),
                    help="every method: intensity window of the functional image B mapped to 0..1 (default: 8-bit as "
-                        "it is, others min..max; overlay: its display window, default min..99.5th percentile)"
-                   if window_for_every_method else "overlay: display window of the functional image")
+                        "it is, others min..max; overlay: its display window, default min..99.5th percentile)")
     g.add_argument("--adapt", dest="adapt_steps", type=int, metavar="STEPS",
                    help="deep: per-study adaptation steps, a short unsupervised fine-tuning on this very pair "
                         "(default 0: the shipped weights as they are)")
@@ -364,7 +363,7 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", metavar="DIR", help="also write metrics.json, montage PNG and report.html here")
     p.add_argument("--json", action="store_true",
                    help="print the metrics as JSON (stdout holds only the JSON, as for the other commands)")
-    _add_fusion_params(p, window_for_every_method=True)
+    _add_fusion_params(p)
     _add_series(p, ("a", "b"))
     p.set_defaults(func=_run_fuse)
 
@@ -466,9 +465,9 @@ def _run_run(args: argparse.Namespace) -> int:
     from .fusion import get_method
 
     for m in methods:  # give each method only the parameters it takes
-        accepted = set(inspect.signature(get_method(m)).parameters)
-        if m == "overlay":
-            accepted |= {"window"}
+        # --window is fuse()'s, not a method's: the functional image's window for every method, as in `fuse`
+        # (it went to the overlay only, and the other methods ignored it without a word)
+        accepted = set(inspect.signature(get_method(m)).parameters) | {"window"}
         method_params[m] = {k: v for k, v in params.items() if k in accepted}
     from .io import read_image
 

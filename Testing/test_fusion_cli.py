@@ -126,6 +126,33 @@ class FuseEvaluateCliTest(unittest.TestCase):
         plain = sitk.GetArrayFromImage(fusion.fuse(a, b, "wavelet").image)
         self.assertGreater(np.abs(want - plain).max(), 10.0)  # the window did change the fusion
 
+    def test_run_window_means_what_fuse_window_means(self) -> None:
+        # `run --window` went to the overlay only: average and wavelet ignored it without a word, so one flag
+        # fused one pair 53 of 255 apart in `fuse` and `run`
+        code, help_text, _ = _main(["run", "--help"])
+        self.assertEqual(code, 0)
+        flat = " ".join(help_text.split())
+        self.assertNotIn("overlay: display window", flat)
+        self.assertIn("every method", flat)
+        windowed, plain = (os.path.join(self.tmp.name, n) for n in ("windowed", "plain"))
+        for folder, extra in ((windowed, ["--window", "50", "150"]), (plain, [])):
+            code, _, stderr = _main(["run", self.a, self.b, "--output-dir", folder, "--no-register",
+                                     "--methods", "average,wavelet,overlay", *extra])
+            self.assertEqual(code, 0, stderr)
+        with open(os.path.join(windowed, "metrics.json"), encoding="utf-8") as fh:
+            recorded = json.load(fh)["fusions"]
+        for method in ("average", "wavelet", "overlay"):
+            with self.subTest(method=method):
+                out = os.path.join(self.tmp.name, f"fuse_{method}.png")
+                code, _, stderr = _main(["fuse", self.a, self.b, "--method", method, "--window", "50", "150",
+                                         "-o", out])
+                self.assertEqual(code, 0, stderr)
+                by_run = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(windowed, f"fused_{method}.png")))
+                np.testing.assert_array_equal(by_run, sitk.GetArrayFromImage(sitk.ReadImage(out)))
+                unwindowed = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(plain, f"fused_{method}.png")))
+                self.assertGreater(np.abs(by_run.astype(float) - unwindowed).max(), 10.0)
+                self.assertEqual(recorded[method]["parameters"]["window_b"], [50.0, 150.0])
+
     def test_laplacian_sigma_too_wide_is_refused(self) -> None:
         # a Gaussian kernel of 8 sigma + 1 taps: --sigma 1e9 asked numpy for 60 GB (a MemoryError traceback)
         out = os.path.join(self.tmp.name, "lap.png")
