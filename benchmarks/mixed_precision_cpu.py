@@ -3,7 +3,8 @@
 
 Usage::
 
-    python benchmarks/mixed_precision_cpu.py [--threads 2] [--seed 1] [--only registration|deep] [--json FILE]
+    python benchmarks/mixed_precision_cpu.py [--threads 2] [--seed 1] [--only registration|deep|adapt]
+        [--adapt-steps 20] [--json FILE]
 
 On CUDA the torch registration backend computes its LNCC/MIND similarity under bfloat16 autocast
 (``mixed_precision=True``, the default) and deep fusion runs its network under float16 autocast. No
@@ -21,6 +22,11 @@ Deep fusion: the shipped 2D weights on a 256x256 MNI152 T1 / synthetic CT slice 
 (slice by slice), and the shipped 3D weights on the 64^3 volume (sliding window): the largest absolute
 difference of the fused image and of the weight map between float32 and float16 / bfloat16 autocast,
 and whether any value is NaN or infinite.
+
+Per-study adaptation: the shipped 2D weights adapted to the 256x256 slice under float16 autocast
+(``inference.adapt(..., amp=True)``: CPU autocast and a CPU GradScaler, the CUDA path) and, patched in
+this process, without the GradScaler (the code before): the first step's gradients flushed to zero and
+their error against float32, and how far the fused image and weight map end from float32 adaptation's.
 """
 
 from __future__ import annotations
@@ -195,11 +201,86 @@ def deep_rows() -> list[dict]:
     return out
 
 
+def adapt_rows(steps: int) -> list[dict]:
+    """Per-study adaptation under float16 autocast, with and without the GradScaler, against float32."""
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    from MultimodalFusionLib import data
+    from MultimodalFusionLib.fusion.deep import inference, training
+    from MultimodalFusionLib.fusion.deep.losses import FusionLoss
+
+    tissues = data.mni152(spacing_mm=1.0)
+    t1, ct = tissues["t1"], data.synthetic_contrast(tissues, "ct")
+    z = t1.GetSize()[2] // 2
+
+    def resized(image: sitk.Image) -> np.ndarray:
+        spacing = [sz * sp / 256 for sz, sp in zip(image.GetSize(), image.GetSpacing())]
+        out = sitk.GetArrayFromImage(sitk.Resample(image, [256, 256], sitk.Transform(), sitk.sitkLinear,
+                                                   image.GetOrigin(), spacing, image.GetDirection(), 0.0,
+                                                   sitk.sitkFloat32))
+        return ((out - out.min()) / (out.max() - out.min())).astype(np.float32)
+
+    a, b = resized(t1[:, :, z]), resized(ct[:, :, z])
+    net, _ = inference._load_model(None, 2)
+    xa, xb = torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]
+
+    def first_gradient(amp: bool, scale: float) -> torch.Tensor:
+        # the gradient of adaptation's first step (as inference.adapt computes it), unscaled
+        tuned = inference.copy.deepcopy(net).train()
+        ap, pads = inference._pad_to_multiple(xa, tuned.config.size_multiple)
+        bp, _ = inference._pad_to_multiple(xb, tuned.config.size_multiple)
+        with torch.autocast("cpu", dtype=torch.float16, enabled=amp):
+            fused, _ = tuned(ap, bp)
+        loss, _ = FusionLoss(2, None)(inference._crop(fused.float(), pads), xa, xb)
+        (loss * scale).backward()
+        return torch.cat([p.grad.flatten() / scale for p in tuned.parameters()])
+
+    float16_amp = training._float16_amp
+    skipped = [0]
+
+    def no_scaler(torch_: object, device: object, amp: object = None) -> tuple:
+        return float16_amp(torch_, device, amp)[0], None  # the code before: autocast without a GradScaler
+
+    def counted_step(loss: object, optimizer: object, scaler: object) -> bool:
+        stepped = optimizer_step(loss, optimizer, scaler)
+        skipped[0] += not stepped
+        return stepped
+
+    optimizer_step = training._optimizer_step
+    g32 = first_gradient(False, 1.0)
+    f32, w32 = inference.predict(inference.adapt(net, a, b, steps=steps), a, b, device=torch.device("cpu"))
+    out = []
+    print(f"| float16 autocast (CPU emulation) | first step: gradients flushed to 0 (of {g32.numel()}) | "
+          f"first step: gradient error (L2, relative) | after {steps} steps: max abs diff fused / weight | "
+          "steps the scaler skipped (run again) |")
+    print("|---|---|---|---|---|")
+    for label, scaled in (("no GradScaler (the code before)", False), ("GradScaler (now)", True)):
+        g = first_gradient(True, 65536.0 if scaled else 1.0)
+        skipped[0] = 0
+        training._float16_amp, training._optimizer_step = (float16_amp if scaled else no_scaler), counted_step
+        try:
+            tuned = inference.adapt(net, a, b, steps=steps, amp=True)
+        finally:
+            training._float16_amp, training._optimizer_step = float16_amp, optimizer_step
+        f, w = inference.predict(tuned, a, b, device=torch.device("cpu"))
+        row = {"variant": label, "flushed": int(((g == 0) & (g32 != 0)).sum()), "gradients": g32.numel(),
+               "gradient_rel_error": float((g - g32).norm() / g32.norm()),
+               "fused_max_abs_diff": float(np.abs(f - f32).max()), "weight_max_abs_diff": float(np.abs(w - w32).max()),
+               "skipped_steps": skipped[0], "steps": steps}
+        out.append(row)
+        print(f"| {label} | {row['flushed']} | {row['gradient_rel_error']:.2%} | {row['fused_max_abs_diff']:.2e} / "
+              f"{row['weight_max_abs_diff']:.2e} | {row['skipped_steps']} |", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--seed", type=int, default=1, help="registration seed (default 1)")
-    parser.add_argument("--only", choices=("registration", "deep"), help="run one part only")
+    parser.add_argument("--only", choices=("registration", "deep", "adapt"), help="run one part only")
+    parser.add_argument("--adapt-steps", type=int, default=20, help="adaptation steps of the adapt part (default 20)")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
 
@@ -214,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "deep"):
         print("\nDeep fusion inference: float32 vs reduced-precision autocast")
         result["deep"] = deep_rows()
+    if args.only in (None, "adapt"):
+        print(f"\nPer-study adaptation ({args.adapt_steps} steps, shipped 2D weights, 256x256 slice): float16 vs float32")
+        result["adapt"] = adapt_rows(args.adapt_steps)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2)

@@ -54,6 +54,11 @@ _MODEL_CACHE: dict[tuple[str, int, int, int], tuple[Any, dict[str, Any]]] = {}
 MIN_ADAPT_SIZE = 8
 
 
+#: Times one adaptation step is run again after its GradScaler skipped it (float16 autocast only), each
+#: time at half the loss scale: 65536 -> 1.
+_MAX_SCALE_BACKOFFS = 16
+
+
 #: Largest sliding-window side accepted (a 1024^3 window's activations are already hundreds of GB).
 MAX_ROI_SIZE = 1024
 
@@ -259,14 +264,20 @@ def predict(model: Any, a: np.ndarray, b: np.ndarray, *, device: Any, batch_size
 
 def adapt(model: Any, a: np.ndarray, b: np.ndarray, *, steps: int, lr: float = 1e-3,
           loss_weights: LossWeights | None = None, seed: int = 0, device: Any = None, patch: int = 96,
-          batch_size: int = 4, progress: ProgressCallback | None = None) -> Any:
+          batch_size: int = 4, progress: ProgressCallback | None = None, amp: bool | None = None) -> Any:
     """A copy of ``model`` fine-tuned on one normalised pair with the unsupervised loss.
 
     2D pairs with a 2D network use the whole image each step; 3D volumes use random batches of
     axial slices (2D network) or random ``patch`` cubes (3D network), drawn from a generator seeded
-    with ``seed``.
+    with ``seed``. On CUDA the steps run under float16 autocast with a GradScaler (as training's):
+    without one, small gradients flushed to zero in float16.
+
+    ``amp``: None (default) float16 autocast on CUDA only; True/False force it on or off (True on the
+    CPU runs the CUDA path under ``torch.autocast("cpu")`` with a CPU GradScaler, as the tests do).
     """
     import torch
+
+    from .training import _float16_amp, _optimizer_step
 
     device = device or torch.device("cpu")
     tuned = copy.deepcopy(model).to(device).train()
@@ -276,7 +287,7 @@ def adapt(model: Any, a: np.ndarray, b: np.ndarray, *, steps: int, lr: float = 1
     gen = torch.Generator().manual_seed(int(seed))
     ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
-    amp = device.type == "cuda"
+    amp, scaler = _float16_amp(torch, device, amp)
     multiple = tuned.config.size_multiple
     if a.ndim == 3 and sd == 2:
         # only slices with content: empty slices would pull the weights towards nothing
@@ -296,12 +307,16 @@ def adapt(model: Any, a: np.ndarray, b: np.ndarray, *, steps: int, lr: float = 1
         xa, xb = xa.to(device), xb.to(device)
         xa_p, pads = _pad_to_multiple(xa, multiple)
         xb_p, _ = _pad_to_multiple(xb, multiple)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            fused, _ = tuned(xa_p, xb_p)
-        loss, _ = loss_fn(_crop(fused.float(), pads), xa, xb)
-        loss.backward()
-        opt.step()
+        for _ in range(_MAX_SCALE_BACKOFFS + 1):
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                fused, _ = tuned(xa_p, xb_p)
+            loss, _ = loss_fn(_crop(fused.float(), pads), xa, xb)
+            # a step the GradScaler skipped (its gradients overflowed float16; then it halves the loss
+            # scale) is run again on the same batch: a short adaptation would otherwise lose steps (its
+            # first one at the initial scale 65536 overflowed on two of four MNI152 slices)
+            if _optimizer_step(loss, opt, scaler):
+                break
         report(progress, (step + 1) / steps, f"adapting {step + 1}/{steps} loss {float(loss.detach()):.4f}")
     return tuned.eval()
 
