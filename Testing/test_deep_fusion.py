@@ -304,6 +304,38 @@ class DeepFusionTest(unittest.TestCase):
         np.testing.assert_array_equal(f1, f2)
         np.testing.assert_array_equal(w1, w2)
 
+    def test_float16_training_resumes_with_its_loss_scale(self):
+        """Training's CUDA path (float16 autocast + GradScaler) emulated on the CPU (``amp=True``): interrupted and
+        resumed, it equals the uninterrupted run because the checkpoint holds the scaler's state. Loss weights
+        10x the defaults make the scaled gradients overflow float16, so the scale backs off below 65536 in the
+        first epoch; a resumed run that restarted at 65536 (the code before) skipped other steps and differed."""
+        from MultimodalFusionLib.fusion.deep import LossWeights, TrainingConfig, train_fusion
+        from MultimodalFusionLib.fusion.deep.weights import load_checkpoint
+
+        pairs = _pairs()
+        tcfg = TrainingConfig(epochs=2, batch_size=2, patch_size=32, samples_per_epoch=8, seed=7, lr=3e-3,
+                              loss_weights=LossWeights(10.0, 100.0, 10.0))
+        whole = train_fusion(pairs, config=_tiny_config(), training=tcfg, amp=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = os.path.join(tmp, "run.ckpt.pt")
+            with self.assertRaises(OperationCancelled):
+                train_fusion(pairs, config=_tiny_config(), training=tcfg, checkpoint=ckpt, amp=True,
+                             progress=lambda fraction, message: not message.startswith("epoch 2/"))
+            payload = load_checkpoint(ckpt)  # torch.load(weights_only=True)
+            self.assertLess(payload["scaler"]["scale"], 65536.0)  # backed off: the state matters
+            resumed = train_fusion(pairs, training=tcfg, resume=ckpt, amp=True)
+            # a checkpoint without the entry (written before it was saved) still resumes, with a fresh scaler
+            del payload["scaler"]
+            payload["architecture"] = json.dumps(payload["architecture"].to_dict())
+            payload["state"] = json.dumps(payload["state"])
+            torch.save(payload, ckpt)
+            older = train_fusion(pairs, training=tcfg, resume=ckpt, amp=True)
+        self.assertEqual([h["loss"] for h in resumed.history], [h["loss"] for h in whole.history])
+        for (k, v1), v2 in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+            self.assertTrue(torch.equal(v1, v2), k)  # exactly the uninterrupted run
+        self.assertEqual(len(older.history), 2)
+        self.assertTrue(all(np.isfinite(h["loss"]) for h in older.history))
+
     def test_training_leaves_the_callers_random_state_alone(self):
         import random
 

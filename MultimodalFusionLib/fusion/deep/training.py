@@ -127,6 +127,8 @@ class ResumedRun:
         training: the run's settings (``TrainingConfig.to_dict()``; empty: nothing to compare).
         model_state: the network's state dict.
         optimizer_state: the optimiser's state dict.
+        scaler_state: the GradScaler's state dict of a float16 autocast (CUDA) run; None: none saved (a float32
+            run, or a checkpoint written before it was saved).
     """
 
     path: str
@@ -136,6 +138,7 @@ class ResumedRun:
     training: dict[str, Any]
     model_state: dict[str, Any]
     optimizer_state: dict[str, Any]
+    scaler_state: dict[str, Any] | None = None
 
 
 def open_resume(path: str | os.PathLike) -> ResumedRun:
@@ -149,7 +152,8 @@ def open_resume(path: str | os.PathLike) -> ResumedRun:
     state = load_checkpoint(path)
     return ResumedRun(path=os.fspath(path), architecture=state["architecture"], epochs_done=int(state["epoch"]) + 1,
                       history=list(state["state"].get("history", [])), training=state["state"].get("training") or {},
-                      model_state=state["model"], optimizer_state=state["optimizer"])
+                      model_state=state["model"], optimizer_state=state["optimizer"],
+                      scaler_state=state.get("scaler") or None)
 
 
 def _flag_value(value: Any) -> str:
@@ -248,7 +252,7 @@ def _caller_random_state_kept(torch: Any) -> Iterator[None]:
 def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: FusionNetConfig | None = None,
                  training: TrainingConfig | None = None, checkpoint: str | os.PathLike | None = None,
                  resume: str | os.PathLike | ResumedRun | None = None, progress: ProgressCallback | None = None,
-                 model: Any = None) -> TrainingResult:
+                 model: Any = None, amp: bool | None = None) -> TrainingResult:
     """Train a fusion network on normalised image pairs with the unsupervised loss.
 
     Args:
@@ -261,6 +265,8 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
             read from it (not read again).
         progress: progress callback (fraction, message); returning False cancels.
         model: an existing network to fine-tune instead of a new one.
+        amp: None (default): float16 autocast with a GradScaler on CUDA only; True/False force it on or off
+            (True on the CPU runs the CUDA path under CPU autocast with a CPU GradScaler, as the tests do).
 
     Returns:
         TrainingResult with the network (CPU, eval mode) and the per-epoch loss history.
@@ -324,7 +330,10 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
                              f"per epoch (--samples-per-epoch {tcfg.batch_size}), or add pairs.")
         steps_per_epoch = per_epoch // tcfg.batch_size
         total_steps = steps_per_epoch * tcfg.epochs
-        amp, scaler = _float16_amp(torch, device)
+        amp, scaler = _float16_amp(torch, device, amp)
+        if scaler is not None and run is not None and run.scaler_state:
+            # the run's loss scale and growth counter: a fresh scaler (65536) would not continue it step for step
+            scaler.load_state_dict(dict(run.scaler_state))
         t0 = time.perf_counter()
         report(progress, start_epoch / tcfg.epochs, f"training on {len(samples)} samples ({device.type})")
         for epoch in range(start_epoch, tcfg.epochs):
@@ -373,7 +382,7 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
             history.append(entry)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, model=model, optimizer=optimizer, epoch=epoch,
-                                state={"history": history, "training": tcfg.to_dict()})
+                                state={"history": history, "training": tcfg.to_dict()}, scaler=scaler)
         model.to("cpu").eval()
         report(progress, 1.0, "training done")
         return TrainingResult(model=model, history=history, seconds=time.perf_counter() - t0, device=device.type)

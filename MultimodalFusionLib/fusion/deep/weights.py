@@ -181,8 +181,12 @@ def load_weights(path: str | os.PathLike, *, spatial_dims: int | None = None,
 
 
 def save_checkpoint(path: str | os.PathLike, *, model: Any, optimizer: Any, epoch: int,
-                    state: dict[str, Any]) -> str:
-    """Save a resumable training checkpoint atomically (plain tensors, ints, strings, lists, dicts)."""
+                    state: dict[str, Any], scaler: Any = None) -> str:
+    """Save a resumable training checkpoint atomically (plain tensors, ints, strings, lists, dicts).
+
+    ``scaler``: the run's GradScaler (float16 autocast), whose state (loss scale and growth counter: plain
+    floats and ints) is saved too, so a resumed run continues with its scale, not the initial 65536.
+    """
     import torch
 
     payload = {
@@ -194,6 +198,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: Any, optimizer: Any, epoc
         "epoch": int(epoch),
         "state": json.dumps(state, default=str),
     }
+    if scaler is not None:
+        payload["scaler"] = scaler.state_dict()
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
     return os.fspath(path)
@@ -226,6 +232,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         payload["state"] = json.loads(payload.get("state") or "{}")
         if not isinstance(payload["state"], dict) or not isinstance(payload.get("model"), dict):
             raise ValueError("no model weights or training state")
+        if not isinstance(payload.get("scaler", {}), dict):  # absent from checkpoints of float32 runs and older ones
+            raise ValueError("the GradScaler state is not a dictionary")
         int(payload["epoch"])
     except (KeyError, TypeError, ValueError) as exc:  # json's JSONDecodeError is a ValueError
         raise InputError(f"The training checkpoint '{path}' is damaged: {exc}.",
