@@ -577,6 +577,49 @@ class TorchRegistrationTest(unittest.TestCase):
         # 0.58 mm in float32; 5.03 mm under bfloat16 when LNCC's window statistics were taken in bfloat16
         self.assertLess(abs(errors["bfloat16"] - errors["float32"]), 0.05, errors)
 
+    def test_iterations_read_nothing_back_from_the_device(self) -> None:
+        """What waits for a GPU, counted on the CPU per iteration: ``aten::nonzero`` (boolean-mask indexing),
+        ``aten::_local_scalar_dense`` (``.item()``, ``float()``, ``int()``, ``bool()`` of a tensor) and numpy
+        arrays made into tensors (a blocking host-to-device copy). Twice the iterations must not add any. They
+        added 2 numpy arrays per linear iteration (``total_matrix``'s geometry, every metric) and 3 nonzero
+        per deformable MI iteration over the grid with a fixed mask. (The rigid stage's ``matrix_exp`` and the
+        linear MI with a moving mask still do, see README; they are not run here.)"""
+        from torch.profiler import ProfilerActivity, profile
+
+        from MultimodalFusionLib.registration.torch_backend import register_torch
+
+        case = accuracy.itk_brainweb_band_case()
+        runs = {"affine LNCC, moving mask": ({"stages": ["affine"], "linear_metric": "lncc",
+                                              "linear_shrink_factors": [4]}, "linear_iterations",
+                                             {"moving_mask": case.moving_mask}),
+                "deformable MI over the grid, fixed mask": ({"stages": ["deformable"], "deformable_metric": "mi",
+                                                             "deformable_samples": 0,
+                                                             "deformable_level_spacing_mm": [8.0]},
+                                                            "deformable_iterations", {"fixed_mask": case.mask})}
+        as_tensor = torch.as_tensor
+
+        def counts(settings: dict, masks: dict) -> tuple[int, int, int]:
+            arrays = [0]
+
+            def counted(data: Any, *args: Any, **kwargs: Any) -> Any:
+                arrays[0] += isinstance(data, np.ndarray)
+                return as_tensor(data, *args, **kwargs)
+
+            torch.as_tensor = counted
+            try:
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    register_torch(case.fixed, case.moving, self._params(**settings), seed=1, **masks)
+            finally:
+                torch.as_tensor = as_tensor
+            ops = {e.key: e.count for e in prof.key_averages()}
+            return ops.get("aten::nonzero", 0), ops.get("aten::_local_scalar_dense", 0), arrays[0]
+
+        for name, (settings, iterations, masks) in runs.items():
+            with self.subTest(name):
+                few = counts(dict(settings, **{iterations: [5]}), masks)
+                more = counts(dict(settings, **{iterations: [10]}), masks)
+                self.assertEqual(few, more)
+
 
 def _blobs(dim: int, n: int, shift: float) -> sitk.Image:
     """A smooth random image (n voxels along each of ``dim`` axes, 1 mm) of twelve Gaussian blobs, moved by

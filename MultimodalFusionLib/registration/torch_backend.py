@@ -504,6 +504,10 @@ class _Context:
         self.moving_image = moving
         self.f_norm_to_phys = _normalised_to_physical(fixed)
         self.m_phys_to_norm = _physical_to_normalised(moving)
+        # on the device once: made from the numpy arrays in every iteration (total_matrix), each was a blocking
+        # host-to-device copy, which waits for the GPU's queue (two host synchronisations per linear iteration)
+        self._f_norm_to_phys = torch.as_tensor(self.f_norm_to_phys, dtype=torch.float64, device=device)
+        self._m_phys_to_norm = torch.as_tensor(self.m_phys_to_norm, dtype=torch.float64, device=device)
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(int(seed))
         self.device_generator = torch.Generator(device=device)
@@ -556,11 +560,7 @@ class _Context:
 
     def total_matrix(self, affine: Any) -> Any:
         """Fixed normalised -> moving normalised, float64 (d+1)x(d+1) tensor, for a homogeneous ``affine``."""
-        import torch
-
-        pf = torch.as_tensor(self.f_norm_to_phys, dtype=torch.float64, device=self.device)
-        qm = torch.as_tensor(self.m_phys_to_norm, dtype=torch.float64, device=self.device)
-        return qm @ affine @ pf
+        return self._m_phys_to_norm @ affine @ self._f_norm_to_phys
 
     def sample_moving(self, image: Any, points: Any, padding: str = "zeros") -> Any:
         """Moving values (C, N) at moving-normalised points (N, d)."""
@@ -704,9 +704,10 @@ def _skew(torch: Any, w: Any, dim: int) -> Any:
 
 
 def _dense_similarity(ctx: _Context, metric: str, fixed_feat: Any, warped: Any, mask: Any,
-                      window_mask: Any = None) -> Any:
+                      window_mask: Any = None, mask_index: Any = None) -> Any:
     """The metric over the fixed grid, averaged over ``mask``; LNCC's windows use ``window_mask`` only
-    (None: every voxel), MIND and MI are per voxel."""
+    (None: every voxel), MIND and MI are per voxel. ``mask_index``: MI's voxels, the indices of ``mask``'s
+    (:func:`_mask_index`), for a loop that would otherwise find them again every iteration."""
     from .torch_losses import lncc_loss, mind_loss
 
     if metric == "mind":
@@ -714,9 +715,17 @@ def _dense_similarity(ctx: _Context, metric: str, fixed_feat: Any, warped: Any, 
     if metric == "lncc":
         return lncc_loss(fixed_feat, warped, mask, ctx.params.lncc_kernel, window_mask)
     if mask is not None:
-        keep = mask.reshape(-1) > 0
+        keep = _mask_index(mask) if mask_index is None else mask_index
         return ctx.mi_loss(fixed_feat.reshape(1, -1)[:, keep], warped.reshape(1, -1)[:, keep])
     return ctx.mi_loss(fixed_feat.reshape(1, -1), warped.reshape(1, -1))
+
+
+def _mask_index(mask: Any) -> Any:
+    """Flat indices of a mask's voxels, ascending (what indexing with ``mask > 0`` selects). Finding them
+    waits for the device (their count sets the shape): done once per level, indexing with them does not."""
+    import torch
+
+    return torch.nonzero(mask.reshape(-1) > 0).flatten()
 
 
 def _features(ctx: _Context, metric: str, image: Any) -> Any:
@@ -939,6 +948,9 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
             if fixed_mask is not None:
                 candidates = candidates[fixed_mask.reshape(-1) > 0]
             flat_feat = fixed_feat.reshape(fixed_feat.shape[1], -1)
+        # MI over the whole grid counts the masked voxels: indexed by a boolean mask, each iteration waited for
+        # the device to count them
+        mask_index = _mask_index(fixed_mask) if metric == "mi" and fixed_mask is not None else None
 
         def similarity(vel: Any, fixed_feat: Any = fixed_feat, moving_feat: Any = moving_feat,
                        fixed_mask: Any = fixed_mask, grid: Any = grid, to_norm: Any = to_norm,
@@ -946,7 +958,7 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
                        image_shape: list[int] = image_shape, sampled: bool = False,
                        candidates: Any = candidates, n_samples: int = n_samples,
                        flat_grid: Any = flat_grid, flat_feat: Any = flat_feat, warp: Any = warp,
-                       window: Any = window) -> tuple[Any, Any]:
+                       window: Any = window, mask_index: Any = mask_index) -> tuple[Any, Any]:
             smooth = gaussian_blur(vel, sigmas) if p.velocity_sigma > 0 else vel
             disp = _integrate(torch, smooth * to_norm, grid, int(p.integration_steps))
             if sampled and candidates is not None and candidates.numel() > n_samples:
@@ -975,7 +987,7 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
             with ctx.autocast(metric):
                 warped = F.grid_sample(moving_feat, moved, mode="bilinear", padding_mode=padding,
                                        align_corners=True)
-                sim = _dense_similarity(ctx, metric, fixed_feat, warped, fixed_mask, window)
+                sim = _dense_similarity(ctx, metric, fixed_feat, warped, fixed_mask, window, mask_index)
             return sim.float(), smooth
 
         if level == len(levels) - 1:
