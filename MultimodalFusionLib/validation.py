@@ -18,7 +18,8 @@ from .errors import InputError, itk_reason
 from .io import orientation_code
 
 __all__ = ["check_image", "check_pair", "check_min_axis", "check_deformable_size", "check_mask", "check_on_grid",
-           "grid_differences", "whole_number", "physical_bounds", "overlap_fraction"]
+           "grid_differences", "whole_number", "physical_bounds", "overlap_fraction", "MIN_CONTENT_VOXELS",
+           "masks_intersection", "check_masks_meet"]
 
 
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,
@@ -217,3 +218,69 @@ def check_mask(mask: sitk.Image, image: sitk.Image, name: str = "mask", image_na
     if not sitk.GetArrayViewFromImage(out).any():
         raise InputError(f"The {name} is empty (no non-zero voxel).", "Give a mask that covers the region of interest.")
     return out
+
+
+#: Fewest voxels of structure (an image's voxels above its background, a registration mask's voxels, the
+#: fixed voxels inside both masks) below which registration warns that its result is unreliable. Measured
+#: on a 96x96 blob shifted by (3, -2) px, rigid, seeds 0-3: with 1, 81 or 121 voxels above the background
+#: the error varied from 0.2 to 1.3 px with the seed; from 169 up it stayed under 0.2 px.
+MIN_CONTENT_VOXELS = 150
+
+
+def _voxels(count: int) -> str:
+    return f"{count} voxel{'s' if count != 1 else ''}"
+
+
+def masks_intersection(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving_mask: sitk.Image,
+                       transform: sitk.Transform) -> int:
+    """How many fixed voxels (those inside ``fixed_mask``, when given) ``transform`` sends inside
+    ``moving_mask``: the voxels a metric restricted to both masks can count at that transform.
+
+    A point is inside the moving mask when its nearest moving voxel is (ITK's mask test); the masks are
+    0/1 images on their images' grids (:func:`check_mask`).
+    """
+    reached = sitk.Resample(moving_mask, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    inside = sitk.GetArrayViewFromImage(reached) != 0
+    if fixed_mask is not None:
+        inside = inside & (sitk.GetArrayViewFromImage(fixed_mask) != 0)
+    return int(np.count_nonzero(inside))
+
+
+def check_masks_meet(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
+                     transform: sitk.Transform, start: str) -> list[str]:
+    """With a moving mask, the fixed voxels inside both masks at the starting ``transform`` (described by
+    ``start``, e.g. "initializer 'moments'"): none is an InputError, fewer than :data:`MIN_CONTENT_VOXELS`
+    a warning (returned; none when either mask itself is that small, which :func:`registration.register`
+    already warns about). Both backends call this before their first stage.
+
+    No voxel inside both masks leaves the metric nothing to compare: ITK's correlation and mean squares
+    then returned the starting transform unchanged with "No valid points" on stderr only, and the torch
+    backend left the moving mask out without a word.
+    """
+    if moving_mask is None:
+        return []
+    count = masks_intersection(fixed, fixed_mask, moving_mask, transform)
+    moving_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(moving_mask)))
+    fixed_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask))) if fixed_mask is not None else None
+    moving = f"the moving mask ({_voxels(moving_voxels)})"
+    region = "the fixed mask" if fixed_voxels is not None else "the fixed image"
+    if count == 0:
+        pair = f"The fixed mask ({_voxels(fixed_voxels)}) and {moving}" if fixed_voxels is not None \
+            else f"The fixed image and {moving}"
+        raise InputError(
+            f"{pair} do not meet at the starting transform ({start}): 0 voxels of {region} map inside the "
+            "moving mask, so the registration metric has no voxel to compare.",
+            "Check that each mask lies on its own image (the fixed mask on the fixed image, the moving mask on "
+            "the moving image) and that both cover the same anatomy; then start from a transform that brings "
+            "them together (the 'moments' initializer aligns the masks' centres of mass, or give an initial "
+            "transform).")
+    small = [n for n in (fixed_voxels, moving_voxels) if n is not None and n < MIN_CONTENT_VOXELS]
+    if count >= MIN_CONTENT_VOXELS or small:
+        return []
+    if fixed_voxels is not None:
+        region = f"the fixed mask ({_voxels(fixed_voxels)})"
+    return [f"Only {_voxels(count)} of {region} map{'s' if count == 1 else ''} inside {moving} at the starting "
+            f"transform ({start}), "
+            f"fewer than {MIN_CONTENT_VOXELS}: the registration metric has almost "
+            "nothing to compare, and its result is unreliable. Check that the masks cover the same anatomy and "
+            "that the start roughly aligns them (the 'moments' initializer aligns the masks' centres of mass)."]

@@ -360,6 +360,54 @@ class BadInputs(unittest.TestCase):
                                                 parameters=params, seed=1)
                     self.assertTrue("larger fixed mask" in msg, msg)
 
+    def box_mask(self, image, row, column, width):
+        arr = np.zeros(image.GetSize()[::-1], np.uint8)
+        arr[row:row + width, column:column + width] = 1
+        mask = sitk.GetImageFromArray(arr)
+        mask.CopyInformation(image)
+        return mask
+
+    def test_masks_that_do_not_meet_at_the_start_are_refused_on_both_backends(self):
+        # the sitk backend with correlation or mean squares returned the starting transform unchanged ("No valid
+        # points" on stderr only); the torch backend left the moving mask out without a word
+        fixed_mask = self.box_mask(self.fixed, 20, 20, 60)
+        moving_mask = self.box_mask(self.moving, 180, 140, 60)
+        for backend, metric in (("sitk", "correlation"), ("sitk", "mean_squares"), ("sitk", "mattes_mi"),
+                                ("torch", "correlation"), ("torch", "mattes_mi")):
+            params = RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), metric=metric)],
+                                            initializer="geometry")
+            with self.subTest(backend=backend, metric=metric):
+                msg = self.assertInputError("The fixed mask (3600 voxels) and the moving mask (3600 voxels) do not "
+                                            "meet at the starting transform (initializer 'geometry')",
+                                            "0 voxels of the fixed mask map inside the moving mask",
+                                            "lies on its own image", fixed_mask=fixed_mask, moving_mask=moving_mask,
+                                            parameters=params, backend=backend, seed=1)
+                self.assertIn("'moments' initializer", msg)
+        # without a fixed mask: the fixed image's voxels, here all sent beyond the moving mask by a given start
+        away = sitk.TranslationTransform(2, (-150.0, -170.0))
+        self.assertInputError("The fixed image and the moving mask (3600 voxels) do not meet",
+                              "(the initial transform given)", moving_mask=self.box_mask(self.moving, 197, 161, 60),
+                              initial_transform=away)
+
+    def test_few_voxels_inside_both_masks_at_the_start_are_warned_about_on_both_backends(self):
+        # 5 x 5 of the two 60 x 60 masks meet where the geometry start puts them
+        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
+
+        fixed_mask = self.box_mask(self.fixed, 60, 60, 60)
+        moving_mask = self.box_mask(self.moving, 115, 115, 60)
+        runs = (("sitk", RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), iterations=3)],
+                                                initializer="geometry")),
+                ("torch", TorchRegistrationParameters(stages=["rigid"], linear_iterations=[3, 3, 3], device="cpu",
+                                                      initializer="geometry")))
+        for backend, params in runs:
+            with self.subTest(backend=backend):
+                result = register(self.fixed, self.moving, params, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                                  seed=1, backend=backend)
+                few = [w for w in result.warnings if w.startswith("Only 25 voxels of the fixed mask (3600 voxels) map "
+                                                                  "inside the moving mask (3600 voxels)")]
+                self.assertEqual(len(few), 1, result.warnings)
+                self.assertIn("fewer than 150", few[0])
+
     def test_an_initial_transform_that_maps_nothing(self):
         # a displacement-field transform without its field: ITK's RuntimeError reached the user from check_pair
         for backend in ("sitk", "torch"):

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError, OperationCancelled, RegistrationError, itk_guard, itk_reason
 from ..progress import ProgressCallback, report, scaled
-from ..validation import check_deformable_size
+from ..validation import check_deformable_size, check_masks_meet
 from .parameters import ITK_UINT_MAX, RegistrationParameters, StageParameters
 from .result import RegistrationResult, StageResult, iterations_per_level
 
@@ -293,10 +293,18 @@ def evaluate_metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Trans
     method.MetricUseMovingImageGradientFilterOff()
     method.SetInitialTransform(sitk.Transform(transform))
     try:
-        return float(method.MetricEvaluate(fixed, moving))
+        value = float(method.MetricEvaluate(fixed, moving))
     except RuntimeError:
         # ITK raises when too few samples map inside the moving image: worst possible value
         return math.inf
+    # correlation and mean squares do not raise when no point is valid (none inside both masks, or inside
+    # the moving image): they print "No valid points" to stderr and return the largest double, which a
+    # stage then "kept" as its unchanged starting transform
+    return math.inf if value >= _NO_VALID_POINTS else value
+
+
+#: What ITK's correlation and mean squares metrics return when no sample point is valid.
+_NO_VALID_POINTS = float(np.finfo(np.float64).max)
 
 
 def _stage_transform(stage: StageParameters, fixed: sitk.Image, moving: sitk.Image,
@@ -723,6 +731,14 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
             "rotation search: initializer 'search' (CLI --initializer search)."
             if searched is None and initial_transform is None and parameters.stages[0].name in ("rigid", "affine")
             else "")
+    if moving_mask is not None:
+        # masks that do not meet where the first stage starts leave its metric no voxel (refused); few
+        # voxels inside both, almost nothing (a warning)
+        first = compose(initial_transform, _stage_transform(parameters.stages[0], fixed, moving, initial_transform,
+                                                            parameters.initializer, searched, fixed_mask,
+                                                            moving_mask), dim, _image_center(fixed))
+        warnings += check_masks_meet(fixed, fixed_mask, moving_mask, first,
+                                     start_description(parameters.initializer, initial_transform is not None))
     n = len(parameters.stages)
     for i, stage in enumerate(parameters.stages):
         report(progress, i / n, f"{stage.name}: starting")
@@ -770,6 +786,15 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
         transform=previous, stages=stage_results, metric_before=float(metric_before),
         metric_after=float(metric_after), warnings=warnings, seconds=time.perf_counter() - t0, backend="sitk",
         parameters=parameters.to_dict(), initializer=search_info)
+
+
+def start_description(initializer: str, initial_transform: bool) -> str:
+    """How the first stage's starting transform was made, for messages: "initializer 'moments'", ..."""
+    if initial_transform:
+        return "the initial transform given"
+    if initializer == "search":
+        return "initializer 'search': the rotation search's best start"
+    return f"initializer '{initializer}'"
 
 
 def describe_transform(transform: sitk.Transform) -> dict[str, Any]:

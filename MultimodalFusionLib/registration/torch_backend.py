@@ -42,11 +42,11 @@ import SimpleITK as sitk
 from ..devices import device_name_ok, select_device
 from ..errors import InputError, RegistrationError
 from ..progress import ProgressCallback, report, scaled
-from ..validation import check_deformable_size, check_mask, check_min_axis, check_pair
+from ..validation import check_deformable_size, check_mask, check_masks_meet, check_min_axis, check_pair
 from .parameters import StageParameters
 from .result import RegistrationResult, StageResult
 from .rotation_search import search_rotation
-from .sitk_backend import SEARCH_SHARE, centre_of_mass
+from .sitk_backend import SEARCH_SHARE, centre_of_mass, start_description
 
 __all__ = [
     "TorchRegistrationParameters",
@@ -1172,7 +1172,11 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
             else:
                 translation = np.zeros(dim)
         stage_results: list[StageResult] = []
-        warnings: list[str] = []
+        # masks that do not meet at the start are refused, few voxels inside both warned about, as on the
+        # sitk backend (here the moving mask was left out without a word: see _both_masks)
+        warnings: list[str] = check_masks_meet(
+            fixed_f, fixed_mask, moving_mask, _affine_transform(matrix, center, translation),
+            start_description(params.initializer, initial_transform is not None and search_info is None))
         stages = params.stages
         n = len(stages)
         weights = [1.0 if s != "deformable" else 2.0 for s in stages]
