@@ -18,6 +18,7 @@ from MultimodalFusionLib.registration import (
     register,
 )
 from MultimodalFusionLib.registration.accuracy import (
+    itk_brainweb_band_case,
     itk_brainweb_pair,
     itk_brainweb_truth,
     rotation_angle_deg,
@@ -407,6 +408,31 @@ class BadInputs(unittest.TestCase):
                                                                   "inside the moving mask (3600 voxels)")]
                 self.assertEqual(len(few), 1, result.warnings)
                 self.assertIn("fewer than 150", few[0])
+
+    def test_the_torch_backend_says_when_it_leaves_the_moving_mask_out(self):
+        # at most 100 voxels inside both masks: the similarity counts the fixed mask alone (rather than nothing),
+        # which had been silent. 25 voxels meet here at the start
+        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
+
+        fixed_mask = self.box_mask(self.fixed, 60, 60, 60)
+        moving_mask = self.box_mask(self.moving, 115, 115, 60)
+        for metric in ("mi", "lncc"):
+            params = TorchRegistrationParameters(stages=["rigid"], linear_iterations=[3, 3, 3], device="cpu",
+                                                 initializer="geometry", linear_metric=metric)
+            with self.subTest(metric=metric):
+                result = register(self.fixed, self.moving, params, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                                  seed=1, backend="torch")
+                left_out = [w for w in result.warnings if w.startswith("The moving mask was left out of the rigid "
+                                                                       "stage")]
+                self.assertEqual(len(left_out), 1, result.warnings)
+                self.assertIn("100 voxels of the fixed mask or fewer (of a pyramid level's", left_out[0])
+                self.assertIn("the fixed mask alone counted instead", left_out[0])
+                self.assertFalse([w for w in result.warnings if "final mutual information" in w], result.warnings)
+        # an ordinary moving mask (the band case's): no such warning
+        case = itk_brainweb_band_case()
+        params = TorchRegistrationParameters(stages=["rigid"], linear_iterations=[3, 3, 3], device="cpu")
+        result = register(case.fixed, case.moving, params, moving_mask=case.moving_mask, seed=1, backend="torch")
+        self.assertFalse([w for w in result.warnings if "left out" in w], result.warnings)
 
     def test_an_initial_transform_that_maps_nothing(self):
         # a displacement-field transform without its field: ITK's RuntimeError reached the user from check_pair

@@ -518,7 +518,24 @@ class _Context:
         # translations are optimised in units of the half extent, so that one Adam step moves
         # the image edge by about as much as one step of rotation (radians) does
         self.radius = float(max(extent.mean() / 2.0, 1.0))
+        # whether the moving mask was left out (see _both_masks) since moving_mask_left_out() last asked: a
+        # flag of the host, and one of the device (or'ed there, read once per stage: no synchronisation)
+        self._left_out_host = False
+        self._left_out_device = None
         self.eval_points, self.eval_values = self.sample(fixed_level=None, count=max(params.linear_samples, 20000))
+
+    def note_left_out(self, left_out: Any) -> None:
+        """Record that the moving mask was left out: ``left_out`` is True, or a device bool tensor."""
+        if isinstance(left_out, bool):
+            self._left_out_host = self._left_out_host or left_out
+        else:
+            self._left_out_device = left_out if self._left_out_device is None else self._left_out_device | left_out
+
+    def moving_mask_left_out(self) -> bool:
+        """Whether the moving mask was left out of a similarity since the last call (then cleared)."""
+        out = self._left_out_host or (self._left_out_device is not None and bool(self._left_out_device))
+        self._left_out_host, self._left_out_device = False, None
+        return out
 
     def autocast(self, metric: str) -> Any:
         """bfloat16 autocast on CUDA for the conv/elementwise metrics; never for MI, whose joint
@@ -589,11 +606,13 @@ class _Context:
             inside = _inside_moving_mask(self.moving.mask, moved)[0] > 0.5
             if int(inside.sum()) > _MIN_MASKED:
                 return self.mi_loss(values[:, inside], sampled[:, inside])
+            self.note_left_out(True)
         return self.mi_loss(values, sampled)
 
 
-#: fewer voxels than this inside both masks (a moving mask the current transform puts out of the fixed
-#: one): the similarity falls back to the fixed mask alone rather than average over nothing
+#: this many voxels or fewer inside both masks (a moving mask the current transform puts out of the fixed
+#: one): the similarity falls back to the fixed mask alone rather than average over nothing, and
+#: register_torch warns that it did (README, "Masks")
 _MIN_MASKED = 100
 
 
@@ -621,18 +640,20 @@ def _inside_moving_mask(mask: Any, moved: Any) -> Any:
         return inside if moved.ndim == dim + 2 else inside.reshape(1, -1)
 
 
-def _both_masks(fixed_mask: Any | None, inside: Any) -> tuple[Any, Any]:
+def _both_masks(ctx: _Context, fixed_mask: Any | None, inside: Any) -> tuple[Any, Any]:
     """(voxels to count, voxels LNCC's windows may use) with a moving mask.
 
     The voxels counted are those inside the fixed mask (if any) whose moving point is inside the moving
     mask (``inside``); the windows use every voxel whose moving point is inside the moving mask. While
-    fewer than ``_MIN_MASKED`` voxels are counted, the moving mask is left out: the fixed mask alone
-    (or every voxel) and windows over every voxel (chosen on the device: no host synchronisation).
+    ``_MIN_MASKED`` voxels or fewer are counted, the moving mask is left out: the fixed mask alone
+    (or every voxel) and windows over every voxel (chosen on the device: no host synchronisation), and
+    ``ctx`` notes it (register_torch warns).
     """
     import torch
 
     both = inside if fixed_mask is None else inside * fixed_mask
     enough = both.sum() > _MIN_MASKED
+    ctx.note_left_out(~enough)
     ones = torch.ones_like(inside)
     fallback = fixed_mask if fixed_mask is not None else ones
     return torch.where(enough, both, fallback), torch.where(enough, inside, ones)
@@ -806,6 +827,7 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
                         if int(inside.sum()) > _MIN_MASKED:
                             loss = ctx.mi_loss(values[:, inside], sampled[:, inside])
                         else:
+                            ctx.note_left_out(True)
                             loss = ctx.mi_loss(values, sampled)
                     else:
                         loss = ctx.mi_loss(values, sampled)
@@ -817,7 +839,7 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
                         warped = _features(ctx, metric, warped)
                     mask, window = fixed_mask, None
                     if moving_mask is not None:
-                        mask, window = _both_masks(fixed_mask, _inside_moving_mask(moving_mask, moved[None]))
+                        mask, window = _both_masks(ctx, fixed_mask, _inside_moving_mask(moving_mask, moved[None]))
                     loss = _dense_similarity(ctx, metric, fixed_feat, warped, mask, window)
             loss = loss.float()
             loss.backward()
@@ -913,8 +935,8 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
             # Tested through the field each iteration (as ITK tests the current transform), a voxel the
             # field pushed out of the mask dropped out of the similarity and nothing brought it back: on the
             # 2D BrainWeb pair with a mismatched band masked out, 16 mm maximum error instead of 4 mm.
-            fixed_mask, window = _both_masks(fixed_mask, _inside_moving_mask(moving_mask, _apply(image_grid[None],
-                                                                                                 total)))
+            fixed_mask, window = _both_masks(ctx, fixed_mask, _inside_moving_mask(moving_mask,
+                                                                                  _apply(image_grid[None], total)))
         factor = max(int(p.velocity_grid_factor), 1)
         shape = [max(min(n, 4), int(round((n - 1) / factor)) + 1) for n in image_shape]  # velocity grid
         grid = _identity_grid(shape, dev)
@@ -1206,6 +1228,8 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
                     warnings.append(f"The deformable stage made its metric worse ({stage.metric_before:.4f} -> "
                                     f"{stage.metric_after:.4f}); its result was discarded.")
             stage_results.append(stage)
+            if ctx.moving_mask_left_out():
+                warnings.append(_left_out_warning(f"the {name} stage", fixed_mask is not None))
             if name == "deformable":
                 break
         report(progress, 0.96, "converting the result to SimpleITK transforms")
@@ -1239,6 +1263,8 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
                                         "velocity_sigma.")
             else:
                 metric_after = float(ctx.mi_at_points(ctx.eval_points, ctx.eval_values, total, ctx.moving.tensor))
+        if ctx.moving_mask_left_out() and not any(w.startswith("The moving mask was left out") for w in warnings):
+            warnings.append(_left_out_warning("the final mutual information (metric_after)", fixed_mask is not None))
         if metric_after > metric_before + 1e-6 and not any(s.accepted is False for s in stage_results):
             warnings.append(f"Mutual information at the evaluation voxels got worse ({metric_before:.4f} -> "
                             f"{metric_after:.4f}); check the result.")
@@ -1252,6 +1278,17 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
                               metric_after=metric_after,
                               warnings=warnings, seconds=time.perf_counter() - t_start, backend="torch",
                               parameters=info, initializer=search_info)
+
+
+def _left_out_warning(where: str, fixed_mask: bool) -> str:
+    """The warning that ``where`` left the moving mask out (:func:`_both_masks`)."""
+    voxels = "voxels of the fixed mask" if fixed_mask else "fixed voxels"
+    alone = "the fixed mask alone" if fixed_mask else "every voxel"
+    return (f"The moving mask was left out of {where} at some iterations or evaluations: {_MIN_MASKED} {voxels} "
+            f"or fewer (of a pyramid level's, which at shrink factor 4 has 1/16 of the voxels in 2D, 1/64 in 3D) "
+            f"mapped inside it through the transform there, so {alone} counted instead, including what the moving "
+            "mask excludes. Check that the masks cover the same anatomy and that the start roughly aligns them, "
+            "or use larger masks (or smaller linear_shrink_factors).")
 
 
 def _search_start(fixed: sitk.Image, moving: sitk.Image, params: TorchRegistrationParameters,
