@@ -390,6 +390,17 @@ class BadInputs(unittest.TestCase):
                               "(the initial transform given)", moving_mask=self.box_mask(self.moving, 197, 161, 60),
                               initial_transform=away)
 
+    def test_a_moving_mask_of_a_few_voxels_is_named_on_the_sitk_backend(self):
+        # Mattes MI: "the images barely overlap" (1 voxel) or "the images probably drifted apart" (3x3), naming
+        # neither the moving mask nor its size; the mask is where the truth sends the fixed voxel (110, 120)
+        for width, inside in ((1, "only 1 voxel of the fixed image maps inside"),
+                              (3, "only 9 voxels of the fixed image map inside")):
+            with self.subTest(width=width):
+                msg = self.assertInputError(f"the moving mask ({width * width} voxel", inside,
+                                            "larger moving mask",
+                                            moving_mask=self.box_mask(self.moving, 136, 124, width), seed=1)
+                self.assertIn("Stage 'rigid': the mattes_mi metric cannot be computed", msg)
+
     def test_few_voxels_inside_both_masks_at_the_start_are_warned_about_on_both_backends(self):
         # 5 x 5 of the two 60 x 60 masks meet where the geometry start puts them
         from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters

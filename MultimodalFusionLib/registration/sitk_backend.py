@@ -17,14 +17,14 @@ import dataclasses
 import math
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, OperationCancelled, RegistrationError, itk_guard, itk_reason
 from ..progress import ProgressCallback, report, scaled
-from ..validation import check_deformable_size, check_masks_meet
+from ..validation import MIN_CONTENT_VOXELS, check_deformable_size, check_masks_meet, masks_intersection
 from .parameters import ITK_UINT_MAX, RegistrationParameters, StageParameters
 from .result import RegistrationResult, StageResult, iterations_per_level
 
@@ -491,11 +491,14 @@ def raise_if_stopped(state: dict[str, Any]) -> None:
 def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, stage: StageParameters,
              first_level: int, levels: int, history: list[tuple[int, int, float]],
              progress: ProgressCallback | None, span: tuple[float, float],
-             fixed_mask: sitk.Image | None = None) -> None:
+             fixed_mask: sitk.Image | None = None,
+             moving_mask_error: Callable[[str], InputError | None] | None = None) -> None:
     """Run ``method`` (its levels are the stage's levels from ``first_level`` on), appending to ``history``.
 
     Raises:
-        InputError: ``fixed_mask`` left a level no sample point (see :func:`_small_mask_error`).
+        InputError: ``fixed_mask`` left a level no sample point (see :func:`_small_mask_error`), or too few
+            samples mapped inside the moving image and ``moving_mask_error(ITK's reason)`` names the moving
+            mask as the cause.
         RegistrationError: ITK failed otherwise.
     """
     state: dict[str, Any] = {"cancelled": False, "error": None}
@@ -518,6 +521,9 @@ def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: si
             raise _small_mask_error(stage, fixed_mask, first_level + method.GetCurrentLevel(), levels,
                                     detail) from exc
         if "samples" in detail.lower() or "valid points" in detail.lower():
+            masks = moving_mask_error(detail) if moving_mask_error is not None else None
+            if masks is not None:
+                raise masks from exc
             raise RegistrationError(
                 f"Stage '{stage.name}' failed: too few sample points map inside the moving image ({detail}).",
                 "The images probably drifted apart: check the initial alignment, use masks, or raise "
@@ -553,6 +559,35 @@ def _small_mask_error(stage: StageParameters, fixed_mask: sitk.Image, level: int
         "Give a larger fixed mask (dilate it so that it spans several voxels of the coarsest level), sample every "
         "voxel (sampling_strategy 'none'), use smaller shrink_factors (e.g. [2, 1] or [1]), or register "
         "without the mask.")
+
+
+def _masks_metric_error(stage: StageParameters, fixed: sitk.Image, fixed_mask: sitk.Image | None,
+                        moving_mask: sitk.Image | None, start: sitk.Transform, detail: str = "") -> InputError:
+    """The InputError for a stage whose metric ITK could not compute over the masks from ``start``: the
+    masks' voxel counts and, with a moving mask, how many fixed voxels ``start`` sends inside it."""
+    def voxels(mask: sitk.Image) -> str:
+        count = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+        return f"{count} voxel{'s' if count != 1 else ''}"
+
+    masks = " and ".join([f"the {name} mask ({voxels(mask)})" for name, mask in (("fixed", fixed_mask),
+                                                                               ("moving", moving_mask))
+                          if mask is not None])
+    if moving_mask is not None:
+        count = masks_intersection(fixed, fixed_mask, moving_mask, start)
+        region = "the fixed mask" if fixed_mask is not None else "the fixed image"
+        why = (f"only {count} voxel{'s' if count != 1 else ''} of {region} map{'s' if count == 1 else ''} inside "
+               "the moving mask there, too few for the metric")
+    else:
+        why = "too few of its voxels map inside the moving image, or the mask is too small for the metric"
+    reason = f" (ITK: {detail})" if detail else ""
+    larger = ("larger masks" if fixed_mask is not None and moving_mask is not None
+              else f"a larger {'fixed' if fixed_mask is not None else 'moving'} mask")
+    return InputError(
+        f"Stage '{stage.name}': the {stage.metric} metric cannot be computed at the starting transform over "
+        f"{masks}: {why}{reason}.",
+        f"Give {larger}, check that the masks cover the same anatomy (each on its own image's grid), "
+        "or use the 'moments' initializer (it aligns the masks' centres) or an initial transform that "
+        "roughly aligns them.")
 
 
 #: Margin, as a share of the fixed image's extent on each side, of the grid that a moving image is
@@ -611,21 +646,20 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     start = _stage_transform(stage, fixed, moving, previous, params.initializer, searched, fixed_mask, moving_mask)
     start_total = compose(previous, start, dim, center)
     metric_before = evaluate_metric(fixed, moving, start_total, stage, seed, fixed_mask, moving_mask)
-    if not math.isfinite(metric_before) and fixed_mask is not None:
-        voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask)))
-        raise InputError(
-            f"Stage '{stage.name}': the {stage.metric} metric cannot be computed at the starting transform over "
-            f"the fixed mask ({voxels} voxel{'s' if voxels != 1 else ''}): too few of its voxels map inside the "
-            "moving image" + (" and its mask" if moving_mask is not None else "") + ", or the mask is too small "
-            "for the metric.",
-            "Give a larger fixed mask, check that the masks cover the same anatomy (each on its own image's grid), "
-            "or use the 'moments' initializer (it aligns the masks' centres) or an initial transform that "
-            "roughly aligns them.")
+    if not math.isfinite(metric_before) and (fixed_mask is not None or moving_mask is not None):
+        raise _masks_metric_error(stage, fixed, fixed_mask, moving_mask, start_total)
     if not math.isfinite(metric_before):
         raise RegistrationError(
             f"Stage '{stage.name}': the images barely overlap at the starting transform, so the metric cannot "
             "be computed.",
             "Use the 'geometry' or 'moments' initializer, or give an initial transform that roughly aligns them.")
+
+    def moving_mask_error(detail: str) -> InputError | None:
+        # ITK found too few samples inside the moving image and its mask during the stage: a moving mask that
+        # held fewer than MIN_CONTENT_VOXELS of the fixed voxels at the stage's start is named as the cause
+        if moving_mask is None or masks_intersection(fixed, fixed_mask, moving_mask, start_total) >= MIN_CONTENT_VOXELS:
+            return None
+        return _masks_metric_error(stage, fixed, fixed_mask, moving_mask, start_total, detail)
 
     # a non-linear start: the stage registers to the moving image resampled through it (see _moving_through)
     warped = _moving_through(previous, fixed, moving, moving_mask) if previous is not None else None
@@ -656,7 +690,8 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
         if previous is not None and warped is None:
             method.SetMovingInitialTransform(previous)
         method.SetInitialTransform(optimized, inPlace=True)
-        _execute(method, fixed_in, moving_in, stage, first_level, levels, history, progress, span, fixed_mask)
+        _execute(method, fixed_in, moving_in, stage, first_level, levels, history, progress, span, fixed_mask,
+                 moving_mask_error)
         stop_reason = method.GetOptimizerStopConditionDescription()
 
     final_total = compose(previous, optimized, dim, center)
