@@ -477,6 +477,40 @@ class BadInputs(unittest.TestCase):
         result = register(case.fixed, case.moving, params, moving_mask=case.moving_mask, seed=1, backend="torch")
         self.assertFalse([w for w in result.warnings if "left out" in w], result.warnings)
 
+    def test_a_moving_mask_the_fixed_image_misses_names_the_mask(self):
+        # a moving mask of 3x3 voxels in a corner: "the images barely overlap ... Use the 'geometry' or 'moments'
+        # initializer" (a RegistrationError), also to runs that used them; without the mask the metric is computed
+        mask = sitk.Image(self.moving.GetSize(), sitk.sitkUInt8)
+        mask.CopyInformation(self.moving)
+        mask[0:3, 0:3] = 1
+        for initializer in ("geometry", "moments", "none"):
+            with self.subTest(initializer=initializer):
+                msg = self.assertInputError("moving mask (9 voxels)", "larger moving mask",
+                                            moving_mask=mask, initializer=initializer, seed=0)
+                self.assertNotIn("barely overlap", msg)
+
+    def test_images_that_barely_overlap_get_a_fix_for_the_start_used(self):
+        # the fix had always been "Use the 'geometry' or 'moments' initializer", also when one of them was used
+        from MultimodalFusionLib.errors import RegistrationError
+        from MultimodalFusionLib.registration.sitk_backend import _no_overlap_error, evaluate_metric
+
+        apart = sitk.TranslationTransform(2, (300.0, 0.0))  # every fixed point lands beyond the moving image
+        stage = default_stage("rigid")
+        self.assertEqual(evaluate_metric(self.fixed, self.moving, apart, stage, 0), math.inf)
+        fixes = {}
+        for start_from in ("none", "geometry", "moments", "search", "initial transform", "earlier stages"):
+            error = _no_overlap_error(stage, start_from)
+            self.assertIsInstance(error, RegistrationError)
+            self.assertIn("barely overlap", error.problem)
+            fixes[start_from] = error.fix
+        self.assertIn("Use the 'geometry' or 'moments' initializer", fixes["none"])
+        self.assertIn("centres were aligned (initializer 'geometry')", fixes["geometry"])
+        self.assertNotIn("'geometry' initializer", fixes["geometry"])
+        self.assertIn("try the 'geometry' initializer", fixes["moments"])
+        self.assertNotIn("'moments' initializer", fixes["moments"])
+        self.assertIn("initial transform places them apart", fixes["initial transform"])
+        self.assertEqual(len(set(fixes.values())), len(fixes))
+
     def test_an_initial_transform_that_maps_nothing(self):
         # a displacement-field transform without its field: ITK's RuntimeError reached the user from check_pair
         for backend in ("sitk", "torch"):

@@ -634,11 +634,45 @@ def _moving_through(start: sitk.Transform, fixed: sitk.Image, moving: sitk.Image
 
 
 # ----------------------------------------------------------------------------- one stage
+#: The fix for images that barely overlap at a stage's start, by what started it: each names what has
+#: not been tried (it had named the geometry and moments initializers, also to a run that used them).
+_NO_OVERLAP_FIX = {
+    "none": "Use the 'geometry' or 'moments' initializer (CLI --initializer; they align the centres), or give an "
+            "initial transform that roughly aligns them.",
+    "geometry": "Their centres were aligned (initializer 'geometry'): check that both show the same anatomy (one "
+                "field of view much smaller or elsewhere: crop the other to it), try the 'moments' initializer "
+                "(centres of mass), or give an initial transform that roughly aligns them.",
+    "moments": "Their centres of mass were aligned (initializer 'moments'): check that both show the same anatomy "
+               "(one field of view much smaller or elsewhere: crop the other to it), try the 'geometry' "
+               "initializer (image centres), or give an initial transform that roughly aligns them.",
+    "search": "The rotation search's start leaves them apart: check that both show the same anatomy, try the "
+              "'geometry' or 'moments' initializer, or give an initial transform that roughly aligns them.",
+    "initial transform": "The initial transform places them apart: check it (it maps fixed-image points to "
+                         "moving-image points, ITK's convention; an inverted one moves the other way), or leave it "
+                         "out so that the 'geometry' or 'moments' initializer aligns the centres.",
+    "earlier stages": "The earlier stages moved them apart: check their settings and the masks, or run this stage "
+                      "alone.",
+}
+
+
+def _no_overlap_error(stage: StageParameters, start_from: str) -> RegistrationError:
+    """The error for a metric that cannot be computed at a stage's start without masks (with one,
+    ``_masks_metric_error`` names the masks instead): its fix depends on what started the stage."""
+    return RegistrationError(
+        f"Stage '{stage.name}': the images barely overlap at the starting transform, so the metric cannot "
+        "be computed.", _NO_OVERLAP_FIX.get(start_from, _NO_OVERLAP_FIX["none"]))
+
+
 def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, previous: sitk.Transform | None,
                params: RegistrationParameters, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
                progress: ProgressCallback | None, span: tuple[float, float],
-               searched: sitk.Transform | None = None) -> tuple[sitk.Transform, StageResult]:
-    """Optimise one stage; returns (accumulated transform, stage result)."""
+               searched: sitk.Transform | None = None,
+               start_from: str = "earlier stages") -> tuple[sitk.Transform, StageResult]:
+    """Optimise one stage; returns (accumulated transform, stage result).
+
+    ``start_from`` names what ``previous`` is when it is given ("initial transform" or "earlier stages"),
+    for the error when the images do not overlap there; without ``previous`` the initializer starts it.
+    """
     t0 = time.perf_counter()
     dim = fixed.GetDimension()
     center = _image_center(fixed)
@@ -649,10 +683,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     if not math.isfinite(metric_before) and (fixed_mask is not None or moving_mask is not None):
         raise _masks_metric_error(stage, fixed, fixed_mask, moving_mask, start_total)
     if not math.isfinite(metric_before):
-        raise RegistrationError(
-            f"Stage '{stage.name}': the images barely overlap at the starting transform, so the metric cannot "
-            "be computed.",
-            "Use the 'geometry' or 'moments' initializer, or give an initial transform that roughly aligns them.")
+        raise _no_overlap_error(stage, params.initializer if previous is None else start_from)
 
     def moving_mask_error(detail: str) -> InputError | None:
         # ITK found too few samples inside the moving image and its mask during the stage: a moving mask that
@@ -778,7 +809,8 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
     for i, stage in enumerate(parameters.stages):
         report(progress, i / n, f"{stage.name}: starting")
         previous, res = _run_stage(fixed, moving, stage, previous, parameters, fixed_mask, moving_mask,
-                                   progress, (i / n, (i + 1) / n), searched if i == 0 else None)
+                                   progress, (i / n, (i + 1) / n), searched if i == 0 else None,
+                                   "initial transform" if i == 0 else "earlier stages")
         stage_results.append(res)
         if not res.accepted:
             change = abs(res.metric_after - res.metric_before) / max(abs(res.metric_before), 1e-12)
