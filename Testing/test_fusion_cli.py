@@ -109,14 +109,17 @@ class FuseEvaluateCliTest(unittest.TestCase):
         self.assertIn("Unknown fusion method", stderr)
         self.assertNotIn("Traceback", stderr)
 
-    def test_window_is_the_functional_window_of_every_method(self) -> None:
-        # --window sets window_b for every method (a PET's SUV range for wavelet, average, ...), but --help
-        # called it "overlay: display window", so a user windowing a PET for another method would not find it
-        code, help_text, _ = _main(["fuse", "--help"])
+    def assert_window_help_says_every_method(self, command: str) -> None:
+        code, help_text, _ = _main([command, "--help"])
         self.assertEqual(code, 0)
         flat = " ".join(help_text.split())
         self.assertNotIn("overlay: display window", flat)
         self.assertIn("every method", flat)
+
+    def test_window_is_the_functional_window_of_every_method(self) -> None:
+        # --window sets window_b for every method (a PET's SUV range for wavelet, average, ...), but --help
+        # called it "overlay: display window", so a user windowing a PET for another method would not find it
+        self.assert_window_help_says_every_method("fuse")
         out = os.path.join(self.tmp.name, "windowed.nii.gz")
         code, _, stderr = _main(["fuse", self.a, self.b, "--method", "wavelet", "--window", "50", "150", "-o", out])
         self.assertEqual(code, 0, stderr)
@@ -129,11 +132,7 @@ class FuseEvaluateCliTest(unittest.TestCase):
     def test_run_window_means_what_fuse_window_means(self) -> None:
         # `run --window` went to the overlay only: average and wavelet ignored it without a word, so one flag
         # fused one pair 53 of 255 apart in `fuse` and `run`
-        code, help_text, _ = _main(["run", "--help"])
-        self.assertEqual(code, 0)
-        flat = " ".join(help_text.split())
-        self.assertNotIn("overlay: display window", flat)
-        self.assertIn("every method", flat)
+        self.assert_window_help_says_every_method("run")
         windowed, plain = (os.path.join(self.tmp.name, n) for n in ("windowed", "plain"))
         for folder, extra in ((windowed, ["--window", "50", "150"]), (plain, [])):
             code, _, stderr = _main(["run", self.a, self.b, "--output-dir", folder, "--no-register",
