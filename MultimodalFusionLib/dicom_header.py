@@ -14,6 +14,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 __all__ = ["read_geometry_tags", "GEOMETRY_TAGS", "KEPT_SEQUENCES"]
 
@@ -38,13 +39,23 @@ KEPT_SEQUENCES = {
 }
 
 
+def _text(value: Any) -> str:
+    """A value pydicom has already converted (an element it read eagerly), as DICOM's stored text:
+    multiple values joined by backslashes."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
 def _kept(data_set: Dataset) -> dict[int, Any]:
     found: dict[int, Any] = {}
     for tag in data_set.keys() & GEOMETRY_TAGS.keys():
         # the stored bytes (pydicom converts a value only when asked): a damaged number stays text
         # for io to refuse, and no value is validated, so no warning can quote one
         raw = data_set.get_item(tag).value
-        found[int(tag)] = raw.decode("ascii", "replace").strip("\0 ") if isinstance(raw, bytes) else ""
+        found[int(tag)] = raw.decode("ascii", "replace").strip("\0 ") if isinstance(raw, bytes) else _text(raw)
     for tag in data_set.keys() & KEPT_SEQUENCES.keys():
         items = data_set[tag].value
         found[int(tag)] = [_kept(item) for item in items if isinstance(item, Dataset)]
