@@ -124,7 +124,7 @@ def _ants(kind: str) -> RegisterFn:
 
 #: name -> Method. Other back ends (e.g. the torch registration) add their rows here.
 METHODS: dict[str, Method] = {
-    "ours-rigid": Method("SimpleITK (ours): Mattes MI 50 bins, 1% random, RSGD phys-shift, shrink 4-2-1",
+    "ours-rigid": Method("SimpleITK (ours): Mattes MI 32 bins, 1% random, RSGD phys-shift, shrink 4-2-1",
                          "rigid", _ours(["rigid"])),
     "ours-affine": Method("SimpleITK (ours): affine, Mattes MI 50 bins, 1% random, RSGD phys-shift, shrink 4-2-1",
                           "affine", _ours(["affine"])),
