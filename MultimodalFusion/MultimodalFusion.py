@@ -136,7 +136,7 @@ class MultimodalFusionParameterNode:
     stages - comma-separated stages (rigid, affine, bspline); empty (default): the preset's, rigid
         without a preset. Stages given here replace the preset's.
     initializer - the registration's start; PRESET_INITIALIZER: the preset's (geometry without one);
-        "search" tries a grid of rotations first (volumes more than about 35 degrees apart).
+        "search" tries a grid of rotations first (volumes more than about 30 degrees apart).
     fixedMask, movingMask - optional metric masks (label map or segmentation).
     fusionMethod - pixel-level fusion method.
     colormap, opacity, threshold - display of the functional volume over the anatomy; colormap and

@@ -215,7 +215,7 @@ class FusionLogic:
                 ``TorchRegistrationParameters``, or the dict form of the ``backend``'s settings.
             initializer: the start, overriding the preset's: "geometry" (image centres), "moments"
                 (centres of mass), "none" (where the volumes' grids lie) or "search" (centres of mass,
-                then the best of a grid of rotations: for volumes rotated more than about 35 degrees
+                then the best of a grid of rotations: for volumes rotated more than about 30 degrees
                 apart, e.g. prone vs supine; about 1-2 s more for a head). None: the preset's, or where
                 the moving volume is shown when it is under a transform.
             progress: ``progress(fraction, message)``; returning False cancels.

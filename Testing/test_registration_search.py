@@ -1,6 +1,6 @@
 """The rotation search initializer (``initializer="search"``): known answers beyond the capture range.
 
-The default start (image centres, no rotation) recovers rotations up to about 35 degrees; these
+The default start (image centres, no rotation) recovers rotations up to about 30 degrees; these
 cases are rotated further, where the default ends tens of mm off, and the search must bring them
 to well under 1 mm (MNI152 at 3 mm, and ITK's 2D BrainWeb T1/PD pair turned a further 90 degrees).
 """

@@ -403,7 +403,7 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual([c["value"] for c in state.initializers], ["", *INITIALIZERS])
         self.assertEqual(state.initializer, "")
         self.assertEqual(set(state.initializer_help), {c["value"] for c in INITIALIZER_CHOICES})
-        self.assertIn("35 degrees", state.initializer_help["search"])
+        self.assertIn("30 degrees", state.initializer_help["search"])
 
         state.fixed_path, state.moving_path = self.fixed_path, self.turned_path
         self._do(self.app.load_from_paths)

@@ -203,7 +203,7 @@ class WebAppInBrowserTest(unittest.TestCase):
         page.locator(".v-select:has(#mmf-initializer) .v-field").click(timeout=10_000)
         page.locator(".v-overlay .v-list-item", has_text="search").click(timeout=10_000)
         page.wait_for_function("() => document.querySelector('.v-select:has(#mmf-initializer)')"
-                               ".innerText.includes('35 degrees')", timeout=10_000)
+                               ".innerText.includes('30 degrees')", timeout=10_000)
         messages = self._click_and_wait_job(page, "#mmf-register", "Registration")
         # progress reached the page while the job ran (the loop was not blocked)
         self.assertTrue(any("Registration:" in m for m in messages), messages)

@@ -73,7 +73,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
         initializer: "moments", "geometry", "none" or "search" (overrides the parameters'/preset's).
             "search" starts from the centres of mass and tries a grid of rotations at a coarse level
             first (rigid or affine first stage; on the torch backend too): for images rotated beyond the rigid
-            stage's capture range of about 35 degrees (README, "Capture range").
+            stage's capture range of about 30 degrees (README, "Capture range").
 
     Returns:
         RegistrationResult: the transform (linear, or a composite ending in a B-spline), metric

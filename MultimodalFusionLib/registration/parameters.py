@@ -36,11 +36,11 @@ OPTIMIZERS = ("regular_step", "lbfgsb", "gradient_descent_line_search")
 INITIALIZERS = ("geometry", "moments", "none", "search")
 #: What each initializer does, in one sentence: the CLI's --initializer help and the web UI's choices.
 INITIALIZER_HELP = {
-    "geometry": "Image centres aligned, no rotation (rotations up to about 35 degrees are recovered).",
+    "geometry": "Image centres aligned, no rotation (rotations up to about 30 degrees are recovered).",
     "moments": "Centres of mass aligned, no rotation.",
     "none": "Where the volumes lie (their headers' placement).",
     "search": "Centres of mass, then the best of a grid of rotations at a coarse level: for volumes rotated "
-              "more than about 35 degrees apart (e.g. prone vs supine); about 1-2 s more for a head; needs a "
+              "more than about 30 degrees apart (e.g. prone vs supine); about 1-2 s more for a head; needs a "
               "rigid or affine first stage.",
 }
 SAMPLING = ("random", "regular", "none")
@@ -222,7 +222,7 @@ class RegistrationParameters:
         stages: the stages, run in order, each starting from the previous result.
         initializer: "geometry" (align image centres), "moments" (align centres of mass), "none"
             (identity) or "search" (centres of mass, then the best of a grid of rotations at a coarse
-            level: for images rotated beyond the rigid stage's capture range of about 35 degrees; see
+            level: for images rotated beyond the rigid stage's capture range of about 30 degrees; see
             ``rotation_search``; needs a rigid or affine first stage); ignored when an initial
             transform is given (``register`` refuses one together with "search").
         seed: seed of the random metric sampling. With a seed the metric runs on one ITK thread

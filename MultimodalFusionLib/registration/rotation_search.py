@@ -1,6 +1,6 @@
 """The rotation search initializer (``initializer="search"``): start beyond the capture range.
 
-A rigid stage started from aligned centres recovers rotations up to about 35 degrees (README,
+A rigid stage started from aligned centres recovers rotations up to about 30 degrees (README,
 "Capture range"); a patient scanned prone vs supine, or a header 90 degrees off, is far outside it.
 This initializer does what ANTs' ``antsAI`` and SimpleITK's ``ImageRegistrationMethodExhaustive``
 example do:

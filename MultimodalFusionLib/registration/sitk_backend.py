@@ -812,9 +812,9 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
         searched, search_info = search_rotation(fixed, moving, parameters.stages[0], fixed_mask=fixed_mask,
                                                 moving_mask=moving_mask, progress=scaled(progress, 0.0, SEARCH_SHARE))
         progress = scaled(progress, SEARCH_SHARE, 1.0)
-    # a first linear stage started from the centres cannot come back from a rotation beyond about 35 degrees;
+    # a first linear stage started from the centres cannot come back from a rotation beyond about 30 degrees;
     # its failures say so (a rigid stage far off often hits its iteration limit, or is discarded)
-    hint = (" If the images may be rotated more than about 35 degrees apart (e.g. prone vs supine), try the "
+    hint = (" If the images may be rotated more than about 30 degrees apart (e.g. prone vs supine), try the "
             "rotation search: initializer 'search' (CLI --initializer search)."
             if searched is None and initial_transform is None and parameters.stages[0].name in ("rigid", "affine")
             else "")
