@@ -495,15 +495,13 @@ def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], share
         step = _frame_step(path, points)
         length = float(np.linalg.norm(step))
         normal = np.cross(direction[:, 0], direction[:, 1])
-        axis = step / length
-        if float(np.linalg.norm(step - (step @ normal) * normal)) * (count - 1) <= 0.01:
-            axis = normal if step @ normal > 0 else -normal  # no shear: the orthonormal grid ITK builds
-        direction[:, 2] = axis
+        direction[:, 2] = normal if step @ normal > 0 else -normal  # the orthonormal grid ITK builds
         spacing = list(image.GetSpacing())
         spacing[2] = length
         image.SetOrigin([float(v) for v in points[0]])
         image.SetSpacing(spacing)
         image.SetDirection([float(v) for v in direction.ravel()])
+        _with_slice_step(image, step)  # frames shifted within their plane: a sheared grid, as for a series
         return
     measures = _first_item(shared, _PIXEL_MEASURES)
     for tag, name, text in (("0018|0088", "SpacingBetweenSlices (0018,0088)", tags.get(0x00180088)),
