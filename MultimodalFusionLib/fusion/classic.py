@@ -123,17 +123,22 @@ def _max_abs_into(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return x
 
 
+def _level_axes(per_axis: list[int], levels: int) -> list[tuple[int, ...]]:
+    """The axes each of up to ``levels`` levels halves, given the levels each axis allows (``per_axis``):
+    an axis takes part while it allows the level. Where no axis allows one, one level over all of them."""
+    if max(per_axis) < 1:
+        return [tuple(range(len(per_axis)))]
+    return [tuple(ax for ax, most in enumerate(per_axis) if most >= level)
+            for level in range(1, min(levels, max(per_axis)) + 1)]
+
+
 def _wavelet_level_axes(shape: tuple[int, ...], wavelet: str, levels: int) -> list[tuple[int, ...]]:
     """The axes each decomposition level halves: an axis takes the levels its own length allows
     (``pywt.dwt_max_level``), so a thin slab or a strip is decomposed in plane as its slices are.
     Where no axis is as long as the filter, one level over all of them (symmetric padding)."""
     import pywt
 
-    per_axis = [pywt.dwt_max_level(n, pywt.Wavelet(wavelet).dec_len) for n in shape]
-    if max(per_axis) < 1:
-        return [tuple(range(len(shape)))]
-    return [tuple(ax for ax, most in enumerate(per_axis) if most >= level)
-            for level in range(1, min(levels, max(per_axis)) + 1)]
+    return _level_axes([pywt.dwt_max_level(n, pywt.Wavelet(wavelet).dec_len) for n in shape], levels)
 
 
 def wavelet(a: np.ndarray, b: np.ndarray, *, wavelet: str = "db2", levels: int = 3,
@@ -229,11 +234,7 @@ def _laplacian_level_axes(shape: tuple[int, ...], levels: int) -> list[tuple[int
     """The axes each pyramid level halves: an axis as long as its own levels allow (its coarsest level
     keeps at least 4 voxels), so a thin slab's slices get the levels of a 2D image. Where no axis has
     8 voxels, one level over all of them."""
-    per_axis = [max(0, int(np.floor(np.log2(n / 4.0)))) for n in shape]
-    if max(per_axis) < 1:
-        return [tuple(range(len(shape)))]
-    return [tuple(ax for ax, most in enumerate(per_axis) if most >= level)
-            for level in range(1, min(levels, max(per_axis)) + 1)]
+    return _level_axes([max(0, int(np.floor(np.log2(n / 4.0)))) for n in shape], levels)
 
 
 def _laplacian_pyramid(x: np.ndarray, level_axes: list[tuple[int, ...]], sigma: float) -> list[np.ndarray]:
