@@ -365,9 +365,8 @@ def _checked_window(window: Any, name: str) -> tuple[float, float] | None:
 def _recorded(value: Any) -> Any:
     """A parameter as FusionResult.parameters (and metrics.json, the report) keep it: numbers and text as
     they are, other values as text, but an object whose text is long or spans lines (a torch network passed
-    as deep's ``weights`` printed its whole module tree, kilobytes) by its type's name."""
-    if isinstance(value, np.generic):
-        value = value.item()
+    as deep's ``weights`` printed its whole module tree, kilobytes) by its type's name (numpy numbers are
+    Python numbers already: :func:`_checked_params`)."""
     if isinstance(value, (int, float, str, bool, type(None))):
         return value
     text = str(value)
