@@ -679,12 +679,18 @@ def _display_node(node: Any) -> Any:
     return node.GetDisplayNode()
 
 
-def _color_node(scene: Any, colormap: str) -> Any:
+def _find_color_node(scene: Any, colormap: str) -> Any:
+    """The colour node named ``colormap`` (Slicer's default colour nodes added when missing), or None."""
     color = scene.GetFirstNodeByName(colormap)
     if color is None or not color.IsA("vtkMRMLColorNode"):
         ensure_color_nodes(scene)
         color = scene.GetFirstNodeByName(colormap)
-    if color is None or not color.IsA("vtkMRMLColorNode"):
+    return color if color is not None and color.IsA("vtkMRMLColorNode") else None
+
+
+def _color_node(scene: Any, colormap: str) -> Any:
+    color = _find_color_node(scene, colormap)
+    if color is None:
         raise InputError(f"There is no colour table named '{colormap}' in this scene.",
                          f"Use one of {', '.join(available_colormaps(scene))}.")
     return color
@@ -701,12 +707,8 @@ def colormap_colors(scene: Any, colormap: str, size: int = 256) -> np.ndarray | 
     """
     if not isinstance(colormap, str):
         return None
-    scene = get_scene(scene)
-    color = scene.GetFirstNodeByName(colormap)
-    if color is None or not color.IsA("vtkMRMLColorNode"):
-        ensure_color_nodes(scene)
-        color = scene.GetFirstNodeByName(colormap)
-    if color is None or not color.IsA("vtkMRMLColorNode"):
+    color = _find_color_node(get_scene(scene), colormap)
+    if color is None:
         return None
     mapper = color.GetScalarsToColors() or color.GetLookupTable()
     if mapper is None:
