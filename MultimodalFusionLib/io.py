@@ -545,9 +545,6 @@ def _check_series_geometry(pick: dict[str, Any]) -> tuple[bool, np.ndarray | Non
             reader.ReadImageInformation()
         except RuntimeError:
             continue
-        if reader.GetDimension() == 3 and reader.GetSize()[2] > 1 and len(pick["files"]) == 1:
-            # an enhanced multi-frame image: its geometry is in functional groups, which GDCM reads
-            return False, None
         rows.append({k: reader.GetMetaData(t).strip() if reader.HasMetaDataKey(t) else "" for k, t in tags.items()})
     if not rows:
         return False, None
