@@ -818,13 +818,22 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
             "rotation search: initializer 'search' (CLI --initializer search)."
             if searched is None and initial_transform is None and parameters.stages[0].name in ("rigid", "affine")
             else "")
+    # where the first stage starts, made once for the masks' check and the overall "before" (a moments start
+    # sums both images: 0.06 s on a 1 mm head)
+    first_start: sitk.Transform | None = None
+
+    def first_stage_start() -> sitk.Transform:
+        nonlocal first_start
+        if first_start is None:
+            first_start = compose(initial_transform, _stage_transform(
+                parameters.stages[0], fixed, moving, initial_transform, parameters.initializer, searched, fixed_mask,
+                moving_mask), dim, _image_center(fixed))
+        return first_start
+
     if moving_mask is not None:
         # masks that do not meet where the first stage starts leave its metric no voxel (refused); few
         # voxels inside both, almost nothing (a warning)
-        first = compose(initial_transform, _stage_transform(parameters.stages[0], fixed, moving, initial_transform,
-                                                            parameters.initializer, searched, fixed_mask,
-                                                            moving_mask), dim, _image_center(fixed))
-        warnings += check_masks_meet(fixed, fixed_mask, moving_mask, first,
+        warnings += check_masks_meet(fixed, fixed_mask, moving_mask, first_stage_start(),
                                      start_description(parameters.initializer, initial_transform is not None))
     n = len(parameters.stages)
     for i, stage in enumerate(parameters.stages):
@@ -860,9 +869,7 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
         metric_after = only.metric_after if only.accepted else only.metric_before
         start_total = previous
     else:
-        start = _stage_transform(parameters.stages[0], fixed, moving, initial_transform, parameters.initializer,
-                                 searched, fixed_mask, moving_mask)
-        start_total = compose(initial_transform, start, dim, _image_center(fixed))
+        start_total = first_stage_start()
         metric_before = evaluate_metric(fixed, moving, start_total, last, parameters.seed, fixed_mask, moving_mask)
         metric_after = evaluate_metric(fixed, moving, previous, last, parameters.seed, fixed_mask, moving_mask)
     if metric_after > metric_before:
