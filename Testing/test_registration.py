@@ -27,6 +27,15 @@ from MultimodalFusionLib.registration.accuracy import (
 from MultimodalFusionLib.registration.parameters import ITK_UINT_MAX
 
 
+def _box_mask(image: sitk.Image, row: int, column: int, width: int) -> sitk.Image:
+    """A ``width`` x ``width`` mask from (row, column) (numpy order) on a 2D ``image``'s grid."""
+    arr = np.zeros(image.GetSize()[::-1], np.uint8)
+    arr[row:row + width, column:column + width] = 1
+    mask = sitk.GetImageFromArray(arr)
+    mask.CopyInformation(image)
+    return mask
+
+
 class ItkBrainWebCase(unittest.TestCase):
     """Fixed T1 BrainT1SliceBorder20, moving PD BrainProtonDensitySliceR10X13Y17 (10 deg, (13, 17) px)."""
 
@@ -308,14 +317,6 @@ class SparseContent(unittest.TestCase):
 
         fixed, moving = itk_brainweb_pair()
         start = sitk.CompositeTransform([itk_brainweb_truth(fixed), sitk.TranslationTransform(2, (3.0, -2.0))])
-
-        def box(image, width):
-            arr = np.zeros(image.GetSize()[::-1], np.uint8)
-            arr[100:100 + width, 110:110 + width] = 1
-            mask = sitk.GetImageFromArray(arr)
-            mask.CopyInformation(image)
-            return mask
-
         runs = (("sitk", RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), iterations=3)])),
                 ("torch", TorchRegistrationParameters(stages=["rigid"], linear_iterations=[3, 3, 3], device="cpu")))
         for backend, params in runs:
@@ -323,14 +324,14 @@ class SparseContent(unittest.TestCase):
                 image = fixed if which == "fixed" else moving
                 with self.subTest(backend=backend, mask=which):
                     result = register(fixed, moving, params, seed=1, backend=backend, initial_transform=start,
-                                      **{f"{which}_mask": box(image, 12)})
+                                      **{f"{which}_mask": _box_mask(image, 100, 110, 12)})
                     small = [w for w in result.warnings if w.startswith(f"The {which} mask holds only 144 voxel(s), "
                                                                         "fewer than 150")]
                     self.assertEqual(len(small), 1, result.warnings)
                     self.assertIn("Give a larger mask", small[0])
                     # 13x13 = 169 voxels: no such warning
                     result = register(fixed, moving, params, seed=1, backend=backend, initial_transform=start,
-                                      **{f"{which}_mask": box(image, 13)})
+                                      **{f"{which}_mask": _box_mask(image, 100, 110, 13)})
                     self.assertFalse([w for w in result.warnings if "mask holds only" in w], result.warnings)
 
 
@@ -382,10 +383,7 @@ class BadInputs(unittest.TestCase):
         # ITK's own words had reached the user as a RegistrationError with the fix "try another preset":
         # "VirtualSampledPointSet must have 1 or more points", or for one voxel "the images barely overlap"
         for width in (1, 2, 3):
-            arr = np.zeros(self.fixed.GetSize()[::-1], np.uint8)
-            arr[120:120 + width, 110:110 + width] = 1
-            mask = sitk.GetImageFromArray(arr)
-            mask.CopyInformation(self.fixed)
+            mask = _box_mask(self.fixed, 120, 110, width)
             for metric in ("mattes_mi", "correlation", "mean_squares"):
                 params = RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), metric=metric)])
                 with self.subTest(width=width, metric=metric):
@@ -393,18 +391,11 @@ class BadInputs(unittest.TestCase):
                                                 parameters=params, seed=1)
                     self.assertTrue("larger fixed mask" in msg, msg)
 
-    def box_mask(self, image, row, column, width):
-        arr = np.zeros(image.GetSize()[::-1], np.uint8)
-        arr[row:row + width, column:column + width] = 1
-        mask = sitk.GetImageFromArray(arr)
-        mask.CopyInformation(image)
-        return mask
-
     def test_masks_that_do_not_meet_at_the_start_are_refused_on_both_backends(self):
         # the sitk backend with correlation or mean squares returned the starting transform unchanged ("No valid
         # points" on stderr only); the torch backend left the moving mask out without a word
-        fixed_mask = self.box_mask(self.fixed, 20, 20, 60)
-        moving_mask = self.box_mask(self.moving, 180, 140, 60)
+        fixed_mask = _box_mask(self.fixed, 20, 20, 60)
+        moving_mask = _box_mask(self.moving, 180, 140, 60)
         for backend, metric in (("sitk", "correlation"), ("sitk", "mean_squares"), ("sitk", "mattes_mi"),
                                 ("torch", "correlation"), ("torch", "mattes_mi")):
             params = RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), metric=metric)],
@@ -419,7 +410,7 @@ class BadInputs(unittest.TestCase):
         # without a fixed mask: the fixed image's voxels, here all sent beyond the moving mask by a given start
         away = sitk.TranslationTransform(2, (-150.0, -170.0))
         self.assertInputError("The fixed image and the moving mask (3600 voxels) do not meet",
-                              "(the initial transform given)", moving_mask=self.box_mask(self.moving, 197, 161, 60),
+                              "(the initial transform given)", moving_mask=_box_mask(self.moving, 197, 161, 60),
                               initial_transform=away)
 
     def test_a_moving_mask_of_a_few_voxels_is_named_on_the_sitk_backend(self):
@@ -430,15 +421,15 @@ class BadInputs(unittest.TestCase):
             with self.subTest(width=width):
                 msg = self.assertInputError(f"the moving mask ({width * width} voxel", inside,
                                             "larger moving mask",
-                                            moving_mask=self.box_mask(self.moving, 136, 124, width), seed=1)
+                                            moving_mask=_box_mask(self.moving, 136, 124, width), seed=1)
                 self.assertIn("Stage 'rigid': the mattes_mi metric cannot be computed", msg)
 
     def test_few_voxels_inside_both_masks_at_the_start_are_warned_about_on_both_backends(self):
         # 5 x 5 of the two 60 x 60 masks meet where the geometry start puts them
         from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
 
-        fixed_mask = self.box_mask(self.fixed, 60, 60, 60)
-        moving_mask = self.box_mask(self.moving, 115, 115, 60)
+        fixed_mask = _box_mask(self.fixed, 60, 60, 60)
+        moving_mask = _box_mask(self.moving, 115, 115, 60)
         runs = (("sitk", RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), iterations=3)],
                                                 initializer="geometry")),
                 ("torch", TorchRegistrationParameters(stages=["rigid"], linear_iterations=[3, 3, 3], device="cpu",
@@ -457,8 +448,8 @@ class BadInputs(unittest.TestCase):
         # which had been silent. 25 voxels meet here at the start
         from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
 
-        fixed_mask = self.box_mask(self.fixed, 60, 60, 60)
-        moving_mask = self.box_mask(self.moving, 115, 115, 60)
+        fixed_mask = _box_mask(self.fixed, 60, 60, 60)
+        moving_mask = _box_mask(self.moving, 115, 115, 60)
         for metric in ("mi", "lncc"):
             params = TorchRegistrationParameters(stages=["rigid"], linear_iterations=[3, 3, 3], device="cpu",
                                                  initializer="geometry", linear_metric=metric)
