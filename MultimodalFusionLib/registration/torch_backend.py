@@ -1204,6 +1204,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         weights = [1.0 if s != "deformable" else 2.0 for s in stages]
         bounds = np.concatenate([[0.0], np.cumsum(weights) / sum(weights) * 0.95])
         velocity = None
+        left_out_warned = False  # a stage's warning says it: the final evaluation's would repeat it
         with torch.no_grad():
             metric_before = float(ctx.mi_at_points(ctx.eval_points, ctx.eval_values, ctx.total_matrix(
                 torch.as_tensor(_affine_matrix(matrix, center, translation), dtype=torch.float64, device=device)),
@@ -1230,6 +1231,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
             stage_results.append(stage)
             if ctx.moving_mask_left_out():
                 warnings.append(_left_out_warning(f"the {name} stage", fixed_mask is not None))
+                left_out_warned = True
             if name == "deformable":
                 break
         report(progress, 0.96, "converting the result to SimpleITK transforms")
@@ -1263,7 +1265,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
                                         "velocity_sigma.")
             else:
                 metric_after = float(ctx.mi_at_points(ctx.eval_points, ctx.eval_values, total, ctx.moving.tensor))
-        if ctx.moving_mask_left_out() and not any(w.startswith("The moving mask was left out") for w in warnings):
+        if ctx.moving_mask_left_out() and not left_out_warned:
             warnings.append(_left_out_warning("the final mutual information (metric_after)", fixed_mask is not None))
         if metric_after > metric_before + 1e-6 and not any(s.accepted is False for s in stage_results):
             warnings.append(f"Mutual information at the evaluation voxels got worse ({metric_before:.4f} -> "
