@@ -251,7 +251,8 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
         # one file (one slice, or an enhanced multi-frame image): read as the file alone is, a slice as
         # 2D; ITK's series reader gives a one-slice volume and takes no geometry from functional groups
         return _read_dicom_file(pick["files"][0])
-    float_values, slice_step = _check_series_geometry(pick)
+    rows = _series_rows(pick["files"])
+    float_values, slice_step = _check_series_geometry(pick, rows)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(pick["files"])
     if float_values:  # per-slice or fractional rescale (PET): the first slice's integer type would round
@@ -525,19 +526,16 @@ def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], share
                      "right spacing and load that; a cine or dynamic file holds no volume: export one frame.")
 
 
-def _check_series_geometry(pick: dict[str, Any]) -> tuple[bool, np.ndarray | None]:
-    """Refuse a series whose geometry would be made up; returns whether its values need floats, and
-    the step from slice to slice (LPS, mm) in the files' order, the order ITK stacks them in.
+#: The top-level tags of a series' files that its checks read (geometry, rescale): no other
+_SERIES_ROW_TAGS = {"position": "0020|0032", "orientation": "0020|0037", "spacing": "0028|0030",
+                    "slope": "0028|1053", "intercept": "0028|1052"}
 
-    ITK reads a series without ImagePositionPatient (0020,0032) or PixelSpacing (0028,0030) as if
-    it had 1 mm spacing at the origin, and a series with a missing slice as evenly spaced, with
-    every later slice misplaced, printing at most a warning. Only geometry and rescale tags are read.
-    """
-    label = pick.get("description") or pick["uid"]
-    tags = {"position": "0020|0032", "orientation": "0020|0037", "spacing": "0028|0030",
-            "slope": "0028|1053", "intercept": "0028|1052"}
+
+def _series_rows(files: Sequence[str]) -> list[dict[str, str]]:
+    """The :data:`_SERIES_ROW_TAGS` of each file ITK can read the header of (as text, "" where absent), and its
+    ``path``; files it cannot read are left out (their read fails later, naming them)."""
     rows = []
-    for path in pick["files"]:
+    for path in files:
         reader = sitk.ImageFileReader()
         reader.SetFileName(path)
         reader.LoadPrivateTagsOff()
@@ -545,7 +543,21 @@ def _check_series_geometry(pick: dict[str, Any]) -> tuple[bool, np.ndarray | Non
             reader.ReadImageInformation()
         except RuntimeError:
             continue
-        rows.append({k: reader.GetMetaData(t).strip() if reader.HasMetaDataKey(t) else "" for k, t in tags.items()})
+        rows.append({"path": path, **{k: reader.GetMetaData(t).strip() if reader.HasMetaDataKey(t) else ""
+                                      for k, t in _SERIES_ROW_TAGS.items()}})
+    return rows
+
+
+def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]]) -> tuple[bool, np.ndarray | None]:
+    """Refuse a series whose geometry would be made up; returns whether its values need floats, and
+    the step from slice to slice (LPS, mm) in the files' order, the order ITK stacks them in.
+
+    ITK reads a series without ImagePositionPatient (0020,0032) or PixelSpacing (0028,0030) as if
+    it had 1 mm spacing at the origin, and a series with a missing slice as evenly spaced, with
+    every later slice misplaced, printing at most a warning. Only geometry and rescale tags are read
+    (``rows``, from :func:`_series_rows`).
+    """
+    label = pick.get("description") or pick["uid"]
     if not rows:
         return False, None
 
