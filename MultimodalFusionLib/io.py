@@ -252,6 +252,8 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
         # 2D; ITK's series reader gives a one-slice volume and takes no geometry from functional groups
         return _read_dicom_file(pick["files"][0])
     rows = _series_rows(pick["files"])
+    if any(_needs_own_geometry(row) for row in rows):
+        return _read_multiframe_series(pick, rows)
     float_values, slice_step = _check_series_geometry(pick, rows)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(pick["files"])
@@ -526,9 +528,9 @@ def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], share
                      "right spacing and load that; a cine or dynamic file holds no volume: export one frame.")
 
 
-#: The top-level tags of a series' files that its checks read (geometry, rescale): no other
+#: The top-level tags of a series' files that its checks read (geometry, rescale, frame count): no other
 _SERIES_ROW_TAGS = {"position": "0020|0032", "orientation": "0020|0037", "spacing": "0028|0030",
-                    "slope": "0028|1053", "intercept": "0028|1052"}
+                    "slope": "0028|1053", "intercept": "0028|1052", "frames": "0028|0008"}
 
 
 def _series_rows(files: Sequence[str]) -> list[dict[str, str]]:
@@ -615,6 +617,154 @@ def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]])
     intercepts = {r["intercept"] or "0" for r in rows}
     values = [v for t in slopes | intercepts for v in _dicom_numbers(t)]
     return len(slopes) > 1 or len(intercepts) > 1 or any(v != int(v) for v in values), slice_step
+
+
+def _needs_own_geometry(row: Mapping[str, str]) -> bool:
+    """Whether a file of a series of several must be placed by :func:`_read_multiframe_series`: one with
+    NumberOfFrames (0028,0008) above 1, or with it but not the top-level PixelSpacing, ImagePositionPatient and
+    ImageOrientationPatient a classic slice has (an enhanced file of one frame keeps them in its functional
+    groups). A series of single-frame files that say NumberOfFrames 1 is read as any classic series."""
+    if not row["frames"]:
+        return False
+    try:
+        count = int(row["frames"])
+    except ValueError:
+        return True
+    return count != 1 or not (_dicom_pixel_size(row["spacing"]) and len(_dicom_numbers(row["position"])) == 3
+                              and len(_dicom_numbers(row["orientation"])) == 6)
+
+
+def _check_part_placed(label: str, path: str, row: Mapping[str, str]) -> None:
+    """Refuse a file of a series of several whose tags do not say where it lies: its frames could not be put
+    among those of the other files (ITK would stack them at the origin, or along the axial normal)."""
+    from .dicom_header import read_geometry_tags
+
+    fix = ("Give the file's own path to read it alone, or export the series again with its geometry (from the "
+           "scanner or PACS).")
+    if not row["frames"]:
+        has_position = len(_dicom_numbers(row["position"])) == 3
+        has_orientation = len(_dicom_numbers(row["orientation"])) == 6
+        where = ""
+    else:
+        tags = read_geometry_tags(path)
+        if tags is None:
+            raise InputError(f"DICOM file '{path}' of {label} is multi-frame, but its header could not be read to "
+                             "place its frames among the series' other files.", fix)
+        shared = _first_item(tags, _SHARED_GROUPS)
+        frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
+        per_frame = [_dicom_numbers(_first_item(f, _PLANE_POSITION).get(0x00200032) or "") for f in frames]
+        has_position = (bool(per_frame) and all(len(p) == 3 for p in per_frame)
+                        or len(_dicom_numbers(tags.get(0x00200032) or "")) == 3)
+        has_orientation = any(len(_dicom_numbers(text or "")) == 6 for text in (
+            tags.get(0x00200037), _first_item(shared, _PLANE_ORIENTATION).get(0x00200037),
+            _first_item(frames[0], _PLANE_ORIENTATION).get(0x00200037) if frames else None))
+        where = " (at its top level, or in its functional groups for every frame)"
+    if not has_position:
+        raise InputError(f"DICOM file '{path}' of {label} has no usable ImagePositionPatient (0020,0032){where}, so "
+                         "where it lies among the series' other files is unknown (ITK would put it at the origin).",
+                         fix)
+    if not has_orientation:
+        raise InputError(f"DICOM file '{path}' of {label} has no usable ImageOrientationPatient (0020,0037){where}, "
+                         "so which way its rows and columns run is unknown (ITK would take it as axial).", fix)
+
+
+def _read_multiframe_series(pick: dict[str, Any], rows: Sequence[dict[str, str]]) -> sitk.Image:
+    """A series of several files, at least one of them multi-frame (an enhanced MR split into files, a
+    multi-frame file among single-frame slices): each file is read and placed as it is alone (see
+    :func:`_set_multiframe_geometry`), then the frames of all files are stacked by their positions along the
+    slice normal, on one grid: same rows x columns, pixel size and orientation in every file, frames evenly
+    spaced along one line (sheared where the line is not the normal, as for a gantry-tilted series), no two at
+    one position; otherwise refused, naming the file.
+
+    ITK's series reader (SimpleITK 2.5.7) read a series of multi-frame files with top-level geometry as a 4D
+    image of one volume per file at 1 x 1 x 1 mm, without a word, and failed on a mix of multi-frame and
+    single-frame files ("Size mismatch!"); with the geometry only in functional groups, the series was refused
+    for having no PixelSpacing.
+    """
+    label = f"DICOM series '{pick['description'] or pick['uid']}'"
+    by_path = {row["path"]: row for row in rows}
+    parts: list[tuple[str, sitk.Image]] = []
+    for path in pick["files"]:
+        if path in by_path:  # else ITK cannot read its header: reading it fails below, naming it
+            _check_part_placed(label, path, by_path[path])
+        image = _read_file(path)
+        if image.GetDimension() != 3:
+            raise InputError(f"DICOM file '{path}' of {label} is a {image.GetDimension()}D image (size "
+                             f"{image.GetSize()}), which cannot be stacked with the series' other files.",
+                             "Give the file's own path to read it alone.")
+        parts.append((path, image))
+
+    first_path, first = parts[0]
+    in_plane = np.array(first.GetDirection(), dtype=float).reshape(3, 3)[:, :2]
+    fix = ("Move the files of the other grid into another folder (or export each as its own series), then load "
+           "the folder of one grid; or give one file's path to read that file alone.")
+    for path, image in parts[1:]:
+        for what, theirs, ours, same in (
+                ("samples per pixel", image.GetNumberOfComponentsPerPixel(), first.GetNumberOfComponentsPerPixel(),
+                 None),
+                ("columns x rows", "x".join(map(str, image.GetSize()[:2])), "x".join(map(str, first.GetSize()[:2])),
+                 None),
+                ("a pixel size (columns x rows, mm) of", "x".join(f"{v:g}" for v in image.GetSpacing()[:2]),
+                 "x".join(f"{v:g}" for v in first.GetSpacing()[:2]),
+                 np.allclose(image.GetSpacing()[:2], first.GetSpacing()[:2], rtol=1e-4, atol=0)),
+                ("another ImageOrientationPatient (0020,0037)", "", "",
+                 np.allclose(np.array(image.GetDirection()).reshape(3, 3)[:, :2], in_plane, atol=1e-4))):
+            if same is False or (same is None and theirs != ours):
+                raise InputError(f"DICOM file '{path}' of {label} has {what}"
+                                 + (f" {theirs}, the series' first file ('{first_path}') {ours}" if theirs != "" else
+                                    f" than the series' first file ('{first_path}')")
+                                 + ", so no one grid holds the frames of its files.", fix)
+
+    # every frame: (file, frame index, centre of its first voxel); then in order along the slice normal
+    frames = [(path, k, np.array(image.TransformIndexToPhysicalPoint((0, 0, k)), dtype=float))
+              for path, image in parts for k in range(image.GetSize()[2])]
+    counts = {path: image.GetSize()[2] for path, image in parts}
+    normal = np.cross(in_plane[:, 0], in_plane[:, 1])
+    order = sorted(range(len(frames)), key=lambda i: float(frames[i][2] @ normal))  # stable: file order at ties
+    points = np.array([frames[i][2] for i in order])
+    depth = points @ normal
+
+    def name(i: int) -> str:
+        path, k, _ = frames[order[i]]
+        return f"'{path}'" + (f" (frame {k + 1})" if counts[path] > 1 else "")
+
+    steps = np.diff(depth)
+    typical = float(np.median(steps))
+    tolerance = max(0.01, 0.01 * typical)
+    if float(steps.min()) <= tolerance:
+        at = int(np.argmin(steps))
+        raise InputError(f"{label} has two frames at one position along the slice normal ({depth[at]:.4g} mm): "
+                         f"{name(at)} and {name(at + 1)}, e.g. echoes, time points or repeated acquisitions of one "
+                         "volume saved in one series, so no one volume holds its frames.",
+                         "Move the files of one echo or time point into a folder of their own (Slicer's DICOM "
+                         "module or dcm2niix split them), then load that folder; or give one file's path to read "
+                         "that file alone.")
+    if float(steps.max() - steps.min()) > tolerance:
+        at = int(np.argmax(np.abs(steps - typical)))
+        raise InputError(f"{label} has uneven spacing between the frames of its files: steps from {steps.min():.4g} "
+                         f"to {steps.max():.4g} mm along the slice normal (a frame may be missing between "
+                         f"{name(at)} at {depth[at]:.4g} mm and {name(at + 1)} at {depth[at + 1]:.4g} mm); reading "
+                         "it as evenly spaced would misplace every frame after the gap.",
+                         "Load the complete series, or resample it onto a regular grid first (e.g. in Slicer, with "
+                         "the DICOM module's acquisition-geometry regularization).")
+    step = (points[-1] - points[0]) / (len(points) - 1)
+    off_line = np.linalg.norm(points - (points[0] + np.outer(np.arange(len(points)), step)), axis=1)
+    if float(off_line.max()) > max(0.01, 0.01 * float(np.linalg.norm(step))):
+        at = int(np.argmax(off_line))
+        raise InputError(f"{label} has frames whose ImagePositionPatient (0020,0032) are not on one straight line: "
+                         f"{name(at)} lies {off_line[at]:.4g} mm off the line from the first frame to the last, so "
+                         "no regular grid holds the frames of its files.",
+                         "Load the series as the scanner exported it, or resample it onto a regular grid first "
+                         "(e.g. in Slicer, with the DICOM module's acquisition-geometry regularization).")
+
+    arrays = [sitk.GetArrayViewFromImage(image) for _, image in parts]
+    values = np.concatenate([a.astype(np.result_type(*arrays), copy=False) for a in arrays])[order]
+    image = sitk.GetImageFromArray(values, isVector=first.GetNumberOfComponentsPerPixel() > 1)
+    direction = np.column_stack([in_plane, normal])
+    image.SetOrigin([float(v) for v in points[0]])
+    image.SetSpacing([*first.GetSpacing()[:2], float(np.linalg.norm(step))])
+    image.SetDirection([float(v) for v in direction.ravel()])
+    return _with_slice_step(image, step)  # frames shifted within their plane: a sheared grid, as for a series
 
 
 def _describe_series(found: Sequence[dict[str, Any]]) -> str:

@@ -422,6 +422,165 @@ class DicomGeometryFromTags(unittest.TestCase):
 
 
 
+class DicomSeriesOfMultiframeFiles(unittest.TestCase):
+    """A series (one SeriesInstanceUID) of several files, one or more of them multi-frame: the frames of all
+    its files are stacked by their positions, with the checks of one file, or the series is refused naming the
+    file. ITK's series reader (SimpleITK 2.5.7) refused such a series for having no PixelSpacing where it is
+    in the functional groups, read it as a 4D image of one volume per file at 1 x 1 x 1 mm where it is at the
+    top level, and failed with "Size mismatch!" on a multi-frame file among single-frame ones."""
+
+    def _write_parts(self, folder: str, parts: Sequence[Sequence[Sequence[float]]], **options) -> list[np.ndarray]:
+        """One enhanced file per list of frame positions, all of one series; returns each file's HU values."""
+        from pydicom.uid import generate_uid
+
+        uid = generate_uid()
+        return [write_enhanced(os.path.join(folder, f"part{i}.dcm"), positions, rows=8, cols=8, series_uid=uid,
+                               **options) for i, positions in enumerate(parts)]
+
+    def _assert_stacked(self, image: sitk.Image, parts, truths, orientation=AXIAL) -> None:
+        """Every frame of every file in the image, in order along the slice normal, where its tags put it."""
+        frames = sorted(((np.dot(p, np.cross(orientation[:3], orientation[3:])), tuple(p), truth[k])
+                         for positions, truth in zip(parts, truths) for k, p in enumerate(positions)),
+                        key=lambda frame: frame[0])
+        self.assertEqual(image.GetSize(), (8, 8, len(frames)))
+        np.testing.assert_allclose(voxel_centres(image), expected_centres([f[1] for f in frames], orientation, 8, 8,
+                                                                          (0.7, 0.6)), atol=1e-3)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image), np.array([f[2] for f in frames]))
+
+    def test_a_split_multiframe_series_is_stacked_by_position(self) -> None:
+        c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
+        oblique = (1.0, 0.0, 0.0, 0.0, c, s)
+        normal = np.array(np.cross(oblique[:3], oblique[3:]))
+        legacy = {"spacing_in": "top", "top": {"ImagePositionPatient": [0.0, 0.0, 0.0],
+                                               "ImageOrientationPatient": list(AXIAL), "SpacingBetweenSlices": 2.0}}
+        cases = {
+            # file names against the positions' order, and files of different frame counts
+            "3 files, named backwards": ([[(-5.0, -6.0, 10.0 + 2.0 * (4 * (2 - i) + k)) for k in range(4)]
+                                          for i in range(3)], AXIAL, {}),
+            "3 + 5 frames": ([[(0.0, 0.0, 2.0 * k) for k in range(3)], [(0.0, 0.0, 6.0 + 2.0 * k) for k in range(5)]],
+                             AXIAL, {}),
+            "interleaved": ([[(0.0, 0.0, 4.0 * k) for k in range(3)], [(0.0, 0.0, 2.0 + 4.0 * k) for k in range(3)]],
+                            AXIAL, {}),
+            "one frame per file": ([[(1.0, 2.0, 3.0 + 2.5 * i)] for i in range(4)], AXIAL, {}),
+            "oblique": ([[tuple(np.array([1.0, 2.0, 3.0]) + 2.5 * (3 * i + k) * normal) for k in range(3)]
+                         for i in range(2)], oblique, {}),
+            "sheared": ([[(0.0, 1.0 * (3 * i + k), 3.0 * (3 * i + k)) for k in range(3)] for i in range(2)], AXIAL, {}),
+            # the geometry at the top level too: read as a 4D image, 1 x 1 x 1 mm (the pixel size lost)
+            "top-level geometry": ([[(0.0, 0.0, 8.0 * i + 2.0 * k) for k in range(4)] for i in range(2)], AXIAL,
+                                   legacy),
+        }
+        for case, (parts, orientation, options) in cases.items():
+            with self.subTest(case), tempfile.TemporaryDirectory() as folder:
+                if case == "top-level geometry":  # each file's own first position at its top level
+                    truths = [write_enhanced(os.path.join(folder, f"part{i}.dcm"), positions, rows=8, cols=8,
+                                             series_uid="1.2.3.4.5", spacing_in="top",
+                                             top={**legacy["top"], "ImagePositionPatient": list(positions[0])})
+                              for i, positions in enumerate(parts)]
+                else:
+                    truths = self._write_parts(folder, parts, orientation=orientation, **options)
+                self.assertEqual(len(io.list_dicom_series(folder)), 1)
+                image = io.read_image(folder)
+                self._assert_stacked(image, parts, truths, orientation)
+                if case == "sheared":
+                    self.assertEqual(io.volume_extension(image), ".mha")
+
+    def test_a_multiframe_file_among_single_frame_slices(self) -> None:
+        """One series: 3 classic slices and a multi-frame file of 4 frames below them: refused for "no usable
+        PixelSpacing" (kept in the functional groups), or with the geometry at the top level too for "uneven slice
+        spacing: steps from 2 to 8 mm" (the multi-frame file taken as one slice; with the slices below it, ITK
+        failed: "Size mismatch! The size of ... is [8, 8, 4] and does not match the required size [8, 8, 1]")."""
+        from pydicom.uid import generate_uid
+
+        top_level = {"spacing_in": "top", "top": {"ImagePositionPatient": [-5.0, -6.0, 0.0], "SpacingBetweenSlices": 2.0,
+                                                  "ImageOrientationPatient": list(AXIAL)}}
+        for name, options in (("zz.dcm", {}), ("AA.dcm", {}), ("zz.dcm", top_level), ("AA.dcm", top_level)):
+            with self.subTest(name, top_level=bool(options)), tempfile.TemporaryDirectory() as folder:
+                uid = generate_uid()
+                classic = write_series(folder, positions=[(-5.0, -6.0, 8.0 + 2.0 * k) for k in range(3)], rows=8,
+                                       cols=8, pixel_spacing=(0.7, 0.6), series_uid=uid)
+                enhanced = write_enhanced(os.path.join(folder, name), [(-5.0, -6.0, 2.0 * k) for k in range(4)],
+                                          rows=8, cols=8, series_uid=uid, **options)
+                image = io.read_image(folder)
+                self.assertEqual(image.GetSize(), (8, 8, 7))
+                np.testing.assert_allclose(voxel_centres(image), expected_centres(
+                    [(-5.0, -6.0, 2.0 * k) for k in range(7)], AXIAL, 8, 8, (0.7, 0.6)), atol=1e-3)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(image), np.concatenate([enhanced, classic]))
+
+    def test_files_that_fit_no_one_grid_are_refused_naming_the_file(self) -> None:
+        """Each refusal names the offending file (never a patient value) and what to do."""
+        import pydicom
+
+        def turn(path: str) -> None:  # the second file coronal, its frames along its own normal
+            uid = pydicom.dcmread(path).SeriesInstanceUID
+            write_enhanced(path, [(0.0, 8.0 + 2.0 * k, 0.0) for k in range(4)], (1.0, 0.0, 0.0, 0.0, 0.0, -1.0),
+                           rows=8, cols=8, series_uid=uid)
+
+        def resize(path: str) -> None:  # the second file's frames 4 x 8: rewritten with fewer rows
+            ds = pydicom.dcmread(path)
+            ds.Rows = 4
+            ds.PixelData = np.frombuffer(ds.PixelData, "<i2").reshape(4, 8, 8)[:, :4].tobytes()
+            ds.save_as(path)
+
+        def respace(path: str) -> None:
+            ds = pydicom.dcmread(path)
+            ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing = [0.5, 0.6]
+            ds.save_as(path)
+
+        def unplace(path: str) -> None:  # no position for its frames: NM-like
+            ds = pydicom.dcmread(path)
+            for frame in ds.PerFrameFunctionalGroupsSequence:
+                del frame.PlanePositionSequence
+            ds.save_as(path)
+
+        below, above = [(0.0, 0.0, 2.0 * k) for k in range(4)], [(0.0, 0.0, 8.0 + 2.0 * k) for k in range(4)]
+        cases = {"echoes": ([below, below], None, "two frames at one position along the slice normal (0 mm): "
+                                                  "'{0}' (frame 1) and '{1}' (frame 1)", "echo"),
+                 "a missing frame": ([below, [(0.0, 0.0, 10.0 + 2.0 * k) for k in range(4)]], None,
+                                     "a frame may be missing between '{0}' (frame 4) at 6 mm and '{1}' (frame 1) at "
+                                     "10 mm", "complete series"),
+                 "off one line": ([below, [(0.0, 3.0, 8.0 + 2.0 * k) for k in range(4)]], None,
+                                  "are not on one straight line: '{1}' (frame 1) lies 1.286 mm off", "resample"),
+                 "another orientation": ([below, above], turn, "'{1}' of DICOM series 'ENHANCED CT' has another "
+                                                              "ImageOrientationPatient (0020,0037) than the series' "
+                                                              "first file ('{0}')", "another folder"),
+                 "another size": ([below, above], resize, "'{1}' of DICOM series 'ENHANCED CT' has columns x rows "
+                                                         "8x4, the series' first file ('{0}') 8x8", "another folder"),
+                 "another pixel size": ([below, above], respace, "'{1}' of DICOM series 'ENHANCED CT' has a pixel "
+                                                                "size (columns x rows, mm) of 0.6x0.5, the series' "
+                                                                "first file ('{0}') 0.6x0.7", "another folder"),
+                 "no positions": ([below, above], unplace, "'{1}' of DICOM series 'ENHANCED CT' has no usable "
+                                                           "ImagePositionPatient (0020,0032)", "own path")}
+        for case, (parts, change, problem, fix) in cases.items():
+            with self.subTest(case), tempfile.TemporaryDirectory() as folder:
+                self._write_parts(folder, parts)
+                paths = [os.path.join(folder, f"part{i}.dcm") for i in range(len(parts))]
+                if change is not None:
+                    change(paths[1])
+                with self.assertRaises(InputError) as ctx:
+                    io.read_image(folder)
+                self.assertIn(problem.format(*paths), ctx.exception.problem)
+                self.assertIn(fix, ctx.exception.fix)
+                for value in PHI.values():
+                    self.assertNotIn(value, str(ctx.exception))
+
+    def test_multiframe_files_of_different_series_are_listed(self) -> None:
+        # (already so before: each series of one file is read as that file alone) two enhanced files of
+        # different series, and one beside classic slices of another series: which series is asked, and each
+        # picked series reads as its files do alone
+        with tempfile.TemporaryDirectory() as folder:
+            first = write_enhanced(os.path.join(folder, "a.dcm"), [(0.0, 0.0, 2.0 * k) for k in range(4)], rows=8,
+                                   cols=8)
+            write_enhanced(os.path.join(folder, "b.dcm"), [(0.0, 0.0, 2.0 * k) for k in range(3)], rows=8, cols=8)
+            write_series(folder, positions=[(0.0, 0.0, 2.0 * k) for k in range(3)], rows=8, cols=8,
+                         description="CLASSIC")
+            with self.assertRaises(io.SeveralDicomSeries) as ctx:
+                io.read_image(folder)
+            self.assertEqual(sorted(s["files"] for s in ctx.exception.series), [1, 1, 3])
+            uid = next(s["uid"] for s in io.list_dicom_series(folder) if s["files"] == [os.path.join(folder, "a.dcm")])
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(folder, series=uid)), first)
+            self.assertEqual(io.read_image(folder, series="CLASSIC").GetSize(), (8, 8, 3))
+
+
 class DicomFilesItCannotRead(unittest.TestCase):
     """Files ITK's DICOM reader (GDCM) cannot decode are named with their transfer syntax and the fix."""
 
@@ -523,12 +682,14 @@ class NoPatientDataOut(unittest.TestCase):
 def write_enhanced(path: str, positions: Sequence[Sequence[float]] | None, orientation: Sequence[float] = AXIAL,
                    rows: int = 12, cols: int = 10, pixel_spacing: tuple[float, float] | None = (0.7, 0.6),
                    spacing_in: str = "shared", frames: int | None = None, top: dict | None = None,
-                   sop_class: str = "1.2.840.10008.5.1.4.1.1.2.1", groups: bool = True) -> np.ndarray:
+                   sop_class: str = "1.2.840.10008.5.1.4.1.1.2.1", groups: bool = True,
+                   series_uid: str | None = None) -> np.ndarray:
     """An enhanced (multi-frame) CT: geometry and rescale in the functional groups; returns the HU values.
 
     ``spacing_in``: where PixelSpacing goes: "shared" or "per-frame" functional groups, "top" level; ``positions``
     None: no per-frame positions (``frames`` frames); ``top``: more top-level tags (pydicom keywords);
-    ``groups`` False: no functional groups at all (as in NM or a legacy multi-frame CT).
+    ``groups`` False: no functional groups at all (as in NM or a legacy multi-frame CT); ``series_uid``: that of
+    another file, for a series of several files (default: a new series).
     """
     from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.sequence import Sequence as DicomSequence
@@ -544,7 +705,7 @@ def write_enhanced(path: str, positions: Sequence[Sequence[float]] | None, orien
     for name, value in PHI.items():
         setattr(ds, name, value)
     ds.Modality, ds.SeriesDescription, ds.InstanceNumber = "CT", "ENHANCED CT", 1
-    ds.SeriesInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid()
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = series_uid or generate_uid(), generate_uid()
     ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, count
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
