@@ -3,13 +3,14 @@
 
 Usage::
 
-    python benchmarks/dicom_multiframe_header.py [--frames 1000] [--size 256] [--repeats 15]
+    python benchmarks/dicom_multiframe_header.py [--frames 1000] [--size 256] [--repeats 15] [--files 4]
 
 Writes an enhanced CT of ``--frames`` frames of ``--size`` x ``--size`` pixels (pixel size and position
 in every frame's functional groups, as ``Testing/test_dicom_inputs.py`` writes them) to a temporary
 folder, then prints the best and median of ``--repeats`` runs of
 ``dicom_header.read_geometry_tags`` (what ``io.read_image`` adds to a multi-frame file), of ITK's
-``sitk.ReadImage`` and of ``io.read_image`` (both).
+``sitk.ReadImage`` and of ``io.read_image`` (both); then of ``io.read_image`` of a folder holding the same
+frames split into ``--files`` enhanced files of one series (each file read and placed alone, then stacked).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--files", type=int, default=4, help="files of the split series (0: none)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "enhanced.dcm")
@@ -57,6 +59,17 @@ def main() -> None:
                                     ("io.read_image", lambda: io.read_image(path), max(1, args.repeats // 5))):
             best, median = _timed(work, repeats)
             print(f"{name:20s} best {best:.3f} s, median {median:.3f} s ({repeats} runs)")
+        if args.files > 1:
+            split = os.path.join(folder, "split")
+            os.makedirs(split)
+            positions = [(-5.0, -6.0, 1.5 * k) for k in range(args.frames)]
+            for i in range(args.files):
+                write_enhanced(os.path.join(split, f"part{i}.dcm"), positions[i::args.files], rows=args.size,
+                               cols=args.size, spacing_in="per-frame", series_uid="1.2.826.0.1.3680043.2.1143.7")
+            assert io.read_image(split).GetSize()[2] == args.frames
+            best, median = _timed(lambda: io.read_image(split), max(1, args.repeats // 5))
+            print(f"{'io.read_image split':20s} best {best:.3f} s, median {median:.3f} s "
+                  f"({max(1, args.repeats // 5)} runs; {args.files} files, frames interleaved)")
 
 
 if __name__ == "__main__":
