@@ -56,6 +56,8 @@ __all__ = [
     "same_grid",
     "check_same_grid",
     "to_unit",
+    "slice_axis",
+    "SLICE_AXIS_RATIO",
 ]
 
 FusionMethod = Callable[..., Any]
@@ -148,6 +150,36 @@ def get_method(name: str) -> FusionMethod:
 
 
 # ----------------------------------------------------------------------------- geometry / scaling
+#: A volume's acquisition slice axis is its coarsest voxel axis when that axis's spacing is more than this
+#: many times that of each other axis (a 2D deep-fusion network slices volumes across it). Thick-slice
+#: acquisitions are 2-10x (e.g. 1 x 1 x 5 mm); isotropic 3D acquisitions and resampled volumes stay near 1
+#: (an MPRAGE's 1 x 1 x 1.2 mm: 1.2x), where every axis is as good as another and the first one is kept,
+#: so those outputs are unchanged.
+SLICE_AXIS_RATIO = 1.5
+
+
+def slice_axis(spacing: Sequence[float] | None) -> int:
+    """The array axis of a volume's acquisition slices: the one a 2D network fuses it slice by slice along.
+
+    Each slice should be an acquired slice, whose in-plane voxels are fine, not a cut across the thick
+    slices of, say, a sagittal 1 x 1 x 5 mm acquisition stored with x as its 5 mm axis (array axis 2).
+
+    Args:
+        spacing: the voxel spacing in the array's axis order (z, y, x: ITK's reversed); None: unknown.
+
+    Returns:
+        The axis whose spacing is more than :data:`SLICE_AXIS_RATIO` times each other axis's, else 0 (the
+        first axis, ITK's z, as always before: also for isotropic, nearly isotropic or unknown spacing,
+        and where two axes are equally thick, since no slice plane is fine in both directions then).
+    """
+    if spacing is None or len(spacing) != 3:
+        return 0
+    sides = [float(v) for v in spacing]
+    thick = int(np.argmax(sides))
+    others = [v for k, v in enumerate(sides) if k != thick]
+    return thick if sides[thick] > SLICE_AXIS_RATIO * max(others) else 0
+
+
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     """True when ``a`` and ``b`` have the same size, spacing, origin and direction."""
     return not grid_differences(b, a)

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from ...errors import InputError
 from ...io import IMAGE_EXTENSIONS
+from .. import SLICE_AXIS_RATIO, slice_axis  # noqa: F401 (the shared rule, part of this module's API)
 
 __all__ = [
     "normalize",
@@ -86,35 +87,6 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
                          "DIR/CT/01.png (2D images or 3D volumes); for three modalities make one folder per "
                          "pairing (e.g. DIR/mr_ct/{MRI,CT}, DIR/mr_pet/{MRI,PET}).")
     return pairs
-
-
-#: A 2D network slices a volume across its coarsest voxel axis when that axis's spacing is more than this
-#: many times that of each other axis. Thick-slice acquisitions are 2-10x (e.g. 1 x 1 x 5 mm); isotropic
-#: 3D acquisitions and resampled volumes stay near 1 (an MPRAGE's 1 x 1 x 1.2 mm: 1.2x), where every
-#: axis is as good as another and the first one is kept, so those outputs are unchanged.
-SLICE_AXIS_RATIO = 1.5
-
-
-def slice_axis(spacing: Sequence[float] | None) -> int:
-    """The array axis along which a 2D network fuses a volume slice by slice.
-
-    Each slice should be an acquired slice, whose in-plane voxels are fine, not a cut across the thick
-    slices of, say, a sagittal 1 x 1 x 5 mm acquisition stored with x as its 5 mm axis (array axis 2).
-
-    Args:
-        spacing: the voxel spacing in the array's axis order (z, y, x: ITK's reversed); None: unknown.
-
-    Returns:
-        The axis whose spacing is more than :data:`SLICE_AXIS_RATIO` times each other axis's, else 0 (the
-        first axis, ITK's z, as always before: also for isotropic, nearly isotropic or unknown spacing,
-        and where two axes are equally thick, since no slice plane is fine in both directions then).
-    """
-    if spacing is None or len(spacing) != 3:
-        return 0
-    sides = [float(v) for v in spacing]
-    thick = int(np.argmax(sides))
-    others = [v for k, v in enumerate(sides) if k != thick]
-    return thick if sides[thick] > SLICE_AXIS_RATIO * max(others) else 0
 
 
 def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None,

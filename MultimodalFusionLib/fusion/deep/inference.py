@@ -33,8 +33,8 @@ import SimpleITK as sitk
 from ...errors import InputError
 from ...progress import ProgressCallback, report, scaled
 from ...validation import check_image, whole_number
+from .. import SLICE_AXIS_RATIO, slice_axis  # noqa: F401 (part of this module's API)
 from ..base import FusionResult
-from .data import SLICE_AXIS_RATIO, slice_axis  # noqa: F401 (part of this module's API)
 from .losses import FusionLoss, LossWeights
 
 __all__ = ["fuse_deep", "fuse_arrays", "check_settings", "registry_method", "DEFAULT_ADAPT_STEPS", "adapt", "predict",
