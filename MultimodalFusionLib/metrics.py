@@ -25,9 +25,17 @@ Single-source values are reported too, labelled: ``MI_A``/``MI_B``/``MI_mean``, 
 VIF, SSIM and PSNR (``X_mean`` is half the published sum).
 
 3D volumes: EN, SD, MI, SCD and PSNR use every voxel; SF, VIF, Qabf and SSIM are 2D metrics and
-are averaged over the slices along the third voxel axis (numpy axis 0, ITK's k) where ``A`` or ``B``
-is not constant: axial slices for an axially stored volume, sagittal ones for a sagittally stored one
-(orient the images first, e.g. ``sitk.DICOMOrient(image, "LPS")``, to score axial slices).
+are averaged over the acquisition's slices where ``A`` or ``B`` is not constant: the slices across the
+voxel axis that deep fusion slices a volume across (:func:`MultimodalFusionLib.fusion.slice_axis`: the
+axis whose spacing is more than 1.5x each other axis's, as in a 1 x 1 x 5 mm thick-slice acquisition),
+else along the third voxel axis (numpy axis 0, ITK's k). The published metrics are those of 2D images,
+acquired slices (CDDFuse scores the Harvard atlas' axial PNGs), so a sagittal thick-slice volume stored
+with x as its thick axis is scored in its sagittal slices, not in axial cuts across them, whose
+gradients would mix the in-plane and the through-slice ones; the same voxels stored with the thick
+axis as x, y or z score the same. The spacing is the first source's (``a``; then ``b``, then the fused
+image; arrays have none: axis 0). :func:`scored_slice_axis` names the axis. An isotropic or nearly
+isotropic volume is sliced along k, so a sagittally *stored* isotropic one is scored in sagittal
+slices (orient the images first, e.g. ``sitk.DICOMOrient(image, "LPS")``, to score axial slices).
 
 Parallel slices: on Linux a volume whose scored slices hold at least :data:`PARALLEL_MIN_PIXELS`
 pixels has its per-slice metrics computed by a pool of worker processes (scipy's ``convolve2d``,
@@ -68,6 +76,7 @@ __all__ = [
     "ssim",
     "psnr",
     "metric_workers",
+    "scored_slice_axis",
     "PARALLEL_MIN_PIXELS",
 ]
 
@@ -361,6 +370,40 @@ def psnr(f: np.ndarray, ref: np.ndarray, data_range: float = 255.0) -> float:
 
 
 # ----------------------------------------------------------------------------- fusion metrics
+#: ITK's names of a volume's array axes 0, 1, 2 (as deep fusion's ``slice_axis`` parameter names them).
+_AXIS_NAMES = ("z", "y", "x")
+
+
+def _array_spacing(image: Any) -> list[float] | None:
+    """The voxel spacing of an sitk.Image or FusionResult in its array's axis order (ITK's reversed);
+    None for an array, which carries none."""
+    if hasattr(image, "grey_image") and hasattr(image, "method"):  # a FusionResult
+        image = image.grey_image
+    return list(image.GetSpacing())[::-1] if isinstance(image, sitk.Image) else None
+
+
+def _scoring_axis(*images: Any) -> int:
+    """The array axis a volume's 2D metrics slice along: the acquisition's slice axis (deep fusion's
+    rule, :func:`MultimodalFusionLib.fusion.slice_axis`) of the first of ``images`` with a spacing."""
+    from .fusion import slice_axis
+
+    spacing = next((s for s in map(_array_spacing, images) if s is not None), None)
+    return slice_axis(spacing)
+
+
+def scored_slice_axis(image: Any) -> str | None:
+    """The voxel axis ("z", "y" or "x", ITK's) whose slices :func:`fusion_metrics` scores SF, VIF, Qabf and
+    SSIM on, for a volume on ``image``'s grid (give the first source, ``a``); None for a 2D image.
+
+    "x" for a sagittal 5 x 1 x 1 mm acquisition stored with x thick, "z" for an axial 1 x 1 x 5 mm one,
+    an isotropic volume or an array (which has no spacing).
+    """
+    spacing = _array_spacing(image)
+    if (len(spacing) if spacing is not None else np.ndim(image)) != 3:
+        return None
+    return _AXIS_NAMES[_scoring_axis(image)]
+
+
 def _slices_with_content(a: np.ndarray, b: np.ndarray) -> list[int]:
     keep = [k for k in range(a.shape[0]) if np.ptp(a[k]) > 0 or np.ptp(b[k]) > 0]
     return keep or list(range(a.shape[0]))
@@ -400,6 +443,9 @@ def metric_workers(requested: int | None = None) -> int:
 
 def _slice_scores(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, ...]:
     """The 2D metrics of one slice: SF, VIF(A, F), VIF(B, F), Qabf, SSIM(F, A), SSIM(F, B)."""
+    # contiguous (a copy only for a slice across the stored axes): the same values in the same memory
+    # order as that slice of the volume stored with its slice axis first, so the same sums to the last bit
+    f, a, b = (np.ascontiguousarray(v) for v in (f, a, b))
     return (spatial_frequency(f), vif(a, f), vif(b, f), qabf(f, a, b), ssim(f, a), ssim(f, b))
 
 
@@ -459,6 +505,9 @@ def fusion_metrics(fused: Any, a: Any, b: Any, *, workers: int | None = None) ->
             volumes with at least :data:`PARALLEL_MIN_PIXELS` pixels in the slices scored; the
             numbers are the same either way.
 
+    A volume's 2D metrics (SF, VIF, Qabf, SSIM) are means over its acquisition's slices, those across
+    the axis :func:`scored_slice_axis` names (the module docstring has the rule).
+
     Returns:
         dict: EN, SD, SF, MI, SCD, VIF, Qabf, SSIM, PSNR, then the labelled single-source values
         MI_A, MI_B, MI_mean, VIF_A, VIF_B, VIF_mean, SSIM_A, SSIM_B, SSIM_mean, PSNR_A, PSNR_B.
@@ -485,17 +534,21 @@ def fusion_metrics(fused: Any, a: Any, b: Any, *, workers: int | None = None) ->
         mse = (np.mean((f8 - a8) ** 2) + np.mean((f8 - b8) ** 2)) / 2.0
         out["PSNR"] = float("inf") if mse == 0 else float(10.0 * np.log10(255.0 ** 2 / mse))
 
-    keep = [0] if f8.ndim == 2 else _slices_with_content(a8, b8)
+    # a volume's slices: views with the acquisition's slice axis first (the arrays themselves when it is
+    # axis 0); the whole-volume metrics above take the arrays as they are
+    axis = _scoring_axis(a, b, fused) if f8.ndim == 3 else 0
+    sf8, sa8, sb8 = (np.moveaxis(v, axis, 0) for v in (f8, a8, b8)) if axis else (f8, a8, b8)
+    keep = [0] if f8.ndim == 2 else _slices_with_content(sa8, sb8)
     scores = None
     n_workers = metric_workers(workers) if f8.ndim == 3 else 1
-    pixels = len(keep) * (f8[0].size if f8.ndim == 3 else f8.size)
+    pixels = len(keep) * (sf8[0].size if f8.ndim == 3 else f8.size)
     # (slices smaller than SSIM's window raise their clear error from this process)
-    if n_workers > 1 and len(keep) > 1 and pixels >= PARALLEL_MIN_PIXELS and min(f8.shape[1:]) >= 7:
-        scores = _parallel_slice_scores(f8, a8, b8, keep, min(n_workers, len(keep)), whole_volume)
+    if n_workers > 1 and len(keep) > 1 and pixels >= PARALLEL_MIN_PIXELS and min(sf8.shape[1:]) >= 7:
+        scores = _parallel_slice_scores(sf8, sa8, sb8, keep, min(n_workers, len(keep)), whole_volume)
     if scores is None:
         whole_volume()
         scores = [_slice_scores(f8, a8, b8)] if f8.ndim == 2 else \
-            [_slice_scores(f8[k], a8[k], b8[k]) for k in keep]
+            [_slice_scores(sf8[k], sa8[k], sb8[k]) for k in keep]
     sf, vif_a, vif_b, q, ssim_a, ssim_b = (list(column) for column in zip(*scores))
     # each mean over the slices in slice order, as a serial loop takes them (same numbers to the last bit)
     out["SF"] = float(np.mean(sf))
