@@ -42,8 +42,18 @@ _HOW_COMPUTED = (
     "deviation; SF spatial frequency; MI = MI(F,A) + MI(F,B) in nats; SCD sum of correlations of "
     "differences; VIF = VIF(A,F) + VIF(B,F); Qabf edge preservation; SSIM = SSIM(F,A) + SSIM(F,B) "
     "(hence up to 2); PSNR in dB against both sources with peak 255 (not Evaluator.py's max(F)). For every "
-    "metric, higher is better. In 3D, SF, VIF, Qabf and SSIM are averaged over the slices along the volume's "
-    "third voxel axis (axial slices when it is stored axially).")
+    "metric, higher is better. In 3D, SF, VIF, Qabf and SSIM are averaged over the acquisition's slices: "
+    "a volume whose coarsest voxel axis is more than 1.5x as coarse as each other (a thick-slice "
+    "acquisition, whichever axis stores it) is sliced along that axis, as deep fusion slices it; others "
+    "along the third voxel axis, z (axial slices when the volume is stored axially).")
+
+
+def _scored_slices(image: sitk.Image) -> str:
+    """The sentence saying which voxel axis a volume on ``image``'s grid was scored in slices along."""
+    from .metrics import scored_slice_axis
+
+    axis = scored_slice_axis(image)
+    return "" if axis is None else f" This report's volumes were sliced along {axis} (ITK's voxel axis)."
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -439,7 +449,7 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
     payload = {
         "title": title,
         "created": created,
-        "how_computed": _HOW_COMPUTED,
+        "how_computed": _HOW_COMPUTED + _scored_slices(next(iter(inputs.values()))),
         "inputs": {name: {"size": list(img.GetSize()), "spacing": list(img.GetSpacing())}
                    for name, img in inputs.items()},
         "fusions": {label: {"parameters": r.parameters, "seconds": r.seconds} for label, r in zip(labels, fusions)},
@@ -493,7 +503,8 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
         if extra:
             body.append("<p class=\"note\">Single-source averages (half the sums above):</p>")
             body.append(_metrics_table(metrics, extra))
-        body.append(f'<p class="note">{html.escape(_HOW_COMPUTED)} The best value of each column is '
+        how = _HOW_COMPUTED + _scored_slices(first)
+        body.append(f'<p class="note">{html.escape(how)} The best value of each column is '
                     "highlighted; no single metric decides which fusion reads best clinically.</p>")
         if chart is not None:
             body.append(_img_tag(chart, "bar chart of the fusion metrics per method", cls="chart"))

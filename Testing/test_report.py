@@ -120,6 +120,31 @@ class Report3DTest(unittest.TestCase):
             self.assertGreater(img.shape[0], 300)  # three rows of views
 
 
+    def test_the_report_names_the_axis_the_volume_metrics_sliced_along(self) -> None:
+        # a sagittal thick-slice pair stored with x as its 5 mm axis: scored in its sagittal slices
+        rng = np.random.default_rng(1)
+        vol = np.zeros((40, 36, 12), np.float32)
+        vol[8:32, 6:30, 2:10] = 100 + rng.normal(0, 20, (24, 24, 8))
+        images = []
+        for arr in (vol, np.roll(vol, 2, axis=1)):
+            images.append(sitk.GetImageFromArray(arr))
+            images[-1].SetSpacing((5.0, 1.0, 1.0))
+        res = fusion.fuse(*images, "average")
+        table = {"average": metrics.fusion_metrics(res, *images)}
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = report.write_report(tmp, inputs={"A": images[0], "B": images[1]}, fusions=[res], metrics=table)
+            page = open(paths["html"], encoding="utf-8").read()
+            payload = json.loads(open(paths["metrics_json"], encoding="utf-8").read())
+        self.assertIn(html_escape("sliced along x (ITK's voxel axis)"), page)
+        self.assertIn("sliced along x (ITK's voxel axis)", payload["how_computed"])
+        # an isotropic volume: along z; a 2D image: no slices to name
+        for image in images:
+            image.SetSpacing((1.0, 1.0, 1.0))
+        self.assertIn("sliced along z", report._scored_slices(images[0]))
+        two_d = io.read_image(data.testing_data_dir() / "BrainT1Slice.png")
+        self.assertEqual(report._scored_slices(two_d), "")
+
+
 class ReportOrientationAndColourTest(unittest.TestCase):
     """What the montage shows: Slicer's orientation, and colour images of any pixel type."""
 
