@@ -439,25 +439,70 @@ def _frame_positions(frames: Sequence[Mapping[int, Any]]) -> np.ndarray | None:
     return np.array(positions, dtype=float)
 
 
-def _frame_step(path: str, points: np.ndarray) -> np.ndarray:
+def _frame_step(path: str, points: np.ndarray, normal: np.ndarray | None) -> np.ndarray:
     """The step from frame to frame (LPS, mm); refuses frames not evenly spaced along one line in frame
-    order, the order in which ITK stacks them."""
+    order, the order in which ITK stacks them, and frames that do not reach along ``normal`` (the normal of
+    the frame plane; None where the file has no orientation), see :func:`_no_depth`."""
     count = len(points)
     step = (points[-1] - points[0]) / (count - 1)
     length = float(np.linalg.norm(step))
     off = np.linalg.norm(points - (points[0] + np.outer(np.arange(count), step)), axis=1)
-    if length < 1e-6 or float(off.max()) > max(0.01, 0.01 * length):
+    if float(off.max()) > max(0.01, 0.01 * length):
         worst = int(np.argmax(off))
         raise InputError(f"DICOM file '{path}' has {count} frames whose ImagePositionPatient (0020,0032) are not "
-                         "evenly spaced along one line in frame order"
-                         + (" (they all lie at one position)" if length < 1e-6 else
-                            f" (frame {worst + 1} lies {off[worst]:.4g} mm from where even steps from the first "
-                            "frame to the last put it)")
-                         + ": e.g. a missing frame, frames out of order, or several time points or echoes in one "
-                         "file. ITK's reader would give it 1 mm spacing, in plane too, without a word (or fail).",
+                         f"evenly spaced along one line in frame order (frame {worst + 1} lies {off[worst]:.4g} mm "
+                         "from where even steps from the first frame to the last put it): e.g. a missing frame, "
+                         "frames out of order, or several time points or echoes in one file. ITK's reader would "
+                         "give it 1 mm spacing, in plane too, without a word (or fail).",
                          "Split the file into single-frame files (e.g. with dcm2niix, or Slicer's DICOM module, "
                          "which sort frames by position and time), then load one volume as a series.")
+    error = _no_depth(f"DICOM file '{path}'", "frames", points, normal,
+                      "ITK's reader fails on such a file (\"Zero-valued spacing is not supported\"), or, where "
+                      "the frames step a trace along the normal, stacks them that trace apart.",
+                      "split the file into single-frame files (e.g. with dcm2niix, or Slicer's DICOM module), then "
+                      "give one frame's file.")
+    if error is not None:
+        raise error
     return step
+
+
+def _no_depth(subject: str, noun: str, points: np.ndarray, normal: np.ndarray | None, itk: str,
+              one_frame: str) -> InputError | None:
+    """The error for frames or slices (``points``: the first voxel of each, LPS mm) that do not reach along the
+    ``normal`` of their plane, so that no volume holds them: all at one position (a cine or dynamic series, time
+    points or echoes of one plane), or moving within their plane (e.g. a cine of a moving table), or an
+    ImageOrientationPatient that does not fit the positions; None where they reach along it by more than
+    0.01 mm, and 1% of their spread, per frame (``normal`` None: the spread alone).
+
+    ``subject`` names the file or series (never a patient tag), ``itk`` says what ITK did, ``one_frame`` how
+    to load one frame."""
+    count = len(points)
+    spread = float(np.linalg.norm(points - points[0], axis=1).max())
+    reach = float(np.ptp(points @ normal)) if normal is not None else spread
+    if reach > max(0.01 * (count - 1), 0.01 * spread):
+        return None
+    if spread <= 0.01 * (count - 1):
+        return InputError(f"{subject} has {count} {noun} at one position (ImagePositionPatient (0020,0032)"
+                          + (f", all within {spread:.2g} mm" if spread > 0 else "") + "): no volume but one plane "
+                          f"imaged {count} times, e.g. a cine or dynamic series, or time points or echoes of one "
+                          "slice." + (f" {itk}" if itk else ""), f"Load one frame: {one_frame}")
+    return InputError(f"{subject} has {count} {noun} whose ImagePositionPatient (0020,0032) spread {spread:.4g} mm "
+                      "within the plane of their ImageOrientationPatient (0020,0037) but "
+                      f"{reach:.2g} mm along its normal: the {noun} move within their plane, so they make no volume "
+                      "(e.g. a cine of one plane moving with the table), or the orientation does not fit the "
+                      "positions." + (f" {itk}" if itk else ""),
+                      "Check ImageOrientationPatient (0020,0037) against the positions (e.g. with dcmdump or "
+                      "pydicom) and export the images again from the scanner or PACS where it is wrong; otherwise "
+                      f"load one frame: {one_frame}")
+
+
+def _frame_cosines(tags: Mapping[int, Any], shared: Mapping[int, Any], frames: Sequence[Mapping[int, Any]]) -> list[float]:
+    """A multi-frame file's ImageOrientationPatient (row, then column cosines): at its top level, else in its
+    shared functional groups, else its first frame's; [] where none holds six numbers first."""
+    first = _first_item(frames[0], _PLANE_ORIENTATION).get(0x00200037) if frames else None
+    return (_dicom_numbers(tags.get(0x00200037) or "")
+            or _dicom_numbers(_first_item(shared, _PLANE_ORIENTATION).get(0x00200037) or "")
+            or _dicom_numbers(first or ""))
 
 
 def _explain_multiframe_failure(path: str) -> None:
@@ -469,10 +514,12 @@ def _explain_multiframe_failure(path: str) -> None:
     tags = read_geometry_tags(path)
     if tags is not None and tags.get(0x00280008):
         frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
-        _multiframe_pixel_size(path, tags, _first_item(tags, _SHARED_GROUPS), frames)
+        shared = _first_item(tags, _SHARED_GROUPS)
+        _multiframe_pixel_size(path, tags, shared, frames)
         points = _frame_positions(frames)
         if points is not None:
-            _frame_step(path, points)
+            cosines = _frame_cosines(tags, shared, frames)
+            _frame_step(path, points, np.cross(cosines[:3], cosines[3:]) if len(cosines) == 6 else None)
 
 
 def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], shared: Mapping[int, Any],
@@ -484,9 +531,7 @@ def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], share
     points = _frame_positions(frames)
     if points is not None and len(points) == count:
         orientations = [_dicom_numbers(_first_item(f, _PLANE_ORIENTATION).get(0x00200037) or "") for f in frames]
-        cosines = (_dicom_numbers(tags.get(0x00200037) or "")
-                   or _dicom_numbers(_first_item(shared, _PLANE_ORIENTATION).get(0x00200037) or "")
-                   or orientations[0])
+        cosines = _frame_cosines(tags, shared, frames)
         if len(cosines) == 6 and any(len(o) == 6 and not np.allclose(o, cosines, atol=1e-4) for o in orientations):
             raise InputError(f"DICOM file '{path}' mixes frame orientations (ImageOrientationPatient (0020,0037) "
                              "in its per-frame functional groups), so no one grid holds its frames.",
@@ -495,9 +540,9 @@ def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], share
         direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
         if len(cosines) == 6:
             direction[:, 0], direction[:, 1] = cosines[:3], cosines[3:]
-        step = _frame_step(path, points)
-        length = float(np.linalg.norm(step))
         normal = np.cross(direction[:, 0], direction[:, 1])
+        step = _frame_step(path, points, normal)
+        length = float(np.linalg.norm(step))
         direction[:, 2] = normal if step @ normal > 0 else -normal  # the orthonormal grid ITK builds
         spacing = list(image.GetSpacing())
         spacing[2] = length
@@ -588,6 +633,12 @@ def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]])
                              "Move the slices of the other orientation into another folder (or export each "
                              "orientation as its own series), then load the folder of one orientation.")
         normal = np.cross(cosines[:3], cosines[3:6])
+        error = _no_depth(f"DICOM series '{label}'", "slices", np.array(positions, dtype=float), normal,
+                          "ITK's series reader stacked such slices along the normal, 1 mm apart or as far apart as "
+                          "they are in their plane, without a word.",
+                          f"give the path of one slice's file (e.g. '{rows[0]['path']}').")
+        if error is not None:
+            raise error
         depth = np.sort(np.array(positions) @ normal)
         steps = np.diff(depth)
         typical = float(np.median(steps)) if steps.size else 0.0
@@ -728,6 +779,10 @@ def _read_multiframe_series(pick: dict[str, Any], rows: Sequence[dict[str, str]]
         path, k, _ = frames[order[i]]
         return f"'{path}'" + (f" (frame {k + 1})" if counts[path] > 1 else "")
 
+    error = _no_depth(label, "frames in its files", points, normal, "",
+                      "give one file's path to read that file alone (a file of one frame is one slice).")
+    if error is not None:
+        raise error
     steps = np.diff(depth)
     typical = float(np.median(steps))
     tolerance = max(0.01, 0.01 * typical)

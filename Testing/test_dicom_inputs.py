@@ -273,7 +273,8 @@ class DicomGeometryFromTags(unittest.TestCase):
                 np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
         refused = {"a missing frame": ([(0.0, 0.0, z) for z in (0.0, 3.0, 6.0, 12.0)], "frame 3 lies 2 mm"),
                    "out of order": ([(0.0, 0.0, z) for z in (0.0, 6.0, 3.0, 9.0)], "frame 2 lies 3 mm"),
-                   "one position": ([(0.0, 0.0, 0.0)] * 4, "they all lie at one position")}
+                   # the last frame back at the first's position: was "(they all lie at one position)"
+                   "back to the start": ([(0.0, 0.0, z) for z in (0.0, 3.0, 6.0, 0.0)], "frame 3 lies 6 mm")}
         for case, (positions, where) in refused.items():
             with self.subTest(case), tempfile.TemporaryDirectory() as folder:
                 path = os.path.join(folder, "frames.dcm")
@@ -299,6 +300,45 @@ class DicomGeometryFromTags(unittest.TestCase):
             with self.assertRaises(InputError) as ctx:
                 io.read_image(path)
             self.assertIn("mixes frame orientations", ctx.exception.problem)
+
+    def test_frames_or_slices_without_depth_are_no_volume(self) -> None:
+        """Frames at one position (a cine, time points of one slice) or moving within their plane (no step along
+        its normal: a cine of a moving table, or an ImageOrientationPatient that does not fit the positions) make
+        no volume. A multi-frame file was refused with ITK's "Zero-valued spacing is not supported" and the fix
+        "Use a NIfTI, NRRD, ... check it is not truncated" (frames a trace along the normal: read on a grid with
+        next to no depth), a series of such slices for "uneven slice spacing: steps from 0 to 0 mm"."""
+        coronal = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+        at_one = "4 {noun} at one position (ImagePositionPatient (0020,0032)"
+        in_plane = "the {noun} move within their plane, so they make no volume"
+        cases = {"one position": ([(1.0, 2.0, 3.0)] * 4, AXIAL, at_one, "Load one frame"),
+                 "coronal, stepping along z": ([(0.0, 0.0, 2.0 * k) for k in range(4)], coronal, in_plane,
+                                               "Check ImageOrientationPatient (0020,0037)"),
+                 "axial, stepping along x": ([(1.5 * k, 0.0, 0.0) for k in range(4)], AXIAL, in_plane,
+                                             "Check ImageOrientationPatient (0020,0037)"),
+                 # 0.001 mm along the normal per 2 mm step: ITK read it, a grid 0.001 mm deep
+                 "a trace along the normal": ([(0.0, 0.001 * k, 2.0 * k) for k in range(4)], coronal, in_plane,
+                                              "Check ImageOrientationPatient (0020,0037)")}
+        for case, (positions, orientation, problem, fix) in cases.items():
+            with self.subTest(case, multiframe=True), tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "frames.dcm")
+                write_enhanced(path, positions, orientation, rows=8, cols=8)
+                for given in (path, folder):
+                    with self.assertRaises(InputError) as ctx:
+                        io.read_image(given)
+                    self.assertIn(f"DICOM file '{path}' has 4 frames ", ctx.exception.problem)
+                    self.assertIn(problem.format(noun="frames"), ctx.exception.problem)
+                    self.assertIn(fix, ctx.exception.fix)
+                    self.assertIn("dcm2niix", ctx.exception.fix)
+                    for value in PHI.values():
+                        self.assertNotIn(value, str(ctx.exception))
+            with self.subTest(case, multiframe=False), tempfile.TemporaryDirectory() as folder:
+                write_series(folder, positions=positions, orientations=[orientation] * 4, rows=8, cols=8)
+                with self.assertRaises(InputError) as ctx:
+                    io.read_image(folder)
+                self.assertIn("DICOM series 'BODY 2.5mm' has 4 slices ", ctx.exception.problem)
+                self.assertIn(problem.format(noun="slices"), ctx.exception.problem)
+                self.assertIn(fix, ctx.exception.fix)
+                self.assertIn(os.path.join(folder, "IM0000.dcm"), ctx.exception.fix)
 
     def test_multiframe_without_positions_takes_the_slice_spacing_tags_or_is_refused(self) -> None:
         """Without per-frame positions (e.g. NM, a legacy multi-frame CT) the frames are SpacingBetweenSlices
@@ -549,7 +589,22 @@ class DicomSeriesOfMultiframeFiles(unittest.TestCase):
                                                                 "size (columns x rows, mm) of 0.6x0.5, the series' "
                                                                 "first file ('{0}') 0.6x0.7", "another folder"),
                  "no positions": ([below, above], unplace, "'{1}' of DICOM series 'ENHANCED CT' has no usable "
-                                                           "ImagePositionPatient (0020,0032)", "own path")}
+                                                           "ImagePositionPatient (0020,0032)", "own path"),
+                 # files of one frame each, all at one position, or moving within their (axial) plane: was "two
+                 # frames at one position along the slice normal", also for frames 2 mm apart in their plane
+                 "one frame per file, at one position": ([[(0.0, 0.0, 0.0)]] * 3, None,
+                                                         "DICOM series 'ENHANCED CT' has 3 frames in its files at one "
+                                                         "position", "one file's path"),
+                 "one frame per file, within the plane": ([[(2.0 * i, 0.0, 0.0)] for i in range(3)], None,
+                                                          "DICOM series 'ENHANCED CT' has 3 frames in its files whose "
+                                                          "ImagePositionPatient (0020,0032) spread 4 mm within the "
+                                                          "plane", "Check ImageOrientationPatient"),
+                 # a file whose own frames move within their plane: named as it is alone (ITK's "Zero-valued
+                 # spacing is not supported", fix "Use a NIfTI, NRRD ...")
+                 "a file's frames within the plane": ([below, [(2.0 * k, 0.0, 8.0) for k in range(4)]], None,
+                                                      "DICOM file '{1}' has 4 frames whose ImagePositionPatient "
+                                                      "(0020,0032) spread 6 mm within the plane",
+                                                      "Check ImageOrientationPatient")}
         for case, (parts, change, problem, fix) in cases.items():
             with self.subTest(case), tempfile.TemporaryDirectory() as folder:
                 self._write_parts(folder, parts)
