@@ -311,7 +311,29 @@ _SPACING_TAGS = (("0028|0030", "PixelSpacing (0028,0030)"), ("0018|1164", "Image
                  ("0018|2010", "NominalScannedPixelSpacing (0018,2010)"))
 
 
-def _set_dicom_file_spacing(image: sitk.Image, path: str) -> None:
+class _FileWarning(NamedTuple):
+    """A warning about one DICOM file, kept back while the files of a series are read to be given once for
+    all the files that give it (see :func:`_warn_once_per_kind`)."""
+
+    kind: str  #: what the files that give the same warning share (e.g. the tag their pixel size came from)
+    path: str
+    message: str  #: the warning for this file alone
+    for_several: str  #: the same for several files, after "N of the M files of SERIES (the first: 'PATH') "
+
+
+def _warn_once_per_kind(label: str, total: int, notes: Sequence[_FileWarning]) -> None:
+    """Give the warnings kept back while reading the ``total`` files of ``label`` (a series): one for each kind,
+    naming how many files gave it and the first of them, as a file alone does where only one gave it."""
+    import warnings
+
+    for kind in dict.fromkeys(note.kind for note in notes):
+        alike = [note for note in notes if note.kind == kind]
+        warnings.warn(alike[0].message if len(alike) == 1 else
+                      f"{len(alike)} of the {total} files of {label} (the first: '{alike[0].path}') "
+                      + alike[0].for_several, stacklevel=5)
+
+
+def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarning] | None = None) -> None:
     """Give a single-frame DICOM image the pixel size its tags state, or refuse it when none does.
 
     ITK's DICOM reader (GDCM) reads a file without PixelSpacing (0028,0030) at 1 mm without a word (a
@@ -321,17 +343,18 @@ def _set_dicom_file_spacing(image: sitk.Image, path: str) -> None:
     (the size at the detector: larger than in the patient by the geometric magnification) or
     NominalScannedPixelSpacing (0018,2010, a digitised film's) stand in, with a warning. A multi-frame
     file (one with NumberOfFrames) is placed by :func:`_set_multiframe_geometry`. Only these tags are read,
-    and the warning and the error name the file and the tags only.
+    and the warning and the error name the file and the tags only. With ``notes``, the warnings are kept
+    there instead of given (see :func:`_warn_once_per_kind`).
     """
     if image.HasMetaDataKey("0028|0008"):  # NumberOfFrames: a multi-frame IOD, e.g. an enhanced CT or MR
-        _set_multiframe_geometry(image, path)
+        _set_multiframe_geometry(image, path, notes)
         return
     usable = [(tag, name, values) for tag, name in _SPACING_TAGS
               for values in [_dicom_pixel_size(image.GetMetaData(tag).strip()) if image.HasMetaDataKey(tag) else []]
               if values]
     if not usable:
         raise _no_pixel_size(path, "")
-    _set_pixel_size(image, path, *usable[0])
+    _set_pixel_size(image, path, *usable[0], notes)
 
 
 def _no_pixel_size(path: str, where: str) -> InputError:
@@ -343,20 +366,27 @@ def _no_pixel_size(path: str, where: str) -> InputError:
                       "convert it to NIfTI with the right spacing and load that.")
 
 
-def _set_pixel_size(image: sitk.Image, path: str, tag: str, name: str, values: list[float]) -> None:
+def _set_pixel_size(image: sitk.Image, path: str, tag: str, name: str, values: list[float],
+                    notes: list[_FileWarning] | None = None) -> None:
     """Set the in-plane spacing (``values``: row spacing, column spacing) taken from ``tag``; a warning
-    says so when it is the detector's or the film's pixel size rather than the patient's."""
+    says so when it is the detector's or the film's pixel size rather than the patient's (kept in ``notes``
+    where given)."""
     import warnings
 
     spacing = list(image.GetSpacing())
     spacing[0], spacing[1] = values[1], values[0]
     image.SetSpacing(spacing)
     if tag in ("0018|1164", "0018|2010"):
-        warnings.warn(f"DICOM file '{path}' has no PixelSpacing (0028,0030): its pixel size, {values[0]:g} x "
-                      f"{values[1]:g} mm (rows x columns), is its {name}"
-                      + (", the size at the detector: distances in the patient are smaller by the geometric "
-                         "magnification." if tag == "0018|1164" else ", the digitised film's."),
-                      stacklevel=3)
+        why = (", the size at the detector: distances in the patient are smaller by the geometric magnification."
+               if tag == "0018|1164" else ", the digitised film's.")
+        note = _FileWarning(tag, path, f"DICOM file '{path}' has no PixelSpacing (0028,0030): its pixel size, "
+                                       f"{values[0]:g} x {values[1]:g} mm (rows x columns), is its {name}{why}",
+                            f"have no PixelSpacing (0028,0030): their pixel size, {values[0]:g} x {values[1]:g} mm "
+                            f"(rows x columns) in the first, is their {name}{why}")
+        if notes is None:
+            warnings.warn(note.message, stacklevel=3)
+        else:
+            notes.append(note)
 
 
 def _first_item(item: Mapping[int, Any], sequence: int) -> Mapping[int, Any]:
@@ -369,7 +399,7 @@ _SHARED_GROUPS, _PER_FRAME_GROUPS = 0x52009229, 0x52009230
 _PIXEL_MEASURES, _PLANE_POSITION, _PLANE_ORIENTATION = 0x00289110, 0x00209113, 0x00209116
 
 
-def _set_multiframe_geometry(image: sitk.Image, path: str) -> None:
+def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarning] | None = None) -> None:
     """Place a multi-frame DICOM image (one with NumberOfFrames, e.g. an enhanced CT/MR/PET) by its own
     tags, or refuse it where they do not say where its voxels are.
 
@@ -384,7 +414,8 @@ def _set_multiframe_geometry(image: sitk.Image, path: str) -> None:
     warning, as for one frame) ImagerPixelSpacing or NominalScannedPixelSpacing; the frame axis is the
     frames' ImagePositionPatient (0020,0032) in their PlanePositionSequence (0020,9113) where every
     frame has one (evenly spaced along one line, else refused), else SpacingBetweenSlices, else
-    SliceThickness (0018,0050) with a warning (contiguous slices assumed), else refused.
+    SliceThickness (0018,0050) with a warning (contiguous slices assumed), else refused. With ``notes``, those
+    two warnings are kept there instead of given.
     """
     import warnings
 
@@ -397,10 +428,10 @@ def _set_multiframe_geometry(image: sitk.Image, path: str) -> None:
         return
     shared = _first_item(tags, _SHARED_GROUPS)
     frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
-    _set_pixel_size(image, path, *_multiframe_pixel_size(path, tags, shared, frames))
+    _set_pixel_size(image, path, *_multiframe_pixel_size(path, tags, shared, frames), notes)
     if image.GetDimension() != 3 or image.GetSize()[2] < 2:
         return
-    _set_frame_axis(image, path, tags, shared, frames)
+    _set_frame_axis(image, path, tags, shared, frames, notes)
 
 
 def _multiframe_pixel_size(path: str, tags: Mapping[int, Any], shared: Mapping[int, Any],
@@ -523,7 +554,7 @@ def _explain_multiframe_failure(path: str) -> None:
 
 
 def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], shared: Mapping[int, Any],
-                    frames: Sequence[Mapping[int, Any]]) -> None:
+                    frames: Sequence[Mapping[int, Any]], notes: list[_FileWarning] | None = None) -> None:
     """The origin, frame spacing and frame direction of a multi-frame image (see :func:`_set_multiframe_geometry`)."""
     import warnings
 
@@ -562,9 +593,17 @@ def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], share
             spacing[2] = values[0]
             image.SetSpacing(spacing)
             if tag == "0018|0050":
-                warnings.warn(f"DICOM file '{path}' has no per-frame ImagePositionPatient (0020,0032) nor "
-                              f"SpacingBetweenSlices (0018,0088): its {count} frames are taken as contiguous "
-                              f"slices, {values[0]:g} mm apart (its {name}).", stacklevel=4)
+                note = _FileWarning("contiguous frames", path,
+                                    f"DICOM file '{path}' has no per-frame ImagePositionPatient (0020,0032) nor "
+                                    f"SpacingBetweenSlices (0018,0088): its {count} frames are taken as contiguous "
+                                    f"slices, {values[0]:g} mm apart (its {name}).",
+                                    "have no per-frame ImagePositionPatient (0020,0032) nor SpacingBetweenSlices "
+                                    "(0018,0088): their frames are taken as contiguous slices, "
+                                    f"{values[0]:g} mm apart in the first (its {name}).")
+                if notes is None:
+                    warnings.warn(note.message, stacklevel=4)
+                else:
+                    notes.append(note)
             return
     raise InputError(f"DICOM file '{path}' has {count} frames but neither per-frame ImagePositionPatient (0020,0032), "
                      "SpacingBetweenSlices (0018,0088) nor SliceThickness (0018,0050), so the distance between its "
@@ -735,15 +774,19 @@ def _read_multiframe_series(pick: dict[str, Any], rows: Sequence[dict[str, str]]
     label = f"DICOM series '{pick['description'] or pick['uid']}'"
     by_path = {row["path"]: row for row in rows}
     parts: list[tuple[str, sitk.Image]] = []
-    for path in pick["files"]:
-        if path in by_path:  # else ITK cannot read its header: reading it fails below, naming it
-            _check_part_placed(label, path, by_path[path])
-        image = _read_file(path)
-        if image.GetDimension() != 3:
-            raise InputError(f"DICOM file '{path}' of {label} is a {image.GetDimension()}D image (size "
-                             f"{image.GetSize()}), which cannot be stacked with the series' other files.",
-                             "Give the file's own path to read it alone.")
-        parts.append((path, image))
+    notes: list[_FileWarning] = []  # each file's warnings, given once per kind for the series (not 30 alike)
+    try:
+        for path in pick["files"]:
+            if path in by_path:  # else ITK cannot read its header: reading it fails below, naming it
+                _check_part_placed(label, path, by_path[path])
+            image = _read_file(path, notes)
+            if image.GetDimension() != 3:
+                raise InputError(f"DICOM file '{path}' of {label} is a {image.GetDimension()}D image (size "
+                                 f"{image.GetSize()}), which cannot be stacked with the series' other files.",
+                                 "Give the file's own path to read it alone.")
+            parts.append((path, image))
+    finally:
+        _warn_once_per_kind(label, len(pick["files"]), notes)
 
     first_path, first = parts[0]
     in_plane = np.array(first.GetDirection(), dtype=float).reshape(3, 3)[:, :2]
@@ -870,7 +913,7 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     return image
 
 
-def _read_file(path: str) -> sitk.Image:
+def _read_file(path: str, notes: list[_FileWarning] | None = None) -> sitk.Image:
     _check_data_file(path)
     compressed = _check_metaimage_size(path) if _suffix(path) in (".mha", ".mhd") else None
     what = f"DICOM file '{path}'"
@@ -890,7 +933,7 @@ def _read_file(path: str) -> sitk.Image:
     if compressed is not None:
         _check_compressed_voxels(image, compressed)
     if syntax is not None or sitk.ImageFileReader.GetImageIOFromFileName(path) == "GDCMImageIO":
-        _set_dicom_file_spacing(image, path)
+        _set_dicom_file_spacing(image, path, notes)
         # ITK keeps every tag of the file (patient name, ID, birth date...) in the image, and the NRRD and
         # MetaImage writers put them in the header of anything written from it: no tag travels on
         for key in image.GetMetaDataKeys():

@@ -618,6 +618,47 @@ class DicomSeriesOfMultiframeFiles(unittest.TestCase):
                 for value in PHI.values():
                     self.assertNotIn(value, str(ctx.exception))
 
+    def test_a_series_warns_once_for_all_its_files(self) -> None:
+        """A warning that each of a series' files gives (its pixel size taken from ImagerPixelSpacing, its frames taken
+        as contiguous from SliceThickness) is given once for the series, naming how many files gave it and the first;
+        a series of 30 such files gave 30 alike, each naming its file. One file's warning stays as it is alone."""
+        import warnings
+
+        from pydicom.uid import generate_uid
+
+        uid = generate_uid()
+        with tempfile.TemporaryDirectory() as folder:
+            paths = [os.path.join(folder, f"part{i}.dcm") for i in range(5)]
+            for i, path in enumerate(paths):  # legacy multi-frame CTs: 3 frames each, placed at the top level
+                size = {"NominalScannedPixelSpacing" if i == 0 else "ImagerPixelSpacing": [0.7, 0.6]}
+                write_enhanced(path, None, rows=8, cols=8, frames=3, pixel_spacing=None, groups=False, series_uid=uid,
+                               sop_class="1.2.840.10008.5.1.4.1.1.2", top={
+                                   **size, "SliceThickness": 2.0, "ImagePositionPatient": [-5.0, -6.0, 6.0 * i],
+                                   "ImageOrientationPatient": list(AXIAL)})
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                image = io.read_image(folder)
+            self.assertEqual(image.GetSize(), (8, 8, 15))
+            self.assertEqual(image.GetSpacing(), (0.6, 0.7, 2.0))
+            said = [str(w.message) for w in caught]
+            self.assertEqual(len(said), 3, said)
+            alone, contiguous, imager = said
+            self.assertTrue(alone.startswith(f"DICOM file '{paths[0]}' has no PixelSpacing (0028,0030): its pixel "
+                                             "size, 0.7 x 0.6 mm (rows x columns), is its NominalScannedPixelSpacing"),
+                            alone)
+            self.assertTrue(contiguous.startswith(f"5 of the 5 files of DICOM series 'ENHANCED CT' (the first: "
+                                                  f"'{paths[0]}') have no per-frame ImagePositionPatient (0020,0032) "
+                                                  "nor SpacingBetweenSlices (0018,0088): their frames are taken as "
+                                                  "contiguous slices, 2 mm apart"), contiguous)
+            self.assertTrue(imager.startswith(f"4 of the 5 files of DICOM series 'ENHANCED CT' (the first: "
+                                              f"'{paths[1]}') have no PixelSpacing (0028,0030): their pixel size, "
+                                              "0.7 x 0.6 mm (rows x columns) in the first, is their ImagerPixelSpacing "
+                                              "(0018,1164)"), imager)
+            for path in paths[2:]:
+                self.assertFalse(any(path in text for text in said), path)
+            for value in PHI.values():
+                self.assertNotIn(value, " ".join(said))
+
     def test_multiframe_files_of_different_series_are_listed(self) -> None:
         # (already so before: each series of one file is read as that file alone) two enhanced files of
         # different series, and one beside classic slices of another series: which series is asked, and each
