@@ -503,7 +503,7 @@ def _no_depth(subject: str, noun: str, points: np.ndarray, normal: np.ndarray | 
     ``normal`` of their plane, so that no volume holds them: all at one position (a cine or dynamic series, time
     points or echoes of one plane), or moving within their plane (e.g. a cine of a moving table), or an
     ImageOrientationPatient that does not fit the positions; None where they reach along it by more than
-    0.01 mm, and 1% of their spread, per frame (``normal`` None: the spread alone).
+    0.01 mm per frame and more than 1% of their spread (``normal`` None: the spread stands for the reach).
 
     ``subject`` names the file or series (never a patient tag), ``itk`` says what ITK did, ``one_frame`` how
     to load one frame."""
