@@ -247,11 +247,14 @@ def masks_intersection(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving_
 
 
 def check_masks_meet(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
-                     transform: sitk.Transform, start: str) -> list[str]:
+                     transform: sitk.Transform, start: str, instead: str) -> list[str]:
     """With a moving mask, the fixed voxels inside both masks at the starting ``transform`` (described by
     ``start``, e.g. "initializer 'moments'"): none is an InputError, fewer than :data:`MIN_CONTENT_VOXELS`
     a warning (returned; none when either mask itself is that small, which :func:`registration.register`
-    already warns about). Both backends call this before their first stage.
+    already warns about). Both backends call this before their first stage. ``instead`` is the fix's
+    clause that names what has not been tried, by what made the start (the registration's
+    ``sitk_backend.start_fix(kind, masks=True)``): it had been the 'moments' initializer or an initial
+    transform, also to runs that used them.
 
     No voxel inside both masks leaves the metric nothing to compare: ITK's correlation and mean squares
     then returned the starting transform unchanged with "No valid points" on stderr only, and the torch
@@ -271,9 +274,7 @@ def check_masks_meet(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving_ma
             f"{pair} do not meet at the starting transform ({start}): 0 voxels of {region} map inside the "
             "moving mask, so the registration metric has no voxel to compare.",
             "Check that each mask lies on its own image (the fixed mask on the fixed image, the moving mask on "
-            "the moving image) and that both cover the same anatomy; then start from a transform that brings "
-            "them together (the 'moments' initializer aligns the masks' centres of mass, or give an initial "
-            "transform).")
+            f"the moving image) and that both cover the same anatomy; then {instead}.")
     small = [n for n in (fixed_voxels, moving_voxels) if n is not None and n < MIN_CONTENT_VOXELS]
     if count >= MIN_CONTENT_VOXELS or small:
         return []
@@ -282,5 +283,5 @@ def check_masks_meet(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving_ma
     return [f"Only {_voxels(count)} of {region} map{'s' if count == 1 else ''} inside {moving} at the starting "
             f"transform ({start}), "
             f"fewer than {MIN_CONTENT_VOXELS}: the registration metric has almost "
-            "nothing to compare, and its result is unreliable. Check that the masks cover the same anatomy and "
-            "that the start roughly aligns them (the 'moments' initializer aligns the masks' centres of mass)."]
+            f"nothing to compare, and its result is unreliable. Check that the masks cover the same anatomy; then "
+            f"{instead}."]

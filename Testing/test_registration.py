@@ -413,6 +413,54 @@ class BadInputs(unittest.TestCase):
                               "(the initial transform given)", moving_mask=_box_mask(self.moving, 197, 161, 60),
                               initial_transform=away)
 
+    def test_the_masks_fixes_name_only_what_was_not_tried(self):
+        # a moments run whose masks did not meet was told to use the 'moments' initializer, and a run given an
+        # initial transform to give one. The fixed mask is two boxes with their centre of mass between them, so
+        # the moments start puts a 40x40 moving mask in the gap (no voxel meets) and a 54x54 one over 120 voxels
+        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
+
+        fixed_mask = sitk.Or(_box_mask(self.fixed, 100, 60, 30), _box_mask(self.fixed, 100, 140, 30))
+        runs = (("sitk", RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), iterations=3)],
+                                                initializer="moments")),
+                ("torch", TorchRegistrationParameters(stages=["rigid"], linear_iterations=[3, 3, 3], device="cpu",
+                                                      initializer="moments")))
+        for backend, params in runs:
+            with self.subTest(backend=backend, masks="apart"):
+                msg = self.assertInputError("do not meet at the starting transform (initializer 'moments')",
+                                            fixed_mask=fixed_mask, moving_mask=_box_mask(self.moving, 110, 110, 40),
+                                            parameters=params, backend=backend, seed=1)
+                self.assertIn("give an initial transform that roughly aligns them (initializer 'moments' already "
+                              "aligned the masks' centres of mass)", msg)
+                self.assertNotIn("'moments' initializer", msg)
+            with self.subTest(backend=backend, masks="120 voxels apart"):
+                result = register(self.fixed, self.moving, params, fixed_mask=fixed_mask,
+                                  moving_mask=_box_mask(self.moving, 103, 103, 54), seed=1, backend=backend)
+                few = [w for w in result.warnings if w.startswith("Only 120 voxels of the fixed mask")]
+                self.assertEqual(len(few), 1, result.warnings)
+                self.assertIn("(initializer 'moments')", few[0])
+                self.assertIn("give an initial transform", few[0])
+                self.assertNotIn("'moments' initializer", few[0])
+        # given an initial transform: check it, or leave it out for the moments initializer (not "give one")
+        away = sitk.TranslationTransform(2, (-150.0, -170.0))
+        msg = self.assertInputError("The fixed image and the moving mask (3600 voxels) do not meet",
+                                    "(the initial transform given)", moving_mask=_box_mask(self.moving, 197, 161, 60),
+                                    initial_transform=away)
+        self.assertIn("check the initial transform given", msg)
+        self.assertIn("leave it out so that the 'moments' initializer aligns the masks' centres of mass", msg)
+        self.assertNotIn("give an initial transform", msg)
+
+    def test_the_mask_fixes_for_each_start_are_distinct(self):
+        from MultimodalFusionLib.registration.sitk_backend import start_fix
+
+        kinds = ("none", "geometry", "moments", "search", "initial transform", "earlier stages")
+        clauses = {kind: start_fix(kind, masks=True) for kind in kinds}
+        self.assertEqual(len(set(clauses.values())), len(kinds), clauses)
+        for kind in ("none", "geometry", "search"):
+            self.assertIn("the 'moments' initializer aligns the masks' centres of mass", clauses[kind])
+        self.assertNotIn("'moments' initializer", clauses["moments"])
+        self.assertNotIn("give an initial transform", clauses["initial transform"])
+        self.assertNotEqual(start_fix("moments"), clauses["moments"])  # the images' fix is the other column
+
     def test_a_moving_mask_of_a_few_voxels_is_named_on_the_sitk_backend(self):
         # Mattes MI: "the images barely overlap" (1 voxel) or "the images probably drifted apart" (3x3), naming
         # neither the moving mask nor its size; the mask is where the truth sends the fixed voxel (110, 120)
@@ -479,6 +527,8 @@ class BadInputs(unittest.TestCase):
                 msg = self.assertInputError("moving mask (9 voxels)", "larger moving mask",
                                             moving_mask=mask, initializer=initializer, seed=0)
                 self.assertNotIn("barely overlap", msg)
+                # the fix names the moments initializer to runs that did not use it, and only to them
+                self.assertEqual("'moments' initializer" in msg, initializer != "moments", msg)
 
     def test_images_that_barely_overlap_get_a_fix_for_the_start_used(self):
         # the fix had always been "Use the 'geometry' or 'moments' initializer", also when one of them was used

@@ -583,9 +583,11 @@ def _small_mask_error(stage: StageParameters, fixed_mask: sitk.Image, level: int
 
 
 def _masks_metric_error(stage: StageParameters, fixed: sitk.Image, fixed_mask: sitk.Image | None,
-                        moving_mask: sitk.Image | None, start: sitk.Transform, detail: str = "") -> InputError:
+                        moving_mask: sitk.Image | None, start: sitk.Transform, start_from: str,
+                        detail: str = "") -> InputError:
     """The InputError for a stage whose metric ITK could not compute over the masks from ``start``: the
-    masks' voxel counts and, with a moving mask, how many fixed voxels ``start`` sends inside it."""
+    masks' voxel counts and, with a moving mask, how many fixed voxels ``start`` sends inside it; the fix
+    names what has not been tried, by what made ``start`` (``start_from``, as for :func:`start_fix`)."""
     def voxels(mask: sitk.Image) -> str:
         count = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
         return f"{count} voxel{'s' if count != 1 else ''}"
@@ -607,8 +609,7 @@ def _masks_metric_error(stage: StageParameters, fixed: sitk.Image, fixed_mask: s
         f"Stage '{stage.name}': the {stage.metric} metric cannot be computed at the starting transform over "
         f"{masks}: {why}{reason}.",
         f"Give {larger}, check that the masks cover the same anatomy (each on its own image's grid), "
-        "or use the 'moments' initializer (it aligns the masks' centres) or an initial transform that "
-        "roughly aligns them.")
+        f"or {start_fix(start_from, masks=True)}.")
 
 
 #: Margin, as a share of the fixed image's extent on each side, of the grid that a moving image is
@@ -655,25 +656,49 @@ def _moving_through(start: sitk.Transform, fixed: sitk.Image, moving: sitk.Image
 
 
 # ----------------------------------------------------------------------------- one stage
-#: The fix for images that barely overlap at a stage's start, by what started it: each names what has
-#: not been tried (it had named the geometry and moments initializers, also to a run that used them).
-_NO_OVERLAP_FIX = {
-    "none": "Use the 'geometry' or 'moments' initializer (CLI --initializer; they align the centres), or give an "
-            "initial transform that roughly aligns them.",
-    "geometry": "Their centres were aligned (initializer 'geometry'): check that both show the same anatomy (one "
-                "field of view much smaller or elsewhere: crop the other to it), try the 'moments' initializer "
-                "(centres of mass), or give an initial transform that roughly aligns them.",
-    "moments": "Their centres of mass were aligned (initializer 'moments'): check that both show the same anatomy "
-               "(one field of view much smaller or elsewhere: crop the other to it), try the 'geometry' "
-               "initializer (image centres), or give an initial transform that roughly aligns them.",
-    "search": "The rotation search's start leaves them apart: check that both show the same anatomy, try the "
-              "'geometry' or 'moments' initializer, or give an initial transform that roughly aligns them.",
-    "initial transform": "The initial transform places them apart: check it (it maps fixed-image points to "
-                         "moving-image points, ITK's convention; an inverted one moves the other way), or leave it "
-                         "out so that the 'geometry' or 'moments' initializer aligns the centres.",
-    "earlier stages": "The earlier stages moved them apart: check their settings and the masks, or run this stage "
-                      "alone.",
+#: What to try when a stage's start leaves the images, or the masks, apart, by what made that start
+#: (:func:`start_kind`): each names only what has not been tried (the fixes had named the geometry and
+#: moments initializers, also to runs that used them, and the masks' fixes the moments initializer or an
+#: initial transform, also to runs that used moments or gave one). Per start: the fix when the images barely
+#: overlap (no mask), and a clause for masks that do not meet or hold too few voxels for the metric there
+#: (:func:`start_fix`), which follows "check that the masks cover the same anatomy; then" or "or".
+_START_FIXES: dict[str, tuple[str, str]] = {
+    "none": ("Use the 'geometry' or 'moments' initializer (CLI --initializer; they align the centres), or give an "
+             "initial transform that roughly aligns them.",
+             "start from a transform that brings them together (the 'moments' initializer aligns the masks' "
+             "centres of mass; or give an initial transform)"),
+    "geometry": ("Their centres were aligned (initializer 'geometry'): check that both show the same anatomy (one "
+                 "field of view much smaller or elsewhere: crop the other to it), try the 'moments' initializer "
+                 "(centres of mass), or give an initial transform that roughly aligns them.",
+                 "start from a transform that brings them together (the 'moments' initializer aligns the masks' "
+                 "centres of mass, where 'geometry' aligned the image centres; or give an initial transform)"),
+    "moments": ("Their centres of mass were aligned (initializer 'moments'): check that both show the same anatomy "
+                "(one field of view much smaller or elsewhere: crop the other to it), try the 'geometry' "
+                "initializer (image centres), or give an initial transform that roughly aligns them.",
+                "give an initial transform that roughly aligns them (initializer 'moments' already aligned the "
+                "masks' centres of mass)"),
+    "search": ("The rotation search's start leaves them apart: check that both show the same anatomy, try the "
+               "'geometry' or 'moments' initializer, or give an initial transform that roughly aligns them.",
+               "start from a transform that brings them together where the rotation search's did not (the "
+               "'moments' initializer aligns the masks' centres of mass; or give an initial transform)"),
+    "initial transform": ("The initial transform places them apart: check it (it maps fixed-image points to "
+                          "moving-image points, ITK's convention; an inverted one moves the other way), or leave it "
+                          "out so that the 'geometry' or 'moments' initializer aligns the centres.",
+                          "check the initial transform given (it maps fixed-image points to moving-image points, "
+                          "ITK's convention; an inverted one moves the other way), or leave it out so that the "
+                          "'moments' initializer aligns the masks' centres of mass"),
+    "earlier stages": ("The earlier stages moved them apart: check their settings and the masks, or run this stage "
+                       "alone.",
+                       "check the settings of the earlier stages, which moved the masks apart, or run this stage "
+                       "alone"),
 }
+
+
+def start_fix(start_from: str, masks: bool = False) -> str:
+    """What to try instead of the start ``start_from`` (a :func:`start_kind`, or "earlier stages"):
+    the fix for images that barely overlap there, or with ``masks`` the clause for masks that do not meet."""
+    images, masks_clause = _START_FIXES.get(start_from, _START_FIXES["none"])
+    return masks_clause if masks else images
 
 
 def _no_overlap_error(stage: StageParameters, start_from: str) -> RegistrationError:
@@ -681,7 +706,7 @@ def _no_overlap_error(stage: StageParameters, start_from: str) -> RegistrationEr
     ``_masks_metric_error`` names the masks instead): its fix depends on what started the stage."""
     return RegistrationError(
         f"Stage '{stage.name}': the images barely overlap at the starting transform, so the metric cannot "
-        "be computed.", _NO_OVERLAP_FIX.get(start_from, _NO_OVERLAP_FIX["none"]))
+        "be computed.", start_fix(start_from))
 
 
 def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, previous: sitk.Transform | None,
@@ -692,26 +717,29 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     """Optimise one stage; returns (accumulated transform, stage result).
 
     ``start_from`` names what ``previous`` is when it is given ("initial transform" or "earlier stages"),
-    for the error when the images do not overlap there; without ``previous`` the initializer starts it.
+    for the fix when the images or the masks do not overlap there; without ``previous`` the initializer
+    starts it.
     """
     t0 = time.perf_counter()
     dim = fixed.GetDimension()
     center = _image_center(fixed)
     seed = params.seed
+    if previous is None:
+        start_from = params.initializer
     start = _stage_transform(stage, fixed, moving, previous, params.initializer, searched, fixed_mask, moving_mask)
     start_total = compose(previous, start, dim, center)
     metric_before = evaluate_metric(fixed, moving, start_total, stage, seed, fixed_mask, moving_mask)
     if not math.isfinite(metric_before) and (fixed_mask is not None or moving_mask is not None):
-        raise _masks_metric_error(stage, fixed, fixed_mask, moving_mask, start_total)
+        raise _masks_metric_error(stage, fixed, fixed_mask, moving_mask, start_total, start_from)
     if not math.isfinite(metric_before):
-        raise _no_overlap_error(stage, params.initializer if previous is None else start_from)
+        raise _no_overlap_error(stage, start_from)
 
     def moving_mask_error(detail: str) -> InputError | None:
         # ITK found too few samples inside the moving image and its mask during the stage: a moving mask that
         # held fewer than MIN_CONTENT_VOXELS of the fixed voxels at the stage's start is named as the cause
         if moving_mask is None or masks_intersection(fixed, fixed_mask, moving_mask, start_total) >= MIN_CONTENT_VOXELS:
             return None
-        return _masks_metric_error(stage, fixed, fixed_mask, moving_mask, start_total, detail)
+        return _masks_metric_error(stage, fixed, fixed_mask, moving_mask, start_total, start_from, detail)
 
     # a non-linear start: the stage registers to the moving image resampled through it (see _moving_through)
     warped = _moving_through(previous, fixed, moving, moving_mask) if previous is not None else None
@@ -833,8 +861,9 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
     if moving_mask is not None:
         # masks that do not meet where the first stage starts leave its metric no voxel (refused); few
         # voxels inside both, almost nothing (a warning)
-        warnings += check_masks_meet(fixed, fixed_mask, moving_mask, first_stage_start(),
-                                     start_description(parameters.initializer, initial_transform is not None))
+        first = start_kind(parameters.initializer, initial_transform is not None)
+        warnings += check_masks_meet(fixed, fixed_mask, moving_mask, first_stage_start(), start_description(first),
+                                     start_fix(first, masks=True))
     n = len(parameters.stages)
     for i, stage in enumerate(parameters.stages):
         report(progress, i / n, f"{stage.name}: starting")
@@ -883,13 +912,20 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
         parameters=parameters.to_dict(), initializer=search_info)
 
 
-def start_description(initializer: str, initial_transform: bool) -> str:
-    """How the first stage's starting transform was made, for messages: "initializer 'moments'", ..."""
-    if initial_transform:
+def start_kind(initializer: str, initial_transform: bool) -> str:
+    """What made the first stage's starting transform, the key of :func:`start_fix` and
+    :func:`start_description`: "initial transform" when one was given, else the initializer's name."""
+    return "initial transform" if initial_transform else initializer
+
+
+def start_description(kind: str) -> str:
+    """How the first stage's starting transform was made (``kind``, from :func:`start_kind`), for messages:
+    "initializer 'moments'", ..."""
+    if kind == "initial transform":
         return "the initial transform given"
-    if initializer == "search":
+    if kind == "search":
         return "initializer 'search': the rotation search's best start"
-    return f"initializer '{initializer}'"
+    return f"initializer '{kind}'"
 
 
 def describe_transform(transform: sitk.Transform) -> dict[str, Any]:

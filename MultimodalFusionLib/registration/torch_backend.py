@@ -46,7 +46,7 @@ from ..validation import check_deformable_size, check_mask, check_masks_meet, ch
 from .parameters import StageParameters
 from .result import RegistrationResult, StageResult
 from .rotation_search import search_rotation
-from .sitk_backend import SEARCH_SHARE, centre_of_mass, start_description
+from .sitk_backend import SEARCH_SHARE, centre_of_mass, start_description, start_fix, start_kind
 
 __all__ = [
     "TorchRegistrationParameters",
@@ -1196,9 +1196,10 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         stage_results: list[StageResult] = []
         # masks that do not meet at the start are refused, few voxels inside both warned about, as on the
         # sitk backend (here the moving mask was left out without a word: see _both_masks)
+        first = start_kind(params.initializer, initial_transform is not None and search_info is None)
         warnings: list[str] = check_masks_meet(
             fixed_f, fixed_mask, moving_mask, _affine_transform(matrix, center, translation),
-            start_description(params.initializer, initial_transform is not None and search_info is None))
+            start_description(first), start_fix(first, masks=True))
         stages = params.stages
         n = len(stages)
         weights = [1.0 if s != "deformable" else 2.0 for s in stages]
