@@ -19,7 +19,7 @@ from .io import orientation_code
 
 __all__ = ["check_image", "check_pair", "check_min_axis", "check_deformable_size", "check_mask", "check_on_grid",
            "grid_differences", "whole_number", "physical_bounds", "overlap_fraction", "MIN_CONTENT_VOXELS",
-           "masks_intersection", "check_masks_meet"]
+           "masks_intersection", "check_masks_meet", "small_mask_warnings"]
 
 
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,
@@ -231,6 +231,33 @@ def _voxels(count: int) -> str:
     return f"{count} voxel{'s' if count != 1 else ''}"
 
 
+def small_mask_warnings(fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None) -> list[str]:
+    """A warning for each registration mask of fewer than :data:`MIN_CONTENT_VOXELS` voxels, as
+    ``registration.sparse_content_warnings`` warns about an image with that little structure: the metric
+    counts only the voxels inside the mask, so it has almost nothing to align, and neither backend can tell a
+    better transform from a worse one there (the torch backend's stages reported mutual information
+    -0.0000 -> -0.0000 with a one-voxel fixed mask and were kept). From 3.6 px off the truth on the 2D
+    BrainWeb pair, rigid stages over fixed masks of 16-144 pixels ended up to 21 px off (sitk) and 35 px (torch)
+    (``benchmarks/small_masks.py``). A warning, not a refusal, as for sparse content; masks ITK cannot
+    sample at all are refused by the SimpleITK backend.
+
+    Each backend (``register_sitk``, ``register_torch``) puts these first among its warnings, so that a
+    caller of either gets them once, as a caller of ``registration.register`` does (only ``register`` had
+    warned).
+    """
+    out = []
+    for name, mask in (("fixed", fixed_mask), ("moving", moving_mask)):
+        if mask is None:
+            continue
+        count = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+        if count < MIN_CONTENT_VOXELS:
+            out.append(f"The {name} mask holds only {count} voxel(s), fewer than {MIN_CONTENT_VOXELS}: "
+                       "intensity-based registration has almost nothing to align inside it, and its result "
+                       "varies with the sampling seed and the start. Give a larger mask (e.g. dilate it to "
+                       "a margin around the region), or register without it.")
+    return out
+
+
 def masks_intersection(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving_mask: sitk.Image,
                        transform: sitk.Transform) -> int:
     """How many fixed voxels (those inside ``fixed_mask``, when given) ``transform`` sends inside
@@ -250,7 +277,7 @@ def check_masks_meet(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving_ma
                      transform: sitk.Transform, start: str, instead: str) -> list[str]:
     """With a moving mask, the fixed voxels inside both masks at the starting ``transform`` (described by
     ``start``, e.g. "initializer 'moments'"): none is an InputError, fewer than :data:`MIN_CONTENT_VOXELS`
-    a warning (returned; none when either mask itself is that small, which :func:`registration.register`
+    a warning (returned; none when either mask itself is that small, which :func:`small_mask_warnings`
     already warns about). Both backends call this before their first stage. ``instead`` is the fix's
     clause that names what has not been tried, by what made the start (the registration's
     ``sitk_backend.start_fix(kind, masks=True)``): it had been the 'moments' initializer or an initial

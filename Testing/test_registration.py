@@ -313,22 +313,33 @@ class SparseContent(unittest.TestCase):
     def test_a_mask_of_fewer_than_150_voxels_is_warned_about_on_both_backends(self):
         # a 12x12 fixed mask ended rigid registrations from 3.6 px off the truth up to 35 px off, without a word
         # (benchmarks/small_masks.py); the torch stages reported MI -0.0000 -> -0.0000 with one voxel
-        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
+        from MultimodalFusionLib.registration.sitk_backend import register_sitk
+        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters, register_torch
 
         fixed, moving = itk_brainweb_pair()
         start = sitk.CompositeTransform([itk_brainweb_truth(fixed), sitk.TranslationTransform(2, (3.0, -2.0))])
-        runs = (("sitk", RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), iterations=3)])),
+        runs = (("sitk", RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), iterations=3)],
+                                                seed=1)),
                 ("torch", TorchRegistrationParameters(stages=["rigid"], linear_iterations=[3, 3, 3], device="cpu")))
+        direct = {"sitk": register_sitk, "torch": register_torch}  # public: they had not warned, only register()
+        linear_start = sitk.AffineTransform(2)
+        linear_start.SetTranslation(start.TransformPoint((0.0, 0.0)))
         for backend, params in runs:
             for which in ("fixed", "moving"):
                 image = fixed if which == "fixed" else moving
+                mask = {f"{which}_mask": _box_mask(image, 100, 110, 12)}
                 with self.subTest(backend=backend, mask=which):
-                    result = register(fixed, moving, params, seed=1, backend=backend, initial_transform=start,
-                                      **{f"{which}_mask": _box_mask(image, 100, 110, 12)})
+                    result = register(fixed, moving, params, seed=1, backend=backend, initial_transform=start, **mask)
                     small = [w for w in result.warnings if w.startswith(f"The {which} mask holds only 144 voxel(s), "
                                                                         "fewer than 150")]
                     self.assertEqual(len(small), 1, result.warnings)
                     self.assertIn("Give a larger mask", small[0])
+                    self.assertEqual(result.warnings[0], small[0])  # first, as it was
+                with self.subTest(backend=backend, mask=which, path=direct[backend].__name__):
+                    result = direct[backend](sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32),
+                                             params, initial_transform=linear_start, **mask)
+                    self.assertEqual(sum(w.startswith(f"The {which} mask holds only 144 voxel(s)")
+                                         for w in result.warnings), 1, result.warnings)
                     # 13x13 = 169 voxels: no such warning
                     result = register(fixed, moving, params, seed=1, backend=backend, initial_transform=start,
                                       **{f"{which}_mask": _box_mask(image, 100, 110, 13)})

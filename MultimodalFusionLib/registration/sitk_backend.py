@@ -24,7 +24,13 @@ import SimpleITK as sitk
 
 from ..errors import InputError, OperationCancelled, RegistrationError, itk_guard, itk_reason
 from ..progress import ProgressCallback, report, scaled
-from ..validation import MIN_CONTENT_VOXELS, check_deformable_size, check_masks_meet, masks_intersection
+from ..validation import (
+    MIN_CONTENT_VOXELS,
+    check_deformable_size,
+    check_masks_meet,
+    masks_intersection,
+    small_mask_warnings,
+)
 from .parameters import ITK_UINT_MAX, RegistrationParameters, StageParameters
 from .result import RegistrationResult, StageResult, iterations_per_level
 
@@ -830,7 +836,7 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
     dim = fixed.GetDimension()
     previous = initial_transform
     stage_results: list[StageResult] = []
-    warnings: list[str] = []
+    warnings: list[str] = small_mask_warnings(fixed_mask, moving_mask)
     searched: sitk.Transform | None = None
     search_info: dict[str, Any] | None = None
     if parameters.initializer == "search" and initial_transform is None:

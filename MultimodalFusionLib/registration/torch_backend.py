@@ -42,7 +42,14 @@ import SimpleITK as sitk
 from ..devices import device_name_ok, select_device
 from ..errors import InputError, RegistrationError
 from ..progress import ProgressCallback, report, scaled
-from ..validation import check_deformable_size, check_mask, check_masks_meet, check_min_axis, check_pair
+from ..validation import (
+    check_deformable_size,
+    check_mask,
+    check_masks_meet,
+    check_min_axis,
+    check_pair,
+    small_mask_warnings,
+)
 from .parameters import StageParameters
 from .result import RegistrationResult, StageResult
 from .rotation_search import search_rotation
@@ -1197,7 +1204,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         # masks that do not meet at the start are refused, few voxels inside both warned about, as on the
         # sitk backend (here the moving mask was left out without a word: see _both_masks)
         first = start_kind(params.initializer, initial_transform is not None and search_info is None)
-        warnings: list[str] = check_masks_meet(
+        warnings: list[str] = small_mask_warnings(fixed_mask, moving_mask) + check_masks_meet(
             fixed_f, fixed_mask, moving_mask, _affine_transform(matrix, center, translation),
             start_description(first), start_fix(first, masks=True))
         stages = params.stages
