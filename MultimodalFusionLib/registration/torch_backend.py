@@ -619,7 +619,9 @@ class _Context:
 
 #: this many voxels or fewer inside both masks (a moving mask the current transform puts out of the fixed
 #: one): the similarity falls back to the fixed mask alone rather than average over nothing, and
-#: register_torch warns that it did (README, "Masks")
+#: register_torch warns that it did (README, "Masks"). Counted in each level's own voxels on purpose: a
+#: small moving mask used at the coarse levels too (counted at full resolution) registered the 2D BrainWeb
+#: pair far worse than the whole images there do (benchmarks/small_moving_masks.py)
 _MIN_MASKED = 100
 
 
