@@ -36,6 +36,7 @@ KEPT_SEQUENCES = {
     0x00289110: "PixelMeasuresSequence",
     0x00209113: "PlanePositionSequence",
     0x00209116: "PlaneOrientationSequence",
+    0x00540022: "DetectorInformationSequence",  # where an NM image keeps its position and orientation
 }
 
 

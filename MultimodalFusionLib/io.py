@@ -397,6 +397,7 @@ def _first_item(item: Mapping[int, Any], sequence: int) -> Mapping[int, Any]:
 
 _SHARED_GROUPS, _PER_FRAME_GROUPS = 0x52009229, 0x52009230
 _PIXEL_MEASURES, _PLANE_POSITION, _PLANE_ORIENTATION = 0x00289110, 0x00209113, 0x00209116
+_DETECTOR_INFORMATION = 0x00540022
 
 
 def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarning] | None = None) -> None:
@@ -414,8 +415,11 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
     warning, as for one frame) ImagerPixelSpacing or NominalScannedPixelSpacing; the frame axis is the
     frames' ImagePositionPatient (0020,0032) in their PlanePositionSequence (0020,9113) where every
     frame has one (evenly spaced along one line, else refused), else SpacingBetweenSlices, else
-    SliceThickness (0018,0050) with a warning (contiguous slices assumed), else refused. With ``notes``, those
-    two warnings are kept there instead of given.
+    SliceThickness (0018,0050) with a warning (contiguous slices assumed), else refused. A file whose functional
+    groups place no frame has its first frame where :func:`_first_frame_position` says: ITK (GDCM) takes the
+    origin of an enhanced file only from its functional groups and of an NM file only from its
+    DetectorInformationSequence (0054,0022), and put one with only a top-level ImagePositionPatient at
+    (0, 0, 0) without a word. With ``notes``, those two warnings are kept there instead of given.
     """
     import warnings
 
@@ -429,9 +433,27 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
     shared = _first_item(tags, _SHARED_GROUPS)
     frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
     _set_pixel_size(image, path, *_multiframe_pixel_size(path, tags, shared, frames), notes)
-    if image.GetDimension() != 3 or image.GetSize()[2] < 2:
+    if image.GetDimension() != 3:
+        return
+    if not any(_first_item(item, _PLANE_POSITION).get(0x00200032) for item in (shared, *frames)):
+        position = _first_frame_position(tags)  # else ITK's origin stands: from the functional groups
+        if position:
+            image.SetOrigin(position)
+    if image.GetSize()[2] < 2:
         return
     _set_frame_axis(image, path, tags, shared, frames, notes)
+
+
+def _first_frame_position(tags: Mapping[int, Any]) -> list[float]:
+    """Where a multi-frame file whose functional groups place no frame puts its first frame (LPS, mm): the
+    ImagePositionPatient (0020,0032) in its DetectorInformationSequence (0054,0022), where the NM IOD keeps it,
+    else at its top level (as in a legacy multi-frame CT: the first voxel of the first frame, the others
+    following along the normal, see :func:`_set_frame_axis`); [] where neither holds three finite numbers."""
+    for text in (_first_item(tags, _DETECTOR_INFORMATION).get(0x00200032), tags.get(0x00200032)):
+        values = _dicom_numbers(text) if isinstance(text, str) else []
+        if len(values) == 3 and all(map(math.isfinite, values)):
+            return values
+    return []
 
 
 def _multiframe_pixel_size(path: str, tags: Mapping[int, Any], shared: Mapping[int, Any],
@@ -743,12 +765,13 @@ def _check_part_placed(label: str, path: str, row: Mapping[str, str]) -> None:
         shared = _first_item(tags, _SHARED_GROUPS)
         frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
         per_frame = [_dicom_numbers(_first_item(f, _PLANE_POSITION).get(0x00200032) or "") for f in frames]
-        has_position = (bool(per_frame) and all(len(p) == 3 for p in per_frame)
-                        or len(_dicom_numbers(tags.get(0x00200032) or "")) == 3)
+        has_position = bool(per_frame) and all(len(p) == 3 for p in per_frame) or bool(_first_frame_position(tags))
         has_orientation = any(len(_dicom_numbers(text or "")) == 6 for text in (
-            tags.get(0x00200037), _first_item(shared, _PLANE_ORIENTATION).get(0x00200037),
+            tags.get(0x00200037), _first_item(tags, _DETECTOR_INFORMATION).get(0x00200037),
+            _first_item(shared, _PLANE_ORIENTATION).get(0x00200037),
             _first_item(frames[0], _PLANE_ORIENTATION).get(0x00200037) if frames else None))
-        where = " (at its top level, or in its functional groups for every frame)"
+        where = (" (at its top level or in its DetectorInformationSequence (0054,0022), or in its functional groups "
+                 "for every frame)")
     if not has_position:
         raise InputError(f"DICOM file '{path}' of {label} has no usable ImagePositionPatient (0020,0032){where}, so "
                          "where it lies among the series' other files is unknown (ITK would put it at the origin).",

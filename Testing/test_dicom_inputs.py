@@ -369,6 +369,44 @@ class DicomGeometryFromTags(unittest.TestCase):
                 if warned:
                     self.assertIn("taken as contiguous slices, 2 mm apart (its SliceThickness (0018,0050))", said[0])
 
+    def test_multiframe_without_frame_positions_starts_at_its_stated_position(self) -> None:
+        """A multi-frame file whose functional groups place no frame has its first frame at the ImagePositionPatient
+        of its DetectorInformationSequence (NM's place for it), else of its top level, the others following along
+        the normal. ITK (GDCM) takes the origin of an enhanced CT only from its functional groups and of an NM file
+        only from its DetectorInformationSequence: with the top-level position alone, both were read at (0, 0, 0)."""
+        import pydicom
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence as DicomSequence
+
+        c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
+        oblique = (1.0, 0.0, 0.0, 0.0, c, s)
+        normal = np.cross(oblique[:3], oblique[3:])
+        nm = "1.2.840.10008.5.1.4.1.1.20"
+        top = {"ImagePositionPatient": [1.0, 2.0, 6.0], "SpacingBetweenSlices": 3.0}
+        cases = {  # options of write_enhanced, and the NM detector's position where it has one
+            "enhanced CT": ({"top": top}, None),
+            "NM": ({"top": {**top, "ImageOrientationPatient": list(oblique)}, "spacing_in": "top", "sop_class": nm,
+                    "groups": False}, None),
+            # the detector's position wins over the top level's (ITK took it already)
+            "NM, DetectorInformationSequence": ({"top": {**top, "ImagePositionPatient": [9.0, 9.0, 9.0]},
+                                                 "spacing_in": "top", "sop_class": nm, "groups": False}, (1.0, 2.0, 6.0))}
+        for case, (options, detector) in cases.items():
+            for frames in (4, 1):
+                with self.subTest(case, frames=frames), tempfile.TemporaryDirectory() as folder:
+                    path = os.path.join(folder, "frames.dcm")
+                    truth = write_enhanced(path, None, oblique, rows=8, cols=8, frames=frames, **options)
+                    if detector is not None:
+                        ds = pydicom.dcmread(path)
+                        item = Dataset()
+                        item.ImagePositionPatient, item.ImageOrientationPatient = list(detector), list(oblique)
+                        ds.DetectorInformationSequence = DicomSequence([item])
+                        ds.save_as(path)
+                    positions = [tuple(np.array([1.0, 2.0, 6.0]) + 3.0 * k * normal) for k in range(frames)]
+                    for given in (path, folder):
+                        image = io.read_image(given)
+                        self._assert_placed(image, positions, oblique, rows=8, cols=8, pixel_spacing=(0.7, 0.6))
+                        np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+
     def test_multiframe_geometry_is_read_in_every_encoding(self) -> None:
         """The functional groups are read in implicit and explicit VR, little and big endian, deflated, and from
         a bare data set, and only the geometry tags are kept (no patient-identifying value)."""
@@ -545,6 +583,37 @@ class DicomSeriesOfMultiframeFiles(unittest.TestCase):
                 np.testing.assert_allclose(voxel_centres(image), expected_centres(
                     [(-5.0, -6.0, 2.0 * k) for k in range(7)], AXIAL, 8, 8, (0.7, 0.6)), atol=1e-3)
                 np.testing.assert_array_equal(sitk.GetArrayFromImage(image), np.concatenate([enhanced, classic]))
+
+    def test_files_without_frame_positions_are_stacked_from_their_stated_position(self) -> None:
+        """Files whose functional groups place no frame: each from its top-level ImagePositionPatient (an enhanced CT,
+        which ITK read at (0, 0, 0): "two frames at one position along the slice normal (0 mm)"), or its NM
+        DetectorInformationSequence's (refused as "no usable ImagePositionPatient")."""
+        import pydicom
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence as DicomSequence
+        from pydicom.uid import generate_uid
+
+        for case in ("enhanced CT", "NM"):
+            with self.subTest(case), tempfile.TemporaryDirectory() as folder:
+                uid, truths = generate_uid(), []
+                for i in range(2):
+                    path = os.path.join(folder, f"part{i}.dcm")
+                    position = [1.0, 2.0, 6.0 + 12.0 * i]
+                    if case == "NM":
+                        truths.append(write_enhanced(path, None, rows=8, cols=8, frames=4, spacing_in="top",
+                                                     sop_class="1.2.840.10008.5.1.4.1.1.20", groups=False,
+                                                     series_uid=uid, top={"SpacingBetweenSlices": 3.0}))
+                        ds = pydicom.dcmread(path)
+                        item = Dataset()
+                        item.ImagePositionPatient, item.ImageOrientationPatient = position, list(AXIAL)
+                        ds.DetectorInformationSequence = DicomSequence([item])
+                        ds.save_as(path)
+                    else:
+                        truths.append(write_enhanced(path, None, rows=8, cols=8, frames=4, series_uid=uid, top={
+                            "ImagePositionPatient": position, "SpacingBetweenSlices": 3.0}))
+                image = io.read_image(folder)
+                self._assert_stacked(image, [[(1.0, 2.0, 6.0 + 12.0 * i + 3.0 * k) for k in range(4)] for i in range(2)],
+                                     truths)
 
     def test_files_that_fit_no_one_grid_are_refused_naming_the_file(self) -> None:
         """Each refusal names the offending file (never a patient value) and what to do."""
