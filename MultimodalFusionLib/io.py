@@ -549,6 +549,17 @@ def _no_depth(subject: str, noun: str, points: np.ndarray, normal: np.ndarray | 
                       f"load one frame: {one_frame}")
 
 
+def _two_at_one_position(subject: str, noun: str, depth: float, first: str, second: str) -> InputError:
+    """The error for a series (``subject``) whose ``noun`` (frames, slices) ``first`` and ``second`` lie at one
+    position, ``depth`` mm along the slice normal: echoes or time points of one volume saved in one series, which
+    no one volume holds. One wording for the frames of multi-frame files and for classic slices."""
+    return InputError(f"{subject} has two {noun} at one position along the slice normal ({depth:.4g} mm): {first} "
+                      f"and {second}, e.g. echoes, time points or repeated acquisitions of one volume saved in one "
+                      f"series, so no one volume holds its {noun}.",
+                      "Move the files of one echo or time point into a folder of their own (Slicer's DICOM module or "
+                      "dcm2niix split them), then load that folder; or give one file's path to read that file alone.")
+
+
 def _frame_cosines(tags: Mapping[int, Any], shared: Mapping[int, Any], frames: Sequence[Mapping[int, Any]]) -> list[float]:
     """A multi-frame file's ImageOrientationPatient (row, then column cosines): at its top level, else in its
     shared functional groups, else its first frame's; [] where none holds six numbers first."""
@@ -700,10 +711,16 @@ def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]])
                           f"give the path of one slice's file (e.g. '{rows[0]['path']}').")
         if error is not None:
             raise error
-        depth = np.sort(np.array(positions) @ normal)
+        order = np.argsort(np.array(positions) @ normal, kind="stable")
+        depth = (np.array(positions) @ normal)[order]
         steps = np.diff(depth)
         typical = float(np.median(steps)) if steps.size else 0.0
-        if steps.size and (typical <= 0 or float(steps.max() - steps.min()) > max(0.01, 0.01 * typical)):
+        tolerance = max(0.01, 0.01 * typical)
+        if steps.size and (typical <= 0 or float(steps.max() - steps.min()) > tolerance):
+            if float(steps.min()) <= tolerance:  # as for frames: the same wording (two echoes, time points...)
+                at = int(np.argmin(steps))
+                raise _two_at_one_position(f"DICOM series '{label}'", "slices", float(depth[at]),
+                                           f"'{rows[order[at]]['path']}'", f"'{rows[order[at + 1]]['path']}'")
             where = int(np.argmax(np.abs(steps - typical)))
             raise InputError(f"DICOM series '{label}' has uneven slice spacing: steps from {steps.min():.4g} to "
                              f"{steps.max():.4g} mm along the slice normal (a slice may be missing between "
@@ -854,12 +871,7 @@ def _read_multiframe_series(pick: dict[str, Any], rows: Sequence[dict[str, str]]
     tolerance = max(0.01, 0.01 * typical)
     if float(steps.min()) <= tolerance:
         at = int(np.argmin(steps))
-        raise InputError(f"{label} has two frames at one position along the slice normal ({depth[at]:.4g} mm): "
-                         f"{name(at)} and {name(at + 1)}, e.g. echoes, time points or repeated acquisitions of one "
-                         "volume saved in one series, so no one volume holds its frames.",
-                         "Move the files of one echo or time point into a folder of their own (Slicer's DICOM "
-                         "module or dcm2niix split them), then load that folder; or give one file's path to read "
-                         "that file alone.")
+        raise _two_at_one_position(label, "frames", float(depth[at]), name(at), name(at + 1))
     if float(steps.max() - steps.min()) > tolerance:
         at = int(np.argmax(np.abs(steps - typical)))
         raise InputError(f"{label} has uneven spacing between the frames of its files: steps from {steps.min():.4g} "

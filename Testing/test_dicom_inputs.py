@@ -340,6 +340,29 @@ class DicomGeometryFromTags(unittest.TestCase):
                 self.assertIn(fix, ctx.exception.fix)
                 self.assertIn(os.path.join(folder, "IM0000.dcm"), ctx.exception.fix)
 
+    def test_two_slices_at_one_position_are_named_as_such(self) -> None:
+        """A classic series with two slices at a position (two time points or echoes saved in one series, or one slice
+        saved twice) was refused for "uneven slice spacing: steps from 0 to 2.5 mm ... a slice may be missing between
+        30 and 32.5 mm"; it is now named as a series of multi-frame files is, with the two slices' files."""
+        cases = {"two time points": [(-12.0, -14.0, 30.0 + 2.5 * (k % 4)) for k in range(8)],
+                 "one slice twice": [(-12.0, -14.0, z) for z in (30.0, 32.5, 35.0, 35.0, 37.5, 40.0)]}
+        for case, positions in cases.items():
+            with self.subTest(case), tempfile.TemporaryDirectory() as folder:
+                write_series(folder, positions=positions, rows=8, cols=8)
+                first = positions.index(next(p for p in positions if positions.count(p) > 1))
+                second = positions.index(positions[first], first + 1)
+                with self.assertRaises(InputError) as ctx:
+                    io.read_image(folder)
+                self.assertIn(f"DICOM series 'BODY 2.5mm' has two slices at one position along the slice normal "
+                              f"({positions[first][2]:g} mm): '{os.path.join(folder, f'IM{first:04d}.dcm')}' and "
+                              f"'{os.path.join(folder, f'IM{second:04d}.dcm')}', e.g. echoes, time points or repeated "
+                              "acquisitions of one volume saved in one series, so no one volume holds its slices.",
+                              ctx.exception.problem)
+                self.assertNotIn("uneven", ctx.exception.problem)
+                self.assertIn("Move the files of one echo or time point into a folder of their own", ctx.exception.fix)
+                for value in PHI.values():
+                    self.assertNotIn(value, str(ctx.exception))
+
     def test_multiframe_without_positions_takes_the_slice_spacing_tags_or_is_refused(self) -> None:
         """Without per-frame positions (e.g. NM, a legacy multi-frame CT) the frames are SpacingBetweenSlices
         apart, else SliceThickness with a warning (ITK gave 1 mm); with neither the file is refused."""
