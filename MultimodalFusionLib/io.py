@@ -781,14 +781,18 @@ def _check_part_placed(label: str, path: str, row: Mapping[str, str]) -> None:
                              "place its frames among the series' other files.", fix)
         shared = _first_item(tags, _SHARED_GROUPS)
         frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
+        # placed by its functional groups (shared: one position for all its frames, e.g. a file of one frame;
+        # else every frame's), else by its first frame's position, as _set_multiframe_geometry places it alone
         per_frame = [_dicom_numbers(_first_item(f, _PLANE_POSITION).get(0x00200032) or "") for f in frames]
-        has_position = bool(per_frame) and all(len(p) == 3 for p in per_frame) or bool(_first_frame_position(tags))
+        has_position = (len(_dicom_numbers(_first_item(shared, _PLANE_POSITION).get(0x00200032) or "")) == 3
+                        or bool(per_frame) and all(len(p) == 3 for p in per_frame)
+                        or bool(_first_frame_position(tags)))
         has_orientation = any(len(_dicom_numbers(text or "")) == 6 for text in (
             tags.get(0x00200037), _first_item(tags, _DETECTOR_INFORMATION).get(0x00200037),
             _first_item(shared, _PLANE_ORIENTATION).get(0x00200037),
             _first_item(frames[0], _PLANE_ORIENTATION).get(0x00200037) if frames else None))
-        where = (" (at its top level or in its DetectorInformationSequence (0054,0022), or in its functional groups "
-                 "for every frame)")
+        where = (" (at its top level or in its DetectorInformationSequence (0054,0022), or in its shared or every "
+                 "frame's functional groups)")
     if not has_position:
         raise InputError(f"DICOM file '{path}' of {label} has no usable ImagePositionPatient (0020,0032){where}, so "
                          "where it lies among the series' other files is unknown (ITK would put it at the origin).",

@@ -607,6 +607,24 @@ class DicomSeriesOfMultiframeFiles(unittest.TestCase):
                     [(-5.0, -6.0, 2.0 * k) for k in range(7)], AXIAL, 8, 8, (0.7, 0.6)), atol=1e-3)
                 np.testing.assert_array_equal(sitk.GetArrayFromImage(image), np.concatenate([enhanced, classic]))
 
+    def test_files_placed_by_their_shared_functional_groups_are_stacked(self) -> None:
+        """Enhanced files of one frame each whose PlanePositionSequence is in the shared functional groups (one
+        position for all of a file's frames): each is placed there alone, and the series had been refused for "no
+        usable ImagePositionPatient (0020,0032) ... in its functional groups for every frame"."""
+        import pydicom
+
+        parts = [[(1.0, 2.0, 3.0 + 2.5 * i)] for i in range(3)]
+        with tempfile.TemporaryDirectory() as folder:
+            truths = self._write_parts(folder, parts)
+            for i in range(len(parts)):
+                path = os.path.join(folder, f"part{i}.dcm")
+                ds = pydicom.dcmread(path)
+                frame = ds.PerFrameFunctionalGroupsSequence[0]
+                ds.SharedFunctionalGroupsSequence[0].PlanePositionSequence = frame.PlanePositionSequence
+                del frame.PlanePositionSequence
+                ds.save_as(path)
+            self._assert_stacked(io.read_image(folder), parts, truths)
+
     def test_files_without_frame_positions_are_stacked_from_their_stated_position(self) -> None:
         """Files whose functional groups place no frame: each from its top-level ImagePositionPatient (an enhanced CT,
         which ITK read at (0, 0, 0): "two frames at one position along the slice normal (0 mm)"), or its NM
