@@ -492,18 +492,26 @@ def _frame_positions(frames: Sequence[Mapping[int, Any]]) -> np.ndarray | None:
     return np.array(positions, dtype=float)
 
 
+def _even_step(points: np.ndarray) -> tuple[np.ndarray, int | None, float]:
+    """The step from the first of ``points`` (two or more, LPS mm) to the last in even steps; the index of the
+    point farthest from where those steps put it where it is off by more than 0.01 mm and 1% of a step (no
+    regular grid holds them: a missing frame, frames out of order, a slice shifted sideways), else None; and
+    that farthest distance (mm). One rule for a file's frames, a series' slices and the frames of its files."""
+    step = (points[-1] - points[0]) / (len(points) - 1)
+    off = np.linalg.norm(points - (points[0] + np.outer(np.arange(len(points)), step)), axis=1)
+    worst = int(np.argmax(off))
+    return step, worst if float(off[worst]) > max(0.01, 0.01 * float(np.linalg.norm(step))) else None, float(off[worst])
+
+
 def _frame_step(path: str, points: np.ndarray, normal: np.ndarray | None) -> np.ndarray:
     """The step from frame to frame (LPS, mm); refuses frames not evenly spaced along one line in frame
     order, the order in which ITK stacks them, and frames that do not reach along ``normal`` (the normal of
     the frame plane; None where the file has no orientation), see :func:`_no_depth`."""
     count = len(points)
-    step = (points[-1] - points[0]) / (count - 1)
-    length = float(np.linalg.norm(step))
-    off = np.linalg.norm(points - (points[0] + np.outer(np.arange(count), step)), axis=1)
-    if float(off.max()) > max(0.01, 0.01 * length):
-        worst = int(np.argmax(off))
+    step, worst, off = _even_step(points)
+    if worst is not None:
         raise InputError(f"DICOM file '{path}' has {count} frames whose ImagePositionPatient (0020,0032) are not "
-                         f"evenly spaced along one line in frame order (frame {worst + 1} lies {off[worst]:.4g} mm "
+                         f"evenly spaced along one line in frame order (frame {worst + 1} lies {off:.4g} mm "
                          "from where even steps from the first frame to the last put it): e.g. a missing frame, "
                          "frames out of order, or several time points or echoes in one file. ITK's reader would "
                          "give it 1 mm spacing, in plane too, without a word (or fail).",
@@ -733,12 +741,11 @@ def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]])
         # evenly spaced along the normal; each slice must also lie on the line from the first to the last
         # (a gantry tilt shifts every slice by the same amount: a sheared grid; other shifts fit no grid)
         points = np.array(positions, dtype=float)
-        slice_step = (points[-1] - points[0]) / (len(points) - 1)
-        off_line = np.linalg.norm(points - (points[0] + np.outer(np.arange(len(points)), slice_step)), axis=1)
-        if float(off_line.max()) > max(0.01, 0.01 * float(np.linalg.norm(slice_step))):
+        slice_step, worst, off = _even_step(points)
+        if worst is not None:
             raise InputError(f"DICOM series '{label}' has slices whose ImagePositionPatient (0020,0032) are not on "
                              "one straight line: slice "
-                             f"{int(np.argmax(off_line)) + 1} of {len(points)} lies {off_line.max():.4g} mm off the "
+                             f"{worst + 1} of {len(points)} lies {off:.4g} mm off the "
                              "line from the first slice to the last, so no regular grid holds the series.",
                              "Load the series as the scanner exported it, or resample it onto a regular grid first "
                              "(e.g. in Slicer, with the DICOM module's acquisition-geometry regularization).")
@@ -884,12 +891,10 @@ def _read_multiframe_series(pick: dict[str, Any], rows: Sequence[dict[str, str]]
                          "it as evenly spaced would misplace every frame after the gap.",
                          "Load the complete series, or resample it onto a regular grid first (e.g. in Slicer, with "
                          "the DICOM module's acquisition-geometry regularization).")
-    step = (points[-1] - points[0]) / (len(points) - 1)
-    off_line = np.linalg.norm(points - (points[0] + np.outer(np.arange(len(points)), step)), axis=1)
-    if float(off_line.max()) > max(0.01, 0.01 * float(np.linalg.norm(step))):
-        at = int(np.argmax(off_line))
+    step, at, off = _even_step(points)
+    if at is not None:
         raise InputError(f"{label} has frames whose ImagePositionPatient (0020,0032) are not on one straight line: "
-                         f"{name(at)} lies {off_line[at]:.4g} mm off the line from the first frame to the last, so "
+                         f"{name(at)} lies {off:.4g} mm off the line from the first frame to the last, so "
                          "no regular grid holds the frames of its files.",
                          "Load the series as the scanner exported it, or resample it onto a regular grid first "
                          "(e.g. in Slicer, with the DICOM module's acquisition-geometry regularization).")
