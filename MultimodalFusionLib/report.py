@@ -446,10 +446,12 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
     if chart is not None:
         paths["chart"] = write_bytes(os.path.join(out, "metrics_chart.png"), chart)
     created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    first = next(iter(inputs.values()))
+    how = _HOW_COMPUTED + _scored_slices(first)
     payload = {
         "title": title,
         "created": created,
-        "how_computed": _HOW_COMPUTED + _scored_slices(next(iter(inputs.values()))),
+        "how_computed": how,
         "inputs": {name: {"size": list(img.GetSize()), "spacing": list(img.GetSpacing())}
                    for name, img in inputs.items()},
         "fusions": {label: {"parameters": r.parameters, "seconds": r.seconds} for label, r in zip(labels, fusions)},
@@ -459,7 +461,6 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
     }
     paths["metrics_json"] = write_json(os.path.join(out, "metrics.json"), payload)
 
-    first = next(iter(inputs.values()))
     dims = "x".join(str(s) for s in first.GetSize())
     spacing = " x ".join(f"{s:.3g}" for s in first.GetSpacing())
     body = [f"<h1>{html.escape(title)}</h1>",
@@ -503,7 +504,6 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
         if extra:
             body.append("<p class=\"note\">Single-source averages (half the sums above):</p>")
             body.append(_metrics_table(metrics, extra))
-        how = _HOW_COMPUTED + _scored_slices(first)
         body.append(f'<p class="note">{html.escape(how)} The best value of each column is '
                     "highlighted; no single metric decides which fusion reads best clinically.</p>")
         if chart is not None:
