@@ -246,6 +246,8 @@ class ParallelSlicesTest(unittest.TestCase):
         import sys
         from unittest import mock
 
+        import scipy.signal  # noqa: F401 (imported lazily by the metrics; under a faked sys.platform it fails)
+
         f, a, b = self._volume()
         saved = metrics.PARALLEL_MIN_PIXELS
         metrics.PARALLEL_MIN_PIXELS = 1
