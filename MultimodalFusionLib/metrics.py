@@ -370,10 +370,6 @@ def psnr(f: np.ndarray, ref: np.ndarray, data_range: float = 255.0) -> float:
 
 
 # ----------------------------------------------------------------------------- fusion metrics
-#: ITK's names of a volume's array axes 0, 1, 2 (as deep fusion's ``slice_axis`` parameter names them).
-_AXIS_NAMES = ("z", "y", "x")
-
-
 def _array_spacing(image: Any) -> list[float] | None:
     """The voxel spacing of an sitk.Image or FusionResult in its array's axis order (ITK's reversed);
     None for an array, which carries none."""
@@ -401,7 +397,9 @@ def scored_slice_axis(image: Any) -> str | None:
     spacing = _array_spacing(image)
     if (len(spacing) if spacing is not None else np.ndim(image)) != 3:
         return None
-    return _AXIS_NAMES[_scoring_axis(image)]
+    from .fusion import AXIS_NAMES
+
+    return AXIS_NAMES[_scoring_axis(image)]
 
 
 def _slices_with_content(a: np.ndarray, b: np.ndarray) -> list[int]:

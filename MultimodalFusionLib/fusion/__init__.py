@@ -58,6 +58,7 @@ __all__ = [
     "to_unit",
     "slice_axis",
     "SLICE_AXIS_RATIO",
+    "AXIS_NAMES",
 ]
 
 FusionMethod = Callable[..., Any]
@@ -156,6 +157,10 @@ def get_method(name: str) -> FusionMethod:
 #: (an MPRAGE's 1 x 1 x 1.2 mm: 1.2x), where every axis is as good as another and the first one is kept,
 #: so those outputs are unchanged.
 SLICE_AXIS_RATIO = 1.5
+
+#: ITK's names of a volume's array axes 0, 1, 2 (numpy's z, y, x order), as deep fusion's ``slice_axis``
+#: parameter and the metrics name the axis :func:`slice_axis` picks.
+AXIS_NAMES = ("z", "y", "x")
 
 
 def slice_axis(spacing: Sequence[float] | None) -> int:

@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from ...errors import InputError
 from ...progress import ProgressCallback, report, scaled
 from ...validation import check_image, whole_number
-from .. import SLICE_AXIS_RATIO, slice_axis  # noqa: F401 (part of this module's API)
+from .. import AXIS_NAMES, SLICE_AXIS_RATIO, slice_axis  # noqa: F401 (part of this module's API)
 from ..base import FusionResult
 from .losses import FusionLoss, LossWeights
 
@@ -61,9 +61,6 @@ _MAX_SCALE_BACKOFFS = 16
 
 #: Largest sliding-window side accepted (a 1024^3 window's activations are already hundreds of GB).
 MAX_ROI_SIZE = 1024
-
-
-_AXIS_NAMES = ("z", "y", "x")  # ITK's voxel axes of the array axes 0, 1, 2
 
 
 def _whole_number(value: Any, name: str, minimum: int, maximum: int | None = None, example: str = "") -> int:
@@ -483,7 +480,7 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
               "adapt_steps": steps, "adapt_lr": adapt_lr, "loss_weights": loss_weights.to_dict(), "seed": seed,
               "device": dev.type, "spatial_dims": int(meta["architecture"]["spatial_dims"]), "selection": selection}
     if sliced:
-        params["slice_axis"] = _AXIS_NAMES[axis]
+        params["slice_axis"] = AXIS_NAMES[axis]
     return fused, weight, params
 
 
