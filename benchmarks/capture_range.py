@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Capture range: recovered TRE vs rotation angle, default initializer vs the rotation search.
 
-The pair is ``registration.accuracy.rigid_case``: the MNI152 T1 (fixed) against a synthetic T2
-moved by a rotation about one axis (x: left-right, y: front-back, z: vertical, about the image
+The pair is ``registration.accuracy.rigid_case``: the MNI152 T1 (fixed) against a synthetic T2 (or
+``--contrast``) moved by a rotation about one axis (x: left-right, y: front-back, z: vertical, about the image
 centre) and a translation. Each row registers it with the default settings (one rigid stage,
 initializer "geometry") and with ``initializer="search"``, and prints the mean TRE over the brain
 (mm) and the registration's seconds (the search included).
@@ -17,6 +17,13 @@ generator seeded with ``--random-seed``; it ends with how many cases each initia
 within 1 mm (the README's statement on oblique rotations):
 
     python benchmarks/capture_range.py --spacing 3 --random 40 --random-seed 1
+
+``--contrast`` picks the moving image's synthetic contrast (e.g. ``ct``), ``--preset`` a preset name or
+JSON file and ``--stages`` the stages (e.g. ``affine``), as ``mmfusion register`` takes them, in place of
+the default rigid stage. The README's measurements of the default affine stage and of ``ct-mr-head`` at 1 mm:
+
+    python benchmarks/capture_range.py --spacing 1 --angles 0,20,30,45 --translation 10,-8,0 \
+        --initializers geometry --seed 0 --contrast ct --preset ct-mr-head
 """
 
 from __future__ import annotations
@@ -64,14 +71,16 @@ def random_rotations(count: int, seed: int, max_shift_mm: float = 10.0) -> list[
     return cases
 
 
-def _register_each(case, inits: list[str], seed: int, row: dict) -> list[str]:
+def _register_each(case, inits: list[str], args: argparse.Namespace, row: dict) -> list[str]:
     """Register ``case`` from each initializer: fills ``row[init]`` (TRE, seconds, warnings), returns the cells."""
     from MultimodalFusionLib.registration import register
 
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     cells = []
     for init in inits:
         t0 = time.perf_counter()
-        result = register(case.fixed, case.moving, seed=seed, initializer=init)
+        result = register(case.fixed, case.moving, seed=args.seed, initializer=init, preset=args.preset,
+                          stages=stages)
         seconds = time.perf_counter() - t0
         tre = case.error(result.transform)["mean"]
         row[init] = {"tre_mm": tre, "seconds": seconds, "warnings": result.warnings}
@@ -79,19 +88,32 @@ def _register_each(case, inits: list[str], seed: int, row: dict) -> list[str]:
     return cells
 
 
+def _case(args: argparse.Namespace, tissues: dict, angles: list[float], shift: list[float]):
+    """The known-answer pair of one row: ``angles`` (degrees about x, y, z) and ``shift`` (mm)."""
+    from MultimodalFusionLib.registration.accuracy import rigid_case
+
+    return rigid_case(spacing_mm=args.spacing, tissues=tissues, angles_deg=angles, translation=shift,
+                      contrast=args.contrast)
+
+
+def _settings(args: argparse.Namespace) -> str:
+    stages = args.stages or ("the preset's" if args.preset else "rigid (the default)")
+    return f"T1 vs synthetic {args.contrast.upper()}, preset {args.preset or '(none)'}, stages {stages}"
+
+
 def _run_random(args: argparse.Namespace, inits: list[str], tissues: dict) -> list[dict]:
-    from MultimodalFusionLib.registration.accuracy import rigid_case, rotation_angle_deg
+    from MultimodalFusionLib.registration.accuracy import rotation_angle_deg
 
     print(f"MNI152 at {args.spacing:g} mm, {args.random} random rotations (generator seed {args.random_seed}), "
-          f"shifts up to 10 mm, registration seed {args.seed}")
+          f"shifts up to 10 mm, registration seed {args.seed}, {_settings(args)}")
     print("| case | Euler x, y, z (deg) | rotation (deg) | " + " | ".join(f"{i}: TRE mm (s)" for i in inits) + " |")
     print("|" + "---|" * (3 + len(inits)))
     rows = []
     for k, (angles, shift) in enumerate(random_rotations(args.random, args.random_seed)):
-        case = rigid_case(spacing_mm=args.spacing, tissues=tissues, angles_deg=angles, translation=shift)
+        case = _case(args, tissues, angles, shift)
         row: dict = {"case": k, "angles_deg": angles, "translation": shift,
                      "rotation_deg": rotation_angle_deg(case.truth)}
-        cells = _register_each(case, inits, args.seed, row)
+        cells = _register_each(case, inits, args, row)
         rows.append(row)
         print(f"| {k} | {', '.join(f'{a:.0f}' for a in angles)} | {row['rotation_deg']:.0f} | "
               + " | ".join(cells) + " |", flush=True)
@@ -118,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random", type=int, default=0, metavar="N",
                    help="N random rotations about several axes at once instead of the single-axis table")
     p.add_argument("--random-seed", type=int, default=1, help="generator seed of --random (default 1)")
+    p.add_argument("--contrast", default="t2", help="synthetic contrast of the moving image (t2, pd, flair, ct, pet)")
+    p.add_argument("--preset", help="registration preset name or JSON file (default: the default rigid stage)")
+    p.add_argument("--stages", help="stages to run, e.g. affine or rigid,affine (default: the preset's)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
 
     from MultimodalFusionLib import data
-    from MultimodalFusionLib.registration.accuracy import rigid_case
 
     tissues = data.mni152(spacing_mm=args.spacing)
     inits = [s.strip() for s in args.initializers.split(",") if s.strip()]
@@ -136,17 +160,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     header = "| axis | angle (deg) | " + " | ".join(f"{i}: TRE mm (s)" for i in inits) + " |"
-    print(f"MNI152 at {args.spacing:g} mm, translation {args.translation} mm, seed {args.seed}")
+    print(f"MNI152 at {args.spacing:g} mm, translation {args.translation} mm, seed {args.seed}, {_settings(args)}")
     print(header)
     print("|" + "---|" * (2 + len(inits)))
     for axis in axes:
         for angle in _floats(args.angles):
             angles = [0.0, 0.0, 0.0]
             angles["xyz".index(axis)] = angle
-            case = rigid_case(spacing_mm=args.spacing, tissues=tissues, angles_deg=angles,
-                              translation=_floats(args.translation))
+            case = _case(args, tissues, angles, _floats(args.translation))
             row = {"axis": axis, "angle_deg": angle}
-            cells = _register_each(case, inits, args.seed, row)
+            cells = _register_each(case, inits, args, row)
             rows.append(row)
             print(f"| {axis} | {angle:g} | " + " | ".join(cells) + " |", flush=True)
     if args.json:
