@@ -4,6 +4,8 @@ With 50 histogram bins and a coarsest level smoothed by 2 voxels, a 20-degree tu
 ended 19 mm off on a 2D slice of the 1 mm MNI152 pair (its coarse level had fewer pixels than joint-histogram
 cells) and 13 mm off on the whole 1 mm head (the 4 mm level kept detail whose local optima stopped the turn
 at 2 degrees), while the same case at 3 mm was recovered. The defaults are now 32 bins and 4 voxels.
+The ``ct-mr-head`` preset had the same 50 bins and 2 voxels: a 45-degree turn of the 3 mm T1 / synthetic CT
+pair ended 31 mm off; with the rigid default's settings 0.5 mm.
 """
 
 from __future__ import annotations
@@ -52,6 +54,16 @@ class DefaultRigidCaptureAt1mm(unittest.TestCase):
         error = self.case.error(result.transform)["mean"]
         self.assertGreater(before, 15.0)
         self.assertLess(error, 1.0, f"1 mm head, {ANGLE} degrees about z: {before:.2f} -> {error:.2f} mm")
+
+
+class CtMrHeadPresetCapture(unittest.TestCase):
+    def test_3mm_ct_turned_45_degrees_is_recovered(self):
+        case = rigid_case(spacing_mm=3.0, angles_deg=(45.0, 0.0, 0.0), contrast="ct",
+                          tissues=data.mni152(spacing_mm=3.0))
+        before = case.error_before()["mean"]
+        error = case.error(register(case.fixed, case.moving, preset="ct-mr-head", seed=0).transform)["mean"]
+        self.assertGreater(before, 30.0)
+        self.assertLess(error, 1.5, f"3 mm T1 vs CT, 45 degrees about x: {before:.2f} -> {error:.2f} mm")
 
 
 if __name__ == "__main__":
