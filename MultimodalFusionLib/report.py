@@ -378,7 +378,10 @@ def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> st
         for s in stages:
             reason = str(s.get("stop_reason", ""))
             reason = reason if len(reason) <= 240 else reason[:239] + "…"
-            parts.append(f"<tr><td class=\"name\">{html.escape(str(s.get('name')))}</td><td>{_fmt(s.get('metric_before'))}"
+            # a stage whose result was discarded (its metric worse at its end) left the transform before it
+            name = str(s.get("name")) + (" (discarded: metric worse; the transform before it was kept)"
+                                         if s.get("accepted") is False else "")
+            parts.append(f"<tr><td class=\"name\">{html.escape(name)}</td><td>{_fmt(s.get('metric_before'))}"
                          f"</td><td>{_fmt(s.get('metric_after'))}</td><td>{html.escape(iterations_text(s))}</td>"
                          f"<td>{_fmt(s.get('seconds'))}</td><td class=\"name\">{html.escape(reason)}</td></tr>")
         parts.append("</table>")

@@ -245,6 +245,28 @@ class RegistrationSectionTest(unittest.TestCase):
         self.assertIn("last level (3 of 3): ", page)
         self.assertIn(html_escape(stage.stop_reason), page)  # whole, not cut at 120 characters
 
+    def test_the_stage_table_marks_a_discarded_stage(self) -> None:
+        # the table had shown a discarded stage's "metric after" as if it had been applied; only the warnings
+        # below said the transform before it was kept
+        import dataclasses
+
+        from MultimodalFusionLib.registration import register
+
+        d = data.testing_data_dir()
+        a = io.read_image(d / "BrainT1SliceBorder20.png", float32=True)
+        b = io.read_image(d / "BrainProtonDensitySliceR10X13Y17.png", float32=True)
+        result = register(a, b, stages=["rigid"], seed=1)
+        pages = {}
+        for accepted in (True, False):
+            res = dataclasses.replace(result, stages=[dataclasses.replace(result.stages[0], accepted=accepted)])
+            with tempfile.TemporaryDirectory() as tmp:
+                pages[accepted] = open(report.write_report(
+                    tmp, inputs={"T1": a, "PD": b}, fusions=[fusion.fuse(a, b, "average")], metrics={},
+                    registration=res)["html"], encoding="utf-8").read()
+        mark = "rigid (discarded: metric worse; the transform before it was kept)"
+        self.assertIn(mark, pages[False])
+        self.assertNotIn("discarded", pages[True])
+
     def test_levels_that_ran_no_iteration_are_counted(self) -> None:
         from MultimodalFusionLib.registration import register
         from MultimodalFusionLib.registration.parameters import RegistrationParameters, StageParameters
