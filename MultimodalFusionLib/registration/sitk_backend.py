@@ -882,8 +882,9 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
             if math.isfinite(res.metric_after) and change < 0.01:
                 warnings.append(
                     f"Stage '{stage.name}' did not improve the {stage.metric} metric ({res.metric_before:.5g} -> "
-                    f"{res.metric_after:.5g}, {100 * change:.2f}% worse, within sampling noise); the transform "
-                    "before it was kept.")
+                    f"{res.metric_after:.5g}, {100 * change:.2f}% worse on the same fixed points at its start and end); "
+                    "the transform before it was kept. A small change, usual where the earlier stages already "
+                    "aligned the images as well as this stage's transform can.")
             else:
                 warnings.append(
                     f"Stage '{stage.name}' made the {stage.metric} metric worse ({res.metric_before:.5g} -> "
