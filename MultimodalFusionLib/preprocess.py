@@ -42,10 +42,15 @@ CT_WINDOWS = {
 }
 
 
-_INTEGER_RANGES = {sitk.sitkUInt8: (0, 255), sitk.sitkInt8: (-128, 127), sitk.sitkUInt16: (0, 65535),
-                   sitk.sitkInt16: (-32768, 32767), sitk.sitkUInt32: (0, 2 ** 32 - 1),
-                   sitk.sitkInt32: (-2 ** 31, 2 ** 31 - 1), sitk.sitkVectorUInt8: (0, 255),
-                   sitk.sitkVectorUInt16: (0, 65535)}
+#: Integer pixel types ITK resamples into, scalar and vector, and the numpy type of their values.
+_INTEGER_TYPES = {sitk.sitkUInt8: np.uint8, sitk.sitkInt8: np.int8, sitk.sitkUInt16: np.uint16,
+                  sitk.sitkInt16: np.int16, sitk.sitkUInt32: np.uint32, sitk.sitkInt32: np.int32,
+                  sitk.sitkUInt64: np.uint64, sitk.sitkInt64: np.int64,
+                  sitk.sitkVectorUInt8: np.uint8, sitk.sitkVectorInt8: np.int8,
+                  sitk.sitkVectorUInt16: np.uint16, sitk.sitkVectorInt16: np.int16,
+                  sitk.sitkVectorUInt32: np.uint32, sitk.sitkVectorInt32: np.int32,
+                  sitk.sitkVectorUInt64: np.uint64, sitk.sitkVectorInt64: np.int64}
+_FLOAT32_TYPES = (sitk.sitkFloat32, sitk.sitkVectorFloat32)
 
 
 def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
@@ -95,18 +100,24 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             pixel_type = sitk.sitkVectorFloat32
         else:
             pixel_type = sitk.sitkFloat32
-    limits = _INTEGER_RANGES.get(pixel_type)
+    integer = _INTEGER_TYPES.get(pixel_type)
+    limits = None if integer is None else (int(np.iinfo(integer).min), int(np.iinfo(integer).max))
     if limits is not None and not float(default_value).is_integer():
         # ITK would truncate it (0.5 -> 0) into a value that looks like a real voxel
         raise InputError(f"The default value {default_value:g} is not a whole number, but the output has "
                          f"{sitk.GetPixelIDValueAsString(pixel_type)} pixels.",
                          "Give a whole number, or resample with linear interpolation (float output).")
-    if limits is not None and not limits[0] <= float(default_value) <= limits[1]:
+    if limits is not None and not limits[0] <= int(float(default_value)) <= limits[1]:  # exact, also at 2**63
         # ITK would wrap it around (-1 -> 255 in 8-bit labels) into what looks like a real value
         raise InputError(f"The default value {default_value:g} does not fit the output's "
                          f"{sitk.GetPixelIDValueAsString(pixel_type)} pixels ({limits[0]}..{limits[1]}).",
                          f"Give a default value within {limits[0]}..{limits[1]}, or resample with linear "
                          "interpolation (float output).")
+    if pixel_type in _FLOAT32_TYPES and abs(float(default_value)) > float(np.finfo(np.float32).max) \
+            and np.isfinite(float(default_value)):
+        # ITK would store it as inf
+        raise InputError(f"The default value {default_value:g} does not fit the output's 32-bit float pixels.",
+                         "Give a default value within +-3.4e38, or pixel_type=sitk.sitkFloat64.")
     with itk_guard("resampling", "Check the transform matches the images (same dimension)."):
         return sitk.Resample(moving, reference, transform, INTERPOLATORS[interpolation],
                              float(default_value), pixel_type)

@@ -86,6 +86,26 @@ class ResampleEdgeCases(unittest.TestCase):
         self.assertEqual(resample(labels, labels, interpolation="nearest", default_value=7.0).GetPixelID(),
                          sitk.sitkUInt8)
 
+    def test_default_value_must_fit_every_integer_and_float32_type(self) -> None:
+        # 64-bit and vector integer pixels were let through: ITK wrapped -1 to 2**64 - 1 and 300 to 44
+        cases = [(sitk.Image([6, 6], sitk.sitkUInt64), -1), (sitk.Image([6, 6], sitk.sitkInt64), 2.0 ** 63),
+                 (sitk.Image([6, 6], sitk.sitkVectorInt8, 3), 300),
+                 (sitk.Image([6, 6], sitk.sitkVectorUInt32, 3), -1),
+                 (sitk.Image([6, 6], sitk.sitkVectorUInt16, 3), 70000)]
+        away = sitk.TranslationTransform(2, (100.0, 0.0))  # every output voxel takes the default value
+        for image, bad in cases:
+            name = image.GetPixelIDTypeAsString()
+            with self.assertRaisesRegex(InputError, "does not fit", msg=name):
+                resample(image, image, away, interpolation="nearest", default_value=bad)
+            ok = -5 if "unsigned" not in name else 5
+            out = sitk.GetArrayFromImage(resample(image, image, away, interpolation="nearest", default_value=ok))
+            self.assertTrue(np.all(out == ok), name)
+        grey = sitk.Image([6, 6], sitk.sitkFloat32)
+        with self.assertRaisesRegex(InputError, "32-bit float"):  # ITK stored inf
+            resample(grey, grey, away, default_value=1e300)
+        self.assertEqual(resample(grey, grey, away, default_value=1e300, pixel_type=sitk.sitkFloat64)[0, 0], 1e300)
+        self.assertTrue(math.isnan(resample(grey, grey, away, default_value=float("nan"))[0, 0]))
+
 
 class Normalize(unittest.TestCase):
     def test_zscore_percentile_window(self):
