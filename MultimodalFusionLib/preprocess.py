@@ -204,7 +204,9 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
     if mask is not None:
         from .validation import check_mask
 
-        sel = sitk.GetArrayViewFromImage(check_mask(mask, image)).astype(bool)
+        # held in a name: a view of the temporary check_mask returns was read after the image was freed
+        checked = check_mask(mask, image)
+        sel = sitk.GetArrayViewFromImage(checked).astype(bool)
         values = arr[sel]
     else:
         values = arr.ravel()
