@@ -725,7 +725,8 @@ def colormap_colors(scene: Any, colormap: str, size: int = 256) -> np.ndarray | 
 def _robust_range(node: Any, low: float, high: float) -> tuple[float, float]:
     from .preprocess import robust_range
 
-    return robust_range(sitk.GetArrayViewFromImage(image_from_volume_node(node)), low, high)
+    image = image_from_volume_node(node)  # held: a view of the temporary was read after it was freed
+    return robust_range(sitk.GetArrayViewFromImage(image), low, high)
 
 
 def setup_anatomical_display(node: Any, *, percentiles: tuple[float, float] = (0.5, 99.5)) -> Any:
@@ -771,7 +772,7 @@ def setup_functional_display(node: Any, *, colormap: str = "PET-Heat",
         display.SetApplyThreshold(0)
     else:
         display.AutoThresholdOff()
-        image_max = float(sitk.GetArrayViewFromImage(image_from_volume_node(node)).max())
+        image_max = float(sitk.GetArrayFromImage(image_from_volume_node(node)).max())
         display.SetThreshold(lo + float(threshold_fraction) * (hi - lo), max(image_max, hi))
         display.SetApplyThreshold(1)
     return display

@@ -192,6 +192,24 @@ class MrmlHelpersTest(unittest.TestCase):
         with self.assertRaises(InputError):
             mrml.show_fusion(node, node, opacity=1.5)
 
+    def test_display_windows_are_the_volumes_own_percentiles(self) -> None:
+        # the voxels were read through a view of a temporary image, after it was freed: windows from
+        # whatever the allocator had put there (0.001-0.005 off at 32^3) and a segmentation fault at 256^3
+        from MultimodalFusionLib.preprocess import robust_range
+
+        rng = np.random.default_rng(0)
+        for n in (32, 64):
+            values = rng.gamma(2.0, 3.0, (n, n, n)).astype(np.float32)
+            node = mrml.volume_node_from_image(sitk.GetImageFromArray(values), self.scene, name=f"pet{n}")
+            for _ in range(3):  # window and level are stored: min and max come back within 1e-9
+                display = mrml.setup_anatomical_display(node)
+                np.testing.assert_allclose([display.GetWindowLevelMin(), display.GetWindowLevelMax()],
+                                           robust_range(values, 0.5, 99.5), rtol=0, atol=1e-9)
+                display = mrml.setup_functional_display(node, percentiles=(1.0, 99.5))
+                np.testing.assert_allclose([display.GetWindowLevelMin(), display.GetWindowLevelMax()],
+                                           robust_range(values, 1.0, 99.5), rtol=0, atol=1e-9)
+                self.assertEqual(display.GetUpperThreshold(), float(values.max()))
+
     def test_colour_nodes_are_added_to_a_bare_scene_on_demand(self) -> None:
         import slicer
 
