@@ -6,6 +6,7 @@ never modified.
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -51,6 +52,12 @@ _INTEGER_TYPES = {sitk.sitkUInt8: np.uint8, sitk.sitkInt8: np.int8, sitk.sitkUIn
                   sitk.sitkVectorUInt32: np.uint32, sitk.sitkVectorInt32: np.int32,
                   sitk.sitkVectorUInt64: np.uint64, sitk.sitkVectorInt64: np.int64}
 _FLOAT32_TYPES = (sitk.sitkFloat32, sitk.sitkVectorFloat32)
+#: Pixel types ITK resamples into: the scalar ones for a grey image, the vector ones for a colour image.
+_SCALAR_TYPES = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
+                 sitk.sitkUInt64, sitk.sitkInt64, sitk.sitkFloat32, sitk.sitkFloat64)
+_VECTOR_TYPES = (sitk.sitkVectorUInt8, sitk.sitkVectorInt8, sitk.sitkVectorUInt16, sitk.sitkVectorInt16,
+                 sitk.sitkVectorUInt32, sitk.sitkVectorInt32, sitk.sitkVectorUInt64, sitk.sitkVectorInt64,
+                 sitk.sitkVectorFloat32, sitk.sitkVectorFloat64)
 
 
 def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
@@ -72,7 +79,9 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         The resampled image on the reference grid.
 
     Raises:
-        InputError: unknown interpolation, or images of different dimension.
+        InputError: unknown interpolation, images of different dimension, a transform that is not a
+            SimpleITK transform of their dimension, a pixel type that cannot hold the image (a scalar type
+            for a colour image, or the reverse) or a default value the output's pixels cannot hold.
     """
     if interpolation not in INTERPOLATORS:
         raise InputError(f"Unknown interpolation '{interpolation}'.",
@@ -87,16 +96,43 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             "Give a reference of the same dimension.")
     if transform is None:
         transform = sitk.Transform(reference.GetDimension(), sitk.sitkIdentity)
+    if not isinstance(transform, sitk.Transform):
+        if isinstance(transform, (str, os.PathLike)):
+            fix = "Read the file first: MultimodalFusionLib.io.read_transform(path)."
+        elif isinstance(getattr(transform, "transform", None), sitk.Transform):
+            fix = "Pass its .transform (e.g. result.transform of a registration)."
+        else:
+            fix = "Pass a SimpleITK transform (a registration's result.transform), or None for the identity."
+        raise InputError(f"The transform is a {type(transform).__name__}, not a SimpleITK transform.", fix)
     if transform.GetDimension() != reference.GetDimension():
         raise InputError(f"The transform is {transform.GetDimension()}D but the images are "
                          f"{reference.GetDimension()}D.", "Give a transform of the images' dimension.")
+    try:
+        float(default_value)
+    except (TypeError, ValueError):
+        raise InputError(f"The default value {default_value!r} is not a number.",
+                         "Give a number, e.g. 0 or the image's background value.") from None
+    components = moving.GetNumberOfComponentsPerPixel()
+    vector = moving.GetPixelID() in _VECTOR_TYPES  # by type: a vector image may have a single component
+    if pixel_type is not None and pixel_type != sitk.sitkUnknown \
+            and pixel_type not in (_VECTOR_TYPES if vector else _SCALAR_TYPES):
+        # ITK said only "Pixel type: vector of 8-bit unsigned integer is not supported in 2D", and the fix
+        # given with it was about the transform's dimension
+        kind = f"a vector image ({components} component{'s' if components != 1 else ''})" if vector \
+            else "a grey image"
+        wanted = "sitk.sitkVectorFloat32 or another vector type" if vector else \
+            "sitk.sitkFloat32 or another scalar type"
+        name = sitk.GetPixelIDValueAsString(pixel_type) if pixel_type in _VECTOR_TYPES + _SCALAR_TYPES \
+            else repr(pixel_type)
+        raise InputError(f"The pixel type {name} cannot hold {kind}.",
+                         f"Give {wanted}, or pixel_type=None for the default.")
     if pixel_type is None:
         if interpolation == "nearest":
             pixel_type = moving.GetPixelID()
         elif moving.GetPixelID() in (sitk.sitkFloat64, sitk.sitkVectorFloat64):
             # double stays double: float32 would round values near 1e8 to steps of 8 and overflow past 3e38
             pixel_type = moving.GetPixelID()
-        elif moving.GetNumberOfComponentsPerPixel() > 1:
+        elif vector:
             pixel_type = sitk.sitkVectorFloat32
         else:
             pixel_type = sitk.sitkFloat32

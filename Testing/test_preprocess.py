@@ -86,6 +86,39 @@ class ResampleEdgeCases(unittest.TestCase):
         self.assertEqual(resample(labels, labels, interpolation="nearest", default_value=7.0).GetPixelID(),
                          sitk.sitkUInt8)
 
+    def test_transform_pixel_type_and_default_value_of_the_wrong_kind(self) -> None:
+        # each was a Python error from inside (AttributeError on a path, ValueError on a word) or ITK's
+        # "vector of 8-bit unsigned integer is not supported in 2D" with a fix about the transform
+        from MultimodalFusionLib.registration import register
+
+        fixed = sitk.GetImageFromArray(np.pad(np.ones((20, 20), np.float32), 10))
+        moving = sitk.GetImageFromArray(np.pad(np.ones((20, 20), np.float32), ((12, 8), (9, 11))))
+        with self.assertRaisesRegex(InputError, "read_transform"):
+            resample(moving, fixed, "transform.tfm")
+        result = register(fixed, moving, stages=["rigid"], seed=0)
+        with self.assertRaisesRegex(InputError, r"\.transform"):
+            resample(moving, fixed, result)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(resample(moving, fixed, result.transform)),
+                                      sitk.GetArrayFromImage(sitk.Resample(moving, fixed, result.transform,
+                                                                           sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
+        with self.assertRaisesRegex(InputError, "not a number"):
+            resample(moving, fixed, default_value="air")
+        rgb = sitk.Compose([moving, moving, moving])
+        with self.assertRaisesRegex(InputError, "cannot hold a vector image.*VectorFloat32"):
+            resample(rgb, fixed, pixel_type=sitk.sitkFloat32)
+        with self.assertRaisesRegex(InputError, "cannot hold a grey image"):
+            resample(moving, fixed, pixel_type=sitk.sitkVectorFloat32)
+        with self.assertRaisesRegex(InputError, "pixel type 999"):
+            resample(moving, fixed, pixel_type=999)
+        self.assertEqual(resample(rgb, fixed, pixel_type=sitk.sitkVectorFloat64).GetPixelID(), sitk.sitkVectorFloat64)
+        self.assertEqual(resample(moving, fixed, pixel_type=sitk.sitkUnknown).GetPixelID(), sitk.sitkFloat32)
+        single = sitk.GetImageFromArray(sitk.GetArrayFromImage(moving)[..., None], isVector=True)  # 1 component
+        for pixel_type in (None, sitk.sitkVectorFloat32):  # the default had been float32, refused by ITK
+            out = resample(single, fixed, sitk.TranslationTransform(2, (0.5, 0.0)), pixel_type=pixel_type)
+            self.assertEqual(out.GetPixelID(), sitk.sitkVectorFloat32)
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(out).reshape(40, 40), sitk.GetArrayFromImage(
+                resample(moving, fixed, sitk.TranslationTransform(2, (0.5, 0.0)))))
+
     def test_default_value_must_fit_every_integer_and_float32_type(self) -> None:
         # 64-bit and vector integer pixels were let through: ITK wrapped -1 to 2**64 - 1 and 300 to 44
         cases = [(sitk.Image([6, 6], sitk.sitkUInt64), -1), (sitk.Image([6, 6], sitk.sitkInt64), 2.0 ** 63),
