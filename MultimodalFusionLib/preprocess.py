@@ -74,6 +74,9 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         default_value: value of output voxels that map outside the moving image.
         pixel_type: output pixel type; by default float32 for linear/bspline (float64 for a
             float64 image, whose values float32 would round) and the moving image's own type for nearest.
+            Interpolated values put into integer pixels are rounded to the nearest integer (half to even,
+            as ``mmfusion run`` rounds an 8-bit image) and clipped to the type's range; ITK's own cast
+            truncates toward zero.
 
     Returns:
         The resampled image on the reference grid.
@@ -126,6 +129,8 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             else repr(pixel_type)
         raise InputError(f"The pixel type {name} cannot hold {kind}.",
                          f"Give {wanted}, or pixel_type=None for the default.")
+    if pixel_type == sitk.sitkUnknown:  # ITK's "as the input"
+        pixel_type = moving.GetPixelID()
     if pixel_type is None:
         if interpolation == "nearest":
             pixel_type = moving.GetPixelID()
@@ -154,6 +159,23 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         # ITK would store it as inf
         raise InputError(f"The default value {default_value:g} does not fit the output's 32-bit float pixels.",
                          "Give a default value within +-3.4e38, or pixel_type=sitk.sitkFloat64.")
+    exact = interpolation == "nearest" and moving.GetPixelID() in _INTEGER_TYPES
+    if integer is not None and not exact:
+        # ITK truncates interpolated values toward zero (2.97 -> 2, -999.6 -> -999): a bias of -0.3 on the
+        # BrainWeb slice, +-0.5 on a CT. Resample in float64, then round and clip as ITK clips
+        wide = sitk.sitkVectorFloat64 if vector else sitk.sitkFloat64
+        with itk_guard("resampling", "Check the transform matches the images (same dimension)."):
+            values = sitk.GetArrayFromImage(sitk.Resample(moving, reference, transform, INTERPOLATORS[interpolation],
+                                                          float(default_value), wide))
+        if vector:  # numpy drops the axis of a single component
+            values = values.reshape(tuple(reversed(reference.GetSize())) + (components,))
+        hi = float(limits[1])
+        if int(hi) > limits[1]:  # 2**63 - 1 and 2**64 - 1 round up as doubles: one double below
+            hi = float(np.nextafter(hi, 0.0))
+        out = sitk.GetImageFromArray(np.clip(np.round(values), float(limits[0]), hi).astype(integer),
+                                     isVector=vector)
+        out.CopyInformation(reference)
+        return out
     with itk_guard("resampling", "Check the transform matches the images (same dimension)."):
         return sitk.Resample(moving, reference, transform, INTERPOLATORS[interpolation],
                              float(default_value), pixel_type)
