@@ -362,28 +362,44 @@ def crop_to_overlap(a: sitk.Image, b: sitk.Image, margin_mm: float = 0.0) -> tup
     Args:
         a: first image.
         b: second image.
-        margin_mm: extra margin kept around the overlap box.
+        margin_mm: extra margin kept around the overlap box (a finite number; negative shrinks the box).
 
     Returns:
         (a cropped, b cropped).
 
     Raises:
-        InputError: the images do not overlap.
+        InputError: the images do not overlap, or the margin is not a finite number or leaves nothing.
     """
     check_image(a, "first image", allow_vector=True, allow_constant=True)
     check_image(b, "second image", allow_vector=True, allow_constant=True)
     if a.GetDimension() != b.GetDimension():
         raise InputError(f"Cannot crop a {a.GetDimension()}D and a {b.GetDimension()}D image to their overlap.",
                          "Give two images of the same dimension.")
+    try:
+        margin = float(margin_mm)
+    except (TypeError, ValueError):
+        margin = float("nan")
+    if isinstance(margin_mm, (bool, str)) or not np.isfinite(margin):
+        # NaN and inf had reached RegionOfInterest as garbage indices (a TypeError), a string numpy's subtract
+        raise InputError(f"The margin {margin_mm!r} is not a finite number of millimetres.",
+                         "Give e.g. margin_mm=0 (the overlap itself) or 10.")
     lo_a, hi_a = physical_bounds(a)
     lo_b, hi_b = physical_bounds(b)
-    lo = np.maximum(lo_a, lo_b) - margin_mm
-    hi = np.minimum(hi_a, hi_b) + margin_mm
+    lo, hi = np.maximum(lo_a, lo_b), np.minimum(hi_a, hi_b)
     if np.any(hi <= lo):
         raise InputError("The two images do not overlap in physical space, so there is nothing to crop to.",
                          "Check the origins in the headers, or align them first (register with the "
                          "'geometry' initializer).")
+    sides = hi - lo
+    lo, hi = lo - margin, hi + margin
+    if np.any(hi <= lo):  # a negative margin: had been reported as images that do not overlap
+        raise InputError(f"The margin of {margin:g} mm shrinks the images' overlap ({_extent(sides)}) to nothing.",
+                         f"Give a margin above {-float(sides.min()) / 2:g} mm, e.g. 0.")
     return _crop_to_box(a, lo, hi), _crop_to_box(b, lo, hi)
+
+
+def _extent(sides: Sequence[float]) -> str:
+    return " x ".join(f"{float(v):g}" for v in sides) + " mm"
 
 
 def _crop_to_box(image: sitk.Image, lo: Sequence[float], hi: Sequence[float]) -> sitk.Image:

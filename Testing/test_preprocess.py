@@ -241,6 +241,22 @@ class MasksAndCrop(unittest.TestCase):
             crop_to_overlap(a, far)
 
 
+    def test_crop_margin_must_be_a_finite_number_and_leave_something(self) -> None:
+        # NaN/inf had been a TypeError from RegionOfInterest, a string numpy's UFuncTypeError, and a negative
+        # margin larger than the overlap "the two images do not overlap", which they do
+        a = sitk.Image([40, 40, 20], sitk.sitkFloat32) + 1
+        b = sitk.Image([30, 30, 30], sitk.sitkFloat32) + 2
+        b.SetOrigin((20.0, 10.0, -5.0))
+        for bad in (float("nan"), float("inf"), "5", None):
+            with self.assertRaisesRegex(InputError, "not a finite number", msg=repr(bad)):
+                crop_to_overlap(a, b, bad)
+        with self.assertRaisesRegex(InputError, r"shrinks the images' overlap \(20 x 30 x 20 mm\).*above -10 mm"):
+            crop_to_overlap(a, b, -10)
+        ca, cb = crop_to_overlap(a, b, -9)
+        self.assertEqual((ca.GetSize(), cb.GetSize()), ((2, 12, 2), (2, 12, 2)))
+        self.assertEqual([c.GetSize() for c in crop_to_overlap(a, b, 1000)], [a.GetSize(), b.GetSize()])
+
+
 class RobustRangeTest(unittest.TestCase):
     def test_percentiles_fallbacks_and_non_finite_values(self) -> None:
         from MultimodalFusionLib.preprocess import robust_range
