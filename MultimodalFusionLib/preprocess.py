@@ -254,7 +254,13 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
         if not 0.0 <= lower < upper <= 100.0:  # NaN fails too
             raise InputError(f"The percentiles {lower:g}..{upper:g} are not a range within 0..100.",
                              "Give 0 <= lower_percentile < upper_percentile <= 100 (e.g. 1 and 99).")
-    if not all(np.isfinite(float(v)) for v in output_range):
+    try:
+        bounds = [float(v) for v in output_range]
+    except (TypeError, ValueError):  # 1.0, None, ("a", "b")
+        bounds = []
+    if len(bounds) != 2:  # (0, 1, 2) had been a ValueError when unpacked, 1.0 a TypeError
+        raise InputError(f"The output range {output_range!r} is not two numbers.", "Give e.g. output_range=(0, 1).")
+    if not all(np.isfinite(v) for v in bounds):
         raise InputError(f"The output range {tuple(output_range)} is not finite.", "Give two numbers, e.g. (0, 1).")
     # float64: a float32 copy of a wide-range image (doubles near 1e8, int32/uint32 counts) loses the
     # differences between neighbouring values, and of huge ones overflows to inf
@@ -268,7 +274,7 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
         values = arr[sel]
     else:
         values = arr.ravel()
-    lo_out, hi_out = (float(v) for v in output_range)
+    lo_out, hi_out = bounds
     if method == "zscore":
         scale = float(np.abs(values).max()) or 1.0  # statistics of values/scale: no overflow near 1e300
         mean, std = float((values / scale).mean()) * scale, float((values / scale).std()) * scale

@@ -311,6 +311,9 @@ class NormalizeEdgeCases(unittest.TestCase):
                 normalize_intensity(ct, "window", window=window)
         with self.assertRaises(InputError):
             normalize_intensity(ct, "percentile", output_range=(0, float("inf")))
+        for bad in ((0, 1, 2), (1,), 1.0, None, ("a", "b")):  # had been ValueError/TypeError from inside
+            with self.assertRaisesRegex(InputError, "not two numbers", msg=repr(bad)):
+                normalize_intensity(ct, "percentile", output_range=bad)
 
 
 class SmallAndOddInputs(unittest.TestCase):
