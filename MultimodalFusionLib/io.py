@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -254,7 +254,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     rows = _series_rows(pick["files"])
     if any(_needs_own_geometry(row) for row in rows):
         return _read_multiframe_series(pick, rows)
-    float_values, slice_step = _check_series_geometry(pick, rows)
+    float_values, slice_step, sizes = _check_series_geometry(pick, rows)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(pick["files"])
     if float_values:  # per-slice or fractional rescale (PET): the first slice's integer type would round
@@ -262,6 +262,10 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     with _naming_transfer_syntax(label, syntax), itk_guard(f"reading DICOM series '{pick['uid']}'",
                                                           "Check that the series is complete (no missing slices)."):
         image = reader.Execute()
+    notes = [note for row, size in zip(rows, sizes) for note in [_pixel_size_note(row["path"], *size)] if note]
+    if notes:  # ITK reads the first slice's ImagerPixelSpacing only in radiographs, else 1 mm (or refuses)
+        _set_pixel_size(image, rows[0]["path"], *sizes[0], [])  # the first slice's, as ITK takes; warned below
+        _warn_once_per_kind(label, len(pick["files"]), notes, stacklevel=4)
     return _with_slice_step(image, slice_step)
 
 
@@ -321,7 +325,7 @@ class _FileWarning(NamedTuple):
     for_several: str  #: the same for several files, after "N of the M files of SERIES (the first: 'PATH') "
 
 
-def _warn_once_per_kind(label: str, total: int, notes: Sequence[_FileWarning]) -> None:
+def _warn_once_per_kind(label: str, total: int, notes: Sequence[_FileWarning], stacklevel: int = 5) -> None:
     """Give the warnings kept back while reading the ``total`` files of ``label`` (a series): one for each kind,
     naming how many files gave it and the first of them, as a file alone does where only one gave it."""
     import warnings
@@ -330,14 +334,15 @@ def _warn_once_per_kind(label: str, total: int, notes: Sequence[_FileWarning]) -
         alike = [note for note in notes if note.kind == kind]
         warnings.warn(alike[0].message if len(alike) == 1 else
                       f"{len(alike)} of the {total} files of {label} (the first: '{alike[0].path}') "
-                      + alike[0].for_several, stacklevel=5)
+                      + alike[0].for_several, stacklevel=stacklevel)
 
 
 def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarning] | None = None) -> None:
     """Give a single-frame DICOM image the pixel size its tags state, or refuse it when none does.
 
-    ITK's DICOM reader (GDCM) reads a file without PixelSpacing (0028,0030) at 1 mm without a word (a
-    series without it is refused, see :func:`_check_series_geometry`), and for radiographs (CR, DX, MG,
+    ITK's DICOM reader (GDCM) reads a file without PixelSpacing (0028,0030) at 1 mm without a word (its
+    series reader refuses a series without it; a classic series follows the rule here, see
+    :func:`_check_series_geometry`), and for radiographs (CR, DX, MG,
     XA) takes ImagerPixelSpacing (0018,1164) even where PixelSpacing is present. Here PixelSpacing comes
     first (DICOM's size in the patient, calibrated where the two differ); without it ImagerPixelSpacing
     (the size at the detector: larger than in the patient by the geometric magnification) or
@@ -349,12 +354,18 @@ def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarni
     if image.HasMetaDataKey("0028|0008"):  # NumberOfFrames: a multi-frame IOD, e.g. an enhanced CT or MR
         _set_multiframe_geometry(image, path, notes)
         return
-    usable = [(tag, name, values) for tag, name in _SPACING_TAGS
-              for values in [_dicom_pixel_size(image.GetMetaData(tag).strip()) if image.HasMetaDataKey(tag) else []]
-              if values]
-    if not usable:
+    usable = _usable_pixel_size(lambda tag: image.GetMetaData(tag).strip() if image.HasMetaDataKey(tag) else "")
+    if usable is None:
         raise _no_pixel_size(path, "")
-    _set_pixel_size(image, path, *usable[0], notes)
+    _set_pixel_size(image, path, *usable, notes)
+
+
+def _usable_pixel_size(text_of: Callable[[str], str]) -> tuple[str, str, list[float]] | None:
+    """The first of :data:`_SPACING_TAGS` that holds a usable pixel size, as (tag, name, row and column
+    spacing), or None; ``text_of`` gives a tag's text ("" where absent). One rule for a file and for each
+    slice of a classic series."""
+    return next(((tag, name, values) for tag, name in _SPACING_TAGS
+                 for values in [_dicom_pixel_size(text_of(tag))] if values), None)
 
 
 def _no_pixel_size(path: str, where: str) -> InputError:
@@ -376,17 +387,25 @@ def _set_pixel_size(image: sitk.Image, path: str, tag: str, name: str, values: l
     spacing = list(image.GetSpacing())
     spacing[0], spacing[1] = values[1], values[0]
     image.SetSpacing(spacing)
-    if tag in ("0018|1164", "0018|2010"):
-        why = (", the size at the detector: distances in the patient are smaller by the geometric magnification."
-               if tag == "0018|1164" else ", the digitised film's.")
-        note = _FileWarning(tag, path, f"DICOM file '{path}' has no PixelSpacing (0028,0030): its pixel size, "
-                                       f"{values[0]:g} x {values[1]:g} mm (rows x columns), is its {name}{why}",
-                            f"have no PixelSpacing (0028,0030): their pixel size, {values[0]:g} x {values[1]:g} mm "
-                            f"(rows x columns) in the first, is their {name}{why}")
+    note = _pixel_size_note(path, tag, name, values)
+    if note is not None:
         if notes is None:
             warnings.warn(note.message, stacklevel=3)
         else:
             notes.append(note)
+
+
+def _pixel_size_note(path: str, tag: str, name: str, values: list[float]) -> _FileWarning | None:
+    """The warning for a file whose pixel size (``values``: row spacing, column spacing) came from ``tag``: None
+    for PixelSpacing, the size in the patient; else the detector's or the film's size stands in for it."""
+    if tag not in ("0018|1164", "0018|2010"):
+        return None
+    why = (", the size at the detector: distances in the patient are smaller by the geometric magnification."
+           if tag == "0018|1164" else ", the digitised film's.")
+    return _FileWarning(tag, path, f"DICOM file '{path}' has no PixelSpacing (0028,0030): its pixel size, "
+                                   f"{values[0]:g} x {values[1]:g} mm (rows x columns), is its {name}{why}",
+                        f"have no PixelSpacing (0028,0030): their pixel size, {values[0]:g} x {values[1]:g} mm "
+                        f"(rows x columns) in the first, is their {name}{why}")
 
 
 def _first_item(item: Mapping[int, Any], sequence: int) -> Mapping[int, Any]:
@@ -655,7 +674,8 @@ def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], share
 
 #: The top-level tags of a series' files that its checks read (geometry, rescale, frame count): no other
 _SERIES_ROW_TAGS = {"position": "0020|0032", "orientation": "0020|0037", "spacing": "0028|0030",
-                    "slope": "0028|1053", "intercept": "0028|1052", "frames": "0028|0008"}
+                    "imager spacing": "0018|1164", "scanned spacing": "0018|2010", "slope": "0028|1053",
+                    "intercept": "0028|1052", "frames": "0028|0008"}
 
 
 def _series_rows(files: Sequence[str]) -> list[dict[str, str]]:
@@ -675,24 +695,30 @@ def _series_rows(files: Sequence[str]) -> list[dict[str, str]]:
     return rows
 
 
-def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]]) -> tuple[bool, np.ndarray | None]:
-    """Refuse a series whose geometry would be made up; returns whether its values need floats, and
-    the step from slice to slice (LPS, mm) in the files' order, the order ITK stacks them in.
+def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]]
+                           ) -> tuple[bool, np.ndarray | None, list[tuple[str, str, list[float]]]]:
+    """Refuse a series whose geometry would be made up; returns whether its values need floats,
+    the step from slice to slice (LPS, mm) in the files' order, the order ITK stacks them in, and each
+    row's pixel size as :func:`_usable_pixel_size` finds it (tag, name, row and column spacing).
 
     ITK reads a series without ImagePositionPatient (0020,0032) or PixelSpacing (0028,0030) as if
     it had 1 mm spacing at the origin, and a series with a missing slice as evenly spaced, with
-    every later slice misplaced, printing at most a warning. Only geometry and rescale tags are read
-    (``rows``, from :func:`_series_rows`).
+    every later slice misplaced, printing at most a warning. A slice without PixelSpacing takes its
+    pixel size as a file alone does (ImagerPixelSpacing, else NominalScannedPixelSpacing: the caller
+    warns). Only geometry and rescale tags are read (``rows``, from :func:`_series_rows`).
     """
     label = pick.get("description") or pick["uid"]
     if not rows:
-        return False, None
+        return False, None, []
 
     fix = ("Export the series again with its geometry tags (from the scanner or PACS), or convert it with a "
            "tool that knows its geometry, then load the converted file.")
-    if any(not _dicom_pixel_size(r["spacing"]) for r in rows):
-        raise InputError(f"DICOM series '{label}' has no usable PixelSpacing (0028,0030) on every slice, so its "
-                         "pixel size is unknown (ITK would assume 1 mm).", fix)
+    keys = {tag: key for key, tag in _SERIES_ROW_TAGS.items()}
+    sizes = [_usable_pixel_size(lambda tag, row=row: row[keys[tag]]) for row in rows]
+    if any(size is None for size in sizes):
+        raise InputError(f"DICOM series '{label}' has no usable PixelSpacing (0028,0030) on every slice, nor "
+                         "ImagerPixelSpacing (0018,1164) or NominalScannedPixelSpacing (0018,2010), so its pixel "
+                         "size is unknown (ITK would assume 1 mm).", fix)
     if len(rows) > 1:
         positions = [_dicom_numbers(r["position"]) for r in rows]
         if any(len(p) != 3 for p in positions):
@@ -752,7 +778,7 @@ def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]])
     slopes = {r["slope"] or "1" for r in rows}
     intercepts = {r["intercept"] or "0" for r in rows}
     values = [v for t in slopes | intercepts for v in _dicom_numbers(t)]
-    return len(slopes) > 1 or len(intercepts) > 1 or any(v != int(v) for v in values), slice_step
+    return len(slopes) > 1 or len(intercepts) > 1 or any(v != int(v) for v in values), slice_step, sizes
 
 
 def _needs_own_geometry(row: Mapping[str, str]) -> bool:

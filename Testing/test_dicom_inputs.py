@@ -183,6 +183,71 @@ class DicomGeometryFromTags(unittest.TestCase):
                         for value in PHI.values():
                             self.assertNotIn(value, said[0])
 
+    def test_a_series_without_pixel_spacing_uses_the_projection_tags_as_one_file_does(self) -> None:
+        """A classic series (no NumberOfFrames) whose slices have only ImagerPixelSpacing or NominalScannedPixelSpacing
+        takes its pixel size from them with one warning, as one file and a series saying NumberOfFrames 1 did; it had
+        been refused for "no usable PixelSpacing (0028,0030) on every slice". With none of them it is refused."""
+        import warnings
+
+        import pydicom
+
+        cases = {"ImagerPixelSpacing": ({"ImagerPixelSpacing": [0.5, 0.6]}, "ImagerPixelSpacing (0018,1164)"),
+                 "NominalScannedPixelSpacing": ({"NominalScannedPixelSpacing": [0.5, 0.6]},
+                                                "NominalScannedPixelSpacing (0018,2010)"),
+                 "neither": ({}, None)}
+        for case, (tags, named) in cases.items():
+            said = {}
+            for frames in (None, 1):  # classic slices, and slices that say NumberOfFrames 1 (read so before)
+                with self.subTest(case, frames=frames), tempfile.TemporaryDirectory() as folder:
+                    write_series(folder, positions=[(-12.0, -14.0, 30.0 + 2.5 * k) for k in range(4)],
+                                 drop=("PixelSpacing",))
+                    for k in range(4):
+                        path = os.path.join(folder, f"IM{k:04d}.dcm")
+                        ds = pydicom.dcmread(path)
+                        for name, value in tags.items():
+                            setattr(ds, name, value)
+                        if frames is not None:
+                            ds.NumberOfFrames = frames
+                        ds.save_as(path)
+                    if named is None:
+                        with self.assertRaises(InputError) as ctx:
+                            io.read_image(folder)
+                        self.assertIn("no usable PixelSpacing (0028,0030)", ctx.exception.problem)
+                        self.assertIn("ITK would assume 1 mm", ctx.exception.problem)
+                        continue
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        image = io.read_image(folder)
+                    self.assertEqual(image.GetSpacing(), (0.6, 0.5, 2.5))
+                    self.assertEqual(image.GetSize(), (10, 12, 4))
+                    texts = [str(w.message).replace(folder, "FOLDER") for w in caught]
+                    self.assertEqual(len(texts), 1, texts)
+                    self.assertTrue(texts[0].startswith(
+                        "4 of the 4 files of DICOM series 'BODY 2.5mm' (the first: 'FOLDER/IM0000.dcm') have no "
+                        "PixelSpacing (0028,0030): their pixel size, 0.5 x 0.6 mm (rows x columns) in the first, is "
+                        f"their {named}"), texts[0])
+                    for value in PHI.values():
+                        self.assertNotIn(value, texts[0])
+                    said[frames] = texts[0]
+            if named is not None:  # one rule, one wording, with NumberOfFrames or without
+                self.assertEqual(said[None], said[1])
+
+        with tempfile.TemporaryDirectory() as folder:  # one slice of four without PixelSpacing: warned alone
+            write_series(folder, positions=[(-12.0, -14.0, 30.0 + 2.5 * k) for k in range(4)])
+            path = os.path.join(folder, "IM0002.dcm")
+            ds = pydicom.dcmread(path)
+            del ds.PixelSpacing
+            ds.ImagerPixelSpacing = [0.8, 0.9]
+            ds.save_as(path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                image = io.read_image(folder)
+            self.assertEqual(image.GetSpacing(), (0.9, 0.8, 2.5))
+            self.assertEqual([str(w.message) for w in caught],
+                             [f"DICOM file '{path}' has no PixelSpacing (0028,0030): its pixel size, 0.8 x 0.9 mm (rows "
+                              "x columns), is its ImagerPixelSpacing (0018,1164), the size at the detector: distances "
+                              "in the patient are smaller by the geometric magnification."])
+
     def test_a_pixel_spacing_of_zero_or_below_is_refused(self) -> None:
         """A PixelSpacing of 0, a negative or a non-finite value is no pixel size: one file failed with a RuntimeError
         traceback from ITK's SetSpacing (0, negative) or read with a NaN/inf spacing, and a series read at the
