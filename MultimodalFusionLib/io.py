@@ -262,9 +262,10 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     with _naming_transfer_syntax(label, syntax), itk_guard(f"reading DICOM series '{pick['uid']}'",
                                                           "Check that the series is complete (no missing slices)."):
         image = reader.Execute()
-    notes = [note for row, size in zip(rows, sizes) for note in [_pixel_size_note(row["path"], *size)] if note]
-    if notes:  # ITK reads the first slice's ImagerPixelSpacing only in radiographs, else 1 mm (or refuses)
-        _set_pixel_size(image, rows[0]["path"], *sizes[0], [])  # the first slice's, as ITK takes; warned below
+    if sizes:  # the first slice's, by the rule for one file: ITK's series reader takes a radiograph's (CR, DX,
+        # MG, XA, RF, IO) ImagerPixelSpacing over its PixelSpacing and reads one with only PixelSpacing at 1 mm
+        _set_pixel_size(image, rows[0]["path"], *sizes[0], [])  # warned below, once for the series
+        notes = [note for row, size in zip(rows, sizes) for note in [_pixel_size_note(row["path"], *size)] if note]
         _warn_once_per_kind(label, len(pick["files"]), notes, stacklevel=4)
     return _with_slice_step(image, slice_step)
 

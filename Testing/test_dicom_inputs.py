@@ -248,6 +248,32 @@ class DicomGeometryFromTags(unittest.TestCase):
                               "x columns), is its ImagerPixelSpacing (0018,1164), the size at the detector: distances "
                               "in the patient are smaller by the geometric magnification."])
 
+    def test_a_radiograph_series_reads_at_its_pixel_spacing(self) -> None:
+        """A series of radiograph slices (CR, DX, MG, XA, ...) takes PixelSpacing first, as one such file does: ITK's
+        series reader (SimpleITK 2.5.7) read one with only PixelSpacing at 1 x 1 mm and one with ImagerPixelSpacing
+        too at the ImagerPixelSpacing (here 0.6 x 0.5 mm), without a word."""
+        import warnings
+
+        import pydicom
+
+        for sop in ("1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.12.1"):  # DX, XA
+            for imager in (None, [0.5, 0.6]):
+                with self.subTest(sop=sop, imager=imager), tempfile.TemporaryDirectory() as folder:
+                    write_series(folder, positions=[(-12.0, -14.0, 30.0 + 2.5 * k) for k in range(3)])
+                    for k in range(3):
+                        path = os.path.join(folder, f"IM{k:04d}.dcm")
+                        ds = pydicom.dcmread(path)
+                        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop
+                        if imager is not None:
+                            ds.ImagerPixelSpacing = imager
+                        ds.save_as(path)
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        image = io.read_image(folder)
+                    self.assertEqual(image.GetSpacing(), (0.9, 0.8, 2.5))
+                    self.assertEqual(io.read_image(os.path.join(folder, "IM0000.dcm")).GetSpacing(), (0.9, 0.8))
+                    self.assertEqual([str(w.message) for w in caught], [])
+
     def test_a_pixel_spacing_of_zero_or_below_is_refused(self) -> None:
         """A PixelSpacing of 0, a negative or a non-finite value is no pixel size: one file failed with a RuntimeError
         traceback from ITK's SetSpacing (0, negative) or read with a NaN/inf spacing, and a series read at the
