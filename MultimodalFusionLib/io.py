@@ -680,8 +680,9 @@ _SERIES_ROW_TAGS = {"position": "0020|0032", "orientation": "0020|0037", "spacin
 
 
 def _series_rows(files: Sequence[str]) -> list[dict[str, str]]:
-    """The :data:`_SERIES_ROW_TAGS` of each file ITK can read the header of (as text, "" where absent), and its
-    ``path``; files it cannot read are left out (their read fails later, naming them)."""
+    """The :data:`_SERIES_ROW_TAGS` of each file ITK can read the header of (as text, "" where absent), its
+    ``path``, ``size`` ("columns x rows", e.g. "10x12") and ``components`` (samples per pixel); files it cannot
+    read are left out (their read fails later, naming them)."""
     rows = []
     for path in files:
         reader = sitk.ImageFileReader()
@@ -691,8 +692,10 @@ def _series_rows(files: Sequence[str]) -> list[dict[str, str]]:
             reader.ReadImageInformation()
         except RuntimeError:
             continue
-        rows.append({"path": path, **{k: reader.GetMetaData(t).strip() if reader.HasMetaDataKey(t) else ""
-                                      for k, t in _SERIES_ROW_TAGS.items()}})
+        rows.append({"path": path, "size": "x".join(map(str, reader.GetSize()[:2])),
+                     "components": str(reader.GetNumberOfComponents()),
+                     **{k: reader.GetMetaData(t).strip() if reader.HasMetaDataKey(t) else ""
+                        for k, t in _SERIES_ROW_TAGS.items()}})
     return rows
 
 
@@ -703,8 +706,9 @@ def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]]
     row's pixel size as :func:`_usable_pixel_size` finds it (tag, name, row and column spacing).
 
     ITK reads a series without ImagePositionPatient (0020,0032) or PixelSpacing (0028,0030) as if
-    it had 1 mm spacing at the origin, and a series with a missing slice as evenly spaced, with
-    every later slice misplaced, printing at most a warning. A slice without PixelSpacing takes its
+    it had 1 mm spacing at the origin, a series with a missing slice as evenly spaced, with
+    every later slice misplaced, and one whose slices differ in pixel size at the first slice's,
+    printing at most a warning; the slices must share one grid (:func:`_check_one_grid`). A slice without PixelSpacing takes its
     pixel size as a file alone does (ImagerPixelSpacing, else NominalScannedPixelSpacing: the caller
     warns). Only geometry and rescale tags are read (``rows``, from :func:`_series_rows`).
     """
@@ -739,6 +743,11 @@ def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]]
                              "images saved in the series), so no one grid holds its slices.",
                              "Move the slices of the other orientation into another folder (or export each "
                              "orientation as its own series), then load the folder of one orientation.")
+        # one grid: ITK's series reader stacks the slices at the first one's pixel size without a word, and
+        # fails on other rows x columns ("Size mismatch!", or an IO region error, "Check that the series is complete")
+        _check_one_grid(f"DICOM series '{label}'", [
+            _Grid(row["path"], int(row["components"]), tuple(map(int, row["size"].split("x"))),
+                  (size[2][1], size[2][0]), None) for row, size in zip(rows, sizes)], "its slices")
         normal = np.cross(cosines[:3], cosines[3:6])
         error = _no_depth(f"DICOM series '{label}'", "slices", np.array(positions, dtype=float), normal,
                           "ITK's series reader stacked such slices along the normal, 1 mm apart or as far apart as "
@@ -836,6 +845,41 @@ def _check_part_placed(label: str, path: str, row: Mapping[str, str]) -> None:
                          "so which way its rows and columns run is unknown (ITK would take it as axial).", fix)
 
 
+class _Grid(NamedTuple):
+    """What one file of a series must share with the others to be stacked on one grid with them."""
+
+    path: str
+    components: int  #: samples per pixel
+    size: tuple[int, ...]  #: columns, rows
+    spacing: tuple[float, ...]  #: column spacing, row spacing (mm), as ITK's spacing holds them
+    in_plane: np.ndarray | None  #: the row and column directions (3 x 2); None where checked before
+
+
+def _check_one_grid(label: str, grids: Sequence[_Grid], held: str) -> None:
+    """Refuse a series (``label``) whose files do not all share the first one's grid, naming the first file that
+    differs and the first file (never a patient tag): no one grid holds ``held`` (its slices, or the frames of
+    its files). One check and one wording for a classic series and for a series of multi-frame files."""
+    first = grids[0]
+    for grid in grids[1:]:
+        for what, theirs, ours, same in (
+                ("samples per pixel", grid.components, first.components, None),
+                ("columns x rows", "x".join(map(str, grid.size)), "x".join(map(str, first.size)), None),
+                ("a pixel size (columns x rows, mm) of", "x".join(f"{v:g}" for v in grid.spacing),
+                 "x".join(f"{v:g}" for v in first.spacing),
+                 np.allclose(grid.spacing, first.spacing, rtol=1e-4, atol=0)),
+                ("another ImageOrientationPatient (0020,0037)", "", "",
+                 None if grid.in_plane is None or first.in_plane is None else
+                 np.allclose(grid.in_plane, first.in_plane, atol=1e-4))):
+            if same is False or (same is None and theirs != ours):
+                raise InputError(f"DICOM file '{grid.path}' of {label} has {what}"
+                                 + (f" {theirs}, the series' first file ('{first.path}') {ours}" if theirs != "" else
+                                    f" than the series' first file ('{first.path}')")
+                                 + f", so no one grid holds {held}.",
+                                 "Move the files of the other grid into another folder (or export each as its own "
+                                 "series), then load the folder of one grid; or give one file's path to read that "
+                                 "file alone.")
+
+
 def _read_multiframe_series(pick: dict[str, Any], rows: Sequence[dict[str, str]]) -> sitk.Image:
     """A series of several files, at least one of them multi-frame (an enhanced MR split into files, a
     multi-frame file among single-frame slices): each file is read and placed as it is alone (see
@@ -868,24 +912,9 @@ def _read_multiframe_series(pick: dict[str, Any], rows: Sequence[dict[str, str]]
 
     first_path, first = parts[0]
     in_plane = np.array(first.GetDirection(), dtype=float).reshape(3, 3)[:, :2]
-    fix = ("Move the files of the other grid into another folder (or export each as its own series), then load "
-           "the folder of one grid; or give one file's path to read that file alone.")
-    for path, image in parts[1:]:
-        for what, theirs, ours, same in (
-                ("samples per pixel", image.GetNumberOfComponentsPerPixel(), first.GetNumberOfComponentsPerPixel(),
-                 None),
-                ("columns x rows", "x".join(map(str, image.GetSize()[:2])), "x".join(map(str, first.GetSize()[:2])),
-                 None),
-                ("a pixel size (columns x rows, mm) of", "x".join(f"{v:g}" for v in image.GetSpacing()[:2]),
-                 "x".join(f"{v:g}" for v in first.GetSpacing()[:2]),
-                 np.allclose(image.GetSpacing()[:2], first.GetSpacing()[:2], rtol=1e-4, atol=0)),
-                ("another ImageOrientationPatient (0020,0037)", "", "",
-                 np.allclose(np.array(image.GetDirection()).reshape(3, 3)[:, :2], in_plane, atol=1e-4))):
-            if same is False or (same is None and theirs != ours):
-                raise InputError(f"DICOM file '{path}' of {label} has {what}"
-                                 + (f" {theirs}, the series' first file ('{first_path}') {ours}" if theirs != "" else
-                                    f" than the series' first file ('{first_path}')")
-                                 + ", so no one grid holds the frames of its files.", fix)
+    _check_one_grid(label, [_Grid(path, image.GetNumberOfComponentsPerPixel(), image.GetSize()[:2],
+                                  image.GetSpacing()[:2], np.array(image.GetDirection()).reshape(3, 3)[:, :2])
+                            for path, image in parts], "the frames of its files")
 
     # every frame: (file, frame index, centre of its first voxel); then in order along the slice normal
     frames = [(path, k, np.array(image.TransformIndexToPhysicalPoint((0, 0, k)), dtype=float))

@@ -274,6 +274,50 @@ class DicomGeometryFromTags(unittest.TestCase):
                     self.assertEqual(io.read_image(os.path.join(folder, "IM0000.dcm")).GetSpacing(), (0.9, 0.8))
                     self.assertEqual([str(w.message) for w in caught], [])
 
+    def test_slices_that_fit_no_one_grid_are_refused_naming_the_file(self) -> None:
+        """A classic series whose slices differ in pixel size or rows x columns is refused as a series of multi-frame
+        files is, in its wording, naming the slice's file and the first file: ITK's series reader (SimpleITK 2.5.7)
+        read one slice at 0.5 x 0.6 mm among 0.8 x 0.9 mm at the first slice's pixel size without a word, and failed
+        on other rows x columns ("Size mismatch!", or an IO region error, "Check that the series is complete")."""
+        import pydicom
+
+        def respace(ds) -> None:
+            ds.PixelSpacing = [0.5, 0.6]
+
+        def imager(ds) -> None:  # the same size from ImagerPixelSpacing is no other grid (read, with a warning)
+            del ds.PixelSpacing
+            ds.ImagerPixelSpacing = [0.5, 0.6]
+
+        def resize(ds) -> None:
+            ds.Rows = 8
+            ds.PixelData = np.frombuffer(ds.PixelData, "<u2").reshape(12, 10)[:8].tobytes()
+
+        cases = {"another pixel size": (respace, "a pixel size (columns x rows, mm) of {theirs}, the series' first "
+                                                 "file ('{first}') {ours}", ("0.6x0.5", "0.9x0.8")),
+                 "another pixel size, from ImagerPixelSpacing": (imager, "a pixel size (columns x rows, mm) of {theirs},"
+                                                                 " the series' first file ('{first}') {ours}",
+                                                                 ("0.6x0.5", "0.9x0.8")),
+                 "another size": (resize, "columns x rows {theirs}, the series' first file ('{first}') {ours}",
+                                  ("10x8", "10x12"))}
+        for case, (change, said, (other, usual)) in cases.items():
+            for at in (2, 0):  # a slice amid the series, or the first slice
+                with self.subTest(case, at=at), tempfile.TemporaryDirectory() as folder:
+                    write_series(folder, positions=[(-12.0, -14.0, 30.0 + 2.5 * k) for k in range(4)])
+                    path = os.path.join(folder, f"IM{at:04d}.dcm")
+                    ds = pydicom.dcmread(path)
+                    change(ds)
+                    ds.save_as(path)
+                    with self.assertRaises(InputError) as ctx:
+                        io.read_image(folder)
+                    first, slice_ = os.path.join(folder, "IM0000.dcm"), os.path.join(folder, f"IM{max(at, 1):04d}.dcm")
+                    theirs, ours = (other, usual) if at else (usual, other)
+                    self.assertIn(f"DICOM file '{slice_}' of DICOM series 'BODY 2.5mm' has "
+                                  + said.format(theirs=theirs, ours=ours, first=first)
+                                  + ", so no one grid holds its slices.", ctx.exception.problem)
+                    self.assertIn("Move the files of the other grid into another folder", ctx.exception.fix)
+                    for value in PHI.values():
+                        self.assertNotIn(value, str(ctx.exception))
+
     def test_a_pixel_spacing_of_zero_or_below_is_refused(self) -> None:
         """A PixelSpacing of 0, a negative or a non-finite value is no pixel size: one file failed with a RuntimeError
         traceback from ITK's SetSpacing (0, negative) or read with a NaN/inf spacing, and a series read at the
