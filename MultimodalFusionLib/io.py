@@ -736,11 +736,12 @@ def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]]
                              "slice, so which way its rows and columns run is unknown (ITK would take the "
                              "slices as axial).", fix)
         cosines = orientations[0]
-        turned = sum(not np.allclose(o, cosines, atol=1e-4) for o in orientations)
+        turned = [row["path"] for row, o in zip(rows, orientations) if not np.allclose(o, cosines, atol=1e-4)]
         if turned:
-            raise InputError(f"DICOM series '{label}' mixes slice orientations: {turned} of the {len(rows)} slices "
-                             "have another ImageOrientationPatient (0020,0037) than the first (e.g. localizer "
-                             "images saved in the series), so no one grid holds its slices.",
+            raise InputError(f"DICOM series '{label}' mixes slice orientations: {len(turned)} of the {len(rows)} "
+                             f"slices (the first: '{turned[0]}') have another ImageOrientationPatient (0020,0037) "
+                             f"than the series' first file ('{rows[0]['path']}') (e.g. localizer images saved in "
+                             "the series), so no one grid holds its slices.",
                              "Move the slices of the other orientation into another folder (or export each "
                              "orientation as its own series), then load the folder of one orientation.")
         # one grid: ITK's series reader stacks the slices at the first one's pixel size without a word, and

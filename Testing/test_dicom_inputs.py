@@ -655,6 +655,18 @@ class DicomGeometryFromTags(unittest.TestCase):
             with self.assertRaises(InputError) as ctx:
                 io.read_image(folder)
             self.assertRegex(str(ctx.exception), r"mixes slice orientations: [24] of the 6 slices")
+        for tilt in (1.0, 90.0):  # one slice turned (ITK's series reader read it as one volume without a word)
+            c, s = math.cos(math.radians(tilt)), math.sin(math.radians(tilt))
+            with self.subTest(tilt=tilt), tempfile.TemporaryDirectory() as folder:
+                write_series(folder, orientations=[AXIAL] * 2 + [(1.0, 0.0, 0.0, 0.0, c, s)] + [AXIAL] * 3)
+                with self.assertRaises(InputError) as ctx:
+                    io.read_image(folder)
+                first, turned = (os.path.join(folder, f"IM{k:04d}.dcm") for k in (0, 2))
+                self.assertIn(f"mixes slice orientations: 1 of the 6 slices (the first: '{turned}') have another "
+                              f"ImageOrientationPatient (0020,0037) than the series' first file ('{first}')",
+                              ctx.exception.problem)
+                for value in PHI.values():
+                    self.assertNotIn(value, str(ctx.exception))
 
 
 
