@@ -250,7 +250,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     if len(pick["files"]) == 1:
         # one file (one slice, or an enhanced multi-frame image): read as the file alone is, a slice as
         # 2D; ITK's series reader gives a one-slice volume and takes no geometry from functional groups
-        return _read_dicom_file(pick["files"][0])
+        return _read_dicom_file(pick["files"][0], stacklevel=6)
     rows = _series_rows(pick["files"])
     if any(_needs_own_geometry(row) for row in rows):
         return _read_multiframe_series(pick, rows)
@@ -1014,7 +1014,9 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     return image
 
 
-def _read_file(path: str, notes: list[_FileWarning] | None = None) -> sitk.Image:
+def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: int = 4) -> sitk.Image:
+    """One image file. A DICOM file's warnings (its pixel size from ImagerPixelSpacing, ...) are kept in ``notes``
+    where given (a file of a series), else given with ``stacklevel`` counted from here (4: read_image's caller)."""
     _check_data_file(path)
     compressed = _check_metaimage_size(path) if _suffix(path) in (".mha", ".mhd") else None
     what = f"DICOM file '{path}'"
@@ -1034,7 +1036,12 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None) -> sitk.Image
     if compressed is not None:
         _check_compressed_voxels(image, compressed)
     if syntax is not None or sitk.ImageFileReader.GetImageIOFromFileName(path) == "GDCMImageIO":
-        _set_dicom_file_spacing(image, path, notes)
+        kept: list[_FileWarning] = [] if notes is None else notes
+        try:
+            _set_dicom_file_spacing(image, path, kept)
+        finally:  # given here, not where they arise: they point at the caller, as a series' warnings do
+            if notes is None:
+                _warn_once_per_kind(what, 1, kept, stacklevel)
         # ITK keeps every tag of the file (patient name, ID, birth date...) in the image, and the NRRD and
         # MetaImage writers put them in the header of anything written from it: no tag travels on
         for key in image.GetMetaDataKeys():
@@ -1042,9 +1049,10 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None) -> sitk.Image
     return image
 
 
-def _read_dicom_file(path: str) -> sitk.Image:
-    """One DICOM file: a slice as the 2D image it is (see :func:`_dicom_slice_as_2d`), a multi-frame file as its volume."""
-    image = _read_file(path)
+def _read_dicom_file(path: str, stacklevel: int = 5) -> sitk.Image:
+    """One DICOM file: a slice as the 2D image it is (see :func:`_dicom_slice_as_2d`), a multi-frame file as its volume.
+    Its warnings point ``stacklevel`` frames up from :func:`_read_file`'s (5: read_image's caller)."""
+    image = _read_file(path, stacklevel=stacklevel)
     if image.GetDimension() == 3 and image.GetSize()[2] == 1:
         image = _dicom_slice_as_2d(image)
     return image

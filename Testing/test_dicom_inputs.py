@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import unittest
 from typing import Sequence
@@ -160,7 +161,7 @@ class DicomGeometryFromTags(unittest.TestCase):
                 for name, value in tags.items():
                     setattr(ds, name, value)
                 ds.save_as(path)
-                for given in (path, folder):  # a folder of one file reads as the file
+                for given in (path, folder):  # a folder of one file reads as the file, and warns as it does
                     if spacing is None:
                         with self.assertRaises(InputError) as ctx:
                             io.read_image(given)
@@ -171,7 +172,7 @@ class DicomGeometryFromTags(unittest.TestCase):
                         continue
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
-                        image = io.read_image(given)
+                        line, image = sys._getframe().f_lineno, io.read_image(given)
                     self.assertEqual(image.GetSpacing(), spacing)
                     said = [str(w.message) for w in caught]
                     if named is None:
@@ -179,6 +180,8 @@ class DicomGeometryFromTags(unittest.TestCase):
                     else:
                         self.assertEqual(len(said), 1, said)
                         self.assertIn(f"is its {named}", said[0])
+                        # attributed to the line that read it, as a series' warning is (it pointed into io.py)
+                        self.assertEqual((caught[0].filename, caught[0].lineno), (__file__, line), given)
                         self.assertIn("no PixelSpacing (0028,0030)", said[0])
                         for value in PHI.values():
                             self.assertNotIn(value, said[0])
@@ -217,11 +220,12 @@ class DicomGeometryFromTags(unittest.TestCase):
                         continue
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
-                        image = io.read_image(folder)
+                        line, image = sys._getframe().f_lineno, io.read_image(folder)
                     self.assertEqual(image.GetSpacing(), (0.6, 0.5, 2.5))
                     self.assertEqual(image.GetSize(), (10, 12, 4))
                     texts = [str(w.message).replace(folder, "FOLDER") for w in caught]
                     self.assertEqual(len(texts), 1, texts)
+                    self.assertEqual((caught[0].filename, caught[0].lineno), (__file__, line))
                     self.assertTrue(texts[0].startswith(
                         "4 of the 4 files of DICOM series 'BODY 2.5mm' (the first: 'FOLDER/IM0000.dcm') have no "
                         "PixelSpacing (0028,0030): their pixel size, 0.5 x 0.6 mm (rows x columns) in the first, is "
@@ -518,14 +522,16 @@ class DicomGeometryFromTags(unittest.TestCase):
                     self.assertIn("has 4 frames but neither per-frame ImagePositionPatient (0020,0032), "
                                   "SpacingBetweenSlices (0018,0088) nor SliceThickness (0018,0050)", ctx.exception.problem)
                     continue
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    image = io.read_image(path)
-                self.assertEqual(image.GetSpacing(), (0.6, 0.7, step))
-                said = [str(w.message) for w in caught]
-                self.assertEqual(len(said), int(warned), said)
-                if warned:
-                    self.assertIn("taken as contiguous slices, 2 mm apart (its SliceThickness (0018,0050))", said[0])
+                for given in (path, folder):
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        line, image = sys._getframe().f_lineno, io.read_image(given)
+                    self.assertEqual(image.GetSpacing(), (0.6, 0.7, step))
+                    said = [str(w.message) for w in caught]
+                    self.assertEqual(len(said), int(warned), said)
+                    if warned:
+                        self.assertIn("taken as contiguous slices, 2 mm apart (its SliceThickness (0018,0050))", said[0])
+                        self.assertEqual((caught[0].filename, caught[0].lineno), (__file__, line), given)
 
     def test_multiframe_without_frame_positions_starts_at_its_stated_position(self) -> None:
         """A multi-frame file whose functional groups place no frame has its first frame at the ImagePositionPatient
