@@ -588,6 +588,30 @@ def _two_at_one_position(subject: str, noun: str, depth: float, first: str, seco
                       "dcm2niix split them), then load that folder; or give one file's path to read that file alone.")
 
 
+def _check_even_depths(subject: str, noun: str, depth: np.ndarray, name: Callable[[int], str]) -> None:
+    """Refuse a series (``subject``) whose ``noun`` (frames, slices), at ``depth`` mm along the slice normal in
+    ascending order, are not evenly spaced: two at one position (:func:`_two_at_one_position`), or a gap, e.g. a
+    missing one, that reading it as evenly spaced would misplace every later one at. ``name(i)`` names the i-th.
+    One rule (steps equal within 0.01 mm or 1 %) and one wording for the frames of multi-frame files and for
+    classic slices."""
+    steps = np.diff(depth)
+    if not steps.size:
+        return
+    typical = float(np.median(steps))
+    tolerance = max(0.01, 0.01 * typical)
+    if float(steps.min()) <= tolerance:
+        at = int(np.argmin(steps))
+        raise _two_at_one_position(subject, f"{noun}s", float(depth[at]), name(at), name(at + 1))
+    if float(steps.max() - steps.min()) > tolerance:
+        at = int(np.argmax(np.abs(steps - typical)))
+        raise InputError(f"{subject} has uneven {noun} spacing: steps from {steps.min():.4g} to {steps.max():.4g} mm "
+                         f"along the slice normal (a {noun} may be missing between {name(at)} at {depth[at]:.4g} mm "
+                         f"and {name(at + 1)} at {depth[at + 1]:.4g} mm); reading it as evenly spaced would misplace "
+                         f"every {noun} after the gap.",
+                         "Load the complete series, or resample it onto a regular grid first (e.g. in Slicer, with "
+                         "the DICOM module's acquisition-geometry regularization).")
+
+
 def _frame_cosines(tags: Mapping[int, Any], shared: Mapping[int, Any], frames: Sequence[Mapping[int, Any]]) -> list[float]:
     """A multi-frame file's ImageOrientationPatient (row, then column cosines): at its top level, else in its
     shared functional groups, else its first frame's; [] where none holds six numbers first."""
@@ -758,21 +782,7 @@ def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]]
             raise error
         order = np.argsort(np.array(positions) @ normal, kind="stable")
         depth = (np.array(positions) @ normal)[order]
-        steps = np.diff(depth)
-        typical = float(np.median(steps)) if steps.size else 0.0
-        tolerance = max(0.01, 0.01 * typical)
-        if steps.size and (typical <= 0 or float(steps.max() - steps.min()) > tolerance):
-            if float(steps.min()) <= tolerance:  # as for frames: the same wording (two echoes, time points...)
-                at = int(np.argmin(steps))
-                raise _two_at_one_position(f"DICOM series '{label}'", "slices", float(depth[at]),
-                                           f"'{rows[order[at]]['path']}'", f"'{rows[order[at + 1]]['path']}'")
-            where = int(np.argmax(np.abs(steps - typical)))
-            raise InputError(f"DICOM series '{label}' has uneven slice spacing: steps from {steps.min():.4g} to "
-                             f"{steps.max():.4g} mm along the slice normal (a slice may be missing between "
-                             f"{depth[where]:.4g} and {depth[where + 1]:.4g} mm); reading it as evenly spaced "
-                             "would misplace every slice after the gap.",
-                             "Load the complete series, or resample it onto a regular grid first (e.g. in "
-                             "Slicer, with the DICOM module's acquisition-geometry regularization).")
+        _check_even_depths(f"DICOM series '{label}'", "slice", depth, lambda i: f"'{rows[order[i]]['path']}'")
     slice_step = None
     if len(rows) > 1 and len(rows) == len(pick["files"]):
         # evenly spaced along the normal; each slice must also lie on the line from the first to the last
@@ -934,20 +944,7 @@ def _read_multiframe_series(pick: dict[str, Any], rows: Sequence[dict[str, str]]
                       "give one file's path to read that file alone (a file of one frame is one slice).")
     if error is not None:
         raise error
-    steps = np.diff(depth)
-    typical = float(np.median(steps))
-    tolerance = max(0.01, 0.01 * typical)
-    if float(steps.min()) <= tolerance:
-        at = int(np.argmin(steps))
-        raise _two_at_one_position(label, "frames", float(depth[at]), name(at), name(at + 1))
-    if float(steps.max() - steps.min()) > tolerance:
-        at = int(np.argmax(np.abs(steps - typical)))
-        raise InputError(f"{label} has uneven spacing between the frames of its files: steps from {steps.min():.4g} "
-                         f"to {steps.max():.4g} mm along the slice normal (a frame may be missing between "
-                         f"{name(at)} at {depth[at]:.4g} mm and {name(at + 1)} at {depth[at + 1]:.4g} mm); reading "
-                         "it as evenly spaced would misplace every frame after the gap.",
-                         "Load the complete series, or resample it onto a regular grid first (e.g. in Slicer, with "
-                         "the DICOM module's acquisition-geometry regularization).")
+    _check_even_depths(label, "frame", depth, name)
     step, at, off = _even_step(points)
     if at is not None:
         raise InputError(f"{label} has frames whose ImagePositionPatient (0020,0032) are not on one straight line: "
