@@ -186,6 +186,13 @@ class FusionMetricsTest(unittest.TestCase):
         self.assertLess(metrics.vif(np.pad(a, 1), np.zeros((18, 18))), 0.01)  # one scale fits: measured
 
 
+def _pool_for_small_volumes():
+    """Worker processes for the small test volumes too: PARALLEL_MIN_PIXELS lowered to 1 while in use."""
+    from unittest import mock
+
+    return mock.patch.object(metrics, "PARALLEL_MIN_PIXELS", 1)
+
+
 class ParallelSlicesTest(unittest.TestCase):
     """A volume's per-slice metrics from worker processes equal the serial ones to the last bit."""
 
@@ -202,12 +209,8 @@ class ParallelSlicesTest(unittest.TestCase):
 
     def test_parallel_equals_serial(self) -> None:
         f, a, b = self._volume()
-        saved = metrics.PARALLEL_MIN_PIXELS
-        metrics.PARALLEL_MIN_PIXELS = 1  # a pool for this small volume too
-        try:
+        with _pool_for_small_volumes():
             parallel = metrics.fusion_metrics(f, a, b, workers=3)
-        finally:
-            metrics.PARALLEL_MIN_PIXELS = saved
         serial = metrics.fusion_metrics(f, a, b, workers=1)
         self.assertEqual(list(parallel), list(serial))  # same keys, same order
         for key in serial:
@@ -249,16 +252,11 @@ class ParallelSlicesTest(unittest.TestCase):
         import scipy.signal  # noqa: F401 (imported lazily by the metrics; under a faked sys.platform it fails)
 
         f, a, b = self._volume()
-        saved = metrics.PARALLEL_MIN_PIXELS
-        metrics.PARALLEL_MIN_PIXELS = 1
         forks = []
-        try:
-            with mock.patch.object(sys, "platform", "darwin"), \
-                    mock.patch.object(os, "fork", side_effect=lambda: forks.append(1) or _no_fork()):
-                self.assertEqual(metrics.metric_workers(4), 1)
-                metrics.fusion_metrics(f, a, b, workers=4)
-        finally:
-            metrics.PARALLEL_MIN_PIXELS = saved
+        with _pool_for_small_volumes(), mock.patch.object(sys, "platform", "darwin"), \
+                mock.patch.object(os, "fork", side_effect=lambda: forks.append(1) or _no_fork()):
+            self.assertEqual(metrics.metric_workers(4), 1)
+            metrics.fusion_metrics(f, a, b, workers=4)
         self.assertEqual(forks, [])
 
     def test_no_worker_processes_by_default_from_a_job_thread(self) -> None:
@@ -329,12 +327,8 @@ class SliceAxisTest(unittest.TestCase):
 
     def test_worker_processes_score_the_same_slices(self) -> None:
         f, a, b = (self._stored(v, 2) for v in ParallelSlicesTest._volume())
-        saved = metrics.PARALLEL_MIN_PIXELS
-        metrics.PARALLEL_MIN_PIXELS = 1  # a pool for this small volume too
-        try:
+        with _pool_for_small_volumes():
             parallel = metrics.fusion_metrics(f, a, b, workers=3)
-        finally:
-            metrics.PARALLEL_MIN_PIXELS = saved
         serial = metrics.fusion_metrics(f, a, b, workers=1)
         for key in serial:
             self.assertEqual(np.float64(parallel[key]).tobytes(), np.float64(serial[key]).tobytes(), key)
