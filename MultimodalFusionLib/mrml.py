@@ -722,11 +722,14 @@ def colormap_colors(scene: Any, colormap: str, size: int = 256) -> np.ndarray | 
     return np.clip(out, 0.0, 1.0)
 
 
-def _robust_range(node: Any, low: float, high: float) -> tuple[float, float]:
+def _display_values(node: Any, low: float, high: float) -> tuple[float, float, float]:
+    """The volume's ``low``..``high`` percentile window and its largest voxel, from one read of its voxels."""
     from .preprocess import robust_range
 
     image = image_from_volume_node(node)  # held: a view of the temporary was read after it was freed
-    return robust_range(sitk.GetArrayViewFromImage(image), low, high)
+    voxels = sitk.GetArrayViewFromImage(image)
+    lo, hi = robust_range(voxels, low, high)
+    return lo, hi, float(voxels.max())
 
 
 def setup_anatomical_display(node: Any, *, percentiles: tuple[float, float] = (0.5, 99.5)) -> Any:
@@ -740,7 +743,7 @@ def setup_anatomical_display(node: Any, *, percentiles: tuple[float, float] = (0
     if node.IsA("vtkMRMLVectorVolumeNode"):
         return display
     display.SetAndObserveColorNodeID(_color_node(scene, "Grey").GetID())
-    lo, hi = _robust_range(node, *percentiles)
+    lo, hi, _ = _display_values(node, *percentiles)
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(lo, hi)
     return display
@@ -765,14 +768,13 @@ def setup_functional_display(node: Any, *, colormap: str = "PET-Heat",
     scene = get_scene(None, node)
     display = _display_node(node)
     display.SetAndObserveColorNodeID(_color_node(scene, colormap).GetID())
-    lo, hi = _robust_range(node, *percentiles)
+    lo, hi, image_max = _display_values(node, *percentiles)
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(lo, hi)
     if threshold_fraction is None:
         display.SetApplyThreshold(0)
     else:
         display.AutoThresholdOff()
-        image_max = float(sitk.GetArrayFromImage(image_from_volume_node(node)).max())
         display.SetThreshold(lo + float(threshold_fraction) * (hi - lo), max(image_max, hi))
         display.SetApplyThreshold(1)
     return display
