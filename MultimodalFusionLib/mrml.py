@@ -723,13 +723,15 @@ def colormap_colors(scene: Any, colormap: str, size: int = 256) -> np.ndarray | 
 
 
 def _display_values(node: Any, low: float, high: float) -> tuple[float, float, float]:
-    """The volume's ``low``..``high`` percentile window and its largest voxel, from one read of its voxels."""
+    """The volume's ``low``..``high`` percentile window and its largest voxel that is not NaN (NaN if all
+    are), from one read of its voxels."""
     from .preprocess import robust_range
 
     image = image_from_volume_node(node)  # held: a view of the temporary was read after it was freed
     voxels = sitk.GetArrayViewFromImage(image)
     lo, hi = robust_range(voxels, low, high)
-    return lo, hi, float(voxels.max())
+    # fmax skips NaN: one NaN voxel made max() NaN, an upper threshold no voxel passes (all transparent)
+    return lo, hi, float(np.fmax.reduce(voxels, axis=None))
 
 
 def setup_anatomical_display(node: Any, *, percentiles: tuple[float, float] = (0.5, 99.5)) -> Any:
@@ -775,7 +777,7 @@ def setup_functional_display(node: Any, *, colormap: str = "PET-Heat",
         display.SetApplyThreshold(0)
     else:
         display.AutoThresholdOff()
-        display.SetThreshold(lo + float(threshold_fraction) * (hi - lo), max(image_max, hi))
+        display.SetThreshold(lo + float(threshold_fraction) * (hi - lo), image_max if image_max > hi else hi)
         display.SetApplyThreshold(1)
     return display
 

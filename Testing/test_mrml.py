@@ -210,6 +210,20 @@ class MrmlHelpersTest(unittest.TestCase):
                                            robust_range(values, 1.0, 99.5), rtol=0, atol=1e-9)
                 self.assertEqual(display.GetUpperThreshold(), float(values.max()))
 
+    def test_a_nan_voxel_leaves_the_functional_threshold_finite(self) -> None:
+        # the upper threshold was the voxels' max(), NaN with one NaN voxel: no voxel passed it, so the whole
+        # PET was transparent over the anatomy
+        values = np.random.default_rng(0).gamma(2.0, 3.0, (20, 20, 20)).astype(np.float32)
+        values[0, 0, 0] = np.nan
+        node = mrml.volume_node_from_image(sitk.GetImageFromArray(values), self.scene, name="pet")
+        display = mrml.setup_functional_display(node)
+        self.assertEqual(display.GetUpperThreshold(), float(np.nanmax(values)))
+        self.assertLess(display.GetLowerThreshold(), display.GetUpperThreshold())
+        values[:] = np.nan  # nothing to show: the window's top
+        node = mrml.volume_node_from_image(sitk.GetImageFromArray(values), self.scene, name="blank")
+        display = mrml.setup_functional_display(node)
+        self.assertFalse(np.isnan(display.GetUpperThreshold()))
+
     def test_colour_nodes_are_added_to_a_bare_scene_on_demand(self) -> None:
         import slicer
 
