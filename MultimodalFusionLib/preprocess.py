@@ -255,7 +255,8 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
             raise InputError(f"The percentiles {lower:g}..{upper:g} are not a range within 0..100.",
                              "Give 0 <= lower_percentile < upper_percentile <= 100 (e.g. 1 and 99).")
     try:
-        bounds = [float(v) for v in output_range]
+        # a string is refused whole: "01" would be read digit by digit as (0, 1), "59" as (5, 9)
+        bounds = [] if isinstance(output_range, (str, bytes)) else [float(v) for v in output_range]
     except (TypeError, ValueError):  # 1.0, None, ("a", "b")
         bounds = []
     if len(bounds) != 2:  # (0, 1, 2) had been a ValueError when unpacked, 1.0 a TypeError

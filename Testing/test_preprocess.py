@@ -311,7 +311,8 @@ class NormalizeEdgeCases(unittest.TestCase):
                 normalize_intensity(ct, "window", window=window)
         with self.assertRaises(InputError):
             normalize_intensity(ct, "percentile", output_range=(0, float("inf")))
-        for bad in ((0, 1, 2), (1,), 1.0, None, ("a", "b")):  # had been ValueError/TypeError from inside
+        for bad in ((0, 1, 2), (1,), 1.0, None, ("a", "b"), "01"):  # had been ValueError/TypeError from inside;
+            # "01" had been read digit by digit as (0, 1)
             with self.assertRaisesRegex(InputError, "not two numbers", msg=repr(bad)):
                 normalize_intensity(ct, "percentile", output_range=bad)
 
