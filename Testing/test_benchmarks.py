@@ -212,6 +212,21 @@ class CaptureRangeScriptTest(unittest.TestCase):
                               or line.startswith("| 1 |")]), 2, text)
         self.assertRegex(text, r"summary: geometry: \d/2 within 1 mm \(worst [0-9.]+ mm")
 
+    def test_contrast_preset_and_stages_are_used_and_recorded(self):
+        # the JSON had recorded spacing and seeds but not which contrast, preset or stages gave its rows
+        capture = _load_script("capture_range")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = str(Path(tmp) / "rows.json")
+            rc, text = _run(capture.main, ["--spacing", "6", "--angles", "0", "--axes", "x", "--initializers",
+                                           "geometry", "--contrast", "ct", "--preset", "ct-mr-head", "--stages",
+                                           "rigid", "--json", out])
+            self.assertEqual(rc, 0, text)
+            with open(out, encoding="utf-8") as f:
+                saved = json.load(f)
+        self.assertIn("T1 vs synthetic CT, preset ct-mr-head, stages rigid", text)
+        self.assertEqual((saved["contrast"], saved["preset"], saved["stages"]), ("ct", "ct-mr-head", "rigid"))
+        self.assertEqual(len(saved["rows"]), 1)
+
 
 
 class CentreOfMassScriptTest(unittest.TestCase):

@@ -101,6 +101,11 @@ def _settings(args: argparse.Namespace) -> str:
     return f"T1 vs synthetic {args.contrast.upper()}, preset {args.preset or '(none)'}, stages {stages}"
 
 
+def _settings_json(args: argparse.Namespace) -> dict:
+    """What the JSON file records of the settings (None: the default), besides spacing and seeds."""
+    return {"contrast": args.contrast, "preset": args.preset, "stages": args.stages}
+
+
 def _run_random(args: argparse.Namespace, inits: list[str], tissues: dict) -> list[dict]:
     from MultimodalFusionLib.registration.accuracy import rotation_angle_deg
 
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             with open(args.json, "w", encoding="utf-8") as f:
                 json.dump({"spacing_mm": args.spacing, "random": args.random, "random_seed": args.random_seed,
-                           "seed": args.seed, "rows": rows}, f, indent=1)
+                           "seed": args.seed, **_settings_json(args), "rows": rows}, f, indent=1)
         return 0
     rows = []
     header = "| axis | angle (deg) | " + " | ".join(f"{i}: TRE mm (s)" for i in inits) + " |"
@@ -175,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"spacing_mm": args.spacing, "translation": _floats(args.translation), "seed": args.seed,
-                       "rows": rows}, f, indent=1)
+                       **_settings_json(args), "rows": rows}, f, indent=1)
     return 0
 
 
