@@ -148,6 +148,28 @@ class ItkBrainWebCase(unittest.TestCase):
 
 
 
+class DiscardedStageWarning(unittest.TestCase):
+    def test_it_names_what_aligned_the_images_before_the_stage(self) -> None:
+        # a first stage (or one after stages all discarded) was told "the earlier stages already aligned the
+        # images", where none had run: its start did (the initializer, or the initial transform given)
+        fixed, moving = itk_brainweb_pair()
+
+        def why(result) -> list[str]:
+            return [w.split("usual where ")[1] for w in result.warnings if "did not improve" in w]
+
+        start = "the start (initializer 'geometry') already aligned"
+        self.assertEqual([w.startswith(start) for w in why(register(fixed, fixed, stages=["affine"], seed=0))],
+                         [True])
+        both = register(fixed, fixed, stages=["rigid", "affine"], seed=0)  # an identical pair: neither kept
+        self.assertEqual([s.accepted for s in both.stages], [False, False])
+        self.assertEqual([w.startswith(start) for w in why(both)], [True, True])
+        given = register(fixed, fixed, stages=["affine"], seed=0, initial_transform=sitk.TranslationTransform(2))
+        self.assertTrue(why(given)[0].startswith("the start (the initial transform given) already aligned"))
+        later = register(fixed, moving, stages=["rigid", "affine"], seed=2)  # the rigid stage kept, the affine not
+        self.assertEqual([s.accepted for s in later.stages], [True, False])
+        self.assertTrue(why(later)[0].startswith("the earlier stages already aligned"))
+
+
 class NonLinearStart(unittest.TestCase):
     """An initial transform holding a B-spline or a displacement field (e.g. an earlier rigid+bspline
     result given as --initial-transform): every stage after a B-spline start failed inside ITK

@@ -864,10 +864,10 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
                 moving_mask), dim, _image_center(fixed))
         return first_start
 
+    first = start_kind(parameters.initializer, initial_transform is not None)
     if moving_mask is not None:
         # masks that do not meet where the first stage starts leave its metric no voxel (refused); few
         # voxels inside both, almost nothing (a warning)
-        first = start_kind(parameters.initializer, initial_transform is not None)
         warnings += check_masks_meet(fixed, fixed_mask, moving_mask, first_stage_start(), start_description(first),
                                      start_fix(first, masks=True))
     n = len(parameters.stages)
@@ -880,10 +880,13 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
         if not res.accepted:
             change = abs(res.metric_after - res.metric_before) / max(abs(res.metric_before), 1e-12)
             if math.isfinite(res.metric_after) and change < 0.01:
+                # before the first stage, or after earlier stages that were all discarded too, it is the start
+                applied = any(r.accepted for r in stage_results[:-1])
+                before = "the earlier stages" if applied else f"the start ({start_description(first)})"
                 warnings.append(
                     f"Stage '{stage.name}' did not improve the {stage.metric} metric ({res.metric_before:.5g} -> "
                     f"{res.metric_after:.5g}, {100 * change:.2f}% worse on the same fixed points at its start and end); "
-                    "the transform before it was kept. A small change, usual where the earlier stages already "
+                    f"the transform before it was kept. A small change, usual where {before} already "
                     "aligned the images as well as this stage's transform can.")
             else:
                 warnings.append(
