@@ -379,7 +379,7 @@ def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> st
             reason = str(s.get("stop_reason", ""))
             reason = reason if len(reason) <= 240 else reason[:239] + "…"
             # a stage whose result was discarded (its metric worse at its end) left the transform before it
-            name = str(s.get("name")) + (" (discarded: metric worse; the transform before it was kept)"
+            name = str(s.get("name")) + (" (discarded: made the metric worse; the transform before it was kept)"
                                          if s.get("accepted") is False else "")
             parts.append(f"<tr><td class=\"name\">{html.escape(name)}</td><td>{_fmt(s.get('metric_before'))}"
                          f"</td><td>{_fmt(s.get('metric_after'))}</td><td>{html.escape(iterations_text(s))}</td>"

@@ -263,7 +263,7 @@ class RegistrationSectionTest(unittest.TestCase):
                 pages[accepted] = open(report.write_report(
                     tmp, inputs={"T1": a, "PD": b}, fusions=[fusion.fuse(a, b, "average")], metrics={},
                     registration=res)["html"], encoding="utf-8").read()
-        mark = "rigid (discarded: metric worse; the transform before it was kept)"
+        mark = "rigid (discarded: made the metric worse; the transform before it was kept)"
         self.assertIn(mark, pages[False])
         self.assertNotIn("discarded", pages[True])
 
