@@ -439,7 +439,9 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
     groups place no frame has its first frame where :func:`_first_frame_position` says: ITK (GDCM) takes the
     origin of an enhanced file only from its functional groups and of an NM file only from its
     DetectorInformationSequence (0054,0022), and put one with only a top-level ImagePositionPatient at
-    (0, 0, 0) without a word. With ``notes``, those two warnings are kept there instead of given.
+    (0, 0, 0) without a word; a file that states no position anywhere stays at (0, 0, 0), with a warning that
+    nothing places it (header-based placement is meaningless for it). With ``notes``, those warnings are kept
+    there instead of given.
     """
     import warnings
 
@@ -455,13 +457,30 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
     _set_pixel_size(image, path, *_multiframe_pixel_size(path, tags, shared, frames), notes)
     if image.GetDimension() != 3:
         return
+    unplaced = False
     if not any(_first_item(item, _PLANE_POSITION).get(0x00200032) for item in (shared, *frames)):
         position = _first_frame_position(tags)  # else ITK's origin stands: from the functional groups
         if position:
             image.SetOrigin(position)
-    if image.GetSize()[2] < 2:
-        return
-    _set_frame_axis(image, path, tags, shared, frames, notes)
+        unplaced = not position  # ITK's origin stands, (0, 0, 0): nothing says where the file lies
+    if image.GetSize()[2] >= 2:
+        _set_frame_axis(image, path, tags, shared, frames, notes)
+    if unplaced:  # once placed (a file refused for its frame spacing gets no warning besides)
+        note = _FileWarning("at the origin", path,
+                            f"DICOM file '{path}' {_UNPLACED.format('has', 'its', 'it is', 'it')}",
+                            _UNPLACED.format("have", "their", "they are", "them"))
+        if notes is None:
+            warnings.warn(note.message, stacklevel=3)
+        else:
+            notes.append(note)
+
+
+#: The warning for a multi-frame file that states no position: "DICOM file '...' " + this (has, its, it is, it)
+_UNPLACED = ("{0} no ImagePositionPatient (0020,0032) in {1} functional groups' PlanePositionSequence (0020,9113), "
+             "DetectorInformationSequence (0054,0022) or at {1} top level, so {2} placed at the origin, (0, 0, 0) "
+             "(as ITK's reader places it): where it lies in the patient is unknown. Header-based placement "
+             "(initializer 'none') is meaningless for {3}; the 'geometry' or 'moments' initializers align the "
+             "images' centres.")
 
 
 def _first_frame_position(tags: Mapping[int, Any]) -> list[float]:

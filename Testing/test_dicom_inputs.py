@@ -504,7 +504,8 @@ class DicomGeometryFromTags(unittest.TestCase):
 
     def test_multiframe_without_positions_takes_the_slice_spacing_tags_or_is_refused(self) -> None:
         """Without per-frame positions (e.g. NM, a legacy multi-frame CT) the frames are SpacingBetweenSlices
-        apart, else SliceThickness with a warning (ITK gave 1 mm); with neither the file is refused."""
+        apart, else SliceThickness with a warning (ITK gave 1 mm); with neither the file is refused. These files
+        state no position at all: they lie at (0, 0, 0), with a warning saying so (it had been without a word)."""
         import warnings
 
         nm = "1.2.840.10008.5.1.4.1.1.20"  # Nuclear Medicine Image Storage: frames without functional groups
@@ -527,17 +528,29 @@ class DicomGeometryFromTags(unittest.TestCase):
                         warnings.simplefilter("always")
                         line, image = sys._getframe().f_lineno, io.read_image(given)
                     self.assertEqual(image.GetSpacing(), (0.6, 0.7, step))
+                    self.assertEqual(image.GetOrigin(), (0.0, 0.0, 0.0))
                     said = [str(w.message) for w in caught]
-                    self.assertEqual(len(said), int(warned), said)
+                    self.assertEqual(len(said), int(warned) + 1, said)
                     if warned:
                         self.assertIn("taken as contiguous slices, 2 mm apart (its SliceThickness (0018,0050))", said[0])
-                        self.assertEqual((caught[0].filename, caught[0].lineno), (__file__, line), given)
+                    self.assertTrue(said[-1].startswith(f"DICOM file '{path}' has no ImagePositionPatient (0020,0032) "
+                                                        "in its functional groups' PlanePositionSequence (0020,9113), "
+                                                        "DetectorInformationSequence (0054,0022) or at its top level, "
+                                                        "so it is placed at the origin, (0, 0, 0)"), said[-1])
+                    self.assertIn("Header-based placement (initializer 'none') is meaningless for it; the 'geometry' "
+                                  "or 'moments' initializers align the images' centres.", said[-1])
+                    for value in PHI.values():
+                        self.assertNotIn(value, " ".join(said))
+                    for warning in caught:
+                        self.assertEqual((warning.filename, warning.lineno), (__file__, line), given)
 
     def test_multiframe_without_frame_positions_starts_at_its_stated_position(self) -> None:
         """A multi-frame file whose functional groups place no frame has its first frame at the ImagePositionPatient
         of its DetectorInformationSequence (NM's place for it), else of its top level, the others following along
         the normal. ITK (GDCM) takes the origin of an enhanced CT only from its functional groups and of an NM file
         only from its DetectorInformationSequence: with the top-level position alone, both were read at (0, 0, 0)."""
+        import warnings
+
         import pydicom
         from pydicom.dataset import Dataset
         from pydicom.sequence import Sequence as DicomSequence
@@ -567,7 +580,10 @@ class DicomGeometryFromTags(unittest.TestCase):
                         ds.save_as(path)
                     positions = [tuple(np.array([1.0, 2.0, 6.0]) + 3.0 * k * normal) for k in range(frames)]
                     for given in (path, folder):
-                        image = io.read_image(given)
+                        with warnings.catch_warnings(record=True) as caught:  # placed: no "at the origin" warning
+                            warnings.simplefilter("always")
+                            image = io.read_image(given)
+                        self.assertEqual([str(w.message) for w in caught], [])
                         self._assert_placed(image, positions, oblique, rows=8, cols=8, pixel_spacing=(0.7, 0.6))
                         np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
 
