@@ -434,7 +434,9 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
     the shared functional groups' PixelMeasuresSequence (0028,9110), the first frame's, then (with a
     warning, as for one frame) ImagerPixelSpacing or NominalScannedPixelSpacing; the frame axis is the
     frames' ImagePositionPatient (0020,0032) in their PlanePositionSequence (0020,9113) where every
-    frame has one (evenly spaced along one line, else refused), else SpacingBetweenSlices, else
+    frame has one (evenly spaced along one line, else refused); a file of several frames whose one
+    PlanePositionSequence is in its shared functional groups (which hold what every frame shares) has them all
+    at one position, a cine of one plane rather than a volume, and is refused; else SpacingBetweenSlices, else
     SliceThickness (0018,0050) with a warning (contiguous slices assumed), else refused. A file whose functional
     groups place no frame has its first frame where :func:`_first_frame_position` says: ITK (GDCM) takes the
     origin of an enhanced file only from its functional groups and of an NM file only from its
@@ -542,6 +544,11 @@ def _even_step(points: np.ndarray) -> tuple[np.ndarray, int | None, float]:
     return step, worst if float(off[worst]) > max(0.01, 0.01 * float(np.linalg.norm(step))) else None, float(off[worst])
 
 
+#: How to load one frame of a multi-frame file whose frames make no volume (see :func:`_no_depth`)
+_ONE_FRAME = ("split the file into single-frame files (e.g. with dcm2niix, or Slicer's DICOM module), then give one "
+              "frame's file.")
+
+
 def _frame_step(path: str, points: np.ndarray, normal: np.ndarray | None) -> np.ndarray:
     """The step from frame to frame (LPS, mm); refuses frames not evenly spaced along one line in frame
     order, the order in which ITK stacks them, and frames that do not reach along ``normal`` (the normal of
@@ -558,9 +565,7 @@ def _frame_step(path: str, points: np.ndarray, normal: np.ndarray | None) -> np.
                          "which sort frames by position and time), then load one volume as a series.")
     error = _no_depth(f"DICOM file '{path}'", "frames", points, normal,
                       "ITK's reader fails on such a file (\"Zero-valued spacing is not supported\"), or, where "
-                      "the frames step a trace along the normal, stacks them that trace apart.",
-                      "split the file into single-frame files (e.g. with dcm2niix, or Slicer's DICOM module), then "
-                      "give one frame's file.")
+                      "the frames step a trace along the normal, stacks them that trace apart.", _ONE_FRAME)
     if error is not None:
         raise error
     return step
@@ -686,6 +691,14 @@ def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], share
         image.SetDirection([float(v) for v in direction.ravel()])
         _with_slice_step(image, step)  # frames shifted within their plane: a sheared grid, as for a series
         return
+    at = _dicom_numbers(_first_item(shared, _PLANE_POSITION).get(0x00200032) or "")
+    if (len(at) == 3 and all(map(math.isfinite, at))
+            and not any(_first_item(f, _PLANE_POSITION).get(0x00200032) for f in frames)):
+        # the shared groups hold what every frame shares (DICOM PS3.3 C.7.6.16): all frames at that one position
+        raise _no_depth(f"DICOM file '{path}'", "frames", np.tile(np.array(at, dtype=float), (count, 1)), None,
+                        "Its one PlanePositionSequence (0020,9113) is in its shared functional groups, which hold what "
+                        "all its frames share (DICOM PS3.3 C.7.6.16), so every frame lies there. ITK's reader (GDCM) "
+                        "reads it as a volume of 1 x 1 x 1 mm voxels.", _ONE_FRAME)
     measures = _first_item(shared, _PIXEL_MEASURES)
     for tag, name, text in (("0018|0088", "SpacingBetweenSlices (0018,0088)", tags.get(0x00180088)),
                             ("0018|0088", "", measures.get(0x00180088)),

@@ -479,6 +479,48 @@ class DicomGeometryFromTags(unittest.TestCase):
                 self.assertIn(fix, ctx.exception.fix)
                 self.assertIn(os.path.join(folder, "IM0000.dcm"), ctx.exception.fix)
 
+    def test_frames_placed_by_the_shared_groups_alone_are_at_one_position(self) -> None:
+        """A multi-frame file whose only PlanePositionSequence is in its shared functional groups has every frame at
+        that position (the shared groups hold what all frames share, DICOM PS3.3 C.7.6.16): a cine of one plane, no
+        volume. It had been read as a volume from that position, its frames SpacingBetweenSlices (3 mm) apart, or
+        SliceThickness apart with a warning that they were taken as contiguous; alone, in its folder, or in a series of
+        such files. A file of one frame placed so is one slice and reads as before (see the series of such files in
+        test_files_placed_by_their_shared_functional_groups_are_stacked)."""
+        for case, top in (("SpacingBetweenSlices", {"SpacingBetweenSlices": 3.0}), ("SliceThickness", None)):
+            with self.subTest(case), tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "frames.dcm")
+                write_enhanced(path, [(1.0, 2.0, 3.0)] * 4, rows=8, cols=8, top=top)
+                share_position(path)
+                for given in (path, folder):
+                    with self.assertRaises(InputError) as ctx:
+                        io.read_image(given)
+                    self.assertIn(f"DICOM file '{path}' has 4 frames at one position (ImagePositionPatient "
+                                  "(0020,0032)): no volume but one plane imaged 4 times, e.g. a cine",
+                                  ctx.exception.problem)
+                    self.assertIn("PlanePositionSequence (0020,9113) is in its shared functional groups",
+                                  ctx.exception.problem)
+                    self.assertTrue(ctx.exception.fix.startswith("Load one frame: split the file into single-frame "
+                                                                 "files (e.g. with dcm2niix"), ctx.exception.fix)
+                    for value in PHI.values():
+                        self.assertNotIn(value, str(ctx.exception))
+        with tempfile.TemporaryDirectory() as folder:  # a series of two such files: the first is named
+            from pydicom.uid import generate_uid
+
+            uid, paths = generate_uid(), [os.path.join(folder, f"part{i}.dcm") for i in range(2)]
+            for i, path in enumerate(paths):
+                write_enhanced(path, [(1.0, 2.0, 3.0 + 8.0 * i)] * 4, rows=8, cols=8, series_uid=uid)
+                share_position(path)
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(folder)
+            self.assertIn(f"DICOM file '{paths[0]}' has 4 frames at one position", ctx.exception.problem)
+        with tempfile.TemporaryDirectory() as folder:  # one frame: one slice, where the shared groups put it
+            path = os.path.join(folder, "frame.dcm")
+            truth = write_enhanced(path, [(1.0, 2.0, 3.0)], (1.0, 0.0, 0.0, 0.0, 0.0, -1.0), rows=8, cols=8)
+            share_position(path)
+            image = io.read_image(path)
+            self.assertEqual((image.GetSize(), image.GetOrigin()), ((8, 8, 1), (1.0, 2.0, 3.0)))
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+
     def test_two_slices_at_one_position_are_named_as_such(self) -> None:
         """A classic series with two slices at a position (two time points or echoes saved in one series, or one slice
         saved twice) was refused for "uneven slice spacing: steps from 0 to 2.5 mm ... a slice may be missing between
@@ -1052,6 +1094,18 @@ class NoPatientDataOut(unittest.TestCase):
 
                     payload = gzip.decompress(payload)
                 self._assert_clean(payload + os.path.basename(path).encode(), path)
+
+
+def share_position(path: str) -> None:
+    """Move the first frame's PlanePositionSequence of the enhanced file at ``path`` into its shared functional
+    groups, and drop every frame's: one position stated for all its frames."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.SharedFunctionalGroupsSequence[0].PlanePositionSequence = ds.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        del frame.PlanePositionSequence
+    ds.save_as(path)
 
 
 def write_enhanced(path: str, positions: Sequence[Sequence[float]] | None, orientation: Sequence[float] = AXIAL,
