@@ -240,6 +240,32 @@ class MasksAndCrop(unittest.TestCase):
         with self.assertRaises(InputError):
             crop_to_overlap(a, far)
 
+    def test_oblique_images_whose_boxes_overlap_but_voxels_do_not_are_refused(self) -> None:
+        # their bounding boxes overlap, so each had been cropped to a slab (38 x 2 x 10 voxels of the
+        # slabs 5 mm apart, 5 x 10 of the squares) of an overlap that has no voxel in it
+        c = s = math.sqrt(0.5)
+
+        def slab(offset: float) -> sitk.Image:  # 40 x 2 x 10 mm at 45 degrees, moved across its 2 mm
+            img = sitk.Image([40, 2, 10], sitk.sitkFloat32) + 1
+            img.SetDirection((c, -s, 0, s, c, 0, 0, 0, 1))
+            img.SetOrigin((-offset * s, offset * c, 0.0))
+            return img
+
+        def square(offset: float) -> sitk.Image:  # 10 x 10 mm at 45 degrees, moved along an edge
+            img = sitk.Image([10, 10], sitk.sitkUInt8) + 1
+            img.SetDirection((c, -s, s, c))
+            img.SetOrigin((offset * c, offset * s))
+            return img
+
+        for a, b in ((slab(0), slab(5)), (slab(0), slab(2)), (square(0), square(10.5)), (square(0), square(10))):
+            with self.assertRaisesRegex(InputError, "do not overlap in physical space"):
+                crop_to_overlap(a, b)
+            with self.assertRaisesRegex(InputError, "do not overlap"):
+                crop_to_overlap(b, a, margin_mm=5)
+        # overlapping ones are cropped as before (to the boxes' overlap)
+        self.assertEqual([i.GetSize() for i in crop_to_overlap(slab(0), slab(1.5))], [(40, 2, 10)] * 2)
+        self.assertEqual([i.GetSize() for i in crop_to_overlap(square(0), square(9.5))], [(6, 10)] * 2)
+
 
     def test_crop_margin_must_be_a_finite_number_and_leave_something(self) -> None:
         # NaN/inf had been a TypeError from RegionOfInterest, a string numpy's UFuncTypeError, and a negative
