@@ -228,13 +228,16 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
         window: (level, width) for "window" (a CT window name here is read as ``ct_window``).
         ct_window: a CT window preset name (brain, subdural, bone, soft-tissue, lung); implies
             ``method="window"``.
-        output_range: target range of "percentile" and "window".
+        output_range: target range of "percentile" and "window": the low end of the input range goes
+            to ``output_range[0]`` and the high end to ``output_range[1]``, so (1, 0) inverts the
+            contrast; two equal numbers are refused.
 
     Returns:
         A float32 image.
 
     Raises:
-        InputError: unknown method or CT window, or a window of non-positive width.
+        InputError: unknown method or CT window, a window of non-positive width, or an output range that
+            is not two different finite numbers.
     """
     check_image(image, "image")
     if isinstance(window, str):
@@ -263,6 +266,10 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
         raise InputError(f"The output range {output_range!r} is not two numbers.", "Give e.g. output_range=(0, 1).")
     if not all(np.isfinite(v) for v in bounds):
         raise InputError(f"The output range {tuple(output_range)} is not finite.", "Give two numbers, e.g. (0, 1).")
+    if bounds[0] == bounds[1]:  # every voxel would have been that one value, without a word
+        raise InputError(f"The output range ({bounds[0]:g}, {bounds[1]:g}) is empty: every voxel would be "
+                         f"{bounds[0]:g}.",
+                         "Give two different numbers, e.g. output_range=(0, 1), or (1, 0) to invert the contrast.")
     # float64: a float32 copy of a wide-range image (doubles near 1e8, int32/uint32 counts) loses the
     # differences between neighbouring values, and of huge ones overflows to inf
     arr = sitk.GetArrayFromImage(image).astype(np.float64)

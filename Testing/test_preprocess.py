@@ -342,6 +342,19 @@ class NormalizeEdgeCases(unittest.TestCase):
             with self.assertRaisesRegex(InputError, "not two numbers", msg=repr(bad)):
                 normalize_intensity(ct, "percentile", output_range=bad)
 
+    def test_inverted_output_range_inverts_and_an_empty_one_is_refused(self) -> None:
+        # (0, 0) had given an image of zeros without a word; (1, 0) inverts the contrast, as documented
+        ct = sitk.GetImageFromArray(np.linspace(-1000, 2000, 1000).reshape(10, 10, 10))
+        for method, kwargs in (("percentile", {}), ("window", {"ct_window": "brain"})):
+            up = sitk.GetArrayFromImage(normalize_intensity(ct, method, **kwargs)).astype(np.float64)
+            down = sitk.GetArrayFromImage(normalize_intensity(ct, method, output_range=(1, 0), **kwargs))
+            self.assertEqual((float(down.min()), float(down.max())), (0.0, 1.0), method)
+            self.assertTrue(np.all(np.diff(down.ravel()) <= 0), method)
+            np.testing.assert_allclose(down, 1.0 - up, atol=1e-7, err_msg=method)
+            for empty in ((0, 0), (5, 5.0), np.array([1, 1])):
+                with self.assertRaisesRegex(InputError, r"is empty.*\(1, 0\) to invert", msg=repr(empty)):
+                    normalize_intensity(ct, method, output_range=empty, **kwargs)
+
 
 class SmallAndOddInputs(unittest.TestCase):
     def test_foreground_mask_of_a_tiny_image_is_a_clear_error(self) -> None:
