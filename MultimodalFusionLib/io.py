@@ -355,10 +355,22 @@ def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarni
     if image.HasMetaDataKey("0028|0008"):  # NumberOfFrames: a multi-frame IOD, e.g. an enhanced CT or MR
         _set_multiframe_geometry(image, path, notes)
         return
-    usable = _usable_pixel_size(lambda tag: image.GetMetaData(tag).strip() if image.HasMetaDataKey(tag) else "")
+    def text_of(tag: str) -> str:
+        return image.GetMetaData(tag).strip() if image.HasMetaDataKey(tag) else ""
+
+    usable = _usable_pixel_size(text_of)
     if usable is None:
         raise _no_pixel_size(path, "")
     _set_pixel_size(image, path, *usable, notes)
+    position = _dicom_numbers(text_of("0020|0032"))
+    if len(position) != 3 or not all(map(math.isfinite, position)):  # ITK's origin stands, (0, 0, 0)
+        note = _unplaced_note(path, image.GetDimension(), multiframe=False)
+        if notes is None:
+            import warnings
+
+            warnings.warn(note.message, stacklevel=3)
+        else:
+            notes.append(note)
 
 
 def _usable_pixel_size(text_of: Callable[[str], str]) -> tuple[str, str, list[float]] | None:
@@ -468,21 +480,33 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
     if image.GetSize()[2] >= 2:
         _set_frame_axis(image, path, tags, shared, frames, notes)
     if unplaced:  # once placed (a file refused for its frame spacing gets no warning besides)
-        note = _FileWarning("at the origin", path,
-                            f"DICOM file '{path}' {_UNPLACED.format('has', 'its', 'it is', 'it')}",
-                            _UNPLACED.format("have", "their", "they are", "them"))
+        note = _unplaced_note(path, image.GetDimension(), multiframe=True)
         if notes is None:
             warnings.warn(note.message, stacklevel=3)
         else:
             notes.append(note)
 
 
-#: The warning for a multi-frame file that states no position: "DICOM file '...' " + this (has, its, it is, it)
-_UNPLACED = ("{0} no ImagePositionPatient (0020,0032) in {1} functional groups' PlanePositionSequence (0020,9113), "
-             "DetectorInformationSequence (0054,0022) or at {1} top level, so {2} placed at the origin, (0, 0, 0) "
-             "(as ITK's reader places it): where it lies in the patient is unknown. Header-based placement "
-             "(initializer 'none') is meaningless for {3}; the 'geometry' or 'moments' initializers align the "
-             "images' centres.")
+def _unplaced_note(path: str, dimension: int, multiframe: bool) -> _FileWarning:
+    """The warning for a DICOM file that states no position, read at the origin as ITK reads it: ``dimension``
+    the image's (a slice read alone is 2D, see :func:`_dicom_slice_as_2d`), ``multiframe`` whether a
+    multi-frame file's other places for a position were looked in too. One text for both kinds of file."""
+    origin = "(" + ", ".join(["0"] * dimension) + ")"
+
+    def text(has: str, its: str, it_is: str, it: str) -> str:
+        where = (f" in {its} functional groups' PlanePositionSequence (0020,9113), DetectorInformationSequence "
+                 f"(0054,0022) or at {its} top level" if multiframe else "")
+        return (f"{has} no ImagePositionPatient (0020,0032){where}, so {it_is} placed at the origin, {origin} "
+                "(as ITK's reader places it): where it lies in the patient is unknown. Header-based placement "
+                f"(initializer 'none') is meaningless for {it}; the 'geometry' or 'moments' initializers align the "
+                "images' centres.")
+
+    return _FileWarning(_UNPLACED, path, f"DICOM file '{path}' " + text("has", "its", "it is", "it"),
+                        text("have", "their", "they are", "them"))
+
+
+#: The kind of :func:`_unplaced_note`'s warning
+_UNPLACED = "at the origin"
 
 
 def _first_frame_position(tags: Mapping[int, Any]) -> list[float]:
@@ -1043,9 +1067,12 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     return image
 
 
-def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: int = 4) -> sitk.Image:
+def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: int = 4,
+               as_slice: bool = False) -> sitk.Image:
     """One image file. A DICOM file's warnings (its pixel size from ImagerPixelSpacing, ...) are kept in ``notes``
-    where given (a file of a series), else given with ``stacklevel`` counted from here (4: read_image's caller)."""
+    where given (a file of a series), else given with ``stacklevel`` counted from here (4: read_image's caller).
+    With ``as_slice``, a DICOM file of one slice is read as the 2D image it is (see :func:`_dicom_slice_as_2d`),
+    before its warnings are given, so that they name its 2D origin."""
     _check_data_file(path)
     compressed = _check_metaimage_size(path) if _suffix(path) in (".mha", ".mhd") else None
     what = f"DICOM file '{path}'"
@@ -1068,6 +1095,11 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
         kept: list[_FileWarning] = [] if notes is None else notes
         try:
             _set_dicom_file_spacing(image, path, kept)
+            if as_slice and image.GetDimension() == 3 and image.GetSize()[2] == 1:
+                multiframe = image.HasMetaDataKey("0028|0008")
+                image = _dicom_slice_as_2d(image)
+                kept[:] = [_unplaced_note(path, image.GetDimension(), multiframe) if note.kind == _UNPLACED else note
+                           for note in kept]
         finally:  # given here, not where they arise: they point at the caller, as a series' warnings do
             if notes is None:
                 _warn_once_per_kind(what, 1, kept, stacklevel)
@@ -1081,10 +1113,7 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
 def _read_dicom_file(path: str, stacklevel: int = 5) -> sitk.Image:
     """One DICOM file: a slice as the 2D image it is (see :func:`_dicom_slice_as_2d`), a multi-frame file as its volume.
     Its warnings point ``stacklevel`` frames up from :func:`_read_file`'s (5: read_image's caller)."""
-    image = _read_file(path, stacklevel=stacklevel)
-    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
-        image = _dicom_slice_as_2d(image)
-    return image
+    return _read_file(path, stacklevel=stacklevel, as_slice=True)
 
 
 #: NIfTI datatype codes of real floating-point voxels: ITK's NIfTI reader turns their NaN/inf into 0

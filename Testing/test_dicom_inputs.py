@@ -132,6 +132,48 @@ class DicomGeometryFromTags(unittest.TestCase):
             self.assertEqual(getattr(from_folder, get)(), getattr(from_file, get)(), get)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(from_folder), sitk.GetArrayFromImage(from_file))
 
+    def test_a_file_without_a_position_warns_that_it_lies_at_the_origin(self) -> None:
+        """A slice (or a one-frame enhanced file) that states no position is read at the origin, as ITK reads it,
+        with the multi-frame file's warning, naming the origin it has: (0, 0) read as 2D (an axial slice),
+        (0, 0, 0) as a one-slice volume (a coronal one). It had been read there without a word."""
+        import warnings
+
+        coronal = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+        cases = [("axial slice", AXIAL, False, (0.0, 0.0)), ("coronal slice", coronal, False, (0.0, 0.0, 0.0)),
+                 ("one-frame enhanced", AXIAL, True, (0.0, 0.0))]
+        for case, orientation, enhanced, origin in cases:
+            with self.subTest(case), tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "one.dcm")
+                if enhanced:
+                    write_enhanced(path, None, orientation, frames=1)
+                else:
+                    write_series(folder, positions=[(-12.0, -14.0, 30.0)], orientations=[orientation], prefix="one",
+                                 drop=("ImagePositionPatient",))
+                    os.rename(os.path.join(folder, "one0000.dcm"), path)
+                for given in (path, folder):
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        line, image = sys._getframe().f_lineno, io.read_image(given)
+                    self.assertEqual(image.GetOrigin(), origin)
+                    said = [str(w.message) for w in caught]
+                    self.assertEqual(len(said), 1, said)
+                    where = (" in its functional groups' PlanePositionSequence (0020,9113), DetectorInformationSequence "
+                             "(0054,0022) or at its top level" if enhanced else "")
+                    self.assertTrue(said[0].startswith(f"DICOM file '{path}' has no ImagePositionPatient (0020,0032)"
+                                                       f"{where}, so it is placed at the origin, "
+                                                       f"({', '.join(['0'] * len(origin))}) (as ITK's reader"), said[0])
+                    self.assertIn("the 'geometry' or 'moments' initializers align the images' centres.", said[0])
+                    for value in PHI.values():
+                        self.assertNotIn(value, said[0])
+                    self.assertEqual((caught[0].filename, caught[0].lineno), (__file__, line), given)
+        with tempfile.TemporaryDirectory() as folder:  # a slice with its position: no warning, placed as before
+            write_series(folder, positions=[(-12.0, -14.0, 30.0)])
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                image = io.read_image(os.path.join(folder, "IM0000.dcm"))
+            self.assertEqual([str(w.message) for w in caught], [])
+            self.assertEqual((image.GetDimension(), image.GetOrigin()), (2, (-12.0, -14.0)))
+
     def test_one_file_without_pixel_spacing_uses_the_projection_tags_or_is_refused(self) -> None:
         """A single file without PixelSpacing (0028,0030) was read at 1 mm without a word (a series without it
         is refused); GDCM took ImagerPixelSpacing only for radiograph SOP classes, and there even over
