@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, itk_guard
-from .validation import check_image, physical_bounds
+from .validation import check_image, physical_bounds, voxels_overlap
 
 __all__ = [
     "resample",
@@ -409,7 +409,7 @@ def crop_to_overlap(a: sitk.Image, b: sitk.Image, margin_mm: float = 0.0) -> tup
     lo_b, hi_b = physical_bounds(b)
     lo, hi = np.maximum(lo_a, lo_b), np.minimum(hi_a, hi_b)
     # oblique grids: boxes that overlap may hold voxels that do not (two slabs at 45 degrees side by side)
-    if np.any(hi <= lo) or not _voxels_overlap(a, b):
+    if np.any(hi <= lo) or not voxels_overlap(a, b):
         raise InputError("The two images do not overlap in physical space, so there is nothing to crop to.",
                          "Check the origins in the headers, or align them first (register with the "
                          "'geometry' initializer).")
@@ -419,42 +419,6 @@ def crop_to_overlap(a: sitk.Image, b: sitk.Image, margin_mm: float = 0.0) -> tup
         raise InputError(f"The margin of {margin:g} mm shrinks the images' overlap ({_extent(sides)}) to nothing.",
                          f"Give a margin above {-float(sides.min()) / 2:g} mm, e.g. 0.")
     return _crop_to_box(a, lo, hi), _crop_to_box(b, lo, hi)
-
-
-def _voxels_overlap(a: sitk.Image, b: sitk.Image) -> bool:
-    """Whether the regions the two images' voxels cover (parallelepipeds for any direction matrix) share a
-    volume: the separating-axis test over their face normals and, in 3D, the cross products of their edges.
-    Touching within rounding (1e-9 of the coordinates' size) is not overlapping; other dimensions: True."""
-    import itertools
-
-    dim = a.GetDimension()
-    if dim not in (2, 3):
-        return True
-    corners, edges = [], []
-    for image in (a, b):
-        size = image.GetSize()
-        points = np.array([image.TransformContinuousIndexToPhysicalPoint([float(v) for v in c])
-                           for c in itertools.product(*[(-0.5, s - 0.5) for s in size])])
-        corners.append(points)
-        first = np.array(image.TransformContinuousIndexToPhysicalPoint([-0.5] * dim))
-        for i in range(dim):
-            end = [-0.5] * dim
-            end[i] = size[i] - 0.5
-            edge = np.array(image.TransformContinuousIndexToPhysicalPoint(end)) - first
-            edges.append(edge / np.linalg.norm(edge))
-    if dim == 2:
-        axes = [np.array([-e[1], e[0]]) for e in edges]
-    else:  # face normals of each (pairs of one image's edges) and the edge-edge cross products
-        axes = [np.cross(e, f) for e, f in itertools.combinations(edges, 2)]
-    tol = 1e-9 * max(1.0, float(np.abs(np.concatenate(corners)).max()))
-    for axis in axes:
-        norm = float(np.linalg.norm(axis))
-        if norm < 1e-9:  # parallel edges: that plane is among the face normals already
-            continue
-        pa, pb = corners[0] @ (axis / norm), corners[1] @ (axis / norm)
-        if pa.max() <= pb.min() + tol or pb.max() <= pa.min() + tol:
-            return False
-    return True
 
 
 def _extent(sides: Sequence[float]) -> str:

@@ -48,6 +48,40 @@ class Checks(unittest.TestCase):
         self.assertEqual(overlap_fraction(a, b), 0.0)
         self.assertMessage(lambda: check_pair(a, b), "do not overlap")
 
+    def test_overlap_of_the_voxels_not_only_of_the_boxes(self):
+        """Boxes that overlap while the voxels do not are no overlap: two 32 mm squares at 45 degrees side by side
+        (their boxes share 24% of one's), and a 40 x 4 mm bar that the start transform turns 45 degrees, away from
+        a 4 mm square inside its box (the Slicer module's gate). Both had passed the check: the torch backend then
+        registered the squares from no overlap and returned a transform without a word."""
+        import math
+
+        c = math.sqrt(0.5)
+
+        def square(origin, size=(32, 32)):
+            image = _img(size)
+            image.SetDirection((c, -c, c, c))
+            image.SetOrigin(origin)
+            return image
+
+        a, apart, across = square((0.0, 0.0)), square((c * 32.5, c * 32.5)), square((c * 16.0, c * 16.0))
+        self.assertEqual(overlap_fraction(a, apart), 0.0)
+        self.assertMessage(lambda: check_pair(a, apart), "do not overlap")
+        self.assertGreater(overlap_fraction(a, across), 0.0)  # half of it over the other: as before
+        check_pair(a, across)
+        bar, spot = _img((40, 4)), _img((4, 4))
+        spot.SetOrigin((20.0, 2.0))
+        turn = sitk.Euler2DTransform((-0.5, -0.5), math.radians(45))  # about the bar's corner
+        self.assertEqual(overlap_fraction(bar, spot, turn), 0.0)
+        self.assertMessage(lambda: check_pair(bar, spot, transform=turn), "do not overlap")
+        spot.SetOrigin((12.0, 12.0))  # on the turned bar
+        self.assertGreater(overlap_fraction(bar, spot, turn), 0.0)
+        spot.SetOrigin((20.0, 2.0))  # a non-linear start maps more than its corners: only its box is checked
+        bspline = sitk.BSplineTransform(2)
+        bspline.SetTransformDomainOrigin((-0.5, -0.5))
+        bspline.SetTransformDomainPhysicalDimensions((40.0, 4.0))
+        moved = sitk.CompositeTransform([turn, bspline])
+        self.assertGreater(overlap_fraction(bar, spot, moved), 0.0)
+
     def test_mask_grid(self):
         img = _img()
         mask = sitk.Image([20, 20, 10], sitk.sitkUInt8) + 1
