@@ -338,7 +338,7 @@ def _warn_once_per_kind(label: str, total: int, notes: Sequence[_FileWarning], s
                       + alike[0].for_several, stacklevel=stacklevel)
 
 
-def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarning] | None = None) -> None:
+def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarning]) -> None:
     """Give a single-frame DICOM image the pixel size its tags state, or refuse it when none does.
 
     ITK's DICOM reader (GDCM) reads a file without PixelSpacing (0028,0030) at 1 mm without a word (its
@@ -364,13 +364,7 @@ def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarni
     _set_pixel_size(image, path, *usable, notes)
     position = _dicom_numbers(text_of("0020|0032"))
     if len(position) != 3 or not all(map(math.isfinite, position)):  # ITK's origin stands, (0, 0, 0)
-        note = _unplaced_note(path, image.GetDimension(), multiframe=False)
-        if notes is None:
-            import warnings
-
-            warnings.warn(note.message, stacklevel=3)
-        else:
-            notes.append(note)
+        notes.append(_unplaced_note(path, image.GetDimension(), multiframe=False))
 
 
 def _usable_pixel_size(text_of: Callable[[str], str]) -> tuple[str, str, list[float]] | None:
@@ -391,21 +385,15 @@ def _no_pixel_size(path: str, where: str) -> InputError:
 
 
 def _set_pixel_size(image: sitk.Image, path: str, tag: str, name: str, values: list[float],
-                    notes: list[_FileWarning] | None = None) -> None:
-    """Set the in-plane spacing (``values``: row spacing, column spacing) taken from ``tag``; a warning
-    says so when it is the detector's or the film's pixel size rather than the patient's (kept in ``notes``
-    where given)."""
-    import warnings
-
+                    notes: list[_FileWarning]) -> None:
+    """Set the in-plane spacing (``values``: row spacing, column spacing) taken from ``tag``; a warning,
+    kept in ``notes``, says so when it is the detector's or the film's pixel size rather than the patient's."""
     spacing = list(image.GetSpacing())
     spacing[0], spacing[1] = values[1], values[0]
     image.SetSpacing(spacing)
     note = _pixel_size_note(path, tag, name, values)
     if note is not None:
-        if notes is None:
-            warnings.warn(note.message, stacklevel=3)
-        else:
-            notes.append(note)
+        notes.append(note)
 
 
 def _pixel_size_note(path: str, tag: str, name: str, values: list[float]) -> _FileWarning | None:
@@ -432,7 +420,7 @@ _PIXEL_MEASURES, _PLANE_POSITION, _PLANE_ORIENTATION = 0x00289110, 0x00209113, 0
 _DETECTOR_INFORMATION = 0x00540022
 
 
-def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarning] | None = None) -> None:
+def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarning]) -> None:
     """Place a multi-frame DICOM image (one with NumberOfFrames, e.g. an enhanced CT/MR/PET) by its own
     tags, or refuse it where they do not say where its voxels are.
 
@@ -454,8 +442,8 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
     origin of an enhanced file only from its functional groups and of an NM file only from its
     DetectorInformationSequence (0054,0022), and put one with only a top-level ImagePositionPatient at
     (0, 0, 0) without a word; a file that states no position anywhere stays at (0, 0, 0), with a warning that
-    nothing places it (header-based placement is meaningless for it). With ``notes``, those warnings are kept
-    there instead of given.
+    nothing places it (header-based placement is meaningless for it). Those warnings are kept in ``notes``
+    (:func:`_read_file` gives them, once per kind for a series).
     """
     import warnings
 
@@ -480,11 +468,7 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
     if image.GetSize()[2] >= 2:
         _set_frame_axis(image, path, tags, shared, frames, notes)
     if unplaced:  # once placed (a file refused for its frame spacing gets no warning besides)
-        note = _unplaced_note(path, image.GetDimension(), multiframe=True)
-        if notes is None:
-            warnings.warn(note.message, stacklevel=3)
-        else:
-            notes.append(note)
+        notes.append(_unplaced_note(path, image.GetDimension(), multiframe=True))
 
 
 def _unplaced_note(path: str, dimension: int, multiframe: bool) -> _FileWarning:
@@ -687,10 +671,8 @@ def _explain_multiframe_failure(path: str) -> None:
 
 
 def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], shared: Mapping[int, Any],
-                    frames: Sequence[Mapping[int, Any]], notes: list[_FileWarning] | None = None) -> None:
+                    frames: Sequence[Mapping[int, Any]], notes: list[_FileWarning]) -> None:
     """The origin, frame spacing and frame direction of a multi-frame image (see :func:`_set_multiframe_geometry`)."""
-    import warnings
-
     count = image.GetSize()[2]
     points = _frame_positions(frames)
     if points is not None and len(points) == count:
@@ -734,17 +716,13 @@ def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], share
             spacing[2] = values[0]
             image.SetSpacing(spacing)
             if tag == "0018|0050":
-                note = _FileWarning("contiguous frames", path,
+                notes.append(_FileWarning("contiguous frames", path,
                                     f"DICOM file '{path}' has no per-frame ImagePositionPatient (0020,0032) nor "
                                     f"SpacingBetweenSlices (0018,0088): its {count} frames are taken as contiguous "
                                     f"slices, {values[0]:g} mm apart (its {name}).",
                                     "have no per-frame ImagePositionPatient (0020,0032) nor SpacingBetweenSlices "
                                     "(0018,0088): their frames are taken as contiguous slices, "
-                                    f"{values[0]:g} mm apart in the first (its {name}).")
-                if notes is None:
-                    warnings.warn(note.message, stacklevel=4)
-                else:
-                    notes.append(note)
+                                    f"{values[0]:g} mm apart in the first (its {name})."))
             return
     raise InputError(f"DICOM file '{path}' has {count} frames but neither per-frame ImagePositionPatient (0020,0032), "
                      "SpacingBetweenSlices (0018,0088) nor SliceThickness (0018,0050), so the distance between its "
