@@ -250,7 +250,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     if len(pick["files"]) == 1:
         # one file (one slice, or an enhanced multi-frame image): read as the file alone is, a slice as
         # 2D; ITK's series reader gives a one-slice volume and takes no geometry from functional groups
-        return _read_dicom_file(pick["files"][0], stacklevel=6)
+        return _read_file(pick["files"][0], stacklevel=5, as_slice=True)  # its warnings: read_image's caller
     rows = _series_rows(pick["files"])
     if any(_needs_own_geometry(row) for row in rows):
         return _read_multiframe_series(pick, rows)
@@ -1030,7 +1030,9 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     else:
         if os.path.getsize(path) == 0:
             raise InputError(f"File '{path}' is empty (0 bytes).", "Give a complete image file.")
-        image = _read_dicom_file(path) if _suffix(path) in (".dcm", ".ima", "") else _read_file(path)
+        # a DICOM file is known by its content, not its name (PACS exports name files by UID, "1.2.840....1"):
+        # _read_file reads one slice as 2D whatever its name; as_slice leaves other formats alone
+        image = _read_file(path, as_slice=True)
         if _suffix(path) in (".nii", ".nii.gz"):
             image = _check_nifti_voxels(path, image)
     if not keep_color and image.GetNumberOfComponentsPerPixel() > 1:
@@ -1086,12 +1088,6 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
         for key in image.GetMetaDataKeys():
             image.EraseMetaData(key)
     return image
-
-
-def _read_dicom_file(path: str, stacklevel: int = 5) -> sitk.Image:
-    """One DICOM file: a slice as the 2D image it is (see :func:`_dicom_slice_as_2d`), a multi-frame file as its volume.
-    Its warnings point ``stacklevel`` frames up from :func:`_read_file`'s (5: read_image's caller)."""
-    return _read_file(path, stacklevel=stacklevel, as_slice=True)
 
 
 #: NIfTI datatype codes of real floating-point voxels: ITK's NIfTI reader turns their NaN/inf into 0

@@ -132,6 +132,34 @@ class DicomGeometryFromTags(unittest.TestCase):
             self.assertEqual(getattr(from_folder, get)(), getattr(from_file, get)(), get)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(from_folder), sitk.GetArrayFromImage(from_file))
 
+    def test_a_slice_is_read_as_2d_whatever_its_file_is_named(self) -> None:
+        """What a DICOM file is read as does not depend on its name: a slice named by its SOP Instance UID (as PACS
+        exports name files), `.dicom`, `.img` or `.DCM` is the 2D image the same file named `.dcm` is, and warns from
+        the caller's line. Only `.dcm`, `.ima` and no extension had been read as 2D; the others were one-slice
+        volumes, which every command refused."""
+        import shutil
+        import warnings
+
+        write_series(self.dir, positions=[(-12.0, -14.0, 30.0)], drop=("ImagePositionPatient",))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its warning is checked below, for each name
+            reference = io.read_image(os.path.join(self.dir, "IM0000.dcm"))
+        self.assertEqual(reference.GetDimension(), 2)
+        for name in ("1.2.840.113619.2.55.3.604688.1", "slice.dicom", "slice.img", "SLICE.DCM", "slice"):
+            with self.subTest(name), tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, name)
+                shutil.copy(os.path.join(self.dir, "IM0000.dcm"), path)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    line, image = sys._getframe().f_lineno, io.read_image(path)
+                for get in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+                    self.assertEqual(getattr(image, get)(), getattr(reference, get)(), get)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(reference))
+                said = [str(w.message) for w in caught]
+                self.assertEqual(len(said), 1, said)
+                self.assertIn("so it is placed at the origin, (0, 0) (as ITK's reader", said[0])
+                self.assertEqual((caught[0].filename, caught[0].lineno), (__file__, line))
+
     def test_a_file_without_a_position_warns_that_it_lies_at_the_origin(self) -> None:
         """A slice (or a one-frame enhanced file) that states no position is read at the origin, as ITK reads it,
         with the multi-frame file's warning, naming the origin it has: (0, 0) read as 2D (an axial slice),
