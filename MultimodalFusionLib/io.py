@@ -445,14 +445,16 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
     nothing places it (header-based placement is meaningless for it). Those warnings are kept in ``notes``
     (:func:`_read_file` gives them, once per kind for a series).
     """
-    import warnings
-
     from .dicom_header import read_geometry_tags
 
     tags = read_geometry_tags(path)
     if tags is None or 0x00280008 not in tags:  # unreadable, or cut short before the NumberOfFrames ITK saw
-        warnings.warn(f"DICOM file '{path}': its header could not be read to check its pixel size and frame "
-                      "positions, so its geometry is as ITK's reader (GDCM) gives it.", stacklevel=3)
+        # kept, as the other warnings are, for _read_file to give from its caller's line (or once for a series)
+        notes.append(_FileWarning("header unread", path,
+                                  f"DICOM file '{path}': its header could not be read to check its pixel size and "
+                                  "frame positions, so its geometry is as ITK's reader (GDCM) gives it.",
+                                  "have headers that could not be read to check their pixel size and frame "
+                                  "positions, so their geometry is as ITK's reader (GDCM) gives it."))
         return
     shared = _first_item(tags, _SHARED_GROUPS)
     frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]

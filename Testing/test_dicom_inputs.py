@@ -751,6 +751,38 @@ class DicomGeometryFromTags(unittest.TestCase):
                 io.read_image(path)
             self.assertIn("has no usable PixelSpacing (0028,0030)", str(ctx.exception))
 
+    def test_a_header_pydicom_cannot_read_warns_from_the_callers_line(self) -> None:
+        """A multi-frame file whose header pydicom reads short while ITK (GDCM) reads its pixels (here a stray item
+        delimiter (FFFE,E00D) at its top level, where pydicom ends the data set, before NumberOfFrames) keeps ITK's
+        geometry, with a warning attributed to the line that called read_image, as the other warnings of a file
+        are, alone or in its folder; it had pointed into io.py."""
+        import struct
+        import warnings
+
+        from MultimodalFusionLib.dicom_header import read_geometry_tags
+
+        source = os.path.join(self.dir, "source.dcm")
+        truth = write_enhanced(source, None, frames=3, groups=False,
+                               top={"SpacingBetweenSlices": 2.0, "PixelSpacing": [0.7, 0.6]})
+        with open(source, "rb") as fh:
+            data = fh.read()
+        at = data.index(struct.pack("<HH", 0x0028, 0x0008))  # NumberOfFrames
+        folder = os.path.join(self.dir, "short")
+        os.makedirs(folder)
+        path = os.path.join(folder, "short.dcm")
+        with open(path, "wb") as out:
+            out.write(data[:at] + struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + data[at:])
+        self.assertNotIn(0x00280008, read_geometry_tags(path))
+        for given in (path, folder):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                line, image = sys._getframe().f_lineno, io.read_image(given)
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+            said = [str(w.message) for w in caught]
+            self.assertEqual(said, [f"DICOM file '{path}': its header could not be read to check its pixel size and "
+                                    "frame positions, so its geometry is as ITK's reader (GDCM) gives it."], given)
+            self.assertEqual((caught[0].filename, caught[0].lineno), (__file__, line), given)
+
     def test_gantry_tilted_ct_is_read_sheared(self) -> None:
         # slices 2.5 mm apart along z, each shifted 0.91 mm posterior (a gantry tilted 20 degrees): ITK stacked
         # them along the slice normal 2.66 mm apart, the last slice 6.4 mm off; the grid is now sheared
