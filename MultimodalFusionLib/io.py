@@ -338,7 +338,8 @@ def _warn_once_per_kind(label: str, total: int, notes: Sequence[_FileWarning], s
                       + alike[0].for_several, stacklevel=stacklevel)
 
 
-def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarning]) -> None:
+def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarning],
+                            tags: Mapping[int, Any] | None = None) -> None:
     """Give a single-frame DICOM image the pixel size its tags state, or refuse it when none does.
 
     ITK's DICOM reader (GDCM) reads a file without PixelSpacing (0028,0030) at 1 mm without a word (its
@@ -348,12 +349,13 @@ def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarni
     first (DICOM's size in the patient, calibrated where the two differ); without it ImagerPixelSpacing
     (the size at the detector: larger than in the patient by the geometric magnification) or
     NominalScannedPixelSpacing (0018,2010, a digitised film's) stand in, with a warning. A multi-frame
-    file (one with NumberOfFrames) is placed by :func:`_set_multiframe_geometry`. Only these tags are read,
+    file (one with NumberOfFrames) is placed by :func:`_set_multiframe_geometry` (from ``tags``, its header as
+    :func:`dicom_header.read_geometry_tags` gives it, where already read). Only these tags are read,
     and the warning and the error name the file and the tags only. With ``notes``, the warnings are kept
     there instead of given (see :func:`_warn_once_per_kind`).
     """
     if image.HasMetaDataKey("0028|0008"):  # NumberOfFrames: a multi-frame IOD, e.g. an enhanced CT or MR
-        _set_multiframe_geometry(image, path, notes)
+        _set_multiframe_geometry(image, path, notes, tags)
         return
     def text_of(tag: str) -> str:
         return image.GetMetaData(tag).strip() if image.HasMetaDataKey(tag) else ""
@@ -420,7 +422,8 @@ _PIXEL_MEASURES, _PLANE_POSITION, _PLANE_ORIENTATION = 0x00289110, 0x00209113, 0
 _DETECTOR_INFORMATION = 0x00540022
 
 
-def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarning]) -> None:
+def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarning],
+                             tags: Mapping[int, Any] | None = None) -> None:
     """Place a multi-frame DICOM image (one with NumberOfFrames, e.g. an enhanced CT/MR/PET) by its own
     tags, or refuse it where they do not say where its voxels are.
 
@@ -443,11 +446,14 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
     DetectorInformationSequence (0054,0022), and put one with only a top-level ImagePositionPatient at
     (0, 0, 0) without a word; a file that states no position anywhere stays at (0, 0, 0), with a warning that
     nothing places it (header-based placement is meaningless for it). Those warnings are kept in ``notes``
-    (:func:`_read_file` gives them, once per kind for a series).
+    (:func:`_read_file` gives them, once per kind for a series). ``tags``: the file's header as
+    :func:`dicom_header.read_geometry_tags` gives it, where the caller has read it (a file of a series), else
+    read here.
     """
     from .dicom_header import read_geometry_tags
 
-    tags = read_geometry_tags(path)
+    if tags is None:
+        tags = read_geometry_tags(path)
     if tags is None or 0x00280008 not in tags:  # unreadable, or cut short before the NumberOfFrames ITK saw
         # kept, as the other warnings are, for _read_file to give from its caller's line (or once for a series)
         notes.append(_FileWarning("header unread", path,
@@ -853,13 +859,16 @@ def _needs_own_geometry(row: Mapping[str, str]) -> bool:
                               and len(_dicom_numbers(row["orientation"])) == 6)
 
 
-def _check_part_placed(label: str, path: str, row: Mapping[str, str]) -> None:
+def _check_part_placed(label: str, path: str, row: Mapping[str, str]) -> dict[int, Any] | None:
     """Refuse a file of a series of several whose tags do not say where it lies: its frames could not be put
-    among those of the other files (ITK would stack them at the origin, or along the axial normal)."""
+    among those of the other files (ITK would stack them at the origin, or along the axial normal). Returns the
+    header of a multi-frame file (as :func:`dicom_header.read_geometry_tags` gives it, for :func:`_read_file` to
+    place the file by without parsing it again), None for a single-frame one (its row holds its tags)."""
     from .dicom_header import read_geometry_tags
 
     fix = ("Give the file's own path to read it alone, or export the series again with its geometry (from the "
            "scanner or PACS).")
+    tags = None
     if not row["frames"]:
         has_position = len(_dicom_numbers(row["position"])) == 3
         has_orientation = len(_dicom_numbers(row["orientation"])) == 6
@@ -890,6 +899,7 @@ def _check_part_placed(label: str, path: str, row: Mapping[str, str]) -> None:
     if not has_orientation:
         raise InputError(f"DICOM file '{path}' of {label} has no usable ImageOrientationPatient (0020,0037){where}, "
                          "so which way its rows and columns run is unknown (ITK would take it as axial).", fix)
+    return tags
 
 
 class _Grid(NamedTuple):
@@ -946,9 +956,10 @@ def _read_multiframe_series(pick: dict[str, Any], rows: Sequence[dict[str, str]]
     notes: list[_FileWarning] = []  # each file's warnings, given once per kind for the series (not 30 alike)
     try:
         for path in pick["files"]:
+            tags = None  # a multi-frame file's header, parsed once (it took ~13% of the read, parsed twice)
             if path in by_path:  # else ITK cannot read its header: reading it fails below, naming it
-                _check_part_placed(label, path, by_path[path])
-            image = _read_file(path, notes)
+                tags = _check_part_placed(label, path, by_path[path])
+            image = _read_file(path, notes, geometry_tags=tags)
             if image.GetDimension() != 3:
                 raise InputError(f"DICOM file '{path}' of {label} is a {image.GetDimension()}D image (size "
                                  f"{image.GetSize()}), which cannot be stacked with the series' other files.",
@@ -1050,11 +1061,12 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
 
 
 def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: int = 4,
-               as_slice: bool = False) -> sitk.Image:
+               as_slice: bool = False, geometry_tags: Mapping[int, Any] | None = None) -> sitk.Image:
     """One image file. A DICOM file's warnings (its pixel size from ImagerPixelSpacing, ...) are kept in ``notes``
     where given (a file of a series), else given with ``stacklevel`` counted from here (4: read_image's caller).
     With ``as_slice``, a DICOM file of one slice is read as the 2D image it is (see :func:`_dicom_slice_as_2d`),
-    before its warnings are given, so that they name its 2D origin."""
+    before its warnings are given, so that they name its 2D origin. ``geometry_tags``: a DICOM file's header as
+    :func:`dicom_header.read_geometry_tags` gives it, where the caller has read it already (else read as needed)."""
     _check_data_file(path)
     compressed = _check_metaimage_size(path) if _suffix(path) in (".mha", ".mhd") else None
     what = f"DICOM file '{path}'"
@@ -1076,7 +1088,7 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
     if syntax is not None or sitk.ImageFileReader.GetImageIOFromFileName(path) == "GDCMImageIO":
         kept: list[_FileWarning] = [] if notes is None else notes
         try:
-            _set_dicom_file_spacing(image, path, kept)
+            _set_dicom_file_spacing(image, path, kept, geometry_tags)
             if as_slice and image.GetDimension() == 3 and image.GetSize()[2] == 1:
                 multiframe = image.HasMetaDataKey("0028|0008")
                 image = _dicom_slice_as_2d(image)
