@@ -359,8 +359,17 @@ def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> st
         return "(" + ", ".join(f"{v + 0.0:.3f}" for v in values) + ") mm"
     if tx.get("rotation_deg") is not None:
         rows.append(("rotation (degrees)", tx["rotation_deg"]))
+    if tx.get("euler_angles_deg") is not None:
+        order = "Rz Ry Rx" if tx.get("euler_order") == "ZYX" else "Rz Rx Ry"
+        rows.append((f"Euler angles about x, y, z (degrees; ITK's Euler3D, matrix {order})",
+                     "(" + ", ".join(f"{v + 0.0:.3f}" for v in tx["euler_angles_deg"]) + ")"))
+    # the file's translation is about its centre; the offset (where the origin goes) differs by (M - I) c
+    if tx.get("itk_translation_lps") is not None:
+        center = tx.get("itk_center_lps")
+        rows.append(("translation in the transform file: ITK, LPS, maps fixed → moving points, about the centre "
+                     + (vec(center) if center is not None else "(the origin)"), vec(tx["itk_translation_lps"])))
     if tx.get("itk_offset_lps") is not None:
-        rows.append(("offset in the transform file: ITK, LPS, maps fixed → moving points", vec(tx["itk_offset_lps"])))
+        rows.append(("offset: where the origin goes (ITK, LPS)", vec(tx["itk_offset_lps"])))
     if tx.get("slicer_translation_ras") is not None:
         rows.append(("translation in Slicer's Transforms module: RAS (LR, PA, IS), moves moving → fixed",
                      vec(tx["slicer_translation_ras"])))

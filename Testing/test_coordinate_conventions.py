@@ -173,6 +173,57 @@ class TransformNumbersTest(unittest.TestCase):
         np.testing.assert_allclose(slicer[:3, :3] @ (moved * flip) + slicer[:3, 3], point * flip, atol=1e-12)
         self.assertEqual(summary["slicer_translation_ras"], list(slicer[:3, 3]))
 
+    def test_translation_about_the_centre_and_euler_angles_are_what_itk_holds(self) -> None:
+        from MultimodalFusionLib.registration.accuracy import euler_angles_deg, rigid_transform
+        from MultimodalFusionLib.registration.result import transform_summary
+
+        # the README's reference pair: 8 degrees about left-right and (3, 0, 4) mm about the fixed centre,
+        # a centre 40 mm from the origin, so the offset (where the origin goes) is another number
+        center = (1.0, 18.5, 22.5)
+        summary = transform_summary(rigid_transform(center, (8.0, 0.0, 0.0), (3.0, 0.0, 4.0)))
+        self.assertEqual(summary["itk_center_lps"], list(center))
+        np.testing.assert_allclose(summary["itk_translation_lps"], (3.0, 0.0, 4.0), atol=1e-12)
+        np.testing.assert_allclose(summary["euler_angles_deg"], (8.0, 0.0, 0.0), atol=1e-12)
+        self.assertEqual(summary["euler_order"], "ZXY")
+        self.assertGreater(np.abs(np.subtract(summary["itk_offset_lps"], (3.0, 0.0, 4.0))).max(), 3.0)
+        rng = np.random.default_rng(0)
+        for zyx in (False, True):
+            # ITK's angles are unique with the order's middle one (x, or y for ZYX) within +-90 degrees
+            limits = (3.0, 1.5, 3.0) if zyx else (1.5, 3.0, 3.0)
+            for angles in [rng.uniform(-1.0, 1.0, 3) * limits for _ in range(20)] + [(0.3, math.pi / 2, 0.2),
+                                                                                    (math.pi / 2, 0.3, 0.0)]:
+                tx = sitk.Euler3DTransform((10.0, -20.0, 30.0), *angles, (4.0, -6.0, 8.0))
+                tx.SetComputeZYX(zyx)
+                summary = transform_summary(tx)
+                self.assertEqual(summary["euler_order"], "ZYX" if zyx else "ZXY")
+                self.assertEqual(summary["itk_center_lps"], [10.0, -20.0, 30.0])
+                np.testing.assert_allclose(summary["itk_translation_lps"], tx.GetTranslation(), atol=1e-12)
+                found = summary["euler_angles_deg"]
+                rebuilt = sitk.Euler3DTransform((0, 0, 0), *np.radians(found))
+                rebuilt.SetComputeZYX(zyx)  # at a lock the angles differ from ITK's but give its matrix
+                np.testing.assert_allclose(rebuilt.GetMatrix(), tx.GetMatrix(), atol=1e-12)
+                if abs(math.cos(angles[1] if zyx else angles[0])) > 1e-6:
+                    np.testing.assert_allclose(found, np.degrees(tx.GetParameters()[:3]), atol=1e-9)
+        # an affine transform holding a rotation (the torch backend's kind): the angles of its matrix
+        affine = sitk.AffineTransform(3)
+        affine.SetCenter((5.0, 6.0, 7.0))
+        affine.SetMatrix(sitk.Euler3DTransform((0, 0, 0), 0.1, -0.2, 0.3).GetMatrix())
+        affine.SetTranslation((1.0, 2.0, 3.0))
+        summary = transform_summary(affine)
+        np.testing.assert_allclose(summary["euler_angles_deg"], np.degrees((0.1, -0.2, 0.3)), atol=1e-9)
+        np.testing.assert_allclose(summary["itk_translation_lps"], (1.0, 2.0, 3.0), atol=1e-12)
+        np.testing.assert_allclose(euler_angles_deg(np.eye(3)), (0.0, 0.0, 0.0))
+        # 2D: the Euler2D file's translation, about its centre; a composite has no centre
+        summary = transform_summary(sitk.Euler2DTransform((110.0, 128.0), math.radians(10), (13.0, 17.0)))
+        np.testing.assert_allclose(summary["itk_translation_lps"], (13.0, 17.0), atol=1e-12)
+        self.assertEqual(summary["itk_center_lps"], [110.0, 128.0])
+        self.assertNotIn("euler_angles_deg", summary)
+        composite = sitk.CompositeTransform([sitk.TranslationTransform(3, (1.0, 2.0, 3.0)),
+                                             sitk.Euler3DTransform((9.0, 9.0, 9.0), 0.2, 0.0, 0.0)])
+        summary = transform_summary(composite)
+        self.assertIsNone(summary["itk_center_lps"])
+        self.assertEqual(summary["itk_translation_lps"], summary["itk_offset_lps"])
+
     def test_2d_angle_is_signed_and_affine_has_none(self) -> None:
         from MultimodalFusionLib.registration.result import transform_summary
 
@@ -216,13 +267,20 @@ class TransformNumbersTest(unittest.TestCase):
         self.assertIn("in Slicer (Transforms module, RAS, moves the moving volume onto the fixed one)", out)
         self.assertIn("the file maps fixed -> moving points in LPS", out)
         tx = io.read_transform(os.path.join(out_dir, "transform.tfm"))
-        self.assertIn(f"offset ({', '.join(f'{v:.3f}' for v in tx.TransformPoint((0.0, 0.0, 0.0)))}) mm", out)
+        self.assertIn(f"offset ({', '.join(f'{v:.3f}' for v in tx.TransformPoint((0.0, 0.0, 0.0)))}) mm "
+                      "(where the origin goes)", out)
+        # the numbers the file holds: its translation about its centre, its angles in degrees
+        self.assertIn(f"translation ({', '.join(f'{v:.3f}' for v in tx.GetTranslation())}) mm about the centre "
+                      f"({', '.join(f'{v:.3f}' for v in tx.GetCenter())}) mm", out)
+        self.assertIn(f"Euler angles about x, y, z ({', '.join(f'{math.degrees(v):.3f}' for v in tx.GetParameters()[:3])})"
+                      " deg (ITK's Euler3D: matrix Rz Rx Ry)", out)
 
     def test_report_shows_both_conventions(self) -> None:
         from MultimodalFusionLib import fusion, report
         from MultimodalFusionLib.registration.result import RegistrationResult
 
         tx = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, 0.0, (4.0, -6.0, 8.0))  # a pure shift, LPS
+        turned = sitk.Euler3DTransform((0.0, 40.0, 0.0), math.radians(8), 0.0, 0.0, (3.0, 0.0, 4.0))
         vol = sitk.GetImageFromArray(np.random.default_rng(0).normal(100, 10, (8, 9, 10)).astype(np.float32))
         fused = fusion.fuse(vol, vol, "average")
         result = RegistrationResult(transform=tx, stages=[], metric_before=0.0, metric_after=-1.0)
@@ -230,9 +288,20 @@ class TransformNumbersTest(unittest.TestCase):
                                     metrics={}, registration=result)
         with open(paths["html"], encoding="utf-8") as fh:
             page = fh.read()
-        self.assertIn("ITK, LPS, maps fixed → moving points</th><td>(4.000, -6.000, 8.000) mm", page)
+        self.assertIn("ITK, LPS, maps fixed → moving points, about the centre (0.000, 0.000, 0.000) mm</th>"
+                      "<td>(4.000, -6.000, 8.000) mm", page)
         # Slicer's to-parent is the inverse in RAS: -(4, -6, 8) with x and y negated
         self.assertIn("(LR, PA, IS), moves moving → fixed</th><td>(4.000, -6.000, -8.000) mm", page)
+        # a transform with a centre: the file's translation (about the centre) and the offset, each named
+        result = RegistrationResult(transform=turned, stages=[], metric_before=0.0, metric_after=-1.0)
+        paths = report.write_report(self.tmp.name, inputs={"A": vol, "B": vol}, fusions=[fused],
+                                    metrics={}, registration=result)
+        with open(paths["html"], encoding="utf-8") as fh:
+            page = fh.read()
+        self.assertIn("about the centre (0.000, 40.000, 0.000) mm</th><td>(3.000, 0.000, 4.000) mm", page)
+        offset = ", ".join(f"{v + 0.0:.3f}" for v in turned.TransformPoint((0.0, 0.0, 0.0)))
+        self.assertIn(f"offset: where the origin goes (ITK, LPS)</th><td>({offset}) mm", page)
+        self.assertIn("matrix Rz Rx Ry)</th><td>(8.000, 0.000, 0.000)", page)
 
 
 class CheckerboardOrientationTest(unittest.TestCase):

@@ -20,6 +20,7 @@ from ..errors import InputError
 __all__ = [
     "transform_error",
     "rotation_angle_deg",
+    "euler_angles_deg",
     "rigid_transform",
     "KnownCase",
     "rigid_case",
@@ -86,6 +87,30 @@ def rotation_angle_deg(matrix_or_transform: np.ndarray | sitk.Transform) -> floa
         return math.degrees(math.atan2(matrix[1, 0], matrix[0, 0]))
     cos = (np.trace(matrix) - 1.0) / 2.0
     return math.degrees(math.acos(float(np.clip(cos, -1.0, 1.0))))
+
+
+def euler_angles_deg(matrix: np.ndarray, zyx: bool = False) -> list[float]:
+    """The angles (degrees) about x, y and z that ITK's ``Euler3DTransform`` holds for a 3D rotation matrix.
+
+    ITK builds the matrix as ``Rz @ Rx @ Ry`` (about y first, then x, then z), or ``Rz @ Ry @ Rx`` when
+    ``ComputeZYX`` is set (``zyx=True``); its parameters are these angles in radians, so the result is
+    what a transform file's first three parameters read in degrees. At the order's lock (the middle
+    angle at +-90 degrees) the angle about z is 0 and the others take the rest, as ITK does.
+    """
+    r = np.asarray(matrix, float)
+    if zyx:  # Rz Ry Rx: r[2, 0] = -sin(y)
+        y = math.asin(float(np.clip(-r[2, 0], -1.0, 1.0)))
+        if abs(math.cos(y)) > 1e-9:
+            x, z = math.atan2(r[2, 1], r[2, 2]), math.atan2(r[1, 0], r[0, 0])
+        else:  # Ry Rx alone: row 1 is (0, cos x, -sin x)
+            x, z = math.atan2(-r[1, 2], r[1, 1]), 0.0
+    else:  # Rz Rx Ry: r[2, 1] = sin(x)
+        x = math.asin(float(np.clip(r[2, 1], -1.0, 1.0)))
+        if abs(math.cos(x)) > 1e-9:
+            y, z = math.atan2(-r[2, 0], r[2, 2]), math.atan2(-r[0, 1], r[1, 1])
+        else:  # Rx Ry alone: row 0 is (cos y, 0, sin y)
+            y, z = math.atan2(r[0, 2], r[0, 0]), 0.0
+    return [math.degrees(a) for a in (x, y, z)]
 
 
 def rigid_transform(center: Sequence[float], angles_deg: Sequence[float], translation: Sequence[float]) -> sitk.Transform:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .accuracy import rotation_angle_deg
+from .accuracy import euler_angles_deg, rotation_angle_deg
 
 __all__ = ["StageResult", "RegistrationResult", "transform_summary", "iterations_per_level", "iterations_text",
            "TRANSFORM_CONVENTION"]
@@ -18,7 +18,12 @@ TRANSFORM_CONVENTION = (
     "itk_*: the transform as the transform file holds it: it maps fixed-image points to moving-image points, "
     "in LPS (ITK, ANTs, elastix; resample the moving image with it). slicer_*: what Slicer's Transforms module "
     "shows once that file is loaded: the 'to parent' matrix in RAS, the inverse, which moves the moving volume "
-    "onto the fixed one (its translation column is the LR, PA, IS sliders).")
+    "onto the fixed one (its translation column is the LR, PA, IS sliders). itk_translation_lps is the "
+    "translation about the centre itk_center_lps (the file's translation parameters; (0, 0) or (0, 0, 0) "
+    "when the transform has no centre), itk_offset_lps where the origin goes (the 4x4 matrix's last "
+    "column): x -> M (x - c) + c + t = M x + offset. rotation_deg: the rotation's angle; euler_angles_deg: "
+    "ITK Euler3DTransform's angles about x, y, z in degrees, matrix = Rz Rx Ry (about y first; "
+    "Rz Ry Rx where euler_order says ZYX).")
 
 
 @dataclasses.dataclass
@@ -146,11 +151,16 @@ def transform_summary(transform: sitk.Transform) -> dict[str, Any] | None:
 
     Returns:
         None for a deformable transform, else a dict with ``convention`` (:data:`TRANSFORM_CONVENTION`),
-        ``itk_matrix_lps`` (rows) and ``itk_offset_lps`` (where the origin goes: the homogeneous
-        matrix's last column; ITK's "Translation" parameter differs when the transform has a centre),
-        ``itk_parameters`` and ``itk_fixed_parameters`` (the transform file's Parameters and
-        FixedParameters lines; absent for a composite), ``rotation_deg`` (rigid transforms only:
-        the rotation's angle, signed in 2D, counterclockwise from +x toward +y), and for 3D
+        ``itk_matrix_lps`` (rows), ``itk_center_lps`` (the transform's centre, as the file's
+        FixedParameters hold it; None when it has none, e.g. a composite), ``itk_translation_lps``
+        (``T(c) - c`` about that centre, or about the origin when there is none: the file's translation
+        parameters), ``itk_offset_lps`` (where the origin goes: the homogeneous matrix's last column;
+        differs from the translation when the centre is not the origin), ``itk_parameters`` and
+        ``itk_fixed_parameters`` (the transform file's Parameters and FixedParameters lines; absent for
+        a composite), ``rotation_deg`` (rigid transforms only: the rotation's angle, signed in 2D,
+        counterclockwise from +x toward +y), for a 3D rigid transform ``euler_angles_deg`` (about x,
+        y, z, as ITK's Euler3DTransform holds them, :func:`euler_angles_deg`) and ``euler_order``
+        ("ZXY": matrix ``Rz Rx Ry``, ITK's default; "ZYX" for an Euler3DTransform set so), and for 3D
         ``slicer_matrix_to_parent_ras`` (4x4 rows) and ``slicer_translation_ras`` (mm).
     """
     from ..mrml import linear_transform_matrix, slicer_matrix_to_parent
@@ -162,12 +172,21 @@ def transform_summary(transform: sitk.Transform) -> dict[str, Any] | None:
     matrix, offset = homogeneous[:dim, :dim], homogeneous[:dim, 3]
     rigid = np.allclose(matrix.T @ matrix, np.eye(dim), atol=1e-6) and np.linalg.det(matrix) > 0
     angle = rotation_angle_deg(matrix) if rigid else None
+    center = _center(transform)
+    # T(c) - c: what a transform file's translation parameters hold, about the centre its FixedParameters hold
+    translation = np.array(transform.TransformPoint(center or [0.0] * dim)) - np.array(center or [0.0] * dim)
     summary: dict[str, Any] = {
         "convention": TRANSFORM_CONVENTION,
         "itk_matrix_lps": [[float(v) for v in row] for row in matrix],
+        "itk_center_lps": center,
+        "itk_translation_lps": [float(v) + 0.0 for v in translation],
         "itk_offset_lps": [float(v) for v in offset],
         "rotation_deg": angle,
     }
+    if rigid and dim == 3:
+        zyx = isinstance(transform, sitk.Euler3DTransform) and transform.GetComputeZYX()
+        summary["euler_angles_deg"] = [v + 0.0 for v in euler_angles_deg(matrix, zyx=zyx)]
+        summary["euler_order"] = "ZYX" if zyx else "ZXY"
     if not isinstance(transform, sitk.CompositeTransform):
         summary["itk_parameters"] = [float(v) for v in transform.GetParameters()]
         summary["itk_fixed_parameters"] = [float(v) for v in transform.GetFixedParameters()]
@@ -176,3 +195,12 @@ def transform_summary(transform: sitk.Transform) -> dict[str, Any] | None:
         summary["slicer_matrix_to_parent_ras"] = [[float(v) + 0.0 for v in row] for row in slicer]
         summary["slicer_translation_ras"] = [float(v) + 0.0 for v in slicer[:3, 3]]
     return summary
+
+
+def _center(transform: sitk.Transform) -> list[float] | None:
+    """The centre of a centred linear transform (Euler, similarity, versor, affine), None for others."""
+    tx = transform
+    if type(tx) is sitk.Transform and hasattr(tx, "Downcast"):
+        tx = tx.Downcast()
+    get = getattr(tx, "GetCenter", None)
+    return [float(v) for v in get()] if get is not None else None
