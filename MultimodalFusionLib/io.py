@@ -1819,11 +1819,35 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
 
 
 def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
-    """Write an ITK transform atomically (.tfm/.txt for linear, .h5 for deformable)."""
+    """Write an ITK transform atomically: .tfm/.txt (ITK text) or .h5 (HDF5) for any transform, .mat
+    (ITK's MATLAB format, as ANTs writes affine transforms) for a single one.
+
+    Raises:
+        InputError: an extension ITK writes no transform as, a composite of several transforms to .mat
+            (ITK writes it, but neither ITK nor ANTs reads it back), or an unwritable file.
+    """
     final = os.fspath(path)
-    with atomic_output(final) as tmp, \
-            itk_guard(f"writing transform '{final}'", "Use .tfm or .txt for linear and .h5 for deformable transforms."):
-        sitk.WriteTransform(transform, tmp)
+    if _suffix(final) == ".mat" and isinstance(transform, sitk.CompositeTransform):
+        if transform.GetNumberOfTransforms() == 1:  # the same mapping, in a form the format holds
+            transform = transform.GetNthTransform(0)
+        else:
+            kinds = ", ".join(transform.GetNthTransform(i).GetName() for i in range(transform.GetNumberOfTransforms()))
+            raise InputError(f"'{final}': a .mat file holds one transform, and this is a composite of "
+                             f"{transform.GetNumberOfTransforms()} ({kinds}); ITK would write a file that "
+                             "its reader (which Slicer and ANTs use) cannot read back.",
+                             "Write it as .h5 (or .tfm), which hold composite transforms.")
+    with atomic_output(final) as tmp:
+        try:
+            with itk_guard(f"writing transform '{final}'", "Check the folder is writable."):
+                sitk.WriteTransform(transform, tmp)
+        except InputError as exc:
+            if "Could not create Transform IO object" in str(exc):  # ITK names the temporary file, not the output
+                raise InputError(f"No transform format is written as '{final}' (extension "
+                                 f"'{_suffix(final) or 'none'}').",
+                                 "Name the transform .tfm or .txt (ITK text), .h5 (HDF5) or .mat (one "
+                                 "linear transform, as ANTs writes); all hold deformable transforms too, "
+                                 "but only .tfm, .txt and .h5 hold a composite.") from exc
+            raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
     return final
 
 

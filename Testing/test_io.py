@@ -70,6 +70,40 @@ class RoundTrip(unittest.TestCase):
             p = (10.0, -20.0, 30.0)
             np.testing.assert_allclose(back.TransformPoint(p), tx.TransformPoint(p), atol=1e-9)
 
+    def test_transform_files_read_back_or_are_refused_with_the_output_named(self):
+        """Every file write_transform writes reads back (ITK's reader is what Slicer and ANTs use); a
+        composite to .mat had been written unreadable, and an unknown extension named the temporary file."""
+        rigid = sitk.Euler3DTransform((1.0, 2.0, 3.0), 0.1, -0.2, 0.3, (4.0, 5.0, 6.0))
+        affine = sitk.AffineTransform(3)
+        affine.SetMatrix((1.1, 0.1, 0.0, 0.0, 0.9, 0.05, 0.0, 0.0, 1.0))
+        affine.SetTranslation((1.0, -2.0, 3.0))
+        composite = sitk.CompositeTransform([rigid, affine])
+        single = sitk.CompositeTransform([affine])
+        p = (10.0, -20.0, 30.0)
+        with tempfile.TemporaryDirectory() as d:
+            for name, tx in (("rigid", rigid), ("composite", composite), ("single", single)):
+                for ext in (".tfm", ".txt", ".h5", ".mat"):
+                    if name == "composite" and ext == ".mat":
+                        continue
+                    with self.subTest(name=name, ext=ext):
+                        path = io.write_transform(tx, os.path.join(d, name + ext))
+                        back = sitk.ReadTransform(path)  # ITK's own reader, not ours
+                        np.testing.assert_allclose(back.TransformPoint(p), tx.TransformPoint(p), atol=1e-9)
+            path = os.path.join(d, "composite.mat")
+            with self.assertRaises(InputError) as cm:
+                io.write_transform(composite, path)
+            self.assertIn("a .mat file holds one transform", cm.exception.problem)
+            self.assertIn(".h5", cm.exception.fix)
+            self.assertFalse(os.path.exists(path))
+            for name in ("t.xyz", "t.nii.gz", "t"):
+                path = os.path.join(d, name)
+                with self.subTest(name=name), self.assertRaises(InputError) as cm:
+                    io.write_transform(rigid, path)
+                self.assertIn(f"No transform format is written as '{path}'", cm.exception.problem)
+                self.assertNotIn(".mmf-tmp", str(cm.exception))
+                self.assertIn(".tfm", cm.exception.fix)
+            self.assertEqual([f for f in os.listdir(d) if f.startswith(".mmf-tmp")], [])
+
     def test_png_colour_to_grey(self):
         from MultimodalFusionLib import data
 
