@@ -22,13 +22,30 @@ __all__ = ["check_image", "check_pair", "check_min_axis", "check_deformable_size
            "masks_intersection", "check_masks_meet", "small_mask_warnings"]
 
 
+#: Pixel types that are not intensities: complex (numpy's float() of them drops the imaginary part, so a
+#: complex MR was fused from its real part without a word) and label maps (reading their voxels aborts the
+#: whole process, a C++ exception no Python code can catch). Only ids this SimpleITK build has (others are < 0).
+_COMPLEX_PIXEL_IDS = frozenset(i for i in (getattr(sitk, n, -1) for n in ("sitkComplexFloat32", "sitkComplexFloat64"))
+                               if i >= 0)
+_LABEL_MAP_PIXEL_IDS = frozenset(i for i in (getattr(sitk, f"sitkLabelUInt{bits}", -1) for bits in (8, 16, 32, 64))
+                                 if i >= 0)
+
+
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,
                 allow_constant: bool = False) -> None:
-    """Raise InputError if ``image`` is not usable: wrong dimension, empty, NaN/inf, constant (unless
-    ``allow_constant``: resampling a blank mask is legitimate, registering or fusing one is not)."""
+    """Raise InputError if ``image`` is not usable: wrong dimension, empty, complex or label-map pixels,
+    NaN/inf, constant (unless ``allow_constant``: resampling a blank mask is legitimate, registering or
+    fusing one is not)."""
     if not isinstance(image, sitk.Image):
         raise InputError(f"The {name} is a {type(image).__name__}, not an image.",
                          "Pass a SimpleITK image, or read it with MultimodalFusionLib.io.read_image.")
+    pixel_id = image.GetPixelID()
+    if pixel_id in _COMPLEX_PIXEL_IDS:
+        raise InputError(f"The {name} has complex pixels ({image.GetPixelIDTypeAsString()}).",
+                         "Give its magnitude image (sitk.ComplexToModulus(image), or the scanner's magnitude series).")
+    if pixel_id in _LABEL_MAP_PIXEL_IDS:
+        raise InputError(f"The {name} is a label map ({image.GetPixelIDTypeAsString()}), not an image of values.",
+                         "Convert it to a label image first: sitk.LabelMapToLabel(image).")
     dim = image.GetDimension()
     if dim not in (2, 3):
         raise InputError(f"The {name} is {dim}D; only 2D and 3D images are supported.",

@@ -208,6 +208,38 @@ class FusionMethods2DTest(unittest.TestCase):
         with self.assertRaises(InputError):
             fusion.fuse(self.a8, small, "max")
 
+    def test_pixels_that_are_not_values_are_refused(self) -> None:
+        # a complex image (a complex-valued MR in NIfTI) was fused from its real part, numpy only warning
+        # "ComplexWarning: Casting complex values to real discards the imaginary part"; for every method
+        real = _arr(self.a8)
+        complex_image = sitk.GetImageFromArray((real + 1j * real[::-1]).astype(np.complex64))
+        complex_image.CopyInformation(self.a8)
+        for method in CLASSIC:
+            for args in ((complex_image, self.b8), (self.a8, complex_image)):
+                with self.subTest(method), self.assertRaises(InputError) as ctx:
+                    fusion.fuse(*args, method)
+                self.assertIn("complex pixels", str(ctx.exception))
+                self.assertIn("ComplexToModulus", str(ctx.exception))
+        # a label map (SimpleITK's LabelMap pixel types) aborted the whole process reading its voxels ("terminate
+        # called after throwing an instance of 'itk::simple::GenericException'"): run where that cannot end the tests
+        import subprocess
+        import sys
+
+        code = ("import SimpleITK as sitk\n"
+                "from MultimodalFusionLib import fusion\n"
+                "from MultimodalFusionLib.errors import InputError\n"
+                "grey = sitk.GetImageFromArray(__import__('numpy').arange(12.0).reshape(3, 4))\n"
+                "labels = sitk.BinaryImageToLabelMap(sitk.Cast(grey > 5, sitk.sitkUInt8))\n"
+                "for args in ((labels, grey), (grey, labels)):\n"
+                "    try:\n"
+                "        fusion.fuse(*args, 'average')\n"
+                "    except InputError as exc:\n"
+                "        print(exc)\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+        self.assertEqual(done.stdout.count("is a label map"), 2, done.stdout)
+        self.assertIn("LabelMapToLabel", done.stdout)
+
     def test_inputs_are_not_modified(self) -> None:
         before = _arr(self.b8).copy()
         fusion.fuse(self.a8, self.b8, "wavelet")
