@@ -240,6 +240,20 @@ class FusionMethods2DTest(unittest.TestCase):
         self.assertEqual(done.stdout.count("is a label map"), 2, done.stdout)
         self.assertIn("LabelMapToLabel", done.stdout)
 
+    def test_colour_inputs_are_checked_before_their_conversion_to_grey(self) -> None:
+        # a 4D colour anatomical image was a RuntimeError from ITK's VectorIndexSelectionCast, and one with 2
+        # components was "Image has 2 components per pixel", naming neither image; the functional image was right
+        four_d = sitk.Image([4, 4, 4, 4], sitk.sitkVectorFloat32, 3)
+        grey_4d = sitk.Image([4, 4, 4, 4], sitk.sitkFloat32)
+        two = sitk.GetImageFromArray(np.stack([_arr(self.a8), _arr(self.b8)], axis=-1), isVector=True)
+        for a, b, words in ((four_d, grey_4d, ("anatomical image (a) is 4D", "Extract a 3D volume")),
+                            (two, self.b8, ("anatomical image (a) has 2 components", "grey or an RGB")),
+                            (self.a8, two, ("functional image (b) has 2 components", "grey or an RGB"))):
+            with self.subTest(words[0]), self.assertRaises(InputError) as ctx:
+                fusion.fuse(a, b, "average")
+            for word in words:
+                self.assertIn(word, str(ctx.exception))
+
     def test_inputs_are_not_modified(self) -> None:
         before = _arr(self.b8).copy()
         fusion.fuse(self.a8, self.b8, "wavelet")

@@ -241,9 +241,15 @@ def _grey_input(image: sitk.Image, name: str) -> sitk.Image:
     if not isinstance(image, sitk.Image):
         raise InputError(f"The {name} is a {type(image).__name__}, not an image.",
                          "Pass a SimpleITK image (MultimodalFusionLib.io.read_image).")
-    if image.GetNumberOfComponentsPerPixel() > 1:
+    ncomp = image.GetNumberOfComponentsPerPixel()
+    if ncomp > 1:
         from ..io import to_luminance
 
+        # checked before the conversion, which cannot name the image and runs ITK filters that exist in 2D
+        # and 3D only: a 4D colour image was a RuntimeError from VectorIndexSelectionCast
+        check_image(image, name, allow_vector=True)
+        if ncomp not in (3, 4):
+            raise InputError(f"The {name} has {ncomp} components per pixel.", "Give a grey or an RGB image.")
         was_8bit = image.GetPixelID() == sitk.sitkVectorUInt8
         lum = to_luminance(image)
         if was_8bit:  # keep the 8-bit scale of colour PNGs (rounded, as OpenCV's grey conversion)
