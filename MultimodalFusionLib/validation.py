@@ -67,9 +67,21 @@ def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = 
         if bad:
             raise InputError(f"The {name} has {bad} NaN or infinite voxels.",
                              "Replace them (e.g. with 0 or the background value) before registering or fusing.")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo == hi and not allow_constant:
-        raise InputError(f"The {name} is constant (every voxel is {lo:g}); it holds no structure to use.",
+    if allow_constant:
+        return
+    ncomp = image.GetNumberOfComponentsPerPixel()
+    if ncomp > 1:
+        # a colour image is constant when every voxel has one colour: the lowest and highest of all its
+        # components differ there (a blank PET slice in a colour map's dark blue, (0, 0, 128), had been fused)
+        flat = arr.reshape(-1, ncomp)
+        lows, highs = flat.min(axis=0), flat.max(axis=0)
+        constant = bool(np.array_equal(lows, highs))
+        value = "the colour (" + ", ".join(f"{float(v):g}" for v in lows) + ")"
+    else:
+        lo, hi = float(arr.min()), float(arr.max())
+        constant, value = lo == hi, f"{lo:g}"
+    if constant:
+        raise InputError(f"The {name} is constant (every voxel is {value}); it holds no structure to use.",
                          "Check that the right file or series was loaded and that it is not blank.")
 
 

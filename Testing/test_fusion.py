@@ -254,6 +254,26 @@ class FusionMethods2DTest(unittest.TestCase):
             for word in words:
                 self.assertIn(word, str(ctx.exception))
 
+    def test_a_functional_image_of_one_colour_is_constant(self) -> None:
+        # a blank PET slice in a colour map's dark blue was fused (its components 0 and 128 passed as "not
+        # constant"), while the same blank slice in grey was refused
+        blue = np.zeros(_arr(self.b8).shape + (3,), np.uint8)
+        blue[..., 2] = 128
+        one_colour = sitk.GetImageFromArray(blue, isVector=True)
+        one_colour.CopyInformation(self.b8)
+        for method in CLASSIC:
+            with self.subTest(method), self.assertRaises(InputError) as ctx:
+                fusion.fuse(self.a8, one_colour, method)
+            self.assertIn("functional image (b) is constant (every voxel is the colour (0, 0, 128))", str(ctx.exception))
+        # one colour is what is refused, not one luminance: pure red and a green of its luminance are fused
+        red = blue.copy()
+        red[..., 2] = 0
+        red[:, : blue.shape[1] // 2] = (255, 0, 0)
+        red[:, blue.shape[1] // 2:] = (0, 130, 0)  # Y = 76.2 and 76.3
+        two_colours = sitk.GetImageFromArray(red, isVector=True)
+        two_colours.CopyInformation(self.b8)
+        self.assertEqual(fusion.fuse(self.a8, two_colours, "average").image.GetNumberOfComponentsPerPixel(), 3)
+
     def test_inputs_are_not_modified(self) -> None:
         before = _arr(self.b8).copy()
         fusion.fuse(self.a8, self.b8, "wavelet")
