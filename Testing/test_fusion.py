@@ -82,6 +82,40 @@ class FusionMethods2DTest(unittest.TestCase):
             res = fusion.fuse(self.a8, self.a8, name, **params)
             np.testing.assert_allclose(_arr(res.image), _arr(self.a8), atol=1e-3, err_msg=name)
 
+    def test_every_method_returns_an_image_fused_with_itself(self) -> None:
+        """Odd sizes, axes of 1 or 2 voxels, an oblique grid and 16-bit values near the top of their range: every
+        grey method gives the min-max stretched input back on a's grid, and leaves its inputs as they were."""
+        import hashlib
+
+        rng = np.random.default_rng(11)
+        oblique_2d = (0.6, -0.8, 0.8, 0.6)
+        oblique_3d = tuple(sitk.VersorTransform((0.2, 0.5, 0.3), 0.4).GetMatrix())
+        for shape in ((33, 47), (1, 57), (57, 1), (5, 3), (7, 33, 45), (2, 31, 29), (17, 2, 41)):
+            values = (65535 - rng.integers(0, 4000, shape)).astype(np.uint16)
+            image = sitk.GetImageFromArray(values)
+            image.SetSpacing([0.7 + 0.2 * k for k in range(len(shape))])
+            image.SetOrigin([-12.5 + 3 * k for k in range(len(shape))])
+            image.SetDirection(oblique_2d if len(shape) == 2 else oblique_3d)
+            before = hashlib.sha1(values.tobytes()).hexdigest()
+            expected = (values - values.min()) / float(values.max() - values.min()) * 255.0
+            for name in ("average", "max", "pca", "wavelet", "laplacian"):
+                with self.subTest(shape=shape, method=name):
+                    res = fusion.fuse(image, image, name)
+                    self.assertEqual(res.image.GetPixelID(), sitk.sitkFloat32)
+                    for get in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+                        self.assertEqual(getattr(res.image, get)(), getattr(image, get)(), get)
+                    np.testing.assert_allclose(_arr(res.image), expected, atol=1e-3)
+                    self.assertEqual(hashlib.sha1(sitk.GetArrayViewFromImage(image).tobytes()).hexdigest(), before)
+
+    def test_pca_weight_is_the_principal_eigenvector_normalised(self) -> None:
+        # Naidu & Raol's PCA fusion: the principal eigenvector (v1, v2) of the 2x2 covariance, weights v / sum(v)
+        a, b = fusion.to_unit(self.a8), fusion.to_unit(self.b8)
+        vals, vecs = np.linalg.eig(np.cov(a.ravel(), b.ravel()))
+        v = vecs[:, np.argmax(vals)]
+        res = fusion.fuse(self.a8, self.b8, "pca")
+        self.assertAlmostEqual(float(_arr(res.weights).mean()), v[0] / v.sum(), places=6)
+        np.testing.assert_allclose(_arr(res.image), (v[0] * a + v[1] * b) / v.sum() * 255.0, atol=1e-3)
+
     def test_multiscale_methods_keep_the_sharper_detail(self) -> None:
         # b = a blurred: max-abs detail selection keeps a's edges, so the fusion is sharper than b
         blurred = sitk.Cast(sitk.SmoothingRecursiveGaussian(sitk.Cast(self.a8, sitk.sitkFloat32), 3.0), sitk.sitkUInt8)
