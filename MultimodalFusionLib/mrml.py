@@ -734,15 +734,23 @@ def _display_values(node: Any, low: float, high: float) -> tuple[float, float, f
     return lo, hi, float(np.fmax.reduce(voxels, axis=None))
 
 
+def _own_colours(node: Any) -> bool:
+    """A volume shown with its own colours, not a colour table over a window: RGB voxels, or labels (whose
+    display node has no window, level or threshold)."""
+    return bool(node.IsA("vtkMRMLVectorVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"))
+
+
 def setup_anatomical_display(node: Any, *, percentiles: tuple[float, float] = (0.5, 99.5)) -> Any:
     """Grey colour table and a window/level from robust percentiles (for CT/MR backgrounds).
+
+    A colour (vector) volume and a label map keep their own colours: they have no grey window.
 
     Returns:
         The display node.
     """
     scene = get_scene(None, node)
     display = _display_node(node)
-    if node.IsA("vtkMRMLVectorVolumeNode"):
+    if _own_colours(node):
         return display
     display.SetAndObserveColorNodeID(_color_node(scene, "Grey").GetID())
     lo, hi, _ = _display_values(node, *percentiles)
@@ -764,11 +772,15 @@ def setup_functional_display(node: Any, *, colormap: str = "PET-Heat",
             transparent when shown as foreground, so low uptake does not tint the anatomy;
             None shows all voxels.
 
+    A colour (vector) volume and a label map keep their own colours (and are shown whole).
+
     Returns:
         The display node.
     """
     scene = get_scene(None, node)
     display = _display_node(node)
+    if _own_colours(node):
+        return display
     display.SetAndObserveColorNodeID(_color_node(scene, colormap).GetID())
     lo, hi, image_max = _display_values(node, *percentiles)
     display.AutoWindowLevelOff()
@@ -789,8 +801,9 @@ def show_fusion(background_node: Any, foreground_node: Any | None = None, *, opa
     (anatomy) in every slice view of the scene.
 
     Args:
-        background_node: anatomical volume (grey).
-        foreground_node: functional volume, coloured with ``colormap``; None shows only the background.
+        background_node: anatomical volume (grey; a colour volume or a label map keeps its own colours).
+        foreground_node: functional volume, coloured with ``colormap`` (a colour volume or a label map keeps
+            its own colours); None shows only the background.
         opacity: foreground opacity, 0..1.
         colormap: colour table of the foreground.
         threshold_fraction: see :func:`setup_functional_display`.
@@ -803,7 +816,7 @@ def show_fusion(background_node: Any, foreground_node: Any | None = None, *, opa
         raise InputError(f"Foreground opacity {opacity} is outside 0..1.", "Give a value between 0 and 1.")
     scene = get_scene(scene, background_node)
     setup_anatomical_display(background_node)
-    if foreground_node is not None and not foreground_node.IsA("vtkMRMLVectorVolumeNode"):
+    if foreground_node is not None:
         setup_functional_display(foreground_node, colormap=colormap, threshold_fraction=threshold_fraction)
     composites = _nodes_by_class(scene, "vtkMRMLSliceCompositeNode")
     for composite in composites:

@@ -224,6 +224,22 @@ class MrmlHelpersTest(unittest.TestCase):
         display = mrml.setup_functional_display(node)
         self.assertFalse(np.isnan(display.GetUpperThreshold()))
 
+    def test_label_maps_are_shown_with_their_own_colours(self) -> None:
+        # a label map (e.g. the fixed volume of a registration, then run(show=True)) has a label-map display
+        # node, without window, level or threshold: showing it ended in an AttributeError from inside MRML
+        labels = mrml.volume_node_from_image(sitk.Cast(self.image > 50, sitk.sitkUInt8), self.scene,
+                                             name="labels", label=True)
+        grey = mrml.volume_node_from_image(self.image, self.scene, name="grey")
+        colours = labels.GetDisplayNode().GetColorNodeID()
+        for background, foreground in ((labels, grey), (grey, labels)):
+            self.assertEqual(mrml.show_fusion(background, foreground, opacity=0.4), 3)
+            composite = self.scene.GetSingletonNode("Red", "vtkMRMLSliceCompositeNode")
+            self.assertEqual((composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()),
+                             (background.GetID(), foreground.GetID()))
+            self.assertEqual(labels.GetDisplayNode().GetColorNodeID(), colours)
+            self.assertEqual(grey.GetDisplayNode().GetColorNode().GetName(),
+                             "PET-Heat" if foreground is grey else "Grey")
+
     def test_colour_nodes_are_added_to_a_bare_scene_on_demand(self) -> None:
         import slicer
 
