@@ -95,6 +95,11 @@ def _check_class(node: Any, class_name: str, what: str, kind: str) -> None:
     if node is not None and not node.IsA(class_name):
         raise InputError(f"The {what} '{node.GetName()}' is a {node.GetClassName()}, not a {kind}.",
                          f"Select a {kind} as the {what}, or leave it empty to create one.")
+    # a label map is a scalar volume node to VTK, but its voxels are labels: an image written into it would
+    # be shown with label colours (every intensity a different label), and it could be a mask given as input
+    if class_name == "vtkMRMLScalarVolumeNode" and node is not None and node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(f"The {what} '{node.GetName()}' is a label map; the result is an image, not labels.",
+                         f"Select a (scalar) volume node as the {what}, or leave it empty to create one.")
 
 
 def _in_world(node: Any) -> Any:

@@ -212,6 +212,25 @@ class LogicTest(unittest.TestCase):
                                        newNodeOnKindChange=True)
         self.assertIs(again.fusedVolumeNode, grey.fusedVolumeNode)
 
+    def test_a_label_map_is_never_an_output_volume(self) -> None:
+        # a label map is a vtkMRMLScalarVolumeNode to VTK: the resampled PET (float) was written into it and
+        # shown with label colours, every intensity another label
+        labels = mrml.volume_node_from_image(sitk.Cast(self.fixed > 50, sitk.sitkUInt8), self.scene, name="head",
+                                             label=True)
+        before = self.scene.GetNumberOfNodes()
+        calls = {"registerVolumes": lambda: self._register(outputVolumeNode=labels),
+                 "fuseVolumes output": lambda: self.logic.fuseVolumes(self.mr, self.pet, outputVolumeNode=labels),
+                 "fuseVolumes weights": lambda: self.logic.fuseVolumes(self.mr, self.pet, method="pca",
+                                                                       weightsVolumeNode=labels),
+                 "run fused": lambda: self.logic.run(self.mr, self.pet, stages=["rigid"], fusedVolumeNode=labels),
+                 "run weights": lambda: self.logic.run(self.mr, self.pet, stages=["rigid"], fusionMethod="pca",
+                                                       weightsVolumeNode=labels)}
+        for name, call in calls.items():
+            with self.subTest(name), self.assertRaisesRegex(InputError, "'head' is a label map.*leave it empty"):
+                call()
+        self.assertEqual(self.scene.GetNumberOfNodes(), before)  # refused before any work
+        self.assertEqual(labels.GetImageData().GetScalarTypeAsString(), "unsigned char")
+
     def _table_colours(self, name: str) -> np.ndarray:
         """The colour node's own 256-entry lookup table (Slicer's table, not the engine's sampling of it)."""
         lut = self.scene.GetFirstNodeByName(name).GetLookupTable()
