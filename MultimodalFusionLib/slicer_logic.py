@@ -16,6 +16,7 @@ In Slicer's Python console::
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, Sequence
 
 from . import mrml
@@ -88,6 +89,15 @@ def _check_not_input(output: Any, inputs: Sequence[Any], what: str) -> None:
         if output is not None and node is not None and output is node:
             raise InputError(f"The {what} '{output.GetName()}' is also an input; inputs are never overwritten.",
                              f"Select another {what} node, or leave it empty to create a new one.")
+
+
+def _check_distinct(outputs: Sequence[tuple[Any, str]]) -> None:
+    """One node chosen for two outputs: the later would replace the earlier (or the input it is made from)."""
+    for (first, first_role), (second, second_role) in itertools.combinations(outputs, 2):
+        if first is not None and first is second:
+            raise InputError(f"'{first.GetName()}' is selected for both the {first_role} and the {second_role}; "
+                             f"the {second_role} would replace the {first_role}.",
+                             "Select different nodes, or leave one empty to create it.")
 
 
 def _check_class(node: Any, class_name: str, what: str, kind: str) -> None:
@@ -242,7 +252,9 @@ class FusionLogic:
             raise InputError("Select both a fixed and a moving volume.", "Choose the two volumes to register.")
         if fixedVolumeNode is movingVolumeNode:
             raise InputError("The fixed and moving volumes are the same node.", "Select two different volumes.")
-        _check_not_input(outputVolumeNode, [fixedVolumeNode, movingVolumeNode], "output volume")
+        # a mask may be a scalar volume node too: it is read, then would be overwritten with the result
+        _check_not_input(outputVolumeNode, [fixedVolumeNode, movingVolumeNode, fixedMaskNode, movingMaskNode],
+                         "output volume")
         _check_class(outputTransformNode, "vtkMRMLTransformNode", "output transform", "transform node")
         _check_class(outputVolumeNode, "vtkMRMLScalarVolumeNode", "output volume", "volume node")
         if fixedVolumeNode.GetParentTransformNode() is not None:
@@ -496,8 +508,13 @@ class FusionLogic:
             RunOutputs (``transformNode``, ``resampledVolumeNode``, ``fusedVolumeNode``,
             ``metricsTableNode``, and the engine results).
         """
-        _check_not_input(fusedVolumeNode, [fixedVolumeNode, movingVolumeNode], "fused volume")
-        _check_not_input(weightsVolumeNode, [fixedVolumeNode, movingVolumeNode], "weights volume")
+        inputs = [fixedVolumeNode, movingVolumeNode, fixedMaskNode, movingMaskNode]
+        _check_not_input(fusedVolumeNode, inputs, "fused volume")
+        _check_not_input(weightsVolumeNode, inputs, "weights volume")
+        # the registered volume is the fusion's input, and the fused image and the weight map are two outputs:
+        # one node for two of them was refused only once the registration had run (or not at all)
+        _check_distinct([(outputVolumeNode, "registered volume"), (fusedVolumeNode, "fused volume"),
+                         (weightsVolumeNode, "weight map")])
         for node, cls, what, kind in ((fusedVolumeNode, "vtkMRMLScalarVolumeNode", "fused volume", "volume node"),
                                       (weightsVolumeNode, "vtkMRMLScalarVolumeNode", "weights volume", "volume node"),
                                       (metricsTableNode, "vtkMRMLTableNode", "metrics table", "table node")):

@@ -231,6 +231,40 @@ class LogicTest(unittest.TestCase):
         self.assertEqual(self.scene.GetNumberOfNodes(), before)  # refused before any work
         self.assertEqual(labels.GetImageData().GetScalarTypeAsString(), "unsigned char")
 
+    def test_masks_and_the_registered_volume_are_never_overwritten(self) -> None:
+        # a scalar volume is a valid mask: chosen as the output volume too, it was read as the mask, then
+        # replaced by the resampled PET (an input modified); run() refused one node for two of its outputs
+        # only after the registration had run
+        mask = mrml.volume_node_from_image(sitk.Cast(self.fixed > 50, sitk.sitkUInt8), self.scene, name="head")
+        other = mrml.volume_node_from_image(self.fixed * 0, self.scene, name="other")
+        voxels = sitk.GetArrayFromImage(mrml.image_from_volume_node(mask))
+        before = self.scene.GetNumberOfNodes()
+        rigid = {"stages": ["rigid"], "seed": 3, "show": False}
+        calls = {
+            "registerVolumes, fixed mask": (lambda: self._register(fixedMaskNode=mask, outputVolumeNode=mask),
+                                            "'head' is also an input"),
+            "registerVolumes, moving mask": (lambda: self._register(movingMaskNode=mask, outputVolumeNode=mask),
+                                             "'head' is also an input"),
+            "run, fused": (lambda: self.logic.run(self.mr, self.pet, fixedMaskNode=mask, fusedVolumeNode=mask,
+                                                  **rigid), "'head' is also an input"),
+            "run, weights": (lambda: self.logic.run(self.mr, self.pet, movingMaskNode=mask, weightsVolumeNode=mask,
+                                                    fusionMethod="pca", **rigid), "'head' is also an input"),
+            "run, registered = fused": (lambda: self.logic.run(self.mr, self.pet, outputVolumeNode=other,
+                                                               fusedVolumeNode=other, **rigid),
+                                        "'other' is selected for both the registered volume and the fused volume"),
+            "run, registered = weights": (lambda: self.logic.run(self.mr, self.pet, outputVolumeNode=other,
+                                                                 weightsVolumeNode=other, fusionMethod="pca", **rigid),
+                                          "both the registered volume and the weight map"),
+            "run, fused = weights": (lambda: self.logic.run(self.mr, self.pet, fusedVolumeNode=other,
+                                                            weightsVolumeNode=other, fusionMethod="pca", **rigid),
+                                     "both the fused volume and the weight map"),
+        }
+        for name, (call, message) in calls.items():
+            with self.subTest(name), self.assertRaisesRegex(InputError, message):
+                call()
+        self.assertEqual(self.scene.GetNumberOfNodes(), before)  # refused before any work
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.image_from_volume_node(mask)), voxels)
+
     def _table_colours(self, name: str) -> np.ndarray:
         """The colour node's own 256-entry lookup table (Slicer's table, not the engine's sampling of it)."""
         lut = self.scene.GetFirstNodeByName(name).GetLookupTable()
