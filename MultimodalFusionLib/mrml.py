@@ -51,6 +51,7 @@ __all__ = [
     "reslice_volume_node",
     "setup_anatomical_display",
     "setup_functional_display",
+    "reset_display_range",
     "colormap_colors",
     "show_fusion",
     "metrics_table_node",
@@ -757,6 +758,18 @@ def setup_anatomical_display(node: Any, *, percentiles: tuple[float, float] = (0
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(lo, hi)
     return display
+
+
+def reset_display_range(node: Any) -> None:
+    """Display a volume whose voxels were just replaced as a new volume is displayed: automatic window/level
+    and no threshold, both taken from its new voxels (its colour table is kept). A window or threshold set for
+    the voxels it held before (by :func:`show_fusion`, in that volume's units) would show the new ones
+    saturated, black or all transparent."""
+    display = node.GetDisplayNode()
+    if display is None or not display.IsA("vtkMRMLScalarVolumeDisplayNode"):
+        return  # none yet, or a label map's: nothing in the units of the old voxels
+    display.AutoWindowLevelOn()
+    display.SetApplyThreshold(0)
 
 
 def setup_functional_display(node: Any, *, colormap: str = "PET-Heat",

@@ -121,6 +121,14 @@ def _in_world(node: Any) -> Any:
     return node
 
 
+def _written(node: Any) -> Any:
+    """An output volume just written: in world coordinates (:func:`_in_world`), displayed from its new voxels
+    (a reused node kept the window and threshold set for its old voxels: a PET in other units was shown
+    saturated, or all transparent)."""
+    mrml.reset_display_range(node)
+    return _in_world(node)
+
+
 def _single_slice(image: Any) -> bool:
     return image.GetDimension() == 3 and image.GetSize()[2] == 1
 
@@ -329,7 +337,7 @@ class FusionLogic:
                             metrics_module.registration_metrics(fixed, resampled, fixed_mask).items()})
             # an 8-bit moving volume stays 8-bit, as `mmfusion run` writes it: fusing it then gives the CLI's numbers
             moving_8bit = movingVolumeNode.GetImageData().GetScalarTypeAsString() == "unsigned char"
-            resampled_node = _in_world(mrml.volume_node_from_image(
+            resampled_node = _written(mrml.volume_node_from_image(
                 round_to_8bit(resampled) if moving_8bit else resampled, scene,
                 name=f"{movingVolumeNode.GetName()} registered", node=outputVolumeNode))
         if applyTransform:
@@ -453,10 +461,10 @@ class FusionLogic:
         if (newNodeOnKindChange and outputVolumeNode is not None
                 and bool(outputVolumeNode.IsA("vtkMRMLVectorVolumeNode")) != colour):
             outputVolumeNode = None
-        fused_node = _in_world(mrml.volume_node_from_image(fused_image, scene, name=base, node=outputVolumeNode))
+        fused_node = _written(mrml.volume_node_from_image(fused_image, scene, name=base, node=outputVolumeNode))
         weights_node = None
         if weights_image is not None:
-            weights_node = _in_world(mrml.volume_node_from_image(weights_image, scene, name=f"{base} weights",
+            weights_node = _written(mrml.volume_node_from_image(weights_image, scene, name=f"{base} weights",
                                                                  node=weightsVolumeNode))
         table = mrml.metrics_table_node({"fusion": metrics}, scene, name=f"{base} metrics", node=metricsTableNode)
         report(progress, 1.0, "fusion done")

@@ -344,6 +344,32 @@ class LogicTest(unittest.TestCase):
         self.assertIs(second.fusion.weightsVolumeNode, first.fusion.weightsVolumeNode)
         self.assertEqual(self.scene.GetNumberOfNodes(), count)
 
+    def test_a_reused_output_volume_is_displayed_from_its_new_voxels(self) -> None:
+        # run(show=True) fixes the registered volume's window and threshold in the PET's units; registering
+        # a PET in other units into the same node kept them: 1000x, every head voxel saturated at the top of
+        # the old window; 1/1000x, every head voxel under the old threshold (all transparent)
+        first = self.logic.run(self.mr, self.pet, stages=["rigid"], seed=3, fusionMethod="pca")
+        self.logic.showFusion(self.mr, first.fusedVolumeNode)  # the fused volume shown as function too
+        scaled = mrml.volume_node_from_image(self.moving * 1000.0, self.scene, name="PET Bq/ml")
+        again = self.logic.run(self.mr, scaled, stages=["rigid"], seed=3, fusionMethod="pca", show=False,
+                               outputVolumeNode=first.resampledVolumeNode, fusedVolumeNode=first.fusedVolumeNode,
+                               weightsVolumeNode=first.fusion.weightsVolumeNode)
+        self.assertIs(again.resampledVolumeNode, first.resampledVolumeNode)
+        for node in (again.resampledVolumeNode, again.fusedVolumeNode, again.fusion.weightsVolumeNode):
+            display = node.GetDisplayNode()
+            voxels = sitk.GetArrayFromImage(mrml.image_from_volume_node(node))
+            low, high = display.GetWindowLevelMin(), display.GetWindowLevelMax()
+            with self.subTest(node.GetName()):
+                self.assertTrue(display.GetAutoWindowLevel())
+                self.assertFalse(display.GetApplyThreshold())
+                if node is not again.fusion.weightsVolumeNode:  # PCA's weight is one value: no window to place
+                    # the window lies on the new voxels: most below its top, some above its bottom
+                    self.assertLess(low, high)
+                    self.assertGreater(np.mean(voxels < high), 0.5)
+                    self.assertGreater(np.mean(voxels > low), 0.05)
+        # the colour table chosen for it stays
+        self.assertEqual(again.resampledVolumeNode.GetDisplayNode().GetColorNode().GetName(), "PET-Heat")
+
     def test_single_slice_volumes_fuse_as_the_2d_images_they_hold(self) -> None:
         from MultimodalFusionLib import data, fusion, io
 
