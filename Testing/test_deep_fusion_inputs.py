@@ -322,6 +322,22 @@ class InferenceInputsTest(unittest.TestCase):
         self.assertLess(float(np.abs(tiled_f - whole_f).max()), 0.01)
         self.assertLess(float(np.abs(tiled_w - whole_w).max()), 0.02)
 
+    def test_fuse_deep_names_values_beyond_float32(self):
+        """A finite float64 image past float32's range became infinite in fuse_deep's float32 scaling and was
+        refused as holding '400 NaN or infinite values'; fusion.fuse (float64 scaling) fuses it."""
+        from MultimodalFusionLib import fusion
+        from MultimodalFusionLib.fusion.deep import fuse_deep
+
+        huge = sitk.GetImageFromArray(_blobs((20, 20), 0).astype(np.float64) * 1e300)
+        other = sitk.GetImageFromArray(_blobs((20, 20), 1))
+        for a, b, which in ((huge, other, "first"), (other, huge, "second")):
+            with self.assertRaises(InputError) as ctx:
+                fuse_deep(a, b)
+            self.assertIn(f"The {which} image holds values beyond float32's range", str(ctx.exception))
+            self.assertIn("fusion.fuse", str(ctx.exception))
+            fused = sitk.GetArrayFromImage(fusion.fuse(a, b, "deep").image)
+            self.assertTrue(np.isfinite(fused).all())
+
     def test_fuse_deep_refuses_a_second_image_placed_elsewhere(self):
         """fuse_deep compared the sizes only: an image of the same size 50 mm away was fused voxel by voxel."""
         from MultimodalFusionLib.fusion.deep import fuse_deep

@@ -531,7 +531,7 @@ def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None
         ``weights``, the per-voxel weight of ``a`` (0..1).
 
     Raises:
-        InputError: unusable images, different grids, or a bad weights file.
+        InputError: unusable images, different grids, values beyond float32's range, or a bad weights file.
     """
     from .. import check_same_grid
     from .data import normalize
@@ -545,6 +545,16 @@ def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None
     # the whole grid, not the size alone: the network pairs voxels by index, so an image of the same size
     # placed elsewhere (origin, spacing, direction) would be fused with the wrong anatomy
     check_same_grid(a, b, "first image", "second image")
+    largest = float(np.finfo(np.float32).max)
+    for image, which in ((a, "first"), (b, "second")):
+        view = sitk.GetArrayViewFromImage(image)
+        # normalize works in float32: a float64 image past its range became infinite there, and was refused
+        # as holding "NaN or infinite values" that the image does not hold
+        if view.dtype.itemsize > 4 and view.dtype.kind == "f" and (view.max() > largest or view.min() < -largest):
+            raise InputError(f"The {which} image holds values beyond float32's range (+-3.4e38): "
+                             f"{float(view.min()):g} to {float(view.max()):g}; fuse_deep works in float32.",
+                             "Rescale it first (e.g. sitk.RescaleIntensity), or use fusion.fuse(a, b, 'deep'), "
+                             "which scales the images in float64 and returns the fused image on 0..255.")
     arr_a, lo, hi = normalize(sitk.GetArrayFromImage(a))
     arr_b, _, _ = normalize(sitk.GetArrayFromImage(b))
     # the voxel spacing in the arrays' axis order: a 2D network slices a volume across its thickest axis
