@@ -834,7 +834,11 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
                      initial_transform: sitk.Transform | None, progress: ProgressCallback | None,
                      t0: float) -> RegistrationResult:
     dim = fixed.GetDimension()
-    previous = initial_transform
+    # a B-spline first stage starts from the initializer's translation (centres or centres of mass aligned), as a
+    # linear first stage and the torch backend do: it had started from the headers' placement, the initializer
+    # ignored without a word (2D BrainWeb moved 32 mm: 32 mm off, reported as accepted)
+    linear_start = _initializer_translation(fixed, moving, parameters, initial_transform, fixed_mask, moving_mask)
+    previous = initial_transform if initial_transform is not None else linear_start
     stage_results: list[StageResult] = []
     warnings: list[str] = small_mask_warnings(fixed_mask, moving_mask)
     searched: sitk.Transform | None = None
@@ -859,7 +863,7 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
     def first_stage_start() -> sitk.Transform:
         nonlocal first_start
         if first_start is None:
-            first_start = compose(initial_transform, _stage_transform(
+            first_start = compose(initial_transform or linear_start, _stage_transform(
                 parameters.stages[0], fixed, moving, initial_transform, parameters.initializer, searched, fixed_mask,
                 moving_mask), dim, _image_center(fixed))
         return first_start
@@ -875,7 +879,7 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
         report(progress, i / n, f"{stage.name}: starting")
         previous, res = _run_stage(fixed, moving, stage, previous, parameters, fixed_mask, moving_mask,
                                    progress, (i / n, (i + 1) / n), searched if i == 0 else None,
-                                   "initial transform" if i == 0 else "earlier stages")
+                                   first if i == 0 else "earlier stages")
         stage_results.append(res)
         if not res.accepted:
             change = abs(res.metric_after - res.metric_before) / max(abs(res.metric_before), 1e-12)
@@ -920,6 +924,19 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
         transform=previous, stages=stage_results, metric_before=float(metric_before),
         metric_after=float(metric_after), warnings=warnings, seconds=time.perf_counter() - t0, backend="sitk",
         parameters=parameters.to_dict(), initializer=search_info)
+
+
+def _initializer_translation(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationParameters,
+                             initial_transform: sitk.Transform | None, fixed_mask: sitk.Image | None,
+                             moving_mask: sitk.Image | None) -> sitk.Transform | None:
+    """The linear start of a B-spline first stage: the initializer's translation ("geometry": the image
+    centres, "moments": the centres of mass), None for "none", a given initial transform, or a first
+    stage that is linear (which starts from the initializer itself, see :func:`_stage_transform`)."""
+    if (initial_transform is not None or parameters.stages[0].name != "bspline"
+            or parameters.initializer not in ("geometry", "moments")):
+        return None
+    return _stage_transform(StageParameters(name="rigid"), fixed, moving, None, parameters.initializer, None,
+                            fixed_mask, moving_mask)
 
 
 def start_kind(initializer: str, initial_transform: bool) -> str:
