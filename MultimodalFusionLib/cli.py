@@ -184,9 +184,14 @@ def _series(args: argparse.Namespace, which: str) -> str | None:
 
 def _run_register(args: argparse.Namespace) -> int:
     from .io import check_not_overwriting_inputs, read_image, read_transform
-    from .registration import register
+    from .registration import register, resolve_parameters
     from .registration.outputs import save_registration_outputs
 
+    stages = [s for s in args.stages.split(",") if s.strip()] if args.stages else None
+    # the settings before any image is read: a misspelt key or value in a preset file, or a stage name, had been
+    # found only after both images were loaded (1.1 s more for two 300^3 volumes; a DICOM folder takes longer)
+    settings = resolve_parameters(preset=args.preset, stages=stages, seed=args.seed, initializer=args.initializer,
+                                  backend=args.backend)
     check_not_overwriting_inputs(
         [os.path.join(args.output_dir, n) for n in ("checkerboard.png", "metrics.json")],
         [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform],
@@ -195,12 +200,10 @@ def _run_register(args: argparse.Namespace) -> int:
     moving = read_image(args.moving, series=_series(args, "moving"), float32=True)
     fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
     moving_mask = read_image(args.moving_mask) if args.moving_mask else None
-    stages = [s for s in args.stages.split(",") if s.strip()] if args.stages else None
     bar = ProgressBar(desc="register")
     try:
-        result = register(fixed, moving, preset=args.preset, stages=stages, fixed_mask=fixed_mask,
-                          moving_mask=moving_mask, initial_transform=args.initial_transform, seed=args.seed,
-                          progress=bar, backend=args.backend, initializer=args.initializer)
+        result = register(fixed, moving, settings, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                          initial_transform=args.initial_transform, progress=bar, backend=args.backend)
     finally:
         bar.close()
     # the checkerboard's "before" shows where the registration started (the metric_before transform)

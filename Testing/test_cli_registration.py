@@ -336,6 +336,26 @@ class MalformedPresetFile(unittest.TestCase):
                     self.assertFalse(os.path.exists(os.path.join(out_dir, "transform.tfm")))
 
 
+    def test_settings_are_checked_before_any_image_is_read(self):
+        # register and run read both images (a DICOM folder, a large volume) before they looked at the preset
+        # file or --stages: two 300^3 volumes took 1.1 s (run: 2.5 s) more to say a key was misspelt
+        with tempfile.TemporaryDirectory() as d:
+            preset = os.path.join(d, "mine.json")
+            with open(preset, "w", encoding="utf-8") as fh:
+                fh.write('{"stages": [{"name": "rigid", "shrink_factor": [4, 2, 1]}]}')
+            unreadable = os.path.join(d, "broken.nii.gz")  # reading it would be the error
+            with open(unreadable, "wb") as fh:
+                fh.write(b"not an image")
+            for command in ("register", "run"):
+                for options, word in ((["--preset", preset], "'shrink_factor'"), (["--stages", "rigid,warp"], "'warp'")):
+                    out_dir = os.path.join(d, f"out-{command}")
+                    with self.subTest(command=command, options=options):
+                        rc, out, err = run_cli(command, unreadable, unreadable, "--output-dir", out_dir, *options)
+                        self.assertEqual(rc, 2, err)
+                        self.assertIn(word, err)
+                        self.assertNotIn("broken.nii.gz", err)
+                        self.assertFalse(os.path.exists(out_dir))
+
 class DemoAndSubprocess(unittest.TestCase):
     def test_demo_command(self):
         with tempfile.TemporaryDirectory() as d:
