@@ -471,6 +471,16 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def _run_run(args: argparse.Namespace) -> int:
     from .pipeline import run
 
+    if args.no_register:  # as for --moving-mask (pipeline.run): options of a registration that does not run
+        unused = [flag for flag, given in (("--preset", args.preset), ("--stages", args.stages),
+                                           ("--seed", args.seed is not None), ("--initializer", args.initializer),
+                                           ("--backend", args.backend != "sitk")) if given]
+        if unused:
+            from .errors import InputError
+
+            raise InputError(f"{', '.join(unused)} given with --no-register: they set the registration, and no "
+                             "registration runs (the report had named the preset and stages all the same).",
+                             f"Leave out {', '.join(unused)}, or drop --no-register.")
     params = _fusion_params(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     method_params: dict[str, dict[str, Any]] = {}

@@ -284,5 +284,7 @@ def _register_fuse_report(fixed_img: sitk.Image, fixed_name: str, moving_img: si
         fusions=fusions, metrics=table, registration=registration, registration_metrics=reg_metrics,
         title=title or f"Fusion of {moving_name} onto {fixed_name}",
         notes=[f"fixed (anatomical): {fixed_name}; moving (functional): {moving_name}; methods: {', '.join(methods)}"
-               + (f"; preset: {preset}" if preset else "") + (f"; stages: {', '.join(stages)}" if stages else "")])
+               # the registration's settings only where one ran (they had been named after --no-register too)
+               + (f"; preset: {preset}" if preset and register else "")
+               + (f"; stages: {', '.join(stages)}" if stages and register else "")])
     return files, report_paths, registration, reg_metrics, fusions, table

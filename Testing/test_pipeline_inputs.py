@@ -93,6 +93,36 @@ class MaskOffGridTest(unittest.TestCase):
             self.assertIn("The fixed mask is empty", str(ctx.exception))
 
 
+class RegistrationSettingsWithoutRegistrationTest(unittest.TestCase):
+    def test_the_report_names_a_preset_only_where_a_registration_ran_and_the_cli_refuses_it(self) -> None:
+        """`run --no-register --preset ct-mr-head --stages rigid,bspline` fused the images as they lie, rc 0,
+        and its report said "preset: ct-mr-head; stages: rigid, bspline" all the same."""
+        d = data.testing_data_dir()
+        t1, pd = str(d / "BrainT1Slice.png"), str(d / "BrainProtonDensitySlice.png")
+        with tempfile.TemporaryDirectory() as tmp:
+            for register in (False, True):
+                out = pipeline.run(t1, pd, os.path.join(tmp, str(register)), methods="average", register=register,
+                                   preset="ct-mr-head", stages="rigid", seed=0)
+                with open(out["report"]["html"], encoding="utf-8") as fh:
+                    html = fh.read()
+                with self.subTest(register=register):
+                    self.assertEqual("preset: ct-mr-head" in html, register)
+                    self.assertEqual("stages: rigid" in html, register)
+            for options, named in ((["--preset", "ct-mr-head", "--stages", "rigid"], "--preset, --stages"),
+                                   (["--seed", "0"], "--seed"), (["--initializer", "moments"], "--initializer"),
+                                   (["--backend", "torch"], "--backend")):
+                out_dir = os.path.join(tmp, "cli")
+                from contextlib import redirect_stderr
+                from io import StringIO
+
+                err = StringIO()
+                with self.subTest(options=options), redirect_stderr(err):
+                    code = cli.main(["run", t1, pd, "--output-dir", out_dir, "--no-register", "--methods", "average",
+                                     *options])
+                    self.assertEqual(code, 2)
+                    self.assertIn(f"{named} given with --no-register", err.getvalue())
+                    self.assertFalse(os.path.exists(out_dir))
+
 class UnwritableOutputTest(unittest.TestCase):
     def setUp(self) -> None:
         self.tmp = tempfile.mkdtemp(prefix="mmf-unwritable-")
