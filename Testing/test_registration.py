@@ -279,6 +279,36 @@ class Presets(unittest.TestCase):
             load_preset("no-such-preset")
         self.assertIn("ct-mr-head", str(cm.exception))
 
+    def test_a_preset_file_of_the_users(self):
+        import os
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            def write(name, data):
+                path = os.path.join(d, name)
+                with open(path, "wb") as fh:
+                    fh.write(data)
+                return path
+
+            # a key given twice had been the last one, without a word (5 iterations ran)
+            dup = write("dup.json", b'{"stages": [{"name": "rigid", "iterations": 100, "iterations": 5}]}')
+            with self.assertRaises(InputError) as cm:
+                load_preset(dup)
+            self.assertIn('sets "iterations" twice (100, then 5)', str(cm.exception))
+            # Windows Notepad's byte-order mark had been "not valid JSON (Unexpected UTF-8 BOM ...)"
+            bom = write("Bom.JSON", b'\xef\xbb\xbf{"stages": [{"name": "rigid", "iterations": 7}]}')
+            self.assertEqual(load_preset(bom).stages[0].iterations, 7)
+            # a line and column for broken JSON
+            broken = write("broken.json", b'{"stages": [{"name": "rigid",\n "iterations": 200,,}]}')
+            with self.assertRaises(InputError) as cm:
+                load_preset(broken)
+            self.assertIn("line 2 column", str(cm.exception))
+            # a path that is not there had been "Unknown registration preset" with the shipped names as the fix
+            for missing in (os.path.join(d, "mine.json"), os.path.join(d, "mine"), "mine.json"):
+                with self.subTest(missing=missing), self.assertRaises(InputError) as cm:
+                    load_preset(missing)
+                self.assertIn(f"Preset file '{missing}' does not exist", str(cm.exception))
+
     def test_with_stages_and_bad_values(self):
         p = load_preset("ct-mr-head").with_stages(["rigid", "affine"])
         self.assertEqual([s.name for s in p.stages], ["rigid", "affine"])

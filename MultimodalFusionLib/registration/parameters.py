@@ -318,6 +318,23 @@ class RegistrationParameters:
         return params
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, first: Any, second: Any) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json``'s object hook refusing a key given twice: ``{"iterations": 100, "iterations": 5}`` had
+    run 5 iterations without a word."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key, out[key], value)
+        out[key] = value
+    return out
+
+
 def presets_dir() -> Path:
     """The folder of preset JSON files (``Resources/Presets`` beside ``MultimodalFusionLib``)."""
     from ..data import bundled_folder
@@ -340,14 +357,25 @@ def load_preset(name: str) -> RegistrationParameters:
     Raises:
         InputError: unknown preset (the message lists the available ones) or invalid JSON.
     """
-    path = Path(name)
-    if not (path.suffix == ".json" and path.is_file()):
-        path = presets_dir() / f"{name}.json"
+    text = str(name)
+    path = Path(text)
+    # a path (a .json name, or a folder in it) is a file of the user's: one that is not there is named as such,
+    # where it had been "Unknown registration preset" with the shipped names for a fix (a typo in a path)
+    if path.suffix.lower() == ".json" or "/" in text or "\\" in text:
+        if not path.is_file():
+            raise InputError(f"Preset file '{text}' does not exist (or is not a file).",
+                             f"Check the path, or give a preset name: {', '.join(list_presets()) or '(none found)'}.")
+    else:
+        path = presets_dir() / f"{text}.json"
     if not path.is_file():
         raise InputError(f"Unknown registration preset '{name}'.",
                          f"Use one of: {', '.join(list_presets()) or '(no presets found in ' + str(presets_dir()) + ')'}.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a file saved by Windows Notepad starts with a byte-order mark, which json refused
+        data = json.loads(path.read_bytes().decode("utf-8-sig"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise InputError(f"Preset file '{path}' sets \"{exc.key}\" twice ({exc.first!r}, then {exc.second!r}): JSON "
+                         "keeps the last one without a word.", f"Keep one \"{exc.key}\" in that object.") from exc
     except (OSError, ValueError) as exc:
         raise InputError(f"Preset file '{path}' is not valid JSON ({exc}).", "Fix or remove the file.") from exc
     if not isinstance(data, dict):
