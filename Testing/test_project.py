@@ -303,5 +303,68 @@ class PresetClaimsTest(unittest.TestCase):
         self.assertEqual(quoted, [measured.group(1)])
 
 
+    def test_the_readme_presets_table_holds_the_preset_files_values(self):
+        """Each figure of README.md's presets table is the preset file's (the table had said "more smoothing"
+        for mr-pet-brain, whose coarse levels are smoothed less than the default rigid stage's)."""
+        from MultimodalFusionLib.registration import RegistrationParameters, list_presets, load_preset
+
+        readme = (ROOT / "README.md").read_text(encoding="utf-8")
+        section = readme[readme.index("### Presets (`Resources/Presets/*.json`)"):]
+        rows = {}
+        for line in section.splitlines()[2:]:
+            if not line.startswith("|"):
+                if rows:
+                    break
+                continue
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if cells[0].startswith("`"):
+                rows[cells[0].strip("`")] = cells[1:3]
+        self.assertEqual(sorted(rows), list_presets())
+        def numbers(text: str) -> list[float]:  # "4-2-1"
+            return [float(v) for v in text.split("-")]
+
+        for name, (stages, metric) in rows.items():
+            p = load_preset(name)
+            by_name = {s.name: s for s in p.stages}
+            with self.subTest(preset=name):
+                self.assertEqual(re.findall(r"rigid|affine|bspline", stages.replace("B-spline", "bspline")),
+                                 [s.name for s in p.stages])
+                self.assertEqual(p.initializer, "moments" if "moments initializer" in stages else "geometry")
+                if "Mattes MI" in metric:
+                    self.assertEqual({s.metric for s in p.stages}, {"mattes_mi"})
+                mesh = re.search(r"(\d+)x\1(?:x\1)? cells", stages)
+                if mesh:
+                    self.assertEqual(by_name["bspline"].mesh_size, int(mesh.group(1)))
+                bspline_bins = re.search(r"B-spline (\d+) bins", metric)
+                if bspline_bins:
+                    self.assertEqual(by_name["bspline"].histogram_bins, int(bspline_bins.group(1)))
+                    self.assertEqual(by_name["bspline"].number_of_samples,
+                                     int(re.search(r"(\d+) samples", metric).group(1)))
+                else:
+                    bins = int(re.search(r"(\d+) bins", metric).group(1))
+                    self.assertEqual({s.histogram_bins for s in p.stages}, {bins})
+                    percent = float(re.search(r"([\d.]+)%", metric).group(1))
+                    self.assertEqual({round(s.sampling_percentage * 100, 6) for s in p.stages}, {percent})
+                first = p.stages[0]
+                shrink = re.search(r"shrink ([\d-]+)", metric)
+                if shrink:
+                    self.assertEqual(first.shrink_factors, numbers(shrink.group(1)))
+                coarsest = re.search(r"coarsest level smoothed by ([\d.]+) voxels", metric)
+                if coarsest:
+                    self.assertEqual(first.smoothing_sigmas[0], float(coarsest.group(1)))
+                every = re.search(r"every level smoothed: ([\d.-]+) voxels", metric)
+                if every:
+                    self.assertEqual(first.smoothing_sigmas, numbers(every.group(1)))
+                    default = re.search(r"the default rigid stage: ([\d.-]+)", metric).group(1)
+                    self.assertEqual(RegistrationParameters().stages[0].smoothing_sigmas, numbers(default))
+                if "smooth" in metric:  # a claim about smoothing gives the figures it rests on
+                    self.assertTrue(coarsest or every, metric)
+        # "Without a preset: one rigid stage with the `t1-t2-brain` settings"
+        self.assertIn("Without a preset: one rigid stage with the `t1-t2-brain` settings", section)
+        default, t1_t2 = RegistrationParameters().to_dict(), load_preset("t1-t2-brain").to_dict()
+        for d in (default, t1_t2):
+            del d["name"], d["description"]
+        self.assertEqual(default, t1_t2)
+
 if __name__ == "__main__":
     unittest.main()
