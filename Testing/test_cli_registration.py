@@ -336,6 +336,23 @@ class MalformedPresetFile(unittest.TestCase):
                     self.assertFalse(os.path.exists(os.path.join(out_dir, "transform.tfm")))
 
 
+    def test_options_win_over_the_preset_and_metrics_json_records_what_ran(self):
+        with tempfile.TemporaryDirectory() as d:
+            preset = os.path.join(d, "seeded.json")
+            with open(preset, "w", encoding="utf-8") as fh:
+                fh.write('{"seed": 5, "initializer": "moments", "stages": [{"name": "rigid", "iterations": 50}]}')
+            for options, expected in (([], (5, "moments", [("rigid", 50)])),
+                                      (["--seed", "2", "--initializer", "geometry", "--stages", "rigid,affine"],
+                                       (2, "geometry", [("rigid", 50), ("affine", 200)]))):
+                with self.subTest(options=options):
+                    out_dir = os.path.join(d, "out")
+                    rc, out, err = run_cli("register", FIXED, MOVING, "-o", out_dir, "--preset", preset, *options)
+                    self.assertEqual(rc, 0, err)
+                    with open(os.path.join(out_dir, "metrics.json"), encoding="utf-8") as fh:
+                        ran = json.load(fh)["parameters"]
+                    self.assertEqual((ran["seed"], ran["initializer"],
+                                      [(s["name"], s["iterations"]) for s in ran["stages"]]), expected)
+
     def test_settings_are_checked_before_any_image_is_read(self):
         # register and run read both images (a DICOM folder, a large volume) before they looked at the preset
         # file or --stages: two 300^3 volumes took 1.1 s (run: 2.5 s) more to say a key was misspelt
