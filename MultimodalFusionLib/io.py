@@ -1827,6 +1827,9 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
             (ITK writes it, but neither ITK nor ANTs reads it back), or an unwritable file.
     """
     final = os.fspath(path)
+    if _suffix(final) == ".mat" and type(transform) is sitk.Transform and hasattr(transform, "Downcast"):
+        # a composite held as a plain sitk.Transform (sitk.Transform(composite)) is one too: ITK wrote it unreadable
+        transform = transform.Downcast()
     if _suffix(final) == ".mat" and isinstance(transform, sitk.CompositeTransform):
         if transform.GetNumberOfTransforms() == 1:  # the same mapping, in a form the format holds
             transform = transform.GetNthTransform(0)

@@ -90,11 +90,14 @@ class RoundTrip(unittest.TestCase):
                         back = sitk.ReadTransform(path)  # ITK's own reader, not ours
                         np.testing.assert_allclose(back.TransformPoint(p), tx.TransformPoint(p), atol=1e-9)
             path = os.path.join(d, "composite.mat")
-            with self.assertRaises(InputError) as cm:
-                io.write_transform(composite, path)
-            self.assertIn("a .mat file holds one transform", cm.exception.problem)
-            self.assertIn(".h5", cm.exception.fix)
-            self.assertFalse(os.path.exists(path))
+            for held in (composite, sitk.Transform(composite)):  # a plain sitk.Transform holding it too
+                with self.subTest(type=type(held).__name__), self.assertRaises(InputError) as cm:
+                    io.write_transform(held, path)
+                self.assertIn("a .mat file holds one transform", cm.exception.problem)
+                self.assertIn(".h5", cm.exception.fix)
+                self.assertFalse(os.path.exists(path))
+            back = sitk.ReadTransform(io.write_transform(sitk.Transform(single), os.path.join(d, "plain.mat")))
+            np.testing.assert_allclose(back.TransformPoint(p), single.TransformPoint(p), atol=1e-9)
             for name in ("t.xyz", "t.nii.gz", "t"):
                 path = os.path.join(d, name)
                 with self.subTest(name=name), self.assertRaises(InputError) as cm:
