@@ -330,7 +330,9 @@ class InferenceInputsTest(unittest.TestCase):
 
         huge = sitk.GetImageFromArray(_blobs((20, 20), 0).astype(np.float64) * 1e300)
         other = sitk.GetImageFromArray(_blobs((20, 20), 1))
-        for a, b, which in ((huge, other, "first"), (other, huge, "second")):
+        # values float32 holds, spanning more than it does (-3e38 to 3e38): normalize's x - low overflowed
+        wide = sitk.GetImageFromArray((_blobs((20, 20), 0).astype(np.float64) * 6e38 - 3e38).astype(np.float32))
+        for a, b, which in ((huge, other, "first"), (other, huge, "second"), (wide, other, "first")):
             with self.assertRaises(InputError) as ctx:
                 fuse_deep(a, b)
             self.assertIn(f"The {which} image holds values beyond float32's range", str(ctx.exception))

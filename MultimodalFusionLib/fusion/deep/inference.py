@@ -548,11 +548,15 @@ def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None
     largest = float(np.finfo(np.float32).max)
     for image, which in ((a, "first"), (b, "second")):
         view = sitk.GetArrayViewFromImage(image)
-        # normalize works in float32: a float64 image past its range became infinite there, and was refused
-        # as holding "NaN or infinite values" that the image does not hold
-        if view.dtype.itemsize > 4 and view.dtype.kind == "f" and (view.max() > largest or view.min() < -largest):
-            raise InputError(f"The {which} image holds values beyond float32's range (+-3.4e38): "
-                             f"{float(view.min()):g} to {float(view.max()):g}; fuse_deep works in float32.",
+        if view.dtype.kind != "f":
+            continue
+        low, high = float(view.min()), float(view.max())
+        # normalize works in float32: a float64 image past its range, or any image whose values span more than
+        # it (-3e38 to 3e38: high - low), became infinite there, and was refused as holding "NaN or infinite
+        # values" that the image does not hold
+        if max(-low, high, high - low) > largest:
+            raise InputError(f"The {which} image holds values beyond float32's range (+-3.4e38, their span "
+                             f"included): {low:g} to {high:g}; fuse_deep works in float32.",
                              "Rescale it first (e.g. sitk.RescaleIntensity), or use fusion.fuse(a, b, 'deep'), "
                              "which scales the images in float64 and returns the fused image on 0..255.")
     arr_a, lo, hi = normalize(sitk.GetArrayFromImage(a))
