@@ -223,6 +223,12 @@ class TransformNumbersTest(unittest.TestCase):
         summary = transform_summary(composite)
         self.assertIsNone(summary["itk_center_lps"])
         self.assertEqual(summary["itk_translation_lps"], summary["itk_offset_lps"])
+        # the same numbers for a transform held as a plain sitk.Transform: a ZYX Euler3D's order and angles
+        # (the file's), and a composite's absent parameters, had been missed
+        zyx = sitk.Euler3DTransform((10.0, -20.0, 30.0), 0.1, 0.2, 0.3, (4.0, -6.0, 8.0))
+        zyx.SetComputeZYX(True)
+        for tx in (zyx, composite):
+            self.assertEqual(transform_summary(sitk.Transform(tx)), transform_summary(tx))
 
     def test_2d_angle_is_signed_and_affine_has_none(self) -> None:
         from MultimodalFusionLib.registration.result import transform_summary

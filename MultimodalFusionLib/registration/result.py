@@ -167,6 +167,9 @@ def transform_summary(transform: sitk.Transform) -> dict[str, Any] | None:
 
     if not _is_linear(transform):
         return None
+    if type(transform) is sitk.Transform and hasattr(transform, "Downcast"):
+        # as its own type (held as a plain sitk.Transform, an Euler3D's angle order and a composite were missed)
+        transform = transform.Downcast()
     dim = transform.GetDimension()
     homogeneous = linear_transform_matrix(transform)
     matrix, offset = homogeneous[:dim, :dim], homogeneous[:dim, 3]
@@ -199,8 +202,5 @@ def transform_summary(transform: sitk.Transform) -> dict[str, Any] | None:
 
 def _center(transform: sitk.Transform) -> list[float] | None:
     """The centre of a centred linear transform (Euler, similarity, versor, affine), None for others."""
-    tx = transform
-    if type(tx) is sitk.Transform and hasattr(tx, "Downcast"):
-        tx = tx.Downcast()
-    get = getattr(tx, "GetCenter", None)
+    get = getattr(transform, "GetCenter", None)
     return [float(v) for v in get()] if get is not None else None
