@@ -94,8 +94,11 @@ def euler_angles_deg(matrix: np.ndarray, zyx: bool = False) -> list[float]:
 
     ITK builds the matrix as ``Rz @ Rx @ Ry`` (about y first, then x, then z), or ``Rz @ Ry @ Rx`` when
     ``ComputeZYX`` is set (``zyx=True``); its parameters are these angles in radians, so the result is
-    what a transform file's first three parameters read in degrees. At the order's lock (the middle
-    angle at +-90 degrees) the angle about z is 0 and the others take the rest, as ITK does.
+    what a transform file's first three parameters read in degrees (for angles within ITK's ranges: the
+    middle one within +-90 degrees, the others within +-180). At the order's lock (the middle angle at +-90
+    degrees) the angle about z is 0 and the remaining one takes the rest, one of the angle sets giving the matrix
+    (ITK's own ``SetMatrix`` sets x to 0 there for ZYX, and at x = -90 degrees for ZXY gives angles that do
+    not give the matrix back).
     """
     r = np.asarray(matrix, float)
     if zyx:  # Rz Ry Rx: r[2, 0] = -sin(y)
