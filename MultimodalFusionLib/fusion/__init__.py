@@ -237,6 +237,14 @@ def _from_array(arr: np.ndarray, reference: sitk.Image, *, rgb: bool = False) ->
     return out
 
 
+def _check_grey_or_colour(image: sitk.Image, name: str) -> None:
+    """A usable image (:func:`check_image`) of grey or colour (3 or 4 components: RGB, RGBA) pixels."""
+    check_image(image, name, allow_vector=True)
+    ncomp = image.GetNumberOfComponentsPerPixel()
+    if ncomp not in (1, 3, 4):
+        raise InputError(f"The {name} has {ncomp} components per pixel.", "Give a grey or an RGB image.")
+
+
 def _grey_input(image: sitk.Image, name: str) -> sitk.Image:
     if not isinstance(image, sitk.Image):
         raise InputError(f"The {name} is a {type(image).__name__}, not an image.",
@@ -247,9 +255,7 @@ def _grey_input(image: sitk.Image, name: str) -> sitk.Image:
 
         # checked before the conversion, which cannot name the image and runs ITK filters that exist in 2D
         # and 3D only: a 4D colour image was a RuntimeError from VectorIndexSelectionCast
-        check_image(image, name, allow_vector=True)
-        if ncomp not in (3, 4):
-            raise InputError(f"The {name} has {ncomp} components per pixel.", "Give a grey or an RGB image.")
+        _check_grey_or_colour(image, name)
         was_8bit = image.GetPixelID() == sitk.sitkVectorUInt8
         lum = to_luminance(image)
         if was_8bit:  # keep the 8-bit scale of colour PNGs (rounded, as OpenCV's grey conversion)
@@ -460,11 +466,8 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     if not isinstance(b, sitk.Image):
         raise InputError(f"The functional image (b) is a {type(b).__name__}, not an image.",
                          "Pass a SimpleITK image (MultimodalFusionLib.io.read_image(..., keep_color=True)).")
-    check_image(b, "functional image (b)", allow_vector=True)
+    _check_grey_or_colour(b, "functional image (b)")
     ncomp = b.GetNumberOfComponentsPerPixel()
-    if ncomp not in (1, 3, 4):
-        raise InputError(f"The functional image (b) has {ncomp} components per pixel.",
-                         "Give a grey or an RGB image.")
     if ncomp > 1 and _is_grey_rgb(b):  # a grey slice stored as RGB (R = G = B): fuse it as grey
         b = _grey_input(b, "functional image (b)")
         ncomp = 1
