@@ -178,7 +178,7 @@ class TransformNumbersTest(unittest.TestCase):
         from MultimodalFusionLib.registration.result import transform_summary
 
         # the README's reference pair: 8 degrees about left-right and (3, 0, 4) mm about the fixed centre,
-        # a centre 40 mm from the origin, so the offset (where the origin goes) is another number
+        # a centre 29 mm from the origin, so the offset (where the origin goes) is another number
         center = (1.0, 18.5, 22.5)
         summary = transform_summary(rigid_transform(center, (8.0, 0.0, 0.0), (3.0, 0.0, 4.0)))
         self.assertEqual(summary["itk_center_lps"], list(center))
