@@ -187,8 +187,13 @@ def transform_summary(transform: sitk.Transform) -> dict[str, Any] | None:
         "rotation_deg": angle,
     }
     if rigid and dim == 3:
-        zyx = isinstance(transform, sitk.Euler3DTransform) and transform.GetComputeZYX()
-        summary["euler_angles_deg"] = [v + 0.0 for v in euler_angles_deg(matrix, zyx=zyx)]
+        euler = isinstance(transform, sitk.Euler3DTransform)
+        zyx = euler and transform.GetComputeZYX()
+        # an Euler3DTransform's own angles are the file's parameters, also outside the ranges the matrix
+        # gives back ((100, 20, -30) degrees would read (80, -160, 150), the same rotation)
+        angles = (np.degrees([transform.GetAngleX(), transform.GetAngleY(), transform.GetAngleZ()]) if euler
+                  else euler_angles_deg(matrix, zyx=zyx))
+        summary["euler_angles_deg"] = [float(v) + 0.0 for v in angles]
         summary["euler_order"] = "ZYX" if zyx else "ZXY"
     if not isinstance(transform, sitk.CompositeTransform):
         summary["itk_parameters"] = [float(v) for v in transform.GetParameters()]
