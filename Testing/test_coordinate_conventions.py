@@ -220,6 +220,12 @@ class TransformNumbersTest(unittest.TestCase):
         np.testing.assert_allclose(summary["itk_translation_lps"], (13.0, 17.0), atol=1e-12)
         self.assertEqual(summary["itk_center_lps"], [110.0, 128.0])
         self.assertNotIn("euler_angles_deg", summary)
+        # held as a plain sitk.Transform (as a file is read): its own type's name and numbers
+        from MultimodalFusionLib.registration.result import RegistrationResult
+        plain = sitk.Transform(sitk.Euler3DTransform((1.0, 2.0, 3.0), 0.1, 0.2, 0.3))
+        record = RegistrationResult(plain, [], 0.0, 0.0).to_dict()
+        self.assertEqual(record["transform_type"], "Euler3DTransform")
+        np.testing.assert_allclose(record["transform"]["euler_angles_deg"], np.degrees((0.1, 0.2, 0.3)), atol=1e-12)
         composite = sitk.CompositeTransform([sitk.TranslationTransform(3, (1.0, 2.0, 3.0)),
                                              sitk.Euler3DTransform((9.0, 9.0, 9.0), 0.2, 0.0, 0.0)])
         summary = transform_summary(composite)

@@ -129,7 +129,7 @@ class RegistrationResult:
             "metric_after": self.metric_after,
             "seconds": self.seconds,
             "deformable": self.is_deformable,
-            "transform_type": self.transform.GetName(),
+            "transform_type": _own_type(self.transform).GetName(),
             "transform": transform_summary(self.transform),
             "warnings": list(self.warnings),
             "stages": [s.to_dict() for s in self.stages],
@@ -167,9 +167,8 @@ def transform_summary(transform: sitk.Transform) -> dict[str, Any] | None:
 
     if not _is_linear(transform):
         return None
-    if type(transform) is sitk.Transform and hasattr(transform, "Downcast"):
-        # as its own type (held as a plain sitk.Transform, an Euler3D's angle order and a composite were missed)
-        transform = transform.Downcast()
+    # as its own type (held as a plain sitk.Transform, an Euler3D's angle order and a composite were missed)
+    transform = _own_type(transform)
     dim = transform.GetDimension()
     homogeneous = linear_transform_matrix(transform)
     matrix, offset = homogeneous[:dim, :dim], homogeneous[:dim, 3]
@@ -203,6 +202,13 @@ def transform_summary(transform: sitk.Transform) -> dict[str, Any] | None:
         summary["slicer_matrix_to_parent_ras"] = [[float(v) + 0.0 for v in row] for row in slicer]
         summary["slicer_translation_ras"] = [float(v) + 0.0 for v in slicer[:3, 3]]
     return summary
+
+
+def _own_type(transform: sitk.Transform) -> sitk.Transform:
+    """The transform as its own class (e.g. Euler3DTransform) when it is held as a plain sitk.Transform."""
+    if type(transform) is sitk.Transform and hasattr(transform, "Downcast"):
+        return transform.Downcast()
+    return transform
 
 
 def _center(transform: sitk.Transform) -> list[float] | None:
