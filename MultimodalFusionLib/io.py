@@ -1064,8 +1064,20 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
         if _suffix(path) in (".nii", ".nii.gz"):
             image = _check_nifti_voxels(path, image)
     if not keep_color and image.GetNumberOfComponentsPerPixel() > 1:
+        components = image.GetNumberOfComponentsPerPixel()
+        if components not in (3, 4):  # to_luminance's message would name no file
+            complex_note = (" (a complex image saved as MetaImage, .mha/.mhd, is read so: its real and imaginary "
+                            "parts)") if components == 2 else ""
+            raise InputError(f"'{path}' has {components} components per pixel{complex_note}; only grey, RGB and "
+                             "RGBA images are supported.",
+                             ("Give its magnitude image (sitk.ComplexToModulus(image), or the scanner's magnitude "
+                              "series), or " if components == 2 else "Give a grey or RGB image, or ")
+                             + "one component of it (sitk.VectorIndexSelectionCast(image, 0)).")
         image = to_luminance(image)
     if float32 and image.GetNumberOfComponentsPerPixel() == 1:
+        from .validation import check_pixel_type  # (validation imports io)
+
+        check_pixel_type(image, f"image '{path}'")  # before the cast, which ITK refuses for these with a RuntimeError
         if image.GetDimension() not in (2, 3):  # ITK's filters (Cast included) exist for 2D and 3D only
             raise InputError(f"'{path}' is a {image.GetDimension()}D image (size {image.GetSize()}); registration "
                              "and fusion work on 2D and 3D images.",

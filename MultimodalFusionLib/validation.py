@@ -17,8 +17,8 @@ import SimpleITK as sitk
 from .errors import InputError, itk_reason
 from .io import orientation_code
 
-__all__ = ["check_image", "check_pair", "check_min_axis", "check_deformable_size", "check_mask", "check_on_grid",
-           "grid_differences", "whole_number", "physical_bounds", "overlap_fraction", "voxels_overlap", "MIN_CONTENT_VOXELS",
+__all__ = ["check_image", "check_pixel_type", "check_pair", "check_min_axis", "check_deformable_size", "check_mask",
+           "check_on_grid", "grid_differences", "whole_number", "physical_bounds", "overlap_fraction", "voxels_overlap", "MIN_CONTENT_VOXELS",
            "masks_intersection", "check_masks_meet", "small_mask_warnings"]
 
 
@@ -31,6 +31,19 @@ _LABEL_MAP_PIXEL_IDS = frozenset(i for i in (getattr(sitk, f"sitkLabelUInt{bits}
                                  if i >= 0)
 
 
+def check_pixel_type(image: sitk.Image, name: str = "image") -> None:
+    """Raise InputError if ``image``'s pixels are not values: complex or label-map pixels. The check of
+    :func:`check_image` that must come before any cast (``io.read_image(float32=True)`` makes one: ITK's
+    Cast of a complex image is a RuntimeError naming neither the file nor the fix)."""
+    pixel_id = image.GetPixelID()
+    if pixel_id in _COMPLEX_PIXEL_IDS:
+        raise InputError(f"The {name} has complex pixels ({image.GetPixelIDTypeAsString()}).",
+                         "Give its magnitude image (sitk.ComplexToModulus(image), or the scanner's magnitude series).")
+    if pixel_id in _LABEL_MAP_PIXEL_IDS:
+        raise InputError(f"The {name} is a label map ({image.GetPixelIDTypeAsString()}), not an image of values.",
+                         "Convert it to a label image first: sitk.LabelMapToLabel(image).")
+
+
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,
                 allow_constant: bool = False) -> None:
     """Raise InputError if ``image`` is not usable: wrong dimension, empty, complex or label-map pixels,
@@ -39,13 +52,7 @@ def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = 
     if not isinstance(image, sitk.Image):
         raise InputError(f"The {name} is a {type(image).__name__}, not an image.",
                          "Pass a SimpleITK image, or read it with MultimodalFusionLib.io.read_image.")
-    pixel_id = image.GetPixelID()
-    if pixel_id in _COMPLEX_PIXEL_IDS:
-        raise InputError(f"The {name} has complex pixels ({image.GetPixelIDTypeAsString()}).",
-                         "Give its magnitude image (sitk.ComplexToModulus(image), or the scanner's magnitude series).")
-    if pixel_id in _LABEL_MAP_PIXEL_IDS:
-        raise InputError(f"The {name} is a label map ({image.GetPixelIDTypeAsString()}), not an image of values.",
-                         "Convert it to a label image first: sitk.LabelMapToLabel(image).")
+    check_pixel_type(image, name)
     dim = image.GetDimension()
     if dim not in (2, 3):
         raise InputError(f"The {name} is {dim}D; only 2D and 3D images are supported.",

@@ -680,6 +680,41 @@ class WriteRules(unittest.TestCase):
             io.read_image(path, float32=True)
         self.assertEqual(io.read_image(path).GetDimension(), 4)  # `mmfusion info` can still show it
 
+    def test_complex_images_are_named_on_every_reading_path(self) -> None:
+        # read_image(float32=True) (mmfusion register, train-fusion) cast before any check: ITK's "Filter does
+        # not support casting from casting complex of 32-bit float to 32-bit float", a RuntimeError, where fuse
+        # and run (check_image) named ComplexToModulus; a complex MetaImage (2 channels) named no file (with
+        # keep_color, as fuse and run read, it is the '2 components per pixel' image fuse names)
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        real = np.random.default_rng(1).random((6, 7, 8)).astype(np.float32)
+        plain = self._path("plain.nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray(real), plain)
+        complex_image = sitk.GetImageFromArray((real + 1j * real[::-1]).astype(np.complex64))
+        for name in ("complex.nii.gz", "complex.nrrd", "complex.mha"):
+            path = self._path(name)
+            sitk.WriteImage(complex_image, path)
+            for kwargs in ({"float32": True}, {}) if name.endswith(".mha") else ({"float32": True},):
+                with self.subTest(name=name, **kwargs):
+                    with self.assertRaises(InputError) as ctx:
+                        io.read_image(path, **kwargs)
+                    self.assertIn(name, str(ctx.exception))
+                    self.assertIn("ComplexToModulus", str(ctx.exception))
+            for command in ("register", "run", "fuse") if not name.endswith(".mha") else ("register",):
+                argv = {"register": [command, plain, path, "-o", self._path("r")],
+                        "run": [command, plain, path, "--output-dir", self._path("run")],
+                        "fuse": [command, plain, path, "-o", self._path("f.nii.gz")]}[command]
+                out, err = StringIO(), StringIO()
+                with redirect_stdout(out), redirect_stderr(err):
+                    rc = cli.main(argv)
+                with self.subTest(name=name, command=command):
+                    self.assertEqual(rc, 2, err.getvalue())
+                    self.assertIn("ComplexToModulus", err.getvalue())
+        self.assertEqual(io.read_image(self._path("complex.nrrd")).GetPixelID(), sitk.sitkComplexFloat32)  # for info
+
 
 class AtomicWrites(unittest.TestCase):
     def test_outputs_get_umask_permissions_and_no_leftovers(self):
