@@ -1813,14 +1813,36 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
     return final
 
 
+@contextlib.contextmanager
+def _lower_case_name(path: str) -> Iterator[str]:
+    """``path``, or where its extension is not lower case (``T.TFM``, ``T.Mat``: Windows and some PACS tools
+    name files so) a link to it (a copy where links cannot be made) named with the lower-case extension: ITK
+    picks its transform reader by the extension, in lower case only ("Could not create Transform IO object")."""
+    suffix = _suffix(path)
+    if not suffix or path.endswith(suffix):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="mmf-transform-") as folder:
+        alias = os.path.join(folder, "transform" + suffix)
+        try:
+            os.symlink(os.path.abspath(path), alias)
+        except OSError:  # no symbolic links (Windows without the privilege)
+            shutil.copyfile(path, alias)
+        yield alias
+
+
 def read_transform(path: str | os.PathLike) -> sitk.Transform:
     """Read an ITK transform file (.tfm, .txt, .h5, .mat), as written by Slicer, elastix' transformix
     (ITK format), ANTs or this package."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"Transform file not found: '{path}'.", "Check the path.")
-    with itk_guard(f"reading transform '{path}'", "Give an ITK transform file (.tfm, .txt, .h5, .mat)."):
-        tx = sitk.ReadTransform(path)
+    with _lower_case_name(path) as readable:
+        try:
+            with itk_guard(f"reading transform '{path}'", "Give an ITK transform file (.tfm, .txt, .h5, .mat)."):
+                tx = sitk.ReadTransform(readable)
+        except InputError as exc:
+            raise InputError(str(exc.problem).replace(readable, path), exc.fix) from exc
     # A composite read from file nests its transforms; flatten a single one for convenience.
     if isinstance(tx, sitk.CompositeTransform) and tx.GetNumberOfTransforms() == 1:
         tx = tx.GetNthTransform(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import unittest
 
@@ -106,6 +107,46 @@ class RoundTrip(unittest.TestCase):
                 self.assertNotIn(".mmf-tmp", str(cm.exception))
                 self.assertIn(".tfm", cm.exception.fix)
             self.assertEqual([f for f in os.listdir(d) if f.startswith(".mmf-tmp")], [])
+
+    def test_transform_files_with_upper_case_extensions(self):
+        """ITK picks its transform reader by the extension in lower case only: read_transform('T.TFM') (and
+        mmfusion's --transform / --initial-transform) had said "Could not create Transform IO object ... Give an
+        ITK transform file (.tfm, ...)" of a .tfm file that write_transform had written."""
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        rigid = sitk.Euler2DTransform((8.0, 9.0), 0.05, (1.5, -2.0))
+        p = (3.0, 4.0)
+        with tempfile.TemporaryDirectory() as d:
+            for name in ("T.TFM", "T.TXT", "T.H5", "T.MAT", "t.Tfm"):
+                with self.subTest(name=name):
+                    path = io.write_transform(rigid, os.path.join(d, name))
+                    lower = os.path.join(d, "lower" + os.path.splitext(name)[1].lower())
+                    shutil.copyfile(path, lower)  # written in the format its extension names
+                    np.testing.assert_allclose(sitk.ReadTransform(lower).TransformPoint(p), rigid.TransformPoint(p))
+                    np.testing.assert_allclose(io.read_transform(path).TransformPoint(p), rigid.TransformPoint(p))
+            bad = os.path.join(d, "BAD.TFM")
+            with open(bad, "w") as f:
+                f.write("not a transform\n")
+            with self.assertRaises(InputError) as cm:
+                io.read_transform(bad)
+            self.assertIn("BAD.TFM", cm.exception.problem)
+            self.assertNotIn("mmf-transform", str(cm.exception))
+            arr = np.zeros((32, 32), np.float32)
+            arr[8:20, 10:24] = 1.0
+            image = os.path.join(d, "a.nii.gz")
+            sitk.WriteImage(sitk.GetImageFromArray(arr), image)
+            for argv in (["resample", image, "--reference", image, "--transform", os.path.join(d, "T.MAT"),
+                          "-o", os.path.join(d, "r.nii.gz")],
+                         ["register", image, image, "--initial-transform", os.path.join(d, "T.TFM"),
+                          "-o", os.path.join(d, "reg")]):
+                out, err = StringIO(), StringIO()
+                with redirect_stdout(out), redirect_stderr(err):
+                    rc = cli.main(argv)
+                with self.subTest(command=argv[0]):
+                    self.assertEqual(rc, 0, err.getvalue())
 
     def test_png_colour_to_grey(self):
         from MultimodalFusionLib import data
