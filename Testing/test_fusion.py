@@ -156,7 +156,40 @@ class FusionMethods2DTest(unittest.TestCase):
         # the overlay threshold error names the value the user gave and the window, in their units
         with self.assertRaises(InputError) as ctx:
             fusion.fuse(self.a8, self.b8, "overlay", window=(0, 200), threshold=250)
-        self.assertIn("threshold 250 lies outside the functional window 0..200", str(ctx.exception))
+        self.assertIn("threshold 250 lies at or above the top of the functional window 0..200", str(ctx.exception))
+
+    def test_overlay_colour_map_case_window_alias_and_threshold_below_the_window(self) -> None:
+        # matplotlib's names were case-sensitive where the built-in ones are not ('Inferno' refused, 'HOT' taken)
+        inferno = fusion.fuse(self.a8, self.b8, "overlay", colormap="inferno")
+        for name in ("Inferno", "INFERNO"):
+            with self.subTest(name=name):
+                np.testing.assert_array_equal(
+                    sitk.GetArrayFromImage(fusion.fuse(self.a8, self.b8, "overlay", colormap=name).image),
+                    sitk.GetArrayFromImage(inferno.image))
+                fusion.check_parameters("overlay", {"colormap": name})
+        # window (an alias of window_b) with window_b: fuse said "it has no parameter 'window'", check_parameters
+        # (which pipeline.run calls before registering) let it through
+        for call in (lambda: fusion.fuse(self.a8, self.b8, "overlay", window=(0, 100), window_b=(50, 200)),
+                     lambda: fusion.check_parameters("overlay", {"window": (0, 100), "window_b": (50, 200)})):
+            with self.assertRaises(InputError) as ctx:
+                call()
+            self.assertIn("Both window (0, 100) and window_b (50, 200)", str(ctx.exception))
+        by_b = fusion.fuse(self.a8, self.b8, "overlay", window=None, window_b=(50, 200))
+        self.assertEqual(by_b.parameters["window_b"], [50.0, 200.0])
+        # a threshold at or below the window's bottom shows every value the window shows: threshold=0 of a PET
+        # whose lowest value is above 0 (the default window starts there) had been refused
+        b_arr = sitk.GetArrayFromImage(self.b8).astype(np.float32) + 20.0
+        pet = sitk.GetImageFromArray(b_arr)
+        pet.CopyInformation(self.b8)
+        low = float(b_arr.min())
+        at_bottom = fusion.fuse(self.a8, pet, "overlay", threshold=low)
+        for threshold in (0, low - 5):
+            with self.subTest(threshold=threshold):
+                below = fusion.fuse(self.a8, pet, "overlay", threshold=threshold)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(below.image),
+                                              sitk.GetArrayFromImage(at_bottom.image))
+                self.assertEqual(below.parameters["threshold_fraction_of_window"], 0.0)
+                self.assertEqual(below.parameters["threshold"], float(threshold))
 
     def test_parameter_types_are_checked_before_the_method_runs(self) -> None:
         # None, True or a non-text colour map reached the method: float(None) / None.lower() as the message (or,

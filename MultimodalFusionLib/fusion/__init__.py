@@ -358,6 +358,8 @@ def check_parameters(method: str, params: dict[str, Any] | None = None) -> None:
     """
     func = get_method(method)
     params = dict(params or {})
+    if "window" in params:
+        _check_one_window(params, params.get("window_b"))
     for key in ("window", "window_a", "window_b"):
         if key in params:
             _checked_window(params.pop(key), key)
@@ -380,6 +382,15 @@ def check_parameters(method: str, params: dict[str, Any] | None = None) -> None:
     if method in _BUILTIN_METHODS and method != "deep":
         ramp = np.linspace(0.0, 1.0, 256).reshape(16, 16)
         func(ramp, np.ascontiguousarray(ramp.T), **checked)
+
+
+def _check_one_window(params: dict[str, Any], window_b: Any) -> None:
+    """``window`` is an alias of ``window_b``: both given had been refused as "it has no parameter 'window'"
+    by :func:`fuse` (whose methods take it), and let through by :func:`check_parameters`."""
+    if params.get("window") is not None and window_b is not None:
+        raise InputError(f"Both window {params['window']!r} and window_b {window_b!r} were given; window is "
+                         "another name of window_b (the functional image's window).",
+                         "Give one of them.")
 
 
 def _checked_threshold(threshold: Any) -> float | None:
@@ -474,7 +485,9 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     check_same_grid(a, b)
     params = dict(params)
     if "window" in params:
-        window_b = params.pop("window") if window_b is None else window_b
+        _check_one_window(params, window_b)
+        alias = params.pop("window")
+        window_b = alias if alias is not None else window_b
     window_a = _checked_window(window_a, "window_a")
     window_b = _checked_window(window_b, "window_b" if method != "overlay" else "functional window")
     params = _checked_params(func, method, params)
@@ -513,11 +526,15 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
             thr_unit = float(window_to_unit(np.array(float(thr)), window_b))
         else:  # colour input without a window: threshold in luminance units (0..255)
             thr_unit = float(thr) / 255.0
-        if not 0.0 <= thr_unit < 1.0:
+        if thr_unit >= 1.0:
             shown = f"{window_b[0]:g}..{window_b[1]:g}" if window_b is not None else "0..255 (luminance)"
-            raise InputError(f"Overlay threshold {thr} lies outside the functional window {shown}.",
+            raise InputError(f"Overlay threshold {thr} lies at or above the top of the functional window {shown}: "
+                             "no colour would be shown.",
                              "Give a threshold inside the window, in the functional image's units, or leave it "
                              "out (10% up the window).")
+        # at or below the window's bottom: every value the window shows is shown (threshold=0 of a PET whose
+        # lowest value is above 0, under the default window from that minimum, had been refused)
+        thr_unit = max(thr_unit, 0.0)
         params["threshold"] = thr_unit
         if colour:
             params["functional_rgb"] = b_rgb_unit

@@ -124,11 +124,14 @@ def colormap_lut(name: str | np.ndarray) -> np.ndarray:
     try:
         import matplotlib
 
-        cmap = matplotlib.colormaps[name]
+        # in any case, as the built-in names ('Inferno' had been refused while 'HOT' was taken): matplotlib's
+        # own spelling where one of its names matches, the exact one first (none differ only in case in 3.x)
+        same = [n for n in matplotlib.colormaps if n.lower() == key]
+        cmap = matplotlib.colormaps[name if name in matplotlib.colormaps or len(same) != 1 else same[0]]
     except (ImportError, KeyError) as exc:
         raise InputError(f"Unknown colour map '{name}'.",
                          f"Use one of {', '.join(COLORMAPS)} or a matplotlib colour-map name "
-                         "(e.g. 'inferno', 'jet').") from exc
+                         "(e.g. 'inferno', 'jet'; any case).") from exc
     return np.asarray(cmap(np.linspace(0.0, 1.0, 256)))[:, :3]
 
 
