@@ -183,7 +183,7 @@ def _series(args: argparse.Namespace, which: str) -> str | None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
-    from .io import check_not_overwriting_inputs, read_image, read_transform
+    from .io import check_not_overwriting_inputs, one_slice_as_2d, one_slice_axis, read_image, read_transform
     from .registration import register, resolve_parameters
     from .registration.outputs import save_registration_outputs
 
@@ -200,6 +200,12 @@ def _run_register(args: argparse.Namespace) -> int:
     moving = read_image(args.moving, series=_series(args, "moving"), float32=True)
     fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
     moving_mask = read_image(args.moving_mask) if args.moving_mask else None
+    # a 2D slice saved as a volume (Slicer, ITK-SNAP) is registered as the 2D image it is; the resampled
+    # moving image is written back as a one-slice volume on the fixed one's geometry
+    slice_volume = fixed if one_slice_axis(fixed) is not None else None
+    fixed, moving = one_slice_as_2d(fixed, "fixed image"), one_slice_as_2d(moving, "moving image")
+    fixed_mask = one_slice_as_2d(fixed_mask, "fixed mask") if fixed_mask is not None else None
+    moving_mask = one_slice_as_2d(moving_mask, "moving mask") if moving_mask is not None else None
     bar = ProgressBar(desc="register")
     try:
         result = register(fixed, moving, settings, fixed_mask=fixed_mask, moving_mask=moving_mask,
@@ -210,7 +216,8 @@ def _run_register(args: argparse.Namespace) -> int:
     initial = read_transform(args.initial_transform) if args.initial_transform else None
     metrics = save_registration_outputs(
         result, fixed, moving, args.output_dir,
-        extra={"inputs": {"fixed": args.fixed, "moving": args.moving}}, initial_transform=initial)
+        extra={"inputs": {"fixed": args.fixed, "moving": args.moving}}, initial_transform=initial,
+        slice_volume=slice_volume)
     if args.json:
         _print_json(metrics)
         return 0
@@ -383,8 +390,15 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fuse(args: argparse.Namespace) -> int:
-    from .fusion import check_parameters, fuse
-    from .io import check_not_overwriting_inputs, read_image, write_image
+    from .fusion import check_parameters, check_same_grid, fuse
+    from .io import (
+        as_one_slice_of,
+        check_not_overwriting_inputs,
+        one_slice_axis,
+        one_slice_pixels,
+        read_image,
+        write_image,
+    )
     from .pipeline import _writable
     from .report import report_file_patterns
 
@@ -393,13 +407,18 @@ def _run_fuse(args: argparse.Namespace) -> int:
     check_parameters(args.method, _fusion_params(args))  # a typo or a missing GPU: before reading the images
     a = read_image(args.a, keep_color=True, series=_series(args, "a"))
     b = read_image(args.b, keep_color=True, series=_series(args, "b"))
+    slice_volume = None
+    if one_slice_axis(a) is not None:  # a 2D slice saved as a volume (Slicer, ITK-SNAP): fused as 2D
+        check_same_grid(a, b)  # on the volumes: in 2D, slices at other depths would pass
+        slice_volume, a, b = a, one_slice_pixels(a), one_slice_pixels(b)
     bar = ProgressBar(desc=f"fuse {args.method}")
     try:
         res = fuse(a, b, args.method, progress=bar, **_fusion_params(args))
     finally:
         bar.close()
     ext = ".png" if args.output.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")) else ""
-    written = write_image(_writable(res.image, ext), args.output)
+    fused = res.image if slice_volume is None or ext else as_one_slice_of(res.image, slice_volume)
+    written = write_image(_writable(fused, ext), args.output)
     # with --json, stdout is the JSON alone (a script parses it); the status lines go to stderr
     status = sys.stderr if args.json else sys.stdout
     print(f"fused ({res.method}, {res.seconds:.2f} s) -> {written}", file=status)

@@ -47,6 +47,10 @@ __all__ = [
     "write_bytes",
     "write_json",
     "to_json_safe",
+    "one_slice_axis",
+    "one_slice_pixels",
+    "one_slice_as_2d",
+    "as_one_slice_of",
 ]
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg",
@@ -1541,6 +1545,66 @@ def _dicom_slice_as_2d(image: sitk.Image) -> sitk.Image:
     return slice_2d if _orthonormal(slice_2d) else image
 
 
+def one_slice_axis(image: sitk.Image) -> int | None:
+    """The axis of a one-slice volume's single slice (0, 1 or 2: a 2D slice as Slicer, ITK-SNAP and
+    :func:`write_image` save it, e.g. 181 x 217 x 1), or None for any other image (a 2D image, a volume, a
+    line of voxels)."""
+    if image.GetDimension() != 3:
+        return None
+    size = image.GetSize()
+    flat = [axis for axis in range(3) if size[axis] == 1]
+    return flat[0] if len(flat) == 1 else None
+
+
+def one_slice_pixels(image: sitk.Image) -> sitk.Image:
+    """A one-slice volume's pixels as a 2D image with the in-plane spacing, without origin or direction: what
+    fusion of two images on one grid needs (any slice axis, any direction; :func:`as_one_slice_of` puts a
+    result back on the volume's geometry). Other images are returned as they are."""
+    axis = one_slice_axis(image)
+    if axis is None:
+        return image
+    arr = np.take(sitk.GetArrayFromImage(image), 0, axis=2 - axis)  # numpy's axes are ITK's reversed
+    out = sitk.GetImageFromArray(arr, isVector=image.GetNumberOfComponentsPerPixel() > 1)
+    out.SetSpacing([image.GetSpacing()[k] for k in range(3) if k != axis])
+    return out
+
+
+def as_one_slice_of(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """A 2D result put back on the one-slice volume ``reference``'s exact geometry (its slice axis, origin,
+    spacing and direction), so that Slicer or ITK-SNAP shows it where ``reference`` is."""
+    axis = one_slice_axis(reference)
+    if axis is None:
+        raise ValueError(f"the reference (size {reference.GetSize()}) is not a one-slice volume")
+    arr = np.expand_dims(sitk.GetArrayFromImage(image), 2 - axis)
+    out = sitk.GetImageFromArray(arr, isVector=image.GetNumberOfComponentsPerPixel() > 1)
+    out.CopyInformation(reference)
+    return out
+
+
+def one_slice_as_2d(image: sitk.Image, name: str = "image") -> sitk.Image:
+    """A one-slice volume as the 2D image of its slice, with its in-plane origin, spacing and direction (for
+    registration, which needs them); other images as they are.
+
+    Raises:
+        InputError: the single slice is not along the last axis, or lies out of an axial plane (coronal,
+            sagittal, tilted): a 2D image's geometry cannot hold it (see :func:`_dicom_slice_as_2d`).
+    """
+    axis = one_slice_axis(image)
+    if axis is None:
+        return image
+    fix = ("Register the 3D volumes the slices were cut from, or save the slices as axial slices (one slice "
+           "along the third axis); two slices already on one grid can be fused as they are (mmfusion fuse).")
+    if axis != 2:
+        raise InputError(f"The {name} is a one-slice volume (size {image.GetSize()}) whose single slice is along "
+                         f"axis {axis}, not the last: a 2D image cannot hold where its pixels lie.", fix)
+    slice_2d = _dicom_slice_as_2d(image)
+    if slice_2d.GetDimension() != 2:
+        raise InputError(f"The {name} is a one-slice volume (size {image.GetSize()}) in a plane that is not axial "
+                         f"(direction {[round(v, 4) for v in image.GetDirection()]}): a 2D image's direction "
+                         "cannot hold it.", fix)
+    return slice_2d
+
+
 def atomic_path(path: str | os.PathLike) -> tuple[str, str]:
     """(temporary path next to ``path`` with the same extension, final path)."""
     final = os.fspath(path)
@@ -1800,6 +1864,12 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         raise InputError(f"'{final}': NIfTI cannot store this image's sheared (non-orthonormal) direction "
                          f"{[round(v, 4) for v in image.GetDirection()]}; it would be written as another one.",
                          "Write it as .mha, which keeps the direction exactly (see io.volume_extension).")
+    elif suffix in (".nii", ".nii.gz") and image.GetNumberOfComponentsPerPixel() > 1 and one_slice_axis(image) == 2:
+        # ITK writes it right (dim 5: x, y, 1, 1, colour) but reads it back as a 2D image, without its slice's
+        # position: an overlay of a one-slice volume would be shown away from its inputs
+        raise InputError(f"'{final}': a colour image of one slice (size {image.GetSize()}) written as NIfTI is read "
+                         "back (by ITK, hence Slicer and this package) as a 2D image, without its slice's position.",
+                         "Write it as .nrrd or .mha, which keep it a one-slice volume in place.")
     with atomic_output(final) as tmp:
         try:
             with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):

@@ -190,6 +190,15 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     report(progress, 0.0, "loading images")
     fixed_img, fixed_name = _load(fixed, "fixed", fixed_series)
     moving_img, moving_name = _load(moving, "moving", moving_series)
+    from .io import one_slice_as_2d, one_slice_axis
+
+    # a 2D slice saved as a volume (Slicer, ITK-SNAP) is registered and fused as the 2D image it is, and its
+    # images are written back as one-slice volumes on the fixed one's geometry
+    slice_volume = fixed_img if one_slice_axis(fixed_img) is not None else None
+    fixed_img = one_slice_as_2d(fixed_img, f"fixed image {fixed_name}")
+    moving_img = one_slice_as_2d(moving_img, f"moving image {moving_name}")
+    fixed_mask = one_slice_as_2d(fixed_mask, "fixed mask") if fixed_mask is not None else None
+    moving_mask = one_slice_as_2d(moving_mask, "moving mask") if moving_mask is not None else None
     fixed_grey = _grey(fixed_img)
     moving_grey = _grey(moving_img)
     # a blank (constant) moving image resampled is constant too: without this it would be reported,
@@ -204,7 +213,8 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         files, report_paths, registration, reg_metrics, fusions, table = _register_fuse_report(
             fixed_img, fixed_name, moving_img, moving_name, fixed_grey, moving_grey, stage, methods=methods,
             preset=preset, stages=stages, settings=settings, progress=progress, fixed_mask=fixed_mask,
-            moving_mask=moving_mask, backend=backend, method_params=method_params, title=title)
+            moving_mask=moving_mask, backend=backend, method_params=method_params, title=title,
+            slice_volume=slice_volume)
     files = {k: os.path.join(out, os.path.basename(v)) for k, v in files.items()}
     report_paths = {k: os.path.join(out, os.path.basename(v)) for k, v in report_paths.items()}
     report(progress, 1.0, "done")
@@ -228,13 +238,15 @@ def _register_fuse_report(fixed_img: sitk.Image, fixed_name: str, moving_img: si
                           preset: str | None, stages: Sequence[str] | None, settings: Any,
                           progress: ProgressCallback | None, fixed_mask: sitk.Image | None,
                           moving_mask: sitk.Image | None, backend: str,
-                          method_params: dict[str, dict[str, Any]] | None,
-                          title: str | None) -> tuple[dict[str, str], dict[str, str], Any, dict, list, dict]:
+                          method_params: dict[str, dict[str, Any]] | None, title: str | None,
+                          slice_volume: sitk.Image | None = None
+                          ) -> tuple[dict[str, str], dict[str, str], Any, dict, list, dict]:
     """The work of :func:`run` once the images are loaded, its files written into ``out``; ``settings``:
-    the registration's (``resolve_parameters``), None for none."""
+    the registration's (``resolve_parameters``), None for none; images as one-slice volumes on
+    ``slice_volume``'s geometry where given (the fixed image read from it)."""
     from . import metrics as metrics_mod
     from . import report as report_mod
-    from .io import write_image, write_transform
+    from .io import as_one_slice_of, write_image, write_transform
     from .preprocess import resample
 
     files: dict[str, str] = {}
@@ -264,19 +276,27 @@ def _register_fuse_report(fixed_img: sitk.Image, fixed_name: str, moving_img: si
                          "(mmfusion info).")
     reg_metrics = {"before": metrics_mod.registration_metrics(fixed_grey, before, fixed_mask),
                    "after": metrics_mod.registration_metrics(fixed_grey, after, fixed_mask)}
-    ext = _ext_for(fixed_grey)
+    ext = _ext_for(fixed_grey if slice_volume is None else slice_volume)
+
+    def on_grid(image: sitk.Image) -> sitk.Image:
+        return image if slice_volume is None else as_one_slice_of(image, slice_volume)
+
     # a 2D moving image that is not 8-bit (a PET in Bq/ml) would be clipped to 0..255 in a PNG: NRRD keeps it
     eight_bit = moving_img.GetPixelID() in (sitk.sitkUInt8, sitk.sitkVectorUInt8)
-    moving_ext = ".nrrd" if ext == ".png" and not eight_bit else ext
-    files["moving_resampled"] = write_image(_writable(moving_on_fixed, moving_ext),
+    moving_ext = ".nrrd" if (ext == ".png" and not eight_bit) or (slice_volume is not None and colour) else ext
+    files["moving_resampled"] = write_image(_writable(on_grid(moving_on_fixed), moving_ext),
                                             os.path.join(out, "moving_resampled" + moving_ext))
 
     fusions, table = fuse_and_evaluate(fixed_img, moving_on_fixed, methods, progress=scaled(progress, 0.62, 0.9),
                                        method_params=method_params)
     for res in fusions:
-        files[f"fused_{res.method}"] = write_image(_writable(res.image, ext), os.path.join(out, f"fused_{res.method}{ext}"))
-        if res.weights is not None and fixed_grey.GetDimension() == 3:
-            files[f"weights_{res.method}"] = write_image(res.weights, os.path.join(out, f"weights_{res.method}{ext}"))
+        # a colour one-slice volume in NIfTI is read back as 2D (io.write_image refuses it): NRRD keeps it
+        fused_ext = ".nrrd" if slice_volume is not None and res.image.GetNumberOfComponentsPerPixel() > 1 else ext
+        files[f"fused_{res.method}"] = write_image(_writable(on_grid(res.image), fused_ext),
+                                                   os.path.join(out, f"fused_{res.method}{fused_ext}"))
+        if res.weights is not None and ext != ".png":
+            files[f"weights_{res.method}"] = write_image(on_grid(res.weights),
+                                                         os.path.join(out, f"weights_{res.method}{ext}"))
 
     report(progress, 0.92, "writing the report")
     report_paths = report_mod.write_report(

@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 from typing import Any, Sequence
 
-from . import mrml
+from . import io, mrml
 from .errors import InputError
 from .progress import ProgressCallback, report, scaled
 from .validation import has_content, overlap_fraction
@@ -130,26 +130,7 @@ def _written(node: Any) -> Any:
 
 
 def _single_slice(image: Any) -> bool:
-    return image.GetDimension() == 3 and image.GetSize()[2] == 1
-
-
-def _as_2d(image: Any) -> Any:
-    """A single-slice volume (how Slicer holds a 2D image) as a 2D image (pixels and in-plane spacing)."""
-    import SimpleITK as sitk
-
-    arr = sitk.GetArrayFromImage(image)[0]
-    out = sitk.GetImageFromArray(arr, isVector=image.GetNumberOfComponentsPerPixel() > 1)
-    out.SetSpacing(image.GetSpacing()[:2])
-    return out
-
-
-def _as_slice_of(image: Any, reference: Any) -> Any:
-    """A 2D result put back on the single-slice ``reference`` volume's exact geometry."""
-    import SimpleITK as sitk
-
-    out = sitk.JoinSeries(image)
-    out.CopyInformation(reference)
-    return out
+    return io.one_slice_axis(image) is not None
 
 
 def _scalar(value: Any) -> Any:
@@ -444,7 +425,7 @@ class FusionLogic:
                                  "volumes and transform are selected.")
         slice_volume = a if _single_slice(a) else None  # Slicer's form of a 2D image: fused as 2D
         if slice_volume is not None:
-            a, b = _as_2d(a), _as_2d(b)
+            a, b = io.one_slice_pixels(a), io.one_slice_pixels(b)
         # the pipeline's fusion step (fuse, then the metrics as the CLI and reports compute them)
         results, table_values = fuse_and_evaluate(a, b, [method], progress=scaled(progress, 0.05, 0.9),
                                                   method_params={method: engineParameters})
@@ -453,8 +434,8 @@ class FusionLogic:
             result.parameters["colormap"] = methodParameters["colormap"]  # the table's name, not its colours
         fused_image, weights_image = result.image, result.weights
         if slice_volume is not None:
-            fused_image = _as_slice_of(fused_image, slice_volume)
-            weights_image = _as_slice_of(weights_image, slice_volume) if weights_image is not None else None
+            fused_image = io.as_one_slice_of(fused_image, slice_volume)
+            weights_image = io.as_one_slice_of(weights_image, slice_volume) if weights_image is not None else None
         metrics = {k: _scalar(v) for k, v in table_values[method].items()}
         base = f"{anatomicalVolumeNode.GetName()} + {functionalVolumeNode.GetName()} {method}"
         colour = fused_image.GetNumberOfComponentsPerPixel() > 1

@@ -61,7 +61,9 @@ def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = 
         raise InputError(f"The {name} is empty (size {image.GetSize()}).", "Check the file holds pixel data.")
     if dim == 3 and min(image.GetSize()) == 1:
         raise InputError(f"The {name} is a 3D image with a single slice (size {image.GetSize()}).",
-                         "Read it as a 2D image, or give a real volume.")
+                         "Take its slice as a 2D image (io.one_slice_as_2d(image) keeps its in-plane geometry; "
+                         "io.one_slice_pixels(image) for fusion; mmfusion register, fuse and run do so), or give "
+                         "a real volume.")
     if image.GetNumberOfComponentsPerPixel() > 1 and not allow_vector:
         raise InputError(f"The {name} has {image.GetNumberOfComponentsPerPixel()} components per pixel (colour).",
                          "Convert it to grey (read_image does so unless keep_color=True).")

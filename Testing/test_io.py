@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import unittest
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -825,3 +826,98 @@ class UnwritableOutputs(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class OneSliceVolumes(unittest.TestCase):
+    """A 2D slice saved as a volume (181 x 217 x 1, as Slicer and ITK-SNAP save one) had been refused by every
+    command with "Read it as a 2D image", which a CLI user cannot do: register, fuse and run now take it as the
+    2D image it is and write their images back as one-slice volumes on the fixed image's geometry."""
+
+    DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Data")
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.tmp.name, name)
+
+    def _volume(self, png: str, name: str, axis: int = 2, direction: Sequence[float] | None = None) -> str:
+        arr = sitk.GetArrayFromImage(io.read_image(os.path.join(self.DATA, png)))
+        volume = sitk.GetImageFromArray(np.expand_dims(arr, 2 - axis))
+        volume.SetSpacing((0.9, 0.9, 2.5) if axis == 2 else (0.9, 2.5, 0.9))
+        volume.SetOrigin((-100.0, -120.0, 37.5))
+        if direction is not None:
+            volume.SetDirection(direction)
+        path = self._path(name)
+        sitk.WriteImage(volume, path)
+        return path
+
+    def _cli(self, *argv: str) -> str:
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        out, err = StringIO(), StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            rc = cli.main(list(argv))
+        self.assertEqual(rc, 0, err.getvalue())
+        return out.getvalue()
+
+    def _assert_on(self, path: str, reference: str) -> None:
+        got, ref = sitk.ReadImage(path), sitk.ReadImage(reference)
+        self.assertEqual(got.GetSize(), ref.GetSize())
+        np.testing.assert_allclose(got.GetOrigin(), ref.GetOrigin(), atol=1e-6)
+        np.testing.assert_allclose(got.GetSpacing(), ref.GetSpacing(), atol=1e-6)
+        np.testing.assert_allclose(got.GetDirection(), ref.GetDirection(), atol=1e-6)
+
+    def test_pixels_go_back_on_the_slice_axis_they_came_from(self) -> None:
+        arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+        for axis in (0, 1, 2):
+            volume = sitk.GetImageFromArray(np.expand_dims(arr, 2 - axis))
+            volume.SetOrigin((1.0, 2.0, 3.0))
+            with self.subTest(axis=axis):
+                self.assertEqual(io.one_slice_axis(volume), axis)
+                flat = io.one_slice_pixels(volume)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(flat), arr)
+                back = io.as_one_slice_of(flat, volume)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(volume))
+                self.assertEqual(back.GetOrigin(), volume.GetOrigin())
+        self.assertIsNone(io.one_slice_axis(sitk.Image([1, 1, 5], sitk.sitkFloat32)))  # a line, not a slice
+
+    def test_register_fuse_and_run_take_an_axial_slice_and_write_it_back_in_place(self) -> None:
+        rotation = math.radians(30)  # turned in its plane: a 2D direction holds it
+        c, s = math.cos(rotation), math.sin(rotation)
+        turned = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
+        fixed = self._volume("BrainT1SliceBorder20.png", "t1.nii.gz", direction=turned)
+        moving = self._volume("BrainProtonDensitySliceR10X13Y17.png", "pd.nrrd", direction=turned)
+        self._cli("register", fixed, moving, "-o", self._path("reg"))
+        self._assert_on(self._path("reg/moving_resampled.nii.gz"), fixed)
+        angle = math.degrees(io.read_transform(self._path("reg/transform.tfm")).GetAngle())
+        self.assertAlmostEqual(abs(angle), 10.0, delta=1.0)  # the known 10-degree turn of the PD slice
+        self._cli("fuse", fixed, self._path("reg/moving_resampled.nii.gz"), "-o", self._path("fused.nii.gz"))
+        self._assert_on(self._path("fused.nii.gz"), fixed)
+        self._cli("run", fixed, moving, "--output-dir", self._path("run"), "--methods", "overlay,wavelet")
+        for name in ("moving_resampled.nii.gz", "fused_overlay.nrrd", "fused_wavelet.nii.gz", "weights_wavelet.nii.gz"):
+            with self.subTest(name=name):
+                self._assert_on(self._path(f"run/{name}"), fixed)
+        # a colour one-slice volume in NIfTI: ITK writes dim (x, y, 1, 1, 3) and reads back a 2D image
+        self._cli("fuse", fixed, moving, "--method", "overlay", "-o", self._path("overlay.nrrd"))
+        self._assert_on(self._path("overlay.nrrd"), fixed)
+        with self.assertRaisesRegex(InputError, "read back .* as a 2D image"):
+            io.write_image(sitk.ReadImage(self._path("overlay.nrrd")), self._path("overlay.nii.gz"))
+
+    def test_a_slice_a_2d_image_cannot_place_is_fused_but_not_registered(self) -> None:
+        tilted = (1.0, 0.0, 0.0, 0.0, 0.9397, -0.342, 0.0, 0.342, 0.9397)  # 20 degrees out of the axial plane
+        for axis, direction, text in ((1, None, "along axis 1, not the last"),
+                                      (2, tilted, "in a plane that is not axial")):
+            a = self._volume("BrainT1Slice.png", f"a{axis}.nii.gz", axis, direction)
+            b = self._volume("BrainProtonDensitySlice.png", f"b{axis}.nii.gz", axis, direction)
+            with self.subTest(axis=axis):
+                with self.assertRaises(InputError) as ctx:
+                    io.one_slice_as_2d(io.read_image(a), "fixed image")
+                self.assertIn(text, str(ctx.exception))
+                self.assertIn("mmfusion fuse", ctx.exception.fix)
+                self._cli("fuse", a, b, "-o", self._path(f"f{axis}.nii.gz"))  # fusion needs only the grid
+                self._assert_on(self._path(f"f{axis}.nii.gz"), a)

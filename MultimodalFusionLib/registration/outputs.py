@@ -7,7 +7,14 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from ..io import replacing_outputs, volume_extension, write_image, write_json, write_transform
+from ..io import (
+    as_one_slice_of,
+    replacing_outputs,
+    volume_extension,
+    write_image,
+    write_json,
+    write_transform,
+)
 from ..preprocess import resample
 from .qc import write_checkerboard_png
 from .result import RegistrationResult
@@ -18,7 +25,8 @@ __all__ = ["save_registration_outputs"]
 def save_registration_outputs(result: RegistrationResult, fixed: sitk.Image, moving: sitk.Image,
                               output_dir: str | os.PathLike, *, image_name: str = "moving_resampled.nii.gz",
                               extra: dict[str, Any] | None = None,
-                              initial_transform: sitk.Transform | None = None) -> dict[str, Any]:
+                              initial_transform: sitk.Transform | None = None,
+                              slice_volume: sitk.Image | None = None) -> dict[str, Any]:
     """Write a registration's outputs into ``output_dir`` and return metrics.json's content.
 
     Files: ``transform.tfm`` (``transform.h5`` when deformable), ``moving_resampled.nii.gz``
@@ -34,6 +42,8 @@ def save_registration_outputs(result: RegistrationResult, fixed: sitk.Image, mov
         image_name: file name of the resampled moving image.
         extra: more JSON-able entries for metrics.json (e.g. errors against a known answer).
         initial_transform: the "before" of the checkerboard (identity when None).
+        slice_volume: the one-slice volume ``fixed`` was read from (``io.one_slice_as_2d``): the resampled
+            moving image is written as a one-slice volume on its geometry, where Slicer shows the fixed one.
 
     Returns:
         The metrics.json content.
@@ -46,11 +56,13 @@ def save_registration_outputs(result: RegistrationResult, fixed: sitk.Image, mov
         tx_name = "transform.h5" if result.is_deformable else "transform.tfm"
         tx_path = write_transform(result.transform, os.path.join(stage, tx_name))
         after = resample(moving, fixed, result.transform)
-        if image_name.endswith((".nii", ".nii.gz")) and volume_extension(fixed) != ".nii.gz":
+        grid = fixed if slice_volume is None else slice_volume
+        if image_name.endswith((".nii", ".nii.gz")) and volume_extension(grid) != ".nii.gz":
             # a sheared fixed grid: NIfTI would store another direction
             image_name = image_name[: -len(".nii.gz") if image_name.endswith(".gz") else -len(".nii")] + \
-                volume_extension(fixed)
-        img_path = write_image(after, os.path.join(stage, image_name))
+                volume_extension(grid)
+        img_path = write_image(after if slice_volume is None else as_one_slice_of(after, slice_volume),
+                               os.path.join(stage, image_name))
         before = resample(moving, fixed, initial_transform)
         cb_path = write_checkerboard_png(fixed, before, after, os.path.join(stage, "checkerboard.png"))
         metrics = result.to_dict()
