@@ -59,6 +59,9 @@ def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = 
                          "Extract a 3D volume (e.g. one time point of a 4D series) first.")
     if any(s == 0 for s in image.GetSize()) or image.GetNumberOfPixels() == 0:
         raise InputError(f"The {name} is empty (size {image.GetSize()}).", "Check the file holds pixel data.")
+    if dim == 3 and image.GetSize().count(1) >= 2:  # 16x1x1 had been called "a single slice"
+        raise InputError(f"The {name} is a 3D image of a single line of voxels (size {image.GetSize()}), not a "
+                         "volume or a slice.", "Give a volume, or a slice with at least two voxels along two axes.")
     if dim == 3 and min(image.GetSize()) == 1:
         raise InputError(f"The {name} is a 3D image with a single slice (size {image.GetSize()}).",
                          "Take its slice as a 2D image (io.one_slice_as_2d(image) keeps its in-plane geometry; "

@@ -40,6 +40,11 @@ class Checks(unittest.TestCase):
         self.assertMessage(lambda: check_image(sitk.GetImageFromArray(arr)), "NaN or infinite")
         self.assertMessage(lambda: check_pair(_img(), _img((20, 20))), "3D", "2D")
         self.assertMessage(lambda: check_image(np.zeros((3, 3))), "not an image")
+        # a line of voxels along any axis is named as a line, not as "a single slice" to read as 2D
+        for size in ([16, 1, 1], [1, 16, 1], [1, 1, 16], [1, 1, 1]):
+            line = sitk.GetImageFromArray(np.arange(np.prod(size), dtype=np.float32).reshape(size[::-1]) + 1)
+            self.assertMessage(lambda line=line: check_image(line), "single line of voxels")
+        self.assertMessage(lambda: check_image(sitk.GetImageFromArray(np.random.rand(1, 4, 5))), "single slice")
 
     def test_overlap(self):
         a, b = _img(), _img()
