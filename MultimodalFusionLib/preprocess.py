@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, itk_guard
+from .io import as_one_slice_of, one_slice_as_2d, one_slice_axis
 from .validation import check_image, physical_bounds, voxels_overlap
 
 __all__ = [
@@ -78,18 +79,34 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             as ``mmfusion run`` rounds an 8-bit image) and clipped to the type's range; ITK's own cast
             truncates toward zero.
 
+    Two one-slice volumes (2D slices saved as volumes, e.g. 181 x 217 x 1) with a 2D transform, the one
+    ``mmfusion register`` writes for them, are resampled as the 2D images of their slices
+    (``io.one_slice_as_2d``: an axial slice, along the last axis) and the result put back as a one-slice volume
+    on the reference's geometry; with a 3D transform (or none) a one-slice volume is resampled in 3D.
+
     Returns:
         The resampled image on the reference grid.
 
     Raises:
         InputError: unknown interpolation, images of different dimension, a transform that is not a
-            SimpleITK transform of their dimension, a pixel type that cannot hold the image (a scalar type
-            for a colour image, or the reverse) or a default value the output's pixels cannot hold.
+            SimpleITK transform of their dimension (or a 2D one for two one-slice volumes, above), a pixel type
+            that cannot hold the image (a scalar type for a colour image, or the reverse) or a default value the
+            output's pixels cannot hold.
     """
     if interpolation not in INTERPOLATORS:
         raise InputError(f"Unknown interpolation '{interpolation}'.",
                          f"Use one of: {', '.join(INTERPOLATORS)}.")
-    check_image(moving, "moving image", allow_vector=True, allow_constant=True)
+    if isinstance(transform, sitk.Transform) and transform.GetDimension() == 2 and isinstance(moving, sitk.Image) \
+            and isinstance(reference, sitk.Image) and one_slice_axis(moving) is not None \
+            and one_slice_axis(reference) is not None:
+        # two 2D slices saved as one-slice volumes, with the 2D transform of their plane that mmfusion register
+        # writes for them: resampled as the 2D images they are, put back on the reference's geometry
+        flat = resample(one_slice_as_2d(moving, "moving image"), one_slice_as_2d(reference, "reference"), transform,
+                        interpolation, default_value, pixel_type)
+        return as_one_slice_of(flat, reference)
+    # a one-slice volume with a 3D transform (or none) is resampled in 3D: ITK takes the points within half
+    # a slice's depth of it
+    check_image(moving, "moving image", allow_vector=True, allow_constant=True, allow_one_slice=True)
     if not isinstance(reference, sitk.Image):
         raise InputError(f"The reference is a {type(reference).__name__}, not an image.",
                          "Pass a SimpleITK image (only its grid is used).")
@@ -108,8 +125,14 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             fix = "Pass a SimpleITK transform (a registration's result.transform), or None for the identity."
         raise InputError(f"The transform is a {type(transform).__name__}, not a SimpleITK transform.", fix)
     if transform.GetDimension() != reference.GetDimension():
+        fix = "Give a transform of the images' dimension."
+        if transform.GetDimension() == 2:  # the one-slice case above needs both images to be one-slice volumes
+            flat = [f"the {n} is {'a one-slice volume' if one_slice_axis(i) is not None else 'a volume'} "
+                    f"(size {i.GetSize()})" for n, i in (("moving image", moving), ("reference", reference))]
+            fix = (f"A 2D transform (the one mmfusion register writes for two one-slice volumes) resamples only a "
+                   f"one-slice volume onto another, but {' and '.join(flat)}. " + fix)
         raise InputError(f"The transform is {transform.GetDimension()}D but the images are "
-                         f"{reference.GetDimension()}D.", "Give a transform of the images' dimension.")
+                         f"{reference.GetDimension()}D.", fix)
     try:
         float(default_value)
     except (TypeError, ValueError):

@@ -45,10 +45,11 @@ def check_pixel_type(image: sitk.Image, name: str = "image") -> None:
 
 
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,
-                allow_constant: bool = False) -> None:
+                allow_constant: bool = False, allow_one_slice: bool = False) -> None:
     """Raise InputError if ``image`` is not usable: wrong dimension, empty, complex or label-map pixels,
     NaN/inf, constant (unless ``allow_constant``: resampling a blank mask is legitimate, registering or
-    fusing one is not)."""
+    fusing one is not), a one-slice volume (unless ``allow_one_slice``: ITK resamples one in 3D, with half
+    a slice's depth either side of it, but registers and fuses it only as the 2D image it is)."""
     if not isinstance(image, sitk.Image):
         raise InputError(f"The {name} is a {type(image).__name__}, not an image.",
                          "Pass a SimpleITK image, or read it with MultimodalFusionLib.io.read_image.")
@@ -62,7 +63,7 @@ def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = 
     if dim == 3 and image.GetSize().count(1) >= 2:  # 16x1x1 had been called "a single slice"
         raise InputError(f"The {name} is a 3D image of a single line of voxels (size {image.GetSize()}), not a "
                          "volume or a slice.", "Give a volume, or a slice with at least two voxels along two axes.")
-    if dim == 3 and min(image.GetSize()) == 1:
+    if dim == 3 and min(image.GetSize()) == 1 and not allow_one_slice:
         raise InputError(f"The {name} is a 3D image with a single slice (size {image.GetSize()}).",
                          "Take its slice as a 2D image (io.one_slice_as_2d(image) keeps its in-plane geometry; "
                          "io.one_slice_pixels(image) for fusion; mmfusion register, fuse and run do so), or give "

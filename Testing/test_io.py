@@ -921,3 +921,38 @@ class OneSliceVolumes(unittest.TestCase):
                 self.assertIn("mmfusion fuse", ctx.exception.fix)
                 self._cli("fuse", a, b, "-o", self._path(f"f{axis}.nii.gz"))  # fusion needs only the grid
                 self._assert_on(self._path(f"f{axis}.nii.gz"), a)
+
+    def test_resample_takes_a_slice_with_the_2d_transform_register_wrote_and_with_a_3d_one(self) -> None:
+        """mmfusion resample had refused a one-slice volume ("a 3D image with a single slice"), so the 2D
+        transform mmfusion register wrote for a pair of them could not be applied to another image."""
+        from MultimodalFusionLib.preprocess import resample
+
+        turned = (math.cos(math.radians(30)), -math.sin(math.radians(30)), 0.0,
+                  math.sin(math.radians(30)), math.cos(math.radians(30)), 0.0, 0.0, 0.0, 1.0)
+        fixed = self._volume("BrainT1SliceBorder20.png", "t1.nii.gz", direction=turned)
+        moving = self._volume("BrainProtonDensitySliceR10X13Y17.png", "pd.nrrd", direction=turned)
+        self._cli("register", fixed, moving, "-o", self._path("reg"))
+        self._cli("resample", moving, "--reference", fixed, "--transform", self._path("reg/transform.tfm"),
+                  "-o", self._path("pd_on_t1.nii.gz"))
+        self._assert_on(self._path("pd_on_t1.nii.gz"), fixed)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(self._path("pd_on_t1.nii.gz"))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(self._path("reg/moving_resampled.nii.gz"))))
+
+        # the same turn as a 3D transform (about the slice's normal, through a point on it) gives the same
+        # voxels, resampled in 3D; one that moves the slice by more than half its depth (2.5 mm) finds nothing
+        flat = io.read_transform(self._path("reg/transform.tfm"))
+        spatial = sitk.Euler3DTransform((*flat.GetCenter(), 37.5), 0.0, 0.0, flat.GetAngle(),
+                                        (*flat.GetTranslation(), 0.0))
+        image, grid = io.read_image(moving), io.read_image(fixed)
+        np.testing.assert_allclose(sitk.GetArrayFromImage(resample(image, grid, spatial)),
+                                   sitk.GetArrayFromImage(resample(image, grid, flat)), atol=1e-3)
+        spatial.SetTranslation((*flat.GetTranslation(), 2.0))
+        self.assertEqual(float(sitk.GetArrayFromImage(resample(image, grid, spatial)).max()), 0.0)
+        self._cli("resample", moving, "--reference", fixed, "-o", self._path("identity.nii.gz"))  # 3D identity
+        self._assert_on(self._path("identity.nii.gz"), fixed)
+
+        # a 2D transform with a volume is a mismatch, named as such
+        volume = sitk.JoinSeries([io.one_slice_pixels(grid)] * 3)
+        with self.assertRaisesRegex(InputError, "The transform is 2D but the images are 3D") as ctx:
+            resample(image, volume, flat)
+        self.assertIn("the reference is a volume (size (221, 257, 3))", ctx.exception.fix)
