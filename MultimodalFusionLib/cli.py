@@ -110,7 +110,8 @@ def _run_info(args: argparse.Namespace) -> int:
         if info["min"] is None:  # every voxel NaN/inf: no finite statistics
             print("  intensity  no finite voxel")
         else:
-            print(f"  intensity  min {info['min']:.6g}, max {info['max']:.6g}, mean {info['mean']:.6g}")
+            of = " (of the magnitude: the pixels are complex)" if info["statistics_of"] == "magnitude" else ""
+            print(f"  intensity  min {info['min']:.6g}, max {info['max']:.6g}, mean {info['mean']:.6g}{of}")
         if info["non_finite_voxels"]:
             print(f"  WARNING    {info['non_finite_voxels']} NaN/inf voxels")
     return 0

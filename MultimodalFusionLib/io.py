@@ -1993,11 +1993,15 @@ def image_info(image: sitk.Image) -> dict[str, Any]:
     SimpleITK, ANTs and elastix give them; ``origin_ras`` and ``direction_ras`` are what Slicer's
     Volumes module shows (x and y negated). ``orientation`` is the code nibabel's aff2axcodes and
     ITK's DICOMOrient give; ``orientation_itksnap`` is ITK-SNAP's RAI code for the same grid (see
-    :func:`orientation_code`).
+    :func:`orientation_code`). ``min``, ``max`` and ``mean`` are of the values, or of the magnitude
+    (``|re + i im|``) for complex pixels, as ``statistics_of`` says.
     """
     from .mrml import ras_geometry
 
     arr = sitk.GetArrayViewFromImage(image)
+    complex_pixels = bool(np.iscomplexobj(arr))
+    if complex_pixels:  # numpy's float() of a complex drops its imaginary part: they were the real part's
+        arr = np.abs(arr)
     finite = np.isfinite(arr) if np.issubdtype(arr.dtype, np.floating) else None
     has_nan = bool(finite is not None and not finite.all())
     vals = arr[finite] if finite is not None else arr
@@ -2020,4 +2024,5 @@ def image_info(image: sitk.Image) -> dict[str, Any]:
         "max": float(vals.max()) if vals.size else None,
         "mean": float(vals.mean()) if vals.size else None,
         "non_finite_voxels": int((~finite).sum()) if has_nan else 0,
+        "statistics_of": "magnitude" if complex_pixels else "values",
     }

@@ -757,6 +757,35 @@ class WriteRules(unittest.TestCase):
                     self.assertIn("ComplexToModulus", err.getvalue())
         self.assertEqual(io.read_image(self._path("complex.nrrd")).GetPixelID(), sitk.sitkComplexFloat32)  # for info
 
+    def test_info_gives_a_complex_image_s_magnitude_and_says_so(self) -> None:
+        # mmfusion info printed min, max and mean of the real part (numpy's float() of a complex drops the
+        # imaginary part, with only a ComplexWarning), as if they were the image's: here -3, 3 and 0
+        import warnings
+        from contextlib import redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        real = np.linspace(-3.0, 3.0, 120).reshape(4, 5, 6)
+        path = self._path("complex.nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray((real + 4j).astype(np.complex64)), path)
+        magnitude = np.hypot(real, 4.0)
+        out = StringIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy's ComplexWarning
+            with redirect_stdout(out):
+                self.assertEqual(cli.main(["info", path]), 0)
+            info = io.image_info(io.read_image(path))
+        self.assertIn(f"intensity  min {magnitude.min():.6g}, max {magnitude.max():.6g}, mean {magnitude.mean():.6g} "
+                      "(of the magnitude: the pixels are complex)", out.getvalue())
+        self.assertEqual(info["statistics_of"], "magnitude")
+        self.assertAlmostEqual(info["mean"], float(magnitude.mean()), places=4)
+        nan = np.full((2, 3, 4), 3 + 4j, np.complex64)
+        nan[0, 0, 0] = complex(np.nan, 1.0)
+        info = io.image_info(sitk.GetImageFromArray(nan))
+        self.assertEqual((info["min"], info["max"], info["non_finite_voxels"]), (5.0, 5.0, 1))
+        self.assertEqual(io.image_info(sitk.GetImageFromArray(real))["statistics_of"], "values")
+
 
 class AtomicWrites(unittest.TestCase):
     def test_outputs_get_umask_permissions_and_no_leftovers(self):
