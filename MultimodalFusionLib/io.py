@@ -153,15 +153,19 @@ def _suffix(path: str | os.PathLike) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
-def to_luminance(image: sitk.Image) -> sitk.Image:
-    """Luminance (Y of BT.601 YCbCr: 0.299 R + 0.587 G + 0.114 B) of an RGB(A) image, float32."""
+def to_luminance(image: sitk.Image, name: str = "image") -> sitk.Image:
+    """Luminance (Y of BT.601 YCbCr: 0.299 R + 0.587 G + 0.114 B) of an RGB(A) image, float32.
+
+    Raises:
+        InputError: another number of components than 1, 3 or 4 (``validation.check_components``, naming
+            ``name``: a 2-component image is most often a complex MetaImage).
+    """
     n = image.GetNumberOfComponentsPerPixel()
     if n == 1:
         return image
-    if n not in (3, 4):
-        raise InputError(
-            f"Image has {n} components per pixel; only grey, RGB and RGBA images are supported.",
-            "Convert it to a grey-level or RGB image first.")
+    from .validation import check_components  # (validation imports io)
+
+    check_components(image, name)
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
     y = 0.299 * arr[..., 0] + 0.587 * arr[..., 1] + 0.114 * arr[..., 2]
     out = sitk.GetImageFromArray(y.astype(np.float32))
@@ -1068,16 +1072,7 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
         if _suffix(path) in (".nii", ".nii.gz"):
             image = _check_nifti_voxels(path, image)
     if not keep_color and image.GetNumberOfComponentsPerPixel() > 1:
-        components = image.GetNumberOfComponentsPerPixel()
-        if components not in (3, 4):  # to_luminance's message would name no file
-            complex_note = (" (a complex image saved as MetaImage, .mha/.mhd, is read so: its real and imaginary "
-                            "parts)") if components == 2 else ""
-            raise InputError(f"'{path}' has {components} components per pixel{complex_note}; only grey, RGB and "
-                             "RGBA images are supported.",
-                             ("Give its magnitude image (sitk.ComplexToModulus(image), or the scanner's magnitude "
-                              "series), or " if components == 2 else "Give a grey or RGB image, or ")
-                             + "one component of it (sitk.VectorIndexSelectionCast(image, 0)).")
-        image = to_luminance(image)
+        image = to_luminance(image, f"image '{path}'")
     if float32 and image.GetNumberOfComponentsPerPixel() == 1:
         from .validation import check_pixel_type  # (validation imports io)
 

@@ -38,12 +38,12 @@ def _load(image: sitk.Image | str | os.PathLike, name: str, series: str | None =
     return read_image(path, keep_color=True, series=series), os.path.basename(path.rstrip("/")) or name
 
 
-def _grey(image: sitk.Image) -> sitk.Image:
+def _grey(image: sitk.Image, name: str) -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() == 1:
         return image
     from .io import to_luminance
 
-    return to_luminance(image)
+    return to_luminance(image, name)
 
 
 def _ext_for(image: sitk.Image) -> str:
@@ -199,8 +199,8 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     moving_img = one_slice_as_2d(moving_img, f"moving image {moving_name}")
     fixed_mask = one_slice_as_2d(fixed_mask, "fixed mask") if fixed_mask is not None else None
     moving_mask = one_slice_as_2d(moving_mask, "moving mask") if moving_mask is not None else None
-    fixed_grey = _grey(fixed_img)
-    moving_grey = _grey(moving_img)
+    fixed_grey = _grey(fixed_img, f"fixed image {fixed_name}")
+    moving_grey = _grey(moving_img, f"moving image {moving_name}")
     # a blank (constant) moving image resampled is constant too: without this it would be reported,
     # with --no-register, as not overlapping the fixed image
     check_image(fixed_grey, f"fixed image {fixed_name}")

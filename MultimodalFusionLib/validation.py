@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from .errors import InputError, itk_reason
 from .io import orientation_code
 
-__all__ = ["check_image", "check_pixel_type", "check_pair", "check_min_axis", "check_deformable_size", "check_mask",
+__all__ = ["check_image", "check_pixel_type", "check_components", "check_pair", "check_min_axis", "check_deformable_size", "check_mask",
            "check_on_grid", "grid_differences", "whole_number", "physical_bounds", "overlap_fraction", "voxels_overlap", "MIN_CONTENT_VOXELS",
            "masks_intersection", "check_masks_meet", "small_mask_warnings"]
 
@@ -42,6 +42,22 @@ def check_pixel_type(image: sitk.Image, name: str = "image") -> None:
     if pixel_id in _LABEL_MAP_PIXEL_IDS:
         raise InputError(f"The {name} is a label map ({image.GetPixelIDTypeAsString()}), not an image of values.",
                          "Convert it to a label image first: sitk.LabelMapToLabel(image).")
+
+
+def check_components(image: sitk.Image, name: str = "image") -> None:
+    """Raise InputError unless ``image``'s pixels are grey, RGB or RGBA (1, 3 or 4 components): the one text for
+    every path (reading as grey, fusion, ``mmfusion run``), which names a 2-component image as the complex
+    image it most often is (MetaImage stores complex pixels as 2 channels) with the magnitude fix."""
+    components = image.GetNumberOfComponentsPerPixel()
+    if components in (1, 3, 4):
+        return
+    note = (" (a complex image saved as MetaImage, .mha/.mhd, is read so: its real and imaginary parts)"
+            if components == 2 else "")
+    raise InputError(f"The {name} has {components} components per pixel{note}; only grey, RGB and RGBA images are "
+                     "supported.",
+                     ("Give its magnitude image (sitk.ComplexToModulus(image), or the scanner's magnitude series), or "
+                      if components == 2 else "Give a grey or RGB image, or ")
+                     + "one component of it (sitk.VectorIndexSelectionCast(image, 0)).")
 
 
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,
@@ -69,6 +85,7 @@ def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = 
                          "io.one_slice_pixels(image) for fusion; mmfusion register, fuse and run do so), or give "
                          "a real volume.")
     if image.GetNumberOfComponentsPerPixel() > 1 and not allow_vector:
+        check_components(image, name)  # 2 components (a complex .mha) are no colour to convert to grey
         raise InputError(f"The {name} has {image.GetNumberOfComponentsPerPixel()} components per pixel (colour).",
                          "Convert it to grey (read_image does so unless keep_color=True).")
     if any(s <= 0 or not np.isfinite(s) for s in image.GetSpacing()):

@@ -314,8 +314,8 @@ class FusionMethods2DTest(unittest.TestCase):
         grey_4d = sitk.Image([4, 4, 4, 4], sitk.sitkFloat32)
         two = sitk.GetImageFromArray(np.stack([_arr(self.a8), _arr(self.b8)], axis=-1), isVector=True)
         for a, b, words in ((four_d, grey_4d, ("anatomical image (a) is 4D", "Extract a 3D volume")),
-                            (two, self.b8, ("anatomical image (a) has 2 components", "grey or an RGB")),
-                            (self.a8, two, ("functional image (b) has 2 components", "grey or an RGB"))):
+                            (two, self.b8, ("anatomical image (a) has 2 components", "ComplexToModulus")),
+                            (self.a8, two, ("functional image (b) has 2 components", "ComplexToModulus"))):
             with self.subTest(words[0]), self.assertRaises(InputError) as ctx:
                 fusion.fuse(a, b, "average")
             for word in words:

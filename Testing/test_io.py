@@ -725,8 +725,9 @@ class WriteRules(unittest.TestCase):
     def test_complex_images_are_named_on_every_reading_path(self) -> None:
         # read_image(float32=True) (mmfusion register, train-fusion) cast before any check: ITK's "Filter does
         # not support casting from casting complex of 32-bit float to 32-bit float", a RuntimeError, where fuse
-        # and run (check_image) named ComplexToModulus; a complex MetaImage (2 channels) named no file (with
-        # keep_color, as fuse and run read, it is the '2 components per pixel' image fuse names)
+        # and run (check_image) named ComplexToModulus; a complex MetaImage (2 channels) named no file, and fuse
+        # and run (which read it with keep_color) said "2 components per pixel. Give a grey or an RGB image", not
+        # what register said: validation.check_components is now the one text
         from contextlib import redirect_stderr, redirect_stdout
         from io import StringIO
 
@@ -745,7 +746,7 @@ class WriteRules(unittest.TestCase):
                         io.read_image(path, **kwargs)
                     self.assertIn(name, str(ctx.exception))
                     self.assertIn("ComplexToModulus", str(ctx.exception))
-            for command in ("register", "run", "fuse") if not name.endswith(".mha") else ("register",):
+            for command in ("register", "run", "fuse"):
                 argv = {"register": [command, plain, path, "-o", self._path("r")],
                         "run": [command, plain, path, "--output-dir", self._path("run")],
                         "fuse": [command, plain, path, "-o", self._path("f.nii.gz")]}[command]
@@ -755,7 +756,17 @@ class WriteRules(unittest.TestCase):
                 with self.subTest(name=name, command=command):
                     self.assertEqual(rc, 2, err.getvalue())
                     self.assertIn("ComplexToModulus", err.getvalue())
+                    if name.endswith(".mha"):  # one text on every path (fuse and run had named no complex image)
+                        self.assertIn("2 components per pixel (a complex image saved as MetaImage", err.getvalue())
         self.assertEqual(io.read_image(self._path("complex.nrrd")).GetPixelID(), sitk.sitkComplexFloat32)  # for info
+        two = io.read_image(self._path("complex.mha"), keep_color=True)
+        from MultimodalFusionLib.validation import check_image
+
+        for check in (lambda: check_image(two, "moving image"), lambda: io.to_luminance(two, "moving image")):
+            with self.assertRaises(InputError) as ctx:  # check_image had said "(colour) ... Convert it to grey"
+                check()
+            self.assertIn("moving image has 2 components per pixel (a complex image", str(ctx.exception))
+            self.assertIn("ComplexToModulus", ctx.exception.fix)
 
     def test_info_gives_a_complex_image_s_magnitude_and_says_so(self) -> None:
         # mmfusion info printed min, max and mean of the real part (numpy's float() of a complex drops the

@@ -40,7 +40,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..progress import ProgressCallback, report, scaled
-from ..validation import check_image, check_on_grid, grid_differences
+from ..validation import check_components, check_image, check_on_grid, grid_differences
 from . import classic
 from .base import FusionResult
 from .color import overlay_arrays, rgb_to_ycbcr, window_to_unit, ycbcr_to_rgb_in_gamut
@@ -240,9 +240,7 @@ def _from_array(arr: np.ndarray, reference: sitk.Image, *, rgb: bool = False) ->
 def _check_grey_or_colour(image: sitk.Image, name: str) -> None:
     """A usable image (:func:`check_image`) of grey or colour (3 or 4 components: RGB, RGBA) pixels."""
     check_image(image, name, allow_vector=True)
-    ncomp = image.GetNumberOfComponentsPerPixel()
-    if ncomp not in (1, 3, 4):
-        raise InputError(f"The {name} has {ncomp} components per pixel.", "Give a grey or an RGB image.")
+    check_components(image, name)  # the text read_image and mmfusion run give (2 components: a complex .mha)
 
 
 def _grey_input(image: sitk.Image, name: str) -> sitk.Image:
