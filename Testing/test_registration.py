@@ -322,6 +322,16 @@ class Presets(unittest.TestCase):
         with self.assertRaises(InputError):
             RegistrationParameters.from_dict({"stages": [{"name": "rigid", "bins": 5}]})
 
+    def test_a_stage_without_a_name_is_refused(self):
+        # {"iterations": 50} meant for the affine stage had run as a second rigid stage, without a word
+        with self.assertRaises(InputError) as cm:
+            RegistrationParameters.from_dict({"stages": ["rigid", {"iterations": 50}, {"name": "bspline"}]})
+        self.assertIn('stage 2 of 3 has no "name"', str(cm.exception))
+        self.assertIn("rigid, affine, bspline", cm.exception.fix)
+        # a stage given as a bare name, and one with a name, still load
+        self.assertEqual([s.name for s in RegistrationParameters.from_dict(
+            {"stages": ["affine", {"name": "bspline", "iterations": 5}]}).stages], ["affine", "bspline"])
+
     def test_resolve_parameters_gives_what_register_runs_with(self):
         # front ends (the Slicer Logic) resolve once and pass the result on: resolving it again changes nothing
         from MultimodalFusionLib.registration import resolve_parameters

@@ -297,13 +297,19 @@ class RegistrationParameters:
         if not isinstance(raw_stages, (list, tuple)):
             raise InputError(f"Registration \"stages\" must be a list, not {raw_stages!r}.",
                              f"List the stages in order, e.g. {example}.")
-        for raw in raw_stages:
+        for index, raw in enumerate(raw_stages, 1):
             if isinstance(raw, str):
                 raw = {"name": raw}
             if not isinstance(raw, dict):
                 raise InputError(f"Registration stage {raw!r} is neither a stage name nor an object of settings.",
                                  f"Give each stage as a name ({', '.join(STAGE_TYPES)}) or an object with a "
                                  "\"name\", e.g. {\"name\": \"rigid\", \"iterations\": 200}.")
+            if "name" not in raw:
+                # it had become a rigid stage without a word: {"iterations": 50} meant for the affine stage of
+                # [rigid, affine, bspline] ran as a second rigid stage
+                raise InputError(f"Registration stage {index} of {len(raw_stages)} has no \"name\" ({raw!r}).",
+                                 f"Add \"name\": one of {', '.join(STAGE_TYPES)}, e.g. "
+                                 "{\"name\": \"rigid\", \"iterations\": 200}.")
             unknown = set(raw) - fields
             if unknown:
                 raise InputError(f"Unknown stage setting(s) {sorted(unknown)}.",
