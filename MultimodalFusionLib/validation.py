@@ -6,6 +6,7 @@ ITK, so a user never sees an ITK traceback or a silently wrong answer.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import numbers
@@ -17,8 +18,9 @@ import SimpleITK as sitk
 from .errors import InputError, itk_reason
 from .io import orientation_code
 
-__all__ = ["check_image", "check_pixel_type", "check_components", "check_pair", "check_min_axis", "check_deformable_size", "check_mask",
-           "check_on_grid", "grid_differences", "whole_number", "physical_bounds", "overlap_fraction", "voxels_overlap", "MIN_CONTENT_VOXELS",
+__all__ = ["check_image", "check_pixel_type", "check_components", "check_pair", "check_min_axis",
+           "check_deformable_size", "check_mask", "check_on_grid", "grid_differences", "whole_number", "did_you_mean",
+           "physical_bounds", "overlap_fraction", "voxels_overlap", "MIN_CONTENT_VOXELS",
            "masks_intersection", "check_masks_meet", "small_mask_warnings"]
 
 
@@ -129,6 +131,16 @@ def whole_number(value: Any, minimum: int, maximum: int | None = None) -> int | 
             return None
         number = int(as_float)
     return number if minimum <= number and (maximum is None or number <= maximum) else None
+
+
+def did_you_mean(value: Any, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` naming the closest of ``choices`` to a misspelt ``value`` (case ignored), or
+    "" when none is close (difflib's ratio of at least 0.6) or ``value`` is not a text."""
+    if not isinstance(value, str):
+        return ""
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(value.strip().lower(), list(by_lower), n=1)
+    return f" (did you mean '{by_lower[close[0]]}'?)" if close else ""
 
 
 def has_content(image: sitk.Image) -> bool:

@@ -322,6 +322,33 @@ class Presets(unittest.TestCase):
         with self.assertRaises(InputError):
             RegistrationParameters.from_dict({"stages": [{"name": "rigid", "bins": 5}]})
 
+    def test_misspelt_settings_name_the_stage_and_the_likely_spelling(self):
+        # "Unknown stage setting(s) ['shrink_factor']" had named neither the stage nor the likely key, and a
+        # misspelt top-level key's fix had left "stages" out of the keys it listed
+        cases = (
+            ({"stages": ["rigid", {"name": "affine", "shrink_factor": [2, 1]}]},
+             "stage 2 of 2 ('affine'): unknown setting(s) 'shrink_factor' (did you mean 'shrink_factors'?)"),
+            ({"stage": ["rigid"]}, "'stage' (did you mean 'stages'?)"),
+            ({"initialiser": "moments"}, "'initialiser' (did you mean 'initializer'?)"),
+            ({"initializer": "moment"}, "(did you mean 'moments'?)"),
+            ({"stages": [{"name": "rigd"}]}, "stage 1 of 1 ('rigd'): unknown stage name (did you mean 'rigid'?)"),
+            ({"stages": [{"name": "rigid", "metric": "mattes"}]}, "(did you mean 'mattes_mi'?)"),
+            ({"stages": [{"name": "bspline", "optimizer": "lbfgs"}]}, "(did you mean 'lbfgsb'?)"),
+        )
+        for data, words in cases:
+            with self.subTest(data=data), self.assertRaises(InputError) as cm:
+                RegistrationParameters.from_dict(data)
+            self.assertIn(words, str(cm.exception))
+        with self.assertRaises(InputError) as cm:
+            RegistrationParameters.from_dict({"stag": []})
+        self.assertIn("stages", cm.exception.fix)
+        with self.assertRaises(InputError) as cm:
+            RegistrationParameters().with_stages(["rigid", "afine"])
+        self.assertIn("'afine' (did you mean 'affine'?)", str(cm.exception))
+        with self.assertRaises(InputError) as cm:  # nothing close: no guess
+            RegistrationParameters.from_dict({"stages": [{"name": "rigid", "zzz": 1}]})
+        self.assertNotIn("did you mean", str(cm.exception))
+
     def test_a_stage_without_a_name_is_refused(self):
         # {"iterations": 50} meant for the affine stage had run as a second rigid stage, without a word
         with self.assertRaises(InputError) as cm:

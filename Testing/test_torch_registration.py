@@ -366,6 +366,9 @@ class TorchRegistrationTest(unittest.TestCase):
             torch_parameters({"stages": ["warp-drive"]})
         with self.assertRaises(InputError):
             torch_parameters({"no_such_setting": 1})
+        with self.assertRaises(InputError) as ctx:  # the likely spelling, as the sitk settings name it
+            torch_parameters({"linear_iteration": [5]})
+        self.assertIn("'linear_iteration' (did you mean 'linear_iterations'?)", str(ctx.exception))
         bspline = sitk.BSplineTransformInitializer(fixed, [3, 3])
         with self.assertRaises(InputError):
             register_torch(fixed, moving, self._params(stages=["rigid"]), initial_transform=bspline)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InputError
-from ..validation import whole_number
+from ..validation import did_you_mean, whole_number
 
 __all__ = [
     "StageParameters",
@@ -123,14 +123,11 @@ class StageParameters:
         def bad(field: str, value: Any, allowed: str) -> InputError:
             return InputError(f"Stage '{self.name}': invalid {field} {value!r}.", f"Use {allowed}.")
 
-        if self.name not in STAGE_TYPES:
-            raise bad("stage name", self.name, " / ".join(STAGE_TYPES))
-        if self.metric not in METRICS:
-            raise bad("metric", self.metric, " / ".join(METRICS))
-        if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", self.optimizer, " / ".join(OPTIMIZERS))
-        if self.sampling_strategy not in SAMPLING:
-            raise bad("sampling_strategy", self.sampling_strategy, " / ".join(SAMPLING))
+        for field, choices in (("stage name", STAGE_TYPES), ("metric", METRICS), ("optimizer", OPTIMIZERS),
+                               ("sampling_strategy", SAMPLING)):
+            value = getattr(self, "name" if field == "stage name" else field)
+            if value not in choices:
+                raise bad(field, value, " / ".join(choices) + did_you_mean(value, choices))
         if not _is_number(self.sampling_percentage) or not 0.0 < float(self.sampling_percentage) <= 1.0:
             raise bad("sampling_percentage", self.sampling_percentage, "a fraction in (0, 1], e.g. 0.01 for 1%")
         for field in ("number_of_samples", "max_samples"):
@@ -247,7 +244,8 @@ class RegistrationParameters:
         if not self.stages:
             raise InputError("No registration stage given.", f"Give at least one of {', '.join(STAGE_TYPES)}.")
         if self.initializer not in INITIALIZERS:
-            raise InputError(f"Unknown initializer '{self.initializer}'.", f"Use one of {', '.join(INITIALIZERS)}.")
+            raise InputError(f"Unknown initializer '{self.initializer}'.",
+                             f"Use one of {', '.join(INITIALIZERS)}{did_you_mean(self.initializer, INITIALIZERS)}.")
         if self.initializer == "search" and self.stages[0].name not in ("rigid", "affine"):
             raise InputError(f"The 'search' initializer searches rotations for a rigid or affine first stage, but "
                              f"the first stage is '{self.stages[0].name}'.",
@@ -273,7 +271,7 @@ class RegistrationParameters:
         for name in names:
             name = name.strip().lower()
             if name not in STAGE_TYPES:
-                raise InputError(f"Unknown registration stage '{name}'.",
+                raise InputError(f"Unknown registration stage '{name}'{did_you_mean(name, STAGE_TYPES)}.",
                                  f"Use a comma-separated list of {', '.join(STAGE_TYPES)}, e.g. rigid,affine.")
             stages.append(dataclasses.replace(known[name]) if name in known else default_stage(name))
         return dataclasses.replace(self, stages=stages)
@@ -310,15 +308,23 @@ class RegistrationParameters:
                 raise InputError(f"Registration stage {index} of {len(raw_stages)} has no \"name\" ({raw!r}).",
                                  f"Add \"name\": one of {', '.join(STAGE_TYPES)}, e.g. "
                                  "{\"name\": \"rigid\", \"iterations\": 200}.")
-            unknown = set(raw) - fields
+            # which stage, and the likely spelling: "Unknown stage setting(s) ['shrink_factor']" had named neither
+            where = f"Registration stage {index} of {len(raw_stages)} ({raw['name']!r})"
+            if raw["name"] not in STAGE_TYPES:
+                raise InputError(f"{where}: unknown stage name{did_you_mean(raw['name'], STAGE_TYPES)}.",
+                                 f"Use \"name\": one of {', '.join(STAGE_TYPES)}.")
+            unknown = sorted(set(raw) - fields, key=str)
             if unknown:
-                raise InputError(f"Unknown stage setting(s) {sorted(unknown)}.",
+                raise InputError(f"{where}: unknown setting(s) "
+                                 + ", ".join(f"'{k}'{did_you_mean(k, fields)}" for k in unknown) + ".",
                                  f"Use only: {', '.join(sorted(fields))}.")
-            stages.append(dataclasses.replace(default_stage(raw.get("name", "rigid")), **raw))
-        top = {f.name for f in dataclasses.fields(cls)} - {"stages"}
-        unknown = set(data) - top
+            stages.append(dataclasses.replace(default_stage(raw["name"]), **raw))
+        top = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - top, key=str)
         if unknown:
-            raise InputError(f"Unknown registration setting(s) {sorted(unknown)}.", f"Use only: {', '.join(sorted(top))}.")
+            raise InputError("Unknown registration setting(s) "
+                             + ", ".join(f"'{k}'{did_you_mean(k, top)}" for k in unknown) + ".",
+                             f"Use only: {', '.join(sorted(top))}.")
         params = cls(stages=stages, **data)
         params.validate()
         return params

@@ -48,6 +48,7 @@ from ..validation import (
     check_masks_meet,
     check_min_axis,
     check_pair,
+    did_you_mean,
     small_mask_warnings,
 )
 from .parameters import StageParameters
@@ -239,7 +240,7 @@ class TorchRegistrationParameters:
         for name in names:
             key = _STAGE_ALIASES.get(str(name).strip().lower())
             if key is None:
-                raise InputError(f"Unknown torch registration stage '{name}'.",
+                raise InputError(f"Unknown torch registration stage '{name}'{did_you_mean(name, TORCH_STAGES)}.",
                                  f"Use a comma-separated list of {', '.join(TORCH_STAGES)}.")
             stages.append(key)
         return dataclasses.replace(self, stages=stages)
@@ -271,9 +272,10 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
         out = dataclasses.replace(parameters)
     elif isinstance(parameters, dict):
         known = {f.name for f in dataclasses.fields(TorchRegistrationParameters)}
-        unknown = set(parameters) - known
+        unknown = sorted(set(parameters) - known, key=str)
         if unknown:
-            raise InputError(f"Unknown torch registration setting(s) {sorted(unknown)}.",
+            raise InputError("Unknown torch registration setting(s) "
+                             + ", ".join(f"'{k}'{did_you_mean(k, known)}" for k in unknown) + ".",
                              f"Use only: {', '.join(sorted(known))}.")
         out = TorchRegistrationParameters(**parameters)
     elif hasattr(parameters, "stages"):
