@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from MultimodalFusionLib import cli, data
 from MultimodalFusionLib.io import read_image, read_transform
+from MultimodalFusionLib.registration import load_preset
 
 DATA = data.testing_data_dir()
 FIXED = str(DATA / "BrainT1SliceBorder20.png")
@@ -352,6 +353,23 @@ class MalformedPresetFile(unittest.TestCase):
                         ran = json.load(fh)["parameters"]
                     self.assertEqual((ran["seed"], ran["initializer"],
                                       [(s["name"], s["iterations"]) for s in ran["stages"]]), expected)
+                    # the engine's choices beside the settings as given (null: chosen from the images and seed):
+                    # they had been recorded only as null, the thread count too
+                    self.assertEqual(ran["number_of_threads"], None)
+                    self.assertEqual(ran["effective"], {"number_of_threads": 1})
+                    for stage in ran["stages"]:
+                        self.assertEqual((stage["min_step"], stage["relaxation_factor"]), (None, None))
+                        self.assertEqual((stage["effective"]["min_step"], stage["effective"]["relaxation_factor"]),
+                                         (0.001, 0.8))  # a 2D image's defaults
+                        self.assertEqual(stage["effective"]["shrink_factors"], stage["shrink_factors"])
+                        self.assertEqual(len(stage["effective"]["sampling_percentage_per_level"]), 3)
+                    # and the recorded parameters still load as a preset (the "effective" record is not read)
+                    again = os.path.join(d, "again.json")
+                    with open(again, "w", encoding="utf-8") as fh:
+                        json.dump(ran, fh)
+                    self.assertEqual(load_preset(again).to_dict(), {k: v for k, v in ran.items() if k != "effective"}
+                                     | {"stages": [{k: v for k, v in s.items() if k != "effective"}
+                                                   for s in ran["stages"]]})
 
     def test_settings_are_checked_before_any_image_is_read(self):
         # register and run read both images (a DICOM folder, a large volume) before they looked at the preset

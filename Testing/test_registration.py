@@ -148,6 +148,42 @@ class ItkBrainWebCase(unittest.TestCase):
 
 
 
+def _slab(slices: int, shift: int = 0) -> sitk.Image:
+    """A ``slices`` x 64 x 64 slab (numpy order) holding a noisy box, moved ``shift`` voxels along x."""
+    arr = np.zeros((slices, 64, 64), np.float32)
+    arr[:, 16:48, 20:44] = 1
+    arr += np.random.default_rng(0).normal(0, 0.05, arr.shape).astype(np.float32)
+    return sitk.GetImageFromArray(np.roll(arr, shift, axis=2))
+
+
+class EffectiveSettings(unittest.TestCase):
+    def test_what_ran_is_recorded_beside_the_settings_as_given(self):
+        # min_step, relaxation_factor and number_of_threads were recorded only as null (chosen from the image
+        # size and the seed), and a thin slab's shrink factors as the 4-2-1 asked for, where ITK ran 1-1-1
+        result = register(_slab(6), _slab(6, 2), seed=0)
+        ran = result.parameters
+        stage = ran["stages"][0]
+        self.assertEqual((stage["shrink_factors"], stage["min_step"], stage["relaxation_factor"]), ([4, 2, 1], None, None))
+        self.assertEqual(ran["number_of_threads"], None)
+        self.assertEqual(stage["effective"]["shrink_factors"], [1, 1, 1])  # a quarter of 6 slices: 1
+        self.assertEqual(stage["effective"]["smoothing_sigmas"], [4.0, 2.0, 0.0])
+        # 24 576 voxels (under 1 M): the small volumes' optimizer defaults
+        self.assertEqual((stage["effective"]["min_step"], stage["effective"]["relaxation_factor"]), (0.001, 0.8))
+        self.assertEqual(ran["effective"], {"number_of_threads": 1})
+        # sampling: the 3000-point floor over 24 576 voxels at every level (shrink 1)
+        self.assertEqual(stage["effective"]["sampling_percentage_per_level"], [3000 / 24576] * 3)
+        # without a seed: ITK's thread count, as ITK reports it
+        self.assertEqual(register(_slab(6), _slab(6, 2), stages=["affine"]).parameters["effective"],
+                         {"number_of_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()})
+        # a B-spline stage records its control grid; lbfgsb has no min_step or relaxation
+        spline = register(_slab(24), _slab(24, 1), {"stages": [{"name": "bspline", "optimizer": "lbfgsb",
+                                                                "iterations": 2, "mesh_size": 2}]}, seed=0)
+        effective = spline.parameters["stages"][0]["effective"]
+        self.assertEqual(effective["mesh_size"], [2, 2, 2])
+        self.assertNotIn("min_step", effective)
+        self.assertEqual(effective["shrink_factors"], [2, 1])
+
+
 class DiscardedStageWarning(unittest.TestCase):
     def test_it_names_what_aligned_the_images_before_the_stage(self) -> None:
         # a first stage (or one after stages all discarded) was told "the earlier stages already aligned the

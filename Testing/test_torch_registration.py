@@ -340,6 +340,21 @@ class TorchRegistrationTest(unittest.TestCase):
         default = registration.register(fixed, moving, stages=["rigid", "deformable"], backend="torch", seed=1)
         self.assertFalse(any("folds in" in w for w in default.warnings), default.warnings)
 
+    def test_what_ran_is_recorded(self) -> None:
+        # the level grids (47 mm at 4 mm: 13 voxels; a thin axis keeps at least 4: not the shrink factors asked for) and the CPU
+        # threads (same seed, device and threads: same result) were not recorded
+        from MultimodalFusionLib import registration
+
+        slab = sitk.GetImageFromArray(np.repeat(sitk.GetArrayFromImage(_blobs(2, 48, 0))[None], 6, axis=0))
+        moved = sitk.GetImageFromArray(np.repeat(sitk.GetArrayFromImage(_blobs(2, 48, 1.5))[None], 6, axis=0))
+        result = registration.register(slab, moved, self._params(stages=["rigid"], linear_iterations=[3, 3, 3]),
+                                       backend="torch", seed=1)
+        effective = result.parameters["effective"]
+        self.assertEqual(result.parameters["linear_shrink_factors"], [4, 2, 1])
+        self.assertEqual(effective["linear_level_sizes"], [[13, 13, 4], [25, 25, 4], [48, 48, 6]])
+        self.assertEqual(effective["number_of_threads"], 1)  # setUpClass's
+        self.assertNotIn("deformable_level_sizes", effective)
+
     def test_bad_parameter_values_are_input_errors(self) -> None:
         from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
 

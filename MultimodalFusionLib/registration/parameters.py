@@ -313,6 +313,8 @@ class RegistrationParameters:
             if raw["name"] not in STAGE_TYPES:
                 raise InputError(f"{where}: unknown stage name{did_you_mean(raw['name'], STAGE_TYPES)}.",
                                  f"Use \"name\": one of {', '.join(STAGE_TYPES)}.")
+            # a metrics.json's "parameters" load as a preset: its "effective" records what ran, and is not read
+            raw = {k: v for k, v in raw.items() if k != "effective"}
             unknown = sorted(set(raw) - fields, key=str)
             if unknown:
                 raise InputError(f"{where}: unknown setting(s) "
@@ -320,6 +322,7 @@ class RegistrationParameters:
                                  f"Use only: {', '.join(sorted(fields))}.")
             stages.append(dataclasses.replace(default_stage(raw["name"]), **raw))
         top = {f.name for f in dataclasses.fields(cls)}
+        data.pop("effective", None)
         unknown = sorted(set(data) - top, key=str)
         if unknown:
             raise InputError("Unknown registration setting(s) "

@@ -100,7 +100,9 @@ class RegistrationResult:
         warnings: plain-language warnings (metric got worse, hit iteration limit, ...).
         seconds: total wall time.
         backend: "sitk" or "torch".
-        parameters: the parameters used (a JSON-able dict).
+        parameters: the parameters used (a JSON-able dict); its ``effective`` (and each sitk stage's) records
+            what ran where the engine chose it from the images and the seed (thread count, capped shrink
+            factors, optimizer defaults, sampling per level; the torch backend's level grids).
         initializer: what the "search" initializer found (candidates, refined, rotation_deg from the
             centre-of-mass start, coarse_voxel_mm, metric, seconds); None for the other initializers.
     """

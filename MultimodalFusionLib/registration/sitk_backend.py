@@ -241,7 +241,9 @@ def itk_seed(seed: int) -> int:
 
 def _configure_metric(method: sitk.ImageRegistrationMethod, stage: StageParameters, seed: int | None,
                       fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
-                      fixed: sitk.Image | None = None, shrink_factors: list[int] | None = None) -> None:
+                      fixed: sitk.Image | None = None, shrink_factors: list[int] | None = None) -> list[float] | None:
+    """Set the metric, its sampling and the masks; returns the sampling fraction of each level's grid ITK was
+    given (None: every voxel)."""
     if stage.metric == "mattes_mi":
         method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(stage.histogram_bins))
     elif stage.metric == "joint_histogram_mi":
@@ -260,6 +262,7 @@ def _configure_metric(method: sitk.ImageRegistrationMethod, stage: StageParamete
         every_voxel = False
     if every_voxel:
         method.SetMetricSamplingStrategy(method.NONE)
+        pcts = None
     else:
         method.SetMetricSamplingStrategy(method.RANDOM if stage.sampling_strategy == "random" else method.REGULAR)
         if seed is None:
@@ -271,6 +274,7 @@ def _configure_metric(method: sitk.ImageRegistrationMethod, stage: StageParamete
     if moving_mask is not None:
         method.SetMetricMovingMask(moving_mask)
     method.SetInterpolator(sitk.sitkLinear)
+    return pcts
 
 
 def evaluation_factors(fixed: sitk.Image) -> list[int]:
@@ -400,6 +404,15 @@ def _bspline_mesh(stage: StageParameters, fixed: sitk.Image) -> list[int]:
 FAST_RELAXATION_VOXELS = 1_000_000
 
 
+def regular_step_defaults(stage: StageParameters, dim: int, voxels: int) -> tuple[float, float]:
+    """(min_step, relaxation_factor) a regular_step stage runs with: its own, or the defaults for a ``dim``-D
+    fixed image of ``voxels`` voxels (see ``StageParameters``)."""
+    large = dim == 3 and voxels >= FAST_RELAXATION_VOXELS
+    min_step = float(stage.min_step if stage.min_step is not None else (1e-2 if large else 1e-3))
+    relaxation = float(stage.relaxation_factor if stage.relaxation_factor is not None else (0.5 if large else 0.8))
+    return min_step, relaxation
+
+
 def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParameters, dim: int,
                          voxels: int = 0) -> None:
     if stage.optimizer == "lbfgsb":
@@ -411,10 +424,7 @@ def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParam
                                     costFunctionConvergenceFactor=1e7)
         return
     if stage.optimizer == "regular_step":
-        relaxation = float(stage.relaxation_factor if stage.relaxation_factor is not None
-                           else (0.5 if dim == 3 and voxels >= FAST_RELAXATION_VOXELS else 0.8))
-        large = dim == 3 and voxels >= FAST_RELAXATION_VOXELS
-        min_step = float(stage.min_step if stage.min_step is not None else (1e-2 if large else 1e-3))
+        min_step, relaxation = regular_step_defaults(stage, dim, voxels)
         method.SetOptimizerAsRegularStepGradientDescent(
             learningRate=float(stage.learning_rate), minStep=min_step,
             numberOfIterations=int(stage.iterations), relaxationFactor=relaxation,
@@ -435,14 +445,17 @@ def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParam
 
 def _stage_method(stage: StageParameters, seed: int | None, fixed_mask: sitk.Image | None,
                   moving_mask: sitk.Image | None, fixed: sitk.Image, shrink: list[int], sigmas: list[float],
-                  full_voxels: int) -> sitk.ImageRegistrationMethod:
+                  full_voxels: int, sampled: list[float | None] | None = None) -> sitk.ImageRegistrationMethod:
     """An ITK registration method for ``stage`` on the levels (``shrink``, ``sigmas``) of ``fixed``.
 
     ``full_voxels`` is the full-resolution fixed image's size, which picks the optimizer settings and
     the gradient computation (the same for every level, whether ITK or _reduced_level makes them).
+    ``sampled`` (a list) gets each level's sampling fraction appended (None: every voxel).
     """
     method = sitk.ImageRegistrationMethod()
-    _configure_metric(method, stage, seed, fixed_mask, moving_mask, fixed, shrink)
+    pcts = _configure_metric(method, stage, seed, fixed_mask, moving_mask, fixed, shrink)
+    if sampled is not None:
+        sampled.extend(pcts if pcts is not None else [None] * len(shrink))
     if full_voxels > GRADIENT_IMAGE_VOXELS:
         # Large volumes: image gradients at the sample points only (central differences) instead of
         # gradient images of every voxel at every level: saves about 2 CPU-seconds on a 1 mm head.
@@ -719,8 +732,9 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
                params: RegistrationParameters, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
                progress: ProgressCallback | None, span: tuple[float, float],
                searched: sitk.Transform | None = None,
-               start_from: str = "earlier stages") -> tuple[sitk.Transform, StageResult]:
-    """Optimise one stage; returns (accumulated transform, stage result).
+               start_from: str = "earlier stages") -> tuple[sitk.Transform, StageResult, dict[str, Any]]:
+    """Optimise one stage; returns (accumulated transform, stage result, the settings it ran with where the
+    engine chose them: :func:`_effective_settings`).
 
     ``start_from`` names what ``previous`` is when it is given ("initial transform" or "earlier stages"),
     for the fix when the images or the masks do not overlap there; without ``previous`` the initializer
@@ -770,9 +784,10 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     history: list[tuple[int, int, float]] = []
     levels = len(stage.shrink_factors)
     stop_reason = ""
+    sampled: list[float | None] = []
     for first_level, (fixed_in, moving_in, shrink_in, sigmas_in) in enumerate(runs):
         method = _stage_method(stage, seed, fixed_mask, stage_mask, fixed_in, shrink_in, sigmas_in,
-                               fixed.GetNumberOfPixels())
+                               fixed.GetNumberOfPixels(), sampled)
         if previous is not None and warped is None:
             method.SetMovingInitialTransform(previous)
         method.SetInitialTransform(optimized, inPlace=True)
@@ -794,7 +809,26 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
         iterations=iterations, stop_reason=stop_reason,
         seconds=time.perf_counter() - t0, history=history, accepted=accepted,
         level_iterations=iterations_per_level(history, levels))  # with levels that ran no iteration
-    return result_tx, stage_result
+    return result_tx, stage_result, _effective_settings(stage, fixed, shrink, sigmas, sampled)
+
+
+def _effective_settings(stage: StageParameters, fixed: sitk.Image, shrink: list[int], sigmas: list[float],
+                        sampled: list[float | None]) -> dict[str, Any]:
+    """What a stage ran with where the engine chose it from the images (metrics.json's ``effective``): the
+    regular_step optimizer's ``min_step`` and ``relaxation_factor`` (null in the settings: picked from the
+    fixed image's size), the shrink factors (capped at a quarter of the smaller image's shortest side: a
+    6-slice slab runs shrink 1 throughout), the sigmas, the sampling fraction of each level's grid (raised to
+    the floor of samples, capped at ``max_samples``; null: every voxel) and a B-spline's control grid."""
+    out: dict[str, Any] = {"shrink_factors": [int(f) for f in shrink],
+                           "smoothing_sigmas": [float(s) for s in sigmas],
+                           "smoothing_in_mm": bool(stage.smoothing_in_mm),
+                           "sampling_percentage_per_level": [None if p is None else float(p) for p in sampled]}
+    if stage.optimizer == "regular_step":
+        out["min_step"], out["relaxation_factor"] = regular_step_defaults(stage, fixed.GetDimension(),
+                                                                          fixed.GetNumberOfPixels())
+    if stage.name == "bspline":
+        out["mesh_size"] = [int(m) for m in _bspline_mesh(stage, fixed)]
+    return out
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -824,7 +858,12 @@ def register_sitk(fixed: sitk.Image, moving: sitk.Image, parameters: Registratio
         # the metric's threader takes the global default (the method's own setting does not reach it)
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
     try:
-        return _register_stages(fixed, moving, parameters, fixed_mask, moving_mask, initial_transform, progress, t0)
+        result = _register_stages(fixed, moving, parameters, fixed_mask, moving_mask, initial_transform, progress, t0)
+        # the thread count that ran (ITK clamps a request to its maximum): null in the settings is 1 with a
+        # seed, ITK's default (the CPU's cores) without
+        result.parameters["effective"] = {
+            "number_of_threads": int(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())}
+        return result
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(saved_threads)
 
@@ -875,12 +914,14 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
         warnings += check_masks_meet(fixed, fixed_mask, moving_mask, first_stage_start(), start_description(first),
                                      start_fix(first, masks=True))
     n = len(parameters.stages)
+    effective: list[dict[str, Any]] = []
     for i, stage in enumerate(parameters.stages):
         report(progress, i / n, f"{stage.name}: starting")
-        previous, res = _run_stage(fixed, moving, stage, previous, parameters, fixed_mask, moving_mask,
-                                   progress, (i / n, (i + 1) / n), searched if i == 0 else None,
-                                   first if i == 0 else "earlier stages")
+        previous, res, ran_with = _run_stage(fixed, moving, stage, previous, parameters, fixed_mask, moving_mask,
+                                             progress, (i / n, (i + 1) / n), searched if i == 0 else None,
+                                             first if i == 0 else "earlier stages")
         stage_results.append(res)
+        effective.append(ran_with)
         if not res.accepted:
             change = abs(res.metric_after - res.metric_before) / max(abs(res.metric_before), 1e-12)
             if math.isfinite(res.metric_after) and change < 0.01:
@@ -920,10 +961,13 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
                         f"{metric_after:.5g}); the starting transform was kept. Check the inputs, masks and "
                         "initial alignment." + hint)
         previous, metric_after = start_total, metric_before
+    recorded = parameters.to_dict()  # the settings as given; beside each stage's, what ran where they left it open
+    for stage_dict, ran_with in zip(recorded["stages"], effective):
+        stage_dict["effective"] = ran_with
     return RegistrationResult(
         transform=previous, stages=stage_results, metric_before=float(metric_before),
         metric_after=float(metric_after), warnings=warnings, seconds=time.perf_counter() - t0, backend="sitk",
-        parameters=parameters.to_dict(), initializer=search_info)
+        parameters=recorded, initializer=search_info)
 
 
 def _initializer_translation(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationParameters,

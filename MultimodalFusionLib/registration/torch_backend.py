@@ -925,13 +925,7 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
     total_iters = sum(int(i) for i in p.deformable_iterations)
     done = 0
     before = after = float("nan")
-    levels: list[tuple[float, int]] = []
-    for spacing_mm, iters in zip(p.deformable_level_spacing_mm, p.deformable_iterations):
-        shrink = max(float(spacing_mm) / ctx.base_spacing, 1.0)
-        if levels and abs(levels[-1][0] - shrink) < 1e-6:
-            levels[-1] = (shrink, levels[-1][1] + int(iters))  # coincident levels: merge
-        else:
-            levels.append((shrink, int(iters)))
+    levels = _deformable_levels(p, ctx.base_spacing)
     mode = "trilinear" if dim == 3 else "bilinear"
     sigmas = [p.velocity_sigma] * dim
     for level, (shrink, iters) in enumerate(levels):
@@ -1108,6 +1102,38 @@ def _affine_transform(matrix: np.ndarray, center: np.ndarray, translation: np.nd
     tx.SetCenter([float(v) for v in center])
     tx.SetTranslation([float(v) for v in translation])
     return tx
+
+
+def _deformable_levels(p: TorchRegistrationParameters, base_spacing: float) -> list[tuple[float, int]]:
+    """(shrink relative to the finest fixed voxel, iterations) of each deformable level; levels of the same
+    spacing (e.g. several at or below the image's voxel) are merged into one."""
+    levels: list[tuple[float, int]] = []
+    for spacing_mm, iters in zip(p.deformable_level_spacing_mm, p.deformable_iterations):
+        shrink = max(float(spacing_mm) / base_spacing, 1.0)
+        if levels and abs(levels[-1][0] - shrink) < 1e-6:
+            levels[-1] = (shrink, levels[-1][1] + int(iters))  # coincident levels: merge
+        else:
+            levels.append((shrink, int(iters)))
+    return levels
+
+
+def _effective_settings(ctx: _Context, p: TorchRegistrationParameters, device: Any) -> dict[str, Any]:
+    """What ran where the engine chose it (metrics.json's ``effective``): each level's fixed grid (x, y[, z]:
+    a thin axis keeps at least 4 voxels, or all it has, so a 6-slice slab keeps 4-6 slices at every level),
+    the deformable levels after merging, and the CPU threads (same seed, device and threads: same result)."""
+    import torch
+
+    def size(shrink: float) -> list[int]:
+        return [int(n) for n in ctx.fixed.level_shape(ctx.base_spacing * max(float(shrink), 1.0))[::-1]]
+
+    out: dict[str, Any] = {"number_of_threads": int(torch.get_num_threads()) if device.type == "cpu" else None}
+    if any(s in ("rigid", "affine") for s in p.stages):
+        out["linear_level_sizes"] = [size(int(f)) for f in p.linear_shrink_factors]
+    if "deformable" in p.stages:
+        levels = _deformable_levels(p, ctx.base_spacing)
+        out["deformable_level_sizes"] = [size(f) for f, _ in levels]
+        out["deformable_iterations"] = [int(i) for _, i in levels]
+    return out
 
 
 def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None, *,
@@ -1288,6 +1314,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     info = params.to_dict()
     info["device"] = str(device)
     info["mixed_precision_active"] = bool(ctx.amp)
+    info["effective"] = _effective_settings(ctx, params, device)
     return RegistrationResult(transform=transform, stages=stage_results, metric_before=metric_before,
                               metric_after=metric_after,
                               warnings=warnings, seconds=time.perf_counter() - t_start, backend="torch",
