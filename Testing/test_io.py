@@ -864,10 +864,6 @@ class UnwritableOutputs(unittest.TestCase):
             self.assertTrue(err.getvalue().startswith("mmfusion resample: error: Cannot write"), err.getvalue())
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class OneSliceVolumes(unittest.TestCase):
     """A 2D slice saved as a volume (181 x 217 x 1, as Slicer and ITK-SNAP save one) had been refused by every
     command with "Read it as a 2D image", which a CLI user cannot do: register, fuse and run now take it as the
@@ -996,3 +992,7 @@ class OneSliceVolumes(unittest.TestCase):
         with self.assertRaisesRegex(InputError, "The transform is 2D but the images are 3D") as ctx:
             resample(image, volume, flat)
         self.assertIn("the reference is a volume (size (221, 257, 3))", ctx.exception.fix)
+
+
+if __name__ == "__main__":
+    unittest.main()
