@@ -1543,8 +1543,9 @@ def _dicom_slice_as_2d(image: sitk.Image) -> sitk.Image:
 def one_slice_axis(image: sitk.Image) -> int | None:
     """The axis of a one-slice volume's single slice (0, 1 or 2: a 2D slice as Slicer, ITK-SNAP and
     :func:`write_image` save it, e.g. 181 x 217 x 1), or None for any other image (a 2D image, a volume, a
-    line of voxels)."""
-    if image.GetDimension() != 3:
+    line of voxels) and for anything that is not an image (left to the caller's check to name: a mask passed as
+    a path had ended in AttributeError)."""
+    if not isinstance(image, sitk.Image) or image.GetDimension() != 3:
         return None
     size = image.GetSize()
     flat = [axis for axis in range(3) if size[axis] == 1]

@@ -91,6 +91,13 @@ class MaskOffGridTest(unittest.TestCase):
                 pipeline.run(t1, str(d / "BrainProtonDensitySlice.png"), tmp, methods="average", register=False,
                              fixed_mask=metrics_mask)
             self.assertIn("The fixed mask is empty", str(ctx.exception))
+            # a mask that is no image (a path) is named as such: the one-slice conversion had met it first and
+            # ended in AttributeError "'str' object has no attribute 'GetDimension'"
+            for key in ("fixed_mask", "moving_mask"):
+                with self.subTest(key=key), self.assertRaises(InputError) as ctx:
+                    pipeline.run(t1, str(d / "BrainProtonDensitySlice.png"), tmp, methods="average",
+                                 **{key: str(d / "BrainT1Slice.png")})
+                self.assertIn(f"The {key.replace('_', ' ')} is not an image", str(ctx.exception))
 
 
 class RegistrationSettingsWithoutRegistrationTest(unittest.TestCase):
