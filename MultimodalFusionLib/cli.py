@@ -184,7 +184,7 @@ def _series(args: argparse.Namespace, which: str) -> str | None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
-    from .io import check_not_overwriting_inputs, one_slice_as_2d, one_slice_axis, read_image, read_transform
+    from .io import check_not_overwriting_inputs, one_slice_inputs_as_2d, read_image, read_transform
     from .registration import register, resolve_parameters
     from .registration.outputs import save_registration_outputs
 
@@ -203,10 +203,7 @@ def _run_register(args: argparse.Namespace) -> int:
     moving_mask = read_image(args.moving_mask) if args.moving_mask else None
     # a 2D slice saved as a volume (Slicer, ITK-SNAP) is registered as the 2D image it is; the resampled
     # moving image is written back as a one-slice volume on the fixed one's geometry
-    slice_volume = fixed if one_slice_axis(fixed) is not None else None
-    fixed, moving = one_slice_as_2d(fixed, "fixed image"), one_slice_as_2d(moving, "moving image")
-    fixed_mask = one_slice_as_2d(fixed_mask, "fixed mask") if fixed_mask is not None else None
-    moving_mask = one_slice_as_2d(moving_mask, "moving mask") if moving_mask is not None else None
+    slice_volume, fixed, moving, fixed_mask, moving_mask = one_slice_inputs_as_2d(fixed, moving, fixed_mask, moving_mask)
     bar = ProgressBar(desc="register")
     try:
         result = register(fixed, moving, settings, fixed_mask=fixed_mask, moving_mask=moving_mask,

@@ -51,6 +51,7 @@ __all__ = [
     "one_slice_pixels",
     "one_slice_as_2d",
     "as_one_slice_of",
+    "one_slice_inputs_as_2d",
 ]
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg",
@@ -1599,6 +1600,29 @@ def one_slice_as_2d(image: sitk.Image, name: str = "image") -> sitk.Image:
                          f"(direction {[round(v, 4) for v in image.GetDirection()]}): a 2D image's direction "
                          "cannot hold it.", fix)
     return slice_2d
+
+
+def one_slice_inputs_as_2d(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None = None,
+                           moving_mask: sitk.Image | None = None, *, fixed_name: str = "fixed image",
+                           moving_name: str = "moving image"
+                           ) -> tuple[sitk.Image | None, sitk.Image, sitk.Image, sitk.Image | None, sitk.Image | None]:
+    """A registration's inputs with each one-slice volume as the 2D image of its slice (:func:`one_slice_as_2d`),
+    as ``(slice_volume, fixed, moving, fixed_mask, moving_mask)``: ``slice_volume`` is the one-slice volume
+    ``fixed`` was (None where it was none), on whose geometry results go back (:func:`as_one_slice_of`).
+
+    A one-slice mask of a one-slice image is checked on its image's grid as the volumes they are
+    (``validation.check_mask``) before both lose their depth: as 2D images a mask of another slice, 100 mm away,
+    had been taken as on the image's grid."""
+    from .validation import check_mask  # (validation imports io)
+
+    masks = []
+    for mask, image, name, image_name in ((fixed_mask, fixed, "fixed mask", fixed_name),
+                                          (moving_mask, moving, "moving mask", moving_name)):
+        if one_slice_axis(mask) is not None and one_slice_axis(image) is not None:
+            mask = check_mask(mask, image, name, image_name)
+        masks.append(one_slice_as_2d(mask, name) if mask is not None else None)
+    slice_volume = fixed if one_slice_axis(fixed) is not None else None
+    return slice_volume, one_slice_as_2d(fixed, fixed_name), one_slice_as_2d(moving, moving_name), masks[0], masks[1]
 
 
 def atomic_path(path: str | os.PathLike) -> tuple[str, str]:

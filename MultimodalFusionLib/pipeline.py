@@ -190,15 +190,13 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     report(progress, 0.0, "loading images")
     fixed_img, fixed_name = _load(fixed, "fixed", fixed_series)
     moving_img, moving_name = _load(moving, "moving", moving_series)
-    from .io import one_slice_as_2d, one_slice_axis
+    from .io import one_slice_inputs_as_2d
 
     # a 2D slice saved as a volume (Slicer, ITK-SNAP) is registered and fused as the 2D image it is, and its
     # images are written back as one-slice volumes on the fixed one's geometry
-    slice_volume = fixed_img if one_slice_axis(fixed_img) is not None else None
-    fixed_img = one_slice_as_2d(fixed_img, f"fixed image {fixed_name}")
-    moving_img = one_slice_as_2d(moving_img, f"moving image {moving_name}")
-    fixed_mask = one_slice_as_2d(fixed_mask, "fixed mask") if fixed_mask is not None else None
-    moving_mask = one_slice_as_2d(moving_mask, "moving mask") if moving_mask is not None else None
+    slice_volume, fixed_img, moving_img, fixed_mask, moving_mask = one_slice_inputs_as_2d(
+        fixed_img, moving_img, fixed_mask, moving_mask, fixed_name=f"fixed image {fixed_name}",
+        moving_name=f"moving image {moving_name}")
     fixed_grey = _grey(fixed_img, f"fixed image {fixed_name}")
     moving_grey = _grey(moving_img, f"moving image {moving_name}")
     # a blank (constant) moving image resampled is constant too: without this it would be reported,

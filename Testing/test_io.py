@@ -944,6 +944,39 @@ class OneSliceVolumes(unittest.TestCase):
         with self.assertRaisesRegex(InputError, "read back .* as a 2D image"):
             io.write_image(sitk.ReadImage(self._path("overlay.nrrd")), self._path("overlay.nii.gz"))
 
+    def test_a_mask_of_another_slice_is_refused(self) -> None:
+        """A one-slice mask 100 mm from its one-slice image (a mask of another slice) had been taken as on the
+        image's grid by register and run, as both lost their depth as 2D images; a mask on the grid is used."""
+        fixed = self._volume("BrainT1SliceBorder20.png", "t1.nii.gz")
+        moving = self._volume("BrainProtonDensitySliceR10X13Y17.png", "pd.nrrd")
+        mask = sitk.Cast(sitk.ReadImage(fixed) > 0, sitk.sitkUInt8)
+        sitk.WriteImage(mask, self._path("mask.nii.gz"))
+        mask.SetOrigin((-100.0, -120.0, 137.5))
+        sitk.WriteImage(mask, self._path("mask_far.nii.gz"))
+        moving_mask = sitk.Cast(sitk.ReadImage(moving) > 0, sitk.sitkUInt8)
+        moving_mask.SetOrigin((-100.0, -120.0, 137.5))
+        sitk.WriteImage(moving_mask, self._path("moving_mask_far.nii.gz"))
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        for command, option, path, text in (
+                ("register", "--fixed-mask", "mask_far.nii.gz", "fixed mask is not on the fixed image"),
+                ("run", "--fixed-mask", "mask_far.nii.gz", "fixed mask is not on the fixed image"),
+                ("register", "--moving-mask", "moving_mask_far.nii.gz", "moving mask is not on the moving image"),
+                ("run", "--moving-mask", "moving_mask_far.nii.gz", "moving mask is not on the moving image")):
+            out, err = StringIO(), StringIO()
+            with redirect_stdout(out), redirect_stderr(err):
+                rc = cli.main([command, fixed, moving, "-o" if command == "register" else "--output-dir",
+                               self._path(command), option, self._path(path)])
+            with self.subTest(command=command, option=option):
+                self.assertEqual(rc, 2, err.getvalue())
+                self.assertIn(text, err.getvalue())
+                self.assertIn("origin (LPS) (-100, -120, 137.5) vs (-100, -120, 37.5)", err.getvalue())
+        self._cli("register", fixed, moving, "-o", self._path("reg"), "--fixed-mask", self._path("mask.nii.gz"))
+        self._assert_on(self._path("reg/moving_resampled.nii.gz"), fixed)
+
     def test_a_slice_a_2d_image_cannot_place_is_fused_but_not_registered(self) -> None:
         tilted = (1.0, 0.0, 0.0, 0.0, 0.9397, -0.342, 0.0, 0.342, 0.9397)  # 20 degrees out of the axial plane
         for axis, direction, text in ((1, None, "along axis 1, not the last"),
