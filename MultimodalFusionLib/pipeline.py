@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .progress import ProgressCallback, report, scaled
-from .validation import check_image, check_mask, has_content
+from .validation import check_image, check_mask, has_content, voxels_overlap
 
 __all__ = ["run", "DEFAULT_METHODS", "fuse_and_evaluate"]
 
@@ -44,6 +44,12 @@ def _grey(image: sitk.Image, name: str) -> sitk.Image:
     from .io import to_luminance
 
     return to_luminance(image, name)
+
+
+def _no_overlap(moving_name: str, fixed_name: str, registered: bool) -> InputError:
+    return InputError(f"The moving image {moving_name} does not overlap the fixed image {fixed_name}"
+                      + (" after registration." if registered else " as they lie (no registration)."),
+                      "Register them (drop --no-register), or check the origins in the headers (mmfusion info).")
 
 
 def _ext_for(image: sitk.Image) -> str:
@@ -190,8 +196,12 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     report(progress, 0.0, "loading images")
     fixed_img, fixed_name = _load(fixed, "fixed", fixed_series)
     moving_img, moving_name = _load(moving, "moving", moving_series)
-    from .io import one_slice_inputs_as_2d
+    from .io import one_slice_axis, one_slice_inputs_as_2d
 
+    if not register and one_slice_axis(fixed_img) is not None and one_slice_axis(moving_img) is not None \
+            and not voxels_overlap(moving_img, fixed_img):
+        # as 2D images they would lose their depth: slices 100 mm apart had been fused as if they lay together
+        raise _no_overlap(moving_name, fixed_name, register)
     # a 2D slice saved as a volume (Slicer, ITK-SNAP) is registered and fused as the 2D image it is, and its
     # images are written back as one-slice volumes on the fixed one's geometry
     slice_volume, fixed_img, moving_img, fixed_mask, moving_mask = one_slice_inputs_as_2d(
@@ -268,10 +278,7 @@ def _register_fuse_report(fixed_img: sitk.Image, fixed_name: str, moving_img: si
     before = resample(moving_grey, fixed_grey, None, "linear")
     after = resample(moving_grey, fixed_grey, transform, "linear")
     if not has_content(after):  # nothing of the moving image lands on the fixed grid
-        raise InputError(f"The moving image {moving_name} does not overlap the fixed image {fixed_name}"
-                         + (" after registration." if register else " as they lie (no registration)."),
-                         "Register them (drop --no-register), or check the origins in the headers "
-                         "(mmfusion info).")
+        raise _no_overlap(moving_name, fixed_name, register)
     reg_metrics = {"before": metrics_mod.registration_metrics(fixed_grey, before, fixed_mask),
                    "after": metrics_mod.registration_metrics(fixed_grey, after, fixed_mask)}
     ext = _ext_for(fixed_grey if slice_volume is None else slice_volume)

@@ -977,6 +977,23 @@ class OneSliceVolumes(unittest.TestCase):
         self._cli("register", fixed, moving, "-o", self._path("reg"), "--fixed-mask", self._path("mask.nii.gz"))
         self._assert_on(self._path("reg/moving_resampled.nii.gz"), fixed)
 
+    def test_run_without_registration_refuses_slices_at_other_depths(self) -> None:
+        """run --no-register takes the images as they lie: a one-slice moving volume 100 mm from the fixed slice
+        had been fused with it as if they lay together (as 2D images both lose their depth), where mmfusion
+        resample without a transform finds nothing of it and fuse refuses it as off the grid."""
+        from MultimodalFusionLib import pipeline
+
+        fixed = self._volume("BrainT1Slice.png", "t1.nii.gz")
+        near = self._volume("BrainProtonDensitySlice.png", "near.nii.gz")
+        far = sitk.ReadImage(near)
+        far.SetOrigin((-100.0, -120.0, 137.5))
+        sitk.WriteImage(far, self._path("far.nii.gz"))
+        with self.assertRaises(InputError) as ctx:
+            pipeline.run(fixed, self._path("far.nii.gz"), self._path("far"), methods="average", register=False)
+        self.assertIn("does not overlap the fixed image t1.nii.gz as they lie (no registration)", str(ctx.exception))
+        result = pipeline.run(fixed, near, self._path("near"), methods="average", register=False)
+        self._assert_on(result["files"]["fused_average"], fixed)
+
     def test_a_slice_a_2d_image_cannot_place_is_fused_but_not_registered(self) -> None:
         tilted = (1.0, 0.0, 0.0, 0.0, 0.9397, -0.342, 0.0, 0.342, 0.9397)  # 20 degrees out of the axial plane
         for axis, direction, text in ((1, None, "along axis 1, not the last"),
