@@ -1615,6 +1615,15 @@ def one_slice_inputs_as_2d(fixed: sitk.Image, moving: sitk.Image, fixed_mask: si
     had been taken as on the image's grid."""
     from .validation import check_mask  # (validation imports io)
 
+    thin = [one_slice_axis(image) is not None for image in (fixed, moving)]
+    if thin[0] != thin[1] and all(isinstance(i, sitk.Image) and i.GetDimension() == 3 for i in (fixed, moving)):
+        # a one-slice volume with a volume of several slices had been told "the fixed image is 2D but the
+        # moving image is 3D", though the user gave two 3D files
+        (one, one_name), (many, many_name) = ((fixed, fixed_name), (moving, moving_name))[::1 if thin[0] else -1]
+        raise InputError(f"The {one_name} is a volume of one slice (size {one.GetSize()}) and the {many_name} a "
+                         f"volume of several (size {many.GetSize()}): registering a slice to a volume is not "
+                         "supported.", "Give two volumes, or two one-slice volumes (the volume's matching slice "
+                         "with its place kept: in SimpleITK volume[:, :, k:k + 1]).")
     masks = []
     for mask, image, name, image_name in ((fixed_mask, fixed, "fixed mask", fixed_name),
                                           (moving_mask, moving, "moving mask", moving_name)):

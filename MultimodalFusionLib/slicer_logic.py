@@ -264,9 +264,9 @@ class FusionLogic:
         if flat:
             raise InputError(f"'{flat[0]}' is a single-slice volume (how Slicer holds a 2D image); registration "
                              "on volume nodes needs 3D volumes.",
-                             "Register the 2D image files with 'mmfusion register FIXED MOVING' (or "
-                             "MultimodalFusionLib.registration.register), or use 3D volumes; aligned slices can "
-                             "be fused here (fuseVolumes).")
+                             "Register the image files with 'mmfusion register FIXED MOVING', which takes 2D "
+                             "images and one-slice volumes (save the nodes as .nrrd or .nii.gz), or use 3D "
+                             "volumes; aligned slices can be fused here (fuseVolumes).")
         # each mask lies where it is shown relative to its volume (the moving volume is taken on its own grid)
         fixed_mask = (mrml.mask_from_node(fixedMaskNode, fixed, reference_node=fixedVolumeNode)
                       if fixedMaskNode is not None else None)

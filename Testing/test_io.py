@@ -977,6 +977,24 @@ class OneSliceVolumes(unittest.TestCase):
         self._cli("register", fixed, moving, "-o", self._path("reg"), "--fixed-mask", self._path("mask.nii.gz"))
         self._assert_on(self._path("reg/moving_resampled.nii.gz"), fixed)
 
+    def test_a_slice_with_a_volume_is_named_as_such(self) -> None:
+        """A one-slice volume registered with a volume of several slices had been told "The fixed image is 2D but
+        the moving image is 3D", though both files are 3D."""
+        from MultimodalFusionLib import pipeline
+
+        fixed = self._volume("BrainT1Slice.png", "t1.nii.gz")
+        volume = sitk.JoinSeries([sitk.ReadImage(fixed)[:, :, 0]] * 4)
+        volume.SetOrigin((-100.0, -120.0, 35.0))
+        volume.SetSpacing((0.9, 0.9, 2.5))
+        sitk.WriteImage(volume, self._path("volume.nii.gz"))
+        for fixed_path, moving_path, first in ((fixed, self._path("volume.nii.gz"), "fixed image"),
+                                               (self._path("volume.nii.gz"), fixed, "moving image")):
+            with self.subTest(fixed=os.path.basename(fixed_path)), self.assertRaises(InputError) as ctx:
+                pipeline.run(fixed_path, moving_path, self._path("out"), methods="average")
+            self.assertIn("is a volume of one slice (size (181, 217, 1))", str(ctx.exception))
+            self.assertIn(first, str(ctx.exception).split("volume of one slice")[0])
+            self.assertIn("registering a slice to a volume is not supported", str(ctx.exception))
+
     def test_run_without_registration_refuses_slices_at_other_depths(self) -> None:
         """run --no-register takes the images as they lie: a one-slice moving volume 100 mm from the fixed slice
         had been fused with it as if they lay together (as 2D images both lose their depth), where mmfusion
