@@ -96,14 +96,17 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
     if interpolation not in INTERPOLATORS:
         raise InputError(f"Unknown interpolation '{interpolation}'.",
                          f"Use one of: {', '.join(INTERPOLATORS)}.")
-    if isinstance(transform, sitk.Transform) and transform.GetDimension() == 2 and isinstance(moving, sitk.Image) \
-            and isinstance(reference, sitk.Image) and one_slice_axis(moving) is not None \
-            and one_slice_axis(reference) is not None:
-        # two 2D slices saved as one-slice volumes, with the 2D transform of their plane that mmfusion register
-        # writes for them: resampled as the 2D images they are, put back on the reference's geometry
+    images = (moving, reference)
+    if isinstance(transform, sitk.Transform) and transform.GetDimension() == 2 \
+            and all(isinstance(i, sitk.Image) for i in images) \
+            and any(one_slice_axis(i) is not None for i in images) \
+            and all(one_slice_axis(i) is not None or i.GetDimension() == 2 for i in images):
+        # 2D slices, one or both saved as one-slice volumes, with the 2D transform of their plane that mmfusion
+        # register writes for them: resampled as the 2D images they are, put back on a one-slice reference's
+        # geometry (a one-slice moving image onto a 2D reference had been "a 3D image onto a 2D reference")
         flat = resample(one_slice_as_2d(moving, "moving image"), one_slice_as_2d(reference, "reference"), transform,
                         interpolation, default_value, pixel_type)
-        return as_one_slice_of(flat, reference)
+        return as_one_slice_of(flat, reference) if one_slice_axis(reference) is not None else flat
     # a one-slice volume with a 3D transform (or none) is resampled in 3D: ITK takes the points within half
     # a slice's depth of it
     check_image(moving, "moving image", allow_vector=True, allow_constant=True, allow_one_slice=True)

@@ -1061,6 +1061,17 @@ class OneSliceVolumes(unittest.TestCase):
             resample(image, volume, flat)
         self.assertIn("the reference is a volume (size (221, 257, 3))", ctx.exception.fix)
 
+        # a one-slice moving image onto a 2D reference (and a 2D one onto a one-slice reference) with a 2D
+        # transform: the slice as its 2D image; it had been "a 3D image onto a 2D reference"
+        flat_grid, flat_image = io.one_slice_as_2d(grid, "reference"), io.one_slice_as_2d(image, "moving image")
+        expected = sitk.GetArrayFromImage(resample(flat_image, flat_grid, flat))
+        onto_2d = resample(image, flat_grid, flat)
+        self.assertEqual(onto_2d.GetDimension(), 2)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(onto_2d), expected)
+        onto_slice = resample(flat_image, grid, flat)
+        self.assertEqual(onto_slice.GetSize(), grid.GetSize())
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(onto_slice)[0], expected)
+
 
 if __name__ == "__main__":
     unittest.main()
