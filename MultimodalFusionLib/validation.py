@@ -21,7 +21,7 @@ from .io import orientation_code
 __all__ = ["check_image", "check_pixel_type", "check_components", "check_pair", "check_min_axis",
            "check_deformable_size", "check_mask", "check_on_grid", "grid_differences", "whole_number", "did_you_mean",
            "physical_bounds", "overlap_fraction", "voxels_overlap", "MIN_CONTENT_VOXELS",
-           "masks_intersection", "check_masks_meet", "small_mask_warnings"]
+           "masks_intersection", "voxels_inside", "check_masks_meet", "small_mask_warnings"]
 
 
 #: Pixel types that are not intensities: complex (numpy's float() of them drops the imaginary part, so a
@@ -387,6 +387,17 @@ def masks_intersection(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving_
     if fixed_mask is not None:
         inside = inside & (sitk.GetArrayViewFromImage(fixed_mask) != 0)
     return int(np.count_nonzero(inside))
+
+
+def voxels_inside(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> int:
+    """How many fixed voxels ``transform`` sends inside the moving image: those whose nearest moving voxel
+    exists, the points ITK's metrics count as valid (a fixed voxel half a moving voxel or more beyond the
+    moving image's outer voxel centres is not). Zero is a start at which no metric can be computed, which
+    the SimpleITK backend learns from ITK and the torch backend, which samples zeros outside the moving
+    image and would optimise anyway, from this."""
+    everywhere = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    everywhere.CopyInformation(moving)
+    return masks_intersection(fixed, None, everywhere, transform)
 
 
 def check_masks_meet(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,

@@ -688,14 +688,14 @@ class BadInputs(unittest.TestCase):
     def test_images_that_barely_overlap_get_a_fix_for_the_start_used(self):
         # the fix had always been "Use the 'geometry' or 'moments' initializer", also when one of them was used
         from MultimodalFusionLib.errors import RegistrationError
-        from MultimodalFusionLib.registration.sitk_backend import _no_overlap_error, evaluate_metric
+        from MultimodalFusionLib.registration.sitk_backend import evaluate_metric, no_overlap_error
 
         apart = sitk.TranslationTransform(2, (300.0, 0.0))  # every fixed point lands beyond the moving image
         stage = default_stage("rigid")
         self.assertEqual(evaluate_metric(self.fixed, self.moving, apart, stage, 0), math.inf)
         fixes = {}
         for start_from in ("none", "geometry", "moments", "search", "initial transform", "earlier stages"):
-            error = _no_overlap_error(stage, start_from)
+            error = no_overlap_error(stage.name, start_from)
             self.assertIsInstance(error, RegistrationError)
             self.assertIn("barely overlap", error.problem)
             fixes[start_from] = error.fix

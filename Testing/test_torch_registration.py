@@ -393,6 +393,50 @@ class TorchRegistrationTest(unittest.TestCase):
         mapped = torch_parameters(RegistrationParameters().with_stages(["rigid", "bspline"]))
         self.assertEqual(mapped.stages, ["rigid", "deformable"])
 
+    def test_a_start_with_no_voxel_inside_the_moving_image_is_refused_as_on_the_sitk_backend(self) -> None:
+        # a start that leaves no fixed voxel inside the moving image: the sitk backend refused it ("the images
+        # barely overlap", ITK finding no valid point), while the torch backend, sampling zeros outside the
+        # moving image, ran its stages and returned a transform from nothing without a word (2D BrainWeb
+        # moved 0.4 px short of touching: 19 px moved, mutual information -0.0000 -> -0.0003)
+        from MultimodalFusionLib.errors import RegistrationError
+        from MultimodalFusionLib.registration import register
+
+        fixed, moving = _brainweb_pair()
+        sliver = sitk.Image(moving)
+        sliver.SetOrigin((fixed.GetSize()[0] - 0.4, 0.0))  # the boxes share 0.4 px; no voxel centre within 0.5
+        refusals = {}
+        for backend, stages in (("sitk", ["rigid"]), ("torch", ["rigid"]), ("torch", ["deformable"])):
+            messages: list[str] = []
+            params = self._params(stages=stages, initializer="none", linear_iterations=[5],
+                                  linear_shrink_factors=[1]) if backend == "torch" else None
+            with self.subTest(backend=backend, stages=stages), self.assertRaises(RegistrationError) as ctx:
+                register(fixed, sliver, params, stages=None if params else stages, backend=backend,
+                         initializer="none", seed=0,
+                         progress=lambda fraction, message, messages=messages: messages.append(message))
+            refusals[(backend, stages[0])] = (ctx.exception.problem, ctx.exception.fix)
+            self.assertFalse([m for m in messages if "level" in m], messages)  # before any stage ran
+        self.assertEqual(refusals[("torch", "rigid")], refusals[("sitk", "rigid")])  # the same words
+        self.assertIn("barely overlap", refusals[("torch", "rigid")][0])
+        self.assertIn("Use the 'geometry' or 'moments' initializer", refusals[("torch", "rigid")][1])
+        self.assertIn("Stage 'deformable': the images barely overlap", refusals[("torch", "deformable")][0])
+        # a sliver that holds voxel centres still registers (0.2 px short of them: 257 fixed voxels inside)
+        touching = sitk.Image(moving)
+        touching.SetOrigin((fixed.GetSize()[0] - 0.8, 0.0))
+        register(fixed, touching, self._params(stages=["rigid"], initializer="none", linear_iterations=[5],
+                                               linear_shrink_factors=[1]), backend="torch", seed=0)
+
+        # 3D, from an initial transform: its fix names the transform's direction
+        rng = np.random.default_rng(3)
+        cube = sitk.GetImageFromArray(rng.random((20, 20, 20)).astype(np.float32))
+        apart = sitk.TranslationTransform(3, (19.6, 0.0, 0.0))
+        for backend in ("sitk", "torch"):
+            params = self._params(stages=["affine"], linear_iterations=[5], linear_shrink_factors=[1]) \
+                if backend == "torch" else None
+            with self.subTest(backend=backend, dim=3), self.assertRaises(RegistrationError) as ctx:
+                register(fixed=cube, moving=cube, parameters=params, stages=None if params else ["affine"],
+                         backend=backend, initial_transform=apart, seed=0)
+            self.assertIn("barely overlap", ctx.exception.problem)
+            self.assertIn("The initial transform places them apart", ctx.exception.fix)
 
     def test_tiny_images_are_input_errors_through_register_torch(self) -> None:
         # register() refused an axis of fewer than 4 voxels, but register_torch (public) handed it to

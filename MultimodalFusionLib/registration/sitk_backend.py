@@ -34,7 +34,7 @@ from ..validation import (
 from .parameters import ITK_UINT_MAX, RegistrationParameters, StageParameters
 from .result import RegistrationResult, StageResult, iterations_per_level
 
-__all__ = ["register_sitk", "linear_parts", "compose", "evaluate_metric"]
+__all__ = ["register_sitk", "linear_parts", "compose", "evaluate_metric", "no_overlap_error"]
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -720,11 +720,14 @@ def start_fix(start_from: str, masks: bool = False) -> str:
     return masks_clause if masks else images
 
 
-def _no_overlap_error(stage: StageParameters, start_from: str) -> RegistrationError:
-    """The error for a metric that cannot be computed at a stage's start without masks (with one,
-    ``_masks_metric_error`` names the masks instead): its fix depends on what started the stage."""
+def no_overlap_error(stage_name: str, start_from: str) -> RegistrationError:
+    """The error for a metric that cannot be computed at stage ``stage_name``'s start without masks (with
+    one, ``_masks_metric_error`` names the masks instead): its fix depends on what started the stage
+    (``start_from``, as for :func:`start_fix`). The one text of both backends: the SimpleITK backend raises
+    it when ITK finds no fixed point inside the moving image there, the torch backend when no fixed voxel
+    maps inside it (``validation.voxels_inside``), before any stage runs."""
     return RegistrationError(
-        f"Stage '{stage.name}': the images barely overlap at the starting transform, so the metric cannot "
+        f"Stage '{stage_name}': the images barely overlap at the starting transform, so the metric cannot "
         "be computed.", start_fix(start_from))
 
 
@@ -752,7 +755,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     if not math.isfinite(metric_before) and (fixed_mask is not None or moving_mask is not None):
         raise _masks_metric_error(stage, fixed, fixed_mask, moving_mask, start_total, start_from)
     if not math.isfinite(metric_before):
-        raise _no_overlap_error(stage, start_from)
+        raise no_overlap_error(stage.name, start_from)
 
     def moving_mask_error(detail: str) -> InputError | None:
         # ITK found too few samples inside the moving image and its mask during the stage: a moving mask that
