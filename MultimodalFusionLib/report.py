@@ -219,7 +219,7 @@ def _montage_figure(inputs: Mapping[str, sitk.Image], fused: FusionResult):
             ax = axes[r][c]
             handle = _show(ax, arr, aspect, rng=rng, cmap="coolwarm" if kind == "weights" else "gray")
             if r == 0:
-                ax.set_title(title, color="white", fontsize=10)
+                ax.set_title(title, color="white", fontsize=10, parse_math=False)  # a name's $ is a $
             if c == 0 and view_name:
                 ax.set_ylabel(view_name, color="white", fontsize=9)
             if sides[title] and view_name in _VIEW_SIDES:
@@ -228,7 +228,7 @@ def _montage_figure(inputs: Mapping[str, sitk.Image], fused: FusionResult):
                 bar = fig.colorbar(handle, ax=[axes[k][c] for k in range(n_rows)], fraction=0.05, pad=0.02)
                 bar.ax.tick_params(colors="white", labelsize=7)
                 bar.set_label(f"1 = {a_name}, 0 = {names[1] if len(names) > 1 else 'b'}", color="white",
-                              fontsize=7)
+                              fontsize=7, parse_math=False)
     return fig
 
 
@@ -275,7 +275,7 @@ def metrics_chart_png(metrics: Mapping[str, Mapping[str, float]], keys: Sequence
                         fontsize=7)
         ax.set_title(key + " (higher is better)", fontsize=9)
         ax.set_xticks(range(len(methods)))
-        ax.set_xticklabels(methods, rotation=35, ha="right", fontsize=7)
+        ax.set_xticklabels(methods, rotation=35, ha="right", fontsize=7, parse_math=False)
         ax.tick_params(axis="y", labelsize=7)
         ax.margins(y=0.18)
     fig.tight_layout()

@@ -90,6 +90,26 @@ class Report2DTest(unittest.TestCase):
             self.assertEqual([payload["fusions"][k]["parameters"]["weight"] for k in ("average", "average_2")],
                              [0.2, 0.8])
 
+    def test_names_with_dollar_signs_are_shown_as_written(self) -> None:
+        """matplotlib reads text between two $ as mathtext: a file named 'pd$\\frac$.png' stopped the report
+        (and `mmfusion run`) with a ValueError from matplotlib's parser, and 'b$x^2$.png' was titled 'bx².png'."""
+        from matplotlib.text import Text
+
+        odd = {"fixed: t1$x^2$.png": self.a, "moving: pd$\\frac$.png": self.b}
+        res = fusion.fuse(self.a, self.b, "average")
+        res.method = "avg$\\frac$"  # a method registered under such a name: the chart's labels and titles
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = report.write_report(tmp, inputs=odd, fusions=[res],
+                                        metrics={res.method: self.table["average"]}, title="a $\\frac$ b")
+            self.assertGreater(_read_png(paths["montage_avg$\\frac$"]).std(), 0.05)
+            self.assertIn("<h3>avg$\\frac$</h3>", open(paths["html"], encoding="utf-8").read())
+        fig = report._montage_figure(odd, res)
+        shown = [t for t in fig.findobj(Text) if "$" in t.get_text()]
+        self.assertEqual(sorted(t.get_text() for t in shown if t.get_text().startswith(("fixed", "moving"))),
+                         sorted(odd))
+        for text in shown:  # drawn as written, not as mathtext
+            self.assertFalse(text.get_parse_math(), text.get_text())
+
     def test_json_cleaning(self) -> None:
         cleaned = io.to_json_safe({"a": float("nan"), "b": float("inf"), "c": np.float32(1.5), "d": (1, 2)})
         self.assertEqual(cleaned, {"a": None, "b": None, "c": 1.5, "d": [1, 2]})
