@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .fusion.base import FusionResult
-from .io import make_output_dir, write_bytes, write_json
+from .io import replacing_outputs, write_bytes, write_json
 from .preprocess import reorient_to_lps
 
 __all__ = ["save_montage_png", "write_report", "report_file_patterns", "metrics_chart_png", "write_json",
@@ -419,6 +419,17 @@ def report_file_patterns() -> list[str]:
     return ["montage_*.png", "metrics_chart.png", "metrics.json", "report.html"]
 
 
+def _previous_report_files(labels: Sequence[str]) -> list[str]:
+    """Names an earlier report in the same folder may have left: its montages by method (any method
+    that can run, and this report's), numbered or not, never ``montage_*.png`` (a user's own PNGs)."""
+    from . import fusion
+
+    names = ["metrics_chart.png", "metrics.json", "report.html"]
+    for m in dict.fromkeys([*fusion.list_methods(), "deep", *labels]):
+        names += [f"montage_{m}.png", f"montage_{m}_*.png"]
+    return names
+
+
 def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Image], fusions: Sequence[FusionResult],
                  metrics: Mapping[str, Mapping[str, float]], registration: Any = None,
                  registration_metrics: Mapping[str, Mapping[str, float]] | None = None,
@@ -438,19 +449,34 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
 
     Returns:
         dict: "html", "metrics_json", "chart", and "montage_<method>" -> path.
+
+    The files replace those of an earlier report in ``output_dir`` as a whole (:func:`io.replacing_outputs`):
+    written into a staging folder and moved in once all are written, the earlier report's montages of
+    methods not shown this time removed; a report that fails half-way leaves the earlier one as it was.
     """
     if not fusions:
         raise InputError("No fusion results were given to the report.", "Fuse at least one method first.")
     out = os.fspath(output_dir)
-    make_output_dir(out)
-    paths: dict[str, str] = {}
-    montage_pngs: list[tuple[FusionResult, bytes]] = []
     labels: list[str] = []  # one per result: the method, numbered when a method comes more than once
     seen: dict[str, int] = {}
     for res in fusions:
         seen[res.method] = seen.get(res.method, 0) + 1
         labels.append(res.method if seen[res.method] == 1 else f"{res.method}_{seen[res.method]}")
-        label = labels[-1]
+    with replacing_outputs(out, previous=_previous_report_files(labels)) as stage:
+        written = _write_report_files(stage, inputs=inputs, fusions=fusions, labels=labels, metrics=metrics,
+                                      registration=registration, registration_metrics=registration_metrics,
+                                      title=title, notes=notes)
+    return {key: os.path.join(out, os.path.basename(path)) for key, path in written.items()}
+
+
+def _write_report_files(out: str, *, inputs: Mapping[str, sitk.Image], fusions: Sequence[FusionResult],
+                        labels: Sequence[str], metrics: Mapping[str, Mapping[str, float]], registration: Any,
+                        registration_metrics: Mapping[str, Mapping[str, float]] | None, title: str,
+                        notes: Sequence[str]) -> dict[str, str]:
+    """:func:`write_report`'s files, written into ``out`` (its staging folder); ``labels``: one per fusion."""
+    paths: dict[str, str] = {}
+    montage_pngs: list[tuple[FusionResult, bytes]] = []
+    for res, label in zip(fusions, labels):
         png = _png_bytes(_montage_figure(inputs, res))
         paths[f"montage_{label}"] = write_bytes(os.path.join(out, f"montage_{label}.png"), png)
         montage_pngs.append((res, png))

@@ -110,6 +110,28 @@ class Report2DTest(unittest.TestCase):
         for text in shown:  # drawn as written, not as mathtext
             self.assertFalse(text.get_parse_math(), text.get_text())
 
+    def test_a_new_report_replaces_the_old_one_as_a_whole(self) -> None:
+        """`mmfusion fuse --report DIR` run again with another method left the first run's montage next to the
+        new report, and a report that failed after its first montage left that montage beside the old page."""
+        light, heavy = (fusion.fuse(self.a, self.b, "average", weight=w) for w in (0.2, 0.8))
+        maximum = fusion.fuse(self.a, self.b, "max")
+        with tempfile.TemporaryDirectory() as tmp:
+            for own in ("montage_mine.png", "notes.txt"):  # a user's own files: never removed
+                with open(os.path.join(tmp, own), "w") as fh:
+                    fh.write("mine")
+            report.write_report(tmp, inputs={"T1": self.a, "PD": self.b}, fusions=[light, heavy],
+                                metrics={"average": self.table["average"]})
+            self.assertIn("montage_average_2.png", os.listdir(tmp))
+            paths = report.write_report(tmp, inputs={"T1": self.a, "PD": self.b}, fusions=[maximum], metrics={})
+            self.assertEqual(sorted(os.listdir(tmp)), ["metrics.json", "montage_max.png", "montage_mine.png",
+                                                       "notes.txt", "report.html"])
+            self.assertEqual(paths["montage_max"], os.path.join(tmp, "montage_max.png"))
+            before = {n: open(os.path.join(tmp, n), "rb").read() for n in os.listdir(tmp)}
+            broken = fusion.FusionResult(image=None, method="pca")  # fails after the first montage is made
+            with self.assertRaises(AttributeError):
+                report.write_report(tmp, inputs={"T1": self.a, "PD": self.b}, fusions=[light, broken], metrics={})
+            self.assertEqual({n: open(os.path.join(tmp, n), "rb").read() for n in os.listdir(tmp)}, before)
+
     def test_json_cleaning(self) -> None:
         cleaned = io.to_json_safe({"a": float("nan"), "b": float("inf"), "c": np.float32(1.5), "d": (1, 2)})
         self.assertEqual(cleaned, {"a": None, "b": None, "c": 1.5, "d": [1, 2]})
