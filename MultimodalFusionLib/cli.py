@@ -425,10 +425,11 @@ def _run_fuse(args: argparse.Namespace) -> int:
 
         table = {res.method: fusion_metrics(res, a, b)}
         if args.report:
+            from .io import display_name
             from .report import write_report
 
-            paths = write_report(args.report, inputs={f"A: {os.path.basename(args.a)}": a,
-                                                      f"B: {os.path.basename(args.b)}": b},
+            paths = write_report(args.report, inputs={f"A: {display_name(args.a)}": a,
+                                                      f"B: {display_name(args.b)}": b},
                                  fusions=[res], metrics=table, title=f"Fusion ({res.method})")
         if args.json:
             _print_json(table)
@@ -450,7 +451,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .io import read_image, to_json_safe
+    from .io import display_name, read_image, to_json_safe
     from .metrics import fusion_metrics
 
     f = read_image(args.fused, keep_color=True, series=_series(args, "fused"))
@@ -460,7 +461,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(to_json_safe(values), indent=2))
         return 0
-    _print_metrics({os.path.basename(args.fused): values})
+    _print_metrics({display_name(args.fused): values})
     return 0
 
 

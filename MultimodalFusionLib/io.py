@@ -40,6 +40,7 @@ __all__ = [
     "atomic_path",
     "atomic_output",
     "check_not_overwriting_inputs",
+    "display_name",
     "make_output_dir",
     "missing_data_file",
     "replacing_outputs",
@@ -1501,6 +1502,13 @@ def _check_compressed_voxels(image: sitk.Image, data: _CompressedVoxels) -> None
                          "hold (their checksum differs).",
                          "Convert the file with another tool (e.g. to .nrrd or .nii.gz), or write it again from "
                          "its source.")
+
+
+def display_name(path: str | os.PathLike, default: str = "") -> str:
+    """The name an input is shown by (reports, tables): its file or folder name, the last part of the path
+    and never the folders above it (which may name the patient), a trailing separator ignored (``ct/``, as a
+    shell completes a DICOM folder, is ``ct``); ``default`` where the path has no last part (``/``)."""
+    return os.path.basename(os.path.normpath(os.fspath(path))) or default
 
 
 def make_output_dir(path: str | os.PathLike) -> str:

@@ -32,10 +32,9 @@ DEFAULT_METHODS = ("overlay", "average", "wavelet")
 def _load(image: sitk.Image | str | os.PathLike, name: str, series: str | None = None) -> tuple[sitk.Image, str]:
     if isinstance(image, sitk.Image):
         return image, name
-    from .io import read_image
+    from .io import display_name, read_image
 
-    path = os.fspath(image)
-    return read_image(path, keep_color=True, series=series), os.path.basename(path.rstrip("/")) or name
+    return read_image(os.fspath(image), keep_color=True, series=series), display_name(image, name)
 
 
 def _grey(image: sitk.Image, name: str) -> sitk.Image:

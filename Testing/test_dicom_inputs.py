@@ -1225,6 +1225,37 @@ class NoPatientDataOut(unittest.TestCase):
                 self._assert_clean(payload + os.path.basename(path).encode(), path)
 
 
+    def test_reports_name_a_dicom_folder_by_its_own_name_only(self) -> None:
+        """A report names each input by its file or folder name, never the folders above it (here the patient's
+        name); `fuse --report` on folders given as a shell completes them (`ct/`) named both inputs 'A: ' and 'B: '."""
+        import contextlib
+        import io as text_io
+        import json
+
+        from MultimodalFusionLib import cli
+
+        with tempfile.TemporaryDirectory() as root:
+            patient = os.path.join(root, PHI["PatientName"])  # a folder named after the patient, above the series
+            ct, ct2 = os.path.join(patient, "ct"), os.path.join(patient, "ct_late")
+            write_series(ct, rows=24, cols=24, positions=[(-12.0, -14.0, 30.0 + 2.5 * k) for k in range(8)])
+            write_series(ct2, rows=24, cols=24, positions=[(-12.0, -14.0, 30.0 + 2.5 * k) for k in range(8)],
+                         description="LATE")
+            reports = {"fuse": os.path.join(root, "fuse"), "run": os.path.join(root, "run")}
+            commands = {"fuse": ["fuse", ct + os.sep, ct2 + os.sep, "--method", "average", "-o",
+                                 os.path.join(root, "fused.nii.gz"), "--report", reports["fuse"]],
+                        "run": ["run", ct + os.sep, ct2 + os.sep, "--no-register", "--methods", "average",
+                                "--output-dir", reports["run"]]}
+            names = {"fuse": ["A: ct", "B: ct_late"], "run": ["fixed: ct", "moving: ct_late (registered)"]}
+            for command, argv in commands.items():
+                with contextlib.redirect_stdout(text_io.StringIO()), contextlib.redirect_stderr(text_io.StringIO()):
+                    self.assertEqual(cli.main(argv), 0, command)
+                with open(os.path.join(reports[command], "metrics.json"), encoding="utf-8") as fh:
+                    self.assertEqual(list(json.load(fh)["inputs"]), names[command])
+                for name in ("metrics.json", "report.html"):
+                    with open(os.path.join(reports[command], name), "rb") as fh:
+                        self._assert_clean(fh.read(), f"{command}: {name}")
+
+
 def share_position(path: str) -> None:
     """Move the first frame's PlanePositionSequence of the enhanced file at ``path`` into its shared functional
     groups, and drop every frame's: one position stated for all its frames."""
