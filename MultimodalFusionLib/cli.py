@@ -363,8 +363,11 @@ def _print_metrics(table: dict[str, dict[str, float]]) -> None:
             number = float(value)
         except (TypeError, ValueError):
             return "n/a".rjust(10)
-        return "n/a".rjust(10) if number != number or number in (float("inf"), float("-inf")) \
-            else f"{number + 0.0:10.3f}".replace("-0.000", " 0.000")  # NaN: undefined (e.g. Qabf without edges)
+        if number != number:  # NaN: undefined (e.g. Qabf without edges)
+            return "n/a".rjust(10)
+        if number in (float("inf"), float("-inf")):  # PSNR of identical images: infinite, as the report's ∞
+            return ("inf" if number > 0 else "-inf").rjust(10)
+        return f"{number + 0.0:10.3f}".replace("-0.000", " 0.000")
 
     for method, vals in table.items():
         print(str(method).ljust(width) + "".join(cell(vals.get(k)) for k in keys))

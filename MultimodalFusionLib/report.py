@@ -302,7 +302,7 @@ def _fmt(v: Any) -> str:
         return "n/a"
     if isinstance(v, float):
         if not math.isfinite(v):
-            return "∞" if v == float("inf") else "n/a"
+            return "n/a" if v != v else ("∞" if v > 0 else "-∞")
         return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
     return html.escape(str(v))
 

@@ -253,6 +253,23 @@ class FuseEvaluateCliTest(unittest.TestCase):
         self.assertNotIn("nan", stdout)
         self.assertNotIn("-0.000", stdout)
 
+    def test_an_infinite_psnr_prints_as_inf_as_the_report_shows_it(self) -> None:
+        """F = A = B: PSNR is infinite (no error), not undefined; the table printed it as n/a, the report as ∞."""
+        rep = os.path.join(self.tmp.name, "report")
+        fused = os.path.join(self.tmp.name, "same.png")
+        code, stdout, _ = _main(["fuse", self.a, self.a, "--method", "average", "-o", fused, "--report", rep])
+        self.assertEqual(code, 0)
+        header, row = stdout.splitlines()[1:3]
+        cells = dict(zip(header.split()[1:], row.split()[1:]))
+        self.assertEqual((cells["PSNR"], cells["SSIM"]), ("inf", "2.000"))
+        page = open(os.path.join(rep, "report.html"), encoding="utf-8").read()
+        self.assertIn("<td>∞</td>", page)
+        payload = json.loads(open(os.path.join(rep, "metrics.json"), encoding="utf-8").read(),
+                             parse_constant=lambda c: self.fail(f"invalid JSON constant {c}"))
+        self.assertIsNone(payload["metrics"]["average"]["PSNR"])  # strict JSON has no infinity: null
+        code, stdout, _ = _main(["evaluate", "--fused", fused, self.a, self.a])
+        self.assertIn("inf", stdout.splitlines()[1].split())
+
     def test_evaluate_json_matches_the_library(self) -> None:
         out = os.path.join(self.tmp.name, "fused.png")
         self.assertEqual(_main(["fuse", self.a, self.b, "--method", "wavelet", "-o", out])[0], 0)
