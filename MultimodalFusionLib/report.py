@@ -303,7 +303,8 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         if not math.isfinite(v):
             return "n/a" if v != v else ("∞" if v > 0 else "-∞")
-        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+        text = f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+        return "0.000" if text == "-0.000" else text  # as the console prints it: -0.0002 had shown "-0.000"
     return html.escape(str(v))
 
 

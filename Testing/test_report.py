@@ -136,6 +136,13 @@ class Report2DTest(unittest.TestCase):
         cleaned = io.to_json_safe({"a": float("nan"), "b": float("inf"), "c": np.float32(1.5), "d": (1, 2)})
         self.assertEqual(cleaned, {"a": None, "b": None, "c": 1.5, "d": [1, 2]})
 
+    def test_numbers_are_shown_as_the_console_shows_them(self) -> None:
+        from MultimodalFusionLib.report import _fmt
+
+        # a tiny negative value had shown "-0.000", which the console prints as "0.000"
+        self.assertEqual([_fmt(v) for v in (-0.0002, -0.0, 0.0004, -0.0006, 123.45, float("inf"), float("nan"))],
+                         ["0.000", "0.000", "0.000", "-0.001", "123.5", "∞", "n/a"])
+
     def test_report_needs_a_fusion(self) -> None:
         with tempfile.TemporaryDirectory() as tmp, self.assertRaises(InputError):
             report.write_report(tmp, inputs={"T1": self.a}, fusions=[], metrics={})
