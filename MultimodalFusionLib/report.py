@@ -20,6 +20,7 @@ import html
 import io as _bytesio
 import math
 import os
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -420,14 +421,19 @@ def report_file_patterns() -> list[str]:
     return ["montage_*.png", "metrics_chart.png", "metrics.json", "report.html"]
 
 
-def _previous_report_files(labels: Sequence[str]) -> list[str]:
-    """Names an earlier report in the same folder may have left: its montages by method (any method
-    that can run, and this report's), numbered or not, never ``montage_*.png`` (a user's own PNGs)."""
+def _previous_report_files(output_dir: str, labels: Sequence[str]) -> list[str]:
+    """Names an earlier report in ``output_dir`` may have left: its montages by method (any method that can
+    run, and this report's), numbered as a method shown twice is (``montage_average_2.png``) or not, never
+    ``montage_*.png`` nor ``montage_average_*.png`` (a user's own PNGs: ``montage_average_old.png``, a
+    renamed earlier montage, had been removed)."""
     from . import fusion
 
-    names = ["metrics_chart.png", "metrics.json", "report.html"]
-    for m in dict.fromkeys([*fusion.list_methods(), "deep", *labels]):
-        names += [f"montage_{m}.png", f"montage_{m}_*.png"]
+    methods = list(dict.fromkeys([*fusion.list_methods(), "deep", *labels]))
+    names = ["metrics_chart.png", "metrics.json", "report.html"] + [f"montage_{m}.png" for m in methods]
+    numbered = re.compile("montage_(?:" + "|".join(re.escape(m) for m in methods) + r")_[0-9]+\.png",
+                          re.IGNORECASE if os.path.normcase("A") == "a" else 0)  # as io.replacing_outputs matches
+    if os.path.isdir(output_dir):
+        names += [n for n in os.listdir(output_dir) if numbered.fullmatch(n)]
     return names
 
 
@@ -463,7 +469,7 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
     for res in fusions:
         seen[res.method] = seen.get(res.method, 0) + 1
         labels.append(res.method if seen[res.method] == 1 else f"{res.method}_{seen[res.method]}")
-    with replacing_outputs(out, previous=_previous_report_files(labels)) as stage:
+    with replacing_outputs(out, previous=_previous_report_files(out, labels)) as stage:
         written = _write_report_files(stage, inputs=inputs, fusions=fusions, labels=labels, metrics=metrics,
                                       registration=registration, registration_metrics=registration_metrics,
                                       title=title, notes=notes)

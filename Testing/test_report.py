@@ -116,15 +116,17 @@ class Report2DTest(unittest.TestCase):
         light, heavy = (fusion.fuse(self.a, self.b, "average", weight=w) for w in (0.2, 0.8))
         maximum = fusion.fuse(self.a, self.b, "max")
         with tempfile.TemporaryDirectory() as tmp:
-            for own in ("montage_mine.png", "notes.txt"):  # a user's own files: never removed
+            # a user's own files: never removed, a renamed earlier montage neither (montage_average_*.png had been)
+            for own in ("montage_mine.png", "notes.txt", "montage_average_old.png", "montage_max_2b.png"):
                 with open(os.path.join(tmp, own), "w") as fh:
                     fh.write("mine")
             report.write_report(tmp, inputs={"T1": self.a, "PD": self.b}, fusions=[light, heavy],
                                 metrics={"average": self.table["average"]})
             self.assertIn("montage_average_2.png", os.listdir(tmp))
             paths = report.write_report(tmp, inputs={"T1": self.a, "PD": self.b}, fusions=[maximum], metrics={})
-            self.assertEqual(sorted(os.listdir(tmp)), ["metrics.json", "montage_max.png", "montage_mine.png",
-                                                       "notes.txt", "report.html"])
+            self.assertEqual(sorted(os.listdir(tmp)), ["metrics.json", "montage_average_old.png", "montage_max.png",
+                                                       "montage_max_2b.png", "montage_mine.png", "notes.txt",
+                                                       "report.html"])
             self.assertEqual(paths["montage_max"], os.path.join(tmp, "montage_max.png"))
             before = {n: open(os.path.join(tmp, n), "rb").read() for n in os.listdir(tmp)}
             broken = fusion.FusionResult(image=None, method="pca")  # fails after the first montage is made
