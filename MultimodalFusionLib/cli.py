@@ -433,7 +433,8 @@ def _run_fuse(args: argparse.Namespace) -> int:
 
             paths = write_report(args.report, inputs={f"A: {display_name(args.a)}": a,
                                                       f"B: {display_name(args.b)}": b},
-                                 fusions=[res], metrics=table, title=f"Fusion ({res.method})")
+                                 fusions=[res], metrics=table, title=f"Fusion ({res.method})",
+                                 keep=[args.a, args.b, written])
         if args.json:
             _print_json(table)
         else:

@@ -440,7 +440,8 @@ def _previous_report_files(output_dir: str, labels: Sequence[str]) -> list[str]:
 def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Image], fusions: Sequence[FusionResult],
                  metrics: Mapping[str, Mapping[str, float]], registration: Any = None,
                  registration_metrics: Mapping[str, Mapping[str, float]] | None = None,
-                 title: str = "MultimodalFusion report", notes: Sequence[str] = ()) -> dict[str, str]:
+                 title: str = "MultimodalFusion report", notes: Sequence[str] = (),
+                 keep: Sequence[str | os.PathLike] = ()) -> dict[str, str]:
     """Write the montage PNGs, ``metrics.json``, ``metrics_chart.png`` and one self-contained ``report.html``.
 
     Args:
@@ -453,6 +454,8 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
             :func:`MultimodalFusionLib.metrics.registration_metrics`.
         title: page title.
         notes: extra lines shown under the title (e.g. the inputs' file names).
+        keep: files never removed, whatever their names (the job's inputs and outputs, when they live in
+            ``output_dir``: an input named ``montage_average.png`` there is not an earlier report's).
 
     Returns:
         dict: "html", "metrics_json", "chart", and "montage_<method>" -> path.
@@ -469,7 +472,7 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
     for res in fusions:
         seen[res.method] = seen.get(res.method, 0) + 1
         labels.append(res.method if seen[res.method] == 1 else f"{res.method}_{seen[res.method]}")
-    with replacing_outputs(out, previous=_previous_report_files(out, labels)) as stage:
+    with replacing_outputs(out, previous=_previous_report_files(out, labels), keep=keep) as stage:
         written = _write_report_files(stage, inputs=inputs, fusions=fusions, labels=labels, metrics=metrics,
                                       registration=registration, registration_metrics=registration_metrics,
                                       title=title, notes=notes)

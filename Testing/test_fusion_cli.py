@@ -33,6 +33,16 @@ class FuseEvaluateCliTest(unittest.TestCase):
     def tearDown(self) -> None:
         self.tmp.cleanup()
 
+    def test_a_report_never_removes_the_output_named_like_its_files(self) -> None:
+        """fuse --report DIR removes an earlier report's files from DIR (montage_<method>.png, ...): the -o
+        output written there under such a name had been removed with them (an input so named is refused)."""
+        rep = os.path.join(self.tmp.name, "report")
+        out = os.path.join(rep, "montage_max.png")
+        code, _, stderr = _main(["fuse", self.a, self.b, "--method", "wavelet", "-o", out, "--report", rep])
+        self.assertEqual(code, 0, stderr)
+        self.assertTrue(os.path.isfile(out), "the fused output was removed")
+        self.assertTrue(os.path.isfile(os.path.join(rep, "montage_wavelet.png")))
+
     def _grey8(self) -> tuple[np.ndarray, np.ndarray]:
         """The slices as fuse sees them: 8-bit colour PNGs -> rounded luminance, 0..255 kept."""
         return tuple(np.round(sitk.GetArrayFromImage(io.read_image(p)).astype(float)) for p in (self.a, self.b))
