@@ -384,6 +384,12 @@ class TorchRegistrationTest(unittest.TestCase):
         with self.assertRaises(InputError) as ctx:  # the likely spelling, as the sitk settings name it
             torch_parameters({"linear_iteration": [5]})
         self.assertIn("'linear_iteration' (did you mean 'linear_iterations'?)", str(ctx.exception))
+        # stage and metric names guess among their aliases too ('bspline', 'diffeomorphic', 'mattes_mi')
+        for settings, guess in (({"stages": ["bsplin"]}, "'bspline'"), ({"stages": ["diffeomorphc"]}, "'diffeomorphic'"),
+                                ({"linear_metric": "mattes"}, "'mattes_mi'")):
+            with self.subTest(settings=settings), self.assertRaises(InputError) as ctx:
+                torch_parameters(settings)
+            self.assertIn(f"(did you mean {guess}?)", str(ctx.exception))
         bspline = sitk.BSplineTransformInitializer(fixed, [3, 3])
         with self.assertRaises(InputError):
             register_torch(fixed, moving, self._params(stages=["rigid"]), initial_transform=bspline)

@@ -190,10 +190,11 @@ class TorchRegistrationParameters:
             raise bad("stages", self.stages, "at least one of " + ", ".join(TORCH_STAGES))
         for stage in self.stages:
             if _STAGE_ALIASES.get(str(stage).lower()) is None:
-                raise bad("stage", stage, " / ".join(TORCH_STAGES))
+                raise bad("stage", stage, " / ".join(TORCH_STAGES) + did_you_mean(stage, _STAGE_ALIASES))
         for field in ("linear_metric", "deformable_metric"):
             if _METRIC_ALIASES.get(str(getattr(self, field)).lower()) is None:
-                raise bad(field, getattr(self, field), " / ".join(TORCH_METRICS))
+                raise bad(field, getattr(self, field),
+                          " / ".join(TORCH_METRICS) + did_you_mean(getattr(self, field), _METRIC_ALIASES))
         if self.initializer not in ("moments", "geometry", "none", "search"):
             raise bad("initializer", self.initializer, "moments / geometry / none / search")
         if self.initializer == "search" and _STAGE_ALIASES.get(str(self.stages[0]).lower()) not in ("rigid", "affine"):
@@ -248,7 +249,7 @@ class TorchRegistrationParameters:
         for name in names:
             key = _STAGE_ALIASES.get(str(name).strip().lower())
             if key is None:
-                raise InputError(f"Unknown torch registration stage '{name}'{did_you_mean(name, TORCH_STAGES)}.",
+                raise InputError(f"Unknown torch registration stage '{name}'{did_you_mean(name, _STAGE_ALIASES)}.",
                                  f"Use a comma-separated list of {', '.join(TORCH_STAGES)}.")
             stages.append(key)
         return dataclasses.replace(self, stages=stages)
