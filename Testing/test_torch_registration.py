@@ -444,6 +444,40 @@ class TorchRegistrationTest(unittest.TestCase):
             self.assertIn("barely overlap", ctx.exception.problem)
             self.assertIn("The initial transform places them apart", ctx.exception.fix)
 
+    def test_a_start_with_little_overlap_is_warned_about_on_both_backends(self) -> None:
+        # the 2D BrainWeb pair shifted along x so that 5% of it overlaps (initializer 'none'): SimpleITK returned the
+        # start unchanged (Mattes MI 0.0000 -> 0.0000) and the torch backend a transform some 200 px from the truth,
+        # both without a word. The share is of the smaller image, so a slab wholly inside the other gets none
+        from MultimodalFusionLib.registration import register
+
+        fixed, moving = _brainweb_pair()
+        width = fixed.GetSize()[0]
+        torch_params = self._params(stages=["rigid"], initializer="none", linear_iterations=[3],
+                                    linear_shrink_factors=[1])
+        slab = sitk.RegionOfInterest(moving, [30, moving.GetSize()[1]], [100, 0])  # 14% of the fixed image
+
+        def overlap_warnings(moving_image, backend):
+            result = register(fixed, moving_image, torch_params if backend == "torch" else None,
+                              stages=None if backend == "torch" else ["rigid"], backend=backend, initializer="none",
+                              seed=0)
+            return [w for w in result.warnings if "overlap in only" in w]
+
+        texts = {}
+        for backend in ("sitk", "torch"):
+            with self.subTest(backend=backend):
+                shifted = sitk.Image(moving)
+                shifted.SetOrigin((width - 11.0, 0.0))  # 11 of 221 columns inside
+                found = overlap_warnings(shifted, backend)
+                self.assertEqual(len(found), 1, found)
+                texts[backend] = found[0]
+                self.assertIn("overlap in only 4.9% of the smaller one", found[0])  # 11 x 257 of 221 x 257
+                self.assertIn("initializer 'none'", found[0])
+                self.assertIn("Use the 'geometry' or 'moments' initializer", found[0])
+                shifted.SetOrigin((width - 66.0, 0.0))  # 30%: none
+                self.assertEqual(overlap_warnings(shifted, backend), [])
+                self.assertEqual(overlap_warnings(slab, backend), [])
+        self.assertEqual(texts["sitk"], texts["torch"])  # one helper, the same words
+
     def test_tiny_images_are_input_errors_through_register_torch(self) -> None:
         # register() refused an axis of fewer than 4 voxels, but register_torch (public) handed it to
         # ITK's recursive Gaussian, whose RuntimeError reached the user

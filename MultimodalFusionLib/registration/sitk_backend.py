@@ -30,6 +30,7 @@ from ..validation import (
     check_masks_meet,
     masks_intersection,
     small_mask_warnings,
+    small_overlap_warnings,
 )
 from .parameters import ITK_UINT_MAX, RegistrationParameters, StageParameters
 from .result import RegistrationResult, StageResult, iterations_per_level
@@ -916,6 +917,9 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
         # voxels inside both, almost nothing (a warning)
         warnings += check_masks_meet(fixed, fixed_mask, moving_mask, first_stage_start(), start_description(first),
                                      start_fix(first, masks=True))
+    # a start that shares under a fifth of the smaller image (or mask region, validation.MIN_START_OVERLAP) with the other: a warning
+    warnings += small_overlap_warnings(fixed, moving, first_stage_start(), start_description(first), start_fix(first),
+                                       fixed_mask, moving_mask)
     n = len(parameters.stages)
     effective: list[dict[str, Any]] = []
     for i, stage in enumerate(parameters.stages):

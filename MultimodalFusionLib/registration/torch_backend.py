@@ -50,6 +50,7 @@ from ..validation import (
     check_pair,
     did_you_mean,
     small_mask_warnings,
+    small_overlap_warnings,
     voxels_inside,
 )
 from .parameters import StageParameters
@@ -1252,6 +1253,9 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
             # and returned a transform from nothing without a word (a 0.4 px sliver of the 2D BrainWeb pair:
             # moved 19 px, mutual information -0.0000 -> -0.0003)
             raise no_overlap_error(params.stages[0], first)
+        # little overlap (under a fifth of the smaller image or mask region): the sitk backend's warning
+        warnings += small_overlap_warnings(fixed_f, moving_f, start_tx, start_description(first), start_fix(first),
+                                           fixed_mask, moving_mask)
         stages = params.stages
         n = len(stages)
         weights = [1.0 if s != "deformable" else 2.0 for s in stages]
