@@ -482,14 +482,18 @@ def small_overlap_warnings(fixed: sitk.Image, moving: sitk.Image, transform: sit
     alone does not make a start wrong.
 
     None where nothing overlaps (the backends' "barely overlap" error) or where the masks leave fewer than
-    :data:`MIN_CONTENT_VOXELS` voxels to compare (:func:`check_masks_meet` and :func:`small_mask_warnings`
-    warn about those already).
+    :data:`MIN_CONTENT_VOXELS` voxels to compare and another warning says so: :func:`check_masks_meet` with a
+    moving mask, :func:`small_mask_warnings` for a fixed mask that small itself. A large fixed mask alone of
+    which fewer are inside the moving image is warned about here (it had been left out: 100 of 18,100 mask
+    pixels inside, 0.55 %, got no warning where 200, 1.1 %, got one).
     """
     share, inside = start_overlap(fixed, moving, transform, fixed_mask, moving_mask)
     if inside == 0 or share >= MIN_START_OVERLAP:
         return []
     masked = fixed_mask is not None or moving_mask is not None
-    if masked and inside < MIN_CONTENT_VOXELS:
+    if inside < MIN_CONTENT_VOXELS and (moving_mask is not None or (
+            fixed_mask is not None
+            and np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask)) < MIN_CONTENT_VOXELS)):
         return []
     what = "the masks' regions" if masked else "the images"
     shown = math.floor(1000 * share) / 10  # rounded down: 9.96% is not "10.0%, under 10%"

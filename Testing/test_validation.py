@@ -11,9 +11,11 @@ from MultimodalFusionLib.errors import InputError
 from MultimodalFusionLib.validation import (
     check_image,
     check_mask,
+    check_masks_meet,
     check_pair,
     grid_differences,
     overlap_fraction,
+    small_overlap_warnings,
     whole_number,
 )
 
@@ -130,6 +132,27 @@ class Checks(unittest.TestCase):
         # a whole number too large for a float is still whole (float() of it raised OverflowError)
         self.assertEqual(whole_number(10 ** 400, 0), 10 ** 400)
         self.assertIsNone(whole_number(10 ** 400, 0, 8))
+
+    def test_a_large_fixed_mask_barely_inside_the_moving_image_is_warned_about(self):
+        # a fixed mask of 100 x 181 pixels of which one column (100 pixels, 0.55 %) lies inside the moving
+        # image: no warning at all, where two columns (200, 1.1 %) got one, because fewer than 150 voxels
+        # were left to check_masks_meet, which warns only with a moving mask
+        fixed, moving = _img((221, 257)), _img((221, 257))
+        mask = np.zeros((257, 221), np.uint8)
+        mask[100:200, 20:201] = 1
+        fixed_mask = sitk.GetImageFromArray(mask)
+        identity = sitk.Transform(2, sitk.sitkIdentity)
+        for origin, shown in ((200.0, "0.5%"), (199.0, "1.1%")):
+            moving.SetOrigin((origin, 0.0))
+            found = small_overlap_warnings(fixed, moving, identity, "initializer 'none'", "Fix it.", fixed_mask)
+            self.assertEqual(len(found), 1, (origin, found))
+            self.assertIn(f"overlap in only {shown} of the smaller one", found[0])
+        # with a moving mask, check_masks_meet warns about so few voxels (once, not here too)
+        moving.SetOrigin((200.0, 0.0))
+        moving_mask = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+        moving_mask.CopyInformation(moving)
+        self.assertEqual(small_overlap_warnings(fixed, moving, identity, "x", "y", fixed_mask, moving_mask), [])
+        self.assertEqual(len(check_masks_meet(fixed, fixed_mask, moving_mask, identity, "x", "y")), 1)
 
 
 if __name__ == "__main__":
