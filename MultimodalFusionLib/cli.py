@@ -391,6 +391,7 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fuse(args: argparse.Namespace) -> int:
+    from .errors import InputError
     from .fusion import check_parameters, check_same_grid, fuse
     from .io import (
         as_one_slice_of,
@@ -405,6 +406,15 @@ def _run_fuse(args: argparse.Namespace) -> int:
 
     report_files = [os.path.join(args.report, n) for n in report_file_patterns()] if args.report else []
     check_not_overwriting_inputs([args.output], [args.a, args.b], patterns=report_files)
+    if args.report:
+        # the report writes these names: an output so named was replaced by the report's own file (rc 0)
+        mine = ["report.html", "metrics.json", "metrics_chart.png", f"montage_{args.method}.png"]
+        out = os.path.normcase(os.path.realpath(args.output))
+        for name in mine:
+            if out == os.path.normcase(os.path.realpath(os.path.join(args.report, name))):
+                raise InputError(f"The output '{args.output}' is the report's own {name} in '{args.report}': the "
+                                 "report would replace the fused image with it.",
+                                 "Name the output otherwise, or write it or the report to another folder.")
     check_parameters(args.method, _fusion_params(args))  # a typo or a missing GPU: before reading the images
     a = read_image(args.a, keep_color=True, series=_series(args, "a"))
     b = read_image(args.b, keep_color=True, series=_series(args, "b"))

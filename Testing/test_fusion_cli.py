@@ -42,6 +42,16 @@ class FuseEvaluateCliTest(unittest.TestCase):
         self.assertEqual(code, 0, stderr)
         self.assertTrue(os.path.isfile(out), "the fused output was removed")
         self.assertTrue(os.path.isfile(os.path.join(rep, "montage_wavelet.png")))
+        # a name the report writes itself: refused before any work (the report had replaced the fused image
+        # with its montage or chart, rc 0)
+        for name in ("montage_wavelet.png", "metrics_chart.png", "report.html", "metrics.json"):
+            with self.subTest(name=name):
+                out = os.path.join(self.tmp.name, "own", name)
+                code, _, stderr = _main(["fuse", self.a, self.b, "--method", "wavelet", "-o", out,
+                                         "--report", os.path.dirname(out)])
+                self.assertEqual(code, 2, stderr)
+                self.assertIn(f"is the report's own {name}", stderr)
+                self.assertFalse(os.path.exists(out))
 
     def _grey8(self) -> tuple[np.ndarray, np.ndarray]:
         """The slices as fuse sees them: 8-bit colour PNGs -> rounded luminance, 0..255 kept."""
