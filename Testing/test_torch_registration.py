@@ -444,6 +444,31 @@ class TorchRegistrationTest(unittest.TestCase):
             self.assertIn("barely overlap", ctx.exception.problem)
             self.assertIn("The initial transform places them apart", ctx.exception.fix)
 
+    def test_a_fixed_mask_wholly_outside_the_moving_image_is_refused_as_on_the_sitk_backend(self) -> None:
+        # the fixed mask on the fixed image's left, the moving image shifted right over its right half only:
+        # the sitk backend refused it (ITK found no valid point in the mask); the torch backend ran its stages
+        # on zeros and returned a transform with the metric -5.9e-08 -> -5.9e-08 without a word
+        from MultimodalFusionLib.registration import register
+
+        fixed, moving = _brainweb_pair()
+        moving = sitk.Image(moving)
+        moving.SetOrigin((120.0, 0.0))
+        mask = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
+        mask.CopyInformation(fixed)
+        mask[10:60, 50:150] = 1
+        texts = {}
+        for backend in ("sitk", "torch"):
+            params = self._params(stages=["rigid"], initializer="none", linear_iterations=[5],
+                                  linear_shrink_factors=[1]) if backend == "torch" else None
+            with self.subTest(backend=backend), self.assertRaises(InputError) as ctx:
+                register(fixed, moving, params, stages=None if params else ["rigid"], backend=backend,
+                         initializer="none", fixed_mask=mask, seed=0)
+            texts[backend] = str(ctx.exception)
+        for text in texts.values():
+            self.assertIn("metric cannot be computed at the starting transform over the fixed mask (5000 voxels)",
+                          text)
+        self.assertEqual(texts["torch"].split("Fix:")[1], texts["sitk"].split("Fix:")[1])  # the same fix
+
     def test_a_start_with_little_overlap_is_warned_about_on_both_backends(self) -> None:
         # the 2D BrainWeb pair shifted along x so that 5% of it overlaps (initializer 'none'): SimpleITK returned the
         # start unchanged (Mattes MI 0.0000 -> 0.0000) and the torch backend a transform some 200 px from the truth,

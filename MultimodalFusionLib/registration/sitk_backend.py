@@ -35,7 +35,7 @@ from ..validation import (
 from .parameters import ITK_UINT_MAX, RegistrationParameters, StageParameters
 from .result import RegistrationResult, StageResult, iterations_per_level
 
-__all__ = ["register_sitk", "linear_parts", "compose", "evaluate_metric", "no_overlap_error"]
+__all__ = ["register_sitk", "linear_parts", "compose", "evaluate_metric", "no_overlap_error", "masks_metric_error"]
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -602,10 +602,11 @@ def _small_mask_error(stage: StageParameters, fixed_mask: sitk.Image, level: int
         "without the mask.")
 
 
-def _masks_metric_error(stage: StageParameters, fixed: sitk.Image, fixed_mask: sitk.Image | None,
-                        moving_mask: sitk.Image | None, start: sitk.Transform, start_from: str,
-                        detail: str = "") -> InputError:
-    """The InputError for a stage whose metric ITK could not compute over the masks from ``start``: the
+def masks_metric_error(stage_name: str, metric: str, fixed: sitk.Image, fixed_mask: sitk.Image | None,
+                       moving_mask: sitk.Image | None, start: sitk.Transform, start_from: str,
+                       detail: str = "") -> InputError:
+    """The InputError for a stage (named ``stage_name``, its metric ``metric``) whose metric cannot be computed
+    over the masks from ``start`` (ITK could not; the torch backend finds it before its first stage): the
     masks' voxel counts and, with a moving mask, how many fixed voxels ``start`` sends inside it; the fix
     names what has not been tried, by what made ``start`` (``start_from``, as for :func:`start_fix`)."""
     def voxels(mask: sitk.Image) -> str:
@@ -626,7 +627,7 @@ def _masks_metric_error(stage: StageParameters, fixed: sitk.Image, fixed_mask: s
     larger = ("larger masks" if fixed_mask is not None and moving_mask is not None
               else f"a larger {'fixed' if fixed_mask is not None else 'moving'} mask")
     return InputError(
-        f"Stage '{stage.name}': the {stage.metric} metric cannot be computed at the starting transform over "
+        f"Stage '{stage_name}': the {metric} metric cannot be computed at the starting transform over "
         f"{masks}: {why}{reason}.",
         f"Give {larger}, check that the masks cover the same anatomy (each on its own image's grid), "
         f"or {start_fix(start_from, masks=True)}.")
@@ -723,7 +724,7 @@ def start_fix(start_from: str, masks: bool = False) -> str:
 
 def no_overlap_error(stage_name: str, start_from: str) -> RegistrationError:
     """The error for a metric that cannot be computed at stage ``stage_name``'s start without masks (with
-    one, ``_masks_metric_error`` names the masks instead): its fix depends on what started the stage
+    one, ``masks_metric_error`` names the masks instead): its fix depends on what started the stage
     (``start_from``, as for :func:`start_fix`). The one text of both backends: the SimpleITK backend raises
     it when ITK finds no fixed point inside the moving image there, the torch backend when no fixed voxel
     maps inside it (``validation.voxels_inside``), before any stage runs."""
@@ -754,7 +755,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     start_total = compose(previous, start, dim, center)
     metric_before = evaluate_metric(fixed, moving, start_total, stage, seed, fixed_mask, moving_mask)
     if not math.isfinite(metric_before) and (fixed_mask is not None or moving_mask is not None):
-        raise _masks_metric_error(stage, fixed, fixed_mask, moving_mask, start_total, start_from)
+        raise masks_metric_error(stage.name, stage.metric, fixed, fixed_mask, moving_mask, start_total, start_from)
     if not math.isfinite(metric_before):
         raise no_overlap_error(stage.name, start_from)
 
@@ -763,7 +764,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
         # held fewer than MIN_CONTENT_VOXELS of the fixed voxels at the stage's start is named as the cause
         if moving_mask is None or masks_intersection(fixed, fixed_mask, moving_mask, start_total) >= MIN_CONTENT_VOXELS:
             return None
-        return _masks_metric_error(stage, fixed, fixed_mask, moving_mask, start_total, start_from, detail)
+        return masks_metric_error(stage.name, stage.metric, fixed, fixed_mask, moving_mask, start_total, start_from, detail)
 
     # a non-linear start: the stage registers to the moving image resampled through it (see _moving_through)
     warped = _moving_through(previous, fixed, moving, moving_mask) if previous is not None else None

@@ -51,6 +51,7 @@ from ..validation import (
     did_you_mean,
     small_mask_warnings,
     small_overlap_warnings,
+    start_overlap,
     voxels_inside,
 )
 from .parameters import StageParameters
@@ -59,6 +60,7 @@ from .rotation_search import search_rotation
 from .sitk_backend import (
     SEARCH_SHARE,
     centre_of_mass,
+    masks_metric_error,
     no_overlap_error,
     start_description,
     start_fix,
@@ -1253,6 +1255,12 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
             # and returned a transform from nothing without a word (a 0.4 px sliver of the 2D BrainWeb pair:
             # moved 19 px, mutual information -0.0000 -> -0.0003)
             raise no_overlap_error(params.stages[0], first)
+        if fixed_mask is not None and moving_mask is None and start_overlap(fixed_f, moving_f, start_tx, fixed_mask)[1] == 0:
+            # no voxel of the fixed mask inside the moving image (masks that do not meet are check_masks_meet's):
+            # the SimpleITK backend's refusal in its words; the stages had run on zeros and returned a transform
+            first_stage = params.stages[0]
+            metric = params.deformable_metric if first_stage == "deformable" else params.linear_metric
+            raise masks_metric_error(first_stage, metric, fixed_f, fixed_mask, None, start_tx, first)
         # little overlap (under a fifth of the smaller image or mask region): the sitk backend's warning
         warnings += small_overlap_warnings(fixed_f, moving_f, start_tx, start_description(first), start_fix(first),
                                            fixed_mask, moving_mask)
