@@ -205,6 +205,23 @@ class DiscardedStageWarning(unittest.TestCase):
         self.assertEqual([s.accepted for s in later.stages], [True, False])
         self.assertTrue(why(later)[0].startswith("the earlier stages already aligned"))
 
+    def test_a_metric_of_about_zero_is_not_called_an_alignment(self) -> None:
+        # a start that sends all but the fixed image's outer ring 400 mm away: mutual information ~1e-15, which
+        # the warning had called "a small change, usual where the start already aligned the images"
+        fixed, moving = itk_brainweb_pair()
+        field = np.zeros(fixed.GetSize()[::-1] + (2,))
+        field[1:-1, 1:-1, 0] = 400.0
+        field_image = sitk.GetImageFromArray(field, isVector=True)
+        field_image.CopyInformation(fixed)
+        start = sitk.DisplacementFieldTransform(sitk.Cast(field_image, sitk.sitkVectorFloat64))
+        result = register(fixed, moving, stages=["rigid"], seed=1, initial_transform=start)
+        said = [w for w in result.warnings if "did not improve" in w]
+        self.assertEqual(len(said), 1, result.warnings)
+        self.assertIn("The metric is about 0 at the start (the initial transform given): the images share almost "
+                      "no information there", said[0])
+        self.assertNotIn("usual where", said[0])
+        self.assertTrue(any("overlap in only 1.6% of the smaller one" in w for w in result.warnings), result.warnings)
+
 
 class NonLinearStart(unittest.TestCase):
     """An initial transform holding a B-spline or a displacement field (e.g. an earlier rigid+bspline

@@ -936,11 +936,18 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
                 # before the first stage, or after earlier stages that were all discarded too, it is the start
                 applied = any(r.accepted for r in stage_results[:-1])
                 before = "the earlier stages" if applied else f"the start ({start_description(first)})"
+                # a mutual information or correlation of about 0 is no shared information (a start that leaves
+                # little overlap), not an alignment this stage could not better; mean squares of 0 is a match
+                empty = stage.metric != "mean_squares" and abs(res.metric_before) < 1e-6
+                why = (f"The metric is about 0 at {before}: the images share almost no information there "
+                       "(little or no overlap, or a start far from the truth), so this stage had nothing to "
+                       "improve; check the start." if empty else
+                       f"A small change, usual where {before} already aligned the images as well as this stage's "
+                       "transform can.")
                 warnings.append(
                     f"Stage '{stage.name}' did not improve the {stage.metric} metric ({res.metric_before:.5g} -> "
                     f"{res.metric_after:.5g}, {100 * change:.2f}% worse on the same fixed points at its start and end); "
-                    f"the transform before it was kept. A small change, usual where {before} already "
-                    "aligned the images as well as this stage's transform can.")
+                    f"the transform before it was kept. " + why)
             else:
                 warnings.append(
                     f"Stage '{stage.name}' made the {stage.metric} metric worse ({res.metric_before:.5g} -> "
