@@ -473,10 +473,12 @@ def start_overlap(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transfo
 
 def small_overlap_warnings(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, start: str, fix: str,
                            fixed_mask: sitk.Image | None = None,
-                           moving_mask: sitk.Image | None = None) -> list[str]:
+                           moving_mask: sitk.Image | None = None,
+                           overlap: tuple[float, int] | None = None) -> list[str]:
     """A warning when, at the starting ``transform`` (described by ``start``), the images (or the masks' regions)
     share less than :data:`MIN_START_OVERLAP` of the smaller one (:func:`start_overlap`); ``fix`` is
-    ``sitk_backend.start_fix`` of what made the start. Both backends call this before their first stage: from
+    ``sitk_backend.start_fix`` of what made the start; ``overlap``: :func:`start_overlap`'s answer where the caller
+    has it already. Both backends call this before their first stage: from
     2-5 % of overlap SimpleITK had returned its start unchanged (Mattes MI 0.0000 -> 0.0000) and the torch backend
     moved by 0-11 px, both some 200 px from the truth, without a word. A warning, not a refusal: the overlap
     alone does not make a start wrong.
@@ -487,7 +489,8 @@ def small_overlap_warnings(fixed: sitk.Image, moving: sitk.Image, transform: sit
     which fewer are inside the moving image is warned about here (it had been left out: 100 of 18,100 mask
     pixels inside, 0.55 %, got no warning where 200, 1.1 %, got one).
     """
-    share, inside = start_overlap(fixed, moving, transform, fixed_mask, moving_mask)
+    share, inside = overlap if overlap is not None else start_overlap(fixed, moving, transform, fixed_mask,
+                                                                       moving_mask)
     if inside == 0 or share >= MIN_START_OVERLAP:
         return []
     masked = fixed_mask is not None or moving_mask is not None

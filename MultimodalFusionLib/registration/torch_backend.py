@@ -1249,13 +1249,17 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         start_tx = _affine_transform(matrix, center, translation)
         warnings: list[str] = small_mask_warnings(fixed_mask, moving_mask) + check_masks_meet(
             fixed_f, fixed_mask, moving_mask, start_tx, start_description(first), start_fix(first, masks=True))
-        if voxels_inside(fixed_f, moving_f, start_tx) == 0:
+        # the fixed voxels (in the fixed mask) inside the moving image (its mask), resampled once: without masks
+        # also the count of the no-overlap check
+        overlap = start_overlap(fixed_f, moving_f, start_tx, fixed_mask, moving_mask)
+        unmasked = fixed_mask is None and moving_mask is None
+        if (overlap[1] if unmasked else voxels_inside(fixed_f, moving_f, start_tx)) == 0:
             # the SimpleITK backend's refusal, in its words: no fixed voxel maps inside the moving image, so no
             # metric can be computed there. Sampling zeros outside the moving image, the stages had run anyway
             # and returned a transform from nothing without a word (a 0.4 px sliver of the 2D BrainWeb pair:
             # moved 19 px, mutual information -0.0000 -> -0.0003)
             raise no_overlap_error(params.stages[0], first)
-        if fixed_mask is not None and moving_mask is None and start_overlap(fixed_f, moving_f, start_tx, fixed_mask)[1] == 0:
+        if fixed_mask is not None and moving_mask is None and overlap[1] == 0:
             # no voxel of the fixed mask inside the moving image (masks that do not meet are check_masks_meet's):
             # the SimpleITK backend's refusal in its words; the stages had run on zeros and returned a transform
             first_stage = params.stages[0]
@@ -1263,7 +1267,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
             raise masks_metric_error(first_stage, metric, fixed_f, fixed_mask, None, start_tx, first)
         # little overlap (under a fifth of the smaller image or mask region): the sitk backend's warning
         warnings += small_overlap_warnings(fixed_f, moving_f, start_tx, start_description(first), start_fix(first),
-                                           fixed_mask, moving_mask)
+                                           fixed_mask, moving_mask, overlap=overlap)
         stages = params.stages
         n = len(stages)
         weights = [1.0 if s != "deformable" else 2.0 for s in stages]
