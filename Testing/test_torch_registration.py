@@ -369,6 +369,13 @@ class TorchRegistrationTest(unittest.TestCase):
             self.assertIn("Fix:", str(ctx.exception))
         with self.assertRaises(InputError):  # beyond torch's 64-bit seeds: a ValueError traceback before
             TorchRegistrationParameters(seed=2**64).validate()
+        # a velocity smoothing of 1e9 voxels had asked torch's allocator for 24 GB (a RuntimeError from inside
+        # torch), 1e300 overflowed in torch.arange; the range is named
+        for sigma in (1e9, 1e300, 50.5):
+            with self.subTest(velocity_sigma=sigma), self.assertRaises(InputError) as ctx:
+                TorchRegistrationParameters(velocity_sigma=sigma).validate()
+            self.assertIn("from 0 to 50 voxels", str(ctx.exception))
+        TorchRegistrationParameters(velocity_sigma=50).validate()
 
     def test_bad_inputs_name_the_fix(self) -> None:
         from MultimodalFusionLib.registration.torch_backend import register_torch, torch_parameters

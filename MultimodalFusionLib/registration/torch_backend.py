@@ -81,6 +81,8 @@ TORCH_STAGES = ("rigid", "affine", "deformable")
 TORCH_METRICS = ("mi", "lncc", "mind")
 _STAGE_ALIASES = {"rigid": "rigid", "affine": "affine", "deformable": "deformable", "bspline": "deformable",
                   "syn": "deformable", "diffeomorphic": "deformable"}
+#: Largest ``velocity_sigma`` (voxels of the velocity grid): wider smoothing leaves a nearly constant field.
+_MAX_VELOCITY_SIGMA = 50.0
 _METRIC_ALIASES = {"mi": "mi", "mattes_mi": "mi", "mutual_information": "mi", "lncc": "lncc",
                    "correlation": "lncc", "mean_squares": "lncc", "ncc": "lncc", "mind": "mind"}
 
@@ -119,7 +121,7 @@ class TorchRegistrationParameters:
         deformable_learning_rate: Adam step of the velocity field, in voxels of the level.
         regularisation: "diffusion" (first derivatives) or "bending" (second derivatives).
         regularisation_weight: weight of the regulariser against the similarity.
-        velocity_sigma: Gaussian smoothing of the velocity field, in voxels of its grid.
+        velocity_sigma: Gaussian smoothing of the velocity field, in voxels of its grid (0..50).
         velocity_grid_factor: the velocity field lives on a grid this many times coarser than
             the level's image grid (its displacement is upsampled to warp): smoother and faster.
         deformable_foreground_mask: when no fixed mask is given, the deformable similarity (and the
@@ -226,8 +228,12 @@ class TorchRegistrationParameters:
                           "positive, finite level sizes and whole iteration counts >= 0")
         number("histogram_bins", whole=True, low=4, high=256, allowed="a whole number 4..256 (typically 32)")
         number("integration_steps", whole=True, low=0, high=16, allowed="0..16 (7 is typical)")
-        for field in ("regularisation_weight", "velocity_sigma"):
-            number(field, low=0, allowed="a finite number >= 0")
+        number("regularisation_weight", low=0, allowed="a finite number >= 0")
+        # a Gaussian of sigma s takes 6 s + 1 taps, padded onto every row of the field: 1e9 voxels asked
+        # torch for 24 GB (a RuntimeError from its allocator), 1e300 overflowed; 50 voxels is wider than
+        # any velocity grid of a head and still costs little
+        number("velocity_sigma", low=0, high=_MAX_VELOCITY_SIGMA,
+               allowed=f"a number from 0 to {_MAX_VELOCITY_SIGMA:g} voxels of the velocity grid (2 is typical)")
         for field in ("linear_learning_rate", "deformable_learning_rate"):
             number(field, low=0, low_open=True, high=10, allowed="a finite number > 0 (e.g. 0.02 / 0.2)")
         for field in ("linear_samples", "deformable_samples"):
