@@ -202,9 +202,10 @@ class FusionLogic:
                 it is shown (through a transform it is under).
             movingMaskNode: the same for the moving volume, relative to it (a mask under the moving
                 volume's transform is taken on the moving volume's own grid, as the volume is).
-            initialTransformNode: a transform to start from (e.g. a manual pre-alignment). None: the
-                linear transform the moving volume is under, if any (it starts where it is shown),
-                unless ``initializer`` is given; a non-linear one is not used (a warning says so).
+            initialTransformNode: a transform to start from (e.g. a manual pre-alignment); it is not
+                changed, and the result includes it (so it cannot be the ``outputTransformNode`` too).
+                None: the linear transform the moving volume is under, if any (it starts where it is
+                shown), unless ``initializer`` is given; a non-linear one is not used (a warning says so).
             seed: seed of the random metric sampling (same seed, same result).
             outputTransformNode: transform node to write into; a new one when None. The results are
                 in world coordinates: an output node under a transform is taken out of it.
@@ -246,6 +247,15 @@ class FusionLogic:
                          "output volume")
         _check_class(outputTransformNode, "vtkMRMLTransformNode", "output transform", "transform node")
         _check_class(outputVolumeNode, "vtkMRMLScalarVolumeNode", "output volume", "volume node")
+        if initialTransformNode is not None and initialTransformNode is outputTransformNode:
+            # the result would replace the start it was read from: an input overwritten, and a second call with
+            # the same arguments would start from the first one's result
+            raise InputError(f"'{initialTransformNode.GetName()}' is selected as both the initial transform and the "
+                             "output transform; the result would replace the initial transform, an input (inputs "
+                             "are never overwritten).",
+                             "Select another output transform node, or leave it empty to create a new one (the "
+                             "result includes the initial transform: applyTransform=True puts the moving volume "
+                             "under it in place of the initial one).")
         if fixedVolumeNode.GetParentTransformNode() is not None:
             # the result would relate the fixed volume's own grid, not where Slicer shows it
             raise InputError(f"The fixed volume '{fixedVolumeNode.GetName()}' is under a transform.",

@@ -146,6 +146,29 @@ class LogicTest(unittest.TestCase):
             node = np.array(out.transformNode.GetTransformFromParent().TransformPoint((np.array(point) * flip).tolist()))
             np.testing.assert_allclose(node * flip, engine, atol=1e-4)
 
+    def test_an_initial_transform_node_is_not_the_output_too(self) -> None:
+        # the result (which includes the start) had been written into the initial transform node: an input
+        # overwritten, and the same call again started from the first call's result
+        initial = mrml.transform_node_from_sitk(self.truth, self.scene, name="initial")
+        before = mrml.linear_transform_matrix(mrml.sitk_transform_from_node(initial))
+        nodes = self.scene.GetNumberOfNodes()
+        with self.assertRaisesRegex(InputError, "'initial' is selected as both the initial transform and the "
+                                                "output transform") as cm:
+            self._register(initialTransformNode=initial, outputTransformNode=initial)
+        self.assertIn("leave it empty to create a new one", cm.exception.fix)
+        np.testing.assert_array_equal(mrml.linear_transform_matrix(mrml.sitk_transform_from_node(initial)), before)
+        self.assertEqual(self.scene.GetNumberOfNodes(), nodes)  # refused before any work
+        # another output node: the result includes the start, and the initial node is left as it was
+        out = self._register(initialTransformNode=initial)
+        self.assertIsNot(out.transformNode, initial)
+        np.testing.assert_array_equal(mrml.linear_transform_matrix(mrml.sitk_transform_from_node(initial)), before)
+        # the moving volume's own parent chosen as the output (no initialTransformNode): still replaced by the
+        # result that includes it, what repeated clicks in the panel rely on
+        mrml.set_parent_transform(self.pet, initial)
+        again = self._register(outputTransformNode=initial)
+        self.assertIs(again.transformNode, initial)
+        self.assertIs(self.pet.GetParentTransformNode(), initial)
+
     def test_fusion_outputs_colour_overlay_weights_and_table(self) -> None:
         reg = self._register()
         overlay = self.logic.fuseVolumes(self.mr, reg.resampledVolumeNode, method="overlay", opacity=0.5)
