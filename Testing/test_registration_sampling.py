@@ -201,6 +201,33 @@ class ReducedPyramid(unittest.TestCase):
         itk = self._register(float("inf"))
         self.assertLess(transform_error(itk.transform, self.truth, self.fixed)["mean"], 1.5)
 
+    def test_metrics_json_records_the_smoothing_that_ran(self):
+        # the reduced pyramid smooths each level itself (after a block average) and ITK then runs it with
+        # sigma 0: `effective` had recorded the stage's sigmas 4-2-0 as ITK's, and no block average
+        ran = self._register(0).parameters["stages"][0]["effective"]
+        self.assertEqual((ran["pyramid"], ran["shrink_factors"], ran["smoothing_sigmas"]),
+                         ("reduced", [4, 2, 1], [0.0, 0.0, 0.0]))
+        self.assertEqual(ran["reduced_levels"], [
+            {"fixed_block_average": 4, "moving_block_average": 4, "smoothing_sigma": 4.0, "itk_shrink_factor": 1},
+            {"fixed_block_average": 2, "moving_block_average": 2, "smoothing_sigma": 2.0, "itk_shrink_factor": 1},
+            {"fixed_block_average": 1, "moving_block_average": 1, "smoothing_sigma": 0.0, "itk_shrink_factor": 1}])
+        # ITK's own pyramid below the threshold: the stage's sigmas, as before, and no reduced levels
+        itk = self._register(float("inf")).parameters["stages"][0]["effective"]
+        self.assertEqual((itk["pyramid"], itk["smoothing_sigmas"]), ("itk", [4.0, 2.0, 0.0]))
+        self.assertNotIn("reduced_levels", itk)
+        # only the fixed image above the threshold: the moving one is smoothed on its grid, not averaged, and
+        # ITK shrinks no grid (the fixed level is averaged already)
+        saved = sitk_backend.REDUCED_PYRAMID_VOXELS
+        sitk_backend.REDUCED_PYRAMID_VOXELS = 10_000  # the fixed 40^3 above, the moving 20^3 below
+        try:
+            small = sitk.BinShrink(self.moving, [2, 2, 2])
+            mixed = register(self.fixed, small, RegistrationParameters(stages=[default_stage("rigid")]), seed=5)
+        finally:
+            sitk_backend.REDUCED_PYRAMID_VOXELS = saved
+        levels = mixed.parameters["stages"][0]["effective"]["reduced_levels"]
+        self.assertEqual([(r["fixed_block_average"], r["moving_block_average"], r["itk_shrink_factor"])
+                          for r in levels], [(4, 1, 1), (2, 1, 1), (1, 1, 1)])
+
     def test_only_large_images_are_reduced(self):
         stage = StageParameters()
         big = sitk.Image([40, 40, 40], sitk.sitkFloat32)

@@ -473,6 +473,12 @@ def _stage_method(stage: StageParameters, seed: int | None, fixed_mask: sitk.Ima
     return method
 
 
+def _block_average_factor(image: sitk.Image, factor: int) -> int:
+    """How many voxels per axis :func:`_reduced_level` averages into one for a level of shrink ``factor``:
+    the factor for an image above ``REDUCED_PYRAMID_VOXELS``, 1 (none) otherwise."""
+    return factor if factor > 1 and image.GetNumberOfPixels() > REDUCED_PYRAMID_VOXELS else 1
+
+
 def _reduced_level(fixed: sitk.Image, moving: sitk.Image, factor: int, sigma: float,
                    stage: StageParameters) -> tuple[sitk.Image, sitk.Image, list[int], list[float]]:
     """One pyramid level of a large pair as ITK then registers it: (fixed, moving, [shrink], [0.0]).
@@ -490,7 +496,7 @@ def _reduced_level(fixed: sitk.Image, moving: sitk.Image, factor: int, sigma: fl
     dim = fixed.GetDimension()
 
     def level_image(image: sitk.Image) -> tuple[sitk.Image, int]:
-        reduce = factor if factor > 1 and image.GetNumberOfPixels() > REDUCED_PYRAMID_VOXELS else 1
+        reduce = _block_average_factor(image, factor)
         if reduce > 1:
             image = sitk.BinShrink(image, [reduce] * dim)
         if sigma > 0:
@@ -779,10 +785,16 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     # itself for a first stage, or a composite holding it for a B-spline stage) stays the starting
     # transform a discarded stage falls back to (optimising ``start`` itself returned the discarded result)
     optimized = type(start)(start)
+    reduced_levels: list[dict[str, Any]] | None = None
     if max(fixed.GetNumberOfPixels(), stage_moving.GetNumberOfPixels()) > REDUCED_PYRAMID_VOXELS:
         # one ITK run per level on images reduced here (see _reduced_level): ITK's own pyramid would
         # smooth both full-resolution images at every level
         runs = (_reduced_level(fixed, stage_moving, f, sigma, stage) for f, sigma in zip(shrink, sigmas))
+        reduced_levels = [{"fixed_block_average": _block_average_factor(fixed, f),
+                           "moving_block_average": _block_average_factor(stage_moving, f),
+                           "smoothing_sigma": float(sigma),
+                           "itk_shrink_factor": int(f) // _block_average_factor(fixed, f)}
+                          for f, sigma in zip(shrink, sigmas)]
     else:
         runs = iter([(fixed, stage_moving, shrink, sigmas)])
 
@@ -814,20 +826,28 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
         iterations=iterations, stop_reason=stop_reason,
         seconds=time.perf_counter() - t0, history=history, accepted=accepted,
         level_iterations=iterations_per_level(history, levels))  # with levels that ran no iteration
-    return result_tx, stage_result, _effective_settings(stage, fixed, shrink, sigmas, sampled)
+    return result_tx, stage_result, _effective_settings(stage, fixed, shrink, sigmas, sampled, reduced_levels)
 
 
 def _effective_settings(stage: StageParameters, fixed: sitk.Image, shrink: list[int], sigmas: list[float],
-                        sampled: list[float | None]) -> dict[str, Any]:
+                        sampled: list[float | None],
+                        reduced_levels: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """What a stage ran with where the engine chose it from the images (metrics.json's ``effective``): the
     regular_step optimizer's ``min_step`` and ``relaxation_factor`` (null in the settings: picked from the
     fixed image's size), the shrink factors (capped at a quarter of the smaller image's shortest side: a
-    6-slice slab runs shrink 1 throughout), the sigmas, the sampling fraction of each level's grid (raised to
-    the floor of samples, capped at ``max_samples``; null: every voxel) and a B-spline's control grid."""
+    6-slice slab runs shrink 1 throughout), the sigmas ITK's pyramid smoothed with, the sampling fraction of
+    each level's grid (raised to the floor of samples, capped at ``max_samples``; null: every voxel) and a
+    B-spline's control grid. ``pyramid`` says who made the levels: "itk", or "reduced" for images above
+    ``REDUCED_PYRAMID_VOXELS``, where the engine block-averaged and smoothed each level itself
+    (``reduced_levels``, see :func:`_reduced_level`) and ITK ran every level unsmoothed (sigmas 0)."""
     out: dict[str, Any] = {"shrink_factors": [int(f) for f in shrink],
-                           "smoothing_sigmas": [float(s) for s in sigmas],
+                           "pyramid": "itk" if reduced_levels is None else "reduced",
+                           "smoothing_sigmas": ([float(s) for s in sigmas] if reduced_levels is None
+                                                else [0.0] * len(sigmas)),
                            "smoothing_in_mm": bool(stage.smoothing_in_mm),
                            "sampling_percentage_per_level": [None if p is None else float(p) for p in sampled]}
+    if reduced_levels is not None:
+        out["reduced_levels"] = reduced_levels
     if stage.optimizer == "regular_step":
         out["min_step"], out["relaxation_factor"] = regular_step_defaults(stage, fixed.GetDimension(),
                                                                           fixed.GetNumberOfPixels())
