@@ -134,14 +134,51 @@ def whole_number(value: Any, minimum: int, maximum: int | None = None) -> int | 
     return number if minimum <= number and (maximum is None or number <= maximum) else None
 
 
+#: How much lower than the closest a choice's similarity (difflib's ratio) may be to be as likely a guess.
+GUESS_MARGIN = 0.1
+
+
 def did_you_mean(value: Any, choices: Any) -> str:
-    """`` (did you mean 'x'?)`` naming the closest of ``choices`` to a misspelt ``value`` (case ignored), or
-    "" when none is close (difflib's ratio of at least 0.6) or ``value`` is not a text."""
+    """`` (did you mean 'x'?)`` naming the choice a misspelt ``value`` most likely meant (case ignored), or
+    every one as likely: `` (did you mean 'a' or 'b'?)``; "" when none is close or ``value`` is not a text.
+
+    Close: difflib's ratio of at least 0.6, or ``value`` starting a word of the choice (words split at "_";
+    at least 3 letters, or a whole word: 'mi' for 'mattes_mi'). As likely: every choice ``value`` starts a
+    word of (and one closer by ratio than all of them), so 'sampling' names both 'sampling_percentage' and
+    'sampling_strategy' (it had named only the latter, the closer by ratio); without such a choice, those
+    within ``GUESS_MARGIN`` of the closest ratio. More than three as likely are no guess: "".
+    """
     if not isinstance(value, str):
         return ""
     by_lower = {str(c).lower(): str(c) for c in choices}
-    close = difflib.get_close_matches(value.strip().lower(), list(by_lower), n=1)
-    return f" (did you mean '{by_lower[close[0]]}'?)" if close else ""
+    typed = value.strip().lower()
+    if typed in by_lower:  # only the case differs
+        return f" (did you mean '{by_lower[typed]}'?)"
+    if not typed:
+        return ""
+
+    def starts_a_word(choice: str) -> bool:
+        for at in [0] + [i + 1 for i, ch in enumerate(choice) if ch == "_"]:
+            end = at + len(typed)
+            if choice.startswith(typed, at) and (len(typed) >= 3 or end == len(choice) or choice[end] == "_"):
+                return True
+        return False
+
+    ratios = {c: difflib.SequenceMatcher(None, typed, c).ratio() for c in by_lower}
+    worded = {c for c in by_lower if starts_a_word(c)}
+    close = {c for c, r in ratios.items() if r >= 0.6} | worded
+    if not close:
+        return ""
+    if worded:  # what ``value`` starts a word of, and a choice closer still by ratio (rare)
+        likely = sorted(worded | {c for c in close if ratios[c] > max(ratios[w] for w in worded)})
+    else:
+        best = max(ratios[c] for c in close)
+        likely = sorted(c for c in close if ratios[c] >= best - GUESS_MARGIN)
+    if len(likely) > 3:
+        return ""
+    names = [f"'{by_lower[c]}'" for c in likely]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    return f" (did you mean {listed}?)"
 
 
 def has_content(image: sitk.Image) -> bool:

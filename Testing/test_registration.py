@@ -402,6 +402,26 @@ class Presets(unittest.TestCase):
             RegistrationParameters.from_dict({"stages": [{"name": "rigid", "zzz": 1}]})
         self.assertNotIn("did you mean", str(cm.exception))
 
+    def test_a_key_as_likely_meant_as_another_names_both(self):
+        # 'sampling' had been taken for 'sampling_strategy' alone (the closer by difflib's ratio, 0.64; 0.59 for
+        # 'sampling_percentage', under its 0.6 floor), though the percentage is as likely what was meant
+        cases = (({"stages": [{"name": "rigid", "sampling": 0.02}]},
+                  "unknown setting(s) 'sampling' (did you mean 'sampling_percentage' or 'sampling_strategy'?)."),
+                 ({"stages": [{"name": "rigid", "smoothing": [2, 1, 0]}]},
+                  "'smoothing' (did you mean 'smoothing_in_mm' or 'smoothing_sigmas'?)"),
+                 ({"stages": [{"name": "rigid", "samples": 5000}]},
+                  "'samples' (did you mean 'max_samples' or 'number_of_samples'?)"),
+                 ({"stages": [{"name": "rigid", "metric": "mi"}]},
+                  "invalid metric 'mi'. Fix: Use mattes_mi / joint_histogram_mi / correlation / mean_squares "
+                  "(did you mean 'joint_histogram_mi' or 'mattes_mi'?)."),
+                 # one clearly closer is the one guess
+                 ({"stages": [{"name": "rigid", "sampling_percent": 0.02}]},
+                  "'sampling_percent' (did you mean 'sampling_percentage'?)"))
+        for data, words in cases:
+            with self.subTest(data=data), self.assertRaises(InputError) as cm:
+                RegistrationParameters.from_dict(data)
+            self.assertIn(words, str(cm.exception))
+
     def test_a_stage_without_a_name_is_refused(self):
         # {"iterations": 50} meant for the affine stage had run as a second rigid stage, without a word
         with self.assertRaises(InputError) as cm:

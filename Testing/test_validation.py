@@ -121,6 +121,19 @@ class Checks(unittest.TestCase):
         self.assertMessage(lambda: check_mask(mask, img), "origin (LPS) (-120.502, 100, 30) vs (-120.5, 100, 30)")
         self.assertEqual(grid_differences(img, img), [])
 
+    def test_did_you_mean_names_every_choice_as_likely(self):
+        from MultimodalFusionLib.validation import did_you_mean
+
+        keys = ("sampling_strategy", "sampling_percentage", "shrink_factors", "iterations")
+        self.assertEqual(did_you_mean("sampling", keys), " (did you mean 'sampling_percentage' or 'sampling_strategy'?)")
+        self.assertEqual(did_you_mean("iteration", keys), " (did you mean 'iterations'?)")
+        self.assertEqual(did_you_mean("Shrink_Factors", keys), " (did you mean 'shrink_factors'?)")
+        self.assertEqual(did_you_mean("zzz", keys), "")
+        self.assertEqual(did_you_mean(5, keys), "")
+        self.assertEqual(did_you_mean("a", ("alpha_a", "beta_a", "gamma_a", "delta_a")),
+                         "")  # a whole word of four: no guess
+        self.assertEqual(did_you_mean("x", ("x_a", "x_b", "x_c")), " (did you mean 'x_a', 'x_b' or 'x_c'?)")
+
     def test_whole_number(self):
         # one check for registration parameters and deep-fusion settings, each wording its own message
         self.assertEqual(whole_number(200.0, 1), 200)  # JSON's 200.0 is whole
