@@ -59,7 +59,7 @@ def _device(text: str) -> str:
 
 
 def _print_json(obj: Any) -> None:
-    """Print strictly valid JSON (NaN/inf as null), like the metrics files."""
+    """Print strictly valid JSON (NaN as null, +/-inf as "Infinity"/"-Infinity"), like the metrics files."""
     from .io import to_json_safe
 
     print(json.dumps(to_json_safe(obj), indent=2, allow_nan=False))

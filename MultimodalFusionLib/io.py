@@ -48,6 +48,7 @@ __all__ = [
     "write_bytes",
     "write_json",
     "to_json_safe",
+    "JSON_INFINITY",
     "one_slice_axis",
     "one_slice_pixels",
     "one_slice_as_2d",
@@ -1802,12 +1803,21 @@ def write_bytes(path: str | os.PathLike, payload: bytes) -> str:
     return os.fspath(path)
 
 
+#: How strict JSON (which has no NaN or infinity) holds the floats that are not finite: NaN (undefined) as null,
+#: infinities as these strings, which float() in Python, Number() in JavaScript and Double.parseDouble in Java
+#: read back as infinities. Both had been null, so an infinite PSNR (identical images) read as undefined.
+JSON_INFINITY = {True: "Infinity", False: "-Infinity"}
+
+
 def to_json_safe(obj: Any) -> Any:
-    """JSON-able copy: NaN/inf -> None, numpy scalars/arrays -> Python, objects with to_dict -> dict."""
+    """JSON-able copy: NaN -> None, +/-inf -> "Infinity"/"-Infinity" (``JSON_INFINITY``), numpy scalars/arrays ->
+    Python, objects with to_dict -> dict."""
     import numpy as _np
 
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+        if math.isnan(obj):
+            return None
+        return obj if math.isfinite(obj) else JSON_INFINITY[obj > 0]
     if isinstance(obj, (_np.floating, _np.integer, _np.bool_)):
         return to_json_safe(obj.item())
     if isinstance(obj, _np.ndarray):
@@ -1824,7 +1834,7 @@ def to_json_safe(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> str:
-    """Write ``obj`` as indented, strictly valid JSON (NaN/inf become null), atomically."""
+    """Write ``obj`` as indented, strictly valid JSON (NaN becomes null, +/-inf "Infinity"/"-Infinity"), atomically."""
     text = json.dumps(to_json_safe(obj), indent=2, allow_nan=False)
     return write_bytes(path, (text + "\n").encode("utf-8"))
 

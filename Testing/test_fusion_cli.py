@@ -286,9 +286,14 @@ class FuseEvaluateCliTest(unittest.TestCase):
         self.assertIn("<td>∞</td>", page)
         payload = json.loads(open(os.path.join(rep, "metrics.json"), encoding="utf-8").read(),
                              parse_constant=lambda c: self.fail(f"invalid JSON constant {c}"))
-        self.assertIsNone(payload["metrics"]["average"]["PSNR"])  # strict JSON has no infinity: null
+        # strict JSON has no infinity: a string, where it had been null as an undefined value is (SSIM's NaN would be)
+        self.assertEqual(payload["metrics"]["average"]["PSNR"], "Infinity")
+        self.assertEqual(float(payload["metrics"]["average"]["PSNR"]), float("inf"))
         code, stdout, _ = _main(["evaluate", "--fused", fused, self.a, self.a])
         self.assertIn("inf", stdout.splitlines()[1].split())
+        code, stdout, _ = _main(["evaluate", "--fused", fused, self.a, self.a, "--json"])  # as metrics.json holds it
+        self.assertEqual(json.loads(stdout, parse_constant=lambda c: self.fail(f"invalid JSON constant {c}"))["PSNR"],
+                         "Infinity")
 
     def test_evaluate_json_matches_the_library(self) -> None:
         out = os.path.join(self.tmp.name, "fused.png")

@@ -135,8 +135,12 @@ class Report2DTest(unittest.TestCase):
             self.assertEqual({n: open(os.path.join(tmp, n), "rb").read() for n in os.listdir(tmp)}, before)
 
     def test_json_cleaning(self) -> None:
-        cleaned = io.to_json_safe({"a": float("nan"), "b": float("inf"), "c": np.float32(1.5), "d": (1, 2)})
-        self.assertEqual(cleaned, {"a": None, "b": None, "c": 1.5, "d": [1, 2]})
+        cleaned = io.to_json_safe({"a": float("nan"), "b": float("inf"), "c": np.float32(1.5), "d": (1, 2),
+                                   "e": np.float64(-np.inf), "f": [np.float32(np.inf), np.nan]})
+        # undefined (NaN) is null; an infinity stays one, as a string float() reads back (both had been null)
+        self.assertEqual(cleaned, {"a": None, "b": "Infinity", "c": 1.5, "d": [1, 2], "e": "-Infinity",
+                                   "f": ["Infinity", None]})
+        self.assertEqual([float(cleaned["b"]), float(cleaned["e"])], [float("inf"), float("-inf")])
 
     def test_numbers_are_shown_as_the_console_shows_them(self) -> None:
         from MultimodalFusionLib.report import _fmt
