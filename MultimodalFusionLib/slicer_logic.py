@@ -204,8 +204,9 @@ class FusionLogic:
                 volume's transform is taken on the moving volume's own grid, as the volume is).
             initialTransformNode: a transform to start from (e.g. a manual pre-alignment); it is not
                 changed, and the result includes it (so it cannot be the ``outputTransformNode`` too).
-                None: the linear transform the moving volume is under, if any (it starts where it is
-                shown), unless ``initializer`` is given; a non-linear one is not used (a warning says so).
+                None: the transform the moving volume is under, if any (it starts where it is
+                shown), unless ``initializer`` is given; a non-linear one is a start too, except on the
+                torch backend or under another transform, where it is not used (a warning says so).
             seed: seed of the random metric sampling (same seed, same result).
             outputTransformNode: transform node to write into; a new one when None. The results are
                 in world coordinates: an output node under a transform is taken out of it.
