@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 from typing import Any, Callable, Iterator, Sequence
 
 from . import __version__
@@ -704,8 +705,10 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
                              f"Leave out --spatial-dims to continue the {resumed_dims}D run (or give "
                              f"--spatial-dims {resumed_dims}), or start a new run without --resume.")
     # (--resume may name the checkpoint itself: continuing a run updates it, as every epoch does)
-    check_not_overwriting_inputs([args.output, checkpoint],
-                                 [p for pair in find_pairs(args.pairs) for p in pair] + [args.init])
+    with warnings.catch_warnings():  # load_pairs warns of images without a partner (once, not twice)
+        warnings.simplefilter("ignore")
+        inputs = [p for pair in find_pairs(args.pairs) for p in pair]
+    check_not_overwriting_inputs([args.output, checkpoint], inputs + [args.init])
     for path in (args.output, checkpoint):  # before training, not after its first epoch
         check_writable(path)
     if args.threads:

@@ -73,6 +73,52 @@ class TrainingDataTest(unittest.TestCase):
             np.testing.assert_array_equal(a, a0)
             np.testing.assert_array_equal(b, b0)
 
+    def test_pair_folders_cases_hidden_files_and_images_without_a_partner(self):
+        """MRI/{p1,p2} + CT/{p1,p2} trained on MRI-with-MRI and CT-with-CT pairs without a word; macOS's
+        ._name files and a .ipynb_checkpoints folder stopped training; and an image without a partner was dropped
+        silently."""
+        from MultimodalFusionLib.fusion.deep.data import find_pairs, load_pairs
+
+        def write(path: Path, seed: int, shape=(12, 12)) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(sitk.GetImageFromArray(_blobs(shape, seed)), str(path))
+
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            for case in ("p1", "p2"):  # a folder per case inside each modality folder
+                write(root / "cases" / "MRI" / case / "scan.nii.gz", 1)
+                write(root / "cases" / "CT" / case / "scan.nii.gz", 2)
+            found = [(a.relative_to(root).as_posix(), b.relative_to(root).as_posix())
+                     for a, b in find_pairs(root / "cases")]
+            self.assertEqual(found, [("cases/MRI/p1/scan.nii.gz", "cases/CT/p1/scan.nii.gz"),
+                                     ("cases/MRI/p2/scan.nii.gz", "cases/CT/p2/scan.nii.gz")])
+            # the same layout with names that say nothing: either folder level may be the modality
+            for site in ("siteA", "siteB"):
+                for side in ("left", "right"):
+                    write(root / "generic" / site / side / "01.nii.gz", 3)
+            with self.assertRaisesRegex(InputError, "reads two ways.*siteA.*siteB"):
+                find_pairs(root / "generic")
+            self.assertEqual(len(find_pairs(root / "generic" / "siteA")), 1)  # one of them alone is a pair folder
+            # hidden files and folders: ignored
+            flat = root / "flat"
+            for name in ("00.nii.gz", "01.nii.gz"):
+                write(flat / "MRI" / name, 4)
+                write(flat / "CT" / name, 5)
+            for side in ("MRI", "CT"):
+                (flat / side / "._00.nii.gz").write_bytes(b"\x00\x05\x16\x07" + bytes(80))  # AppleDouble
+                (flat / side / ".DS_Store").write_bytes(b"junk")
+            (flat / ".ipynb_checkpoints").mkdir()
+            self.assertEqual([a.name for a, _ in find_pairs(flat)], ["00.nii.gz", "01.nii.gz"])
+            self.assertEqual(len(load_pairs(flat)), 2)
+            # an image without a partner of its name is named
+            write(flat / "MRI" / "02.nii.gz", 6)
+            write(flat / "CT" / "02.nii", 7)
+            with self.assertWarnsRegex(UserWarning, r"2 image\(s\).*no partner.*02\.nii\.gz.*02\.nii'"):
+                self.assertEqual(len(find_pairs(flat)), 2)
+            (flat / "MRI" / "02.nii.gz").unlink()
+            (flat / "MRI" / "02.nii").write_bytes((flat / "CT" / "02.nii").read_bytes())
+            self.assertEqual(len(find_pairs(flat)), 3)
+
     def test_pairs_cached_on_disk_train_the_same_weights(self):
         """load_pairs held every pair in memory (64 MB per 256^3 volume): cache_dir maps them from disk."""
         from MultimodalFusionLib.fusion.deep import TrainingConfig, train_fusion

@@ -3,7 +3,11 @@
 - A *pairs folder* holds, anywhere below it, folders with exactly two sub-folders whose files with
   the same name form a pair (``MRI_CT/MRI/11.png`` + ``MRI_CT/CT/11.png``), 2D images or 3D volumes.
   The first sub-folder in alphabetical order is the first (anatomical) input unless it is named
-  like a functional modality (CT, PET, SPECT), which then goes second.
+  like a functional modality (CT, PET, SPECT), which then goes second. Two sub-folders named after
+  a modality (:data:`MODALITY_FOLDERS`: MRI, CT, PET, T1, ...) pair their files by the path below
+  them, so cases in sub-folders of each (``MRI/p1/scan.nii.gz`` + ``CT/p1/scan.nii.gz``) pair up;
+  other folders pair only the files directly inside them. Hidden files and folders (``.DS_Store``,
+  macOS's ``._name`` copies, ``.ipynb_checkpoints``) are ignored.
 - :func:`synthetic_pairs` makes redistributable multi-contrast pairs from the MNI152 template and
   tissue maps that nilearn carries (T1/T2/PD/FLAIR against CT/PET/T2...), used to train the
   shipped default weights.
@@ -13,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,9 +36,13 @@ __all__ = [
     "synthetic_pairs",
     "augmentation",
     "SYNTHETIC_PAIRS",
+    "MODALITY_FOLDERS",
 ]
 
 _SECOND = ("ct", "pet", "spect", "functional", "b")
+#: Folder names (compared in lower case) that name a modality: two such sub-folders pair their images by
+#: their path below them (``MRI/p1/scan.nii.gz`` + ``CT/p1/scan.nii.gz``), not by the files directly inside.
+MODALITY_FOLDERS = ("mri", "mr", "t1", "t1w", "t2", "t2w", "pd", "flair", "anatomical", "a") + _SECOND
 #: (first, second) contrasts of the synthetic training pairs (data.synthetic_contrast names).
 SYNTHETIC_PAIRS = (("t1", "ct"), ("t2", "ct"), ("pd", "ct"), ("t1", "pet"), ("t2", "pet"), ("flair", "pet"),
                    ("t1", "t2"), ("flair", "t1"), ("t2", "flair"), ("pd", "pet"))
@@ -55,11 +64,43 @@ def _is_image(name: str) -> bool:
     return any(low.endswith(ext) for ext in IMAGE_EXTENSIONS)
 
 
+def _hidden(name: str) -> bool:
+    """A hidden file or folder: ``.DS_Store``, macOS's AppleDouble ``._scan.nii.gz`` (not an image, but named
+    like one: every file copied from a Mac to some disks has one), ``.ipynb_checkpoints``, ``.git``."""
+    return name.startswith(".")
+
+
+def _sub_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name))
+
+
+def _images_in(folder: Path, recursive: bool) -> dict[str, Path]:
+    """The image files in ``folder`` (below it too if ``recursive``), keyed by their path relative to it."""
+    found: dict[str, Path] = {}
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not _hidden(d)) if recursive else []
+        for name in files:
+            if not _hidden(name) and _is_image(name):
+                path = Path(here, name)
+                found[path.relative_to(folder).as_posix()] = path
+    return found
+
+
+def _is_modality(folder: Path) -> bool:
+    return folder.name.lower() in MODALITY_FOLDERS
+
+
 def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
     """All (first, second) image file pairs below ``folder`` (see the module docstring).
 
+    An image of a pair folder without its partner (``MRI/07.nii.gz`` next to ``CT/07.nii``) is not trained
+    on, with a warning naming it.
+
     Raises:
-        InputError: the folder does not exist or holds no pair.
+        InputError: the folder does not exist or holds no pair, or its layout reads two ways: two
+            sub-folders whose own two sub-folders have the same names and files (``A/{X,Y}/01.png`` and
+            ``B/{X,Y}/01.png``: modalities X and Y of cases A and B, or modalities A and B of cases X and Y)
+            where neither pair of names is a modality's.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -67,26 +108,75 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
                          "Give a folder with two sub-folders (e.g. MRI/ and CT/) of images with matching names.")
     pairs: list[tuple[Path, Path]] = []
     skipped: list[str] = []
-    for parent in sorted([root] + [p for p in root.rglob("*") if p.is_dir()]):
-        subs = sorted(p for p in parent.iterdir() if p.is_dir())
+    unmatched: list[str] = []
+    claimed: list[Path] = []  # modality folders, whose whole trees are one side of a pair folder
+    folders = [root]
+    for here, dirs, _ in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        folders += [Path(here, d) for d in dirs]
+    for parent in sorted(folders):
+        if any(c == parent or c in parent.parents for c in claimed):
+            continue
+        subs = _sub_folders(parent)
         if len(subs) != 2:
-            if len(subs) > 2 and any(_is_image(f.name) for d in subs for f in d.iterdir() if f.is_file()):
+            if len(subs) > 2 and any(_images_in(d, recursive=False) for d in subs):
                 skipped.append(f"'{parent}' ({len(subs)} sub-folders: {', '.join(d.name for d in subs[:4])})")
             continue
         first, second = subs
         if first.name.lower() in _SECOND and second.name.lower() not in _SECOND:
             first, second = second, first
-        names_a = {p.name for p in first.iterdir() if p.is_file() and _is_image(p.name)}
-        names_b = {p.name for p in second.iterdir() if p.is_file() and _is_image(p.name)}
-        pairs.extend((first / n, second / n) for n in sorted(names_a & names_b))
+        # MRI/ and CT/ holding a folder per case: pair MRI/p1/x with CT/p1/x. Matching only the files
+        # directly inside took MRI/ itself, with its two case folders p1/ and p2/, for a pair folder and
+        # trained on MRI/p1/x + MRI/p2/x (and CT/p1/x + CT/p2/x) without a word
+        by_path = _is_modality(first) or _is_modality(second)
+        if by_path:
+            claimed += [first, second]
+        else:
+            _refuse_two_readings(root, parent, first, second)
+        images_a, images_b = _images_in(first, by_path), _images_in(second, by_path)
+        pairs.extend((images_a[n], images_b[n]) for n in sorted(images_a.keys() & images_b.keys()))
+        unmatched += [str(images[n]) for images in (images_a, images_b)
+                      for n in sorted(images.keys() - (images_b if images is images_a else images_a).keys())]
     if not pairs:
         why = (f" Skipped, because a pair folder must hold exactly two image sub-folders: {'; '.join(skipped[:3])}."
                if skipped else "")
-        raise InputError(f"No image pairs found below '{root}'.{why}",
+        alone = (f" No image has a partner of the same name: {_listed(unmatched)}." if unmatched else "")
+        raise InputError(f"No image pairs found below '{root}'.{why}{alone}",
                          "Put pairs in two sub-folders with matching file names, e.g. DIR/MRI/01.png and "
                          "DIR/CT/01.png (2D images or 3D volumes); for three modalities make one folder per "
                          "pairing (e.g. DIR/mr_ct/{MRI,CT}, DIR/mr_pet/{MRI,PET}).")
+    if unmatched:
+        # a partner saved under another extension or name (01.nii.gz vs 01.nii) silently left the pair out
+        warnings.warn(f"{len(unmatched)} image(s) below '{root}' have no partner of the same name in the other "
+                      f"sub-folder and are not trained on: {_listed(unmatched)}.", stacklevel=2)
     return pairs
+
+
+def _listed(paths: Sequence[str], most: int = 5) -> str:
+    return ", ".join(f"'{p}'" for p in paths[:most]) + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
+def _refuse_two_readings(root: Path, parent: Path, first: Path, second: Path) -> None:
+    """Refuse ``G/A/{X,Y}`` (the pair folder ``parent`` = ``G/A``) when ``G`` holds only ``A`` and ``B`` and
+    ``B/{X,Y}`` has files of ``A``'s names: cases A, B of modalities X, Y, or modalities A, B of cases X, Y;
+    matching the files inside X/ and Y/ would take the second reading's MRI/p1/x + MRI/p2/x for pairs. Only
+    inside ``root``: the folders beside the pairs folder given are not the user's training data."""
+    grand = parent.parent
+    if parent == root or len(_sub_folders(grand)) != 2:
+        return
+    sibling = next(d for d in _sub_folders(grand) if d != parent)
+    names = {d.name for d in _sub_folders(sibling)}
+    if names != {first.name, second.name}:
+        return
+    shared = set(_images_in(first, False)) & set(_images_in(sibling / first.name, False))
+    if shared:
+        raise InputError(f"The pairs folder '{grand}' reads two ways: '{parent.name}/' and '{sibling.name}/' each "
+                         f"hold '{first.name}/' and '{second.name}/' with the same file names (e.g. "
+                         f"'{sorted(shared)[0]}'): cases {parent.name} and {sibling.name} of two modalities, or two "
+                         f"modalities {parent.name} and {sibling.name} of cases {first.name} and {second.name}.",
+                         "Name the two modality folders after their modality (MRI, CT, PET, SPECT, T1, T2, FLAIR, "
+                         "...: such folders pair their files by the path below them), or give the files of different "
+                         "cases different names.")
 
 
 def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
