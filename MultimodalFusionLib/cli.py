@@ -714,6 +714,10 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_weights(args.init, spatial_dims=args.spatial_dims)[0] if args.init else None
+    if resumed is not None:  # before the pairs are read: a 3D checkpoint's pairs are read as volumes
+        from .fusion.deep.training import check_init_matches
+
+        check_init_matches(resumed, model)
     dims = (resumed.architecture.spatial_dims if resumed is not None
             else model.config.spatial_dims if model is not None else args.spatial_dims or 2)
     pairs = load_pairs(args.pairs, cache_dir=args.cache_dir, spatial_dims=dims)

@@ -75,8 +75,8 @@ class TrainingDataTest(unittest.TestCase):
 
     def test_pair_folders_cases_hidden_files_and_images_without_a_partner(self):
         """MRI/{p1,p2} + CT/{p1,p2} trained on MRI-with-MRI and CT-with-CT pairs without a word; macOS's
-        ._name files and a .ipynb_checkpoints folder stopped training; and an image without a partner was dropped
-        silently."""
+        ._name files and a .ipynb_checkpoints folder stopped training; an image without a partner was dropped
+        silently; a 2D pair for a 3D network was refused only after every pair was read, naming no file."""
         from MultimodalFusionLib.fusion.deep.data import find_pairs, load_pairs
 
         def write(path: Path, seed: int, shape=(12, 12)) -> None:
@@ -118,6 +118,9 @@ class TrainingDataTest(unittest.TestCase):
             (flat / "MRI" / "02.nii.gz").unlink()
             (flat / "MRI" / "02.nii").write_bytes((flat / "CT" / "02.nii").read_bytes())
             self.assertEqual(len(find_pairs(flat)), 3)
+            # a 2D pair for a 3D network: named
+            with self.assertRaisesRegex(InputError, "'.*MRI/00.nii.gz' \\+ '.*CT/00.nii.gz' is 2D"):
+                load_pairs(flat, spatial_dims=3)
 
     def test_pairs_cached_on_disk_train_the_same_weights(self):
         """load_pairs held every pair in memory (64 MB per 256^3 volume): cache_dir maps them from disk."""

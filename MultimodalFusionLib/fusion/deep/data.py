@@ -196,9 +196,10 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
             gives its acquired slices, not 1 x 5 mm cuts across them. 3: the arrays as stored.
 
     Raises:
-        InputError: an unreadable, empty or non-finite image, or a pair whose two images are not on
+        InputError: an unreadable, empty or non-finite image, a pair whose two images are not on
             one grid (size, spacing, origin or direction): the network sees voxel arrays, so a pair
-            of the same size placed differently would teach it from misaligned images.
+            of the same size placed differently would teach it from misaligned images; or a 2D pair
+            for a 3D network (``spatial_dims=3``).
     """
     from ...io import read_image
     from ...validation import check_image
@@ -210,6 +211,12 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
         check_image(a, f"training image '{pa}'")
         check_image(b, f"training image '{pb}'")
         check_same_grid(a, b, f"training image '{pa}'", f"training image '{pb}'")
+        if spatial_dims == 3 and a.GetDimension() != 3:
+            # to_training_samples refused it after every pair had been read, naming no file
+            raise InputError(f"The training pair '{pa}' + '{pb}' is {a.GetDimension()}D; a 3D network is trained on "
+                             "3D volumes only.",
+                             "Move the 2D images out of the pairs folder, or train a 2D network (--spatial-dims 2: "
+                             "volumes are cut into slices) on them all.")
         # to_training_samples cuts a volume along axis 0: for a 2D network, the acquisition's slice axis
         axis = slice_axis(a.GetSpacing()[::-1]) if a.GetDimension() == 3 and spatial_dims == 2 else 0
         pair = tuple(normalize(sitk.GetArrayFromImage(img))[0] for img in (a, b))

@@ -112,6 +112,20 @@ def check_resumable(path: Any, saved: dict[str, Any], tcfg: TrainingConfig, done
                          f"Give --epochs {done} to write its weights as they are, or more to train on.")
 
 
+def check_init_matches(run: ResumedRun, model: Any) -> None:
+    """Refuse a network to train (``--init``) of another architecture than the checkpoint's (None: none given).
+
+    load_state_dict would fail with torch's list of every mismatched tensor.
+    """
+    config = run.architecture
+    if model is not None and model.config != config:
+        raise InputError(f"The checkpoint '{run.path}' holds a {config.spatial_dims}D network "
+                         f"({config.to_dict()}) but the network to train is "
+                         f"{model.config.spatial_dims}D ({model.config.to_dict()}).",
+                         "Resume without --init (the checkpoint holds the weights), or give --init weights "
+                         "of the checkpoint's architecture.")
+
+
 @dataclasses.dataclass
 class ResumedRun:
     """A training checkpoint, read and checked once by :func:`open_resume`: what a resumed run continues.
@@ -291,13 +305,7 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
     if resume is not None:
         run = resume if isinstance(resume, ResumedRun) else open_resume(resume)
         config = run.architecture
-        if model is not None and model.config != config:
-            # load_state_dict would fail with torch's list of every mismatched tensor
-            raise InputError(f"The checkpoint '{run.path}' holds a {config.spatial_dims}D network "
-                             f"({config.to_dict()}) but the network to train is "
-                             f"{model.config.spatial_dims}D ({model.config.to_dict()}).",
-                             "Resume without --init (the checkpoint holds the weights), or give --init weights "
-                             "of the checkpoint's architecture.")
+        check_init_matches(run, model)
         start_epoch = run.epochs_done
         history = list(run.history)
         check_resumable(run.path, run.training, tcfg, start_epoch)
