@@ -107,6 +107,18 @@ class WebAppTest(unittest.TestCase):
         self.app._save_upload("fixed", [{"name": "..", "content": b"x"}])
         self.assertIn("no usable name", self.app.state.error_message)
 
+    def test_an_upload_the_server_cannot_store_is_refused_in_the_panel(self) -> None:
+        # 100 CJK characters are 307 bytes in UTF-8: Linux's file names stop at 255 bytes, Windows' at 255
+        # characters. The OSError escaped the upload handler: nothing in the page, a folder left behind
+        state = self.app.state
+        state.fixed_path, state.error_message = self.fixed_path, ""
+        before = sorted(os.listdir(self.workdir))
+        self.app._save_upload("fixed", [{"name": "\u56fe" * 100 + ".nii.gz", "content": b"x"}])
+        self.assertIn("Could not store the uploaded file", state.error_message)
+        self.assertIn("shorter name", state.error_message)
+        self.assertEqual(state.fixed_path, self.fixed_path)
+        self.assertEqual(sorted(os.listdir(self.workdir)), before)
+
     def test_header_and_data_upload_is_read_by_its_header(self) -> None:
         # an .mhd + .raw pair (any order) is given by the header's path, not read as a DICOM folder
         pair = self.root / "pair"

@@ -19,6 +19,7 @@ is the same public function the CLI and the Slicer module use: ``io.read_image``
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -534,6 +535,12 @@ class FusionWebApp:
         from trame.app.file_upload import ClientFile
 
         folder = Path(tempfile.mkdtemp(prefix=f"{role}-", dir=self.workdir))
+
+        def refuse(message: str) -> None:  # nothing of this upload is kept; the path shown stays
+            shutil.rmtree(folder, ignore_errors=True)
+            with self.state:
+                self.state.error_message = message
+
         written = []
         for entry in files:
             upload = ClientFile(entry)
@@ -541,12 +548,16 @@ class FusionWebApp:
             # outside this upload's folder
             name = os.path.basename(str(upload.name).replace("\\", "/"))
             if name in ("", ".", ".."):
-                shutil.rmtree(folder, ignore_errors=True)
-                with self.state:
-                    self.state.error_message = f"An uploaded file has no usable name ({upload.name!r})."
-                return
+                return refuse(f"An uploaded file has no usable name ({upload.name!r}).")
             path = folder / name
-            path.write_bytes(upload.content)
+            try:
+                path.write_bytes(upload.content)
+            except OSError as exc:  # a name too long for the server's file system, a full disk
+                return refuse(str(InputError(
+                    f"Could not store the uploaded file '{name}' on the server ({exc.strerror or exc}).",
+                    "Rename the file (a shorter name) and upload it again." if exc.errno == errno.ENAMETOOLONG
+                    else "Free space in the server's temporary folder (or ask its administrator), then upload "
+                         "it again.")))
             written.append(path)
         headers = [p for p in written if p.name.lower().endswith(_HEADER_SUFFIXES)]
         if len(written) == 1:
