@@ -119,6 +119,18 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual(state.fixed_path, self.fixed_path)
         self.assertEqual(sorted(os.listdir(self.workdir)), before)
 
+    def test_two_uploaded_files_of_one_name_are_refused(self) -> None:
+        # an upload keeps no folders: IM0001 of two series folders (a file dialog's search results) were
+        # written to one path, the second silently replacing the first
+        state = self.app.state
+        state.moving_path, state.error_message = self.moving_path, ""
+        before = sorted(os.listdir(self.workdir))
+        self.app._save_upload("moving", [{"name": "IM0001", "content": b"A"}, {"name": "IM0001", "content": b"B"},
+                                         {"name": "IM0002", "content": b"C"}])
+        self.assertIn("Two uploaded files are named 'IM0001'", state.error_message)
+        self.assertEqual(state.moving_path, self.moving_path)
+        self.assertEqual(sorted(os.listdir(self.workdir)), before)
+
     def test_header_and_data_upload_is_read_by_its_header(self) -> None:
         # an .mhd + .raw pair (any order) is given by the header's path, not read as a DICOM folder
         pair = self.root / "pair"

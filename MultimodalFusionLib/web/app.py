@@ -551,7 +551,14 @@ class FusionWebApp:
                 return refuse(f"An uploaded file has no usable name ({upload.name!r}).")
             path = folder / name
             try:
-                path.write_bytes(upload.content)
+                with open(path, "xb") as out:  # "x": a second file of the name is not written over the first
+                    out.write(upload.content)
+            except FileExistsError:  # files of several folders (a search's results): one would replace the other
+                return refuse(str(InputError(
+                    f"Two uploaded files are named '{name}' (from different folders?); an upload keeps no "
+                    "folders, so one would silently replace the other (a DICOM series missing slices).",
+                    "Upload the files of one folder (one series) at a time, or give the folder's path on "
+                    "the server.")))
             except OSError as exc:  # a name too long for the server's file system, a full disk
                 return refuse(str(InputError(
                     f"Could not store the uploaded file '{name}' on the server ({exc.strerror or exc}).",
