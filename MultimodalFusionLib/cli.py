@@ -583,6 +583,9 @@ def _add_web(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--demo", action="store_true",
                    help="load the demo pair: MNI152 T1 and a misaligned synthetic PET-like image")
     p.add_argument("--open", action="store_true", help="open the system browser on the page")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                   help="a page address allowed to connect besides the server's own, e.g. a reverse proxy's "
+                        "https://fusion.example.org (repeatable); pages of other sites are refused")
     p.set_defaults(func=_run_web)
 
 
@@ -592,16 +595,18 @@ def _run_web(args: argparse.Namespace) -> int:
 
         raise InputError("Give both --fixed and --moving, or neither.", "Add the missing image, or use --demo.")
     try:
-        from .web.app import serve
+        from .web.app import parse_origin, serve
     except ImportError as exc:
         from .errors import InputError
 
         raise InputError(f"The web UI needs trame-slicer ({exc}).",
                          "pip install 'slicer-multimodalfusion[web]'") from exc
+    for origin in args.allow_origin:  # a bad address is an error before the start-up
+        parse_origin(origin)
     port = _free_port(args.host, args.port)  # before the slow start-up, and the real port for --port 0
     print(f"mmfusion web: serving on http://{args.host}:{port}/ (Ctrl+C stops)", file=sys.stderr)
     serve(fixed=args.fixed, moving=args.moving, port=port, host=args.host, demo=args.demo,
-          open_browser=args.open)
+          open_browser=args.open, allowed_origins=args.allow_origin)
     return 0
 
 

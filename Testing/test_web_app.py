@@ -5,6 +5,8 @@ tables, repeated runs and the error banner. ``test_web_browser.py`` covers the p
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io as io_text
 import math
 import os
 import shutil
@@ -608,17 +610,16 @@ class WebAppTest(unittest.TestCase):
 
 @unittest.skipUnless(_HAVE_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
 @unittest.skipUnless(os.name == "posix", "SIGTERM is a POSIX signal")
-class ServerStopTest(unittest.TestCase):
-    """``mmfusion web`` in a subprocess: a SIGTERM leaves no work folder behind, during start-up too (the
-    default action ended the process at once, leaving an empty ``mmfusion-web-*`` folder)."""
+class _WebServerProcess(unittest.TestCase):
+    """A real ``mmfusion web`` in a subprocess, in its own session (it and nothing else is stopped)."""
 
-    def _start(self, tmp: str) -> tuple[subprocess.Popen, str]:
+    def _start(self, tmp: str, *options: str) -> tuple[subprocess.Popen, str]:
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, TMPDIR=tmp, PYTHONUNBUFFERED="1",
                    PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
         log = os.path.join(tmp, "server.log")
         with open(log, "wb") as out:
-            server = subprocess.Popen([sys.executable, "-m", "MultimodalFusionLib.cli", "web", "--port", "0"],
+            server = subprocess.Popen([sys.executable, "-m", "MultimodalFusionLib.cli", "web", "--port", "0", *options],
                                       stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.addCleanup(self._kill, server)
         return server, log
@@ -636,6 +637,11 @@ class ServerStopTest(unittest.TestCase):
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {what} within {timeout} s")
             time.sleep(0.02)
+
+
+class ServerStopTest(_WebServerProcess):
+    """``mmfusion web`` in a subprocess: a SIGTERM leaves no work folder behind, during start-up too (the
+    default action ended the process at once, leaving an empty ``mmfusion-web-*`` folder)."""
 
     def _work_folders(self, tmp: str) -> list[str]:
         return [name for name in os.listdir(tmp) if name.startswith("mmfusion-web-")]
@@ -663,6 +669,56 @@ class ServerStopTest(unittest.TestCase):
             server.wait(timeout=60)
             self.assertEqual(server.returncode, 0, Path(log).read_text())
             self.assertEqual(self._work_folders(tmp), [])
+
+
+@unittest.skipUnless(_HAVE_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
+class CrossSiteConnectionTest(_WebServerProcess):
+    """A page of another site open in the user's browser may not drive ``mmfusion web``: browsers let any
+    page open a WebSocket to 127.0.0.1 and the server accepted it (with trame's public default secret), so
+    such a page could load any server file by path and take the fused image and report. Checked with a real
+    server and aiohttp's WebSocket client, which sends the headers a browser would."""
+
+    def test_only_the_servers_own_page_or_an_allowed_address_may_connect(self) -> None:
+        import aiohttp
+
+        from MultimodalFusionLib import cli
+
+        stderr = io_text.StringIO()
+        with contextlib.redirect_stderr(stderr):  # refused before any start-up
+            self.assertNotEqual(cli.main(["web", "--allow-origin", "fusion.example.org"]), 0)
+        self.assertIn("'fusion.example.org' is not a page address", stderr.getvalue())
+        with tempfile.TemporaryDirectory() as tmp:
+            server, log = self._start(tmp, "--allow-origin", "https://fusion.example.org")
+            self._wait_for(lambda: "App running at" in Path(log).read_text() or server.poll() is not None,
+                           "running server")
+            self.assertIsNone(server.poll(), Path(log).read_text())
+            port = int(Path(log).read_text().split("http://127.0.0.1:")[1].split("/")[0])
+
+            async def connect(origin: str | None, host: str | None = None) -> int:
+                headers = {k: v for k, v in (("Origin", origin), ("Host", host)) if v}
+                async with aiohttp.ClientSession() as session:
+                    try:
+                        async with session.ws_connect(f"ws://127.0.0.1:{port}/ws", headers=headers):
+                            return 101
+                    except aiohttp.WSServerHandshakeError as exc:
+                        return exc.status
+
+            cases = {(f"http://127.0.0.1:{port}", None): 101,  # the page the server sent
+                     (f"http://localhost:{port}", f"localhost:{port}"): 101,
+                     (None, None): 101,  # no Origin: not a browser's page
+                     ("https://fusion.example.org", None): 101,  # --allow-origin: a proxy keeping its Host
+                     ("https://fusion.example.org", "fusion.example.org"): 101,  # ... or passing its own name
+                     ("http://evil.example", None): 403,
+                     ("http://127.0.0.1:9999", None): 403,  # another port is another site
+                     ("null", None): 403,  # a sandboxed frame or a file:// page
+                     (f"http://rebound.example:{port}", f"rebound.example:{port}"): 403}  # DNS rebinding
+            loop = asyncio.new_event_loop()
+            try:
+                got = {case: loop.run_until_complete(connect(*case)) for case in cases}
+            finally:
+                loop.close()
+            self.assertEqual(got, cases)
+            self.assertIn("refused a connection: a page of http://evil.example", Path(log).read_text())
 
 
 class WindowLevelPanelTest(unittest.TestCase):

@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import SimpleITK as sitk
 
@@ -34,7 +34,7 @@ from ..io import missing_data_file
 from ..registration.parameters import INITIALIZER_HELP, INITIALIZERS
 from .offscreen import configure_offscreen_rendering
 
-__all__ = ["FusionWebApp", "serve", "STAGE_CHOICES", "INITIALIZER_CHOICES", "QUAD_LAYOUT_ID"]
+__all__ = ["FusionWebApp", "serve", "parse_origin", "websocket_refusal", "STAGE_CHOICES", "INITIALIZER_CHOICES", "QUAD_LAYOUT_ID"]
 
 logger = logging.getLogger(__name__)
 
@@ -925,7 +925,8 @@ class FusionWebApp:
 
 
 def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 8080, host: str = "127.0.0.1",
-          demo: bool = False, demo_spacing_mm: float = 3.0, open_browser: bool = False) -> None:
+          demo: bool = False, demo_spacing_mm: float = 3.0, open_browser: bool = False,
+          allowed_origins: Sequence[str] = ()) -> None:
     """Start the web application and block until it stops (Ctrl+C).
 
     Args:
@@ -937,7 +938,10 @@ def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 80
         demo: load the demo pair at start.
         demo_spacing_mm: voxel size of the demo images.
         open_browser: open the system browser on the page.
+        allowed_origins: page addresses (``https://fusion.example.org``) allowed to connect besides the
+            server's own, e.g. a reverse proxy's public address when it does not pass the Host header on.
     """
+    allowed = [parse_origin(origin) for origin in allowed_origins]  # a bad address fails before start-up
     configure_offscreen_rendering()
     # trame parses sys.argv for its own options; keep mmfusion's arguments away from it.
     os.environ.setdefault("TRAME_ARGS", "--server")
@@ -945,6 +949,7 @@ def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 80
     # patient files pass through it)
     with _sigterm_exits(), tempfile.TemporaryDirectory(prefix="mmfusion-web-") as workdir:
         app = FusionWebApp(fixed=fixed, moving=moving, demo=demo, demo_spacing_mm=demo_spacing_mm, workdir=workdir)
+        app.ctrl.on_server_bind.add(lambda wslink_server: _guard_websockets(wslink_server.app, host, allowed))
         try:
             app.server.start(port=port, host=host, open_browser=open_browser, timeout=0)
         finally:
@@ -972,3 +977,94 @@ def _sigterm_exits() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def parse_origin(origin: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a page address such as ``https://fusion.example.org`` (the default port filled in).
+
+    Raises:
+        InputError: ``origin`` is not ``http(s)://host[:port]``.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin.strip().rstrip("/"))
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+        raise InputError(f"'{origin}' is not a page address.",
+                         "Give the scheme and host the browser shows, e.g. https://fusion.example.org or "
+                         "http://10.0.0.5:8080.")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def _is_loopback(hostname: str | None) -> bool:
+    import ipaddress
+
+    if not hostname:
+        return False
+    if hostname == "localhost" or hostname.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def websocket_refusal(origin: str | None, host: str | None, listen_host: str,
+                      allowed: Sequence[tuple[str, str, int]] = ()) -> str | None:
+    """Why a browser's WebSocket connection to the server is refused, or None to accept it.
+
+    A browser lets any site's page open a WebSocket to any address and does not ask the server first
+    (no same-origin rule for WebSockets): without this check, a page of another site open in the user's
+    browser could drive the app, which reads any file the server user can, and take the results. So the
+    page must come from this server (its ``Origin`` names the ``Host`` it connects to) or from an address in
+    ``allowed``; and a server listening on a loopback address answers only to a loopback name (a site
+    whose name was made to resolve to 127.0.0.1, DNS rebinding, would pass the first check). A client that
+    sends no ``Origin`` is not a browser's page (a script on the machine) and is let through.
+
+    Args:
+        origin: the handshake's ``Origin`` header.
+        host: its ``Host`` header.
+        listen_host: the interface the server listens on (``--host``).
+        allowed: :func:`parse_origin` of the ``--allow-origin`` addresses.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        host_name, host_port = urlsplit(f"//{host or ''}").hostname, urlsplit(f"//{host or ''}").port
+    except ValueError:
+        return f"Host '{host}' is not an address."
+    if _is_loopback(listen_host) and not _is_loopback(host_name) and host_name not in {a[1] for a in allowed}:
+        return (f"Host '{host}' is not this machine's loopback name: the server listens on {listen_host} only "
+                "(a proxy passing its own name on needs --allow-origin with its address).")
+    if not origin:
+        return None
+    try:
+        scheme, origin_name, origin_port = parse_origin(origin)
+    except InputError:
+        return f"Origin '{origin}' is not a page address."
+    if (scheme, origin_name, origin_port) in allowed:
+        return None
+    if origin_name == host_name and origin_port == (host_port or (443 if scheme == "https" else 80)):
+        return None
+    return (f"a page of {origin} may not connect to this server ({host}): only its own page may, or an "
+            "address given with --allow-origin (a reverse proxy's).")
+
+
+def _guard_websockets(web_app: Any, listen_host: str, allowed: Sequence[tuple[str, str, int]]) -> None:
+    """Refuse (HTTP 403, and a warning in the server log) the WebSocket handshakes :func:`websocket_refusal`
+    refuses. Added to the aiohttp application before the server starts."""
+    from aiohttp import web
+
+    @web.middleware
+    async def guard(request: Any, handler: Any) -> Any:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            why = websocket_refusal(request.headers.get("Origin"), request.headers.get("Host"), listen_host, allowed)
+            if why is not None:
+                logger.warning("refused a connection: %s", why)
+                raise web.HTTPForbidden(text=f"mmfusion web refused the connection: {why}\n")
+        return await handler(request)
+
+    web_app.middlewares.append(guard)
