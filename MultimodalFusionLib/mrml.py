@@ -302,7 +302,9 @@ def volume_node_from_image(image: sitk.Image, scene: Any = None, *, name: str = 
 
     The image's geometry is converted from LPS to RAS exactly; a 2D image becomes a volume
     of one slice. Grey images go to a ``vtkMRMLScalarVolumeNode`` (``vtkMRMLLabelMapVolumeNode``
-    when ``label``), multi-component (RGB) images to a ``vtkMRMLVectorVolumeNode``.
+    when ``label``), multi-component (RGB) images to a ``vtkMRMLVectorVolumeNode``. 64-bit integer
+    voxels (numpy's default integer, which nibabel writes to NIfTI as it is) are stored as doubles, exact
+    up to 2^53: Slicer's slice views cannot reslice 64-bit integers and showed such a volume black.
 
     Args:
         image: the image (LPS).
@@ -323,6 +325,9 @@ def volume_node_from_image(image: sitk.Image, scene: Any = None, *, name: str = 
     if image.GetDimension() != 3:
         raise InputError(f"Only 2D and 3D images can be shown in Slicer (got {image.GetDimension()}D).",
                          "Extract a 3D volume first.")
+    if image.GetPixelID() in (sitk.sitkInt64, sitk.sitkUInt64, sitk.sitkVectorInt64, sitk.sitkVectorUInt64):
+        image = sitk.Cast(image, sitk.sitkFloat64 if image.GetNumberOfComponentsPerPixel() == 1
+                          else sitk.sitkVectorFloat64)
     components = image.GetNumberOfComponentsPerPixel()
     if node is None:
         scene = get_scene(scene)

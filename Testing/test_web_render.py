@@ -177,6 +177,25 @@ class OffscreenViewTest(unittest.TestCase):
         self.assertIsNone(self.viewer.background_window_level)
         self.assertAlmostEqual(self.viewer.current_background_window_level()[0], window0, delta=1e-3 * window0)
 
+    def test_64bit_integer_volumes_are_shown(self):
+        # numpy's default integer, which nibabel writes to NIfTI as it is: Slicer's slice views cannot reslice
+        # 64-bit integers ("Reslicing can only be done on types representable as double") and showed the
+        # anatomy black and no functional overlay, while the web page said "Loading done"
+        from MultimodalFusionLib.web.viewer import capture_view
+
+        shown = capture_view(self.axial)
+        self.addCleanup(self.viewer.show, "registered")
+        self.addCleanup(self.viewer.set_image, "registered", self.registered)
+        self.addCleanup(self.viewer.set_image, "fixed", self.fixed)
+        for pixel in (sitk.sitkInt64, sitk.sitkUInt64):
+            with self.subTest(sitk.GetPixelIDValueAsString(pixel)):
+                self.viewer.set_image("fixed", sitk.Cast(sitk.RescaleIntensity(self.fixed, 0, 1000), pixel))
+                self.viewer.set_image("registered", sitk.Cast(sitk.RescaleIntensity(self.registered, 0, 1000), pixel))
+                self.viewer.show("registered")
+                pixels = capture_view(self.axial)
+                self.assertGreater(pixels.mean(), 0.5 * shown.mean())  # the anatomy, not black
+                self.assertGreater((_colourfulness(pixels) > 40).mean(), 0.5 * (_colourfulness(shown) > 40).mean())
+
     def test_volume_rendering_of_fused_image(self):
         from MultimodalFusionLib.fusion import fuse
         from MultimodalFusionLib.web.viewer import capture_view
