@@ -43,6 +43,13 @@ class ProgressBar:
         self._bar.set_postfix_str(message[:60], refresh=True)
         return True
 
+    def write(self, line: str) -> None:
+        """Print a line to stdout now (above the bar when there is one), flushed: a log file shows it at once."""
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -661,6 +668,12 @@ def _add_train_fusion(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train_fusion)
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
 def _run_train_fusion(args: argparse.Namespace) -> int:
     from .errors import InputError
 
@@ -710,6 +723,10 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
                              f"Leave out --spatial-dims to continue the {resumed_dims}D run (or give "
                              f"--spatial-dims {resumed_dims}), or start a new run without --resume.")
     # (--resume may name the checkpoint itself: continuing a run updates it, as every epoch does)
+    if args.cache_dir and _inside(args.cache_dir, args.pairs):
+        # its cached arrays would be found as pairs by the next run ("No image pairs found ... 3 sub-folders")
+        raise InputError(f"The cache folder '{args.cache_dir}' is inside the pairs folder '{args.pairs}'.",
+                         "Give --cache-dir a folder outside --pairs.")
     with warnings.catch_warnings():  # load_pairs warns of images without a partner (once, not twice)
         warnings.simplefilter("ignore")
         inputs = [p for pair in find_pairs(args.pairs) for p in pair]
@@ -727,17 +744,35 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
             else model.config.spatial_dims if model is not None else args.spatial_dims or 2)
     pairs = load_pairs(args.pairs, cache_dir=args.cache_dir, spatial_dims=dims)
     bar = ProgressBar(desc="train-fusion")
+    done: list[int] = []
+
+    def epoch_line(entry: dict) -> None:
+        bar.write(f"epoch {int(entry['epoch']):3d}  loss {entry['loss']:.4f}")
+
+    def epoch_done(entry: dict) -> None:
+        # as each epoch ends, not at the end of the run: a run logged to a file (no bar) shows its progress,
+        # and a run that fails late leaves its loss history in the log
+        done.append(int(entry["epoch"]))
+        epoch_line(entry)
+
+    for entry in resumed.history if resumed is not None else ():  # the epochs the checkpoint holds
+        epoch_line(entry)
     try:
         result = train_fusion(pairs, config=FusionNetConfig(spatial_dims=args.spatial_dims or 2), training=tcfg,
-                              checkpoint=checkpoint, resume=resumed, progress=bar, model=model)
+                              checkpoint=checkpoint, resume=resumed, progress=bar, model=model,
+                              on_epoch=epoch_done)
+    except KeyboardInterrupt:
+        bar.close()  # before the line, which the bar would overwrite
+        if done:  # where the run can go on from: the checkpoint of the last whole epoch
+            print(f"mmfusion train-fusion: the checkpoint '{checkpoint}' holds epoch {done[-1]}; go on with the "
+                  f"same command and --resume '{checkpoint}'", file=sys.stderr)
+        raise
     finally:
         bar.close()
     save_weights(result.model, args.output,
                  training={"pairs": os.path.abspath(args.pairs), "n_pairs": len(pairs), "training": tcfg.to_dict(),
                            "seconds": round(result.seconds, 1), "device": result.device,
                            "final_loss": result.history[-1] if result.history else None})
-    for h in result.history:
-        print(f"epoch {h['epoch']:3d}  loss {h['loss']:.4f}")
     print(f"trained on {len(pairs)} pairs ({result.device}, {result.seconds:.1f} s) -> {args.output} "
           f"(checkpoint {checkpoint})")
     return 0

@@ -71,6 +71,69 @@ class TrainFusionCliTest(unittest.TestCase):
             with redirect_stdout(io.StringIO()):
                 self.assertEqual(main(common[:-1] + ["1,x"]), 2)
 
+    def test_epochs_are_logged_as_they_end_and_ctrl_c_names_the_checkpoint(self):
+        """A run logged to a file (stdout not a terminal: no bar) prints each epoch's line as it ends, not all at
+        the end (a long run showed nothing until it finished, and a late failure left no loss history); Ctrl-C
+        names the checkpoint to --resume from, and that checkpoint goes on."""
+        import signal
+        import subprocess
+        import sys
+        import threading
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            _write_pairs(tmp / "pairs")
+            model = str(tmp / "m.safetensors")
+            common = ["train-fusion", "--pairs", str(tmp / "pairs"), "--output", model, "--patch-size", "32",
+                      "--batch-size", "2", "--samples-per-epoch", "2", "--seed", "3", "--device", "cpu",
+                      "--threads", "1"]
+            env = dict(os.environ, PYTHONUNBUFFERED="")  # stdout to a pipe is block-buffered, as to a log file
+            env.pop("PYTHONUNBUFFERED")
+            proc = subprocess.Popen([sys.executable, "-m", "MultimodalFusionLib.cli"] + common + ["--epochs", "100000"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                    cwd=str(Path(__file__).resolve().parents[1]))
+            first: list[str] = []
+            reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
+            reader.start()
+            reader.join(120)
+            try:
+                self.assertTrue(first and first[0].startswith("epoch   1  loss"), first)
+                self.assertIsNone(proc.poll())  # still training: the line came as the epoch ended
+            finally:
+                proc.send_signal(signal.SIGINT)
+                _, err = proc.communicate(timeout=120)
+            self.assertEqual(proc.returncode, 130, err)
+            ckpt = model + ".ckpt.pt"
+            self.assertIn(f"the checkpoint '{ckpt}' holds epoch", err)
+            self.assertIn(f"--resume '{ckpt}'", err)
+            done = int(err.split("holds epoch ")[1].split(";")[0])
+            with redirect_stdout(io.StringIO()) as out:
+                self.assertEqual(main(common + ["--epochs", str(done + 1), "--resume", ckpt]), 0)
+            self.assertIn(f"epoch {done + 1:3d}  loss", out.getvalue())
+
+    def test_a_checkpoint_given_as_weights_and_a_cache_inside_the_pairs_are_named(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            _write_pairs(tmp / "pairs")
+            model = str(tmp / "m.safetensors")
+            common = ["train-fusion", "--pairs", str(tmp / "pairs"), "--patch-size", "32", "--batch-size", "2",
+                      "--samples-per-epoch", "2", "--seed", "3", "--device", "cpu", "--epochs", "1"]
+            with redirect_stdout(io.StringIO()):
+                self.assertEqual(main(common + ["--output", model]), 0)
+            ckpt = model + ".ckpt.pt"
+            # --init (or fuse --model) given the checkpoint: it was "not a readable safetensors weights file"
+            with redirect_stderr(io.StringIO()) as err:
+                self.assertEqual(main(common + ["--output", str(tmp / "n.safetensors"), "--init", ckpt]), 2)
+            self.assertIn("is a torch file (a train-fusion checkpoint?)", err.getvalue())
+            self.assertIn(f"--resume {ckpt}", err.getvalue())
+            # a cache inside the pairs: the next run read its arrays as pairs ("No image pairs found")
+            cache = tmp / "pairs" / "cache"
+            with redirect_stderr(io.StringIO()) as err:
+                self.assertEqual(main(common + ["--output", str(tmp / "c.safetensors"), "--cache-dir", str(cache)]),
+                                 2)
+            self.assertIn("is inside the pairs folder", err.getvalue())
+            self.assertFalse(cache.exists())
+
     def test_only_the_command_retunes_the_process_allocator(self):
         # a library call (Slicer, the web app, a script) leaves glibc's malloc alone; mmfusion owns its
         # process while a command runs, but not `mmfusion web` (the web app), and main() called from a

@@ -17,7 +17,7 @@ import numbers
 import os
 import random
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -266,7 +266,8 @@ def _caller_random_state_kept(torch: Any) -> Iterator[None]:
 def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: FusionNetConfig | None = None,
                  training: TrainingConfig | None = None, checkpoint: str | os.PathLike | None = None,
                  resume: str | os.PathLike | ResumedRun | None = None, progress: ProgressCallback | None = None,
-                 model: Any = None, amp: bool | None = None) -> TrainingResult:
+                 model: Any = None, amp: bool | None = None,
+                 on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainingResult:
     """Train a fusion network on normalised image pairs with the unsupervised loss.
 
     Args:
@@ -281,6 +282,8 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
         model: an existing network to fine-tune instead of a new one.
         amp: None (default): float16 autocast with a GradScaler on CUDA only; True/False force it on or off
             (True on the CPU runs the CUDA path under CPU autocast with a CPU GradScaler, as the tests do).
+        on_epoch: called after each epoch (and its checkpoint) with that epoch's history entry
+            (``epoch``, ``loss``, the loss terms, ``seconds``), e.g. to log it as it happens.
 
     Returns:
         TrainingResult with the network (CPU, eval mode) and the per-epoch loss history.
@@ -391,6 +394,8 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
             if checkpoint is not None:
                 save_checkpoint(checkpoint, model=model, optimizer=optimizer, epoch=epoch,
                                 state={"history": history, "training": tcfg.to_dict()}, scaler=scaler)
+            if on_epoch is not None:
+                on_epoch(entry)
         model.to("cpu").eval()
         report(progress, 1.0, "training done")
         return TrainingResult(model=model, history=history, seconds=time.perf_counter() - t0, device=device.type)

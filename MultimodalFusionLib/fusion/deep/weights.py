@@ -86,6 +86,17 @@ def save_weights(model: Any, path: str | os.PathLike, *, training: dict[str, Any
     return os.fspath(path)
 
 
+def _is_torch_file(path: str) -> bool:
+    """Whether ``path`` is a ``torch.save`` file (a zip archive holding ``data.pkl``), as checkpoints are."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The checked metadata header of a weights file (no tensors are loaded).
 
@@ -101,6 +112,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(path, framework="pt") as f:
             meta = dict(f.metadata() or {})
     except Exception as exc:  # safetensors raises its own error types for truncated/garbage files
+        if _is_torch_file(path):  # e.g. the MODEL.safetensors.ckpt.pt that train-fusion writes beside MODEL
+            raise InputError(f"'{path}' is a torch file (a train-fusion checkpoint?), not a safetensors weights "
+                             "file.", "Give the MODEL.safetensors that train-fusion wrote beside the checkpoint; "
+                             f"to go on training from the checkpoint, use 'mmfusion train-fusion --resume {path}'."
+                             ) from exc
         raise InputError(f"'{path}' is not a readable safetensors weights file ({type(exc).__name__}: "
                          f"{str(exc)[:120]}); it may be corrupted or truncated.", _FIX_DEFAULT) from exc
     if meta.get("format") != FORMAT_NAME:
