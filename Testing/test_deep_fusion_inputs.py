@@ -99,6 +99,12 @@ class TrainingDataTest(unittest.TestCase):
             with self.assertRaisesRegex(InputError, "reads two ways.*siteA.*siteB"):
                 find_pairs(root / "generic")
             self.assertEqual(len(find_pairs(root / "generic" / "siteA")), 1)  # one of them alone is a pair folder
+            # A/ and B/ name no modality either: taken for modalities, they paired A/X + B/X (before: A/X + A/Y)
+            for case in ("A", "B"):
+                for side in ("X", "Y"):
+                    write(root / "ab" / case / side / "01.nii.gz", 3)
+            with self.assertRaisesRegex(InputError, "reads two ways.*'A/' and 'B/'"):
+                find_pairs(root / "ab")
             # hidden files and folders: ignored
             flat = root / "flat"
             for name in ("00.nii.gz", "01.nii.gz"):
