@@ -105,6 +105,18 @@ class TrainingDataTest(unittest.TestCase):
                     write(root / "ab" / case / side / "01.nii.gz", 3)
             with self.assertRaisesRegex(InputError, "reads two ways.*'A/' and 'B/'"):
                 find_pairs(root / "ab")
+            # case folders linked in (ln -s /data/p3 MRI/p3) are cases, a link back up is not walked forever, and
+            # a link to nothing is no image (os.walk had skipped linked folders and lists broken links as files)
+            if hasattr(os, "symlink"):
+                for side, seed in (("MRI", 1), ("CT", 2)):
+                    write(root / "store" / side / "p3" / "scan.nii.gz", seed)
+                    (root / "cases" / side / "p3").symlink_to(root / "store" / side / "p3", target_is_directory=True)
+                    store = root / "store" / side / "p3"
+                    (store / "again").symlink_to(store, target_is_directory=True)  # a loop
+                    (root / "cases" / side / "p4.nii.gz").symlink_to(root / "gone.nii.gz")
+                found = [a.relative_to(root).as_posix() for a, _ in find_pairs(root / "cases")]
+                self.assertEqual(found, [f"cases/MRI/{case}/scan.nii.gz" for case in ("p1", "p2", "p3")])
+                self.assertEqual(len(load_pairs(root / "cases")), 3)
             # hidden files and folders: ignored
             flat = root / "flat"
             for name in ("00.nii.gz", "01.nii.gz"):

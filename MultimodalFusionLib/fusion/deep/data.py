@@ -80,11 +80,16 @@ def _sub_folders(folder: Path) -> list[Path]:
 def _images_in(folder: Path, recursive: bool) -> dict[str, Path]:
     """The image files in ``folder`` (below it too if ``recursive``), keyed by their path relative to it."""
     found: dict[str, Path] = {}
-    for here, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not _hidden(d)) if recursive else []
+    seen: set[str] = set()  # folders walked (real paths): a link to a folder above is not walked again
+    # followlinks: a case folder linked in (ln -s /data/p07 MRI/p07) is a case; os.walk had skipped it
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        seen.add(os.path.realpath(here))
+        dirs[:] = sorted(d for d in dirs if not _hidden(d) and os.path.realpath(os.path.join(here, d)) not in seen
+                         ) if recursive else []
         for name in files:
-            if not _hidden(name) and _is_image(name):
-                path = Path(here, name)
+            path = Path(here, name)
+            # a link to nothing is not an image: it was left out before, where os.walk now lists it
+            if not _hidden(name) and _is_image(name) and path.is_file():
                 found[path.relative_to(folder).as_posix()] = path
     return found
 
