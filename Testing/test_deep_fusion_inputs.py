@@ -105,6 +105,14 @@ class TrainingDataTest(unittest.TestCase):
                     write(root / "ab" / case / side / "01.nii.gz", 3)
             with self.assertRaisesRegex(InputError, "reads two ways.*'A/' and 'B/'"):
                 find_pairs(root / "ab")
+            # BIDS's folder names (sub-01/{anat,func}) name modalities: two subjects are not read two ways
+            for case in ("sub-01", "sub-02"):
+                for side, seed in (("anat", 1), ("func", 2)):
+                    write(root / "bids" / case / side / "01.nii.gz", seed)
+            found = [(a.relative_to(root).as_posix(), b.relative_to(root).as_posix())
+                     for a, b in find_pairs(root / "bids")]
+            self.assertEqual(found, [(f"bids/{c}/anat/01.nii.gz", f"bids/{c}/func/01.nii.gz")
+                                     for c in ("sub-01", "sub-02")])
             # case folders linked in (ln -s /data/p3 MRI/p3) are cases, a link back up is not walked forever, and
             # a link to nothing is no image (os.walk had skipped linked folders and lists broken links as files)
             if hasattr(os, "symlink"):

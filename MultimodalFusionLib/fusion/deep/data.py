@@ -39,12 +39,12 @@ __all__ = [
     "MODALITY_FOLDERS",
 ]
 
-_SECOND = ("ct", "pet", "spect", "functional", "b")
+_SECOND = ("ct", "pet", "spect", "functional", "func", "b")
 #: Folder names (compared in lower case) that name a modality: two such sub-folders pair their images by
 #: their path below them (``MRI/p1/scan.nii.gz`` + ``CT/p1/scan.nii.gz``), not by the files directly inside.
 #: Not "A" and "B" (ordered by ``_SECOND``, but they name nothing): ``A/{X,Y}`` beside ``B/{X,Y}`` reads two
 #: ways and is refused, where taking A and B for modalities had paired it differently from before without a word.
-MODALITY_FOLDERS = ("mri", "mr", "t1", "t1w", "t2", "t2w", "pd", "flair", "anatomical") + tuple(
+MODALITY_FOLDERS = ("mri", "mr", "t1", "t1w", "t2", "t2w", "pd", "flair", "anatomical", "anat") + tuple(
     name for name in _SECOND if name != "b")
 #: (first, second) contrasts of the synthetic training pairs (data.synthetic_contrast names).
 SYNTHETIC_PAIRS = (("t1", "ct"), ("t2", "ct"), ("pd", "ct"), ("t1", "pet"), ("t2", "pet"), ("flair", "pet"),
