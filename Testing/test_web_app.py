@@ -133,6 +133,72 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual(state.moving_path, self.moving_path)
         self.assertEqual(sorted(os.listdir(self.workdir)), before)
 
+    def _partial_uploads(self) -> list[Path]:
+        return sorted(p for p in self.workdir.iterdir() if p.name.endswith(".partial"))
+
+    def test_an_upload_is_written_as_its_batches_arrive_not_held_until_its_end(self) -> None:
+        # The page sends an upload as batches of whole files (about 10 MB) and then an empty batch. The
+        # server kept every batch until the end and then wrote them: a 1 GB DICOM series cost over 1 GB of RAM
+        import tracemalloc
+
+        state = self.app.state
+        state.moving_path, state.error_message = self.moving_path, ""
+        trigger = self.app._upload_chunk_fn("moving")
+        slice_bytes, per_batch, batches = 512 * 1024, 20, 10  # 100 MiB of "slices", 10 MiB a batch
+
+        def batch(b: int) -> list[dict]:
+            return [{"name": f"IM{b * per_batch + i:05d}", "content": os.urandom(slice_bytes)}
+                    for i in range(per_batch)]
+
+        tracemalloc.start()
+        try:
+            for b in range(batches):
+                self.loop.run_until_complete(trigger(batch(b)))
+                if b == 0:  # on disk already, under a name no path shows: the panel's path is the old one
+                    (partial,) = self._partial_uploads()
+                    self.assertTrue(partial.name.startswith(".moving-"), partial.name)
+                    self.assertEqual(len(os.listdir(partial)), per_batch)
+                    self.assertEqual(state.moving_path, self.moving_path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, 3 * per_batch * slice_bytes, "the server should hold one batch, not the upload")
+        self.loop.run_until_complete(trigger([]))  # the end: renamed, and the panel shows it
+        folder = Path(state.moving_path)
+        self.assertEqual(folder.parent, self.workdir)
+        self.assertTrue(folder.name.startswith("moving-"), folder.name)
+        self.assertEqual(len(os.listdir(folder)), batches * per_batch)
+        self.assertEqual((folder / "IM00199").stat().st_size, slice_bytes)
+        self.assertEqual(self._partial_uploads(), [])
+        self.assertEqual(state.error_message, "")
+
+    def test_an_upload_refused_or_cut_off_midway_leaves_no_files(self) -> None:
+        state = self.app.state
+        trigger = self.app._upload_chunk_fn("fixed")
+        # a name repeated in the second batch: refused at once, the batches after it are not written
+        state.fixed_path, state.error_message = self.fixed_path, ""
+        for k, files in enumerate(([{"name": "IM1", "content": b"A"}], [{"name": "IM1", "content": b"B"}],
+                                   [{"name": "IM2", "content": b"C"}])):
+            self.loop.run_until_complete(trigger(files))
+            # written, then gone when the refusal is shown (not at the end)
+            self.assertEqual(len(self._partial_uploads()), 1 if k == 0 else 0, k)
+        self.assertIn("Two uploaded files are named 'IM1'", state.error_message)
+        self.loop.run_until_complete(trigger([]))
+        self.assertEqual(state.fixed_path, self.fixed_path)
+        self.assertEqual(self._partial_uploads(), [])
+        # the next upload starts afresh
+        state.error_message = ""
+        self.app._save_upload("fixed", [{"name": "IM1", "content": b"D"}])
+        self.assertEqual(state.error_message, "")
+        self.assertEqual(Path(state.fixed_path).read_bytes(), b"D")
+        # a page closed or reloaded midway never sends the end: what it wrote goes when its client exits
+        self.loop.run_until_complete(trigger([{"name": "IM9", "content": b"E"}]))
+        self.assertEqual(len(self._partial_uploads()), 1)
+        self.app._drop_partial_uploads()
+        self.assertEqual(self._partial_uploads(), [])
+        self.loop.run_until_complete(trigger([]))  # a late end changes nothing
+        self.assertEqual(Path(state.fixed_path).read_bytes(), b"D")
+
     def test_header_and_data_upload_is_read_by_its_header(self) -> None:
         # an .mhd + .raw pair (any order) is given by the header's path, not read as a DICOM folder
         pair = self.root / "pair"

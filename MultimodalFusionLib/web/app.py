@@ -139,6 +139,15 @@ def _initializer_text(result: Any) -> str:
     return name
 
 
+class _PendingUpload:
+    """An upload between its first batch of files and its end: the files written so far."""
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None  # ".{role}-*.partial" in the work folder, made at the first file
+        self.written: list[str] = []  # file names, in the order they came
+        self.refused = False  # a file was refused: the folder is gone and the rest is not written
+
+
 class FusionWebApp:
     """The web application: a trame server, a Slicer scene with remote views, the panel.
 
@@ -194,7 +203,7 @@ class FusionWebApp:
         self.fusion_metrics: dict[str, float] = {}
         self._start_fixed, self._start_moving, self._start_demo = fixed, moving, demo
         self._demo_spacing = float(demo_spacing_mm)
-        self._uploads: dict[str, list[dict]] = {"fixed": [], "moving": []}
+        self._uploads: dict[str, _PendingUpload | None] = {"fixed": None, "moving": None}  # in progress
         self._upload_dirs: dict[str, Path] = {}  # each role's last upload (older ones are removed)
         self._stale_uploads: list[Path] = []  # replaced while a job ran (it may be reading them)
         self.names = {"fixed": "", "moving": ""}  # what is loaded (the report names it)
@@ -504,55 +513,73 @@ class FusionWebApp:
 
     def _upload_chunk_fn(self, role: str):
         async def upload_chunk(files: list[dict]) -> None:
-            if files:
-                self._uploads[role].extend(files)
+            if files:  # a batch of whole files (about 10 MB; one larger file alone): to disk now
+                self._write_upload_files(role, files)
                 return
-            files, self._uploads[role] = self._uploads[role], []
-            if files:
-                self._save_upload(role, files)
+            self._finish_upload(role)  # the end of the upload
 
         upload_chunk.__name__ = f"upload_{role}_chunk"
         return upload_chunk
 
     def _drop_partial_uploads(self, **_: Any) -> None:
-        """A page closed or reloaded in the middle of an upload never sends its end: forget its
-        chunks, or they would be merged into the next upload (a stale DICOM series read instead of
-        the file the user then picks)."""
+        """A page closed or reloaded in the middle of an upload never sends its end: remove what it
+        wrote, or it would be merged into the next upload (a stale DICOM series read instead of the
+        file the user then picks) and patient files would stay on the server."""
         for role, pending in self._uploads.items():
-            if pending:
-                logger.info("dropping an unfinished %s upload (%d file(s))", role, len(pending))
-                self._uploads[role] = []
+            if pending is not None:
+                logger.info("dropping an unfinished %s upload (%d file(s))", role, len(pending.written))
+                if pending.folder is not None:
+                    shutil.rmtree(pending.folder, ignore_errors=True)
+                self._uploads[role] = None
 
     def _save_upload(self, role: str, files: list[dict]) -> None:
         """Write uploaded file(s) to the work folder and put the path in the panel (then: Load).
 
-        A DICOM series arrives as several files: they go to one folder, which ``read_image``
-        reads as a series; a single file keeps its name (and so its format suffix). A header
-        with its data file (``.mhd`` + ``.raw``, ``.nhdr`` + ``.raw``, ``.hdr`` + ``.img``) is
-        given by the header's path. The role's previous upload is removed: its image, if
-        loaded, is in memory, and patient files should not pile up on the server.
+        The page sends an upload as batches of files and then an empty one; this is the whole
+        upload in one call (the batches' path: :meth:`_write_upload_files` for each batch as it
+        arrives, :meth:`_finish_upload` at the end).
         """
-        from trame.app.file_upload import ClientFile
+        self._write_upload_files(role, files)
+        self._finish_upload(role)
 
-        folder = Path(tempfile.mkdtemp(prefix=f"{role}-", dir=self.workdir))
+    def _write_upload_files(self, role: str, files: list[dict]) -> None:
+        """Write one batch of an upload's files as it arrives, so the server never holds more than one
+        batch in memory (a 1 GB DICOM series was held whole until its end, then joined).
+
+        They go to a folder named ``.{role}-*.partial`` in the work folder, renamed when the upload
+        ends (:meth:`_finish_upload`): no path ever names a part of an upload. A refused file (no
+        usable name, a second file of a name, one the server cannot store) removes the folder at
+        once, says why in the banner, and the rest of that upload is not written.
+        """
+        pending = self._uploads[role]
+        if pending is None:
+            pending = self._uploads[role] = _PendingUpload()
+        if pending.refused:
+            return
+        if pending.folder is None:
+            pending.folder = Path(tempfile.mkdtemp(prefix=f".{role}-", suffix=".partial", dir=self.workdir))
+        folder = pending.folder
 
         def refuse(message: str) -> None:  # nothing of this upload is kept; the path shown stays
             shutil.rmtree(folder, ignore_errors=True)
+            pending.refused = True
             with self.state:
                 self.state.error_message = message
 
-        written = []
         for entry in files:
-            upload = ClientFile(entry)
+            raw_name = entry.get("name")
             # the browser sends the name: keep only its last part, so "../x" or "/etc/x" cannot write
             # outside this upload's folder
-            name = os.path.basename(str(upload.name).replace("\\", "/"))
+            name = os.path.basename(str(raw_name).replace("\\", "/"))
             if name in ("", ".", ".."):
-                return refuse(f"An uploaded file has no usable name ({upload.name!r}).")
+                return refuse(f"An uploaded file has no usable name ({raw_name!r}).")
+            content = entry.get("content")
             path = folder / name
             try:
                 with open(path, "xb") as out:  # "x": a second file of the name is not written over the first
-                    out.write(upload.content)
+                    # trame's client sends bytes; a list of pieces is written piece by piece (not joined)
+                    for piece in (content if isinstance(content, list) else [content]):
+                        out.write(piece)
             except FileExistsError:  # files of several folders (a search's results): one would replace the other
                 return refuse(str(InputError(
                     f"Two uploaded files are named '{name}' (from different folders?); an upload keeps no "
@@ -565,27 +592,40 @@ class FusionWebApp:
                     "Rename the file (a shorter name) and upload it again." if exc.errno == errno.ENAMETOOLONG
                     else "Free space in the server's temporary folder (or ask its administrator), then upload "
                          "it again.")))
-            written.append(path)
-        headers = [p for p in written if p.name.lower().endswith(_HEADER_SUFFIXES)]
-        if len(written) == 1:
-            target = written[0].as_posix()
-        elif len(headers) == 1:
-            target = headers[0].as_posix()
-        else:
-            target = folder.as_posix()
-        missing = missing_data_file(target)  # the check read_image makes, before the upload is kept
+            pending.written.append(name)
+
+    def _finish_upload(self, role: str) -> None:
+        """The end of an upload: check it, rename its folder to its final name and put the path in the
+        panel (then: Load).
+
+        A DICOM series arrives as several files: they stay in one folder, which ``read_image``
+        reads as a series; a single file keeps its name (and so its format suffix). A header
+        with its data file (``.mhd`` + ``.raw``, ``.nhdr`` + ``.raw``, ``.hdr`` + ``.img``) is
+        given by the header's path. The role's previous upload is removed: its image, if
+        loaded, is in memory, and patient files should not pile up on the server.
+        """
+        pending, self._uploads[role] = self._uploads[role], None
+        if pending is None or pending.refused or pending.folder is None:
+            return  # no files (nothing was selected), or refused already (the banner says why)
+        names = pending.written
+        headers = [n for n in names if n.lower().endswith(_HEADER_SUFFIXES)]
+        target = names[0] if len(names) == 1 else headers[0] if len(headers) == 1 else ""
+        missing = missing_data_file((pending.folder / target).as_posix())  # read_image's check, before it is kept
         if missing:
-            shutil.rmtree(folder, ignore_errors=True)
-            header = Path(target).name
-            fix = f"Upload the two files together (select both '{header}' and '{missing}')."
+            shutil.rmtree(pending.folder, ignore_errors=True)
+            fix = f"Upload the two files together (select both '{target}' and '{missing}')."
             base = os.path.basename(missing.replace("\\", "/"))
             if base != missing:  # uploads keep no folders
                 fix = (f"The header names its data file with a folder, which an upload cannot recreate: give the "
                        f"header's path on the server instead, or edit it to name '{base}'.")
             with self.state:
                 self.state.error_message = str(InputError(
-                    f"'{header}' is a header: its voxels are in '{missing}', which was not uploaded.", fix))
+                    f"'{target}' is a header: its voxels are in '{missing}', which was not uploaded.", fix))
             return
+        # complete: under its final name at once (a name free in the work folder, taken by the rename)
+        folder = Path(tempfile.mkdtemp(prefix=f"{role}-", dir=self.workdir))
+        folder.rmdir()
+        os.rename(pending.folder, folder)
         previous = self._upload_dirs.get(role)
         if previous is not None and previous != folder:
             self._stale_uploads.append(previous)
@@ -595,7 +635,7 @@ class FusionWebApp:
             self._stale_uploads.clear()
         self._upload_dirs[role] = folder
         with self.state:
-            self.state[f"{role}_path"] = target
+            self.state[f"{role}_path"] = (folder / target).as_posix() if target else folder.as_posix()
 
     # ------------------------------------------------------------------ registration
     def start_registration(self) -> None:
