@@ -133,6 +133,21 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual(state.moving_path, self.moving_path)
         self.assertEqual(sorted(os.listdir(self.workdir)), before)
 
+    def test_a_file_the_browser_could_not_read_is_refused_in_the_panel(self) -> None:
+        # trame's page sends content None and the FileReader's error for a file it could not read (moved or
+        # deleted after it was picked, no permission): the TypeError escaped, the page said nothing and an
+        # empty file was left in an upload folder
+        state = self.app.state
+        state.fixed_path, state.error_message = self.fixed_path, ""
+        before = sorted(os.listdir(self.workdir))
+        self.app._save_upload("fixed", [{"name": "IM0001", "content": b"A"},
+                                        {"name": "IM0002", "content": None,
+                                         "error": "The requested file could not be read"}])
+        self.assertIn("could not read the file 'IM0002' (The requested file could not be read)",
+                      state.error_message)
+        self.assertEqual(state.fixed_path, self.fixed_path)
+        self.assertEqual(sorted(os.listdir(self.workdir)), before)
+
     def _partial_uploads(self) -> list[Path]:
         return sorted(p for p in self.workdir.iterdir() if p.name.endswith(".partial"))
 

@@ -574,6 +574,11 @@ class FusionWebApp:
             if name in ("", ".", ".."):
                 return refuse(f"An uploaded file has no usable name ({raw_name!r}).")
             content = entry.get("content")
+            if content is None:  # trame's page sends no content, and the reader's error, for a file it could not read
+                return refuse(str(InputError(
+                    f"The browser could not read the file '{name}' ({entry.get('error') or 'no content sent'}).",
+                    "Check that the file is still there and readable, then upload it again, or give its path "
+                    "on the server.")))
             path = folder / name
             try:
                 with open(path, "xb") as out:  # "x": a second file of the name is not written over the first
