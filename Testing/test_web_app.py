@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -339,6 +340,24 @@ class WebAppTest(unittest.TestCase):
         self.app._save_upload("fixed", [{"name": "..", "content": b"x"}])  # refused: no folder left
         self.assertEqual(sorted(p.name for p in self.workdir.iterdir() if p.name.startswith("moving-")),
                          [Path(self.app.state.moving_path).parent.name])
+
+    def test_an_upload_replaced_while_a_job_runs_is_removed_when_the_job_ends(self) -> None:
+        # it stayed on the server until the next upload or the server's exit, however long that was
+        self.app._save_upload("moving", [{"name": "first.nii.gz", "content": b"1"}])
+        first = Path(self.app.state.moving_path)
+        release = threading.Event()
+
+        async def run() -> None:
+            self.app.worker.start("Loading", lambda progress: release.wait(30))  # as a Load reading `first`
+            self.app._save_upload("moving", [{"name": "second.nii.gz", "content": b"2"}])
+            self.assertTrue(first.is_file(), "a running job may be reading the replaced upload")
+            release.set()
+            await self.app.worker.wait()
+
+        self.loop.run_until_complete(run())
+        self.assertFalse(self.app.state.job_busy)
+        self.assertFalse(first.parent.exists(), "the replaced upload should go when the job ends")
+        self.assertEqual(Path(self.app.state.moving_path).read_bytes(), b"2")
 
     def test_downloads_leave_no_files_on_the_server(self) -> None:
         self._load()

@@ -191,7 +191,7 @@ class FusionWebApp:
         # left-drag in a slice view: the anatomy's window/level, as in Slicer (the panel follows)
         self.viewer.enable_window_level_drag(self._on_dragged_window_level)
         self._background_limits: tuple[float, float, float] | None = None  # (min, max, step) of its voxels
-        self.worker = BackgroundWorker(self.state)
+        self.worker = BackgroundWorker(self.state, on_idle=self._remove_stale_uploads)
 
         # engine objects of the session
         self.fixed_image: sitk.Image | None = None
@@ -205,7 +205,7 @@ class FusionWebApp:
         self._demo_spacing = float(demo_spacing_mm)
         self._uploads: dict[str, _PendingUpload | None] = {"fixed": None, "moving": None}  # in progress
         self._upload_dirs: dict[str, Path] = {}  # each role's last upload (older ones are removed)
-        self._stale_uploads: list[Path] = []  # replaced while a job ran (it may be reading them)
+        self._stale_uploads: list[Path] = []  # replaced while a job ran (it may be reading them): removed at its end
         self.names = {"fixed": "", "moving": ""}  # what is loaded (the report names it)
 
         vr_presets = self.viewer.vr_presets()
@@ -634,13 +634,18 @@ class FusionWebApp:
         previous = self._upload_dirs.get(role)
         if previous is not None and previous != folder:
             self._stale_uploads.append(previous)
-        if not self.state.job_busy:  # a running Load may still be reading a replaced upload: later
-            for stale in self._stale_uploads:
-                shutil.rmtree(stale, ignore_errors=True)
-            self._stale_uploads.clear()
+        if not self.state.job_busy:  # a running Load may still be reading it: when the job ends
+            self._remove_stale_uploads()
         self._upload_dirs[role] = folder
         with self.state:
             self.state[f"{role}_path"] = (folder / target).as_posix() if target else folder.as_posix()
+
+    def _remove_stale_uploads(self) -> None:
+        """Remove the uploads replaced while a job ran; called when the job has ended (they had stayed until
+        the next upload or the server's exit: a patient's files on the server long after they were replaced)."""
+        for stale in self._stale_uploads:
+            shutil.rmtree(stale, ignore_errors=True)
+        self._stale_uploads.clear()
 
     # ------------------------------------------------------------------ registration
     def start_registration(self) -> None:

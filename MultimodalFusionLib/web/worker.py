@@ -44,11 +44,14 @@ class BackgroundWorker:
     Args:
         state: the trame server state (``server.state``).
         flush_interval: minimum seconds between two progress flushes to the browser.
+        on_idle: called on the loop's thread after each job has ended (and ``job_busy`` is False),
+            e.g. to remove files a job may have been reading.
     """
 
-    def __init__(self, state: Any, *, flush_interval: float = 0.15):
+    def __init__(self, state: Any, *, flush_interval: float = 0.15, on_idle: Callable[[], None] | None = None):
         self.state = state
         self.flush_interval = float(flush_interval)
+        self.on_idle = on_idle
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmfusion-web-job")
         self._busy_notice: str | None = None
         self._cancel = threading.Event()
@@ -163,3 +166,8 @@ class BackgroundWorker:
                 self.state.error_message = error
             elif self.state.error_message and self.state.error_message == self._busy_notice:
                 self.state.error_message = ""  # "still running" no longer holds
+        if self.on_idle is not None:
+            try:
+                self.on_idle()
+            except Exception:  # pragma: no cover - clean-up must not break the next job
+                logger.exception("clean-up after %s failed", label)
