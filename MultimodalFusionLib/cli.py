@@ -47,6 +47,7 @@ class ProgressBar:
         """Print a line to stdout now (above the bar when there is one), flushed: a log file shows it at once."""
         if self._bar is not None:
             self._bar.write(line, file=sys.stdout)
+            sys.stdout.flush()  # tqdm's write does not flush: to a file, the lines came in 8 KB blocks
         else:
             print(line, flush=True)
 

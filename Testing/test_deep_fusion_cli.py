@@ -240,5 +240,24 @@ class TrainFusionDefaultsTest(unittest.TestCase):
                 self.assertEqual(getattr(api, field), cli_defaults[field])
 
 
+class EpochLineFlushTest(unittest.TestCase):
+    def test_a_line_written_above_the_bar_reaches_a_log_file_at_once(self):
+        """MMFUSION_PROGRESS=1 forces the bar with stdout logged to a file: each epoch line must be on disk as
+        it is written (tqdm's write does not flush, so the lines came in 8 KB blocks, a short run's at its end)."""
+        from unittest import mock
+
+        from MultimodalFusionLib.cli import ProgressBar
+
+        with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {"MMFUSION_PROGRESS": "1"}):
+            log = Path(tmp) / "log.txt"
+            with open(log, "w") as out, redirect_stdout(out), redirect_stderr(io.StringIO()):
+                bar = ProgressBar(desc="train-fusion")
+                bar(0.5, "epoch 1/2")
+                self.assertIsNotNone(bar._bar)  # the bar is shown
+                bar.write("epoch   1  loss 1.0000")
+                self.assertEqual(log.read_text(), "epoch   1  loss 1.0000\n")
+                bar.close()
+
+
 if __name__ == "__main__":
     unittest.main()
