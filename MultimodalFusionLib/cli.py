@@ -675,6 +675,15 @@ def _inside(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
+def _seen_by_find_pairs(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it in no hidden folder (find_pairs skips those, so a
+    cache in ``pairs/.cache`` is never read as pairs)."""
+    if not _inside(path, folder):
+        return False
+    below = os.path.relpath(os.path.realpath(path), os.path.realpath(folder))
+    return below == "." or not any(part.startswith(".") for part in below.split(os.sep))
+
+
 def _run_train_fusion(args: argparse.Namespace) -> int:
     from .errors import InputError
 
@@ -724,10 +733,11 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
                              f"Leave out --spatial-dims to continue the {resumed_dims}D run (or give "
                              f"--spatial-dims {resumed_dims}), or start a new run without --resume.")
     # (--resume may name the checkpoint itself: continuing a run updates it, as every epoch does)
-    if args.cache_dir and _inside(args.cache_dir, args.pairs):
+    if args.cache_dir and _seen_by_find_pairs(args.cache_dir, args.pairs):
         # its cached arrays would be found as pairs by the next run ("No image pairs found ... 3 sub-folders")
         raise InputError(f"The cache folder '{args.cache_dir}' is inside the pairs folder '{args.pairs}'.",
-                         "Give --cache-dir a folder outside --pairs.")
+                         "Give --cache-dir a folder outside --pairs (or a hidden one in it: --pairs DIR "
+                         "--cache-dir DIR/.cache).")
     with warnings.catch_warnings():  # load_pairs warns of images without a partner (once, not twice)
         warnings.simplefilter("ignore")
         inputs = [p for pair in find_pairs(args.pairs) for p in pair]

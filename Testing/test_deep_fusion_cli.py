@@ -133,6 +133,13 @@ class TrainFusionCliTest(unittest.TestCase):
                                  2)
             self.assertIn("is inside the pairs folder", err.getvalue())
             self.assertFalse(cache.exists())
+            # a hidden one is not: find_pairs skips it, and two runs with it trained (before the refusal too)
+            hidden = tmp / "pairs" / ".cache"
+            for _ in range(2):
+                with redirect_stdout(io.StringIO()):
+                    self.assertEqual(main(common + ["--output", str(tmp / "h.safetensors"), "--cache-dir", str(hidden)]),
+                                     0)
+            self.assertTrue((hidden / "pair00000_a.npy").is_file())
 
     def test_only_the_command_retunes_the_process_allocator(self):
         # a library call (Slicer, the web app, a script) leaves glibc's malloc alone; mmfusion owns its
