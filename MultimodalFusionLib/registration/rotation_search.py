@@ -35,7 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import itk_guard
-from ..progress import ProgressCallback, report
+from ..progress import ProgressCallback, report, signals_stop
 from .parameters import StageParameters
 
 __all__ = ["search_rotation", "rotation_candidates", "slab_axis", "SEARCH_STEP_DEG", "SEARCH_VOXELS", "SEARCH_REFINE",
@@ -257,7 +257,8 @@ def _refine(tx: sitk.Transform, fixed: sitk.Image, moving: sitk.Image, stage: St
     if progress is not None:
         method.AddCommand(sitk.sitkIterationEvent, lambda: report_or_stop(method, state, progress, fraction, message))
     try:
-        method.Execute(fixed, moving)
+        with signals_stop(method.StopRegistration):  # Ctrl-C: stop at the next iteration, then exit 130
+            method.Execute(fixed, moving)
     except RuntimeError:  # drifted out of the moving image: this candidate loses
         return math.inf
     finally:

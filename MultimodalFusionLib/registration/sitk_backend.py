@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, OperationCancelled, RegistrationError, itk_guard, itk_reason
-from ..progress import ProgressCallback, report, scaled
+from ..progress import ProgressCallback, report, scaled, signals_stop
 from ..validation import (
     MIN_CONTENT_VOXELS,
     check_deformable_size,
@@ -548,9 +548,16 @@ def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: si
             mask as the cause.
         RegistrationError: ITK failed otherwise.
     """
-    state: dict[str, Any] = {"cancelled": False, "error": None}
+    state: dict[str, Any] = {"cancelled": False, "error": None, "signalled": False}
+
+    def stop_on_signal() -> None:
+        state["signalled"] = True
+        method.StopRegistration()
 
     def on_iteration() -> None:
+        if state["signalled"]:  # SimpleITK's stop ends the current level only: stop each later one at once
+            method.StopRegistration()
+            return
         level = first_level + method.GetCurrentLevel()
         it = method.GetOptimizerIteration()
         value = method.GetMetricValue()
@@ -561,7 +568,8 @@ def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: si
 
     method.AddCommand(sitk.sitkIterationEvent, on_iteration)
     try:
-        method.Execute(fixed, moving)
+        with signals_stop(stop_on_signal):  # Ctrl-C: stop at the next iteration, then exit 130
+            method.Execute(fixed, moving)
     except RuntimeError as exc:
         detail = itk_reason(str(exc)).rstrip(".")
         if fixed_mask is not None and _SMALL_MASK_ITK_TEXTS.search(detail):

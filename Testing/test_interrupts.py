@@ -1,0 +1,159 @@
+"""Ctrl-C (SIGINT) and SIGTERM during a job: exit 130 / 143 with one line, no traceback, the output folder as
+the last good run left it and no temporary file in it; the inputs untouched.
+
+The subprocess tests send the signal at a moment read from the job's own progress (``MMFUSION_PROGRESS=1``
+prints the bar's messages on stderr), not after a guessed delay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io as _textio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib import cli, io
+from MultimodalFusionLib.registration import register, resolve_parameters
+
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def _pair(n: int = 48) -> tuple[sitk.Image, sitk.Image]:
+    """A T1-like volume and a PET-like one shifted by 2 voxels (a registration of a few seconds)."""
+    zz, yy, xx = np.mgrid[0:n, 0:n, 0:n].astype(np.float32)
+    c = n / 2
+    t1 = 100.0 * ((((xx - c) / (0.35 * n)) ** 2 + ((yy - c) / (0.4 * n)) ** 2 + ((zz - c) / (0.3 * n)) ** 2) < 1)
+    t1 += 80.0 * (((xx - 0.4 * n) ** 2 + (yy - 0.45 * n) ** 2 + (zz - c) ** 2) < (0.1 * n) ** 2)
+    pet = 1e4 * ((((xx - 0.45 * n) ** 2 + (yy - 0.4 * n) ** 2 + (zz - c) ** 2) < (0.12 * n) ** 2) + 0.2 * (t1 > 50))
+    fixed = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(t1.astype(np.float32)), 1.5)
+    moving = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(pet.astype(np.float32)), 1.5)
+    moving.SetOrigin((2.0, -2.0, 1.0))
+    return fixed, moving
+
+
+def _hashes(folder: str) -> dict[str, str]:
+    """Every entry of ``folder`` (hidden ones too) with the SHA-256 of its content (folders as "dir")."""
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            out[name] = "dir"
+            continue
+        with open(path, "rb") as fh:
+            out[name] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def _signal_when(argv: list[str], sig: int, text: str, timeout: float = 120.0) -> tuple[int, str, bool]:
+    """Run ``mmfusion ARGV``, send ``sig`` once ``text`` shows in its stderr; (exit code, stderr, whether
+    the signal was sent while it ran)."""
+    env = dict(os.environ, MMFUSION_PROGRESS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "MultimodalFusionLib.cli", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    chunks: list[bytes] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        while True:
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            if not chunk:
+                return
+            chunks.append(chunk)
+            if text.encode() in b"".join(chunks):
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    sent = False
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if seen.wait(0.01):
+            proc.send_signal(sig)
+            sent = True
+            break
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    return proc.returncode, b"".join(chunks).decode("utf-8", "replace"), sent
+
+
+def _last_line(err: str) -> str:
+    """The last line of stderr, the progress bar's carriage-return updates dropped."""
+    return err.replace("\r", "\n").strip().splitlines()[-1]
+
+
+class CtrlCInTheRegistrationLoop(unittest.TestCase):
+    """A Ctrl-C while ITK optimises arrives inside its iteration callback: raised there, SimpleITK printed
+    its traceback and ITK turned it into "There was an error executing the Python Callable", a
+    RegistrationError (exit 3) saying the stage had failed."""
+
+    def test_it_stops_the_registration_and_is_raised_as_a_keyboard_interrupt(self) -> None:
+        if not callable(signal.getsignal(signal.SIGINT)):
+            self.skipTest("SIGINT has no Python handler in this process")
+        fixed, moving = _pair(32)
+        calls: list[str] = []
+
+        def ctrl_c_at_the_first_iteration(fraction: float, message: str) -> None:
+            calls.append(message)
+            if "iteration" in message and len([m for m in calls if "iteration" in m]) == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        # the sitk backend's own pyramid on a small image: the stop must end the later levels too
+        settings = resolve_parameters(stages=["rigid", "affine"], seed=1)
+        with self.assertRaises(KeyboardInterrupt):
+            register(fixed, moving, settings, progress=ctrl_c_at_the_first_iteration)
+        iterations = [m for m in calls if "iteration" in m]
+        self.assertEqual(len(iterations), 1, iterations)  # stopped there: no later iteration, level or stage
+        self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)  # handler put back
+
+
+class SignalledCommands(unittest.TestCase):
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.dir = tmp.name
+        fixed, moving = _pair()
+        self.fixed = io.write_image(fixed, os.path.join(self.dir, "fixed.nii.gz"))
+        self.moving = io.write_image(moving, os.path.join(self.dir, "moving.nii.gz"))
+        self.out = os.path.join(self.dir, "out")
+        self.inputs = _hashes(self.dir)
+
+    def _earlier_run(self) -> dict[str, str]:
+        with contextlib.redirect_stdout(_textio.StringIO()), contextlib.redirect_stderr(_textio.StringIO()):
+            self.assertEqual(cli.main(["register", self.fixed, self.moving, "-o", self.out, "--seed", "1"]), 0)
+        return _hashes(self.out)
+
+    def _check(self, rc: int, err: str, sent: bool, code: int, line: str, before: dict[str, str]) -> None:
+        self.assertTrue(sent, f"the job ended before the signal: {err[-500:]}")
+        self.assertEqual(rc, code, err[-2000:])
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(_last_line(err), line)
+        self.assertEqual(_hashes(self.out), before)  # the earlier run's files only: no staging folder left
+        now = _hashes(self.dir)
+        self.assertEqual({k: now[k] for k in self.inputs if k != "out"},
+                         {k: v for k, v in self.inputs.items() if k != "out"})
+
+    def test_ctrl_c_while_registering_exits_130(self) -> None:
+        before = self._earlier_run()
+        rc, err, sent = _signal_when(["register", self.fixed, self.moving, "-o", self.out, "--seed", "2",
+                                      "--stages", "rigid,affine,bspline"], signal.SIGINT, "iteration")
+        self._check(rc, err, sent, 130, "mmfusion register: interrupted", before)
+
+
+if __name__ == "__main__":
+    unittest.main()
