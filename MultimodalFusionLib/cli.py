@@ -840,6 +840,37 @@ def _own_process_tuning(args: argparse.Namespace) -> Iterator[None]:
         inference.KEEP_FREED_MEMORY = saved
 
 
+class _Terminated(KeyboardInterrupt):
+    """A SIGTERM (``kill``, a batch scheduler, a container stopping), raised as Ctrl-C's KeyboardInterrupt is:
+    every clean-up runs as for Ctrl-C (staging folders and temporary files removed, the earlier results left
+    as they were, train-fusion's checkpoint named), and the command exits with 143 and one line. Python's
+    default had ended the process at once: no message, and a half-written temporary file in a hidden
+    staging folder of the output folder."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(args: argparse.Namespace) -> Iterator[None]:
+    """SIGTERM raises :class:`_Terminated` for the command's duration, where the process has no handler of
+    its own (a script or test calling ``main`` keeps its own), in the main thread only. Not for ``mmfusion
+    web``, whose server stops on SIGTERM by its own handler."""
+    import signal
+    import threading
+
+    if (getattr(args, "func", None) is _run_web or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
@@ -850,13 +881,16 @@ def _main(argv: list[str] | None) -> int:
         parser.print_help()
         return 2
     try:
-        with _own_process_tuning(args):
+        with _sigterm_as_interrupt(args), _own_process_tuning(args):
             return int(args.func(args) or 0)
     except MultimodalFusionError as exc:
         if args.verbose:
             raise
         print(f"mmfusion {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except _Terminated:  # 128 + 15, as a shell reports a process the signal ended
+        print(f"mmfusion {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"mmfusion {args.command}: interrupted", file=sys.stderr)
         return 130

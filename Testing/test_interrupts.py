@@ -154,6 +154,20 @@ class SignalledCommands(unittest.TestCase):
                                       "--stages", "rigid,affine,bspline"], signal.SIGINT, "iteration")
         self._check(rc, err, sent, 130, "mmfusion register: interrupted", before)
 
+    def test_sigterm_while_registering_exits_143(self) -> None:
+        before = self._earlier_run()
+        rc, err, sent = _signal_when(["register", self.fixed, self.moving, "-o", self.out, "--seed", "2",
+                                      "--stages", "rigid,affine,bspline"], signal.SIGTERM, "iteration")
+        self._check(rc, err, sent, 143, "mmfusion register: terminated (SIGTERM)", before)
+
+    def test_sigterm_while_fusing_leaves_no_staging_folder(self) -> None:
+        """A SIGTERM had ended the process at once: a hidden .mmf-staging-* folder with the new transform
+        and a half-written image stayed in the output folder."""
+        before = self._earlier_run()
+        rc, err, sent = _signal_when(["run", self.fixed, self.moving, "--output-dir", self.out, "--seed", "2",
+                                      "--methods", "average,wavelet"], signal.SIGTERM, "fusing")
+        self._check(rc, err, sent, 143, "mmfusion run: terminated (SIGTERM)", before)
+
 
 if __name__ == "__main__":
     unittest.main()
