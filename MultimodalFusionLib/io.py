@@ -1773,7 +1773,13 @@ def replacing_outputs(output_dir: str | os.PathLike, *, previous: Iterable[str] 
         raise InputError(f"Cannot write into the output folder '{out}' ({exc.strerror or exc}).",
                          "Give an output folder you can write to.") from exc
     try:
-        yield stage
+        try:
+            yield stage
+        except InputError as exc:  # name the file the user will look for, not its staged copy
+            if type(exc) is not InputError or stage not in exc.problem:
+                raise
+            raise InputError(exc.problem.replace(os.path.join(stage, ""), os.path.join(out, "")),
+                             exc.fix) from exc
         written = set(os.listdir(stage))
         kept = {os.path.normcase(os.path.realpath(os.fspath(k))) for k in keep
                 if isinstance(k, (str, os.PathLike)) and os.path.isfile(k)}
@@ -1798,8 +1804,12 @@ def replacing_outputs(output_dir: str | os.PathLike, *, previous: Iterable[str] 
 def write_bytes(path: str | os.PathLike, payload: bytes) -> str:
     """Write ``payload`` to ``path`` atomically; returns the path."""
     with atomic_output(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(payload)
+        except OSError as exc:  # a full disk or a file size limit: it had escaped as an OSError (a traceback)
+            raise InputError(f"Cannot write '{os.fspath(path)}' ({exc.strerror or exc}).",
+                             "Free space on that disk, or write the output to another one.") from exc
     return os.fspath(path)
 
 
@@ -1927,7 +1937,37 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                                  f"'{_suffix(final) or 'none'}').",
                                  "Name the output .nii.gz, .nrrd or .mha (any image), or .png (2D slices).") from exc
             raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
+        if suffix in (".nii", ".nii.gz") and not _nifti_written_whole(tmp):
+            # ITK's NIfTI writer reports no write error (it prints "** ERROR: NWAD: wrote only 0 of ... bytes"
+            # and returns): on a full disk the output was a cut-off file, and the command said it wrote it
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(tmp))).free
+            raise InputError(f"Cannot write '{final}': ITK's NIfTI writer stopped before the end of the file (a "
+                             f"full disk or a file size limit; {free} bytes free there).",
+                             "Free space on that disk, or write the output to another one.")
     return final
+
+
+def _nifti_written_whole(path: str) -> bool:
+    """Whether the NIfTI file ``path``, just written by ITK, holds its header and every voxel it declares:
+    its size (``.nii``) or gzip's size trailer (``.nii.gz``; ITK writes one gzip member)."""
+    import gzip
+    import zlib
+
+    gz = _suffix(path) == ".nii.gz"
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            layout = _nifti_layout(fh.read(544))
+        if layout is None:
+            return False
+        _, _, voxel_bytes, count, offset, _ = layout
+        expected = offset + count * voxel_bytes
+        if not gz:
+            return os.path.getsize(path) >= expected
+        with open(path, "rb") as raw:
+            raw.seek(-4, os.SEEK_END)
+            return int.from_bytes(raw.read(4), "little") == expected % 2**32
+    except (OSError, EOFError, zlib.error):
+        return False
 
 
 @contextlib.contextmanager

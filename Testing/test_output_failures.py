@@ -1,0 +1,102 @@
+"""Outputs that cannot be written whole (a full disk, a file size limit): a clear InputError naming the output,
+no cut-off file, no temporary file, and an ``--output-dir`` as the last good run left it.
+
+A file size limit (``RLIMIT_FSIZE``) fails the writes as a full disk does (EFBIG instead of ENOSPC), without
+mounting a small file system; measured on a 2 MB tmpfs too (README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io as _textio
+import os
+import signal
+import tempfile
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib import cli, io
+from MultimodalFusionLib.errors import InputError
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
+
+
+@contextlib.contextmanager
+def _file_size_limit(nbytes: int):
+    """Files of this process may not grow past ``nbytes`` (writes past it fail with EFBIG)."""
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the signal ends the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def _noise(shape: tuple[int, ...]) -> sitk.Image:
+    return sitk.GetImageFromArray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+
+
+def _hashes(folder: str) -> dict[str, str]:
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        with open(path, "rb") as fh:
+            out[name] = hashlib.sha256(fh.read()).hexdigest() if os.path.isfile(path) else "dir"
+    return out
+
+
+@unittest.skipIf(resource is None or not hasattr(signal, "SIGXFSZ"), "needs POSIX file size limits")
+class WritesCutShort(unittest.TestCase):
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.dir = tmp.name
+
+    def test_nifti_cut_short_is_an_error_not_a_written_file(self) -> None:
+        """ITK's NIfTI writer prints "** ERROR: NWAD: wrote only 0 of 524288 bytes" and returns: write_image
+        had returned the path of a cut-off file (100000 bytes of 524640), and `resample` exited 0."""
+        image = _noise((32, 64, 64))  # 512 KiB of voxels
+        for name in ("a.nii", "a.nii.gz"):
+            path = os.path.join(self.dir, name)
+            with self.subTest(name), _file_size_limit(100_000):
+                with self.assertRaises(InputError) as caught:
+                    io.write_image(image, path)
+            self.assertIn(f"Cannot write '{path}'", str(caught.exception))
+            self.assertEqual(os.listdir(self.dir), [])  # neither the output nor a temporary file
+
+    def test_json_cut_short_is_an_input_error(self) -> None:
+        """It had escaped as a bare OSError: a traceback from the CLI."""
+        path = os.path.join(self.dir, "metrics.json")
+        with _file_size_limit(1000), self.assertRaises(InputError) as caught:
+            io.write_json(path, {"x": "y" * 5000})
+        self.assertIn(f"Cannot write '{path}' (File too large)", str(caught.exception))
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_register_names_the_output_and_keeps_the_earlier_results(self) -> None:
+        """The error named the staged copy ('DIR/.mmf-staging-x1y2/checkerboard.png'), not the output."""
+        fixed = io.write_image(_noise((24, 48, 48)), os.path.join(self.dir, "f.nii.gz"))
+        moving = io.write_image(_noise((24, 48, 48)), os.path.join(self.dir, "m.nii.gz"))
+        out = os.path.join(self.dir, "out")
+        argv = ["register", fixed, moving, "-o", out, "--seed", "1", "--stages", "rigid"]
+        with contextlib.redirect_stdout(_textio.StringIO()), contextlib.redirect_stderr(_textio.StringIO()):
+            self.assertEqual(cli.main(argv), 0)
+        before = _hashes(out)
+        err = _textio.StringIO()
+        with contextlib.redirect_stdout(_textio.StringIO()), contextlib.redirect_stderr(err), \
+                _file_size_limit(50_000):  # the transform and metrics fit, the resampled image does not
+            self.assertEqual(cli.main(argv[:-4] + ["--seed", "2"]), 2)
+        self.assertIn(f"error: Cannot write '{os.path.join(out, 'moving_resampled.nii.gz')}'", err.getvalue())
+        self.assertNotIn(".mmf-", err.getvalue())
+        self.assertEqual(_hashes(out), before)
+
+
+if __name__ == "__main__":
+    unittest.main()
