@@ -1927,7 +1927,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         raise InputError(f"'{final}': a colour image of one slice (size {image.GetSize()}) written as NIfTI is read "
                          "back (by ITK, hence Slicer and this package) as a 2D image, without its slice's position.",
                          "Write it as .nrrd or .mha, which keep it a one-slice volume in place.")
-    with atomic_output(final) as tmp:
+    with (_detached_output(final) if suffix in _DETACHED_HEADERS else atomic_output(final)) as tmp:
         try:
             with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
                 sitk.WriteImage(out, tmp, compress and _suffix(final) not in _2D_EXTENSIONS)
@@ -1945,6 +1945,43 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                              f"full disk or a file size limit; {free} bytes free there).",
                              "Free space on that disk, or write the output to another one.")
     return final
+
+
+#: Headers whose voxels ITK writes to a second file named after the header (``x.nhdr`` + ``x.raw.gz``,
+#: ``x.mhd`` + ``x.zraw``, ``x.hdr`` + ``x.img``).
+_DETACHED_HEADERS = (".nhdr", ".mhd", ".hdr")
+
+
+@contextlib.contextmanager
+def _detached_output(final: str) -> Iterator[str]:
+    """:func:`atomic_output` for a header with a data file: yield a path of the final name in a hidden staging
+    folder beside ``final``; on success move the data file(s) into place, then the header, each by a rename.
+    Written to a temporary name as one file, the header named the temporary data file (``data file:
+    .mmf-tmp-x.raw.gz``, left beside it and one more at every rerun), and a ``.hdr`` lost its voxels: its
+    ``.img`` keeps the temporary name and the header names no file."""
+    folder = os.path.dirname(os.path.abspath(final))
+    tmp, _ = atomic_path(final)  # the same checks and errors as every other output (folder, permission)
+    os.remove(tmp)
+    stage = tempfile.mkdtemp(prefix=".mmf-staging-", dir=folder)
+    try:
+        staged = os.path.join(stage, os.path.basename(final))
+        yield staged
+        data = [name for name in sorted(os.listdir(stage)) if name != os.path.basename(final)]
+        for name in data:
+            # x.mhd's x.raw may be another header's voxels (an input x.nhdr's): replaced only as x.mhd's own
+            if os.path.exists(os.path.join(folder, name)) and not os.path.isfile(final):
+                raise InputError(f"Writing '{final}' would replace '{os.path.join(folder, name)}', the data file it "
+                                 "writes beside it, which is already there (another image's voxels?).",
+                                 f"Give the output another name, or remove '{name}' if nothing uses it.")
+        try:
+            for name in data:  # the data file(s) first: the header then names a whole file
+                os.replace(os.path.join(stage, name), os.path.join(folder, name))
+            os.replace(staged, final)
+        except OSError as exc:
+            raise InputError(f"Cannot write '{final}' ({exc.strerror or exc}).",
+                             "Give an output path you can write to.") from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _nifti_written_whole(path: str) -> bool:

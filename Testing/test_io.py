@@ -825,6 +825,35 @@ class AtomicWrites(unittest.TestCase):
             self.assertEqual(os.listdir(d), ["r.bin"])
 
 
+    def test_headers_with_a_data_file_name_it_and_keep_their_voxels(self):
+        """x.nhdr / x.mhd / x.hdr: ITK writes the voxels to a second file named after the header. Written under a
+        temporary name, the header named '.mmf-tmp-x.raw.gz' (left beside it, one more at every rerun), and a
+        .hdr lost its voxels (its .img kept the temporary name: 'nifti_image_load failed')."""
+        image = _oblique()
+        want = sitk.GetArrayFromImage(image)
+        with tempfile.TemporaryDirectory() as d:
+            expected = []
+            for name, data in (("a.nhdr", "a.raw.gz"), ("b.mhd", "b.zraw"), ("c.hdr", "c.img")):
+                for _ in range(2):  # a rerun replaces both files
+                    path = io.write_image(image, os.path.join(d, name))
+                back = sitk.ReadImage(path)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(back), want)
+                np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-4)
+                expected += [name, data]
+            self.assertEqual(sorted(os.listdir(d)), sorted(expected))
+            with open(os.path.join(d, "a.nhdr"), encoding="latin-1") as fh:
+                self.assertIn("data file: a.raw.gz", fh.read())
+            # another header's data file of the same name is not replaced (an input in.nhdr + in.raw, output in.mhd)
+            io.write_image(image, os.path.join(d, "in.nhdr"), compress=False)
+            with open(os.path.join(d, "in.raw"), "rb") as fh:
+                before = fh.read()
+            with self.assertRaisesRegex(InputError, r"would replace .*in\.raw"):
+                io.write_image(sitk.Cast(image, sitk.sitkFloat64), os.path.join(d, "in.mhd"), compress=False)
+            with open(os.path.join(d, "in.raw"), "rb") as fh:
+                self.assertEqual(fh.read(), before)
+            self.assertFalse(any(n.startswith(".mmf") for n in os.listdir(d)))
+
+
 class UnwritableOutputs(unittest.TestCase):
     """An output that cannot be written is an InputError naming the output (exit 2 in the CLI), not an
     OSError traceback or ITK's message about an internal temporary file."""
