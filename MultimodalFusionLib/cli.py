@@ -408,6 +408,7 @@ def _run_fuse(args: argparse.Namespace) -> int:
         one_slice_axis,
         one_slice_pixels,
         read_image,
+        staged_output,
         write_image,
     )
     from .pipeline import _writable
@@ -438,28 +439,35 @@ def _run_fuse(args: argparse.Namespace) -> int:
         bar.close()
     ext = ".png" if args.output.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")) else ""
     fused = res.image if slice_volume is None or ext else as_one_slice_of(res.image, slice_volume)
-    written = write_image(_writable(fused, ext), args.output)
     # with --json, stdout is the JSON alone (a script parses it); the status lines go to stderr
     status = sys.stderr if args.json else sys.stdout
-    print(f"fused ({res.method}, {res.seconds:.2f} s) -> {written}", file=status)
-    if args.report or args.json:
-        from .metrics import fusion_metrics
+    with contextlib.ExitStack() as stack:
+        # with --report, the fused image is moved in with its report, not before: Ctrl-C or a failure while the
+        # metrics and the report were made (12 s on a volume) had left the new image beside the old report
+        target = stack.enter_context(staged_output(args.output)) if args.report else args.output
+        try:
+            write_image(_writable(fused, ext), target)
+        except InputError as exc:  # named as the user gave it, not as staged
+            raise InputError(str(exc.problem).replace(target, args.output), exc.fix) from exc
+        print(f"fused ({res.method}, {res.seconds:.2f} s) -> {args.output}", file=status)
+        if args.report or args.json:
+            from .metrics import fusion_metrics
 
-        table = {res.method: fusion_metrics(res, a, b)}
-        if args.report:
-            from .io import display_name
-            from .report import write_report
+            table = {res.method: fusion_metrics(res, a, b)}
+            if args.report:
+                from .io import display_name
+                from .report import write_report
 
-            paths = write_report(args.report, inputs={f"A: {display_name(args.a)}": a,
-                                                      f"B: {display_name(args.b)}": b},
-                                 fusions=[res], metrics=table, title=f"Fusion ({res.method})",
-                                 keep=[args.a, args.b, written])
-        if args.json:
-            _print_json(table)
-        else:
-            _print_metrics(table)
-        if args.report:
-            print(f"report -> {paths['html']}", file=status)
+                paths = write_report(args.report, inputs={f"A: {display_name(args.a)}": a,
+                                                          f"B: {display_name(args.b)}": b},
+                                     fusions=[res], metrics=table, title=f"Fusion ({res.method})",
+                                     keep=[args.a, args.b, args.output])
+    if args.json:
+        _print_json(table)
+    elif args.report:
+        _print_metrics(table)
+    if args.report:
+        print(f"report -> {paths['html']}", file=status)
     return 0
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "volume_extension",
     "write_bytes",
     "write_json",
+    "staged_output",
     "to_json_safe",
     "JSON_INFINITY",
     "one_slice_axis",
@@ -1927,7 +1928,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         raise InputError(f"'{final}': a colour image of one slice (size {image.GetSize()}) written as NIfTI is read "
                          "back (by ITK, hence Slicer and this package) as a 2D image, without its slice's position.",
                          "Write it as .nrrd or .mha, which keep it a one-slice volume in place.")
-    with (_detached_output(final) if suffix in _DETACHED_HEADERS else atomic_output(final)) as tmp:
+    with (staged_output(final) if suffix in _DETACHED_HEADERS else atomic_output(final)) as tmp:
         try:
             with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
                 sitk.WriteImage(out, tmp, compress and _suffix(final) not in _2D_EXTENSIONS)
@@ -1953,12 +1954,22 @@ _DETACHED_HEADERS = (".nhdr", ".mhd", ".hdr")
 
 
 @contextlib.contextmanager
-def _detached_output(final: str) -> Iterator[str]:
-    """:func:`atomic_output` for a header with a data file: yield a path of the final name in a hidden staging
-    folder beside ``final``; on success move the data file(s) into place, then the header, each by a rename.
-    Written to a temporary name as one file, the header named the temporary data file (``data file:
-    .mmf-tmp-x.raw.gz``, left beside it and one more at every rerun), and a ``.hdr`` lost its voxels: its
-    ``.img`` keeps the temporary name and the header names no file."""
+def staged_output(final: str | os.PathLike) -> Iterator[str]:
+    """:func:`atomic_output` for a file that may come with others named after it: yield a path of the final
+    name in a hidden staging folder beside ``final``; when the block ends without an error, move what was
+    written there into place, the other files first (a header's data file), then ``final``, each by a rename;
+    on an error (or Ctrl-C) remove it all, leaving the folder as it was.
+
+    Used for headers with a data file: written to a temporary name as one file, the header named the temporary
+    data file (``data file: .mmf-tmp-x.raw.gz``, left beside it and one more at every rerun), and a ``.hdr``
+    lost its voxels (its ``.img`` kept the temporary name). Also for an output that must not appear before
+    other work is done (``fuse -o F --report R``: F only with its report).
+
+    Raises:
+        InputError: the folder cannot be written, or a file other than ``final`` would replace one that is
+            already there while ``final`` is not (another image's data file).
+    """
+    final = os.fspath(final)
     folder = os.path.dirname(os.path.abspath(final))
     tmp, _ = atomic_path(final)  # the same checks and errors as every other output (folder, permission)
     os.remove(tmp)

@@ -168,6 +168,29 @@ class SignalledCommands(unittest.TestCase):
                                       "--methods", "average,wavelet"], signal.SIGTERM, "fusing")
         self._check(rc, err, sent, 143, "mmfusion run: terminated (SIGTERM)", before)
 
+    def test_ctrl_c_after_the_fused_image_leaves_the_earlier_image_and_report(self) -> None:
+        """fuse -o DIR/fused.nii.gz --report DIR wrote the fused image before the metrics and the report: a Ctrl-C
+        (or a failure) in between left the new image beside the old report, which describes the old fusion."""
+        fused = os.path.join(self.out, "fused.nii.gz")
+        pet = sitk.ReadImage(self.moving)
+        pet.SetOrigin((0.0, 0.0, 0.0))  # fuse takes images on one grid
+        self.moving = io.write_image(pet, os.path.join(self.dir, "pet_on_grid.nii.gz"))
+        with contextlib.redirect_stdout(_textio.StringIO()):
+            self.assertEqual(cli.main(["fuse", self.fixed, self.moving, "--method", "average", "-o", fused,
+                                       "--report", self.out]), 0)
+        before = _hashes(self.out)
+        # --json: the "fused (max, T s) -> F" line (after the image is written) goes to stderr, where the signal is sent from
+        rc, err, sent = _signal_when(["fuse", self.fixed, self.moving, "--method", "max", "-o", fused,
+                                      "--report", self.out, "--json"], signal.SIGINT, f"s) -> {fused}")
+        self._check(rc, err, sent, 130, "mmfusion fuse: interrupted", before)
+        with contextlib.redirect_stdout(_textio.StringIO()):  # and without a signal, both are replaced
+            self.assertEqual(cli.main(["fuse", self.fixed, self.moving, "--method", "max", "-o", fused,
+                                       "--report", self.out]), 0)
+        after = _hashes(self.out)
+        self.assertNotEqual(after["fused.nii.gz"], before["fused.nii.gz"])
+        self.assertIn("montage_max.png", after)
+        self.assertNotIn("montage_average.png", after)
+
 
 if __name__ == "__main__":
     unittest.main()
