@@ -506,7 +506,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", help="registration preset (e.g. mr-pet-brain, ct-mr-head)")
     p.add_argument("--stages", help="registration stages, e.g. rigid or rigid,affine,bspline")
     p.add_argument("--seed", type=int, help="seed of the registration's random sampling (reproducible)")
-    p.add_argument("--backend", default="sitk", help="registration backend: sitk (default) or torch")
+    p.add_argument("--backend", choices=["sitk", "torch"], default="sitk", help="registration backend")
     p.add_argument("--no-register", action="store_true", help="images are already aligned: only resample and fuse")
     p.add_argument("--fixed-mask", help="mask image on the fixed grid: the registration metric's region, and the "
                                         "region of the alignment numbers (MI/NCC/NMI before and after)")
