@@ -1928,7 +1928,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         raise InputError(f"'{final}': a colour image of one slice (size {image.GetSize()}) written as NIfTI is read "
                          "back (by ITK, hence Slicer and this package) as a 2D image, without its slice's position.",
                          "Write it as .nrrd or .mha, which keep it a one-slice volume in place.")
-    with (staged_output(final) if suffix in _DETACHED_HEADERS else atomic_output(final)) as tmp:
+    with (staged_output(final) if suffix in _TWO_FILES else atomic_output(final)) as tmp:
         try:
             with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
                 sitk.WriteImage(out, tmp, compress and _suffix(final) not in _2D_EXTENSIONS)
@@ -1951,6 +1951,9 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
 #: Headers whose voxels ITK writes to a second file named after the header (``x.nhdr`` + ``x.raw.gz``,
 #: ``x.mhd`` + ``x.zraw``, ``x.hdr`` + ``x.img``).
 _DETACHED_HEADERS = (".nhdr", ".mhd", ".hdr")
+#: Outputs ITK writes as two files named alike: those headers, and an Analyze/NIfTI pair named by its ``.img``
+#: (``x.img`` + ``x.hdr``; written as one temporary file, its header stayed as ``.mmf-tmp-....hdr``).
+_TWO_FILES = _DETACHED_HEADERS + (".img",)
 
 
 @contextlib.contextmanager
@@ -1962,8 +1965,9 @@ def staged_output(final: str | os.PathLike) -> Iterator[str]:
 
     Used for headers with a data file: written to a temporary name as one file, the header named the temporary
     data file (``data file: .mmf-tmp-x.raw.gz``, left beside it and one more at every rerun), and a ``.hdr``
-    lost its voxels (its ``.img`` kept the temporary name). Also for an output that must not appear before
-    other work is done (``fuse -o F --report R``: F only with its report).
+    lost its voxels (its ``.img`` kept the temporary name); an ``x.img`` left its header as ``.mmf-tmp-....hdr``.
+    Also for an output that must not appear before other work is done (``fuse -o F --report R``: F only with
+    its report).
 
     Raises:
         InputError: the folder cannot be written, or a file other than ``final`` would replace one that is
@@ -1981,8 +1985,8 @@ def staged_output(final: str | os.PathLike) -> Iterator[str]:
         for name in data:
             # x.mhd's x.raw may be another header's voxels (an input x.nhdr's): replaced only as x.mhd's own
             if os.path.exists(os.path.join(folder, name)) and not os.path.isfile(final):
-                raise InputError(f"Writing '{final}' would replace '{os.path.join(folder, name)}', the data file it "
-                                 "writes beside it, which is already there (another image's voxels?).",
+                raise InputError(f"Writing '{final}' would replace '{os.path.join(folder, name)}', the data file (or "
+                                 "header) it writes beside it, which is already there (another image's?).",
                                  f"Give the output another name, or remove '{name}' if nothing uses it.")
         try:
             for name in data:  # the data file(s) first: the header then names a whole file

@@ -853,6 +853,17 @@ class AtomicWrites(unittest.TestCase):
                 self.assertEqual(fh.read(), before)
             self.assertFalse(any(n.startswith(".mmf") for n in os.listdir(d)))
 
+    def test_an_analyze_pair_named_by_its_img_keeps_its_header(self):
+        """-o x.img: ITK writes x.img and x.hdr. Written as one temporary file, the header stayed beside it as
+        '.mmf-tmp-....hdr' (one more at every run) and x.img could not be read ('Unable to determine ImageIO
+        reader')."""
+        image = _oblique()
+        with tempfile.TemporaryDirectory() as d:
+            for _ in range(2):  # a rerun replaces both files
+                path = io.write_image(image, os.path.join(d, "x.img"))
+            self.assertEqual(sorted(os.listdir(d)), ["x.hdr", "x.img"])
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(path)), sitk.GetArrayFromImage(image))
+
 
 class UnwritableOutputs(unittest.TestCase):
     """An output that cannot be written is an InputError naming the output (exit 2 in the CLI), not an
