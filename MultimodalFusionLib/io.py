@@ -1938,7 +1938,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                                  f"'{_suffix(final) or 'none'}').",
                                  "Name the output .nii.gz, .nrrd or .mha (any image), or .png (2D slices).") from exc
             raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
-        if suffix in (".nii", ".nii.gz") and not _nifti_written_whole(tmp):
+        if suffix in (".nii", ".nii.gz", ".hdr", ".img") and not _nifti_written_whole(tmp):
             # ITK's NIfTI writer reports no write error (it prints "** ERROR: NWAD: wrote only 0 of ... bytes"
             # and returns): on a full disk the output was a cut-off file, and the command said it wrote it
             free = shutil.disk_usage(os.path.dirname(os.path.abspath(tmp))).free
@@ -2001,12 +2001,18 @@ def staged_output(final: str | os.PathLike) -> Iterator[str]:
 
 def _nifti_written_whole(path: str) -> bool:
     """Whether the NIfTI file ``path``, just written by ITK, holds its header and every voxel it declares:
-    its size (``.nii``) or gzip's size trailer (``.nii.gz``; ITK writes one gzip member)."""
+    its size (``.nii``) or gzip's size trailer (``.nii.gz``; ITK writes one gzip member); for a pair
+    (``x.hdr`` + ``x.img``, either named) the ``.img``'s size."""
     import gzip
     import zlib
 
     gz = _suffix(path) == ".nii.gz"
     try:
+        if _suffix(path) in (".hdr", ".img"):  # the pair's voxels start the .img (ITK writes vox_offset 0)
+            base = path[:-len(_suffix(path))]
+            with open(base + ".hdr", "rb") as fh:
+                layout = _nifti_layout(fh.read(348))
+            return layout is not None and os.path.getsize(base + ".img") >= layout[3] * layout[2]
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
             layout = _nifti_layout(fh.read(544))
         if layout is None:

@@ -64,7 +64,7 @@ class WritesCutShort(unittest.TestCase):
         """ITK's NIfTI writer prints "** ERROR: NWAD: wrote only 0 of 524288 bytes" and returns: write_image
         had returned the path of a cut-off file (100000 bytes of 524640), and `resample` exited 0."""
         image = _noise((32, 64, 64))  # 512 KiB of voxels
-        for name in ("a.nii", "a.nii.gz"):
+        for name in ("a.nii", "a.nii.gz", "a.hdr", "a.img"):  # an Analyze/NIfTI pair: the same writer
             path = os.path.join(self.dir, name)
             with self.subTest(name), _file_size_limit(100_000):
                 with self.assertRaises(InputError) as caught:
