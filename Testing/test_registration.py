@@ -445,8 +445,13 @@ class Presets(unittest.TestCase):
         torch_settings = resolve_parameters({"stages": ["affine", "deformable"], "device": "cpu"}, backend="torch")
         self.assertEqual((type(torch_settings).__name__, torch_settings.stages),
                          ("TorchRegistrationParameters", ["affine", "deformable"]))
-        self.assertEqual([s.name for s in resolve_parameters(stages=["rigid", "deformable"], backend="torch").stages],
-                         ["rigid", "bspline"])  # the sitk settings, their deformable stage named as the sitk one
+        # a preset's (sitk) settings for the torch backend, their deformable stage named as the sitk one
+        self.assertEqual([s.name for s in resolve_parameters(preset="t1-t2-brain", stages=["rigid", "deformable"],
+                                                             backend="torch").stages], ["rigid", "bspline"])
+        # without settings, the torch backend's own defaults (not the sitk stage defaults converted)
+        torch_defaults = resolve_parameters(stages=["rigid", "deformable"], backend="torch")
+        self.assertEqual((type(torch_defaults).__name__, torch_defaults.stages, torch_defaults.initializer),
+                         ("TorchRegistrationParameters", ["rigid", "deformable"], "geometry"))
         for kwargs, words in (({"backend": "gpu"}, "backend"), ({"preset": "nope"}, "preset"),
                               ({"parameters": p, "preset": "ct-mr-head"}, "Both parameters and a preset")):
             with self.subTest(kwargs=kwargs), self.assertRaises(InputError) as cm:

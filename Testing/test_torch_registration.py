@@ -329,6 +329,35 @@ class TorchRegistrationTest(unittest.TestCase):
         with self.assertRaises(InputError):
             registration.register(fixed, moving, stages=["rigid", "warp-drive"], backend="torch")
 
+    def test_register_without_settings_runs_the_torch_defaults_not_the_sitk_stage_defaults(self) -> None:
+        # register(..., backend="torch") with no settings had converted the SimpleITK defaults, whose stage's
+        # histogram bins the conversion keeps: an affine first stage ran with 50 bins (the sitk class default),
+        # a rigid one with 50 until the sitk rigid default took 32 (a torch result moved 0.81 -> 1.15 mm)
+        from MultimodalFusionLib import registration
+        from MultimodalFusionLib.registration.torch_backend import (
+            TorchRegistrationParameters,
+            torch_parameters,
+        )
+
+        own = TorchRegistrationParameters()
+        for stages in (None, ["rigid"], ["affine"], ["affine", "bspline"], "affine,syn", ["deformable"]):
+            with self.subTest(stages=stages):
+                p = torch_parameters(registration.resolve_parameters(stages=stages, backend="torch"))
+                self.assertEqual((p.histogram_bins, p.linear_shrink_factors, p.linear_iterations),
+                                 (own.histogram_bins, own.linear_shrink_factors, own.linear_iterations))
+                self.assertEqual(p.initializer, "geometry")  # register()'s start, as on the sitk backend
+        fixed, moving = _brainweb_pair()
+        result = registration.register(fixed, moving, stages=["affine"], backend="torch", seed=1)
+        self.assertEqual(result.parameters["histogram_bins"], own.histogram_bins)
+        self.assertEqual(result.parameters["stages"], ["affine"])
+        # settings the user gives as SimpleITK stages (a preset, RegistrationParameters) still translate
+        sitk_settings = registration.RegistrationParameters(
+            stages=[registration.StageParameters(name="affine", histogram_bins=48, shrink_factors=[2, 1],
+                                                 smoothing_sigmas=[1.0, 0.0])])
+        p = registration.resolve_parameters(sitk_settings, backend="torch")
+        self.assertEqual((torch_parameters(p).histogram_bins, torch_parameters(p).linear_shrink_factors),
+                         (48, [2, 1]))
+
     def test_folding_from_weak_regularisation_is_warned(self) -> None:
         from MultimodalFusionLib import registration
 

@@ -159,7 +159,8 @@ def resolve_parameters(parameters: RegistrationParameters | Any = None, *, prese
         preset, stages, seed, initializer, backend: as for :func:`register`.
 
     Returns:
-        The validated settings: ``parameters`` (or the preset, or the defaults) with ``stages``,
+        The validated settings: ``parameters`` (or the preset, or the backend's defaults: for "torch" a
+        ``TorchRegistrationParameters`` with one rigid stage and the "geometry" initializer) with ``stages``,
         ``seed`` and ``initializer`` applied; a dict becomes the backend's settings object.
 
     Raises:
@@ -168,7 +169,16 @@ def resolve_parameters(parameters: RegistrationParameters | Any = None, *, prese
     """
     if backend not in BACKENDS:
         raise InputError(f"Unknown registration backend '{backend}'.", f"Use one of: {', '.join(BACKENDS)}.")
-    if parameters is None:
+    if parameters is None and not preset and backend == "torch":
+        # the torch backend's own defaults (README, "Registration on PyTorch"), with register()'s stage and
+        # start (one rigid stage from the image centres, as on the SimpleITK backend). They had been the
+        # SimpleITK defaults converted by torch_parameters, whose histogram bins it keeps: the torch run took
+        # the SimpleITK stage's bins (50 bins until 1ab54c9 gave the sitk rigid stage 32, which moved a torch
+        # rigid result from 0.81 to 1.15 mm; 50 for an affine first stage), not its own 32.
+        from .torch_backend import TorchRegistrationParameters
+
+        parameters = TorchRegistrationParameters(stages=["rigid"], initializer="geometry", name="default")
+    elif parameters is None:
         parameters = load_preset(preset) if preset else RegistrationParameters()
     elif preset:
         raise InputError("Both parameters and a preset were given.", "Give one of them.")
