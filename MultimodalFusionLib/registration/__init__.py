@@ -58,7 +58,9 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
     Args:
         fixed: the reference image (2D or 3D).
         moving: the image to align (same dimension, any modality).
-        parameters: full settings; default: ``preset`` if given, else one rigid stage with Mattes MI.
+        parameters: full settings; default: ``preset`` if given, else one rigid stage with Mattes MI (on
+            backend "torch" the ``TorchRegistrationParameters`` defaults: one rigid stage, its own mutual
+            information with 32 bins, the "geometry" start; see :func:`resolve_parameters`).
         preset: a preset name from ``list_presets()`` (e.g. "ct-mr-head"), used when ``parameters`` is None.
         stages: run these stages (e.g. ``["rigid", "affine", "bspline"]``), keeping the settings the
             parameters/preset define for them and defaults for the others.
