@@ -246,7 +246,7 @@ class TorchRegistrationParameters:
             raise bad("lncc_kernel", self.lncc_kernel, "an odd whole number 3..31 (7 is typical)")
         if self.seed is not None:
             # torch's generators take 64-bit seeds (this one and seed + 1): beyond, a ValueError traceback
-            number("seed", whole=True, low=0, high=2**62, allowed="a whole number from 0 to 2**62, or None")
+            number("seed", whole=True, low=0, high=2**62, allowed="a whole number from 0 to 2^62, e.g. --seed 0")
         if not isinstance(self.mixed_precision, (bool, np.bool_)):  # "no" would count as True
             raise bad("mixed_precision", self.mixed_precision, "True or False")
         if not device_name_ok(self.device):
