@@ -677,21 +677,6 @@ def _add_train_fusion(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train_fusion)
 
 
-def _inside(path: str, folder: str) -> bool:
-    """Whether ``path`` is ``folder`` or lies below it (links resolved)."""
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return os.path.commonpath([path, folder]) == folder
-
-
-def _seen_by_find_pairs(path: str, folder: str) -> bool:
-    """Whether ``path`` is ``folder`` or lies below it in no hidden folder (find_pairs skips those, so a
-    cache in ``pairs/.cache`` is never read as pairs)."""
-    if not _inside(path, folder):
-        return False
-    below = os.path.relpath(os.path.realpath(path), os.path.realpath(folder))
-    return below == "." or not any(part.startswith(".") for part in below.split(os.sep))
-
-
 def _run_train_fusion(args: argparse.Namespace) -> int:
     from .errors import InputError
 
@@ -710,7 +695,7 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise InputError(f"train-fusion needs torch and MONAI ({exc}).",
                          "pip install 'slicer-multimodalfusion[deep]'") from exc
-    from .fusion.deep.data import find_pairs
+    from .fusion.deep.data import find_pairs, searched_by_find_pairs
     from .io import check_not_overwriting_inputs, check_writable
 
     checkpoint = args.checkpoint or args.output + ".ckpt.pt"
@@ -741,7 +726,7 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
                              f"Leave out --spatial-dims to continue the {resumed_dims}D run (or give "
                              f"--spatial-dims {resumed_dims}), or start a new run without --resume.")
     # (--resume may name the checkpoint itself: continuing a run updates it, as every epoch does)
-    if args.cache_dir and _seen_by_find_pairs(args.cache_dir, args.pairs):
+    if args.cache_dir and searched_by_find_pairs(args.cache_dir, args.pairs):
         # its cached arrays would be found as pairs by the next run ("No image pairs found ... 3 sub-folders")
         raise InputError(f"The cache folder '{args.cache_dir}' is inside the pairs folder '{args.pairs}'.",
                          "Give --cache-dir a folder outside --pairs (or a hidden one in it: --pairs DIR "

@@ -31,6 +31,7 @@ from .. import SLICE_AXIS_RATIO, slice_axis  # noqa: F401 (the shared rule, part
 __all__ = [
     "normalize",
     "find_pairs",
+    "searched_by_find_pairs",
     "load_pairs",
     "to_training_samples",
     "synthetic_pairs",
@@ -71,6 +72,17 @@ def _hidden(name: str) -> bool:
     """A hidden file or folder: ``.DS_Store``, macOS's AppleDouble ``._scan.nii.gz`` (not an image, but named
     like one: every file copied from a Mac to some disks has one), ``.ipynb_checkpoints``, ``.git``."""
     return name.startswith(".")
+
+
+def searched_by_find_pairs(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether :func:`find_pairs` of ``folder`` looks into ``path``: ``path`` is ``folder`` or lies below it in
+    no hidden folder (links resolved). ``train-fusion`` refuses such a ``--cache-dir``, whose arrays the next
+    run would read as pairs; ``pairs/.cache`` is fine."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    if os.path.commonpath([path, folder]) != folder:
+        return False
+    below = os.path.relpath(path, folder)
+    return below == "." or not any(_hidden(part) for part in below.split(os.sep))
 
 
 def _sub_folders(folder: Path) -> list[Path]:
