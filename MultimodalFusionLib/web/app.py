@@ -1083,7 +1083,8 @@ def websocket_refusal(origin: str | None, host: str | None, listen_host: str,
     from urllib.parse import urlsplit
 
     try:
-        host_name, host_port = urlsplit(f"//{host or ''}").hostname, urlsplit(f"//{host or ''}").port
+        split = urlsplit(f"//{host or ''}")
+        host_name, host_port = split.hostname, split.port
     except ValueError:
         return f"Host '{host}' is not an address."
     if _is_loopback(listen_host) and not _is_loopback(host_name) and host_name not in {a[1] for a in allowed}:
