@@ -748,28 +748,25 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
             else model.config.spatial_dims if model is not None else args.spatial_dims or 2)
     pairs = load_pairs(args.pairs, cache_dir=args.cache_dir, spatial_dims=dims)
     bar = ProgressBar(desc="train-fusion")
-    done: list[int] = []
 
     def epoch_line(entry: dict) -> None:
-        bar.write(f"epoch {int(entry['epoch']):3d}  loss {entry['loss']:.4f}")
-
-    def epoch_done(entry: dict) -> None:
         # as each epoch ends, not at the end of the run: a run logged to a file (no bar) shows its progress,
         # and a run that fails late leaves its loss history in the log
-        done.append(int(entry["epoch"]))
-        epoch_line(entry)
+        bar.write(f"epoch {int(entry['epoch']):3d}  loss {entry['loss']:.4f}")
 
     for entry in resumed.history if resumed is not None else ():  # the epochs the checkpoint holds
         epoch_line(entry)
+    before = _file_identity(checkpoint)  # what was there before this run: another run's checkpoint, or none
     try:
         result = train_fusion(pairs, config=FusionNetConfig(spatial_dims=args.spatial_dims or 2), training=tcfg,
                               checkpoint=checkpoint, resume=resumed, progress=bar, model=model,
-                              on_epoch=epoch_done)
+                              on_epoch=epoch_line)
     except KeyboardInterrupt:
         bar.close()  # before the line, which the bar would overwrite
-        if done:  # where the run can go on from: the checkpoint of the last whole epoch
-            print(f"mmfusion train-fusion: the checkpoint '{checkpoint}' holds epoch {done[-1]}; go on with the "
-                  f"same command and --resume '{checkpoint}'", file=sys.stderr)
+        on_disk = _resumable_checkpoint(checkpoint, before, resumed)
+        if on_disk is not None:  # where the run can go on from: the checkpoint of the last whole epoch
+            print(f"mmfusion train-fusion: the checkpoint '{on_disk[0]}' holds epoch {on_disk[1]}; go on with the "
+                  f"same command and --resume '{on_disk[0]}'", file=sys.stderr)
         raise
     finally:
         bar.close()
@@ -783,6 +780,42 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
 
 
 _BUILDERS.append(_add_train_fusion)
+
+
+def _file_identity(path: str) -> tuple[int, int, int] | None:
+    """(device, inode, modification time in ns) of ``path``, None where there is no file: each checkpoint is
+    written to a new file renamed over the old one, so the identity changes with every epoch saved."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _resumable_checkpoint(checkpoint: str, before: tuple[int, int, int] | None,
+                          resumed: Any) -> tuple[str, int] | None:
+    """(checkpoint, epochs it holds) an interrupted train-fusion run can go on from, read from the disk; None: none.
+
+    The checkpoint this run wrote, if it wrote one (its identity is not ``before``'s), with the epoch read from
+    the file: the epochs counted as they ended lagged by one when Ctrl-C came after a checkpoint was renamed into
+    place and before the epoch's callback (the file held epoch N + 1, the hint said N). Otherwise the checkpoint
+    the run resumed from, which it had not named (a run stopped in its first resumed epoch said nothing). Never a
+    checkpoint an earlier run left at the ``--checkpoint`` path: this run did not write it.
+    """
+    from .fusion.deep.weights import load_checkpoint
+
+    candidates = []
+    if _file_identity(checkpoint) not in (None, before):
+        candidates.append(checkpoint)
+    if resumed is not None:
+        candidates.append(resumed.path)
+    for path in candidates:
+        try:
+            return path, int(load_checkpoint(path)["epoch"]) + 1
+        except MultimodalFusionError:  # gone or replaced by something else since: name what can be resumed
+            continue
+    return None
+
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,9 +107,76 @@ class TrainFusionCliTest(unittest.TestCase):
             self.assertIn(f"the checkpoint '{ckpt}' holds epoch", err)
             self.assertIn(f"--resume '{ckpt}'", err)
             done = int(err.split("holds epoch ")[1].split(";")[0])
+            from MultimodalFusionLib.fusion.deep.weights import load_checkpoint
+
+            self.assertEqual(int(load_checkpoint(ckpt)["epoch"]) + 1, done)  # the epoch the file on disk holds
             with redirect_stdout(io.StringIO()) as out:
                 self.assertEqual(main(common + ["--epochs", str(done + 1), "--resume", ckpt]), 0)
             self.assertIn(f"epoch {done + 1:3d}  loss", out.getvalue())
+
+    def test_ctrl_c_names_the_checkpoint_and_epoch_on_disk(self):
+        """A real SIGINT sent at the moments the hint went wrong: right after a checkpoint was renamed into place
+        (the file held epoch 2, the hint said epoch 1), and during the first epoch of a resumed run (no hint,
+        though the checkpoint resumed from holds epoch 1); each hint names a file that holds the epoch it says."""
+        import signal
+
+        from MultimodalFusionLib.fusion.deep import weights
+        from MultimodalFusionLib.fusion.deep.weights import load_checkpoint
+
+        real_save = weights.save_checkpoint
+
+        def interrupted_save(after: bool, calls: list[int], at: int):
+            def save(*args, **kwargs):
+                calls.append(kwargs["epoch"])
+                if not after and len(calls) == at:  # Ctrl-C while the checkpoint is written: the old one stays
+                    os.kill(os.getpid(), signal.SIGINT)
+                path = real_save(*args, **kwargs)
+                if after and len(calls) == at:  # Ctrl-C just after the rename, before the epoch's callback
+                    os.kill(os.getpid(), signal.SIGINT)
+                return path
+            return save
+
+        def run(argv: list[str], after: bool, at: int) -> str:
+            calls: list[int] = []
+            weights.save_checkpoint = interrupted_save(after, calls, at)
+            saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
+                    self.assertEqual(main(argv), 130)
+            finally:
+                weights.save_checkpoint = real_save
+                signal.signal(signal.SIGINT, saved)
+            self.assertEqual(len(calls), at)  # the signal came at the save it was meant for
+            return err.getvalue()
+
+        def hint(err: str) -> tuple[str, int]:
+            line = [x for x in err.splitlines() if "holds epoch" in x]
+            self.assertEqual(len(line), 1, err)
+            return line[0].split("checkpoint '")[1].split("'")[0], int(line[0].split("holds epoch ")[1].split(";")[0])
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            _write_pairs(tmp / "pairs")
+            model = str(tmp / "m.safetensors")
+            ckpt = model + ".ckpt.pt"
+            common = ["train-fusion", "--pairs", str(tmp / "pairs"), "--output", model, "--patch-size", "32",
+                      "--batch-size", "2", "--samples-per-epoch", "2", "--seed", "3", "--device", "cpu",
+                      "--threads", "1", "--epochs", "4"]
+            path, epoch = hint(run(common, after=True, at=2))
+            self.assertEqual((path, epoch), (ckpt, 2))  # it said epoch 1
+            self.assertEqual(int(load_checkpoint(ckpt)["epoch"]) + 1, 2)
+            # resumed, stopped while its first epoch is saved: the checkpoint still holds epoch 2 (no hint before)
+            path, epoch = hint(run(common + ["--resume", ckpt], after=False, at=1))
+            self.assertEqual((path, epoch), (ckpt, 2))
+            # resumed from a copy, with the checkpoint of another (longer) run at the --checkpoint path: the hint
+            # names the file resumed from, not the one this run did not write
+            copy = str(tmp / "copy.ckpt.pt")
+            with open(ckpt, "rb") as src, open(copy, "wb") as dst:
+                dst.write(src.read())
+            run(common, after=True, at=3)  # the default checkpoint now holds epoch 3 of a new run
+            path, epoch = hint(run(common + ["--resume", copy], after=False, at=1))
+            self.assertEqual((path, epoch), (copy, 2))
+            self.assertEqual(int(load_checkpoint(ckpt)["epoch"]) + 1, 3)
 
     def test_a_checkpoint_given_as_weights_and_a_cache_inside_the_pairs_are_named(self):
         with tempfile.TemporaryDirectory() as tmp:
