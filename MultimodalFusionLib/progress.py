@@ -15,7 +15,7 @@ from .errors import OperationCancelled
 
 ProgressCallback = Callable[[float, str], Optional[bool]]
 
-__all__ = ["ProgressCallback", "report", "scaled", "CancelToken", "signals_stop"]
+__all__ = ["ProgressCallback", "report", "scaled", "CancelToken", "signals_stop", "python_receives"]
 
 
 def report(progress: ProgressCallback | None, fraction: float, message: str) -> None:
@@ -51,6 +51,42 @@ class CancelToken:
         return not self.cancelled
 
 
+def _system_handler(sig: int) -> int | None:
+    """The address of the handler the operating system runs for ``sig`` (0: SIG_DFL, 1: SIG_IGN), read with
+    POSIX ``sigaction`` without changing it; None where it cannot be read (Windows, no C library found)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        sigaction = libc.sigaction
+    except (OSError, TypeError, AttributeError):
+        return None
+    # struct sigaction begins with the handler on Linux (glibc, musl), macOS and the BSDs; the buffer is larger
+    # than the whole struct on each (152 bytes on Linux x86-64)
+    old = ctypes.create_string_buffer(1024)
+    sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    if sigaction(int(sig), None, old) != 0:
+        return None
+    return ctypes.c_void_p.from_buffer(old).value or 0
+
+
+def python_receives(sig: int) -> bool:
+    """Whether a ``sig`` the process gets runs the handler ``signal.getsignal(sig)`` names.
+
+    Python answers from its own table, which code in C does not update: an application that embeds Python and
+    sets a signal's handler in C after it started (3D Slicer resets SIGINT to SIG_DFL) still reads
+    ``default_int_handler``. False where the system's handler is SIG_DFL or SIG_IGN while Python's table names a
+    Python function; True where it cannot be read (Windows: Python's table is taken as it is).
+    """
+    import signal
+
+    handler = signal.getsignal(sig)
+    system = _system_handler(sig)
+    if system is None or not callable(handler):
+        return True
+    return system not in (int(signal.SIG_DFL), int(signal.SIG_IGN))
+
+
 @contextlib.contextmanager
 def signals_stop(stop: Callable[[], Any]) -> Iterator[None]:
     """While the block runs C++ code that calls back into Python (ITK's registration loop and its
@@ -59,8 +95,14 @@ def signals_stop(stop: Callable[[], Any]) -> Iterator[None]:
     as a traceback and turned by ITK into "error executing the Python Callable" (exit 3, a registration
     failure, not exit 130).
 
-    Only signals with a Python handler (Python's KeyboardInterrupt, the CLI's SIGTERM) are deferred, and
-    only in the main thread (where Python runs handlers; elsewhere the block runs as it is).
+    Only signals that Python receives are deferred (Python's KeyboardInterrupt, the CLI's SIGTERM: a Python
+    handler that the process really runs, :func:`python_receives`), and only in the main thread (where Python
+    runs handlers; elsewhere the block runs as it is). Inside 3D Slicer nothing changes: its Python manager (CTK's
+    ``ctkAbstractPythonManager::initPythonQt``) resets SIGINT to the system default in C after Python starts, so
+    that Ctrl-C in the terminal ends the application, while ``signal.getsignal`` still answers Python's
+    ``default_int_handler``; taking that answer, the block had put Python's handler back in at its end, and from
+    the first registration on a Ctrl-C raised KeyboardInterrupt in whatever Python code Slicer ran next instead
+    of ending Slicer (and during the registration stopped it instead).
     """
     import signal
     import threading
@@ -78,7 +120,7 @@ def signals_stop(stop: Callable[[], Any]) -> Iterator[None]:
     saved = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         handler = signal.getsignal(sig)
-        if callable(handler):  # not SIG_DFL / SIG_IGN: the process's own default stands
+        if callable(handler) and python_receives(sig):  # not SIG_DFL / SIG_IGN: the process's own default stands
             saved[sig] = handler
             signal.signal(sig, on_signal)
     try:

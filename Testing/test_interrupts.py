@@ -122,6 +122,63 @@ class CtrlCInTheRegistrationLoop(unittest.TestCase):
         self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)  # handler put back
 
 
+#: A process that embeds Python as 3D Slicer does: its Python manager (CTK's ctkAbstractPythonManager::initPythonQt)
+#: resets SIGINT to the system default in C once Python has started, so that Ctrl-C in the terminal ends the
+#: application; Python's own table (signal.getsignal) still names default_int_handler. Then it registers with a
+#: progress callback that sends SIGINT at the first iteration (SEND=1) or not, and reads the system's handler after.
+_AS_IN_SLICER = """
+import ctypes, os, signal, sys
+sys.path.insert(0, os.getcwd())
+sys.path.insert(0, os.path.join(os.getcwd(), "Testing"))
+libc = ctypes.CDLL(None)
+libc.signal.restype = ctypes.c_void_p
+libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.signal(signal.SIGINT, 0)  # signal(SIGINT, SIG_DFL), as CTK does after PythonQt::init
+assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+def _system_handler(sig):  # sigaction(sig, NULL, &old): the handler the system runs, read without changing it
+    old = ctypes.create_string_buffer(1024)
+    libc.sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    assert libc.sigaction(sig, None, old) == 0
+    return ctypes.c_void_p.from_buffer(old).value or 0
+from MultimodalFusionLib.registration import register, resolve_parameters
+from test_interrupts import _pair
+fixed, moving = _pair(24)
+send = os.environ["SEND"] == "1"
+def progress(fraction, message):
+    if send and "iteration" in message:
+        os.kill(os.getpid(), signal.SIGINT)
+register(fixed, moving, resolve_parameters(stages=["rigid"], seed=1), progress=progress)
+print("registered; the system's SIGINT handler:", _system_handler(signal.SIGINT), flush=True)
+os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C after the registration, in Slicer's terminal
+print("still running after a Ctrl-C", flush=True)
+"""
+
+
+@unittest.skipIf(os.name == "nt", "the embedding is emulated through POSIX signal()")
+class CtrlCInsideSlicer(unittest.TestCase):
+    """Inside 3D Slicer the engine changes nothing about SIGINT: Ctrl-C in the terminal ends the application, as
+    without the extension. signals_stop had read Python's table (default_int_handler) and put Python's handler in
+    at the end of each registration, so from then on a Ctrl-C raised KeyboardInterrupt in whatever Python code ran
+    next ('still running after a Ctrl-C'), and during a registration stopped it instead of ending Slicer."""
+
+    def _run(self, send: bool) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _AS_IN_SLICER], capture_output=True, text=True, cwd=ROOT,
+                              env=dict(os.environ, SEND="1" if send else "0"), timeout=120)
+
+    def test_ctrl_c_after_a_registration_still_ends_the_application(self) -> None:
+        done = self._run(send=False)
+        self.assertIn("the system's SIGINT handler: 0", done.stdout, done.stderr)  # SIG_DFL, as Slicer set it
+        self.assertNotIn("still running", done.stdout)
+        self.assertEqual(done.returncode, -signal.SIGINT, done.stderr)  # ended by the signal, no traceback
+        self.assertNotIn("KeyboardInterrupt", done.stderr)
+
+    def test_ctrl_c_during_a_registration_ends_the_application(self) -> None:
+        done = self._run(send=True)
+        self.assertNotIn("registered", done.stdout)
+        self.assertEqual(done.returncode, -signal.SIGINT, done.stderr)
+        self.assertNotIn("KeyboardInterrupt", done.stderr)
+
+
 class SignalledCommands(unittest.TestCase):
     def setUp(self) -> None:
         tmp = tempfile.TemporaryDirectory()
