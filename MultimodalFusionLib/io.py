@@ -43,6 +43,7 @@ __all__ = [
     "display_name",
     "make_output_dir",
     "missing_data_file",
+    "remove_dead_leftovers",
     "replacing_outputs",
     "volume_extension",
     "write_bytes",
@@ -1644,6 +1645,82 @@ def one_slice_inputs_as_2d(fixed: sitk.Image, moving: sitk.Image, fixed_mask: si
     return slice_volume, one_slice_as_2d(fixed, fixed_name), one_slice_as_2d(moving, moving_name), masks[0], masks[1]
 
 
+#: Temporary files and staging folders are named ``.mmf-tmp-OWNER-PID-...`` / ``.mmf-staging-OWNER-PID-...``
+#: (:func:`temporary_prefix`): OWNER stands for the machine (host name and, on Linux, PID namespace) and PID is
+#: the writing process, so a later write into the folder can tell a dead process's leftovers from a live one's.
+_LEFTOVER_NAME = re.compile(r"\.mmf-(?:tmp|staging)-([0-9a-f]{8})-([0-9]+)-")
+_swept_folders: set[str] = set()
+
+
+def _owner() -> str:
+    """8 hex digits naming where this process's PID means something: the host name and, on Linux, the PID
+    namespace (a container on the same host, or another host sharing the folder, gets another)."""
+    import hashlib
+    import socket
+
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.sha1(f"{socket.gethostname()}\0{namespace}".encode()).hexdigest()[:8]
+
+
+def temporary_prefix(kind: str = "tmp") -> str:
+    """The name prefix of a temporary file (``kind`` "tmp") or staging folder ("staging") written beside an
+    output: ``.mmf-KIND-OWNER-PID-`` (see :func:`remove_dead_leftovers`)."""
+    return f".mmf-{kind}-{_owner()}-{os.getpid()}-"
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` exists (False where that cannot be told: it may be alive)."""
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there (TerminateProcess)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: another user's live process
+        return False
+    return False
+
+
+def remove_dead_leftovers(folder: str | os.PathLike) -> list[str]:
+    """Remove from ``folder`` the temporary files and staging folders of processes that died while writing
+    into it (``kill -9``, a power cut: nothing of theirs could clean up); returns their paths.
+
+    Only names this machine's processes wrote (the owner in :func:`temporary_prefix` is this host's and PID
+    namespace's) and whose PID no longer exists: a live process's (another ``mmfusion`` writing into the same
+    folder) are never touched, and neither are other hosts' (a shared network folder: their PIDs cannot be
+    checked from here) nor names without a PID (written before it was in the name). A reused PID keeps a
+    leftover, never the reverse. Symbolic links are left alone. Each folder is swept once per process.
+    """
+    folder = os.path.abspath(os.fspath(folder))
+    if folder in _swept_folders:
+        return []
+    _swept_folders.add(folder)
+    owner, removed = _owner(), []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _LEFTOVER_NAME.match(name)
+        if not match or match.group(1) != owner or int(match.group(2)) == os.getpid():
+            continue
+        path = os.path.join(folder, name)
+        if os.path.islink(path) or not _process_gone(int(match.group(2))):
+            continue
+        try:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        except OSError:  # gone already (another run swept it), or not ours to remove after all
+            continue
+        removed.append(path)
+    return removed
+
+
 def atomic_path(path: str | os.PathLike) -> tuple[str, str]:
     """(temporary path next to ``path`` with the same extension, final path)."""
     final = os.fspath(path)
@@ -1651,9 +1728,10 @@ def atomic_path(path: str | os.PathLike) -> tuple[str, str]:
         raise InputError(f"The output '{final}' is a folder, not a file.", "Give a file name for the output.")
     folder = os.path.dirname(os.path.abspath(final))
     make_output_dir(folder)
+    remove_dead_leftovers(folder)
     suffix = _suffix(final) or ".tmp"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".mmf-tmp-", suffix=suffix, dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(), suffix=suffix, dir=folder)
     except OSError as exc:  # read-only folder or disk, no permission, a name too long; the temporary
         # file's name is internal, so name the output the user gave
         raise InputError(f"Cannot write '{final}' ({exc.strerror or exc}).",
@@ -1768,8 +1846,9 @@ def replacing_outputs(output_dir: str | os.PathLike, *, previous: Iterable[str] 
         InputError: the folder cannot be made or written to.
     """
     out = make_output_dir(output_dir)
+    remove_dead_leftovers(out)
     try:
-        stage = tempfile.mkdtemp(prefix=".mmf-staging-", dir=out)
+        stage = tempfile.mkdtemp(prefix=temporary_prefix("staging"), dir=out)
     except OSError as exc:
         raise InputError(f"Cannot write into the output folder '{out}' ({exc.strerror or exc}).",
                          "Give an output folder you can write to.") from exc
@@ -1977,7 +2056,7 @@ def staged_output(final: str | os.PathLike) -> Iterator[str]:
     folder = os.path.dirname(os.path.abspath(final))
     tmp, _ = atomic_path(final)  # the same checks and errors as every other output (folder, permission)
     os.remove(tmp)
-    stage = tempfile.mkdtemp(prefix=".mmf-staging-", dir=folder)
+    stage = tempfile.mkdtemp(prefix=temporary_prefix("staging"), dir=folder)
     try:
         staged = os.path.join(stage, os.path.basename(final))
         yield staged

@@ -951,7 +951,10 @@ def save_scene(path: str | os.PathLike, scene: Any = None) -> str:
     if final.endswith(".mrb"):
         # Slicer names the bundle's inner folder after the file: write under the final name in
         # a temporary folder next to it, then move it into place.
-        staging = tempfile.mkdtemp(prefix=".mmf-tmp-", dir=os.path.dirname(final))
+        from .io import remove_dead_leftovers, temporary_prefix
+
+        remove_dead_leftovers(os.path.dirname(final))
+        staging = tempfile.mkdtemp(prefix=temporary_prefix(), dir=os.path.dirname(final))
         tmp = os.path.join(staging, os.path.basename(final))
         try:
             with _quiet_vtk():  # vtkArchive reports every file it zips

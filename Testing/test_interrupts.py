@@ -249,5 +249,77 @@ class SignalledCommands(unittest.TestCase):
         self.assertNotIn("montage_average.png", after)
 
 
+#: A process writing into DIR through the engine's writers (a staging folder, a temporary file), which says
+#: "ready" and waits there: killed (kill -9) it leaves them, alive it is writing.
+_WRITING = """
+import os, sys, time
+sys.path.insert(0, os.getcwd())
+from MultimodalFusionLib import io
+out = sys.argv[1]
+with io.replacing_outputs(out) as stage, io.atomic_output(os.path.join(out, "single.nii.gz")) as tmp:
+    open(os.path.join(stage, "transform.tfm"), "w").write("half")
+    open(tmp, "wb").write(b"half")
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+def _writing(out: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _WRITING, out], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _leftovers(folder: str) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name.startswith(".mmf-"))
+
+
+@unittest.skipIf(os.name == "nt", "kill -9 and PIDs checked with os.kill(pid, 0) are POSIX")
+class KilledCommands(unittest.TestCase):
+    """kill -9 (SIGKILL) cannot be caught: a staging folder or temporary file stays in the output folder. The next
+    run writing into that folder removes those of dead processes (its PID is in their names), never a live one's;
+    they had piled up, one more at every killed run."""
+
+    setUp = SignalledCommands.setUp
+
+    def test_the_next_run_removes_what_a_killed_fuse_left(self) -> None:
+        fused = os.path.join(self.out, "fused.nii.gz")
+        pet = sitk.ReadImage(self.moving)
+        pet.SetOrigin((0.0, 0.0, 0.0))
+        self.moving = io.write_image(pet, os.path.join(self.dir, "pet_on_grid.nii.gz"))
+        argv = ["fuse", self.fixed, self.moving, "--method", "max", "-o", fused, "--report", self.out]
+        rc, err, sent = _signal_when(argv + ["--json"], signal.SIGKILL, f"s) -> {fused}")
+        self.assertTrue(sent and rc == -signal.SIGKILL, err[-2000:])
+        left = _leftovers(self.out)
+        self.assertTrue(left and all(n.startswith(".mmf-staging-") for n in left), left)  # the fused image staged
+        with contextlib.redirect_stdout(_textio.StringIO()):
+            self.assertEqual(cli.main(argv), 0)
+        self.assertEqual(_leftovers(self.out), [])
+        self.assertIn("fused.nii.gz", os.listdir(self.out))
+
+    def test_the_next_run_removes_a_dead_process_leftovers_and_keeps_a_live_ones(self) -> None:
+        dead = _writing(self.out)
+        dead.kill()  # SIGKILL
+        dead.wait()
+        left = _leftovers(self.out)
+        self.assertEqual(len(left), 2, left)  # the staging folder and the temporary file
+        self.assertTrue(all(f"-{dead.pid}-" in n for n in left), left)
+        # names the sweep cannot vouch for: another machine's (owner 00000000), and one without a PID
+        foreign = [f".mmf-staging-00000000-{dead.pid}-abc", ".mmf-tmp-k3j_x9.nii.gz"]
+        for name in foreign:
+            open(os.path.join(self.out, name), "w").close()
+        live = _writing(self.out)
+        try:
+            mine = [n for n in _leftovers(self.out) if f"-{live.pid}-" in n]
+            self.assertEqual(len(mine), 2, mine)
+            rc = subprocess.run([sys.executable, "-m", "MultimodalFusionLib.cli", "register", self.fixed, self.moving,
+                                 "-o", self.out, "--seed", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+            self.assertEqual(rc.returncode, 0, rc.stderr)
+            self.assertEqual(_leftovers(self.out), sorted(mine + foreign))  # the dead one's gone, the rest kept
+            self.assertIn("transform.tfm", os.listdir(self.out))
+        finally:
+            live.kill()
+            live.wait()
+
 if __name__ == "__main__":
     unittest.main()
