@@ -58,7 +58,9 @@ def _hashes(folder: str) -> dict[str, str]:
 def _signal_when(argv: list[str], sig: int, text: str, timeout: float = 120.0) -> tuple[int, str, bool]:
     """Run ``mmfusion ARGV``, send ``sig`` once ``text`` shows in its stderr; (exit code, stderr, whether
     the signal was sent while it ran)."""
-    env = dict(os.environ, MMFUSION_PROGRESS="1")
+    # unbuffered as in a CI or a shell that sets PYTHONUNBUFFERED: print's text and its newline are then two
+    # writes, and a signal sent between them is seen as soon as the text is
+    env = dict(os.environ, MMFUSION_PROGRESS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "MultimodalFusionLib.cli", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=env, cwd=ROOT)
     chunks: list[bytes] = []
@@ -238,7 +240,7 @@ class SignalledCommands(unittest.TestCase):
         before = _hashes(self.out)
         # --json: the "fused (max, T s) -> F" line (after the image is written) goes to stderr, where the signal is sent from
         rc, err, sent = _signal_when(["fuse", self.fixed, self.moving, "--method", "max", "-o", fused,
-                                      "--report", self.out, "--json"], signal.SIGINT, f"s) -> {fused}")
+                                      "--report", self.out, "--json"], signal.SIGINT, f"s) -> {fused}\n")
         self._check(rc, err, sent, 130, "mmfusion fuse: interrupted", before)
         with contextlib.redirect_stdout(_textio.StringIO()):  # and without a signal, both are replaced
             self.assertEqual(cli.main(["fuse", self.fixed, self.moving, "--method", "max", "-o", fused,
