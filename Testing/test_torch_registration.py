@@ -406,6 +406,64 @@ class TorchRegistrationTest(unittest.TestCase):
             self.assertIn("from 0 to 50 voxels", str(ctx.exception))
         TorchRegistrationParameters(velocity_sigma=50).validate()
 
+    def test_a_deformable_stage_without_iterations_is_refused_and_a_linear_one_keeps_its_start(self) -> None:
+        # deformable_iterations [0] (every level 0) had run no iteration and returned a zero displacement field,
+        # accepted without a word; negative, fractional, infinite or boolean counts are refused by name (an
+        # infinite one had ended in an OverflowError traceback, True had counted as 1 iteration)
+        from MultimodalFusionLib import registration
+        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
+
+        fixed, moving = _blobs(2, 48, 0), _blobs(2, 48, 1.5)
+        for iters in ([0], [0, 0]):
+            spacing = [4.0, 2.0][:len(iters)]
+            with self.subTest(iterations=iters), self.assertRaises(InputError) as ctx:
+                registration.register(fixed, moving, self._params(stages=["rigid", "deformable"],
+                                                                  linear_iterations=[5, 5, 5],
+                                                                  deformable_level_spacing_mm=spacing,
+                                                                  deformable_iterations=iters),
+                                      backend="torch", seed=1)
+            self.assertIn(f"deformable_iterations {iters!r} run no iteration", str(ctx.exception))
+            self.assertIn("leave 'deformable' out of stages", str(ctx.exception))
+        TorchRegistrationParameters(deformable_iterations=[0, 50]).validate()   # a level skipped: fine
+        TorchRegistrationParameters(stages=["affine"], deformable_iterations=[0, 0]).validate()  # not run
+        for field, value in (("deformable_iterations", [-1, 50]), ("deformable_iterations", [1.5, 50]),
+                             ("deformable_iterations", [float("inf"), 50]), ("deformable_iterations", [True, 50]),
+                             ("deformable_iterations", ["3", 50]), ("linear_iterations", [10, -2, 5]),
+                             ("linear_shrink_factors", [4, 1.5, 1]), ("linear_shrink_factors", [0.5, 0.5, 1]),
+                             ("deformable_level_spacing_mm", [4.0, 0.0]), ("deformable_level_spacing_mm", [4.0, True])):
+            with self.subTest(**{field: value}), self.assertRaises(InputError) as ctx:
+                TorchRegistrationParameters(**{field: value}).validate()
+            self.assertIn(f"invalid {field} ", str(ctx.exception))
+        # linear_iterations [0] keeps the start on purpose (the initializer alone), and the result says so
+        start = registration.register(fixed, moving, self._params(stages=["rigid"], linear_iterations=[0, 0, 0]),
+                                      backend="torch", seed=1)
+        self.assertEqual(start.stages[0].iterations, 0)
+        self.assertIn("no iterations (linear_iterations are all 0)", start.stages[0].stop_reason)
+
+    def test_pyramid_levels_coarser_than_the_image_are_refused_up_front(self) -> None:
+        # deformable_level_spacing_mm [1e9] had ended in "non-finite metric ... lower deformable_learning_rate"
+        # (ITK's Gaussian is NaN at sigma 5e8 mm), linear_shrink_factors [1e9] in a torch RuntimeError (an index
+        # out of bounds), a 100 mm level of a 47 mm image ran and was discarded
+        from MultimodalFusionLib import registration
+
+        fixed, moving = _blobs(2, 48, 0), _blobs(2, 48, 1.5)
+        cases = ((dict(stages=["rigid", "deformable"], linear_iterations=[5, 5, 5],
+                       deformable_level_spacing_mm=[1e9, 2.0]), "deformable_level_spacing_mm [1e+09, 2]"),
+                 (dict(stages=["rigid", "deformable"], linear_iterations=[5, 5, 5],
+                       deformable_level_spacing_mm=[100.0, 2.0]), "deformable_level_spacing_mm [100, 2]"),
+                 (dict(stages=["rigid"], linear_shrink_factors=[10**9], linear_iterations=[5]),
+                  "linear_shrink_factors [1e+09]"),
+                 (dict(stages=["affine"], linear_shrink_factors=[48, 1], linear_iterations=[5, 5]),
+                  "linear_shrink_factors [48, 1]"))
+        for settings, named in cases:
+            with self.subTest(**settings), self.assertRaises(InputError) as ctx:
+                registration.register(fixed, moving, self._params(**settings), backend="torch", seed=1)
+            self.assertIn(named, str(ctx.exception))
+            self.assertIn("coarser than the whole fixed image (48x48 voxels, 47 mm across", str(ctx.exception))
+        # a level as coarse as the image is not refused (it keeps 4 voxels): 47 mm, shrink 47
+        registration.register(fixed, moving, self._params(stages=["rigid"], linear_shrink_factors=[47, 1],
+                                                          linear_iterations=[2, 2]), backend="torch", seed=1)
+
     def test_bad_inputs_name_the_fix(self) -> None:
         from MultimodalFusionLib.registration.torch_backend import register_torch, torch_parameters
 

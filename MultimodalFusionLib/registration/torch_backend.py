@@ -53,6 +53,7 @@ from ..validation import (
     small_overlap_warnings,
     start_overlap,
     voxels_inside,
+    whole_number,
 )
 from .parameters import StageParameters
 from .result import RegistrationResult, StageResult
@@ -213,19 +214,32 @@ class TorchRegistrationParameters:
             raise bad("regularisation", self.regularisation, "diffusion / bending")
         for levels_name, iters_name in (("linear_shrink_factors", "linear_iterations"),
                                         ("deformable_level_spacing_mm", "deformable_iterations")):
-            levels = list(getattr(self, levels_name))
-            iters = list(getattr(self, iters_name))
+            levels, iters = getattr(self, levels_name), getattr(self, iters_name)
+            for field, value in ((levels_name, levels), (iters_name, iters)):
+                if not isinstance(value, (list, tuple, np.ndarray)):
+                    raise bad(field, value, "a list with one entry per pyramid level, coarse to fine")
             if not levels or len(levels) != len(iters):
                 raise bad(f"{levels_name}/{iters_name}", (levels, iters),
                           "two lists of the same, non-zero length (one entry per pyramid level)")
-            try:
-                ok = (all(math.isfinite(float(f)) and float(f) > 0 for f in levels)
-                      and all(float(i) == int(i) and int(i) >= 0 for i in iters))
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise bad(f"{levels_name}/{iters_name}", (levels, iters),
-                          "positive, finite level sizes and whole iteration counts >= 0")
+            # each list named on its own: 1.5 shrink had been truncated to 1 without a word, an infinite
+            # iteration count ended in an OverflowError traceback, True counted as 1 iteration
+            if levels_name == "linear_shrink_factors":
+                if any(whole_number(f, 1) is None for f in levels):
+                    raise bad(levels_name, levels, "whole numbers >= 1, coarse to fine, e.g. [4, 2, 1]")
+            elif not all(_positive_number(f) for f in levels):
+                raise bad(levels_name, levels, "positive, finite voxel sizes in mm, coarse to fine, e.g. [4, 2]")
+            if any(whole_number(i, 0) is None for i in iters):
+                raise bad(iters_name, iters, f"whole numbers >= 0, one per level of {levels_name}")
+        if (any(_STAGE_ALIASES.get(str(s).lower()) == "deformable" for s in self.stages)
+                and not any(int(i) for i in self.deformable_iterations)):
+            # the stage had run no iteration and returned a zero displacement field, accepted without a word
+            # (its metric "improved" from x to x): the linear stages' 0 iterations keep the start transform on
+            # purpose (the initializer alone), a deformable stage's 0 would only add an empty field
+            raise InputError(f"Torch registration: deformable_iterations {self.deformable_iterations!r} run no "
+                             "iteration at any deformable level, so the deformable stage would return a zero "
+                             "displacement field.",
+                             "Give at least one level some iterations (the default is [100, 50]), or leave "
+                             "'deformable' out of stages to keep the linear result alone.")
         number("histogram_bins", whole=True, low=4, high=256, allowed="a whole number 4..256 (typically 32)")
         number("integration_steps", whole=True, low=0, high=16, allowed="0..16 (7 is typical)")
         number("regularisation_weight", low=0, allowed="a finite number >= 0")
@@ -341,6 +355,12 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
     out.deformable_metric = _METRIC_ALIASES.get(str(out.deformable_metric).lower(), str(out.deformable_metric))
     out.validate()
     return out
+
+
+def _positive_number(value: Any) -> bool:
+    """``value`` is a finite number > 0 (not a bool or a string)."""
+    return (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+            and math.isfinite(float(value)) and float(value) > 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -887,9 +907,12 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
         with torch.no_grad():
             a_cur, t_cur = (x.detach() for x in current())
     after = evaluate(a_cur, t_cur)
+    # linear_iterations of 0 keep the start (the initializer alone, on purpose): the result says so
+    stop = ("iteration budget of every level spent" if done else
+            "no iterations (linear_iterations are all 0): the start transform kept")
     stage = StageResult(name=name, metric_name="mi (torch, negative mutual information)",
                         metric_before=before, metric_after=after, iterations=done,
-                        stop_reason="iteration budget of every level spent", seconds=time.perf_counter() - start,
+                        stop_reason=stop, seconds=time.perf_counter() - start,
                         history=history)
     return a_cur.cpu().numpy(), t_cur.cpu().numpy(), stage
 
@@ -1135,6 +1158,40 @@ def _deformable_levels(p: TorchRegistrationParameters, base_spacing: float) -> l
     return levels
 
 
+def _check_levels_fit(params: TorchRegistrationParameters, fixed: sitk.Image) -> None:
+    """Refuse a pyramid level whose voxels are coarser than the fixed image's largest extent.
+
+    Such a level keeps the 4 voxels a level never goes below, smoothed by half the asked voxel size: nothing
+    to register. ``deformable_level_spacing_mm=[1e9]`` had ended in "non-finite metric ... lower the learning
+    rate" (ITK's recursive Gaussian returns NaN at sigma 5e8 mm), ``linear_shrink_factors=[1e9]`` in a torch
+    RuntimeError (an index out of bounds in the MI histogram), and a 100 mm level of a 47 mm image ran and
+    was discarded as worse.
+    """
+    extent = float(max((n - 1) * s for n, s in zip(fixed.GetSize(), fixed.GetSpacing())))
+    base = float(min(fixed.GetSpacing()))
+    size = "x".join(str(n) for n in fixed.GetSize())
+    stages = set(params.stages)
+    checks = []
+    if stages & {"rigid", "affine"}:
+        checks.append(("linear_shrink_factors", [float(f) for f in params.linear_shrink_factors],
+                       [base * float(f) for f in params.linear_shrink_factors],
+                       f"shrink factors whose voxels (factor x {base:g} mm, the finest fixed voxel) stay within "
+                       f"it, e.g. [4, 2, 1]"))
+    if "deformable" in stages:
+        checks.append(("deformable_level_spacing_mm", [float(f) for f in params.deformable_level_spacing_mm],
+                       [float(f) for f in params.deformable_level_spacing_mm],
+                       "level voxel sizes in mm within it, coarse to fine, e.g. [4, 2]"))
+    for field, asked, voxels_mm, allowed in checks:
+        too_coarse = [a for a, mm in zip(asked, voxels_mm) if mm > extent]
+        if too_coarse:
+            listed = "[" + ", ".join(f"{a:g}" for a in asked) + "]"
+            raise InputError(f"Torch registration: {field} {listed} asks for levels of "
+                             f"{', '.join(f'{mm:g} mm' for a, mm in zip(asked, voxels_mm) if a in too_coarse)} "
+                             f"voxels, coarser than the whole fixed image ({size} voxels, {extent:g} mm across "
+                             "at most): such a level has nothing left to register.",
+                             f"Use {allowed}.")
+
+
 def _effective_settings(ctx: _Context, p: TorchRegistrationParameters, device: Any) -> dict[str, Any]:
     """What ran where the engine chose it (metrics.json's ``effective``): each level's fixed grid (x, y[, z]:
     a thin axis keeps at least 4 voxels, or all it has, so a 6-slice slab keeps 4-6 slices at every level),
@@ -1201,6 +1258,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     check_min_axis(fixed, moving)
     if "deformable" in params.stages:
         check_deformable_size(fixed, "deformable")
+    _check_levels_fit(params, fixed)
     fixed_mask = check_mask(fixed_mask, fixed, "fixed mask", "fixed image") if fixed_mask is not None else None
     moving_mask = check_mask(moving_mask, moving, "moving mask", "moving image") if moving_mask is not None else None
     dim = fixed.GetDimension()
