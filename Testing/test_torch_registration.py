@@ -7,6 +7,7 @@ runs in about a minute. Speed targets are in benchmarks/registration.py, not her
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import unittest
 from typing import Any, Iterator
@@ -357,6 +358,47 @@ class TorchRegistrationTest(unittest.TestCase):
         p = registration.resolve_parameters(sitk_settings, backend="torch")
         self.assertEqual((torch_parameters(p).histogram_bins, torch_parameters(p).linear_shrink_factors),
                          (48, [2, 1]))
+
+    def test_a_preset_stage_without_bins_runs_the_torch_default_and_a_clamp_is_warned(self) -> None:
+        # a preset's first linear stage that leaves histogram_bins out holds the SimpleITK default of its type,
+        # which the conversion carried into the torch run: --preset X --stages affine ran 50 bins (the sitk
+        # affine default) where a torch run without settings runs 32; a StageParameters(name="rigid") 50 too.
+        # Bins outside 8..64 were clamped without a word.
+        from MultimodalFusionLib import registration
+        from MultimodalFusionLib.registration.parameters import list_presets
+        from MultimodalFusionLib.registration.torch_backend import (
+            TorchRegistrationParameters,
+            conversion_warnings,
+            torch_parameters,
+        )
+
+        own = TorchRegistrationParameters().histogram_bins
+        for preset in list_presets():
+            for stages in (None, "affine", "affine,bspline", "rigid,affine,bspline"):
+                with self.subTest(preset=preset, stages=stages):
+                    p = registration.resolve_parameters(preset=preset, stages=stages, backend="torch")
+                    self.assertEqual(torch_parameters(p).histogram_bins, own)
+                    self.assertEqual(conversion_warnings(p), [])
+        bare = registration.RegistrationParameters(stages=[registration.StageParameters(name="rigid")])
+        self.assertEqual(torch_parameters(bare).histogram_bins, own)
+        # bins given on purpose still translate, within 8..64, and a clamp or an unused count is said
+        chosen = registration.RegistrationParameters.from_dict({"stages": [{"name": "rigid", "histogram_bins": 48}]})
+        self.assertEqual(torch_parameters(chosen).histogram_bins, 48)
+        for bins, used in ((4, 8), (128, 64)):
+            wide = registration.RegistrationParameters.from_dict(
+                {"stages": [{"name": "rigid", "histogram_bins": bins}, {"name": "affine", "histogram_bins": 40}]})
+            self.assertEqual(torch_parameters(wide).histogram_bins, used)
+            said = conversion_warnings(wide)
+            self.assertEqual(len(said), 2, said)
+            self.assertIn(f"{bins} histogram bins are outside the 8-64", said[0])
+            self.assertIn(f"runs with {used}", said[0])
+            self.assertIn("the affine stage's 40 bins are not used", said[1])
+        fixed, moving = _brainweb_pair()
+        quick = dataclasses.replace(wide, stages=[dataclasses.replace(wide.stages[0], shrink_factors=[2],
+                                                                      smoothing_sigmas=[0.0])])
+        result = registration.register(fixed, moving, quick, backend="torch", seed=1)
+        self.assertEqual(result.parameters["histogram_bins"], 64)
+        self.assertTrue(any("128 histogram bins are outside the 8-64" in w for w in result.warnings), result.warnings)
 
     def test_folding_from_weak_regularisation_is_warned(self) -> None:
         from MultimodalFusionLib import registration

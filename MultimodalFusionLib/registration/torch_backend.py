@@ -76,6 +76,7 @@ __all__ = [
     "resample_torch",
     "select_device",
     "torch_parameters",
+    "conversion_warnings",
 ]
 
 TORCH_STAGES = ("rigid", "affine", "deformable")
@@ -281,14 +282,73 @@ class TorchRegistrationParameters:
         return dataclasses.asdict(self)
 
 
+#: Histogram bins a SimpleITK stage's count is kept within when converted (the torch MI samples 20 000 voxels).
+_MIN_CARRIED_BINS, _MAX_CARRIED_BINS = 8, 64
+
+
+def _given_bins(stage: Any) -> int | None:
+    """A SimpleITK stage's histogram bins when chosen for it, None when they are SimpleITK's default.
+
+    A stage that leaves ``histogram_bins`` out (a preset's ``{"name": "affine"}``, a stage ``--stages`` adds
+    that the preset does not list, ``StageParameters(name="rigid")``) holds that stage type's default (rigid
+    32, affine 50) or the class's (50); converted, that default had reached a torch run (``--preset ct-mr-head
+    --stages affine``: 50 bins) where a torch run without settings uses its own 32. Such a count reads as
+    not given (an explicit 50 alike: nothing tells them apart).
+    """
+    from .parameters import StageParameters, default_stage
+
+    bins = getattr(stage, "histogram_bins", None)
+    if whole_number(bins, 1) is None:
+        return None
+    defaults = {StageParameters().histogram_bins}
+    try:
+        defaults.add(default_stage(str(getattr(stage, "name", ""))).histogram_bins)
+    except InputError:
+        pass
+    return None if int(bins) in defaults else int(bins)
+
+
+def conversion_warnings(parameters: Any) -> list[str]:
+    """What :func:`torch_parameters` changes in SimpleITK settings' histogram bins, as warnings.
+
+    Empty for torch settings, dicts and None; for a ``RegistrationParameters`` (a preset): bins given
+    outside 8..64 (clamped, which had been silent), and linear stages after the first that ask for other
+    bins (the torch backend runs every linear stage with one count, the first's).
+    """
+    if parameters is None or isinstance(parameters, (dict, TorchRegistrationParameters)) \
+            or not hasattr(parameters, "stages"):
+        return []
+    linear = [s for s in parameters.stages
+              if _STAGE_ALIASES.get(str(getattr(s, "name", "")).lower()) in ("rigid", "affine")]
+    if not linear:
+        return []
+    out = []
+    first = _given_bins(linear[0])
+    used = TorchRegistrationParameters().histogram_bins if first is None else \
+        min(max(first, _MIN_CARRIED_BINS), _MAX_CARRIED_BINS)
+    if first is not None and used != first:
+        out.append(f"The {linear[0].name} stage's {first} histogram bins are outside the {_MIN_CARRIED_BINS}-"
+                   f"{_MAX_CARRIED_BINS} the torch backend takes from SimpleITK settings: it runs with {used}. "
+                   "Give histogram_bins within that range, or TorchRegistrationParameters(histogram_bins=...) "
+                   "for another count.")
+    for stage in linear[1:]:
+        bins = _given_bins(stage)
+        if bins is not None and bins != used:
+            out.append(f"The torch backend runs every linear stage with one histogram bin count, the first "
+                       f"linear stage's ({used}): the {stage.name} stage's {bins} bins are not used.")
+    return out
+
+
 def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrationParameters:
     """Torch settings from the SimpleITK backend's :class:`RegistrationParameters`, a dict, or None.
 
     From a ``RegistrationParameters`` the stage list ("rigid"/"affine" -> linear stages,
     "bspline" -> "deformable"), the initializer, the seed, the first linear stage's shrink
-    factors and metric and the histogram bins are kept; optimiser settings (iterations,
-    learning rates) are the torch defaults, because Adam steps are not comparable with
-    SimpleITK's optimisers.
+    factors and metric and its histogram bins when given (kept within 8..64; a count equal to
+    SimpleITK's default for that stage reads as not given: the torch default 32 then, as without
+    settings; :func:`conversion_warnings` says when bins were clamped or differ between linear stages)
+    are kept; optimiser settings (iterations, learning rates) are the torch defaults, because Adam
+    steps are not comparable with SimpleITK's optimisers.
 
     Args:
         parameters: None (defaults), a TorchRegistrationParameters, a RegistrationParameters
@@ -324,9 +384,9 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
             first = linear[0]
             metric = _METRIC_ALIASES.get(str(getattr(first, "metric", "mi")).lower(), "mi")
             out.linear_metric = metric
-            bins = getattr(first, "histogram_bins", None)
-            if bins:
-                out.histogram_bins = int(min(max(int(bins), 8), 64))
+            bins = _given_bins(first)
+            if bins is not None:
+                out.histogram_bins = int(min(max(bins, _MIN_CARRIED_BINS), _MAX_CARRIED_BINS))
             shrink = list(getattr(first, "shrink_factors", out.linear_shrink_factors) or out.linear_shrink_factors)
             if shrink and shrink != out.linear_shrink_factors:
                 out.linear_iterations = [int(out.linear_iterations[min(i, len(out.linear_iterations) - 1)])
@@ -1245,6 +1305,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     import torch
 
     t_start = time.perf_counter()
+    converted = conversion_warnings(parameters)
     params = torch_parameters(parameters)
     if seed is None:
         seed = params.seed
@@ -1311,7 +1372,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         # sitk backend (here the moving mask was left out without a word: see _both_masks)
         first = start_kind(params.initializer, initial_transform is not None and search_info is None)
         start_tx = _affine_transform(matrix, center, translation)
-        warnings: list[str] = small_mask_warnings(fixed_mask, moving_mask) + check_masks_meet(
+        warnings: list[str] = converted + small_mask_warnings(fixed_mask, moving_mask) + check_masks_meet(
             fixed_f, fixed_mask, moving_mask, start_tx, start_description(first), start_fix(first, masks=True))
         # the fixed voxels (in the fixed mask) inside the moving image (its mask), resampled once: without masks
         # also the count of the no-overlap check
