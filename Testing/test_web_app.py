@@ -169,7 +169,7 @@ class WebAppTest(unittest.TestCase):
         tracemalloc.start()
         try:
             for b in range(batches):
-                self.loop.run_until_complete(trigger(batch(b)))
+                self.loop.run_until_complete(trigger("series", batch(b)))
                 if b == 0:  # on disk already, under a name no path shows: the panel's path is the old one
                     (partial,) = self._partial_uploads()
                     self.assertTrue(partial.name.startswith(".moving-"), partial.name)
@@ -179,7 +179,7 @@ class WebAppTest(unittest.TestCase):
         finally:
             tracemalloc.stop()
         self.assertLess(peak, 3 * per_batch * slice_bytes, "the server should hold one batch, not the upload")
-        self.loop.run_until_complete(trigger([]))  # the end: renamed, and the panel shows it
+        self.loop.run_until_complete(trigger("series", []))  # the end: renamed, and the panel shows it
         folder = Path(state.moving_path)
         self.assertEqual(folder.parent, self.workdir)
         self.assertTrue(folder.name.startswith("moving-"), folder.name)
@@ -195,11 +195,11 @@ class WebAppTest(unittest.TestCase):
         state.fixed_path, state.error_message = self.fixed_path, ""
         for k, files in enumerate(([{"name": "IM1", "content": b"A"}], [{"name": "IM1", "content": b"B"}],
                                    [{"name": "IM2", "content": b"C"}])):
-            self.loop.run_until_complete(trigger(files))
+            self.loop.run_until_complete(trigger("refused", files))
             # written, then gone when the refusal is shown (not at the end)
             self.assertEqual(len(self._partial_uploads()), 1 if k == 0 else 0, k)
         self.assertIn("Two uploaded files are named 'IM1'", state.error_message)
-        self.loop.run_until_complete(trigger([]))
+        self.loop.run_until_complete(trigger("refused", []))
         self.assertEqual(state.fixed_path, self.fixed_path)
         self.assertEqual(self._partial_uploads(), [])
         # the next upload starts afresh
@@ -208,12 +208,131 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual(state.error_message, "")
         self.assertEqual(Path(state.fixed_path).read_bytes(), b"D")
         # a page closed or reloaded midway never sends the end: what it wrote goes when its client exits
-        self.loop.run_until_complete(trigger([{"name": "IM9", "content": b"E"}]))
+        self.loop.run_until_complete(trigger("cut", [{"name": "IM9", "content": b"E"}]))
         self.assertEqual(len(self._partial_uploads()), 1)
         self.app._drop_partial_uploads()
         self.assertEqual(self._partial_uploads(), [])
-        self.loop.run_until_complete(trigger([]))  # a late end changes nothing
+        self.loop.run_until_complete(trigger("cut", []))  # a late end changes nothing
         self.assertEqual(Path(state.fixed_path).read_bytes(), b"D")
+
+    def test_two_uploads_at_once_are_never_mixed(self) -> None:
+        # Batches carried no upload of their own: a second upload of the moving image started while the first
+        # was arriving (another pick of files, or another tab) wrote into the first one's folder, which then
+        # held A1, A2 and B1, and the second ended as B2 alone (a series without its first slices)
+        state = self.app.state
+        state.moving_path, state.error_message = self.moving_path, ""
+        trigger = self.app._upload_chunk_fn("moving")
+        run = self.loop.run_until_complete
+        run(trigger("tab-1", [{"name": "A1", "content": b"a1"}]))
+        run(trigger("tab-2", [{"name": "B1", "content": b"b1"}]))  # the newer upload is kept, the older dropped
+        self.assertIn("A new upload of the moving image started", state.error_message)
+        self.assertEqual(len(self._partial_uploads()), 1)
+        run(trigger("tab-1", [{"name": "A2", "content": b"a2"}]))  # the rest of the dropped one is ignored
+        run(trigger("tab-1", []))
+        self.assertEqual(state.moving_path, self.moving_path)
+        run(trigger("tab-2", [{"name": "B2", "content": b"b2"}]))
+        run(trigger("tab-2", []))
+        folder = Path(state.moving_path)
+        self.assertEqual(folder.parent, self.workdir)
+        self.assertEqual(sorted(os.listdir(folder)), ["B1", "B2"])
+        self.assertEqual(self._partial_uploads(), [])
+        # what a client sends that is no upload is refused in the banner, with nothing written
+        for args in ((None, [{"name": "x", "content": b"x"}]), ("id", "not a list"), (7, [])):
+            state.error_message = ""
+            run(trigger(*args))
+            self.assertIn("does not understand", state.error_message, args)
+        for k, entry in enumerate(("x", {"name": 5, "content": b"x"}, {"name": "x", "content": "text"},
+                                   {"name": "x", "offset": 4, "size": 8, "content": b"late"})):
+            state.error_message = ""
+            run(trigger(f"bad-{k}", [entry]))
+            self.assertTrue(state.error_message, entry)
+            run(trigger(f"bad-{k}", []))
+        self.assertEqual(Path(state.moving_path), folder)
+        self.assertEqual(self._partial_uploads(), [])
+
+    def test_a_large_file_arrives_in_pieces_written_as_they_come(self) -> None:
+        # trame's page read a file whole into one message: a 300 MiB NIfTI was held whole by the server (three
+        # times over, in wslink's reassembly); the page now sends pieces of UPLOAD_PIECE_BYTES at their offsets
+        from MultimodalFusionLib.web.app import UPLOAD_PIECE_BYTES
+
+        state = self.app.state
+        state.fixed_path, state.error_message = self.fixed_path, ""
+        trigger = self.app._upload_chunk_fn("fixed")
+        run = self.loop.run_until_complete
+        data = Path(self.fixed_path).read_bytes()
+        piece = 1000
+        for offset in range(0, len(data), piece):
+            run(trigger("big", [{"name": "t1.nii.gz", "offset": offset, "size": len(data),
+                                 "content": data[offset:offset + piece]}]))
+            (partial,) = self._partial_uploads()
+            self.assertEqual((partial / "t1.nii.gz").stat().st_size, min(len(data), offset + piece))
+        run(trigger("big", []))
+        self.assertEqual(state.error_message, "")
+        self.assertEqual(Path(state.fixed_path).read_bytes(), data)
+        self.assertEqual(Path(state.fixed_path).name, "t1.nii.gz")
+        # an upload that ends before a file's last piece is refused, naming it (not read as a truncated volume)
+        run(trigger("short", [{"name": "t1.nii.gz", "offset": 0, "size": len(data), "content": data[:piece]}]))
+        run(trigger("short", []))
+        self.assertIn(f"'t1.nii.gz' (1000 of {len(data)} bytes)", state.error_message)
+        self.assertEqual(Path(state.fixed_path).read_bytes(), data)
+        self.assertEqual(self._partial_uploads(), [])
+        # the page's script sends pieces of that size (and the file input calls it)
+        from MultimodalFusionLib.web.app import _UPLOAD_JS
+
+        self.assertIn(f"const piece = {UPLOAD_PIECE_BYTES};", _UPLOAD_JS)
+        self.assertIn("<trame-script", self.app.ui.html)
+        self.assertIn("window.mmfusion_upload($event.target.files", self.app.ui.html)
+
+    def test_state_values_a_client_sets_are_checked_with_a_banner(self) -> None:
+        # A trame client can set any state value: Register with seed "abc" or 1e400 (infinity on the wire)
+        # raised ValueError/OverflowError, a traceback in the server log and nothing in the page; seed 1.5 ran
+        # as 1; stages "rigid" ran as r, i, g, i, d; an opacity "abc" or a window/level preset [] raised in the
+        # change callback (a warning in the log, nothing in the page)
+        self._load()
+        state = self.app.state
+        checks = [("seed", "abc", "seed must be a whole number"), ("seed", float("inf"), "not inf"),
+                  ("seed", 1.5, "not 1.5"), ("seed", -1, "not -1"), ("seed", True, "not True"),
+                  ("stages", "rigid", "stages must be a list"), ("stages", ["rigid", "warp"], "stage 'warp'"),
+                  ("initializer", 3, "initializer 3")]
+        good = {"seed": 0, "stages": ["rigid"], "preset": "", "initializer": ""}
+        for key, value, expected in checks:
+            with state:
+                state.update({**good, key: value, "error_message": ""})
+            self._do(self.app.start_registration)
+            self.assertIn(expected, state.error_message, (key, value))
+            self.assertFalse(state.job_busy)
+        state.error_message = ""
+        self._set(preset=["x"])  # the preset's change callback: refused, and the choice back to (none)
+        self.assertIn("Unknown registration preset ['x']", state.error_message)
+        self.assertEqual(state.preset, "")
+        with state:
+            state.update({**good, "method": "nosuch", "error_message": ""})
+        self._do(self.app.start_fusion)
+        self.assertIn("Unknown fusion method 'nosuch'", state.error_message)
+        for value in (["a.nii"], "a\0b.nii"):
+            state.fixed_path, state.error_message = value, ""
+            self._do(self.app.load_from_paths)
+            self.assertIn("fixed path sent by the page is not a text", state.error_message)
+        # display values: a banner, and the control goes back to what the views show
+        for key, value, expected, back in (("fg_opacity", "abc", "opacity must be a number", 0.5),
+                                           ("fg_opacity", 2, "opacity must be a number", 0.5),
+                                           ("wl_preset", ["x"], "Unknown window/level preset", "auto"),
+                                           ("fg_layer", 7, "Unknown foreground layer", "functional"),
+                                           ("colormap", 5, "colour table", "PET-Heat")):
+            state.error_message = ""
+            self._set(**{key: value})
+            self.assertIn(expected, state.error_message, (key, value))
+            self.assertEqual(state[key], back, key)
+        self._set(bg_step="abc", bg_window=50, bg_level=20)  # a step the client broke is ignored
+        bg = self.app.viewer.node("fixed").GetDisplayNode()
+        self.assertEqual((bg.GetWindow(), bg.GetLevel()), (50.0, 20.0))
+        self._set(wl_preset="auto", bg_step=1.0)
+        # and the app stays usable: a whole seed sent as 2.0 registers
+        with state:
+            state.update({**good, "seed": 2.0, "method": "average", "error_message": ""})
+        self._do(self.app.start_registration)
+        self.assertEqual(state.error_message, "")
+        self.assertTrue(state.has_registered)
 
     def test_header_and_data_upload_is_read_by_its_header(self) -> None:
         # an .mhd + .raw pair (any order) is given by the header's path, not read as a DICOM folder
@@ -329,12 +448,22 @@ class WebAppTest(unittest.TestCase):
         self.app._save_upload("moving", [{"name": "second.nii.gz", "content": b"2"}])
         self.assertFalse(first.parent.exists(), "the replaced upload should be removed from the server")
         self.assertTrue(Path(self.app.state.moving_path).is_file())
-        # while a job runs (a Load may be reading it) a replaced upload stays, until the next upload after it
-        self.app.state.job_busy = True
-        second = Path(self.app.state.moving_path)
-        self.app._save_upload("moving", [{"name": "third.nii.gz", "content": b"3"}])
-        self.assertTrue(second.is_file())
+        # while a job runs (a Load may be reading it) a replaced upload stays: the next test. The server asks
+        # its worker, not the state's job_busy, which a client may set: it stays while the job runs
         self.app.state.job_busy = False
+        release = threading.Event()
+        second = Path(self.app.state.moving_path)
+
+        async def run() -> None:
+            self.app.worker.start("Loading", lambda progress: release.wait(30))
+            with self.app.state:
+                self.app.state.job_busy = False  # as a client could send
+            self.app._save_upload("moving", [{"name": "third.nii.gz", "content": b"3"}])
+            self.assertTrue(second.is_file())
+            release.set()
+            await self.app.worker.wait()
+
+        self.loop.run_until_complete(run())
         self.app._save_upload("moving", [{"name": "fourth.nii.gz", "content": b"4"}])
         self.assertFalse(second.parent.exists())
         self.app._save_upload("fixed", [{"name": "..", "content": b"x"}])  # refused: no folder left

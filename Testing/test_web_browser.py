@@ -454,11 +454,10 @@ class WebAppInBrowserTest(unittest.TestCase):
         page = self._open_page()
         # The page sends an upload in chunks and then an end marker. Make the next upload send its
         # first chunk only (a stale DICOM slice), as a page closed or reloaded mid-upload does.
-        page.evaluate("""() => { window.load_files_by_chunks = async (files, inputs) => {
-            const cut = new DataTransfer();
-            cut.items.add(new File([new Uint8Array(128)], 'IM0001.dcm'));
-            await trame.trigger(inputs.trigger_name, [cut.files]);
-            return {status: true}; }; }""")
+        page.evaluate("""() => { window.mmfusion_upload = async (files, trigger) => {
+            const slice = new DataView(new ArrayBuffer(128));
+            await trame.trigger(trigger, ['cut-off', [{name: 'IM0001.dcm', offset: 0, size: 128, content: slice}]]);
+            }; }""")
         uploads = page.query_selector_all(".v-navigation-drawer input[type=file]")
         folder = tempfile.mkdtemp(prefix="mmfusion-web-test-")
         self.addCleanup(shutil.rmtree, folder, True)

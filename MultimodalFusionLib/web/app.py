@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -32,6 +33,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..io import missing_data_file
 from ..registration.parameters import INITIALIZER_HELP, INITIALIZERS
+from ..validation import whole_number
 from .offscreen import configure_offscreen_rendering
 
 __all__ = ["FusionWebApp", "serve", "parse_origin", "websocket_refusal", "STAGE_CHOICES", "INITIALIZER_CHOICES", "QUAD_LAYOUT_ID"]
@@ -57,6 +59,44 @@ _WL_BASE_CHOICES = [{"title": "Auto (0.5-99.5th percentile)", "value": _WL_AUTO}
 # Image headers whose voxels lie in a second file uploaded with them: the header is what is read. A .mha
 # or .nrrd may name a data file too (io.missing_data_file checks the same five), then uploaded with it.
 _HEADER_SUFFIXES = (".mhd", ".mha", ".nhdr", ".nrrd", ".hdr")
+#: The most bytes of file content the page sends in one message: a file is sent in pieces of this size
+#: and small files together up to it. trame's own page read each file whole into one message, which the
+#: server (wslink) gathered whole, copied and unpacked, holding a 300 MiB NIfTI about three times over.
+UPLOAD_PIECE_BYTES = 4 << 20
+_DOWNLOAD_NAMES = {"transform": "moving_to_fixed.tfm", "fused": "fused.nii.gz", "report": "report.html"}
+# The page's upload: the files in pieces of at most UPLOAD_PIECE_BYTES (Blob.slice, so the browser does not
+# read a file whole either), each message awaited before the next, all under one id, then an empty message
+# that ends that upload. The id keeps two uploads apart: a second one started while the first streams, or
+# one from another tab, is another upload, not more files of the first.
+_UPLOAD_JS = """
+window.mmfusion_upload = async function (files, trigger) {
+  if (!files || !files.length) { return; }
+  const id = (window.crypto && crypto.randomUUID) ? crypto.randomUUID()
+    : `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+  const piece = PIECE_BYTES;
+  let batch = [], size = 0;
+  const send = async () => {
+    if (batch.length) { const b = batch; batch = []; size = 0; await trame.trigger(trigger, [id, b]); }
+  };
+  try {
+    for (const file of Array.from(files)) {
+      for (let offset = 0; offset === 0 || offset < file.size; offset += piece) {
+        const end = Math.min(file.size, offset + piece);
+        let content = null, error = null;
+        try { content = new DataView(await file.slice(offset, end).arrayBuffer()); }
+        catch (e) { error = (e && e.message) || String(e); }
+        batch.push({ name: file.name, offset: offset, size: file.size, content: content, error: error });
+        size += end - offset;
+        if (error !== null) { await send(); return; }
+        if (size >= piece) { await send(); }
+      }
+    }
+    await send();
+  } finally {
+    await trame.trigger(trigger, [id, []]);
+  }
+};
+""".replace("PIECE_BYTES", str(UPLOAD_PIECE_BYTES))
 
 
 def _quad_layout() -> Any:
@@ -142,10 +182,53 @@ def _initializer_text(result: Any) -> str:
 class _PendingUpload:
     """An upload between its first batch of files and its end: the files written so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, upload_id: str, client: Any) -> None:
+        self.id = upload_id  # made by the page for this upload: its batches carry it
+        self.client = client  # the connection (browser tab) sending it, None in-process
         self.folder: Path | None = None  # ".{role}-*.partial" in the work folder, made at the first file
         self.written: list[str] = []  # file names, in the order they came
-        self.refused = False  # a file was refused: the folder is gone and the rest is not written
+        self.sizes: dict[str, list[int]] = {}  # name -> [bytes written, bytes the page said the file has]
+
+
+def _client_text(value: Any, what: str, fix: str) -> str:
+    """A text the page sends (a path, a name); None is "". Anything else (a number, a list, a text with a
+    NUL character, which no file name holds) is refused, naming ``what``."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or "\0" in value:
+        raise InputError(f"The {what} sent by the page is not a text: {_shown(value)}.", fix)
+    return value
+
+
+def _client_choice(value: Any, choices: Sequence[str], what: str, where: str) -> str:
+    """``value`` when it is one of ``choices``; otherwise an InputError naming them and the list to pick from."""
+    if isinstance(value, str) and value in choices:
+        return value
+    return _refuse_choice(value, choices, what, where)
+
+
+def _refuse_choice(value: Any, choices: Sequence[str], what: str, where: str) -> Any:
+    raise InputError(f"Unknown {what} {_shown(value)}.",
+                     f"Pick one in the {where} list: {', '.join(repr(c) for c in choices)}.")
+
+
+def _shown(value: Any) -> str:
+    """A value a client sent, for a message: its repr, cut short (it may be anything, of any length)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _client_seed(value: Any) -> int:
+    """The registration's sampling seed: a whole number >= 0 (an int, 3.0, or the text "3"); 0 when unset."""
+    if value is None or value == "":
+        return 0
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    seed = whole_number(value, 0)
+    if seed is None:
+        raise InputError(f"The registration seed must be a whole number of 0 or more, not {_shown(value)}.",
+                         "Set seed to e.g. 0 (the CLI's --seed; Register uses 0 unless told otherwise).")
+    return seed
 
 
 class FusionWebApp:
@@ -204,6 +287,8 @@ class FusionWebApp:
         self._start_fixed, self._start_moving, self._start_demo = fixed, moving, demo
         self._demo_spacing = float(demo_spacing_mm)
         self._uploads: dict[str, _PendingUpload | None] = {"fixed": None, "moving": None}  # in progress
+        self._ended_uploads: dict[str, None] = {}  # ids of uploads refused, replaced or dropped: their rest is ignored
+        self._wslink_server: Any = None  # the running server (None in-process): which tab sent a trigger
         self._upload_dirs: dict[str, Path] = {}  # each role's last upload (older ones are removed)
         self._stale_uploads: list[Path] = []  # replaced while a job ran (it may be reading them): removed at its end
         self.names = {"fixed": "", "moving": ""}  # what is loaded (the report names it)
@@ -231,7 +316,7 @@ class FusionWebApp:
             "vr_preset": DEFAULT_VR_PRESET if DEFAULT_VR_PRESET in vr_presets else (vr_presets or [""])[0],
             "registration_rows": [], "metrics_rows": [], "registration_summary": "",
             # what the page saves each download as (the fused volume's suffix follows its grid)
-            "download_names": {"transform": "moving_to_fixed.tfm", "fused": "fused.nii.gz", "report": "report.html"},
+            "download_names": dict(_DOWNLOAD_NAMES),
             # background window/level and foreground threshold/limit, in the images' units
             "wl_enabled": False, "wl_presets": list(_WL_BASE_CHOICES), "wl_preset": _WL_AUTO,
             "bg_window": 1.0, "bg_level": 0.0, "bg_window_max": 1.0, "bg_level_min": 0.0,
@@ -249,6 +334,8 @@ class FusionWebApp:
         self.state.change("fg_lower", "fg_upper")(self._on_fg_range)
         self.ctrl.on_server_ready.add(self._on_server_ready)
         self.ctrl.on_client_exited.add(self._drop_partial_uploads)
+        self.ctrl.on_server_bind.add(self._on_server_bind)
+        self._methods = list(methods)  # what Fuse accepts (a client can set "method" to anything)
         self._build_ui()
 
     @staticmethod
@@ -263,13 +350,14 @@ class FusionWebApp:
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
         from trame.ui.vuetify3 import VAppLayout
-        from trame.widgets import html
+        from trame.widgets import client, html
         from trame.widgets import vuetify3 as v3
         from trame_slicer.app.ui import FlexContainer
 
         trig = self.server.trigger_name
         with VAppLayout(self.server, full_height=True) as self.ui:
             self.ui.root.theme = "dark"
+            client.Script(_UPLOAD_JS)
             with v3.VAppBar(density="compact"):
                 v3.VToolbarTitle("MultimodalFusion: register and fuse in the browser")
                 v3.VProgressCircular(indeterminate=("job_busy",), size=18, width=2, classes="mr-4",
@@ -290,8 +378,8 @@ class FusionWebApp:
                                 v3.VFileInput(
                                     hide_input=True, prepend_icon="mdi-upload", density="compact",
                                     hide_details=True, title=f"Upload the {role} image", multiple=True,
-                                    change=("window.load_files_by_chunks($event.target.files, "
-                                            f"{{ trigger_name: '{trig(self._upload_chunk_fn(role))}' }})"))
+                                    change=("window.mmfusion_upload($event.target.files, "
+                                            f"'{trig(self._upload_chunk_fn(role))}')"))
                         v3.VSelect(v_model=(f"{role}_series",), items=(f"{role}_series_items",),
                                    label=f"{role} DICOM series", density="compact", hide_details=True,
                                    classes="mt-1", id=f"mmf-{role}-series",
@@ -432,11 +520,19 @@ class FusionWebApp:
         from ..io import read_image as read_any
         from ..validation import check_image
 
-        fixed_path, moving_path = str(self.state.fixed_path or ""), str(self.state.moving_path or "")
-        picked = {role: (self.state[f"{role}_series"] or None
-                         if self.state[f"{role}_series_path"] == path and self.state[f"{role}_series_items"]
-                         else None)
-                  for role, path in (("fixed", fixed_path), ("moving", moving_path))}
+        try:
+            fixed_path, moving_path = (_client_text(self.state[f"{role}_path"], f"{role} path",
+                                                    f"Type the {role} image's path on the server, or upload it.")
+                                       for role in ("fixed", "moving"))
+            picked = {role: (_client_text(self.state[f"{role}_series"], f"{role} DICOM series",
+                                          f"Pick the series in the {role} DICOM series list.") or None
+                             if self.state[f"{role}_series_path"] == path and self.state[f"{role}_series_items"]
+                             else None)
+                      for role, path in (("fixed", fixed_path), ("moving", moving_path))}
+        except InputError as exc:
+            with self.state:
+                self.state.error_message = str(exc)
+            return
         several: dict[str, tuple[str, list[dict[str, Any]], str]] = {}  # written by the job, shown after it
 
         def read_image(role: str, path: str, keep_color: bool) -> sitk.Image | None:
@@ -503,7 +599,8 @@ class FusionWebApp:
         self.viewer.clear()
         self.viewer.set_image("fixed", fixed)
         self.viewer.set_image("moving", moving)
-        self.viewer.show("moving", opacity=self.state.fg_opacity, colormap=self.state.colormap, reset_views=True)
+        # the viewer's own opacity and colour table: the panel's were checked when set (a client sets any value)
+        self.viewer.show("moving", opacity=self.viewer.opacity, colormap=self.viewer.colormap, reset_views=True)
         with self.state:
             self.state.update({"has_fixed": True, "has_moving": True, "has_registered": False,
                                "has_fused": False, "fixed_name": fixed_name, "moving_name": moving_name,
@@ -512,25 +609,53 @@ class FusionWebApp:
             self._sync_display_state()
 
     def _upload_chunk_fn(self, role: str):
-        async def upload_chunk(files: list[dict]) -> None:
-            if files:  # a batch of whole files (about 10 MB; one larger file alone): to disk now
-                self._write_upload_files(role, files)
+        async def upload_chunk(upload_id: Any = None, files: Any = None) -> None:
+            # what the page's mmfusion_upload sends: (its id for this upload, a batch of pieces of files),
+            # then (id, []) at the end
+            if not isinstance(upload_id, str) or not 0 < len(upload_id) <= 100 or not isinstance(files, list):
+                with self.state:
+                    self.state.error_message = str(InputError(
+                        f"The page sent an upload of the {role} image the server does not understand "
+                        f"(id {_shown(upload_id)}, files {_shown(files)[:40]}).",
+                        "Reload the page and upload the files again."))
                 return
-            self._finish_upload(role)  # the end of the upload
+            if files:  # a batch of pieces (at most about UPLOAD_PIECE_BYTES): to disk now
+                self._write_upload_files(role, files, upload_id)
+                return
+            self._finish_upload(role, upload_id)  # the end of the upload
 
         upload_chunk.__name__ = f"upload_{role}_chunk"
         return upload_chunk
 
+    def _on_server_bind(self, wslink_server: Any) -> None:
+        self._wslink_server = wslink_server
+
+    def _caller(self) -> Any:
+        """The connection (browser tab) whose message is being handled, or None in-process. wslink sets it
+        before it calls a trigger, and a trigger reads it before its first ``await``."""
+        return getattr(self._wslink_server, "last_active_client_id", None)
+
+    def _end_upload(self, pending: _PendingUpload, role: str) -> None:
+        """Forget an unfinished upload, remove its files, and ignore whatever of it still comes."""
+        if pending.folder is not None:
+            shutil.rmtree(pending.folder, ignore_errors=True)
+        if self._uploads[role] is pending:
+            self._uploads[role] = None
+        self._ended_uploads[pending.id] = None
+        while len(self._ended_uploads) > 1000:  # ids are a few bytes: keep the last thousand
+            del self._ended_uploads[next(iter(self._ended_uploads))]
+
     def _drop_partial_uploads(self, **_: Any) -> None:
         """A page closed or reloaded in the middle of an upload never sends its end: remove what it
         wrote, or it would be merged into the next upload (a stale DICOM series read instead of the
-        file the user then picks) and patient files would stay on the server."""
+        file the user then picks) and patient files would stay on the server. Only that page's uploads:
+        another tab's upload in progress goes on (it had been dropped too, and its remaining batches were
+        then kept as a whole upload, a DICOM series without its first slices)."""
+        caller = self._caller()
         for role, pending in self._uploads.items():
-            if pending is not None:
+            if pending is not None and (caller is None or pending.client in (None, caller)):
                 logger.info("dropping an unfinished %s upload (%d file(s))", role, len(pending.written))
-                if pending.folder is not None:
-                    shutil.rmtree(pending.folder, ignore_errors=True)
-                self._uploads[role] = None
+                self._end_upload(pending, role)
 
     def _save_upload(self, role: str, files: list[dict]) -> None:
         """Write uploaded file(s) to the work folder and put the path in the panel (then: Load).
@@ -539,39 +664,57 @@ class FusionWebApp:
         upload in one call (the batches' path: :meth:`_write_upload_files` for each batch as it
         arrives, :meth:`_finish_upload` at the end).
         """
-        self._write_upload_files(role, files)
-        self._finish_upload(role)
+        upload_id = uuid.uuid4().hex
+        self._write_upload_files(role, files, upload_id)
+        self._finish_upload(role, upload_id)
 
-    def _write_upload_files(self, role: str, files: list[dict]) -> None:
-        """Write one batch of an upload's files as it arrives, so the server never holds more than one
-        batch in memory (a 1 GB DICOM series was held whole until its end, then joined).
+    def _write_upload_files(self, role: str, files: list[Any], upload_id: str) -> None:
+        """Write one batch of an upload as it arrives, so the server never holds more than one batch in
+        memory (a 1 GB DICOM series was held whole until its end, then joined).
 
-        They go to a folder named ``.{role}-*.partial`` in the work folder, renamed when the upload
-        ends (:meth:`_finish_upload`): no path ever names a part of an upload. A refused file (no
-        usable name, a second file of a name, one the server cannot store) removes the folder at
-        once, says why in the banner, and the rest of that upload is not written.
+        A batch holds whole files (``{"name", "content"}``, as trame's page sends a file) or pieces of
+        files (``{"name", "offset", "size", "content"}``: the bytes at ``offset`` of a file of ``size``
+        bytes), each piece following the one before it. They go to a folder named ``.{role}-*.partial``
+        in the work folder, renamed when the upload ends (:meth:`_finish_upload`): no path ever names a
+        part of an upload. A refused file (no usable name, a second file of a name, one the server
+        cannot store) removes the folder at once, says why in the banner, and the rest of that upload is
+        not written. A new upload of the role (``upload_id`` not seen before: another pick of files, or
+        another tab) replaces one still arriving, saying so: their files had been mixed in one folder.
         """
-        pending = self._uploads[role]
-        if pending is None:
-            pending = self._uploads[role] = _PendingUpload()
-        if pending.refused:
+        if upload_id in self._ended_uploads:
             return
+        pending = self._uploads[role]
+        if pending is not None and pending.id != upload_id:
+            logger.info("a new %s upload replaces one still arriving (%d file(s))", role, len(pending.written))
+            self._end_upload(pending, role)
+            with self.state:
+                self.state.error_message = str(InputError(
+                    f"A new upload of the {role} image started (in this page or another one) while the one "
+                    f"before it was still arriving ({len(pending.written)} file(s) so far): that one was "
+                    "dropped, and the new one is kept.",
+                    "Wait for an upload to end before starting another; upload the files again if the "
+                    "dropped one was the one you meant."))
+            pending = None
+        if pending is None:
+            pending = self._uploads[role] = _PendingUpload(upload_id, self._caller())
         if pending.folder is None:
             pending.folder = Path(tempfile.mkdtemp(prefix=f".{role}-", suffix=".partial", dir=self.workdir))
         folder = pending.folder
 
         def refuse(message: str) -> None:  # nothing of this upload is kept; the path shown stays
-            shutil.rmtree(folder, ignore_errors=True)
-            pending.refused = True
+            self._end_upload(pending, role)
             with self.state:
                 self.state.error_message = message
 
         for entry in files:
+            if not isinstance(entry, dict):
+                return refuse(str(InputError(f"The page sent an upload entry that is not a file: {_shown(entry)}.",
+                                             "Reload the page and upload the files again.")))
             raw_name = entry.get("name")
             # the browser sends the name: keep only its last part, so "../x" or "/etc/x" cannot write
             # outside this upload's folder
             name = os.path.basename(str(raw_name).replace("\\", "/"))
-            if name in ("", ".", ".."):
+            if not isinstance(raw_name, str) or name in ("", ".", "..") or "\0" in name:
                 return refuse(f"An uploaded file has no usable name ({raw_name!r}).")
             content = entry.get("content")
             if content is None:  # trame's page sends no content, and the reader's error, for a file it could not read
@@ -579,11 +722,25 @@ class FusionWebApp:
                     f"The browser could not read the file '{name}' ({entry.get('error') or 'no content sent'}).",
                     "Check that the file is still there and readable, then upload it again, or give its path "
                     "on the server.")))
+            pieces = content if isinstance(content, list) else [content]  # a list of pieces: written one by one
+            if not all(isinstance(piece, (bytes, bytearray, memoryview)) for piece in pieces):
+                return refuse(str(InputError(f"The page sent the content of '{name}' as {type(content).__name__}, "
+                                             "not as bytes.", "Reload the page and upload the files again.")))
+            length = sum(len(piece) for piece in pieces)
+            offset = whole_number(entry.get("offset", 0), 0)
+            total = whole_number(entry.get("size", length if offset == 0 else None), 0)
+            done = pending.sizes.get(name)
+            if offset is None or total is None or offset + length > total or (
+                    offset > 0 and (done is None or done != [offset, total])):
+                return refuse(str(InputError(
+                    f"A piece of the uploaded file '{name}' does not follow the one before it (bytes "
+                    f"{_shown(entry.get('offset'))} of {_shown(entry.get('size'))}, {length} bytes long).",
+                    "Reload the page and upload the files again.")))
             path = folder / name
             try:
-                with open(path, "xb") as out:  # "x": a second file of the name is not written over the first
-                    # trame's client sends bytes; a list of pieces is written piece by piece (not joined)
-                    for piece in (content if isinstance(content, list) else [content]):
+                # "x": a second file of the name is not written over the first; "a": the next piece of one
+                with open(path, "xb" if offset == 0 else "ab") as out:
+                    for piece in pieces:
                         out.write(piece)
             except FileExistsError:  # files of several folders (a search's results): one would replace the other
                 return refuse(str(InputError(
@@ -597,9 +754,11 @@ class FusionWebApp:
                     "Rename the file (a shorter name) and upload it again." if exc.errno == errno.ENAMETOOLONG
                     else "Free space in the server's temporary folder (or ask its administrator), then upload "
                          "it again.")))
-            pending.written.append(name)
+            if offset == 0:
+                pending.written.append(name)
+            pending.sizes[name] = [offset + length, total]
 
-    def _finish_upload(self, role: str) -> None:
+    def _finish_upload(self, role: str, upload_id: str) -> None:
         """The end of an upload: check it, rename its folder to its final name and put the path in the
         panel (then: Load).
 
@@ -609,9 +768,18 @@ class FusionWebApp:
         given by the header's path. The role's previous upload is removed: its image, if
         loaded, is in memory, and patient files should not pile up on the server.
         """
-        pending, self._uploads[role] = self._uploads[role], None
-        if pending is None or pending.refused or pending.folder is None:
-            return  # no files (nothing was selected), or refused already (the banner says why)
+        pending = self._uploads[role]
+        if pending is None or pending.id != upload_id:
+            return  # no files (nothing was selected), or refused, replaced or dropped already (the banner says why)
+        self._uploads[role] = None
+        self._ended_uploads[upload_id] = None
+        short = [f"'{name}' ({done} of {total} bytes)" for name, (done, total) in pending.sizes.items() if done != total]
+        if short:  # the page stopped sending a file midway (its reader failed, or a message was lost)
+            shutil.rmtree(pending.folder, ignore_errors=True)
+            with self.state:
+                self.state.error_message = str(InputError(
+                    f"The upload ended before all of {', '.join(short[:3])} arrived.", "Upload the files again."))
+            return
         names = pending.written
         headers = [n for n in names if n.lower().endswith(_HEADER_SUFFIXES)]
         target = names[0] if len(names) == 1 else headers[0] if len(headers) == 1 else ""
@@ -634,7 +802,7 @@ class FusionWebApp:
         previous = self._upload_dirs.get(role)
         if previous is not None and previous != folder:
             self._stale_uploads.append(previous)
-        if not self.state.job_busy:  # a running Load may still be reading it: when the job ends
+        if not self.worker.busy:  # a running Load may still be reading it: when the job ends
             self._remove_stale_uploads()
         self._upload_dirs[role] = folder
         with self.state:
@@ -659,10 +827,12 @@ class FusionWebApp:
             with self.state:
                 self.state.error_message = "Load a fixed and a moving image first."
             return
-        preset = self.state.preset or None
-        stages = list(self.state.stages or []) or (None if preset else ["rigid"])
-        seed = int(self.state.seed or 0)
-        initializer = self.state.initializer or None  # None: the preset's, as the CLI without --initializer
+        try:
+            preset, stages, seed, initializer = self._registration_settings()
+        except InputError as exc:  # values a client set (the page offers only valid ones): a banner, not a traceback
+            with self.state:
+                self.state.error_message = str(exc)
+            return
 
         def job(progress):
             from ..io import to_luminance
@@ -680,6 +850,29 @@ class FusionWebApp:
             return result, registered, reg_metrics
 
         self.worker.start("Registration", job, self._show_registration)
+
+    def _registration_settings(self) -> tuple[str | None, list[str] | None, int, str | None]:
+        """(preset, stages, seed, initializer) from the panel, each checked: a trame client can set any state
+        value (``seed="abc"`` or ``1e400`` escaped Register as a traceback in the server log; a seed of 1.5
+        ran as 1; stages "rigid" as the five stages r, i, g, i, d)."""
+        from ..registration import list_presets
+
+        presets = list_presets()
+        preset = self.state.preset or None
+        if preset is not None:
+            _client_choice(preset, presets, "registration preset", "Preset")
+        stages = self.state.stages
+        if stages is None or isinstance(stages, (list, tuple)) and not stages:
+            stages = None if preset else ["rigid"]
+        elif not isinstance(stages, (list, tuple)):
+            raise InputError(f"The registration stages must be a list, not {_shown(stages)}.",
+                             f"Pick them in the Stages list ({', '.join(STAGE_CHOICES)}).")
+        else:
+            stages = [_client_choice(stage, STAGE_CHOICES, "registration stage", "Stages") for stage in stages]
+        initializer = self.state.initializer or None  # None: the preset's, as the CLI without --initializer
+        if initializer is not None:
+            _client_choice(initializer, INITIALIZERS, "initializer", "Initializer")
+        return preset, stages, _client_seed(self.state.seed), initializer
 
     def _show_registration(self, out: tuple[Any, sitk.Image, dict]) -> None:
         result, registered, reg_metrics = out
@@ -715,7 +908,12 @@ class FusionWebApp:
             with self.state:
                 self.state.error_message = "Load a fixed and a moving image first."
             return
-        method = str(self.state.method)
+        try:
+            method = _client_choice(self.state.method, self._methods, "fusion method", "Method")
+        except InputError as exc:
+            with self.state:
+                self.state.error_message = str(exc)
+            return
 
         def job(progress):
             from ..progress import scaled
@@ -741,44 +939,64 @@ class FusionWebApp:
             self.registered_image = functional
         self.viewer.set_image("fused", result.grey_image)
         try:
-            self.viewer.show_volume_rendering("fused", self.state.vr_preset)
+            self.viewer.show_volume_rendering("fused", _client_text(self.state.vr_preset, "3D rendering preset",
+                                                                     "Pick one in the 3D rendering preset list."))
         except InputError as exc:
             with self.state:
                 self.state.error_message = str(exc)
-        self.viewer.show("fused" if self.state.fg_layer == "fused" else None)
+        self.viewer.show("fused" if self.state.fg_layer == "fused" else None)  # anything else: functional
         rows = [{"name": f"{key} ({result.method})", "value": _fmt(values[key])}
                 for key in _FUSION_METRIC_KEYS if key in values]
         rows.append({"name": "Fusion time", "value": f"{result.seconds:.1f} s"})
         with self.state:
             self.state.update({"has_fused": True, "metrics_rows": rows,
-                               "download_names": {**self.state.download_names, "fused": _fused_file_name(result)}})
+                               "download_names": {**_DOWNLOAD_NAMES, "fused": _fused_file_name(result)}})
             self._sync_display_state()
 
-    def _on_preset(self, preset: str, **_: Any) -> None:
+    def _on_preset(self, preset: Any, **_: Any) -> None:
         """A preset brings its own stages: show them, so Register runs what the panel says."""
         if not preset:
             return
-        from ..registration import load_preset
+        from ..registration import list_presets, load_preset
 
         try:
-            stages = [stage.name for stage in load_preset(preset).stages]
+            stages = [stage.name for stage in load_preset(_client_choice(preset, list_presets(), "registration preset",
+                                                                         "Preset")).stages]
         except InputError as exc:
             self.state.error_message = str(exc)
+            self.state.preset = ""  # the choice shows what Register would use
             return
-        self.state.stages = [s for s in stages if s in STAGE_CHOICES] or list(self.state.stages)
+        current = self.state.stages if isinstance(self.state.stages, (list, tuple)) else ["rigid"]
+        self.state.stages = [s for s in stages if s in STAGE_CHOICES] or list(current)
 
     # ------------------------------------------------------------------ display
-    def _on_opacity(self, fg_opacity: float, **_: Any) -> None:
-        self.viewer.set_opacity(float(fg_opacity))
+    def _refuse_display_value(self, key: str, problem: str, fix: str, current: Any) -> None:
+        """A display value a client set that the views cannot take: the banner says why, the control goes
+        back to what the views show (a float() of "abc" had escaped as a traceback, nothing in the page)."""
+        self.state.error_message = str(InputError(problem, fix))
+        self.state[key] = current
 
-    def _on_colormap(self, colormap: str, **_: Any) -> None:
+    def _on_opacity(self, fg_opacity: Any, **_: Any) -> None:
+        opacity = _number(fg_opacity)
+        if opacity is None or not 0.0 <= opacity <= 1.0:
+            return self._refuse_display_value("fg_opacity", f"The opacity must be a number from 0 to 1, not "
+                                              f"{_shown(fg_opacity)}.", "Set it with the Opacity slider.",
+                                              self.viewer.opacity)
+        self.viewer.set_opacity(opacity)
+
+    def _on_colormap(self, colormap: Any, **_: Any) -> None:
         try:
-            self.viewer.set_colormap(colormap)
+            self.viewer.set_colormap(_client_text(colormap, "colour table", "Pick one in the Colour table list."))
         except InputError as exc:
             self.state.error_message = str(exc)
             self.state.colormap = self.viewer.colormap  # the choice shows what is in use
 
-    def _on_fg_layer(self, fg_layer: str, **_: Any) -> None:
+    def _on_fg_layer(self, fg_layer: Any, **_: Any) -> None:
+        layers = [layer["value"] for layer in _FG_LAYERS]
+        if fg_layer not in layers:
+            return self._refuse_display_value("fg_layer", f"Unknown foreground layer {_shown(fg_layer)}.",
+                                              f"Pick one in the Foreground layer list: {', '.join(layers)}.",
+                                              "fused" if self.viewer.foreground_role == "fused" else "functional")
         if self.fixed_image is None:
             return
         if fg_layer == "fused" and self.viewer.node("fused") is None:
@@ -845,10 +1063,16 @@ class FusionWebApp:
             self.state.update({**_window_level_panel(*window_level, *self._background_limits),
                                "wl_preset": _WL_MANUAL})
 
-    def _on_wl_preset(self, wl_preset: str, **_: Any) -> None:
+    def _on_wl_preset(self, wl_preset: Any, **_: Any) -> None:
         """Auto (the percentile rule) or one of Slicer's CT presets; Manual is what the sliders set."""
         from .viewer import CT_WINDOW_LEVEL_PRESETS
 
+        choices = [_WL_AUTO, _WL_MANUAL, *CT_WINDOW_LEVEL_PRESETS]
+        if not isinstance(wl_preset, str) or wl_preset not in choices:  # a list had raised "unhashable type"
+            return self._refuse_display_value(
+                "wl_preset", f"Unknown window/level preset {_shown(wl_preset)}.",
+                f"Pick one in the Window/level preset list: {', '.join(choices)}.",
+                _WL_AUTO if self.viewer.background_window_level is None else _WL_MANUAL)
         if self.viewer.current_background_window_level() is None:
             return
         if wl_preset == _WL_AUTO:
@@ -865,7 +1089,7 @@ class FusionWebApp:
         window, level = _number(bg_window), _number(bg_level)
         if current is None or window is None or level is None or window <= 0:
             return
-        tolerance = 0.51 * float(self.state.bg_step or 0.0)  # the panel shows values rounded to the step
+        tolerance = 0.51 * (_number(self.state.bg_step) or 0.0)  # the panel shows values rounded to the step
         if abs(window - current[0]) <= tolerance and abs(level - current[1]) <= tolerance:
             return  # the panel echoing the display node (load, preset), not a user change
         self.viewer.set_background_window_level(window, level)
@@ -878,7 +1102,7 @@ class FusionWebApp:
         lower, upper = _number(fg_lower), _number(fg_upper)
         if current is None or lower is None or upper is None:
             return
-        tolerance = 0.51 * float(self.state.fg_step or 0.0)
+        tolerance = 0.51 * (_number(self.state.fg_step) or 0.0)
         if abs(lower - current[0]) <= tolerance and abs(upper - current[1]) <= tolerance:
             return
         self.viewer.set_functional_range(lower, upper)
@@ -889,11 +1113,12 @@ class FusionWebApp:
         with self.state:
             self._sync_display_state()
 
-    def _on_vr_preset(self, vr_preset: str, **_: Any) -> None:
+    def _on_vr_preset(self, vr_preset: Any, **_: Any) -> None:
         if self.viewer.node("fused") is None or not vr_preset:
             return
         try:
-            self.viewer.show_volume_rendering("fused", vr_preset)
+            self.viewer.show_volume_rendering("fused", _client_text(vr_preset, "3D rendering preset",
+                                                                    "Pick one in the 3D rendering preset list."))
         except InputError as exc:
             self.state.error_message = str(exc)
 
