@@ -495,16 +495,43 @@ class TorchRegistrationTest(unittest.TestCase):
                        deformable_level_spacing_mm=[100.0, 2.0]), "deformable_level_spacing_mm [100, 2]"),
                  (dict(stages=["rigid"], linear_shrink_factors=[10**9], linear_iterations=[5]),
                   "linear_shrink_factors [1e+09]"),
-                 (dict(stages=["affine"], linear_shrink_factors=[48, 1], linear_iterations=[5, 5]),
-                  "linear_shrink_factors [48, 1]"))
+                 (dict(stages=["affine"], linear_shrink_factors=[49, 1], linear_iterations=[5, 5]),
+                  "linear_shrink_factors [49, 1]"))
         for settings, named in cases:
             with self.subTest(**settings), self.assertRaises(InputError) as ctx:
                 registration.register(fixed, moving, self._params(**settings), backend="torch", seed=1)
             self.assertIn(named, str(ctx.exception))
-            self.assertIn("coarser than the whole fixed image (48x48 voxels, 47 mm across", str(ctx.exception))
-        # a level as coarse as the image is not refused (it keeps 4 voxels): 47 mm, shrink 47
-        registration.register(fixed, moving, self._params(stages=["rigid"], linear_shrink_factors=[47, 1],
+            self.assertIn("coarser than the whole fixed image (48x48 voxels, 48 mm across", str(ctx.exception))
+        # a level as coarse as the image is not refused (it keeps 4 voxels): 48 mm, shrink 48
+        registration.register(fixed, moving, self._params(stages=["rigid"], linear_shrink_factors=[48, 1],
                                                           linear_iterations=[2, 2]), backend="torch", seed=1)
+
+    def test_default_levels_run_on_tiny_and_small_field_images(self) -> None:
+        # the level check measured an image from its first to its last voxel centre and took the default
+        # deformable levels as chosen: a 4x4x4 image (which the backend takes) refused its default rigid stage
+        # ("linear_shrink_factors [4, 2, 1] ... 3 mm across"), and a 2.35 mm wide fixed image (0.05 mm voxels)
+        # the default deformable stage, which the CLI cannot change, with the fix "e.g. [4, 2]": the same refusal
+        from MultimodalFusionLib import registration
+
+        rng = np.random.default_rng(0)
+        tiny = [sitk.GetImageFromArray(rng.random((4, 4, 4)).astype(np.float32)) for _ in range(2)]
+        result = registration.register(*tiny, self._params(stages=["rigid"], linear_iterations=[2, 2, 2]),
+                                       backend="torch", seed=1)
+        self.assertEqual([s.name for s in result.stages], ["rigid"])
+        small = [_blobs(2, 48, 0), _blobs(2, 48, 1.5)]
+        for image in small:
+            image.SetSpacing((0.05, 0.05))  # 2.4 mm across
+        quick = dict(stages=["affine", "deformable"], linear_iterations=[5, 5, 5], deformable_iterations=[5, 5])
+        result = registration.register(*small, self._params(**quick), backend="torch", seed=1)
+        self.assertEqual([s.name for s in result.stages], ["affine", "deformable"])
+        # levels the user chose are still refused there, and the fix names levels that fit and run
+        with self.assertRaises(InputError) as ctx:
+            registration.register(*small, self._params(deformable_level_spacing_mm=[3.0, 1.0], **quick),
+                                  backend="torch", seed=1)
+        self.assertIn("deformable_level_spacing_mm [3, 1]", str(ctx.exception))
+        self.assertIn("e.g. [0.2, 0.1]", str(ctx.exception))
+        registration.register(*small, self._params(deformable_level_spacing_mm=[0.2, 0.1], **quick),
+                              backend="torch", seed=1)
 
     def test_bad_inputs_name_the_fix(self) -> None:
         from MultimodalFusionLib.registration.torch_backend import register_torch, torch_parameters

@@ -1224,10 +1224,18 @@ def _check_levels_fit(params: TorchRegistrationParameters, fixed: sitk.Image) ->
     Such a level keeps the 4 voxels a level never goes below, smoothed by half the asked voxel size: nothing
     to register. ``deformable_level_spacing_mm=[1e9]`` had ended in "non-finite metric ... lower the learning
     rate" (ITK's recursive Gaussian returns NaN at sigma 5e8 mm), ``linear_shrink_factors=[1e9]`` in a torch
-    RuntimeError (an index out of bounds in the MI histogram), and a 100 mm level of a 47 mm image ran and
+    RuntimeError (an index out of bounds in the MI histogram), and a 100 mm level of a 48 mm image ran and
     was discarded as worse.
+
+    The image's extent is what its voxels cover (size x spacing), so that the default shrink factors [4, 2, 1]
+    fit every image the backend takes (4 voxels along each axis at least): measured from the first to the last
+    voxel centre, a 4x4x4 image had refused its default rigid stage. The default deformable levels ([4, 2] mm,
+    which the CLI offers no way to change) are not refused either: on an image less than 4 mm across (microscopy,
+    a small animal's organ) they run as they did before this check, the coarse level held at 4 voxels; a level
+    list that differs from the default is refused there, and the fix names one that fits (4 and 2 x the finest
+    voxel) instead of the default, which does not.
     """
-    extent = float(max((n - 1) * s for n, s in zip(fixed.GetSize(), fixed.GetSpacing())))
+    extent = float(max(n * s for n, s in zip(fixed.GetSize(), fixed.GetSpacing())))
     base = float(min(fixed.GetSpacing()))
     size = "x".join(str(n) for n in fixed.GetSize())
     stages = set(params.stages)
@@ -1237,10 +1245,11 @@ def _check_levels_fit(params: TorchRegistrationParameters, fixed: sitk.Image) ->
                        [base * float(f) for f in params.linear_shrink_factors],
                        f"shrink factors whose voxels (factor x {base:g} mm, the finest fixed voxel) stay within "
                        f"it, e.g. [4, 2, 1]"))
-    if "deformable" in stages:
-        checks.append(("deformable_level_spacing_mm", [float(f) for f in params.deformable_level_spacing_mm],
-                       [float(f) for f in params.deformable_level_spacing_mm],
-                       "level voxel sizes in mm within it, coarse to fine, e.g. [4, 2]"))
+    spacing_mm = [float(f) for f in params.deformable_level_spacing_mm]
+    if "deformable" in stages and spacing_mm != TorchRegistrationParameters().deformable_level_spacing_mm:
+        example = "[4, 2]" if extent >= 4.0 else f"[{4 * base:g}, {2 * base:g}] (4 and 2 x the finest voxel)"
+        checks.append(("deformable_level_spacing_mm", spacing_mm, spacing_mm,
+                       f"level voxel sizes in mm within it, coarse to fine, e.g. {example}"))
     for field, asked, voxels_mm, allowed in checks:
         too_coarse = [a for a, mm in zip(asked, voxels_mm) if mm > extent]
         if too_coarse:
