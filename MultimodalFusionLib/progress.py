@@ -70,13 +70,48 @@ def _system_handler(sig: int) -> int | None:
     return ctypes.c_void_p.from_buffer(old).value or 0
 
 
+_python_trampoline: list[int | None] = []
+
+
+def _python_handler_address() -> int | None:
+    """The address of CPython's C signal handler (the one ``signal.signal`` installs for every Python handler),
+    learnt once, in the main thread, on SIGURG (ignored by default, used by nothing here): its handler as the
+    system holds it is saved, a Python handler set, the address read, and the saved handler put back exactly.
+    None where it cannot be learnt (no ``sigaction``, not the main thread)."""
+    import ctypes
+    import signal
+    import threading
+
+    if _python_trampoline:
+        return _python_trampoline[0]
+    spare = getattr(signal, "SIGURG", None)
+    if spare is None or threading.current_thread() is not threading.main_thread() or _system_handler(spare) is None:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    saved = ctypes.create_string_buffer(1024)
+    if libc.sigaction(int(spare), None, saved) != 0:
+        return None
+    before = signal.getsignal(spare)
+    try:
+        signal.signal(spare, lambda signum, frame: None)
+        address = _system_handler(spare)
+    finally:
+        signal.signal(spare, before if before is not None else signal.SIG_DFL)
+        libc.sigaction(int(spare), saved, None)  # exactly as it was (a handler set in C included)
+    _python_trampoline.append(address if address not in (None, 0, 1) else None)
+    return _python_trampoline[0]
+
+
 def python_receives(sig: int) -> bool:
     """Whether a ``sig`` the process gets runs the handler ``signal.getsignal(sig)`` names.
 
     Python answers from its own table, which code in C does not update: an application that embeds Python and
-    sets a signal's handler in C after it started (3D Slicer resets SIGINT to SIG_DFL) still reads
-    ``default_int_handler``. False where the system's handler is SIG_DFL or SIG_IGN while Python's table names a
-    Python function; True where it cannot be read (Windows: Python's table is taken as it is).
+    sets a signal's handler in C after it started (3D Slicer resets SIGINT to SIG_DFL; another application may
+    set a C handler of its own) still reads ``default_int_handler``. False where Python's table names a Python
+    function but the system runs another handler: SIG_DFL, SIG_IGN, or a C function other than CPython's own
+    (:func:`_python_handler_address`; where that cannot be learnt, only SIG_DFL and SIG_IGN tell). True where
+    the system's handler cannot be read (Windows: Python's table is taken as it is).
     """
     import signal
 
@@ -84,7 +119,10 @@ def python_receives(sig: int) -> bool:
     system = _system_handler(sig)
     if system is None or not callable(handler):
         return True
-    return system not in (int(signal.SIG_DFL), int(signal.SIG_IGN))
+    if system in (int(signal.SIG_DFL), int(signal.SIG_IGN)):
+        return False
+    python = _python_handler_address()
+    return python is None or system == python
 
 
 @contextlib.contextmanager

@@ -181,6 +181,45 @@ class CtrlCInsideSlicer(unittest.TestCase):
         self.assertNotIn("KeyboardInterrupt", done.stderr)
 
 
+#: An embedding application that handles SIGINT in C with a handler of its own (here libc's srand, a C function of
+#: one int that does nothing harmful) while Python's table still names default_int_handler; then a registration
+#: and a Ctrl-C after it.
+_C_HANDLER_APP = """
+import ctypes, os, signal, sys
+sys.path.insert(0, os.getcwd())
+sys.path.insert(0, os.path.join(os.getcwd(), "Testing"))
+libc = ctypes.CDLL(None)
+libc.signal.restype = ctypes.c_void_p
+libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+own = ctypes.cast(libc.srand, ctypes.c_void_p).value
+libc.signal(signal.SIGINT, own)
+from MultimodalFusionLib.progress import _system_handler
+from MultimodalFusionLib.registration import register, resolve_parameters
+from test_interrupts import _pair
+fixed, moving = _pair(24)
+register(fixed, moving, resolve_parameters(stages=["rigid"], seed=1))
+print("own handler kept:", _system_handler(signal.SIGINT) == own, flush=True)
+os.kill(os.getpid(), signal.SIGINT)  # runs the application's handler, which lets it go on
+print("still running after a Ctrl-C", flush=True)
+"""
+
+
+@unittest.skipIf(os.name == "nt", "the embedding is emulated through POSIX signal()")
+class CtrlCWithAnApplicationsCHandler(unittest.TestCase):
+    """An application's own C handler for SIGINT stays in place through a registration. python_receives took any
+    handler but SIG_DFL/SIG_IGN for Python's, so signals_stop replaced the C handler and put Python's
+    default_int_handler in at its end: a Ctrl-C then raised KeyboardInterrupt instead of running the
+    application's handler."""
+
+    def test_the_applications_handler_survives_a_registration(self) -> None:
+        done = subprocess.run([sys.executable, "-c", _C_HANDLER_APP], capture_output=True, text=True, cwd=ROOT,
+                              timeout=120)
+        self.assertIn("own handler kept: True", done.stdout, done.stderr)
+        self.assertIn("still running after a Ctrl-C", done.stdout, done.stderr)
+        self.assertNotIn("KeyboardInterrupt", done.stderr)
+        self.assertEqual(done.returncode, 0, done.stderr)
+
+
 class SignalledCommands(unittest.TestCase):
     def setUp(self) -> None:
         tmp = tempfile.TemporaryDirectory()
