@@ -1681,6 +1681,8 @@ def _process_gone(pid: int) -> bool:
         return True
     except OSError:  # PermissionError: another user's live process
         return False
+    except (OverflowError, ValueError):  # a name that only looks like ours (no pid_t holds it): not ours to judge
+        return False
     return False
 
 

@@ -220,6 +220,20 @@ class CtrlCWithAnApplicationsCHandler(unittest.TestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
 
 
+class LeftoverLookalikes(unittest.TestCase):
+    def test_a_pid_too_large_for_the_system_is_kept_not_a_traceback(self) -> None:
+        # a name of this machine's form whose PID no pid_t holds raised OverflowError out of os.kill, a traceback
+        # from every write into that folder
+        from MultimodalFusionLib import io
+
+        with tempfile.TemporaryDirectory() as folder:
+            lookalike = os.path.join(folder, f".mmf-tmp-{io._owner()}-{10 ** 20}-x.nii")
+            open(lookalike, "w").close()
+            io.write_bytes(os.path.join(folder, "a.txt"), b"x")
+            self.assertTrue(os.path.exists(lookalike))
+            self.assertTrue(os.path.exists(os.path.join(folder, "a.txt")))
+
+
 class SignalledCommands(unittest.TestCase):
     def setUp(self) -> None:
         tmp = tempfile.TemporaryDirectory()
