@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -1649,20 +1650,26 @@ def one_slice_inputs_as_2d(fixed: sitk.Image, moving: sitk.Image, fixed_mask: si
 #: (:func:`temporary_prefix`): OWNER stands for the machine (host name and, on Linux, PID namespace) and PID is
 #: the writing process, so a later write into the folder can tell a dead process's leftovers from a live one's.
 _LEFTOVER_NAME = re.compile(r"\.mmf-(?:tmp|staging)-([0-9a-f]{8})-([0-9]+)-")
-_swept_folders: set[str] = set()
+#: When each folder was last swept (time.monotonic()): again after _SWEEP_AGAIN_S, so a long-lived process (3D
+#: Slicer, the web app) also removes what a command killed later in the same folder left
+_swept_folders: dict[str, float] = {}
+_SWEEP_AGAIN_S = 60.0
 
 
 def _owner() -> str:
-    """8 hex digits naming where this process's PID means something: the host name and, on Linux, the PID
-    namespace (a container on the same host, or another host sharing the folder, gets another)."""
+    """8 hex digits naming where this process's PID means something: the host name, the machine id and, on
+    Linux, the PID namespace (a container on the same host, or another host sharing the folder, gets another;
+    the machine id tells apart cloned machines that kept one host name, whose PID namespaces read alike)."""
     import hashlib
     import socket
 
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return hashlib.sha1(f"{socket.gethostname()}\0{namespace}".encode()).hexdigest()[:8]
+    parts = [socket.gethostname()]
+    for read in (lambda: os.readlink("/proc/self/ns/pid"), lambda: Path("/etc/machine-id").read_text().strip()):
+        try:
+            parts.append(read())
+        except OSError:
+            parts.append("")
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:8]
 
 
 def temporary_prefix(kind: str = "tmp") -> str:
@@ -1694,12 +1701,14 @@ def remove_dead_leftovers(folder: str | os.PathLike) -> list[str]:
     namespace's) and whose PID no longer exists: a live process's (another ``mmfusion`` writing into the same
     folder) are never touched, and neither are other hosts' (a shared network folder: their PIDs cannot be
     checked from here) nor names without a PID (written before it was in the name). A reused PID keeps a
-    leftover, never the reverse. Symbolic links are left alone. Each folder is swept once per process.
+    leftover, never the reverse. Symbolic links are left alone. A folder is swept again only a minute after
+    its last sweep (a long-lived process writes into it often).
     """
     folder = os.path.abspath(os.fspath(folder))
-    if folder in _swept_folders:
+    now = time.monotonic()
+    if now - _swept_folders.get(folder, -math.inf) < _SWEEP_AGAIN_S:
         return []
-    _swept_folders.add(folder)
+    _swept_folders[folder] = now
     owner, removed = _owner(), []
     try:
         names = os.listdir(folder)

@@ -376,5 +376,23 @@ class KilledCommands(unittest.TestCase):
             live.kill()
             live.wait()
 
+    def test_a_long_lived_process_sweeps_a_folder_again_a_minute_later(self) -> None:
+        """3D Slicer or the web app write into one folder for hours: swept once per process, a command killed
+        in that folder later left its leftovers there until they restarted."""
+        first = os.path.join(self.out, "first.txt")
+        io.write_bytes(first, b"1")  # this process sweeps the folder now
+        dead = _writing(self.out)
+        dead.kill()
+        dead.wait()
+        left = _leftovers(self.out)
+        self.assertEqual(len(left), 2, left)
+        io.write_bytes(first, b"2")  # within the minute: not swept again (a busy writer lists the folder rarely)
+        self.assertEqual(_leftovers(self.out), left)
+        folder = os.path.abspath(self.out)
+        io._swept_folders[folder] -= io._SWEEP_AGAIN_S  # a minute later
+        io.write_bytes(first, b"3")
+        self.assertEqual(_leftovers(self.out), [])
+
+
 if __name__ == "__main__":
     unittest.main()
