@@ -9,6 +9,7 @@ import contextlib
 import io as io_text
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -948,6 +949,124 @@ class CrossSiteConnectionTest(_WebServerProcess):
                 loop.close()
             self.assertEqual(got, cases)
             self.assertIn("refused a connection: a page of http://evil.example", Path(log).read_text())
+
+
+class _Tab:
+    """One browser tab as wslink sees it: a real websocket connection to the server, speaking wslink's
+    protocol (msgpack messages in chunks) as trame's page does, with trame's default secret."""
+
+    def __init__(self, ws) -> None:
+        from wslink.chunking import UnChunker
+
+        self.ws, self.count, self.waiting, self.unchunker = ws, 0, {}, UnChunker()
+        self.unchunker.set_max_message_size(1 << 30)  # the state holds the page's template
+        self.listener = asyncio.ensure_future(self._listen())
+
+    async def _listen(self) -> None:
+        import aiohttp
+
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                continue
+            message = self.unchunker.process_chunk(msg.data)
+            future = self.waiting.pop(message.get("id"), None) if message else None
+            if future is not None and not future.done():
+                if "error" in message:
+                    future.set_exception(AssertionError(f"the server answered {message['error']}"))
+                else:
+                    future.set_result(message.get("result"))
+
+    async def _send(self, key: str, method: str, args: list) -> object:
+        import msgpack
+        from wslink.chunking import generate_chunks
+
+        self.waiting[key] = future = asyncio.get_running_loop().create_future()
+        packed = msgpack.packb({"wslink": "1.0", "id": key, "method": method, "args": args, "kwargs": {}})
+        for chunk in generate_chunks(packed, 4 << 20):
+            await self.ws.send_bytes(chunk)
+        return await asyncio.wait_for(future, 60)
+
+    async def hello(self) -> None:
+        await self._send("system:c0:0", "wslink.hello", [{"secret": "wslink-secret"}])
+
+    async def call(self, method: str, *args: object) -> object:
+        self.count += 1
+        return await self._send(f"rpc:c0:{self.count}", method, list(args))
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self.listener.cancel()
+
+
+@unittest.skipUnless(_HAVE_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
+class TwoTabsTest(_WebServerProcess):
+    """Two (three) tabs on one real ``mmfusion web`` server, as real websocket connections: a tab that leaves
+    drops its own unfinished upload, and another tab's upload goes on. Which tab left is wslink's
+    ``last_active_client_id`` while the leaving page's ``client_exited`` message is handled, and the
+    connection wslink says closed when a tab goes without that message (closed while it sends, crashed)."""
+
+    def test_a_leaving_tab_drops_its_own_upload_only(self) -> None:
+        import aiohttp
+
+        with tempfile.TemporaryDirectory() as tmp:
+            server, log = self._start(tmp)
+            self._wait_for(lambda: "App running at" in Path(log).read_text() or server.poll() is not None,
+                           "running server")
+            self.assertIsNone(server.poll(), Path(log).read_text())
+            port = int(Path(log).read_text().split("http://127.0.0.1:")[1].split("/")[0])
+            (work,) = Path(tmp).glob("mmfusion-web-*")
+
+            def partials() -> list[str]:
+                return sorted(p.name.split("-")[0] for p in work.glob(".*.partial"))
+
+            async def wait_for(condition, what: str) -> None:
+                deadline = time.monotonic() + 30
+                while not condition():
+                    self.assertLess(time.monotonic(), deadline, f"no {what}: {partials()}")
+                    await asyncio.sleep(0.05)
+
+            async def tabs() -> dict:
+                async with aiohttp.ClientSession() as session:
+                    one, two, three = [_Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0))
+                                       for _ in range(3)]
+                    for tab in (one, two, three):
+                        await tab.hello()
+                    template = str((await one.call("trame.state.get"))["state"])
+                    fixed, moving = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)
+
+                    def piece(name: str) -> list:
+                        return [{"name": name, "offset": 0, "size": 2, "content": name[-2:].encode()}]
+
+                    await one.call("trame.trigger", fixed, ["tab-1", piece("A1")], {})
+                    await two.call("trame.trigger", moving, ["tab-2", piece("B1")], {})
+                    self.assertEqual(partials(), [".fixed", ".moving"])
+                    # tab 2 is reloaded: its page says it leaves, then its connection closes
+                    await two.call("trame.lifecycle.update", "client_exited")
+                    self.assertEqual(partials(), [".fixed"])
+                    await two.close()
+                    # tab 3 is closed in the middle of an upload with no word from its page (a tab closed while
+                    # it sends, a crash): its connection closing is all the server hears
+                    await three.call("trame.trigger", moving, ["tab-3", piece("C1")], {})
+                    self.assertEqual(partials(), [".fixed", ".moving"])
+                    await three.close()
+                    await wait_for(lambda: partials() == [".fixed"], "tab 3's upload dropped")
+                    # tab 1's upload went on, whole
+                    await one.call("trame.trigger", fixed, ["tab-1", piece("A2")], {})
+                    await one.call("trame.trigger", fixed, ["tab-1", []], {})
+                    state = (await one.call("trame.state.get"))["state"]
+                    await one.close()
+                    return state
+
+            loop = asyncio.new_event_loop()
+            try:
+                state = loop.run_until_complete(tabs())
+            finally:
+                loop.close()
+            self.assertEqual(state["error_message"], "")
+            self.assertEqual(Path(state["fixed_path"]).parent, work)
+            self.assertEqual(sorted(os.listdir(state["fixed_path"])), ["A1", "A2"])
+            self.assertEqual(state["moving_path"], "")
+            self.assertEqual(partials(), [])
 
 
 class WindowLevelPanelTest(unittest.TestCase):

@@ -334,6 +334,7 @@ class FusionWebApp:
         self.state.change("fg_lower", "fg_upper")(self._on_fg_range)
         self.ctrl.on_server_ready.add(self._on_server_ready)
         self.ctrl.on_client_exited.add(self._drop_partial_uploads)
+        self.server.add_protocol_to_configure(self._watch_connections)
         self.ctrl.on_server_bind.add(self._on_server_bind)
         self._methods = list(methods)  # what Fuse accepts (a client can set "method" to anything)
         self._build_ui()
@@ -645,13 +646,35 @@ class FusionWebApp:
         while len(self._ended_uploads) > 1000:  # ids are a few bytes: keep the last thousand
             del self._ended_uploads[next(iter(self._ended_uploads))]
 
+    def _watch_connections(self, root_protocol: Any) -> None:
+        """Drop a connection's unfinished uploads when its websocket closes, however it closed.
+
+        trame's page says it is leaving (``on_client_exited``) from its ``beforeunload`` handler only, and
+        that message is lost when the tab is closed while it sends (Chromium, a tab closed in the middle of an
+        upload: its ``.partial`` folder of patient files stayed on the server), and never sent when the tab
+        crashes, the browser is killed or the network goes. wslink tells its link protocols which connection
+        closed, whatever the cause."""
+        from wslink.websocket import LinkProtocol
+
+        app = self
+
+        class _ConnectionWatch(LinkProtocol):
+            def onClose(self, client_id: str) -> None:  # noqa: N802 (wslink's name)
+                app._drop_uploads_of(client_id)
+
+        root_protocol.registerLinkProtocol(_ConnectionWatch())
+
     def _drop_partial_uploads(self, **_: Any) -> None:
         """A page closed or reloaded in the middle of an upload never sends its end: remove what it
         wrote, or it would be merged into the next upload (a stale DICOM series read instead of the
         file the user then picks) and patient files would stay on the server. Only that page's uploads:
         another tab's upload in progress goes on (it had been dropped too, and its remaining batches were
-        then kept as a whole upload, a DICOM series without its first slices)."""
-        caller = self._caller()
+        then kept as a whole upload, a DICOM series without its first slices). The page's own message
+        (``on_client_exited``); :meth:`_watch_connections` drops them too when its connection closes."""
+        self._drop_uploads_of(self._caller())
+
+    def _drop_uploads_of(self, caller: Any) -> None:
+        """Drop the unfinished uploads sent by connection ``caller`` (None, in-process: all of them)."""
         for role, pending in self._uploads.items():
             if pending is not None and (caller is None or pending.client in (None, caller)):
                 logger.info("dropping an unfinished %s upload (%d file(s))", role, len(pending.written))
