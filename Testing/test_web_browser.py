@@ -450,6 +450,40 @@ class WebAppInBrowserTest(unittest.TestCase):
         page.click("#mmf-error button")
         page.wait_for_selector("#mmf-error", state="detached", timeout=10_000)
 
+    def test_an_upload_is_sent_in_messages_of_at_most_a_piece(self):
+        # The page's script sends small files together and a larger file in pieces, in messages of at most
+        # UPLOAD_PIECE_BYTES of content (what the server's wslink gathers and copies whole): a file of 4 MiB - 1
+        # and one of 4 MiB had gone in one message of 8 MiB - 1, as had any small files followed by a piece
+        from MultimodalFusionLib.web.app import UPLOAD_PIECE_BYTES
+
+        page = self._open_page()
+        page.evaluate("""() => { const trigger = trame.trigger.bind(trame); window.mmfSent = [];
+            trame.trigger = (name, args, kwargs) => {
+              if (args && Array.isArray(args[1])) {
+                window.mmfSent.push(args[1].reduce((n, e) => n + (e.content ? e.content.byteLength : 0), 0)); }
+              return trigger(name, args, kwargs); }; }""")
+        folder = tempfile.mkdtemp(prefix="mmfusion-web-test-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        sizes = {"IM0001.dcm": UPLOAD_PIECE_BYTES - 1, "IM0002.dcm": UPLOAD_PIECE_BYTES, "IM0003.dcm": 0,
+                 "IM0004.dcm": 2 * UPLOAD_PIECE_BYTES + 5}
+        rng = np.random.default_rng(0)
+        for name, size in sizes.items():
+            with open(os.path.join(folder, name), "wb") as out:
+                out.write(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+        before = page.input_value("#mmf-moving-path")
+        page.query_selector_all(".v-navigation-drawer input[type=file]")[1].set_input_files(
+            [os.path.join(folder, name) for name in sizes])
+        page.wait_for_function(f"() => document.querySelector('#mmf-moving-path').value !== {before!r}",
+                               timeout=60_000)
+        uploaded = page.input_value("#mmf-moving-path")
+        self.assertEqual({name: os.path.getsize(os.path.join(uploaded, name)) for name in os.listdir(uploaded)}, sizes)
+        for name in sizes:
+            with open(os.path.join(uploaded, name), "rb") as got, open(os.path.join(folder, name), "rb") as sent:
+                self.assertEqual(got.read(), sent.read(), name)
+        sent = page.evaluate("() => window.mmfSent")
+        self.assertEqual(sum(sent), sum(sizes.values()))
+        self.assertLessEqual(max(sent), UPLOAD_PIECE_BYTES, sent)
+
     def test_an_upload_cut_off_by_a_reload_is_not_merged_into_the_next(self):
         page = self._open_page()
         # The page sends an upload in chunks and then an end marker. Make the next upload send its

@@ -60,7 +60,7 @@ _WL_BASE_CHOICES = [{"title": "Auto (0.5-99.5th percentile)", "value": _WL_AUTO}
 # or .nrrd may name a data file too (io.missing_data_file checks the same five), then uploaded with it.
 _HEADER_SUFFIXES = (".mhd", ".mha", ".nhdr", ".nrrd", ".hdr")
 #: The most bytes of file content the page sends in one message: a file is sent in pieces of this size
-#: and small files together up to it. trame's own page read each file whole into one message, which the
+#: and small files together up to it (a piece that would take a message past it starts the next one). trame's own page read each file whole into one message, which the
 #: server (wslink) gathered whole, copied and unpacked, holding a 300 MiB NIfTI about three times over.
 UPLOAD_PIECE_BYTES = 4 << 20
 _DOWNLOAD_NAMES = {"transform": "moving_to_fixed.tfm", "fused": "fused.nii.gz", "report": "report.html"}
@@ -82,6 +82,7 @@ window.mmfusion_upload = async function (files, trigger) {
     for (const file of Array.from(files)) {
       for (let offset = 0; offset === 0 || offset < file.size; offset += piece) {
         const end = Math.min(file.size, offset + piece);
+        if (size + end - offset > piece) { await send(); }  // a message never holds more than a piece
         let content = null, error = null;
         try { content = new DataView(await file.slice(offset, end).arrayBuffer()); }
         catch (e) { error = (e && e.message) || String(e); }
