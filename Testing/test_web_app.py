@@ -622,6 +622,41 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual(self.app.state.colormap, "PET-Heat")
         self.assertEqual(self.app.viewer.colormap, "PET-Heat")
 
+    def test_a_bad_3d_rendering_preset_is_refused_when_set_and_the_control_reverts(self) -> None:
+        # An unknown 3D rendering preset set by a client had been checked only at the next Fuse when there was no
+        # fused image yet (nothing in the page until then), and with one the banner came but the control kept
+        # showing the refused name, not the preset the 3D view shows, unlike the other display controls
+        state, viewer = self.app.state, self.app.viewer
+        self._load()  # a load forgets an earlier test's fused image
+        self.assertIsNone(viewer.node("fused"))
+        offered = list(state.vr_presets)
+        self.assertEqual(state.vr_preset, viewer.vr_preset)
+        self.assertIn("CT-Bone", offered)
+        try:
+            self._set(vr_preset="CT-Bone", error_message="")  # before Fuse: what the next Fuse shows
+            self.assertEqual((viewer.vr_preset, state.error_message), ("CT-Bone", ""))
+            for bad in ("No-Such-Preset", ["CT-Bone"], 7, ""):
+                self._set(vr_preset=bad, error_message="")
+                self.assertIn("Unknown 3D rendering preset", state.error_message, bad)
+                self.assertIn("MR-Default", state.error_message)  # the fix names the list's choices
+                self.assertEqual(state.vr_preset, "CT-Bone", bad)
+                self.assertEqual(viewer.vr_preset, "CT-Bone", bad)
+            state.error_message = ""
+            self._do(self.app.start_fusion)
+            self.assertTrue(state.has_fused, state.error_message)
+            self.assertEqual(state.error_message, "")
+            fused = viewer.node("fused")
+            self.assertEqual(viewer.vr_preset, "CT-Bone")  # Fuse rendered the preset picked before it
+            self.assertTrue(self.app.slicer_app.volume_rendering.get_vr_display_node(fused).GetVisibility())
+            # with a fused image: refused in the banner, the control back to what the 3D view shows
+            self._set(vr_preset="No-Such-Preset", error_message="")
+            self.assertIn("Unknown 3D rendering preset 'No-Such-Preset'", state.error_message)
+            self.assertEqual((state.vr_preset, viewer.vr_preset), ("CT-Bone", "CT-Bone"))
+            self._set(vr_preset="MR-Default", error_message="")
+            self.assertEqual((viewer.vr_preset, state.error_message), ("MR-Default", ""))
+        finally:
+            self._set(vr_preset="MR-Default", error_message="")
+
     def test_repeated_runs_add_no_nodes_and_a_refused_click_leaves_no_stale_banner(self) -> None:
         self._load()
         scene = self.app.slicer_app.scene

@@ -255,7 +255,7 @@ class FusionWebApp:
         from .. import mrml
         from ..fusion import list_methods
         from ..registration import list_presets
-        from .viewer import DEFAULT_VR_PRESET, FusionViewer
+        from .viewer import FusionViewer
         from .worker import BackgroundWorker
 
         self.server = server or get_server(None, client_type="vue3")
@@ -295,6 +295,8 @@ class FusionWebApp:
         self.names = {"fixed": "", "moving": ""}  # what is loaded (the report names it)
 
         vr_presets = self.viewer.vr_presets()
+        if self.viewer.vr_preset not in vr_presets and vr_presets:
+            self.viewer.vr_preset = vr_presets[0]  # the control and the views start on the same preset
         methods = [m for m in list_methods() if m != "deep" or self._deep_available()]
         self.state.update({
             "trame__title": "MultimodalFusion",
@@ -314,7 +316,7 @@ class FusionWebApp:
             "colormaps": mrml.available_colormaps(self.slicer_app.scene), "colormap": "PET-Heat",
             "fg_opacity": 0.5, "fg_layers": _FG_LAYERS, "fg_layer": "functional",
             "vr_presets": vr_presets,
-            "vr_preset": DEFAULT_VR_PRESET if DEFAULT_VR_PRESET in vr_presets else (vr_presets or [""])[0],
+            "vr_preset": self.viewer.vr_preset,
             "registration_rows": [], "metrics_rows": [], "registration_summary": "",
             # what the page saves each download as (the fused volume's suffix follows its grid)
             "download_names": dict(_DOWNLOAD_NAMES),
@@ -962,12 +964,8 @@ class FusionWebApp:
         if self.registered_image is None:
             self.registered_image = functional
         self.viewer.set_image("fused", result.grey_image)
-        try:
-            self.viewer.show_volume_rendering("fused", _client_text(self.state.vr_preset, "3D rendering preset",
-                                                                     "Pick one in the 3D rendering preset list."))
-        except InputError as exc:
-            with self.state:
-                self.state.error_message = str(exc)
+        with self.state:
+            self._render_fused(self._checked_vr_preset(self.state.vr_preset) or self.viewer.vr_preset)
         self.viewer.show("fused" if self.state.fg_layer == "fused" else None)  # anything else: functional
         rows = [{"name": f"{key} ({result.method})", "value": _fmt(values[key])}
                 for key in _FUSION_METRIC_KEYS if key in values]
@@ -1137,14 +1135,34 @@ class FusionWebApp:
         with self.state:
             self._sync_display_state()
 
-    def _on_vr_preset(self, vr_preset: Any, **_: Any) -> None:
-        if self.viewer.node("fused") is None or not vr_preset:
-            return
+    def _checked_vr_preset(self, vr_preset: Any) -> str | None:
+        """``vr_preset`` when it is one of the 3D rendering presets; otherwise the banner says why, the control
+        goes back to the preset the 3D views use (or use at the next Fuse), and None."""
+        presets = self.viewer.vr_presets()
+        if isinstance(vr_preset, str) and vr_preset in presets:
+            return vr_preset
+        self._refuse_display_value("vr_preset", f"Unknown 3D rendering preset {_shown(vr_preset)}.",
+                                   f"Pick one in the 3D rendering preset list: {', '.join(presets)}.",
+                                   self.viewer.vr_preset)
+        return None
+
+    def _render_fused(self, preset: str) -> None:
+        """Volume-render the fused image with ``preset``; a refusal (a colour volume) goes to the banner."""
         try:
-            self.viewer.show_volume_rendering("fused", _client_text(vr_preset, "3D rendering preset",
-                                                                    "Pick one in the 3D rendering preset list."))
+            self.viewer.show_volume_rendering("fused", preset)
         except InputError as exc:
             self.state.error_message = str(exc)
+
+    def _on_vr_preset(self, vr_preset: Any, **_: Any) -> None:
+        """The 3D rendering preset: checked when set, fused image or not (an unknown one had been refused only
+        at the next Fuse, and with a fused image the control had kept showing it, not what the views show)."""
+        preset = self._checked_vr_preset(vr_preset)
+        if preset is None or preset == self.viewer.vr_preset:
+            return  # refused (the control is back), or what the views already show (that revert's echo)
+        if self.viewer.node("fused") is None:
+            self.viewer.vr_preset = preset  # what the next Fuse shows
+            return
+        self._render_fused(preset)
 
     # ------------------------------------------------------------------ downloads
     def result_file(self, what: str) -> Path:
