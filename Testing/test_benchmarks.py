@@ -6,7 +6,8 @@ checks that ``fusion_harvard.py`` prints its tables and goal checks (the adaptat
 writes finite metrics to JSON and stretches every fused image as CDDFuse's ``test_MIF.py`` does,
 and that ``fusion_composition_sweep.py`` scores every configuration and keeps its noise control
 out of the count. ``capture_range.py --random`` draws reproducible rotations and counts its cases;
-``centre_of_mass.py`` prints its table of centre-of-mass rules.
+``centre_of_mass.py`` prints its table of centre-of-mass rules; ``torch_inverse_field.py --quick`` prints the
+torch field's size and how well SimpleITK inverts it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib.util
 import io as _io
 import json
 import math
+import re
 import tempfile
 import unittest
 from pathlib import Path
@@ -242,6 +244,28 @@ class CentreOfMassScriptTest(unittest.TestCase):
         self.assertAlmostEqual(rows["T2 - 1000"][2], rows["T2"][2], delta=0.05)  # an offset does not move it
         self.assertGreater(rows["T2 - 1000"][0], 5.0)
         self.assertRegex(text, r"this version: [0-9.]+")
+
+
+@unittest.skipUnless(importlib.util.find_spec("torch") is not None, "torch is not installed (pip install '.[deep]')")
+class TorchInverseFieldScriptTest(unittest.TestCase):
+    def test_the_quick_run_prints_the_field_and_a_small_inverse_error(self):
+        import torch
+
+        threads = torch.get_num_threads()
+        try:  # --quick: a tenth of the iterations (about 4 s of registration on one thread)
+            rc, text = _run(_load_script("torch_inverse_field").main, ["--threads", "1", "--quick"])
+        finally:
+            torch.set_num_threads(threads)
+        self.assertEqual(rc, 0, text)
+        found = re.search(r"quick \(a tenth of the iterations\), bins default \(32\): field up to ([0-9.]+) mm; "
+                          r"inverse after field ([0-9.]+) mm mean, ([0-9.]+) mm max over ([0-9]+) object voxels", text)
+        self.assertIsNotNone(found, text)
+        field_max, mean, worst, voxels = (float(v) for v in found.groups())
+        self.assertEqual(voxels, 22796)  # the object of the fixed grid, 2 voxels in from its faces
+        self.assertGreater(field_max, 0.5)  # a deformation field was returned, and inverted
+        self.assertLess(mean, 0.01)  # the default run's 0.0019 mm (README): InvertDisplacementField inverts it
+        self.assertLess(worst, 0.75 * field_max)
+
 
 if __name__ == "__main__":
     unittest.main()
