@@ -106,7 +106,8 @@ class TorchRegistrationParameters:
             when an initial transform is given.
         seed: seed of the voxel sampling (same seed, same device and thread count -> same result).
         linear_metric: "mi" (multimodal), "lncc" or "mind".
-        linear_shrink_factors: linear stages' pyramid, coarse to fine.
+        linear_shrink_factors: linear stages' pyramid, coarse to fine (another order runs as given, with a
+            warning when a level is coarser than the one before).
         linear_iterations: Adam iterations per level of the linear stages.
         linear_learning_rate: Adam step (about radians of rotation; translation in units of the
             image's half extent).
@@ -118,7 +119,8 @@ class TorchRegistrationParameters:
         deformable_level_spacing_mm: voxel size of the deformable stage's levels, coarse to fine
             (a level is never finer than the fixed image; levels that coincide are merged). In mm
             rather than shrink factors because MIND and the velocity smoothness are physical
-            scales: a 3 mm image shrunk by 4 (12 mm voxels) has no usable descriptors.
+            scales: a 3 mm image shrunk by 4 (12 mm voxels) has no usable descriptors. Another order runs
+            as given, with a warning when a level is coarser than the one before.
         deformable_iterations: Adam iterations per deformable level.
         deformable_learning_rate: Adam step of the velocity field, in voxels of the level.
         regularisation: "diffusion" (first derivatives) or "bending" (second derivatives).
@@ -1218,6 +1220,38 @@ def _deformable_levels(p: TorchRegistrationParameters, base_spacing: float) -> l
     return levels
 
 
+def _level_order_warnings(params: TorchRegistrationParameters, base_spacing: float) -> list[str]:
+    """Warnings for pyramid levels that grow coarser from one level to the next.
+
+    Levels run in the order given (as ANTs and elastix/ITK run theirs, so any order is taken), but given fine to
+    coarse, e.g. ``deformable_level_spacing_mm=[2, 4]`` or ``linear_shrink_factors=[1, 2, 4]``, a stage ends on
+    its coarser grid, not its finest, without a word: the field is the 4 mm level's, the linear result the
+    shrink-4 level's, where coarse to fine would refine both on the finest grid. The deformable levels are
+    compared as they run (a level is never finer than the fixed voxel ``base_spacing``, and levels that
+    coincide are merged).
+    """
+    out = []
+    if any(s in ("rigid", "affine") for s in params.stages):
+        factors = [int(f) for f in params.linear_shrink_factors]
+        if any(b > a for a, b in zip(factors, factors[1:])):
+            listed = "[" + ", ".join(str(f) for f in factors) + "]"
+            usual = "[" + ", ".join(str(f) for f in sorted(factors, reverse=True)) + "]"
+            out.append(f"linear_shrink_factors {listed} grow coarser from one level to the next: the levels run in "
+                       f"the order given, so the linear stages end at shrink factor {factors[-1]}, not at their "
+                       f"finest ({min(factors)}). Pyramid levels are usually given coarse to fine, e.g. {usual}.")
+    if "deformable" in params.stages:
+        shrinks = [f for f, _ in _deformable_levels(params, base_spacing)]
+        if any(b > a + 1e-6 for a, b in zip(shrinks, shrinks[1:])):
+            asked = [float(f) for f in params.deformable_level_spacing_mm]
+            listed = "[" + ", ".join(f"{f:g}" for f in asked) + "]"
+            usual = "[" + ", ".join(f"{f:g}" for f in sorted(asked, reverse=True)) + "]"
+            out.append(f"deformable_level_spacing_mm {listed} grow coarser from one level to the next: the levels run "
+                       f"in the order given, so the deformation field ends on the {shrinks[-1] * base_spacing:g} mm "
+                       f"level's grid, not the finest ({min(shrinks) * base_spacing:g} mm). Pyramid levels are "
+                       f"usually given coarse to fine, e.g. {usual}.")
+    return out
+
+
 def _check_levels_fit(params: TorchRegistrationParameters, fixed: sitk.Image) -> None:
     """Refuse a pyramid level whose voxels are coarser than the fixed image's largest extent.
 
@@ -1381,7 +1415,8 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         # sitk backend (here the moving mask was left out without a word: see _both_masks)
         first = start_kind(params.initializer, initial_transform is not None and search_info is None)
         start_tx = _affine_transform(matrix, center, translation)
-        warnings: list[str] = converted + small_mask_warnings(fixed_mask, moving_mask) + check_masks_meet(
+        warnings: list[str] = converted + _level_order_warnings(params, ctx.base_spacing) + small_mask_warnings(
+            fixed_mask, moving_mask) + check_masks_meet(
             fixed_f, fixed_mask, moving_mask, start_tx, start_description(first), start_fix(first, masks=True))
         # the fixed voxels (in the fixed mask) inside the moving image (its mask), resampled once: without masks
         # also the count of the no-overlap check
