@@ -137,11 +137,7 @@ libc.signal.restype = ctypes.c_void_p
 libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
 libc.signal(signal.SIGINT, 0)  # signal(SIGINT, SIG_DFL), as CTK does after PythonQt::init
 assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-def _system_handler(sig):  # sigaction(sig, NULL, &old): the handler the system runs, read without changing it
-    old = ctypes.create_string_buffer(1024)
-    libc.sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    assert libc.sigaction(sig, None, old) == 0
-    return ctypes.c_void_p.from_buffer(old).value or 0
+from MultimodalFusionLib.progress import _system_handler  # sigaction(sig, NULL, &old): read, not changed
 from MultimodalFusionLib.registration import register, resolve_parameters
 from test_interrupts import _pair
 fixed, moving = _pair(24)
