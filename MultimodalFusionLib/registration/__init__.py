@@ -136,21 +136,26 @@ _EDGE_CHECK_LIMIT = 5000
 
 
 def _edge_voxels(arr: np.ndarray, above: np.ndarray) -> int:
-    """Voxels whose value differs from a face neighbour's, counted in the box around the ``above`` voxels (one
-    voxel wider): the edges of the structure, where an intensity metric has something to align."""
+    """Voxels whose value differs from a face neighbour's: the edges of the structure, where an intensity metric
+    has something to align. Two voxels at the background (the minimum) never differ, so every such pair holds
+    an ``above`` voxel: only the ``above`` voxels and their face neighbours are looked at (a few thousand),
+    never the box around them, which two small objects far apart make the whole volume (three differences of
+    a 512x512x300 volume: 1.8 s and 565 MiB more at the peak for a pair of fiducial-marker images)."""
     where = np.nonzero(above)
-    box = tuple(slice(max(int(w.min()) - 1, 0), int(w.max()) + 2) for w in where)
-    sub = np.asarray(arr[box])
-    edge = np.zeros(sub.shape, bool)
-    for axis in range(sub.ndim):
-        changes = np.diff(sub, axis=axis) != 0
-        lead = [slice(None)] * sub.ndim
-        lead[axis] = slice(1, None)
-        trail = [slice(None)] * sub.ndim
-        trail[axis] = slice(None, -1)
-        edge[tuple(lead)] |= changes
-        edge[tuple(trail)] |= changes
-    return int(np.count_nonzero(edge))
+    shape = arr.shape
+    centre = np.stack(where, axis=1)  # (count, ndim) indices of the structure's voxels
+    values = arr[where]
+    edge = [np.zeros(0, np.int64)]
+    for axis in range(arr.ndim):
+        for step in (-1, 1):
+            other = centre.copy()
+            other[:, axis] += step
+            inside = (other[:, axis] >= 0) & (other[:, axis] < shape[axis])
+            differs = np.zeros(len(centre), bool)
+            differs[inside] = arr[tuple(other[inside].T)] != values[inside]
+            edge.append(np.ravel_multi_index(tuple(centre[differs].T), shape))
+            edge.append(np.ravel_multi_index(tuple(other[differs].T), shape))
+    return int(np.unique(np.concatenate(edge)).size)
 
 
 def sparse_content_warnings(fixed: sitk.Image, moving: sitk.Image) -> list[str]:
