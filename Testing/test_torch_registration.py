@@ -523,7 +523,7 @@ class TorchRegistrationTest(unittest.TestCase):
         grown = warnings(linear_shrink_factors=[1, 2, 4], deformable_level_spacing_mm=[2.0, 4.0])
         self.assertEqual(len(grown), 2, grown)
         self.assertIn("linear_shrink_factors [1, 2, 4] grow coarser from one level to the next", grown[0])
-        self.assertIn("end at shrink factor 4, not at their finest (1)", grown[0])
+        self.assertIn("end at shrink factor 4, not at the finest that runs (1)", grown[0])
         self.assertIn("coarse to fine, e.g. [4, 2, 1]", grown[0])
         self.assertIn("deformable_level_spacing_mm [2, 4] grow coarser", grown[1])
         self.assertIn("ends on the 4 mm level's grid, not the finest (2 mm)", grown[1])
@@ -534,6 +534,13 @@ class TorchRegistrationTest(unittest.TestCase):
         self.assertEqual(warnings(linear_shrink_factors=[2, 2, 1], deformable_level_spacing_mm=[0.5, 1.0]), [])
         self.assertEqual(warnings(stages=["rigid"], deformable_level_spacing_mm=[2.0, 4.0]), [])
         self.assertEqual(warnings(stages=["deformable"], linear_shrink_factors=[1, 2, 4]), [])
+        # a linear level of 0 iterations is skipped: [4, 1, 2] with [3, 3, 0] ends at 1 (had been warned as ending
+        # at 2), and [1, 2, 4] with [3, 3, 0] ends at 2, not 4
+        self.assertEqual(warnings(linear_shrink_factors=[4, 1, 2], linear_iterations=[3, 3, 0]), [])
+        skipped = warnings(linear_shrink_factors=[1, 2, 4], linear_iterations=[3, 3, 0])
+        self.assertEqual(len(skipped), 1, skipped)
+        self.assertIn("[1, 2, 4] grow coarser", skipped[0])
+        self.assertIn("end at shrink factor 2, not at the finest that runs (1)", skipped[0])
 
     def test_default_levels_run_on_tiny_and_small_field_images(self) -> None:
         # the level check measured an image from its first to its last voxel centre and took the default

@@ -1232,13 +1232,15 @@ def _level_order_warnings(params: TorchRegistrationParameters, base_spacing: flo
     """
     out = []
     if any(s in ("rigid", "affine") for s in params.stages):
-        factors = [int(f) for f in params.linear_shrink_factors]
+        # a level of 0 iterations leaves the transform as it is (skipped, ANTs' 100x0): only those that run count
+        factors = [int(f) for f, i in zip(params.linear_shrink_factors, params.linear_iterations) if int(i) > 0]
         if any(b > a for a, b in zip(factors, factors[1:])):
-            listed = "[" + ", ".join(str(f) for f in factors) + "]"
-            usual = "[" + ", ".join(str(f) for f in sorted(factors, reverse=True)) + "]"
+            given = [int(f) for f in params.linear_shrink_factors]
+            listed = "[" + ", ".join(str(f) for f in given) + "]"
+            usual = "[" + ", ".join(str(f) for f in sorted(given, reverse=True)) + "]"
             out.append(f"linear_shrink_factors {listed} grow coarser from one level to the next: the levels run in "
-                       f"the order given, so the linear stages end at shrink factor {factors[-1]}, not at their "
-                       f"finest ({min(factors)}). Pyramid levels are usually given coarse to fine, e.g. {usual}.")
+                       f"the order given, so the linear stages end at shrink factor {factors[-1]}, not at the "
+                       f"finest that runs ({min(factors)}). Pyramid levels are usually given coarse to fine, e.g. {usual}.")
     if "deformable" in params.stages:
         shrinks = [f for f, _ in _deformable_levels(params, base_spacing)]
         if any(b > a + 1e-6 for a, b in zip(shrinks, shrinks[1:])):
