@@ -371,6 +371,24 @@ class MalformedPresetFile(unittest.TestCase):
                                      | {"stages": [{k: v for k, v in s.items() if k != "effective"}
                                                    for s in ran["stages"]]})
 
+    def test_levels_given_fine_to_coarse_are_warned_about(self):
+        # a preset stage with shrink_factors [1, 2, 4] ended at shrink factor 4 without a word (see
+        # test_registration.LevelOrderWarning): the warning goes to stderr and metrics.json
+        with tempfile.TemporaryDirectory() as d:
+            preset = os.path.join(d, "fine-to-coarse.json")
+            with open(preset, "w", encoding="utf-8") as fh:
+                fh.write('{"stages": [{"name": "rigid", "iterations": 20, "shrink_factors": [1, 2, 4], '
+                         '"smoothing_sigmas": [0, 1, 2]}]}')
+            out_dir = os.path.join(d, "out")
+            rc, out, err = run_cli("register", FIXED, MOVING, "--output-dir", out_dir, "--preset", preset,
+                                   "--seed", "1")
+            self.assertEqual(rc, 0, err)
+            said = "Stage 'rigid': shrink_factors [1, 2, 4] grow coarser from one level to the next"
+            self.assertIn(f"warning: {said}", err)
+            self.assertIn("ends at shrink factor 4, not at its finest (1)", err)
+            with open(os.path.join(out_dir, "metrics.json")) as fh:
+                self.assertEqual(len([w for w in json.load(fh)["warnings"] if w.startswith(said)]), 1)
+
     def test_settings_are_checked_before_any_image_is_read(self):
         # register and run read both images (a DICOM folder, a large volume) before they looked at the preset
         # file or --stages: two 300^3 volumes took 1.1 s (run: 2.5 s) more to say a key was misspelt

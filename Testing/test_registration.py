@@ -184,6 +184,75 @@ class EffectiveSettings(unittest.TestCase):
         self.assertEqual(effective["shrink_factors"], [2, 1])
 
 
+class LevelOrderWarning(unittest.TestCase):
+    """Pyramid levels given fine to coarse: ITK runs them in that order and the stage ends on its coarsest level,
+    which had gone without a word (MNI152 T1 vs synthetic T2 at 2 mm, affine, seed 3: 0.61 mm mean error with
+    shrink_factors [1, 2, 4] and sigmas [0, 1, 2], 0.16 mm with [4, 2, 1] and [2, 1, 0]; [1, 1, 1] with sigmas
+    [0, 1, 2], or [4, 2, 1] with [0, 1, 2]: 0.58 mm). ITK takes any order, so they still run as given, with a
+    warning per stage."""
+
+    @staticmethod
+    def _grown(result) -> list[str]:
+        return [w for w in result.warnings if "from one level to the next" in w]
+
+    def test_levels_that_grow_coarser_run_as_given_with_a_warning(self) -> None:
+        fixed, moving = _slab(24), _slab(24, 2)  # 24 slices: shrink factors up to 6 run as given
+        quick = {"iterations": 3}
+        result = register(fixed, moving, {"stages": [
+            {"name": "rigid", **quick, "shrink_factors": [1, 1], "smoothing_sigmas": [0, 2]},
+            {"name": "affine", **quick, "shrink_factors": [1, 2, 4], "smoothing_sigmas": [0, 1, 2]}]}, seed=0)
+        grown = self._grown(result)
+        self.assertEqual(len(grown), 2, result.warnings)
+        self.assertIn("Stage 'rigid': smoothing_sigmas [0, 2] grow from one level to the next (shrink_factors "
+                      "[1, 1])", grown[0])
+        self.assertIn("so the stage ends smoothed by sigma 2 voxels at shrink factor 1, not at its least (sigma 0 "
+                      "voxels)", grown[0])
+        self.assertIn("coarse to fine, e.g. shrink_factors [1, 1] with smoothing_sigmas [2, 0]", grown[0])
+        self.assertIn("Stage 'affine': shrink_factors [1, 2, 4] grow coarser from one level to the next: the levels "
+                      "run in the order given, so the stage ends at shrink factor 4, not at its finest (1)", grown[1])
+        self.assertIn("coarse to fine, e.g. shrink_factors [4, 2, 1] with smoothing_sigmas [2, 1, 0]", grown[1])
+        # not refused: ITK ran the levels in the order given
+        self.assertEqual([s["effective"]["shrink_factors"] for s in result.parameters["stages"]], [[1, 1], [1, 2, 4]])
+        self.assertEqual([len(s.level_iterations) for s in result.stages], [2, 3])
+
+        def grown_for(stage: dict, pair=(fixed, moving), **options) -> list[str]:
+            return self._grown(register(*pair, {"stages": [{**stage, **quick}]}, seed=0, **options))
+
+        # coarse to fine, or a repeated level: no warning
+        for shrink, sigmas in (([4, 2, 1], [2, 1, 0]), ([2, 2, 1], [1, 1, 0]), ([4, 2, 1], [2, 1, 1])):
+            self.assertEqual(grown_for({"name": "affine", "shrink_factors": shrink, "smoothing_sigmas": sigmas}), [])
+        # sigmas that grow as the shrink factor falls end smoothed too (MNI152 as above: 0.58 mm)
+        smoothed = grown_for({"name": "affine", "shrink_factors": [4, 2, 1], "smoothing_sigmas": [0, 1, 2]})
+        self.assertEqual(len(smoothed), 1)
+        self.assertIn("smoothing_sigmas [0, 1, 2] grow from one level to the next (shrink_factors [4, 2, 1]): the "
+                      "levels run in the order given, so the stage ends smoothed by sigma 2 voxels at shrink factor "
+                      "1, not at its least (sigma 0 voxels)", smoothed[0])
+        # compared as they run: on a 6-slice slab every factor runs as 1, so [1, 2, 4] is one grid (no word
+        # with sigmas that fall) and sigmas that grow there end smoothed
+        slab = (_slab(6), _slab(6, 2))
+        self.assertEqual(grown_for({"name": "rigid", "shrink_factors": [1, 2, 4], "smoothing_sigmas": [2, 1, 0]},
+                                   slab), [])
+        smoothed = grown_for({"name": "rigid", "shrink_factors": [1, 2, 4], "smoothing_sigmas": [0, 1, 2]}, slab)
+        self.assertEqual(len(smoothed), 1)
+        self.assertIn("smoothing_sigmas [0, 1, 2] grow from one level to the next (shrink_factors [1, 2, 4], run "
+                      "as [1, 1, 1]", smoothed[0])
+        # a stage the run leaves out (stages= picks the rigid one) is not warned about
+        both = RegistrationParameters.from_dict({"stages": [
+            {"name": "rigid", **quick}, {"name": "affine", **quick, "shrink_factors": [1, 2, 4],
+                                         "smoothing_sigmas": [0, 1, 2]}]})
+        self.assertEqual(self._grown(register(fixed, moving, both, stages=["rigid"], seed=0)), [])
+
+    def test_presets_and_defaults_never_warn(self) -> None:
+        from MultimodalFusionLib.registration.sitk_backend import _level_order_warning
+
+        stages = [default_stage(name) for name in ("rigid", "affine", "bspline")]
+        stages += [stage for name in list_presets() for stage in load_preset(name).stages]
+        for stage in stages:
+            for cap in range(1, 9):  # as they run on images of every size (factors capped at a quarter side)
+                shrink = [min(int(f), cap) for f in stage.shrink_factors]
+                self.assertIsNone(_level_order_warning(stage, shrink), (stage, cap))
+
+
 class DiscardedStageWarning(unittest.TestCase):
     def test_it_names_what_aligned_the_images_before_the_stage(self) -> None:
         # a first stage (or one after stages all discarded) was told "the earlier stages already aligned the

@@ -91,11 +91,14 @@ class StageParameters:
             0.5 stops ITK's 10-degree T1/PD case at 3-5 degrees).
         iterations: maximal iterations per resolution level.
         gradient_tolerance: lbfgsb / regular_step gradient magnitude tolerance.
-        shrink_factors: per level image shrink factors, coarse to fine.
+        shrink_factors: per level image shrink factors, coarse to fine (another order runs as given,
+            as in ITK, with a warning in the result when a level is coarser than the one before).
         smoothing_sigmas: per level Gaussian smoothing sigmas, in voxels of the full-resolution
             image unless ``smoothing_in_mm`` (ITK's ImageRegistrationMethodv4 smooths each input
             before shrinking it, with the variance in its own voxel units: on a 0.7x0.7x3 mm CT,
             sigma 2 is 1.4 mm in-plane and 6 mm across slices; give mm for isotropic smoothing).
+            Coarse to fine too: sigmas that grow from one level to the next run as given, with a
+            warning (the stage ends smoothed).
         smoothing_in_mm: interpret ``smoothing_sigmas`` in mm.
         mesh_size: B-spline control grid cells per dimension (int, or one per dimension).
     """

@@ -473,6 +473,59 @@ def _stage_method(stage: StageParameters, seed: int | None, fixed_mask: sitk.Ima
     return method
 
 
+def _run_shrink_factors(stage: StageParameters, fixed: sitk.Image, moving: sitk.Image) -> list[int]:
+    """The shrink factors ``stage`` runs with on these images: ITK's pyramid smooths every axis, which needs 4
+    voxels along it, so no level may shrink the smaller image below that (a thin slab or a small cube registers
+    at fewer shrink steps, not an ITK error: a 6-slice slab asked for 4-2-1 runs 1-1-1)."""
+    most = max(1, min(min(fixed.GetSize()), min(moving.GetSize())) // 4)
+    return [min(int(f), most) for f in stage.shrink_factors]
+
+
+def _listed(values: list[Any]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def _level_order_warning(stage: StageParameters, shrink: list[int]) -> str | None:
+    """A warning for a stage whose pyramid levels grow coarser from one level to the next, or None.
+
+    ITK runs the levels in the order given (as ANTs and elastix do, so any order is taken), but given fine to
+    coarse, e.g. ``shrink_factors=[1, 2, 4]`` with ``smoothing_sigmas=[0, 1, 2]``, the stage ends on its
+    coarsest level, not its finest, without a word (MNI152 T1 vs synthetic T2 at 2 mm, affine, seed 3: 0.61 mm
+    mean error where [4, 2, 1] with [2, 1, 0] gives 0.16 mm). Sigmas that grow end the stage smoothed and cost
+    as much, whether the shrink factor stays put or falls ([1, 1, 1] or [4, 2, 1] with [0, 1, 2]: 0.58 mm), so
+    a level is coarser than the one before when its shrink factor or its sigma is larger. ``shrink`` are the
+    factors as they run (:func:`_run_shrink_factors`): factors capped to the same value are one grid.
+    """
+    sigmas = [float(s) for s in stage.smoothing_sigmas]
+    shrink = [int(f) for f in shrink]
+    grows_shrink = any(b > a for a, b in zip(shrink, shrink[1:]))
+    if not grows_shrink and not any(b > a for a, b in zip(sigmas, sigmas[1:])):
+        return None
+    given = [int(f) for f in stage.shrink_factors]
+
+    def sigma(value: float) -> str:
+        return f"sigma {value:g} " + ("mm" if stage.smoothing_in_mm else "voxel" if value == 1 else "voxels")
+
+    ran = "" if shrink == given else (f", run as {_listed(shrink)}: no level may shrink the smaller image "
+                                      "below 4 voxels a side")
+    if grows_shrink:
+        setting = f"shrink_factors {_listed(given)}" + (f" ({ran[2:]})" if ran else "") + (
+            " grow coarser from one level to the next")
+    else:
+        setting = (f"smoothing_sigmas {_listed(sigmas)} grow from one level to the next "
+                   f"(shrink_factors {_listed(given)}{ran})")
+    if shrink[-1] != min(shrink):
+        ends = f"ends at shrink factor {shrink[-1]}, not at its finest ({min(shrink)})"
+    elif sigmas[-1] != min(sigmas):
+        ends = (f"ends smoothed by {sigma(sigmas[-1])} at shrink factor {shrink[-1]}, not at its least "
+                f"({sigma(min(sigmas))})")
+    else:
+        ends = f"runs a coarser level before it ends at its finest (shrink factor {shrink[-1]}, {sigma(sigmas[-1])})"
+    return (f"Stage '{stage.name}': {setting}: the levels run in the order given, so the stage {ends}. Pyramid "
+            f"levels are usually given coarse to fine, e.g. shrink_factors {_listed(sorted(given, reverse=True))} "
+            f"with smoothing_sigmas {_listed(sorted(sigmas, reverse=True))}.")
+
+
 def _block_average_factor(image: sitk.Image, factor: int) -> int:
     """How many voxels per axis :func:`_reduced_level` averages into one for a level of shrink ``factor``:
     the factor for an image above ``REDUCED_PYRAMID_VOXELS``, 1 (none) otherwise."""
@@ -788,10 +841,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     warped = _moving_through(previous, fixed, moving, moving_mask) if previous is not None else None
     stage_moving, stage_mask = warped if warped is not None else (moving, moving_mask)
 
-    # ITK's pyramid smooths every axis, which needs 4 voxels along it: no level may shrink the smaller
-    # image below that (a thin slab or a small cube registers at fewer shrink steps, not an ITK error)
-    most = max(1, min(min(fixed.GetSize()), min(moving.GetSize())) // 4)
-    shrink = [min(int(f), most) for f in stage.shrink_factors]
+    shrink = _run_shrink_factors(stage, fixed, moving)
     sigmas = [float(s) for s in stage.smoothing_sigmas]
     # ITK optimises in place: give it a copy, so that ``start`` (and ``start_total``, which is ``start``
     # itself for a first stage, or a composite holding it for a B-spline stage) stays the starting
@@ -916,7 +966,10 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
     linear_start = _initializer_translation(fixed, moving, parameters, initial_transform, fixed_mask, moving_mask)
     previous = initial_transform if initial_transform is not None else linear_start
     stage_results: list[StageResult] = []
-    warnings: list[str] = small_mask_warnings(fixed_mask, moving_mask)
+    # levels that grow coarser run as given (ITK takes any order) but end the stage coarse: a warning per stage,
+    # as the torch backend gives, on the shrink factors as they run (every listed stage runs)
+    order = (_level_order_warning(stage, _run_shrink_factors(stage, fixed, moving)) for stage in parameters.stages)
+    warnings: list[str] = [w for w in order if w] + small_mask_warnings(fixed_mask, moving_mask)
     searched: sitk.Transform | None = None
     search_info: dict[str, Any] | None = None
     if parameters.initializer == "search" and initial_transform is None:
