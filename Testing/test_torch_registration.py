@@ -541,6 +541,15 @@ class TorchRegistrationTest(unittest.TestCase):
         self.assertEqual(len(skipped), 1, skipped)
         self.assertIn("[1, 2, 4] grow coarser", skipped[0])
         self.assertIn("end at shrink factor 2, not at the finest that runs (1)", skipped[0])
+        # a coarser level in between that ends at the finest: said so (it had said "end at shrink factor 1, not at
+        # their finest (1)")
+        between = warnings(linear_shrink_factors=[2, 4, 1], deformable_level_spacing_mm=[2.0, 4.0, 1.0],
+                           deformable_iterations=[3, 3, 3])
+        self.assertEqual(len(between), 2, between)
+        self.assertIn("the linear stages run a coarser level before they end at their finest (shrink factor 1)",
+                      between[0])
+        self.assertIn("the deformable stage runs a coarser level before it ends on the finest grid (1 mm)", between[1])
+        self.assertTrue(all("not at their finest" not in w and "not the finest" not in w for w in between), between)
 
     def test_default_levels_run_on_tiny_and_small_field_images(self) -> None:
         # the level check measured an image from its first to its last voxel centre and took the default

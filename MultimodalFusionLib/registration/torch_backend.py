@@ -1238,19 +1238,26 @@ def _level_order_warnings(params: TorchRegistrationParameters, base_spacing: flo
             given = [int(f) for f in params.linear_shrink_factors]
             listed = "[" + ", ".join(str(f) for f in given) + "]"
             usual = "[" + ", ".join(str(f) for f in sorted(given, reverse=True)) + "]"
+            # [2, 4, 1] ends at its finest: it had said "end at shrink factor 1, not at their finest (1)"
+            ends = (f"end at shrink factor {factors[-1]}, not at the finest that runs ({min(factors)})"
+                    if factors[-1] != min(factors) else
+                    f"run a coarser level before they end at their finest (shrink factor {factors[-1]})")
             out.append(f"linear_shrink_factors {listed} grow coarser from one level to the next: the levels run in "
-                       f"the order given, so the linear stages end at shrink factor {factors[-1]}, not at the "
-                       f"finest that runs ({min(factors)}). Pyramid levels are usually given coarse to fine, e.g. {usual}.")
+                       f"the order given, so the linear stages {ends}. Pyramid levels are usually given coarse to "
+                       f"fine, e.g. {usual}.")
     if "deformable" in params.stages:
         shrinks = [f for f, _ in _deformable_levels(params, base_spacing)]
         if any(b > a + 1e-6 for a, b in zip(shrinks, shrinks[1:])):
             asked = [float(f) for f in params.deformable_level_spacing_mm]
             listed = "[" + ", ".join(f"{f:g}" for f in asked) + "]"
             usual = "[" + ", ".join(f"{f:g}" for f in sorted(asked, reverse=True)) + "]"
+            ends = (f"the deformation field ends on the {shrinks[-1] * base_spacing:g} mm level's grid, not the "
+                    f"finest ({min(shrinks) * base_spacing:g} mm)" if shrinks[-1] > min(shrinks) + 1e-6 else
+                    f"the deformable stage runs a coarser level before it ends on the finest grid "
+                    f"({shrinks[-1] * base_spacing:g} mm)")
             out.append(f"deformable_level_spacing_mm {listed} grow coarser from one level to the next: the levels run "
-                       f"in the order given, so the deformation field ends on the {shrinks[-1] * base_spacing:g} mm "
-                       f"level's grid, not the finest ({min(shrinks) * base_spacing:g} mm). Pyramid levels are "
-                       f"usually given coarse to fine, e.g. {usual}.")
+                       f"in the order given, so {ends}. Pyramid levels are usually given coarse to fine, e.g. "
+                       f"{usual}.")
     return out
 
 
