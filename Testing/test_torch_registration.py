@@ -550,6 +550,12 @@ class TorchRegistrationTest(unittest.TestCase):
                       between[0])
         self.assertIn("the deformable stage runs a coarser level before it ends on the finest grid (1 mm)", between[1])
         self.assertTrue(all("not at their finest" not in w and "not the finest" not in w for w in between), between)
+        # both edits at once: a coarser level in between, and the finest listed level (1) of 0 iterations, skipped:
+        # the stage ends at the finest that runs, 2 (it had said "end at their finest (shrink factor 2)", a 1 listed)
+        merged = warnings(stages=["rigid"], linear_shrink_factors=[4, 8, 2, 1], linear_iterations=[3, 3, 3, 0])
+        self.assertEqual(len(merged), 1, merged)
+        self.assertIn("run a coarser level before they end at the finest that runs (shrink factor 2)", merged[0])
+        self.assertNotIn("their finest", merged[0])
 
     def test_default_levels_run_on_tiny_and_small_field_images(self) -> None:
         # the level check measured an image from its first to its last voxel centre and took the default

@@ -1238,10 +1238,13 @@ def _level_order_warnings(params: TorchRegistrationParameters, base_spacing: flo
             given = [int(f) for f in params.linear_shrink_factors]
             listed = "[" + ", ".join(str(f) for f in given) + "]"
             usual = "[" + ", ".join(str(f) for f in sorted(given, reverse=True)) + "]"
-            # [2, 4, 1] ends at its finest: it had said "end at shrink factor 1, not at their finest (1)"
+            # [2, 4, 1] ends at its finest: it had said "end at shrink factor 1, not at their finest (1)". A finer
+            # level of 0 iterations is skipped: [4, 8, 2, 1] with [3, 3, 3, 0] ends at the finest that runs, 2,
+            # which "their finest (shrink factor 2)" had contradicted (the 1 listed)
+            finest = "their finest" if min(factors) == min(given) else "the finest that runs"
             ends = (f"end at shrink factor {factors[-1]}, not at the finest that runs ({min(factors)})"
                     if factors[-1] != min(factors) else
-                    f"run a coarser level before they end at their finest (shrink factor {factors[-1]})")
+                    f"run a coarser level before they end at {finest} (shrink factor {factors[-1]})")
             out.append(f"linear_shrink_factors {listed} grow coarser from one level to the next: the levels run in "
                        f"the order given, so the linear stages {ends}. Pyramid levels are usually given coarse to "
                        f"fine, e.g. {usual}.")
