@@ -556,6 +556,16 @@ class TorchRegistrationTest(unittest.TestCase):
         self.assertEqual(len(merged), 1, merged)
         self.assertIn("run a coarser level before they end at the finest that runs (shrink factor 2)", merged[0])
         self.assertNotIn("their finest", merged[0])
+        # a deformable level of 0 iterations before the first that iterates leaves the zero field zero: [1, 4, 2] mm
+        # with [0, 3, 3] runs as [4, 2] mm (had been warned as ending off its 1 mm level); one after it still counts
+        # (the field is carried onto its grid): [1, 2, 4, 2] mm with [0, 3, 3, 3] runs a 4 mm level in between
+        self.assertEqual(warnings(deformable_level_spacing_mm=[1.0, 4.0, 2.0], deformable_iterations=[0, 3, 3]), [])
+        later = warnings(deformable_level_spacing_mm=[1.0, 2.0, 4.0, 2.0], deformable_iterations=[0, 3, 3, 3])
+        self.assertEqual(len(later), 1, later)
+        self.assertIn("runs a coarser level before it ends on the finest grid that runs (2 mm)", later[0])
+        kept = warnings(deformable_level_spacing_mm=[4.0, 2.0, 8.0], deformable_iterations=[3, 3, 0])
+        self.assertEqual(len(kept), 1, kept)
+        self.assertIn("ends on the 8 mm level's grid, not the finest (2 mm)", kept[0])
 
     def test_default_levels_run_on_tiny_and_small_field_images(self) -> None:
         # the level check measured an image from its first to its last voxel centre and took the default

@@ -1249,14 +1249,21 @@ def _level_order_warnings(params: TorchRegistrationParameters, base_spacing: flo
                        f"the order given, so the linear stages {ends}. Pyramid levels are usually given coarse to "
                        f"fine, e.g. {usual}.")
     if "deformable" in params.stages:
-        shrinks = [f for f, _ in _deformable_levels(params, base_spacing)]
+        levels = _deformable_levels(params, base_spacing)
+        # levels of 0 iterations before the first that iterates carry a zero field onto their grid, which leaves
+        # it zero: skipped, as a linear level of 0 iterations is ([1, 4, 2] mm with [0, 3, 3] runs as [4, 2] mm,
+        # bit for bit, and had been warned as ending off its 1 mm level). One after it still counts: the field is
+        # carried onto its grid and smoothed there
+        first = next((i for i, (_, iters) in enumerate(levels) if iters > 0), 0)
+        shrinks = [f for f, _ in levels[first:]]
         if any(b > a + 1e-6 for a, b in zip(shrinks, shrinks[1:])):
             asked = [float(f) for f in params.deformable_level_spacing_mm]
             listed = "[" + ", ".join(f"{f:g}" for f in asked) + "]"
             usual = "[" + ", ".join(f"{f:g}" for f in sorted(asked, reverse=True)) + "]"
+            runs = "" if min(f for f, _ in levels) > min(shrinks) - 1e-6 else " that runs"  # a finer one skipped
             ends = (f"the deformation field ends on the {shrinks[-1] * base_spacing:g} mm level's grid, not the "
-                    f"finest ({min(shrinks) * base_spacing:g} mm)" if shrinks[-1] > min(shrinks) + 1e-6 else
-                    f"the deformable stage runs a coarser level before it ends on the finest grid "
+                    f"finest{runs} ({min(shrinks) * base_spacing:g} mm)" if shrinks[-1] > min(shrinks) + 1e-6 else
+                    f"the deformable stage runs a coarser level before it ends on the finest grid{runs} "
                     f"({shrinks[-1] * base_spacing:g} mm)")
             out.append(f"deformable_level_spacing_mm {listed} grow coarser from one level to the next: the levels run "
                        f"in the order given, so {ends}. Pyramid levels are usually given coarse to fine, e.g. "
