@@ -506,7 +506,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", help="registration preset (e.g. mr-pet-brain, ct-mr-head)")
     p.add_argument("--stages", help="registration stages, e.g. rigid or rigid,affine,bspline")
     p.add_argument("--seed", type=int, help="seed of the registration's random sampling (reproducible)")
-    p.add_argument("--backend", choices=["sitk", "torch"], default="sitk", help="registration backend")
+    # default None, not "sitk": an explicit --backend sitk with --no-register is refused like --backend torch
+    p.add_argument("--backend", choices=["sitk", "torch"], help="registration backend (default sitk)")
     p.add_argument("--no-register", action="store_true", help="images are already aligned: only resample and fuse")
     p.add_argument("--fixed-mask", help="mask image on the fixed grid: the registration metric's region, and the "
                                         "region of the alignment numbers (MI/NCC/NMI before and after)")
@@ -523,7 +524,7 @@ def _run_run(args: argparse.Namespace) -> int:
     if args.no_register:  # as for --moving-mask (pipeline.run): options of a registration that does not run
         unused = [flag for flag, given in (("--preset", args.preset), ("--stages", args.stages),
                                            ("--seed", args.seed is not None), ("--initializer", args.initializer),
-                                           ("--backend", args.backend != "sitk")) if given]
+                                           ("--backend", args.backend is not None)) if given]
         if unused:
             from .errors import InputError
 
@@ -548,7 +549,7 @@ def _run_run(args: argparse.Namespace) -> int:
     bar = ProgressBar(desc="run")
     try:
         out = run(args.fixed, args.moving, args.output_dir, preset=args.preset, stages=args.stages, methods=methods,
-                  seed=args.seed, progress=bar, backend=args.backend, register=not args.no_register, **masks,
+                  seed=args.seed, progress=bar, backend=args.backend or "sitk", register=not args.no_register, **masks,
                   method_params=method_params, initializer=args.initializer,
                   fixed_series=_series(args, "fixed"), moving_series=_series(args, "moving"))
     finally:

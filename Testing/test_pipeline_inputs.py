@@ -117,7 +117,10 @@ class RegistrationSettingsWithoutRegistrationTest(unittest.TestCase):
                     self.assertEqual("stages: rigid" in html, register)
             for options, named in ((["--preset", "ct-mr-head", "--stages", "rigid"], "--preset, --stages"),
                                    (["--seed", "0"], "--seed"), (["--initializer", "moments"], "--initializer"),
-                                   (["--backend", "torch"], "--backend")):
+                                   (["--backend", "torch"], "--backend"),
+                                   # the default backend named explicitly is a setting of no registration too
+                                   # (it was taken, rc 0, while --backend torch was refused)
+                                   (["--backend", "sitk"], "--backend")):
                 out_dir = os.path.join(tmp, "cli")
                 from contextlib import redirect_stderr
                 from io import StringIO
