@@ -124,18 +124,22 @@ class CtrlCInTheRegistrationLoop(unittest.TestCase):
         self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)  # handler put back
 
 
-#: A process that embeds Python as 3D Slicer does: its Python manager (CTK's ctkAbstractPythonManager::initPythonQt)
-#: resets SIGINT to the system default in C once Python has started, so that Ctrl-C in the terminal ends the
-#: application; Python's own table (signal.getsignal) still names default_int_handler. Then it registers with a
-#: progress callback that sends SIGINT at the first iteration (SEND=1) or not, and reads the system's handler after.
-_AS_IN_SLICER = """
+#: The start of a process that embeds Python and sets signal handlers in C (through libc.signal)
+_EMBEDDING = """
 import ctypes, os, signal, sys
 sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.join(os.getcwd(), "Testing"))
 libc = ctypes.CDLL(None)
 libc.signal.restype = ctypes.c_void_p
 libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
-libc.signal(signal.SIGINT, 0)  # signal(SIGINT, SIG_DFL), as CTK does after PythonQt::init
+"""
+
+
+#: A process that embeds Python as 3D Slicer does: its Python manager (CTK's ctkAbstractPythonManager::initPythonQt)
+#: resets SIGINT to the system default in C once Python has started, so that Ctrl-C in the terminal ends the
+#: application; Python's own table (signal.getsignal) still names default_int_handler. Then it registers with a
+#: progress callback that sends SIGINT at the first iteration (SEND=1) or not, and reads the system's handler after.
+_AS_IN_SLICER = _EMBEDDING + """libc.signal(signal.SIGINT, 0)  # signal(SIGINT, SIG_DFL), as CTK does after PythonQt::init
 assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 from MultimodalFusionLib.progress import _system_handler  # sigaction(sig, NULL, &old): read, not changed
 from MultimodalFusionLib.registration import register, resolve_parameters
@@ -180,14 +184,7 @@ class CtrlCInsideSlicer(unittest.TestCase):
 #: An embedding application that handles SIGINT in C with a handler of its own (here libc's srand, a C function of
 #: one int that does nothing harmful) while Python's table still names default_int_handler; then a registration
 #: and a Ctrl-C after it.
-_C_HANDLER_APP = """
-import ctypes, os, signal, sys
-sys.path.insert(0, os.getcwd())
-sys.path.insert(0, os.path.join(os.getcwd(), "Testing"))
-libc = ctypes.CDLL(None)
-libc.signal.restype = ctypes.c_void_p
-libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
-own = ctypes.cast(libc.srand, ctypes.c_void_p).value
+_C_HANDLER_APP = _EMBEDDING + """own = ctypes.cast(libc.srand, ctypes.c_void_p).value
 libc.signal(signal.SIGINT, own)
 from MultimodalFusionLib.progress import _system_handler
 from MultimodalFusionLib.registration import register, resolve_parameters
