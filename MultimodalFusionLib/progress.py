@@ -51,23 +51,30 @@ class CancelToken:
         return not self.cancelled
 
 
-def _system_handler(sig: int) -> int | None:
-    """The address of the handler the operating system runs for ``sig`` (0: SIG_DFL, 1: SIG_IGN), read with
-    POSIX ``sigaction`` without changing it; None where it cannot be read (Windows, no C library found)."""
+def _sigaction(sig: int, new: Any = None) -> Any:
+    """POSIX ``sigaction(sig, new, &old)``: the ``struct sigaction`` the system held for ``sig`` (a raw buffer),
+    after putting ``new`` (such a buffer, or None: read only, nothing changed) in its place; None where it
+    cannot be called (Windows, no C library found) or fails."""
     import ctypes
 
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        sigaction = libc.sigaction
+        sigaction = ctypes.CDLL(None, use_errno=True).sigaction
     except (OSError, TypeError, AttributeError):
         return None
     # struct sigaction begins with the handler on Linux (glibc, musl), macOS and the BSDs; the buffer is larger
     # than the whole struct on each (152 bytes on Linux x86-64)
     old = ctypes.create_string_buffer(1024)
     sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    if sigaction(int(sig), None, old) != 0:
-        return None
-    return ctypes.c_void_p.from_buffer(old).value or 0
+    return old if sigaction(int(sig), new, old) == 0 else None
+
+
+def _system_handler(sig: int) -> int | None:
+    """The address of the handler the operating system runs for ``sig`` (0: SIG_DFL, 1: SIG_IGN), read with
+    POSIX ``sigaction`` without changing it; None where it cannot be read (Windows, no C library found)."""
+    import ctypes
+
+    held = _sigaction(sig)
+    return None if held is None else ctypes.c_void_p.from_buffer(held).value or 0
 
 
 _python_trampoline: list[int | None] = []
@@ -78,19 +85,16 @@ def _python_handler_address() -> int | None:
     learnt once, in the main thread, on SIGURG (ignored by default, used by nothing here): its handler as the
     system holds it is saved, a Python handler set, the address read, and the saved handler put back exactly.
     None where it cannot be learnt (no ``sigaction``, not the main thread)."""
-    import ctypes
     import signal
     import threading
 
     if _python_trampoline:
         return _python_trampoline[0]
     spare = getattr(signal, "SIGURG", None)
-    if spare is None or threading.current_thread() is not threading.main_thread() or _system_handler(spare) is None:
+    if spare is None or threading.current_thread() is not threading.main_thread():
         return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    saved = ctypes.create_string_buffer(1024)
-    if libc.sigaction(int(spare), None, saved) != 0:
+    saved = _sigaction(spare)
+    if saved is None:
         return None
     before = signal.getsignal(spare)
     try:
@@ -98,7 +102,7 @@ def _python_handler_address() -> int | None:
         address = _system_handler(spare)
     finally:
         signal.signal(spare, before if before is not None else signal.SIG_DFL)
-        libc.sigaction(int(spare), saved, None)  # exactly as it was (a handler set in C included)
+        _sigaction(spare, saved)  # exactly as it was (a handler set in C included)
     _python_trampoline.append(address if address not in (None, 0, 1) else None)
     return _python_trampoline[0]
 
