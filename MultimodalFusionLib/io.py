@@ -2018,6 +2018,14 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         raise InputError(f"'{final}': a colour image of one slice (size {image.GetSize()}) written as NIfTI is read "
                          "back (by ITK, hence Slicer and this package) as a 2D image, without its slice's position.",
                          "Write it as .nrrd or .mha, which keep it a one-slice volume in place.")
+    if suffix in (".hdr", ".img") and final.lower()[:-len(suffix)].endswith((".nii", ".nii.gz")):
+        # ITK writes 'x.nii.hdr' as the one file 'x.nii': the check that the pair was written whole then found no
+        # 'x.nii.hdr' and refused it as "a full disk"
+        single = final[:-len(suffix)]
+        raise InputError(f"'{final}': ITK writes '{os.path.basename(final)}' as the single NIfTI file "
+                         f"'{os.path.basename(single)}', not as the .hdr/.img pair the name asks for.",
+                         f"Name the output '{os.path.basename(single)}' (one file), or end it in .hdr without "
+                         "'.nii' before it (a pair).")
     with (staged_output(final) if suffix in _TWO_FILES else atomic_output(final)) as tmp:
         try:
             with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):

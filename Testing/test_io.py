@@ -864,6 +864,18 @@ class AtomicWrites(unittest.TestCase):
             self.assertEqual(sorted(os.listdir(d)), ["x.hdr", "x.img"])
             np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(path)), sitk.GetArrayFromImage(image))
 
+    def test_a_pair_named_after_a_nifti_file_is_refused_for_what_it_is(self):
+        """-o x.nii.hdr (or x.nii.gz.img): ITK writes the one file x.nii (x.nii.gz), so the pair's check found no
+        x.nii.hdr and refused the output as "a full disk or a file size limit", with gigabytes free."""
+        image = _oblique()
+        with tempfile.TemporaryDirectory() as d:
+            for name, single in (("x.nii.hdr", "x.nii"), ("y.NII.GZ.img", "y.NII.GZ")):
+                with self.assertRaises(InputError) as ctx:
+                    io.write_image(image, os.path.join(d, name))
+                self.assertIn(f"as the single NIfTI file '{single}'", ctx.exception.problem)
+                self.assertNotIn("full disk", str(ctx.exception))
+            self.assertEqual(os.listdir(d), [])  # nothing written, nothing left
+
 
 class UnwritableOutputs(unittest.TestCase):
     """An output that cannot be written is an InputError naming the output (exit 2 in the CLI), not an
