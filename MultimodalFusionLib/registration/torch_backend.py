@@ -288,6 +288,12 @@ class TorchRegistrationParameters:
 _MIN_CARRIED_BINS, _MAX_CARRIED_BINS = 8, 64
 
 
+def _carried_bins(bins: int) -> int:
+    """The histogram bins a torch run takes from a SimpleITK stage's ``bins`` (:func:`_given_bins`): kept within
+    ``_MIN_CARRIED_BINS``..``_MAX_CARRIED_BINS``."""
+    return int(min(max(bins, _MIN_CARRIED_BINS), _MAX_CARRIED_BINS))
+
+
 def _given_bins(stage: Any) -> int | None:
     """A SimpleITK stage's histogram bins when chosen for it, None when they are SimpleITK's default.
 
@@ -326,8 +332,7 @@ def conversion_warnings(parameters: Any) -> list[str]:
         return []
     out = []
     first = _given_bins(linear[0])
-    used = TorchRegistrationParameters().histogram_bins if first is None else \
-        min(max(first, _MIN_CARRIED_BINS), _MAX_CARRIED_BINS)
+    used = TorchRegistrationParameters().histogram_bins if first is None else _carried_bins(first)
     if first is not None and used != first:
         out.append(f"The {linear[0].name} stage's {first} histogram bins are outside the {_MIN_CARRIED_BINS}-"
                    f"{_MAX_CARRIED_BINS} the torch backend takes from SimpleITK settings: it runs with {used}. "
@@ -388,7 +393,7 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
             out.linear_metric = metric
             bins = _given_bins(first)
             if bins is not None:
-                out.histogram_bins = int(min(max(bins, _MIN_CARRIED_BINS), _MAX_CARRIED_BINS))
+                out.histogram_bins = _carried_bins(bins)
             shrink = list(getattr(first, "shrink_factors", out.linear_shrink_factors) or out.linear_shrink_factors)
             if shrink and shrink != out.linear_shrink_factors:
                 out.linear_iterations = [int(out.linear_iterations[min(i, len(out.linear_iterations) - 1)])
