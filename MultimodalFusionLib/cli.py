@@ -445,10 +445,7 @@ def _run_fuse(args: argparse.Namespace) -> int:
         # with --report, the fused image is moved in with its report, not before: Ctrl-C or a failure while the
         # metrics and the report were made (12 s on a volume) had left the new image beside the old report
         target = stack.enter_context(staged_output(args.output)) if args.report else args.output
-        try:
-            write_image(_writable(fused, ext), target)
-        except InputError as exc:  # named as the user gave it, not as staged
-            raise InputError(str(exc.problem).replace(target, args.output), exc.fix) from exc
+        write_image(_writable(fused, ext), target)  # an error names args.output (staged_output), not target
         print(f"fused ({res.method}, {res.seconds:.2f} s) -> {args.output}", file=status)
         if args.report or args.json:
             from .metrics import fusion_metrics

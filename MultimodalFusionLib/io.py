@@ -2078,7 +2078,12 @@ def staged_output(final: str | os.PathLike) -> Iterator[str]:
     stage = tempfile.mkdtemp(prefix=temporary_prefix("staging"), dir=folder)
     try:
         staged = os.path.join(stage, os.path.basename(final))
-        yield staged
+        try:
+            yield staged
+        except InputError as exc:  # name the file the user will look for, not its staged copy
+            if type(exc) is not InputError or staged not in exc.problem:
+                raise
+            raise InputError(exc.problem.replace(staged, final), exc.fix) from exc
         data = [name for name in sorted(os.listdir(stage)) if name != os.path.basename(final)]
         for name in data:
             # x.mhd's x.raw may be another header's voxels (an input x.nhdr's): replaced only as x.mhd's own

@@ -57,6 +57,16 @@ class FuseEvaluateCliTest(unittest.TestCase):
         """The slices as fuse sees them: 8-bit colour PNGs -> rounded luminance, 0..255 kept."""
         return tuple(np.round(sitk.GetArrayFromImage(io.read_image(p)).astype(float)) for p in (self.a, self.b))
 
+    def test_an_output_refused_with_a_report_is_named_as_given(self) -> None:
+        """With --report the fused image is written to a staging folder first: its refusal names the -o path the
+        user gave, not the staged copy's '.mmf-staging-...' path."""
+        out = os.path.join(self.tmp.name, "fused.xyz")
+        code, _, stderr = _main(["fuse", self.a, self.b, "--method", "average", "-o", out, "--report",
+                                 os.path.join(self.tmp.name, "report")])
+        self.assertEqual(code, 2, stderr)
+        self.assertIn(f"'{out}'", stderr)
+        self.assertNotIn(".mmf-staging", stderr)
+
     def test_fuse_writes_the_image_and_a_report(self) -> None:
         out = os.path.join(self.tmp.name, "fused.nii.gz")
         rep = os.path.join(self.tmp.name, "report")
