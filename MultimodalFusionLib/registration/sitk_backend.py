@@ -481,7 +481,8 @@ def _run_shrink_factors(stage: StageParameters, fixed: sitk.Image, moving: sitk.
     return [min(int(f), most) for f in stage.shrink_factors]
 
 
-def _listed(values: list[Any]) -> str:
+def level_list(values: list[Any]) -> str:
+    """Pyramid levels as a warning quotes them: ``[4, 2, 1]``, ``[2.5, 1]`` (both backends)."""
     return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
@@ -506,14 +507,14 @@ def _level_order_warning(stage: StageParameters, shrink: list[int]) -> str | Non
     def sigma(value: float) -> str:
         return f"sigma {value:g} " + ("mm" if stage.smoothing_in_mm else "voxel" if value == 1 else "voxels")
 
-    ran = "" if shrink == given else (f", run as {_listed(shrink)}: no level may shrink the smaller image "
+    ran = "" if shrink == given else (f", run as {level_list(shrink)}: no level may shrink the smaller image "
                                       "below 4 voxels a side")
     if grows_shrink:
-        setting = f"shrink_factors {_listed(given)}" + (f" ({ran[2:]})" if ran else "") + (
+        setting = f"shrink_factors {level_list(given)}" + (f" ({ran[2:]})" if ran else "") + (
             " grow coarser from one level to the next")
     else:
-        setting = (f"smoothing_sigmas {_listed(sigmas)} grow from one level to the next "
-                   f"(shrink_factors {_listed(given)}{ran})")
+        setting = (f"smoothing_sigmas {level_list(sigmas)} grow from one level to the next "
+                   f"(shrink_factors {level_list(given)}{ran})")
     if shrink[-1] != min(shrink):
         ends = f"ends at shrink factor {shrink[-1]}, not at its finest ({min(shrink)})"
     elif sigmas[-1] != min(sigmas):
@@ -522,8 +523,8 @@ def _level_order_warning(stage: StageParameters, shrink: list[int]) -> str | Non
     else:
         ends = f"runs a coarser level before it ends at its finest (shrink factor {shrink[-1]}, {sigma(sigmas[-1])})"
     return (f"Stage '{stage.name}': {setting}: the levels run in the order given, so the stage {ends}. Pyramid "
-            f"levels are usually given coarse to fine, e.g. shrink_factors {_listed(sorted(given, reverse=True))} "
-            f"with smoothing_sigmas {_listed(sorted(sigmas, reverse=True))}.")
+            f"levels are usually given coarse to fine, e.g. shrink_factors {level_list(sorted(given, reverse=True))} "
+            f"with smoothing_sigmas {level_list(sorted(sigmas, reverse=True))}.")
 
 
 def _block_average_factor(image: sitk.Image, factor: int) -> int:

@@ -61,6 +61,7 @@ from .rotation_search import search_rotation
 from .sitk_backend import (
     SEARCH_SHARE,
     centre_of_mass,
+    level_list,
     masks_metric_error,
     no_overlap_error,
     start_description,
@@ -1241,8 +1242,7 @@ def _level_order_warnings(params: TorchRegistrationParameters, base_spacing: flo
         factors = [int(f) for f, i in zip(params.linear_shrink_factors, params.linear_iterations) if int(i) > 0]
         if any(b > a for a, b in zip(factors, factors[1:])):
             given = [int(f) for f in params.linear_shrink_factors]
-            listed = "[" + ", ".join(str(f) for f in given) + "]"
-            usual = "[" + ", ".join(str(f) for f in sorted(given, reverse=True)) + "]"
+            listed, usual = level_list(given), level_list(sorted(given, reverse=True))
             # [2, 4, 1] ends at its finest: it had said "end at shrink factor 1, not at their finest (1)". A finer
             # level of 0 iterations is skipped: [4, 8, 2, 1] with [3, 3, 3, 0] ends at the finest that runs, 2,
             # which "their finest (shrink factor 2)" had contradicted (the 1 listed)
@@ -1263,8 +1263,7 @@ def _level_order_warnings(params: TorchRegistrationParameters, base_spacing: flo
         shrinks = [f for f, _ in levels[first:]]
         if any(b > a + 1e-6 for a, b in zip(shrinks, shrinks[1:])):
             asked = [float(f) for f in params.deformable_level_spacing_mm]
-            listed = "[" + ", ".join(f"{f:g}" for f in asked) + "]"
-            usual = "[" + ", ".join(f"{f:g}" for f in sorted(asked, reverse=True)) + "]"
+            listed, usual = level_list(asked), level_list(sorted(asked, reverse=True))
             runs = "" if min(f for f, _ in levels) > min(shrinks) - 1e-6 else " that runs"  # a finer one skipped
             ends = (f"the deformation field ends on the {shrinks[-1] * base_spacing:g} mm level's grid, not the "
                     f"finest{runs} ({min(shrinks) * base_spacing:g} mm)" if shrinks[-1] > min(shrinks) + 1e-6 else
