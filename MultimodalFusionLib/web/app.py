@@ -534,8 +534,7 @@ class FusionWebApp:
                              else None)
                       for role, path in (("fixed", fixed_path), ("moving", moving_path))}
         except InputError as exc:
-            with self.state:
-                self.state.error_message = str(exc)
+            self._banner(str(exc))
             return
         several: dict[str, tuple[str, list[dict[str, Any]], str]] = {}  # written by the job, shown after it
 
@@ -617,11 +616,10 @@ class FusionWebApp:
             # what the page's mmfusion_upload sends: (its id for this upload, a batch of pieces of files),
             # then (id, []) at the end
             if not isinstance(upload_id, str) or not 0 < len(upload_id) <= 100 or not isinstance(files, list):
-                with self.state:
-                    self.state.error_message = str(InputError(
-                        f"The page sent an upload of the {role} image the server does not understand "
-                        f"(id {_shown(upload_id)}, files {_shown(files)[:40]}).",
-                        "Reload the page and upload the files again."))
+                self._banner(str(InputError(
+                    f"The page sent an upload of the {role} image the server does not understand "
+                    f"(id {_shown(upload_id)}, files {_shown(files)[:40]}).",
+                    "Reload the page and upload the files again.")))
                 return
             if files:  # a batch of pieces (at most about UPLOAD_PIECE_BYTES): to disk now
                 self._write_upload_files(role, files, upload_id)
@@ -713,13 +711,12 @@ class FusionWebApp:
         if pending is not None and pending.id != upload_id:
             logger.info("a new %s upload replaces one still arriving (%d file(s))", role, len(pending.written))
             self._end_upload(pending, role)
-            with self.state:
-                self.state.error_message = str(InputError(
-                    f"A new upload of the {role} image started (in this page or another one) while the one "
-                    f"before it was still arriving ({len(pending.written)} file(s) so far): that one was "
-                    "dropped, and the new one is kept.",
-                    "Wait for an upload to end before starting another; upload the files again if the "
-                    "dropped one was the one you meant."))
+            self._banner(str(InputError(
+                f"A new upload of the {role} image started (in this page or another one) while the one "
+                f"before it was still arriving ({len(pending.written)} file(s) so far): that one was "
+                "dropped, and the new one is kept.",
+                "Wait for an upload to end before starting another; upload the files again if the "
+                "dropped one was the one you meant.")))
             pending = None
         if pending is None:
             pending = self._uploads[role] = _PendingUpload(upload_id, self._caller())
@@ -729,8 +726,7 @@ class FusionWebApp:
 
         def refuse(message: str) -> None:  # nothing of this upload is kept; the path shown stays
             self._end_upload(pending, role)
-            with self.state:
-                self.state.error_message = message
+            self._banner(message)
 
         for entry in files:
             if not isinstance(entry, dict):
@@ -802,9 +798,8 @@ class FusionWebApp:
         short = [f"'{name}' ({done} of {total} bytes)" for name, (done, total) in pending.sizes.items() if done != total]
         if short:  # the page stopped sending a file midway (its reader failed, or a message was lost)
             shutil.rmtree(pending.folder, ignore_errors=True)
-            with self.state:
-                self.state.error_message = str(InputError(
-                    f"The upload ended before all of {', '.join(short[:3])} arrived.", "Upload the files again."))
+            self._banner(str(InputError(
+                f"The upload ended before all of {', '.join(short[:3])} arrived.", "Upload the files again.")))
             return
         names = pending.written
         headers = [n for n in names if n.lower().endswith(_HEADER_SUFFIXES)]
@@ -817,9 +812,8 @@ class FusionWebApp:
             if base != missing:  # uploads keep no folders
                 fix = (f"The header names its data file with a folder, which an upload cannot recreate: give the "
                        f"header's path on the server instead, or edit it to name '{base}'.")
-            with self.state:
-                self.state.error_message = str(InputError(
-                    f"'{target}' is a header: its voxels are in '{missing}', which was not uploaded.", fix))
+            self._banner(str(InputError(
+                f"'{target}' is a header: its voxels are in '{missing}', which was not uploaded.", fix)))
             return
         # complete: under its final name at once (a name free in the work folder, taken by the rename)
         folder = Path(tempfile.mkdtemp(prefix=f"{role}-", dir=self.workdir))
@@ -850,14 +844,12 @@ class FusionWebApp:
 
         fixed, moving = self.fixed_image, self.moving_image
         if fixed is None or moving is None:
-            with self.state:
-                self.state.error_message = "Load a fixed and a moving image first."
+            self._banner("Load a fixed and a moving image first.")
             return
         try:
             preset, stages, seed, initializer = self._registration_settings()
         except InputError as exc:  # values a client set (the page offers only valid ones): a banner, not a traceback
-            with self.state:
-                self.state.error_message = str(exc)
+            self._banner(str(exc))
             return
 
         def job(progress):
@@ -931,14 +923,12 @@ class FusionWebApp:
 
         fixed, moving, registered = self.fixed_image, self.moving_image, self.registered_image
         if fixed is None or moving is None:
-            with self.state:
-                self.state.error_message = "Load a fixed and a moving image first."
+            self._banner("Load a fixed and a moving image first.")
             return
         try:
             method = _client_choice(self.state.method, self._methods, "fusion method", "Method")
         except InputError as exc:
-            with self.state:
-                self.state.error_message = str(exc)
+            self._banner(str(exc))
             return
 
         def job(progress):
@@ -992,6 +982,11 @@ class FusionWebApp:
         self.state.stages = [s for s in stages if s in STAGE_CHOICES] or list(current)
 
     # ------------------------------------------------------------------ display
+    def _banner(self, message: str) -> None:
+        """Show ``message`` in the page's banner (sent to the page at once)."""
+        with self.state:
+            self.state.error_message = message
+
     def _refuse_display_value(self, key: str, problem: str, fix: str, current: Any) -> None:
         """A display value a client set that the views cannot take: the banner says why, the control goes
         back to what the views show (a float() of "abc" had escaped as a traceback, nothing in the page)."""
@@ -1230,13 +1225,11 @@ class FusionWebApp:
         try:
             content = await asyncio.get_running_loop().run_in_executor(None, self.result_bytes, what)
         except InputError as exc:
-            with self.state:
-                self.state.error_message = str(exc)
+            self._banner(str(exc))
             return None
         except Exception as exc:  # shown in the page, not only in the log
             logger.exception("download of %s failed", what)
-            with self.state:
-                self.state.error_message = f"Could not write the {what}: {exc}"
+            self._banner(f"Could not write the {what}: {exc}")
             return None
         return self.server.protocol.addAttachment(content)
 
