@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q Testing
+	$(PY) -X faulthandler -m pytest -q Testing   # -X: a crash even after pytest ends prints every thread's stack
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
