@@ -144,6 +144,46 @@ class BackgroundWorkerTest(unittest.TestCase):
         self._run(main)
         self.assertTrue(self.state.job_message.startswith("First done"))
 
+    def test_job_state_a_page_sets_neither_hides_progress_nor_stops_or_renames_the_job(self):
+        # trame lets any page write any state key, and the worker read job_busy, job_cancelling and job_label
+        # back: a page that set job_busy False stopped every page's progress while the job ran, job_cancelling
+        # True froze its message without cancelling it, and job_label named the job in the worker's messages
+        steps = [threading.Event() for _ in range(3)]
+        shown = []
+
+        def job(progress):
+            for k, step in enumerate(steps):
+                step.wait(5)
+                report(progress, 0.25 * (k + 1), f"step {k + 1}")
+            return "ok"
+
+        async def until(condition):
+            deadline = time.monotonic() + 5
+            while not condition():
+                self.assertLess(time.monotonic(), deadline)
+                await asyncio.sleep(0.005)
+
+        async def main():
+            self.worker.start("Registration", job, shown.append)
+            steps[0].set()
+            await until(lambda: self.state.job_message == "Registration: step 1")
+            with self.state:  # what a page can send
+                self.state.update({"job_busy": False, "job_cancelling": True, "job_label": "Nothing"})
+            steps[1].set()
+            await until(lambda: self.state.job_progress == 50.0)
+            self.assertEqual(self.state.job_message, "Registration: step 2")
+            self.assertIsNone(self.worker.start("Second", lambda progress: None))  # still one job at a time
+            self.assertEqual(self.state.error_message, "Registration is still running; wait for it or cancel it.")
+            self.worker.cancel()
+            self.assertEqual(self.state.job_message, "Registration: cancelling...")
+            steps[2].set()
+            await self.worker.wait()
+
+        self._run(main)
+        self.assertEqual(shown, [])  # cancelled (by Cancel, not by the page's job_cancelling)
+        self.assertEqual(self.state.job_message, "Registration cancelled")
+        self.assertEqual(self.state.job_progress, 75.0)
+
 
 if __name__ == "__main__":
     unittest.main()

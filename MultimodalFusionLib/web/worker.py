@@ -9,6 +9,11 @@ engine at its next safe point (``OperationCancelled``). The job's result is hand
 ``on_success`` on the loop's thread, which is the only thread that touches the MRML scene.
 Errors end up in the page: ``MultimodalFusionError`` messages as they are, anything else
 as an "unexpected error" line (with the traceback in the server log).
+
+The worker keeps what it shows in its own attributes and only writes the state: a page can set any
+state value (``job_busy``, ``job_cancelling``, ``job_label``), and the worker had read them back, so a
+page that set ``job_busy`` to False stopped the progress of a running job reaching every page, one that
+set ``job_cancelling`` froze its message without cancelling it, and ``job_label`` named the job.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ class BackgroundWorker:
         self._cancel = threading.Event()
         self._task: asyncio.Task | None = None
         self._last_flush = 0.0
+        self._job = 0  # the number of the running (or last) job: a late progress report of another is not shown
+        self._label = ""  # what is running (or ran last)
+        self._running = False  # between start() and the job's end shown in the state
+        self._progress = 0.0  # the progress shown, 0..100
         for key, value in JOB_STATE_DEFAULTS.items():
             self.state.setdefault(key, value)
 
@@ -82,15 +91,17 @@ class BackgroundWorker:
         """
         if self.busy:
             with self.state:
-                self.state.error_message = f"{self.state.job_label} is still running; wait for it or cancel it."
+                self.state.error_message = f"{self._label} is still running; wait for it or cancel it."
                 self._busy_notice = self.state.error_message  # cleared when that job ends
             return None
         self._cancel.clear()
+        self._job += 1
+        self._label, self._running, self._progress = label, True, 0.0
         with self.state:
             self.state.update({"job_busy": True, "job_label": label, "job_progress": 0.0,
                                "job_message": f"{label}: starting", "job_cancelling": False,
                                "error_message": ""})
-        self._task = asyncio.ensure_future(self._run(label, job, on_success, on_finished))
+        self._task = asyncio.ensure_future(self._run(self._job, label, job, on_success, on_finished))
         return self._task
 
     def cancel(self) -> None:
@@ -100,7 +111,7 @@ class BackgroundWorker:
         self._cancel.set()
         with self.state:
             self.state.job_cancelling = True
-            self.state.job_message = f"{self.state.job_label}: cancelling..."
+            self.state.job_message = f"{self._label}: cancelling..."
 
     async def wait(self) -> None:
         """Wait until the running job (if any) has finished and its results are shown."""
@@ -113,29 +124,30 @@ class BackgroundWorker:
         self._executor.shutdown(wait=False)
 
     # ------------------------------------------------------------------ internals
-    def _progress_callback(self, loop: asyncio.AbstractEventLoop, label: str) -> ProgressCallback:
+    def _progress_callback(self, loop: asyncio.AbstractEventLoop, job: int, label: str) -> ProgressCallback:
         def progress(fraction: float, message: str) -> bool:
             now = time.monotonic()
             if now - self._last_flush >= self.flush_interval or fraction >= 1.0:
                 self._last_flush = now
-                loop.call_soon_threadsafe(self._show_progress, label, fraction, message)
+                loop.call_soon_threadsafe(self._show_progress, job, label, fraction, message)
             return not self._cancel.is_set()
 
         return progress
 
-    def _show_progress(self, label: str, fraction: float, message: str) -> None:
-        if not self.state.job_busy:
+    def _show_progress(self, job: int, label: str, fraction: float, message: str) -> None:
+        if not self._running or job != self._job:  # a report that arrives after its job's end
             return
+        self._progress = round(100.0 * min(max(fraction, 0.0), 1.0), 1)
         with self.state:
-            self.state.job_progress = round(100.0 * min(max(fraction, 0.0), 1.0), 1)
-            if not self.state.job_cancelling:
+            self.state.job_progress = self._progress
+            if not self._cancel.is_set():  # "cancelling..." stays until the job stops
                 self.state.job_message = f"{label}: {message}" if message else label
 
-    async def _run(self, label: str, job: Callable[[ProgressCallback], Any],
+    async def _run(self, number: int, label: str, job: Callable[[ProgressCallback], Any],
                    on_success: Callable[[Any], None] | None,
                    on_finished: Callable[[], None] | None) -> None:
         loop = asyncio.get_running_loop()
-        progress = self._progress_callback(loop, label)
+        progress = self._progress_callback(loop, number, label)
         start = time.perf_counter()
         outcome, error = "", ""
         try:
@@ -158,10 +170,12 @@ class BackgroundWorker:
                     on_finished()
                 except Exception:  # pragma: no cover - display clean-up must not hide the outcome
                     logger.exception("clean-up after %s failed", label)
+        self._running = False
+        if not error and "cancelled" not in outcome:
+            self._progress = 100.0
         with self.state:
             self.state.update({"job_busy": False, "job_cancelling": False, "job_message": outcome,
-                               "job_progress": 100.0 if not error and "cancelled" not in outcome
-                               else self.state.job_progress})
+                               "job_progress": self._progress})
             if error:
                 self.state.error_message = error
             elif self.state.error_message and self.state.error_message == self._busy_notice:
