@@ -600,6 +600,13 @@ def _add_web(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-origin", action="append", default=[], metavar="URL",
                    help="a page address allowed to connect besides the server's own, e.g. a reverse proxy's "
                         "https://fusion.example.org (repeatable); pages of other sites are refused")
+    p.add_argument("--max-upload", default="4GiB", metavar="SIZE",
+                   help="the most one upload may hold, a file or the files of a DICOM series together (default "
+                        "4GiB; bytes, or K/M/G/T = KiB/MiB/GiB/TiB, or KB/MB/GB/TB); a larger one is refused as "
+                        "it arrives and nothing of it is kept")
+    p.add_argument("--max-session-upload", default="16GiB", metavar="SIZE",
+                   help="the most one page (browser tab) may upload while it is open, all its uploads together "
+                        "(default 16GiB)")
     p.set_defaults(func=_run_web)
 
 
@@ -609,7 +616,7 @@ def _run_web(args: argparse.Namespace) -> int:
 
         raise InputError("Give both --fixed and --moving, or neither.", "Add the missing image, or use --demo.")
     try:
-        from .web.app import parse_origin, serve
+        from .web.app import parse_origin, parse_size, serve
     except ImportError as exc:
         from .errors import InputError
 
@@ -617,10 +624,13 @@ def _run_web(args: argparse.Namespace) -> int:
                          "pip install 'slicer-multimodalfusion[web]'") from exc
     for origin in args.allow_origin:  # a bad address is an error before the start-up
         parse_origin(origin)
+    max_upload = parse_size(args.max_upload, "--max-upload")  # and so is a bad size
+    max_session_upload = parse_size(args.max_session_upload, "--max-session-upload")
     port = _free_port(args.host, args.port)  # before the slow start-up, and the real port for --port 0
     print(f"mmfusion web: serving on http://{args.host}:{port}/ (Ctrl+C stops)", file=sys.stderr)
     serve(fixed=args.fixed, moving=args.moving, port=port, host=args.host, demo=args.demo,
-          open_browser=args.open, allowed_origins=args.allow_origin)
+          open_browser=args.open, allowed_origins=args.allow_origin, max_upload_bytes=max_upload,
+          max_session_upload_bytes=max_session_upload)
     return 0
 
 

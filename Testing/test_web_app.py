@@ -335,6 +335,82 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual(state.error_message, "")
         self.assertTrue(state.has_registered)
 
+    def _as_a_page(self, **values) -> None:
+        """Write state values as a page's ``trame.state.update`` does: into trame's state, not through the app."""
+        state = self.app.server.state
+        state.ready()
+        with state:
+            state.update(values)
+
+    def test_state_values_only_the_server_sets_are_put_back_when_a_page_writes_them(self) -> None:
+        # trame lets a page write any state key, and these reached every page and stayed: the progress of a
+        # job, a fake metrics table or banner, the buttons' has_* flags; a bg_step of 1e9 made every window/level
+        # change look like the panel's echo, so the anatomy's window could no longer be moved
+        from MultimodalFusionLib.web.app import CLIENT_KEYS
+
+        self._load()
+        state = self.app.state
+        self._set(error_message="")
+        truth = {key: state[key] for key in ("has_fused", "metrics_rows", "job_busy", "job_message", "bg_step",
+                                             "fixed_name", "download_names", "fixed_series_items")}
+        fake = {"has_fused": True, "metrics_rows": [{"name": "SSIM", "value": "0.999"}], "job_busy": True,
+                "job_message": "Registration done in 0.1 s", "bg_step": 1e9, "fixed_name": "other.nii",
+                "download_names": {"fused": "x.exe"}, "fixed_series_items": [{"title": "x", "value": "1.2"}],
+                "error_message": "The server moved: go to http://evil.example"}
+        with self.assertLogs("MultimodalFusionLib.web.server_state", "WARNING") as logs:
+            self._as_a_page(**fake)
+        self.assertEqual({key: state[key] for key in truth}, truth)
+        self.assertEqual(state.error_message, "")
+        self.assertIn("bg_step", logs.output[0])
+        # the window/level still follows the panel
+        bg = self.app.viewer.node("fixed").GetDisplayNode()
+        self._as_a_page(bg_step=1e9, bg_window=50, bg_level=20)
+        self.assertEqual((bg.GetWindow(), bg.GetLevel()), (50.0, 20.0))
+        self.assertEqual(state.bg_step, truth["bg_step"])
+        self._set(wl_preset="auto")
+        # a page may close the banner (set it empty), and it stays closed
+        self.app._banner("Load a fixed and a moving image first.")
+        self._as_a_page(error_message="")
+        self.assertEqual(state.error_message, "")
+        self._as_a_page(seed=3, fixed_path="/x")  # the page's own keys are the page's
+        self.assertEqual((state.seed, state.fixed_path), (3, "/x"))
+        self._set(seed=0)
+        # every key the page's controls write is one of the page's keys; every other key the app set is the server's
+        page_keys = set(re.findall(r'v-model="(\w+)"', self.app.ui.html))
+        self.assertTrue(page_keys, "the page's controls")
+        self.assertEqual(page_keys, CLIENT_KEYS - {"seed"})
+        owned = {key for key in self.app.server.state.to_dict() if key not in CLIENT_KEYS and not key.startswith("trame")}
+        self.assertLessEqual({"job_busy", "job_progress", "has_fixed", "bg_step", "moving_series_path"}, owned)
+        for key in sorted(owned):
+            if key in self.app.state._owned:
+                with self.subTest(key):
+                    before = state[key]
+                    self._as_a_page(**{key: ["a page's value"]})
+                    self.assertEqual(state[key], before)
+
+    def test_a_dicom_series_is_read_only_where_the_server_offered_it(self) -> None:
+        # the load read a page's fixed_series_path and fixed_series_items: the series list could be made to
+        # show for any path, the pick then read from a folder the server had not asked about
+        folder = self.root / "two-series-offer"
+        write_two_dicom_series(folder)
+        state = self.app.state
+        self._set(fixed_path=str(folder), moving_path=self.moving_path)
+        self._do(self.app.load_from_paths)
+        self.assertIn("2 DICOM series", state.error_message)
+        other = self.root / "two-series-other"
+        shutil.copytree(folder, other)
+        pet = next(i["value"] for i in state.fixed_series_items if i["title"].startswith("PET"))
+        self._as_a_page(fixed_path=str(other), fixed_series_path=str(other), fixed_series=pet)
+        self.assertEqual(state.fixed_series_path, str(folder))
+        self._do(self.app.load_from_paths)
+        self.assertIn("2 DICOM series", state.error_message)  # asked about, not read with the pick
+        self.assertEqual(state.fixed_series_path, str(other))
+        self._set(fixed_series=pet)
+        self._do(self.app.load_from_paths)
+        self.assertEqual(state.error_message, "")
+        self.assertEqual(float(sitk.GetArrayViewFromImage(self.app.fixed_image)[0].mean()), 105.0)
+        self._load()
+
     def test_header_and_data_upload_is_read_by_its_header(self) -> None:
         # an .mhd + .raw pair (any order) is given by the header's path, not read as a DICOM folder
         pair = self.root / "pair"
@@ -995,6 +1071,7 @@ class _Tab:
 
         self.ws, self.count, self.waiting, self.unchunker = ws, 0, {}, UnChunker()
         self.unchunker.set_max_message_size(1 << 30)  # the state holds the page's template
+        self.pushes: list[dict] = []  # the state changes the server sent this tab, in order
         self.listener = asyncio.ensure_future(self._listen())
 
     async def _listen(self) -> None:
@@ -1004,6 +1081,8 @@ class _Tab:
             if msg.type != aiohttp.WSMsgType.BINARY:
                 continue
             message = self.unchunker.process_chunk(msg.data)
+            if message and str(message.get("id", "")).startswith("publish:trame.state.topic"):
+                self.pushes.append(message["result"])
             future = self.waiting.pop(message.get("id"), None) if message else None
             if future is not None and not future.done():
                 if "error" in message:
@@ -1102,6 +1181,171 @@ class TwoTabsTest(_WebServerProcess):
             self.assertEqual(sorted(os.listdir(state["fixed_path"])), ["A1", "A2"])
             self.assertEqual(state["moving_path"], "")
             self.assertEqual(partials(), [])
+
+
+def _port(log: str) -> int:
+    return int(Path(log).read_text().split("http://127.0.0.1:")[1].split("/")[0])
+
+
+@unittest.skipUnless(_HAVE_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
+class PageWritesTest(_WebServerProcess):
+    """What a page (a real websocket connection to a real ``mmfusion web``) can make the server do: store how
+    many bytes of uploads, and which state values it can set for every page."""
+
+    def _serve(self, tmp: str, *options: str) -> int:
+        server, log = self._start(tmp, *options)
+        self._wait_for(lambda: "App running at" in Path(log).read_text() or server.poll() is not None,
+                       "running server")
+        self.assertIsNone(server.poll(), Path(log).read_text())
+        return _port(log)
+
+    def test_uploads_past_the_limits_are_refused_as_they_arrive_leaving_nothing(self) -> None:
+        # Any page could stream uploads until the server's disk was full: wslink's only cap was 4 GB per message,
+        # and an upload is any number of messages. Now --max-upload per upload, --max-session-upload per page.
+        import aiohttp
+
+        from MultimodalFusionLib import cli
+
+        stderr = io_text.StringIO()
+        with contextlib.redirect_stderr(stderr):  # a bad size is refused before any start-up
+            self.assertNotEqual(cli.main(["web", "--max-upload", "lots"]), 0)
+        self.assertIn("--max-upload 'lots' is not a size", stderr.getvalue())
+        with tempfile.TemporaryDirectory() as tmp:
+            port = self._serve(tmp, "--max-upload", "1KiB", "--max-session-upload", "3KiB")
+            (work,) = Path(tmp).glob("mmfusion-web-*")
+
+            async def tabs() -> None:
+                async with aiohttp.ClientSession() as session:
+                    one, two = [_Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0))
+                                for _ in range(2)]
+                    for tab in (one, two):
+                        await tab.hello()
+                    template = str((await one.call("trame.state.get"))["state"])
+                    self.assertIn("Upload the fixed image (at most 1 KiB)", template)
+                    fixed = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)[0]
+
+                    async def send(tab: _Tab, upload: str, *entries: dict) -> object:
+                        return await tab.call("trame.trigger", fixed, [upload, list(entries)], {})
+
+                    async def state(key: str) -> object:
+                        return (await one.call("trame.state.get"))["state"][key]
+
+                    def leftovers() -> list[str]:
+                        return sorted(p.name for p in work.iterdir())
+
+                    # a file declared larger than the limit: refused at its first piece, the page told to stop
+                    self.assertIs(await send(one, "a", {"name": "a.nii", "offset": 0, "size": 2000,
+                                                        "content": bytes(600)}), False)
+                    banner = await state("error_message")
+                    self.assertIn("1 KiB per upload: 'a.nii' is 1.95 KiB", banner)
+                    self.assertIn("mmfusion web --max-upload SIZE; it is 1KiB", banner)
+                    self.assertEqual(leftovers(), [])
+                    self.assertIs(await send(one, "a", {"name": "a2", "content": b"x"}), False)  # the rest is ignored
+                    # sizes are counted as the bytes are written, whatever the page declares: whole files with no
+                    # size, 700 bytes each; the second takes the upload past 1 KiB, and the first goes too
+                    self.assertIs(await send(one, "b", {"name": "b1", "content": bytes(700)}), True)
+                    self.assertEqual(len(leftovers()), 1)
+                    self.assertIs(await send(one, "b", {"name": "b2", "content": bytes(700)}), False)
+                    self.assertIn("'b2' is 700 bytes, after 700 bytes of other files", await state("error_message"))
+                    self.assertEqual(leftovers(), [])
+                    await send(one, "b")
+                    self.assertEqual(await state("fixed_path"), "")
+                    # within the limit: kept (1000 bytes in two pieces); this page has uploaded 1700 bytes
+                    for offset in (0, 500):
+                        self.assertIs(await send(one, "c", {"name": "c.nii", "offset": offset, "size": 1000,
+                                                            "content": bytes(500)}), True)
+                    await send(one, "c")
+                    self.assertEqual(os.path.getsize(await state("fixed_path")), 1000)
+                    self.assertIs(await send(one, "d", {"name": "d.nii", "content": bytes(1000)}), True)
+                    await send(one, "d")  # 2700 bytes: the next 1000 would pass 3 KiB
+                    self.assertIs(await send(one, "e", {"name": "e.nii", "content": bytes(1000)}), False)
+                    banner = await state("error_message")
+                    self.assertIn("past the 3 KiB this server takes from one page", banner)
+                    self.assertIn("it has uploaded 2.64 KiB", banner)
+                    self.assertIn("--max-session-upload SIZE; it is 3KiB", banner)
+                    self.assertEqual(sorted(p.name.split("-")[0] for p in work.iterdir()), ["fixed"])
+                    # another page is another session
+                    self.assertIs(await send(two, "f", {"name": "f.nii", "content": bytes(1000)}), True)
+                    await send(two, "f")
+                    self.assertEqual(Path(await state("fixed_path")).name, "f.nii")
+                    for tab in (one, two):
+                        await tab.close()
+
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(tabs())
+            finally:
+                loop.close()
+
+    def test_a_page_cannot_set_what_only_the_server_sets(self) -> None:
+        # job_busy False from one page stopped the progress reaching every page while a registration ran,
+        # job_cancelling True froze its message, job_label renamed it; a fake banner, metrics or job_busy True
+        # (every page's buttons disabled) stayed in every page until the server wrote the key again; and a page
+        # could call "server_ready", which loaded the start-up volumes again, dropping the results
+        import aiohttp
+
+        with tempfile.TemporaryDirectory() as tmp:
+            port = self._serve(tmp, "--demo")
+
+            async def tabs() -> None:
+                async with aiohttp.ClientSession() as session:
+                    page, other = [_Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0))
+                                   for _ in range(2)]
+                    for tab in (page, other):
+                        await tab.hello()
+                    shown = dict((await page.call("trame.state.get"))["state"])
+                    template = str(shown)
+                    register, cancel = (re.search(r'id="' + name + r'"[^>]*click="trigger\(\\?\'(trigger__\d+)',
+                                                  template).group(1) for name in ("mmf-register", "mmf-cancel"))
+
+                    async def state() -> dict:
+                        return (await other.call("trame.state.get"))["state"]
+
+                    async def until(condition, what: str) -> dict:
+                        deadline = time.monotonic() + 120
+                        while not condition(now := await state()):
+                            self.assertLess(time.monotonic(), deadline, f"no {what}: {now.get('job_message')}")
+                            await asyncio.sleep(0.05)
+                        return now
+
+                    await until(lambda s: s["has_fixed"] and not s["job_busy"], "demo volumes")
+                    await page.call("trame.state.update", [{"key": "stages", "value": ["rigid", "affine", "bspline"]}])
+                    await page.call("trame.trigger", register, [], {})
+                    running = await until(lambda s: s["job_progress"] > 0, "registration progress")
+                    fake = {"job_busy": False, "job_cancelling": True, "job_label": "Nothing", "bg_step": 1e9,
+                            "error_message": "The server moved: go to http://evil.example",
+                            "metrics_rows": [{"name": "SSIM", "value": "0.999"}], "has_fused": True}
+                    await other.call("trame.state.update", [{"key": k, "value": v} for k, v in fake.items()])
+                    pushed = len(page.pushes)
+                    now = await state()
+                    self.assertEqual({k: now[k] for k in fake},
+                                     {"job_busy": True, "job_cancelling": False, "job_label": "Registration",
+                                      "bg_step": running["bg_step"], "error_message": "",
+                                      "metrics_rows": [], "has_fused": False})
+                    # the page got the server's values back, and the progress goes on reaching it
+                    await until(lambda s: len([p for p in page.pushes[pushed:] if "job_progress" in p]) >= 3,
+                                "progress after the write")
+                    for push in page.pushes:
+                        shown.update(push)
+                    self.assertEqual({k: shown[k] for k in ("job_busy", "job_label", "error_message", "has_fused")},
+                                     {"job_busy": True, "job_label": "Registration", "error_message": "",
+                                      "has_fused": False})
+                    self.assertTrue(shown["job_message"].startswith("Registration: "), shown["job_message"])
+                    await page.call("trame.trigger", cancel, [], {})  # the registration is cancelled by Cancel only
+                    await until(lambda s: not s["job_busy"], "end of the registration")
+                    self.assertEqual((await state())["job_message"], "Registration cancelled")
+                    # "server_ready" from a page does not load the demo again
+                    await other.call("trame.lifecycle.update", "server_ready")
+                    await asyncio.sleep(1.0)
+                    self.assertEqual((await state())["job_message"], "Registration cancelled")
+                    for tab in (page, other):
+                        await tab.close()
+
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(tabs())
+            finally:
+                loop.close()
 
 
 class WindowLevelPanelTest(unittest.TestCase):

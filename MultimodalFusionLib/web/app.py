@@ -36,7 +36,8 @@ from ..registration.parameters import INITIALIZER_HELP, INITIALIZERS
 from ..validation import whole_number
 from .offscreen import configure_offscreen_rendering
 
-__all__ = ["FusionWebApp", "serve", "parse_origin", "websocket_refusal", "STAGE_CHOICES", "INITIALIZER_CHOICES", "QUAD_LAYOUT_ID"]
+__all__ = ["FusionWebApp", "serve", "parse_origin", "websocket_refusal", "STAGE_CHOICES", "INITIALIZER_CHOICES", "QUAD_LAYOUT_ID",
+           "CLIENT_KEYS", "parse_size", "DEFAULT_MAX_UPLOAD", "DEFAULT_MAX_SESSION_UPLOAD"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ INITIALIZER_CHOICES = (
     {"value": "", "title": "(preset)", "help": "The preset's start (geometry without a preset)."},
     *({"value": name, "title": name, "help": INITIALIZER_HELP[name]} for name in INITIALIZERS),
 )
+#: The state keys a page sets (its controls' values; ``seed`` for a script); every other key the app sets is
+#: the server's, and a page's write to it is put back (:class:`~MultimodalFusionLib.web.server_state.ServerState`).
+CLIENT_KEYS = frozenset({
+    "fixed_path", "moving_path", "fixed_series", "moving_series", "preset", "stages", "seed", "initializer",
+    "method", "colormap", "fg_opacity", "fg_layer", "vr_preset", "wl_preset", "bg_window", "bg_level",
+    "fg_lower", "fg_upper"})
 _FG_LAYERS = [{"title": "Functional (moving, registered)", "value": "functional"},
               {"title": "Fused image", "value": "fused"}]
 # Metrics shown in the table, in this order (fusion_metrics returns more; the report has all).
@@ -63,6 +70,12 @@ _HEADER_SUFFIXES = (".mhd", ".mha", ".nhdr", ".nrrd", ".hdr")
 #: and small files together up to it (a piece that would take a message past it starts the next one). trame's own page read each file whole into one message, which the
 #: server (wslink) gathered whole, copied and unpacked, holding a 300 MiB NIfTI about three times over.
 UPLOAD_PIECE_BYTES = 4 << 20
+#: The most bytes one upload (a file, or the files of a DICOM series together) may hold (``--max-upload``): a
+#: large CT series is 0.5-2 GB. Without a limit any page could stream files until the server's disk was full.
+DEFAULT_MAX_UPLOAD = 4 << 30
+#: The most bytes one page (a connection) may upload while it is open, all its uploads together
+#: (``--max-session-upload``): four uploads of the largest size.
+DEFAULT_MAX_SESSION_UPLOAD = 16 << 30
 _DOWNLOAD_NAMES = {"transform": "moving_to_fixed.tfm", "fused": "fused.nii.gz", "report": "report.html"}
 # The page's upload: the files in pieces of at most UPLOAD_PIECE_BYTES (Blob.slice, so the browser does not
 # read a file whole either), each message awaited before the next, all under one id, then an empty message
@@ -74,15 +87,19 @@ window.mmfusion_upload = async function (files, trigger) {
   const id = (window.crypto && crypto.randomUUID) ? crypto.randomUUID()
     : `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
   const piece = PIECE_BYTES;
-  let batch = [], size = 0;
-  const send = async () => {
-    if (batch.length) { const b = batch; batch = []; size = 0; await trame.trigger(trigger, [id, b]); }
+  let batch = [], size = 0, refused = false;
+  const send = async () => {  // the server answers false when it refused the upload (its banner says why)
+    if (batch.length) {
+      const b = batch; batch = []; size = 0;
+      if ((await trame.trigger(trigger, [id, b])) === false) { refused = true; }
+    }
   };
   try {
     for (const file of Array.from(files)) {
       for (let offset = 0; offset === 0 || offset < file.size; offset += piece) {
         const end = Math.min(file.size, offset + piece);
         if (size + end - offset > piece) { await send(); }  // a message never holds more than a piece
+        if (refused) { return; }  // nothing more of it is sent
         let content = null, error = null;
         try { content = new DataView(await file.slice(offset, end).arrayBuffer()); }
         catch (e) { error = (e && e.message) || String(e); }
@@ -90,6 +107,7 @@ window.mmfusion_upload = async function (files, trigger) {
         size += end - offset;
         if (error !== null) { await send(); return; }
         if (size >= piece) { await send(); }
+        if (refused) { return; }
       }
     }
     await send();
@@ -98,6 +116,45 @@ window.mmfusion_upload = async function (files, trigger) {
   }
 };
 """.replace("PIECE_BYTES", str(UPLOAD_PIECE_BYTES))
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
+               "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+               "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12, "b": 1}
+
+
+def parse_size(text: Any, option: str) -> int:
+    """Bytes of a size an operator gives (``--max-upload 4GiB``): bytes, or a number with a unit, K/M/G/T or
+    KiB/MiB/GiB/TiB (powers of 1024) or KB/MB/GB/TB (powers of 1000).
+
+    Raises:
+        InputError: not a size, or not above 0.
+    """
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", str(text).lower())
+    if match and match.group(2) in _SIZE_UNITS:
+        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+        if size > 0:
+            return size
+    raise InputError(f"{option} {text!r} is not a size above 0.",
+                     f"Give bytes or a number with a unit, e.g. {option} 4GiB (or 500MiB, 2G, 3000000000).")
+
+
+def size_text(size: int) -> str:
+    """``size`` bytes for a person: "4 GiB", "1.5 GiB", "1000 bytes"."""
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor:
+            return f"{size / factor:.3g} {unit}"
+    return f"{size} bytes"
+
+
+def size_option(size: int) -> str:
+    """``size`` as the options write it, exact: "4GiB", "1000"."""
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
 
 
 def _quad_layout() -> Any:
@@ -189,6 +246,7 @@ class _PendingUpload:
         self.folder: Path | None = None  # ".{role}-*.partial" in the work folder, made at the first file
         self.written: list[str] = []  # file names, in the order they came
         self.sizes: dict[str, list[int]] = {}  # name -> [bytes written, bytes the page said the file has]
+        self.received = 0  # bytes written, all files together
 
 
 def _client_text(value: Any, what: str, fix: str) -> str:
@@ -242,10 +300,13 @@ class FusionWebApp:
         demo: load the demo pair (MNI152 T1, misaligned PET-like image) at start.
         demo_spacing_mm: voxel size of the demo images.
         workdir: folder for uploads and downloads (default: a temporary folder).
+        max_upload_bytes: the most bytes one upload may hold (its files together).
+        max_session_upload_bytes: the most bytes one page (connection) may upload while it is open.
     """
 
     def __init__(self, server: Any = None, *, fixed: str | None = None, moving: str | None = None,
-                 demo: bool = False, demo_spacing_mm: float = 3.0, workdir: str | None = None):
+                 demo: bool = False, demo_spacing_mm: float = 3.0, workdir: str | None = None,
+                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD, max_session_upload_bytes: int = DEFAULT_MAX_SESSION_UPLOAD):
         configure_offscreen_rendering()
         from trame.app import get_server
         from trame_slicer import module as trame_slicer_module
@@ -255,8 +316,9 @@ class FusionWebApp:
         from .. import mrml
         from ..fusion import list_methods
         from ..registration import list_presets
+        from .server_state import ServerState
         from .viewer import FusionViewer
-        from .worker import BackgroundWorker
+        from .worker import JOB_STATE_DEFAULTS, BackgroundWorker
 
         self.server = server or get_server(None, client_type="vue3")
         self.server.enable_module(trame_slicer_module)
@@ -275,7 +337,9 @@ class FusionWebApp:
         # left-drag in a slice view: the anatomy's window/level, as in Slicer (the panel follows)
         self.viewer.enable_window_level_drag(self._on_dragged_window_level)
         self._background_limits: tuple[float, float, float] | None = None  # (min, max, step) of its voxels
-        self.worker = BackgroundWorker(self.state, on_idle=self._remove_stale_uploads)
+        self._foreground_step = 0.0  # the step of the functional range's sliders (the panel rounds to it)
+        # a folder of several DICOM series: (its path, the series' UIDs) offered for each role, as the panel shows
+        self._offered_series: dict[str, tuple[str, list[str]]] = {}
 
         # engine objects of the session
         self.fixed_image: sitk.Image | None = None
@@ -286,11 +350,15 @@ class FusionWebApp:
         self.fusion_result: Any = None
         self.fusion_metrics: dict[str, float] = {}
         self._start_fixed, self._start_moving, self._start_demo = fixed, moving, demo
+        self._started = False  # the start-up volumes were asked for
         self._demo_spacing = float(demo_spacing_mm)
         self._uploads: dict[str, _PendingUpload | None] = {"fixed": None, "moving": None}  # in progress
         self._ended_uploads: dict[str, None] = {}  # ids of uploads refused, replaced or dropped: their rest is ignored
         self._wslink_server: Any = None  # the running server (None in-process): which tab sent a trigger
         self._upload_dirs: dict[str, Path] = {}  # each role's last upload (older ones are removed)
+        # counted on the server as the bytes arrive (a page's declared sizes only refuse an upload sooner)
+        self.max_upload_bytes, self.max_session_upload_bytes = int(max_upload_bytes), int(max_session_upload_bytes)
+        self._session_bytes: dict[Any, int] = {}  # connection -> bytes of its uploads written so far
         self._stale_uploads: list[Path] = []  # replaced while a job ran (it may be reading them): removed at its end
         self.names = {"fixed": "", "moving": ""}  # what is loaded (the report names it)
 
@@ -298,7 +366,7 @@ class FusionWebApp:
         if self.viewer.vr_preset not in vr_presets and vr_presets:
             self.viewer.vr_preset = vr_presets[0]  # the control and the views start on the same preset
         methods = [m for m in list_methods() if m != "deep" or self._deep_available()]
-        self.state.update({
+        initial = {
             "trame__title": "MultimodalFusion",
             "fixed_path": fixed or "", "moving_path": moving or "",
             "fixed_name": "", "moving_name": "",
@@ -326,7 +394,15 @@ class FusionWebApp:
             "bg_level_max": 1.0, "bg_step": 1.0,
             "fg_range_enabled": False, "fg_lower": 0.0, "fg_upper": 1.0, "fg_min": 0.0, "fg_max": 1.0,
             "fg_step": 1.0,
-        })
+        }
+        # the app and its worker write through ServerState: a page's write to a key only the server sets is
+        # put back (it had reached every page, and the worker read job_busy back)
+        self.state = ServerState(self.server.state, owned=[*(key for key in initial if key not in CLIENT_KEYS
+                                                             and not key.startswith("trame__")),
+                                                           *JOB_STATE_DEFAULTS],
+                                 clearable=("error_message",))  # the banner's close button
+        self.state.update(initial)
+        self.worker = BackgroundWorker(self.state, on_idle=self._remove_stale_uploads)
         self.state.change("preset")(self._on_preset)
         self.state.change("fg_opacity")(self._on_opacity)
         self.state.change("colormap")(self._on_colormap)
@@ -381,7 +457,8 @@ class FusionWebApp:
                             with v3.VCol(cols=2):
                                 v3.VFileInput(
                                     hide_input=True, prepend_icon="mdi-upload", density="compact",
-                                    hide_details=True, title=f"Upload the {role} image", multiple=True,
+                                    hide_details=True, multiple=True,
+                                    title=f"Upload the {role} image (at most {size_text(self.max_upload_bytes)})",
                                     change=("window.mmfusion_upload($event.target.files, "
                                             f"'{trig(self._upload_chunk_fn(role))}')"))
                         v3.VSelect(v_model=(f"{role}_series",), items=(f"{role}_series_items",),
@@ -494,6 +571,11 @@ class FusionWebApp:
 
     # ------------------------------------------------------------------ start-up
     def _on_server_ready(self, **_: Any) -> None:
+        # once: a page can call any on_* controller ("trame.lifecycle.update", "server_ready"), which loaded the
+        # start-up volumes again, dropping every page's registration and fusion
+        if self._started:
+            return
+        self._started = True
         if self._start_demo:
             self.load_demo()
         elif self._start_fixed and self._start_moving:
@@ -530,8 +612,7 @@ class FusionWebApp:
                                        for role in ("fixed", "moving"))
             picked = {role: (_client_text(self.state[f"{role}_series"], f"{role} DICOM series",
                                           f"Pick the series in the {role} DICOM series list.") or None
-                             if self.state[f"{role}_series_path"] == path and self.state[f"{role}_series_items"]
-                             else None)
+                             if self._offered_series.get(role, ("", []))[0] == path else None)
                       for role, path in (("fixed", fixed_path), ("moving", moving_path))}
         except InputError as exc:
             self._banner(str(exc))
@@ -584,6 +665,7 @@ class FusionWebApp:
         def offer_series() -> None:
             with self.state:
                 for role, (path, found, _) in several.items():
+                    self._offered_series[role] = (path, [s["uid"] for s in found])
                     self.state[f"{role}_series_path"] = path
                     self.state[f"{role}_series_items"] = [
                         {"title": f"{s['description'] or '(no description)'}"
@@ -612,7 +694,7 @@ class FusionWebApp:
             self._sync_display_state()
 
     def _upload_chunk_fn(self, role: str):
-        async def upload_chunk(upload_id: Any = None, files: Any = None) -> None:
+        async def upload_chunk(upload_id: Any = None, files: Any = None) -> bool | None:
             # what the page's mmfusion_upload sends: (its id for this upload, a batch of pieces of files),
             # then (id, []) at the end
             if not isinstance(upload_id, str) or not 0 < len(upload_id) <= 100 or not isinstance(files, list):
@@ -620,11 +702,11 @@ class FusionWebApp:
                     f"The page sent an upload of the {role} image the server does not understand "
                     f"(id {_shown(upload_id)}, files {_shown(files)[:40]}).",
                     "Reload the page and upload the files again.")))
-                return
-            if files:  # a batch of pieces (at most about UPLOAD_PIECE_BYTES): to disk now
-                self._write_upload_files(role, files, upload_id)
-                return
+                return False
+            if files:  # a batch of pieces (at most about UPLOAD_PIECE_BYTES): to disk now; False: refused, the
+                return self._write_upload_files(role, files, upload_id)  # page sends no more of it
             self._finish_upload(role, upload_id)  # the end of the upload
+            return None
 
         upload_chunk.__name__ = f"upload_{role}_chunk"
         return upload_chunk
@@ -662,6 +744,7 @@ class FusionWebApp:
         class _ConnectionWatch(LinkProtocol):
             def onClose(self, client_id: str) -> None:  # noqa: N802 (wslink's name)
                 app._drop_uploads_of(client_id)
+                app._session_bytes.pop(client_id, None)  # its session ends: what it uploaded is no longer counted
 
         root_protocol.registerLinkProtocol(_ConnectionWatch())
 
@@ -692,7 +775,7 @@ class FusionWebApp:
         self._write_upload_files(role, files, upload_id)
         self._finish_upload(role, upload_id)
 
-    def _write_upload_files(self, role: str, files: list[Any], upload_id: str) -> None:
+    def _write_upload_files(self, role: str, files: list[Any], upload_id: str) -> bool:
         """Write one batch of an upload as it arrives, so the server never holds more than one batch in
         memory (a 1 GB DICOM series was held whole until its end, then joined).
 
@@ -704,9 +787,16 @@ class FusionWebApp:
         cannot store) removes the folder at once, says why in the banner, and the rest of that upload is
         not written. A new upload of the role (``upload_id`` not seen before: another pick of files, or
         another tab) replaces one still arriving, saying so: their files had been mixed in one folder.
+
+        An upload larger than :attr:`max_upload_bytes`, or one taking its page's uploads past
+        :attr:`max_session_upload_bytes`, is refused so too, the bytes counted as they are written (a file's
+        declared size refuses it at its first piece, before anything of it is written).
+
+        Returns:
+            False when the upload was refused (or had ended): the page sends no more of it.
         """
         if upload_id in self._ended_uploads:
-            return
+            return False
         pending = self._uploads[role]
         if pending is not None and pending.id != upload_id:
             logger.info("a new %s upload replaces one still arriving (%d file(s))", role, len(pending.written))
@@ -724,9 +814,12 @@ class FusionWebApp:
             pending.folder = Path(tempfile.mkdtemp(prefix=f".{role}-", suffix=".partial", dir=self.workdir))
         folder = pending.folder
 
-        def refuse(message: str) -> None:  # nothing of this upload is kept; the path shown stays
+        def refuse(message: str) -> bool:  # nothing of this upload is kept; the path shown stays
             self._end_upload(pending, role)
             self._banner(message)
+            return False
+
+        caller = self._caller()
 
         for entry in files:
             if not isinstance(entry, dict):
@@ -758,6 +851,12 @@ class FusionWebApp:
                     f"A piece of the uploaded file '{name}' does not follow the one before it (bytes "
                     f"{_shown(entry.get('offset'))} of {_shown(entry.get('size'))}, {length} bytes long).",
                     "Reload the page and upload the files again.")))
+            coming = total if offset == 0 else length  # bytes of this file still to come, as far as is known
+            if pending.received + coming > self.max_upload_bytes:
+                return refuse(self._too_large(role, name, pending.received, total if offset == 0 else None))
+            session = self._session_bytes.get(caller, 0)
+            if session + coming > self.max_session_upload_bytes:
+                return refuse(self._too_large(role, name, session, total if offset == 0 else None, session=True))
             path = folder / name
             try:
                 # "x": a second file of the name is not written over the first; "a": the next piece of one
@@ -779,7 +878,26 @@ class FusionWebApp:
             if offset == 0:
                 pending.written.append(name)
             pending.sizes[name] = [offset + length, total]
+            pending.received += length
+            self._session_bytes[caller] = session + length
+        return True
 
+    def _too_large(self, role: str, name: str, before: int, file_size: int | None, session: bool = False) -> str:
+        """The banner of an upload refused for its size (``file_size``: the size the page declared for ``name``,
+        None when a later piece went past the limit): the limit, and the option that sets it."""
+        file = f"'{name}' is {size_text(file_size)}" if file_size is not None else f"'{name}' went past it"
+        if not session:
+            maximum, option = self.max_upload_bytes, "--max-upload"
+            problem = (f"The {role} upload is larger than this server takes, {size_text(maximum)} per upload: {file}"
+                       + (f", after {size_text(before)} of other files" if before else "") + ".")
+        else:
+            maximum, option = self.max_session_upload_bytes, "--max-session-upload"
+            problem = (f"The {role} upload would take this page past the {size_text(maximum)} this server takes from "
+                       f"one page, all its uploads together: it has uploaded {size_text(before)}, and {file}.")
+        return str(InputError(
+            problem + " Nothing of it was kept.",
+            f"Give the image's path on the server instead, or ask the server's operator to raise the limit "
+            f"(mmfusion web {option} SIZE; it is {size_option(maximum)})."))
     def _finish_upload(self, role: str, upload_id: str) -> None:
         """The end of an upload: check it, rename its folder to its final name and put the path in the
         panel (then: Load).
@@ -1057,8 +1175,10 @@ class FusionWebApp:
         fg_range = self.viewer.current_functional_range()
         if fg_range is None:
             update["fg_range_enabled"] = False
+            self._foreground_step = 0.0
         else:
             lo, hi, step = limits(self.viewer.images[self.viewer.foreground_role])
+            self._foreground_step = step
             lower, upper = fg_range
             update.update({"fg_range_enabled": True, "fg_step": step, "fg_min": min(lo, lower),
                            "fg_max": max(hi, upper), "fg_lower": _snap(lower, step),
@@ -1106,7 +1226,8 @@ class FusionWebApp:
         window, level = _number(bg_window), _number(bg_level)
         if current is None or window is None or level is None or window <= 0:
             return
-        tolerance = 0.51 * (_number(self.state.bg_step) or 0.0)  # the panel shows values rounded to the step
+        # the panel shows values rounded to the step (the server's: a page may send any bg_step)
+        tolerance = 0.51 * (self._background_limits[2] if self._background_limits else 0.0)
         if abs(window - current[0]) <= tolerance and abs(level - current[1]) <= tolerance:
             return  # the panel echoing the display node (load, preset), not a user change
         self.viewer.set_background_window_level(window, level)
@@ -1119,7 +1240,7 @@ class FusionWebApp:
         lower, upper = _number(fg_lower), _number(fg_upper)
         if current is None or lower is None or upper is None:
             return
-        tolerance = 0.51 * (_number(self.state.fg_step) or 0.0)
+        tolerance = 0.51 * self._foreground_step
         if abs(lower - current[0]) <= tolerance and abs(upper - current[1]) <= tolerance:
             return
         self.viewer.set_functional_range(lower, upper)
@@ -1236,7 +1357,8 @@ class FusionWebApp:
 
 def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 8080, host: str = "127.0.0.1",
           demo: bool = False, demo_spacing_mm: float = 3.0, open_browser: bool = False,
-          allowed_origins: Sequence[str] = ()) -> None:
+          allowed_origins: Sequence[str] = (), max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+          max_session_upload_bytes: int = DEFAULT_MAX_SESSION_UPLOAD) -> None:
     """Start the web application and block until it stops (Ctrl+C).
 
     Args:
@@ -1250,6 +1372,8 @@ def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 80
         open_browser: open the system browser on the page.
         allowed_origins: page addresses (``https://fusion.example.org``) allowed to connect besides the
             server's own, e.g. a reverse proxy's public address when it does not pass the Host header on.
+        max_upload_bytes: the most bytes one upload may hold (a file, or the files of a series, together).
+        max_session_upload_bytes: the most bytes one page may upload while it is open, all uploads together.
     """
     allowed = [parse_origin(origin) for origin in allowed_origins]  # a bad address fails before start-up
     configure_offscreen_rendering()
@@ -1258,7 +1382,8 @@ def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 80
     # the work folder is made here, so that it goes however the start-up ends (uploads and downloads of
     # patient files pass through it)
     with _sigterm_exits(), tempfile.TemporaryDirectory(prefix="mmfusion-web-") as workdir:
-        app = FusionWebApp(fixed=fixed, moving=moving, demo=demo, demo_spacing_mm=demo_spacing_mm, workdir=workdir)
+        app = FusionWebApp(fixed=fixed, moving=moving, demo=demo, demo_spacing_mm=demo_spacing_mm, workdir=workdir,
+                           max_upload_bytes=max_upload_bytes, max_session_upload_bytes=max_session_upload_bytes)
         app.ctrl.on_server_bind.add(lambda wslink_server: _guard_websockets(wslink_server.app, host, allowed))
         try:
             app.server.start(port=port, host=host, open_browser=open_browser, timeout=0)
