@@ -6,7 +6,8 @@ checks that ``fusion_harvard.py`` prints its tables and goal checks (the adaptat
 writes finite metrics to JSON and stretches every fused image as CDDFuse's ``test_MIF.py`` does,
 and that ``fusion_composition_sweep.py`` scores every configuration and keeps its noise control
 out of the count. ``capture_range.py --random`` draws reproducible rotations and counts its cases;
-``centre_of_mass.py`` prints its table of centre-of-mass rules; ``torch_inverse_field.py --quick`` prints the
+``centre_of_mass.py`` prints its table of centre-of-mass rules; ``sparse_content.py`` its table of small
+objects, bright and dark, with their warnings; ``torch_inverse_field.py --quick`` prints the
 torch field's size and how well SimpleITK inverts it.
 """
 
@@ -244,6 +245,23 @@ class CentreOfMassScriptTest(unittest.TestCase):
         self.assertAlmostEqual(rows["T2 - 1000"][2], rows["T2"][2], delta=0.05)  # an offset does not move it
         self.assertGreater(rows["T2 - 1000"][0], 5.0)
         self.assertRegex(text, r"this version: [0-9.]+")
+
+
+class SparseContentScriptTest(unittest.TestCase):
+    def test_the_sparse_content_table_warns_about_dark_squares_as_bright_ones(self):
+        """The dark square is the bright one's picture inverted."""
+        script = _load_script("sparse_content")
+        bright, dark = script.pair("square", 13), script.pair("dark square", 13)
+        for b, d in zip(bright, dark):
+            np.testing.assert_array_equal(sitk.GetArrayViewFromImage(d), 100.0 - sitk.GetArrayViewFromImage(b))
+        rc, text = _run(script.main, ["--seeds", "1", "--sizes", "13", "--kinds", "square,dark square"])
+        self.assertEqual(rc, 0, text)
+        rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines()
+                if line.startswith("| ") and "square" in line.split("|")[1]}
+        self.assertEqual([(k, cells[0].strip(), cells[1].strip()) for k, cells in rows.items()],
+                         [("square", "13", "169"), ("dark square", "13", "169")], text)
+        with self.assertRaises(SystemExit):
+            _run(script.main, ["--kinds", "circle"])
 
 
 @unittest.skipUnless(importlib.util.find_spec("torch") is not None, "torch is not installed (pip install '.[deep]')")
