@@ -249,7 +249,8 @@ class CentreOfMassScriptTest(unittest.TestCase):
 
 class SparseContentScriptTest(unittest.TestCase):
     def test_the_sparse_content_table_warns_about_dark_squares_as_bright_ones(self):
-        """The dark square is the bright one's picture inverted."""
+        """The dark square is the bright one's picture inverted; both are warned about (fixed and moving), where
+        the dark one had not been (its structure was counted above the minimum: the bright field)."""
         script = _load_script("sparse_content")
         bright, dark = script.pair("square", 13), script.pair("dark square", 13)
         for b, d in zip(bright, dark):
@@ -260,6 +261,8 @@ class SparseContentScriptTest(unittest.TestCase):
                 if line.startswith("| ") and "square" in line.split("|")[1]}
         self.assertEqual([(k, cells[0].strip(), cells[1].strip()) for k, cells in rows.items()],
                          [("square", "13", "169"), ("dark square", "13", "169")], text)
+        for cells in rows.values():
+            self.assertIn(cells[-1].strip(), ("2", "3"))  # the two images' warnings (and a discarded stage's)
         with self.assertRaises(SystemExit):
             _run(script.main, ["--kinds", "circle"])
 
