@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import unittest
 
 import numpy as np
@@ -858,6 +859,43 @@ class BadInputs(unittest.TestCase):
                                                                   "inside the moving mask (3600 voxels)")]
                 self.assertEqual(len(few), 1, result.warnings)
                 self.assertIn("fewer than 150", few[0])
+
+    def test_the_masks_are_resampled_once_per_registration_on_both_backends(self):
+        """The start's checks (masks that meet, few voxels inside both, the share of overlap, the torch backend's
+        no-overlap refusal) each resampled the moving mask onto the fixed grid: twice per masked SimpleITK
+        registration, three times per torch one (0.1-0.5 s each at 256x256x200). One resampling
+        (validation.masks_reach) gives their counts now, and their warnings are the same."""
+        from unittest import mock
+
+        from MultimodalFusionLib import validation
+        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
+
+        resample = sitk.Resample
+        callers: list[str] = []
+
+        def counted(*args, **kwargs):  # the real resampling, its caller noted when it is validation's
+            caller = sys._getframe(1).f_code
+            if caller.co_filename == validation.__file__:
+                callers.append(caller.co_name)
+            return resample(*args, **kwargs)
+
+        # 5 x 5 of the two 60 x 60 masks meet where the geometry start puts them: a warning that counts them
+        fixed_mask = _box_mask(self.fixed, 60, 60, 60)
+        moving_mask = _box_mask(self.moving, 115, 115, 60)
+        runs = (("sitk", RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), iterations=3)],
+                                                initializer="geometry")),
+                ("torch", TorchRegistrationParameters(stages=["rigid"], linear_iterations=[3, 3, 3], device="cpu",
+                                                      initializer="geometry")))
+        for backend, params in runs:
+            for masks in ({"fixed_mask": fixed_mask}, {"moving_mask": moving_mask},
+                          {"fixed_mask": fixed_mask, "moving_mask": moving_mask}):
+                with self.subTest(backend=backend, masks=sorted(masks)):
+                    callers.clear()
+                    with mock.patch.object(sitk, "Resample", counted):
+                        result = register(self.fixed, self.moving, params, seed=1, backend=backend, **masks)
+                    self.assertEqual(callers, ["masks_reach"])
+                    if len(masks) == 2:
+                        self.assertEqual(len([w for w in result.warnings if w.startswith("Only 25 voxels")]), 1)
 
     def test_the_torch_backend_says_when_it_leaves_the_moving_mask_out(self):
         # at most 100 voxels inside both masks: the similarity counts the fixed mask alone (rather than nothing),

@@ -14,8 +14,12 @@ from MultimodalFusionLib.validation import (
     check_masks_meet,
     check_pair,
     grid_differences,
+    masks_intersection,
+    masks_reach,
     overlap_fraction,
     small_overlap_warnings,
+    start_overlap,
+    voxels_inside,
     whole_number,
 )
 
@@ -166,6 +170,42 @@ class Checks(unittest.TestCase):
         moving_mask.CopyInformation(moving)
         self.assertEqual(small_overlap_warnings(fixed, moving, identity, "x", "y", fixed_mask, moving_mask), [])
         self.assertEqual(len(check_masks_meet(fixed, fixed_mask, moving_mask, identity, "x", "y")), 1)
+
+    def test_one_resampling_counts_the_image_and_the_masks_as_the_separate_ones_did(self):
+        """masks_reach gives the backends' start checks both counts from one resampling of the moving grid: equal
+        to voxels_inside and masks_intersection (which it replaces there) on rotated, shifted, differently spaced
+        grids, with masks of any value (non-zero is inside, as check_mask makes them)."""
+        rng = np.random.default_rng(3)
+        fixed = _img((40, 30))
+        fixed.SetSpacing((1.3, 0.9))
+        fixed.SetOrigin((-2.0, 3.0))
+        moving = _img((35, 25))
+        moving.SetSpacing((1.1, 1.2))
+        fixed_mask = sitk.GetImageFromArray((rng.random((30, 40)) > 0.5).astype(np.uint8))
+        fixed_mask.CopyInformation(fixed)
+        values = ((rng.random((25, 35)) > 0.4) * rng.choice([1, 3, 255], size=(25, 35))).astype(np.uint8)
+        moving_mask = sitk.GetImageFromArray(values)
+        moving_mask.CopyInformation(moving)
+        as_checked = sitk.Cast(sitk.NotEqual(moving_mask, 0), sitk.sitkUInt8)
+        everywhere = sitk.Cast(moving_mask * 0 + 1, sitk.sitkUInt8)
+        for angle, shift in ((0.0, (0.0, 0.0)), (0.3, (6.0, -4.0)), (-0.5, (-9.0, 7.5)), (0.0, (80.0, 0.0))):
+            transform = sitk.Euler2DTransform((15.0, 12.0), angle, shift)
+            for f_mask, m_mask in ((None, None), (fixed_mask, None), (None, moving_mask), (fixed_mask, moving_mask)):
+                with self.subTest(angle=angle, shift=shift, fixed_mask=f_mask is not None,
+                                  moving_mask=m_mask is not None):
+                    image, masks = masks_reach(fixed, moving, transform, f_mask, m_mask)
+                    self.assertEqual(image, voxels_inside(fixed, moving, transform))
+                    self.assertEqual(masks, masks_intersection(fixed, f_mask, as_checked if m_mask is not None
+                                                               else everywhere, transform))
+                    self.assertEqual(start_overlap(fixed, moving, transform, f_mask, m_mask, inside=masks),
+                                     start_overlap(fixed, moving, transform, f_mask, m_mask))
+                    if shift[0] == 80.0:
+                        self.assertEqual((image, masks), (0, 0))
+                    elif f_mask is None and m_mask is None:
+                        self.assertEqual(image, masks)
+                    else:
+                        self.assertGreater(image, masks)
+                        self.assertGreater(masks, 0)
 
 
 if __name__ == "__main__":
