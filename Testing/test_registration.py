@@ -184,6 +184,27 @@ class EffectiveSettings(unittest.TestCase):
         self.assertNotIn("min_step", effective)
         self.assertEqual(effective["shrink_factors"], [2, 1])
 
+    def test_histogram_bins_left_out_run_50_and_are_recorded_as_null_beside_what_ran(self):
+        # histogram_bins left out is None (not given), so the torch backend can tell an explicit 50 from the
+        # default; the SimpleITK backend runs it as the 50 it always had, bit for bit
+        left_out = RegistrationParameters.from_dict({"stages": [{"name": "affine", "iterations": 20}]})
+        self.assertIsNone(left_out.stages[0].histogram_bins)
+        given = RegistrationParameters.from_dict({"stages": [{"name": "affine", "iterations": 20,
+                                                              "histogram_bins": 50}]})
+        fixed, moving = _slab(24), _slab(24, 1)
+        default_run, given_run = (register(fixed, moving, p, seed=0) for p in (left_out, given))
+        self.assertEqual(default_run.transform.GetParameters(), given_run.transform.GetParameters())
+        self.assertEqual([s["histogram_bins"] for s in (default_run.parameters["stages"][0],
+                                                        given_run.parameters["stages"][0])], [None, 50])
+        self.assertEqual(default_run.parameters["stages"][0]["effective"]["histogram_bins"], 50)
+        # a metrics.json's parameters load again as they were given (null stays null), and null is accepted
+        again = RegistrationParameters.from_dict(default_run.parameters)
+        self.assertIsNone(again.stages[0].histogram_bins)
+        # the stage types' own choices are unchanged: rigid and B-spline 32, affine left out
+        self.assertEqual([default_stage(n).histogram_bins for n in ("rigid", "affine", "bspline")], [32, None, 32])
+        correlation = register(fixed, moving, {"stages": [{"name": "affine", "metric": "correlation",
+                                                           "iterations": 2}]}, seed=0)
+        self.assertNotIn("histogram_bins", correlation.parameters["stages"][0]["effective"])
 
 class LevelOrderWarning(unittest.TestCase):
     """Pyramid levels given fine to coarse: ITK runs them in that order and the stage ends on its coarsest level,

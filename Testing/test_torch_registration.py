@@ -400,6 +400,34 @@ class TorchRegistrationTest(unittest.TestCase):
         self.assertEqual(result.parameters["histogram_bins"], 64)
         self.assertTrue(any("128 histogram bins are outside the 8-64" in w for w in result.warnings), result.warnings)
 
+    def test_an_explicit_50_bins_runs_50_on_the_torch_backend(self) -> None:
+        # 50 given on purpose equalled SimpleITK's default (the class's, the affine stage's), which read as not
+        # given: the torch run took its own 32, and a later linear stage's explicit 50 was dropped without a word
+        from MultimodalFusionLib import registration
+        from MultimodalFusionLib.registration.torch_backend import conversion_warnings, torch_parameters
+
+        for stage in ({"name": "affine", "histogram_bins": 50}, {"name": "rigid", "histogram_bins": 50}):
+            with self.subTest(stage=stage):
+                p = registration.RegistrationParameters.from_dict({"stages": [stage]})
+                self.assertEqual(torch_parameters(p).histogram_bins, 50)
+                self.assertEqual([w for w in conversion_warnings(p) if "bins" in w], [])
+        built = registration.RegistrationParameters(stages=[registration.StageParameters(name="affine",
+                                                                                         histogram_bins=50)])
+        self.assertEqual(torch_parameters(built).histogram_bins, 50)
+        self.assertEqual(torch_parameters(registration.RegistrationParameters(
+            stages=[registration.StageParameters(name="affine")])).histogram_bins, 32)  # left out: the torch 32
+        later = registration.RegistrationParameters.from_dict(
+            {"stages": [{"name": "rigid"}, {"name": "affine", "histogram_bins": 50}]})
+        self.assertEqual(torch_parameters(later).histogram_bins, 32)
+        self.assertEqual([w for w in conversion_warnings(later) if "bins" in w],
+                         ["The torch backend runs every linear stage with one histogram bin count, the first "
+                          "linear stage's (32): the affine stage's 50 bins are not used."])
+        fixed, moving = _brainweb_pair()
+        quick = registration.RegistrationParameters.from_dict(
+            {"stages": [{"name": "affine", "histogram_bins": 50, "shrink_factors": [2], "smoothing_sigmas": [1.0]}]})
+        result = registration.register(fixed, moving, quick, backend="torch", seed=1)
+        self.assertEqual(result.parameters["histogram_bins"], 50)
+
     def test_folding_from_weak_regularisation_is_warned(self) -> None:
         from MultimodalFusionLib import registration
 

@@ -52,6 +52,9 @@ MAX_SAMPLES = 200_000
 MIN_SAMPLE_COUNT = 1000
 #: Most Mattes MI histogram bins a stage may ask for (elastix and ANTs use 32-64).
 MAX_HISTOGRAM_BINS = 1024
+#: The histogram bins a SimpleITK stage whose ``histogram_bins`` is None runs with (the class's default; the
+#: rigid and B-spline stages of :func:`default_stage` choose 32). The torch backend runs its own default instead.
+DEFAULT_HISTOGRAM_BINS = 50
 #: Largest iterations, mesh size or thread count ITK takes: it keeps them in 32-bit unsigned ints, and
 #: a larger one failed in SimpleITK's wrapper with an OverflowError after the checks had passed.
 ITK_UINT_MAX = 2**32 - 1
@@ -64,7 +67,10 @@ class StageParameters:
     Attributes:
         name: "rigid" (2D/3D Euler), "affine" or "bspline".
         metric: "mattes_mi" (multimodal, default), "correlation" or "mean_squares" (one modality).
-        histogram_bins: Mattes mutual information histogram bins.
+        histogram_bins: Mattes mutual information histogram bins; None (not given): ``DEFAULT_HISTOGRAM_BINS``
+            (50) on the SimpleITK backend (:meth:`effective_histogram_bins`, metrics.json's ``effective``), the
+            torch backend's own default (32) there. A count given, 50 too, is what both backends run (the torch
+            backend within 8-64), which a default of 50 had not let it tell apart.
         sampling_strategy: "random", "regular" or "none" (all voxels).
         sampling_percentage: fraction (0..1] of voxels sampled per iteration.
         number_of_samples: when set, sample about this many voxels per level instead of a
@@ -105,7 +111,7 @@ class StageParameters:
 
     name: str = "rigid"
     metric: str = "mattes_mi"
-    histogram_bins: int = 50
+    histogram_bins: int | None = None
     sampling_strategy: str = "random"
     sampling_percentage: float = 0.01
     number_of_samples: int | None = None
@@ -138,10 +144,10 @@ class StageParameters:
             if count is not None and whole_number(count, MIN_SAMPLE_COUNT) is None:
                 raise bad(field, count, f"a whole number of at least {MIN_SAMPLE_COUNT} (samples per resolution "
                                         "level), or null for none")
-        if whole_number(self.histogram_bins, 4, MAX_HISTOGRAM_BINS) is None:
+        if self.histogram_bins is not None and whole_number(self.histogram_bins, 4, MAX_HISTOGRAM_BINS) is None:
             # ITK's joint histogram is bins x bins per thread: a billion bins ran a minute, then failed
             raise bad("histogram_bins", self.histogram_bins, f"a whole number from 4 to {MAX_HISTOGRAM_BINS} "
-                                                             "(typically 32-64)")
+                                                             "(typically 32-64), or null for the default")
         if whole_number(self.iterations, 1, ITK_UINT_MAX) is None:
             raise bad("iterations", self.iterations, f"a whole number from 1 to {ITK_UINT_MAX} (iterations per "
                                                      "resolution level; ITK keeps it in 32 bits)")
@@ -181,6 +187,11 @@ class StageParameters:
         if not mesh or any(whole_number(m, 1, ITK_UINT_MAX) is None for m in mesh):
             raise bad("mesh_size", self.mesh_size, f"a positive number of control-grid cells (at most {ITK_UINT_MAX} "
                                                    "per axis)")
+
+    def effective_histogram_bins(self) -> int:
+        """The histogram bins this stage runs with on the SimpleITK backend: ``histogram_bins``, or
+        ``DEFAULT_HISTOGRAM_BINS`` when it is None (not given)."""
+        return DEFAULT_HISTOGRAM_BINS if self.histogram_bins is None else int(self.histogram_bins)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

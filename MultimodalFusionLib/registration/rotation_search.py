@@ -142,7 +142,7 @@ def _method(stage: StageParameters, fixed_mask: sitk.Image | None,
 
     method = sitk.ImageRegistrationMethod()
     # every coarse voxel: no random sample set, so the search does not depend on a seed
-    coarse = dataclasses.replace(stage, histogram_bins=min(int(stage.histogram_bins), SEARCH_BINS),
+    coarse = dataclasses.replace(stage, histogram_bins=min(stage.effective_histogram_bins(), SEARCH_BINS),
                                  sampling_strategy="none")
     _configure_metric(method, coarse, None, fixed_mask, moving_mask)
     return method

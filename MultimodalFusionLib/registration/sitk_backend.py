@@ -247,9 +247,9 @@ def _configure_metric(method: sitk.ImageRegistrationMethod, stage: StageParamete
     """Set the metric, its sampling and the masks; returns the sampling fraction of each level's grid ITK was
     given (None: every voxel)."""
     if stage.metric == "mattes_mi":
-        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(stage.histogram_bins))
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=stage.effective_histogram_bins())
     elif stage.metric == "joint_histogram_mi":
-        method.SetMetricAsJointHistogramMutualInformation(numberOfHistogramBins=int(stage.histogram_bins),
+        method.SetMetricAsJointHistogramMutualInformation(numberOfHistogramBins=stage.effective_histogram_bins(),
                                                           varianceForJointPDFSmoothing=1.5)
     elif stage.metric == "correlation":
         method.SetMetricAsCorrelation()
@@ -901,7 +901,8 @@ def _effective_settings(stage: StageParameters, fixed: sitk.Image, shrink: list[
     fixed image's size), the shrink factors (capped at a quarter of the smaller image's shortest side: a
     6-slice slab runs shrink 1 throughout), the sigmas ITK's pyramid smoothed with, the sampling fraction of
     each level's grid (raised to the floor of samples, capped at ``max_samples``; null: every voxel) and a
-    B-spline's control grid. ``pyramid`` says who made the levels: "itk", or "reduced" for images above
+    B-spline's control grid, and a mutual-information metric's histogram bins (null in the settings: 50).
+    ``pyramid`` says who made the levels: "itk", or "reduced" for images above
     ``REDUCED_PYRAMID_VOXELS``, where the engine block-averaged and smoothed each level itself
     (``reduced_levels``, see :func:`_reduced_level`) and ITK ran every level unsmoothed (sigmas 0)."""
     out: dict[str, Any] = {"shrink_factors": [int(f) for f in shrink],
@@ -912,6 +913,8 @@ def _effective_settings(stage: StageParameters, fixed: sitk.Image, shrink: list[
                            "sampling_percentage_per_level": [None if p is None else float(p) for p in sampled]}
     if reduced_levels is not None:
         out["reduced_levels"] = reduced_levels
+    if stage.metric in ("mattes_mi", "joint_histogram_mi"):
+        out["histogram_bins"] = stage.effective_histogram_bins()
     if stage.optimizer == "regular_step":
         out["min_step"], out["relaxation_factor"] = regular_step_defaults(stage, fixed.GetDimension(),
                                                                           fixed.GetNumberOfPixels())

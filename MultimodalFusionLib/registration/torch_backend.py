@@ -296,25 +296,17 @@ def _carried_bins(bins: int) -> int:
 
 
 def _given_bins(stage: Any) -> int | None:
-    """A SimpleITK stage's histogram bins when chosen for it, None when they are SimpleITK's default.
+    """A SimpleITK stage's histogram bins when given, None when left out (``histogram_bins`` None).
 
     A stage that leaves ``histogram_bins`` out (a preset's ``{"name": "affine"}``, a stage ``--stages`` adds
-    that the preset does not list, ``StageParameters(name="rigid")``) holds that stage type's default (rigid
-    32, affine 50) or the class's (50); converted, that default had reached a torch run (``--preset ct-mr-head
-    --stages affine``: 50 bins) where a torch run without settings uses its own 32. Such a count reads as
-    not given (an explicit 50 alike: nothing tells them apart).
+    that the preset does not list, ``StageParameters(name="affine")``) holds None, which the SimpleITK backend
+    runs as 50 and a torch run as its own default (32, as without settings). Any count given is carried, 50
+    too: while a stage's default was 50 (and the rigid type's 32), a count equal to either read as not given,
+    so an explicit 50 had run 32 bins. The rigid and B-spline stages of ``default_stage`` choose 32, the torch
+    default too.
     """
-    from .parameters import StageParameters, default_stage
-
     bins = getattr(stage, "histogram_bins", None)
-    if whole_number(bins, 1) is None:
-        return None
-    defaults = {StageParameters().histogram_bins}
-    try:
-        defaults.add(default_stage(str(getattr(stage, "name", ""))).histogram_bins)
-    except InputError:
-        pass
-    return None if int(bins) in defaults else int(bins)
+    return None if whole_number(bins, 1) is None else int(bins)
 
 
 def conversion_warnings(parameters: Any) -> list[str]:
@@ -352,10 +344,9 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
 
     From a ``RegistrationParameters`` the stage list ("rigid"/"affine" -> linear stages,
     "bspline" -> "deformable"), the initializer, the seed, the first linear stage's shrink
-    factors and metric and its histogram bins when given (kept within 8..64; a count equal to
-    SimpleITK's default for that stage reads as not given: the torch default 32 then, as without
-    settings; :func:`conversion_warnings` says when bins were clamped or differ between linear stages)
-    are kept; optimiser settings (iterations, learning rates) are the torch defaults, because Adam
+    factors and metric and its histogram bins when given (kept within 8..64; bins left out (None) run
+    the torch default 32, as without settings; :func:`conversion_warnings` says when bins were clamped or
+    differ between linear stages) are kept; optimiser settings (iterations, learning rates) are the torch defaults, because Adam
     steps are not comparable with SimpleITK's optimisers.
 
     Args:
