@@ -182,6 +182,25 @@ class RegisterCommand(unittest.TestCase):
         self.assertEqual(rc, 2)
         self.assertIn("rigid or affine first stage", err)
 
+    def test_a_preset_pyramid_the_torch_backend_does_not_follow_is_printed(self):
+        """pet-ct-body's affine stage asks for its own levels and smoothing; --backend torch ran the rigid stage's
+        pyramid for it, smoothed its own way, and said nothing."""
+        try:
+            import torch  # noqa: F401
+        except ImportError:  # pragma: no cover - the deep extra is not installed
+            self.skipTest("torch is not installed")
+        small = []
+        for name, path in (("fixed", FIXED), ("moving", MOVING)):  # a quarter of the pixels each way: quick
+            small.append(os.path.join(self.dir, f"{name}.nrrd"))
+            sitk.WriteImage(sitk.Shrink(read_image(path, float32=True), [4, 4]), small[-1])
+        rc, _, err = run_cli("register", *small, "-o", os.path.join(self.dir, "torch"), "--backend", "torch",
+                             "--preset", "pet-ct-body", "--seed", "1")
+        self.assertEqual(rc, 0, err)
+        said = " ".join(err.split())
+        self.assertIn("warning: The rigid stage's smoothing_sigmas [2, 1, 1] are not used on the torch backend", said)
+        self.assertIn("warning: The affine stage's shrink_factors [2, 1] and smoothing_sigmas [1, 0.5] are not used on "
+                      "the torch backend: every linear stage runs the first linear stage's levels", said)
+
     def test_a_deformable_result_as_the_initial_transform(self):
         """Refining an earlier rigid,bspline result: the rigid stage failed inside ITK on the B-spline start,
         and the composite holding the earlier composite could not be written to .h5."""

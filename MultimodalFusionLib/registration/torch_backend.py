@@ -309,20 +309,72 @@ def _given_bins(stage: Any) -> int | None:
     return None if whole_number(bins, 1) is None else int(bins)
 
 
+def _torch_sigmas(shrink: Sequence[float]) -> list[float]:
+    """The sigmas the torch pyramid smooths its levels of ``shrink`` with, in voxels of the finest fixed voxel
+    (:meth:`_Context.level_images`: half the level's voxel size, the finest level not at all)."""
+    return [0.5 * float(f) if float(f) > 1.0 + 1e-6 else 0.0 for f in shrink]
+
+
+def _pyramid_warnings(parameters: Any, converted: TorchRegistrationParameters) -> list[str]:
+    """A warning for each SimpleITK stage whose pyramid (shrink factors, smoothing sigmas) the torch run does not
+    follow: a linear stage's sigmas unless they are the torch pyramid's own (half of each coarse level's voxel
+    size, in voxels, not ``smoothing_in_mm``), a later linear stage's shrink factors unless they are the first's
+    (one pyramid serves every linear stage), and a B-spline stage's levels, control grid and metric (its torch
+    stand-in is the deformable stage). They had been dropped without a word."""
+    shrink = [int(f) for f in converted.linear_shrink_factors]
+    sigmas = _torch_sigmas(shrink)
+    out = []
+    first_linear = True
+    for stage in parameters.stages:
+        kind = _STAGE_ALIASES.get(str(getattr(stage, "name", "")).lower())
+        given_shrink = list(getattr(stage, "shrink_factors", None) or [])
+        given_sigmas = list(getattr(stage, "smoothing_sigmas", None) or [])
+        in_mm = bool(getattr(stage, "smoothing_in_mm", False))
+        if kind in ("rigid", "affine"):
+            unused = []
+            same_levels = [int(f) for f in given_shrink] == shrink
+            if not first_linear and not same_levels:
+                unused.append(f"shrink_factors {level_list(given_shrink)}")
+            if in_mm or not same_levels or [float(x) for x in given_sigmas] != sigmas:
+                unused.append(f"smoothing_sigmas {level_list(given_sigmas)}" + (" mm" if in_mm else ""))
+            if unused:
+                levels = ("it runs the levels " if first_linear else
+                          "every linear stage runs the first linear stage's levels, ")
+                out.append(f"The {stage.name} stage's {' and '.join(unused)} are not used on the torch backend: "
+                           f"{levels}linear_shrink_factors {level_list(shrink)}, each smoothed by half its voxel size "
+                           f"(sigmas {level_list(sigmas)} in voxels of the finest fixed voxel, the same mm along "
+                           "every axis), which no torch setting changes; the SimpleITK backend runs them as given.")
+            first_linear = False
+        elif kind == "deformable" and given_shrink:
+            metric = str(getattr(stage, "metric", ""))
+            metric_note = ("" if _METRIC_ALIASES.get(metric.lower()) == converted.deformable_metric else
+                           f", metric {metric} (it runs {converted.deformable_metric})")
+            out.append(f"The {stage.name} stage runs as the torch backend's deformable stage (a velocity field, not "
+                       f"a B-spline): its shrink_factors {level_list(given_shrink)}, smoothing_sigmas "
+                       f"{level_list(given_sigmas)}{' mm' if in_mm else ''}, mesh_size {getattr(stage, 'mesh_size', '')}"
+                       f"{metric_note} are not used: it runs deformable_level_spacing_mm "
+                       f"{level_list(converted.deformable_level_spacing_mm)} (mm), each smoothed by half its voxel "
+                       "size (TorchRegistrationParameters sets its levels and metric).")
+    return out
+
+
 def conversion_warnings(parameters: Any) -> list[str]:
-    """What :func:`torch_parameters` changes in SimpleITK settings' histogram bins, as warnings.
+    """What :func:`torch_parameters` changes or leaves out of SimpleITK settings, as warnings.
 
     Empty for torch settings, dicts and None; for a ``RegistrationParameters`` (a preset): bins given
-    outside 8..64 (clamped, which had been silent), and linear stages after the first that ask for other
-    bins (the torch backend runs every linear stage with one count, the first's).
+    outside 8..64 (clamped, which had been silent), linear stages after the first that ask for other
+    bins (the torch backend runs every linear stage with one count, the first's), and the stages' pyramids
+    the torch run does not follow (:func:`_pyramid_warnings`). Iterations, learning rates, sampling and the
+    optimizer are never carried (Adam's steps are not SimpleITK's), and not warned about.
     """
     if parameters is None or isinstance(parameters, (dict, TorchRegistrationParameters)) \
             or not hasattr(parameters, "stages"):
         return []
+    pyramids = _pyramid_warnings(parameters, torch_parameters(parameters))
     linear = [s for s in parameters.stages
               if _STAGE_ALIASES.get(str(getattr(s, "name", "")).lower()) in ("rigid", "affine")]
     if not linear:
-        return []
+        return pyramids
     out = []
     first = _given_bins(linear[0])
     used = TorchRegistrationParameters().histogram_bins if first is None else _carried_bins(first)
@@ -336,7 +388,7 @@ def conversion_warnings(parameters: Any) -> list[str]:
         if bins is not None and bins != used:
             out.append(f"The torch backend runs every linear stage with one histogram bin count, the first "
                        f"linear stage's ({used}): the {stage.name} stage's {bins} bins are not used.")
-    return out
+    return out + pyramids
 
 
 def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrationParameters:
