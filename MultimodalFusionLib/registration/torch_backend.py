@@ -944,7 +944,13 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
     pending: list[Any] = []
     total_iters = sum(int(i) for i in p.linear_iterations)
     done = 0
+    ran = 0  # levels that iterated before this one
     for level, (shrink, iters) in enumerate(zip(p.linear_shrink_factors, p.linear_iterations)):
+        iters = int(iters)
+        if not iters:
+            # skipped (ANTs' 100x0): it had drawn its sample from the generator, and halved the step of every
+            # level after it, so [0, 80, 40] at shrink [4, 2, 1] did not run as [80, 40] at [2, 1]
+            continue
         fixed_img, fixed_mask, moving_img, moving_mask = ctx.level_images(int(shrink))
         if metric == "mind" and fixed_mask is None and p.deformable_foreground_mask:
             # as in the deformable stage: MIND over the fixed background (flat in a skull-stripped T1, while
@@ -962,9 +968,9 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
         n_rot = (3 if dim == 3 else 1) if name == "rigid" else dim * dim
         rot = torch.zeros(n_rot, dtype=torch.float64, device=dev, requires_grad=True)
         shift = torch.zeros(dim, dtype=torch.float64, device=dev, requires_grad=True)
-        lr = p.linear_learning_rate / (2 ** level)
+        lr = p.linear_learning_rate / (2 ** ran)  # halved per level that runs
+        ran += 1
         optimizer = _Adam([rot, shift], lr=lr)
-        iters = int(iters)
 
         def current(rot: Any = rot, shift: Any = shift, a0: Any = a_cur, t0: Any = t_cur) -> tuple[Any, Any]:
             if name == "rigid":
