@@ -642,6 +642,34 @@ class TorchRegistrationTest(unittest.TestCase):
         self.assertEqual(len(kept), 1, kept)
         self.assertIn("ends on the 8 mm level's grid, not the finest (2 mm)", kept[0])
 
+    def test_the_level_order_warning_names_what_the_user_gave_and_keeps_iterations_with_their_levels(self) -> None:
+        # a SimpleITK preset's shrink factors given fine to coarse were warned about as "linear_shrink_factors",
+        # a setting the preset does not have, and the suggested order left each level's iterations (or sigmas)
+        # where they were: [1, 2, 4] with [3, 2, 1] became "e.g. [4, 2, 1]", which runs 3 iterations at shrink 4
+        from MultimodalFusionLib import registration
+
+        fixed, moving = _blobs(2, 48, 0), _blobs(2, 48, 1.5)
+
+        def warnings(settings: Any) -> list[str]:
+            result = registration.register(fixed, moving, settings, backend="torch", seed=1)
+            return [w for w in result.warnings if "grow coarser" in w]
+
+        torch_named = warnings(self._params(stages=["rigid", "deformable"], linear_shrink_factors=[1, 2, 4],
+                                            linear_iterations=[3, 2, 1], deformable_level_spacing_mm=[2.0, 4.0],
+                                            deformable_iterations=[3, 1]))
+        self.assertEqual(len(torch_named), 2, torch_named)
+        self.assertIn("linear_shrink_factors [1, 2, 4] grow coarser", torch_named[0])
+        self.assertIn("coarse to fine, e.g. [4, 2, 1] with linear_iterations [1, 2, 3].", torch_named[0])
+        self.assertIn("coarse to fine, e.g. [4, 2] with deformable_iterations [1, 3].", torch_named[1])
+        preset = registration.RegistrationParameters.from_dict(
+            {"stages": [{"name": "rigid", "shrink_factors": [1, 2, 4], "smoothing_sigmas": [0, 1, 2]}]})
+        preset_named = warnings(preset)
+        self.assertEqual(len(preset_named), 1, preset_named)
+        self.assertIn("The rigid stage's shrink_factors [1, 2, 4] grow coarser from one level to the next: the torch "
+                      "backend runs them as its linear_shrink_factors, in the order given, so the linear stages end at "
+                      "shrink factor 4, not at the finest that runs (1)", preset_named[0])
+        self.assertIn("e.g. shrink_factors [4, 2, 1] with smoothing_sigmas [2, 1, 0].", preset_named[0])
+
     def test_a_skipped_linear_level_changes_nothing_after_it(self) -> None:
         # a linear level of 0 iterations still halved the Adam step of every level after it (and drew a sample):
         # [0, 0, 40] at shrink [4, 2, 1] ran the finest level at a quarter of the step that [40] at [1] runs: on

@@ -1275,7 +1275,26 @@ def _deformable_levels(p: TorchRegistrationParameters, base_spacing: float) -> l
     return levels
 
 
-def _level_order_warnings(params: TorchRegistrationParameters, base_spacing: float) -> list[str]:
+def _coarse_to_fine(levels: Sequence[float], *alongside: Sequence[Any]) -> list[list[Any]]:
+    """``levels`` sorted coarse to fine (largest first, ties in their order), each list of ``alongside`` (a
+    level's iterations, sigmas) reordered with them: the suggestion of a level-order warning."""
+    order = sorted(range(len(levels)), key=lambda i: -float(levels[i]))
+    return [[values[i] for i in order] for values in (levels, *alongside)]
+
+
+def _linear_source(given: Any, params: TorchRegistrationParameters) -> Any:
+    """The SimpleITK stage whose shrink factors ``params`` runs as ``linear_shrink_factors`` (the first linear stage
+    of ``given``, the settings the caller passed, when they were converted), or None when they are torch's own."""
+    if given is None or isinstance(given, (dict, TorchRegistrationParameters)) or not hasattr(given, "stages"):
+        return None
+    for stage in given.stages:
+        if _STAGE_ALIASES.get(str(getattr(stage, "name", "")).lower()) in ("rigid", "affine"):
+            shrink = list(getattr(stage, "shrink_factors", None) or [])
+            return stage if [int(f) for f in shrink] == [int(f) for f in params.linear_shrink_factors] else None
+    return None
+
+
+def _level_order_warnings(params: TorchRegistrationParameters, base_spacing: float, given: Any = None) -> list[str]:
     """Warnings for pyramid levels that grow coarser from one level to the next.
 
     Levels run in the order given (as ANTs and elastix/ITK run theirs, so any order is taken), but given fine to
@@ -1283,25 +1302,41 @@ def _level_order_warnings(params: TorchRegistrationParameters, base_spacing: flo
     its coarser grid, not its finest, without a word: the field is the 4 mm level's, the linear result the
     shrink-4 level's, where coarse to fine would refine both on the finest grid. The deformable levels are
     compared as they run (a level is never finer than the fixed voxel ``base_spacing``, and levels that
-    coincide are merged).
+    coincide are merged). ``given`` are the settings the caller passed: when the linear levels are a SimpleITK
+    stage's shrink factors (a preset), the warning names that stage's setting, which is what the user wrote
+    (it had named ``linear_shrink_factors``, a setting the preset does not have). The suggested order keeps each
+    level's iterations (a preset stage's sigmas) with it.
     """
     out = []
     if any(s in ("rigid", "affine") for s in params.stages):
         # a level of 0 iterations leaves the transform as it is (skipped, ANTs' 100x0): only those that run count
         factors = [int(f) for f, i in zip(params.linear_shrink_factors, params.linear_iterations) if int(i) > 0]
         if any(b > a for a, b in zip(factors, factors[1:])):
-            given = [int(f) for f in params.linear_shrink_factors]
-            listed, usual = level_list(given), level_list(sorted(given, reverse=True))
+            asked = [int(f) for f in params.linear_shrink_factors]
             # [2, 4, 1] ends at its finest: it had said "end at shrink factor 1, not at their finest (1)". A finer
             # level of 0 iterations is skipped: [4, 8, 2, 1] with [3, 3, 3, 0] ends at the finest that runs, 2,
             # which "their finest (shrink factor 2)" had contradicted (the 1 listed)
-            finest = "their finest" if min(factors) == min(given) else "the finest that runs"
+            finest = "their finest" if min(factors) == min(asked) else "the finest that runs"
             ends = (f"end at shrink factor {factors[-1]}, not at the finest that runs ({min(factors)})"
                     if factors[-1] != min(factors) else
                     f"run a coarser level before they end at {finest} (shrink factor {factors[-1]})")
-            out.append(f"linear_shrink_factors {listed} grow coarser from one level to the next: the levels run in "
-                       f"the order given, so the linear stages {ends}. Pyramid levels are usually given coarse to "
-                       f"fine, e.g. {usual}.")
+            source = _linear_source(given, params)
+            if source is None:
+                iters = [int(i) for i in params.linear_iterations]
+                usual, usual_iters = _coarse_to_fine(asked, iters)
+                with_iters = "" if usual_iters == iters else f" with linear_iterations {level_list(usual_iters)}"
+                out.append(f"linear_shrink_factors {level_list(asked)} grow coarser from one level to the next: the "
+                           f"levels run in the order given, so the linear stages {ends}. Pyramid levels are usually "
+                           f"given coarse to fine, e.g. {level_list(usual)}{with_iters}.")
+            else:
+                sigmas = [float(x) for x in getattr(source, "smoothing_sigmas", None) or []]
+                usual, usual_sigmas = _coarse_to_fine(asked, sigmas if len(sigmas) == len(asked) else asked)
+                with_sigmas = ("" if len(sigmas) != len(asked) or usual_sigmas == sigmas else
+                               f" with smoothing_sigmas {level_list(usual_sigmas)}")
+                out.append(f"The {source.name} stage's shrink_factors {level_list(asked)} grow coarser from one level "
+                           "to the next: the torch backend runs them as its linear_shrink_factors, in the order "
+                           f"given, so the linear stages {ends}. Pyramid levels are usually given coarse to fine, "
+                           f"e.g. shrink_factors {level_list(usual)}{with_sigmas}.")
     if "deformable" in params.stages:
         levels = _deformable_levels(params, base_spacing)
         # levels of 0 iterations before the first that iterates carry a zero field onto their grid, which leaves
@@ -1311,16 +1346,18 @@ def _level_order_warnings(params: TorchRegistrationParameters, base_spacing: flo
         first = next((i for i, (_, iters) in enumerate(levels) if iters > 0), 0)
         shrinks = [f for f, _ in levels[first:]]
         if any(b > a + 1e-6 for a, b in zip(shrinks, shrinks[1:])):
-            asked = [float(f) for f in params.deformable_level_spacing_mm]
-            listed, usual = level_list(asked), level_list(sorted(asked, reverse=True))
+            asked_mm = [float(f) for f in params.deformable_level_spacing_mm]
+            iters = [int(i) for i in params.deformable_iterations]
+            usual_mm, usual_iters = _coarse_to_fine(asked_mm, iters)
+            with_iters = "" if usual_iters == iters else f" with deformable_iterations {level_list(usual_iters)}"
             runs = "" if min(f for f, _ in levels) > min(shrinks) - 1e-6 else " that runs"  # a finer one skipped
             ends = (f"the deformation field ends on the {shrinks[-1] * base_spacing:g} mm level's grid, not the "
                     f"finest{runs} ({min(shrinks) * base_spacing:g} mm)" if shrinks[-1] > min(shrinks) + 1e-6 else
                     f"the deformable stage runs a coarser level before it ends on the finest grid{runs} "
                     f"({shrinks[-1] * base_spacing:g} mm)")
-            out.append(f"deformable_level_spacing_mm {listed} grow coarser from one level to the next: the levels run "
-                       f"in the order given, so {ends}. Pyramid levels are usually given coarse to fine, e.g. "
-                       f"{usual}.")
+            out.append(f"deformable_level_spacing_mm {level_list(asked_mm)} grow coarser from one level to the next: "
+                       f"the levels run in the order given, so {ends}. Pyramid levels are usually given coarse to "
+                       f"fine, e.g. {level_list(usual_mm)}{with_iters}.")
     return out
 
 
@@ -1491,7 +1528,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         # from one resampling for the three checks below: each had resampled the moving mask (or a mask of the
         # whole moving image) itself, three times per masked registration (about 0.1 s each at 256x256x200)
         in_image, in_masks = masks_reach(fixed_f, moving_f, start_tx, fixed_mask, moving_mask)
-        warnings: list[str] = converted + _level_order_warnings(params, ctx.base_spacing) + small_mask_warnings(
+        warnings: list[str] = converted + _level_order_warnings(params, ctx.base_spacing, parameters) + small_mask_warnings(
             fixed_mask, moving_mask) + check_masks_meet(
             fixed_f, fixed_mask, moving_mask, start_tx, start_description(first), start_fix(first, masks=True),
             count=in_masks)
