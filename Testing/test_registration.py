@@ -640,6 +640,34 @@ class SparseContent(unittest.TestCase):
         self.assertEqual(sparse_content_warnings(255.0 - sitk.Cast(fixed, sitk.sitkFloat32),
                                                  255.0 - sitk.Cast(moving, sitk.sitkFloat32)), [])
 
+    def test_one_voxel_off_the_field_does_not_hide_a_small_object(self):
+        """The background was the minimum or the maximum: one voxel below a bright 13x13 square's black field (-5)
+        or above a dark square's bright one (200) made the whole field structure (9,215 voxels) and silenced the
+        warning, though the square still ended 0.06-1.19 px (bright) and 0.17-0.52 px (dark) off with the seed
+        (default rigid, seeds 0-4); so did a small object on a grey field. The background is the most common
+        value now; in a large volume the sample finds it too."""
+        from MultimodalFusionLib.registration import _structure, sparse_content_warnings
+
+        def square(field: float, value: float, odd: float) -> np.ndarray:
+            a = np.full((96, 96), field, np.float32)
+            a[42:55, 42:55] = value
+            a[5, 90] = odd
+            return a
+
+        for arr, side in ((square(0.0, 100.0, -5.0), "differing from"), (square(100.0, 0.0, 200.0), "differing from"),
+                          (square(50.0, 100.0, 0.0), "differing from"), (square(50.0, 100.0, 100.0), "above")):
+            image = sitk.GetImageFromArray(arr)
+            warned = sparse_content_warnings(image, image)
+            self.assertEqual(len(warned), 2, (arr[0, 0], arr[5, 90]))
+            self.assertIn(f"(170 voxels {side} its background) is of nearly one value", warned[0])
+        big = np.zeros((64, 64, 64), np.float32)  # 262,144 voxels: the sample is every other one
+        big[30:33, 30:33, 30:33] = 100.0
+        big[0, 0, 1] = -1.0  # between the sampled voxels
+        self.assertEqual(_structure(big)[1:], (28, "differing from"))
+        grey = np.full((64, 64, 64), 7.0, np.float32)
+        grey[::2] = 3.0  # two values, half each: 5,000 voxels or more differ from either
+        self.assertIsNone(_structure(grey))
+
     def test_small_objects_in_a_large_volume_are_found_past_the_sample_looked_at_first(self):
         """A sample of 100,000 voxels settles a real image (0.06 s -> 0.002 s for a 512x512x300 pair); an object
         the sample barely sees, bright or dark, is still counted over the whole volume."""
