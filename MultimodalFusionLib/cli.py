@@ -140,7 +140,8 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
                                     "else rigid)")
     p.add_argument("--fixed-mask", help="mask image on the fixed grid (metric region)")
     p.add_argument("--moving-mask", help="mask image on the moving grid")
-    p.add_argument("--initial-transform", help="transform file to start from (replaces the initializer)")
+    p.add_argument("--initial-transform", help="transform file to start from (replaces the initializer: not with "
+                                                "--initializer)")
     p.add_argument("--seed", type=int, help="sampling seed: same seed, same transform (bit-identical)")
     p.add_argument("--backend", choices=["sitk", "torch"], default="sitk", help="registration backend")
     _add_initializer_and_series(p)
@@ -197,6 +198,14 @@ def _run_register(args: argparse.Namespace) -> int:
     from .registration import register, resolve_parameters
     from .registration.outputs import save_registration_outputs
 
+    if args.initial_transform and args.initializer not in (None, "search"):
+        # the initial transform replaces the initializer: --initializer moments/geometry/none had been ignored (rc 0);
+        # 'search' is refused by register() with the same advice
+        from .errors import InputError
+
+        raise InputError(f"Both --initializer {args.initializer} and an initial transform were given: the initial "
+                         "transform replaces the initializer, which would be ignored.",
+                         "Give one of them (drop --initializer, or --initial-transform).")
     stages = [s for s in args.stages.split(",") if s.strip()] if args.stages else None
     # the settings before any image is read: a misspelt key or value in a preset file, or a stage name, had been
     # found only after both images were loaded (1.1 s more for two 300^3 volumes; a DICOM folder takes longer)

@@ -115,6 +115,28 @@ class RegisterCommand(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertTrue(json.loads(out)["metric_after"] <= json.loads(out)["metric_before"])
 
+    def test_an_initializer_with_an_initial_transform_is_refused(self):
+        # the initial transform replaces the initializer: --initializer moments/geometry/none had been ignored, rc 0
+        first = os.path.join(self.dir, "first")
+        self.assertEqual(run_cli("register", FIXED, MOVING, "-o", first, "--stages", "rigid", "--seed", "1")[0], 0)
+        start = os.path.join(first, "transform.tfm")
+        for name in ("moments", "geometry", "none"):
+            with self.subTest(initializer=name):
+                out_dir = os.path.join(self.dir, name)
+                rc, out, err = run_cli("register", FIXED, MOVING, "-o", out_dir, "--initial-transform", start,
+                                       "--initializer", name)
+                self.assertEqual(rc, 2, out + err)
+                self.assertIn(f"--initializer {name} and an initial transform", err)
+                self.assertIn("Fix:", err)
+                self.assertFalse(os.path.exists(out_dir))
+        # as register() refuses them, where its initializer had been ignored too
+        from MultimodalFusionLib.errors import InputError
+        from MultimodalFusionLib.registration import register
+
+        with self.assertRaisesRegex(InputError, "'geometry' initializer and an initial transform"):
+            register(read_image(FIXED, float32=True), read_image(MOVING, float32=True), stages=["rigid"],
+                     initializer="geometry", initial_transform=start)
+
     def _copy(self, src: str, name: str) -> str:
         dst = os.path.join(self.dir, name)
         sitk.WriteImage(sitk.ReadImage(src), dst)

@@ -66,7 +66,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
             parameters/preset define for them and defaults for the others.
         fixed_mask: metric region in the fixed image (same grid as ``fixed``).
         moving_mask: metric region in the moving image (same grid as ``moving``).
-        initial_transform: a transform (or transform file) to start from, replacing the initializer.
+        initial_transform: a transform (or transform file) to start from, replacing the initializer (so not
+            with ``initializer`` but "search", which is refused with it too).
         seed: seed of the random metric sampling (overrides the parameters' seed); the same seed and
             inputs give bit-identical transforms (the sitk backend then runs its metric on one ITK
             thread unless ``parameters.number_of_threads`` says otherwise, which gives that up).
@@ -86,6 +87,11 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
         RegistrationError: the optimisation could not run (e.g. images drifted apart).
         OperationCancelled: the progress callback asked to stop.
     """
+    if initializer and initializer != "search" and initial_transform is not None:
+        # the initial transform replaces the initializer: one asked for by name had been ignored without a word
+        raise InputError(f"Both the '{initializer}' initializer and an initial transform were given: the initial "
+                         "transform replaces the initializer, which would be ignored.",
+                         "Give one of them (drop --initializer, or --initial-transform).")
     parameters = resolve_parameters(parameters, preset=preset, stages=stages, seed=seed, initializer=initializer,
                                     backend=backend)
 
