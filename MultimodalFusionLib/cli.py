@@ -365,6 +365,14 @@ def _add_fusion_params(p: argparse.ArgumentParser) -> None:
                         "(the network's weighted blend plus detail residual)")
 
 
+#: The flags of fusion parameters whose flag is not their name (``--weight`` is ``weight``).
+_FUSION_FLAG_NAMES = {"adapt_steps": "--adapt", "weights": "--model", "device": "--deep-device"}
+
+
+def _fusion_flag(key: str) -> str:
+    return _FUSION_FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+
+
 def _fusion_params(args: argparse.Namespace) -> dict[str, Any]:
     return {k: (tuple(v) if isinstance(v, list) else v) for k in _FUSION_PARAM_FLAGS
             if (v := getattr(args, k, None)) is not None}
@@ -549,6 +557,21 @@ def _run_run(args: argparse.Namespace) -> int:
         # (it went to the overlay only, and the other methods ignored it without a word)
         accepted = set(inspect.signature(get_method(m)).parameters) | {"window"}
         method_params[m] = {k: v for k, v in params.items() if k in accepted}
+    unused = [k for k in params if not any(k in given for given in method_params.values())]
+    if unused:  # a flag of a method not run (--levels with --methods average) had been dropped without a word, rc 0
+        from .errors import InputError
+        from .fusion import list_methods
+
+        def takers(key: str) -> str:
+            names = [m for m in list_methods() if key in inspect.signature(get_method(m)).parameters]
+            return f"{_fusion_flag(key)}: {', '.join(names) or 'none'}"
+
+        flags = ", ".join(_fusion_flag(k) for k in unused)
+        raise InputError(f"{flags} given, but none of the methods run ({', '.join(methods)}) takes "
+                         f"{'it' if len(unused) == 1 else 'them'}: {'it' if len(unused) == 1 else 'they'} "
+                         "would be ignored.",
+                         f"Leave out {flags}, or add a method that takes {'it' if len(unused) == 1 else 'them'} "
+                         f"to --methods ({'; '.join(takers(k) for k in unused)}).")
     from .io import read_image
 
     masks = {k: read_image(getattr(args, k)) if getattr(args, k) else None for k in ("fixed_mask", "moving_mask")}

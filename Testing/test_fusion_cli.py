@@ -182,6 +182,31 @@ class FuseEvaluateCliTest(unittest.TestCase):
                 self.assertGreater(np.abs(by_run.astype(float) - unwindowed).max(), 10.0)
                 self.assertEqual(recorded[method]["parameters"]["window_b"], [50.0, 150.0])
 
+    def test_run_refuses_a_method_flag_no_method_run_takes(self) -> None:
+        # `fuse --method average --levels 3` is refused, but `run --methods average --levels 3` had dropped the
+        # flag (each method gets the flags it takes) and fused without it, rc 0
+        for methods, extra, flags in (("average", ["--levels", "3"], "--levels given"),
+                                      ("average,max", ["--sigma", "2", "--deep-device", "cpu"],
+                                       "--sigma, --deep-device given")):
+            with self.subTest(methods=methods, extra=extra):
+                folder = os.path.join(self.tmp.name, "run_" + methods.replace(",", "_"))
+                code, out, stderr = _main(["run", self.a, self.b, "--output-dir", folder, "--no-register",
+                                           "--methods", methods, *extra])
+                self.assertEqual(code, 2, out + stderr)
+                self.assertIn(flags, stderr)
+                self.assertIn(f"none of the methods run ({methods.replace(',', ', ')})", stderr)
+                self.assertIn("Fix:", stderr)
+                self.assertFalse(os.path.exists(folder))
+        # a flag one of the methods takes is still given to that one alone
+        folder = os.path.join(self.tmp.name, "taken")
+        code, _, stderr = _main(["run", self.a, self.b, "--output-dir", folder, "--no-register",
+                                 "--methods", "average,wavelet", "--levels", "2"])
+        self.assertEqual(code, 0, stderr)
+        with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as fh:
+            recorded = json.load(fh)["fusions"]
+        self.assertEqual(recorded["wavelet"]["parameters"]["levels"], 2)
+        self.assertNotIn("levels", recorded["average"]["parameters"])
+
     def test_laplacian_sigma_too_wide_is_refused(self) -> None:
         # a Gaussian kernel of 8 sigma + 1 taps: --sigma 1e9 asked numpy for 60 GB (a MemoryError traceback)
         out = os.path.join(self.tmp.name, "lap.png")
