@@ -283,7 +283,7 @@ def _transform_lines(summary: dict[str, Any] | None) -> list[str]:
 
 def _add_resample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("resample", help="resample MOVING onto the grid of --reference with a transform")
-    p.add_argument("moving", help="image (or label/mask) to resample")
+    p.add_argument("moving", help="image (or label/mask) to resample; a colour one stays in colour")
     p.add_argument("--reference", required=True, help="image whose grid the output takes")
     p.add_argument("--transform", help="transform file (fixed -> moving points, as `register` writes); "
                                        "identity when omitted")
@@ -296,12 +296,27 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_resample)
 
 
+def _grey_as_colour(image: Any) -> bool:
+    """Whether a colour image's first three channels are equal (a grey picture stored as RGB)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    if image.GetNumberOfComponentsPerPixel() not in (3, 4):
+        return False
+    arr = sitk.GetArrayViewFromImage(image)
+    return bool(np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]))
+
+
 def _run_resample(args: argparse.Namespace) -> int:
-    from .io import check_not_overwriting_inputs, read_image, read_transform, write_image
+    from .io import check_not_overwriting_inputs, read_image, read_transform, to_luminance, write_image
     from .preprocess import resample
 
     check_not_overwriting_inputs([args.output], [args.moving, args.reference, args.transform])
-    moving = read_image(args.moving, series=args.series)
+    # a colour image stays in colour (each channel resampled): read as luminance, an RGB slice or a colour
+    # volume had been written grey without a word; a grey one stored as RGB (R = G = B) is resampled as grey
+    moving = read_image(args.moving, series=args.series, keep_color=True)
+    if moving.GetNumberOfComponentsPerPixel() > 1 and _grey_as_colour(moving):
+        moving = to_luminance(moving, f"image '{args.moving}'")
     reference = read_image(args.reference, series=args.reference_series or args.series)
     transform = read_transform(args.transform) if args.transform else None
     out = resample(moving, reference, transform, interpolation=args.interpolation,

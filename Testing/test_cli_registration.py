@@ -325,6 +325,40 @@ class RegisterCommand(unittest.TestCase):
         self.assertEqual(rc, 2)
         self.assertIn("2D but the moving image is 3D", err)
 
+    def test_resample_keeps_a_colour_image_in_colour(self):
+        # read as luminance, a colour slice or volume had been resampled and written grey without a word
+        import numpy as np
+
+        rgb = np.zeros((40, 50, 3), np.uint8)
+        rgb[10:30, 10:20, 0] = 255
+        rgb[10:30, 25:40, 2] = 200
+        colour = sitk.GetImageFromArray(rgb, isVector=True)
+        colour.SetSpacing((0.5, 0.5))
+        moving = os.path.join(self.dir, "colour moving.nrrd")
+        sitk.WriteImage(colour, moving)
+        shift = sitk.TranslationTransform(2, (1.25, -0.75))
+        transform = os.path.join(self.dir, "shift.tfm")
+        sitk.WriteTransform(shift, transform)
+        for name in ("out.nrrd", "out.png"):
+            with self.subTest(output=name):
+                out = os.path.join(self.dir, name)
+                rc, _, err = run_cli("resample", moving, "--reference", moving, "--transform", transform, "-o", out)
+                self.assertEqual(rc, 0, err)
+                written = sitk.ReadImage(out)
+                self.assertEqual(written.GetNumberOfComponentsPerPixel(), 3)
+                want = np.stack([sitk.GetArrayFromImage(sitk.Resample(sitk.VectorIndexSelectionCast(colour, c,
+                                                                                                    sitk.sitkFloat32),
+                                                                      colour, shift, sitk.sitkLinear, 0.0))
+                                 for c in range(3)], axis=-1)
+                if name.endswith(".png"):
+                    want = np.round(want)
+                np.testing.assert_allclose(sitk.GetArrayFromImage(written), want, atol=1e-4)
+        # a grey slice stored as RGB (R = G = B, as Testing/Data's PNGs) is resampled as grey, as before
+        grey = os.path.join(self.dir, "grey.png")
+        rc, _, err = run_cli("resample", MOVING, "--reference", FIXED, "-o", grey)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(sitk.ReadImage(grey).GetNumberOfComponentsPerPixel(), 1)
+
 
 class MalformedPresetFile(unittest.TestCase):
     """A preset file a user edited by hand: each wrong value is named, with exit 2, before any work."""
