@@ -129,7 +129,10 @@ def _step_fusion(ctx: DemoContext) -> dict[str, Any]:
         # torch, MONAI and the weights load once per process (seconds): done first, on a small image,
         # so the report's time for deep is that of the fusion, comparable with the other methods'
         t0 = time.perf_counter()
-        tiny = sitk.RegionOfInterest(fixed, [16, 16, 4], [s // 2 - 8 for s in fixed.GetSize()])
+        # at most 16 x 16 x 4 voxels, within the image: a coarse --spacing (12 mm: 13 voxels across) had asked
+        # for a region outside it, a RuntimeError traceback from ITK
+        size = [min(n, s) for n, s in zip((16, 16, 4), fixed.GetSize())]
+        tiny = sitk.RegionOfInterest(fixed, size, [(s - n) // 2 for n, s in zip(size, fixed.GetSize())])
         fusion.fuse(tiny, tiny, "deep")
         load_seconds = time.perf_counter() - t0
     fusions, table = fuse_and_evaluate(fixed, registered, methods, progress=scaled(ctx.progress, 0.0, 0.8),
@@ -162,6 +165,12 @@ def _step_fusion(ctx: DemoContext) -> dict[str, Any]:
 DEMO_STEPS.append(("fusion", 0.1, _step_fusion))
 
 
+#: The voxel sizes (mm) the demo's 3D case is built at: the template is 1 mm, finer adds no detail (and memory:
+#: 5.7 GB at 0.5 mm); at 20 mm the case is 8x10x10 voxels, the fewest its registration and metrics work on.
+MIN_SPACING_MM = 0.5
+MAX_SPACING_MM = 20.0
+
+
 def run_demo(output_dir: str | os.PathLike = "demo-output", progress: ProgressCallback | None = None,
              spacing_mm: float = 1.0, steps: list[str] | None = None) -> dict[str, Any]:
     """Run the demo steps, write their outputs under ``output_dir`` and return their summaries.
@@ -169,7 +178,8 @@ def run_demo(output_dir: str | os.PathLike = "demo-output", progress: ProgressCa
     Args:
         output_dir: output folder (created).
         progress: ``progress(fraction, message)``; returning False cancels.
-        spacing_mm: voxel size of the 3D case (1 mm: the reference 160x192x192 pair).
+        spacing_mm: voxel size of the 3D case (1 mm: the reference 160x192x192 pair), from
+            :data:`MIN_SPACING_MM` to :data:`MAX_SPACING_MM`.
         steps: run only these step names (default: all of ``DEMO_STEPS``).
 
     Returns:
@@ -182,6 +192,17 @@ def run_demo(output_dir: str | os.PathLike = "demo-output", progress: ProgressCa
         # 0, negative or NaN reached numpy's int() or ITK's smoothing as a traceback
         raise InputError(f"The demo's voxel size {spacing_mm} mm is not a positive number.",
                          "Give --spacing 1 (the reference 160x192x192 pair) or another positive size, e.g. 3.")
+    if not MIN_SPACING_MM <= spacing_mm <= MAX_SPACING_MM:
+        # finer, the 3D case alone outgrew the memory (0.5 mm: 320x384x384, 5.7 GB at its peak, 120 bytes a voxel;
+        # 0.1 mm ended after 2 minutes in ITK's "Failed to allocate memory" traceback); coarser, its slices are
+        # smaller than the fusion metrics' 7-voxel SSIM window (30 mm: 6 x 5)
+        raise InputError(f"The demo's voxel size {spacing_mm:g} mm is outside {MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} "
+                         f"mm: the 3D case (the 1 mm MNI152 template, 160x192x192) would be "
+                         + ("too large to build (it grows with the cube of 1/spacing: 320x384x384 voxels and 5.7 GB "
+                                                     "at 0.5 mm)." if spacing_mm < MIN_SPACING_MM
+                            else "too small to register and score (fewer than 8 voxels along an axis)."),
+                         f"Give --spacing between {MIN_SPACING_MM:g} and {MAX_SPACING_MM:g}: 1 (the reference pair), "
+                         "or 3 for a quick run.")
     output_dir = os.fspath(output_dir)
     make_output_dir(output_dir)
     ctx = DemoContext(output_dir=output_dir, spacing_mm=spacing_mm)

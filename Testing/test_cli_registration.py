@@ -506,6 +506,16 @@ class DemoAndSubprocess(unittest.TestCase):
                 self.assertGreater(summary["fusion"]["deep_SSIM"], summary["fusion"]["overlay_SSIM"])
                 self.assertGreater(summary["fusion"]["deep_load_seconds"], 0.0)
 
+    def test_demo_at_its_coarsest_spacing(self):
+        # deep fusion's warm-up took a 16 x 16 x 4 region from the middle of the 3D case: at 12 mm and coarser
+        # (13 voxels across) it lay partly outside, a RuntimeError traceback from ITK's RegionOfInterest
+        from MultimodalFusionLib.demo import MAX_SPACING_MM, run_demo
+
+        with tempfile.TemporaryDirectory() as d:
+            summary = run_demo(d, spacing_mm=MAX_SPACING_MM, steps=["mni_3d", "fusion"])
+            self.assertIn("overlay_SSIM", summary["fusion"])
+            self.assertTrue(os.path.isfile(summary["fusion"]["report"]))
+
     def test_numbers_the_parser_accepts_but_the_command_cannot_use(self):
         """A zero, negative or NaN demo voxel size and a port outside 0..65535 are one-line errors (they were
         tracebacks from numpy's int(), ITK's smoothing and socket.bind)."""
@@ -516,6 +526,17 @@ class DemoAndSubprocess(unittest.TestCase):
                     self.assertEqual(rc, 2, err)
                     self.assertIn("is not a positive number", err)
                     self.assertFalse(os.path.exists(os.path.join(d, "demo", "summary.json")))
+            # sizes the 3D case cannot be built or scored at: 0.1 mm had ended after 2 minutes in ITK's "Failed
+            # to allocate memory" traceback, 30 mm in "smaller than the SSIM window (7)" after the registration
+            for spacing, why in (("0.1", "too large to build"), ("0.49", "too large to build"),
+                                 ("20.5", "too small to register"), ("1e6", "too small to register")):
+                with self.subTest(spacing=spacing):
+                    rc, _, err = run_cli("demo", "--spacing", spacing, "-o", os.path.join(d, "demo"))
+                    self.assertEqual(rc, 2, err)
+                    self.assertIn(f"is outside 0.5..20 mm: the 3D case (the 1 mm MNI152 template, 160x192x192) "
+                                  f"would be {why}", err)
+                    self.assertIn("Fix: Give --spacing between 0.5 and 20", err)
+                    self.assertFalse(os.path.exists(os.path.join(d, "demo")))
         try:
             import MultimodalFusionLib.web.app  # noqa: F401 - the web extra: `mmfusion web` needs it first
         except ImportError:
