@@ -517,6 +517,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     f = read_image(args.fused, keep_color=True, series=_series(args, "fused"))
     a = read_image(args.a, keep_color=True, series=_series(args, "a"))
     b = read_image(args.b, keep_color=True, series=_series(args, "b"))
+    # on one grid, as fuse takes them: of the same shape, a source 100 mm away had been scored without a word
+    # (a fused PNG, JPEG or BMP keeps no origin or direction: its shape alone is compared, by the metrics)
+    from .io import _2D_EXTENSIONS, _suffix
+    from .validation import check_on_grid
+
+    fix = "Give the fused image and both sources on one grid (mmfusion resample MOVING --reference FIXED)."
+    a_name = f"source image A ({display_name(args.a)})"
+    check_on_grid(b, a, f"source image B ({display_name(args.b)})", a_name, fix)
+    if _suffix(args.fused) not in _2D_EXTENSIONS:
+        check_on_grid(f, a, f"fused image ({display_name(args.fused)})", a_name, fix)
     values = fusion_metrics(f, a, b)
     if args.json:
         print(json.dumps(to_json_safe(values), indent=2))

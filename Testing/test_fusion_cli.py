@@ -207,6 +207,30 @@ class FuseEvaluateCliTest(unittest.TestCase):
         self.assertEqual(recorded["wavelet"]["parameters"]["levels"], 2)
         self.assertNotIn("levels", recorded["average"]["parameters"])
 
+    def test_evaluate_refuses_images_on_different_grids(self) -> None:
+        # fuse refuses a source off the other's grid, but evaluate compared shapes only: a source or a fused
+        # volume 100 mm away, of the same size, was scored without a word (rc 0)
+        rng = np.random.default_rng(0)
+        vol = sitk.GetImageFromArray(rng.random((8, 12, 16)).astype(np.float32) * 100)
+        vol.SetSpacing((1.0, 1.2, 1.5))
+        paths = {}
+        for name, origin in (("a", (-10.0, 20.0, 5.0)), ("b", (-10.0, 20.0, 5.0)), ("far", (90.0, 20.0, 5.0))):
+            vol.SetOrigin(origin)
+            paths[name] = os.path.join(self.tmp.name, f"{name}.nii.gz")
+            sitk.WriteImage(vol, paths[name])
+        fused = os.path.join(self.tmp.name, "fused.nii.gz")
+        self.assertEqual(_main(["fuse", paths["a"], paths["b"], "-o", fused])[0], 0)
+        for argv, named in (([fused, paths["a"], paths["far"]], "The source image B (far.nii.gz) is not on"),
+                            ([paths["far"], paths["a"], paths["b"]], "The fused image (far.nii.gz) is not on")):
+            with self.subTest(argv=argv):
+                code, stdout, stderr = _main(["evaluate", "--fused", *argv])
+                self.assertEqual(code, 2, stdout + stderr)
+                self.assertIn(named, stderr)
+                self.assertIn("origin (LPS) (90, 20, 5) vs (-10, 20, 5)", stderr)
+                self.assertEqual(stdout, "")
+        code, stdout, stderr = _main(["evaluate", "--fused", fused, paths["a"], paths["b"]])
+        self.assertEqual(code, 0, stderr)
+
     def test_laplacian_sigma_too_wide_is_refused(self) -> None:
         # a Gaussian kernel of 8 sigma + 1 taps: --sigma 1e9 asked numpy for 60 GB (a MemoryError traceback)
         out = os.path.join(self.tmp.name, "lap.png")
