@@ -685,6 +685,26 @@ class TorchRegistrationTest(unittest.TestCase):
                 self.assertEqual(skipped.transform.GetParameters(), left_out.transform.GetParameters())
                 self.assertEqual(skipped.stages[0].iterations, 10)
 
+    def test_a_last_level_of_0_iterations_is_counted_per_level(self) -> None:
+        # the levels were counted from the history alone, where a last level that ran no iteration does not
+        # show: [3, 2, 0] at shrink [4, 2, 1] read "3+2 = 5" (two levels of three) where [0, 3, 2] read
+        # "0+3+2 = 5"; the sitk backend counts every level (test_report: levels that ran no iteration)
+        from MultimodalFusionLib import registration
+        from MultimodalFusionLib.registration.result import iterations_text
+
+        fixed, moving = _blobs(2, 48, 0), _blobs(2, 48, 1.5)
+        for iters in ([3, 2, 0], [0, 3, 2], [3, 0, 2]):
+            with self.subTest(linear_iterations=iters):
+                stage = registration.register(fixed, moving, self._params(
+                    stages=["rigid"], linear_shrink_factors=[4, 2, 1], linear_iterations=iters), backend="torch",
+                    seed=1).stages[0]
+                self.assertEqual(stage.level_iterations, iters)
+                self.assertEqual(iterations_text(stage), "+".join(map(str, iters)) + " = 5")
+        deformable = registration.register(fixed, moving, self._params(
+            stages=["deformable"], deformable_level_spacing_mm=[4.0, 2.0], deformable_iterations=[2, 0]),
+            backend="torch", seed=1).stages[0]
+        self.assertEqual(deformable.level_iterations, [2, 0])
+
     def test_default_levels_run_on_tiny_and_small_field_images(self) -> None:
         # the level check measured an image from its first to its last voxel centre and took the default
         # deformable levels as chosen: a 4x4x4 image (which the backend takes) refused its default rigid stage

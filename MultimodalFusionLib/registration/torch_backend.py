@@ -56,7 +56,7 @@ from ..validation import (
     whole_number,
 )
 from .parameters import StageParameters
-from .result import RegistrationResult, StageResult
+from .result import RegistrationResult, StageResult, iterations_per_level
 from .rotation_search import search_rotation
 from .sitk_backend import (
     SEARCH_SHARE,
@@ -1030,7 +1030,10 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
     stage = StageResult(name=name, metric_name="mi (torch, negative mutual information)",
                         metric_before=before, metric_after=after, iterations=done,
                         stop_reason=stop, seconds=time.perf_counter() - start,
-                        history=history)
+                        history=history,
+                        # every level, as the sitk backend counts them: from the history alone a last level of 0
+                        # iterations went missing ([6, 4, 0] read "6+4 = 10", [0, 6, 4] "0+6+4 = 10")
+                        level_iterations=iterations_per_level(history, len(p.linear_iterations)))
     return a_cur.cpu().numpy(), t_cur.cpu().numpy(), stage
 
 
@@ -1202,7 +1205,8 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
                 after = float(similarity(v)[0])
     stage = StageResult(name="deformable", metric_name=f"{metric} (torch)", metric_before=before, metric_after=after,
                         iterations=done, stop_reason="iteration budget of every level spent",
-                        seconds=time.perf_counter() - start, history=history)
+                        seconds=time.perf_counter() - start, history=history,
+                        level_iterations=iterations_per_level(history, len(levels)))  # the merged levels, all
     return velocity_norm, stage
 
 
