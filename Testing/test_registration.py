@@ -206,6 +206,18 @@ class EffectiveSettings(unittest.TestCase):
                                                            "iterations": 2}]}, seed=0)
         self.assertNotIn("histogram_bins", correlation.parameters["stages"][0]["effective"])
 
+    def test_null_bins_are_not_the_stage_types_default_and_the_message_says_what_they_run(self):
+        # a rigid stage's null runs 50 bins on SimpleITK, where leaving the bins out takes the rigid type's 32;
+        # the fix of a bad count had offered "null for the default", which a rigid stage's user reads as 32
+        left_out, null = (RegistrationParameters.from_dict({"stages": [stage]}).stages[0]
+                          for stage in ({"name": "rigid"}, {"name": "rigid", "histogram_bins": None}))
+        self.assertEqual((left_out.effective_histogram_bins(), null.effective_histogram_bins()), (32, 50))
+        with self.assertRaises(InputError) as caught:
+            RegistrationParameters.from_dict({"stages": [{"name": "rigid", "histogram_bins": 2}]})
+        self.assertIn("null for not given (50 on the SimpleITK backend, 32 on torch; leave it out for the stage "
+                      "type's default: rigid and bspline 32)", caught.exception.fix)
+
+
 class LevelOrderWarning(unittest.TestCase):
     """Pyramid levels given fine to coarse: ITK runs them in that order and the stage ends on its coarsest level,
     which had gone without a word (MNI152 T1 vs synthetic T2 at 2 mm, affine, seed 3: 0.61 mm mean error with

@@ -146,8 +146,12 @@ class StageParameters:
                                         "level), or null for none")
         if self.histogram_bins is not None and whole_number(self.histogram_bins, 4, MAX_HISTOGRAM_BINS) is None:
             # ITK's joint histogram is bins x bins per thread: a billion bins ran a minute, then failed
+            # null is "not given", which is not a stage type's default: a rigid stage that leaves the bins out
+            # runs 32, one that gives null 50 on the SimpleITK backend ("null for the default" had not said so)
             raise bad("histogram_bins", self.histogram_bins, f"a whole number from 4 to {MAX_HISTOGRAM_BINS} "
-                                                             "(typically 32-64), or null for the default")
+                                                             "(typically 32-64), or null for not given (50 on the "
+                                                             "SimpleITK backend, 32 on torch; leave it out for the "
+                                                             "stage type's default: rigid and bspline 32)")
         if whole_number(self.iterations, 1, ITK_UINT_MAX) is None:
             raise bad("iterations", self.iterations, f"a whole number from 1 to {ITK_UINT_MAX} (iterations per "
                                                      "resolution level; ITK keeps it in 32 bits)")
