@@ -428,6 +428,29 @@ class TorchRegistrationTest(unittest.TestCase):
         result = registration.register(fixed, moving, quick, backend="torch", seed=1)
         self.assertEqual(result.parameters["histogram_bins"], 50)
 
+    def test_a_later_linear_stage_whose_metric_is_not_run_is_warned(self) -> None:
+        # every linear stage runs the first linear stage's metric on torch: a later stage's correlation (lncc)
+        # after a mattes_mi rigid stage ran on mutual information without a word, as its bins had
+        from MultimodalFusionLib import registration
+        from MultimodalFusionLib.registration.torch_backend import conversion_warnings, torch_parameters
+
+        def said(*stages: dict) -> list[str]:
+            p = registration.RegistrationParameters.from_dict({"stages": list(stages)})
+            return [w for w in conversion_warnings(p) if "one metric" in w]
+
+        rigid = {"name": "rigid", "shrink_factors": [4, 2, 1], "smoothing_sigmas": [2, 1, 0]}
+        self.assertEqual(said(rigid, {"name": "affine", "metric": "correlation"}),
+                         ["The torch backend runs every linear stage with one metric, the first linear stage's "
+                          "(mattes_mi: linear_metric mi): the affine stage's metric correlation is not used."])
+        self.assertEqual(len(said(dict(rigid, metric="mean_squares"), {"name": "affine"})), 1)
+        # metrics the torch backend runs alike are not warned about, nor a single stage
+        self.assertEqual(said(dict(rigid, metric="correlation"), {"name": "affine", "metric": "mean_squares"}), [])
+        self.assertEqual(said(rigid, {"name": "affine", "metric": "joint_histogram_mi"}), [])
+        self.assertEqual(said({"name": "affine", "metric": "correlation"}), [])
+        p = registration.RegistrationParameters.from_dict({"stages": [rigid, {"name": "affine",
+                                                                              "metric": "correlation"}]})
+        self.assertEqual(torch_parameters(p).linear_metric, "mi")  # what runs, unchanged
+
     def test_a_preset_stage_pyramid_the_torch_run_does_not_follow_is_warned(self) -> None:
         # a stage's smoothing_sigmas, a later linear stage's shrink factors and a B-spline stage's levels were
         # dropped by the conversion without a word: pet-ct-body's affine stage asks for shrink [2, 1] and sigmas

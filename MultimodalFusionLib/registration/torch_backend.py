@@ -363,14 +363,16 @@ def conversion_warnings(parameters: Any) -> list[str]:
 
     Empty for torch settings, dicts and None; for a ``RegistrationParameters`` (a preset): bins given
     outside 8..64 (clamped, which had been silent), linear stages after the first that ask for other
-    bins (the torch backend runs every linear stage with one count, the first's), and the stages' pyramids
+    bins or another metric (the torch backend runs every linear stage with one count and one metric, the
+    first's), and the stages' pyramids
     the torch run does not follow (:func:`_pyramid_warnings`). Iterations, learning rates, sampling and the
     optimizer are never carried (Adam's steps are not SimpleITK's), and not warned about.
     """
     if parameters is None or isinstance(parameters, (dict, TorchRegistrationParameters)) \
             or not hasattr(parameters, "stages"):
         return []
-    pyramids = _pyramid_warnings(parameters, torch_parameters(parameters))
+    converted = torch_parameters(parameters)
+    pyramids = _pyramid_warnings(parameters, converted)
     linear = [s for s in parameters.stages
               if _STAGE_ALIASES.get(str(getattr(s, "name", "")).lower()) in ("rigid", "affine")]
     if not linear:
@@ -388,6 +390,13 @@ def conversion_warnings(parameters: Any) -> list[str]:
         if bins is not None and bins != used:
             out.append(f"The torch backend runs every linear stage with one histogram bin count, the first "
                        f"linear stage's ({used}): the {stage.name} stage's {bins} bins are not used.")
+        # one metric serves every linear stage too: [rigid mattes_mi, affine correlation] had run the affine
+        # stage on mutual information without a word
+        metric = str(getattr(stage, "metric", ""))
+        if _METRIC_ALIASES.get(metric.lower(), "mi") != converted.linear_metric:
+            out.append(f"The torch backend runs every linear stage with one metric, the first linear stage's "
+                       f"({linear[0].metric}: linear_metric {converted.linear_metric}): the {stage.name} stage's "
+                       f"metric {metric} is not used.")
     return out + pyramids
 
 
