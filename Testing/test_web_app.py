@@ -1334,11 +1334,104 @@ class PageWritesTest(_WebServerProcess):
                     await page.call("trame.trigger", cancel, [], {})  # the registration is cancelled by Cancel only
                     await until(lambda s: not s["job_busy"], "end of the registration")
                     self.assertEqual((await state())["job_message"], "Registration cancelled")
-                    # "server_ready" from a page does not load the demo again
-                    await other.call("trame.lifecycle.update", "server_ready")
+                    # "server_ready" from a page does not load the demo again (it is refused: PageMessagesTest)
+                    with self.assertRaisesRegex(AssertionError, "Unregistered method"):
+                        await other.call("trame.lifecycle.update", "server_ready")
                     await asyncio.sleep(1.0)
                     self.assertEqual((await state())["job_message"], "Registration cancelled")
                     for tab in (page, other):
+                        await tab.close()
+
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(tabs())
+            finally:
+                loop.close()
+
+
+def _resident_mib(pid: int) -> float:
+    """The resident memory of process ``pid`` (Linux), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+@unittest.skipUnless(_HAVE_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
+@unittest.skipUnless(os.path.exists("/proc/self/status"), "reads a process's memory from Linux's /proc")
+class PageMessagesTest(_WebServerProcess):
+    """What a connection's messages can make a real ``mmfusion web`` do besides the state: allocate memory for a
+    message it only announces, set trame's own state, call the server's lifecycle events."""
+
+    def test_a_page_cannot_make_the_server_allocate_load_scripts_or_start_again(self) -> None:
+        # wslink allocated, at a message's first chunk, the whole size its header declared: up to 4 GiB, for 13
+        # bytes sent, again for each message (1 GiB each: +1024 MiB of the server's memory per chunk). A page's
+        # trame__ state keys reached every page (its template and scripts among them), and a page's "server_ready"
+        # ran the server's start-up again (its banner printed, under --open a browser window opened)
+        import aiohttp
+        import msgpack
+        from wslink.chunking import generate_chunks
+
+        from MultimodalFusionLib.web.message_gate import MAX_MESSAGE_BYTES
+
+        with tempfile.TemporaryDirectory() as tmp:
+            server, log = self._start(tmp)
+            self._wait_for(lambda: "App running at" in Path(log).read_text() or server.poll() is not None,
+                           "running server")
+            self.assertIsNone(server.poll(), Path(log).read_text())
+            port = _port(log)
+
+            async def tabs() -> None:
+                async with aiohttp.ClientSession() as session:
+                    page, other, hostile = [
+                        _Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0)) for _ in range(3)]
+                    for tab in (page, other, hostile):
+                        await tab.hello()
+                    before = (await other.call("trame.state.get"))["state"]
+                    template = str(before)
+                    fixed = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)[0]
+                    # the largest messages the page sends pass: 4 MiB of content in 1000 files with long names
+                    files = [{"name": f"{n:04d}" + "x" * 200, "offset": 0, "size": 4 << 10, "content": bytes(4 << 10)}
+                             for n in range(1000)]
+                    self.assertGreater(len(msgpack.packb(files)), 4 << 20)
+                    self.assertIs(await page.call("trame.trigger", fixed, ["big", files], {}), True)
+                    await page.call("trame.trigger", fixed, ["big", []], {})
+                    self.assertEqual(len(os.listdir((await other.call("trame.state.get"))["state"]["fixed_path"])), 1000)
+                    # a message announced larger than the limit: the connection is closed, nothing allocated
+                    memory = _resident_mib(server.pid)
+                    packed = msgpack.packb({"wslink": "1.0", "id": "rpc:c0:1", "method": "trame.state.get",
+                                            "args": [], "kwargs": {}})
+                    chunk = next(generate_chunks(packed, 4 << 20))
+                    announced = (1 << 30).to_bytes(4, "little")  # the header's third field: the message's size
+                    await hostile.ws.send_bytes(chunk[:8] + announced + chunk[12:13])
+                    deadline = time.monotonic() + 10
+                    while not hostile.ws.closed:
+                        self.assertLess(time.monotonic(), deadline, "the connection announcing 1 GiB stayed open")
+                        await asyncio.sleep(0.05)
+                    self.assertEqual(hostile.ws.close_code, 1009)  # "message too big"
+                    self.assertLess(_resident_mib(server.pid) - memory, 64)
+                    self.assertIn(f"closed a connection that sent a message of {1 << 30} bytes", Path(log).read_text())
+                    self.assertIn(f"hold at most {MAX_MESSAGE_BYTES}", Path(log).read_text())
+                    # trame's own keys are not a page's to set; the panel's are
+                    pushed = len(other.pushes)
+                    await page.call("trame.state.update", [
+                        {"key": "trame__title", "value": "Hacked"},
+                        {"key": "trame__template_main", "value": "<trame-script script='alert(1)' />"},
+                        {"key": "trame__client_only", "value": ["fixed_path", "stages"]},
+                        {"key": "moving_path", "value": "/data/pet.nii.gz"}])
+                    now = (await other.call("trame.state.get"))["state"]
+                    self.assertEqual({k: now[k] for k in ("trame__title", "trame__template_main", "trame__client_only")},
+                                     {k: before[k] for k in ("trame__title", "trame__template_main",
+                                                             "trame__client_only")})
+                    self.assertEqual(now["moving_path"], "/data/pet.nii.gz")
+                    self.assertEqual(set().union(*other.pushes[pushed:]), {"moving_path"})  # nothing of trame's reached it
+                    # the lifecycle events a page reports pass; the server's are refused
+                    with self.assertRaisesRegex(AssertionError, "Unregistered method"):
+                        await page.call("trame.lifecycle.update", "server_ready")
+                    self.assertIsNone(await page.call("trame.lifecycle.update", "client_connected"))
+                    await asyncio.sleep(0.5)
+                    self.assertEqual(Path(log).read_text().count("App running at"), 1)
+                    for tab in (page, other, hostile):
                         await tab.close()
 
             loop = asyncio.new_event_loop()

@@ -454,12 +454,12 @@ class WebAppInBrowserTest(unittest.TestCase):
         # The page's script sends small files together and a larger file in pieces, in messages of at most
         # UPLOAD_PIECE_BYTES of content (what the server's wslink gathers and copies whole): a file of 4 MiB - 1
         # and one of 4 MiB had gone in one message of 8 MiB - 1, as had any small files followed by a piece
-        from MultimodalFusionLib.web.app import UPLOAD_PIECE_BYTES
+        from MultimodalFusionLib.web.app import UPLOAD_BATCH_FILES, UPLOAD_PIECE_BYTES
 
         page = self._open_page()
-        page.evaluate("""() => { const trigger = trame.trigger.bind(trame); window.mmfSent = [];
+        page.evaluate("""() => { const trigger = trame.trigger.bind(trame); window.mmfSent = []; window.mmfFiles = [];
             trame.trigger = (name, args, kwargs) => {
-              if (args && Array.isArray(args[1])) {
+              if (args && Array.isArray(args[1])) { window.mmfFiles.push(args[1].length);
                 window.mmfSent.push(args[1].reduce((n, e) => n + (e.content ? e.content.byteLength : 0), 0)); }
               return trigger(name, args, kwargs); }; }""")
         folder = tempfile.mkdtemp(prefix="mmfusion-web-test-")
@@ -483,6 +483,21 @@ class WebAppInBrowserTest(unittest.TestCase):
         sent = page.evaluate("() => window.mmfSent")
         self.assertEqual(sum(sent), sum(sizes.values()))
         self.assertLessEqual(max(sent), UPLOAD_PIECE_BYTES, sent)
+        # and at most UPLOAD_BATCH_FILES files a message (their names count too: the server takes messages of at
+        # most 16 MiB), where small files had gone together up to a piece however many they were
+        small = os.path.join(folder, "small")
+        os.mkdir(small)
+        names = [f"IM{n:05d}.dcm" for n in range(UPLOAD_BATCH_FILES + 1)]
+        for name in names:
+            with open(os.path.join(small, name), "wb") as out:
+                out.write(b"x")
+        page.evaluate("() => { window.mmfFiles = []; }")
+        page.query_selector_all(".v-navigation-drawer input[type=file]")[1].set_input_files(
+            [os.path.join(small, name) for name in names])
+        page.wait_for_function(f"() => document.querySelector('#mmf-moving-path').value !== {uploaded!r}",
+                               timeout=60_000)
+        self.assertEqual(len(os.listdir(page.input_value("#mmf-moving-path"))), len(names))
+        self.assertEqual(page.evaluate("() => window.mmfFiles"), [UPLOAD_BATCH_FILES, 1, 0])  # then its end
 
     def test_an_upload_cut_off_by_a_reload_is_not_merged_into_the_next(self):
         page = self._open_page()

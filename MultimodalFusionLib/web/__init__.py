@@ -6,6 +6,8 @@ split so that the parts without a server can be tested alone:
 - :mod:`.offscreen`: VTK's offscreen OpenGL set-up (EGL, or OSMesa), before any window exists.
 - :mod:`.viewer`: the session's volumes in a trame-slicer scene and how the views show them.
 - :mod:`.worker`: long engine work on a background thread, progress and errors into the state.
+- :mod:`.server_state`: the state keys only the server sets, put back when a page writes them.
+- :mod:`.message_gate`: the size of a page's messages, and what a page may not ask of trame.
 - :mod:`.app`: the trame application (state, panel, quad layout) and :func:`serve`.
 - :mod:`.demo`: the demo pair (MNI152 T1 and a misaligned PET-like image).
 

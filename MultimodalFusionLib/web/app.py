@@ -70,6 +70,10 @@ _HEADER_SUFFIXES = (".mhd", ".mha", ".nhdr", ".nrrd", ".hdr")
 #: and small files together up to it (a piece that would take a message past it starts the next one). trame's own page read each file whole into one message, which the
 #: server (wslink) gathered whole, copied and unpacked, holding a 300 MiB NIfTI about three times over.
 UPLOAD_PIECE_BYTES = 4 << 20
+#: The most files in one message of an upload: with their names (at most 255 characters each) and pieces, a message
+#: stays under 5 MiB, which the server's limit on a page's messages (``message_gate.MAX_MESSAGE_BYTES``) allows for.
+#: Small files had gone together up to 4 MiB of content, however many: 40,000 files of 100 bytes in one message.
+UPLOAD_BATCH_FILES = 1000
 #: The most bytes one upload (a file, or the files of a DICOM series together) may hold (``--max-upload``): a
 #: large CT series is 0.5-2 GB. Without a limit any page could stream files until the server's disk was full.
 DEFAULT_MAX_UPLOAD = 4 << 30
@@ -106,7 +110,7 @@ window.mmfusion_upload = async function (files, trigger) {
         batch.push({ name: file.name, offset: offset, size: file.size, content: content, error: error });
         size += end - offset;
         if (error !== null) { await send(); return; }
-        if (size >= piece) { await send(); }
+        if (size >= piece || batch.length >= BATCH_FILES) { await send(); }
         if (refused) { return; }
       }
     }
@@ -115,7 +119,7 @@ window.mmfusion_upload = async function (files, trigger) {
     await trame.trigger(trigger, [id, []]);
   }
 };
-""".replace("PIECE_BYTES", str(UPLOAD_PIECE_BYTES))
+""".replace("PIECE_BYTES", str(UPLOAD_PIECE_BYTES)).replace("BATCH_FILES", str(UPLOAD_BATCH_FILES))
 
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
@@ -712,7 +716,11 @@ class FusionWebApp:
         return upload_chunk
 
     def _on_server_bind(self, wslink_server: Any) -> None:
+        from .message_gate import install_message_gate
+
         self._wslink_server = wslink_server
+        # before any connection: wslink allocated what a chunk's header declared, up to 4 GiB a message
+        install_message_gate(wslink_server)
 
     def _caller(self) -> Any:
         """The connection (browser tab) whose message is being handled, or None in-process. wslink sets it

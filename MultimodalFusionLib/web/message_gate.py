@@ -1,0 +1,147 @@
+"""What a page's connection may send the server, checked as wslink reassembles its messages.
+
+wslink gathers a message from the chunks of a connection (each chunk's header names the message and its whole
+size) and allocates the whole size at its first chunk, before any content arrives: up to 4 GiB for a connection
+that has sent trame's secret (public: its default), and the pieces of any number of messages at once. A page, or
+a script speaking the protocol, made the server hold 1 GiB of zeros for each chunk of 13 bytes it sent: three
+chunks, 3 GiB (its own source says this un-chunker is open to denial of service). The page never sends a message
+near that: an upload goes in messages of at most ``UPLOAD_PIECE_BYTES`` (4 MiB) of file content and 1000 files,
+and everything else is a few kilobytes.
+
+:class:`MessageGate` is wslink's un-chunker for one connection with a limit, :data:`MAX_MESSAGE_BYTES` for all the
+messages that connection has in progress together: past it the connection is closed (1009, "message too big")
+before anything is allocated, with a line in the server log. On the messages it passes it also drops what trame
+would let any page do to every page:
+
+- ``trame__*`` state keys (``trame.state.update``): trame's own, the page's template (``trame__template_main``),
+  the script the page runs (``trame__inline_script_*``), the scripts and styles it loads, the keys a page keeps to
+  itself (``trame__client_only``). A page writing them had every other page run its template or script at once
+  (trame pushes a page's change to the others before the server's change callbacks run) and every page opened
+  later load it, or stop sending the panel's values to the server;
+- lifecycle calls (``trame.lifecycle.update``) other than those trame's page makes (``client_connected``,
+  ``client_exited``, ``client_unmounted``): ``server_ready`` printed the server's banner again and, under
+  ``--open``, opened a browser window on the server's desktop for each call; wslink answers them "Unregistered
+  method called".
+
+wslink makes its un-chunkers itself (``WslinkHandler.onConnect``); :func:`install_message_gate` has each of its
+handlers make this one instead, keeping wslink's files as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from typing import Any
+
+from wslink.chunking import UnChunker
+
+__all__ = ["MessageGate", "install_message_gate", "MAX_MESSAGE_BYTES", "PAGE_LIFECYCLE_EVENTS"]
+
+logger = logging.getLogger(__name__)
+
+#: The most bytes a connection's messages in progress may hold together: four times the largest message the page
+#: sends (4 MiB of upload content, with at most 1000 files' names, under 5 MiB).
+MAX_MESSAGE_BYTES = 16 << 20
+#: The lifecycle events trame's page reports (``trame.lifecycle.update``); the others are the server's own.
+PAGE_LIFECYCLE_EVENTS = frozenset({"client_connected", "client_exited", "client_unmounted"})
+_WEBSOCKET_MESSAGE_TOO_BIG = 1009  # RFC 6455
+_HEADER = struct.Struct("<III")  # wslink's chunk header: the message's id, the chunk's offset in it, its whole size
+
+
+class MessageGate(UnChunker):
+    """wslink's un-chunker for one connection, with a limit on what the connection has in progress, that drops
+    ``trame__*`` state writes and lifecycle calls a page does not make.
+
+    Args:
+        max_bytes: the most bytes of messages in progress (declared sizes, all together).
+        close: called once when a message would pass ``max_bytes`` (closes the connection).
+    """
+
+    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES, close: Any = None) -> None:
+        super().__init__()  # wslink's own limit before the secret (512 bytes), raised after it up to max_bytes
+        self.max_bytes = int(max_bytes)
+        self._close = close
+        self.refused = False  # the connection is being closed: nothing more of it is read
+
+    def set_max_message_size(self, size: int) -> None:
+        super().set_max_message_size(min(int(size), self.max_bytes))  # wslink asks for 4 GiB after the secret
+
+    def process_chunk(self, chunk: bytes) -> Any:
+        if self.refused:
+            return None
+        if len(chunk) < _HEADER.size:
+            return self._refuse(f"a chunk of {len(chunk)} bytes, shorter than wslink's header")
+        message_id, _, total = _HEADER.unpack_from(chunk)
+        if message_id not in self.pending_messages:
+            pending = sum(len(message["content"]) for message in self.pending_messages.values())
+            if pending + total > self.max_message_size:
+                return self._refuse(f"a message of {total} bytes (with {pending} bytes of others in progress); a "
+                                    f"page's messages hold at most {self.max_message_size}")
+        return self._checked(super().process_chunk(chunk))
+
+    def _refuse(self, why: str) -> None:
+        self.refused = True
+        self.release_pending_messages()
+        logger.warning("closed a connection that sent %s", why)
+        if self._close is not None:
+            self._close()
+
+    @staticmethod
+    def _checked(message: Any) -> Any:
+        """``message`` without what a page may not do (see the module's description)."""
+        if not isinstance(message, dict):
+            return message
+        method, args = message.get("method"), message.get("args")
+        if method == "trame.state.update" and isinstance(args, list) and args and isinstance(args[0], list):
+            changes = args[0]
+            kept = [c for c in changes if not (isinstance(c, dict) and str(c.get("key", "")).startswith("trame__"))]
+            if len(kept) != len(changes):
+                logger.warning("a page set %s, which only trame sets: ignored", ", ".join(sorted(
+                    str(c.get("key")) for c in changes if c not in kept)))
+                return {**message, "args": [kept, *args[1:]]}
+        elif method == "trame.lifecycle.update" and not (isinstance(args, list) and len(args) == 1
+                                                         and args[0] in PAGE_LIFECYCLE_EVENTS):
+            logger.warning("a page called the lifecycle event %.80r, which only the server has: refused", args)
+            return {**message, "method": "mmfusion: a lifecycle event pages do not have"}  # wslink: "Unregistered"
+        return message
+
+
+class _GatedUnchunkers(dict):
+    """A wslink handler's ``unchunkers`` (connection -> un-chunker) that holds a :class:`MessageGate` for each."""
+
+    def __init__(self, handler: Any, max_bytes: int) -> None:
+        super().__init__()
+        self._handler, self._max_bytes = handler, max_bytes
+
+    def __setitem__(self, client_id: str, _unchunker: Any) -> None:
+        connection = self._handler.connections.get(client_id)
+
+        def close() -> None:
+            if connection is not None:
+                asyncio.ensure_future(connection.close(code=_WEBSOCKET_MESSAGE_TOO_BIG,
+                                                       message=b"mmfusion web: message too big"))
+
+        super().__setitem__(client_id, MessageGate(self._max_bytes, close))
+
+
+def install_message_gate(wslink_server: Any, max_bytes: int = MAX_MESSAGE_BYTES) -> bool:
+    """Have the websocket handlers of ``wslink_server`` (trame's ``on_server_bind`` gives it) check each
+    connection's messages with a :class:`MessageGate`. Called before the server takes connections.
+
+    Returns:
+        False, with a warning in the log, when this wslink has no handlers of the known shape (the server then
+        runs with wslink's own 4 GiB limit).
+    """
+    handlers = [handler for handler in getattr(wslink_server, "_ws_handlers", None) or []
+                if isinstance(getattr(handler, "unchunkers", None), dict) and hasattr(handler, "connections")]
+    if not handlers:
+        logger.warning("could not limit the size of a page's messages (this wslink's handlers are not as expected):"
+                       " a connection may make the server allocate up to 4 GiB per message")
+        return False
+    for handler in handlers:
+        gated = _GatedUnchunkers(handler, max_bytes)
+        for client_id in list(handler.unchunkers):  # none before the server starts
+            gated[client_id] = None
+        handler.unchunkers = gated
+    return True
