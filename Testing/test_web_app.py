@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 from pathlib import Path
@@ -525,45 +524,80 @@ class WebAppTest(unittest.TestCase):
         self.app._save_upload("moving", [{"name": "second.nii.gz", "content": b"2"}])
         self.assertFalse(first.parent.exists(), "the replaced upload should be removed from the server")
         self.assertTrue(Path(self.app.state.moving_path).is_file())
-        # while a job runs (a Load may be reading it) a replaced upload stays: the next test. The server asks
-        # its worker, not the state's job_busy, which a client may set: it stays while the job runs
-        self.app.state.job_busy = False
-        release = threading.Event()
+        # while a Load reads it a replaced upload stays: the next test. The server asks its worker, not the
+        # state's job_busy, which a client may set: it stays while the job runs
+        self.app.state.fixed_path = self.fixed_path
         second = Path(self.app.state.moving_path)
 
         async def run() -> None:
-            self.app.worker.start("Loading", lambda progress: release.wait(30))
+            self.app.load_from_paths()  # reads `second`
             with self.app.state:
                 self.app.state.job_busy = False  # as a client could send
             self.app._save_upload("moving", [{"name": "third.nii.gz", "content": b"3"}])
             self.assertTrue(second.is_file())
-            release.set()
             await self.app.worker.wait()
 
         self.loop.run_until_complete(run())
         self.app._save_upload("moving", [{"name": "fourth.nii.gz", "content": b"4"}])
         self.assertFalse(second.parent.exists())
         self.app._save_upload("fixed", [{"name": "..", "content": b"x"}])  # refused: no folder left
-        self.assertEqual(sorted(p.name for p in self.workdir.iterdir() if p.name.startswith("moving-")),
-                         [Path(self.app.state.moving_path).parent.name])
+        self.assertEqual(self._uploads("moving"), [Path(self.app.state.moving_path).parent.name])
+
+    def _uploads(self, role: str) -> list[str]:
+        return sorted(p.name for p in self.workdir.iterdir() if p.name.startswith(f"{role}-"))
 
     def test_an_upload_replaced_while_a_job_runs_is_removed_when_the_job_ends(self) -> None:
         # it stayed on the server until the next upload or the server's exit, however long that was
         self.app._save_upload("moving", [{"name": "first.nii.gz", "content": b"1"}])
         first = Path(self.app.state.moving_path)
-        release = threading.Event()
+        self.app.state.fixed_path = self.fixed_path
 
         async def run() -> None:
-            self.app.worker.start("Loading", lambda progress: release.wait(30))  # as a Load reading `first`
+            self.app.load_from_paths()  # a Load reading `first`
+            self.assertTrue(self.app.worker.busy)
             self.app._save_upload("moving", [{"name": "second.nii.gz", "content": b"2"}])
-            self.assertTrue(first.is_file(), "a running job may be reading the replaced upload")
-            release.set()
-            await self.app.worker.wait()
+            self.assertTrue(first.is_file(), "a running Load may be reading the replaced upload")
+            # uploads the job does not read go at once: every upload replaced while a job ran was kept until it
+            # ended, so during a long job a page could pile up any number of them
+            for n in range(3, 6):
+                self.app._save_upload("moving", [{"name": f"upload{n}.nii.gz", "content": b"n"}])
+            self.assertEqual(self._uploads("moving"), sorted([first.parent.name,
+                                                              Path(self.app.state.moving_path).parent.name]))
 
-        self.loop.run_until_complete(run())
+        async def run_to_its_end() -> None:
+            try:
+                await run()
+            finally:
+                await self.app.worker.wait()
+
+        self.loop.run_until_complete(run_to_its_end())
         self.assertFalse(self.app.state.job_busy)
         self.assertFalse(first.parent.exists(), "the replaced upload should go when the job ends")
-        self.assertEqual(Path(self.app.state.moving_path).read_bytes(), b"2")
+        self.assertEqual(Path(self.app.state.moving_path).read_bytes(), b"n")
+        self.assertEqual(self._uploads("moving"), [Path(self.app.state.moving_path).parent.name])
+
+    def test_an_upload_replaced_while_a_registration_runs_is_removed_at_once(self) -> None:
+        # a registration (or fusion) reads no file, the images being in memory: every upload replaced while it
+        # ran stayed until it ended, as many as a page sent, 4 GiB each (--max-upload)
+        self._load()
+        self.app.state.update({"preset": "", "stages": ["rigid"], "initializer": ""})
+        self.app._save_upload("fixed", [{"name": "a.nii.gz", "content": b"a"}])
+        uploads_during = []
+
+        async def run() -> None:
+            self.app.start_registration()
+            self.assertTrue(self.app.worker.busy)
+            try:
+                for n in range(4):
+                    self.app._save_upload("fixed", [{"name": f"b{n}.nii.gz", "content": b"b"}])
+                    uploads_during.append(len(self._uploads("fixed")))
+            finally:
+                await self.app.worker.wait()
+
+        self.loop.run_until_complete(run())
+        self.assertIn("Registration done", self.app.state.job_message)
+        self.assertEqual(uploads_during, [1, 1, 1, 1])
+        self.assertEqual(self._uploads("fixed"), [Path(self.app.state.fixed_path).parent.name])
 
     def test_downloads_leave_no_files_on_the_server(self) -> None:
         self._load()

@@ -363,7 +363,8 @@ class FusionWebApp:
         # counted on the server as the bytes arrive (a page's declared sizes only refuse an upload sooner)
         self.max_upload_bytes, self.max_session_upload_bytes = int(max_upload_bytes), int(max_session_upload_bytes)
         self._session_bytes: dict[Any, int] = {}  # connection -> bytes of its uploads written so far
-        self._stale_uploads: list[Path] = []  # replaced while a job ran (it may be reading them): removed at its end
+        self._stale_uploads: list[Path] = []  # replaced while the running job reads them: removed at its end
+        self._job_reads: list[str] = []  # the real paths the running job reads (a Load's two); [] for the others
         self.names = {"fixed": "", "moving": ""}  # what is loaded (the report names it)
 
         vr_presets = self.viewer.vr_presets()
@@ -677,7 +678,9 @@ class FusionWebApp:
                          "value": s["uid"]} for s in found]
                     self.state[f"{role}_series"] = None
 
-        self.worker.start("Loading", job, self._show_loaded, on_finished=offer_series)
+        if self.worker.start("Loading", job, self._show_loaded, on_finished=offer_series) is not None:
+            # the files it reads: an upload among them is kept until the job ends, even when replaced
+            self._job_reads = [os.path.realpath(os.path.expanduser(path)) for path in (fixed_path, moving_path) if path]
 
     def _show_loaded(self, loaded: tuple[sitk.Image, sitk.Image, str, str]) -> None:
         fixed, moving, fixed_name, moving_name = loaded
@@ -946,20 +949,32 @@ class FusionWebApp:
         folder.rmdir()
         os.rename(pending.folder, folder)
         previous = self._upload_dirs.get(role)
-        if previous is not None and previous != folder:
-            self._stale_uploads.append(previous)
-        if not self.worker.busy:  # a running Load may still be reading it: when the job ends
-            self._remove_stale_uploads()
         self._upload_dirs[role] = folder
+        if previous is not None and previous != folder:
+            if self.worker.busy and self._job_reads_from(previous):
+                self._stale_uploads.append(previous)  # the running Load reads it: removed when the job ends
+            else:  # Register and Fuse read no files (the images are in memory), nor a Load one it was not given
+                shutil.rmtree(previous, ignore_errors=True)
         with self.state:
             self.state[f"{role}_path"] = (folder / target).as_posix() if target else folder.as_posix()
 
+    def _job_reads_from(self, folder: Path) -> bool:
+        """Whether the running job reads a file in ``folder`` (or the folder, a DICOM series)."""
+        inside = os.path.realpath(folder)
+        return any(path == inside or path.startswith(inside + os.sep) for path in self._job_reads)
+
     def _remove_stale_uploads(self) -> None:
-        """Remove the uploads replaced while a job ran; called when the job has ended (they had stayed until
-        the next upload or the server's exit: a patient's files on the server long after they were replaced)."""
+        """Remove the uploads replaced while the job that ended was reading them (they had stayed until the next
+        upload or the server's exit: a patient's files on the server long after they were replaced).
+
+        Only those: an upload replaced while a job runs is removed at once unless that job reads it (a Load of its
+        path), so that the disk holds at most, per volume, the one the job reads, the last one and one arriving.
+        Every upload replaced during a job had been kept until it ended: during a long registration a page could
+        pile up any number of them."""
         for stale in self._stale_uploads:
             shutil.rmtree(stale, ignore_errors=True)
         self._stale_uploads.clear()
+        self._job_reads = []
 
     # ------------------------------------------------------------------ registration
     def start_registration(self) -> None:
