@@ -499,6 +499,34 @@ class WebAppInBrowserTest(unittest.TestCase):
         self.assertEqual(len(os.listdir(page.input_value("#mmf-moving-path"))), len(names))
         self.assertEqual(page.evaluate("() => window.mmfFiles"), [UPLOAD_BATCH_FILES, 1, 0])  # then its end
 
+    def test_an_upload_past_the_limit_stops_at_its_first_piece_and_says_why(self):
+        # the server refuses an upload larger than --max-upload (4 GiB by default) at the first piece of a file
+        # declared larger: the page must stop sending it and show the banner. A sparse file of 4 GiB + 1 byte (no
+        # disk used): the page reads only the pieces it sends
+        from MultimodalFusionLib.web.app import DEFAULT_MAX_UPLOAD
+
+        page = self._open_page()
+        page.evaluate("""() => { const trigger = trame.trigger.bind(trame); window.mmfSent = [];
+            trame.trigger = (name, args, kwargs) => {
+              if (args && Array.isArray(args[1])) { window.mmfSent.push(args[1].length); }
+              return trigger(name, args, kwargs); }; }""")
+        folder = tempfile.mkdtemp(prefix="mmfusion-web-test-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        huge = os.path.join(folder, "ct.nii")
+        with open(huge, "wb") as out:
+            out.truncate(DEFAULT_MAX_UPLOAD + 1)
+        before = page.input_value("#mmf-fixed-path")
+        page.query_selector_all(".v-navigation-drawer input[type=file]")[0].set_input_files(huge)
+        page.wait_for_selector("#mmf-error", timeout=30_000)
+        page.wait_for_function("() => window.mmfSent.length >= 2 && window.mmfSent.at(-1) === 0", timeout=10_000)
+        self.assertIn("larger than this server takes, 4 GiB per upload: 'ct.nii' is 4 GiB", page.inner_text("#mmf-error"))
+        self.assertIn("--max-upload SIZE", page.inner_text("#mmf-error"))
+        page.wait_for_timeout(500)  # nothing more is sent
+        self.assertEqual(page.evaluate("() => window.mmfSent"), [1, 0])  # its first piece, then the upload's end
+        self.assertEqual(page.input_value("#mmf-fixed-path"), before)
+        page.click("#mmf-error button")  # the page's state is the server's: no banner for the next test's page
+        page.wait_for_selector("#mmf-error", state="detached", timeout=10_000)
+
     def test_an_upload_cut_off_by_a_reload_is_not_merged_into_the_next(self):
         page = self._open_page()
         # The page sends an upload in chunks and then an end marker. Make the next upload send its
