@@ -219,7 +219,8 @@ class FusionLogic:
             parameters: full settings, instead of a preset, as ``registration.register`` takes them:
                 ``MultimodalFusionLib.registration.RegistrationParameters``, the torch backend's
                 ``TorchRegistrationParameters``, or the dict form of the ``backend``'s settings.
-            initializer: the start, overriding the preset's: "geometry" (image centres), "moments"
+            initializer: the start, overriding the preset's (not with ``initialTransformNode``, which replaces
+                it: refused): "geometry" (image centres), "moments"
                 (centres of mass), "none" (where the volumes' grids lie) or "search" (centres of mass,
                 then the best of a grid of rotations: for volumes rotated more than about 30 degrees
                 apart, e.g. prone vs supine; about 1-2 s more for a head). None: the preset's, or where
@@ -257,6 +258,14 @@ class FusionLogic:
                              "Select another output transform node, or leave it empty to create a new one (the "
                              "result includes the initial transform: applyTransform=True puts the moving volume "
                              "under it in place of the initial one).")
+        if initialTransformNode is not None and initializer:
+            # the initial transform replaces the initializer: one named with it had been ignored without a word
+            # (the CLI and register() refuse it; here register() is given the resolved settings, not the name)
+            raise InputError(f"Both the '{initializer}' initializer and the initial transform "
+                             f"'{initialTransformNode.GetName()}' were given: the initial transform replaces the "
+                             "initializer, which would be ignored.",
+                             "Give one of them (initializer=None to start from the initial transform, or "
+                             "initialTransformNode=None to start with the initializer).")
         if fixedVolumeNode.GetParentTransformNode() is not None:
             # the result would relate the fixed volume's own grid, not where Slicer shows it
             raise InputError(f"The fixed volume '{fixedVolumeNode.GetName()}' is under a transform.",
@@ -308,7 +317,9 @@ class FusionLogic:
                              f"where it does not overlap the fixed volume '{fixedVolumeNode.GetName()}'; the "
                              "registration starts there.",
                              "Move it over the fixed volume (Transforms module) or remove that transform, or choose "
-                             "an initializer (geometry, moments) to start from the volumes' centres.")
+                             "an initializer (geometry, moments) to start from the volumes' centres"
+                             + ("." if initialTransformNode is moving_parent
+                                else " in place of the initial transform (not with it, which replaces it)."))
 
         result = register(fixed, moving, settings, fixed_mask=fixed_mask, moving_mask=moving_mask,
                           initial_transform=initial, progress=scaled(progress, 0.02, 0.9), backend=backend)

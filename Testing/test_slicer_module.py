@@ -103,6 +103,22 @@ class LogicTest(unittest.TestCase):
         with self.assertRaises(InputError):
             self._register(initializer="rotate")
 
+    def test_an_initializer_with_an_initial_transform_node_is_refused(self) -> None:
+        # the initial transform replaces the initializer: registerVolumes(initializer="moments",
+        # initialTransformNode=T) had started from T without a word, where the CLI and register() refuse it
+        initial = mrml.transform_node_from_sitk(self.truth, self.scene, name="initial")
+        nodes = self.scene.GetNumberOfNodes()
+        for name in ("moments", "geometry", "none", "search"):
+            with self.subTest(initializer=name):
+                with self.assertRaisesRegex(InputError, f"Both the '{name}' initializer and the initial transform "
+                                                        "'initial' were given") as cm:
+                    self._register(initialTransformNode=initial, initializer=name)
+                self.assertIn("initialTransformNode=None", cm.exception.fix)
+                self.assertEqual(self.scene.GetNumberOfNodes(), nodes)  # refused before any work
+        # a preset's initializer is replaced by the initial transform, as in the CLI and register()
+        out = self._register(initialTransformNode=initial, preset="mr-pet-brain")
+        self.assertIsNone(out.result.initializer)
+
     def test_masks_from_label_map_and_segmentation(self) -> None:
         head = sitk.Cast(self.fixed > 50, sitk.sitkUInt8)
         fixed_mask = mrml.volume_node_from_image(head, self.scene, name="head", label=True)

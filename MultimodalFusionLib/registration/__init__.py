@@ -91,7 +91,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
         # the initial transform replaces the initializer: one asked for by name had been ignored without a word
         raise InputError(f"Both the '{initializer}' initializer and an initial transform were given: the initial "
                          "transform replaces the initializer, which would be ignored.",
-                         "Give one of them (drop --initializer, or --initial-transform).")
+                         "Give one of them (initializer=None, or initial_transform=None).")
     parameters = resolve_parameters(parameters, preset=preset, stages=stages, seed=seed, initializer=initializer,
                                     backend=backend)
 
