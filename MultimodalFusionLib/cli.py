@@ -583,7 +583,7 @@ def _run_run(args: argparse.Namespace) -> int:
         accepted = set(inspect.signature(get_method(m)).parameters) | {"window"}
         method_params[m] = {k: v for k, v in params.items() if k in accepted}
     unused = [k for k in params if not any(k in given for given in method_params.values())]
-    if unused:  # a flag of a method not run (--levels with --methods average) had been dropped without a word, rc 0
+    if unused and methods:  # (no method at all: pipeline.run's "No fusion method was given" says what is wrong)  # a flag of a method not run (--levels with --methods average) had been dropped without a word, rc 0
         from .errors import InputError
         from .fusion import list_methods
 

@@ -197,6 +197,13 @@ class FuseEvaluateCliTest(unittest.TestCase):
                 self.assertIn(f"none of the methods run ({methods.replace(',', ', ')})", stderr)
                 self.assertIn("Fix:", stderr)
                 self.assertFalse(os.path.exists(folder))
+        # no method at all is named as such, not as a flag none of "()" takes
+        folder = os.path.join(self.tmp.name, "none")
+        code, _, stderr = _main(["run", self.a, self.b, "--output-dir", folder, "--no-register", "--methods", ",",
+                                 "--levels", "3"])
+        self.assertEqual(code, 2, stderr)
+        self.assertIn("No fusion method was given", stderr)
+        self.assertNotIn("none of the methods run", stderr)
         # a flag one of the methods takes is still given to that one alone
         folder = os.path.join(self.tmp.name, "taken")
         code, _, stderr = _main(["run", self.a, self.b, "--output-dir", folder, "--no-register",
