@@ -297,13 +297,17 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
 
 
 def _grey_as_colour(image: Any) -> bool:
-    """Whether a colour image's first three channels are equal (a grey picture stored as RGB)."""
+    """Whether a colour image's first three channels are equal and its alpha channel, if any, is one value (a grey
+    picture stored as RGB or as opaque RGBA): a grey one with transparency keeps its alpha, which luminance drops
+    (the transparent part of a picture had been written opaque, its hidden pixels showing)."""
     import numpy as np
     import SimpleITK as sitk
 
     if image.GetNumberOfComponentsPerPixel() not in (3, 4):
         return False
     arr = sitk.GetArrayViewFromImage(image)
+    if arr.shape[-1] == 4 and not np.all(arr[..., 3] == arr.reshape(-1, 4)[0, 3]):
+        return False
     return bool(np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]))
 
 

@@ -358,6 +358,23 @@ class RegisterCommand(unittest.TestCase):
         rc, _, err = run_cli("resample", MOVING, "--reference", FIXED, "-o", grey)
         self.assertEqual(rc, 0, err)
         self.assertEqual(sitk.ReadImage(grey).GetNumberOfComponentsPerPixel(), 1)
+        # grey RGBA: opaque, it is grey; with transparency its alpha is kept (as luminance, the transparent border
+        # had been written opaque, the pixels it hid showing)
+        values = np.random.default_rng(0).integers(0, 200, (30, 40), dtype=np.uint8)
+        for name, alpha, components in (("opaque", 255, 1), ("transparent border", 0, 4)):
+            with self.subTest(rgba=name):
+                rgba = np.stack([values, values, values, np.full_like(values, 255)], axis=-1)
+                rgba[:5, :, 3] = alpha
+                path = os.path.join(self.dir, f"grey {name}.png")
+                sitk.WriteImage(sitk.GetImageFromArray(rgba, isVector=True), path)
+                out = os.path.join(self.dir, f"grey {name} out.png")
+                rc, _, err = run_cli("resample", path, "--reference", path, "-o", out)
+                self.assertEqual(rc, 0, err)
+                written = sitk.GetArrayFromImage(sitk.ReadImage(out))
+                if components == 1:
+                    np.testing.assert_array_equal(written, values)
+                else:
+                    np.testing.assert_array_equal(written, rgba)  # identity: every channel, alpha too, as it was
 
 
 class MalformedPresetFile(unittest.TestCase):
