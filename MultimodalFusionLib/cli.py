@@ -91,14 +91,25 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 def _run_info(args: argparse.Namespace) -> int:
     from .io import image_info, read_image
 
+    if args.series and not any(_is_dicom_source(f) for f in args.files):  # it had been ignored, rc 0
+        raise _series_ignored("--series", args.series,
+                              f"{'the input' if len(args.files) == 1 else 'no input'} "
+                              f"({', '.join(repr(f) for f in args.files)}) is "
+                              f"{'a file, not a DICOM folder' if len(args.files) == 1 else 'a DICOM folder'}")
     infos = {}
-    for f in args.files:
-        image = read_image(f, series=args.series, keep_color=True)
-        infos[f] = image_info(image)
+    for f in args.files:  # a file named twice is read once
+        if f not in infos:
+            image = read_image(f, series=args.series if _is_dicom_source(f) else None, keep_color=True)
+            infos[f] = image_info(image)
     if args.json:
+        # one key a file: one named twice is there once (keyed by path, it had been left out without a word)
+        repeated = sorted({f for f in args.files if args.files.count(f) > 1})
+        if repeated:
+            print(f"mmfusion info: {', '.join(repr(f) for f in repeated)} given more than once: "
+                  "listed once in the JSON (keyed by path)", file=sys.stderr)
         _print_json(infos)
         return 0
-    for f, info in infos.items():
+    for f, info in ((f, infos[f]) for f in args.files):  # each file as often as it was named, in order
         print(f"{f}")
         print(f"  dimension  {info['dimension']}D, {info['components']} component(s), {info['pixel_type']}")
         print(f"  size       {' x '.join(str(s) for s in info['size'])}")
@@ -190,7 +201,55 @@ def _add_series(p: argparse.ArgumentParser, roles: Sequence[str]) -> None:
 
 
 def _series(args: argparse.Namespace, which: str) -> str | None:
-    return getattr(args, f"{which}_series", None) or args.series
+    """The series of input ``which`` (``args.<which>``): its own --WHICH-series, else --series where it is a DICOM
+    folder (a file among folders takes none: :func:`_check_series` has refused a flag that applies to no folder)."""
+    own = getattr(args, f"{which}_series", None)
+    return own or (args.series if _is_dicom_source(getattr(args, which)) else None)
+
+
+def _check_components(images: dict[str, Any]) -> None:
+    """Grey, RGB or RGBA images (path: image read with keep_color), a 2-component one named by its file's format
+    (fusion, given the images alone, can only guess: a 2-channel .nrrd had been "a complex image saved as
+    MetaImage")."""
+    from .validation import check_components
+
+    for path, image in images.items():
+        check_components(image, f"image '{path}'", path=path)
+
+
+def _is_dicom_source(path: str) -> bool:
+    """Whether ``path`` is what a DICOM series is picked from (as io.read_image reads it): a folder or a DICOMDIR."""
+    return os.path.isdir(path) or (os.path.basename(path).upper() == "DICOMDIR" and os.path.isfile(path))
+
+
+def _series_ignored(flag: str, value: str, what: str) -> MultimodalFusionError:
+    from .errors import InputError
+
+    return InputError(f"{flag} {value} given, but {what}: a series is picked among the series of a DICOM folder, "
+                      "so it would be ignored.",
+                      f"Leave out {flag} (it applies to DICOM folders only), or give the DICOM folder that holds "
+                      "the series.")
+
+
+def _check_series(args: argparse.Namespace, roles: Sequence[str]) -> None:
+    """Refuse a series option that no DICOM folder takes: --ROLE-series given for a file (``args.<role>``), and
+    --series where every input it applies to (those without their own --ROLE-series) is a file. They had been
+    ignored without a word, rc 0 (``fuse a.png b.png --a-series foo``)."""
+    for role in roles:
+        value, path = getattr(args, f"{role}_series", None), getattr(args, role)
+        if value and not _is_dicom_source(path):
+            raise _series_ignored(f"--{role}-series", value, f"the {role} input '{path}' is a file, not a DICOM "
+                                                             "folder")
+    if not args.series:
+        return
+    rest = [getattr(args, role) for role in roles if not getattr(args, f"{role}_series", None)]
+    if not rest:
+        raise _series_ignored("--series", args.series, "every input has its own --ROLE-series")
+    if not any(_is_dicom_source(path) for path in rest):
+        names = ", ".join(f"'{path}'" for path in rest)
+        raise _series_ignored("--series", args.series,
+                              f"{'the input' if len(rest) == 1 else 'none of the inputs'} ({names}) is "
+                              f"{'a file, not a DICOM folder' if len(rest) == 1 else 'a DICOM folder'}")
 
 
 def _run_register(args: argparse.Namespace) -> int:
@@ -206,6 +265,7 @@ def _run_register(args: argparse.Namespace) -> int:
         raise InputError(f"Both --initializer {args.initializer} and an initial transform were given: the initial "
                          "transform replaces the initializer, which would be ignored.",
                          "Give one of them (drop --initializer, or --initial-transform).")
+    _check_series(args, ("fixed", "moving"))
     stages = [s for s in args.stages.split(",") if s.strip()] if args.stages else None
     # the settings before any image is read: a misspelt key or value in a preset file, or a stage name, had been
     # found only after both images were loaded (1.1 s more for two 300^3 volumes; a DICOM folder takes longer)
@@ -316,12 +376,22 @@ def _run_resample(args: argparse.Namespace) -> int:
     from .preprocess import resample
 
     check_not_overwriting_inputs([args.output], [args.moving, args.reference, args.transform])
+    # --series is the moving image's, and the reference's unless --reference-series
+    if args.reference_series and not _is_dicom_source(args.reference):
+        raise _series_ignored("--reference-series", args.reference_series,
+                              f"the reference '{args.reference}' is a file, not a DICOM folder")
+    if args.series and not _is_dicom_source(args.moving) and (args.reference_series
+                                                              or not _is_dicom_source(args.reference)):
+        raise _series_ignored("--series", args.series,
+                              f"the moving image '{args.moving}' is a file, not a DICOM folder"
+                              + ("" if args.reference_series else f", nor is the reference '{args.reference}'"))
     # a colour image stays in colour (each channel resampled): read as luminance, an RGB slice or a colour
     # volume had been written grey without a word; a grey one stored as RGB (R = G = B) is resampled as grey
-    moving = read_image(args.moving, series=args.series, keep_color=True)
+    moving = read_image(args.moving, series=args.series if _is_dicom_source(args.moving) else None, keep_color=True)
     if moving.GetNumberOfComponentsPerPixel() > 1 and _grey_as_colour(moving):
         moving = to_luminance(moving, f"image '{args.moving}'")
-    reference = read_image(args.reference, series=args.reference_series or args.series)
+    reference = read_image(args.reference, series=args.reference_series
+                           or (args.series if _is_dicom_source(args.reference) else None))
     transform = read_transform(args.transform) if args.transform else None
     out = resample(moving, reference, transform, interpolation=args.interpolation,
                    default_value=args.default_value)
@@ -450,6 +520,7 @@ def _run_fuse(args: argparse.Namespace) -> int:
     from .pipeline import _writable
     from .report import report_file_patterns
 
+    _check_series(args, ("a", "b"))
     report_files = [os.path.join(args.report, n) for n in report_file_patterns()] if args.report else []
     check_not_overwriting_inputs([args.output], [args.a, args.b], patterns=report_files)
     if args.report:
@@ -464,6 +535,7 @@ def _run_fuse(args: argparse.Namespace) -> int:
     check_parameters(args.method, _fusion_params(args))  # a typo or a missing GPU: before reading the images
     a = read_image(args.a, keep_color=True, series=_series(args, "a"))
     b = read_image(args.b, keep_color=True, series=_series(args, "b"))
+    _check_components({args.a: a, args.b: b})
     slice_volume = None
     if one_slice_axis(a) is not None:  # a 2D slice saved as a volume (Slicer, ITK-SNAP): fused as 2D
         check_same_grid(a, b)  # on the volumes: in 2D, slices at other depths would pass
@@ -518,9 +590,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .io import display_name, read_image, to_json_safe
     from .metrics import fusion_metrics
 
+    _check_series(args, ("fused", "a", "b"))
     f = read_image(args.fused, keep_color=True, series=_series(args, "fused"))
     a = read_image(args.a, keep_color=True, series=_series(args, "a"))
     b = read_image(args.b, keep_color=True, series=_series(args, "b"))
+    _check_components({args.fused: f, args.a: a, args.b: b})
     # on one grid, as fuse takes them: of the same shape, a source 100 mm away had been scored without a word
     # (a fused PNG, JPEG or BMP keeps no origin or direction: its shape alone is compared, by the metrics)
     from .io import _2D_EXTENSIONS, _suffix
@@ -564,6 +638,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def _run_run(args: argparse.Namespace) -> int:
     from .pipeline import run
 
+    _check_series(args, ("fixed", "moving"))
     if args.no_register:  # as for --moving-mask (pipeline.run): options of a registration that does not run
         unused = [flag for flag, given in (("--preset", args.preset), ("--stages", args.stages),
                                            ("--seed", args.seed is not None), ("--initializer", args.initializer),

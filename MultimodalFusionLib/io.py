@@ -159,19 +159,19 @@ def _suffix(path: str | os.PathLike) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
-def to_luminance(image: sitk.Image, name: str = "image") -> sitk.Image:
+def to_luminance(image: sitk.Image, name: str = "image", *, path: str | os.PathLike | None = None) -> sitk.Image:
     """Luminance (Y of BT.601 YCbCr: 0.299 R + 0.587 G + 0.114 B) of an RGB(A) image, float32.
 
     Raises:
         InputError: another number of components than 1, 3 or 4 (``validation.check_components``, naming
-            ``name``: a 2-component image is most often a complex MetaImage).
+            ``name``, and a 2-component image by the file it came from, ``path`` where given).
     """
     n = image.GetNumberOfComponentsPerPixel()
     if n == 1:
         return image
     from .validation import check_components  # (validation imports io)
 
-    check_components(image, name)
+    check_components(image, name, path=path)
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
     y = 0.299 * arr[..., 0] + 0.587 * arr[..., 1] + 0.114 * arr[..., 2]
     out = sitk.GetImageFromArray(y.astype(np.float32))
@@ -1052,7 +1052,8 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     Args:
         path: image file, folder of DICOM files, or a DICOMDIR (or its folder: the series in the
             sub-folders it indexes).
-        series: DICOM series UID (or unique description substring) when the folder holds several.
+        series: DICOM series UID (or unique description substring) when the folder holds several; refused
+            for a file.
         keep_color: keep RGB(A) pixels; by default colour images are converted to luminance.
         float32: cast the result to 32-bit float.
 
@@ -1070,6 +1071,10 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     if os.path.isdir(path):
         image = _read_dicom_folder(path, series)
     else:
+        if series:  # it had been ignored without a word
+            raise InputError(f"A DICOM series ({series}) was asked of '{path}', a file: a series is picked among "
+                             "the series of a DICOM folder.",
+                             "Give no series for a file, or give the DICOM folder that holds the series.")
         if os.path.getsize(path) == 0:
             raise InputError(f"File '{path}' is empty (0 bytes).", "Give a complete image file.")
         # a DICOM file is known by its content, not its name (PACS exports name files by UID, "1.2.840....1"):
@@ -1078,7 +1083,7 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
         if _suffix(path) in (".nii", ".nii.gz"):
             image = _check_nifti_voxels(path, image)
     if not keep_color and image.GetNumberOfComponentsPerPixel() > 1:
-        image = to_luminance(image, f"image '{path}'")
+        image = to_luminance(image, f"image '{path}'", path=path)
     if float32 and image.GetNumberOfComponentsPerPixel() == 1:
         from .validation import check_pixel_type  # (validation imports io)
 

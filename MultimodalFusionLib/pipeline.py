@@ -37,12 +37,13 @@ def _load(image: sitk.Image | str | os.PathLike, name: str, series: str | None =
     return read_image(os.fspath(image), keep_color=True, series=series), display_name(image, name)
 
 
-def _grey(image: sitk.Image, name: str) -> sitk.Image:
+def _grey(image: sitk.Image, name: str, source: Any = None) -> sitk.Image:
+    """``image`` in grey; ``source``: what it was read from (a path names a 2-component image by its format)."""
     if image.GetNumberOfComponentsPerPixel() == 1:
         return image
     from .io import to_luminance
 
-    return to_luminance(image, name)
+    return to_luminance(image, name, path=None if isinstance(source, sitk.Image) else source)
 
 
 def _no_overlap(moving_name: str, fixed_name: str, registered: bool) -> InputError:
@@ -206,8 +207,8 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     slice_volume, fixed_img, moving_img, fixed_mask, moving_mask = one_slice_inputs_as_2d(
         fixed_img, moving_img, fixed_mask, moving_mask, fixed_name=f"fixed image {fixed_name}",
         moving_name=f"moving image {moving_name}")
-    fixed_grey = _grey(fixed_img, f"fixed image {fixed_name}")
-    moving_grey = _grey(moving_img, f"moving image {moving_name}")
+    fixed_grey = _grey(fixed_img, f"fixed image {fixed_name}", fixed)
+    moving_grey = _grey(moving_img, f"moving image {moving_name}", moving)
     # a blank (constant) moving image resampled is constant too: without this it would be reported,
     # with --no-register, as not overlapping the fixed image
     check_image(fixed_grey, f"fixed image {fixed_name}")

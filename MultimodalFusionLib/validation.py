@@ -10,6 +10,7 @@ import difflib
 import itertools
 import math
 import numbers
+import os
 from typing import Any
 
 import numpy as np
@@ -47,20 +48,35 @@ def check_pixel_type(image: sitk.Image, name: str = "image") -> None:
                          "Convert it to a label image first: sitk.LabelMapToLabel(image).")
 
 
-def check_components(image: sitk.Image, name: str = "image") -> None:
+def check_components(image: sitk.Image, name: str = "image", *, path: str | os.PathLike | None = None) -> None:
     """Raise InputError unless ``image``'s pixels are grey, RGB or RGBA (1, 3 or 4 components): the one text for
-    every path (reading as grey, fusion, ``mmfusion run``), which names a 2-component image as the complex
-    image it most often is (MetaImage stores complex pixels as 2 channels) with the magnitude fix."""
+    every path (reading as grey, fusion, ``mmfusion run``). A 2-component image is named by the file it came from
+    (``path``, where known): from a MetaImage (.mha/.mhd), the complex image it most often is (MetaImage stores
+    complex pixels as 2 channels), with the magnitude fix; from another file (NRRD, NIfTI, DICOM, which ITK reads
+    as complex pixels where they hold complex ones), two channels such as a vector field, with the one-channel fix
+    (a 2-channel .nrrd had been called "a complex image saved as MetaImage"); an image of unknown origin, either."""
     components = image.GetNumberOfComponentsPerPixel()
     if components in (1, 3, 4):
         return
-    note = (" (a complex image saved as MetaImage, .mha/.mhd, is read so: its real and imaginary parts)"
-            if components == 2 else "")
+    note, fix = "", "Give a grey or RGB image, or "
+    if components == 2:
+        from .io import _suffix
+
+        kind = None if path is None else ("metaimage" if _suffix(path) in (".mha", ".mhd") else "other")
+        complex_note = "a complex image saved as MetaImage, .mha/.mhd, is read so: its real and imaginary parts"
+        magnitude = "Give its magnitude image (sitk.ComplexToModulus(image), or the scanner's magnitude series), or "
+        if kind == "metaimage":
+            note, fix = f" ({complex_note})", magnitude
+        elif kind == "other":
+            note = " (two channels, e.g. a 2D vector or displacement field)"
+            fix = "Give a grey or RGB image, or one channel of it (sitk.VectorIndexSelectionCast(image, 0))."
+        else:
+            note = f" ({complex_note}; or two channels, e.g. a 2D vector field)"
+            fix = magnitude.replace("Give its magnitude image", "Give its magnitude image if it is complex")
+    if not fix.endswith("."):
+        fix += "one component of it (sitk.VectorIndexSelectionCast(image, 0))."
     raise InputError(f"The {name} has {components} components per pixel{note}; only grey, RGB and RGBA images are "
-                     "supported.",
-                     ("Give its magnitude image (sitk.ComplexToModulus(image), or the scanner's magnitude series), or "
-                      if components == 2 else "Give a grey or RGB image, or ")
-                     + "one component of it (sitk.VectorIndexSelectionCast(image, 0)).")
+                     "supported.", fix)
 
 
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,

@@ -1169,6 +1169,71 @@ class DicomFilesItCannotRead(unittest.TestCase):
 
 
 
+class SeriesOptionsForFiles(unittest.TestCase):
+    """--series and --ROLE-series pick a series among a DICOM folder's: given for files they had been ignored
+    without a word (``info a.nii.gz --series foo``, ``fuse a.png b.png --a-series foo``: rc 0)."""
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.dir = self.tmp.name
+        self.folder = os.path.join(self.dir, "ct")
+        write_series(self.folder, rows=16, cols=16)
+        rng = np.random.default_rng(0)
+        self.png = os.path.join(self.dir, "a.png")
+        sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 255, (24, 24), dtype=np.uint8)), self.png)
+        self.nii = os.path.join(self.dir, "a.nii.gz")
+        sitk.WriteImage(io.read_image(self.folder), self.nii)
+
+    def _cli(self, *argv: str) -> tuple[int, str, str]:
+        import contextlib
+        import io as text_io
+
+        from MultimodalFusionLib import cli
+
+        out, err = text_io.StringIO(), text_io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(list(argv))
+        return code, out.getvalue(), err.getvalue()
+
+    def test_a_series_option_for_files_is_refused(self) -> None:
+        png, nii, out = self.png, self.nii, os.path.join(self.dir, "out")
+        cases = [(["info", nii, "--series", "foo"], "--series foo"),
+                 (["info", nii, png, "--series", "foo"], "--series foo"),
+                 (["fuse", png, png, "-o", out + ".png", "--a-series", "foo"], "--a-series foo"),
+                 (["fuse", png, png, "-o", out + ".png", "--series", "foo"], "--series foo"),
+                 (["evaluate", "--fused", png, png, png, "--fused-series", "foo"], "--fused-series foo"),
+                 (["register", png, png, "-o", out, "--moving-series", "foo"], "--moving-series foo"),
+                 # the folder's own series named, the file's too: that one applies to nothing
+                 (["register", self.folder, nii, "-o", out, "--fixed-series", "BODY", "--moving-series", "foo"],
+                  "--moving-series foo"),
+                 (["run", png, png, "--output-dir", out, "--no-register", "--series", "foo"], "--series foo"),
+                 (["resample", png, "--reference", png, "-o", out + ".png", "--series", "foo"], "--series foo"),
+                 (["resample", png, "--reference", png, "-o", out + ".png", "--reference-series", "foo"],
+                  "--reference-series foo")]
+        for argv, flag in cases:
+            with self.subTest(argv=argv):
+                code, stdout, stderr = self._cli(*argv)
+                self.assertEqual(code, 2, stdout + stderr)
+                self.assertIn(f"{flag} given, but", stderr)
+                self.assertIn("applies to DICOM folders only", stderr)
+                self.assertEqual(stdout, "")
+                self.assertFalse(os.path.exists(out) or os.path.exists(out + ".png"))
+        with self.assertRaisesRegex(InputError, r"A DICOM series \(foo\) was asked of '.*a.nii.gz', a file"):
+            io.read_image(nii, series="foo")
+
+    def test_a_series_for_every_input_applies_to_the_folders_among_them(self) -> None:
+        code, stdout, stderr = self._cli("info", self.folder, self.nii, "--series", "BODY")
+        self.assertEqual(code, 0, stderr)
+        self.assertIn(self.folder, stdout)
+        self.assertIn(self.nii, stdout)
+        out = os.path.join(self.dir, "resampled.nii.gz")
+        code, _, stderr = self._cli("resample", self.folder, "--reference", self.nii, "-o", out, "--series", "BODY")
+        self.assertEqual(code, 0, stderr)
+        code, _, stderr = self._cli("resample", self.nii, "--reference", self.folder, "-o", out, "--series", "BODY")
+        self.assertEqual(code, 0, stderr)
+
+
 class NoPatientDataOut(unittest.TestCase):
     """No identifying value of the DICOM files reaches an image the package returns or writes."""
 

@@ -768,6 +768,61 @@ class WriteRules(unittest.TestCase):
             self.assertIn("moving image has 2 components per pixel (a complex image", str(ctx.exception))
             self.assertIn("ComplexToModulus", ctx.exception.fix)
 
+    def test_two_channels_are_named_by_the_file_they_came_from(self) -> None:
+        # every 2-component image had been called "a complex image saved as MetaImage, .mha/.mhd", a .nrrd or
+        # .nii.gz of two channels too (ITK reads a complex NRRD or NIfTI as complex pixels, not two channels)
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        rng = np.random.default_rng(2)
+        plain = self._path("plain.nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray(rng.random((6, 7, 8)).astype(np.float32)), plain)
+        two = sitk.GetImageFromArray(rng.random((6, 7, 8, 2)).astype(np.float32), isVector=True)
+        for name in ("two.nrrd", "two.nii.gz", "two.mha"):
+            path = self._path(name)
+            sitk.WriteImage(two, path)
+            meta = name.endswith(".mha")
+            for command in ("register", "run", "fuse", "evaluate"):
+                argv = {"register": [command, plain, path, "-o", self._path("r")],
+                        "run": [command, plain, path, "--output-dir", self._path("run")],
+                        "fuse": [command, plain, path, "-o", self._path("f.nii.gz")],
+                        "evaluate": [command, "--fused", plain, plain, path]}[command]
+                out, err = StringIO(), StringIO()
+                with redirect_stdout(out), redirect_stderr(err):
+                    rc = cli.main(argv)
+                with self.subTest(name=name, command=command):
+                    self.assertEqual(rc, 2, err.getvalue())
+                    self.assertRegex(err.getvalue(), rf"{name}'? has 2 components per pixel")
+                    self.assertEqual("complex image saved as MetaImage" in err.getvalue(), meta)
+                    self.assertEqual("ComplexToModulus" in err.getvalue(), meta)
+                    if not meta:
+                        self.assertIn("(two channels, e.g. a 2D vector or displacement field)", err.getvalue())
+                        self.assertIn("one channel of it (sitk.VectorIndexSelectionCast(image, 0))", err.getvalue())
+
+    def test_info_shows_a_file_named_twice_twice(self) -> None:
+        # results keyed by path: `info f f` printed f once, without a word
+        import json
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        path, other = self._path("a.nii.gz"), self._path("b.nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray(np.arange(24, dtype=np.float32).reshape(2, 3, 4)), path)
+        sitk.WriteImage(sitk.GetImageFromArray(np.ones((3, 3), np.float32)), other)
+        out = StringIO()
+        with redirect_stdout(out):
+            self.assertEqual(cli.main(["info", path, other, path]), 0)
+        headers = [line for line in out.getvalue().splitlines() if not line.startswith(" ")]
+        self.assertEqual(headers, [path, other, path])
+        out, err = StringIO(), StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            self.assertEqual(cli.main(["info", path, other, path, "--json"]), 0)
+        self.assertEqual(list(json.loads(out.getvalue())), [path, other])  # strict JSON: one key a file
+        self.assertIn(f"'{path}' given more than once: listed once in the JSON", err.getvalue())
+
     def test_info_gives_a_complex_image_s_magnitude_and_says_so(self) -> None:
         # mmfusion info printed min, max and mean of the real part (numpy's float() of a complex drops the
         # imaginary part, with only a ComplexWarning), as if they were the image's: here -3, 3 and 0
