@@ -17,7 +17,7 @@ import dataclasses
 import math
 import re
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -33,7 +33,13 @@ from ..validation import (
     small_overlap_warnings,
     start_overlap,
 )
-from .parameters import ITK_UINT_MAX, RegistrationParameters, StageParameters
+from .parameters import (
+    DEFAULT_LEARNING_RATE,
+    ITK_UINT_MAX,
+    RegistrationParameters,
+    StageParameters,
+    step_scale,
+)
 from .result import RegistrationResult, StageResult, iterations_per_level
 
 __all__ = ["register_sitk", "linear_parts", "compose", "evaluate_metric", "no_overlap_error", "masks_metric_error"]
@@ -406,17 +412,24 @@ def _bspline_mesh(stage: StageParameters, fixed: sitk.Image) -> list[int]:
 FAST_RELAXATION_VOXELS = 1_000_000
 
 
-def regular_step_defaults(stage: StageParameters, dim: int, voxels: int) -> tuple[float, float]:
-    """(min_step, relaxation_factor) a regular_step stage runs with: its own, or the defaults for a ``dim``-D
-    fixed image of ``voxels`` voxels (see ``StageParameters``)."""
+def regular_step_defaults(stage: StageParameters, dim: int, voxels: int,
+                          spacing: Sequence[float] | None = None) -> tuple[float, float, float]:
+    """(learning_rate, min_step, relaxation_factor) a stage runs with: its own, or the defaults for a ``dim``-D
+    fixed image of ``voxels`` voxels of ``spacing`` mm (see ``StageParameters``; None: steps as at 1 mm). The
+    default steps are multiplied by :func:`~.parameters.step_scale` of the spacing (1 for voxels of 0.5-20 mm)."""
+    scale = 1.0 if spacing is None else step_scale(spacing)
     large = dim == 3 and voxels >= FAST_RELAXATION_VOXELS
-    min_step = float(stage.min_step if stage.min_step is not None else (1e-2 if large else 1e-3))
+    learning_rate = float(stage.learning_rate if stage.learning_rate is not None
+                          else DEFAULT_LEARNING_RATE.get(stage.name, DEFAULT_LEARNING_RATE["rigid"]) * scale)
+    # B-spline stages keep 0.001 mm at any size (the default stage had given it explicitly)
+    min_step = float(stage.min_step if stage.min_step is not None
+                     else (1e-2 if large and stage.name != "bspline" else 1e-3) * scale)
     relaxation = float(stage.relaxation_factor if stage.relaxation_factor is not None else (0.5 if large else 0.8))
-    return min_step, relaxation
+    return learning_rate, min_step, relaxation
 
 
 def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParameters, dim: int,
-                         voxels: int = 0) -> None:
+                         voxels: int = 0, spacing: Sequence[float] | None = None) -> None:
     if stage.optimizer == "lbfgsb":
         method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=float(stage.gradient_tolerance),
                                     numberOfIterations=int(stage.iterations),
@@ -425,16 +438,16 @@ def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParam
                                     maximumNumberOfFunctionEvaluations=min(4 * int(stage.iterations), ITK_UINT_MAX),
                                     costFunctionConvergenceFactor=1e7)
         return
+    learning_rate, min_step, relaxation = regular_step_defaults(stage, dim, voxels, spacing)
     if stage.optimizer == "regular_step":
-        min_step, relaxation = regular_step_defaults(stage, dim, voxels)
         method.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=float(stage.learning_rate), minStep=min_step,
+            learningRate=learning_rate, minStep=min_step,
             numberOfIterations=int(stage.iterations), relaxationFactor=relaxation,
             gradientMagnitudeTolerance=float(stage.gradient_tolerance),
             estimateLearningRate=method.Never)
     else:
         method.SetOptimizerAsGradientDescentLineSearch(
-            learningRate=float(stage.learning_rate), numberOfIterations=int(stage.iterations),
+            learningRate=learning_rate, numberOfIterations=int(stage.iterations),
             convergenceMinimumValue=1e-6, convergenceWindowSize=10,
             estimateLearningRate=method.EachIteration)
     if stage.name == "bspline":
@@ -447,11 +460,13 @@ def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParam
 
 def _stage_method(stage: StageParameters, seed: int | None, fixed_mask: sitk.Image | None,
                   moving_mask: sitk.Image | None, fixed: sitk.Image, shrink: list[int], sigmas: list[float],
-                  full_voxels: int, sampled: list[float | None] | None = None) -> sitk.ImageRegistrationMethod:
+                  full_voxels: int, sampled: list[float | None] | None = None,
+                  full_spacing: Sequence[float] | None = None) -> sitk.ImageRegistrationMethod:
     """An ITK registration method for ``stage`` on the levels (``shrink``, ``sigmas``) of ``fixed``.
 
     ``full_voxels`` is the full-resolution fixed image's size, which picks the optimizer settings and
-    the gradient computation (the same for every level, whether ITK or _reduced_level makes them).
+    the gradient computation (the same for every level, whether ITK or _reduced_level makes them), and
+    ``full_spacing`` its voxel size, which scales the default steps (None: ``fixed``'s).
     ``sampled`` (a list) gets each level's sampling fraction appended (None: every voxel).
     """
     method = sitk.ImageRegistrationMethod()
@@ -464,7 +479,8 @@ def _stage_method(stage: StageParameters, seed: int | None, fixed_mask: sitk.Ima
         # Small images (2D slices) keep the smoother gradient images, which the 2D T1/PD case needs.
         method.MetricUseFixedImageGradientFilterOff()
         method.MetricUseMovingImageGradientFilterOff()
-    _configure_optimizer(method, stage, fixed.GetDimension(), full_voxels)
+    _configure_optimizer(method, stage, fixed.GetDimension(), full_voxels,
+                         fixed.GetSpacing() if full_spacing is None else full_spacing)
     method.SetShrinkFactorsPerLevel(shrink)
     method.SetSmoothingSigmasPerLevel(sigmas)
     if stage.smoothing_in_mm:
@@ -868,7 +884,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     sampled: list[float | None] = []
     for first_level, (fixed_in, moving_in, shrink_in, sigmas_in) in enumerate(runs):
         method = _stage_method(stage, seed, fixed_mask, stage_mask, fixed_in, shrink_in, sigmas_in,
-                               fixed.GetNumberOfPixels(), sampled)
+                               fixed.GetNumberOfPixels(), sampled, fixed.GetSpacing())
         if previous is not None and warped is None:
             method.SetMovingInitialTransform(previous)
         method.SetInitialTransform(optimized, inPlace=True)
@@ -897,8 +913,9 @@ def _effective_settings(stage: StageParameters, fixed: sitk.Image, shrink: list[
                         sampled: list[float | None],
                         reduced_levels: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """What a stage ran with where the engine chose it from the images (metrics.json's ``effective``): the
-    regular_step optimizer's ``min_step`` and ``relaxation_factor`` (null in the settings: picked from the
-    fixed image's size), the shrink factors (capped at a quarter of the smaller image's shortest side: a
+    step (``learning_rate``, and ``step_scale``, the factor on the default steps from the fixed image's voxel
+    size), the regular_step optimizer's ``min_step`` and ``relaxation_factor`` (null in the settings: picked from
+    the fixed image's size and voxel size), the shrink factors (capped at a quarter of the smaller image's shortest side: a
     6-slice slab runs shrink 1 throughout), the sigmas ITK's pyramid smoothed with, the sampling fraction of
     each level's grid (raised to the floor of samples, capped at ``max_samples``; null: every voxel) and a
     B-spline's control grid, and a mutual-information metric's histogram bins (null in the settings: 50).
@@ -915,9 +932,13 @@ def _effective_settings(stage: StageParameters, fixed: sitk.Image, shrink: list[
         out["reduced_levels"] = reduced_levels
     if stage.metric in ("mattes_mi", "joint_histogram_mi"):
         out["histogram_bins"] = stage.effective_histogram_bins()
+    if stage.optimizer != "lbfgsb":
+        out["step_scale"] = step_scale(fixed.GetSpacing())
+        out["learning_rate"], min_step, relaxation = regular_step_defaults(stage, fixed.GetDimension(),
+                                                                           fixed.GetNumberOfPixels(),
+                                                                           fixed.GetSpacing())
     if stage.optimizer == "regular_step":
-        out["min_step"], out["relaxation_factor"] = regular_step_defaults(stage, fixed.GetDimension(),
-                                                                          fixed.GetNumberOfPixels())
+        out["min_step"], out["relaxation_factor"] = min_step, relaxation
     if stage.name == "bspline":
         out["mesh_size"] = [int(m) for m in _bspline_mesh(stage, fixed)]
     return out
