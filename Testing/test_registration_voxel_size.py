@@ -26,7 +26,12 @@ from MultimodalFusionLib.registration.accuracy import (
     itk_brainweb_truth,
     transform_error,
 )
-from MultimodalFusionLib.registration.parameters import STEP_SCALE_VOXEL_MM, load_preset, step_scale
+from MultimodalFusionLib.registration.parameters import (
+    DEFAULT_LEARNING_RATE,
+    STEP_SCALE_VOXEL_MM,
+    load_preset,
+    step_scale,
+)
 
 TRUTH_DEG = 10.0
 
@@ -87,7 +92,8 @@ class VoxelSizeFollowingSteps(unittest.TestCase):
             with self.subTest(stage=name):
                 self.assertIsNone(default_stage(name).learning_rate)
                 self.assertIsNone(default_stage(name).min_step)
-                self.assertEqual(StageParameters(name=name).learning_rate, None)
+                self.assertIsNone(StageParameters(name=name).learning_rate)
+                self.assertEqual(DEFAULT_LEARNING_RATE[name], rate)  # what default_stage had given explicitly
         for preset in ("t1-t2-brain", "ct-mr-head", "mr-pet-brain", "mr-mr-deformable"):
             with self.subTest(preset=preset):
                 self.assertTrue(all(s.learning_rate is None for s in load_preset(preset).stages))
