@@ -452,20 +452,19 @@ class TorchRegistrationTest(unittest.TestCase):
         self.assertEqual(torch_parameters(p).linear_metric, "mi")  # what runs, unchanged
 
     def test_a_preset_stage_pyramid_the_torch_run_does_not_follow_is_warned(self) -> None:
-        # a stage's smoothing_sigmas, a later linear stage's shrink factors and a B-spline stage's levels were
-        # dropped by the conversion without a word: pet-ct-body's affine stage asks for shrink [2, 1] and sigmas
-        # [1, 0.5], and the torch run used the rigid stage's [4, 2, 1], smoothed by half each level's voxel size
+        # a later linear stage's shrink factors and sigmas and a B-spline stage's levels were dropped by the
+        # conversion without a word: pet-ct-body's affine stage asks for shrink [2, 1] and sigmas [1, 0.5], and the
+        # torch run used the rigid stage's [4, 2, 1] smoothed by its [2, 1, 1]. The first linear stage's sigmas
+        # are carried (linear_smoothing_sigmas): they had been warned about on every shipped preset
         from MultimodalFusionLib import registration
         from MultimodalFusionLib.registration.torch_backend import conversion_warnings
 
         said = conversion_warnings(registration.resolve_parameters(preset="pet-ct-body", backend="torch"))
-        self.assertEqual(len(said), 2, said)
-        self.assertIn("The rigid stage's smoothing_sigmas [2, 1, 1] are not used on the torch backend: it runs the "
-                      "levels linear_shrink_factors [4, 2, 1], each smoothed by half its voxel size (sigmas [2, 1, 0] "
-                      "in voxels of the finest fixed voxel", said[0])
+        self.assertEqual(len(said), 1, said)
         self.assertIn("The affine stage's shrink_factors [2, 1] and smoothing_sigmas [1, 0.5] are not used on the "
                       "torch backend: every linear stage runs the first linear stage's levels, linear_shrink_factors "
-                      "[4, 2, 1]", said[1])
+                      "[4, 2, 1], smoothed by linear_smoothing_sigmas [2, 1, 1] (voxels of the finest fixed voxel",
+                      said[0])
         spline = conversion_warnings(registration.resolve_parameters(preset="mr-mr-deformable", backend="torch"))
         self.assertTrue(any("The bspline stage runs as the torch backend's deformable stage" in w
                             and "shrink_factors [2, 1], smoothing_sigmas [1, 0], mesh_size 4, metric mattes_mi (it "
@@ -476,14 +475,16 @@ class TorchRegistrationTest(unittest.TestCase):
             return [w for w in conversion_warnings(registration.RegistrationParameters.from_dict(
                 {"stages": list(stages)})) if "not used on the torch backend" in w]
 
-        # the torch pyramid's own sigmas (half the shrink factor, the finest 0), in voxels: nothing to say
+        # a later stage smoothing as the first (the same numbers and unit): nothing to say
         self.assertEqual(pyramid({"name": "affine"}, {"name": "rigid", "smoothing_sigmas": [2, 1, 0]}), [])
         self.assertEqual(pyramid({"name": "rigid", "shrink_factors": [8, 4, 2, 1], "smoothing_sigmas": [4, 2, 1, 0]},
                                  {"name": "affine", "shrink_factors": [8, 4, 2, 1],
                                   "smoothing_sigmas": [4, 2, 1, 0]}), [])
         # the same numbers in mm are another smoothing; a later stage's own levels are named, its sigmas with them
-        self.assertIn("smoothing_sigmas [2, 1, 0] mm are not used",
-                      pyramid({"name": "affine", "smoothing_in_mm": True})[0])
+        self.assertEqual(pyramid({"name": "affine", "smoothing_in_mm": True}), [])  # the first: carried, in mm
+        self.assertIn("affine stage's smoothing_sigmas [2, 1, 0] mm are not used",
+                      pyramid({"name": "rigid", "smoothing_sigmas": [2, 1, 0]},
+                              {"name": "affine", "smoothing_in_mm": True})[0])
         later = pyramid({"name": "rigid", "smoothing_sigmas": [2, 1, 0]},
                         {"name": "affine", "shrink_factors": [2, 1], "smoothing_sigmas": [1, 0]})
         self.assertEqual(len(later), 1, later)
@@ -496,7 +497,105 @@ class TorchRegistrationTest(unittest.TestCase):
         result = registration.register(fixed, moving, quick, backend="torch", seed=1)
         self.assertEqual([w for w in result.warnings if "not used on the torch backend" in w],
                          [w for w in conversion_warnings(quick)])
-        self.assertEqual(len(conversion_warnings(quick)), 2)  # rigid: sigma 0 at shrink 2 (torch 1); affine: [1]
+        self.assertEqual(len(conversion_warnings(quick)), 1)  # affine: shrink [1] (the rigid stage's sigma 0 runs)
+
+    def test_a_preset_s_smoothing_sigmas_reach_the_torch_pyramid(self) -> None:
+        # the torch pyramid smoothed every linear level by half its voxel size whatever the preset asked (ct-mr-head's
+        # rigid stage 4-2-0 voxels ran 2-1-0), with a warning on every shipped preset, and on a bare
+        # RegistrationParameters() too (its rigid stage's 4-2-0, which the user never wrote)
+        from MultimodalFusionLib import registration
+        from MultimodalFusionLib.registration.parameters import list_presets
+        from MultimodalFusionLib.registration.torch_backend import conversion_warnings, torch_parameters
+
+        expected = {"ct-mr-head": [4, 2, 0], "t1-t2-brain": [4, 2, 0], "mr-mr-deformable": [4, 2, 0],
+                    "mr-pet-brain": [4, 1.5, 1], "pet-ct-body": [2, 1, 1]}
+        self.assertEqual(sorted(expected), list_presets())
+        for preset, sigmas in expected.items():
+            with self.subTest(preset=preset):
+                p = torch_parameters(registration.resolve_parameters(preset=preset, backend="torch"))
+                self.assertEqual((p.linear_smoothing_sigmas, p.linear_smoothing_in_mm), (sigmas, False))
+                first = registration.resolve_parameters(preset=preset, backend="torch").stages[0].name
+                self.assertEqual([w for w in conversion_warnings(registration.resolve_parameters(
+                    preset=preset, backend="torch")) if f"The {first} stage's smoothing_sigmas" in w], [])
+        for bare in (registration.RegistrationParameters(),
+                     registration.RegistrationParameters().with_stages(["rigid", "bspline"])):
+            self.assertEqual([w for w in conversion_warnings(bare) if "smoothing_sigmas [4, 2, 0]" in w], [])
+        in_mm = registration.RegistrationParameters.from_dict(
+            {"stages": [{"name": "affine", "shrink_factors": [2, 1], "smoothing_sigmas": [3, 0.5],
+                         "smoothing_in_mm": True}]})
+        self.assertEqual((torch_parameters(in_mm).linear_smoothing_sigmas, torch_parameters(in_mm).linear_smoothing_in_mm),
+                         ([3.0, 0.5], True))
+        # levels given in the stage's place without sigmas of their own run the torch rule (the stage's sigmas
+        # belong to its shrink factors); sigmas given with them are kept
+        self.assertIsNone(torch_parameters(in_mm, linear_shrink_factors=[4, 1]).linear_smoothing_sigmas)
+        self.assertEqual(torch_parameters(in_mm, linear_shrink_factors=[4, 1],
+                                          linear_smoothing_sigmas=[1, 0]).linear_smoothing_sigmas, [1, 0])
+        # they reach the pyramid: what ran is recorded (mm: the BrainWeb slices' 1 mm pixels), the run is the one
+        # torch settings of the same sigmas give, and another than the torch rule's
+        fixed, moving = _brainweb_pair()
+        preset = registration.RegistrationParameters.from_dict(
+            {"stages": [{"name": "rigid", "shrink_factors": [4, 2], "smoothing_sigmas": [4.0, 0.5]}]})
+        carried = registration.register(fixed, moving, preset, backend="torch", seed=1)
+        self.assertEqual(carried.parameters["linear_smoothing_sigmas"], [4.0, 0.5])
+        self.assertEqual(carried.parameters["effective"]["linear_level_sigmas_mm"], [4.0, 0.5])
+        self.assertEqual([w for w in carried.warnings if "smoothing" in w], [])
+        same = self._params(stages=["rigid"], initializer="geometry", linear_shrink_factors=[4, 2],
+                            linear_iterations=[150, 80], linear_smoothing_sigmas=[4.0, 0.5])
+        self.assertEqual(registration.register(fixed, moving, same, backend="torch", seed=1).transform.GetParameters(),
+                         carried.transform.GetParameters())
+        rule = registration.register(fixed, moving, dataclasses.replace(same, linear_smoothing_sigmas=None),
+                                     backend="torch", seed=1)
+        self.assertEqual(rule.parameters["effective"]["linear_level_sigmas_mm"], [2.0, 1.0])
+        self.assertNotEqual(rule.transform.GetParameters(), carried.transform.GetParameters())
+
+    def test_the_default_torch_pyramid_is_unchanged(self) -> None:
+        # linear_smoothing_sigmas None is the rule the pyramid always had (half each coarse level's voxel size,
+        # the finest unsmoothed): the same transform, bit for bit, as sigmas given equal to it
+        from MultimodalFusionLib import registration
+        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
+
+        self.assertIsNone(TorchRegistrationParameters().linear_smoothing_sigmas)
+        self.assertFalse(TorchRegistrationParameters().linear_smoothing_in_mm)
+        fixed, moving = _brainweb_pair()
+        default = registration.register(fixed, moving, stages=["rigid"], backend="torch", seed=1)
+        self.assertIsNone(default.parameters["linear_smoothing_sigmas"])
+        self.assertEqual(default.parameters["effective"]["linear_level_sigmas_mm"], [2.0, 1.0, 0.0])
+        spelt = registration.register(fixed, moving, TorchRegistrationParameters(
+            stages=["rigid"], initializer="geometry", linear_smoothing_sigmas=[2, 1, 0]), backend="torch", seed=1)
+        self.assertEqual(spelt.transform.GetParameters(), default.transform.GetParameters())
+        # a SimpleITK stage asking for the rule's sigmas runs the same too
+        asked = registration.RegistrationParameters.from_dict(
+            {"stages": [{"name": "rigid", "smoothing_sigmas": [2, 1, 0]}]})
+        self.assertEqual(registration.register(fixed, moving, asked, backend="torch", seed=1).transform.GetParameters(),
+                         default.transform.GetParameters())
+
+    def test_bad_linear_smoothing_sigmas_are_refused(self) -> None:
+        from MultimodalFusionLib import registration
+        from MultimodalFusionLib.registration.torch_backend import (
+            TorchRegistrationParameters,
+            torch_parameters,
+        )
+
+        for sigmas in ([2, 1], [2, 1, 0, 0], [2, float("nan"), 0], [float("inf"), 1, 0], [2, -1, 0],
+                       [True, 1, 0], ["2", 1, 0], 2.0, "2,1,0", []):
+            with self.subTest(sigmas=sigmas), self.assertRaises(InputError) as ctx:
+                TorchRegistrationParameters(linear_smoothing_sigmas=sigmas).validate()
+            self.assertIn("linear_smoothing_sigmas", str(ctx.exception))
+            self.assertIn("one per level of linear_shrink_factors [4, 2, 1]", ctx.exception.fix)
+        with self.assertRaises(InputError):  # the dict form too
+            torch_parameters({"linear_shrink_factors": [2, 1], "linear_smoothing_sigmas": [1, 0, 0]})
+        with self.assertRaises(InputError) as ctx:
+            TorchRegistrationParameters(linear_smoothing_in_mm="no").validate()
+        self.assertIn("linear_smoothing_in_mm", str(ctx.exception))
+        TorchRegistrationParameters(linear_smoothing_sigmas=[0, 0, 0], linear_smoothing_in_mm=True).validate()
+        # a Gaussian wider than the whole image: ITK's is NaN from about 5e8 mm; refused before anything runs
+        fixed, moving = _brainweb_pair()
+        for sigmas, in_mm in (([1e9, 1, 0], False), ([1, 1, 1e4], True)):
+            with self.subTest(sigmas=sigmas), self.assertRaises(InputError) as ctx:
+                registration.register(fixed, moving, self._params(stages=["rigid"], linear_smoothing_sigmas=sigmas,
+                                                                  linear_smoothing_in_mm=in_mm), backend="torch")
+            self.assertIn("linear_smoothing_sigmas", str(ctx.exception))
+            self.assertIn("wider than the whole fixed image", str(ctx.exception))
 
     def test_folding_from_weak_regularisation_is_warned(self) -> None:
         from MultimodalFusionLib import registration
@@ -521,6 +620,7 @@ class TorchRegistrationTest(unittest.TestCase):
         effective = result.parameters["effective"]
         self.assertEqual(result.parameters["linear_shrink_factors"], [4, 2, 1])
         self.assertEqual(effective["linear_level_sizes"], [[13, 13, 4], [25, 25, 4], [48, 48, 6]])
+        self.assertEqual(effective["linear_level_sigmas_mm"], [2.0, 1.0, 0.0])  # the 1 mm voxels' rule
         self.assertEqual(effective["number_of_threads"], 1)  # setUpClass's
         self.assertNotIn("deformable_level_sizes", effective)
 
@@ -692,6 +792,14 @@ class TorchRegistrationTest(unittest.TestCase):
                       "backend runs them as its linear_shrink_factors, in the order given, so the linear stages end at "
                       "shrink factor 4, not at the finest that runs (1)", preset_named[0])
         self.assertIn("e.g. shrink_factors [4, 2, 1] with smoothing_sigmas [2, 1, 0].", preset_named[0])
+        # torch settings' own sigmas go with their levels too
+        from MultimodalFusionLib.registration.torch_backend import _level_order_warnings
+
+        sigma_named = _level_order_warnings(self._params(stages=["rigid"], linear_shrink_factors=[1, 2, 4],
+                                                         linear_iterations=[3, 2, 1],
+                                                         linear_smoothing_sigmas=[0, 1, 3]), 1.0)
+        self.assertIn("e.g. [4, 2, 1] with linear_iterations [1, 2, 3] and linear_smoothing_sigmas [3, 1, 0].",
+                      sigma_named[0])
 
     def test_a_skipped_linear_level_changes_nothing_after_it(self) -> None:
         # a linear level of 0 iterations still halved the Adam step of every level after it (and drew a sample):

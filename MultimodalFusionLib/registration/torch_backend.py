@@ -109,6 +109,12 @@ class TorchRegistrationParameters:
         linear_metric: "mi" (multimodal), "lncc" or "mind".
         linear_shrink_factors: linear stages' pyramid, coarse to fine (another order runs as given, with a
             warning when a level is coarser than the one before).
+        linear_smoothing_sigmas: Gaussian sigma of each linear level, one per ``linear_shrink_factors`` entry, in
+            voxels of the finest fixed voxel (the unit of the shrink factors: the same mm along every axis and for
+            both images), or in mm with ``linear_smoothing_in_mm``; 0 leaves a level unsmoothed. None (the
+            default): half of each coarse level's voxel size, the finest level not at all ([2, 1, 0] for shrink
+            [4, 2, 1]). From SimpleITK settings (a preset) the first rigid/affine stage's ``smoothing_sigmas``.
+        linear_smoothing_in_mm: ``linear_smoothing_sigmas`` are in mm (SimpleITK's ``smoothing_in_mm``).
         linear_iterations: Adam iterations per level of the linear stages.
         linear_learning_rate: Adam step (about radians of rotation; translation in units of the
             image's half extent).
@@ -153,6 +159,8 @@ class TorchRegistrationParameters:
     seed: int | None = 42
     linear_metric: str = "mi"
     linear_shrink_factors: list[int] = dataclasses.field(default_factory=lambda: [4, 2, 1])
+    linear_smoothing_sigmas: list[float] | None = None
+    linear_smoothing_in_mm: bool = False
     linear_iterations: list[int] = dataclasses.field(default_factory=lambda: [150, 80, 40])
     linear_learning_rate: float = 0.02
     linear_samples: int = 20000
@@ -234,6 +242,20 @@ class TorchRegistrationParameters:
                 raise bad(levels_name, levels, "positive, finite voxel sizes in mm, coarse to fine, e.g. [4, 2]")
             if any(whole_number(i, 0) is None for i in iters):
                 raise bad(iters_name, iters, f"whole numbers >= 0, one per level of {levels_name}")
+        sigmas = self.linear_smoothing_sigmas
+        if sigmas is not None:
+            # one sigma per linear level, as SimpleITK's smoothing_sigmas per shrink factor: a shorter list would
+            # leave levels without one, a NaN or negative sigma ends inside ITK's Gaussian or torch's conv
+            levels = len(self.linear_shrink_factors)
+            if (not isinstance(sigmas, (list, tuple, np.ndarray)) or len(sigmas) != levels
+                    or not all(_finite_at_least_zero(x) for x in sigmas)):
+                raise bad("linear_smoothing_sigmas", sigmas,
+                          f"{levels} finite number(s) >= 0, one per level of linear_shrink_factors "
+                          f"{level_list(self.linear_shrink_factors)} (voxels of the finest fixed voxel, or mm with "
+                          "linear_smoothing_in_mm; 0: unsmoothed), e.g. [2, 1, 0] for [4, 2, 1], or None for half "
+                          "of each coarse level's voxel size")
+        if not isinstance(self.linear_smoothing_in_mm, (bool, np.bool_)):  # "no" would count as True
+            raise bad("linear_smoothing_in_mm", self.linear_smoothing_in_mm, "True or False")
         if (any(_STAGE_ALIASES.get(str(s).lower()) == "deformable" for s in self.stages)
                 and not any(int(i) for i in self.deformable_iterations)):
             # the stage had run no iteration and returned a zero displacement field, accepted without a word
@@ -309,20 +331,56 @@ def _given_bins(stage: Any) -> int | None:
     return None if whole_number(bins, 1) is None else int(bins)
 
 
+def _level_sigma_mm(shrink: float, base_spacing: float) -> float:
+    """The torch pyramid's own smoothing of a level (mm): half its voxel size, the finest level not at all."""
+    return 0.5 * (base_spacing * max(float(shrink), 1.0)) if float(shrink) > 1.0 + 1e-6 else 0.0
+
+
+def _linear_sigmas_mm(p: TorchRegistrationParameters, base_spacing: float) -> list[float]:
+    """The sigma (mm) each linear level is smoothed by: ``linear_smoothing_sigmas`` (voxels of ``base_spacing``,
+    the finest fixed voxel, or mm), or the torch pyramid's own rule when they are None."""
+    if p.linear_smoothing_sigmas is None:
+        return [_level_sigma_mm(f, base_spacing) for f in p.linear_shrink_factors]
+    scale = 1.0 if p.linear_smoothing_in_mm else base_spacing
+    return [float(x) * scale for x in p.linear_smoothing_sigmas]
+
+
 def _torch_sigmas(shrink: Sequence[float]) -> list[float]:
     """The sigmas the torch pyramid smooths its levels of ``shrink`` with, in voxels of the finest fixed voxel
     (:meth:`_Context.level_images`: half the level's voxel size, the finest level not at all)."""
     return [0.5 * float(f) if float(f) > 1.0 + 1e-6 else 0.0 for f in shrink]
 
 
+def _same_smoothing(sigmas: Sequence[float], in_mm: bool, other: Sequence[float], other_in_mm: bool) -> bool:
+    """Whether two lists of level sigmas smooth alike: the same numbers in the same unit, or none at all."""
+    a, b = [float(x) for x in sigmas], [float(x) for x in other]
+    if len(a) != len(b):
+        return False
+    return a == b and (in_mm == other_in_mm or not any(a))
+
+
+def _smoothing_words(p: TorchRegistrationParameters) -> str:
+    """How the torch run smooths its linear levels, for a warning."""
+    if p.linear_smoothing_sigmas is None:
+        return (f"each smoothed by half its voxel size (sigmas {level_list(_torch_sigmas(p.linear_shrink_factors))} "
+                "in voxels of the finest fixed voxel, the same mm along every axis)")
+    unit = "mm" if p.linear_smoothing_in_mm else "voxels of the finest fixed voxel, the same mm along every axis"
+    return f"smoothed by linear_smoothing_sigmas {level_list(p.linear_smoothing_sigmas)} ({unit})"
+
+
 def _pyramid_warnings(parameters: Any, converted: TorchRegistrationParameters) -> list[str]:
     """A warning for each SimpleITK stage whose pyramid (shrink factors, smoothing sigmas) the torch run does not
-    follow: a linear stage's sigmas unless they are the torch pyramid's own (half of each coarse level's voxel
-    size, in voxels, not ``smoothing_in_mm``), a later linear stage's shrink factors unless they are the first's
-    (one pyramid serves every linear stage), and a B-spline stage's levels, control grid and metric (its torch
-    stand-in is the deformable stage). They had been dropped without a word."""
+    follow: a later linear stage's shrink factors and sigmas unless they are those that run (the first linear
+    stage's, carried into ``linear_shrink_factors`` and ``linear_smoothing_sigmas``: one pyramid serves every
+    linear stage), the first's only where torch settings on the parameters replaced them, and a B-spline stage's
+    levels, control grid and metric (its torch stand-in is the deformable stage). They had been dropped without a
+    word. The first linear stage's sigmas had been warned about too, on every shipped preset, while the torch
+    pyramid smoothed each level by half its voxel size; they are now carried."""
     shrink = [int(f) for f in converted.linear_shrink_factors]
-    sigmas = _torch_sigmas(shrink)
+    if converted.linear_smoothing_sigmas is None:
+        run_sigmas, run_mm = _torch_sigmas(shrink), False
+    else:
+        run_sigmas, run_mm = list(converted.linear_smoothing_sigmas), bool(converted.linear_smoothing_in_mm)
     out = []
     first_linear = True
     for stage in parameters.stages:
@@ -333,17 +391,16 @@ def _pyramid_warnings(parameters: Any, converted: TorchRegistrationParameters) -
         if kind in ("rigid", "affine"):
             unused = []
             same_levels = [int(f) for f in given_shrink] == shrink
-            if not first_linear and not same_levels:
+            if not same_levels:
                 unused.append(f"shrink_factors {level_list(given_shrink)}")
-            if in_mm or not same_levels or [float(x) for x in given_sigmas] != sigmas:
+            if not same_levels or not _same_smoothing(given_sigmas, in_mm, run_sigmas, run_mm):
                 unused.append(f"smoothing_sigmas {level_list(given_sigmas)}" + (" mm" if in_mm else ""))
             if unused:
                 levels = ("it runs the levels " if first_linear else
                           "every linear stage runs the first linear stage's levels, ")
                 out.append(f"The {stage.name} stage's {' and '.join(unused)} are not used on the torch backend: "
-                           f"{levels}linear_shrink_factors {level_list(shrink)}, each smoothed by half its voxel size "
-                           f"(sigmas {level_list(sigmas)} in voxels of the finest fixed voxel, the same mm along "
-                           "every axis), which no torch setting changes; the SimpleITK backend runs them as given.")
+                           f"{levels}linear_shrink_factors {level_list(shrink)}, {_smoothing_words(converted)}; "
+                           "the SimpleITK backend runs them as given.")
             first_linear = False
         elif kind == "deformable" and given_shrink:
             metric = str(getattr(stage, "metric", ""))
@@ -405,9 +462,9 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
 
     From a ``RegistrationParameters`` the stage list ("rigid"/"affine" -> linear stages,
     "bspline" -> "deformable"), the initializer, the seed, the first linear stage's shrink
-    factors and metric and its histogram bins when given (kept within 8..64; bins left out (None) run
-    the torch default 32, as without settings; :func:`conversion_warnings` says when bins were clamped or
-    differ between linear stages) are kept; optimiser settings (iterations, learning rates) are the torch defaults, because Adam
+    factors, smoothing sigmas (``smoothing_in_mm`` with them) and metric and its histogram bins when given (kept
+    within 8..64; bins left out (None) run the torch default 32, as without settings; :func:`conversion_warnings`
+    says when bins were clamped or differ between linear stages) are kept; optimiser settings (iterations, learning rates) are the torch defaults, because Adam
     steps are not comparable with SimpleITK's optimisers.
 
     Args:
@@ -418,6 +475,7 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
     Raises:
         InputError: unknown fields or values.
     """
+    carried_sigmas = None  # the levels a SimpleITK stage's sigmas were carried with
     if parameters is None:
         out = TorchRegistrationParameters()
     elif isinstance(parameters, TorchRegistrationParameters):
@@ -452,6 +510,14 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
                 out.linear_iterations = [int(out.linear_iterations[min(i, len(out.linear_iterations) - 1)])
                                          for i in range(len(shrink))]
                 out.linear_shrink_factors = [int(f) for f in shrink]
+            # its smoothing too, one sigma per shrink factor (StageParameters.validate holds them to one each):
+            # the torch pyramid had smoothed every preset's levels by half their voxel size, and warned that the
+            # preset's sigmas (4-2-0 voxels for the rigid stage of ct-mr-head) were not used
+            sigmas = getattr(first, "smoothing_sigmas", None)
+            if isinstance(sigmas, (list, tuple)) and len(sigmas) == len(out.linear_shrink_factors):
+                out.linear_smoothing_sigmas = [float(x) for x in sigmas]
+                out.linear_smoothing_in_mm = bool(getattr(first, "smoothing_in_mm", False))
+                carried_sigmas = list(out.linear_shrink_factors)
         deform = [s for s in stage_objs if _STAGE_ALIASES.get(str(getattr(s, "name", "")).lower()) == "deformable"]
         if deform and _METRIC_ALIASES.get(str(getattr(deform[0], "metric", "")).lower()) == "lncc":
             out.deformable_metric = "lncc"
@@ -465,16 +531,29 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
         extra = getattr(parameters, "torch", None)
         if isinstance(extra, dict):
             out = dataclasses.replace(out, **extra)
+            carried_sigmas = None if "linear_smoothing_sigmas" in extra else carried_sigmas
     else:
         raise InputError(f"Torch registration parameters of type {type(parameters).__name__} are not supported.",
                          "Pass a TorchRegistrationParameters, a RegistrationParameters, a dict or None.")
     if overrides:
         out = dataclasses.replace(out, **overrides)
+        carried_sigmas = None if "linear_smoothing_sigmas" in overrides else carried_sigmas
+    if carried_sigmas is not None and (not isinstance(out.linear_shrink_factors, (list, tuple, np.ndarray))
+                                       or list(out.linear_shrink_factors) != carried_sigmas):
+        # the stage's sigmas belong to its shrink factors: levels given in their place (a ``torch`` dict,
+        # overrides) without sigmas of their own run the torch rule rather than be refused for the stage's
+        out.linear_smoothing_sigmas, out.linear_smoothing_in_mm = None, False
     out.stages = [_STAGE_ALIASES.get(str(s).lower(), str(s)) for s in out.stages]
     out.linear_metric = _METRIC_ALIASES.get(str(out.linear_metric).lower(), str(out.linear_metric))
     out.deformable_metric = _METRIC_ALIASES.get(str(out.deformable_metric).lower(), str(out.deformable_metric))
     out.validate()
     return out
+
+
+def _finite_at_least_zero(value: Any) -> bool:
+    """``value`` is a finite real number >= 0 (not a bool, a string or None)."""
+    return (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+            and math.isfinite(float(value)) and float(value) >= 0)
 
 
 def _positive_number(value: Any) -> bool:
@@ -718,10 +797,11 @@ class _Context:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def level_images(self, shrink: float) -> tuple[Any, Any, Any, Any]:
-        """Fixed image/mask and moving image/mask of a pyramid level (``shrink`` x the finest fixed voxel)."""
+    def level_images(self, shrink: float, sigma_mm: float | None = None) -> tuple[Any, Any, Any, Any]:
+        """Fixed image/mask and moving image/mask of a pyramid level (``shrink`` x the finest fixed voxel),
+        smoothed by ``sigma_mm`` (None: half the level's voxel size, the finest level not at all)."""
         spacing = self.base_spacing * max(float(shrink), 1.0)
-        sigma = 0.5 * spacing if shrink > 1.0 + 1e-6 else 0.0
+        sigma = _level_sigma_mm(shrink, self.base_spacing) if sigma_mm is None else float(sigma_mm)
         fixed, fixed_mask = self.fixed.level(sigma, spacing)
         moving, moving_mask = self.moving.level(sigma, spacing)
         return fixed, fixed_mask, moving, moving_mask
@@ -954,13 +1034,14 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
     total_iters = sum(int(i) for i in p.linear_iterations)
     done = 0
     ran = 0  # levels that iterated before this one
+    sigmas_mm = _linear_sigmas_mm(p, ctx.base_spacing)
     for level, (shrink, iters) in enumerate(zip(p.linear_shrink_factors, p.linear_iterations)):
         iters = int(iters)
         if not iters:
             # skipped (ANTs' 100x0): it had drawn its sample from the generator, and halved the step of every
             # level after it, so [0, 80, 40] at shrink [4, 2, 1] did not run as [80, 40] at [2, 1]
             continue
-        fixed_img, fixed_mask, moving_img, moving_mask = ctx.level_images(int(shrink))
+        fixed_img, fixed_mask, moving_img, moving_mask = ctx.level_images(int(shrink), sigmas_mm[level])
         if metric == "mind" and fixed_mask is None and p.deformable_foreground_mask:
             # as in the deformable stage: MIND over the fixed background (flat in a skull-stripped T1, while
             # a T2 shows noise, skull and scalp there) pulled the known 3 mm affine case from 7.2 to 9.6 mm
@@ -1336,8 +1417,11 @@ def _level_order_warnings(params: TorchRegistrationParameters, base_spacing: flo
             source = _linear_source(given, params)
             if source is None:
                 iters = [int(i) for i in params.linear_iterations]
-                usual, usual_iters = _coarse_to_fine(asked, iters)
+                own_sigmas = [float(x) for x in params.linear_smoothing_sigmas or []]
+                usual, usual_iters, usual_sigmas = _coarse_to_fine(asked, iters, own_sigmas or asked)
                 with_iters = "" if usual_iters == iters else f" with linear_iterations {level_list(usual_iters)}"
+                if own_sigmas and usual_sigmas != own_sigmas:  # a level's sigma goes with it, as its iterations do
+                    with_iters += f"{' and' if with_iters else ' with'} linear_smoothing_sigmas {level_list(usual_sigmas)}"
                 out.append(f"linear_shrink_factors {level_list(asked)} grow coarser from one level to the next: the "
                            f"levels run in the order given, so the linear stages {ends}. Pyramid levels are usually "
                            f"given coarse to fine, e.g. {level_list(usual)}{with_iters}.")
@@ -1389,7 +1473,8 @@ def _check_levels_fit(params: TorchRegistrationParameters, fixed: sitk.Image) ->
     which the CLI offers no way to change) are not refused either: on an image less than 4 mm across (microscopy,
     a small animal's organ) they run as they did before this check, the coarse level held at 4 voxels; a level
     list that differs from the default is refused there, and the fix names one that fits (4 and 2 x the finest
-    voxel) instead of the default, which does not.
+    voxel) instead of the default, which does not. ``linear_smoothing_sigmas`` wider than that extent are refused
+    alike: such a level is flat.
     """
     extent = float(max(n * s for n, s in zip(fixed.GetSize(), fixed.GetSpacing())))
     base = float(min(fixed.GetSpacing()))
@@ -1406,20 +1491,29 @@ def _check_levels_fit(params: TorchRegistrationParameters, fixed: sitk.Image) ->
         example = "[4, 2]" if extent >= 4.0 else f"[{4 * base:g}, {2 * base:g}] (4 and 2 x the finest voxel)"
         checks.append(("deformable_level_spacing_mm", spacing_mm, spacing_mm,
                        f"level voxel sizes in mm within it, coarse to fine, e.g. {example}"))
+    if stages & {"rigid", "affine"} and params.linear_smoothing_sigmas is not None:
+        # a Gaussian wider than the whole image leaves it flat: ITK's recursive Gaussian returns NaN from about
+        # 5e8 mm (the CPU), torch's kernel of 6 sigma + 1 taps fills the memory (CUDA)
+        unit = "mm" if params.linear_smoothing_in_mm else f"voxels of {base:g} mm, the finest fixed voxel"
+        checks.append(("linear_smoothing_sigmas", [float(x) for x in params.linear_smoothing_sigmas],
+                       _linear_sigmas_mm(params, base),
+                       f"sigmas ({unit}) whose width stays within it, e.g. [2, 1, 0]"))
     for field, asked, voxels_mm, allowed in checks:
         too_coarse = [a for a, mm in zip(asked, voxels_mm) if mm > extent]
         if too_coarse:
             listed = "[" + ", ".join(f"{a:g}" for a in asked) + "]"
-            raise InputError(f"Torch registration: {field} {listed} asks for levels of "
-                             f"{', '.join(f'{mm:g} mm' for a, mm in zip(asked, voxels_mm) if a in too_coarse)} "
-                             f"voxels, coarser than the whole fixed image ({size} voxels, {extent:g} mm across "
-                             "at most): such a level has nothing left to register.",
+            widths = ', '.join(f'{mm:g} mm' for a, mm in zip(asked, voxels_mm) if a in too_coarse)
+            what = (f"smooths levels by a Gaussian of sigma {widths}, wider" if field == "linear_smoothing_sigmas"
+                    else f"asks for levels of {widths} voxels, coarser")
+            raise InputError(f"Torch registration: {field} {listed} {what} than the whole fixed image ({size} voxels, "
+                             f"{extent:g} mm across at most): such a level has nothing left to register.",
                              f"Use {allowed}.")
 
 
 def _effective_settings(ctx: _Context, p: TorchRegistrationParameters, device: Any) -> dict[str, Any]:
     """What ran where the engine chose it (metrics.json's ``effective``): each level's fixed grid (x, y[, z]:
-    a thin axis keeps at least 4 voxels, or all it has, so a 6-slice slab keeps 4-6 slices at every level),
+    a thin axis keeps at least 4 voxels, or all it has, so a 6-slice slab keeps 4-6 slices at every level), the
+    linear levels' smoothing in mm,
     the deformable levels after merging, and the CPU threads (same seed, device and threads: same result)."""
     import torch
 
@@ -1429,6 +1523,8 @@ def _effective_settings(ctx: _Context, p: TorchRegistrationParameters, device: A
     out: dict[str, Any] = {"number_of_threads": int(torch.get_num_threads()) if device.type == "cpu" else None}
     if any(s in ("rigid", "affine") for s in p.stages):
         out["linear_level_sizes"] = [size(int(f)) for f in p.linear_shrink_factors]
+        # the Gaussian each level was smoothed by, in mm along every axis, whichever rule or setting chose it
+        out["linear_level_sigmas_mm"] = [round(x, 6) for x in _linear_sigmas_mm(p, ctx.base_spacing)]
     if "deformable" in p.stages:
         levels = _deformable_levels(p, ctx.base_spacing)
         out["deformable_level_sizes"] = [size(f) for f, _ in levels]
