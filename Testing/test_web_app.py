@@ -1495,3 +1495,21 @@ class WindowLevelPanelTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SizeOptionTest(unittest.TestCase):
+    """``--max-upload`` / ``--max-session-upload`` sizes (no server)."""
+
+    def test_sizes_are_read_exactly_and_a_bad_one_is_an_input_error(self) -> None:
+        from MultimodalFusionLib.web.app import parse_size
+
+        for text, size in (("4GiB", 4 << 30), ("4g", 4 << 30), ("4 GiB", 4 << 30), (" 4G ", 4 << 30),
+                           ("1.5k", 1536), (".5KiB", 512), ("4gb", 4 * 10 ** 9), ("3000000000", 3 * 10 ** 9),
+                           ("9007199254740993", 2 ** 53 + 1)):  # a float made that 2^53
+            self.assertEqual(parse_size(text, "--max-upload"), size, text)
+        # 400 digits: a float made them infinity, and the option a traceback (OverflowError); any size is a size
+        self.assertEqual(parse_size("1" + "0" * 400, "--max-upload"), 10 ** 400)
+        for text in ("0", "-1", "0.5", "1e3", "inf", "nan", "", "4 G iB", "4GB/s", "lots"):
+            with self.assertRaisesRegex(InputError, "not a size above 0"):
+                parse_size(text, "--max-upload")
+

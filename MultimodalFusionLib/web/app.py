@@ -135,10 +135,11 @@ def parse_size(text: Any, option: str) -> int:
         InputError: not a size, or not above 0.
     """
     import re
+    from fractions import Fraction
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", str(text).lower())
-    if match and match.group(2) in _SIZE_UNITS:
-        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    if match and match.group(2) in _SIZE_UNITS:  # exact (a float had made 400 digits infinity: a traceback)
+        size = int(Fraction(match.group(1)) * _SIZE_UNITS[match.group(2)])
         if size > 0:
             return size
     raise InputError(f"{option} {text!r} is not a size above 0.",
