@@ -387,6 +387,22 @@ class WebAppTest(unittest.TestCase):
                     self._as_a_page(**{key: ["a page's value"]})
                     self.assertEqual(state[key], before)
 
+    def test_a_page_may_set_its_controls_only(self) -> None:
+        # the message gate drops a page's write to any other key before trame pushes it to the other pages
+        from MultimodalFusionLib.web.app import CLIENT_KEYS
+
+        state = self.app.server.state
+        bound = {key for name in ("main", *self.app.slicer_app.view_manager.get_current_view_ids())
+                 for key in re.findall(r'v-model="([^"]+)"', state[f"trame__template_{name}"])}
+        self.assertEqual(bound - CLIENT_KEYS, {"Red__SliderState__value", "Green__SliderState__value",
+                                               "Yellow__SliderState__value"})  # trame-slicer's slice sliders
+        self.assertEqual(self.app.page_keys, CLIENT_KEYS | bound)
+        owned = {key for key in ("job_busy", "job_progress", "job_message", "metrics_rows", "has_fused", "bg_step",
+                                 "fixed_series_items", "Red__SliderState__max_value", "Red_active_view_cursor")}
+        self.assertEqual({key for key in owned if self.app.page_may_set(key, state[key])}, set())
+        self.assertTrue(self.app.page_may_set("error_message", ""))  # the banner's close button
+        self.assertFalse(self.app.page_may_set("error_message", "The server moved"))
+
     def test_a_dicom_series_is_read_only_where_the_server_offered_it(self) -> None:
         # the load read a page's fixed_series_path and fixed_series_items: the series list could be made to
         # show for any path, the pick then read from a folder the server had not asked about
@@ -1349,9 +1365,16 @@ class PageWritesTest(_WebServerProcess):
                     fake = {"job_busy": False, "job_cancelling": True, "job_label": "Nothing", "bg_step": 1e9,
                             "error_message": "The server moved: go to http://evil.example",
                             "metrics_rows": [{"name": "SSIM", "value": "0.999"}], "has_fused": True}
-                    await other.call("trame.state.update", [{"key": k, "value": v} for k, v in fake.items()])
                     pushed = len(page.pushes)
+                    await other.call("trame.state.update", [{"key": k, "value": v} for k, v in fake.items()])
                     now = await state()
+                    # the other page never sees a forged value: trame had pushed it to every page first, and the
+                    # server's own came back a message later (the gate drops it before trame sees it)
+                    await asyncio.sleep(0.5)
+                    self.assertEqual([(k, push[k]) for push in page.pushes[pushed:] for k in fake
+                                      if k in push and push[k] == fake[k]], [])
+                    self.assertRegex(Path(tmp, "server.log").read_text(),
+                                     r"a page set [^\n]*job_busy[^\n]*, which only the server sets: ignored")
                     self.assertEqual({k: now[k] for k in fake},
                                      {"job_busy": True, "job_cancelling": False, "job_label": "Registration",
                                       "bg_step": running["bg_step"], "error_message": "",
@@ -1365,6 +1388,21 @@ class PageWritesTest(_WebServerProcess):
                                      {"job_busy": True, "job_label": "Registration", "error_message": "",
                                       "has_fused": False})
                     self.assertTrue(shown["job_message"].startswith("Registration: "), shown["job_message"])
+                    # what a page may set reaches the other page: its controls, a slice slider, the banner closed
+                    await page.call("trame.trigger", register, [], {})  # refused: "Registration is still running"
+                    self.assertIn("still running", (await state())["error_message"])
+                    pushed = len(page.pushes)
+                    slice_value = running["Red__SliderState__value"] + running["Red__SliderState__step"]
+                    await other.call("trame.state.update", [{"key": "error_message", "value": ""},
+                                                            {"key": "fg_opacity", "value": 0.25},
+                                                            {"key": "Red__SliderState__value", "value": slice_value}])
+                    now = await state()
+                    self.assertEqual((now["error_message"], now["fg_opacity"]), ("", 0.25))
+                    await until(lambda s: any("fg_opacity" in p for p in page.pushes[pushed:]), "the opacity pushed")
+                    seen = [(k, v) for p in page.pushes[pushed:] for k, v in p.items()]
+                    for change in (("error_message", ""), ("fg_opacity", 0.25), ("Red__SliderState__value", slice_value)):
+                        self.assertIn(change, seen)  # the slice view then shows its nearest slice
+                    self.assertNotRegex(Path(tmp, "server.log").read_text(), r"a page set [^\n]*(fg_opacity|Slider)")
                     await page.call("trame.trigger", cancel, [], {})  # the registration is cancelled by Cancel only
                     await until(lambda s: not s["job_busy"], "end of the registration")
                     self.assertEqual((await state())["job_message"], "Registration cancelled")
@@ -1513,3 +1551,70 @@ class SizeOptionTest(unittest.TestCase):
             with self.assertRaisesRegex(InputError, "not a size above 0"):
                 parse_size(text, "--max-upload")
 
+
+class MessageGateTest(unittest.TestCase):
+    """MessageGate on the chunks wslink's own client makes (no server): the limit on messages in progress, and the
+    state writes a page may make."""
+
+    @staticmethod
+    def _chunks(message: dict, size: int = 64) -> list[bytes]:
+        import msgpack
+        from wslink.chunking import generate_chunks
+
+        return list(generate_chunks(msgpack.packb(message), size))
+
+    def _gate(self, **kwargs):
+        from MultimodalFusionLib.web.message_gate import MessageGate
+
+        closed = []
+        gate = MessageGate(close=lambda: closed.append(True), **kwargs)
+        gate.set_max_message_size(4 << 30)  # what wslink asks once the page sent its secret
+        return gate, closed
+
+    def test_messages_in_progress_are_counted_from_their_chunks(self) -> None:
+        gate, closed = self._gate(max_bytes=4096)
+        one, two = (self._chunks({"id": f"rpc:c0:{n}", "method": "x", "args": [bytes(1500)]}) for n in (1, 2))
+        for chunk in one[:-1] + two[:-1]:  # two messages interleaved, about 3000 bytes in progress
+            self.assertIsNone(gate.process_chunk(chunk))
+        self.assertEqual(gate.process_chunk(one[-1])["id"], "rpc:c0:1")
+        self.assertEqual(gate.process_chunk(two[-1])["id"], "rpc:c0:2")
+        # finished messages count no more: three more of 1500 bytes, one after another
+        for n in range(3, 6):
+            *head, last = self._chunks({"id": f"rpc:c0:{n}", "method": "x", "args": [bytes(1500)]})
+            for chunk in head:
+                gate.process_chunk(chunk)
+            self.assertEqual(gate.process_chunk(last)["id"], f"rpc:c0:{n}")
+        self.assertEqual(closed, [])
+        # wslink keeping its messages in progress otherwise (its StreamUnChunker's records, say) changes nothing:
+        # the gate had summed wslink's own records, and failed on every message (KeyError 'content')
+        first = self._chunks({"id": "rpc:c0:6", "method": "x", "args": [bytes(3000)]})[0]
+        gate.process_chunk(first)
+        gate.pending_messages = {key: {"received_size": 0, "total_size": 9} for key in gate.pending_messages}
+        gate.process_chunk(self._chunks({"id": "rpc:c0:7", "method": "x", "args": [bytes(2000)]})[0])
+        self.assertEqual(closed, [True])  # 3000 + 2000 bytes in progress: past 4096
+        self.assertIsNone(gate.process_chunk(first))  # nothing more of it is read
+
+    def test_a_page_sets_only_what_it_may(self) -> None:
+        page_keys = {"fg_opacity", "Red__SliderState__value"}
+        gate, _ = self._gate(may_set=lambda key, value: key in page_keys or (key == "error_message" and value == ""))
+
+        def kept(*changes) -> list:
+            (chunk,) = self._chunks({"id": "rpc:c0:1", "method": "trame.state.update", "args": [list(changes)]},
+                                    1 << 20)
+            return gate.process_chunk(chunk)["args"][0]
+
+        with self.assertLogs("MultimodalFusionLib.web.message_gate", "WARNING") as logs:
+            self.assertEqual(kept({"key": "fg_opacity", "value": 0.2}, {"key": "job_busy", "value": False},
+                                  {"key": "Red__SliderState__value", "value": 3.0},
+                                  {"key": "error_message", "value": "fake"}, {"key": "trame__title", "value": "x"},
+                                  {"value": 1}, "job_busy"),
+                             [{"key": "fg_opacity", "value": 0.2}, {"key": "Red__SliderState__value", "value": 3.0}])
+        self.assertIn("a page set None, error_message, job_busy, job_busy, trame__title, which", logs.output[0])
+        self.assertEqual(kept({"key": "error_message", "value": ""}), [{"key": "error_message", "value": ""}])
+        # a state update of a shape the gate does not know (another trame) goes on, said once in the log
+        with self.assertLogs("MultimodalFusionLib.web.message_gate", "WARNING") as logs:
+            for _ in range(2):
+                (chunk,) = self._chunks({"id": "rpc:c0:2", "method": "trame.state.update",
+                                         "args": [{"job_busy": True}]}, 1 << 20)
+                self.assertEqual(gate.process_chunk(chunk)["args"], [{"job_busy": True}])
+        self.assertEqual(len(logs.output), 1)

@@ -22,6 +22,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -134,7 +135,6 @@ def parse_size(text: Any, option: str) -> int:
     Raises:
         InputError: not a size, or not above 0.
     """
-    import re
     from fractions import Fraction
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", str(text).lower())
@@ -423,6 +423,12 @@ class FusionWebApp:
         self.ctrl.on_server_bind.add(self._on_server_bind)
         self._methods = list(methods)  # what Fuse accepts (a client can set "method" to anything)
         self._build_ui()
+        # what a page may set (the message gate drops the rest before trame pushes it to the other pages): the
+        # panel's controls and the views' own (trame-slicer's slice sliders), as the page's templates bind them
+        templates = ["main", *self.slicer_app.view_manager.get_current_view_ids()]
+        self.page_keys = CLIENT_KEYS | frozenset(
+            key for name in templates if isinstance(template := self.server.state[f"trame__template_{name}"], str)
+            for key in re.findall(r'\bv-model="([A-Za-z_]\w*)"', template))
 
     @staticmethod
     def _deep_available() -> bool:
@@ -724,7 +730,12 @@ class FusionWebApp:
 
         self._wslink_server = wslink_server
         # before any connection: wslink allocated what a chunk's header declared, up to 4 GiB a message
-        install_message_gate(wslink_server)
+        install_message_gate(wslink_server, may_set=self.page_may_set)
+
+    def page_may_set(self, key: str, value: Any) -> bool:
+        """Whether a page may set state ``key`` to ``value``: its controls' values (:attr:`page_keys`), and the
+        banner closed (``error_message`` empty). Any other write is the page setting what only the server sets."""
+        return key in self.page_keys or (key == "error_message" and value in ("", None))
 
     def _caller(self) -> Any:
         """The connection (browser tab) whose message is being handled, or None in-process. wslink sets it

@@ -18,13 +18,20 @@ would let any page do to every page:
   itself (``trame__client_only``). A page writing them had every other page run its template or script at once
   (trame pushes a page's change to the others before the server's change callbacks run) and every page opened
   later load it, or stop sending the panel's values to the server;
+- with a list of the keys a page may set (``may_set``, the app's: its controls' values and the slice sliders', the
+  banner closed), a page's write to any other key: trame pushed it to every other page before the server's
+  change callbacks ran, so a value only the server sets (``job_busy``, the metrics, the banner's text) showed in
+  every page for a message before the app put its own back;
 - lifecycle calls (``trame.lifecycle.update``) other than those trame's page makes (``client_connected``,
   ``client_exited``, ``client_unmounted``): ``server_ready`` printed the server's banner again and, under
   ``--open``, opened a browser window on the server's desktop for each call; wslink answers them "Unregistered
   method called".
 
 wslink makes its un-chunkers itself (``WslinkHandler.onConnect``); :func:`install_message_gate` has each of its
-handlers make this one instead, keeping wslink's files as they are.
+handlers make this one instead, keeping wslink's files as they are. The gate counts a connection's messages in
+progress itself, from the chunks' headers (wslink's protocol), not from wslink's bookkeeping; where this wslink is
+not as expected (no such handlers, no un-chunker to extend, a state update of another shape) it says so in the log
+and the server runs as wslink has it, rather than failing each page's messages.
 """
 
 from __future__ import annotations
@@ -32,9 +39,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from typing import Any
+from typing import Any, Callable
 
-from wslink.chunking import UnChunker
+try:
+    from wslink.chunking import UnChunker
+except ImportError:  # another wslink: install_message_gate says so and installs nothing
+    UnChunker = object
 
 __all__ = ["MessageGate", "install_message_gate", "MAX_MESSAGE_BYTES", "PAGE_LIFECYCLE_EVENTS"]
 
@@ -51,18 +61,24 @@ _HEADER = struct.Struct("<III")  # wslink's chunk header: the message's id, the 
 
 class MessageGate(UnChunker):
     """wslink's un-chunker for one connection, with a limit on what the connection has in progress, that drops
-    ``trame__*`` state writes and lifecycle calls a page does not make.
+    state writes and lifecycle calls a page does not make.
 
     Args:
         max_bytes: the most bytes of messages in progress (declared sizes, all together).
         close: called once when a message would pass ``max_bytes`` (closes the connection).
+        may_set: ``may_set(key, value)``: whether a page may set state ``key`` to ``value``; None: any key but
+            ``trame__*``.
     """
 
-    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES, close: Any = None) -> None:
+    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES, close: Any = None,
+                 may_set: Callable[[str, Any], bool] | None = None) -> None:
         super().__init__()  # wslink's own limit before the secret (512 bytes), raised after it up to max_bytes
         self.max_bytes = int(max_bytes)
         self._close = close
+        self._may_set = may_set
         self.refused = False  # the connection is being closed: nothing more of it is read
+        self._in_progress: dict[int, list[int]] = {}  # message id -> [bytes received, bytes declared], as wslink counts
+        self._odd_shape = False  # a state update of a shape this gate does not know was seen (said once)
 
     def set_max_message_size(self, size: int) -> None:
         super().set_max_message_size(min(int(size), self.max_bytes))  # wslink asks for 4 GiB after the secret
@@ -73,12 +89,33 @@ class MessageGate(UnChunker):
         if len(chunk) < _HEADER.size:
             return self._refuse(f"a chunk of {len(chunk)} bytes, shorter than wslink's header")
         message_id, _, total = _HEADER.unpack_from(chunk)
-        if message_id not in self.pending_messages:
-            pending = sum(len(message["content"]) for message in self.pending_messages.values())
-            if pending + total > self.max_message_size:
+        counted = self._in_progress.get(message_id)
+        if counted is None:
+            pending = sum(declared for _, declared in self._in_progress.values())
+            limit = self._limit()
+            if pending + total > limit:
                 return self._refuse(f"a message of {total} bytes (with {pending} bytes of others in progress); a "
-                                    f"page's messages hold at most {self.max_message_size}")
-        return self._checked(super().process_chunk(chunk))
+                                    f"page's messages hold at most {limit}")
+            counted = self._in_progress[message_id] = [0, total]
+        counted[0] += len(chunk) - _HEADER.size
+        try:
+            message = super().process_chunk(chunk)
+        except Exception:
+            self._in_progress.pop(message_id, None)  # wslink refused it and forgot it
+            raise
+        if counted[0] >= counted[1]:  # whole: wslink hands it on (it completes a message by the same count)
+            self._in_progress.pop(message_id, None)
+        return self._checked(message)
+
+    def _limit(self) -> int:
+        """The most bytes in progress now: wslink's own limit before the page sent the secret (512 bytes), then
+        ``max_bytes``."""
+        wslink_limit = getattr(self, "max_message_size", None)
+        return min(self.max_bytes, wslink_limit) if isinstance(wslink_limit, int) else self.max_bytes
+
+    def release_pending_messages(self) -> None:
+        super().release_pending_messages()
+        self._in_progress.clear()
 
     def _refuse(self, why: str) -> None:
         self.refused = True
@@ -87,18 +124,23 @@ class MessageGate(UnChunker):
         if self._close is not None:
             self._close()
 
-    @staticmethod
-    def _checked(message: Any) -> Any:
+    def _checked(self, message: Any) -> Any:
         """``message`` without what a page may not do (see the module's description)."""
         if not isinstance(message, dict):
             return message
         method, args = message.get("method"), message.get("args")
-        if method == "trame.state.update" and isinstance(args, list) and args and isinstance(args[0], list):
+        if method == "trame.state.update":
+            if not (isinstance(args, list) and args and isinstance(args[0], list)):
+                if not self._odd_shape:
+                    self._odd_shape = True
+                    logger.warning("a state update of a shape this server does not know (another trame?): not "
+                                   "checked, the app puts back what only it sets")
+                return message
             changes = args[0]
-            kept = [c for c in changes if not (isinstance(c, dict) and str(c.get("key", "")).startswith("trame__"))]
+            kept = [c for c in changes if self._page_may_set(c)]
             if len(kept) != len(changes):
-                logger.warning("a page set %s, which only trame sets: ignored", ", ".join(sorted(
-                    str(c.get("key")) for c in changes if c not in kept)))
+                logger.warning("a page set %s, which only the server sets: ignored", ", ".join(sorted(
+                    _shown_key(c) for c in changes if c not in kept)))
                 return {**message, "args": [kept, *args[1:]]}
         elif method == "trame.lifecycle.update" and not (isinstance(args, list) and len(args) == 1
                                                          and args[0] in PAGE_LIFECYCLE_EVENTS):
@@ -106,13 +148,27 @@ class MessageGate(UnChunker):
             return {**message, "method": "mmfusion: a lifecycle event pages do not have"}  # wslink: "Unregistered"
         return message
 
+    def _page_may_set(self, change: Any) -> bool:
+        if not isinstance(change, dict) or not isinstance(change.get("key"), str):
+            return False  # trame would fail on it (KeyError) after pushing the rest to every page
+        key = change["key"]
+        if key.startswith("trame__"):
+            return False
+        return self._may_set is None or bool(self._may_set(key, change.get("value")))
+
+
+def _shown_key(change: Any) -> str:
+    key = change.get("key") if isinstance(change, dict) else change
+    text = key if isinstance(key, str) else repr(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
 
 class _GatedUnchunkers(dict):
     """A wslink handler's ``unchunkers`` (connection -> un-chunker) that holds a :class:`MessageGate` for each."""
 
-    def __init__(self, handler: Any, max_bytes: int) -> None:
+    def __init__(self, handler: Any, max_bytes: int, may_set: Callable[[str, Any], bool] | None) -> None:
         super().__init__()
-        self._handler, self._max_bytes = handler, max_bytes
+        self._handler, self._max_bytes, self._may_set = handler, max_bytes, may_set
 
     def __setitem__(self, client_id: str, _unchunker: Any) -> None:
         connection = self._handler.connections.get(client_id)
@@ -122,17 +178,25 @@ class _GatedUnchunkers(dict):
                 asyncio.ensure_future(connection.close(code=_WEBSOCKET_MESSAGE_TOO_BIG,
                                                        message=b"mmfusion web: message too big"))
 
-        super().__setitem__(client_id, MessageGate(self._max_bytes, close))
+        super().__setitem__(client_id, MessageGate(self._max_bytes, close, self._may_set))
 
 
-def install_message_gate(wslink_server: Any, max_bytes: int = MAX_MESSAGE_BYTES) -> bool:
+def install_message_gate(wslink_server: Any, max_bytes: int = MAX_MESSAGE_BYTES,
+                         may_set: Callable[[str, Any], bool] | None = None) -> bool:
     """Have the websocket handlers of ``wslink_server`` (trame's ``on_server_bind`` gives it) check each
     connection's messages with a :class:`MessageGate`. Called before the server takes connections.
 
+    Args:
+        may_set: ``may_set(key, value)``: whether a page may set state ``key`` to ``value`` (see MessageGate).
+
     Returns:
         False, with a warning in the log, when this wslink has no handlers of the known shape (the server then
-        runs with wslink's own 4 GiB limit).
+        runs with wslink's own 4 GiB limit, and the app's own check of the state as its second line).
     """
+    if UnChunker is object:
+        logger.warning("could not limit the size of a page's messages (this wslink has no wslink.chunking."
+                       "UnChunker): a connection may make the server allocate up to 4 GiB per message")
+        return False
     handlers = [handler for handler in getattr(wslink_server, "_ws_handlers", None) or []
                 if isinstance(getattr(handler, "unchunkers", None), dict) and hasattr(handler, "connections")]
     if not handlers:
@@ -140,7 +204,7 @@ def install_message_gate(wslink_server: Any, max_bytes: int = MAX_MESSAGE_BYTES)
                        " a connection may make the server allocate up to 4 GiB per message")
         return False
     for handler in handlers:
-        gated = _GatedUnchunkers(handler, max_bytes)
+        gated = _GatedUnchunkers(handler, max_bytes, may_set)
         for client_id in list(handler.unchunkers):  # none before the server starts
             gated[client_id] = None
         handler.unchunkers = gated

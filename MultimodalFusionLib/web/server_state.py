@@ -13,6 +13,10 @@ disabled.
 each owned key, and :meth:`ServerState.keep` (a change callback on those keys) puts back a value a page
 changed, so every page shows the server's again at once. A page may clear a key the page's own controls
 clear (the error banner's close button), and nothing else.
+
+It is the second line: the message gate (:mod:`.message_gate`) drops a page's write to any key but its
+controls' before trame sees it, since trame pushes a page's write to the other pages before any change
+callback runs (they showed the written value for a message until this put the server's back).
 """
 
 from __future__ import annotations
