@@ -1082,6 +1082,9 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
         image = _read_file(path, as_slice=True)
         if _suffix(path) in (".nii", ".nii.gz"):
             image = _check_nifti_voxels(path, image)
+    if not keep_color and image.GetNumberOfComponentsPerPixel() == 4 and os.path.isfile(path) \
+            and _png_grey_alpha_depth(path) is not None:
+        image = sitk.VectorIndexSelectionCast(image, 0)  # its grey, exactly (the luminance of 16 bits is not)
     if not keep_color and image.GetNumberOfComponentsPerPixel() > 1:
         image = to_luminance(image, f"image '{path}'", path=path)
     if float32 and image.GetNumberOfComponentsPerPixel() == 1:
@@ -1105,6 +1108,9 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
     before its warnings are given, so that they name its 2D origin. ``geometry_tags``: a DICOM file's header as
     :func:`dicom_header.read_geometry_tags` gives it, where the caller has read it already (else read as needed)."""
     _check_data_file(path)
+    grey_alpha = _png_grey_alpha_depth(path)
+    if grey_alpha is not None:  # ITK reads no grey+alpha PNG ("Unknown PixelType: unsigned_char(1)")
+        return _read_grey_alpha_png(path, grey_alpha)
     compressed = _check_metaimage_size(path) if _suffix(path) in (".mha", ".mhd") else None
     what = f"DICOM file '{path}'"
     syntax = _check_decodable(what, path)
@@ -1139,6 +1145,73 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
         for key in image.GetMetaDataKeys():
             image.EraseMetaData(key)
     return image
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_grey_alpha_depth(path: str) -> int | None:
+    """The bit depth (8 or 16) of a grey+alpha PNG (colour type 4, PIL's mode "LA"), known by its content; None for
+    any other file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(33)
+    except OSError:
+        return None
+    if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR" or head[25] != 4:
+        return None
+    return head[24] if head[24] in (8, 16) else None
+
+
+def _read_grey_alpha_png(path: str, depth: int) -> sitk.Image:
+    """A grey+alpha PNG, which ITK's PNG reader refuses ("Unknown PixelType"), as ITK reads an RGBA one: its pixels
+    (grey, grey, grey, alpha) in its own 8 or 16 bits, its spacing from its sCAL chunk, and its grey channel alone
+    where its alpha is one value (an opaque picture: nothing is lost). libpng still decodes it: the header is
+    relabelled as a layout of the same bytes per pixel that ITK reads (8-bit grey+alpha as 16-bit grey, 16-bit
+    grey+alpha as 8-bit RGBA; the row filters and the interlacing work on whole pixels, so the data is unchanged),
+    and the bytes are split back here. Chunks that would not fit the new header are left out: all but IHDR, sCAL,
+    IDAT and IEND (ITK reads no other here but sBIT, whose shift to the significant bits is applied here)."""
+    import struct
+    import zlib
+
+    with open(path, "rb") as f:
+        data = f.read()
+    parts, pos, significant = [_PNG_SIGNATURE], 8, None
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            body = body[:8] + (bytes([16, 0]) if depth == 8 else bytes([8, 6])) + body[10:]
+        elif kind == b"sBIT" and length == 2:
+            significant = (body[0], body[1])
+        if kind in (b"IHDR", b"sCAL", b"IDAT", b"IEND"):
+            parts.append(struct.pack(">I", len(body)) + kind + body
+                         + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    with tempfile.TemporaryDirectory(prefix="mmfusion-png-") as folder:
+        relabelled = os.path.join(folder, "grey-alpha.png")
+        with open(relabelled, "wb") as f:
+            f.write(b"".join(parts))
+        with itk_guard(f"reading '{path}'", "Check the PNG file is not truncated, or save it again (e.g. as a grey "
+                                            "PNG without alpha)."):
+            stored = sitk.ReadImage(relabelled)
+    arr = sitk.GetArrayFromImage(stored).astype(np.uint32)
+    if depth == 8:  # one 16-bit grey value: the grey byte high, the alpha byte low
+        grey, alpha = arr >> 8, arr & 0xFF
+    else:  # RGBA bytes: the grey's high and low bytes, then the alpha's
+        grey, alpha = arr[..., 0] << 8 | arr[..., 1], arr[..., 2] << 8 | arr[..., 3]
+    if significant is not None:  # as ITK does for the other PNGs (png_set_shift)
+        grey = grey >> (depth - significant[0]) if 0 < significant[0] < depth else grey
+        alpha = alpha >> (depth - significant[1]) if 0 < significant[1] < depth else alpha
+    kind = np.uint8 if depth == 8 else np.uint16
+    if alpha.size and np.all(alpha == alpha.flat[0]):
+        out = sitk.GetImageFromArray(grey.astype(kind))
+    else:
+        out = sitk.GetImageFromArray(np.stack([grey, grey, grey, alpha], axis=-1).astype(kind), isVector=True)
+    out.CopyInformation(stored)
+    return out
 
 
 #: NIfTI datatype codes of real floating-point voxels: ITK's NIfTI reader turns their NaN/inf into 0

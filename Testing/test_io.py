@@ -149,6 +149,55 @@ class RoundTrip(unittest.TestCase):
                 with self.subTest(command=argv[0]):
                     self.assertEqual(rc, 0, err.getvalue())
 
+    def test_grey_alpha_png(self):
+        """A grey+alpha PNG (colour type 4: SimpleITK's 2-component uint8/uint16 image, PIL's mode "LA") was no
+        image at all: ITK's reader says "Unknown PixelType: unsigned_char(1)", given as "ITK failed while reading".
+        It reads as its grey (exactly, in its own 8 or 16 bits), and with keep_color as RGBA (grey, grey, grey,
+        alpha) where it has transparency, so that mmfusion resample keeps the alpha as it does an RGBA picture's."""
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from PIL import Image
+
+        from MultimodalFusionLib import cli
+
+        grey8 = (np.arange(20 * 30).reshape(20, 30) % 251).astype(np.uint8)
+        alpha8 = np.full_like(grey8, 255)
+        alpha8[:5] = 0  # a transparent border
+        grey16 = grey8.astype(np.uint16) * 257 + 3
+        alpha16 = alpha8.astype(np.uint16) * 257
+        with tempfile.TemporaryDirectory() as d:
+            files = {}
+            for name, grey, alpha in (("itk8.png", grey8, alpha8), ("itk16.png", grey16, alpha16),
+                                      ("opaque16.png", grey16, np.full_like(grey16, 65535))):
+                image = sitk.GetImageFromArray(np.stack([grey, alpha], axis=-1), isVector=True)
+                image.SetSpacing((0.5, 0.25))
+                files[name] = (os.path.join(d, name), grey, alpha)
+                sitk.WriteImage(image, files[name][0])
+            files["pil8.png"] = (os.path.join(d, "pil8.png"), grey8, alpha8)
+            Image.fromarray(np.stack([grey8, alpha8], axis=-1), "LA").save(files["pil8.png"][0])
+            for name, (path, grey, alpha) in files.items():
+                with open(path, "rb") as f:
+                    self.assertEqual(f.read(26)[25], 4, "a grey+alpha PNG")
+                with self.subTest(name=name):
+                    plain = io.read_image(path)
+                    self.assertEqual(plain.GetNumberOfComponentsPerPixel(), 1)
+                    self.assertEqual(sitk.GetArrayViewFromImage(plain).dtype, grey.dtype)
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(plain), grey)
+                    self.assertEqual(plain.GetSpacing(), (1.0, 1.0) if name.startswith("pil") else (0.5, 0.25))
+                    colour = io.read_image(path, keep_color=True)
+                    if name.startswith("opaque"):  # nothing to keep but the grey
+                        np.testing.assert_array_equal(sitk.GetArrayFromImage(colour), grey)
+                        continue
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(colour),
+                                                  np.stack([grey, grey, grey, alpha], axis=-1))
+                    out = os.path.join(d, "resampled-" + name)
+                    err = StringIO()
+                    with redirect_stdout(StringIO()), redirect_stderr(err):
+                        rc = cli.main(["resample", path, "--reference", path, "-o", out])
+                    self.assertEqual(rc, 0, err.getvalue())
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out))[..., 3], alpha)
+
     def test_png_colour_to_grey(self):
         from MultimodalFusionLib import data
 
