@@ -57,11 +57,18 @@ __all__ = [
     "one_slice_as_2d",
     "as_one_slice_of",
     "one_slice_inputs_as_2d",
+    "UNPLACED_EXTENSIONS",
+    "UNTURNED_EXTENSIONS",
 ]
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg",
                     ".bmp", ".tif", ".tiff", ".dcm")
 _2D_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+#: Formats whose files keep no origin or direction (ITK reads them at origin 0, identity direction): the 2D picture
+#: formats, and TIFF (which keeps the spacing, and holds volumes too), BioRad PIC and Zeiss LSM
+UNPLACED_EXTENSIONS = _2D_EXTENSIONS + (".tif", ".tiff", ".pic", ".lsm")
+#: Formats that keep the origin and spacing but no direction (read as the identity): VTK legacy
+UNTURNED_EXTENSIONS = (".vtk",)
 # DICOM tags that are safe to show: never patient-identifying ones (name, ID, birth date...).
 _SAFE_SERIES_TAGS = {"0008|103e": "description", "0008|0060": "modality", "0020|0011": "series_number"}
 #: DICOM transfer syntaxes by UID: the pixel data as stored (those GDCM reads without a codec first)
@@ -2061,6 +2068,23 @@ def _for_2d_format(image: sitk.Image, final: str) -> sitk.Image:
     return out
 
 
+def _warn_geometry_lost(image: sitk.Image, final: str, direction_only: bool) -> None:
+    """Warn, as for a PNG, where a TIFF (or PIC, LSM) would drop ``image``'s origin or direction, or a VTK
+    file its direction: read back, it would lie elsewhere (a TIFF written by mmfusion fuse had been refused by
+    mmfusion evaluate as off its sources' grid, and nothing had said why)."""
+    import warnings
+
+    dim = image.GetDimension()
+    turned = not np.allclose(image.GetDirection(), np.eye(dim).ravel())
+    moved = any(abs(o) > 1e-6 for o in image.GetOrigin())
+    if turned or (moved and not direction_only):
+        kept = "no direction" if direction_only else "no origin or direction"
+        warnings.warn(f"'{final}': a {_suffix(final)[1:].upper()} file keeps {kept} (the image has origin "
+                      f"{[round(o, 3) for o in image.GetOrigin()]} mm, LPS, direction "
+                      f"{[round(v, 4) for v in image.GetDirection()]}); write .nrrd or .mha to keep them.",
+                      stacklevel=3)
+
+
 def volume_extension(image: sitk.Image) -> str:
     """The file extension that keeps ``image``'s geometry: ``.nii.gz``, or ``.mha`` when the
     direction is sheared (non-orthonormal): NIfTI cannot store it, MetaImage keeps it exactly (NRRD
@@ -2104,6 +2128,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                          f"'{os.path.basename(single)}', not as the .hdr/.img pair the name asks for.",
                          f"Name the output '{os.path.basename(single)}' (one file), or end it in .hdr without "
                          "'.nii' before it (a pair).")
+    if suffix in UNPLACED_EXTENSIONS + UNTURNED_EXTENSIONS and suffix not in _2D_EXTENSIONS:
+        _warn_geometry_lost(image, final, suffix in UNTURNED_EXTENSIONS)
     with (staged_output(final) if suffix in _TWO_FILES else atomic_output(final)) as tmp:
         try:
             with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):

@@ -238,6 +238,40 @@ class FuseEvaluateCliTest(unittest.TestCase):
         code, stdout, stderr = _main(["evaluate", "--fused", fused, paths["a"], paths["b"]])
         self.assertEqual(code, 0, stderr)
 
+    def test_evaluate_a_fused_file_that_keeps_no_origin_or_direction(self) -> None:
+        """evaluate skipped the grid check only for a fused .png/.jpg/.bmp: a fused .tif/.tiff, which ITK writes
+        without origin or direction as well, was refused as off A's grid (rc 2, "origin (LPS) (0, 0) vs (5, -3)")
+        though fuse had written it from those very sources; a .vtk, which keeps the origin but no direction, was
+        refused on a turned grid. fuse now warns of what such a file drops, as of a PNG's."""
+        rng = np.random.default_rng(0)
+        c, s = np.cos(0.3), np.sin(0.3)
+        paths = {}
+        for name in ("a", "b"):
+            image = sitk.GetImageFromArray((rng.random((24, 32)) * 200).astype(np.float32))
+            image.SetOrigin((5.0, -3.0))
+            image.SetSpacing((0.5, 0.5))
+            image.SetDirection((c, -s, s, c))
+            paths[name] = os.path.join(self.tmp.name, f"{name}.nrrd")
+            sitk.WriteImage(image, paths[name])
+        for ext, lost in ((".tif", "keeps no origin or direction"), (".tiff", "keeps no origin or direction"),
+                          (".vtk", "keeps no direction")):
+            with self.subTest(ext=ext):
+                fused = os.path.join(self.tmp.name, "fused" + ext)
+                with self.assertWarnsRegex(UserWarning, lost):
+                    code, _, stderr = _main(["fuse", paths["a"], paths["b"], "--method", "average", "-o", fused])
+                self.assertEqual(code, 0, stderr)
+                code, stdout, stderr = _main(["evaluate", "--fused", fused, paths["a"], paths["b"], "--json"])
+                self.assertEqual(code, 0, stderr)
+                self.assertGreater(json.loads(stdout)["SSIM"], 0.5)
+        # what a .vtk keeps is still checked: its origin
+        far = sitk.ReadImage(os.path.join(self.tmp.name, "fused.vtk"))
+        far.SetOrigin((95.0, -3.0))
+        sitk.WriteImage(far, os.path.join(self.tmp.name, "far.vtk"))
+        code, _, stderr = _main(["evaluate", "--fused", os.path.join(self.tmp.name, "far.vtk"), paths["a"],
+                                 paths["b"]])
+        self.assertEqual(code, 2)
+        self.assertIn("The fused image (far.vtk) is not on", stderr)
+
     def test_laplacian_sigma_too_wide_is_refused(self) -> None:
         # a Gaussian kernel of 8 sigma + 1 taps: --sigma 1e9 asked numpy for 60 GB (a MemoryError traceback)
         out = os.path.join(self.tmp.name, "lap.png")
