@@ -351,6 +351,10 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interpolation", choices=["linear", "bspline", "nearest"], default="linear",
                    help="nearest for labels and masks")
     p.add_argument("--default-value", type=float, default=0.0, help="value outside the moving image")
+    p.add_argument("--components", choices=["vector", "channels"],
+                   help="a multi-component image that is no RGB/RGBA picture: vector (a displacement or vector field "
+                        "in physical space: its vectors turned by the transform, as antsApplyTransforms -e 1) or "
+                        "channels (each component on its own); refused under a turning transform without it")
     p.add_argument("--series", help="DICOM series UID or description, when a folder holds several")
     p.add_argument("--reference-series", help="DICOM series of the reference (default: --series)")
     p.set_defaults(func=_run_resample)
@@ -371,6 +375,12 @@ def _grey_as_colour(image: Any) -> bool:
     return bool(np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]))
 
 
+def _integer_pixels(image: Any) -> bool:
+    import SimpleITK as sitk
+
+    return "integer" in sitk.GetPixelIDValueAsString(image.GetPixelID())
+
+
 def _run_resample(args: argparse.Namespace) -> int:
     from .io import check_not_overwriting_inputs, read_image, read_transform, to_luminance, write_image
     from .preprocess import resample
@@ -388,13 +398,16 @@ def _run_resample(args: argparse.Namespace) -> int:
     # a colour image stays in colour (each channel resampled): read as luminance, an RGB slice or a colour
     # volume had been written grey without a word; a grey one stored as RGB (R = G = B) is resampled as grey
     moving = read_image(args.moving, series=args.series if _is_dicom_source(args.moving) else None, keep_color=True)
-    if moving.GetNumberOfComponentsPerPixel() > 1 and _grey_as_colour(moving):
+    # a picture only: a float vector field whose components are equal (a zero field) had been written as one grey
+    # value per voxel
+    if moving.GetNumberOfComponentsPerPixel() > 1 and args.components != "vector" \
+            and (args.components == "channels" or _integer_pixels(moving)) and _grey_as_colour(moving):
         moving = to_luminance(moving, f"image '{args.moving}'")
     reference = read_image(args.reference, series=args.reference_series
                            or (args.series if _is_dicom_source(args.reference) else None))
     transform = read_transform(args.transform) if args.transform else None
     out = resample(moving, reference, transform, interpolation=args.interpolation,
-                   default_value=args.default_value)
+                   default_value=args.default_value, components=args.components)
     print(f"wrote {write_image(out, args.output)}")
     return 0
 

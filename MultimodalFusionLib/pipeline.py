@@ -273,7 +273,8 @@ def _register_fuse_report(fixed_img: sitk.Image, fixed_name: str, moving_img: si
     report(progress, 0.6, "resampling the moving image onto the fixed grid")
     colour = moving_img.GetNumberOfComponentsPerPixel() > 1
     moving_on_fixed = resample(moving_img, fixed_grey, transform, "linear",
-                               pixel_type=sitk.sitkVectorFloat32 if colour else None)
+                               pixel_type=sitk.sitkVectorFloat32 if colour else None,
+                               components="channels" if colour else None)  # RGB/RGBA (check_components)
     moving_on_fixed = _keep_8bit(moving_on_fixed, moving_img)
     before = resample(moving_grey, fixed_grey, None, "linear")
     after = resample(moving_grey, fixed_grey, transform, "linear")

@@ -25,6 +25,7 @@ __all__ = [
     "crop_to_overlap",
     "CT_WINDOWS",
     "INTERPOLATORS",
+    "COMPONENTS",
 ]
 
 #: Interpolator names accepted by :func:`resample`.
@@ -61,9 +62,52 @@ _VECTOR_TYPES = (sitk.sitkVectorUInt8, sitk.sitkVectorInt8, sitk.sitkVectorUInt1
                  sitk.sitkVectorFloat32, sitk.sitkVectorFloat64)
 
 
+#: What the components of a multi-component image are (:func:`resample`'s ``components``).
+COMPONENTS = ("channels", "vector")
+
+
+def _linear_part(transform: sitk.Transform, dim: int) -> np.ndarray | None:
+    """The matrix of a linear (affine) transform, probed at the origin and the unit points; None for another."""
+    if not transform.IsLinear():
+        return None
+    origin = np.array(transform.TransformPoint((0.0,) * dim))
+    return np.stack([np.array(transform.TransformPoint(tuple(np.eye(dim)[k]))) - origin for k in range(dim)], axis=1)
+
+
+def _jacobians(transform: sitk.Transform, reference: sitk.Image) -> np.ndarray:
+    """The Jacobian of ``transform`` (d x d) at each voxel of ``reference`` (shape (voxels..., d, d), numpy order),
+    or one matrix for a linear transform: central differences of the transform at +-h along each physical axis,
+    h a tenth of the smallest spacing."""
+    dim = reference.GetDimension()
+    matrix = _linear_part(transform, dim)
+    if matrix is not None:
+        return matrix
+    h = 0.1 * min(reference.GetSpacing())
+    columns = []
+    for k in range(dim):
+        step = np.eye(dim)[k] * h
+        moved = []
+        for sign in (1.0, -1.0):
+            field = sitk.TransformToDisplacementField(
+                transform, sitk.sitkVectorFloat64, reference.GetSize(),
+                tuple(np.array(reference.GetOrigin()) + sign * step), reference.GetSpacing(), reference.GetDirection())
+            moved.append(sitk.GetArrayFromImage(field).reshape(tuple(reversed(reference.GetSize())) + (dim,)))
+        # T(x +- h e_k) = x +- h e_k + u(x +- h e_k)
+        columns.append(np.eye(dim)[k] + (moved[0] - moved[1]) / (2.0 * h))
+    return np.stack(columns, axis=-1)
+
+
+def _reoriented(values: np.ndarray, jacobians: np.ndarray) -> np.ndarray:
+    """Vectors of the moving image's space (``values``, (voxels..., d)) in the reference's: J^-1 v, as ITK/ANTs turn
+    a displacement or vector field under a transform (T maps reference points to moving ones)."""
+    if jacobians.ndim == 2:
+        return values @ np.linalg.inv(jacobians).T
+    return np.linalg.solve(jacobians, values[..., None])[..., 0]
+
+
 def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
              interpolation: str = "linear", default_value: float = 0.0,
-             pixel_type: int | None = None) -> sitk.Image:
+             pixel_type: int | None = None, components: str | None = None) -> sitk.Image:
     """Resample ``moving`` onto the grid of ``reference`` (size, spacing, origin, direction).
 
     Args:
@@ -78,6 +122,15 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             Interpolated values put into integer pixels are rounded to the nearest integer (half to even,
             as ``mmfusion run`` rounds an 8-bit image) and clipped to the type's range; ITK's own cast
             truncates toward zero.
+        components: what the components of a multi-component image are. "channels": independent values (colour,
+            time frames, the real and imaginary parts of a complex image), each interpolated on its own. "vector": a
+            vector in physical space (LPS) per voxel, e.g. a displacement field: interpolated, then turned into the
+            reference's space by the inverse of the transform's Jacobian (at each voxel for a non-linear one), as
+            ITK and ANTs (antsApplyTransforms -e 1) do; its number of components must be the dimension. None (the
+            default): an integer image of 3 or 4 components (an RGB/RGBA picture) and an image of another
+            number of components than its dimension are channels; any other multi-component image (2 or 3
+            float components in 2D or 3D), which could be either, is refused under a transform that turns or
+            stretches (the same answer either way under a translation, which it takes as channels).
 
     Two one-slice volumes (2D slices saved as volumes, e.g. 181 x 217 x 1) with a 2D transform, the one
     ``mmfusion register`` writes for them, are resampled as the 2D images of their slices
@@ -90,8 +143,9 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
     Raises:
         InputError: unknown interpolation, images of different dimension, a transform that is not a
             SimpleITK transform of their dimension (or a 2D one for two one-slice volumes, above), a pixel type
-            that cannot hold the image (a scalar type for a colour image, or the reverse) or a default value the
-            output's pixels cannot hold.
+            that cannot hold the image (a scalar type for a colour image, or the reverse), a default value the
+            output's pixels cannot hold, or a multi-component image under a turning transform without
+            ``components`` (see above).
     """
     if interpolation not in INTERPOLATORS:
         raise InputError(f"Unknown interpolation '{interpolation}'.",
@@ -105,7 +159,7 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         # register writes for them: resampled as the 2D images they are, put back on a one-slice reference's
         # geometry (a one-slice moving image onto a 2D reference had been "a 3D image onto a 2D reference")
         flat = resample(one_slice_as_2d(moving, "moving image"), one_slice_as_2d(reference, "reference"), transform,
-                        interpolation, default_value, pixel_type)
+                        interpolation, default_value, pixel_type, components)
         return as_one_slice_of(flat, reference) if one_slice_axis(reference) is not None else flat
     # a one-slice volume with a 3D transform (or none) is resampled in 3D: ITK takes the points within half
     # a slice's depth of it
@@ -141,13 +195,13 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
     except (TypeError, ValueError):
         raise InputError(f"The default value {default_value!r} is not a number.",
                          "Give a number, e.g. 0 or the image's background value.") from None
-    components = moving.GetNumberOfComponentsPerPixel()
+    count = moving.GetNumberOfComponentsPerPixel()
     vector = moving.GetPixelID() in _VECTOR_TYPES  # by type: a vector image may have a single component
     if pixel_type is not None and pixel_type != sitk.sitkUnknown \
             and pixel_type not in (_VECTOR_TYPES if vector else _SCALAR_TYPES):
         # ITK said only "Pixel type: vector of 8-bit unsigned integer is not supported in 2D", and the fix
         # given with it was about the transform's dimension
-        kind = f"a vector image ({components} component{'s' if components != 1 else ''})" if vector \
+        kind = f"a vector image ({count} component{'s' if count != 1 else ''})" if vector \
             else "a grey image"
         wanted = "sitk.sitkVectorFloat32 or another vector type" if vector else \
             "sitk.sitkFloat32 or another scalar type"
@@ -155,6 +209,7 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             else repr(pixel_type)
         raise InputError(f"The pixel type {name} cannot hold {kind}.",
                          f"Give {wanted}, or pixel_type=None for the default.")
+    treat = _components_kind(moving, transform, components)
     if pixel_type == sitk.sitkUnknown:  # ITK's "as the input"
         pixel_type = moving.GetPixelID()
     if pixel_type is None:
@@ -185,8 +240,8 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         # ITK would store it as inf
         raise InputError(f"The default value {default_value:g} does not fit the output's 32-bit float pixels.",
                          "Give a default value within +-3.4e38, or pixel_type=sitk.sitkFloat64.")
-    exact = interpolation == "nearest" and moving.GetPixelID() in _INTEGER_TYPES
-    if integer is not None and not exact:
+    exact = interpolation == "nearest" and moving.GetPixelID() in _INTEGER_TYPES and treat != "vector"
+    if integer is not None and not exact or treat == "vector":
         # ITK truncates interpolated values toward zero (2.97 -> 2, -999.6 -> -999): a bias of -0.3 on the
         # BrainWeb slice, +-0.5 on a CT. Resample in float64, then round and clip as ITK clips
         wide = sitk.sitkVectorFloat64 if vector else sitk.sitkFloat64
@@ -194,7 +249,20 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             values = sitk.GetArrayFromImage(sitk.Resample(moving, reference, transform, INTERPOLATORS[interpolation],
                                                           float(default_value), wide))
         if vector:  # numpy drops the axis of a single component
-            values = values.reshape(tuple(reversed(reference.GetSize())) + (components,))
+            values = values.reshape(tuple(reversed(reference.GetSize())) + (moving.GetNumberOfComponentsPerPixel(),))
+        if treat == "vector":
+            values = _reoriented(values, _jacobians(transform, reference))
+            if float(default_value) != 0.0:  # outside, every component is the default value, not a turned vector
+                ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8)
+                ones.CopyInformation(moving)
+                inside = sitk.GetArrayFromImage(sitk.Resample(ones + 1, reference, transform, sitk.sitkNearestNeighbor,
+                                                              0.0, sitk.sitkUInt8)) > 0
+                values[~inside] = float(default_value)
+            if integer is None:
+                out = sitk.GetImageFromArray(values.astype(np.float64 if pixel_type == sitk.sitkVectorFloat64
+                                                           else np.float32), isVector=True)
+                out.CopyInformation(reference)
+                return out
         hi = float(limits[1])
         if int(hi) > limits[1]:  # 2**63 - 1 and 2**64 - 1 round up as doubles: one double below
             hi = float(np.nextafter(hi, 0.0))
@@ -205,6 +273,38 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
     with itk_guard("resampling", "Check the transform matches the images (same dimension)."):
         return sitk.Resample(moving, reference, transform, INTERPOLATORS[interpolation],
                              float(default_value), pixel_type)
+
+
+def _components_kind(moving: sitk.Image, transform: sitk.Transform, components: str | None) -> str:
+    """"scalar", "channels" or "vector": how :func:`resample` treats ``moving``'s components (see there)."""
+    if components is not None and components not in COMPONENTS:
+        raise InputError(f"Unknown components '{components}'.",
+                         f"Use one of: {', '.join(COMPONENTS)} (or None: colour pictures as channels).")
+    count, dim = moving.GetNumberOfComponentsPerPixel(), moving.GetDimension()
+    if components == "vector" and count != dim:
+        raise InputError(f"The moving image has {count} component{'s' if count != 1 else ''} per pixel, so it is no "
+                         f"vector field of its {dim}D space (that has {dim}): its vectors cannot be turned with the "
+                         "transform.",
+                         "Give a field of one vector per voxel in physical space, or components='channels' (each "
+                         "component interpolated on its own).")
+    if moving.GetPixelID() not in _VECTOR_TYPES:
+        return "scalar"
+    if components is not None:
+        return components
+    if moving.GetPixelID() in _INTEGER_TYPES and count in (3, 4) or count != dim:
+        return "channels"  # an RGB/RGBA picture (or colour volume), or no vector of this space
+    matrix = _linear_part(transform, dim)
+    if matrix is not None and np.allclose(matrix, np.eye(dim), atol=1e-12):
+        return "channels"  # a translation moves vectors without turning them: either reading gives this answer
+    pixels = moving.GetPixelIDTypeAsString()
+    raise InputError(f"The moving image has {count} components per pixel ({pixels}), not an RGB/RGBA picture, and "
+                     "the transform turns or stretches it: a vector field's vectors (a displacement field, "
+                     "gradients) must be turned with it, while a multi-channel image's channels (colour, time frames, "
+                     "a complex image's parts) must not, and the pixels do not say which it is (interpolating "
+                     "each component had turned no vector, without a word).",
+                     f"Say which: components='vector' (mmfusion resample --components vector: vectors in physical "
+                     f"space, {dim} per voxel, turned by the transform as antsApplyTransforms -e 1 does) or "
+                     "components='channels' (--components channels: each component on its own).")
 
 
 def robust_range(values: np.ndarray, low: float, high: float) -> tuple[float, float]:

@@ -389,5 +389,91 @@ class ResamplePrecision(unittest.TestCase):
         self.assertEqual(resample(sitk.Cast(img, sitk.sitkFloat32), img).GetPixelID(), sitk.sitkFloat32)
 
 
+class ResampleVectorFields(unittest.TestCase):
+    """A vector image that is no colour picture (a displacement field) had each component interpolated and no
+    vector turned: under a 90 degree rotation a field of (2, 0, 0) mm stayed (2, 0, 0), a silent wrong answer
+    (antsApplyTransforms turns them, -e 1). components='vector' turns them by the inverse Jacobian of the
+    transform; without it, such an image under a turning transform is refused; RGB pictures stay per channel."""
+
+    def setUp(self) -> None:
+        field = np.zeros((10, 12, 14, 3), np.float32)
+        field[..., 0] = 2.0
+        self.field = sitk.GetImageFromArray(field, isVector=True)
+        self.field.SetOrigin((-7.0, -6.0, -5.0))
+        self.rotation = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, math.pi / 2)
+        # the rotation's inverse takes moving vectors to the reference's space: (2, 0, 0) -> (0, -2, 0)
+        self.turned = np.array(self.rotation.GetMatrix()).reshape(3, 3).T @ [2.0, 0.0, 0.0]
+
+    def test_vectors_turn_with_the_transform(self) -> None:
+        out = resample(self.field, self.field, self.rotation, components="vector")
+        np.testing.assert_allclose(sitk.GetArrayFromImage(out)[5, 6, 7], self.turned, atol=1e-5)
+        self.assertEqual(out.GetPixelID(), sitk.sitkVectorFloat32)
+        # the same rotation as a displacement-field transform (non-linear: its Jacobian taken at each voxel)
+        disp = sitk.TransformToDisplacementField(self.rotation, sitk.sitkVectorFloat64, (30, 30, 30),
+                                                 (-15.0, -15.0, -15.0), (1.0, 1.0, 1.0))
+        out = resample(self.field, self.field, sitk.DisplacementFieldTransform(disp), components="vector")
+        np.testing.assert_allclose(sitk.GetArrayFromImage(out)[5, 6, 7], self.turned, atol=1e-4)
+        # outside the moving image: the default value in every component, not a turned one
+        shifted = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, math.pi / 2, (20.0, 0.0, 0.0))
+        out = sitk.GetArrayFromImage(resample(self.field, self.field, shifted, components="vector",
+                                              default_value=-1.0))
+        np.testing.assert_array_equal(out[5, 6, 13], [-1.0, -1.0, -1.0])
+
+    def test_an_unsaid_vector_image_is_refused_under_a_turn(self) -> None:
+        with self.assertRaises(InputError) as cm:
+            resample(self.field, self.field, self.rotation)
+        self.assertIn("3 components per pixel", cm.exception.problem)
+        self.assertIn("components='vector'", cm.exception.fix)
+        self.assertIn("--components", cm.exception.fix)
+        # a translation turns nothing: either reading gives the same answer
+        moved = resample(self.field, self.field, sitk.TranslationTransform(3, (1.0, 0.0, 0.0)))
+        np.testing.assert_allclose(sitk.GetArrayFromImage(moved)[5, 6, 7], [2.0, 0.0, 0.0])
+        with self.assertRaises(InputError) as cm:  # a vector has as many components as the space has axes
+            resample(sitk.Compose([sitk.Image((8, 8), sitk.sitkFloat32)] * 3), sitk.Image((8, 8), sitk.sitkFloat32),
+                     components="vector")
+        self.assertIn("no vector field of its 2D space", cm.exception.problem)
+
+    def test_colour_pictures_stay_per_channel(self) -> None:
+        rng = np.random.default_rng(0)
+        rgb = sitk.GetImageFromArray(rng.integers(0, 255, (10, 12, 14, 3)).astype(np.uint8), isVector=True)
+        out = resample(rgb, rgb, self.rotation)
+        for k in range(3):
+            np.testing.assert_array_equal(
+                sitk.GetArrayFromImage(out)[..., k],
+                sitk.GetArrayFromImage(resample(sitk.VectorIndexSelectionCast(rgb, k), rgb, self.rotation)))
+
+    def test_cli(self) -> None:
+        import contextlib
+        import io as text
+        import os
+        import tempfile
+
+        from MultimodalFusionLib import cli
+
+        def run(argv: list[str]) -> tuple[int, str]:
+            err = text.StringIO()
+            with contextlib.redirect_stdout(text.StringIO()), contextlib.redirect_stderr(err):
+                return cli.main(argv), err.getvalue()
+
+        with tempfile.TemporaryDirectory() as d:
+            field, tfm, out = (os.path.join(d, n) for n in ("field.nii.gz", "rot.tfm", "out.nii.gz"))
+            sitk.WriteImage(self.field, field)
+            sitk.WriteTransform(self.rotation, tfm)
+            code, err = run(["resample", field, "--reference", field, "--transform", tfm, "-o", out])
+            self.assertEqual(code, 2, err)
+            self.assertIn("--components vector", err)
+            self.assertFalse(os.path.exists(out))
+            code, err = run(["resample", field, "--reference", field, "--transform", tfm, "-o", out,
+                             "--components", "vector"])
+            self.assertEqual(code, 0, err)
+            np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(out))[5, 6, 7], self.turned, atol=1e-5)
+            # a zero field (its components equal, as a grey picture's) had been written as one grey value a voxel
+            zero = os.path.join(d, "zero.nrrd")
+            sitk.WriteImage(sitk.Image((14, 12, 10), sitk.sitkVectorFloat32, 3), zero)
+            code, err = run(["resample", zero, "--reference", zero, "-o", os.path.join(d, "z.nrrd")])
+            self.assertEqual(code, 0, err)
+            self.assertEqual(sitk.ReadImage(os.path.join(d, "z.nrrd")).GetNumberOfComponentsPerPixel(), 3)
+
+
 if __name__ == "__main__":
     unittest.main()

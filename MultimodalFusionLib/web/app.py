@@ -223,7 +223,8 @@ def _on_fixed_grid(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transf
     from ..pipeline import _keep_8bit
     from ..preprocess import resample
 
-    return _keep_8bit(resample(moving, fixed, transform), moving)
+    colour = moving.GetNumberOfComponentsPerPixel() > 1  # an RGB/RGBA picture: its channels, not a vector field
+    return _keep_8bit(resample(moving, fixed, transform, components="channels" if colour else None), moving)
 
 
 def _fused_file_name(result: Any) -> str:
