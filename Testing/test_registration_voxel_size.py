@@ -87,6 +87,30 @@ class VoxelSizeFollowingSteps(unittest.TestCase):
         effective = effective["stages"][0]["effective"]
         self.assertEqual((effective["learning_rate"], effective["min_step"]), (0.5, 1e-4))
 
+    def test_a_rigid_line_search_records_no_step_it_did_not_take(self):
+        # ITK estimates a rigid or affine line search's learning rate at every iteration (physical-shift scales):
+        # learning_rate 0.001 and 100 ran the same transform, yet metrics.json's effective recorded each (and the
+        # default, scaled: 0.2 at 0.05 mm) as the learning_rate that ran
+        fixed, moving, _ = _pair(0.05)
+        ran = []
+        for rate in (None, 1e-3, 100.0):
+            stage = StageParameters(name="rigid", optimizer="gradient_descent_line_search", learning_rate=rate,
+                                    iterations=10)
+            result = register(fixed, moving, RegistrationParameters(stages=[stage]), seed=1)
+            effective = result.parameters["stages"][0]["effective"]
+            self.assertNotIn("learning_rate", effective)
+            self.assertNotIn("step_scale", effective)
+            ran.append(result.transform.GetParameters())
+        self.assertEqual(ran[0], ran[1])
+        self.assertEqual(ran[0], ran[2])
+        # a B-spline stage's line search (unit scales, no estimate) takes its step: recorded, scaled
+        stage = StageParameters(name="bspline", optimizer="gradient_descent_line_search", iterations=2, mesh_size=2,
+                                number_of_samples=2000, shrink_factors=[1], smoothing_sigmas=[0.0])
+        effective = register(fixed, moving, RegistrationParameters(stages=[stage]), seed=1).parameters
+        effective = effective["stages"][0]["effective"]
+        self.assertAlmostEqual(effective["learning_rate"], 0.1)
+        self.assertAlmostEqual(effective["step_scale"], 0.1)
+
     def test_stage_types_and_presets_leave_their_default_steps_to_the_voxel_size(self):
         for name, rate in (("rigid", 2.0), ("affine", 1.0), ("bspline", 1.0)):
             with self.subTest(stage=name):

@@ -78,8 +78,10 @@ def step_scale(spacing: Sequence[float]) -> float:
     and 0.001 mm minimum were tuned on 1-4 mm images: on 0.05 mm micro-CT voxels the first step jumped 40 voxels
     (the 2D BrainWeb pair with 0.05 mm pixels ended 26 degrees off its 10, accepted) and on 50 mm voxels 200
     steps of 2 mm could not cover a 17-pixel shift (1.2 degrees, at the iteration limit). Scaled, the default
-    rigid step stays between a tenth of a voxel and 4 voxels, as elastix's default step follows the mean voxel
-    spacing and ITK's v4 optimizers' default largest step is the smallest spacing; inside the range nothing
+    rigid step stays between a tenth of a voxel and 4 voxels, as the step sizes ITK and elastix estimate follow
+    the voxel size (ITK v4's estimated largest step is the fixed image's smallest spacing, elastix's adaptive
+    stochastic gradient descent's default MaximumStepLength the mean voxel spacing of both images; their
+    regular-step optimizers' defaults are fixed numbers, elastix's 16 / 2^level); inside the range nothing
     changed. A ``learning_rate`` or ``min_step`` given is used as given, in mm.
     """
     low, high = STEP_SCALE_VOXEL_MM
@@ -121,6 +123,8 @@ class StageParameters:
             control-point displacement), used as given; None: the stage type's default
             (``DEFAULT_LEARNING_RATE``: 2 mm rigid, 1 mm affine and B-spline) times :func:`step_scale` of the
             fixed image (1 for voxels of 0.5-20 mm; the steps follow the voxel size outside that range).
+            No effect on a rigid or affine gradient_descent_line_search stage: ITK estimates that learning rate at
+            every iteration (its largest step: the fixed image's smallest voxel size).
         min_step: regular_step: stop when the step falls below this (mm of physical shift), used as given; None:
             0.01 mm for 3D rigid and affine stages of at least 1M voxels (on the 1 mm MNI152 pair 0.001 mm gave
             the same error, 0.10 mm affine, about 30% slower) and 0.001 mm otherwise (2D slices need it; B-spline

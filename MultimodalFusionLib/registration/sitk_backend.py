@@ -428,6 +428,15 @@ def regular_step_defaults(stage: StageParameters, dim: int, voxels: int,
     return learning_rate, min_step, relaxation
 
 
+def learning_rate_used(stage: StageParameters) -> bool:
+    """Whether ITK steps by ``stage``'s ``learning_rate``: a regular_step stage's, and a B-spline stage's under
+    gradient_descent_line_search (unit scales). Not a rigid or affine line search: with physical-shift scales ITK
+    estimates its learning rate at every iteration (the largest step: the fixed image's smallest spacing), so the
+    2D BrainWeb pair ran the same transform with learning_rate 0.001 and 100; nor lbfgsb, which has none."""
+    return stage.optimizer == "regular_step" or (stage.optimizer == "gradient_descent_line_search"
+                                                 and stage.name == "bspline")
+
+
 def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParameters, dim: int,
                          voxels: int = 0, spacing: Sequence[float] | None = None) -> None:
     if stage.optimizer == "lbfgsb":
@@ -913,8 +922,8 @@ def _effective_settings(stage: StageParameters, fixed: sitk.Image, shrink: list[
                         sampled: list[float | None],
                         reduced_levels: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """What a stage ran with where the engine chose it from the images (metrics.json's ``effective``): the
-    step (``learning_rate``, and ``step_scale``, the factor on the default steps from the fixed image's voxel
-    size), the regular_step optimizer's ``min_step`` and ``relaxation_factor`` (null in the settings: picked from
+    step where ITK takes it (:func:`learning_rate_used`: ``learning_rate``, and ``step_scale``, the factor on the
+    default steps from the fixed image's voxel size), the regular_step optimizer's ``min_step`` and ``relaxation_factor`` (null in the settings: picked from
     the fixed image's size and voxel size), the shrink factors (capped at a quarter of the smaller image's shortest side: a
     6-slice slab runs shrink 1 throughout), the sigmas ITK's pyramid smoothed with, the sampling fraction of
     each level's grid (raised to the floor of samples, capped at ``max_samples``; null: every voxel) and a
@@ -932,11 +941,11 @@ def _effective_settings(stage: StageParameters, fixed: sitk.Image, shrink: list[
         out["reduced_levels"] = reduced_levels
     if stage.metric in ("mattes_mi", "joint_histogram_mi"):
         out["histogram_bins"] = stage.effective_histogram_bins()
-    if stage.optimizer != "lbfgsb":
+    learning_rate, min_step, relaxation = regular_step_defaults(stage, fixed.GetDimension(),
+                                                                fixed.GetNumberOfPixels(), fixed.GetSpacing())
+    if learning_rate_used(stage):
         out["step_scale"] = step_scale(fixed.GetSpacing())
-        out["learning_rate"], min_step, relaxation = regular_step_defaults(stage, fixed.GetDimension(),
-                                                                           fixed.GetNumberOfPixels(),
-                                                                           fixed.GetSpacing())
+        out["learning_rate"] = learning_rate
     if stage.optimizer == "regular_step":
         out["min_step"], out["relaxation_factor"] = min_step, relaxation
     if stage.name == "bspline":
