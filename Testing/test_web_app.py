@@ -1496,6 +1496,12 @@ class PageMessagesTest(_WebServerProcess):
                                      {k: before[k] for k in ("trame__title", "trame__template_main",
                                                              "trame__client_only")})
                     self.assertEqual(now["moving_path"], "/data/pet.nii.gz")
+                    # the push to the other tab may follow the answer to its own call: wait for it
+                    deadline = time.monotonic() + 30
+                    while not any("moving_path" in push for push in other.pushes[pushed:]):
+                        self.assertLess(time.monotonic(), deadline, "the panel's moving_path never reached the other tab")
+                        await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.5)  # and anything sent with it
                     self.assertEqual(set().union(*other.pushes[pushed:]), {"moving_path"})  # nothing of trame's reached it
                     # the lifecycle events a page reports pass; the server's are refused
                     with self.assertRaisesRegex(AssertionError, "Unregistered method"):
