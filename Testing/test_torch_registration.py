@@ -548,6 +548,42 @@ class TorchRegistrationTest(unittest.TestCase):
         self.assertEqual(rule.parameters["effective"]["linear_level_sigmas_mm"], [2.0, 1.0])
         self.assertNotEqual(rule.transform.GetParameters(), carried.transform.GetParameters())
 
+    def test_stages_that_stages_adds_are_not_warned_about_as_a_preset_s_own(self) -> None:
+        # --preset ct-mr-head --stages rigid,deformable warned that the B-spline stage's shrink_factors [2, 1],
+        # smoothing_sigmas [1, 0], mesh_size 4 and metric mattes_mi were not used on torch, and --stages rigid,affine
+        # that the affine stage's smoothing_sigmas [2, 1, 0] were not: settings of a stage the preset does not list,
+        # which with_stages adds with its type's defaults and nobody wrote. A preset's own stages are still warned
+        from MultimodalFusionLib import registration
+        from MultimodalFusionLib.registration.torch_backend import conversion_warnings
+
+        def said(preset: Any, stages: str) -> list[str]:
+            if isinstance(preset, str):
+                return conversion_warnings(registration.resolve_parameters(preset=preset, stages=stages,
+                                                                           backend="torch"))
+            return conversion_warnings(registration.resolve_parameters(preset, stages=stages, backend="torch"))
+
+        for stages in ("rigid,deformable", "rigid,affine", "rigid,affine,deformable", "deformable", "affine"):
+            with self.subTest(stages=stages):
+                self.assertEqual(said("ct-mr-head", stages), [])
+        own = said("mr-mr-deformable", "rigid,affine,deformable")  # its affine and bspline stages are its own
+        self.assertEqual(len(own), 2, own)
+        self.assertIn("The affine stage's smoothing_sigmas [2, 1, 0] are not used", own[0])
+        self.assertIn("The bspline stage runs as the torch backend's deformable stage", own[1])
+        self.assertEqual(len(said("pet-ct-body", "rigid,affine,deformable")), 1)  # its affine stage; not the bspline
+        # an added later stage's metric is its type's default, not the user's either
+        mine = registration.RegistrationParameters.from_dict({"stages": [{"name": "rigid", "metric": "correlation"}]})
+        self.assertEqual(said(mine, "rigid,affine"), [])
+        self.assertTrue(any("metric mattes_mi is not used" in w for w in conversion_warnings(
+            registration.RegistrationParameters.from_dict(
+                {"stages": [{"name": "rigid", "metric": "correlation"}, {"name": "affine"}]}))))
+        # the record survives a second with_stages, is not saved with the settings and is no preset key
+        twice = registration.load_preset("ct-mr-head").with_stages(["rigid", "bspline"]).with_stages(
+            ["bspline", "rigid", "affine"])
+        self.assertEqual(twice.added_stages, (0, 2))
+        self.assertNotIn("added_stages", twice.to_dict())
+        with self.assertRaises(InputError):
+            registration.RegistrationParameters.from_dict({"stages": ["rigid"], "added_stages": [0]})
+
     def test_the_default_torch_pyramid_is_unchanged(self) -> None:
         # linear_smoothing_sigmas None is the rule the pyramid always had (half each coarse level's voxel size,
         # the finest unsmoothed): the same transform, bit for bit, as sigmas given equal to it

@@ -290,6 +290,9 @@ class RegistrationParameters:
             with a seed trades bit-identity for speed.
         name: preset name, for reports.
         description: what the preset is for.
+        added_stages: positions in ``stages`` of the stages :meth:`with_stages` added with their type's defaults
+            (``--stages`` naming a stage the preset does not list): settings nobody wrote, which the torch
+            backend's conversion warnings leave out. Not saved with the settings (``to_dict``), not a preset key.
     """
 
     stages: list[StageParameters] = dataclasses.field(default_factory=lambda: [default_stage("rigid")])
@@ -298,6 +301,7 @@ class RegistrationParameters:
     number_of_threads: int | None = None
     name: str = "default"
     description: str = ""
+    added_stages: tuple[int, ...] = dataclasses.field(default=(), repr=False, compare=False)
 
     def validate(self) -> None:
         """Raise InputError if any setting is invalid."""
@@ -325,16 +329,24 @@ class RegistrationParameters:
             stage.validate()
 
     def with_stages(self, names: Sequence[str]) -> RegistrationParameters:
-        """A copy running ``names`` (in that order); stages this object defines keep their settings."""
-        known = {s.name: s for s in self.stages}
-        stages = []
+        """A copy running ``names`` (in that order); stages this object defines keep their settings, the others
+        take their type's defaults (:func:`default_stage`) and are listed in ``added_stages``."""
+        known = {s.name: i for i, s in enumerate(self.stages)}
+        stages: list[StageParameters] = []
+        added: list[int] = []
         for name in names:
             name = name.strip().lower()
             if name not in STAGE_TYPES:
                 raise InputError(f"Unknown registration stage '{name}'{did_you_mean(name, STAGE_TYPES)}.",
                                  f"Use a comma-separated list of {', '.join(STAGE_TYPES)}, e.g. rigid,affine.")
-            stages.append(dataclasses.replace(known[name]) if name in known else default_stage(name))
-        return dataclasses.replace(self, stages=stages)
+            if name in known:
+                stages.append(dataclasses.replace(self.stages[known[name]]))
+                if known[name] in self.added_stages:  # added by an earlier with_stages: still nobody's settings
+                    added.append(len(stages) - 1)
+            else:
+                stages.append(default_stage(name))
+                added.append(len(stages) - 1)
+        return dataclasses.replace(self, stages=stages, added_stages=tuple(added))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "initializer": self.initializer,
@@ -381,7 +393,7 @@ class RegistrationParameters:
                                  + ", ".join(f"'{k}'{did_you_mean(k, fields)}" for k in unknown) + ".",
                                  f"Use only: {', '.join(sorted(fields))}.")
             stages.append(dataclasses.replace(default_stage(raw["name"]), **raw))
-        top = {f.name for f in dataclasses.fields(cls)}
+        top = {f.name for f in dataclasses.fields(cls)} - {"added_stages"}  # with_stages' record, not a setting
         data.pop("effective", None)
         unknown = sorted(set(data) - top, key=str)
         if unknown:

@@ -375,7 +375,9 @@ def _pyramid_warnings(parameters: Any, converted: TorchRegistrationParameters) -
     linear stage), the first's only where torch settings on the parameters replaced them, and a B-spline stage's
     levels, control grid and metric (its torch stand-in is the deformable stage). They had been dropped without a
     word. The first linear stage's sigmas had been warned about too, on every shipped preset, while the torch
-    pyramid smoothed each level by half its voxel size; they are now carried."""
+    pyramid smoothed each level by half its voxel size; they are now carried. A stage that ``with_stages`` added
+    with its type's defaults (``added_stages``: ``--preset ct-mr-head --stages rigid,deformable``) is not warned
+    about: nobody wrote its settings (:func:`_added_stages`)."""
     shrink = [int(f) for f in converted.linear_shrink_factors]
     if converted.linear_smoothing_sigmas is None:
         run_sigmas, run_mm = _torch_sigmas(shrink), False
@@ -383,8 +385,12 @@ def _pyramid_warnings(parameters: Any, converted: TorchRegistrationParameters) -
         run_sigmas, run_mm = list(converted.linear_smoothing_sigmas), bool(converted.linear_smoothing_in_mm)
     out = []
     first_linear = True
-    for stage in parameters.stages:
+    added = _added_stages(parameters)
+    for index, stage in enumerate(parameters.stages):
         kind = _STAGE_ALIASES.get(str(getattr(stage, "name", "")).lower())
+        if index in added:
+            first_linear = first_linear and kind not in ("rigid", "affine")
+            continue
         given_shrink = list(getattr(stage, "shrink_factors", None) or [])
         given_sigmas = list(getattr(stage, "smoothing_sigmas", None) or [])
         in_mm = bool(getattr(stage, "smoothing_in_mm", False))
@@ -415,6 +421,16 @@ def _pyramid_warnings(parameters: Any, converted: TorchRegistrationParameters) -
     return out
 
 
+def _added_stages(parameters: Any) -> set[int]:
+    """Positions of the stages ``with_stages`` added to SimpleITK settings with their type's defaults (a stage
+    ``--stages`` names that the preset does not list): what it holds was never written by anyone, so it is not
+    warned about as a preset's own setting would be. ``--preset ct-mr-head --stages rigid,deformable`` had warned
+    that the B-spline stage's shrink_factors [2, 1], smoothing_sigmas [1, 0], mesh_size 4 and metric mattes_mi
+    were not used, and ``--stages rigid,affine`` that the affine stage's smoothing_sigmas [2, 1, 0] were not."""
+    added = getattr(parameters, "added_stages", None) or ()
+    return {int(i) for i in added}
+
+
 def conversion_warnings(parameters: Any) -> list[str]:
     """What :func:`torch_parameters` changes or leaves out of SimpleITK settings, as warnings.
 
@@ -430,19 +446,23 @@ def conversion_warnings(parameters: Any) -> list[str]:
         return []
     converted = torch_parameters(parameters)
     pyramids = _pyramid_warnings(parameters, converted)
-    linear = [s for s in parameters.stages
+    added = _added_stages(parameters)
+    linear = [(i in added, s) for i, s in enumerate(parameters.stages)
               if _STAGE_ALIASES.get(str(getattr(s, "name", "")).lower()) in ("rigid", "affine")]
     if not linear:
         return pyramids
     out = []
-    first = _given_bins(linear[0])
+    first_added, first_stage = linear[0]
+    first = _given_bins(first_stage)
     used = TorchRegistrationParameters().histogram_bins if first is None else _carried_bins(first)
-    if first is not None and used != first:
-        out.append(f"The {linear[0].name} stage's {first} histogram bins are outside the {_MIN_CARRIED_BINS}-"
+    if first is not None and used != first and not first_added:
+        out.append(f"The {first_stage.name} stage's {first} histogram bins are outside the {_MIN_CARRIED_BINS}-"
                    f"{_MAX_CARRIED_BINS} the torch backend takes from SimpleITK settings: it runs with {used}. "
                    "Give histogram_bins within that range, or TorchRegistrationParameters(histogram_bins=...) "
                    "for another count.")
-    for stage in linear[1:]:
+    for stage_added, stage in linear[1:]:
+        if stage_added:  # its type's defaults, which nobody wrote (an affine stage's mattes_mi after correlation)
+            continue
         bins = _given_bins(stage)
         if bins is not None and bins != used:
             out.append(f"The torch backend runs every linear stage with one histogram bin count, the first "
@@ -452,7 +472,7 @@ def conversion_warnings(parameters: Any) -> list[str]:
         metric = str(getattr(stage, "metric", ""))
         if _METRIC_ALIASES.get(metric.lower(), "mi") != converted.linear_metric:
             out.append(f"The torch backend runs every linear stage with one metric, the first linear stage's "
-                       f"({linear[0].metric}: linear_metric {converted.linear_metric}): the {stage.name} stage's "
+                       f"({first_stage.metric}: linear_metric {converted.linear_metric}): the {stage.name} stage's "
                        f"metric {metric} is not used.")
     return out + pyramids
 
