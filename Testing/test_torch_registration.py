@@ -584,6 +584,31 @@ class TorchRegistrationTest(unittest.TestCase):
         with self.assertRaises(InputError):
             registration.RegistrationParameters.from_dict({"stages": ["rigid"], "added_stages": [0]})
 
+    def test_sigmas_given_in_a_stage_s_place_are_in_the_torch_unit(self) -> None:
+        # a stage's smoothing_in_mm went on after its sigmas were replaced: a preset whose rigid stage smooths in mm
+        # with a torch dict giving linear_smoothing_sigmas [2, 1, 0] (voxels, as the torch settings say) ran 2 mm
+        from MultimodalFusionLib import registration
+        from MultimodalFusionLib.registration.torch_backend import torch_parameters
+
+        preset = registration.RegistrationParameters.from_dict(
+            {"stages": [{"name": "rigid", "smoothing_sigmas": [8, 4, 0], "smoothing_in_mm": True}]})
+        self.assertTrue(torch_parameters(preset).linear_smoothing_in_mm)  # carried with its own sigmas
+        preset.torch = {"linear_smoothing_sigmas": [2, 1, 0]}
+        self.assertFalse(torch_parameters(preset).linear_smoothing_in_mm)
+        preset.torch = {"linear_smoothing_sigmas": [2, 1, 0], "linear_smoothing_in_mm": True}
+        self.assertTrue(torch_parameters(preset).linear_smoothing_in_mm)
+        del preset.torch
+        dropped = torch_parameters(preset, linear_smoothing_sigmas=None)
+        self.assertEqual((dropped.linear_smoothing_sigmas, dropped.linear_smoothing_in_mm), (None, False))
+        given = torch_parameters(preset, linear_smoothing_sigmas=[2, 1, 0])
+        self.assertEqual((given.linear_smoothing_sigmas, given.linear_smoothing_in_mm), ([2, 1, 0], False))
+        fixed, moving = _brainweb_pair()
+        for image in (fixed, moving):
+            image.SetSpacing((0.5, 0.5))  # voxels of 0.5 mm: 2 voxels is 1 mm
+        result = registration.register(fixed, moving, dataclasses.replace(given, linear_iterations=[2, 2, 2]),
+                                       backend="torch", seed=1)
+        self.assertEqual(result.parameters["effective"]["linear_level_sigmas_mm"], [1.0, 0.5, 0.0])
+
     def test_the_default_torch_pyramid_is_unchanged(self) -> None:
         # linear_smoothing_sigmas None is the rule the pyramid always had (half each coarse level's voxel size,
         # the finest unsmoothed): the same transform, bit for bit, as sigmas given equal to it

@@ -551,13 +551,13 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
         extra = getattr(parameters, "torch", None)
         if isinstance(extra, dict):
             out = dataclasses.replace(out, **extra)
-            carried_sigmas = None if "linear_smoothing_sigmas" in extra else carried_sigmas
+            carried_sigmas = _sigmas_replaced(out, extra, carried_sigmas)
     else:
         raise InputError(f"Torch registration parameters of type {type(parameters).__name__} are not supported.",
                          "Pass a TorchRegistrationParameters, a RegistrationParameters, a dict or None.")
     if overrides:
         out = dataclasses.replace(out, **overrides)
-        carried_sigmas = None if "linear_smoothing_sigmas" in overrides else carried_sigmas
+        carried_sigmas = _sigmas_replaced(out, overrides, carried_sigmas)
     if carried_sigmas is not None and (not isinstance(out.linear_shrink_factors, (list, tuple, np.ndarray))
                                        or list(out.linear_shrink_factors) != carried_sigmas):
         # the stage's sigmas belong to its shrink factors: levels given in their place (a ``torch`` dict,
@@ -568,6 +568,21 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
     out.deformable_metric = _METRIC_ALIASES.get(str(out.deformable_metric).lower(), str(out.deformable_metric))
     out.validate()
     return out
+
+
+def _sigmas_replaced(out: TorchRegistrationParameters, given: dict[str, Any],
+                     carried: list[int] | None) -> list[int] | None:
+    """After torch settings ``given`` (a ``torch`` dict, overrides) were applied to ``out``: the levels a SimpleITK
+    stage's sigmas are still carried with, None where ``given`` replaced the sigmas. The stage's
+    ``smoothing_in_mm`` goes with its sigmas: sigmas given without ``linear_smoothing_in_mm`` are in the torch
+    unit (voxels), as :class:`TorchRegistrationParameters` documents; a stage in mm had made ``[2, 1, 0]`` given in
+    a preset's ``torch`` dict run as 2 mm (half a voxel of a 4 mm image, not 8 mm), and left ``linear_smoothing_in_mm``
+    true beside sigmas given as None."""
+    if carried is None or "linear_smoothing_sigmas" not in given:
+        return carried
+    if "linear_smoothing_in_mm" not in given:
+        out.linear_smoothing_in_mm = False
+    return None
 
 
 def _finite_at_least_zero(value: Any) -> bool:
