@@ -584,6 +584,60 @@ class TorchRegistrationTest(unittest.TestCase):
         with self.assertRaises(InputError):
             registration.RegistrationParameters.from_dict({"stages": ["rigid"], "added_stages": [0]})
 
+    def test_linear_smoothing_sigmas_that_grow_are_warned_as_on_simpleitk(self) -> None:
+        # the SimpleITK backend warns when a stage's sigmas grow from one level to the next (the stage ends smoothed);
+        # on torch linear_smoothing_sigmas [0, 1, 2], or a preset's [0, 1, 2] carried into them, ran without a word
+        from MultimodalFusionLib import registration
+        from MultimodalFusionLib.registration.parameters import list_presets
+        from MultimodalFusionLib.registration.torch_backend import _level_order_warnings, torch_parameters
+
+        def order(**settings: Any) -> list[str]:
+            return _level_order_warnings(self._params(**{"stages": ["rigid"], **settings}), 1.0)
+
+        grown = order(linear_smoothing_sigmas=[0, 1, 2])
+        self.assertEqual(grown, ["linear_smoothing_sigmas [0, 1, 2] grow from one level to the next "
+                                 "(linear_shrink_factors [4, 2, 1]): the levels run in the order given, so the linear "
+                                 "stages end smoothed by sigma 2 voxels at shrink factor 1, not at their least (sigma "
+                                 "0 voxels). Pyramid levels are usually given coarse to fine, e.g. "
+                                 "linear_shrink_factors [4, 2, 1] with linear_smoothing_sigmas [2, 1, 0]."])
+        self.assertIn("run a coarser level before they end at their finest (shrink factor 1, sigma 0 mm)",
+                      order(linear_smoothing_sigmas=[1, 2, 0], linear_smoothing_in_mm=True)[0])
+        # levels of 0 iterations are skipped; equal sigmas, the rule, coarse to fine: nothing to say
+        self.assertIn("end smoothed by sigma 1 voxel at shrink factor 2",
+                      order(linear_smoothing_sigmas=[0, 1, 2], linear_iterations=[3, 3, 0])[0])
+        self.assertEqual(order(linear_smoothing_sigmas=[2, 0, 1], linear_iterations=[3, 3, 0]), [])
+        self.assertEqual(order(linear_smoothing_sigmas=[2, 1, 1]), [])
+        self.assertEqual(order(linear_smoothing_sigmas=None), [])
+        self.assertEqual(order(stages=["deformable"], linear_smoothing_sigmas=[0, 1, 2]), [])
+        # shrink factors that grow: their warning alone, the sigmas reordered with their levels
+        both = order(linear_shrink_factors=[1, 2, 4], linear_smoothing_sigmas=[0, 1, 2])
+        self.assertEqual(len(both), 1, both)
+        self.assertIn("linear_shrink_factors [1, 2, 4] grow coarser", both[0])
+        # a preset's sigmas are named as its stage's, in the words the SimpleITK backend uses for them
+        fixed, moving = _blobs(2, 48, 0), _blobs(2, 48, 1.5)
+        preset = registration.RegistrationParameters.from_dict(
+            {"stages": [{"name": "rigid", "smoothing_sigmas": [0, 1, 2], "iterations": 3}]})
+        on_torch = [w for w in registration.register(fixed, moving, preset, backend="torch", seed=1).warnings
+                    if " grow " in w]
+        on_sitk = [w for w in registration.register(fixed, moving, preset, seed=1).warnings if " grow " in w]
+        self.assertEqual(len(on_torch), 1, on_torch)
+        self.assertIn("The rigid stage's smoothing_sigmas [0, 1, 2] grow from one level to the next (shrink_factors "
+                      "[4, 2, 1]): the torch backend runs them as its linear_smoothing_sigmas", on_torch[0])
+        for words in ("smoothing_sigmas [0, 1, 2] grow from one level to the next (shrink_factors [4, 2, 1])",
+                      "ends smoothed by sigma 2 voxels at shrink factor 1, not at its least (sigma 0 voxels)",
+                      "e.g. shrink_factors [4, 2, 1] with smoothing_sigmas [2, 1, 0]."):
+            self.assertIn(words, on_sitk[0])
+            self.assertIn(words.replace("ends", "end").replace("its least", "their least"), on_torch[0])
+        # sigmas given in torch settings in the stage's place are named as those
+        replaced = torch_parameters(preset, linear_smoothing_sigmas=[1, 2, 0])
+        self.assertIn("linear_smoothing_sigmas [1, 2, 0] grow", _level_order_warnings(replaced, 1.0, preset)[0])
+        # no shipped preset warns, with or without --stages
+        for name in list_presets():
+            for stages in (None, "rigid", "affine", "rigid,affine,deformable"):
+                with self.subTest(preset=name, stages=stages):
+                    given = registration.resolve_parameters(preset=name, stages=stages, backend="torch")
+                    self.assertEqual(_level_order_warnings(torch_parameters(given), 1.0, given), [])
+
     def test_sigmas_given_in_a_stage_s_place_are_in_the_torch_unit(self) -> None:
         # a stage's smoothing_in_mm went on after its sigmas were replaced: a preset whose rigid stage smooths in mm
         # with a torch dict giving linear_smoothing_sigmas [2, 1, 0] (voxels, as the torch settings say) ran 2 mm
