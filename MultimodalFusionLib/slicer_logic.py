@@ -438,7 +438,10 @@ class FusionLogic:
         b = mrml.image_from_volume_node(functionalVolumeNode)
         if transformNode is not None or not fusion.same_grid(a, b):
             before = b
-            b = resample_image(b, a, mrml.sitk_transform_from_node(transformNode) if transformNode else None)
+            # a colour (vector) volume's channels, as pipeline and the web app resample them: a float RGB volume
+            # under a rotation had been refused as a possible vector field, naming an argument this method lacks
+            b = resample_image(b, a, mrml.sitk_transform_from_node(transformNode) if transformNode else None,
+                               components="channels" if b.GetNumberOfComponentsPerPixel() > 1 else None)
             if not has_content(b) and has_content(before):
                 raise InputError(f"The functional volume '{functionalVolumeNode.GetName()}' does not overlap the "
                                  f"anatomical volume '{anatomicalVolumeNode.GetName()}'"

@@ -207,6 +207,21 @@ class LogicTest(unittest.TestCase):
                                    sitk.GetArrayFromImage(mrml.image_from_volume_node(via.fusedVolumeNode)),
                                    atol=1e-4)
 
+    def test_a_float_colour_volume_is_fused_through_a_rotation(self) -> None:
+        # a vector volume of float RGB (3 components in 3D, as a displacement field has) through a turning
+        # transform had been refused by resample as "a vector field or channels?", naming components=..., which
+        # fuseVolumes does not take; fused per channel, as an 8-bit RGB volume and mmfusion run are
+        rng = np.random.default_rng(0)
+        rgb = sitk.GetImageFromArray((rng.random((12, 14, 16, 3)) * 200).astype(np.float32), isVector=True)
+        node = mrml.volume_node_from_image(rgb, self.scene, name="float RGB")
+        turn = mrml.transform_node_from_sitk(sitk.Euler3DTransform((8.0, 7.0, 6.0), 0.0, 0.0, 0.3), self.scene,
+                                             name="turn")
+        anatomy = mrml.volume_node_from_image(sitk.GetImageFromArray(rng.random((12, 14, 16)).astype(np.float32)),
+                                              self.scene, name="anatomy")
+        out = self.logic.fuseVolumes(anatomy, node, transformNode=turn, method="average")
+        fused = mrml.image_from_volume_node(out.fusedVolumeNode)
+        self.assertEqual(fused.GetNumberOfComponentsPerPixel(), 3)
+
     def test_functional_volume_under_its_registration_is_fused_as_shown(self) -> None:
         reg = self._register(applyTransform=True)  # PET now shown aligned through its parent transform
         shown = self.logic.fuseVolumes(self.mr, self.pet, method="max")
