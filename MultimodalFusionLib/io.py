@@ -1184,9 +1184,21 @@ def _read_grey_alpha_png(path: str, depth: int) -> sitk.Image:
     with open(path, "rb") as f:
         data = f.read()
     parts, pos, significant = [_PNG_SIGNATURE], 8, None
+    fix = "Check the PNG file is not truncated, or save it again (e.g. as a grey PNG without alpha)."
     while pos + 12 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
         body = data[pos + 8:pos + 8 + length]
+        stored_crc = data[pos + 8 + length:pos + 12 + length]
+        critical = kind in (b"IHDR", b"IDAT", b"IEND")
+        if len(stored_crc) < 4 or struct.unpack(">I", stored_crc)[0] != zlib.crc32(kind + body) & 0xFFFFFFFF:
+            # the copy's chunks get new CRCs, so the check libpng makes of the file's is made here: a damaged
+            # chunk had been read as good (a critical one is refused, an ancillary one left out, as libpng does)
+            if critical or len(stored_crc) < 4:
+                what = "ends inside its" if len(stored_crc) < 4 else "has a damaged (CRC mismatch)"
+                raise InputError(f"The PNG file '{path}' {what} {kind.decode('latin-1')} chunk (at byte {pos}).",
+                                 fix)
+            pos += 12 + length
+            continue
         if kind == b"IHDR":
             body = body[:8] + (bytes([16, 0]) if depth == 8 else bytes([8, 6])) + body[10:]
         elif kind == b"sBIT" and length == 2:
@@ -1197,26 +1209,40 @@ def _read_grey_alpha_png(path: str, depth: int) -> sitk.Image:
         if kind == b"IEND":
             break
         pos += 12 + length
-    with tempfile.TemporaryDirectory(prefix="mmfusion-png-") as folder:
-        relabelled = os.path.join(folder, "grey-alpha.png")
-        with open(relabelled, "wb") as f:
-            f.write(b"".join(parts))
-        with itk_guard(f"reading '{path}'", "Check the PNG file is not truncated, or save it again (e.g. as a grey "
-                                            "PNG without alpha)."):
-            stored = sitk.ReadImage(relabelled)
-    arr = sitk.GetArrayFromImage(stored).astype(np.uint32)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mmfusion-png-") as folder:
+            relabelled = os.path.join(folder, "grey-alpha.png")
+            with open(relabelled, "wb") as f:
+                f.write(b"".join(parts))
+            del parts
+            try:
+                with itk_guard(f"reading '{path}'", fix):
+                    stored = sitk.ReadImage(relabelled)
+            except InputError as exc:  # ITK names the relabelled copy, gone by the time the message is read
+                raise InputError(str(exc.problem).replace(relabelled, path), exc.fix) from exc
+    except OSError as exc:  # a full or unwritable temporary folder: a traceback had come out of tempfile
+        raise InputError(f"Cannot read the grey+alpha PNG '{path}': its relabelled copy could not be written to "
+                         f"the temporary folder '{tempfile.gettempdir()}' ({exc.strerror or exc}).",
+                         "Free space there, or point TMPDIR at a writable folder with room for a copy of the "
+                         "file.") from exc
+    # in the narrowest types (a picture of 36 Mpixels had peaked at 1.3 GB, 3 times what its RGBA twin takes)
+    arr = sitk.GetArrayViewFromImage(stored)
+    kind = np.uint8 if depth == 8 else np.uint16
     if depth == 8:  # one 16-bit grey value: the grey byte high, the alpha byte low
-        grey, alpha = arr >> 8, arr & 0xFF
+        grey, alpha = (arr >> 8).astype(kind), (arr & 0xFF).astype(kind)
     else:  # RGBA bytes: the grey's high and low bytes, then the alpha's
-        grey, alpha = arr[..., 0] << 8 | arr[..., 1], arr[..., 2] << 8 | arr[..., 3]
+        grey = arr[..., 0].astype(kind) << 8 | arr[..., 1]
+        alpha = arr[..., 2].astype(kind) << 8 | arr[..., 3]
     if significant is not None:  # as ITK does for the other PNGs (png_set_shift)
         grey = grey >> (depth - significant[0]) if 0 < significant[0] < depth else grey
         alpha = alpha >> (depth - significant[1]) if 0 < significant[1] < depth else alpha
-    kind = np.uint8 if depth == 8 else np.uint16
     if alpha.size and np.all(alpha == alpha.flat[0]):
-        out = sitk.GetImageFromArray(grey.astype(kind))
+        out = sitk.GetImageFromArray(grey)
     else:
-        out = sitk.GetImageFromArray(np.stack([grey, grey, grey, alpha], axis=-1).astype(kind), isVector=True)
+        both = np.empty(grey.shape + (4,), kind)
+        both[..., 0], both[..., 1], both[..., 2], both[..., 3] = grey, grey, grey, alpha
+        del grey, alpha
+        out = sitk.GetImageFromArray(both, isVector=True)
     out.CopyInformation(stored)
     return out
 

@@ -198,6 +198,57 @@ class RoundTrip(unittest.TestCase):
                     self.assertEqual(rc, 0, err.getvalue())
                     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out))[..., 3], alpha)
 
+    def test_damaged_grey_alpha_png(self):
+        """A grey+alpha PNG is read through a relabelled copy in a temporary folder, whose chunks get new CRCs:
+        a truncated or damaged file was refused naming that copy ('Error while reading file:
+        /tmp/mmfusion-png-.../grey-alpha.png', gone when the message is read), a damaged sCAL chunk was read as
+        good (libpng drops it: spacing 1), and a temporary folder that cannot be written to gave a traceback."""
+        import struct
+        import zlib
+
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        grey, alpha = rng.integers(0, 256, (20, 30)).astype(np.uint8), rng.integers(0, 256, (20, 30)).astype(np.uint8)
+        with tempfile.TemporaryDirectory() as d:
+            plain = os.path.join(d, "plain.png")
+            Image.fromarray(np.stack([grey, alpha], axis=-1), "LA").save(plain)
+            with open(plain, "rb") as f:
+                data = f.read()
+            scal = b"sCAL" + b"\x01" + b"0.5\x000.25"
+            scaled = data[:33] + struct.pack(">I", len(scal) - 4) + scal + struct.pack(">I", zlib.crc32(scal)) + data[33:]
+            idat = scaled.index(b"IDAT")
+            truncated = scaled[:idat + 30]
+            damaged_idat = bytearray(scaled)
+            damaged_idat[idat + 10] ^= 0x01
+            damaged_scal = scaled.replace(b"0.5\x000.25", b"0.7\x000.25")  # its CRC now wrong
+            files = {}
+            for name, blob in (("scaled", scaled), ("truncated", truncated), ("damaged_idat", bytes(damaged_idat)),
+                               ("damaged_scal", damaged_scal)):
+                files[name] = os.path.join(d, name + ".png")
+                with open(files[name], "wb") as f:
+                    f.write(blob)
+            self.assertEqual(io.read_image(files["scaled"]).GetSpacing(), (0.5, 0.25))
+            image = io.read_image(files["damaged_scal"], keep_color=True)
+            self.assertEqual(image.GetSpacing(), (1.0, 1.0))  # as libpng reads any other PNG's damaged sCAL
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(image)[..., 3], alpha)
+            for name, words in (("truncated", "ends inside its IDAT chunk"), ("damaged_idat", "damaged")):
+                with self.subTest(name=name), self.assertRaises(InputError) as cm:
+                    io.read_image(files[name])
+                self.assertIn(files[name], cm.exception.problem)
+                self.assertIn(words, cm.exception.problem)
+                self.assertNotIn("grey-alpha.png", str(cm.exception))
+            saved = tempfile.tempdir
+            tempfile.tempdir = os.path.join(d, "no such folder")
+            try:
+                with self.assertRaises(InputError) as cm:
+                    io.read_image(files["scaled"])
+            finally:
+                tempfile.tempdir = saved
+            self.assertIn("temporary folder", cm.exception.problem)
+            self.assertIn("TMPDIR", cm.exception.fix)
+            self.assertEqual(sorted(os.listdir(d)), sorted(os.path.basename(p) for p in [plain, *files.values()]))
+
     def test_png_colour_to_grey(self):
         from MultimodalFusionLib import data
 
