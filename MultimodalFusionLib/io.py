@@ -67,8 +67,8 @@ _2D_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 #: Formats whose files keep no origin or direction (ITK reads them at origin 0, identity direction): the 2D picture
 #: formats, and TIFF (which keeps the spacing, and holds volumes too), BioRad PIC and Zeiss LSM
 UNPLACED_EXTENSIONS = _2D_EXTENSIONS + (".tif", ".tiff", ".pic", ".lsm")
-#: Formats that keep the origin and spacing but no direction (read as the identity): VTK legacy
-UNTURNED_EXTENSIONS = (".vtk",)
+#: Formats that keep the origin and spacing but no direction (read as the identity): VTK legacy, GIPL and MRC
+UNTURNED_EXTENSIONS = (".vtk", ".gipl", ".mrc")
 # DICOM tags that are safe to show: never patient-identifying ones (name, ID, birth date...).
 _SAFE_SERIES_TAGS = {"0008|103e": "description", "0008|0060": "modality", "0020|0011": "series_number"}
 #: DICOM transfer syntaxes by UID: the pixel data as stored (those GDCM reads without a codec first)

@@ -272,6 +272,27 @@ class FuseEvaluateCliTest(unittest.TestCase):
         self.assertEqual(code, 2)
         self.assertIn("The fused image (far.vtk) is not on", stderr)
 
+    def test_evaluate_a_fused_volume_that_keeps_no_direction(self) -> None:
+        # GIPL and MRC volumes keep the origin and spacing but no direction, as a .vtk: fuse wrote them without a
+        # word and evaluate refused them as off A's grid ("direction (LPS) (1, 0, 0, ...) vs (0.955, ...)")
+        rng = np.random.default_rng(0)
+        c, s = np.cos(0.3), np.sin(0.3)
+        paths = {}
+        for name in ("a", "b"):
+            image = sitk.GetImageFromArray((rng.random((6, 24, 32)) * 200).astype(np.float32))
+            image.SetOrigin((5.0, -3.0, 2.0))
+            image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+            paths[name] = os.path.join(self.tmp.name, f"{name}.nrrd")
+            sitk.WriteImage(image, paths[name])
+        for ext in (".gipl", ".mrc"):
+            with self.subTest(ext=ext):
+                fused = os.path.join(self.tmp.name, "fused3d" + ext)
+                with self.assertWarnsRegex(UserWarning, "keeps no direction"):
+                    code, _, stderr = _main(["fuse", paths["a"], paths["b"], "--method", "average", "-o", fused])
+                self.assertEqual(code, 0, stderr)
+                code, stdout, stderr = _main(["evaluate", "--fused", fused, paths["a"], paths["b"], "--json"])
+                self.assertEqual(code, 0, stderr)
+
     def test_laplacian_sigma_too_wide_is_refused(self) -> None:
         # a Gaussian kernel of 8 sigma + 1 taps: --sigma 1e9 asked numpy for 60 GB (a MemoryError traceback)
         out = os.path.join(self.tmp.name, "lap.png")
