@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Seque
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, itk_guard
+from .errors import InputError, itk_guard, itk_reason
 
 __all__ = [
     "read_image",
@@ -2161,6 +2161,11 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
             with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
                 sitk.WriteImage(out, tmp, compress and _suffix(final) not in _2D_EXTENSIONS)
         except InputError as exc:
+            if suffix in _TWO_FILES and _not_lower_case(final) and (
+                    "Unable to determine ImageIO writer" in str(exc) or "file name" in str(exc)):
+                # staged under the name as given (the others under a lower-case temporary name): 'x.HDR' is
+                # "Bad Nifti file name", 'x.Hdr' has no writer
+                raise _lower_case_only(final, "writes") from exc
             if "Unable to determine ImageIO writer" in str(exc):  # ITK names the temporary file, not the output
                 raise InputError(f"No image format is written as '{final}' (extension "
                                  f"'{_suffix(final) or 'none'}').",
@@ -2173,12 +2178,88 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
             raise InputError(f"Cannot write '{final}': ITK's NIfTI writer stopped before the end of the file (a "
                              f"full disk or a file size limit; {free} bytes free there).",
                              "Free space on that disk, or write the output to another one.")
+        if suffix == ".spr":
+            _name_stimulate_data_file(tmp)
+        _check_reads_back(tmp, final, out)
     return final
 
 
+def _not_lower_case(path: str) -> bool:
+    suffix = _suffix(path)
+    return bool(suffix) and not path.endswith(suffix)
+
+
+def _lower_case_only(final: str, verb: str) -> InputError:
+    """``final``'s extension refused for its case: ITK ``verb``s ("reads", "writes") such files by the extension in
+    lower case only."""
+    suffix = _suffix(final)
+    given = final[len(final) - len(suffix):]
+    written = " (written so, the file could not be read back by ITK, Slicer or this package)" if verb == "reads" else ""
+    return InputError(f"'{final}': ITK {verb} {suffix} files by the extension in lower case only, not "
+                      f"'{given}'{written}.",
+                      f"Name the output '{os.path.basename(final)[:-len(suffix)]}{suffix}'.")
+
+
+def _name_stimulate_data_file(header: str) -> None:
+    """Make a Stimulate header (``x.spr``) name its data file (``x.sdt``) by its name alone: ITK writes the path it
+    was given (``stimFileName: /folder/.mmf-staging-.../x.sdt``), and its reader opens that path first, so the
+    header pointed at the staging folder, gone once the pair was moved into place (written to a temporary
+    name before, it named a hidden '.mmf-tmp-....sdt' left beside it). A bare name is read beside the header."""
+    with open(header, encoding="latin-1") as fh:
+        lines = fh.read().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("stimFileName:"):
+            named = line.split(":", 1)[1].strip()
+            lines[i] = f"stimFileName: {os.path.basename(named)}\n"
+    with open(header, "w", encoding="latin-1") as fh:
+        fh.write("".join(lines))
+
+
+def _check_reads_back(written: str, final: str, image: sitk.Image) -> None:
+    """Refuse an output ITK wrote but cannot read back as ``image`` (its header read, not its voxels).
+
+    ITK's writers and readers do not agree on every name: the MetaImage, GIPL, Stimulate, JPEG 2000 and MINC
+    readers take the extension in lower case only (``-o fused.GIPL`` was written, then refused by every reader:
+    "Unable to determine ImageIO reader"), NIfTI's ``.nia`` (ASCII) is written and never read, and the JPEG 2000
+    writer keeps one slice of a volume.
+    """
+    suffix = _suffix(final)
+    given = final[len(final) - len(suffix):]
+    alias = None
+    if not written.endswith(given):  # a temporary file, named in lower case: read under the name as given
+        alias = f"{written[:-len(suffix)]}-as{given}"
+        try:
+            os.link(written, alias)
+        except OSError:  # no hard links here (FAT, some network shares)
+            os.symlink(os.path.abspath(written), alias)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(alias or written)
+    try:
+        if not os.path.isfile(written):  # the MetaImage writer names 'x.MHD' 'x.mhd'
+            raise RuntimeError(f"no file '{written}'")
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        if _not_lower_case(final):
+            raise _lower_case_only(final, "reads") from exc
+        raise InputError(f"'{final}': ITK writes {suffix} files but cannot read them back "
+                         f"({itk_reason(str(exc)).replace(written, final)})",
+                         "Name the output .nii.gz, .nrrd or .mha (any image), or .png (2D slices).") from exc
+    finally:
+        if alias is not None and os.path.lexists(alias):
+            os.remove(alias)
+    size = list(reader.GetSize())
+    want = list(image.GetSize())
+    while len(size) > len(want) and size[-1] == 1:  # a 2D image as a one-slice volume (GIPL, MRC)
+        size.pop()
+    if size != want:  # (not its components: a grey BMP is read back as RGB, from its palette)
+        raise InputError(f"'{final}': ITK writes this image (size {tuple(want)}) as a {suffix} file of size "
+                         f"{tuple(reader.GetSize())}: it would be read back as another image.",
+                         "Name the output .nii.gz, .nrrd or .mha (any image), or .png (2D slices).")
+
+
 #: Headers whose voxels ITK writes to a second file named after the header (``x.nhdr`` + ``x.raw.gz``,
-#: ``x.mhd`` + ``x.zraw``, ``x.hdr`` + ``x.img``).
-_DETACHED_HEADERS = (".nhdr", ".mhd", ".hdr")
+#: ``x.mhd`` + ``x.zraw``, ``x.hdr`` + ``x.img``, Stimulate's ``x.spr`` + ``x.sdt``).
+_DETACHED_HEADERS = (".nhdr", ".mhd", ".hdr", ".spr")
 #: Outputs ITK writes as two files named alike: those headers, and an Analyze/NIfTI pair named by its ``.img``
 #: (``x.img`` + ``x.hdr``; written as one temporary file, its header stayed as ``.mmf-tmp-....hdr``).
 _TWO_FILES = _DETACHED_HEADERS + (".img",)

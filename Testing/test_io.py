@@ -1019,6 +1019,48 @@ class AtomicWrites(unittest.TestCase):
             self.assertEqual(sorted(os.listdir(d)), ["x.hdr", "x.img"])
             np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(path)), sitk.GetArrayFromImage(image))
 
+    def test_a_stimulate_header_names_its_data_file_beside_it(self):
+        """-o x.spr: ITK writes the header x.spr and the voxels x.sdt, the header naming the data file by the path
+        it was given. Written under a temporary name, the header named a hidden '.mmf-tmp-....sdt' left beside it
+        (one more at every run): moved with its .sdt alone, the image could not be read."""
+        image = _oblique()
+        with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as moved:
+            for _ in range(2):  # a rerun replaces both files
+                path = io.write_image(image, os.path.join(d, "x.spr"))
+            self.assertEqual(sorted(os.listdir(d)), ["x.sdt", "x.spr"])
+            with open(path, encoding="latin-1") as fh:
+                self.assertIn("stimFileName: x.sdt\n", fh.read())
+            for name in ("x.spr", "x.sdt"):
+                shutil.move(os.path.join(d, name), os.path.join(moved, name))
+            back = sitk.ReadImage(os.path.join(moved, "x.spr"))
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+
+    def test_an_extension_itk_reads_in_lower_case_only_is_refused_naming_it(self):
+        """-o fused.GIPL (.MHA, .Mnc, .JP2, .Spr, ...): written under a lower-case temporary name then renamed, the
+        file was one no ITK reader opens ("Unable to determine ImageIO reader"); -o x.MHD failed with "No such
+        file or directory" (ITK wrote x.mhd); -o x.nia (NIfTI ASCII) was written and never read; a volume to
+        .jp2 was written as its first slice. Names ITK reads in any case (.NII.GZ, .NRRD, .TIF, .PNG) are
+        written as before."""
+        image = _oblique()
+        with tempfile.TemporaryDirectory() as d:
+            for name, fix in (("f.GIPL", "f.gipl"), ("g.Mha", "g.mha"), ("h.MHD", "h.mhd"), ("i.SPR", "i.spr"),
+                              ("j.HDR", "j.hdr"), ("k.Mnc", "k.mnc")):
+                with self.assertRaises(InputError, msg=name) as ctx:
+                    io.write_image(image, os.path.join(d, name))
+                self.assertIn("in lower case only", ctx.exception.problem)
+                self.assertIn(f"'{fix}'", ctx.exception.fix)
+                self.assertNotIn(".mmf-", str(ctx.exception))
+            with self.assertRaisesRegex(InputError, "cannot read them back"):
+                io.write_image(image, os.path.join(d, "x.nia"))
+            with self.assertRaisesRegex(InputError, r"as a \.jp2 file of size"):
+                io.write_image(sitk.Cast(sitk.RescaleIntensity(image), sitk.sitkUInt8), os.path.join(d, "v.jp2"))
+            self.assertEqual(os.listdir(d), [])  # nothing written, nothing left
+            for name in ("a.NII.GZ", "b.NRRD", "c.TIF", "d.gipl", "e.VTK"):
+                path = io.write_image(image, os.path.join(d, name))
+                np.testing.assert_allclose(sitk.GetArrayFromImage(io.read_image(path)),
+                                           sitk.GetArrayFromImage(image), atol=1e-4)
+            self.assertEqual(sorted(os.listdir(d)), ["a.NII.GZ", "b.NRRD", "c.TIF", "d.gipl", "e.VTK"])
+
     def test_a_pair_named_after_a_nifti_file_is_refused_for_what_it_is(self):
         """-o x.nii.hdr (or x.nii.gz.img): ITK writes the one file x.nii (x.nii.gz), so the pair's check found no
         x.nii.hdr and refused the output as "a full disk or a file size limit", with gigabytes free."""
