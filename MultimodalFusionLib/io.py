@@ -1090,7 +1090,7 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
         if _suffix(path) in (".nii", ".nii.gz"):
             image = _check_nifti_voxels(path, image)
     if not keep_color and image.GetNumberOfComponentsPerPixel() == 4 and os.path.isfile(path) \
-            and _png_grey_alpha_depth(path) is not None:
+            and (_png_grey_alpha_depth(path) is not None or _png_grey_transparency(path) is not None):
         image = sitk.VectorIndexSelectionCast(image, 0)  # its grey, exactly (the luminance of 16 bits is not)
     if not keep_color and image.GetNumberOfComponentsPerPixel() > 1:
         image = to_luminance(image, f"image '{path}'", path=path)
@@ -1118,6 +1118,9 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
     grey_alpha = _png_grey_alpha_depth(path)
     if grey_alpha is not None:  # ITK reads no grey+alpha PNG ("Unknown PixelType: unsigned_char(1)")
         return _read_grey_alpha_png(path, grey_alpha)
+    transparency = _png_grey_transparency(path)
+    if transparency is not None:  # nor a grey one with a transparency colour (libpng makes it grey+alpha)
+        return _read_grey_transparency_png(path, *transparency)
     compressed = _check_metaimage_size(path) if _suffix(path) in (".mha", ".mhd") else None
     what = f"DICOM file '{path}'"
     syntax = _check_decodable(what, path)
@@ -1209,22 +1212,7 @@ def _read_grey_alpha_png(path: str, depth: int) -> sitk.Image:
         if kind == b"IEND":
             break
         pos += 12 + length
-    try:
-        with tempfile.TemporaryDirectory(prefix="mmfusion-png-") as folder:
-            relabelled = os.path.join(folder, "grey-alpha.png")
-            with open(relabelled, "wb") as f:
-                f.write(b"".join(parts))
-            del parts
-            try:
-                with itk_guard(f"reading '{path}'", fix):
-                    stored = sitk.ReadImage(relabelled)
-            except InputError as exc:  # ITK names the relabelled copy, gone by the time the message is read
-                raise InputError(str(exc.problem).replace(relabelled, path), exc.fix) from exc
-    except OSError as exc:  # a full or unwritable temporary folder: a traceback had come out of tempfile
-        raise InputError(f"Cannot read the grey+alpha PNG '{path}': its relabelled copy could not be written to "
-                         f"the temporary folder '{tempfile.gettempdir()}' ({exc.strerror or exc}).",
-                         "Free space there, or point TMPDIR at a writable folder with room for a copy of the "
-                         "file.") from exc
+    stored = _read_png_copy(path, parts, "grey+alpha", fix)
     # in the narrowest types (a picture of 36 Mpixels had peaked at 1.3 GB, 3 times what its RGBA twin takes)
     arr = sitk.GetArrayViewFromImage(stored)
     kind = np.uint8 if depth == 8 else np.uint16
@@ -1233,9 +1221,38 @@ def _read_grey_alpha_png(path: str, depth: int) -> sitk.Image:
     else:  # RGBA bytes: the grey's high and low bytes, then the alpha's
         grey = arr[..., 0].astype(kind) << 8 | arr[..., 1]
         alpha = arr[..., 2].astype(kind) << 8 | arr[..., 3]
+    return _grey_and_alpha(stored, grey, alpha, depth, significant)
+
+
+def _read_png_copy(path: str, parts: list[bytes], what: str, fix: str) -> sitk.Image:
+    """Read the PNG made of ``parts`` (a rewritten copy of ``path``; emptied once written) through a file in the
+    temporary folder, naming ``path`` in any error."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="mmfusion-png-") as folder:
+            relabelled = os.path.join(folder, what.replace("+", "-") + ".png")
+            with open(relabelled, "wb") as f:
+                f.write(b"".join(parts))
+            parts.clear()  # the caller's copy of the file too: not held while ITK decodes it
+            try:
+                with itk_guard(f"reading '{path}'", fix):
+                    return sitk.ReadImage(relabelled)
+            except InputError as exc:  # ITK names the relabelled copy, gone by the time the message is read
+                raise InputError(str(exc.problem).replace(relabelled, path), exc.fix) from exc
+    except OSError as exc:  # a full or unwritable temporary folder: a traceback had come out of tempfile
+        raise InputError(f"Cannot read the {what} PNG '{path}': its rewritten copy could not be written to "
+                         f"the temporary folder '{tempfile.gettempdir()}' ({exc.strerror or exc}).",
+                         "Free space there, or point TMPDIR at a writable folder with room for a copy of the "
+                         "file.") from exc
+
+
+def _grey_and_alpha(stored: sitk.Image, grey: np.ndarray, alpha: np.ndarray, depth: int,
+                    significant: tuple[int, int] | None) -> sitk.Image:
+    """A grey PNG's grey and alpha as ITK reads an RGBA one's: (grey, grey, grey, alpha), or the grey alone where
+    the alpha is one value (an opaque picture: nothing is lost); sBIT's shift to the significant bits applied."""
     if significant is not None:  # as ITK does for the other PNGs (png_set_shift)
         grey = grey >> (depth - significant[0]) if 0 < significant[0] < depth else grey
         alpha = alpha >> (depth - significant[1]) if 0 < significant[1] < depth else alpha
+    kind = grey.dtype
     if alpha.size and np.all(alpha == alpha.flat[0]):
         out = sitk.GetImageFromArray(grey)
     else:
@@ -1245,6 +1262,69 @@ def _read_grey_alpha_png(path: str, depth: int) -> sitk.Image:
         out = sitk.GetImageFromArray(both, isVector=True)
     out.CopyInformation(stored)
     return out
+
+
+def _png_grey_transparency(path: str) -> tuple[int, int] | None:
+    """(bit depth, transparent grey value) of a grey PNG (colour type 0) with a transparency colour (a ``tRNS``
+    chunk of good CRC before its image data: PIL writes one for mode "L" saved with ``transparency=N``); None for
+    any other file. libpng reads it as grey+alpha (``png_set_tRNS_to_alpha``), which ITK refuses as it does a
+    grey+alpha PNG ("Unknown PixelType: unsigned_char(1)")."""
+    import struct
+    import zlib
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(33)
+            if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR" or head[25] != 0:
+                return None
+            depth = head[24]
+            while True:
+                top = f.read(8)
+                if len(top) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", top)
+                if kind in (b"IDAT", b"IEND"):
+                    return None
+                if kind != b"tRNS":
+                    f.seek(length + 4, os.SEEK_CUR)
+                    continue
+                body, crc = f.read(length), f.read(4)
+                if length != 2 or len(crc) < 4 or struct.unpack(">I", crc)[0] != zlib.crc32(kind + body) & 0xFFFFFFFF:
+                    return None  # libpng leaves a damaged one out: ITK reads the grey as it is
+                return depth, struct.unpack(">H", body)[0]
+    except OSError:
+        return None
+
+
+def _read_grey_transparency_png(path: str, depth: int, transparent: int) -> sitk.Image:
+    """A grey PNG with a transparency colour as a grey+alpha one is read (see :func:`_read_grey_alpha_png`): ITK
+    reads a copy without its ``tRNS`` chunk (and its ``sBIT``, applied here after the comparison, as libpng
+    compares the stored values), and the alpha is 0 where the grey is the transparent value, full elsewhere."""
+    import struct
+
+    with open(path, "rb") as f:
+        data = f.read()
+    parts, pos, significant = [_PNG_SIGNATURE], 8, None
+    while pos + 12 <= len(data):  # the other chunks as they are, their CRCs for libpng to check
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"sBIT" and length == 1:
+            significant = (data[pos + 8], depth) if depth >= 8 else None  # (1 to 4 bits: ITK widens them)
+        elif kind != b"tRNS":
+            parts.append(data[pos:pos + 12 + length])
+        pos += 12 + length
+        if kind == b"IEND":
+            break
+    else:
+        parts.append(data[pos:])  # a truncated file: libpng says so, naming it
+    del data
+    stored = _read_png_copy(path, parts, "grey+transparency", "Check the PNG file is not truncated, or save it "
+                            "again (e.g. as a grey PNG without transparency).")
+    grey = sitk.GetArrayViewFromImage(stored)
+    # ITK widens a grey of 1, 2 or 4 bits to 8 bits scaled to 0..255 (png_set_expand_gray_1_2_4_to_8)
+    value = transparent * (255 // (2 ** depth - 1)) if depth < 8 else transparent
+    full = np.iinfo(grey.dtype).max
+    alpha = np.where(grey == value, 0, full).astype(grey.dtype)
+    return _grey_and_alpha(stored, np.array(grey), alpha, max(depth, 8), significant)
 
 
 #: NIfTI datatype codes of real floating-point voxels: ITK's NIfTI reader turns their NaN/inf into 0

@@ -198,6 +198,56 @@ class RoundTrip(unittest.TestCase):
                     self.assertEqual(rc, 0, err.getvalue())
                     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out))[..., 3], alpha)
 
+    def test_grey_png_with_a_transparency_colour(self):
+        """A grey PNG with a tRNS chunk (PIL's mode "L" saved with transparency=N; 1 to 16 bits) failed as grey+alpha
+        ones did: libpng turns the transparent value into an alpha channel, which ITK refuses ("Unknown PixelType:
+        unsigned_char(1)"). It reads as its grey, and with keep_color as (grey, grey, grey, alpha), the alpha 0
+        where the grey is the transparent value; a tRNS of a value no pixel has leaves the grey alone."""
+        import struct
+        import zlib
+
+        from PIL import Image
+
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+        def grey_png(values: np.ndarray, depth: int, transparent: int) -> bytes:
+            h, w = values.shape
+            if depth < 8:  # pixels packed into bytes, the first in the high bits
+                per = 8 // depth
+                padded = np.zeros((h, -(-w // per) * per), np.uint8)
+                padded[:, :w] = values
+                rows = (padded.reshape(h, -1, per) << (np.arange(per - 1, -1, -1) * depth)).sum(-1).astype(np.uint8)
+            else:
+                rows = values.astype(">u2" if depth == 16 else np.uint8)
+            raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+            return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, 0, 0, 0, 0))
+                    + chunk(b"tRNS", struct.pack(">H", transparent)) + chunk(b"IDAT", zlib.compress(raw))
+                    + chunk(b"IEND", b""))
+
+        rng = np.random.default_rng(0)
+        with tempfile.TemporaryDirectory() as d:
+            for depth in (2, 8, 16):
+                values = rng.integers(0, 2 ** depth, (7, 11)).astype(np.uint16 if depth == 16 else np.uint8)
+                path = os.path.join(d, f"grey{depth}.png")
+                with open(path, "wb") as f:
+                    f.write(grey_png(values, depth, int(values[0, 0])))
+                grey = values * (255 // (2 ** depth - 1)) if depth < 8 else values  # ITK widens 2 bits to 8
+                with self.subTest(depth=depth):
+                    plain = io.read_image(path)
+                    self.assertEqual(plain.GetNumberOfComponentsPerPixel(), 1)
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(plain), grey)
+                    colour = sitk.GetArrayFromImage(io.read_image(path, keep_color=True))
+                    alpha = np.where(values == values[0, 0], 0, np.iinfo(grey.dtype).max)
+                    np.testing.assert_array_equal(colour, np.stack([grey, grey, grey, alpha], axis=-1))
+            g = rng.integers(0, 200, (10, 12)).astype(np.uint8)
+            pil, unused = os.path.join(d, "pil.png"), os.path.join(d, "unused.png")
+            Image.fromarray(g, "L").save(pil, transparency=int(g[0, 0]))
+            Image.fromarray(g, "L").save(unused, transparency=250)  # no pixel of that value: opaque
+            colour = sitk.GetArrayFromImage(io.read_image(pil, keep_color=True))
+            np.testing.assert_array_equal(colour[..., 3], np.asarray(Image.open(pil).convert("LA"))[..., 1])
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(unused, keep_color=True)), g)
+
     def test_damaged_grey_alpha_png(self):
         """A grey+alpha PNG is read through a relabelled copy in a temporary folder, whose chunks get new CRCs:
         a truncated or damaged file was refused naming that copy ('Error while reading file:
