@@ -74,35 +74,60 @@ def _linear_part(transform: sitk.Transform, dim: int) -> np.ndarray | None:
     return np.stack([np.array(transform.TransformPoint(tuple(np.eye(dim)[k]))) - origin for k in range(dim)], axis=1)
 
 
-def _jacobians(transform: sitk.Transform, reference: sitk.Image) -> np.ndarray:
+#: Voxels whose Jacobians are held at once (about 250 bytes each while they are computed): a non-linear transform's
+#: vectors are turned a slab of this many at a time, so the memory does not grow with the image (a 128^3 field under
+#: a B-spline had peaked 485 MB above its start, 8 times what channels take; 256^3 would have needed ~4 GB)
+_JACOBIAN_SLAB_VOXELS = 1 << 18
+
+
+def _jacobians(transform: sitk.Transform, reference: sitk.Image, first: int = 0,
+               count: int | None = None) -> np.ndarray:
     """The Jacobian of ``transform`` (d x d) at each voxel of ``reference`` (shape (voxels..., d, d), numpy order),
     or one matrix for a linear transform: central differences of the transform at +-h along each physical axis,
-    h a tenth of the smallest spacing."""
+    h a tenth of the smallest spacing. ``first``, ``count``: only the slab of ``count`` slices along the last axis
+    (numpy's first) from ``first``."""
     dim = reference.GetDimension()
     matrix = _linear_part(transform, dim)
     if matrix is not None:
         return matrix
+    size = list(reference.GetSize())
+    count = size[-1] - first if count is None else count
+    origin = np.array(reference.TransformIndexToPhysicalPoint([0] * (dim - 1) + [first]))
+    size[-1] = count
     h = 0.1 * min(reference.GetSpacing())
-    columns = []
+    jacobians = np.empty(tuple(reversed(size)) + (dim, dim))
     for k in range(dim):
         step = np.eye(dim)[k] * h
         moved = []
         for sign in (1.0, -1.0):
             field = sitk.TransformToDisplacementField(
-                transform, sitk.sitkVectorFloat64, reference.GetSize(),
-                tuple(np.array(reference.GetOrigin()) + sign * step), reference.GetSpacing(), reference.GetDirection())
-            moved.append(sitk.GetArrayFromImage(field).reshape(tuple(reversed(reference.GetSize())) + (dim,)))
+                transform, sitk.sitkVectorFloat64, size, tuple(origin + sign * step), reference.GetSpacing(),
+                reference.GetDirection())
+            moved.append(sitk.GetArrayViewFromImage(field).reshape(tuple(reversed(size)) + (dim,)).copy())
+            del field
         # T(x +- h e_k) = x +- h e_k + u(x +- h e_k)
-        columns.append(np.eye(dim)[k] + (moved[0] - moved[1]) / (2.0 * h))
-    return np.stack(columns, axis=-1)
+        column = jacobians[..., k]
+        np.subtract(moved[0], moved[1], out=column)
+        column /= 2.0 * h
+        column[..., k] += 1.0
+    return jacobians
 
 
-def _reoriented(values: np.ndarray, jacobians: np.ndarray) -> np.ndarray:
+def _reorient(values: np.ndarray, transform: sitk.Transform, reference: sitk.Image) -> np.ndarray:
     """Vectors of the moving image's space (``values``, (voxels..., d)) in the reference's: J^-1 v, as ITK/ANTs turn
-    a displacement or vector field under a transform (T maps reference points to moving ones)."""
-    if jacobians.ndim == 2:
-        return values @ np.linalg.inv(jacobians).T
-    return np.linalg.solve(jacobians, values[..., None])[..., 0]
+    a displacement or vector field under a transform (T maps reference points to moving ones). A non-linear
+    transform's are turned in place, a slab of voxels at a time."""
+    matrix = _linear_part(transform, reference.GetDimension())
+    if matrix is not None:
+        return values @ np.linalg.inv(matrix).T
+    slices = values.shape[0]
+    per_slice = max(1, int(np.prod(values.shape[1:-1])))
+    step = max(1, _JACOBIAN_SLAB_VOXELS // per_slice)
+    for first in range(0, slices, step):
+        count = min(step, slices - first)
+        slab = values[first:first + count]
+        slab[...] = np.linalg.solve(_jacobians(transform, reference, first, count), slab[..., None])[..., 0]
+    return values
 
 
 def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
@@ -251,7 +276,7 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         if vector:  # numpy drops the axis of a single component
             values = values.reshape(tuple(reversed(reference.GetSize())) + (moving.GetNumberOfComponentsPerPixel(),))
         if treat == "vector":
-            values = _reoriented(values, _jacobians(transform, reference))
+            values = _reorient(values, transform, reference)
             if float(default_value) != 0.0:  # outside, every component is the default value, not a turned vector
                 ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8)
                 ones.CopyInformation(moving)
