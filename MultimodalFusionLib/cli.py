@@ -254,23 +254,20 @@ def _check_series(args: argparse.Namespace, roles: Sequence[str]) -> None:
 
 def _run_register(args: argparse.Namespace) -> int:
     from .io import check_not_overwriting_inputs, one_slice_inputs_as_2d, read_image, read_transform
-    from .registration import register, resolve_parameters
+    from .registration import check_one_start, register, resolve_parameters
     from .registration.outputs import save_registration_outputs
 
-    if args.initial_transform and args.initializer not in (None, "search"):
-        # the initial transform replaces the initializer: --initializer moments/geometry/none had been ignored (rc 0);
-        # 'search' is refused by register() with the same advice
-        from .errors import InputError
-
-        raise InputError(f"Both --initializer {args.initializer} and an initial transform were given: the initial "
-                         "transform replaces the initializer, which would be ignored.",
-                         "Give one of them (drop --initializer, or --initial-transform).")
     _check_series(args, ("fixed", "moving"))
     stages = [s for s in args.stages.split(",") if s.strip()] if args.stages else None
     # the settings before any image is read: a misspelt key or value in a preset file, or a stage name, had been
     # found only after both images were loaded (1.1 s more for two 300^3 volumes; a DICOM folder takes longer)
     settings = resolve_parameters(preset=args.preset, stages=stages, seed=args.seed, initializer=args.initializer,
                                   backend=args.backend)
+    # --initializer with --initial-transform, which replaces it (it had been ignored, rc 0): register() is given the
+    # resolved settings, so the name is checked here
+    check_one_start(args.initializer, settings.initializer,
+                    f"an initial transform (--initial-transform {args.initial_transform})" if args.initial_transform
+                    else None, "drop --initializer, or --initial-transform")
     check_not_overwriting_inputs(
         [os.path.join(args.output_dir, n) for n in ("checkerboard.png", "metrics.json")],
         [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform],

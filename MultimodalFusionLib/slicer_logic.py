@@ -238,7 +238,7 @@ class FusionLogic:
         from . import metrics as metrics_module
         from .pipeline import round_to_8bit
         from .preprocess import resample as resample_image
-        from .registration import register, resolve_parameters
+        from .registration import check_one_start, register, resolve_parameters
 
         if fixedVolumeNode is None or movingVolumeNode is None:
             raise InputError("Select both a fixed and a moving volume.", "Choose the two volumes to register.")
@@ -258,14 +258,12 @@ class FusionLogic:
                              "Select another output transform node, or leave it empty to create a new one (the "
                              "result includes the initial transform: applyTransform=True puts the moving volume "
                              "under it in place of the initial one).")
-        if initialTransformNode is not None and initializer:
-            # the initial transform replaces the initializer: one named with it had been ignored without a word
-            # (the CLI and register() refuse it; here register() is given the resolved settings, not the name)
-            raise InputError(f"Both the '{initializer}' initializer and the initial transform "
-                             f"'{initialTransformNode.GetName()}' were given: the initial transform replaces the "
-                             "initializer, which would be ignored.",
-                             "Give one of them (initializer=None to start from the initial transform, or "
-                             "initialTransformNode=None to start with the initializer).")
+        # the initial transform replaces the initializer: one named with it had been ignored without a word (here
+        # register() is given the resolved settings, not the name)
+        check_one_start(initializer or None, None, None if initialTransformNode is None
+                        else f"the initial transform '{initialTransformNode.GetName()}'",
+                        "initializer=None to start from the initial transform, or initialTransformNode=None to start "
+                        "with the initializer")
         if fixedVolumeNode.GetParentTransformNode() is not None:
             # the result would relate the fixed volume's own grid, not where Slicer shows it
             raise InputError(f"The fixed volume '{fixedVolumeNode.GetName()}' is under a transform.",

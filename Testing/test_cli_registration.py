@@ -126,16 +126,28 @@ class RegisterCommand(unittest.TestCase):
                 rc, out, err = run_cli("register", FIXED, MOVING, "-o", out_dir, "--initial-transform", start,
                                        "--initializer", name)
                 self.assertEqual(rc, 2, out + err)
-                self.assertIn(f"--initializer {name} and an initial transform", err)
-                self.assertIn("Fix:", err)
+                self.assertIn(f"'{name}' initializer and an initial transform (--initial-transform {start})", err)
+                self.assertIn("Fix: Give one of them (drop --initializer, or --initial-transform)", err)
                 self.assertFalse(os.path.exists(out_dir))
+        # 'search' too, in the same words and with the flags to change
+        rc, out, err = run_cli("register", FIXED, MOVING, "-o", os.path.join(self.dir, "search"),
+                               "--initial-transform", start, "--initializer", "search")
+        self.assertEqual(rc, 2, out + err)
+        self.assertIn("'search' initializer and an initial transform (--initial-transform", err)
+        self.assertIn("drop --initializer, or --initial-transform", err)
         # as register() refuses them, where its initializer had been ignored too
         from MultimodalFusionLib.errors import InputError
-        from MultimodalFusionLib.registration import register
+        from MultimodalFusionLib.registration import RegistrationParameters, register
 
+        fixed, moving = read_image(FIXED, float32=True), read_image(MOVING, float32=True)
         with self.assertRaisesRegex(InputError, "'geometry' initializer and an initial transform"):
-            register(read_image(FIXED, float32=True), read_image(MOVING, float32=True), stages=["rigid"],
-                     initializer="geometry", initial_transform=start)
+            register(fixed, moving, stages=["rigid"], initializer="geometry", initial_transform=start)
+        # a search in the settings (no name given) is refused by register() in its callers' words: its fix had
+        # named the CLI's flags (--initial-transform, --initializer search) to a Python or Slicer caller
+        with self.assertRaises(InputError) as cm:
+            register(fixed, moving, RegistrationParameters(initializer="search"), initial_transform=start)
+        self.assertIn("'search' initializer and an initial transform", cm.exception.problem)
+        self.assertEqual(cm.exception.fix, "Give one of them (initializer=None, or initial_transform=None).")
 
     def _copy(self, src: str, name: str) -> str:
         dst = os.path.join(self.dir, name)

@@ -32,6 +32,7 @@ from .result import RegistrationResult, StageResult
 
 __all__ = [
     "register",
+    "check_one_start",
     "resolve_parameters",
     "RegistrationParameters",
     "StageParameters",
@@ -87,19 +88,11 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
         RegistrationError: the optimisation could not run (e.g. images drifted apart).
         OperationCancelled: the progress callback asked to stop.
     """
-    if initializer and initializer != "search" and initial_transform is not None:
-        # the initial transform replaces the initializer: one asked for by name had been ignored without a word
-        raise InputError(f"Both the '{initializer}' initializer and an initial transform were given: the initial "
-                         "transform replaces the initializer, which would be ignored.",
-                         "Give one of them (initializer=None, or initial_transform=None).")
     parameters = resolve_parameters(parameters, preset=preset, stages=stages, seed=seed, initializer=initializer,
                                     backend=backend)
-
-    if parameters.initializer == "search":
-        if initial_transform is not None:
-            raise InputError("Both the 'search' initializer and an initial transform were given: the search starts "
-                             "from the centres of mass, an initial transform replaces any initializer.",
-                             "Give one of them (drop --initial-transform, or --initializer search).")
+    check_one_start(initializer, parameters.initializer,
+                    "an initial transform" if initial_transform is not None else None,
+                    "initializer=None, or initial_transform=None")
     if isinstance(initial_transform, (str, os.PathLike)):
         from ..io import read_transform
 
@@ -134,6 +127,23 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
                                initial_transform=initial_transform, progress=progress)
     result.warnings[:0] = sparse
     return result
+
+
+def check_one_start(named: str | None, settings: str | None, transform: str | None, give_one: str) -> None:
+    """Refuse an initializer beside an initial transform, which replaces it: one the caller named (``named``)
+    would be ignored without a word, and a "search" in the settings (``settings``: their initializer, a preset's
+    too) starts from the centres of mass; a preset's other initializer is replaced (the user did not name it).
+    ``transform`` names the initial transform for the message (None: none was given); ``give_one`` is the fix's
+    choice in the caller's words (arguments, flags or nodes). The one text for register(), the CLI and the Slicer
+    Logic (the CLI and the Logic pass register() their resolved settings, not the name, so they check the name
+    themselves); register() had named the CLI's flags in the search's fix to every caller."""
+    initializer = named or (settings if settings == "search" else None)
+    if transform is None or not initializer:
+        return
+    why = ("the search starts from the centres of mass, and the initial transform replaces any initializer"
+           if initializer == "search" else "the initial transform replaces the initializer, which would be ignored")
+    raise InputError(f"Both the '{initializer}' initializer and {transform} were given: {why}.",
+                     f"Give one of them ({give_one}).")
 
 
 #: Above this many voxels of structure, its edges are not counted (a flat region that large has more than
