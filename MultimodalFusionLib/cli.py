@@ -91,11 +91,8 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 def _run_info(args: argparse.Namespace) -> int:
     from .io import image_info, read_image
 
-    if args.series and not any(_is_dicom_source(f) for f in args.files):  # it had been ignored, rc 0
-        raise _series_ignored("--series", args.series,
-                              f"{'the input' if len(args.files) == 1 else 'no input'} "
-                              f"({', '.join(repr(f) for f in args.files)}) is "
-                              f"{'a file, not a DICOM folder' if len(args.files) == 1 else 'a DICOM folder'}")
+    if args.series:  # for files only, it had been ignored, rc 0
+        _check_series_reaches_a_folder("--series", args.series, [("input", f) for f in args.files])
     infos = {}
     for f in args.files:  # a file named twice is read once
         if f not in infos:
@@ -231,25 +228,32 @@ def _series_ignored(flag: str, value: str, what: str) -> MultimodalFusionError:
                       "the series.")
 
 
+def _check_series_reaches_a_folder(flag: str, value: str, inputs: Sequence[tuple[str, str]]) -> None:
+    """Refuse ``flag value`` (a series option) where none of the ``inputs`` it applies to ((what, path) pairs) is
+    a DICOM folder: it would be ignored. The one text for info, resample and the commands of two or three inputs."""
+    if any(_is_dicom_source(path) for _, path in inputs):
+        return
+    if len(inputs) == 1:
+        what, path = inputs[0]
+        raise _series_ignored(flag, value, f"the {what} '{path}' is a file, not a DICOM folder")
+    raise _series_ignored(flag, value, "none of the inputs it applies to ("
+                          + ", ".join(f"'{path}'" for _, path in inputs) + ") is a DICOM folder")
+
+
 def _check_series(args: argparse.Namespace, roles: Sequence[str]) -> None:
     """Refuse a series option that no DICOM folder takes: --ROLE-series given for a file (``args.<role>``), and
     --series where every input it applies to (those without their own --ROLE-series) is a file. They had been
     ignored without a word, rc 0 (``fuse a.png b.png --a-series foo``)."""
     for role in roles:
-        value, path = getattr(args, f"{role}_series", None), getattr(args, role)
-        if value and not _is_dicom_source(path):
-            raise _series_ignored(f"--{role}-series", value, f"the {role} input '{path}' is a file, not a DICOM "
-                                                             "folder")
+        value = getattr(args, f"{role}_series", None)
+        if value:
+            _check_series_reaches_a_folder(f"--{role}-series", value, [(f"{role} input", getattr(args, role))])
     if not args.series:
         return
-    rest = [getattr(args, role) for role in roles if not getattr(args, f"{role}_series", None)]
+    rest = [(f"{role} input", getattr(args, role)) for role in roles if not getattr(args, f"{role}_series", None)]
     if not rest:
         raise _series_ignored("--series", args.series, "every input has its own --ROLE-series")
-    if not any(_is_dicom_source(path) for path in rest):
-        names = ", ".join(f"'{path}'" for path in rest)
-        raise _series_ignored("--series", args.series,
-                              f"{'the input' if len(rest) == 1 else 'none of the inputs'} ({names}) is "
-                              f"{'a file, not a DICOM folder' if len(rest) == 1 else 'a DICOM folder'}")
+    _check_series_reaches_a_folder("--series", args.series, rest)
 
 
 def _run_register(args: argparse.Namespace) -> int:
@@ -384,14 +388,11 @@ def _run_resample(args: argparse.Namespace) -> int:
 
     check_not_overwriting_inputs([args.output], [args.moving, args.reference, args.transform])
     # --series is the moving image's, and the reference's unless --reference-series
-    if args.reference_series and not _is_dicom_source(args.reference):
-        raise _series_ignored("--reference-series", args.reference_series,
-                              f"the reference '{args.reference}' is a file, not a DICOM folder")
-    if args.series and not _is_dicom_source(args.moving) and (args.reference_series
-                                                              or not _is_dicom_source(args.reference)):
-        raise _series_ignored("--series", args.series,
-                              f"the moving image '{args.moving}' is a file, not a DICOM folder"
-                              + ("" if args.reference_series else f", nor is the reference '{args.reference}'"))
+    if args.reference_series:
+        _check_series_reaches_a_folder("--reference-series", args.reference_series, [("reference", args.reference)])
+    if args.series:
+        _check_series_reaches_a_folder("--series", args.series, [("moving image", args.moving)]
+                                       + ([] if args.reference_series else [("reference", args.reference)]))
     # a colour image stays in colour (each channel resampled): read as luminance, an RGB slice or a colour
     # volume had been written grey without a word; a grey one stored as RGB (R = G = B) is resampled as grey
     moving = read_image(args.moving, series=args.series if _is_dicom_source(args.moving) else None, keep_color=True)
