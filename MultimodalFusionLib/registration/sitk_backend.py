@@ -512,6 +512,12 @@ def level_list(values: list[Any]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
+def sigma_text(value: float, in_mm: bool) -> str:
+    """A level's smoothing as a warning quotes it: ``sigma 2 voxels``, ``sigma 1 voxel``, ``sigma 0.5 mm`` (both
+    backends)."""
+    return f"sigma {value:g} " + ("mm" if in_mm else "voxel" if value == 1 else "voxels")
+
+
 def _level_order_warning(stage: StageParameters, shrink: list[int]) -> str | None:
     """A warning for a stage whose pyramid levels grow coarser from one level to the next, or None.
 
@@ -531,7 +537,7 @@ def _level_order_warning(stage: StageParameters, shrink: list[int]) -> str | Non
     given = [int(f) for f in stage.shrink_factors]
 
     def sigma(value: float) -> str:
-        return f"sigma {value:g} " + ("mm" if stage.smoothing_in_mm else "voxel" if value == 1 else "voxels")
+        return sigma_text(value, stage.smoothing_in_mm)
 
     ran = "" if shrink == given else (f", run as {level_list(shrink)}: no level may shrink the smaller image "
                                       "below 4 voxels a side")
@@ -923,12 +929,13 @@ def _effective_settings(stage: StageParameters, fixed: sitk.Image, shrink: list[
                         reduced_levels: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """What a stage ran with where the engine chose it from the images (metrics.json's ``effective``): the
     step where ITK takes it (:func:`learning_rate_used`: ``learning_rate``, and ``step_scale``, the factor on the
-    default steps from the fixed image's voxel size), the regular_step optimizer's ``min_step`` and ``relaxation_factor`` (null in the settings: picked from
-    the fixed image's size and voxel size), the shrink factors (capped at a quarter of the smaller image's shortest side: a
-    6-slice slab runs shrink 1 throughout), the sigmas ITK's pyramid smoothed with, the sampling fraction of
-    each level's grid (raised to the floor of samples, capped at ``max_samples``; null: every voxel) and a
-    B-spline's control grid, and a mutual-information metric's histogram bins (null in the settings: 50).
-    ``pyramid`` says who made the levels: "itk", or "reduced" for images above
+    default steps from the fixed image's voxel size), the regular_step optimizer's ``min_step`` and
+    ``relaxation_factor`` (null in the settings: picked from the fixed image's size and voxel size), the shrink
+    factors (capped at a quarter of the smaller image's shortest side: a 6-slice slab runs shrink 1 throughout),
+    the sigmas ITK's pyramid smoothed with, the sampling fraction of each level's grid (raised to the floor of
+    samples, capped at ``max_samples``; null: every voxel), a B-spline's control grid, and a mutual-information
+    metric's histogram bins (null in the settings: 50). ``pyramid`` says who made the levels: "itk", or
+    "reduced" for images above
     ``REDUCED_PYRAMID_VOXELS``, where the engine block-averaged and smoothed each level itself
     (``reduced_levels``, see :func:`_reduced_level`) and ITK ran every level unsmoothed (sigmas 0)."""
     out: dict[str, Any] = {"shrink_factors": [int(f) for f in shrink],

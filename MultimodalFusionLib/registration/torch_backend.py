@@ -64,6 +64,7 @@ from .sitk_backend import (
     level_list,
     masks_metric_error,
     no_overlap_error,
+    sigma_text,
     start_description,
     start_fix,
     start_kind,
@@ -332,8 +333,9 @@ def _given_bins(stage: Any) -> int | None:
 
 
 def _level_sigma_mm(shrink: float, base_spacing: float) -> float:
-    """The torch pyramid's own smoothing of a level (mm): half its voxel size, the finest level not at all."""
-    return 0.5 * (base_spacing * max(float(shrink), 1.0)) if float(shrink) > 1.0 + 1e-6 else 0.0
+    """The torch pyramid's own smoothing of a level (mm): half its voxel size, the finest level not at all (with
+    ``base_spacing`` 1, in voxels of the finest fixed voxel)."""
+    return 0.5 * base_spacing * float(shrink) if float(shrink) > 1.0 + 1e-6 else 0.0
 
 
 def _linear_sigmas_mm(p: TorchRegistrationParameters, base_spacing: float) -> list[float]:
@@ -347,8 +349,8 @@ def _linear_sigmas_mm(p: TorchRegistrationParameters, base_spacing: float) -> li
 
 def _torch_sigmas(shrink: Sequence[float]) -> list[float]:
     """The sigmas the torch pyramid smooths its levels of ``shrink`` with, in voxels of the finest fixed voxel
-    (:meth:`_Context.level_images`: half the level's voxel size, the finest level not at all)."""
-    return [0.5 * float(f) if float(f) > 1.0 + 1e-6 else 0.0 for f in shrink]
+    (:func:`_level_sigma_mm`'s rule)."""
+    return [_level_sigma_mm(f, 1.0) for f in shrink]
 
 
 def _same_smoothing(sigmas: Sequence[float], in_mm: bool, other: Sequence[float], other_in_mm: bool) -> bool:
@@ -437,9 +439,9 @@ def conversion_warnings(parameters: Any) -> list[str]:
     Empty for torch settings, dicts and None; for a ``RegistrationParameters`` (a preset): bins given
     outside 8..64 (clamped, which had been silent), linear stages after the first that ask for other
     bins or another metric (the torch backend runs every linear stage with one count and one metric, the
-    first's), and the stages' pyramids
-    the torch run does not follow (:func:`_pyramid_warnings`). Iterations, learning rates, sampling and the
-    optimizer are never carried (Adam's steps are not SimpleITK's), and not warned about.
+    first's), and the stages' pyramids the torch run does not follow (:func:`_pyramid_warnings`). Iterations,
+    learning rates, sampling and the optimizer are never carried (Adam's steps are not SimpleITK's), and not
+    warned about.
     """
     if parameters is None or isinstance(parameters, (dict, TorchRegistrationParameters)) \
             or not hasattr(parameters, "stages"):
@@ -484,8 +486,8 @@ def torch_parameters(parameters: Any = None, **overrides: Any) -> TorchRegistrat
     "bspline" -> "deformable"), the initializer, the seed, the first linear stage's shrink
     factors, smoothing sigmas (``smoothing_in_mm`` with them) and metric and its histogram bins when given (kept
     within 8..64; bins left out (None) run the torch default 32, as without settings; :func:`conversion_warnings`
-    says when bins were clamped or differ between linear stages) are kept; optimiser settings (iterations, learning rates) are the torch defaults, because Adam
-    steps are not comparable with SimpleITK's optimisers.
+    says when bins were clamped or differ between linear stages) are kept; optimiser settings (iterations,
+    learning rates) are the torch defaults, because Adam steps are not comparable with SimpleITK's optimisers.
 
     Args:
         parameters: None (defaults), a TorchRegistrationParameters, a RegistrationParameters
@@ -585,16 +587,20 @@ def _sigmas_replaced(out: TorchRegistrationParameters, given: dict[str, Any],
     return None
 
 
+def _finite_number(value: Any) -> bool:
+    """``value`` is a finite real number (not a bool, a string or None)."""
+    return (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+            and math.isfinite(float(value)))
+
+
 def _finite_at_least_zero(value: Any) -> bool:
     """``value`` is a finite real number >= 0 (not a bool, a string or None)."""
-    return (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
-            and math.isfinite(float(value)) and float(value) >= 0)
+    return _finite_number(value) and float(value) >= 0
 
 
 def _positive_number(value: Any) -> bool:
     """``value`` is a finite number > 0 (not a bool or a string)."""
-    return (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
-            and math.isfinite(float(value)) and float(value) > 0)
+    return _finite_number(value) and float(value) > 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -1512,7 +1518,7 @@ def _sigma_order_warnings(params: TorchRegistrationParameters, factors: list[int
     in_mm = bool(params.linear_smoothing_in_mm)
 
     def sigma(value: float) -> str:
-        return f"sigma {value:g} " + ("mm" if in_mm else "voxel" if value == 1 else "voxels")
+        return sigma_text(value, in_mm)
 
     if sigmas[-1] != min(sigmas):
         ends = (f"end smoothed by {sigma(sigmas[-1])} at shrink factor {factors[-1]}, not at their least "
@@ -1579,7 +1585,7 @@ def _check_levels_fit(params: TorchRegistrationParameters, fixed: sitk.Image) ->
     for field, asked, voxels_mm, allowed in checks:
         too_coarse = [a for a, mm in zip(asked, voxels_mm) if mm > extent]
         if too_coarse:
-            listed = "[" + ", ".join(f"{a:g}" for a in asked) + "]"
+            listed = level_list(asked)
             widths = ', '.join(f'{mm:g} mm' for a, mm in zip(asked, voxels_mm) if a in too_coarse)
             what = (f"smooths levels by a Gaussian of sigma {widths}, wider" if field == "linear_smoothing_sigmas"
                     else f"asks for levels of {widths} voxels, coarser")
@@ -1591,8 +1597,8 @@ def _check_levels_fit(params: TorchRegistrationParameters, fixed: sitk.Image) ->
 def _effective_settings(ctx: _Context, p: TorchRegistrationParameters, device: Any) -> dict[str, Any]:
     """What ran where the engine chose it (metrics.json's ``effective``): each level's fixed grid (x, y[, z]:
     a thin axis keeps at least 4 voxels, or all it has, so a 6-slice slab keeps 4-6 slices at every level), the
-    linear levels' smoothing in mm,
-    the deformable levels after merging, and the CPU threads (same seed, device and threads: same result)."""
+    linear levels' smoothing in mm, the deformable levels after merging, and the CPU threads (same seed, device
+    and threads: same result)."""
     import torch
 
     def size(shrink: float) -> list[int]:
