@@ -58,23 +58,22 @@ def check_components(image: sitk.Image, name: str = "image", *, path: str | os.P
     components = image.GetNumberOfComponentsPerPixel()
     if components in (1, 3, 4):
         return
-    note, fix = "", "Give a grey or RGB image, or "
-    if components == 2:
+    one_component = "one component of it (sitk.VectorIndexSelectionCast(image, 0))."
+    complex_note = "a complex image saved as MetaImage, .mha/.mhd, is read so: its real and imaginary parts"
+    magnitude = "(sitk.ComplexToModulus(image), or the scanner's magnitude series)"
+    if components != 2:
+        note, fix = "", f"Give a grey or RGB image, or {one_component}"
+    elif path is None:  # unknown origin: either
+        note = f" ({complex_note}; or two channels, e.g. a 2D vector field)"
+        fix = f"Give its magnitude image if it is complex {magnitude}, or {one_component}"
+    else:
         from .io import _suffix
 
-        kind = None if path is None else ("metaimage" if _suffix(path) in (".mha", ".mhd") else "other")
-        complex_note = "a complex image saved as MetaImage, .mha/.mhd, is read so: its real and imaginary parts"
-        magnitude = "Give its magnitude image (sitk.ComplexToModulus(image), or the scanner's magnitude series), or "
-        if kind == "metaimage":
-            note, fix = f" ({complex_note})", magnitude
-        elif kind == "other":
+        if _suffix(path) in (".mha", ".mhd"):
+            note, fix = f" ({complex_note})", f"Give its magnitude image {magnitude}, or {one_component}"
+        else:
             note = " (two channels, e.g. a 2D vector or displacement field)"
             fix = "Give a grey or RGB image, or one channel of it (sitk.VectorIndexSelectionCast(image, 0))."
-        else:
-            note = f" ({complex_note}; or two channels, e.g. a 2D vector field)"
-            fix = magnitude.replace("Give its magnitude image", "Give its magnitude image if it is complex")
-    if not fix.endswith("."):
-        fix += "one component of it (sitk.VectorIndexSelectionCast(image, 0))."
     raise InputError(f"The {name} has {components} components per pixel{note}; only grey, RGB and RGBA images are "
                      "supported.", fix)
 
