@@ -56,6 +56,8 @@ CLIENT_KEYS = frozenset({
     "fixed_path", "moving_path", "fixed_series", "moving_series", "preset", "stages", "seed", "initializer",
     "method", "colormap", "fg_opacity", "fg_layer", "vr_preset", "wl_preset", "bg_window", "bg_level",
     "fg_lower", "fg_upper"})
+#: Server keys a page may clear (set to "" or None): the banner, by its close button.
+_PAGE_CLEARABLE_KEYS = ("error_message",)
 _FG_LAYERS = [{"title": "Functional (moving, registered)", "value": "functional"},
               {"title": "Fused image", "value": "fused"}]
 # Metrics shown in the table, in this order (fusion_metrics returns more; the report has all).
@@ -123,9 +125,11 @@ window.mmfusion_upload = async function (files, trigger) {
 """.replace("PIECE_BYTES", str(UPLOAD_PIECE_BYTES)).replace("BATCH_FILES", str(UPLOAD_BATCH_FILES))
 
 
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
-               "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
-               "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12, "b": 1}
+#: The binary units, largest first: what sizes are shown in, and what K/M/G/T and KiB/MiB/GiB/TiB read as.
+_BINARY_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+               **{unit.lower(): factor for unit, factor in _BINARY_UNITS},
+               **{unit[0].lower(): factor for unit, factor in _BINARY_UNITS}}
 
 
 def parse_size(text: Any, option: str) -> int:
@@ -148,7 +152,7 @@ def parse_size(text: Any, option: str) -> int:
 
 def size_text(size: int) -> str:
     """``size`` bytes for a person: "4 GiB", "1.5 GiB", "1000 bytes"."""
-    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    for unit, factor in _BINARY_UNITS:
         if size >= factor:
             return f"{size / factor:.3g} {unit}"
     return f"{size} bytes"
@@ -156,7 +160,7 @@ def size_text(size: int) -> str:
 
 def size_option(size: int) -> str:
     """``size`` as the options write it, exact: "4GiB", "1000"."""
-    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    for unit, factor in _BINARY_UNITS:
         if size % factor == 0:
             return f"{size // factor}{unit}"
     return str(size)
@@ -407,7 +411,7 @@ class FusionWebApp:
         self.state = ServerState(self.server.state, owned=[*(key for key in initial if key not in CLIENT_KEYS
                                                              and not key.startswith("trame__")),
                                                            *JOB_STATE_DEFAULTS],
-                                 clearable=("error_message",))  # the banner's close button
+                                 clearable=_PAGE_CLEARABLE_KEYS)
         self.state.update(initial)
         self.worker = BackgroundWorker(self.state, on_idle=self._remove_stale_uploads)
         self.state.change("preset")(self._on_preset)
@@ -736,7 +740,7 @@ class FusionWebApp:
     def page_may_set(self, key: str, value: Any) -> bool:
         """Whether a page may set state ``key`` to ``value``: its controls' values (:attr:`page_keys`), and the
         banner closed (``error_message`` empty). Any other write is the page setting what only the server sets."""
-        return key in self.page_keys or (key == "error_message" and value in ("", None))
+        return key in self.page_keys or (key in _PAGE_CLEARABLE_KEYS and value in ("", None))
 
     def _caller(self) -> Any:
         """The connection (browser tab) whose message is being handled, or None in-process. wslink sets it
@@ -922,6 +926,7 @@ class FusionWebApp:
             problem + " Nothing of it was kept.",
             f"Give the image's path on the server instead, or ask the server's operator to raise the limit "
             f"(mmfusion web {option} SIZE; it is {size_option(maximum)})."))
+
     def _finish_upload(self, role: str, upload_id: str) -> None:
         """The end of an upload: check it, rename its folder to its final name and put the path in the
         panel (then: Load).
