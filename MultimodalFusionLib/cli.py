@@ -413,7 +413,8 @@ def _run_resample(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the demo on bundled data (known misalignments) and print the errors")
     p.add_argument("--output-dir", "-o", default="demo-output", help="output folder (default: demo-output)")
-    p.add_argument("--spacing", type=float, default=1.0, help="voxel size (mm) of the 3D case, 0.5 to 20 (default 1; 3 for a quick run)")
+    p.add_argument("--spacing", type=float, default=1.0,
+                   help="voxel size (mm) of the 3D case, 0.5 to 20 (default 1; 3 for a quick run)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_run_demo)
 
@@ -680,7 +681,9 @@ def _run_run(args: argparse.Namespace) -> int:
         accepted = set(inspect.signature(get_method(m)).parameters) | {"window"}
         method_params[m] = {k: v for k, v in params.items() if k in accepted}
     unused = [k for k in params if not any(k in given for given in method_params.values())]
-    if unused and methods:  # (no method at all: pipeline.run's "No fusion method was given" says what is wrong)  # a flag of a method not run (--levels with --methods average) had been dropped without a word, rc 0
+    # a flag of a method not run (--levels with --methods average) had been dropped without a word, rc 0; with no
+    # method at all, pipeline.run's "No fusion method was given" says what is wrong
+    if unused and methods:
         from .errors import InputError
         from .fusion import list_methods
 

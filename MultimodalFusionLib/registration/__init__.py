@@ -151,14 +151,14 @@ def check_one_start(named: str | None, settings: str | None, transform: str | No
 _EDGE_CHECK_LIMIT = 5000
 
 
-def _edge_voxels(arr: np.ndarray, above: np.ndarray) -> int:
+def _edge_voxels(arr: np.ndarray, structure: np.ndarray) -> int:
     """Voxels whose value differs from a face neighbour's: the edges of the structure, where an intensity metric
-    has something to align. Two voxels at the background (the minimum, or the maximum for a dark object on a
-    bright field) never differ, so every such pair holds a structure voxel (``above``): only those voxels and
-    their face neighbours are looked at (a few thousand), never the box around them, which two small objects
-    far apart make the whole volume (three differences of a 512x512x300 volume: 1.8 s and 565 MiB more at the
-    peak for a pair of fiducial-marker images)."""
-    where = np.nonzero(above)
+    has something to align. Two voxels at the background (the image's most common value, :func:`_structure`)
+    never differ, so every such pair holds a ``structure`` voxel: only those voxels and their face neighbours
+    are looked at (a few thousand), never the box around them, which two small objects far apart make the whole
+    volume (three differences of a 512x512x300 volume: 1.8 s and 565 MiB more at the peak for a pair of
+    fiducial-marker images)."""
+    where = np.nonzero(structure)
     shape = arr.shape
     centre = np.stack(where, axis=1)  # (count, ndim) indices of the structure's voxels
     values = arr[where]
@@ -217,8 +217,8 @@ def _structure(arr: np.ndarray) -> tuple[np.ndarray, int, str] | None:
 
 def sparse_content_warnings(fixed: sitk.Image, moving: sitk.Image) -> list[str]:
     """A warning for each image with structure in fewer than :data:`MIN_CONTENT_VOXELS` voxels (those
-    differing from its background: above its minimum, or below its maximum for a dark object on a bright field,
-    see :func:`_structure`): a metric of intensities has almost nothing to align there, so the result changes
+    differing from its background, its most common value: the black field of a bright object, the bright field
+    of a dark one, see :func:`_structure`): a metric of intensities has almost nothing to align there, so the result changes
     with the sampling seed, without an error (e.g. a single bright voxel). Also for an image whose structure is
     a small region of one value with fewer than that many voxels at its edges (where the value changes): a flat
     13x13 square on a 96x96 field ended 0.2-3.6 px off with the seed, not warned about as its 169 voxels passed
