@@ -1029,6 +1029,14 @@ class _WebServerProcess(unittest.TestCase):
                 raise AssertionError(f"no {what} within {timeout} s")
             time.sleep(0.02)
 
+    def _start_serving(self, tmp: str, *options: str) -> tuple[subprocess.Popen, str]:
+        """:meth:`_start`, then wait until the server serves (it is still running)."""
+        server, log = self._start(tmp, *options)
+        self._wait_for(lambda: "App running at" in Path(log).read_text() or server.poll() is not None,
+                       "running server")
+        self.assertIsNone(server.poll(), Path(log).read_text())
+        return server, log
+
 
 class ServerStopTest(_WebServerProcess):
     """``mmfusion web`` in a subprocess: a SIGTERM leaves no work folder behind, during start-up too (the
@@ -1051,10 +1059,7 @@ class ServerStopTest(_WebServerProcess):
 
     def test_sigterm_while_serving_removes_the_work_folder(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            server, log = self._start(tmp)
-            self._wait_for(lambda: "App running at" in Path(log).read_text() or server.poll() is not None,
-                           "running server")
-            self.assertIsNone(server.poll(), Path(log).read_text())
+            server, log = self._start_serving(tmp)
             self.assertEqual(len(self._work_folders(tmp)), 1)
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
@@ -1079,11 +1084,8 @@ class CrossSiteConnectionTest(_WebServerProcess):
             self.assertNotEqual(cli.main(["web", "--allow-origin", "fusion.example.org"]), 0)
         self.assertIn("'fusion.example.org' is not a page address", stderr.getvalue())
         with tempfile.TemporaryDirectory() as tmp:
-            server, log = self._start(tmp, "--allow-origin", "https://fusion.example.org")
-            self._wait_for(lambda: "App running at" in Path(log).read_text() or server.poll() is not None,
-                           "running server")
-            self.assertIsNone(server.poll(), Path(log).read_text())
-            port = int(Path(log).read_text().split("http://127.0.0.1:")[1].split("/")[0])
+            server, log = self._start_serving(tmp, "--allow-origin", "https://fusion.example.org")
+            port = _port(log)
 
             async def connect(origin: str | None, host: str | None = None) -> int:
                 headers = {k: v for k, v in (("Origin", origin), ("Host", host)) if v}
@@ -1173,11 +1175,8 @@ class TwoTabsTest(_WebServerProcess):
         import aiohttp
 
         with tempfile.TemporaryDirectory() as tmp:
-            server, log = self._start(tmp)
-            self._wait_for(lambda: "App running at" in Path(log).read_text() or server.poll() is not None,
-                           "running server")
-            self.assertIsNone(server.poll(), Path(log).read_text())
-            port = int(Path(log).read_text().split("http://127.0.0.1:")[1].split("/")[0])
+            server, log = self._start_serving(tmp)
+            port = _port(log)
             (work,) = Path(tmp).glob("mmfusion-web-*")
 
             def partials() -> list[str]:
@@ -1243,11 +1242,7 @@ class PageWritesTest(_WebServerProcess):
     many bytes of uploads, and which state values it can set for every page."""
 
     def _serve(self, tmp: str, *options: str) -> int:
-        server, log = self._start(tmp, *options)
-        self._wait_for(lambda: "App running at" in Path(log).read_text() or server.poll() is not None,
-                       "running server")
-        self.assertIsNone(server.poll(), Path(log).read_text())
-        return _port(log)
+        return _port(self._start_serving(tmp, *options)[1])
 
     def test_uploads_past_the_limits_are_refused_as_they_arrive_leaving_nothing(self) -> None:
         # Any page could stream uploads until the server's disk was full: wslink's only cap was 4 GB per message,
@@ -1447,10 +1442,7 @@ class PageMessagesTest(_WebServerProcess):
         from MultimodalFusionLib.web.message_gate import MAX_MESSAGE_BYTES
 
         with tempfile.TemporaryDirectory() as tmp:
-            server, log = self._start(tmp)
-            self._wait_for(lambda: "App running at" in Path(log).read_text() or server.poll() is not None,
-                           "running server")
-            self.assertIsNone(server.poll(), Path(log).read_text())
+            server, log = self._start_serving(tmp)
             port = _port(log)
 
             async def tabs() -> None:
