@@ -28,6 +28,16 @@ from MultimodalFusionLib.registration.accuracy import (
 from MultimodalFusionLib.registration.parameters import ITK_UINT_MAX
 
 
+def _short_rigid_runs() -> tuple[tuple[str, object], ...]:
+    """(backend, settings) of a 3-iteration rigid registration from the geometry start on each backend."""
+    from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
+
+    return (("sitk", RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), iterations=3)],
+                                            initializer="geometry")),
+            ("torch", TorchRegistrationParameters(stages=["rigid"], linear_iterations=[3, 3, 3], device="cpu",
+                                                  initializer="geometry")))
+
+
 def _box_mask(image: sitk.Image, row: int, column: int, width: int) -> sitk.Image:
     """A ``width`` x ``width`` mask from (row, column) (numpy order) on a 2D ``image``'s grid."""
     arr = np.zeros(image.GetSize()[::-1], np.uint8)
@@ -904,14 +914,9 @@ class BadInputs(unittest.TestCase):
 
     def test_few_voxels_inside_both_masks_at_the_start_are_warned_about_on_both_backends(self):
         # 5 x 5 of the two 60 x 60 masks meet where the geometry start puts them
-        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
-
         fixed_mask = _box_mask(self.fixed, 60, 60, 60)
         moving_mask = _box_mask(self.moving, 115, 115, 60)
-        runs = (("sitk", RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), iterations=3)],
-                                                initializer="geometry")),
-                ("torch", TorchRegistrationParameters(stages=["rigid"], linear_iterations=[3, 3, 3], device="cpu",
-                                                      initializer="geometry")))
+        runs = _short_rigid_runs()
         for backend, params in runs:
             with self.subTest(backend=backend):
                 result = register(self.fixed, self.moving, params, fixed_mask=fixed_mask, moving_mask=moving_mask,
@@ -929,7 +934,6 @@ class BadInputs(unittest.TestCase):
         from unittest import mock
 
         from MultimodalFusionLib import validation
-        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters
 
         resample = sitk.Resample
         callers: list[str] = []
@@ -943,10 +947,7 @@ class BadInputs(unittest.TestCase):
         # 5 x 5 of the two 60 x 60 masks meet where the geometry start puts them: a warning that counts them
         fixed_mask = _box_mask(self.fixed, 60, 60, 60)
         moving_mask = _box_mask(self.moving, 115, 115, 60)
-        runs = (("sitk", RegistrationParameters(stages=[dataclasses.replace(default_stage("rigid"), iterations=3)],
-                                                initializer="geometry")),
-                ("torch", TorchRegistrationParameters(stages=["rigid"], linear_iterations=[3, 3, 3], device="cpu",
-                                                      initializer="geometry")))
+        runs = _short_rigid_runs()
         for backend, params in runs:
             for masks in ({"fixed_mask": fixed_mask}, {"moving_mask": moving_mask},
                           {"fixed_mask": fixed_mask, "moving_mask": moving_mask}):
