@@ -397,6 +397,77 @@ class WebAppInBrowserTest(unittest.TestCase):
                          "the automatic window again")
         self.assertFalse(page.query_selector("#mmf-error"), "no error expected")
 
+    def test_slice_sliders_move_the_slices(self):
+        # trame-slicer's slider under each slice view (state Red/Green/Yellow__SliderState__value): a page's write
+        # of it must pass the message gate and ServerState and reach the view's MRML slice node. No other test moved
+        # one; a slider the server ignored or put back would leave the view (and a new page) on the old slice
+        page = self._open_page()
+        names = ("axial", "coronal", "sagittal")
+        thumbs = page.locator(".slice-slider .v-slider-thumb")
+        self.assertEqual(thumbs.count(), 3, "a slider under each slice view")
+        page.wait_for_function("() => document.querySelectorAll('.slice-slider .v-slider-thumb[aria-valuenow]')"
+                               ".length === 3", timeout=30_000)
+
+        def value(i: int) -> float:
+            return float(thumbs.nth(i).get_attribute("aria-valuenow"))
+
+        def differ(a: np.ndarray, b: np.ndarray) -> float:
+            """Mean change of the slice above the slider's strip (a focused thumb has a halo)."""
+            return float(np.abs(a[:-48].astype(int) - b[:-48].astype(int)).mean())
+
+        start = [value(i) for i in range(3)]
+        keys = ("Red__SliderState__value", "Green__SliderState__value", "Yellow__SliderState__value")
+        self.addCleanup(lambda: page.is_closed() or page.evaluate(  # leave the shared server's slices as found
+            "(v) => { ['Red', 'Green', 'Yellow'].forEach((n, i) => trame.state.set(n + '__SliderState__value', v[i])); }",
+            start))
+        self.assertEqual(page.evaluate(f"() => {list(keys)}.map(k => trame.state.get(k))"), start)
+        self._wait_views(page, lambda v: all((v[n].max(axis=-1) > 40).mean() > 0.05 for n in names),
+                         "the anatomy in the slice views")
+        for i, name in enumerate(names):
+            before = self._views(page)
+            # three arrow presses, as a user steps through slices: this view alone shows another slice
+            thumbs.nth(i).focus()
+            for _ in range(3):
+                page.keyboard.press("ArrowRight")
+            moved = self._wait_views(page, lambda v, n=name, b=before: differ(v[n], b[n]) > 3, f"another {name} slice")
+            for other in names:
+                if other != name:
+                    self.assertLess(differ(moved[other], before[other]), 1.0, f"{other} changed with the {name} slider")
+            page.wait_for_timeout(1000)  # the server's answer has come: the thumb stays where the user put it
+            self.assertGreater(value(i), start[i], name)
+            if i == 0:
+                step = (value(0) - start[0]) / 3  # the axial slider's step: a slice (3 mm in the demo)
+            # the same slice in a page opened now (the server's state and render), and the first slice back
+            if i == 0:
+                other_page = self.browser.new_page(viewport={"width": 1400, "height": 1000})
+                other_page.goto(self.url, wait_until="domcontentloaded")
+                other_page.wait_for_function("() => document.querySelectorAll('main img.image-display-area').length"
+                                             " === 4", timeout=30_000)
+                self.assertEqual(other_page.evaluate(f"() => trame.state.get('{keys[0]}')"), value(0))
+                self._wait_views(other_page, lambda v, m=moved: differ(v["axial"], m["axial"]) < 1.0,
+                                 "the moved axial slice in a new page")
+                other_page.close()
+            for _ in range(3):
+                page.keyboard.press("ArrowLeft")
+            self._wait_views(page, lambda v, n=name, b=before: differ(v[n], b[n]) < 1.0, f"the first {name} slice again")
+            self.assertEqual(value(i), start[i], name)
+
+        # a drag of the axial slider's thumb along its track (left: lower slices)
+        before = self._views(page)
+        box = thumbs.nth(0).bounding_box()
+        track = page.locator(".slice-slider .v-slider-track").nth(0).bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x - 0.2 * track["width"], y, steps=10)
+        page.mouse.up()
+        self._wait_views(page, lambda v, b=before: differ(v["axial"], b["axial"]) > 3, "a lower axial slice")
+        page.wait_for_timeout(1000)
+        dragged = value(0)
+        self.assertLess(dragged, start[0] - 3 * step)
+        self.assertEqual(page.evaluate(f"() => trame.state.get('{keys[0]}')"), dragged)
+        self.assertFalse(page.query_selector("#mmf-error"), "no error expected")
+
     def test_errors_are_shown_in_the_page(self):
         page = self._open_page()
         page.fill("#mmf-fixed-path", "/nonexistent/fixed.nii.gz")
