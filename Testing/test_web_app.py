@@ -403,6 +403,37 @@ class WebAppTest(unittest.TestCase):
         self.assertTrue(self.app.page_may_set("error_message", ""))  # the banner's close button
         self.assertFalse(self.app.page_may_set("error_message", "The server moved"))
 
+    def test_a_slice_slider_sent_with_a_display_control_moves_the_slice(self) -> None:
+        # A page sends the values changed while its last message was in flight together, in the order they
+        # changed (Chromium: an opacity key press then a slice key press went as ['fg_opacity=0.3',
+        # 'Red__SliderState__value=45']). trame ran the opacity's callback first; it changed the slice views,
+        # trame-slicer wrote each view's MRML slice back into its slider's state over the page's value, and the
+        # slider's own callback then read the old one: the slice stayed and the slider jumped back (42 -> 45 -> 42)
+        self._load()
+        state = self.app.server.state
+        views = {view.get_view_node().GetName(): view for view in self.app.slicer_app.view_manager.get_slice_views()}
+        self.assertEqual(set(views), {"Red", "Green", "Yellow"})
+        red = views["Red"]
+        step = red.get_slice_step()
+        self.assertGreater(step, 0)
+        opacity = state.fg_opacity
+        self.addCleanup(setattr, self.app.state, "fg_opacity", opacity)
+        for other, value in (("fg_opacity", 0.3), ("colormap", "Rainbow"), ("bg_level", state.bg_level + 5.0),
+                             ("fg_lower", state.fg_lower + state.fg_step)):
+            start = red.get_slice_value()
+            self._as_a_page(**{other: value, "Red__SliderState__value": start + step})  # in this order
+            self.assertEqual(state[other], value, other)
+            self.assertEqual(red.get_slice_value(), start + step, f"{other} then the slider")
+            self.assertEqual(state["Red__SliderState__value"], start + step, other)
+        # the slider alone, as before; and values that are not a slice leave the view where it is (trame-slicer
+        # refuses them in the log, as it did)
+        start = red.get_slice_value()
+        self._as_a_page(Red__SliderState__value=start - step)
+        self.assertEqual(red.get_slice_value(), start - step)
+        for bad in ("abc", None):
+            self._as_a_page(fg_opacity=0.4, Red__SliderState__value=bad)
+            self.assertEqual(red.get_slice_value(), start - step, repr(bad))
+
     def test_a_dicom_series_is_read_only_where_the_server_offered_it(self) -> None:
         # the load read a page's fixed_series_path and fixed_series_items: the series list could be made to
         # show for any path, the pick then read from a folder the server had not asked about

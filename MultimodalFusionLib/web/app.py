@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import re
 import shutil
@@ -414,6 +415,13 @@ class FusionWebApp:
                                  clearable=_PAGE_CLEARABLE_KEYS)
         self.state.update(initial)
         self.worker = BackgroundWorker(self.state, on_idle=self._remove_stale_uploads)
+        # first of every control's callbacks: the slices a page's sliders set in the same message (see
+        # _apply_page_slices), keyed by trame-slicer's state key of each view's slider
+        from trame_slicer.app.logic import get_view_slider_typed_state
+
+        self._slice_sliders = {get_view_slider_typed_state(self.server, view).name.value: view
+                               for view in self.slicer_app.view_manager.get_slice_views()}
+        self.server.state.change(*sorted(CLIENT_KEYS))(self._apply_page_slices)
         self.state.change("preset")(self._on_preset)
         self.state.change("fg_opacity")(self._on_opacity)
         self.state.change("colormap")(self._on_colormap)
@@ -741,6 +749,24 @@ class FusionWebApp:
         """Whether a page may set state ``key`` to ``value``: its controls' values (:attr:`page_keys`), and the
         banner closed (``error_message`` empty). Any other write is the page setting what only the server sets."""
         return key in self.page_keys or (key in _PAGE_CLEARABLE_KEYS and value in ("", None))
+
+    def _apply_page_slices(self, **_: Any) -> None:
+        """Move each slice view to the slice a page's slider set in the message being handled, before the
+        message's other values are (a change callback of every control's key, registered before the app's own).
+
+        A page sends the values it changed while its previous message was in flight together, in the order they
+        changed: "fg_opacity" then "Red__SliderState__value" for an opacity step followed by a slice step.
+        trame runs the opacity's callback first; the opacity changes the slice views, and trame-slicer then
+        writes each view's slice back into its slider's state from MRML (its ``_on_slice_view_modified``), over
+        the page's value, before its own slider callback reads it. The page's slice was lost and the old one sent
+        back to every page, the page's too: the slider jumped back (24 -> 27 -> 24) and the view stayed.
+        """
+        state = self.server.state
+        for key, view in self._slice_sliders.items():
+            if key in state.modified_keys:
+                value = state[key]
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    view.set_slice_value(float(value))
 
     def _caller(self) -> Any:
         """The connection (browser tab) whose message is being handled, or None in-process. wslink sets it
