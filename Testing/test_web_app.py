@@ -402,6 +402,13 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual({key for key in owned if self.app.page_may_set(key, state[key])}, set())
         self.assertTrue(self.app.page_may_set("error_message", ""))  # the banner's close button
         self.assertFalse(self.app.page_may_set("error_message", "The server moved"))
+        # a slice slider's value is a finite number: inf had left the view's offset NaN for every page
+        slider = "Red__SliderState__value"
+        self.assertTrue(self.app.page_may_set(slider, state[slider]))
+        self.assertTrue(self.app.page_may_set(slider, 30))
+        for bad in (math.inf, -math.inf, math.nan, "abc", None, [1], True):
+            with self.subTest(value=bad):
+                self.assertFalse(self.app.page_may_set(slider, bad))
 
     def test_a_slice_slider_sent_with_a_display_control_moves_the_slice(self) -> None:
         # A page sends the values changed while its last message was in flight together, in the order they

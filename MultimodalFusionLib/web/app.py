@@ -747,7 +747,11 @@ class FusionWebApp:
 
     def page_may_set(self, key: str, value: Any) -> bool:
         """Whether a page may set state ``key`` to ``value``: its controls' values (:attr:`page_keys`), and the
-        banner closed (``error_message`` empty). Any other write is the page setting what only the server sets."""
+        banner closed (``error_message`` empty). Any other write is the page setting what only the server sets.
+        A slice slider takes a finite number only: trame-slicer set the slice to ``inf`` as given, which left the
+        view's offset and range NaN for every page, and no later value brought it back."""
+        if key in self._slice_sliders:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         return key in self.page_keys or (key in _PAGE_CLEARABLE_KEYS and value in ("", None))
 
     def _apply_page_slices(self, **_: Any) -> None:
