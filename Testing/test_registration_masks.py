@@ -15,13 +15,15 @@ import unittest
 import numpy as np
 import SimpleITK as sitk
 
-from MultimodalFusionLib.registration import RegistrationParameters, register
+from MultimodalFusionLib.registration import RegistrationParameters, StageParameters, register
 from MultimodalFusionLib.registration.accuracy import (
     ITK_BRAINWEB_ENCODED_TRANSLATION,
     itk_brainweb_pair,
     itk_brainweb_truth,
     transform_error,
 )
+from MultimodalFusionLib.registration.parameters import list_presets, load_preset
+from MultimodalFusionLib.registration.sitk_backend import ignored_learning_rate_warning
 
 #: Largest mean error (px) accepted: the unmasked runs end within 0.2 px, the masked ones now within 0.4.
 TOLERANCE_PX = 1.0
@@ -103,6 +105,35 @@ class FixedMaskAtTheEdge(unittest.TestCase):
         self.assertFalse(start["used"])
         self.assertLess(start["metric_initializer"], start["metric_unmasked_level"])
         self.assertLess(transform_error(result.transform, sitk.Euler2DTransform(), fixed, mask)["mean"], 0.2)
+
+
+class IgnoredLearningRate(unittest.TestCase):
+    def test_a_line_search_rigid_or_affine_stage_says_its_learning_rate_is_not_used(self):
+        fixed, moving, _ = _pair(1.0)
+        for name in ("rigid", "affine"):
+            with self.subTest(stage=name):
+                stage = StageParameters(name=name, optimizer="gradient_descent_line_search", learning_rate=0.001,
+                                        iterations=5)
+                warnings = register(fixed, moving, RegistrationParameters(stages=[stage]), seed=1).warnings
+                said = [w for w in warnings if "learning_rate 0.001 is not used" in w]
+                self.assertEqual(len(said), 1, warnings)
+                self.assertIn(f"Stage '{name}'", said[0])
+                self.assertIn("optimizer 'regular_step'", said[0])
+                self.assertIn("leave learning_rate out", said[0])
+
+    def test_no_warning_where_nothing_is_set_or_the_step_is_taken(self):
+        fixed, _, _ = _pair(1.0)
+        quiet = [StageParameters(name="rigid", optimizer="gradient_descent_line_search"),       # not given
+                 StageParameters(name="rigid", learning_rate=0.5),                            # regular_step takes it
+                 StageParameters(name="bspline", optimizer="gradient_descent_line_search",    # unit scales: taken
+                                 learning_rate=0.5)]
+        for stage in quiet:
+            with self.subTest(stage=stage.name, optimizer=stage.optimizer):
+                self.assertIsNone(ignored_learning_rate_warning(stage, fixed))
+        for preset in list_presets():
+            for stage in load_preset(preset).stages:
+                with self.subTest(preset=preset, stage=stage.name):
+                    self.assertIsNone(ignored_learning_rate_warning(stage, fixed))
 
 
 if __name__ == "__main__":

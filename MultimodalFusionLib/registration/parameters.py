@@ -124,7 +124,8 @@ class StageParameters:
             (``DEFAULT_LEARNING_RATE``: 2 mm rigid, 1 mm affine and B-spline) times :func:`step_scale` of the
             fixed image (1 for voxels of 0.5-20 mm; the steps follow the voxel size outside that range).
             No effect on a rigid or affine gradient_descent_line_search stage: ITK estimates that learning rate at
-            every iteration (its largest step: the fixed image's smallest voxel size).
+            every iteration (its largest step: the fixed image's smallest voxel size); one given there gets a
+            warning naming it and the fix (optimizer 'regular_step', or leave it out).
         min_step: regular_step: stop when the step falls below this (mm of physical shift), used as given; None:
             0.01 mm for 3D rigid and affine stages of at least 1M voxels (on the 1 mm MNI152 pair 0.001 mm gave
             the same error, 0.10 mm affine, about 30% slower) and 0.001 mm otherwise (2D slices need it; B-spline

@@ -437,6 +437,22 @@ def learning_rate_used(stage: StageParameters) -> bool:
                                                  and stage.name == "bspline")
 
 
+def ignored_learning_rate_warning(stage: StageParameters, fixed: sitk.Image) -> str | None:
+    """A warning for a ``learning_rate`` given to a stage that does not step by it (:func:`learning_rate_used`: a
+    rigid or affine gradient_descent_line_search stage), or None (none given, or one ITK takes).
+
+    ITK estimates that stage's learning rate at every iteration, so the value given changes nothing (the 2D
+    BrainWeb pair ran the same transform with 0.001 and 100) and had been dropped without a word; the settings
+    that leave it out (the defaults, every shipped preset) get no warning."""
+    if stage.learning_rate is None or learning_rate_used(stage) or stage.optimizer != "gradient_descent_line_search":
+        return None
+    return (f"Stage '{stage.name}': learning_rate {stage.learning_rate:g} is not used: the "
+            "gradient_descent_line_search optimizer of a rigid or affine stage estimates its step at every "
+            f"iteration (its largest: the fixed image's smallest voxel size, {min(fixed.GetSpacing()):g} mm). "
+            "For a step of your choosing use optimizer 'regular_step' (learning_rate: its largest step, in mm); "
+            "otherwise leave learning_rate out.")
+
+
 def _configure_optimizer(method: sitk.ImageRegistrationMethod, stage: StageParameters, dim: int,
                          voxels: int = 0, spacing: Sequence[float] | None = None) -> None:
     if stage.optimizer == "lbfgsb":
@@ -1058,6 +1074,8 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
     # as the torch backend gives, on the shrink factors as they run (every listed stage runs)
     order = (_level_order_warning(stage, _run_shrink_factors(stage, fixed, moving)) for stage in parameters.stages)
     warnings: list[str] = [w for w in order if w] + small_mask_warnings(fixed_mask, moving_mask)
+    # a learning_rate that the optimizer does not take: said, not dropped without a word
+    warnings += [w for w in (ignored_learning_rate_warning(stage, fixed) for stage in parameters.stages) if w]
     searched: sitk.Transform | None = None
     search_info: dict[str, Any] | None = None
     if parameters.initializer == "search" and initial_transform is None:
