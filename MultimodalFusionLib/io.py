@@ -31,6 +31,7 @@ from .errors import InputError, itk_guard, itk_reason
 __all__ = [
     "read_image",
     "write_image",
+    "check_output_name",
     "read_transform",
     "write_transform",
     "list_dicom_series",
@@ -2146,10 +2147,7 @@ def _for_2d_format(image: sitk.Image, final: str) -> sitk.Image:
     """
     import warnings
 
-    if image.GetDimension() == 3:
-        if image.GetSize()[2] != 1:
-            raise InputError(f"'{final}' is a 2D format but the image is a volume (size {image.GetSize()}).",
-                             "Write volumes as .nii.gz, .nrrd or .mha.")
+    if image.GetDimension() == 3:  # of one slice: check_output_name refuses a volume
         image = image[:, :, 0]
     if image.GetPixelID() in (sitk.sitkUInt8, sitk.sitkVectorUInt8):
         return image
@@ -2198,34 +2196,62 @@ def volume_extension(image: sitk.Image) -> str:
     return ".nii.gz" if _orthonormal(image) else ".mha"
 
 
-def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = True) -> str:
-    """Write ``image`` atomically, its values and geometry kept as far as the format allows.
+#: The extensions ITK writes an image as, each with the spellings its reader opens again: "any" case, "lower or upper"
+#: (the NIfTI, JPEG, MINC and BioRad readers: 'x.NII' is read, 'x.Nii' is not) or "lower" only (the MetaImage,
+#: GIPL, Stimulate and JPEG 2000 readers; the Analyze/NIfTI pair's writer). Found by writing and reading back each
+#: (Testing/test_io.py checks this table against the ITK installed). Not here: NIfTI's ASCII .nia (written, never
+#: read), JPEG 2000's .jpt (its writer fails), and compressed names other than .nii.gz (.gipl.gz, .img.gz: the
+#: temporary file keeps only the .gz).
+_OUTPUT_CASES = {
+    ".nii.gz": "lower or upper", ".nii": "lower or upper", ".jpg": "lower or upper", ".jpeg": "lower or upper",
+    ".mnc": "lower or upper", ".mnc2": "lower or upper", ".pic": "lower or upper",
+    ".mha": "lower", ".mhd": "lower", ".gipl": "lower", ".spr": "lower", ".jp2": "lower", ".j2k": "lower",
+    ".hdr": "lower", ".img": "lower",
+    ".nrrd": "any", ".nhdr": "any", ".png": "any", ".bmp": "any", ".tif": "any", ".tiff": "any", ".vtk": "any",
+    ".mrc": "any", ".rec": "any", ".lsm": "any", ".dcm": "any", ".dicom": "any", ".h5": "any", ".hdf5": "any",
+    ".hdf": "any", ".hd5": "any", ".hdf4": "any", ".he4": "any", ".he5": "any",
+}
+_ANY_IMAGE_FIX = "Name the output .nii.gz, .nrrd or .mha (any image), or .png (2D slices)."
 
-    PNG/JPEG/BMP: integer values in 0..255 are kept exactly (16-bit PNG up to 65535), grey values on
-    the 0..255 scale rounded, others rescaled with a warning; a volume is refused. NIfTI cannot hold
-    a non-orthonormal (sheared) direction: such an image is refused there (.mha keeps it).
+
+def check_output_name(path: str | os.PathLike, image: sitk.Image | None = None) -> str:
+    """Refuse an image output name that :func:`write_image` would refuse, before any work: a front end calls it
+    with the name alone as soon as it has it, and with an image on the output's grid once the inputs are read,
+    before registering, resampling or fusing (``fuse -o fused.GIPL`` had fused, then been refused). write_image
+    calls it first too, so the two cannot disagree.
+
+    From the name: a folder, an extension ITK writes no image as (``x.xyz``, ``x.gipl.gz``, none), one its reader takes in
+    lower (or upper) case only (``fused.GIPL``, ``.MHA``, ``.Nii``: written, then opened by no ITK reader, nor
+    Slicer), NIfTI's ASCII ``.nia`` (never read back), ``x.nii.hdr`` (written as the one file ``x.nii``). From
+    ``image``'s dimension, size and direction (not its pixels): a volume to a 2D format (.png, .jpg, .bmp) or
+    to JPEG 2000 (written as its first slice, or ITK crashed), an image that is not a volume of several slices
+    to LSM (unreadable), a sheared direction to NIfTI.
+
+    Args:
+        path: the output file.
+        image: the image to be written, or one on its grid (the fixed or reference image); None: the name only.
 
     Returns:
-        The path written.
+        ``path`` as a string.
 
     Raises:
-        InputError: a volume to a 2D format, a sheared image to NIfTI, or an unwritable file.
+        InputError: naming the problem and a name that works.
     """
     final = os.fspath(path)
-    out = image
+    if os.path.isdir(final):  # as atomic_path says it, not as a name without an extension
+        raise InputError(f"The output '{final}' is a folder, not a file.", "Give a file name for the output.")
     suffix = _suffix(final)
-    if suffix in _2D_EXTENSIONS:
-        out = _for_2d_format(image, final)
-    elif suffix in (".nii", ".nii.gz") and not _orthonormal(image):
-        raise InputError(f"'{final}': NIfTI cannot store this image's sheared (non-orthonormal) direction "
-                         f"{[round(v, 4) for v in image.GetDirection()]}; it would be written as another one.",
-                         "Write it as .mha, which keeps the direction exactly (see io.volume_extension).")
-    elif suffix in (".nii", ".nii.gz") and image.GetNumberOfComponentsPerPixel() > 1 and one_slice_axis(image) == 2:
-        # ITK writes it right (dim 5: x, y, 1, 1, colour) but reads it back as a 2D image, without its slice's
-        # position: an overlay of a one-slice volume would be shown away from its inputs
-        raise InputError(f"'{final}': a colour image of one slice (size {image.GetSize()}) written as NIfTI is read "
-                         "back (by ITK, hence Slicer and this package) as a 2D image, without its slice's position.",
-                         "Write it as .nrrd or .mha, which keep it a one-slice volume in place.")
+    given = final[len(final) - len(suffix):]
+    if suffix == ".nia":
+        raise InputError(f"'{final}': ITK writes .nia files (NIfTI as ASCII text) but cannot read them back.",
+                         _ANY_IMAGE_FIX)
+    if suffix not in _OUTPUT_CASES:
+        inner = _suffix(final[:-len(suffix)]) if suffix == ".gz" else ""
+        if inner in _OUTPUT_CASES:  # .gipl.gz, .img.gz: the format's own compression is meant
+            raise InputError(f"No image format is written as '{final}' (extension '.gz'): of the compressed names, "
+                             "only .nii.gz is written.",
+                             "Name the output .nii.gz, or .nrrd or .mha (which compress the voxels inside the file).")
+        raise InputError(f"No image format is written as '{final}' (extension '{suffix or 'none'}').", _ANY_IMAGE_FIX)
     if suffix in (".hdr", ".img") and final.lower()[:-len(suffix)].endswith((".nii", ".nii.gz")):
         # ITK writes 'x.nii.hdr' as the one file 'x.nii': the check that the pair was written whole then found no
         # 'x.nii.hdr' and refused it as "a full disk"
@@ -2234,6 +2260,65 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                          f"'{os.path.basename(single)}', not as the .hdr/.img pair the name asks for.",
                          f"Name the output '{os.path.basename(single)}' (one file), or end it in .hdr without "
                          "'.nii' before it (a pair).")
+    cases = _OUTPUT_CASES[suffix]
+    if given != suffix and not (cases == "any" or (cases == "lower or upper" and given == suffix.upper())):
+        raise _lower_case_only(final, "writes" if suffix in (".hdr", ".img") else "reads",
+                               upper_too=cases == "lower or upper")
+    if image is None:
+        return final
+    size = tuple(image.GetSize())
+    volume = image.GetDimension() == 3 and size[2] != 1
+    if suffix in _2D_EXTENSIONS and volume:
+        raise InputError(f"'{final}' is a 2D format but the image is a volume (size {size}).",
+                         "Write volumes as .nii.gz, .nrrd or .mha.")
+    if suffix in (".jp2", ".j2k") and image.GetDimension() != 2:
+        # ITK writes the first slice (and crashed on some volumes); a one-slice volume is read back as 2D, unplaced
+        raise InputError(f"'{final}': ITK writes this image (size {size}) as a {suffix} file of size {size[:2]}: "
+                         "it would be read back as another image.",
+                         "Write volumes as .nii.gz, .nrrd or .mha; JPEG 2000 holds 2D images only.")
+    if suffix == ".lsm" and not volume:
+        raise InputError(f"'{final}': ITK writes an image of one slice (size {size}) as a .lsm file that it cannot "
+                         "read back (LSM holds volumes of several slices).", _ANY_IMAGE_FIX)
+    if suffix in (".nii", ".nii.gz") and not _orthonormal(image):
+        raise InputError(f"'{final}': NIfTI cannot store this image's sheared (non-orthonormal) direction "
+                         f"{[round(v, 4) for v in image.GetDirection()]}; it would be written as another one.",
+                         "Write it as .mha, which keeps the direction exactly (see io.volume_extension).")
+    return final
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = True) -> str:
+    """Write ``image`` atomically, its values and geometry kept as far as the format allows.
+
+    PNG/JPEG/BMP: integer values in 0..255 are kept exactly (16-bit PNG up to 65535), grey values on
+    the 0..255 scale rounded, others rescaled with a warning; a volume is refused. NIfTI cannot hold
+    a non-orthonormal (sheared) direction: such an image is refused there (.mha keeps it). The name is
+    checked first, as :func:`check_output_name` checks it (front ends call that before the work).
+
+    Returns:
+        The path written.
+
+    Raises:
+        InputError: a name :func:`check_output_name` refuses, pixels the format cannot hold, or an unwritable
+            file.
+    """
+    final = check_output_name(path, image)
+    out = image
+    suffix = _suffix(final)
+    if suffix in _2D_EXTENSIONS:
+        out = _for_2d_format(image, final)
+    elif suffix in (".nii", ".nii.gz") and image.GetNumberOfComponentsPerPixel() > 1 and one_slice_axis(image) == 2:
+        # ITK writes it right (dim 5: x, y, 1, 1, colour) but reads it back as a 2D image, without its slice's
+        # position: an overlay of a one-slice volume would be shown away from its inputs
+        raise InputError(f"'{final}': a colour image of one slice (size {image.GetSize()}) written as NIfTI is read "
+                         "back (by ITK, hence Slicer and this package) as a 2D image, without its slice's position.",
+                         "Write it as .nrrd or .mha, which keep it a one-slice volume in place.")
+    elif suffix in (".jp2", ".j2k") and image.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkUInt16,
+                                                                   sitk.sitkVectorUInt8, sitk.sitkVectorUInt16):
+        # OpenJPEG takes 8- and 16-bit unsigned integers: ITK wrote others as files it cannot read, and a float
+        # image (every fused image but the overlay) corrupted the heap: the process aborted (SIGABRT or SIGSEGV)
+        raise InputError(f"'{final}': JPEG 2000 holds 8- or 16-bit unsigned integer pixels, not this image's "
+                         f"{image.GetPixelIDTypeAsString()}.",
+                         "Write it as .nii.gz, .nrrd or .mha, or as .png (2D), which rescales it to 8 bits.")
     if suffix in UNPLACED_EXTENSIONS + UNTURNED_EXTENSIONS and suffix not in _2D_EXTENSIONS:
         _warn_geometry_lost(image, final, suffix in UNTURNED_EXTENSIONS)
     with (staged_output(final) if suffix in _TWO_FILES else atomic_output(final)) as tmp:
@@ -2249,7 +2334,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
             if "Unable to determine ImageIO writer" in str(exc):  # ITK names the temporary file, not the output
                 raise InputError(f"No image format is written as '{final}' (extension "
                                  f"'{_suffix(final) or 'none'}').",
-                                 "Name the output .nii.gz, .nrrd or .mha (any image), or .png (2D slices).") from exc
+                                 _ANY_IMAGE_FIX) from exc
             raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
         if suffix in (".nii", ".nii.gz", ".hdr", ".img") and not _nifti_written_whole(tmp):
             # ITK's NIfTI writer reports no write error (it prints "** ERROR: NWAD: wrote only 0 of ... bytes"
@@ -2269,13 +2354,15 @@ def _not_lower_case(path: str) -> bool:
     return bool(suffix) and not path.endswith(suffix)
 
 
-def _lower_case_only(final: str, verb: str) -> InputError:
+def _lower_case_only(final: str, verb: str, upper_too: bool = False) -> InputError:
     """``final``'s extension refused for its case: ITK ``verb``s ("reads", "writes") such files by the extension in
-    lower case only."""
+    lower case only (``upper_too``: or in upper case)."""
     suffix = _suffix(final)
     given = final[len(final) - len(suffix):]
-    written = " (written so, the file could not be read back by ITK, Slicer or this package)" if verb == "reads" else ""
-    return InputError(f"'{final}': ITK {verb} {suffix} files by the extension in lower case only, not "
+    written = " (written so, the file would be opened by no ITK reader, nor Slicer or this package)" \
+        if verb == "reads" else ""
+    cases = f"in lower case only (or {suffix.upper()})" if upper_too else "in lower case only"
+    return InputError(f"'{final}': ITK {verb} {suffix} files by the extension {cases}, not "
                       f"'{given}'{written}.",
                       f"Name the output '{os.path.basename(final)[:-len(suffix)]}{suffix}'.")
 
@@ -2323,7 +2410,7 @@ def _check_reads_back(written: str, final: str, image: sitk.Image) -> None:
             raise _lower_case_only(final, "reads") from exc
         raise InputError(f"'{final}': ITK writes {suffix} files but cannot read them back "
                          f"({itk_reason(str(exc)).replace(written, final)})",
-                         "Name the output .nii.gz, .nrrd or .mha (any image), or .png (2D slices).") from exc
+                         _ANY_IMAGE_FIX) from exc
     finally:
         if alias is not None and os.path.lexists(alias):
             os.remove(alias)
@@ -2334,7 +2421,7 @@ def _check_reads_back(written: str, final: str, image: sitk.Image) -> None:
     if size != want:  # (not its components: a grey BMP is read back as RGB, from its palette)
         raise InputError(f"'{final}': ITK writes this image (size {tuple(want)}) as a {suffix} file of size "
                          f"{tuple(reader.GetSize())}: it would be read back as another image.",
-                         "Name the output .nii.gz, .nrrd or .mha (any image), or .png (2D slices).")
+                         _ANY_IMAGE_FIX)
 
 
 #: Headers whose voxels ITK writes to a second file named after the header (``x.nhdr`` + ``x.raw.gz``,

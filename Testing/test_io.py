@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import unittest
 from typing import Sequence
@@ -1122,6 +1125,116 @@ class AtomicWrites(unittest.TestCase):
                 self.assertIn(f"as the single NIfTI file '{single}'", ctx.exception.problem)
                 self.assertNotIn("full disk", str(ctx.exception))
             self.assertEqual(os.listdir(d), [])  # nothing written, nothing left
+
+
+class OutputNamesBeforeTheWork(unittest.TestCase):
+    """io.check_output_name: what write_image refuses from the name (and the grid's dimension), said before any
+    work; write_image calls it first, so the two cannot disagree."""
+
+    #: extensions ITK's factories know (and some they do not), each tried in lower, upper and mixed case
+    EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif",
+                  ".tiff", ".gipl", ".vtk", ".mrc", ".rec", ".mnc", ".mnc2", ".hdr", ".img", ".jp2", ".j2k", ".spr",
+                  ".pic", ".lsm", ".h5", ".hdf5", ".hdf", ".he5", ".dcm", ".dicom", ".nia", ".xyz", ".raw", ".mgz",
+                  ".gipl.gz", ".img.gz", ".nrrd.gz", "")
+
+    @staticmethod
+    def _itk_writes(image: sitk.Image, folder: str, name: str) -> bool:
+        """Whether ITK itself writes ``image`` as ``name`` in ``folder`` as write_image has it write (a pair
+        under its name, another file under a lower-case temporary name, then renamed) and reads it back as an
+        image of its size (of 8-bit or, where the format takes no such pixels, float ones)."""
+        suffix = io._suffix(name)
+        pair = suffix in (".nhdr", ".mhd", ".hdr", ".img", ".spr")
+        for pixels in (sitk.sitkUInt8, sitk.sitkFloat32):
+            if pixels != sitk.sitkUInt8 and suffix in (".jp2", ".j2k"):
+                break  # a float JPEG 2000 corrupts the heap
+            os.makedirs(os.path.join(folder, str(pixels)))
+            written = os.path.join(folder, str(pixels), name if pair else "tmp" + suffix)
+            final = os.path.join(folder, str(pixels), name)
+            try:
+                sitk.WriteImage(sitk.Cast(image, pixels), written, suffix not in (".png", ".jpg", ".jpeg", ".bmp"))
+                if not pair:
+                    os.replace(written, final)
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(final)
+                reader.ReadImageInformation()
+            except (RuntimeError, OSError):
+                continue
+            size = list(reader.GetSize())
+            while len(size) > image.GetDimension() and size[-1] == 1:
+                size.pop()
+            return size == list(image.GetSize())
+        return False
+
+    def test_the_name_check_agrees_with_itk(self) -> None:
+        """Every name the check accepts, ITK writes and reads back; every name it refuses, ITK does not, but for
+        the project's own rules (no volume to a 2D picture format, no compressed name but .nii.gz, no 2D LSM).
+        Fails if the table in io.py drifts from the ITK installed."""
+        images = {2: sitk.Image([16, 16], sitk.sitkUInt8) + 5, 3: sitk.Image([16, 16, 16], sitk.sitkUInt8) + 5}
+        checked = 0
+        with tempfile.TemporaryDirectory() as d:
+            for ext in self.EXTENSIONS:
+                for spelling in dict.fromkeys((ext, ext.upper(), ext[:2].upper() + ext[2:])):
+                    for dim, image in images.items():
+                        name = f"x{spelling}"
+                        try:
+                            io.check_output_name(os.path.join(d, name), image)
+                            accepted = True
+                        except InputError:
+                            accepted = False
+                        # the project's rules; and a 2D LSM, which ITK reads back or not by whether the process
+                        # wrote an LSM file before (its TIFF tag is registered on first use)
+                        if ext in (".png", ".jpg", ".jpeg", ".bmp") and dim == 3 or ext.endswith(".gz") and ext != \
+                                ".nii.gz" or ext == ".lsm" and dim == 2:
+                            self.assertFalse(accepted, name)
+                        else:
+                            itk = self._itk_writes(image, os.path.join(d, str(checked)), name)
+                            self.assertEqual(accepted, itk, f"{name} ({dim}D): check_output_name {accepted}, ITK {itk}")
+                        checked += 1
+        self.assertGreater(checked, 200)
+
+    def test_refusals_name_the_problem_and_a_name_that_works(self) -> None:
+        volume = sitk.Image([8, 8, 4], sitk.sitkFloat32)
+        cases = {
+            "fused.GIPL": ("in lower case only", "'fused.gipl'"), "f.Nii": ("(or .NII)", "'f.nii'"),
+            "f.xyz": ("No image format is written as", ".nii.gz"), "f": ("extension 'none'", ".nii.gz"),
+            "f.gipl.gz": ("only .nii.gz is written", ".nrrd or .mha"), "f.nia": ("cannot read them back", ".nii.gz"),
+            "f.nii.hdr": ("as the single NIfTI file 'f.nii'", "'f.nii'"),
+        }
+        for name, (problem, fix) in cases.items():
+            with self.subTest(name=name), self.assertRaises(InputError) as ctx:
+                io.check_output_name(name)  # the name alone: nothing read, nothing written
+            self.assertIn(problem, ctx.exception.problem)
+            self.assertIn(fix, ctx.exception.fix)
+        for name, problem in (("f.png", "is a 2D format but the image is a volume"), ("f.jp2", "as a .jp2 file of size"),
+                              ("f.lsm", None)):
+            self.assertEqual(io.check_output_name(name), name)  # by its name alone it may be a 2D image
+            if problem:
+                with self.assertRaisesRegex(InputError, re.escape(problem)):
+                    io.check_output_name(name, volume)
+        with self.assertRaisesRegex(InputError, "holds volumes of several slices"):
+            io.check_output_name("f.lsm", volume[:, :, 0])
+        for name in ("f.NII.GZ", "f.NRRD", "f.mha", "f.TIF", "f.JPG", "f.lsm"):
+            self.assertEqual(io.check_output_name(name, volume if name != "f.JPG" else volume[:, :, 0]), name)
+
+    def test_a_float_image_to_jpeg_2000_is_refused_not_a_crash(self) -> None:
+        """ITK's JPEG 2000 writer takes 8- and 16-bit unsigned pixels; a float image (every fused image but the
+        overlay: mmfusion fuse a.png b.png -o f.jp2) corrupted the heap and the process aborted (SIGABRT, or
+        SIGSEGV on a volume), leaving its temporary file. Run in a child process: the old code killed it."""
+        with tempfile.TemporaryDirectory() as d:
+            code = ("import SimpleITK as sitk\nfrom MultimodalFusionLib import io\n"
+                    "from MultimodalFusionLib.errors import InputError\n"
+                    "try:\n    io.write_image(sitk.Image([128, 128], sitk.sitkFloat32) + 1, 'f.jp2')\n"
+                    "except InputError as exc:\n    print(exc.problem)\n")
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(
+                os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]))
+            done = subprocess.run([sys.executable, "-c", code], cwd=d, env=env, capture_output=True, text=True,
+                                  timeout=120)
+            self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+            self.assertIn("JPEG 2000 holds 8- or 16-bit unsigned integer pixels, not this image's 32-bit float",
+                          done.stdout)
+            self.assertEqual(os.listdir(d), [])
+            path = io.write_image(sitk.Image([16, 16], sitk.sitkUInt8) + 7, os.path.join(d, "g.jp2"))
+            self.assertEqual(sitk.GetArrayFromImage(io.read_image(path, keep_color=True)).max(), 7)
 
 
 class UnwritableOutputs(unittest.TestCase):
