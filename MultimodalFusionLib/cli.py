@@ -383,9 +383,17 @@ def _integer_pixels(image: Any) -> bool:
 
 
 def _run_resample(args: argparse.Namespace) -> int:
-    from .io import check_not_overwriting_inputs, read_image, read_transform, to_luminance, write_image
+    from .io import (
+        check_not_overwriting_inputs,
+        check_output_name,
+        read_image,
+        read_transform,
+        to_luminance,
+        write_image,
+    )
     from .preprocess import resample
 
+    check_output_name(args.output)  # before reading: -o r.MHA had been refused only once resampled
     check_not_overwriting_inputs([args.output], [args.moving, args.reference, args.transform])
     # --series is the moving image's, and the reference's unless --reference-series
     if args.reference_series:
@@ -403,6 +411,7 @@ def _run_resample(args: argparse.Namespace) -> int:
         moving = to_luminance(moving, f"image '{args.moving}'")
     reference = read_image(args.reference, series=args.reference_series
                            or (args.series if _is_dicom_source(args.reference) else None))
+    check_output_name(args.output, reference)  # the output takes its grid: a volume to .png, .jp2
     transform = read_transform(args.transform) if args.transform else None
     out = resample(moving, reference, transform, interpolation=args.interpolation,
                    default_value=args.default_value, components=args.components)
@@ -523,6 +532,7 @@ def _run_fuse(args: argparse.Namespace) -> int:
     from .io import (
         as_one_slice_of,
         check_not_overwriting_inputs,
+        check_output_name,
         one_slice_axis,
         one_slice_pixels,
         read_image,
@@ -544,10 +554,17 @@ def _run_fuse(args: argparse.Namespace) -> int:
                 raise InputError(f"The output '{args.output}' is the report's own {name} in '{args.report}': the "
                                  "report would replace the fused image with it.",
                                  "Name the output otherwise, or write it or the report to another folder.")
+    # the name before any work: -o fused.GIPL (.MHA, .xyz, x.nii.hdr) had been refused only after the fusion (6 s
+    # of deep fusion on a 192x192x160 volume)
+    check_output_name(args.output)
     check_parameters(args.method, _fusion_params(args))  # a typo or a missing GPU: before reading the images
     a = read_image(args.a, keep_color=True, series=_series(args, "a"))
     b = read_image(args.b, keep_color=True, series=_series(args, "b"))
     _check_components({args.a: a, args.b: b})
+    ext = ".png" if args.output.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")) else ""
+    # the fused image takes A's grid (a one-slice volume's slice for a 2D format): a volume to .png or .jp2 is
+    # refused before the fusion, not after it
+    check_output_name(args.output, a)
     slice_volume = None
     if one_slice_axis(a) is not None:  # a 2D slice saved as a volume (Slicer, ITK-SNAP): fused as 2D
         check_same_grid(a, b)  # on the volumes: in 2D, slices at other depths would pass
@@ -557,7 +574,6 @@ def _run_fuse(args: argparse.Namespace) -> int:
         res = fuse(a, b, args.method, progress=bar, **_fusion_params(args))
     finally:
         bar.close()
-    ext = ".png" if args.output.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")) else ""
     fused = res.image if slice_volume is None or ext else as_one_slice_of(res.image, slice_volume)
     # with --json, stdout is the JSON alone (a script parses it); the status lines go to stderr
     status = sys.stderr if args.json else sys.stdout

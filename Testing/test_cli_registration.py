@@ -171,6 +171,25 @@ class RegisterCommand(unittest.TestCase):
             self.assertEqual(len(err.strip().splitlines()), 1, err)
             self.assertTrue(err.startswith(f"mmfusion {argv[0]}: error:"), err)
 
+    def test_resample_refuses_its_output_name_before_reading_or_resampling(self):
+        """resample -o r.MHA (r.xyz), or a volume to .png: refused once resampled, after reading the images and
+        the transform. Now the name comes first (an unreadable moving image is not even read) and the grid's
+        dimension before the transform is read and the image resampled."""
+        garbage = os.path.join(self.dir, "not-an-image.nrrd")
+        with open(garbage, "w") as fh:
+            fh.write("not an image\n")
+        for name, problem in (("r.MHA", "by the extension in lower case only"), ("r.xyz", "No image format")):
+            rc, _, err = run_cli("resample", garbage, "--reference", FIXED, "-o", os.path.join(self.dir, name))
+            self.assertEqual(rc, 2, err)
+            self.assertIn(problem, err)
+        volume = os.path.join(self.dir, "volume.nrrd")
+        sitk.WriteImage(sitk.Image([8, 8, 4], sitk.sitkFloat32), volume)
+        rc, _, err = run_cli("resample", volume, "--reference", volume, "--transform", garbage,
+                             "-o", os.path.join(self.dir, "r.png"))
+        self.assertEqual(rc, 2, err)
+        self.assertIn("is a 2D format but the image is a volume (size (8, 8, 4))", err)  # not the transform's error
+        self.assertEqual(sorted(os.listdir(self.dir)), ["not-an-image.nrrd", "volume.nrrd"])
+
     def test_presets_initializer_and_series_options(self):
         rc, out, _ = run_cli("register", "--list-presets")
         self.assertEqual(rc, 0)

@@ -53,6 +53,39 @@ class FuseEvaluateCliTest(unittest.TestCase):
                 self.assertIn(f"is the report's own {name}", stderr)
                 self.assertFalse(os.path.exists(out))
 
+    def test_an_output_name_is_refused_before_the_fusion(self) -> None:
+        """-o fused.GIPL (.MHA, .xyz, x.nii.hdr), and a volume to .png or .jp2: fuse ran the whole fusion (6 s of
+        deep fusion on a 192x192x160 volume), then write_image refused the name. Now refused before it: no
+        progress of the fusion is shown (MMFUSION_PROGRESS=1 shows the bar on a pipe), nothing is written."""
+        from unittest import mock
+
+        vol_a, vol_b = (os.path.join(self.tmp.name, f"{n}.nrrd") for n in "ab")
+        for path, value in ((vol_a, 100.0), (vol_b, 50.0)):
+            image = sitk.GaussianSource(sitk.sitkFloat32, [24, 24, 6], [6.0] * 3, [12.0, 12.0, 3.0], value)
+            sitk.WriteImage(image, path)
+        cases = [((self.a, self.b), "fused.GIPL", "ITK reads .gipl files by the extension in lower case only"),
+                 ((self.a, self.b), "fused.Mha", "ITK reads .mha files by the extension in lower case only"),
+                 ((self.a, self.b), "fused.xyz", "No image format is written as"),
+                 ((self.a, self.b), "fused.nii.hdr", "as the single NIfTI file"),
+                 ((vol_a, vol_b), "fused.png", "is a 2D format but the image is a volume"),
+                 ((vol_a, vol_b), "fused.jp2", "as a .jp2 file of size")]
+        with mock.patch.dict(os.environ, {"MMFUSION_PROGRESS": "1"}):
+            for (a, b), name, problem in cases:
+                for report in ([], ["--report", os.path.join(self.tmp.name, "report")]):
+                    with self.subTest(name=name, report=bool(report)):
+                        out = os.path.join(self.tmp.name, name)
+                        code, stdout, stderr = _main(["fuse", a, b, "--method", "wavelet", "-o", out, *report])
+                        self.assertEqual(code, 2, stderr)
+                        self.assertIn(problem, stderr)
+                        self.assertNotIn("fuse wavelet", stderr)  # the fusion's progress bar: it did not start
+                        self.assertNotIn("fused (", stdout)
+                        self.assertEqual(sorted(os.listdir(self.tmp.name)), ["a.nrrd", "b.nrrd"])
+            # the same names fuse as before where they are right
+            code, _, stderr = _main(["fuse", vol_a, vol_b, "--method", "wavelet", "-o",
+                                     os.path.join(self.tmp.name, "fused.gipl")])
+            self.assertEqual(code, 0, stderr)
+            self.assertIn("fuse wavelet", stderr)
+
     def _grey8(self) -> tuple[np.ndarray, np.ndarray]:
         """The slices as fuse sees them: 8-bit colour PNGs -> rounded luminance, 0..255 kept."""
         return tuple(np.round(sitk.GetArrayFromImage(io.read_image(p)).astype(float)) for p in (self.a, self.b))
