@@ -562,13 +562,15 @@ def _run_fuse(args: argparse.Namespace) -> int:
     b = read_image(args.b, keep_color=True, series=_series(args, "b"))
     _check_components({args.a: a, args.b: b})
     ext = ".png" if args.output.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")) else ""
-    # the fused image takes A's grid (a one-slice volume's slice for a 2D format): a volume to .png or .jp2 is
-    # refused before the fusion, not after it
-    check_output_name(args.output, a)
     slice_volume = None
     if one_slice_axis(a) is not None:  # a 2D slice saved as a volume (Slicer, ITK-SNAP): fused as 2D
         check_same_grid(a, b)  # on the volumes: in 2D, slices at other depths would pass
         slice_volume, a, b = a, one_slice_pixels(a), one_slice_pixels(b)
+    # the grid the fused image is written on (as below: a one-slice volume's 2D slice for a 2D format, else the
+    # volume): a volume to .png or .jp2 is refused before the fusion, not after it. Checked on A as read, a
+    # coronal or sagittal slice (24 x 1 x 20) to .png had been refused as "a volume", where it had been fused
+    # and written as its 2D slice
+    check_output_name(args.output, a if slice_volume is None or ext else slice_volume)
     bar = ProgressBar(desc=f"fuse {args.method}")
     try:
         res = fuse(a, b, args.method, progress=bar, **_fusion_params(args))

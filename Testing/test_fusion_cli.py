@@ -86,6 +86,32 @@ class FuseEvaluateCliTest(unittest.TestCase):
             self.assertEqual(code, 0, stderr)
             self.assertIn("fuse wavelet", stderr)
 
+    def test_a_one_slice_volume_on_any_axis_is_fused_to_a_2d_format(self) -> None:
+        """A slice saved as a one-slice volume is fused as the 2D image it is, and written to .png as that slice.
+        The early name check had looked at the volume as read: a coronal (24 x 1 x 20) or sagittal slice to .png
+        was refused as "a volume" before the fusion, where it had been fused and written (an axial one passed)."""
+        for size, plane in (([24, 20, 1], (24, 20)), ([24, 1, 20], (24, 20)), ([1, 24, 20], (24, 20))):
+            for method in ("wavelet", "overlay"):  # grey and colour (RGB) output
+                with self.subTest(size=size, method=method):
+                    folder = os.path.join(self.tmp.name, f"{size.index(1)}.{method}", "a.b", "c d")
+                    os.makedirs(folder)
+                    paths = [os.path.join(folder, f"{n}.nrrd") for n in "ab"]
+                    for path, value in zip(paths, (100.0, 50.0)):
+                        centre = [s / 2.0 for s in size]
+                        image = sitk.GaussianSource(sitk.sitkFloat32, size, [6.0] * 3, centre, value)
+                        image.SetOrigin([5.0, 7.0, 9.0])
+                        sitk.WriteImage(image, path)
+                    out = os.path.join(folder, f"fused_{method}.png")
+                    code, _, stderr = _main(["fuse", *paths, "--method", method, "-o", out])
+                    self.assertEqual(code, 0, stderr)
+                    fused = sitk.ReadImage(out)
+                    self.assertEqual(fused.GetSize(), plane)
+                    self.assertEqual(fused.GetNumberOfComponentsPerPixel(), 3 if method == "overlay" else 1)
+                    # other formats still take the one-slice volume's grid, and are checked on it before the fusion
+                    code, _, stderr = _main(["fuse", *paths, "--method", method, "-o", os.path.join(folder, "f.jp2")])
+                    self.assertEqual(code, 2, stderr)
+                    self.assertIn("as a .jp2 file of size", stderr)
+
     def _grey8(self) -> tuple[np.ndarray, np.ndarray]:
         """The slices as fuse sees them: 8-bit colour PNGs -> rounded luminance, 0..255 kept."""
         return tuple(np.round(sitk.GetArrayFromImage(io.read_image(p)).astype(float)) for p in (self.a, self.b))
