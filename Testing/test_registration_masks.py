@@ -16,6 +16,7 @@ import unittest
 import numpy as np
 import SimpleITK as sitk
 
+from MultimodalFusionLib.errors import OperationCancelled
 from MultimodalFusionLib.registration import RegistrationParameters, StageParameters, register
 from MultimodalFusionLib.registration.accuracy import (
     ITK_BRAINWEB_ENCODED_TRANSLATION,
@@ -110,6 +111,63 @@ class FixedMaskAtTheEdge(unittest.TestCase):
         self.assertFalse(start["used"])
         self.assertLess(start["metric_from_initializer"], start["metric_unmasked_level"])
         self.assertLess(transform_error(result.transform, sitk.Euler2DTransform(), fixed, mask)["mean"], 0.2)
+
+
+class SecondTry(unittest.TestCase):
+    """How the second try from the unmasked coarse level is decided, reported and cancelled."""
+
+    def test_a_masked_run_that_was_right_is_not_run_again(self):
+        # 2 mm MNI152 T1 vs T2, (8, 3, 0) degrees and (6, -4, 8) mm, brain mask, seed 0: the stage's own end was
+        # 0.09 mm off; the unmasked coarse level ended 0.5 mm off, which the check metric (every k-th voxel, no
+        # smoothing) scored 1.5% better, so the stage ran again from there and ended 0.52 mm off. The two ends are
+        # far less than a coarse voxel apart, where the check metric cannot tell them apart
+        from MultimodalFusionLib.registration.accuracy import rigid_case
+
+        case = rigid_case(2.0, angles_deg=(8.0, 3.0, 0.0), translation=(6.0, -4.0, 8.0), shape=None)
+        result = register(case.fixed, case.moving, seed=0, fixed_mask=case.mask)
+        start = result.parameters["stages"][0]["effective"]["masked_start"]
+        self.assertFalse(start["used"], start)
+        self.assertLess(case.error(result.transform)["mean"], 0.2)
+
+    def test_the_stage_is_reported_from_the_initializers_start(self):
+        # both masks, seed 2: the second run's start (the unmasked coarse level, -0.4446) had been reported as the
+        # stage's and the registration's "before" (the initializer's start scored -0.05), and the stage as "did
+        # not improve ... the transform before it was kept" (0.02% worse than that start), for a run that ended
+        # 0.3 px off where it had been 21 px
+        fixed, moving, truth = _pair(1.0)
+        result = register(fixed, moving, seed=2, fixed_mask=sitk.Cast(fixed > 30, sitk.sitkUInt8),
+                          moving_mask=sitk.Cast(moving > 30, sitk.sitkUInt8))
+        start = result.parameters["stages"][0]["effective"]["masked_start"]
+        self.assertTrue(start["used"])
+        self.assertLess(transform_error(result.transform, truth, fixed)["mean"], TOLERANCE_PX)
+        stage = result.stages[0]
+        self.assertTrue(stage.accepted)
+        # the initializer's start scores no better than what the stage first reached from it
+        self.assertGreaterEqual(stage.metric_before, start["metric_from_initializer"])
+        self.assertEqual(result.metric_before, stage.metric_before)
+        self.assertLess(stage.metric_after, start["metric_from_initializer"])
+        self.assertFalse([w for w in result.warnings if "did not improve" in w], result.warnings)
+
+    def test_the_unmasked_coarse_level_reports_progress_and_can_be_cancelled(self):
+        fixed, moving, _ = _pair(1.0)
+        mask = sitk.Cast(fixed > 30, sitk.sitkUInt8)
+        seen: list[tuple[float, str]] = []
+        register(fixed, moving, seed=1, fixed_mask=mask, progress=lambda f, m: seen.append((f, m)))
+        fractions = [f for f, _ in seen]
+        # the second run had gone back from 1.0 to 0.0
+        self.assertEqual(fractions, sorted(fractions))
+        coarse = [m for _, m in seen if "without the masks" in m and "iteration" in m]
+        self.assertTrue(coarse, [m for _, m in seen if "masks" in m])
+
+        calls: list[str] = []
+
+        def cancel_in_the_coarse_level(fraction: float, message: str) -> bool:
+            calls.append(message)
+            return not ("without the masks" in message and "iteration" in message)
+
+        with self.assertRaises(OperationCancelled):
+            register(fixed, moving, seed=1, fixed_mask=mask, progress=cancel_in_the_coarse_level)
+        self.assertIn("without the masks", calls[-1])
 
 
 class IgnoredLearningRate(unittest.TestCase):
