@@ -800,6 +800,12 @@ def _moving_through(start: sitk.Transform, fixed: sitk.Image, moving: sitk.Image
 #: :func:`_unmasked_start`); the 1% of a stage's "small change".
 SECOND_TRY_MARGIN = 0.01
 
+#: How far apart (mean distance over the fixed mask, in coarsest-level voxels: the shrink factor times the fixed
+#: image's smallest voxel side) the stage's own end and the unmasked coarse level's must lie for the stage to run
+#: again (see :func:`_unmasked_start`): the near ties the check metric misjudged lay 0.08 voxels apart, the
+#: failures 0.95 (a box over the middle 60% of the 2D slice at 0.5 mm, 7 px off over the slice) and more.
+SECOND_TRY_APART = 0.5
+
 
 def _mean_distance(a: sitk.Transform, b: sitk.Transform, fixed: sitk.Image, fixed_mask: sitk.Image | None) -> float:
     """Mean distance (mm) between where ``a`` and ``b`` send the fixed voxels (those in ``fixed_mask``, where one
@@ -824,8 +830,8 @@ def _unmasked_start(fixed: sitk.Image, moving: sitk.Image, stage: StageParameter
                     reached: float, reached_transform: sitk.Transform, progress: ProgressCallback | None = None,
                     span: tuple[float, float] = (0.0, 1.0)) -> tuple[sitk.Transform | None, dict[str, Any]]:
     """Another start for a masked first rigid or affine stage: the stage's coarsest level run from the
-    initializer's ``start`` without the masks, when its end lies more than a coarsest-level voxel (its smallest
-    side) from ``reached_transform`` (what the stage reached from ``start``; mean distance over the fixed mask)
+    initializer's ``start`` without the masks, when its end lies more than ``SECOND_TRY_APART`` coarsest-level
+    voxels from ``reached_transform`` (what the stage reached from ``start``; mean distance over the fixed mask)
     and the masked metric scores it better than ``reached`` (that transform's value, on the same points) by more
     than ``SECOND_TRY_MARGIN``; None otherwise. Also what was found (metrics.json's ``masked_start``). The level
     reports progress over ``span`` and stops on a cancel or Ctrl-C as a stage does.
@@ -842,12 +848,12 @@ def _unmasked_start(fixed: sitk.Image, moving: sitk.Image, stage: StageParameter
     (cheap: a sixteenth of a 2D image, a 64th of a volume) brings the images within the masked metric's range.
     It is a second try, not the start of every masked stage: started there, near the optimum, the stage's first
     2 mm steps (halved at each turn) ended the 1 mm MNI152 head 0.34 mm off where it had reached 0.08 mm from
-    the centres. Nor where the two ends lie within a coarse voxel of each other, both near the answer: there the
+    the centres. Nor where the two ends lie within half a coarse voxel of each other, both near the answer: there the
     check metric (every k-th voxel, unsmoothed) cannot tell them apart. On a 256x256x200 1 mm MNI152 pair with its
     brain mask it scored the coarse level's end (0.28 mm off) 3% better than the stage's own (0.08 mm off) and
     better than the truth itself; run again from there the stage ended no better, and the 0.28 mm were returned,
     in 9.0 s instead of 3.8 (the 2 mm pair the same: 0.52 mm instead of 0.09). The capture-range failures it is
-    for end 7-56 px from the coarse level's end, beyond its 4 px voxel. The masked metric decides, so a mask that
+    for end 2-56 px from the coarse level's end (mean over the mask; 4 px coarse voxels). The masked metric decides, so a mask that
     excludes misleading structure (a couch, another field of view) keeps the stage's own result when that scores
     better.
     """
@@ -877,8 +883,9 @@ def _unmasked_start(fixed: sitk.Image, moving: sitk.Image, stage: StageParameter
     # better by a margin: on the 1 mm MNI152 head the stage's own end (0.08 mm off) scored 0.05% worse than the
     # unmasked coarse level's (0.34 mm off, about as far apart as the truth and either), run again from there
     # it ended 0.34 mm off; the failures it is for score 50-500% worse (2D BrainWeb, -0.07 against -0.42).
-    # And apart by more than a coarse voxel: the 256x256x200 head's two ends, 0.3 mm apart, scored 3% apart
-    used = (apart > coarse_voxel and math.isfinite(score)
+    # And apart by more than half a coarse voxel: the 256x256x200 head's two ends, 0.3 mm apart (0.08 of its 4 mm
+    # voxels), scored 3% apart
+    used = (apart > SECOND_TRY_APART * coarse_voxel and math.isfinite(score)
             and score < reached - SECOND_TRY_MARGIN * abs(reached))
     info.update(used=bool(used), metric_unmasked_level=float(score), apart_mm=apart)
     return (aligned if used else None), info
