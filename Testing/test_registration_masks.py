@@ -169,6 +169,29 @@ class SecondTry(unittest.TestCase):
             register(fixed, moving, seed=1, fixed_mask=mask, progress=cancel_in_the_coarse_level)
         self.assertIn("without the masks", calls[-1])
 
+    def test_the_cli_says_the_stage_ran_again(self):
+        import contextlib
+        import io
+        import os
+        import tempfile
+
+        from MultimodalFusionLib import cli
+
+        fixed, moving, _ = _pair(1.0)
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = [os.path.join(tmp, n) for n in ("fixed.nii.gz", "moving.nii.gz", "mask.nii.gz")]
+            for image, path in zip((fixed, moving, sitk.Cast(fixed > 30, sitk.sitkUInt8)), paths):
+                sitk.WriteImage(image, path)
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                rc = cli.main(["register", paths[0], paths[1], "--fixed-mask", paths[2], "--seed", "1",
+                               "-o", os.path.join(tmp, "out")])
+        self.assertEqual(rc, 0)
+        line = next(x for x in out.getvalue().splitlines() if x.strip().startswith("rigid: metric"))
+        self.assertIn("run again from its coarsest level aligned without the masks", line)
+        # from the initializer's start (-0.07), not the second run's (-0.42)
+        self.assertGreater(float(line.split("metric ")[1].split(" ->")[0]), -0.2)
+
 
 class IgnoredLearningRate(unittest.TestCase):
     def test_a_line_search_rigid_or_affine_stage_says_its_learning_rate_is_not_used(self):

@@ -1208,8 +1208,7 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
                 previous, second, ran_with = _run_stage(fixed, moving, stage, before_stage, parameters, fixed_mask,
                                                         moving_mask, progress, ((i + 0.6) / n, (i + 1) / n), None,
                                                         first, aligned)
-                masked_start.update(metric_second_try_start=float(second.metric_before),
-                                    second_try_accepted=bool(second.accepted))
+                masked_start["second_try_accepted"] = bool(second.accepted)
                 res = _second_try_result(first_res, second, time.perf_counter() - t_stage)
                 if not second.accepted:
                     warnings.append(
