@@ -19,9 +19,7 @@ import SimpleITK as sitk
 from MultimodalFusionLib.errors import OperationCancelled
 from MultimodalFusionLib.registration import RegistrationParameters, StageParameters, register
 from MultimodalFusionLib.registration.accuracy import (
-    ITK_BRAINWEB_ENCODED_TRANSLATION,
-    itk_brainweb_pair,
-    itk_brainweb_truth,
+    itk_brainweb_scaled_pair,
     transform_error,
 )
 from MultimodalFusionLib.registration.parameters import list_presets, load_preset
@@ -31,14 +29,7 @@ from MultimodalFusionLib.registration.sitk_backend import ignored_learning_rate_
 TOLERANCE_PX = 1.0
 
 
-def _pair(pixel_mm: float) -> tuple[sitk.Image, sitk.Image, sitk.Transform]:
-    """The 2D BrainWeb pair with ``pixel_mm`` pixels and its true transform."""
-    fixed, moving = itk_brainweb_pair()
-    for image in (fixed, moving):
-        image.SetSpacing((pixel_mm, pixel_mm))
-    truth = sitk.Euler2DTransform(itk_brainweb_truth(fixed))
-    truth.SetTranslation([t * pixel_mm for t in ITK_BRAINWEB_ENCODED_TRANSLATION])
-    return fixed, moving, truth
+_pair = itk_brainweb_scaled_pair  # the pair with pixel_mm pixels and its true transform
 
 
 def _box(fixed: sitk.Image, share: float) -> sitk.Image:

@@ -21,9 +21,7 @@ import SimpleITK as sitk
 from MultimodalFusionLib import cli
 from MultimodalFusionLib.registration import RegistrationParameters, StageParameters, default_stage, register
 from MultimodalFusionLib.registration.accuracy import (
-    ITK_BRAINWEB_ENCODED_TRANSLATION,
-    itk_brainweb_pair,
-    itk_brainweb_truth,
+    itk_brainweb_scaled_pair,
     transform_error,
 )
 from MultimodalFusionLib.registration.parameters import (
@@ -36,14 +34,7 @@ from MultimodalFusionLib.registration.parameters import (
 TRUTH_DEG = 10.0
 
 
-def _pair(pixel_mm: float) -> tuple[sitk.Image, sitk.Image, sitk.Transform]:
-    """The 2D BrainWeb pair with ``pixel_mm`` pixels (geometry scaled as a whole) and its true transform."""
-    fixed, moving = itk_brainweb_pair()
-    for image in (fixed, moving):
-        image.SetSpacing((pixel_mm, pixel_mm))
-    truth = sitk.Euler2DTransform(itk_brainweb_truth(fixed))
-    truth.SetTranslation([t * pixel_mm for t in ITK_BRAINWEB_ENCODED_TRANSLATION])
-    return fixed, moving, truth
+_pair = itk_brainweb_scaled_pair  # the pair with pixel_mm pixels and its true transform
 
 
 def _angle_deg(transform: sitk.Transform) -> float:

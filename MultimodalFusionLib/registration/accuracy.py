@@ -169,6 +169,17 @@ def itk_brainweb_truth(fixed: sitk.Image, nominal: bool = False) -> sitk.Transfo
     return rigid_transform(center, [ITK_BRAINWEB_TRUTH["angle_deg"]], translation)
 
 
+def itk_brainweb_scaled_pair(pixel_mm: float) -> tuple[sitk.Image, sitk.Image, sitk.Transform]:
+    """The ITK BrainWeb pair with ``pixel_mm`` pixels (its whole geometry scaled, so the answer in pixels is
+    the same at every size) and its true fixed->moving transform: the voxel-size and mask checks' case."""
+    fixed, moving = itk_brainweb_pair()
+    for image in (fixed, moving):
+        image.SetSpacing((pixel_mm, pixel_mm))
+    truth = sitk.Euler2DTransform(itk_brainweb_truth(fixed))
+    truth.SetTranslation([t * pixel_mm for t in ITK_BRAINWEB_ENCODED_TRANSLATION])
+    return fixed, moving, truth
+
+
 @dataclasses.dataclass
 class KnownCase:
     """A registration problem with a known answer.
