@@ -298,16 +298,13 @@ def _run_register(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(metrics)
         return 0
-    from .registration.result import iterations_text
+    from .registration.result import RAN_AGAIN_NOTE, iterations_text, ran_again
 
     # a masked first stage run again from its coarsest level aligned without the masks: its iterations are the
     # second run's (metrics.json's effective.masked_start has both ends), said so beside them
-    # (the torch backend records its stages by name: no effective settings there)
-    first_recorded = (result.parameters.get("stages") or [None])[0]
-    effective = first_recorded.get("effective") if isinstance(first_recorded, dict) else None
-    again = bool(((effective or {}).get("masked_start") or {}).get("used"))
+    again = ran_again(result.parameters)
     for i, s in enumerate(result.stages):  # iterations per resolution level, coarsest first, and their sum
-        note = " (run again from its coarsest level aligned without the masks)" if i == 0 and again else ""
+        note = f" ({RAN_AGAIN_NOTE})" if i == 0 and again else ""
         print(f"{s.name:>8}: metric {s.metric_before:.4f} -> {s.metric_after:.4f}, {iterations_text(s)} iterations, "
               f"{s.seconds:.1f} s{'' if s.accepted else ' (discarded: made the metric worse)'}{note}")
     for line in _transform_lines(metrics.get("transform")):

@@ -381,17 +381,21 @@ def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> st
     parts.append("</table>")
     stages = reg.get("stages") or []
     if stages:
-        from .registration.result import iterations_text
+        from .registration.result import RAN_AGAIN_NOTE, iterations_text, ran_again
 
+        # a masked first stage run again (SimpleITK's second try): its iterations and stop reason are the second
+        # run's, said beside its name as the CLI's stage line says it (the table had shown them as one run's)
+        again = ran_again(reg.get("parameters"))
         # per level, coarsest first: ITK's stop reason ("after 45 iterations") counts its last level only
         parts.append("<table><tr><th class=\"name\">stage</th><th>metric before</th><th>metric after</th>"
                      "<th>iterations per level</th><th>seconds</th><th class=\"name\">stop reason</th></tr>")
-        for s in stages:
+        for i, s in enumerate(stages):
             reason = str(s.get("stop_reason", ""))
             reason = reason if len(reason) <= 240 else reason[:239] + "…"
             # a stage whose result was discarded (its metric worse at its end) left the transform before it
             name = str(s.get("name")) + (" (discarded: made the metric worse; the transform before it was kept)"
                                          if s.get("accepted") is False else "")
+            name += f" ({RAN_AGAIN_NOTE})" if i == 0 and again else ""
             parts.append(f"<tr><td class=\"name\">{html.escape(name)}</td><td>{_fmt(s.get('metric_before'))}"
                          f"</td><td>{_fmt(s.get('metric_after'))}</td><td>{html.escape(iterations_text(s))}</td>"
                          f"<td>{_fmt(s.get('seconds'))}</td><td class=\"name\">{html.escape(reason)}</td></tr>")

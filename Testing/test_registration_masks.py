@@ -183,6 +183,34 @@ class SecondTry(unittest.TestCase):
         # from the initializer's start (-0.07), not the second run's (-0.42)
         self.assertGreater(float(line.split("metric ")[1].split(" ->")[0]), -0.2)
 
+    def test_the_report_says_the_stage_ran_again(self):
+        # the HTML report's stage table (mmfusion run, the Slicer module) had shown the second run's iterations
+        # and stop reason as the stage's one run, where the CLI's stage line said it had run again
+        import tempfile
+
+        from MultimodalFusionLib import fusion, report
+        from MultimodalFusionLib.registration.result import RAN_AGAIN_NOTE
+
+        fixed, moving, _ = _pair(1.0)
+        result = register(fixed, moving, stages=["rigid", "affine"], seed=1,
+                          fixed_mask=sitk.Cast(fixed > 30, sitk.sitkUInt8))
+        self.assertTrue(result.parameters["stages"][0]["effective"]["masked_start"]["used"])
+        unmasked = register(fixed, moving, stages=["rigid"], seed=1)
+        torch_like = dict(result.to_dict(), parameters={"stages": ["rigid", "affine"]})  # the torch backend's record
+        pages = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for registration in (result, unmasked, torch_like):
+                html = report.write_report(tmp, inputs={"fixed": fixed, "moving": moving},
+                                           fusions=[fusion.fuse(fixed, moving, "average")], metrics={},
+                                           registration=registration)["html"]
+                with open(html, encoding="utf-8") as f:
+                    pages.append(f.read())
+        rows = [row for row in pages[0].split("<tr>") if row.startswith('<td class="name">')]
+        self.assertIn(f'<td class="name">rigid ({RAN_AGAIN_NOTE})</td>', rows[0])
+        self.assertNotIn(RAN_AGAIN_NOTE, "".join(rows[1:]))  # the affine stage ran once
+        self.assertNotIn(RAN_AGAIN_NOTE, pages[1])
+        self.assertNotIn(RAN_AGAIN_NOTE, pages[2])
+
 
 class IgnoredLearningRate(unittest.TestCase):
     def test_a_line_search_rigid_or_affine_stage_says_its_learning_rate_is_not_used(self):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from .accuracy import euler_angles_deg, rotation_angle_deg
 
 __all__ = ["StageResult", "RegistrationResult", "transform_summary", "iterations_per_level", "iterations_text",
+           "ran_again", "RAN_AGAIN_NOTE",
            "TRANSFORM_CONVENTION"]
 
 #: What the numbers of :func:`transform_summary` mean (written next to them in metrics.json).
@@ -84,6 +85,24 @@ def iterations_text(stage: StageResult | dict[str, Any]) -> str:
     if len(levels) > 1:
         return "+".join(str(int(n)) for n in levels) + f" = {total}"
     return str(total)
+
+
+#: Said beside a masked first stage that ran again from its coarsest level aligned without the masks (the SimpleITK
+#: backend's second try): its iterations and stop reason are the second run's, its metric_before the initializer's
+#: start and its seconds both runs'.
+RAN_AGAIN_NOTE = "run again from its coarsest level aligned without the masks"
+
+
+def ran_again(parameters: Any) -> bool:
+    """Whether a registration's first stage ran again from its coarsest level aligned without the masks, read from
+    its recorded ``parameters`` (:attr:`RegistrationResult.parameters`, metrics.json's ``parameters``): the first
+    stage's ``effective.masked_start.used``. False where there is no such record: the torch backend records its
+    stages by name (strings), an unmasked run has no ``masked_start``."""
+    stages = parameters.get("stages") if isinstance(parameters, Mapping) else None
+    first = stages[0] if isinstance(stages, (list, tuple)) and stages else None
+    effective = first.get("effective") if isinstance(first, Mapping) else None
+    masked_start = effective.get("masked_start") if isinstance(effective, Mapping) else None
+    return bool(masked_start.get("used")) if isinstance(masked_start, Mapping) else False
 
 
 @dataclasses.dataclass
