@@ -64,7 +64,7 @@ class FixedMaskAtTheEdge(unittest.TestCase):
                 start = parameters["stages"][0]["effective"]["masked_start"]
                 self.assertEqual(start["used"], again)
                 if again:
-                    self.assertLess(start["metric_unmasked_level"], start["metric_from_initializer"])
+                    self.assertLess(start["metric_unmasked_level"], start["metric_stage_reached"])
 
     def test_a_box_inside_the_head_recovers_the_answer(self):
         # a box over the middle 60% (no edge of the head in it) had ended 14 and 23 px off (seeds 2 and 3)
@@ -100,7 +100,7 @@ class FixedMaskAtTheEdge(unittest.TestCase):
         result = register(fixed, moving, RegistrationParameters(initializer="none"), seed=1, fixed_mask=mask)
         start = result.parameters["stages"][0]["effective"]["masked_start"]
         self.assertFalse(start["used"])
-        self.assertLess(start["metric_from_initializer"], start["metric_unmasked_level"])
+        self.assertLess(start["metric_stage_reached"], start["metric_unmasked_level"])
         self.assertLess(transform_error(result.transform, sitk.Euler2DTransform(), fixed, mask)["mean"], 0.2)
 
 
@@ -134,9 +134,9 @@ class SecondTry(unittest.TestCase):
         stage = result.stages[0]
         self.assertTrue(stage.accepted)
         # the initializer's start scores no better than what the stage first reached from it
-        self.assertGreaterEqual(stage.metric_before, start["metric_from_initializer"])
+        self.assertGreaterEqual(stage.metric_before, start["metric_stage_reached"])
         self.assertEqual(result.metric_before, stage.metric_before)
-        self.assertLess(stage.metric_after, start["metric_from_initializer"])
+        self.assertLess(stage.metric_after, start["metric_stage_reached"])
         self.assertFalse([w for w in result.warnings if "did not improve" in w], result.warnings)
 
     def test_the_unmasked_coarse_level_reports_progress_and_can_be_cancelled(self):

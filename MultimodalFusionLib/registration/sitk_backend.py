@@ -869,7 +869,7 @@ def _unmasked_start(fixed: sitk.Image, moving: sitk.Image, stage: StageParameter
     method.SetInitialTransform(aligned, inPlace=True)
     coarse_voxel = float(shrink[0] * min(fixed.GetSpacing()))
     info: dict[str, Any] = {"shrink_factor": int(shrink[0]), "smoothing_sigma": sigmas[0],
-                            "metric_from_initializer": float(reached), "coarse_voxel_mm": coarse_voxel}
+                            "metric_stage_reached": float(reached), "coarse_voxel_mm": coarse_voxel}
     try:
         # through _execute, as a stage's levels: progress, a cancel and Ctrl-C stop it (it had run silent, 2.9 s
         # on a 256x256x200 pair, and the bar had gone back to 0 for the second run)
