@@ -1258,11 +1258,7 @@ class TwoTabsTest(_WebServerProcess):
                     await one.close()
                     return state
 
-            loop = asyncio.new_event_loop()
-            try:
-                state = loop.run_until_complete(tabs())
-            finally:
-                loop.close()
+            state = _run(tabs())
             self.assertEqual(state["error_message"], "")
             self.assertEqual(Path(state["fixed_path"]).parent, work)
             self.assertEqual(sorted(os.listdir(state["fixed_path"])), ["A1", "A2"])
@@ -1354,11 +1350,7 @@ class PageWritesTest(_WebServerProcess):
                     for tab in (one, two):
                         await tab.close()
 
-            loop = asyncio.new_event_loop()
-            try:
-                loop.run_until_complete(tabs())
-            finally:
-                loop.close()
+            _run(tabs())
 
     def test_a_page_cannot_set_what_only_the_server_sets(self) -> None:
         # job_busy False from one page stopped the progress reaching every page while a registration ran,
@@ -1447,11 +1439,16 @@ class PageWritesTest(_WebServerProcess):
                     for tab in (page, other):
                         await tab.close()
 
-            loop = asyncio.new_event_loop()
-            try:
-                loop.run_until_complete(tabs())
-            finally:
-                loop.close()
+            _run(tabs())
+
+
+def _run(coroutine):
+    """Run ``coroutine`` to its end on an event loop of its own, closed after (the websocket tests' tabs)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
 
 
 def _resident_mib(pid: int) -> float:
@@ -1542,11 +1539,7 @@ class PageMessagesTest(_WebServerProcess):
                     for tab in (page, other, hostile):
                         await tab.close()
 
-            loop = asyncio.new_event_loop()
-            try:
-                loop.run_until_complete(tabs())
-            finally:
-                loop.close()
+            _run(tabs())
 
 
 class WindowLevelPanelTest(unittest.TestCase):
