@@ -430,9 +430,11 @@ class WebAppInBrowserTest(unittest.TestCase):
             for _ in range(3):
                 page.keyboard.press("ArrowRight")
             moved = self._wait_views(page, lambda v, n=name, b=before: differ(v[n], b[n]) > 3, f"another {name} slice")
+            # the other views at most a little (a slice intersection line may move in them): far less than this one
             for other in names:
                 if other != name:
-                    self.assertLess(differ(moved[other], before[other]), 1.0, f"{other} changed with the {name} slider")
+                    self.assertLess(differ(moved[other], before[other]), differ(moved[name], before[name]) / 3,
+                                    f"{other} changed with the {name} slider")
             page.wait_for_timeout(1000)  # the server's answer has come: the thumb stays where the user put it
             self.assertGreater(value(i), start[i], name)
             if i == 0:
@@ -444,8 +446,11 @@ class WebAppInBrowserTest(unittest.TestCase):
                 other_page.wait_for_function("() => document.querySelectorAll('main img.image-display-area').length"
                                              " === 4", timeout=30_000)
                 self.assertEqual(other_page.evaluate(f"() => trame.state.get('{keys[0]}')"), value(0))
-                self._wait_views(other_page, lambda v, m=moved: differ(v["axial"], m["axial"]) < 1.0,
-                                 "the moved axial slice in a new page")
+                # the moved slice, not the first (a new page's render may differ from the first page's by a little
+                # anti-aliasing: one full run of the suite timed out on "< 1.0" with the right slice shown)
+                self._wait_views(other_page, lambda v, m=moved, b=before: differ(v["axial"], m["axial"]) < min(
+                    1.0, differ(v["axial"], b["axial"]) / 3) or differ(v["axial"], m["axial"]) * 3 < differ(
+                    v["axial"], b["axial"]), "the moved axial slice in a new page")
                 other_page.close()
             for _ in range(3):
                 page.keyboard.press("ArrowLeft")
