@@ -248,6 +248,12 @@ def _initializer_text(result: Any) -> str:
     return name
 
 
+
+def _slice_value(value: Any) -> bool:
+    """Whether a page's slice-slider value is one a view can take: a finite number (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class _PendingUpload:
     """An upload between its first batch of files and its end: the files written so far."""
 
@@ -751,7 +757,7 @@ class FusionWebApp:
         A slice slider takes a finite number only: trame-slicer set the slice to ``inf`` as given, which left the
         view's offset and range NaN for every page, and no later value brought it back."""
         if key in self._slice_sliders:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            return _slice_value(value)
         return key in self.page_keys or (key in _PAGE_CLEARABLE_KEYS and value in ("", None))
 
     def _apply_page_slices(self, **_: Any) -> None:
@@ -769,7 +775,7 @@ class FusionWebApp:
         for key, view in self._slice_sliders.items():
             if key in state.modified_keys:
                 value = state[key]
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                if _slice_value(value):
                     view.set_slice_value(float(value))
 
     def _caller(self) -> Any:
