@@ -1265,6 +1265,45 @@ class TwoTabsTest(_WebServerProcess):
             self.assertEqual(state["moving_path"], "")
             self.assertEqual(partials(), [])
 
+    def test_a_change_reaches_each_other_tab_once_while_it_calls_the_server_too(self) -> None:
+        # trame pushes a page's change to the other pages with wslink's "skip the last active client", which wslink
+        # reads when the push is sent, a loop turn later: a call from another tab read in between made that tab
+        # the last active one, so it never got the change (and the page got its own change back). wslink also
+        # sent every other tab one copy per connected tab
+        import aiohttp
+
+        with tempfile.TemporaryDirectory() as tmp:
+            server, log = self._start_serving(tmp)
+            port = _port(log)
+
+            async def tabs() -> None:
+                async with aiohttp.ClientSession() as session:
+                    page, other, third = [_Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0))
+                                          for _ in range(3)]
+                    for tab in (page, other, third):
+                        await tab.hello()
+                    for n in range(5):
+                        value = f"/data/pet-{n}.nii.gz"
+                        pushed = [len(tab.pushes) for tab in (page, other, third)]
+                        # the page's change and the other tab's call are sent together, as two busy tabs do
+                        await asyncio.gather(page.call("trame.state.update", [{"key": "moving_path", "value": value}]),
+                                             other.call("trame.state.get"))
+                        deadline = time.monotonic() + 30
+                        while not all(any(p.get("moving_path") == value for p in tab.pushes[start:])
+                                      for tab, start in ((other, pushed[1]), (third, pushed[2]))):
+                            self.assertLess(time.monotonic(), deadline, f"{value} did not reach both other tabs: "
+                                            f"{other.pushes[pushed[1]:]}, {third.pushes[pushed[2]:]}")
+                            await asyncio.sleep(0.05)
+                        await asyncio.sleep(0.3)  # and any copy sent after it
+                        for tab, start in ((other, pushed[1]), (third, pushed[2])):
+                            self.assertEqual([p for p in tab.pushes[start:] if "moving_path" in p],
+                                             [{"moving_path": value}])
+                        self.assertEqual([p for p in page.pushes[pushed[0]:] if "moving_path" in p], [])
+                    for tab in (page, other, third):
+                        await tab.close()
+
+            _run(tabs())
+
 
 def _port(log: str) -> int:
     return int(Path(log).read_text().split("http://127.0.0.1:")[1].split("/")[0])

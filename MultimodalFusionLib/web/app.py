@@ -745,11 +745,12 @@ class FusionWebApp:
         return upload_chunk
 
     def _on_server_bind(self, wslink_server: Any) -> None:
-        from .message_gate import install_message_gate
+        from .message_gate import install_message_gate, install_page_pushes
 
         self._wslink_server = wslink_server
         # before any connection: wslink allocated what a chunk's header declared, up to 4 GiB a message
         install_message_gate(wslink_server, may_set=self.page_may_set)
+        install_page_pushes(wslink_server)  # a tab busy when another changes a value missed the change
 
     def page_may_set(self, key: str, value: Any) -> bool:
         """Whether a page may set state ``key`` to ``value``: its controls' values (:attr:`page_keys`), and the

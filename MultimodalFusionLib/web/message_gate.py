@@ -46,7 +46,7 @@ try:
 except ImportError:  # another wslink: install_message_gate says so and installs nothing
     UnChunker = object
 
-__all__ = ["MessageGate", "install_message_gate", "MAX_MESSAGE_BYTES", "PAGE_LIFECYCLE_EVENTS"]
+__all__ = ["MessageGate", "install_message_gate", "install_page_pushes", "MAX_MESSAGE_BYTES", "PAGE_LIFECYCLE_EVENTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -209,3 +209,53 @@ def install_message_gate(wslink_server: Any, max_bytes: int = MAX_MESSAGE_BYTES,
             gated[client_id] = None
         handler.unchunkers = gated
     return True
+
+
+def install_page_pushes(wslink_server: Any) -> bool:
+    """Have a page's state change reach each other page once, whatever the pages send meanwhile.
+
+    trame pushes a page's change to the other pages with wslink's ``skip_last_active_client``, and wslink reads
+    which client was last active when it sends the push, a turn of the event loop later, not when trame asks: a
+    message from another tab read in between made that tab the last active one, so it never got the change (its
+    panel kept the old value) and the page that made it got its own change back. wslink also sent each other page
+    one copy per connected page. Here the pages to skip is decided at the call, and each other page gets one
+    push of its own. Called with :func:`install_message_gate`, before the server takes connections.
+
+    Returns:
+        False, with a warning in the log, when this wslink's handlers are not of the known shape (pushes then go
+        as wslink sends them).
+    """
+    handlers = [handler for handler in getattr(wslink_server, "_ws_handlers", None) or []
+                if callable(getattr(handler, "publish", None)) and isinstance(getattr(handler, "connections", None),
+                                                                              dict)
+                and callable(getattr(handler, "isClientAuthenticated", None)) and hasattr(handler, "web_app")]
+    protocols = []
+    for handler in handlers:
+        server_protocol = handler.getServerProtocol() if callable(getattr(handler, "getServerProtocol", None)) \
+            else None
+        linked = [*server_protocol.getLinkProtocols(), server_protocol] if server_protocol is not None else []
+        # each protocol holds the handler's publish, given at the handler's making (LinkProtocol.init)
+        protocols += [(handler, protocol) for protocol in linked if getattr(protocol, "publish", None) == handler.publish]
+    if not protocols:
+        logger.warning("could not make pages' changes reach the other pages reliably (this wslink's handlers are "
+                       "not as expected): a tab busy at the same moment may miss another tab's change")
+        return False
+    for handler, protocol in protocols:
+        protocol.publish = _publish_skipping_now(handler)
+    return True
+
+
+def _publish_skipping_now(handler: Any) -> Callable[..., None]:
+    """``handler.publish``, with ``skip_last_active_client`` read at the call and one push for each other page."""
+    publish = handler.publish
+
+    def publish_now(topic: str, data: Any, client_id: Any = None, skip_last_active_client: bool = False) -> None:
+        if not skip_last_active_client or client_id is not None:
+            return publish(topic, data, client_id=client_id, skip_last_active_client=skip_last_active_client)
+        last = getattr(handler.web_app, "last_active_client_id", None)
+        for client in list(handler.connections):
+            if client != last and handler.isClientAuthenticated(client):
+                publish(topic, data, client_id=client)
+        return None
+
+    return publish_now
