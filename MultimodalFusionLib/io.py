@@ -1126,11 +1126,18 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
     what = f"DICOM file '{path}'"
     syntax = _check_decodable(what, path)
     reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
     try:
-        with _naming_transfer_syntax(what, syntax), itk_guard(
+        with _readable_name(path) as (readable, image_io), _naming_transfer_syntax(what, syntax), itk_guard(
                 f"reading '{path}'", "Use a NIfTI, NRRD, MHA/MHD, PNG/JPEG or DICOM file, and check it is not truncated."):
-            image = reader.Execute()
+            reader.SetFileName(readable)
+            if image_io:
+                reader.SetImageIO(image_io)
+            try:
+                image = reader.Execute()
+            except RuntimeError as exc:  # ITK names the link, gone by the time the message is read
+                raise RuntimeError(str(exc).replace(readable, path)) from exc
+            dicom = syntax is not None or (not image_io and
+                                           sitk.ImageFileReader.GetImageIOFromFileName(readable) == "GDCMImageIO")
     except InputError as exc:
         if _is_nifti2(path):
             raise _nifti2_error(path) from exc
@@ -1139,7 +1146,7 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
         raise
     if compressed is not None:
         _check_compressed_voxels(image, compressed)
-    if syntax is not None or sitk.ImageFileReader.GetImageIOFromFileName(path) == "GDCMImageIO":
+    if dicom:
         kept: list[_FileWarning] = [] if notes is None else notes
         try:
             _set_dicom_file_spacing(image, path, kept, geometry_tags)
@@ -1156,6 +1163,79 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
         for key in image.GetMetaDataKeys():
             image.EraseMetaData(key)
     return image
+
+
+#: The readers ITK picks by the extension in lower case only (or, NIfTI's, JPEG's, MINC's and BioRad's, in lower or
+#: upper case: 'x.NII' is read, 'x.Nii' is not): ``x.MHA``, ``x.GIPL``, ``x.Nii.gz`` had been refused ("Unable to
+#: determine ImageIO reader") though Windows tools and old scanners' exports name files so. Another spelling is read
+#: by the reader named here (MetaImage, Stimulate: their header's data file is found beside it), or, for the others
+#: (whose reader checks the name itself), through a link named in lower case in a private temporary folder.
+_CASE_SENSITIVE_READERS = {
+    ".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".spr": "StimulateImageIO",
+    ".gipl": None, ".gipl.gz": None, ".nii": None, ".nii.gz": None, ".hdr": None, ".img": None, ".hdr.gz": None,
+    ".img.gz": None, ".jp2": None, ".j2k": None, ".mnc": None, ".mnc2": None, ".pic": None, ".jpg": None,
+    ".jpeg": None,
+}
+#: an Analyze/NIfTI pair's two files: a header's link needs its data file's beside it, and the other way round
+_PAIR_PARTS = {".hdr": (".img", ".img.gz"), ".hdr.gz": (".img.gz", ".img"), ".img": (".hdr", ".hdr.gz"),
+               ".img.gz": (".hdr.gz", ".hdr")}
+
+
+def _read_suffix(path: str) -> str:
+    """The extension a reader takes ``path`` by, in lower case: ``.nii.gz``, ``.gipl.gz``, ``.hdr.gz``, ``.img.gz``
+    whole, else the last one (see :func:`_suffix`)."""
+    name = path.lower()
+    for double in (".gipl.gz", ".hdr.gz", ".img.gz"):
+        if name.endswith(double):
+            return double
+    return _suffix(path)
+
+
+def _link_or_copy(source: str, alias: str) -> None:
+    try:
+        os.symlink(os.path.abspath(source), alias)
+    except OSError:  # no symbolic links (Windows without the privilege): a hard link, else a copy
+        try:
+            os.link(source, alias)
+        except OSError:
+            shutil.copyfile(source, alias)
+
+
+@contextlib.contextmanager
+def _readable_name(path: str) -> Iterator[tuple[str, str | None]]:
+    """``path`` as ITK's reader opens it, and the ImageIO to name (None: ITK picks it by the name): ``path`` itself,
+    unless its extension is spelt otherwise than in lower case for a reader that takes it so only (see
+    ``_CASE_SENSITIVE_READERS``). The user's file is never renamed or changed; a link (or copy) made for it lies in
+    a private temporary folder, removed when the block ends."""
+    suffix = _read_suffix(path)
+    if suffix not in _CASE_SENSITIVE_READERS or path.endswith(suffix):
+        yield path, None
+        return
+    if _CASE_SENSITIVE_READERS[suffix]:
+        yield path, _CASE_SENSITIVE_READERS[suffix]
+        return
+    folder = os.path.dirname(path) or "."
+    stem = os.path.basename(path)[:-len(suffix)]
+    parts = [(path, suffix)]
+    if suffix in _PAIR_PARTS:  # the pair's other file, in whichever case it is spelt
+        try:
+            names = {name.lower(): name for name in os.listdir(folder)}
+        except OSError:
+            names = {}
+        for other in _PAIR_PARTS[suffix]:
+            if (stem + other).lower() in names:
+                parts.append((os.path.join(folder, names[(stem + other).lower()]), other))
+                break
+    try:
+        with tempfile.TemporaryDirectory(prefix="mmfusion-read-") as private:
+            for source, ext in parts:
+                _link_or_copy(source, os.path.join(private, "image" + ext))
+            yield os.path.join(private, "image" + suffix), None
+    except OSError as exc:  # a full or unwritable temporary folder
+        raise InputError(f"Cannot read '{path}': a link to it, named '{suffix}' in lower case as ITK's reader takes "
+                         f"it, could not be made in the temporary folder '{tempfile.gettempdir()}' "
+                         f"({exc.strerror or exc}).",
+                         f"Point TMPDIR at a writable folder, or rename the file to end in '{suffix}'.") from exc
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -2221,8 +2301,8 @@ def check_output_name(path: str | os.PathLike, image: sitk.Image | None = None) 
     calls it first too, so the two cannot disagree.
 
     From the name: a folder, an extension ITK writes no image as (``x.xyz``, ``x.gipl.gz``, none), one its reader takes in
-    lower (or upper) case only (``fused.GIPL``, ``.MHA``, ``.Nii``: written, then opened by no ITK reader, nor
-    Slicer), NIfTI's ASCII ``.nia`` (never read back), ``x.nii.hdr`` (written as the one file ``x.nii``). From
+    lower (or upper) case only (``fused.GIPL``, ``.MHA``, ``.Nii``: written, then opened by no ITK reader; read_image
+    reads such names, other tools may not), NIfTI's ASCII ``.nia`` (never read back), ``x.nii.hdr`` (written as the one file ``x.nii``). From
     ``image``'s dimension, size and direction (not its pixels): a volume to a 2D format (.png, .jpg, .bmp) or
     to JPEG 2000 (written as its first slice, or ITK crashed), an image that is not a volume of several slices
     to LSM (unreadable), a sheared direction to NIfTI.
@@ -2321,6 +2401,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                          "Write it as .nii.gz, .nrrd or .mha, or as .png (2D), which rescales it to 8 bits.")
     if suffix in UNPLACED_EXTENSIONS + UNTURNED_EXTENSIONS and suffix not in _2D_EXTENSIONS:
         _warn_geometry_lost(image, final, suffix in UNTURNED_EXTENSIONS)
+    if compress and suffix in (".dcm", ".dicom"):
+        compress = _dicom_compressible(out, final)
     with (staged_output(final) if suffix in _TWO_FILES else atomic_output(final)) as tmp:
         try:
             with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
@@ -2349,6 +2431,30 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
     return final
 
 
+#: ITK's DICOM writer compresses (JPEG 2000, lossless) 8- and 16-bit grey slices of at least this many pixels a side
+_DICOM_COMPRESSED_SIDE = 16
+
+
+def _dicom_compressible(image: sitk.Image, final: str) -> bool:
+    """Whether ITK's DICOM writer (GDCM, JPEG 2000 lossless) can compress ``image``; where not, a warning that it is
+    written uncompressed. Small slices crashed the process (SIGSEGV or SIGABRT, the heap corrupted: measured with
+    SimpleITK 2.5 in 2D at 1x1 to 8x8 8-bit, to 6x6 16-bit, in 3D to 9x9 a slice, and any slice 1 pixel wide,
+    e.g. 1x512), while 16x16 and up were written and read back equal; and GDCM compresses no 32-bit integer or
+    colour pixels ("Could not change the Transfer Syntax for Compression"). Written uncompressed, each is read
+    back equal."""
+    import warnings
+
+    size = image.GetSize()
+    grey = image.GetPixelID() in (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16)
+    if grey and min(size[:2]) >= _DICOM_COMPRESSED_SIDE:
+        return True
+    why = (f"its slices ({size[0]}x{size[1]}) are under {_DICOM_COMPRESSED_SIDE}x{_DICOM_COMPRESSED_SIDE} "
+           "pixels, which ITK's JPEG 2000 compression crashed on") if grey else \
+        f"ITK compresses no {image.GetPixelIDTypeAsString()} pixels in DICOM"
+    warnings.warn(f"'{final}': written uncompressed: {why}.", stacklevel=3)
+    return False
+
+
 def _not_lower_case(path: str) -> bool:
     suffix = _suffix(path)
     return bool(suffix) and not path.endswith(suffix)
@@ -2359,7 +2465,8 @@ def _lower_case_only(final: str, verb: str, upper_too: bool = False) -> InputErr
     lower case only (``upper_too``: or in upper case)."""
     suffix = _suffix(final)
     given = final[len(final) - len(suffix):]
-    written = " (written so, the file would be opened by no ITK reader, nor Slicer or this package)" \
+    written = (" (written so, ITK's reader would not open it by that name: this package reads such a file, "
+               "other ITK-based tools may not)") \
         if verb == "reads" else ""
     cases = f"in lower case only (or {suffix.upper()})" if upper_too else "in lower case only"
     return InputError(f"'{final}': ITK {verb} {suffix} files by the extension {cases}, not "
