@@ -395,7 +395,7 @@ def _run_resample(args: argparse.Namespace) -> int:
         to_luminance,
         write_image,
     )
-    from .preprocess import resample
+    from .preprocess import resample, resampled_pixel_type
 
     check_output_name(args.output)  # before reading: -o r.MHA had been refused only once resampled
     check_not_overwriting_inputs([args.output], [args.moving, args.reference, args.transform])
@@ -415,7 +415,10 @@ def _run_resample(args: argparse.Namespace) -> int:
         moving = to_luminance(moving, f"image '{args.moving}'")
     reference = read_image(args.reference, series=args.reference_series
                            or (args.series if _is_dicom_source(args.reference) else None))
-    check_output_name(args.output, reference)  # the output takes its grid: a volume to .png, .jp2
+    # the output takes its grid (a volume to .png, .jp2) and a pixel type known now (float to .dcm: refused by ITK
+    # once resampled, before)
+    check_output_name(args.output, reference,
+                      pixel_type=resampled_pixel_type(moving, args.interpolation))
     transform = read_transform(args.transform) if args.transform else None
     out = resample(moving, reference, transform, interpolation=args.interpolation,
                    default_value=args.default_value, components=args.components)
@@ -530,6 +533,20 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_fuse)
 
 
+def _fused_pixel_type(method: str, b: Any) -> int | None:
+    """The pixel type of the image ``fusion.fuse`` returns with a built-in ``method`` (see its Returns): 8-bit RGB
+    for the overlay and for a colour ``b`` (not grey stored as RGB), else 32-bit float; None (not known before the
+    fusion) for a method registered by the user, which may return either."""
+    import SimpleITK as sitk
+
+    from .fusion import _BUILTIN_METHODS, _is_grey_rgb
+
+    if method not in _BUILTIN_METHODS:
+        return None
+    colour = b.GetNumberOfComponentsPerPixel() in (3, 4) and not _is_grey_rgb(b)
+    return sitk.sitkVectorUInt8 if method == "overlay" or colour else sitk.sitkFloat32
+
+
 def _run_fuse(args: argparse.Namespace) -> int:
     from .errors import InputError
     from .fusion import check_parameters, check_same_grid, fuse
@@ -574,7 +591,10 @@ def _run_fuse(args: argparse.Namespace) -> int:
     # volume): a volume to .png or .jp2 is refused before the fusion, not after it. Checked on A as read, a
     # coronal or sagittal slice (24 x 1 x 20) to .png had been refused as "a volume", where it had been fused
     # and written as its 2D slice
-    check_output_name(args.output, a if slice_volume is None or ext else slice_volume)
+    # and the pixel type it is written with: a built-in method's grey result is 32-bit float, a colour one (overlay,
+    # or a colour B) 8-bit RGB; a float image to .dcm (.pic, .lsm) had been refused by ITK only after the fusion
+    check_output_name(args.output, a if slice_volume is None or ext else slice_volume,
+                      pixel_type=_fused_pixel_type(args.method, b))
     bar = ProgressBar(desc=f"fuse {args.method}")
     try:
         res = fuse(a, b, args.method, progress=bar, **_fusion_params(args))

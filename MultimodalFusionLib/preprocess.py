@@ -130,6 +130,21 @@ def _reorient(values: np.ndarray, transform: sitk.Transform, reference: sitk.Ima
     return values
 
 
+def resampled_pixel_type(moving: sitk.Image, interpolation: str = "linear", pixel_type: int | None = None) -> int:
+    """The pixel type :func:`resample` gives ``moving`` resampled (see its ``pixel_type``): known before the work,
+    so that a front end refuses an output format that cannot hold it (float pixels to .dcm) before resampling."""
+    if pixel_type == sitk.sitkUnknown:  # ITK's "as the input"
+        return moving.GetPixelID()
+    if pixel_type is not None:
+        return pixel_type
+    if interpolation == "nearest":
+        return moving.GetPixelID()
+    if moving.GetPixelID() in (sitk.sitkFloat64, sitk.sitkVectorFloat64):
+        # double stays double: float32 would round values near 1e8 to steps of 8 and overflow past 3e38
+        return moving.GetPixelID()
+    return sitk.sitkVectorFloat32 if moving.GetPixelID() in _VECTOR_TYPES else sitk.sitkFloat32
+
+
 def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
              interpolation: str = "linear", default_value: float = 0.0,
              pixel_type: int | None = None, components: str | None = None) -> sitk.Image:
@@ -235,18 +250,7 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         raise InputError(f"The pixel type {name} cannot hold {kind}.",
                          f"Give {wanted}, or pixel_type=None for the default.")
     treat = _components_kind(moving, transform, components)
-    if pixel_type == sitk.sitkUnknown:  # ITK's "as the input"
-        pixel_type = moving.GetPixelID()
-    if pixel_type is None:
-        if interpolation == "nearest":
-            pixel_type = moving.GetPixelID()
-        elif moving.GetPixelID() in (sitk.sitkFloat64, sitk.sitkVectorFloat64):
-            # double stays double: float32 would round values near 1e8 to steps of 8 and overflow past 3e38
-            pixel_type = moving.GetPixelID()
-        elif vector:
-            pixel_type = sitk.sitkVectorFloat32
-        else:
-            pixel_type = sitk.sitkFloat32
+    pixel_type = resampled_pixel_type(moving, interpolation, pixel_type)
     integer = _INTEGER_TYPES.get(pixel_type)
     limits = None if integer is None else (int(np.iinfo(integer).min), int(np.iinfo(integer).max))
     if limits is not None and not float(default_value).is_integer():
