@@ -1227,16 +1227,31 @@ def _readable_name(path: str) -> Iterator[tuple[str, str | None]]:
             if (stem + other).lower() in names:
                 parts.append((os.path.join(folder, names[(stem + other).lower()]), other))
                 break
-    try:
-        with tempfile.TemporaryDirectory(prefix="mmfusion-read-") as private:
-            for source, ext in parts:
-                _link_or_copy(source, os.path.join(private, "image" + ext))
+    from .progress import signals_stop
+
+    def no_link(exc: OSError) -> InputError:  # a full or unwritable temporary folder
+        return InputError(f"Cannot read '{path}': a link to it, named '{suffix}' in lower case as ITK's reader takes "
+                          f"it, could not be made in the temporary folder '{tempfile.gettempdir()}' "
+                          f"({exc.strerror or exc}).",
+                          f"Point TMPDIR at a writable folder, or rename the file to end in '{suffix}'.")
+
+    # A Ctrl-C while the folder is made or removed is raised once it is gone (the read itself, in ITK's C++, is not
+    # interrupted either way): from TemporaryDirectory's cleanup it had left the folder behind. Only the links'
+    # OSErrors are "no link": one from the block had been reported as one
+    with signals_stop(lambda: None):
+        try:
+            private = tempfile.mkdtemp(prefix="mmfusion-read-")
+        except OSError as exc:
+            raise no_link(exc) from exc
+        try:
+            try:
+                for source, ext in parts:
+                    _link_or_copy(source, os.path.join(private, "image" + ext))
+            except OSError as exc:
+                raise no_link(exc) from exc
             yield os.path.join(private, "image" + suffix), None
-    except OSError as exc:  # a full or unwritable temporary folder
-        raise InputError(f"Cannot read '{path}': a link to it, named '{suffix}' in lower case as ITK's reader takes "
-                         f"it, could not be made in the temporary folder '{tempfile.gettempdir()}' "
-                         f"({exc.strerror or exc}).",
-                         f"Point TMPDIR at a writable folder, or rename the file to end in '{suffix}'.") from exc
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

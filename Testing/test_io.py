@@ -1538,6 +1538,29 @@ class UpperCaseInputs(unittest.TestCase):
             self.assertIn(path, ctx.exception.problem)
             self.assertNotIn("mmfusion-read", ctx.exception.problem)
 
+    def test_ctrl_c_while_the_link_is_removed_leaves_no_folder_behind(self) -> None:
+        """A real SIGINT, sent as the private folder is being removed (the moment Ctrl-C had left it behind, 20 of
+        300 random Ctrl-Cs during reads of x.GIPL and x.HDR): KeyboardInterrupt is still raised, after the folder
+        is gone. Run in a child process: the interrupt must not reach pytest."""
+        code = ("import os, signal, sys, tempfile\nimport numpy as np, SimpleITK as sitk\n"
+                "from MultimodalFusionLib import io\n"
+                "tempfile.tempdir = os.path.abspath('tmp')\nos.mkdir('tmp')\n"
+                "sitk.WriteImage(sitk.GetImageFromArray(np.ones((3, 4, 5), np.int16)), 'x.gipl')\n"
+                "os.rename('x.gipl', 'x.GIPL')\n"
+                "sent = []\n"
+                "def hook(frame, event, arg):\n"
+                "    if event == 'call' and frame.f_code.co_name == 'rmtree' and not sent:\n"
+                "        sent.append(1)\n        os.kill(os.getpid(), signal.SIGINT)\n"
+                "sys.setprofile(hook)\n"
+                "try:\n    io.read_image('x.GIPL')\n    print('not interrupted')\n"
+                "except KeyboardInterrupt:\n    print('interrupted')\n"
+                "sys.setprofile(None)\n"
+                "print('sent' if sent else 'not sent', 'left:', sorted(os.listdir('tmp')))\n")
+        with tempfile.TemporaryDirectory() as d:
+            done = _child(code, d)
+        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+        self.assertIn("interrupted\nsent left: []", done.stdout)
+
     def test_writing_an_upper_case_name_is_still_refused_naming_the_one_that_works(self) -> None:
         with self.assertRaises(InputError) as ctx:
             io.check_output_name("fused.MHA")
