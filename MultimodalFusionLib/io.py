@@ -2316,7 +2316,9 @@ _RGB8, _RGB16 = sitk.sitkVectorUInt8, sitk.sitkVectorUInt16
 #: and PNG/JPEG/BMP are converted (see :func:`_for_2d_format`). Measured with SimpleITK 2.5 on 16x16(x4) images:
 #: the others were refused by ITK only once written, after the fusion or registration (a float image to DICOM:
 #: "A Floating point buffer was passed but the stored pixel type was not specified"), or written as another image
-#: (BioRad 16-bit: other values; GIPL, BioRad colour: grey; Stimulate 32-bit integers: 16-bit, doubles: float).
+#: (BioRad 16-bit: other values; GIPL, BioRad colour: grey; Stimulate 32-bit integers: 16-bit, doubles:
+#: a one-component vector image, colour: grey; JPEG 2000 16-bit colour: 8-bit). JPEG 2000 beyond its types was
+#: written as files ITK cannot read, and a float image corrupted the heap (SIGABRT or SIGSEGV).
 #: Testing/test_io.py checks the table against the ITK installed.
 _TIFF_PIXELS = (_U8, _I8, _U16, _I16, sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkFloat32, _RGB8, _RGB16,
                 sitk.sitkVectorInt16, sitk.sitkVectorFloat32)
@@ -2467,13 +2469,6 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         raise InputError(f"'{final}': a colour image of one slice (size {image.GetSize()}) written as NIfTI is read "
                          "back (by ITK, hence Slicer and this package) as a 2D image, without its slice's position.",
                          "Write it as .nrrd or .mha, which keep it a one-slice volume in place.")
-    elif suffix in (".jp2", ".j2k") and image.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkUInt16,
-                                                                   sitk.sitkVectorUInt8, sitk.sitkVectorUInt16):
-        # OpenJPEG takes 8- and 16-bit unsigned integers: ITK wrote others as files it cannot read, and a float
-        # image (every fused image but the overlay) corrupted the heap: the process aborted (SIGABRT or SIGSEGV)
-        raise InputError(f"'{final}': JPEG 2000 holds 8- or 16-bit unsigned integer pixels, not this image's "
-                         f"{image.GetPixelIDTypeAsString()}.",
-                         "Write it as .nii.gz, .nrrd or .mha, or as .png (2D), which rescales it to 8 bits.")
     if suffix in UNPLACED_EXTENSIONS + UNTURNED_EXTENSIONS and suffix not in _2D_EXTENSIONS:
         _warn_geometry_lost(image, final, suffix in UNTURNED_EXTENSIONS)
     if compress and suffix in (".dcm", ".dicom"):
