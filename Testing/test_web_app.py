@@ -1580,6 +1580,79 @@ class PageMessagesTest(_WebServerProcess):
 
             _run(tabs())
 
+    def test_a_page_calls_only_what_the_page_calls_with_what_it_sends(self) -> None:
+        # wslink calls whatever the server's protocols export, with whatever comes: a page's application.exit.later
+        # stopped the server for every page, trame.rca.drop froze a view of every page, trame.rca.size rendered a
+        # view at any size (16000 x 16000: the server's memory up 9 GiB), and trame.force.push (the server's own)
+        # with a key that is not a string, or a call with one argument too many, was a traceback in the log
+        import aiohttp
+
+        from MultimodalFusionLib.web.message_gate import MAX_ERROR_REPORT_CHARS
+
+        with tempfile.TemporaryDirectory() as tmp:
+            server, log = self._start_serving(tmp)
+            port = _port(log)
+
+            async def tabs() -> None:
+                async with aiohttp.ClientSession() as session:
+                    page, other = [_Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0))
+                                   for _ in range(2)]
+                    for tab in (page, other):
+                        await tab.hello()
+                    template = str((await page.call("trame.state.get"))["state"])
+                    reset_view = re.findall(r"(trigger__\d+)[^<]*<VIcon icon=\W*mdi-camera-flip", template)[0]  # "Reset Camera" of a view: it takes no arguments
+                    fixed = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)[0]
+                    memory = _resident_mib(server.pid)
+                    refused = [
+                        ("application.exit.later", 1), ("application.exit",), ("trame.force.push", ["a"]),
+                        ("trame.force.push", "nope"), ("trame.rca.drop", "Red", -1),
+                        ("trame.rca.push", "Red", {"type": "image/jpeg", "w": 8, "h": 8}, b"fake"),
+                        ("trame.rca.reset", "Red"), ("trame.state.get", 1),
+                        ("trame.state.update", [{"key": "moving_path", "value": "/x"}], "more"),
+                        ("trame.trigger", reset_view, 5, {}), ("trame.trigger", reset_view, [1], {}),
+                        ("trame.trigger", "trigger__100000", [], {}), ("trame.trigger", ["a"], [], {}),
+                        ("trame.trigger", fixed, ["u", []], {"x": 1}),
+                        ("trame.rca.size", "Red", "page", {"w": "wide", "h": 300, "p": 1}),
+                        ("trame.rca.size", "Red", "page", {"w": 8000, "h": 8000, "p": 2}),
+                        ("trame.rca.size", "Red", "page", {"w": 400, "h": 300, "p": float("inf")}),
+                        ("trame.rca.event", "Red", "page", {"x": 3, "y": 4}),
+                        ("trame.rca.event", "Red", "page", {"type": "MouseMove", "x": float("nan"), "y": 4}),
+                        ("trame.rca.video.codecs", 5), ("trame.rca.video.negotiate", "Red", 5),
+                        ("trame.lifecycle.update", ["client_exited"])]
+                    for method, *args in refused:
+                        with self.subTest(method=method, args=args):
+                            with self.assertRaisesRegex(AssertionError, "Unregistered method"):
+                                await page.call(method, *args)
+                    await asyncio.sleep(2.0)  # application.exit.later(1) had stopped the server by now
+                    self.assertIsNone(server.poll(), "a page stopped the server")
+                    text = Path(log).read_text()
+                    self.assertNotIn("Traceback", text)
+                    self.assertNotIn("Exception raised", text)
+                    self.assertEqual(text.count(": refused"), len(refused))  # one line each
+                    self.assertIn("a page called application.exit.later, which pages do not call", text)
+                    self.assertIn("a view of 16000 x 16000 pixels, larger than an 8K screen", text)
+                    self.assertLess(_resident_mib(server.pid) - memory, 256)
+                    # what the page sends goes on: the other tab is still served, and so is this one
+                    self.assertIn("trame__template_main", (await other.call("trame.state.get"))["state"])
+                    self.assertIsNone(await page.call("trame.rca.size", "Red", "page", {"w": 640.5, "h": 480, "p": 1.25}))
+                    self.assertIsNone(await page.call("trame.rca.event", "Red", "page",
+                                                      {"type": "MouseMove", "x": 3, "y": 4, "w": 640, "h": 480}))
+                    self.assertEqual(await page.call("trame.rca.video.codecs", "Red"), [])
+                    self.assertIn("error", await page.call("trame.rca.video.negotiate", "Red", ["vp9"]))
+                    self.assertIsNone(await page.call("trame.trigger", reset_view, [], {}))
+                    self.assertIsNone(await page.call("trame.lifecycle.update", "client_connected"))
+                    # a page's script error is logged, shortened: it had gone whole into the log
+                    report = "TypeError: x is undefined" + "!" * 100000
+                    self.assertIsNone(await page.call("trame.error.client", report))
+                    await asyncio.sleep(0.3)
+                    (line,) = [line for line in Path(log).read_text().splitlines() if "x is undefined" in line]
+                    self.assertLess(len(line), MAX_ERROR_REPORT_CHARS + 100)
+                    self.assertTrue(line.endswith(f"! ... ({len(report)} characters)"), line[-80:])
+                    for tab in (page, other):
+                        await tab.close()
+
+            _run(tabs())
+
 
 class WindowLevelPanelTest(unittest.TestCase):
     """The panel values for a background window/level (no app, no scene)."""

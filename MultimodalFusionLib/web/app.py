@@ -749,7 +749,7 @@ class FusionWebApp:
 
         self._wslink_server = wslink_server
         # before any connection: wslink allocated what a chunk's header declared, up to 4 GiB a message
-        install_message_gate(wslink_server, may_set=self.page_may_set)
+        install_message_gate(wslink_server, may_set=self.page_may_set, trigger_fn=self.server.controller.trigger_fn)
         install_page_pushes(wslink_server)  # a tab busy when another changes a value missed the change
 
     def page_may_set(self, key: str, value: Any) -> bool:

@@ -24,8 +24,19 @@ would let any page do to every page:
   every page for a message before the app put its own back;
 - lifecycle calls (``trame.lifecycle.update``) other than those trame's page makes (``client_connected``,
   ``client_exited``, ``client_unmounted``): ``server_ready`` printed the server's banner again and, under
-  ``--open``, opened a browser window on the server's desktop for each call; wslink answers them "Unregistered
-  method called".
+  ``--open``, opened a browser window on the server's desktop for each call;
+- any other call than those trame's page makes (:data:`PAGE_CALLS`: trame-client's and trame-rca's scripts), or
+  with other arguments than the page sends. wslink calls whatever the server's protocols export, with whatever
+  arguments come: ``application.exit`` and ``application.exit.later`` (wslink's) stopped the server for every
+  page; ``trame.rca.push`` showed a page's picture in a view of every page, ``trame.rca.drop`` froze a view of
+  every page (its frames all dropped); ``trame.rca.size`` rendered a view at any size (16000 x 16000 pixels: the
+  server's memory up 9 GiB); ``trame.force.push`` is the server's own; and a bad argument (a key that is not a
+  string, one argument too many, a size that is not a number, an event without its type) was a traceback in the
+  server's log.
+
+A refused call is answered "Unregistered method called" (wslink's answer to a method it does not have) with one
+warning line in the log; a page's JavaScript error report (``trame.error.client``) is shortened to
+:data:`MAX_ERROR_REPORT_CHARS` (it went whole into the log: 16 MiB a message).
 
 wslink makes its un-chunkers itself (``WslinkHandler.onConnect``); :func:`install_message_gate` has each of its
 handlers make this one instead, keeping wslink's files as they are. The gate counts a connection's messages in
@@ -37,7 +48,9 @@ and the server runs as wslink has it, rather than failing each page's messages.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import math
 import struct
 from typing import Any, Callable
 
@@ -46,7 +59,8 @@ try:
 except ImportError:  # another wslink: install_message_gate says so and installs nothing
     UnChunker = object
 
-__all__ = ["MessageGate", "install_message_gate", "install_page_pushes", "MAX_MESSAGE_BYTES", "PAGE_LIFECYCLE_EVENTS"]
+__all__ = ["MessageGate", "install_message_gate", "install_page_pushes", "MAX_MESSAGE_BYTES", "PAGE_CALLS",
+           "PAGE_LIFECYCLE_EVENTS", "MAX_VIEW_PIXELS", "MAX_VIEW_SIDE", "MAX_ERROR_REPORT_CHARS"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +69,14 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16 << 20
 #: The lifecycle events trame's page reports (``trame.lifecycle.update``); the others are the server's own.
 PAGE_LIFECYCLE_EVENTS = frozenset({"client_connected", "client_exited", "client_unmounted"})
+#: The most pixels a page may have a view rendered at (``trame.rca.size``: its size in the page times the screen's
+#: pixel ratio, squared): an 8K screen's, 7680 x 4320. The server renders each view at the size the page asks, and
+#: holds about 36 bytes a pixel for it: 16000 x 16000 had taken 9 GiB.
+MAX_VIEW_PIXELS = 7680 * 4320
+#: The most pixels a side of a rendered view may have (at most :data:`MAX_VIEW_PIXELS` together).
+MAX_VIEW_SIDE = 8192
+#: The longest JavaScript error report of a page (``trame.error.client``) the server's log takes; the rest is cut.
+MAX_ERROR_REPORT_CHARS = 2000
 _WEBSOCKET_MESSAGE_TOO_BIG = 1009  # RFC 6455
 _HEADER = struct.Struct("<III")  # wslink's chunk header: the message's id, the chunk's offset in it, its whole size
 
@@ -68,14 +90,19 @@ class MessageGate(UnChunker):
         close: called once when a message would pass ``max_bytes`` (closes the connection).
         may_set: ``may_set(key, value)``: whether a page may set state ``key`` to ``value``; None: any key but
             ``trame__*``.
+        trigger_fn: ``trigger_fn(name)``: the function of the server's trigger ``name``, or None where it has none
+            (trame's ``controller.trigger_fn``): a page's trigger call is checked against its parameters. None:
+            only the call's shape is checked.
     """
 
     def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES, close: Any = None,
-                 may_set: Callable[[str, Any], bool] | None = None) -> None:
+                 may_set: Callable[[str, Any], bool] | None = None,
+                 trigger_fn: Callable[[str], Any] | None = None) -> None:
         super().__init__()  # wslink's own limit before the secret (512 bytes), raised after it up to max_bytes
         self.max_bytes = int(max_bytes)
         self._close = close
         self._may_set = may_set
+        self._trigger_fn = trigger_fn
         self.refused = False  # the connection is being closed: nothing more of it is read
         self._in_progress: dict[int, list[int]] = {}  # message id -> [bytes received, bytes declared], as wslink counts
         self._odd_shape = False  # a state update of a shape this gate does not know was seen (said once)
@@ -126,9 +153,35 @@ class MessageGate(UnChunker):
 
     def _checked(self, message: Any) -> Any:
         """``message`` without what a page may not do (see the module's description)."""
-        if not isinstance(message, dict):
+        if message is None:
+            return None
+        if not isinstance(message, dict):  # wslink failed on it ("id" in 5)
+            logger.warning("a page sent a message that is not a call (%.40s): ignored", type(message).__name__)
+            return None
+        if "id" not in message:
+            return message  # wslink reads nothing of it
+        if not isinstance(message["id"], str):  # wslink failed on it (its split(":")), and could not answer it
+            logger.warning("a page sent a call whose id is not a string (%.40r): ignored", message["id"])
+            return None
+        if message["id"].startswith("system:"):
+            return message  # wslink's own (wslink.hello, the secret): it answers any other "Unknown system method"
+        method = message.get("method")
+        # what wslink calls the method with: the message's args and kwargs when they are a list and a dict
+        args = message.get("args") if isinstance(message.get("args"), list) else []
+        kwargs = message.get("kwargs") if isinstance(message.get("kwargs"), dict) else {}
+        check = PAGE_CALLS.get(method) if isinstance(method, str) else None
+        if check is None:
+            return self._refused_call(message, ", which pages do not call (trame's page, trame-rca's views)")
+        if kwargs:
+            return self._refused_call(message, " with keyword arguments, which the page does not send")
+        why = check(self, args)
+        if why:
+            return self._refused_call(message, " with " + why)
+        if method == "trame.error.client" and args:
+            report = args[0] if isinstance(args[0], str) else repr(args[0])
+            if len(report) > MAX_ERROR_REPORT_CHARS:
+                return {**message, "args": [report[:MAX_ERROR_REPORT_CHARS] + f" ... ({len(report)} characters)"]}
             return message
-        method, args = message.get("method"), message.get("args")
         if method == "trame.state.update":
             if not (isinstance(args, list) and args and isinstance(args[0], list)):
                 if not self._odd_shape:
@@ -142,11 +195,94 @@ class MessageGate(UnChunker):
                 logger.warning("a page set %s, which only the server sets: ignored", ", ".join(sorted(
                     _shown_key(c) for c in changes if c not in kept)))
                 return {**message, "args": [kept, *args[1:]]}
-        elif method == "trame.lifecycle.update" and not (isinstance(args, list) and len(args) == 1
-                                                         and args[0] in PAGE_LIFECYCLE_EVENTS):
-            logger.warning("a page called the lifecycle event %.80r, which only the server has: refused", args)
-            return {**message, "method": "mmfusion: a lifecycle event pages do not have"}  # wslink: "Unregistered"
         return message
+
+    @staticmethod
+    def _refused_call(message: dict, why: str) -> dict:
+        """``message`` made a call wslink answers "Unregistered method called" (the method renamed), said in one line
+        of the log (``why`` follows the method's name)."""
+        method = message.get("method")
+        shown = method if isinstance(method, str) and len(method) <= 60 else repr(method)[:60]
+        logger.warning("a page called %s%s: refused", shown, why)
+        return {**message, "method": f"mmfusion: a call pages do not make ({shown})"}
+
+    # ------------------------------------------------------------------ the arguments of each call the page makes
+    # each returns why the arguments are not those the page sends, or "" (wslink calls the method with them)
+    def _state_get_args(self, args: list) -> str:
+        return f"{len(args)} argument(s), where the page sends none" if args else ""
+
+    def _state_update_args(self, args: list) -> str:
+        if len(args) != 1:
+            return f"{len(args)} arguments, where the page sends its list of changes"
+        return ""  # the changes themselves are checked one by one (_checked): those a page may set go on
+
+    def _lifecycle_args(self, args: list) -> str:
+        if len(args) == 1 and isinstance(args[0], str) and args[0] in PAGE_LIFECYCLE_EVENTS:
+            return ""
+        return f"the lifecycle event {_shown_args(args)}, which only the server has"
+
+    def _error_report_args(self, args: list) -> str:
+        return "" if len(args) == 1 else f"{len(args)} arguments, where the page sends its error's text"
+
+    def _trigger_args(self, args: list) -> str:
+        if len(args) != 3 or not isinstance(args[0], str) or not isinstance(args[1], list) \
+                or not isinstance(args[2], dict) or not all(isinstance(key, str) for key in args[2]):
+            return f"the arguments {_shown_args(args)}, where the page sends a trigger's name, a list and a dict"
+        if self._trigger_fn is None:
+            return ""
+        name, positional, named = args
+        fn = self._trigger_fn(name)
+        if fn is None:
+            return f"the trigger {name[:60]!r}, which this server does not have"
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # no signature to check (a built-in): its own check
+            return ""
+        try:
+            signature.bind(*positional, **named)
+        except TypeError as exc:
+            return f"arguments its trigger {name[:60]!r} does not take ({exc})"
+        return ""
+
+    def _view_size_args(self, args: list) -> str:
+        if len(args) != 3 or not isinstance(args[0], str) or not isinstance(args[1], str) \
+                or not isinstance(args[2], dict):
+            return f"the arguments {_shown_args(args)}, where the page sends a view's name, a name and its size"
+        size = args[2]
+        width, height, ratio = size.get("w", 300), size.get("h", 300), size.get("p", 1)
+        if not all(_finite(value) and value >= 0 for value in (width, height)) or not (_finite(ratio) and ratio > 0):
+            return f"the size {_shown_args([size])}, where the page sends finite numbers (and a ratio above 0)"
+        rendered_width, rendered_height = max(10, int(width)) * ratio, max(10, int(height)) * ratio
+        if max(rendered_width, rendered_height) > MAX_VIEW_SIDE or rendered_width * rendered_height > MAX_VIEW_PIXELS:
+            return (f"a view of {rendered_width:.0f} x {rendered_height:.0f} pixels, larger than an 8K screen "
+                    f"({MAX_VIEW_SIDE} a side, {MAX_VIEW_PIXELS} pixels)")
+        return ""
+
+    def _view_event_args(self, args: list) -> str:
+        if len(args) != 3 or not isinstance(args[0], str) or not isinstance(args[1], str) \
+                or not isinstance(args[2], dict) or not isinstance(args[2].get("type"), str):
+            return (f"the arguments {_shown_args(args)}, where the page sends a view's name, a name and an event "
+                    "with its type")
+        event = args[2]
+        positions = event.get("positions", {})
+        numbers = [event[key] for key in ("x", "y", "w", "h") if key in event]
+        numbers += event.get("translation", []) if isinstance(event.get("translation"), (list, tuple)) else []
+        numbers += [position.get(key, 0) for position in (positions.values() if isinstance(positions, dict) else [])
+                    if isinstance(position, dict) for key in ("x", "y")]
+        if not all(_finite(number) for number in numbers) or not isinstance(positions, dict) \
+                or not all(isinstance(position, dict) for position in positions.values()):
+            return f"the event {_shown_args([event])}, whose positions are not finite numbers"
+        return ""
+
+    def _view_codecs_args(self, args: list) -> str:
+        return "" if len(args) == 1 and isinstance(args[0], str) else \
+            f"the arguments {_shown_args(args)}, where the page sends a view's name"
+
+    def _view_negotiate_args(self, args: list) -> str:
+        if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], list) \
+                and all(isinstance(codec, str) for codec in args[1]):
+            return ""
+        return f"the arguments {_shown_args(args)}, where the page sends a view's name and a list of codecs"
 
     def _page_may_set(self, change: Any) -> bool:
         if not isinstance(change, dict) or not isinstance(change.get("key"), str):
@@ -155,6 +291,30 @@ class MessageGate(UnChunker):
         if key.startswith("trame__"):
             return False
         return self._may_set is None or bool(self._may_set(key, change.get("value")))
+
+
+#: The calls trame's page makes (trame-client's script, and trame-rca's for the views), each with the check of its
+#: arguments (the message's ``args``; the page sends no ``kwargs``). Nothing else a page sends is called.
+PAGE_CALLS: dict[str, Callable[[MessageGate, list], str]] = {
+    "trame.state.get": MessageGate._state_get_args,
+    "trame.state.update": MessageGate._state_update_args,
+    "trame.trigger": MessageGate._trigger_args,
+    "trame.lifecycle.update": MessageGate._lifecycle_args,
+    "trame.error.client": MessageGate._error_report_args,
+    "trame.rca.size": MessageGate._view_size_args,
+    "trame.rca.event": MessageGate._view_event_args,
+    "trame.rca.video.codecs": MessageGate._view_codecs_args,
+    "trame.rca.video.negotiate": MessageGate._view_negotiate_args,
+}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown_args(args: Any) -> str:
+    text = repr(args)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _shown_key(change: Any) -> str:
@@ -166,9 +326,10 @@ def _shown_key(change: Any) -> str:
 class _GatedUnchunkers(dict):
     """A wslink handler's ``unchunkers`` (connection -> un-chunker) that holds a :class:`MessageGate` for each."""
 
-    def __init__(self, handler: Any, max_bytes: int, may_set: Callable[[str, Any], bool] | None) -> None:
+    def __init__(self, handler: Any, max_bytes: int, may_set: Callable[[str, Any], bool] | None,
+                 trigger_fn: Callable[[str], Any] | None = None) -> None:
         super().__init__()
-        self._handler, self._max_bytes, self._may_set = handler, max_bytes, may_set
+        self._handler, self._max_bytes, self._may_set, self._trigger_fn = handler, max_bytes, may_set, trigger_fn
 
     def __setitem__(self, client_id: str, _unchunker: Any) -> None:
         connection = self._handler.connections.get(client_id)
@@ -178,16 +339,18 @@ class _GatedUnchunkers(dict):
                 asyncio.ensure_future(connection.close(code=_WEBSOCKET_MESSAGE_TOO_BIG,
                                                        message=b"mmfusion web: message too big"))
 
-        super().__setitem__(client_id, MessageGate(self._max_bytes, close, self._may_set))
+        super().__setitem__(client_id, MessageGate(self._max_bytes, close, self._may_set, self._trigger_fn))
 
 
 def install_message_gate(wslink_server: Any, max_bytes: int = MAX_MESSAGE_BYTES,
-                         may_set: Callable[[str, Any], bool] | None = None) -> bool:
+                         may_set: Callable[[str, Any], bool] | None = None,
+                         trigger_fn: Callable[[str], Any] | None = None) -> bool:
     """Have the websocket handlers of ``wslink_server`` (trame's ``on_server_bind`` gives it) check each
     connection's messages with a :class:`MessageGate`. Called before the server takes connections.
 
     Args:
         may_set: ``may_set(key, value)``: whether a page may set state ``key`` to ``value`` (see MessageGate).
+        trigger_fn: ``trigger_fn(name)``: the server's trigger of that name, or None (see MessageGate).
 
     Returns:
         False, with a warning in the log, when this wslink has no handlers of the known shape (the server then
@@ -204,7 +367,7 @@ def install_message_gate(wslink_server: Any, max_bytes: int = MAX_MESSAGE_BYTES,
                        " a connection may make the server allocate up to 4 GiB per message")
         return False
     for handler in handlers:
-        gated = _GatedUnchunkers(handler, max_bytes, may_set)
+        gated = _GatedUnchunkers(handler, max_bytes, may_set, trigger_fn)
         for client_id in list(handler.unchunkers):  # none before the server starts
             gated[client_id] = None
         handler.unchunkers = gated
