@@ -803,9 +803,14 @@ def _add_web(sub: argparse._SubParsersAction) -> None:
                    help="the most one upload may hold, a file or the files of a DICOM series together (default "
                         "4GiB; bytes, or K/M/G/T = KiB/MiB/GiB/TiB, or KB/MB/GB/TB); a larger one is refused as "
                         "it arrives and nothing of it is kept")
-    p.add_argument("--max-session-upload", default="16GiB", metavar="SIZE",
-                   help="the most one page (browser tab) may upload while it is open, all its uploads together "
-                        "(default 16GiB)")
+    p.add_argument("--max-stored-uploads", default=None, metavar="SIZE",
+                   help="the most bytes of uploads the server holds at once, all pages and connections together: "
+                        "the uploads arriving, each image's last upload, one a running Load reads (default 16GiB). "
+                        "A replaced upload is removed and counts no more; a reload or a new connection frees only "
+                        "an unfinished upload")
+    p.add_argument("--max-session-upload", default=None, metavar="SIZE",
+                   help="old name of --max-stored-uploads (it counted one page's uploads, from zero again at each "
+                        "reload or new connection)")
     p.set_defaults(func=_run_web)
 
 
@@ -824,12 +829,19 @@ def _run_web(args: argparse.Namespace) -> int:
     for origin in args.allow_origin:  # a bad address is an error before the start-up
         parse_origin(origin)
     max_upload = parse_size(args.max_upload, "--max-upload")  # and so is a bad size
-    max_session_upload = parse_size(args.max_session_upload, "--max-session-upload")
+    if args.max_stored_uploads is not None and args.max_session_upload is not None:
+        from .errors import InputError
+
+        raise InputError("--max-session-upload is the old name of --max-stored-uploads, and both were given.",
+                         "Give --max-stored-uploads SIZE only.")
+    option, size = (("--max-session-upload", args.max_session_upload) if args.max_session_upload is not None
+                    else ("--max-stored-uploads", args.max_stored_uploads))
+    max_stored = parse_size(size, option) if size is not None else None  # None: the default, 16GiB
     port = _free_port(args.host, args.port)  # before the slow start-up, and the real port for --port 0
     print(f"mmfusion web: serving on http://{args.host}:{port}/ (Ctrl+C stops)", file=sys.stderr)
     serve(fixed=args.fixed, moving=args.moving, port=port, host=args.host, demo=args.demo,
           open_browser=args.open, allowed_origins=args.allow_origin, max_upload_bytes=max_upload,
-          max_session_upload_bytes=max_session_upload)
+          max_stored_upload_bytes=max_stored)
     return 0
 
 

@@ -602,7 +602,9 @@ class WebAppTest(unittest.TestCase):
 
     def test_an_upload_replaced_while_a_job_runs_is_removed_when_the_job_ends(self) -> None:
         # it stayed on the server until the next upload or the server's exit, however long that was
-        self.app._save_upload("moving", [{"name": "first.nii.gz", "content": b"1"}])
+        self.app._save_upload("fixed", [{"name": "f.nii.gz", "content": b"f" * 100}])
+        self.app._save_upload("moving", [{"name": "first.nii.gz", "content": b"1" * 10}])
+        self.assertEqual(self.app.stored_upload_bytes(), 110)  # what --max-stored-uploads limits: each last upload
         first = Path(self.app.state.moving_path)
         self.app.state.fixed_path = self.fixed_path
 
@@ -617,6 +619,7 @@ class WebAppTest(unittest.TestCase):
                 self.app._save_upload("moving", [{"name": f"upload{n}.nii.gz", "content": b"n"}])
             self.assertEqual(self._uploads("moving"), sorted([first.parent.name,
                                                               Path(self.app.state.moving_path).parent.name]))
+            self.assertEqual(self.app.stored_upload_bytes(), 111)  # and the one the Load reads, while it is there
 
         async def run_to_its_end() -> None:
             try:
@@ -629,6 +632,7 @@ class WebAppTest(unittest.TestCase):
         self.assertFalse(first.parent.exists(), "the replaced upload should go when the job ends")
         self.assertEqual(Path(self.app.state.moving_path).read_bytes(), b"n")
         self.assertEqual(self._uploads("moving"), [Path(self.app.state.moving_path).parent.name])
+        self.assertEqual(self.app.stored_upload_bytes(), 101)
 
     def test_an_upload_replaced_while_a_registration_runs_is_removed_at_once(self) -> None:
         # a registration (or fusion) reads no file, the images being in memory: every upload replaced while it
@@ -1319,31 +1323,40 @@ class PageWritesTest(_WebServerProcess):
 
     def test_uploads_past_the_limits_are_refused_as_they_arrive_leaving_nothing(self) -> None:
         # Any page could stream uploads until the server's disk was full: wslink's only cap was 4 GB per message,
-        # and an upload is any number of messages. Now --max-upload per upload, --max-session-upload per page.
+        # and an upload is any number of messages. Now --max-upload per upload, and --max-stored-uploads for what
+        # the server holds at once, all connections together. Its first form, --max-session-upload, counted one
+        # connection's uploads: a new connection (a reload, a second tab, a script) started from zero again, and a
+        # long session of uploads replacing each other in one tab was refused once their sum passed it
         import aiohttp
 
         from MultimodalFusionLib import cli
 
-        stderr = io_text.StringIO()
-        with contextlib.redirect_stderr(stderr):  # a bad size is refused before any start-up
-            self.assertNotEqual(cli.main(["web", "--max-upload", "lots"]), 0)
-        self.assertIn("--max-upload 'lots' is not a size", stderr.getvalue())
+        for options, error in ((["--max-upload", "lots"], "--max-upload 'lots' is not a size"),
+                               (["--max-stored-uploads", "0"], "--max-stored-uploads '0' is not a size"),
+                               (["--max-stored-uploads", "1GiB", "--max-session-upload", "1GiB"],
+                                "the old name of --max-stored-uploads, and both were given")):
+            stderr = io_text.StringIO()
+            with contextlib.redirect_stderr(stderr):  # a bad size is refused before any start-up
+                self.assertNotEqual(cli.main(["web", *options]), 0)
+            self.assertIn(error, stderr.getvalue())
         with tempfile.TemporaryDirectory() as tmp:
-            port = self._serve(tmp, "--max-upload", "1KiB", "--max-session-upload", "3KiB")
+            port = self._serve(tmp, "--max-upload", "1KiB", "--max-stored-uploads", "3KiB")
             (work,) = Path(tmp).glob("mmfusion-web-*")
 
             async def tabs() -> None:
                 async with aiohttp.ClientSession() as session:
-                    one, two = [_Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0))
-                                for _ in range(2)]
-                    for tab in (one, two):
+                    async def connect() -> _Tab:
+                        tab = _Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0))
                         await tab.hello()
+                        return tab
+
+                    one, two = await connect(), await connect()
                     template = str((await one.call("trame.state.get"))["state"])
                     self.assertIn("Upload the fixed image (at most 1 KiB)", template)
-                    fixed = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)[0]
+                    fixed, moving = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)
 
-                    async def send(tab: _Tab, upload: str, *entries: dict) -> object:
-                        return await tab.call("trame.trigger", fixed, [upload, list(entries)], {})
+                    async def send(tab: _Tab, upload: str, *entries: dict, trigger: str = fixed) -> object:
+                        return await tab.call("trame.trigger", trigger, [upload, list(entries)], {})
 
                     async def state(key: str) -> object:
                         return (await one.call("trame.state.get"))["state"][key]
@@ -1368,25 +1381,45 @@ class PageWritesTest(_WebServerProcess):
                     self.assertEqual(leftovers(), [])
                     await send(one, "b")
                     self.assertEqual(await state("fixed_path"), "")
-                    # within the limit: kept (1000 bytes in two pieces); this page has uploaded 1700 bytes
+                    # within the limit: kept (1000 bytes in two pieces)
                     for offset in (0, 500):
                         self.assertIs(await send(one, "c", {"name": "c.nii", "offset": offset, "size": 1000,
                                                             "content": bytes(500)}), True)
                     await send(one, "c")
                     self.assertEqual(os.path.getsize(await state("fixed_path")), 1000)
-                    self.assertIs(await send(one, "d", {"name": "d.nii", "content": bytes(1000)}), True)
-                    await send(one, "d")  # 2700 bytes: the next 1000 would pass 3 KiB
-                    self.assertIs(await send(one, "e", {"name": "e.nii", "content": bytes(1000)}), False)
-                    banner = await state("error_message")
-                    self.assertIn("past the 3 KiB this server takes from one page", banner)
-                    self.assertIn("it has uploaded 2.64 KiB", banner)
-                    self.assertIn("--max-session-upload SIZE; it is 3KiB", banner)
+                    # a long session: each upload replaces the one before (removed), so the server holds 1000 bytes
+                    # however many come (--max-session-upload 3KiB had refused the third: 3000 bytes sent by one page)
+                    for n in range(8):
+                        self.assertIs(await send(one, f"d{n}", {"name": f"d{n}.nii", "content": bytes(1000)}), True)
+                        await send(one, f"d{n}")
+                        self.assertEqual(Path(await state("fixed_path")).name, f"d{n}.nii", await state("error_message"))
                     self.assertEqual(sorted(p.name.split("-")[0] for p in work.iterdir()), ["fixed"])
-                    # another page is another session
-                    self.assertIs(await send(two, "f", {"name": "f.nii", "content": bytes(1000)}), True)
-                    await send(two, "f")
-                    self.assertEqual(Path(await state("fixed_path")).name, "f.nii")
-                    for tab in (one, two):
+                    # another connection adds the moving image: 2000 bytes held
+                    self.assertIs(await send(two, "m", {"name": "m.nii", "content": bytes(1000)}, trigger=moving), True)
+                    await send(two, "m", trigger=moving)
+                    # a third connection starts a fixed upload (500 of its 1000 bytes sent: 2500 bytes held), and a
+                    # fourth, new connection (a script reconnecting) may not add 1000 more: past 3 KiB held
+                    three, four = await connect(), await connect()
+                    self.assertIs(await send(three, "p", {"name": "p.nii", "offset": 0, "size": 1000,
+                                                          "content": bytes(500)}), True)
+                    self.assertIs(await send(four, "q", {"name": "q.nii", "offset": 0, "size": 1000,
+                                                         "content": bytes(500)}, trigger=moving), False)
+                    banner = await state("error_message")
+                    self.assertIn("would take the uploads this server holds past 3 KiB, all pages together", banner)
+                    self.assertIn("it holds 2.44 KiB, and 'q.nii' is 1000 bytes", banner)
+                    self.assertIn("--max-stored-uploads SIZE; it is 3KiB", banner)
+                    self.assertEqual(Path(await state("moving_path")).name, "m.nii")  # the last upload is kept
+                    # the third connection goes: its unfinished upload is removed, and counts no more
+                    await three.close()
+                    deadline = time.monotonic() + 30
+                    while any(p.name.endswith(".partial") for p in work.iterdir()):
+                        self.assertLess(time.monotonic(), deadline, "the closed connection's upload stayed")
+                        await asyncio.sleep(0.05)
+                    self.assertIs(await send(four, "r", {"name": "r.nii", "content": bytes(1000)}, trigger=moving), True)
+                    await send(four, "r", trigger=moving)
+                    self.assertEqual(Path(await state("moving_path")).name, "r.nii")
+                    self.assertEqual(sorted(p.name.split("-")[0] for p in work.iterdir()), ["fixed", "moving"])
+                    for tab in (one, two, four):
                         await tab.close()
 
             _run(tabs())
@@ -1677,7 +1710,7 @@ if __name__ == "__main__":
 
 
 class SizeOptionTest(unittest.TestCase):
-    """``--max-upload`` / ``--max-session-upload`` sizes (no server)."""
+    """``--max-upload`` / ``--max-stored-uploads`` sizes (no server)."""
 
     def test_sizes_are_read_exactly_and_a_bad_one_is_an_input_error(self) -> None:
         from MultimodalFusionLib.web.app import parse_size

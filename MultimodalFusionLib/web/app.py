@@ -39,7 +39,8 @@ from ..validation import whole_number
 from .offscreen import configure_offscreen_rendering
 
 __all__ = ["FusionWebApp", "serve", "parse_origin", "websocket_refusal", "STAGE_CHOICES", "INITIALIZER_CHOICES", "QUAD_LAYOUT_ID",
-           "CLIENT_KEYS", "parse_size", "DEFAULT_MAX_UPLOAD", "DEFAULT_MAX_SESSION_UPLOAD"]
+           "CLIENT_KEYS", "parse_size", "DEFAULT_MAX_UPLOAD", "DEFAULT_MAX_STORED_UPLOADS",
+           "DEFAULT_MAX_SESSION_UPLOAD"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +82,12 @@ UPLOAD_BATCH_FILES = 1000
 #: The most bytes one upload (a file, or the files of a DICOM series together) may hold (``--max-upload``): a
 #: large CT series is 0.5-2 GB. Without a limit any page could stream files until the server's disk was full.
 DEFAULT_MAX_UPLOAD = 4 << 30
-#: The most bytes one page (a connection) may upload while it is open, all its uploads together
-#: (``--max-session-upload``): four uploads of the largest size.
-DEFAULT_MAX_SESSION_UPLOAD = 16 << 30
+#: The most bytes of uploads the server holds at once, all pages and connections together (``--max-stored-uploads``):
+#: the uploads arriving, each volume's last upload, and one a running Load still reads; four uploads of the largest
+#: size. A replaced upload's files are removed, so a long session of uploads replacing each other stays under it.
+DEFAULT_MAX_STORED_UPLOADS = 16 << 30
+#: The old name (``--max-session-upload``), which counted one connection's uploads from zero again at each reload.
+DEFAULT_MAX_SESSION_UPLOAD = DEFAULT_MAX_STORED_UPLOADS
 _DOWNLOAD_NAMES = {"transform": "moving_to_fixed.tfm", "fused": "fused.nii.gz", "report": "report.html"}
 # The page's upload: the files in pieces of at most UPLOAD_PIECE_BYTES (Blob.slice, so the browser does not
 # read a file whole either), each message awaited before the next, all under one id, then an empty message
@@ -318,12 +322,15 @@ class FusionWebApp:
         demo_spacing_mm: voxel size of the demo images.
         workdir: folder for uploads and downloads (default: a temporary folder).
         max_upload_bytes: the most bytes one upload may hold (its files together).
-        max_session_upload_bytes: the most bytes one page (connection) may upload while it is open.
+        max_stored_upload_bytes: the most bytes of uploads the server holds at once, all pages together (those
+            arriving, each volume's last one, one a running Load reads).
+        max_session_upload_bytes: the old name of ``max_stored_upload_bytes`` (used when that is not given).
     """
 
     def __init__(self, server: Any = None, *, fixed: str | None = None, moving: str | None = None,
                  demo: bool = False, demo_spacing_mm: float = 3.0, workdir: str | None = None,
-                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD, max_session_upload_bytes: int = DEFAULT_MAX_SESSION_UPLOAD):
+                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD, max_stored_upload_bytes: int | None = None,
+                 max_session_upload_bytes: int | None = None):
         configure_offscreen_rendering()
         from trame.app import get_server
         from trame_slicer import module as trame_slicer_module
@@ -374,8 +381,12 @@ class FusionWebApp:
         self._wslink_server: Any = None  # the running server (None in-process): which tab sent a trigger
         self._upload_dirs: dict[str, Path] = {}  # each role's last upload (older ones are removed)
         # counted on the server as the bytes arrive (a page's declared sizes only refuse an upload sooner)
-        self.max_upload_bytes, self.max_session_upload_bytes = int(max_upload_bytes), int(max_session_upload_bytes)
-        self._session_bytes: dict[Any, int] = {}  # connection -> bytes of its uploads written so far
+        self.max_upload_bytes = int(max_upload_bytes)
+        self.max_stored_upload_bytes = int(next((size for size in (max_stored_upload_bytes, max_session_upload_bytes)
+                                                 if size is not None), DEFAULT_MAX_STORED_UPLOADS))
+        # the finished uploads on disk (each role's last, those a running Load reads) -> their bytes; those arriving
+        # are counted in self._uploads: a connection's closing or a reload frees nothing that is still on disk
+        self._stored_uploads: dict[Path, int] = {}
         self._stale_uploads: list[Path] = []  # replaced while the running job reads them: removed at its end
         self._job_reads: list[str] = []  # the real paths the running job reads (a Load's two); [] for the others
         self.names = {"fixed": "", "moving": ""}  # what is loaded (the report names it)
@@ -809,7 +820,6 @@ class FusionWebApp:
         class _ConnectionWatch(LinkProtocol):
             def onClose(self, client_id: str) -> None:  # noqa: N802 (wslink's name)
                 app._drop_uploads_of(client_id)
-                app._session_bytes.pop(client_id, None)  # its session ends: what it uploaded is no longer counted
 
         root_protocol.registerLinkProtocol(_ConnectionWatch())
 
@@ -853,9 +863,10 @@ class FusionWebApp:
         not written. A new upload of the role (``upload_id`` not seen before: another pick of files, or
         another tab) replaces one still arriving, saying so: their files had been mixed in one folder.
 
-        An upload larger than :attr:`max_upload_bytes`, or one taking its page's uploads past
-        :attr:`max_session_upload_bytes`, is refused so too, the bytes counted as they are written (a file's
-        declared size refuses it at its first piece, before anything of it is written).
+        An upload larger than :attr:`max_upload_bytes`, or one taking the uploads the server holds (all pages
+        together: :meth:`stored_upload_bytes`) past :attr:`max_stored_upload_bytes`, is refused so too, the bytes
+        counted as they are written (a file's declared size refuses it at its first piece, before anything of it is
+        written).
 
         Returns:
             False when the upload was refused (or had ended): the page sends no more of it.
@@ -883,8 +894,6 @@ class FusionWebApp:
             self._end_upload(pending, role)
             self._banner(message)
             return False
-
-        caller = self._caller()
 
         for entry in files:
             if not isinstance(entry, dict):
@@ -919,9 +928,9 @@ class FusionWebApp:
             coming = total if offset == 0 else length  # bytes of this file still to come, as far as is known
             if pending.received + coming > self.max_upload_bytes:
                 return refuse(self._too_large(role, name, pending.received, total if offset == 0 else None))
-            session = self._session_bytes.get(caller, 0)
-            if session + coming > self.max_session_upload_bytes:
-                return refuse(self._too_large(role, name, session, total if offset == 0 else None, session=True))
+            stored = self.stored_upload_bytes()  # this upload's files so far included
+            if stored + coming > self.max_stored_upload_bytes:
+                return refuse(self._too_large(role, name, stored, total if offset == 0 else None, stored=True))
             path = folder / name
             try:
                 # "x": a second file of the name is not written over the first; "a": the next piece of one
@@ -944,21 +953,33 @@ class FusionWebApp:
                 pending.written.append(name)
             pending.sizes[name] = [offset + length, total]
             pending.received += length
-            self._session_bytes[caller] = session + length
         return True
 
-    def _too_large(self, role: str, name: str, before: int, file_size: int | None, session: bool = False) -> str:
+    def stored_upload_bytes(self) -> int:
+        """The bytes of uploads the server holds now, all pages together: the uploads arriving, each volume's last
+        upload, and one a running Load still reads (what :attr:`max_stored_upload_bytes` limits). An upload
+        replaced, refused or dropped is removed, and counts no more."""
+        arriving = sum(pending.received for pending in self._uploads.values() if pending is not None)
+        return arriving + sum(self._stored_uploads.values())
+
+    def _remove_upload(self, folder: Path) -> None:
+        """Remove a finished upload's folder (replaced, or read by a job that ended): it counts no more."""
+        shutil.rmtree(folder, ignore_errors=True)
+        self._stored_uploads.pop(folder, None)
+
+    def _too_large(self, role: str, name: str, before: int, file_size: int | None, stored: bool = False) -> str:
         """The banner of an upload refused for its size (``file_size``: the size the page declared for ``name``,
         None when a later piece went past the limit): the limit, and the option that sets it."""
         file = f"'{name}' is {size_text(file_size)}" if file_size is not None else f"'{name}' went past it"
-        if not session:
+        if not stored:
             maximum, option = self.max_upload_bytes, "--max-upload"
             problem = (f"The {role} upload is larger than this server takes, {size_text(maximum)} per upload: {file}"
                        + (f", after {size_text(before)} of other files" if before else "") + ".")
         else:
-            maximum, option = self.max_session_upload_bytes, "--max-session-upload"
-            problem = (f"The {role} upload would take this page past the {size_text(maximum)} this server takes from "
-                       f"one page, all its uploads together: it has uploaded {size_text(before)}, and {file}.")
+            maximum, option = self.max_stored_upload_bytes, "--max-stored-uploads"
+            problem = (f"The {role} upload would take the uploads this server holds past {size_text(maximum)}, all "
+                       f"pages together (each image's last upload, and those arriving): it holds "
+                       f"{size_text(before)}, and {file}.")
         return str(InputError(
             problem + " Nothing of it was kept.",
             f"Give the image's path on the server instead, or ask the server's operator to raise the limit "
@@ -1003,13 +1024,14 @@ class FusionWebApp:
         folder = Path(tempfile.mkdtemp(prefix=f"{role}-", dir=self.workdir))
         folder.rmdir()
         os.rename(pending.folder, folder)
+        self._stored_uploads[folder] = pending.received
         previous = self._upload_dirs.get(role)
         self._upload_dirs[role] = folder
         if previous is not None and previous != folder:
             if self.worker.busy and self._job_reads_from(previous):
                 self._stale_uploads.append(previous)  # the running Load reads it: removed when the job ends
             else:  # Register and Fuse read no files (the images are in memory), nor a Load one it was not given
-                shutil.rmtree(previous, ignore_errors=True)
+                self._remove_upload(previous)
         with self.state:
             self.state[f"{role}_path"] = (folder / target).as_posix() if target else folder.as_posix()
 
@@ -1027,7 +1049,7 @@ class FusionWebApp:
         Every upload replaced during a job had been kept until it ended: during a long registration a page could
         pile up any number of them."""
         for stale in self._stale_uploads:
-            shutil.rmtree(stale, ignore_errors=True)
+            self._remove_upload(stale)
         self._stale_uploads.clear()
         self._job_reads = []
 
@@ -1436,7 +1458,7 @@ class FusionWebApp:
 def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 8080, host: str = "127.0.0.1",
           demo: bool = False, demo_spacing_mm: float = 3.0, open_browser: bool = False,
           allowed_origins: Sequence[str] = (), max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
-          max_session_upload_bytes: int = DEFAULT_MAX_SESSION_UPLOAD) -> None:
+          max_stored_upload_bytes: int | None = None, max_session_upload_bytes: int | None = None) -> None:
     """Start the web application and block until it stops (Ctrl+C).
 
     Args:
@@ -1451,7 +1473,9 @@ def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 80
         allowed_origins: page addresses (``https://fusion.example.org``) allowed to connect besides the
             server's own, e.g. a reverse proxy's public address when it does not pass the Host header on.
         max_upload_bytes: the most bytes one upload may hold (a file, or the files of a series, together).
-        max_session_upload_bytes: the most bytes one page may upload while it is open, all uploads together.
+        max_stored_upload_bytes: the most bytes of uploads the server holds at once, all pages together (default
+            :data:`DEFAULT_MAX_STORED_UPLOADS`).
+        max_session_upload_bytes: the old name of ``max_stored_upload_bytes`` (used when that is not given).
     """
     allowed = [parse_origin(origin) for origin in allowed_origins]  # a bad address fails before start-up
     configure_offscreen_rendering()
@@ -1461,7 +1485,8 @@ def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 80
     # patient files pass through it)
     with _sigterm_exits(), tempfile.TemporaryDirectory(prefix="mmfusion-web-") as workdir:
         app = FusionWebApp(fixed=fixed, moving=moving, demo=demo, demo_spacing_mm=demo_spacing_mm, workdir=workdir,
-                           max_upload_bytes=max_upload_bytes, max_session_upload_bytes=max_session_upload_bytes)
+                           max_upload_bytes=max_upload_bytes, max_stored_upload_bytes=max_stored_upload_bytes,
+                           max_session_upload_bytes=max_session_upload_bytes)
         app.ctrl.on_server_bind.add(lambda wslink_server: _guard_websockets(wslink_server.app, host, allowed))
         try:
             app.server.start(port=port, host=host, open_browser=open_browser, timeout=0)
