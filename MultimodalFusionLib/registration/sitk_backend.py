@@ -807,7 +807,48 @@ SECOND_TRY_MARGIN = 0.01
 SECOND_TRY_APART = 0.5
 
 
-def _mean_distance(a: sitk.Transform, b: sitk.Transform, fixed: sitk.Image, fixed_mask: sitk.Image | None) -> float:
+def second_try_applies(first_stage: str, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
+                       start_given: bool) -> bool:
+    """Whether a first stage may run again from its coarsest level run without the masks (the rule of both
+    backends, :func:`_unmasked_start` and the torch backend's ``_unmasked_coarse_level``): a rigid or affine first
+    stage (``first_stage``) with a mask, started by an initializer (``start_given``: an initial transform or the
+    rotation search's start, which searches with the masks, is the user's or the search's, not replaced). Not
+    with a mask of fewer than MIN_CONTENT_VOXELS voxels (warned about as too small to align)."""
+    masks = [mask for mask in (fixed_mask, moving_mask) if mask is not None]
+    return bool(masks and not start_given and first_stage in ("rigid", "affine")
+                and all(np.count_nonzero(sitk.GetArrayViewFromImage(mask)) >= MIN_CONTENT_VOXELS for mask in masks))
+
+
+def judge_unmasked_start(info: dict[str, Any], reached: float, score: float, apart_mm: float,
+                         coarse_voxel_mm: float) -> bool:
+    """Whether the stage runs again from the unmasked coarse level's end (the decision of both backends): that end
+    lies more than ``SECOND_TRY_APART`` coarse voxels (``coarse_voxel_mm``) from what the stage reached
+    (``apart_mm``, mean over the fixed mask) and the masked metric scores it (``score``) better than the stage's
+    own result (``reached``) by more than ``SECOND_TRY_MARGIN``. Records both in ``info`` (metrics.json's
+    ``masked_start``: ``used``, ``metric_unmasked_level``, ``apart_mm``).
+
+    Better by a margin: on the 1 mm MNI152 head the stage's own end (0.08 mm off) scored 0.05% worse than the
+    unmasked coarse level's (0.34 mm off, about as far apart as the truth and either), run again from there it
+    ended 0.34 mm off; the failures it is for score 50-500% worse (2D BrainWeb, -0.07 against -0.42). And apart by
+    more than half a coarse voxel: the 256x256x200 head's two ends, 0.3 mm apart (0.08 of its 4 mm voxels), scored
+    3% apart."""
+    used = (apart_mm > SECOND_TRY_APART * coarse_voxel_mm and math.isfinite(score)
+            and score < reached - SECOND_TRY_MARGIN * abs(reached))
+    info.update(used=bool(used), metric_unmasked_level=float(score), apart_mm=float(apart_mm))
+    return bool(used)
+
+
+def second_try_warning(stage_name: str, metric: str, second: StageResult, reached: float) -> str:
+    """The warning for a stage run again from the unmasked coarse level that made the masked ``metric`` worse
+    (``second``: that run; ``reached``: the masked metric of the stage's own first result): the coarse alignment
+    is kept, as either backend keeps a discarded stage's start."""
+    return (f"Stage '{stage_name}', run again from its coarsest level aligned without the masks, made the masked "
+            f"{metric} metric worse ({second.metric_before:.5g} -> {second.metric_after:.5g}); that coarse alignment "
+            f"was kept, which the masked metric scores better than the stage's own result ({reached:.5g}). Check the "
+            "result, or give the stage a start (initial transform) or masks with a margin of background.")
+
+
+def mean_distance(a: sitk.Transform, b: sitk.Transform, fixed: sitk.Image, fixed_mask: sitk.Image | None) -> float:
     """Mean distance (mm) between where ``a`` and ``b`` send the fixed voxels (those in ``fixed_mask``, where one
     is given and any of it lies on the grid), on :func:`evaluate_metric`'s subgrid."""
     factors = evaluation_factors(fixed)
@@ -878,20 +919,13 @@ def _unmasked_start(fixed: sitk.Image, moving: sitk.Image, stage: StageParameter
     except RegistrationError as exc:  # the unmasked level could not run: the stage's own result stands
         info.update(used=False, reason=exc.problem)
         return None, info
-    apart = _mean_distance(aligned, reached_transform, fixed, fixed_mask)
+    apart = mean_distance(aligned, reached_transform, fixed, fixed_mask)
     score = evaluate_metric(fixed, moving, aligned, stage, seed, fixed_mask, moving_mask)
-    # better by a margin: on the 1 mm MNI152 head the stage's own end (0.08 mm off) scored 0.05% worse than the
-    # unmasked coarse level's (0.34 mm off, about as far apart as the truth and either), run again from there
-    # it ended 0.34 mm off; the failures it is for score 50-500% worse (2D BrainWeb, -0.07 against -0.42).
-    # And apart by more than half a coarse voxel: the 256x256x200 head's two ends, 0.3 mm apart (0.08 of its 4 mm
-    # voxels), scored 3% apart
-    used = (apart > SECOND_TRY_APART * coarse_voxel and math.isfinite(score)
-            and score < reached - SECOND_TRY_MARGIN * abs(reached))
-    info.update(used=bool(used), metric_unmasked_level=float(score), apart_mm=apart)
+    used = judge_unmasked_start(info, reached, score, apart, coarse_voxel)
     return (aligned if used else None), info
 
 
-def _second_try_result(first: StageResult, second: StageResult, seconds: float) -> StageResult:
+def second_try_result(first: StageResult, second: StageResult, seconds: float) -> StageResult:
     """The stage's result when it ran again from the unmasked coarse level: the second run's, measured from the
     initializer's start (``first.metric_before``) as the stage's first run was, over both runs' ``seconds``. Its
     end scores better than that start (the second run's start did by the margin), so the stage is accepted:
@@ -1175,15 +1209,12 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
     warnings += small_overlap_warnings(fixed, moving, first_start, start_description(first), start_fix(first),
                                        fixed_mask, moving_mask, overlap=overlap)
     masked_start: dict[str, Any] | None = None
-    given_masks = [mask for mask in (fixed_mask, moving_mask) if mask is not None]
     # a mask narrows the metric's capture range: a masked first stage that the masked metric scores worse than the
     # unmasked coarsest level is run again from there (see _unmasked_start). Not with a mask of fewer than
     # MIN_CONTENT_VOXELS voxels (warned about above as too small to align, and refused as before where ITK cannot
     # sample it), nor a given start or the rotation search's (which searches with the masks)
-    second_try = (given_masks and initial_transform is None and searched is None
-                  and parameters.stages[0].name in ("rigid", "affine")
-                  and all(np.count_nonzero(sitk.GetArrayViewFromImage(mask)) >= MIN_CONTENT_VOXELS
-                          for mask in given_masks))
+    second_try = second_try_applies(parameters.stages[0].name, fixed_mask, moving_mask,
+                                    initial_transform is not None or searched is not None)
     n = len(parameters.stages)
     effective: list[dict[str, Any]] = []
     for i, stage in enumerate(parameters.stages):
@@ -1209,14 +1240,9 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
                                                         moving_mask, progress, ((i + 0.6) / n, (i + 1) / n), None,
                                                         first, aligned)
                 masked_start["second_try_accepted"] = bool(second.accepted)
-                res = _second_try_result(first_res, second, time.perf_counter() - t_stage)
+                res = second_try_result(first_res, second, time.perf_counter() - t_stage)
                 if not second.accepted:
-                    warnings.append(
-                        f"Stage '{stage.name}', run again from its coarsest level aligned without the masks, made "
-                        f"the masked {stage.metric} metric worse ({second.metric_before:.5g} -> "
-                        f"{second.metric_after:.5g}); that coarse alignment was kept, which the masked metric scores "
-                        f"better than the stage's own result ({reached:.5g}). Check the result, or give the stage a "
-                        "start (initial transform) or masks with a margin of background.")
+                    warnings.append(second_try_warning(stage.name, stage.metric, second, reached))
         stage_results.append(res)
         effective.append(ran_with)
         if not res.accepted:
