@@ -87,7 +87,7 @@ def iterations_text(stage: StageResult | dict[str, Any]) -> str:
     return str(total)
 
 
-#: Said beside a masked first stage that ran again from its coarsest level aligned without the masks (the SimpleITK
+#: Said beside a masked first stage that ran again from its coarsest level aligned without the masks (either
 #: backend's second try): its iterations and stop reason are the second run's, its metric_before the initializer's
 #: start and its seconds both runs'.
 RAN_AGAIN_NOTE = "run again from its coarsest level aligned without the masks"
@@ -95,14 +95,20 @@ RAN_AGAIN_NOTE = "run again from its coarsest level aligned without the masks"
 
 def ran_again(parameters: Any) -> bool:
     """Whether a registration's first stage ran again from its coarsest level aligned without the masks, read from
-    its recorded ``parameters`` (:attr:`RegistrationResult.parameters`, metrics.json's ``parameters``): the first
-    stage's ``effective.masked_start.used``. False where there is no such record: the torch backend records its
-    stages by name (strings), an unmasked run has no ``masked_start``."""
-    stages = parameters.get("stages") if isinstance(parameters, Mapping) else None
+    its recorded ``parameters`` (:attr:`RegistrationResult.parameters`, metrics.json's ``parameters``):
+    ``effective.masked_start.used`` of the first stage (the SimpleITK backend), or of the settings themselves (the
+    torch backend, which records its stages by name and its settings once; a torch run that ran again had been
+    reported as run once). False where there is no such record (an unmasked run has no ``masked_start``)."""
+    if not isinstance(parameters, Mapping):
+        return False
+    stages = parameters.get("stages")
     first = stages[0] if isinstance(stages, (list, tuple)) and stages else None
-    effective = first.get("effective") if isinstance(first, Mapping) else None
-    masked_start = effective.get("masked_start") if isinstance(effective, Mapping) else None
-    return bool(masked_start.get("used")) if isinstance(masked_start, Mapping) else False
+    for owner in (first, parameters):
+        effective = owner.get("effective") if isinstance(owner, Mapping) else None
+        masked_start = effective.get("masked_start") if isinstance(effective, Mapping) else None
+        if isinstance(masked_start, Mapping):
+            return bool(masked_start.get("used"))
+    return False
 
 
 @dataclasses.dataclass

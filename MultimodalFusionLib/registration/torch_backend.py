@@ -61,9 +61,14 @@ from .rotation_search import search_rotation
 from .sitk_backend import (
     SEARCH_SHARE,
     centre_of_mass,
+    judge_unmasked_start,
     level_list,
     masks_metric_error,
+    mean_distance,
     no_overlap_error,
+    second_try_applies,
+    second_try_result,
+    second_try_warning,
     sigma_text,
     start_description,
     start_fix,
@@ -1048,13 +1053,23 @@ def _features(ctx: _Context, metric: str, image: Any) -> Any:
 
 
 def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: np.ndarray, center: np.ndarray,
-                  progress: ProgressCallback | None, span: tuple[float, float]) -> tuple[np.ndarray, np.ndarray,
-                                                                                          StageResult]:
-    """Optimise a rigid or affine transform over the linear pyramid; returns (A, t, StageResult)."""
+                  progress: ProgressCallback | None, span: tuple[float, float], *, levels: int | None = None,
+                  masks: bool = True, label: str | None = None) -> tuple[np.ndarray, np.ndarray, StageResult]:
+    """Optimise a rigid or affine transform over the linear pyramid; returns (A, t, StageResult).
+
+    ``levels``: run only the first this many levels that iterate (None: all). ``masks`` False optimises without
+    the masks (the unmasked coarse level of :func:`_unmasked_coarse_level`); the metric before and after is the
+    masked one either way. ``label`` names the run in the progress messages (default: ``name``).
+    """
     import torch
     import torch.nn.functional as F
 
     p = ctx.params
+    label = name if label is None else label
+    iterations = [int(i) for i in p.linear_iterations]
+    if levels is not None:
+        running = [k for k, i in enumerate(iterations) if i][:levels]
+        iterations = [i if k in running else 0 for k, i in enumerate(iterations)]
     dim = ctx.dim
     start = time.perf_counter()
     metric = p.linear_metric
@@ -1072,17 +1087,18 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
     before = evaluate(a_cur, t_cur)
     history: list[tuple[int, int, float]] = []
     pending: list[Any] = []
-    total_iters = sum(int(i) for i in p.linear_iterations)
+    total_iters = sum(iterations)
     done = 0
     ran = 0  # levels that iterated before this one
     sigmas_mm = _linear_sigmas_mm(p, ctx.base_spacing)
-    for level, (shrink, iters) in enumerate(zip(p.linear_shrink_factors, p.linear_iterations)):
-        iters = int(iters)
+    for level, (shrink, iters) in enumerate(zip(p.linear_shrink_factors, iterations)):
         if not iters:
             # skipped (ANTs' 100x0): it had drawn its sample from the generator, and halved the step of every
             # level after it, so [0, 80, 40] at shrink [4, 2, 1] did not run as [80, 40] at [2, 1]
             continue
         fixed_img, fixed_mask, moving_img, moving_mask = ctx.level_images(int(shrink), sigmas_mm[level])
+        if not masks:
+            fixed_mask = moving_mask = None
         if metric == "mind" and fixed_mask is None and p.deformable_foreground_mask:
             # as in the deformable stage: MIND over the fixed background (flat in a skull-stripped T1, while
             # a T2 shows noise, skull and scalp there) pulled the known 3 mm affine case from 7.2 to 9.6 mm
@@ -1150,7 +1166,7 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
                     raise RegistrationError(f"The {name} stage produced a non-finite metric at level {level + 1}.",
                                             "Check the images' intensities, or lower linear_learning_rate.")
                 frac = span[0] + (span[1] - span[0]) * done / max(total_iters, 1)
-                report(progress, frac, f"{name}: level {level + 1}/{len(p.linear_iterations)}, "
+                report(progress, frac, f"{label}: level {level + 1}/{len(p.linear_iterations)}, "
                                        f"iteration {it + 1}/{iters}, metric {last:.4f}")
         with torch.no_grad():
             a_cur, t_cur = (x.detach() for x in current())
@@ -1164,8 +1180,92 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
                         history=history,
                         # every level, as the sitk backend counts them: from the history alone a last level of 0
                         # iterations went missing ([6, 4, 0] read "6+4 = 10", [0, 6, 4] "0+6+4 = 10")
-                        level_iterations=iterations_per_level(history, len(p.linear_iterations)))
+                        level_iterations=iterations_per_level(history, len(iterations)))
     return a_cur.cpu().numpy(), t_cur.cpu().numpy(), stage
+
+
+def _masked_linear_stage(ctx: _Context, name: str, matrix: np.ndarray, translation: np.ndarray, center: np.ndarray,
+                         fixed: sitk.Image, fixed_mask: sitk.Image | None, progress: ProgressCallback | None,
+                         span: tuple[float, float], warnings: list[str]
+                         ) -> tuple[np.ndarray, np.ndarray, StageResult, dict[str, Any]]:
+    """A masked first linear stage with the SimpleITK backend's second try (``sitk_backend._unmasked_start``):
+    run from the initializer's start (``matrix``, ``translation``), then its coarsest level from the same start
+    without the masks (:func:`_unmasked_coarse_level`), and the stage again from that level's end when
+    ``sitk_backend.judge_unmasked_start`` prefers it. Returns (A, t, the stage's result, metrics.json's
+    ``masked_start``).
+
+    The masked metric's capture range is as narrow here as there: on the 2D BrainWeb pair (10 degrees, 21 px
+    from the centres) mutual information over a box on the middle 60% of the slice is flat over the first half
+    of the way from the 'geometry' start to the truth at the coarsest level (-0.24 to -0.28, -0.81 at the truth),
+    so the default rigid stage ended 20 px off at every seed and pixel size (every voxel sampled: the same), and
+    started half way it ends 0.05 px off. The coarse level draws its samples from the context's generator, which
+    is set back afterwards: a run that is not run again, and every stage after it, draws what it drew before (the
+    second run draws the first run's samples, as the SimpleITK backend's same seed does).
+    """
+    width = span[1] - span[0]
+    t_stage = time.perf_counter()
+    drawn = ctx.generator.get_state()
+    # the stage's first run takes half of its part of the bar, the check a tenth, the second run the rest
+    first_m, first_t, first = _linear_stage(ctx, name, matrix, translation, center, progress,
+                                            (span[0], span[0] + 0.5 * width))
+    report(progress, span[0] + 0.5 * width, f"{name}: checking the result against an alignment without the masks")
+    kept = first.metric_after <= first.metric_before  # as register_torch keeps a stage
+    reached = first.metric_after if kept else first.metric_before
+    reached_m, reached_t = (first_m, first_t) if kept else (matrix, translation)
+    after_first = ctx.generator.get_state()
+    aligned, info = _unmasked_coarse_level(ctx, name, matrix, translation, center, reached,
+                                           _affine_transform(reached_m, center, reached_t), fixed, fixed_mask,
+                                           progress, (span[0] + 0.5 * width, span[0] + 0.6 * width))
+    if aligned is None:
+        ctx.generator.set_state(after_first)
+        return first_m, first_t, first, info
+    ctx.generator.set_state(drawn)
+    second_m, second_t, second = _linear_stage(ctx, name, aligned[0], aligned[1], center, progress,
+                                               (span[0] + 0.6 * width, span[1]))
+    second.accepted = bool(second.metric_after <= second.metric_before)
+    info["second_try_accepted"] = second.accepted
+    stage = second_try_result(first, second, time.perf_counter() - t_stage)
+    if not second.accepted:
+        warnings.append(second_try_warning(name, "mutual information", second, reached))
+        second_m, second_t = aligned
+    return second_m, second_t, stage, info
+
+
+def _unmasked_coarse_level(ctx: _Context, name: str, matrix: np.ndarray, translation: np.ndarray,
+                           center: np.ndarray, reached: float, reached_transform: sitk.Transform, fixed: sitk.Image,
+                           fixed_mask: sitk.Image | None, progress: ProgressCallback | None,
+                           span: tuple[float, float]) -> tuple[tuple[np.ndarray, np.ndarray] | None, dict[str, Any]]:
+    """The first linear level that iterates, run from the initializer's start without the masks: its end (A, t)
+    when ``sitk_backend.judge_unmasked_start`` prefers it to what the stage reached (``reached``, the masked
+    metric of ``reached_transform``), else None; and what was found (metrics.json's ``masked_start``, as the
+    SimpleITK backend records it, with the level's smoothing in mm). Its progress messages say "without the
+    masks"; a cancel stops it as it stops a stage."""
+    p = ctx.params
+    level = next(k for k, i in enumerate(p.linear_iterations) if int(i))
+    shrink = int(p.linear_shrink_factors[level])
+    coarse_voxel = float(shrink * ctx.base_spacing)
+    info: dict[str, Any] = {"shrink_factor": shrink,
+                            "smoothing_sigma_mm": float(_linear_sigmas_mm(p, ctx.base_spacing)[level]),
+                            "metric_stage_reached": float(reached), "coarse_voxel_mm": coarse_voxel}
+    left_out = ctx.moving_mask_left_out()  # the first run's, noted again below for its warning
+    try:
+        m, t, run = _linear_stage(ctx, name, matrix, translation, center, progress, span, levels=1, masks=False,
+                                  label=f"{name} (without the masks, coarsest level)")
+    except RegistrationError as exc:  # the unmasked level could not run: the stage's own result stands
+        info.update(used=False, reason=exc.problem)
+        return None, info
+    finally:
+        scored_alone = ctx.moving_mask_left_out()
+        if left_out:
+            ctx.note_left_out(True)
+    if scored_alone:
+        # the masked metric at the level's end counted the fixed mask alone: not comparable with the stage's own
+        info.update(used=False, reason="too few voxels of the fixed mask mapped inside the moving mask at the "
+                                       "unmasked coarse level's end")
+        return None, info
+    apart = mean_distance(_affine_transform(m, center, t), reached_transform, fixed, fixed_mask)
+    used = judge_unmasked_start(info, reached, run.metric_after, apart, coarse_voxel)
+    return ((m, t) if used else None), info
 
 
 def _integrate(torch: Any, velocity: Any, grid: Any, steps: int) -> Any:
@@ -1627,7 +1727,10 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         moving: image to align (same dimension, any modality).
         parameters: TorchRegistrationParameters, the SimpleITK backend's RegistrationParameters
             (converted by :func:`torch_parameters`), a dict of fields, or None for the defaults.
-        fixed_mask: the similarity is computed inside this mask only (fixed grid), in every stage and metric.
+        fixed_mask: the similarity is computed inside this mask only (fixed grid), in every stage and metric. A
+            masked first rigid/affine stage started by the initializer is checked against its coarsest level run
+            without the masks, and run again from there when the SimpleITK backend's rule prefers it
+            (``effective.masked_start``; see :func:`_masked_linear_stage`).
         moving_mask: only fixed voxels whose moving point lands inside this mask count, in every stage and
             metric (through the current transform in the linear stages, through the affine in the deformable
             stage); with both masks, voxels inside both. LNCC's windows also leave out the voxels outside it.
@@ -1751,10 +1854,20 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
             metric_before = float(ctx.mi_at_points(ctx.eval_points, ctx.eval_values, ctx.total_matrix(
                 torch.as_tensor(_affine_matrix(matrix, center, translation), dtype=torch.float64, device=device)),
                 ctx.moving.tensor))
+        # a mask narrows the metric's capture range: a masked first rigid or affine stage is checked against its
+        # coarsest level run without the masks, and run again from there when that is better, by the SimpleITK
+        # backend's rule (see _masked_linear_stage)
+        second_try = (second_try_applies(stages[0], fixed_mask, moving_mask, initial_transform is not None)
+                      and any(int(k) for k in params.linear_iterations))
+        masked_start: dict[str, Any] | None = None
         for i, name in enumerate(stages):
             span = (float(bounds[i]), float(bounds[i + 1]))
             if name in ("rigid", "affine"):
-                new_m, new_t, stage = _linear_stage(ctx, name, matrix, translation, center, progress, span)
+                if i == 0 and second_try:
+                    new_m, new_t, stage, masked_start = _masked_linear_stage(
+                        ctx, name, matrix, translation, center, fixed_f, fixed_mask, progress, span, warnings)
+                else:
+                    new_m, new_t, stage = _linear_stage(ctx, name, matrix, translation, center, progress, span)
                 if stage.metric_after <= stage.metric_before:
                     matrix, translation = new_m, new_t
                 else:
@@ -1819,6 +1932,10 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     info["device"] = str(device)
     info["mixed_precision_active"] = bool(ctx.amp)
     info["effective"] = _effective_settings(ctx, params, device)
+    if masked_start is not None:
+        # where the SimpleITK backend records it beside its first stage's settings; the torch backend's stages are
+        # names, its settings one set (result.ran_again reads either)
+        info["effective"]["masked_start"] = masked_start
     return RegistrationResult(transform=transform, stages=stage_results, metric_before=metric_before,
                               metric_after=metric_after,
                               warnings=warnings, seconds=time.perf_counter() - t_start, backend="torch",
