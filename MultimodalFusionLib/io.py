@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -249,6 +250,9 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
             path = os.path.join(folder, name)
             if os.path.isfile(path):
                 _check_decodable(f"DICOM file '{path}'", path, unknown_too=True)
+                cut = _dicom_cut_short(path)
+                if cut is not None:
+                    raise _dicom_truncated_error(path, cut[1])
         raise InputError(f"No DICOM series found in folder '{folder}'.",
                          "Point to a folder of DICOM files (.dcm), or to an image file.")
     if series is not None:
@@ -268,6 +272,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
             "--reference-series when the inputs differ) or read_image(folder, series=UID).", found)
     else:
         pick = found[0]
+    _check_no_file_cut_short(pick, found)
     label = f"DICOM series '{pick['description'] or pick['uid']}'"
     syntax = _check_decodable(label, pick["files"][0])
     if len(pick["files"]) == 1:
@@ -291,6 +296,63 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
         notes = [note for row, size in zip(rows, sizes) for note in [_pixel_size_note(row["path"], *size)] if note]
         _warn_once_per_kind(label, len(pick["files"]), notes, stacklevel=4)
     return _with_slice_step(image, slice_step)
+
+
+def _dicom_cut_short(path: str) -> tuple[str | None, str] | None:
+    """(its SeriesInstanceUID, or None where the file ends before it; what is missing) for a DICOM file (``DICM``
+    after its 128-byte preamble) that ends before its pixel data do; None for any other file. GDCM skips such a
+    file without a word: in a series, the series had been read without that slice (a first or last one: a
+    volume 1 slice short, its extent silently wrong)."""
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(132)[128:] != b"DICM":
+                return None
+            from pydicom import dcmread
+
+            fh.seek(0)
+            with warnings.catch_warnings():  # what pydicom finds odd in a header (as dicom_header: not shown)
+                warnings.simplefilter("ignore")
+                tags = dcmread(fh, defer_size=256)  # it reads a cut file without an error: the lengths tell
+            uid = str(tags.get("SeriesInstanceUID", "")) or None
+            if 0x7FE00010 not in tags:
+                return uid, f"ends before its pixel data (a header cut short: {size} bytes)"
+            pixels = tags.get_item(0x7FE00010, keep_deferred=True)
+    except Exception:  # noqa: BLE001 - pydicom's errors on a damaged file are of many kinds: GDCM's reading stands
+        return None
+    length, start = getattr(pixels, "length", None), getattr(pixels, "value_tell", None)
+    if length is None or start is None or length == 0xFFFFFFFF:
+        return None  # compressed (encapsulated) pixel data: their frames' lengths are left to GDCM
+    if start + length <= size:
+        return None
+    return uid, f"its pixel data need {length} bytes from byte {start} ({start + length} bytes in all) but the file " \
+        f"holds only {size} bytes"
+
+
+def _dicom_truncated_error(path: str, missing: str) -> InputError:
+    return InputError(f"DICOM file '{path}' is truncated: it {missing}." if missing.startswith("ends") else
+                      f"DICOM file '{path}' is truncated: {missing}.",
+                      "Copy or download the file again, complete (or the whole series); check the disk was not full "
+                      "when it was written.")
+
+
+def _check_no_file_cut_short(pick: Mapping[str, Any], found: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse a series one of whose files is cut short (GDCM leaves it out of the series, see
+    :func:`_dicom_cut_short`): the files of the series' folders that are in no series found, and that are DICOM
+    files of this series (or cut before their series is named). Reads only the files GDCM skipped."""
+    listed = {os.path.normcase(os.path.abspath(f)) for s in found for f in s["files"]}
+    for folder in sorted({os.path.dirname(f) for f in pick["files"]}):
+        try:
+            names = sorted(os.listdir(folder or "."))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.normcase(os.path.abspath(path)) in listed or not os.path.isfile(path):
+                continue
+            cut = _dicom_cut_short(path)
+            if cut is not None and cut[0] in (None, pick["uid"]):
+                raise _dicom_truncated_error(path, cut[1])
 
 
 def _with_slice_step(image: sitk.Image, step: np.ndarray | None) -> sitk.Image:
@@ -1088,8 +1150,11 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
             raise InputError(f"File '{path}' is empty (0 bytes).", "Give a complete image file.")
         # a DICOM file is known by its content, not its name (PACS exports name files by UID, "1.2.840....1"):
         # _read_file reads one slice as 2D whatever its name; as_slice leaves other formats alone
+        nifti = _read_suffix(path) in (".nii", ".nii.gz", *_PAIR_PARTS)
+        if not nifti:  # before ITK, which names some of these files otherwise ("Unable to determine ImageIO reader")
+            _check_complete(path)
         image = _read_file(path, as_slice=True)
-        if _suffix(path) in (".nii", ".nii.gz"):
+        if nifti:
             image = _check_nifti_voxels(path, image)
     if not keep_color and image.GetNumberOfComponentsPerPixel() == 4 and os.path.isfile(path) \
             and (_png_grey_alpha_depth(path) is not None or _png_grey_transparency(path) is not None):
@@ -1142,6 +1207,9 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
     except InputError as exc:
         if _is_nifti2(path):
             raise _nifti2_error(path) from exc
+        cut = _dicom_cut_short(path)
+        if cut is not None:
+            raise _dicom_truncated_error(path, cut[1]) from exc
         if syntax is not None:
             _explain_multiframe_failure(path)
         raise
@@ -1432,17 +1500,20 @@ _NIFTI_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 7
                 1536: 16, 1792: 16, 2048: 32, 2304: 4}
 
 
-def _nifti_layout(header: bytes) -> tuple[str, int, int, int, int, float] | None:
+def _nifti_layout(header: bytes, pair: bool = False) -> tuple[str, int, int, int, int, float] | None:
     """(byte order, datatype, bytes per voxel, voxel count, data offset, the value a stored 0 reads as
     after the scl_slope/scl_inter scaling) from a NIfTI-1 or NIfTI-2 header; None for anything else
-    (then ITK's own reading stands)."""
+    (then ITK's own reading stands). With ``pair``, the header of an Analyze 7.5 or NIfTI pair (``.hdr``, whose
+    layout is NIfTI-1's): its voxels start at ``vox_offset`` in the ``.img`` (0 as ITK writes it)."""
     import struct
 
     for order in "<>":
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             datatype, bitpix = struct.unpack(order + "hh", header[70:74])
             dims = struct.unpack(order + "8h", header[40:56])
-            offset = max(352, int(struct.unpack(order + "f", header[108:112])[0]))
+            vox_offset = struct.unpack(order + "f", header[108:112])[0]
+            vox_offset = int(vox_offset) if math.isfinite(vox_offset) else 0
+            offset = max(0, vox_offset) if pair else max(352, vox_offset)
             slope, inter = struct.unpack(order + "ff", header[112:120])
             break
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
@@ -1490,10 +1561,89 @@ def _nifti2_error(path: str) -> InputError:
                       "holds up to 32767 voxels along an axis).")
 
 
+def _is_gzip(path: str) -> bool:
+    """Whether ``path`` starts as a gzip stream does (ITK's readers take either, whatever the name)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"\x1f\x8b"
+    except OSError:
+        return False
+
+
+def _head(path: str, size: int) -> bytes:
+    """The first ``size`` bytes of ``path`` (fewer where it is shorter), decompressed where it is gzip-compressed:
+    unlike ``gzip.open(...).read(size)``, a stream cut short gives the bytes it holds (a header to check against
+    it) instead of an EOFError."""
+    import zlib
+
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            fh.seek(0)
+            return fh.read(size)
+        fh.seek(0)
+        inflate = zlib.decompressobj(31)
+        out = b""
+        while len(out) < size and not inflate.eof:
+            chunk = fh.read(1 << 16)
+            if not chunk:
+                break
+            out += inflate.decompress(chunk, size - len(out))
+            while inflate.unconsumed_tail and len(out) < size:
+                out += inflate.decompress(inflate.unconsumed_tail, size - len(out))
+        return out[:size]
+
+
+def _nifti_files(path: str) -> tuple[str, str, bool] | None:
+    """(header, data file, is a pair) of the NIfTI or Analyze image ``path`` names, as nifti1_io (ITK's reader)
+    finds them: a ``.nii``/``.nii.gz`` is both; a pair's ``x.hdr`` (or ``.hdr.gz``) keeps its voxels in ``x.img``
+    (else ``x.img.gz``), whichever of the two was given, in any case. None where a file is missing (named by
+    :func:`_check_data_file` or ITK)."""
+    suffix = _read_suffix(path)
+    if suffix in (".nii", ".nii.gz"):
+        return path, path, False
+    if suffix not in _PAIR_PARTS:
+        return None
+    folder = os.path.dirname(path) or "."
+    stem = os.path.basename(path)[:-len(suffix)]
+    try:
+        names = {name.lower(): name for name in sorted(os.listdir(folder), reverse=True)}
+    except OSError:
+        return None
+    names[os.path.basename(path).lower()] = os.path.basename(path)  # the spelling given, first
+
+    def find(*exts: str) -> str | None:
+        for ext in exts:
+            if (stem + ext).lower() in names:
+                return os.path.join(folder, names[(stem + ext).lower()])
+        return None
+
+    if suffix in (".hdr", ".hdr.gz"):
+        header, data = path, find(".img", ".img.gz")
+    else:
+        header, data = find(".hdr", ".hdr.gz"), path
+    return None if header is None or data is None else (header, data, True)
+
+
+def _truncated_error(path: str, what: str, held: str) -> InputError:
+    """A truncated image file, named with what its header describes and what it holds."""
+    return InputError(f"'{path}' is truncated: its header describes {what} but {held} (ITK would have read it "
+                      "without an error, the missing voxels as 0, as other values or as fewer slices).", _TRUNCATED_FIX)
+
+
+def _held(data_file: str, gz: bool, path: str) -> str:
+    """What the file holds, in the words of :func:`_truncated_error`."""
+    where = "the file" if data_file == path else f"its data file '{os.path.basename(data_file)}'"
+    if gz:
+        return f"{where} ({os.path.getsize(data_file)} bytes, gzip-compressed) ends before its compressed stream does"
+    return f"{where} holds only {os.path.getsize(data_file)} bytes"
+
+
 def _check_nifti_voxels(path: str, image: sitk.Image) -> sitk.Image:
     """What ITK's NIfTI reader hides: a truncated file (it pads the missing voxels with 0, no error) and
     NaN/inf voxels (it reads them as 0). Refuses the first; puts the second back, so that the checks
-    that refuse NaN before registration and fusion see them and ``mmfusion info`` counts them.
+    that refuse NaN before registration and fusion see them and ``mmfusion info`` counts them. Covers
+    ``.nii``, ``.nii.gz`` and the Analyze/NIfTI pairs (``.hdr`` with ``.img`` or ``.img.gz``), whatever case
+    their names are spelt in.
 
     Reads the voxels once more, in blocks, only for a floating-point image holding zeros (0.3 s more for a
     256^3 float32 .nii.gz) or a gzip file whose size trailer does not match the header; other files are
@@ -1502,26 +1652,32 @@ def _check_nifti_voxels(path: str, image: sitk.Image) -> sitk.Image:
     import gzip
     import zlib
 
-    gz = _suffix(path) == ".nii.gz"
+    files = _nifti_files(path)
+    if files is None:
+        return image
+    header, data_file, pair = files
+    gz = _is_gzip(data_file)
     try:
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
-            layout = _nifti_layout(fh.read(544))
-    except (OSError, EOFError, zlib.error):
-        return image  # e.g. a .nii.gz that is not gzip-compressed (ITK reads both): its reading stands
+        layout = _nifti_layout(_head(header, 544), pair=pair)
+    except (OSError, zlib.error):
+        return image  # a damaged header: ITK's reading stands
     if layout is None:
         return image
     order, datatype, voxel_bytes, count, offset, zero = layout
     expected = offset + count * voxel_bytes
     floats = _NIFTI_FLOATS.get(datatype)
-    truncated = (f"'{path}' is truncated: its header describes {count} voxels ({expected} bytes with the header) "
-                 "but the file ends before them (ITK would read the missing voxels as 0).")
-    fix = _TRUNCATED_FIX
+    with_header = "with the header" if data_file == header else "in the data file"
+    what = f"{count} voxels ({expected} bytes {with_header}{', decompressed' if gz else ''})"
+
+    def truncated() -> InputError:
+        return _truncated_error(path, what, _held(data_file, gz, path))
+
     if not gz:
-        size_ok = os.path.getsize(path) >= expected
+        size_ok = os.path.getsize(data_file) >= expected
         if not size_ok:
-            raise InputError(truncated, fix)
+            raise truncated()
     else:
-        with open(path, "rb") as raw:  # gzip's last 4 bytes: the uncompressed size modulo 2^32 (a file
+        with open(data_file, "rb") as raw:  # gzip's last 4 bytes: the uncompressed size modulo 2^32 (a file
             raw.seek(-4, os.SEEK_END)  # of several gzip members has another: then the stream is read)
             size_ok = int.from_bytes(raw.read(4), "little") == expected % 2**32
     if floats is not None and (image.GetNumberOfComponentsPerPixel() != 1 or image.GetNumberOfPixels() != count):
@@ -1534,14 +1690,14 @@ def _check_nifti_voxels(path: str, image: sitk.Image) -> sitk.Image:
     bad_value: list[np.ndarray] = []
     block = (1 << 24) // voxel_bytes  # 16 MB of voxels at a time
     try:
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+        with (gzip.open(data_file, "rb") if gz else open(data_file, "rb")) as fh:
             fh.seek(offset)
             done = 0
             while done < count:
                 want = min(block, count - done) * voxel_bytes
                 chunk = fh.read(want)
                 if len(chunk) < want:
-                    raise InputError(truncated, fix)
+                    raise truncated()
                 if floats is not None:
                     values = np.frombuffer(chunk, dtype=dtype)
                     where = np.flatnonzero(~np.isfinite(values))
@@ -1549,8 +1705,10 @@ def _check_nifti_voxels(path: str, image: sitk.Image) -> sitk.Image:
                         bad_index.append(where + done)
                         bad_value.append(values[where])
                 done += want // voxel_bytes
+            while gz and fh.read(1 << 20):  # to the stream's end, whose trailer gzip checks: a file cut in its
+                pass  # last 8 bytes held every voxel, and ITK had read the last ones as other values
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise InputError(truncated, fix) from exc
+        raise truncated() from exc
     if not bad_index:
         return image
     arr = sitk.GetArrayFromImage(image)
@@ -1560,6 +1718,236 @@ def _check_nifti_voxels(path: str, image: sitk.Image) -> sitk.Image:
     for key in image.GetMetaDataKeys():
         out.SetMetaData(key, image.GetMetaData(key))
     return out
+
+
+#: Bytes per value of GIPL's image types (its header: 256 bytes, big-endian; the binary type is left to ITK)
+_GIPL_BYTES = {7: 1, 8: 1, 15: 2, 16: 2, 31: 4, 32: 4, 64: 4, 65: 8, 144: 4, 160: 8, 192: 8, 193: 16}
+_GIPL_MAGIC = (0xEFFFE9B0, 0x2AE389B8)
+#: Bytes per voxel of MRC's modes that ITK reads (int8, int16, float32, complex int16, complex float32, uint16, RGB)
+_MRC_BYTES = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 16: 3}
+#: Bytes per value of the VTK legacy types (``long``, whose size differs between writers, is left to ITK)
+_VTK_BYTES = {"bit": 0, "unsigned_char": 1, "char": 1, "unsigned_short": 2, "short": 2, "unsigned_int": 4, "int": 4,
+              "float": 4, "double": 8, "vtktypeint64": 8, "vtktypeuint64": 8}
+
+
+def _gipl_layout(head: bytes) -> tuple[int, int] | None:
+    import struct
+
+    if len(head) < 256 or struct.unpack(">I", head[252:256])[0] not in _GIPL_MAGIC:
+        return None
+    dims = struct.unpack(">4H", head[:8])
+    size = _GIPL_BYTES.get(struct.unpack(">H", head[8:10])[0])
+    if size is None:
+        return None
+    return 256, int(np.prod([max(1, d) for d in dims], dtype=np.int64)) * size
+
+
+def _mrc_layout(head: bytes) -> tuple[int, int] | None:
+    import struct
+
+    if len(head) < 1024:
+        return None
+    for order in "<>":
+        nx, ny, nz, mode = struct.unpack(order + "4i", head[:16])
+        extended = struct.unpack(order + "i", head[92:96])[0]
+        if mode in _MRC_BYTES and min(nx, ny, nz) > 0 and 0 <= extended < 1 << 31:
+            return 1024 + extended, nx * ny * nz * _MRC_BYTES[mode]
+    return None
+
+
+def _vtk_layout(head: bytes) -> tuple[int, int] | None:
+    """A binary VTK legacy file of structured points: where its voxels start (after the line that ends the
+    header: LOOKUP_TABLE after SCALARS, or VECTORS/COLOR_SCALARS/TENSORS itself) and their size."""
+    lines = head.split(b"\n")
+    if len(lines) < 4 or not lines[0].startswith(b"# vtk DataFile") or lines[2].strip().upper() != b"BINARY":
+        return None
+    pos = len(lines[0]) + len(lines[1]) + len(lines[2]) + 3
+    count = None
+    for i, line in enumerate(lines[3:-1], start=3):
+        pos += len(line) + 1
+        words = line.decode("latin-1").split()
+        key = words[0].upper() if words else ""
+        if key == "POINT_DATA" and len(words) == 2 and words[1].isdigit():
+            count = int(words[1])
+        elif key in ("SCALARS", "VECTORS", "TENSORS", "COLOR_SCALARS") and count is not None and len(words) >= 3:
+            if key == "COLOR_SCALARS":
+                size, components = 1, int(words[2]) if words[2].isdigit() else 0
+            else:
+                size = _VTK_BYTES.get(words[2].lower(), 0)
+                components = {"VECTORS": 3, "TENSORS": 9}.get(key, int(words[3]) if len(words) > 3
+                                                                and words[3].isdigit() else 1)
+            if not size or not components:
+                return None
+            if key == "SCALARS":  # its LOOKUP_TABLE line follows
+                if not lines[i + 1].upper().startswith(b"LOOKUP_TABLE") or i + 2 >= len(lines):
+                    return None
+                pos += len(lines[i + 1]) + 1
+            return pos, count * components * size
+    return None
+
+
+def _bmp_layout(head: bytes) -> tuple[int, int] | None:
+    """An uncompressed BMP: where its rows start and their bytes (each row padded to 4 bytes: ITK reads the last
+    row's padding too, and a file cut there had been read with other values); a header cut short needs its
+    header's bytes."""
+    import struct
+
+    if len(head) < 18 or head[:2] != b"BM":
+        return None
+    start, dib = struct.unpack("<II", head[10:18])
+    if dib in (12, 40, 52, 56, 64, 108, 124) and len(head) < 14 + dib:
+        return 14 + dib, 0
+    if dib == 12:
+        width, height, _, bits = struct.unpack("<HHHH", head[18:26])
+        compression = 0
+    elif dib >= 40 and len(head) >= 34:
+        width, height, _, bits, compression = struct.unpack("<iiHHI", head[18:34])
+    else:
+        return None
+    if compression not in (0, 3) or width <= 0 or bits not in (1, 4, 8, 16, 24, 32):
+        return None  # run-length encoded: left to ITK
+    row = (bits * width + 31) // 32 * 4
+    return start, row * abs(height)
+
+
+_RAW_LAYOUTS = {".gipl": _gipl_layout, ".gipl.gz": _gipl_layout, ".mrc": _mrc_layout, ".vtk": _vtk_layout,
+                ".bmp": _bmp_layout}
+
+
+def _check_complete(path: str) -> None:
+    """Refuse an image file that ends before the voxels its header describes, for the formats whose ITK reader
+    reads such a file without an error: GIPL (``.gipl``, ``.gipl.gz``), MRC, VTK legacy and BMP had given the
+    missing voxels as 0 or as other values (whatever lay in memory), TIFF had given fewer slices and JPEG grey
+    blocks. (NIfTI and Analyze: :func:`_check_nifti_voxels`; MetaImage: :func:`_check_metaimage_size`; NRRD,
+    PNG and DICOM readers fail on a truncated file.) Reads the header, and a compressed file's size trailer: a
+    compressed stream is read again only where that trailer disagrees with the header."""
+    import gzip
+    import zlib
+
+    suffix = _read_suffix(path)
+    if suffix in (".tif", ".tiff"):
+        return _check_tiff_complete(path)
+    if suffix in (".jpg", ".jpeg"):
+        return _check_jpeg_complete(path)
+    layout_of = _RAW_LAYOUTS.get(suffix)
+    if layout_of is None:
+        return None
+    gz = _is_gzip(path)
+    try:
+        layout = layout_of(_head(path, 4096))
+    except (OSError, zlib.error):
+        return None  # ITK has read it: its reading stands
+    if layout is None:
+        return None
+    start, data_bytes = layout
+    expected = start + data_bytes
+    what = f"{data_bytes} bytes of voxels ({expected} bytes with the header{', decompressed' if gz else ''})"
+    if not data_bytes and len(_head(path, start)) < start:
+        raise InputError(f"'{path}' is truncated: it ends inside its {start}-byte header.", _TRUNCATED_FIX)
+    if not gz:
+        if os.path.getsize(path) < expected:
+            raise _truncated_error(path, what, _held(path, False, path))
+        return None
+    with open(path, "rb") as raw:  # gzip's size trailer (see _check_nifti_voxels)
+        raw.seek(-4, os.SEEK_END)
+        if int.from_bytes(raw.read(4), "little") == expected % 2**32:
+            return None
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while True:
+                chunk = fh.read(1 << 24)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise _truncated_error(path, what, _held(path, True, path)) from exc
+    if total < expected:
+        raise _truncated_error(path, what, f"the file decompresses to {total} bytes")
+    return None
+
+
+def _check_tiff_complete(path: str) -> None:
+    """A TIFF file's directories (one per slice) and the strips or tiles they point at must lie inside the file:
+    libtiff stops at a directory past the end without an error, and ITK had read a 12-slice volume cut in half
+    as 6 slices. Reads the directories only (classic TIFF; BigTIFF is left to ITK)."""
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8 or head[:4] not in (b"II*\0", b"MM\0*"):
+            return
+        order = "<" if head[:2] == b"II" else ">"
+        where, seen, needed = struct.unpack(order + "I", head[4:8])[0], set(), 8
+        while where and where not in seen and len(seen) < 1 << 20:
+            seen.add(where)
+            fh.seek(where)
+            raw = fh.read(2)
+            entries = struct.unpack(order + "H", raw)[0] if len(raw) == 2 else 0
+            needed = max(needed, where + 2 + 12 * entries + 4)
+            block = fh.read(12 * entries + 4)
+            if len(raw) < 2 or len(block) < 12 * entries + 4:
+                needed = max(needed, where + 2 + 12 * entries + 4, where + 6)
+                break
+            fields = {}
+            for k in range(entries):
+                tag, kind, count = struct.unpack(order + "HHI", block[12 * k:12 * k + 8])
+                if tag in (273, 279, 324, 325) and kind in (3, 4):
+                    width = 2 if kind == 3 else 4
+                    if count * width <= 4:
+                        data = block[12 * k + 8:12 * k + 8 + count * width]
+                    else:
+                        fh.seek(struct.unpack(order + "I", block[12 * k + 8:12 * k + 12])[0])
+                        data = fh.read(count * width)
+                        if len(data) < count * width:
+                            needed = max(needed, size + 1)
+                            continue
+                    fields[tag] = struct.unpack(f"{order}{count}{'H' if kind == 3 else 'I'}", data)
+            for offsets, counts in ((273, 279), (324, 325)):
+                if offsets in fields and counts in fields and len(fields[offsets]) == len(fields[counts]):
+                    needed = max([needed] + [o + c for o, c in zip(fields[offsets], fields[counts])])
+            where = struct.unpack(order + "I", block[-4:])[0]
+            if where:
+                needed = max(needed, where + 2)
+            if needed > size:
+                break
+    if needed > size:
+        raise _truncated_error(path, f"slices (strips) up to byte {needed}", f"the file holds only {size} bytes")
+
+
+def _check_jpeg_complete(path: str) -> None:
+    """A JPEG file must reach its end-of-image marker: libjpeg reads one cut short with only a warning ("Premature
+    end of JPEG file"), and ITK had given the missing part as grey. The markers are followed from the start
+    (so that an embedded thumbnail's end is not taken for the image's) to the first scan, then its end is looked
+    for."""
+    import struct
+
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if data[:2] != b"\xff\xd8":
+        return
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return  # not a marker where one belongs: left to ITK
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        if marker == 0xDA:  # the first scan: the image's end marker follows its data (a progressive file's too)
+            if data.find(b"\xff\xd9", pos + 2 + length) >= 0:
+                return
+            break
+        pos += 2 + length
+    raise _truncated_error(path, "a JPEG image", f"the file ({len(data)} bytes) ends before its end-of-image "
+                           "marker")
 
 
 #: A MetaImage header's last line, naming where its voxels are
