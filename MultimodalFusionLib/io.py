@@ -1570,27 +1570,77 @@ def _is_gzip(path: str) -> bool:
         return False
 
 
+def _gunzip_blocks(path: str, block: int = 1 << 24) -> Iterator[bytes]:
+    """The decompressed bytes of the gzip file ``path``, in blocks of at most ``block`` bytes, as zlib's ``gzread``
+    (ITK's readers) gives them: its members one after another, and bytes after the last member that start no
+    other (zeros, padding, anything a copy tool appended) ignored, as ``gzread`` ignores them (Python's ``gzip``
+    refuses other bytes than zeros there: "Not a gzipped file", for a file ITK reads whole). EOFError where a
+    member ends before its end (in its data or in its 8-byte trailer); ``zlib.error`` for damaged data."""
+    import zlib
+
+    with open(path, "rb") as fh:
+        inflate = zlib.decompressobj(31)
+        data = fh.read(1 << 16)
+        while True:
+            out = inflate.decompress(data, block)
+            if out:
+                yield out
+            if inflate.eof:
+                rest = inflate.unused_data
+                rest += fh.read(max(0, 2 - len(rest)))
+                if rest[:2] != b"\x1f\x8b":
+                    return
+                inflate, data = zlib.decompressobj(31), rest
+                continue
+            data = inflate.unconsumed_tail or fh.read(1 << 16)
+            if not data:
+                raise EOFError(f"'{path}': the compressed stream ends before its end")
+
+
+class _Gunzipped:
+    """``read(n)`` over :func:`_gunzip_blocks` (what ``gzip.open`` gives, with zlib's reading of a file's end)."""
+
+    def __init__(self, path: str) -> None:
+        self._blocks = _gunzip_blocks(path)
+        self._buffer = b""
+
+    def read(self, size: int) -> bytes:
+        parts, held = [self._buffer], len(self._buffer)
+        while held < size:
+            block = next(self._blocks, b"")
+            if not block:
+                break
+            parts.append(block)
+            held += len(block)
+        joined = b"".join(parts)
+        self._buffer = joined[size:]
+        return joined[:size]
+
+    def __enter__(self) -> _Gunzipped:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._blocks.close()
+
+
 def _head(path: str, size: int) -> bytes:
     """The first ``size`` bytes of ``path`` (fewer where it is shorter), decompressed where it is gzip-compressed:
     unlike ``gzip.open(...).read(size)``, a stream cut short gives the bytes it holds (a header to check against
     it) instead of an EOFError."""
-    import zlib
-
-    with open(path, "rb") as fh:
-        if fh.read(2) != b"\x1f\x8b":
-            fh.seek(0)
+    if not _is_gzip(path):
+        with open(path, "rb") as fh:
             return fh.read(size)
-        fh.seek(0)
-        inflate = zlib.decompressobj(31)
-        out = b""
-        while len(out) < size and not inflate.eof:
-            chunk = fh.read(1 << 16)
-            if not chunk:
+    out, blocks = b"", _gunzip_blocks(path, size)
+    try:
+        for block in blocks:
+            out += block
+            if len(out) >= size:
                 break
-            out += inflate.decompress(chunk, size - len(out))
-            while inflate.unconsumed_tail and len(out) < size:
-                out += inflate.decompress(inflate.unconsumed_tail, size - len(out))
-        return out[:size]
+    except EOFError:
+        pass
+    finally:
+        blocks.close()
+    return out[:size]
 
 
 def _nifti_files(path: str) -> tuple[str, str, bool] | None:
@@ -1649,7 +1699,6 @@ def _check_nifti_voxels(path: str, image: sitk.Image) -> sitk.Image:
     256^3 float32 .nii.gz) or a gzip file whose size trailer does not match the header; other files are
     checked by their size alone.
     """
-    import gzip
     import zlib
 
     files = _nifti_files(path)
@@ -1690,8 +1739,8 @@ def _check_nifti_voxels(path: str, image: sitk.Image) -> sitk.Image:
     bad_value: list[np.ndarray] = []
     block = (1 << 24) // voxel_bytes  # 16 MB of voxels at a time
     try:
-        with (gzip.open(data_file, "rb") if gz else open(data_file, "rb")) as fh:
-            fh.seek(offset)
+        with (_Gunzipped(data_file) if gz else open(data_file, "rb")) as fh:
+            fh.read(offset) if gz else fh.seek(offset)
             done = 0
             while done < count:
                 want = min(block, count - done) * voxel_bytes
@@ -1705,9 +1754,9 @@ def _check_nifti_voxels(path: str, image: sitk.Image) -> sitk.Image:
                         bad_index.append(where + done)
                         bad_value.append(values[where])
                 done += want // voxel_bytes
-            while gz and fh.read(1 << 20):  # to the stream's end, whose trailer gzip checks: a file cut in its
+            while gz and fh.read(1 << 20):  # to the stream's end, whose trailer zlib checks: a file cut in its
                 pass  # last 8 bytes held every voxel, and ITK had read the last ones as other values
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except (EOFError, zlib.error) as exc:
         raise truncated() from exc
     if not bad_index:
         return image
@@ -1821,7 +1870,6 @@ def _check_complete(path: str) -> None:
     blocks. (NIfTI and Analyze: :func:`_check_nifti_voxels`; MetaImage: :func:`_check_metaimage_size`; NRRD,
     PNG and DICOM readers fail on a truncated file.) Reads the header, and a compressed file's size trailer: a
     compressed stream is read again only where that trailer disagrees with the header."""
-    import gzip
     import zlib
 
     suffix = _read_suffix(path)
@@ -1854,13 +1902,9 @@ def _check_complete(path: str) -> None:
             return None
     total = 0
     try:
-        with gzip.open(path, "rb") as fh:
-            while True:
-                chunk = fh.read(1 << 24)
-                if not chunk:
-                    break
-                total += len(chunk)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        for block in _gunzip_blocks(path):
+            total += len(block)
+    except (EOFError, zlib.error) as exc:
         raise _truncated_error(path, what, _held(path, True, path)) from exc
     if total < expected:
         raise _truncated_error(path, what, f"the file decompresses to {total} bytes")

@@ -649,6 +649,47 @@ class TruncatedFilesOfEveryFormat(unittest.TestCase):
                     self._assert_refused(os.path.join(folder, which))
         self.assertEqual(whole.GetSize(), (10, 12, 6))
 
+    def test_complete_files_with_bytes_after_their_end_read(self) -> None:
+        """Bytes after a complete file (a copy tool's or a transfer's padding, a gzip file of several members) are
+        read past as ITK reads past them: zlib's gzread ignores what follows a gzip stream's last member, which
+        Python's gzip refuses ("Not a gzipped file") unless it is zeros; a .nii.gz or .gipl.gz with 24 such bytes
+        had been refused as truncated."""
+        import gzip
+
+        rng = np.random.default_rng(6)
+        floats = rng.random((12, 16, 20)).astype(np.float32)
+        floats[:3] = 0  # a zero background: the NaN pass reads the stream to its end
+        for name, image in (("f.nii.gz", sitk.GetImageFromArray(floats)), ("i.nii.gz", self.volume),
+                            ("v.gipl.gz", self.volume), ("v.nii", self.volume), ("v.gipl", self.volume),
+                            ("v.vtk", self.volume), ("v.mrc", self.volume), ("v.tif", self.volume),
+                            ("p.bmp", self.picture), ("p.jpg", self.picture)):
+            whole = self._path("whole", name)
+            os.makedirs(os.path.dirname(whole), exist_ok=True)
+            sitk.WriteImage(image, whole, name.endswith(".gz"))
+            truth = sitk.GetArrayFromImage(io.read_image(whole))
+            with open(whole, "rb") as fh:
+                payload = fh.read()
+            endings = {"garbage": payload + b"GARBAGE!" * 3, "zeros": payload + bytes(1000)}
+            if name.endswith(".gz"):
+                raw = gzip.decompress(payload)
+                endings["two members"] = gzip.compress(raw[:300]) + gzip.compress(raw[300:])
+                endings["two members, garbage"] = endings["two members"] + b"GARBAGE!" * 3
+            for ending, data in endings.items():
+                with self.subTest(name=name, ending=ending):
+                    path = self._path(ending.replace(" ", "_").replace(",", ""), name)
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with open(path, "wb") as fh:
+                        fh.write(data)
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(path)), truth)
+        for keep in (-5, -9, -30):  # a member cut short (trailer, data) is refused: -30 had read as other values
+            with self.subTest(keep=keep):
+                path = self._path("cut_member", "f.nii.gz")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                raw = gzip.decompress(open(self._path("whole", "f.nii.gz"), "rb").read())
+                with open(path, "wb") as fh:
+                    fh.write(gzip.compress(raw[:300]) + gzip.compress(raw[300:])[:keep])
+                self._assert_refused(path, "ends before its compressed stream does")
+
 
 class Nifti2(unittest.TestCase):
     """SimpleITK 2.5 reads no NIfTI-2 ("Unable to determine ImageIO reader"): the error names the format
