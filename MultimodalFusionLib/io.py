@@ -252,7 +252,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
                 _check_decodable(f"DICOM file '{path}'", path, unknown_too=True)
                 cut = _dicom_cut_short(path)
                 if cut is not None:
-                    raise _dicom_truncated_error(path, cut[1])
+                    raise _dicom_truncated_error(path, cut.missing)
         raise InputError(f"No DICOM series found in folder '{folder}'.",
                          "Point to a folder of DICOM files (.dcm), or to an image file.")
     if series is not None:
@@ -298,49 +298,73 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     return _with_slice_step(image, slice_step)
 
 
-def _dicom_cut_short(path: str) -> tuple[str | None, str] | None:
-    """(its SeriesInstanceUID, or None where the file ends before it; what is missing) for a DICOM file (``DICM``
-    after its 128-byte preamble) that ends before its pixel data do; None for any other file. GDCM skips such a
-    file without a word: in a series, the series had been read without that slice (a first or last one: a
-    volume 1 slice short, its extent silently wrong)."""
+class _CutDicom(NamedTuple):
+    """A DICOM file cut short (:func:`_dicom_cut_short`)."""
+    series: str | None  # its SeriesInstanceUID; None where the file ends before it
+    image: bool  # whether it may be an image (a slice): its SOP class is an image storage one, or unknown
+    missing: str  # what is missing, in words ("is truncated: ...", "holds no pixel data: ...")
+
+
+def _dicom_cut_short(path: str) -> _CutDicom | None:
+    """What is missing of a DICOM file (``DICM`` after its 128-byte preamble) that ends before its pixel data do,
+    or before the end of a data element its header has begun; None for any other file, a complete DICOM file
+    without pixel data among them (a DICOMDIR, an RT plan, a structured report: they hold no image, and are not
+    "truncated"). GDCM skips a cut file without a word: in a series, the series had been read without that slice (a
+    first or last one: a volume 1 slice short, its extent silently wrong)."""
     size = os.path.getsize(path)
     try:
         with open(path, "rb") as fh:
             if fh.read(132)[128:] != b"DICM":
                 return None
             from pydicom import dcmread
+            from pydicom.uid import UID
 
             fh.seek(0)
             with warnings.catch_warnings():  # what pydicom finds odd in a header (as dicom_header: not shown)
                 warnings.simplefilter("ignore")
                 tags = dcmread(fh, defer_size=256)  # it reads a cut file without an error: the lengths tell
+            # the raw elements (their length and where their value starts), before any is read as a value
+            last = tags.get_item(max(tags.keys()), keep_deferred=True) if len(tags) else None
+            pixels = tags.get_item(0x7FE00010, keep_deferred=True) if 0x7FE00010 in tags else None
             uid = str(tags.get("SeriesInstanceUID", "")) or None
-            if 0x7FE00010 not in tags:
-                return uid, f"ends before its pixel data (a header cut short: {size} bytes)"
-            pixels = tags.get_item(0x7FE00010, keep_deferred=True)
+            sop_class = str(tags.get("SOPClassUID", "") or tags.file_meta.get("MediaStorageSOPClassUID", ""))
+            name = UID(sop_class).name if sop_class else ""
+            image = "Image Storage" in name or name in ("", sop_class)  # an image, or a class pydicom does not know
     except Exception:  # noqa: BLE001 - pydicom's errors on a damaged file are of many kinds: GDCM's reading stands
         return None
+    if pixels is None:
+        length, start = getattr(last, "length", None), getattr(last, "value_tell", None)
+        if last is None or length is not None and start is not None and length != 0xFFFFFFFF and \
+                start + length > size:
+            return _CutDicom(uid, image, f"is truncated: it ends inside its header, before its pixel data ({size} "
+                             "bytes)")
+        if image and sop_class:
+            return _CutDicom(uid, image, f"holds no pixel data: it ends after {size} bytes, with a complete header "
+                             "element (cut short in its header, or a file without an image)")
+        return None  # complete: an object without pixel data, which GDCM names
     length, start = getattr(pixels, "length", None), getattr(pixels, "value_tell", None)
     if length is None or start is None or length == 0xFFFFFFFF:
         return None  # compressed (encapsulated) pixel data: their frames' lengths are left to GDCM
     if start + length <= size:
         return None
-    return uid, f"its pixel data need {length} bytes from byte {start} ({start + length} bytes in all) but the file " \
-        f"holds only {size} bytes"
+    return _CutDicom(uid, image, f"is truncated: its pixel data need {length} bytes from byte {start} "
+                     f"({start + length} bytes in all) but the file holds only {size} bytes")
 
 
-def _dicom_truncated_error(path: str, missing: str) -> InputError:
-    return InputError(f"DICOM file '{path}' is truncated: it {missing}." if missing.startswith("ends") else
-                      f"DICOM file '{path}' is truncated: {missing}.",
+def _dicom_truncated_error(path: str, missing: str, fix: str = "") -> InputError:
+    return InputError(f"DICOM file '{path}' {missing}.",
                       "Copy or download the file again, complete (or the whole series); check the disk was not full "
-                      "when it was written.")
+                      f"when it was written.{fix}")
 
 
 def _check_no_file_cut_short(pick: Mapping[str, Any], found: Sequence[Mapping[str, Any]]) -> None:
     """Refuse a series one of whose files is cut short (GDCM leaves it out of the series, see
     :func:`_dicom_cut_short`): the files of the series' folders that are in no series found, and that are DICOM
-    files of this series (or cut before their series is named). Reads only the files GDCM skipped."""
+    images of this series, or cut before their series is named (it may be this series' first or last slice). A cut
+    file of another series is warned of, once; a non-image object (a DICOMDIR, an RT plan) is no slice of it.
+    Reads only the files GDCM skipped."""
     listed = {os.path.normcase(os.path.abspath(f)) for s in found for f in s["files"]}
+    others = []
     for folder in sorted({os.path.dirname(f) for f in pick["files"]}):
         try:
             names = sorted(os.listdir(folder or "."))
@@ -351,8 +375,19 @@ def _check_no_file_cut_short(pick: Mapping[str, Any], found: Sequence[Mapping[st
             if os.path.normcase(os.path.abspath(path)) in listed or not os.path.isfile(path):
                 continue
             cut = _dicom_cut_short(path)
-            if cut is not None and cut[0] in (None, pick["uid"]):
-                raise _dicom_truncated_error(path, cut[1])
+            if cut is None or not cut.image:
+                continue
+            if cut.series is None:
+                raise _dicom_truncated_error(path, cut.missing, " Or, where it is no file of this series, move it "
+                                             "out of the folder: it ends before it names its series, and a first or "
+                                             "last slice left out would change the volume's extent without a word.")
+            if cut.series == pick["uid"]:
+                raise _dicom_truncated_error(path, cut.missing)
+            others.append(path)
+    if others:
+        warnings.warn(f"DICOM series '{pick['description'] or pick['uid']}' was read without {len(others)} "
+                      f"truncated file(s) of another series in its folder: '{others[0]}'"
+                      + (f" and {len(others) - 1} more" if len(others) > 1 else "") + ".", stacklevel=4)
 
 
 def _with_slice_step(image: sitk.Image, step: np.ndarray | None) -> sitk.Image:
@@ -1209,7 +1244,7 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
             raise _nifti2_error(path) from exc
         cut = _dicom_cut_short(path)
         if cut is not None:
-            raise _dicom_truncated_error(path, cut[1]) from exc
+            raise _dicom_truncated_error(path, cut.missing) from exc
         if syntax is not None:
             _explain_multiframe_failure(path)
         raise

@@ -649,6 +649,61 @@ class TruncatedFilesOfEveryFormat(unittest.TestCase):
                     self._assert_refused(os.path.join(folder, which))
         self.assertEqual(whole.GetSize(), (10, 12, 6))
 
+    def test_dicom_objects_without_pixels_and_other_series_cut_files(self) -> None:
+        """A complete DICOM object without pixel data (a DICOMDIR, a structured report, an RT plan: no series UID
+        in a DICOMDIR) is no cut slice: a series folder holding one reads (87fa702 refused it as 'a header cut
+        short'), and the object alone is not called truncated. A cut file of another series is warned of; one cut
+        before its series is named is refused, the fix saying to move it out where it is no file of the series."""
+        import warnings
+
+        from pydicom.dataset import FileDataset, FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_dicom_inputs import write_series
+
+        source = self._path("series")
+        write_series(source)
+        for name, sop_class in (("DICOMDIR", "1.2.840.10008.1.3.10"), ("report.dcm", "1.2.840.10008.5.1.4.1.1.88.11"),
+                                ("plan.dcm", "1.2.840.10008.5.1.4.1.1.481.5")):
+            with self.subTest(name=name):
+                folder = self._path(f"with_{name}")
+                shutil.copytree(source, folder)
+                meta = FileMetaDataset()
+                meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+                meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                ds = FileDataset(name, {}, file_meta=meta, preamble=b"\0" * 128)
+                ds.FileSetID = "EXPORT"  # (0004,1130): no series UID, no pixel data
+                if name != "DICOMDIR":
+                    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+                ds.save_as(os.path.join(folder, name), enforce_file_format=True)
+                self.assertEqual(io.read_image(folder).GetSize(), (10, 12, 6))
+                if name != "DICOMDIR":  # (read_image takes a DICOMDIR for its folder)
+                    with self.assertRaises(InputError) as cm:
+                        io.read_image(os.path.join(folder, name))
+                    self.assertNotIn("is truncated", str(cm.exception))
+        other = self._path("other")
+        write_series(other, prefix="OT", description="OTHER")
+        with open(os.path.join(other, "OT0003.dcm"), "rb") as fh:
+            payload = fh.read()
+        for keep, refused in ((len(payload) - 10, False), (300, True)):
+            with self.subTest(keep=keep):
+                folder = self._path(f"other_cut_{keep}")
+                shutil.copytree(source, folder)
+                self._cut(os.path.join(other, "OT0003.dcm"), keep, os.path.join(folder, "OT0003.dcm"))
+                if refused:  # cut before its series UID: it may be this series' first or last slice
+                    with self.assertRaises(InputError) as cm:
+                        io.read_image(folder)
+                    self.assertIn(f"'{os.path.join(folder, 'OT0003.dcm')}' is truncated", str(cm.exception))
+                    self.assertIn("move it out of the folder", str(cm.exception))
+                    continue
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    self.assertEqual(io.read_image(folder).GetSize(), (10, 12, 6))
+                said = " ".join(str(w.message) for w in caught)
+                self.assertIn("OT0003.dcm", said)
+                self.assertIn("truncated file(s) of another series", said)
+
     def test_complete_files_with_bytes_after_their_end_read(self) -> None:
         """Bytes after a complete file (a copy tool's or a transfer's padding, a gzip file of several members) are
         read past as ITK reads past them: zlib's gzread ignores what follows a gzip stream's last member, which
