@@ -1632,6 +1632,17 @@ def _gunzip_blocks(path: str, block: int = 1 << 24) -> Iterator[bytes]:
                 raise EOFError(f"'{path}': the compressed stream ends before its end")
 
 
+def _gzip_trailer_says(path: str, size: int) -> bool:
+    """Whether a gzip file's last 4 bytes (ISIZE: its last member's uncompressed size modulo 2^32) say ``size``:
+    a single-member stream is whole without being read. A file of several members, or with bytes after its stream,
+    says another size: its stream is read then (:func:`_gunzip_blocks`)."""
+    with open(path, "rb") as raw:
+        if raw.seek(0, os.SEEK_END) < 4:
+            return False
+        raw.seek(-4, os.SEEK_END)
+        return int.from_bytes(raw.read(4), "little") == size % 2**32
+
+
 class _Gunzipped:
     """``read(n)`` over :func:`_gunzip_blocks` (what ``gzip.open`` gives, with zlib's reading of a file's end)."""
 
@@ -1761,9 +1772,7 @@ def _check_nifti_voxels(path: str, image: sitk.Image) -> sitk.Image:
         if not size_ok:
             raise truncated()
     else:
-        with open(data_file, "rb") as raw:  # gzip's last 4 bytes: the uncompressed size modulo 2^32 (a file
-            raw.seek(-4, os.SEEK_END)  # of several gzip members has another: then the stream is read)
-            size_ok = int.from_bytes(raw.read(4), "little") == expected % 2**32
+        size_ok = _gzip_trailer_says(data_file, expected)  # else the stream is read
     if floats is not None and (image.GetNumberOfComponentsPerPixel() != 1 or image.GetNumberOfPixels() != count):
         floats = None  # vector NIfTI: ITK reorders the components; only the truncation check applies
     # a NaN/inf read as 0 (scaled: as scl_inter) leaves that value: an image without it has none to put back
@@ -1931,10 +1940,8 @@ def _check_complete(path: str) -> None:
         if os.path.getsize(path) < expected:
             raise _truncated_error(path, what, _held(path, False, path))
         return None
-    with open(path, "rb") as raw:  # gzip's size trailer (see _check_nifti_voxels)
-        raw.seek(-4, os.SEEK_END)
-        if int.from_bytes(raw.read(4), "little") == expected % 2**32:
-            return None
+    if _gzip_trailer_says(path, expected):
+        return None
     total = 0
     try:
         for block in _gunzip_blocks(path):
@@ -3146,9 +3153,7 @@ def _nifti_written_whole(path: str) -> bool:
         expected = offset + count * voxel_bytes
         if not gz:
             return os.path.getsize(path) >= expected
-        with open(path, "rb") as raw:
-            raw.seek(-4, os.SEEK_END)
-            return int.from_bytes(raw.read(4), "little") == expected % 2**32
+        return _gzip_trailer_says(path, expected)
     except (OSError, EOFError, zlib.error):
         return False
 
