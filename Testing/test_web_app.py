@@ -1166,6 +1166,7 @@ class _Tab:
         self.ws, self.count, self.waiting, self.unchunker = ws, 0, {}, UnChunker()
         self.unchunker.set_max_message_size(1 << 30)  # the state holds the page's template
         self.pushes: list[dict] = []  # the state changes the server sent this tab, in order
+        self.frames: list[tuple[str, dict]] = []  # the views' pictures it was sent: (the view's name, their meta)
         self.listener = asyncio.ensure_future(self._listen())
 
     async def _listen(self) -> None:
@@ -1177,6 +1178,8 @@ class _Tab:
             message = self.unchunker.process_chunk(msg.data)
             if message and str(message.get("id", "")).startswith("publish:trame.state.topic"):
                 self.pushes.append(message["result"])
+            if message and str(message.get("id", "")).startswith("publish:trame.rca.topic.stream"):
+                self.frames.append((message["result"].get("name"), message["result"].get("meta")))
             future = self.waiting.pop(message.get("id"), None) if message else None
             if future is not None and not future.done():
                 if "error" in message:
@@ -1620,7 +1623,11 @@ class PageMessagesTest(_WebServerProcess):
         # with a key that is not a string, or a call with one argument too many, was a traceback in the log
         import aiohttp
 
-        from MultimodalFusionLib.web.message_gate import MAX_ERROR_REPORT_CHARS
+        from MultimodalFusionLib.web.message_gate import (
+            MAX_ERROR_REPORT_CHARS,
+            MAX_VIEW_PIXELS,
+            rendered_view_size,
+        )
 
         with tempfile.TemporaryDirectory() as tmp:
             server, log = self._start_serving(tmp)
@@ -1646,7 +1653,7 @@ class PageMessagesTest(_WebServerProcess):
                         ("trame.trigger", "trigger__100000", [], {}), ("trame.trigger", ["a"], [], {}),
                         ("trame.trigger", fixed, ["u", []], {"x": 1}),
                         ("trame.rca.size", "Red", "page", {"w": "wide", "h": 300, "p": 1}),
-                        ("trame.rca.size", "Red", "page", {"w": 8000, "h": 8000, "p": 2}),
+                        ("trame.rca.size", "Red", "page", {"w": 100000, "h": 10, "p": 1}),
                         ("trame.rca.size", "Red", "page", {"w": 400, "h": 300, "p": float("inf")}),
                         ("trame.rca.event", "Red", "page", {"x": 3, "y": 4}),
                         ("trame.rca.event", "Red", "page", {"type": "MouseMove", "x": float("nan"), "y": 4}),
@@ -1663,8 +1670,25 @@ class PageMessagesTest(_WebServerProcess):
                     self.assertNotIn("Exception raised", text)
                     self.assertEqual(text.count(": refused"), len(refused))  # one line each
                     self.assertIn("a page called application.exit.later, which pages do not call", text)
-                    self.assertIn("a view of 16000 x 16000 pixels, larger than an 8K screen", text)
+                    self.assertIn("rendered 100000 x 10 pixels (at most 33177600), whose sides are not 1 to 16384", text)
                     self.assertLess(_resident_mib(server.pid) - memory, 256)
+                    # a view larger than an 8K screen is rendered scaled down to one, not refused: a quad view of a
+                    # window spanning three 6K screens (8640 x 1640 pixels, rendered so) and one of a 5K screen at
+                    # pixel ratio 1 zoomed out to 25% (10048 x 5734: 7624 x 4351) had been refused, four blank views
+                    for width, height, ratio in ((4320, 820, 2), (10048, 5734.4, 1), (16000, 16000, 1)):
+                        frames = len(page.frames)
+                        self.assertIsNone(await page.call("trame.rca.size", "Red", "page",
+                                                          {"w": width, "h": height, "p": ratio}))
+                        expected = rendered_view_size(width, height, ratio)
+                        self.assertLessEqual(expected[0] * expected[1], MAX_VIEW_PIXELS)
+                        deadline = time.monotonic() + 60
+                        # trame-rca's JPEG meta names the picture's rows "w" and its columns "h"
+                        while not any(name == "Red" and sorted((meta["w"], meta["h"])) == sorted(expected)
+                                      for name, meta in page.frames[frames:]):
+                            self.assertLess(time.monotonic(), deadline, f"no picture of {expected} in {page.frames[-3:]}")
+                            await asyncio.sleep(0.1)
+                    self.assertEqual(rendered_view_size(4320, 820, 2), (8640, 1640))
+                    self.assertEqual(rendered_view_size(10048, 5734.4, 1), (7624, 4351))
                     # what the page sends goes on: the other tab is still served, and so is this one
                     self.assertIn("trame__template_main", (await other.call("trame.state.get"))["state"])
                     self.assertIsNone(await page.call("trame.rca.size", "Red", "page", {"w": 640.5, "h": 480, "p": 1.25}))

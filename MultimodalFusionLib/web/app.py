@@ -354,6 +354,8 @@ class FusionWebApp:
 
         self.slicer_app = SlicerApp()
         register_rca_factories(self.slicer_app.view_manager, self.server)
+        # each view's adapter, as trame-slicer registers it with trame-rca once the server is ready
+        self.ctrl.rc_area_register.add(_render_scaled_down)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout(QUAD_LAYOUT_ID, _quad_layout())
         self.layout_manager.set_layout(QUAD_LAYOUT_ID)
@@ -1453,6 +1455,19 @@ class FusionWebApp:
             self._banner(f"Could not write the {what}: {exc}")
             return None
         return self.server.protocol.addAttachment(content)
+
+
+def _render_scaled_down(view_adapter: Any) -> None:
+    """Have a view larger than an 8K screen rendered scaled down to one (trame-rca's ``max_pixel_count``: the
+    picture shown stretched, the page's mouse events scaled with it) rather than refused by the message gate: a
+    window spanning three 6K screens, or a 5K screen at pixel ratio 1 zoomed out to 25%, had four blank views."""
+    from .message_gate import MAX_VIEW_PIXELS, MAX_VIEW_SIDE
+
+    if hasattr(type(view_adapter), "max_pixel_count"):
+        view_adapter.max_pixel_count = MAX_VIEW_PIXELS
+    else:
+        logger.warning("this trame-rca cannot scale a view down (no max_pixel_count): a page may have the view %s "
+                       "rendered at up to %d pixels a side", getattr(view_adapter, "area_name", "?"), MAX_VIEW_SIDE)
 
 
 def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 8080, host: str = "127.0.0.1",

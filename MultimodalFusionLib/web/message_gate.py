@@ -30,9 +30,10 @@ would let any page do to every page:
   arguments come: ``application.exit`` and ``application.exit.later`` (wslink's) stopped the server for every
   page; ``trame.rca.push`` showed a page's picture in a view of every page, ``trame.rca.drop`` froze a view of
   every page (its frames all dropped); ``trame.rca.size`` rendered a view at any size (16000 x 16000 pixels: the
-  server's memory up 9 GiB); ``trame.force.push`` is the server's own; and a bad argument (a key that is not a
-  string, one argument too many, a size that is not a number, an event without its type) was a traceback in the
-  server's log.
+  server's memory up 9 GiB; a view is now rendered scaled down to :data:`MAX_VIEW_PIXELS`, and only a size no
+  screen has is refused: :func:`rendered_view_size`); ``trame.force.push`` is the server's own; and a bad argument
+  (a key that is not a string, one argument too many, a size that is not a number, an event without its type) was
+  a traceback in the server's log.
 
 A refused call is answered "Unregistered method called" (wslink's answer to a method it does not have) with one
 warning line in the log; a page's JavaScript error report (``trame.error.client``) is shortened to
@@ -60,7 +61,8 @@ except ImportError:  # another wslink: install_message_gate says so and installs
     UnChunker = object
 
 __all__ = ["MessageGate", "install_message_gate", "install_page_pushes", "MAX_MESSAGE_BYTES", "PAGE_CALLS",
-           "PAGE_LIFECYCLE_EVENTS", "MAX_VIEW_PIXELS", "MAX_VIEW_SIDE", "MAX_ERROR_REPORT_CHARS"]
+           "PAGE_LIFECYCLE_EVENTS", "MAX_VIEW_PIXELS", "MAX_VIEW_SIDE", "MAX_ERROR_REPORT_CHARS",
+           "rendered_view_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +71,16 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16 << 20
 #: The lifecycle events trame's page reports (``trame.lifecycle.update``); the others are the server's own.
 PAGE_LIFECYCLE_EVENTS = frozenset({"client_connected", "client_exited", "client_unmounted"})
-#: The most pixels a page may have a view rendered at (``trame.rca.size``: its size in the page times the screen's
-#: pixel ratio, squared): an 8K screen's, 7680 x 4320. The server renders each view at the size the page asks, and
-#: holds about 36 bytes a pixel for it: 16000 x 16000 had taken 9 GiB.
+#: The most pixels a view is rendered at: an 8K screen's, 7680 x 4320. The server renders each view at the size the
+#: page asks (``trame.rca.size``: its size in the page times the screen's pixel ratio), holding about 36 bytes a pixel
+#: for it (16000 x 16000 had taken 9 GiB); a larger view is rendered scaled down to it (trame-rca's
+#: ``max_pixel_count``, set on each view by the app) and shown stretched, never refused: a window spanning three 6K
+#: screens, or a 5K screen at pixel ratio 1 zoomed out to 25%, asks 8640 x 1640 or 10048 x 5734 a view.
 MAX_VIEW_PIXELS = 7680 * 4320
-#: The most pixels a side of a rendered view may have (at most :data:`MAX_VIEW_PIXELS` together).
-MAX_VIEW_SIDE = 8192
+#: The most pixels a side of a view may have once scaled down to :data:`MAX_VIEW_PIXELS`: the largest render buffer
+#: of Mesa's llvmpipe (16384; 20000 was drawn in part). Only a view 8 times wider than high (or higher than wide)
+#: reaches it: its size is refused.
+MAX_VIEW_SIDE = 16384
 #: The longest JavaScript error report of a page (``trame.error.client``) the server's log takes; the rest is cut.
 MAX_ERROR_REPORT_CHARS = 2000
 _WEBSOCKET_MESSAGE_TOO_BIG = 1009  # RFC 6455
@@ -252,10 +258,10 @@ class MessageGate(UnChunker):
         width, height, ratio = size.get("w", 300), size.get("h", 300), size.get("p", 1)
         if not all(_finite(value) and value >= 0 for value in (width, height)) or not (_finite(ratio) and ratio > 0):
             return f"the size {_shown_args([size])}, where the page sends finite numbers (and a ratio above 0)"
-        rendered_width, rendered_height = max(10, int(width)) * ratio, max(10, int(height)) * ratio
-        if max(rendered_width, rendered_height) > MAX_VIEW_SIDE or rendered_width * rendered_height > MAX_VIEW_PIXELS:
-            return (f"a view of {rendered_width:.0f} x {rendered_height:.0f} pixels, larger than an 8K screen "
-                    f"({MAX_VIEW_SIDE} a side, {MAX_VIEW_PIXELS} pixels)")
+        rendered_width, rendered_height = rendered_view_size(width, height, ratio)
+        if max(rendered_width, rendered_height) > MAX_VIEW_SIDE or min(rendered_width, rendered_height) < 1:
+            return (f"a view of {width:.0f} x {height:.0f} at pixel ratio {ratio:g}, rendered {rendered_width} x "
+                    f"{rendered_height} pixels (at most {MAX_VIEW_PIXELS}), whose sides are not 1 to {MAX_VIEW_SIDE}")
         return ""
 
     def _view_event_args(self, args: list) -> str:
@@ -306,6 +312,19 @@ PAGE_CALLS: dict[str, Callable[[MessageGate, list], str]] = {
     "trame.rca.video.codecs": MessageGate._view_codecs_args,
     "trame.rca.video.negotiate": MessageGate._view_negotiate_args,
 }
+
+
+def rendered_view_size(width: float, height: float, ratio: float,
+                       max_pixels: int = MAX_VIEW_PIXELS) -> tuple[int, int]:
+    """The size in pixels a view of ``width`` x ``height`` in the page, at pixel ratio ``ratio``, is rendered at:
+    trame-rca's ``RcaViewAdapter.image_size`` with ``max_pixel_count`` ``max_pixels`` (at least 10 x 10 in the page,
+    scaled down to ``max_pixels`` where it has more)."""
+    width, height = max(10, int(width)), max(10, int(height))
+    factor = ratio
+    total = int(width * factor) * int(height * factor)
+    if max_pixels > 0 and total > max_pixels:
+        factor *= math.sqrt(max_pixels / total)
+    return int(width * factor), int(height * factor)
 
 
 def _finite(value: Any) -> bool:
