@@ -224,9 +224,7 @@ def _torch_box(pixel_mm: float, seed: int, share: float = 0.6, **kwargs):
     return transform_error(result.transform, truth, fixed)["mean"] / pixel_mm, result
 
 
-class TorchSecondTry(unittest.TestCase):
-    """The torch backend's masked first stage, with the SimpleITK backend's second try and its record."""
-
+class _OneTorchThread(unittest.TestCase):
     def setUp(self) -> None:
         import torch
 
@@ -237,6 +235,37 @@ class TorchSecondTry(unittest.TestCase):
         import torch
 
         torch.set_num_threads(self._threads)
+
+
+def _masked_start(result) -> dict:
+    """metrics.json's ``masked_start``: beside the first stage's settings (SimpleITK), or the settings' (torch)."""
+    owner = result.parameters if result.backend == "torch" else result.parameters["stages"][0]
+    return owner["effective"]["masked_start"]
+
+
+class SecondTryNearTie(_OneTorchThread):
+    def test_a_second_run_that_ends_a_little_worse_is_a_small_change_not_a_failure(self):
+        # a box over the middle of the moving image: the unmasked coarse level ends at the answer, and the stage run
+        # again from there ended 0.08-0.16% worse on the masked metric (its first steps move off and it comes back),
+        # so that coarse end was kept, within 0.3 px of the truth; the warning had said the stage "made the masked
+        # metric worse", to "Check the result" and to change the masks
+        for backend, pixel_mm, share, seed in (("sitk", 1.0, 0.4, 1), ("sitk", 3.0, 0.6, 2), ("torch", 1.0, 0.6, 0)):
+            with self.subTest(backend=backend, pixel_mm=pixel_mm, share=share, seed=seed):
+                fixed, moving, truth = _pair(pixel_mm)
+                result = register(fixed, moving, seed=seed, moving_mask=_box(moving, share), backend=backend)
+                self.assertLess(transform_error(result.transform, truth, fixed)["mean"] / pixel_mm, TOLERANCE_PX)
+                start = _masked_start(result)
+                self.assertTrue(start["used"], start)
+                self.assertFalse(start["second_try_accepted"], start)
+                said = [w for w in result.warnings if "run again" in w]
+                self.assertEqual(len(said), 1, result.warnings)
+                self.assertIn("A small change", said[0])
+                self.assertNotIn("Check the result", said[0])
+                self.assertTrue(result.stages[0].accepted)
+
+
+class TorchSecondTry(_OneTorchThread):
+    """The torch backend's masked first stage, with the SimpleITK backend's second try and its record."""
 
     def test_masks_inside_the_head_recover_the_answer(self):
         # had ended 19.9 px (box over 60%, every seed at 1 and 3 mm), 64 px (box over 40%) and 21-23 px (the head

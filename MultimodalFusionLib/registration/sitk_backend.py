@@ -841,7 +841,21 @@ def judge_unmasked_start(info: dict[str, Any], reached: float, score: float, apa
 def second_try_warning(stage_name: str, metric: str, second: StageResult, reached: float) -> str:
     """The warning for a stage run again from the unmasked coarse level that made the masked ``metric`` worse
     (``second``: that run; ``reached``: the masked metric of the stage's own first result): the coarse alignment
-    is kept, as either backend keeps a discarded stage's start."""
+    is kept, as either backend keeps a discarded stage's start.
+
+    Worse by less than ``SECOND_TRY_MARGIN`` (a stage's "small change") is said as one, as a first stage that did
+    not improve its start is: the coarse level's end was already at the answer. On the 2D BrainWeb slice with a
+    box fixed or moving mask over the middle 40% or 60% (seeds 0-3, 1 and 3 mm), 6 of 32 SimpleITK runs ended
+    0.04-0.17% worse from there and 12 of 32 torch runs (all with the moving box) 0.02-0.20%,
+    each returned within 0.3 px of the truth, each told it had "made the masked metric worse", to "Check the
+    result" and to change its masks."""
+    change = abs(second.metric_after - second.metric_before) / max(abs(second.metric_before), 1e-12)
+    if math.isfinite(second.metric_after) and change < SECOND_TRY_MARGIN:
+        return (f"Stage '{stage_name}', run again from its coarsest level aligned without the masks, ended "
+                f"{100 * change:.2f}% worse on the masked {metric} metric than that coarse alignment "
+                f"({second.metric_before:.5g} -> {second.metric_after:.5g}), which was kept (the stage's own result "
+                f"scored {reached:.5g}). A small change, usual where the coarse alignment already aligned the images "
+                "as well as this stage's transform can.")
     return (f"Stage '{stage_name}', run again from its coarsest level aligned without the masks, made the masked "
             f"{metric} metric worse ({second.metric_before:.5g} -> {second.metric_after:.5g}); that coarse alignment "
             f"was kept, which the masked metric scores better than the stage's own result ({reached:.5g}). Check the "
