@@ -294,6 +294,29 @@ class TorchSecondTry(_OneTorchThread):
                 self.assertLess(stage.metric_after, start["metric_stage_reached"])
                 self.assertFalse([w for w in result.warnings if "worse" in w], result.warnings)
 
+    def test_masks_that_barely_meet_at_the_start_are_judged_at_the_coarse_levels_end(self):
+        # a 20x20 px box on each image at the same anatomy: 7 voxels inside both at the 'geometry' start, so the masked
+        # metric there counted the fixed mask alone, and the check had taken that for the unmasked coarse level's end
+        # (where all 400 are inside both): refused as "too few voxels ... at the unmasked coarse level's end", the
+        # stage 33 px off
+        fixed, moving, truth = _pair(1.0)
+
+        def box_at(image: sitk.Image, point) -> sitk.Image:
+            arr = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+            x, y = image.TransformPhysicalPointToIndex(point)
+            arr[y - 10:y + 10, x - 10:x + 10] = 1
+            mask = sitk.GetImageFromArray(arr)
+            mask.CopyInformation(image)
+            return mask
+
+        centre = fixed.TransformContinuousIndexToPhysicalPoint([128, 128])
+        result = register(fixed, moving, seed=0, fixed_mask=box_at(fixed, centre),
+                          moving_mask=box_at(moving, truth.TransformPoint(centre)), backend="torch")
+        start = result.parameters["effective"]["masked_start"]
+        self.assertNotIn("reason", start)
+        self.assertTrue(start["used"], start)
+        self.assertLess(transform_error(result.transform, truth, fixed)["mean"], TOLERANCE_PX)
+
     def test_a_masked_run_that_was_right_is_kept_bit_for_bit(self):
         # the head dilated by 8 px: the stage's own end and the unmasked coarse level's lie 0.05 coarse voxels apart
         # (the metric 0.15% apart), so it is not run again, and the affine stage after it draws the samples it drew

@@ -896,11 +896,17 @@ class _Context:
         moved = _apply(points.double(), matrix).float()
         sampled = self.sample_moving(moving, moved)
         if self.moving.mask is not None:
-            inside = _inside_moving_mask(self.moving.mask, moved)[0] > 0.5
-            if int(inside.sum()) > _MIN_MASKED:
+            inside = self.counted_inside_moving_mask(moved)
+            if inside is not None:
                 return self.mi_loss(values[:, inside], sampled[:, inside])
             self.note_left_out(True)
         return self.mi_loss(values, sampled)
+
+    def counted_inside_moving_mask(self, moved: Any) -> Any | None:
+        """Which moving-normalised points ``moved`` (N, d) :meth:`mi_at_points` counts with a moving mask: those
+        inside it (a (N,) bool tensor), or None where ``_MIN_MASKED`` or fewer are (every point counts instead)."""
+        inside = _inside_moving_mask(self.moving.mask, moved)[0] > 0.5
+        return inside if int(inside.sum()) > _MIN_MASKED else None
 
 
 #: this many voxels or fewer inside both masks (a moving mask the current transform puts out of the fixed
@@ -1240,6 +1246,8 @@ def _unmasked_coarse_level(ctx: _Context, name: str, matrix: np.ndarray, transla
     metric of ``reached_transform``), else None; and what was found (metrics.json's ``masked_start``, as the
     SimpleITK backend records it, with the level's smoothing in mm). Its progress messages say "without the
     masks"; a cancel stops it as it stops a stage."""
+    import torch
+
     p = ctx.params
     level = next(k for k, i in enumerate(p.linear_iterations) if int(i))
     shrink = int(p.linear_shrink_factors[level])
@@ -1255,9 +1263,19 @@ def _unmasked_coarse_level(ctx: _Context, name: str, matrix: np.ndarray, transla
         info.update(used=False, reason=exc.problem)
         return None, info
     finally:
-        scored_alone = ctx.moving_mask_left_out()
+        ctx.moving_mask_left_out()  # the level's own (its iterations have no masks): not the stage's
         if left_out:
             ctx.note_left_out(True)
+    # asked of the level's end alone: its flag also counted its start, the initializer's, shared with the stage's
+    # first run, where masks that barely meet leave the moving mask out (a 20x20 px box on each of the 2D
+    # BrainWeb pair's images at the same anatomy, 7 voxels inside both there: refused as scored alone at the end,
+    # where all 400 are, and 33 px off)
+    scored_alone = False
+    if ctx.moving.mask is not None:
+        with torch.no_grad():
+            end = ctx.total_matrix(torch.as_tensor(_affine_matrix(m, center, t), dtype=torch.float64,
+                                                   device=ctx.device))
+            scored_alone = ctx.counted_inside_moving_mask(_apply(ctx.eval_points.double(), end).float()) is None
     if scored_alone:
         # the masked metric at the level's end counted the fixed mask alone: not comparable with the stage's own
         info.update(used=False, reason="too few voxels of the fixed mask mapped inside the moving mask at the "
