@@ -48,6 +48,27 @@ def _box(fixed: sitk.Image, share: float) -> sitk.Image:
     return mask
 
 
+def _check_coarse_level_progress(test: unittest.TestCase, run) -> None:
+    """``run(progress)``, a masked registration that checks its first stage: its progress never goes back, the
+    unmasked coarse level reports its iterations "without the masks", and a cancel there stops the registration."""
+    seen: list[tuple[float, str]] = []
+    run(lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _ in seen]
+    test.assertEqual(fractions, sorted(fractions))
+    coarse = [m for _, m in seen if "without the masks" in m and "iteration" in m]
+    test.assertTrue(coarse, [m for _, m in seen if "masks" in m])
+
+    calls: list[str] = []
+
+    def cancel_in_the_coarse_level(fraction: float, message: str) -> bool:
+        calls.append(message)
+        return not ("without the masks" in message and "iteration" in message)
+
+    with test.assertRaises(OperationCancelled):
+        run(cancel_in_the_coarse_level)
+    test.assertIn("without the masks", calls[-1])
+
+
 class FixedMaskAtTheEdge(unittest.TestCase):
     def _error_px(self, pixel_mm: float, seed: int, mask_of) -> tuple[float, dict]:
         fixed, moving, truth = _pair(pixel_mm)
@@ -147,23 +168,9 @@ class SecondTry(unittest.TestCase):
     def test_the_unmasked_coarse_level_reports_progress_and_can_be_cancelled(self):
         fixed, moving, _ = _pair(1.0)
         mask = sitk.Cast(fixed > 30, sitk.sitkUInt8)
-        seen: list[tuple[float, str]] = []
-        register(fixed, moving, seed=1, fixed_mask=mask, progress=lambda f, m: seen.append((f, m)))
-        fractions = [f for f, _ in seen]
         # the second run had gone back from 1.0 to 0.0
-        self.assertEqual(fractions, sorted(fractions))
-        coarse = [m for _, m in seen if "without the masks" in m and "iteration" in m]
-        self.assertTrue(coarse, [m for _, m in seen if "masks" in m])
-
-        calls: list[str] = []
-
-        def cancel_in_the_coarse_level(fraction: float, message: str) -> bool:
-            calls.append(message)
-            return not ("without the masks" in message and "iteration" in message)
-
-        with self.assertRaises(OperationCancelled):
-            register(fixed, moving, seed=1, fixed_mask=mask, progress=cancel_in_the_coarse_level)
-        self.assertIn("without the masks", calls[-1])
+        _check_coarse_level_progress(self, lambda progress: register(fixed, moving, seed=1, fixed_mask=mask,
+                                                                     progress=progress))
 
     def test_the_cli_says_the_stage_ran_again(self):
         import contextlib
@@ -344,22 +351,7 @@ class TorchSecondTry(_OneTorchThread):
         self.assertNotIn("masked_start", unmasked.parameters["effective"])
 
     def test_the_unmasked_coarse_level_reports_progress_and_can_be_cancelled(self):
-        seen: list[tuple[float, str]] = []
-        _torch_box(1.0, 0, progress=lambda f, m: seen.append((f, m)))
-        fractions = [f for f, _ in seen]
-        self.assertEqual(fractions, sorted(fractions))
-        coarse = [m for _, m in seen if "without the masks" in m and "iteration" in m]
-        self.assertTrue(coarse, [m for _, m in seen if "masks" in m])
-
-        calls: list[str] = []
-
-        def cancel_in_the_coarse_level(fraction: float, message: str) -> bool:
-            calls.append(message)
-            return not ("without the masks" in message and "iteration" in message)
-
-        with self.assertRaises(OperationCancelled):
-            _torch_box(1.0, 0, progress=cancel_in_the_coarse_level)
-        self.assertIn("without the masks", calls[-1])
+        _check_coarse_level_progress(self, lambda progress: _torch_box(1.0, 0, progress=progress))
 
     def test_the_cli_and_the_report_say_the_stage_ran_again(self):
         # both read result.ran_again, which had looked only at a SimpleITK stage's settings: a torch run that ran
