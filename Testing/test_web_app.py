@@ -1209,6 +1209,14 @@ class _Tab:
         self.listener.cancel()
 
 
+async def _tabs(session, port: int, count: int) -> list:
+    """``count`` tabs connected to the server on ``port``, each having sent trame's secret."""
+    tabs = [_Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0)) for _ in range(count)]
+    for tab in tabs:
+        await tab.hello()
+    return tabs
+
+
 @unittest.skipUnless(_HAVE_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
 class TwoTabsTest(_WebServerProcess):
     """Two (three) tabs on one real ``mmfusion web`` server, as real websocket connections: a tab that leaves
@@ -1235,10 +1243,7 @@ class TwoTabsTest(_WebServerProcess):
 
             async def tabs() -> dict:
                 async with aiohttp.ClientSession() as session:
-                    one, two, three = [_Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0))
-                                       for _ in range(3)]
-                    for tab in (one, two, three):
-                        await tab.hello()
+                    one, two, three = await _tabs(session, port, 3)
                     template = str((await one.call("trame.state.get"))["state"])
                     fixed, moving = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)
 
@@ -1285,10 +1290,7 @@ class TwoTabsTest(_WebServerProcess):
 
             async def tabs() -> None:
                 async with aiohttp.ClientSession() as session:
-                    page, other, third = [_Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0))
-                                          for _ in range(3)]
-                    for tab in (page, other, third):
-                        await tab.hello()
+                    page, other, third = await _tabs(session, port, 3)
                     for n in range(5):
                         value = f"/data/pet-{n}.nii.gz"
                         pushed = [len(tab.pushes) for tab in (page, other, third)]
@@ -1349,8 +1351,7 @@ class PageWritesTest(_WebServerProcess):
             async def tabs() -> None:
                 async with aiohttp.ClientSession() as session:
                     async def connect() -> _Tab:
-                        tab = _Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0))
-                        await tab.hello()
+                        (tab,) = await _tabs(session, port, 1)
                         return tab
 
                     one, two = await connect(), await connect()
@@ -1439,10 +1440,7 @@ class PageWritesTest(_WebServerProcess):
 
             async def tabs() -> None:
                 async with aiohttp.ClientSession() as session:
-                    page, other = [_Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0))
-                                   for _ in range(2)]
-                    for tab in (page, other):
-                        await tab.hello()
+                    page, other = await _tabs(session, port, 2)
                     shown = dict((await page.call("trame.state.get"))["state"])
                     template = str(shown)
                     register, cancel = (re.search(r'id="' + name + r'"[^>]*click="trigger\(\\?\'(trigger__\d+)',
@@ -1557,10 +1555,7 @@ class PageMessagesTest(_WebServerProcess):
 
             async def tabs() -> None:
                 async with aiohttp.ClientSession() as session:
-                    page, other, hostile = [
-                        _Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0)) for _ in range(3)]
-                    for tab in (page, other, hostile):
-                        await tab.hello()
+                    page, other, hostile = await _tabs(session, port, 3)
                     before = (await other.call("trame.state.get"))["state"]
                     template = str(before)
                     fixed = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)[0]
@@ -1635,10 +1630,7 @@ class PageMessagesTest(_WebServerProcess):
 
             async def tabs() -> None:
                 async with aiohttp.ClientSession() as session:
-                    page, other = [_Tab(await session.ws_connect(f"ws://127.0.0.1:{port}/ws", max_msg_size=0))
-                                   for _ in range(2)]
-                    for tab in (page, other):
-                        await tab.hello()
+                    page, other = await _tabs(session, port, 2)
                     template = str((await page.call("trame.state.get"))["state"])
                     reset_view = re.findall(r"(trigger__\d+)[^<]*<VIcon icon=\W*mdi-camera-flip", template)[0]  # "Reset Camera" of a view: it takes no arguments
                     fixed = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)[0]
