@@ -126,7 +126,7 @@ def _crop_or_pad(image: sitk.Image, shape: tuple[int, int, int]) -> sitk.Image:
 
 # mni152 results kept for a repeat call in the same process (the tests ask for the same 3 or 4 mm template
 # about twenty times; each build takes 3-5 s of closings and anti-alias smoothing at 1 mm). Only grids of
-# 2 mm or coarser are kept (under 25 MB each), the few most recent: a 1 mm template (190 MB) is rebuilt.
+# 2 mm or coarser are kept (under 25 MB each), the few most recently used: a 1 mm template (190 MB) is rebuilt.
 _MNI_CACHE: dict[tuple, dict[str, sitk.Image]] = {}
 _MNI_CACHE_LOCK = threading.Lock()
 _MNI_CACHE_SIZE = 4
@@ -150,7 +150,9 @@ def mni152(spacing_mm: float = 1.0, shape: tuple[int, int, int] | None = (160, 1
     """
     key = (float(spacing_mm), None if shape is None else tuple(int(v) for v in shape), str(_nilearn_data_dir()))
     with _MNI_CACHE_LOCK:
-        kept = _MNI_CACHE.get(key)
+        kept = _MNI_CACHE.pop(key, None)
+        if kept is not None:
+            _MNI_CACHE[key] = kept  # the most recently used goes last: the first is dropped when full
     if kept is None:
         kept = _build_mni152(spacing_mm, shape)
         if float(spacing_mm) >= _MNI_CACHE_MIN_SPACING_MM:
