@@ -356,10 +356,13 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interpolation", choices=["linear", "bspline", "nearest"], default="linear",
                    help="nearest for labels and masks")
     p.add_argument("--default-value", type=float, default=0.0, help="value outside the moving image")
-    p.add_argument("--components", choices=["vector", "channels"],
+    p.add_argument("--components", choices=["vector", "channels", "tensor"],
                    help="a multi-component image that is no RGB/RGBA picture: vector (a displacement or vector field "
-                        "in physical space: its vectors turned by the transform, as antsApplyTransforms -e 1) or "
-                        "channels (each component on its own); refused under a turning transform without it")
+                        "in physical space: its vectors turned by the transform, as antsApplyTransforms -e 1), "
+                        "tensor (3x3 diffusion tensors, 6 or 9 components: each turned by the rotation of the "
+                        "transform's Jacobian; the default for a DTI NRRD or a NIfTI of intent SYMMATRIX) or "
+                        "channels (each component on its own); a vector field is refused under a turning transform "
+                        "without it")
     p.add_argument("--series", help="DICOM series UID or description, when a folder holds several")
     p.add_argument("--reference-series", help="DICOM series of the reference (default: --series)")
     p.set_defaults(func=_run_resample)
@@ -413,8 +416,10 @@ def _run_resample(args: argparse.Namespace) -> int:
     if moving.GetNumberOfComponentsPerPixel() > 1 and args.components != "vector" \
             and (args.components == "channels" or _integer_pixels(moving)) and _grey_as_colour(moving):
         moving = to_luminance(moving, f"image '{args.moving}'")
+    # only its grid is used: a DTI volume (6 components a voxel) or a vector field had been refused as a reference
+    # ("only grey, RGB and RGBA images are supported")
     reference = read_image(args.reference, series=args.reference_series
-                           or (args.series if _is_dicom_source(args.reference) else None))
+                           or (args.series if _is_dicom_source(args.reference) else None), keep_color=True)
     # the output takes its grid (a volume to .png, .jp2) and a pixel type known now (float to .dcm: refused by ITK
     # once resampled, before)
     check_output_name(args.output, reference,

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Seque
 import numpy as np
 import SimpleITK as sitk
 
+from . import tensors
 from .errors import InputError, itk_guard, itk_reason
 
 __all__ = [
@@ -1188,7 +1189,8 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
         nifti = _read_suffix(path) in (".nii", ".nii.gz", *_PAIR_PARTS)
         if not nifti:  # before ITK, which names some of these files otherwise ("Unable to determine ImageIO reader")
             _check_complete(path)
-        image = _read_file(path, as_slice=True)
+        layout = tensors.file_layout(path)  # a DTI volume, which SimpleITK reads only through a copy
+        image = _read_file(path, as_slice=True) if layout is None else _read_tensor_file(path, layout)
         if nifti:
             image = _check_nifti_voxels(path, image)
     if not keep_color and image.GetNumberOfComponentsPerPixel() == 4 and os.path.isfile(path) \
@@ -1207,6 +1209,18 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
         if image.GetPixelID() != sitk.sitkFloat32:
             image = sitk.Cast(image, sitk.sitkFloat32)
     return image
+
+
+def _read_tensor_file(path: str, layout: tensors.TensorLayout) -> sitk.Image:
+    """A file of tensors (a NRRD of kinds 3D-symmetric-matrix or 3D-matrix, a NIfTI of intent SYMMATRIX): SimpleITK
+    refuses the first ("Unknown PixelType: float(11)") and reads the second as 9 plain channels. Read through a copy
+    whose header says "vector", in the package's convention (ITK's order, LPS: see :mod:`.tensors`)."""
+    with tensors.readable_copy(path, layout) as copy:
+        try:
+            image = _read_file(copy)
+        except InputError as exc:  # name the file given, not its copy
+            raise InputError(exc.problem.replace(copy, path), exc.fix) from exc
+    return tensors.from_file(image, layout)
 
 
 def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: int = 4,
@@ -2947,6 +2961,14 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         _warn_geometry_lost(image, final, suffix in UNTURNED_EXTENSIONS)
     if compress and suffix in (".dcm", ".dicom"):
         compress = _dicom_compressible(out, final)
+    tensor = tensors.tensor_kind(image) is not None
+    if tensor:  # in the file's component order and measurement frame; the header says "tensor" once written
+        out = tensors.to_file(image, suffix)
+        if suffix not in tensors.TAGGED_SUFFIXES:
+            warnings.warn(f"'{final}': no tensor type is written to {suffix} files: the tensors are written as a "
+                          f"vector image of {image.GetNumberOfComponentsPerPixel()} components (xx, xy, xz, yy, yz, "
+                          "zz for a symmetric one, in LPS), which Slicer does not show as a DTI volume. Write .nrrd "
+                          "(or .nii.gz) to keep them tensors.", stacklevel=2)
     with (staged_output(final) if suffix in _TWO_FILES else atomic_output(final)) as tmp:
         try:
             with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
@@ -2972,6 +2994,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         if suffix == ".spr":
             _name_stimulate_data_file(tmp)
         _check_reads_back(tmp, final, out)
+        if tensor and suffix in tensors.TAGGED_SUFFIXES:
+            tensors.tag_written_file(tmp, suffix, image)
     return final
 
 

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from . import tensors
 from .errors import InputError, itk_guard
 from .io import as_one_slice_of, one_slice_as_2d, one_slice_axis
 from .validation import check_image, physical_bounds, voxels_overlap
@@ -63,7 +64,7 @@ _VECTOR_TYPES = (sitk.sitkVectorUInt8, sitk.sitkVectorInt8, sitk.sitkVectorUInt1
 
 
 #: What the components of a multi-component image are (:func:`resample`'s ``components``).
-COMPONENTS = ("channels", "vector")
+COMPONENTS = ("channels", "vector", "tensor")
 
 
 def _linear_part(transform: sitk.Transform, dim: int) -> np.ndarray | None:
@@ -113,20 +114,45 @@ def _jacobians(transform: sitk.Transform, reference: sitk.Image, first: int = 0,
     return jacobians
 
 
-def _reorient(values: np.ndarray, transform: sitk.Transform, reference: sitk.Image) -> np.ndarray:
+def _turn_vectors(values: np.ndarray, jacobians: np.ndarray) -> np.ndarray:
+    """J^-1 v: vectors (..., d) of the moving image's space in the reference's, ``jacobians`` one (d, d) matrix or
+    one per vector."""
+    if jacobians.ndim == 2:
+        return values @ np.linalg.inv(jacobians).T
+    return np.linalg.solve(jacobians, values[..., None])[..., 0]
+
+
+def _tensor_turner(kind: str):
+    def turn(values: np.ndarray, jacobians: np.ndarray) -> np.ndarray:
+        """R^T D R (finite strain, as ANTs' ReorientTensorImage and Slicer's ResampleDTIVolume turn tensors): R the
+        rotation of J's polar decomposition (J = R U, R = W V^T from J's SVD W S V^T; a mirror stays in R, which
+        mirrors the tensor as it mirrors a vector), so that a tensor turns as a vector J^-1 v turns, its stretch
+        and shear left out; tensors (..., 6 or 9) in ITK's order."""
+        w, _, vt = np.linalg.svd(jacobians)
+        rotation = w @ vt
+        return tensors.packed(np.swapaxes(rotation, -1, -2) @ tensors.matrices(values, kind) @ rotation, kind)
+
+    return turn
+
+
+def _reorient(values: np.ndarray, transform: sitk.Transform, reference: sitk.Image, tensor: str | None = None
+              ) -> np.ndarray:
     """Vectors of the moving image's space (``values``, (voxels..., d)) in the reference's: J^-1 v, as ITK/ANTs turn
-    a displacement or vector field under a transform (T maps reference points to moving ones). A non-linear
-    transform's are turned in place, a slab of voxels at a time."""
+    a displacement or vector field under a transform (T maps reference points to moving ones); with ``tensor``
+    (:data:`tensors.SYMMETRIC` or :data:`tensors.FULL`), 3 x 3 tensors (voxels..., 6 or 9), turned by J's rotation
+    (see :func:`_tensor_turner`). A non-linear transform's are turned in place, a slab of voxels at a time, each
+    voxel by its own Jacobian."""
+    turn = _turn_vectors if tensor is None else _tensor_turner(tensor)
     matrix = _linear_part(transform, reference.GetDimension())
     if matrix is not None:
-        return values @ np.linalg.inv(matrix).T
+        return turn(values, matrix)
     slices = values.shape[0]
     per_slice = max(1, int(np.prod(values.shape[1:-1])))
     step = max(1, _JACOBIAN_SLAB_VOXELS // per_slice)
     for first in range(0, slices, step):
         count = min(step, slices - first)
         slab = values[first:first + count]
-        slab[...] = np.linalg.solve(_jacobians(transform, reference, first, count), slab[..., None])[..., 0]
+        slab[...] = turn(slab, _jacobians(transform, reference, first, count))
     return values
 
 
@@ -166,11 +192,19 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             time frames, the real and imaginary parts of a complex image), each interpolated on its own. "vector": a
             vector in physical space (LPS) per voxel, e.g. a displacement field: interpolated, then turned into the
             reference's space by the inverse of the transform's Jacobian (at each voxel for a non-linear one), as
-            ITK and ANTs (antsApplyTransforms -e 1) do; its number of components must be the dimension. None (the
-            default): an integer image of 3 or 4 components (an RGB/RGBA picture) and an image of another
-            number of components than its dimension are channels; any other multi-component image (2 or 3
-            float components in 2D or 3D), which could be either, is refused under a transform that turns or
-            stretches (the same answer either way under a translation, which it takes as channels).
+            ITK and ANTs (antsApplyTransforms -e 1) do; its number of components must be the dimension. "tensor":
+            a 3 x 3 tensor per voxel of a 3D image (a DTI volume: 6 components, xx, xy, xz, yy, yz, zz, or 9, the
+            matrix row by row; in LPS, as :func:`io.read_image` gives a DTI file's), interpolated component by
+            component (linear; not log-Euclidean), then turned by finite strain: R^T D R, R the rotation of the
+            transform's Jacobian (its polar decomposition, at each voxel for a non-linear transform), as ANTs'
+            ReorientTensorImage and Slicer's Resample DTI Volume do; the output keeps the tensor mark of a file's
+            image, so that :func:`io.write_image` writes it as a DTI volume. None (the default): an image its file
+            says holds tensors (NRRD kinds 3D-symmetric-matrix or 3D-matrix, NIfTI intent SYMMATRIX) is "tensor";
+            an integer image of 3 or 4 components (an RGB/RGBA picture) and an image of another number of
+            components than its dimension are channels (one of 6 or 9 components in 3D with a warning, under a
+            transform that turns it, that tensors need "tensor"); any other multi-component image (2 or 3 float
+            components in 2D or 3D), which could be either, is refused under a transform that turns or stretches
+            (the same answer either way under a translation, which it takes as channels).
 
     Two one-slice volumes (2D slices saved as volumes, e.g. 181 x 217 x 1) with a 2D transform, the one
     ``mmfusion register`` writes for them, are resampled as the 2D images of their slices
@@ -184,8 +218,8 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         InputError: unknown interpolation, images of different dimension, a transform that is not a
             SimpleITK transform of their dimension (or a 2D one for two one-slice volumes, above), a pixel type
             that cannot hold the image (a scalar type for a colour image, or the reverse), a default value the
-            output's pixels cannot hold, or a multi-component image under a turning transform without
-            ``components`` (see above).
+            output's pixels cannot hold, a multi-component image under a turning transform without
+            ``components``, or ``components="tensor"`` for an image of no 3 x 3 tensors of a 3D image (see above).
     """
     if interpolation not in INTERPOLATORS:
         raise InputError(f"Unknown interpolation '{interpolation}'.",
@@ -269,8 +303,9 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         # ITK would store it as inf
         raise InputError(f"The default value {default_value:g} does not fit the output's 32-bit float pixels.",
                          "Give a default value within +-3.4e38, or pixel_type=sitk.sitkFloat64.")
-    exact = interpolation == "nearest" and moving.GetPixelID() in _INTEGER_TYPES and treat != "vector"
-    if integer is not None and not exact or treat == "vector":
+    turned = treat in ("vector", "tensor")
+    exact = interpolation == "nearest" and moving.GetPixelID() in _INTEGER_TYPES and not turned
+    if integer is not None and not exact or turned:
         # ITK truncates interpolated values toward zero (2.97 -> 2, -999.6 -> -999): a bias of -0.3 on the
         # BrainWeb slice, +-0.5 on a CT. Resample in float64, then round and clip as ITK clips
         wide = sitk.sitkVectorFloat64 if vector else sitk.sitkFloat64
@@ -279,8 +314,8 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
                                                           float(default_value), wide))
         if vector:  # numpy drops the axis of a single component
             values = values.reshape(tuple(reversed(reference.GetSize())) + (moving.GetNumberOfComponentsPerPixel(),))
-        if treat == "vector":
-            values = _reorient(values, transform, reference)
+        if turned:
+            values = _reorient(values, transform, reference, _tensor_kind(moving) if treat == "tensor" else None)
             if float(default_value) != 0.0:  # outside, every component is the default value, not a turned vector
                 ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8)
                 ones.CopyInformation(moving)
@@ -291,25 +326,60 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
                 out = sitk.GetImageFromArray(values.astype(np.float64 if pixel_type == sitk.sitkVectorFloat64
                                                            else np.float32), isVector=True)
                 out.CopyInformation(reference)
-                return out
+                return _tensor_marked(out, moving, treat)
         hi = float(limits[1])
         if int(hi) > limits[1]:  # 2**63 - 1 and 2**64 - 1 round up as doubles: one double below
             hi = float(np.nextafter(hi, 0.0))
         out = sitk.GetImageFromArray(np.clip(np.round(values), float(limits[0]), hi).astype(integer),
                                      isVector=vector)
         out.CopyInformation(reference)
-        return out
+        return _tensor_marked(out, moving, treat)
     with itk_guard("resampling", "Check the transform matches the images (same dimension)."):
-        return sitk.Resample(moving, reference, transform, INTERPOLATORS[interpolation],
-                             float(default_value), pixel_type)
+        out = sitk.Resample(moving, reference, transform, INTERPOLATORS[interpolation], float(default_value),
+                            pixel_type)
+    return _tensor_marked(out, moving, treat)
+
+
+def _keeps_orientation(transform: sitk.Transform, moving: sitk.Image) -> bool:
+    """Whether ``transform`` turns no tensor: a linear one whose rotation (polar decomposition) is the identity (a
+    translation, a scaling)."""
+    matrix = _linear_part(transform, moving.GetDimension())
+    if matrix is None:
+        return False
+    w, _, vt = np.linalg.svd(matrix)
+    return bool(np.allclose(w @ vt, np.eye(moving.GetDimension()), atol=1e-12))
+
+
+def _tensor_kind(image: sitk.Image) -> str:
+    """The tensors of ``image``: as it is marked (a file that says so), else by its number of components."""
+    return tensors.tensor_kind(image) or (tensors.SYMMETRIC if image.GetNumberOfComponentsPerPixel() == 6
+                                          else tensors.FULL)
+
+
+def _tensor_marked(out: sitk.Image, moving: sitk.Image, treat: str) -> sitk.Image:
+    """``out`` marked as tensors where ``moving`` is (resampled as channels or not: its values are still tensors)
+    or was resampled as tensors, so that :func:`io.write_image` writes it as the file it came from (NRRD kinds,
+    measurement frame; NIfTI intent)."""
+    if tensors.tensor_kind(moving) is not None:
+        return tensors.copy_mark(moving, out)
+    if treat == "tensor":
+        return tensors.mark(out, _tensor_kind(moving))
+    return out
 
 
 def _components_kind(moving: sitk.Image, transform: sitk.Transform, components: str | None) -> str:
-    """"scalar", "channels" or "vector": how :func:`resample` treats ``moving``'s components (see there)."""
+    """"scalar", "channels", "vector" or "tensor": how :func:`resample` treats ``moving``'s components (see
+    there)."""
     if components is not None and components not in COMPONENTS:
         raise InputError(f"Unknown components '{components}'.",
                          f"Use one of: {', '.join(COMPONENTS)} (or None: colour pictures as channels).")
     count, dim = moving.GetNumberOfComponentsPerPixel(), moving.GetDimension()
+    if components == "tensor" and (count not in tensors.COUNTS.values() or dim != 3):
+        raise InputError(f"The moving image is a {dim}D image of {count} component{'s' if count != 1 else ''} per "
+                         "pixel, so it holds no 3 x 3 tensors of a 3D image (6 components: xx, xy, xz, yy, yz, zz; "
+                         "or 9: the matrix row by row): its tensors cannot be turned with the transform.",
+                         "Give a 3D DTI volume (e.g. Slicer's DTI NRRD), or components='channels' (each component "
+                         "interpolated on its own).")
     if components == "vector" and count != dim:
         raise InputError(f"The moving image has {count} component{'s' if count != 1 else ''} per pixel, so it is no "
                          f"vector field of its {dim}D space (that has {dim}): its vectors cannot be turned with the "
@@ -320,9 +390,19 @@ def _components_kind(moving: sitk.Image, transform: sitk.Transform, components: 
         return "scalar"
     if components is not None:
         return components
+    if tensors.tensor_kind(moving) is not None:
+        return "tensor"  # its file says so: a NRRD's kinds, a NIfTI's intent
+    matrix = _linear_part(transform, dim)
+    if count in tensors.COUNTS.values() and dim == 3 and not _keeps_orientation(transform, moving):
+        import warnings
+
+        warnings.warn(f"The moving image has {count} components per voxel and its file does not say what they are: "
+                      "they are resampled as channels, each on its own. If they are diffusion tensors (xx, xy, xz, "
+                      "yy, yz, zz, or a 3 x 3 matrix row by row, in LPS), the transform turns the image but not "
+                      "them: resample with components='tensor' (mmfusion resample --components tensor), or "
+                      "components='channels' to say they are channels.", stacklevel=3)
     if moving.GetPixelID() in _INTEGER_TYPES and count in (3, 4) or count != dim:
         return "channels"  # an RGB/RGBA picture (or colour volume), or no vector of this space
-    matrix = _linear_part(transform, dim)
     if matrix is not None and np.allclose(matrix, np.eye(dim), atol=1e-12):
         return "channels"  # a translation moves vectors without turning them: either reading gives this answer
     pixels = moving.GetPixelIDTypeAsString()

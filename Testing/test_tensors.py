@@ -1,0 +1,338 @@
+"""Diffusion tensor images: read as tensors where the file says so, turned with the transform when resampled
+(finite strain), and written back with their kinds / intent and measurement frame.
+
+Before: a Slicer DTI NRRD (kinds 3D-symmetric-matrix) and a NIfTI of intent SYMMATRIX were refused ("Unknown
+PixelType: float(11)", with the fix to use a NIfTI or NRRD file), and a 3D-matrix NRRD or an untagged image of 6
+components was resampled per channel, without a word, its tensors pointing the old way under a rotation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io as _io
+import math
+import os
+import tempfile
+import unittest
+import warnings
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib import cli
+from MultimodalFusionLib.errors import InputError
+from MultimodalFusionLib.io import read_image, write_image
+from MultimodalFusionLib.preprocess import resample
+
+#: ITK's (and NRRD's) order of a symmetric tensor's components: the upper triangle row by row
+UPPER = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
+#: NIfTI SYMMATRIX's: the lower triangle row by row (xx, yx, yy, zx, zy, zz)
+LOWER = [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]
+
+
+def _matrix(values: np.ndarray, order=UPPER) -> np.ndarray:
+    m = np.zeros(values.shape[:-1] + (3, 3))
+    for k, (i, j) in enumerate(order):
+        m[..., i, j] = m[..., j, i] = values[..., k]
+    return m
+
+
+def _principal(values: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(_matrix(np.asarray(values, dtype=float)))
+    return v[..., :, -1]
+
+
+def _prolate_along_x(size=(15, 15, 15)) -> sitk.Image:
+    """Tensors of eigenvalues 3, 1, 1 (x10^-3 mm^2/s) along x, on a grid centred on the origin."""
+    values = np.zeros(tuple(reversed(size)) + (6,), np.float32)
+    values[..., 0], values[..., 3], values[..., 5] = 3e-3, 1e-3, 1e-3
+    image = sitk.GetImageFromArray(values, isVector=True)
+    image.SetOrigin(tuple(-(s - 1) / 2.0 for s in size))
+    return image
+
+
+def _write_nrrd(path: str, values: np.ndarray, kind: str = "3D-symmetric-matrix", space: str = "left-posterior-superior",
+                frame: str | None = "(1,0,0) (0,1,0) (0,0,1)", domain: int = 3, gz: bool = False) -> None:
+    """A NRRD as Slicer writes a DTI volume: the tensor axis first, values (z, y, x, components) in numpy order."""
+    sizes = " ".join(str(s) for s in [values.shape[-1]] + list(reversed(values.shape[:-1])))
+    directions = " ".join("(" + ",".join("1" if i == k else "0" for i in range(domain)) + ")" for k in range(domain))
+    lines = ["NRRD0005", "type: float", f"dimension: {domain + 1}", f"space: {space}", f"sizes: {sizes}",
+             f"space directions: none {directions}", f"kinds: {kind}" + " domain" * domain, "endian: little",
+             f"encoding: {'gzip' if gz else 'raw'}", "space origin: (" + ",".join(["0"] * domain) + ")"]
+    if frame is not None:
+        lines.append(f"measurement frame: {frame}")
+    data = values.astype("<f4").tobytes()
+    with open(path, "wb") as fh:
+        fh.write(("\n".join(lines) + "\n\n").encode() + (gzip.compress(data) if gz else data))
+
+
+def _nrrd_header(path: str) -> dict[str, str]:
+    with open(path, "rb") as fh:
+        head = fh.read(4096).split(b"\n\n")[0].decode()
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in head.splitlines()[1:])
+            if not k.startswith("#")}
+
+
+def _nrrd_data(path: str, count: int) -> np.ndarray:
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    start = raw.index(b"\n\n") + 2
+    data = raw[start:]
+    if _nrrd_header(path).get("encoding") == "gzip":
+        data = gzip.decompress(data)
+    return np.frombuffer(data, "<f4").reshape(-1, count)
+
+
+def _write_nifti(path: str, values: np.ndarray, intent: str = "symmetric matrix", p1: int = 3) -> None:
+    import nibabel as nib
+
+    data = values.transpose(2, 1, 0, 3)[:, :, :, None, :]  # (x, y, z, 1, components)
+    image = nib.Nifti1Image(data.astype(np.float32), np.diag([-1.0, -1.0, 1.0, 1.0]))  # LPS axes, as ITK writes
+    image.header.set_intent(intent, (p1,) if intent == "symmetric matrix" else ())
+    nib.save(image, path)
+
+
+class TensorsTurnWithTheTransform(unittest.TestCase):
+    """A prolate tensor along x under a rotation of 90 degrees about z points along y: finite strain, R^T D R with R
+    the rotation of the transform's Jacobian, as a vector turns (J^-1 v), for linear and deformable transforms."""
+
+    def setUp(self) -> None:
+        self.moving = _prolate_along_x()
+        self.rotation = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, math.pi / 2)
+
+    def assert_along(self, values: np.ndarray, axis: np.ndarray, atol: float = 1e-5) -> None:
+        principal = _principal(values)
+        np.testing.assert_allclose(abs(float(principal @ axis)), 1.0, atol=atol)
+        # eigenvalues kept: a rotation turns a tensor, it neither stretches nor shrinks it
+        np.testing.assert_allclose(np.linalg.eigvalsh(_matrix(np.asarray(values, float))), [1e-3, 1e-3, 3e-3],
+                                   atol=1e-8)
+
+    def test_linear_rotation(self) -> None:
+        out = resample(self.moving, self.moving, self.rotation, components="tensor")
+        centre = sitk.GetArrayFromImage(out)[7, 7, 7]
+        self.assert_along(centre, np.array([0.0, 1.0, 0.0]))
+        self.assertEqual(out.GetPixelID(), sitk.sitkVectorFloat32)
+        # the component-wise result, which it had been, still points along x
+        channels = resample(self.moving, self.moving, self.rotation, components="channels")
+        self.assert_along(sitk.GetArrayFromImage(channels)[7, 7, 7], np.array([1.0, 0.0, 0.0]))
+
+    def test_a_tensor_turns_as_a_vector_does(self) -> None:
+        """Any rotation and tensor: the principal eigenvector turns as components='vector' turns that vector."""
+        rng = np.random.default_rng(1)
+        turn = sitk.Euler3DTransform((0.0, 0.0, 0.0), *rng.uniform(-math.pi, math.pi, 3))
+        values = np.zeros((9, 9, 9, 6), np.float32)
+        values[...] = [5e-3, 1e-3, -2e-3, 2e-3, 0.5e-3, 1e-3]
+        moving = sitk.GetImageFromArray(values, isVector=True)
+        moving.SetOrigin((-4.0, -4.0, -4.0))
+        vector = sitk.GetImageFromArray(np.broadcast_to(_principal(values[0, 0, 0]), (9, 9, 9, 3)).copy(),
+                                        isVector=True)
+        vector.CopyInformation(moving)
+        turned = sitk.GetArrayFromImage(resample(moving, moving, turn, components="tensor"))[4, 4, 4]
+        expected = sitk.GetArrayFromImage(resample(vector, moving, turn, components="vector"))[4, 4, 4]
+        np.testing.assert_allclose(abs(_principal(turned) @ expected), 1.0, atol=1e-5)
+
+    def test_a_stretch_turns_no_tensor(self) -> None:
+        """Finite strain: the rotation of J only; a scaling (J = diag(2, 1, 1)) leaves the tensors as they are."""
+        values = np.zeros((9, 9, 9, 6), np.float32)
+        values[...] = [3e-3, 1e-3, 0.0, 2e-3, 0.0, 1e-3]
+        moving = sitk.GetImageFromArray(values, isVector=True)
+        stretch = sitk.AffineTransform(3)
+        stretch.SetMatrix((2.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+        out = sitk.GetArrayFromImage(resample(moving, moving, stretch, components="tensor"))
+        np.testing.assert_allclose(out[4, 4, 2], values[4, 4, 2], atol=1e-9)
+
+    def test_deformable_rotation_field(self) -> None:
+        """The rotation as a displacement field, and a twist (a rotation about z by an angle growing with z): each
+        voxel's tensor is turned by the rotation of the Jacobian at that voxel."""
+        disp = sitk.TransformToDisplacementField(self.rotation, sitk.sitkVectorFloat64, (30, 30, 30),
+                                                 (-15.0, -15.0, -15.0), (1.0, 1.0, 1.0))
+        out = resample(self.moving, self.moving, sitk.DisplacementFieldTransform(disp), components="tensor")
+        self.assert_along(sitk.GetArrayFromImage(out)[7, 7, 7], np.array([0.0, 1.0, 0.0]), atol=1e-4)
+        # the twist: T(x, y, z) = Rz(k z) (x, y, z); on the z axis its Jacobian is Rz(k z)
+        k = math.pi / 24
+        grid = np.stack(np.meshgrid(*[np.arange(-15.0, 15.0)] * 3, indexing="ij"), -1)  # (x, y, z) indices
+        angle = k * grid[..., 2]
+        moved = np.stack([np.cos(angle) * grid[..., 0] - np.sin(angle) * grid[..., 1],
+                          np.sin(angle) * grid[..., 0] + np.cos(angle) * grid[..., 1], grid[..., 2]], -1)
+        field = sitk.GetImageFromArray((moved - grid).transpose(2, 1, 0, 3).copy(), isVector=True)
+        field.SetOrigin((-15.0, -15.0, -15.0))
+        twist = sitk.DisplacementFieldTransform(field)
+        out = sitk.GetArrayFromImage(resample(self.moving, self.moving, twist, components="tensor"))
+        for z in (2, 7, 12):  # z = -5, 0, 5 mm: turned by -k z about z (the inverse of the moving image's twist)
+            theta = k * (z - 7)
+            with self.subTest(z=z):
+                self.assert_along(out[z, 7, 7], np.array([math.cos(theta), -math.sin(theta), 0.0]), atol=1e-3)
+
+    def test_default_value_outside(self) -> None:
+        shifted = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, math.pi / 2, (30.0, 0.0, 0.0))
+        out = sitk.GetArrayFromImage(resample(self.moving, self.moving, shifted, components="tensor",
+                                              default_value=-1.0))
+        np.testing.assert_array_equal(out[7, 7, 7], [-1.0] * 6)
+
+    def test_untagged_six_components_warn(self) -> None:
+        """An image of 6 components whose file says nothing: resampled per channel as before, with a warning that
+        tensors need components='tensor'; none under a translation (nothing turns) or with components given."""
+        with self.assertWarns(UserWarning) as cm:
+            out = resample(self.moving, self.moving, self.rotation)
+        self.assertIn("components='tensor'", str(cm.warning))
+        self.assertIn("--components tensor", str(cm.warning))
+        np.testing.assert_array_equal(
+            sitk.GetArrayFromImage(out),
+            sitk.GetArrayFromImage(resample(self.moving, self.moving, self.rotation, components="channels")))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            resample(self.moving, self.moving, sitk.TranslationTransform(3, (1.0, 0.0, 0.0)))
+            resample(self.moving, self.moving, self.rotation, components="channels")
+
+    def test_no_tensor_of_a_3d_image_is_refused(self) -> None:
+        flat = sitk.Compose([sitk.Image((8, 8), sitk.sitkFloat32)] * 6)
+        with self.assertRaises(InputError) as cm:
+            resample(flat, flat, components="tensor")
+        self.assertIn("2D image of 6 components", cm.exception.problem)
+        five = sitk.Compose([sitk.Image((8, 8, 8), sitk.sitkFloat32)] * 5)
+        with self.assertRaises(InputError) as cm:
+            resample(five, five, components="tensor")
+        self.assertIn("no 3 x 3 tensors", cm.exception.problem)
+
+
+class TensorFiles(unittest.TestCase):
+    """The files' component orders and frames, read and written back."""
+
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.dir = tmp.name
+        rng = np.random.default_rng(0)
+        self.values = rng.normal(0, 1e-3, (6, 7, 8, 6)).astype(np.float32)  # (z, y, x) numpy order, ITK's order
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def test_nrrd_and_nifti_orders_read_alike(self) -> None:
+        """NRRD 3D-symmetric-matrix (xx, xy, xz, yy, yz, zz) and NIfTI SYMMATRIX (xx, yx, yy, zx, zy, zz) of the
+        same tensors read as the same image."""
+        _write_nrrd(self.path("t.nrrd"), self.values)
+        lower = np.stack([self.values[..., UPPER.index((j, i))] for i, j in LOWER], -1)  # (i >= j)
+        _write_nifti(self.path("t.nii.gz"), lower)
+        nrrd = read_image(self.path("t.nrrd"), keep_color=True)
+        nifti = read_image(self.path("t.nii.gz"), keep_color=True)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(nrrd), self.values)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(nifti), self.values)
+
+    def test_nrrd_round_trip_keeps_kinds_and_frame(self) -> None:
+        """A Slicer DTI NRRD (RAS space, a measurement frame that is no identity) resampled onto its own grid is
+        written back with its kinds, its frame (in LPS, the space ITK writes) and its values, gzip or raw."""
+        frame = "(0,1,0) (-1,0,0) (0,0,1)"
+        for gz in (False, True):
+            with self.subTest(gzip=gz):
+                _write_nrrd(self.path("dti.nrrd"), self.values, space="right-anterior-superior", frame=frame, gz=gz)
+                code = _run_cli(["resample", self.path("dti.nrrd"), "--reference", self.path("dti.nrrd"),
+                                 "-o", self.path("out.nrrd")])
+                self.assertEqual(code, 0)
+                header = _nrrd_header(self.path("out.nrrd"))
+                self.assertEqual(header["kinds"], "3D-symmetric-matrix domain domain domain")
+                self.assertEqual(header["space"], "left-posterior-superior")
+                # the frame's axes in LPS: RAS (0,1,0) is LPS (0,-1,0), RAS (-1,0,0) is LPS (1,0,0)
+                self.assertEqual(header["measurement frame"], "(0,-1,0) (1,0,0) (0,0,1)")
+                np.testing.assert_allclose(_nrrd_data(self.path("out.nrrd"), 6), self.values.reshape(-1, 6),
+                                           atol=1e-9)
+
+    def test_frame_and_space_bring_tensors_to_lps(self) -> None:
+        """A tensor along the frame's first axis is, in memory, along that axis in LPS."""
+        along = np.zeros((4, 4, 4, 6), np.float32)
+        along[..., 0], along[..., 3], along[..., 5] = 3e-3, 1e-3, 1e-3  # along the frame's x
+        _write_nrrd(self.path("f.nrrd"), along, space="right-anterior-superior", frame="(0,1,0) (1,0,0) (0,0,1)")
+        image = read_image(self.path("f.nrrd"), keep_color=True)
+        # the frame's x is RAS (0, 1, 0): anterior, LPS (0, -1, 0)
+        np.testing.assert_allclose(abs(_principal(sitk.GetArrayFromImage(image)[1, 1, 1]) @ [0, 1, 0]), 1.0,
+                                   atol=1e-6)
+
+    def test_nrrd_rotated_by_the_cli(self) -> None:
+        """mmfusion resample of a DTI NRRD (no --components: its kinds say tensors) under a rotation of 90 degrees
+        about z: the principal direction along y, in the file's frame."""
+        prolate = sitk.GetArrayFromImage(_prolate_along_x((9, 9, 9)))
+        _write_nrrd(self.path("p.nrrd"), prolate)
+        sitk.WriteTransform(sitk.Euler3DTransform((4.0, 4.0, 4.0), 0.0, 0.0, math.pi / 2), self.path("r.tfm"))
+        code = _run_cli(["resample", self.path("p.nrrd"), "--reference", self.path("p.nrrd"), "--transform",
+                         self.path("r.tfm"), "-o", self.path("r.nrrd")])
+        self.assertEqual(code, 0)
+        self.assertEqual(_nrrd_header(self.path("r.nrrd"))["kinds"], "3D-symmetric-matrix domain domain domain")
+        centre = _nrrd_data(self.path("r.nrrd"), 6).reshape(9, 9, 9, 6)[4, 4, 4]
+        np.testing.assert_allclose(abs(_principal(centre) @ [0, 1, 0]), 1.0, atol=1e-5)
+
+    def test_nifti_round_trip_keeps_intent_and_order(self) -> None:
+        import nibabel as nib
+
+        lower = self.values  # any six numbers a voxel, in the file's (lower-triangular) order
+        _write_nifti(self.path("t.nii.gz"), lower)
+        for out in ("o.nii.gz", "o.nii"):
+            with self.subTest(out=out):
+                self.assertEqual(_run_cli(["resample", self.path("t.nii.gz"), "--reference", self.path("t.nii.gz"),
+                                           "-o", self.path(out)]), 0)
+                written = nib.load(self.path(out))
+                self.assertEqual(written.header.get_intent()[:2], ("symmetric matrix", (3.0,)))
+                np.testing.assert_array_equal(np.asarray(written.dataobj)[:, :, :, 0, :],
+                                              lower.transpose(2, 1, 0, 3))
+
+    def test_3d_matrix_nrrd_is_turned(self) -> None:
+        """A 3D-matrix NRRD (9 components), which had been resampled as 9 channels without a word."""
+        full = np.zeros((5, 5, 5, 9), np.float32)
+        full[..., 0], full[..., 4], full[..., 8] = 3e-3, 1e-3, 1e-3
+        _write_nrrd(self.path("m.nrrd"), full, kind="3D-matrix")
+        image = read_image(self.path("m.nrrd"), keep_color=True)
+        out = resample(image, image, sitk.Euler3DTransform((2.0, 2.0, 2.0), 0.0, 0.0, math.pi / 2))
+        centre = sitk.GetArrayFromImage(out)[2, 2, 2].reshape(3, 3)
+        np.testing.assert_allclose(centre, np.diag([1e-3, 3e-3, 1e-3]), atol=1e-9)
+        write_image(out, self.path("m_out.nrrd"))
+        self.assertEqual(_nrrd_header(self.path("m_out.nrrd"))["kinds"], "3D-matrix domain domain domain")
+        # NIfTI's 3 x 3 GENMATRIX (row by row, as NRRD's 3D-matrix): read as such, written back so
+        import nibabel as nib
+
+        write_image(out, self.path("m_out.nii.gz"))
+        written = nib.load(self.path("m_out.nii.gz"))
+        self.assertEqual(written.header.get_intent()[:2], ("general matrix", (3.0, 3.0)))
+        back = read_image(self.path("m_out.nii.gz"), keep_color=True)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(out))
+        again = resample(back, back, sitk.Euler3DTransform((2.0, 2.0, 2.0), 0.0, 0.0, math.pi / 2))
+        np.testing.assert_allclose(sitk.GetArrayFromImage(again)[2, 2, 2].reshape(3, 3), np.diag([3e-3, 1e-3, 1e-3]),
+                                   atol=1e-9)
+
+    def test_detached_header(self) -> None:
+        _write_nrrd(self.path("t.nrrd"), self.values)
+        with open(self.path("t.nrrd"), "rb") as fh:
+            raw = fh.read()
+        head, data = raw.split(b"\n\n", 1)
+        os.mkdir(self.path("sub"))
+        with open(self.path("sub/t.raw"), "wb") as fh:
+            fh.write(data)
+        with open(self.path("sub/t.nhdr"), "wb") as fh:
+            fh.write(head + b"\ndata file: t.raw\n\n")
+        image = read_image(self.path("sub/t.nhdr"), keep_color=True)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image), self.values)
+
+    def test_tensors_that_cannot_be_resampled_are_named(self) -> None:
+        cases = {
+            "2d.nrrd": dict(values=np.zeros((4, 4, 6), np.float32), domain=2),
+            "masked.nrrd": dict(values=np.zeros((4, 4, 4, 7), np.float32), kind="3D-masked-symmetric-matrix"),
+            "2x2.nrrd": dict(values=np.zeros((4, 4, 4, 3), np.float32), kind="2D-symmetric-matrix"),
+        }
+        for name, kwargs in cases.items():
+            _write_nrrd(self.path(name), **kwargs)
+        _write_nifti(self.path("2x2.nii.gz"), np.zeros((4, 4, 4, 3), np.float32), p1=2)
+        for name, said in (("2d.nrrd", "2D image of 3D-symmetric-matrix"),
+                           ("masked.nrrd", "3D-masked-symmetric-matrix"),
+                           ("2x2.nrrd", "2D-symmetric-matrix"), ("2x2.nii.gz", "symmetric 2 x 2")):
+            with self.subTest(name=name), self.assertRaises(InputError) as cm:
+                read_image(self.path(name), keep_color=True)
+            self.assertIn(said, cm.exception.problem)
+            self.assertIn("3 x 3 tensors", cm.exception.problem)
+
+
+def _run_cli(argv: list[str]) -> int:
+    with contextlib.redirect_stdout(_io.StringIO()), contextlib.redirect_stderr(_io.StringIO()):
+        return cli.main(argv)
+
+
+if __name__ == "__main__":
+    unittest.main()
