@@ -1498,36 +1498,61 @@ def serve(*, fixed: str | None = None, moving: str | None = None, port: int = 80
     os.environ.setdefault("TRAME_ARGS", "--server")
     # the work folder is made here, so that it goes however the start-up ends (uploads and downloads of
     # patient files pass through it)
-    with _sigterm_exits(), tempfile.TemporaryDirectory(prefix="mmfusion-web-") as workdir:
+    with _sigterm_exits() as terminated, tempfile.TemporaryDirectory(prefix="mmfusion-web-") as workdir:
         app = FusionWebApp(fixed=fixed, moving=moving, demo=demo, demo_spacing_mm=demo_spacing_mm, workdir=workdir,
                            max_upload_bytes=max_upload_bytes, max_stored_upload_bytes=max_stored_upload_bytes,
                            max_session_upload_bytes=max_session_upload_bytes)
+        terminated.exit_if_asked()
         app.ctrl.on_server_bind.add(lambda wslink_server: _guard_websockets(wslink_server.app, host, allowed))
+        app.ctrl.on_server_ready.add(lambda **_: terminated.pass_on())
         try:
             app.server.start(port=port, host=host, open_browser=open_browser, timeout=0)
         finally:
             app.worker.shutdown()
 
 
+class _Termination:
+    """A SIGTERM taken during the start-up, acted on where the start-up can stop (see :func:`_sigterm_exits`)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def take(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+
+    def exit_if_asked(self) -> None:
+        """End the start-up as Ctrl+C does (through the clean-up code) if a SIGTERM came."""
+        if self.signum is not None:
+            raise SystemExit(128 + self.signum)  # a shell's status for a process ended by the signal
+
+    def pass_on(self) -> None:
+        """Once serving (the server's own handler has SIGTERM), send it one that came in the last moments of
+        the start-up: it stops the server as a SIGTERM while serving does."""
+        if self.signum is not None:
+            import signal
+
+            signal.raise_signal(self.signum)
+
+
 @contextlib.contextmanager
-def _sigterm_exits() -> Iterator[None]:
+def _sigterm_exits() -> Iterator[_Termination]:
     """A SIGTERM (``kill``, a service manager, a container stopping) during the start-up of several seconds
     ends the process as Ctrl+C does, through the clean-up code: by default it ended it at once, leaving the
-    work folder behind. Once running, the server's own handler takes SIGTERM (and stops cleanly). Only the
-    main thread can set a handler: from another thread (the Python API) nothing changes."""
+    work folder behind. The signal is noted and acted on once the app is made (:meth:`_Termination.exit_if_asked`):
+    raised where it came, in the middle of importing VTK and slicer-core, it had crashed the process
+    (SIGSEGV, the work folder left) or turned into an ImportError (exit 1), 2 times in 6 at 0.2-0.5 s.
+    Once running, the server's own handler takes SIGTERM (and stops cleanly). Only the main thread can set a
+    handler: from another thread (the Python API) nothing changes."""
     import signal
     import threading
 
+    termination = _Termination()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield termination
         return
-
-    def terminated(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)  # a shell's status for a process ended by the signal
-
-    previous = signal.signal(signal.SIGTERM, terminated)
+    previous = signal.signal(signal.SIGTERM, termination.take)
     try:
-        yield
+        yield termination
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
