@@ -12,7 +12,8 @@ read as the vector image ITK reads once its header says "vector", its tensors pu
 
 Files: NRRD ``3D-symmetric-matrix`` (xx, xy, xz, yy, yz, zz) and ``3D-matrix`` (row by row), their tensors in the
 ``measurement frame`` (its vectors the frame's axes in the header's ``space``, e.g. right-anterior-superior);
-NIfTI-1 intent SYMMATRIX (1005, ``intent_p1`` 3; the lower triangle row by row: xx, yx, yy, zx, zy, zz) and
+NIfTI-1 intent SYMMATRIX (1005, ``intent_p1`` 3, or 0 with 6 values a voxel as ITK and ANTs write it; the lower
+triangle row by row: xx, yx, yy, zx, zy, zz) and
 GENMATRIX (1004, 3 x 3, row by row), whose tensors ITK and ANTs take in LPS.
 """
 
@@ -100,7 +101,7 @@ def _field(lines: list[str], name: str) -> str | None:
 
 def _refuse(path: str, what: str) -> InputError:
     return InputError(f"'{path}' holds {what}: only 3 x 3 tensors of a 3D image are read (a DTI volume: NRRD "
-                      f"kinds {SYMMETRIC} or {FULL}, NIfTI intent SYMMATRIX with intent_p1 3).",
+                      f"kinds {SYMMETRIC} or {FULL}, NIfTI intent SYMMATRIX of 6 values a voxel).",
                       "Save the tensors as a 3D volume of 3 x 3 tensors (Slicer saves a DTI volume so), or, if they "
                       "are no tensors, as a vector image (NRRD kinds vector, NIfTI intent VECTOR).")
 
@@ -164,8 +165,11 @@ def _nifti_layout(path: str, head: bytes) -> TensorLayout | None:
     count = dims[5] if dims[0] >= 5 else 1
     if intent == _GENMATRIX and not (p1 == 3 and p2 == 3 and count == 9):
         return None  # a matrix of another shape: no tensor of the image's space, left as ITK reads it
-    if intent == _SYMMATRIX and not (p1 == 3 and count == 6):
-        raise _refuse(path, f"symmetric {p1:g} x {p1:g} matrices ({count} values a voxel; NIfTI intent SYMMATRIX)")
+    # ITK writes SYMMATRIX with intent_p1 left 0 (its NiftiImageIO sets the intent code only), so ANTs' DTI volumes say
+    # nothing of the matrices' size: 6 values a voxel are then a symmetric 3 x 3 tensor, as ITK reads them
+    if intent == _SYMMATRIX and not ((p1 == 3 or p1 == 0) and count == 6):
+        raise _refuse(path, f"symmetric {p1:g} x {p1:g} matrices ({count} values a voxel; NIfTI intent SYMMATRIX)"
+                      if p1 else f"symmetric matrices of {count} values a voxel (NIfTI intent SYMMATRIX)")
     if dims[0] != 5 or dims[4] != 1 or min(dims[1:4]) < 2:
         raise _refuse(path, f"tensors on a grid of {' x '.join(str(d) for d in dims[1:5])} voxels (a 3D image "
                             "has three axes of two voxels or more, and one volume)")

@@ -84,12 +84,14 @@ def _nrrd_data(path: str, count: int) -> np.ndarray:
     return np.frombuffer(data, "<f4").reshape(-1, count)
 
 
-def _write_nifti(path: str, values: np.ndarray, intent: str = "symmetric matrix", p1: int = 3) -> None:
+def _write_nifti(path: str, values: np.ndarray, intent: str = "symmetric matrix", p1: int | None = 3) -> None:
+    """A 5D NIfTI (x, y, z, 1, components) of ``intent``; ``p1`` None: intent_p1 left 0, as ITK and so ANTs write
+    a DTI volume (ITK's NiftiImageIO sets the intent code only)."""
     import nibabel as nib
 
     data = values.transpose(2, 1, 0, 3)[:, :, :, None, :]  # (x, y, z, 1, components)
     image = nib.Nifti1Image(data.astype(np.float32), np.diag([-1.0, -1.0, 1.0, 1.0]))  # LPS axes, as ITK writes
-    image.header.set_intent(intent, (p1,) if intent == "symmetric matrix" else ())
+    image.header.set_intent(intent, (p1,) if intent == "symmetric matrix" and p1 is not None else ())
     nib.save(image, path)
 
 
@@ -260,6 +262,34 @@ class TensorFiles(unittest.TestCase):
         self.assertEqual(_nrrd_header(self.path("r.nrrd"))["kinds"], "3D-symmetric-matrix domain domain domain")
         centre = _nrrd_data(self.path("r.nrrd"), 6).reshape(9, 9, 9, 6)[4, 4, 4]
         np.testing.assert_allclose(abs(_principal(centre) @ [0, 1, 0]), 1.0, atol=1e-5)
+
+    def test_ants_nifti_without_intent_p1(self) -> None:
+        """A DTI NIfTI as ITK and ANTs write it (intent SYMMATRIX, intent_p1 0, 6 values a voxel in the lower
+        triangle's order) is read as tensors: it had been refused as "symmetric 0 x 0 matrices"."""
+        lower = np.stack([self.values[..., UPPER.index((j, i))] for i, j in LOWER], -1)
+        _write_nifti(self.path("ants.nii.gz"), lower, p1=None)
+        image = read_image(self.path("ants.nii.gz"), keep_color=True)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image), self.values)
+        _write_nifti(self.path("three.nii.gz"), lower[..., :3], p1=None)
+        with self.assertRaises(InputError) as cm:
+            read_image(self.path("three.nii.gz"), keep_color=True)
+        self.assertIn("symmetric matrices of 3 values a voxel", cm.exception.problem)
+
+    def test_measurement_frame_vectors_are_columns(self) -> None:
+        """teem's NRRD spec: each vector of 'measurement frame:' is a column of the matrix M that takes the frame's
+        coordinates to the header's space, D_space = M D M^T. A frame that is no symmetric matrix (a rotation of
+        0.5 rad about z), RAS space and oblique space directions, as Slicer writes an oblique DTI acquisition: in
+        memory the tensor is S M D M^T S (S = diag(-1, -1, 1), RAS to LPS); rows would give another tensor."""
+        a = 0.5
+        frame = np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
+        text = " ".join("(" + ",".join(repr(float(v)) for v in frame[:, k]) + ")" for k in range(3))
+        one = np.array([2e-3, 0.7e-3, -0.3e-3, 1e-3, 0.2e-3, 0.5e-3], np.float32)
+        _write_nrrd(self.path("oblique.nrrd"), np.broadcast_to(one, (4, 4, 4, 6)).copy(),
+                    space="right-anterior-superior", frame=text)
+        got = _matrix(sitk.GetArrayFromImage(read_image(self.path("oblique.nrrd"), keep_color=True))[1, 2, 3])
+        flip = np.diag([-1.0, -1.0, 1.0])
+        np.testing.assert_allclose(got, flip @ frame @ _matrix(one) @ frame.T @ flip, atol=1e-9)
+        self.assertGreater(np.abs(got - flip @ frame.T @ _matrix(one) @ frame @ flip).max(), 1e-4)
 
     def test_nifti_round_trip_keeps_intent_and_order(self) -> None:
         import nibabel as nib
