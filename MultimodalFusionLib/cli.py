@@ -359,10 +359,15 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--components", choices=["vector", "channels", "tensor"],
                    help="a multi-component image that is no RGB/RGBA picture: vector (a displacement or vector field "
                         "in physical space: its vectors turned by the transform, as antsApplyTransforms -e 1), "
-                        "tensor (3x3 diffusion tensors, 6 or 9 components: each turned by the rotation of the "
-                        "transform's Jacobian; the default for a DTI NRRD or a NIfTI of intent SYMMATRIX) or "
+                        "tensor (3x3 diffusion tensors, 6 or 9 components: each turned with the transform's "
+                        "Jacobian, see --tensor-reorientation; the default for a DTI NRRD or a NIfTI of intent "
+                        "SYMMATRIX) or "
                         "channels (each component on its own); a vector field is refused under a turning transform "
                         "without it")
+    p.add_argument("--tensor-reorientation", choices=["ppd", "fs"], default="ppd",
+                   help="how tensors are turned: ppd (preservation of the principal direction, as ANTs' "
+                        "ReorientTensorImage and Slicer's Resample DTI Volume by default: the principal direction "
+                        "turns as a vector does) or fs (finite strain: the Jacobian's rotation only)")
     p.add_argument("--series", help="DICOM series UID or description, when a folder holds several")
     p.add_argument("--reference-series", help="DICOM series of the reference (default: --series)")
     p.set_defaults(func=_run_resample)
@@ -426,7 +431,8 @@ def _run_resample(args: argparse.Namespace) -> int:
                       pixel_type=resampled_pixel_type(moving, args.interpolation))
     transform = read_transform(args.transform) if args.transform else None
     out = resample(moving, reference, transform, interpolation=args.interpolation,
-                   default_value=args.default_value, components=args.components)
+                   default_value=args.default_value, components=args.components,
+                   tensor_reorientation=args.tensor_reorientation)
     print(f"wrote {write_image(out, args.output)}")
     return 0
 
