@@ -89,16 +89,9 @@ class TrainFusionCliTest(unittest.TestCase):
                       "--threads", "1"]
             env = dict(os.environ, PYTHONUNBUFFERED="")  # stdout to a pipe is block-buffered, as to a log file
             env.pop("PYTHONUNBUFFERED")
-            # a test run started in the background (`make test &`, nohup) has SIGINT ignored, and the child would
-            # inherit that: it trained on through the Ctrl-C for the whole 120 s timeout and the test failed.
-            # A handled SIGINT here is reset to the default in the child, where Python makes it KeyboardInterrupt
-            saved = signal.signal(signal.SIGINT, signal.default_int_handler)
-            try:
-                proc = subprocess.Popen([sys.executable, "-m", "MultimodalFusionLib.cli"] + common
-                                        + ["--epochs", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, env=env, cwd=str(Path(__file__).resolve().parents[1]))
-            finally:
-                signal.signal(signal.SIGINT, saved)
+            proc = subprocess.Popen([sys.executable, "-m", "MultimodalFusionLib.cli"] + common + ["--epochs", "100000"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                    cwd=str(Path(__file__).resolve().parents[1]))
             first: list[str] = []
             reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
             reader.start()
