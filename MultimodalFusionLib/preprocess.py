@@ -134,8 +134,7 @@ def _ppd(values: np.ndarray, jacobians: np.ndarray) -> np.ndarray:
     only J's rotation, which turns it elsewhere: 11 degrees off under a shear of 0.45)."""
     mats = tensors.matrices(values, tensors.SYMMETRIC)
     eigenvalues, eigenvectors = np.linalg.eigh(mats)  # ascending: the principal direction is the last column
-    inverse = np.linalg.inv(jacobians)
-    turned = inverse @ eigenvectors if jacobians.ndim == 2 else np.matmul(inverse, eigenvectors)
+    turned = np.linalg.inv(jacobians) @ eigenvectors  # one matrix, or one per tensor
     n1 = turned[..., :, 2]
     n1 = n1 / np.linalg.norm(n1, axis=-1, keepdims=True)
     n2 = turned[..., :, 1]
@@ -382,13 +381,13 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
     return _tensor_marked(out, moving, treat)
 
 
-def _keeps_orientation(transform: sitk.Transform, moving: sitk.Image) -> bool:
-    """Whether ``transform`` turns no tensor: a linear one whose matrix is a multiple of the identity (a
-    translation, an isotropic scaling; a stretch along one axis turns an oblique tensor's principal direction)."""
-    matrix = _linear_part(transform, moving.GetDimension())
+def _keeps_orientation(matrix: np.ndarray | None) -> bool:
+    """Whether a transform of linear part ``matrix`` (:func:`_linear_part`; None: not linear) turns no tensor: a
+    multiple of the identity (a translation, an isotropic scaling; a stretch along one axis turns an oblique
+    tensor's principal direction)."""
     if matrix is None:
         return False
-    return bool(matrix[0, 0] > 0 and np.allclose(matrix, matrix[0, 0] * np.eye(moving.GetDimension()), atol=1e-12))
+    return bool(matrix[0, 0] > 0 and np.allclose(matrix, matrix[0, 0] * np.eye(len(matrix)), atol=1e-12))
 
 
 def _tensor_kind(image: sitk.Image) -> str:
@@ -434,7 +433,7 @@ def _components_kind(moving: sitk.Image, transform: sitk.Transform, components: 
     if tensors.tensor_kind(moving) is not None:
         return "tensor"  # its file says so: a NRRD's kinds, a NIfTI's intent
     matrix = _linear_part(transform, dim)
-    if count in tensors.COUNTS.values() and dim == 3 and not _keeps_orientation(transform, moving):
+    if count in tensors.COUNTS.values() and dim == 3 and not _keeps_orientation(matrix):
         import warnings
 
         warnings.warn(f"The moving image has {count} components per voxel and its file does not say what they are: "
