@@ -544,23 +544,9 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_fuse)
 
 
-def _fused_pixel_type(method: str, b: Any) -> int | None:
-    """The pixel type of the image ``fusion.fuse`` returns with a built-in ``method`` (see its Returns): 8-bit RGB
-    for the overlay and for a colour ``b`` (not grey stored as RGB), else 32-bit float; None (not known before the
-    fusion) for a method registered by the user, which may return either."""
-    import SimpleITK as sitk
-
-    from .fusion import _BUILTIN_METHODS, _is_grey_rgb
-
-    if method not in _BUILTIN_METHODS:
-        return None
-    colour = b.GetNumberOfComponentsPerPixel() in (3, 4) and not _is_grey_rgb(b)
-    return sitk.sitkVectorUInt8 if method == "overlay" or colour else sitk.sitkFloat32
-
-
 def _run_fuse(args: argparse.Namespace) -> int:
     from .errors import InputError
-    from .fusion import check_parameters, check_same_grid, fuse
+    from .fusion import check_parameters, check_same_grid, fuse, fused_pixel_type
     from .io import (
         as_one_slice_of,
         check_not_overwriting_inputs,
@@ -605,7 +591,7 @@ def _run_fuse(args: argparse.Namespace) -> int:
     # and the pixel type it is written with: a built-in method's grey result is 32-bit float, a colour one (overlay,
     # or a colour B) 8-bit RGB; a float image to .dcm (.pic, .lsm) had been refused by ITK only after the fusion
     check_output_name(args.output, a if slice_volume is None or ext else slice_volume,
-                      pixel_type=_fused_pixel_type(args.method, b))
+                      pixel_type=fused_pixel_type(args.method, b))
     bar = ProgressBar(desc=f"fuse {args.method}")
     try:
         res = fuse(a, b, args.method, progress=bar, **_fusion_params(args))

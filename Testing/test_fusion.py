@@ -368,6 +368,22 @@ class OverlayAndColourTest(unittest.TestCase):
         cls.pet.CopyInformation(a)
         cls.spot_index = (100, 90)
 
+    def test_fused_pixel_type_is_the_type_fuse_returns(self) -> None:
+        # the CLI refuses an output format by it before the fusion (a float image to .dcm): it must name the type the
+        # fused image has, for a grey, a colour and a grey-stored-as-RGB functional image alike
+        rng = np.random.default_rng(0)
+        colour = sitk.GetImageFromArray(rng.integers(0, 256, self.pet.GetSize()[::-1] + (3,)).astype(np.uint8),
+                                        isVector=True)
+        grey_rgb = sitk.GetImageFromArray(np.repeat(sitk.GetArrayFromImage(self.a8)[..., None], 3, -1), isVector=True)
+        for b in (colour, grey_rgb):
+            b.CopyInformation(self.a8)
+        for method in ("average", "max", "pca", "wavelet", "laplacian", "overlay"):
+            for name, b in (("grey", self.pet), ("colour", colour), ("grey as RGB", grey_rgb)):
+                with self.subTest(method=method, b=name):
+                    self.assertEqual(fusion.fused_pixel_type(method, b),
+                                     fusion.fuse(self.a8, b, method).image.GetPixelID())
+        self.assertIsNone(fusion.fused_pixel_type("not-built-in", self.pet))  # a user's method may return either
+
     def test_overlay_is_rgb_with_colour_only_where_uptake_is(self) -> None:
         res = fusion.fuse(self.a8, self.pet, "overlay", colormap="hot", opacity=0.9, threshold=1.0,
                           window=(0.0, 16.0))

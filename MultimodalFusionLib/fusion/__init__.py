@@ -48,6 +48,7 @@ from .color import overlay_arrays, rgb_to_ycbcr, window_to_unit, ycbcr_to_rgb_in
 __all__ = [
     "FusionResult",
     "fuse",
+    "fused_pixel_type",
     "METHODS",
     "register_method",
     "list_methods",
@@ -434,6 +435,17 @@ def _recorded(value: Any) -> Any:
 def _is_grey_rgb(image: sitk.Image) -> bool:
     arr = sitk.GetArrayViewFromImage(image)
     return bool(np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]))
+
+
+def fused_pixel_type(method: str, b: sitk.Image) -> int | None:
+    """The pixel type of the image :func:`fuse` returns with a built-in ``method`` (see its Returns), known before
+    the fusion so that a front end refuses an output format that cannot hold it (a float image to .dcm) before the
+    work: 8-bit RGB for the overlay and for a colour ``b`` (not grey stored as RGB), else 32-bit float; None (not
+    known before the fusion) for a method registered by the user, which may return either."""
+    if method not in _BUILTIN_METHODS:
+        return None
+    colour = b.GetNumberOfComponentsPerPixel() in (3, 4) and not _is_grey_rgb(b)
+    return sitk.sitkVectorUInt8 if method == "overlay" or colour else sitk.sitkFloat32
 
 
 # ----------------------------------------------------------------------------- fuse
