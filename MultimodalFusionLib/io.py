@@ -450,8 +450,6 @@ class _FileWarning(NamedTuple):
 def _warn_once_per_kind(label: str, total: int, notes: Sequence[_FileWarning], stacklevel: int = 5) -> None:
     """Give the warnings kept back while reading the ``total`` files of ``label`` (a series): one for each kind,
     naming how many files gave it and the first of them, as a file alone does where only one gave it."""
-    import warnings
-
     for kind in dict.fromkeys(note.kind for note in notes):
         alike = [note for note in notes if note.kind == kind]
         warnings.warn(alike[0].message if len(alike) == 1 else
@@ -1588,9 +1586,7 @@ def _is_nifti2(path: str) -> bool:
     import zlib
 
     try:
-        with open(path, "rb") as fh:
-            gz = fh.read(2) == b"\x1f\x8b"
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+        with (gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")) as fh:
             head = fh.read(8)
     except (OSError, EOFError, zlib.error):
         return False
@@ -2729,8 +2725,6 @@ def _for_2d_format(image: sitk.Image, final: str) -> sitk.Image:
     0..1 probability map, which rounding would reduce to 0 and 1) has to be rescaled to 0..255,
     with a warning; a volume cannot be a PNG.
     """
-    import warnings
-
     if image.GetDimension() == 3:  # of one slice: check_output_name refuses a volume
         image = image[:, :, 0]
     if image.GetPixelID() in (sitk.sitkUInt8, sitk.sitkVectorUInt8):
@@ -2760,8 +2754,6 @@ def _warn_geometry_lost(image: sitk.Image, final: str, direction_only: bool) -> 
     """Warn, as for a PNG, where a TIFF (or PIC, LSM) would drop ``image``'s origin or direction, or a VTK
     file its direction: read back, it would lie elsewhere (a TIFF written by mmfusion fuse had been refused by
     mmfusion evaluate as off its sources' grid, and nothing had said why)."""
-    import warnings
-
     dim = image.GetDimension()
     turned = not np.allclose(image.GetDirection(), np.eye(dim).ravel())
     moved = any(abs(o) > 1e-6 for o in image.GetOrigin())
@@ -3010,8 +3002,6 @@ def _dicom_compressible(image: sitk.Image, final: str) -> bool:
     e.g. 1x512), while 16x16 and up were written and read back equal; and GDCM compresses no 32-bit integer or
     colour pixels ("Could not change the Transfer Syntax for Compression"). Written uncompressed, each is read
     back equal."""
-    import warnings
-
     size = image.GetSize()
     grey = image.GetPixelID() in (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16)
     if grey and min(size[:2]) >= _DICOM_COMPRESSED_SIDE:
