@@ -1293,8 +1293,7 @@ _CASE_SENSITIVE_READERS = {
     ".jpeg": None,
 }
 #: an Analyze/NIfTI pair's two files: a header's link needs its data file's beside it, and the other way round
-_PAIR_PARTS = {".hdr": (".img", ".img.gz"), ".hdr.gz": (".img.gz", ".img"), ".img": (".hdr", ".hdr.gz"),
-               ".img.gz": (".hdr.gz", ".hdr")}
+_PAIR_PARTS = (".hdr", ".hdr.gz", ".img", ".img.gz")
 
 
 def _read_suffix(path: str) -> str:
@@ -1330,18 +1329,11 @@ def _readable_name(path: str) -> Iterator[tuple[str, str | None]]:
     if _CASE_SENSITIVE_READERS[suffix]:
         yield path, _CASE_SENSITIVE_READERS[suffix]
         return
-    folder = os.path.dirname(path) or "."
-    stem = os.path.basename(path)[:-len(suffix)]
     parts = [(path, suffix)]
-    if suffix in _PAIR_PARTS:  # the pair's other file, in whichever case it is spelt
-        try:
-            names = {name.lower(): name for name in os.listdir(folder)}
-        except OSError:
-            names = {}
-        for other in _PAIR_PARTS[suffix]:
-            if (stem + other).lower() in names:
-                parts.append((os.path.join(folder, names[(stem + other).lower()]), other))
-                break
+    files = _nifti_files(path) if suffix in _PAIR_PARTS else None
+    if files is not None:  # the pair's other file, in whichever case it is spelt, the one _check_nifti_voxels checks
+        other = files[1] if suffix in (".hdr", ".hdr.gz") else files[0]
+        parts.append((other, _read_suffix(other)))
     from .progress import signals_stop
 
     def no_link(exc: OSError) -> InputError:  # a full or unwritable temporary folder

@@ -1735,6 +1735,26 @@ class UpperCaseInputs(unittest.TestCase):
         self.assertEqual({n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("mmfusion-read")},
                          set())
 
+    def test_an_upper_case_pair_header_takes_the_data_file_its_lower_case_name_takes(self) -> None:
+        # beside x.HDR.GZ lie x.img (its voxels: 1) and a stray x.img.gz (2): x.hdr.gz is read with x.img, as
+        # nifti1_io looks for .img first and as the truncation check reads it; its upper-case spelling had been
+        # read through a link to x.img.gz (2 in every voxel), a file the check never looked at
+        import gzip
+
+        with tempfile.TemporaryDirectory() as d:
+            sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), 1, np.int16)), os.path.join(d, "x.hdr"))
+            sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), 2, np.int16)), os.path.join(d, "y.hdr"))
+            with open(os.path.join(d, "y.img"), "rb") as fh, gzip.open(os.path.join(d, "x.img.gz"), "wb") as out:
+                out.write(fh.read())
+            with open(os.path.join(d, "x.hdr"), "rb") as fh, gzip.open(os.path.join(d, "x.hdr.gz"), "wb") as out:
+                out.write(fh.read())
+            os.remove(os.path.join(d, "x.hdr"))
+            lower = sitk.GetArrayFromImage(io.read_image(os.path.join(d, "x.hdr.gz")))
+            os.rename(os.path.join(d, "x.hdr.gz"), os.path.join(d, "x.HDR.GZ"))
+            upper = sitk.GetArrayFromImage(io.read_image(os.path.join(d, "x.HDR.GZ")))
+        self.assertEqual(np.unique(lower).tolist(), [1])
+        np.testing.assert_array_equal(upper, lower)
+
     def test_an_unreadable_upper_case_file_names_the_file_not_a_link(self) -> None:
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "broken.GIPL")
