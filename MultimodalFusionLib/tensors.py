@@ -167,6 +167,12 @@ def _nifti_layout(path: str, head: bytes) -> TensorLayout | None:
         return None  # a matrix of another shape: no tensor of the image's space, left as ITK reads it
     # ITK writes SYMMATRIX with intent_p1 left 0 (its NiftiImageIO sets the intent code only), so ANTs' DTI volumes say
     # nothing of the matrices' size: 6 values a voxel are then a symmetric 3 x 3 tensor, as ITK reads them
+    if intent == _SYMMATRIX and dims[0] == 4 and dims[4] == 6 and p1 in (0, 3):
+        # NIfTI keeps a voxel's values on the 5th axis (dim[5]); 6 volumes on the 4th are a time series to it
+        raise InputError(f"'{path}' holds 6 volumes on its 4th axis with intent SYMMATRIX: NIfTI keeps a voxel's "
+                         "tensor values on the 5th axis (dimensions x, y, z, 1, 6), and reads these as 6 time points.",
+                         "Write the tensors with dimensions (x, y, z, 1, 6), as ITK, ANTs and Slicer do (nibabel: "
+                         "reshape the data to (x, y, z, 1, 6) and keep the intent), or save them as a NRRD DTI volume.")
     if intent == _SYMMATRIX and not ((p1 == 3 or p1 == 0) and count == 6):
         raise _refuse(path, f"symmetric {p1:g} x {p1:g} matrices ({count} values a voxel; NIfTI intent SYMMATRIX)"
                       if p1 else f"symmetric matrices of {count} values a voxel (NIfTI intent SYMMATRIX)")

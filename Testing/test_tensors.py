@@ -328,6 +328,20 @@ class TensorFiles(unittest.TestCase):
             read_image(self.path("three.nii.gz"), keep_color=True)
         self.assertIn("symmetric matrices of 3 values a voxel", cm.exception.problem)
 
+    def test_a_4d_symmatrix_nifti_is_named_with_the_axis_nifti_keeps_tensors_on(self) -> None:
+        """6 volumes on the 4th axis with intent SYMMATRIX (NIfTI keeps a voxel's values on the 5th): refused as
+        "symmetric matrices of 1 values a voxel", which named no cause; now the axis and the fix."""
+        import nibabel as nib
+
+        lower = np.stack([self.values[..., UPPER.index((j, i))] for i, j in LOWER], -1)
+        image = nib.Nifti1Image(lower.transpose(2, 1, 0, 3).astype(np.float32), np.diag([-1.0, -1.0, 1.0, 1.0]))
+        image.header.set_intent("symmetric matrix", (3,))
+        nib.save(image, self.path("4d.nii.gz"))
+        with self.assertRaises(InputError) as cm:
+            read_image(self.path("4d.nii.gz"), keep_color=True)
+        self.assertIn("6 volumes on its 4th axis", cm.exception.problem)
+        self.assertIn("(x, y, z, 1, 6)", cm.exception.fix)
+
     def test_measurement_frame_vectors_are_columns(self) -> None:
         """teem's NRRD spec: each vector of 'measurement frame:' is a column of the matrix M that takes the frame's
         coordinates to the header's space, D_space = M D M^T. A frame that is no symmetric matrix (a rotation of
