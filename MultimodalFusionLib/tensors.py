@@ -139,11 +139,19 @@ def _nifti_header(path: str) -> bytes | None:
     if not name.endswith((".nii", ".nii.gz")):
         return None
     try:
-        with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as fh:
+        with _open_nifti(path) as fh:
             head = fh.read(348)
     except (OSError, EOFError):
         return None  # a damaged file: ITK's reading names it
     return head if len(head) == 348 else None
+
+
+def _open_nifti(path: str):
+    """``path`` opened for reading, decompressed where it is gzip (by its content, as ITK reads it, whatever its
+    name: an uncompressed ``.nii.gz`` had not been seen as tensors)."""
+    from .io import _is_gzip  # io imports this module
+
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
 
 
 def _nifti_order(head: bytes) -> str | None:
@@ -246,8 +254,7 @@ def readable_copy(path: str | os.PathLike, layout: TensorLayout) -> Iterator[str
                         shutil.copyfileobj(fh, out, 1 << 24)
         else:
             copy = os.path.join(folder, "tensors.nii")
-            gz = path.lower().endswith(".gz")
-            with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh, open(copy, "wb") as out:
+            with _open_nifti(path) as fh, open(copy, "wb") as out:
                 head = bytearray(fh.read(348))
                 head[68:70] = struct.pack(_nifti_order(bytes(head)) + "h", _VECTOR)
                 out.write(head)

@@ -13,6 +13,7 @@ import gzip
 import io as _io
 import math
 import os
+import shutil
 import tempfile
 import unittest
 import warnings
@@ -327,6 +328,19 @@ class TensorFiles(unittest.TestCase):
         with self.assertRaises(InputError) as cm:
             read_image(self.path("three.nii.gz"), keep_color=True)
         self.assertIn("symmetric matrices of 3 values a voxel", cm.exception.problem)
+
+    def test_a_nifti_is_read_as_tensors_whether_its_name_says_gzip_or_not(self) -> None:
+        """ITK reads a NIfTI compressed or not whatever its name; the tensor check had chosen by the name, so an
+        uncompressed file named .nii.gz (or a compressed one named .nii) was read as a plain 6-component image."""
+        lower = np.stack([self.values[..., UPPER.index((j, i))] for i, j in LOWER], -1)
+        _write_nifti(self.path("plain.nii"), lower)
+        _write_nifti(self.path("packed.nii.gz"), lower)
+        shutil.copy(self.path("plain.nii"), self.path("plain-named.nii.gz"))
+        shutil.copy(self.path("packed.nii.gz"), self.path("packed-named.nii"))
+        for name in ("plain-named.nii.gz", "packed-named.nii"):
+            with self.subTest(name=name):
+                image = read_image(self.path(name), keep_color=True)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(image), self.values)
 
     def test_a_4d_symmatrix_nifti_is_named_with_the_axis_nifti_keeps_tensors_on(self) -> None:
         """6 volumes on the 4th axis with intent SYMMATRIX (NIfTI keeps a voxel's values on the 5th): refused as
