@@ -450,6 +450,19 @@ class WebAppInBrowserTest(unittest.TestCase):
                 other_page.wait_for_function("() => document.querySelectorAll('main img.image-display-area').length"
                                              " === 4", timeout=30_000)
                 self.assertEqual(other_page.evaluate(f"() => trame.state.get('{keys[0]}')"), value(0))
+                # the first page's view of the server's slice: `moved` is the first change seen, which under load
+                # was a slice on the way (one of the three presses: 14.7 from the first slice, 20.1 from the third,
+                # where the new page showed the third, as the first page did then); the server holds the third
+                # now (the new page's state says so), so the first page's frames stop on it
+                last = [moved]
+
+                def settled(v, last=last) -> bool:
+                    done = differ(v["axial"], last[0]["axial"]) < 0.05
+                    last[0] = v
+                    return done
+
+                moved = self._wait_views(page, settled, "the first page's axial view settle")
+                self.assertGreater(differ(moved["axial"], before["axial"]), 3, "the settled axial slice moved")
                 # the moved slice, clearly nearer it than the first slice: a new page's render differs from the first
                 # page's by anti-aliasing and the stream's JPEG quality (full runs timed out on "< 1.0" and on "three
                 # times nearer" with the right slice shown); showing the first slice, it is nearer that one
