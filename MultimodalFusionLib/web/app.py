@@ -36,6 +36,7 @@ from ..errors import InputError
 from ..io import missing_data_file
 from ..registration.parameters import INITIALIZER_HELP, INITIALIZERS
 from ..validation import whole_number
+from .message_gate import _shown_args as _shown  # a value a client sent, for a message: its repr, cut short
 from .offscreen import configure_offscreen_rendering
 
 __all__ = ["FusionWebApp", "serve", "parse_origin", "websocket_refusal", "STAGE_CHOICES", "INITIALIZER_CHOICES", "QUAD_LAYOUT_ID",
@@ -292,10 +293,6 @@ def _refuse_choice(value: Any, choices: Sequence[str], what: str, where: str) ->
                      f"Pick one in the {where} list: {', '.join(repr(c) for c in choices)}.")
 
 
-def _shown(value: Any) -> str:
-    """A value a client sent, for a message: its repr, cut short (it may be anything, of any length)."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _client_seed(value: Any) -> int:
@@ -384,8 +381,8 @@ class FusionWebApp:
         self._upload_dirs: dict[str, Path] = {}  # each role's last upload (older ones are removed)
         # counted on the server as the bytes arrive (a page's declared sizes only refuse an upload sooner)
         self.max_upload_bytes = int(max_upload_bytes)
-        self.max_stored_upload_bytes = int(next((size for size in (max_stored_upload_bytes, max_session_upload_bytes)
-                                                 if size is not None), DEFAULT_MAX_STORED_UPLOADS))
+        stored = max_stored_upload_bytes if max_stored_upload_bytes is not None else max_session_upload_bytes
+        self.max_stored_upload_bytes = int(stored if stored is not None else DEFAULT_MAX_STORED_UPLOADS)
         # the finished uploads on disk (each role's last, those a running Load reads) -> their bytes; those arriving
         # are counted in self._uploads: a connection's closing or a reload frees nothing that is still on disk
         self._stored_uploads: dict[Path, int] = {}

@@ -332,6 +332,7 @@ def _finite(value: Any) -> bool:
 
 
 def _shown_args(args: Any) -> str:
+    """A value a page sent, for a message: its repr, cut short (it may be anything, of any length)."""
     text = repr(args)
     return text if len(text) <= 80 else text[:77] + "..."
 
