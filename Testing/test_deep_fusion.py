@@ -74,7 +74,9 @@ class DeepFusionTest(unittest.TestCase):
         b = torch.from_numpy(np.stack([b3[mid - 2:mid + 2]])).transpose(0, 1)[:, :, :44, :36].contiguous()
         net = _tiny_net()
         loss_fn = FusionLoss(2)
-        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        # lr 1e-2: the last loss is 0.69 of the first with this seed (0.73-0.76 with seeds 1-5), so
+        # the 0.8 limit holds with a margin on any CPU's rounding; at 3e-3 it had been 0.79 (0.78-0.82).
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
         losses = []
         for _ in range(25):
             opt.zero_grad()
