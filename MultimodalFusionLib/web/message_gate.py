@@ -111,7 +111,6 @@ class MessageGate(UnChunker):
         self._trigger_fn = trigger_fn
         self.refused = False  # the connection is being closed: nothing more of it is read
         self._in_progress: dict[int, list[int]] = {}  # message id -> [bytes received, bytes declared], as wslink counts
-        self._odd_shape = False  # a state update of a shape this gate does not know was seen (said once)
 
     def set_max_message_size(self, size: int) -> None:
         super().set_max_message_size(min(int(size), self.max_bytes))  # wslink asks for 4 GiB after the secret
@@ -189,13 +188,7 @@ class MessageGate(UnChunker):
                 return {**message, "args": [report[:MAX_ERROR_REPORT_CHARS] + f" ... ({len(report)} characters)"]}
             return message
         if method == "trame.state.update":
-            if not (isinstance(args, list) and args and isinstance(args[0], list)):
-                if not self._odd_shape:
-                    self._odd_shape = True
-                    logger.warning("a state update of a shape this server does not know (another trame?): not "
-                                   "checked, the app puts back what only it sets")
-                return message
-            changes = args[0]
+            changes = args[0]  # a list: _state_update_args
             kept = [c for c in changes if self._page_may_set(c)]
             if len(kept) != len(changes):
                 logger.warning("a page set %s, which only the server sets: ignored", ", ".join(sorted(
@@ -220,6 +213,8 @@ class MessageGate(UnChunker):
     def _state_update_args(self, args: list) -> str:
         if len(args) != 1:
             return f"{len(args)} arguments, where the page sends its list of changes"
+        if not isinstance(args[0], list):  # trame iterates it for changes with a "key": a traceback in the log
+            return f"the changes {_shown_args(args)}, where the page sends a list of changes"
         return ""  # the changes themselves are checked one by one (_checked): those a page may set go on
 
     def _lifecycle_args(self, args: list) -> str:
