@@ -367,18 +367,18 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
                 out = sitk.GetImageFromArray(values.astype(np.float64 if pixel_type == sitk.sitkVectorFloat64
                                                            else np.float32), isVector=True)
                 out.CopyInformation(reference)
-                return _tensor_marked(out, moving, treat)
+                return _tensor_marked(out, moving, treat, transform)
         hi = float(limits[1])
         if int(hi) > limits[1]:  # 2**63 - 1 and 2**64 - 1 round up as doubles: one double below
             hi = float(np.nextafter(hi, 0.0))
         out = sitk.GetImageFromArray(np.clip(np.round(values), float(limits[0]), hi).astype(integer),
                                      isVector=vector)
         out.CopyInformation(reference)
-        return _tensor_marked(out, moving, treat)
+        return _tensor_marked(out, moving, treat, transform)
     with itk_guard("resampling", "Check the transform matches the images (same dimension)."):
         out = sitk.Resample(moving, reference, transform, INTERPOLATORS[interpolation], float(default_value),
                             pixel_type)
-    return _tensor_marked(out, moving, treat)
+    return _tensor_marked(out, moving, treat, transform)
 
 
 def _keeps_orientation(matrix: np.ndarray | None) -> bool:
@@ -396,12 +396,14 @@ def _tensor_kind(image: sitk.Image) -> str:
                                           else tensors.FULL)
 
 
-def _tensor_marked(out: sitk.Image, moving: sitk.Image, treat: str) -> sitk.Image:
+def _tensor_marked(out: sitk.Image, moving: sitk.Image, treat: str, transform: sitk.Transform) -> sitk.Image:
     """``out`` marked as tensors where ``moving`` is (resampled as channels or not: its values are still tensors)
     or was resampled as tensors, so that :func:`io.write_image` writes it as the file it came from (NRRD kinds,
-    measurement frame; NIfTI intent)."""
+    measurement frame and key/value pairs, less the gradient directions under a ``transform`` that turns tensors;
+    NIfTI intent)."""
     if tensors.tensor_kind(moving) is not None:
-        return tensors.copy_mark(moving, out)
+        turned = not _keeps_orientation(_linear_part(transform, moving.GetDimension()))
+        return tensors.copy_mark(moving, out, turned=turned)
     if treat == "tensor":
         return tensors.mark(out, _tensor_kind(moving))
     return out

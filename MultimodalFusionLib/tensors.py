@@ -8,7 +8,9 @@ read as the vector image ITK reads once its header says "vector", its tensors pu
   row by row; a full one: the 9 row by row) and its tensors are in the image's physical space (LPS, as ITK and
   ANTs take them), whatever the file's order and measurement frame;
 - the metadata key :data:`KIND_KEY` says which tensor it is, :data:`FRAME_KEY` the file's measurement frame (its
-  axes in LPS), in which :func:`to_file` puts the tensors back when the image is written.
+  axes in LPS), in which :func:`to_file` puts the tensors back when the image is written, :data:`KEYVALUES_KEY` a
+  NRRD's key/value pairs (``modality:=DTMRI``, ``DWMRI_b-value:=...``), which :func:`tag_written_file` writes back
+  into a NRRD (Slicer's Resample DTI Volume keeps them so).
 
 Files: NRRD ``3D-symmetric-matrix`` (xx, xy, xz, yy, yz, zz) and ``3D-matrix`` (row by row), their tensors in the
 ``measurement frame`` (its vectors the frame's axes in the header's ``space``, e.g. right-anterior-superior);
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import os
 import re
 import shutil
@@ -36,6 +39,7 @@ from .errors import InputError
 __all__ = [
     "KIND_KEY",
     "FRAME_KEY",
+    "KEYVALUES_KEY",
     "SYMMETRIC",
     "FULL",
     "TensorLayout",
@@ -48,11 +52,13 @@ __all__ = [
     "matrices",
     "packed",
     "tag_written_file",
+    "keyvalues_of",
 ]
 
 #: metadata keys of a tensor image in memory (see the module's text); never written to a file
 KIND_KEY = "MultimodalFusion_tensor"
 FRAME_KEY = "MultimodalFusion_tensor_frame"
+KEYVALUES_KEY = "MultimodalFusion_tensor_keyvalues"
 #: the two kinds, by their NRRD names: 6 components (a symmetric 3 x 3 tensor) or 9 (any 3 x 3 matrix)
 SYMMETRIC = "3D-symmetric-matrix"
 FULL = "3D-matrix"
@@ -75,6 +81,8 @@ class TensorLayout(NamedTuple):
     kind: str  #: SYMMETRIC or FULL
     format: str  #: "nrrd" or "nifti"
     frame: np.ndarray  #: 3 x 3: the measurement frame's axes (columns) in LPS; identity for NIfTI
+    #: a NRRD's key/value pairs (``key:=value`` lines, the value as written, escapes and all), in the file's order
+    keyvalues: tuple = ()
 
 
 def _nrrd_header(path: str) -> tuple[list[str], int] | None:
@@ -131,7 +139,19 @@ def _nrrd_layout(path: str, lines: list[str]) -> TensorLayout | None:
                              "its tensors cannot be placed in space.",
                              "Correct the 'measurement frame:' line of its header (Slicer writes the frame of the "
                              "acquisition, e.g. (1,0,0) (0,1,0) (0,0,1)).")
-    return TensorLayout(kind, "nrrd", np.diag(signs) @ frame)
+    return TensorLayout(kind, "nrrd", np.diag(signs) @ frame, _keyvalues(lines))
+
+
+def _keyvalues(lines: list[str]) -> tuple:
+    """A NRRD header's key/value pairs (``key:=value``; NRRD's spec: the key holds no ``:=``), in order."""
+    pairs = []
+    for line in lines[1:]:
+        if line.startswith("#") or ":=" not in line:
+            continue
+        key, _, value = line.partition(":=")
+        if key:
+            pairs.append((key, value))
+    return tuple(pairs)
 
 
 def _nifti_header(path: str) -> bytes | None:
@@ -301,7 +321,7 @@ def from_file(image: sitk.Image, layout: TensorLayout) -> sitk.Image:
     values = _in_frame(values, layout.kind, layout.frame).astype(values.dtype, copy=False)
     out = sitk.GetImageFromArray(values, isVector=True)
     out.CopyInformation(image)
-    mark(out, layout.kind, layout.frame)
+    mark(out, layout.kind, layout.frame, layout.keyvalues)
     return out
 
 
@@ -321,19 +341,46 @@ def _frame_of(image: sitk.Image) -> np.ndarray:
     return frame if np.all(np.isfinite(frame)) and abs(np.linalg.det(frame)) > 1e-6 else np.eye(3)
 
 
-def mark(image: sitk.Image, kind: str, frame: np.ndarray | None = None) -> sitk.Image:
-    """Mark ``image`` (in place) as tensors of ``kind`` whose file's measurement frame is ``frame`` (LPS axes)."""
+def mark(image: sitk.Image, kind: str, frame: np.ndarray | None = None, keyvalues=()) -> sitk.Image:
+    """Mark ``image`` (in place) as tensors of ``kind`` whose file's measurement frame is ``frame`` (LPS axes) and
+    whose NRRD key/value pairs are ``keyvalues`` ((key, value) pairs)."""
     image.SetMetaData(KIND_KEY, kind)
     image.SetMetaData(FRAME_KEY, " ".join(repr(float(v)) for v in np.asarray(
         np.eye(3) if frame is None else frame, dtype=float).ravel()))
+    if keyvalues:
+        image.SetMetaData(KEYVALUES_KEY, json.dumps([list(pair) for pair in keyvalues]))
+    elif image.HasMetaDataKey(KEYVALUES_KEY):
+        image.EraseMetaData(KEYVALUES_KEY)
     return image
 
 
-def copy_mark(source: sitk.Image, target: sitk.Image) -> sitk.Image:
-    """Give ``target`` the tensor mark of ``source`` (if any)."""
+def keyvalues_of(image: sitk.Image) -> tuple:
+    """The NRRD key/value pairs a tensor image was read with (:func:`mark`), in order."""
+    if not image.HasMetaDataKey(KEYVALUES_KEY):
+        return ()
+    try:
+        pairs = json.loads(image.GetMetaData(KEYVALUES_KEY))
+        return tuple((str(k), str(v)) for k, v in pairs)
+    except (ValueError, TypeError):
+        return ()
+
+
+#: key/values of a DWI acquisition's directions (NRRD's DWMRI convention, in the measurement frame): no longer the
+#: directions of tensors a transform has turned
+_DIRECTION_KEYS = re.compile(r"DWMRI_(gradient|B-matrix|NEX)_\d+$")
+
+
+def copy_mark(source: sitk.Image, target: sitk.Image, turned: bool = False) -> sitk.Image:
+    """Give ``target`` the tensor mark of ``source`` (if any), with its NRRD key/value pairs as Slicer's Resample
+    DTI Volume keeps them (all of them), except, when ``turned`` (its tensors turned by a transform), the
+    acquisition's gradient directions and B-matrices (``DWMRI_gradient_NNNN``, ``DWMRI_B-matrix_NNNN``,
+    ``DWMRI_NEX_NNNN``), which would describe directions the tensors no longer have."""
     kind = tensor_kind(source)
     if kind is not None and target.GetNumberOfComponentsPerPixel() == COUNTS[kind]:
-        mark(target, kind, _frame_of(source))
+        pairs = keyvalues_of(source)
+        if turned:
+            pairs = tuple((k, v) for k, v in pairs if not _DIRECTION_KEYS.match(k.strip()))
+        mark(target, kind, _frame_of(source), pairs)
     return target
 
 
@@ -379,6 +426,9 @@ def tag_written_file(path: str, suffix: str, image: sitk.Image) -> None:
                 lines[i] = "kinds: " + " ".join(words)
                 lines.insert(i + 1, f"measurement frame: {_vectors(_frame_of(image))}")
                 break
+        # the key/value pairs it was read with (modality:=DTMRI, which Slicer and teem read; ITK had dropped them)
+        lines = [line for line in lines if ":=" not in line or line.startswith("#")]
+        lines += [f"{key}:={value}" for key, value in keyvalues_of(image)]
         retagged = path + ".tensor"  # beside the (temporary) file ITK wrote, replaced by it at once
         try:
             with open(retagged, "wb") as out:

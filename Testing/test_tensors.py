@@ -54,7 +54,8 @@ def _prolate_along_x(size=(15, 15, 15)) -> sitk.Image:
 
 
 def _write_nrrd(path: str, values: np.ndarray, kind: str = "3D-symmetric-matrix", space: str = "left-posterior-superior",
-                frame: str | None = "(1,0,0) (0,1,0) (0,0,1)", domain: int = 3, gz: bool = False) -> None:
+                frame: str | None = "(1,0,0) (0,1,0) (0,0,1)", domain: int = 3, gz: bool = False,
+                keyvalues: tuple = ()) -> None:
     """A NRRD as Slicer writes a DTI volume: the tensor axis first, values (z, y, x, components) in numpy order."""
     sizes = " ".join(str(s) for s in [values.shape[-1]] + list(reversed(values.shape[:-1])))
     directions = " ".join("(" + ",".join("1" if i == k else "0" for i in range(domain)) + ")" for k in range(domain))
@@ -63,6 +64,7 @@ def _write_nrrd(path: str, values: np.ndarray, kind: str = "3D-symmetric-matrix"
              f"encoding: {'gzip' if gz else 'raw'}", "space origin: (" + ",".join(["0"] * domain) + ")"]
     if frame is not None:
         lines.append(f"measurement frame: {frame}")
+    lines += [f"{key}:={value}" for key, value in keyvalues]
     data = values.astype("<f4").tobytes()
     with open(path, "wb") as fh:
         fh.write(("\n".join(lines) + "\n\n").encode() + (gzip.compress(data) if gz else data))
@@ -71,8 +73,15 @@ def _write_nrrd(path: str, values: np.ndarray, kind: str = "3D-symmetric-matrix"
 def _nrrd_header(path: str) -> dict[str, str]:
     with open(path, "rb") as fh:
         head = fh.read(4096).split(b"\n\n")[0].decode()
-    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in head.splitlines()[1:])
-            if not k.startswith("#")}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in head.splitlines()[1:]
+                                                 if ":=" not in line) if not k.startswith("#")}
+
+
+def _nrrd_keyvalues(path: str) -> list[tuple[str, str]]:
+    """A NRRD header's key/value pairs (``key:=value``), in order."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096).split(b"\n\n")[0].decode()
+    return [tuple(line.split(":=", 1)) for line in head.splitlines()[1:] if ":=" in line and not line.startswith("#")]
 
 
 def _nrrd_data(path: str, count: int) -> np.ndarray:
@@ -293,6 +302,26 @@ class TensorFiles(unittest.TestCase):
                 self.assertEqual(header["measurement frame"], "(0,-1,0) (1,0,0) (0,0,1)")
                 np.testing.assert_allclose(_nrrd_data(self.path("out.nrrd"), 6), self.values.reshape(-1, 6),
                                            atol=1e-9)
+
+    def test_nrrd_key_values_are_kept(self) -> None:
+        """A Slicer DTI NRRD's key/value pairs (modality:=DTMRI, which Slicer and teem read; the b-value) are written
+        back, as Slicer's Resample DTI Volume keeps them; the acquisition's gradient directions only where the
+        tensors are not turned (a regridding, a translation). Before, every key/value pair was dropped."""
+        pairs = [("modality", "DTMRI"), ("DWMRI_b-value", "1000"), ("DWMRI_gradient_0000", "0 0 0"),
+                 ("DWMRI_gradient_0001", "1 0 0"), ("DWMRI_NEX_0001", "2")]
+        _write_nrrd(self.path("kv.nrrd"), self.values, space="right-anterior-superior", keyvalues=pairs)
+        sitk.WriteTransform(sitk.Euler3DTransform((3.0, 3.0, 2.5), 0.0, 0.0, math.pi / 2), self.path("r.tfm"))
+        sitk.WriteTransform(sitk.TranslationTransform(3, (0.5, 0.0, 0.0)), self.path("t.tfm"))
+        for name, transform, kept in (("same.nrrd", None, pairs), ("moved.nhdr", "t.tfm", pairs),
+                                      ("turned.nrrd", "r.tfm", pairs[:2])):
+            with self.subTest(output=name):
+                argv = ["resample", self.path("kv.nrrd"), "--reference", self.path("kv.nrrd"), "-o", self.path(name)]
+                self.assertEqual(_run_cli(argv + (["--transform", self.path(transform)] if transform else [])), 0)
+                self.assertEqual(_nrrd_keyvalues(self.path(name)), kept)
+                # and read back: the output still says what it is, and another round keeps it
+                again = read_image(self.path(name), keep_color=True)
+                write_image(again, self.path("again.nrrd"))
+                self.assertEqual(_nrrd_keyvalues(self.path("again.nrrd")), kept)
 
     def test_frame_and_space_bring_tensors_to_lps(self) -> None:
         """A tensor along the frame's first axis is, in memory, along that axis in LPS."""
