@@ -368,6 +368,11 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
                    help="how tensors are turned: ppd (preservation of the principal direction, as ANTs' "
                         "ReorientTensorImage and Slicer's Resample DTI Volume by default: the principal direction "
                         "turns as a vector does) or fs (finite strain: the Jacobian's rotation only)")
+    p.add_argument("--tensor-interpolation", choices=["linear", "log-euclidean"], default="linear",
+                   help="how tensors are interpolated: linear (component by component, the default; it swells "
+                        "them: the determinant grows between tensors of other directions) or log-euclidean (their "
+                        "matrix logarithms: no swelling; eigenvalues below 1e-3 of the median mean diffusivity are "
+                        "raised to it, zero tensors, the background, stay zero)")
     p.add_argument("--series", help="DICOM series UID or description, when a folder holds several")
     p.add_argument("--reference-series", help="DICOM series of the reference (default: --series)")
     p.set_defaults(func=_run_resample)
@@ -432,7 +437,8 @@ def _run_resample(args: argparse.Namespace) -> int:
     transform = read_transform(args.transform) if args.transform else None
     out = resample(moving, reference, transform, interpolation=args.interpolation,
                    default_value=args.default_value, components=args.components,
-                   tensor_reorientation=args.tensor_reorientation)
+                   tensor_reorientation=args.tensor_reorientation,
+                   tensor_interpolation=args.tensor_interpolation)
     print(f"wrote {write_image(out, args.output)}")
     return 0
 

@@ -68,6 +68,9 @@ COMPONENTS = ("channels", "vector", "tensor")
 #: How tensors are turned (:func:`resample`'s ``tensor_reorientation``): preservation of the principal direction
 #: (Alexander et al. 2001; ANTs' ReorientTensorImage, Slicer's Resample DTI Volume by default) or finite strain
 TENSOR_REORIENTATIONS = ("ppd", "fs")
+#: How tensors are interpolated (:func:`resample`'s ``tensor_interpolation``): component by component, or their
+#: matrix logarithms (Arsigny et al. 2006), which keeps a determinant between its neighbours' ("no swelling")
+TENSOR_INTERPOLATIONS = ("linear", "log-euclidean")
 
 
 def _linear_part(transform: sitk.Transform, dim: int) -> np.ndarray | None:
@@ -204,7 +207,7 @@ def resampled_pixel_type(moving: sitk.Image, interpolation: str = "linear", pixe
 def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
              interpolation: str = "linear", default_value: float = 0.0,
              pixel_type: int | None = None, components: str | None = None,
-             tensor_reorientation: str = "ppd") -> sitk.Image:
+             tensor_reorientation: str = "ppd", tensor_interpolation: str = "linear") -> sitk.Image:
     """Resample ``moving`` onto the grid of ``reference`` (size, spacing, origin, direction).
 
     Args:
@@ -225,8 +228,8 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             reference's space by the inverse of the transform's Jacobian (at each voxel for a non-linear one), as
             ITK and ANTs (antsApplyTransforms -e 1) do; its number of components must be the dimension. "tensor":
             a 3 x 3 tensor per voxel of a 3D image (a DTI volume: 6 components, xx, xy, xz, yy, yz, zz, or 9, the
-            matrix row by row; in LPS, as :func:`io.read_image` gives a DTI file's), interpolated component by
-            component (linear; not log-Euclidean), then turned with the transform's Jacobian J (at each voxel
+            matrix row by row; in LPS, as :func:`io.read_image` gives a DTI file's), interpolated as
+            ``tensor_interpolation`` says, then turned with the transform's Jacobian J (at each voxel
             for a non-linear transform) as ``tensor_reorientation`` says; the output keeps the tensor mark of a file's
             image, so that :func:`io.write_image` writes it as a DTI volume. None (the default): an image its file
             says holds tensors (NRRD kinds 3D-symmetric-matrix or 3D-matrix, NIfTI intent SYMMATRIX) is "tensor";
@@ -242,6 +245,18 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             R^T D R with R the rotation of J's polar decomposition (Slicer's ``--transform_tensor_method FS``):
             the same under a rotation, but a shear or a stretch does not turn the tensor. A 9-component tensor
             (no symmetric one, which has no principal direction) is always turned by finite strain.
+        tensor_interpolation: how tensors are interpolated (with ``interpolation`` "linear" or "bspline"; nearest
+            takes one voxel's tensor either way). "linear" (the default): component by component, which swells
+            them: between two tensors of other directions the determinant grows (by 4/3 half way between a
+            prolate tensor along x and the same along y). "log-euclidean" (Arsigny et al. 2006, as ANTs and
+            Slicer users pick it against that swelling): the tensors' matrix logarithms are interpolated and the
+            result's exponential taken, so that a determinant lies between its neighbours' (their geometric
+            mean half way). A tensor that is not positive definite (noise, a fitting failure) is taken with its
+            eigenvalues below a floor raised to it (:data:`tensors.LOG_FLOOR` times the non-zero tensors' median
+            mean diffusivity); zero tensors (the background) stay zero: an output voxel that draws half or more
+            of its interpolation weight from zero tensors (or from outside the image) is zero (or the default
+            value), the others the log-Euclidean mean of the non-zero tensors it draws on. Symmetric tensors
+            only (6 components): refused for 9-component ones and for an image resampled as no tensors.
 
     Two one-slice volumes (2D slices saved as volumes, e.g. 181 x 217 x 1) with a 2D transform, the one
     ``mmfusion register`` writes for them, are resampled as the 2D images of their slices
@@ -270,7 +285,8 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         # register writes for them: resampled as the 2D images they are, put back on a one-slice reference's
         # geometry (a one-slice moving image onto a 2D reference had been "a 3D image onto a 2D reference")
         flat = resample(one_slice_as_2d(moving, "moving image"), one_slice_as_2d(reference, "reference"), transform,
-                        interpolation, default_value, pixel_type, components, tensor_reorientation)
+                        interpolation, default_value, pixel_type, components, tensor_reorientation,
+                        tensor_interpolation)
         return as_one_slice_of(flat, reference) if one_slice_axis(reference) is not None else flat
     # a one-slice volume with a 3D transform (or none) is resampled in 3D: ITK takes the points within half
     # a slice's depth of it
@@ -324,6 +340,7 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
     if tensor_reorientation not in TENSOR_REORIENTATIONS:
         raise InputError(f"Unknown tensor reorientation '{tensor_reorientation}'.",
                          "Use ppd (preservation of the principal direction) or fs (finite strain).")
+    log_euclidean = _log_euclidean_asked(tensor_interpolation, treat, moving)
     pixel_type = resampled_pixel_type(moving, interpolation, pixel_type)
     integer = _INTEGER_TYPES.get(pixel_type)
     limits = None if integer is None else (int(np.iinfo(integer).min), int(np.iinfo(integer).max))
@@ -350,8 +367,11 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         # BrainWeb slice, +-0.5 on a CT. Resample in float64, then round and clip as ITK clips
         wide = sitk.sitkVectorFloat64 if vector else sitk.sitkFloat64
         with itk_guard("resampling", "Check the transform matches the images (same dimension)."):
-            values = sitk.GetArrayFromImage(sitk.Resample(moving, reference, transform, INTERPOLATORS[interpolation],
-                                                          float(default_value), wide))
+            if log_euclidean and interpolation != "nearest":
+                values = _log_euclidean(moving, reference, transform, interpolation)
+            else:
+                values = sitk.GetArrayFromImage(sitk.Resample(moving, reference, transform,
+                                                              INTERPOLATORS[interpolation], float(default_value), wide))
         if vector:  # numpy drops the axis of a single component
             values = values.reshape(tuple(reversed(reference.GetSize())) + (moving.GetNumberOfComponentsPerPixel(),))
         if turned:
@@ -379,6 +399,56 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         out = sitk.Resample(moving, reference, transform, INTERPOLATORS[interpolation], float(default_value),
                             pixel_type)
     return _tensor_marked(out, moving, treat, transform)
+
+
+def _log_euclidean_asked(tensor_interpolation: str, treat: str, moving: sitk.Image) -> bool:
+    """Whether :func:`resample` interpolates tensors log-Euclidean (see its ``tensor_interpolation``)."""
+    if tensor_interpolation not in TENSOR_INTERPOLATIONS:
+        raise InputError(f"Unknown tensor interpolation '{tensor_interpolation}'.",
+                         "Use linear (component by component) or log-euclidean (the tensors' logarithms).")
+    if tensor_interpolation == "linear":
+        return False
+    if treat != "tensor":
+        raise InputError(f"Log-Euclidean interpolation is for diffusion tensors, but the moving image is resampled "
+                         f"as {'a grey image' if treat == 'scalar' else treat} (its file says it holds no tensors, "
+                         "or the components asked are not tensors).",
+                         "Give a DTI volume (or components='tensor' for a 6-component image of tensors), or "
+                         "tensor_interpolation='linear'.")
+    if _tensor_kind(moving) != tensors.SYMMETRIC:
+        raise InputError("Log-Euclidean interpolation takes the logarithm of symmetric positive definite tensors, but "
+                         "the moving image holds full 3 x 3 matrices (9 components), which have none in general.",
+                         "Resample it with tensor_interpolation='linear', or save its tensors as symmetric ones "
+                         "(6 components, NRRD kinds 3D-symmetric-matrix).")
+    return True
+
+
+def _log_euclidean(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform,
+                   interpolation: str) -> np.ndarray:
+    """Symmetric tensors (``moving``, 6 components) interpolated on ``reference``'s grid by their matrix logarithms
+    (float64, (voxels..., 6), not yet turned; see :func:`resample`'s ``tensor_interpolation``): the logarithms of
+    the non-zero tensors and the share of weight each output voxel draws from them are interpolated alike, the
+    mean logarithm is their ratio, its exponential the tensor; a voxel whose share is under one half is zero."""
+    values = sitk.GetArrayFromImage(moving).astype(np.float64)
+    support = np.any(values != 0.0, axis=-1)
+    logs = tensors.log_tensors(values, tensors.log_floor(values, support))
+    del values
+    logs[~support] = 0.0
+    log_image = sitk.GetImageFromArray(logs, isVector=True)
+    del logs
+    weight = sitk.GetImageFromArray(support.astype(np.float64))
+    for image in (log_image, weight):
+        image.CopyInformation(moving)
+    interpolator = INTERPOLATORS[interpolation]
+    grid = tuple(reversed(reference.GetSize()))
+    mean = sitk.GetArrayFromImage(sitk.Resample(log_image, reference, transform, interpolator, 0.0,
+                                                sitk.sitkVectorFloat64)).reshape(grid + (6,))
+    del log_image
+    share = sitk.GetArrayFromImage(sitk.Resample(weight, reference, transform, interpolator, 0.0,
+                                                 sitk.sitkFloat64)).reshape(grid)
+    inside = share >= 0.5
+    out = np.zeros_like(mean)
+    out[inside] = tensors.exp_tensors(mean[inside] / share[inside, None])
+    return out
 
 
 def _keeps_orientation(matrix: np.ndarray | None) -> bool:

@@ -53,6 +53,9 @@ __all__ = [
     "packed",
     "tag_written_file",
     "keyvalues_of",
+    "log_tensors",
+    "exp_tensors",
+    "LOG_FLOOR",
 ]
 
 #: metadata keys of a tensor image in memory (see the module's text); never written to a file
@@ -452,3 +455,47 @@ def tag_written_file(path: str, suffix: str, image: sitk.Image) -> None:
     data[68:70] = struct.pack(order + "h", _SYMMATRIX if kind == SYMMETRIC else _GENMATRIX)
     with (gzip.open(header, "wb", compresslevel=6) if gz else open(header, "wb")) as fh:
         fh.write(data)
+
+
+#: log-Euclidean interpolation (:func:`log_tensors`): eigenvalues below this fraction of the non-zero tensors' median
+#: mean diffusivity (trace / 3) are raised to it; 1.5e-6 mm^2/s for a brain's 1.5e-3 (the log of 0 or of a negative
+#: eigenvalue, which noise gives, is no number)
+LOG_FLOOR = 1e-3
+#: tensors taken at once by :func:`log_tensors` and :func:`exp_tensors` (their eigen-decompositions, ~400 bytes each)
+_SLAB = 1 << 18
+
+
+def _eigen_map(values: np.ndarray, function) -> np.ndarray:
+    """``function`` applied to the eigenvalues of symmetric tensors (..., 6, ITK's order): V f(L) V^T, float64, a
+    slab of tensors at a time."""
+    flat = np.asarray(values, dtype=np.float64).reshape(-1, 6)
+    out = np.empty_like(flat)
+    for first in range(0, len(flat), _SLAB):
+        eigenvalues, eigenvectors = np.linalg.eigh(matrices(flat[first:first + _SLAB], SYMMETRIC))
+        mapped = (eigenvectors * function(eigenvalues)[..., None, :]) @ np.swapaxes(eigenvectors, -1, -2)
+        out[first:first + _SLAB] = packed(mapped, SYMMETRIC)
+    return out.reshape(np.shape(values))
+
+
+def log_floor(values: np.ndarray, support: np.ndarray) -> float:
+    """The smallest eigenvalue :func:`log_tensors` takes for symmetric tensors ``values`` (..., 6) whose non-zero
+    ones are ``support``: :data:`LOG_FLOOR` times their median mean diffusivity (or, where that is not positive, as
+    in noise, their largest component), 1.0 where there is none."""
+    inside = np.asarray(values, dtype=np.float64)[support]
+    if inside.size == 0:
+        return 1.0
+    diffusivity = float(np.median((inside[:, 0] + inside[:, 3] + inside[:, 5]) / 3.0))
+    scale = diffusivity if diffusivity > 0 else float(np.max(np.abs(inside)))
+    return LOG_FLOOR * scale if scale > 0 else 1.0
+
+
+def log_tensors(values: np.ndarray, floor: float) -> np.ndarray:
+    """The matrix logarithms of symmetric tensors (..., 6, ITK's order), in the same order: V log(max(L, floor))
+    V^T, so that a tensor that is not positive definite (a zero or negative eigenvalue: noise, a fitting failure)
+    is taken with those eigenvalues raised to ``floor``."""
+    return _eigen_map(values, lambda eigenvalues: np.log(np.maximum(eigenvalues, floor)))
+
+
+def exp_tensors(values: np.ndarray) -> np.ndarray:
+    """The matrix exponentials of symmetric matrices (..., 6, ITK's order): the inverse of :func:`log_tensors`."""
+    return _eigen_map(values, np.exp)

@@ -261,6 +261,98 @@ class TensorsTurnWithTheTransform(unittest.TestCase):
         self.assertIn("no 3 x 3 tensors", cm.exception.problem)
 
 
+def _prolate(axis: int, size: float = 3e-3) -> np.ndarray:
+    """A tensor (ITK's order) of eigenvalues ``size``, 1e-3, 1e-3 along ``axis`` (0: x, 1: y, 2: z)."""
+    diagonal = np.full(3, 1e-3)
+    diagonal[axis] = size
+    return np.array([diagonal[0], 0.0, 0.0, diagonal[1], 0.0, diagonal[2]])
+
+
+class LogEuclideanInterpolation(unittest.TestCase):
+    """Component by component, the tensor half way between a prolate tensor along x and the same along y is
+    diag(2, 2, 1) x 1e-3: its determinant 4e-9, a third more than either's 3e-9 ("tensor swelling"). Interpolated by
+    their logarithms it is diag(sqrt 3, sqrt 3, 1) x 1e-3, of determinant 3e-9. Before, only the first was done."""
+
+    def edge(self) -> sitk.Image:
+        """An 8^3 volume: tensors along x where x < 4, along y from x = 4 (a sharp edge between voxels 3 and 4)."""
+        values = np.zeros((8, 8, 8, 6))
+        values[:, :, :4] = _prolate(0)
+        values[:, :, 4:] = _prolate(1)
+        return sitk.GetImageFromArray(values.astype(np.float32), isVector=True)
+
+    def test_the_edge_swells_linearly_and_not_log_euclidean(self) -> None:
+        moving = self.edge()
+        half_voxel = sitk.TranslationTransform(3, (0.5, 0.0, 0.0))  # output voxel 3 lies half way between 3 and 4
+        dets = {}
+        for method in ("linear", "log-euclidean"):
+            out = sitk.GetArrayFromImage(resample(moving, moving, half_voxel, components="tensor",
+                                                  tensor_interpolation=method))
+            dets[method] = np.linalg.det(_matrix(out[4, 4, 3].astype(np.float64)))
+            # away from the edge both give the tensor there
+            np.testing.assert_allclose(out[4, 4, 1], _prolate(0), rtol=1e-5, atol=1e-12)
+            np.testing.assert_allclose(out[4, 4, 5], _prolate(1), rtol=1e-5, atol=1e-12)
+        self.assertAlmostEqual(dets["linear"] / 3e-9, 4.0 / 3.0, places=4)  # swollen by a third
+        self.assertAlmostEqual(dets["log-euclidean"] / 3e-9, 1.0, places=4)  # the geometric mean of 3e-9 and 3e-9
+        np.testing.assert_allclose(
+            sitk.GetArrayFromImage(resample(moving, moving, half_voxel, components="tensor",
+                                            tensor_interpolation="log-euclidean"))[4, 4, 3],
+            [math.sqrt(3) * 1e-3, 0.0, 0.0, math.sqrt(3) * 1e-3, 0.0, 1e-3], rtol=1e-5, atol=1e-12)
+
+    def test_background_zeros_stay_zero_and_a_tensor_that_is_not_positive_is_floored(self) -> None:
+        """Zero tensors (background) stay zero, where linear interpolation spreads a quarter of the edge's tensor
+        into it; a tensor with a negative eigenvalue (noise) comes out positive definite, not NaN."""
+        values = np.zeros((8, 8, 8, 6))
+        values[2:6, 2:6, 2:6] = _prolate(0)
+        values[3, 3, 3] = [1e-3, 0.0, 0.0, -2e-4, 0.0, 1e-3]  # an eigenvalue below zero
+        moving = sitk.GetImageFromArray(values.astype(np.float32), isVector=True)
+        quarter = sitk.TranslationTransform(3, (0.25, 0.0, 0.0))
+        log = sitk.GetArrayFromImage(resample(moving, moving, quarter, components="tensor",
+                                              tensor_interpolation="log-euclidean")).astype(np.float64)
+        linear = sitk.GetArrayFromImage(resample(moving, moving, quarter, components="tensor"))
+        self.assertTrue(np.all(np.isfinite(log)))
+        support = np.any(values != 0, axis=-1)
+        np.testing.assert_array_equal(np.any(log != 0, axis=-1), support)  # the brain's edge where it was
+        self.assertGreater(np.abs(linear[4, 4, 1]).max(), 0.0)  # linear: a quarter tensor in the background
+        eigenvalues = np.linalg.eigvalsh(_matrix(log[support]))
+        self.assertGreater(eigenvalues.min(), 0.0)
+        # the floor: 1e-3 of the median mean diffusivity (5/3 x 1e-3), the eigenvalue -2e-4 raised to 1.67e-6 before
+        # the logarithm; voxel (3, 3, 3) draws 3/4 of its weight from itself, 1/4 from a prolate tensor
+        expected = math.exp(0.75 * math.log(1e-3 * 5e-3 / 3) + 0.25 * math.log(1e-3))
+        self.assertAlmostEqual(log[3, 3, 3, 3] / expected, 1.0, places=4)
+
+    def test_default_value_outside(self) -> None:
+        moving = self.edge()
+        out = sitk.GetArrayFromImage(resample(moving, moving, sitk.TranslationTransform(3, (3.0, 0.0, 0.0)),
+                                              components="tensor", default_value=-1.0,
+                                              tensor_interpolation="log-euclidean"))
+        np.testing.assert_array_equal(out[:, :, 5:], -1.0)
+        np.testing.assert_allclose(out[4, 4, 0], _prolate(0), rtol=1e-5)
+
+    def test_refused_where_it_has_no_meaning(self) -> None:
+        grey = sitk.Image(8, 8, 8, sitk.sitkFloat32)
+        full = sitk.GetImageFromArray(np.tile(np.eye(3).ravel(), (4, 4, 4, 1)).astype(np.float32), isVector=True)
+        for image, components, said in ((grey, None, "a grey image"), (self.edge(), "channels", "channels"),
+                                        (full, "tensor", "9 components")):
+            with self.subTest(said=said), self.assertRaises(InputError) as cm:
+                resample(image, image, components=components, tensor_interpolation="log-euclidean")
+            self.assertIn(said, cm.exception.problem)
+        with self.assertRaises(InputError) as cm:
+            resample(self.edge(), self.edge(), components="tensor", tensor_interpolation="log")
+        self.assertIn("log-euclidean", cm.exception.fix)
+
+    def test_cli(self) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            moving = os.path.join(folder, "edge.nrrd")
+            _write_nrrd(moving, sitk.GetArrayFromImage(self.edge()))
+            sitk.WriteTransform(sitk.TranslationTransform(3, (0.5, 0.0, 0.0)), os.path.join(folder, "t.tfm"))
+            out = os.path.join(folder, "out.nrrd")
+            self.assertEqual(_run_cli(["resample", moving, "--reference", moving, "--transform",
+                                       os.path.join(folder, "t.tfm"), "--tensor-interpolation", "log-euclidean",
+                                       "-o", out]), 0)
+            centre = _nrrd_data(out, 6).reshape(8, 8, 8, 6)[4, 4, 3]
+            self.assertAlmostEqual(np.linalg.det(_matrix(centre.astype(np.float64))) / 3e-9, 1.0, places=4)
+
+
 class TensorFiles(unittest.TestCase):
     """The files' component orders and frames, read and written back."""
 
