@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from . import tensors
 from .errors import InputError, itk_reason
 from .io import orientation_code
 
@@ -50,7 +51,9 @@ def check_pixel_type(image: sitk.Image, name: str = "image") -> None:
 
 def check_components(image: sitk.Image, name: str = "image", *, path: str | os.PathLike | None = None) -> None:
     """Raise InputError unless ``image``'s pixels are grey, RGB or RGBA (1, 3 or 4 components): the one text for
-    every path (reading as grey, fusion, ``mmfusion run``). A 2-component image is named by the file it came from
+    every path (reading as grey, fusion, ``mmfusion run``). A DTI volume (marked as tensors by
+    :func:`io.read_image`, or 6 or 9 components of a 3D image) is named as one, with the fix to register its b0 or FA
+    image and resample the tensors with the transform (it had been told to take one component: the xx values). A 2-component image is named by the file it came from
     (``path``, where known): from a MetaImage (.mha/.mhd), the complex image it most often is (MetaImage stores
     complex pixels as 2 channels), with the magnitude fix; from another file (NRRD, NIfTI, DICOM, which ITK reads
     as complex pixels where they hold complex ones), two channels such as a vector field, with the one-channel fix
@@ -58,6 +61,8 @@ def check_components(image: sitk.Image, name: str = "image", *, path: str | os.P
     components = image.GetNumberOfComponentsPerPixel()
     if components in (1, 3, 4):
         return
+    if tensors.tensor_kind(image) is not None or (components in tensors.COUNTS.values() and image.GetDimension() == 3):
+        _refuse_tensors(image, name)
     one_component = "one component of it (sitk.VectorIndexSelectionCast(image, 0))."
     complex_note = "a complex image saved as MetaImage, .mha/.mhd, is read so: its real and imaginary parts"
     magnitude = "(sitk.ComplexToModulus(image), or the scanner's magnitude series)"
@@ -76,6 +81,26 @@ def check_components(image: sitk.Image, name: str = "image", *, path: str | os.P
             fix = "Give a grey or RGB image, or one channel of it (sitk.VectorIndexSelectionCast(image, 0))."
     raise InputError(f"The {name} has {components} components per pixel{note}; only grey, RGB and RGBA images are "
                      "supported.", fix)
+
+
+#: what registration and fusion take instead of a DTI volume, and how its tensors follow (mmfusion resample)
+TENSOR_FIX = ("Register (or fuse) a scalar image of the same acquisition instead, its b0 (baseline) or FA volume "
+              "(Slicer's Diffusion Tensor Scalar Maps module makes FA), then resample the tensors with that "
+              "transform, which turns each tensor: mmfusion resample DTI.nrrd --reference FIXED --transform "
+              "DIR/transform.tfm -o OUT.nrrd (Python: preprocess.resample(tensors, fixed, result.transform)).")
+
+
+def _refuse_tensors(image: sitk.Image, name: str) -> None:
+    """Registration and fusion of a DTI volume: refused naming the b0/FA route (see :func:`check_components`)."""
+    components = image.GetNumberOfComponentsPerPixel()
+    if tensors.tensor_kind(image) is not None:
+        raise InputError(f"The {name} holds diffusion tensors ({components} components a voxel, a DTI volume): "
+                         "registration and fusion take a scalar image (a metric or a fusion of tensor components "
+                         "would compare components, not anatomy).", TENSOR_FIX)
+    raise InputError(f"The {name} has {components} components per pixel (diffusion tensors, if it is a DTI volume "
+                     "whose file does not say so); only grey, RGB and RGBA images are registered and fused.",
+                     f"If it holds tensors: {TENSOR_FIX} Otherwise give a grey or RGB image, or one component of "
+                     "it (sitk.VectorIndexSelectionCast(image, 0)).")
 
 
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,

@@ -583,6 +583,66 @@ class TensorFiles(unittest.TestCase):
             self.assertIn("3 x 3 tensors", cm.exception.problem)
 
 
+class TensorsAreNotRegisteredOrFused(unittest.TestCase):
+    """A DTI volume given to register or fuse is refused naming the route: register its b0 or FA image, then
+    resample the tensors with the transform. Before, it was refused as "6 components per pixel; only grey, RGB and
+    RGBA images are supported" with the fix to take one component (the xx values), no registration input."""
+
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.dir = tmp.name
+        values = np.zeros((12, 12, 12, 6), np.float32)
+        values[3:9, 3:9, 3:9] = _prolate(0)
+        self.dti = os.path.join(self.dir, "dti.nrrd")
+        _write_nrrd(self.dti, values)
+        grey = sitk.GetImageFromArray(np.any(values != 0, axis=-1).astype(np.float32) * 100)
+        self.b0 = os.path.join(self.dir, "b0.nii.gz")
+        sitk.WriteImage(grey, self.b0)
+        self.untagged = os.path.join(self.dir, "six.mha")  # 6 components, a file that says nothing of them
+        sitk.WriteImage(sitk.GetImageFromArray(values, isVector=True), self.untagged)
+
+    def assert_tensor_refusal(self, text: str, untagged: bool = False) -> None:
+        self.assertIn("diffusion tensors", text)
+        self.assertIn("b0", text)
+        self.assertIn("mmfusion resample DTI.nrrd --reference FIXED --transform DIR/transform.tfm", text)
+        if untagged:
+            self.assertIn("one component of it", text)  # it may be something else
+
+    def cli_error(self, argv: list[str]) -> str:
+        err = _io.StringIO()
+        with contextlib.redirect_stdout(_io.StringIO()), contextlib.redirect_stderr(err):
+            code = cli.main(argv)
+        self.assertEqual(code, 2)
+        return err.getvalue()
+
+    def test_cli(self) -> None:
+        out = os.path.join(self.dir, "out")
+        for argv in (["register", self.b0, self.dti, "--output-dir", out],
+                     ["register", self.dti, self.b0, "--output-dir", out],
+                     ["fuse", self.b0, self.dti, "-o", os.path.join(self.dir, "f.nii.gz")],
+                     ["run", self.b0, self.dti, "--output-dir", out]):
+            with self.subTest(argv=argv[:3]):
+                self.assert_tensor_refusal(self.cli_error(argv))
+                if argv[0] != "run":  # (run makes its folder before it reads the images)
+                    self.assertFalse(os.path.exists(out))
+        self.assert_tensor_refusal(self.cli_error(["register", self.b0, self.untagged, "--output-dir", out]), True)
+
+    def test_python(self) -> None:
+        from MultimodalFusionLib import fusion, registration
+
+        fixed = read_image(self.b0)
+        dti = read_image(self.dti, keep_color=True)
+        for call in (lambda: registration.register(fixed, dti), lambda: registration.register(dti, fixed),
+                     lambda: fusion.fuse(fixed, dti)):
+            with self.assertRaises(InputError) as cm:
+                call()
+            self.assert_tensor_refusal(str(cm.exception))
+        with self.assertRaises(InputError) as cm:
+            read_image(self.dti)  # as grey, which registration reads
+        self.assert_tensor_refusal(str(cm.exception))
+
+
 def _run_cli(argv: list[str]) -> int:
     with contextlib.redirect_stdout(_io.StringIO()), contextlib.redirect_stderr(_io.StringIO()):
         return cli.main(argv)
