@@ -239,6 +239,13 @@ def _np_matrix(matrix: Any) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+#: the route for a DTI volume node (see :func:`image_from_volume_node`)
+DIFFUSION_TENSOR_FIX = ("Register its baseline (b0) or FA volume instead (the Diffusion Tensor Scalar Maps module makes "
+                        "FA), then resample the tensors with the resulting transform, which turns each tensor: "
+                        "Slicer's Resample DTI Volume module (SlicerDMRI), or save the volume as .nrrd and run "
+                        "mmfusion resample DTI.nrrd --reference FIXED --transform transform.tfm -o OUT.nrrd.")
+
+
 def image_from_volume_node(node: Any, *, float32: bool = False) -> sitk.Image:
     """The volume node's voxels and geometry as a SimpleITK image (in LPS).
 
@@ -251,13 +258,19 @@ def image_from_volume_node(node: Any, *, float32: bool = False) -> sitk.Image:
         float32: cast a scalar image to 32-bit float.
 
     Raises:
-        InputError: the node is not a volume node or holds no voxels.
+        InputError: the node is not a volume node or holds no voxels, or is a diffusion tensor volume (its
+            tensors are no scalar image to register or fuse).
     """
     import vtk
     from vtk.util import numpy_support
 
     if node is None or not node.IsA("vtkMRMLVolumeNode"):
         raise InputError(f"'{_node_label(node)}' is not a volume node.", "Select a volume (image) node.")
+    if node.IsA("vtkMRMLDiffusionImageVolumeNode"):  # a DTI volume (vtkMRMLTensorVolumeNode would be RGB too)
+        # its tensors are the image data's tensors, not its scalars: it had been refused as "holds no voxels"
+        raise InputError(f"'{node.GetName()}' is a diffusion tensor volume ({node.GetClassName()}): registration and "
+                         "fusion take a scalar volume (a metric or a fusion of tensor components would compare "
+                         "components, not anatomy).", DIFFUSION_TENSOR_FIX)
     image_data = node.GetImageData()
     if image_data is None or image_data.GetPointData().GetScalars() is None:
         raise InputError(f"Volume '{node.GetName()}' holds no voxels.", "Load image data into it first.")

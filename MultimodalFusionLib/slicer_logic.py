@@ -110,6 +110,13 @@ def _check_class(node: Any, class_name: str, what: str, kind: str) -> None:
     if class_name == "vtkMRMLScalarVolumeNode" and node is not None and node.IsA("vtkMRMLLabelMapVolumeNode"):
         raise InputError(f"The {what} '{node.GetName()}' is a label map; the result is an image, not labels.",
                          f"Select a (scalar) volume node as the {what}, or leave it empty to create one.")
+    # a DTI or DWI volume is a scalar volume node to VTK too: the scalar result written into one had been shown
+    # through its tensor display (VTK errors "Input 0 must have tensors"), a DTI node holding no tensors
+    diffusion = ("vtkMRMLDiffusionImageVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode")  # (RGB: a tensor node)
+    if class_name == "vtkMRMLScalarVolumeNode" and node is not None and any(node.IsA(c) for c in diffusion):
+        raise InputError(f"The {what} '{node.GetName()}' is a diffusion volume ({node.GetClassName()}); the result is "
+                         "a scalar image, not tensors or diffusion-weighted images.",
+                         f"Select a (scalar) volume node as the {what}, or leave it empty to create one.")
 
 
 def _in_world(node: Any) -> Any:

@@ -333,5 +333,58 @@ class MrmlHelpersTest(unittest.TestCase):
             mrml.volume_node_from_image(self.image, self.scene, node=vector)
 
 
+
+@unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
+class DiffusionTensorNodesTest(unittest.TestCase):
+    """A vtkMRMLDiffusionTensorVolumeNode (its tensors are the image data's tensors, no scalars) given to the
+    Logic's register, fuse or run is refused as tensors, with the b0/FA route as the fix; before, it was "Volume
+    'dti' holds no voxels. Fix: Load image data into it first", which it does. As the output volume, it is refused
+    before the work; before, the scalar result was written into the DTI node, shown through its tensor display
+    (VTK errors "Input 0 must have tensors")."""
+
+    def setUp(self) -> None:
+        import vtk
+        from vtk.util import numpy_support
+
+        from MultimodalFusionLib.slicer_logic import FusionLogic
+
+        self.scene = mrml.new_scene()
+        image = scenarios.head_phantom(scenarios.oblique_grid((16, 18, 14), (4.0, 4.0, 5.0)), "mr")
+        self.fixed = mrml.volume_node_from_image(image, self.scene, name="b0")
+        self.moving = mrml.volume_node_from_image(image, self.scene, name="b0 moved")
+        self.dti = self.scene.AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", "dti")
+        data = vtk.vtkImageData()
+        data.SetDimensions(16, 18, 14)
+        tensors = np.tile(np.diag([3e-3, 1e-3, 1e-3]).ravel().astype(np.float32), (16 * 18 * 14, 1))
+        array = numpy_support.numpy_to_vtk(tensors, deep=True)
+        array.SetName("tensors")
+        data.GetPointData().SetTensors(array)
+        self.dti.SetAndObserveImageData(data)
+        self.logic = FusionLogic(self.scene)
+
+    def test_tensor_input_is_refused_naming_the_route(self) -> None:
+        for name, call in (("register moving", lambda: self.logic.registerVolumes(self.fixed, self.dti)),
+                           ("register fixed", lambda: self.logic.registerVolumes(self.dti, self.fixed)),
+                           ("fuse", lambda: self.logic.fuseVolumes(self.fixed, self.dti)),
+                           ("run", lambda: self.logic.run(self.fixed, self.dti))):
+            with self.subTest(name), self.assertRaises(InputError) as cm:
+                call()
+            self.assertIn("'dti' is a diffusion tensor volume", cm.exception.problem)
+            self.assertIn("FA", cm.exception.fix)
+            self.assertIn("Resample DTI Volume", cm.exception.fix)
+            self.assertIn("mmfusion resample", cm.exception.fix)
+
+    def test_tensor_output_is_refused_before_the_work(self) -> None:
+        nodes = self.scene.GetNumberOfNodes()
+        for name, call in (
+                ("register", lambda: self.logic.registerVolumes(self.fixed, self.moving, outputVolumeNode=self.dti)),
+                ("fuse", lambda: self.logic.fuseVolumes(self.fixed, self.moving, outputVolumeNode=self.dti))):
+            with self.subTest(name), self.assertRaises(InputError) as cm:
+                call()
+            self.assertIn("diffusion volume", cm.exception.problem)
+        self.assertEqual(self.scene.GetNumberOfNodes(), nodes)  # nothing made
+        self.assertIsNone(self.dti.GetImageData().GetPointData().GetScalars())  # nor written into the DTI node
+
+
 if __name__ == "__main__":
     unittest.main()
