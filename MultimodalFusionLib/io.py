@@ -47,6 +47,7 @@ __all__ = [
     "check_not_overwriting_inputs",
     "display_name",
     "make_output_dir",
+    "output_folder",
     "missing_data_file",
     "remove_dead_leftovers",
     "replacing_outputs",
@@ -2300,6 +2301,28 @@ def make_output_dir(path: str | os.PathLike) -> str:
     return path
 
 
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike) -> Iterator[str]:
+    """:func:`make_output_dir` for a job that writes into the folder in the block: on an error or a cancellation
+    in it, the folders this call made that are still empty are removed again, so a refused job (a blank input,
+    no overlap, Ctrl-C) leaves no empty results folder behind; folders that existed, or hold anything, stay."""
+    made = []
+    probe = os.path.abspath(os.fspath(path))
+    while probe and not os.path.lexists(probe):
+        made.append(probe)  # deepest first
+        probe = os.path.dirname(probe) if os.path.dirname(probe) != probe else ""
+    folder = make_output_dir(path)
+    try:
+        yield folder
+    except BaseException:
+        for made_folder in made:
+            try:
+                os.rmdir(made_folder)  # only when empty
+            except OSError:
+                break
+        raise
+
+
 def _dicom_slice_as_2d(image: sitk.Image) -> sitk.Image:
     """One DICOM file is one slice, which ITK reads as a volume of one slice: the 2D image it is
     (in-plane origin, spacing and direction kept) when it lies in an axial plane; a slice out of that
@@ -2620,8 +2643,15 @@ def replacing_outputs(output_dir: str | os.PathLike, *, previous: Iterable[str] 
     Raises:
         InputError: the folder cannot be made or written to.
     """
-    out = make_output_dir(output_dir)
-    remove_dead_leftovers(out)
+    with output_folder(output_dir) as out:
+        remove_dead_leftovers(out)
+        with _staged_results(out, previous, keep) as stage:
+            yield stage
+
+
+@contextlib.contextmanager
+def _staged_results(out: str, previous: Iterable[str], keep: Iterable[Any]) -> Iterator[str]:
+    """:func:`replacing_outputs` in the folder ``out``, which exists."""
     try:
         stage = tempfile.mkdtemp(prefix=temporary_prefix("staging"), dir=out)
     except OSError as exc:

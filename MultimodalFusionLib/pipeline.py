@@ -184,45 +184,45 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         # only after both images were loaded (3 s for two 300^3 volumes; a DICOM folder takes longer)
         settings = resolve_parameters(preset=preset, stages=stages, seed=seed, initializer=initializer, backend=backend)
     out = os.fspath(output_dir)
-    from .io import check_not_overwriting_inputs, make_output_dir, replacing_outputs
+    from .io import check_not_overwriting_inputs, output_folder, replacing_outputs
 
     check_not_overwriting_inputs(
         [], [fixed, moving],
         patterns=[os.path.join(out, n) for n in ["transform.*", "moving_resampled.*"]
                   + [f"{kind}_{m}.*" for m in methods for kind in ("fused", "weights")]
                   + list(report_mod.report_file_patterns())])
-    make_output_dir(out)
+    # a job refused on its inputs (a blank image, no overlap) or cancelled leaves no new empty folder behind
+    with output_folder(out):
+        report(progress, 0.0, "loading images")
+        fixed_img, fixed_name = _load(fixed, "fixed", fixed_series)
+        moving_img, moving_name = _load(moving, "moving", moving_series)
+        from .io import one_slice_axis, one_slice_inputs_as_2d
 
-    report(progress, 0.0, "loading images")
-    fixed_img, fixed_name = _load(fixed, "fixed", fixed_series)
-    moving_img, moving_name = _load(moving, "moving", moving_series)
-    from .io import one_slice_axis, one_slice_inputs_as_2d
-
-    if not register and one_slice_axis(fixed_img) is not None and one_slice_axis(moving_img) is not None \
-            and not voxels_overlap(moving_img, fixed_img):
-        # as 2D images they would lose their depth: slices 100 mm apart had been fused as if they lay together
-        raise _no_overlap(moving_name, fixed_name, register)
-    # a 2D slice saved as a volume (Slicer, ITK-SNAP) is registered and fused as the 2D image it is, and its
-    # images are written back as one-slice volumes on the fixed one's geometry
-    slice_volume, fixed_img, moving_img, fixed_mask, moving_mask = one_slice_inputs_as_2d(
-        fixed_img, moving_img, fixed_mask, moving_mask, fixed_name=f"fixed image {fixed_name}",
-        moving_name=f"moving image {moving_name}")
-    fixed_grey = _grey(fixed_img, f"fixed image {fixed_name}", fixed)
-    moving_grey = _grey(moving_img, f"moving image {moving_name}", moving)
-    # a blank (constant) moving image resampled is constant too: without this it would be reported,
-    # with --no-register, as not overlapping the fixed image
-    check_image(fixed_grey, f"fixed image {fixed_name}")
-    check_image(moving_grey, f"moving image {moving_name}")
-    if fixed_mask is not None:  # also without registration, where only the alignment metrics use it
-        fixed_mask = check_mask(fixed_mask, fixed_grey, "fixed mask", "fixed image")
-    # every result is written into a staging folder and moved in at the end: a run that fails or is
-    # cancelled half-way leaves the last good run's results, and one that succeeds leaves none of them
-    with replacing_outputs(out, previous=_previous_outputs(methods), keep=[fixed, moving]) as stage:
-        files, report_paths, registration, reg_metrics, fusions, table = _register_fuse_report(
-            fixed_img, fixed_name, moving_img, moving_name, fixed_grey, moving_grey, stage, methods=methods,
-            preset=preset, stages=stages, settings=settings, progress=progress, fixed_mask=fixed_mask,
-            moving_mask=moving_mask, backend=backend, method_params=method_params, title=title,
-            slice_volume=slice_volume)
+        if not register and one_slice_axis(fixed_img) is not None and one_slice_axis(moving_img) is not None \
+                and not voxels_overlap(moving_img, fixed_img):
+            # as 2D images they would lose their depth: slices 100 mm apart had been fused as if they lay together
+            raise _no_overlap(moving_name, fixed_name, register)
+        # a 2D slice saved as a volume (Slicer, ITK-SNAP) is registered and fused as the 2D image it is, and its
+        # images are written back as one-slice volumes on the fixed one's geometry
+        slice_volume, fixed_img, moving_img, fixed_mask, moving_mask = one_slice_inputs_as_2d(
+            fixed_img, moving_img, fixed_mask, moving_mask, fixed_name=f"fixed image {fixed_name}",
+            moving_name=f"moving image {moving_name}")
+        fixed_grey = _grey(fixed_img, f"fixed image {fixed_name}", fixed)
+        moving_grey = _grey(moving_img, f"moving image {moving_name}", moving)
+        # a blank (constant) moving image resampled is constant too: without this it would be reported,
+        # with --no-register, as not overlapping the fixed image
+        check_image(fixed_grey, f"fixed image {fixed_name}")
+        check_image(moving_grey, f"moving image {moving_name}")
+        if fixed_mask is not None:  # also without registration, where only the alignment metrics use it
+            fixed_mask = check_mask(fixed_mask, fixed_grey, "fixed mask", "fixed image")
+        # every result is written into a staging folder and moved in at the end: a run that fails or is
+        # cancelled half-way leaves the last good run's results, and one that succeeds leaves none of them
+        with replacing_outputs(out, previous=_previous_outputs(methods), keep=[fixed, moving]) as stage:
+            files, report_paths, registration, reg_metrics, fusions, table = _register_fuse_report(
+                fixed_img, fixed_name, moving_img, moving_name, fixed_grey, moving_grey, stage, methods=methods,
+                preset=preset, stages=stages, settings=settings, progress=progress, fixed_mask=fixed_mask,
+                moving_mask=moving_mask, backend=backend, method_params=method_params, title=title,
+                slice_volume=slice_volume)
     files = {k: os.path.join(out, os.path.basename(v)) for k, v in files.items()}
     report_paths = {k: os.path.join(out, os.path.basename(v)) for k, v in report_paths.items()}
     report(progress, 1.0, "done")

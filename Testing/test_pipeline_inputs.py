@@ -67,6 +67,22 @@ class BlankInputsTest(unittest.TestCase):
                 self.assertIn("constant", str(ctx.exception))
                 self.assertNotIn("overlap", str(ctx.exception))
 
+    def test_a_refused_run_leaves_no_new_folder_behind(self) -> None:
+        """`mmfusion run BLANK T1 --output-dir new/sub` refused the blank image and left new/sub behind, empty."""
+        t1 = io.read_image(data.testing_data_dir() / "BrainT1Slice.png")
+        blank = sitk.Image(t1.GetSize(), sitk.sitkUInt8)
+        blank.CopyInformation(t1)
+        with tempfile.TemporaryDirectory() as tmp:
+            os.mkdir(os.path.join(tmp, "kept"))
+            for out in ("new/sub", "kept/sub", "kept"):
+                with self.subTest(out=out), self.assertRaises(InputError):
+                    pipeline.run(blank, t1, os.path.join(tmp, out), methods="average", register=False)
+            self.assertEqual(os.listdir(tmp), ["kept"])  # the folder that was there stays, and only it
+            self.assertEqual(os.listdir(os.path.join(tmp, "kept")), [])
+            # a run that writes keeps its new folders
+            pipeline.run(t1, t1, os.path.join(tmp, "new", "sub"), methods="average", register=False)
+            self.assertIn("fused_average.png", os.listdir(os.path.join(tmp, "new", "sub")))
+
 
 class MaskOffGridTest(unittest.TestCase):
     def test_a_fixed_mask_off_the_fixed_grid_is_named_with_or_without_registration(self) -> None:
