@@ -1540,6 +1540,18 @@ _NIFTI_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 7
                 1536: 16, 1792: 16, 2048: 32, 2304: 4}
 
 
+def _nifti_byte_order(header: bytes) -> tuple[str, int] | None:
+    """(byte order, "<" or ">"; header size: 348 for NIfTI-1 and Analyze 7.5, 540 for NIfTI-2) of a NIfTI or Analyze
+    header, told by its first field (sizeof_hdr) in either order; None for anything else, or a header cut short."""
+    import struct
+
+    for order in "<>":
+        for size in (348, 540):
+            if len(header) >= size and struct.unpack(order + "i", header[:4])[0] == size:
+                return order, size
+    return None
+
+
 def _nifti_layout(header: bytes, pair: bool = False) -> tuple[str, int, int, int, int, float] | None:
     """(byte order, datatype, bytes per voxel, voxel count, data offset, the value a stored 0 reads as
     after the scl_slope/scl_inter scaling) from a NIfTI-1 or NIfTI-2 header; None for anything else
@@ -1547,23 +1559,22 @@ def _nifti_layout(header: bytes, pair: bool = False) -> tuple[str, int, int, int
     layout is NIfTI-1's): its voxels start at ``vox_offset`` in the ``.img`` (0 as ITK writes it)."""
     import struct
 
-    for order in "<>":
-        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
-            datatype, bitpix = struct.unpack(order + "hh", header[70:74])
-            dims = struct.unpack(order + "8h", header[40:56])
-            vox_offset = struct.unpack(order + "f", header[108:112])[0]
-            vox_offset = int(vox_offset) if math.isfinite(vox_offset) else 0
-            offset = max(0, vox_offset) if pair else max(352, vox_offset)
-            slope, inter = struct.unpack(order + "ff", header[112:120])
-            break
-        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
-            datatype, bitpix = struct.unpack(order + "hh", header[12:16])
-            dims = struct.unpack(order + "8q", header[16:80])
-            offset = max(544, int(struct.unpack(order + "q", header[168:176])[0]))
-            slope, inter = struct.unpack(order + "dd", header[176:192])
-            break
-    else:
+    found = _nifti_byte_order(header)
+    if found is None:
         return None
+    order, size = found
+    if size == 348:
+        datatype, bitpix = struct.unpack(order + "hh", header[70:74])
+        dims = struct.unpack(order + "8h", header[40:56])
+        vox_offset = struct.unpack(order + "f", header[108:112])[0]
+        vox_offset = int(vox_offset) if math.isfinite(vox_offset) else 0
+        offset = max(0, vox_offset) if pair else max(352, vox_offset)
+        slope, inter = struct.unpack(order + "ff", header[112:120])
+    else:
+        datatype, bitpix = struct.unpack(order + "hh", header[12:16])
+        dims = struct.unpack(order + "8q", header[16:80])
+        offset = max(544, int(struct.unpack(order + "q", header[168:176])[0]))
+        slope, inter = struct.unpack(order + "dd", header[176:192])
     voxel_bytes = _NIFTI_BYTES.get(int(datatype)) or (bitpix // 8 if bitpix > 0 and bitpix % 8 == 0 else 0)
     if not 1 <= dims[0] <= 7 or not voxel_bytes:
         return None
@@ -1647,20 +1658,27 @@ def _gzip_trailer_says(path: str, size: int) -> bool:
 
 
 class _Gunzipped:
-    """``read(n)`` over :func:`_gunzip_blocks` (what ``gzip.open`` gives, with zlib's reading of a file's end)."""
+    """``read(n)`` over :func:`_gunzip_blocks` (what ``gzip.open`` gives, with zlib's reading of a file's end), inflating
+    at most ``block`` bytes at a time (a header's size: no more of the stream is inflated than is read)."""
 
-    def __init__(self, path: str) -> None:
-        self._blocks = _gunzip_blocks(path)
+    def __init__(self, path: str, block: int = 1 << 24) -> None:
+        self._blocks = _gunzip_blocks(path, block)
         self._buffer = b""
 
-    def read(self, size: int) -> bytes:
+    def read(self, size: int, *, partial: bool = False) -> bytes:
+        """The next ``size`` bytes (fewer at the stream's end). A stream cut short raises EOFError, or with
+        ``partial`` gives the bytes it holds."""
         parts, held = [self._buffer], len(self._buffer)
-        while held < size:
-            block = next(self._blocks, b"")
-            if not block:
-                break
-            parts.append(block)
-            held += len(block)
+        try:
+            while held < size:
+                block = next(self._blocks, b"")
+                if not block:
+                    break
+                parts.append(block)
+                held += len(block)
+        except EOFError:
+            if not partial:
+                raise
         joined = b"".join(parts)
         self._buffer = joined[size:]
         return joined[:size]
@@ -1679,17 +1697,8 @@ def _head(path: str, size: int) -> bytes:
     if not _is_gzip(path):
         with open(path, "rb") as fh:
             return fh.read(size)
-    out, blocks = b"", _gunzip_blocks(path, size)
-    try:
-        for block in blocks:
-            out += block
-            if len(out) >= size:
-                break
-    except EOFError:
-        pass
-    finally:
-        blocks.close()
-    return out[:size]
+    with _Gunzipped(path, size) as fh:
+        return fh.read(size, partial=True)
 
 
 def _nifti_files(path: str) -> tuple[str, str, bool] | None:

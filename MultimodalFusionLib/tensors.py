@@ -178,10 +178,12 @@ def _open_nifti(path: str):
 
 
 def _nifti_order(head: bytes) -> str | None:
-    for order in "<>":
-        if struct.unpack(order + "i", head[:4])[0] == 348:
-            return order
-    return None
+    """The byte order ("<" or ">") of a NIfTI-1 header (348 bytes), as :func:`io._nifti_byte_order` tells it; None
+    for another header."""
+    from .io import _nifti_byte_order  # io imports this module
+
+    found = _nifti_byte_order(head)
+    return found[0] if found is not None and found[1] == 348 else None
 
 
 def _nifti_layout(path: str, head: bytes) -> TensorLayout | None:

@@ -539,6 +539,45 @@ class NiftiReaderGaps(unittest.TestCase):
                 self.assertIn(text, out.getvalue() + err.getvalue())
 
 
+class GzipAndHeaderHelpers(unittest.TestCase):
+    """The helpers the readers share: one gzip reader for a header's first bytes and for a stream read in blocks, one
+    NIfTI byte-order test for io and tensors."""
+
+    def test_a_cut_stream_gives_its_bytes_to_a_header_check_and_an_error_to_a_voxel_read(self) -> None:
+        import gzip
+
+        payload = np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes()
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "cut.gz")
+            with open(path, "wb") as fh:
+                fh.write(gzip.compress(payload)[:3000])  # about 3000 of the 5000 bytes, then nothing
+            head = io._head(path, 4096)
+            self.assertGreater(len(head), 100)
+            self.assertEqual(head, payload[:len(head)])  # what the stream holds, no error
+            self.assertEqual(io._head(path, 100), payload[:100])
+            with io._Gunzipped(path) as fh, self.assertRaises(EOFError):
+                fh.read(4096)
+            with io._Gunzipped(path) as fh:  # a read the stream holds is served, in pieces as asked
+                self.assertEqual(fh.read(10) + fh.read(90), payload[:100])
+            with open(path, "wb") as fh:
+                fh.write(payload[:300])  # not compressed: the file's own bytes
+            self.assertEqual(io._head(path, 348), payload[:300])
+
+    def test_io_and_tensors_read_a_nifti_header_in_one_byte_order(self) -> None:
+        from MultimodalFusionLib import tensors
+
+        header = np.zeros(348, np.uint8).tobytes()
+        for order in "<>":
+            head = np.array([348], order + "i4").tobytes() + header[4:]
+            self.assertEqual(io._nifti_byte_order(head), (order, 348))
+            self.assertEqual(tensors._nifti_order(head), order)
+            two = np.array([540], order + "i4").tobytes() + bytes(540)[4:]
+            self.assertEqual(io._nifti_byte_order(two), (order, 540))
+            self.assertIsNone(tensors._nifti_order(two))  # NIfTI-1 only
+        self.assertIsNone(io._nifti_byte_order(head[:200]))  # cut short
+        self.assertIsNone(tensors._nifti_order(b"NRRD0004" + bytes(340)))
+
+
 class TruncatedFilesOfEveryFormat(unittest.TestCase):
     """A file cut short (a half-copied download) is refused naming it, its bytes and what its header describes,
     for every format whose ITK reader read it without an error: the missing voxels had been 0 (an Analyze pair's
