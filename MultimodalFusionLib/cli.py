@@ -655,17 +655,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     # on one grid, as fuse takes them: of the same shape, a source 100 mm away had been scored without a word
     # (a fused PNG, JPEG, BMP or TIFF keeps no origin or direction: its shape alone is compared, by the metrics;
     # a VTK file keeps no direction: A's is taken. A fused TIFF had been refused as off A's grid)
-    from .io import UNPLACED_EXTENSIONS, UNTURNED_EXTENSIONS, _suffix
+    from .io import UNPLACED_EXTENSIONS, UNTURNED_EXTENSIONS, _read_suffix
     from .validation import check_on_grid
 
     fix = "Give the fused image and both sources on one grid (mmfusion resample MOVING --reference FIXED)."
     a_name = f"source image A ({display_name(args.a)})"
     check_on_grid(b, a, f"source image B ({display_name(args.b)})", a_name, fix)
-    if _suffix(args.fused) not in UNPLACED_EXTENSIONS:
+    if _read_suffix(args.fused) not in UNPLACED_EXTENSIONS:
         import SimpleITK as sitk
 
         placed = f
-        if _suffix(args.fused) in UNTURNED_EXTENSIONS and f.GetDimension() == a.GetDimension():
+        if _read_suffix(args.fused) in UNTURNED_EXTENSIONS and f.GetDimension() == a.GetDimension():
             placed = sitk.Image(f)
             placed.SetDirection(a.GetDirection())
         check_on_grid(placed, a, f"fused image ({display_name(args.fused)})", a_name, fix)

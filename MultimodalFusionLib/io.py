@@ -73,7 +73,7 @@ _2D_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 #: formats, and TIFF (which keeps the spacing, and holds volumes too), BioRad PIC and Zeiss LSM
 UNPLACED_EXTENSIONS = _2D_EXTENSIONS + (".tif", ".tiff", ".pic", ".lsm")
 #: Formats that keep the origin and spacing but no direction (read as the identity): VTK legacy, GIPL and MRC
-UNTURNED_EXTENSIONS = (".vtk", ".gipl", ".mrc")
+UNTURNED_EXTENSIONS = (".vtk", ".gipl", ".gipl.gz", ".mrc")
 # DICOM tags that are safe to show: never patient-identifying ones (name, ID, birth date...).
 _SAFE_SERIES_TAGS = {"0008|103e": "description", "0008|0060": "modality", "0020|0011": "series_number"}
 #: DICOM transfer syntaxes by UID: the pixel data as stored (those GDCM reads without a codec first)
@@ -2536,7 +2536,7 @@ def atomic_path(path: str | os.PathLike) -> tuple[str, str]:
     folder = os.path.dirname(os.path.abspath(final))
     make_output_dir(folder)
     remove_dead_leftovers(folder)
-    suffix = _suffix(final) or ".tmp"
+    suffix = _read_suffix(final) or ".tmp"  # whole: a '.gz' alone would not be a GIPL file to ITK
     try:
         fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(), suffix=suffix, dir=folder)
     except OSError as exc:  # read-only folder or disk, no permission, a name too long; the temporary
@@ -2790,7 +2790,7 @@ def _warn_geometry_lost(image: sitk.Image, final: str, direction_only: bool) -> 
     moved = any(abs(o) > 1e-6 for o in image.GetOrigin())
     if turned or (moved and not direction_only):
         kept = "no direction" if direction_only else "no origin or direction"
-        warnings.warn(f"'{final}': a {_suffix(final)[1:].upper()} file keeps {kept} (the image has origin "
+        warnings.warn(f"'{final}': a {_read_suffix(final).split('.')[1].upper()} file keeps {kept} (the image has origin "
                       f"{[round(o, 3) for o in image.GetOrigin()]} mm, LPS, direction "
                       f"{[round(v, 4) for v in image.GetDirection()]}); write .nrrd or .mha to keep them.",
                       stacklevel=3)
@@ -2807,13 +2807,13 @@ def volume_extension(image: sitk.Image) -> str:
 #: (the NIfTI, JPEG, MINC and BioRad readers: 'x.NII' is read, 'x.Nii' is not) or "lower" only (the MetaImage,
 #: GIPL, Stimulate and JPEG 2000 readers; the Analyze/NIfTI pair's writer). Found by writing and reading back each
 #: (Testing/test_io.py checks this table against the ITK installed). Not here: NIfTI's ASCII .nia (written, never
-#: read), JPEG 2000's .jpt (its writer fails), and compressed names other than .nii.gz (.gipl.gz, .img.gz: the
-#: temporary file keeps only the .gz).
+#: read), JPEG 2000's .jpt (its writer fails), and compressed names other than .nii.gz, .gipl.gz and the pair's
+#: .hdr.gz/.img.gz (.nrrd.gz, .mha.gz: no writer).
 _OUTPUT_CASES = {
     ".nii.gz": "lower or upper", ".nii": "lower or upper", ".jpg": "lower or upper", ".jpeg": "lower or upper",
     ".mnc": "lower or upper", ".mnc2": "lower or upper", ".pic": "lower or upper",
     ".mha": "lower", ".mhd": "lower", ".gipl": "lower", ".spr": "lower", ".jp2": "lower", ".j2k": "lower",
-    ".hdr": "lower", ".img": "lower",
+    ".hdr": "lower", ".img": "lower", ".gipl.gz": "lower", ".hdr.gz": "lower", ".img.gz": "lower",
     ".nrrd": "any", ".nhdr": "any", ".png": "any", ".bmp": "any", ".tif": "any", ".tiff": "any", ".vtk": "any",
     ".mrc": "any", ".rec": "any", ".lsm": "any", ".dcm": "any", ".dicom": "any", ".h5": "any", ".hdf5": "any",
     ".hdf": "any", ".hd5": "any", ".hdf4": "any", ".he4": "any", ".he5": "any",
@@ -2835,12 +2835,13 @@ _TIFF_PIXELS = (_U8, _I8, _U16, _I16, sitk.sitkUInt32, sitk.sitkInt32, sitk.sitk
                 sitk.sitkVectorInt16, sitk.sitkVectorFloat32)
 _DICOM_PIXELS = ("DICOM", frozenset({_U8, _I8, _U16, _I16, sitk.sitkUInt32, sitk.sitkInt32, _RGB8, _RGB16,
                                      sitk.sitkVectorInt16}), frozenset({_U8, _U16, _RGB8}))
+_GIPL_PIXELS = (_U8, _I8, _U16, _I16, sitk.sitkFloat32, sitk.sitkFloat64)
 _JPEG_2000_PIXELS = ("JPEG 2000", frozenset({_U8, _U16, _RGB8}), frozenset({_U8, _U16, _RGB8}))
 _FORMAT_PIXELS: dict[str, tuple[str, frozenset, frozenset]] = {
     ".dcm": _DICOM_PIXELS, ".dicom": _DICOM_PIXELS, ".jp2": _JPEG_2000_PIXELS, ".j2k": _JPEG_2000_PIXELS,
     **{ext: (label, frozenset(types), frozenset(types)) for ext, label, types in (
         (".pic", "BioRad PIC", (_U8,)), (".lsm", "LSM", (_U8, _U16, _RGB8, _RGB16)),
-        (".gipl", "GIPL", (_U8, _I8, _U16, _I16, sitk.sitkFloat32, sitk.sitkFloat64)),
+        (".gipl", "GIPL", _GIPL_PIXELS), (".gipl.gz", "GIPL", _GIPL_PIXELS),
         (".mrc", "MRC", (_U8, _U16, _I16, sitk.sitkFloat32, _RGB8)),
         (".spr", "Stimulate", (_I8, _I16, sitk.sitkFloat32)),
         (".tif", "TIFF", _TIFF_PIXELS), (".tiff", "TIFF", _TIFF_PIXELS))},
@@ -2861,7 +2862,7 @@ def check_output_pixels(path: str | os.PathLike, pixel_type: int, dimension: int
         InputError: naming the format's pixel types and a format that holds them all.
     """
     final = os.fspath(path)
-    entry = _FORMAT_PIXELS.get(_suffix(final))
+    entry = _FORMAT_PIXELS.get(_read_suffix(final))
     if entry is None:
         return
     label, two, three = entry
@@ -2882,9 +2883,11 @@ def check_output_name(path: str | os.PathLike, image: sitk.Image | None = None, 
     before registering, resampling or fusing (``fuse -o fused.GIPL`` had fused, then been refused). write_image
     calls it first too, so the two cannot disagree.
 
-    From the name: a folder, an extension ITK writes no image as (``x.xyz``, ``x.gipl.gz``, none), one its reader takes in
+    From the name: a folder, an extension ITK writes no image as (``x.xyz``, ``x.nrrd.gz``, none), one its reader takes in
     lower (or upper) case only (``fused.GIPL``, ``.MHA``, ``.Nii``: written, then opened by no ITK reader; read_image
-    reads such names, other tools may not), NIfTI's ASCII ``.nia`` (never read back), ``x.nii.hdr`` (written as the one file ``x.nii``). From
+    reads such names, other tools may not), NIfTI's ASCII ``.nia`` (never read back), ``x.nii.hdr`` (written as the one file ``x.nii``).
+    From the folder: a ``x.hdr.gz`` or ``x.img.gz`` pair beside an uncompressed ``x.hdr`` or ``x.img`` (ITK would read the
+    new pair with the old file, see :func:`_uncompressed_pair_beside`). From
     ``image``'s dimension, size and direction (not its pixels): a volume to a 2D format (.png, .jpg, .bmp) or
     to JPEG 2000 (written as its first slice, or ITK crashed), an image that is not a volume of several slices
     to LSM (unreadable), a sheared direction to NIfTI.
@@ -2904,30 +2907,34 @@ def check_output_name(path: str | os.PathLike, image: sitk.Image | None = None, 
     final = os.fspath(path)
     if os.path.isdir(final):  # as atomic_path says it, not as a name without an extension
         raise InputError(f"The output '{final}' is a folder, not a file.", "Give a file name for the output.")
-    suffix = _suffix(final)
+    suffix = _read_suffix(final)
     given = final[len(final) - len(suffix):]
     if suffix == ".nia":
         raise InputError(f"'{final}': ITK writes .nia files (NIfTI as ASCII text) but cannot read them back.",
                          _ANY_IMAGE_FIX)
     if suffix not in _OUTPUT_CASES:
         inner = _suffix(final[:-len(suffix)]) if suffix == ".gz" else ""
-        if inner in _OUTPUT_CASES:  # .gipl.gz, .img.gz: the format's own compression is meant
+        if inner in _OUTPUT_CASES:  # .nrrd.gz, .mha.gz: the format's own compression is meant
             raise InputError(f"No image format is written as '{final}' (extension '.gz'): of the compressed names, "
-                             "only .nii.gz is written.",
+                             "only .nii.gz, .gipl.gz and an Analyze/NIfTI pair's .hdr.gz/.img.gz are written.",
                              "Name the output .nii.gz, or .nrrd or .mha (which compress the voxels inside the file).")
         raise InputError(f"No image format is written as '{final}' (extension '{suffix or 'none'}').", _ANY_IMAGE_FIX)
-    if suffix in (".hdr", ".img") and final.lower()[:-len(suffix)].endswith((".nii", ".nii.gz")):
-        # ITK writes 'x.nii.hdr' as the one file 'x.nii': the check that the pair was written whole then found no
-        # 'x.nii.hdr' and refused it as "a full disk"
+    if suffix in _PAIR_PARTS and final.lower()[:-len(suffix)].endswith((".nii", ".nii.gz")):
+        # ITK writes 'x.nii.hdr' as the one file 'x.nii' ('x.nii.hdr.gz' as 'x.nii.gz'): the check that the pair was
+        # written whole then found no 'x.nii.hdr' and refused it as "a full disk"
         single = final[:-len(suffix)]
+        if suffix.endswith(".gz") and not single.lower().endswith(".gz"):
+            single += ".gz"
         raise InputError(f"'{final}': ITK writes '{os.path.basename(final)}' as the single NIfTI file "
                          f"'{os.path.basename(single)}', not as the .hdr/.img pair the name asks for.",
                          f"Name the output '{os.path.basename(single)}' (one file), or end it in .hdr without "
                          "'.nii' before it (a pair).")
     cases = _OUTPUT_CASES[suffix]
     if given != suffix and not (cases == "any" or (cases == "lower or upper" and given == suffix.upper())):
-        raise _lower_case_only(final, "writes" if suffix in (".hdr", ".img") else "reads",
+        raise _lower_case_only(final, "writes" if suffix in (*_PAIR_PARTS, ".gipl.gz") else "reads",
                                upper_too=cases == "lower or upper")
+    if suffix in (".hdr.gz", ".img.gz"):
+        _uncompressed_pair_beside(final)
     if image is None:
         if pixel_type is not None and suffix not in _2D_EXTENSIONS:  # those are converted (see _for_2d_format)
             check_output_pixels(final, pixel_type)
@@ -2971,7 +2978,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
     """
     final = check_output_name(path, image, pixel_type=image.GetPixelID())
     out = image
-    suffix = _suffix(final)
+    suffix = _read_suffix(final)
     if suffix in _2D_EXTENSIONS:
         out = _for_2d_format(image, final)
     elif suffix in (".nii", ".nii.gz") and image.GetNumberOfComponentsPerPixel() > 1 and one_slice_axis(image) == 2:
@@ -3007,19 +3014,31 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                                  f"'{_suffix(final) or 'none'}').",
                                  _ANY_IMAGE_FIX) from exc
             raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
-        if suffix in (".nii", ".nii.gz", ".hdr", ".img") and not _nifti_written_whole(tmp):
+        if suffix in (".nii", ".nii.gz", *_PAIR_PARTS) and not _nifti_written_whole(tmp):
             # ITK's NIfTI writer reports no write error (it prints "** ERROR: NWAD: wrote only 0 of ... bytes"
             # and returns): on a full disk the output was a cut-off file, and the command said it wrote it
-            free = shutil.disk_usage(os.path.dirname(os.path.abspath(tmp))).free
-            raise InputError(f"Cannot write '{final}': ITK's NIfTI writer stopped before the end of the file (a "
-                             f"full disk or a file size limit; {free} bytes free there).",
-                             "Free space on that disk, or write the output to another one.")
+            raise _written_cut_short(final, tmp, "NIfTI")
+        if suffix in _RAW_LAYOUTS:
+            # nor do its GIPL (.gipl, .gipl.gz) and BMP writers: a file cut at the size limit was the output
+            try:
+                _check_complete(tmp)
+            except InputError as exc:
+                raise _written_cut_short(final, tmp, "GIPL" if suffix.startswith(".gipl") else suffix[1:].upper()) \
+                    from exc
         if suffix == ".spr":
             _name_stimulate_data_file(tmp)
         _check_reads_back(tmp, final, out)
         if tensor and suffix in tensors.TAGGED_SUFFIXES:
             tensors.tag_written_file(tmp, suffix, image)
     return final
+
+
+def _written_cut_short(final: str, tmp: str, writer: str) -> InputError:
+    """The error for an output ITK's ``writer`` stopped writing before its end without reporting it."""
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(tmp))).free
+    return InputError(f"Cannot write '{final}': ITK's {writer} writer stopped before the end of the file (a full disk "
+                      f"or a file size limit; {free} bytes free there).",
+                      "Free space on that disk, or write the output to another one.")
 
 
 #: ITK's DICOM writer compresses (JPEG 2000, lossless) 8- and 16-bit grey slices of at least this many pixels a side
@@ -3045,14 +3064,14 @@ def _dicom_compressible(image: sitk.Image, final: str) -> bool:
 
 
 def _not_lower_case(path: str) -> bool:
-    suffix = _suffix(path)
+    suffix = _read_suffix(path)
     return bool(suffix) and not path.endswith(suffix)
 
 
 def _lower_case_only(final: str, verb: str, upper_too: bool = False) -> InputError:
     """``final``'s extension refused for its case: ITK ``verb``s ("reads", "writes") such files by the extension in
     lower case only (``upper_too``: or in upper case)."""
-    suffix = _suffix(final)
+    suffix = _read_suffix(final)
     given = final[len(final) - len(suffix):]
     written = (" (written so, ITK's reader would not open it by that name: this package reads such a file, "
                "other ITK-based tools may not)") \
@@ -3086,7 +3105,7 @@ def _check_reads_back(written: str, final: str, image: sitk.Image) -> None:
     "Unable to determine ImageIO reader"), NIfTI's ``.nia`` (ASCII) is written and never read, and the JPEG 2000
     writer keeps one slice of a volume.
     """
-    suffix = _suffix(final)
+    suffix = _read_suffix(final)
     given = final[len(final) - len(suffix):]
     alias = None
     if not written.endswith(given):  # a temporary file, named in lower case: read under the name as given
@@ -3121,11 +3140,12 @@ def _check_reads_back(written: str, final: str, image: sitk.Image) -> None:
 
 
 #: Headers whose voxels ITK writes to a second file named after the header (``x.nhdr`` + ``x.raw.gz``,
-#: ``x.mhd`` + ``x.zraw``, ``x.hdr`` + ``x.img``, Stimulate's ``x.spr`` + ``x.sdt``).
-_DETACHED_HEADERS = (".nhdr", ".mhd", ".hdr", ".spr")
+#: ``x.mhd`` + ``x.zraw``, ``x.hdr`` + ``x.img``, ``x.hdr.gz`` + ``x.img.gz``, Stimulate's ``x.spr`` + ``x.sdt``).
+_DETACHED_HEADERS = (".nhdr", ".mhd", ".hdr", ".hdr.gz", ".spr")
 #: Outputs ITK writes as two files named alike: those headers, and an Analyze/NIfTI pair named by its ``.img``
-#: (``x.img`` + ``x.hdr``; written as one temporary file, its header stayed as ``.mmf-tmp-....hdr``).
-_TWO_FILES = _DETACHED_HEADERS + (".img",)
+#: (``x.img`` + ``x.hdr``, ``x.img.gz`` + ``x.hdr.gz``; written as one temporary file, its header stayed as
+#: ``.mmf-tmp-....hdr``).
+_TWO_FILES = _DETACHED_HEADERS + (".img", ".img.gz")
 
 
 @contextlib.contextmanager
@@ -3176,20 +3196,41 @@ def staged_output(final: str | os.PathLike) -> Iterator[str]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def _uncompressed_pair_beside(final: str) -> None:
+    """Refuse a compressed Analyze/NIfTI pair output (``x.hdr.gz`` + ``x.img.gz``) where an uncompressed ``x.hdr`` or
+    ``x.img`` lies beside it: ITK's NIfTI reader (nifti1_io, hence Slicer and this package) looks for ``x.img`` before
+    ``x.img.gz`` and ``x.hdr`` before ``x.hdr.gz``, so the new pair would be read with the old file's voxels or
+    header (measured: a 6x5x3 image of 3s written beside a 6x5x4 pair of 1s read back as 6x5x3 of 1s)."""
+    base = final[:-len(_read_suffix(final))]
+    found = [base + ext for ext in (".hdr", ".img") if os.path.isfile(base + ext)]
+    if found:
+        names = " and ".join(f"'{os.path.basename(name)}'" for name in found)
+        raise InputError(f"'{final}': {names} {'lie' if len(found) > 1 else 'lies'} beside it, and ITK's NIfTI reader "
+                         "(hence Slicer and this package) takes an uncompressed .hdr/.img before the .hdr.gz/.img.gz of "
+                         "the same name: the output would be read back with that file's header or voxels, not its own.",
+                         f"Give the output another name, or remove {names} if nothing uses them (or write "
+                         f"'{os.path.basename(base)}.hdr', uncompressed, to replace them).")
+
+
 def _nifti_written_whole(path: str) -> bool:
     """Whether the NIfTI file ``path``, just written by ITK, holds its header and every voxel it declares:
     its size (``.nii``) or gzip's size trailer (``.nii.gz``; ITK writes one gzip member); for a pair
-    (``x.hdr`` + ``x.img``, either named) the ``.img``'s size."""
+    (``x.hdr`` + ``x.img``, either named) the ``.img``'s size, for a compressed pair (``x.hdr.gz`` + ``x.img.gz``)
+    the ``.img.gz``'s size trailer."""
     import gzip
     import zlib
 
-    gz = _suffix(path) == ".nii.gz"
+    suffix = _read_suffix(path)
+    gz = suffix in (".nii.gz", ".hdr.gz", ".img.gz")
     try:
-        if _suffix(path) in (".hdr", ".img"):  # the pair's voxels start the .img (ITK writes vox_offset 0)
-            base = path[:-len(_suffix(path))]
-            with open(base + ".hdr", "rb") as fh:
-                layout = _nifti_layout(fh.read(348))
-            return layout is not None and os.path.getsize(base + ".img") >= layout[3] * layout[2]
+        if suffix in _PAIR_PARTS:  # the pair's voxels start the .img (ITK writes vox_offset 0)
+            base, zipped = path[:-len(suffix)], ".gz" if gz else ""
+            with (gzip.open if gz else open)(base + ".hdr" + zipped, "rb") as fh:
+                layout = _nifti_layout(fh.read(348), pair=True)
+            if layout is None:
+                return False
+            data, expected = base + ".img" + zipped, layout[3] * layout[2]
+            return _gzip_trailer_says(data, expected) if gz else os.path.getsize(data) >= expected
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
             layout = _nifti_layout(fh.read(544))
         if layout is None:

@@ -344,13 +344,25 @@ class FuseEvaluateCliTest(unittest.TestCase):
             image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
             paths[name] = os.path.join(self.tmp.name, f"{name}.nrrd")
             sitk.WriteImage(image, paths[name])
-        for ext in (".gipl", ".mrc"):
+        for ext in (".gipl", ".gipl.gz", ".mrc"):  # .gipl.gz had been refused as an output name
             with self.subTest(ext=ext):
                 fused = os.path.join(self.tmp.name, "fused3d" + ext)
                 with self.assertWarnsRegex(UserWarning, "keeps no direction"):
                     code, _, stderr = _main(["fuse", paths["a"], paths["b"], "--method", "average", "-o", fused])
                 self.assertEqual(code, 0, stderr)
                 code, stdout, stderr = _main(["evaluate", "--fused", fused, paths["a"], paths["b"], "--json"])
+                self.assertEqual(code, 0, stderr)
+        # a compressed Analyze/NIfTI pair (ITK-SNAP's, ANTs' .hdr.gz/.img.gz) keeps the direction: read back on A's grid
+        for name, files in (("pair.hdr.gz", ["pair.hdr.gz", "pair.img.gz"]), ("other.img.gz", ["other.hdr.gz",
+                                                                                               "other.img.gz"])):
+            with self.subTest(name=name):
+                folder = os.path.join(self.tmp.name, name.replace(".", "_"))
+                code, _, stderr = _main(["fuse", paths["a"], paths["b"], "--method", "average", "-o",
+                                         os.path.join(folder, name)])
+                self.assertEqual(code, 0, stderr)
+                self.assertEqual(sorted(os.listdir(folder)), files)
+                code, stdout, stderr = _main(["evaluate", "--fused", os.path.join(folder, name), paths["a"], paths["b"],
+                                              "--json"])
                 self.assertEqual(code, 0, stderr)
 
     def test_laplacian_sigma_too_wide_is_refused(self) -> None:

@@ -64,13 +64,31 @@ class WritesCutShort(unittest.TestCase):
         """ITK's NIfTI writer prints "** ERROR: NWAD: wrote only 0 of 524288 bytes" and returns: write_image
         had returned the path of a cut-off file (100000 bytes of 524640), and `resample` exited 0."""
         image = _noise((32, 64, 64))  # 512 KiB of voxels
-        for name in ("a.nii", "a.nii.gz", "a.hdr", "a.img"):  # an Analyze/NIfTI pair: the same writer
+        # an Analyze/NIfTI pair: the same writer; noise does not compress, so the gzip files outgrow the limit too
+        for name in ("a.nii", "a.nii.gz", "a.hdr", "a.img", "a.hdr.gz", "a.img.gz"):
             path = os.path.join(self.dir, name)
             with self.subTest(name), _file_size_limit(100_000):
                 with self.assertRaises(InputError) as caught:
                     io.write_image(image, path)
             self.assertIn(f"Cannot write '{path}'", str(caught.exception))
             self.assertEqual(os.listdir(self.dir), [])  # neither the output nor a temporary file
+
+    def test_gipl_and_bmp_cut_short_are_errors_not_written_files(self) -> None:
+        """ITK's GIPL and BMP writers report no write error either: at a 100000-byte limit, x.gipl, x.gipl.gz (a
+        gzip stream cut short) and x.bmp were left as 100000-byte files that read back as truncated, and
+        write_image returned their paths."""
+        volume = _noise((32, 64, 64))
+        picture = sitk.GetImageFromArray(np.random.default_rng(1).integers(0, 256, (400, 400), dtype=np.uint8))
+        for name, image in (("a.gipl", volume), ("a.gipl.gz", volume), ("p.bmp", picture)):
+            path = os.path.join(self.dir, name)
+            with self.subTest(name), _file_size_limit(100_000):
+                with self.assertRaises(InputError) as caught:
+                    io.write_image(image, path)
+            self.assertIn(f"Cannot write '{path}'", str(caught.exception))
+            self.assertIn("stopped before the end of the file", str(caught.exception))
+            self.assertEqual(os.listdir(self.dir), [])
+            self.assertEqual(io.write_image(image, path), path)  # without the limit: written whole
+            os.remove(path)
 
     def test_json_cut_short_is_an_input_error(self) -> None:
         """It had escaped as a bare OSError: a traceback from the CLI."""
