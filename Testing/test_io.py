@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import unittest.mock
 from typing import Sequence
 
 import numpy as np
@@ -518,6 +519,59 @@ class NiftiReaderGaps(unittest.TestCase):
         self.assertTrue(np.isnan(got[2, 3, 4]))
         self.assertEqual(int(np.count_nonzero(~np.isfinite(got))), 3)
         self.assertAlmostEqual(float(got[1, 1, 1]), 2 * float(self.arr[1, 1, 1]) + 1, places=3)
+
+    def test_a_float_nii_gz_holding_zeros_is_decompressed_once(self) -> None:
+        """The NaN/inf pass decompressed every float .nii.gz holding zeros (a zero background: most PET and maps) a
+        second time, 0.22 s on 256^3 float32 (read_image 0.43 s, SimpleITK 0.21 s). Without NaN/inf, ITK's voxels
+        are checked against the stream's CRC-32 instead: Python inflates only the header. Little- and big-endian,
+        with a header extension (nibabel), and a pair's .img.gz; read exactly as ITK reads them."""
+        import gzip
+
+        import nibabel as nib
+
+        inflated = []
+        real = io._gunzip_blocks
+
+        def counting(path: str, block: int = 1 << 24):
+            for out in real(path, block):
+                inflated.append(len(out))
+                yield out
+
+        data = np.random.default_rng(4).normal(100, 20, (20, 18, 16)).astype(np.float32)
+        data[:, :5] = 0  # a zero background
+        files = {}
+        for name, endian in (("le.nii.gz", "<"), ("be.nii.gz", ">")):
+            header = nib.Nifti1Header(endianness=endian)
+            image = nib.Nifti1Image(data.astype(endian + "f4"), np.diag([1.5, 1.0, 2.0, 1.0]), header)
+            image.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"a comment, 32 bytes long........"))
+            files[name] = self._path(name)
+            nib.save(image, files[name])
+        sitk.WriteImage(sitk.GetImageFromArray(data.transpose()), self._path("pair.hdr"))
+        with open(self._path("pair.img"), "rb") as fh, gzip.open(self._path("pair.img.gz"), "wb") as out:
+            out.write(fh.read())
+        os.remove(self._path("pair.img"))
+        files["pair.hdr"] = self._path("pair.hdr")
+        with open(files["be.nii.gz"], "rb") as fh:
+            self.assertEqual(gzip.decompress(fh.read())[:4], np.array([348], ">i4").tobytes())  # big-endian indeed
+        for name, path in files.items():
+            with self.subTest(name=name):
+                expected = sitk.ReadImage(path)
+                inflated.clear()
+                with unittest.mock.patch.object(io, "_gunzip_blocks", counting):
+                    got = io.read_image(path)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(expected))
+                self.assertEqual(got.GetPixelID(), sitk.sitkFloat32)
+                self.assertLess(sum(inflated), 4096, "the voxels were decompressed again")
+        # a NaN makes the CRC differ: the stream is read again and the NaN put back where it is
+        with_nan = data.copy()
+        with_nan[3, 4, 5] = np.nan
+        nib.save(nib.Nifti1Image(with_nan, np.eye(4)), self._path("nan.nii.gz"))
+        inflated.clear()
+        with unittest.mock.patch.object(io, "_gunzip_blocks", counting):
+            got = sitk.GetArrayFromImage(io.read_image(self._path("nan.nii.gz")))
+        self.assertTrue(np.isnan(got[5, 4, 3]))
+        self.assertEqual(int(np.count_nonzero(np.isnan(got))), 1)
+        self.assertGreaterEqual(sum(inflated), data.nbytes)
 
     def test_the_cli_reports_and_refuses_them(self) -> None:
         from contextlib import redirect_stderr, redirect_stdout
