@@ -1256,6 +1256,9 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
     except InputError as exc:
         if _is_nifti2(path):
             raise _nifti2_error(path) from exc
+        cut_nrrd = _nrrd_cut_short(path)
+        if cut_nrrd is not None:
+            raise cut_nrrd from exc
         cut = _dicom_cut_short(path)
         if cut is not None:
             raise _dicom_truncated_error(path, cut.missing) from exc
@@ -1852,6 +1855,91 @@ def _itk_read_the_stream(image: sitk.Image, data_file: str, offset: int, order: 
         return False
     crc = zlib.crc32(memoryview(np.ascontiguousarray(arr)).cast("B"), zlib.crc32(head))
     return crc == int.from_bytes(trailer, "little")
+
+
+#: Bytes per value of the NRRD types (each spelling the format allows)
+_NRRD_BYTES = {
+    **dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"), 1),
+    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t", "ushort",
+                     "unsigned short", "unsigned short int", "uint16", "uint16_t"), 2),
+    **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t", "float"),
+                    4),
+    **dict.fromkeys(("longlong", "long long", "long long int", "signed long long", "signed long long int", "int64",
+                     "int64_t", "ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t",
+                     "double"), 8),
+}
+
+
+def _nrrd_cut_short(path: str) -> InputError | None:
+    """The error for a NRRD file (``.nrrd``, or a detached ``.nhdr`` and its data file) whose voxels end before
+    those its header describes, naming the file, the bytes it holds and the bytes its header needs, as the other
+    formats' truncation errors do; None for any other file or failure (ITK's error stands). ITK's NRRD reader
+    fails on such a file, in teem's words: "fread got only 2023 4-sized things, not 2048 (98.7793% of expected)"
+    (raw), "expected 8192 bytes but received 8092" or "data read error" (gzip). Called only once ITK has failed.
+    Raw and gzip encodings, one data file (attached, or named by ``data file``); a list or pattern of data files,
+    ``line skip`` and ``byte skip: -1`` are left to ITK."""
+    import zlib
+
+    try:
+        found = tensors._nrrd_header(path)
+    except OSError:
+        return None
+    if found is None:
+        return None
+    lines, data_start = found
+    field = lambda name: tensors._field(lines, name)  # noqa: E731 - one header, several fields
+    try:
+        sizes = [int(v) for v in (field("sizes") or "").split()]
+        skip = int(field("byte skip") or 0)
+        lines_skipped = int(field("line skip") or field("lineskip") or 0)
+    except ValueError:
+        return None
+    value_bytes = _NRRD_BYTES.get((field("type") or "").lower())
+    encoding = (field("encoding") or "").lower()
+    named = field("data file") or field("datafile")
+    if not sizes or value_bytes is None or encoding not in ("raw", "gzip", "gz") or skip < 0 or lines_skipped:
+        return None
+    if named is not None and (named.upper().startswith("LIST") or len(named.split()) > 1):
+        return None
+    data_file = path if named is None else os.path.join(os.path.dirname(path), named)
+    start = data_start if named is None else 0
+    if not os.path.isfile(data_file):
+        return None  # named by _check_data_file
+    count = int(np.prod(sizes, dtype=np.int64))
+    needed = count * value_bytes
+    where = "the file" if data_file == path else f"its data file '{named}'"
+    held_bytes = os.path.getsize(data_file)
+    if encoding == "raw":
+        expected = start + skip + needed
+        if held_bytes >= expected:
+            return None
+        held = f"{where} holds only {held_bytes} bytes" + (f" ({max(held_bytes - start - skip, 0)} of them voxels)"
+                                                            if start + skip else "")
+        what = f"{count} voxels ({needed} bytes{f', from byte {start + skip}' if start + skip else ''})"
+    else:  # gzip: the voxels are the stream's bytes after byte skip
+        inflate = zlib.decompressobj(47)
+        produced = 0
+        try:
+            with open(data_file, "rb") as fh:
+                fh.seek(start)
+                while not inflate.eof:
+                    chunk = fh.read(1 << 20)
+                    if not chunk:
+                        break
+                    while chunk and not inflate.eof:
+                        produced += len(inflate.decompress(chunk, 1 << 24))
+                        chunk = inflate.unconsumed_tail
+        except (OSError, zlib.error):
+            return None  # damaged, not cut short: ITK's error stands
+        voxels = max(produced - skip, 0)
+        if voxels >= needed and inflate.eof:
+            return None
+        what = f"{count} voxels ({needed} bytes, decompressed)"
+        held = (f"{where} ({held_bytes} bytes, gzip-compressed) decompresses to only {voxels} bytes of them"
+                if voxels < needed else
+                f"{where} ({held_bytes} bytes, gzip-compressed) ends inside the 8-byte trailer (checksum and size) "
+                "its compressed stream ends with")
+    return InputError(f"'{path}' is truncated: its header describes {what} but {held}.", _TRUNCATED_FIX)
 
 
 #: Bytes per value of GIPL's image types (its header: 256 bytes, big-endian; the binary type is left to ITK)

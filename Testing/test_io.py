@@ -839,6 +839,64 @@ class TruncatedFilesOfEveryFormat(unittest.TestCase):
                 self._assert_refused(path, "ends before its compressed stream does")
 
 
+class NrrdTruncation(unittest.TestCase):
+    """A NRRD file cut short was refused in teem's words ("fread got only 2023 4-sized things, not 2048 (98.7793% of
+    expected)", "expected 8192 bytes but received 8092", "data read error"); it is named as the other formats name
+    theirs: the file, the bytes it holds and the bytes its header needs."""
+
+    def test_raw_gzip_and_detached_nrrd_cut_short_are_named(self) -> None:
+        arr = np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32)  # 2048 voxels, 8192 bytes
+        with tempfile.TemporaryDirectory() as d:
+            cases = []
+            for name, compress in (("raw.nrrd", False), ("gz.nrrd", True), ("raw.nhdr", False), ("gz.nhdr", True)):
+                header = os.path.join(d, name)
+                sitk.WriteImage(sitk.GetImageFromArray(arr), header, compress)
+                with open(header, encoding="latin-1", errors="replace") as fh:
+                    named = [line.split(":", 1)[1].strip() for line in fh if line.startswith("data file:")]
+                data_file = os.path.join(d, named[0]) if named else header
+                with open(data_file, "rb") as fh:
+                    whole = fh.read()
+                for cut in (100, 5):  # in the voxels; in a gzip stream's trailer (every voxel there)
+                    cases.append((header, data_file, whole, cut, named[0] if named else None))
+            for header, data_file, whole, cut, named in cases:
+                gz = os.path.basename(header).startswith("gz")
+                with open(data_file, "wb") as fh:
+                    fh.write(whole[:-cut])
+                with self.subTest(file=os.path.basename(header), cut=cut), self.assertRaises(InputError) as cm:
+                    io.read_image(header)
+                text = str(cm.exception)
+                with self.subTest(file=os.path.basename(header), cut=cut):
+                    self.assertIn(f"'{header}' is truncated: its header describes 2048 voxels (8192 bytes", text)
+                    self.assertIn(f"its data file '{named}'" if named else "the file", text)
+                    self.assertIn(f"({len(whole) - cut} bytes, gzip-compressed)" if gz else
+                                  f"holds only {len(whole) - cut} bytes", text)
+                    if gz and cut == 100:
+                        self.assertIn("decompresses to only 8092 bytes", text)
+                    if gz and cut == 5:
+                        self.assertIn("ends inside the 8-byte trailer", text)
+                    self.assertIn("Fix: Copy or download the file again", text)
+                    for teem in ("fread", "things", "received", "data read error", "ITK failed"):
+                        self.assertNotIn(teem, text)
+                with open(data_file, "wb") as fh:
+                    fh.write(whole)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(header)), arr)  # whole: reads
+
+    def test_a_damaged_nrrd_keeps_itk_s_error(self) -> None:
+        """A stream that is damaged, not cut short, is no truncation: ITK's error stands."""
+        arr = np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "bad.nrrd")
+            sitk.WriteImage(sitk.GetImageFromArray(arr), path, True)
+            with open(path, "rb") as fh:
+                payload = bytearray(fh.read())
+            payload[len(payload) // 2] ^= 0xFF
+            with open(path, "wb") as fh:
+                fh.write(payload)
+            with self.assertRaises(InputError) as cm:
+                io.read_image(path)
+            self.assertNotIn("is truncated", str(cm.exception))
+
+
 class Nifti2(unittest.TestCase):
     """SimpleITK 2.5 reads no NIfTI-2 ("Unable to determine ImageIO reader"): the error names the format
     and gives the conversion, which yields what ITK reads from the same data written as NIfTI-1."""
