@@ -209,6 +209,50 @@ class DeepFusionTest(unittest.TestCase):
                 with self.assertRaises(InputError) as ctx:
                     load_weights(path)
                 self.assertIn(message, str(ctx.exception))
+            # our header with values no network has: a NaN detail_scale had fused an all-NaN image (exit code 0),
+            # a negative one flipped the residual's sign, a stride of 0 / text were tracebacks from torch
+            good_arch = net.config.to_dict()
+            for key, value, message in (("detail_scale", float("nan"), "detail_scale"),
+                                        ("detail_scale", -0.25, "detail_scale"),
+                                        ("detail_scale", "0.25", "detail_scale"),
+                                        ("strides", [0, 2], "strides"), ("strides", [2.5, 2], "strides"),
+                                        ("features", 0, "features"), ("num_res_units", -1, "num_res_units"),
+                                        ("spatial_dims", True, "spatial_dims"), ("channels", 8, "channels")):
+                path = os.path.join(tmp, f"header-{key}.safetensors")
+                meta = {"format": "mmfusion-deep-fusion", "format_version": "1", "spatial_dims": "2",
+                        "architecture": json.dumps({**good_arch, key: value})}
+                save_file(state, path, metadata=meta)
+                with self.subTest(header=(key, value)), self.assertRaises(InputError) as ctx:
+                    load_weights(path)
+                self.assertIn("invalid architecture header", str(ctx.exception))
+                self.assertIn(message, str(ctx.exception))
+            # JSON's 2.0 for 2 is still a whole number
+            path = os.path.join(tmp, "header-float-ints.safetensors")
+            save_file(state, path, metadata={"format": "mmfusion-deep-fusion", "format_version": "1",
+                                             "spatial_dims": "2",
+                                             "architecture": json.dumps({**good_arch, "features": 4.0})})
+            self.assertEqual(load_weights(path)[0].config, net.config)
+            # the two headers disagree (2D architecture, spatial_dims 3): an edited or damaged file
+            path = os.path.join(tmp, "header-dims.safetensors")
+            save_file(state, path, metadata={"format": "mmfusion-deep-fusion", "format_version": "1",
+                                             "spatial_dims": "3", "architecture": json.dumps(good_arch)})
+            with self.assertRaises(InputError) as ctx:
+                load_weights(path)
+            self.assertIn("contradictory", str(ctx.exception))
+            # integer tensors were cast into the float parameters without a word (another network than trained)
+            path = os.path.join(tmp, "int.safetensors")
+            save_file({k: v.round().to(torch.int8) for k, v in state.items()}, path,
+                      metadata={"format": "mmfusion-deep-fusion", "format_version": "1", "spatial_dims": "2",
+                                "architecture": json.dumps(good_arch)})
+            with self.assertRaises(InputError) as ctx:
+                load_weights(path)
+            self.assertIn("not floating point (int8", str(ctx.exception))
+            # float16 tensors are weights (rounded): read
+            path = os.path.join(tmp, "half.safetensors")
+            save_file({k: v.half() for k, v in state.items()}, path,
+                      metadata={"format": "mmfusion-deep-fusion", "format_version": "1", "spatial_dims": "2",
+                                "architecture": json.dumps(good_arch)})
+            self.assertEqual(load_weights(path)[0].config, net.config)
             with self.assertRaises(InputError) as ctx:
                 load_weights(good, spatial_dims=3)
             self.assertIn("2D network", str(ctx.exception))

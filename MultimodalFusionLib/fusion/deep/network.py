@@ -12,6 +12,8 @@ and work without them); :func:`build_network` creates the ``torch.nn.Module``.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any
 
 __all__ = ["FusionNetConfig", "build_network", "count_parameters"]
@@ -53,7 +55,21 @@ class FusionNetConfig:
         d = dict(d)
         for key in ("channels", "strides"):
             if key in d:
-                d[key] = tuple(int(v) for v in d[key])
+                if not isinstance(d[key], (list, tuple)):
+                    raise ValueError(f"{key} is {d[key]!r}, not a list of whole numbers")
+                d[key] = tuple(_whole(v, key, 1) for v in d[key])
+        # a header's numbers are checked as the network uses them: a detail_scale of NaN gave an all-NaN fused
+        # image (written with exit code 0), a negative one a residual of the wrong sign, a stride of 0 or a
+        # detail_scale given as text a ZeroDivisionError or TypeError from deep inside torch
+        for key, minimum in (("spatial_dims", 2), ("features", 1), ("num_res_units", 0)):
+            if key in d:
+                d[key] = _whole(d[key], key, minimum)
+        if "detail_scale" in d:
+            scale = d["detail_scale"]
+            if (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale)
+                    or scale < 0):
+                raise ValueError(f"detail_scale is {scale!r}, not a finite number >= 0")
+            d["detail_scale"] = float(scale)
         cfg = cls(**d)
         if cfg.spatial_dims not in (2, 3) or len(cfg.channels) != len(cfg.strides) + 1:
             raise ValueError(f"inconsistent architecture {cfg.to_dict()}")
@@ -66,6 +82,14 @@ class FusionNetConfig:
         for s in self.strides:
             m *= int(s)
         return m
+
+
+def _whole(value: Any, key: str, minimum: int) -> int:
+    """``value`` of the architecture entry ``key`` as an int >= ``minimum`` (JSON's 2.0 too), else ValueError."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value != int(value) or value < minimum):
+        raise ValueError(f"{key} holds {value!r}, not a whole number >= {minimum}")
+    return int(value)
 
 
 _CLASS_CACHE: dict[str, Any] = {}

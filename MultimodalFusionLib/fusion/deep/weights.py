@@ -147,13 +147,19 @@ def load_weights(path: str | os.PathLike, *, spatial_dims: int | None = None,
 
     Raises:
         InputError: corrupted, foreign, newer-version or mismatched file (architecture vs tensors,
-            or spatial dimensions), or tensors holding NaN/infinite values.
+            or spatial dimensions), an architecture header with values no network has (a NaN or negative
+            detail_scale, a stride of 0, ...), or tensors that are not floating point or hold NaN/infinite values.
     """
     meta = read_metadata(path)
     try:
         config = FusionNetConfig.from_dict(json.loads(meta["architecture"]))
     except (KeyError, ValueError, TypeError) as exc:
-        raise InputError(f"'{path}' has an unreadable architecture header ({exc}).", _FIX_DEFAULT) from exc
+        raise InputError(f"'{path}' has an unreadable or invalid architecture header ({exc}).", _FIX_DEFAULT
+                         ) from exc
+    if meta.get("spatial_dims", str(config.spatial_dims)) != str(config.spatial_dims):
+        # save_weights writes both: a file whose two headers disagree was edited or damaged
+        raise InputError(f"'{path}' has contradictory headers: spatial_dims {meta['spatial_dims']!r} but a "
+                         f"{config.spatial_dims}D architecture.", _FIX_DEFAULT)
     if spatial_dims is not None and config.spatial_dims != spatial_dims:
         raise InputError(f"'{path}' holds a {config.spatial_dims}D network but {spatial_dims}D images were given.",
                          f"Use {spatial_dims}D weights (deep_fusion_{spatial_dims}d.safetensors), or images "
@@ -178,6 +184,16 @@ def load_weights(path: str | os.PathLike, *, spatial_dims: int | None = None,
                          _FIX_DEFAULT)
     import torch
 
+    not_float = sorted(k for k, v in state.items() if not v.is_floating_point())
+    if not_float:
+        # load_state_dict casts them into the float parameters: a quantised (int8) file, or one whose tensors
+        # were saved as integers, fused with weights that are not the trained ones, without a word
+        dtypes = sorted({str(state[k].dtype).replace("torch.", "") for k in not_float})
+        raise InputError(f"'{path}' holds {len(not_float)} tensor(s) that are not floating point "
+                         f"({', '.join(dtypes)}: {', '.join(not_float[:3])}{'...' if len(not_float) > 3 else ''}); "
+                         "the network's weights are float32 (float16/bfloat16/float64 are read too).",
+                         "Save the weights as floating-point tensors (save_weights does), or " + _FIX_DEFAULT[0].lower()
+                         + _FIX_DEFAULT[1:])
     not_finite = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if not_finite:
         # a diverged training run or a damaged file: the network would return NaN weight maps
