@@ -338,6 +338,22 @@ class DeepFusionTest(unittest.TestCase):
             with self.assertRaises(OperationCancelled):
                 train_fusion(pairs, config=_tiny_config(), training=tcfg, checkpoint=ckpt, progress=stop_in_epoch_2)
             resumed = train_fusion(pairs, training=tcfg, resume=ckpt)
+            # on other pairs it would not continue that run (and the weights file would name only these pairs):
+            # refused, where it had trained on silently. Fewer pairs, the same pairs in other sizes, other images
+            t1, ct = pairs[0]
+            for what, others in (("2 pair(s) then, 1 now", [pairs[0]]),
+                                 ("other sizes", [(t1[:, :-4], ct[:, :-4]), pairs[1]]),
+                                 ("other images", [(ct, t1), pairs[1]])):
+                with self.subTest(others=what), self.assertRaises(InputError) as ctx:
+                    train_fusion(others, training=tcfg, resume=ckpt)
+                self.assertIn(what, str(ctx.exception))
+                self.assertIn("--init", str(ctx.exception))
+            # the same values memory-mapped (--cache-dir) are the same pairs
+            cached = os.path.join(tmp, "cached.npy")
+            np.save(cached, pairs[0][0])
+            again = train_fusion([(np.load(cached, mmap_mode="c"), pairs[0][1]), pairs[1]], training=tcfg,
+                                 resume=ckpt)
+            self.assertEqual(len(again.history), 2)
         self.assertEqual([h["loss"] for h in resumed.history], [h["loss"] for h in r1.history])
         for (k, v1), v2 in zip(r1.model.state_dict().items(), resumed.model.state_dict().values()):
             self.assertTrue(torch.equal(v1, v2), k)  # exactly the uninterrupted run

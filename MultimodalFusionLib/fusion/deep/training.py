@@ -26,7 +26,8 @@ from ...progress import ProgressCallback, report
 from .losses import FusionLoss, LossWeights
 from .network import FusionNetConfig, build_network
 
-__all__ = ["TrainingConfig", "TrainingResult", "ResumedRun", "open_resume", "train_fusion", "resolve_device"]
+__all__ = ["TrainingConfig", "TrainingResult", "ResumedRun", "open_resume", "train_fusion", "resolve_device",
+           "data_fingerprint"]
 
 
 @dataclasses.dataclass
@@ -143,6 +144,8 @@ class ResumedRun:
         optimizer_state: the optimiser's state dict.
         scaler_state: the GradScaler's state dict of a float16 autocast (CUDA) run; None: none saved (a float32
             run, or a checkpoint written before it was saved).
+        data: the :func:`data_fingerprint` of the run's training pairs; None: a checkpoint written before it was
+            saved (nothing to compare).
     """
 
     path: str
@@ -153,6 +156,41 @@ class ResumedRun:
     model_state: dict[str, Any]
     optimizer_state: dict[str, Any]
     scaler_state: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+
+
+def data_fingerprint(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """What a checkpoint remembers of the pairs it was trained on: their count, shapes and a digest of each
+    image's values (about 4,096 of them, evenly spaced: a memory-mapped pair is read only there), so that a
+    resumed run on other pairs is refused rather than continued as if it were the same run."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    shapes = []
+    for pair in pairs:
+        shapes.append(list(np.shape(pair[0])))
+        for arr in pair:
+            flat = np.asarray(arr).reshape(-1)  # a view of a contiguous array (load_pairs, synthetic_pairs)
+            digest.update(repr(np.shape(arr)).encode())
+            digest.update(np.ascontiguousarray(flat[::max(1, flat.size // 4096)], dtype=np.float32).tobytes())
+    return {"pairs": len(pairs), "shapes": shapes, "digest": digest.hexdigest()}
+
+
+def check_same_data(run: ResumedRun, fingerprint: dict[str, Any]) -> None:
+    """Refuse resuming ``run`` on other training pairs than its own (its checkpoint's :func:`data_fingerprint`)."""
+    saved = run.data
+    if not saved or saved == fingerprint:
+        return
+    if saved.get("pairs") != fingerprint["pairs"] or saved.get("shapes") != fingerprint["shapes"]:
+        what = (f"{saved.get('pairs')} pair(s) then, {fingerprint['pairs']} now" if saved.get("pairs") !=
+                fingerprint["pairs"] else "pairs of other sizes")
+    else:
+        what = "as many pairs of the same sizes, but other images"
+    raise InputError(f"Resuming '{run.path}' on other training pairs than its run's ({what}): it would not continue "
+                     "that run (each epoch's order and batches follow the pairs, the learning-rate schedule their "
+                     "number) and the weights file would name these pairs only.",
+                     "Give the run's pairs folder (--pairs) as it was to continue it, or start a new run on these "
+                     "pairs from its weights with --init MODEL.safetensors.")
 
 
 def open_resume(path: str | os.PathLike) -> ResumedRun:
@@ -167,7 +205,7 @@ def open_resume(path: str | os.PathLike) -> ResumedRun:
     return ResumedRun(path=os.fspath(path), architecture=state["architecture"], epochs_done=int(state["epoch"]) + 1,
                       history=list(state["state"].get("history", [])), training=state["state"].get("training") or {},
                       model_state=state["model"], optimizer_state=state["optimizer"],
-                      scaler_state=state.get("scaler") or None)
+                      scaler_state=state.get("scaler") or None, data=state["state"].get("data") or None)
 
 
 def _flag_value(value: Any) -> str:
@@ -323,6 +361,9 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
         if tcfg.patch_size % multiple:
             raise InputError(f"Patch size {tcfg.patch_size} is not a multiple of {multiple}.",
                              f"Use a multiple of {multiple}, e.g. {multiple * math.ceil(tcfg.patch_size / multiple)}.")
+        fingerprint = data_fingerprint(pairs)
+        if run is not None:  # before any step: the checkpoint's pairs, or a refusal
+            check_same_data(run, fingerprint)
         samples = to_training_samples(pairs, config.spatial_dims)
         model.to(device).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
@@ -393,7 +434,7 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
             history.append(entry)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, model=model, optimizer=optimizer, epoch=epoch,
-                                state={"history": history, "training": tcfg.to_dict()}, scaler=scaler)
+                                state={"history": history, "training": tcfg.to_dict(), "data": fingerprint}, scaler=scaler)
             if on_epoch is not None:
                 on_epoch(entry)
         model.to("cpu").eval()
