@@ -489,6 +489,25 @@ class InferenceInputsTest(unittest.TestCase):
         for key, value in used.items():
             self.assertFalse(isinstance(value, str) and (len(value) > 200 or "\n" in value), (key, str(value)[:80]))
 
+    def test_a_network_passed_as_weights_is_left_as_it_was(self):
+        """A caller's network (weights=net) had been left in eval mode (and, from CUDA, on the CPU): a network being
+        trained, fused for a look, then trained on without its training mode. Its mode, device and tensors stay."""
+        from MultimodalFusionLib.fusion.deep import fuse_arrays
+
+        a, b = _blobs((12, 24, 20), 0), _blobs((12, 24, 20), 1)
+        for adapt_steps in (0, 2):
+            net = self._net().train()
+            before = {k: v.clone() for k, v in net.state_dict().items()}
+            fuse_arrays(a, b, weights=net, device="cpu", adapt_steps=adapt_steps)
+            with self.subTest(adapt_steps=adapt_steps):
+                self.assertTrue(net.training)
+                self.assertEqual(next(net.parameters()).device.type, "cpu")
+                for key, value in net.state_dict().items():
+                    self.assertTrue(torch.equal(value, before[key]), key)
+        net = self._net().eval()
+        fuse_arrays(a, b, weights=net, device="cpu")
+        self.assertFalse(net.training)
+
     def test_adaptation_seed(self):
         """Same seed, same result; another seed draws other slices of a volume; a 2D image is adapted on the
         whole image every step, so the seed has nothing to draw there (README)."""

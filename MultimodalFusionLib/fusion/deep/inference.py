@@ -486,6 +486,12 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
             fused, weight = (np.ascontiguousarray(np.moveaxis(x, 0, axis)) for x in (fused, weight))
         return fused, weight
 
+    # a network the caller passed is theirs: predict() puts it in eval mode on the fusion's device, and it had been
+    # left there, in eval mode and on the CPU (a network being trained on CUDA, fused for a look, then failed its
+    # optimiser's next step on the wrong device, and trained without its training mode). Cached shipped/file
+    # weights live on the CPU in eval mode, as before
+    first = next(iter(model.parameters()), None)
+    home, was_training = (first.device if first is not None else torch.device("cpu")), model.training
     try:
         with _reuse_freed_memory():
             fused, weight = _run(dev)
@@ -497,7 +503,7 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
         with _reuse_freed_memory():
             fused, weight = _run(dev)
     finally:
-        model.to("cpu")
+        model.to(home).train(was_training)
     if selection == "hard":
         fused = np.where(weight >= 0.5, a, b)
     # both arrays are this function's own (fresh from predict / np.where): clip them in place
