@@ -388,6 +388,31 @@ class TorchSecondTry(_OneTorchThread):
                 self.assertIn(f'<td class="name">rigid ({RAN_AGAIN_NOTE})</td>', f.read())
 
 
+class StageSeconds(_OneTorchThread):
+    def test_a_checked_stage_counts_its_check_in_its_seconds(self):
+        # a stage that was checked and not run again had reported its one run's seconds: the unmasked coarse level
+        # and its judging were in no stage (sitk, fixed > 30, seed 0: the stage 0.10 s of 0.20 s; torch, the head
+        # dilated by 8 px: 0.75 of 1.0 s). What the stages leave out of the registration's seconds (its set-up) is
+        # now less than the check itself, timed from its progress messages
+        import time
+
+        fixed, moving, _ = _pair(1.0)
+        head = sitk.Cast(fixed > 30, sitk.sitkUInt8)
+        runs = [("sitk", 0, head, False), ("sitk", 1, head, True),
+                ("torch", 1, sitk.BinaryDilate(head, [8, 8]), False), ("torch", 0, _box(fixed, 0.6), True)]
+        for backend, seed, mask, again in runs:
+            with self.subTest(backend=backend, seed=seed, again=again):
+                seen: list[tuple[float, str]] = []
+                result = register(fixed, moving, seed=seed, fixed_mask=mask, backend=backend,
+                                  progress=lambda f, m, seen=seen: seen.append((time.perf_counter(), m)))
+                self.assertEqual(_masked_start(result)["used"], again)
+                checked = next(t for t, m in seen if "checking the result" in m)
+                check = max(t for t, m in seen if "without the masks" in m) - checked
+                left_out = result.seconds - sum(stage.seconds for stage in result.stages)
+                self.assertGreater(check, 0.0)
+                self.assertLess(left_out, check, (left_out, check, [s.seconds for s in result.stages]))
+
+
 class IgnoredLearningRate(unittest.TestCase):
     def test_a_line_search_rigid_or_affine_stage_says_its_learning_rate_is_not_used(self):
         fixed, moving, _ = _pair(1.0)

@@ -39,7 +39,10 @@ class StageResult:
         iterations: optimizer iterations run (summed over resolution levels).
         stop_reason: the optimizer's own stop condition text; ITK's is its last level's (its "after 45
             iterations" counts that level only), and says so: "last level (3 of 3): ...".
-        seconds: wall time of the stage.
+        seconds: wall time of the stage; for a masked first stage checked against its coarsest level run
+            without the masks (either backend's second try), with that check (the level and its judging)
+            and, where it ran again, both runs. The stages' seconds sum to the registration's less its own
+            work around them (the input checks, the initializer or rotation search, the overall metric).
         history: per-iteration (level, iteration, metric value) triples.
         accepted: False when the stage made the metric worse and its result was discarded.
         level_iterations: iterations run at each resolution level, coarsest first (they sum to
@@ -89,7 +92,7 @@ def iterations_text(stage: StageResult | dict[str, Any]) -> str:
 
 #: Said beside a masked first stage that ran again from its coarsest level aligned without the masks (either
 #: backend's second try): its iterations and stop reason are the second run's, its metric_before the initializer's
-#: start and its seconds both runs'.
+#: start and its seconds both runs' and the check's.
 RAN_AGAIN_NOTE = "run again from its coarsest level aligned without the masks"
 
 

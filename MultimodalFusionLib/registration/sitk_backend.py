@@ -1257,6 +1257,10 @@ def _register_stages(fixed: sitk.Image, moving: sitk.Image, parameters: Registra
                 res = second_try_result(first_res, second, time.perf_counter() - t_stage)
                 if not second.accepted:
                     warnings.append(second_try_warning(stage.name, stage.metric, second, reached))
+            else:
+                # the check is the stage's time too: its seconds had been the first run's alone, the unmasked coarse
+                # level and its judging missing from every time shown (0.10 of 0.20 s on the 2D BrainWeb slice)
+                res = dataclasses.replace(res, seconds=time.perf_counter() - t_stage)
         stage_results.append(res)
         effective.append(ran_with)
         if not res.accepted:
