@@ -224,6 +224,24 @@ class SecondTry(unittest.TestCase):
         self.assertNotIn(RAN_AGAIN_NOTE, pages[2])
 
 
+def _box_at(image: sitk.Image, point, half: int = 10) -> sitk.Image:
+    """A square mask of ``2 * half`` pixels a side on ``image``, centred at the physical ``point``."""
+    arr = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+    x, y = image.TransformPhysicalPointToIndex(point)
+    arr[y - half:y + half, x - half:x + half] = 1
+    mask = sitk.GetImageFromArray(arr)
+    mask.CopyInformation(image)
+    return mask
+
+
+def _geometry_start(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
+    """The 'geometry' initializer's start (the images' centres aligned), to give as an initial transform: the same
+    run as from the initializer, without the masked first stage's check."""
+    centre = [image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()])
+              for image in (fixed, moving)]
+    return sitk.TranslationTransform(2, [m - f for f, m in zip(*centre)])
+
+
 def _torch_box(pixel_mm: float, seed: int, share: float = 0.6, **kwargs):
     """The default torch rigid stage (one thread) on the pair with a box fixed mask: (error px, result)."""
     fixed, moving, truth = _pair(pixel_mm)
@@ -307,22 +325,34 @@ class TorchSecondTry(_OneTorchThread):
         # (where all 400 are inside both): refused as "too few voxels ... at the unmasked coarse level's end", the
         # stage 33 px off
         fixed, moving, truth = _pair(1.0)
-
-        def box_at(image: sitk.Image, point) -> sitk.Image:
-            arr = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
-            x, y = image.TransformPhysicalPointToIndex(point)
-            arr[y - 10:y + 10, x - 10:x + 10] = 1
-            mask = sitk.GetImageFromArray(arr)
-            mask.CopyInformation(image)
-            return mask
-
         centre = fixed.TransformContinuousIndexToPhysicalPoint([128, 128])
-        result = register(fixed, moving, seed=0, fixed_mask=box_at(fixed, centre),
-                          moving_mask=box_at(moving, truth.TransformPoint(centre)), backend="torch")
+        result = register(fixed, moving, seed=0, fixed_mask=_box_at(fixed, centre),
+                          moving_mask=_box_at(moving, truth.TransformPoint(centre)), backend="torch")
         start = result.parameters["effective"]["masked_start"]
         self.assertNotIn("reason", start)
         self.assertTrue(start["used"], start)
         self.assertLess(transform_error(result.transform, truth, fixed)["mean"], TOLERANCE_PX)
+        # 25 pixels a box at shrink factor 4: the run returned left the moving mask out there too, and says so
+        self.assertEqual(len([w for w in result.warnings if "moving mask was left out of the rigid" in w]), 1,
+                         result.warnings)
+
+    def test_a_stage_run_again_says_only_its_own_moving_mask_left_out(self):
+        # 50x50 px boxes at the same anatomy: the first run, from the 'geometry' start, left the moving mask out at
+        # the coarse levels (too few pixels inside both); the run from the coarse level's end, which is returned,
+        # never did. The first run's "left out of the rigid stage" had stayed in the result
+        fixed, moving, truth = _pair(1.0)
+        centre = fixed.TransformContinuousIndexToPhysicalPoint([128, 128])
+        masks = {"fixed_mask": _box_at(fixed, centre, 25), "moving_mask": _box_at(moving, truth.TransformPoint(centre), 25)}
+        result = register(fixed, moving, seed=0, backend="torch", **masks)
+        self.assertTrue(result.parameters["effective"]["masked_start"]["used"])
+        self.assertLess(transform_error(result.transform, truth, fixed)["mean"], TOLERANCE_PX)
+        self.assertFalse([w for w in result.warnings if "left out" in w], result.warnings)
+        # the first run alone (the same start given, which is never checked) warns
+        first = register(fixed, moving, seed=0, backend="torch", initial_transform=_geometry_start(fixed, moving),
+                         **masks)
+        self.assertNotIn("masked_start", first.parameters["effective"])
+        self.assertEqual(len([w for w in first.warnings if "moving mask was left out of the rigid" in w]), 1,
+                         first.warnings)
 
     def test_a_masked_run_that_was_right_is_kept_bit_for_bit(self):
         # the head dilated by 8 px: the stage's own end and the unmasked coarse level's lie 0.05 coarse voxels apart
@@ -338,11 +368,8 @@ class TorchSecondTry(_OneTorchThread):
         start = checked.parameters["effective"]["masked_start"]
         self.assertFalse(start["used"], start)
         self.assertLess(start["apart_mm"], 0.5 * start["coarse_voxel_mm"])
-        centre = [fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()])
-                  for image in (fixed, moving)]
-        given = sitk.TranslationTransform(2, [m - f for f, m in zip(*centre)])
         unchecked = register(fixed, moving, parameters, seed=1, fixed_mask=mask, backend="torch",
-                             initial_transform=given)
+                             initial_transform=_geometry_start(fixed, moving))
         self.assertNotIn("masked_start", unchecked.parameters["effective"])
         self.assertEqual(checked.transform.GetParameters(), unchecked.transform.GetParameters())
         self.assertLess(transform_error(checked.transform, truth, fixed)["mean"], TOLERANCE_PX)

@@ -1211,10 +1211,18 @@ def _masked_linear_stage(ctx: _Context, name: str, matrix: np.ndarray, translati
     width = span[1] - span[0]
     t_stage = time.perf_counter()
     drawn = ctx.generator.get_state()
+    # whether the moving mask was left out at the initializer's start (register_torch's metric_before, the stage's
+    # too, run again or not), apart from the first run's iterations, which a stage run again does not return
+    start_left_out = ctx.moving_mask_left_out()
     # the stage's first run takes half of its part of the bar, the check a tenth, the second run the rest
     first_m, first_t, first = _linear_stage(ctx, name, matrix, translation, center, progress,
                                             (span[0], span[0] + 0.5 * width))
     report(progress, span[0] + 0.5 * width, f"{name}: checking the result against an alignment without the masks")
+    # whether the first run left the moving mask out, for its warning if its result is the one returned: not if the
+    # stage runs again, whose warning had said the first run's (50x50 px boxes at the same anatomy of the 2D BrainWeb
+    # pair: left out at the coarse levels from the 'geometry' start, never in the run from the coarse level's end,
+    # yet "left out of the rigid stage")
+    first_left_out = ctx.moving_mask_left_out()
     kept = first.metric_after <= first.metric_before  # as register_torch keeps a stage
     reached = first.metric_after if kept else first.metric_before
     reached_m, reached_t = (first_m, first_t) if kept else (matrix, translation)
@@ -1224,11 +1232,15 @@ def _masked_linear_stage(ctx: _Context, name: str, matrix: np.ndarray, translati
                                            progress, (span[0] + 0.5 * width, span[0] + 0.6 * width))
     if aligned is None:
         ctx.generator.set_state(after_first)
+        if start_left_out or first_left_out:
+            ctx.note_left_out(True)
         # the check is the stage's time too: its seconds had been the first run's alone, the unmasked coarse level
         # and its judging missing from every time shown (0.25 of 1.0 s on the 2D BrainWeb slice)
         first.seconds = time.perf_counter() - t_stage
         return first_m, first_t, first, info
     ctx.generator.set_state(drawn)
+    if start_left_out:
+        ctx.note_left_out(True)
     second_m, second_t, second = _linear_stage(ctx, name, aligned[0], aligned[1], center, progress,
                                                (span[0] + 0.6 * width, span[1]))
     second.accepted = bool(second.metric_after <= second.metric_before)
@@ -1258,7 +1270,6 @@ def _unmasked_coarse_level(ctx: _Context, name: str, matrix: np.ndarray, transla
     info: dict[str, Any] = {"shrink_factor": shrink,
                             "smoothing_sigma_mm": float(_linear_sigmas_mm(p, ctx.base_spacing)[level]),
                             "metric_stage_reached": float(reached), "coarse_voxel_mm": coarse_voxel}
-    left_out = ctx.moving_mask_left_out()  # the first run's, noted again below for its warning
     try:
         m, t, run = _linear_stage(ctx, name, matrix, translation, center, progress, span, levels=1, masks=False,
                                   label=f"{name} (without the masks, coarsest level)")
@@ -1267,8 +1278,6 @@ def _unmasked_coarse_level(ctx: _Context, name: str, matrix: np.ndarray, transla
         return None, info
     finally:
         ctx.moving_mask_left_out()  # the level's own (its iterations have no masks): not the stage's
-        if left_out:
-            ctx.note_left_out(True)
     # asked of the level's end alone: its flag also counted its start, the initializer's, shared with the stage's
     # first run, where masks that barely meet leave the moving mask out (a 20x20 px box on each of the 2D
     # BrainWeb pair's images at the same anatomy, 7 voxels inside both there: refused as scored alone at the end,
