@@ -1623,15 +1623,17 @@ def _is_gzip(path: str) -> bool:
         return False
 
 
-def _gunzip_blocks(path: str, block: int = 1 << 24) -> Iterator[bytes]:
-    """The decompressed bytes of the gzip file ``path``, in blocks of at most ``block`` bytes, as zlib's ``gzread``
-    (ITK's readers) gives them: its members one after another, and bytes after the last member that start no
+def _gunzip_blocks(path: str, block: int = 1 << 24, start: int = 0) -> Iterator[bytes]:
+    """The decompressed bytes of the gzip file ``path`` (of its gzip stream from byte ``start``: a NRRD file's
+    voxels, after its header), in blocks of at most ``block`` bytes, as zlib's ``gzread`` (ITK's readers, teem's
+    for NRRD) gives them: its members one after another, and bytes after the last member that start no
     other (zeros, padding, anything a copy tool appended) ignored, as ``gzread`` ignores them (Python's ``gzip``
     refuses other bytes than zeros there: "Not a gzipped file", for a file ITK reads whole). EOFError where a
     member ends before its end (in its data or in its 8-byte trailer); ``zlib.error`` for damaged data."""
     import zlib
 
     with open(path, "rb") as fh:
+        fh.seek(start)
         inflate = zlib.decompressobj(31)
         data = fh.read(1 << 16)
         while True:
@@ -1890,7 +1892,7 @@ def _nrrd_cut_short(path: str) -> InputError | None:
     field = lambda name: tensors._field(lines, name)  # noqa: E731 - one header, several fields
     try:
         sizes = [int(v) for v in (field("sizes") or "").split()]
-        skip = int(field("byte skip") or 0)
+        skip = int(field("byte skip") or field("byteskip") or 0)  # teem takes either spelling, as for line skip
         lines_skipped = int(field("line skip") or field("lineskip") or 0)
     except ValueError:
         return None
@@ -1916,23 +1918,17 @@ def _nrrd_cut_short(path: str) -> InputError | None:
         held = f"{where} holds only {held_bytes} bytes" + (f" ({max(held_bytes - start - skip, 0)} of them voxels)"
                                                             if start + skip else "")
         what = f"{count} voxels ({needed} bytes{f', from byte {start + skip}' if start + skip else ''})"
-    else:  # gzip: the voxels are the stream's bytes after byte skip
-        inflate = zlib.decompressobj(47)
-        produced = 0
+    else:  # gzip: the voxels are the stream's bytes after byte skip, its members one after another as teem reads them
+        produced, whole = 0, True
         try:
-            with open(data_file, "rb") as fh:
-                fh.seek(start)
-                while not inflate.eof:
-                    chunk = fh.read(1 << 20)
-                    if not chunk:
-                        break
-                    while chunk and not inflate.eof:
-                        produced += len(inflate.decompress(chunk, 1 << 24))
-                        chunk = inflate.unconsumed_tail
+            for block in _gunzip_blocks(data_file, start=start):
+                produced += len(block)
+        except EOFError:
+            whole = False
         except (OSError, zlib.error):
             return None  # damaged, not cut short: ITK's error stands
         voxels = max(produced - skip, 0)
-        if voxels >= needed and inflate.eof:
+        if voxels >= needed and whole:
             return None
         what = f"{count} voxels ({needed} bytes, decompressed)"
         held = (f"{where} ({held_bytes} bytes, gzip-compressed) decompresses to only {voxels} bytes of them"

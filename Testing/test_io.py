@@ -881,6 +881,41 @@ class NrrdTruncation(unittest.TestCase):
                     fh.write(whole)
                 np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(header)), arr)  # whole: reads
 
+    def test_a_multi_member_gzip_nrrd_is_read_as_teem_reads_it(self) -> None:
+        """teem reads a gzip stream of several members (pigz, concatenated parts) whole: only the first member had been
+        counted, so a whole such file that ITK refused for another reason (here a 'space directions' of two vectors
+        for three axes) was called truncated with 'Copy or download the file again' as the fix, and one cut in its
+        second member was said to hold only the first member's 4000 bytes. 'byteskip' (teem's other spelling) was
+        taken as no skip, and the cut file was refused in teem's words."""
+        import gzip
+
+        arr = np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32)  # 8192 bytes
+        raw = arr.tobytes()
+        fields = "type: float\ndimension: 3\nsizes: 16 16 8\nendian: little\n"
+        two = gzip.compress(raw[:4000]) + gzip.compress(raw[4000:])
+        with tempfile.TemporaryDirectory() as d:
+            def write(name: str, header: str, data: bytes) -> str:
+                path = os.path.join(d, name)
+                with open(path, "wb") as fh:
+                    fh.write(("NRRD0004\n" + fields + header + "\n").encode() + data)
+                return path
+
+            whole = write("whole.nrrd", "encoding: gzip\n", two)
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(whole)), arr)  # teem reads it whole
+            other = write("other.nrrd", "encoding: gzip\nspace directions: (1,0,0) (0,1,0)\n", two)
+            with self.assertRaises(InputError) as cm:
+                io.read_image(other)
+            self.assertNotIn("is truncated", str(cm.exception))
+            cut = write("cut.nrrd", "encoding: gzip\n", two[:-100])
+            with self.assertRaises(InputError) as cm:
+                io.read_image(cut)
+            self.assertIn("decompresses to only 8092 bytes of them", str(cm.exception))
+            skipped = write("skip.nrrd", "encoding: raw\nbyteskip: 500\n", bytes(500) + raw[:-100])
+            with self.assertRaises(InputError) as cm:
+                io.read_image(skipped)
+            self.assertIn("is truncated: its header describes 2048 voxels (8192 bytes, from byte", str(cm.exception))
+            self.assertIn("(8092 of them voxels)", str(cm.exception))
+
     def test_a_damaged_nrrd_keeps_itk_s_error(self) -> None:
         """A stream that is damaged, not cut short, is no truncation: ITK's error stands."""
         arr = np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32)
