@@ -3140,6 +3140,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                     from exc
         if suffix == ".spr":
             _name_stimulate_data_file(tmp)
+            if not _stimulate_written_whole(tmp):  # nor does its Stimulate writer: x.sdt cut at the size limit
+                raise _written_cut_short(final, tmp, "Stimulate")
         _check_reads_back(tmp, final, out)
         if tensor and suffix in tensors.TAGGED_SUFFIXES:
             tensors.tag_written_file(tmp, suffix, image)
@@ -3208,6 +3210,29 @@ def _name_stimulate_data_file(header: str) -> None:
             lines[i] = f"stimFileName: {os.path.basename(named)}\n"
     with open(header, "w", encoding="latin-1") as fh:
         fh.write("".join(lines))
+
+
+#: Bytes per value of Stimulate's data types (its header's ``dataType``)
+_STIMULATE_BYTES = {"BYTE": 1, "WORD": 2, "LWORD": 4, "REAL": 4, "COMPLEX": 8}
+
+
+def _stimulate_written_whole(header: str) -> bool:
+    """Whether the data file (``x.sdt``, beside it) of the Stimulate header ``header`` just written holds the voxels
+    its ``dim`` and ``dataType`` describe: ITK's writer reports no write error, and on a full disk a cut ``x.sdt``
+    had been the output (its reader then fails: "Wanted 524288 bytes, but read 100000 bytes")."""
+    fields = {}
+    with open(header, encoding="latin-1") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    try:
+        count = int(np.prod([int(v) for v in fields["dim"].split()], dtype=np.int64))
+        value_bytes = _STIMULATE_BYTES[fields.get("dataType", "").upper()]
+        data = os.path.join(os.path.dirname(header), fields.get("stimFileName") or
+                            os.path.basename(header)[:-len(".spr")] + ".sdt")
+        return os.path.getsize(data) >= count * value_bytes
+    except (KeyError, ValueError, OSError):
+        return False
 
 
 def _check_reads_back(written: str, final: str, image: sitk.Image) -> None:

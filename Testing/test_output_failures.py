@@ -73,13 +73,14 @@ class WritesCutShort(unittest.TestCase):
             self.assertIn(f"Cannot write '{path}'", str(caught.exception))
             self.assertEqual(os.listdir(self.dir), [])  # neither the output nor a temporary file
 
-    def test_gipl_and_bmp_cut_short_are_errors_not_written_files(self) -> None:
-        """ITK's GIPL and BMP writers report no write error either: at a 100000-byte limit, x.gipl, x.gipl.gz (a
-        gzip stream cut short) and x.bmp were left as 100000-byte files that read back as truncated, and
+    def test_gipl_bmp_and_stimulate_cut_short_are_errors_not_written_files(self) -> None:
+        """ITK's GIPL, BMP and Stimulate writers report no write error either: at a 100000-byte limit, x.gipl,
+        x.gipl.gz (a gzip stream cut short) and x.bmp were left as 100000-byte files that read back as truncated,
+        x.spr beside a 100000-byte x.sdt of its 524288 (ITK's reader: "Wanted 524288 bytes, but read 100000"), and
         write_image returned their paths."""
         volume = _noise((32, 64, 64))
         picture = sitk.GetImageFromArray(np.random.default_rng(1).integers(0, 256, (400, 400), dtype=np.uint8))
-        for name, image in (("a.gipl", volume), ("a.gipl.gz", volume), ("p.bmp", picture)):
+        for name, image in (("a.gipl", volume), ("a.gipl.gz", volume), ("p.bmp", picture), ("a.spr", volume)):
             path = os.path.join(self.dir, name)
             with self.subTest(name), _file_size_limit(100_000):
                 with self.assertRaises(InputError) as caught:
@@ -88,7 +89,10 @@ class WritesCutShort(unittest.TestCase):
             self.assertIn("stopped before the end of the file", str(caught.exception))
             self.assertEqual(os.listdir(self.dir), [])
             self.assertEqual(io.write_image(image, path), path)  # without the limit: written whole
-            os.remove(path)
+            np.testing.assert_allclose(sitk.GetArrayFromImage(io.read_image(path)), sitk.GetArrayFromImage(image),
+                                       atol=1e-3)  # a BMP is read back as RGB, then its luminance
+            for written in os.listdir(self.dir):  # x.spr's x.sdt too
+                os.remove(os.path.join(self.dir, written))
 
     def test_json_cut_short_is_an_input_error(self) -> None:
         """It had escaped as a bare OSError: a traceback from the CLI."""
