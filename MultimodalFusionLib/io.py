@@ -3113,6 +3113,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                           "zz for a symmetric one, in LPS), which Slicer does not show as a DTI volume. Write .nrrd "
                           "(or .nii.gz) to keep them tensors.", stacklevel=2)
     with (staged_output(final) if suffix in _TWO_FILES else atomic_output(final)) as tmp:
+        if suffix in (".jpg", ".jpeg"):
+            _room_for_jpeg(out, final, tmp)
         try:
             with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
                 sitk.WriteImage(out, tmp, compress and _suffix(final) not in _2D_EXTENSIONS)
@@ -3146,6 +3148,55 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         if tensor and suffix in tensors.TAGGED_SUFFIXES:
             tensors.tag_written_file(tmp, suffix, image)
     return final
+
+
+#: The most bytes a JPEG file takes per 8x8 block of one component: 64 coefficients of at most 16 bits of Huffman
+#: code, 11 of value and 2 of progressive refinement (ITK writes progressive JPEG: up to 10 scans), with the end-of-band
+#: and zero-run codes of each scan (253 bytes), doubled for the 0x00 stuffed after every 0xFF byte
+_JPEG_BLOCK_BYTES = 600
+#: and for what is not blocks: the markers, quantisation and Huffman tables of each scan
+_JPEG_HEADER_BYTES = 1 << 16
+
+
+def _room_for_jpeg(image: sitk.Image, final: str, tmp: str) -> None:
+    """Refuse a JPEG output, before ITK writes it, where the file size limit (``ulimit -f``) or the room on its disk
+    (reserved for the temporary file ``tmp``, and given back before ITK writes) is less than the most such a file can
+    take: libjpeg, in ITK's JPEG writer, ends the whole process on a write error ("Output file write error --- out
+    of disk space?", exit status 1), which inside Slicer took the application down. At most 600 bytes an 8x8 block
+    of each component (see ``_JPEG_BLOCK_BYTES``): 2.5 MB for a 512x512 grey image, whose files measured at most
+    0.3 MB (random noise at quality 100). A disk filled by another program while the file is written still ends the
+    process (nothing else writes JPEG here)."""
+    import errno
+
+    width, height = image.GetSize()[:2]
+    blocks = 4 * -(-width // 16) * -(-height // 16)  # 16x16 macroblocks: the chroma's are subsampled, counted whole
+    bound = blocks * image.GetNumberOfComponentsPerPixel() * _JPEG_BLOCK_BYTES + _JPEG_HEADER_BYTES
+    folder = os.path.dirname(os.path.abspath(tmp))
+    short, fix = None, "Free space on that disk, or write the output to another one (or as .png)."
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and limit < bound:
+            short = f"the file size limit is {limit} bytes (ulimit -f)"
+            fix = "Raise the file size limit (ulimit -f), or write the output as .png."
+    except ImportError:  # Windows: no file size limit
+        pass
+    if short is None:
+        try:
+            with open(tmp, "r+b") as fh:
+                os.posix_fallocate(fh.fileno(), 0, bound)  # the disk's room, quotas included
+                fh.truncate(0)
+        except (AttributeError, OSError) as exc:  # AttributeError: no posix_fallocate (macOS, Windows)
+            refused = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG,
+                                                                  getattr(errno, "EDQUOT", errno.ENOSPC))
+            free = shutil.disk_usage(folder).free
+            if refused or free < bound:  # else a file system without fallocate: its free space is the room
+                short = f"{free} bytes are free there"
+    if short is not None:
+        raise InputError(f"Cannot write '{final}': a JPEG file of this {width}x{height} image may take up to {bound} "
+                         f"bytes and {short}. ITK's JPEG writer ends the whole program when the disk fills, so it is "
+                         "not started.", fix)
 
 
 def _written_cut_short(final: str, tmp: str, writer: str) -> InputError:

@@ -12,6 +12,8 @@ import hashlib
 import io as _textio
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -93,6 +95,40 @@ class WritesCutShort(unittest.TestCase):
                                        atol=1e-3)  # a BMP is read back as RGB, then its luminance
             for written in os.listdir(self.dir):  # x.spr's x.sdt too
                 os.remove(os.path.join(self.dir, written))
+
+    def test_jpeg_past_the_room_left_is_refused_and_the_process_lives(self) -> None:
+        """libjpeg ends the process on a write error ("Output file write error --- out of disk space?", exit status
+        1): a JPEG output on a full disk, or past the file size limit, took the whole program down (Slicer with it)
+        and left a cut temporary file. Refused before ITK writes where the room cannot hold the most such a file
+        takes; run in a child process, which the old code ended."""
+        script = (
+            "import resource, signal, sys\n"
+            "import numpy as np, SimpleITK as sitk\n"
+            "from MultimodalFusionLib import io\n"
+            "from MultimodalFusionLib.errors import InputError\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+            "image = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 256, (400, 400), dtype=np.uint8))\n"
+            "try:\n"
+            "    print('written', io.write_image(image, sys.argv[1]))\n"
+            "except InputError as exc:\n"
+            "    print('refused', exc)\n")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        path = os.path.join(self.dir, "p.jpg")
+        for limit, said in ((20_000, "refused"), (2_000_000, "written")):  # the file itself: 134 KB
+            with self.subTest(limit=limit):
+                done = subprocess.run([sys.executable, "-c", script, path, str(limit)], capture_output=True, text=True,
+                                      env=env, timeout=120)
+                self.assertEqual(done.returncode, 0, done.stderr)
+                self.assertTrue(done.stdout.startswith(said), done.stdout + done.stderr)
+                if said == "refused":
+                    self.assertIn(f"Cannot write '{path}': a JPEG file of this 400x400 image may take up to",
+                                  done.stdout)
+                    self.assertIn("the file size limit is 20000 bytes (ulimit -f)", done.stdout)
+                    self.assertEqual(os.listdir(self.dir), [])  # nor a temporary file
+                else:
+                    self.assertEqual(io.read_image(path).GetSize(), (400, 400))
 
     def test_json_cut_short_is_an_input_error(self) -> None:
         """It had escaped as a bare OSError: a traceback from the CLI."""
