@@ -3406,7 +3406,6 @@ def _nifti_written_whole(path: str) -> bool:
     its size (``.nii``) or gzip's size trailer (``.nii.gz``; ITK writes one gzip member); for a pair
     (``x.hdr`` + ``x.img``, either named) the ``.img``'s size, for a compressed pair (``x.hdr.gz`` + ``x.img.gz``)
     the ``.img.gz``'s size trailer."""
-    import gzip
     import zlib
 
     suffix = _read_suffix(path)
@@ -3414,14 +3413,12 @@ def _nifti_written_whole(path: str) -> bool:
     try:
         if suffix in _PAIR_PARTS:  # the pair's voxels start the .img (ITK writes vox_offset 0)
             base, zipped = path[:-len(suffix)], ".gz" if gz else ""
-            with (gzip.open if gz else open)(base + ".hdr" + zipped, "rb") as fh:
-                layout = _nifti_layout(fh.read(348), pair=True)
+            layout = _nifti_layout(_head(base + ".hdr" + zipped, 348), pair=True)
             if layout is None:
                 return False
             data, expected = base + ".img" + zipped, layout[3] * layout[2]
             return _gzip_trailer_says(data, expected) if gz else os.path.getsize(data) >= expected
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
-            layout = _nifti_layout(fh.read(544))
+        layout = _nifti_layout(_head(path, 544))
         if layout is None:
             return False
         _, _, voxel_bytes, count, offset, _ = layout
