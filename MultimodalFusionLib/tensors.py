@@ -88,14 +88,28 @@ class TensorLayout(NamedTuple):
     keyvalues: tuple = ()
 
 
+#: the end of a NRRD header
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+
+
 def _nrrd_header(path: str) -> tuple[list[str], int] | None:
     """The header lines of a NRRD file (``NRRD000x`` first) and the byte where its data start (its size for a
     detached header); None for another file."""
     with open(path, "rb") as fh:
         head = fh.read(1 << 16)
-    if not head.startswith(b"NRRD000"):
-        return None
-    end = re.search(rb"\r?\n\r?\n", head)
+        if not head.startswith(b"NRRD000"):
+            return None
+        # read on to the blank line, however long the header: a DTI's key/value pairs (a gradient direction a
+        # line, ~60 bytes) pass 64 KB at ~1000 of them, and a header cut there had been taken to end at 64 KB, its
+        # data read from the middle of its text (garbage tensors, up to 7.6e31) and its output broken
+        end = _BLANK_LINE.search(head)
+        while end is None:
+            more = fh.read(1 << 20)
+            if not more:
+                break
+            searched = max(0, len(head) - 3)  # a blank line may straddle the two reads
+            head += more
+            end = _BLANK_LINE.search(head, searched)
     text = head[:end.start()] if end else head
     return text.decode("latin-1").splitlines(), (end.end() if end else len(head))
 

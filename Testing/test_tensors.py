@@ -70,17 +70,20 @@ def _write_nrrd(path: str, values: np.ndarray, kind: str = "3D-symmetric-matrix"
         fh.write(("\n".join(lines) + "\n\n").encode() + (gzip.compress(data) if gz else data))
 
 
-def _nrrd_header(path: str) -> dict[str, str]:
+def _nrrd_header_text(path: str) -> str:
     with open(path, "rb") as fh:
-        head = fh.read(4096).split(b"\n\n")[0].decode()
+        return fh.read().split(b"\n\n")[0].decode("latin-1")
+
+
+def _nrrd_header(path: str) -> dict[str, str]:
+    head = _nrrd_header_text(path)
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in head.splitlines()[1:]
                                                  if ":=" not in line) if not k.startswith("#")}
 
 
 def _nrrd_keyvalues(path: str) -> list[tuple[str, str]]:
     """A NRRD header's key/value pairs (``key:=value``), in order."""
-    with open(path, "rb") as fh:
-        head = fh.read(4096).split(b"\n\n")[0].decode()
+    head = _nrrd_header_text(path)
     return [tuple(line.split(":=", 1)) for line in head.splitlines()[1:] if ":=" in line and not line.startswith("#")]
 
 
@@ -414,6 +417,26 @@ class TensorFiles(unittest.TestCase):
                 again = read_image(self.path(name), keep_color=True)
                 write_image(again, self.path("again.nrrd"))
                 self.assertEqual(_nrrd_keyvalues(self.path("again.nrrd")), kept)
+
+    def test_a_header_longer_than_64_kb_is_read_whole(self) -> None:
+        """A DTI NRRD whose key/value pairs (1500 gradient directions and B-matrices) make its header 240 KB long is
+        read whole: its tensors, and all its key/value pairs written back. Before, the header was read to 64 KB and
+        taken to end there: the tensors were read from the middle of its text (values up to 1e31, no error), the
+        pairs after 64 KB were lost and the output's data did not match its header (ITK: "expected 2880 bytes")."""
+        pairs = [("modality", "DTMRI"), ("DWMRI_b-value", "1000")]
+        for i in range(1500):
+            pairs += [(f"DWMRI_gradient_{i:04d}", "0.267261241912424 -0.534522483824849 0.801783725737273"),
+                      (f"DWMRI_B-matrix_{i:04d}", "71.4285714 -142.857143 214.285714 285.714286 -428.571429 642.857143")]
+        _write_nrrd(self.path("long.nrrd"), self.values, keyvalues=pairs)
+        self.assertGreater(os.path.getsize(self.path("long.nrrd")) - self.values.nbytes, 3 << 16)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(self.path("long.nrrd"), keep_color=True)),
+                                      self.values)
+        self.assertEqual(_run_cli(["resample", self.path("long.nrrd"), "--reference", self.path("long.nrrd"),
+                                   "-o", self.path("out.nrrd")]), 0)
+        self.assertEqual(_nrrd_keyvalues(self.path("out.nrrd")), pairs)
+        np.testing.assert_array_equal(_nrrd_data(self.path("out.nrrd"), 6), self.values.reshape(-1, 6))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(self.path("out.nrrd"), keep_color=True)),
+                                      self.values)
 
     def test_frame_and_space_bring_tensors_to_lps(self) -> None:
         """A tensor along the frame's first axis is, in memory, along that axis in LPS."""
