@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, itk_guard
-from .validation import grid_differences
+from .validation import DIFFUSION_REASON, grid_differences
 
 __all__ = [
     "LPS_TO_RAS",
@@ -244,6 +244,11 @@ DIFFUSION_TENSOR_FIX = ("Register its baseline (b0) or FA volume instead (the Di
                         "FA), then resample the tensors with the resulting transform, which turns each tensor: "
                         "Slicer's Resample DTI Volume module (SlicerDMRI), or save the volume as .nrrd and run "
                         "mmfusion resample DTI.nrrd --reference FIXED --transform transform.tfm -o OUT.nrrd.")
+#: the route for a DWI volume node (its gradient images, one component each)
+DIFFUSION_WEIGHTED_FIX = ("Register its baseline (b0) volume instead (SlicerDMRI's DWI to DTI Estimation writes it, or "
+                          "take its b0 component with the Vector to Scalar Volume module), then resample the DWI "
+                          "with the resulting transform in Slicer (Resample Scalar/Vector/DWI Volume), or estimate "
+                          "its tensors first and resample those (Resample DTI Volume, or mmfusion resample).")
 
 
 def image_from_volume_node(node: Any, *, float32: bool = False) -> sitk.Image:
@@ -258,8 +263,8 @@ def image_from_volume_node(node: Any, *, float32: bool = False) -> sitk.Image:
         float32: cast a scalar image to 32-bit float.
 
     Raises:
-        InputError: the node is not a volume node or holds no voxels, or is a diffusion tensor volume (its
-            tensors are no scalar image to register or fuse).
+        InputError: the node is not a volume node or holds no voxels, or is a diffusion tensor or
+            diffusion-weighted volume (its tensors or gradient images are no scalar image to register or fuse).
     """
     import vtk
     from vtk.util import numpy_support
@@ -268,9 +273,15 @@ def image_from_volume_node(node: Any, *, float32: bool = False) -> sitk.Image:
         raise InputError(f"'{_node_label(node)}' is not a volume node.", "Select a volume (image) node.")
     if node.IsA("vtkMRMLDiffusionImageVolumeNode"):  # a DTI volume (vtkMRMLTensorVolumeNode would be RGB too)
         # its tensors are the image data's tensors, not its scalars: it had been refused as "holds no voxels"
-        raise InputError(f"'{node.GetName()}' is a diffusion tensor volume ({node.GetClassName()}): registration and "
-                         "fusion take a scalar volume (a metric or a fusion of tensor components would compare "
-                         "components, not anatomy).", DIFFUSION_TENSOR_FIX)
+        raise InputError(f"'{node.GetName()}' is a diffusion tensor volume ({node.GetClassName()}): "
+                         f"{DIFFUSION_REASON}.", DIFFUSION_TENSOR_FIX)
+    if node.IsA("vtkMRMLDiffusionWeightedVolumeNode"):
+        # its gradient images are its scalars' components: it had been refused as "7 components per pixel" with the
+        # fix to take one (or, with 6 or 9, as "diffusion tensors, if it is a DTI volume whose file does not say so")
+        scalars = node.GetImageData().GetPointData().GetScalars() if node.GetImageData() is not None else None
+        count = f"{scalars.GetNumberOfComponents()} gradient images, " if scalars is not None else ""
+        raise InputError(f"'{node.GetName()}' is a diffusion-weighted volume ({count}{node.GetClassName()}): "
+                         f"{DIFFUSION_REASON}.", DIFFUSION_WEIGHTED_FIX)
     image_data = node.GetImageData()
     if image_data is None or image_data.GetPointData().GetScalars() is None:
         raise InputError(f"Volume '{node.GetName()}' holds no voxels.", "Load image data into it first.")

@@ -83,6 +83,9 @@ def check_components(image: sitk.Image, name: str = "image", *, path: str | os.P
                      "supported.", fix)
 
 
+#: why a DTI (or DWI) volume is not registered or fused (the one text for files and Slicer's nodes)
+DIFFUSION_REASON = ("registration and fusion take a scalar image (a metric or a fusion of its components (tensor "
+                    "components, gradient images) would compare components, not anatomy)")
 #: what registration and fusion take instead of a DTI volume, and how its tensors follow (mmfusion resample)
 TENSOR_FIX = ("Register (or fuse) a scalar image of the same acquisition instead, its b0 (baseline) or FA volume "
               "(Slicer's Diffusion Tensor Scalar Maps module makes FA), then resample the tensors with that "
@@ -95,8 +98,7 @@ def _refuse_tensors(image: sitk.Image, name: str) -> None:
     components = image.GetNumberOfComponentsPerPixel()
     if tensors.tensor_kind(image) is not None:
         raise InputError(f"The {name} holds diffusion tensors ({components} components a voxel, a DTI volume): "
-                         "registration and fusion take a scalar image (a metric or a fusion of tensor components "
-                         "would compare components, not anatomy).", TENSOR_FIX)
+                         f"{DIFFUSION_REASON}.", TENSOR_FIX)
     raise InputError(f"The {name} has {components} components per pixel (diffusion tensors, if it is a DTI volume "
                      "whose file does not say so); only grey, RGB and RGBA images are registered and fused.",
                      f"If it holds tensors: {TENSOR_FIX} Otherwise give a grey or RGB image, or one component of "

@@ -374,6 +374,48 @@ class DiffusionTensorNodesTest(unittest.TestCase):
             self.assertIn("Resample DTI Volume", cm.exception.fix)
             self.assertIn("mmfusion resample", cm.exception.fix)
 
+    def data_node(self, class_name: str, name: str, values: np.ndarray) -> object:
+        """A volume node of ``class_name`` whose image data's scalars are ``values`` (voxels, components)."""
+        import vtk
+        from vtk.util import numpy_support
+
+        node = self.scene.AddNewNodeByClass(class_name, name)
+        data = vtk.vtkImageData()
+        data.SetDimensions(16, 18, 14)
+        data.GetPointData().SetScalars(numpy_support.numpy_to_vtk(values, deep=True))
+        node.SetAndObserveImageData(data)
+        return node
+
+    def test_dwi_input_is_refused_as_diffusion_weighted(self) -> None:
+        """A DWI node (its gradient images the components of its scalars) is named as one, with the baseline route.
+        Before, it was "7 components per pixel; only grey, RGB and RGBA" with the fix to take one component, and
+        with 6 or 9 gradient images "diffusion tensors, if it is a DTI volume whose file does not say so"."""
+        rng = np.random.default_rng(0)
+        for count in (7, 6):
+            dwi = self.data_node("vtkMRMLDiffusionWeightedVolumeNode", f"dwi{count}",
+                                 rng.uniform(1, 100, (16 * 18 * 14, count)).astype(np.float32))
+            for name, call in (("register", self.logic.registerVolumes), ("fuse", self.logic.fuseVolumes)):
+                with self.subTest(name, gradients=count), self.assertRaises(InputError) as cm:
+                    call(self.fixed, dwi)
+                self.assertIn(f"'dwi{count}' is a diffusion-weighted volume ({count} gradient images",
+                              cm.exception.problem)
+                self.assertNotIn("tensors, if", cm.exception.problem)
+                self.assertIn("baseline (b0)", cm.exception.fix)
+
+    def test_scalar_label_and_rgb_nodes_are_not_taken_for_diffusion_volumes(self) -> None:
+        """The diffusion checks go by the DTI/DWI classes: an RGB vector volume (a vtkMRMLTensorVolumeNode too), a
+        label map and a scalar volume are read as before, and an RGB node is no diffusion output."""
+        rng = np.random.default_rng(0)
+        rgb = self.data_node("vtkMRMLVectorVolumeNode", "rgb", rng.integers(0, 255, (16 * 18 * 14, 3), np.uint8))
+        label = self.data_node("vtkMRMLLabelMapVolumeNode", "label", rng.integers(0, 3, 16 * 18 * 14, np.uint8))
+        for node, components in ((rgb, 3), (label, 1), (self.fixed, 1)):
+            with self.subTest(node.GetName()):
+                self.assertEqual(mrml.image_from_volume_node(node).GetNumberOfComponentsPerPixel(), components)
+        with self.assertRaises(InputError) as cm:  # refused as a colour node, not as a diffusion volume
+            self.logic.fuseVolumes(self.fixed, self.moving, outputVolumeNode=rgb)
+        self.assertNotIn("diffusion", str(cm.exception))
+        self.logic.fuseVolumes(self.fixed, rgb)  # an RGB input is fused (as grey), not refused
+
     def test_tensor_output_is_refused_before_the_work(self) -> None:
         nodes = self.scene.GetNumberOfNodes()
         for name, call in (
