@@ -428,11 +428,15 @@ def _log_euclidean(moving: sitk.Image, reference: sitk.Image, transform: sitk.Tr
     (float64, (voxels..., 6), not yet turned; see :func:`resample`'s ``tensor_interpolation``): the logarithms of
     the non-zero tensors and the share of weight each output voxel draws from them are interpolated alike, the
     mean logarithm is their ratio, its exponential the tensor; a voxel whose share is under one half is zero."""
-    values = sitk.GetArrayFromImage(moving).astype(np.float64)
+    values = sitk.GetArrayViewFromImage(moving)
     support = np.any(values != 0.0, axis=-1)
-    logs = tensors.log_tensors(values, tensors.log_floor(values, support))
+    # the logarithms of the non-zero tensors only (the background, most of a head's field of view, has none): at
+    # 256 x 256 x 150 this halved the time and the memory of taking them for every voxel and zeroing the background
+    nonzero = values[support].astype(np.float64)
     del values
-    logs[~support] = 0.0
+    logs = np.zeros(tuple(reversed(moving.GetSize())) + (6,))
+    logs[support] = tensors.log_tensors(nonzero, tensors.log_floor(nonzero))
+    del nonzero
     log_image = sitk.GetImageFromArray(logs, isVector=True)
     del logs
     weight = sitk.GetImageFromArray(support.astype(np.float64))
@@ -440,15 +444,16 @@ def _log_euclidean(moving: sitk.Image, reference: sitk.Image, transform: sitk.Tr
         image.CopyInformation(moving)
     interpolator = INTERPOLATORS[interpolation]
     grid = tuple(reversed(reference.GetSize()))
-    mean = sitk.GetArrayFromImage(sitk.Resample(log_image, reference, transform, interpolator, 0.0,
-                                                sitk.sitkVectorFloat64)).reshape(grid + (6,))
-    del log_image
+    resampled = sitk.Resample(log_image, reference, transform, interpolator, 0.0, sitk.sitkVectorFloat64)
+    del log_image  # (two copies of the logarithms at a time, not three)
+    mean = sitk.GetArrayFromImage(resampled).reshape(grid + (6,))
+    del resampled
     share = sitk.GetArrayFromImage(sitk.Resample(weight, reference, transform, interpolator, 0.0,
                                                  sitk.sitkFloat64)).reshape(grid)
     inside = share >= 0.5
-    out = np.zeros_like(mean)
-    out[inside] = tensors.exp_tensors(mean[inside] / share[inside, None])
-    return out
+    mean[inside] = tensors.exp_tensors(mean[inside] / share[inside, None])
+    mean[~inside] = 0.0
+    return mean
 
 
 def _keeps_orientation(matrix: np.ndarray | None) -> bool:

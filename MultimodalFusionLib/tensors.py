@@ -493,11 +493,11 @@ def _eigen_map(values: np.ndarray, function) -> np.ndarray:
     return out.reshape(np.shape(values))
 
 
-def log_floor(values: np.ndarray, support: np.ndarray) -> float:
-    """The smallest eigenvalue :func:`log_tensors` takes for symmetric tensors ``values`` (..., 6) whose non-zero
-    ones are ``support``: :data:`LOG_FLOOR` times their median mean diffusivity (or, where that is not positive, as
-    in noise, their largest component), 1.0 where there is none."""
-    inside = np.asarray(values, dtype=np.float64)[support]
+def log_floor(values: np.ndarray) -> float:
+    """The smallest eigenvalue :func:`log_tensors` takes for the non-zero symmetric tensors ``values`` (n, 6):
+    :data:`LOG_FLOOR` times their median mean diffusivity (or, where that is not positive, as in noise, their
+    largest component), 1.0 where there is none."""
+    inside = np.asarray(values, dtype=np.float64).reshape(-1, 6)
     if inside.size == 0:
         return 1.0
     diffusivity = float(np.median((inside[:, 0] + inside[:, 3] + inside[:, 5]) / 3.0))
