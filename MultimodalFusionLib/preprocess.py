@@ -253,9 +253,11 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             result's exponential taken, so that a determinant lies between its neighbours' (their geometric
             mean half way). A tensor that is not positive definite (noise, a fitting failure) is taken with its
             eigenvalues below a floor raised to it (:data:`tensors.LOG_FLOOR` times the non-zero tensors' median
-            mean diffusivity); zero tensors (the background) stay zero: an output voxel that draws half or more
-            of its interpolation weight from zero tensors (or from outside the image) is zero (or the default
-            value), the others the log-Euclidean mean of the non-zero tensors it draws on. Symmetric tensors
+            mean diffusivity); zero tensors (the background) stay zero: an output voxel that draws more than
+            half of its interpolation weight from zero tensors is zero (outside the image: the default value),
+            the others (half or more from tensors; exactly half too) the log-Euclidean mean of the non-zero
+            tensors it draws on, so the edge lies where nearest-neighbour interpolation puts it, within half a
+            voxel, where linear interpolation spreads shrunken tensors up to a voxel further. Symmetric tensors
             only (6 components): refused for 9-component ones and for an image resampled as no tensors.
 
     Two one-slice volumes (2D slices saved as volumes, e.g. 181 x 217 x 1) with a 2D transform, the one

@@ -323,6 +323,23 @@ class LogEuclideanInterpolation(unittest.TestCase):
         expected = math.exp(0.75 * math.log(1e-3 * 5e-3 / 3) + 0.25 * math.log(1e-3))
         self.assertAlmostEqual(log[3, 3, 3, 3] / expected, 1.0, places=4)
 
+    def test_the_edge_is_where_nearest_neighbour_puts_it(self) -> None:
+        """The rule the README gives: a voxel is zero when more than half of its weight comes from zero tensors, a
+        tensor at half or more (exactly half too). A row of 4 tensors shifted by a quarter voxel covers 4 voxels
+        (linear: 5, the fifth a quarter tensor), by three quarters 4, by exactly a half 5 either way. (The README
+        and the docstring had said 'half or more from zero tensors is zero', which the code never did.)"""
+        values = np.zeros((4, 4, 10, 6))
+        values[:, :, 2:6] = _prolate(0)
+        moving = sitk.GetImageFromArray(values, isVector=True)
+        for shift, log_voxels, linear_voxels in ((0.25, [2, 3, 4, 5], [1, 2, 3, 4, 5]),
+                                                 (0.75, [1, 2, 3, 4], [1, 2, 3, 4, 5]),
+                                                 (0.5, [1, 2, 3, 4, 5], [1, 2, 3, 4, 5])):
+            for method, expected in (("log-euclidean", log_voxels), ("linear", linear_voxels)):
+                with self.subTest(shift=shift, method=method):
+                    out = sitk.GetArrayFromImage(resample(moving, moving, sitk.TranslationTransform(3, (shift, 0, 0)),
+                                                          components="tensor", tensor_interpolation=method))
+                    self.assertEqual(np.flatnonzero(np.any(out[2, 2] != 0, axis=-1)).tolist(), expected)
+
     def test_default_value_outside(self) -> None:
         moving = self.edge()
         out = sitk.GetArrayFromImage(resample(moving, moving, sitk.TranslationTransform(3, (3.0, 0.0, 0.0)),
