@@ -101,8 +101,9 @@ def _refuse_tensors(image: sitk.Image, name: str) -> None:
                          f"{DIFFUSION_REASON}.", TENSOR_FIX)
     raise InputError(f"The {name} has {components} components per pixel (diffusion tensors, if it is a DTI volume "
                      "whose file does not say so); only grey, RGB and RGBA images are registered and fused.",
-                     f"If it holds tensors: {TENSOR_FIX} Otherwise give a grey or RGB image, or one component of "
-                     "it (sitk.VectorIndexSelectionCast(image, 0)).")
+                     f"If it holds tensors: {TENSOR_FIX} Its file does not say so: add --components tensor "
+                     "(components='tensor'), or its tensors are resampled per channel and not turned. Otherwise give "
+                     "a grey or RGB image, or one component of it (sitk.VectorIndexSelectionCast(image, 0)).")
 
 
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,

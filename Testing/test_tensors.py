@@ -648,6 +648,8 @@ class TensorsAreNotRegisteredOrFused(unittest.TestCase):
         self.assertIn("mmfusion resample DTI.nrrd --reference FIXED --transform DIR/transform.tfm", text)
         if untagged:
             self.assertIn("one component of it", text)  # it may be something else
+            # its file does not say it holds tensors: resampled without it, they would not be turned
+            self.assertIn("add --components tensor", text)
 
     def cli_error(self, argv: list[str]) -> str:
         err = _io.StringIO()
