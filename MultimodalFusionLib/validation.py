@@ -142,7 +142,7 @@ def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = 
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         if bad:
             raise InputError(f"The {name} has {bad} NaN or infinite voxels.",
-                             "Replace them (e.g. with 0 or the background value) before registering or fusing.")
+                             "Replace them (e.g. with 0 or the background value) first.")
     if allow_constant:
         return
     ncomp = image.GetNumberOfComponentsPerPixel()
