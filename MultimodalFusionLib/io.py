@@ -2028,8 +2028,20 @@ def _bmp_layout(head: bytes) -> tuple[int, int] | None:
     return start, row * abs(height)
 
 
+def _pic_layout(head: bytes) -> tuple[int, int] | None:
+    """A BioRad PIC file: a 76-byte header (little-endian: nx, ny, npic, ..., byte_format at 14, file_id 12345 at
+    54), then the voxels (8-bit where byte_format is 1, else 16-bit), then notes."""
+    import struct
+
+    if len(head) < 76 or struct.unpack("<H", head[54:56])[0] != 12345:
+        return None
+    nx, ny, npic = struct.unpack("<3H", head[:6])
+    byte_format = struct.unpack("<H", head[14:16])[0]
+    return 76, nx * ny * max(1, npic) * (1 if byte_format == 1 else 2)
+
+
 _RAW_LAYOUTS = {".gipl": _gipl_layout, ".gipl.gz": _gipl_layout, ".mrc": _mrc_layout, ".vtk": _vtk_layout,
-                ".bmp": _bmp_layout}
+                ".bmp": _bmp_layout, ".pic": _pic_layout}
 
 
 def _check_complete(path: str) -> None:
@@ -3115,6 +3127,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
     with (staged_output(final) if suffix in _TWO_FILES else atomic_output(final)) as tmp:
         if suffix in (".jpg", ".jpeg"):
             _room_for_jpeg(out, final, tmp)
+        elif suffix in _HDF5_IMAGE_EXTENSIONS:
+            _room_for_hdf5_image(out, final, tmp)
         try:
             with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
                 sitk.WriteImage(out, tmp, compress and _suffix(final) not in _2D_EXTENSIONS)
@@ -3138,8 +3152,12 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
             try:
                 _check_complete(tmp)
             except InputError as exc:
-                raise _written_cut_short(final, tmp, "GIPL" if suffix.startswith(".gipl") else suffix[1:].upper()) \
-                    from exc
+                writer = {".gipl": "GIPL", ".gipl.gz": "GIPL", ".pic": "BioRad PIC"}.get(suffix, suffix[1:].upper())
+                raise _written_cut_short(final, tmp, writer) from exc
+        if suffix == ".j2k" and not _j2k_written_whole(tmp):
+            # nor does its JPEG 2000 writer for a bare codestream (.jp2's reports it): cut at the size limit, it was
+            # the output, and no reader opened it ("opj_decode_tile_data returns false")
+            raise _written_cut_short(final, tmp, "JPEG 2000")
         if suffix == ".spr":
             _name_stimulate_data_file(tmp)
             if not _stimulate_written_whole(tmp):  # nor does its Stimulate writer: x.sdt cut at the size limit
@@ -3159,27 +3177,84 @@ _JPEG_HEADER_BYTES = 1 << 16
 
 
 def _room_for_jpeg(image: sitk.Image, final: str, tmp: str) -> None:
-    """Refuse a JPEG output, before ITK writes it, where the file size limit (``ulimit -f``) or the room on its disk
-    (reserved for the temporary file ``tmp``, and given back before ITK writes) is less than the most such a file can
-    take: libjpeg, in ITK's JPEG writer, ends the whole process on a write error ("Output file write error --- out
-    of disk space?", exit status 1), which inside Slicer took the application down. At most 600 bytes an 8x8 block
-    of each component (see ``_JPEG_BLOCK_BYTES``): 2.5 MB for a 512x512 grey image, whose files measured at most
-    0.3 MB (random noise at quality 100). A disk filled by another program while the file is written still ends the
-    process (nothing else writes JPEG here)."""
-    import errno
-
+    """Refuse a JPEG output, before ITK writes it, that may not fit (see :func:`_check_room`): libjpeg, in ITK's JPEG
+    writer, ends the whole process on a write error ("Output file write error --- out of disk space?", exit status
+    1), which inside Slicer took the application down. At most 600 bytes an 8x8 block of each component (see
+    ``_JPEG_BLOCK_BYTES``): 2.5 MB for a 512x512 grey image, whose files measured at most 0.3 MB (random noise at
+    quality 100)."""
     width, height = image.GetSize()[:2]
     blocks = 4 * -(-width // 16) * -(-height // 16)  # 16x16 macroblocks: the chroma's are subsampled, counted whole
     bound = blocks * image.GetNumberOfComponentsPerPixel() * _JPEG_BLOCK_BYTES + _JPEG_HEADER_BYTES
+    _check_room(final, tmp, bound, f"a JPEG file of this {width}x{height} image",
+                "ITK's JPEG writer ends the whole program when the disk fills", "as .png")
+
+
+#: ITK's HDF5 image writers (its HDF5 format and MINC 2, which is HDF5 inside)
+_HDF5_IMAGE_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".hd5", ".hdf4", ".he4", ".he5", ".mnc", ".mnc2")
+#: What an HDF5 or MINC image file holds besides its voxels: the file's superblock and ITK's groups (geometry,
+#: version: 13-14 KB measured), per chunk (ITK's HDF5 writer: one a row in 2D, one a slice in 3D) its index entry
+#: (55-86 bytes measured), per metadata entry its dataset's header (~400 bytes) and text
+_HDF5_FILE_BYTES = 1 << 16
+_HDF5_CHUNK_BYTES = 128
+_HDF5_ENTRY_BYTES = 512
+
+
+def _room_for_hdf5_image(image: sitk.Image, final: str, tmp: str) -> None:
+    """Refuse an HDF5 (``.h5``, ``.hdf5``...) or MINC (``.mnc``, ``.mnc2``) image output, before ITK writes it, that
+    may not fit (see :func:`_check_room`): the HDF5 library inside ITK ends the process on a write error (SIGABRT,
+    "terminate called after throwing an instance of 'H5::DataSetIException'"), or (MINC) leaves it in a state that
+    crashes it later (SIGSEGV at exit); a cut temporary file was left. The bound: the voxels uncompressed (ITK's
+    deflate is dropped for a chunk it does not shrink: random bytes were written at their raw size), plus what
+    ``_HDF5_FILE_BYTES``, ``_HDF5_CHUNK_BYTES`` and ``_HDF5_ENTRY_BYTES`` say; measured within 14-23 KB of the
+    voxels for 8x8 to 256x256x100 images of 1-9 components of 8- to 64-bit values (1.3 MB for 20000 slices of 2x2)."""
+    size = image.GetSize()
+    voxels = int(np.prod(size, dtype=np.int64)) * image.GetNumberOfComponentsPerPixel() * \
+        _component_bytes(image.GetPixelID())
+    chunks = size[-1]  # along the last axis: rows in 2D, slices in 3D
+    metadata = sum(_HDF5_ENTRY_BYTES + 2 * (len(key) + len(image.GetMetaData(key)))
+                   for key in image.GetMetaDataKeys())
+    bound = voxels + chunks * _HDF5_CHUNK_BYTES + metadata + _HDF5_FILE_BYTES
+    label = "a MINC" if _read_suffix(final) in (".mnc", ".mnc2") else "an HDF5"
+    _check_room(final, tmp, bound, f"{label} file of this {'x'.join(map(str, size))} image",
+                "The HDF5 library inside ITK ends (or breaks) the whole program when the disk fills",
+                "as .nii.gz, .nrrd or .mha")
+
+
+def _component_bytes(pixel_id: int) -> int:
+    """Bytes of one value of a ``sitk.sitk*`` pixel type (a complex one's two parts: both)."""
+    name = sitk.GetPixelIDValueAsString(pixel_id)
+    bits = {"8-bit": 1, "16-bit": 2, "32-bit": 4, "64-bit": 8}
+    count = next((n for word, n in bits.items() if word in name), 8)
+    return 2 * count if "complex" in name else count
+
+
+def _check_room(final: str, tmp: str, bound: int, what: str, why: str, other: str) -> None:
+    """Refuse an output, before ITK writes it, where the file size limit (``ulimit -f``) or the room on its disk
+    (reserved for the temporary file ``tmp``, and given back before ITK writes) is less than ``bound``, the most
+    ``what`` can take: for ITK writers that end (or break) the whole process on a write error (``why``), where a
+    clear refusal beforehand is the only one the user can get. The limit is compared arithmetically (before any
+    write, so no SIGXFSZ), the disk by posix_fallocate (quotas included), else by its free space. A disk filled by
+    another program while the file is written still ends the process.
+
+    Args:
+        final: the output, as the user named it.
+        tmp: the temporary file it is written to first (exists, empty).
+        bound: the most bytes the file can take.
+        what: the file, e.g. "a JPEG file of this 400x400 image".
+        why: what the writer does on a full disk, e.g. "ITK's JPEG writer ends the whole program when the disk fills".
+        other: an output name that is not refused so, e.g. "as .png".
+    """
+    import errno
+
     folder = os.path.dirname(os.path.abspath(tmp))
-    short, fix = None, "Free space on that disk, or write the output to another one (or as .png)."
+    short, fix = None, f"Free space on that disk, or write the output to another one (or {other})."
     try:
         import resource
 
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         if limit != resource.RLIM_INFINITY and limit < bound:
             short = f"the file size limit is {limit} bytes (ulimit -f)"
-            fix = "Raise the file size limit (ulimit -f), or write the output as .png."
+            fix = f"Raise the file size limit (ulimit -f), or write the output {other}."
     except ImportError:  # Windows: no file size limit
         pass
     if short is None:
@@ -3194,9 +3269,20 @@ def _room_for_jpeg(image: sitk.Image, final: str, tmp: str) -> None:
             if refused or free < bound:  # else a file system without fallocate: its free space is the room
                 short = f"{free} bytes are free there"
     if short is not None:
-        raise InputError(f"Cannot write '{final}': a JPEG file of this {width}x{height} image may take up to {bound} "
-                         f"bytes and {short}. ITK's JPEG writer ends the whole program when the disk fills, so it is "
+        raise InputError(f"Cannot write '{final}': {what} may take up to {bound} bytes and {short}. {why}, so it is "
                          "not started.", fix)
+
+
+def _j2k_written_whole(path: str) -> bool:
+    """Whether a JPEG 2000 codestream (``.j2k``) just written ends with its end-of-codestream marker (0xFFD9)."""
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\xff\x4f":  # not a codestream (its start-of-codestream marker): left to ITK
+            return True
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() < 4:
+            return False
+        fh.seek(-2, os.SEEK_END)
+        return fh.read(2) == b"\xff\xd9"
 
 
 def _written_cut_short(final: str, tmp: str, writer: str) -> InputError:
@@ -3491,6 +3577,7 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
                              "its reader (which Slicer and ANTs use) cannot read back.",
                              "Write it as .h5 (or .tfm), which hold composite transforms.")
     with atomic_output(final) as tmp:
+        _room_for_transform(transform, final, tmp)
         try:
             with itk_guard(f"writing transform '{final}'", "Check the folder is writable."):
                 sitk.WriteTransform(transform, tmp)
@@ -3503,6 +3590,42 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
                                  "but only .tfm, .txt and .h5 hold a composite.") from exc
             raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
     return final
+
+
+#: The most bytes a transform file takes per parameter and per transform (a composite's each), by its format: ITK's
+#: text (.tfm, .txt) writes a double in at most 25 characters (measured 19.6 a value, and 130 bytes for a rigid
+#: transform), MATLAB (.mat) and HDF5 8 bytes a value (HDF5: 8.4 KB a file and ~2 KB a transform besides)
+_TRANSFORM_BYTES = {".tfm": (32, 4096), ".txt": (32, 4096), ".mat": (16, 4096)}
+_TRANSFORM_HDF5_BYTES = (16, 8192)
+_TRANSFORM_FILE_BYTES = 1 << 16
+
+
+def _transform_parts(transform: sitk.Transform) -> list[sitk.Transform]:
+    """The transforms a (possibly composite, possibly nested) transform is written as."""
+    if type(transform) is sitk.Transform and hasattr(transform, "Downcast"):
+        transform = transform.Downcast()
+    if isinstance(transform, sitk.CompositeTransform):
+        return [part for i in range(transform.GetNumberOfTransforms())
+                for part in _transform_parts(transform.GetNthTransform(i))]
+    return [transform]
+
+
+def _room_for_transform(transform: sitk.Transform, final: str, tmp: str) -> None:
+    """Refuse a transform output, before ITK writes it, that may not fit (see :func:`_check_room`): on a full disk
+    or past the file size limit ITK's HDF5 transform writer (.h5) raised "H5Dwrite failed" and left the HDF5 library
+    broken (the process crashed later: SIGSEGV at exit), and its text (.tfm, .txt) and MATLAB (.mat) writers report
+    no write error at all: a B-spline's .tfm cut at 100000 of its 4.7 MB was the output, and was read back as a
+    transform without an error."""
+    parts = _transform_parts(transform)
+    values = sum(len(part.GetParameters()) + len(part.GetFixedParameters()) for part in parts)
+    suffix = _suffix(final)
+    per_value, per_part = _TRANSFORM_BYTES.get(suffix, _TRANSFORM_HDF5_BYTES)
+    bound = values * per_value + len(parts) * per_part + (0 if suffix in _TRANSFORM_BYTES else _TRANSFORM_FILE_BYTES)
+    kinds = ", ".join(dict.fromkeys(part.GetName() for part in parts))
+    why = ("The HDF5 library inside ITK breaks the whole program when the disk fills" if suffix not in _TRANSFORM_BYTES
+           else "ITK's transform writer does not report a file cut short")
+    _check_room(final, tmp, bound, f"a {suffix} file of this transform ({kinds}: {values} values)", why,
+                "as .h5, which takes the least room" if suffix in (".tfm", ".txt") else "to a disk with more room")
 
 
 _OPPOSITE_LETTERS = str.maketrans("LRPASI", "RLAPIS")

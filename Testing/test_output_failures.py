@@ -75,14 +75,15 @@ class WritesCutShort(unittest.TestCase):
             self.assertIn(f"Cannot write '{path}'", str(caught.exception))
             self.assertEqual(os.listdir(self.dir), [])  # neither the output nor a temporary file
 
-    def test_gipl_bmp_and_stimulate_cut_short_are_errors_not_written_files(self) -> None:
-        """ITK's GIPL, BMP and Stimulate writers report no write error either: at a 100000-byte limit, x.gipl,
-        x.gipl.gz (a gzip stream cut short) and x.bmp were left as 100000-byte files that read back as truncated,
-        x.spr beside a 100000-byte x.sdt of its 524288 (ITK's reader: "Wanted 524288 bytes, but read 100000"), and
-        write_image returned their paths."""
+    def test_gipl_bmp_stimulate_pic_and_j2k_cut_short_are_errors_not_written_files(self) -> None:
+        """ITK's GIPL, BMP, Stimulate, BioRad and JPEG 2000 codestream writers report no write error either: at a
+        100000-byte limit, x.gipl, x.gipl.gz (a gzip stream cut short), x.bmp, x.pic and x.j2k were left as
+        100000-byte files that read back as truncated (or not at all), x.spr beside a 100000-byte x.sdt of its 524288
+        (ITK's reader: "Wanted 524288 bytes, but read 100000"), and write_image returned their paths."""
         volume = _noise((32, 64, 64))
         picture = sitk.GetImageFromArray(np.random.default_rng(1).integers(0, 256, (400, 400), dtype=np.uint8))
-        for name, image in (("a.gipl", volume), ("a.gipl.gz", volume), ("p.bmp", picture), ("a.spr", volume)):
+        for name, image in (("a.gipl", volume), ("a.gipl.gz", volume), ("p.bmp", picture), ("a.spr", volume),
+                            ("a.pic", sitk.Cast(sitk.RescaleIntensity(volume), sitk.sitkUInt8)), ("p.j2k", picture)):
             path = os.path.join(self.dir, name)
             with self.subTest(name), _file_size_limit(100_000):
                 with self.assertRaises(InputError) as caught:
@@ -96,30 +97,45 @@ class WritesCutShort(unittest.TestCase):
             for written in os.listdir(self.dir):  # x.spr's x.sdt too
                 os.remove(os.path.join(self.dir, written))
 
-    def test_jpeg_past_the_room_left_is_refused_and_the_process_lives(self) -> None:
-        """libjpeg ends the process on a write error ("Output file write error --- out of disk space?", exit status
-        1): a JPEG output on a full disk, or past the file size limit, took the whole program down (Slicer with it)
-        and left a cut temporary file. Refused before ITK writes where the room cannot hold the most such a file
-        takes; run in a child process, which the old code ended."""
+    def _write_in_child(self, path: str, limit: int, what: str) -> subprocess.CompletedProcess:
+        """Write ``what`` ("picture": 400x400 8-bit noise, "volume": 64x64x32 float noise, "bspline": a B-spline
+        transform of 6609 values) to ``path`` with write_image or write_transform, in a child process whose files may
+        not grow past ``limit`` bytes; it prints 'written PATH' or 'refused MESSAGE'."""
         script = (
             "import resource, signal, sys\n"
             "import numpy as np, SimpleITK as sitk\n"
             "from MultimodalFusionLib import io\n"
             "from MultimodalFusionLib.errors import InputError\n"
+            "path, limit, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]\n"
+            "rng = np.random.default_rng(0)\n"
+            "if what == 'picture':\n"
+            "    out = sitk.GetImageFromArray(rng.integers(0, 256, (400, 400), dtype=np.uint8))\n"
+            "elif what == 'volume':\n"
+            "    out = sitk.GetImageFromArray(rng.normal(size=(32, 64, 64)).astype(np.float32))\n"
+            "else:\n"
+            "    out = sitk.BSplineTransformInitializer(sitk.Image(64, 64, 64, sitk.sitkFloat32), [10, 10, 10])\n"
+            "    out.SetParameters(rng.normal(size=len(out.GetParameters())).tolist())\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
-            "image = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 256, (400, 400), dtype=np.uint8))\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
             "try:\n"
-            "    print('written', io.write_image(image, sys.argv[1]))\n"
+            "    write = io.write_transform if what == 'bspline' else io.write_image\n"
+            "    print('written', write(out, path))\n"
             "except InputError as exc:\n"
             "    print('refused', exc)\n")
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        return subprocess.run([sys.executable, "-c", script, path, str(limit), what], capture_output=True, text=True,
+                              env=env, timeout=120)
+
+    def test_jpeg_past_the_room_left_is_refused_and_the_process_lives(self) -> None:
+        """libjpeg ends the process on a write error ("Output file write error --- out of disk space?", exit status
+        1): a JPEG output on a full disk, or past the file size limit, took the whole program down (Slicer with it)
+        and left a cut temporary file. Refused before ITK writes where the room cannot hold the most such a file
+        takes; run in a child process, which the old code ended."""
         path = os.path.join(self.dir, "p.jpg")
         for limit, said in ((20_000, "refused"), (2_000_000, "written")):  # the file itself: 134 KB
             with self.subTest(limit=limit):
-                done = subprocess.run([sys.executable, "-c", script, path, str(limit)], capture_output=True, text=True,
-                                      env=env, timeout=120)
+                done = self._write_in_child(path, limit, "picture")
                 self.assertEqual(done.returncode, 0, done.stderr)
                 self.assertTrue(done.stdout.startswith(said), done.stdout + done.stderr)
                 if said == "refused":
@@ -129,6 +145,48 @@ class WritesCutShort(unittest.TestCase):
                     self.assertEqual(os.listdir(self.dir), [])  # nor a temporary file
                 else:
                     self.assertEqual(io.read_image(path).GetSize(), (400, 400))
+
+    def test_hdf5_and_minc_past_the_room_left_are_refused_and_the_process_lives(self) -> None:
+        """The HDF5 library inside ITK's HDF5 image writer aborted the process on a write error (SIGABRT, "terminate
+        called after throwing an instance of 'H5::DataSetIException'"), leaving a cut .mmf-tmp-....h5; its MINC
+        writer (HDF5 inside) left the library broken: refused as a file "ITK writes but cannot read back" (the wrong
+        reason), then the process crashed (SIGSEGV at exit). Refused before ITK writes where the room cannot hold the
+        voxels and HDF5's overhead; the 512 KB volume's files take 500-540 KB."""
+        for name, label in (("a.h5", "an HDF5"), ("a.hdf5", "an HDF5"), ("a.mnc", "a MINC"), ("a.mnc2", "a MINC")):
+            path = os.path.join(self.dir, name)
+            for limit, said in ((100_000, "refused"), (2_000_000, "written")):
+                with self.subTest(name, limit=limit):
+                    done = self._write_in_child(path, limit, "volume")
+                    self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+                    self.assertTrue(done.stdout.startswith(said), done.stdout + done.stderr[-2000:])
+                    if said == "refused":
+                        self.assertIn(f"Cannot write '{path}': {label} file of this 64x64x32 image may take up to",
+                                      done.stdout)
+                        self.assertIn("the file size limit is 100000 bytes (ulimit -f)", done.stdout)
+                        self.assertEqual(os.listdir(self.dir), [])
+                    else:
+                        np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(path)),
+                                                      sitk.GetArrayFromImage(_noise((32, 64, 64))))
+                        os.remove(path)
+
+    def test_transform_past_the_room_left_is_refused(self) -> None:
+        """ITK's HDF5 transform writer raised "H5Dwrite failed" past the limit and left the HDF5 library broken (the
+        process crashed at exit, SIGSEGV); its text writer reported nothing: a B-spline's .tfm cut at the limit was
+        returned as written (and read back without an error)."""
+        for name in ("t.h5", "t.tfm", "t.txt", "t.mat"):
+            path = os.path.join(self.dir, name)
+            for limit, said in ((50_000, "refused"), (1_000_000, "written")):  # the files: 53-130 KB
+                with self.subTest(name, limit=limit):
+                    done = self._write_in_child(path, limit, "bspline")
+                    self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+                    self.assertTrue(done.stdout.startswith(said), done.stdout + done.stderr[-2000:])
+                    if said == "refused":
+                        self.assertIn(f"Cannot write '{path}': a {name[1:]} file of this transform (BSplineTransform: "
+                                      "6609 values) may take up to", done.stdout)
+                        self.assertEqual(os.listdir(self.dir), [])
+                    else:
+                        self.assertEqual(len(io.read_transform(path).GetParameters()), 6591)
+                        os.remove(path)
 
     def test_json_cut_short_is_an_input_error(self) -> None:
         """It had escaped as a bare OSError: a traceback from the CLI."""
