@@ -2212,21 +2212,27 @@ def missing_data_file(path: str | os.PathLike) -> str | None:
         stem = os.path.basename(path)[:-len(".hdr")]
         found = any(os.path.isfile(os.path.join(folder, stem + ext)) for ext in (".img", ".img.gz", ".IMG"))
         return None if found else stem + ".img"
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(1 << 20)
-    except OSError:
-        return None
     if suffix in (".mha", ".mhd"):
-        match = _ELEMENT_DATA_FILE.search(head)
-    else:
-        if not head.startswith(b"NRRD"):
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(1 << 20)
+        except OSError:
             return None
-        header = re.split(rb"\r?\n\r?\n", head, maxsplit=1)[0]  # an attached header ends at a blank line
-        match = re.search(rb"(?mi)^[ \t]*data ?file[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?:\r?\n|\Z)", header)
-    if match is None:
-        return None
-    named = match.group(1).decode("utf-8", "replace")
+        match = _ELEMENT_DATA_FILE.search(head)
+        if match is None:
+            return None
+        named = match.group(1).decode("utf-8", "replace")
+    else:
+        # the field as teem reads it: a key/value pair named "data file" (data file:=x) is none
+        try:
+            found = tensors._nrrd_header(path)
+        except OSError:
+            return None
+        if found is None:
+            return None
+        named = tensors._field(found[0], "data file") or tensors._field(found[0], "datafile")
+        if named is None:
+            return None
     if not named or named.upper() in ("LOCAL", "LIST") or named.upper().startswith("LIST ") or "%" in named:
         return None
     return None if os.path.isfile(os.path.join(folder, named)) else named

@@ -114,9 +114,18 @@ def _nrrd_header(path: str) -> tuple[list[str], int] | None:
     return text.decode("latin-1").splitlines(), (end.end() if end else len(head))
 
 
+def _is_keyvalue(line: str) -> bool:
+    """Whether a NRRD header line is a key/value pair (``key:=value``), by teem's rule (``_nrrdReadNrrdParseField``,
+    which ITK's NrrdIO runs): the line is cut at its first ``": "`` and is a pair where the part before holds
+    ``":="``; else it is a field (``field: description``) or, starting with ``#``, a comment. A field's description
+    may hold ``":="`` (``content: a:=b``, a ``data file:`` path): taken for a pair, such a line had been skipped as a
+    field, so a detached header's data file was not found, and dropped from an output's header."""
+    return not line.startswith("#") and ":=" in line.split(": ", 1)[0]
+
+
 def _field(lines: list[str], name: str) -> str | None:
     for line in lines[1:]:
-        if line.startswith("#") or ":=" in line:
+        if line.startswith("#") or _is_keyvalue(line):
             continue
         key, _, value = line.partition(":")
         if key.strip().lower() == name:
@@ -160,10 +169,11 @@ def _nrrd_layout(path: str, lines: list[str]) -> TensorLayout | None:
 
 
 def _keyvalues(lines: list[str]) -> tuple:
-    """A NRRD header's key/value pairs (``key:=value``; NRRD's spec: the key holds no ``:=``), in order."""
+    """A NRRD header's key/value pairs (``key:=value``, see :func:`_is_keyvalue`; NRRD's spec: the key holds no
+    ``:=``), in order."""
     pairs = []
     for line in lines[1:]:
-        if line.startswith("#") or ":=" not in line:
+        if not _is_keyvalue(line):
             continue
         key, _, value = line.partition(":=")
         if key:
@@ -255,7 +265,7 @@ def _absolute_data_files(lines: list[str], folder: str) -> list[str]:
     out = list(lines)
     for i, line in enumerate(out):
         key, _, value = line.partition(":")
-        if key.strip().lower() not in ("data file", "datafile") or ":=" in line:
+        if key.strip().lower() not in ("data file", "datafile") or _is_keyvalue(line):
             continue
         value = value.strip()
         parts = value.split()
@@ -446,7 +456,7 @@ def tag_written_file(path: str, suffix: str, image: sitk.Image) -> None:
                 lines.insert(i + 1, f"measurement frame: {_vectors(_frame_of(image))}")
                 break
         # the key/value pairs it was read with (modality:=DTMRI, which Slicer and teem read; ITK had dropped them)
-        lines = [line for line in lines if ":=" not in line or line.startswith("#")]
+        lines = [line for line in lines if not _is_keyvalue(line)]
         lines += [f"{key}:={value}" for key, value in keyvalues_of(image)]
         retagged = path + ".tensor"  # beside the (temporary) file ITK wrote, replaced by it at once
         try:

@@ -78,13 +78,18 @@ def _nrrd_header_text(path: str) -> str:
 def _nrrd_header(path: str) -> dict[str, str]:
     head = _nrrd_header_text(path)
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in head.splitlines()[1:]
-                                                 if ":=" not in line) if not k.startswith("#")}
+                                                 if not _is_pair(line)) if not k.startswith("#")}
+
+
+def _is_pair(line: str) -> bool:
+    """teem's rule: a key/value pair where ':=' comes before the line's first ': ' (a field may hold ':=')."""
+    return not line.startswith("#") and ":=" in line.split(": ", 1)[0]
 
 
 def _nrrd_keyvalues(path: str) -> list[tuple[str, str]]:
     """A NRRD header's key/value pairs (``key:=value``), in order."""
     head = _nrrd_header_text(path)
-    return [tuple(line.split(":=", 1)) for line in head.splitlines()[1:] if ":=" in line and not line.startswith("#")]
+    return [tuple(line.split(":=", 1)) for line in head.splitlines()[1:] if _is_pair(line)]
 
 
 def _nrrd_data(path: str, count: int) -> np.ndarray:
@@ -434,6 +439,42 @@ class TensorFiles(unittest.TestCase):
                 again = read_image(self.path(name), keep_color=True)
                 write_image(again, self.path("again.nrrd"))
                 self.assertEqual(_nrrd_keyvalues(self.path("again.nrrd")), kept)
+
+    def test_a_field_holding_colon_equals_is_a_field(self) -> None:
+        """teem's rule (ITK's NrrdIO): a header line is a key/value pair only where ':=' comes before its first ': '.
+        A detached header whose data file's path holds ':=' is read (it had been refused: its 'data file:' line was
+        skipped as a key/value pair, so the data were looked for after the header, and the line was carried along as
+        the pair ('data file: run', '1/t.raw')); an output named 'out:=1.nhdr' keeps its 'data file:' line (it had
+        been dropped: the output read back as truncated); an attached NRRD with a key/value pair named 'data file'
+        is read (it had been refused, its voxels looked for in '=elsewhere.raw')."""
+        from MultimodalFusionLib import tensors
+
+        pairs = [("modality", "DTMRI"), ("DWMRI_b-value", "1000")]
+        _write_nrrd(self.path("t.nrrd"), self.values, keyvalues=pairs)
+        with open(self.path("t.nrrd"), "rb") as fh:
+            head, data = fh.read().split(b"\n\n", 1)
+        os.mkdir(self.path("run:=1"))
+        with open(self.path("run:=1/t.raw"), "wb") as fh:
+            fh.write(data)
+        with open(self.path("t.nhdr"), "wb") as fh:
+            fh.write(head + b"\ncontent: dti:=1\ndata file: run:=1/t.raw\n\n")
+        self.assertEqual(tensors.file_layout(self.path("t.nhdr")).keyvalues, tuple(pairs))
+        image = read_image(self.path("t.nhdr"), keep_color=True)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image), self.values)
+        self.assertEqual(_run_cli(["resample", self.path("t.nhdr"), "--reference", self.path("t.nhdr"),
+                                   "-o", self.path("out:=1.nhdr")]), 0)
+        self.assertIn("data file: out:=1.raw.gz", _nrrd_header_text(self.path("out:=1.nhdr")).splitlines())
+        self.assertEqual(_nrrd_keyvalues(self.path("out:=1.nhdr")), pairs)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(self.path("out:=1.nhdr"), keep_color=True)),
+                                      self.values)
+        _write_nrrd(self.path("k.nrrd"), self.values, keyvalues=pairs + [("data file", "elsewhere.raw")])
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(self.path("k.nrrd"), keep_color=True)),
+                                      self.values)
+        self.assertTrue(tensors._is_keyvalue("modality:=DTMRI"))
+        self.assertTrue(tensors._is_keyvalue("note:=a: b"))  # ':=' first: the value may hold ': '
+        self.assertTrue(tensors._is_keyvalue("data file:=x.raw"))
+        for line in ("content: a:=b", "data file: run:=1/t.raw", "# modality:=DTMRI", "space: left-posterior-superior"):
+            self.assertFalse(tensors._is_keyvalue(line), line)
 
     def test_a_header_longer_than_64_kb_is_read_whole(self) -> None:
         """A DTI NRRD whose key/value pairs (1500 gradient directions and B-matrices) make its header 240 KB long is
