@@ -476,10 +476,11 @@ def _tensor_kind(image: sitk.Image) -> str:
 def _tensor_marked(out: sitk.Image, moving: sitk.Image, treat: str, transform: sitk.Transform) -> sitk.Image:
     """``out`` marked as tensors where ``moving`` is (resampled as channels or not: its values are still tensors)
     or was resampled as tensors, so that :func:`io.write_image` writes it as the file it came from (NRRD kinds,
-    measurement frame and key/value pairs, less the gradient directions under a ``transform`` that turns tensors;
-    NIfTI intent)."""
+    measurement frame and key/value pairs, less the gradient directions where its tensors were turned: resampled as
+    tensors under a ``transform`` that turns them; NIfTI intent). Resampled as channels (``treat`` "channels"),
+    its tensors are not turned, so the gradient directions still describe them and are kept."""
     if tensors.tensor_kind(moving) is not None:
-        turned = not _keeps_orientation(_linear_part(transform, moving.GetDimension()))
+        turned = treat == "tensor" and not _keeps_orientation(_linear_part(transform, moving.GetDimension()))
         return tensors.copy_mark(moving, out, turned=turned)
     if treat == "tensor":
         return tensors.mark(out, _tensor_kind(moving))

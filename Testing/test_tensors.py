@@ -440,6 +440,28 @@ class TensorFiles(unittest.TestCase):
                 write_image(again, self.path("again.nrrd"))
                 self.assertEqual(_nrrd_keyvalues(self.path("again.nrrd")), kept)
 
+    def test_gradient_directions_are_kept_where_the_tensors_are_not_turned(self) -> None:
+        """--components channels under a rotation resamples each component as a plain number: the tensors are not
+        turned, so the acquisition's gradient directions still describe them and are kept; resampled as tensors
+        under the same rotation, they are dropped. Before, they were dropped in both modes."""
+        pairs = [("modality", "DTMRI"), ("DWMRI_b-value", "1000"), ("DWMRI_gradient_0001", "1 0 0"),
+                 ("DWMRI_B-matrix_0001", "1000 0 0 0 0 0"), ("DWMRI_NEX_0001", "2")]
+        _write_nrrd(self.path("kv.nrrd"), self.values, keyvalues=pairs)
+        sitk.WriteTransform(sitk.Euler3DTransform((3.0, 3.0, 2.5), 0.0, 0.0, math.pi / 2), self.path("r.tfm"))
+        argv = ["resample", self.path("kv.nrrd"), "--reference", self.path("kv.nrrd"), "--transform",
+                self.path("r.tfm")]
+        for components, kept in (("channels", pairs), ("tensor", pairs[:2])):
+            with self.subTest(components=components):
+                out = self.path(f"{components}.nrrd")
+                self.assertEqual(_run_cli(argv + ["--components", components, "-o", out]), 0)
+                self.assertEqual(_nrrd_keyvalues(out), kept)
+                self.assertEqual(_nrrd_header(out)["kinds"], "3D-symmetric-matrix domain domain domain")
+        # the channels' output holds the tensors unturned: the values moved, each component as it was
+        moving = read_image(self.path("kv.nrrd"), keep_color=True)
+        moved = resample(moving, moving, sitk.ReadTransform(self.path("r.tfm")), components="channels")
+        np.testing.assert_array_equal(_nrrd_data(self.path("channels.nrrd"), 6),
+                                      sitk.GetArrayFromImage(moved).reshape(-1, 6))
+
     def test_a_field_holding_colon_equals_is_a_field(self) -> None:
         """teem's rule (ITK's NrrdIO): a header line is a key/value pair only where ':=' comes before its first ': '.
         A detached header whose data file's path holds ':=' is read (it had been refused: its 'data file:' line was
