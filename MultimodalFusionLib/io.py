@@ -1336,9 +1336,8 @@ def _readable_name(path: str) -> Iterator[tuple[str, str | None]]:
         return
     parts = [(path, suffix)]
     files = _nifti_files(path) if suffix in _PAIR_PARTS else None
-    if files is not None:  # the pair's other file, in whichever case it is spelt, the one _check_nifti_voxels checks
-        other = files[1] if suffix in (".hdr", ".hdr.gz") else files[0]
-        parts.append((other, _read_suffix(other)))
+    if files is not None:  # the pair's header and data file, in whichever case spelt, those _check_nifti_voxels checks
+        parts += [(other, _read_suffix(other)) for other in dict.fromkeys(files[:2]) if other != path]
     from .progress import signals_stop
 
     def no_link(exc: OSError) -> InputError:  # a full or unwritable temporary folder
@@ -1707,35 +1706,72 @@ def _head(path: str, size: int) -> bytes:
         return fh.read(size, partial=True)
 
 
+#: nifti1_io's (ITK's NIfTI reader's) extensions, in the order it looks for them beside a name: a header from a data
+#: file's name (``nifti_findhdrname``), a data file from the header's (``nifti_findimgname``; a ``.nii`` header whose
+#: magic says single-file, ``n+1``, looks for ``.nii`` first)
+_NIFTI_HEADER_ORDER = (".hdr", ".hdr.gz", ".nii", ".nii.gz")
+_NIFTI_DATA_ORDER = (".img", ".img.gz", ".nii", ".nii.gz")
+
+
+def _nifti_lookup(base: str, exts: Sequence[str], spelt: str, any_case: bool) -> str | None:
+    """The first of ``base + ext`` that exists, as nifti1_io looks: the extensions in upper case where ``spelt`` (the
+    extension of the name it starts from) is (``x.HDR`` -> ``x.IMG``), else in lower case, each file opened by that
+    name (so a folder that ignores case finds ``x.IMG`` for ``x.img``, as nifti1_io does there). With ``any_case``,
+    then any spelling of them, in the same order (a name read through a lower-case link: see
+    :func:`_readable_name`)."""
+    exts = [ext.upper() if spelt.isupper() else ext for ext in exts]
+    for ext in exts:
+        if os.path.isfile(base + ext):
+            return base + ext
+    if not any_case:
+        return None
+    folder = os.path.dirname(base) or "."
+    stem = os.path.basename(base)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return None
+    for ext in exts:
+        for name in names:
+            if name.lower() == (stem + ext).lower() and os.path.isfile(os.path.join(folder, name)):
+                return os.path.join(os.path.dirname(base), name)
+    return None
+
+
 def _nifti_files(path: str) -> tuple[str, str, bool] | None:
     """(header, data file, is a pair) of the NIfTI or Analyze image ``path`` names, as nifti1_io (ITK's reader)
-    finds them: a ``.nii``/``.nii.gz`` is both; a pair's ``x.hdr`` (or ``.hdr.gz``) keeps its voxels in ``x.img``
-    (else ``x.img.gz``), whichever of the two was given, in any case. None where a file is missing (named by
-    :func:`_check_data_file` or ITK)."""
+    finds them: a ``.nii``/``.nii.gz`` is both; from a pair's ``x.img`` (or ``.img.gz``) its header is the first of
+    ``x.hdr``, ``x.hdr.gz``, ``x.nii``, ``x.nii.gz``, and from the header its data file is the first of ``x.img``,
+    ``x.img.gz``, ``x.nii``, ``x.nii.gz`` (``.nii`` first for an ``x.nii`` of magic ``n+1``), whichever of the two was
+    given: ``x.img.gz`` given beside an ``x.img`` is read with ``x.img``. The extensions are looked for in upper case
+    from a name whose extension is (``x.HDR.GZ``: ``x.IMG``, then ``x.IMG.GZ``), else in lower case; a name ITK reads
+    through a lower-case link (its extension not in lower case, see :func:`_readable_name`) takes any spelling
+    where nifti1_io's finds none. None where a file is missing (named by :func:`_check_data_file` or ITK)."""
+    import zlib
+
     suffix = _read_suffix(path)
     if suffix in (".nii", ".nii.gz"):
         return path, path, False
     if suffix not in _PAIR_PARTS:
         return None
-    folder = os.path.dirname(path) or "."
-    stem = os.path.basename(path)[:-len(suffix)]
-    try:
-        names = {name.lower(): name for name in sorted(os.listdir(folder), reverse=True)}
-    except OSError:
-        return None
-    names[os.path.basename(path).lower()] = os.path.basename(path)  # the spelling given, first
-
-    def find(*exts: str) -> str | None:
-        for ext in exts:
-            if (stem + ext).lower() in names:
-                return os.path.join(folder, names[(stem + ext).lower()])
-        return None
-
+    base, spelt = path[:-len(suffix)], path[-len(suffix):]
+    linked = spelt != suffix
     if suffix in (".hdr", ".hdr.gz"):
-        header, data = path, find(".img", ".img.gz")
+        header = path
     else:
-        header, data = find(".hdr", ".hdr.gz"), path
-    return None if header is None or data is None else (header, data, True)
+        header = _nifti_lookup(base, _NIFTI_HEADER_ORDER, spelt, linked)
+        if header is None:
+            return None
+    header_suffix = _read_suffix(header)
+    single = False  # a .hdr looks for .img first whatever its magic (measured: x.hdr of magic n+1 reads x.img)
+    if header_suffix in (".nii", ".nii.gz"):  # an x.img beside no x.hdr: a single file reads itself
+        try:
+            single = _head(header, 348)[344:348] == b"n+1\0"
+        except (OSError, EOFError, zlib.error):
+            pass  # a damaged header: ITK names it
+    order = _NIFTI_DATA_ORDER[2:] + _NIFTI_DATA_ORDER[:2] if single else _NIFTI_DATA_ORDER
+    data = _nifti_lookup(header[:-len(header_suffix)], order, header[-len(header_suffix):], linked)
+    return None if data is None else (header, data, data != header)
 
 
 def _truncated_error(path: str, what: str, held: str) -> InputError:
@@ -2185,8 +2221,8 @@ def missing_data_file(path: str | os.PathLike) -> str | None:
 
     A MetaImage (``.mhd``, or ``.mha``) names its voxels' file in ``ElementDataFile`` (``LOCAL``: they
     follow the header); a detached NRRD header (``.nhdr``, or ``.nrrd``) in its ``data file`` field; an
-    Analyze or NIfTI-pair header (``.hdr``) keeps them in the ``.img`` (or ``.img.gz``) of the same name.
-    Relative names are relative to the header's folder. Lists and numbered patterns of data files are
+    Analyze or NIfTI-pair header (``.hdr``) keeps them in the ``.img`` (or ``.img.gz``) of the same name, spelt
+    as nifti1_io looks for it (``x.hdr``: ``x.img``, not ``x.IMG``; see :func:`_nifti_files`). Relative names are relative to the header's folder. Lists and numbered patterns of data files are
     not checked (ITK's reader reports them). ITK names none of these files when one is missing: it says
     "nifti_image_load failed", or "couldn't open" advising another format.
 
@@ -2209,9 +2245,9 @@ def missing_data_file(path: str | os.PathLike) -> str | None:
             return None  # ITK's reader names an unreadable file
         if len(head) < 4 or 348 not in (struct.unpack("<i", head)[0], struct.unpack(">i", head)[0]):
             return None  # not an Analyze/NIfTI header: ITK says what it is not
-        stem = os.path.basename(path)[:-len(".hdr")]
-        found = any(os.path.isfile(os.path.join(folder, stem + ext)) for ext in (".img", ".img.gz", ".IMG"))
-        return None if found else stem + ".img"
+        if _nifti_files(path) is not None:  # the data file nifti1_io (ITK's reader) takes, as it looks for it
+            return None
+        return os.path.basename(path)[:-len(".hdr")] + (".IMG" if path.endswith(".HDR") else ".img")
     if suffix in (".mha", ".mhd"):
         try:
             with open(path, "rb") as fh:

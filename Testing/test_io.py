@@ -1999,6 +1999,65 @@ class UpperCaseInputs(unittest.TestCase):
         self.assertEqual(np.unique(lower).tolist(), [1])
         np.testing.assert_array_equal(upper, lower)
 
+    def test_a_pair_is_checked_with_the_files_nifti1_io_reads(self) -> None:
+        """The truncation check reads the pair's files nifti1_io (ITK's reader) reads, found as it finds them: from
+        x.hdr.gz, x.img then x.img.gz spelt in lower case (x.IMG is no candidate: ITK reads x.img.gz); from x.img.gz,
+        the header first, then the header's data file (x.img where it lies beside it). Before, the check took any
+        spelling (x.IMG before x.img.gz) and the data file given: a cut-off x.img.gz beside a whole x.IMG was read
+        without an error (ITK padded the missing voxels with 0), and x.hdr beside only x.IMG got ITK's
+        "nifti_image_load failed"."""
+        import gzip
+
+        def voxels(value: int) -> bytes:
+            with tempfile.TemporaryDirectory() as t:
+                sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), value, np.int16)), os.path.join(t, "v.hdr"))
+                with open(os.path.join(t, "v.img"), "rb") as fh:
+                    return fh.read()
+
+        def write(path: str, payload: bytes) -> None:
+            with open(path, "wb") as fh:
+                fh.write(payload)
+
+        with tempfile.TemporaryDirectory() as d:
+            sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), 1, np.int16)), os.path.join(d, "x.hdr"))
+            with open(os.path.join(d, "x.hdr"), "rb") as fh:
+                header = fh.read()
+            for name in ("x.hdr", "x.img"):
+                os.remove(os.path.join(d, name))
+            # x.hdr.gz with a cut-off x.img.gz (what ITK reads) beside a whole x.IMG (another image's 3s)
+            write(os.path.join(d, "x.hdr.gz"), gzip.compress(header))
+            whole = gzip.compress(voxels(2))
+            write(os.path.join(d, "x.img.gz"), whole[:len(whole) // 2])
+            write(os.path.join(d, "x.IMG"), voxels(3))
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(os.path.join(d, "x.hdr.gz"))
+            self.assertIn("truncated", ctx.exception.problem)
+            self.assertIn("'x.img.gz'", ctx.exception.problem)
+            write(os.path.join(d, "x.img.gz"), whole)  # whole: read, with its own voxels
+            self.assertEqual(np.unique(sitk.GetArrayFromImage(io.read_image(os.path.join(d, "x.hdr.gz")))).tolist(),
+                             [2])
+            # x.img.gz given beside a cut-off x.img: nifti1_io reads x.img (the header's first data file)
+            write(os.path.join(d, "y.hdr"), header)
+            write(os.path.join(d, "y.img"), voxels(4)[:100])
+            write(os.path.join(d, "y.img.gz"), gzip.compress(voxels(5)))
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(os.path.join(d, "y.img.gz"))
+            self.assertIn("'y.img' holds only 100 bytes", ctx.exception.problem)
+            # x.hdr beside x.IMG only: nifti1_io looks for x.img, and the refusal names it
+            write(os.path.join(d, "z.hdr"), header)
+            write(os.path.join(d, "z.IMG"), voxels(6))
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(os.path.join(d, "z.hdr"))
+            self.assertIn("'z.img'", ctx.exception.problem)
+            self.assertNotIn("nifti_image_load", str(ctx.exception))
+            # an upper-case name looks for upper-case files first, as nifti1_io does: x.HDR with x.IMG, not x.img
+            write(os.path.join(d, "w.HDR"), header)
+            write(os.path.join(d, "w.img"), voxels(7))
+            write(os.path.join(d, "w.IMG"), voxels(8))
+            self.assertEqual(np.unique(sitk.GetArrayFromImage(io.read_image(os.path.join(d, "w.HDR")))).tolist(), [8])
+            self.assertEqual(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(d, "w.HDR")))).tolist(),
+                             [8])  # ITK itself, given the name
+
     def test_an_unreadable_upper_case_file_names_the_file_not_a_link(self) -> None:
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "broken.GIPL")
