@@ -354,6 +354,20 @@ class TorchSecondTry(_OneTorchThread):
         self.assertEqual(len([w for w in first.warnings if "moving mask was left out of the rigid" in w]), 1,
                          first.warnings)
 
+    def test_a_stage_run_again_warns_where_its_second_run_left_the_moving_mask_out(self):
+        # 30x30 px boxes at the same anatomy: enough inside both at the 'geometry' start (metric_before counts the
+        # moving mask), left out at the coarse levels of the first run (its flag dropped: run again) and of the run
+        # from the coarse level's end, which is returned. The warning is that second run's alone: dropping its flag
+        # passed every test, the 20x20 px boxes' warning coming from their start too
+        fixed, moving, truth = _pair(1.0)
+        centre = fixed.TransformContinuousIndexToPhysicalPoint([128, 128])
+        result = register(fixed, moving, seed=0, backend="torch", fixed_mask=_box_at(fixed, centre, 15),
+                          moving_mask=_box_at(moving, truth.TransformPoint(centre), 15))
+        self.assertTrue(result.parameters["effective"]["masked_start"]["used"])
+        self.assertLess(transform_error(result.transform, truth, fixed)["mean"], TOLERANCE_PX)
+        self.assertEqual(len([w for w in result.warnings if "moving mask was left out of the rigid" in w]), 1,
+                         result.warnings)
+
     def test_a_masked_run_that_was_right_is_kept_bit_for_bit(self):
         # the head dilated by 8 px: the stage's own end and the unmasked coarse level's lie 0.05 coarse voxels apart
         # (the metric 0.15% apart), so it is not run again, and the affine stage after it draws the samples it drew
