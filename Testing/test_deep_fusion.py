@@ -253,6 +253,23 @@ class DeepFusionTest(unittest.TestCase):
                       metadata={"format": "mmfusion-deep-fusion", "format_version": "1", "spatial_dims": "2",
                                 "architecture": json.dumps(good_arch)})
             self.assertEqual(load_weights(path)[0].config, net.config)
+            # one level (MONAI's UNet needs two) was a ValueError from build_network; a header of 10^6 features
+            # (tensors of the file's 4) built a 36 TB network first: a RuntimeError from torch's allocator
+            for arch, message in (({**good_arch, "channels": [8], "strides": []}, "invalid architecture header"),
+                                  ({**good_arch, "features": 10 ** 6}, "do not match its architecture header")):
+                path = os.path.join(tmp, "header-sizes.safetensors")
+                save_file(state, path, metadata={"format": "mmfusion-deep-fusion", "format_version": "1",
+                                                 "spatial_dims": "2", "architecture": json.dumps(arch)})
+                with self.subTest(header=arch), self.assertRaises(InputError) as ctx:
+                    load_weights(path)
+                self.assertIn(message, str(ctx.exception))
+            # what save_weights writes of any valid architecture is read (no residual units, two levels, 3D)
+            from MultimodalFusionLib.fusion.deep import FusionNetConfig, build_network, save_weights
+
+            for config in (FusionNetConfig(features=2, channels=(4, 4), strides=(1,), num_res_units=0),
+                           FusionNetConfig(spatial_dims=3, features=2, channels=(4, 8), strides=(2,), detail_scale=0)):
+                path = save_weights(build_network(config), os.path.join(tmp, "valid.safetensors"))
+                self.assertEqual(load_weights(path)[0].config, config)
             with self.assertRaises(InputError) as ctx:
                 load_weights(good, spatial_dims=3)
             self.assertIn("2D network", str(ctx.exception))

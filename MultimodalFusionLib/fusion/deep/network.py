@@ -71,7 +71,8 @@ class FusionNetConfig:
                 raise ValueError(f"detail_scale is {scale!r}, not a finite number >= 0")
             d["detail_scale"] = float(scale)
         cfg = cls(**d)
-        if cfg.spatial_dims not in (2, 3) or len(cfg.channels) != len(cfg.strides) + 1:
+        # MONAI's UNet needs two levels at least: one channel count was its ValueError from build_network
+        if cfg.spatial_dims not in (2, 3) or len(cfg.channels) < 2 or len(cfg.channels) != len(cfg.strides) + 1:
             raise ValueError(f"inconsistent architecture {cfg.to_dict()}")
         return cfg
 

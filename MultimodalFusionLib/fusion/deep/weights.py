@@ -171,8 +171,13 @@ def load_weights(path: str | os.PathLike, *, spatial_dims: int | None = None,
     except Exception as exc:
         raise InputError(f"The tensors of '{path}' cannot be read ({type(exc).__name__}); the file is "
                          "corrupted or truncated.", _FIX_DEFAULT) from exc
-    model = build_network(config)
-    expected = model.state_dict()
+    import torch
+
+    # the expected tensors from a network built without storage (torch's meta device): a header's sizes are
+    # checked against the file's tensors before any memory is taken for them, since an edited header (features
+    # 1e6) built a network of 36 TB first (a RuntimeError from torch's allocator) or of GBs, to refuse it after
+    with torch.device("meta"):
+        expected = build_network(config).state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
@@ -182,8 +187,6 @@ def load_weights(path: str | os.PathLike, *, spatial_dims: int | None = None,
                            if keys)
         raise InputError(f"The tensors of '{path}' do not match its architecture header ({detail}).",
                          _FIX_DEFAULT)
-    import torch
-
     not_float = sorted(k for k, v in state.items() if not v.is_floating_point())
     if not_float:
         # load_state_dict casts them into the float parameters: a quantised (int8) file, or one whose tensors
@@ -201,6 +204,7 @@ def load_weights(path: str | os.PathLike, *, spatial_dims: int | None = None,
                          f"({', '.join(not_finite[:3])}{'...' if len(not_finite) > 3 else ''}).",
                          "Re-train the weights (a lower --lr if the training diverged), or " + _FIX_DEFAULT[0].lower()
                          + _FIX_DEFAULT[1:])
+    model = build_network(config)
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     info: dict[str, Any] = dict(meta)
