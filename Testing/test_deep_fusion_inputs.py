@@ -507,6 +507,12 @@ class InferenceInputsTest(unittest.TestCase):
         net = self._net().eval()
         fuse_arrays(a, b, weights=net, device="cpu")
         self.assertFalse(net.training)
+        # a part in eval mode while the rest trains (a frozen encoder) keeps its mode: train(True) had set them all
+        net = self._net().train()
+        net.encoder_a.eval()
+        fuse_arrays(a, b, weights=net, device="cpu")
+        self.assertEqual([m.training for m in net.encoder_a.modules()], [False] * len(list(net.encoder_a.modules())))
+        self.assertTrue(net.training and net.core.training)
 
     def test_adaptation_seed(self):
         """Same seed, same result; another seed draws other slices of a volume; a 2D image is adapted on the

@@ -491,7 +491,10 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
     # optimiser's next step on the wrong device, and trained without its training mode). Cached shipped/file
     # weights live on the CPU in eval mode, as before
     first = next(iter(model.parameters()), None)
-    home, was_training = (first.device if first is not None else torch.device("cpu")), model.training
+    home = first.device if first is not None else torch.device("cpu")
+    # each module's own mode: model.train(True) sets every sub-module's, so a part the caller had put in eval
+    # mode (a frozen encoder while the rest trains) came back in training mode
+    modes = [(module, module.training) for module in model.modules()]
     try:
         with _reuse_freed_memory():
             fused, weight = _run(dev)
@@ -503,7 +506,9 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
         with _reuse_freed_memory():
             fused, weight = _run(dev)
     finally:
-        model.to(home).train(was_training)
+        model.to(home)
+        for module, training in modes:
+            module.training = training
     if selection == "hard":
         fused = np.where(weight >= 0.5, a, b)
     # both arrays are this function's own (fresh from predict / np.where): clip them in place
