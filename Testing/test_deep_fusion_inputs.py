@@ -148,6 +148,53 @@ class TrainingDataTest(unittest.TestCase):
             with self.assertRaisesRegex(InputError, "'.*MRI/00.nii.gz' \\+ '.*CT/00.nii.gz' is 2D"):
                 load_pairs(flat, spatial_dims=3)
 
+    def test_pairs_are_scaled_as_fusion_scales_them(self):
+        """Training stretched an 8-bit pair min-to-max where fusion divides it by 255 (README: "8-bit images as
+        they are, others min-max"): a PNG pair spanning 30..200 was seen at another scale in training than in
+        fusion. load_pairs now gives the arrays fuse() hands a method, 8-bit grey and colour (a PET slice's Y
+        of YCbCr); other images are min-max scaled as before."""
+        from MultimodalFusionLib import fusion
+        from MultimodalFusionLib.fusion.deep.data import load_pairs, normalize
+        from MultimodalFusionLib.io import read_image
+
+        rng = np.random.default_rng(3)
+        grey8 = np.round(30 + 170 * _blobs((40, 36), 0)).astype(np.uint8)  # 30..200
+        colour8 = np.round(np.stack([20 + 200 * _blobs((40, 36), s) for s in (1, 2, 3)], -1)).astype(np.uint8)
+        grey16 = np.round(1000 + 3000 * _blobs((40, 36), 4)).astype(np.uint16)
+        volume = (rng.normal(300, 80, (6, 40, 36))).astype(np.int16)
+        seen = {}
+
+        def capture(a, b, **_):
+            seen["a"], seen["b"] = a, b
+            return a
+
+        fusion.register_method("capture-scaling", capture)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                cases = {"grey8": (grey8, grey8[::-1].copy()), "pet8": (grey8, colour8),
+                         "grey16": (grey16, grey8), "volume": (volume, volume[:, ::-1].copy())}
+                for case, (first, second) in cases.items():
+                    for sub, arr in (("MRI", first), ("PET", second)):
+                        os.makedirs(os.path.join(tmp, case, sub))
+                        ext = ".nii.gz" if arr.ndim == 3 and arr.shape[-1] != 3 else ".png"
+                        sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=arr.shape[-1] == 3),
+                                        os.path.join(tmp, case, sub, "01" + ext))
+                    (pa, pb), = load_pairs(os.path.join(tmp, case), spatial_dims=2 if first.ndim == 2 else 3)
+                    ext = ".nii.gz" if first.ndim == 3 else ".png"
+                    a = read_image(os.path.join(tmp, case, "MRI", "01" + ext), keep_color=True)
+                    b = read_image(os.path.join(tmp, case, "PET", "01" + ext), keep_color=True)
+                    fusion.fuse(a, b, "capture-scaling")
+                    with self.subTest(case=case):
+                        np.testing.assert_array_equal(pa, seen["a"].astype(np.float32))
+                        np.testing.assert_array_equal(pb, seen["b"].astype(np.float32))
+                        self.assertEqual((pa.dtype, pb.dtype), (np.float32, np.float32))
+                np.testing.assert_allclose(load_pairs(os.path.join(tmp, "grey8"))[0][0], grey8 / 255.0, rtol=1e-7)
+                # not 8-bit: min-max in float32 as before (the arrays, so a checkpoint's pairs, are unchanged)
+                pa, _ = load_pairs(os.path.join(tmp, "volume"), spatial_dims=3)[0]
+                np.testing.assert_array_equal(pa, normalize(volume.astype(np.float32))[0])
+        finally:
+            fusion.METHODS.pop("capture-scaling", None)
+
     def test_pairs_cached_on_disk_train_the_same_weights(self):
         """load_pairs held every pair in memory (64 MB per 256^3 volume): cache_dir maps them from disk."""
         from MultimodalFusionLib.fusion.deep import TrainingConfig, train_fusion

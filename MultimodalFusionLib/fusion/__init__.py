@@ -57,6 +57,7 @@ __all__ = [
     "same_grid",
     "check_same_grid",
     "to_unit",
+    "unit_scaled",
     "slice_axis",
     "SLICE_AXIS_RATIO",
     "AXIS_NAMES",
@@ -228,6 +229,31 @@ def to_unit(image: sitk.Image | np.ndarray, window: Sequence[float] | None = Non
     arr -= lo  # the same operations as (arr - lo) / (hi - lo), so the same values, in place
     arr /= hi - lo
     return arr
+
+
+def _colour_ycc(b: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB on 0..255, its YCbCr) of a colour image, float64: 8-bit colour as stored, other colour min-max
+    stretched to 0..255 first (how :func:`fuse` reads a colour ``b``)."""
+    rgb = sitk.GetArrayFromImage(b).astype(np.float64)[..., :3]
+    if b.GetPixelID() != sitk.sitkVectorUInt8:  # not 8-bit colour: scale to 0..255 first
+        lo, hi = float(rgb.min()), float(rgb.max())
+        rgb = (rgb - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(rgb)
+    return rgb, rgb_to_ycbcr(rgb)
+
+
+def unit_scaled(image: sitk.Image, *, functional: bool = False) -> np.ndarray:
+    """``image`` on the 0..1 scale :func:`fuse` gives a fusion method when no window is set (float64): 8-bit grey
+    divided by 255, other grey min-max (:func:`to_unit`); colour as its luminance, for the anatomical image ``a``
+    rounded to 8 bits where the colour is 8-bit, for the ``functional`` image ``b`` Y of YCbCr / 255 (the channel
+    colour ``b`` is fused on); grey stored as RGB as grey. Deep-fusion training scales its pairs with it, so a
+    network is trained on its inputs at the scale it fuses them (an 8-bit PNG pair spanning 30..200 was
+    stretched to 0..1 in training, divided by 255 in fusion)."""
+    name = "functional image (b)" if functional else "anatomical image (a)"
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        _check_grey_or_colour(image, name)
+        if functional and not _is_grey_rgb(image):
+            return _colour_ycc(image)[1][..., 0] / 255.0
+    return to_unit(_grey_input(image, name))
 
 
 def _from_array(arr: np.ndarray, reference: sitk.Image, *, rgb: bool = False) -> sitk.Image:
@@ -508,11 +534,7 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     chroma = None
     b_rgb_unit = None
     if colour:
-        rgb = sitk.GetArrayFromImage(b).astype(np.float64)[..., :3]
-        if b.GetPixelID() != sitk.sitkVectorUInt8:  # not 8-bit colour: scale to 0..255 first
-            lo, hi = float(rgb.min()), float(rgb.max())
-            rgb = (rgb - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(rgb)
-        ycc = rgb_to_ycbcr(rgb)
+        rgb, ycc = _colour_ycc(b)
         chroma = ycc[..., 1:]
         b_unit = np.clip(window_to_unit(ycc[..., 0], window_b), 0, 1) if window_b is not None else ycc[..., 0] / 255.0
         b_rgb_unit = np.clip(rgb / 255.0, 0.0, 1.0)

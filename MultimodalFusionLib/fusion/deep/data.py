@@ -201,7 +201,8 @@ def _refuse_two_readings(root: Path, parent: Path, first: Path, second: Path) ->
 
 def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
                spatial_dims: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Read and normalise every pair below ``folder`` (colour images as luminance, Y of YCbCr).
+    """Read and scale to 0..1 every pair below ``folder`` as fusion scales its inputs (``fusion.unit_scaled``:
+    8-bit images divided by 255, colour as its luminance, Y of YCbCr, others min-max).
 
     Args:
         folder: the pairs folder (see the module docstring).
@@ -227,9 +228,10 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
 
     out = []
     for pa, pb in find_pairs(folder):
-        a, b = read_image(pa, float32=True), read_image(pb, float32=True)
-        check_image(a, f"training image '{pa}'")
-        check_image(b, f"training image '{pb}'")
+        # as fusion reads them (mmfusion fuse/run: keep_color), so that they are scaled as fusion scales them
+        a, b = read_image(pa, keep_color=True), read_image(pb, keep_color=True)
+        check_image(a, f"training image '{pa}'", allow_vector=True)
+        check_image(b, f"training image '{pb}'", allow_vector=True)
         check_same_grid(a, b, f"training image '{pa}'", f"training image '{pb}'")
         if spatial_dims == 3 and a.GetDimension() != 3:
             # to_training_samples refused it after every pair had been read, naming no file
@@ -239,7 +241,8 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
                              "volumes are cut into slices) on them all.")
         # to_training_samples cuts a volume along axis 0: for a 2D network, the acquisition's slice axis
         axis = slice_axis(a.GetSpacing()[::-1]) if a.GetDimension() == 3 and spatial_dims == 2 else 0
-        pair = tuple(normalize(sitk.GetArrayFromImage(img))[0] for img in (a, b))
+        pair = (_training_scale(a, f"training image '{pa}'"),
+                _training_scale(b, f"training image '{pb}'", functional=True))
         if axis:
             pair = tuple(np.ascontiguousarray(np.moveaxis(arr, axis, 0)) for arr in pair)
         del a, b
@@ -248,6 +251,21 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
                          for arr, side in zip(pair, "ab"))
         out.append(pair)
     return out
+
+
+def _training_scale(image: sitk.Image, name: str, *, functional: bool = False) -> np.ndarray:
+    """``image`` scaled to 0..1 (float32) as fusion scales it (``fusion.unit_scaled``; README: "8-bit images as
+    they are, others min-max"): 8-bit grey divided by 255 and colour by its luminance on the 8-bit scale, where
+    training had stretched them min-to-max, so a PNG pair spanning 30..200 was seen brighter and with more
+    contrast in training than in fusion. Other grey images are min-max scaled in float32 by :func:`normalize`, as
+    before (the same arrays, so checkpoints of earlier runs on them resume)."""
+    from .. import unit_scaled
+
+    if image.GetNumberOfComponentsPerPixel() > 1 or image.GetPixelID() == sitk.sitkUInt8:
+        return unit_scaled(image, functional=functional).astype(np.float32)
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)  # as read_image(float32=True) cast it
+    return normalize(sitk.GetArrayFromImage(image))[0]
 
 
 def _mapped(arr: np.ndarray, path: Path) -> np.ndarray:
