@@ -59,6 +59,15 @@ class TrainFusionCliTest(unittest.TestCase):
             text = out.getvalue()
             self.assertIn("epoch   1", text)  # history carried over from the checkpoint
             self.assertIn("epoch   2", text)
+            # the resumed run's file records the whole run's time (it had recorded the resumed part's only), and
+            # that part; the epochs' seconds count from the run's start
+            first = meta["training"]["seconds"]
+            resumed = load_weights(model)[1]["training"]
+            self.assertGreater(resumed["seconds_resumed_part"], 0)
+            self.assertAlmostEqual(resumed["seconds"], first + resumed["seconds_resumed_part"], delta=0.25)
+            self.assertGreater(resumed["final_loss"]["seconds"], first)
+            self.assertEqual(resumed["resumed_after_epoch"], 1)
+            self.assertIn("of them since epoch 1", text)
             fused = str(tmp / "fused.png")
             with redirect_stdout(io.StringIO()):
                 rc = main(["fuse", str(tmp / "pairs" / "MRI" / "18.png"), str(tmp / "pairs" / "CT" / "18.png"),

@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python scripts/train_default_fusion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "training": tcfg.to_dict(),
         "seconds_data": round(t_data, 1),
-        "seconds_training": round(result.seconds, 1),
+        "seconds_training": round(result.seconds, 1),  # the whole run, the parts before a --resume included
+        **({"seconds_training_resumed_part": round(result.seconds_this_part, 1)} if args.resume else {}),
         "device": result.device,
         "threads": args.threads,
         "cpu": platform.processor() or platform.machine(),
