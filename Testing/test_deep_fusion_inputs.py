@@ -561,6 +561,33 @@ class InferenceInputsTest(unittest.TestCase):
         self.assertEqual([m.training for m in net.encoder_a.modules()], [False] * len(list(net.encoder_a.modules())))
         self.assertTrue(net.training and net.core.training)
 
+    def test_a_3d_network_on_strongly_anisotropic_voxels_warns(self):
+        """A 3D network fused 1 x 1 x 5 mm volumes without a word, with 6-14 % less mutual information than at 1 mm
+        (README): it warns, naming the spacing and both fixes; near-isotropic voxels and the 2D network do not."""
+        import warnings
+
+        from MultimodalFusionLib.fusion import fuse
+
+        def fused_warnings(spacing, spatial_dims=3):
+            images = []
+            for seed in (0, 1):
+                image = sitk.GetImageFromArray(_blobs((8, 24, 20), seed))
+                image.SetSpacing(spacing)
+                images.append(image)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fuse(*images, "deep", weights=self._net(spatial_dims), device="cpu")
+            return [str(w.message) for w in caught if "anisotropic" in str(w.message)]
+
+        said = fused_warnings((1.0, 1.0, 5.0))
+        self.assertEqual(len(said), 1)
+        self.assertIn("1 x 1 x 5 mm voxels (5.0x anisotropic)", said[0])
+        self.assertIn("near-isotropic", said[0])
+        self.assertIn("--model 2d", said[0])
+        self.assertEqual(len(fused_warnings((5.0, 1.0, 1.0))), 1)  # thick along x: any axis
+        self.assertEqual(fused_warnings((1.0, 1.0, 2.5)), [])
+        self.assertEqual(fused_warnings((1.0, 1.0, 5.0), spatial_dims=2), [])  # sliced across its thick axis
+
     def test_adaptation_seed(self):
         """Same seed, same result; another seed draws other slices of a volume; a 2D image is adapted on the
         whole image every step, so the seed has nothing to draw there (README)."""

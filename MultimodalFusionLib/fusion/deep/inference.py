@@ -59,6 +59,14 @@ MIN_ADAPT_SIZE = 8
 _MAX_SCALE_BACKOFFS = 16
 
 
+#: Voxel anisotropy (largest / smallest spacing) from which fusing a volume with a 3D network warns. Measured on
+#: MNI152 pairs (t1/pet, t2/ct; shipped 3D weights, blend) resampled to 1 x 1 x r mm and fused there, against
+#: fusing at 1 mm and resampling the result, mutual information was 1.6-4.8 % lower at r = 2, 3.5-8.2 % at r = 3
+#: and 6.3-14 % at r = 5, SSIM lower too; from r = 3 the 2D weights (slice by slice across the thick axis) scored
+#: higher than the 3D network on most metrics (README).
+ANISOTROPY_WARNING_RATIO = 3.0
+
+
 #: Largest sliding-window side accepted (a 1024^3 window's activations are already hundreds of GB).
 MAX_ROI_SIZE = 1024
 
@@ -462,6 +470,8 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
                          "Use 2D weights for 2D slices (weights='2d', CLI --model 2d); 3D volumes work with 2D or "
                          "3D weights.")
     sliced = dim == 3 and model.config.spatial_dims == 2
+    if dim == 3 and model.config.spatial_dims == 3 and spacing:
+        _warn_anisotropic(spacing)
     axis = slice_axis(spacing) if sliced else 0
     # the slicing axis first (views): predict and adapt cut volumes along the first axis
     run_a, run_b = (np.moveaxis(a, axis, 0), np.moveaxis(b, axis, 0)) if axis else (a, b)
@@ -521,6 +531,22 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
     if sliced:
         params["slice_axis"] = AXIS_NAMES[axis]
     return fused, weight, params
+
+
+def _warn_anisotropic(spacing: Sequence[float]) -> None:
+    """Warn that a 3D network fuses a volume of strongly anisotropic voxels (e.g. 1 x 1 x 5 mm) less well than the
+    same volume fused near-isotropic, and less well than the 2D network slice by slice (measured: README)."""
+    import warnings
+
+    ratio = max(spacing) / min(spacing)
+    if ratio < ANISOTROPY_WARNING_RATIO:
+        return
+    shown = " x ".join(f"{v:g}" for v in reversed(spacing))  # ITK's x, y, z order, as users read spacings
+    warnings.warn(f"The 3D deep-fusion network is fusing a volume of {shown} mm voxels ({ratio:.1f}x anisotropic): "
+                  "it was trained on isotropic voxels, and fused 1 x 1 x 3 to 1 x 1 x 5 mm volumes with 4-14 % less mutual "
+                  "information than the same volumes at 1 mm. Resample both images to near-isotropic voxels first, or "
+                  "use the 2D weights (weights='2d', CLI --model 2d: the default), which fuse it slice by slice "
+                  "across its thick axis.", UserWarning, stacklevel=4)
 
 
 def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None = None,
