@@ -543,7 +543,7 @@ def _warn_anisotropic(spacing: Sequence[float]) -> None:
         return
     shown = " x ".join(f"{v:g}" for v in reversed(spacing))  # ITK's x, y, z order, as users read spacings
     warnings.warn(f"The 3D deep-fusion network is fusing a volume of {shown} mm voxels ({ratio:.1f}x anisotropic): "
-                  "it was trained on isotropic voxels, and fused 1 x 1 x 3 to 1 x 1 x 5 mm volumes with 4-14 % less mutual "
+                  "it was trained on isotropic voxels, and fused 1 x 1 x 3 to 1 x 1 x 5 mm volumes with 3.5-14 % less mutual "
                   "information than the same volumes at 1 mm. Resample both images to near-isotropic voxels first, or "
                   "use the 2D weights (weights='2d', CLI --model 2d: the default), which fuse it slice by slice "
                   "across its thick axis.", UserWarning, stacklevel=4)
