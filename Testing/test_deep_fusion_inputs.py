@@ -818,7 +818,8 @@ class SliceAxisTest(unittest.TestCase):
         # a 3D network sees the whole volume: no slicing, nothing recorded
         torch.manual_seed(0)
         net3 = build_network(FusionNetConfig(spatial_dims=3, features=4, channels=(8, 16, 16), strides=(2, 2)))
-        self.assertNotIn("slice_axis", fuse_arrays(a, b, weights=net3, spacing=(1.0, 1.0, 5.0))[2])
+        with self.assertWarnsRegex(UserWarning, "anisotropic"):  # (test_a_3d_network_on_..._warns)
+            self.assertNotIn("slice_axis", fuse_arrays(a, b, weights=net3, spacing=(1.0, 1.0, 5.0))[2])
         # spacing is the images' geometry: checked when given directly, refused as a fuse() parameter
         for bad in ((1.0, 1.0), (1.0, 0.0, 1.0), (1.0, float("nan"), 1.0), "abc"):
             with self.subTest(spacing=bad), self.assertRaises(InputError) as caught:
