@@ -296,10 +296,14 @@ def image_from_volume_node(node: Any, *, float32: bool = False) -> sitk.Image:
     vtk_matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(vtk_matrix)
     ijk_to_ras = _np_matrix(vtk_matrix)
-    # Slicer keeps the voxel grid in the node (image data origin 0, spacing 1); a non-zero
-    # image-data origin would be a shift in IJK, folded in here so no geometry is lost.
-    shift = np.array(image_data.GetOrigin(), dtype=float)
+    # Slicer keeps the voxel grid in the node (image data origin 0, spacing 1, extent from 0); a non-zero
+    # image-data origin would be a shift in IJK, folded in here so no geometry is lost. So is an extent that
+    # does not start at 0 (vtkImageClip's or vtkImageReslice's output put into a node from the Python
+    # console): its first voxel is IJK (i0, j0, k0), where Slicer shows it; read as IJK 0 it had been
+    # registered and fused that many voxels away, without a word.
     ijk_spacing = np.array(image_data.GetSpacing(), dtype=float)
+    extent_start = np.array(image_data.GetExtent()[::2], dtype=float)
+    shift = np.array(image_data.GetOrigin(), dtype=float) + ijk_spacing * extent_start
     ras_axes = ijk_to_ras[:3, :3] @ np.diag(ijk_spacing)
     spacing = np.linalg.norm(ras_axes, axis=0)
     direction_ras = ras_axes / spacing

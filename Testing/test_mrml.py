@@ -94,6 +94,32 @@ class MrmlHelpersTest(unittest.TestCase):
         self.assertEqual(back.GetSize(), (4, 3, 1))
         self.assertEqual(back.GetSpacing()[:2], (0.5, 0.8))
 
+    def test_an_image_data_extent_not_starting_at_zero_is_read_where_slicer_shows_it(self) -> None:
+        """A node's image data cut with vtkImageClip (or a vtkImageReslice output) from the Python console: its
+        first voxel is IJK (3, 2, 1), and Slicer shows it there. It had been read as IJK (0, 0, 0), so registered
+        and fused 3, 2 and 1 voxels away (12, 8, 5 mm on this oblique grid) without a word."""
+        import vtk
+
+        whole = mrml.volume_node_from_image(self.image, self.scene, name="whole")
+        clip = vtk.vtkImageClip()
+        clip.SetInputData(whole.GetImageData())
+        clip.SetOutputWholeExtent(3, 12, 2, 15, 1, 11)
+        clip.ClipDataOn()
+        clip.Update()
+        cut = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "cut")
+        cut.CopyOrientation(whole)
+        cut.SetAndObserveImageData(clip.GetOutput())
+        self.assertEqual(cut.GetImageData().GetExtent(), (3, 12, 2, 15, 1, 11))
+        read = mrml.image_from_volume_node(cut)
+        self.assertEqual(read.GetSize(), (10, 14, 11))
+        np.testing.assert_allclose(read.GetOrigin(), self.image.TransformIndexToPhysicalPoint((3, 2, 1)), atol=1e-9)
+        # the voxels are the original's at the same places, and what VTK (Slicer's slice views) shows
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(read),
+                                      sitk.GetArrayFromImage(self.image)[1:12, 2:16, 3:13])
+        shown = sitk.GetArrayFromImage(mrml.reslice_volume_node(cut, whole, interpolation="nearest"))
+        back = sitk.GetArrayFromImage(sitk.Resample(read, self.image, sitk.Transform(), sitk.sitkNearestNeighbor))
+        np.testing.assert_array_equal(back, shown)
+
     def test_mask_from_label_map_on_another_grid_is_resampled(self) -> None:
         label = sitk.Cast(self.image > 300, sitk.sitkUInt8)
         coarse = sitk.Resample(label, scenarios.oblique_grid((8, 9, 7), (8.0, 8.0, 10.0)), sitk.Transform(),
