@@ -119,6 +119,31 @@ def _check_class(node: Any, class_name: str, what: str, kind: str) -> None:
                          f"Select a (scalar) volume node as the {what}, or leave it empty to create one.")
 
 
+def _check_not_above_moving(output: Any, moving: Any, apply_transform: bool) -> None:
+    """The output transform must not lie above the moving volume's own parent transform in its chain.
+
+    The result maps the fixed grid to the moving volume's own grid (it includes the whole chain the volume is
+    shown through), so the volume is aligned where it sits directly under the result. Written into a transform
+    further up its chain, the result was composed with the transforms between them: the volume was shown
+    through both, off by those transforms (5.0 mm under a 4 mm shift, where the result is 1.2 mm from the
+    truth), without a word. (The volume's own parent as the output is replaced by the result: aligned.)"""
+    if output is None or apply_transform:
+        return
+    parent = moving.GetParentTransformNode()
+    between = []
+    while parent is not None and parent is not output:
+        between.append(parent)
+        parent = parent.GetParentTransformNode()
+    if parent is None or not between:
+        return
+    names = ", ".join(f"'{node.GetName()}'" for node in between)
+    raise InputError(f"The output transform '{output.GetName()}' is above the moving volume "
+                     f"'{moving.GetName()}' in its chain of transforms (through {names}); the result, written "
+                     f"there, would show the volume moved by {names} as well, not aligned.",
+                     "Select another output transform node, or leave it empty to create one (registerVolumes "
+                     "with applyTransform=True instead puts the moving volume directly under the result).")
+
+
 def _in_world(node: Any) -> Any:
     """An output node holds world coordinates (the fixed grid; a fixed-to-moving transform). One the
     user chose that sits under a transform is taken out of it: under it, the output would be shown
@@ -216,7 +241,10 @@ class FusionLogic:
                 torch backend or under another transform, where it is not used (a warning says so).
             seed: seed of the random metric sampling (same seed, same result).
             outputTransformNode: transform node to write into; a new one when None. The results are
-                in world coordinates: an output node under a transform is taken out of it.
+                in world coordinates: an output node under a transform is taken out of it. It may be the
+                moving volume's own parent (replaced by the result, which includes it), but not a transform
+                above that parent in its chain (refused unless ``applyTransform``: the volume would be shown
+                through the transforms between them as well).
             outputVolumeNode: volume node for the resampled moving volume; a new one when None.
             resample: make the resampled moving volume.
             applyTransform: also set the transform as the moving volume's parent (display only;
@@ -265,6 +293,7 @@ class FusionLogic:
                              "Select another output transform node, or leave it empty to create a new one (the "
                              "result includes the initial transform: applyTransform=True puts the moving volume "
                              "under it in place of the initial one).")
+        _check_not_above_moving(outputTransformNode, movingVolumeNode, applyTransform)
         # the initial transform replaces the initializer: one named with it had been ignored without a word (here
         # register() is given the resolved settings, not the name)
         check_one_start(initializer or None, None, None if initialTransformNode is None

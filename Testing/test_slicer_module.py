@@ -557,6 +557,40 @@ class LogicTest(unittest.TestCase):
             np.testing.assert_array_equal(as_shown, own, err_msg=node.GetName())
         self.assertIsNone(chosen_transform.GetParentTransformNode())
 
+    def test_an_output_transform_above_the_moving_volumes_parent_is_refused(self) -> None:
+        """PET under 'pre' (a 4 mm shift) under 'chosen' (the output): the result, which includes both, had been
+        written into 'chosen', so the PET was shown through 'pre' and the result, 4 mm more: 5.0 mm off the
+        truth where the result is 1.2 mm from it, without a word."""
+        import vtk
+
+        chosen = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "chosen")
+        pre = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "pre")
+        matrix = vtk.vtkMatrix4x4()
+        matrix.SetElement(0, 3, 4.0)
+        pre.SetMatrixTransformToParent(matrix)
+        mrml.set_parent_transform(pre, chosen)
+        mrml.set_parent_transform(self.pet, pre)
+        nodes = self.scene.GetNumberOfNodes()
+        for call in (lambda: self._register(outputTransformNode=chosen),
+                     lambda: self.logic.run(self.mr, self.pet, stages=["rigid"], seed=3, outputTransformNode=chosen,
+                                            show=False)):
+            with self.assertRaisesRegex(InputError, "output transform 'chosen' is above the moving volume 'PET' in "
+                                                    "its chain of transforms \\(through 'pre'\\)") as cm:
+                call()
+            self.assertIn("applyTransform=True", cm.exception.fix)
+            self.assertEqual(self.scene.GetNumberOfNodes(), nodes)  # refused before any work
+            self.assertTrue(chosen.IsTransformToWorldLinear())
+            np.testing.assert_array_equal(mrml.linear_transform_matrix(mrml.sitk_transform_from_node(chosen)),
+                                          np.eye(4))
+        # with applyTransform the PET goes directly under the result: shown aligned, as the result aligns it
+        out = self._register(outputTransformNode=chosen, applyTransform=True)
+        self.assertIs(self.pet.GetParentTransformNode(), chosen)
+        np.testing.assert_allclose(mrml.linear_transform_matrix(mrml.sitk_transform_from_node(chosen)),
+                                   mrml.linear_transform_matrix(out.result.transform), atol=1e-9)
+        # the moving volume's own parent as the output stays allowed (repeated clicks in the panel)
+        mrml.set_parent_transform(self.pet, pre)
+        self.assertIs(self._register(outputTransformNode=pre).transformNode, pre)
+
     def test_cancel_stops_without_new_nodes(self) -> None:
         before = self.scene.GetNumberOfNodes()
         with self.assertRaises(OperationCancelled):
