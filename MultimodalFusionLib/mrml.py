@@ -51,6 +51,7 @@ __all__ = [
     "reslice_volume_node",
     "setup_anatomical_display",
     "setup_functional_display",
+    "setup_weights_display",
     "reset_display_range",
     "colormap_colors",
     "show_fusion",
@@ -803,6 +804,26 @@ def reset_display_range(node: Any) -> None:
         return  # none yet, or a label map's: nothing in the units of the old voxels
     display.AutoWindowLevelOn()
     display.SetApplyThreshold(0)
+
+
+def setup_weights_display(node: Any, *, colormap: str = "Grey") -> Any:
+    """Show a weight map (each voxel's weight of the anatomical volume, 0..1) on the fixed window 0..1: black is
+    the functional volume alone, white the anatomical alone, mid-grey half of each, whatever the map's own range.
+
+    An automatic window stretched each map over its own range (0.27..0.77 for a wavelet map of 0.24..0.82, so a
+    weight of 0.27 looked like 0), and a constant map (``average``, ``pca``) had a window of -1e-5 with its
+    minimum above its maximum.
+
+    Returns:
+        The display node.
+    """
+    scene = get_scene(None, node)
+    display = _display_node(node)
+    display.SetAndObserveColorNodeID(_color_node(scene, colormap).GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.SetApplyThreshold(0)
+    return display
 
 
 def setup_functional_display(node: Any, *, colormap: str = "PET-Heat",

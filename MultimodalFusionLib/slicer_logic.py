@@ -506,6 +506,7 @@ class FusionLogic:
         if weights_image is not None:
             weights_node = _written(mrml.volume_node_from_image(weights_image, scene, name=f"{base} weights",
                                                                  node=weightsVolumeNode))
+            mrml.setup_weights_display(weights_node)  # weights on 0..1, not stretched over the map's own range
         table = mrml.metrics_table_node({"fusion": metrics}, scene, name=f"{base} metrics", node=metricsTableNode)
         report(progress, 1.0, "fusion done")
         return FusionOutputs(fused_node, weights_node, table, result, metrics)

@@ -199,6 +199,27 @@ class LogicTest(unittest.TestCase):
         table = mrml.table_to_dict(average.metricsTableNode)
         self.assertAlmostEqual(float(table["fusion.EN"]), average.metrics["EN"], places=9)
 
+    def test_weight_maps_are_shown_on_the_fixed_window_0_to_1(self) -> None:
+        """A weight map's grey level is its weight (black: functional alone, white: anatomical alone), for every
+        method and a reused node alike. The automatic window stretched each map over its own range: the wavelet
+        map of 0.24..0.82 was shown as 0.27..0.77 (a weight of 0.27 black), and average's constant 0.7 had a
+        window of -1e-5 (minimum above maximum)."""
+        reg = self._register()
+        weights = None
+        for method, params in (("average", {"weight": 0.7}), ("wavelet", {}), ("max", {}), ("wavelet", {})):
+            with self.subTest(method=method, reused=weights is not None):
+                out = self.logic.fuseVolumes(self.mr, reg.resampledVolumeNode, method=method,
+                                             weightsVolumeNode=weights, **params)
+                weights = out.weightsVolumeNode
+                display = weights.GetDisplayNode()
+                self.assertFalse(display.GetAutoWindowLevel())
+                self.assertEqual((display.GetWindowLevelMin(), display.GetWindowLevelMax()), (0.0, 1.0))
+                self.assertEqual((display.GetWindow(), display.GetLevel()), (1.0, 0.5))
+                self.assertFalse(display.GetApplyThreshold())
+                self.assertEqual(display.GetColorNode().GetName(), "Grey")
+        # the fused image itself keeps a window from its own voxels
+        self.assertTrue(out.fusedVolumeNode.GetDisplayNode().GetAutoWindowLevel())
+
     def test_fuse_through_a_transform_node_equals_fusing_the_resampled_volume(self) -> None:
         reg = self._register()
         direct = self.logic.fuseVolumes(self.mr, self.pet, transformNode=reg.transformNode, method="max")
@@ -414,9 +435,11 @@ class LogicTest(unittest.TestCase):
             voxels = sitk.GetArrayFromImage(mrml.image_from_volume_node(node))
             low, high = display.GetWindowLevelMin(), display.GetWindowLevelMax()
             with self.subTest(node.GetName()):
-                self.assertTrue(display.GetAutoWindowLevel())
                 self.assertFalse(display.GetApplyThreshold())
-                if node is not again.fusion.weightsVolumeNode:  # PCA's weight is one value: no window to place
+                if node is again.fusion.weightsVolumeNode:  # weights are shown on 0..1, whatever their range
+                    self.assertEqual((low, high), (0.0, 1.0))
+                else:
+                    self.assertTrue(display.GetAutoWindowLevel())
                     # the window lies on the new voxels: most below its top, some above its bottom
                     self.assertLess(low, high)
                     self.assertGreater(np.mean(voxels < high), 0.5)
