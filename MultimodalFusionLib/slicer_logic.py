@@ -284,6 +284,12 @@ class FusionLogic:
                          "output volume")
         _check_class(outputTransformNode, "vtkMRMLTransformNode", "output transform", "transform node")
         _check_class(outputVolumeNode, "vtkMRMLScalarVolumeNode", "output volume", "volume node")
+        if outputVolumeNode is not None and outputVolumeNode.IsA("vtkMRMLVectorVolumeNode"):
+            # the resampled volume is grey (colour volumes are not registered): refused here, not once the
+            # registration had run and its transform node had been added
+            raise InputError(f"The output volume '{outputVolumeNode.GetName()}' is a colour (vector) volume; the "
+                             "registered volume is grey.",
+                             "Select a (scalar) volume node as the output volume, or leave it empty to create one.")
         if initialTransformNode is not None and initialTransformNode is outputTransformNode:
             # the result would replace the start it was read from: an input overwritten, and a second call with
             # the same arguments would start from the first one's result

@@ -259,11 +259,18 @@ class LogicTest(unittest.TestCase):
 
     def test_output_nodes_of_the_wrong_kind_fail_before_any_work(self) -> None:
         table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", "t")
+        rgb = self.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
         before = self.scene.GetNumberOfNodes()
+        # a colour volume as the registered volume had been refused only once the registration had run and its
+        # transform node had been added (the resampled volume is grey: it cannot be written into one)
+        colour = "output volume 'rgb' is a colour \\(vector\\) volume; the registered volume is grey"
         for kwargs, message in (({"outputTransformNode": self.mr}, "not a transform node"),
-                                ({"outputVolumeNode": table}, "not a volume node")):
+                                ({"outputVolumeNode": table}, "not a volume node"),
+                                ({"outputVolumeNode": rgb}, colour)):
             with self.subTest(message), self.assertRaisesRegex(InputError, message):
                 self._register(**kwargs)
+        with self.assertRaisesRegex(InputError, colour):
+            self.logic.run(self.mr, self.pet, stages=["rigid"], outputVolumeNode=rgb)
         weights = mrml.volume_node_from_image(self.fixed, self.scene, name="W")
         with self.assertRaisesRegex(InputError, "both the fused volume and the weight map"):
             self.logic.fuseVolumes(self.mr, self.pet, outputVolumeNode=weights, weightsVolumeNode=weights)
