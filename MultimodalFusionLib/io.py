@@ -1711,6 +1711,11 @@ def _head(path: str, size: int) -> bytes:
 #: magic says single-file, ``n+1``, looks for ``.nii`` first)
 _NIFTI_HEADER_ORDER = (".hdr", ".hdr.gz", ".nii", ".nii.gz")
 _NIFTI_DATA_ORDER = (".img", ".img.gz", ".nii", ".nii.gz")
+#: the data files taken for a pair's header (``.hdr``, ``.hdr.gz``): nifti1_io goes on to ``x.nii`` and ``x.nii.gz``
+#: where neither is there, and reads the voxels of a two-file header (``vox_offset`` 0) from that file's start, its
+#: own header's bytes among them (x.hdr beside x.nii alone: values such as -13107, no error): such a pair is
+#: refused as missing its ``.img`` (see :func:`missing_data_file`)
+_PAIR_DATA_ORDER = _NIFTI_DATA_ORDER[:2]
 
 
 def _nifti_lookup(base: str, exts: Sequence[str], spelt: str, any_case: bool) -> str | None:
@@ -1742,7 +1747,8 @@ def _nifti_files(path: str) -> tuple[str, str, bool] | None:
     """(header, data file, is a pair) of the NIfTI or Analyze image ``path`` names, as nifti1_io (ITK's reader)
     finds them: a ``.nii``/``.nii.gz`` is both; from a pair's ``x.img`` (or ``.img.gz``) its header is the first of
     ``x.hdr``, ``x.hdr.gz``, ``x.nii``, ``x.nii.gz``, and from the header its data file is the first of ``x.img``,
-    ``x.img.gz``, ``x.nii``, ``x.nii.gz`` (``.nii`` first for an ``x.nii`` of magic ``n+1``), whichever of the two was
+    ``x.img.gz``, ``x.nii``, ``x.nii.gz`` (``.nii`` first for an ``x.nii`` of magic ``n+1``; for an ``x.hdr`` or
+    ``x.hdr.gz`` only ``x.img`` and ``x.img.gz``, see ``_PAIR_DATA_ORDER``), whichever of the two was
     given: ``x.img.gz`` given beside an ``x.img`` is read with ``x.img``. The extensions are looked for in upper case
     from a name whose extension is (``x.HDR.GZ``: ``x.IMG``, then ``x.IMG.GZ``), else in lower case; a name ITK reads
     through a lower-case link (its extension not in lower case, see :func:`_readable_name`) takes any spelling
@@ -1770,6 +1776,8 @@ def _nifti_files(path: str) -> tuple[str, str, bool] | None:
         except (OSError, EOFError, zlib.error):
             pass  # a damaged header: ITK names it
     order = _NIFTI_DATA_ORDER[2:] + _NIFTI_DATA_ORDER[:2] if single else _NIFTI_DATA_ORDER
+    if header_suffix in (".hdr", ".hdr.gz"):
+        order = _PAIR_DATA_ORDER
     data = _nifti_lookup(header[:-len(header_suffix)], order, header[-len(header_suffix):], linked)
     return None if data is None else (header, data, data != header)
 
@@ -2221,33 +2229,37 @@ def missing_data_file(path: str | os.PathLike) -> str | None:
 
     A MetaImage (``.mhd``, or ``.mha``) names its voxels' file in ``ElementDataFile`` (``LOCAL``: they
     follow the header); a detached NRRD header (``.nhdr``, or ``.nrrd``) in its ``data file`` field; an
-    Analyze or NIfTI-pair header (``.hdr``) keeps them in the ``.img`` (or ``.img.gz``) of the same name, spelt
-    as nifti1_io looks for it (``x.hdr``: ``x.img``, not ``x.IMG``; see :func:`_nifti_files`). Relative names are relative to the header's folder. Lists and numbered patterns of data files are
+    Analyze or NIfTI-pair header (``.hdr``, or ``.hdr.gz``) keeps them in the ``.img`` (or ``.img.gz``) of the same
+    name, spelt as nifti1_io looks for it (``x.hdr``: ``x.img``, not ``x.IMG``; see :func:`_nifti_files`), and an
+    ``x.nii`` beside it is no data file (nifti1_io would read its header's bytes as voxels). Relative names are
+    relative to the header's folder. Lists and numbered patterns of data files are
     not checked (ITK's reader reports them). ITK names none of these files when one is missing: it says
     "nifti_image_load failed", or "couldn't open" advising another format.
 
     Returns:
-        The data file's name as the header gives it (a ``.hdr``'s: ``NAME.img``), or None (not such a
-        header, or its data file exists).
+        The data file's name as the header gives it (a ``.hdr``'s: ``NAME.img``; a ``.hdr.gz``'s:
+        ``NAME.img.gz``), or None (not such a header, or its data file exists).
     """
     path = os.fspath(path)
-    suffix = _suffix(path)
+    suffix = _data_file_suffix(path)
     if suffix not in _DATA_FILE_FIELDS or not os.path.isfile(path):
         return None
     folder = os.path.dirname(path)
     if suffix == ".hdr":
         import struct
+        import zlib
 
         try:
-            with open(path, "rb") as fh:
-                head = fh.read(4)
-        except OSError:
+            head = _head(path, 4)  # a .hdr.gz decompressed
+        except (OSError, EOFError, zlib.error):
             return None  # ITK's reader names an unreadable file
         if len(head) < 4 or 348 not in (struct.unpack("<i", head)[0], struct.unpack(">i", head)[0]):
             return None  # not an Analyze/NIfTI header: ITK says what it is not
         if _nifti_files(path) is not None:  # the data file nifti1_io (ITK's reader) takes, as it looks for it
             return None
-        return os.path.basename(path)[:-len(".hdr")] + (".IMG" if path.endswith(".HDR") else ".img")
+        spelt = path[-len(_read_suffix(path)):]
+        return os.path.basename(path)[:-len(spelt)] + {".HDR": ".IMG", ".HDR.GZ": ".IMG.GZ"}.get(
+            spelt, ".img.gz" if spelt.lower() == ".hdr.gz" else ".img")
     if suffix in (".mha", ".mhd"):
         try:
             with open(path, "rb") as fh:
@@ -2274,14 +2286,22 @@ def missing_data_file(path: str | os.PathLike) -> str | None:
     return None if os.path.isfile(os.path.join(folder, named)) else named
 
 
+def _data_file_suffix(path: str) -> str:
+    """The key of ``_DATA_FILE_FIELDS`` for ``path``: its extension in lower case, ``.hdr`` for a ``.hdr.gz`` too
+    (a compressed pair's header: its data file had not been checked, and beside an ``x.nii.gz`` alone ITK read that
+    file's header bytes as voxels)."""
+    return ".hdr" if _read_suffix(path) == ".hdr.gz" else _suffix(path)
+
+
 def _check_data_file(path: str) -> None:
     """Refuse an image header whose data file is missing, naming it (see :func:`missing_data_file`)."""
     named = missing_data_file(path)
     if named is None:
         return
-    field = _DATA_FILE_FIELDS[_suffix(path)]
+    suffix = _data_file_suffix(path)
+    field = _DATA_FILE_FIELDS[suffix]
     where = os.path.join(os.path.dirname(path), named)
-    said = f"in '{named}' ({field})" if _suffix(path) != ".hdr" else f"in '{named}', {field}"
+    said = f"in '{named}' ({field})" if suffix != ".hdr" else f"in '{named}', {field}"
     raise InputError(f"'{path}' is a header: its voxels are {said}, which does not exist ('{where}').",
                      "Keep the header and its data file together, with the name the header gives (copy or "
                      "upload both), or give a single-file image (.nii.gz, .nrrd, .mha).")

@@ -2058,6 +2058,40 @@ class UpperCaseInputs(unittest.TestCase):
             self.assertEqual(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(d, "w.HDR")))).tolist(),
                              [8])  # ITK itself, given the name
 
+    def test_a_pair_header_beside_a_single_file_alone_is_missing_its_img(self) -> None:
+        """A pair's header (x.hdr, x.hdr.gz) beside no x.img or x.img.gz but an x.nii (x.nii.gz) of the same name:
+        nifti1_io goes on to that file and reads the two-file header's voxels from its start, the .nii's own
+        header bytes among them, without an error. Refused, naming the .img the header needs (x.hdr had been read
+        as such garbage once the pair was found in nifti1_io's order; x.hdr.gz always had been)."""
+        import gzip
+
+        image = sitk.GetImageFromArray(np.full((4, 5, 6), 3, np.int16))
+        with tempfile.TemporaryDirectory() as d:
+            sitk.WriteImage(image, os.path.join(d, "x.hdr"))
+            os.remove(os.path.join(d, "x.img"))
+            sitk.WriteImage(image, os.path.join(d, "x.nii"))
+            self.assertEqual(io.missing_data_file(os.path.join(d, "x.hdr")), "x.img")
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(os.path.join(d, "x.hdr"))
+            self.assertIn("its voxels are in 'x.img'", ctx.exception.problem)
+            for name in ("x.hdr", "x.nii"):
+                with open(os.path.join(d, name), "rb") as fh, open(os.path.join(d, "z" + name[1:] + ".gz"), "wb") as out:
+                    out.write(gzip.compress(fh.read()))
+            self.assertEqual(io.missing_data_file(os.path.join(d, "z.hdr.gz")), "z.img.gz")
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(os.path.join(d, "z.hdr.gz"))
+            self.assertIn("its voxels are in 'z.img.gz'", ctx.exception.problem)
+            sitk.WriteImage(image, os.path.join(d, "x.img"))  # the pair whole again: read, with its voxels
+            self.assertEqual(np.unique(sitk.GetArrayFromImage(io.read_image(os.path.join(d, "x.hdr")))).tolist(),
+                             [3])
+            self.assertEqual(np.unique(sitk.GetArrayFromImage(io.read_image(os.path.join(d, "x.img")))).tolist(),
+                             [3])
+            with open(os.path.join(d, "x.img"), "rb") as fh, open(os.path.join(d, "z.img.gz"), "wb") as out:
+                out.write(gzip.compress(fh.read()))
+            self.assertIsNone(io.missing_data_file(os.path.join(d, "z.hdr.gz")))
+            self.assertEqual(np.unique(sitk.GetArrayFromImage(io.read_image(os.path.join(d, "z.hdr.gz")))).tolist(),
+                             [3])
+
     def test_an_unreadable_upper_case_file_names_the_file_not_a_link(self) -> None:
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "broken.GIPL")
