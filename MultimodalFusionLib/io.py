@@ -1256,6 +1256,9 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
     except InputError as exc:
         if _is_nifti2(path):
             raise _nifti2_error(path) from exc
+        unreadable = _nrrd_unreadable_line(path)
+        if unreadable is not None:
+            raise unreadable from exc
         cut_nrrd = _nrrd_cut_short(path)
         if cut_nrrd is not None:
             raise cut_nrrd from exc
@@ -1914,6 +1917,25 @@ _NRRD_BYTES = {
                      "int64_t", "ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t",
                      "double"), 8),
 }
+
+
+def _nrrd_unreadable_line(path: str) -> InputError | None:
+    """The error for a NRRD header holding a line teem (ITK's and Slicer's NRRD reader) refuses, a field without a
+    space after its colon (``data file:t.raw``), naming the line; ITK says only "didn't see ": " or ":=" in line",
+    and such a header had been reported truncated (its data file not found, the data looked for after it). None
+    for any other file. Called only once ITK has failed."""
+    try:
+        found = tensors._nrrd_header(path)
+    except OSError:
+        return None
+    line = None if found is None else tensors.unreadable_line(found[0])
+    if line is None:
+        return None
+    name, colon, value = line.partition(":")
+    fixed = f"'{name}: {value.lstrip()}'" if colon else f"'{line.strip()}: ...' or '#{line}'"
+    return InputError(f"'{path}' is a NRRD file whose header holds the line '{line}', which NRRD readers (teem, and "
+                      "so ITK and Slicer) refuse: a field is written 'name: value', with a space after the colon.",
+                      f"Correct the line in the header (e.g. {fixed}), or save the image again.")
 
 
 def _nrrd_cut_short(path: str) -> InputError | None:

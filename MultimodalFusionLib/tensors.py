@@ -123,13 +123,30 @@ def _is_keyvalue(line: str) -> bool:
     return not line.startswith("#") and ":=" in line.split(": ", 1)[0]
 
 
+def _field_parts(line: str) -> tuple[str, str] | None:
+    """A NRRD header line's field name and description (``field: description``), cut as teem cuts it: at its first
+    ``": "``; None for a comment, a key/value pair, or a line without ``": "`` (``kinds:vector``), which teem
+    refuses ("didn't see ": " or ":=" in line"), so ITK reads no such file: taken for the field, such a line had
+    named a data file that was then reported missing, or been written as ``data file: <path>`` into the readable
+    copy of a DTI header, which was then read though ITK and Slicer refuse the file."""
+    if line.startswith("#") or _is_keyvalue(line):
+        return None
+    key, colon, value = line.partition(": ")
+    return (key, value) if colon else None
+
+
+def unreadable_line(lines: list[str]) -> str | None:
+    """The first line of a NRRD header (its lines after the magic) that teem refuses: neither a comment, nor a
+    field (``": "``), nor a key/value pair (``":="``); None where there is none."""
+    return next((line for line in lines[1:] if not line.startswith("#") and ": " not in line and ":=" not in line),
+                None)
+
+
 def _field(lines: list[str], name: str) -> str | None:
     for line in lines[1:]:
-        if line.startswith("#") or _is_keyvalue(line):
-            continue
-        key, _, value = line.partition(":")
-        if key.strip().lower() == name:
-            return value.strip()
+        parts = _field_parts(line)
+        if parts is not None and parts[0].strip().lower() == name:
+            return parts[1].strip()
     return None
 
 
@@ -264,10 +281,10 @@ def _absolute_data_files(lines: list[str], folder: str) -> list[str]:
     """A detached header's lines with its data file(s) named by absolute paths (for a copy of it elsewhere)."""
     out = list(lines)
     for i, line in enumerate(out):
-        key, _, value = line.partition(":")
-        if key.strip().lower() not in ("data file", "datafile") or _is_keyvalue(line):
+        parts = _field_parts(line)
+        if parts is None or parts[0].strip().lower() not in ("data file", "datafile"):
             continue
-        value = value.strip()
+        key, value = parts[0], parts[1].strip()
         parts = value.split()
         if parts and parts[0] == "LIST":  # the names follow, one a line, to the header's end
             out[i + 1:] = [n if os.path.isabs(n) else os.path.join(folder, n) for n in out[i + 1:]]

@@ -498,6 +498,46 @@ class TensorFiles(unittest.TestCase):
         for line in ("content: a:=b", "data file: run:=1/t.raw", "# modality:=DTMRI", "space: left-posterior-superior"):
             self.assertFalse(tensors._is_keyvalue(line), line)
 
+    def test_a_field_needs_a_space_after_its_colon(self) -> None:
+        """teem (ITK's NrrdIO) reads a field only as 'field: description' ("didn't see ": " or ":=" in line" for
+        'data file:t.raw'), so neither ITK nor Slicer reads such a file. Taken for the field, 'data file:t.raw' in a
+        detached DTI header had been made 'data file: <absolute path>' in the readable copy, and the file read as if
+        whole; 'data file:missing.raw' in a plain header had been refused as missing 'missing.raw' (given it, ITK
+        still refuses the header). Both are now ITK's refusal of the line, and _field finds no such field."""
+        from MultimodalFusionLib import io as mmf_io
+        from MultimodalFusionLib import tensors
+
+        self.assertIsNone(tensors._field(["NRRD0004", "kinds:vector domain domain domain"], "kinds"))
+        self.assertEqual(tensors._field(["NRRD0004", "kinds:  vector domain"], "kinds"), "vector domain")
+        self.assertEqual(tensors._field(["NRRD0004", "data file: run:=1/t.raw"], "data file"), "run:=1/t.raw")
+        _write_nrrd(self.path("t.nrrd"), self.values)
+        with open(self.path("t.nrrd"), "rb") as fh:
+            head, data = fh.read().split(b"\n\n", 1)
+        with open(self.path("t.raw"), "wb") as fh:
+            fh.write(data)
+        with open(self.path("t.nhdr"), "wb") as fh:
+            fh.write(head + b"\ndata file:t.raw\n\n")
+        with self.assertRaises(RuntimeError):
+            sitk.ReadImage(self.path("t.nhdr"))  # ITK refuses the file itself
+        with self.assertRaises(InputError) as ctx:
+            read_image(self.path("t.nhdr"), keep_color=True)
+        self.assertIn("holds the line 'data file:t.raw'", ctx.exception.problem)
+        self.assertIn("'data file: t.raw'", ctx.exception.fix)
+        with open(self.path("t.nhdr"), "wb") as fh:  # with the space: read
+            fh.write(head + b"\ndata file: t.raw\n\n")
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(self.path("t.nhdr"), keep_color=True)),
+                                      self.values)
+        sitk.WriteImage(sitk.GetImageFromArray(np.ones((3, 4, 5), np.int16)), self.path("p.nhdr"))
+        with open(self.path("p.nhdr"), encoding="latin-1") as fh:
+            text = fh.read().replace("data file: p.raw", "data file:missing.raw")
+        with open(self.path("p.nhdr"), "w", encoding="latin-1") as fh:
+            fh.write(text)
+        self.assertIsNone(mmf_io.missing_data_file(self.path("p.nhdr")))
+        with self.assertRaises(InputError) as ctx:
+            read_image(self.path("p.nhdr"))
+        self.assertNotIn("does not exist", str(ctx.exception))
+        self.assertIn("holds the line 'data file:missing.raw'", ctx.exception.problem)
+
     def test_a_header_longer_than_64_kb_is_read_whole(self) -> None:
         """A DTI NRRD whose key/value pairs (1500 gradient directions and B-matrices) make its header 240 KB long is
         read whole: its tensors, and all its key/value pairs written back. Before, the header was read to 64 KB and
