@@ -3094,7 +3094,8 @@ def check_output_name(path: str | os.PathLike, image: sitk.Image | None = None, 
 
     From the name: a folder, an extension ITK writes no image as (``x.xyz``, ``x.nrrd.gz``, none), one its reader takes in
     lower (or upper) case only (``fused.GIPL``, ``.MHA``, ``.Nii``: written, then opened by no ITK reader; read_image
-    reads such names, other tools may not), NIfTI's ASCII ``.nia`` (never read back), ``x.nii.hdr`` (written as the one file ``x.nii``).
+    reads such names, other tools may not), NIfTI's ASCII ``.nia`` (never read back), ``x.nii.hdr`` (written as the one file ``x.nii``),
+    a ``.nhdr`` whose second character is ``:`` (``c:d.nhdr``: its data file was written into the current folder).
     From the folder: a ``x.hdr.gz`` or ``x.img.gz`` pair beside an uncompressed ``x.hdr`` or ``x.img`` (ITK would read the
     new pair with the old file, see :func:`_uncompressed_pair_beside`). From
     ``image``'s dimension, size and direction (not its pixels): a volume to a 2D format (.png, .jpg, .bmp) or
@@ -3128,6 +3129,15 @@ def check_output_name(path: str | os.PathLike, image: sitk.Image | None = None, 
                              "only .nii.gz, .gipl.gz and an Analyze/NIfTI pair's .hdr.gz/.img.gz are written.",
                              "Name the output .nii.gz, or .nrrd or .mha (which compress the voxels inside the file).")
         raise InputError(f"No image format is written as '{final}' (extension '{suffix or 'none'}').", _ANY_IMAGE_FIX)
+    if suffix == ".nhdr" and os.path.basename(final)[1:2] == ":":
+        # ITK's NRRD writer names the data file by the header's name ('c:d.raw.gz', 'o:=p.raw.gz') and takes it, as
+        # teem's reader does, for a path from a Windows drive ('c:'): the voxels went into the current folder, not
+        # beside the header (which then read back only from that folder, else "couldn't open")
+        raise InputError(f"'{final}': a detached NRRD header's data file is named after it "
+                         f"('{os.path.basename(final)[:-len(suffix)]}.raw.gz'), and a name whose second character is "
+                         "':' is taken by ITK and Slicer for a path from a Windows drive ('c:'): the voxels would be "
+                         "written into the current folder, not beside the header, and not be found from elsewhere.",
+                         "Name the output without ':' as its second character, or as a single file (.nrrd).")
     if suffix in _PAIR_PARTS and final.lower()[:-len(suffix)].endswith((".nii", ".nii.gz")):
         # ITK writes 'x.nii.hdr' as the one file 'x.nii' ('x.nii.hdr.gz' as 'x.nii.gz'): the check that the pair was
         # written whole then found no 'x.nii.hdr' and refused it as "a full disk"

@@ -1573,6 +1573,35 @@ class AtomicWrites(unittest.TestCase):
             self.assertEqual(os.listdir(d), [])  # nothing written, nothing left
 
 
+    def test_a_detached_nrrd_header_named_like_a_drive_is_refused(self):
+        """-o w/c:d.nhdr (or o:=p.nhdr): ITK names the data file after the header ('c:d.raw.gz') and takes a name
+        whose second character is ':' for a path from a Windows drive, so the voxels were written into the current
+        folder, not beside the header (read back from elsewhere: "couldn't open"). Refused before any work, nothing
+        written; a ':' elsewhere in the name (ab:c.nhdr) is written beside its header as before."""
+        image = _oblique()
+        with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as cwd:
+            os.mkdir(os.path.join(d, "w"))
+            old = os.getcwd()
+            os.chdir(cwd)
+            try:
+                for name in ("c:d.nhdr", "o:=p.nhdr", "x:.NHDR"):
+                    with self.assertRaises(InputError) as ctx:
+                        io.check_output_name(os.path.join(d, "w", name))
+                    self.assertIn("second character is ':'", ctx.exception.problem)
+                    with self.assertRaises(InputError):
+                        io.write_image(image, os.path.join(d, "w", name))
+                self.assertEqual(os.listdir(cwd), [])  # nothing written in the current folder
+                self.assertEqual(os.listdir(os.path.join(d, "w")), [])
+                path = io.write_image(image, os.path.join(d, "w", "ab:c.nhdr"))
+                self.assertEqual(sorted(os.listdir(os.path.join(d, "w"))), ["ab:c.nhdr", "ab:c.raw.gz"])
+                for name in ("c:d.nrrd", "c:d.mhd"):  # no data file named by the header's name as a path
+                    io.write_image(image, os.path.join(d, "w", name))
+            finally:
+                os.chdir(old)
+            self.assertEqual(os.listdir(cwd), [])
+            np.testing.assert_allclose(sitk.GetArrayFromImage(io.read_image(path)), sitk.GetArrayFromImage(image),
+                                       atol=1e-4)
+
 class OutputNamesBeforeTheWork(unittest.TestCase):
     """io.check_output_name: what write_image refuses from the name (and the grid's dimension), said before any
     work; write_image calls it first, so the two cannot disagree."""
