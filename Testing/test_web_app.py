@@ -533,7 +533,8 @@ class WebAppTest(unittest.TestCase):
         image = sitk.ReadImage(self.moving_path)
         state = self.app.state
         state.moving_path = self.moving_path
-        for header, data in (("pet.mhd", "pet.raw"), ("pet.nhdr", "pet.raw"), ("pet.hdr", "pet.img")):
+        for header, data in (("pet.mhd", "pet.raw"), ("pet.nhdr", "pet.raw"), ("pet.hdr", "pet.img"),
+                             ("pet.hdr.gz", "pet.img.gz")):
             sitk.WriteImage(image, str(folder / header), useCompression=False)
             self.assertTrue((folder / data).is_file(), data)
             state.error_message = ""
