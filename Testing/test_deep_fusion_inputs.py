@@ -195,6 +195,26 @@ class TrainingDataTest(unittest.TestCase):
         finally:
             fusion.METHODS.pop("capture-scaling", None)
 
+    def test_a_pair_image_of_other_components_is_named_by_its_file(self):
+        """Since load_pairs reads colour as colour (to scale it as fusion does), a 2-channel .nrrd or a 5-component
+        image was refused as "the anatomical image (a)" / "functional image (b)", naming no file, and the .nrrd as
+        "a complex image saved as MetaImage": the file is named again, with the text read_image gave before."""
+        from MultimodalFusionLib.fusion.deep.data import load_pairs
+
+        for components, side in ((2, "MRI"), (2, "CT"), (5, "CT")):
+            with self.subTest(components=components, side=side), tempfile.TemporaryDirectory() as tmp:
+                for sub in ("MRI", "CT"):
+                    os.makedirs(os.path.join(tmp, sub))
+                    arr = _blobs((20, 24), 0)
+                    if sub == side:
+                        arr = np.stack([arr] * components, -1)
+                    sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=sub == side), os.path.join(tmp, sub, "01.nrrd"))
+                with self.assertRaises(InputError) as ctx:
+                    load_pairs(tmp)
+                text = str(ctx.exception)
+                self.assertIn(os.path.join(side, "01.nrrd") + f"' has {components} components per pixel", text)
+                self.assertNotIn("MetaImage", text)
+
     def test_pairs_cached_on_disk_train_the_same_weights(self):
         """load_pairs held every pair in memory (64 MB per 256^3 volume): cache_dir maps them from disk."""
         from MultimodalFusionLib.fusion.deep import TrainingConfig, train_fusion

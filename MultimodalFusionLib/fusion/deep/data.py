@@ -223,15 +223,18 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
             for a 3D network (``spatial_dims=3``).
     """
     from ...io import read_image
-    from ...validation import check_image
+    from ...validation import check_components, check_image
     from .. import check_same_grid
 
     out = []
     for pa, pb in find_pairs(folder):
         # as fusion reads them (mmfusion fuse/run: keep_color), so that they are scaled as fusion scales them
         a, b = read_image(pa, keep_color=True), read_image(pb, keep_color=True)
-        check_image(a, f"training image '{pa}'", allow_vector=True)
-        check_image(b, f"training image '{pb}'", allow_vector=True)
+        for image, path in ((a, pa), (b, pb)):
+            # grey, RGB or RGBA, named by its file (the text read_image gave when it made them grey): unit_scaled
+            # below names only "the anatomical image (a)", and a 2-channel .nrrd there "a complex .mha"
+            check_components(image, f"image '{path}'", path=path)
+            check_image(image, f"training image '{path}'", allow_vector=True)
         check_same_grid(a, b, f"training image '{pa}'", f"training image '{pb}'")
         if spatial_dims == 3 and a.GetDimension() != 3:
             # to_training_samples refused it after every pair had been read, naming no file
@@ -241,8 +244,7 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
                              "volumes are cut into slices) on them all.")
         # to_training_samples cuts a volume along axis 0: for a 2D network, the acquisition's slice axis
         axis = slice_axis(a.GetSpacing()[::-1]) if a.GetDimension() == 3 and spatial_dims == 2 else 0
-        pair = (_training_scale(a, f"training image '{pa}'"),
-                _training_scale(b, f"training image '{pb}'", functional=True))
+        pair = (_training_scale(a), _training_scale(b, functional=True))
         if axis:
             pair = tuple(np.ascontiguousarray(np.moveaxis(arr, axis, 0)) for arr in pair)
         del a, b
@@ -253,7 +255,7 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
     return out
 
 
-def _training_scale(image: sitk.Image, name: str, *, functional: bool = False) -> np.ndarray:
+def _training_scale(image: sitk.Image, *, functional: bool = False) -> np.ndarray:
     """``image`` scaled to 0..1 (float32) as fusion scales it (``fusion.unit_scaled``; README: "8-bit images as
     they are, others min-max"): 8-bit grey divided by 255 and colour by its luminance on the 8-bit scale, where
     training had stretched them min-to-max, so a PNG pair spanning 30..200 was seen brighter and with more
