@@ -362,6 +362,33 @@ class TrainFusionCommandTest(unittest.TestCase):
                     rc, err = self._main(base + ["--resume", str(tmp / "c2.ckpt.pt")] + extra)
                     self.assertEqual(rc, 0, err)
 
+    def test_resume_of_a_run_resumed_before_counts_its_whole_time(self):
+        """A run resumed before each epoch's seconds counted from the run's start has a history whose times restart
+        at 0 (30 s for epoch 1, then 12 s for epoch 2, trained in a second part): resuming it again added only the
+        last entry (12 s) to its own time, so its weights said 12 s + this part for a run of 42 s + this part. The
+        restarted times now count on from the part before; a history that never restarts is kept as it is."""
+        from MultimodalFusionLib.fusion.deep import TrainingConfig, build_network, train_fusion
+        from MultimodalFusionLib.fusion.deep.training import open_resume
+        from MultimodalFusionLib.fusion.deep.weights import save_checkpoint
+
+        pairs = [(_blobs((24, 24), 0), _blobs((24, 24), 1)), (_blobs((24, 24), 2), _blobs((24, 24), 3))]
+        tcfg = TrainingConfig(epochs=3, batch_size=1, patch_size=16, device="cpu")
+        with tempfile.TemporaryDirectory() as tmp:
+            for times, whole in (((30.0, 12.0), 42.0), ((30.0, 42.0), 42.0)):
+                torch.manual_seed(0)
+                net = build_network(_tiny_config(2))
+                ckpt = os.path.join(tmp, "run.ckpt.pt")
+                history = [{"epoch": k + 1, "loss": 0.5, "seconds": t} for k, t in enumerate(times)]
+                save_checkpoint(ckpt, model=net, epoch=1, optimizer=torch.optim.Adam(net.parameters()),
+                                state={"history": history})
+                run = open_resume(ckpt)
+                result = train_fusion(pairs, training=tcfg, resume=run)
+                with self.subTest(history=times):
+                    self.assertEqual([h["seconds"] for h in result.history[:2]], [30.0, whole])
+                    self.assertAlmostEqual(result.seconds, whole + result.seconds_this_part, places=6)
+                    self.assertGreater(result.history[2]["seconds"], whole)
+                    self.assertEqual(run.history[1]["seconds"], times[1])  # the opened run's entries are not changed
+
     def test_resume_reads_the_checkpoint_once(self):
         """train-fusion --resume read the checkpoint twice (the command's early checks, then train_fusion): the
         command now hands train_fusion what open_resume read. Counted with a wrapper that calls the real torch.load.

@@ -208,6 +208,24 @@ def open_resume(path: str | os.PathLike) -> ResumedRun:
                       scaler_state=state.get("scaler") or None, data=state["state"].get("data") or None)
 
 
+def _seconds_from_the_start(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A checkpoint's history (copies of its entries) whose ``seconds`` count from the run's start. A run resumed
+    before each epoch's seconds did restarted them at 0 (10, 20, then 8 for 28 s), so a later resume that added
+    the last entry to its own time counted the parts before that restart as nothing: where a time falls below the
+    one before it, the earlier part's time is added from there on (histories that never fall: as they are)."""
+    out: list[dict[str, Any]] = []
+    offset, last = 0.0, None
+    for entry in history:
+        entry = dict(entry)
+        seconds = entry.get("seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+            if last is not None and seconds + offset < last:
+                offset = last
+            entry["seconds"] = last = float(seconds) + offset
+        out.append(entry)
+    return out
+
+
 def _flag_value(value: Any) -> str:
     if isinstance(value, dict):  # loss weights: the CLI's comma-separated form, in the field order
         return ",".join(f"{v:g}" for v in value.values())
@@ -362,7 +380,7 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
         config = run.architecture
         check_init_matches(run, model)
         start_epoch = run.epochs_done
-        history = list(run.history)
+        history = _seconds_from_the_start(run.history)
         check_resumable(run.path, run.training, tcfg, start_epoch)
     # set_determinism seeds Python's, numpy's and torch's global generators (MONAI's DataLoader and the
     # network's initialisation draw from them) and cuDNN's flags: put the caller's back afterwards
