@@ -614,6 +614,7 @@ class InferenceInputsTest(unittest.TestCase):
         import warnings
 
         from MultimodalFusionLib.fusion import fuse
+        from MultimodalFusionLib.fusion.deep import fuse_arrays
 
         def fused_warnings(spacing, spatial_dims=3):
             images = []
@@ -634,6 +635,14 @@ class InferenceInputsTest(unittest.TestCase):
         self.assertEqual(len(fused_warnings((5.0, 1.0, 1.0))), 1)  # thick along x: any axis
         self.assertEqual(fused_warnings((1.0, 1.0, 2.5)), [])
         self.assertEqual(fused_warnings((1.0, 1.0, 5.0), spatial_dims=2), [])  # sliced across its thick axis
+        # a fusion refused for a setting (a window beyond MAX_ROI_SIZE, a GPU this machine lacks) warns of nothing
+        for bad in ({"roi_size": 4096}, {"device": "cuda:99"}):
+            with self.subTest(refused=bad), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with self.assertRaises(InputError):
+                    fuse_arrays(_blobs((8, 24, 20), 0), _blobs((8, 24, 20), 1), weights=self._net(3),
+                                spacing=(5.0, 1.0, 1.0), **{"device": "cpu", **bad})
+                self.assertEqual([str(w.message) for w in caught if "anisotropic" in str(w.message)], [])
 
     def test_adaptation_seed(self):
         """Same seed, same result; another seed draws other slices of a volume; a 2D image is adapted on the

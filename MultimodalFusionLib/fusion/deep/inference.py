@@ -470,8 +470,6 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
                          "Use 2D weights for 2D slices (weights='2d', CLI --model 2d); 3D volumes work with 2D or "
                          "3D weights.")
     sliced = dim == 3 and model.config.spatial_dims == 2
-    if dim == 3 and model.config.spatial_dims == 3 and spacing:
-        _warn_anisotropic(spacing)
     axis = slice_axis(spacing) if sliced else 0
     # the slicing axis first (views): predict and adapt cut volumes along the first axis
     run_a, run_b = (np.moveaxis(a, axis, 0), np.moveaxis(b, axis, 0)) if axis else (a, b)
@@ -482,6 +480,9 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
                          f"axis the network sees (got {'x'.join(str(s) for s in sides)}).",
                          "Fuse this image without adaptation (adapt_steps=0, CLI without --adapt).")
     dev = resolve_device(device)
+    if dim == 3 and model.config.spatial_dims == 3 and spacing:
+        # once every setting is checked: a fusion refused (roi_size, a missing GPU) had warned of its voxels first
+        _warn_anisotropic(spacing)
     report(progress, 0.0, f"deep fusion on {dev.type}")
 
     def _run(dev: Any) -> tuple[np.ndarray, np.ndarray]:
