@@ -1919,15 +1919,21 @@ _NRRD_BYTES = {
 }
 
 
+def _readable_nrrd_header(path: str) -> tuple[list[str], int] | None:
+    """``tensors._nrrd_header`` of ``path`` (its lines and data start), None for another file or one that cannot be
+    read (ITK's reader names it): what the NRRD checks made after or before ITK start from."""
+    try:
+        return tensors._nrrd_header(path)
+    except OSError:
+        return None
+
+
 def _nrrd_unreadable_line(path: str) -> InputError | None:
     """The error for a NRRD header holding a line teem (ITK's and Slicer's NRRD reader) refuses, a field without a
     space after its colon (``data file:t.raw``), naming the line; ITK says only "didn't see ": " or ":=" in line",
     and such a header had been reported truncated (its data file not found, the data looked for after it). None
     for any other file. Called only once ITK has failed."""
-    try:
-        found = tensors._nrrd_header(path)
-    except OSError:
-        return None
+    found = _readable_nrrd_header(path)
     line = None if found is None else tensors.unreadable_line(found[0])
     if line is None:
         return None
@@ -1948,10 +1954,7 @@ def _nrrd_cut_short(path: str) -> InputError | None:
     ``line skip`` and ``byte skip: -1`` are left to ITK."""
     import zlib
 
-    try:
-        found = tensors._nrrd_header(path)
-    except OSError:
-        return None
+    found = _readable_nrrd_header(path)
     if found is None:
         return None
     lines, data_start = found
@@ -2294,10 +2297,7 @@ def missing_data_file(path: str | os.PathLike) -> str | None:
         named = match.group(1).decode("utf-8", "replace")
     else:
         # the field as teem reads it: a key/value pair named "data file" (data file:=x) is none
-        try:
-            found = tensors._nrrd_header(path)
-        except OSError:
-            return None
+        found = _readable_nrrd_header(path)
         if found is None:
             return None
         named = tensors._field(found[0], "data file") or tensors._field(found[0], "datafile")
