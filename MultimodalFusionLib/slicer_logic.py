@@ -119,6 +119,18 @@ def _check_class(node: Any, class_name: str, what: str, kind: str) -> None:
                          f"Select a (scalar) volume node as the {what}, or leave it empty to create one.")
 
 
+def _weights_output(node: Any, new_node_on_kind_change: bool) -> Any:
+    """The weight map's node, checked before any work: the weights are grey, so a colour (vector) node cannot
+    hold them (it had been refused only once the fusion had run and written the fused volume)."""
+    _check_class(node, "vtkMRMLScalarVolumeNode", "weights volume", "volume node")
+    if node is not None and node.IsA("vtkMRMLVectorVolumeNode"):
+        if new_node_on_kind_change:
+            return None
+        raise InputError(f"The weights volume '{node.GetName()}' is a colour (vector) volume; the weight map is grey.",
+                         "Select a (scalar) volume node as the weights volume, or leave it empty to create one.")
+    return node
+
+
 def _check_not_above_moving(output: Any, moving: Any, apply_transform: bool) -> None:
     """The output transform must not lie above the moving volume's own parent transform in its chain.
 
@@ -454,7 +466,7 @@ class FusionLogic:
                              "weight map; the weight map would replace the fused image.",
                              "Select two different nodes, or leave one empty to create it.")
         _check_class(outputVolumeNode, "vtkMRMLScalarVolumeNode", "output volume", "volume node")
-        _check_class(weightsVolumeNode, "vtkMRMLScalarVolumeNode", "weights volume", "volume node")
+        weightsVolumeNode = _weights_output(weightsVolumeNode, newNodeOnKindChange)
         _check_class(metricsTableNode, "vtkMRMLTableNode", "metrics table", "table node")
         if anatomicalVolumeNode.GetParentTransformNode() is not None:
             # the output takes the anatomical grid; shown without that transform it would be offset
@@ -571,9 +583,9 @@ class FusionLogic:
         _check_distinct([(outputVolumeNode, "registered volume"), (fusedVolumeNode, "fused volume"),
                          (weightsVolumeNode, "weight map")])
         for node, cls, what, kind in ((fusedVolumeNode, "vtkMRMLScalarVolumeNode", "fused volume", "volume node"),
-                                      (weightsVolumeNode, "vtkMRMLScalarVolumeNode", "weights volume", "volume node"),
                                       (metricsTableNode, "vtkMRMLTableNode", "metrics table", "table node")):
             _check_class(node, cls, what, kind)  # before the registration, not after it
+        weightsVolumeNode = _weights_output(weightsVolumeNode, newNodeOnKindChange)
         if fixedVolumeNode is None or movingVolumeNode is None:
             raise InputError("Select both a fixed and a moving volume.", "Choose the two volumes to register.")
         from . import fusion

@@ -313,6 +313,26 @@ class LogicTest(unittest.TestCase):
         self.assertEqual(self.scene.GetNumberOfNodes(), before)  # refused before any work
         self.assertEqual(labels.GetImageData().GetScalarTypeAsString(), "unsigned char")
 
+    def test_a_colour_weights_node_is_refused_before_the_fusion(self) -> None:
+        """The weight map is grey: a colour node given for it had been refused only once the fusion had run and
+        written the fused volume (2 nodes added; in run, once the registration had run as well)."""
+        rgb = self.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
+        before = self.scene.GetNumberOfNodes()
+        for name, call in (("fuseVolumes", lambda: self.logic.fuseVolumes(self.mr, self.pet, method="wavelet",
+                                                                          weightsVolumeNode=rgb)),
+                           ("run", lambda: self.logic.run(self.mr, self.pet, stages=["rigid"], fusionMethod="wavelet",
+                                                          weightsVolumeNode=rgb, show=False))):
+            with self.subTest(name):
+                with self.assertRaisesRegex(InputError, "weights volume 'rgb' is a colour \\(vector\\) volume; the "
+                                                        "weight map is grey"):
+                    call()
+                self.assertEqual(self.scene.GetNumberOfNodes(), before)
+        # what the panel asks for: a new grey node
+        out = self.logic.fuseVolumes(self.mr, self.pet, method="wavelet", weightsVolumeNode=rgb,
+                                     newNodeOnKindChange=True)
+        self.assertIsNot(out.weightsVolumeNode, rgb)
+        self.assertFalse(out.weightsVolumeNode.IsA("vtkMRMLVectorVolumeNode"))
+
     def test_masks_and_the_registered_volume_are_never_overwritten(self) -> None:
         # a scalar volume is a valid mask: chosen as the output volume too, it was read as the mask, then
         # replaced by the resampled PET (an input modified); run() refused one node for two of its outputs
