@@ -329,7 +329,7 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRegisterButton(self) -> None:
         def work(progress):
             p = self._parameterNode
-            out = self.logic.registerVolumes(p.fixedVolume, p.movingVolume, progress=progress,
+            out = self.logic.registerVolumes(p.fixedVolume, p.movingVolume, progress=progress, newNodeOnKindChange=True,
                                              **self._registrationArguments())
             p.outputTransform, p.outputVolume = out.transformNode, out.resampledVolumeNode
             if p.showResult:

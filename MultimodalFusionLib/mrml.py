@@ -52,6 +52,7 @@ __all__ = [
     "setup_anatomical_display",
     "setup_functional_display",
     "setup_weights_display",
+    "copy_color_table",
     "reset_display_range",
     "colormap_colors",
     "show_fusion",
@@ -804,6 +805,15 @@ def reset_display_range(node: Any) -> None:
         return  # none yet, or a label map's: nothing in the units of the old voxels
     display.AutoWindowLevelOn()
     display.SetApplyThreshold(0)
+
+
+def copy_color_table(source: Any, target: Any) -> None:
+    """Show ``target`` with ``source``'s colour table (a label map resampled from another keeps its label
+    colours and names); nothing when ``source`` has no display node or colour table."""
+    display = source.GetDisplayNode()
+    color_id = display.GetColorNodeID() if display is not None else None
+    if color_id:
+        _display_node(target).SetAndObserveColorNodeID(color_id)
 
 
 def setup_weights_display(node: Any, *, colormap: str = "Grey") -> Any:

@@ -119,6 +119,45 @@ def _check_class(node: Any, class_name: str, what: str, kind: str) -> None:
                          f"Select a (scalar) volume node as the {what}, or leave it empty to create one.")
 
 
+_DIFFUSION = ("vtkMRMLDiffusionImageVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode")
+
+
+def _is_label_map(node: Any) -> bool:
+    return node is not None and bool(node.IsA("vtkMRMLLabelMapVolumeNode"))
+
+
+def _registered_output(output: Any, moving: Any, new_node_on_kind_change: bool) -> Any:
+    """The node the registered (resampled) moving volume goes into, checked before any work.
+
+    A label map moving volume is resampled nearest-neighbour into a label map (as Slicer's General Registration
+    does): its labels had been interpolated linearly into a grey volume, labels {0, 3} giving 1 and 2 at every
+    edge. Any other moving volume gives a grey image (a colour output was refused only once the registration
+    had run). A node of the other kind is replaced by a new one with ``new_node_on_kind_change`` (the panel,
+    which reuses its last output), refused otherwise."""
+    if output is None:
+        return None
+    labels = _is_label_map(moving)
+    if output.IsA("vtkMRMLScalarVolumeNode") and not any(output.IsA(c) for c in _DIFFUSION):
+        colour = bool(output.IsA("vtkMRMLVectorVolumeNode"))
+        if colour or _is_label_map(output) != labels:
+            if new_node_on_kind_change:
+                return None
+            if colour:
+                raise InputError(f"The output volume '{output.GetName()}' is a colour (vector) volume; the "
+                                 "registered volume is " + ("a label map." if labels else "grey."),
+                                 f"Select a {'label map' if labels else '(scalar) volume'} node as the output "
+                                 "volume, or leave it empty to create one.")
+            if labels:
+                raise InputError(f"The moving volume '{moving.GetName()}' is a label map: it is resampled "
+                                 "nearest-neighbour into a label map (its labels kept, none invented between them), "
+                                 f"and the output volume '{output.GetName()}' is a scalar (image) volume.",
+                                 "Select a label map node as the output volume, or leave it empty to create one.")
+    if labels and _is_label_map(output):
+        return output
+    _check_class(output, "vtkMRMLScalarVolumeNode", "output volume", "volume node")
+    return output
+
+
 def _weights_output(node: Any, new_node_on_kind_change: bool) -> Any:
     """The weight map's node, checked before any work: the weights are grey, so a colour (vector) node cannot
     hold them (it had been refused only once the fusion had run and written the fused volume)."""
@@ -129,6 +168,18 @@ def _weights_output(node: Any, new_node_on_kind_change: bool) -> Any:
         raise InputError(f"The weights volume '{node.GetName()}' is a colour (vector) volume; the weight map is grey.",
                          "Select a (scalar) volume node as the weights volume, or leave it empty to create one.")
     return node
+
+
+def _check_no_label_map(nodes: Sequence[tuple[Any, str]]) -> None:
+    """Fusion of a label map is refused: its labels are names, not intensities, so a fused voxel between them
+    (label 3 and an MR intensity averaged: 1.9) means nothing; Slicer shows a label map over an image instead."""
+    for node, role in nodes:
+        if _is_label_map(node):
+            raise InputError(f"The {role} volume '{node.GetName()}' is a label map: fusing its labels with an "
+                             "image's intensities gives values that are neither (fractional labels).",
+                             "Show it over the image as a label map layer instead: showFusion(image, labelMap) (the "
+                             "Show button; registerVolumes first puts it on the image's grid, nearest-neighbour), "
+                             "or convert it to a segmentation (Segmentations module); fuse the intensity volumes.")
 
 
 def _check_not_above_moving(output: Any, moving: Any, apply_transform: bool) -> None:
@@ -228,6 +279,7 @@ class FusionLogic:
                         outputTransformNode: Any = None, outputVolumeNode: Any = None,
                         resample: bool = True, applyTransform: bool = False, backend: str = "sitk",
                         parameters: Any = None, initializer: str | None = None,
+                        newNodeOnKindChange: bool = False,
                         progress: ProgressCallback | None = None) -> RegistrationOutputs:
         """Register the moving volume to the fixed one; the result is a new transform node.
 
@@ -257,7 +309,9 @@ class FusionLogic:
                 moving volume's own parent (replaced by the result, which includes it), but not a transform
                 above that parent in its chain (refused unless ``applyTransform``: the volume would be shown
                 through the transforms between them as well).
-            outputVolumeNode: volume node for the resampled moving volume; a new one when None.
+            outputVolumeNode: volume node for the resampled moving volume; a new one when None. A label map
+                moving volume is resampled nearest-neighbour into a label map (its labels and colour table
+                kept, as Slicer's General Registration does), so this must then be a label map node.
             resample: make the resampled moving volume.
             applyTransform: also set the transform as the moving volume's parent (display only;
                 the moving volume's voxels are not changed), in place of the transform it was under
@@ -272,6 +326,9 @@ class FusionLogic:
                 then the best of a grid of rotations: for volumes rotated more than about 30 degrees
                 apart, e.g. prone vs supine; about 1-2 s more for a head). None: the preset's, or where
                 the moving volume is shown when it is under a transform.
+            newNodeOnKindChange: when ``outputVolumeNode`` is of another kind than the resampled volume (a
+                grey volume for a label map moving volume or the reverse, or a colour volume), make a new node
+                instead of refusing (what the module's panel does).
             progress: ``progress(fraction, message)``; returning False cancels.
 
         Returns:
@@ -282,6 +339,8 @@ class FusionLogic:
             RegistrationError: registration failed.
             OperationCancelled: cancelled through ``progress``.
         """
+        import SimpleITK as sitk
+
         from . import metrics as metrics_module
         from .pipeline import round_to_8bit
         from .preprocess import resample as resample_image
@@ -295,13 +354,9 @@ class FusionLogic:
         _check_not_input(outputVolumeNode, [fixedVolumeNode, movingVolumeNode, fixedMaskNode, movingMaskNode],
                          "output volume")
         _check_class(outputTransformNode, "vtkMRMLTransformNode", "output transform", "transform node")
-        _check_class(outputVolumeNode, "vtkMRMLScalarVolumeNode", "output volume", "volume node")
-        if outputVolumeNode is not None and outputVolumeNode.IsA("vtkMRMLVectorVolumeNode"):
-            # the resampled volume is grey (colour volumes are not registered): refused here, not once the
-            # registration had run and its transform node had been added
-            raise InputError(f"The output volume '{outputVolumeNode.GetName()}' is a colour (vector) volume; the "
-                             "registered volume is grey.",
-                             "Select a (scalar) volume node as the output volume, or leave it empty to create one.")
+        # a grey volume, or a label map for a label map moving volume: refused here (or, with newNodeOnKindChange,
+        # replaced by a new node), not once the registration had run and its transform node had been added
+        outputVolumeNode = _registered_output(outputVolumeNode, movingVolumeNode, newNodeOnKindChange)
         if initialTransformNode is not None and initialTransformNode is outputTransformNode:
             # the result would replace the start it was read from: an input overwritten, and a second call with
             # the same arguments would start from the first one's result
@@ -386,7 +441,17 @@ class FusionLogic:
             "transform_type": result.transform.GetName(),
         }
         resampled_node = None
-        if resample:
+        if resample and _is_label_map(movingVolumeNode):
+            # labels are resampled nearest-neighbour in their own pixel type into a label map shown with the
+            # moving volume's colour table (linear interpolation had invented labels between them at every edge)
+            labels = resample_image(mrml.image_from_volume_node(movingVolumeNode), fixed, result.transform,
+                                    interpolation="nearest")
+            metrics.update({k: _scalar(v) for k, v in metrics_module.registration_metrics(
+                fixed, sitk.Cast(labels, sitk.sitkFloat32), fixed_mask).items()})
+            resampled_node = _in_world(mrml.volume_node_from_image(
+                labels, scene, name=f"{movingVolumeNode.GetName()} registered", node=outputVolumeNode, label=True))
+            mrml.copy_color_table(movingVolumeNode, resampled_node)
+        elif resample:
             resampled = resample_image(moving, fixed, result.transform)
             metrics.update({k: _scalar(v) for k, v in
                             metrics_module.registration_metrics(fixed, resampled, fixed_mask).items()})
@@ -468,6 +533,7 @@ class FusionLogic:
         _check_class(outputVolumeNode, "vtkMRMLScalarVolumeNode", "output volume", "volume node")
         weightsVolumeNode = _weights_output(weightsVolumeNode, newNodeOnKindChange)
         _check_class(metricsTableNode, "vtkMRMLTableNode", "metrics table", "table node")
+        _check_no_label_map([(anatomicalVolumeNode, "anatomical"), (functionalVolumeNode, "functional")])
         if anatomicalVolumeNode.GetParentTransformNode() is not None:
             # the output takes the anatomical grid; shown without that transform it would be offset
             raise InputError(f"The anatomical volume '{anatomicalVolumeNode.GetName()}' is under a transform.",
@@ -563,7 +629,9 @@ class FusionLogic:
             weightsVolumeNode: weight-map volume node, for methods with one (new when None; give the
                 previous run's to reuse it).
             metricsTableNode: metrics table node (new when None).
-            newNodeOnKindChange: see :meth:`fuseVolumes`.
+            newNodeOnKindChange: see :meth:`fuseVolumes` (and :meth:`registerVolumes`, for the registered
+                volume and the weight map too). A label map as the fixed or moving volume is refused: its fusion
+                means nothing (:meth:`registerVolumes`, then :meth:`showFusion`, shows it over the fixed volume).
             show: set the slice views: background = fixed, foreground = registered moving volume.
             displayThreshold: with ``show``, the fraction of the display window below which the
                 foreground is transparent (None: no threshold); ``threshold`` of :meth:`showFusion`
@@ -588,6 +656,8 @@ class FusionLogic:
         weightsVolumeNode = _weights_output(weightsVolumeNode, newNodeOnKindChange)
         if fixedVolumeNode is None or movingVolumeNode is None:
             raise InputError("Select both a fixed and a moving volume.", "Choose the two volumes to register.")
+        # the fusion of a label map is refused: here, not once the registration had run
+        _check_no_label_map([(fixedVolumeNode, "fixed"), (movingVolumeNode, "moving")])
         from . import fusion
 
         scene = self._sceneOf(fixedVolumeNode)
@@ -601,7 +671,7 @@ class FusionLogic:
             fixedVolumeNode, movingVolumeNode, preset=preset, stages=stages, fixedMaskNode=fixedMaskNode,
             movingMaskNode=movingMaskNode, seed=seed, outputTransformNode=outputTransformNode,
             outputVolumeNode=outputVolumeNode, backend=backend, initializer=initializer,
-            progress=scaled(progress, 0.0, 0.7))
+            newNodeOnKindChange=newNodeOnKindChange, progress=scaled(progress, 0.0, 0.7))
         fusion_out = self.fuseVolumes(fixedVolumeNode, registration.resampledVolumeNode, method=fusionMethod,
                                       outputVolumeNode=fusedVolumeNode, weightsVolumeNode=weightsVolumeNode,
                                       metricsTableNode=metricsTableNode, newNodeOnKindChange=newNodeOnKindChange,

@@ -313,6 +313,69 @@ class LogicTest(unittest.TestCase):
         self.assertEqual(self.scene.GetNumberOfNodes(), before)  # refused before any work
         self.assertEqual(labels.GetImageData().GetScalarTypeAsString(), "unsigned char")
 
+    def _labels(self) -> tuple:
+        """A label map of the PET's head, labels {0, 3}, shown with the Labels colour table."""
+        arr = sitk.GetArrayViewFromImage(self.moving)
+        labels = sitk.Cast(self.moving > float(np.percentile(arr, 70)), sitk.sitkUInt8) * 3
+        node = mrml.volume_node_from_image(labels, self.scene, name="PET labels", label=True)
+        colors = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", "my labels")
+        colors.SetTypeToLabels()
+        node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
+        return labels, node
+
+    def test_a_label_map_moving_volume_is_resampled_nearest_neighbour_into_a_label_map(self) -> None:
+        """A label map registered as the moving volume (as Slicer's General Registration takes one): its labels
+        {0, 3} had been resampled linearly into a grey volume, 3444 voxels of invented labels 1 and 2 at the
+        edges. It is a label map of the same labels now, in its own colours, as the registration places them."""
+        from MultimodalFusionLib.preprocess import resample
+
+        labels, node = self._labels()
+        out = self.logic.registerVolumes(self.mr, node, stages=["rigid"], seed=3)
+        registered = out.resampledVolumeNode
+        self.assertTrue(registered.IsA("vtkMRMLLabelMapVolumeNode"), registered.GetClassName())
+        voxels = sitk.GetArrayFromImage(mrml.image_from_volume_node(registered))
+        self.assertEqual(voxels.dtype, np.uint8)
+        self.assertEqual(set(np.unique(voxels)), {0, 3})
+        expected = resample(labels, self.fixed, out.result.transform, interpolation="nearest")
+        np.testing.assert_array_equal(voxels, sitk.GetArrayFromImage(expected))
+        self.assertEqual(registered.GetDisplayNode().GetColorNode().GetName(), "my labels")
+        self.assertIn("MI", out.metrics)
+        # a label map output node is taken; a grey one is refused before any work (or, as the panel asks, replaced)
+        again = self.logic.registerVolumes(self.mr, node, stages=["rigid"], seed=3, outputVolumeNode=registered)
+        self.assertIs(again.resampledVolumeNode, registered)
+        grey = mrml.volume_node_from_image(self.fixed, self.scene, name="grey")
+        before = self.scene.GetNumberOfNodes()
+        with self.assertRaisesRegex(InputError, "'PET labels' is a label map: it is resampled nearest-neighbour into "
+                                                "a label map.*'grey' is a scalar \\(image\\) volume") as cm:
+            self.logic.registerVolumes(self.mr, node, stages=["rigid"], outputVolumeNode=grey)
+        self.assertIn("Select a label map node", cm.exception.fix)
+        self.assertEqual(self.scene.GetNumberOfNodes(), before)
+        panel = self.logic.registerVolumes(self.mr, node, stages=["rigid"], seed=3, outputVolumeNode=grey,
+                                           newNodeOnKindChange=True)
+        self.assertTrue(panel.resampledVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"))
+        self.assertIsNot(panel.resampledVolumeNode, grey)
+        # and the reverse: the panel's label map output, then a grey moving volume, gets a new grey node
+        back = self._register(outputVolumeNode=registered, newNodeOnKindChange=True)
+        self.assertFalse(back.resampledVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.image_from_volume_node(registered)), voxels)
+
+    def test_a_label_map_is_not_fused(self) -> None:
+        """Fusing a label map gave fractional labels (its label 3 averaged with MR intensities) without a word; it
+        is refused, before any work, naming the label map layer (showFusion) and segmentations."""
+        _, node = self._labels()
+        before = self.scene.GetNumberOfNodes()
+        calls = {"fuseVolumes functional": lambda: self.logic.fuseVolumes(self.mr, node, method="average"),
+                 "fuseVolumes anatomical": lambda: self.logic.fuseVolumes(node, self.pet, method="average"),
+                 "run moving": lambda: self.logic.run(self.mr, node, stages=["rigid"], seed=3),
+                 "run fixed": lambda: self.logic.run(node, self.pet, stages=["rigid"], seed=3)}
+        for name, call in calls.items():
+            with self.subTest(name):
+                with self.assertRaisesRegex(InputError, "volume 'PET labels' is a label map: fusing its labels") as cm:
+                    call()
+                self.assertIn("showFusion", cm.exception.fix)
+                self.assertIn("segmentation", cm.exception.fix)
+                self.assertEqual(self.scene.GetNumberOfNodes(), before)  # refused before any work
+
     def test_a_colour_weights_node_is_refused_before_the_fusion(self) -> None:
         """The weight map is grey: a colour node given for it had been refused only once the fusion had run and
         written the fused volume (2 nodes added; in run, once the registration had run as well)."""
