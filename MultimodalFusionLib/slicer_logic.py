@@ -315,7 +315,9 @@ class FusionLogic:
             resample: make the resampled moving volume.
             applyTransform: also set the transform as the moving volume's parent (display only;
                 the moving volume's voxels are not changed), in place of the transform it was under
-                (the result includes that one: see ``initialTransformNode``).
+                (the result includes that one: see ``initialTransformNode``). A ``movingMaskNode`` under the
+                same transform as the volume (or, like it, under none) moves with it, so it stays on it in the
+                views; one under another transform is left there, with a warning.
             backend: "sitk" or "torch".
             parameters: full settings, instead of a preset, as ``registration.register`` takes them:
                 ``MultimodalFusionLib.registration.RegistrationParameters``, the torch backend's
@@ -461,7 +463,20 @@ class FusionLogic:
                 round_to_8bit(resampled) if moving_8bit else resampled, scene,
                 name=f"{movingVolumeNode.GetName()} registered", node=outputVolumeNode))
         if applyTransform:
+            shown_through = movingVolumeNode.GetParentTransformNode()
             mrml.set_parent_transform(movingVolumeNode, transform_node)
+            if movingMaskNode is not None and movingMaskNode is not fixedMaskNode:
+                # the mask was read relative to the volume; left under the volume's old transform it no longer
+                # lined up with the re-parented volume in the views: it moves with the volume
+                mask_parent = movingMaskNode.GetParentTransformNode()
+                if mask_parent is shown_through:
+                    mrml.set_parent_transform(movingMaskNode, transform_node)
+                elif mask_parent is not transform_node:
+                    result.warnings.append(
+                        f"The moving mask '{movingMaskNode.GetName()}' is under "
+                        + (f"transform '{mask_parent.GetName()}'" if mask_parent is not None else "no transform")
+                        + ", not the moving volume's, so it was not moved with the volume: it no longer lines "
+                        "up with it in the views (put it under the transform the volume is now under).")
         if unused_parent is not None:
             result.warnings.append(
                 f"The moving volume '{movingVolumeNode.GetName()}' is under the non-linear transform "

@@ -396,6 +396,34 @@ class LogicTest(unittest.TestCase):
         self.assertIsNot(out.weightsVolumeNode, rgb)
         self.assertFalse(out.weightsVolumeNode.IsA("vtkMRMLVectorVolumeNode"))
 
+    def test_a_moving_mask_moves_with_the_volume_under_apply_transform(self) -> None:
+        """PET and its mask under 'pre': with applyTransform the PET goes under the result and the mask had stayed
+        under 'pre', so it no longer lay on the PET in the views. It moves with the PET now; a mask under another
+        transform than the PET's is left where it is, with a warning."""
+        import vtk
+
+        pre = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "pre")
+        matrix = vtk.vtkMatrix4x4()
+        matrix.SetElement(0, 3, 3.0)
+        pre.SetMatrixTransformToParent(matrix)
+        mask = mrml.volume_node_from_image(sitk.Cast(self.moving > 0.1, sitk.sitkUInt8), self.scene,
+                                           name="PET mask", label=True)
+        for node in (self.pet, mask):
+            mrml.set_parent_transform(node, pre)
+        out = self._register(movingMaskNode=mask, applyTransform=True)
+        self.assertIs(self.pet.GetParentTransformNode(), out.transformNode)
+        self.assertIs(mask.GetParentTransformNode(), out.transformNode)
+        # where the views show it: on the PET, voxel for voxel
+        on_pet = sitk.GetArrayFromImage(mrml.reslice_volume_node(mask, self.pet, interpolation="nearest"))
+        np.testing.assert_array_equal(on_pet, sitk.GetArrayFromImage(mrml.image_from_volume_node(mask)))
+        self.assertFalse(any("moving mask" in w for w in out.result.warnings))
+        other = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "other")
+        mrml.set_parent_transform(mask, other)
+        again = self._register(movingMaskNode=mask, applyTransform=True)
+        self.assertIs(mask.GetParentTransformNode(), other)
+        self.assertTrue(any("moving mask 'PET mask' is under transform 'other', not the moving volume's" in w
+                            for w in again.result.warnings), again.result.warnings)
+
     def test_masks_and_the_registered_volume_are_never_overwritten(self) -> None:
         # a scalar volume is a valid mask: chosen as the output volume too, it was read as the mask, then
         # replaced by the resampled PET (an input modified); run() refused one node for two of its outputs
