@@ -3651,11 +3651,13 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
 
 def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
     """Write an ITK transform atomically: .tfm/.txt (ITK text) or .h5 (HDF5) for any transform, .mat
-    (ITK's MATLAB format, as ANTs writes affine transforms) for a single one.
+    (ITK's MATLAB format, as ANTs writes affine transforms) for a single one, .xfm (MINC) for a 3D linear transform
+    or one 3D displacement field (its grid written beside it as ``NAME_grid_0.mnc``).
 
     Raises:
         InputError: an extension ITK writes no transform as, a composite of several transforms to .mat
-            (ITK writes it, but neither ITK nor ANTs reads it back), or an unwritable file.
+            (ITK writes it, but neither ITK nor ANTs reads it back), a transform .xfm does not hold (or holds as
+            several that read back as the first only), or an unwritable file.
     """
     final = os.fspath(path)
     if _suffix(final) == ".mat" and type(transform) is sitk.Transform and hasattr(transform, "Downcast"):
@@ -3670,12 +3672,25 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
                              f"{transform.GetNumberOfTransforms()} ({kinds}); ITK would write a file that "
                              "its reader (which Slicer and ANTs use) cannot read back.",
                              "Write it as .h5 (or .tfm), which hold composite transforms.")
-    with atomic_output(final) as tmp:
+    # MINC (.xfm): ITK writes a displacement field's grid beside the file, named after it (x_grid_0.mnc) and named
+    # in it; written to a temporary name, the .xfm pointed at '.mmf-tmp-..._grid_0.mnc', left behind (and one more
+    # at every rerun), and a copy of x.xfm and its visible files was unreadable. Staged under the final name instead.
+    xfm = _suffix(final) == ".xfm"
+    if xfm:
+        _xfm_readable(transform, final)
+    with (staged_output(final) if xfm else atomic_output(final)) as tmp:
+        if xfm:
+            open(tmp, "wb").close()  # the room is reserved on it (as atomic_output's temporary file)
         _room_for_transform(transform, final, tmp)
         try:
             with itk_guard(f"writing transform '{final}'", "Check the folder is writable."):
                 sitk.WriteTransform(transform, tmp)
         except InputError as exc:
+            if xfm and "Unsupported" in str(exc):  # "Transform type:BSplineTransform_double_3_3is Unsupported"
+                kinds = ", ".join(dict.fromkeys(part.GetName() for part in _transform_parts(transform)))
+                raise InputError(f"'{final}': ITK's MINC transform writer (.xfm) holds 3D linear transforms and 3D "
+                                 f"displacement fields only, and this is {kinds} ({transform.GetDimension()}D).",
+                                 "Write it as .h5 or .tfm, which hold every ITK transform.") from exc
             if "Could not create Transform IO object" in str(exc):  # ITK names the temporary file, not the output
                 raise InputError(f"No transform format is written as '{final}' (extension "
                                  f"'{_suffix(final) or 'none'}').",
@@ -3684,6 +3699,21 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
                                  "but only .tfm, .txt and .h5 hold a composite.") from exc
             raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
     return final
+
+
+def _xfm_readable(transform: sitk.Transform, final: str) -> None:
+    """Refuse a MINC transform output (.xfm) that ITK writes as more than one transform: a displacement field in a
+    composite with any other transform (ITK merges linear ones into one). ITK's MINC reader returns them as a list,
+    of which SimpleITK (hence this package) takes the first only ("There is more than one transform in the file!
+    Only using the first transform", a warning): an identity affine then a field read back as the identity, points
+    0.9 mm off the transform written."""
+    parts = _transform_parts(transform)
+    if len(parts) > 1 and any(part.GetName() == "DisplacementFieldTransform" for part in parts):
+        kinds = ", ".join(part.GetName() for part in parts)
+        raise InputError(f"'{final}': this composite ({kinds}) would be written to the MINC file as "
+                         f"{len(parts)} transforms, of which ITK's reader (hence this package) reads back the first "
+                         "only.", "Write it as .h5 or .tfm, which hold a composite, or resample it into one "
+                         "displacement field (sitk.TransformToDisplacementField) first.")
 
 
 #: The most bytes a transform file takes per parameter and per transform (a composite's each), by its format: ITK's

@@ -113,6 +113,37 @@ class RoundTrip(unittest.TestCase):
                 self.assertIn(".tfm", cm.exception.fix)
             self.assertEqual([f for f in os.listdir(d) if f.startswith(".mmf-tmp")], [])
 
+    def test_minc_transform_with_a_grid_reads_back_from_another_folder(self):
+        """ITK writes a displacement field's .xfm with its grid beside it, named after the file and named in it: the
+        .xfm had been written to a temporary name, so it named '.mmf-tmp-..._grid_0.mnc' (left behind, one more at
+        every rerun) and a copy of t.xfm and its visible files did not read back ("Error reading XFM"). A composite
+        with a field was read back as its first transform only (a warning), and a B-spline's refusal said "Check the
+        folder is writable"."""
+        arr = np.random.default_rng(0).normal(0.0, 0.5, (6, 7, 8, 3))
+        field = sitk.DisplacementFieldTransform(sitk.GetImageFromArray(arr, isVector=True))
+        points = [(1.0, 2.0, 3.0), (4.5, 1.5, 2.5)]
+        with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as elsewhere:
+            path = io.write_transform(field, os.path.join(d, "t.xfm"))
+            self.assertEqual(sorted(os.listdir(d)), ["t.xfm", "t_grid_0.mnc"])
+            for name in os.listdir(d):
+                shutil.copy(os.path.join(d, name), elsewhere)
+            back = io.read_transform(os.path.join(elsewhere, "t.xfm"))
+            for point in points:
+                np.testing.assert_allclose(back.TransformPoint(point), field.TransformPoint(point), atol=1e-9)
+            self.assertEqual(io.write_transform(field, path), path)  # rewritten: nothing more beside it
+            self.assertEqual(sorted(os.listdir(d)), ["t.xfm", "t_grid_0.mnc"])
+            bspline = sitk.BSplineTransformInitializer(sitk.Image(16, 16, 16, sitk.sitkFloat32), [3, 3, 3])
+            for name, tx, said in (
+                    ("composite.xfm", sitk.CompositeTransform([sitk.AffineTransform(3), field]), "reads back the first"),
+                    ("bspline.xfm", bspline, "3D linear transforms and 3D displacement fields only")):
+                out = os.path.join(d, name)
+                with self.subTest(name), self.assertRaises(InputError) as cm:
+                    io.write_transform(tx, out)
+                self.assertIn(f"'{out}'", cm.exception.problem)
+                self.assertIn(said, cm.exception.problem)
+                self.assertIn(".h5", cm.exception.fix)
+            self.assertEqual(sorted(os.listdir(d)), ["t.xfm", "t_grid_0.mnc"])
+
     def test_transform_files_with_upper_case_extensions(self):
         """ITK picks its transform reader by the extension in lower case only: read_transform('T.TFM') (and
         mmfusion's --transform / --initial-transform) had said "Could not create Transform IO object ... Give an
