@@ -3742,13 +3742,27 @@ def _room_for_transform(transform: sitk.Transform, final: str, tmp: str) -> None
     transform without an error."""
     parts = _transform_parts(transform)
     values = sum(len(part.GetParameters()) + len(part.GetFixedParameters()) for part in parts)
+    check_room_for_transform(final, tmp, values, [part.GetName() for part in parts])
+
+
+def check_room_for_transform(final: str, tmp: str, values: int, kinds: Sequence[str]) -> None:
+    """Refuse a transform file ``final`` (written first as ``tmp``, which exists) of ``values`` parameters in all
+    that may not fit, before it is written: see :func:`_room_for_transform`. Also for the ``.h5`` files through
+    which ``mrml`` hands transforms to Slicer and back (Slicer's writer is ITK's: the same crash).
+
+    Args:
+        final: the file, as the user named it (its extension picks the bound).
+        tmp: the file ITK will write (exists, empty).
+        values: parameters and fixed parameters of all its transforms.
+        kinds: the class name of each transform it holds (e.g. ``["Euler3DTransform", "BSplineTransform"]``).
+    """
     suffix = _suffix(final)
     per_value, per_part = _TRANSFORM_BYTES.get(suffix, _TRANSFORM_HDF5_BYTES)
-    bound = values * per_value + len(parts) * per_part + (0 if suffix in _TRANSFORM_BYTES else _TRANSFORM_FILE_BYTES)
-    kinds = ", ".join(dict.fromkeys(part.GetName() for part in parts))
+    bound = values * per_value + len(kinds) * per_part + (0 if suffix in _TRANSFORM_BYTES else _TRANSFORM_FILE_BYTES)
     why = ("The HDF5 library inside ITK breaks the whole program when the disk fills" if suffix not in _TRANSFORM_BYTES
            else "ITK's transform writer does not report a file cut short")
-    _check_room(final, tmp, bound, f"a {suffix} file of this transform ({kinds}: {values} values)", why,
+    _check_room(final, tmp, bound,
+                f"a {suffix} file of this transform ({', '.join(dict.fromkeys(kinds))}: {values} values)", why,
                 "as .h5, which takes the least room" if suffix in (".tfm", ".txt") else "to a disk with more room")
 
 

@@ -579,12 +579,16 @@ def transform_node_from_sitk(transform: sitk.Transform, scene: Any = None, *, na
                       "vtkMRMLGridTransformNode" if _contains(transform, "DisplacementField") else
                       "vtkMRMLTransformNode")
         node = scene.AddNewNodeByClass(class_name, unique_name(scene, name))
+    from .io import write_transform
+
     folder = tempfile.mkdtemp(prefix="mmf-transform-")
     storage = slicer.vtkMRMLTransformStorageNode()
     try:
         path = os.path.join(folder, "transform.h5")
-        with itk_guard("writing the transform for Slicer"):
-            sitk.WriteTransform(transform, path)
+        try:  # checked for room: a bare sitk.WriteTransform crashed the process on a full disk (SIGSEGV)
+            write_transform(transform, path)
+        except InputError as exc:
+            raise _temporary_file_error("pass the transform to Slicer", exc) from exc
         storage.SetScene(scene)
         storage.SetFileName(path)
         if not storage.ReadData(node):
@@ -622,7 +626,7 @@ def sitk_transform_from_node(node: Any) -> sitk.Transform:
     import slicer
     import vtk
 
-    from .io import read_transform
+    from .io import check_room_for_transform, read_transform
 
     if node is None or not node.IsA("vtkMRMLTransformNode"):
         raise InputError(f"'{_node_label(node)}' is not a transform node.", "Select a transform node.")
@@ -637,6 +641,11 @@ def sitk_transform_from_node(node: Any) -> sitk.Transform:
     storage = slicer.vtkMRMLTransformStorageNode()
     try:
         path = os.path.join(folder, "transform.h5")
+        open(path, "wb").close()
+        try:  # Slicer's writer is ITK's HDF5 one: on a full disk it crashed the process (SIGSEGV at exit)
+            check_room_for_transform(path, path, *_vtk_transform_values(node))
+        except InputError as exc:
+            raise _temporary_file_error(f"take transform '{node.GetName()}' from Slicer", exc) from exc
         storage.SetScene(node.GetScene())
         storage.SetFileName(path)
         if not storage.WriteData(node):
@@ -645,6 +654,39 @@ def sitk_transform_from_node(node: Any) -> sitk.Transform:
         return read_transform(path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _temporary_file_error(doing: str, exc: InputError) -> InputError:
+    """The refusal of a temporary transform file (``exc``, naming it) that could not be written: the user chose
+    neither the file nor its folder, so the fix names the folder and how to move it."""
+    where = tempfile.gettempdir()
+    if "ulimit" in exc.problem:
+        fix = "Raise the file size limit (ulimit -f), then try again."
+    else:
+        fix = f"Free space on the disk of the temporary folder '{where}', or set TMPDIR to a folder on another disk " \
+              "(before starting Slicer), then try again."
+    return InputError(f"Cannot {doing}: the temporary file it goes through cannot be written. {exc.problem}", fix)
+
+
+def _vtk_transform_values(node: Any) -> tuple[int, list[str]]:
+    """(values, kinds) as :func:`MultimodalFusionLib.io.check_room_for_transform` takes them, of the ITK transform
+    Slicer writes a transform node as: its grids' and B-spline coefficients' values (the larger of the node's two
+    directions, one of them computed), 16 for any other transform."""
+    def walk(transform: Any) -> tuple[int, list[str]]:
+        if transform is None:
+            return 0, []
+        if transform.IsA("vtkGeneralTransform"):
+            parts = [walk(transform.GetConcatenatedTransform(i))
+                     for i in range(transform.GetNumberOfConcatenatedTransforms())]
+            return sum(n for n, _ in parts), [kind for _, kinds in parts for kind in kinds]
+        for getter, kind in (("GetDisplacementGrid", "DisplacementFieldTransform"),
+                             ("GetCoefficientData", "BSplineTransform")):
+            grid = getattr(transform, getter, lambda: None)()
+            if grid is not None:
+                return grid.GetNumberOfPoints() * grid.GetNumberOfScalarComponents() + 32, [kind]
+        return 16, ["AffineTransform"]
+
+    return max(walk(node.GetTransformFromParent()), walk(node.GetTransformToParent()), key=lambda found: found[0])
 
 
 def set_parent_transform(node: Any, transform_node: Any | None) -> None:

@@ -7,6 +7,9 @@ self-test runs; the extra cases here check error handling and the smaller helper
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -306,6 +309,46 @@ class MrmlHelpersTest(unittest.TestCase):
         mrml.set_parent_transform(node, parent)
         with self.assertRaisesRegex(InputError, "Harden"):
             mrml.sitk_transform_from_node(node)
+
+    @unittest.skipUnless(hasattr(signal, "SIGXFSZ"), "needs POSIX file size limits")
+    def test_deformable_transform_through_a_full_temporary_disk_is_refused_and_the_process_lives(self) -> None:
+        """A deformable transform goes to and from Slicer through a temporary .h5 file, written by a bare
+        sitk.WriteTransform (to a node) and by Slicer's storage node (from a node), both ITK's HDF5 writer: past the
+        room (a 30000-byte file size limit, as a full disk) the process crashed (SIGSEGV), after a refusal for the
+        wrong reason ("H5Dclose failed"; "Harden or simplify the transform"). Refused before writing now, in a child
+        process."""
+        script = (
+            "import resource, signal, sys\n"
+            "import numpy as np, SimpleITK as sitk\n"
+            "from MultimodalFusionLib import mrml\n"
+            "from MultimodalFusionLib.errors import InputError\n"
+            "scene = mrml.new_scene()\n"
+            "bspline = sitk.BSplineTransformInitializer(sitk.Image(64, 64, 64, sitk.sitkFloat32), [10, 10, 10])\n"
+            "bspline.SetParameters(np.random.default_rng(0).normal(size=6591).tolist())\n"
+            "node = mrml.transform_node_from_sitk(bspline, scene)\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (30000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+            "for step in (lambda: mrml.transform_node_from_sitk(bspline, scene),\n"
+            "             lambda: mrml.sitk_transform_from_node(node)):\n"
+            "    try:\n"
+            "        print('done', step())\n"
+            "    except InputError as exc:\n"
+            "        print('refused', exc)\n"
+            "    sys.stdout.flush()\n")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with tempfile.TemporaryDirectory() as folder:
+            env = dict(os.environ, TMPDIR=folder,
+                       PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                                  timeout=120)
+            self.assertEqual(os.listdir(folder), [])
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr[-2000:])
+        lines = done.stdout.splitlines()
+        self.assertEqual(len(lines), 2, done.stdout)
+        for line, doing in zip(lines, ("Cannot pass the transform to Slicer", "Cannot take transform '")):
+            self.assertTrue(line.startswith(f"refused {doing}"), line)
+            self.assertIn("the file size limit is 30000 bytes (ulimit -f)", line)
+            self.assertIn("Fix: Raise the file size limit (ulimit -f)", line)
 
     def test_scene_saved_as_mrml_with_data_files(self) -> None:
         mrml.volume_node_from_image(self.image, self.scene, name="MR")
