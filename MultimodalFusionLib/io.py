@@ -3236,6 +3236,9 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                 raise InputError(f"No image format is written as '{final}' (extension "
                                  f"'{_suffix(final) or 'none'}').",
                                  _ANY_IMAGE_FIX) from exc
+            stopped = _stopped_by_disk(final, tmp, str(exc.problem), staged=suffix in _TWO_FILES)
+            if stopped is not None:
+                raise stopped from exc
             raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
         if suffix in (".nii", ".nii.gz", *_PAIR_PARTS) and not _nifti_written_whole(tmp):
             # ITK's NIfTI writer reports no write error (it prints "** ERROR: NWAD: wrote only 0 of ... bytes"
@@ -3377,6 +3380,43 @@ def _j2k_written_whole(path: str) -> bool:
             return False
         fh.seek(-2, os.SEEK_END)
         return fh.read(2) == b"\xff\xd9"
+
+
+#: ITK's words (and the C library's, which it passes on) for a write that a full disk or the file size limit stopped
+_DISK_WORDS = re.compile(r"File too large|No space left|out of disk space|Disk quota exceeded", re.IGNORECASE)
+
+
+def _stopped_by_disk(final: str, tmp: str, said: str, *, staged: bool = False) -> InputError | None:
+    """The error for an ITK write that failed (``said``: its reason) because the disk filled or a file reached the
+    file size limit, or None where neither did. ITK's writers say so in their own words, or not at all: MetaImage
+    and PNG "Reason: File too large", TIFF/LSM "error out of disk space", NRRD "failed to write to file", VTK and
+    MRC "Could not write file", DICOM "DICOM does not support this component type" (a wrong reason), each with
+    the fix "Check the folder is writable and the extension is supported". Told by the words, by a file written
+    (``tmp``; with ``staged``, every file in its staging folder) having reached the file size limit, or by less
+    than 1 MiB left free on the disk."""
+    folder = os.path.dirname(os.path.abspath(tmp))
+    free = shutil.disk_usage(folder).free
+    limit = None
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        limit = None if soft == resource.RLIM_INFINITY else soft
+    except ImportError:  # Windows: no file size limit
+        pass
+    written = [os.path.join(folder, name) for name in os.listdir(folder)] if staged else [tmp]
+    sizes = [os.path.getsize(name) for name in written if os.path.isfile(name)]
+    at_limit = limit is not None and any(size >= limit for size in sizes)
+    if not (at_limit or free < (1 << 20) or _DISK_WORDS.search(said)):
+        return None
+    said = said.replace(tmp, final).split("': ", 1)[-1] if said.startswith("ITK failed while") else said
+    if at_limit:
+        return InputError(f"Cannot write '{final}': the file reached the file size limit ({limit} bytes, ulimit -f) "
+                          f"and ITK stopped writing it: {said}",
+                          "Raise the file size limit (ulimit -f), or write a smaller output.")
+    return InputError(f"Cannot write '{final}': the disk is full ({free} bytes free there; or a quota or file size "
+                      f"limit was reached), and ITK stopped writing it: {said}",
+                      "Free space on that disk, or write the output to another one.")
 
 
 def _written_cut_short(final: str, tmp: str, writer: str) -> InputError:

@@ -98,7 +98,8 @@ class WritesCutShort(unittest.TestCase):
                 os.remove(os.path.join(self.dir, written))
 
     def _write_in_child(self, path: str, limit: int, what: str) -> subprocess.CompletedProcess:
-        """Write ``what`` ("picture": 400x400 8-bit noise, "volume": 64x64x32 float noise, "bspline": a B-spline
+        """Write ``what`` ("picture": 400x400 8-bit noise, "volume": 64x64x32 float noise, "volume16": the same
+        of 16-bit unsigned integers, "bspline": a B-spline
         transform of 6609 values) to ``path`` with write_image or write_transform, in a child process whose files may
         not grow past ``limit`` bytes; it prints 'written PATH' or 'refused MESSAGE'."""
         script = (
@@ -112,6 +113,8 @@ class WritesCutShort(unittest.TestCase):
             "    out = sitk.GetImageFromArray(rng.integers(0, 256, (400, 400), dtype=np.uint8))\n"
             "elif what == 'volume':\n"
             "    out = sitk.GetImageFromArray(rng.normal(size=(32, 64, 64)).astype(np.float32))\n"
+            "elif what == 'volume16':\n"
+            "    out = sitk.GetImageFromArray(rng.integers(0, 65536, (32, 64, 64)).astype(np.uint16))\n"
             "else:\n"
             "    out = sitk.BSplineTransformInitializer(sitk.Image(64, 64, 64, sitk.sitkFloat32), [10, 10, 10])\n"
             "    out.SetParameters(rng.normal(size=len(out.GetParameters())).tolist())\n"
@@ -187,6 +190,26 @@ class WritesCutShort(unittest.TestCase):
                     else:
                         self.assertEqual(len(io.read_transform(path).GetParameters()), 6591)
                         os.remove(path)
+
+    def test_writes_itk_stops_at_the_limit_say_the_disk_is_why(self) -> None:
+        """ITK's MetaImage, NRRD, PNG, TIFF, LSM, VTK, MRC and DICOM writers raise on a full disk or at the file size
+        limit, in their own words ("File too large", "failed to write to file", "Could not write file", and
+        DICOM's "DICOM does not support this component type", a wrong reason), and the fix was "Check the folder is
+        writable and the extension is supported": neither names the disk. Now they say the limit (or the disk)
+        stopped the write, and how to get past it (a 1 MiB tmpfs: "the disk is full (0 bytes free there ...)")."""
+        for name, what in (("a.mha", "volume"), ("a.mhd", "volume"), ("a.nrrd", "volume"), ("p.png", "picture"),
+                           ("p.tif", "picture"), ("a.lsm", "volume16"), ("a.vtk", "volume"), ("a.mrc", "volume"),
+                           ("a.dcm", "volume16")):
+            path = os.path.join(self.dir, name)
+            with self.subTest(name):
+                done = self._write_in_child(path, 20_000, what)
+                self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+                self.assertTrue(done.stdout.startswith(f"refused Cannot write '{path}': the file reached the file size "
+                                                       "limit (20000 bytes, ulimit -f) and ITK stopped writing it"),
+                                done.stdout)
+                self.assertTrue(done.stdout.rstrip().endswith(
+                    "Fix: Raise the file size limit (ulimit -f), or write a smaller output."), done.stdout)
+                self.assertEqual(os.listdir(self.dir), [])
 
     def test_json_cut_short_is_an_input_error(self) -> None:
         """It had escaped as a bare OSError: a traceback from the CLI."""
