@@ -2522,23 +2522,36 @@ def make_output_dir(path: str | os.PathLike) -> str:
 @contextlib.contextmanager
 def output_folder(path: str | os.PathLike) -> Iterator[str]:
     """:func:`make_output_dir` for a job that writes into the folder in the block: on an error or a cancellation
-    in it, the folders this call made that are still empty are removed again, so a refused job (a blank input,
-    no overlap, Ctrl-C) leaves no empty results folder behind; folders that existed, or hold anything, stay."""
-    made = []
-    probe = os.path.abspath(os.fspath(path))
-    while probe and not os.path.lexists(probe):
-        made.append(probe)  # deepest first
-        probe = os.path.dirname(probe) if os.path.dirname(probe) != probe else ""
-    folder = make_output_dir(path)
+    in it, or when the folder cannot be made whole (a name too long made its parents first), the folders this call
+    made that are still empty are removed again, so a refused job (a blank input, no overlap, Ctrl-C) leaves no
+    empty results folder behind; folders that existed, or hold anything, stay."""
+    path = os.fspath(path)
+    made = _missing_folders(path)
     try:
-        yield folder
+        yield make_output_dir(path)
     except BaseException:
-        for made_folder in made:
+        for made_folder in made:  # deepest first
             try:
                 os.rmdir(made_folder)  # only when empty
             except OSError:
-                break
+                continue  # not empty, or gone: a folder above it may still be one this call made, empty
         raise
+
+
+def _missing_folders(path: str) -> list[str]:
+    """The folders ``os.makedirs(path)`` would make, deepest first, named as the system finds them: by the path as
+    given, not normalised, since ``new/../x`` makes ``new`` too, and ``link/..`` is the parent of the link's target
+    (os.path.abspath had named neither: 'new' was left behind and the folder made beside the target kept)."""
+    parts = []
+    probe = os.path.join(os.getcwd(), path)
+    while True:
+        head, tail = os.path.split(probe)
+        if head == probe:  # the root
+            break
+        if tail not in ("", os.curdir, os.pardir) and not os.path.lexists(probe):  # '' after a trailing '/'
+            parts.append(probe)
+        probe = head
+    return parts
 
 
 def _dicom_slice_as_2d(image: sitk.Image) -> sitk.Image:

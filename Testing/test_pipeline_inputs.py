@@ -83,6 +83,28 @@ class BlankInputsTest(unittest.TestCase):
             pipeline.run(t1, t1, os.path.join(tmp, "new", "sub"), methods="average", register=False)
             self.assertIn("fused_average.png", os.listdir(os.path.join(tmp, "new", "sub")))
 
+    def test_a_refused_run_removes_the_folders_a_dotted_or_too_long_name_made(self) -> None:
+        """`--output-dir new/../x` made 'new' too, `link/../y` a folder beside the link's target, and a last name
+        too long made its parents before it failed: the folders were named by os.path.abspath, or not yet known,
+        and stayed behind, empty."""
+        t1 = io.read_image(data.testing_data_dir() / "BrainT1Slice.png")
+        blank = sitk.Image(t1.GetSize(), sitk.sitkUInt8)
+        blank.CopyInformation(t1)
+        with tempfile.TemporaryDirectory() as tmp:
+            os.makedirs(os.path.join(tmp, "deep", "target"))
+            os.symlink(os.path.join(tmp, "deep", "target"), os.path.join(tmp, "link"))
+            for out in ("new/../x", "a/b/../../c/", "link/../y/z", "n/" + "z" * 300, "deep/../m/./" + "q" * 300):
+                with self.subTest(out=out), self.assertRaises(InputError):
+                    pipeline.run(blank, t1, os.path.join(tmp, out), methods="average", register=False)
+            self.assertEqual(sorted(os.listdir(tmp)), ["deep", "link"])
+            self.assertEqual(os.listdir(os.path.join(tmp, "deep")), ["target"])
+            # a folder that holds anything stays (another job writing into it), and those above it
+            with self.assertRaises(KeyboardInterrupt), io.output_folder(os.path.join(tmp, "w/../v/sub")) as out:
+                open(os.path.join(out, "other.txt"), "w").close()
+                raise KeyboardInterrupt
+            self.assertEqual(sorted(os.listdir(tmp)), ["deep", "link", "v"])  # the empty "w" it made goes
+            self.assertEqual(os.listdir(os.path.join(tmp, "v", "sub")), ["other.txt"])
+
 
 class MaskOffGridTest(unittest.TestCase):
     def test_a_fixed_mask_off_the_fixed_grid_is_named_with_or_without_registration(self) -> None:
