@@ -1048,32 +1048,34 @@ def save_scene(path: str | os.PathLike, scene: Any = None) -> str:
     final = os.path.abspath(os.fspath(path))
     if not final.endswith((".mrb", ".mrml")):
         raise InputError(f"Cannot save a scene as '{final}'.", "Use a .mrb (bundle) or .mrml file name.")
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    if final.endswith(".mrb"):
-        # Slicer names the bundle's inner folder after the file: write under the final name in
-        # a temporary folder next to it, then move it into place.
-        from .io import remove_dead_leftovers, temporary_prefix
+    from .io import output_folder, remove_dead_leftovers, temporary_prefix
 
-        remove_dead_leftovers(os.path.dirname(final))
-        staging = tempfile.mkdtemp(prefix=temporary_prefix(), dir=os.path.dirname(final))
-        tmp = os.path.join(staging, os.path.basename(final))
-        try:
-            with _quiet_vtk():  # vtkArchive reports every file it zips
-                written = scene.WriteToMRB(tmp)
-            if not written or not os.path.exists(tmp):
-                raise InputError(f"Slicer could not write the scene bundle '{final}'.",
-                                 "Check the folder is writable and has free space.")
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    # a folder the save makes is removed again when it fails (it had stayed, empty), and a file in the folder's
+    # place is an InputError naming it (it had been os.makedirs' FileExistsError)
+    with output_folder(os.path.dirname(final)):
+        if final.endswith(".mrb"):
+            # Slicer names the bundle's inner folder after the file: write under the final name in
+            # a temporary folder next to it, then move it into place.
+            remove_dead_leftovers(os.path.dirname(final))
+            staging = tempfile.mkdtemp(prefix=temporary_prefix(), dir=os.path.dirname(final))
+            tmp = os.path.join(staging, os.path.basename(final))
+            try:
+                with _quiet_vtk():  # vtkArchive reports every file it zips
+                    written = scene.WriteToMRB(tmp)
+                if not written or not os.path.exists(tmp):
+                    raise InputError(f"Slicer could not write the scene bundle '{final}'.",
+                                     "Check the folder is writable and has free space.")
+                os.replace(tmp, final)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            return final
+        folder = os.path.dirname(final)
+        _write_node_data(scene, folder)
+        scene.SetRootDirectory(folder)
+        scene.SetURL(final)
+        if not scene.Commit():
+            raise InputError(f"Slicer could not write the scene '{final}'.", "Check the folder is writable.")
         return final
-    folder = os.path.dirname(final)
-    _write_node_data(scene, folder)
-    scene.SetRootDirectory(folder)
-    scene.SetURL(final)
-    if not scene.Commit():
-        raise InputError(f"Slicer could not write the scene '{final}'.", "Check the folder is writable.")
-    return final
 
 
 def load_scene(path: str | os.PathLike, scene: Any = None) -> Any:

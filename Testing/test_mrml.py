@@ -364,6 +364,19 @@ class MrmlHelpersTest(unittest.TestCase):
         with self.assertRaises(InputError):
             mrml.save_scene("results.png", self.scene)
 
+    def test_a_failed_save_leaves_no_folder_it_made_and_a_file_in_its_place_is_named(self) -> None:
+        """saveResults into a new folder that then failed (a file name too long) left that folder behind, empty;
+        a file where the folder should be was os.makedirs' FileExistsError, a traceback in Slicer."""
+        mrml.volume_node_from_image(self.image, self.scene, name="MR")
+        with tempfile.TemporaryDirectory() as folder:
+            open(os.path.join(folder, "taken"), "w").close()
+            with self.assertRaisesRegex(InputError, "'.*taken' is a file"):
+                mrml.save_scene(os.path.join(folder, "taken", "scene.mrb"), self.scene)
+            with self.assertRaises(InputError):
+                mrml.save_scene(os.path.join(folder, "new", "sub", "z" * 300 + ".mrb"), self.scene)
+            self.assertEqual(os.listdir(folder), ["taken"])
+            self.assertTrue(os.path.isfile(mrml.save_scene(os.path.join(folder, "new", "scene.mrb"), self.scene)))
+
     def test_mrml_scene_keeps_nodes_whose_names_differ_only_in_punctuation(self) -> None:
         # "PET 1" and "PET_1" would both be written to PET_1.nrrd, the second over the first
         arr = sitk.GetArrayFromImage(self.image)
