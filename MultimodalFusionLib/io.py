@@ -2510,7 +2510,7 @@ def make_output_dir(path: str | os.PathLike) -> str:
         probe = os.path.dirname(probe) if os.path.dirname(probe) != probe else ""
     if probe and not os.path.isdir(probe):
         raise InputError(f"The output folder '{path}' cannot be made: '{probe}' is a file.",
-                         "Give a folder name that is not an existing file (e.g. --output-dir results/).")
+                         f"Give a folder path with no existing file in it, or move '{probe}' away.")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:  # read-only or special file system, no permission, a name too long
