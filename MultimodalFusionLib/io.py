@@ -3249,7 +3249,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                 raise InputError(f"No image format is written as '{final}' (extension "
                                  f"'{_suffix(final) or 'none'}').",
                                  _ANY_IMAGE_FIX) from exc
-            stopped = _stopped_by_disk(final, tmp, str(exc.problem), staged=suffix in _TWO_FILES)
+            stopped = _stopped_by_disk(final, tmp, str(exc.problem), staged=suffix in _TWO_FILES,
+                                       need=_most_image_bytes(out))
             if stopped is not None:
                 raise stopped from exc
             raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
@@ -3399,14 +3400,33 @@ def _j2k_written_whole(path: str) -> bool:
 _DISK_WORDS = re.compile(r"File too large|No space left|out of disk space|Disk quota exceeded", re.IGNORECASE)
 
 
-def _stopped_by_disk(final: str, tmp: str, said: str, *, staged: bool = False) -> InputError | None:
+def _most_image_bytes(image: sitk.Image) -> int:
+    """The most bytes an image file of ``image`` takes in any format ITK writes: its voxels uncompressed, an eighth
+    more (PNG's filter byte a row, TIFF's strip tables, deflate's worst case on random data) and 64 KiB of header
+    (DICOM's is the largest, a few KB)."""
+    voxels = int(np.prod(image.GetSize(), dtype=np.int64)) * image.GetNumberOfComponentsPerPixel() * \
+        _component_bytes(image.GetPixelID())
+    return voxels + voxels // 8 + (1 << 16)
+
+
+def _short_of_room(free: int, need: int, written: int) -> bool:
+    """Whether a failed write can have been stopped by the disk filling, by its room left: ``free`` bytes free on it
+    after the failure, less than 1 MiB (a full disk keeps some for its own use: 0 measured on tmpfs) and less than
+    the ``need - written`` bytes the file still needed at most (``need``: the most it takes, ``written``: what it
+    holds). A write that failed for another reason on a nearly full disk (a pixel type the format does not hold,
+    with 900 KB free and 80 KB to write) had been said to be the disk's fault."""
+    return free < min(1 << 20, need - written)
+
+
+def _stopped_by_disk(final: str, tmp: str, said: str, *, need: int, staged: bool = False) -> InputError | None:
     """The error for an ITK write that failed (``said``: its reason) because the disk filled or a file reached the
     file size limit, or None where neither did. ITK's writers say so in their own words, or not at all: MetaImage
     and PNG "Reason: File too large", TIFF/LSM "error out of disk space", NRRD "failed to write to file", VTK and
     MRC "Could not write file", DICOM "DICOM does not support this component type" (a wrong reason), each with
     the fix "Check the folder is writable and the extension is supported". Told by the words, by a file written
-    (``tmp``; with ``staged``, every file in its staging folder) having reached the file size limit, or by less
-    than 1 MiB left free on the disk."""
+    (``tmp``; with ``staged``, every file in its staging folder) having reached the file size limit, or by the
+    disk having too little room left for the rest of the file (see :func:`_short_of_room`; ``need``: the most
+    bytes the output takes)."""
     folder = os.path.dirname(os.path.abspath(tmp))
     free = shutil.disk_usage(folder).free
     limit = None
@@ -3420,7 +3440,7 @@ def _stopped_by_disk(final: str, tmp: str, said: str, *, staged: bool = False) -
     written = [os.path.join(folder, name) for name in os.listdir(folder)] if staged else [tmp]
     sizes = [os.path.getsize(name) for name in written if os.path.isfile(name)]
     at_limit = limit is not None and any(size >= limit for size in sizes)
-    if not (at_limit or free < (1 << 20) or _DISK_WORDS.search(said)):
+    if not (at_limit or _short_of_room(free, need, sum(sizes)) or _DISK_WORDS.search(said)):
         return None
     said = said.replace(tmp, final).split("': ", 1)[-1] if said.startswith("ITK failed while") else said
     if at_limit:

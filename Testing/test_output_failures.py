@@ -237,5 +237,41 @@ class WritesCutShort(unittest.TestCase):
         self.assertEqual(_hashes(out), before)
 
 
+class NearlyFullDisk(unittest.TestCase):
+    """The disk is blamed for a failed image write only where it can have stopped it: with less than 1 MiB free,
+    any ITK write failure had been said to be "the disk is full" (fix: free space), also one for a pixel type the
+    format does not hold, with 897024 bytes free and a few KB to write."""
+
+    def test_the_room_left_decides_only_with_less_than_the_file_still_needs(self) -> None:
+        self.assertFalse(io._short_of_room(897_024, io._most_image_bytes(sitk.Image(20, 20, 4, sitk.sitkInt64)), 0))
+        self.assertTrue(io._short_of_room(0, io._most_image_bytes(_noise((32, 64, 64))), 450_000))
+        self.assertFalse(io._short_of_room(2 << 20, 10 << 20, 0))  # 2 MiB free: the words must say it
+
+    def test_on_a_small_file_system(self) -> None:
+        """A real 2 MiB tmpfs (needs the right to mount one: root on Linux), 897024 bytes left free."""
+        folder = tempfile.mkdtemp()
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", folder], capture_output=True)
+        if mounted.returncode != 0:
+            os.rmdir(folder)
+            self.skipTest("cannot mount a tmpfs here")
+        try:
+            with open(os.path.join(folder, "filler"), "wb") as fh:
+                fh.write(bytes(1_200_000))
+            for name, image in (("a.mnc", sitk.Image(20, 20, 4, sitk.sitkInt64)),
+                                ("b.mha", sitk.Image(20, 20, sitk.sitkLabelUInt8))):
+                with self.subTest(name), self.assertRaises(InputError) as cm:
+                    io.write_image(image, os.path.join(folder, name))
+                self.assertNotIn("disk is full", cm.exception.problem)
+                self.assertNotIn("Free space", cm.exception.fix)
+            picture = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 256, (1200, 1200), dtype=np.uint8))
+            with self.assertRaises(InputError) as cm:  # one the disk did stop is still said so
+                io.write_image(picture, os.path.join(folder, "p.png"))
+            self.assertIn("the disk is full", cm.exception.problem)
+            self.assertEqual(os.listdir(folder), ["filler"])
+        finally:
+            subprocess.run(["umount", folder], check=True)
+            os.rmdir(folder)
+
+
 if __name__ == "__main__":
     unittest.main()
