@@ -3703,14 +3703,17 @@ def _lower_case_name(path: str) -> Iterator[str]:
 
 def read_transform(path: str | os.PathLike) -> sitk.Transform:
     """Read an ITK transform file (.tfm, .txt, .h5, .mat), as written by Slicer, elastix' transformix
-    (ITK format), ANTs or this package."""
+    (ITK format), ANTs or this package, or a MINC one (.xfm; several transforms in it composed in MNI's order)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"Transform file not found: '{path}'.", "Check the path.")
     with _lower_case_name(path) as readable:
         try:
-            with itk_guard(f"reading transform '{path}'", "Give an ITK transform file (.tfm, .txt, .h5, .mat)."):
-                tx = sitk.ReadTransform(readable)
+            if _suffix(path) == ".xfm":
+                tx = _read_minc_transform(readable)
+            else:
+                with itk_guard(f"reading transform '{path}'", "Give an ITK transform file (.tfm, .txt, .h5, .mat)."):
+                    tx = sitk.ReadTransform(readable)
         except InputError as exc:
             raise InputError(str(exc.problem).replace(readable, path), exc.fix) from exc
     # A composite read from file nests its transforms; flatten a single one for convenience.
@@ -3749,8 +3752,10 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
     # in it; written to a temporary name, the .xfm pointed at '.mmf-tmp-..._grid_0.mnc', left behind (and one more
     # at every rerun), and a copy of x.xfm and its visible files was unreadable. Staged under the final name instead.
     xfm = _suffix(final) == ".xfm"
+    stale: list[str] = []
     if xfm:
-        _xfm_readable(transform, final)
+        transform = _for_minc(transform, final)
+        stale = _minc_grids(final) if os.path.isfile(final) else []
     with (staged_output(final) if xfm else atomic_output(final)) as tmp:
         if xfm:
             open(tmp, "wb").close()  # the room is reserved on it (as atomic_output's temporary file)
@@ -3771,22 +3776,124 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
                                  "linear transform, as ANTs writes); all hold deformable transforms too, "
                                  "but only .tfm, .txt and .h5 hold a composite.") from exc
             raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
+    if stale:  # grids the old .xfm named that the new one does not: nothing else names NAME_grid_N.mnc
+        for name in sorted(set(stale) - set(_minc_grids(final))):
+            with contextlib.suppress(OSError):
+                os.remove(name)
     return final
 
 
-def _xfm_readable(transform: sitk.Transform, final: str) -> None:
-    """Refuse a MINC transform output (.xfm) that ITK writes as more than one transform: a displacement field in a
-    composite with any other transform (ITK merges linear ones into one). ITK's MINC reader returns them as a list,
-    of which SimpleITK (hence this package) takes the first only ("There is more than one transform in the file!
-    Only using the first transform", a warning): an identity affine then a field read back as the identity, points
-    0.9 mm off the transform written."""
+def _for_minc(transform: sitk.Transform, final: str) -> sitk.Transform:
+    """``transform`` as ITK's MINC writer (.xfm) takes it: its parts flattened, each run of 3D linear ones as one
+    AffineTransform (a translation, an identity or an empty composite had been refused as not linear, or crashed
+    the process: SIGSEGV; a nested composite was "Composite Transform can only be 1st transform in a file"), 3D
+    displacement fields as they are. The file lists them in the order they apply to a point (MNI's convention),
+    which :func:`read_transform` composes back.
+
+    Raises:
+        InputError: a part .xfm does not hold (a B-spline, a 2D transform).
+    """
     parts = _transform_parts(transform)
-    if len(parts) > 1 and any(part.GetName() == "DisplacementFieldTransform" for part in parts):
-        kinds = ", ".join(part.GetName() for part in parts)
-        raise InputError(f"'{final}': this composite ({kinds}) would be written to the MINC file as "
-                         f"{len(parts)} transforms, of which ITK's reader (hence this package) reads back the first "
-                         "only.", "Write it as .h5 or .tfm, which hold a composite, or resample it into one "
-                         "displacement field (sitk.TransformToDisplacementField) first.")
+    unheld = [part for part in parts if part.GetDimension() != 3 or not (
+        part.IsLinear() or part.GetName() == "DisplacementFieldTransform")]
+    if unheld or transform.GetDimension() != 3:
+        kinds = ", ".join(dict.fromkeys(part.GetName() for part in unheld or parts))
+        raise InputError(f"'{final}': ITK's MINC transform writer (.xfm) holds 3D linear transforms and 3D "
+                         f"displacement fields only, and this is {kinds} ({transform.GetDimension()}D).",
+                         "Write it as .h5 or .tfm, which hold every ITK transform.")
+    out: list[sitk.Transform] = []
+    run: list[sitk.Transform] = []
+    for part in [*parts, None]:
+        if part is not None and part.IsLinear():
+            run.append(part)
+            continue
+        if run or (part is None and not out):  # an empty composite: the identity
+            linear = sitk.CompositeTransform(3)
+            for piece in run:
+                linear.AddTransform(piece)
+            offset = np.array(linear.TransformPoint((0.0, 0.0, 0.0)))
+            matrix = np.column_stack([np.array(linear.TransformPoint(tuple(axis))) - offset for axis in np.eye(3)])
+            out.append(sitk.AffineTransform(matrix.ravel().tolist(), offset.tolist()))
+            run = []
+        if part is not None:
+            out.append(part)
+    return out[0] if len(out) == 1 else sitk.CompositeTransform(out)
+
+
+#: A MINC transform file's statements: 'Transform_Type = Linear;', 'Displacement_Volume = t_grid_0.mnc;'
+_MINC_STATEMENT = re.compile(r"(\w+)\s*=\s*([^;]*);")
+
+
+def _minc_statements(path: str) -> list[tuple[str, str]]:
+    """The (name, value) statements of a MINC transform file (.xfm), in order, its comments ('%' lines) dropped."""
+    with open(path, errors="replace") as fh:
+        text = "\n".join(line.split("%", 1)[0] for line in fh)
+    return [(name, value.strip()) for name, value in _MINC_STATEMENT.findall(text)]
+
+
+def _minc_grids(final: str) -> list[str]:
+    """The grid files of ``final`` (an .xfm) that ITK's writer names after it (``NAME_grid_N.mnc`` beside it), as
+    the file names them: the only ones a rewrite may remove."""
+    folder, base = os.path.split(os.path.abspath(final))
+    own = re.compile(re.escape(base[:-len(".xfm")]) + r"_grid_\d+\.mnc")
+    try:
+        statements = _minc_statements(final)
+    except OSError:
+        return []
+    return [os.path.join(folder, value) for name, value in statements
+            if name == "Displacement_Volume" and own.fullmatch(value)]
+
+
+def _read_minc_transform(path: str) -> sitk.Transform:
+    """A MINC transform file (.xfm) as one transform: ITK reads its transforms as a list, of which SimpleITK had
+    taken the first only (a warning): a linear transform then a grid, as MNI's tools write, was read as the linear
+    one. MNI's convention: the transforms apply to a point in file order, so the composite holds them last first
+    (a CompositeTransform applies its last one first). Each is read by ITK from a file of its own, its grid linked
+    beside it.
+
+    Raises:
+        InputError: a grid marked inverted (ITK reads it as a transform without a displacement field, which fails
+            at its first point), or a part ITK does not read.
+    """
+    statements = _minc_statements(path)
+    blocks: list[list[tuple[str, str]]] = []
+    for name, value in statements:
+        if name == "Transform_Type":
+            blocks.append([])
+        if blocks:
+            blocks[-1].append((name, value))
+    for block in blocks:
+        values = dict(block)
+        if values["Transform_Type"] == "Grid_Transform" and values.get("Invert_Flag", "").lower() == "true":
+            raise InputError(f"'{path}': it holds an inverted grid transform (Invert_Flag = True), which ITK's MINC "
+                             "reader (hence this package) reads as a transform without its displacement field.",
+                             "Invert the grid with MINC's tools (e.g. invert_xfm then resample it into a grid), or "
+                             "give the transform as .h5 or .tfm.")
+    if len(blocks) < 2:
+        with itk_guard(f"reading transform '{path}'", "Give an ITK transform file (.tfm, .txt, .h5, .mat, .xfm)."):
+            return sitk.ReadTransform(path)
+    parts = []
+    folder = os.path.dirname(os.path.realpath(path))  # the file's own folder, also through _lower_case_name's link
+    with tempfile.TemporaryDirectory(prefix="mmf-transform-") as tmp:
+        for i, block in enumerate(blocks):
+            lines = ["MNI Transform File"]
+            for name, value in block:
+                if name == "Displacement_Volume":
+                    grid = os.path.join(folder, value)
+                    value = f"grid_{i}.mnc"
+                    try:
+                        os.symlink(grid, os.path.join(tmp, value))
+                    except OSError:  # no symbolic links (Windows without the privilege)
+                        shutil.copyfile(grid, os.path.join(tmp, value))
+                lines.append(f"{name} = {value};")
+            one = os.path.join(tmp, f"part_{i}.xfm")
+            with open(one, "w") as fh:
+                fh.write("\n".join(lines) + "\n")
+            with itk_guard(f"reading transform {i + 1} of {len(blocks)} in '{path}'",
+                           "Give an ITK transform file (.tfm, .txt, .h5, .mat, .xfm)."):
+                part = sitk.ReadTransform(one)
+            parts.append(part.Downcast() if hasattr(part, "Downcast") else part)
+    return sitk.CompositeTransform(parts[::-1])
 
 
 #: The most bytes a transform file takes per parameter and per transform (a composite's each), by its format: ITK's
