@@ -224,6 +224,10 @@ def _written(node: Any) -> Any:
     return _in_world(node)
 
 
+def _under(transform: Any) -> str:
+    return f"transform '{transform.GetName()}'" if transform is not None else "no transform"
+
+
 def _single_slice(image: Any) -> bool:
     return io.one_slice_axis(image) is not None
 
@@ -464,19 +468,23 @@ class FusionLogic:
                 name=f"{movingVolumeNode.GetName()} registered", node=outputVolumeNode))
         if applyTransform:
             shown_through = movingVolumeNode.GetParentTransformNode()
+            # read before the volume moves: a mask that is the moving volume itself would be under the result
+            mask_parent = movingMaskNode.GetParentTransformNode() if movingMaskNode is not None else None
             mrml.set_parent_transform(movingVolumeNode, transform_node)
             if movingMaskNode is not None and movingMaskNode is not fixedMaskNode:
-                # the mask was read relative to the volume; left under the volume's old transform it no longer
-                # lined up with the re-parented volume in the views: it moves with the volume
-                mask_parent = movingMaskNode.GetParentTransformNode()
+                # the mask was read where it lay relative to the volume; only one under the volume's old transform
+                # (or, like it, under none) keeps that place under the result. Any other (one under the output
+                # transform too, which now holds the result) no longer lies on the volume as the registration used it
                 if mask_parent is shown_through:
                     mrml.set_parent_transform(movingMaskNode, transform_node)
-                elif mask_parent is not transform_node:
+                else:
                     result.warnings.append(
-                        f"The moving mask '{movingMaskNode.GetName()}' is under "
-                        + (f"transform '{mask_parent.GetName()}'" if mask_parent is not None else "no transform")
-                        + ", not the moving volume's, so it was not moved with the volume: it no longer lines "
-                        "up with it in the views (put it under the transform the volume is now under).")
+                        f"The moving mask '{movingMaskNode.GetName()}' was under {_under(mask_parent)}"
+                        + (" (now the result)" if mask_parent is transform_node else "")
+                        + f", not under the moving volume's ({_under(shown_through)}), so it was not moved with the "
+                        "volume: it no longer lies on the volume where the registration used it. To have a mask "
+                        "move with its volume, put it under the same transform as the volume (Transforms module) "
+                        "before registering.")
         if unused_parent is not None:
             result.warnings.append(
                 f"The moving volume '{movingVolumeNode.GetName()}' is under the non-linear transform "

@@ -421,8 +421,57 @@ class LogicTest(unittest.TestCase):
         mrml.set_parent_transform(mask, other)
         again = self._register(movingMaskNode=mask, applyTransform=True)
         self.assertIs(mask.GetParentTransformNode(), other)
-        self.assertTrue(any("moving mask 'PET mask' is under transform 'other', not the moving volume's" in w
+        self.assertTrue(any("moving mask 'PET mask' was under transform 'other', not under the moving volume's "
+                            f"(transform '{out.transformNode.GetName()}')" in w
                             for w in again.result.warnings), again.result.warnings)
+
+    def test_a_moving_mask_left_behind_under_apply_transform_is_named_with_a_fix_that_works(self) -> None:
+        """A mask that cannot move with the PET: the warning had advised putting it under the PET's new transform,
+        which left it off the PET by the 6 mm the PET had been shifted (2453 voxels of the PET grid differing from
+        where the registration used it), and a mask under the output transform (given again, now holding the
+        result) had been left there without a word, 2503 voxels off."""
+        import vtk
+
+        mask_image = sitk.Cast(self.moving > 0.1, sitk.sitkUInt8)
+
+        def shift(name: str):
+            node = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+            matrix = vtk.vtkMatrix4x4()
+            matrix.SetElement(0, 3, 6.0)
+            node.SetMatrixTransformToParent(matrix)
+            return node
+
+        def on_pet(mask):
+            return sitk.GetArrayFromImage(mrml.reslice_volume_node(mask, self.pet, interpolation="nearest"))
+
+        # the PET under 'pre', its mask under none: used 6 mm off the PET's own grid, left there
+        mask = mrml.volume_node_from_image(mask_image, self.scene, name="PET mask", label=True)
+        mrml.set_parent_transform(self.pet, shift("pre"))
+        used = on_pet(mask)
+        out = self._register(movingMaskNode=mask, applyTransform=True)
+        self.assertIsNone(mask.GetParentTransformNode())
+        warnings = [w for w in out.result.warnings if "moving mask" in w]
+        self.assertEqual(len(warnings), 1, out.result.warnings)
+        self.assertIn("'PET mask' was under no transform, not under the moving volume's (transform 'pre')",
+                      warnings[0])
+        self.assertIn("under the same transform as the volume (Transforms module) before registering", warnings[0])
+        self.assertNotIn("now under", warnings[0])  # the old advice: the mask under the result is not where it was
+        mrml.set_parent_transform(mask, out.transformNode)
+        self.assertGreater(int((on_pet(mask) != used).sum()), 1000)
+        # a mask under the output transform, which the result then replaced: it moved, so it is named too
+        mrml.set_parent_transform(self.pet, None)
+        output = shift("X")
+        mrml.set_parent_transform(mask, output)
+        used = on_pet(mask)
+        again = self._register(movingMaskNode=mask, applyTransform=True, outputTransformNode=output)
+        self.assertIs(again.transformNode, output)
+        self.assertGreater(int((on_pet(mask) != used).sum()), 1000)  # no longer where it was used
+        self.assertTrue(any("'PET mask' was under transform 'X' (now the result), not under the moving volume's "
+                            "(no transform)" in w for w in again.result.warnings), again.result.warnings)
+        # the moving volume as its own mask moves with itself: nothing to say
+        itself = self._register(movingMaskNode=self.pet, applyTransform=True)
+        self.assertIs(self.pet.GetParentTransformNode(), itself.transformNode)
+        self.assertFalse(any("moving mask" in w for w in itself.result.warnings), itself.result.warnings)
 
     def test_masks_and_the_registered_volume_are_never_overwritten(self) -> None:
         # a scalar volume is a valid mask: chosen as the output volume too, it was read as the mask, then
