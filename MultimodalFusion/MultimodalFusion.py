@@ -132,6 +132,8 @@ class MultimodalFusionParameterNode:
     """The module's GUI state, saved with the scene.
 
     fixedVolume, movingVolume - the volumes to register (moving onto fixed) and fuse.
+        movingVolume may be a label map: Register resamples it into a label map (nearest-neighbour), Show
+        shows it over the fixed volume; Fuse and Apply refuse it (its labels are not intensities).
     preset - registration preset; NO_PRESET: ``stages`` with default settings.
     stages - comma-separated stages (rigid, affine, bspline); empty (default): the preset's, rigid
         without a preset. Stages given here replace the preset's.
@@ -148,7 +150,7 @@ class MultimodalFusionParameterNode:
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
-    movingVolume: vtkMRMLScalarVolumeNode
+    movingVolume: Optional[Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode]] = None
     preset: Annotated[str, Choice(PRESETS)] = NO_PRESET
     stages: str = ""
     initializer: Annotated[str, Choice(INITIALIZERS)] = PRESET_INITIALIZER
@@ -162,7 +164,7 @@ class MultimodalFusionParameterNode:
     seed: Annotated[int, Minimum(0)] = 1
     backend: Annotated[str, Choice(BACKENDS)] = "sitk"
     outputTransform: vtkMRMLTransformNode
-    outputVolume: vtkMRMLScalarVolumeNode
+    outputVolume: Optional[Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode]] = None
     # a union of node types must include None for parameterNodeWrapper (hence Optional)
     fusedVolume: Optional[Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]] = None
     weightsVolume: Optional[vtkMRMLScalarVolumeNode] = None

@@ -110,8 +110,10 @@ def _produced_output_classes() -> dict[str, set[str]]:
     transforms = {mrml.transform_node_from_sitk(t, scene).GetClassName() for t in (rigid, bspline, field)}
     grey = mrml.volume_node_from_image(grid, scene).GetClassName()
     rgb = mrml.volume_node_from_image(sitk.Compose([sitk.Cast(grid, sitk.sitkUInt8)] * 3), scene).GetClassName()
+    # a label map moving volume is registered into a label map (FusionLogic.registerVolumes)
+    labels = mrml.volume_node_from_image(sitk.Cast(grid, sitk.sitkUInt8), scene, label=True).GetClassName()
     table = mrml.metrics_table_node({"mi": 0.5}, scene).GetClassName()
-    return {"outputTransform": transforms, "outputVolume": {grey}, "fusedVolume": {grey, rgb},
+    return {"outputTransform": transforms, "outputVolume": {grey, labels}, "fusedVolume": {grey, rgb},
             "weightsVolume": {grey}, "metricsTable": {table}}
 
 
@@ -229,6 +231,22 @@ class UiStaticTest(unittest.TestCase):
                 with self.subTest(field=field, node=class_name):
                     self.assertTrue(listed, f"{widget.get('name')} (nodeTypes {node_types}, showChildNodeTypes "
                                             f"{show_children}) cannot list the {class_name} written into {field}")
+
+    @unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
+    def test_the_moving_selector_lists_the_label_maps_register_takes(self) -> None:
+        """registerVolumes resamples a label map moving volume into a label map, and Register passes
+        newNodeOnKindChange for it; a moving selector listing only the exact vtkMRMLScalarVolumeNode class
+        could never offer one, so none of it was reachable from the panel."""
+        import slicer
+
+        widget = self.widgets["movingVolumeSelector"]
+        node_types = [s.text for s in _property(widget, "nodeTypes").iter("string")]
+        show_children = _property(widget, "showChildNodeTypes").find("bool").text == "true"
+        for class_name in ("vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode"):
+            node = getattr(slicer, class_name)()
+            with self.subTest(class_name):
+                self.assertTrue(any(node.IsA(t) and (show_children or class_name == t) for t in node_types),
+                                f"movingVolumeSelector (nodeTypes {node_types}) cannot list a {class_name}")
 
     def test_display_settings_reach_every_call_that_shows(self) -> None:
         """Register (showFusion) and Register-and-fuse (run) use the panel's opacity, colour table
