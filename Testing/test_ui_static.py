@@ -9,6 +9,8 @@
 - every output selector lists the node classes the Logic really writes into its field (the
   filter rule of Slicer's qMRMLSortFilterProxyModel: ``showChildNodeTypes`` false lists only the
   exact classes of ``nodeTypes``); needs slicer-core for the node classes;
+- every Logic call of the widget names a FusionLogic method and only its named parameters (the
+  registration arguments it splats included: run's ``**fusionParameters`` would swallow a misspelt one);
 - the widget passes every Display setting to the Logic calls that show a result, and asks for
   (and installs) only what the clicked action needs, in the order of
   ``MultimodalFusionLib.slicer_dependencies.install_plan`` (torch from the PyTorch extension,
@@ -247,6 +249,39 @@ class UiStaticTest(unittest.TestCase):
             with self.subTest(class_name):
                 self.assertTrue(any(node.IsA(t) and (show_children or class_name == t) for t in node_types),
                                 f"movingVolumeSelector (nodeTypes {node_types}) cannot list a {class_name}")
+
+    def test_the_widget_calls_only_logic_methods_that_exist_with_their_arguments(self) -> None:
+        """Every ``self.logic.<method>(...)`` of the widget names a FusionLogic method and only its named
+        parameters, the ``**self._registrationArguments()`` keys included: run() takes ``**fusionParameters``,
+        so a misspelt or removed registration option would reach the fusion method instead of failing here."""
+        from MultimodalFusionLib.slicer_logic import FusionLogic
+
+        widget = _class(self.tree, "MultimodalFusionWidget")
+        returned = next(n.value for n in ast.walk(_method(self.tree, "MultimodalFusionWidget", "_registrationArguments"))
+                        if isinstance(n, ast.Return))
+        registration_keys = {ast.literal_eval(k) for k in returned.keys}
+        # names bound to the registration arguments (``arguments = self._registrationArguments()``)
+        registration_names = {"self._registrationArguments()"} | {
+            t.id for n in ast.walk(widget) if isinstance(n, ast.Assign)
+            and ast.unparse(n.value) == "self._registrationArguments()" for t in n.targets if isinstance(t, ast.Name)}
+        calls = [c for c in ast.walk(widget) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+                 and ast.unparse(c.func.value) == "self.logic" and c.func.attr != "getParameterNode"]
+        self.assertGreaterEqual({c.func.attr for c in calls}, {"registerVolumes", "fuseVolumes", "run", "showFusion"})
+        for call in calls:
+            with self.subTest(line=call.lineno, method=call.func.attr):
+                self.assertTrue(hasattr(FusionLogic, call.func.attr), f"FusionLogic has no {call.func.attr}")
+                parameters = inspect.signature(getattr(FusionLogic, call.func.attr)).parameters
+                named = {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+                keywords = set(_keywords(call))
+                for splat in (k.value for k in call.keywords if k.arg is None):
+                    if ast.unparse(splat) in registration_names:
+                        keywords |= registration_keys
+                    else:  # e.g. the overlay's colormap and opacity: the fusion method's own parameters
+                        self.assertTrue(any(p.kind == p.VAR_KEYWORD for p in parameters.values()),
+                                        f"{call.func.attr} takes no **{ast.unparse(splat)}")
+                self.assertEqual(keywords - named, set(), f"{call.func.attr} takes no such keyword")
+                positional = [p for p in parameters.values() if p.kind == p.POSITIONAL_OR_KEYWORD][1:]
+                self.assertLessEqual(len(call.args), len(positional))
 
     def test_display_settings_reach_every_call_that_shows(self) -> None:
         """Register (showFusion) and Register-and-fuse (run) use the panel's opacity, colour table
