@@ -228,7 +228,10 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.fixedVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            # the first grey volume: GetFirstNodeByClass also returns label maps (a subclass), which the fixed
+            # selector does not list (it shows only vtkMRMLScalarVolumeNode itself)
+            firstVolumeNode = next((node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                                    if node.GetClassName() == "vtkMRMLScalarVolumeNode"), None)
             if firstVolumeNode:
                 self._parameterNode.fixedVolume = firstVolumeNode
 
