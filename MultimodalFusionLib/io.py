@@ -2796,18 +2796,20 @@ def atomic_output(path: str | os.PathLike, mode: int | None = None) -> Iterator[
         path: the final file.
         mode: permission bits of the result; default: as a new file under the user's umask.
     """
-    tmp, final = atomic_path(path)
-    try:
-        yield tmp
+    # a refused write (a full disk, the file size limit, a cut file) leaves no new empty folder behind
+    with output_folder(os.path.dirname(os.path.abspath(os.fspath(path)))):
+        tmp, final = atomic_path(path)
         try:
-            os.chmod(tmp, _NEW_FILE_MODE if mode is None else mode)
-            os.replace(tmp, final)
-        except OSError as exc:
-            raise InputError(f"Cannot write '{final}' ({exc.strerror or exc}).",
-                             "Give an output path you can write to.") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            yield tmp
+            try:
+                os.chmod(tmp, _NEW_FILE_MODE if mode is None else mode)
+                os.replace(tmp, final)
+            except OSError as exc:
+                raise InputError(f"Cannot write '{final}' ({exc.strerror or exc}).",
+                                 "Give an output path you can write to.") from exc
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def check_not_overwriting_inputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[Any], *,
@@ -3609,6 +3611,12 @@ def staged_output(final: str | os.PathLike) -> Iterator[str]:
     """
     final = os.fspath(final)
     folder = os.path.dirname(os.path.abspath(final))
+    with output_folder(folder):  # as atomic_output: a refused write leaves no new empty folder behind
+        yield from _staged_in(final, folder)
+
+
+def _staged_in(final: str, folder: str) -> Iterator[str]:
+    """:func:`staged_output`'s work, in ``folder`` (``final``'s, made)."""
     tmp, _ = atomic_path(final)  # the same checks and errors as every other output (folder, permission)
     os.remove(tmp)
     stage = tempfile.mkdtemp(prefix=temporary_prefix("staging"), dir=folder)

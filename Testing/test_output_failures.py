@@ -75,6 +75,23 @@ class WritesCutShort(unittest.TestCase):
             self.assertIn(f"Cannot write '{path}'", str(caught.exception))
             self.assertEqual(os.listdir(self.dir), [])  # neither the output nor a temporary file
 
+    def test_a_refused_write_leaves_no_new_folder_behind(self) -> None:
+        """A single-file output refused for the room it needs (-o new/sub/x.nii, .nhdr, .jpg) had left new/sub
+        behind, empty, where a refused run's --output-dir is removed (io.output_folder): the folders a write made
+        are removed with its temporary file while they are still empty; a folder that was there stays."""
+        image = _noise((32, 64, 64))
+        picture = sitk.GetImageFromArray(np.random.default_rng(1).integers(0, 256, (400, 400), dtype=np.uint8))
+        os.mkdir(os.path.join(self.dir, "kept"))
+        for name, written in (("new/sub/a.nii", image), ("new/sub/a.nhdr", image), ("new/sub/p.jpg", picture),
+                              ("kept/sub/a.nii", image), ("kept/a.nii", image)):
+            with self.subTest(name), _file_size_limit(100_000):
+                with self.assertRaises(InputError):
+                    io.write_image(written, os.path.join(self.dir, name))
+        self.assertEqual(os.listdir(self.dir), ["kept"])
+        self.assertEqual(os.listdir(os.path.join(self.dir, "kept")), [])
+        path = os.path.join(self.dir, "new", "sub", "a.nii")  # a write that succeeds keeps its new folders
+        self.assertEqual(io.write_image(image, path), path)
+
     def test_gipl_bmp_stimulate_pic_and_j2k_cut_short_are_errors_not_written_files(self) -> None:
         """ITK's GIPL, BMP, Stimulate, BioRad and JPEG 2000 codestream writers report no write error either: at a
         100000-byte limit, x.gipl, x.gipl.gz (a gzip stream cut short), x.bmp, x.pic and x.j2k were left as
