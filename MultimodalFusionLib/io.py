@@ -3361,15 +3361,10 @@ def _check_room(final: str, tmp: str, bound: int, what: str, why: str, other: st
 
     folder = os.path.dirname(os.path.abspath(tmp))
     short, fix = None, f"Free space on that disk, or write the output to another one (or {other})."
-    try:
-        import resource
-
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        if limit != resource.RLIM_INFINITY and limit < bound:
-            short = f"the file size limit is {limit} bytes (ulimit -f)"
-            fix = f"Raise the file size limit (ulimit -f), or write the output {other}."
-    except ImportError:  # Windows: no file size limit
-        pass
+    limit = _file_size_limit()
+    if limit is not None and limit < bound:
+        short = f"the file size limit is {limit} bytes (ulimit -f)"
+        fix = f"Raise the file size limit (ulimit -f), or write the output {other}."
     if short is None:
         try:
             with open(tmp, "r+b") as fh:
@@ -3396,6 +3391,16 @@ def _j2k_written_whole(path: str) -> bool:
             return False
         fh.seek(-2, os.SEEK_END)
         return fh.read(2) == b"\xff\xd9"
+
+
+def _file_size_limit() -> int | None:
+    """This process's file size limit (``ulimit -f``, RLIMIT_FSIZE) in bytes; None where there is none (Windows)."""
+    try:
+        import resource
+    except ImportError:  # Windows: no file size limit
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if limit == resource.RLIM_INFINITY else int(limit)
 
 
 #: ITK's words (and the C library's, which it passes on) for a write that a full disk or the file size limit stopped
@@ -3431,14 +3436,7 @@ def _stopped_by_disk(final: str, tmp: str, said: str, *, need: int, staged: bool
     bytes the output takes)."""
     folder = os.path.dirname(os.path.abspath(tmp))
     free = shutil.disk_usage(folder).free
-    limit = None
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        limit = None if soft == resource.RLIM_INFINITY else soft
-    except ImportError:  # Windows: no file size limit
-        pass
+    limit = _file_size_limit()
     written = [os.path.join(folder, name) for name in os.listdir(folder)] if staged else [tmp]
     sizes = [os.path.getsize(name) for name in written if os.path.isfile(name)]
     at_limit = limit is not None and any(size >= limit for size in sizes)
@@ -3455,10 +3453,19 @@ def _stopped_by_disk(final: str, tmp: str, said: str, *, need: int, staged: bool
 
 
 def _written_cut_short(final: str, tmp: str, writer: str) -> InputError:
-    """The error for an output ITK's ``writer`` stopped writing before its end without reporting it."""
+    """The error for an output ITK's ``writer`` stopped writing before its end without reporting it: a full disk,
+    or the file size limit where one is set (named with its fix, as :func:`_check_room` names it: "a full disk
+    or a file size limit; 79565365248 bytes free there" had sent a user with a full disk's worth free to free
+    space)."""
     free = shutil.disk_usage(os.path.dirname(os.path.abspath(tmp))).free
-    return InputError(f"Cannot write '{final}': ITK's {writer} writer stopped before the end of the file (a full disk "
-                      f"or a file size limit; {free} bytes free there).",
+    limit = _file_size_limit()
+    if limit is not None:
+        return InputError(f"Cannot write '{final}': ITK's {writer} writer stopped before the end of the file (the file "
+                          f"size limit is {limit} bytes (ulimit -f); {free} bytes are free on the disk).",
+                          "Raise the file size limit (ulimit -f), or free space on that disk (or write the output "
+                          "to another one) if it is full.")
+    return InputError(f"Cannot write '{final}': ITK's {writer} writer stopped before the end of the file (a full disk; "
+                      f"{free} bytes free there).",
                       "Free space on that disk, or write the output to another one.")
 
 

@@ -73,6 +73,10 @@ class WritesCutShort(unittest.TestCase):
                 with self.assertRaises(InputError) as caught:
                     io.write_image(image, path)
             self.assertIn(f"Cannot write '{path}'", str(caught.exception))
+            # the limit named with its fix: "a full disk or a file size limit; 79565365248 bytes free there", with
+            # "Free space on that disk", had sent a user with a disk's worth free to free space
+            self.assertIn("the file size limit is 100000 bytes (ulimit -f)", caught.exception.problem)
+            self.assertTrue(caught.exception.fix.startswith("Raise the file size limit"), caught.exception.fix)
             self.assertEqual(os.listdir(self.dir), [])  # neither the output nor a temporary file
 
     def test_a_refused_write_leaves_no_new_folder_behind(self) -> None:
