@@ -57,6 +57,16 @@ class LogicTest(unittest.TestCase):
     def _register(self, **kwargs):
         return self.logic.registerVolumes(self.mr, self.pet, stages=["rigid"], seed=3, **kwargs)
 
+    def _shift(self, name: str, axis: int, mm: float):
+        """A linear transform node that moves by ``mm`` along the RAS ``axis`` (0: R, 1: A, 2: S)."""
+        import vtk
+
+        node = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+        matrix = vtk.vtkMatrix4x4()
+        matrix.SetElement(axis, 3, mm)
+        node.SetMatrixTransformToParent(matrix)
+        return node
+
     def test_an_8bit_moving_volume_stays_8bit_as_the_cli_writes_it(self) -> None:
         # fusing the registered volume then gives `mmfusion run`'s numbers (not a stretched float copy)
         arr = sitk.GetArrayFromImage(self.moving).astype(np.float64)
@@ -131,12 +141,7 @@ class LogicTest(unittest.TestCase):
     def test_a_mask_moved_with_its_volume_stays_on_it(self) -> None:
         """The moving volume and its mask both under a (far) transform: the volume is registered on its own
         grid, so the mask must be taken there too, not where the transform shows it (empty there)."""
-        import vtk
-
-        far = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "far")
-        matrix = vtk.vtkMatrix4x4()
-        matrix.SetElement(1, 3, 500.0)
-        far.SetMatrixTransformToParent(matrix)
+        far = self._shift("far", 1, 500.0)
         label = mrml.volume_node_from_image(sitk.Cast(self.moving > 0.1, sitk.sitkUInt8), self.scene,
                                             name="PET mask", label=True)
         segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "PET segmentation")
@@ -400,12 +405,7 @@ class LogicTest(unittest.TestCase):
         """PET and its mask under 'pre': with applyTransform the PET goes under the result and the mask had stayed
         under 'pre', so it no longer lay on the PET in the views. It moves with the PET now; a mask under another
         transform than the PET's is left where it is, with a warning."""
-        import vtk
-
-        pre = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "pre")
-        matrix = vtk.vtkMatrix4x4()
-        matrix.SetElement(0, 3, 3.0)
-        pre.SetMatrixTransformToParent(matrix)
+        pre = self._shift("pre", 0, 3.0)
         mask = mrml.volume_node_from_image(sitk.Cast(self.moving > 0.1, sitk.sitkUInt8), self.scene,
                                            name="PET mask", label=True)
         for node in (self.pet, mask):
@@ -717,12 +717,7 @@ class LogicTest(unittest.TestCase):
         """Output nodes chosen by the user that sit under a transform: the results are in world
         coordinates (the fixed volume's), so under that transform they were shown 25 mm off, and
         the moving volume put under the output transform was not aligned."""
-        import vtk
-
-        shift = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
-        matrix = vtk.vtkMatrix4x4()
-        matrix.SetElement(0, 3, 25.0)
-        shift.SetMatrixTransformToParent(matrix)
+        shift = self._shift("shift", 0, 25.0)
         chosen_transform = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "chosen transform")
         chosen_volume = mrml.volume_node_from_image(self.fixed * 0, self.scene, name="chosen volume")
         chosen_fused = mrml.volume_node_from_image(self.fixed * 0, self.scene, name="chosen fused")
@@ -751,13 +746,8 @@ class LogicTest(unittest.TestCase):
         """PET under 'pre' (a 4 mm shift) under 'chosen' (the output): the result, which includes both, had been
         written into 'chosen', so the PET was shown through 'pre' and the result, 4 mm more: 5.0 mm off the
         truth where the result is 1.2 mm from it, without a word."""
-        import vtk
-
         chosen = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "chosen")
-        pre = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "pre")
-        matrix = vtk.vtkMatrix4x4()
-        matrix.SetElement(0, 3, 4.0)
-        pre.SetMatrixTransformToParent(matrix)
+        pre = self._shift("pre", 0, 4.0)
         mrml.set_parent_transform(pre, chosen)
         mrml.set_parent_transform(self.pet, pre)
         nodes = self.scene.GetNumberOfNodes()
