@@ -1961,13 +1961,13 @@ def _nrrd_cut_short(path: str) -> InputError | None:
     field = lambda name: tensors._field(lines, name)  # noqa: E731 - one header, several fields
     try:
         sizes = [int(v) for v in (field("sizes") or "").split()]
-        skip = int(field("byte skip") or field("byteskip") or 0)  # teem takes either spelling, as for line skip
-        lines_skipped = int(field("line skip") or field("lineskip") or 0)
+        skip = int(field("byte skip") or 0)  # "byteskip" too, teem's other spelling (tensors._is_field)
+        lines_skipped = int(field("line skip") or 0)
     except ValueError:
         return None
     value_bytes = _NRRD_BYTES.get((field("type") or "").lower())
     encoding = (field("encoding") or "").lower()
-    named = field("data file") or field("datafile")
+    named = field("data file")
     if not sizes or value_bytes is None or encoding not in ("raw", "gzip", "gz") or skip < 0 or lines_skipped:
         return None
     if named is not None and (named.upper().startswith("LIST") or len(named.split()) > 1):
@@ -2300,7 +2300,7 @@ def missing_data_file(path: str | os.PathLike) -> str | None:
         found = _readable_nrrd_header(path)
         if found is None:
             return None
-        named = tensors._field(found[0], "data file") or tensors._field(found[0], "datafile")
+        named = tensors._field(found[0], "data file")  # or "datafile" (tensors._is_field)
         if named is None:
             return None
     if not named or named.upper() in ("LOCAL", "LIST") or named.upper().startswith("LIST ") or "%" in named:

@@ -142,10 +142,21 @@ def unreadable_line(lines: list[str]) -> str | None:
                 None)
 
 
+def _is_field(key: str, name: str) -> bool:
+    """Whether a NRRD header line's field name ``key`` is the field ``name`` (``"data file"``), as teem reads it: in
+    any case, and a name of two words also without its space (``datafile``, ``byteskip``, ``measurementframe``:
+    teem's ``_nrrdFieldStrEqv``). Each caller had listed the second spelling or not: ``measurementframe:`` was
+    not seen, and a DTI file so written read its tensors in the wrong frame, without a word."""
+    key = key.strip().lower()
+    return key == name or (" " in name and key == name.replace(" ", ""))
+
+
 def _field(lines: list[str], name: str) -> str | None:
+    """The description of the field ``name`` (lower case, its words spaced: ``"data file"``) of a NRRD header's
+    lines (see :func:`_is_field`); None where it has none."""
     for line in lines[1:]:
         parts = _field_parts(line)
-        if parts is not None and parts[0].strip().lower() == name:
+        if parts is not None and _is_field(parts[0], name):
             return parts[1].strip()
     return None
 
@@ -282,7 +293,7 @@ def _absolute_data_files(lines: list[str], folder: str) -> list[str]:
     out = list(lines)
     for i, line in enumerate(out):
         parts = _field_parts(line)
-        if parts is None or parts[0].strip().lower() not in ("data file", "datafile"):
+        if parts is None or not _is_field(parts[0], "data file"):
             continue
         key, value = parts[0], parts[1].strip()
         parts = value.split()
@@ -309,7 +320,7 @@ def readable_copy(path: str | os.PathLike, layout: TensorLayout) -> Iterator[str
             lines, start = header
             lines = [re.sub(rf"(?<!\S){re.escape(layout.kind)}(?!\S)", "vector", line)
                      if line.lower().startswith("kinds:") else line for line in lines]
-            detached = _field(lines, "data file") is not None or _field(lines, "datafile") is not None
+            detached = _field(lines, "data file") is not None
             lines = _absolute_data_files(lines, os.path.dirname(os.path.abspath(path)))
             copy = os.path.join(folder, "tensors.nhdr" if detached else "tensors.nrrd")
             with open(copy, "wb") as out:
@@ -479,7 +490,7 @@ def tag_written_file(path: str, suffix: str, image: sitk.Image) -> None:
         try:
             with open(retagged, "wb") as out:
                 out.write(("\n".join(lines) + "\n\n").encode("latin-1"))
-                if _field(lines, "data file") is None and _field(lines, "datafile") is None:
+                if _field(lines, "data file") is None:
                     with open(path, "rb") as fh:
                         fh.seek(start)
                         shutil.copyfileobj(fh, out, 1 << 24)

@@ -636,6 +636,29 @@ class TensorFiles(unittest.TestCase):
         np.testing.assert_allclose(got, flip @ frame @ _matrix(one) @ frame.T @ flip, atol=1e-9)
         self.assertGreater(np.abs(got - flip @ frame.T @ _matrix(one) @ frame @ flip).max(), 1e-4)
 
+    def test_measurement_frame_spelt_without_its_space_is_read(self) -> None:
+        """teem reads each two-word NRRD field without its space too ('measurementframe:', 'datafile:'), so ITK and
+        Slicer read such a file's frame; it had been seen by nobody here, and the tensors of an oblique frame were
+        read in the header's space, another tensor (2.0, 0.7, 0.3 ... for 1.18, 0.80, 0.36 ...), without a word."""
+        a = 0.5
+        frame = np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
+        text = " ".join("(" + ",".join(repr(float(v)) for v in frame[:, k]) + ")" for k in range(3))
+        one = np.array([2e-3, 0.7e-3, -0.3e-3, 1e-3, 0.2e-3, 0.5e-3], np.float32)
+        read = {}
+        for spelling in ("measurement frame", "measurementframe", "Measurement Frame"):
+            path = self.path(spelling.replace(" ", "_") + ".nrrd")
+            _write_nrrd(path, np.broadcast_to(one, (4, 4, 4, 6)).copy(), space="right-anterior-superior", frame=text)
+            with open(path, "rb") as fh:
+                raw = fh.read()
+            with open(path, "wb") as fh:
+                fh.write(raw.replace(b"measurement frame:", spelling.encode() + b":"))
+            read[spelling] = sitk.GetArrayFromImage(read_image(path, keep_color=True))[1, 2, 3]
+        for spelling, values in read.items():
+            np.testing.assert_array_equal(values, read["measurement frame"], err_msg=spelling)
+        flip = np.diag([-1.0, -1.0, 1.0])
+        np.testing.assert_allclose(_matrix(read["measurementframe"]), flip @ frame @ _matrix(one) @ frame.T @ flip,
+                                   atol=1e-9)
+
     def test_cli_tensor_reorientation(self) -> None:
         """mmfusion resample under a shear: by default (ppd) the principal direction goes where J^-1 takes it;
         --tensor-reorientation fs keeps the tensor (the shear's rotation is small, not the direction's turn)."""
