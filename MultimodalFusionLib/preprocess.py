@@ -414,13 +414,15 @@ def _log_euclidean_asked(tensor_interpolation: str, treat: str, moving: sitk.Ima
         raise InputError(f"Log-Euclidean interpolation is for diffusion tensors, but the moving image is resampled "
                          f"as {'a grey image' if treat == 'scalar' else treat} (its file says it holds no tensors, "
                          "or the components asked are not tensors).",
-                         "Give a DTI volume (or components='tensor' for a 6-component image of tensors), or "
-                         "tensor_interpolation='linear'.")
+                         "Give a DTI volume (or components='tensor', mmfusion resample --components tensor, for a "
+                         "6-component image of tensors), or tensor_interpolation='linear' (mmfusion resample "
+                         "--tensor-interpolation linear).")
     if _tensor_kind(moving) != tensors.SYMMETRIC:
         raise InputError("Log-Euclidean interpolation takes the logarithm of symmetric positive definite tensors, but "
                          "the moving image holds full 3 x 3 matrices (9 components), which have none in general.",
-                         "Resample it with tensor_interpolation='linear', or save its tensors as symmetric ones "
-                         "(6 components, NRRD kinds 3D-symmetric-matrix).")
+                         "Resample it with tensor_interpolation='linear' (mmfusion resample --tensor-interpolation "
+                         "linear), or save its tensors as symmetric ones (6 components, NRRD kinds "
+                         "3D-symmetric-matrix).")
     return True
 
 

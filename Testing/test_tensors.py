@@ -361,6 +361,9 @@ class LogEuclideanInterpolation(unittest.TestCase):
             with self.subTest(said=said), self.assertRaises(InputError) as cm:
                 resample(image, image, components=components, tensor_interpolation="log-euclidean")
             self.assertIn(said, cm.exception.problem)
+            # the option as the CLI names it too: 'tensor_interpolation='linear'' alone had been the fix of
+            # 'mmfusion resample --tensor-interpolation log-euclidean'
+            self.assertIn("--tensor-interpolation linear", cm.exception.fix)
         with self.assertRaises(InputError) as cm:
             resample(self.edge(), self.edge(), components="tensor", tensor_interpolation="log")
         self.assertIn("log-euclidean", cm.exception.fix)
