@@ -100,6 +100,10 @@ def _check_distinct(outputs: Sequence[tuple[Any, str]]) -> None:
                              "Select different nodes, or leave one empty to create it.")
 
 
+#: Slicer's diffusion volume nodes, DTI and DWI: scalar volume nodes to VTK (an RGB vector node is a tensor node too)
+_DIFFUSION = ("vtkMRMLDiffusionImageVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode")
+
+
 def _check_class(node: Any, class_name: str, what: str, kind: str) -> None:
     """An output node of the wrong kind fails here, before any work, not deep inside VTK afterwards."""
     if node is not None and not node.IsA(class_name):
@@ -107,19 +111,15 @@ def _check_class(node: Any, class_name: str, what: str, kind: str) -> None:
                          f"Select a {kind} as the {what}, or leave it empty to create one.")
     # a label map is a scalar volume node to VTK, but its voxels are labels: an image written into it would
     # be shown with label colours (every intensity a different label), and it could be a mask given as input
-    if class_name == "vtkMRMLScalarVolumeNode" and node is not None and node.IsA("vtkMRMLLabelMapVolumeNode"):
+    if class_name == "vtkMRMLScalarVolumeNode" and _is_label_map(node):
         raise InputError(f"The {what} '{node.GetName()}' is a label map; the result is an image, not labels.",
                          f"Select a (scalar) volume node as the {what}, or leave it empty to create one.")
     # a DTI or DWI volume is a scalar volume node to VTK too: the scalar result written into one had been shown
     # through its tensor display (VTK errors "Input 0 must have tensors"), a DTI node holding no tensors
-    diffusion = ("vtkMRMLDiffusionImageVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode")  # (RGB: a tensor node)
-    if class_name == "vtkMRMLScalarVolumeNode" and node is not None and any(node.IsA(c) for c in diffusion):
+    if class_name == "vtkMRMLScalarVolumeNode" and node is not None and any(node.IsA(c) for c in _DIFFUSION):
         raise InputError(f"The {what} '{node.GetName()}' is a diffusion volume ({node.GetClassName()}); the result is "
                          "a scalar image, not tensors or diffusion-weighted images.",
                          f"Select a (scalar) volume node as the {what}, or leave it empty to create one.")
-
-
-_DIFFUSION = ("vtkMRMLDiffusionImageVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode")
 
 
 def _is_label_map(node: Any) -> bool:

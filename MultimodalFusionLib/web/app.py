@@ -70,7 +70,7 @@ _WL_AUTO, _WL_MANUAL = "auto", "manual"
 _WL_BASE_CHOICES = [{"title": "Auto (0.5-99.5th percentile)", "value": _WL_AUTO},
                     {"title": "Manual", "value": _WL_MANUAL}]
 # Image headers whose voxels lie in a second file uploaded with them: the header is what is read. A .mha
-# or .nrrd may name a data file too (io.missing_data_file checks the same five), then uploaded with it.
+# or .nrrd may name a data file too (io.missing_data_file checks the same headers), then uploaded with it.
 _HEADER_SUFFIXES = (".mhd", ".mha", ".nhdr", ".nrrd", ".hdr", ".hdr.gz")
 #: The most bytes of file content the page sends in one message: a file is sent in pieces of this size
 #: and small files together up to it (a piece that would take a message past it starts the next one). trame's own page read each file whole into one message, which the
