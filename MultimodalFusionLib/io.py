@@ -2530,11 +2530,7 @@ def output_folder(path: str | os.PathLike) -> Iterator[str]:
     try:
         yield make_output_dir(path)
     except BaseException:
-        for made_folder in made:  # deepest first
-            try:
-                os.rmdir(made_folder)  # only when empty
-            except OSError:
-                continue  # not empty, or gone: a folder above it may still be one this call made, empty
+        _remove_empty(made)
         raise
 
 
@@ -2552,6 +2548,15 @@ def _missing_folders(path: str) -> list[str]:
             parts.append(probe)
         probe = head
     return parts
+
+
+def _remove_empty(folders: Sequence[str]) -> None:
+    """Remove those of ``folders`` (the deepest first) that are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)  # only when empty
+        except OSError:
+            continue  # not empty, or gone: a folder above it may still be one this call made, empty
 
 
 def _dicom_slice_as_2d(image: sitk.Image) -> sitk.Image:
@@ -2771,9 +2776,13 @@ def atomic_path(path: str | os.PathLike) -> tuple[str, str]:
 
 
 def check_writable(path: str | os.PathLike) -> None:
-    """Raise the :func:`atomic_path` error now if ``path`` cannot be written (a long job checks before it runs)."""
+    """Raise the :func:`atomic_path` error now if ``path`` cannot be written (a long job checks before it runs).
+    The folders the check made are removed again (the write makes them): a job refused after it (train-fusion on
+    pairs it cannot read) had left them behind, empty, where :func:`output_folder` leaves none."""
+    made = _missing_folders(os.path.dirname(os.path.abspath(os.fspath(path))))
     tmp, _ = atomic_path(path)
     os.remove(tmp)
+    _remove_empty(made)
 
 
 def _file_mode_from_umask() -> int:
