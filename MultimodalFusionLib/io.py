@@ -36,6 +36,7 @@ __all__ = [
     "write_image",
     "check_output_name",
     "check_output_pixels",
+    "plain_labels",
     "read_transform",
     "write_transform",
     "list_dicom_series",
@@ -2976,6 +2977,24 @@ def write_json(path: str | os.PathLike, obj: Any) -> str:
     return write_bytes(path, (text + "\n").encode("utf-8"))
 
 
+#: ITK's run-length label maps (``sitk.Cast(image, sitk.sitkLabelUInt8)``, what sitk.BinaryImageToLabelMap and the
+#: other LabelMap filters give), by the plain integer type each is written as. SimpleITK reads no voxel of one
+#: (sitk.GetArrayFromImage aborted the whole process with an uncaught C++ exception, "This method is not supported
+#: for LabelMaps") and its writers take none ("Pixel type: label of 8-bit unsigned integer is not supported").
+#: Only ids this SimpleITK build has.
+_LABEL_MAP_AS = {getattr(sitk, f"sitkLabelUInt{bits}"): getattr(sitk, f"sitkUInt{bits}")
+                 for bits in (8, 16, 32, 64) if getattr(sitk, f"sitkLabelUInt{bits}", -1) >= 0}
+
+
+def plain_labels(image: sitk.Image) -> sitk.Image:
+    """``image`` as a plain image of integer labels where it is an ITK label map (see ``_LABEL_MAP_AS``): the same
+    labels, background and geometry (sitk.LabelMapToLabel), in an image whose voxels can be read and written; any
+    other image as it is."""
+    if image.GetPixelID() not in _LABEL_MAP_AS:
+        return image
+    return sitk.LabelMapToLabel(image)
+
+
 def _orthonormal(image: sitk.Image) -> bool:
     d = np.array(image.GetDirection(), dtype=float).reshape(image.GetDimension(), image.GetDimension())
     return bool(np.allclose(d @ d.T, np.eye(image.GetDimension()), atol=1e-4))
@@ -3056,7 +3075,7 @@ _ANY_IMAGE_FIX = "Name the output .nii.gz, .nrrd or .mha (any image), or .png (2
 _U8, _I8, _U16, _I16 = sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16
 _RGB8, _RGB16 = sitk.sitkVectorUInt8, sitk.sitkVectorUInt16
 #: The pixel types a format holds, as ITK writes them and reads them back (the same type, the same values), for the
-#: 2D and for the 3D image; a format not here (NIfTI, NRRD, MetaImage, VTK, MINC, HDF5, Analyze) holds every type,
+#: 2D and for the 3D image; a format not here (NIfTI, NRRD, MetaImage, VTK, HDF5, Analyze) holds every type,
 #: and PNG/JPEG/BMP are converted (see :func:`_for_2d_format`). Measured with SimpleITK 2.5 on 16x16(x4) images:
 #: the others were refused by ITK only once written, after the fusion or registration (a float image to DICOM:
 #: "A Floating point buffer was passed but the stored pixel type was not specified"), or written as another image
@@ -3070,7 +3089,13 @@ _DICOM_PIXELS = ("DICOM", frozenset({_U8, _I8, _U16, _I16, sitk.sitkUInt32, sitk
                                      sitk.sitkVectorInt16}), frozenset({_U8, _U16, _RGB8}))
 _GIPL_PIXELS = (_U8, _I8, _U16, _I16, sitk.sitkFloat32, sitk.sitkFloat64)
 _JPEG_2000_PIXELS = ("JPEG 2000", frozenset({_U8, _U16, _RGB8}), frozenset({_U8, _U16, _RGB8}))
+#: MINC (.mnc, .mnc2): every type but 64-bit integers (refused by ITK once written, "Could not read datatype", which
+#: had been reported with the fix "Check the folder is writable") and complex ones (read back as 2-component vectors)
+_MINC_TYPES = frozenset(getattr(sitk, f"sitk{vector}{kind}") for vector in ("", "Vector") for kind in (
+    "UInt8", "Int8", "UInt16", "Int16", "UInt32", "Int32", "Float32", "Float64"))
+_MINC_PIXELS = ("MINC", _MINC_TYPES, _MINC_TYPES)
 _FORMAT_PIXELS: dict[str, tuple[str, frozenset, frozenset]] = {
+    ".mnc": _MINC_PIXELS, ".mnc2": _MINC_PIXELS,
     ".dcm": _DICOM_PIXELS, ".dicom": _DICOM_PIXELS, ".jp2": _JPEG_2000_PIXELS, ".j2k": _JPEG_2000_PIXELS,
     **{ext: (label, frozenset(types), frozenset(types)) for ext, label, types in (
         (".pic", "BioRad PIC", (_U8,)), (".lsm", "LSM", (_U8, _U16, _RGB8, _RGB16)),
@@ -3095,6 +3120,7 @@ def check_output_pixels(path: str | os.PathLike, pixel_type: int, dimension: int
         InputError: naming the format's pixel types and a format that holds them all.
     """
     final = os.fspath(path)
+    pixel_type = _LABEL_MAP_AS.get(pixel_type, pixel_type)  # written as its plain labels (see plain_labels)
     entry = _FORMAT_PIXELS.get(_read_suffix(final))
     if entry is None:
         return
@@ -3219,6 +3245,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         InputError: a name :func:`check_output_name` refuses, pixels the format cannot hold, or an unwritable
             file.
     """
+    image = plain_labels(image)  # a label map's voxels cannot be read or written (it aborted the process as .png)
     final = check_output_name(path, image, pixel_type=image.GetPixelID())
     out = image
     suffix = _read_suffix(final)

@@ -334,7 +334,8 @@ def volume_node_from_image(image: sitk.Image, scene: Any = None, *, name: str = 
     of one slice. Grey images go to a ``vtkMRMLScalarVolumeNode`` (``vtkMRMLLabelMapVolumeNode``
     when ``label``), multi-component (RGB) images to a ``vtkMRMLVectorVolumeNode``. 64-bit integer
     voxels (numpy's default integer, which nibabel writes to NIfTI as it is) are stored as doubles, exact
-    up to 2^53: Slicer's slice views cannot reslice 64-bit integers and showed such a volume black.
+    up to 2^53: Slicer's slice views cannot reslice 64-bit integers and showed such a volume black. An ITK label map
+    (``sitkLabelUInt8``...) becomes its plain labels in a label-map volume node.
 
     Args:
         image: the image (LPS).
@@ -350,6 +351,11 @@ def volume_node_from_image(image: sitk.Image, scene: Any = None, *, name: str = 
     import vtk
     from vtk.util import numpy_support
 
+    from .io import plain_labels
+
+    plain = plain_labels(image)
+    if plain is not image:  # an ITK label map, whose voxels cannot be read (GetArrayFromImage aborted the process)
+        image, label = plain, True
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)  # one slice; JoinSeries keeps 2D origin/spacing/direction
     if image.GetDimension() != 3:

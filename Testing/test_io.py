@@ -2303,6 +2303,32 @@ class PixelTypesBeforeTheWork(unittest.TestCase):
                         self.assertEqual(accepted, self._itk_round_trips(pixel, dim, path),
                                          f"{ext} {dim}D {sitk.GetPixelIDValueAsString(pixel)}")
 
+    def test_minc_in_the_table_agrees_with_itk(self) -> None:
+        """MINC holds every type but 64-bit integers and complex ones: a 64-bit integer image had been refused by ITK
+        once written, as "Could not read datatype", with the fix "Check the folder is writable"."""
+        types = self.TYPES + (sitk.sitkInt64, sitk.sitkUInt64)
+        with tempfile.TemporaryDirectory() as d:
+            for dim in (2, 3):
+                for pixel in types:
+                    try:
+                        io.check_output_pixels("x.mnc", pixel, dim)
+                        accepted = True
+                    except InputError:
+                        accepted = False
+                    path = os.path.join(d, f"{pixel}-{dim}.mnc")
+                    self.assertEqual(accepted, self._itk_round_trips(pixel, dim, path),
+                                     f".mnc {dim}D {sitk.GetPixelIDValueAsString(pixel)}")
+
+    def test_a_64_bit_integer_minc_is_refused_for_its_pixels_before_any_write(self) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            for name in ("a.mnc", "a.mnc2"):
+                with self.subTest(name), self.assertRaises(InputError) as ctx:
+                    io.write_image(sitk.Image(20, 20, 4, sitk.sitkInt64), os.path.join(d, name))
+                self.assertIn("MINC files hold", ctx.exception.problem)
+                self.assertIn("not this 3D image's 64-bit signed integer", ctx.exception.problem)
+                self.assertNotIn("writable", ctx.exception.fix)
+            self.assertEqual(os.listdir(d), [])
+
     def test_write_image_refuses_them_naming_the_format_and_a_fix(self) -> None:
         with tempfile.TemporaryDirectory() as d:
             cases = {"f.dcm": sitk.Image([16, 16, 4], sitk.sitkFloat32), "f.pic": sitk.Image([16, 16, 4], sitk.sitkUInt16),
@@ -2344,6 +2370,47 @@ class PixelTypesBeforeTheWork(unittest.TestCase):
                 fusion.fuse, preprocess.resample = real_fuse, real_resample
             self.assertEqual(ran, [])  # refused before fusing or resampling
             self.assertFalse(os.path.exists(out))
+
+
+class LabelMapOutputs(unittest.TestCase):
+    """An ITK label map (``sitk.Cast(labels, sitk.sitkLabelUInt8)``, what SimpleITK's LabelMap filters give) is written
+    as its plain integer labels: as .png it aborted the whole process (an uncaught C++ exception from
+    sitk.GetArrayFromImage, "This method is not supported for LabelMaps"), and every other format refused it with
+    ITK's words and the fix "Check the folder is writable". Run in a child process: the old code killed it."""
+
+    def test_every_output_writes_its_labels(self) -> None:
+        code = ("import numpy as np, SimpleITK as sitk\nfrom MultimodalFusionLib import io\n"
+                "for dim, names in ((2, ('l.png', 'l.mha', 'l.nii.gz', 'l.tif')), (3, ('v.nrrd', 'v.mnc', 'v.tif'))):\n"
+                "    arr = np.zeros((4, 20, 20)[3 - dim:], np.uint8)\n"
+                "    arr[..., 5:10, 5:12] = 3\n"
+                "    arr[..., 12:15, 2:4] = 200\n"
+                "    for kind in ('sitkLabelUInt8', 'sitkLabelUInt16'):\n"
+                "        labels = sitk.GetImageFromArray(arr)\n"
+                "        labels.SetOrigin((0.0, 0.0, 5.0)[:dim])\n"
+                "        for name in names:\n"
+                "            path = io.write_image(sitk.Cast(labels, getattr(sitk, kind)), kind + name)\n"
+                "            back = io.read_image(path)\n"
+                "            assert np.array_equal(sitk.GetArrayFromImage(back).reshape(arr.shape), arr), (kind, name)\n"
+                "            if name in ('v.nrrd', 'v.mnc'):  # TIFF keeps no origin\n"
+                "                assert back.GetOrigin() == (0.0, 0.0, 5.0), (kind, name, back.GetOrigin())\n"
+                "print('all written')\n")
+        with tempfile.TemporaryDirectory() as d:
+            done = _child(code, d)
+            self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+            self.assertIn("all written", done.stdout)
+
+    def test_a_label_map_keeps_its_background(self) -> None:
+        labels = sitk.GetImageFromArray(np.array([[7, 7, 1], [2, 7, 7]], np.uint8))
+        plain = io.plain_labels(sitk.LabelImageToLabelMap(labels, backgroundValue=7))
+        self.assertEqual(plain.GetPixelID(), sitk.sitkUInt8)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(plain), [[7, 7, 1], [2, 7, 7]])
+        self.assertIs(io.plain_labels(labels), labels)
+
+    def test_the_pixel_check_takes_a_label_map_as_its_labels(self) -> None:
+        io.check_output_pixels("x.tif", sitk.sitkLabelUInt16, 3)  # written as 16-bit labels, which TIFF holds
+        with self.assertRaises(InputError) as ctx:
+            io.check_output_pixels("x.pic", sitk.sitkLabelUInt16, 3)
+        self.assertIn("not this 3D image's 16-bit unsigned integer", ctx.exception.problem)
 
 
 class SmallDicomOutputs(unittest.TestCase):

@@ -310,6 +310,29 @@ class MrmlHelpersTest(unittest.TestCase):
         with self.assertRaisesRegex(InputError, "Harden"):
             mrml.sitk_transform_from_node(node)
 
+    def test_an_itk_label_map_becomes_a_label_map_node_not_a_crash(self) -> None:
+        """An ITK label map (sitk.sitkLabelUInt16, what SimpleITK's LabelMap filters give) put into a node aborted the
+        process (sitk.GetArrayFromImage: an uncaught C++ exception, "This method is not supported for LabelMaps").
+        Its plain labels now go to a label-map volume node. In a child process: the old code killed it."""
+        script = (
+            "import numpy as np, SimpleITK as sitk\n"
+            "from MultimodalFusionLib import mrml\n"
+            "arr = np.zeros((3, 6, 7), np.uint16)\n"
+            "arr[1, 2:4, 3:5] = 5\n"
+            "arr[2, 0, 0] = 300\n"
+            "labels = sitk.GetImageFromArray(arr)\n"
+            "labels.SetOrigin((1.0, 2.0, 3.0))\n"
+            "node = mrml.volume_node_from_image(sitk.Cast(labels, sitk.sitkLabelUInt16), mrml.new_scene(), name='L')\n"
+            "back = mrml.image_from_volume_node(node)\n"
+            "print(node.GetClassName(), back.GetPixelIDTypeAsString(), back.GetOrigin(),\n"
+            "      np.array_equal(sitk.GetArrayFromImage(back), arr))\n")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+        self.assertEqual(done.stdout.strip(),
+                         "vtkMRMLLabelMapVolumeNode 16-bit unsigned integer (1.0, 2.0, 3.0) True")
+
     @unittest.skipUnless(hasattr(signal, "SIGXFSZ"), "needs POSIX file size limits")
     def test_deformable_transform_through_a_full_temporary_disk_is_refused_and_the_process_lives(self) -> None:
         """A deformable transform goes to and from Slicer through a temporary .h5 file, written by a bare

@@ -278,12 +278,14 @@ class NearlyFullDisk(unittest.TestCase):
         try:
             with open(os.path.join(folder, "filler"), "wb") as fh:
                 fh.write(bytes(1_200_000))
-            for name, image in (("a.mnc", sitk.Image(20, 20, 4, sitk.sitkInt64)),
-                                ("b.mha", sitk.Image(20, 20, sitk.sitkLabelUInt8))):
-                with self.subTest(name), self.assertRaises(InputError) as cm:
-                    io.write_image(image, os.path.join(folder, name))
-                self.assertNotIn("disk is full", cm.exception.problem)
-                self.assertNotIn("Free space", cm.exception.fix)
+            with self.assertRaises(InputError) as cm:  # MINC holds no 64-bit integers: refused before any write
+                io.write_image(sitk.Image(20, 20, 4, sitk.sitkInt64), os.path.join(folder, "a.mnc"))
+            self.assertNotIn("disk is full", cm.exception.problem)
+            self.assertNotIn("Free space", cm.exception.fix)
+            # a 2D label map (refused by ITK once, blamed on the disk) is written as its plain labels
+            self.assertEqual(io.read_image(io.write_image(sitk.Image(20, 20, sitk.sitkLabelUInt8),
+                                                          os.path.join(folder, "b.mha"))).GetSize(), (20, 20))
+            os.remove(os.path.join(folder, "b.mha"))
             picture = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 256, (1200, 1200), dtype=np.uint8))
             with self.assertRaises(InputError) as cm:  # one the disk did stop is still said so
                 io.write_image(picture, os.path.join(folder, "p.png"))
