@@ -2160,17 +2160,18 @@ def _check_complete(path: str) -> None:
     return None
 
 
-def _check_tiff_complete(path: str) -> None:
+def _check_tiff_complete(path: str) -> int | None:
     """A TIFF file's directories (one per slice) and the strips or tiles they point at must lie inside the file:
     libtiff stops at a directory past the end without an error, and ITK had read a 12-slice volume cut in half
-    as 6 slices. Reads the directories only (classic TIFF; BigTIFF is left to ITK)."""
+    as 6 slices. Reads the directories only (classic TIFF; BigTIFF is left to ITK). Returns how many directories the
+    file chains (None: not a classic TIFF)."""
     import struct
 
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8 or head[:4] not in (b"II*\0", b"MM\0*"):
-            return
+            return None
         order = "<" if head[:2] == b"II" else ">"
         where, seen, needed = struct.unpack(order + "I", head[4:8])[0], set(), 8
         while where and where not in seen and len(seen) < 1 << 20:
@@ -2207,6 +2208,7 @@ def _check_tiff_complete(path: str) -> None:
                 break
     if needed > size:
         raise _truncated_error(path, f"slices (strips) up to byte {needed}", f"the file holds only {size} bytes")
+    return len(seen)
 
 
 def _check_jpeg_complete(path: str) -> None:
@@ -3303,6 +3305,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
             except InputError as exc:
                 writer = {".gipl": "GIPL", ".gipl.gz": "GIPL", ".pic": "BioRad PIC"}.get(suffix, suffix[1:].upper())
                 raise _written_cut_short(final, tmp, writer) from exc
+        if suffix in (".tif", ".tiff", ".lsm"):
+            _check_tiff_written_whole(final, tmp, out)
         if suffix == ".j2k" and not _j2k_written_whole(tmp):
             # nor does its JPEG 2000 writer for a bare codestream (.jp2's reports it): cut at the size limit, it was
             # the output, and no reader opened it ("opj_decode_tile_data returns false")
@@ -3486,6 +3490,27 @@ def _stopped_by_disk(final: str, tmp: str, said: str, *, need: int, staged: bool
     return InputError(f"Cannot write '{final}': the disk is full ({free} bytes free there; or a quota or file size "
                       f"limit was reached), and ITK stopped writing it: {said}",
                       "Free space on that disk, or write the output to another one.")
+
+
+def _check_tiff_written_whole(final: str, tmp: str, image: sitk.Image) -> None:
+    """Refuse a TIFF or LSM file (``tmp``, to be ``final``) that ITK's writer left cut short without reporting it, as
+    the disk or the file size limit: its LSM writer returns when libtiff cannot write the file's header ("Error
+    writing TIFF header", printed): on a full disk an empty file had been refused as one "ITK writes but cannot read
+    back"; and both report no failure to write a slice or its directory ("IO error writing directory"): a 64x64x32
+    volume cut there had been refused as "read back as another image" of 31 slices. Told by a file without its
+    header, a directory or strip past its end, or fewer directories than slices."""
+    writer = "LSM" if _read_suffix(final) == ".lsm" else "TIFF"
+    slices = image.GetSize()[2] if image.GetDimension() == 3 else 1
+    try:
+        if os.path.getsize(tmp) < 8:
+            raise InputError(f"'{final}': no TIFF header.")
+        pages = _check_tiff_complete(tmp)
+        if pages is not None and pages < slices:  # the last slices' data or directories not written
+            raise InputError(f"'{final}': {pages} of {slices} slices.")
+    except InputError:
+        said = f"ITK's {writer} writer left the file cut short without reporting it."
+        stopped = _stopped_by_disk(final, tmp, said, need=_most_image_bytes(image))
+        raise stopped or _written_cut_short(final, tmp, writer) from None
 
 
 def _written_cut_short(final: str, tmp: str, writer: str) -> InputError:

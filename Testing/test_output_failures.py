@@ -232,6 +232,28 @@ class WritesCutShort(unittest.TestCase):
                     "Fix: Raise the file size limit (ulimit -f), or write a smaller output."), done.stdout)
                 self.assertEqual(os.listdir(self.dir), [])
 
+    def test_lsm_and_tiff_cut_short_unreported_say_the_limit(self) -> None:
+        """ITK's LSM writer returns when libtiff cannot write the file's header (it prints "Error writing TIFF
+        header"): under a 4-byte limit (a full disk) the empty file had been refused as "ITK writes .lsm files but
+        cannot read them back" (fix: another format); and the LSM and TIFF writers report no failure to write the
+        last slice's directory: 100 bytes short of room, the volume had been refused as "read back as another image"
+        of 31 slices. Both now say the limit (or the disk) stopped the write."""
+        for name in ("a.lsm", "a.tif"):
+            path = os.path.join(self.dir, name)
+            done = self._write_in_child(path, 1 << 30, "volume16")
+            self.assertTrue(done.stdout.startswith("written"), done.stdout + done.stderr[-2000:])
+            whole = os.path.getsize(path)
+            os.remove(path)
+            for limit in (4, whole - 100) if name == "a.lsm" else (whole - 100,):
+                with self.subTest(name, limit=limit):
+                    done = self._write_in_child(path, limit, "volume16")
+                    self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+                    self.assertTrue(done.stdout.startswith(f"refused Cannot write '{path}': "), done.stdout)
+                    self.assertRegex(done.stdout, r"file size limit|a full disk")
+                    self.assertNotIn("read back", done.stdout)
+                    self.assertNotIn("Name the output", done.stdout)
+                    self.assertEqual(os.listdir(self.dir), [])
+
     def test_json_cut_short_is_an_input_error(self) -> None:
         """It had escaped as a bare OSError: a traceback from the CLI."""
         path = os.path.join(self.dir, "metrics.json")
