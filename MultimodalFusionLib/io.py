@@ -12,6 +12,7 @@ renamed, so a crash never leaves a half-written result and an input is never ove
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -1269,6 +1270,8 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
         if syntax is not None:
             _explain_multiframe_failure(path)
         raise
+    if _read_suffix(path) in (".mnc", ".mnc2") and _itk_minc_images_unconverted():
+        image = _swap_ras_lps(image)  # MINC's RAS to ITK's LPS (see _RAS_LPS)
     if compressed is not None:
         _check_compressed_voxels(image, compressed)
     if dicom:
@@ -3263,6 +3266,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         _warn_geometry_lost(image, final, suffix in UNTURNED_EXTENSIONS)
     if compress and suffix in (".dcm", ".dicom"):
         compress = _dicom_compressible(out, final)
+    if suffix in (".mnc", ".mnc2") and _itk_minc_images_unconverted():
+        out = _swap_ras_lps(out)  # written in MINC's RAS, as MNI's tools read it (see _RAS_LPS)
     tensor = tensors.tensor_kind(image) is not None
     if tensor:  # in the file's component order and measurement frame; the header says "tensor" once written
         out = tensors.to_file(image, suffix)
@@ -3787,6 +3792,8 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
         try:
             if _suffix(path) == ".xfm":
                 tx = _read_minc_transform(readable)
+                if _itk_minc_transforms_unconverted():  # MINC's RAS to ITK's LPS (see _RAS_LPS)
+                    tx = _swap_transform_ras_lps(tx)
             else:
                 with itk_guard(f"reading transform '{path}'", "Give an ITK transform file (.tfm, .txt, .h5, .mat)."):
                     tx = sitk.ReadTransform(readable)
@@ -3831,6 +3838,8 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
     stale: list[str] = []
     if xfm:
         transform = _for_minc(transform, final)
+        if _itk_minc_transforms_unconverted():  # written in MINC's RAS, as MNI's tools read it (see _RAS_LPS)
+            transform = _swap_transform_ras_lps(transform)
         stale = _minc_grids(final) if os.path.isfile(final) else []
     with (staged_output(final) if xfm else atomic_output(final)) as tmp:
         if xfm:
@@ -3857,6 +3866,90 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
             with contextlib.suppress(OSError):
                 os.remove(name)
     return final
+
+
+#: MINC's world coordinates are RAS (x from left to right, y from back to front), ITK's LPS. ITK 5.4's MINC image and
+#: transform IO pass them through unchanged (newer ITK converts, its ``RAStoLPS`` option): a MINC file written by MNI's
+#: tools was read mirrored in x and y (nibabel's small.mnc, RAS origin (-98, -134, -72), came back with the LPS origin
+#: (-98, -134, -72), i.e. RAS (98, 134, -72)), a hand-written .xfm translation (10, 20, 30) in RAS moved LPS points by
+#: (10, 20, 30), and ITK wrote LPS values as MINC's. This package converts where the ITK installed does not.
+_RAS_LPS = (-1.0, -1.0, 1.0)
+
+
+@functools.cache
+def _itk_minc_images_unconverted() -> bool:
+    """Whether the ITK installed writes (and so reads) an image's LPS direction into a MINC file unchanged, as its
+    MINC direction cosines (ITK 5.4): probed once by writing a one-voxel image and finding (1, 0, 0) or, converted,
+    (-1, 0, 0) among the file's values."""
+    import struct
+
+    with tempfile.TemporaryDirectory(prefix="mmf-minc-") as folder:
+        probe = os.path.join(folder, "probe.mnc")
+        try:
+            sitk.WriteImage(sitk.Image([1, 1, 1], sitk.sitkUInt8), probe)
+            with open(probe, "rb") as fh:
+                data = fh.read()
+        except (RuntimeError, OSError):
+            return True
+    return struct.pack("<3d", -1.0, 0.0, 0.0) not in data
+
+
+@functools.cache
+def _itk_minc_transforms_unconverted() -> bool:
+    """Whether the ITK installed writes (and so reads) a transform into a MINC .xfm unchanged (ITK 5.4): probed once
+    by writing a translation of (1, 2, 3) and reading its first row's shift (1 unchanged, -1 converted to RAS)."""
+    with tempfile.TemporaryDirectory(prefix="mmf-minc-") as folder:
+        probe = os.path.join(folder, "probe.xfm")
+        shift = sitk.AffineTransform(3)
+        shift.SetTranslation((1.0, 2.0, 3.0))
+        try:
+            sitk.WriteTransform(shift, probe)
+            with open(probe) as fh:
+                rows = fh.read().split("Linear_Transform", 1)[1].split("=", 1)[1].split(";")[0].split()
+            return float(rows[3]) > 0
+        except (RuntimeError, OSError, IndexError, ValueError):
+            return True
+
+
+def _swap_ras_lps(image: sitk.Image, vectors: bool = False) -> sitk.Image:
+    """``image`` with its geometry taken from RAS to LPS (or back: the same flip of x and y), its voxels where they
+    are; with ``vectors``, its vectors' x and y too (a displacement field's)."""
+    dim = image.GetDimension()
+    flip = np.array(_RAS_LPS[:dim]) if dim <= 3 else np.array(_RAS_LPS + (1.0,) * (dim - 3))
+    out = image
+    if vectors:
+        arr = sitk.GetArrayFromImage(image)
+        arr[..., :2] *= -1
+        out = sitk.GetImageFromArray(arr, isVector=True)
+        for key in image.GetMetaDataKeys():
+            out.SetMetaData(key, image.GetMetaData(key))
+    else:
+        out = sitk.Image(image)
+    direction = np.array(image.GetDirection(), dtype=float).reshape(dim, dim)
+    out.SetSpacing(image.GetSpacing())
+    out.SetOrigin(tuple(float(v) for v in flip * np.array(image.GetOrigin(), dtype=float)))
+    out.SetDirection(tuple(float(v) for v in (flip[:, None] * direction).ravel()))
+    return out
+
+
+def _swap_transform_ras_lps(transform: sitk.Transform) -> sitk.Transform:
+    """``transform`` (3D linear parts and displacement fields, as .xfm holds) from RAS to LPS or back: F T F, with F
+    the flip of x and y. A linear part's matrix M, centre c and translation t become F M F, F c, F t; a field's grid
+    is flipped as an image and its vectors' x and y with it."""
+    flip = np.diag(_RAS_LPS)
+    out = []
+    for part in _transform_parts(transform):
+        if part.GetName() == "DisplacementFieldTransform":
+            field = sitk.DisplacementFieldTransform(part).GetDisplacementField()
+            out.append(sitk.DisplacementFieldTransform(_swap_ras_lps(field, vectors=True)))
+            continue
+        linear = sitk.AffineTransform(3)
+        offset = np.array(part.TransformPoint((0.0, 0.0, 0.0)))
+        matrix = np.column_stack([np.array(part.TransformPoint(tuple(axis))) - offset for axis in np.eye(3)])
+        linear.SetMatrix((flip @ matrix @ flip).ravel().tolist())
+        linear.SetTranslation((flip @ offset).tolist())
+        out.append(linear)
+    return out[0] if len(out) == 1 else sitk.CompositeTransform(out)
 
 
 def _for_minc(transform: sitk.Transform, final: str) -> sitk.Transform:

@@ -144,6 +144,74 @@ class RoundTrip(unittest.TestCase):
                 self.assertIn(".h5", cm.exception.fix)
             self.assertEqual(sorted(os.listdir(d)), ["t.xfm", "t_grid_0.mnc"])
 
+    def test_minc_files_are_in_ras_and_read_in_lps(self):
+        """MINC's world coordinates are RAS, ITK's LPS, and ITK 5.4's MINC IO passes them through unchanged: a
+        hand-written .xfm translation of (10, 20, 30) (RAS, as MNI's tools write it) moved LPS points by (10, 20, 30),
+        i.e. 10 mm left and 20 mm back where it meant right and forward; a .mnc whose RAS origin is (10, 20, 30) was
+        read with the LPS origin (10, 20, 30); and ITK wrote LPS values as MINC's. Both are converted now, so a .mnc
+        and its .xfm stay consistent with each other (a point maps to the same voxel) and with every other format."""
+        unconverted = [getattr(io, name, lambda: True)  # (the code before the change had no probe)
+                       for name in ("_itk_minc_transforms_unconverted", "_itk_minc_images_unconverted")]
+        if not all(probe() for probe in unconverted):
+            self.skipTest("this ITK converts MINC's RAS itself (its RAStoLPS option)")
+        rotation = np.array([[1.0, 0.0, 0.0], [0.0, 0.8, -0.6], [0.0, 0.6, 0.8]])  # about x: changed by the flip
+        rows = "\n".join(" ".join(repr(float(v)) for v in [*row, t]) for row, t in zip(rotation, (10.0, 20.0, 30.0)))
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "ras.xfm")
+            with open(path, "w") as fh:
+                fh.write(f"MNI Transform File\nTransform_Type = Linear;\nLinear_Transform =\n{rows};\n")
+            tx = io.read_transform(path)
+            flip = np.array([-1.0, -1.0, 1.0])
+            for lps in ((0.0, 0.0, 0.0), (1.0, 2.0, 3.0), (-7.0, 4.0, 9.0)):
+                ras = flip * np.array(lps)
+                expected = flip * (rotation @ ras + (10.0, 20.0, 30.0))  # mapped in RAS, said in LPS
+                np.testing.assert_allclose(tx.TransformPoint(lps), expected, atol=1e-9)
+            np.testing.assert_allclose(tx.TransformPoint((0.0, 0.0, 0.0)), (-10.0, -20.0, 30.0), atol=1e-9)
+            # written back, the file holds the RAS values it was read from
+            io.write_transform(tx, os.path.join(d, "back.xfm"))
+            np.testing.assert_allclose(sitk.ReadTransform(os.path.join(d, "back.xfm")).TransformPoint((0, 0, 0)),
+                                       (10.0, 20.0, 30.0), atol=1e-9)
+
+            # an image as MINC holds it (ITK 5.4 writes the values given as MINC's): RAS origin (10, 20, 30)
+            ras_image = sitk.Image(40, 40, 40, sitk.sitkUInt8)
+            ras_image.SetOrigin((10.0, 20.0, 30.0))
+            sitk.WriteImage(ras_image, os.path.join(d, "a.mnc"))
+            image = io.read_image(os.path.join(d, "a.mnc"))
+            self.assertEqual(image.GetOrigin(), (-10.0, -20.0, 30.0))
+            np.testing.assert_allclose(image.GetDirection(), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+            # the pair is consistent: voxel (0, 0, 0), at RAS (10, 20, 30), moved by the translation alone (an
+            # identity matrix) lands on voxel (10, 20, 30) in either frame
+            with open(path, "w") as fh:
+                fh.write("MNI Transform File\nTransform_Type = Linear;\nLinear_Transform =\n"
+                         "1 0 0 10\n0 1 0 20\n0 0 1 30;\n")
+            moved = io.read_transform(path).TransformPoint(image.TransformIndexToPhysicalPoint((0, 0, 0)))
+            self.assertEqual(image.TransformPhysicalPointToIndex(moved), (10, 20, 30))
+            # and written by this package, the file holds MINC's RAS
+            oblique = _oblique()
+            io.write_image(oblique, os.path.join(d, "o.mnc"))
+            raw = sitk.ReadImage(os.path.join(d, "o.mnc"))
+            np.testing.assert_allclose(raw.GetOrigin(), flip * np.array(oblique.GetOrigin()), atol=1e-6)
+            np.testing.assert_allclose(np.array(raw.GetDirection()).reshape(3, 3),
+                                       flip[:, None] * np.array(oblique.GetDirection()).reshape(3, 3), atol=1e-6)
+            back = io.read_image(os.path.join(d, "o.mnc"))
+            np.testing.assert_allclose(back.GetOrigin(), oblique.GetOrigin(), atol=1e-6)
+            np.testing.assert_allclose(back.GetDirection(), oblique.GetDirection(), atol=1e-6)
+
+    def test_a_minc_file_from_mni_tools_is_placed_as_nibabel_places_it(self):
+        """nibabel's small.mnc (written by MINC's tools; its RAS affine in nibabel's tests: voxel (0, 0, 0) at
+        (-98, -134, -72), x steps of 7 mm to the right) had been read with the LPS origin (-98, -134, -72): 98 mm
+        to the right of where it lies."""
+        try:
+            from nibabel.testing import data_path
+        except ImportError:
+            self.skipTest("nibabel's test data is not installed")
+        path = os.path.join(data_path, "small.mnc")
+        if not os.path.isfile(path):
+            self.skipTest("nibabel's small.mnc is not installed")
+        image = io.read_image(path)
+        ras = np.array([-1.0, -1.0, 1.0]) * np.array(image.TransformIndexToPhysicalPoint((1, 1, 1)))
+        np.testing.assert_allclose(ras, (-98 + 7, -134 + 8, -72 + 9), atol=1e-6)
+
     def test_minc_transform_of_several_parts_is_read_whole(self):
         """ITK reads an .xfm's transforms as a list, of which SimpleITK took the first only (a warning): a linear
         transform then a grid, as MNI's tools write, was read as the linear one (points off by the grid's
@@ -158,14 +226,16 @@ class RoundTrip(unittest.TestCase):
         linear = f"Transform_Type = Linear;\nLinear_Transform =\n{rows};\n"
         gridded = "Transform_Type = Grid_Transform;\nDisplacement_Volume = g_grid_0.mnc;\n"
         points = [tuple(p) for p in rng.uniform(-3.0, 3.0, (10, 3))]
+        flip = np.diag([-1.0, -1.0, 1.0])  # the hand-written matrix is in MINC's RAS: F M F, F t in ITK's LPS
+        matrix_lps, shift_lps = flip @ matrix @ flip, flip @ shift
         with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as elsewhere:
             io.write_transform(field, os.path.join(d, "g.xfm"))
             shutil.copy(os.path.join(d, "g_grid_0.mnc"), elsewhere)
             for name, body, by_hand in (
                     ("lin_then_grid.xfm", linear + gridded,
-                     lambda p: field.TransformPoint(tuple(matrix @ np.array(p) + shift))),
+                     lambda p: field.TransformPoint(tuple(matrix_lps @ np.array(p) + shift_lps))),
                     ("grid_then_lin.XFM", gridded + linear,
-                     lambda p: tuple(matrix @ np.array(field.TransformPoint(p)) + shift))):
+                     lambda p: tuple(matrix_lps @ np.array(field.TransformPoint(p)) + shift_lps))):
                 path = os.path.join(elsewhere, name)
                 with open(path, "w") as fh:
                     fh.write("MNI Transform File\n% by hand, as MNI's tools write them\n\n" + body)
