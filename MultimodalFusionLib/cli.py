@@ -405,7 +405,6 @@ def _run_resample(args: argparse.Namespace) -> int:
         check_output_name,
         read_image,
         read_transform,
-        to_luminance,
         write_image,
     )
     from .preprocess import resample, resampled_pixel_type
@@ -425,7 +424,11 @@ def _run_resample(args: argparse.Namespace) -> int:
     # value per voxel
     if moving.GetNumberOfComponentsPerPixel() > 1 and args.components != "vector" \
             and (args.components == "channels" or _integer_pixels(moving)) and _grey_as_colour(moving):
-        moving = to_luminance(moving, f"image '{args.moving}'")
+        import SimpleITK as sitk
+
+        # its grey channel, of its own pixel type: as luminance (float32) a label map stored as grey RGB came out of
+        # --interpolation nearest as float labels (209.00002 for 209), not the input's type nearest keeps
+        moving = sitk.VectorIndexSelectionCast(moving, 0)
     # only its grid is used: a DTI volume (6 components a voxel) or a vector field had been refused as a reference
     # ("only grey, RGB and RGBA images are supported")
     reference = read_image(args.reference, series=args.reference_series

@@ -408,6 +408,47 @@ class RegisterCommand(unittest.TestCase):
                 else:
                     np.testing.assert_array_equal(written, rgba)  # identity: every channel, alpha too, as it was
 
+    def test_a_grey_picture_stored_as_rgb_is_its_grey_values(self):
+        """R = G = B read as grey is exactly the grey value, and `resample --interpolation nearest` keeps a grey label
+        map stored as RGB in its pixel type: the luminance, summed in float32, had made 209 209.00002 (7-9% of the
+        pixels of Testing/Data's PNGs), and nearest wrote float labels."""
+        import numpy as np
+
+        labels = np.random.default_rng(1).choice(np.array([0, 3, 17, 101, 209, 254], np.uint8), (40, 50))
+        rgb = os.path.join(self.dir, "labels rgb.png")
+        grey = os.path.join(self.dir, "labels grey.png")
+        sitk.WriteImage(sitk.GetImageFromArray(np.stack([labels] * 3, axis=-1), isVector=True), rgb)
+        sitk.WriteImage(sitk.GetImageFromArray(labels), grey)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(rgb)), labels)  # as read for register
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(MOVING)),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(MOVING))[..., 0])
+        shift = os.path.join(self.dir, "shift.tfm")
+        sitk.WriteTransform(sitk.Euler2DTransform((25.0, 20.0), 0.3, (2.0, -1.0)), shift)
+        outs = {}
+        for name, path in (("rgb", rgb), ("grey", grey)):
+            for interpolation in ("nearest", "linear"):
+                out = os.path.join(self.dir, f"{name} {interpolation}.nrrd")
+                rc, _, err = run_cli("resample", path, "--reference", grey, "--transform", shift, "-o", out,
+                                     "--interpolation", interpolation)
+                self.assertEqual(rc, 0, err)
+                outs[name, interpolation] = sitk.ReadImage(out)
+        nearest = outs["rgb", "nearest"]
+        self.assertEqual(nearest.GetPixelID(), sitk.sitkUInt8)  # the input's type, as for the grey file
+        self.assertTrue(set(np.unique(sitk.GetArrayFromImage(nearest))) <= set(np.unique(labels)))
+        for interpolation in ("nearest", "linear"):  # the same answer as for the picture stored grey
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(outs["rgb", interpolation]),
+                                          sitk.GetArrayFromImage(outs["grey", interpolation]))
+        # register's own moving_resampled and `resample` with its transform: the same voxels
+        reg = os.path.join(self.dir, "reg")
+        rc, _, err = run_cli("register", grey, rgb, "-o", reg, "--stages", "rigid", "--seed", "0")
+        self.assertEqual(rc, 0, err)
+        out = os.path.join(self.dir, "again.nii.gz")
+        rc, _, err = run_cli("resample", rgb, "--reference", grey, "--transform", os.path.join(reg, "transform.tfm"),
+                             "-o", out)
+        self.assertEqual(rc, 0, err)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out)),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(reg, "moving_resampled.nii.gz"))))
+
 
 class MalformedPresetFile(unittest.TestCase):
     """A preset file a user edited by hand: each wrong value is named, with exit 2, before any work."""
