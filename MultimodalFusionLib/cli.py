@@ -1128,11 +1128,15 @@ def _sigterm_as_interrupt(args: argparse.Namespace) -> Iterator[None]:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
     try:
+        # building the parser imports SimpleITK (0.45 s): a Ctrl-C then had ended the command with a traceback
+        parser = build_parser()
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version, --list-presets, or a usage error (2): a code, as every path
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+    except KeyboardInterrupt:
+        print("mmfusion: interrupted", file=sys.stderr)
+        return 130
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

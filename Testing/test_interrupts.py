@@ -99,6 +99,26 @@ def _last_line(err: str) -> str:
     return err.replace("\r", "\n").strip().splitlines()[-1]
 
 
+
+class CtrlCBeforeTheCommandRuns(unittest.TestCase):
+    def test_ctrl_c_while_the_parser_is_built_exits_130_without_a_traceback(self) -> None:
+        """Building the parser imports SimpleITK (0.45 s of every command's start): a Ctrl-C then had ended the
+        command with a traceback (from argparse or an import), outside the handler of the command's own run."""
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            self.skipTest("SIGINT is not Python's KeyboardInterrupt here")
+
+        def ctrl_c(sub: object) -> None:  # a real SIGINT to this process, delivered while the parser is built
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)  # the handler raises KeyboardInterrupt here
+
+        cli._BUILDERS.append(ctrl_c)
+        self.addCleanup(cli._BUILDERS.remove, ctrl_c)
+        err = _textio.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(_textio.StringIO()):
+            rc = cli.main(["info", "nosuch.nii.gz"])
+        self.assertEqual(rc, 130)
+        self.assertEqual(err.getvalue(), "mmfusion: interrupted\n")
+
 class CtrlCInTheRegistrationLoop(unittest.TestCase):
     """A Ctrl-C while ITK optimises arrives inside its iteration callback: raised there, SimpleITK printed
     its traceback and ITK turned it into "There was an error executing the Python Callable", a
