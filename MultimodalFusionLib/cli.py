@@ -684,7 +684,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the whole job: register -> resample -> fuse -> evaluate -> HTML report")
     p.add_argument("fixed", help="anatomical/fixed image (CT, MR): the output grid")
     p.add_argument("moving", help="functional/moving image (PET, SPECT, MR)")
-    p.add_argument("--output-dir", required=True, help="folder for transform, resampled and fused images, report")
+    # -o as for register and demo: `run F M -o DIR` had been a usage error
+    p.add_argument("--output-dir", "-o", required=True,
+                   help="folder for transform, resampled and fused images, report")
     p.add_argument("--methods", default="overlay,average,wavelet",
                    help="comma-separated fusion methods (default overlay,average,wavelet)")
     p.add_argument("--preset", help="registration preset (e.g. mr-pet-brain, ct-mr-head)")

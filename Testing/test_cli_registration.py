@@ -408,6 +408,12 @@ class RegisterCommand(unittest.TestCase):
                 else:
                     np.testing.assert_array_equal(written, rgba)  # identity: every channel, alpha too, as it was
 
+    def test_every_command_with_an_output_folder_takes_o(self):
+        """`run F M -o DIR` as `register` and `demo` take it (it had been a usage error, exit 2)."""
+        for argv in (["register", "f", "m", "-o", "d"], ["run", "f", "m", "-o", "d"], ["demo", "-o", "d"]):
+            with self.subTest(argv=argv):
+                self.assertEqual(cli.build_parser().parse_args(argv).output_dir, "d")
+
     def test_a_grey_picture_stored_as_rgb_is_its_grey_values(self):
         """R = G = B read as grey is exactly the grey value, and `resample --interpolation nearest` keeps a grey label
         map stored as RGB in its pixel type: the luminance, summed in float32, had made 209 209.00002 (7-9% of the
