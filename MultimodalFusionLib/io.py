@@ -12,7 +12,6 @@ renamed, so a crash never leaves a half-written result and an input is never ove
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import json
 import math
@@ -21,6 +20,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -3872,46 +3872,64 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
 
 
 #: MINC's world coordinates are RAS (x from left to right, y from back to front), ITK's LPS. ITK 5.4's MINC image and
-#: transform IO pass them through unchanged (newer ITK converts, its ``RAStoLPS`` option): a MINC file written by MNI's
-#: tools was read mirrored in x and y (nibabel's small.mnc, RAS origin (-98, -134, -72), came back with the LPS origin
-#: (-98, -134, -72), i.e. RAS (98, 134, -72)), a hand-written .xfm translation (10, 20, 30) in RAS moved LPS points by
-#: (10, 20, 30), and ITK wrote LPS values as MINC's. This package converts where the ITK installed does not.
+#: transform IO pass them through unchanged (they convert only where ITK was built with ``ITK_MINC_IO_RAS_TO_LPS``,
+#: off in SimpleITK's build): a MINC file written by MNI's tools was read mirrored in x and y (nibabel's small.mnc,
+#: RAS origin (-98, -134, -72), came back with the LPS origin (-98, -134, -72), i.e. RAS (98, 134, -72)), a
+#: hand-written .xfm translation (10, 20, 30) in RAS moved LPS points by (10, 20, 30), and ITK wrote LPS values as
+#: MINC's. This package converts where the ITK installed does not.
 _RAS_LPS = (-1.0, -1.0, 1.0)
 
 
-@functools.cache
 def _itk_minc_images_unconverted() -> bool:
-    """Whether the ITK installed writes (and so reads) an image's LPS direction into a MINC file unchanged, as its
-    MINC direction cosines (ITK 5.4): probed once by writing a one-voxel image and finding (1, 0, 0) or, converted,
-    (-1, 0, 0) among the file's values."""
-    import struct
-
-    with tempfile.TemporaryDirectory(prefix="mmf-minc-") as folder:
-        probe = os.path.join(folder, "probe.mnc")
-        try:
-            sitk.WriteImage(sitk.Image([1, 1, 1], sitk.sitkUInt8), probe)
-            with open(probe, "rb") as fh:
-                data = fh.read()
-        except (RuntimeError, OSError):
-            return True
-    return struct.pack("<3d", -1.0, 0.0, 0.0) not in data
+    """Whether the ITK installed reads and writes a MINC image's world coordinates unchanged (ITK's MINC image and
+    transform IO convert, or not, together: one build option, ``ITK_MINC_IO_RAS_TO_LPS``): see
+    :func:`_itk_minc_unconverted`."""
+    return _itk_minc_unconverted()
 
 
-@functools.cache
 def _itk_minc_transforms_unconverted() -> bool:
-    """Whether the ITK installed writes (and so reads) a transform into a MINC .xfm unchanged (ITK 5.4): probed once
-    by writing a translation of (1, 2, 3) and reading its first row's shift (1 unchanged, -1 converted to RAS)."""
-    with tempfile.TemporaryDirectory(prefix="mmf-minc-") as folder:
-        probe = os.path.join(folder, "probe.xfm")
-        shift = sitk.AffineTransform(3)
-        shift.SetTranslation((1.0, 2.0, 3.0))
-        try:
+    """Whether the ITK installed reads and writes a MINC .xfm unchanged: see :func:`_itk_minc_unconverted`."""
+    return _itk_minc_unconverted()
+
+
+#: The probe's answer once it had one (see _itk_minc_unconverted), and the lock that makes it run once
+_MINC_PROBED: list[bool] = []
+_MINC_PROBE_LOCK = threading.Lock()
+
+
+def _itk_minc_unconverted() -> bool:
+    """Whether the ITK installed passes MINC's world coordinates through unchanged (ITK 5.4 as SimpleITK builds
+    it; its ``ITK_MINC_IO_RAS_TO_LPS`` build option, off there, converts both its MINC image and transform IO):
+    probed once a process, under a lock, by writing a translation of (1, 2, 3) as an .xfm (a small text file) and
+    reading its first row's shift (1 unchanged, -1 converted to RAS).
+
+    Not by writing a .mnc: that is an HDF5 file, and a failed HDF5 write (a full temporary folder, a file size
+    limit) left the process to crash at exit (SIGSEGV), where reading a .mnc had written nothing. Where the probe
+    cannot be written (no usable temporary folder: an OSError had escaped from read_image), the answer is ITK's
+    default, unchanged, and is not kept: the next call probes again."""
+    with _MINC_PROBE_LOCK:
+        if not _MINC_PROBED:
+            answer = _probe_minc_transform_writer()
+            if answer is None:
+                return True
+            _MINC_PROBED.append(answer)
+        return _MINC_PROBED[0]
+
+
+def _probe_minc_transform_writer() -> bool | None:
+    """See :func:`_itk_minc_unconverted`: True (unchanged), False (converted) or None (the probe failed)."""
+    shift = sitk.AffineTransform(3)
+    shift.SetTranslation((1.0, 2.0, 3.0))
+    try:
+        with tempfile.TemporaryDirectory(prefix="mmf-minc-") as folder:
+            probe = os.path.join(folder, "probe.xfm")
             sitk.WriteTransform(shift, probe)
             with open(probe) as fh:
                 rows = fh.read().split("Linear_Transform", 1)[1].split("=", 1)[1].split(";")[0].split()
-            return float(rows[3]) > 0
-        except (RuntimeError, OSError, IndexError, ValueError):
-            return True
+            first = float(rows[3])
+    except (RuntimeError, OSError, IndexError, ValueError):
+        return None
+    return first > 0 if abs(abs(first) - 1.0) < 1e-9 else None
 
 
 def _swap_ras_lps(image: sitk.Image, vectors: bool = False) -> sitk.Image:

@@ -212,6 +212,40 @@ class RoundTrip(unittest.TestCase):
         ras = np.array([-1.0, -1.0, 1.0]) * np.array(image.TransformIndexToPhysicalPoint((1, 1, 1)))
         np.testing.assert_allclose(ras, (-98 + 7, -134 + 8, -72 + 9), atol=1e-6)
 
+    def test_reading_a_minc_file_survives_a_full_or_missing_temporary_folder(self):
+        """Whether ITK converts MINC's RAS had been probed by writing a one-voxel .mnc (HDF5) into a temporary
+        folder at the first .mnc read: under a 2000-byte file size limit (a full temporary disk) the HDF5 write
+        failed and the process that had only read a .mnc crashed at exit (SIGSEGV, status -11); with no usable
+        temporary folder, read_image raised a bare FileNotFoundError. The probe is a small text .xfm now, and a
+        probe that cannot be written gives ITK's default without keeping it. Run in child processes."""
+        if not io._itk_minc_images_unconverted():
+            self.skipTest("this ITK converts MINC's RAS itself")
+        script = (
+            "import resource, signal, sys, tempfile\n"
+            "from MultimodalFusionLib import io\n"
+            "path, how, gone = sys.argv[1:]\n"
+            "if how == 'limit':\n"
+            "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "    resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+            "else:\n"
+            "    tempfile.tempdir = gone\n"
+            "print(io.read_image(path).GetOrigin())\n")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "a.mnc")
+            ras = sitk.Image(4, 4, 4, sitk.sitkUInt8)
+            ras.SetOrigin((1.0, 2.0, 3.0))
+            sitk.WriteImage(ras, path)  # as ITK 5.4 writes it: RAS origin (1, 2, 3)
+            hows = ("limit", "no temporary folder") if sys.platform != "win32" else ("no temporary folder",)
+            for how in hows:
+                with self.subTest(how):
+                    done = subprocess.run([sys.executable, "-c", script, path, how, os.path.join(d, "gone", "tmp")],
+                                          capture_output=True, text=True, env=env, timeout=120)
+                    self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+                    self.assertEqual(done.stdout.strip(), "(-1.0, -2.0, 3.0)")
+                    self.assertEqual(sorted(os.listdir(d)), ["a.mnc"])
+
     def test_minc_transform_of_several_parts_is_read_whole(self):
         """ITK reads an .xfm's transforms as a list, of which SimpleITK took the first only (a warning): a linear
         transform then a grid, as MNI's tools write, was read as the linear one (points off by the grid's
