@@ -3269,8 +3269,6 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         _warn_geometry_lost(image, final, suffix in UNTURNED_EXTENSIONS)
     if compress and suffix in (".dcm", ".dicom"):
         compress = _dicom_compressible(out, final)
-    if suffix in (".mnc", ".mnc2") and _itk_minc_images_unconverted():
-        out = _swap_ras_lps(out)  # written in MINC's RAS, as MNI's tools read it (see _RAS_LPS)
     tensor = tensors.tensor_kind(image) is not None
     if tensor:  # in the file's component order and measurement frame; the header says "tensor" once written
         out = tensors.to_file(image, suffix)
@@ -3279,6 +3277,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                           f"vector image of {image.GetNumberOfComponentsPerPixel()} components (xx, xy, xz, yy, yz, "
                           "zz for a symmetric one, in LPS), which Slicer does not show as a DTI volume. Write .nrrd "
                           "(or .nii.gz) to keep them tensors.", stacklevel=2)
+    if suffix in (".mnc", ".mnc2") and _itk_minc_images_unconverted():  # (after to_file, which takes image's)
+        out = _swap_ras_lps(out)  # written in MINC's RAS, as MNI's tools read it (see _RAS_LPS)
     with (staged_output(final) if suffix in _TWO_FILES else atomic_output(final)) as tmp:
         if suffix in (".jpg", ".jpeg"):
             _room_for_jpeg(out, final, tmp)

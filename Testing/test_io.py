@@ -11,6 +11,7 @@ import sys
 import tempfile
 import unittest
 import unittest.mock
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -196,6 +197,29 @@ class RoundTrip(unittest.TestCase):
             back = io.read_image(os.path.join(d, "o.mnc"))
             np.testing.assert_allclose(back.GetOrigin(), oblique.GetOrigin(), atol=1e-6)
             np.testing.assert_allclose(back.GetDirection(), oblique.GetDirection(), atol=1e-6)
+
+    def test_a_tensor_image_written_as_minc_holds_ras(self):
+        """write_image turned a .mnc output's geometry to MINC's RAS, then, for a tensor image, replaced it with
+        tensors.to_file(image), which copies the image's own (LPS) geometry: the file held the LPS origin (3, 4, 5)
+        as MINC's RAS, and was read back mirrored in x and y, at (-3, -4, 5)."""
+        if not io._itk_minc_images_unconverted():
+            self.skipTest("this ITK converts MINC's RAS itself")
+        from MultimodalFusionLib import tensors
+
+        values = np.random.default_rng(0).uniform(-1.0, 1.0, (5, 6, 7, 6)).astype(np.float32)
+        image = sitk.GetImageFromArray(values, isVector=True)
+        image.SetOrigin((3.0, 4.0, 5.0))
+        image.SetDirection(_oblique().GetDirection())
+        image = tensors.mark(image, tensors.SYMMETRIC)
+        with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # no tensor type in .mnc files: written as a vector image
+            path = io.write_image(image, os.path.join(d, "t.mnc"))
+            raw = sitk.ReadImage(path)
+        flip = np.array([-1.0, -1.0, 1.0])
+        np.testing.assert_allclose(raw.GetOrigin(), (-3.0, -4.0, 5.0), atol=1e-6)
+        np.testing.assert_allclose(np.array(raw.GetDirection()).reshape(3, 3),
+                                   flip[:, None] * np.array(image.GetDirection()).reshape(3, 3), atol=1e-6)
+        np.testing.assert_allclose(sitk.GetArrayFromImage(raw), values, atol=1e-6)
 
     def test_a_minc_file_from_mni_tools_is_placed_as_nibabel_places_it(self):
         """nibabel's small.mnc (written by MINC's tools; its RAS affine in nibabel's tests: voxel (0, 0, 0) at
