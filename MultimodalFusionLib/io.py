@@ -3158,7 +3158,7 @@ def check_output_name(path: str | os.PathLike, image: sitk.Image | None = None, 
     new pair with the old file, see :func:`_uncompressed_pair_beside`). From
     ``image``'s dimension, size and direction (not its pixels): a volume to a 2D format (.png, .jpg, .bmp) or
     to JPEG 2000 (written as its first slice, or ITK crashed), an image that is not a volume of several slices
-    to LSM (unreadable), a sheared direction to NIfTI.
+    to LSM (unreadable), a sheared direction to NIfTI, a 4D image to MINC (ITK's writer crashed).
 
     Args:
         path: the output file.
@@ -3229,6 +3229,11 @@ def check_output_name(path: str | os.PathLike, image: sitk.Image | None = None, 
     if suffix == ".lsm" and not volume:
         raise InputError(f"'{final}': ITK writes an image of one slice (size {size}) as a .lsm file that it cannot "
                          "read back (LSM holds volumes of several slices).", _ANY_IMAGE_FIX)
+    if suffix in (".mnc", ".mnc2") and image.GetDimension() > 3:
+        # ITK's MINC writer ends the process on any 4D image (SIGSEGV, scalar or vector, before writing a byte)
+        raise InputError(f"'{final}': ITK's MINC writer crashes the program on a {image.GetDimension()}D image "
+                         f"(size {size}); it writes 2D and 3D images only.",
+                         "Write it as .nrrd, .mha or .nii.gz, which hold 4D images, or write each 3D volume as .mnc.")
     if suffix in (".nii", ".nii.gz") and not _orthonormal(image):
         raise InputError(f"'{final}': NIfTI cannot store this image's sheared (non-orthonormal) direction "
                          f"{[round(v, 4) for v in image.GetDirection()]}; it would be written as another one.",

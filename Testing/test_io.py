@@ -198,6 +198,34 @@ class RoundTrip(unittest.TestCase):
             np.testing.assert_allclose(back.GetOrigin(), oblique.GetOrigin(), atol=1e-6)
             np.testing.assert_allclose(back.GetDirection(), oblique.GetDirection(), atol=1e-6)
 
+    def test_a_4d_image_to_minc_is_refused_before_itk_crashes(self):
+        """ITK's MINC writer ends the process on a 4D image (SIGSEGV before a byte is written, scalar or vector):
+        write_image(4D image, 'x.mnc') took the program (Slicer with it) down. Refused first; run in a child
+        process, which the old code ended."""
+        script = (
+            "import sys, SimpleITK as sitk\n"
+            "from MultimodalFusionLib import io\n"
+            "from MultimodalFusionLib.errors import InputError\n"
+            "volume = sitk.Image(7, 6, 5, sitk.sitkFloat32)\n"
+            "try:\n"
+            "    io.write_image(sitk.JoinSeries([volume, volume]), sys.argv[1])\n"
+            "    print('written')\n"
+            "except InputError as exc:\n"
+            "    print('refused', exc)\n")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "x.mnc")
+            done = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, env=env,
+                                  timeout=120)
+            self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+            self.assertTrue(done.stdout.startswith(f"refused '{path}': ITK's MINC writer crashes the program on a 4D"),
+                            done.stdout)
+            self.assertIn(".nrrd", done.stdout)
+            self.assertEqual(os.listdir(d), [])
+            with self.assertRaises(InputError):  # and before the work, from the name and the grid
+                io.check_output_name(path, sitk.Image([2, 2, 2, 2], sitk.sitkUInt8))
+
     def test_a_tensor_image_written_as_minc_holds_ras(self):
         """write_image turned a .mnc output's geometry to MINC's RAS, then, for a tensor image, replaced it with
         tensors.to_file(image), which copies the image's own (LPS) geometry: the file held the LPS origin (3, 4, 5)
