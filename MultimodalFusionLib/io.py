@@ -190,8 +190,12 @@ def to_luminance(image: sitk.Image, name: str = "image", *, path: str | os.PathL
     # in float64, rounded to float32 once: summed in float32, a grey picture stored as RGB (R = G = B) had come out
     # off its grey value (209 as 209.00002: 7-9% of the pixels of Testing/Data's PNGs), so that the same slice
     # stored grey and stored as RGB were registered and resampled as different images
+    # (each product in float64 too: 0.587 * a float32 channel is float32 under NumPy 2's promotion, so that a grey
+    # float32 RGB had come out off its grey value in 5% of its pixels; one float64 channel at a time, in place)
     arr = sitk.GetArrayViewFromImage(image)
-    y = 0.299 * arr[..., 0].astype(np.float64) + 0.587 * arr[..., 1] + 0.114 * arr[..., 2]
+    y = np.multiply(arr[..., 0], 0.299, dtype=np.float64)
+    y += np.multiply(arr[..., 1], 0.587, dtype=np.float64)
+    y += np.multiply(arr[..., 2], 0.114, dtype=np.float64)
     out = sitk.GetImageFromArray(y.astype(np.float32))
     out.CopyInformation(sitk.VectorIndexSelectionCast(image, 0))
     return out
@@ -1200,7 +1204,7 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
             image = _check_nifti_voxels(path, image)
     if not keep_color and image.GetNumberOfComponentsPerPixel() == 4 and os.path.isfile(path) \
             and (_png_grey_alpha_depth(path) is not None or _png_grey_transparency(path) is not None):
-        image = sitk.VectorIndexSelectionCast(image, 0)  # its grey, exactly (the luminance of 16 bits is not)
+        image = sitk.VectorIndexSelectionCast(image, 0)  # its grey, in its own type (the luminance is float32)
     if not keep_color and image.GetNumberOfComponentsPerPixel() > 1:
         image = to_luminance(image, f"image '{path}'", path=path)
     if float32 and image.GetNumberOfComponentsPerPixel() == 1:

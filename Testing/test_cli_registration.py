@@ -455,6 +455,24 @@ class RegisterCommand(unittest.TestCase):
         np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out)),
                                       sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(reg, "moving_resampled.nii.gz"))))
 
+    def test_a_grey_float_picture_stored_as_rgb_is_its_grey_values(self):
+        """R = G = B of float32 (a .nrrd or .mha of float RGB) read as grey is exactly the grey value too: each
+        product 0.587 * G had stayed float32 (NumPy 2 keeps a float32 array's type times a Python float), so that
+        5% of such pixels came out a rounding off; a colour one stays within 2 float32 roundings of before."""
+        import numpy as np
+
+        grey = np.random.default_rng(3).uniform(-1e4, 1e4, (256, 256)).astype(np.float32)
+        path = os.path.join(self.dir, "grey float rgb.nrrd")
+        sitk.WriteImage(sitk.GetImageFromArray(np.stack([grey] * 3, axis=-1), isVector=True), path)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(path)), grey)
+        colour = np.random.default_rng(4).integers(0, 65536, (64, 64, 4)).astype(np.uint16)  # RGBA: alpha left out
+        path = os.path.join(self.dir, "colour.nrrd")
+        sitk.WriteImage(sitk.GetImageFromArray(colour, isVector=True), path)
+        lum = sitk.GetArrayFromImage(read_image(path))
+        exact = 0.299 * colour[..., 0].astype(np.float64) + 0.587 * colour[..., 1] + 0.114 * colour[..., 2]
+        self.assertEqual(lum.dtype, np.float32)
+        np.testing.assert_array_equal(lum, exact.astype(np.float32))  # BT.601's weights, rounded once
+
 
 class MalformedPresetFile(unittest.TestCase):
     """A preset file a user edited by hand: each wrong value is named, with exit 2, before any work."""
