@@ -1129,19 +1129,54 @@ def _sigterm_as_interrupt(args: argparse.Namespace) -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _main(argv: list[str] | None) -> int:
+@contextlib.contextmanager
+def _signals_held() -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM while the command starts are held (their numbers listed) until the block ends, where the
+    process has Python's own handlers (a script or test calling ``main`` keeps its own), in the main thread only.
+    Building the parser imports SimpleITK, numpy and the registration code (0.3-0.45 s): a KeyboardInterrupt
+    raised inside those imports had not always reached the ``except KeyboardInterrupt`` around them. NumPy turns
+    one inside its C extension's import into an ImportError ("PyCapsule_Import could not import module
+    'datetime'", with its advice about a broken install), importlib's callbacks print one as 'Exception ignored'
+    and go on (the command then ran), and a half-imported module stays broken in a calling process."""
+    import signal
+    import threading
+
+    held: list[int] = []
+    saved: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(signum) is default:
+                saved[signum] = signal.signal(signum, lambda signum, frame: held.append(signum))
     try:
-        # building the parser imports SimpleITK (0.45 s): a Ctrl-C then had ended the command with a traceback
-        parser = build_parser()
-        args = parser.parse_args(argv)
-    except SystemExit as stop:  # --help, --version, --list-presets, or a usage error (2): a code, as every path
-        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
-    except KeyboardInterrupt:
+        yield held
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def _main(argv: list[str] | None) -> int:
+    import signal
+
+    code = None
+    with _signals_held() as held:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+        except SystemExit as stop:  # --help, --version, --list-presets, or a usage error (2): a code, as every path
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+        except KeyboardInterrupt:  # a handler of the caller's own that raises it
+            held.append(signal.SIGINT)
+        if not held and code is None and not getattr(args, "func", None):
+            parser.print_help()
+            code = 2
+    if held:  # a Ctrl-C or SIGTERM while the command started: it ends as one during the command does
+        if held[0] == signal.SIGTERM:
+            print("mmfusion: terminated (SIGTERM)", file=sys.stderr)
+            return 143
         print("mmfusion: interrupted", file=sys.stderr)
         return 130
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    if code is not None:
+        return code
     try:
         with _sigterm_as_interrupt(args), _own_process_tuning(args):
             return int(args.func(args) or 0)

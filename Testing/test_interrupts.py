@@ -100,24 +100,84 @@ def _last_line(err: str) -> str:
 
 
 
+
+# a SIGTERM to the process while `mmfusion info` builds its parser (run in a child: Python's default ends it at once)
+_SIGTERM_AT_START = """
+import os, signal, sys
+from MultimodalFusionLib import cli
+cli._BUILDERS.append(lambda sub: os.kill(os.getpid(), signal.SIGTERM))
+sys.exit(cli.main(["info", "nosuch.nii.gz"]))
+"""
+
+
 class CtrlCBeforeTheCommandRuns(unittest.TestCase):
-    def test_ctrl_c_while_the_parser_is_built_exits_130_without_a_traceback(self) -> None:
-        """Building the parser imports SimpleITK (0.45 s of every command's start): a Ctrl-C then had ended the
-        command with a traceback (from argparse or an import), outside the handler of the command's own run."""
+    """Building the parser imports SimpleITK, numpy and the registration code (0.3-0.45 s of every command's
+    start): a signal then is held until the parser is built, and ends the command as one during it does."""
+
+    def setUp(self) -> None:
         if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             self.skipTest("SIGINT is not Python's KeyboardInterrupt here")
 
-        def ctrl_c(sub: object) -> None:  # a real SIGINT to this process, delivered while the parser is built
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1.0)  # the handler raises KeyboardInterrupt here
-
-        cli._BUILDERS.append(ctrl_c)
-        self.addCleanup(cli._BUILDERS.remove, ctrl_c)
+    def _main_with(self, build: object) -> tuple[int, str]:
+        cli._BUILDERS.append(build)
+        self.addCleanup(cli._BUILDERS.remove, build)
         err = _textio.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(_textio.StringIO()):
             rc = cli.main(["info", "nosuch.nii.gz"])
-        self.assertEqual(rc, 130)
-        self.assertEqual(err.getvalue(), "mmfusion: interrupted\n")
+        return rc, err.getvalue()
+
+    def test_ctrl_c_while_the_parser_is_built_exits_130_without_a_traceback(self) -> None:
+        def ctrl_c(sub: object) -> None:  # a real SIGINT to this process, delivered while the parser is built
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+
+        self.assertEqual(self._main_with(ctrl_c), (130, "mmfusion: interrupted\n"))
+
+    def test_ctrl_c_that_an_import_turns_into_another_error_still_exits_130(self) -> None:
+        """NumPy turns a KeyboardInterrupt inside its C extension's import into an ImportError ("PyCapsule_Import
+        could not import module 'datetime'", with its advice about a broken install): raised while the parser
+        was built, that had gone past the command's ``except KeyboardInterrupt`` as a traceback."""
+        def ctrl_c_in_an_import(sub: object) -> None:
+            try:  # a KeyboardInterrupt, if the handler raises one, comes right after os.kill
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+            except KeyboardInterrupt as exc:
+                raise ImportError('PyCapsule_Import could not import module "datetime"') from exc
+
+        self.assertEqual(self._main_with(ctrl_c_in_an_import), (130, "mmfusion: interrupted\n"))
+
+    def test_ctrl_c_that_an_import_swallows_still_exits_130(self) -> None:
+        """importlib's module-lock callback prints a KeyboardInterrupt raised in it as 'Exception ignored' and
+        goes on: the Ctrl-C had been lost, and the command ran (here: to its 'File not found', exit 2)."""
+        def ctrl_c_swallowed(sub: object) -> None:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+            except KeyboardInterrupt:
+                pass
+
+        self.assertEqual(self._main_with(ctrl_c_swallowed), (130, "mmfusion: interrupted\n"))
+
+    def test_a_handler_of_the_callers_own_is_left_alone(self) -> None:
+        seen: list[int] = []
+        saved = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+        self.addCleanup(signal.signal, signal.SIGINT, saved)
+
+        def ctrl_c(sub: object) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+
+        rc, err = self._main_with(ctrl_c)
+        self.assertEqual(seen, [signal.SIGINT])  # the caller's handler had it, and the command ran on
+        self.assertEqual(rc, 2, err)
+        self.assertIn("File not found", err)
+
+    def test_sigterm_while_the_parser_is_built_exits_143_with_one_line(self) -> None:
+        """Python's default had ended the process at once, without a word (killed by the signal)."""
+        done = subprocess.run([sys.executable, "-c", _SIGTERM_AT_START], capture_output=True, text=True, cwd=ROOT,
+                              timeout=120)
+        self.assertEqual((done.returncode, done.stderr), (143, "mmfusion: terminated (SIGTERM)\n"))
+
 
 class CtrlCInTheRegistrationLoop(unittest.TestCase):
     """A Ctrl-C while ITK optimises arrives inside its iteration callback: raised there, SimpleITK printed
