@@ -67,6 +67,13 @@ def _device(text: str) -> str:
     return text.strip().lower()
 
 
+def _print_warnings(messages: Sequence[str]) -> None:
+    """A registration's warnings, ``warning: ...`` a line, on stderr, as register and run print them: stdout
+    keeps the results (and --json's JSON) alone."""
+    for w in messages:
+        print(f"warning: {w}", file=sys.stderr)
+
+
 def _print_json(obj: Any) -> None:
     """Print strictly valid JSON (NaN as null, +/-inf as "Infinity"/"-Infinity"), like the metrics files."""
     from .io import to_json_safe
@@ -297,6 +304,7 @@ def _run_register(args: argparse.Namespace) -> int:
         slice_volume=slice_volume)
     if args.json:
         _print_json(metrics)
+        _print_warnings(result.warnings)  # on stderr with --json too: they had been inside the JSON only
         return 0
     from .registration.result import RAN_AGAIN_NOTE, iterations_text, ran_again
 
@@ -309,8 +317,7 @@ def _run_register(args: argparse.Namespace) -> int:
               f"{s.seconds:.1f} s{'' if s.accepted else ' (discarded: made the metric worse)'}{note}")
     for line in _transform_lines(metrics.get("transform")):
         print(line)
-    for w in result.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+    _print_warnings(result.warnings)
     out = metrics["outputs"]
     print(f"wrote {os.path.join(args.output_dir, out['transform'])}, {out['moving_resampled']}, "
           f"{out['checkerboard']}, metrics.json")
@@ -761,18 +768,20 @@ def _run_run(args: argparse.Namespace) -> int:
     summary = {"files": out["files"], "report": out["report"], "metrics": out["metrics"],
                "registration_metrics": out["registration_metrics"], "seconds": out["seconds"],
                "registration": out["registration"].to_dict() if out["registration"] is not None else None}
+    reg = out["registration"]
     if args.json:
         from .io import to_json_safe
 
         print(json.dumps(to_json_safe(summary), indent=2))
+        _print_warnings(reg.warnings if reg is not None else [])
         return 0
-    reg = out["registration"]
     if reg is not None:
         print(f"registration: {reg.backend}, {reg.seconds:.1f} s, metric {reg.metric_before:.4f} -> {reg.metric_after:.4f}")
         for line in _transform_lines(reg.to_dict().get("transform")):
             print(f"  {line}")
-        for w in reg.warnings:
-            print(f"  warning: {w}")
+        # on stderr, as register prints them: they had been on stdout under this line (and, with --json, only
+        # inside the JSON), where a script reading the output or a log of stderr missed them
+        _print_warnings(reg.warnings)
     rm = out["registration_metrics"]
     print(f"alignment: MI {rm['before']['MI']:.3f} -> {rm['after']['MI']:.3f}, "
           f"NCC {rm['before']['NCC']:.3f} -> {rm['after']['NCC']:.3f}")

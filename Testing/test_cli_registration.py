@@ -577,6 +577,20 @@ class MalformedPresetFile(unittest.TestCase):
             self.assertIn("ends at shrink factor 4, not at its finest (1)", err)
             with open(os.path.join(out_dir, "metrics.json")) as fh:
                 self.assertEqual(len([w for w in json.load(fh)["warnings"] if w.startswith(said)]), 1)
+            # run and --json print it on stderr too: run had printed it on stdout, and --json inside the JSON only
+            for command in ("run", "register"):
+                for json_flag in ((), ("--json",)):
+                    with self.subTest(command=command, json=bool(json_flag)):
+                        extra = ("--methods", "average") if command == "run" else ()
+                        rc, out, err = run_cli(command, FIXED, MOVING, "-o", os.path.join(d, f"{command}{json_flag}"),
+                                               "--preset", preset, "--seed", "1", *extra, *json_flag)
+                        self.assertEqual(rc, 0, err)
+                        self.assertEqual(err.count(f"warning: {said}"), 1, err)
+                        self.assertNotIn("warning: ", out)
+                        if json_flag:  # stdout is the JSON alone, which keeps the warning
+                            summary = json.loads(out)
+                            kept = summary["registration"]["warnings"] if command == "run" else summary["warnings"]
+                            self.assertEqual(len([w for w in kept if w.startswith(said)]), 1)
 
     def test_settings_are_checked_before_any_image_is_read(self):
         # register and run read both images (a DICOM folder, a large volume) before they looked at the preset
