@@ -80,8 +80,10 @@ class FixedMaskAtTheEdge(unittest.TestCase):
             return sitk.Cast(fixed > 30, sitk.sitkUInt8)
 
         # seed 1 had ended 33, 27 and 19 px off at these pixel sizes; at 1 mm seeds 2 and 4 21 and 29 px (run
-        # again from the unmasked coarse level), seeds 0 and 3 0.3 and 0.2 px (kept as they were)
-        runs = [(0.6, 1, True), (1.0, 1, True), (1.5, 1, True), (1.0, 2, True), (1.0, 4, True),
+        # again from the unmasked coarse level), seeds 0 and 3 0.3 and 0.2 px (kept as they were). Since the grey
+        # PNGs are read as their exact grey values (no float32 rounding of the luminance), seed 1 at 0.6 mm ends
+        # 0.09 px off in its first run (masked -0.4234 against -0.4221 without the masks): kept as it was
+        runs = [(0.6, 1, False), (1.0, 1, True), (1.5, 1, True), (1.0, 2, True), (1.0, 4, True),
                 (1.0, 0, False), (1.0, 3, False)]
         for pixel_mm, seed, again in runs:
             with self.subTest(pixel_mm=pixel_mm, seed=seed):
