@@ -3288,7 +3288,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                           "(or .nii.gz) to keep them tensors.", stacklevel=2)
     if suffix in (".mnc", ".mnc2") and _itk_minc_images_unconverted():  # (after to_file, which takes image's)
         out = _swap_ras_lps(out)  # written in MINC's RAS, as MNI's tools read it (see _RAS_LPS)
-    with (staged_output(final) if suffix in _TWO_FILES else atomic_output(final)) as tmp:
+    staged = suffix in _TWO_FILES
+    with (staged_output(final) if staged else atomic_output(final)) as tmp:
         if suffix in (".jpg", ".jpeg"):
             _room_for_jpeg(out, final, tmp)
         elif suffix in _HDF5_IMAGE_EXTENSIONS:
@@ -3306,32 +3307,31 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                 raise InputError(f"No image format is written as '{final}' (extension "
                                  f"'{_suffix(final) or 'none'}').",
                                  _ANY_IMAGE_FIX) from exc
-            stopped = _stopped_by_disk(final, tmp, str(exc.problem), staged=suffix in _TWO_FILES,
-                                       need=_most_image_bytes(out))
+            stopped = _stopped_by_disk(final, tmp, str(exc.problem), staged=staged, need=_most_image_bytes(out))
             if stopped is not None:
                 raise stopped from exc
             raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
         if suffix in (".nii", ".nii.gz", *_PAIR_PARTS) and not _nifti_written_whole(tmp):
             # ITK's NIfTI writer reports no write error (it prints "** ERROR: NWAD: wrote only 0 of ... bytes"
             # and returns): on a full disk the output was a cut-off file, and the command said it wrote it
-            raise _written_cut_short(final, tmp, "NIfTI")
+            raise _written_cut_short(final, tmp, "NIfTI", staged=staged)
         if suffix in _RAW_LAYOUTS:
             # nor do its GIPL (.gipl, .gipl.gz) and BMP writers: a file cut at the size limit was the output
             try:
                 _check_complete(tmp)
             except InputError as exc:
                 writer = {".gipl": "GIPL", ".gipl.gz": "GIPL", ".pic": "BioRad PIC"}.get(suffix, suffix[1:].upper())
-                raise _written_cut_short(final, tmp, writer) from exc
+                raise _written_cut_short(final, tmp, writer, staged=staged) from exc
         if suffix in (".tif", ".tiff", ".lsm"):
             _check_tiff_written_whole(final, tmp, out)
         if suffix == ".j2k" and not _j2k_written_whole(tmp):
             # nor does its JPEG 2000 writer for a bare codestream (.jp2's reports it): cut at the size limit, it was
             # the output, and no reader opened it ("opj_decode_tile_data returns false")
-            raise _written_cut_short(final, tmp, "JPEG 2000")
+            raise _written_cut_short(final, tmp, "JPEG 2000", staged=staged)
         if suffix == ".spr":
             _name_stimulate_data_file(tmp)
             if not _stimulate_written_whole(tmp):  # nor does its Stimulate writer: x.sdt cut at the size limit
-                raise _written_cut_short(final, tmp, "Stimulate")
+                raise _written_cut_short(final, tmp, "Stimulate", staged=staged)
         _check_reads_back(tmp, final, out)
         if tensor and suffix in tensors.TAGGED_SUFFIXES:
             tensors.tag_written_file(tmp, suffix, image)
@@ -3482,25 +3482,37 @@ def _short_of_room(free: int, need: int, written: int) -> bool:
     return free < min(1 << 20, need - written)
 
 
+def _written_sizes(tmp: str, staged: bool = False) -> list[int]:
+    """The sizes of the files a write made: ``tmp``, or with ``staged`` every file in its staging folder (a detached
+    header's data file, an Analyze pair's other half)."""
+    folder = os.path.dirname(os.path.abspath(tmp))
+    written = [os.path.join(folder, name) for name in os.listdir(folder)] if staged else [tmp]
+    return [os.path.getsize(name) for name in written if os.path.isfile(name)]
+
+
+def _limit_reached(sizes: Sequence[int]) -> int | None:
+    """The file size limit (``ulimit -f``) where one of the files of these ``sizes`` reached it, else None: the one
+    rule by which a failed or cut-short write is blamed on the limit rather than the disk."""
+    limit = _file_size_limit()
+    return limit if limit is not None and any(size >= limit for size in sizes) else None
+
+
 def _stopped_by_disk(final: str, tmp: str, said: str, *, need: int, staged: bool = False) -> InputError | None:
     """The error for an ITK write that failed (``said``: its reason) because the disk filled or a file reached the
     file size limit, or None where neither did. ITK's writers say so in their own words, or not at all: MetaImage
     and PNG "Reason: File too large", TIFF/LSM "error out of disk space", NRRD "failed to write to file", VTK and
     MRC "Could not write file", DICOM "DICOM does not support this component type" (a wrong reason), each with
     the fix "Check the folder is writable and the extension is supported". Told by the words, by a file written
-    (``tmp``; with ``staged``, every file in its staging folder) having reached the file size limit, or by the
-    disk having too little room left for the rest of the file (see :func:`_short_of_room`; ``need``: the most
-    bytes the output takes)."""
-    folder = os.path.dirname(os.path.abspath(tmp))
-    free = shutil.disk_usage(folder).free
-    limit = _file_size_limit()
-    written = [os.path.join(folder, name) for name in os.listdir(folder)] if staged else [tmp]
-    sizes = [os.path.getsize(name) for name in written if os.path.isfile(name)]
-    at_limit = limit is not None and any(size >= limit for size in sizes)
-    if not (at_limit or _short_of_room(free, need, sum(sizes)) or _DISK_WORDS.search(said)):
+    (``tmp``; with ``staged``, every file in its staging folder) having reached the file size limit
+    (:func:`_limit_reached`), or by the disk having too little room left for the rest of the file (see
+    :func:`_short_of_room`; ``need``: the most bytes the output takes)."""
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(tmp))).free
+    sizes = _written_sizes(tmp, staged)
+    limit = _limit_reached(sizes)
+    if not (limit is not None or _short_of_room(free, need, sum(sizes)) or _DISK_WORDS.search(said)):
         return None
     said = said.replace(tmp, final).split("': ", 1)[-1] if said.startswith("ITK failed while") else said
-    if at_limit:
+    if limit is not None:
         return InputError(f"Cannot write '{final}': the file reached the file size limit ({limit} bytes, ulimit -f) "
                           f"and ITK stopped writing it: {said}",
                           "Raise the file size limit (ulimit -f), or write a smaller output.")
@@ -3530,18 +3542,17 @@ def _check_tiff_written_whole(final: str, tmp: str, image: sitk.Image) -> None:
         raise stopped or _written_cut_short(final, tmp, writer) from None
 
 
-def _written_cut_short(final: str, tmp: str, writer: str) -> InputError:
-    """The error for an output ITK's ``writer`` stopped writing before its end without reporting it: a full disk,
-    or the file size limit where one is set (named with its fix, as :func:`_check_room` names it: "a full disk
-    or a file size limit; 79565365248 bytes free there" had sent a user with a full disk's worth free to free
-    space)."""
+def _written_cut_short(final: str, tmp: str, writer: str, staged: bool = False) -> InputError:
+    """The error for an output ITK's ``writer`` stopped writing before its end without reporting it: the file size
+    limit where a file written reached it (:func:`_limit_reached`, the rule :func:`_stopped_by_disk` follows), else
+    a full disk. "A full disk or a file size limit; 79565365248 bytes free there" had sent a user at the limit to
+    free space, and then any limit set (1 GiB, a file cut at 10 bytes by a full disk) had been named as the cause."""
     free = shutil.disk_usage(os.path.dirname(os.path.abspath(tmp))).free
-    limit = _file_size_limit()
+    limit = _limit_reached(_written_sizes(tmp, staged))
     if limit is not None:
         return InputError(f"Cannot write '{final}': ITK's {writer} writer stopped before the end of the file (the file "
-                          f"size limit is {limit} bytes (ulimit -f); {free} bytes are free on the disk).",
-                          "Raise the file size limit (ulimit -f), or free space on that disk (or write the output "
-                          "to another one) if it is full.")
+                          f"size limit is {limit} bytes (ulimit -f), which the file reached).",
+                          "Raise the file size limit (ulimit -f), or write a smaller output.")
     return InputError(f"Cannot write '{final}': ITK's {writer} writer stopped before the end of the file (a full disk; "
                       f"{free} bytes free there).",
                       "Free space on that disk, or write the output to another one.")

@@ -290,6 +290,25 @@ class NearlyFullDisk(unittest.TestCase):
         self.assertTrue(io._short_of_room(0, io._most_image_bytes(_noise((32, 64, 64))), 450_000))
         self.assertFalse(io._short_of_room(2 << 20, 10 << 20, 0))  # 2 MiB free: the words must say it
 
+    @unittest.skipIf(resource is None or not hasattr(signal, "SIGXFSZ"), "needs POSIX file size limits")
+    def test_a_file_cut_short_below_the_limit_is_the_disk(self) -> None:
+        """A write ITK left cut short without reporting it (NIfTI, GIPL, TIFF...) had been blamed on the file size
+        limit wherever one was set, however far the file stopped short of it: a 10-byte file under a 1 GiB limit
+        read "the file size limit is 1073741824 bytes" with the fix "Raise the file size limit" first, where
+        the writes ITK reports (_stopped_by_disk) name the limit only when a file reached it. The same rule now."""
+        with tempfile.TemporaryDirectory() as folder:
+            tmp = os.path.join(folder, "t.nii")
+            with open(tmp, "wb") as fh:
+                fh.write(bytes(10))
+            with _file_size_limit(1 << 30):
+                far = io._written_cut_short("a.nii", tmp, "NIfTI")
+            self.assertIn("a full disk", far.problem)
+            self.assertNotIn("ulimit", far.problem + far.fix)
+            with _file_size_limit(10):
+                reached = io._written_cut_short("a.nii", tmp, "NIfTI")
+            self.assertIn("the file size limit is 10 bytes (ulimit -f)", reached.problem)
+            self.assertTrue(reached.fix.startswith("Raise the file size limit"), reached.fix)
+
     def test_on_a_small_file_system(self) -> None:
         """A real 2 MiB tmpfs (needs the right to mount one: root on Linux), 897024 bytes left free."""
         folder = tempfile.mkdtemp()
@@ -313,6 +332,13 @@ class NearlyFullDisk(unittest.TestCase):
                 io.write_image(picture, os.path.join(folder, "p.png"))
             self.assertIn("the disk is full", cm.exception.problem)
             self.assertEqual(os.listdir(folder), ["filler"])
+            if resource is not None and hasattr(signal, "SIGXFSZ"):
+                # a NIfTI the full disk cut short (ITK does not report it) under a file size limit far above it
+                with _file_size_limit(1 << 30), self.assertRaises(InputError) as cm:
+                    io.write_image(_noise((64, 64, 64)), os.path.join(folder, "a.nii"))  # 1 MiB
+                self.assertIn("stopped before the end of the file (a full disk;", cm.exception.problem)
+                self.assertTrue(cm.exception.fix.startswith("Free space on that disk"), cm.exception.fix)
+                self.assertEqual(os.listdir(folder), ["filler"])
         finally:
             subprocess.run(["umount", folder], check=True)
             os.rmdir(folder)
