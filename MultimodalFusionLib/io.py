@@ -1277,7 +1277,7 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
         if syntax is not None:
             _explain_multiframe_failure(path)
         raise
-    if _read_suffix(path) in (".mnc", ".mnc2") and _itk_minc_images_unconverted():
+    if _read_suffix(path) in (".mnc", ".mnc2") and _itk_minc_unconverted():
         image = _swap_ras_lps(image)  # MINC's RAS to ITK's LPS (see _RAS_LPS)
     if compressed is not None:
         _check_compressed_voxels(image, compressed)
@@ -3286,7 +3286,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                           f"vector image of {image.GetNumberOfComponentsPerPixel()} components (xx, xy, xz, yy, yz, "
                           "zz for a symmetric one, in LPS), which Slicer does not show as a DTI volume. Write .nrrd "
                           "(or .nii.gz) to keep them tensors.", stacklevel=2)
-    if suffix in (".mnc", ".mnc2") and _itk_minc_images_unconverted():  # (after to_file, which takes image's)
+    if suffix in (".mnc", ".mnc2") and _itk_minc_unconverted():  # (after to_file, which takes image's)
         out = _swap_ras_lps(out)  # written in MINC's RAS, as MNI's tools read it (see _RAS_LPS)
     staged = suffix in _TWO_FILES
     with (staged_output(final) if staged else atomic_output(final)) as tmp:
@@ -3815,7 +3815,7 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
         try:
             if _suffix(path) == ".xfm":
                 tx = _read_minc_transform(readable)
-                if _itk_minc_transforms_unconverted():  # MINC's RAS to ITK's LPS (see _RAS_LPS)
+                if _itk_minc_unconverted():  # MINC's RAS to ITK's LPS (see _RAS_LPS)
                     tx = _swap_transform_ras_lps(tx)
             else:
                 with itk_guard(f"reading transform '{path}'", "Give an ITK transform file (.tfm, .txt, .h5, .mat)."):
@@ -3833,13 +3833,14 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
 
 def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
     """Write an ITK transform atomically: .tfm/.txt (ITK text) or .h5 (HDF5) for any transform, .mat
-    (ITK's MATLAB format, as ANTs writes affine transforms) for a single one, .xfm (MINC) for a 3D linear transform
-    or one 3D displacement field (its grid written beside it as ``NAME_grid_0.mnc``).
+    (ITK's MATLAB format, as ANTs writes affine transforms) for a single one, .xfm (MINC, in its RAS) for 3D linear
+    transforms, 3D displacement fields and composites of them (each run of linear parts as one affine, each field's
+    grid beside the file as ``NAME_grid_N.mnc``; see :func:`_for_minc`).
 
     Raises:
         InputError: an extension ITK writes no transform as, a composite of several transforms to .mat
-            (ITK writes it, but neither ITK nor ANTs reads it back), a transform .xfm does not hold (or holds as
-            several that read back as the first only), or an unwritable file.
+            (ITK writes it, but neither ITK nor ANTs reads it back), a part .xfm does not hold (a B-spline, a 2D
+            transform), or an unwritable file.
     """
     final = os.fspath(path)
     if _suffix(final) == ".mat" and type(transform) is sitk.Transform and hasattr(transform, "Downcast"):
@@ -3861,7 +3862,7 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
     stale: list[str] = []
     if xfm:
         transform = _for_minc(transform, final)
-        if _itk_minc_transforms_unconverted():  # written in MINC's RAS, as MNI's tools read it (see _RAS_LPS)
+        if _itk_minc_unconverted():  # written in MINC's RAS, as MNI's tools read it (see _RAS_LPS)
             transform = _swap_transform_ras_lps(transform)
         stale = _minc_grids(final) if os.path.isfile(final) else []
     with (staged_output(final) if xfm else atomic_output(final)) as tmp:
@@ -3872,11 +3873,6 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
             with itk_guard(f"writing transform '{final}'", "Check the folder is writable."):
                 sitk.WriteTransform(transform, tmp)
         except InputError as exc:
-            if xfm and "Unsupported" in str(exc):  # "Transform type:BSplineTransform_double_3_3is Unsupported"
-                kinds = ", ".join(dict.fromkeys(part.GetName() for part in _transform_parts(transform)))
-                raise InputError(f"'{final}': ITK's MINC transform writer (.xfm) holds 3D linear transforms and 3D "
-                                 f"displacement fields only, and this is {kinds} ({transform.GetDimension()}D).",
-                                 "Write it as .h5 or .tfm, which hold every ITK transform.") from exc
             if "Could not create Transform IO object" in str(exc):  # ITK names the temporary file, not the output
                 raise InputError(f"No transform format is written as '{final}' (extension "
                                  f"'{_suffix(final) or 'none'}').",
@@ -3898,18 +3894,6 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
 #: hand-written .xfm translation (10, 20, 30) in RAS moved LPS points by (10, 20, 30), and ITK wrote LPS values as
 #: MINC's. This package converts where the ITK installed does not.
 _RAS_LPS = (-1.0, -1.0, 1.0)
-
-
-def _itk_minc_images_unconverted() -> bool:
-    """Whether the ITK installed reads and writes a MINC image's world coordinates unchanged (ITK's MINC image and
-    transform IO convert, or not, together: one build option, ``ITK_MINC_IO_RAS_TO_LPS``): see
-    :func:`_itk_minc_unconverted`."""
-    return _itk_minc_unconverted()
-
-
-def _itk_minc_transforms_unconverted() -> bool:
-    """Whether the ITK installed reads and writes a MINC .xfm unchanged: see :func:`_itk_minc_unconverted`."""
-    return _itk_minc_unconverted()
 
 
 #: The probe's answer once it had one (see _itk_minc_unconverted), and the lock that makes it run once
@@ -3944,10 +3928,8 @@ def _probe_minc_transform_writer() -> bool | None:
         with tempfile.TemporaryDirectory(prefix="mmf-minc-") as folder:
             probe = os.path.join(folder, "probe.xfm")
             sitk.WriteTransform(shift, probe)
-            with open(probe) as fh:
-                rows = fh.read().split("Linear_Transform", 1)[1].split("=", 1)[1].split(";")[0].split()
-            first = float(rows[3])
-    except (RuntimeError, OSError, IndexError, ValueError):
+            first = float(dict(_minc_statements(probe))["Linear_Transform"].split()[3])
+    except (RuntimeError, OSError, KeyError, IndexError, ValueError):
         return None
     return first > 0 if abs(abs(first) - 1.0) < 1e-9 else None
 
@@ -3984,13 +3966,17 @@ def _swap_transform_ras_lps(transform: sitk.Transform) -> sitk.Transform:
             field = sitk.DisplacementFieldTransform(part).GetDisplacementField()
             out.append(sitk.DisplacementFieldTransform(_swap_ras_lps(field, vectors=True)))
             continue
-        linear = sitk.AffineTransform(3)
-        offset = np.array(part.TransformPoint((0.0, 0.0, 0.0)))
-        matrix = np.column_stack([np.array(part.TransformPoint(tuple(axis))) - offset for axis in np.eye(3)])
-        linear.SetMatrix((flip @ matrix @ flip).ravel().tolist())
-        linear.SetTranslation((flip @ offset).tolist())
-        out.append(linear)
+        matrix, offset = _matrix_offset(part)
+        out.append(sitk.AffineTransform((flip @ matrix @ flip).ravel().tolist(), (flip @ offset).tolist()))
     return out[0] if len(out) == 1 else sitk.CompositeTransform(out)
+
+
+def _matrix_offset(linear: sitk.Transform) -> tuple[np.ndarray, np.ndarray]:
+    """The 3 x 3 matrix M and the offset t of a 3D linear transform (x -> M x + t, its centre folded into t),
+    from the points it maps: of any linear kind (translation, Euler, versor, scale, a composite of them)."""
+    offset = np.array(linear.TransformPoint((0.0, 0.0, 0.0)))
+    matrix = np.column_stack([np.array(linear.TransformPoint(tuple(axis))) - offset for axis in np.eye(3)])
+    return matrix, offset
 
 
 def _for_minc(transform: sitk.Transform, final: str) -> sitk.Transform:
@@ -4021,8 +4007,7 @@ def _for_minc(transform: sitk.Transform, final: str) -> sitk.Transform:
             linear = sitk.CompositeTransform(3)
             for piece in run:
                 linear.AddTransform(piece)
-            offset = np.array(linear.TransformPoint((0.0, 0.0, 0.0)))
-            matrix = np.column_stack([np.array(linear.TransformPoint(tuple(axis))) - offset for axis in np.eye(3)])
+            matrix, offset = _matrix_offset(linear)
             out.append(sitk.AffineTransform(matrix.ravel().tolist(), offset.tolist()))
             run = []
         if part is not None:
