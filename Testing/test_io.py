@@ -210,12 +210,9 @@ class RoundTrip(unittest.TestCase):
             "    print('written')\n"
             "except InputError as exc:\n"
             "    print('refused', exc)\n")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "x.mnc")
-            done = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, env=env,
-                                  timeout=120)
+            done = _child(script, d, path)
             self.assertEqual(done.returncode, 0, done.stderr[-2000:])
             self.assertTrue(done.stdout.startswith(f"refused '{path}': ITK's MINC writer crashes the program on a 4D"),
                             done.stdout)
@@ -280,8 +277,6 @@ class RoundTrip(unittest.TestCase):
             "else:\n"
             "    tempfile.tempdir = gone\n"
             "print(io.read_image(path).GetOrigin())\n")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "a.mnc")
             ras = sitk.Image(4, 4, 4, sitk.sitkUInt8)
@@ -290,8 +285,7 @@ class RoundTrip(unittest.TestCase):
             hows = ("limit", "no temporary folder") if sys.platform != "win32" else ("no temporary folder",)
             for how in hows:
                 with self.subTest(how):
-                    done = subprocess.run([sys.executable, "-c", script, path, how, os.path.join(d, "gone", "tmp")],
-                                          capture_output=True, text=True, env=env, timeout=120)
+                    done = _child(script, d, path, how, os.path.join(d, "gone", "tmp"))
                     self.assertEqual(done.returncode, 0, done.stderr[-2000:])
                     self.assertEqual(done.stdout.strip(), "(-1.0, -2.0, 3.0)")
                     self.assertEqual(sorted(os.listdir(d)), ["a.mnc"])
@@ -2223,11 +2217,13 @@ if __name__ == "__main__":
     unittest.main()
 
 
-def _child(code: str, cwd: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a child Python with this checkout importable: a native crash kills it, not pytest."""
+def _child(code: str, cwd: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``code`` (``args`` its sys.argv[1:]) in a child Python with this checkout importable: a native crash
+    kills it, not pytest."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                        os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
 class UpperCaseInputs(unittest.TestCase):
