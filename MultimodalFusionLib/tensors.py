@@ -210,14 +210,18 @@ def _keyvalues(lines: list[str]) -> tuple:
 
 
 def _nifti_header(path: str) -> bytes | None:
-    name = path.lower()
-    if not name.endswith((".nii", ".nii.gz")):
+    """The 348 bytes of a ``.nii``/``.nii.gz``'s header, decompressed where it is gzip (io's header read); None for
+    another name, or a file too short or damaged to hold them (ITK's reading names it)."""
+    import zlib
+
+    from .io import _head  # io imports this module
+
+    if not path.lower().endswith((".nii", ".nii.gz")):
         return None
     try:
-        with _open_nifti(path) as fh:
-            head = fh.read(348)
-    except (OSError, EOFError):
-        return None  # a damaged file: ITK's reading names it
+        head = _head(path, 348)
+    except (OSError, EOFError, zlib.error):  # zlib.error: damaged compressed data
+        return None
     return head if len(head) == 348 else None
 
 

@@ -2584,3 +2584,18 @@ class SmallDicomOutputs(unittest.TestCase):
             done = _child(code, d)
             self.assertEqual(done.returncode, 0, done.stderr[-2000:])
             self.assertIn("all written", done.stdout)
+
+
+class DamagedCompressedNifti(unittest.TestCase):
+    def test_a_nii_gz_damaged_in_its_header_is_an_input_error(self) -> None:
+        """A .nii.gz whose compressed header is damaged escaped read_image as zlib.error ("Error -3 while
+        decompressing data"), a traceback: the tensor check read the header with gzip.open and let it through."""
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "a.nii.gz")
+            sitk.WriteImage(sitk.GetImageFromArray(np.arange(120, dtype=np.float32).reshape(4, 5, 6)), path)
+            raw = open(path, "rb").read()
+            damaged = os.path.join(d, "bad.nii.gz")
+            with open(damaged, "wb") as fh:
+                fh.write(raw[:20] + bytes(200) + raw[220:])
+            with self.assertRaises(InputError):
+                io.read_image(damaged)
