@@ -384,6 +384,39 @@ class OverlayAndColourTest(unittest.TestCase):
                                      fusion.fuse(self.a8, b, method).image.GetPixelID())
         self.assertIsNone(fusion.fused_pixel_type("not-built-in", self.pet))  # a user's method may return either
 
+    def test_a_window_that_holds_none_of_the_image_is_refused(self) -> None:
+        # --window 0 8 (SUV) on a PET stored in Bq/mL: every voxel at or above the window's top, so b became a constant
+        # 1 and was fused as such (the overlay coloured everything in the colour map's top colour), rc 0; a window
+        # above every value showed no colour at all
+        bq = sitk.GetImageFromArray(sitk.GetArrayFromImage(self.pet) * 5000.0 + 1000.0)
+        bq.CopyInformation(self.pet)
+        for method in CLASSIC:
+            for window, side in (((0.0, 8.0), "at or above its top"), ((1e6, 2e6), "at or below its bottom")):
+                with self.subTest(method=method, window=window):
+                    with self.assertRaises(InputError) as ctx:
+                        fusion.fuse(self.a8, bq, method, window=window)
+                    self.assertIn(f"holds none of its values (1000..{float(_arr(bq).max()):g})", str(ctx.exception))
+                    self.assertIn(side, str(ctx.exception))
+            # the anatomical image's window too (a CT window in HU on an image in other units)
+            with self.subTest(method=method, window_a=(300.0, 400.0)):
+                with self.assertRaises(InputError) as ctx:
+                    fusion.fuse(self.a8, bq, method, window_a=(300.0, 400.0))
+                self.assertIn("anatomical image (a) (window_a) holds none of its values (0..255)", str(ctx.exception))
+        # a window some voxels fall inside of, or on both sides of, is a window
+        fusion.fuse(self.a8, bq, "average", window=(0.0, 30000.0))
+        fusion.fuse(self.a8, bq, "overlay", window=(1001.0, 1002.0))
+        # and a colour functional image's window is on its luminance
+        colour = sitk.GetImageFromArray(np.stack([_arr(self.a8) * 0.3] * 3, -1).astype(np.uint8) + np.uint8(1),
+                                        isVector=True)
+        colour.CopyInformation(self.a8)
+        colour_arr = sitk.GetArrayFromImage(colour)
+        colour_arr[..., 0] //= 2  # not grey stored as RGB
+        colour = sitk.GetImageFromArray(colour_arr, isVector=True)
+        colour.CopyInformation(self.a8)
+        with self.assertRaises(InputError) as ctx:
+            fusion.fuse(self.a8, colour, "average", window=(200.0, 255.0))
+        self.assertIn("luminance): every voxel is at or below its bottom", str(ctx.exception))
+
     def test_overlay_is_rgb_with_colour_only_where_uptake_is(self) -> None:
         res = fusion.fuse(self.a8, self.pet, "overlay", colormap="hot", opacity=0.9, threshold=1.0,
                           window=(0.0, 16.0))

@@ -447,6 +447,25 @@ def _checked_window(window: Any, name: str) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _check_window_shows(unit: np.ndarray, window: Sequence[float], name: str, image_name: str,
+                        values: np.ndarray, units: str = "") -> None:
+    """Refuse a window that every voxel of the image lies at or beyond one side of (``unit``: the image through
+    it, clipped to 0..1). Such a window makes the image one constant value: ``--window 0 8`` (SUV) on a PET
+    stored in Bq/mL (1000..50000) had fused it as a constant 1, all of a's structure and none of b's, and the
+    overlay painted the whole image in the colour map's top colour; a window above the values showed no colour
+    at all. Both were written with exit status 0. A window some voxels fall inside, or on both sides of, passes."""
+    if float(unit.max()) > float(unit.min()):
+        return
+    lo, hi = float(np.min(values)), float(np.max(values))
+    side = "at or below its bottom" if float(unit.max()) <= 0.0 else "at or above its top"
+    example = "a PET stored in Bq/mL is not in SUV" if "(b)" in image_name else "a CT's are HU"
+    raise InputError(f"The window ({float(window[0]):g}, {float(window[1]):g}) given for the {image_name} ({name}) "
+                     f"holds none of its values ({lo:g}..{hi:g}{units}): every voxel is {side}, so the window makes "
+                     "the image one constant value and the fused image would carry nothing of it.",
+                     f"Give a window that overlaps {lo:g}..{hi:g}, in the image's own units ({example}), or leave "
+                     "the window out.")
+
+
 def _recorded(value: Any) -> Any:
     """A parameter as FusionResult.parameters (and metrics.json, the report) keep it: numbers and text as
     they are, other values as text, but an object whose text is long or spans lines (a torch network passed
@@ -531,12 +550,18 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     used: dict[str, Any] = {}
 
     a_unit = to_unit(a, window_a)
+    if window_a is not None:
+        _check_window_shows(a_unit, window_a, "window_a", "anatomical image (a)", sitk.GetArrayViewFromImage(a))
     chroma = None
     b_rgb_unit = None
+    b_window_given = window_b is not None  # the overlay's default window, from b's own values, always shows them
+    b_label = "window_b; CLI --window"
     if colour:
         rgb, ycc = _colour_ycc(b)
         chroma = ycc[..., 1:]
         b_unit = np.clip(window_to_unit(ycc[..., 0], window_b), 0, 1) if window_b is not None else ycc[..., 0] / 255.0
+        if b_window_given:
+            _check_window_shows(b_unit, window_b, b_label, "functional image (b)", ycc[..., 0], ", luminance")
         b_rgb_unit = np.clip(rgb / 255.0, 0.0, 1.0)
         used["colour"] = "fused on Y of YCbCr (BT.601), Cb/Cr of b put back"
     elif method == "overlay":
@@ -546,8 +571,12 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
             if not window_b[1] > window_b[0]:
                 window_b = (float(b_arr.min()), float(b_arr.max()))
         b_unit = np.clip(window_to_unit(b_arr, window_b), 0.0, 1.0)
+        if b_window_given:
+            _check_window_shows(b_unit, window_b, b_label, "functional image (b)", b_arr)
     else:
         b_unit = to_unit(b, window_b)
+        if b_window_given:
+            _check_window_shows(b_unit, window_b, b_label, "functional image (b)", sitk.GetArrayViewFromImage(b))
 
     if method == "overlay":
         thr = params.pop("threshold", None)
