@@ -159,6 +159,15 @@ def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = 
     if constant:
         raise InputError(f"The {name} is constant (every voxel is {value}); it holds no structure to use.",
                          "Check that the right file or series was loaded and that it is not blank.")
+    if np.issubdtype(arr.dtype, np.floating):
+        # a 64-bit float image whose values span more than float64 holds (1e308 and -1e308): every min-max
+        # scaling overflowed, `mmfusion fuse` wrote b's voxels as 0 and one NaN (rc 0), the metrics then refused NaN
+        lo, hi = (float(lows.min()), float(highs.max())) if ncomp > 1 else (lo, hi)
+        if not np.isfinite(hi - lo):
+            raise InputError(f"The {name}'s values span {lo:g}..{hi:g}, more than 64-bit floating point holds "
+                             "(their difference overflows), so it cannot be scaled.",
+                             "Check the file (values near 1e308 are usually a data type or header error), or "
+                             "scale it down first (e.g. image * 1e-10: ITK's RescaleIntensity overflows too, to 0).")
 
 
 def whole_number(value: Any, minimum: int, maximum: int | None = None) -> int | None:

@@ -307,6 +307,27 @@ class FusionMethods2DTest(unittest.TestCase):
         self.assertEqual(done.stdout.count("is a label map"), 2, done.stdout)
         self.assertIn("LabelMapToLabel", done.stdout)
 
+    def test_values_spanning_more_than_float64_holds_are_refused(self) -> None:
+        # a float64 image holding 1e308 and -1e308: its min-max scaling overflowed, so b was fused as 0 everywhere
+        # but one NaN voxel (RuntimeWarning only; `mmfusion fuse` wrote it, rc 0); a colour one likewise
+        huge = _arr(self.b8)
+        huge[0, 0], huge[1, 1] = 1e308, -1e308
+        grey = sitk.GetImageFromArray(huge)
+        colour = sitk.GetImageFromArray(np.stack([huge, huge[::-1], huge], -1), isVector=True)
+        for image in (grey, colour):
+            image.CopyInformation(self.a8)
+        for method in CLASSIC:
+            for args in ((self.a8, grey), (grey, self.a8), (self.a8, colour)):
+                with self.subTest(method=method, b_colour=args[1] is colour), self.assertRaises(InputError) as ctx:
+                    fusion.fuse(*args, method)
+                self.assertIn("values span -1e+308..1e+308, more than 64-bit floating point holds", str(ctx.exception))
+        # huge values that do not overflow are scaled as any others (a float32 PET up to 3e38)
+        big = sitk.GetImageFromArray((_arr(self.b8) * 1e36).astype(np.float32))
+        big.CopyInformation(self.a8)
+        np.testing.assert_allclose(_arr(fusion.fuse(self.a8, big, "average").image),
+                                   _arr(fusion.fuse(self.a8, sitk.Cast(self.b8, sitk.sitkFloat32), "average").image),
+                                   atol=1e-3)
+
     def test_colour_inputs_are_checked_before_their_conversion_to_grey(self) -> None:
         # a 4D colour anatomical image was a RuntimeError from ITK's VectorIndexSelectionCast, and one with 2
         # components was "Image has 2 components per pixel", naming neither image; the functional image was right
