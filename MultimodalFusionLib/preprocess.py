@@ -576,16 +576,18 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
 
     Args:
         image: the image.
-        method: "zscore" (zero mean, unit standard deviation), "percentile" (the
+        method: "zscore" (zero mean, unit standard deviation), "minmax" (the lowest..highest value mapped to
+            ``output_range``; with a mask, those inside it, the voxels outside clipped), "percentile" (the
             ``lower_percentile``..``upper_percentile`` range mapped to ``output_range`` and clipped)
             or "window" (``window=(level, width)`` or ``ct_window`` mapped to ``output_range``, clipped).
-        mask: statistics are computed inside this mask (same grid) when given.
+        mask: statistics are computed inside this mask (same grid) when given; one inside which the image is
+            constant is refused (no spread to scale by).
         lower_percentile: see ``method``.
         upper_percentile: see ``method``.
         window: (level, width) for "window" (a CT window name here is read as ``ct_window``).
         ct_window: a CT window preset name (brain, subdural, bone, soft-tissue, lung); implies
             ``method="window"``.
-        output_range: target range of "percentile" and "window": the low end of the input range goes
+        output_range: target range of "minmax", "percentile" and "window": the low end of the input range goes
             to ``output_range[0]`` and the high end to ``output_range[1]``, so (1, 0) inverts the
             contrast; two equal numbers are refused.
 
@@ -593,10 +595,11 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
         A float32 image.
 
     Raises:
-        InputError: unknown method or CT window, a window of non-positive width, or an output range that
-            is not two different finite numbers.
+        InputError: unknown method or CT window, a window of non-positive width, an output range that
+            is not two different finite numbers, or a mask inside which the image is constant.
     """
-    check_image(image, "image")
+    # a one-slice volume is normalised as any image (the statistics take no neighbours): it had been refused
+    check_image(image, "image", allow_one_slice=True)
     if isinstance(window, str):
         # window="brain" reads naturally but the name belongs in ct_window: take it rather than
         # failing in float() on its first letter
@@ -639,13 +642,22 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
         values = arr[sel]
     else:
         values = arr.ravel()
+    if mask is not None and method != "window" and values.min() == values.max():
+        # the statistics would have no spread: z-scores had divided by 1 (the image left in its own units outside
+        # the mask, shifted), a percentile or min-max range been widened to 1 unit, without a word
+        raise InputError(f"Every voxel of the image inside the mask is {float(values[0]):g} ({values.size} voxels): "
+                         f"the '{method}' normalisation has no spread of values to scale by.",
+                         "Check that the mask lies on the right structure of this image, or normalise without it.")
     lo_out, hi_out = bounds
     if method == "zscore":
         scale = float(np.abs(values).max()) or 1.0  # statistics of values/scale: no overflow near 1e300
         mean, std = float((values / scale).mean()) * scale, float((values / scale).std()) * scale
         out = (arr - mean) / (std if std > 0 else 1.0)
-    elif method == "percentile":
-        lo, hi = np.percentile(values, [lower_percentile, upper_percentile])
+    elif method in ("percentile", "minmax"):
+        if method == "percentile":
+            lo, hi = np.percentile(values, [lower_percentile, upper_percentile])
+        else:
+            lo, hi = float(values.min()), float(values.max())
         if hi <= lo:
             hi = lo + 1.0
         out = lo_out + (np.clip(arr, lo, hi) - lo) / (hi - lo) * (hi_out - lo_out)
@@ -665,7 +677,8 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
         lo, hi = level - width / 2.0, level + width / 2.0
         out = lo_out + (np.clip(arr, lo, hi) - lo) / (hi - lo) * (hi_out - lo_out)
     else:
-        raise InputError(f"Unknown normalisation method '{method}'.", "Use 'zscore', 'percentile' or 'window'.")
+        raise InputError(f"Unknown normalisation method '{method}'.",
+                         "Use 'zscore', 'minmax', 'percentile' or 'window'.")
     with np.errstate(over="ignore"):
         out32 = out.astype(np.float32)
     if not np.all(np.isfinite(out32)):
@@ -686,49 +699,94 @@ def foreground_mask(image: sitk.Image, *, smoothing_sigma_mm: float | None = Non
     head at 2 mm, a spot of 0.5% of the voxels at 14x grey matter's uptake: 2% of the brain covered,
     instead of all of it). Give such an image a mask of your own, or clip it to a robust range first.
 
+    The radii are balls in millimetres, whatever the voxels' shape: ``radius`` voxels along the finest axis,
+    as many whole voxels along a coarser axis as fit in that length (on 0.5 x 0.5 x 5 mm voxels the default
+    opening's ball is 0.5 mm, 1 x 1 x 0 voxels; a ball of 1 voxel along each axis had erased every structure
+    thinner than 3 slices, 15 mm, and returned an empty mask).
+
     Args:
         image: the image (any modality; CT air, with or without scanner padding outside the field of
-            view, and MR background fall below the Otsu threshold).
-        smoothing_sigma_mm: Gaussian smoothing before thresholding (default: 1.5 voxel sizes),
-            which makes the mask robust to noise.
-        closing_radius: binary closing radius in voxels (joins gaps).
-        opening_radius: binary opening radius in voxels (removes specks).
-        fill_holes: fill interior holes (slice-wise independent: full 2D/3D hole filling).
+            view, and MR background fall below the Otsu threshold). A thin volume (fewer than 4 voxels
+            along an axis, a one-slice volume among them) or a small 2D image is smoothed too.
+        smoothing_sigma_mm: Gaussian smoothing before thresholding (default: 1.5 voxel sizes of the finest
+            axis), which makes the mask robust to noise; 0: none.
+        closing_radius: binary closing radius in voxels of the finest axis (joins gaps).
+        opening_radius: binary opening radius in voxels of the finest axis (removes specks).
+        fill_holes: fill holes: those enclosed in 3D, and, in a volume, those enclosed within a slice (along the
+            last axis, the file's slices), such as the lungs or the airway where they reach the first or the last
+            slice, which no 3D hole filling closes.
         largest_component: keep only the largest connected component.
-        dilation_radius: final dilation in voxels (a margin around the object).
+        dilation_radius: final dilation in voxels of the finest axis (a margin around the object).
 
     Returns:
         UInt8 mask (0/1) on the image's grid.
+
+    Raises:
+        InputError: the image is not usable (:func:`validation.check_image`), or the mask comes out empty (the
+            opening removed every bright structure).
     """
-    check_image(image, "image")
+    check_image(image, "image", allow_one_slice=True)
     img = sitk.Cast(image, sitk.sitkFloat32)
-    sigma = smoothing_sigma_mm if smoothing_sigma_mm is not None else 1.5 * min(image.GetSpacing())
+    dim = image.GetDimension()
+    finest = min(image.GetSpacing())
+    sigma = float(smoothing_sigma_mm) if smoothing_sigma_mm is not None else 1.5 * finest
     if sigma > 0:
-        if min(image.GetSize()) < 4:  # ITK's recursive Gaussian needs 4 voxels along every axis
-            raise InputError(f"The image (size {image.GetSize()}) is too small to smooth before thresholding: "
-                             "the Gaussian smoothing needs at least 4 voxels along every axis.",
-                             "Pass smoothing_sigma_mm=0 (no smoothing), or give a larger image.")
-        img = sitk.SmoothingRecursiveGaussian(img, float(sigma))
+        if min(image.GetSize()) >= 4:
+            img = sitk.SmoothingRecursiveGaussian(img, sigma)
+        else:
+            # ITK's recursive Gaussian needs 4 voxels along every axis: a thin volume (3 slices, one slice) had been
+            # refused. The discrete Gaussian takes any size (in mm too; a one-voxel axis it leaves as it is)
+            smoother = sitk.DiscreteGaussianImageFilter()
+            smoother.SetVariance([sigma ** 2] * dim)
+            smoother.SetMaximumKernelWidth(max(32, 2 * int(np.ceil(4.0 * sigma / finest)) + 1))
+            img = smoother.Execute(img)
     # insideValue=0/outsideValue=1 gives the bright class as 1
     mask = sitk.OtsuThreshold(img, 0, 1, 128)
     if opening_radius > 0:
-        mask = sitk.BinaryMorphologicalOpening(mask, [opening_radius] * image.GetDimension(), sitk.sitkBall, 0, 1)
+        mask = sitk.BinaryMorphologicalOpening(mask, _ball(opening_radius, image), sitk.sitkBall, 0, 1)
+        if not sitk.GetArrayViewFromImage(mask).any():
+            raise InputError(f"The foreground mask is empty: the opening (radius {opening_radius} voxel"
+                             f"{'s' if opening_radius != 1 else ''}, {opening_radius * finest:g} mm) removed every "
+                             "voxel above the Otsu threshold, whose bright structures are all thinner than its ball.",
+                             "Pass opening_radius=0 (no opening), or give a mask of your own.")
     if closing_radius > 0:
-        pad = [closing_radius + 1] * image.GetDimension()
+        pad = [r + 1 for r in _ball(closing_radius, image)]
         # pad so that closing near the border does not erode the object
         padded = sitk.ConstantPad(mask, pad, pad, 0)
-        padded = sitk.BinaryMorphologicalClosing(padded, [closing_radius] * image.GetDimension(), sitk.sitkBall, 1)
+        padded = sitk.BinaryMorphologicalClosing(padded, _ball(closing_radius, image), sitk.sitkBall, 1)
         mask = sitk.Crop(padded, pad, pad)
     if fill_holes:
         mask = sitk.BinaryFillhole(mask, fullyConnected=False, foregroundValue=1)
+        if dim == 3:
+            mask = _fill_holes_slice_by_slice(mask)
     if largest_component and sitk.GetArrayViewFromImage(mask).any():
         cc = sitk.ConnectedComponent(mask)
         mask = sitk.RelabelComponent(cc, sortByObjectSize=True) == 1
     if dilation_radius > 0:
-        mask = sitk.BinaryDilate(mask, [dilation_radius] * image.GetDimension(), sitk.sitkBall, 0, 1)
+        mask = sitk.BinaryDilate(mask, _ball(dilation_radius, image), sitk.sitkBall, 0, 1)
     mask = sitk.Cast(mask, sitk.sitkUInt8)
     mask.CopyInformation(image)
     return mask
+
+
+def _ball(radius: int, image: sitk.Image) -> list[int]:
+    """A structuring element's radius per axis, in voxels, for a ball of ``radius`` voxels of ``image``'s finest
+    axis: the whole voxels of each axis that fit in that length (see :func:`foreground_mask`)."""
+    length = radius * min(image.GetSpacing())
+    return [int(np.floor(length / s + 1e-6)) for s in image.GetSpacing()]
+
+
+def _fill_holes_slice_by_slice(mask: sitk.Image) -> sitk.Image:
+    """``mask`` (3D, 0/1) with the holes of each slice (along the last axis) filled: a cavity that reaches the
+    first or last slice (lungs cut by the field of view, the airway) is no 3D hole, but it is one in each slice."""
+    arr = sitk.GetArrayFromImage(mask)
+    for k in range(arr.shape[0]):
+        if arr[k].any():
+            arr[k] = sitk.GetArrayViewFromImage(
+                sitk.BinaryFillhole(sitk.GetImageFromArray(arr[k]), fullyConnected=False, foregroundValue=1))
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(mask)
+    return out
 
 
 def crop_to_overlap(a: sitk.Image, b: sitk.Image, margin_mm: float = 0.0) -> tuple[sitk.Image, sitk.Image]:
@@ -749,8 +807,8 @@ def crop_to_overlap(a: sitk.Image, b: sitk.Image, margin_mm: float = 0.0) -> tup
             but whose voxels do not, such as two slabs at 45 degrees side by side, are refused too), or the
             margin is not a finite number or leaves nothing.
     """
-    check_image(a, "first image", allow_vector=True, allow_constant=True)
-    check_image(b, "second image", allow_vector=True, allow_constant=True)
+    check_image(a, "first image", allow_vector=True, allow_constant=True, allow_one_slice=True)
+    check_image(b, "second image", allow_vector=True, allow_constant=True, allow_one_slice=True)
     if a.GetDimension() != b.GetDimension():
         raise InputError(f"Cannot crop a {a.GetDimension()}D and a {b.GetDimension()}D image to their overlap.",
                          "Give two images of the same dimension.")

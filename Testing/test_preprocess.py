@@ -359,11 +359,13 @@ class NormalizeEdgeCases(unittest.TestCase):
 class SmallAndOddInputs(unittest.TestCase):
     def test_foreground_mask_of_a_tiny_image_is_a_clear_error(self) -> None:
         tiny = sitk.GetImageFromArray(np.pad(np.ones((1, 1, 1), np.float32), 1))  # 3x3x3
-        with self.assertRaises(InputError) as ctx:
+        # smoothed (it had been refused: too small for ITK's recursive Gaussian), then its one bright voxel is
+        # thinner than the opening's ball: an empty mask is an error naming the fix, not a mask of zeros
+        with self.assertRaisesRegex(InputError, r"mask is empty.*opening_radius=0"):
             foreground_mask(tiny)
-        self.assertIn("smoothing_sigma_mm=0", str(ctx.exception))
         mask = foreground_mask(tiny, smoothing_sigma_mm=0, opening_radius=0)
         self.assertEqual(mask.GetSize(), (3, 3, 3))
+        self.assertEqual(sitk.GetArrayViewFromImage(foreground_mask(tiny, opening_radius=0))[1, 1, 1], 1)
 
     def test_crop_and_mask_refuse_what_is_not_an_image_or_a_label(self) -> None:
         from MultimodalFusionLib.validation import check_mask
@@ -514,3 +516,89 @@ class ResampleVectorFields(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def _body(slices: int, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), lungs: bool = False,
+          seed: int = 0) -> sitk.Image:
+    """A noisy 64 x 64 body section (an ellipse at 100 over a background of 0) of ``slices`` slices; with ``lungs``,
+    two dark ellipses inside it in every slice, so that they reach the first and last slice as lungs cut by a
+    chest CT's field of view do."""
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32)
+    section = np.where(((x - 32) / 26) ** 2 + ((y - 32) / 20) ** 2 < 1, 100.0, 0.0)
+    if lungs:
+        for cx in (20, 44):
+            section[((x - cx) / 8) ** 2 + ((y - 32) / 12) ** 2 < 1] = 0.0
+    arr = np.repeat(section[None], slices, axis=0) + np.random.default_rng(seed).normal(0, 5, (slices, 64, 64))
+    image = sitk.GetImageFromArray(arr.astype(np.float32))
+    image.SetSpacing(spacing)
+    return image
+
+
+class MasksOfThinAnisotropicAndOneSliceImages(unittest.TestCase):
+    """Inputs a mask, a normalisation or a crop is as valid for as any volume: thin and one-slice volumes,
+    thick slices, cavities open at the first or last slice."""
+
+    def test_thin_and_one_slice_volumes_are_masked_as_their_slices(self) -> None:
+        flat = foreground_mask(_body(1)[:, :, 0])
+        for slices in (1, 3):  # both had been refused: too small for ITK's recursive Gaussian
+            with self.subTest(slices=slices):
+                mask = sitk.GetArrayFromImage(foreground_mask(_body(slices)))
+                self.assertEqual(mask.shape, (slices, 64, 64))
+                for k in range(slices):  # each slice as the 2D image's mask, to a pixel of its rim
+                    self.assertLessEqual(int(np.count_nonzero(mask[k] != sitk.GetArrayViewFromImage(flat))), 60)
+
+    def test_radii_are_balls_in_mm_on_thick_slices(self) -> None:
+        # a body 2 slices thick on 0.5 x 0.5 x 5 mm voxels (10 mm): the default opening, 1 voxel along every axis,
+        # had erased it whole (3 slices needed) and returned an empty mask without a word
+        arr = np.zeros((12, 64, 64), np.float32)
+        arr[5:7, 16:48, 16:48] = 100.0
+        image = sitk.GetImageFromArray(arr + np.random.default_rng(1).normal(0, 3, arr.shape).astype(np.float32))
+        image.SetSpacing((0.5, 0.5, 5.0))
+        mask = sitk.GetArrayFromImage(foreground_mask(image))
+        self.assertEqual(mask[5:7, 17:47, 17:47].min(), 1)
+        self.assertEqual(int(mask.sum(axis=(1, 2)).astype(bool).sum()), 2)
+        # a dilation of 2 voxels is 1 mm along every axis: no slice of 5 mm added (it had added 2, 10 mm)
+        dilated = sitk.GetArrayFromImage(foreground_mask(image, dilation_radius=2))
+        self.assertEqual(np.flatnonzero(dilated.sum(axis=(1, 2))).tolist(), [5, 6])
+        self.assertEqual(int(np.flatnonzero(dilated[5].sum(axis=0)).min()), 14)  # 2 pixels (1 mm) to the side
+
+    def test_cavities_reaching_the_first_or_last_slice_are_filled(self) -> None:
+        body = _body(10, lungs=True)
+        mask = sitk.GetArrayFromImage(foreground_mask(body))
+        self.assertEqual(mask[:, 32, 20].tolist(), [1] * 10)  # the lungs, in every slice (they had stayed out)
+        self.assertEqual(mask[:, 32, 44].tolist(), [1] * 10)
+        kept = sitk.GetArrayFromImage(foreground_mask(body, fill_holes=False))
+        self.assertEqual(kept[:, 32, 20].tolist(), [0] * 10)
+
+    def test_one_slice_volumes_are_normalised_and_cropped(self) -> None:
+        volume = _body(1, spacing=(0.8, 0.8, 3.0))
+        volume.SetOrigin((4.0, 2.0, 30.0))  # inside the CT below in plane
+        for method in ("zscore", "minmax", "percentile"):  # refused: "a 3D image with a single slice"
+            with self.subTest(method=method):
+                out = normalize_intensity(volume, method)
+                self.assertEqual((out.GetSize(), out.GetOrigin()), (volume.GetSize(), volume.GetOrigin()))
+                flat = normalize_intensity(volume[:, :, 0], method)
+                np.testing.assert_array_equal(sitk.GetArrayViewFromImage(out)[0], sitk.GetArrayViewFromImage(flat))
+        ct = _body(20, spacing=(1.0, 1.0, 2.0))
+        ct.SetOrigin((0.0, 0.0, 10.0))  # slices at z 10..48: the one-slice volume at z 30 is the 11th
+        ct_cropped, slice_cropped = crop_to_overlap(ct, volume)
+        self.assertEqual(slice_cropped.GetSize(), volume.GetSize())
+        # the CT slices whose voxels reach into the slice's 28.5..31.5 mm: z 28, 30, 32 (27..29, 29..31, 31..33)
+        self.assertEqual((ct_cropped.GetSize()[2], ct_cropped.GetOrigin()[2]), (3, 28.0))
+
+    def test_minmax_and_a_mask_inside_which_the_image_is_constant(self) -> None:
+        arr = np.arange(60, dtype=np.int16).reshape(3, 4, 5) * 10 - 100
+        image = sitk.GetImageFromArray(arr)
+        out = sitk.GetArrayFromImage(normalize_intensity(image, "minmax", output_range=(-1.0, 1.0)))
+        np.testing.assert_allclose(out, (arr + 100) / 590.0 * 2 - 1, atol=1e-6)
+        mask = np.zeros(arr.shape, np.uint8)
+        mask[1, 1, 1:3] = 1
+        masked = sitk.GetImageFromArray(mask)
+        out = sitk.GetArrayFromImage(normalize_intensity(image, "minmax", mask=masked))
+        self.assertEqual((out.min(), out.max(), out[1, 1, 1], out[1, 1, 2]), (0.0, 1.0, 0.0, 1.0))
+        flat = arr.copy()
+        flat[1, 1, 1:3] = 7
+        for method in ("zscore", "minmax", "percentile"):
+            with self.subTest(method=method):  # z-scores had divided by 1, ranges been widened to 1, silently
+                with self.assertRaisesRegex(InputError, r"inside the mask is 7 \(2 voxels\).*mask lies on"):
+                    normalize_intensity(sitk.GetImageFromArray(flat), method, mask=masked)
