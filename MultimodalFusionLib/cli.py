@@ -357,11 +357,19 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("resample", help="resample MOVING onto the grid of --reference with a transform")
     p.add_argument("moving", help="image (or label/mask) to resample; a colour one stays in colour")
     p.add_argument("--reference", required=True, help="image whose grid the output takes")
-    p.add_argument("--transform", help="transform file (fixed -> moving points, as `register` writes); "
-                                       "identity when omitted")
+    p.add_argument("--transform", action="append",
+                   help="transform file (fixed -> moving points, as `register` writes); identity when omitted. "
+                        "Repeat it to chain several in antsApplyTransforms' order: `--transform A --transform B` "
+                        "maps a reference point x to A(B(x)), the last given applied first")
+    p.add_argument("--invert", action="store_true",
+                   help="apply the inverse of the transform (of the chain): e.g. the fixed image onto the moving "
+                        "image's grid with `register`'s transform.tfm (linear transforms only)")
     p.add_argument("--output", "-o", required=True, help="output image file")
-    p.add_argument("--interpolation", choices=["linear", "bspline", "nearest"], default="linear",
-                   help="nearest for labels and masks")
+    p.add_argument("--interpolation", choices=["linear", "bspline", "lanczos", "nearest", "label-gaussian"],
+                   default="linear",
+                   help="linear (default), bspline (cubic) or lanczos (windowed sinc) give float32 (float64 for a "
+                        "float64 image); nearest or label-gaussian (antsApplyTransforms' GenericLabel: smoother label "
+                        "edges) for labels and masks, which keep their pixel type")
     p.add_argument("--default-value", type=float, default=0.0, help="value outside the moving image")
     p.add_argument("--components", choices=["vector", "channels", "tensor"],
                    help="a multi-component image that is no RGB/RGBA picture: vector (a displacement or vector field "
@@ -414,10 +422,15 @@ def _run_resample(args: argparse.Namespace) -> int:
         read_transform,
         write_image,
     )
-    from .preprocess import resample, resampled_pixel_type
+    from .preprocess import chain_transforms, resample, resampled_pixel_type
 
     check_output_name(args.output)  # before reading: -o r.MHA had been refused only once resampled
-    check_not_overwriting_inputs([args.output], [args.moving, args.reference, args.transform])
+    check_not_overwriting_inputs([args.output], [args.moving, args.reference, *(args.transform or [])])
+    if args.invert and not args.transform:
+        from .errors import InputError
+
+        raise InputError("--invert was given without --transform: there is no transform to invert.",
+                         "Give the transform file with --transform, or leave out --invert.")
     # --series is the moving image's, and the reference's unless --reference-series
     if args.reference_series:
         _check_series_reaches_a_folder("--reference-series", args.reference_series, [("reference", args.reference)])
@@ -444,7 +457,7 @@ def _run_resample(args: argparse.Namespace) -> int:
     # once resampled, before)
     check_output_name(args.output, reference,
                       pixel_type=resampled_pixel_type(moving, args.interpolation))
-    transform = read_transform(args.transform) if args.transform else None
+    transform = chain_transforms([read_transform(t) for t in args.transform or []], invert=args.invert)
     out = resample(moving, reference, transform, interpolation=args.interpolation,
                    default_value=args.default_value, components=args.components,
                    tensor_reorientation=args.tensor_reorientation,

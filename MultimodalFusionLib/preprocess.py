@@ -19,6 +19,7 @@ from .validation import check_image, physical_bounds, voxels_overlap
 
 __all__ = [
     "resample",
+    "chain_transforms",
     "robust_range",
     "reorient_to_lps",
     "normalize_intensity",
@@ -26,15 +27,22 @@ __all__ = [
     "crop_to_overlap",
     "CT_WINDOWS",
     "INTERPOLATORS",
+    "LABEL_INTERPOLATORS",
     "COMPONENTS",
 ]
 
-#: Interpolator names accepted by :func:`resample`.
+#: Interpolator names accepted by :func:`resample`, with antsApplyTransforms' names: Linear, BSpline (cubic),
+#: NearestNeighbor, LanczosWindowedSinc (a windowed sinc) and GenericLabel (label Gaussian: each output
+#: voxel takes the label of most Gaussian weight around it, smoother label edges than nearest's; for labels and masks).
 INTERPOLATORS = {
     "linear": sitk.sitkLinear,
     "bspline": sitk.sitkBSpline,
     "nearest": sitk.sitkNearestNeighbor,
+    "lanczos": sitk.sitkLanczosWindowedSinc,
+    "label-gaussian": sitk.sitkLabelGaussian,
 }
+#: The interpolators that give a voxel one of the moving image's values (labels): the output keeps its pixel type.
+LABEL_INTERPOLATORS = ("nearest", "label-gaussian")
 
 #: CT display windows (level, width) in Hounsfield units, as radiology viewers use them.
 CT_WINDOWS = {
@@ -189,6 +197,57 @@ def _reorient(values: np.ndarray, transform: sitk.Transform, reference: sitk.Ima
     return values
 
 
+def chain_transforms(transforms: Sequence[sitk.Transform], invert: bool = False) -> sitk.Transform | None:
+    """One transform of several, in antsApplyTransforms' order: ``[A, B]`` maps a reference point x to A(B(x)) (the
+    last given is applied first, as ``antsApplyTransforms -t A -t B``); with ``invert``, the inverse of that chain
+    (B^-1(A^-1(y))), e.g. to resample the fixed image onto the moving image's grid with the transform a registration
+    returned. None for no transform (the identity).
+
+    Raises:
+        InputError: transforms of different dimensions, or ``invert`` with a part that has no inverse here (a
+            B-spline or a displacement field: ITK inverts only linear transforms exactly).
+    """
+    transforms = list(transforms)
+    for tx in transforms:
+        if not isinstance(tx, sitk.Transform):
+            raise InputError(f"A transform to chain is a {type(tx).__name__}, not a SimpleITK transform.",
+                             "Read each file first: MultimodalFusionLib.io.read_transform(path).")
+    dims = sorted({tx.GetDimension() for tx in transforms})
+    if len(dims) > 1:
+        raise InputError(f"The transforms to chain are of different dimensions ({' and '.join(f'{d}D' for d in dims)}).",
+                         "Give transforms of the images' dimension only.")
+    if not transforms:
+        return None
+    chain = transforms[0] if len(transforms) == 1 else sitk.CompositeTransform(transforms)
+    if not invert:
+        return chain
+    try:
+        inverse = chain.GetInverse()
+    except RuntimeError:
+        kinds = sorted({_transform_kind(part) for part in _parts(chain)} - {"linear"})
+        raise InputError(f"The transform cannot be inverted: it holds {' and '.join(kinds) or 'a part'} (no exact "
+                         "inverse; only linear transforms are inverted).",
+                         "Register the other way round (swap FIXED and MOVING: mmfusion register MOVING FIXED) for a "
+                         "transform that maps the other way, or invert a linear transform only.") from None
+    return inverse.Downcast() if hasattr(inverse, "Downcast") else inverse
+
+
+def _parts(transform: sitk.Transform) -> list[sitk.Transform]:
+    """The transforms a composite holds, nested ones flattened; ``[transform]`` for another."""
+    if isinstance(transform, sitk.CompositeTransform) or transform.GetName() == "CompositeTransform":
+        composite = sitk.CompositeTransform(transform)
+        return [p for k in range(composite.GetNumberOfTransforms()) for p in _parts(composite.GetNthTransform(k))]
+    return [transform]
+
+
+def _transform_kind(transform: sitk.Transform) -> str:
+    if transform.IsLinear():
+        return "linear"
+    name = transform.GetName()
+    return {"BSplineTransform": "a B-spline", "DisplacementFieldTransform": "a displacement field"}.get(
+        name, f"a {name}")
+
+
 def resampled_pixel_type(moving: sitk.Image, interpolation: str = "linear", pixel_type: int | None = None) -> int:
     """The pixel type :func:`resample` gives ``moving`` resampled (see its ``pixel_type``): known before the work,
     so that a front end refuses an output format that cannot hold it (float pixels to .dcm) before resampling."""
@@ -196,7 +255,7 @@ def resampled_pixel_type(moving: sitk.Image, interpolation: str = "linear", pixe
         return moving.GetPixelID()
     if pixel_type is not None:
         return pixel_type
-    if interpolation == "nearest":
+    if interpolation in LABEL_INTERPOLATORS:
         return moving.GetPixelID()
     if moving.GetPixelID() in (sitk.sitkFloat64, sitk.sitkVectorFloat64):
         # double stays double: float32 would round values near 1e8 to steps of 8 and overflow past 3e38
@@ -215,10 +274,15 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         reference: image whose grid the output takes.
         transform: maps points of the reference's physical space into the moving image's
             (the transform a registration returns); identity when None.
-        interpolation: "linear", "bspline" (smooth, for display) or "nearest" (labels, masks).
+        interpolation: "linear", "bspline" (cubic B-spline, smooth, for display), "lanczos" (a Lanczos windowed
+            sinc, antsApplyTransforms' LanczosWindowedSinc: the sharpest, with some ringing), "nearest" (labels,
+            masks) or "label-gaussian" (labels, masks: the label of most Gaussian weight, antsApplyTransforms'
+            GenericLabel; smoother label edges than nearest's). B-spline and Lanczos overshoot at edges: into
+            integer pixels their values are clipped to the type's range (a 0/255 edge stays within 0..255).
         default_value: value of output voxels that map outside the moving image.
-        pixel_type: output pixel type; by default float32 for linear/bspline (float64 for a
-            float64 image, whose values float32 would round) and the moving image's own type for nearest.
+        pixel_type: output pixel type; by default float32 for linear, bspline and lanczos (float64 for a
+            float64 image, whose values float32 would round) and the moving image's own type for nearest and
+            label-gaussian.
             Interpolated values put into integer pixels are rounded to the nearest integer (half to even,
             as ``mmfusion run`` rounds an 8-bit image) and clipped to the type's range; ITK's own cast
             truncates toward zero.
@@ -363,13 +427,19 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
         raise InputError(f"The default value {default_value:g} does not fit the output's 32-bit float pixels.",
                          "Give a default value within +-3.4e38, or pixel_type=sitk.sitkFloat64.")
     turned = treat in ("vector", "tensor")
-    exact = interpolation == "nearest" and moving.GetPixelID() in _INTEGER_TYPES and not turned
+    if turned and interpolation == "label-gaussian":
+        raise InputError(f"Label-Gaussian interpolation picks one label per voxel and component, but the moving image "
+                         f"holds {'vectors' if treat == 'vector' else 'tensors'}, whose components it would mix from "
+                         "different voxels.",
+                         "Resample it with interpolation 'linear' (or 'nearest', which takes one voxel's whole "
+                         "value).")
+    exact = interpolation in LABEL_INTERPOLATORS and moving.GetPixelID() in _INTEGER_TYPES and not turned
     if integer is not None and not exact or turned:
         # ITK truncates interpolated values toward zero (2.97 -> 2, -999.6 -> -999): a bias of -0.3 on the
         # BrainWeb slice, +-0.5 on a CT. Resample in float64, then round and clip as ITK clips
         wide = sitk.sitkVectorFloat64 if vector else sitk.sitkFloat64
         with itk_guard("resampling", "Check the transform matches the images (same dimension)."):
-            if log_euclidean and interpolation != "nearest":
+            if log_euclidean and interpolation not in LABEL_INTERPOLATORS:
                 values = _log_euclidean(moving, reference, transform, interpolation)
             else:
                 values = sitk.GetArrayFromImage(sitk.Resample(moving, reference, transform,

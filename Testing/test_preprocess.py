@@ -602,3 +602,128 @@ class MasksOfThinAnisotropicAndOneSliceImages(unittest.TestCase):
             with self.subTest(method=method):  # z-scores had divided by 1, ranges been widened to 1, silently
                 with self.assertRaisesRegex(InputError, r"inside the mask is 7 \(2 voxels\).*mask lies on"):
                     normalize_intensity(sitk.GetImageFromArray(flat), method, mask=masked)
+
+
+class ResampleInterpolators(unittest.TestCase):
+    """Every interpolator gives SimpleITK's own ResampleImageFilter's voxels (same settings), as an ANTs user
+    compares antsApplyTransforms against it; the label ones keep the pixel type."""
+
+    def test_each_interpolator_is_itks_and_label_ones_keep_the_pixel_type(self) -> None:
+        from MultimodalFusionLib.preprocess import INTERPOLATORS, LABEL_INTERPOLATORS
+
+        moving = _oblique_volume()
+        reference = sitk.Image(moving)
+        reference.SetDirection(np.eye(3).ravel().tolist())  # another direction, spacing and origin
+        reference.SetSpacing((1.1, 0.95, 1.7))
+        reference.SetOrigin((-5.0, 25.0, 0.0))
+        affine = sitk.AffineTransform(3)
+        affine.SetMatrix((1.0, 0.05, 0.0, 0.0, 0.98, 0.0, 0.03, 0.0, 1.1))
+        affine.SetTranslation((0.7, -1.2, 2.3))
+        self.assertEqual(set(INTERPOLATORS), {"linear", "bspline", "nearest", "lanczos", "label-gaussian"})
+        for name, interpolator in INTERPOLATORS.items():
+            with self.subTest(interpolation=name):
+                ours = resample(moving, reference, affine, name, default_value=-1000.0)
+                by_hand = sitk.Resample(moving, reference, affine, interpolator, -1000.0, sitk.sitkFloat32)
+                np.testing.assert_array_equal(sitk.GetArrayViewFromImage(ours), sitk.GetArrayViewFromImage(by_hand))
+                self.assertGreater(int((sitk.GetArrayViewFromImage(ours) == -1000.0).sum()), 0)  # outside the FOV
+        labels = np.zeros((12, 14, 16), np.uint8)
+        labels[3:9, 4:10, 2:8], labels[3:9, 4:10, 8:14] = 3, 200
+        label_image = sitk.GetImageFromArray(labels)
+        turned = sitk.Euler3DTransform((7.5, 6.5, 5.5), 0.0, 0.0, math.radians(20))
+        for name in LABEL_INTERPOLATORS:
+            with self.subTest(labels=name):
+                out = resample(label_image, label_image, turned, name)
+                self.assertEqual(out.GetPixelID(), sitk.sitkUInt8)
+                self.assertEqual(set(np.unique(sitk.GetArrayViewFromImage(out))), {0, 3, 200})
+
+    def test_ringing_into_integer_pixels_is_clipped_not_wrapped(self) -> None:
+        edge = np.zeros((6, 6, 16), np.uint8)
+        edge[:, :, 8:] = 255
+        image = sitk.GetImageFromArray(edge)
+        half = sitk.TranslationTransform(3, (0.5, 0.0, 0.0))
+        for name in ("bspline", "lanczos"):
+            with self.subTest(interpolation=name):
+                wide = sitk.GetArrayFromImage(sitk.Resample(image, image, half, INTERP[name], 0.0, sitk.sitkFloat64))
+                self.assertTrue(wide.max() > 255 or wide.min() < 0)  # the edge rings past 0..255
+                out = sitk.GetArrayFromImage(resample(image, image, half, name, pixel_type=sitk.sitkUInt8))
+                np.testing.assert_array_equal(out, np.clip(np.round(wide), 0, 255))
+
+    def test_label_gaussian_refuses_vectors(self) -> None:
+        field = sitk.GetImageFromArray(np.ones((5, 6, 7, 3), np.float32), isVector=True)
+        turn = sitk.Euler3DTransform((3.0, 2.5, 2.0), 0.0, 0.0, 0.3)
+        with self.assertRaisesRegex(InputError, r"Label-Gaussian.*vectors.*'linear'"):
+            resample(field, field, turn, "label-gaussian", components="vector")
+
+
+INTERP = {"bspline": sitk.sitkBSpline, "lanczos": sitk.sitkLanczosWindowedSinc}
+
+
+class ResampleChainsAndInverses(unittest.TestCase):
+    """`mmfusion resample --transform A --transform B [--invert]`: transforms chained in antsApplyTransforms' order,
+    the chain inverted; a B-spline, which has no exact inverse, refused naming the fix."""
+
+    def setUp(self) -> None:
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.image = _oblique_volume()
+        self.shift = sitk.TranslationTransform(3, (4.0, -3.0, 2.0))
+        self.turn = sitk.Euler3DTransform((0.0, 35.0, 20.0), 0.1, -0.05, 0.2, (1.0, 0.5, -1.0))
+
+    def path(self, name: str) -> str:
+        import os
+
+        return os.path.join(self.tmp.name, name)
+
+    def run_cli(self, *argv: str) -> tuple[int, str]:
+        import contextlib
+        import io as text
+
+        from MultimodalFusionLib import cli
+
+        err = text.StringIO()
+        with contextlib.redirect_stdout(text.StringIO()), contextlib.redirect_stderr(err):
+            return cli.main(list(argv)), err.getvalue()
+
+    def test_chain_order_and_inverse(self) -> None:
+        from MultimodalFusionLib.preprocess import chain_transforms
+
+        point = (3.0, 40.0, 12.0)
+        chained = chain_transforms([self.shift, self.turn])  # -t shift -t turn: the turn first
+        np.testing.assert_allclose(chained.TransformPoint(point),
+                                   self.shift.TransformPoint(self.turn.TransformPoint(point)), atol=1e-12)
+        back = chain_transforms([self.shift, self.turn], invert=True)
+        np.testing.assert_allclose(back.TransformPoint(chained.TransformPoint(point)), point, atol=1e-9)
+        self.assertIsNone(chain_transforms([]))
+        with self.assertRaisesRegex(InputError, r"different dimensions \(2D and 3D\)"):
+            chain_transforms([self.shift, sitk.Euler2DTransform()])
+        bspline = sitk.BSplineTransformInitializer(self.image, [2, 2, 2])
+        with self.assertRaisesRegex(InputError, r"cannot be inverted: it holds a B-spline.*swap FIXED and MOVING"):
+            chain_transforms([self.turn, bspline], invert=True)
+
+    def test_cli_chains_and_inverts_as_itk_does_by_hand(self) -> None:
+        moving, shift, turn = self.path("m.nrrd"), self.path("shift.tfm"), self.path("turn.tfm")
+        sitk.WriteImage(self.image, moving)
+        sitk.WriteTransform(self.shift, shift)
+        sitk.WriteTransform(self.turn, turn)
+        reference = sitk.Image(self.image)
+        reference.SetDirection(np.eye(3).ravel().tolist())
+        sitk.WriteImage(reference, self.path("ref.nrrd"))
+        cases = {"chain": ([shift, turn], False, sitk.CompositeTransform([self.shift, self.turn])),
+                 "inverse": ([turn], True, self.turn.GetInverse()),
+                 "inverse chain": ([shift, turn], True, sitk.CompositeTransform([self.shift, self.turn]).GetInverse())}
+        for name, (files, invert, by_hand) in cases.items():
+            with self.subTest(name):
+                out = self.path(name.replace(" ", "_") + ".nrrd")
+                argv = ["resample", moving, "--reference", self.path("ref.nrrd"), "-o", out, "--default-value", "-1000"]
+                for f in files:
+                    argv += ["--transform", f]
+                code, err = self.run_cli(*argv + (["--invert"] if invert else []))
+                self.assertEqual(code, 0, err)
+                expected = sitk.Resample(self.image, reference, by_hand, sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out)),
+                                              sitk.GetArrayViewFromImage(expected))
+        code, err = self.run_cli("resample", moving, "--reference", moving, "-o", self.path("x.nrrd"), "--invert")
+        self.assertEqual(code, 2)
+        self.assertIn("--invert was given without --transform", err)
