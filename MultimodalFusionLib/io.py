@@ -1276,6 +1276,12 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
             raise _dicom_truncated_error(path, cut.missing) from exc
         if syntax is not None:
             _explain_multiframe_failure(path)
+        elif "Zero-valued spacing" in exc.problem:  # the header's: the generic fix had named formats and truncation
+            raise InputError(f"'{path}' gives a voxel spacing of 0 in its header, which ITK cannot read (a voxel has "
+                             "no size along that axis).",
+                             "Correct the spacing in the header (MetaImage ElementSpacing, NRRD spacings or space "
+                             "directions, NIfTI pixdim) to the voxel size in mm, e.g. with a text editor for .mhd or "
+                             ".nhdr.") from exc
         raise
     if _read_suffix(path) in (".mnc", ".mnc2") and _itk_minc_unconverted():
         image = _swap_ras_lps(image)  # MINC's RAS to ITK's LPS (see _RAS_LPS)

@@ -911,7 +911,8 @@ def _extent(sides: Sequence[float]) -> str:
 
 
 def _crop_to_box(image: sitk.Image, lo: Sequence[float], hi: Sequence[float]) -> sitk.Image:
-    """Crop ``image`` to the voxels whose centres fall in the physical box (any direction matrix)."""
+    """Crop ``image`` to the voxels that reach into the physical box (their extent, half a voxel either side of the
+    centre, overlaps it; any direction matrix): the box of two images' bounds keeps each one's border voxels."""
     import itertools
 
     corners = [image.TransformPhysicalPointToContinuousIndex([float(v) for v in c])

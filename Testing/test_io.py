@@ -1235,6 +1235,21 @@ class MetaImageReaderGaps(unittest.TestCase):
             fh.write(payload[:len(payload) // 2 if keep is None else keep])
         return self._path(target)
 
+    def test_a_zero_spacing_is_named_with_the_header_fix(self) -> None:
+        # ITK's "Zero-valued spacing is not supported" had come with the fix "Use a NIfTI, NRRD, ... file, and check
+        # it is not truncated", of a valid .mhd whose header only is wrong; a negative spacing ITK reads as a flip
+        sitk.WriteImage(self.image, self._path("ok.mhd"))
+        header = open(self._path("ok.mhd")).read()
+        for spacing, name in (("0 1 1", "zero.mhd"), ("-1 1 1", "flipped.mhd")):
+            with open(self._path(name), "w") as fh:
+                fh.write(re.sub(r"ElementSpacing = .*", f"ElementSpacing = {spacing}", header))
+        with self.assertRaises(InputError) as ctx:
+            io.read_image(self._path("zero.mhd"))
+        self.assertRegex(ctx.exception.problem, r"zero\.mhd' gives a voxel spacing of 0")
+        self.assertIn("ElementSpacing", ctx.exception.fix)
+        flipped = io.read_image(self._path("flipped.mhd"))
+        self.assertEqual((flipped.GetSpacing()[0], flipped.GetDirection()[0]), (1.0, -1.0))
+
     def test_truncated_data_and_header_are_named(self) -> None:
         sitk.WriteImage(self.image, self._path("whole.mha"))
         sitk.WriteImage(self.image, self._path("whole_z.mha"), True)
