@@ -36,6 +36,8 @@ axis as x, y or z score the same. The spacing is the first source's (``a``; then
 image; arrays have none: axis 0). :func:`scored_slice_axis` names the axis. An isotropic or nearly
 isotropic volume is sliced along k, so a sagittally *stored* isotropic one is scored in sagittal
 slices (orient the images first, e.g. ``sitk.DICOMOrient(image, "LPS")``, to score axial slices).
+A one-slice volume (one axis of length 1, as Slicer and ITK-SNAP save a 2D slice, whichever its axis) is
+scored as the 2D image it is.
 
 Parallel slices: on Linux a volume whose scored slices hold at least :data:`PARALLEL_MIN_PIXELS`
 pixels has its per-slice metrics computed by a pool of worker processes (scipy's ``convolve2d``,
@@ -99,6 +101,10 @@ def _as_array(image: Any) -> tuple[np.ndarray, bool]:
         image = image.grey_image
     if isinstance(image, sitk.Image):
         if image.GetNumberOfComponentsPerPixel() > 1:
+            from .validation import check_components
+
+            # grey, RGB or RGBA only: a 2-component image (a complex .mha) had been an IndexError from the luminance
+            check_components(image, "image given to the metrics")
             was_8bit = image.GetPixelID() == sitk.sitkVectorUInt8
             arr = sitk.GetArrayFromImage(image).astype(np.float64)
             arr = 0.299 * arr[..., 0] + 0.587 * arr[..., 1] + 0.114 * arr[..., 2]
@@ -106,6 +112,10 @@ def _as_array(image: Any) -> tuple[np.ndarray, bool]:
         arr = sitk.GetArrayFromImage(image)
     else:
         arr = np.asarray(image)
+    if np.iscomplexobj(arr):
+        # numpy's cast to float keeps the real part with only a ComplexWarning: scored as an image it is not
+        raise InputError("An image given to the metrics has complex pixels.",
+                         "Give its magnitude (np.abs, or sitk.ComplexToModulus) or another real image.")
     return arr, arr.dtype == np.uint8
 
 
@@ -148,7 +158,7 @@ def entropy(f: np.ndarray) -> float:
     v = np.clip(np.round(np.asarray(f)), 0, 255).astype(np.uint8).ravel()
     h = np.bincount(v, minlength=256) / v.size
     nz = h[h > 0]
-    return float(-np.sum(nz * np.log2(nz)))
+    return float(-np.sum(nz * np.log2(nz))) + 0.0  # + 0.0: a constant image's -0.0 is 0
 
 
 def standard_deviation(f: np.ndarray) -> float:
@@ -389,17 +399,39 @@ def _scoring_axis(*images: Any) -> int:
 
 def scored_slice_axis(image: Any) -> str | None:
     """The voxel axis ("z", "y" or "x", ITK's) whose slices :func:`fusion_metrics` scores SF, VIF, Qabf and
-    SSIM on, for a volume on ``image``'s grid (give the first source, ``a``); None for a 2D image.
+    SSIM on, for a volume on ``image``'s grid (give the first source, ``a``); None for a 2D image and for a
+    one-slice volume (scored as its 2D slice).
 
     "x" for a sagittal 5 x 1 x 1 mm acquisition stored with x thick, "z" for an axial 1 x 1 x 5 mm one,
     an isotropic volume or an array (which has no spacing).
     """
-    spacing = _array_spacing(image)
-    if (len(spacing) if spacing is not None else np.ndim(image)) != 3:
+    shape = _array_shape(image)
+    if len(shape) != 3 or _is_one_slice(shape):  # a one-slice volume is scored as the 2D slice it is
         return None
     from .fusion import AXIS_NAMES
 
     return AXIS_NAMES[_scoring_axis(image)]
+
+
+def _array_shape(image: Any) -> tuple[int, ...]:
+    """The shape of the array the metrics score for ``image`` (a colour image's: its luminance's)."""
+    if hasattr(image, "grey_image") and hasattr(image, "method"):  # a FusionResult
+        image = image.grey_image
+    if isinstance(image, sitk.Image):
+        return tuple(image.GetSize())[::-1]
+    return tuple(np.shape(image))
+
+
+def _is_one_slice(shape: Sequence[int]) -> bool:
+    """A volume of one slice: exactly one axis of length 1 (e.g. 181 x 217 x 1, or a coronal 24 x 1 x 20)."""
+    return len(shape) == 3 and list(shape).count(1) == 1
+
+
+def _as_2d_if_one_slice(arr: np.ndarray) -> np.ndarray:
+    """A one-slice volume's pixels as the 2D slice they are (``io.one_slice_pixels``' orientation); other
+    arrays as they are. Cut across its single slice, a coronal or sagittal one had been scored as lines of
+    one pixel, which SSIM refused ("smaller than the SSIM window"), while ``fuse`` scores its slice."""
+    return np.squeeze(arr, axis=arr.shape.index(1)) if _is_one_slice(arr.shape) else arr
 
 
 def _slices_with_content(a: np.ndarray, b: np.ndarray) -> list[int]:
@@ -504,7 +536,8 @@ def fusion_metrics(fused: Any, a: Any, b: Any, *, workers: int | None = None) ->
             numbers are the same either way.
 
     A volume's 2D metrics (SF, VIF, Qabf, SSIM) are means over its acquisition's slices, those across
-    the axis :func:`scored_slice_axis` names (the module docstring has the rule).
+    the axis :func:`scored_slice_axis` names (the module docstring has the rule). A one-slice volume (one
+    axis of length 1, whichever: an axial 181 x 217 x 1, a coronal 24 x 1 x 20) is scored as its 2D slice.
 
     Returns:
         dict: EN, SD, SF, MI, SCD, VIF, Qabf, SSIM, PSNR, then the labelled single-source values
@@ -513,9 +546,11 @@ def fusion_metrics(fused: Any, a: Any, b: Any, *, workers: int | None = None) ->
     Raises:
         InputError: the three images differ in shape, or hold NaNs.
     """
-    f8 = to_8bit(fused, fused=True)
-    a8 = to_8bit(a)
-    b8 = to_8bit(b)
+    # a one-slice volume (any slice axis, as Slicer and ITK-SNAP save a 2D slice) is scored as its 2D slice, as
+    # `fuse` scores it (and a 2D image, e.g. a fused PNG, against one-slice volumes of the same pixels)
+    f8 = _as_2d_if_one_slice(to_8bit(fused, fused=True))
+    a8 = _as_2d_if_one_slice(to_8bit(a))
+    b8 = _as_2d_if_one_slice(to_8bit(b))
     if not f8.shape == a8.shape == b8.shape:
         raise InputError(f"The fused image and its sources differ in shape ({f8.shape}, {a8.shape}, {b8.shape}).",
                          "Give the fused image and the two sources on one grid (resample the moving image).")

@@ -152,6 +152,28 @@ class FuseEvaluateCliTest(unittest.TestCase):
         ends = [[m.end() for m in re.finditer(r"\S+", line)][1:] for line in (header, row)]
         self.assertEqual(ends[0], ends[1])  # every value ends where its column's name ends
 
+    def test_evaluate_a_coronal_or_sagittal_one_slice_volume_gives_what_fuse_recorded(self) -> None:
+        """`fuse` scores a one-slice volume as its 2D slice, whichever axis is flat; `evaluate` on the volumes it
+        wrote had cut across the slice into lines of one pixel and stopped ("smaller than the SSIM window")."""
+        for axis in (0, 1):  # ITK's x (sagittal) or y (coronal) of length 1
+            paths = {}
+            for key, png in (("a", self.a), ("b", self.b)):
+                pixels = sitk.GetArrayFromImage(io.read_image(png, keep_color=True))[..., 0]  # grey stored as RGB
+                volume = sitk.GetImageFromArray(np.expand_dims(pixels, 2 - axis))
+                volume.SetSpacing((0.9, 0.9, 0.9))
+                paths[key] = os.path.join(self.tmp.name, f"{key}_{axis}.nii.gz")
+                sitk.WriteImage(volume, paths[key])
+            for ext in (".nii.gz", ".png"):
+                with self.subTest(axis=axis, output=ext):
+                    out = os.path.join(self.tmp.name, f"fused_{axis}{ext}")
+                    code, stdout, stderr = _main(["fuse", paths["a"], paths["b"], "--method", "average", "-o", out,
+                                                  "--json"])
+                    self.assertEqual(code, 0, stderr)
+                    recorded = json.loads(stdout)["average"]
+                    code, stdout, stderr = _main(["evaluate", "--fused", out, paths["a"], paths["b"], "--json"])
+                    self.assertEqual(code, 0, stderr)
+                    self.assertEqual(json.loads(stdout), recorded)
+
     def test_fuse_json_prints_only_json_with_or_without_a_report(self) -> None:
         """`fuse --json` is parseable as register/run/evaluate --json are; without --report it is not ignored."""
         out = os.path.join(self.tmp.name, "fused.png")

@@ -174,6 +174,43 @@ class FusionMetricsTest(unittest.TestCase):
         # a fused image holding only the grey levels 0 and 1 stays on the 0..255 scale
         np.testing.assert_array_equal(metrics.to_8bit(np.round(f01), fused=True), np.round(f01))
 
+    def test_one_slice_volumes_are_scored_as_their_slice(self) -> None:
+        # a 2D slice saved as a volume (Slicer, ITK-SNAP, `mmfusion fuse` of one) is scored as the 2D image it is,
+        # whichever axis is flat: a coronal or sagittal one had been cut across its slice into lines of one pixel,
+        # "smaller than the SSIM window", so `mmfusion evaluate` refused what `fuse` had scored
+        a, b = _pair8()
+        f = np.round(0.6 * a + 0.4 * b)
+        flat = metrics.fusion_metrics(f, a.astype(np.uint8), b.astype(np.uint8))
+        def volume(arr: np.ndarray, axis: int) -> sitk.Image:  # ITK's axis ``axis`` of length 1, 2.5 mm thick
+            image = sitk.GetImageFromArray(np.expand_dims(arr, 2 - axis).astype(np.uint8))
+            image.SetSpacing([0.9] * axis + [2.5] + [0.9] * (2 - axis))
+            return image
+
+        for axis in (0, 1, 2):  # ITK's x, y, z flat: sagittal, coronal, axial
+            images = [volume(v, axis) for v in (f, a, b)]
+            self.assertEqual(images[0].GetSize()[axis], 1)
+            self.assertIsNone(metrics.scored_slice_axis(images[1]), axis)
+            self.assertEqual(metrics.fusion_metrics(*images), flat, axis)
+            # and against the 2D slice itself (a fused PNG of a one-slice volume's fusion)
+            self.assertEqual(metrics.fusion_metrics(f, *images[1:]), flat, axis)
+        with self.assertRaises(InputError):  # a line of voxels is still no image
+            metrics.fusion_metrics(*(v[:1][None] for v in (f, a, b)))
+
+    def test_inputs_that_are_not_grey_or_colour_values_are_refused(self) -> None:
+        # a complex image had been scored from its real part (numpy's ComplexWarning only), a 2-component one
+        # had been an IndexError from the luminance
+        a, b = _pair8()
+        with self.assertRaises(InputError):
+            metrics.fusion_metrics(a + 1j * b, a, b)
+        two = sitk.Compose(sitk.GetImageFromArray(a), sitk.GetImageFromArray(b))
+        with self.assertRaisesRegex(InputError, "2 components"):
+            metrics.fusion_metrics(two, a, b)
+
+    def test_entropy_of_a_constant_image_is_zero_not_minus_zero(self) -> None:
+        # -sum(1 * log2(1)) is -0.0: printed as 0.000, but metrics.json held -0.0
+        value = metrics.fusion_metrics(np.full((9, 9), 7.0), np.full((9, 9), 7.0), np.full((9, 9), 7.0))["EN"]
+        self.assertEqual(math.copysign(1.0, value), 1.0)
+
     def test_vif_of_images_smaller_than_every_window_is_undefined(self) -> None:
         # below 17 pixels no VIF scale fits: nothing was measured, so NaN (n/a), not the perfect score 1
         rng = np.random.default_rng(2)
