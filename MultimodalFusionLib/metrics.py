@@ -626,7 +626,17 @@ def registration_metrics(fixed: sitk.Image, moving_on_fixed_grid: sitk.Image, ma
     """
     from .fusion import check_same_grid
 
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
+        raise InputError(f"bins must be a whole number of at least 2 (got {bins!r}).",
+                         "Give e.g. bins=64 (the default) or 32.")
+    bins = int(bins)
     check_same_grid(fixed, moving_on_fixed_grid, "fixed image", "resampled moving image")
+    for image, name in ((fixed, "fixed image"), (moving_on_fixed_grid, "resampled moving image")):
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            # the grids match, so numpy had broadcast 3 values per voxel against 1 (a ValueError traceback)
+            raise InputError(f"The {name} has {image.GetNumberOfComponentsPerPixel()} components per pixel; the "
+                             "alignment metrics compare grey values.",
+                             "Give its grey (luminance) image (io.to_luminance).")
     f = sitk.GetArrayFromImage(fixed).astype(np.float64).ravel()
     m = sitk.GetArrayFromImage(moving_on_fixed_grid).astype(np.float64).ravel()
     if mask is not None:
@@ -634,6 +644,14 @@ def registration_metrics(fixed: sitk.Image, moving_on_fixed_grid: sitk.Image, ma
 
         keep = sitk.GetArrayFromImage(check_mask(mask, fixed, "fixed mask", "fixed image")).ravel().astype(bool)
         f, m = f[keep], m[keep]
+    for values, name in ((f, "fixed image"), (m, "resampled moving image")):
+        # a NaN in the fixed image had made every histogram label 0 (MI 0, NMI 1: 'no information shared'),
+        # one in the moving image a ValueError from numpy's bincount
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise InputError(f"The {name} has {bad} NaN or infinite voxel(s){' in the mask' if mask is not None else ''}.",
+                             "Replace them (e.g. sitk.Mask, or resample with a finite default value), or give a "
+                             "mask that leaves them out.")
     if f.size < 2:
         raise InputError("Fewer than two voxels to compare.", "Give a larger mask.")
 
@@ -660,8 +678,13 @@ def tre(fixed_points: Sequence[Sequence[float]], moving_points: Sequence[Sequenc
     """Target registration error from corresponding landmarks (physical coordinates, mm).
 
     ITK convention: ``transform`` maps fixed-space points to moving space, so the error of
-    landmark i is ``|transform(fixed_i) - moving_i|``. None means the identity (error before
-    registration).
+    landmark i is ``|transform(fixed_i) - moving_i|``, measured in the moving image's space (for a
+    rigid transform the same as in the fixed space). None means the identity (error before
+    registration). Points are ITK's physical coordinates, LPS, in mm. 3D Slicer shows points in RAS
+    (its Markups module's table, ``getNthControlPointPosition``): negate their x and y first. Its markup files
+    say which they hold (``.mrk.json``'s ``coordinateSystem``, ``.fcsv``'s ``# CoordinateSystem`` line;
+    LPS since Slicer 4.11). RAS points given as LPS ones give a wrong error for any transform
+    with a rotation or a translation in x or y.
 
     Returns:
         dict: mean, median, max, std (mm), n, per_point (list of mm).
@@ -669,11 +692,23 @@ def tre(fixed_points: Sequence[Sequence[float]], moving_points: Sequence[Sequenc
     Raises:
         InputError: the lists differ in length, are empty, or points have the wrong dimension.
     """
-    fp = np.asarray(fixed_points, dtype=np.float64)
-    mp = np.asarray(moving_points, dtype=np.float64)
+    try:
+        fp = np.asarray(fixed_points, dtype=np.float64)
+        mp = np.asarray(moving_points, dtype=np.float64)
+    except (TypeError, ValueError) as exc:  # text, or rows of unequal length
+        raise InputError(f"The landmarks are not lists of numbers ({exc}).",
+                         "Give two lists of points, each point its coordinates in mm.") from None
     if fp.ndim != 2 or fp.shape != mp.shape or fp.shape[0] == 0:
         raise InputError(f"Landmark lists do not correspond ({fp.shape} fixed vs {mp.shape} moving points).",
                          "Give two equally long lists of points, one per landmark, in physical (mm) coordinates.")
+    if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(mp))):
+        # a NaN coordinate (an unplaced markup) had made the mean, median, max and std NaN without a word
+        rows = sorted({int(i) for i in np.nonzero(~np.isfinite(fp).all(axis=1) | ~np.isfinite(mp).all(axis=1))[0]})
+        which = f"Landmarks {', '.join(str(i) for i in rows)} (counted from 0) have" if len(rows) > 1 else \
+            f"Landmark {rows[0]} (counted from 0) has"
+        raise InputError(f"{which} NaN or infinite coordinates.",
+                         "Give every landmark a position (an unplaced Slicer markup has none), or leave it out "
+                         "of both lists.")
     if transform is not None and transform.GetDimension() != fp.shape[1]:
         raise InputError(f"The transform is {transform.GetDimension()}D but the landmarks are {fp.shape[1]}D.",
                          "Give landmarks with one coordinate per image axis.")

@@ -474,6 +474,54 @@ class RegistrationMetricsTest(unittest.TestCase):
         with self.assertRaises(InputError):
             transform_error(recovered, truth, ref, moved)
 
+    def test_registration_metrics_refuse_what_they_cannot_measure(self) -> None:
+        # a NaN in the fixed image had made every histogram label 0: MI 0 and NMI 1 ("nothing shared") for two
+        # identical images; one in the moving image a ValueError from numpy; a colour moving image on the same
+        # grid a broadcasting ValueError
+        rng = np.random.default_rng(4)
+        f = rng.normal(100.0, 30.0, (20, 30))
+        fixed = sitk.GetImageFromArray(f)
+        self.assertAlmostEqual(metrics.registration_metrics(fixed, fixed)["NMI"], 2.0)
+        holed = f.copy()
+        holed[3, 4] = np.nan
+        for pair in ((sitk.GetImageFromArray(holed), fixed), (fixed, sitk.GetImageFromArray(holed))):
+            with self.assertRaisesRegex(InputError, "1 NaN or infinite"):
+                metrics.registration_metrics(*pair)
+        # a mask that leaves the NaN out measures the rest
+        keep = np.ones(f.shape, np.uint8)
+        keep[3, 4] = 0
+        mask = sitk.GetImageFromArray(keep)
+        self.assertAlmostEqual(metrics.registration_metrics(sitk.GetImageFromArray(holed), fixed, mask)["NMI"], 2.0)
+        with self.assertRaisesRegex(InputError, "3 components"):
+            metrics.registration_metrics(fixed, sitk.Compose(fixed, fixed, fixed))
+        for bins in (0, 1, 64.0, True):
+            with self.assertRaises(InputError, msg=repr(bins)):
+                metrics.registration_metrics(fixed, fixed, bins=bins)
+
+    def test_rotation_angle_of_an_affine_is_that_of_its_rotation(self) -> None:
+        # (trace - 1) / 2 of the matrix itself: a 10 degree turn with 10% scaling had read 0 degrees, with 20%
+        # shrinking 46.5 degrees; now the polar decomposition's rotation, as for the rigid matrix
+        from MultimodalFusionLib.registration.accuracy import rotation_angle_deg
+
+        for dim, rotation in ((2, sitk.Euler2DTransform((0.0, 0.0), math.radians(10.0))),
+                              (3, sitk.Euler3DTransform((0.0, 0.0, 0.0), math.radians(10.0), 0.0, 0.0))):
+            matrix = np.array(rotation.GetMatrix()).reshape(dim, dim)
+            self.assertAlmostEqual(rotation_angle_deg(matrix), 10.0, places=9)
+            for scales in ([1.1] * dim, [0.8] * dim, [1.1, 0.9, 1.3][:dim]):
+                affine = sitk.AffineTransform(dim)
+                affine.SetMatrix((matrix @ np.diag(scales)).ravel().tolist())
+                self.assertAlmostEqual(rotation_angle_deg(affine), 10.0, places=9, msg=(dim, scales))
+            with self.assertRaises(InputError):  # a reflection has no rotation angle
+                rotation_angle_deg(matrix @ np.diag([-1.0] + [1.0] * (dim - 1)))
+
+    def test_tre_refuses_landmarks_without_a_position(self) -> None:
+        # a NaN coordinate (an unplaced markup) had made mean, median, max and std NaN without a word
+        tx = sitk.TranslationTransform(3, (3.0, 4.0, 0.0))
+        with self.assertRaisesRegex(InputError, "Landmark 1 "):
+            metrics.tre([(0.0, 0.0, 0.0), (1.0, np.nan, 2.0)], [(3.0, 4.0, 0.0), (4.0, 4.0, 2.0)], tx)
+        with self.assertRaises(InputError):  # text had been numpy's ValueError
+            metrics.tre([("a", 0.0, 0.0)], [(1.0, 1.0, 1.0)], tx)
+
     def test_tre(self) -> None:
         tx = sitk.TranslationTransform(3, (3.0, 4.0, 0.0))
         fixed_pts = [(0.0, 0.0, 0.0), (10.0, 5.0, 2.0)]

@@ -71,7 +71,14 @@ def _displacements(transform: sitk.Transform, reference: sitk.Image) -> np.ndarr
 
 
 def rotation_angle_deg(matrix_or_transform: np.ndarray | sitk.Transform) -> float:
-    """Rotation angle (degrees) of a rotation matrix, or of a linear transform's matrix (signed in 2D)."""
+    """Rotation angle (degrees) of a rotation matrix, or of a linear transform's matrix (signed in 2D).
+
+    A matrix that is not a rotation (an affine's, with scaling or shear) is taken by its rotation part, the
+    orthogonal factor of its polar decomposition (the rotation nearest to it), as ITK's
+    ``Similarity3DTransform`` and elastix split an affine: read off the matrix itself, an affine of a
+    10 degree turn and 10% scaling had read 0 degrees (3D: ``(trace - 1) / 2`` above 1, clipped). A
+    matrix with a reflection (negative determinant) has no rotation angle: an InputError.
+    """
     if isinstance(matrix_or_transform, sitk.Transform):
         from .sitk_backend import linear_parts
 
@@ -83,6 +90,13 @@ def rotation_angle_deg(matrix_or_transform: np.ndarray | sitk.Transform) -> floa
         matrix = parts[0]
     else:
         matrix = np.asarray(matrix_or_transform, float)
+    dim = matrix.shape[0]
+    if np.linalg.det(matrix) <= 0:
+        raise InputError(f"The matrix {matrix.tolist()} flips (determinant {np.linalg.det(matrix):.3g}), so it has "
+                         "no rotation angle.", "Give a rotation, or a linear transform without a reflection.")
+    if not np.allclose(matrix.T @ matrix, np.eye(dim), rtol=0, atol=1e-9):
+        u, _, vt = np.linalg.svd(matrix)  # the polar decomposition's rotation: U V^T (determinant +1 here)
+        matrix = u @ vt
     if matrix.shape == (2, 2):
         return math.degrees(math.atan2(matrix[1, 0], matrix[0, 0]))
     cos = (np.trace(matrix) - 1.0) / 2.0
