@@ -1,7 +1,8 @@
-"""The few geometry tags of a DICOM file, functional groups included, read with pydicom.
+"""The few geometry and rescale tags of a DICOM file, functional groups included, read with pydicom.
 
-ITK's DICOM reader (GDCM) keeps no sequence in the metadata it hands out, so the pixel size and frame
-positions an enhanced (multi-frame) image keeps in its functional groups cannot be checked through it.
+ITK's DICOM reader (GDCM) keeps no sequence in the metadata it hands out, so the pixel size, frame
+positions and per-frame rescale an enhanced (multi-frame) image keeps in its functional groups cannot be
+checked through it.
 pydicom (which 3D Slicer ships, for its DICOM module) reads the header; only the values of
 :data:`GEOMETRY_TAGS` (never a patient-identifying one) at the top level and inside
 :data:`KEPT_SEQUENCES` are taken from it, as their stored text, never converted.
@@ -18,7 +19,7 @@ from pydicom.multival import MultiValue
 
 __all__ = ["read_geometry_tags", "GEOMETRY_TAGS", "KEPT_SEQUENCES"]
 
-#: Values kept (as text): the pixel and frame geometry, nothing else
+#: Values kept (as text): the pixel and frame geometry and the rescale of stored values, nothing else
 GEOMETRY_TAGS = {
     0x00280008: "NumberOfFrames",
     0x00280030: "PixelSpacing",
@@ -28,6 +29,8 @@ GEOMETRY_TAGS = {
     0x00180050: "SliceThickness",
     0x00200032: "ImagePositionPatient",
     0x00200037: "ImageOrientationPatient",
+    0x00281053: "RescaleSlope",
+    0x00281052: "RescaleIntercept",
 }
 #: Sequences read into (as lists of items, each a dict like the top level)
 KEPT_SEQUENCES = {
@@ -36,6 +39,7 @@ KEPT_SEQUENCES = {
     0x00289110: "PixelMeasuresSequence",
     0x00209113: "PlanePositionSequence",
     0x00209116: "PlaneOrientationSequence",
+    0x00289145: "PixelValueTransformationSequence",  # a frame's (or all frames') RescaleSlope/Intercept
     0x00540022: "DetectorInformationSequence",  # where an NM image keeps its position and orientation
 }
 

@@ -869,6 +869,83 @@ def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], share
                      "right spacing and load that; a cine or dynamic file holds no volume: export one frame.")
 
 
+_PIXEL_VALUE_TRANSFORMATION = 0x00289145
+
+
+def _frame_rescales(tags: Mapping[int, Any]) -> list[tuple[float, float]] | None:
+    """Each frame's (RescaleSlope, RescaleIntercept) of a multi-frame file, where DICOM puts them: in the frame's own
+    PixelValueTransformationSequence (0028,9145), else in the shared functional groups', else at the top level (1 and
+    0 where none says); one pair for a file without per-frame groups, None where a value is no number."""
+    shared = _first_item(_first_item(tags, _SHARED_GROUPS), _PIXEL_VALUE_TRANSFORMATION)
+    frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
+    pairs = []
+    for frame in frames or [{}]:
+        own = _first_item(frame, _PIXEL_VALUE_TRANSFORMATION)
+        source = next((item for item in (own, shared, tags) if 0x00281053 in item or 0x00281052 in item), {})
+        pair = []
+        for tag, default in ((0x00281053, 1.0), (0x00281052, 0.0)):
+            text = source.get(tag)
+            values = _dicom_numbers(text) if isinstance(text, str) and text.strip() else [default]
+            if len(values) != 1 or not math.isfinite(values[0]):
+                return None
+            pair.append(values[0])
+        pairs.append((pair[0], pair[1]))
+    return pairs
+
+
+def _with_frame_rescales(image: sitk.Image, path: str, tags: Mapping[int, Any]) -> sitk.Image:
+    """A multi-frame image whose frames have their own RescaleSlope/Intercept (an enhanced PET or MR scales each
+    frame; see :func:`_frame_rescales`) with each frame's values from its own, as float32 (as a classic series with
+    per-slice slopes is read); ``image`` itself where one pair holds for every frame.
+
+    ITK's reader (GDCM) applies one pair to every frame (the first frame's, or the top-level one, by SOP class): a
+    PET whose frames had slopes 0.5, 1, 2 and 4 was read with its last frame's values 8 times too small, without a
+    word. The stored values come from ITK's reading of a copy of the file without its rescale tags (GDCM has no
+    option to leave them out; the copy keeps the pixel data as they are, compressed or not)."""
+    pairs = _frame_rescales(tags)
+    if pairs is None or len(set(pairs)) <= 1 or image.GetNumberOfComponentsPerPixel() != 1:
+        return image
+    count = image.GetSize()[2] if image.GetDimension() == 3 else 1
+    if count != len(pairs):
+        raise InputError(f"DICOM file '{path}' has {count} frames but {len(pairs)} per-frame functional groups whose "
+                         "RescaleSlope (0028,1053) and RescaleIntercept (0028,1052) differ, so which frame's values "
+                         "are scaled by which is unknown.",
+                         "Split the file into single-frame files (e.g. with dcm2niix, or Slicer's DICOM module), then "
+                         "load them as a series.")
+    stored = _stored_values(path)
+    view = sitk.GetArrayViewFromImage(stored)
+    values = np.empty(view.shape, dtype=np.float32)
+    for k, (slope, intercept) in enumerate(pairs):  # a frame at a time, in float64 (one frame's extra memory)
+        values[k] = view[k] * slope + intercept
+    del view, stored
+    out = sitk.GetImageFromArray(values)
+    out.CopyInformation(image)
+    return out
+
+
+def _stored_values(path: str) -> sitk.Image:
+    """A DICOM file's stored values, unscaled (see :func:`_with_frame_rescales`)."""
+    import pydicom
+
+    with warnings.catch_warnings():  # what pydicom finds odd in a header (as dicom_header: not shown)
+        warnings.simplefilter("ignore")
+        data_set = pydicom.dcmread(path, force=True)
+        groups = [item for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+                  for item in data_set.get(keyword, None) or []]
+        for item in (data_set, *groups):
+            for keyword in ("PixelValueTransformationSequence", "RescaleSlope", "RescaleIntercept"):
+                if keyword in item:
+                    delattr(item, keyword)
+        with tempfile.TemporaryDirectory(prefix=temporary_prefix()) as folder:
+            copy = os.path.join(folder, "stored.dcm")
+            data_set.save_as(copy)
+            del data_set
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(copy)
+            with itk_guard(f"reading the stored values of '{path}'", "Check the file is complete."):
+                return reader.Execute()
+
+
 #: The top-level tags of a series' files that its checks read (geometry, rescale, frame count): no other
 _SERIES_ROW_TAGS = {"position": "0020|0032", "orientation": "0020|0037", "spacing": "0028|0030",
                     "imager spacing": "0018|1164", "scanned spacing": "0018|2010", "slope": "0028|1053",
@@ -1289,10 +1366,16 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
         _check_compressed_voxels(image, compressed)
     if dicom:
         kept: list[_FileWarning] = [] if notes is None else notes
+        multiframe = image.HasMetaDataKey("0028|0008")
         try:
+            if multiframe and geometry_tags is None:
+                from .dicom_header import read_geometry_tags
+
+                geometry_tags = read_geometry_tags(path)
             _set_dicom_file_spacing(image, path, kept, geometry_tags)
+            if multiframe and geometry_tags is not None:
+                image = _with_frame_rescales(image, path, geometry_tags)
             if as_slice and image.GetDimension() == 3 and image.GetSize()[2] == 1:
-                multiframe = image.HasMetaDataKey("0028|0008")
                 image = _dicom_slice_as_2d(image)
                 kept[:] = [_unplaced_note(path, image.GetDimension(), multiframe) if note.kind == _UNPLACED else note
                            for note in kept]

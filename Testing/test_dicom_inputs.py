@@ -751,6 +751,64 @@ class DicomGeometryFromTags(unittest.TestCase):
                 io.read_image(path)
             self.assertIn("has no usable PixelSpacing (0028,0030)", str(ctx.exception))
 
+    def test_frames_with_their_own_rescale_keep_their_values(self) -> None:
+        """Each frame of a multi-frame file takes the RescaleSlope/Intercept of its own per-frame functional groups
+        (an enhanced PET or MR scales each frame): ITK's reader (GDCM) applied the first frame's to every frame, so
+        that a PET whose frames have slopes 0.5, 1, 2 and 4 was read with the last frame's values 8 times too small
+        (1760 off), without a word. Checked against pydicom's stored values times each frame's slope plus its
+        intercept, for a file alone, in its folder, compressed (RLE, which GDCM decodes), and split into a series
+        of two files; a file whose frames share one rescale reads as before."""
+        import pydicom
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence as DicomSequence
+        from pydicom.uid import RLELossless
+
+        slopes, intercepts = [0.5, 1.0, 2.0, 4.0], [10.0, 10.0, -3.5, 0.0]
+
+        def per_frame_rescale(path: str) -> np.ndarray:
+            ds = pydicom.dcmread(path)
+            del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+            for frame, slope, intercept in zip(ds.PerFrameFunctionalGroupsSequence, slopes, intercepts):
+                rescale = Dataset()
+                rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = slope, intercept, "US"
+                frame.PixelValueTransformationSequence = DicomSequence([rescale])
+            ds.save_as(path)
+            stored = pydicom.dcmread(path).pixel_array.astype(np.float64)
+            count = len(stored)
+            return stored * np.array(slopes[:count])[:, None, None] + np.array(intercepts[:count])[:, None, None]
+
+        positions = [(-5.0, -6.0, 10.0 + 3.0 * k) for k in range(4)]
+        os.makedirs(os.path.join(self.dir, "alone"))
+        path = os.path.join(self.dir, "alone", "pet.dcm")
+        write_enhanced(path, positions, sop_class="1.2.840.10008.5.1.4.1.1.130")  # Enhanced PET Image Storage
+        truth = per_frame_rescale(path)
+        compressed = os.path.join(self.dir, "rle.dcm")
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)
+        ds.save_as(compressed)
+        for what, given in (("file", path), ("its folder", os.path.dirname(path)), ("RLE", compressed)):
+            with self.subTest(what):
+                image = io.read_image(given)
+                self.assertEqual(image.GetSize(), (10, 12, 4))
+                np.testing.assert_allclose(sitk.GetArrayFromImage(image), truth, rtol=1e-6)
+                self._assert_placed(image, positions, AXIAL, pixel_spacing=(0.7, 0.6))
+        with self.subTest("a series of two files"):
+            folder = os.path.join(self.dir, "split")
+            os.makedirs(folder)
+            uid = "1.2.826.0.1.3680043.8.498.1234567"
+            parts = [per_frame_rescale(p) for p in (os.path.join(folder, "a.dcm"), os.path.join(folder, "b.dcm"))
+                     if write_enhanced(p, positions[:2] if p.endswith("a.dcm") else positions[2:], series_uid=uid,
+                                       sop_class="1.2.840.10008.5.1.4.1.1.130") is not None]
+            image = io.read_image(folder)
+            expected = np.concatenate([parts[0][:2], parts[1][:2]])  # each file's own two frames and slopes
+            np.testing.assert_allclose(sitk.GetArrayFromImage(image), expected, rtol=1e-6)
+        with self.subTest("one rescale for all frames"):
+            same = os.path.join(self.dir, "same.dcm")
+            values = write_enhanced(same, positions)
+            image = io.read_image(same)
+            self.assertEqual(image.GetPixelIDTypeAsString(), "32-bit signed integer")  # ITK's, as before
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(image), values)
+
     def test_a_header_pydicom_cannot_read_warns_from_the_callers_line(self) -> None:
         """A multi-frame file whose header pydicom reads short while ITK (GDCM) reads its pixels (here a stray item
         delimiter (FFFE,E00D) at its top level, where pydicom ends the data set, before NumberOfFrames) keeps ITK's
