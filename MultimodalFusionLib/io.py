@@ -497,6 +497,9 @@ def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarni
     position = _dicom_numbers(text_of("0020|0032"))
     if len(position) != 3 or not all(map(math.isfinite, position)):  # ITK's origin stands, (0, 0, 0)
         notes.append(_unplaced_note(path, image.GetDimension(), multiframe=False))
+    cosines = _dicom_numbers(text_of("0020|0037"))
+    if len(cosines) != 6 or not all(map(math.isfinite, cosines)):  # ITK's direction stands: the identity
+        notes.append(_unturned_note(path, multiframe=False))
 
 
 def _usable_pixel_size(text_of: Callable[[str], str]) -> tuple[str, str, list[float]] | None:
@@ -595,6 +598,8 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
     shared = _first_item(tags, _SHARED_GROUPS)
     frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
     _set_pixel_size(image, path, *_multiframe_pixel_size(path, tags, shared, frames), notes)
+    if not _stated_cosines(tags, shared, frames):  # ITK's direction stands: the identity
+        notes.append(_unturned_note(path, multiframe=True))
     if image.GetDimension() != 3:
         return
     unplaced = False
@@ -629,6 +634,33 @@ def _unplaced_note(path: str, dimension: int, multiframe: bool) -> _FileWarning:
 
 #: The kind of :func:`_unplaced_note`'s warning
 _UNPLACED = "at the origin"
+
+def _unturned_note(path: str, multiframe: bool) -> _FileWarning:
+    """The warning for a DICOM file that states no ImageOrientationPatient, read as axial as ITK reads it (the
+    identity direction); a series without it is refused (see :func:`_check_series_geometry`)."""
+
+    def text(has: str, its: str, it_is: str, it_lies: str, image: str) -> str:
+        where = (f" in {its} functional groups' PlaneOrientationSequence (0020,9116), DetectorInformationSequence "
+                 f"(0054,0022) or at {its} top level" if multiframe else "")
+        return (f"{has} no ImageOrientationPatient (0020,0037){where}, so {it_is} taken as axial (rows running to "
+                "the patient's left, columns to the back, as ITK's reader takes it): which way "
+                f"{it_lies} in the patient is unknown, and {image} would be shown and registered turned.")
+
+    return _FileWarning("not turned", path, f"DICOM file '{path}' " + text("has", "its", "it is", "it lies",
+                                                                           "a coronal or sagittal image"),
+                        text("have", "their", "they are", "they lie", "coronal or sagittal images"))
+
+
+def _stated_cosines(tags: Mapping[int, Any], shared: Mapping[int, Any], frames: Sequence[Mapping[int, Any]]
+                    ) -> list[float]:
+    """A multi-frame file's ImageOrientationPatient wherever it states one: as :func:`_frame_cosines` finds it, else
+    in its DetectorInformationSequence (0054,0022), where an NM file keeps it; [] where none holds six finite
+    numbers."""
+    for values in (_frame_cosines(tags, shared, frames),
+                   _dicom_numbers(_first_item(tags, _DETECTOR_INFORMATION).get(0x00200037) or "")):
+        if len(values) == 6 and all(map(math.isfinite, values)):
+            return values
+    return []
 
 
 def _first_frame_position(tags: Mapping[int, Any]) -> list[float]:
@@ -806,6 +838,13 @@ def _explain_multiframe_failure(path: str) -> None:
         if points is not None:
             cosines = _frame_cosines(tags, shared, frames)
             _frame_step(path, points, np.cross(cosines[:3], cosines[3:]) if len(cosines) == 6 else None)
+        if not _stated_cosines(tags, shared, frames):  # ITK (GDCM): "An invalid logic behavior occurred ... cosines"
+            raise InputError(f"DICOM file '{path}' has no usable ImageOrientationPatient (0020,0037) in its "
+                             "functional groups' PlaneOrientationSequence (0020,9116), DetectorInformationSequence "
+                             "(0054,0022) or at its top level, so which way its rows and columns run is unknown (ITK's "
+                             "reader fails on it).",
+                             "Export it again with its geometry (from the scanner or PACS), or convert it to NIfTI "
+                             "with the right orientation and load that.")
 
 
 def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], shared: Mapping[int, Any],

@@ -202,6 +202,48 @@ class DicomGeometryFromTags(unittest.TestCase):
             self.assertEqual([str(w.message) for w in caught], [])
             self.assertEqual((image.GetDimension(), image.GetOrigin()), (2, (-12.0, -14.0)))
 
+    def test_a_file_without_an_orientation_warns_that_it_is_taken_as_axial(self) -> None:
+        """A slice, or a legacy multi-frame file, that states no ImageOrientationPatient is read as axial, as ITK
+        reads it, with a warning from the caller's line (it had been read so without a word, while a series without
+        it is refused): a coronal or sagittal image would be registered as axial. An enhanced file whose functional
+        groups hold no orientation is refused naming the tag, where ITK had failed with 'An invalid logic behavior
+        occurredb1 && cosines.size() == 6' and the fix 'Use a NIfTI, NRRD, ...'."""
+        import warnings
+
+        import pydicom
+
+        slice_folder = os.path.join(self.dir, "slice")
+        write_series(slice_folder, positions=[(-12.0, -14.0, 30.0)], drop=("ImageOrientationPatient",))
+        legacy = os.path.join(self.dir, "legacy.dcm")
+        write_enhanced(legacy, None, frames=3, groups=False, sop_class="1.2.840.10008.5.1.4.1.1.20",
+                       top={"SpacingBetweenSlices": 2.0, "ImagePositionPatient": [1.0, 2.0, 3.0],
+                            "PixelSpacing": [0.7, 0.6]})
+        for given, named, direction in ((os.path.join(slice_folder, "IM0000.dcm"), "IM0000.dcm", (1.0, 0.0, 0.0, 1.0)),
+                                        (slice_folder, "IM0000.dcm", (1.0, 0.0, 0.0, 1.0)),
+                                        (legacy, "legacy.dcm", tuple(np.eye(3).ravel()))):
+            with self.subTest(given):
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    line, image = sys._getframe().f_lineno, io.read_image(given)
+                self.assertEqual(image.GetDirection(), direction)
+                said = [str(w.message) for w in caught]
+                self.assertEqual(len(said), 1, said)
+                self.assertIn(f"{named}' has no ImageOrientationPatient (0020,0037)", said[0])
+                self.assertIn("so it is taken as axial", said[0])
+                self.assertEqual((caught[0].filename, caught[0].lineno), (__file__, line))
+                for value in PHI.values():
+                    self.assertNotIn(value, said[0])
+        with self.subTest("enhanced"):
+            path = os.path.join(self.dir, "enhanced.dcm")
+            write_enhanced(path, [(1.0, 2.0, 3.0 + 2.0 * k) for k in range(3)])
+            ds = pydicom.dcmread(path)
+            del ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+            ds.save_as(path)
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(path)
+            self.assertIn(f"DICOM file '{path}' has no usable ImageOrientationPatient (0020,0037)", ctx.exception.problem)
+            self.assertNotIn("invalid logic", str(ctx.exception))
+
     def test_one_file_without_pixel_spacing_uses_the_projection_tags_or_is_refused(self) -> None:
         """A single file without PixelSpacing (0028,0030) was read at 1 mm without a word (a series without it
         is refused); GDCM took ImagerPixelSpacing only for radiograph SOP classes, and there even over
@@ -627,8 +669,8 @@ class DicomGeometryFromTags(unittest.TestCase):
         for case, (top, step, warned) in cases.items():
             with self.subTest(case), tempfile.TemporaryDirectory() as folder:
                 path = os.path.join(folder, "frames.dcm")
-                write_enhanced(path, None, rows=8, cols=8, frames=4, spacing_in="top", sop_class=nm, top=top,
-                               groups=False)
+                write_enhanced(path, None, rows=8, cols=8, frames=4, spacing_in="top", sop_class=nm,
+                               top={**top, "ImageOrientationPatient": list(AXIAL)}, groups=False)
                 if step is None:
                     with self.assertRaises(InputError) as ctx:
                         io.read_image(path)
