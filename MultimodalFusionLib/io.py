@@ -265,6 +265,14 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
                 cut = _dicom_cut_short(path)
                 if cut is not None:
                     raise _dicom_truncated_error(path, cut.missing)
+        below = _folders_with_dicom(folder)
+        if below:  # a study exported one folder per series (GDCM looks in the folder itself only)
+            shown = ", ".join(f"'{path}'" for path in below[:10]) + (f" and {len(below) - 10} more"
+                                                                    if len(below) > 10 else "")
+            raise InputError(f"Folder '{folder}' holds no DICOM series itself, but its sub-folders do: {shown} (e.g. a "
+                             "study exported one folder per series).",
+                             "Give the folder of one series (one of those sub-folders); a study exported with a "
+                             "DICOMDIR is read through it.")
         raise InputError(f"No DICOM series found in folder '{folder}'.",
                          "Point to a folder of DICOM files (.dcm), or to an image file.")
     if series is not None:
@@ -420,6 +428,23 @@ def _with_slice_step(image: sitk.Image, step: np.ndarray | None) -> sitk.Image:
     image.SetDirection([float(v) for v in direction.ravel()])
     image.SetSpacing(spacing)
     return image
+
+
+def _folders_with_dicom(folder: str, most: int = 2000) -> list[str]:
+    """The folders below ``folder`` (at most ``most`` looked in) that hold a DICOM Part 10 file ("DICM" after its
+    128-byte preamble) among their first 5 files, in sorted order."""
+    found = []
+    for sub, dirs, files in itertools.islice(os.walk(folder), 1, most + 1):
+        dirs.sort()
+        for name in sorted(files)[:5]:
+            try:
+                with open(os.path.join(sub, name), "rb") as fh:
+                    if fh.read(132)[128:] == b"DICM":
+                        found.append(sub)
+                        break
+            except OSError:
+                continue
+    return found
 
 
 def _dicomdir(folder: str) -> str | None:

@@ -1267,6 +1267,28 @@ class DicomFilesItCannotRead(unittest.TestCase):
                 io.read_image(export)
             self.assertEqual(io.read_image(export, series="SECOND").GetSize(), (10, 12, 6))
 
+    def test_a_study_folder_names_the_sub_folders_that_hold_series(self) -> None:
+        """A folder whose series lie in sub-folders (a study exported one folder per series, without a DICOMDIR) names
+        the sub-folders that hold DICOM files and says to give one; it had said only 'No DICOM series found in folder'
+        with the fix 'Point to a folder of DICOM files', which it is. An empty folder is still 'No DICOM series'."""
+        with tempfile.TemporaryDirectory() as study:
+            write_series(os.path.join(study, "CT_BODY"))
+            write_series(os.path.join(study, "deeper", "PET_AC"), modality="PT")
+            os.makedirs(os.path.join(study, "empty"))
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(study)
+            problem = ctx.exception.problem
+            self.assertIn(f"'{study}' holds no DICOM series itself, but its sub-folders do", problem)
+            self.assertIn(f"'{os.path.join(study, 'CT_BODY')}'", problem)
+            self.assertIn(f"'{os.path.join(study, 'deeper', 'PET_AC')}'", problem)
+            self.assertNotIn("empty", problem)
+            self.assertIn("Give the folder of one series", ctx.exception.fix)
+            for value in PHI.values():
+                self.assertNotIn(value, str(ctx.exception))
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(os.path.join(study, "empty"))
+            self.assertIn("No DICOM series found in folder", ctx.exception.problem)
+
 
 
 class SeriesOptionsForFiles(unittest.TestCase):
