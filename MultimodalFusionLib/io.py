@@ -957,18 +957,18 @@ def _frame_rescales(tags: Mapping[int, Any]) -> list[tuple[float, float]] | None
     return pairs
 
 
-def _with_frame_rescales(image: sitk.Image, path: str, tags: Mapping[int, Any]) -> sitk.Image:
-    """A multi-frame image whose frames have their own RescaleSlope/Intercept (an enhanced PET or MR scales each
-    frame; see :func:`_frame_rescales`) with each frame's values from its own, as float32 (as a classic series with
-    per-slice slopes is read); ``image`` itself where one pair holds for every frame.
+def _differing_frame_rescales(image: sitk.Image, path: str, tags: Mapping[int, Any]
+                              ) -> list[tuple[float, float]] | None:
+    """Each frame's (RescaleSlope, RescaleIntercept) of a multi-frame image whose frames have their own (an enhanced
+    PET or MR scales each frame; see :func:`_frame_rescales`); None where one pair holds for every frame (ITK's
+    reading stands).
 
     ITK's reader (GDCM) applies one pair to every frame (the first frame's, or the top-level one, by SOP class): a
     PET whose frames had slopes 0.5, 1, 2 and 4 was read with its last frame's values 8 times too small, without a
-    word. The stored values come from ITK's reading of a copy of the file without its rescale tags (GDCM has no
-    option to leave them out; the copy keeps the pixel data as they are, compressed or not)."""
+    word. :func:`_rescaled_frames` reads them right."""
     pairs = _frame_rescales(tags)
     if pairs is None or len(set(pairs)) <= 1 or image.GetNumberOfComponentsPerPixel() != 1:
-        return image
+        return None
     count = image.GetSize()[2] if image.GetDimension() == 3 else 1
     if count != len(pairs):
         raise InputError(f"DICOM file '{path}' has {count} frames but {len(pairs)} per-frame functional groups whose "
@@ -976,6 +976,18 @@ def _with_frame_rescales(image: sitk.Image, path: str, tags: Mapping[int, Any]) 
                          "are scaled by which is unknown.",
                          "Split the file into single-frame files (e.g. with dcm2niix, or Slicer's DICOM module), then "
                          "load them as a series.")
+    return pairs
+
+
+def _rescaled_frames(path: str, pairs: Sequence[tuple[float, float]], origin: Sequence[float],
+                     spacing: Sequence[float], direction: Sequence[float]) -> sitk.Image:
+    """The frames of multi-frame DICOM file ``path``, each scaled by its own pair of ``pairs``, as float32 (as a
+    classic series with per-slice slopes is read), on the grid given (ITK's, as placed from the file's tags).
+
+    The stored values come from ITK's reading of a copy of the file without its rescale tags (GDCM has no option
+    to leave them out; the copy keeps the pixel data as they are, compressed or not): see :func:`_stored_values`.
+    The caller drops its first reading of the file before (its float64 image, where GDCM applied a fractional
+    slope, had been held beside the stored values and their float32 scaling)."""
     stored = _stored_values(path)
     view = sitk.GetArrayViewFromImage(stored)
     values = np.empty(view.shape, dtype=np.float32)
@@ -983,31 +995,82 @@ def _with_frame_rescales(image: sitk.Image, path: str, tags: Mapping[int, Any]) 
         values[k] = view[k] * slope + intercept
     del view, stored
     out = sitk.GetImageFromArray(values)
-    out.CopyInformation(image)
+    out.SetOrigin(origin)
+    out.SetSpacing(spacing)
+    out.SetDirection(direction)
     return out
 
 
-def _stored_values(path: str) -> sitk.Image:
-    """A DICOM file's stored values, unscaled (see :func:`_with_frame_rescales`)."""
+#: What the copy :func:`_stored_values` has ITK read keeps of the file at its top level: the image pixel module
+#: (group 0028, less the rescale), the SOP class and modality, the geometry tags and the pixel data; and in its
+#: functional groups (:data:`_STORED_COPY_GROUPS`) the geometry macros, without which ITK (GDCM) fails on an
+#: enhanced file. No patient, study, date or institution tag: the copy lies in the shared temporary folder
+_STORED_COPY_TOP = (0x00080016, 0x00080060, 0x00180050, 0x00180088, 0x00200032, 0x00200037, 0x00540022,
+                    0x7FE00008, 0x7FE00009, 0x7FE00010)
+_STORED_COPY_GROUPS = ("PixelMeasuresSequence", "PlanePositionSequence", "PlaneOrientationSequence")
+_RESCALE_TAGS = (0x00281052, 0x00281053, 0x00281054)
+
+
+def _stored_copy(path: str) -> Any:
+    """The pydicom data set :func:`_stored_values` writes for ``path``: its pixel data and what decodes and places
+    them (:data:`_STORED_COPY_TOP`), without the rescale tags."""
     import pydicom
+    from pydicom.dataset import Dataset, FileDataset
+    from pydicom.sequence import Sequence as DicomSequence
 
     with warnings.catch_warnings():  # what pydicom finds odd in a header (as dicom_header: not shown)
         warnings.simplefilter("ignore")
         data_set = pydicom.dcmread(path, force=True)
-        groups = [item for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
-                  for item in data_set.get(keyword, None) or []]
-        for item in (data_set, *groups):
-            for keyword in ("PixelValueTransformationSequence", "RescaleSlope", "RescaleIntercept"):
-                if keyword in item:
-                    delattr(item, keyword)
-        with tempfile.TemporaryDirectory(prefix=temporary_prefix()) as folder:
+    copy = FileDataset("stored.dcm", Dataset(), file_meta=data_set.file_meta, preamble=b"\0" * 128)
+    for element in data_set:
+        tag = int(element.tag)
+        if (tag >> 16 == 0x0028 and tag not in _RESCALE_TAGS) or tag in _STORED_COPY_TOP:
+            copy.add(element)
+    for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        if keyword in data_set:
+            items = []
+            for item in data_set.get(keyword) or []:
+                kept = Dataset()
+                for name in _STORED_COPY_GROUPS:
+                    if name in item:
+                        setattr(kept, name, item.get(name))
+                items.append(kept)
+            setattr(copy, keyword, DicomSequence(items))
+    return copy
+
+
+def _stored_values(path: str) -> sitk.Image:
+    """A DICOM file's stored values, unscaled (see :func:`_rescaled_frames`), read by ITK from a copy of the file
+    without its rescale tags, nor any tag but those that decode its pixels (:func:`_stored_copy`), in a private
+    temporary folder removed on every path (a Ctrl-C while it is made or removed is raised once it is gone, as
+    :func:`_readable_name` does)."""
+    from .progress import signals_stop
+
+    def no_copy(exc: OSError) -> InputError:  # a full or unwritable temporary folder
+        return InputError(f"Cannot read DICOM file '{path}': its frames have their own RescaleSlope/Intercept, and "
+                          "the copy of its pixel data without them that ITK's reader reads could not be written to the "
+                          f"temporary folder '{tempfile.gettempdir()}' ({exc.strerror or exc}).",
+                          "Free space there, or point TMPDIR at a writable folder with room for a copy of the file.")
+
+    copy_set = _stored_copy(path)
+    with signals_stop(lambda: None):
+        try:
+            folder = tempfile.mkdtemp(prefix="mmfusion-rescale-")
+        except OSError as exc:
+            raise no_copy(exc) from exc
+        try:
             copy = os.path.join(folder, "stored.dcm")
-            data_set.save_as(copy)
-            del data_set
+            try:
+                copy_set.save_as(copy)
+            except OSError as exc:
+                raise no_copy(exc) from exc
+            del copy_set
             reader = sitk.ImageFileReader()
             reader.SetFileName(copy)
             with itk_guard(f"reading the stored values of '{path}'", "Check the file is complete."):
                 return reader.Execute()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 #: The top-level tags of a series' files that its checks read (geometry, rescale, frame count): no other
@@ -1437,8 +1500,11 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
 
                 geometry_tags = read_geometry_tags(path)
             _set_dicom_file_spacing(image, path, kept, geometry_tags)
-            if multiframe and geometry_tags is not None:
-                image = _with_frame_rescales(image, path, geometry_tags)
+            pairs = _differing_frame_rescales(image, path, geometry_tags) if multiframe and geometry_tags else None
+            if pairs is not None:
+                placed = image.GetOrigin(), image.GetSpacing(), image.GetDirection()
+                del image  # not held while the stored values are read and scaled (its float64: 4 bytes a voxel more)
+                image = _rescaled_frames(path, pairs, *placed)
             if as_slice and image.GetDimension() == 3 and image.GetSize()[2] == 1:
                 image = _dicom_slice_as_2d(image)
                 kept[:] = [_unplaced_note(path, image.GetDimension(), multiframe) if note.kind == _UNPLACED else note

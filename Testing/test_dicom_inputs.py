@@ -28,6 +28,28 @@ PHI = {"PatientName": "Zzyzx^Quintessa", "PatientID": "PID998877", "PatientBirth
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
+#: [folder, list] while a test watches the copies removed from ``folder`` (see _audit_removed_copies)
+_AUDIT_WATCH: list = []
+
+
+def _audit_removed_copies(event: str, args: tuple) -> None:
+    """Python's audit hook (it cannot be removed, so it does nothing unless a test set :data:`_AUDIT_WATCH`): the
+    files of a folder below the watched one as they are when shutil.rmtree removes it (name of that folder, bytes)."""
+    if event != "shutil.rmtree" or not _AUDIT_WATCH:
+        return
+    watched, found = _AUDIT_WATCH
+    removed = os.fspath(args[0])
+    if os.path.dirname(removed) != watched:
+        return
+    for sub, _, files in os.walk(removed):
+        for name in files:
+            with open(os.path.join(sub, name), "rb") as fh:
+                found.append((os.path.basename(removed), fh.read()))
+
+
+sys.addaudithook(_audit_removed_copies)
+
+
 def write_series(folder: str, *, positions: Sequence[Sequence[float]] | None = None,
                  orientations: Sequence[Sequence[float]] | None = None, rows: int = 12, cols: int = 10,
                  pixel_spacing: tuple[float, float] = (0.8, 0.9), modality: str = "CT",
@@ -850,6 +872,51 @@ class DicomGeometryFromTags(unittest.TestCase):
             image = io.read_image(same)
             self.assertEqual(image.GetPixelIDTypeAsString(), "32-bit signed integer")  # ITK's, as before
             np.testing.assert_array_equal(sitk.GetArrayFromImage(image), values)
+
+    def test_the_copy_read_for_per_frame_rescales_is_private_and_removed(self) -> None:
+        """The copy of a file whose frames have their own rescale, which ITK reads the stored values from, is written
+        to the temporary folder: it held the whole file, the patient's name, ID and birth date included, in a hidden
+        '.mmf-tmp-...' folder there (left behind by a kill -9 or power cut), and a temporary folder that could not
+        be written was a FileNotFoundError traceback from pydicom. Now the copy holds the pixel data and what decodes
+        it only, lies in a 'mmfusion-rescale-' folder removed on every path, and an unwritable temporary folder is an
+        InputError naming it and TMPDIR. Seen through Python's audit events (the copy as it is when removed)."""
+        import pydicom
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence as DicomSequence
+
+        path = os.path.join(self.dir, "pet.dcm")
+        write_enhanced(path, [(-5.0, -6.0, 10.0 + 3.0 * k) for k in range(3)], sop_class="1.2.840.10008.5.1.4.1.1.130")
+        ds = pydicom.dcmread(path)
+        for k, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            rescale = Dataset()
+            rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = 2.0 ** k, 0.0, "US"
+            frame.PixelValueTransformationSequence = DicomSequence([rescale])
+        ds.save_as(path)
+        truth = pydicom.dcmread(path).pixel_array * np.array([1.0, 2.0, 4.0])[:, None, None]
+        temporary = os.path.join(self.dir, "temporary")
+        os.makedirs(temporary)
+        copies: list[tuple[str, bytes]] = []
+        _AUDIT_WATCH[:] = [temporary, copies]
+        saved = tempfile.tempdir
+        tempfile.tempdir = temporary
+        try:
+            image = io.read_image(path)
+            tempfile.tempdir = os.path.join(self.dir, "no such folder")
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(path)
+        finally:
+            tempfile.tempdir = saved
+            _AUDIT_WATCH.clear()
+        np.testing.assert_allclose(sitk.GetArrayFromImage(image), truth, rtol=1e-6)
+        self.assertEqual(os.listdir(temporary), [])
+        self.assertEqual(len(copies), 1, [name for name, _ in copies])
+        name, blob = copies[0]
+        self.assertTrue(name.startswith("mmfusion-rescale-"), name)
+        for value in PHI.values():
+            self.assertNotIn(value.encode(), blob)
+        self.assertIn(f"'{path}'", ctx.exception.problem)
+        self.assertIn("temporary folder", ctx.exception.problem)
+        self.assertIn("TMPDIR", ctx.exception.fix)
 
     def test_a_header_pydicom_cannot_read_warns_from_the_callers_line(self) -> None:
         """A multi-frame file whose header pydicom reads short while ITK (GDCM) reads its pixels (here a stray item
