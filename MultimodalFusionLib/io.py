@@ -254,8 +254,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     found = list_dicom_series(folder)
     if not found and _dicomdir(folder):
         # a CD or PACS export: the DICOMDIR indexes images kept in sub-folders (PT000000/ST000000/...)
-        for sub, dirs, _ in itertools.islice(os.walk(folder), 1, 5000):
-            dirs.sort()
+        for sub, _ in _folders_below(folder, 4999):
             found += list_dicom_series(sub)
     if not found:
         for name in sorted(os.listdir(folder)):  # DICOM files GDCM skipped: say why
@@ -430,12 +429,22 @@ def _with_slice_step(image: sitk.Image, step: np.ndarray | None) -> sitk.Image:
     return image
 
 
+def _folders_below(folder: str, most: int) -> Iterator[tuple[str, list[str]]]:
+    """The folders below ``folder`` (at most ``most``), each with its files' names, top-down in sorted order: the
+    first level too (os.walk lists it in the file system's order, e.g. CT_03, CT_05, CT_09, ... on ext4, and sorting
+    the names of each folder it yields sorts only those below the first)."""
+    walk = os.walk(folder)
+    next(walk, (folder, [], []))[1].sort()
+    for sub, dirs, files in itertools.islice(walk, most):
+        dirs.sort()
+        yield sub, files
+
+
 def _folders_with_dicom(folder: str, most: int = 2000) -> list[str]:
     """The folders below ``folder`` (at most ``most`` looked in) that hold a DICOM Part 10 file ("DICM" after its
     128-byte preamble) among their first 5 files, in sorted order."""
     found = []
-    for sub, dirs, files in itertools.islice(os.walk(folder), 1, most + 1):
-        dirs.sort()
+    for sub, files in _folders_below(folder, most):
         for name in sorted(files)[:5]:
             try:
                 with open(os.path.join(sub, name), "rb") as fh:

@@ -1356,6 +1356,19 @@ class DicomFilesItCannotRead(unittest.TestCase):
                 io.read_image(os.path.join(study, "empty"))
             self.assertIn("No DICOM series found in folder", ctx.exception.problem)
 
+    def test_a_study_folder_names_its_series_folders_in_sorted_order(self) -> None:
+        """The sub-folders a study folder's refusal names (the first 10 of them) are in sorted order: those of its
+        first level had been in the file system's order (os.walk's; on ext4 CT_03, CT_05, CT_09, ...), so which 10
+        were named, and in which order, changed from machine to machine."""
+        with tempfile.TemporaryDirectory() as study:
+            names = [f"CT_{k:02d}" for k in range(12)]
+            for name in names:
+                write_series(os.path.join(study, name), positions=[(0.0, 0.0, 0.0)])
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(study)
+            shown = ", ".join(f"'{os.path.join(study, name)}'" for name in names[:10])
+            self.assertIn(f"sub-folders do: {shown} and 2 more", ctx.exception.problem)
+
 
 
 class SeriesOptionsForFiles(unittest.TestCase):
