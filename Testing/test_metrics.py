@@ -513,6 +513,15 @@ class RegistrationMetricsTest(unittest.TestCase):
                 self.assertAlmostEqual(rotation_angle_deg(affine), 10.0, places=9, msg=(dim, scales))
             with self.assertRaises(InputError):  # a reflection has no rotation angle
                 rotation_angle_deg(matrix @ np.diag([-1.0] + [1.0] * (dim - 1)))
+            # a singular matrix had been said to flip ('flips (determinant 0)'); a NaN one (a diverged
+            # registration's) was numpy's LinAlgError 'SVD did not converge', an infinite one 0 degrees
+            with self.assertRaisesRegex(InputError, "is singular .* flattens the image along an axis"):
+                rotation_angle_deg(matrix @ np.diag([1.0] * (dim - 1) + [0.0]))
+            for bad in (np.nan, np.inf):
+                diverged = matrix.copy()
+                diverged[-1, -1] = bad
+                with self.assertRaisesRegex(InputError, "holds NaN or infinite values"):
+                    rotation_angle_deg(diverged)
 
     def test_tre_refuses_landmarks_without_a_position(self) -> None:
         # a NaN coordinate (an unplaced markup) had made mean, median, max and std NaN without a word

@@ -91,7 +91,15 @@ def rotation_angle_deg(matrix_or_transform: np.ndarray | sitk.Transform) -> floa
     else:
         matrix = np.asarray(matrix_or_transform, float)
     dim = matrix.shape[0]
-    if np.linalg.det(matrix) <= 0:
+    if not np.all(np.isfinite(matrix)):  # a diverged registration's: numpy's 'SVD did not converge', or 0 degrees
+        raise InputError(f"The matrix {matrix.tolist()} holds NaN or infinite values, so it has no rotation angle.",
+                         "Give the transform of a registration that converged (check its metric and parameters).")
+    if np.linalg.matrix_rank(matrix) < dim:  # it flattens space onto a plane or line: nothing flips, nothing turns
+        raise InputError(f"The matrix {matrix.tolist()} is singular (determinant {np.linalg.det(matrix):.3g}): it "
+                         "flattens the image along an axis, so it has no rotation angle.",
+                         "Give a rotation, or a linear transform that keeps every axis (a scale of 0 is no transform "
+                         "to measure).")
+    if np.linalg.det(matrix) < 0:
         raise InputError(f"The matrix {matrix.tolist()} flips (determinant {np.linalg.det(matrix):.3g}), so it has "
                          "no rotation angle.", "Give a rotation, or a linear transform without a reflection.")
     if not np.allclose(matrix.T @ matrix, np.eye(dim), rtol=0, atol=1e-9):
