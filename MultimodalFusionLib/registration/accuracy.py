@@ -74,10 +74,12 @@ def rotation_angle_deg(matrix_or_transform: np.ndarray | sitk.Transform) -> floa
     """Rotation angle (degrees) of a rotation matrix, or of a linear transform's matrix (signed in 2D).
 
     A matrix that is not a rotation (an affine's, with scaling or shear) is taken by its rotation part, the
-    orthogonal factor of its polar decomposition (the rotation nearest to it), as ITK's
-    ``Similarity3DTransform`` and elastix split an affine: read off the matrix itself, an affine of a
-    10 degree turn and 10% scaling had read 0 degrees (3D: ``(trace - 1) / 2`` above 1, clipped). A
-    matrix with a reflection (negative determinant) has no rotation angle: an InputError.
+    orthogonal factor of its polar decomposition (the rotation nearest to it in the Frobenius norm). That
+    factor is exact for a rotation with any scaling along its own axes; with shear an affine has no unique
+    rotation (a QR split, as FSL's avscale uses, gives another angle: 10 degrees and shear 0.3 read 1.5
+    degrees here). Read off the matrix itself, an affine of a 10 degree turn and 10% scaling had read
+    0 degrees (3D: ``(trace - 1) / 2`` above 1, clipped). A matrix with a reflection (negative
+    determinant) has no rotation angle: an InputError.
     """
     if isinstance(matrix_or_transform, sitk.Transform):
         from .sitk_backend import linear_parts
