@@ -67,6 +67,9 @@ __all__ = [
     "fusion_metrics",
     "registration_metrics",
     "tre",
+    "label_overlap",
+    "evaluate_registration",
+    "OVERLAP_MEASURES",
     "to_8bit",
     "entropy",
     "standard_deviation",
@@ -716,3 +719,211 @@ def tre(fixed_points: Sequence[Sequence[float]], moving_points: Sequence[Sequenc
     d = np.linalg.norm(mapped - mp, axis=1)
     return {"mean": float(d.mean()), "median": float(np.median(d)), "max": float(d.max()),
             "std": float(d.std()), "n": int(d.size), "per_point": [float(v) for v in d]}
+
+
+# ----------------------------------------------------------------------------- label overlap (segmentations)
+#: The per-label measures of :func:`label_overlap`, in the order printed.
+OVERLAP_MEASURES = ("dice", "jaccard", "hd95", "hausdorff", "mean_surface_distance")
+
+
+def _label_array(image: sitk.Image, name: str) -> np.ndarray:
+    """The voxels of a label image as integers, refusing what holds no labels."""
+    if not isinstance(image, sitk.Image):
+        raise InputError(f"The {name} is a {type(image).__name__}, not an image.", "Give a SimpleITK image of labels.")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"The {name} has {image.GetNumberOfComponentsPerPixel()} components per voxel; labels are "
+                         "one whole number a voxel.", "Give a label map (a segmentation exported as a labelmap).")
+    arr = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr
+    if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+        raise InputError(f"The {name} holds values that are not whole numbers: it is no label map (a grey image, or "
+                         "labels resampled with linear interpolation).",
+                         "Give the label map itself, resampled (if at all) with nearest-neighbour interpolation.")
+    return arr.astype(np.int64)
+
+
+def _surface_points(mask: np.ndarray, lo: np.ndarray, image: sitk.Image) -> np.ndarray:
+    """Physical (LPS mm) centres of the surface voxels of ``mask`` (a crop of the image starting at numpy index
+    ``lo``): the voxels of the mask with a face neighbour outside it or on the image's border, as MONAI's
+    ``get_mask_edges`` finds them (the mask minus its erosion by the face-connected cross)."""
+    from scipy.ndimage import binary_erosion, generate_binary_structure
+
+    padded = np.pad(mask, 1)  # outside the image counts as outside the label, as MONAI's crop with margin has it
+    edge = padded & ~binary_erosion(padded, generate_binary_structure(mask.ndim, 1))
+    idx = np.argwhere(edge[(slice(1, -1),) * mask.ndim]) + lo  # numpy order (k, j, i)
+    ijk = idx[:, ::-1].astype(np.float64)
+    d = image.GetDimension()
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(d, d)
+    spacing = np.array(image.GetSpacing(), dtype=np.float64)
+    return np.array(image.GetOrigin(), dtype=np.float64) + (ijk * spacing) @ direction.T
+
+
+def _surface_distances(fa: np.ndarray, fb: np.ndarray, image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (mm) from each surface voxel of ``fa`` to the nearest of ``fb``'s, and back."""
+    from scipy.spatial import cKDTree
+
+    either = np.nonzero(fa | fb)
+    lo = np.array([int(v.min()) for v in either])
+    hi = np.array([int(v.max()) + 1 for v in either])
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    pa = _surface_points(fa[box], lo, image)
+    pb = _surface_points(fb[box], lo, image)
+    return cKDTree(pb).query(pa)[0], cKDTree(pa).query(pb)[0]
+
+
+def label_overlap(fixed_labels: sitk.Image, moving_labels_on_fixed: sitk.Image,
+                  labels: Sequence[int] | None = None) -> dict[str, Any]:
+    """Overlap and surface distances of anatomical labels, per label and their mean (Learn2Reg's measures).
+
+    Args:
+        fixed_labels: label map of the fixed image (whole numbers; 0 is background).
+        moving_labels_on_fixed: the moving image's label map on the same grid, resampled nearest-neighbour
+            (through the registration's transform for "after", the identity for "before").
+        labels: the labels to score (default: every non-zero label in either image).
+
+    For a label, A is its voxels in the fixed map and B in the moving one:
+
+    - ``dice``: 2|A∩B| / (|A| + |B|); ``jaccard``: |A∩B| / |A∪B| (ITK's LabelOverlapMeasuresImageFilter's
+      mean overlap and union overlap, ANTs' LabelOverlapMeasures; Slicer's Segment Comparison Dice).
+    - Surface distances, in mm, between the voxel centres of the two surfaces (a surface voxel: one of the label
+      with a face neighbour outside it or at the image's border, as MONAI's ``get_mask_edges``), in physical
+      space: spacing and direction honoured (anisotropic voxels, oblique grids). d(A→B) are the distances from
+      each surface voxel of A to the nearest of B's, d(B→A) back.
+    - ``hd95``: max(95th percentile of d(A→B), 95th percentile of d(B→A)), the larger of the two directed
+      95th percentiles (numpy's linear interpolation): MONAI's ``compute_hausdorff_distance(percentile=95)``
+      and Learn2Reg's HD95 (which weighs each surface element by its area; on voxel surfaces the two differ by a
+      fraction of a voxel). It is not the 95th percentile of both directions' distances pooled (lower when one
+      surface has many more voxels than the other).
+    - ``hausdorff``: max(d(A→B), d(B→A)), the largest; on labels neither of which holds the other inside it,
+      the Hausdorff distance of ITK's HausdorffDistanceImageFilter (which measures from every voxel, so a label
+      lying wholly inside the other counts 0 from its side there, but its surface's distance here).
+    - ``mean_surface_distance``: the mean of d(A→B) and d(B→A) taken together, MONAI's
+      ``compute_average_surface_distance(symmetric=True)`` (average symmetric surface distance, ASSD).
+
+    A label in one image only scores Dice and Jaccard 0 and its distances ``None`` (undefined: not inf), with
+    ``missing`` naming the side it is missing from; a label given in ``labels`` that neither image holds is
+    skipped, named in ``skipped`` and ``notes``. The means: Dice and Jaccard over the labels scored (a missing
+    label counts 0, as Learn2Reg counts it), distances over the labels present on both sides
+    (``labels_with_distances`` says how many).
+
+    Returns:
+        dict: ``labels`` ({label: {dice, jaccard, hd95, hausdorff, mean_surface_distance, fixed_voxels,
+        moving_voxels, missing}}), ``mean`` (the five measures, ``labels``, ``labels_with_distances``),
+        ``skipped`` (labels in neither image) and ``notes``.
+
+    Raises:
+        InputError: the maps are not on one grid, are not label maps (colour; values that are not whole
+            numbers), or hold no label to score.
+    """
+    from .fusion import check_same_grid
+
+    a = _label_array(fixed_labels, "fixed label map")
+    b = _label_array(moving_labels_on_fixed, "moving label map")
+    check_same_grid(fixed_labels, moving_labels_on_fixed, "fixed label map", "moving label map on the fixed grid")
+    if labels is None:
+        wanted = sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0})
+        if not wanted:
+            raise InputError("Both label maps are empty (every voxel 0): there is no label to compare.",
+                             "Give the label maps of the two images (segmentations with non-zero labels).")
+    else:
+        wanted = []
+        for v in labels:
+            if isinstance(v, bool) or not float(v).is_integer():
+                raise InputError(f"Label {v!r} is not a whole number.", "Give labels as whole numbers, e.g. 1,2,3.")
+            wanted.append(int(v))
+        wanted = sorted(set(wanted))
+        if not wanted:
+            raise InputError("No label was given to score.", "Give at least one label, or none for every label.")
+    per: dict[int, dict[str, Any]] = {}
+    skipped: list[int] = []
+    notes: list[str] = []
+    for label in wanted:
+        fa = a == label
+        fb = b == label
+        na, nb = int(np.count_nonzero(fa)), int(np.count_nonzero(fb))
+        if na == 0 and nb == 0:
+            skipped.append(label)
+            continue
+        inter = int(np.count_nonzero(fa & fb))
+        row: dict[str, Any] = {"dice": 2.0 * inter / (na + nb), "jaccard": inter / (na + nb - inter),
+                               "hd95": None, "hausdorff": None, "mean_surface_distance": None,
+                               "fixed_voxels": na, "moving_voxels": nb, "missing": None}
+        if na == 0 or nb == 0:
+            row["missing"] = "fixed" if na == 0 else "moving"
+            notes.append(f"label {label} is missing from the {row['missing']} label map: Dice 0, no distances")
+        else:
+            dab, dba = _surface_distances(fa, fb, fixed_labels)
+            row["hd95"] = float(max(np.percentile(dab, 95), np.percentile(dba, 95)))
+            row["hausdorff"] = float(max(dab.max(), dba.max()))
+            row["mean_surface_distance"] = float(np.concatenate([dab, dba]).mean())
+        per[label] = row
+    if skipped:
+        notes.append(f"label{'s' if len(skipped) > 1 else ''} {', '.join(str(v) for v in skipped)} in neither label "
+                     "map: skipped")
+    if not per:
+        raise InputError(f"None of the labels asked for ({', '.join(str(v) for v in wanted)}) is in either label map.",
+                         "Give labels the maps hold (mmfusion info shows their range), or none for every label.")
+    with_distances = [r for r in per.values() if r["missing"] is None]
+    mean: dict[str, Any] = {"dice": float(np.mean([r["dice"] for r in per.values()])),
+                            "jaccard": float(np.mean([r["jaccard"] for r in per.values()]))}
+    for key in ("hd95", "hausdorff", "mean_surface_distance"):
+        mean[key] = float(np.mean([r[key] for r in with_distances])) if with_distances else None
+    mean["labels"] = len(per)
+    mean["labels_with_distances"] = len(with_distances)
+    return {"labels": per, "mean": mean, "skipped": skipped, "notes": notes}
+
+
+def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None = None, *,
+                          fixed_labels: sitk.Image | None = None, moving_labels: sitk.Image | None = None,
+                          fixed_landmarks: Any = None, moving_landmarks: Any = None,
+                          labels: Sequence[int] | None = None) -> dict[str, Any]:
+    """A registration's accuracy before (identity) and after (through ``transform``), each measure given.
+
+    ITK convention, as ``mmfusion register`` writes its transform: ``transform`` maps fixed-space points to
+    moving space (so it resamples the moving image onto the fixed grid).
+
+    Args:
+        fixed, moving: the images; their similarity (:func:`registration_metrics`: MI, NMI, NCC) is measured
+            with the moving image resampled linearly onto the fixed grid.
+        transform: the registration's transform (fixed -> moving points); None: the identity ("after" equals
+            "before").
+        fixed_labels, moving_labels: label maps of the two images (both or neither): the moving one is
+            resampled nearest-neighbour onto the fixed label map's grid and scored by :func:`label_overlap`.
+        fixed_landmarks, moving_landmarks: corresponding points (both or neither): :class:`landmarks.Landmarks`
+            (pairs with an unplaced point left out, noted) or (n, dim) arrays of LPS mm; scored by :func:`tre`.
+        labels: the labels to score (default: every non-zero label in either map).
+
+    Returns:
+        dict: ``images``, and where given ``labels`` and ``landmarks``, each {"before": ..., "after": ...};
+        ``notes`` (labels or landmarks left out, and why); ``transform_convention``.
+    """
+    from .preprocess import resample
+
+    if (fixed_labels is None) != (moving_labels is None):
+        raise InputError("Only one label map was given: the overlap compares the fixed image's labels with the "
+                         "moving image's.", "Give both label maps (fixed and moving), or neither.")
+    if (fixed_landmarks is None) != (moving_landmarks is None):
+        raise InputError("Only one landmark list was given: the error compares corresponding points of the two "
+                         "images.", "Give both landmark files (fixed and moving), or neither.")
+    out: dict[str, Any] = {"transform_convention": "fixed -> moving points (ITK), LPS mm", "notes": []}
+    steps = (("before", None), ("after", transform))
+    out["images"] = {when: registration_metrics(fixed, resample(moving, fixed, tx)) for when, tx in steps}
+    if fixed_labels is not None:
+        out["labels"] = {}
+        for when, tx in steps:
+            on_fixed = resample(moving_labels, fixed_labels, tx, interpolation="nearest")
+            out["labels"][when] = label_overlap(fixed_labels, on_fixed, labels)
+        out["notes"] += [f"after: {n}" for n in out["labels"]["after"]["notes"]
+                         if n not in out["labels"]["before"]["notes"]]
+        out["notes"] = [f"before: {n}" for n in out["labels"]["before"]["notes"]] + out["notes"]
+    if fixed_landmarks is not None:
+        from .landmarks import Landmarks, paired_landmarks
+
+        if isinstance(fixed_landmarks, Landmarks) and isinstance(moving_landmarks, Landmarks):
+            fp, mp, dropped = paired_landmarks(fixed_landmarks, moving_landmarks)
+            out["notes"] += dropped
+        else:
+            fp, mp = fixed_landmarks, moving_landmarks
+        out["landmarks"] = {when: tre(fp, mp, tx) for when, tx in steps}
+    return out

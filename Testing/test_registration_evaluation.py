@@ -1,0 +1,358 @@
+"""Registration accuracy as Learn2Reg, Slicer and ANTs users measure it: label overlap and surface distances
+(checked against ITK's filters and MONAI), landmark files of Slicer, elastix and ANTs, and the
+`mmfusion evaluate-registration` command on generated data moved by known transforms."""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+import os
+import tempfile
+import unittest
+import warnings
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib import cli, metrics
+from MultimodalFusionLib.errors import InputError
+from MultimodalFusionLib.io import write_image, write_transform
+from MultimodalFusionLib.landmarks import paired_landmarks, read_landmarks
+from MultimodalFusionLib.preprocess import resample
+
+SPACING = (0.8, 1.3, 3.0)  # anisotropic, as a thick-slice acquisition
+ORIGIN = (3.0, -7.0, 11.0)
+
+
+def _direction(deg: float = 20.0) -> list[float]:
+    t = np.deg2rad(deg)
+    return np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]]).ravel().tolist()
+
+
+def _ellipsoid(shape: tuple[int, int, int], centre: tuple[float, ...], radii: tuple[float, ...]) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    return ((x - centre[0]) ** 2 / radii[0] ** 2 + (y - centre[1]) ** 2 / radii[1] ** 2
+            + (z - centre[2]) ** 2 / radii[2] ** 2) <= 1
+
+
+def _placed(arr: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    image.SetDirection(_direction())
+    return image
+
+
+def _two_label_maps() -> tuple[sitk.Image, sitk.Image]:
+    shape = (20, 40, 36)
+    a = np.zeros(shape, np.uint8)
+    b = np.zeros(shape, np.uint8)
+    a[_ellipsoid(shape, (15, 18, 9), (8, 10, 5))] = 1
+    b[_ellipsoid(shape, (18, 20, 10), (7, 11, 4))] = 1
+    a[_ellipsoid(shape, (27, 28, 12), (4, 5, 3))] = 2
+    b[_ellipsoid(shape, (25, 30, 11), (5, 4, 4))] = 2
+    return _placed(a), _placed(b)
+
+
+class LabelOverlapTest(unittest.TestCase):
+    def test_dice_jaccard_hausdorff_match_itk_and_distances_match_monai(self) -> None:
+        fixed, moving = _two_label_maps()
+        result = metrics.label_overlap(fixed, moving)
+        self.assertEqual(sorted(result["labels"]), [1, 2])
+        for label in (1, 2):
+            row = result["labels"][label]
+            f = sitk.Cast(fixed == label, sitk.sitkUInt8)
+            m = sitk.Cast(moving == label, sitk.sitkUInt8)
+            overlap = sitk.LabelOverlapMeasuresImageFilter()
+            overlap.Execute(f, m)
+            self.assertAlmostEqual(row["dice"], overlap.GetDiceCoefficient(), places=10)
+            self.assertAlmostEqual(row["jaccard"], overlap.GetJaccardCoefficient(), places=10)
+            hausdorff = sitk.HausdorffDistanceImageFilter()
+            hausdorff.Execute(f, m)  # in mm through spacing and direction
+            self.assertAlmostEqual(row["hausdorff"], hausdorff.GetHausdorffDistance(), places=6)
+            self.assertGreater(row["hausdorff"], row["hd95"])
+        self._check_monai(fixed, moving, result)
+
+    def _check_monai(self, fixed: sitk.Image, moving: sitk.Image, result: dict) -> None:
+        try:
+            import torch
+            from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+        except ImportError:  # pragma: no cover - MONAI is in the test environment
+            self.skipTest("MONAI not installed")
+        a, b = sitk.GetArrayFromImage(fixed), sitk.GetArrayFromImage(moving)
+        for label in (1, 2):
+            y = torch.as_tensor((a == label)[None, None].astype(np.float32))
+            y_pred = torch.as_tensor((b == label)[None, None].astype(np.float32))
+            spacing = SPACING[::-1]  # numpy's axis order
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                hd95 = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=spacing)
+                assd = compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True,
+                                                        spacing=spacing)
+            row = result["labels"][label]
+            self.assertAlmostEqual(row["hd95"], float(hd95), places=4)
+            self.assertAlmostEqual(row["mean_surface_distance"], float(assd), places=4)
+
+    def test_the_direction_and_spacing_count(self) -> None:
+        # the same voxels with 1 mm isotropic voxels: other distances, the same Dice
+        fixed, moving = _two_label_maps()
+        iso = [sitk.GetImageFromArray(sitk.GetArrayFromImage(im)) for im in (fixed, moving)]
+        a, b = metrics.label_overlap(fixed, moving), metrics.label_overlap(*iso)
+        self.assertAlmostEqual(a["labels"][1]["dice"], b["labels"][1]["dice"])
+        self.assertNotAlmostEqual(a["labels"][1]["hd95"], b["labels"][1]["hd95"], places=2)
+        # turning the grid (direction) moves no voxel against another: the distances stay
+        turned = [sitk.Image(im) for im in (fixed, moving)]
+        for im in turned:
+            im.SetDirection(_direction(-35.0))
+        self.assertAlmostEqual(metrics.label_overlap(*turned)["labels"][1]["hd95"], a["labels"][1]["hd95"])
+
+    def test_a_label_missing_on_one_side_scores_dice_0_and_no_distance(self) -> None:
+        fixed, moving = _two_label_maps()
+        only_fixed = sitk.ChangeLabel(moving, {2: 0})
+        result = metrics.label_overlap(fixed, only_fixed)
+        row = result["labels"][2]
+        self.assertEqual((row["dice"], row["jaccard"], row["missing"]), (0.0, 0.0, "moving"))
+        self.assertIsNone(row["hd95"])
+        self.assertIsNone(row["hausdorff"])
+        self.assertEqual(result["mean"]["labels"], 2)
+        self.assertEqual(result["mean"]["labels_with_distances"], 1)
+        self.assertAlmostEqual(result["mean"]["dice"], result["labels"][1]["dice"] / 2)  # missing counts 0
+        self.assertEqual(result["mean"]["hd95"], result["labels"][1]["hd95"])  # distances of label 1 only
+        json.dumps(result)  # None, not inf: strict JSON
+        self.assertTrue(any("label 2 is missing from the moving" in n for n in result["notes"]))
+
+    def test_labels_in_neither_map_are_skipped_or_refused(self) -> None:
+        fixed, moving = _two_label_maps()
+        result = metrics.label_overlap(fixed, moving, labels=[1, 7])
+        self.assertEqual(list(result["labels"]), [1])
+        self.assertEqual(result["skipped"], [7])
+        self.assertTrue(any("7 in neither" in n for n in result["notes"]))
+        with self.assertRaisesRegex(InputError, "None of the labels asked for"):
+            metrics.label_overlap(fixed, moving, labels=[7])
+        empty = sitk.Image(fixed) * 0
+        with self.assertRaisesRegex(InputError, "Both label maps are empty"):
+            metrics.label_overlap(empty, empty)
+
+    def test_refuses_what_is_no_label_map_or_off_grid(self) -> None:
+        fixed, moving = _two_label_maps()
+        grey = sitk.Cast(moving, sitk.sitkFloat32) * 0.5
+        with self.assertRaisesRegex(InputError, "not whole numbers"):
+            metrics.label_overlap(fixed, grey)
+        shifted = sitk.Image(moving)
+        shifted.SetOrigin((0.0, 0.0, 0.0))
+        with self.assertRaises(InputError):
+            metrics.label_overlap(fixed, shifted)
+
+
+# LPS points and the same in RAS
+LPS = np.array([[10.5, -20.25, 30.0], [-4.0, 5.5, -6.75], [0.0, 100.0, 12.5]])
+RAS = LPS * [-1, -1, 1]
+FCSV_COLUMNS = "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
+
+
+def _fcsv_rows(points: np.ndarray) -> str:
+    return "".join(f"vtkMRMLMarkupsFiducialNode_{i},{p[0]},{p[1]},{p[2]},0,0,0,1,1,1,0,\"F-{i + 1}, a\",,vol1\n"
+                   for i, p in enumerate(points))
+
+
+def _mrk_json(points: np.ndarray, system: str | None, units: str | None = None,
+              status: list[str] | None = None) -> str:
+    markup: dict = {"type": "Fiducial", "controlPoints": [
+        {"id": str(i + 1), "label": f"F-{i + 1}", "position": [float(v) for v in p],
+         "positionStatus": (status or ["defined"] * len(points))[i]} for i, p in enumerate(points)]}
+    if system:
+        markup["coordinateSystem"] = system
+    if units:
+        markup["coordinateUnits"] = units
+    return json.dumps({"@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
+                                  "Resources/Schema/markups-schema-v1.0.3.json#", "markups": [markup]})
+
+
+class LandmarkFilesTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        self.dir = self._tmp.name
+
+    def tearDown(self) -> None:
+        self._tmp.cleanup()
+
+    def _write(self, name: str, text: str) -> str:
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_every_format_in_lps_and_ras_reads_the_same_lps_points(self) -> None:
+        image = _placed(np.zeros((30, 40, 50), np.uint8))
+        index = np.array([[3, 7, 2], [40, 1, 29], [0, 39, 11]])
+        from_index = np.array([image.TransformIndexToPhysicalPoint([int(v) for v in p]) for p in index])
+        files = {
+            "lps.fcsv": "# Markups fiducial file version = 5.6\n# CoordinateSystem = LPS\n" + FCSV_COLUMNS
+                        + _fcsv_rows(LPS),
+            "ras.fcsv": "# Markups fiducial file version = 4.11\n# CoordinateSystem = RAS\n" + FCSV_COLUMNS
+                        + _fcsv_rows(RAS),
+            "ras0.fcsv": "# Markups fiducial file version = 4.6\n# CoordinateSystem = 0\n" + FCSV_COLUMNS
+                         + _fcsv_rows(RAS),
+            "lps1.fcsv": "# Markups fiducial file version = 4.10\n# CoordinateSystem = 1\n" + FCSV_COLUMNS
+                         + _fcsv_rows(LPS),
+            "old.fcsv": "# Markups fiducial file version = 4.4\n" + FCSV_COLUMNS + _fcsv_rows(RAS),  # no line: RAS
+            "lps.mrk.json": _mrk_json(LPS, "LPS"),
+            "ras.mrk.json": _mrk_json(RAS, "RAS"),
+            "default.mrk.json": _mrk_json(LPS, None),
+            "um.mrk.json": _mrk_json(LPS * 1000, "LPS", "um"),
+            "points.txt": "point\n3\n" + "".join(" ".join(str(v) for v in p) + "\n" for p in LPS),
+            "points.pts": "point 3\n" + "".join(" ".join(str(v) for v in p) + "\n" for p in LPS),
+            "points.csv": "x,y,z,t,label\n" + "".join(f"{p[0]},{p[1]},{p[2]},0,L{i}\n" for i, p in enumerate(LPS)),
+        }
+        for name, text in files.items():
+            with self.subTest(name):
+                lm = read_landmarks(self._write(name, text), image)
+                np.testing.assert_allclose(lm.points, LPS, atol=1e-9)
+        lm = read_landmarks(self._write("a.fcsv", files["ras.fcsv"]))
+        self.assertEqual(lm.labels[0], "F-1, a")  # a quoted label with a comma
+        self.assertIn("RAS", read_landmarks(self._write("b.fcsv", files["old.fcsv"])).coordinate_system)
+        # elastix 'index': through the image's geometry (direction, spacing, origin), rounded as transformix does
+        text = "index\n3\n" + "".join(" ".join(str(v + 0.3) for v in p) + "\n" for p in index)
+        np.testing.assert_allclose(read_landmarks(self._write("i.txt", text), image).points, from_index, atol=1e-9)
+
+    def test_unplaced_points_are_left_out_in_pairs(self) -> None:
+        fixed = read_landmarks(self._write("f.mrk.json", _mrk_json(LPS, "LPS", status=["defined", "undefined",
+                                                                                       "defined"])))
+        self.assertEqual(fixed.placed.tolist(), [True, False, True])
+        moving = read_landmarks(self._write("m.csv", "x,y,z,t\n" + "".join(f"{p[0]},{p[1]},{p[2]},0\n"
+                                                                            for p in LPS + 1)))
+        fp, mp, notes = paired_landmarks(fixed, moving)
+        np.testing.assert_allclose(fp, LPS[[0, 2]])
+        np.testing.assert_allclose(mp, LPS[[0, 2]] + 1)  # the third fixed point still pairs with the third moving
+        self.assertEqual(len(notes), 1)
+        self.assertIn("landmark 2 (F-2) left out: unplaced in", notes[0])
+        empty = self._write("e.fcsv", "# CoordinateSystem = LPS\n" + FCSV_COLUMNS + "0,,,,0,0,0,1,1,1,0,F-1,,\n")
+        with self.assertRaisesRegex(InputError, "no placed point"):
+            read_landmarks(empty)
+
+    def test_bad_files_are_refused_naming_the_problem(self) -> None:
+        cases = {
+            "count.txt": ("point\n4\n1 2 3\n4 5 6\n", "says it holds 4 points but has 2"),
+            "bare.txt": ("2\n1 2 3\n4 5 6\n", "does not start with 'point' or 'index'"),
+            "ragged.txt": ("point\n2\n1 2 3\n4 5\n", "do not all hold"),
+            "word.txt": ("point\n1\n1 two 3\n", "'two', not a number"),
+            "noheader.csv": ("1,2,3,0\n4,5,6,0\n", "no header naming its x, y"),
+            "system.fcsv": ("# CoordinateSystem = XYZ\n" + FCSV_COLUMNS + _fcsv_rows(LPS), "'XYZ'"),
+            "two.mrk.json": (json.dumps({"markups": [json.loads(_mrk_json(LPS, "LPS"))["markups"][0]] * 2}),
+                             "2 markups with control points"),
+            "broken.mrk.json": ("{", "not valid JSON"),
+            "points.xyz": ("1 2 3\n", "names no landmark format"),
+        }
+        for name, (text, message) in cases.items():
+            with self.subTest(name), self.assertRaisesRegex(InputError, message):
+                read_landmarks(self._write(name, text))
+        with self.assertRaisesRegex(InputError, "the image they index is needed"):
+            read_landmarks(self._write("i.txt", "index\n1\n1 2 3\n"))
+        with self.assertRaisesRegex(InputError, "not found"):
+            read_landmarks(os.path.join(self.dir, "none.fcsv"))
+        three = read_landmarks(self._write("3.txt", "point\n3\n" + "1 2 3\n" * 3))
+        two = read_landmarks(self._write("2.txt", "point\n2\n" + "1 2 3\n" * 2))
+        with self.assertRaisesRegex(InputError, "different numbers of points: 3 in"):
+            paired_landmarks(three, two)
+
+
+def _rigid() -> sitk.Transform:
+    tx = sitk.Euler3DTransform()
+    tx.SetCenter((20.0, 10.0, 40.0))
+    tx.SetRotation(0.0, 0.0, np.deg2rad(10.0))
+    tx.SetTranslation((6.0, -4.0, 3.0))
+    return tx
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(list(argv))
+    return rc, out.getvalue(), err.getvalue()
+
+
+class EvaluateRegistrationTest(unittest.TestCase):
+    """Moving data made from the fixed data by a known transform T (fixed -> moving points): through T, Dice 1
+    and TRE 0; before, neither."""
+
+    def setUp(self) -> None:
+        shape = (24, 48, 44)
+        labels = np.zeros(shape, np.uint8)
+        labels[_ellipsoid(shape, (18, 22, 12), (9, 12, 6))] = 1
+        labels[_ellipsoid(shape, (30, 30, 12), (5, 6, 4))] = 2
+        self.fixed_labels = _placed(labels)
+        self.fixed = sitk.Cast(self.fixed_labels, sitk.sitkFloat32) * 100.0
+        self.tx = _rigid()
+        # the moving data: the fixed data seen through T's inverse (moving(T(x)) = fixed(x)), on a grid of its own
+        grid = sitk.Image(100, 110, 34, sitk.sitkUInt8)  # holding all of the fixed grid seen through T
+        grid.SetSpacing((1.0, 1.0, 3.0))
+        grid.SetOrigin((-40.0, -30.0, 0.0))
+        self.moving_labels = resample(self.fixed_labels, grid, self.tx.GetInverse(), interpolation="nearest")
+        self.moving = resample(self.fixed, grid, self.tx.GetInverse())
+        self.fixed_points = np.array([[12.0, 9.0, 30.0], [30.0, 20.0, 45.0], [5.0, 40.0, 50.0], [25.0, 0.0, 35.0]])
+        self.moving_points = np.array([self.tx.TransformPoint(p.tolist()) for p in self.fixed_points])
+
+    def test_through_the_transform_dice_is_1_and_tre_0(self) -> None:
+        out = metrics.evaluate_registration(self.fixed, self.moving, self.tx, fixed_labels=self.fixed_labels,
+                                            moving_labels=self.moving_labels, fixed_landmarks=self.fixed_points,
+                                            moving_landmarks=self.moving_points)
+        before, after = out["labels"]["before"]["mean"], out["labels"]["after"]["mean"]
+        self.assertLess(before["dice"], 0.6)
+        self.assertGreater(after["dice"], 0.97)  # nearest-neighbour twice: a few voxels at the edges
+        self.assertLess(after["hd95"], 1.5)  # within about a voxel
+        self.assertGreater(before["hd95"], 5.0)
+        self.assertLess(out["landmarks"]["after"]["max"], 1e-9)
+        expected = np.linalg.norm(self.moving_points - self.fixed_points, axis=1).mean()
+        self.assertAlmostEqual(out["landmarks"]["before"]["mean"], expected, places=9)
+        self.assertGreater(out["images"]["after"]["NCC"], out["images"]["before"]["NCC"])
+
+    def test_a_whole_voxel_shift_gives_dice_exactly_1(self) -> None:
+        shift = sitk.TranslationTransform(3, np.array(self.fixed_labels.TransformIndexToPhysicalPoint((3, 2, 1)))
+                                          - np.array(self.fixed_labels.GetOrigin()))
+        moving_labels = resample(self.fixed_labels, self.fixed_labels, shift.GetInverse(), interpolation="nearest")
+        out = metrics.evaluate_registration(self.fixed, self.fixed, shift, fixed_labels=self.fixed_labels,
+                                            moving_labels=moving_labels, labels=[1])
+        self.assertEqual(out["labels"]["after"]["labels"][1]["dice"], 1.0)
+        self.assertEqual(out["labels"]["after"]["labels"][1]["hausdorff"], 0.0)
+        with self.assertRaisesRegex(InputError, "Only one label map"):
+            metrics.evaluate_registration(self.fixed, self.fixed, shift, fixed_labels=self.fixed_labels)
+
+    def test_command_line_before_and_after(self) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            paths = {}
+            for name, image in (("f.nii.gz", self.fixed), ("m.nii.gz", self.moving),
+                                ("fl.nii.gz", self.fixed_labels), ("ml.nii.gz", self.moving_labels)):
+                paths[name] = os.path.join(d, name)
+                write_image(image, paths[name])
+            paths["t"] = write_transform(self.tx, os.path.join(d, "t.tfm"))
+            paths["fp"] = os.path.join(d, "fixed.fcsv")  # Slicer, RAS
+            with open(paths["fp"], "w") as f:
+                f.write("# CoordinateSystem = RAS\n" + FCSV_COLUMNS + _fcsv_rows(self.fixed_points * [-1, -1, 1]))
+            paths["mp"] = os.path.join(d, "moving.csv")  # ANTs, LPS
+            with open(paths["mp"], "w") as f:
+                f.write("x,y,z,t\n" + "".join(",".join(repr(float(v)) for v in p) + ",0\n" for p in self.moving_points))
+            common = [paths["f.nii.gz"], paths["m.nii.gz"], "--fixed-labels", paths["fl.nii.gz"], "--moving-labels",
+                      paths["ml.nii.gz"], "--fixed-landmarks", paths["fp"], "--moving-landmarks", paths["mp"]]
+            rc, out, err = run_cli("evaluate-registration", *common, "--transform", paths["t"], "--json")
+            self.assertEqual(rc, 0, err)
+            result = json.loads(out)
+            self.assertGreater(result["labels"]["after"]["mean"]["dice"], 0.97)
+            self.assertLess(result["landmarks"]["after"]["max"], 1e-6)
+            self.assertGreater(result["landmarks"]["before"]["mean"], 5.0)
+            rc, out, err = run_cli("evaluate-registration", *common, "--transform", paths["t"])
+            self.assertEqual(rc, 0, err)
+            self.assertRegex(out, r"Dice\s+0\.\d+\s+0\.9[789]")
+            self.assertIn("TRE mm", out)
+            rc, out, err = run_cli("evaluate-registration", *common[:4])
+            self.assertEqual(rc, 2)
+            self.assertIn("--fixed-labels was given without --moving-labels", err)
+        help_text = _io.StringIO()
+        with contextlib.redirect_stdout(help_text), contextlib.redirect_stderr(_io.StringIO()):
+            with contextlib.suppress(SystemExit):
+                cli.main(["evaluate-registration", "--help"])
+        self.assertIn("maps FIXED points into MOVING", " ".join(help_text.getvalue().split()))
+
+
+if __name__ == "__main__":
+    unittest.main()
