@@ -270,7 +270,7 @@ def _read_elastix(path: str, text: str, image: sitk.Image | None) -> Landmarks:
     if len(dims) > 1 or (dims and dims.pop() not in (2, 3)):
         raise InputError(f"Landmark file '{path}': its point lines do not all hold 2 or all hold 3 coordinates.",
                          "Give one point a line, its 2 or 3 coordinates separated by spaces.")
-    points = np.array([[_number(path, tok, f"point {i} (line {i + 3})") for tok in ln] for i, ln in enumerate(body)],
+    points = np.array([[_number(path, tok, f"point {i + 1}") for tok in ln] for i, ln in enumerate(body)],
                       dtype=np.float64).reshape(len(body), -1)
     if head == "point":
         return Landmarks(points, [""] * len(body), path, LANDMARK_EXTENSIONS[".txt"], "LPS (elastix 'point')")
