@@ -514,10 +514,6 @@ class ResampleVectorFields(unittest.TestCase):
             self.assertEqual(sitk.ReadImage(os.path.join(d, "z.nrrd")).GetNumberOfComponentsPerPixel(), 3)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 def _body(slices: int, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), lungs: bool = False,
           seed: int = 0) -> sitk.Image:
     """A noisy 64 x 64 body section (an ellipse at 100 over a background of 0) of ``slices`` slices; with ``lungs``,
@@ -727,3 +723,7 @@ class ResampleChainsAndInverses(unittest.TestCase):
         code, err = self.run_cli("resample", moving, "--reference", moving, "-o", self.path("x.nrrd"), "--invert")
         self.assertEqual(code, 2)
         self.assertIn("--invert was given without --transform", err)
+
+
+if __name__ == "__main__":
+    unittest.main()
