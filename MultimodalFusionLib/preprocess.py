@@ -852,7 +852,9 @@ def _fill_holes_slice_by_slice(mask: sitk.Image) -> sitk.Image:
     arr = sitk.GetArrayFromImage(mask)
     for k in range(arr.shape[0]):
         if arr[k].any():
-            arr[k] = sitk.GetArrayViewFromImage(
+            # a copy, not a view of the filter's temporary output: the view had been read after the image was
+            # freed, writing the allocator's bytes (values 15..240) into the first row of every slice
+            arr[k] = sitk.GetArrayFromImage(
                 sitk.BinaryFillhole(sitk.GetImageFromArray(arr[k]), fullyConnected=False, foregroundValue=1))
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(mask)

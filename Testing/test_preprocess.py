@@ -365,7 +365,7 @@ class SmallAndOddInputs(unittest.TestCase):
             foreground_mask(tiny)
         mask = foreground_mask(tiny, smoothing_sigma_mm=0, opening_radius=0)
         self.assertEqual(mask.GetSize(), (3, 3, 3))
-        self.assertEqual(sitk.GetArrayViewFromImage(foreground_mask(tiny, opening_radius=0))[1, 1, 1], 1)
+        self.assertEqual(sitk.GetArrayFromImage(foreground_mask(tiny, opening_radius=0))[1, 1, 1], 1)
 
     def test_crop_and_mask_refuse_what_is_not_an_image_or_a_label(self) -> None:
         from MultimodalFusionLib.validation import check_mask
@@ -565,6 +565,16 @@ class MasksOfThinAnisotropicAndOneSliceImages(unittest.TestCase):
         self.assertEqual(mask[:, 32, 44].tolist(), [1] * 10)
         kept = sitk.GetArrayFromImage(foreground_mask(body, fill_holes=False))
         self.assertEqual(kept[:, 32, 20].tolist(), [0] * 10)
+
+    def test_the_mask_holds_0_and_1_only_with_every_component_kept(self) -> None:
+        # the slice-by-slice filling had copied a view of each slice's filtered image after that image was freed:
+        # the allocator's bytes (15..240) landed in the first row of every slice, seen with largest_component=False
+        body = _body(10, lungs=True)
+        for _ in range(3):
+            mask = sitk.GetArrayFromImage(foreground_mask(body, largest_component=False))
+            self.assertEqual(np.unique(mask).tolist(), [0, 1])
+            self.assertEqual(int(mask[:, 0, :].sum()), 0)  # the body is 12 rows from the first one
+            np.testing.assert_array_equal(mask, sitk.GetArrayFromImage(foreground_mask(body)))
 
     def test_one_slice_volumes_are_normalised_and_cropped(self) -> None:
         volume = _body(1, spacing=(0.8, 0.8, 3.0))
