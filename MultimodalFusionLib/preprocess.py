@@ -782,9 +782,10 @@ def foreground_mask(image: sitk.Image, *, smoothing_sigma_mm: float | None = Non
             axis), which makes the mask robust to noise; 0: none.
         closing_radius: binary closing radius in voxels of the finest axis (joins gaps).
         opening_radius: binary opening radius in voxels of the finest axis (removes specks).
-        fill_holes: fill holes: those enclosed in 3D, and, in a volume, those enclosed within a slice (along the
-            last axis, the file's slices), such as the lungs or the airway where they reach the first or the last
-            slice, which no 3D hole filling closes.
+        fill_holes: fill holes: those enclosed in 3D, and, in a volume, the cavities that only the first or the
+            last slice (along the last axis, the file's slices) opens, such as the lungs or the airway cut by the
+            field of view. Background that reaches a side of the volume stays out, also where some slices enclose
+            it (air between a forearm lying across the belly and the belly).
         largest_component: keep only the largest connected component.
         dilation_radius: final dilation in voxels of the finest axis (a margin around the object).
 
@@ -826,9 +827,7 @@ def foreground_mask(image: sitk.Image, *, smoothing_sigma_mm: float | None = Non
         padded = sitk.BinaryMorphologicalClosing(padded, _ball(closing_radius, image), sitk.sitkBall, 1)
         mask = sitk.Crop(padded, pad, pad)
     if fill_holes:
-        mask = sitk.BinaryFillhole(mask, fullyConnected=False, foregroundValue=1)
-        if dim == 3:
-            mask = _fill_holes_slice_by_slice(mask)
+        mask = _fill_holes_open_at_the_ends(mask) if dim == 3 else sitk.BinaryFillhole(mask, False, 1)
     if largest_component and sitk.GetArrayViewFromImage(mask).any():
         cc = sitk.ConnectedComponent(mask)
         mask = sitk.RelabelComponent(cc, sortByObjectSize=True) == 1
@@ -846,17 +845,16 @@ def _ball(radius: int, image: sitk.Image) -> list[int]:
     return [int(np.floor(length / s + 1e-6)) for s in image.GetSpacing()]
 
 
-def _fill_holes_slice_by_slice(mask: sitk.Image) -> sitk.Image:
-    """``mask`` (3D, 0/1) with the holes of each slice (along the last axis) filled: a cavity that reaches the
-    first or last slice (lungs cut by the field of view, the airway) is no 3D hole, but it is one in each slice."""
-    arr = sitk.GetArrayFromImage(mask)
-    for k in range(arr.shape[0]):
-        if arr[k].any():
-            # a copy, not a view of the filter's temporary output: the view had been read after the image was
-            # freed, writing the allocator's bytes (values 15..240) into the first row of every slice
-            arr[k] = sitk.GetArrayFromImage(
-                sitk.BinaryFillhole(sitk.GetImageFromArray(arr[k]), fullyConnected=False, foregroundValue=1))
-    out = sitk.GetImageFromArray(arr)
+def _fill_holes_open_at_the_ends(mask: sitk.Image) -> sitk.Image:
+    """``mask`` (3D, 0/1) with its holes filled, those in 3D and the cavities that only the first or last slice
+    (along the last axis) opens: a slice of foreground put before the first and after the last closes them for a 3D
+    hole filling. Lungs or an airway cut by the field of view are filled; background that reaches a side of the
+    volume stays out, also where it is enclosed within some slices only. Each slice's holes had been filled on
+    their own: the air between a forearm lying across the belly and the belly, enclosed in the forearm's slices
+    and open above and below them, had been put in the mask."""
+    caps = [0] * (mask.GetDimension() - 1) + [1]
+    filled = sitk.BinaryFillhole(sitk.ConstantPad(mask, caps, caps, 1), fullyConnected=False, foregroundValue=1)
+    out = sitk.Crop(filled, caps, caps)
     out.CopyInformation(mask)
     return out
 

@@ -566,6 +566,28 @@ class MasksOfThinAnisotropicAndOneSliceImages(unittest.TestCase):
         kept = sitk.GetArrayFromImage(foreground_mask(body, fill_holes=False))
         self.assertEqual(kept[:, 32, 20].tolist(), [0] * 10)
 
+    def test_air_enclosed_within_some_slices_only_stays_out(self) -> None:
+        # a torso in every slice, a forearm across its front in slices 8..11 touching it at both ends (hands, elbow):
+        # the air between them is enclosed in those slices, open above and below them. Each slice's holes had been
+        # filled on their own, putting that air in the mask (280 of its 1400 voxels); the 3D filling leaves it out
+        z, y, x = np.mgrid[0:20, 0:64, 0:64].astype(np.float32)
+        torso = ((x - 32) / 22) ** 2 + ((y - 36) / 16) ** 2 < 1
+        forearm = (np.abs(y - 14) <= 2) & (np.abs(x - 32) <= 18) & (z >= 8) & (z < 12)
+        ends = ((np.abs(x - 13) <= 3) | (np.abs(x - 51) <= 3)) & (y >= 14) & (y <= 30) & (z >= 8) & (z < 12)
+        arr = np.where(torso | forearm | ends, 100.0, 0.0) + np.random.default_rng(0).normal(0, 5, z.shape)
+        mask = sitk.GetArrayFromImage(foreground_mask(sitk.GetImageFromArray(arr.astype(np.float32))))
+        air = ~torso & (y > 16) & (y < 22) & (np.abs(x - 32) <= 8)
+        self.assertEqual(int(mask[air].sum()), 0)
+        self.assertEqual(int(mask[9:11, 13:16, 20:44].min()), 1)  # the forearm
+        # a cavity the first and last slices open is still filled; a 3D hole too
+        lungs = sitk.GetArrayFromImage(foreground_mask(_body(10, lungs=True)))
+        self.assertEqual((lungs[:, 32, 20].min(), lungs[:, 32, 44].min()), (1, 1))
+        body = sitk.GetArrayFromImage(_body(12))
+        body[3:9, 22:42, 20:44] = 0.0  # a cavity closed in 3D
+        image = sitk.GetImageFromArray(body)
+        self.assertEqual(int(sitk.GetArrayFromImage(foreground_mask(image, fill_holes=False))[5, 32, 32]), 0)
+        self.assertEqual(int(sitk.GetArrayFromImage(foreground_mask(image))[3:9, 22:42, 20:44].min()), 1)
+
     def test_the_mask_holds_0_and_1_only_with_every_component_kept(self) -> None:
         # the slice-by-slice filling had copied a view of each slice's filtered image after that image was freed:
         # the allocator's bytes (15..240) landed in the first row of every slice, seen with largest_component=False
