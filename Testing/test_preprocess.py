@@ -558,6 +558,20 @@ class MasksOfThinAnisotropicAndOneSliceImages(unittest.TestCase):
         self.assertEqual(np.flatnonzero(dilated.sum(axis=(1, 2))).tolist(), [5, 6])
         self.assertEqual(int(np.flatnonzero(dilated[5].sum(axis=0)).min()), 14)  # 2 pixels (1 mm) to the side
 
+    def test_nearly_isotropic_voxels_keep_their_radius_along_every_axis(self) -> None:
+        # on 0.9375 x 0.9375 x 1 mm voxels (an MR T1) the ball of the voxels that fit in 2 x 0.9375 mm had 1 slice:
+        # dilation_radius=2 added 1 slice above and below where it adds 2 to an isotropic image, and the default
+        # opening (1 voxel, 0.9375 mm) had no slice at all, a 2D opening
+        arr = np.zeros((20, 48, 48), np.float32)
+        arr[6:14, 12:36, 12:36] = 100.0
+        arr += np.random.default_rng(2).normal(0, 3, arr.shape).astype(np.float32)
+        for spacing in ((1.0, 1.0, 1.0), (0.9375, 0.9375, 1.0), (1.0, 1.0, 1.2)):
+            with self.subTest(spacing=spacing):
+                image = sitk.GetImageFromArray(arr)
+                image.SetSpacing(spacing)
+                dilated = sitk.GetArrayFromImage(foreground_mask(image, dilation_radius=2))
+                self.assertEqual(np.flatnonzero(dilated.sum(axis=(1, 2))).tolist(), list(range(4, 16)))
+
     def test_cavities_reaching_the_first_or_last_slice_are_filled(self) -> None:
         body = _body(10, lungs=True)
         mask = sitk.GetArrayFromImage(foreground_mask(body))
