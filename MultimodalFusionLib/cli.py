@@ -368,8 +368,9 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interpolation", choices=["linear", "bspline", "lanczos", "nearest", "label-gaussian"],
                    default="linear",
                    help="linear (default), bspline (cubic) or lanczos (windowed sinc) give float32 (float64 for a "
-                        "float64 image); nearest or label-gaussian (antsApplyTransforms' GenericLabel: smoother label "
-                        "edges) for labels and masks, which keep their pixel type")
+                        "float64 image); nearest or label-gaussian (the label of most Gaussian weight, sigma 1 voxel, as "
+                        "antsApplyTransforms' MultiLabel: smoother label edges, but a label one voxel thin vanishes) "
+                        "for labels and masks, which keep their pixel type")
     p.add_argument("--default-value", type=float, default=0.0, help="value outside the moving image")
     p.add_argument("--components", choices=["vector", "channels", "tensor"],
                    help="a multi-component image that is no RGB/RGBA picture: vector (a displacement or vector field "

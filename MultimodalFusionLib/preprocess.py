@@ -32,8 +32,10 @@ __all__ = [
 ]
 
 #: Interpolator names accepted by :func:`resample`, with antsApplyTransforms' names: Linear, BSpline (cubic),
-#: NearestNeighbor, LanczosWindowedSinc (a windowed sinc) and GenericLabel (label Gaussian: each output
-#: voxel takes the label of most Gaussian weight around it, smoother label edges than nearest's; for labels and masks).
+#: NearestNeighbor, LanczosWindowedSinc (a windowed sinc) and, for labels and masks, label-gaussian: ITK's label
+#: Gaussian as SimpleITK sets it (sigma 1 input voxel, alpha 1), each output voxel the label of most Gaussian weight
+#: around it, ANTs' MultiLabel (not GenericLabel, which interpolates each label linearly and keeps a label one voxel
+#: thin): smoother label edges than nearest's, but a label one voxel thin is outvoted even on the same grid.
 INTERPOLATORS = {
     "linear": sitk.sitkLinear,
     "bspline": sitk.sitkBSpline,
@@ -276,8 +278,9 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             (the transform a registration returns); identity when None.
         interpolation: "linear", "bspline" (cubic B-spline, smooth, for display), "lanczos" (a Lanczos windowed
             sinc, antsApplyTransforms' LanczosWindowedSinc: the sharpest, with some ringing), "nearest" (labels,
-            masks) or "label-gaussian" (labels, masks: the label of most Gaussian weight, antsApplyTransforms'
-            GenericLabel; smoother label edges than nearest's). B-spline and Lanczos overshoot at edges: into
+            masks) or "label-gaussian" (labels, masks: the label of most Gaussian weight, sigma 1 input voxel,
+            antsApplyTransforms' MultiLabel; smoother label edges than nearest's, but a label one voxel thin
+            vanishes and a small one loses its corners, even on the same grid). B-spline and Lanczos overshoot at edges: into
             integer pixels their values are clipped to the type's range (a 0/255 edge stays within 0..255).
         default_value: value of output voxels that map outside the moving image.
         pixel_type: output pixel type; by default float32 for linear, bspline and lanczos (float64 for a

@@ -771,5 +771,26 @@ class ResampleChainsAndInverses(unittest.TestCase):
         self.assertIn("--invert was given without --transform", err)
 
 
+
+class LabelGaussianKeepsNoThinLabel(unittest.TestCase):
+    def test_a_label_one_voxel_thin_is_outvoted_on_its_own_grid(self) -> None:
+        # what the README says of label-gaussian (it had been called antsApplyTransforms' GenericLabel, which
+        # interpolates each label linearly and keeps such a label): a 1-voxel line of 30 voxels vanishes and a
+        # 4 x 4 x 4 cube loses its 8 corners, resampled onto the labels' own grid; nearest keeps both
+        labels = np.zeros((40, 40, 40), np.uint8)
+        labels[10:30, 10:30, 10:30] = 3
+        labels[18:22, 18:22, 18:22] = 7
+        labels[5, 5, 5:35] = 9
+        image = sitk.GetImageFromArray(labels)
+        image.SetSpacing((0.5, 0.5, 0.5))
+        for interpolation, counts in (("nearest", {0: 55970, 3: 7936, 7: 64, 9: 30}),
+                                      ("label-gaussian", {0: 56008, 3: 7936, 7: 56})):
+            with self.subTest(interpolation=interpolation):
+                out = resample(image, image, None, interpolation=interpolation)
+                self.assertEqual(out.GetPixelID(), sitk.sitkUInt8)
+                values, n = np.unique(sitk.GetArrayFromImage(out), return_counts=True)
+                self.assertEqual(dict(zip(values.tolist(), n.tolist())), counts)
+
+
 if __name__ == "__main__":
     unittest.main()
