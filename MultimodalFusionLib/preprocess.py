@@ -671,8 +671,11 @@ def normalize_intensity(image: sitk.Image, method: str = "zscore", *, mask: sitk
         InputError: unknown method or CT window, a window of non-positive width, an output range that
             is not two different finite numbers, or a mask inside which the image is constant.
     """
-    # a one-slice volume is normalised as any image (the statistics take no neighbours): it had been refused
-    check_image(image, "image", allow_one_slice=True)
+    # a one-slice volume is normalised as any image (the statistics take no neighbours): it had been refused.
+    # Only a range (percentile, minmax) takes the difference of the extremes; z-scores (scaled below) and a window
+    # take any finite values, -1e308..1e308 too
+    by_range = method in ("percentile", "minmax") and ct_window is None and not isinstance(window, str)
+    check_image(image, "image", allow_one_slice=True, allow_any_span=not by_range)
     if isinstance(window, str):
         # window="brain" reads naturally but the name belongs in ct_window: take it rather than
         # failing in float() on its first letter

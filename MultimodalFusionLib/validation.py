@@ -107,11 +107,12 @@ def _refuse_tensors(image: sitk.Image, name: str) -> None:
 
 
 def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = False,
-                allow_constant: bool = False, allow_one_slice: bool = False) -> None:
+                allow_constant: bool = False, allow_one_slice: bool = False, allow_any_span: bool = False) -> None:
     """Raise InputError if ``image`` is not usable: wrong dimension, empty, complex or label-map pixels,
     NaN/inf, constant (unless ``allow_constant``: resampling a blank mask is legitimate, registering or
     fusing one is not), a one-slice volume (unless ``allow_one_slice``: ITK resamples one in 3D, with half
-    a slice's depth either side of it, but registers and fuses it only as the 2D image it is)."""
+    a slice's depth either side of it, but registers and fuses it only as the 2D image it is), values whose span
+    overflows float64 (unless ``allow_any_span``: for a use that never takes their difference, a z-score)."""
     if not isinstance(image, sitk.Image):
         raise InputError(f"The {name} is a {type(image).__name__}, not an image.",
                          "Pass a SimpleITK image, or read it with MultimodalFusionLib.io.read_image.")
@@ -159,7 +160,7 @@ def check_image(image: sitk.Image, name: str = "image", *, allow_vector: bool = 
     if constant:
         raise InputError(f"The {name} is constant (every voxel is {value}); it holds no structure to use.",
                          "Check that the right file or series was loaded and that it is not blank.")
-    if np.issubdtype(arr.dtype, np.floating):
+    if np.issubdtype(arr.dtype, np.floating) and not allow_any_span:
         # a 64-bit float image whose values span more than float64 holds (1e308 and -1e308): every min-max
         # scaling overflowed, `mmfusion fuse` wrote b's voxels as 0 and one NaN (rc 0), the metrics then refused NaN
         lo, hi = (float(lows.min()), float(highs.max())) if ncomp > 1 else (lo, hi)
