@@ -869,7 +869,8 @@ def mean_distance(a: sitk.Transform, b: sitk.Transform, fixed: sitk.Image, fixed
     grid = sitk.Shrink(fixed, factors) if max(factors) > 1 else fixed
     inside = None
     if fixed_mask is not None:
-        inside = sitk.GetArrayViewFromImage(sitk.Shrink(fixed_mask, factors) if max(factors) > 1 else fixed_mask) != 0
+        # a copy: a view of the shrunk mask would outlive the image it views (freed before the comparison)
+        inside = sitk.GetArrayFromImage(sitk.Shrink(fixed_mask, factors) if max(factors) > 1 else fixed_mask) != 0
         inside = inside if inside.any() else None
     fields = []
     for transform in (a, b):
