@@ -59,7 +59,10 @@ def check_components(image: sitk.Image, name: str = "image", *, path: str | os.P
     as complex pixels where they hold complex ones), two channels such as a vector field, with the one-channel fix
     (a 2-channel .nrrd had been called "a complex image saved as MetaImage"); an image of unknown origin, either."""
     components = image.GetNumberOfComponentsPerPixel()
-    if components in (1, 3, 4):
+    if components == 1:
+        return
+    if components in (3, 4):
+        _check_colour(image, name)
         return
     if tensors.tensor_kind(image) is not None or (components in tensors.COUNTS.values() and image.GetDimension() == 3):
         _refuse_tensors(image, name)
@@ -81,6 +84,50 @@ def check_components(image: sitk.Image, name: str = "image", *, path: str | os.P
             fix = "Give a grey or RGB image, or one channel of it (sitk.VectorIndexSelectionCast(image, 0))."
     raise InputError(f"The {name} has {components} components per pixel{note}; only grey, RGB and RGBA images are "
                      "supported.", fix)
+
+
+#: NRRD kinds of a pixel axis that say its components are colour (ITK writes RGB-color and RGBA-color; "vector" is what
+#: it writes for any other multi-component image, this package's colour outputs included, so it says nothing)
+_COLOUR_KINDS = frozenset({"RGB-color", "RGBA-color", "3-color", "4-color", "HSV-color", "XYZ-color"})
+#: NRRD kinds of a pixel axis that say its components are a geometric vector (ITK keeps the kind in the image's
+#: metadata as NRRD_kinds[pixel]); NIfTI's intent code 1006 (NIFTI_INTENT_DISPVECT) says a displacement field
+_VECTOR_KINDS = frozenset({"covariant-vector", "2-vector", "3-vector", "4-vector", "normal", "3-normal", "gradient",
+                           "3-gradient", "point"})
+_DISPLACEMENT_INTENT = "1006"
+
+
+def _check_colour(image: sitk.Image, name: str) -> None:
+    """Refuse a 3- or 4-component image that is not a colour picture: one whose file says its components are a
+    vector (a NRRD of kinds covariant-vector, 3-vector, ...; a NIfTI of intent displacement vector) or, where the
+    file does not say colour, one with a negative component anywhere (colour channels are intensities: a
+    displacement field's components run either side of 0). Such an image had been fused as RGB, its x, y, z
+    painted as red, green and blue, and written as a colour image with exit status 0."""
+    kind = image.GetMetaData("NRRD_kinds[pixel]").strip() if image.HasMetaDataKey("NRRD_kinds[pixel]") else ""
+    if kind in _COLOUR_KINDS:
+        return
+    said, overshoot = "", ""
+    if kind in _VECTOR_KINDS:
+        said = f"its file says its components are a vector (NRRD kind '{kind}')"
+    elif image.HasMetaDataKey("intent_code") and image.GetMetaData("intent_code").strip() == _DISPLACEMENT_INTENT:
+        said = "its file says it is a displacement field (NIfTI intent displacement vector, 1006)"
+    elif "unsigned" not in image.GetPixelIDTypeAsString():  # unsigned pixels hold no negative value
+        values = sitk.GetArrayViewFromImage(image)
+        low = float(np.min(values))
+        if low < 0:
+            said = (f"its components take negative values (down to {low:g}, up to {float(np.max(values)):g}), "
+                    "which no colour channel has")
+            overshoot = (" If it is a colour picture whose values went below 0 (a B-spline interpolation "
+                         "overshoots), clip it at 0 (sitk.Clamp(image, lowerBound=0)) or resample it with linear "
+                         "interpolation.")
+    if said:
+        components = image.GetNumberOfComponentsPerPixel()
+        raise InputError(f"The {name} has {components} components per pixel and is not a colour picture: {said}, so "
+                         "it is a vector image (e.g. a displacement field or gradients). Registration and fusion take "
+                         "grey, RGB and RGBA images; fusion would have painted the vectors' components as colours.",
+                         "Give a grey image made from it: one component (sitk.VectorIndexSelectionCast(image, 0)) or "
+                         "the vectors' length (sitk.VectorMagnitude(image)), written to a file; to carry the field "
+                         "itself onto another grid use mmfusion resample FIELD --reference IMAGE --components vector."
+                         + overshoot)
 
 
 #: why a DTI (or DWI) volume is not registered or fused (the one text for files and Slicer's nodes)

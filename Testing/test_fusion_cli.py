@@ -264,6 +264,64 @@ class FuseEvaluateCliTest(unittest.TestCase):
                 self.assertGreater(np.abs(by_run.astype(float) - unwindowed).max(), 10.0)
                 self.assertEqual(recorded[method]["parameters"]["window_b"], [50.0, 150.0])
 
+    def test_a_vector_image_is_refused_and_colour_pictures_are_fused(self) -> None:
+        """A 3-component vector image (a displacement field: NRRD kinds vector with values either side of 0, or
+        covariant-vector; a NIfTI of intent displacement vector) had been fused as RGB, its x, y, z painted as red,
+        green and blue, and written as a colour image, rc 0. Refused now, as A or B, naming the fix; colour pictures,
+        8-bit or float, with a file that says colour or one that says nothing, are fused as before."""
+        import struct
+
+        shape = (4, 24, 24)
+        rng = np.random.default_rng(5)
+        grey = sitk.GetImageFromArray((rng.random(shape) * 100).astype(np.float32))
+        a = os.path.join(self.tmp.name, "a.nii.gz")
+        sitk.WriteImage(grey, a)
+
+        def write(arr: np.ndarray, name: str, kind: str | None = None, intent: int | None = None) -> str:
+            path = os.path.join(self.tmp.name, name)
+            sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=True), path)
+            if kind is not None:  # ITK writes "vector" for every multi-component image
+                with open(path, "rb") as fh:
+                    content = fh.read()
+                with open(path, "wb") as fh:
+                    fh.write(content.replace(b"kinds: vector", f"kinds: {kind}".encode(), 1))
+            if intent is not None:  # the NIfTI-1 header's intent_code, a 16-bit integer at byte 68
+                with open(path, "r+b") as fh:
+                    fh.seek(68)
+                    fh.write(struct.pack("<h", intent))
+            return path
+
+        field = rng.normal(0.0, 3.0, shape + (3,)).astype(np.float32)
+        refused = {write(field, "field.nrrd"): "negative values (down to",
+                   write(field, "field.nii.gz"): "negative values (down to",
+                   write(np.abs(field), "gradients.nrrd", kind="covariant-vector"): "NRRD kind 'covariant-vector'",
+                   write(np.abs(field), "displacement.nii", intent=1006): "intent displacement vector"}
+        for path, said in refused.items():
+            for order in ((a, path), (path, a)):
+                with self.subTest(file=os.path.basename(path), as_b=order[1] == path):
+                    out = os.path.join(self.tmp.name, "fused.nii.gz")
+                    code, _, stderr = _main(["fuse", *order, "--method", "average", "-o", out])
+                    self.assertEqual(code, 2, stderr)
+                    self.assertIn("is not a colour picture", stderr)
+                    self.assertIn(said, stderr)
+                    self.assertIn("sitk.VectorMagnitude(image)", stderr)
+                    self.assertFalse(os.path.exists(out))
+        # in Python too, an image without a file (its values say it)
+        with self.assertRaises(InputError) as ctx:
+            fusion.fuse(grey, sitk.GetImageFromArray(field, isVector=True), "overlay")
+        self.assertIn("functional image (b) has 3 components per pixel and is not a colour picture", str(ctx.exception))
+        # colour pictures: 8-bit, float 0..1 (written as kinds vector), a float one whose file says RGB-color (a
+        # B-spline overshoot below 0 included: the file says what it is)
+        picture = rng.random(shape + (3,))
+        for path in (write((picture * 255).astype(np.uint8), "rgb8.nrrd"),
+                     write(picture.astype(np.float32), "rgb_float.nrrd"),
+                     write((picture - 0.01).astype(np.float32), "rgb_color.nrrd", kind="RGB-color")):
+            with self.subTest(colour=os.path.basename(path)):
+                out = os.path.join(self.tmp.name, "colour.nrrd")
+                code, _, stderr = _main(["fuse", a, path, "--method", "average", "-o", out])
+                self.assertEqual(code, 0, stderr)
+                self.assertEqual(sitk.ReadImage(out).GetNumberOfComponentsPerPixel(), 3)
+
     def test_run_refuses_a_method_flag_no_method_run_takes(self) -> None:
         # `fuse --method average --levels 3` is refused, but `run --methods average --levels 3` had dropped the
         # flag (each method gets the flags it takes) and fused without it, rc 0
