@@ -494,7 +494,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- fuse / evaluate / run
 _FUSION_PARAM_FLAGS = ("weight", "wavelet", "levels", "sigma", "colormap", "opacity", "threshold", "window",
-                       "adapt_steps", "weights", "device", "selection")
+                       "window_a", "adapt_steps", "weights", "device", "selection")
 
 
 def _add_fusion_params(p: argparse.ArgumentParser) -> None:
@@ -510,6 +510,14 @@ def _add_fusion_params(p: argparse.ArgumentParser) -> None:
     g.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"),
                    help="every method: intensity window of the functional image B mapped to 0..1 (default: 8-bit as "
                         "it is, others min..max; overlay: its display window, default min..99.5th percentile)")
+    # the anatomical image's (window_a): a CT's HU range is -1024..3000 or more, so min..max leaves soft tissue
+    # (-100..100 HU) within 13 of 255 grey levels; its window had been settable in Python only
+    g.add_argument("--window-a", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="every method: intensity window of the anatomical image A mapped to 0..1 (default: 8-bit as "
+                        "it is, others min..max), e.g. a CT's soft tissue -160 240 (HU)")
+    g.add_argument("--window-level-a", type=float, nargs=2, metavar=("WINDOW", "LEVEL"),
+                   help="the same as Slicer shows it, window width and level: --window-level-a 400 40 is "
+                        "--window-a -160 240 (LO = LEVEL - WINDOW/2, HI = LEVEL + WINDOW/2)")
     g.add_argument("--adapt", dest="adapt_steps", type=int, metavar="STEPS",
                    help="deep: per-study adaptation steps, a short unsupervised fine-tuning on this very pair "
                         "(default 0: the shipped weights as they are)")
@@ -532,8 +540,22 @@ def _fusion_flag(key: str) -> str:
 
 
 def _fusion_params(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: (tuple(v) if isinstance(v, list) else v) for k in _FUSION_PARAM_FLAGS
-            if (v := getattr(args, k, None)) is not None}
+    params = {k: (tuple(v) if isinstance(v, list) else v) for k in _FUSION_PARAM_FLAGS
+              if (v := getattr(args, k, None)) is not None}
+    window_level = getattr(args, "window_level_a", None)
+    if window_level is not None:
+        from .errors import InputError
+
+        width, level = window_level
+        if "window_a" in params:
+            raise InputError("Both --window-a and --window-level-a were given: they set the same window of the "
+                             "anatomical image A.", "Give one of them.")
+        if not width > 0:  # (NaN too) a width of 0 or less had become a window with its high below its low
+            raise InputError(f"--window-level-a {width:g} {level:g}: the window width (the first number) must be "
+                             "more than 0.", "Give the width, then the level, as Slicer shows them, e.g. "
+                             "--window-level-a 400 40 for a CT's soft tissue.")
+        params["window_a"] = (level - width / 2.0, level + width / 2.0)
+    return params
 
 
 def _print_metrics(table: dict[str, dict[str, float]]) -> None:
@@ -861,9 +883,9 @@ def _run_run(args: argparse.Namespace) -> int:
     from .fusion import get_method
 
     for m in methods:  # give each method only the parameters it takes
-        # --window is fuse()'s, not a method's: the functional image's window for every method, as in `fuse`
-        # (it went to the overlay only, and the other methods ignored it without a word)
-        accepted = set(inspect.signature(get_method(m)).parameters) | {"window"}
+        # --window and --window-a are fuse()'s, not a method's: the images' windows for every method, as in `fuse`
+        # (--window went to the overlay only, and the other methods ignored it without a word)
+        accepted = set(inspect.signature(get_method(m)).parameters) | {"window", "window_a"}
         method_params[m] = {k: v for k, v in params.items() if k in accepted}
     unused = [k for k in params if not any(k in given for given in method_params.values())]
     # a flag of a method not run (--levels with --methods average) had been dropped without a word, rc 0; with no

@@ -534,7 +534,11 @@ class FusionLogic:
                 "Rainbow", "Iron", ...: the fused volume takes the colours the slice views give a
                 volume with that table; a table's name wins over an engine map of the same name, e.g.
                 "Rainbow") or one of the engine's maps ("pet", the default, "hot", "rainbow", "grey",
-                a matplotlib name); ``opacity`` is the colour's opacity at the top of the window.
+                a matplotlib name); ``opacity`` is the colour's opacity at the top of the window. Every method
+                also takes the intensity windows of the fusion, each ``(low, high)`` in the volume's own units:
+                ``window_a``, the anatomical volume's (a CT is otherwise scaled over its whole range, -1024..3000
+                HU, and its soft tissue fused flat grey: ``window_a=(-160, 240)`` is Slicer's window 400, level
+                40), and ``window_b`` (or ``window``), the functional volume's (e.g. a PET's SUV 0..8).
 
         Returns:
             FusionOutputs with ``fusedVolumeNode``, ``weightsVolumeNode``, ``metricsTableNode``,
@@ -660,7 +664,8 @@ class FusionLogic:
                 foreground is transparent (None: no threshold); ``threshold`` of :meth:`showFusion`
                 (``threshold=`` here goes to the fusion method, e.g. the overlay's).
             progress: ``progress(fraction, message)``; returning False cancels.
-            **fusionParameters: parameters of the fusion method.
+            **fusionParameters: parameters of the fusion method, and its windows ``window_a`` (the fixed volume's)
+                and ``window_b`` or ``window`` (the moving volume's), see :meth:`fuseVolumes`.
 
         Returns:
             RunOutputs (``transformNode``, ``resampledVolumeNode``, ``fusedVolumeNode``,

@@ -144,12 +144,12 @@ class FusionMethods2DTest(unittest.TestCase):
             with self.subTest(message), self.assertRaises(InputError) as ctx:
                 fusion.fuse(self.a8, self.b8, **kwargs)
             self.assertIn(message, str(ctx.exception))
-        # the CLI's --window sets the functional window only: the fix for window_a must not point at it
-        for kwargs, cli_hint in (({"window_a": (5, 1)}, False), ({"window_b": (5, 1)}, True),
-                                 ({"window": (5, 1)}, True)):
+        # the CLI's --window sets the functional window only, --window-a the anatomical one: each fix names its own
+        for kwargs, cli_hint in (({"window_a": (5, 1)}, "--window-a LO HI"), ({"window_b": (5, 1)}, "--window LO HI"),
+                                 ({"window": (5, 1)}, "--window LO HI")):
             with self.subTest(kwargs), self.assertRaises(InputError) as ctx:
                 fusion.fuse(self.a8, self.b8, "average", **kwargs)
-            self.assertEqual("--window" in str(ctx.exception), cli_hint, str(ctx.exception))
+            self.assertIn(f"CLI {cli_hint}", str(ctx.exception))
         # numbers given as text (a GUI field, a CLI string) are accepted and recorded as numbers
         res = fusion.fuse(self.a8, self.b8, "average", weight="0.25")
         self.assertEqual(res.parameters["weight"], 0.25)
@@ -422,7 +422,8 @@ class OverlayAndColourTest(unittest.TestCase):
             with self.subTest(method=method, window_a=(300.0, 400.0)):
                 with self.assertRaises(InputError) as ctx:
                     fusion.fuse(self.a8, bq, method, window_a=(300.0, 400.0))
-                self.assertIn("anatomical image (a) (window_a) holds none of its values (0..255)", str(ctx.exception))
+                self.assertIn("anatomical image (a) (window_a; CLI --window-a) holds none of its values (0..255)",
+                              str(ctx.exception))
         # a window some voxels fall inside of, or on both sides of, is a window
         fusion.fuse(self.a8, bq, "average", window=(0.0, 30000.0))
         fusion.fuse(self.a8, bq, "overlay", window=(1001.0, 1002.0))

@@ -264,6 +264,66 @@ class FuseEvaluateCliTest(unittest.TestCase):
                 self.assertGreater(np.abs(by_run.astype(float) - unwindowed).max(), 10.0)
                 self.assertEqual(recorded[method]["parameters"]["window_b"], [50.0, 150.0])
 
+    def _ct_pet(self) -> tuple[str, str]:
+        """A CT in HU (air -1024, fat -100, soft tissue 50, a bone spot at 3000) and a PET on its grid, as files."""
+        ct = np.full((4, 24, 24), -1024, np.int16)
+        ct[:, 3:21, 3:21], ct[:, 8:16, 8:16], ct[:, 11:13, 11:13] = -100, 50, 3000
+        pet = (np.random.default_rng(0).random(ct.shape) * 2 + 1).astype(np.float32)
+        paths = []
+        for arr, name in ((ct, "ct.nii.gz"), (pet, "pet.nii.gz")):
+            image = sitk.GetImageFromArray(arr)
+            image.SetSpacing((0.8, 0.8, 2.0))
+            paths.append(os.path.join(self.tmp.name, name))
+            sitk.WriteImage(image, paths[-1])
+        return paths[0], paths[1]
+
+    def test_window_a_sets_the_anatomical_window_as_low_high_or_as_slicers_window_level(self) -> None:
+        """A CT under a fusion was min-max scaled over -1024..3000 HU, fat (-100) and soft tissue (50) 9.5 of 255
+        grey levels apart: flat grey. fuse(window_a=...) set its window in Python only; `fuse` and `run` had
+        --window (B's) and nothing for A. --window-a LO HI is window_a; --window-level-a WINDOW LEVEL is the same
+        window as Slicer shows it (400 40: -160..240, where the two tissues lie 95.6 grey levels apart)."""
+        ct, pet = self._ct_pet()
+        for command in ("fuse", "run"):
+            code, help_text, _ = _main([command, "--help"])
+            self.assertEqual(code, 0)
+            self.assertIn("--window-a LO HI", help_text)
+            self.assertIn("--window-level-a WINDOW LEVEL", help_text)
+        a, b = (io.read_image(p, keep_color=True) for p in (ct, pet))
+        want = sitk.GetArrayFromImage(fusion.fuse(a, b, "average", window_a=(-160, 240)).image)
+        for flags in (["--window-a", "-160", "240"], ["--window-level-a", "400", "40"]):
+            with self.subTest(flags=flags):
+                out = os.path.join(self.tmp.name, f"{flags[0][2:]}.nii.gz")
+                code, _, stderr = _main(["fuse", ct, pet, "--method", "average", *flags, "-o", out])
+                self.assertEqual(code, 0, stderr)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out)), want)
+        # soft tissue against fat in the fused image (half of it A's): 5.0 of 255 apart without the window, 48.1 with it
+        plain = sitk.GetArrayFromImage(fusion.fuse(a, b, "average").image)
+        hu = sitk.GetArrayFromImage(a)
+        self.assertLess(plain[hu == 50].mean() - plain[hu == -100].mean(), 10.0)
+        self.assertGreater(want[hu == 50].mean() - want[hu == -100].mean(), 40.0)
+        # `run` passes it to every method, and metrics.json records it
+        out_dir = os.path.join(self.tmp.name, "run")
+        code, _, stderr = _main(["run", ct, pet, "--output-dir", out_dir, "--no-register", "--methods",
+                                 "average,overlay", "--window-level-a", "400", "40"])
+        self.assertEqual(code, 0, stderr)
+        with open(os.path.join(out_dir, "metrics.json"), encoding="utf-8") as fh:
+            recorded = json.load(fh)["fusions"]
+        for method in ("average", "overlay"):
+            self.assertEqual(recorded[method]["parameters"]["window_a"], [-160.0, 240.0])
+        # refused as --window is: both forms at once, a width of 0 or less, a window beside every voxel of A
+        for flags, message in ((["--window-a", "-160", "240", "--window-level-a", "400", "40"],
+                                "Both --window-a and --window-level-a"),
+                               (["--window-level-a", "0", "40"], "the window width (the first number) must be more"),
+                               (["--window-a", "240", "-160"], "window_a (240.0, -160.0) is not a window"),
+                               (["--window-a", "5000", "6000"], "(window_a; CLI --window-a) holds none of its values")):
+            with self.subTest(flags=flags):
+                out = os.path.join(self.tmp.name, "refused.nii.gz")
+                code, _, stderr = _main(["fuse", ct, pet, *flags, "-o", out])
+                self.assertEqual(code, 2, stderr)
+                self.assertIn(message, stderr)
+                self.assertNotIn("Traceback", stderr)
+                self.assertFalse(os.path.exists(out))
+
     def test_a_vector_image_is_refused_and_colour_pictures_are_fused(self) -> None:
         """A 3-component vector image (a displacement field: NRRD kinds vector with values either side of 0, or
         covariant-vector; a NIfTI of intent displacement vector) had been fused as RGB, its x, y, z painted as red,

@@ -440,30 +440,37 @@ def _checked_window(window: Any, name: str) -> tuple[float, float] | None:
     except (TypeError, ValueError):
         lo = hi = float("nan")
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
-        # the CLI's --window is the functional image's window (window_b); window_a has no CLI option
-        cli = "" if name == "window_a" else "; CLI --window LO HI"
+        # the CLI's --window is the functional image's window (window_b), --window-a the anatomical image's
+        cli = "; CLI --window-a LO HI" if name == "window_a" else "; CLI --window LO HI"
         raise InputError(f"The {name} {window!r} is not a window (low, high) of two numbers with high > low.",
                          f"Give {name}=(low, high), e.g. (0, 255){cli}.")
     return lo, hi
 
 
-def _check_window_shows(unit: np.ndarray, window: Sequence[float], name: str, image_name: str,
-                        values: np.ndarray, units: str = "") -> None:
-    """Refuse a window that every voxel of the image lies at or beyond one side of (``unit``: the image through
-    it, clipped to 0..1). Such a window makes the image one constant value: ``--window 0 8`` (SUV) on a PET
-    stored in Bq/mL (1000..50000) had fused it as a constant 1, all of a's structure and none of b's, and the
-    overlay painted the whole image in the colour map's top colour; a window above the values showed no colour
-    at all. Both were written with exit status 0. A window some voxels fall inside, or on both sides of, passes."""
-    if float(unit.max()) > float(unit.min()):
-        return
+def _check_window_shows(values: np.ndarray, window: Sequence[float], name: str, image_name: str,
+                        units: str = "") -> None:
+    """Refuse a window that every one of an image's ``values`` lies at or beyond one side of (the one rule of
+    :func:`fuse` and :func:`check_windows`). Such a window makes the image one constant value: ``--window 0 8``
+    (SUV) on a PET stored in Bq/mL (1000..50000) had fused it as a constant 1, all of a's structure and none of b's,
+    and the overlay painted the whole image in the colour map's top colour; a window above the values showed no
+    colour at all. Both were written with exit status 0. A window some values fall inside, or lie on both sides of,
+    passes."""
     lo, hi = float(np.min(values)), float(np.max(values))
-    side = "at or below its bottom" if float(unit.max()) <= 0.0 else "at or above its top"
+    w_lo, w_hi = float(window[0]), float(window[1])
+    if lo < w_hi and hi > w_lo:
+        return
+    side = "at or below its bottom" if hi <= w_lo else "at or above its top"
     example = "a PET stored in Bq/mL is not in SUV" if "(b)" in image_name else "a CT's are HU"
-    raise InputError(f"The window ({float(window[0]):g}, {float(window[1]):g}) given for the {image_name} ({name}) "
+    raise InputError(f"The window ({w_lo:g}, {w_hi:g}) given for the {image_name} ({name}) "
                      f"holds none of its values ({lo:g}..{hi:g}{units}): every voxel is {side}, so the window makes "
                      "the image one constant value and the fused image would carry nothing of it.",
                      f"Give a window that overlaps {lo:g}..{hi:g}, in the image's own units ({example}), or leave "
                      "the window out.")
+
+
+#: how the messages name each image's window (the Python keyword and the CLI flag)
+_A_WINDOW_LABEL = "window_a; CLI --window-a"
+_B_WINDOW_LABEL = "window_b; CLI --window"
 
 
 def _recorded(value: Any) -> Any:
@@ -507,7 +514,8 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
             "laplacian", "overlay", "deep", ...).
         progress: progress callback ``(fraction, message)``; returning False cancels.
         window_a: intensity window (lo, hi) of ``a`` mapped to 0..1 (default: 8-bit images as
-            they are, others min-max).
+            they are, others min-max), e.g. a CT's soft tissue (-160, 240) HU; CLI ``--window-a`` (or
+            ``--window-level-a`` 400 40, as Slicer shows it).
         window_b: the same for ``b`` (for "overlay": the functional display window, default
             from its minimum to its 99.5th percentile).
         **params: method parameters: average ``weight``; wavelet ``wavelet``, ``levels``;
@@ -551,17 +559,16 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
 
     a_unit = to_unit(a, window_a)
     if window_a is not None:
-        _check_window_shows(a_unit, window_a, "window_a", "anatomical image (a)", sitk.GetArrayViewFromImage(a))
+        _check_window_shows(sitk.GetArrayViewFromImage(a), window_a, _A_WINDOW_LABEL, "anatomical image (a)")
     chroma = None
     b_rgb_unit = None
     b_window_given = window_b is not None  # the overlay's default window, from b's own values, always shows them
-    b_label = "window_b; CLI --window"
     if colour:
         rgb, ycc = _colour_ycc(b)
         chroma = ycc[..., 1:]
         b_unit = np.clip(window_to_unit(ycc[..., 0], window_b), 0, 1) if window_b is not None else ycc[..., 0] / 255.0
         if b_window_given:
-            _check_window_shows(b_unit, window_b, b_label, "functional image (b)", ycc[..., 0], ", luminance")
+            _check_window_shows(ycc[..., 0], window_b, _B_WINDOW_LABEL, "functional image (b)", ", luminance")
         b_rgb_unit = np.clip(rgb / 255.0, 0.0, 1.0)
         used["colour"] = "fused on Y of YCbCr (BT.601), Cb/Cr of b put back"
     elif method == "overlay":
@@ -572,11 +579,11 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
                 window_b = (float(b_arr.min()), float(b_arr.max()))
         b_unit = np.clip(window_to_unit(b_arr, window_b), 0.0, 1.0)
         if b_window_given:
-            _check_window_shows(b_unit, window_b, b_label, "functional image (b)", b_arr)
+            _check_window_shows(b_arr, window_b, _B_WINDOW_LABEL, "functional image (b)")
     else:
         b_unit = to_unit(b, window_b)
         if b_window_given:
-            _check_window_shows(b_unit, window_b, b_label, "functional image (b)", sitk.GetArrayViewFromImage(b))
+            _check_window_shows(sitk.GetArrayViewFromImage(b), window_b, _B_WINDOW_LABEL, "functional image (b)")
 
     if method == "overlay":
         thr = params.pop("threshold", None)
