@@ -23,7 +23,7 @@ from .errors import InputError
 from .progress import ProgressCallback, report, scaled
 from .validation import check_image, check_mask, has_content, voxels_overlap
 
-__all__ = ["run", "DEFAULT_METHODS", "fuse_and_evaluate"]
+__all__ = ["run", "DEFAULT_METHODS", "fuse_and_evaluate", "check_method_windows"]
 
 #: Methods run when none are named: the colour overlay a clinician reads, and two pixel-level fusions.
 DEFAULT_METHODS = ("overlay", "average", "wavelet")
@@ -213,6 +213,9 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         # with --no-register, as not overlapping the fixed image
         check_image(fixed_grey, f"fixed image {fixed_name}")
         check_image(moving_grey, f"moving image {moving_name}")
+        # a window that holds none of its image's values, before the registration (it had been refused by the
+        # fusion, once the registration had run)
+        check_method_windows(fixed_img, moving_img, methods, method_params)
         if fixed_mask is not None:  # also without registration, where only the alignment metrics use it
             fixed_mask = check_mask(fixed_mask, fixed_grey, "fixed mask", "fixed image")
         # every result is written into a staging folder and moved in at the end: a run that fails or is
@@ -228,6 +231,24 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     report(progress, 1.0, "done")
     return {"registration": registration, "registration_metrics": reg_metrics, "fusions": fusions, "metrics": table,
             "files": files, "report": report_paths, "seconds": time.perf_counter() - start}
+
+
+def check_method_windows(fixed: sitk.Image, moving: sitk.Image, methods: Sequence[str],
+                         method_params: dict[str, dict[str, Any]] | None) -> None:
+    """Refuse now a window of the fusion (``window_a``, ``window_b`` or its other name ``window``, per method) that
+    holds none of its image's values (:func:`fusion.check_windows`, the rule ``fuse`` applies): ``moving`` as given,
+    before it is registered and resampled. Each window is checked once, however many methods share it."""
+    from . import fusion
+
+    seen: set[tuple[Any, Any]] = set()
+    for method in methods:
+        params = (method_params or {}).get(method) or {}
+        window_b = params.get("window_b", params.get("window"))
+        windows = (params.get("window_a"), window_b)
+        key = tuple(None if w is None else tuple(w) for w in windows)
+        if key != (None, None) and key not in seen:
+            seen.add(key)
+            fusion.check_windows(fixed, moving, window_a=windows[0], window_b=windows[1])
 
 
 def _previous_outputs(methods: Sequence[str]) -> list[str]:

@@ -665,7 +665,8 @@ class FusionLogic:
                 (``threshold=`` here goes to the fusion method, e.g. the overlay's).
             progress: ``progress(fraction, message)``; returning False cancels.
             **fusionParameters: parameters of the fusion method, and its windows ``window_a`` (the fixed volume's)
-                and ``window_b`` or ``window`` (the moving volume's), see :meth:`fuseVolumes`.
+                and ``window_b`` or ``window`` (the moving volume's), see :meth:`fuseVolumes`. A window that holds
+                none of its volume's values is refused before the registration.
 
         Returns:
             RunOutputs (``transformNode``, ``resampledVolumeNode``, ``fusedVolumeNode``,
@@ -695,6 +696,15 @@ class FusionLogic:
             fusionParameters.update(colormap=colormap, opacity=opacity)
             checked = _overlay_parameters(scene, fusionParameters)
         fusion.check_parameters(fusionMethod, checked)  # a misspelt value must not wait for it either
+        if any(fusionParameters.get(k) is not None for k in ("window", "window_a", "window_b")):
+            # nor a window that holds none of its volume's values (the rule fuseVolumes applies, on the moving volume
+            # before its registration): it had been refused once the registration had run
+            from .pipeline import check_method_windows
+
+            # (a single-slice volume as the 2D image it is fused as)
+            fixed, moving = (io.one_slice_pixels(mrml.image_from_volume_node(node))
+                             for node in (fixedVolumeNode, movingVolumeNode))
+            check_method_windows(fixed, moving, [fusionMethod], {fusionMethod: fusionParameters})
         registration = self.registerVolumes(
             fixedVolumeNode, movingVolumeNode, preset=preset, stages=stages, fixedMaskNode=fixedMaskNode,
             movingMaskNode=movingMaskNode, seed=seed, outputTransformNode=outputTransformNode,

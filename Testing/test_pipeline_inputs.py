@@ -54,6 +54,32 @@ class FusionParametersBeforeRegistrationTest(unittest.TestCase):
                 self.assertIn("threshold", str(ctx.exception))
 
 
+    def test_a_window_beside_every_value_of_its_image_fails_before_the_registration(self) -> None:
+        """A window that holds none of its image's values (--window 0 8, SUV, on a PET in Bq/mL) was refused by
+        the fusion, after the registration; and where the registered image had voxels outside the moving image's
+        field of view (filled with 0), not at all: they lay below the window, the rest above, and the PET was fused
+        as a mask of its field of view, rc 0. Checked now on the moving image as given, before any registration."""
+        t1 = io.read_image(data.testing_data_dir() / "BrainT1SliceBorder20.png")
+        pd = io.read_image(data.testing_data_dir() / "BrainProtonDensitySliceR10X13Y17.png")
+        bq = sitk.Cast(pd, sitk.sitkFloat32) * 100.0 + 1000.0  # 1100..25100, "Bq/mL"
+        cases = (("average", pd, {"window": (300, 400)}, "functional image (b) (window_b; CLI --window)"),
+                 ("overlay", bq, {"window": (0, 8)}, "every voxel is at or above its top"),
+                 ("wavelet", bq, {"window_b": (0, 8)}, "holds none of its values (1100..25100)"),
+                 ("average", pd, {"window_a": (300, 400)}, "anatomical image (a) (window_a; CLI --window-a)"))
+        with tempfile.TemporaryDirectory() as tmp:
+            for method, moving, params, message in cases:
+                seen: list[str] = []
+                with self.subTest(method=method, **params), self.assertRaises(InputError) as ctx:
+                    pipeline.run(t1, moving, tmp, methods=["max", method], method_params={method: params},
+                                 progress=lambda fraction, text, seen=seen: seen.append(text))
+                self.assertIn(message, str(ctx.exception))
+                self.assertEqual(seen, ["loading images"], "no registration should have started")
+            self.assertEqual(os.listdir(tmp), [])
+            # a window the moving image's values lie inside of runs as before (the check is the fusion's rule)
+            out = pipeline.run(t1, bq, tmp, methods="average", method_params={"average": {"window": (1000, 9000)}},
+                               register=False)
+            self.assertEqual(out["fusions"][0].parameters["window_b"], [1000.0, 9000.0])
+
 class BlankInputsTest(unittest.TestCase):
     def test_a_blank_moving_image_is_named_as_blank_not_as_not_overlapping(self) -> None:
         t1 = io.read_image(data.testing_data_dir() / "BrainT1Slice.png")

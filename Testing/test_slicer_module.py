@@ -614,6 +614,36 @@ class LogicTest(unittest.TestCase):
         # the colour table chosen for it stays
         self.assertEqual(again.resampledVolumeNode.GetDisplayNode().GetColorNode().GetName(), "PET-Heat")
 
+    def test_windows_of_the_fusion_anatomical_and_functional(self) -> None:
+        """The console API's windows: ``window_a`` (the anatomical volume's, e.g. a CT's soft tissue) and
+        ``window_b`` (or ``window``) reach the fusion, in fuseVolumes and run alike. A window that holds none of its
+        volume's values (an SUV window 0..8 on a PET in Bq/mL) is refused by run before the registration, with no
+        node made: it had been fused as a mask of the PET's field of view (its registered volume's voxels outside
+        the PET, 0, lay below the window, the rest above), 8 new nodes and no word."""
+        from MultimodalFusionLib import fusion
+
+        window = (20.0, 80.0)
+        out = self.logic.fuseVolumes(self.mr, self.pet, method="average", window_a=window)
+        self.assertEqual(out.result.parameters["window_a"], list(window))
+        pet_on_mr = sitk.Resample(self.moving, self.fixed)  # the grids differ: fuseVolumes resamples the PET
+        want = fusion.fuse(self.fixed, pet_on_mr, "average", window_a=window).image
+        np.testing.assert_allclose(sitk.GetArrayFromImage(mrml.image_from_volume_node(out.fusedVolumeNode)),
+                                   sitk.GetArrayFromImage(want), atol=1e-3)
+        bq = mrml.volume_node_from_image(self.moving * 1000.0 + 1000.0, self.scene, name="PET Bq/ml")
+        count = self.scene.GetNumberOfNodes()
+        for params, message in (({"window": (0.0, 8.0)}, "functional image (b) (window_b; CLI --window) holds none"),
+                                ({"window_b": (0.0, 8.0)}, "every voxel is at or above its top"),
+                                ({"window_a": (1e4, 2e4)}, "anatomical image (a) (window_a; CLI --window-a) holds")):
+            with self.subTest(**params), self.assertRaises(InputError) as ctx:
+                self.logic.run(self.mr, bq, stages=["rigid"], seed=3, fusionMethod="overlay", **params)
+            self.assertIn(message, str(ctx.exception))
+            self.assertEqual(self.scene.GetNumberOfNodes(), count, "no registration should have run")
+        # a window inside the values runs (the same rule as the fusion's)
+        done = self.logic.run(self.mr, bq, stages=["rigid"], seed=3, fusionMethod="average", show=False,
+                              window=(1000.0, 3000.0), window_a=window)
+        self.assertEqual(done.fusion.result.parameters["window_b"], [1000.0, 3000.0])
+        self.assertEqual(done.fusion.result.parameters["window_a"], list(window))
+
     def test_single_slice_volumes_fuse_as_the_2d_images_they_hold(self) -> None:
         from MultimodalFusionLib import data, fusion, io
 

@@ -54,6 +54,7 @@ __all__ = [
     "list_methods",
     "get_method",
     "check_parameters",
+    "check_windows",
     "same_grid",
     "check_same_grid",
     "to_unit",
@@ -471,6 +472,46 @@ def _check_window_shows(values: np.ndarray, window: Sequence[float], name: str, 
 #: how the messages name each image's window (the Python keyword and the CLI flag)
 _A_WINDOW_LABEL = "window_a; CLI --window-a"
 _B_WINDOW_LABEL = "window_b; CLI --window"
+
+
+def check_windows(a: sitk.Image, b: sitk.Image, *, window_a: Sequence[float] | None = None,
+                  window_b: Sequence[float] | None = None) -> None:
+    """Raise now the InputError :func:`fuse` would raise for a window that holds none of its image's values, for a
+    job that registers ``b`` before fusing it (``pipeline.run``, the Slicer Logic's ``run``): such a window had been
+    refused only once the registration had run.
+
+    ``b`` is the moving image as given, before it is resampled onto ``a``'s grid: linear and nearest-neighbour
+    interpolation give values within the range of the voxels they interpolate, so a window that every value of
+    ``b`` lies beside is beside every value of the resampled ``b`` too (whose voxels outside ``b`` take the default
+    0, which can only make a window that the fusion sees pass as a mask of ``b``'s field of view). A colour ``b``
+    that is not 8-bit is left to :func:`fuse`: its luminance is taken after a min-max stretch of the resampled
+    channels, which the voxels outside ``b`` change.
+
+    Args:
+        a: the anatomical (fixed) image, grey or colour (its luminance, as :func:`fuse` takes it).
+        b: the functional (moving) image, on any grid.
+        window_a: ``a``'s window (low, high), or None.
+        window_b: ``b``'s window (low, high), or None.
+
+    Raises:
+        InputError: a window that is not (low, high) with high > low, or that holds none of its image's values.
+    """
+    window_a = _checked_window(window_a, "window_a")
+    window_b = _checked_window(window_b, "window_b")
+    if window_a is not None:
+        grey_a = _grey_input(a, "anatomical image (a)")
+        _check_window_shows(sitk.GetArrayViewFromImage(grey_a), window_a, _A_WINDOW_LABEL, "anatomical image (a)")
+    if window_b is None:
+        return
+    if b.GetNumberOfComponentsPerPixel() > 1:
+        _check_grey_or_colour(b, "functional image (b)")
+        if not _is_grey_rgb(b):
+            if b.GetPixelID() == sitk.sitkVectorUInt8:  # its luminance as stored, what fuse windows
+                _check_window_shows(_colour_ycc(b)[1][..., 0], window_b, _B_WINDOW_LABEL, "functional image (b)",
+                                    ", luminance")
+            return
+    grey_b = _grey_input(b, "functional image (b)")
+    _check_window_shows(sitk.GetArrayViewFromImage(grey_b), window_b, _B_WINDOW_LABEL, "functional image (b)")
 
 
 def _recorded(value: Any) -> Any:
