@@ -100,7 +100,8 @@ def _check_colour(image: sitk.Image, name: str) -> None:
     """Refuse a 3- or 4-component image that is not a colour picture: one whose file says its components are a
     vector (a NRRD of kinds covariant-vector, 3-vector, ...; a NIfTI of intent displacement vector) or, where the
     file does not say colour, one with a negative component anywhere (colour channels are intensities: a
-    displacement field's components run either side of 0). Such an image had been fused as RGB, its x, y, z
+    displacement field's components run either side of 0), unless its first three components are equal everywhere
+    (a grey picture stored as RGB, taken as its grey values). Such an image had been fused as RGB, its x, y, z
     painted as red, green and blue, and written as a colour image with exit status 0."""
     kind = image.GetMetaData("NRRD_kinds[pixel]").strip() if image.HasMetaDataKey("NRRD_kinds[pixel]") else ""
     if kind in _COLOUR_KINDS:
@@ -113,7 +114,10 @@ def _check_colour(image: sitk.Image, name: str) -> None:
     elif "unsigned" not in image.GetPixelIDTypeAsString():  # unsigned pixels hold no negative value
         values = sitk.GetArrayViewFromImage(image)
         low = float(np.min(values))
-        if low < 0:
+        # R = G = B everywhere is a grey picture stored as colour (a CT in HU so exported), read and fused as grey
+        grey = low < 0 and np.array_equal(values[..., 0], values[..., 1]) and np.array_equal(values[..., 1],
+                                                                                             values[..., 2])
+        if low < 0 and not grey:
             said = (f"its components take negative values (down to {low:g}, up to {float(np.max(values)):g}), "
                     "which no colour channel has")
             overshoot = (" If it is a colour picture whose values went below 0 (a B-spline interpolation "

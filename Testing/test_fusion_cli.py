@@ -373,14 +373,16 @@ class FuseEvaluateCliTest(unittest.TestCase):
         # colour pictures: 8-bit, float 0..1 (written as kinds vector), a float one whose file says RGB-color (a
         # B-spline overshoot below 0 included: the file says what it is)
         picture = rng.random(shape + (3,))
-        for path in (write((picture * 255).astype(np.uint8), "rgb8.nrrd"),
-                     write(picture.astype(np.float32), "rgb_float.nrrd"),
-                     write((picture - 0.01).astype(np.float32), "rgb_color.nrrd", kind="RGB-color")):
+        # and a grey image stored as RGB (R = G = B, negative values too: a CT in HU), fused as its grey values
+        for path, components in ((write((picture * 255).astype(np.uint8), "rgb8.nrrd"), 3),
+                                 (write(picture.astype(np.float32), "rgb_float.nrrd"), 3),
+                                 (write((picture - 0.01).astype(np.float32), "rgb_color.nrrd", kind="RGB-color"), 3),
+                                 (write(np.repeat(field[..., :1], 3, -1), "grey_as_rgb.nrrd"), 1)):
             with self.subTest(colour=os.path.basename(path)):
                 out = os.path.join(self.tmp.name, "colour.nrrd")
                 code, _, stderr = _main(["fuse", a, path, "--method", "average", "-o", out])
                 self.assertEqual(code, 0, stderr)
-                self.assertEqual(sitk.ReadImage(out).GetNumberOfComponentsPerPixel(), 3)
+                self.assertEqual(sitk.ReadImage(out).GetNumberOfComponentsPerPixel(), components)
 
     def test_run_refuses_a_method_flag_no_method_run_takes(self) -> None:
         # `fuse --method average --levels 3` is refused, but `run --methods average --levels 3` had dropped the
