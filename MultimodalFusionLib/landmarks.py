@@ -36,6 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .mrml import ras_points_to_lps
 
 __all__ = [
     "Landmarks",
@@ -48,9 +49,6 @@ __all__ = [
 LANDMARK_EXTENSIONS = {".fcsv": "Slicer markups (.fcsv)", ".mrk.json": "Slicer markups (.mrk.json)",
                        ".json": "Slicer markups (.mrk.json)", ".txt": "elastix point file",
                        ".pts": "elastix point file", ".csv": "ANTs point table (.csv)"}
-
-_LPS_FROM_RAS = np.array([-1.0, -1.0, 1.0])
-
 
 @dataclass
 class Landmarks:
@@ -191,7 +189,7 @@ def _read_fcsv(path: str, text: str) -> Landmarks:
         labels.append(cells[il].strip() if len(cells) > il else "")
     arr = np.array(points, dtype=np.float64).reshape(-1, 3)
     if (system or "RAS") == "RAS":
-        arr = arr * _LPS_FROM_RAS
+        arr = ras_points_to_lps(arr)  # mrml.py holds the one RAS <-> LPS conversion (DESIGN.md)
     return Landmarks(arr, labels, path, LANDMARK_EXTENSIONS[".fcsv"], stated)
 
 
@@ -235,7 +233,7 @@ def _read_markups_json(path: str, text: str) -> Landmarks:
         points.append([_number(path, str(c), f"control point {i} ({labels[-1]!r})") * scale for c in pos])
     arr = np.array(points, dtype=np.float64).reshape(-1, 3)
     if system == "RAS":
-        arr = arr * _LPS_FROM_RAS
+        arr = ras_points_to_lps(arr)
     return Landmarks(arr, labels, path, LANDMARK_EXTENSIONS[".mrk.json"], stated)
 
 

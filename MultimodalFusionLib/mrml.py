@@ -34,6 +34,7 @@ from .validation import DIFFUSION_REASON, grid_differences
 
 __all__ = [
     "LPS_TO_RAS",
+    "ras_points_to_lps",
     "ras_geometry",
     "slicer_matrix_to_parent",
     "get_scene",
@@ -69,6 +70,23 @@ __all__ = [
 LPS_TO_RAS = (-1.0, -1.0, 1.0)
 _F3 = np.diag(LPS_TO_RAS)
 _F4 = np.diag(LPS_TO_RAS + (1.0,))
+
+
+def ras_points_to_lps(points: Any) -> np.ndarray:
+    """Points in RAS (as Slicer shows and saves them in RAS) as ITK's LPS points, or back (its own inverse).
+
+    Pure arithmetic (no MRML): x and y change sign, z and any further coordinate (a 2D point is taken as
+    Slicer takes it, on an axial slice) keep theirs; NaN rows (unplaced markups) stay NaN.
+
+    Args:
+        points: (n, dim) array-like of coordinates in mm, dim 2 or more.
+
+    Returns:
+        (n, dim) float64 array (a new array; the input is not modified).
+    """
+    arr = np.array(points, dtype=np.float64)
+    arr[..., :2] *= LPS_TO_RAS[:2]
+    return arr
 
 
 def ras_geometry(image: sitk.Image) -> tuple[list[float], list[float]]:

@@ -257,6 +257,22 @@ class LandmarkFilesTest(unittest.TestCase):
             paired_landmarks(three, two)
 
 
+class RasToLpsInMrmlTest(unittest.TestCase):
+    """DESIGN.md: ITK is LPS, Slicer is RAS, converted in mrml.py and nowhere else; landmarks.py uses it."""
+
+    def test_ras_points_to_lps_flips_x_and_y_keeps_the_input_and_nan(self) -> None:
+        from MultimodalFusionLib import landmarks, mrml
+
+        ras = np.array([[1.0, -2.0, 3.0], [np.nan, np.nan, np.nan]])
+        lps = mrml.ras_points_to_lps(ras)
+        np.testing.assert_array_equal(lps[0], [-1.0, 2.0, 3.0])
+        self.assertTrue(np.isnan(lps[1]).all())
+        np.testing.assert_array_equal(ras[0], [1.0, -2.0, 3.0])  # not modified
+        np.testing.assert_array_equal(mrml.ras_points_to_lps(lps[:1]), ras[:1])  # its own inverse
+        np.testing.assert_array_equal(mrml.ras_points_to_lps([[1.0, 2.0]]), [[-1.0, -2.0]])
+        self.assertIs(landmarks.ras_points_to_lps, mrml.ras_points_to_lps)
+
+
 def _rigid() -> sitk.Transform:
     tx = sitk.Euler3DTransform()
     tx.SetCenter((20.0, 10.0, 40.0))
