@@ -2,12 +2,16 @@
 
 Formats, chosen by the file's extension:
 
-- 3D Slicer markups ``.fcsv``: its ``# CoordinateSystem = LPS`` (or ``RAS``; ``1``/``0`` in Slicer 4.6 to
-  4.10) line says the system; a file without that line is RAS, as Slicer before 4.6 wrote them and as Slicer
-  reads them. The ``# columns =`` line, where there is one, says where x, y, z and the label are.
-- 3D Slicer markups ``.mrk.json`` (``.json``): ``coordinateSystem`` (``LPS`` when absent, as Slicer's schema
-  has it), ``coordinateUnits`` (mm, or ``um``), and ``controlPoints``. A file holding several markups is
-  refused (save each point list to its own file).
+- 3D Slicer markups ``.fcsv``, read as Slicer 5 reads them (vtkMRMLMarkupsFiducialStorageNode; checked
+  against slicer-core's reader): with a ``# Markups fiducial file version`` line, the ``# CoordinateSystem = LPS``
+  (or ``RAS``; ``1`` = LPS, ``0`` = RAS as older Slicer versions wrote it) line says the system, LPS when there is
+  none (the default of Slicer's storage node since 4.11; RAS before); x, y, z are the 2nd to 4th fields and the label the 12th, whatever the
+  ``# columns`` line says (one that names other places is refused), and a 15th field, the position status Slicer
+  5 writes, other than 2 (defined) marks the point unplaced. Without a version line the file is a Slicer 3
+  list, ``label,x,y,z,...`` in RAS (such a file that says LPS is refused: Slicer would ignore the line).
+- 3D Slicer markups ``.mrk.json`` (``.json``): ``coordinateSystem`` (``LPS`` when absent, as Slicer's reader
+  has it) and ``controlPoints``; ``coordinateUnits`` other than mm is refused (Slicer does not convert units).
+  A file holding several markups is refused (save each point list to its own file).
 - elastix / transformix input point files (``.txt``, ``.pts``): a first line ``point`` (physical points, LPS
   mm: elastix works in ITK's space) or ``index`` (voxel indices of an image, rounded to whole voxels and put
   in physical space through that image's geometry, as transformix does), then the number of points, then
@@ -152,8 +156,21 @@ def _number(path: str, text: str, where: str) -> float:
     return value
 
 
+#: Where Slicer's .fcsv reader (vtkMRMLMarkupsFiducialStorageNode) finds each field of a point line: fixed
+#: positions, whatever the file's '# columns' line says; Slicer 5 appends the position status (field 14:
+#: 2 defined, 0 undefined, 1 preview, 3 missing) after associatedNodeID without naming it in that line.
+_FCSV_X, _FCSV_LABEL, _FCSV_STATUS = 1, 11, 14
+_FCSV_DEFINED = "2"
+
+
 def _read_fcsv(path: str, text: str) -> Landmarks:
-    system = None
+    """Read an .fcsv as Slicer 5 reads it (Slicer/Slicer vtkMRMLMarkupsFiducialStorageNode::ReadDataInternal,
+    checked against slicer-core 5.11's reader): a file without the '# Markups fiducial file version' line is a
+    Slicer 3 list (label,x,y,z,sel,vis), RAS, its '# CoordinateSystem' line ignored; a versioned file is in the
+    system its '# CoordinateSystem' line names (LPS/RAS, or 0 = RAS, 1 = LPS), LPS when it has none (the
+    default of vtkMRMLMarkupsStorageNode since Slicer 4.11)."""
+    system = version = None
+    system_line = ""
     columns: list[str] | None = None
     rows: list[tuple[int, list[str]]] = []
     for n, line in enumerate(text.splitlines(), start=1):
@@ -163,32 +180,50 @@ def _read_fcsv(path: str, text: str) -> Landmarks:
         if stripped.startswith("#"):
             key, sep, value = stripped[1:].partition("=")
             key = key.strip().lower()
-            if sep and key == "coordinatesystem":
-                system = _system(path, value, f"line {n}")
+            if sep and key == "markups fiducial file version":
+                version = value.strip()
+            elif sep and key == "coordinatesystem":
+                system, system_line = _system(path, value, f"line {n}"), value.strip()
             elif sep and key == "columns":
                 columns = [c.strip().lower() for c in value.split(",")]
             continue
         rows.append((n, next(csv.reader([line]))))
-    stated = system or "RAS (no '# CoordinateSystem' line: RAS, as Slicer reads such files)"
-    where = {name: columns.index(name) for name in ("x", "y", "z", "label") if name in columns} if columns else {}
-    if columns and not all(k in where for k in ("x", "y", "z")):
-        raise InputError(f"Landmark file '{path}' has a '# columns' line without x, y and z ({', '.join(columns)}).",
-                         "Give a Slicer .fcsv file (columns id,x,y,z,...), or correct its columns line.")
-    ix, iy, iz = (where.get(k, i) for k, i in (("x", 1), ("y", 2), ("z", 3)))
-    il = where.get("label", 11)
+    if version is None:
+        if system == "LPS":
+            raise InputError(f"Landmark file '{path}' says '# CoordinateSystem = {system_line}' but has no '# Markups "
+                             "fiducial file version' line: Slicer reads such a file as a Slicer 3 point list "
+                             "(label,x,y,z) in RAS and ignores the coordinate system line, so it would not read these "
+                             "points as LPS.",
+                             "Add the line '# Markups fiducial file version = 4.11' above it (Slicer then reads the "
+                             "columns id,x,y,z,... in LPS), or save the points again from Slicer.")
+        system = "RAS"
+        stated = ("RAS (no '# Markups fiducial file version' line: a Slicer 3 point list, label,x,y,z in RAS, as Slicer "
+                  "reads it)")
+        il, status_at = 0, None
+    else:
+        if columns and [columns.index(k) if k in columns else None for k in "xyz"] != [1, 2, 3]:
+            raise InputError(f"Landmark file '{path}' has a '# columns' line that puts x, y, z elsewhere than the "
+                             f"2nd to 4th columns ({', '.join(columns)}); Slicer reads x, y, z from those columns "
+                             "whatever the line says, so it would read other numbers than the line names.",
+                             "Write the points as Slicer does: id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,"
+                             "associatedNodeID.")
+        stated = system or "LPS (no '# CoordinateSystem' line: LPS, as Slicer 4.11 and later read such a file)"
+        system = system or "LPS"
+        il, status_at = _FCSV_LABEL, _FCSV_STATUS
     points, labels = [], []
     for n, cells in rows:
-        if len(cells) <= max(ix, iy, iz):
+        if len(cells) <= _FCSV_X + 2:
             raise InputError(f"Landmark file '{path}': line {n} has {len(cells)} fields, too few for x, y, z.",
                              "Give a Slicer .fcsv file: id,x,y,z,... one point a line.")
-        raw = [cells[i].strip() for i in (ix, iy, iz)]
-        if all(not c for c in raw):  # a point without a position
+        raw = [c.strip() for c in cells[_FCSV_X:_FCSV_X + 3]]
+        status = cells[status_at].strip() if status_at is not None and len(cells) > status_at else ""
+        if all(not c for c in raw) or status not in ("", _FCSV_DEFINED):  # a point without a position
             points.append([math.nan] * 3)
         else:
             points.append([_number(path, c, f"line {n}, {name}") for c, name in zip(raw, "xyz")])
         labels.append(cells[il].strip() if len(cells) > il else "")
     arr = np.array(points, dtype=np.float64).reshape(-1, 3)
-    if (system or "RAS") == "RAS":
+    if system == "RAS":
         arr = ras_points_to_lps(arr)  # mrml.py holds the one RAS <-> LPS conversion (DESIGN.md)
     return Landmarks(arr, labels, path, LANDMARK_EXTENSIONS[".fcsv"], stated)
 
@@ -211,11 +246,16 @@ def _read_markups_json(path: str, text: str) -> Landmarks:
     markup = with_points[0]
     system = _system(path, str(markup.get("coordinateSystem", "LPS")), "its coordinateSystem")
     stated = system if "coordinateSystem" in markup else "LPS (no coordinateSystem: LPS, Slicer's default)"
-    units = str(markup.get("coordinateUnits", "mm")).strip()
-    scale = {"mm": 1.0, "um": 1e-3}.get(units)
-    if scale is None:
-        raise InputError(f"Landmark file '{path}' has coordinateUnits {units!r}; Slicer writes mm or um.",
-                         "Save the points in mm.")
+    units = markup.get("coordinateUnits", "mm")
+    units = units.get("CodeValue", units) if isinstance(units, dict) else units  # UCUM coded entry, or a string
+    if str(units).strip() != "mm":
+        # Slicer (vtkMRMLMarkupsJsonStorageNode) does not convert coordinates between units: it reads the numbers
+        # as they are, for a scene whose length unit is the file's; the images here are in mm
+        raise InputError(f"Landmark file '{path}' has coordinateUnits {units!r}, not mm: Slicer does not convert "
+                         "such coordinates (it reads the numbers as they are, in a scene of that unit), and the "
+                         "images here are in mm.",
+                         "Save the points from a scene whose length unit is mm (coordinateUnits mm), or convert "
+                         "them to mm and set coordinateUnits to mm.")
     points, labels = [], []
     for i, cp in enumerate(markup["controlPoints"]):
         if not isinstance(cp, dict):
@@ -230,7 +270,7 @@ def _read_markups_json(path: str, text: str) -> Landmarks:
         if not isinstance(pos, list) or len(pos) != 3:
             raise InputError(f"Landmark file '{path}': control point {i} ({labels[-1]!r}) has the position {pos!r}, "
                              "not three numbers.", "Correct the file, or place the point again in Slicer.")
-        points.append([_number(path, str(c), f"control point {i} ({labels[-1]!r})") * scale for c in pos])
+        points.append([_number(path, str(c), f"control point {i} ({labels[-1]!r})") for c in pos])
     arr = np.array(points, dtype=np.float64).reshape(-1, 3)
     if system == "RAS":
         arr = ras_points_to_lps(arr)

@@ -196,11 +196,13 @@ class LandmarkFilesTest(unittest.TestCase):
                          + _fcsv_rows(RAS),
             "lps1.fcsv": "# Markups fiducial file version = 4.10\n# CoordinateSystem = 1\n" + FCSV_COLUMNS
                          + _fcsv_rows(LPS),
-            "old.fcsv": "# Markups fiducial file version = 4.4\n" + FCSV_COLUMNS + _fcsv_rows(RAS),  # no line: RAS
+            # no CoordinateSystem line: LPS, as Slicer >= 4.11 reads it (the storage node's default)
+            "noline.fcsv": "# Markups fiducial file version = 4.11\n" + FCSV_COLUMNS + _fcsv_rows(LPS),
+            # no version line: a Slicer 3 list, label,x,y,z in RAS
+            "slicer3.fcsv": "".join(f"F-{i},{p[0]},{p[1]},{p[2]},1,1\n" for i, p in enumerate(RAS)),
             "lps.mrk.json": _mrk_json(LPS, "LPS"),
             "ras.mrk.json": _mrk_json(RAS, "RAS"),
             "default.mrk.json": _mrk_json(LPS, None),
-            "um.mrk.json": _mrk_json(LPS * 1000, "LPS", "um"),
             "points.txt": "point\n3\n" + "".join(" ".join(str(v) for v in p) + "\n" for p in LPS),
             "points.pts": "point 3\n" + "".join(" ".join(str(v) for v in p) + "\n" for p in LPS),
             "points.csv": "x,y,z,t,label\n" + "".join(f"{p[0]},{p[1]},{p[2]},0,L{i}\n" for i, p in enumerate(LPS)),
@@ -211,7 +213,8 @@ class LandmarkFilesTest(unittest.TestCase):
                 np.testing.assert_allclose(lm.points, LPS, atol=1e-9)
         lm = read_landmarks(self._write("a.fcsv", files["ras.fcsv"]))
         self.assertEqual(lm.labels[0], "F-1, a")  # a quoted label with a comma
-        self.assertIn("RAS", read_landmarks(self._write("b.fcsv", files["old.fcsv"])).coordinate_system)
+        self.assertIn("LPS", read_landmarks(self._write("b.fcsv", files["noline.fcsv"])).coordinate_system)
+        self.assertEqual(read_landmarks(self._write("c.fcsv", files["slicer3.fcsv"])).labels, ["F-0", "F-1", "F-2"])
         # elastix 'index': through the image's geometry (direction, spacing, origin), rounded as transformix does
         text = "index\n3\n" + "".join(" ".join(str(v + 0.3) for v in p) + "\n" for p in index)
         np.testing.assert_allclose(read_landmarks(self._write("i.txt", text), image).points, from_index, atol=1e-9)
@@ -227,7 +230,8 @@ class LandmarkFilesTest(unittest.TestCase):
         np.testing.assert_allclose(mp, LPS[[0, 2]] + 1)  # the third fixed point still pairs with the third moving
         self.assertEqual(len(notes), 1)
         self.assertIn("landmark 2 (F-2) left out: unplaced in", notes[0])
-        empty = self._write("e.fcsv", "# CoordinateSystem = LPS\n" + FCSV_COLUMNS + "0,,,,0,0,0,1,1,1,0,F-1,,\n")
+        empty = self._write("e.fcsv", "# Markups fiducial file version = 5.6\n# CoordinateSystem = LPS\n" + FCSV_COLUMNS
+                            + "0,,,,0,0,0,1,1,1,0,F-1,,\n")
         with self.assertRaisesRegex(InputError, "no placed point"):
             read_landmarks(empty)
 
@@ -239,6 +243,11 @@ class LandmarkFilesTest(unittest.TestCase):
             "word.txt": ("point\n1\n1 two 3\n", "'two', not a number"),
             "noheader.csv": ("1,2,3,0\n4,5,6,0\n", "no header naming its x, y"),
             "system.fcsv": ("# CoordinateSystem = XYZ\n" + FCSV_COLUMNS + _fcsv_rows(LPS), "'XYZ'"),
+            "unversioned_lps.fcsv": ("# CoordinateSystem = LPS\n" + FCSV_COLUMNS + _fcsv_rows(LPS),
+                                     "no '# Markups fiducial file version' line"),
+            "columns.fcsv": ("# Markups fiducial file version = 5.6\n# columns = id,z,y,x,ow,ox,oy,oz,vis,sel,lock,label\n"
+                             + _fcsv_rows(LPS), "puts x, y, z elsewhere"),
+            "um.mrk.json": (_mrk_json(LPS * 1000, "LPS", "um"), "coordinateUnits 'um', not mm"),
             "two.mrk.json": (json.dumps({"markups": [json.loads(_mrk_json(LPS, "LPS"))["markups"][0]] * 2}),
                              "2 markups with control points"),
             "broken.mrk.json": ("{", "not valid JSON"),
@@ -255,6 +264,70 @@ class LandmarkFilesTest(unittest.TestCase):
         two = read_landmarks(self._write("2.txt", "point\n2\n" + "1 2 3\n" * 2))
         with self.assertRaisesRegex(InputError, "different numbers of points: 3 in"):
             paired_landmarks(three, two)
+
+
+try:
+    import slicer  # the slicer-core wheel: Slicer's own markups storage nodes
+
+    HAVE_MARKUPS = hasattr(slicer, "vtkMRMLMarkupsFiducialStorageNode")
+except ImportError:  # pragma: no cover - slicer-core is a test dependency
+    HAVE_MARKUPS = False
+
+
+@unittest.skipUnless(HAVE_MARKUPS, "needs Slicer's markups libraries (pip install slicer-core)")
+class SlicerReadsTheSameMarkupsTest(unittest.TestCase):
+    """read_landmarks gives the points Slicer's own readers (vtkMRMLMarkupsFiducialStorageNode,
+    vtkMRMLMarkupsJsonStorageNode, slicer-core) load from the same file, converted RAS -> LPS, with the same
+    points placed."""
+
+    def _slicer(self, path: str) -> tuple[np.ndarray, list[bool]]:
+        scene = slicer.vtkMRMLScene()
+        node = slicer.vtkMRMLMarkupsFiducialNode()
+        scene.AddNode(node)
+        storage = (slicer.vtkMRMLMarkupsJsonStorageNode() if path.endswith(".json")
+                   else slicer.vtkMRMLMarkupsFiducialStorageNode())
+        scene.AddNode(storage)
+        storage.SetFileName(path)
+        self.assertTrue(storage.ReadData(node))
+        ras, placed = [], []
+        for i in range(node.GetNumberOfControlPoints()):
+            p = [0.0, 0.0, 0.0]
+            node.GetNthControlPointPosition(i, p)
+            ras.append(p)
+            placed.append(node.GetNthControlPointPositionStatus(i) == slicer.vtkMRMLMarkupsNode.PositionDefined)
+        from MultimodalFusionLib.mrml import ras_points_to_lps
+
+        return ras_points_to_lps(ras), placed
+
+    def test_fcsv_and_mrk_json_as_slicer_reads_them(self) -> None:
+        rows = _fcsv_rows(LPS)
+        version = "# Markups fiducial file version = 5.6\n"
+        # Slicer 5 writes an unplaced point with its last position and the status in an unnamed 15th field
+        status_rows = "".join(line[:-1] + f",{st},0\n" for line, st in zip(rows.splitlines(True), (2, 0, 3)))
+        files = {
+            "lps.fcsv": version + "# CoordinateSystem = LPS\n" + FCSV_COLUMNS + rows,
+            "ras0.fcsv": "# Markups fiducial file version = 4.6\n# CoordinateSystem = 0\n" + FCSV_COLUMNS + rows,
+            "lps1.fcsv": "# Markups fiducial file version = 4.10\n# CoordinateSystem = 1\n" + FCSV_COLUMNS + rows,
+            "noline.fcsv": version + FCSV_COLUMNS + rows,
+            "slicer3.fcsv": "".join(f"F-{i},{p[0]},{p[1]},{p[2]},1,1\n" for i, p in enumerate(LPS)),
+            "slicer3_ras.fcsv": "# CoordinateSystem = RAS\n" + "".join(f"F,{p[0]},{p[1]},{p[2]}\n" for p in LPS),
+            "status.fcsv": version + "# CoordinateSystem = LPS\n" + FCSV_COLUMNS + status_rows,
+            "default.mrk.json": _mrk_json(LPS, None),
+            "ras.mrk.json": _mrk_json(LPS, "RAS"),
+            "zero.mrk.json": _mrk_json(LPS, "0"),
+            "status.mrk.json": _mrk_json(LPS, "LPS", status=["defined", "undefined", "missing"]),
+        }
+        with tempfile.TemporaryDirectory() as d:
+            for name, text in files.items():
+                with self.subTest(name):
+                    path = os.path.join(d, name)
+                    with open(path, "w") as f:
+                        f.write(text)
+                    expected, placed = self._slicer(path)
+                    lm = read_landmarks(path)
+                    self.assertEqual(lm.placed.tolist(), placed)
+                    np.testing.assert_allclose(lm.points[lm.placed], expected[placed], atol=1e-9)
+        self.assertEqual(placed, [True, False, False])  # the statuses were read, by Slicer and here
 
 
 class RasToLpsInMrmlTest(unittest.TestCase):
