@@ -17,8 +17,10 @@ Formats, chosen by the file's extension:
   in physical space through that image's geometry, as transformix does), then the number of points, then
   one point a line. A file without the ``point``/``index`` line, which elastix reads as indices, is refused:
   say which it holds.
-- ANTs point tables (``.csv``), as ``antsApplyTransformsToPoints`` and ANTsPy read them: a header naming the
-  columns ``x,y,z`` (``t`` and any others, such as ``label``, ignored), LPS mm.
+- ANTs point tables (``.csv``), as ``antsApplyTransformsToPoints`` reads them (itk::CSVArray2DFileReader with
+  column headers: the first line is the header; the first 2 or 3 columns are the point, in ITK's physical
+  space, LPS mm): the header starts ``x,y`` or ``x,y,z`` (``t`` and any further columns, such as ``label``,
+  ignored); a header naming them elsewhere is refused, since ANTs reads the first columns whatever their names.
 
 Unplaced points (a Slicer control point whose ``positionStatus`` is not ``defined``, or an ``.fcsv`` row with
 empty coordinates) are kept as rows of NaN, so that the i-th point of a fixed file still pairs with the i-th
@@ -338,7 +340,13 @@ def _read_ants_csv(path: str, text: str) -> Landmarks:
                          f"{','.join(rows[0])!r}); antsApplyTransformsToPoints takes the first line as the header.",
                          "Add a first line x,y,z,t (LPS mm).")
     names = ["x", "y", "z"] if "z" in header else ["x", "y"]
-    cols = [header.index(k) for k in names]
+    if header[:len(names)] != names:
+        # antsApplyTransformsToPoints reads the first Dimension columns as the point, whatever their names
+        raise InputError(f"Landmark file '{path}' has the columns {','.join(rows[0])!r}: antsApplyTransformsToPoints "
+                         f"takes the first {len(names)} columns as {', '.join(names)}, whatever the header names, so "
+                         "it would read other numbers than the header says.",
+                         f"Put the columns {','.join(names)} first (x,y,z,t,label,... as ANTs writes them).")
+    cols = list(range(len(names)))
     il = header.index("label") if "label" in header else None
     points, labels = [], []
     for n, row in enumerate(rows[1:], start=2):

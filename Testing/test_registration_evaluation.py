@@ -242,6 +242,8 @@ class LandmarkFilesTest(unittest.TestCase):
             "ragged.txt": ("point\n2\n1 2 3\n4 5\n", "do not all hold"),
             "word.txt": ("point\n1\n1 two 3\n", "'two', not a number"),
             "noheader.csv": ("1,2,3,0\n4,5,6,0\n", "no header naming its x, y"),
+            # antsApplyTransformsToPoints takes the first 3 columns (label, x, y here) as the point
+            "order.csv": ("label,x,y,z\n1,2,3,4\n", "takes the first 3 columns as x, y, z"),
             "system.fcsv": ("# CoordinateSystem = XYZ\n" + FCSV_COLUMNS + _fcsv_rows(LPS), "'XYZ'"),
             "unversioned_lps.fcsv": ("# CoordinateSystem = LPS\n" + FCSV_COLUMNS + _fcsv_rows(LPS),
                                      "no '# Markups fiducial file version' line"),
