@@ -740,6 +740,13 @@ def _label_array(image: sitk.Image, name: str) -> np.ndarray:
         raise InputError(f"The {name} holds values that are not whole numbers: it is no label map (a grey image, or "
                          "labels resampled with linear interpolation).",
                          "Give the label map itself, resampled (if at all) with nearest-neighbour interpolation.")
+    # beyond 2**24 (float32) or 2**53 (float64) a float no longer holds every whole number (neighbouring labels
+    # merge), and beyond int64 the cast below wraps (1e20 became -9223372036854775808)
+    exact = 2.0 ** (np.finfo(arr.dtype).nmant + 1)
+    if arr.size and float(np.abs(arr).max()) > exact:
+        raise InputError(f"The {name} is of type {arr.dtype} and holds labels up to {float(np.abs(arr).max()):g}, past "
+                         f"{exact:.0f}, beyond which {arr.dtype} cannot hold every whole number (labels may have "
+                         "merged).", "Save the label map with an integer pixel type (uint16, int32, ...).")
     return arr.astype(np.int64)
 
 
@@ -906,6 +913,10 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
     if (fixed_landmarks is None) != (moving_landmarks is None):
         raise InputError("Only one landmark list was given: the error compares corresponding points of the two "
                          "images.", "Give both landmark files (fixed and moving), or neither.")
+    for what, image, of in (("fixed label map", fixed_labels, fixed), ("moving label map", moving_labels, moving)):
+        if image is not None and isinstance(image, sitk.Image) and image.GetDimension() != of.GetDimension():
+            raise InputError(f"The {what} is {image.GetDimension()}D but the {what.split()[0]} image is "
+                             f"{of.GetDimension()}D.", f"Give the {what} of the {what.split()[0]} image (same dimension).")
     out: dict[str, Any] = {"transform_convention": "fixed -> moving points (ITK), LPS mm", "notes": []}
     steps = (("before", None), ("after", transform))
     out["images"] = {when: registration_metrics(fixed, resample(moving, fixed, tx)) for when, tx in steps}
@@ -925,5 +936,11 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
             out["notes"] += dropped
         else:
             fp, mp = fixed_landmarks, moving_landmarks
+        dim = np.asarray(fp, dtype=np.float64).reshape(len(fp), -1).shape[1] if len(fp) else 0
+        if dim != fixed.GetDimension():
+            # checked here, not only by tre's transform check: "before" (no transform) had scored 2D points of
+            # 3D images without a word
+            raise InputError(f"The landmarks are {dim}D but the images are {fixed.GetDimension()}D.",
+                             "Give landmarks with one coordinate per image axis.")
         out["landmarks"] = {when: tre(fp, mp, tx) for when, tx in steps}
     return out

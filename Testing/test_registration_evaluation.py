@@ -409,6 +409,22 @@ class EvaluateRegistrationTest(unittest.TestCase):
         with self.assertRaisesRegex(InputError, "Only one label map"):
             metrics.evaluate_registration(self.fixed, self.fixed, shift, fixed_labels=self.fixed_labels)
 
+    def test_float_labels_past_exact_whole_numbers_and_wrong_dimensions_are_refused(self) -> None:
+        labels = sitk.Cast(self.fixed_labels, sitk.sitkFloat32)
+        out = metrics.label_overlap(labels, self.fixed_labels)  # float labels holding whole numbers: fine
+        self.assertEqual(out["mean"]["dice"], 1.0)
+        for value, pixel in ((1e20, sitk.sitkFloat64), (2.0 ** 25, sitk.sitkFloat32)):
+            big = sitk.Cast(self.fixed_labels, pixel) * value  # 1e20 had wrapped to label -9223372036854775808
+            with self.subTest(value), self.assertRaisesRegex(InputError, "cannot hold every whole number"):
+                metrics.label_overlap(big, big)
+        flat = self.fixed_labels[:, :, 5]
+        with self.assertRaisesRegex(InputError, "The moving label map is 2D but the moving image is 3D"):
+            metrics.evaluate_registration(self.fixed, self.moving, fixed_labels=self.fixed_labels, moving_labels=flat)
+        with self.assertRaisesRegex(InputError, "The landmarks are 2D but the images are 3D"):
+            # no transform: "before" and "after" both the identity, where tre had nothing to check against
+            metrics.evaluate_registration(self.fixed, self.moving, fixed_landmarks=self.fixed_points[:, :2],
+                                          moving_landmarks=self.moving_points[:, :2])
+
     def test_command_line_before_and_after(self) -> None:
         with tempfile.TemporaryDirectory() as d:
             paths = {}
