@@ -811,7 +811,8 @@ def label_overlap(fixed_labels: sitk.Image, moving_labels_on_fixed: sitk.Image,
     A label in one image only scores Dice and Jaccard 0 and its distances ``None`` (undefined: not inf), with
     ``missing`` naming the side it is missing from; a label given in ``labels`` that neither image holds is
     skipped, named in ``skipped`` and ``notes``. The means: Dice and Jaccard over the labels scored (a missing
-    label counts 0, as Learn2Reg counts it), distances over the labels present on both sides
+    label counts 0 here; Learn2Reg leaves out a label missing from either image before warping, as
+    :func:`evaluate_registration` does), distances over the labels present on both sides
     (``labels_with_distances`` says how many).
 
     Returns:
@@ -881,6 +882,11 @@ def label_overlap(fixed_labels: sitk.Image, moving_labels_on_fixed: sitk.Image,
     return {"labels": per, "mean": mean, "skipped": skipped, "notes": notes}
 
 
+def _label_list(values: set) -> str:
+    shown = sorted(values)
+    return (", ".join(str(v) for v in shown[:10]) + (f", ... ({len(shown)} labels)" if len(shown) > 10 else "")) or "none"
+
+
 def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None = None, *,
                           fixed_labels: sitk.Image | None = None, moving_labels: sitk.Image | None = None,
                           fixed_landmarks: Any = None, moving_landmarks: Any = None,
@@ -902,7 +908,9 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
         labels: the labels to score (default: every non-zero label in either map).
 
     Returns:
-        dict: ``images``, and where given ``labels`` and ``landmarks``, each {"before": ..., "after": ...};
+        dict: ``images``, and where given ``labels`` and ``landmarks``, each {"before": ..., "after": ...}
+        (``labels`` also ``left_out``: the labels asked for, or found in either map, that are not in both maps,
+        left out of the scores as Learn2Reg leaves them out);
         ``notes`` (labels or landmarks left out, and why); ``transform_convention``.
     """
     from .preprocess import resample
@@ -921,10 +929,29 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
     steps = (("before", None), ("after", transform))
     out["images"] = {when: registration_metrics(fixed, resample(moving, fixed, tx)) for when, tx in steps}
     if fixed_labels is not None:
+        # Learn2Reg's evaluation (compute_dice / compute_hd95) scores a label only where both the fixed and the
+        # (unwarped) moving label maps hold it: NaN otherwise, left out of its nanmean; one lost in the warping
+        # scores Dice 0. The same here: a label in one map only is left out, and said so.
+        present = [set(np.unique(_label_array(m, f"{w} label map")).tolist()) - {0}
+                   for m, w in ((fixed_labels, "fixed"), (moving_labels, "moving"))]
+        asked = sorted(present[0] | present[1]) if labels is None else list(labels)
+        left_out = [v for v in asked if not (v in present[0] and v in present[1])]
+        scored = [v for v in asked if v not in left_out]
+        if not scored:
+            raise InputError(f"No label{' asked for' if labels is not None else ''} is in both label maps (fixed: "
+                             f"{_label_list(present[0])}; moving: {_label_list(present[1])}): a label is scored where "
+                             "both images hold it, as Learn2Reg scores it.",
+                             "Give the label maps of the two images, with the same label numbers for the same "
+                             "structures (or --labels that both hold).")
         out["labels"] = {}
         for when, tx in steps:
             on_fixed = resample(moving_labels, fixed_labels, tx, interpolation="nearest")
-            out["labels"][when] = label_overlap(fixed_labels, on_fixed, labels)
+            out["labels"][when] = label_overlap(fixed_labels, on_fixed, scored)
+        out["labels"]["left_out"] = left_out
+        for v in left_out:
+            where = "fixed" if v in present[0] else "moving" if v in present[1] else None
+            out["notes"].append(f"label {v} is {f'in the {where} label map only' if where else 'in neither label map'}: "
+                                "left out of the scores (as Learn2Reg leaves it out)")
         out["notes"] += [f"after: {n}" for n in out["labels"]["after"]["notes"]
                          if n not in out["labels"]["before"]["notes"]]
         out["notes"] = [f"before: {n}" for n in out["labels"]["before"]["notes"]] + out["notes"]

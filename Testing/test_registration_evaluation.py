@@ -409,6 +409,56 @@ class EvaluateRegistrationTest(unittest.TestCase):
         with self.assertRaisesRegex(InputError, "Only one label map"):
             metrics.evaluate_registration(self.fixed, self.fixed, shift, fixed_labels=self.fixed_labels)
 
+    def test_a_label_in_one_map_only_is_left_out_as_learn2reg_leaves_it_out(self) -> None:
+        # Learn2Reg's compute_dice/compute_hd95: NaN (left out of nanmean) where the fixed or the unwarped moving
+        # map lacks the label; the old mean counted it as Dice 0 (after: (0.98 + 0.97 + 0) / 3)
+        extra = sitk.GetArrayFromImage(self.fixed_labels)
+        extra[2:4, 2:6, 2:6] = 7  # in the fixed map only
+        fixed_labels = _placed(extra)
+        out = metrics.evaluate_registration(self.fixed, self.moving, self.tx, fixed_labels=fixed_labels,
+                                            moving_labels=self.moving_labels)
+        after = out["labels"]["after"]
+        self.assertEqual(sorted(after["labels"]), [1, 2])
+        self.assertEqual(out["labels"]["left_out"], [7])
+        self.assertGreater(after["mean"]["dice"], 0.97)
+        self.assertTrue(any("label 7 is in the fixed label map only" in n for n in out["notes"]), out["notes"])
+        with self.assertRaisesRegex(InputError, "No label asked for is in both label maps"):
+            metrics.evaluate_registration(self.fixed, self.moving, self.tx, fixed_labels=fixed_labels,
+                                          moving_labels=self.moving_labels, labels=[7])
+
+    def test_the_transform_direction_is_the_same_for_labels_and_landmarks(self) -> None:
+        # an affine with shear (not its own inverse): fixed -> moving scores well for both, the inverse badly for both
+        tx = sitk.AffineTransform(3)
+        tx.SetMatrix([1.0, 0.25, 0.0, 0.0, 1.0, 0.1, 0.0, 0.0, 1.0])
+        tx.SetCenter((20.0, 10.0, 40.0))
+        tx.SetTranslation((5.0, -3.0, 2.0))
+        grid = sitk.Image(100, 110, 34, sitk.sitkUInt8)
+        grid.SetSpacing((1.0, 1.0, 3.0))
+        grid.SetOrigin((-40.0, -30.0, 0.0))
+        moving_labels = resample(self.fixed_labels, grid, tx.GetInverse(), interpolation="nearest")
+        moving_points = np.array([tx.TransformPoint(p.tolist()) for p in self.fixed_points])
+        kw = dict(fixed_labels=self.fixed_labels, moving_labels=moving_labels, fixed_landmarks=self.fixed_points,
+                  moving_landmarks=moving_points)
+        right = metrics.evaluate_registration(self.fixed, self.fixed, tx, **kw)
+        wrong = metrics.evaluate_registration(self.fixed, self.fixed, tx.GetInverse(), **kw)
+        self.assertGreater(right["labels"]["after"]["mean"]["dice"], 0.95)
+        self.assertLess(right["landmarks"]["after"]["max"], 1e-9)
+        self.assertLess(wrong["labels"]["after"]["mean"]["dice"], right["labels"]["before"]["mean"]["dice"] + 0.05)
+        self.assertGreater(wrong["landmarks"]["after"]["mean"], 5.0)
+        # --invert of the inverse's file is the transform itself: the same numbers through the command line
+        with tempfile.TemporaryDirectory() as d:
+            paths = {k: os.path.join(d, k) for k in ("f.nii.gz", "fl.nii.gz", "ml.nii.gz", "inv.tfm")}
+            write_image(self.fixed, paths["f.nii.gz"])
+            write_image(self.fixed_labels, paths["fl.nii.gz"])
+            write_image(moving_labels, paths["ml.nii.gz"])
+            write_transform(tx.GetInverse(), paths["inv.tfm"])
+            rc, out, err = run_cli("evaluate-registration", paths["f.nii.gz"], paths["f.nii.gz"], "--fixed-labels",
+                                   paths["fl.nii.gz"], "--moving-labels", paths["ml.nii.gz"], "--transform",
+                                   paths["inv.tfm"], "--invert", "--json")
+            self.assertEqual(rc, 0, err)
+            self.assertAlmostEqual(json.loads(out)["labels"]["after"]["mean"]["dice"],
+                                   right["labels"]["after"]["mean"]["dice"], places=9)
+
     def test_float_labels_past_exact_whole_numbers_and_wrong_dimensions_are_refused(self) -> None:
         labels = sitk.Cast(self.fixed_labels, sitk.sitkFloat32)
         out = metrics.label_overlap(labels, self.fixed_labels)  # float labels holding whole numbers: fine
