@@ -384,6 +384,40 @@ class FuseEvaluateCliTest(unittest.TestCase):
                 self.assertEqual(code, 0, stderr)
                 self.assertEqual(sitk.ReadImage(out).GetNumberOfComponentsPerPixel(), components)
 
+    def test_a_colour_picture_resampled_with_bspline_is_fused_as_colour(self) -> None:
+        """B-spline interpolation overshoots below 0 at a colour picture's edges: any negative value had it refused
+        as a vector image (2482fcc), even ``mmfusion resample --interpolation bspline``'s own output of a colour PNG
+        (down to -6e-09 on smooth colours; -63 of 255 here, at sharp edges). Negative values that weigh little
+        beside the positive ones are taken as overshoot; a displacement field's are still refused."""
+        rng = np.random.default_rng(11)
+        blocks = np.kron(rng.integers(0, 2, (6, 6, 3)) * 255, np.ones((4, 4, 1))).astype(np.uint8)  # sharp edges
+        picture = os.path.join(self.tmp.name, "colour.png")
+        sitk.WriteImage(sitk.GetImageFromArray(blocks, isVector=True), picture)
+        grey = sitk.GetImageFromArray((rng.random((24, 24)) * 200).astype(np.uint8))
+        grey.SetOrigin((0.4, 0.3))  # off the picture's voxels: interpolated between them
+        a = os.path.join(self.tmp.name, "grey.nrrd")
+        sitk.WriteImage(grey, a)
+        resampled = os.path.join(self.tmp.name, "colour_bspline.nrrd")
+        code, _, stderr = _main(["resample", picture, "--reference", a, "--interpolation", "bspline", "-o", resampled])
+        self.assertEqual(code, 0, stderr)
+        values = sitk.GetArrayFromImage(sitk.ReadImage(resampled))
+        self.assertLess(float(values.min()), -1.0)  # the overshoot this is about
+        out = os.path.join(self.tmp.name, "fused.nrrd")
+        for order in ((a, resampled), (resampled, a)):
+            with self.subTest(as_b=order[1] == resampled):
+                code, _, stderr = _main(["fuse", *order, "--method", "average", "-o", out])
+                self.assertEqual(code, 0, stderr)
+        self.assertEqual(sitk.ReadImage(out).GetNumberOfComponentsPerPixel(), 1)  # a's luminance, fused with b
+        code, _, stderr = _main(["fuse", a, resampled, "--method", "average", "-o", out])
+        self.assertEqual(sitk.ReadImage(out).GetNumberOfComponentsPerPixel(), 3)  # a colour b is fused as colour
+        # a field whose components run either side of 0, in the same 0..255 range, is still refused
+        field = os.path.join(self.tmp.name, "field.nrrd")
+        sitk.WriteImage(sitk.GetImageFromArray(rng.normal(0.0, 60.0, (24, 24, 3)).astype(np.float32), isVector=True),
+                        field)
+        code, _, stderr = _main(["fuse", a, field, "--method", "average", "-o", out])
+        self.assertEqual(code, 2, stderr)
+        self.assertIn("is not a colour picture", stderr)
+
     def test_run_refuses_a_method_flag_no_method_run_takes(self) -> None:
         # `fuse --method average --levels 3` is refused, but `run --methods average --levels 3` had dropped the
         # flag (each method gets the flags it takes) and fused without it, rc 0
