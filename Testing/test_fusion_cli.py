@@ -314,6 +314,11 @@ class FuseEvaluateCliTest(unittest.TestCase):
         for flags, message in ((["--window-a", "-160", "240", "--window-level-a", "400", "40"],
                                 "Both --window-a and --window-level-a"),
                                (["--window-level-a", "0", "40"], "the window width (the first number) must be more"),
+                               # (not window_a (nan, nan), named as --window-a, which was not given)
+                               (["--window-level-a", "400", "nan"], "--window-level-a 400 nan: the window width and "
+                                "level must be finite"),
+                               (["--window-level-a", "inf", "40"], "--window-level-a inf 40: the window width and "
+                                "level must be finite"),
                                (["--window-a", "240", "-160"], "window_a (240.0, -160.0) is not a window"),
                                (["--window-a", "5000", "6000"], "(window_a; CLI --window-a) holds none of its values")):
             with self.subTest(flags=flags):
