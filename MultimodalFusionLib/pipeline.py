@@ -297,6 +297,10 @@ def _register_fuse_report(fixed_img: sitk.Image, fixed_name: str, moving_img: si
                                pixel_type=sitk.sitkVectorFloat32 if colour else None,
                                components="channels" if colour else None)  # RGB/RGBA (check_components)
     moving_on_fixed = _keep_8bit(moving_on_fixed, moving_img)
+    if colour and moving_img.HasMetaDataKey("NRRD_kinds[pixel]"):
+        # what the file says of its components (RGB-color), which resampling drops: a colour NRRD with values below 0
+        # passed the checks of the image as read and was refused by the fusion as a vector image (check_components)
+        moving_on_fixed.SetMetaData("NRRD_kinds[pixel]", moving_img.GetMetaData("NRRD_kinds[pixel]"))
     before = resample(moving_grey, fixed_grey, None, "linear")
     after = resample(moving_grey, fixed_grey, transform, "linear")
     if not has_content(after):  # nothing of the moving image lands on the fixed grid

@@ -417,11 +417,24 @@ class FuseEvaluateCliTest(unittest.TestCase):
         self.assertEqual(sitk.ReadImage(out).GetNumberOfComponentsPerPixel(), 3)  # a colour b is fused as colour
         # a field whose components run either side of 0, in the same 0..255 range, is still refused
         field = os.path.join(self.tmp.name, "field.nrrd")
-        sitk.WriteImage(sitk.GetImageFromArray(rng.normal(0.0, 60.0, (24, 24, 3)).astype(np.float32), isVector=True),
-                        field)
+        field_image = sitk.GetImageFromArray(rng.normal(0.0, 60.0, (24, 24, 3)).astype(np.float32), isVector=True)
+        field_image.CopyInformation(grey)
+        sitk.WriteImage(field_image, field)
         code, _, stderr = _main(["fuse", a, field, "--method", "average", "-o", out])
         self.assertEqual(code, 2, stderr)
         self.assertIn("is not a colour picture", stderr)
+        # a file that says colour (NRRD RGB-color) is colour, whatever its values, in run as in fuse: its kind, dropped
+        # by the resampling onto the fixed grid, had it refused by run's fusion after the registration
+        labelled = os.path.join(self.tmp.name, "rgb_color.nrrd")
+        with open(field, "rb") as fh:
+            content = fh.read()
+        with open(labelled, "wb") as fh:
+            fh.write(content.replace(b"kinds: vector", b"kinds: RGB-color", 1))
+        code, _, stderr = _main(["fuse", a, labelled, "--method", "average", "-o", out])
+        self.assertEqual(code, 0, stderr)
+        folder = os.path.join(self.tmp.name, "run_rgb_color")
+        code, _, stderr = _main(["run", a, labelled, "--output-dir", folder, "--no-register", "--methods", "average"])
+        self.assertEqual(code, 0, stderr)
 
     def test_run_refuses_a_method_flag_no_method_run_takes(self) -> None:
         # `fuse --method average --levels 3` is refused, but `run --methods average --levels 3` had dropped the
