@@ -123,9 +123,14 @@ def _check_colour(image: sitk.Image, name: str) -> None:
         values = sitk.GetArrayViewFromImage(image)
         low = float(np.min(values))
         # R = G = B everywhere is a grey picture stored as colour (a CT in HU so exported), read and fused as grey
-        grey = low < 0 and np.array_equal(values[..., 0], values[..., 1]) and np.array_equal(values[..., 1],
-                                                                                             values[..., 2])
-        if low < 0 and not grey and not _overshoot(values):
+        grey = low < 0 and _channels_equal(values)
+        signed = "signed integer" in image.GetPixelIDTypeAsString()
+        if signed and not grey and not _channels_equal(values):
+            # colour pictures are stored unsigned (8 or 16 bits) or as floats: a signed-integer one is a stack of
+            # channels such as a 3-echo MR, which had been fused as RGB (its echoes painted red, green and blue)
+            said = (f"its components are {image.GetPixelIDTypeAsString().replace('vector of ', '')}s, as no "
+                    "colour picture is stored (8- or 16-bit unsigned, or floating point)")
+        elif low < 0 and not grey and not _overshoot(values):
             said = (f"its components take negative values (down to {low:g}, up to {float(np.max(values)):g}), "
                     "which no colour channel has")
             overshoot = (" If it is a colour picture whose values went far below 0, clip it at 0 "
@@ -133,12 +138,17 @@ def _check_colour(image: sitk.Image, name: str) -> None:
     if said:
         components = image.GetNumberOfComponentsPerPixel()
         raise InputError(f"The {name} has {components} components per pixel and is not a colour picture: {said}, so "
-                         "it is a vector image (e.g. a displacement field or gradients). Registration and fusion take "
+                         "it is a vector or multi-channel image (e.g. a displacement field, gradients or echoes). Registration and fusion take "
                          "grey, RGB and RGBA images; fusion would have painted the vectors' components as colours.",
                          "Give a grey image made from it: one component (sitk.VectorIndexSelectionCast(image, 0)) or "
                          "the vectors' length (sitk.VectorMagnitude(image)), written to a file; to carry the field "
                          "itself onto another grid use mmfusion resample FIELD --reference IMAGE --components vector."
                          + overshoot)
+
+
+def _channels_equal(values: np.ndarray) -> bool:
+    """Whether the first three components are equal everywhere: a grey picture stored as RGB."""
+    return bool(np.array_equal(values[..., 0], values[..., 1]) and np.array_equal(values[..., 1], values[..., 2]))
 
 
 def _overshoot(values: np.ndarray) -> bool:

@@ -360,7 +360,9 @@ class FuseEvaluateCliTest(unittest.TestCase):
         refused = {write(field, "field.nrrd"): "negative values (down to",
                    write(field, "field.nii.gz"): "negative values (down to",
                    write(np.abs(field), "gradients.nrrd", kind="covariant-vector"): "NRRD kind 'covariant-vector'",
-                   write(np.abs(field), "displacement.nii", intent=1006): "intent displacement vector"}
+                   write(np.abs(field), "displacement.nii", intent=1006): "intent displacement vector",
+                   # a 3-echo MR stored as int16 has no negative value; colour pictures are never signed integers
+                   write((np.abs(field) * 300).astype(np.int16), "echoes.nrrd"): "16-bit signed integers"}
         for path, said in refused.items():
             for order in ((a, path), (path, a)):
                 with self.subTest(file=os.path.basename(path), as_b=order[1] == path):
@@ -382,7 +384,9 @@ class FuseEvaluateCliTest(unittest.TestCase):
         for path, components in ((write((picture * 255).astype(np.uint8), "rgb8.nrrd"), 3),
                                  (write(picture.astype(np.float32), "rgb_float.nrrd"), 3),
                                  (write((picture - 0.01).astype(np.float32), "rgb_color.nrrd", kind="RGB-color"), 3),
-                                 (write(np.repeat(field[..., :1], 3, -1), "grey_as_rgb.nrrd"), 1)):
+                                 (write(np.repeat(field[..., :1], 3, -1), "grey_as_rgb.nrrd"), 1),
+                                 (write(np.repeat((field[..., :1] * 300).astype(np.int16), 3, -1), "grey_int16.nrrd"),
+                                  1)):
             with self.subTest(colour=os.path.basename(path)):
                 out = os.path.join(self.tmp.name, "colour.nrrd")
                 code, _, stderr = _main(["fuse", a, path, "--method", "average", "-o", out])
