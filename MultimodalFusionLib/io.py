@@ -966,48 +966,188 @@ def _frame_rescales(tags: Mapping[int, Any]) -> list[tuple[float, float]] | None
     return pairs
 
 
-def _differing_frame_rescales(image: sitk.Image, path: str, tags: Mapping[int, Any]
-                              ) -> list[tuple[float, float]] | None:
-    """Each frame's (RescaleSlope, RescaleIntercept) of a multi-frame image whose frames have their own (an enhanced
-    PET or MR scales each frame; see :func:`_frame_rescales`); None where one pair holds for every frame (ITK's
-    reading stands).
+class _Rescale(NamedTuple):
+    """How :func:`_read_file` gives a multi-frame DICOM file the values it states (:func:`_rescale_to_apply`)."""
+    pairs: list[tuple[float, float]]  #: each frame's (RescaleSlope, RescaleIntercept), as the file states them
+    itk_stored: bool  #: whether ITK's reading holds the stored values (it applied none), else they are read again
 
-    ITK's reader (GDCM) applies one pair to every frame (the first frame's, or the top-level one, by SOP class): a
-    PET whose frames had slopes 0.5, 1, 2 and 4 was read with its last frame's values 8 times too small, without a
-    word. :func:`_rescaled_frames` reads them right."""
+
+def _stated_pair(item: Mapping[int, Any]) -> tuple[float, float] | None:
+    """The (RescaleSlope, RescaleIntercept) ``item`` states (1 and 0 for the one it leaves out); None where it
+    states neither, or a value that is no number."""
+    if 0x00281053 not in item and 0x00281052 not in item:
+        return None
+    pair = []
+    for tag, default in ((0x00281053, 1.0), (0x00281052, 0.0)):
+        text = item.get(tag)
+        values = _dicom_numbers(text) if isinstance(text, str) and text.strip() else [default]
+        if len(values) != 1 or not math.isfinite(values[0]):
+            return None
+        pair.append(values[0])
+    return pair[0], pair[1]
+
+
+def _same_pair(one: tuple[float, float], other: tuple[float, float]) -> bool:
+    """Whether two (slope, intercept) pairs are one (ITK's float64 arithmetic leaves a fractional slope a trace
+    off)."""
+    return all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) for a, b in zip(one, other))
+
+
+def _rescale_to_apply(image: sitk.Image, path: str, tags: Mapping[int, Any], notes: list[_FileWarning]
+                      ) -> _Rescale | None:
+    """What a multi-frame DICOM image read by ITK needs for its values to be those its file states (each frame's
+    stored values times its RescaleSlope plus its RescaleIntercept, see :func:`_frame_rescales`); None where ITK's
+    reading has them (it stands, type and values).
+
+    ITK's reader (GDCM) applies one pair to every frame, and which one depends on the SOP class: the first frame's
+    PixelValueTransformationSequence (0028,9145) (or the shared groups') for the enhanced CT, MR and PET classes
+    (legacy converted too), X-ray 3D and breast tomosynthesis, else the top-level pair only. So a PET whose frames
+    had slopes 0.5, 1, 2 and 4 was read with its last frame's values 8 times too small, and an Enhanced XA, a
+    multi-frame secondary capture, NM or ultrasound file whose one pair is in its functional groups was read with
+    none applied (1024 off for an intercept of -1024), without a word. Frames whose pairs differ are read again
+    (:func:`_stored_values`); where they share one, what ITK applied is found by reading a probe of the file
+    (:func:`_itk_applied_rescale`: no rule by SOP class kept here, which a GDCM version could change) and compared.
+    A probe that cannot be read (a temporary folder that cannot be written) leaves ITK's reading, with a warning
+    kept in ``notes``."""
     pairs = _frame_rescales(tags)
-    if pairs is None or len(set(pairs)) <= 1 or image.GetNumberOfComponentsPerPixel() != 1:
+    if pairs is None or image.GetNumberOfComponentsPerPixel() != 1:
         return None
     count = image.GetSize()[2] if image.GetDimension() == 3 else 1
-    if count != len(pairs):
-        raise InputError(f"DICOM file '{path}' has {count} frames but {len(pairs)} per-frame functional groups whose "
-                         "RescaleSlope (0028,1053) and RescaleIntercept (0028,1052) differ, so which frame's values "
-                         "are scaled by which is unknown.",
-                         "Split the file into single-frame files (e.g. with dcm2niix, or Slicer's DICOM module), then "
-                         "load them as a series.")
-    return pairs
+    if len(set(pairs)) > 1:
+        if count != len(pairs):
+            raise InputError(f"DICOM file '{path}' has {count} frames but {len(pairs)} per-frame functional groups "
+                             "whose RescaleSlope (0028,1053) and RescaleIntercept (0028,1052) differ, so which "
+                             "frame's values are scaled by which is unknown.",
+                             "Split the file into single-frame files (e.g. with dcm2niix, or Slicer's DICOM module), "
+                             "then load them as a series.")
+        return _Rescale(pairs, itk_stored=False)  # no one pair is right for every frame: read the stored values
+    stated = [pair for pair in (pairs[0], _stated_pair(tags)) if pair is not None]
+    if all(_same_pair(pair, (1.0, 0.0)) for pair in stated):
+        return None  # nothing for ITK to apply, nor to leave out
+    try:
+        applied = _itk_applied_rescale(image, path, tags)
+    except OSError as exc:  # a full or unwritable temporary folder
+        notes.append(_FileWarning(
+            "rescale unchecked", path,
+            f"DICOM file '{path}': whether ITK's reader applied its RescaleSlope/Intercept could not be checked (a "
+            f"probe could not be written to the temporary folder '{tempfile.gettempdir()}': "
+            f"{exc.strerror or exc}), so its values are as ITK's reader (GDCM) gives them. Point TMPDIR at a "
+            "writable folder.",
+            "could not be checked for whether ITK's reader applied their RescaleSlope/Intercept (the temporary "
+            f"folder '{tempfile.gettempdir()}' could not be written), so their values are as ITK's reader (GDCM) "
+            "gives them. Point TMPDIR at a writable folder."))
+        return None
+    if applied is None or _same_pair(applied, pairs[0]):
+        return None
+    return _Rescale([pairs[0]] * count, itk_stored=_same_pair(applied, (1.0, 0.0)))
 
 
-def _rescaled_frames(path: str, pairs: Sequence[tuple[float, float]], origin: Sequence[float],
-                     spacing: Sequence[float], direction: Sequence[float]) -> sitk.Image:
-    """The frames of multi-frame DICOM file ``path``, each scaled by its own pair of ``pairs``, as float32 (as a
-    classic series with per-slice slopes is read), on the grid given (ITK's, as placed from the file's tags).
+def _itk_applied_rescale(image: sitk.Image, path: str, tags: Mapping[int, Any]) -> tuple[float, float] | None:
+    """The (RescaleSlope, RescaleIntercept) ITK's reader (GDCM) applied to multi-frame DICOM file ``path`` (read as
+    ``image``, its metadata not yet erased; ``tags`` its header, see :func:`dicom_header.read_geometry_tags`): found
+    by having ITK read a probe, a file of one frame of 2 pixels, stored values 0 and k, that states the file's SOP
+    class, modality, pixel format and rescale tags where the file states them (top level, shared functional groups,
+    first frame's), in a private temporary folder removed on every path (no patient, study or date tag in it); None
+    for a pixel format it does not make (bits allocated other than 8, 16, 32). Raises OSError where the temporary
+    folder cannot take it."""
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    The stored values come from ITK's reading of a copy of the file without its rescale tags (GDCM has no option
-    to leave them out; the copy keeps the pixel data as they are, compressed or not): see :func:`_stored_values`.
-    The caller drops its first reading of the file before (its float64 image, where GDCM applied a fractional
-    slope, had been held beside the stored values and their float32 scaling)."""
-    stored = _stored_values(path)
+    def text_of(tag: str) -> str:
+        return image.GetMetaData(tag).strip() if image.HasMetaDataKey(tag) else ""
+
+    def number_of(tag: str) -> int | None:
+        return int(text_of(tag)) if text_of(tag).isdigit() else None
+
+    allocated, stored_bits, signed = number_of("0028|0100"), number_of("0028|0101") or 0, number_of("0028|0103")
+    if allocated not in (8, 16, 32) or signed not in (0, 1):
+        return None
+    top = min(100, 2 ** (min(stored_bits or allocated, allocated) - 1) - 1)  # fits the stored bits, signed or not
+    if top < 1:
+        return None
+
+    def with_rescale(item: Dataset, stated: Mapping[int, Any]) -> Dataset:
+        for tag, keyword in ((0x00281053, "RescaleSlope"), (0x00281052, "RescaleIntercept")):
+            if isinstance(stated.get(tag), str) and stated[tag].strip():
+                setattr(item, keyword, stated[tag].strip())
+        return item
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = text_of("0008|0016") or "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    probe = FileDataset("probe.dcm", Dataset(), file_meta=meta, preamble=b"\0" * 128)
+    probe.SOPClassUID, probe.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    if text_of("0008|0060"):
+        probe.Modality = text_of("0008|0060")
+    probe.Rows, probe.Columns, probe.NumberOfFrames = 1, 2, 1
+    probe.SamplesPerPixel, probe.PhotometricInterpretation = 1, text_of("0028|0004") or "MONOCHROME2"
+    probe.BitsAllocated, probe.BitsStored = allocated, stored_bits or allocated
+    probe.HighBit, probe.PixelRepresentation = probe.BitsStored - 1, signed
+    with_rescale(probe, tags)
+    if _SHARED_GROUPS in tags or _PER_FRAME_GROUPS in tags:  # the geometry macros GDCM needs, and the rescale
+        measures, orientation, position, shared, frame = Dataset(), Dataset(), Dataset(), Dataset(), Dataset()
+        measures.PixelSpacing, measures.SliceThickness = [1, 1], 1
+        orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        position.ImagePositionPatient = [0, 0, 0]
+        shared.PixelMeasuresSequence = DicomSequence([measures])
+        shared.PlaneOrientationSequence = DicomSequence([orientation])
+        frame.PlanePositionSequence = DicomSequence([position])
+        frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
+        for item, stated in ((shared, _first_item(tags, _SHARED_GROUPS)), (frame, frames[0] if frames else {})):
+            rescale = _first_item(stated, _PIXEL_VALUE_TRANSFORMATION)
+            if rescale:
+                item.PixelValueTransformationSequence = DicomSequence([with_rescale(Dataset(), rescale)])
+        probe.SharedFunctionalGroupsSequence = DicomSequence([shared])
+        probe.PerFrameFunctionalGroupsSequence = DicomSequence([frame])
+    probe.PixelData = np.array([0, top], dtype=f"<{'i' if signed else 'u'}{allocated // 8}").tobytes()
+    try:
+        values = _read_dicom_copy(probe, "probe.dcm")
+    except RuntimeError:  # ITK cannot read a probe of this file: its reading stands
+        return None
+    first, last = (float(v) for v in sitk.GetArrayViewFromImage(values).ravel()[:2])
+    return (last - first) / top, first
+
+
+def _scaled_frames(held: list[sitk.Image], pairs: Sequence[tuple[float, float]], origin: Sequence[float],
+                   spacing: Sequence[float], direction: Sequence[float]) -> sitk.Image:
+    """The stored values of a multi-frame DICOM file (``held``: one image, ITK's reading of them, let go here once
+    read), each frame scaled by its own pair of ``pairs``, on the grid given (ITK's, as placed from the file's tags):
+    as float32 where the pairs differ or one is fractional (as a classic series with per-slice or fractional slopes
+    is read), else as 32-bit integers (as ITK reads an enhanced CT's), or float64 where those do not hold them."""
+    stored = held.pop()
     view = sitk.GetArrayViewFromImage(stored)
-    values = np.empty(view.shape, dtype=np.float32)
-    for k, (slope, intercept) in enumerate(pairs):  # a frame at a time, in float64 (one frame's extra memory)
-        values[k] = view[k] * slope + intercept
-    del view, stored
-    out = sitk.GetImageFromArray(values)
+    frames = view if view.ndim == 3 else view[None]  # a 2D image: one frame
+    whole = len(set(pairs)) == 1 and all(float(v).is_integer() for pair in pairs for v in pair)
+    dtype: Any = np.float32
+    if whole and frames.size:
+        slope, intercept = pairs[0]
+        ends = [float(frames.min()) * slope + intercept, float(frames.max()) * slope + intercept]
+        dtype = np.int32 if all(-2 ** 31 <= v < 2 ** 31 for v in ends) else np.float64
+    values = np.empty(frames.shape, dtype=dtype)
+    for k, (slope, intercept) in enumerate(pairs):  # a frame at a time, in 64 bits (one frame's extra memory)
+        if dtype is np.int32:
+            values[k] = frames[k].astype(np.int64) * int(slope) + int(intercept)
+        else:
+            values[k] = frames[k] * slope + intercept
+    del view, frames, stored
+    out = sitk.GetImageFromArray(values.reshape(values.shape[-2:]) if len(origin) == 2 else values)
+    del values
     out.SetOrigin(origin)
     out.SetSpacing(spacing)
     out.SetDirection(direction)
     return out
+
+
+def _rescaled_frames(path: str, pairs: Sequence[tuple[float, float]], origin: Sequence[float],
+                     spacing: Sequence[float], direction: Sequence[float]) -> sitk.Image:
+    """The frames of multi-frame DICOM file ``path``, each scaled by its own pair of ``pairs`` (see
+    :func:`_scaled_frames`), from its stored values read again: from ITK's reading of a copy of the file without its
+    rescale tags (GDCM has no option to leave them out; the copy keeps the pixel data as they are, compressed or
+    not), see :func:`_stored_values`. The caller drops its first reading of the file before (its float64 image,
+    where GDCM applied a fractional slope, had been held beside the stored values and their float32 scaling)."""
+    return _scaled_frames([_stored_values(path)], pairs, origin, spacing, direction)
 
 
 #: What the copy :func:`_stored_values` has ITK read keeps of the file at its top level: the image pixel module
@@ -1050,34 +1190,36 @@ def _stored_copy(path: str) -> Any:
 
 def _stored_values(path: str) -> sitk.Image:
     """A DICOM file's stored values, unscaled (see :func:`_rescaled_frames`), read by ITK from a copy of the file
-    without its rescale tags, nor any tag but those that decode its pixels (:func:`_stored_copy`), in a private
-    temporary folder removed on every path (a Ctrl-C while it is made or removed is raised once it is gone, as
-    :func:`_readable_name` does)."""
+    without its rescale tags, nor any tag but those that decode its pixels (:func:`_stored_copy`), see
+    :func:`_read_dicom_copy`."""
+    try:
+        with itk_guard(f"reading the stored values of '{path}'", "Check the file is complete."):
+            return _read_dicom_copy(_stored_copy(path), "stored.dcm")
+    except OSError as exc:  # a full or unwritable temporary folder
+        raise InputError(f"Cannot read DICOM file '{path}': its frames' RescaleSlope/Intercept are not those ITK's "
+                         "reader applies, and the copy of its pixel data without them that ITK's reader reads could "
+                         f"not be written to the temporary folder '{tempfile.gettempdir()}' ({exc.strerror or exc}).",
+                         "Free space there, or point TMPDIR at a writable folder with room for a copy of the "
+                         "file.") from exc
+
+
+def _read_dicom_copy(data_set: Any, name: str) -> sitk.Image:
+    """ITK's reading of pydicom ``data_set`` (a copy of a file's pixel data and the tags that decode them, or a
+    probe: no patient, study or date tag), written as ``name`` in a private temporary folder ('mmfusion-rescale-*')
+    removed on every path (a Ctrl-C while it is made or removed is raised once it is gone, as
+    :func:`_readable_name` does). Raises OSError where the temporary folder cannot take it, RuntimeError where ITK
+    fails."""
     from .progress import signals_stop
 
-    def no_copy(exc: OSError) -> InputError:  # a full or unwritable temporary folder
-        return InputError(f"Cannot read DICOM file '{path}': its frames have their own RescaleSlope/Intercept, and "
-                          "the copy of its pixel data without them that ITK's reader reads could not be written to the "
-                          f"temporary folder '{tempfile.gettempdir()}' ({exc.strerror or exc}).",
-                          "Free space there, or point TMPDIR at a writable folder with room for a copy of the file.")
-
-    copy_set = _stored_copy(path)
     with signals_stop(lambda: None):
+        folder = tempfile.mkdtemp(prefix="mmfusion-rescale-")
         try:
-            folder = tempfile.mkdtemp(prefix="mmfusion-rescale-")
-        except OSError as exc:
-            raise no_copy(exc) from exc
-        try:
-            copy = os.path.join(folder, "stored.dcm")
-            try:
-                copy_set.save_as(copy)
-            except OSError as exc:
-                raise no_copy(exc) from exc
-            del copy_set
+            copy = os.path.join(folder, name)
+            data_set.save_as(copy)
+            del data_set
             reader = sitk.ImageFileReader()
             reader.SetFileName(copy)
-            with itk_guard(f"reading the stored values of '{path}'", "Check the file is complete."):
-                return reader.Execute()
+            return reader.Execute()
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -1509,11 +1651,15 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
 
                 geometry_tags = read_geometry_tags(path)
             _set_dicom_file_spacing(image, path, kept, geometry_tags)
-            pairs = _differing_frame_rescales(image, path, geometry_tags) if multiframe and geometry_tags else None
-            if pairs is not None:
+            rescale = _rescale_to_apply(image, path, geometry_tags, kept) if multiframe and geometry_tags else None
+            if rescale is not None:
                 placed = image.GetOrigin(), image.GetSpacing(), image.GetDirection()
-                del image  # not held while the stored values are read and scaled (its float64: 4 bytes a voxel more)
-                image = _rescaled_frames(path, pairs, *placed)
+                if rescale.itk_stored:  # ITK applied no rescale: its values are the stored ones
+                    held, image = [image], None
+                    image = _scaled_frames(held, rescale.pairs, *placed)
+                else:
+                    del image  # not held while the stored values are read and scaled (its float64: 4 bytes more)
+                    image = _rescaled_frames(path, rescale.pairs, *placed)
             if as_slice and image.GetDimension() == 3 and image.GetSize()[2] == 1:
                 image = _dicom_slice_as_2d(image)
                 kept[:] = [_unplaced_note(path, image.GetDimension(), multiframe) if note.kind == _UNPLACED else note

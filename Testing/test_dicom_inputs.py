@@ -918,6 +918,113 @@ class DicomGeometryFromTags(unittest.TestCase):
         self.assertIn("temporary folder", ctx.exception.problem)
         self.assertIn("TMPDIR", ctx.exception.fix)
 
+    def test_a_rescale_itk_leaves_out_is_applied(self) -> None:
+        """A multi-frame file whose one RescaleSlope/Intercept is in its functional groups' PixelValueTransformationSequence
+        (0028,9145) is read with it applied whatever its SOP class: ITK's reader (GDCM) applies the functional groups'
+        pair for the enhanced CT, MR and PET classes only, and had read an Enhanced XA, a multi-frame secondary capture,
+        an NM or an ultrasound file with none applied (1024 off against pydicom's stored values times the slope plus the
+        intercept), without a word. What ITK applied is found by reading a probe (the temporary folder left empty, no
+        patient tag in it); a file ITK reads right stays as ITK reads it, type and values; a temporary folder that
+        cannot be written leaves ITK's reading with a warning."""
+        import warnings
+
+        import pydicom
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence as DicomSequence
+        from pydicom.uid import RLELossless
+
+        positions = [(-5.0, -6.0, 10.0 + 3.0 * k) for k in range(3)]
+        classes = {"Enhanced XA": "1.2.840.10008.5.1.4.1.1.12.1.1",
+                   "Multi-frame Grayscale Word SC": "1.2.840.10008.5.1.4.1.1.7.3",
+                   "NM": "1.2.840.10008.5.1.4.1.1.20", "US Multi-frame": "1.2.840.10008.5.1.4.1.1.3.1"}
+        for name, sop_class in classes.items():
+            with self.subTest(name):
+                path = os.path.join(self.dir, f"{name}.dcm")
+                truth = write_enhanced(path, positions, sop_class=sop_class)  # (1, -1024) in the shared groups
+                for given in (path, self._alone_in_folder(path)):
+                    image = io.read_image(given)
+                    self.assertEqual(image.GetPixelIDTypeAsString(), "32-bit signed integer")  # as an enhanced CT's
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+                    self._assert_placed(image, positions, AXIAL, pixel_spacing=(0.7, 0.6))
+
+        def rescaled(path: str, slope: float, intercept: float, where: str) -> np.ndarray:
+            ds = pydicom.dcmread(path)
+            del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+            rescale = Dataset()
+            rescale.RescaleSlope, rescale.RescaleIntercept = slope, intercept
+            items = ds.PerFrameFunctionalGroupsSequence if where == "per-frame" else ds.SharedFunctionalGroupsSequence
+            for item in items:
+                item.PixelValueTransformationSequence = DicomSequence([rescale])
+            if where == "RLE":
+                ds.compress(RLELossless)
+            ds.save_as(path)
+            return pydicom.dcmread(path).pixel_array * slope + intercept
+
+        for where, slope, intercept, kind in (("per-frame", 1.0, -1024.0, "32-bit signed integer"),
+                                              ("shared", 0.25, 3.5, "32-bit float"),
+                                              ("RLE", 2.0, -1000.0, "32-bit signed integer")):
+            with self.subTest(where=where, slope=slope):
+                path = os.path.join(self.dir, f"xa-{where}.dcm")
+                write_enhanced(path, positions, sop_class=classes["Enhanced XA"])
+                truth = rescaled(path, slope, intercept, where)
+                image = io.read_image(path)
+                self.assertEqual(image.GetPixelIDTypeAsString(), kind)
+                np.testing.assert_allclose(sitk.GetArrayFromImage(image), truth, rtol=1e-6)
+        with self.subTest("a series of two files"):
+            folder = os.path.join(self.dir, "split")
+            os.makedirs(folder)
+            uid = "1.2.826.0.1.3680043.8.498.7654321"
+            four = [*positions, (-5.0, -6.0, 19.0)]
+            parts = [write_enhanced(os.path.join(folder, f"{part}.dcm"), at, series_uid=uid,
+                                    sop_class=classes["Enhanced XA"]) for part, at in (("a", four[:2]),
+                                                                                         ("b", four[2:]))]
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(folder)), np.concatenate(parts))
+
+        temporary = os.path.join(self.dir, "temporary")
+        os.makedirs(temporary)
+        probes: list[tuple[str, bytes]] = []
+        _AUDIT_WATCH[:] = [temporary, probes]
+        saved = tempfile.tempdir
+        tempfile.tempdir = temporary
+        path = os.path.join(self.dir, "ct.dcm")
+        try:
+            with self.subTest("a file ITK reads right"):
+                truth = write_enhanced(path, positions)  # Enhanced CT
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(path)),
+                                              sitk.GetArrayFromImage(sitk.ReadImage(path)))
+                self.assertEqual(io.read_image(path).GetPixelIDTypeAsString(),
+                                 sitk.ReadImage(path).GetPixelIDTypeAsString())
+                self.assertEqual(os.listdir(temporary), [])
+                self.assertTrue(probes)
+                for name, blob in probes:
+                    self.assertTrue(name.startswith("mmfusion-rescale-"), name)
+                    for value in PHI.values():
+                        self.assertNotIn(value.encode(), blob)
+            with self.subTest("a temporary folder that cannot be written"):
+                tempfile.tempdir = os.path.join(self.dir, "no such folder")
+                xa = os.path.join(self.dir, "Enhanced XA.dcm")
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    image = io.read_image(xa)
+                self.assertEqual([w.filename for w in caught], [__file__])
+                self.assertIn(f"DICOM file '{xa}': whether ITK's reader applied its RescaleSlope/Intercept could not "
+                              "be checked", str(caught[0].message))
+                self.assertIn("TMPDIR", str(caught[0].message))
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(image),
+                                              sitk.GetArrayFromImage(sitk.ReadImage(xa)))  # ITK's, as before
+        finally:
+            tempfile.tempdir = saved
+            _AUDIT_WATCH.clear()
+
+    def _alone_in_folder(self, path: str) -> str:
+        """A folder holding a copy of ``path`` alone."""
+        import shutil
+
+        folder = os.path.join(self.dir, os.path.basename(path) + ".folder")
+        os.makedirs(folder)
+        shutil.copy(path, folder)
+        return folder
+
     def test_a_header_pydicom_cannot_read_warns_from_the_callers_line(self) -> None:
         """A multi-frame file whose header pydicom reads short while ITK (GDCM) reads its pixels (here a stray item
         delimiter (FFFE,E00D) at its top level, where pydicom ends the data set, before NumberOfFrames) keeps ITK's
