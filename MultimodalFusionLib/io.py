@@ -533,7 +533,7 @@ def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarni
         notes.append(_unplaced_note(path, image.GetDimension(), multiframe=False))
     cosines = _dicom_numbers(text_of("0020|0037"))
     if len(cosines) != 6 or not all(map(math.isfinite, cosines)):  # ITK's direction stands: the identity
-        notes.append(_unturned_note(path, multiframe=False))
+        notes.append(_unturned_note(path, multiframe=False, picture=_image_picture(image)))
 
 
 def _usable_pixel_size(text_of: Callable[[str], str]) -> tuple[str, str, list[float]] | None:
@@ -633,7 +633,7 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
     frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
     _set_pixel_size(image, path, *_multiframe_pixel_size(path, tags, shared, frames), notes)
     if not _stated_cosines(tags, shared, frames):  # ITK's direction stands: the identity
-        notes.append(_unturned_note(path, multiframe=True))
+        notes.append(_unturned_note(path, multiframe=True, picture=_image_picture(image)))
     if image.GetDimension() != 3:
         return
     unplaced = False
@@ -669,9 +669,24 @@ def _unplaced_note(path: str, dimension: int, multiframe: bool) -> _FileWarning:
 #: The kind of :func:`_unplaced_note`'s warning
 _UNPLACED = "at the origin"
 
-def _unturned_note(path: str, multiframe: bool) -> _FileWarning:
+def _unturned_note(path: str, multiframe: bool, picture: str | None = None) -> _FileWarning:
     """The warning for a DICOM file that states no ImageOrientationPatient, read as axial as ITK reads it (the
-    identity direction); a series without it is refused (see :func:`_check_series_geometry`)."""
+    identity direction); a series without it is refused (see :func:`_check_series_geometry`). ``picture``: what the
+    image is where its SOP class or modality images no plane of the patient (see :func:`_flat_picture`), e.g. "a
+    projection X-ray image (Modality CR)": such an image states no orientation by definition, and is said to be
+    read as the flat picture it is (the warning for a slice, that a coronal or sagittal image would be registered
+    turned, had been given for every radiograph, ultrasound image and secondary capture)."""
+    if picture is not None:
+        return _FileWarning("flat picture", path,
+                            f"DICOM file '{path}' is {picture}, which lies in no plane of the patient that its header "
+                            "states (it has no ImageOrientationPatient (0020,0037), as such images need not): it is "
+                            "read as a flat picture, its rows along x and its columns along y, as ITK's reader reads "
+                            "it, so its axes are not the patient's. Align it to a CT, MR or PET image by its content, "
+                            "not by the headers (initializer 'none').",
+                            "are projection images or pictures, which lie in no plane of the patient that their "
+                            "headers state (no ImageOrientationPatient (0020,0037)): they are read as flat pictures, "
+                            "rows along x and columns along y, as ITK's reader reads them, so their axes are not the "
+                            "patient's.")
 
     def text(has: str, its: str, it_is: str, it_lies: str, image: str) -> str:
         where = (f" in {its} functional groups' PlaneOrientationSequence (0020,9116), DetectorInformationSequence "
@@ -683,6 +698,55 @@ def _unturned_note(path: str, multiframe: bool) -> _FileWarning:
     return _FileWarning("not turned", path, f"DICOM file '{path}' " + text("has", "its", "it is", "it lies",
                                                                            "a coronal or sagittal image"),
                         text("have", "their", "they are", "they lie", "coronal or sagittal images"))
+
+
+#: SOP classes whose images lie in no plane of the patient (no Image Plane module): projection radiographs (CR, DX,
+#: MG, intra-oral, XA, RF and their enhanced classes, breast projection), ultrasound, secondary capture, RT image and
+#: visible-light photographs, by their UID's last parts after 1.2.840.10008.5.1.4.1.1.
+_PICTURE_CLASSES = {
+    "1": "a projection X-ray image", "1.1": "a projection X-ray image", "1.1.1": "a projection X-ray image",
+    "1.2": "a projection X-ray image", "1.2.1": "a projection X-ray image", "1.3": "a projection X-ray image",
+    "1.3.1": "a projection X-ray image", "12.1": "a projection X-ray image", "12.1.1": "a projection X-ray image",
+    "12.2": "a projection X-ray image", "12.2.1": "a projection X-ray image", "13.1.4": "a projection X-ray image",
+    "13.1.5": "a projection X-ray image", "481.1": "a projection X-ray image",
+    "6.1": "an ultrasound image", "3.1": "an ultrasound image",
+    "7": "a secondary capture", "7.1": "a secondary capture", "7.2": "a secondary capture",
+    "7.3": "a secondary capture", "7.4": "a secondary capture",
+    "77.1.1": "a photograph", "77.1.1.1": "a photograph", "77.1.2": "a photograph", "77.1.2.1": "a photograph",
+    "77.1.4": "a photograph", "77.1.4.1": "a photograph", "77.1.5.1": "a photograph", "77.1.5.2": "a photograph",
+}
+#: Modalities of such images, for a file whose SOP class is none of those above nor one with an Image Plane
+_PICTURE_MODALITIES = {
+    "CR": "a projection X-ray image", "DX": "a projection X-ray image", "MG": "a projection X-ray image",
+    "IO": "a projection X-ray image", "PX": "a projection X-ray image", "RG": "a projection X-ray image",
+    "XA": "a projection X-ray image", "RF": "a projection X-ray image", "US": "an ultrasound image",
+    "OP": "a photograph", "XC": "a photograph", "ES": "a photograph", "GM": "a photograph", "SM": "a photograph",
+}
+#: SOP classes whose images do lie in a plane of the patient: CT, MR, PET, NM and their enhanced classes (the
+#: warning that a coronal or sagittal image would be registered turned stands for them, whatever the Modality says)
+_SLICE_CLASS_PREFIXES = ("2", "4", "20", "128", "130")
+
+
+def _flat_picture(sop_class: str, modality: str) -> str | None:
+    """What a DICOM image is, in words with its modality (e.g. "an ultrasound image (Modality US)"), where its SOP
+    class (else its modality) images no plane of the patient, so that it states no ImageOrientationPatient by
+    definition; None for any other image (a CT, MR, PET or NM slice, or a class and modality not known here)."""
+    prefix = "1.2.840.10008.5.1.4.1.1."
+    own = sop_class[len(prefix):] if sop_class.startswith(prefix) else ""
+    what = _PICTURE_CLASSES.get(own)
+    if what is None and not (own and own.split(".")[0] in _SLICE_CLASS_PREFIXES):
+        what = _PICTURE_MODALITIES.get(modality.upper())
+    if what is None:
+        return None
+    return what + (f" (Modality {modality})" if modality and modality.isalnum() else "")
+
+
+def _image_picture(image: sitk.Image) -> str | None:
+    """:func:`_flat_picture` for an image ITK read from a DICOM file, by the SOP class and modality in its metadata."""
+    def text_of(tag: str) -> str:
+        return image.GetMetaData(tag).strip() if image.HasMetaDataKey(tag) else ""
+
+    return _flat_picture(text_of("0008|0016"), text_of("0008|0060"))
 
 
 def _stated_cosines(tags: Mapping[int, Any], shared: Mapping[int, Any], frames: Sequence[Mapping[int, Any]]

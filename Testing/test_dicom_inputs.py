@@ -266,6 +266,57 @@ class DicomGeometryFromTags(unittest.TestCase):
             self.assertIn(f"DICOM file '{path}' has no usable ImageOrientationPatient (0020,0037)", ctx.exception.problem)
             self.assertNotIn("invalid logic", str(ctx.exception))
 
+    def test_a_picture_without_an_orientation_is_said_to_be_read_flat(self) -> None:
+        """A projection radiograph, ultrasound image or secondary capture states no ImageOrientationPatient by
+        definition (its IOD has no Image Plane module): its warning says what it is and that it is read as a flat
+        picture whose axes are not the patient's; it had been told that 'a coronal or sagittal image would be shown
+        and registered turned', as a CT slice without the tag is (which still is, whatever its Modality says)."""
+        import warnings
+
+        import pydicom
+
+        cases = (("CR", "1.2.840.10008.5.1.4.1.1.1", "a projection X-ray image (Modality CR)"),
+                 ("US", "1.2.840.10008.5.1.4.1.1.6.1", "an ultrasound image (Modality US)"),
+                 ("OT", "1.2.840.10008.5.1.4.1.1.7", "a secondary capture (Modality OT)"),
+                 ("DX", "", "a projection X-ray image (Modality DX)"),  # no SOP class: by its modality
+                 ("US", "1.2.840.10008.5.1.4.1.1.2", None))  # a CT slice, whatever its Modality says
+        for modality, sop_class, what in cases:
+            with self.subTest(modality=modality, sop_class=sop_class):
+                folder = os.path.join(self.dir, f"{modality}{sop_class}")
+                write_series(folder, positions=[(-12.0, -14.0, 30.0)], modality=modality,
+                             drop=("ImageOrientationPatient",))
+                path = os.path.join(folder, "IM0000.dcm")
+                ds = pydicom.dcmread(path)
+                if sop_class:
+                    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+                else:
+                    del ds.SOPClassUID
+                ds.save_as(path)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    line, image = sys._getframe().f_lineno, io.read_image(path)
+                said = [str(w.message) for w in caught]
+                self.assertEqual(len(said), 1, said)
+                self.assertEqual((caught[0].filename, caught[0].lineno), (__file__, line))
+                self.assertEqual(image.GetDirection(), (1.0, 0.0, 0.0, 1.0))
+                if what is None:
+                    self.assertIn("a coronal or sagittal image would be shown and registered turned", said[0])
+                    continue
+                self.assertIn(f"DICOM file '{path}' is {what}, which lies in no plane of the patient", said[0])
+                self.assertIn("read as a flat picture", said[0])
+                self.assertNotIn("coronal or sagittal", said[0])
+        with self.subTest("a multi-frame XA"):
+            path = os.path.join(self.dir, "xa.dcm")
+            write_enhanced(path, None, frames=3, groups=False, sop_class="1.2.840.10008.5.1.4.1.1.12.1",
+                           top={"SpacingBetweenSlices": 2.0, "ImagePositionPatient": [1.0, 2.0, 3.0],
+                                "PixelSpacing": [0.7, 0.6], "Modality": "XA"})
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                io.read_image(path)
+            said = [str(w.message) for w in caught]
+            self.assertEqual(len(said), 1, said)
+            self.assertIn(f"DICOM file '{path}' is a projection X-ray image (Modality XA)", said[0])
+
     def test_one_file_without_pixel_spacing_uses_the_projection_tags_or_is_refused(self) -> None:
         """A single file without PixelSpacing (0028,0030) was read at 1 mm without a word (a series without it
         is refused); GDCM took ImagerPixelSpacing only for radiograph SOP classes, and there even over
