@@ -339,15 +339,18 @@ def _dicom_cut_short(path: str) -> _CutDicom | None:
             from pydicom.uid import UID
 
             fh.seek(0)
-            with warnings.catch_warnings():  # what pydicom finds odd in a header (as dicom_header: not shown)
+            # what pydicom finds odd in a header (as dicom_header: not shown), its values included: it checks a
+            # value when it is read, and a SeriesInstanceUID such as '1.2.3.abc' had given a stray "Invalid value
+            # for VR UI" warning from pydicom beside the truncation error or warning
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 tags = dcmread(fh, defer_size=256)  # it reads a cut file without an error: the lengths tell
-            # the raw elements (their length and where their value starts), before any is read as a value
-            last = tags.get_item(max(tags.keys()), keep_deferred=True) if len(tags) else None
-            pixels = tags.get_item(0x7FE00010, keep_deferred=True) if 0x7FE00010 in tags else None
-            uid = str(tags.get("SeriesInstanceUID", "")) or None
-            sop_class = str(tags.get("SOPClassUID", "") or tags.file_meta.get("MediaStorageSOPClassUID", ""))
-            name = UID(sop_class).name if sop_class else ""
+                # the raw elements (their length and where their value starts), before any is read as a value
+                last = tags.get_item(max(tags.keys()), keep_deferred=True) if len(tags) else None
+                pixels = tags.get_item(0x7FE00010, keep_deferred=True) if 0x7FE00010 in tags else None
+                uid = str(tags.get("SeriesInstanceUID", "")) or None
+                sop_class = str(tags.get("SOPClassUID", "") or tags.file_meta.get("MediaStorageSOPClassUID", ""))
+                name = UID(sop_class).name if sop_class else ""
             image = "Image Storage" in name or name in ("", sop_class)  # an image, or a class pydicom does not know
     except Exception:  # noqa: BLE001 - pydicom's errors on a damaged file are of many kinds: GDCM's reading stands
         return None
@@ -1137,39 +1140,41 @@ def _itk_applied_rescale(image: sitk.Image, path: str, tags: Mapping[int, Any]) 
                 setattr(item, keyword, stated[tag].strip())
         return item
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = text_of("0008|0016") or "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    probe = FileDataset("probe.dcm", Dataset(), file_meta=meta, preamble=b"\0" * 128)
-    probe.SOPClassUID, probe.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    if text_of("0008|0060"):
-        probe.Modality = text_of("0008|0060")
-    probe.Rows, probe.Columns, probe.NumberOfFrames = 1, 2, 1
-    probe.SamplesPerPixel, probe.PhotometricInterpretation = 1, text_of("0028|0004") or "MONOCHROME2"
-    probe.BitsAllocated, probe.BitsStored = allocated, stored_bits or allocated
-    probe.HighBit, probe.PixelRepresentation = probe.BitsStored - 1, signed
-    with_rescale(probe, tags)
-    if _SHARED_GROUPS in tags or _PER_FRAME_GROUPS in tags:  # the geometry macros GDCM needs, and the rescale
-        measures, orientation, position, shared, frame = Dataset(), Dataset(), Dataset(), Dataset(), Dataset()
-        measures.PixelSpacing, measures.SliceThickness = [1, 1], 1
-        orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        position.ImagePositionPatient = [0, 0, 0]
-        shared.PixelMeasuresSequence = DicomSequence([measures])
-        shared.PlaneOrientationSequence = DicomSequence([orientation])
-        frame.PlanePositionSequence = DicomSequence([position])
-        frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
-        for item, stated in ((shared, _first_item(tags, _SHARED_GROUPS)), (frame, frames[0] if frames else {})):
-            rescale = _first_item(stated, _PIXEL_VALUE_TRANSFORMATION)
-            if rescale:
-                item.PixelValueTransformationSequence = DicomSequence([with_rescale(Dataset(), rescale)])
-        probe.SharedFunctionalGroupsSequence = DicomSequence([shared])
-        probe.PerFrameFunctionalGroupsSequence = DicomSequence([frame])
-    probe.PixelData = np.array([0, top], dtype=f"<{'i' if signed else 'u'}{allocated // 8}").tobytes()
-    try:
-        values = _read_dicom_copy(probe, "probe.dcm")
-    except RuntimeError:  # ITK cannot read a probe of this file: its reading stands
-        return None
+    with warnings.catch_warnings():  # what pydicom finds odd in a value (a Modality in lower case): not shown
+        warnings.simplefilter("ignore")
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = text_of("0008|0016") or "1.2.840.10008.5.1.4.1.1.7"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        probe = FileDataset("probe.dcm", Dataset(), file_meta=meta, preamble=b"\0" * 128)
+        probe.SOPClassUID, probe.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        if text_of("0008|0060"):
+            probe.Modality = text_of("0008|0060")
+        probe.Rows, probe.Columns, probe.NumberOfFrames = 1, 2, 1
+        probe.SamplesPerPixel, probe.PhotometricInterpretation = 1, text_of("0028|0004") or "MONOCHROME2"
+        probe.BitsAllocated, probe.BitsStored = allocated, stored_bits or allocated
+        probe.HighBit, probe.PixelRepresentation = probe.BitsStored - 1, signed
+        with_rescale(probe, tags)
+        if _SHARED_GROUPS in tags or _PER_FRAME_GROUPS in tags:  # the geometry macros GDCM needs, and the rescale
+            measures, orientation, position, shared, frame = Dataset(), Dataset(), Dataset(), Dataset(), Dataset()
+            measures.PixelSpacing, measures.SliceThickness = [1, 1], 1
+            orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+            position.ImagePositionPatient = [0, 0, 0]
+            shared.PixelMeasuresSequence = DicomSequence([measures])
+            shared.PlaneOrientationSequence = DicomSequence([orientation])
+            frame.PlanePositionSequence = DicomSequence([position])
+            frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
+            for item, stated in ((shared, _first_item(tags, _SHARED_GROUPS)), (frame, frames[0] if frames else {})):
+                rescale = _first_item(stated, _PIXEL_VALUE_TRANSFORMATION)
+                if rescale:
+                    item.PixelValueTransformationSequence = DicomSequence([with_rescale(Dataset(), rescale)])
+            probe.SharedFunctionalGroupsSequence = DicomSequence([shared])
+            probe.PerFrameFunctionalGroupsSequence = DicomSequence([frame])
+        probe.PixelData = np.array([0, top], dtype=f"<{'i' if signed else 'u'}{allocated // 8}").tobytes()
+        try:
+            values = _read_dicom_copy(probe, "probe.dcm")
+        except (RuntimeError, ValueError):  # ITK cannot read a probe of this file (or pydicom write it, where it is
+            return None  # set to raise on an odd value): its reading stands
     first, last = (float(v) for v in sitk.GetArrayViewFromImage(values).ravel()[:2])
     return (last - first) / top, first
 
@@ -1231,24 +1236,24 @@ def _stored_copy(path: str) -> Any:
     from pydicom.dataset import Dataset, FileDataset
     from pydicom.sequence import Sequence as DicomSequence
 
-    with warnings.catch_warnings():  # what pydicom finds odd in a header (as dicom_header: not shown)
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # what pydicom finds odd in a header, or in a value as it is read (as
+        warnings.simplefilter("ignore")  # dicom_header: not shown)
         data_set = pydicom.dcmread(path, force=True)
-    copy = FileDataset("stored.dcm", Dataset(), file_meta=data_set.file_meta, preamble=b"\0" * 128)
-    for element in data_set:
-        tag = int(element.tag)
-        if (tag >> 16 == 0x0028 and tag not in _RESCALE_TAGS) or tag in _STORED_COPY_TOP:
-            copy.add(element)
-    for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        if keyword in data_set:
-            items = []
-            for item in data_set.get(keyword) or []:
-                kept = Dataset()
-                for name in _STORED_COPY_GROUPS:
-                    if name in item:
-                        setattr(kept, name, item.get(name))
-                items.append(kept)
-            setattr(copy, keyword, DicomSequence(items))
+        copy = FileDataset("stored.dcm", Dataset(), file_meta=data_set.file_meta, preamble=b"\0" * 128)
+        for element in data_set:
+            tag = int(element.tag)
+            if (tag >> 16 == 0x0028 and tag not in _RESCALE_TAGS) or tag in _STORED_COPY_TOP:
+                copy.add(element)
+        for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+            if keyword in data_set:
+                items = []
+                for item in data_set.get(keyword) or []:
+                    kept = Dataset()
+                    for name in _STORED_COPY_GROUPS:
+                        if name in item:
+                            setattr(kept, name, item.get(name))
+                    items.append(kept)
+                setattr(copy, keyword, DicomSequence(items))
     return copy
 
 
@@ -1279,7 +1284,9 @@ def _read_dicom_copy(data_set: Any, name: str) -> sitk.Image:
         folder = tempfile.mkdtemp(prefix="mmfusion-rescale-")
         try:
             copy = os.path.join(folder, name)
-            data_set.save_as(copy)
+            with warnings.catch_warnings():  # what pydicom finds odd in a value it writes: not shown
+                warnings.simplefilter("ignore")
+                data_set.save_as(copy)
             del data_set
             reader = sitk.ImageFileReader()
             reader.SetFileName(copy)

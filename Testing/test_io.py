@@ -1045,6 +1045,35 @@ class TruncatedFilesOfEveryFormat(unittest.TestCase):
                 self.assertIn("OT0003.dcm", said)
                 self.assertIn("truncated file(s) of another series", said)
 
+    def test_a_cut_file_with_an_odd_uid_gives_no_pydicom_warning(self) -> None:
+        """The check for a DICOM file cut short reads its SeriesInstanceUID and SOP class with pydicom's warnings
+        silenced, as its header: a cut file of another series whose UID pydicom finds invalid ('1.2.3.abc_x') had
+        given a stray 'Invalid value for VR UI' warning from inside pydicom beside the package's own."""
+        import warnings
+
+        import pydicom
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_dicom_inputs import write_series
+
+        folder = self._path("series")
+        write_series(folder)
+        other = self._path("other")
+        write_series(other, prefix="OT", description="OTHER")
+        ds = pydicom.dcmread(os.path.join(other, "OT0003.dcm"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.SeriesInstanceUID = "1.2.3.abc_x"
+            ds.save_as(os.path.join(other, "OT0003.dcm"))
+        size = os.path.getsize(os.path.join(other, "OT0003.dcm"))
+        self._cut(os.path.join(other, "OT0003.dcm"), size - 10, os.path.join(folder, "OT0003.dcm"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.assertEqual(io.read_image(folder).GetSize(), (10, 12, 6))
+        said = [str(w.message) for w in caught]
+        self.assertEqual(len(said), 1, said)
+        self.assertIn("truncated file(s) of another series", said[0])
+
     def test_complete_files_with_bytes_after_their_end_read(self) -> None:
         """Bytes after a complete file (a copy tool's or a transfer's padding, a gzip file of several members) are
         read past as ITK reads past them: zlib's gzread ignores what follows a gzip stream's last member, which
