@@ -294,11 +294,14 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     _check_no_file_cut_short(pick, found)
     label = f"DICOM series '{pick['description'] or pick['uid']}'"
     syntax = _check_decodable(label, pick["files"][0])
+    rows: list[dict[str, str]] = []
+    if len(pick["files"]) > 1:
+        rows = _series_rows(pick["files"])
+        pick, rows = _without_copies(label, pick, rows)
     if len(pick["files"]) == 1:
         # one file (one slice, or an enhanced multi-frame image): read as the file alone is, a slice as
         # 2D; ITK's series reader gives a one-slice volume and takes no geometry from functional groups
         return _read_file(pick["files"][0], stacklevel=5, as_slice=True)  # its warnings: read_image's caller
-    rows = _series_rows(pick["files"])
     if any(_needs_own_geometry(row) for row in rows):
         return _read_multiframe_series(pick, rows)
     float_values, slice_step, sizes = _check_series_geometry(pick, rows)
@@ -315,6 +318,42 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
         notes = [note for row, size in zip(rows, sizes) for note in [_pixel_size_note(row["path"], *size)] if note]
         _warn_once_per_kind(label, len(pick["files"]), notes, stacklevel=4)
     return _with_slice_step(image, slice_step)
+
+
+def _without_copies(label: str, pick: dict[str, Any], rows: list[dict[str, str]]
+                    ) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The series ``pick`` and its ``rows`` (:func:`_series_rows`) without the files that are a copy of another of its
+    files (the same SOPInstanceUID (0008,0018), byte for byte: one file copied under two names), with a warning
+    naming them, as 3D Slicer's DICOM database keeps one file per SOPInstanceUID; files with one SOPInstanceUID whose
+    bytes differ are refused (which is the image is unknown). GDCM lists both copies, and the series had been refused
+    as 'two slices at one position ... e.g. echoes, time points', which they are not."""
+    import filecmp
+
+    alike: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("instance"):
+            alike.setdefault(row["instance"], []).append(row["path"])
+    copies: list[tuple[str, str]] = []  # (the file kept: the first by name, its copy)
+    for paths in alike.values():
+        kept, *others = sorted(paths)
+        for other in others:
+            if not filecmp.cmp(kept, other, shallow=False):
+                raise InputError(f"{label} has two files of one image (the same SOPInstanceUID (0008,0018)), "
+                                 f"'{kept}' and '{other}', whose contents differ, so which of them is the image is "
+                                 "unknown.",
+                                 "Remove the file that is not the image's own (e.g. the one a tool changed or "
+                                 "exported again), or move it out of the folder, then load the folder again.")
+            copies.append((kept, other))
+    if not copies:
+        return pick, rows
+    copies.sort()
+    dropped = {other for _, other in copies}
+    warnings.warn(f"{label} holds the same file twice under two names (the same SOPInstanceUID (0008,0018), byte "
+                  f"for byte): '{copies[0][0]}' and '{copies[0][1]}'"
+                  + (f", and {len(copies) - 1} more such copies" if len(copies) > 1 else "") + "; each image is read "
+                  "once. Remove the copies from the folder to read it without this warning.", stacklevel=4)
+    return (dict(pick, files=[path for path in pick["files"] if path not in dropped]),
+            [row for row in rows if row["path"] not in dropped])
 
 
 class _CutDicom(NamedTuple):
@@ -1295,10 +1334,11 @@ def _read_dicom_copy(data_set: Any, name: str) -> sitk.Image:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-#: The top-level tags of a series' files that its checks read (geometry, rescale, frame count): no other
+#: The top-level tags of a series' files that its checks read (geometry, rescale, frame count, SOPInstanceUID): no
+#: other
 _SERIES_ROW_TAGS = {"position": "0020|0032", "orientation": "0020|0037", "spacing": "0028|0030",
                     "imager spacing": "0018|1164", "scanned spacing": "0018|2010", "slope": "0028|1053",
-                    "intercept": "0028|1052", "frames": "0028|0008"}
+                    "intercept": "0028|1052", "frames": "0028|0008", "instance": "0008|0018"}
 
 
 def _series_rows(files: Sequence[str]) -> list[dict[str, str]]:

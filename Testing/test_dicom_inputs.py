@@ -729,6 +729,60 @@ class DicomGeometryFromTags(unittest.TestCase):
                 for value in PHI.values():
                     self.assertNotIn(value, str(ctx.exception))
 
+    def test_the_same_file_twice_is_read_once(self) -> None:
+        """A file copied under a second name (the same SOPInstanceUID, byte for byte) had made its series refused as
+        'two slices at one position ... e.g. echoes, time points'; it is read once, with a warning naming both
+        files, as 3D Slicer's DICOM database keeps one file per SOPInstanceUID: a classic series, a series of
+        multi-frame files, and a folder of one file and its copy (read as that file). Two files of one
+        SOPInstanceUID whose contents differ are refused, naming the UID."""
+        import shutil
+        import warnings
+
+        import pydicom
+
+        classic = os.path.join(self.dir, "classic")
+        truth = write_series(classic)
+        shutil.copy(os.path.join(classic, "IM0002.dcm"), os.path.join(classic, "IM0002 (1).dcm"))
+        split = os.path.join(self.dir, "split")
+        os.makedirs(split)
+        uid = "1.2.826.0.1.3680043.8.498.4242"
+        parts = [write_enhanced(os.path.join(split, f"{part}.dcm"), at, series_uid=uid)
+                 for part, at in (("a", [(0.0, 0.0, 0.0), (0.0, 0.0, 2.0)]), ("b", [(0.0, 0.0, 4.0), (0.0, 0.0, 6.0)]))]
+        shutil.copy(os.path.join(split, "b.dcm"), os.path.join(split, "b copy.dcm"))
+        one = os.path.join(self.dir, "one")
+        one_truth = write_series(one, positions=[(-12.0, -14.0, 30.0)])
+        shutil.copy(os.path.join(one, "IM0000.dcm"), os.path.join(one, "IM0000 - Copy.dcm"))
+        for folder, copy, of, expected, size in (
+                (classic, "IM0002 (1).dcm", "IM0002.dcm", truth, (10, 12, 6)),
+                (split, "b copy.dcm", "b.dcm", np.concatenate(parts), (10, 12, 4)),
+                (one, "IM0000 - Copy.dcm", "IM0000.dcm", one_truth[0], (10, 12))):
+            with self.subTest(folder):
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    line, image = sys._getframe().f_lineno, io.read_image(folder)
+                self.assertEqual(image.GetSize(), size)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(image), expected)
+                said = [str(w.message) for w in caught]
+                self.assertEqual(len(said), 1, said)
+                self.assertIn("holds the same file twice under two names (the same SOPInstanceUID (0008,0018), byte "
+                              "for byte)", said[0])
+                self.assertIn(f"'{os.path.join(folder, copy)}'", said[0])
+                self.assertIn(f"'{os.path.join(folder, of)}'", said[0])
+                self.assertIn("each image is read once", said[0])
+                self.assertEqual((caught[0].filename, caught[0].lineno), (__file__, line))
+        with self.subTest("one SOPInstanceUID, two contents"):
+            changed = os.path.join(classic, "IM0002 (1).dcm")
+            ds = pydicom.dcmread(changed)
+            ds.SeriesNumber = 4  # e.g. edited by a tool, its UIDs kept
+            ds.save_as(changed)
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(classic)
+            self.assertIn(f"has two files of one image (the same SOPInstanceUID (0008,0018)), "
+                          f"'{changed}' and '{os.path.join(classic, 'IM0002.dcm')}', whose contents differ",
+                          ctx.exception.problem)
+            self.assertIn("Remove the file that is not the image's own", ctx.exception.fix)
+            self.assertNotIn("echoes", str(ctx.exception))
+
     def test_multiframe_without_positions_takes_the_slice_spacing_tags_or_is_refused(self) -> None:
         """Without per-frame positions (e.g. NM, a legacy multi-frame CT) the frames are SpacingBetweenSlices
         apart, else SliceThickness with a warning (ITK gave 1 mm); with neither the file is refused. These files
