@@ -45,6 +45,9 @@ __all__ = [
     "image_from_volume_node",
     "volume_node_from_image",
     "mask_from_node",
+    "label_map_from_node",
+    "segments_label_map",
+    "control_points_lps",
     "transform_node_from_sitk",
     "sitk_transform_from_node",
     "linear_transform_matrix",
@@ -508,6 +511,149 @@ def _affine_lps(lps: np.ndarray) -> sitk.AffineTransform:
     affine.SetMatrix([float(v) for v in lps[:3, :3].ravel()])
     affine.SetTranslation([float(v) for v in lps[:3, 3]])
     return affine
+
+
+def label_map_from_node(node: Any, reference: sitk.Image, reference_node: Any = None) -> sitk.Image:
+    """The labels of a label-map volume node where Slicer shows them relative to ``reference_node``.
+
+    Under the same transform as ``reference_node`` (or, like it, under none) the label map is its own voxels on
+    its own grid, unresampled. Under another (linear) transform it is resampled nearest-neighbour onto
+    ``reference``'s grid (the image read from ``reference_node``) through the transforms between them, so its
+    labels lie where they are shown over that volume.
+
+    Raises:
+        InputError: the node is not a label-map volume node, holds no voxels or several components, or lies under a
+            non-linear transform relative to the reference.
+    """
+    if node is None or not node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(f"'{_node_label(node)}' is not a label map volume node.",
+                         "Select a label map or a segmentation.")
+    labels = image_from_volume_node(node)
+    if labels.GetNumberOfComponentsPerPixel() > 1:
+        raise InputError(f"Label map '{node.GetName()}' has {labels.GetNumberOfComponentsPerPixel()} components per "
+                         "voxel; labels are one whole number a voxel.", "Select a label map of one component.")
+    reference_parent = reference_node.GetParentTransformNode() if reference_node is not None else None
+    to_labels = _linear_between(reference_parent, node.GetParentTransformNode(), f"Label map '{node.GetName()}'",
+                                _node_label(reference_node))
+    if to_labels is None:
+        return labels
+    with itk_guard(f"resampling label map '{node.GetName()}'"):
+        return sitk.Resample(labels, reference, to_labels, sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+
+
+def segments_label_map(node: Any, segment_ids: Sequence[str], reference: sitk.Image,
+                       reference_node: Any = None) -> sitk.Image:
+    """Segments of a segmentation node as one label map on ``reference``'s grid: the i-th of ``segment_ids`` is
+    label i + 1 (UInt16), each segment's binary labelmap exported where Slicer shows it relative to
+    ``reference_node`` (through the transforms either is under, as :func:`mask_from_node` takes a segmentation).
+    An empty ID ("") is a label this segmentation lacks: no voxel holds it.
+
+    The segmentation is not changed and the scene is left as it was (every helper node removed).
+
+    Raises:
+        InputError: not a segmentation node, one without a binary labelmap representation (loaded from a surface
+            file: the export would have added one to it), an unknown segment ID, a segment Slicer cannot export,
+            or two segments that overlap (one label map cannot hold a voxel of both).
+    """
+    import slicer
+
+    if node is None or not node.IsA("vtkMRMLSegmentationNode"):
+        raise InputError(f"'{_node_label(node)}' is not a segmentation node.", "Select a segmentation or a label map.")
+    segmentation = node.GetSegmentation()
+    for segment_id in segment_ids:
+        if segment_id and (segmentation is None or segmentation.GetSegment(segment_id) is None):
+            raise InputError(f"Segmentation '{node.GetName()}' has no segment '{segment_id}'.",
+                             "Give segments the segmentation holds (Segment Editor lists them).")
+    binary = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    if segmentation.GetNumberOfSegments() and not segmentation.ContainsRepresentation(binary):
+        # the export would convert the segmentation in place, adding a representation to an input
+        raise InputError(f"Segmentation '{node.GetName()}' has no binary labelmap representation (it holds "
+                         f"{segmentation.GetSourceRepresentationName() or 'another representation'}, e.g. loaded from "
+                         "a surface file); its voxels are what is scored.",
+                         "Create its binary labelmap (Segmentations module: Representations, Binary labelmap: "
+                         "Create), then evaluate.")
+    scene = get_scene(None, node)
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    reference_parent = reference_node.GetParentTransformNode() if reference_node is not None else None
+    try:
+        grid_image = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
+        grid_image.CopyInformation(reference)
+        grid_node = volume_node_from_image(grid_image, scene, name="_segments_reference", display=False)
+        exported = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", unique_name(scene, "_segments_export"))
+        for helper in (grid_node, exported):
+            set_parent_transform(helper, reference_parent)  # the export maps through the transforms between them
+        out = np.zeros(sitk.GetArrayViewFromImage(grid_image).shape, np.uint16)
+        owner: dict[int, str] = {}
+        for label, segment_id in enumerate(segment_ids, start=1):
+            if not segment_id:
+                continue
+            ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                node, [segment_id], exported, grid_node, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+            if not ok:  # not an empty segment (exported as no voxels): its voxels could not be had
+                raise InputError(f"Slicer could not export segment '{segmentation.GetSegment(segment_id).GetName()}' "
+                                 f"of '{node.GetName()}' to a label map.",
+                                 "Check the segment in the Segment Editor (or export it to a label map yourself, "
+                                 "Segmentations module) and give label maps.")
+            data = exported.GetImageData()
+            if data is None or data.GetNumberOfPoints() == 0:
+                continue  # an empty segment: no voxel of this label
+            voxels = sitk.GetArrayFromImage(image_from_volume_node(exported)) != 0  # a copy: no view of a temporary
+            clash = voxels & (out != 0)
+            if clash.any():
+                other = owner[int(out[clash][0])]
+                names = [segmentation.GetSegment(s).GetName() for s in (other, segment_id)]
+                raise InputError(f"Segments '{names[0]}' and '{names[1]}' of '{node.GetName()}' overlap "
+                                 f"({int(clash.sum())} voxels on the volume's grid): one label map cannot hold a "
+                                 "voxel of both, so one of them would be scored without those voxels.",
+                                 "Remove the overlap (Segment Editor: Masking, 'Modify other segments: overwrite "
+                                 "all'), or score the two segments in separate calls (labels=[...]).")
+            out[voxels] = label
+            owner[label] = segment_id
+    finally:
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for extra in [n for n in added if n is not None and n.GetID() not in before]:
+            scene.RemoveNode(extra)
+    labels = sitk.GetImageFromArray(out)
+    labels.CopyInformation(reference)
+    return labels
+
+
+def control_points_lps(node: Any, reference_node: Any = None) -> tuple[np.ndarray, list[str]]:
+    """The control points of a markups point list as ITK points (LPS mm) in ``reference_node``'s own space.
+
+    Each point's world position (through the transforms the markups node is under, as Slicer shows it) is taken
+    into the space of the volume's voxels (through the transform the volume is under, if any): the point lies
+    where it is shown over the volume. A point not placed (position status other than defined: undefined,
+    preview or missing, as a ``.fcsv`` row Slicer writes with a status other than 2) is a row of NaN, so the i-th
+    points of two lists stay pairs (:func:`MultimodalFusionLib.landmarks.paired_landmarks`).
+
+    Returns:
+        ((n, 3) float64 array, one label a point).
+
+    Raises:
+        InputError: the node is not a point list (``vtkMRMLMarkupsFiducialNode``).
+    """
+    import vtk
+
+    if node is None or not node.IsA("vtkMRMLMarkupsFiducialNode"):
+        raise InputError(f"'{_node_label(node)}' is not a markups point list.",
+                         "Select a point list (vtkMRMLMarkupsFiducialNode, Markups module), or save the points to "
+                         "a file for mmfusion evaluate-registration.")
+    from_world = None
+    parent = reference_node.GetParentTransformNode() if reference_node is not None else None
+    if parent is not None:
+        from_world = vtk.vtkGeneralTransform()
+        parent.GetTransformFromWorld(from_world)
+    points = np.full((node.GetNumberOfControlPoints(), 3), np.nan)
+    labels = []
+    for i in range(node.GetNumberOfControlPoints()):
+        labels.append(node.GetNthControlPointLabel(i) or "")
+        if node.GetNthControlPointPositionStatus(i) != node.PositionDefined:
+            continue
+        world = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(i, world)
+        points[i] = from_world.TransformPoint(world) if from_world is not None else world
+    return ras_points_to_lps(points), labels
 
 
 def _node_label(node: Any) -> str:

@@ -263,6 +263,56 @@ def _overlay_parameters(scene: Any, params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _segment_names(node: Any) -> list[tuple[str, str]]:
+    """(segment ID, name) of a segmentation's segments in their order; two segments of one name refused."""
+    segmentation = node.GetSegmentation()
+    pairs = [(segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i).GetName())
+             for i in range(segmentation.GetNumberOfSegments())]
+    seen: set[str] = set()
+    for _, name in pairs:
+        if name in seen:
+            raise InputError(f"Segmentation '{node.GetName()}' has two segments named '{name}'; segments of the two "
+                             "segmentations are matched by name.", "Rename one of them (Segment Editor).")
+        seen.add(name)
+    if not pairs:
+        raise InputError(f"Segmentation '{node.GetName()}' has no segment.", "Segment the structures to compare "
+                                                                              "(Segment Editor) first.")
+    return pairs
+
+
+def _matched_segments(fixed_node: Any, moving_node: Any, wanted: Sequence[Any] | None
+                      ) -> tuple[list[str], list[str], dict[int, str], list[int] | None]:
+    """Segment IDs of the two segmentations with one label number per segment name (the fixed segmentation's
+    order first, then the moving one's other names), the numbers' names, and the numbers asked for."""
+    fixed, moving = _segment_names(fixed_node), _segment_names(moving_node)
+    order = [name for _, name in fixed] + [name for _, name in moving if name not in {n for _, n in fixed}]
+    number = {name: i for i, name in enumerate(order, start=1)}
+    scored = None
+    if wanted is not None:
+        if any(not isinstance(v, str) for v in wanted):
+            raise InputError(f"labels {list(wanted)} hold numbers, and '{fixed_node.GetName()}' and "
+                             f"'{moving_node.GetName()}' are segmentations, whose segments match by name.",
+                             f"Give segment names (of: {', '.join(order)}).")
+        unknown = [v for v in wanted if v not in number]
+        if unknown:
+            raise InputError(f"No segment of '{fixed_node.GetName()}' or '{moving_node.GetName()}' is named "
+                             f"{', '.join(repr(v) for v in unknown)}.", f"Give segment names of: {', '.join(order)}.")
+        scored = [number[v] for v in wanted]
+    # label i: the segment of that name in each segmentation; a name one lacks is exported as an empty label there
+    fixed_ids = {name: sid for sid, name in fixed}
+    moving_ids = {name: sid for sid, name in moving}
+    return ([fixed_ids.get(name, "") for name in order], [moving_ids.get(name, "") for name in order],
+            {number[name]: name for name in order}, scored)
+
+
+def _segment_note(note: str, names: dict[int, str]) -> str:
+    """An engine note naming label numbers, with the segment names the numbers stand for."""
+    import re
+
+    return re.sub(r"\blabel (\d+)\b", lambda m: f"segment '{names.get(int(m.group(1)), m.group(1))}' (label "
+                                              f"{m.group(1)})", note)
+
+
 class FusionLogic:
     """Register and fuse volume nodes; every GUI action is one method here.
 
@@ -722,6 +772,176 @@ class FusionLogic:
                             threshold=displayThreshold)
         report(progress, 1.0, "done")
         return RunOutputs(registration, fusion_out, table)
+
+    # ------------------------------------------------------------------------------------------
+    def evaluateRegistration(self, fixedVolumeNode: Any, movingVolumeNode: Any, transformNode: Any = None, *,
+                             fixedLabelNode: Any = None, movingLabelNode: Any = None, fixedPointsNode: Any = None,
+                             movingPointsNode: Any = None, labels: Sequence[Any] | None = None) -> dict[str, Any]:
+        """A registration's accuracy before (identity) and after (through ``transformNode``): label overlap and
+        surface distances, landmark error (TRE) and image similarity, as ``mmfusion evaluate-registration``
+        measures them from files (:func:`MultimodalFusionLib.metrics.evaluate_registration`), from the nodes.
+
+        Console example::
+
+            logic = slicer.util.getModuleLogic("MultimodalFusion")
+            reg = logic.registerVolumes(getNode("MR"), getNode("PET"), preset="mr-pet-brain")
+            out = logic.evaluateRegistration(getNode("MR"), getNode("PET"), reg.transformNode,
+                                             fixedLabelNode=getNode("MR segmentation"),
+                                             movingLabelNode=getNode("PET segmentation"),
+                                             fixedPointsNode=getNode("F"), movingPointsNode=getNode("M"))
+            out["labels"]["after"]["mean"]["dice"], out["landmarks"]["after"]["mean"], out["notes"]
+
+        Nothing is added to the scene and no input is changed. Each label map, segmentation and point list is
+        taken where Slicer shows it over its volume (the fixed ones over the fixed volume, the moving ones over the
+        moving volume's own voxels): one under the same transform as its volume (or, like it, under none) as it
+        is; one under another transform through the transforms between them (a note says so: points or labels
+        placed on the moving volume before it was put under the registration's transform are then not on it).
+
+        Args:
+            fixedVolumeNode: the fixed (reference) volume; not under a transform (harden it first).
+            movingVolumeNode: the moving volume.
+            transformNode: the registration's transform node, as :meth:`registerVolumes` writes it: its transform
+                "from parent" maps fixed points to the moving volume's own voxels (the ITK fixed -> moving
+                transform; the moving volume under it is shown aligned). None: the transform the moving volume is
+                under, if any (as it is shown, e.g. after ``registerVolumes(applyTransform=True)``), else the
+                identity ("after" equals "before").
+            fixedLabelNode, movingLabelNode: both or neither; two label map volume nodes
+                (``vtkMRMLLabelMapVolumeNode``: their labels, the moving one resampled nearest-neighbour onto the
+                fixed one's grid) or two segmentation nodes (``vtkMRMLSegmentationNode``: each segment's binary
+                labelmap on its volume's grid, segments **matched by name**, their order free; label i is the i-th
+                segment of the fixed segmentation, ``label_names`` in the result maps the numbers to names). A
+                label in one map only (a segment name in one segmentation only) is left out, as Learn2Reg leaves
+                it out, with a note.
+            fixedPointsNode, movingPointsNode: both or neither; markups point lists (``vtkMRMLMarkupsFiducialNode``)
+                of corresponding points, paired by their order, in world coordinates through the transforms the
+                lists are under. A point not placed (undefined, preview or missing) leaves its pair out, with a
+                note, as an unplaced point of a ``.fcsv`` file does.
+            labels: the labels to score: numbers for label maps, segment names for segmentations (default: all).
+
+        Returns:
+            The engine's result: ``images``, ``labels`` (with ``left_out``) and ``landmarks``, each
+            ``{"before": ..., "after": ...}``, ``notes`` and ``transform_convention``; with segmentations also
+            ``label_names`` ({label: segment name}), with point lists ``landmark_nodes`` (each list's name and
+            number of points).
+
+        Raises:
+            InputError: a node of the wrong kind or missing its partner, a fixed volume under a transform, a colour
+                volume, overlapping segments, or what :func:`~MultimodalFusionLib.metrics.evaluate_registration`
+                refuses.
+        """
+        from .landmarks import Landmarks
+        from .metrics import evaluate_registration
+
+        if fixedVolumeNode is None or movingVolumeNode is None:
+            raise InputError("Select both a fixed and a moving volume.", "Choose the two volumes the registration "
+                                                                         "aligned.")
+        for role, node in (("fixed", fixedVolumeNode), ("moving", movingVolumeNode)):
+            if not node.IsA("vtkMRMLVolumeNode"):
+                raise InputError(f"The {role} volume '{node.GetName()}' is a {node.GetClassName()}, not a volume node.",
+                                 f"Select the {role} volume (image) node.")
+        if transformNode is not None and not transformNode.IsA("vtkMRMLTransformNode"):
+            raise InputError(f"The transform '{transformNode.GetName()}' is a {transformNode.GetClassName()}, not a "
+                             "transform node.", "Select the registration's transform node (registerVolumes' "
+                                                "transformNode), or none to evaluate as the volumes are shown.")
+        for a, b, what in ((fixedLabelNode, movingLabelNode, "label map or segmentation"),
+                           (fixedPointsNode, movingPointsNode, "point list")):
+            if (a is None) != (b is None):
+                given, missing = ("fixed", "moving") if a is not None else ("moving", "fixed")
+                raise InputError(f"A {given} {what} was given without a {missing} one: the evaluation compares the "
+                                 f"fixed volume's with the moving volume's.", f"Give both {what}s, or neither.")
+        label_kind = self._labelKind(fixedLabelNode, movingLabelNode)
+        for role, node in (("fixed", fixedPointsNode), ("moving", movingPointsNode)):
+            if node is not None and not node.IsA("vtkMRMLMarkupsFiducialNode"):
+                raise InputError(f"The {role} points '{node.GetName()}' are a {node.GetClassName()}, not a markups "
+                                 "point list.", "Select a point list (Markups module: Point List) of the landmarks; "
+                                                "lines, curves, planes and ROIs are no landmark lists.")
+        if labels is not None and label_kind is None:
+            raise InputError("labels were given without label maps or segmentations.",
+                             "Give fixedLabelNode and movingLabelNode too, or leave labels out.")
+        if fixedVolumeNode.GetParentTransformNode() is not None:
+            raise InputError(f"The fixed volume '{fixedVolumeNode.GetName()}' is under a transform.",
+                             "Harden the transform on it (Transforms module) or remove it, then evaluate.")
+        fixed = mrml.image_from_volume_node(fixedVolumeNode, float32=True)
+        moving = mrml.image_from_volume_node(movingVolumeNode, float32=True)
+        for role, node, image in (("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)):
+            if image.GetNumberOfComponentsPerPixel() > 1:
+                raise InputError(f"The {role} volume '{node.GetName()}' has {image.GetNumberOfComponentsPerPixel()} "
+                                 "components per voxel (a colour or multi-frame volume); its similarity is measured on "
+                                 "grey volumes.", "Convert it with the Vector to Scalar Volume module (Converters), "
+                                                  "or select the grey volume that was registered.")
+        transformNode = transformNode or movingVolumeNode.GetParentTransformNode()
+        transform = mrml.sitk_transform_from_node(transformNode) if transformNode is not None else None
+        notes: list[str] = []
+        for role, node, volume in (("fixed", fixedLabelNode, fixedVolumeNode), ("moving", movingLabelNode,
+                                                                              movingVolumeNode),
+                                   ("fixed", fixedPointsNode, fixedVolumeNode), ("moving", movingPointsNode,
+                                                                               movingVolumeNode)):
+            if node is not None and node.GetParentTransformNode() is not volume.GetParentTransformNode():
+                notes.append(f"'{node.GetName()}' is under {_under(node.GetParentTransformNode())} and the {role} "
+                             f"volume '{volume.GetName()}' under {_under(volume.GetParentTransformNode())}: taken where "
+                             "it is shown over the volume, through the transforms between them (put it under the "
+                             "volume's transform if it was placed on the volume as the volume was shown before)")
+        fixed_labels = moving_labels = None
+        names: dict[int, str] = {}
+        scored = labels
+        if label_kind == "segmentation":
+            fixed_ids, moving_ids, names, scored = _matched_segments(fixedLabelNode, movingLabelNode, labels)
+            fixed_labels = mrml.segments_label_map(fixedLabelNode, fixed_ids, fixed, fixedVolumeNode)
+            moving_labels = mrml.segments_label_map(movingLabelNode, moving_ids, moving, movingVolumeNode)
+        elif label_kind == "labelmap":
+            if labels is not None and any(isinstance(v, str) for v in labels):
+                raise InputError(f"labels {list(labels)} are names, and '{fixedLabelNode.GetName()}' and "
+                                 f"'{movingLabelNode.GetName()}' are label maps, whose labels are numbers.",
+                                 "Give label numbers (e.g. labels=[1, 2]), or segmentations to name segments.")
+            fixed_labels = mrml.label_map_from_node(fixedLabelNode, fixed, fixedVolumeNode)
+            moving_labels = mrml.label_map_from_node(movingLabelNode, moving, movingVolumeNode)
+        fixed_points = moving_points = None
+        if fixedPointsNode is not None:
+            fixed_points, moving_points = (
+                Landmarks(*mrml.control_points_lps(node, volume), path=node.GetName(), format="Slicer point list node",
+                          coordinate_system="RAS world (Slicer), as LPS")
+                for node, volume in ((fixedPointsNode, fixedVolumeNode), (movingPointsNode, movingVolumeNode)))
+            for lm in (fixed_points, moving_points):
+                if len(lm) == 0 or not lm.placed.any():
+                    raise InputError(f"The point list '{lm.path}' holds no placed point ({len(lm)} points).",
+                                     "Place the landmarks (Markups module), then evaluate.")
+        result = evaluate_registration(fixed, moving, transform, fixed_labels=fixed_labels, moving_labels=moving_labels,
+                                       fixed_landmarks=fixed_points, moving_landmarks=moving_points, labels=scored)
+        if names:
+            result["label_names"] = names
+            result["notes"] = [_segment_note(n, names) for n in result["notes"]]
+        if fixed_points is not None:
+            result["landmark_nodes"] = {role: {"name": lm.path, "points": len(lm), "placed": int(lm.placed.sum())}
+                                        for role, lm in (("fixed", fixed_points), ("moving", moving_points))}
+        result["notes"] = notes + result["notes"]
+        return result
+
+    @staticmethod
+    def _labelKind(fixedLabelNode: Any, movingLabelNode: Any) -> str | None:
+        """"labelmap", "segmentation" or None, refusing a node of another kind and a pair of one of each."""
+        kinds = []
+        for role, node in (("fixed", fixedLabelNode), ("moving", movingLabelNode)):
+            if node is None:
+                return None
+            if node.IsA("vtkMRMLSegmentationNode"):
+                kinds.append("segmentation")
+            elif node.IsA("vtkMRMLLabelMapVolumeNode"):
+                kinds.append("labelmap")
+            elif node.IsA("vtkMRMLScalarVolumeNode"):
+                raise InputError(f"The {role} labels '{node.GetName()}' are a {node.GetClassName()}: a grey volume, "
+                                 "whose intensities would be scored as labels.",
+                                 "Convert it to a label map (Volumes module: Convert to label map) if it holds labels, "
+                                 "or select a label map or segmentation.")
+            else:
+                raise InputError(f"The {role} labels '{node.GetName()}' are a {node.GetClassName()}, neither a label "
+                                 "map nor a segmentation.", "Select a label map volume or a segmentation node.")
+        if kinds[0] != kinds[1]:
+            raise InputError(f"'{fixedLabelNode.GetName()}' is a {kinds[0].replace('labelmap', 'label map')} and "
+                             f"'{movingLabelNode.GetName()}' a {kinds[1].replace('labelmap', 'label map')}: segments "
+                             "match by name, label map labels by number, so the two cannot be paired.",
+                             "Give two segmentations or two label maps (Segmentations module: Export/import "
+                             "models and labelmaps converts one into the other).")
+        return kinds[0]
 
     # ------------------------------------------------------------------------------------------
     def showFusion(self, backgroundVolumeNode: Any, foregroundVolumeNode: Any = None, *, opacity: float = 0.5,

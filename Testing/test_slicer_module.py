@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import unittest
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,7 +21,7 @@ try:
 except ImportError:  # pragma: no cover - slicer-core is a test dependency
     HAVE_MRML = False
 
-from MultimodalFusionLib import InputError, OperationCancelled, scenarios, slicer_dependencies
+from MultimodalFusionLib import InputError, OperationCancelled, metrics, scenarios, slicer_dependencies
 
 if HAVE_MRML:
     from MultimodalFusionLib import mrml
@@ -827,6 +828,270 @@ class LogicTest(unittest.TestCase):
             path = self.logic.saveResults(os.path.join(folder, "fusion.mrb"))
             loaded = mrml.load_scene(path)
             self.assertIsNotNone(loaded.GetFirstNodeByName("PET"))
+
+
+def _evaluation_pair() -> tuple[sitk.Image, sitk.Image, sitk.Image, sitk.Image, sitk.Transform, np.ndarray]:
+    """A fixed image and label map (two ellipsoids) on an oblique, anisotropic grid, and the moving ones: the same
+    voxels placed so that the known rigid ``truth`` (fixed -> moving points, LPS; turned about a tilted axis and
+    shifted in x, y and z, so neither its inverse nor an LPS/RAS mix-up equals it) maps each fixed voxel onto the
+    moving voxel of the same index. Through ``truth``: Dice 1 and landmark error 0 exactly (up to rounding)."""
+    shape = (14, 30, 28)
+    z, y, x = np.indices(shape)
+    labels = np.zeros(shape, np.uint8)
+    labels[(x - 11) ** 2 / 49 + (y - 13) ** 2 / 64 + (z - 7) ** 2 / 16 <= 1] = 1
+    labels[(x - 20) ** 2 / 9 + (y - 21) ** 2 / 16 + (z - 6) ** 2 / 9 <= 1] = 2
+    grey = (100.0 * labels + 20.0 * np.sin(x / 3.0) + 10.0 * np.cos(y / 4.0) + 3.0 * z).astype(np.float32)
+    turn = np.deg2rad(25.0)
+    direction = [np.cos(turn), -np.sin(turn), 0.0, np.sin(turn), np.cos(turn), 0.0, 0.0, 0.0, 1.0]
+    truth = sitk.Euler3DTransform((0.0, 0.0, 0.0), np.deg2rad(4.0), np.deg2rad(-3.0), np.deg2rad(12.0),
+                                  (7.0, -5.0, 3.0))
+    rotation = np.array(truth.GetMatrix()).reshape(3, 3)
+    images = []
+    for moved in (False, True):
+        for arr in (grey, labels):
+            image = sitk.GetImageFromArray(arr)
+            image.SetSpacing((1.1, 0.9, 2.5))
+            image.SetOrigin((-12.0, 8.0, 30.0))
+            image.SetDirection(direction)
+            if moved:
+                image.SetOrigin(truth.TransformPoint(image.GetOrigin()))
+                image.SetDirection((rotation @ np.array(direction).reshape(3, 3)).ravel().tolist())
+            images.append(image)
+    fixed, fixed_labels, moving, moving_labels = images
+    # landmarks: fixed points (LPS) at voxel positions of both labels and elsewhere, not all in one plane
+    points = np.array([fixed.TransformContinuousIndexToPhysicalPoint(p)
+                       for p in ((11.0, 13.0, 7.0), (20.0, 21.0, 6.0), (3.5, 25.0, 2.0), (24.0, 4.0, 11.0))])
+    return fixed, fixed_labels, moving, moving_labels, truth, points
+
+
+@unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
+class EvaluateRegistrationLogicTest(unittest.TestCase):
+    """FusionLogic.evaluateRegistration: the engine's before/after numbers from nodes of a real scene."""
+
+    def setUp(self) -> None:
+        self.scene = mrml.new_scene()
+        self.logic = FusionLogic(self.scene)
+        fixed, fixed_labels, moving, moving_labels, self.truth, self.points = _evaluation_pair()
+        self.fixed = mrml.volume_node_from_image(fixed, self.scene, name="fixed")
+        self.moving = mrml.volume_node_from_image(moving, self.scene, name="moving")
+        self.fixed_labels = mrml.volume_node_from_image(fixed_labels, self.scene, name="fixed labels", label=True)
+        self.moving_labels = mrml.volume_node_from_image(moving_labels, self.scene, name="moving labels", label=True)
+        # the registration's output, as registerVolumes writes it (transform_node_from_sitk of the engine's result)
+        self.transform = mrml.transform_node_from_sitk(self.truth, self.scene, name="registration")
+        moved = [self.truth.TransformPoint(p) for p in self.points]
+        self.fixed_points = self._points("F", self.points)
+        self.moving_points = self._points("M", moved)
+        self.expected = metrics.evaluate_registration(fixed, moving, self.truth, fixed_labels=fixed_labels,
+                                                      moving_labels=moving_labels, fixed_landmarks=self.points,
+                                                      moving_landmarks=moved)
+
+    def _points(self, name: str, lps: Any) -> Any:
+        node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+        for p in mrml.ras_points_to_lps(lps):  # Slicer's points are RAS
+            node.AddControlPoint(*[float(c) for c in p])
+        return node
+
+    def _segmentation(self, labels_node: Any, names: dict[int, str], order: list[int]) -> Any:
+        """A segmentation made from a label map (Slicer's import), its segments renamed and put in ``order``."""
+        node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", labels_node.GetName() + " segmentation")
+        self.assertTrue(slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labels_node, node))
+        segmentation = node.GetSegmentation()
+        by_label = {i + 1: segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())}
+        for label, name in names.items():
+            segmentation.GetSegment(by_label[label]).SetName(name)
+        for position, label in enumerate(order):
+            segmentation.SetSegmentIndex(by_label[label], position)
+        return node
+
+    def _evaluate(self, transform: Any = "registration", **kwargs: Any) -> dict:
+        kwargs.setdefault("fixedLabelNode", self.fixed_labels)
+        kwargs.setdefault("movingLabelNode", self.moving_labels)
+        kwargs.setdefault("fixedPointsNode", self.fixed_points)
+        kwargs.setdefault("movingPointsNode", self.moving_points)
+        transform = self.transform if transform == "registration" else transform
+        return self.logic.evaluateRegistration(self.fixed, self.moving, transform, **kwargs)
+
+    def _node_ids(self) -> list[str]:
+        return [self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())]
+
+    def test_the_known_transform_scores_dice_1_and_tre_0_as_the_engine_does(self) -> None:
+        nodes = self._node_ids()
+        out = self._evaluate()
+        after, before = out["labels"]["after"], out["labels"]["before"]
+        self.assertEqual(sorted(after["labels"]), [1, 2])
+        for label in (1, 2):
+            self.assertAlmostEqual(after["labels"][label]["dice"], 1.0, places=12)
+            self.assertAlmostEqual(after["labels"][label]["hausdorff"], 0.0, places=9)
+        self.assertLess(out["landmarks"]["after"]["max"], 1e-6)
+        self.assertLess(before["mean"]["dice"], 0.5)
+        self.assertGreater(out["landmarks"]["before"]["mean"], 5.0)
+        # the same numbers as the engine on the images themselves (the nodes converted RAS <-> LPS exactly)
+        for when in ("before", "after"):
+            np.testing.assert_allclose(out["landmarks"][when]["per_point"],
+                                       self.expected["landmarks"][when]["per_point"], atol=1e-9)
+            for label in (1, 2):
+                self.assertAlmostEqual(out["labels"][when]["labels"][label]["dice"],
+                                       self.expected["labels"][when]["labels"][label]["dice"], places=12)
+            self.assertAlmostEqual(out["images"][when]["NCC"], self.expected["images"][when]["NCC"], places=5)
+        self.assertEqual(out["landmark_nodes"]["fixed"], {"name": "F", "points": 4, "placed": 4})
+        self.assertEqual(self._node_ids(), nodes)  # nothing added to the scene
+
+    def test_the_transform_node_is_read_as_registerVolumes_writes_it_not_the_other_way_round(self) -> None:
+        import vtk
+
+        # the wrong direction: the node's "to parent" (the matrix the Transforms module shows) taken as the ITK
+        # fixed -> moving transform, i.e. the inverse: the test above would fail with it
+        inverse = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "to parent read as from parent")
+        matrix = vtk.vtkMatrix4x4()
+        self.transform.GetMatrixTransformToParent(matrix)
+        inverse.SetMatrixTransformFromParent(matrix)
+        wrong = self._evaluate(inverse)
+        self.assertGreater(wrong["landmarks"]["after"]["mean"], 10.0)
+        self.assertLess(wrong["labels"]["after"]["mean"]["dice"], 0.5)
+        # and the Logic's own registration output, written by registerVolumes, is read the right way round
+        reg = self.logic.registerVolumes(self.fixed, self.moving, stages=["rigid"], seed=3, resample=False)
+        out = self._evaluate(reg.transformNode)
+        self.assertLess(out["landmarks"]["after"]["mean"], 1.0)
+        self.assertGreater(out["labels"]["after"]["mean"]["dice"], 0.9)
+        self.assertGreater(out["landmarks"]["before"]["mean"], 5.0)
+
+    def test_a_point_list_under_a_parent_transform_is_taken_in_world_coordinates(self) -> None:
+        import vtk
+
+        parent = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "points parent")
+        matrix = vtk.vtkMatrix4x4()  # turned 90 degrees about S and shifted
+        for (row, column), value in {(0, 0): 0.0, (0, 1): -1.0, (1, 0): 1.0, (1, 1): 0.0, (0, 3): 15.0,
+                                     (1, 3): -9.0, (2, 3): 4.0}.items():
+            matrix.SetElement(row, column, value)
+        parent.SetMatrixTransformToParent(matrix)
+        under = self._points("F under parent", np.zeros((4, 3)))
+        mrml.set_parent_transform(under, parent)
+        for i, p in enumerate(mrml.ras_points_to_lps(self.points)):  # placed where the fixed points are shown
+            under.SetNthControlPointPositionWorld(i, *[float(c) for c in p])
+        local = [under.GetNthControlPointPosition(i) for i in range(4)]
+        self.assertGreater(np.abs(np.array(local) - mrml.ras_points_to_lps(self.points)).max(), 10.0)
+        out = self._evaluate(fixedPointsNode=under)
+        self.assertLess(out["landmarks"]["after"]["max"], 1e-6)
+        # a note says the list is under another transform than its volume
+        self.assertTrue(any("'F under parent' is under transform 'points parent'" in n for n in out["notes"]))
+
+    def test_a_label_map_under_a_parent_transform_lies_where_it_is_shown(self) -> None:
+        import vtk
+
+        parent = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "labels parent")
+        matrix = vtk.vtkMatrix4x4()  # turned 90 degrees about S and shifted
+        for (row, column), value in {(0, 0): 0.0, (0, 1): -1.0, (1, 0): 1.0, (1, 1): 0.0, (0, 3): 15.0,
+                                     (1, 3): -9.0, (2, 3): 4.0}.items():
+            matrix.SetElement(row, column, value)
+        parent.SetMatrixTransformToParent(matrix)
+        labels = mrml.volume_node_from_image(mrml.image_from_volume_node(self.fixed_labels), self.scene,
+                                             name="fixed labels under parent", label=True)
+        inverse = vtk.vtkMatrix4x4()
+        vtk.vtkMatrix4x4.Invert(matrix, inverse)
+        labels.ApplyTransformMatrix(inverse)  # its own grid elsewhere; shown through the parent on the fixed volume
+        mrml.set_parent_transform(labels, parent)
+        out = self._evaluate(fixedLabelNode=labels)
+        for label in (1, 2):
+            self.assertAlmostEqual(out["labels"]["after"]["labels"][label]["dice"], 1.0, places=12)
+        self.assertTrue(any("'fixed labels under parent' is under transform 'labels parent'" in n
+                            for n in out["notes"]))
+
+    def test_points_and_labels_moved_with_the_moving_volume_are_taken_on_it(self) -> None:
+        # registerVolumes(applyTransform=True) puts the moving volume under the result; labels and points put
+        # under it with the volume lie on the volume's own voxels, as shown; the transform defaults to the parent
+        for node in (self.moving, self.moving_labels, self.moving_points):
+            mrml.set_parent_transform(node, self.transform)
+        out = self._evaluate(None)
+        self.assertAlmostEqual(out["labels"]["after"]["mean"]["dice"], 1.0, places=12)
+        self.assertLess(out["landmarks"]["after"]["max"], 1e-6)
+        self.assertFalse([n for n in out["notes"] if "is under" in n])
+
+    def test_segmentations_match_segments_by_name_not_order(self) -> None:
+        fixed = self._segmentation(self.fixed_labels, {1: "liver", 2: "kidney"}, [1, 2])
+        moving = self._segmentation(self.moving_labels, {1: "liver", 2: "kidney"}, [2, 1])  # other order
+        self.assertEqual(moving.GetSegmentation().GetNthSegment(0).GetName(), "kidney")
+        nodes = self._node_ids()
+        out = self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving)
+        self.assertEqual(out["label_names"], {1: "liver", 2: "kidney"})
+        for label in (1, 2):  # matched by order, liver would have been scored against kidney
+            self.assertAlmostEqual(out["labels"]["after"]["labels"][label]["dice"], 1.0, places=12)
+            self.assertAlmostEqual(out["labels"]["before"]["labels"][label]["dice"],
+                                   self.expected["labels"]["before"]["labels"][label]["dice"], places=12)
+        self.assertEqual(self._node_ids(), nodes)  # the exports' helper nodes are gone
+        one = self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving, labels=["kidney"])
+        self.assertEqual(list(one["labels"]["after"]["labels"]), [2])
+        # a segment in one segmentation only is left out, named
+        moving.GetSegmentation().GetNthSegment(0).SetName("spleen")
+        out = self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving)
+        self.assertEqual(out["labels"]["left_out"], [2, 3])
+        self.assertTrue(any("segment 'spleen' (label 3) is in the moving label map only" in n for n in out["notes"]))
+        with self.assertRaisesRegex(InputError, "named 'lung'"):
+            self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving, labels=["lung"])
+        with self.assertRaisesRegex(InputError, "segment names"):
+            self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving, labels=[1])
+
+    def test_a_segmentation_without_voxels_is_refused_not_converted_in_place(self) -> None:
+        import vtk
+
+        # a segmentation of a surface file holds no binary labelmap: exporting it would add one to it (an input)
+        surface = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "surface")
+        closed = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+        surface.GetSegmentation().SetSourceRepresentationName(closed)
+        sphere = vtk.vtkSphereSource()
+        sphere.SetCenter(*mrml.ras_points_to_lps(self.points[:1])[0])
+        sphere.SetRadius(5.0)
+        sphere.Update()
+        surface.AddSegmentFromClosedSurfaceRepresentation(sphere.GetOutput(), "ball")
+        fixed = self._segmentation(self.fixed_labels, {1: "ball", 2: "other"}, [1, 2])
+        nodes = self._node_ids()
+        with self.assertRaises(InputError) as cm:
+            self._evaluate(fixedLabelNode=fixed, movingLabelNode=surface)
+        self.assertIn("no binary labelmap", cm.exception.problem)
+        self.assertIn("Binary labelmap: Create", cm.exception.fix)
+        binary = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+        self.assertFalse(surface.GetSegmentation().ContainsRepresentation(binary))
+        self.assertEqual(self._node_ids(), nodes)
+
+    def test_unplaced_points_leave_their_pair_out_with_a_note(self) -> None:
+        self.moving_points.UnsetNthControlPointPosition(1)
+        self.fixed_points.SetNthControlPointPositionMissing(3)
+        out = self._evaluate()
+        self.assertEqual(out["landmarks"]["after"]["n"], 2)
+        self.assertLess(out["landmarks"]["after"]["max"], 1e-6)
+        left = [n for n in out["notes"] if "left out: unplaced" in n]
+        self.assertEqual(len(left), 2)
+        self.assertIn("landmark 2 (F-2) left out: unplaced in 'M'", left[0])
+
+    def test_wrong_node_types_are_refused_naming_the_fix_and_nothing_is_added(self) -> None:
+        curve = self.scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode", "curve")
+        table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", "table")
+        segmentation = self._segmentation(self.fixed_labels, {1: "a", 2: "b"}, [1, 2])
+        grey_labels = mrml.volume_node_from_image(sitk.Cast(mrml.image_from_volume_node(self.fixed_labels),
+                                                            sitk.sitkFloat32), self.scene, name="grey")
+        nodes = self._node_ids()
+        cases = [
+            (dict(fixedPointsNode=self.fixed_labels), "not a markups point list", "Point List"),
+            (dict(movingPointsNode=curve), "not a markups point list", "Point List"),
+            (dict(fixedLabelNode=self.fixed_points), "neither a label map nor a segmentation", "label map"),
+            (dict(movingLabelNode=grey_labels), "grey volume", "Convert to label map"),
+            (dict(movingLabelNode=segmentation), "cannot be paired", "two segmentations or two label maps"),
+            (dict(movingLabelNode=None), "without a moving one", "both"),
+            (dict(labels=["a"]), "are names", "label numbers"),
+        ]
+        for kwargs, problem, fix in cases:
+            with self.subTest(**{k: getattr(v, "GetName", lambda v=v: v)() for k, v in kwargs.items()}):
+                with self.assertRaises(InputError) as cm:
+                    self._evaluate(**kwargs)
+                self.assertIn(problem, cm.exception.problem)
+                self.assertIn(fix, cm.exception.fix)
+        with self.assertRaisesRegex(InputError, "not a transform node"):
+            self._evaluate(table)
+        with self.assertRaisesRegex(InputError, "not a volume node"):
+            self.logic.evaluateRegistration(self.fixed, table)
+        mrml.set_parent_transform(self.fixed, self.transform)
+        with self.assertRaisesRegex(InputError, "fixed volume 'fixed' is under a transform"):
+            self._evaluate()
+        self.assertEqual(self._node_ids(), nodes)
 
 
 class DependencyPlanTest(unittest.TestCase):

@@ -345,7 +345,7 @@ class UiStaticTest(unittest.TestCase):
     def test_logic_methods_are_keyword_console_api_with_examples(self) -> None:
         from MultimodalFusionLib.slicer_logic import FusionLogic
 
-        for name in ("registerVolumes", "fuseVolumes", "run", "showFusion"):
+        for name in ("registerVolumes", "fuseVolumes", "run", "showFusion", "evaluateRegistration"):
             with self.subTest(method=name):
                 method = getattr(FusionLogic, name)
                 doc = inspect.getdoc(method) or ""
