@@ -298,9 +298,10 @@ def _matched_segments(fixed_node: Any, moving_node: Any, wanted: Sequence[Any] |
             raise InputError(f"No segment of '{fixed_node.GetName()}' or '{moving_node.GetName()}' is named "
                              f"{', '.join(repr(v) for v in unknown)}.", f"Give segment names of: {', '.join(order)}.")
         scored = [number[v] for v in wanted]
-    # label i: the segment of that name in each segmentation; a name one lacks is exported as an empty label there
-    fixed_ids = {name: sid for sid, name in fixed}
-    moving_ids = {name: sid for sid, name in moving}
+    # label i: the segment of that name in each segmentation; a name one lacks, or one not asked for, is exported as
+    # an empty label (so a segment not asked for cannot overlap one that is)
+    fixed_ids = {name: sid for sid, name in fixed if wanted is None or name in wanted}
+    moving_ids = {name: sid for sid, name in moving if wanted is None or name in wanted}
     return ([fixed_ids.get(name, "") for name in order], [moving_ids.get(name, "") for name in order],
             {number[name]: name for name in order}, scored)
 

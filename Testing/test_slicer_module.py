@@ -1029,6 +1029,16 @@ class EvaluateRegistrationLogicTest(unittest.TestCase):
             self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving, labels=["lung"])
         with self.assertRaisesRegex(InputError, "segment names"):
             self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving, labels=[1])
+        # overlapping segments cannot be one label map: refused, not scored with voxels taken from one of them
+        whole = mrml.volume_node_from_image(sitk.Cast(mrml.image_from_volume_node(self.moving_labels) > 0,
+                                                      sitk.sitkUInt8), self.scene, name="whole", label=True)
+        self.assertTrue(slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(whole, moving))
+        moving.GetSegmentation().GetNthSegment(2).SetName("kidney")  # over both labels, liver's voxels too
+        with self.assertRaisesRegex(InputError, "Segments 'liver' and 'kidney' of 'moving labels segmentation' "
+                                                "overlap"):
+            self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving)
+        kidney = self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving, labels=["kidney"])  # liver not exported
+        self.assertLess(kidney["labels"]["after"]["labels"][2]["dice"], 0.5)
 
     def test_a_segmentation_without_voxels_is_refused_not_converted_in_place(self) -> None:
         import vtk
