@@ -674,10 +674,13 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
     shared = _first_item(tags, _SHARED_GROUPS)
     frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
     _set_pixel_size(image, path, *_multiframe_pixel_size(path, tags, shared, frames), notes)
-    if not _stated_cosines(tags, shared, frames):  # ITK's direction stands: the identity
+    cosines = _stated_cosines(tags, shared, frames)
+    if not cosines:  # ITK's direction stands: the identity
         notes.append(_unturned_note(path, multiframe=True, picture=_image_picture(image)))
     if image.GetDimension() != 3:
         return
+    if cosines:  # ITK takes them from the functional groups only for the classes it knows as enhanced
+        image.SetDirection([float(v) for v in _direction_of(path, cosines).ravel()])
     unplaced = False
     if not any(_first_item(item, _PLANE_POSITION).get(0x00200032) for item in (shared, *frames)):
         position = _first_frame_position(tags)  # else ITK's origin stands: from the functional groups
@@ -686,8 +689,42 @@ def _set_multiframe_geometry(image: sitk.Image, path: str, notes: list[_FileWarn
         unplaced = not position  # ITK's origin stands, (0, 0, 0): nothing says where the file lies
     if image.GetSize()[2] >= 2:
         _set_frame_axis(image, path, tags, shared, frames, notes)
+    else:
+        _place_one_frame(image, shared, frames)
     if unplaced:  # once placed (a file refused for its frame spacing gets no warning besides)
         notes.append(_unplaced_note(path, image.GetDimension(), multiframe=True))
+
+
+def _place_one_frame(image: sitk.Image, shared: Mapping[int, Any], frames: Sequence[Mapping[int, Any]]) -> None:
+    """The origin of a multi-frame file of one frame (a one-slice volume) where its functional groups state it: the
+    frame's own PlanePositionSequence (0020,9113), else the shared one (one frame: no cine). ITK's reader (GDCM)
+    takes it from the functional groups only for the classes it knows as enhanced (CT, MR, PET, X-ray 3D, ...): a
+    one-frame Enhanced XA, or an NM file with functional groups, at (3, 4, 16) was read at the origin without a
+    word (a file of two or more frames is placed by :func:`_set_frame_axis`); one that states no position there
+    keeps the origin :func:`_set_multiframe_geometry` gives it."""
+    at = next((values for values in (_dicom_numbers(_first_item(item, _PLANE_POSITION).get(0x00200032) or "")
+                                     for item in (*frames[:1], shared)) if values), [])
+    if len(at) == 3 and all(map(math.isfinite, at)):
+        image.SetOrigin([float(v) for v in at])
+
+
+def _direction_of(path: str, cosines: Sequence[float]) -> np.ndarray:
+    """The 3 x 3 direction (columns: the rows' direction, the columns' direction, the normal of the plane they make)
+    of ImageOrientationPatient ``cosines`` (six finite numbers) of multi-frame DICOM file ``path``, as ITK (GDCM)
+    builds it for the classes it places. Refuses cosines that are not two perpendicular unit vectors within 0.01
+    (e.g. six zeros), on which ITK's reader fails ("Bad direction, determinant is 0") for those classes, and for
+    the others had read the file as axial without a word."""
+    row, column = np.array(cosines[:3], dtype=float), np.array(cosines[3:], dtype=float)
+    if not (abs(np.linalg.norm(row) - 1) <= 1e-2 and abs(np.linalg.norm(column) - 1) <= 1e-2
+            and abs(float(row @ column)) <= 1e-2):
+        raise InputError(f"DICOM file '{path}' has an ImageOrientationPatient (0020,0037) that is not two "
+                         "perpendicular unit vectors ("
+                         + "\\".join(f"{v:g}" for v in cosines) + "), so which way its rows and columns run is "
+                         "unknown.",
+                         "Export it again with its geometry (from the scanner or PACS), or convert it to NIfTI "
+                         "with the right orientation and load that.")
+    row, column = row / np.linalg.norm(row), column / np.linalg.norm(column)
+    return np.column_stack([row, column, np.cross(row, column)])
 
 
 def _unplaced_note(path: str, dimension: int, multiframe: bool) -> _FileWarning:
@@ -966,7 +1003,8 @@ def _frame_cosines(tags: Mapping[int, Any], shared: Mapping[int, Any], frames: S
 def _explain_multiframe_failure(path: str) -> None:
     """Where ITK failed to read a multi-frame DICOM file, refuse it for its pixel size or frame positions
     if they are the cause: ITK fails on a zero spacing ("Zero-valued spacing is not supported"), e.g. a
-    PixelSpacing of 0 in the functional groups, or frames all at one position."""
+    PixelSpacing of 0 in the functional groups, or frames all at one position, and on an orientation that is no
+    two perpendicular unit vectors ("Bad direction, determinant is 0", see :func:`_direction_of`)."""
     from .dicom_header import read_geometry_tags
 
     tags = read_geometry_tags(path)
@@ -974,11 +1012,14 @@ def _explain_multiframe_failure(path: str) -> None:
         frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
         shared = _first_item(tags, _SHARED_GROUPS)
         _multiframe_pixel_size(path, tags, shared, frames)
+        cosines = _stated_cosines(tags, shared, frames)
+        if cosines:  # ITK: "Bad direction, determinant is 0" where they are e.g. six zeros
+            _direction_of(path, cosines)
         points = _frame_positions(frames)
         if points is not None:
-            cosines = _frame_cosines(tags, shared, frames)
-            _frame_step(path, points, np.cross(cosines[:3], cosines[3:]) if len(cosines) == 6 else None)
-        if not _stated_cosines(tags, shared, frames):  # ITK (GDCM): "An invalid logic behavior occurred ... cosines"
+            first = _frame_cosines(tags, shared, frames)
+            _frame_step(path, points, np.cross(first[:3], first[3:]) if len(first) == 6 else None)
+        if not cosines:  # ITK (GDCM): "An invalid logic behavior occurred ... cosines"
             raise InputError(f"DICOM file '{path}' has no usable ImageOrientationPatient (0020,0037) in its "
                              "functional groups' PlaneOrientationSequence (0020,9116), DetectorInformationSequence "
                              "(0054,0022) or at its top level, so which way its rows and columns run is unknown (ITK's "

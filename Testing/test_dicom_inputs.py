@@ -6,6 +6,7 @@ Every series is written here with pydicom (a dependency of the package), a few s
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -782,6 +783,80 @@ class DicomGeometryFromTags(unittest.TestCase):
                           ctx.exception.problem)
             self.assertIn("Remove the file that is not the image's own", ctx.exception.fix)
             self.assertNotIn("echoes", str(ctx.exception))
+
+    def test_a_file_is_placed_by_its_functional_groups_whatever_its_class(self) -> None:
+        """ITK's reader (GDCM) takes the origin and direction from the functional groups only for the classes it
+        knows as enhanced (CT, MR, PET, ...): a one-frame Enhanced XA, or an NM file with functional groups, whose
+        groups place it at (3, 4, 16) in a coronal or oblique plane was read at the origin, axial, without a word
+        (the package placed only files of two or more frames by their per-frame positions), and a series of such
+        files was refused as frames all at one position; a file of several frames without per-frame positions kept
+        the axial direction. An orientation that is no two perpendicular unit vectors is refused naming the tag:
+        ITK had failed on it ("Bad direction, determinant is 0") for an enhanced CT, read it as axial for an XA."""
+        import warnings
+
+        from pydicom.uid import generate_uid
+
+        c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
+        planes = {"coronal": (1.0, 0.0, 0.0, 0.0, 0.0, -1.0), "oblique": (1.0, 0.0, 0.0, 0.0, c, s)}
+        classes = {"Enhanced XA": "1.2.840.10008.5.1.4.1.1.12.1.1", "NM": "1.2.840.10008.5.1.4.1.1.20",
+                   "Enhanced CT": "1.2.840.10008.5.1.4.1.1.2.1"}  # ITK places the last already: it stays so
+
+        def read(given: str) -> sitk.Image:
+            with warnings.catch_warnings(record=True) as caught:  # placed: no "at the origin" or "axial" warning
+                warnings.simplefilter("always")
+                image = io.read_image(given)
+            self.assertEqual([str(w.message) for w in caught], [])
+            return image
+
+        for (name, sop_class), (plane, cosines), shared in itertools.product(classes.items(), planes.items(),
+                                                                              (False, True)):
+            with self.subTest(name, plane=plane, position_shared=shared), \
+                    tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "frame.dcm")
+                truth = write_enhanced(path, [(3.0, 4.0, 16.0)], cosines, rows=8, cols=8, sop_class=sop_class)
+                if shared:  # one frame's one position, in the shared groups
+                    share_position(path)
+                for given in (path, folder):
+                    image = read(given)
+                    self.assertEqual(image.GetSize(), (8, 8, 1))
+                    self._assert_placed(image, [(3.0, 4.0, 16.0)], cosines, rows=8, cols=8,
+                                        pixel_spacing=(0.7, 0.6))
+                    np.testing.assert_allclose(np.array(image.GetDirection()).reshape(3, 3)[:, 2],
+                                               np.cross(cosines[:3], cosines[3:]), atol=1e-9)
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+        for name, sop_class in classes.items():
+            with self.subTest(name, series="one frame per file"), tempfile.TemporaryDirectory() as folder:
+                uid, cosines = generate_uid(), planes["coronal"]
+                positions = [(3.0, 4.0 + 2.5 * i, 16.0) for i in range(3)]  # along the coronal normal
+                truth = np.concatenate([write_enhanced(os.path.join(folder, f"part{i}.dcm"), [position], cosines,
+                                                       rows=8, cols=8, sop_class=sop_class, series_uid=uid)
+                                        for i, position in enumerate(positions)])
+                image = read(folder)
+                self._assert_placed(image, positions, cosines, rows=8, cols=8, pixel_spacing=(0.7, 0.6))
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+            with self.subTest(name, frames="3, no per-frame positions"), tempfile.TemporaryDirectory() as folder:
+                path, cosines = os.path.join(folder, "frames.dcm"), planes["oblique"]
+                truth = write_enhanced(path, None, cosines, rows=8, cols=8, frames=3, sop_class=sop_class,
+                                       top={"ImagePositionPatient": [3.0, 4.0, 16.0], "SpacingBetweenSlices": 2.5})
+                normal = np.cross(cosines[:3], cosines[3:])
+                image = read(path)
+                self._assert_placed(image, [tuple(np.array([3.0, 4.0, 16.0]) + 2.5 * k * normal) for k in range(3)],
+                                    cosines, rows=8, cols=8, pixel_spacing=(0.7, 0.6))
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+            for frames in (1, 3):
+                with self.subTest(name, orientation="1\\0\\0\\0\\0\\0", frames=frames), \
+                        tempfile.TemporaryDirectory() as folder:
+                    path = os.path.join(folder, "frames.dcm")
+                    write_enhanced(path, [(3.0, 4.0, 16.0 + 2.5 * k) for k in range(frames)],
+                                   (1.0, 0.0, 0.0, 0.0, 0.0, 0.0), rows=8, cols=8, sop_class=sop_class)
+                    for given in (path, folder):
+                        with self.assertRaises(InputError) as ctx:
+                            io.read_image(given)
+                        self.assertEqual(ctx.exception.problem,
+                                         f"DICOM file '{path}' has an ImageOrientationPatient (0020,0037) that is not "
+                                         "two perpendicular unit vectors (1\\0\\0\\0\\0\\0), so which way its rows "
+                                         "and columns run is unknown.")
+                        self.assertIn("Export it again with its geometry", ctx.exception.fix)
 
     def test_multiframe_without_positions_takes_the_slice_spacing_tags_or_is_refused(self) -> None:
         """Without per-frame positions (e.g. NM, a legacy multi-frame CT) the frames are SpacingBetweenSlices
