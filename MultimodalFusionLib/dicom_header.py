@@ -5,7 +5,8 @@ positions and per-frame rescale an enhanced (multi-frame) image keeps in its fun
 checked through it.
 pydicom (which 3D Slicer ships, for its DICOM module) reads the header; only the values of
 :data:`GEOMETRY_TAGS` (never a patient-identifying one) at the top level and inside
-:data:`KEPT_SEQUENCES` are taken from it, as their stored text, never converted.
+:data:`KEPT_SEQUENCES` are taken from it, as their stored text, never converted, and the file meta's
+SOP class (which decides what ITK's reader applies of the rescale).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-__all__ = ["read_geometry_tags", "GEOMETRY_TAGS", "KEPT_SEQUENCES"]
+__all__ = ["read_geometry_tags", "GEOMETRY_TAGS", "KEPT_SEQUENCES", "MEDIA_STORAGE_SOP_CLASS"]
 
 #: Values kept (as text): the pixel and frame geometry and the rescale of stored values, nothing else
 GEOMETRY_TAGS = {
@@ -32,6 +33,8 @@ GEOMETRY_TAGS = {
     0x00281053: "RescaleSlope",
     0x00281052: "RescaleIntercept",
 }
+#: The file meta information's MediaStorageSOPClassUID (0002,0002), kept under its tag where the file has one
+MEDIA_STORAGE_SOP_CLASS = 0x00020002
 #: Sequences read into (as lists of items, each a dict like the top level)
 KEPT_SEQUENCES = {
     0x52009229: "SharedFunctionalGroupsSequence",
@@ -77,12 +80,21 @@ def read_geometry_tags(path: str) -> dict[int, Any] | None:
             deflated transfer syntax (pydicom's ``force=True``: ITK reads bare data sets too).
 
     Returns:
-        ``{tag: text or [item, ...]}`` with tags as integers (``0x00280030`` for PixelSpacing).
+        ``{tag: text or [item, ...]}`` with tags as integers (``0x00280030`` for PixelSpacing), and the file meta's
+        MediaStorageSOPClassUID under :data:`MEDIA_STORAGE_SOP_CLASS` where it has one.
     """
     try:
         with warnings.catch_warnings():
             # pydicom warns about what it finds odd in a header, naming elements; nothing of it is shown
             warnings.simplefilter("ignore")
-            return _kept(pydicom.dcmread(path, stop_before_pixels=True, force=True))
+            data_set = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            found = _kept(data_set)
+            # the file meta's SOP class: ITK's reader (GDCM) goes by it where the data set states none, and what it
+            # applies of the rescale depends on the class (see io._itk_applied_rescale)
+            media = getattr(data_set, "file_meta", None) or {}
+            media_class = media.get(MEDIA_STORAGE_SOP_CLASS)
+            if media_class is not None and media_class.value:
+                found[MEDIA_STORAGE_SOP_CLASS] = _text(media_class.value).strip("\0 ")
+            return found
     except Exception:  # noqa: BLE001 - pydicom fails on damaged files in many ways; None says "unreadable"
         return None

@@ -1201,6 +1201,8 @@ def _itk_applied_rescale(image: sitk.Image, path: str, tags: Mapping[int, Any]) 
     from pydicom.sequence import Sequence as DicomSequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+    from .dicom_header import MEDIA_STORAGE_SOP_CLASS
+
     def text_of(tag: str) -> str:
         return image.GetMetaData(tag).strip() if image.HasMetaDataKey(tag) else ""
 
@@ -1222,12 +1224,20 @@ def _itk_applied_rescale(image: sitk.Image, path: str, tags: Mapping[int, Any]) 
 
     with warnings.catch_warnings():  # what pydicom finds odd in a value (a Modality in lower case): not shown
         warnings.simplefilter("ignore")
+        # the SOP class where the file states it: in its data set, its file meta, or both (GDCM goes by the data
+        # set's, else the meta's: a probe stating the data set's alone had been read as a secondary capture where
+        # only the meta said Enhanced CT, and the pair ITK had applied was applied again)
+        own_class = text_of("0008|0016")
+        media_class = tags.get(MEDIA_STORAGE_SOP_CLASS)
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = text_of("0008|0016") or "1.2.840.10008.5.1.4.1.1.7"
+        meta.MediaStorageSOPClassUID = (media_class if isinstance(media_class, str) and media_class else own_class
+                                        or "1.2.840.10008.5.1.4.1.1.7")
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         probe = FileDataset("probe.dcm", Dataset(), file_meta=meta, preamble=b"\0" * 128)
-        probe.SOPClassUID, probe.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        probe.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        if own_class:
+            probe.SOPClassUID = own_class
         if text_of("0008|0060"):
             probe.Modality = text_of("0008|0060")
         probe.Rows, probe.Columns, probe.NumberOfFrames = 1, 2, 1

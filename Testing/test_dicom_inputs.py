@@ -1196,6 +1196,32 @@ class DicomGeometryFromTags(unittest.TestCase):
             tempfile.tempdir = saved
             _AUDIT_WATCH.clear()
 
+    def test_a_rescale_itk_applied_is_not_applied_again(self) -> None:
+        """A multi-frame file whose SOP class is in its file meta alone (MediaStorageSOPClassUID (0002,0002), none in
+        its data set) is read as ITK's reader (GDCM) reads it, which goes by the meta's class: the probe stated the
+        data set's class only, so an Enhanced CT whose groups' pair ITK had applied was probed as a secondary capture,
+        and the pair applied again (1024 off for an intercept of -1024), without a word. Where the two classes differ,
+        the data set's decides, as for GDCM."""
+        import pydicom
+
+        xa, ct = "1.2.840.10008.5.1.4.1.1.12.1.1", "1.2.840.10008.5.1.4.1.1.2.1"
+        positions = [(-5.0, -6.0, 10.0 + 3.0 * k) for k in range(3)]
+        for data_set_class, meta_class in ((None, ct), (None, xa), (xa, ct), (ct, xa)):
+            with self.subTest(data_set=data_set_class, meta=meta_class), tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "frames.dcm")
+                truth = write_enhanced(path, positions, sop_class=ct)  # (1, -1024) in the shared groups
+                ds = pydicom.dcmread(path)
+                ds.file_meta.MediaStorageSOPClassUID = meta_class
+                if data_set_class is None:
+                    del ds.SOPClassUID
+                else:
+                    ds.SOPClassUID = data_set_class
+                ds.save_as(path)
+                for given in (path, folder):
+                    image = io.read_image(given)
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+                    self.assertEqual(image.GetPixelIDTypeAsString(), "32-bit signed integer")
+
     def _alone_in_folder(self, path: str) -> str:
         """A folder holding a copy of ``path`` alone."""
         import shutil
