@@ -324,26 +324,55 @@ def _without_copies(label: str, pick: dict[str, Any], rows: list[dict[str, str]]
                     ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """The series ``pick`` and its ``rows`` (:func:`_series_rows`) without the files that are a copy of another of its
     files (the same SOPInstanceUID (0008,0018), byte for byte: one file copied under two names), with a warning
-    naming them, as 3D Slicer's DICOM database keeps one file per SOPInstanceUID; files with one SOPInstanceUID whose
-    bytes differ are refused (which is the image is unknown). GDCM lists both copies, and the series had been refused
-    as 'two slices at one position ... e.g. echoes, time points', which they are not."""
+    naming them, as 3D Slicer's DICOM database keeps one file per SOPInstanceUID. GDCM lists both copies, and the
+    series had been refused as 'two slices at one position ... e.g. echoes, time points', which they are not.
+
+    Files of one SOPInstanceUID whose bytes differ are refused (which is the image is unknown) where they may be one
+    image: at one ImagePositionPatient (0020,0032), or where one of them states none. Files at different positions
+    are different images whose UID was not made unique (an anonymiser or converter that gave every slice one UID):
+    they are read as the slices they are, with a warning that 3D Slicer's DICOM database would keep one of them (a
+    series whose slices all had one UID had been refused, and its fix, to remove 'the file that is not the image's
+    own', would have had the user delete all slices but one). Bytes are compared only between files of one UID at
+    one position."""
     import filecmp
 
     alike: dict[str, list[str]] = {}
+    position: dict[str, tuple[float, ...]] = {}
     for row in rows:
         if row.get("instance"):
             alike.setdefault(row["instance"], []).append(row["path"])
+            values = _dicom_numbers(row.get("position", ""))
+            if len(values) == 3 and all(map(math.isfinite, values)):
+                position[row["path"]] = tuple(values)
     copies: list[tuple[str, str]] = []  # (the file kept: the first by name, its copy)
+    shared: list[tuple[str, str]] = []  # (the first file of a UID, another image with that UID)
     for paths in alike.values():
-        kept, *others = sorted(paths)
-        for other in others:
-            if not filecmp.cmp(kept, other, shallow=False):
+        kept: list[str] = []
+        for other in sorted(paths):
+            # kept files that may be the same image: at the same position, or one of the two stating none
+            twins = [path for path in kept if position.get(path) is None or position.get(other) is None
+                     or position[path] == position[other]]
+            same = next((path for path in twins if filecmp.cmp(path, other, shallow=False)), None)
+            if same is not None:
+                copies.append((same, other))
+                continue
+            if twins:
                 raise InputError(f"{label} has two files of one image (the same SOPInstanceUID (0008,0018)), "
-                                 f"'{kept}' and '{other}', whose contents differ, so which of them is the image is "
-                                 "unknown.",
+                                 f"'{twins[0]}' and '{other}', whose contents differ, so which of them is the image "
+                                 "is unknown.",
                                  "Remove the file that is not the image's own (e.g. the one a tool changed or "
                                  "exported again), or move it out of the folder, then load the folder again.")
-            copies.append((kept, other))
+            if kept:
+                shared.append((kept[0], other))
+            kept.append(other)
+    if shared:
+        shared.sort()
+        warnings.warn(f"{label} has different images with one SOPInstanceUID (0008,0018), at different positions: "
+                      f"'{shared[0][0]}' and '{shared[0][1]}'"
+                      + (f", and {len(shared) - 1} more" if len(shared) > 1 else "") + ". They are read as the "
+                      "slices they are, but 3D Slicer's DICOM database keeps one file per SOPInstanceUID and would "
+                      "load one of them only. Give each image its own SOPInstanceUID (export the series again from "
+                      "the scanner or PACS, or have the anonymiser make new UIDs).", stacklevel=4)
     if not copies:
         return pick, rows
     copies.sort()

@@ -784,6 +784,40 @@ class DicomGeometryFromTags(unittest.TestCase):
             self.assertIn("Remove the file that is not the image's own", ctx.exception.fix)
             self.assertNotIn("echoes", str(ctx.exception))
 
+    def test_slices_given_one_sopinstanceuid_are_read_as_the_slices_they_are(self) -> None:
+        """A series whose slices all have one SOPInstanceUID (an anonymiser or converter that did not make the UIDs
+        unique), read before, had been refused as 'two files of one image ... whose contents differ', with the fix to
+        remove the file that is not the image's own, which would have the user delete every slice but one. Files of
+        one UID at different positions are different images: read as before, with a warning that 3D Slicer's DICOM
+        database would keep one of them; a byte-identical copy among them is still read once."""
+        import shutil
+        import warnings
+
+        import pydicom
+
+        truth = write_series(self.dir)
+        for name in sorted(os.listdir(self.dir)):
+            ds = pydicom.dcmread(os.path.join(self.dir, name))
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+            ds.save_as(os.path.join(self.dir, name))
+        for case in ("one UID", "one UID and a copy"):
+            with self.subTest(case):
+                if case.endswith("copy"):
+                    shutil.copy(os.path.join(self.dir, "IM0003.dcm"), os.path.join(self.dir, "IM0003 copy.dcm"))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    image = io.read_image(self.dir)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+                said = [str(w.message) for w in caught]
+                self.assertEqual([w.filename for w in caught], [__file__] * len(said))
+                self.assertEqual(len(said), 2 if case.endswith("copy") else 1, said)
+                self.assertIn(f"has different images with one SOPInstanceUID (0008,0018), at different positions: "
+                              f"'{os.path.join(self.dir, 'IM0000.dcm')}' and '{os.path.join(self.dir, 'IM0001.dcm')}'"
+                              ", and 4 more. They are read as the slices they are, but 3D Slicer's DICOM database",
+                              said[0])
+                if case.endswith("copy"):
+                    self.assertIn("holds the same file twice under two names", said[1])
+
     def test_a_file_is_placed_by_its_functional_groups_whatever_its_class(self) -> None:
         """ITK's reader (GDCM) takes the origin and direction from the functional groups only for the classes it
         knows as enhanced (CT, MR, PET, ...): a one-frame Enhanced XA, or an NM file with functional groups, whose
