@@ -359,7 +359,7 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.fusedVolume, p.metricsTable = out.fusedVolumeNode, out.metricsTableNode
             p.weightsVolume = out.weightsVolumeNode or p.weightsVolume
             slicer.util.setSliceViewerLayers(background=out.fusedVolumeNode, foreground=None, fit=True)
-            return f"Fused ({p.fusionMethod}) in {out.result.seconds:.1f} s."
+            return f"Fused ({p.fusionMethod}) in {out.result.seconds:.1f} s. " + " ".join(out.result.warnings)
 
         self._run("Fusion", work, method=self._parameterNode.fusionMethod)
 
@@ -382,7 +382,8 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.weightsVolume = out.fusion.weightsVolumeNode or p.weightsVolume
             result = out.registration.result
             return (f"Done: metric {result.metric_before:.4g} -> {result.metric_after:.4g}; fused with "
-                    f"{p.fusionMethod}; metrics in '{out.metricsTableNode.GetName()}'. " + " ".join(result.warnings))
+                    f"{p.fusionMethod}; metrics in '{out.metricsTableNode.GetName()}'. "
+                    + " ".join(result.warnings + out.fusion.result.warnings))
 
         p = self._parameterNode
         self._run("Registration and fusion", work, method=p.fusionMethod, backend=p.backend)

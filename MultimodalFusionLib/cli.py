@@ -69,7 +69,7 @@ def _device(text: str) -> str:
 
 
 def _print_warnings(messages: Sequence[str]) -> None:
-    """A registration's warnings, ``warning: ...`` a line, on stderr, as register and run print them: stdout
+    """A registration's or fusion's warnings, ``warning: ...`` a line, on stderr, as register and run print them: stdout
     keeps the results (and --json's JSON) alone."""
     for w in messages:
         print(f"warning: {w}", file=sys.stderr)
@@ -664,6 +664,7 @@ def _run_fuse(args: argparse.Namespace) -> int:
         target = stack.enter_context(staged_output(args.output)) if args.report else args.output
         write_image(_writable(fused, ext), target)  # an error names args.output (staged_output), not target
         print(f"fused ({res.method}, {res.seconds:.2f} s) -> {args.output}", file=status)
+        _print_warnings(res.warnings)  # e.g. deep fusion's anisotropy: every run, as register prints its own
         if args.report or args.json:
             from .metrics import fusion_metrics
 
@@ -930,6 +931,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
         print(json.dumps(to_json_safe(summary), indent=2))
         _print_warnings(reg.warnings if reg is not None else [])
+        _print_warnings([w for fusion in out["fusions"] for w in fusion.warnings])
         return 0
     if reg is not None:
         print(f"registration: {reg.backend}, {reg.seconds:.1f} s, metric {reg.metric_before:.4f} -> {reg.metric_after:.4f}")
@@ -942,6 +944,7 @@ def _run_run(args: argparse.Namespace) -> int:
     print(f"alignment: MI {rm['before']['MI']:.3f} -> {rm['after']['MI']:.3f}, "
           f"NCC {rm['before']['NCC']:.3f} -> {rm['after']['NCC']:.3f}")
     _print_metrics(out["metrics"])
+    _print_warnings([w for fusion in out["fusions"] for w in fusion.warnings])  # deep fusion's anisotropy
     for k, v in out["files"].items():
         print(f"{k:>20}: {v}")
     print(f"{'report':>20}: {out['report']['html']}")
@@ -1138,7 +1141,12 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
         check_init_matches(resumed, model)
     dims = (resumed.architecture.spatial_dims if resumed is not None
             else model.config.spatial_dims if model is not None else args.spatial_dims or 2)
-    pairs = load_pairs(args.pairs, cache_dir=args.cache_dir, spatial_dims=dims)
+    on_pair = None
+    if resumed is not None:  # other pairs refused at the first that differs (their number before any is read)
+        from .fusion.deep.training import PairsCheck
+
+        on_pair = PairsCheck(resumed, len(inputs) // 2, trains=tcfg.epochs > resumed.epochs_done)
+    pairs = load_pairs(args.pairs, cache_dir=args.cache_dir, spatial_dims=dims, on_pair=on_pair)
     bar = ProgressBar(desc="train-fusion")
 
     def epoch_line(entry: dict) -> None:

@@ -658,6 +658,8 @@ class FusionLogic:
             fused_image = io.as_one_slice_of(fused_image, slice_volume)
             weights_image = io.as_one_slice_of(weights_image, slice_volume) if weights_image is not None else None
         metrics = {k: _scalar(v) for k, v in table_values[method].items()}
+        for i, warning in enumerate(result.warnings):  # as registerVolumes records its warnings
+            metrics[f"warning_{i + 1}"] = warning
         base = f"{anatomicalVolumeNode.GetName()} + {functionalVolumeNode.GetName()} {method}"
         colour = fused_image.GetNumberOfComponentsPerPixel() > 1
         if (newNodeOnKindChange and outputVolumeNode is not None

@@ -301,6 +301,86 @@ class TrainFusionCommandTest(unittest.TestCase):
             rc = main(args)
         return rc, err.getvalue()
 
+    def test_a_resume_on_other_pairs_is_refused_as_they_are_read(self):
+        """--resume on other pairs was refused only after every pair had been read and scaled (minutes for a folder
+        of volumes): their number is now checked before any is read, each pair as it is read; and a checkpoint
+        written before checkpoints held their pairs' fingerprint is refused on 8-bit pairs, which training now
+        scales as fusion does (divided by 255) where that run stretched them min-max: it had resumed without a
+        word. An unreadable image after the first differing pair shows how far the pairs were read."""
+        from MultimodalFusionLib.fusion.deep import FusionNetConfig, build_network
+        from MultimodalFusionLib.fusion.deep.weights import save_checkpoint
+
+        def write(folder: Path, seeds, broken: int | None = None) -> None:
+            for side in ("MRI", "CT"):
+                (folder / side).mkdir(parents=True)
+                for k, seed in enumerate(seeds):
+                    path = folder / side / f"{k:02d}.png"
+                    if k == broken:
+                        path.write_bytes(b"not a png")
+                        continue
+                    arr = np.round(30 + 170 * _blobs((32, 32), seed + (side == "CT"))).astype(np.uint8)  # 30..200
+                    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            write(tmp / "run", (0, 2))
+            out = str(tmp / "m.safetensors")
+            base = ["train-fusion", "--output", out, "--patch-size", "16", "--batch-size", "1", "--device", "cpu",
+                    "--threads", "1", "--samples-per-epoch", "1", "--seed", "0"]
+            rc, err = self._main(base + ["--pairs", str(tmp / "run"), "--epochs", "1"])
+            self.assertEqual(rc, 0, err)
+            ckpt = out + ".ckpt.pt"
+            write(tmp / "more", (0, 2, 4), broken=2)  # a third pair, unreadable
+            write(tmp / "other", (6, 2), broken=1)  # another first pair, then an unreadable one
+            write(tmp / "same", (0, 2))
+            for folder, said in (("more", "2 pair(s) then, 3 now"), ("other", "00.png' is not the run's pair 1")):
+                with self.subTest(pairs=folder):
+                    rc, err = self._main(base + ["--pairs", str(tmp / folder), "--epochs", "2", "--resume", ckpt])
+                    self.assertEqual(rc, 2, err)
+                    self.assertIn("other training pairs than its run's", err)
+                    self.assertIn(said, err)
+            rc, err = self._main(base + ["--pairs", str(tmp / "same"), "--epochs", "2", "--resume", ckpt])
+            self.assertEqual(rc, 0, err)  # a copy of the pairs (other files, same values) continues the run
+            # a checkpoint without the pairs' fingerprint (written before it was saved) on 8-bit pairs
+            net = build_network(FusionNetConfig())
+            old = tmp / "old.ckpt.pt"
+            save_checkpoint(old, model=net, epoch=0, state={}, optimizer=torch.optim.Adam(net.parameters()))
+            rc, err = self._main(base + ["--pairs", str(tmp / "run"), "--epochs", "2", "--resume", str(old)])
+            self.assertEqual(rc, 2, err)
+            self.assertIn("written before checkpoints recorded their training pairs", err)
+            self.assertIn("8-bit", err)
+            self.assertIn("--epochs 1", err)
+            self.assertIn("--init MODEL.safetensors", err)
+            # its fix: --epochs equal to the checkpoint's trains nothing and writes its weights
+            rc, err = self._main(base + ["--pairs", str(tmp / "run"), "--epochs", "1", "--resume", str(old)])
+            self.assertEqual(rc, 0, err)
+
+    def test_dicom_and_nifti_copies_of_a_pair_have_one_fingerprint(self):
+        """The fingerprint is of the values training sees, not of the files: the same pair as DICOM and as NIfTI
+        matches (a --resume on the converted folder continues the run); stored as float, an 8-bit pair is scaled
+        min-max instead of divided by 255, other values for training, and does not."""
+        from MultimodalFusionLib.fusion.deep.data import load_pairs
+        from MultimodalFusionLib.fusion.deep.training import data_fingerprint
+        from MultimodalFusionLib.io import write_image
+
+        rng = np.random.default_rng(0)
+        with tempfile.TemporaryDirectory() as tmp:
+            found = {}
+            for pixel in (np.uint8, np.uint16):
+                arrays = {side: rng.integers(20, 200, (6, 20, 24)).astype(pixel) for side in ("MRI", "CT")}
+                for fmt, cast in (("dcm", None), ("nii.gz", None), ("nrrd", sitk.sitkFloat32)):
+                    for side, arr in arrays.items():
+                        image = sitk.GetImageFromArray(arr)
+                        image.SetSpacing((0.9, 0.8, 2.5))
+                        folder = os.path.join(tmp, f"{pixel.__name__}_{fmt}", side)
+                        os.makedirs(folder)
+                        write_image(sitk.Cast(image, cast) if cast else image, os.path.join(folder, "01." + fmt))
+                    found[pixel.__name__, fmt] = data_fingerprint(load_pairs(os.path.join(tmp, f"{pixel.__name__}_{fmt}")))
+            for pixel in ("uint8", "uint16"):
+                self.assertEqual(found[pixel, "dcm"], found[pixel, "nii.gz"])
+            self.assertEqual(found["uint16", "nrrd"]["digest"], found["uint16", "dcm"]["digest"])  # min-max alike
+            self.assertNotEqual(found["uint8", "nrrd"]["digest"], found["uint8", "dcm"]["digest"])  # /255 vs min-max
+
     def test_threads_and_architecture_mismatches_are_clear_errors(self):
         """--threads -1 was a RuntimeError traceback and 0 was ignored; --resume of a 3D checkpoint with --init
         2D weights a traceback listing every tensor; --spatial-dims 3 with a 2D checkpoint silently trained 2D."""
@@ -443,6 +523,12 @@ class InferenceInputsTest(unittest.TestCase):
 
         torch.manual_seed(0)
         return build_network(_tiny_config(spatial_dims))
+
+    def _main(self, args: list[str]) -> tuple[int, str]:
+        err = io.StringIO()
+        with redirect_stdout(io.StringIO()), redirect_stderr(err):
+            rc = main(args)
+        return rc, err.getvalue()
 
     def test_a_volume_smaller_than_the_window_is_one_window_of_its_own_size(self):
         """The 3D network's sliding window padded a thin slab to whole 96^3 windows (a 5-slice 192x160 slab:
@@ -610,22 +696,26 @@ class InferenceInputsTest(unittest.TestCase):
 
     def test_a_3d_network_on_strongly_anisotropic_voxels_warns(self):
         """A 3D network fused 1 x 1 x 5 mm volumes without a word, with 6-14 % less mutual information than at 1 mm
-        (README): it warns, naming the spacing and both fixes; near-isotropic voxels and the 2D network do not."""
+        (README): it warns, naming the spacing and both fixes; near-isotropic voxels and the 2D network do not.
+        The warning is the result's (FusionResult.warnings, as a registration's), given by every fusion: a Python
+        warnings.warn had been shown once per process, so a second fusion in the same session said nothing."""
         import warnings
 
         from MultimodalFusionLib.fusion import fuse
-        from MultimodalFusionLib.fusion.deep import fuse_arrays
+        from MultimodalFusionLib.fusion.deep import fuse_arrays, fuse_deep
 
-        def fused_warnings(spacing, spatial_dims=3):
-            images = []
+        def images(spacing):
+            out = []
             for seed in (0, 1):
                 image = sitk.GetImageFromArray(_blobs((8, 24, 20), seed))
                 image.SetSpacing(spacing)
-                images.append(image)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                fuse(*images, "deep", weights=self._net(spatial_dims), device="cpu")
-            return [str(w.message) for w in caught if "anisotropic" in str(w.message)]
+                out.append(image)
+            return out
+
+        def fused_warnings(spacing, spatial_dims=3):
+            result = fuse(*images(spacing), "deep", weights=self._net(spatial_dims), device="cpu")
+            self.assertNotIn("warnings", result.parameters)  # on the result, not among the parameters
+            return [w for w in result.warnings if "anisotropic" in w]
 
         said = fused_warnings((1.0, 1.0, 5.0))
         self.assertEqual(len(said), 1)
@@ -635,6 +725,18 @@ class InferenceInputsTest(unittest.TestCase):
         self.assertEqual(len(fused_warnings((5.0, 1.0, 1.0))), 1)  # thick along x: any axis
         self.assertEqual(fused_warnings((1.0, 1.0, 2.5)), [])
         self.assertEqual(fused_warnings((1.0, 1.0, 5.0), spatial_dims=2), [])  # sliced across its thick axis
+        # every fusion says it, under Python's default warning filter too (which had shown it once a process),
+        # and none is raised as a Python warning beside it (the CLI would print it twice)
+        net = self._net(3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            firsts = [len(fuse(*images((1.0, 1.0, 5.0)), "deep", weights=net, device="cpu").warnings)
+                      for _ in range(2)]
+            direct = fuse_deep(*images((1.0, 1.0, 5.0)), weights=net, device="cpu")
+        self.assertEqual(firsts, [1, 1])
+        self.assertEqual(len(direct.warnings), 1)
+        self.assertNotIn("warnings", direct.parameters)
+        self.assertEqual([str(w.message) for w in caught if "anisotropic" in str(w.message)], [])
         # a fusion refused for a setting (a window beyond MAX_ROI_SIZE, a GPU this machine lacks) warns of nothing
         for bad in ({"roi_size": 4096}, {"device": "cuda:99"}):
             with self.subTest(refused=bad), warnings.catch_warnings(record=True) as caught:
@@ -643,6 +745,84 @@ class InferenceInputsTest(unittest.TestCase):
                     fuse_arrays(_blobs((8, 24, 20), 0), _blobs((8, 24, 20), 1), weights=self._net(3),
                                 spacing=(5.0, 1.0, 1.0), **{"device": "cpu", **bad})
                 self.assertEqual([str(w.message) for w in caught if "anisotropic" in str(w.message)], [])
+
+    def test_the_cli_prints_the_anisotropy_warning_of_every_fusion(self):
+        """mmfusion fuse and run print deep fusion's anisotropy warning on stderr as 'warning: ...', as register prints
+        a registration's, each time (a warnings.warn had been shown once per process, as a Python warning pointing
+        into the package); stdout keeps the results."""
+        from MultimodalFusionLib.fusion.deep import save_weights
+
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = os.path.join(tmp, "net3d.safetensors")
+            save_weights(self._net(3), weights)
+            files = []
+            for seed in (0, 1):
+                image = sitk.GetImageFromArray(_blobs((8, 24, 20), seed))
+                image.SetSpacing((1.0, 1.0, 5.0))
+                files.append(os.path.join(tmp, f"{seed}.nrrd"))
+                sitk.WriteImage(image, files[-1])
+            deep = ["--method", "deep", "--model", weights, "--deep-device", "cpu"]
+            for call in (1, 2):
+                with self.subTest(command="fuse", call=call):
+                    rc, err = self._main(["fuse", *files, *deep, "-o", os.path.join(tmp, "fused.nrrd")])
+                    self.assertEqual(rc, 0, err)
+                    self.assertEqual(err.count("warning: The 3D deep-fusion network fused a volume of 1 x 1 x 5 mm"),
+                                     1, err)
+                    self.assertNotIn("UserWarning", err)
+            with self.subTest(command="run"):
+                rc, err = self._main(["run", *files, "--output-dir", os.path.join(tmp, "out"), "--no-register", "--methods", "deep",
+                                      "--model", weights, "--deep-device", "cpu"])
+                self.assertEqual(rc, 0, err)
+                self.assertEqual(err.count("warning: The 3D deep-fusion network"), 1, err)
+
+    def test_two_threads_fusing_with_one_network_leave_it_as_it_was(self):
+        """Each fusion puts the network in eval mode on its device and back as it found it: two threads fusing with one
+        network (cached weights, or one passed in: the Slicer console, a script) did so under each other, and the
+        second took the first's eval mode for "as it was" (a network passed in training mode came back in eval
+        mode). One fusion at a time per network; real threads, the second started while the first is running."""
+        import threading
+
+        from MultimodalFusionLib.fusion.deep import fuse_arrays, inference
+
+        a, b = _blobs((24, 24), 0), _blobs((24, 24), 1)
+        net = self._net().train()
+        alone = fuse_arrays(a, b, weights=net, device="cpu", selection="blend")[0]
+        first_inside, second_inside = threading.Event(), threading.Event()
+        results: dict[str, np.ndarray] = {}
+        errors: list[BaseException] = []
+
+        def first_progress(fraction: float, message: str) -> bool:
+            if message.startswith("fused"):  # inside predict: the network is in eval mode; let the second run
+                first_inside.set()
+                second_inside.wait(2.0)  # (set by the old code at once; with the lock, never: 2 s)
+            return True
+
+        def second_progress(fraction: float, message: str) -> bool:
+            if message.startswith("fused"):
+                second_inside.set()
+            return True
+
+        def fusing(name: str, progress) -> None:
+            try:
+                results[name] = fuse_arrays(a, b, weights=net, device="cpu", selection="blend", progress=progress)[0]
+            except BaseException as exc:  # noqa: BLE001 - shown by the test below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=fusing, args=("first", first_progress)),
+                   threading.Thread(target=fusing, args=("second", second_progress))]
+        threads[0].start()
+        self.assertTrue(first_inside.wait(30))  # the first is fusing
+        threads[1].start()
+        for thread in threads:
+            thread.join(30)
+        self.assertEqual(errors, [])
+        self.assertTrue(net.training, "the network came back in eval mode")
+        self.assertTrue(all(m.training for m in net.modules()))
+        for name in ("first", "second"):
+            np.testing.assert_array_equal(results[name], alone)
+        # the cached weights are shared by every fusion of that file: the same lock for each, a network's own
+        self.assertIs(inference._network_lock(net), inference._network_lock(net))
+        self.assertIsNot(inference._network_lock(net), inference._network_lock(self._net()))
 
     def test_adaptation_seed(self):
         """Same seed, same result; another seed draws other slices of a volume; a 2D image is adapted on the
@@ -874,8 +1054,9 @@ class SliceAxisTest(unittest.TestCase):
         # a 3D network sees the whole volume: no slicing, nothing recorded
         torch.manual_seed(0)
         net3 = build_network(FusionNetConfig(spatial_dims=3, features=4, channels=(8, 16, 16), strides=(2, 2)))
-        with self.assertWarnsRegex(UserWarning, "anisotropic"):  # (test_a_3d_network_on_..._warns)
-            self.assertNotIn("slice_axis", fuse_arrays(a, b, weights=net3, spacing=(1.0, 1.0, 5.0))[2])
+        used = fuse_arrays(a, b, weights=net3, spacing=(1.0, 1.0, 5.0))[2]
+        self.assertNotIn("slice_axis", used)
+        self.assertIn("anisotropic", used["warnings"][0])  # (test_a_3d_network_on_..._warns)
         # spacing is the images' geometry: checked when given directly, refused as a fuse() parameter
         for bad in ((1.0, 1.0), (1.0, 0.0, 1.0), (1.0, float("nan"), 1.0), "abc"):
             with self.subTest(spacing=bad), self.assertRaises(InputError) as caught:

@@ -663,9 +663,12 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
                          f"See help(MultimodalFusionLib.fusion.fuse) for the parameters of '{method}'.") from exc
     # a method returns fused, or (fused, weights), or (fused, weights, {parameters it really used}),
     # e.g. the levels an image's size allowed: the record must say what ran, not what was asked for
+    # (and under "warnings", what the user should hear of this fusion: moved to FusionResult.warnings)
     out = out if isinstance(out, tuple) else (out, None)
     fused, weights = out[0], out[1]
-    actual = out[2] if len(out) > 2 and isinstance(out[2], dict) else {}
+    actual = dict(out[2]) if len(out) > 2 and isinstance(out[2], dict) else {}
+    # what the user should hear of this fusion (deep fusion's anisotropy): on the result, not among its parameters
+    notes = [str(note) for note in actual.pop("warnings", None) or []]
     fused = np.asarray(fused, dtype=np.float64)
     shape = a_unit.shape
     # the scaled inputs are not needed any more (a method that returns one of them keeps it alive)
@@ -718,4 +721,4 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
         weights_img = _from_array(np.clip(np.asarray(weights, dtype=np.float32), 0.0, 1.0), a)
     report(progress, 1.0, f"fused ({method})")
     return FusionResult(image=image, weights=weights_img, method=method, parameters=used,
-                        seconds=time.perf_counter() - start, grey=grey)
+                        seconds=time.perf_counter() - start, grey=grey, warnings=notes)

@@ -24,6 +24,9 @@ class FusionResult:
         parameters: the parameters used (JSON-able).
         seconds: wall time of the fusion.
         grey: the grey (luminance) fused image used for metrics when ``image`` is RGB.
+        warnings: plain-language warnings about this fusion (e.g. a 3D deep-fusion network on strongly
+            anisotropic voxels), as a registration's ``RegistrationResult.warnings``: the CLI prints them on
+            stderr, the Slicer module shows them in its status line.
     """
 
     image: sitk.Image
@@ -32,6 +35,7 @@ class FusionResult:
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     grey: sitk.Image | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def grey_image(self) -> sitk.Image:

@@ -1177,6 +1177,7 @@ class FusionWebApp:
         rows = [{"name": f"{key} ({result.method})", "value": _fmt(values[key])}
                 for key in _FUSION_METRIC_KEYS if key in values]
         rows.append({"name": "Fusion time", "value": f"{result.seconds:.1f} s"})
+        rows += [{"name": "Warning", "value": warning} for warning in result.warnings]  # e.g. deep's anisotropy
         with self.state:
             self.state.update({"has_fused": True, "metrics_rows": rows,
                                "download_names": {**_DOWNLOAD_NAMES, "fused": _fused_file_name(result)}})

@@ -200,7 +200,7 @@ def _refuse_two_readings(root: Path, parent: Path, first: Path, second: Path) ->
 
 
 def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-               spatial_dims: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+               spatial_dims: int = 2, on_pair: Any = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Read and scale to 0..1 every pair below ``folder`` as fusion scales its inputs (``fusion.unit_scaled``:
     8-bit images divided by 255, colour as its luminance, Y of YCbCr, others min-max).
 
@@ -215,6 +215,9 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
             (the array axis :func:`slice_axis` picks, as fusion slices it), since a 2D network is
             trained on slices along that axis: a sagittal 1 x 1 x 5 mm volume stored with x thick then
             gives its acquired slices, not 1 x 5 mm cuts across them. 3: the arrays as stored.
+        on_pair: called as each pair is read and scaled, ``on_pair(index, (path_a, path_b), (a, b), eight_bit)``
+            (``eight_bit``: an image of it is scaled on the 8-bit scale, not min-max), e.g. a resumed run's
+            ``training.PairsCheck``, which refuses other pairs at the first that differs, not after all are read.
 
     Raises:
         InputError: an unreadable, empty or non-finite image, a pair whose two images are not on
@@ -245,14 +248,28 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
         # to_training_samples cuts a volume along axis 0: for a 2D network, the acquisition's slice axis
         axis = slice_axis(a.GetSpacing()[::-1]) if a.GetDimension() == 3 and spatial_dims == 2 else 0
         pair = (_training_scale(a), _training_scale(b, functional=True))
+        eight_bit = any(_on_the_8bit_scale(image) for image in (a, b))
         if axis:
             pair = tuple(np.ascontiguousarray(np.moveaxis(arr, axis, 0)) for arr in pair)
         del a, b
         if cache_dir is not None:
             pair = tuple(_mapped(arr, Path(cache_dir) / f"pair{len(out):05d}_{side}.npy")  # type: ignore[assignment]
                          for arr, side in zip(pair, "ab"))
+        if on_pair is not None:
+            on_pair(len(out), (pa, pb), pair, eight_bit)
         out.append(pair)
     return out
+
+
+def _on_the_8bit_scale(image: sitk.Image) -> bool:
+    """Whether :func:`_training_scale` scales ``image`` otherwise than min-max: colour, or 8-bit grey not spanning
+    0..255 (one that does is the same either way)."""
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        return True
+    if image.GetPixelID() != sitk.sitkUInt8:
+        return False
+    view = sitk.GetArrayViewFromImage(image)
+    return bool(view.min() != 0 or view.max() != 255)
 
 
 def _training_scale(image: sitk.Image, *, functional: bool = False) -> np.ndarray:

@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -38,7 +39,7 @@ from ..base import FusionResult
 from .losses import FusionLoss, LossWeights
 
 __all__ = ["fuse_deep", "fuse_arrays", "check_settings", "registry_method", "DEFAULT_ADAPT_STEPS", "adapt", "predict",
-           "slice_axis"]
+           "slice_axis", "anisotropy_warning"]
 
 #: Default per-study adaptation steps. 0: on the Harvard benchmark the shipped weights with hard
 #: selection scored as well without adaptation (README), and adaptation costs ~0.3 s per step for a
@@ -49,6 +50,28 @@ DEFAULT_ADAPT_STEPS = 0
 WEIGHT_ALIASES = {"2d": 2, "3d": 3, "default": 2, "default-2d": 2, "default-3d": 3}
 
 _MODEL_CACHE: dict[tuple[str, int, int, int], tuple[Any, dict[str, Any]]] = {}
+#: Guards :data:`_MODEL_CACHE` and :data:`_NETWORK_LOCKS` (a file is read once when two threads ask for it).
+_CACHE_LOCK = threading.Lock()
+#: One lock per network fused (cached weights or a network passed in): see :func:`_network_lock`.
+_NETWORK_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+
+
+def _network_lock(model: Any) -> threading.RLock:
+    """The lock a fusion holds while it uses ``model``.
+
+    A fusion moves the network to its device, puts it in eval mode and, after it, back where and as it was
+    (:func:`fuse_arrays`). Two threads fusing with one network (the cached shipped weights, or a network passed
+    in: the Slicer console, a user's script) did so under each other: one thread's "as it was" was the other's
+    eval mode on its device, so a network passed in training mode came back in eval mode (reproduced on the CPU
+    with two threads), and a CUDA fusion moved the cached network under a CPU fusion running it. One fusion at a
+    time per network; fusions with other networks (2D and 3D weights, other files) still run side by side.
+    Re-entrant: a progress callback may fuse with the same network.
+    """
+    with _CACHE_LOCK:
+        lock = _NETWORK_LOCKS.get(model)
+        if lock is None:
+            lock = _NETWORK_LOCKS[model] = threading.RLock()
+        return lock
 
 #: Smallest image side per-study adaptation accepts (the SSIM term's 7-voxel window must fit).
 MIN_ADAPT_SIZE = 8
@@ -110,11 +133,12 @@ def _load_model(weights: Any, spatial_dims: int) -> tuple[Any, dict[str, Any]]:
         key = (os.path.abspath(os.fspath(path)), st.st_ino, st.st_mtime_ns, st.st_size)
     except OSError:  # missing/unreadable: load_weights raises the clear error
         return load_weights(path)
-    if key not in _MODEL_CACHE:
-        for stale in [k for k in _MODEL_CACHE if k[0] == key[0]]:  # an older version of this file
-            del _MODEL_CACHE[stale]
-        _MODEL_CACHE[key] = load_weights(path)
-    return _MODEL_CACHE[key]
+    with _CACHE_LOCK:  # two threads asking for one file share one network (and so its lock)
+        if key not in _MODEL_CACHE:
+            for stale in [k for k in _MODEL_CACHE if k[0] == key[0]]:  # an older version of this file
+                del _MODEL_CACHE[stale]
+            _MODEL_CACHE[key] = load_weights(path)
+        return _MODEL_CACHE[key]
 
 
 # glibc mallopt() parameters and their defaults (malloc.h; mallopt cannot read the current values)
@@ -432,7 +456,8 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
     Returns:
         (fused 0..1, weight of ``a`` 0..1, parameters used) as float32 arrays of the inputs' shape; for a
         volume fused by a 2D network the parameters name the voxel axis it was sliced along
-        (``slice_axis``: "z", "y" or "x", ITK's).
+        (``slice_axis``: "z", "y" or "x", ITK's), and ``warnings`` lists what the user should hear of this
+        fusion (:func:`anisotropy_warning`), where there is any.
 
     Raises:
         InputError: shapes differ, bad settings, or a bad weights file.
@@ -480,9 +505,10 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
                          f"axis the network sees (got {'x'.join(str(s) for s in sides)}).",
                          "Fuse this image without adaptation (adapt_steps=0, CLI without --adapt).")
     dev = resolve_device(device)
+    notes: list[str] = []  # the fusion's warnings, returned with what ran (see anisotropy_warning)
     if dim == 3 and model.config.spatial_dims == 3 and spacing:
         # once every setting is checked: a fusion refused (roi_size, a missing GPU) had warned of its voxels first
-        _warn_anisotropic(spacing)
+        notes += [note for note in [anisotropy_warning(spacing)] if note]
     report(progress, 0.0, f"deep fusion on {dev.type}")
 
     def _run(dev: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -501,25 +527,27 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
     # left there, in eval mode and on the CPU (a network being trained on CUDA, fused for a look, then failed its
     # optimiser's next step on the wrong device, and trained without its training mode). Cached shipped/file
     # weights live on the CPU in eval mode, as before
-    first = next(iter(model.parameters()), None)
-    home = first.device if first is not None else torch.device("cpu")
-    # each module's own mode: model.train(True) sets every sub-module's, so a part the caller had put in eval
-    # mode (a frozen encoder while the rest trains) came back in training mode
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        with _reuse_freed_memory():
-            fused, weight = _run(dev)
-    except torch.cuda.OutOfMemoryError:
-        if (device or "auto").strip().lower() != "auto":  # resolve_device took it: a string or None
-            raise
-        torch.cuda.empty_cache()
-        dev = torch.device("cpu")  # CPU fallback when the GPU is too small for this volume
-        with _reuse_freed_memory():
-            fused, weight = _run(dev)
-    finally:
-        model.to(home)
-        for module, training in modes:
-            module.training = training
+    # one fusion at a time per network: each moves it to its device and back (_network_lock)
+    with _network_lock(model):
+        first = next(iter(model.parameters()), None)
+        home = first.device if first is not None else torch.device("cpu")
+        # each module's own mode: model.train(True) sets every sub-module's, so a part the caller had put in eval
+        # mode (a frozen encoder while the rest trains) came back in training mode
+        modes = [(module, module.training) for module in model.modules()]
+        try:
+            with _reuse_freed_memory():
+                fused, weight = _run(dev)
+        except torch.cuda.OutOfMemoryError:
+            if (device or "auto").strip().lower() != "auto":  # resolve_device took it: a string or None
+                raise
+            torch.cuda.empty_cache()
+            dev = torch.device("cpu")  # CPU fallback when the GPU is too small for this volume
+            with _reuse_freed_memory():
+                fused, weight = _run(dev)
+        finally:
+            model.to(home)
+            for module, training in modes:
+                module.training = training
     if selection == "hard":
         fused = np.where(weight >= 0.5, a, b)
     # both arrays are this function's own (fresh from predict / np.where): clip them in place
@@ -531,23 +559,31 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
               "device": dev.type, "spatial_dims": int(meta["architecture"]["spatial_dims"]), "selection": selection}
     if sliced:
         params["slice_axis"] = AXIS_NAMES[axis]
+    if notes:
+        params["warnings"] = notes
     return fused, weight, params
 
 
-def _warn_anisotropic(spacing: Sequence[float]) -> None:
-    """Warn that a 3D network fuses a volume of strongly anisotropic voxels (e.g. 1 x 1 x 5 mm) less well than the
-    same volume fused near-isotropic, and less well than the 2D network slice by slice (measured: README)."""
-    import warnings
+def anisotropy_warning(spacing: Sequence[float]) -> str | None:
+    """The warning for a 3D network fusing a volume of strongly anisotropic voxels (e.g. 1 x 1 x 5 mm), which it fuses
+    less well than the same volume near-isotropic, and less well than the 2D network slice by slice (measured:
+    README); None below :data:`ANISOTROPY_WARNING_RATIO`.
 
+    It travels as the package's other user warnings do (a registration's ``result.warnings``): in the fusion's
+    ``FusionResult.warnings`` (:func:`fuse_arrays`' parameters ``"warnings"``), which ``mmfusion fuse``/``run``
+    print on stderr and the Slicer module shows in its status line, every fusion. A ``warnings.warn`` had been
+    shown once per process (a second fusion in the Slicer console or a script said nothing) and only as a Python
+    warning pointing into the package.
+    """
     ratio = max(spacing) / min(spacing)
     if ratio < ANISOTROPY_WARNING_RATIO:
-        return
+        return None
     shown = " x ".join(f"{v:g}" for v in reversed(spacing))  # ITK's x, y, z order, as users read spacings
-    warnings.warn(f"The 3D deep-fusion network is fusing a volume of {shown} mm voxels ({ratio:.1f}x anisotropic): "
-                  "it was trained on isotropic voxels, and fused 1 x 1 x 3 to 1 x 1 x 5 mm volumes with 3.5-14 % less mutual "
-                  "information than the same volumes at 1 mm. Resample both images to near-isotropic voxels first, or "
-                  "use the 2D weights (weights='2d', CLI --model 2d: the default), which fuse it slice by slice "
-                  "across its thick axis.", UserWarning, stacklevel=4)
+    return (f"The 3D deep-fusion network fused a volume of {shown} mm voxels ({ratio:.1f}x anisotropic): it was "
+            "trained on isotropic voxels, and fused 1 x 1 x 3 to 1 x 1 x 5 mm volumes with 3.5-14 % less mutual "
+            "information than the same volumes at 1 mm. Resample both images to near-isotropic voxels first, or use "
+            "the 2D weights (weights='2d', CLI --model 2d: the default), which fuse it slice by slice across its "
+            "thick axis.")
 
 
 def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None = None,
@@ -605,8 +641,9 @@ def fuse_deep(a: sitk.Image, b: sitk.Image, *, progress: ProgressCallback | None
     fused_img.CopyInformation(a)
     weight_img = sitk.GetImageFromArray(weight.astype(np.float32))
     weight_img.CopyInformation(a)
+    notes = used.pop("warnings", [])
     return FusionResult(image=fused_img, weights=weight_img, method="deep", parameters=used,
-                        seconds=time.perf_counter() - t0)
+                        seconds=time.perf_counter() - t0, warnings=notes)
 
 
 def registry_method(a: np.ndarray, b: np.ndarray, *, progress: ProgressCallback | None = None,
@@ -617,7 +654,8 @@ def registry_method(a: np.ndarray, b: np.ndarray, *, progress: ProgressCallback 
     """The "deep" entry of :data:`MultimodalFusionLib.fusion.METHODS` (arrays 0..1 in, (fused, weights,
     what ran) out: the device that ran (not "auto"; the CPU after a CUDA out-of-memory fallback), the
     weights (also the default's name), the adaptation steps, the network's dimensions and, for a volume
-    fused by a 2D network, the voxel axis it was sliced along).
+    fused by a 2D network, the voxel axis it was sliced along; ``warnings``, which ``fusion.fuse`` moves to
+    ``FusionResult.warnings``).
 
     The parameters are those of :func:`fuse_arrays` (explicit, so front ends can list them); ``spacing``
     is the images' voxel spacing, which ``fusion.fuse`` passes (not a user setting).
@@ -626,5 +664,6 @@ def registry_method(a: np.ndarray, b: np.ndarray, *, progress: ProgressCallback 
                                       adapt_lr=adapt_lr, loss_weights=loss_weights, seed=seed, device=device,
                                       batch_size=batch_size, roi_size=roi_size, selection=selection,
                                       spacing=spacing)
-    ran = {k: used[k] for k in ("weights", "adapt_steps", "device", "spatial_dims", "slice_axis") if k in used}
+    ran = {k: used[k] for k in ("weights", "adapt_steps", "device", "spatial_dims", "slice_axis", "warnings")
+           if k in used}
     return fused.astype(np.float64), weight, ran

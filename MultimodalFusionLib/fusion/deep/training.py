@@ -27,7 +27,7 @@ from .losses import FusionLoss, LossWeights
 from .network import FusionNetConfig, build_network
 
 __all__ = ["TrainingConfig", "TrainingResult", "ResumedRun", "open_resume", "train_fusion", "resolve_device",
-           "data_fingerprint"]
+           "data_fingerprint", "PairsCheck"]
 
 
 @dataclasses.dataclass
@@ -159,38 +159,114 @@ class ResumedRun:
     data: dict[str, Any] | None = None
 
 
-def data_fingerprint(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    """What a checkpoint remembers of the pairs it was trained on: their count, shapes and a digest of each
-    image's values (about 4,096 of them, evenly spaced: a memory-mapped pair is read only there), so that a
-    resumed run on other pairs is refused rather than continued as if it were the same run."""
+def _pair_digest(pair: Sequence[np.ndarray]) -> Any:
+    """The blake2b of one pair's part of :func:`data_fingerprint`'s digest (the same bytes, in the same order)."""
     import hashlib
 
     digest = hashlib.blake2b(digest_size=16)
-    shapes = []
+    for arr in pair:
+        flat = np.asarray(arr).reshape(-1)  # a view of a contiguous array (load_pairs, synthetic_pairs)
+        digest.update(repr(np.shape(arr)).encode())
+        digest.update(np.ascontiguousarray(flat[::max(1, flat.size // 4096)], dtype=np.float32).tobytes())
+    return digest
+
+
+def data_fingerprint(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """What a checkpoint remembers of the pairs it was trained on: their count, shapes and a digest of each
+    image's values (about 4,096 of them, evenly spaced: a memory-mapped pair is read only there), so that a
+    resumed run on other pairs is refused rather than continued as if it were the same run.
+
+    Content only, as training sees it (the arrays scaled to 0..1): no file name, format, pixel type or time, so a
+    pair copied, renamed, or converted from DICOM to NIfTI with the same values matches; one stored so that fusion
+    scales it otherwise (8-bit against float) does not, since training would see other values. ``pair_digests``
+    (each pair's own digest; checkpoints written before it have ``digest`` only) lets :class:`PairsCheck` refuse
+    other pairs as they are read."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    shapes, each = [], []
     for pair in pairs:
         shapes.append(list(np.shape(pair[0])))
-        for arr in pair:
-            flat = np.asarray(arr).reshape(-1)  # a view of a contiguous array (load_pairs, synthetic_pairs)
+        own = _pair_digest(pair)
+        each.append(own.hexdigest())
+        for arr in pair:  # the same bytes as _pair_digest's: digest is what older checkpoints hold
+            flat = np.asarray(arr).reshape(-1)
             digest.update(repr(np.shape(arr)).encode())
             digest.update(np.ascontiguousarray(flat[::max(1, flat.size // 4096)], dtype=np.float32).tobytes())
-    return {"pairs": len(pairs), "shapes": shapes, "digest": digest.hexdigest()}
+    return {"pairs": len(pairs), "shapes": shapes, "digest": digest.hexdigest(), "pair_digests": each}
+
+
+_FINGERPRINT_KEYS = ("pairs", "shapes", "digest", "pair_digests")
+
+
+def _other_pairs(run: ResumedRun, what: str) -> InputError:
+    return InputError(f"Resuming '{run.path}' on other training pairs than its run's ({what}): it would not continue "
+                      "that run (each epoch's order and batches follow the pairs, the learning-rate schedule their "
+                      "number) and the weights file would name these pairs only.",
+                      "Give the run's pairs folder (--pairs) as it was to continue it, or start a new run on these "
+                      "pairs from its weights with --init MODEL.safetensors.")
 
 
 def check_same_data(run: ResumedRun, fingerprint: dict[str, Any]) -> None:
-    """Refuse resuming ``run`` on other training pairs than its own (its checkpoint's :func:`data_fingerprint`)."""
+    """Refuse resuming ``run`` on other training pairs than its own (its checkpoint's :func:`data_fingerprint`).
+    Only what the checkpoint holds is compared: one written before ``pair_digests`` matches on its digest."""
     saved = run.data
-    if not saved or saved == fingerprint:
+    if not saved:
+        return
+    keys = [k for k in _FINGERPRINT_KEYS if k in saved]
+    if all(saved[k] == fingerprint.get(k) for k in keys):
         return
     if saved.get("pairs") != fingerprint["pairs"] or saved.get("shapes") != fingerprint["shapes"]:
         what = (f"{saved.get('pairs')} pair(s) then, {fingerprint['pairs']} now" if saved.get("pairs") !=
                 fingerprint["pairs"] else "pairs of other sizes")
     else:
         what = "as many pairs of the same sizes, but other images"
-    raise InputError(f"Resuming '{run.path}' on other training pairs than its run's ({what}): it would not continue "
-                     "that run (each epoch's order and batches follow the pairs, the learning-rate schedule their "
-                     "number) and the weights file would name these pairs only.",
-                     "Give the run's pairs folder (--pairs) as it was to continue it, or start a new run on these "
-                     "pairs from its weights with --init MODEL.safetensors.")
+    raise _other_pairs(run, what)
+
+
+class PairsCheck:
+    """Checks a resumed run's pairs as ``data.load_pairs`` reads them (its ``on_pair``), not once all are read.
+
+    :func:`check_same_data` can only compare the fingerprint of every pair, so ``--resume`` on another folder of
+    many volumes was refused after all of them had been read and scaled. The fingerprint is of the values (not
+    the files' names, sizes or times: a pair converted from DICOM to NIfTI matches), so a file's header cannot
+    stand in for it; what can be checked earlier is: the number of pairs (from ``find_pairs``, before any voxel
+    is read), each pair's shape as it is read, and, for checkpoints that hold ``pair_digests``, each pair's values.
+
+    It also refuses a checkpoint that holds no fingerprint (written before it was saved, when training stretched
+    8-bit and colour images min-to-max) resumed on 8-bit or colour pairs that training now scales as fusion does
+    (divided by 255): that run would go on with other values than it began with, without a word. ``trains``:
+    whether the resumed run trains at all (``--epochs`` equal to the checkpoint's writes its weights as they are).
+    """
+
+    def __init__(self, run: ResumedRun, count: int, *, trains: bool = True) -> None:
+        self.run, self.count, self.trains = run, count, trains
+        saved = run.data or {}
+        if saved and saved.get("pairs") != count:
+            raise _other_pairs(run, f"{saved.get('pairs')} pair(s) then, {count} now")
+
+    def __call__(self, index: int, paths: Sequence[Any], pair: Sequence[np.ndarray], eight_bit: bool) -> None:
+        saved = self.run.data
+        named = " + ".join(f"'{os.fspath(p)}'" for p in paths)
+        if not saved:
+            if eight_bit and self.trains:
+                raise InputError(f"The checkpoint '{self.run.path}' was written before checkpoints recorded their "
+                                 f"training pairs, and the pair {named} is 8-bit (or colour), which training now "
+                                 "scales as fusion does (divided by 255), where that run stretched each image from "
+                                 "its minimum to its maximum: resuming would go on training it on other values than "
+                                 "it began with.",
+                                 f"Start a new run from its weights: write them with the same command and --epochs "
+                                 f"{self.run.epochs_done} (nothing is trained), then train with --init "
+                                 "MODEL.safetensors instead of --resume.")
+            return
+        shapes = saved.get("shapes") or []
+        if index < len(shapes) and list(np.shape(pair[0])) != list(shapes[index]):
+            raise _other_pairs(self.run, f"pairs of other sizes: {named} is {list(np.shape(pair[0]))}, the run's "
+                                         f"pair {index + 1} was {list(shapes[index])}")
+        each = saved.get("pair_digests") or []
+        if index < len(each) and _pair_digest(pair).hexdigest() != each[index]:
+            raise _other_pairs(self.run, f"as many pairs of the same sizes, but other images: {named} is not the "
+                                         f"run's pair {index + 1}")
 
 
 def open_resume(path: str | os.PathLike) -> ResumedRun:
