@@ -45,6 +45,7 @@ __all__ = [
     "image_from_volume_node",
     "volume_node_from_image",
     "mask_from_node",
+    "require_binary_labelmap",
     "label_map_from_node",
     "segments_label_map",
     "control_points_lps",
@@ -420,6 +421,34 @@ def volume_node_from_image(image: sitk.Image, scene: Any = None, *, name: str = 
     return node
 
 
+def require_binary_labelmap(node: Any, use: str, action: str) -> None:
+    """Refuse a segmentation whose segments have no binary labelmap representation (e.g. one loaded from a
+    surface file, holding closed surfaces only).
+
+    Slicer's export to a label map converts such a segmentation in place: it adds a binary labelmap
+    representation to the user's node (an input changed, on a geometry the user did not choose: 0.05 mm voxels
+    for a 12 mm ball without a reference geometry), and where no converter is registered (slicer-core) it
+    exports no voxel. Only a binary labelmap the segmentation already holds is read (:func:`mask_from_node`,
+    :func:`segments_label_map`); the user creates it, choosing its geometry.
+
+    Args:
+        node: a segmentation node.
+        use: what its voxels are for, for the message (e.g. "its voxels are the mask").
+        action: what to do once the representation is there (e.g. "register").
+    """
+    import slicer
+
+    segmentation = node.GetSegmentation()
+    binary = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    if segmentation is not None and segmentation.GetNumberOfSegments() and \
+            not segmentation.ContainsRepresentation(binary):
+        raise InputError(f"Segmentation '{node.GetName()}' has no binary labelmap representation (it holds "
+                         f"{segmentation.GetSourceRepresentationName() or 'another representation'}, e.g. loaded from "
+                         f"a surface file); {use}.",
+                         "Create its binary labelmap first (Segmentations module: Representations, Binary labelmap: "
+                         f"Create, choosing its geometry), then {action}.")
+
+
 def mask_from_node(node: Any, reference: sitk.Image, reference_node: Any = None) -> sitk.Image:
     """A mask (UInt8 0/1) on ``reference``'s grid from a label-map volume or a segmentation node.
 
@@ -427,11 +456,13 @@ def mask_from_node(node: Any, reference: sitk.Image, reference_node: Any = None)
     ``reference`` was read from: through the transforms either is under (a mask under the same
     transform as its volume is taken on the volume's own grid). Without ``reference_node`` the
     reference is in world coordinates. Label maps on another grid (or placed elsewhere) are
-    resampled with nearest-neighbour interpolation; a segmentation's visible segments are merged.
+    resampled with nearest-neighbour interpolation; a segmentation's visible segments are merged,
+    from the binary labelmap it holds (the segmentation is not changed; see :func:`require_binary_labelmap`).
 
     Raises:
         InputError: the node is neither a label map/scalar volume nor a segmentation, is empty,
-            or lies under a non-linear transform relative to the reference.
+            is a segmentation without a binary labelmap representation, or lies under a non-linear
+            transform relative to the reference.
     """
     import slicer
 
@@ -451,6 +482,7 @@ def mask_from_node(node: Any, reference: sitk.Image, reference_node: Any = None)
             segmentation = node.GetSegmentation()
             if segmentation is None or segmentation.GetNumberOfSegments() == 0:
                 raise empty
+            require_binary_labelmap(node, "its voxels are the mask", "register")
             labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", unique_name(scene, "_mask_export"))
             grid_node = volume_node_from_image(sitk.Cast(reference, sitk.sitkUInt8) * 0, scene,
                                                name="_mask_reference", display=False)
@@ -564,14 +596,7 @@ def segments_label_map(node: Any, segment_ids: Sequence[str], reference: sitk.Im
         if segment_id and (segmentation is None or segmentation.GetSegment(segment_id) is None):
             raise InputError(f"Segmentation '{node.GetName()}' has no segment '{segment_id}'.",
                              "Give segments the segmentation holds (Segment Editor lists them).")
-    binary = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
-    if segmentation.GetNumberOfSegments() and not segmentation.ContainsRepresentation(binary):
-        # the export would convert the segmentation in place, adding a representation to an input
-        raise InputError(f"Segmentation '{node.GetName()}' has no binary labelmap representation (it holds "
-                         f"{segmentation.GetSourceRepresentationName() or 'another representation'}, e.g. loaded from "
-                         "a surface file); its voxels are what is scored.",
-                         "Create its binary labelmap (Segmentations module: Representations, Binary labelmap: "
-                         "Create), then evaluate.")
+    require_binary_labelmap(node, "its voxels are what is scored", "evaluate")
     scene = get_scene(None, node)
     before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     reference_parent = reference_node.GetParentTransformNode() if reference_node is not None else None

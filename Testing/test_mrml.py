@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -162,6 +163,55 @@ class MrmlHelpersTest(unittest.TestCase):
             mrml.mask_from_node(empty, self.image)
         self.assertEqual(ids(), before)
         self.assertIsNone(empty.GetDisplayNode())  # the input segmentation is left as it was
+
+    def test_a_surface_segmentation_is_refused_as_a_mask_not_converted_in_place(self) -> None:
+        """A segmentation holding closed surfaces only (loaded from an STL/OBJ file): the export converted the
+        user's segmentation in place, adding a binary labelmap to it (in Slicer, whose Segmentations module
+        registers the converters at start-up; here registered as it does), and under slicer-core (no converter)
+        it was refused as 'no visible, non-empty segment' with the fix to paint it. Now refused, unchanged, with
+        the fix to create the binary labelmap, as evaluateRegistration refuses it."""
+        import slicer
+        import vtk
+
+        closed = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+        binary = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+        volume = mrml.volume_node_from_image(self.image, self.scene, name="volume")
+        ball = vtk.vtkSphereSource()
+        centre = self.image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in self.image.GetSize()])
+        ball.SetCenter(*mrml.ras_points_to_lps([centre])[0])
+        ball.SetRadius(12.0)
+        ball.Update()
+        factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+        for with_converters in (False, True):
+            with self.subTest(slicer_converters=with_converters):
+                rules = []
+                if with_converters:  # a segmentation takes the converters registered when it is created
+                    rules = [slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule(),
+                             slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule()]
+                    for rule in rules:
+                        factory.RegisterConverterRule(rule)
+                try:
+                    surface = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "surface")
+                    surface.GetSegmentation().SetSourceRepresentationName(closed)
+                    surface.AddSegmentFromClosedSurfaceRepresentation(ball.GetOutput(), "ball")
+                finally:
+                    for rule in rules:
+                        factory.UnregisterConverterRule(rule)
+
+                def state(surface: Any = surface) -> tuple:
+                    segmentation = surface.GetSegmentation()
+                    return (sorted(self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())),
+                            [n for n in (binary, closed) if segmentation.ContainsRepresentation(n)],
+                            surface.GetDisplayNode())
+
+                before = state()
+                self.assertEqual(before[1], [closed])
+                with self.assertRaises(InputError) as cm:  # (the old code, converting, made a mask of it)
+                    mrml.mask_from_node(surface, self.image, reference_node=volume)
+                self.assertEqual(state(), before)  # the user's segmentation and the scene as they were
+                self.assertIn("'surface' has no binary labelmap representation", cm.exception.problem)
+                self.assertIn("Binary labelmap: Create", cm.exception.fix)
+                self.scene.RemoveNode(surface)
 
     def test_masks_lie_where_slicer_shows_them_relative_to_their_volume(self) -> None:
         """A label map under a transform was used at its grid's place (not where it is shown), a segmentation
