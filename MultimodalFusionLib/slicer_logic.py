@@ -807,7 +807,9 @@ class FusionLogic:
                 "from parent" maps fixed points to the moving volume's own voxels (the ITK fixed -> moving
                 transform; the moving volume under it is shown aligned). None: the transform the moving volume is
                 under, if any (as it is shown, e.g. after ``registerVolumes(applyTransform=True)``), else the
-                identity ("after" equals "before").
+                identity ("after" equals "before"). Given while the moving volume is under another transform, it is
+                the whole transform (registerVolumes' includes the parent it started from): the parent is not
+                applied, with a note.
             fixedLabelNode, movingLabelNode: both or neither; two label map volume nodes
                 (``vtkMRMLLabelMapVolumeNode``: their labels, the moving one resampled nearest-neighbour onto the
                 fixed one's grid) or two segmentation nodes (``vtkMRMLSegmentationNode``: each segment's binary
@@ -872,9 +874,16 @@ class FusionLogic:
                                  "components per voxel (a colour or multi-frame volume); its similarity is measured on "
                                  "grey volumes.", "Convert it with the Vector to Scalar Volume module (Converters), "
                                                   "or select the grey volume that was registered.")
-        transformNode = transformNode or movingVolumeNode.GetParentTransformNode()
-        transform = mrml.sitk_transform_from_node(transformNode) if transformNode is not None else None
+        moving_parent = movingVolumeNode.GetParentTransformNode()
         notes: list[str] = []
+        if transformNode is not None and moving_parent is not None and transformNode is not moving_parent:
+            # the moving image is taken on its own grid: the parent is not composed with the given transform
+            notes.append(f"the moving volume '{movingVolumeNode.GetName()}' is under {_under(moving_parent)}, which "
+                         f"is not applied: '{transformNode.GetName()}' is taken as the whole fixed -> moving "
+                         "transform (as registerVolumes writes it, including the parent it started from); 'before' "
+                         "is the volumes on their own grids, not as shown")
+        transformNode = transformNode or moving_parent
+        transform = mrml.sitk_transform_from_node(transformNode) if transformNode is not None else None
         for role, node, volume in (("fixed", fixedLabelNode, fixedVolumeNode), ("moving", movingLabelNode,
                                                                               movingVolumeNode),
                                    ("fixed", fixedPointsNode, fixedVolumeNode), ("moving", movingPointsNode,

@@ -1006,6 +1006,28 @@ class EvaluateRegistrationLogicTest(unittest.TestCase):
         self.assertLess(out["landmarks"]["after"]["max"], 1e-6)
         self.assertFalse([n for n in out["notes"] if "is under" in n])
 
+    def test_a_given_transform_with_the_moving_volume_under_another_says_the_parent_is_not_applied(self) -> None:
+        import vtk
+
+        # a manual pre-alignment the moving volume (with its labels and points) is under; registerVolumes starts
+        # from it and its result includes it: the given transform is the whole one, the parent not composed with
+        # it -- scored right, but silently so (a user could think both are applied); now said in a note
+        start = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "pre-alignment")
+        matrix = vtk.vtkMatrix4x4()
+        matrix.SetElement(0, 3, 20.0)
+        start.SetMatrixTransformToParent(matrix)
+        for node in (self.moving, self.moving_labels, self.moving_points):
+            mrml.set_parent_transform(node, start)
+        out = self._evaluate()
+        self.assertAlmostEqual(out["labels"]["after"]["mean"]["dice"], 1.0, places=12)
+        self.assertLess(out["landmarks"]["after"]["max"], 1e-6)
+        self.assertTrue(any("under transform 'pre-alignment', which is not applied: 'registration' is taken as the "
+                            "whole fixed -> moving transform" in n for n in out["notes"]), out["notes"])
+        mrml.set_parent_transform(self.moving, self.transform)  # the given transform is the parent: no note
+        for node in (self.moving_labels, self.moving_points):
+            mrml.set_parent_transform(node, self.transform)
+        self.assertFalse([n for n in self._evaluate()["notes"] if "not applied" in n])
+
     def test_segmentations_match_segments_by_name_not_order(self) -> None:
         fixed = self._segmentation(self.fixed_labels, {1: "liver", 2: "kidney"}, [1, 2])
         moving = self._segmentation(self.moving_labels, {1: "liver", 2: "kidney"}, [2, 1])  # other order
