@@ -1865,7 +1865,7 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
                              ".nhdr.") from exc
         raise
     if _read_suffix(path) in (".mnc", ".mnc2") and _itk_minc_unconverted():
-        image = _swap_ras_lps(image)  # MINC's RAS to ITK's LPS (see _RAS_LPS)
+        image = _swap_ras_lps(image, _minc_vectors(image))  # MINC's RAS to ITK's LPS (see _RAS_LPS)
     if compressed is not None:
         _check_compressed_voxels(image, compressed)
     if dicom:
@@ -3887,7 +3887,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                           "zz for a symmetric one, in LPS), which Slicer does not show as a DTI volume. Write .nrrd "
                           "(or .nii.gz) to keep them tensors.", stacklevel=2)
     if suffix in (".mnc", ".mnc2") and _itk_minc_unconverted():  # (after to_file, which takes image's)
-        out = _swap_ras_lps(out)  # written in MINC's RAS, as MNI's tools read it (see _RAS_LPS)
+        out = _swap_ras_lps(out, _minc_vectors(out))  # written in MINC's RAS, as MNI's tools read it (see _RAS_LPS)
     staged = suffix in _TWO_FILES
     with (staged_output(final) if staged else atomic_output(final)) as tmp:
         if suffix in (".jpg", ".jpeg"):
@@ -4553,6 +4553,18 @@ def _swap_ras_lps(image: sitk.Image, vectors: bool = False) -> sitk.Image:
     out.SetOrigin(tuple(float(v) for v in flip * np.array(image.GetOrigin(), dtype=float)))
     out.SetDirection(tuple(float(v) for v in (flip[:, None] * direction).ravel()))
     return out
+
+
+def _minc_vectors(image: sitk.Image) -> bool:
+    """Whether a .mnc image's components are a vector in world space, turned with its geometry between MINC's RAS
+    and ITK's LPS: floating-point components, as many as the image has dimensions (a displacement field, as
+    MINC's grid files and this package's .xfm grids hold it, a gradient). ITK's MINC image IO turns the geometry
+    only (where it converts at all), its transform IO a grid's vectors too: a field written as .mnc by
+    :func:`write_image` had kept its LPS x and y where MINC's tools (and an .xfm naming it) read RAS, and the grid
+    of an .xfm read by :func:`read_image` came back with x and y negated. Integer components (colour, labels) and
+    other counts (echoes, a tensor's 6 or 9, written in LPS as the tensor warning says) are left as they are."""
+    return (image.GetNumberOfComponentsPerPixel() == image.GetDimension()
+            and image.GetPixelID() in (sitk.sitkVectorFloat32, sitk.sitkVectorFloat64))
 
 
 def _swap_transform_ras_lps(transform: sitk.Transform) -> sitk.Transform:

@@ -244,6 +244,46 @@ class RoundTrip(unittest.TestCase):
                                    flip[:, None] * np.array(image.GetDirection()).reshape(3, 3), atol=1e-6)
         np.testing.assert_allclose(sitk.GetArrayFromImage(raw), values, atol=1e-6)
 
+    def test_a_vector_field_written_as_minc_holds_ras_vectors(self):
+        """A .mnc image's geometry was turned between MINC's RAS and ITK's LPS, not its vectors: a displacement field
+        written by write_image kept its LPS x and y where MINC's tools, ITK's .xfm reader and this package's own .xfm
+        grids hold RAS (an .xfm naming it moved (5, 7, 9) to x = 3.77 where the field moves it to 6.23), and the grid
+        write_transform wrote was read by read_image with x and y negated. Colour components are not vectors."""
+        if not io._itk_minc_unconverted():
+            self.skipTest("this ITK converts MINC's RAS itself")
+        rng = np.random.default_rng(0)
+        flip = np.array([-1.0, -1.0, 1.0])
+        for dim in (3, 2):
+            with self.subTest(dim=dim), tempfile.TemporaryDirectory() as d:
+                values = rng.normal(0.0, 2.0, (4, 5, 6, 3) if dim == 3 else (5, 6, 2))
+                field = sitk.GetImageFromArray(values, isVector=True)
+                field.SetOrigin((3.0, 4.0, 5.0)[:dim])
+                field.SetSpacing((2.0, 1.5, 2.5)[:dim])
+                path = io.write_image(field, os.path.join(d, "f.mnc"))
+                raw = sitk.ReadImage(path)  # as MINC holds it: RAS, vectors too
+                np.testing.assert_allclose(sitk.GetArrayFromImage(raw), values * flip[:dim], atol=1e-12)
+                back = io.read_image(path, keep_color=True)
+                np.testing.assert_allclose(sitk.GetArrayFromImage(back), values, atol=1e-12)
+                np.testing.assert_allclose(back.GetOrigin(), field.GetOrigin(), atol=1e-12)
+                if dim == 2:
+                    continue
+                # applied as a transform: an .xfm naming it moves points as the field does
+                with open(os.path.join(d, "f.xfm"), "w") as fh:
+                    fh.write("MNI Transform File\nTransform_Type = Grid_Transform;\nDisplacement_Volume = f.mnc;\n")
+                applied = io.read_transform(os.path.join(d, "f.xfm"))
+                known = sitk.DisplacementFieldTransform(sitk.Image(field))
+                for point in ((5.0, 7.0, 9.0), (6.5, 9.0, 12.0)):
+                    np.testing.assert_allclose(applied.TransformPoint(point), known.TransformPoint(point), atol=1e-9)
+                # and the grid write_transform writes beside an .xfm reads as the field it holds
+                io.write_transform(known, os.path.join(d, "t.xfm"))
+                grid = io.read_image(os.path.join(d, "t_grid_0.mnc"), keep_color=True)
+                np.testing.assert_allclose(sitk.GetArrayFromImage(grid), values, atol=1e-12)
+        with tempfile.TemporaryDirectory() as d:  # colour: its channels are not turned
+            colour = sitk.GetImageFromArray(rng.integers(0, 255, (4, 5, 6, 3), dtype=np.uint8), isVector=True)
+            path = io.write_image(colour, os.path.join(d, "c.mnc"))
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(path)),
+                                          sitk.GetArrayFromImage(colour))
+
     def test_a_minc_file_from_mni_tools_is_placed_as_nibabel_places_it(self):
         """nibabel's small.mnc (written by MINC's tools; its RAS affine in nibabel's tests: voxel (0, 0, 0) at
         (-98, -134, -72), x steps of 7 mm to the right) had been read with the LPS origin (-98, -134, -72): 98 mm
