@@ -1942,7 +1942,8 @@ def _readable_name(path: str) -> Iterator[tuple[str, str | None]]:
     ``_CASE_SENSITIVE_READERS``). The user's file is never renamed or changed; a link (or copy) made for it lies in
     a private temporary folder, removed when the block ends."""
     suffix = _read_suffix(path)
-    if suffix not in _CASE_SENSITIVE_READERS or path.endswith(suffix):
+    beside = _single_file_beside(path) if suffix == ".nii.gz" else None
+    if suffix not in _CASE_SENSITIVE_READERS or (path.endswith(suffix) and beside is None):
         yield path, None
         return
     if _CASE_SENSITIVE_READERS[suffix]:
@@ -1955,6 +1956,12 @@ def _readable_name(path: str) -> Iterator[tuple[str, str | None]]:
     from .progress import signals_stop
 
     def no_link(exc: OSError) -> InputError:  # a full or unwritable temporary folder
+        if beside is not None:
+            return InputError(f"Cannot read '{path}': ITK's NIfTI reader takes its voxels from '{beside}' beside it, "
+                              "and a link to it alone could not be made in the temporary folder "
+                              f"'{tempfile.gettempdir()}' ({exc.strerror or exc}).",
+                              f"Point TMPDIR at a writable folder, or move '{beside}' away (or remove it if it is "
+                              "an old copy).")
         return InputError(f"Cannot read '{path}': a link to it, named '{suffix}' in lower case as ITK's reader takes "
                           f"it, could not be made in the temporary folder '{tempfile.gettempdir()}' "
                           f"({exc.strerror or exc}).",
@@ -2355,6 +2362,27 @@ def _nifti_lookup(base: str, exts: Sequence[str], spelt: str, any_case: bool) ->
             if name.lower() == (stem + ext).lower() and os.path.isfile(os.path.join(folder, name)):
                 return os.path.join(os.path.dirname(base), name)
     return None
+
+
+def _single_file_beside(path: str) -> str | None:
+    """The ``x.nii`` beside the ``x.nii.gz`` ``path`` whose voxels ITK's NIfTI reader (nifti1_io's
+    ``nifti_findimgname``) reads under ``path``'s header: for a single-file header (magic ``n+1``, as every .nii.gz
+    ITK writes) it looks for ``x.nii`` before ``x.nii.gz`` (in upper case from ``X.NII.GZ``). Measured: a 6x5x3
+    image of 3s written as x.nii.gz beside a 6x5x4 x.nii of 1s was read back, by sitk.ReadImage and read_image,
+    as 6x5x3 of 1s. None where there is none, or where ``path`` exists and is not a single-file header."""
+    import zlib
+
+    base, spelt = path[:-len(".nii.gz")], path[-len(".nii.gz"):]
+    beside = _nifti_lookup(base, (".nii",), spelt, any_case=False)
+    if beside is None:
+        return None
+    if os.path.isfile(path):
+        try:
+            if _head(path, 348)[344:348] != b"n+1\0":
+                return None
+        except (OSError, EOFError, zlib.error):
+            return None  # a damaged header: ITK names it
+    return beside
 
 
 def _nifti_files(path: str) -> tuple[str, str, bool] | None:
@@ -3816,6 +3844,8 @@ def check_output_name(path: str | os.PathLike, image: sitk.Image | None = None, 
                                upper_too=cases == "lower or upper")
     if suffix in (".hdr.gz", ".img.gz"):
         _uncompressed_pair_beside(final)
+    if suffix == ".nii.gz":
+        _uncompressed_single_file_beside(final)
     if image is None:
         if pixel_type is not None and suffix not in _2D_EXTENSIONS:  # those are converted (see _for_2d_format)
             check_output_pixels(final, pixel_type)
@@ -4356,6 +4386,24 @@ def _uncompressed_pair_beside(final: str) -> None:
                          "the same name: the output would be read back with that file's header or voxels, not its own.",
                          f"Give the output another name, or remove {names} if nothing uses them (or write "
                          f"'{os.path.basename(base)}.hdr', uncompressed, to replace them).")
+
+
+def _uncompressed_single_file_beside(final: str) -> None:
+    """Refuse an ``x.nii.gz`` output where an ``x.nii`` lies beside it: ITK's NIfTI reader (hence Slicer, and
+    sitk.ReadImage) takes the new file's header with the old file's voxels (see :func:`_single_file_beside`), the
+    only stale neighbour that changes what a NIfTI or Analyze output reads back as (measured over every pair of
+    .nii, .nii.gz, .hdr, .img, .hdr.gz, .img.gz names written one beside the other; a .hdr.gz/.img.gz pair beside an
+    uncompressed one is :func:`_uncompressed_pair_beside`'s). The old file is not removed: it may be an input."""
+    base, spelt = final[:-len(".nii.gz")], final[-len(".nii.gz"):]
+    beside = _nifti_lookup(base, (".nii",), spelt, any_case=False)
+    if beside is None:
+        return
+    name = os.path.basename(beside)
+    raise InputError(f"'{final}': '{name}' lies beside it, and ITK's NIfTI reader (hence Slicer and sitk.ReadImage) "
+                     f"reads a .nii.gz's voxels from the .nii of the same name first: the output would be read back "
+                     f"with '{name}''s voxels under its own header, not its own image.",
+                     f"Give the output another name, or remove '{name}' if nothing uses it (or write "
+                     f"'{os.path.basename(base)}{spelt[:-3]}', uncompressed, to replace it).")
 
 
 def _nifti_written_whole(path: str) -> bool:

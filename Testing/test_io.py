@@ -1850,6 +1850,58 @@ class AtomicWrites(unittest.TestCase):
             np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(os.path.join(d, "y.hdr.gz"))),
                                           sitk.GetArrayFromImage(new))
 
+    def test_every_nifti_output_beside_an_old_one_reads_back_as_itself(self):
+        """nifti1_io (ITK's NIfTI reader: Slicer, sitk.ReadImage, read_image) takes a .nii.gz's voxels from the x.nii
+        beside it first: -o x.nii.gz beside an earlier x.nii was written, then read back (by both) with the old
+        file's voxels under the new header (a 6x5x3 image of 3s as 6x5x3 of 1s). Of every output name beside every
+        earlier image (.nii, .nii.gz, .hdr, .img, .hdr.gz, .img.gz each way), that one and a compressed pair beside
+        an uncompressed one are refused before anything is written; every other reads back as itself, by the name
+        written and by its pair's other name. read_image reads an x.nii.gz given beside an x.nii as its own."""
+        names = ("x.nii", "x.nii.gz", "x.hdr", "x.img", "x.hdr.gz", "x.img.gz")
+        new = sitk.GetImageFromArray(np.full((3, 5, 6), 3, np.int16))
+        for old_name in names:
+            for name in names:
+                with self.subTest(old=old_name, new=name), tempfile.TemporaryDirectory() as d:
+                    sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), 1, np.int16)), os.path.join(d, old_name))
+                    before = sorted(os.listdir(d))
+                    try:
+                        io.write_image(new, os.path.join(d, name))
+                    except InputError as exc:
+                        refused = exc
+                    else:
+                        refused = None
+                    if (old_name, name) == ("x.nii", "x.nii.gz") or (
+                            old_name in ("x.hdr", "x.img") and name in ("x.hdr.gz", "x.img.gz")):
+                        self.assertIsNotNone(refused)
+                        self.assertIn("lie" if old_name != "x.nii" else "'x.nii' lies beside it", refused.problem)
+                        self.assertIn("remove", refused.fix)
+                        self.assertEqual(sorted(os.listdir(d)), before)
+                        with self.assertRaises(InputError):
+                            io.check_output_name(os.path.join(d, name))  # said before the work
+                        continue
+                    self.assertIsNone(refused)
+                    pair = {".hdr": ".img", ".img": ".hdr"}
+                    read_as = [name] + [name.replace(a, b, 1) for a, b in pair.items() if a in name]
+                    for reader in (io.read_image, sitk.ReadImage):
+                        for written in read_as:
+                            back = reader(os.path.join(d, written))
+                            np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(new),
+                                                          err_msg=f"{reader.__name__}({written})")
+        with tempfile.TemporaryDirectory() as d:  # upper case: X.NII.GZ looks for X.NII
+            sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), 1, np.int16)), os.path.join(d, "old.nii"))
+            os.rename(os.path.join(d, "old.nii"), os.path.join(d, "X.NII"))  # (ITK writes no 'X.NII')
+            with self.assertRaises(InputError) as ctx:
+                io.write_image(new, os.path.join(d, "X.NII.GZ"))
+            self.assertIn("'X.NII' lies beside it", ctx.exception.problem)
+            self.assertIn("write 'X.NII'", ctx.exception.fix)
+            # an input so placed (written by another program) is read by read_image as its own image
+            sitk.WriteImage(new, os.path.join(d, "y.nii.gz"))
+            sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), 1, np.int16)), os.path.join(d, "y.nii"))
+            itk = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(d, "y.nii.gz")))  # y.nii's voxels
+            self.assertFalse(np.array_equal(itk, sitk.GetArrayFromImage(new)))
+            back = io.read_image(os.path.join(d, "y.nii.gz"))
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(new))
+
     def test_a_stimulate_header_names_its_data_file_beside_it(self):
         """-o x.spr: ITK writes the header x.spr and the voxels x.sdt, the header naming the data file by the path
         it was given. Written under a temporary name, the header named a hidden '.mmf-tmp-....sdt' left beside it
