@@ -264,7 +264,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
                 _check_decodable(f"DICOM file '{path}'", path, unknown_too=True)
                 cut = _dicom_cut_short(path)
                 if cut is not None:
-                    raise _dicom_truncated_error(path, cut.missing)
+                    raise _dicom_cut_error(path, cut)
         below = _folders_with_dicom(folder)
         if below:  # a study exported one folder per series (GDCM looks in the folder itself only)
             shown = ", ".join(f"'{path}'" for path in below[:10]) + (f" and {len(below) - 10} more"
@@ -391,6 +391,18 @@ class _CutDicom(NamedTuple):
     series: str | None  # its SeriesInstanceUID; None where the file ends before it
     image: bool  # whether it may be an image (a slice): its SOP class is an image storage one, or unknown
     missing: str  # what is missing, in words ("is truncated: ...", "holds no pixel data: ...")
+    floats: str = ""  # or the float pixel data tag it holds instead of Pixel Data (not cut: unreadable by ITK)
+
+
+#: Pixel data ITK's DICOM reader (GDCM) does not read: a file holding them (a Parametric Map, or one written under
+#: an MR/CT/XA class) has no Pixel Data (7FE0,0010) for it, and had been called truncated ("holds no pixel data: it
+#: ends after 1146 bytes", fix: copy it again) or given ITK's "Unable to determine ImageIO reader" with the fix to
+#: check it is not truncated
+_FLOAT_PIXEL_DATA = {0x7FE00008: "Float Pixel Data (7FE0,0008)", 0x7FE00009: "Double Float Pixel Data (7FE0,0009)"}
+_FLOAT_PIXELS_FIX = ("Convert it to NIfTI or NRRD with a tool that reads float pixel data, e.g. in Python: pydicom's "
+                     "dcmread(path).pixel_array gives its values (highdicom reads a Parametric Map's geometry too); "
+                     "save them with their origin, spacing and direction (sitk.GetImageFromArray, SetOrigin, "
+                     "SetSpacing, SetDirection, sitk.WriteImage to .nii.gz or .nrrd) and give that file.")
 
 
 def _dicom_cut_short(path: str) -> _CutDicom | None:
@@ -417,12 +429,16 @@ def _dicom_cut_short(path: str) -> _CutDicom | None:
                 # the raw elements (their length and where their value starts), before any is read as a value
                 last = tags.get_item(max(tags.keys()), keep_deferred=True) if len(tags) else None
                 pixels = tags.get_item(0x7FE00010, keep_deferred=True) if 0x7FE00010 in tags else None
+                floats = next((name for tag, name in _FLOAT_PIXEL_DATA.items() if tag in tags), "")
                 uid = str(tags.get("SeriesInstanceUID", "")) or None
                 sop_class = str(tags.get("SOPClassUID", "") or tags.file_meta.get("MediaStorageSOPClassUID", ""))
                 name = UID(sop_class).name if sop_class else ""
             image = "Image Storage" in name or name in ("", sop_class)  # an image, or a class pydicom does not know
     except Exception:  # noqa: BLE001 - pydicom's errors on a damaged file are of many kinds: GDCM's reading stands
         return None
+    if pixels is None and floats:
+        return _CutDicom(uid, image, f"holds its values as {floats}, which ITK's DICOM reader (GDCM), hence this "
+                         "package, does not read (it reads Pixel Data (7FE0,0010) only)", floats)
     if pixels is None:
         length, start = getattr(last, "length", None), getattr(last, "value_tell", None)
         if last is None or length is not None and start is not None and length != 0xFFFFFFFF and \
@@ -440,6 +456,14 @@ def _dicom_cut_short(path: str) -> _CutDicom | None:
         return None
     return _CutDicom(uid, image, f"is truncated: its pixel data need {length} bytes from byte {start} "
                      f"({start + length} bytes in all) but the file holds only {size} bytes")
+
+
+def _dicom_cut_error(path: str, cut: _CutDicom, fix: str = "") -> InputError:
+    """The error for a file :func:`_dicom_cut_short` found cut short (``fix`` added to the fix), or holding float
+    pixel data."""
+    if cut.floats:
+        return InputError(f"DICOM file '{path}' {cut.missing}.", _FLOAT_PIXELS_FIX)
+    return _dicom_truncated_error(path, cut.missing, fix)
 
 
 def _dicom_truncated_error(path: str, missing: str, fix: str = "") -> InputError:
@@ -469,11 +493,11 @@ def _check_no_file_cut_short(pick: Mapping[str, Any], found: Sequence[Mapping[st
             if cut is None or not cut.image:
                 continue
             if cut.series is None:
-                raise _dicom_truncated_error(path, cut.missing, " Or, where it is no file of this series, move it "
+                raise _dicom_cut_error(path, cut, " Or, where it is no file of this series, move it "
                                              "out of the folder: it ends before it names its series, and a first or "
                                              "last slice left out would change the volume's extent without a word.")
             if cut.series == pick["uid"]:
-                raise _dicom_truncated_error(path, cut.missing)
+                raise _dicom_cut_error(path, cut)
             others.append(path)
     if others:
         warnings.warn(f"DICOM series '{pick['description'] or pick['uid']}' was read without {len(others)} "
@@ -1854,7 +1878,7 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
             raise cut_nrrd from exc
         cut = _dicom_cut_short(path)
         if cut is not None:
-            raise _dicom_truncated_error(path, cut.missing) from exc
+            raise _dicom_cut_error(path, cut) from exc
         if syntax is not None:
             _explain_multiframe_failure(path)
         elif "Zero-valued spacing" in exc.problem:  # the header's: the generic fix had named formats and truncation

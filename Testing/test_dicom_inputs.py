@@ -1685,6 +1685,50 @@ class DicomFilesItCannotRead(unittest.TestCase):
                     self.assertNotIn("Implicit Transfer Syntax", message)
 
 
+    def test_float_pixel_data_is_named_not_called_truncated(self) -> None:
+        """Float Pixel Data (7FE0,0008) and Double Float Pixel Data (7FE0,0009), which ITK's reader (GDCM) does not
+        read: a file holding them had been called truncated ('holds no pixel data: it ends after 720 bytes', fix: copy
+        it again) under an XA/CT class, or given ITK's 'Unable to determine ImageIO reader' (fix: check it is not
+        truncated) under the Parametric Map class; a series of them was called truncated by its first file. The tag
+        is named, with a fix that reads them (pydicom's pixel_array, checked here)."""
+        from pydicom import dcmread
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+        def write(path: str, sop_class: str, double: bool, z: float = 0.0) -> np.ndarray:
+            ds = Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.file_meta.MediaStorageSOPClassUID = sop_class
+            ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.SOPClassUID, ds.SOPInstanceUID = sop_class, ds.file_meta.MediaStorageSOPInstanceUID
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = "1.2.3", "1.2.3.4", "MR"
+            ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4, 5, 1, "MONOCHROME2"
+            ds.BitsAllocated = 64 if double else 32
+            ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = [0, 0, z], list(AXIAL), [1, 1]
+            values = (np.arange(20).reshape(4, 5) * 1.5 - 7 + z).astype(np.float64 if double else np.float32)
+            if double:
+                ds.DoubleFloatPixelData = values.tobytes()
+            else:
+                ds.FloatPixelData = values.tobytes()
+            ds.save_as(path, enforce_file_format=True)
+            return values
+
+        classes = {"parametric map": "1.2.840.10008.5.1.4.1.1.30", "XA": "1.2.840.10008.5.1.4.1.1.12.1",
+                   "CT": "1.2.840.10008.5.1.4.1.1.2"}
+        for (kind, sop_class), double in itertools.product(classes.items(), (False, True)):
+            tag = "Double Float Pixel Data (7FE0,0009)" if double else "Float Pixel Data (7FE0,0008)"
+            with self.subTest(kind=kind, double=double), tempfile.TemporaryDirectory() as folder:
+                values = [write(os.path.join(folder, f"f{k}.dcm"), sop_class, double, z=float(k)) for k in range(3)]
+                for path in (os.path.join(folder, "f0.dcm"), folder):
+                    with self.assertRaises(InputError) as ctx:
+                        io.read_image(path)
+                    self.assertIn(f"'{os.path.join(folder, 'f0.dcm')}' holds its values as {tag}", ctx.exception.problem)
+                    for word in ("truncated", "pixel data: it ends", "Unable to determine"):
+                        self.assertNotIn(word, str(ctx.exception))
+                    self.assertIn("pixel_array", ctx.exception.fix)
+                np.testing.assert_array_equal(dcmread(os.path.join(folder, "f1.dcm")).pixel_array, values[1])
+
     def test_dicomdir_is_read_through(self) -> None:
         # a CD/PACS export: DICOMDIR at the top, the images in PT000000/ST000000/SE000000/; the folder was
         # "No DICOM series found" and the DICOMDIR file "Unable to determine ImageIO reader"
