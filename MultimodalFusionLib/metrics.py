@@ -887,6 +887,128 @@ def _label_list(values: set) -> str:
     return (", ".join(str(v) for v in shown[:10]) + (f", ... ({len(shown)} labels)" if len(shown) > 10 else "")) or "none"
 
 
+def _box_in(grid: sitk.Image, image: sitk.Image, lo: Sequence[float] | None = None,
+            hi: Sequence[float] | None = None, transform: sitk.Transform | None = None
+            ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The index range (first, last; either may lie outside ``grid``) of ``grid``'s lattice whose voxel centres
+    lie in the box of ``image``'s voxels ``lo``..``hi`` (default: all of them), their corners taken into the grid's
+    space through ``transform`` (points of the grid's space -> ``image``'s, as a registration's; inverted here).
+    For a transform that is not linear the box's faces are sampled too (its image is no box). None: no point of the
+    box could be taken back (a transform that cannot be inverted there)."""
+    dim = image.GetDimension()
+    first = np.zeros(dim) if lo is None else np.asarray(lo, dtype=np.float64)
+    last = np.array(image.GetSize(), dtype=np.float64) - 1 if hi is None else np.asarray(hi, dtype=np.float64)
+    inverse = None
+    linear = True
+    if transform is not None:
+        try:
+            inverse = transform.GetInverse()
+        except RuntimeError:  # a B-spline or displacement field: each point taken back by Newton's method
+            linear = False
+    steps = 2 if linear else 6
+    axes = [np.linspace(first[k] - 0.5, last[k] + 0.5, steps) for k in range(dim)]
+    grid_points = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, dim)
+    if not linear:  # the faces only
+        on_face = np.any([np.isin(grid_points[:, k], axes[k][[0, -1]]) for k in range(dim)], axis=0)
+        grid_points = grid_points[on_face]
+    found = []
+    for index in grid_points:
+        point = np.array(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in index]))
+        if transform is not None:
+            point = np.array(inverse.TransformPoint(point.tolist())) if linear else _taken_back(transform, point)
+            if point is None:
+                continue
+        found.append(grid.TransformPhysicalPointToContinuousIndex([float(v) for v in point]))
+    if not found:
+        return None
+    found_arr = np.array(found)
+    return (np.ceil(found_arr.min(axis=0) - 1e-6).astype(int), np.floor(found_arr.max(axis=0) + 1e-6).astype(int))
+
+
+def _taken_back(transform: sitk.Transform, target: np.ndarray) -> np.ndarray | None:
+    """The point x with transform(x) = target, by Newton's method with a finite-difference Jacobian; None where it
+    does not converge."""
+    x = target.copy()
+    for _ in range(50):
+        fx = np.array(transform.TransformPoint(x.tolist()))
+        error = target - fx
+        if np.linalg.norm(error) < 1e-6:
+            return x
+        jacobian = np.stack([(np.array(transform.TransformPoint((x + 1e-3 * e).tolist())) - fx) / 1e-3
+                             for e in np.eye(x.size)], axis=1)
+        try:
+            x = x + np.linalg.solve(jacobian, error)
+        except np.linalg.LinAlgError:
+            return None
+    return None
+
+
+def _on_box(image: sitk.Image, grid: sitk.Image, lo: np.ndarray, hi: np.ndarray,
+            transform: sitk.Transform | None = None) -> sitk.Image:
+    """``image`` resampled nearest-neighbour (through ``transform``) onto ``grid``'s lattice over indices lo..hi."""
+    from .preprocess import resample
+
+    reference = sitk.Image([int(v) for v in hi - lo + 1], sitk.sitkUInt8)
+    reference.SetSpacing(grid.GetSpacing())
+    reference.SetDirection(grid.GetDirection())
+    reference.SetOrigin(grid.TransformContinuousIndexToPhysicalPoint([float(v) for v in lo]))
+    return resample(image, reference, transform, interpolation="nearest")
+
+
+def _scored_labels_on_grid(fixed: sitk.Image, fixed_labels: sitk.Image, moving_labels: sitk.Image,
+                           transform: sitk.Transform | None, scored: Sequence[int]
+                           ) -> tuple[sitk.Image, sitk.Image, dict[int, int], dict[str, Any]]:
+    """The two label maps on the grid they are scored on, and the moving labels' voxels left outside it.
+
+    The grid is the fixed label map's lattice (its spacing, direction and voxel positions) over the box that holds
+    the fixed label map and the moving labels (through ``transform``), within the fixed image's field of view or
+    the fixed label map, whichever reaches further: a label map saved on its own cropped extent (as Slicer saves a
+    ``.seg.nrrd``) is extended, and moving labels are not cut at its box. Moving labels beyond the fixed image's
+    field of view (and the fixed label map) are not scored, as Learn2Reg, scoring on the fixed image's grid, does
+    not; how many of their voxels (on this lattice) is returned per label."""
+    size = np.array(fixed_labels.GetSize())
+    own = (np.zeros(size.size, dtype=int), size - 1)
+    view = _box_in(fixed_labels, fixed)
+    allowed = (np.minimum(own[0], view[0]), np.maximum(own[1], view[1]))
+    arr = _label_array(moving_labels, "moving label map")
+    present = np.isin(arr, list(scored))
+    outside: dict[int, int] = {}
+    box = own
+    if present.any():
+        where = np.nonzero(present)
+        lo = np.array([int(v.min()) for v in where])[::-1]
+        hi = np.array([int(v.max()) for v in where])[::-1]
+        footprint = _box_in(fixed_labels, moving_labels, lo, hi, transform)
+        if footprint is not None:
+            reach = (footprint[0] - 1, footprint[1] + 1)
+            inner = (np.maximum(reach[0], allowed[0]), np.minimum(reach[1], allowed[1]))
+            if np.all(inner[0] <= inner[1]):
+                box = (np.minimum(own[0], inner[0]), np.maximum(own[1], inner[1]))
+            if np.any(reach[0] < allowed[0]) or np.any(reach[1] > allowed[1]):
+                far = _label_array(_on_box(moving_labels, fixed_labels, reach[0], reach[1], transform),
+                                   "moving label map")
+                inside = np.zeros(far.shape, dtype=bool)
+                window = tuple(slice(max(0, int(a - r)), max(0, int(b - r + 1)))
+                               for a, b, r in zip(allowed[0][::-1], allowed[1][::-1], reach[0][::-1]))
+                inside[window] = True
+                for label in scored:
+                    count = int(np.count_nonzero((far == label) & ~inside))
+                    if count:
+                        outside[int(label)] = count
+    fixed_on_box = fixed_labels
+    if np.any(box[0] != own[0]) or np.any(box[1] != own[1]):
+        fixed_on_box = sitk.ConstantPad(fixed_labels, [int(v) for v in own[0] - box[0]],
+                                        [int(v) for v in box[1] - own[1]], 0)
+    moving_on_box = _on_box(moving_labels, fixed_labels, box[0], box[1], transform)
+    grid = {"size": [int(v) for v in box[1] - box[0] + 1], "spacing": list(fixed_labels.GetSpacing()),
+            "origin": list(fixed_on_box.GetOrigin()), "fixed_label_map_size": [int(v) for v in size]}
+    return fixed_on_box, moving_on_box, outside, grid
+
+
+def _mm(values: Sequence[float]) -> str:
+    return " x ".join(f"{v:.3g}" for v in values) + " mm"
+
+
 def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None = None, *,
                           fixed_labels: sitk.Image | None = None, moving_labels: sitk.Image | None = None,
                           fixed_landmarks: Any = None, moving_landmarks: Any = None,
@@ -902,7 +1024,12 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
         transform: the registration's transform (fixed -> moving points); None: the identity ("after" equals
             "before").
         fixed_labels, moving_labels: label maps of the two images (both or neither): the moving one is
-            resampled nearest-neighbour onto the fixed label map's grid and scored by :func:`label_overlap`.
+            resampled nearest-neighbour onto the fixed label map's lattice and scored by :func:`label_overlap`,
+            over the box holding both maps' labels within the fixed image's field of view: a fixed label map on a
+            cropped extent (a Slicer ``.seg.nrrd``) is extended with 0, and moving labels are not cut at its box.
+            Moving labels beyond the fixed image's field of view are not scored (Learn2Reg scores on the fixed
+            image's grid), with a note naming how many voxels (``outside`` per label); a moving label that no
+            voxel of that lattice holds (thinner than its voxels) is named in a note.
         fixed_landmarks, moving_landmarks: corresponding points (both or neither): :class:`landmarks.Landmarks`
             (pairs with an unplaced point left out, noted) or (n, dim) arrays of LPS mm; scored by :func:`tre`.
         labels: the labels to score (default: every non-zero label in either map).
@@ -944,9 +1071,30 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
                              "Give the label maps of the two images, with the same label numbers for the same "
                              "structures (or --labels that both hold).")
         out["labels"] = {}
+        moving_arr = _label_array(moving_labels, "moving label map")
+        own_voxels = {v: int(np.count_nonzero(moving_arr == v)) for v in scored}
+        lost: list[str] = []
         for when, tx in steps:
-            on_fixed = resample(moving_labels, fixed_labels, tx, interpolation="nearest")
-            out["labels"][when] = label_overlap(fixed_labels, on_fixed, scored)
+            # scored on a grid that holds both maps' labels: a fixed label map on a cropped extent (Slicer's
+            # .seg.nrrd) had cut the moving labels at its box, and the Dice of any imperfect alignment rose
+            fixed_on_grid, on_fixed, outside, grid = _scored_labels_on_grid(fixed, fixed_labels, moving_labels, tx,
+                                                                            scored)
+            out["labels"][when] = label_overlap(fixed_on_grid, on_fixed, scored)
+            out["labels"][when]["grid"] = grid
+            out["labels"][when]["outside"] = outside
+            on_grid = _label_array(on_fixed, "moving label map")
+            for v in scored:
+                if outside.get(v):
+                    inside = int(np.count_nonzero(on_grid == v))
+                    lost.append(f"{when}: {outside[v]} of the {outside[v] + inside} voxels of label {v} of the moving "
+                                "label map lie outside the fixed image's field of view (on the fixed label map's "
+                                f"{_mm(fixed_labels.GetSpacing())} voxels): not scored, as Learn2Reg scores on the "
+                                "fixed image's grid")
+                elif own_voxels[v] and not np.any(on_grid == v) and when == "before":
+                    lost.append(f"label {v} has {own_voxels[v]} voxels in the moving label map "
+                                f"({_mm(moving_labels.GetSpacing())}) and none on the fixed label map's "
+                                f"{_mm(fixed_labels.GetSpacing())} voxels it is scored on: thinner than those "
+                                "voxels, it is lost in the resampling")
         out["labels"]["left_out"] = left_out
         for v in left_out:
             where = "fixed" if v in present[0] else "moving" if v in present[1] else None
@@ -954,7 +1102,7 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
                                 "left out of the scores (as Learn2Reg leaves it out)")
         out["notes"] += [f"after: {n}" for n in out["labels"]["after"]["notes"]
                          if n not in out["labels"]["before"]["notes"]]
-        out["notes"] = [f"before: {n}" for n in out["labels"]["before"]["notes"]] + out["notes"]
+        out["notes"] = [f"before: {n}" for n in out["labels"]["before"]["notes"]] + lost + out["notes"]
     if fixed_landmarks is not None:
         from .landmarks import Landmarks, paired_landmarks
 

@@ -426,6 +426,64 @@ class EvaluateRegistrationTest(unittest.TestCase):
             metrics.evaluate_registration(self.fixed, self.moving, self.tx, fixed_labels=fixed_labels,
                                           moving_labels=self.moving_labels, labels=[7])
 
+    def test_a_fixed_label_map_on_a_cropped_extent_scores_as_the_whole_map(self) -> None:
+        # Slicer saves a .seg.nrrd on the segments' own extent (a box inside the volume): the moving labels were
+        # resampled onto that box, those outside it dropped, and Dice rose (before: 0.133 against 0.096 in the
+        # reviewer's case); any imperfect alignment rose the same way "after"
+        where = np.argwhere(sitk.GetArrayViewFromImage(self.fixed_labels) > 0)
+        lo, hi = where.min(axis=0)[::-1], where.max(axis=0)[::-1]
+        cropped = sitk.RegionOfInterest(self.fixed_labels, [int(v) for v in hi - lo + 1], [int(v) for v in lo])
+        self.assertLess(np.prod(cropped.GetSize()), 0.5 * np.prod(self.fixed_labels.GetSize()))
+        off = sitk.CompositeTransform([self.tx, sitk.TranslationTransform(3, (2.5, -3.0, 4.0))])  # imperfect
+        for tx in (self.tx, off):
+            whole = metrics.evaluate_registration(self.fixed, self.moving, tx, fixed_labels=self.fixed_labels,
+                                                  moving_labels=self.moving_labels)
+            crop = metrics.evaluate_registration(self.fixed, self.moving, tx, fixed_labels=cropped,
+                                                 moving_labels=self.moving_labels)
+            for when in ("before", "after"):
+                for label in (1, 2):
+                    for key in ("dice", "hd95"):
+                        self.assertAlmostEqual(crop["labels"][when]["labels"][label][key],
+                                               whole["labels"][when]["labels"][label][key], places=12,
+                                               msg=f"{when} label {label} {key}")
+            grid = crop["labels"]["before"]["grid"]  # the box holding both maps' labels, within the fixed image
+            self.assertTrue(all(c <= g <= f for c, g, f in zip(cropped.GetSize(), grid["size"],
+                                                               self.fixed_labels.GetSize())), grid)
+            self.assertNotEqual(grid["size"], list(cropped.GetSize()))
+
+    def test_moving_labels_outside_the_fixed_field_of_view_are_counted_in_a_note(self) -> None:
+        # half of the fixed image: the moving labels reach beyond it before and after; they were dropped silently
+        half = [s // 2 for s in self.fixed_labels.GetSize()[:2]] + [self.fixed_labels.GetSize()[2]]
+        fixed_labels = sitk.RegionOfInterest(self.fixed_labels, half, [0, 0, 0])
+        fixed = sitk.RegionOfInterest(self.fixed, half, [0, 0, 0])
+        out = metrics.evaluate_registration(fixed, self.moving, self.tx, fixed_labels=fixed_labels,
+                                            moving_labels=self.moving_labels)
+        # the voxels the moving label 1 has through T on the whole fixed grid, less those on the half grid
+        whole = sitk.GetArrayFromImage(resample(self.moving_labels, self.fixed_labels, self.tx, interpolation="nearest"))
+        part = sitk.GetArrayFromImage(resample(self.moving_labels, fixed_labels, self.tx, interpolation="nearest"))
+        expected = int(np.count_nonzero(whole == 1) - np.count_nonzero(part == 1))
+        self.assertGreater(expected, 100)
+        self.assertEqual(out["labels"]["after"]["outside"][1], expected)
+        self.assertTrue(any(n.startswith(f"after: {expected} of the {int(np.count_nonzero(whole == 1))} voxels of "
+                                         "label 1 of the moving label map lie outside the fixed image's field of view")
+                            for n in out["notes"]), out["notes"])
+        # a moving label thinner than the fixed voxels it is scored on vanishes: said, not only "missing"
+        fine = sitk.Image([60, 60, 40], sitk.sitkUInt8)
+        fine.SetSpacing((1.0, 1.0, 0.5))
+        fine.SetOrigin(self.fixed_labels.GetOrigin())
+        fine.SetDirection(self.fixed_labels.GetDirection())
+        arr = sitk.GetArrayFromImage(resample(self.fixed_labels, fine, interpolation="nearest"))
+        arr[3, 10:30, 10:30] = 3  # 1.5 mm: between the fixed slices at 0 and 3 mm
+        thin = sitk.GetImageFromArray(arr)
+        thin.CopyInformation(fine)
+        fixed_arr = sitk.GetArrayFromImage(self.fixed_labels)
+        fixed_arr[0, 0:2, 0:2] = 3
+        out = metrics.evaluate_registration(self.fixed, self.fixed, None, fixed_labels=_placed(fixed_arr),
+                                            moving_labels=thin)
+        self.assertTrue(any("label 3 has 400 voxels in the moving label map (1 x 1 x 0.5 mm) and none on the fixed "
+                            "label map's 0.8 x 1.3 x 3 mm voxels it is scored on" in n for n in out["notes"]),
+                        out["notes"])
+
     def test_the_transform_direction_is_the_same_for_labels_and_landmarks(self) -> None:
         # an affine with shear (not its own inverse): fixed -> moving scores well for both, the inverse badly for both
         tx = sitk.AffineTransform(3)
