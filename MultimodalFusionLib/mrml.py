@@ -574,11 +574,13 @@ def label_map_from_node(node: Any, reference: sitk.Image, reference_node: Any = 
 
 
 def segments_label_map(node: Any, segment_ids: Sequence[str], reference: sitk.Image,
-                       reference_node: Any = None) -> sitk.Image:
+                       reference_node: Any = None, lost: list[tuple[int, str, int]] | None = None) -> sitk.Image:
     """Segments of a segmentation node as one label map on ``reference``'s grid: the i-th of ``segment_ids`` is
     label i + 1 (UInt16), each segment's binary labelmap exported where Slicer shows it relative to
     ``reference_node`` (through the transforms either is under, as :func:`mask_from_node` takes a segmentation).
-    An empty ID ("") is a label this segmentation lacks: no voxel holds it.
+    An empty ID ("") is a label this segmentation lacks: no voxel holds it. A segment with voxels in its own
+    binary labelmap and none on ``reference``'s grid (thinner than its voxels, or outside it) is appended to
+    ``lost`` as (label, segment name, its own voxels), where given.
 
     The segmentation is not changed and the scene is left as it was (every helper node removed).
 
@@ -620,9 +622,14 @@ def segments_label_map(node: Any, segment_ids: Sequence[str], reference: sitk.Im
                                  "Check the segment in the Segment Editor (or export it to a label map yourself, "
                                  "Segmentations module) and give label maps.")
             data = exported.GetImageData()
-            if data is None or data.GetNumberOfPoints() == 0:
-                continue  # an empty segment: no voxel of this label
-            voxels = sitk.GetArrayFromImage(image_from_volume_node(exported)) != 0  # a copy: no view of a temporary
+            voxels = None
+            if data is not None and data.GetNumberOfPoints():
+                voxels = sitk.GetArrayFromImage(image_from_volume_node(exported)) != 0  # a copy: no temporary's view
+            if voxels is None or not voxels.any():
+                own = _segment_voxels(segmentation, segment_id)
+                if own and lost is not None:  # lost in the export, not empty: said, not silently no label
+                    lost.append((label, segmentation.GetSegment(segment_id).GetName(), own))
+                continue  # no voxel of this label on the grid
             clash = voxels & (out != 0)
             if clash.any():
                 other = owner[int(out[clash][0])]
@@ -641,6 +648,21 @@ def segments_label_map(node: Any, segment_ids: Sequence[str], reference: sitk.Im
     labels = sitk.GetImageFromArray(out)
     labels.CopyInformation(reference)
     return labels
+
+
+def _segment_voxels(segmentation: Any, segment_id: str) -> int:
+    """The voxels of a segment in its own binary labelmap (its layer's voxels of its label value)."""
+    import slicer
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    segment = segmentation.GetSegment(segment_id)
+    image = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        return 0
+    extent = image.GetExtent()
+    if any(extent[2 * k] > extent[2 * k + 1] for k in range(3)):
+        return 0
+    return int(np.count_nonzero(vtk_to_numpy(image.GetPointData().GetScalars()) == segment.GetLabelValue()))
 
 
 def control_points_lps(node: Any, reference_node: Any = None) -> tuple[np.ndarray, list[str]]:

@@ -306,6 +306,21 @@ def _matched_segments(fixed_node: Any, moving_node: Any, wanted: Sequence[Any] |
             {number[name]: name for name in order}, scored)
 
 
+def _near_names(fixed_node: Any, moving_node: Any) -> list[str]:
+    """Notes on a segment name of one segmentation that matches one of the other's only but for case or surrounding
+    spaces ("Liver" and "liver "): matched by exact name, they are left out as two segments."""
+    fixed = [name for _, name in _segment_names(fixed_node)]
+    moving = [name for _, name in _segment_names(moving_node)]
+    notes = []
+    for name in fixed:
+        near = [m for m in moving if m != name and m not in fixed and m.strip().casefold() == name.strip().casefold()]
+        if near and name not in moving:
+            notes.append(f"segment '{name}' of '{fixed_node.GetName()}' and '{near[0]}' of '{moving_node.GetName()}' "
+                         "differ only in case or spaces: segments are matched by exact name, so neither is scored "
+                         "(rename one to match the other)")
+    return notes
+
+
 def _segment_note(note: str, names: dict[int, str]) -> str:
     """An engine note naming label numbers, with the segment names the numbers stand for."""
     import re
@@ -895,11 +910,14 @@ class FusionLogic:
                              "volume's transform if it was placed on the volume as the volume was shown before)")
         fixed_labels = moving_labels = None
         names: dict[int, str] = {}
+        lost_fixed: list[tuple[int, str, int]] = []
+        lost_moving: list[tuple[int, str, int]] = []
         scored = labels
         if label_kind == "segmentation":
             fixed_ids, moving_ids, names, scored = _matched_segments(fixedLabelNode, movingLabelNode, labels)
-            fixed_labels = mrml.segments_label_map(fixedLabelNode, fixed_ids, fixed, fixedVolumeNode)
-            moving_labels = mrml.segments_label_map(movingLabelNode, moving_ids, moving, movingVolumeNode)
+            notes += _near_names(fixedLabelNode, movingLabelNode)
+            fixed_labels = mrml.segments_label_map(fixedLabelNode, fixed_ids, fixed, fixedVolumeNode, lost_fixed)
+            moving_labels = mrml.segments_label_map(movingLabelNode, moving_ids, moving, movingVolumeNode, lost_moving)
         elif label_kind == "labelmap":
             if labels is not None and any(isinstance(v, str) for v in labels):
                 raise InputError(f"labels {list(labels)} are names, and '{fixedLabelNode.GetName()}' and "
@@ -922,6 +940,19 @@ class FusionLogic:
         if names:
             result["label_names"] = names
             result["notes"] = [_segment_note(n, names) for n in result["notes"]]
+            # a segment with voxels on its own grid and none on its volume's had vanished from both maps: in
+            # neither the scores nor left_out, without a word (a 0.5 mm slab exported onto 2.5 mm slices)
+            for role, node, volume, lost in (("fixed", fixedLabelNode, fixedVolumeNode, lost_fixed),
+                                             ("moving", movingLabelNode, movingVolumeNode, lost_moving)):
+                for label, name, own in lost:
+                    spacing = " x ".join(f"{v:.3g}" for v in volume.GetSpacing())
+                    result["notes"].append(
+                        f"segment '{name}' (label {label}) of '{node.GetName()}' has {own} voxels in its own binary "
+                        f"labelmap and none on the {role} volume '{volume.GetName()}''s grid ({spacing} mm) it is "
+                        "exported onto (thinner than its voxels, or outside it): not scored. To score it, give a "
+                        "label map or volume of finer voxels, or make the segment thicker (Segment Editor)")
+                    if label not in result["labels"]["after"]["labels"] and label not in result["labels"]["left_out"]:
+                        result["labels"]["left_out"] = sorted(result["labels"]["left_out"] + [label])
         if fixed_points is not None:
             result["landmark_nodes"] = {role: {"name": lm.path, "points": len(lm), "placed": int(lm.placed.sum())}
                                         for role, lm in (("fixed", fixed_points), ("moving", moving_points))}

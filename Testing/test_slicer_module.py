@@ -1062,6 +1062,32 @@ class EvaluateRegistrationLogicTest(unittest.TestCase):
         kidney = self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving, labels=["kidney"])  # liver not exported
         self.assertLess(kidney["labels"]["after"]["labels"][2]["dice"], 0.5)
 
+    def test_a_segment_lost_in_the_export_and_near_names_are_named(self) -> None:
+        # a 0.5 mm segmentation with a one-voxel slab between the fixed volume's 2.5 mm slices: exported onto the
+        # volume's grid it has no voxel, and was in neither map, neither scored nor in left_out, without a note
+        fixed_image = mrml.image_from_volume_node(self.fixed_labels)
+        fine = sitk.Image([62, 54, 70], sitk.sitkUInt8)
+        fine.SetSpacing((0.5, 0.5, 0.5))
+        fine.SetOrigin(fixed_image.GetOrigin())
+        fine.SetDirection(fixed_image.GetDirection())
+        arr = sitk.GetArrayFromImage(sitk.Resample(fixed_image, fine, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+        arr[16, 10:40, 10:40] = 3  # z = 8 mm: between the slices at 7.5 and 10 mm
+        fine_image = sitk.GetImageFromArray(arr)
+        fine_image.CopyInformation(fine)
+        fine_node = mrml.volume_node_from_image(fine_image, self.scene, name="fine labels", label=True)
+        fixed = self._segmentation(fine_node, {1: "liver", 2: "kidney", 3: "slab"}, [1, 2, 3])
+        moving = self._segmentation(self.moving_labels, {1: "liver", 2: "kidney"}, [1, 2])
+        out = self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving)
+        self.assertEqual(out["labels"]["left_out"], [3])
+        self.assertTrue(any("segment 'slab' (label 3) of 'fine labels segmentation' has 900 voxels in its own binary "
+                            "labelmap and none on the fixed volume 'fixed''s grid" in n for n in out["notes"]),
+                        out["notes"])
+        # names that differ in case or spaces only: matched by exact name, with a hint naming the near match
+        moving.GetSegmentation().GetNthSegment(0).SetName("Liver ")
+        out = self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving)
+        self.assertTrue(any("segment 'liver' of 'fine labels segmentation' and 'Liver ' of 'moving labels "
+                            "segmentation' differ only in case or spaces" in n for n in out["notes"]), out["notes"])
+
     def test_a_segmentation_without_voxels_is_refused_not_converted_in_place(self) -> None:
         import vtk
 
