@@ -437,7 +437,8 @@ def _dicom_cut_short(path: str) -> _CutDicom | None:
     except Exception:  # noqa: BLE001 - pydicom's errors on a damaged file are of many kinds: GDCM's reading stands
         return None
     if pixels is None and floats:
-        return _CutDicom(uid, image, f"holds its values as {floats}, which ITK's DICOM reader (GDCM), hence this "
+        # an image whatever its class (a Parametric Map's is no "Image Storage"): skipped without a word otherwise
+        return _CutDicom(uid, True, f"holds its values as {floats}, which ITK's DICOM reader (GDCM), hence this "
                          "package, does not read (it reads Pixel Data (7FE0,0010) only)", floats)
     if pixels is None:
         length, start = getattr(last, "length", None), getattr(last, "value_tell", None)
@@ -479,7 +480,8 @@ def _check_no_file_cut_short(pick: Mapping[str, Any], found: Sequence[Mapping[st
     file of another series is warned of, once; a non-image object (a DICOMDIR, an RT plan) is no slice of it.
     Reads only the files GDCM skipped."""
     listed = {os.path.normcase(os.path.abspath(f)) for s in found for f in s["files"]}
-    others = []
+    others: list[str] = []
+    floats: list[str] = []
     for folder in sorted({os.path.dirname(f) for f in pick["files"]}):
         try:
             names = sorted(os.listdir(folder or "."))
@@ -498,11 +500,16 @@ def _check_no_file_cut_short(pick: Mapping[str, Any], found: Sequence[Mapping[st
                                              "last slice left out would change the volume's extent without a word.")
             if cut.series == pick["uid"]:
                 raise _dicom_cut_error(path, cut)
-            others.append(path)
-    if others:
-        warnings.warn(f"DICOM series '{pick['description'] or pick['uid']}' was read without {len(others)} "
-                      f"truncated file(s) of another series in its folder: '{others[0]}'"
-                      + (f" and {len(others) - 1} more" if len(others) > 1 else "") + ".", stacklevel=4)
+            (floats if cut.floats else others).append(path)
+    # a file of float pixel data is whole: it had been called truncated here ("read without 1 truncated file(s) of
+    # another series"), sending the user to copy a complete file again
+    for files, what in ((others, "truncated file(s) of another series in its folder"),
+                        (floats, "file(s) of another series in its folder holding Float or Double Float Pixel Data, "
+                                 "which ITK's DICOM reader does not read")):
+        if files:
+            warnings.warn(f"DICOM series '{pick['description'] or pick['uid']}' was read without {len(files)} "
+                          f"{what}: '{files[0]}'" + (f" and {len(files) - 1} more" if len(files) > 1 else "") + ".",
+                          stacklevel=4)
 
 
 def _with_slice_step(image: sitk.Image, step: np.ndarray | None) -> sitk.Image:

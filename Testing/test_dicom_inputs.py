@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 import unittest
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -1728,6 +1729,29 @@ class DicomFilesItCannotRead(unittest.TestCase):
                         self.assertNotIn(word, str(ctx.exception))
                     self.assertIn("pixel_array", ctx.exception.fix)
                 np.testing.assert_array_equal(dcmread(os.path.join(folder, "f1.dcm")).pixel_array, values[1])
+            with self.subTest(kind=kind, double=double, beside="a series"), tempfile.TemporaryDirectory() as folder:
+                # one such file of another series beside a normal series: the series is read, the file named for
+                # what it holds (it had been called a "truncated file" of another series, to be copied again)
+                for k in range(3):
+                    slice_ = sitk.GetImageFromArray(np.full((1, 4, 5), k, np.int16))
+                    slice_.SetOrigin((0.0, 0.0, float(k)))
+                    writer = sitk.ImageFileWriter()
+                    writer.SetFileName(os.path.join(folder, f"n{k}.dcm"))
+                    writer.KeepOriginalImageUIDOn()
+                    for tag, value in (("0020|000e", "1.2.3.77"), ("0020|000d", "1.2.3"), ("0008|0060", "CT"),
+                                       ("0020|0032", f"0\\0\\{k}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                                       ("0020|0013", str(k + 1))):
+                        slice_.SetMetaData(tag, value)
+                    writer.Execute(slice_)
+                write(os.path.join(folder, "f.dcm"), sop_class, double, z=9.0)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    image = io.read_image(folder)
+                self.assertEqual(image.GetSize(), (5, 4, 3))
+                said = " ".join(str(w.message) for w in caught)
+                self.assertIn("holding Float or Double Float Pixel Data", said)
+                self.assertIn(os.path.join(folder, "f.dcm"), said)
+                self.assertNotIn("truncated", said)
 
     def test_dicomdir_is_read_through(self) -> None:
         # a CD/PACS export: DICOMDIR at the top, the images in PT000000/ST000000/SE000000/; the folder was
