@@ -1896,7 +1896,10 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
                              ".nhdr.") from exc
         raise
     if _read_suffix(path) in (".mnc", ".mnc2") and _itk_minc_unconverted():
-        image = _swap_ras_lps(image, _minc_vectors(image))  # MINC's RAS to ITK's LPS (see _RAS_LPS)
+        vectors = _minc_vectors(image, path, writing=False)
+        image = _swap_ras_lps(image, bool(vectors))  # MINC's RAS to ITK's LPS (see _RAS_LPS)
+        if vectors is not None:  # what they were taken for, for write_image to write them back the same way
+            image.SetMetaData(_MINC_COMPONENTS_KEY, "vector" if vectors else "channels")
     if compressed is not None:
         _check_compressed_voxels(image, compressed)
     if dicom:
@@ -3948,7 +3951,10 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                           "zz for a symmetric one, in LPS), which Slicer does not show as a DTI volume. Write .nrrd "
                           "(or .nii.gz) to keep them tensors.", stacklevel=2)
     if suffix in (".mnc", ".mnc2") and _itk_minc_unconverted():  # (after to_file, which takes image's)
-        out = _swap_ras_lps(out, _minc_vectors(out))  # written in MINC's RAS, as MNI's tools read it (see _RAS_LPS)
+        vectors = _minc_vectors(out, final, writing=True)
+        out = _swap_ras_lps(out, bool(vectors))  # written in MINC's RAS, as MNI's tools read it (see _RAS_LPS)
+        if vectors is not None:  # (out is a copy) said in the file, for read_image to take them back the same way
+            out.SetMetaData(_MINC_COMPONENTS_KEY, "vector" if vectors else "channels")
     staged = suffix in _TWO_FILES
     with (staged_output(final) if staged else atomic_output(final)) as tmp:
         if suffix in (".jpg", ".jpeg"):
@@ -4634,16 +4640,53 @@ def _swap_ras_lps(image: sitk.Image, vectors: bool = False) -> sitk.Image:
     return out
 
 
-def _minc_vectors(image: sitk.Image) -> bool:
+#: The MINC attribute (group "mmfusion", attribute "components") in which :func:`write_image` says what a .mnc's
+#: floating-point components are, "vector" (turned to MINC's RAS with the geometry) or "channels" (as they are), and
+#: which :func:`read_image` follows; the same metadata key on an image (set by read_image, or by a caller) tells
+#: write_image. ITK's MINC IO writes and reads a "group:attribute" key as that attribute.
+_MINC_COMPONENTS_KEY = "mmfusion:components"
+
+#: The name MINC's tools (volume_io's output_transform_file), ITK and :func:`write_transform` give the grid of an
+#: .xfm's grid transform: ``NAME_grid_N.mnc``
+_MINC_GRID_NAME = re.compile(r"_grid_\d+\.mnc2?$", re.IGNORECASE)
+
+
+def _minc_vectors(image: sitk.Image, path: str, writing: bool) -> bool | None:
     """Whether a .mnc image's components are a vector in world space, turned with its geometry between MINC's RAS
-    and ITK's LPS: floating-point components, as many as the image has dimensions (a displacement field, as
-    MINC's grid files and this package's .xfm grids hold it, a gradient). ITK's MINC image IO turns the geometry
-    only (where it converts at all), its transform IO a grid's vectors too: a field written as .mnc by
-    :func:`write_image` had kept its LPS x and y where MINC's tools (and an .xfm naming it) read RAS, and the grid
-    of an .xfm read by :func:`read_image` came back with x and y negated. Integer components (colour, labels) and
-    other counts (echoes, a tensor's 6 or 9, written in LPS as the tensor warning says) are left as they are."""
-    return (image.GetNumberOfComponentsPerPixel() == image.GetDimension()
-            and image.GetPixelID() in (sitk.sitkVectorFloat32, sitk.sitkVectorFloat64))
+    and ITK's LPS (a displacement field: MINC's grid files hold RAS vectors, as ITK's .xfm reader and MINC's tools
+    read them); None where the image is no candidate (integer components, as colour, or another count than its
+    dimension: echoes, a tensor's 6 or 9, written in LPS as the tensor warning says).
+
+    A floating-point image of as many components as dimensions may be a field or channels (three echoes, float
+    colour), and MINC's vector_dimension, which holds both, does not say which: taken as a field, channels 0 and 1
+    had been negated without a word (c5bcc42 turned every such image). They are turned only where something says
+    so: the ``mmfusion:components`` attribute this package writes (or the same metadata key on an image to write),
+    else the name MINC's tools and ITK give an .xfm's grid (``NAME_grid_0.mnc``). Otherwise they are read and
+    written as stored, with a warning that says how to have a field turned."""
+    if image.GetNumberOfComponentsPerPixel() != image.GetDimension() or \
+            image.GetPixelID() not in (sitk.sitkVectorFloat32, sitk.sitkVectorFloat64):
+        return None
+    mark = image.GetMetaData(_MINC_COMPONENTS_KEY).strip() if image.HasMetaDataKey(_MINC_COMPONENTS_KEY) else ""
+    if mark in ("vector", "channels"):
+        return mark == "vector"
+    if _MINC_GRID_NAME.search(os.path.basename(path)):
+        return True
+    n = image.GetNumberOfComponentsPerPixel()
+    if writing:
+        warnings.warn(f"'{path}': its {n} floating-point components a voxel are written as they are, as channels "
+                      "(echoes, colour): MINC does not say whether they are channels or a vector field. If they are "
+                      "a displacement field, MINC's tools read its vectors in RAS: write it with write_transform("
+                      "sitk.DisplacementFieldTransform(field), 'NAME.xfm') (its grid, NAME_grid_0.mnc, in RAS), name "
+                      f"the output NAME_grid_0.mnc, or set the image's metadata '{_MINC_COMPONENTS_KEY}' to "
+                      "'vector'.", stacklevel=3)
+    else:
+        warnings.warn(f"'{path}': its {n} floating-point components a voxel are read as stored, as channels "
+                      "(echoes, colour): the file does not say whether they are channels or a vector field. If they "
+                      "are a displacement field (a MINC grid, in RAS), their x and y are not turned to ITK's LPS: "
+                      "read it as a transform, through an .xfm that names it (Transform_Type = Grid_Transform; "
+                      "Displacement_Volume = its file name;), or name it NAME_grid_0.mnc as MINC's tools do.",
+                      stacklevel=5)
+    return False
 
 
 def _swap_transform_ras_lps(transform: sitk.Transform) -> sitk.Transform:

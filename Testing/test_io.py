@@ -248,28 +248,33 @@ class RoundTrip(unittest.TestCase):
         """A .mnc image's geometry was turned between MINC's RAS and ITK's LPS, not its vectors: a displacement field
         written by write_image kept its LPS x and y where MINC's tools, ITK's .xfm reader and this package's own .xfm
         grids hold RAS (an .xfm naming it moved (5, 7, 9) to x = 3.77 where the field moves it to 6.23), and the grid
-        write_transform wrote was read by read_image with x and y negated. Colour components are not vectors."""
+        write_transform wrote was read by read_image with x and y negated. A field is known as one by the mark
+        write_image leaves in the file (from the image's metadata) or by a grid's name, NAME_grid_0.mnc."""
         if not io._itk_minc_unconverted():
             self.skipTest("this ITK converts MINC's RAS itself")
         rng = np.random.default_rng(0)
         flip = np.array([-1.0, -1.0, 1.0])
-        for dim in (3, 2):
-            with self.subTest(dim=dim), tempfile.TemporaryDirectory() as d:
+        for dim, name in ((3, "f.mnc"), (2, "f.mnc"), (3, "f_grid_0.mnc")):
+            with self.subTest(dim=dim, name=name), tempfile.TemporaryDirectory() as d:
                 values = rng.normal(0.0, 2.0, (4, 5, 6, 3) if dim == 3 else (5, 6, 2))
                 field = sitk.GetImageFromArray(values, isVector=True)
                 field.SetOrigin((3.0, 4.0, 5.0)[:dim])
                 field.SetSpacing((2.0, 1.5, 2.5)[:dim])
-                path = io.write_image(field, os.path.join(d, "f.mnc"))
-                raw = sitk.ReadImage(path)  # as MINC holds it: RAS, vectors too
-                np.testing.assert_allclose(sitk.GetArrayFromImage(raw), values * flip[:dim], atol=1e-12)
-                back = io.read_image(path, keep_color=True)
+                if name == "f.mnc":
+                    field.SetMetaData("mmfusion:components", "vector")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # said, so no warning
+                    path = io.write_image(field, os.path.join(d, name))
+                    raw = sitk.ReadImage(path)  # as MINC holds it: RAS, vectors too
+                    np.testing.assert_allclose(sitk.GetArrayFromImage(raw), values * flip[:dim], atol=1e-12)
+                    back = io.read_image(path, keep_color=True)
                 np.testing.assert_allclose(sitk.GetArrayFromImage(back), values, atol=1e-12)
                 np.testing.assert_allclose(back.GetOrigin(), field.GetOrigin(), atol=1e-12)
                 if dim == 2:
                     continue
                 # applied as a transform: an .xfm naming it moves points as the field does
                 with open(os.path.join(d, "f.xfm"), "w") as fh:
-                    fh.write("MNI Transform File\nTransform_Type = Grid_Transform;\nDisplacement_Volume = f.mnc;\n")
+                    fh.write(f"MNI Transform File\nTransform_Type = Grid_Transform;\nDisplacement_Volume = {name};\n")
                 applied = io.read_transform(os.path.join(d, "f.xfm"))
                 known = sitk.DisplacementFieldTransform(sitk.Image(field))
                 for point in ((5.0, 7.0, 9.0), (6.5, 9.0, 12.0)):
@@ -278,11 +283,46 @@ class RoundTrip(unittest.TestCase):
                 io.write_transform(known, os.path.join(d, "t.xfm"))
                 grid = io.read_image(os.path.join(d, "t_grid_0.mnc"), keep_color=True)
                 np.testing.assert_allclose(sitk.GetArrayFromImage(grid), values, atol=1e-12)
+                # a grid as MINC's tools write it (RAS vectors, no mark) is read as the field, by its name
+                sitk.WriteImage(raw, os.path.join(d, "tools_grid_0.mnc"))
+                tools = io.read_image(os.path.join(d, "tools_grid_0.mnc"), keep_color=True)
+                np.testing.assert_allclose(sitk.GetArrayFromImage(tools), values, atol=1e-12)
         with tempfile.TemporaryDirectory() as d:  # colour: its channels are not turned
             colour = sitk.GetImageFromArray(rng.integers(0, 255, (4, 5, 6, 3), dtype=np.uint8), isVector=True)
             path = io.write_image(colour, os.path.join(d, "c.mnc"))
             np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(path)),
                                           sitk.GetArrayFromImage(colour))
+
+    def test_float_channels_written_as_minc_are_not_turned(self):
+        """Three float echoes (or float colour) in 3D, as many components as dimensions, had been taken for a
+        displacement field: channels 0 and 1 negated in the file (read so by MINC's tools, ITK and Slicer) and in
+        what read_image gave of a file without a mark, without a word. Unmarked, they are written and read as
+        stored, with a warning that says how a field is turned; a file written here says so and reads back quietly."""
+        if not io._itk_minc_unconverted():
+            self.skipTest("this ITK converts MINC's RAS itself")
+        echoes = np.random.default_rng(1).uniform(100.0, 900.0, (4, 5, 6, 3)).astype(np.float32)
+        image = sitk.GetImageFromArray(echoes, isVector=True)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "echoes.mnc")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                io.write_image(image, path)
+            self.assertIn("written as they are, as channels", " ".join(str(w.message) for w in caught))
+            self.assertFalse(image.HasMetaDataKey("mmfusion:components"))  # the input is not changed
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(path)), echoes)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                back = io.read_image(path, keep_color=True)
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(back), echoes)
+            # a file from elsewhere (no mark, no grid name): as stored, with the warning
+            sitk.WriteImage(image, os.path.join(d, "other.mnc"))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                other = io.read_image(os.path.join(d, "other.mnc"), keep_color=True)
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(other), echoes)
+            said = " ".join(str(w.message) for w in caught)
+            self.assertIn("read as stored, as channels", said)
+            self.assertIn("Grid_Transform", said)
 
     def test_a_minc_file_from_mni_tools_is_placed_as_nibabel_places_it(self):
         """nibabel's small.mnc (written by MINC's tools; its RAS affine in nibabel's tests: voxel (0, 0, 0) at
