@@ -2398,6 +2398,14 @@ def _nifti_lookup(base: str, exts: Sequence[str], spelt: str, any_case: bool) ->
     return None
 
 
+def _folder_beside(base: str, spelt: str) -> str | None:
+    """A folder named ``x.nii`` (``X.NII``) beside ``x.nii.gz``: nifti1_io opens it as the voxels' file (fopen of a
+    folder succeeds on Linux) and, reading nothing from it, gives zeros under the .nii.gz's header (measured: a
+    6x5x3 image of 3s read as 0s by sitk.ReadImage and read_image)."""
+    name = base + (".NII" if spelt.isupper() else ".nii")
+    return name if os.path.isdir(name) else None
+
+
 def _single_file_beside(path: str) -> str | None:
     """The ``x.nii`` beside the ``x.nii.gz`` ``path`` whose voxels ITK's NIfTI reader (nifti1_io's
     ``nifti_findimgname``) reads under ``path``'s header: for a single-file header (magic ``n+1``, as every .nii.gz
@@ -2407,7 +2415,7 @@ def _single_file_beside(path: str) -> str | None:
     import zlib
 
     base, spelt = path[:-len(".nii.gz")], path[-len(".nii.gz"):]
-    beside = _nifti_lookup(base, (".nii",), spelt, any_case=False)
+    beside = _nifti_lookup(base, (".nii",), spelt, any_case=False) or _folder_beside(base, spelt)
     if beside is None:
         return None
     if os.path.isfile(path):
@@ -4432,7 +4440,7 @@ def _uncompressed_single_file_beside(final: str) -> None:
     .nii, .nii.gz, .hdr, .img, .hdr.gz, .img.gz names written one beside the other; a .hdr.gz/.img.gz pair beside an
     uncompressed one is :func:`_uncompressed_pair_beside`'s). The old file is not removed: it may be an input."""
     base, spelt = final[:-len(".nii.gz")], final[-len(".nii.gz"):]
-    beside = _nifti_lookup(base, (".nii",), spelt, any_case=False)
+    beside = _nifti_lookup(base, (".nii",), spelt, any_case=False) or _folder_beside(base, spelt)
     if beside is None:
         return
     name = os.path.basename(beside)

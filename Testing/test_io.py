@@ -1941,6 +1941,13 @@ class AtomicWrites(unittest.TestCase):
             self.assertFalse(np.array_equal(itk, sitk.GetArrayFromImage(new)))
             back = io.read_image(os.path.join(d, "y.nii.gz"))
             np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(new))
+        with tempfile.TemporaryDirectory() as d:  # a folder named z.nii: nifti1_io opens it, and reads zeros
+            sitk.WriteImage(new, os.path.join(d, "z.nii.gz"))
+            os.mkdir(os.path.join(d, "z.nii"))
+            back = io.read_image(os.path.join(d, "z.nii.gz"))
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(new))
+            with self.assertRaises(InputError):
+                io.write_image(new, os.path.join(d, "z.nii.gz"))
 
     def test_a_stimulate_header_names_its_data_file_beside_it(self):
         """-o x.spr: ITK writes the header x.spr and the voxels x.sdt, the header naming the data file by the path
