@@ -824,6 +824,74 @@ class InferenceInputsTest(unittest.TestCase):
         self.assertIs(inference._network_lock(net), inference._network_lock(net))
         self.assertIsNot(inference._network_lock(net), inference._network_lock(self._net()))
 
+    def test_a_weights_file_read_slowly_holds_up_no_other_fusion(self):
+        """The model cache's lock was held while a weights file was read, and every fusion takes it (for its network's
+        lock): a file read from a slow disk (a network share) in one thread held up a fusion with a network passed
+        in, or already cached, in another. The file's read is paused here inside the real load_weights (a profile
+        hook of that thread, as a slow disk would stall it). Two threads asking for one file still share one
+        network; the locks of networks no longer used go with them (a WeakKeyDictionary)."""
+        import gc
+        import sys
+        import threading
+
+        from MultimodalFusionLib.fusion.deep import fuse_arrays, inference, save_weights
+
+        a, b = _blobs((24, 24), 0), _blobs((24, 24), 1)
+        in_read, release = threading.Event(), threading.Event()
+
+        def slow_disk(frame, event, arg):
+            if event == "call" and frame.f_code.co_name == "load_weights" and not in_read.is_set():
+                in_read.set()
+                release.wait(30)
+
+        results: dict[str, object] = {}
+        errors: list[BaseException] = []
+
+        def reading(key: str, path: str, paused: bool) -> None:
+            if paused:
+                sys.setprofile(slow_disk)  # this thread only
+            try:
+                results[key] = fuse_arrays(a, b, weights=path, device="cpu")[0]
+            except BaseException as exc:  # noqa: BLE001 - shown below
+                errors.append(exc)
+            finally:
+                sys.setprofile(None)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "net.safetensors")
+            save_weights(self._net(), path)
+            reader = threading.Thread(target=reading, args=("file", path, True))
+            other = threading.Thread(target=lambda: results.__setitem__(
+                "passed", fuse_arrays(a, b, weights=self._net(), device="cpu")[0]))
+            same = threading.Thread(target=reading, args=("same file", path, False))
+            reader.start()
+            try:
+                self.assertTrue(in_read.wait(30))
+                other.start()
+                other.join(10)
+                self.assertFalse(other.is_alive(), "a fusion with a network passed in waited for another thread's "
+                                                   "weights file to be read")
+                same.start()  # waits for the read under way, then shares its network
+            finally:
+                release.set()
+                for thread in (reader, other, same):
+                    if thread.ident is not None:
+                        thread.join(30)
+            self.assertEqual(errors, [])
+            np.testing.assert_array_equal(results["file"], results["same file"])
+            self.assertEqual(len([k for k in inference._MODEL_CACHE if k[0] == os.path.abspath(path)]), 1)
+            with inference._CACHE_LOCK:  # this test's file is gone
+                for key in [k for k in inference._MODEL_CACHE if k[0] == os.path.abspath(path)]:
+                    del inference._MODEL_CACHE[key]
+        # a network's lock lives as long as the network (no entry left per network fused)
+        net = self._net()
+        fuse_arrays(a, b, weights=net, device="cpu")
+        self.assertIn(net, inference._NETWORK_LOCKS)
+        before = len(inference._NETWORK_LOCKS)
+        del net
+        gc.collect()
+        self.assertEqual(len(inference._NETWORK_LOCKS), before - 1)
+
     def test_adaptation_seed(self):
         """Same seed, same result; another seed draws other slices of a volume; a 2D image is adapted on the
         whole image every step, so the seed has nothing to draw there (README)."""

@@ -50,8 +50,12 @@ DEFAULT_ADAPT_STEPS = 0
 WEIGHT_ALIASES = {"2d": 2, "3d": 3, "default": 2, "default-2d": 2, "default-3d": 3}
 
 _MODEL_CACHE: dict[tuple[str, int, int, int], tuple[Any, dict[str, Any]]] = {}
-#: Guards :data:`_MODEL_CACHE` and :data:`_NETWORK_LOCKS` (a file is read once when two threads ask for it).
+#: Guards :data:`_MODEL_CACHE`, :data:`_LOADING` and :data:`_NETWORK_LOCKS`; held only to look up and store, never
+#: while a file is read (a slow disk had held up every other fusion: :func:`_load_model`).
 _CACHE_LOCK = threading.Lock()
+#: One lock per weights file (its absolute path), held while it is read: two threads asking for one file read it
+#: once and share one network (and so its lock); other files and networks passed in do not wait for it.
+_LOADING: dict[str, threading.Lock] = {}
 #: One lock per network fused (cached weights or a network passed in): see :func:`_network_lock`.
 _NETWORK_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
 
@@ -133,12 +137,21 @@ def _load_model(weights: Any, spatial_dims: int) -> tuple[Any, dict[str, Any]]:
         key = (os.path.abspath(os.fspath(path)), st.st_ino, st.st_mtime_ns, st.st_size)
     except OSError:  # missing/unreadable: load_weights raises the clear error
         return load_weights(path)
-    with _CACHE_LOCK:  # two threads asking for one file share one network (and so its lock)
-        if key not in _MODEL_CACHE:
-            for stale in [k for k in _MODEL_CACHE if k[0] == key[0]]:  # an older version of this file
-                del _MODEL_CACHE[stale]
-            _MODEL_CACHE[key] = load_weights(path)
-        return _MODEL_CACHE[key]
+    # two threads asking for one file share one network (and so its lock). The file is read under its own lock,
+    # not the cache's: a file read from a slow disk (a network share, a first read) had held _CACHE_LOCK, which
+    # every fusion takes (_network_lock), so a fusion with a network passed in or already cached waited for it
+    with _CACHE_LOCK:
+        loading = _LOADING.setdefault(key[0], threading.Lock())
+    with loading:
+        with _CACHE_LOCK:
+            cached = _MODEL_CACHE.get(key)
+        if cached is None:
+            cached = load_weights(path)
+            with _CACHE_LOCK:
+                for stale in [k for k in _MODEL_CACHE if k[0] == key[0]]:  # an older version of this file
+                    del _MODEL_CACHE[stale]
+                _MODEL_CACHE[key] = cached
+        return cached
 
 
 # glibc mallopt() parameters and their defaults (malloc.h; mallopt cannot read the current values)
