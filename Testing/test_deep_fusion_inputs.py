@@ -824,6 +824,74 @@ class InferenceInputsTest(unittest.TestCase):
         self.assertIs(inference._network_lock(net), inference._network_lock(net))
         self.assertIsNot(inference._network_lock(net), inference._network_lock(self._net()))
 
+    def test_predict_and_adapt_wait_for_a_fusion_with_their_network(self):
+        """predict() and adapt() are public and use the network given: predict moves it to its device and eval mode,
+        adapt copies it. Without fuse_arrays' lock, a predict() or adapt() in one thread ran while a fusion with the
+        same network in another had moved it (and would put it back under them): they now wait for it. Real
+        threads, the second started while the first is inside the network."""
+        import threading
+
+        from MultimodalFusionLib.fusion.deep import fuse_arrays
+        from MultimodalFusionLib.fusion.deep.inference import adapt, predict
+
+        a, b = _blobs((24, 24), 0), _blobs((24, 24), 1)
+        net = self._net().train()
+        alone = predict(self._net(), a, b, device=torch.device("cpu"))[0]
+        net.train()
+        calls = {"predict": lambda progress: predict(net, a, b, device=torch.device("cpu"), progress=progress)[0],
+                 "adapt": lambda progress: adapt(net, a, b, steps=1, device=torch.device("cpu"), progress=progress)}
+
+        def race(name: str) -> tuple[list[bool], dict[str, object]]:
+            """A fusion in one thread, calls[name] in another started once the fusion is inside the network."""
+            first_inside, second_inside = threading.Event(), threading.Event()
+            overlapped: list[bool] = []
+            results: dict[str, object] = {}
+            errors: list[BaseException] = []
+
+            def first_progress(fraction: float, message: str) -> bool:
+                if message.startswith("fused"):  # inside predict, the network in eval mode: let the second go
+                    first_inside.set()
+                    overlapped.append(second_inside.wait(2.0))  # the old code: at once; with the lock: never
+                return True
+
+            def second_progress(fraction: float, message: str) -> bool:
+                second_inside.set()
+                return True
+
+            def fusing() -> None:
+                try:
+                    results["fusion"] = fuse_arrays(a, b, weights=net, device="cpu", selection="blend",
+                                                    progress=first_progress)[0]
+                except BaseException as exc:  # noqa: BLE001 - shown below
+                    errors.append(exc)
+
+            def second() -> None:
+                try:
+                    results[name] = calls[name](second_progress)
+                except BaseException as exc:  # noqa: BLE001 - shown below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=fusing), threading.Thread(target=second)]
+            threads[0].start()
+            self.assertTrue(first_inside.wait(30))
+            threads[1].start()
+            for thread in threads:
+                thread.join(30)
+            self.assertEqual(errors, [])
+            return overlapped, results
+
+        for name in calls:
+            with self.subTest(call=name):
+                overlapped, results = race(name)
+                self.assertEqual(overlapped, [False], f"{name}() ran inside another thread's fusion with its network")
+                np.testing.assert_array_equal(results["fusion"], alone)
+                if name == "predict":
+                    np.testing.assert_array_equal(results[name], alone)
+                    net.train()  # predict leaves it in eval mode (documented)
+                else:
+                    self.assertIsNot(results[name], net)
+                    self.assertTrue(net.training)  # adapt tunes a copy
+
     def test_a_weights_file_read_slowly_holds_up_no_other_fusion(self):
         """The model cache's lock was held while a weights file was read, and every fusion takes it (for its network's
         lock): a file read from a slow disk (a network share) in one thread held up a fusion with a network passed

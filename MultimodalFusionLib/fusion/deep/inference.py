@@ -280,7 +280,18 @@ def predict(model: Any, a: np.ndarray, b: np.ndarray, *, device: Any, batch_size
 
     A 2D network runs 3D arrays as batches of axial slices; a 3D network runs them with
     sliding-window inference (``roi_size`` cubes, 25 % overlap, Gaussian blending: :func:`window_weights`).
+    ``model`` is moved to ``device`` and left there in eval mode (:func:`fuse_arrays` puts a network back as it
+    found it); it runs while no other fusion, prediction or adaptation uses it (:func:`_network_lock`).
     """
+    # public, and it moves the network and sets its mode: without the lock, a predict() in one thread moved a
+    # network to its device (and eval mode) under a fusion with it in another, which then put it back under predict
+    with _network_lock(model):
+        return _predict(model, a, b, device=device, batch_size=batch_size, roi_size=roi_size, progress=progress)
+
+
+def _predict(model: Any, a: np.ndarray, b: np.ndarray, *, device: Any, batch_size: int,
+             roi_size: int, progress: ProgressCallback | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict`, its network's lock held."""
     import torch
 
     model = model.to(device).eval()
@@ -344,13 +355,19 @@ def adapt(model: Any, a: np.ndarray, b: np.ndarray, *, steps: int, lr: float = 1
 
     ``amp``: None (default) float16 autocast on CUDA only; True/False force it on or off (True on the
     CPU runs the CUDA path under ``torch.autocast("cpu")`` with a CPU GradScaler, as the tests do).
+    ``model`` itself is not changed; it is copied while no other fusion or prediction uses it
+    (:func:`_network_lock`), and the copy is fine-tuned without holding up fusions with ``model``.
     """
     import torch
 
     from .training import _float16_amp, _optimizer_step
 
     device = device or torch.device("cpu")
-    tuned = copy.deepcopy(model).to(device).train()
+    # copied under the network's lock: a fusion in another thread moves the network to its device and back, and
+    # a copy taken meanwhile could hold its parameters part on one device and part on the other
+    with _network_lock(model):
+        tuned = copy.deepcopy(model)
+    tuned = tuned.to(device).train()
     sd = tuned.config.spatial_dims
     loss_fn = FusionLoss(sd, loss_weights)
     opt = torch.optim.Adam(tuned.parameters(), lr=lr)
