@@ -924,7 +924,10 @@ def _run_run(args: argparse.Namespace) -> int:
         bar.close()
     summary = {"files": out["files"], "report": out["report"], "metrics": out["metrics"],
                "registration_metrics": out["registration_metrics"], "seconds": out["seconds"],
-               "registration": out["registration"].to_dict() if out["registration"] is not None else None}
+               "registration": out["registration"].to_dict() if out["registration"] is not None else None,
+               # each fusion's warnings (deep fusion's anisotropy) beside the registration's (in its to_dict()),
+               # as metrics.json holds them: with --json they had been on stderr only
+               "fusion_warnings": {res.method: list(res.warnings) for res in out["fusions"]}}
     reg = out["registration"]
     if args.json:
         from .io import to_json_safe

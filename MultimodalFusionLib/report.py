@@ -506,7 +506,10 @@ def _write_report_files(out: str, *, inputs: Mapping[str, sitk.Image], fusions: 
         "how_computed": how,
         "inputs": {name: {"size": list(img.GetSize()), "spacing": list(img.GetSpacing())}
                    for name, img in inputs.items()},
-        "fusions": {label: {"parameters": r.parameters, "seconds": r.seconds} for label, r in zip(labels, fusions)},
+        # a fusion's warnings (deep fusion's anisotropy), as the registration's are in its to_dict(): they had been
+        # printed by the CLI only, and neither this file nor the page said them
+        "fusions": {label: {"parameters": r.parameters, "seconds": r.seconds, "warnings": list(r.warnings)}
+                    for label, r in zip(labels, fusions)},
         "metrics": metrics,
         "registration": registration,
         "registration_metrics": registration_metrics,
@@ -548,6 +551,8 @@ def _write_report_files(out: str, *, inputs: Mapping[str, sitk.Image], fusions: 
         body.append(f"<h3>{html.escape(res.method)}</h3>")
         body.append(_img_tag(png, f"montage of the {res.method} fusion"))
         body.append(f'<p class="note">parameters: {html.escape(params)}; {res.seconds:.2f} s</p>')
+        # under its montage, as the registration's warnings are under its section
+        body += [f'<p class="warn">Warning: {html.escape(str(w))}</p>' for w in res.warnings]
     if metrics:
         keys = [k for k in REPORT_METRICS if any(k in v for v in metrics.values())]
         body.append("<h2>Fusion quality</h2>")

@@ -6,6 +6,7 @@ Tiny networks and small arrays: each test runs in a few seconds on 2 CPU threads
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 import unittest
@@ -774,6 +775,20 @@ class InferenceInputsTest(unittest.TestCase):
                                       "--model", weights, "--deep-device", "cpu"])
                 self.assertEqual(rc, 0, err)
                 self.assertEqual(err.count("warning: The 3D deep-fusion network"), 1, err)
+            with self.subTest(command="run --json"):
+                # in its JSON and its report's metrics.json too, as the registration's are (they were on stderr only)
+                out = io.StringIO()
+                with redirect_stdout(out), redirect_stderr(io.StringIO()) as err:
+                    rc = main(["run", *files, "--output-dir", os.path.join(tmp, "out"), "--no-register", "--methods",
+                               "deep,average", "--model", weights, "--deep-device", "cpu", "--json"])
+                self.assertEqual(rc, 0, err.getvalue())
+                said = json.loads(out.getvalue())["fusion_warnings"]
+                self.assertEqual(said["average"], [])
+                self.assertEqual(len(said["deep"]), 1)
+                self.assertIn("1 x 1 x 5 mm", said["deep"][0])
+                self.assertIn(said["deep"][0], err.getvalue())
+                with open(os.path.join(tmp, "out", "metrics.json"), encoding="utf-8") as f:
+                    self.assertEqual(json.load(f)["fusions"]["deep"]["warnings"], said["deep"])
 
     def test_two_threads_fusing_with_one_network_leave_it_as_it_was(self):
         """Each fusion puts the network in eval mode on its device and back as it found it: two threads fusing with one

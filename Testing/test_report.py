@@ -200,6 +200,42 @@ class Report3DTest(unittest.TestCase):
         self.assertEqual(report._scored_slices(two_d), "")
 
 
+class FusionWarningsTest(unittest.TestCase):
+    def test_a_fusions_warnings_are_in_the_page_and_metrics_json(self) -> None:
+        """A fusion's warnings (deep fusion's anisotropy: a 3D network on 1 x 1 x 5 mm voxels) were printed by the
+        CLI only: the report of `mmfusion run`/`fuse --report` said nothing of them, in the page or in metrics.json,
+        where the registration's warnings are shown. A real fusion with a small 3D network."""
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a dependency of deep fusion only
+            self.skipTest("torch is not installed")
+        from MultimodalFusionLib.fusion.deep import FusionNetConfig, build_network
+
+        torch.manual_seed(0)
+        net = build_network(FusionNetConfig(spatial_dims=3, features=4, channels=(8, 16, 16), strides=(2, 2)))
+        rng = np.random.default_rng(0)
+        images = []
+        for _ in range(2):
+            image = sitk.GetImageFromArray(rng.random((8, 24, 20)).astype(np.float32))
+            image.SetSpacing((1.0, 1.0, 5.0))
+            images.append(image)
+        deep = fusion.fuse(*images, "deep", weights=net, device="cpu")
+        self.assertEqual(len(deep.warnings), 1)  # (test_deep_fusion_inputs: when it warns)
+        plain = fusion.fuse(*images, "average")
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = report.write_report(tmp, inputs={"A": images[0], "B": images[1]}, fusions=[plain, deep],
+                                        metrics={})
+            page = open(paths["html"], encoding="utf-8").read()
+            shown = re.findall(r'<p class="warn">Warning: ([^<]*)</p>', page)
+            self.assertEqual(shown, [html_escape(deep.warnings[0])])
+            self.assertIn("1 x 1 x 5 mm", shown[0])
+            # under the deep fusion's montage, not the average's
+            self.assertGreater(page.index(shown[0]), page.index("<h3>deep</h3>"))
+            payload = json.loads(open(paths["metrics_json"], encoding="utf-8").read())
+            self.assertEqual(payload["fusions"]["deep"]["warnings"], deep.warnings)
+            self.assertEqual(payload["fusions"]["average"]["warnings"], [])
+
+
 class ReportOrientationAndColourTest(unittest.TestCase):
     """What the montage shows: Slicer's orientation, and colour images of any pixel type."""
 
