@@ -205,6 +205,39 @@ class LogicTest(unittest.TestCase):
         table = mrml.table_to_dict(average.metricsTableNode)
         self.assertAlmostEqual(float(table["fusion.EN"]), average.metrics["EN"], places=9)
 
+    def test_a_fusions_warnings_are_rows_of_its_metrics_table(self) -> None:
+        """fuseVolumes writes each of the fusion's warnings as a warning_N row of its metrics table (Text column), as
+        registerVolumes writes a registration's: deep fusion's anisotropy warning (a 3D network on 1 x 1 x 5 mm
+        voxels; a small network passed in) every fusion, none for a fusion without one. A reused table keeps no
+        warning row of an earlier fusion."""
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a dependency of deep fusion only
+            self.skipTest("torch is not installed")
+        from MultimodalFusionLib.fusion.deep import FusionNetConfig, build_network
+
+        torch.manual_seed(0)
+        net = build_network(FusionNetConfig(spatial_dims=3, features=4, channels=(8, 16, 16), strides=(2, 2)))
+        rng = np.random.default_rng(0)
+        nodes = []
+        for name in ("MR thick", "PET thick"):
+            image = sitk.GetImageFromArray(rng.random((8, 24, 20)).astype(np.float32))
+            image.SetSpacing((1.0, 1.0, 5.0))
+            nodes.append(mrml.volume_node_from_image(image, self.scene, name=name))
+        tables = []
+        for _ in range(2):  # every fusion says it
+            out = self.logic.fuseVolumes(*nodes, method="deep", weights=net, device="cpu")
+            self.assertEqual(len(out.result.warnings), 1)
+            table = mrml.table_to_dict(out.metricsTableNode)
+            self.assertEqual(table["fusion.warning_1"], out.result.warnings[0])
+            self.assertIn("1 x 1 x 5 mm", str(table["fusion.warning_1"]))
+            self.assertNotIn("fusion.warning_2", table)
+            self.assertAlmostEqual(float(table["fusion.EN"]), out.metrics["EN"], places=9)  # numbers as before
+            tables.append(out.metricsTableNode)
+        self.assertIsNot(tables[0], tables[1])  # a table of its own each
+        plain = self.logic.fuseVolumes(*nodes, method="average", metricsTableNode=tables[0])
+        self.assertEqual([k for k in mrml.table_to_dict(plain.metricsTableNode) if "warning" in k], [])
+
     def test_weight_maps_are_shown_on_the_fixed_window_0_to_1(self) -> None:
         """A weight map's grey level is its weight (black: functional alone, white: anatomical alone), for every
         method and a reused node alike. The automatic window stretched each map over its own range: the wavelet
