@@ -356,6 +356,42 @@ class TrainFusionCommandTest(unittest.TestCase):
             rc, err = self._main(base + ["--pairs", str(tmp / "run"), "--epochs", "1", "--resume", str(old)])
             self.assertEqual(rc, 0, err)
 
+    def test_a_checkpoint_without_pair_digests_resumes_as_before(self):
+        """Checkpoints written before pair_digests hold the pairs' count, shapes and one digest: they resume on the
+        same pairs (a copy) as before, and on other images of the same sizes are refused by that digest once the
+        pairs are read (each pair's digest, which they lack, is not asked for). Pins 0eb5fb9's 'old checkpoints
+        match exactly as before'."""
+        def write(folder: Path, seeds) -> None:
+            for side in ("MRI", "CT"):
+                (folder / side).mkdir(parents=True)
+                for k, seed in enumerate(seeds):
+                    arr = np.round(255 * _blobs((32, 32), seed + (side == "CT"))).astype(np.uint8)
+                    sitk.WriteImage(sitk.GetImageFromArray(arr), str(folder / side / f"{k:02d}.png"))
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            write(tmp / "run", (0, 2))
+            write(tmp / "copy", (0, 2))
+            write(tmp / "other", (0, 6))  # its second pair differs
+            out = str(tmp / "m.safetensors")
+            base = ["train-fusion", "--output", out, "--patch-size", "16", "--batch-size", "1", "--device", "cpu",
+                    "--threads", "1", "--samples-per-epoch", "1", "--seed", "0"]
+            rc, err = self._main(base + ["--pairs", str(tmp / "run"), "--epochs", "1"])
+            self.assertEqual(rc, 0, err)
+            ckpt = out + ".ckpt.pt"
+            payload = torch.load(ckpt, map_location="cpu", weights_only=True)
+            state = json.loads(payload["state"])  # the checkpoint's training state is JSON text
+            self.assertEqual(len(state["data"].pop("pair_digests")), 2)  # as an older checkpoint: without them
+            self.assertEqual(sorted(state["data"]), ["digest", "pairs", "shapes"])
+            payload["state"] = json.dumps(state)
+            old = str(tmp / "old.ckpt.pt")
+            torch.save(payload, old)
+            rc, err = self._main(base + ["--pairs", str(tmp / "other"), "--epochs", "2", "--resume", old])
+            self.assertEqual(rc, 2, err)
+            self.assertIn("as many pairs of the same sizes, but other images", err)
+            rc, err = self._main(base + ["--pairs", str(tmp / "copy"), "--epochs", "2", "--resume", old])
+            self.assertEqual(rc, 0, err)
+
     def test_dicom_and_nifti_copies_of_a_pair_have_one_fingerprint(self):
         """The fingerprint is of the values training sees, not of the files: the same pair as DICOM and as NIfTI
         matches (a --resume on the converted folder continues the run); stored as float, an 8-bit pair is scaled
