@@ -86,6 +86,10 @@ class FusionBenchmarkScriptTest(unittest.TestCase):
         rc, text = _run(bench.main, ["--data", str(root), "--methods", "average,max,deep", "--deep-adapt", "2",
                                      "--json", str(out_json)])
         self.assertEqual(rc, 0, text)
+        # the table names its data and where it ran (deep fusion goes to CUDA when torch sees a GPU)
+        self.assertIn(f"data: {root.resolve()}\n", text)
+        self.assertRegex(text, r"machine: .*\d+ CPU cores, load [0-9.]+, ITK threads \d+, torch on (the CPU, \d+ "
+                               r"thread\(s\)|CUDA \(.+\))")
         self.assertIn("**MRI-CT** (2 pairs)", text)
         self.assertIn("**MRI-SPECT** (2 pairs)", text)
         self.assertIn("(MRI_PET: no pairs found", text)
@@ -195,6 +199,37 @@ class FusionBenchmarkScriptTest(unittest.TestCase):
         out = sweep._structure_select(a, b, w, 2.0, 1.0)
         self.assertTrue(np.all((out == a) | (out == b)))
         self.assertTrue(np.any(out != a) and np.any(out != b))
+
+
+class ScriptsMeasureTheirCheckoutTest(unittest.TestCase):
+    def test_every_script_imports_the_engine_of_its_own_checkout(self):
+        """Five scripts imported an installed MultimodalFusionLib first and fell back to their checkout only when
+        none was installed, and one never looked at its checkout: run from a clone beside an editable install of
+        another checkout, they measured that other checkout's engine without a word (and without any install,
+        torch_inverse_field.py stopped with ModuleNotFoundError)."""
+        import os
+        import subprocess
+        import sys
+
+        code = ("import importlib.util, sys\n"
+                "spec = importlib.util.spec_from_file_location('script', sys.argv[1])\n"
+                "module = importlib.util.module_from_spec(spec)\n"
+                "sys.modules['script'] = module\n"
+                "spec.loader.exec_module(module)\n"
+                "import MultimodalFusionLib\n"
+                "print(MultimodalFusionLib.__file__)\n")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+        self.assertGreater(len(scripts), 20)
+        with tempfile.TemporaryDirectory() as elsewhere:  # not the checkout: its folder is not on sys.path
+            for script in scripts:
+                if script.name in ("bench_machine.py", "registration_torch_rows.py"):  # helpers, not scripts
+                    continue
+                done = subprocess.run([sys.executable, "-c", code, str(script)], cwd=elsewhere, env=env,
+                                      capture_output=True, text=True, timeout=120)
+                self.assertEqual(done.returncode, 0, (script.name, done.stderr[-2000:]))
+                engine = Path(done.stdout.strip().splitlines()[-1]).resolve()
+                self.assertEqual(engine, ROOT / "MultimodalFusionLib" / "__init__.py", script.name)
 
 
 class CaptureRangeScriptTest(unittest.TestCase):

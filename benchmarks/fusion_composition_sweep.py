@@ -37,11 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    from MultimodalFusionLib import io, metrics
-except ImportError:  # a source checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from MultimodalFusionLib import io, metrics
+# The checkout this script lies in comes first, installed or not, so that it is the one measured.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from MultimodalFusionLib import io, metrics  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fusion_harvard import CDDFUSE_PUBLISHED, KEYS, SETS, _pairs, cddfuse_saved, run_set  # noqa: E402
@@ -165,9 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in sets if s not in SETS]
     if unknown or not sets:
         parser.error(f"--sets {args.sets}: unknown set(s) {unknown}; use a comma-separated list of {', '.join(SETS)}")
+    from bench_machine import describe
+
     from MultimodalFusionLib.fusion.deep import fuse_arrays
 
     cands = candidates()
+    print(f"data: {root.resolve()}")
+    print(describe("cpu"))  # the network's weight maps are computed on the CPU (device="cpu" below)
     found = 0
     for name in sets:
         pairs = _pairs(root, name, SETS[name], None)

@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import re
 import sys
 import time
@@ -43,11 +41,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-try:
-    from MultimodalFusionLib import fusion, io, metrics
-except ImportError:  # running from a source checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from MultimodalFusionLib import fusion, io, metrics
+# The checkout this script lies in comes first, installed or not: an installed copy of another checkout
+# (pip install -e elsewhere) would otherwise be the one measured, without a word.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_machine
+from MultimodalFusionLib import fusion, io, metrics  # noqa: E402
 
 #: CDDFuse (CVPR 2023) README "Table 5", means over the full test sets.
 CDDFUSE_PUBLISHED = {
@@ -214,8 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.deep_adapt < 1:
             parser.error(f"--deep-adapt {args.deep_adapt}: give a number of adaptation steps of 1 or more")
         methods.append(f"deep+adapt{args.deep_adapt}")
+    from bench_machine import describe
+
     print(f"# Harvard fusion benchmark: {', '.join(methods)}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"data: {Path(args.data).resolve()}")
+    # deep fusion runs where fusion.fuse puts it (CUDA when torch sees a GPU): its seconds depend on it
+    print(describe("auto" if any(m.startswith("deep") for m in methods) else None))
     stretch = ("every fused image min-max stretched to 0..255 as CDDFuse's test_MIF.py does"
                if args.scaling == "cddfuse" else "fused images scored as returned, no stretch (--scaling none)")
     print("metrics: CDDFuse utils/Evaluator.py definitions on 8-bit grey images (colour PET/SPECT read as grey "

@@ -21,6 +21,7 @@ import sys
 
 # Runs from a source checkout without installing the package.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_machine
 
 #: (row, column) centres of the masks in the 257 x 221 fixed slice: its centre, above it, left of it
 PLACES = ((120, 110), (80, 110), (120, 70))
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     fixed, moving = itk_brainweb_pair()
     truth = itk_brainweb_truth(fixed)
     start = sitk.CompositeTransform([truth, sitk.TranslationTransform(2, (3.0, -2.0))])
+    from bench_machine import describe
+
+    print("ITK's 2D BrainWeb pair (BrainT1Slice vs BrainProtonDensitySlice, the tests' truth), rigid stage; "
+          + describe("auto" if "torch" in args.backends else None))
     print(f"start: {transform_error(start, truth, fixed)['mean']:.2f} px mean error")
     print("| backend | place (row, col) | mask | pixels | mean error px, seeds 0.. | largest |")
     print("|---|---|---|---|---|---|")

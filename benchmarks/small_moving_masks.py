@@ -25,6 +25,7 @@ import sys
 
 # Runs from a source checkout without installing the package.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_machine
 
 #: (row, column) in the 257 x 221 fixed slice whose place in the moving slice (through the truth) centres
 #: the moving mask: for the plain pair the head's centre, above it, left of it; for the band case the
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         mask.CopyInformation(moving)
         return mask
 
+    from bench_machine import describe
+
+    print("ITK's 2D BrainWeb pair and its band case (itk_brainweb_band_case), rigid stage on the torch backend; "
+          + describe("auto"))
     print(f"moving mask left out at <= {torch_backend._MIN_MASKED} voxels of a level inside both masks; "
           f"widths {args.widths}, {len(PLACES['plain'])} places, seeds 0-{args.seeds - 1} (mi; lncc samples every "
           "voxel: seed 0)")

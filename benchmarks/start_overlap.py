@@ -27,6 +27,7 @@ import warnings
 
 # Runs from a source checkout without installing the package.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_machine
 
 
 def layout(kind: str, share: float, fixed, moving, truth):
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import SimpleITK as sitk
+    from bench_machine import describe
 
     from MultimodalFusionLib.errors import InputError, RegistrationError
     from MultimodalFusionLib.registration import register
@@ -66,6 +68,8 @@ def main(argv=None) -> int:
     )
     from MultimodalFusionLib.validation import start_overlap
 
+    print("ITK's 2D BrainWeb pair, one rigid stage, initializer none; "
+          + describe("auto" if "torch" in args.backends else None))
     fixed0, moving0 = itk_brainweb_pair()
     truth0 = itk_brainweb_truth(fixed0)
     identity = sitk.Transform(2, sitk.sitkIdentity)

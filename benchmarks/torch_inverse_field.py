@@ -21,9 +21,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 
 import numpy as np
 import SimpleITK as sitk
+
+# Runs from a source checkout without installing the package (and measures that checkout, not an installed copy).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_machine
 
 
 def _rotation(axis: tuple[float, float, float], angle_deg: float) -> np.ndarray:
@@ -111,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from bench_machine import describe
+
+    print(describe("auto"))
     out = measure(args.bins, args.seed, args.quick)
     print(f"{'quick (a tenth of the iterations), ' if args.quick else ''}bins {args.bins or 'default (32)'}: field up to {out['field_max_mm']:.2f} mm; inverse after field "
           f"{out['mean_mm']:.4f} mm mean, {out['max_mm']:.3f} mm max over {out.get('voxels', 0)} object voxels")
