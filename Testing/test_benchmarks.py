@@ -303,6 +303,27 @@ class SparseContentScriptTest(unittest.TestCase):
 
 
 @unittest.skipUnless(importlib.util.find_spec("torch") is not None, "torch is not installed (pip install '.[deep]')")
+class DeepFusionRuntimeScriptTest(unittest.TestCase):
+    def test_a_device_it_cannot_use_is_a_usage_error_naming_the_option(self):
+        """--device cuda without a GPU (or a device name torch has not) ended in a traceback from inside the engine
+        after the data had been prepared; now it is refused first, naming --device and the devices to use."""
+        import torch
+
+        script = _load_script("deep_fusion_runtime")
+        cases = [("gpu", "Unknown or unsupported torch device 'gpu'")]
+        if not torch.cuda.is_available():
+            cases.append(("cuda", "Device 'cuda' was requested but torch sees no CUDA GPU"))
+        for device, expected in cases:
+            err = _io.StringIO()
+            with self.assertRaises(SystemExit) as stop, contextlib.redirect_stdout(_io.StringIO()), \
+                    contextlib.redirect_stderr(err):
+                script.main(["--device", device, "--volume", "8", "--only-volume"])
+            self.assertEqual(stop.exception.code, 2, device)
+            self.assertIn(f"--device {device}: {expected}", err.getvalue())
+            self.assertIn("deep_fusion_runtime.py --device", err.getvalue())
+
+
+@unittest.skipUnless(importlib.util.find_spec("torch") is not None, "torch is not installed (pip install '.[deep]')")
 class TorchInverseFieldScriptTest(unittest.TestCase):
     def test_the_quick_run_prints_the_field_and_a_small_inverse_error(self):
         import torch

@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from MultimodalFusionLib.devices import select_device
+    from MultimodalFusionLib.errors import InputError
+
+    try:  # checked before the minutes of data preparation, as a usage error (it had been a traceback)
+        select_device(args.device, where="deep_fusion_runtime.py --device")
+    except InputError as exc:
+        parser.error(f"--device {args.device}: {exc}")
     from MultimodalFusionLib.fusion.deep import (
         FusionNetConfig,
         build_network,
@@ -118,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                      timed(lambda: fuse_deep(a3, b3, weights=net3, adapt_steps=0, device=args.device))))
     device = torch.cuda.get_device_name(0) if args.device != "cpu" and torch.cuda.is_available() else \
         f"CPU, {torch.get_num_threads()} torch thread(s)"
-    print(f"deep fusion runtime ({device}; median of {args.repeat} run(s) for volumes)")
+    print(f"deep fusion runtime ({device}; median of {args.repeat} run(s) for volumes); MNI152 T1 (nilearn) and its "
+          f"synthetic CT, resampled to 256x256 (slice) and {n}^3 (volume)")
     print(f"  {'task':66s} {'wall s':>8s} {'sys s':>7s} {'faults M':>9s} {'peak RSS MB':>12s}")
     for name, (sec, sys_s, faults, rss) in rows:
         print(f"  {name:66s} {sec:8.2f} {sys_s:7.1f} {faults:9.2f} {rss:12.0f}")
