@@ -183,6 +183,26 @@ class FusionBenchmarkScriptTest(unittest.TestCase):
                 self.assertTrue(stop.exception.code.startswith("registration.py: error:"), stop.exception.code)
                 self.assertIn(expected, stop.exception.code)
 
+    def test_registration_benchmark_names_the_package_of_a_missing_peer(self):
+        """A peer that is not installed had failed in its worker with "ModuleNotFoundError: No module named 'itk'",
+        naming no fix; its row now says which package to install, and no worker is started for it."""
+        import sys
+
+        peers = {"elastix-rigid": ("itk", "itk-elastix"), "ants-rigid": ("ants", "antspyx")}
+        missing = {name: pip for name, (module, pip) in peers.items() if importlib.util.find_spec(module) is None}
+        if not missing:
+            self.skipTest("itk-elastix and ANTsPy are both installed")
+        spec = importlib.util.spec_from_file_location("bench_registration", ROOT / "benchmarks" / "registration.py")
+        reg = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = reg  # its dataclasses look their module up there
+        self.addCleanup(sys.modules.pop, spec.name, None)
+        spec.loader.exec_module(reg)
+        rc, text = _run(reg.main, ["--spacing", "8", "--only", ",".join(missing)])
+        self.assertEqual(rc, 0, text)
+        for name, pip in missing.items():
+            self.assertIn(f"| {reg.METHODS[name].tool} | rigid | not installed: pip install {pip} "
+                          "(`make bench` installs the peers) |", text)
+
     def test_composition_sweep_runs_and_counts_configurations(self):
         sweep = _load_script("fusion_composition_sweep")
         n = len(sweep.candidates())

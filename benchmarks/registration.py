@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import resource
@@ -56,6 +57,8 @@ class Method:
     tool: str
     task: str
     run: RegisterFn
+    #: (module, pip package) the row needs beyond the engine: a peer the venv may not have
+    needs: tuple[str, str] | None = None
 
 
 # ----------------------------------------------------------------------------- ours (SimpleITK)
@@ -122,6 +125,8 @@ def _ants(kind: str) -> RegisterFn:
     return run
 
 
+ELASTIX, ANTS = ("itk", "itk-elastix"), ("ants", "antspyx")  # the peers: pip install ".[bench]"
+
 #: name -> Method. Other back ends (e.g. the torch registration) add their rows here.
 METHODS: dict[str, Method] = {
     "ours-rigid": Method("SimpleITK (ours): Mattes MI 32 bins, 1% random, RSGD phys-shift, shrink 4-2-1",
@@ -130,13 +135,13 @@ METHODS: dict[str, Method] = {
                           "affine", _ours(["affine"])),
     "ours-deformable": Method("SimpleITK (ours): rigid -> affine -> B-spline 4^3 grid, 4000 samples",
                               "deformable", _ours(["rigid", "affine", "bspline"])),
-    "elastix-rigid": Method("itk-elastix default map", "rigid", _elastix(["rigid"])),
-    "elastix-affine": Method("itk-elastix default map", "affine", _elastix(["affine"])),
+    "elastix-rigid": Method("itk-elastix default map", "rigid", _elastix(["rigid"]), ELASTIX),
+    "elastix-affine": Method("itk-elastix default map", "affine", _elastix(["affine"]), ELASTIX),
     "elastix-deformable": Method("itk-elastix default maps rigid + bspline", "deformable",
-                                 _elastix(["rigid", "bspline"])),
-    "ants-rigid": Method("ANTsPy `Rigid` defaults", "rigid", _ants("Rigid")),
-    "ants-affine": Method("ANTsPy `Affine` defaults", "affine", _ants("Affine")),
-    "ants-deformable": Method("ANTsPy `SyN` defaults", "deformable", _ants("SyN")),
+                                 _elastix(["rigid", "bspline"]), ELASTIX),
+    "ants-rigid": Method("ANTsPy `Rigid` defaults", "rigid", _ants("Rigid"), ANTS),
+    "ants-affine": Method("ANTsPy `Affine` defaults", "affine", _ants("Affine"), ANTS),
+    "ants-deformable": Method("ANTsPy `SyN` defaults", "deformable", _ants("SyN"), ANTS),
 }
 
 
@@ -145,8 +150,6 @@ def _register_optional_rows() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     extra = os.path.join(here, "registration_torch_rows.py")
     if os.path.exists(extra):
-        import importlib.util
-
         spec = importlib.util.spec_from_file_location("registration_torch_rows", extra)
         module = importlib.util.module_from_spec(spec)
         assert spec.loader is not None
@@ -282,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pair: {case['description']}", file=sys.stderr)
         rows = []
         for name in names:
+            m = METHODS[name]
+            if m.needs and importlib.util.find_spec(m.needs[0]) is None:
+                # the worker had failed with "ModuleNotFoundError: No module named 'itk'", naming no fix
+                missing = f"not installed: pip install {m.needs[1]} (`make bench` installs the peers)"
+                print(f"  {name}: {missing}", file=sys.stderr)
+                rows.append({"name": name, "tool": m.tool, "task": m.task, "error": missing})
+                continue
             runs = []
             for i in range(args.repeats):
                 res = run_in_subprocess(name, case_json, args.timeout)
@@ -290,7 +300,6 @@ def main(argv: list[str] | None = None) -> int:
                     runs = res
                     break
                 runs.append(res)
-            m = METHODS[name]
             if isinstance(runs, str):
                 rows.append({"name": name, "tool": m.tool, "task": m.task, "error": runs})
             else:
