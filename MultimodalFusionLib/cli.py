@@ -748,9 +748,11 @@ def _add_evaluate_registration(sub: argparse._SubParsersAction) -> None:
                         "Repeat it to chain several in antsApplyTransforms' order: `--transform A --transform B` "
                         "maps a fixed point x to A(B(x)), the last given applied first")
     p.add_argument("--invert", action="store_true", help="use the inverse of the transform (of the chain; linear only)")
-    p.add_argument("--fixed-labels", help="label map of the fixed image (0 background)")
-    p.add_argument("--moving-labels", help="label map of the moving image, on the moving image's grid or any other")
-    p.add_argument("--labels", help="comma-separated labels to score, e.g. 1,2,5 (default: every non-zero label)")
+    p.add_argument("--fixed-labels", help="label map of the fixed image (0 background), or a 3D Slicer .seg.nrrd")
+    p.add_argument("--moving-labels", help="label map of the moving image, on the moving image's grid or any other, "
+                                           "or a .seg.nrrd (two .seg.nrrd files: segments matched by name)")
+    p.add_argument("--labels", help="comma-separated labels to score, e.g. 1,2,5, or segment names (liver,kidney) "
+                                    "where both label files are .seg.nrrd (default: every label)")
     p.add_argument("--fixed-landmarks",
                    help="landmarks of the fixed image: Slicer .fcsv/.mrk.json, elastix point file (.txt/.pts), "
                         "ANTs .csv (x,y,z,t in LPS)")
@@ -760,24 +762,13 @@ def _add_evaluate_registration(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_evaluate_registration)
 
 
-def _parse_labels(text: str | None) -> list[int] | None:
-    from .errors import InputError
-
-    if not text:
-        return None
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--labels {text} is not a comma-separated list of whole numbers.",
-                         "Give e.g. --labels 1,2,5, or leave it out for every label.") from None
-
-
 def _run_evaluate_registration(args: argparse.Namespace) -> int:
     from .errors import InputError
     from .io import read_image, read_transform
     from .landmarks import read_landmarks
     from .metrics import evaluate_registration
     from .preprocess import chain_transforms
+    from .segmentations import label_maps_for_evaluation, named_note
 
     _check_series(args, ("fixed", "moving"))
     if args.invert and not args.transform:
@@ -790,16 +781,30 @@ def _run_evaluate_registration(args: argparse.Namespace) -> int:
                              "Give both (fixed and moving), or neither.")
     if args.labels and not args.fixed_labels:
         raise InputError("--labels was given without label maps.", "Give --fixed-labels and --moving-labels too.")
-    labels = _parse_labels(args.labels)
     transform = chain_transforms([read_transform(t) for t in args.transform or []], invert=args.invert)
     fixed = read_image(args.fixed, series=_series(args, "fixed"), float32=True)
     moving = read_image(args.moving, series=_series(args, "moving"), float32=True)
-    fixed_labels = read_image(args.fixed_labels) if args.fixed_labels else None
-    moving_labels = read_image(args.moving_labels) if args.moving_labels else None
+    fixed_labels = moving_labels = labels = None
+    paired: dict[str, Any] = {"label_names": {}, "notes": [], "empty": []}
+    if args.fixed_labels:
+        # a .seg.nrrd's segments by name (both files) or label value (one), every layer read: its numbers alone had
+        # paired 'liver' with whatever the other file numbered alike, and a file of several layers was refused
+        fixed_labels, moving_labels, labels, paired = label_maps_for_evaluation(args.fixed_labels,
+                                                                                args.moving_labels, args.labels)
     fixed_points = read_landmarks(args.fixed_landmarks, fixed) if args.fixed_landmarks else None
     moving_points = read_landmarks(args.moving_landmarks, moving) if args.moving_landmarks else None
     result = evaluate_registration(fixed, moving, transform, fixed_labels=fixed_labels, moving_labels=moving_labels,
                                    fixed_landmarks=fixed_points, moving_landmarks=moving_points, labels=labels)
+    if fixed_labels is not None:
+        names = paired["label_names"]
+        result["label_matching"] = paired["matched"]
+        if names:
+            result["label_names"] = names
+            result["notes"] = [named_note(n, names) for n in result["notes"]]
+        for label in paired["empty"]:  # listed in a header, no voxel: in neither map, so neither scored nor left out
+            if label not in result["labels"]["after"]["labels"] and label not in result["labels"]["left_out"]:
+                result["labels"]["left_out"] = sorted(result["labels"]["left_out"] + [label])
+        result["notes"] = paired["notes"] + result["notes"]
     if fixed_points is not None:
         result["landmark_files"] = {role: {"path": lm.path, "format": lm.format, "read_as": lm.coordinate_system,
                                            "points": len(lm)} for role, lm in (("fixed", fixed_points),
@@ -831,10 +836,14 @@ def _registration_evaluation_lines(result: dict[str, Any], has_transform: bool) 
         for key, what in (("dice", "Dice"), ("jaccard", "Jaccard"), ("hd95", "HD95 mm"),
                           ("hausdorff", "Hausdorff mm"), ("mean_surface_distance", "mean surface distance mm")):
             lines.append(f"  {what:<28} {num(before['mean'][key]):>10} {num(aft['mean'][key]):>10}")
+        names = result.get("label_names", {})
+        if result.get("label_matching") == "name":
+            lines.append("  segments matched by name (label: segment)")
         lines.append("  per label: Dice before -> after, HD95 mm before -> after")
         for label, row in aft["labels"].items():
             old = before["labels"].get(label, {})
-            lines.append(f"  {label:>6}: Dice {num(old.get('dice'))} -> {num(row['dice'])}, "
+            shown = f"{label} '{names[label]}'" if label in names else str(label)
+            lines.append(f"  {shown:>6}: Dice {num(old.get('dice'))} -> {num(row['dice'])}, "
                          f"HD95 {num(old.get('hd95'), '.2f')} -> {num(row['hd95'], '.2f')}")
     if "landmarks" in result:
         b, a = result["landmarks"]["before"], result["landmarks"]["after"]

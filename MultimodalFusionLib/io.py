@@ -1817,6 +1817,8 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     if not keep_color and image.GetNumberOfComponentsPerPixel() == 4 and os.path.isfile(path) \
             and (_png_grey_alpha_depth(path) is not None or _png_grey_transparency(path) is not None):
         image = sitk.VectorIndexSelectionCast(image, 0)  # its grey, in its own type (the luminance is float32)
+    if not keep_color and image.GetNumberOfComponentsPerPixel() > 1 and image.HasMetaDataKey("Segment0_ID"):
+        _refuse_segment_layers(path, image)  # to_luminance had called its layers a vector field's channels
     if not keep_color and image.GetNumberOfComponentsPerPixel() > 1:
         image = to_luminance(image, f"image '{path}'", path=path)
     if float32 and image.GetNumberOfComponentsPerPixel() == 1:
@@ -1830,6 +1832,27 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
         if image.GetPixelID() != sitk.sitkFloat32:
             image = sitk.Cast(image, sitk.sitkFloat32)
     return image
+
+
+def _refuse_segment_layers(path: str, image: sitk.Image) -> None:
+    """A 3D Slicer ``.seg.nrrd`` of several layers (overlapping segments, one component a layer) read as one image:
+    refused for what it is, where it had been called a vector or displacement field (2 layers) or a colour picture
+    (3 or 4)."""
+    layers: dict[str, list[str]] = {}
+    i = 0
+    while image.HasMetaDataKey(f"Segment{i}_ID"):
+        key = f"Segment{i}_"
+        name = image.GetMetaData(key + "Name") if image.HasMetaDataKey(key + "Name") else image.GetMetaData(key + "ID")
+        layer = image.GetMetaData(key + "Layer").strip() if image.HasMetaDataKey(key + "Layer") else str(i)
+        layers.setdefault(layer, []).append(f"'{name}'")
+        i += 1
+    count = image.GetNumberOfComponentsPerPixel()
+    listed = "; ".join(f"layer {k}: {', '.join(v)}" for k, v in sorted(layers.items()))
+    raise InputError(f"'{path}' is a 3D Slicer segmentation whose segments are saved in {count} layers ({listed}), as "
+                     "Slicer saves segments that overlap: it holds no single value a voxel to read as one image.",
+                     "Give it to `mmfusion evaluate-registration` as --fixed-labels/--moving-labels (its segments are "
+                     "read layer by layer there), or export the segments you need to a label map in 3D Slicer "
+                     "(Segmentations module: Export to label map) and give that.")
 
 
 def _read_tensor_file(path: str, layout: tensors.TensorLayout) -> sitk.Image:

@@ -578,9 +578,9 @@ def segments_label_map(node: Any, segment_ids: Sequence[str], reference: sitk.Im
     """Segments of a segmentation node as one label map on ``reference``'s grid: the i-th of ``segment_ids`` is
     label i + 1 (UInt16), each segment's binary labelmap exported where Slicer shows it relative to
     ``reference_node`` (through the transforms either is under, as :func:`mask_from_node` takes a segmentation).
-    An empty ID ("") is a label this segmentation lacks: no voxel holds it. A segment with voxels in its own
-    binary labelmap and none on ``reference``'s grid (thinner than its voxels, or outside it) is appended to
-    ``lost`` as (label, segment name, its own voxels), where given.
+    An empty ID ("") is a label this segmentation lacks: no voxel holds it. A segment with no voxel on
+    ``reference``'s grid is appended to ``lost`` as (label, segment name, its own voxels), where given: 0 for an
+    empty segment, else it was lost in the export (thinner than the grid's voxels, or outside it).
 
     The segmentation is not changed and the scene is left as it was (every helper node removed).
 
@@ -627,7 +627,7 @@ def segments_label_map(node: Any, segment_ids: Sequence[str], reference: sitk.Im
                 voxels = sitk.GetArrayFromImage(image_from_volume_node(exported)) != 0  # a copy: no temporary's view
             if voxels is None or not voxels.any():
                 own = _segment_voxels(segmentation, segment_id)
-                if own and lost is not None:  # lost in the export, not empty: said, not silently no label
+                if lost is not None:  # lost in the export, or empty (own 0): said, not silently no label
                     lost.append((label, segmentation.GetSegment(segment_id).GetName(), own))
                 continue  # no voxel of this label on the grid
             clash = voxels & (out != 0)

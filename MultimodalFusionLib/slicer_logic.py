@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from . import io, mrml
 from .errors import InputError
 from .progress import ProgressCallback, report, scaled
+from .segmentations import check_segment_names, match_by_name, named_note, near_name_notes
 from .validation import has_content, overlap_fraction
 
 __all__ = ["FusionLogic", "RegistrationOutputs", "FusionOutputs", "RunOutputs"]
@@ -268,65 +269,24 @@ def _segment_names(node: Any) -> list[tuple[str, str]]:
     segmentation = node.GetSegmentation()
     pairs = [(segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i).GetName())
              for i in range(segmentation.GetNumberOfSegments())]
-    seen: set[str] = set()
-    for _, name in pairs:
-        if name in seen:
-            raise InputError(f"Segmentation '{node.GetName()}' has two segments named '{name}'; segments of the two "
-                             "segmentations are matched by name.", "Rename one of them (Segment Editor).")
-        seen.add(name)
-    if not pairs:
-        raise InputError(f"Segmentation '{node.GetName()}' has no segment.", "Segment the structures to compare "
-                                                                              "(Segment Editor) first.")
-    return pairs
+    return check_segment_names(pairs, f"Segmentation '{node.GetName()}'")
 
 
 def _matched_segments(fixed_node: Any, moving_node: Any, wanted: Sequence[Any] | None
                       ) -> tuple[list[str], list[str], dict[int, str], list[int] | None]:
     """Segment IDs of the two segmentations with one label number per segment name (the fixed segmentation's
-    order first, then the moving one's other names), the numbers' names, and the numbers asked for."""
-    fixed, moving = _segment_names(fixed_node), _segment_names(moving_node)
-    order = [name for _, name in fixed] + [name for _, name in moving if name not in {n for _, n in fixed}]
-    number = {name: i for i, name in enumerate(order, start=1)}
-    scored = None
-    if wanted is not None:
-        if any(not isinstance(v, str) for v in wanted):
-            raise InputError(f"labels {list(wanted)} hold numbers, and '{fixed_node.GetName()}' and "
-                             f"'{moving_node.GetName()}' are segmentations, whose segments match by name.",
-                             f"Give segment names (of: {', '.join(order)}).")
-        unknown = [v for v in wanted if v not in number]
-        if unknown:
-            raise InputError(f"No segment of '{fixed_node.GetName()}' or '{moving_node.GetName()}' is named "
-                             f"{', '.join(repr(v) for v in unknown)}.", f"Give segment names of: {', '.join(order)}.")
-        scored = [number[v] for v in wanted]
-    # label i: the segment of that name in each segmentation; a name one lacks, or one not asked for, is exported as
-    # an empty label (so a segment not asked for cannot overlap one that is)
-    fixed_ids = {name: sid for sid, name in fixed if wanted is None or name in wanted}
-    moving_ids = {name: sid for sid, name in moving if wanted is None or name in wanted}
-    return ([fixed_ids.get(name, "") for name in order], [moving_ids.get(name, "") for name in order],
-            {number[name]: name for name in order}, scored)
+    order first, then the moving one's other names), the numbers' names, and the numbers asked for: the rule of
+    :func:`segmentations.match_by_name`, which ``mmfusion evaluate-registration`` applies to ``.seg.nrrd`` files."""
+    return match_by_name(_segment_names(fixed_node), _segment_names(moving_node), wanted, fixed_node.GetName(),
+                         moving_node.GetName())
 
 
 def _near_names(fixed_node: Any, moving_node: Any) -> list[str]:
     """Notes on a segment name of one segmentation that matches one of the other's only but for case or surrounding
     spaces ("Liver" and "liver "): matched by exact name, they are left out as two segments."""
-    fixed = [name for _, name in _segment_names(fixed_node)]
-    moving = [name for _, name in _segment_names(moving_node)]
-    notes = []
-    for name in fixed:
-        near = [m for m in moving if m != name and m not in fixed and m.strip().casefold() == name.strip().casefold()]
-        if near and name not in moving:
-            notes.append(f"segment '{name}' of '{fixed_node.GetName()}' and '{near[0]}' of '{moving_node.GetName()}' "
-                         "differ only in case or spaces: segments are matched by exact name, so neither is scored "
-                         "(rename one to match the other)")
-    return notes
-
-
-def _segment_note(note: str, names: dict[int, str]) -> str:
-    """An engine note naming label numbers, with the segment names the numbers stand for."""
-    import re
-
-    return re.sub(r"\blabel (\d+)\b", lambda m: f"segment '{names.get(int(m.group(1)), m.group(1))}' (label "
-                                              f"{m.group(1)})", note)
+    return near_name_notes([name for _, name in _segment_names(fixed_node)],
+                           [name for _, name in _segment_names(moving_node)], fixed_node.GetName(),
+                           moving_node.GetName())
 
 
 class FusionLogic:
@@ -939,18 +899,24 @@ class FusionLogic:
                                        fixed_landmarks=fixed_points, moving_landmarks=moving_points, labels=scored)
         if names:
             result["label_names"] = names
-            result["notes"] = [_segment_note(n, names) for n in result["notes"]]
+            result["notes"] = [named_note(n, names) for n in result["notes"]]
             # a segment with voxels on its own grid and none on its volume's had vanished from both maps: in
-            # neither the scores nor left_out, without a word (a 0.5 mm slab exported onto 2.5 mm slices)
+            # neither the scores nor left_out, without a word (a 0.5 mm slab exported onto 2.5 mm slices); so had an
+            # empty segment
             for role, node, volume, lost in (("fixed", fixedLabelNode, fixedVolumeNode, lost_fixed),
                                              ("moving", movingLabelNode, movingVolumeNode, lost_moving)):
                 for label, name, own in lost:
                     spacing = " x ".join(f"{v:.3g}" for v in volume.GetSpacing())
-                    result["notes"].append(
-                        f"segment '{name}' (label {label}) of '{node.GetName()}' has {own} voxels in its own binary "
-                        f"labelmap and none on the {role} volume '{volume.GetName()}''s grid ({spacing} mm) it is "
-                        "exported onto (thinner than its voxels, or outside it): not scored. To score it, give a "
-                        "label map or volume of finer voxels, or make the segment thicker (Segment Editor)")
+                    if not own:  # an empty segment had no note: in neither map, so neither scored nor left out
+                        result["notes"].append(f"segment '{name}' (label {label}) of '{node.GetName()}' holds no "
+                                               "voxel: it is not scored (paint it in the Segment Editor, or delete "
+                                               "it)")
+                    else:
+                        result["notes"].append(
+                            f"segment '{name}' (label {label}) of '{node.GetName()}' has {own} voxels in its own binary "
+                            f"labelmap and none on the {role} volume '{volume.GetName()}''s grid ({spacing} mm) it is "
+                            "exported onto (thinner than its voxels, or outside it): not scored. To score it, give a "
+                            "label map or volume of finer voxels, or make the segment thicker (Segment Editor)")
                     if label not in result["labels"]["after"]["labels"] and label not in result["labels"]["left_out"]:
                         result["labels"]["left_out"] = sorted(result["labels"]["left_out"] + [label])
         if fixed_points is not None:

@@ -569,5 +569,162 @@ class EvaluateRegistrationTest(unittest.TestCase):
         self.assertIn("maps FIXED points into MOVING", " ".join(help_text.getvalue().split()))
 
 
+try:
+    HAVE_SEGMENTATIONS = hasattr(slicer, "vtkMRMLSegmentationStorageNode")
+except NameError:  # pragma: no cover - slicer-core is a test dependency
+    HAVE_SEGMENTATIONS = False
+
+
+@unittest.skipUnless(HAVE_SEGMENTATIONS, "needs Slicer's segmentation libraries (pip install slicer-core)")
+class SegNrrdLabelFilesTest(unittest.TestCase):
+    """``.seg.nrrd`` files as 3D Slicer writes them (vtkMRMLSegmentationStorageNode, slicer-core): segments matched
+    by name as the Logic matches segmentation nodes, every layer read, an empty segment named."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        from MultimodalFusionLib import mrml
+
+        cls.mrml = mrml
+        data = EvaluateRegistrationTest("test_through_the_transform_dice_is_1_and_tre_0")
+        data.setUp()
+        cls.fixed, cls.moving, cls.tx = data.fixed, data.moving, data.tx
+        cls.fixed_labels, cls.moving_labels = data.fixed_labels, data.moving_labels  # 1: liver, 2: kidney
+        cls.folder = tempfile.TemporaryDirectory()
+        cls.paths = {}
+        for name, image in (("f.nrrd", cls.fixed), ("m.nrrd", cls.moving), ("ml.nii.gz", cls.moving_labels)):
+            cls.paths[name] = os.path.join(cls.folder.name, name)
+            write_image(image, cls.paths[name])
+        cls.paths["t.tfm"] = write_transform(cls.tx, os.path.join(cls.folder.name, "t.tfm"))
+        # the moving file numbers the two the other way round, and lists them in another order: kidney 1, liver 2
+        swapped = sitk.GetArrayFromImage(cls.moving_labels)
+        swapped = np.where(swapped == 1, 2, np.where(swapped == 2, 1, 0)).astype(np.uint8)
+        moving_swapped = sitk.GetImageFromArray(swapped)
+        moving_swapped.CopyInformation(cls.moving_labels)
+        union = [sitk.Cast(image > 0, sitk.sitkUInt8) for image in (cls.fixed_labels, cls.moving_labels)]
+        cls._write("f.seg.nrrd", [(cls.fixed_labels, ["liver", "kidney"])])
+        cls._write("m.seg.nrrd", [(moving_swapped, ["kidney", "liver"])])
+        # a third segment over both: Slicer saves it in a second layer (a 2-component file)
+        cls._write("f_layers.seg.nrrd", [(cls.fixed_labels, ["liver", "kidney"]), (union[0], ["both"])])
+        cls._write("m_layers.seg.nrrd", [(moving_swapped, ["kidney", "liver"]), (union[1], ["both"])])
+        cls._write("f_empty.seg.nrrd", [(cls.fixed_labels, ["liver", "kidney"])], empty="tumour")
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.folder.cleanup()
+
+    @classmethod
+    def _write(cls, name: str, imports: list, empty: str | None = None) -> None:
+        """A segmentation made as a Slicer user makes one (each label map imported, its segments named in order of
+        their label values), saved by Slicer's own segmentation storage node."""
+        scene = cls.mrml.new_scene()
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        for image, names in imports:
+            first = node.GetSegmentation().GetNumberOfSegments()
+            label_node = cls.mrml.volume_node_from_image(image, scene, name="labels", label=True)
+            assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_node, node)
+            for i, segment_name in enumerate(names):
+                node.GetSegmentation().GetNthSegment(first + i).SetName(segment_name)
+        if empty:
+            node.GetSegmentation().AddEmptySegment("", empty)
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        scene.AddNode(storage)
+        cls.paths[name] = os.path.join(cls.folder.name, name)
+        storage.SetFileName(cls.paths[name])
+        assert storage.WriteData(node)
+
+    def _evaluate(self, fixed_labels: str, moving_labels: str, *extra: str) -> tuple[int, dict, str]:
+        rc, out, err = run_cli("evaluate-registration", self.paths["f.nrrd"], self.paths["m.nrrd"], "--transform",
+                               self.paths["t.tfm"], "--fixed-labels", self.paths[fixed_labels], "--moving-labels",
+                               self.paths[moving_labels], *extra, "--json")
+        return rc, (json.loads(out) if rc == 0 else {}), err
+
+    def test_segments_are_matched_by_name_not_by_label_value(self) -> None:
+        # f: liver 1, kidney 2; m: kidney 1, liver 2 (its header lists kidney first). By label value the old code
+        # scored liver against kidney: Dice after 0 where the registration is exact
+        rc, out, err = self._evaluate("f.seg.nrrd", "m.seg.nrrd")
+        self.assertEqual(rc, 0, err)
+        for label in ("1", "2"):
+            self.assertGreater(out["labels"]["after"]["labels"][label]["dice"], 0.97)
+        self.assertEqual(out["label_matching"], "name")
+        self.assertEqual(out["label_names"], {"1": "liver", "2": "kidney"})
+        self.assertTrue(any(n.startswith("segments matched by name") for n in out["notes"]), out["notes"])
+        self.assertIn("warning: segments matched by name", err)
+        # the same numbers as two label maps numbered alike
+        rc, plain, err = run_cli("evaluate-registration", self.paths["f.nrrd"], self.paths["m.nrrd"], "--transform",
+                                 self.paths["t.tfm"], "--fixed-labels", self.paths["f.seg.nrrd"], "--moving-labels",
+                                 self.paths["ml.nii.gz"], "--json")
+        self.assertEqual(rc, 0, err)
+        plain = json.loads(plain)
+        for when in ("before", "after"):
+            for label in ("1", "2"):
+                self.assertAlmostEqual(out["labels"][when]["labels"][label]["dice"],
+                                       plain["labels"][when]["labels"][label]["dice"], places=12)
+        # one .seg.nrrd and a plain label map: matched by number, and said so
+        self.assertEqual(plain["label_matching"], "number")
+        self.assertTrue(any("labels matched by number: 'f.seg.nrrd' is a 3D Slicer segmentation and 'ml.nii.gz' a "
+                            "plain label map" in n and "'liver' = 1, 'kidney' = 2" in n for n in plain["notes"]),
+                        plain["notes"])
+        # names in --labels, and the printed table names the segments
+        rc, out, err = self._evaluate("f.seg.nrrd", "m.seg.nrrd", "--labels", "kidney")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(list(out["labels"]["after"]["labels"]), ["2"])
+        rc, text, err = run_cli("evaluate-registration", self.paths["f.nrrd"], self.paths["m.nrrd"], "--transform",
+                                self.paths["t.tfm"], "--fixed-labels", self.paths["f.seg.nrrd"], "--moving-labels",
+                                self.paths["m.seg.nrrd"])
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(text, r"1 'liver': Dice 0\.\d+ -> 0\.9[789]")
+        rc, _, err = self._evaluate("f.seg.nrrd", "m.seg.nrrd", "--labels", "1,2")
+        self.assertEqual(rc, 2)
+        self.assertIn("Give segment names (of: liver, kidney)", err)
+
+    def test_a_file_of_two_layers_is_read_layer_by_layer(self) -> None:
+        for name in ("f_layers.seg.nrrd", "m_layers.seg.nrrd"):
+            self.assertEqual(sitk.ReadImage(self.paths[name]).GetNumberOfComponentsPerPixel(), 2)
+        # overlapping segments scored together: refused naming them (the old code refused the file as "a 2D vector
+        # or displacement field")
+        rc, _, err = self._evaluate("f_layers.seg.nrrd", "m_layers.seg.nrrd")
+        self.assertEqual(rc, 2)
+        self.assertIn("Segments 'liver' and 'both' of", err)
+        self.assertIn("overlap", err)
+        self.assertIn("--labels with one segment name a run", err)
+        self.assertNotIn("displacement field", err)
+        # each scored in a run of its own, or those that do not overlap together
+        rc, out, err = self._evaluate("f_layers.seg.nrrd", "m_layers.seg.nrrd", "--labels", "both")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out["label_names"]["3"], "both")
+        self.assertGreater(out["labels"]["after"]["labels"]["3"]["dice"], 0.97)
+        both = sitk.GetArrayFromImage(self.fixed_labels) > 0
+        self.assertEqual(out["labels"]["after"]["labels"]["3"]["fixed_voxels"], int(both.sum()))
+        rc, out, err = self._evaluate("f_layers.seg.nrrd", "m_layers.seg.nrrd", "--labels", "liver,kidney")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(sorted(out["labels"]["after"]["labels"]), ["1", "2"])
+        self.assertGreater(out["labels"]["after"]["mean"]["dice"], 0.97)
+        # against a plain label map (matched by number) two segments of one label value are refused
+        rc, _, err = run_cli("evaluate-registration", self.paths["f.nrrd"], self.paths["m.nrrd"], "--fixed-labels",
+                             self.paths["f_layers.seg.nrrd"], "--moving-labels", self.paths["ml.nii.gz"])
+        self.assertEqual(rc, 2)
+        self.assertIn("Segments 'liver' and 'both' of 'f_layers.seg.nrrd' both have label value 1", err)
+        # read elsewhere as one image, the file is named for what it is
+        with self.assertRaisesRegex(InputError, "3D Slicer segmentation whose segments are saved in 2 layers"):
+            from MultimodalFusionLib.io import read_image
+
+            read_image(self.paths["f_layers.seg.nrrd"])
+
+    def test_an_empty_segment_is_named(self) -> None:
+        rc, out, err = self._evaluate("f_empty.seg.nrrd", "m.seg.nrrd")
+        self.assertEqual(rc, 0, err)
+        self.assertTrue(any("segment 'tumour' (label 3) of 'f_empty.seg.nrrd' is listed in its header but holds no "
+                            "voxel" in n for n in out["notes"]), out["notes"])
+        self.assertEqual(out["label_names"]["3"], "tumour")
+        self.assertIn(3, out["labels"]["left_out"])
+        self.assertGreater(out["labels"]["after"]["mean"]["dice"], 0.97)
+        # and against a plain label map
+        rc, _, err = run_cli("evaluate-registration", self.paths["f.nrrd"], self.paths["m.nrrd"], "--fixed-labels",
+                             self.paths["f_empty.seg.nrrd"], "--moving-labels", self.paths["ml.nii.gz"])
+        self.assertEqual(rc, 0, err)
+        self.assertIn("segment 'tumour' (label 3) of 'f_empty.seg.nrrd' is listed in its header but holds no voxel",
+                      err)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -1121,6 +1121,17 @@ class EvaluateRegistrationLogicTest(unittest.TestCase):
         self.assertTrue(any("segment 'liver' of 'fine labels segmentation' and 'Liver ' of 'moving labels "
                             "segmentation' differ only in case or spaces" in n for n in out["notes"]), out["notes"])
 
+    def test_an_empty_segment_is_named(self) -> None:
+        # a segment with no voxel (added, never painted) was in neither map: not scored, not in left_out, no note
+        fixed = self._segmentation(self.fixed_labels, {1: "liver", 2: "kidney"}, [1, 2])
+        moving = self._segmentation(self.moving_labels, {1: "liver", 2: "kidney"}, [1, 2])
+        fixed.GetSegmentation().AddEmptySegment("", "tumour")
+        out = self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving)
+        self.assertTrue(any("segment 'tumour' (label 3) of 'fixed labels segmentation' holds no voxel" in n
+                            for n in out["notes"]), out["notes"])
+        self.assertEqual(out["labels"]["left_out"], [3])
+        self.assertAlmostEqual(out["labels"]["after"]["mean"]["dice"], 1.0, places=12)
+
     def test_a_segmentation_without_voxels_is_refused_not_converted_in_place(self) -> None:
         import vtk
 

@@ -1,0 +1,299 @@
+"""Segments matched by name, from Slicer segmentation nodes or 3D Slicer ``.seg.nrrd`` files; no Slicer import.
+
+A ``.seg.nrrd`` is a NRRD whose header lists its segments (``Segment<i>_ID``, ``_Name``, ``_LabelValue``,
+``_Layer``, ``_Extent``; SimpleITK exposes them as the image's metadata). Its voxels are one layer per component:
+segments that do not overlap share a layer, each its ``LabelValue`` there; overlapping ones are saved in several
+layers (a multi-component file). A segment is read as 3D Slicer's ``vtkMRMLSegmentationStorageNode`` reads it: the
+voxels of its layer's component that hold its label value, within its extent (a layer defaults to the segment's
+index and a label value to 1, as in files written before those keys existed).
+
+The rule that pairs two segmentations' segments (by exact name, one label number per name) is
+:func:`match_by_name`, used by the Slicer Logic on nodes and by ``mmfusion evaluate-registration`` on files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+__all__ = ["Segment", "SegmentationFile", "read_segmentation_file", "match_by_name", "near_name_notes",
+           "named_note", "label_maps_for_evaluation"]
+
+
+def check_segment_names(pairs: Sequence[tuple[str, str]], owner: str) -> list[tuple[str, str]]:
+    """(segment ID, name) pairs of one segmentation (``owner``: how to name it, e.g. "Segmentation 'CT seg'"),
+    two segments of one name, and none at all, refused."""
+    seen: set[str] = set()
+    for _, name in pairs:
+        if name in seen:
+            raise InputError(f"{owner} has two segments named '{name}'; segments of the two segmentations are "
+                             "matched by name.", "Rename one of them (Segment Editor).")
+        seen.add(name)
+    if not pairs:
+        raise InputError(f"{owner} has no segment.", "Segment the structures to compare (Segment Editor) first.")
+    return list(pairs)
+
+
+def match_by_name(fixed: Sequence[tuple[str, str]], moving: Sequence[tuple[str, str]], wanted: Sequence[Any] | None,
+                  fixed_name: str, moving_name: str, labels_option: str = "labels"
+                  ) -> tuple[list[str], list[str], dict[int, str], list[int] | None]:
+    """Segment IDs of two segmentations with one label number per segment name (the fixed segmentation's order
+    first, then the moving one's other names), the numbers' names, and the numbers asked for.
+
+    Args:
+        fixed, moving: each segmentation's (segment ID, name) pairs in its order (see :func:`check_segment_names`).
+        wanted: segment names to score (None: all).
+        fixed_name, moving_name: the two segmentations' names (node names or file names), for messages.
+        labels_option: how the option giving ``wanted`` is spelt to the user (``labels``, ``--labels``).
+
+    Returns:
+        (fixed IDs, moving IDs, {label: name}, labels asked for or None): the i-th IDs are label i + 1 on each
+        side, "" where that side lacks the name or it was not asked for (so a segment not asked for cannot overlap
+        one that is).
+    """
+    order = [name for _, name in fixed] + [name for _, name in moving if name not in {n for _, n in fixed}]
+    number = {name: i for i, name in enumerate(order, start=1)}
+    scored = None
+    if wanted is not None:
+        if any(not isinstance(v, str) for v in wanted):
+            raise InputError(f"{labels_option} {list(wanted)} hold numbers, and '{fixed_name}' and '{moving_name}' "
+                             "are segmentations, whose segments match by name.",
+                             f"Give segment names (of: {', '.join(order)}).")
+        unknown = [v for v in wanted if v not in number]
+        if unknown:
+            raise InputError(f"No segment of '{fixed_name}' or '{moving_name}' is named "
+                             f"{', '.join(repr(v) for v in unknown)}.", f"Give segment names of: {', '.join(order)}.")
+        scored = [number[v] for v in wanted]
+    fixed_ids = {name: sid for sid, name in fixed if wanted is None or name in wanted}
+    moving_ids = {name: sid for sid, name in moving if wanted is None or name in wanted}
+    return ([fixed_ids.get(name, "") for name in order], [moving_ids.get(name, "") for name in order],
+            {number[name]: name for name in order}, scored)
+
+
+def near_name_notes(fixed: Sequence[str], moving: Sequence[str], fixed_name: str, moving_name: str) -> list[str]:
+    """Notes on a segment name of one segmentation that matches one of the other's only but for case or surrounding
+    spaces ("Liver" and "liver "): matched by exact name, they are left out as two segments."""
+    notes = []
+    for name in fixed:
+        near = [m for m in moving if m != name and m not in fixed and m.strip().casefold() == name.strip().casefold()]
+        if near and name not in moving:
+            notes.append(f"segment '{name}' of '{fixed_name}' and '{near[0]}' of '{moving_name}' differ only in case "
+                         "or spaces: segments are matched by exact name, so neither is scored (rename one to match "
+                         "the other)")
+    return notes
+
+
+def named_note(note: str, names: dict[int, str]) -> str:
+    """An engine note naming label numbers, with the segment names the numbers stand for."""
+    return re.sub(r"\blabel (\d+)\b", lambda m: f"segment '{names.get(int(m.group(1)), m.group(1))}' (label "
+                                              f"{m.group(1)})", note)
+
+
+# ----------------------------------------------------------------------------------------------- .seg.nrrd files
+@dataclasses.dataclass
+class Segment:
+    """One segment of a ``.seg.nrrd`` as its header lists it."""
+
+    index: int
+    id: str
+    name: str
+    layer: int
+    label_value: int
+    extent: tuple[int, ...] | None  # first/last voxel per axis (i0, i1, j0, j1, k0, k1) in the file; None: all
+
+
+@dataclasses.dataclass
+class SegmentationFile:
+    """A 3D Slicer segmentation file: its voxels (one component per layer) and its segments."""
+
+    path: str
+    image: sitk.Image
+    segments: list[Segment]
+
+    @property
+    def layers(self) -> int:
+        return self.image.GetNumberOfComponentsPerPixel()
+
+    def voxels(self, segment: Segment) -> np.ndarray:
+        """The segment's voxels (numpy order k, j, i), a boolean array of the file's grid."""
+        arr = sitk.GetArrayViewFromImage(self.image)
+        layer = arr[..., segment.layer] if self.layers > 1 else arr
+        mask = layer == segment.label_value
+        if segment.extent is not None:
+            inside = np.zeros(mask.shape, dtype=bool)
+            e = segment.extent
+            if all(e[2 * a] <= e[2 * a + 1] for a in range(len(e) // 2)):
+                inside[tuple(slice(max(0, e[2 * a]), e[2 * a + 1] + 1) for a in reversed(range(len(e) // 2)))] = True
+            mask &= inside
+        return mask
+
+
+def _int_value(image: sitk.Image, key: str, default: int, path: str) -> int:
+    if not image.HasMetaDataKey(key):
+        return default
+    text = image.GetMetaData(key).strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"'{path}' gives {key} = '{text}', not a whole number.",
+                         "Save the segmentation again from 3D Slicer (Segmentations module).") from None
+
+
+def read_segmentation_file(path: str | os.PathLike) -> SegmentationFile | None:
+    """A 3D Slicer ``.seg.nrrd`` with its segments (names, layers, label values), or None where the file lists no
+    segment (any other image: a plain label map).
+
+    Raises:
+        InputError: the file cannot be read (see :func:`io.read_image`), a segment's layer is not one of the file's
+            components, or its header's numbers are not whole numbers.
+    """
+    from .io import read_image
+
+    path = os.fspath(path)
+    image = read_image(path, keep_color=True)  # every layer: read_image alone refuses several components
+    if not image.HasMetaDataKey("Segment0_ID"):
+        return None
+    segments = []
+    layers = image.GetNumberOfComponentsPerPixel()
+    while image.HasMetaDataKey(f"Segment{len(segments)}_ID"):
+        i = len(segments)
+        key = f"Segment{i}_"
+        sid = image.GetMetaData(key + "ID")
+        name = image.GetMetaData(key + "Name") if image.HasMetaDataKey(key + "Name") else sid
+        layer = _int_value(image, key + "Layer", i, path)  # Slicer's defaults: its own layer, label value 1
+        value = _int_value(image, key + "LabelValue", 1, path)
+        extent = None
+        if image.HasMetaDataKey(key + "Extent"):
+            try:
+                extent = tuple(int(v) for v in image.GetMetaData(key + "Extent").split())
+            except ValueError:
+                extent = None
+            if extent is not None and len(extent) != 2 * image.GetDimension():
+                extent = None
+        if not 0 <= layer < layers:
+            raise InputError(f"Segment '{name}' of '{path}' is in layer {layer}, but the file holds "
+                             f"{layers} layer{'s' if layers > 1 else ''} (components).",
+                             "Save the segmentation again from 3D Slicer (Segmentations module).")
+        segments.append(Segment(i, sid, name, layer, value, extent))
+    return SegmentationFile(path, image, segments)
+
+
+def _label_map(sf: SegmentationFile, labels: dict[str, int], retry: str) -> sitk.Image:
+    """The segments named in ``labels`` as one label map (UInt16) on the file's grid, each its number there; two of
+    them that share a voxel refused (one label map cannot hold both), naming them and ``retry``."""
+    by_name = {s.name: s for s in sf.segments}
+    out = np.zeros(sitk.GetArrayViewFromImage(sf.image).shape[:sf.image.GetDimension()], np.uint16)
+    owner: dict[int, str] = {}
+    for name, label in labels.items():
+        voxels = sf.voxels(by_name[name])
+        clash = voxels & (out != 0)
+        if clash.any():
+            other = owner[int(out[clash][0])]
+            raise InputError(f"Segments '{other}' and '{name}' of '{sf.path}' overlap ({int(clash.sum())} voxels; "
+                             f"the file holds them in layers {by_name[other].layer} and {by_name[name].layer}): one "
+                             "label map cannot hold a voxel of both, so one of them would be scored without those "
+                             "voxels.", f"Score them in separate runs ({retry}), or remove the overlap (Segment "
+                                        "Editor: Masking, 'Modify other segments: overwrite all').")
+        out[voxels] = label
+        owner[label] = name
+    labels_image = sitk.GetImageFromArray(out)
+    labels_image.CopyInformation(sf.image)  # the geometry only: the header's segment keys do not follow
+    return labels_image
+
+
+def label_maps_for_evaluation(fixed_path: str, moving_path: str, labels_text: str | None
+                              ) -> tuple[sitk.Image, sitk.Image, list[Any] | None, dict[str, Any]]:
+    """The two label maps ``mmfusion evaluate-registration`` scores, read from files, and how they were paired.
+
+    Two ``.seg.nrrd`` files: segments matched by name (:func:`match_by_name`, as the Slicer Logic matches two
+    segmentation nodes), label i the i-th name (the fixed file's order, then the moving one's other names); every
+    layer read; ``labels_text`` names segments. One ``.seg.nrrd`` and a plain label map: matched by number, the
+    segmentation's segments taken by their label values. Two plain label maps: as they are.
+
+    Returns:
+        (fixed label map, moving label map, labels to score (None: all), info): ``info`` holds ``matched``
+        ("name" or "number"), ``label_names`` ({label: name}, where names are known), ``notes`` (said before the
+        engine's: how the labels were matched, empty segments) and ``empty`` (labels of segments listed with no
+        voxels).
+
+    Raises:
+        InputError: overlapping segments among those scored, label values that two segments share where labels
+            match by number, names asked for that neither file holds, or numbers given where names match.
+    """
+    from .io import read_image
+
+    files = [read_segmentation_file(p) for p in (fixed_path, moving_path)]
+    names = [os.path.basename(p) for p in (fixed_path, moving_path)]
+    info: dict[str, Any] = {"matched": "number", "label_names": {}, "notes": [], "empty": []}
+    if files[0] is not None and files[1] is not None:
+        pairs = [check_segment_names([(s.id, s.name) for s in f.segments], f"'{f.path}'") for f in files]
+        wanted = None if not labels_text else [v.strip() for v in labels_text.split(",") if v.strip()]
+        if wanted is not None and all(re.fullmatch(r"-?\d+", v) for v in wanted):
+            wanted = [int(v) for v in wanted]  # refused by match_by_name, naming the segments to give
+        ids, moving_ids, label_names, scored = match_by_name(*pairs, wanted, *names, labels_option="--labels")
+        info.update(matched="name", label_names=label_names)
+        info["notes"].append(f"segments matched by name: '{names[0]}' and '{names[1]}' are 3D Slicer segmentations "
+                             "(" + ", ".join(f"{v} = '{n}'" for v, n in label_names.items()) + ")")
+        info["notes"] += near_name_notes(*[[n for _, n in p] for p in pairs], *names)
+        maps = []
+        for f, side_ids in zip(files, (ids, moving_ids)):
+            by_id = {s.id: s for s in f.segments}
+            wanted_labels = {by_id[sid].name: i for i, sid in enumerate(side_ids, start=1) if sid}
+            maps.append(_label_map(f, wanted_labels, "--labels with one segment name a run"))
+        for f, name in zip(files, names):
+            for s in f.segments:
+                label = next(v for v, n in label_names.items() if n == s.name)
+                if (scored is None or label in scored) and not f.voxels(s).any():
+                    info["empty"].append(label)
+                    info["notes"].append(f"segment '{s.name}' (label {label}) of '{name}' is listed in its header "
+                                         "but holds no voxel: it is not scored (paint it in the Segment Editor, or "
+                                         "delete it)")
+        return maps[0], maps[1], scored, info
+    labels = None
+    if labels_text:
+        try:
+            labels = [int(v) for v in labels_text.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(f"--labels {labels_text} is not a comma-separated list of whole numbers"
+                             + (" (segment names are matched where both label files are .seg.nrrd)"
+                                if any(f is not None for f in files) else "") + ".",
+                             "Give e.g. --labels 1,2,5, or leave it out for every label.") from None
+    maps = []
+    for f, path, name in zip(files, (fixed_path, moving_path), names):
+        if f is None:
+            maps.append(read_image(path))
+            continue
+        values: dict[int, list[Segment]] = {}
+        for s in f.segments:
+            values.setdefault(s.label_value, []).append(s)
+        shared = next((v for v in values.values() if len(v) > 1), None)
+        if shared is not None:
+            raise InputError(f"Segments '{shared[0].name}' and '{shared[1].name}' of '{name}' both have label value "
+                             f"{shared[0].label_value} (in layers {shared[0].layer} and {shared[1].layer}), and the "
+                             "other label file is a plain label map, matched by number: label "
+                             f"{shared[0].label_value} would stand for two segments.",
+                             "Give both label files as .seg.nrrd (segments are then matched by name), or export "
+                             "the segments to one label map (Segmentations module: Export to label map) and give "
+                             "that.")
+        segment_map = _label_map(f, {s.name: s.label_value for s in f.segments},
+                                 "--labels with one label a run")
+        maps.append(segment_map)
+        info["label_names"].update({s.label_value: s.name for s in f.segments})
+        plain = names[1] if path == fixed_path else names[0]
+        info["notes"].append(f"labels matched by number: '{name}' is a 3D Slicer segmentation and '{plain}' a "
+                             "plain label map, so its segments are taken by their label values ("
+                             + ", ".join(f"'{s.name}' = {s.label_value}" for s in f.segments)
+                             + "); give both as .seg.nrrd to match segments by name")
+        for s in f.segments:
+            if not f.voxels(s).any() and (labels is None or s.label_value in labels):
+                info["notes"].append(f"segment '{s.name}' (label {s.label_value}) of '{name}' is listed in its "
+                                     "header but holds no voxel: it is not scored (paint it in the Segment Editor, "
+                                     "or delete it)")
+    return maps[0], maps[1], labels, info
