@@ -293,6 +293,7 @@ def label_maps_for_evaluation(fixed_path: str, moving_path: str, labels_text: st
                              + "); give both as .seg.nrrd to match segments by name")
         for s in f.segments:
             if not f.voxels(s).any() and (labels is None or s.label_value in labels):
+                info["empty"].append(s.label_value)
                 info["notes"].append(f"segment '{s.name}' (label {s.label_value}) of '{name}' is listed in its "
                                      "header but holds no voxel: it is not scored (paint it in the Segment Editor, "
                                      "or delete it)")

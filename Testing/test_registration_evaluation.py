@@ -724,6 +724,9 @@ class SegNrrdLabelFilesTest(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn("segment 'tumour' (label 3) of 'f_empty.seg.nrrd' is listed in its header but holds no voxel",
                       err)
+        rc, out, err = run_cli("evaluate-registration", self.paths["f.nrrd"], self.paths["m.nrrd"], "--fixed-labels",
+                               self.paths["f_empty.seg.nrrd"], "--moving-labels", self.paths["ml.nii.gz"], "--json")
+        self.assertEqual(json.loads(out)["labels"]["left_out"], [3])
 
 
 if __name__ == "__main__":
