@@ -787,7 +787,7 @@ def label_overlap(fixed_labels: sitk.Image, moving_labels_on_fixed: sitk.Image,
         fixed_labels: label map of the fixed image (whole numbers; 0 is background).
         moving_labels_on_fixed: the moving image's label map on the same grid, resampled nearest-neighbour
             (through the registration's transform for "after", the identity for "before").
-        labels: the labels to score (default: every non-zero label in either image).
+        labels: the labels to score, non-zero whole numbers (default: every non-zero label in either image).
 
     For a label, A is its voxels in the fixed map and B in the moving one:
 
@@ -835,14 +835,7 @@ def label_overlap(fixed_labels: sitk.Image, moving_labels_on_fixed: sitk.Image,
             raise InputError("Both label maps are empty (every voxel 0): there is no label to compare.",
                              "Give the label maps of the two images (segmentations with non-zero labels).")
     else:
-        wanted = []
-        for v in labels:
-            if isinstance(v, bool) or not float(v).is_integer():
-                raise InputError(f"Label {v!r} is not a whole number.", "Give labels as whole numbers, e.g. 1,2,3.")
-            wanted.append(int(v))
-        wanted = sorted(set(wanted))
-        if not wanted:
-            raise InputError("No label was given to score.", "Give at least one label, or none for every label.")
+        wanted = _asked_labels(labels)
     per: dict[int, dict[str, Any]] = {}
     skipped: list[int] = []
     notes: list[str] = []
@@ -880,6 +873,29 @@ def label_overlap(fixed_labels: sitk.Image, moving_labels_on_fixed: sitk.Image,
     mean["labels"] = len(per)
     mean["labels_with_distances"] = len(with_distances)
     return {"labels": per, "mean": mean, "skipped": skipped, "notes": notes}
+
+
+def _asked_labels(labels: Sequence[Any]) -> list[int]:
+    """The labels asked for, as sorted whole numbers without repeats: the one rule of :func:`label_overlap` and
+    :func:`evaluate_registration` (so ``mmfusion evaluate-registration --labels`` and the Slicer Logic's ``labels``).
+    Refuses one that is no whole number, 0 (the background, which neither function scores by default: asked for,
+    :func:`evaluate_registration` had left it out as "in neither label map", and an empty list or 1.5 had been
+    "no label asked for is in both label maps", naming labels the maps share), and an empty list."""
+    wanted = []
+    for v in labels:
+        try:
+            whole = not isinstance(v, bool) and float(v).is_integer()
+        except (TypeError, ValueError):
+            whole = False
+        if not whole:
+            raise InputError(f"Label {v!r} is not a whole number.", "Give labels as whole numbers, e.g. 1,2,3.")
+        if int(v) == 0:
+            raise InputError("Label 0 was asked for: 0 is the background, no label.",
+                             "Give the non-zero labels to score, e.g. 1,2,3, or none for every label.")
+        wanted.append(int(v))
+    if not wanted:
+        raise InputError("No label was given to score.", "Give at least one label, or none for every label.")
+    return sorted(set(wanted))
 
 
 def _label_list(values: set) -> str:
@@ -1032,7 +1048,7 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
             voxel of that lattice holds (thinner than its voxels) is named in a note.
         fixed_landmarks, moving_landmarks: corresponding points (both or neither): :class:`landmarks.Landmarks`
             (pairs with an unplaced point left out, noted) or (n, dim) arrays of LPS mm; scored by :func:`tre`.
-        labels: the labels to score (default: every non-zero label in either map).
+        labels: the labels to score, non-zero whole numbers (default: every non-zero label in either map).
 
     Returns:
         dict: ``images``, and where given ``labels`` and ``landmarks``, each {"before": ..., "after": ...}
@@ -1061,7 +1077,7 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
         # scores Dice 0. The same here: a label in one map only is left out, and said so.
         present = [set(np.unique(_label_array(m, f"{w} label map")).tolist()) - {0}
                    for m, w in ((fixed_labels, "fixed"), (moving_labels, "moving"))]
-        asked = sorted(present[0] | present[1]) if labels is None else list(labels)
+        asked = sorted(present[0] | present[1]) if labels is None else _asked_labels(labels)
         left_out = [v for v in asked if not (v in present[0] and v in present[1])]
         scored = [v for v in asked if v not in left_out]
         if not scored:

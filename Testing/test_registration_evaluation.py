@@ -426,6 +426,23 @@ class EvaluateRegistrationTest(unittest.TestCase):
             metrics.evaluate_registration(self.fixed, self.moving, self.tx, fixed_labels=fixed_labels,
                                           moving_labels=self.moving_labels, labels=[7])
 
+    def test_labels_asked_for_follow_one_rule_in_both_functions(self) -> None:
+        # evaluate_registration had matched the labels asked for against the maps before label_overlap checked
+        # them: 0 (the background, in both maps) was left out "in neither label map", and 1.5 or no label at all
+        # were "no label asked for is in both label maps (fixed: 1, 2; moving: 1, 2)", naming labels they share
+        for labels, message in (([0, 1], "Label 0 was asked for: 0 is the background"),
+                                ([1.5], "Label 1.5 is not a whole number"), ([True], "Label True is not a whole"),
+                                ([], "No label was given to score")):
+            with self.subTest(labels=labels), self.assertRaisesRegex(InputError, message):
+                metrics.evaluate_registration(self.fixed, self.moving, self.tx, fixed_labels=self.fixed_labels,
+                                              moving_labels=self.moving_labels, labels=labels)
+            with self.subTest(labels=labels, alone=True), self.assertRaisesRegex(InputError, message):
+                metrics.label_overlap(self.fixed_labels, self.fixed_labels, labels)
+        out = metrics.evaluate_registration(self.fixed, self.moving, self.tx, fixed_labels=self.fixed_labels,
+                                            moving_labels=self.moving_labels, labels=[2, 2.0, np.int64(2)])
+        self.assertEqual(list(out["labels"]["after"]["labels"]), [2])
+        self.assertEqual(out["labels"]["left_out"], [])
+
     def test_a_fixed_label_map_on_a_cropped_extent_scores_as_the_whole_map(self) -> None:
         # Slicer saves a .seg.nrrd on the segments' own extent (a box inside the volume): the moving labels were
         # resampled onto that box, those outside it dropped, and Dice rose (before: 0.133 against 0.096 in the
