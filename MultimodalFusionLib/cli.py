@@ -416,6 +416,16 @@ def _integer_pixels(image: Any) -> bool:
     return "integer" in sitk.GetPixelIDValueAsString(image.GetPixelID())
 
 
+def _check_invert(args: argparse.Namespace) -> None:
+    """Refuse ``--invert`` without ``--transform`` (``resample`` and ``evaluate-registration``, whose chain
+    :func:`preprocess.chain_transforms` inverts): the identity's inverse would be used without a word."""
+    if args.invert and not args.transform:
+        from .errors import InputError
+
+        raise InputError("--invert was given without --transform: there is no transform to invert.",
+                         "Give the transform file with --transform, or leave out --invert.")
+
+
 def _run_resample(args: argparse.Namespace) -> int:
     from .io import (
         check_not_overwriting_inputs,
@@ -428,11 +438,7 @@ def _run_resample(args: argparse.Namespace) -> int:
 
     check_output_name(args.output)  # before reading: -o r.MHA had been refused only once resampled
     check_not_overwriting_inputs([args.output], [args.moving, args.reference, *(args.transform or [])])
-    if args.invert and not args.transform:
-        from .errors import InputError
-
-        raise InputError("--invert was given without --transform: there is no transform to invert.",
-                         "Give the transform file with --transform, or leave out --invert.")
+    _check_invert(args)
     # --series is the moving image's, and the reference's unless --reference-series
     if args.reference_series:
         _check_series_reaches_a_folder("--reference-series", args.reference_series, [("reference", args.reference)])
@@ -771,9 +777,7 @@ def _run_evaluate_registration(args: argparse.Namespace) -> int:
     from .segmentations import label_maps_for_evaluation, named_note
 
     _check_series(args, ("fixed", "moving"))
-    if args.invert and not args.transform:
-        raise InputError("--invert was given without --transform: there is no transform to invert.",
-                         "Give the transform file with --transform, or leave out --invert.")
+    _check_invert(args)
     for a, b in (("fixed_labels", "moving_labels"), ("fixed_landmarks", "moving_landmarks")):
         if (getattr(args, a) is None) != (getattr(args, b) is None):
             given, missing = (a, b) if getattr(args, a) else (b, a)

@@ -36,7 +36,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -74,7 +74,6 @@ class Landmarks:
     path: str
     format: str
     coordinate_system: str
-    notes: list[str] = field(default_factory=list)
 
     @property
     def placed(self) -> np.ndarray:

@@ -579,6 +579,9 @@ class EvaluateRegistrationTest(unittest.TestCase):
             rc, out, err = run_cli("evaluate-registration", *common[:4])
             self.assertEqual(rc, 2)
             self.assertIn("--fixed-labels was given without --moving-labels", err)
+            rc, out, err = run_cli("evaluate-registration", *common[:2], "--invert")  # resample's check, shared
+            self.assertEqual(rc, 2)
+            self.assertIn("--invert was given without --transform", err)
         help_text = _io.StringIO()
         with contextlib.redirect_stdout(help_text), contextlib.redirect_stderr(_io.StringIO()):
             with contextlib.suppress(SystemExit):
