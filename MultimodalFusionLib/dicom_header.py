@@ -11,14 +11,15 @@ SOP class (which decides what ITK's reader applies of the rescale).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-__all__ = ["read_geometry_tags", "GEOMETRY_TAGS", "KEPT_SEQUENCES", "MEDIA_STORAGE_SOP_CLASS"]
+__all__ = ["read_geometry_tags", "quiet_pydicom", "GEOMETRY_TAGS", "KEPT_SEQUENCES", "MEDIA_STORAGE_SOP_CLASS"]
 
 #: Values kept (as text): the pixel and frame geometry and the rescale of stored values, nothing else
 GEOMETRY_TAGS = {
@@ -45,6 +46,17 @@ KEPT_SEQUENCES = {
     0x00289145: "PixelValueTransformationSequence",  # a frame's (or all frames') RescaleSlope/Intercept
     0x00540022: "DetectorInformationSequence",  # where an NM image keeps its position and orientation
 }
+
+
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """A block in which pydicom's warnings are not shown: what it finds odd in a header, or in a value as it reads
+    or writes it (a SeriesInstanceUID such as '1.2.3.abc', a Modality in lower case). This package names what
+    matters of a file in its own words; pydicom's, naming elements, had been shown beside them. The one block of
+    :func:`read_geometry_tags` and of the DICOM reading in :mod:`MultimodalFusionLib.io`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _text(value: Any) -> str:
@@ -84,9 +96,7 @@ def read_geometry_tags(path: str) -> dict[int, Any] | None:
         MediaStorageSOPClassUID under :data:`MEDIA_STORAGE_SOP_CLASS` where it has one.
     """
     try:
-        with warnings.catch_warnings():
-            # pydicom warns about what it finds odd in a header, naming elements; nothing of it is shown
-            warnings.simplefilter("ignore")
+        with quiet_pydicom():
             data_set = pydicom.dcmread(path, stop_before_pixels=True, force=True)
             found = _kept(data_set)
             # the file meta's SOP class: ITK's reader (GDCM) goes by it where the data set states none, and what it

@@ -419,12 +419,12 @@ def _dicom_cut_short(path: str) -> _CutDicom | None:
             from pydicom import dcmread
             from pydicom.uid import UID
 
+            from .dicom_header import quiet_pydicom
+
             fh.seek(0)
-            # what pydicom finds odd in a header (as dicom_header: not shown), its values included: it checks a
-            # value when it is read, and a SeriesInstanceUID such as '1.2.3.abc' had given a stray "Invalid value
-            # for VR UI" warning from pydicom beside the truncation error or warning
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            # its values' warnings too: it checks a value when it is read, and a SeriesInstanceUID such as
+            # '1.2.3.abc' had given a stray "Invalid value for VR UI" beside the truncation error or warning
+            with quiet_pydicom():
                 tags = dcmread(fh, defer_size=256)  # it reads a cut file without an error: the lengths tell
                 # the raw elements (their length and where their value starts), before any is read as a value
                 last = tags.get_item(max(tags.keys()), keep_deferred=True) if len(tags) else None
@@ -1162,15 +1162,11 @@ def _frame_rescales(tags: Mapping[int, Any]) -> list[tuple[float, float]] | None
     pairs = []
     for frame in frames or [{}]:
         own = _first_item(frame, _PIXEL_VALUE_TRANSFORMATION)
-        source = next((item for item in (own, shared, tags) if 0x00281053 in item or 0x00281052 in item), {})
-        pair = []
-        for tag, default in ((0x00281053, 1.0), (0x00281052, 0.0)):
-            text = source.get(tag)
-            values = _dicom_numbers(text) if isinstance(text, str) and text.strip() else [default]
-            if len(values) != 1 or not math.isfinite(values[0]):
-                return None
-            pair.append(values[0])
-        pairs.append((pair[0], pair[1]))
+        source = next((item for item in (own, shared, tags) if 0x00281053 in item or 0x00281052 in item), None)
+        pair = _stated_pair(source) if source is not None else (1.0, 0.0)
+        if pair is None:  # a value that is no number
+            return None
+        pairs.append(pair)
     return pairs
 
 
@@ -1307,7 +1303,7 @@ def _probe_rescale(tags: Mapping[int, Any], text_of: Callable[[str], str], alloc
     from pydicom.sequence import Sequence as DicomSequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    from .dicom_header import MEDIA_STORAGE_SOP_CLASS
+    from .dicom_header import MEDIA_STORAGE_SOP_CLASS, quiet_pydicom
 
     def with_rescale(item: Dataset, stated: Mapping[int, Any]) -> Dataset:
         for tag, keyword in ((0x00281053, "RescaleSlope"), (0x00281052, "RescaleIntercept")):
@@ -1315,8 +1311,7 @@ def _probe_rescale(tags: Mapping[int, Any], text_of: Callable[[str], str], alloc
                 setattr(item, keyword, stated[tag].strip())
         return item
 
-    with warnings.catch_warnings():  # what pydicom finds odd in a value (a Modality in lower case): not shown
-        warnings.simplefilter("ignore")
+    with quiet_pydicom():
         # the SOP class where the file states it: in its data set, its file meta, or both (GDCM goes by the data
         # set's, else the meta's: a probe stating the data set's alone had been read as a secondary capture where
         # only the meta said Enhanced CT, and the pair ITK had applied was applied again)
@@ -1419,8 +1414,9 @@ def _stored_copy(path: str) -> Any:
     from pydicom.dataset import Dataset, FileDataset
     from pydicom.sequence import Sequence as DicomSequence
 
-    with warnings.catch_warnings():  # what pydicom finds odd in a header, or in a value as it is read (as
-        warnings.simplefilter("ignore")  # dicom_header: not shown)
+    from .dicom_header import quiet_pydicom
+
+    with quiet_pydicom():
         data_set = pydicom.dcmread(path, force=True)
         copy = FileDataset("stored.dcm", Dataset(), file_meta=data_set.file_meta, preamble=b"\0" * 128)
         for element in data_set:
@@ -1457,23 +1453,41 @@ def _stored_values(path: str) -> sitk.Image:
 
 def _read_dicom_copy(data_set: Any, name: str) -> sitk.Image:
     """ITK's reading of pydicom ``data_set`` (a copy of a file's pixel data and the tags that decode them, or a
-    probe: no patient, study or date tag), written as ``name`` in a private temporary folder ('mmfusion-rescale-*')
-    removed on every path (a Ctrl-C while it is made or removed is raised once it is gone, as
-    :func:`_readable_name` does). Raises OSError where the temporary folder cannot take it, RuntimeError where ITK
-    fails."""
+    probe: no patient, study or date tag), written as ``name`` in a private temporary folder ('mmfusion-rescale-*',
+    :func:`_private_temp_folder`) removed on every path. Raises OSError where the temporary folder cannot take it,
+    RuntimeError where ITK fails."""
+    from .dicom_header import quiet_pydicom
+
+    with _private_temp_folder("mmfusion-rescale-") as folder:
+        copy = os.path.join(folder, name)
+        with quiet_pydicom():
+            data_set.save_as(copy)
+        del data_set
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(copy)
+        return reader.Execute()
+
+
+@contextlib.contextmanager
+def _private_temp_folder(prefix: str, unmade: Callable[[OSError], Exception] | None = None) -> Iterator[str]:
+    """A private temporary folder (``tempfile.mkdtemp``: mode 0700, named ``prefix*``) for the block, removed on
+    every path: the one helper of :func:`_readable_name` (links to a file under another name) and
+    :func:`_read_dicom_copy` (copies of DICOM pixel data). A Ctrl-C while it is made or removed is raised once it is
+    gone (the work inside, in ITK's C++, is not interrupted either way): from TemporaryDirectory's cleanup it had
+    left the folder behind. An OSError from making it is raised as ``unmade(error)`` where given (a full or
+    unwritable temporary folder, in the caller's words), as it is otherwise; the block's own errors pass as they
+    are."""
     from .progress import signals_stop
 
     with signals_stop(lambda: None):
-        folder = tempfile.mkdtemp(prefix="mmfusion-rescale-")
         try:
-            copy = os.path.join(folder, name)
-            with warnings.catch_warnings():  # what pydicom finds odd in a value it writes: not shown
-                warnings.simplefilter("ignore")
-                data_set.save_as(copy)
-            del data_set
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(copy)
-            return reader.Execute()
+            folder = tempfile.mkdtemp(prefix=prefix)
+        except OSError as exc:
+            if unmade is None:
+                raise
+            raise unmade(exc) from exc
+        try:
+            yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -2010,7 +2024,6 @@ def _readable_name(path: str) -> Iterator[tuple[str, str | None]]:
     files = _nifti_files(path) if suffix in _PAIR_PARTS else None
     if files is not None:  # the pair's header and data file, in whichever case spelt, those _check_nifti_voxels checks
         parts += [(other, _read_suffix(other)) for other in dict.fromkeys(files[:2]) if other != path]
-    from .progress import signals_stop
 
     def no_link(exc: OSError) -> InputError:  # a full or unwritable temporary folder
         if beside is not None:
@@ -2024,23 +2037,14 @@ def _readable_name(path: str) -> Iterator[tuple[str, str | None]]:
                           f"({exc.strerror or exc}).",
                           f"Point TMPDIR at a writable folder, or rename the file to end in '{suffix}'.")
 
-    # A Ctrl-C while the folder is made or removed is raised once it is gone (the read itself, in ITK's C++, is not
-    # interrupted either way): from TemporaryDirectory's cleanup it had left the folder behind. Only the links'
-    # OSErrors are "no link": one from the block had been reported as one
-    with signals_stop(lambda: None):
+    # Only the folder's and the links' OSErrors are "no link": one from the block had been reported as one
+    with _private_temp_folder("mmfusion-read-", no_link) as private:
         try:
-            private = tempfile.mkdtemp(prefix="mmfusion-read-")
+            for source, ext in parts:
+                _link_or_copy(source, os.path.join(private, "image" + ext))
         except OSError as exc:
             raise no_link(exc) from exc
-        try:
-            try:
-                for source, ext in parts:
-                    _link_or_copy(source, os.path.join(private, "image" + ext))
-            except OSError as exc:
-                raise no_link(exc) from exc
-            yield os.path.join(private, "image" + suffix), None
-        finally:
-            shutil.rmtree(private, ignore_errors=True)
+        yield os.path.join(private, "image" + suffix), None
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -2429,6 +2433,14 @@ def _folder_beside(base: str, spelt: str) -> str | None:
     return name if os.path.isdir(name) else None
 
 
+def _nii_beside(path: str) -> str | None:
+    """The ``x.nii`` file (or folder, :func:`_folder_beside`) beside the ``x.nii.gz`` ``path`` (``X.NII`` beside
+    ``X.NII.GZ``) that ITK's NIfTI reader opens for its voxels (:func:`_single_file_beside`), if there is one: the
+    one lookup of the reader's check and the writer's (:func:`_uncompressed_single_file_beside`)."""
+    base, spelt = path[:-len(".nii.gz")], path[-len(".nii.gz"):]
+    return _nifti_lookup(base, (".nii",), spelt, any_case=False) or _folder_beside(base, spelt)
+
+
 def _single_file_beside(path: str) -> str | None:
     """The ``x.nii`` beside the ``x.nii.gz`` ``path`` whose voxels ITK's NIfTI reader (nifti1_io's
     ``nifti_findimgname``) reads under ``path``'s header: for a single-file header (magic ``n+1``, as every .nii.gz
@@ -2437,8 +2449,7 @@ def _single_file_beside(path: str) -> str | None:
     as 6x5x3 of 1s. None where there is none, or where ``path`` exists and is not a single-file header."""
     import zlib
 
-    base, spelt = path[:-len(".nii.gz")], path[-len(".nii.gz"):]
-    beside = _nifti_lookup(base, (".nii",), spelt, any_case=False) or _folder_beside(base, spelt)
+    beside = _nii_beside(path)
     if beside is None:
         return None
     if os.path.isfile(path):
@@ -4462,10 +4473,10 @@ def _uncompressed_single_file_beside(final: str) -> None:
     only stale neighbour that changes what a NIfTI or Analyze output reads back as (measured over every pair of
     .nii, .nii.gz, .hdr, .img, .hdr.gz, .img.gz names written one beside the other; a .hdr.gz/.img.gz pair beside an
     uncompressed one is :func:`_uncompressed_pair_beside`'s). The old file is not removed: it may be an input."""
-    base, spelt = final[:-len(".nii.gz")], final[-len(".nii.gz"):]
-    beside = _nifti_lookup(base, (".nii",), spelt, any_case=False) or _folder_beside(base, spelt)
+    beside = _nii_beside(final)
     if beside is None:
         return
+    base, spelt = final[:-len(".nii.gz")], final[-len(".nii.gz"):]
     name = os.path.basename(beside)
     raise InputError(f"'{final}': '{name}' lies beside it, and ITK's NIfTI reader (hence Slicer and sitk.ReadImage) "
                      f"reads a .nii.gz's voxels from the .nii of the same name first: the output would be read back "
