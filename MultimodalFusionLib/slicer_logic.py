@@ -229,6 +229,27 @@ def _under(transform: Any) -> str:
     return f"transform '{transform.GetName()}'" if transform is not None else "no transform"
 
 
+def _check_not_under_transform(node: Any, role: str, action: str) -> None:
+    """Refuse a volume whose grid is the output's or the result's (the fixed or anatomical one) while it is under a
+    transform: the result would relate its own grid, not where Slicer shows it (registerVolumes, fuseVolumes,
+    evaluateRegistration: one message)."""
+    if node.GetParentTransformNode() is not None:
+        raise InputError(f"The {role} volume '{node.GetName()}' is under a transform.",
+                         f"Harden the transform on it (Transforms module) or remove it, then {action}.")
+
+
+def _check_grey(volumes: Sequence[tuple[str, Any, Any]], needs: str, other: str) -> None:
+    """Refuse a volume of several components per voxel (a colour or multi-frame volume) among ``volumes`` ((role,
+    node, its image)), saying what ``needs`` grey volumes and ``other`` choice the fix offers (registerVolumes,
+    evaluateRegistration)."""
+    for role, node, image in volumes:
+        components = image.GetNumberOfComponentsPerPixel()
+        if components > 1:
+            raise InputError(f"The {role} volume '{node.GetName()}' has {components} components per voxel (a colour "
+                             f"or multi-frame volume); {needs}.",
+                             f"Convert it with the Vector to Scalar Volume module (Converters), or {other}.")
+
+
 def _single_slice(image: Any) -> bool:
     return io.one_slice_axis(image) is not None
 
@@ -405,20 +426,14 @@ class FusionLogic:
                         else f"the initial transform '{initialTransformNode.GetName()}'",
                         "initializer=None to start from the initial transform, or initialTransformNode=None to start "
                         "with the initializer")
-        if fixedVolumeNode.GetParentTransformNode() is not None:
-            # the result would relate the fixed volume's own grid, not where Slicer shows it
-            raise InputError(f"The fixed volume '{fixedVolumeNode.GetName()}' is under a transform.",
-                             "Harden the transform on it (Transforms module) or remove it, then register.")
+        # the result would relate the fixed volume's own grid, not where Slicer shows it
+        _check_not_under_transform(fixedVolumeNode, "fixed", "register")
         scene = self._sceneOf(fixedVolumeNode)
         report(progress, 0.0, "reading volumes")
         fixed = mrml.image_from_volume_node(fixedVolumeNode, float32=True)
         moving = mrml.image_from_volume_node(movingVolumeNode, float32=True)
-        for role, node, image in (("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)):
-            if image.GetNumberOfComponentsPerPixel() > 1:
-                raise InputError(f"The {role} volume '{node.GetName()}' has {image.GetNumberOfComponentsPerPixel()} "
-                                 "components per voxel (a colour or multi-frame volume); registration needs grey "
-                                 "volumes.", "Convert it with the Vector to Scalar Volume module (Converters), or "
-                                             "select a grey volume.")
+        _check_grey((("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)),
+                    "registration needs grey volumes", "select a grey volume")
         flat = [n.GetName() for n, img in ((fixedVolumeNode, fixed), (movingVolumeNode, moving)) if _single_slice(img)]
         if flat:
             raise InputError(f"'{flat[0]}' is a single-slice volume (how Slicer holds a 2D image); registration "
@@ -587,10 +602,8 @@ class FusionLogic:
         weightsVolumeNode = _weights_output(weightsVolumeNode, newNodeOnKindChange)
         _check_class(metricsTableNode, "vtkMRMLTableNode", "metrics table", "table node")
         _check_no_label_map([(anatomicalVolumeNode, "anatomical"), (functionalVolumeNode, "functional")])
-        if anatomicalVolumeNode.GetParentTransformNode() is not None:
-            # the output takes the anatomical grid; shown without that transform it would be offset
-            raise InputError(f"The anatomical volume '{anatomicalVolumeNode.GetName()}' is under a transform.",
-                             "Harden the transform on it (Transforms module) or remove it, then fuse.")
+        # the output takes the anatomical grid; shown without that transform it would be offset
+        _check_not_under_transform(anatomicalVolumeNode, "anatomical", "fuse")
         parent = functionalVolumeNode.GetParentTransformNode()
         if parent is not None and transformNode is not None and parent is not transformNode:
             raise InputError(f"The functional volume '{functionalVolumeNode.GetName()}' is under transform "
@@ -838,17 +851,11 @@ class FusionLogic:
         if labels is not None and label_kind is None:
             raise InputError("labels were given without label maps or segmentations.",
                              "Give fixedLabelNode and movingLabelNode too, or leave labels out.")
-        if fixedVolumeNode.GetParentTransformNode() is not None:
-            raise InputError(f"The fixed volume '{fixedVolumeNode.GetName()}' is under a transform.",
-                             "Harden the transform on it (Transforms module) or remove it, then evaluate.")
+        _check_not_under_transform(fixedVolumeNode, "fixed", "evaluate")
         fixed = mrml.image_from_volume_node(fixedVolumeNode, float32=True)
         moving = mrml.image_from_volume_node(movingVolumeNode, float32=True)
-        for role, node, image in (("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)):
-            if image.GetNumberOfComponentsPerPixel() > 1:
-                raise InputError(f"The {role} volume '{node.GetName()}' has {image.GetNumberOfComponentsPerPixel()} "
-                                 "components per voxel (a colour or multi-frame volume); its similarity is measured on "
-                                 "grey volumes.", "Convert it with the Vector to Scalar Volume module (Converters), "
-                                                  "or select the grey volume that was registered.")
+        _check_grey((("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)),
+                    "its similarity is measured on grey volumes", "select the grey volume that was registered")
         moving_parent = movingVolumeNode.GetParentTransformNode()
         notes: list[str] = []
         if transformNode is not None and moving_parent is not None and transformNode is not moving_parent:
