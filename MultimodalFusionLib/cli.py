@@ -97,15 +97,21 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .io import image_info, read_image
+    from .io import image_info, read_image, segment_layers
 
     if args.series:  # for files only, it had been ignored, rc 0
         _check_series_reaches_a_folder("--series", args.series, [("input", f) for f in args.files])
     infos = {}
     for f in args.files:  # a file named twice is read once
         if f not in infos:
-            image = read_image(f, series=args.series if _is_dicom_source(f) else None, keep_color=True)
+            # a .seg.nrrd's layers kept and named: 3 or 4 of them had been shown as an RGB(A) image's components
+            image = read_image(f, series=args.series if _is_dicom_source(f) else None, keep_color=True,
+                               segment_layers=True)
             infos[f] = image_info(image)
+            layers = segment_layers(image)
+            if layers:
+                infos[f]["segmentation"] = {"layers": image.GetNumberOfComponentsPerPixel(),
+                                            "segments_by_layer": layers}
     if args.json:
         # one key a file: one named twice is there once (keyed by path, it had been left out without a word)
         repeated = sorted({f for f in args.files if args.files.count(f) > 1})
@@ -117,6 +123,11 @@ def _run_info(args: argparse.Namespace) -> int:
     for f, info in ((f, infos[f]) for f in args.files):  # each file as often as it was named, in order
         print(f"{f}")
         print(f"  dimension  {info['dimension']}D, {info['components']} component(s), {info['pixel_type']}")
+        if "segmentation" in info:
+            seg = info["segmentation"]
+            print(f"  segmentation 3D Slicer .seg.nrrd, segments in {seg['layers']} layer(s) (one component a layer;"
+                  " no colour channels): " + "; ".join(f"layer {k}: " + ", ".join("'" + n + "'" for n in v)
+                                                      for k, v in seg["segments_by_layer"].items()))
         print(f"  size       {' x '.join(str(s) for s in info['size'])}")
         print(f"  spacing    {', '.join(f'{s:.6g}' for s in info['spacing'])} mm")
         # ITK's numbers (LPS) and Slicer's (RAS) side by side: users compare both with their tools

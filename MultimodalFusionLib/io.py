@@ -35,6 +35,8 @@ from .errors import InputError, itk_guard, itk_reason
 
 __all__ = [
     "read_image",
+    "segment_layers",
+    "describe_segment_layers",
     "write_image",
     "check_output_name",
     "check_output_pixels",
@@ -1788,7 +1790,7 @@ def _describe_series(found: Sequence[dict[str, Any]]) -> str:
 
 
 def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color: bool = False,
-               float32: bool = False) -> sitk.Image:
+               float32: bool = False, segment_layers: bool = False) -> sitk.Image:
     """Read an image file, or a DICOM series from a folder.
 
     Args:
@@ -1798,6 +1800,9 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
             for a file.
         keep_color: keep RGB(A) pixels; by default colour images are converted to luminance.
         float32: cast the result to 32-bit float.
+        segment_layers: keep the layers of a 3D Slicer ``.seg.nrrd`` as its components (as
+            :func:`segmentations.read_segmentation_file` reads them). Without it such a file of several layers is
+            refused, colour kept or not: its 3 or 4 layers are no RGB(A) picture, nor 2 a vector field.
 
     Returns:
         The image with its geometry (origin, spacing, direction) exactly as stored.
@@ -1831,8 +1836,10 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     if not keep_color and image.GetNumberOfComponentsPerPixel() == 4 and os.path.isfile(path) \
             and (_png_grey_alpha_depth(path) is not None or _png_grey_transparency(path) is not None):
         image = sitk.VectorIndexSelectionCast(image, 0)  # its grey, in its own type (the luminance is float32)
-    if not keep_color and image.GetNumberOfComponentsPerPixel() > 1 and image.HasMetaDataKey("Segment0_ID"):
-        _refuse_segment_layers(path, image)  # to_luminance had called its layers a vector field's channels
+    if not segment_layers and image.GetNumberOfComponentsPerPixel() > 1 and image.HasMetaDataKey("Segment0_ID"):
+        # to_luminance had called 2 layers a vector field's channels, and with keep_color 3 or 4 layers were taken
+        # for RGB(A): resample interpolated them as colour, fuse blended them into a picture, rc 0
+        _refuse_segment_layers(path, image)
     if not keep_color and image.GetNumberOfComponentsPerPixel() > 1:
         image = to_luminance(image, f"image '{path}'", path=path)
     if float32 and image.GetNumberOfComponentsPerPixel() == 1:
@@ -1848,22 +1855,35 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     return image
 
 
-def _refuse_segment_layers(path: str, image: sitk.Image) -> None:
-    """A 3D Slicer ``.seg.nrrd`` of several layers (overlapping segments, one component a layer) read as one image:
-    refused for what it is, where it had been called a vector or displacement field (2 layers) or a colour picture
-    (3 or 4)."""
+def segment_layers(image: sitk.Image) -> dict[str, list[str]]:
+    """The segments a 3D Slicer ``.seg.nrrd`` lists in its header, by layer (component): {layer: [names]}, the
+    layer as the header gives it (a segment's index where the key is missing, as Slicer reads files written before
+    layers existed); {} for any other image."""
     layers: dict[str, list[str]] = {}
     i = 0
     while image.HasMetaDataKey(f"Segment{i}_ID"):
         key = f"Segment{i}_"
         name = image.GetMetaData(key + "Name") if image.HasMetaDataKey(key + "Name") else image.GetMetaData(key + "ID")
         layer = image.GetMetaData(key + "Layer").strip() if image.HasMetaDataKey(key + "Layer") else str(i)
-        layers.setdefault(layer, []).append(f"'{name}'")
+        layers.setdefault(layer, []).append(name)
         i += 1
+    return layers
+
+
+def describe_segment_layers(image: sitk.Image) -> str:
+    """``layer 0: 'liver', 'kidney'; layer 1: 'both'``: a ``.seg.nrrd``'s segments by layer, for messages."""
+    return "; ".join(f"layer {k}: " + ", ".join("'" + n + "'" for n in v)
+                     for k, v in sorted(segment_layers(image).items(), key=lambda kv: (len(kv[0]), kv[0])))
+
+
+def _refuse_segment_layers(path: str, image: sitk.Image) -> None:
+    """A 3D Slicer ``.seg.nrrd`` of several layers (overlapping segments, one component a layer) read as one image:
+    refused for what it is, where it had been called a vector or displacement field (2 layers) or taken for a colour
+    picture (3 or 4: RGB or RGBA where colour is kept)."""
     count = image.GetNumberOfComponentsPerPixel()
-    listed = "; ".join(f"layer {k}: {', '.join(v)}" for k, v in sorted(layers.items()))
-    raise InputError(f"'{path}' is a 3D Slicer segmentation whose segments are saved in {count} layers ({listed}), as "
-                     "Slicer saves segments that overlap: it holds no single value a voxel to read as one image.",
+    raise InputError(f"'{path}' is a 3D Slicer segmentation whose segments are saved in {count} layers "
+                     f"({describe_segment_layers(image)}), as Slicer saves segments that overlap: it holds no single "
+                     "value a voxel to read as one image, and its layers are no colour channels.",
                      "Give it to `mmfusion evaluate-registration` as --fixed-labels/--moving-labels (its segments are "
                      "read layer by layer there), or export the segments you need to a label map in 3D Slicer "
                      "(Segmentations module: Export to label map) and give that.")

@@ -157,7 +157,7 @@ def read_segmentation_file(path: str | os.PathLike) -> SegmentationFile | None:
     from .io import read_image
 
     path = os.fspath(path)
-    image = read_image(path, keep_color=True)  # every layer: read_image alone refuses several components
+    image = read_image(path, keep_color=True, segment_layers=True)  # every layer, as components
     if not image.HasMetaDataKey("Segment0_ID"):
         return None
     segments = []

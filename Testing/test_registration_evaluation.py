@@ -8,6 +8,7 @@ import contextlib
 import io as _io
 import json
 import os
+import re
 import tempfile
 import unittest
 import warnings
@@ -627,6 +628,11 @@ class SegNrrdLabelFilesTest(unittest.TestCase):
         cls._write("f_layers.seg.nrrd", [(cls.fixed_labels, ["liver", "kidney"]), (union[0], ["both"])])
         cls._write("m_layers.seg.nrrd", [(moving_swapped, ["kidney", "liver"]), (union[1], ["both"])])
         cls._write("f_empty.seg.nrrd", [(cls.fixed_labels, ["liver", "kidney"])], empty="tumour")
+        # more overlapping segments, one more layer each: 3 or 4 components, which read as colour look like RGB(A)
+        cls._write("f_layers3.seg.nrrd", [(cls.fixed_labels, ["liver", "kidney"]), (union[0], ["both"]),
+                                          (union[0], ["body"])])
+        cls._write("f_layers4.seg.nrrd", [(cls.fixed_labels, ["liver", "kidney"]), (union[0], ["both"]),
+                                          (union[0], ["body"]), (union[0], ["torso"])])
 
     @classmethod
     def tearDownClass(cls) -> None:
@@ -729,6 +735,47 @@ class SegNrrdLabelFilesTest(unittest.TestCase):
             from MultimodalFusionLib.io import read_image
 
             read_image(self.paths["f_layers.seg.nrrd"])
+
+    def test_a_file_of_three_or_four_layers_is_no_colour_image(self) -> None:
+        from MultimodalFusionLib.io import read_image
+
+        for layers, listed in ((3, "layer 0: 'liver', 'kidney'; layer 1: 'both'; layer 2: 'body'"),
+                               (4, "layer 0: 'liver', 'kidney'; layer 1: 'both'; layer 2: 'body'; layer 3: 'torso'")):
+            path = self.paths[f"f_layers{layers}.seg.nrrd"]
+            self.assertEqual(sitk.ReadImage(path).GetNumberOfComponentsPerPixel(), layers)
+            said = f"is a 3D Slicer segmentation whose segments are saved in {layers} layers ({listed})"
+            # where colour is kept, the old code returned the layers as an RGB(A) image
+            with self.assertRaisesRegex(InputError, re.escape(said)):
+                read_image(path, keep_color=True)
+            # resample had interpolated the layers as colour (a 3-component float image, rc 0) and fuse had blended
+            # them with the grey image as a colour picture (rc 0)
+            grid = sitk.ReadImage(path)
+            grey = sitk.Cast(sitk.GetImageFromArray(np.arange(np.prod(grid.GetSize()), dtype=np.float32)
+                                                    .reshape(grid.GetSize()[::-1])), sitk.sitkFloat32)
+            grey.CopyInformation(grid)
+            grey_path = os.path.join(self.folder.name, f"grey{layers}.nrrd")
+            write_image(grey, grey_path)
+            for command in (["resample", path, "--reference", grey_path], ["fuse", grey_path, path]):
+                out_path = os.path.join(self.folder.name, f"{command[0]}{layers}.nrrd")
+                rc, _, err = run_cli(*command, "-o", out_path)
+                self.assertEqual(rc, 2, (command, err))
+                self.assertIn(said, err)
+                self.assertIn("Export to label map", err)
+                self.assertFalse(os.path.exists(out_path))
+            # info describes it as a segmentation, its layers named
+            rc, text, err = run_cli("info", path)
+            self.assertEqual(rc, 0, err)
+            self.assertIn(f"segmentation 3D Slicer .seg.nrrd, segments in {layers} layer(s) (one component a layer; "
+                          f"no colour channels): {listed}", text)
+            rc, text, err = run_cli("info", path, "--json")
+            self.assertEqual(rc, 0, err)
+            segmentation = json.loads(text)[path]["segmentation"]
+            self.assertEqual(segmentation["layers"], layers)
+            self.assertEqual(segmentation["segments_by_layer"]["0"], ["liver", "kidney"])
+            # its segments are still read layer by layer where labels are scored
+            rc, out, err = self._evaluate(f"f_layers{layers}.seg.nrrd", "m_layers.seg.nrrd", "--labels", "both")
+            self.assertEqual(rc, 0, err)
+            self.assertGreater(out["labels"]["after"]["labels"]["3"]["dice"], 0.97)
 
     def test_an_empty_segment_is_named(self) -> None:
         rc, out, err = self._evaluate("f_empty.seg.nrrd", "m.seg.nrrd")
