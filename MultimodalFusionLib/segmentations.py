@@ -122,17 +122,33 @@ class SegmentationFile:
         return self.image.GetNumberOfComponentsPerPixel()
 
     def voxels(self, segment: Segment) -> np.ndarray:
-        """The segment's voxels (numpy order k, j, i), a boolean array of the file's grid."""
+        """The segment's voxels (numpy order k, j, i), a boolean array of the file's grid: those of its layer that
+        hold its label value, within its layer's extent (:meth:`layer_extent`), as 3D Slicer reads them."""
         arr = sitk.GetArrayViewFromImage(self.image)
         layer = arr[..., segment.layer] if self.layers > 1 else arr
         mask = layer == segment.label_value
-        if segment.extent is not None:
+        extent = self.layer_extent(segment.layer)
+        if extent is not None:
             inside = np.zeros(mask.shape, dtype=bool)
-            e = segment.extent
-            if all(e[2 * a] <= e[2 * a + 1] for a in range(len(e) // 2)):
-                inside[tuple(slice(max(0, e[2 * a]), e[2 * a + 1] + 1) for a in reversed(range(len(e) // 2)))] = True
+            if extent:
+                inside[tuple(slice(max(0, extent[2 * a]), extent[2 * a + 1] + 1)
+                             for a in reversed(range(len(extent) // 2)))] = True
             mask &= inside
         return mask
+
+    def layer_extent(self, layer: int) -> tuple[int, ...] | None:
+        """The voxels of a layer that 3D Slicer reads (first/last voxel per axis in the file; None: all, (): none):
+        the box around its segments' extents, one without an extent counting as the whole file. Slicer reads a
+        layer as one labelmap shared by its segments, so a segment's voxels outside its own extent but inside
+        another's of its layer are read (files Slicer writes give every segment of a layer the same extent)."""
+        extents = [s.extent for s in self.segments if s.layer == layer]
+        if any(e is None for e in extents):
+            return None
+        boxes = [e for e in extents if all(e[2 * a] <= e[2 * a + 1] for a in range(len(e) // 2))]
+        if not boxes:
+            return ()
+        return tuple(min(e[i] for e in boxes) if i % 2 == 0 else max(e[i] for e in boxes)
+                     for i in range(len(boxes[0])))
 
 
 def _int_value(image: sitk.Image, key: str, default: int, path: str) -> int:
@@ -160,6 +176,11 @@ def read_segmentation_file(path: str | os.PathLike) -> SegmentationFile | None:
     image = read_image(path, keep_color=True, segment_layers=True)  # every layer, as components
     if not image.HasMetaDataKey("Segment0_ID"):
         return None
+    if image.HasMetaDataKey("Segmentation_Extent"):  # one 3D volume a segment along a 4th axis, extents absolute
+        raise InputError(f"'{path}' is a 3D Slicer segmentation in the format of older Slicer versions (a "
+                         "Segmentation_Extent key, one volume a segment), which is not read here: its segments' "
+                         "layers and extents would be misread.",
+                         "Load it in a current 3D Slicer and save it again (it is saved in the current format).")
     segments = []
     layers = image.GetNumberOfComponentsPerPixel()
     while image.HasMetaDataKey(f"Segment{len(segments)}_ID"):

@@ -777,6 +777,67 @@ class SegNrrdLabelFilesTest(unittest.TestCase):
             self.assertEqual(rc, 0, err)
             self.assertGreater(out["labels"]["after"]["labels"]["3"]["dice"], 0.97)
 
+    def _slicer_reads(self, path: str) -> dict[str, int]:
+        """Each segment's voxels as Slicer's own storage node reads the file (slicer-core)."""
+        from vtk.util import numpy_support
+
+        scene = slicer.vtkMRMLScene()
+        node = slicer.vtkMRMLSegmentationNode()
+        scene.AddNode(node)
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        scene.AddNode(storage)
+        storage.SetFileName(path)
+        self.assertTrue(storage.ReadData(node))
+        counts = {}
+        for i in range(node.GetSegmentation().GetNumberOfSegments()):
+            segment = node.GetSegmentation().GetNthSegment(i)
+            labelmap = segment.GetRepresentation("Binary labelmap")
+            scalars = labelmap.GetPointData().GetScalars() if labelmap is not None else None
+            counts[segment.GetName()] = (0 if scalars is None else
+                                         int((numpy_support.vtk_to_numpy(scalars) == segment.GetLabelValue()).sum()))
+        return counts
+
+    def test_segment_extents_are_read_as_slicer_reads_them(self) -> None:
+        from MultimodalFusionLib.segmentations import read_segmentation_file
+
+        # a layer of two segments whose header extents differ (as a file written by another tool may give them;
+        # Slicer gives every segment of a layer the same): Slicer reads the layer within the box around both, so
+        # B's voxels outside its own extent are B's; the old code clipped each segment to its own extent (B: 0)
+        values = np.zeros((10, 10, 10), np.uint8)
+        values[1:4, 1:4, 1:4] = 1
+        values[6:9, 6:9, 6:9] = 1  # A's, outside its own extent and the layer's box: Slicer ignores them
+        values[7:9, 1:3, 7:9] = 2  # B's, outside its own extent, inside A's and B's box
+        image = sitk.GetImageFromArray(values)
+        image.SetSpacing((1.0, 1.2, 1.5))
+        keys = {"Segmentation_ReferenceImageExtentOffset": "0 0 0", "Segment0_ID": "A", "Segment0_Name": "A",
+                "Segment0_LabelValue": "1", "Segment0_Layer": "0", "Segment0_Extent": "0 4 0 4 0 9",
+                "Segment1_ID": "B", "Segment1_Name": "B", "Segment1_LabelValue": "2", "Segment1_Layer": "0",
+                "Segment1_Extent": "0 9 0 2 0 2"}
+        for key, value in keys.items():
+            image.SetMetaData(key, value)
+        path = os.path.join(self.folder.name, "extents.seg.nrrd")
+        sitk.WriteImage(image, path, True)
+        sf = read_segmentation_file(path)
+        ours = {s.name: int(sf.voxels(s).sum()) for s in sf.segments}
+        self.assertEqual(self._slicer_reads(path), {"A": 27, "B": 8})
+        self.assertEqual(ours, {"A": 27, "B": 8})
+        # files as Slicer writes them (cropped, with an extent offset, compressed or not) read alike
+        for name in ("f.seg.nrrd", "f_layers3.seg.nrrd", "f_empty.seg.nrrd"):
+            sf = read_segmentation_file(self.paths[name])
+            self.assertEqual({s.name: int(sf.voxels(s).sum()) for s in sf.segments},
+                             self._slicer_reads(self.paths[name]), name)
+        # the format of older Slicer versions (a Segmentation_Extent key, a 4th axis of segments, absolute extents):
+        # refused by name, where the old code called its second segment 'in layer 1' of a 1-layer file
+        legacy = sitk.GetImageFromArray(np.stack([values == 1, values == 2]).astype(np.uint8))
+        for key, value in {"Segmentation_Extent": "5 14 5 14 5 14", "Segment0_ID": "A", "Segment0_Name": "A",
+                           "Segment0_Extent": "5 14 5 14 5 14", "Segment1_ID": "B", "Segment1_Name": "B",
+                           "Segment1_Extent": "5 14 5 14 5 14"}.items():
+            legacy.SetMetaData(key, value)
+        path = os.path.join(self.folder.name, "legacy.seg.nrrd")
+        sitk.WriteImage(legacy, path)
+        with self.assertRaisesRegex(InputError, "format of older Slicer versions .*Load it in a current 3D Slicer"):
+            read_segmentation_file(path)
+
     def test_an_empty_segment_is_named(self) -> None:
         rc, out, err = self._evaluate("f_empty.seg.nrrd", "m.seg.nrrd")
         self.assertEqual(rc, 0, err)
