@@ -800,6 +800,11 @@ class _Context:
         # host-to-device copy, which waits for the GPU's queue (two host synchronisations per linear iteration)
         self._f_norm_to_phys = torch.as_tensor(self.f_norm_to_phys, dtype=torch.float64, device=device)
         self._m_phys_to_norm = torch.as_tensor(self.m_phys_to_norm, dtype=torch.float64, device=device)
+        # ITK's inside-the-buffer test in moving-normalised units (align_corners=True: the outer voxel centres at
+        # -1 and 1, half a voxel beyond them is 1 / (size - 1)), (x, y, z) order as the points
+        half = torch.as_tensor([1.0 / max(int(n) - 1, 1) for n in moving.GetSize()], dtype=torch.float32,
+                               device=device)
+        self._buffer_low, self._buffer_high = -1.0 - half, 1.0 + half
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(int(seed))
         self.device_generator = torch.Generator(device=device)
@@ -882,13 +887,32 @@ class _Context:
                             align_corners=True)
         return out.reshape(image.shape[1], n)
 
-    def mi_loss(self, fixed_values: Any, moving_values: Any) -> Any:
-        """Negative mutual information of two (1, N) value sets in [0, 1]."""
+    def mi_loss(self, fixed_values: Any, moving_values: Any, counted: Any | None = None) -> Any:
+        """Negative mutual information of two (1, N) value sets in [0, 1]; ``counted`` (N,) 0/1: only those."""
         from .torch_losses import mattes_mutual_information_loss, mutual_information_loss
 
         if self.params.mi_window == "gaussian":
+            if counted is not None:  # MONAI's loss takes no weights: index (reads the count back, opt-in metric)
+                keep = counted.reshape(-1) > 0.5
+                fixed_values, moving_values = fixed_values[:, keep], moving_values[:, keep]
             return mutual_information_loss(fixed_values, moving_values, self.params.histogram_bins)
-        return mattes_mutual_information_loss(fixed_values, moving_values, self.params.histogram_bins)
+        return mattes_mutual_information_loss(fixed_values, moving_values, self.params.histogram_bins, counted)
+
+    def inside_moving_image(self, moved: Any) -> Any:
+        """(N,) 0/1: which moving-normalised points ``moved`` (N, d) lie inside the moving image, by ITK's rule
+        (a continuous index from -0.5 to under size - 0.5 on every axis, as its metrics count a sample); every point
+        (all ones) while ``_MIN_MASKED`` or fewer do, chosen on the device (no host synchronisation).
+
+        Mutual information counts only these, as ITK's, ANTs' and elastix' do: sampled as zeros outside the moving
+        image, the points there had counted as background, so a moving slab (15 slices of a head, or a band of 60
+        rows of the 2D BrainWeb PD slice) drew an affine stage into squeezing the whole fixed image into it
+        (determinant 0.16-0.55, 54-60 px off from a 24 px start, mutual information "improved", no warning)."""
+        import torch
+
+        with torch.no_grad():
+            inside = ((moved >= self._buffer_low) & (moved < self._buffer_high)).all(dim=-1).to(torch.float32)
+            enough = inside.sum() > _MIN_MASKED
+            return torch.where(enough, inside, torch.ones_like(inside))
 
     def mi_at_points(self, points: Any, values: Any, matrix: Any, moving: Any) -> Any:
         """MI of fixed ``values`` at ``points`` and the full-resolution ``moving`` image through ``matrix``;
@@ -900,7 +924,7 @@ class _Context:
             if inside is not None:
                 return self.mi_loss(values[:, inside], sampled[:, inside])
             self.note_left_out(True)
-        return self.mi_loss(values, sampled)
+        return self.mi_loss(values, sampled, self.inside_moving_image(moved))
 
     def counted_inside_moving_mask(self, moved: Any) -> Any | None:
         """Which moving-normalised points ``moved`` (N, d) :meth:`mi_at_points` counts with a moving mask: those
@@ -1147,9 +1171,9 @@ def _linear_stage(ctx: _Context, name: str, matrix0: np.ndarray, translation0: n
                             loss = ctx.mi_loss(values[:, inside], sampled[:, inside])
                         else:
                             ctx.note_left_out(True)
-                            loss = ctx.mi_loss(values, sampled)
+                            loss = ctx.mi_loss(values, sampled, ctx.inside_moving_image(moved))
                     else:
-                        loss = ctx.mi_loss(values, sampled)
+                        loss = ctx.mi_loss(values, sampled, ctx.inside_moving_image(moved))
                 else:
                     moved = _apply(grid.double(), total).float()
                     warped = F.grid_sample(moving_feat, moved[None], mode="bilinear", padding_mode="border",

@@ -232,7 +232,8 @@ def _cubic_bspline(x: Any) -> Any:
     return torch.where(ax < 1.0, inner, outer)
 
 
-def mattes_mutual_information_loss(fixed_values: Any, warped_values: Any, num_bins: int = 32) -> Any:
+def mattes_mutual_information_loss(fixed_values: Any, warped_values: Any, num_bins: int = 32,
+                                   counted: Any | None = None) -> Any:
     """Negative mutual information with Mattes' Parzen windows (as ITK's Mattes MI metric).
 
     The fixed intensities fall in one bin each (zero-order window, constant during the
@@ -244,6 +245,8 @@ def mattes_mutual_information_loss(fixed_values: Any, warped_values: Any, num_bi
         fixed_values: (1, N) or image-shaped tensor, intensities in [0, 1] (not differentiated).
         warped_values: same shape, intensities in [0, 1] (differentiated).
         num_bins: histogram bins (two at each end are padding for the B-spline window).
+        counted: optional (1, N) or (N,) tensor of 0/1: only the values of weight 1 count (as indexing them would,
+            without reading their count back from the device). All ones gives the unweighted result bit for bit.
 
     Returns:
         scalar tensor, -MI in nats (lower is better).
@@ -264,7 +267,11 @@ def mattes_mutual_information_loss(fixed_values: Any, warped_values: Any, num_bi
     ks = base[:, None] + torch.arange(-1, 3, device=m.device)[None]        # (N, 4) bins touched
     weights = _cubic_bspline(pos[:, None] - ks.to(pos.dtype))              # (N, 4)
     moving_w = torch.zeros(n, bins, device=m.device, dtype=m.dtype).scatter(1, ks.clamp(0, bins - 1), weights)
-    joint = fixed_onehot.transpose(0, 1) @ moving_w / float(n)            # (bins, bins)
+    if counted is None:
+        joint = fixed_onehot.transpose(0, 1) @ moving_w / float(n)        # (bins, bins)
+    else:
+        w = counted.reshape(-1).to(m.dtype)
+        joint = (fixed_onehot * w[:, None]).transpose(0, 1) @ moving_w / w.sum().clamp_min(1.0)
     p_fixed = joint.sum(dim=1, keepdim=True)
     p_moving = joint.sum(dim=0, keepdim=True)
     eps = 1e-10
