@@ -765,6 +765,15 @@ def _add_evaluate_registration(sub: argparse._SubParsersAction) -> None:
                         "Repeat it to chain several in antsApplyTransforms' order: `--transform A --transform B` "
                         "maps a fixed point x to A(B(x)), the last given applied first")
     p.add_argument("--invert", action="store_true", help="use the inverse of the transform (of the chain; linear only)")
+    _add_accuracy_inputs(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_series(p, ("fixed", "moving"))
+    p.set_defaults(func=_run_evaluate_registration)
+
+
+def _add_accuracy_inputs(p: argparse.ArgumentParser) -> None:
+    """The label maps and landmarks of a registration's accuracy (evaluate-registration and run; read by
+    :func:`accuracy.read_accuracy_inputs` from :func:`_accuracy_inputs`)."""
     p.add_argument("--fixed-labels", help="label map of the fixed image (0 background), or a 3D Slicer .seg.nrrd")
     p.add_argument("--moving-labels", help="label map of the moving image, on the moving image's grid or any other, "
                                            "or a .seg.nrrd (two .seg.nrrd files: segments matched by name)")
@@ -774,72 +783,55 @@ def _add_evaluate_registration(sub: argparse._SubParsersAction) -> None:
                    help="landmarks of the fixed image: Slicer .fcsv/.mrk.json, elastix point file (.txt/.pts), "
                         "ANTs .csv (x,y,z,t in LPS)")
     p.add_argument("--moving-landmarks", help="the corresponding landmarks of the moving image, in the same order")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    _add_series(p, ("fixed", "moving"))
-    p.set_defaults(func=_run_evaluate_registration)
+
+
+def _accuracy_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of :func:`_add_accuracy_inputs` as keywords of :func:`accuracy.read_accuracy_inputs` and
+    :func:`pipeline.run`, checked as pairs (:func:`accuracy.check_accuracy_options`) before anything is read."""
+    from .accuracy import check_accuracy_options
+
+    given = {k: getattr(args, k) for k in ("fixed_labels", "moving_labels", "labels", "fixed_landmarks",
+                                           "moving_landmarks")}
+    check_accuracy_options(**given)
+    return given
 
 
 def _run_evaluate_registration(args: argparse.Namespace) -> int:
-    from .errors import InputError
+    from .accuracy import evaluate_accuracy, read_accuracy_inputs
     from .io import read_image, read_transform
-    from .landmarks import read_landmarks
-    from .metrics import evaluate_registration
     from .preprocess import chain_transforms
-    from .segmentations import label_maps_for_evaluation, named_note
 
     _check_series(args, ("fixed", "moving"))
     _check_invert(args)
-    for a, b in (("fixed_labels", "moving_labels"), ("fixed_landmarks", "moving_landmarks")):
-        if (getattr(args, a) is None) != (getattr(args, b) is None):
-            given, missing = (a, b) if getattr(args, a) else (b, a)
-            raise InputError(f"--{given.replace('_', '-')} was given without --{missing.replace('_', '-')}.",
-                             "Give both (fixed and moving), or neither.")
-    if args.labels and not args.fixed_labels:
-        raise InputError("--labels was given without label maps.", "Give --fixed-labels and --moving-labels too.")
+    given = _accuracy_inputs(args)
     transform = chain_transforms([read_transform(t) for t in args.transform or []], invert=args.invert)
     fixed = read_image(args.fixed, series=_series(args, "fixed"), float32=True)
     moving = read_image(args.moving, series=_series(args, "moving"), float32=True)
-    fixed_labels = moving_labels = labels = None
-    paired: dict[str, Any] = {"label_names": {}, "notes": [], "empty": []}
-    if args.fixed_labels:
-        # a .seg.nrrd's segments by name (both files) or label value (one), every layer read: its numbers alone had
-        # paired 'liver' with whatever the other file numbered alike, and a file of several layers was refused
-        fixed_labels, moving_labels, labels, paired = label_maps_for_evaluation(args.fixed_labels,
-                                                                                args.moving_labels, args.labels)
-    fixed_points = read_landmarks(args.fixed_landmarks, fixed) if args.fixed_landmarks else None
-    moving_points = read_landmarks(args.moving_landmarks, moving) if args.moving_landmarks else None
-    result = evaluate_registration(fixed, moving, transform, fixed_labels=fixed_labels, moving_labels=moving_labels,
-                                   fixed_landmarks=fixed_points, moving_landmarks=moving_points, labels=labels)
-    if fixed_labels is not None:
-        names = paired["label_names"]
-        result["label_matching"] = paired["matched"]
-        if names:
-            result["label_names"] = names
-            result["notes"] = [named_note(n, names) for n in result["notes"]]
-        for label in paired["empty"]:  # listed in a header, no voxel: in neither map, so neither scored nor left out
-            if label not in result["labels"]["after"]["labels"] and label not in result["labels"]["left_out"]:
-                result["labels"]["left_out"] = sorted(result["labels"]["left_out"] + [label])
-        result["notes"] = paired["notes"] + result["notes"]
-    if fixed_points is not None:
-        result["landmark_files"] = {role: {"path": lm.path, "format": lm.format, "read_as": lm.coordinate_system,
-                                           "points": len(lm)} for role, lm in (("fixed", fixed_points),
-                                                                               ("moving", moving_points))}
+    # a .seg.nrrd's segments by name (both files) or label value (one), every layer read: its numbers alone had
+    # paired 'liver' with whatever the other file numbered alike, and a file of several layers was refused
+    inputs = read_accuracy_inputs(fixed, moving, **given)
+    if inputs is None:
+        from .accuracy import AccuracyInputs
+
+        inputs = AccuracyInputs()  # the images' similarity alone
+    result = evaluate_accuracy(fixed, moving, transform, inputs)
     if args.json:
         _print_json(result)
         _print_warnings(result["notes"])
         return 0
-    for line in _registration_evaluation_lines(result, transform is not None):
+    for line in _registration_evaluation_lines(result, "after" if transform is not None
+                                               else "after (identity: no --transform)"):
         print(line)
     _print_warnings(result["notes"])
     return 0
 
 
-def _registration_evaluation_lines(result: dict[str, Any], has_transform: bool) -> list[str]:
-    """The before/after table of ``evaluate-registration``."""
+def _registration_evaluation_lines(result: dict[str, Any], after: str = "after") -> list[str]:
+    """The before/after table of ``evaluate-registration`` (and of ``run`` with labels or landmarks); ``after``:
+    the heading of the second column."""
     def num(v: Any, spec: str = ".3f") -> str:
         return "n/a" if v is None else format(v + 0.0, spec)
 
-    after = "after" if has_transform else "after (identity: no --transform)"
     lines = [f"{'':<30} {'before':>10} {after:>10}"]
     images = result["images"]
     for key, what in (("MI", "MI (nats, higher better)"), ("NMI", "NMI"), ("NCC", "NCC")):

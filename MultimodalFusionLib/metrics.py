@@ -69,6 +69,7 @@ __all__ = [
     "tre",
     "label_overlap",
     "evaluate_registration",
+    "check_evaluation_inputs",
     "OVERLAP_MEASURES",
     "to_8bit",
     "entropy",
@@ -1025,6 +1026,72 @@ def _mm(values: Sequence[float]) -> str:
     return " x ".join(f"{v:.3g}" for v in values) + " mm"
 
 
+def check_evaluation_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels: sitk.Image | None = None,
+                            moving_labels: sitk.Image | None = None, fixed_landmarks: Any = None,
+                            moving_landmarks: Any = None, labels: Sequence[int] | None = None) -> None:
+    """Refuse now what :func:`evaluate_registration` would refuse in these inputs, whatever the transform: one label
+    map or landmark list without the other, a label map of another dimension than its image or that holds no labels,
+    no label (asked for) in both maps, landmark lists that do not pair or are of another dimension than the images.
+
+    ``mmfusion run`` (:func:`pipeline.run`) calls it before the registration: a bad label map or landmark file
+    fails before minutes of work, with the words ``evaluate_registration`` would use after them.
+    """
+    _checked_evaluation_inputs(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels,
+                               fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, labels=labels)
+
+
+def _checked_evaluation_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels: sitk.Image | None,
+                               moving_labels: sitk.Image | None, fixed_landmarks: Any, moving_landmarks: Any,
+                               labels: Sequence[int] | None) -> dict[str, Any]:
+    """The checks of :func:`check_evaluation_inputs`, returning what they found: ``present`` (the labels of each
+    map), ``left_out`` and ``scored`` (labels), ``fixed_points``/``moving_points`` (the pairs to score) and
+    ``dropped`` (notes of pairs left out)."""
+    if (fixed_labels is None) != (moving_labels is None):
+        raise InputError("Only one label map was given: the overlap compares the fixed image's labels with the "
+                         "moving image's.", "Give both label maps (fixed and moving), or neither.")
+    if (fixed_landmarks is None) != (moving_landmarks is None):
+        raise InputError("Only one landmark list was given: the error compares corresponding points of the two "
+                         "images.", "Give both landmark files (fixed and moving), or neither.")
+    for what, image, of in (("fixed label map", fixed_labels, fixed), ("moving label map", moving_labels, moving)):
+        if image is not None and isinstance(image, sitk.Image) and image.GetDimension() != of.GetDimension():
+            raise InputError(f"The {what} is {image.GetDimension()}D but the {what.split()[0]} image is "
+                             f"{of.GetDimension()}D.", f"Give the {what} of the {what.split()[0]} image (same dimension).")
+    found: dict[str, Any] = {"present": None, "left_out": [], "scored": [], "fixed_points": None,
+                             "moving_points": None, "dropped": []}
+    if fixed_labels is not None:
+        # Learn2Reg's evaluation (compute_dice / compute_hd95) scores a label only where both the fixed and the
+        # (unwarped) moving label maps hold it: NaN otherwise, left out of its nanmean; one lost in the warping
+        # scores Dice 0. The same here: a label in one map only is left out, and said so.
+        present = [set(np.unique(_label_array(m, f"{w} label map")).tolist()) - {0}
+                   for m, w in ((fixed_labels, "fixed"), (moving_labels, "moving"))]
+        asked = sorted(present[0] | present[1]) if labels is None else _asked_labels(labels)
+        left_out = [v for v in asked if not (v in present[0] and v in present[1])]
+        scored = [v for v in asked if v not in left_out]
+        if not scored:
+            raise InputError(f"No label{' asked for' if labels is not None else ''} is in both label maps (fixed: "
+                             f"{_label_list(present[0])}; moving: {_label_list(present[1])}): a label is scored where "
+                             "both images hold it, as Learn2Reg scores it.",
+                             "Give the label maps of the two images, with the same label numbers for the same "
+                             "structures (or --labels that both hold).")
+        found.update(present=present, left_out=left_out, scored=scored)
+    if fixed_landmarks is not None:
+        from .landmarks import Landmarks, paired_landmarks
+
+        if isinstance(fixed_landmarks, Landmarks) and isinstance(moving_landmarks, Landmarks):
+            fp, mp, found["dropped"] = paired_landmarks(fixed_landmarks, moving_landmarks)
+        else:
+            fp, mp = fixed_landmarks, moving_landmarks
+            tre(fp, mp, None)  # lists that do not pair, or NaN: refused here, before any transform is applied
+        dim = np.asarray(fp, dtype=np.float64).reshape(len(fp), -1).shape[1] if len(fp) else 0
+        if dim != fixed.GetDimension():
+            # checked here, not only by tre's transform check: "before" (no transform) had scored 2D points of
+            # 3D images without a word
+            raise InputError(f"The landmarks are {dim}D but the images are {fixed.GetDimension()}D.",
+                             "Give landmarks with one coordinate per image axis.")
+        found.update(fixed_points=fp, moving_points=mp)
+    return found
+
+
 def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None = None, *,
                           fixed_labels: sitk.Image | None = None, moving_labels: sitk.Image | None = None,
                           fixed_landmarks: Any = None, moving_landmarks: Any = None,
@@ -1058,34 +1125,14 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
     """
     from .preprocess import resample
 
-    if (fixed_labels is None) != (moving_labels is None):
-        raise InputError("Only one label map was given: the overlap compares the fixed image's labels with the "
-                         "moving image's.", "Give both label maps (fixed and moving), or neither.")
-    if (fixed_landmarks is None) != (moving_landmarks is None):
-        raise InputError("Only one landmark list was given: the error compares corresponding points of the two "
-                         "images.", "Give both landmark files (fixed and moving), or neither.")
-    for what, image, of in (("fixed label map", fixed_labels, fixed), ("moving label map", moving_labels, moving)):
-        if image is not None and isinstance(image, sitk.Image) and image.GetDimension() != of.GetDimension():
-            raise InputError(f"The {what} is {image.GetDimension()}D but the {what.split()[0]} image is "
-                             f"{of.GetDimension()}D.", f"Give the {what} of the {what.split()[0]} image (same dimension).")
+    checked = _checked_evaluation_inputs(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels,
+                                         fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
+                                         labels=labels)
     out: dict[str, Any] = {"transform_convention": "fixed -> moving points (ITK), LPS mm", "notes": []}
     steps = (("before", None), ("after", transform))
     out["images"] = {when: registration_metrics(fixed, resample(moving, fixed, tx)) for when, tx in steps}
     if fixed_labels is not None:
-        # Learn2Reg's evaluation (compute_dice / compute_hd95) scores a label only where both the fixed and the
-        # (unwarped) moving label maps hold it: NaN otherwise, left out of its nanmean; one lost in the warping
-        # scores Dice 0. The same here: a label in one map only is left out, and said so.
-        present = [set(np.unique(_label_array(m, f"{w} label map")).tolist()) - {0}
-                   for m, w in ((fixed_labels, "fixed"), (moving_labels, "moving"))]
-        asked = sorted(present[0] | present[1]) if labels is None else _asked_labels(labels)
-        left_out = [v for v in asked if not (v in present[0] and v in present[1])]
-        scored = [v for v in asked if v not in left_out]
-        if not scored:
-            raise InputError(f"No label{' asked for' if labels is not None else ''} is in both label maps (fixed: "
-                             f"{_label_list(present[0])}; moving: {_label_list(present[1])}): a label is scored where "
-                             "both images hold it, as Learn2Reg scores it.",
-                             "Give the label maps of the two images, with the same label numbers for the same "
-                             "structures (or --labels that both hold).")
+        present, left_out, scored = checked["present"], checked["left_out"], checked["scored"]
         out["labels"] = {}
         moving_arr = _label_array(moving_labels, "moving label map")
         own_voxels = {v: int(np.count_nonzero(moving_arr == v)) for v in scored}
@@ -1120,18 +1167,7 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
                          if n not in out["labels"]["before"]["notes"]]
         out["notes"] = [f"before: {n}" for n in out["labels"]["before"]["notes"]] + lost + out["notes"]
     if fixed_landmarks is not None:
-        from .landmarks import Landmarks, paired_landmarks
-
-        if isinstance(fixed_landmarks, Landmarks) and isinstance(moving_landmarks, Landmarks):
-            fp, mp, dropped = paired_landmarks(fixed_landmarks, moving_landmarks)
-            out["notes"] += dropped
-        else:
-            fp, mp = fixed_landmarks, moving_landmarks
-        dim = np.asarray(fp, dtype=np.float64).reshape(len(fp), -1).shape[1] if len(fp) else 0
-        if dim != fixed.GetDimension():
-            # checked here, not only by tre's transform check: "before" (no transform) had scored 2D points of
-            # 3D images without a word
-            raise InputError(f"The landmarks are {dim}D but the images are {fixed.GetDimension()}D.",
-                             "Give landmarks with one coordinate per image axis.")
+        fp, mp = checked["fixed_points"], checked["moving_points"]
+        out["notes"] += checked["dropped"]
         out["landmarks"] = {when: tre(fp, mp, tx) for when, tx in steps}
     return out

@@ -1,0 +1,163 @@
+"""A registration's accuracy from label-map and landmark files: the one reading, checking and scoring that
+``mmfusion evaluate-registration`` and ``mmfusion run`` (:func:`pipeline.run`) share.
+
+The scores are :func:`metrics.evaluate_registration`'s (Dice, Jaccard, HD95, Hausdorff, mean surface distance
+of labels, TRE of landmarks, MI/NMI/NCC of the images, each before and after the transform); this module reads
+their inputs as the command line names them (label maps or 3D Slicer ``.seg.nrrd`` files, landmark files of
+Slicer, elastix or ANTs; :mod:`segmentations`, :mod:`landmarks`), refuses a bad one before any work, and adds
+to the result what was read (how labels were matched, their names, the landmark files).
+
+Example::
+
+    from MultimodalFusionLib import accuracy
+    inputs = accuracy.read_accuracy_inputs(fixed, moving, fixed_landmarks="f.fcsv", moving_landmarks="m.csv")
+    result = accuracy.evaluate_accuracy(fixed, moving, transform, inputs)
+    print(result["landmarks"]["after"]["mean"])
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
+
+import SimpleITK as sitk
+
+from .errors import InputError
+
+__all__ = ["AccuracyInputs", "check_accuracy_options", "read_accuracy_inputs", "evaluate_accuracy",
+           "accuracy_input_paths"]
+
+#: A label map: a file (a label map or a ``.seg.nrrd``) or an image.
+LabelsSource = Union[str, "os.PathLike[str]", sitk.Image]
+
+
+@dataclass
+class AccuracyInputs:
+    """The label maps and landmarks of an evaluation, read and checked (:func:`read_accuracy_inputs`).
+
+    Attributes:
+        fixed_labels, moving_labels: the label maps (None: no labels).
+        labels: the labels to score (None: every label in both maps).
+        pairing: how the label files were paired (:func:`segmentations.label_maps_for_evaluation`'s info:
+            ``matched``, ``label_names``, ``notes``, ``empty``).
+        fixed_landmarks, moving_landmarks: :class:`landmarks.Landmarks` or (n, dim) arrays (None: no landmarks).
+    """
+
+    fixed_labels: sitk.Image | None = None
+    moving_labels: sitk.Image | None = None
+    labels: list[Any] | None = None
+    pairing: dict[str, Any] = field(default_factory=lambda: {"label_names": {}, "notes": [], "empty": []})
+    fixed_landmarks: Any = None
+    moving_landmarks: Any = None
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def check_accuracy_options(*, fixed_labels: Any = None, moving_labels: Any = None, labels: Any = None,
+                           fixed_landmarks: Any = None, moving_landmarks: Any = None) -> None:
+    """Refuse a label map or landmark file given without its partner, and labels without label maps: the words of
+    ``mmfusion evaluate-registration`` and ``mmfusion run`` alike, before anything is read."""
+    for a, b, x, y in (("fixed-labels", "moving-labels", fixed_labels, moving_labels),
+                       ("fixed-landmarks", "moving-landmarks", fixed_landmarks, moving_landmarks)):
+        if (x is None) != (y is None):
+            given, missing = (a, b) if x is not None else (b, a)
+            raise InputError(f"--{given} was given without --{missing}.", "Give both (fixed and moving), or neither.")
+    if labels is not None and fixed_labels is None:
+        raise InputError("--labels was given without label maps.", "Give --fixed-labels and --moving-labels too.")
+
+
+def accuracy_input_paths(*values: Any) -> list[str]:
+    """The files among label map and landmark sources (the others are images or points): inputs an output must
+    not overwrite."""
+    return [os.fspath(v) for v in values if _is_path(v)]
+
+
+def read_accuracy_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels: LabelsSource | None = None,
+                         moving_labels: LabelsSource | None = None, labels: str | Sequence[Any] | None = None,
+                         fixed_landmarks: Any = None, moving_landmarks: Any = None) -> AccuracyInputs | None:
+    """Read the label maps and landmarks of an evaluation and check them against the images, as
+    :func:`metrics.evaluate_registration` would: every refusal it would make whatever the transform is made here.
+
+    Args:
+        fixed, moving: the images evaluated (an elastix ``index`` landmark file is read through its image).
+        fixed_labels, moving_labels: label map files or ``.seg.nrrd`` files (two ``.seg.nrrd``: segments matched
+            by name, :func:`segmentations.label_maps_for_evaluation`), or images.
+        labels: the labels to score, "1,2" or a list (segment names where both label files are ``.seg.nrrd``).
+        fixed_landmarks, moving_landmarks: landmark files (:func:`landmarks.read_landmarks`), or
+            :class:`landmarks.Landmarks`, or (n, dim) arrays of LPS mm.
+
+    Returns:
+        The inputs read, or None when neither labels nor landmarks were given.
+
+    Raises:
+        InputError: one of a pair missing, a file that cannot be read as what it should hold, labels in neither
+            map, landmark files that do not pair, or inputs of another dimension than the images.
+    """
+    from .metrics import check_evaluation_inputs
+
+    check_accuracy_options(fixed_labels=fixed_labels, moving_labels=moving_labels, labels=labels,
+                           fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks)
+    if fixed_labels is None and fixed_landmarks is None:
+        return None
+    out = AccuracyInputs()
+    if fixed_labels is not None:
+        if _is_path(fixed_labels) and _is_path(moving_labels):
+            from .segmentations import label_maps_for_evaluation
+
+            text = labels if labels is None or isinstance(labels, str) else ",".join(str(v) for v in labels)
+            out.fixed_labels, out.moving_labels, out.labels, out.pairing = label_maps_for_evaluation(
+                os.fspath(fixed_labels), os.fspath(moving_labels), text)
+        else:
+            from .io import read_image
+
+            out.fixed_labels, out.moving_labels = (read_image(os.fspath(v)) if _is_path(v) else v
+                                                   for v in (fixed_labels, moving_labels))
+            out.labels = ([v.strip() for v in labels.split(",") if v.strip()] if isinstance(labels, str)
+                          else None if labels is None else list(labels))
+    if fixed_landmarks is not None:
+        from .landmarks import read_landmarks
+
+        out.fixed_landmarks, out.moving_landmarks = (
+            read_landmarks(points, image) if _is_path(points) else points
+            for points, image in ((fixed_landmarks, fixed), (moving_landmarks, moving)))
+    check_evaluation_inputs(fixed, moving, fixed_labels=out.fixed_labels, moving_labels=out.moving_labels,
+                            fixed_landmarks=out.fixed_landmarks, moving_landmarks=out.moving_landmarks,
+                            labels=out.labels)
+    return out
+
+
+def evaluate_accuracy(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None,
+                      inputs: AccuracyInputs) -> dict[str, Any]:
+    """:func:`metrics.evaluate_registration` of ``inputs`` through ``transform`` (fixed -> moving points; None:
+    the identity), with what was read: ``label_matching`` ("name" or "number") and ``label_names`` of label files,
+    their notes before the engine's (segments named in them), labels of empty segments in ``left_out``, and
+    ``landmark_files`` (path, format, coordinates as read, points) of landmark files. ``mmfusion
+    evaluate-registration --json`` prints this dict, and ``mmfusion run`` writes it to ``metrics.json`` as
+    ``registration_accuracy``."""
+    from .landmarks import Landmarks
+    from .metrics import evaluate_registration
+    from .segmentations import named_note
+
+    result = evaluate_registration(fixed, moving, transform, fixed_labels=inputs.fixed_labels,
+                                   moving_labels=inputs.moving_labels, fixed_landmarks=inputs.fixed_landmarks,
+                                   moving_landmarks=inputs.moving_landmarks, labels=inputs.labels)
+    if inputs.fixed_labels is not None:
+        paired = inputs.pairing
+        names = paired.get("label_names") or {}
+        if "matched" in paired:
+            result["label_matching"] = paired["matched"]
+        if names:
+            result["label_names"] = names
+            result["notes"] = [named_note(n, names) for n in result["notes"]]
+        for label in paired.get("empty", []):  # listed in a header, no voxel: in neither map, so neither scored nor left out
+            if label not in result["labels"]["after"]["labels"] and label not in result["labels"]["left_out"]:
+                result["labels"]["left_out"] = sorted(result["labels"]["left_out"] + [label])
+        result["notes"] = list(paired.get("notes", [])) + result["notes"]
+    if isinstance(inputs.fixed_landmarks, Landmarks) and isinstance(inputs.moving_landmarks, Landmarks):
+        result["landmark_files"] = {role: {"path": lm.path, "format": lm.format, "read_as": lm.coordinate_system,
+                                           "points": len(lm)} for role, lm in (("fixed", inputs.fixed_landmarks),
+                                                                               ("moving", inputs.moving_landmarks))}
+    return result
