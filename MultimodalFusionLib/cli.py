@@ -879,6 +879,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                                         "region of the alignment numbers (MI/NCC/NMI before and after)")
     p.add_argument("--moving-mask", help="mask image on the moving grid (registration metric region)")
     _add_initializer_and_series(p)
+    g = p.add_argument_group("registration accuracy, as evaluate-registration scores it (Dice, HD95, TRE before and "
+                             "after the registration's transform; read and checked before the registration runs)")
+    _add_accuracy_inputs(g)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     _add_fusion_params(p)
     p.set_defaults(func=_run_run)
@@ -927,6 +930,7 @@ def _run_run(args: argparse.Namespace) -> int:
                          "would be ignored.",
                          f"Leave out {flags}, or add a method that takes {'it' if len(unused) == 1 else 'them'} "
                          f"to --methods ({'; '.join(takers(k) for k in unused)}).")
+    accuracy_inputs = _accuracy_inputs(args)  # a file without its partner: before the masks are read
     from .io import read_image
 
     masks = {k: read_image(getattr(args, k)) if getattr(args, k) else None for k in ("fixed_mask", "moving_mask")}
@@ -935,7 +939,7 @@ def _run_run(args: argparse.Namespace) -> int:
         out = run(args.fixed, args.moving, args.output_dir, preset=args.preset, stages=args.stages, methods=methods,
                   seed=args.seed, progress=bar, backend=args.backend or "sitk", register=not args.no_register, **masks,
                   method_params=method_params, initializer=args.initializer,
-                  fixed_series=_series(args, "fixed"), moving_series=_series(args, "moving"))
+                  fixed_series=_series(args, "fixed"), moving_series=_series(args, "moving"), **accuracy_inputs)
     finally:
         bar.close()
     summary = {"files": out["files"], "report": out["report"], "metrics": out["metrics"],
@@ -944,12 +948,16 @@ def _run_run(args: argparse.Namespace) -> int:
                # each fusion's warnings (deep fusion's anisotropy) beside the registration's (in its to_dict()),
                # as metrics.json holds them: with --json they had been on stderr only
                "fusion_warnings": {res.method: list(res.warnings) for res in out["fusions"]}}
+    accuracy = out["registration_accuracy"]
+    if accuracy is not None:  # evaluate-registration --json's dict, as metrics.json holds it
+        summary["registration_accuracy"] = accuracy
     reg = out["registration"]
     if args.json:
         from .io import to_json_safe
 
         print(json.dumps(to_json_safe(summary), indent=2))
         _print_warnings(reg.warnings if reg is not None else [])
+        _print_warnings(accuracy["notes"] if accuracy is not None else [])
         _print_warnings([w for fusion in out["fusions"] for w in fusion.warnings])
         return 0
     if reg is not None:
@@ -962,6 +970,12 @@ def _run_run(args: argparse.Namespace) -> int:
     rm = out["registration_metrics"]
     print(f"alignment: MI {rm['before']['MI']:.3f} -> {rm['after']['MI']:.3f}, "
           f"NCC {rm['before']['NCC']:.3f} -> {rm['after']['NCC']:.3f}")
+    if accuracy is not None:  # evaluate-registration's table, through the registration's transform
+        print("registration accuracy (as evaluate-registration scores it):")
+        for line in _registration_evaluation_lines(accuracy, "after" if reg is not None
+                                                   else "after (--no-register)"):
+            print(f"  {line}")
+        _print_warnings(accuracy["notes"])
     _print_metrics(out["metrics"])
     _print_warnings([w for fusion in out["fusions"] for w in fusion.warnings])  # deep fusion's anisotropy
     for k, v in out["files"].items():

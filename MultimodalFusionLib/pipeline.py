@@ -123,7 +123,9 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         moving_mask: sitk.Image | None = None, backend: str = "sitk", register: bool = True,
         method_params: dict[str, dict[str, Any]] | None = None,
         title: str | None = None, initializer: str | None = None, fixed_series: str | None = None,
-        moving_series: str | None = None) -> dict[str, Any]:
+        moving_series: str | None = None, fixed_labels: Any = None, moving_labels: Any = None,
+        labels: str | Sequence[Any] | None = None, fixed_landmarks: Any = None,
+        moving_landmarks: Any = None) -> dict[str, Any]:
     """Register ``moving`` to ``fixed``, resample it, fuse with each method, evaluate and write a report.
 
     Args:
@@ -145,12 +147,21 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         initializer: registration initializer ("moments", "geometry", "none", "search"), overriding the preset's.
         fixed_series: DICOM series (UID or description) of ``fixed`` when it is a folder of several.
         moving_series: the same for ``moving``.
+        fixed_labels, moving_labels: label maps of the two images (files, 3D Slicer ``.seg.nrrd`` files, or
+            images; both or neither): the registration's accuracy (Dice, HD95, ...) before and after its
+            transform, as ``mmfusion evaluate-registration`` scores it (:mod:`accuracy`).
+        labels: the labels to score ("1,2", a list, or segment names of two ``.seg.nrrd``; default: all).
+        fixed_landmarks, moving_landmarks: corresponding landmarks (Slicer, elastix or ANTs files,
+            :class:`landmarks.Landmarks` or (n, dim) LPS arrays; both or neither): the TRE before and after.
+            Labels and landmarks are read and checked before the registration runs.
 
     Returns:
         dict: "registration" (RegistrationResult or None), "registration_metrics" ({"before",
         "after"}: MI/NMI/NCC), "fusions" (list of FusionResult), "metrics" ({method: dict}),
         "files" ({"transform", "moving_resampled", "fused_<method>", "weights_<method>"} -> path),
-        "report" (paths from :func:`MultimodalFusionLib.report.write_report`), "seconds".
+        "report" (paths from :func:`MultimodalFusionLib.report.write_report`), "seconds", and
+        "registration_accuracy" (:func:`accuracy.evaluate_accuracy`'s dict, also in ``metrics.json``; None
+        without labels or landmarks).
 
     Raises:
         InputError: bad images, paths, preset, stages or method names.
@@ -159,8 +170,13 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     """
     from . import fusion
     from . import report as report_mod
+    from .accuracy import accuracy_input_paths, check_accuracy_options
 
     start = time.perf_counter()
+    accuracy_sources = {"fixed_labels": fixed_labels, "moving_labels": moving_labels, "labels": labels,
+                        "fixed_landmarks": fixed_landmarks, "moving_landmarks": moving_landmarks}
+    check_accuracy_options(**accuracy_sources)  # a label map or landmark file without its partner: before anything
+    accuracy_files = accuracy_input_paths(fixed_labels, moving_labels, fixed_landmarks, moving_landmarks)
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     methods = list(dict.fromkeys(methods))  # keep order, drop repeats
@@ -187,7 +203,7 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     from .io import check_not_overwriting_inputs, output_folder, replacing_outputs
 
     check_not_overwriting_inputs(
-        [], [fixed, moving],
+        [], [fixed, moving, *accuracy_files],
         patterns=[os.path.join(out, n) for n in ["transform.*", "moving_resampled.*"]
                   + [f"{kind}_{m}.*" for m in methods for kind in ("fused", "weights")]
                   + list(report_mod.report_file_patterns())])
@@ -218,19 +234,41 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         check_method_windows(fixed_img, moving_img, methods, method_params)
         if fixed_mask is not None:  # also without registration, where only the alignment metrics use it
             fixed_mask = check_mask(fixed_mask, fixed_grey, "fixed mask", "fixed image")
+        # the label maps and landmarks read and checked as evaluate_registration checks them, before the
+        # registration: a bad file, or labels in neither map, fail now and not after minutes of work
+        accuracy_inputs = _accuracy_inputs(fixed_grey, moving_grey, slice_volume, progress, accuracy_sources)
         # every result is written into a staging folder and moved in at the end: a run that fails or is
         # cancelled half-way leaves the last good run's results, and one that succeeds leaves none of them
-        with replacing_outputs(out, previous=_previous_outputs(methods), keep=[fixed, moving]) as stage:
-            files, report_paths, registration, reg_metrics, fusions, table = _register_fuse_report(
+        with replacing_outputs(out, previous=_previous_outputs(methods), keep=[fixed, moving, *accuracy_files]) as stage:
+            files, report_paths, registration, reg_metrics, fusions, table, accuracy = _register_fuse_report(
                 fixed_img, fixed_name, moving_img, moving_name, fixed_grey, moving_grey, stage, methods=methods,
                 preset=preset, stages=stages, settings=settings, progress=progress, fixed_mask=fixed_mask,
                 moving_mask=moving_mask, backend=backend, method_params=method_params, title=title,
-                slice_volume=slice_volume)
+                slice_volume=slice_volume, accuracy_inputs=accuracy_inputs)
     files = {k: os.path.join(out, os.path.basename(v)) for k, v in files.items()}
     report_paths = {k: os.path.join(out, os.path.basename(v)) for k, v in report_paths.items()}
     report(progress, 1.0, "done")
     return {"registration": registration, "registration_metrics": reg_metrics, "fusions": fusions, "metrics": table,
-            "files": files, "report": report_paths, "seconds": time.perf_counter() - start}
+            "files": files, "report": report_paths, "registration_accuracy": accuracy,
+            "seconds": time.perf_counter() - start}
+
+
+def _accuracy_inputs(fixed_grey: sitk.Image, moving_grey: sitk.Image, slice_volume: sitk.Image | None,
+                     progress: ProgressCallback | None, sources: dict[str, Any]) -> Any:
+    """:func:`accuracy.read_accuracy_inputs` of the images as registered, None where no label map or landmark file
+    was given; refused for one-slice volumes, which are registered as 2D images (their labels and landmarks are
+    3D)."""
+    if sources["fixed_labels"] is None and sources["fixed_landmarks"] is None:
+        return None
+    if slice_volume is not None:
+        raise InputError("Labels or landmarks were given with one-slice volumes, which are registered as 2D images: "
+                         "their accuracy is not measured in the run.",
+                         "Run without --fixed-labels/--fixed-landmarks and their partners, or give the slices as "
+                         "2D images (and 2D labels and landmarks).")
+    from .accuracy import read_accuracy_inputs
+
+    report(progress, 0.0, "reading label maps and landmarks")
+    return read_accuracy_inputs(fixed_grey, moving_grey, **sources)
 
 
 def check_method_windows(fixed: sitk.Image, moving: sitk.Image, methods: Sequence[str],
@@ -268,11 +306,12 @@ def _register_fuse_report(fixed_img: sitk.Image, fixed_name: str, moving_img: si
                           progress: ProgressCallback | None, fixed_mask: sitk.Image | None,
                           moving_mask: sitk.Image | None, backend: str,
                           method_params: dict[str, dict[str, Any]] | None, title: str | None,
-                          slice_volume: sitk.Image | None = None
-                          ) -> tuple[dict[str, str], dict[str, str], Any, dict, list, dict]:
+                          slice_volume: sitk.Image | None = None, accuracy_inputs: Any = None
+                          ) -> tuple[dict[str, str], dict[str, str], Any, dict, list, dict, dict | None]:
     """The work of :func:`run` once the images are loaded, its files written into ``out``; ``settings``:
     the registration's (``resolve_parameters``), None for none; images as one-slice volumes on
-    ``slice_volume``'s geometry where given (the fixed image read from it)."""
+    ``slice_volume``'s geometry where given (the fixed image read from it); ``accuracy_inputs``: the label maps
+    and landmarks scored through the transform (:class:`accuracy.AccuracyInputs`), None for none."""
     from . import metrics as metrics_mod
     from . import report as report_mod
     from .io import as_one_slice_of, write_image, write_transform
@@ -307,6 +346,15 @@ def _register_fuse_report(fixed_img: sitk.Image, fixed_name: str, moving_img: si
         raise _no_overlap(moving_name, fixed_name, register)
     reg_metrics = {"before": metrics_mod.registration_metrics(fixed_grey, before, fixed_mask),
                    "after": metrics_mod.registration_metrics(fixed_grey, after, fixed_mask)}
+    accuracy = None
+    if accuracy_inputs is not None:
+        from .accuracy import evaluate_accuracy
+
+        report(progress, 0.61, "scoring the registration on the labels and landmarks")
+        # through the registration's transform (fixed -> moving points), as evaluate-registration --transform
+        # DIR/transform.tfm scores it; without registration "after" is the images as they lie
+        accuracy = evaluate_accuracy(fixed_grey, moving_grey, registration.transform if register else None,
+                                     accuracy_inputs)
     ext = _ext_for(fixed_grey if slice_volume is None else slice_volume)
 
     def on_grid(image: sitk.Image) -> sitk.Image:
@@ -333,9 +381,9 @@ def _register_fuse_report(fixed_img: sitk.Image, fixed_name: str, moving_img: si
     report_paths = report_mod.write_report(
         out, inputs={f"fixed: {fixed_name}": fixed_img, f"moving: {moving_name} (registered)": moving_on_fixed},
         fusions=fusions, metrics=table, registration=registration, registration_metrics=reg_metrics,
-        title=title or f"Fusion of {moving_name} onto {fixed_name}",
+        registration_accuracy=accuracy, title=title or f"Fusion of {moving_name} onto {fixed_name}",
         notes=[f"fixed (anatomical): {fixed_name}; moving (functional): {moving_name}; methods: {', '.join(methods)}"
                # the registration's settings only where one ran (they had been named after --no-register too)
                + (f"; preset: {preset}" if preset and register else "")
                + (f"; stages: {', '.join(stages)}" if stages and register else "")])
-    return files, report_paths, registration, reg_metrics, fusions, table
+    return files, report_paths, registration, reg_metrics, fusions, table, accuracy

@@ -420,6 +420,65 @@ def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> st
     return "".join(parts)
 
 
+def _accuracy_summary(accuracy: Mapping[str, Any] | None) -> str:
+    """The accuracy's means for the verdict card at the top: mean Dice and HD95, mean TRE, before → after."""
+    if not accuracy:
+        return ""
+    parts = []
+    if "labels" in accuracy:
+        b, a = accuracy["labels"]["before"]["mean"], accuracy["labels"]["after"]["mean"]
+        parts.append(f"mean Dice {_fmt(b.get('dice'))} &rarr; {_fmt(a.get('dice'))}, mean HD95 {_fmt(b.get('hd95'))} "
+                     f"&rarr; {_fmt(a.get('hd95'))} mm")
+    if "landmarks" in accuracy:
+        b, a = accuracy["landmarks"]["before"], accuracy["landmarks"]["after"]
+        parts.append(f"mean TRE {_fmt(b.get('mean'))} &rarr; {_fmt(a.get('mean'))} mm")
+    return ("<b>Accuracy:</b> " + "; ".join(parts) + ". ") if parts else ""
+
+
+def _accuracy_html(accuracy: Mapping[str, Any], registered: bool) -> str:
+    """The registration's accuracy on labels and landmarks: Dice and HD95 per label and their mean, TRE mean,
+    median and max, each before and after, and the notes of what was left out (``mmfusion evaluate-registration``'s
+    numbers)."""
+    after = "after" if registered else "after (no registration: as they lie)"
+    parts = ['<h3>Accuracy on labels and landmarks</h3><div class="card">']
+    if "labels" in accuracy:
+        before_rows, after_rows = accuracy["labels"]["before"], accuracy["labels"]["after"]
+        names = {str(k): v for k, v in (accuracy.get("label_names") or {}).items()}
+        parts.append("<table><tr><th class=\"name\">label</th><th>Dice before</th>"
+                     f"<th>Dice {html.escape(after)}</th><th>HD95 mm before</th><th>HD95 mm {html.escape(after)}</th>"
+                     "</tr>")
+        for label, row in after_rows["labels"].items():
+            old = before_rows["labels"].get(label, {})
+            shown = f"{label} '{names[str(label)]}'" if str(label) in names else str(label)
+            parts.append(f"<tr><td class=\"name\">{html.escape(shown)}</td><td>{_fmt(old.get('dice'))}</td>"
+                         f"<td>{_fmt(row.get('dice'))}</td><td>{_fmt(old.get('hd95'))}</td>"
+                         f"<td>{_fmt(row.get('hd95'))}</td></tr>")
+        b, a = before_rows["mean"], after_rows["mean"]
+        parts.append(f"<tr><th class=\"name\">mean of {int(a.get('labels') or 0)}</th><th>{_fmt(b.get('dice'))}</th>"
+                     f"<th>{_fmt(a.get('dice'))}</th><th>{_fmt(b.get('hd95'))}</th><th>{_fmt(a.get('hd95'))}</th>"
+                     "</tr></table>")
+    if "landmarks" in accuracy:
+        b, a = accuracy["landmarks"]["before"], accuracy["landmarks"]["after"]
+        parts.append(f"<table><tr><th class=\"name\">TRE mm, {int(a.get('n') or 0)} landmark pairs</th>"
+                     f"<th>before</th><th>{html.escape(after)}</th></tr>")
+        for key in ("mean", "median", "max"):
+            parts.append(f"<tr><td class=\"name\">{key}</td><td>{_fmt(b.get(key))}</td><td>{_fmt(a.get(key))}</td>"
+                         "</tr>")
+        parts.append("</table>")
+    parts.append("<p class=\"note\">As <code>mmfusion evaluate-registration</code> scores them (its JSON is "
+                 "<code>registration_accuracy</code> in metrics.json): before = the images as their headers place "
+                 "them, after = through the registration's transform. Dice: overlap of each label (1 = perfect, "
+                 "higher is better); HD95: the 95th percentile Hausdorff distance between the label surfaces in mm "
+                 "(lower is better); the moving labels resampled nearest-neighbour onto the fixed label map's "
+                 "voxels; a label in one map only is left out, as Learn2Reg leaves it out. TRE: target "
+                 "registration error, the distance in mm between each moving landmark and its fixed landmark "
+                 "taken through the transform (lower is better).</p>")
+    for n in accuracy.get("notes") or []:
+        parts.append(f'<p class="warn">Note: {html.escape(str(n))}</p>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
 def report_file_patterns() -> list[str]:
     """Names of the files :func:`write_report` writes (``*`` stands for a method name)."""
     return ["montage_*.png", "metrics_chart.png", "metrics.json", "report.html"]
@@ -445,7 +504,8 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
                  metrics: Mapping[str, Mapping[str, float]], registration: Any = None,
                  registration_metrics: Mapping[str, Mapping[str, float]] | None = None,
                  title: str = "MultimodalFusion report", notes: Sequence[str] = (),
-                 keep: Sequence[str | os.PathLike] = ()) -> dict[str, str]:
+                 keep: Sequence[str | os.PathLike] = (),
+                 registration_accuracy: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Write the montage PNGs, ``metrics.json``, ``metrics_chart.png`` and one self-contained ``report.html``.
 
     Args:
@@ -458,6 +518,9 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
             :func:`MultimodalFusionLib.metrics.registration_metrics`.
         title: page title.
         notes: extra lines shown under the title (e.g. the inputs' file names).
+        registration_accuracy: the registration's accuracy on labels and landmarks, before and after
+            (:func:`MultimodalFusionLib.accuracy.evaluate_accuracy`, ``mmfusion evaluate-registration --json``'s
+            dict): in ``metrics.json`` as ``registration_accuracy``, and a before/after table on the page.
         keep: files never removed, whatever their names (the job's inputs and outputs, when they live in
             ``output_dir``: an input named ``montage_average.png`` there is not an earlier report's).
 
@@ -479,14 +542,15 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
     with replacing_outputs(out, previous=_previous_report_files(out, labels), keep=keep) as stage:
         written = _write_report_files(stage, inputs=inputs, fusions=fusions, labels=labels, metrics=metrics,
                                       registration=registration, registration_metrics=registration_metrics,
-                                      title=title, notes=notes)
+                                      title=title, notes=notes, registration_accuracy=registration_accuracy)
     return {key: os.path.join(out, os.path.basename(path)) for key, path in written.items()}
 
 
 def _write_report_files(out: str, *, inputs: Mapping[str, sitk.Image], fusions: Sequence[FusionResult],
                         labels: Sequence[str], metrics: Mapping[str, Mapping[str, float]], registration: Any,
                         registration_metrics: Mapping[str, Mapping[str, float]] | None, title: str,
-                        notes: Sequence[str]) -> dict[str, str]:
+                        notes: Sequence[str], registration_accuracy: Mapping[str, Any] | None = None
+                        ) -> dict[str, str]:
     """:func:`write_report`'s files, written into ``out`` (its staging folder); ``labels``: one per fusion."""
     paths: dict[str, str] = {}
     montage_pngs: list[tuple[FusionResult, bytes]] = []
@@ -514,6 +578,8 @@ def _write_report_files(out: str, *, inputs: Mapping[str, sitk.Image], fusions: 
         "registration": registration,
         "registration_metrics": registration_metrics,
     }
+    if registration_accuracy is not None:  # the keys of `mmfusion evaluate-registration --json`
+        payload["registration_accuracy"] = registration_accuracy
     paths["metrics_json"] = write_json(os.path.join(out, "metrics.json"), payload)
 
     dims = "x".join(str(s) for s in first.GetSize())
@@ -538,7 +604,7 @@ def _write_report_files(out: str, *, inputs: Mapping[str, sitk.Image], fusions: 
         body.append(f'<div class="card"><b>Registration:</b> {verdict} (mutual information {_fmt(b.get("MI"))} '
                     f'&rarr; {_fmt(a.get("MI"))} nats, |correlation| {_fmt(_abs(b.get("NCC")))} &rarr; '
                     f'{_fmt(_abs(a.get("NCC")))}). '
-                    "Details at the end.</div>")
+                    + _accuracy_summary(registration_accuracy) + "Details at the end.</div>")
     body.append("<h2>Fused images</h2><p class=\"note\">Columns: each input, the fused image, and the weight "
                 "map (how much of the first input each voxel carries: red = first input, blue = second). "
                 "3D images show axial, coronal and sagittal slices through the centre, as Slicer shows "
@@ -568,6 +634,8 @@ def _write_report_files(out: str, *, inputs: Mapping[str, sitk.Image], fusions: 
     if registration is not None or registration_metrics:
         body.append("<h2>Registration</h2>")
         body.append(_registration_html(registration, registration_metrics))
+    if registration_accuracy:
+        body.append(_accuracy_html(registration_accuracy, registered=registration is not None))
     page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
