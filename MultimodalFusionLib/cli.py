@@ -971,9 +971,9 @@ def _run_run(args: argparse.Namespace) -> int:
     print(f"alignment: MI {rm['before']['MI']:.3f} -> {rm['after']['MI']:.3f}, "
           f"NCC {rm['before']['NCC']:.3f} -> {rm['after']['NCC']:.3f}")
     if accuracy is not None:  # evaluate-registration's table, through the registration's transform
-        print("registration accuracy (as evaluate-registration scores it):")
-        for line in _registration_evaluation_lines(accuracy, "after" if reg is not None
-                                                   else "after (--no-register)"):
+        print("registration accuracy (as evaluate-registration scores it" + ("):" if reg is not None else
+                                                                               "; --no-register: after = before):"))
+        for line in _registration_evaluation_lines(accuracy):
             print(f"  {line}")
         _print_warnings(accuracy["notes"])
     _print_metrics(out["metrics"])
