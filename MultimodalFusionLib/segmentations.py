@@ -23,8 +23,8 @@ import SimpleITK as sitk
 
 from .errors import InputError
 
-__all__ = ["Segment", "SegmentationFile", "read_segmentation_file", "match_by_name", "near_name_notes",
-           "named_note", "label_maps_for_evaluation"]
+__all__ = ["Segment", "SegmentationFile", "header_segments", "read_segmentation_file", "check_segment_names",
+           "match_by_name", "near_name_notes", "empty_segment_note", "named_note", "label_maps_for_evaluation"]
 
 
 def check_segment_names(pairs: Sequence[tuple[str, str]], owner: str) -> list[tuple[str, str]]:
@@ -88,6 +88,15 @@ def near_name_notes(fixed: Sequence[str], moving: Sequence[str], fixed_name: str
                          "or spaces: segments are matched by exact name, so neither is scored (rename one to match "
                          "the other)")
     return notes
+
+
+def empty_segment_note(name: str, label: int, owner: str, in_header: bool = False) -> str:
+    """The note on a segment that holds no voxel (added, never painted), which is in neither label map and so
+    neither scored nor left out by the engine: the words of the Slicer Logic (``owner``: the segmentation node) and
+    of ``.seg.nrrd`` files (``in_header``: the file lists it in its header)."""
+    listed = "is listed in its header but " if in_header else ""
+    return (f"segment '{name}' (label {label}) of '{owner}' {listed}holds no voxel: it is not scored (paint it in "
+            "the Segment Editor, or delete it)")
 
 
 def named_note(note: str, names: dict[int, str]) -> str:
@@ -162,6 +171,37 @@ def _int_value(image: sitk.Image, key: str, default: int, path: str) -> int:
                          "Save the segmentation again from 3D Slicer (Segmentations module).") from None
 
 
+def header_segments(image: sitk.Image, path: str) -> list[Segment]:
+    """The segments a 3D Slicer ``.seg.nrrd``'s header lists (``Segment<i>_ID``, ``_Name``, ``_Layer``,
+    ``_LabelValue``, ``_Extent``), in its order; [] for any other image. The one reading of those keys, for
+    :func:`read_segmentation_file` and for :func:`io.segment_layers` (what ``mmfusion info`` and the refusal of a
+    file of several layers name). A missing name is the ID, a missing layer the segment's index and a missing label
+    value 1, as Slicer reads files written before those keys existed; an extent that is not 2 whole numbers an axis
+    is None (the whole file).
+
+    Raises:
+        InputError: a layer or label value that is not a whole number (``path`` names the file).
+    """
+    segments: list[Segment] = []
+    while image.HasMetaDataKey(f"Segment{len(segments)}_ID"):
+        i = len(segments)
+        key = f"Segment{i}_"
+        sid = image.GetMetaData(key + "ID")
+        name = image.GetMetaData(key + "Name") if image.HasMetaDataKey(key + "Name") else sid
+        layer = _int_value(image, key + "Layer", i, path)  # Slicer's defaults: its own layer, label value 1
+        value = _int_value(image, key + "LabelValue", 1, path)
+        extent = None
+        if image.HasMetaDataKey(key + "Extent"):
+            try:
+                extent = tuple(int(v) for v in image.GetMetaData(key + "Extent").split())
+            except ValueError:
+                extent = None
+            if extent is not None and len(extent) != 2 * image.GetDimension():
+                extent = None
+        segments.append(Segment(i, sid, name, layer, value, extent))
+    return segments
+
+
 def read_segmentation_file(path: str | os.PathLike) -> SegmentationFile | None:
     """A 3D Slicer ``.seg.nrrd`` with its segments (names, layers, label values), or None where the file lists no
     segment (any other image: a plain label map).
@@ -181,49 +221,35 @@ def read_segmentation_file(path: str | os.PathLike) -> SegmentationFile | None:
                          "Segmentation_Extent key, one volume a segment), which is not read here: its segments' "
                          "layers and extents would be misread.",
                          "Load it in a current 3D Slicer and save it again (it is saved in the current format).")
-    segments = []
+    segments = header_segments(image, path)
     layers = image.GetNumberOfComponentsPerPixel()
-    while image.HasMetaDataKey(f"Segment{len(segments)}_ID"):
-        i = len(segments)
-        key = f"Segment{i}_"
-        sid = image.GetMetaData(key + "ID")
-        name = image.GetMetaData(key + "Name") if image.HasMetaDataKey(key + "Name") else sid
-        layer = _int_value(image, key + "Layer", i, path)  # Slicer's defaults: its own layer, label value 1
-        value = _int_value(image, key + "LabelValue", 1, path)
-        extent = None
-        if image.HasMetaDataKey(key + "Extent"):
-            try:
-                extent = tuple(int(v) for v in image.GetMetaData(key + "Extent").split())
-            except ValueError:
-                extent = None
-            if extent is not None and len(extent) != 2 * image.GetDimension():
-                extent = None
-        if not 0 <= layer < layers:
-            raise InputError(f"Segment '{name}' of '{path}' is in layer {layer}, but the file holds "
+    for s in segments:
+        if not 0 <= s.layer < layers:
+            raise InputError(f"Segment '{s.name}' of '{path}' is in layer {s.layer}, but the file holds "
                              f"{layers} layer{'s' if layers > 1 else ''} (components).",
                              "Save the segmentation again from 3D Slicer (Segmentations module).")
-        segments.append(Segment(i, sid, name, layer, value, extent))
     return SegmentationFile(path, image, segments)
 
 
-def _label_map(sf: SegmentationFile, labels: dict[str, int], retry: str) -> sitk.Image:
-    """The segments named in ``labels`` as one label map (UInt16) on the file's grid, each its number there; two of
-    them that share a voxel refused (one label map cannot hold both), naming them and ``retry``."""
-    by_name = {s.name: s for s in sf.segments}
+def _label_map(sf: SegmentationFile, labels: Sequence[tuple[Segment, int]], retry: str) -> sitk.Image:
+    """The ``(segment, label)`` pairs of ``labels`` as one label map (UInt16) on the file's grid, each segment its
+    label there; two of them that share a voxel refused (one label map cannot hold both), naming them and
+    ``retry``. Keyed by segment, not name: where labels match by number, two segments of one name are two labels."""
     out = np.zeros(sitk.GetArrayViewFromImage(sf.image).shape[:sf.image.GetDimension()], np.uint16)
-    owner: dict[int, str] = {}
-    for name, label in labels.items():
-        voxels = sf.voxels(by_name[name])
+    owner: dict[int, Segment] = {}
+    for segment, label in labels:
+        voxels = sf.voxels(segment)
         clash = voxels & (out != 0)
         if clash.any():
             other = owner[int(out[clash][0])]
-            raise InputError(f"Segments '{other}' and '{name}' of '{sf.path}' overlap ({int(clash.sum())} voxels; "
-                             f"the file holds them in layers {by_name[other].layer} and {by_name[name].layer}): one "
+            raise InputError(f"Segments '{other.name}' and '{segment.name}' of '{sf.path}' overlap "
+                             f"({int(clash.sum())} voxels; the file holds them in layers {other.layer} and "
+                             f"{segment.layer}): one "
                              "label map cannot hold a voxel of both, so one of them would be scored without those "
                              "voxels.", f"Score them in separate runs ({retry}), or remove the overlap (Segment "
                                         "Editor: Masking, 'Modify other segments: overwrite all').")
         out[voxels] = label
-        owner[label] = name
+        owner[label] = segment
     labels_image = sitk.GetImageFromArray(out)
     labels_image.CopyInformation(sf.image)  # the geometry only: the header's segment keys do not follow
     return labels_image
@@ -256,26 +282,24 @@ def label_maps_for_evaluation(fixed_path: str, moving_path: str, labels_text: st
     if files[0] is not None and files[1] is not None:
         pairs = [check_segment_names([(s.id, s.name) for s in f.segments], f"'{f.path}'") for f in files]
         wanted = None if not labels_text else [v.strip() for v in labels_text.split(",") if v.strip()]
-        if wanted is not None and all(re.fullmatch(r"-?\d+", v) for v in wanted):
-            wanted = [int(v) for v in wanted]  # refused by match_by_name, naming the segments to give
+        known = {name for p in pairs for _, name in p}
+        if wanted is not None and all(re.fullmatch(r"-?\d+", v) and v not in known for v in wanted):
+            # numbers that name no segment: refused by match_by_name, naming the segments to give ("2" had been
+            # refused so where a segment is named "2")
+            wanted = [int(v) for v in wanted]
         ids, moving_ids, label_names, scored = match_by_name(*pairs, wanted, *names, labels_option="--labels")
         info.update(matched="name", label_names=label_names)
         info["notes"].append(f"segments matched by name: '{names[0]}' and '{names[1]}' are 3D Slicer segmentations "
                              "(" + ", ".join(f"{v} = '{n}'" for v, n in label_names.items()) + ")")
         info["notes"] += near_name_notes(*[[n for _, n in p] for p in pairs], *names)
+        label_of = {name: label for label, name in label_names.items()}
         maps = []
         for f, side_ids in zip(files, (ids, moving_ids)):
             by_id = {s.id: s for s in f.segments}
-            wanted_labels = {by_id[sid].name: i for i, sid in enumerate(side_ids, start=1) if sid}
-            maps.append(_label_map(f, wanted_labels, "--labels with one segment name a run"))
+            maps.append(_label_map(f, [(by_id[sid], i) for i, sid in enumerate(side_ids, start=1) if sid],
+                                   "--labels with one segment name a run"))
         for f, name in zip(files, names):
-            for s in f.segments:
-                label = next(v for v, n in label_names.items() if n == s.name)
-                if (scored is None or label in scored) and not f.voxels(s).any():
-                    info["empty"].append(label)
-                    info["notes"].append(f"segment '{s.name}' (label {label}) of '{name}' is listed in its header "
-                                         "but holds no voxel: it is not scored (paint it in the Segment Editor, or "
-                                         "delete it)")
+            _note_empty(f, name, [(s, label_of[s.name]) for s in f.segments], scored, info)
         return maps[0], maps[1], scored, info
     labels = None
     if labels_text:
@@ -287,7 +311,7 @@ def label_maps_for_evaluation(fixed_path: str, moving_path: str, labels_text: st
                                 if any(f is not None for f in files) else "") + ".",
                              "Give e.g. --labels 1,2,5, or leave it out for every label.") from None
     maps = []
-    for f, path, name in zip(files, (fixed_path, moving_path), names):
+    for side, (f, path, name) in enumerate(zip(files, (fixed_path, moving_path), names)):
         if f is None:
             maps.append(read_image(path))
             continue
@@ -303,19 +327,22 @@ def label_maps_for_evaluation(fixed_path: str, moving_path: str, labels_text: st
                              "Give both label files as .seg.nrrd (segments are then matched by name), or export "
                              "the segments to one label map (Segmentations module: Export to label map) and give "
                              "that.")
-        segment_map = _label_map(f, {s.name: s.label_value for s in f.segments},
-                                 "--labels with one label a run")
-        maps.append(segment_map)
+        maps.append(_label_map(f, [(s, s.label_value) for s in f.segments], "--labels with one label a run"))
         info["label_names"].update({s.label_value: s.name for s in f.segments})
-        plain = names[1] if path == fixed_path else names[0]
+        plain = names[1 - side]
         info["notes"].append(f"labels matched by number: '{name}' is a 3D Slicer segmentation and '{plain}' a "
                              "plain label map, so its segments are taken by their label values ("
                              + ", ".join(f"'{s.name}' = {s.label_value}" for s in f.segments)
                              + "); give both as .seg.nrrd to match segments by name")
-        for s in f.segments:
-            if not f.voxels(s).any() and (labels is None or s.label_value in labels):
-                info["empty"].append(s.label_value)
-                info["notes"].append(f"segment '{s.name}' (label {s.label_value}) of '{name}' is listed in its "
-                                     "header but holds no voxel: it is not scored (paint it in the Segment Editor, "
-                                     "or delete it)")
+        _note_empty(f, name, [(s, s.label_value) for s in f.segments], labels, info)
     return maps[0], maps[1], labels, info
+
+
+def _note_empty(sf: SegmentationFile, name: str, labelled: Sequence[tuple[Segment, int]], scored: list[int] | None,
+                info: dict[str, Any]) -> None:
+    """Add to ``info``'s ``empty`` and ``notes`` each of the ``(segment, label)`` pairs, among the labels scored
+    (None: all), whose segment holds no voxel (:func:`empty_segment_note`; ``name``: the file's)."""
+    for segment, label in labelled:
+        if (scored is None or label in scored) and not sf.voxels(segment).any():
+            info["empty"].append(label)
+            info["notes"].append(empty_segment_note(segment.name, label, name, in_header=True))

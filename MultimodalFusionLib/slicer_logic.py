@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from . import io, mrml
 from .errors import InputError
 from .progress import ProgressCallback, report, scaled
-from .segmentations import check_segment_names, match_by_name, named_note, near_name_notes
+from .segmentations import check_segment_names, empty_segment_note, match_by_name, named_note, near_name_notes
 from .validation import has_content, overlap_fraction
 
 __all__ = ["FusionLogic", "RegistrationOutputs", "FusionOutputs", "RunOutputs"]
@@ -915,9 +915,7 @@ class FusionLogic:
                 for label, name, own in lost:
                     spacing = " x ".join(f"{v:.3g}" for v in volume.GetSpacing())
                     if not own:  # an empty segment had no note: in neither map, so neither scored nor left out
-                        result["notes"].append(f"segment '{name}' (label {label}) of '{node.GetName()}' holds no "
-                                               "voxel: it is not scored (paint it in the Segment Editor, or delete "
-                                               "it)")
+                        result["notes"].append(empty_segment_note(name, label, node.GetName()))
                     else:
                         result["notes"].append(
                             f"segment '{name}' (label {label}) of '{node.GetName()}' has {own} voxels in its own binary "

@@ -857,5 +857,65 @@ class SegNrrdLabelFilesTest(unittest.TestCase):
         self.assertEqual(json.loads(out)["labels"]["left_out"], [3])
 
 
+    def _hand_written(self, name: str, segments: list, layers: int = 1) -> str:
+        """A ``.seg.nrrd`` whose header is written here (as another tool may write one): ``segments`` are (ID, name,
+        label value, layer); layer 0 holds label 1 in a box at one corner and 2 at the other, each further layer 1
+        in the first box."""
+        values = np.zeros((10, 10, 10), np.uint8)
+        values[1:4, 1:4, 1:4] = 1
+        values[6:9, 6:9, 6:9] = 2
+        image = sitk.GetImageFromArray(np.stack([values] + [(values == 1).astype(np.uint8)] * (layers - 1), -1)
+                                       if layers > 1 else values, isVector=layers > 1)
+        for i, (sid, segment_name, value, layer) in enumerate(segments):
+            for key, text in (("ID", sid), ("Name", segment_name), ("LabelValue", str(value)), ("Layer", str(layer))):
+                image.SetMetaData(f"Segment{i}_{key}", text)
+        path = os.path.join(self.folder.name, name)
+        sitk.WriteImage(image, path)
+        if "grid.nrrd" not in self.paths:
+            grey = sitk.GetImageFromArray(np.random.default_rng(0).random((10, 10, 10)).astype(np.float32))
+            self.paths["grid.nrrd"] = os.path.join(self.folder.name, "grid.nrrd")
+            write_image(grey, self.paths["grid.nrrd"])
+            self.paths["grid_labels.nii.gz"] = os.path.join(self.folder.name, "grid_labels.nii.gz")
+            write_image(sitk.GetImageFromArray(values), self.paths["grid_labels.nii.gz"])
+        return path
+
+    def test_two_segments_of_one_name_matched_by_number_are_two_labels(self) -> None:
+        # Slicer lets two segments share a name (their IDs differ). Matched by number against a plain label map,
+        # the old code keyed the segments by name: 'A' (label 1, 27 voxels) was dropped, and label 1 was called
+        # "in the moving label map only" though the fixed file holds it
+        path = self._hand_written("same_name.seg.nrrd", [("s1", "A", 1, 0), ("s2", "A", 2, 0)])
+        rc, out, err = run_cli("evaluate-registration", self.paths["grid.nrrd"], self.paths["grid.nrrd"],
+                               "--fixed-labels", path, "--moving-labels", self.paths["grid_labels.nii.gz"], "--json")
+        self.assertEqual(rc, 0, err)
+        out = json.loads(out)
+        self.assertEqual(sorted(out["labels"]["after"]["labels"]), ["1", "2"])
+        self.assertEqual(out["labels"]["left_out"], [])
+        for label in ("1", "2"):
+            self.assertEqual(out["labels"]["after"]["labels"][label]["dice"], 1.0)
+            self.assertEqual(out["labels"]["after"]["labels"][label]["fixed_voxels"], 27)
+
+    def test_segments_named_by_numbers_are_asked_for_by_name(self) -> None:
+        # two .seg.nrrd files whose segments are named '1' and '2' (as a label map imported without a colour table
+        # may name them): --labels 2 names a segment; the old code took it for a number and refused it with "Give
+        # segment names (of: 1, 2)"
+        for side in ("f", "m"):
+            self._hand_written(f"{side}_digits.seg.nrrd", [("s1", "1", 1, 0), ("s2", "2", 2, 0)])
+        rc, out, err = run_cli("evaluate-registration", self.paths["grid.nrrd"], self.paths["grid.nrrd"],
+                               "--fixed-labels", os.path.join(self.folder.name, "f_digits.seg.nrrd"),
+                               "--moving-labels", os.path.join(self.folder.name, "m_digits.seg.nrrd"), "--labels", "2",
+                               "--json")
+        self.assertEqual(rc, 0, err)
+        out = json.loads(out)
+        self.assertEqual(out["label_names"], {"1": "1", "2": "2"})
+        self.assertEqual(list(out["labels"]["after"]["labels"]), ["2"])
+        self.assertEqual(out["labels"]["after"]["labels"]["2"]["fixed_voxels"], 27)
+        # numbers that name no segment are still refused, naming the segments to give
+        rc, _, err = run_cli("evaluate-registration", self.paths["grid.nrrd"], self.paths["grid.nrrd"],
+                             "--fixed-labels", self.paths["f.seg.nrrd"], "--moving-labels", self.paths["m.seg.nrrd"],
+                             "--labels", "2")
+        self.assertEqual(rc, 2)
+        self.assertIn("Give segment names (of: liver, kidney)", err)
+
+
 if __name__ == "__main__":
     unittest.main()
