@@ -97,7 +97,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .io import image_info, read_image, segment_layers
+    from .io import describe_segment_layers, image_info, read_image, segment_layers
 
     if args.series:  # for files only, it had been ignored, rc 0
         _check_series_reaches_a_folder("--series", args.series, [("input", f) for f in args.files])
@@ -108,7 +108,7 @@ def _run_info(args: argparse.Namespace) -> int:
             image = read_image(f, series=args.series if _is_dicom_source(f) else None, keep_color=True,
                                segment_layers=True)
             infos[f] = image_info(image)
-            layers = segment_layers(image)
+            layers = segment_layers(image, f)
             if layers:
                 infos[f]["segmentation"] = {"layers": image.GetNumberOfComponentsPerPixel(),
                                             "segments_by_layer": layers}
@@ -126,8 +126,7 @@ def _run_info(args: argparse.Namespace) -> int:
         if "segmentation" in info:
             seg = info["segmentation"]
             print(f"  segmentation 3D Slicer .seg.nrrd, segments in {seg['layers']} layer(s) (one component a layer;"
-                  " no colour channels): " + "; ".join(f"layer {k}: " + ", ".join("'" + n + "'" for n in v)
-                                                      for k, v in seg["segments_by_layer"].items()))
+                  " no colour channels): " + describe_segment_layers(seg["segments_by_layer"]))
         print(f"  size       {' x '.join(str(s) for s in info['size'])}")
         print(f"  spacing    {', '.join(f'{s:.6g}' for s in info['spacing'])} mm")
         # ITK's numbers (LPS) and Slicer's (RAS) side by side: users compare both with their tools

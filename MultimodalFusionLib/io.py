@@ -1855,25 +1855,23 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     return image
 
 
-def segment_layers(image: sitk.Image) -> dict[str, list[str]]:
-    """The segments a 3D Slicer ``.seg.nrrd`` lists in its header, by layer (component): {layer: [names]}, the
-    layer as the header gives it (a segment's index where the key is missing, as Slicer reads files written before
-    layers existed); {} for any other image."""
-    layers: dict[str, list[str]] = {}
-    i = 0
-    while image.HasMetaDataKey(f"Segment{i}_ID"):
-        key = f"Segment{i}_"
-        name = image.GetMetaData(key + "Name") if image.HasMetaDataKey(key + "Name") else image.GetMetaData(key + "ID")
-        layer = image.GetMetaData(key + "Layer").strip() if image.HasMetaDataKey(key + "Layer") else str(i)
-        layers.setdefault(layer, []).append(name)
-        i += 1
-    return layers
+def segment_layers(image: sitk.Image, path: str = "") -> dict[str, list[str]]:
+    """The segments a 3D Slicer ``.seg.nrrd`` lists in its header, by layer (component): {layer: [names]}, layers
+    in order, each as text (a JSON key); {} for any other image. The header is read by
+    :func:`segmentations.header_segments` (a missing layer is the segment's index, as Slicer reads files written
+    before layers existed; a layer that is no whole number is refused, naming ``path``)."""
+    from .segmentations import header_segments
+
+    layers: dict[int, list[str]] = {}
+    for segment in header_segments(image, path):
+        layers.setdefault(segment.layer, []).append(segment.name)
+    return {str(layer): layers[layer] for layer in sorted(layers)}
 
 
-def describe_segment_layers(image: sitk.Image) -> str:
-    """``layer 0: 'liver', 'kidney'; layer 1: 'both'``: a ``.seg.nrrd``'s segments by layer, for messages."""
-    return "; ".join(f"layer {k}: " + ", ".join("'" + n + "'" for n in v)
-                     for k, v in sorted(segment_layers(image).items(), key=lambda kv: (len(kv[0]), kv[0])))
+def describe_segment_layers(layers: dict[str, list[str]]) -> str:
+    """``layer 0: 'liver', 'kidney'; layer 1: 'both'``: a ``.seg.nrrd``'s segments by layer (:func:`segment_layers`'s
+    dict), as the refusal of a file of several layers and ``mmfusion info`` name them."""
+    return "; ".join(f"layer {k}: " + ", ".join("'" + n + "'" for n in v) for k, v in layers.items())
 
 
 def _refuse_segment_layers(path: str, image: sitk.Image) -> None:
@@ -1882,8 +1880,9 @@ def _refuse_segment_layers(path: str, image: sitk.Image) -> None:
     picture (3 or 4: RGB or RGBA where colour is kept)."""
     count = image.GetNumberOfComponentsPerPixel()
     raise InputError(f"'{path}' is a 3D Slicer segmentation whose segments are saved in {count} layers "
-                     f"({describe_segment_layers(image)}), as Slicer saves segments that overlap: it holds no single "
-                     "value a voxel to read as one image, and its layers are no colour channels.",
+                     f"({describe_segment_layers(segment_layers(image, path))}), as Slicer saves segments that "
+                     "overlap: it holds no single value a voxel to read as one image, and its layers are no colour "
+                     "channels.",
                      "Give it to `mmfusion evaluate-registration` as --fixed-labels/--moving-labels (its segments are "
                      "read layer by layer there), or export the segments you need to a label map in 3D Slicer "
                      "(Segmentations module: Export to label map) and give that.")

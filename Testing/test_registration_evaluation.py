@@ -916,6 +916,24 @@ class SegNrrdLabelFilesTest(unittest.TestCase):
         self.assertEqual(rc, 2)
         self.assertIn("Give segment names (of: liver, kidney)", err)
 
+    def test_info_and_the_refusal_list_layers_alike(self) -> None:
+        # a header listing a segment of layer 1 before one of layer 0: info had listed the layers in the header's
+        # order (its own copy of the listing), the refusal of the file as one image in layer order
+        from MultimodalFusionLib.io import read_image
+
+        path = self._hand_written("layers_out_of_order.seg.nrrd", [("s1", "top", 1, 1), ("s2", "A", 1, 0),
+                                                                     ("s3", "B", 2, 0)], layers=2)
+        listed = "layer 0: 'A', 'B'; layer 1: 'top'"
+        with self.assertRaisesRegex(InputError, re.escape(f"saved in 2 layers ({listed})")):
+            read_image(path)
+        rc, text, err = run_cli("info", path)
+        self.assertEqual(rc, 0, err)
+        self.assertIn(f"no colour channels): {listed}", text)
+        rc, text, err = run_cli("info", path, "--json")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(list(json.loads(text)[path]["segmentation"]["segments_by_layer"].items()),
+                         [("0", ["A", "B"]), ("1", ["top"])])
+
 
 if __name__ == "__main__":
     unittest.main()
