@@ -736,7 +736,9 @@ def _label_array(image: sitk.Image, name: str) -> np.ndarray:
                          "one whole number a voxel.", "Give a label map (a segmentation exported as a labelmap).")
     arr = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(arr.dtype, np.integer):
-        return arr
+        # a copy: callers pass temporaries (a label map resampled onto a box), whose voxels a view would read after
+        # the image was freed (the moving labels outside the field of view were counted as 0 now and then)
+        return np.array(arr)
     if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
         raise InputError(f"The {name} holds values that are not whole numbers: it is no label map (a grey image, or "
                          "labels resampled with linear interpolation).",

@@ -935,5 +935,18 @@ class SegNrrdLabelFilesTest(unittest.TestCase):
                          [("0", ["A", "B"]), ("1", ["top"])])
 
 
+class LabelArraysOutliveTheirImagesTest(unittest.TestCase):
+    def test_the_labels_of_a_temporary_image_are_kept(self) -> None:
+        """_label_array returned a numpy view of an integer image, and the evaluation passed it temporaries (the
+        moving labels resampled onto a box): their voxels were read after the image was freed, so the count of
+        moving voxels outside the fixed field of view came out 0 now and then (a KeyError in the full suite). The
+        freed block is taken again by the next image of its size, which here is filled with 7."""
+        for _ in range(5):
+            labels = metrics._label_array(sitk.Image([64, 64, 32], sitk.sitkUInt8) + 1, "label map")
+            other = sitk.Image([64, 64, 32], sitk.sitkUInt8) + 7
+            self.assertTrue(np.all(labels == 1))
+            del other
+
+
 if __name__ == "__main__":
     unittest.main()
