@@ -22,6 +22,11 @@ def _python_files() -> list[Path]:
     return sorted(files)
 
 
+def _is_view_call(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == (
+        "GetArrayViewFromImage")
+
+
 class ProjectTest(unittest.TestCase):
     def test_python39_syntax(self):
         """Slicer 5.8 ships Python 3.9: every file must parse with the 3.9 grammar."""
@@ -71,6 +76,32 @@ class ProjectTest(unittest.TestCase):
                 continue
             if pattern.search(path.read_text(encoding="utf-8")):
                 bad.append(str(path.relative_to(ROOT)))
+        self.assertEqual(bad, [])
+
+    def test_no_array_view_outlives_its_image(self):
+        """sitk.GetArrayViewFromImage gives a numpy view that does not keep its image alive: a view of a temporary
+        (``GetArrayViewFromImage(sitk.Shrink(...))``) or one returned to a caller who may have passed a temporary
+        reads freed memory. Three such defects were found in one day (foreground_mask, mean_distance, the label maps
+        of evaluate_registration), each giving wrong numbers now and then. Hold the image in a name, or copy."""
+        bad = []
+        for path in _python_files():
+            if path.parts[len(ROOT.parts)] not in ("MultimodalFusionLib", "MultimodalFusion"):
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for fn in ast.walk(tree):
+                if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                views = set()
+                for node in ast.walk(fn):
+                    if _is_view_call(node) and node.args and isinstance(node.args[0], (ast.Call, ast.BinOp, ast.IfExp)):
+                        bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: view of a temporary image")
+                    if isinstance(node, ast.Assign) and _is_view_call(node.value):
+                        views.update(t.id for t in node.targets if isinstance(t, ast.Name))
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Return) and node.value is not None and (
+                            _is_view_call(node.value)
+                            or (isinstance(node.value, ast.Name) and node.value.id in views)):
+                        bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {fn.name} returns a view of its image")
         self.assertEqual(bad, [])
 
     def test_presets_are_valid_json(self):
