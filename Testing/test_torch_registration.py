@@ -1082,6 +1082,34 @@ class TorchRegistrationTest(unittest.TestCase):
         self.assertAlmostEqual(float(mattes_mutual_information_loss(a, b, 32, keep.float())),
                                float(mattes_mutual_information_loss(a[:, keep], b[:, keep], 32)), places=6)
 
+    def test_mutual_information_reads_the_edge_voxel_in_the_half_voxel_itk_counts_as_inside(self) -> None:
+        # ITK counts a sample up to half a voxel beyond the moving image's outer voxel centres, and its linear
+        # interpolator repeats the edge voxel there; grid_sample's zero padding had blended it with zeros (down to
+        # half the edge value): a dark rim around the moving band that the affine stage matched, 0.77 and 0.72 px
+        # off at seeds 0 and 1 on the band pair above; 0.35 and 0.31 px with the edge repeated
+        from MultimodalFusionLib.registration import register
+        from MultimodalFusionLib.registration.torch_backend import TorchRegistrationParameters, _Context
+
+        fixed, moving = _brainweb_pair()
+        band = moving[:, 60:160]
+        for seed in (0, 1):
+            result = register(fixed, band, self._params(stages=["affine"], initializer="none"), backend="torch",
+                              seed=seed)
+            error = accuracy.transform_error(result.transform, accuracy.itk_brainweb_truth(fixed), fixed)["mean"]
+            self.assertLess(error, 0.5, f"seed {seed}")
+        # the values themselves: a ramp along x reads its edge voxels up to half a voxel out, zero beyond
+        ramp = sitk.GetImageFromArray(np.tile(np.arange(8.0, 0.0, -1.0, dtype=np.float32), (6, 1)))  # 8 x 6
+        ctx = _Context(ramp, ramp, None, None, TorchRegistrationParameters(device="cpu"), 0, torch.device("cpu"))
+        image = ctx.moving.tensor
+        row = image[0, 0, 0].numpy()  # the normalised ramp
+        half = [1.0 / 7.0, 1.0 / 5.0]  # half a voxel in normalised units (align_corners=True)
+        points = torch.tensor([[-1.0 - 0.9 * half[0], 0.0], [1.0 / 7.0, 1.0 + 0.9 * half[1]],
+                               [1.0 + 1.1 * half[0], 0.0], [0.0, -1.0 - 1.5 * half[1]]])
+        sampled, _ = ctx.sample_for_mi(image, points)
+        np.testing.assert_allclose(sampled.reshape(-1).numpy(), [row[0], row[4], 0.0, 0.0], atol=1e-6)
+        self.assertGreater(row[0], 0.0)
+        self.assertEqual(ctx._in_moving_buffer(points).tolist(), [True, True, False, False])
+
     def test_a_fixed_mask_wholly_outside_the_moving_image_is_refused_as_on_the_sitk_backend(self) -> None:
         # the fixed mask on the fixed image's left, the moving image shifted right over its right half only:
         # the sitk backend refused it (ITK found no valid point in the mask); the torch backend ran its stages
