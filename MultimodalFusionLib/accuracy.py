@@ -85,7 +85,9 @@ def read_accuracy_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels:
         fixed, moving: the images evaluated (an elastix ``index`` landmark file is read through its image).
         fixed_labels, moving_labels: label map files or ``.seg.nrrd`` files (two ``.seg.nrrd``: segments matched
             by name, :func:`segmentations.label_maps_for_evaluation`), or images.
-        labels: the labels to score, "1,2" or a list (segment names where both label files are ``.seg.nrrd``).
+        labels: the labels to score, "1,2" or a list (segment names where both label files are ``.seg.nrrd``), read
+            by :func:`segmentations.asked_labels` ("1.0" is label 1; a name where labels match by number, 0 and an
+            empty list are refused).
         fixed_landmarks, moving_landmarks: landmark files (:func:`landmarks.read_landmarks`), or
             :class:`landmarks.Landmarks`, or (n, dim) arrays of LPS mm.
 
@@ -107,16 +109,15 @@ def read_accuracy_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels:
         if _is_path(fixed_labels) and _is_path(moving_labels):
             from .segmentations import label_maps_for_evaluation
 
-            text = labels if labels is None or isinstance(labels, str) else ",".join(str(v) for v in labels)
             out.fixed_labels, out.moving_labels, out.labels, out.pairing = label_maps_for_evaluation(
-                os.fspath(fixed_labels), os.fspath(moving_labels), text)
+                os.fspath(fixed_labels), os.fspath(moving_labels), labels)
         else:
             from .io import read_image
+            from .segmentations import asked_labels
 
             out.fixed_labels, out.moving_labels = (read_image(os.fspath(v)) if _is_path(v) else v
                                                    for v in (fixed_labels, moving_labels))
-            out.labels = ([v.strip() for v in labels.split(",") if v.strip()] if isinstance(labels, str)
-                          else None if labels is None else list(labels))
+            out.labels = asked_labels(labels)  # label maps: matched by number
     if fixed_landmarks is not None:
         from .landmarks import read_landmarks
 
@@ -139,22 +140,17 @@ def evaluate_accuracy(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Tra
     ``registration_accuracy``."""
     from .landmarks import Landmarks
     from .metrics import evaluate_registration
-    from .segmentations import named_note
+    from .segmentations import with_segments
 
     result = evaluate_registration(fixed, moving, transform, fixed_labels=inputs.fixed_labels,
                                    moving_labels=inputs.moving_labels, fixed_landmarks=inputs.fixed_landmarks,
                                    moving_landmarks=inputs.moving_landmarks, labels=inputs.labels)
     if inputs.fixed_labels is not None:
         paired = inputs.pairing
-        names = paired.get("label_names") or {}
         if "matched" in paired:
             result["label_matching"] = paired["matched"]
-        if names:
-            result["label_names"] = names
-            result["notes"] = [named_note(n, names) for n in result["notes"]]
-        for label in paired.get("empty", []):  # listed in a header, no voxel: in neither map, so neither scored nor left out
-            if label not in result["labels"]["after"]["labels"] and label not in result["labels"]["left_out"]:
-                result["labels"]["left_out"] = sorted(result["labels"]["left_out"] + [label])
+        # segments listed in a header with no voxel: in neither map, so neither scored nor left out by the engine
+        with_segments(result, paired.get("label_names") or {}, paired.get("empty", []))
         result["notes"] = list(paired.get("notes", [])) + result["notes"]
     if isinstance(inputs.fixed_landmarks, Landmarks) and isinstance(inputs.moving_landmarks, Landmarks):
         result["landmark_files"] = {role: {"path": lm.path, "format": lm.format, "read_as": lm.coordinate_system,

@@ -879,26 +879,12 @@ def label_overlap(fixed_labels: sitk.Image, moving_labels_on_fixed: sitk.Image,
 
 
 def _asked_labels(labels: Sequence[Any]) -> list[int]:
-    """The labels asked for, as sorted whole numbers without repeats: the one rule of :func:`label_overlap` and
-    :func:`evaluate_registration` (so ``mmfusion evaluate-registration --labels`` and the Slicer Logic's ``labels``).
-    Refuses one that is no whole number, 0 (the background, which neither function scores by default: asked for,
-    :func:`evaluate_registration` had left it out as "in neither label map", and an empty list or 1.5 had been
-    "no label asked for is in both label maps", naming labels the maps share), and an empty list."""
-    wanted = []
-    for v in labels:
-        try:
-            whole = not isinstance(v, bool) and float(v).is_integer()
-        except (TypeError, ValueError):
-            whole = False
-        if not whole:
-            raise InputError(f"Label {v!r} is not a whole number.", "Give labels as whole numbers, e.g. 1,2,3.")
-        if int(v) == 0:
-            raise InputError("Label 0 was asked for: 0 is the background, no label.",
-                             "Give the non-zero labels to score, e.g. 1,2,3, or none for every label.")
-        wanted.append(int(v))
-    if not wanted:
-        raise InputError("No label was given to score.", "Give at least one label, or none for every label.")
-    return sorted(set(wanted))
+    """The labels asked for, as sorted whole numbers without repeats: :func:`segmentations.asked_labels`' rule
+    for labels matched by number, the one of :func:`label_overlap` and :func:`evaluate_registration` and of every
+    front end (``--labels``, :func:`pipeline.run`'s and the Slicer Logic's ``labels``)."""
+    from .segmentations import asked_labels
+
+    return asked_labels(labels)
 
 
 def _label_list(values: set) -> str:

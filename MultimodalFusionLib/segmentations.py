@@ -24,7 +24,8 @@ import SimpleITK as sitk
 from .errors import InputError
 
 __all__ = ["Segment", "SegmentationFile", "header_segments", "read_segmentation_file", "check_segment_names",
-           "match_by_name", "near_name_notes", "empty_segment_note", "named_note", "label_maps_for_evaluation"]
+           "asked_labels", "match_by_name", "near_name_notes", "empty_segment_note", "named_note",
+           "with_segments", "label_maps_for_evaluation"]
 
 
 def check_segment_names(pairs: Sequence[tuple[str, str]], owner: str) -> list[tuple[str, str]]:
@@ -39,6 +40,64 @@ def check_segment_names(pairs: Sequence[tuple[str, str]], owner: str) -> list[tu
     if not pairs:
         raise InputError(f"{owner} has no segment.", "Segment the structures to compare (Segment Editor) first.")
     return list(pairs)
+
+
+#: Where segment names are matched: the hint of a refusal of a name where labels are matched by number.
+_NAMES_WHERE = ("label maps are matched by label number, segment names only between two 3D Slicer segmentations "
+                "(two .seg.nrrd files, or two segmentation nodes)")
+
+
+def asked_labels(labels: str | Sequence[Any] | None, segment_names: Sequence[str] | None = None
+                 ) -> list[Any] | None:
+    """The labels asked for, read by one rule wherever they are given: ``mmfusion evaluate-registration --labels``
+    and ``mmfusion run --labels`` (label maps or ``.seg.nrrd`` files), :func:`pipeline.run`'s ``labels`` (files or
+    images) and the Slicer Logic's ``labels`` (label map or segmentation nodes), and the engine's own check
+    (:func:`metrics.label_overlap`, :func:`metrics.evaluate_registration`).
+
+    Args:
+        labels: None (every label), text of comma-separated labels ("1,2", "liver, kidney"; spaces around each
+            ignored), or a sequence of them (numbers or text).
+        segment_names: the segments' names where labels are matched by name (two segmentations); None where they
+            are matched by number (label maps, or a segmentation against a label map).
+
+    Returns:
+        None for None. Matched by number: the labels as sorted whole numbers without repeats ("1", "1.0", 1 and
+        1.0 are label 1). Matched by name: the names in the order given, where text of digits that names no
+        segment is a number (refused by :func:`match_by_name`, naming the segments): a segment named "2" is asked
+        for by "2".
+
+    Raises:
+        InputError: no label (an empty text or list); matched by number, one that is no whole number (a name
+            among them) or 0 (the background, which is never scored).
+    """
+    if labels is None:
+        return None
+    items = [v.strip() for v in labels.split(",")] if isinstance(labels, str) else [
+        v.strip() if isinstance(v, str) else v for v in labels]
+    items = [v for v in items if not (isinstance(v, str) and not v)]
+    if not items:
+        raise InputError("No label was given to score.", "Give at least one label, or none for every label.")
+    if segment_names is not None:
+        known = set(segment_names)
+        return [int(v) if isinstance(v, str) and re.fullmatch(r"[-+]?\d+", v) and v not in known else v
+                for v in items]
+    wanted = []
+    for v in items:
+        try:
+            whole = not isinstance(v, bool) and float(v).is_integer()
+        except (TypeError, ValueError, OverflowError):
+            whole = False
+        if not whole:
+            named = isinstance(v, str) and not re.fullmatch(r"[-+]?[\d.eE+-]+|[-+]?(inf|infinity|nan)", v, re.I)
+            raise InputError(f"Label {v!r} is not a whole number" + (f": {_NAMES_WHERE}" if named else "") + ".",
+                             "Give labels as whole numbers, e.g. 1,2,3" + (", or two segmentations to name "
+                                                                           "segments" if named else "") + ".")
+        number = int(float(v)) if isinstance(v, str) else int(v)
+        if number == 0:
+            raise InputError("Label 0 was asked for: 0 is the background, no label.",
+                             "Give the non-zero labels to score, e.g. 1,2,3, or none for every label.")
+        wanted.append(number)
+    return sorted(set(wanted))
 
 
 def match_by_name(fixed: Sequence[tuple[str, str]], moving: Sequence[tuple[str, str]], wanted: Sequence[Any] | None,
@@ -103,6 +162,23 @@ def named_note(note: str, names: dict[int, str]) -> str:
     """An engine note naming label numbers, with the segment names the numbers stand for."""
     return re.sub(r"\blabel (\d+)\b", lambda m: f"segment '{names.get(int(m.group(1)), m.group(1))}' (label "
                                               f"{m.group(1)})", note)
+
+
+def with_segments(result: dict[str, Any], names: dict[int, str], unscored: Sequence[int] = ()) -> dict[str, Any]:
+    """:func:`metrics.evaluate_registration`'s ``result`` of label maps made of segments, told so: ``label_names``
+    set and the engine's notes naming the segments (:func:`named_note`), where ``names`` are known; and each label
+    of ``unscored`` (a segment with no voxel in its label map: empty, or lost on its volume's grid) that is neither
+    scored nor left out put into ``labels.left_out``, as the engine puts a label in one map only there (in neither
+    map, the engine knows nothing of it). The one rule of ``.seg.nrrd`` files (:func:`accuracy.evaluate_accuracy`)
+    and the Slicer Logic's segmentation nodes; their own notes on such segments are the callers'."""
+    if names:
+        result["label_names"] = names
+        result["notes"] = [named_note(n, names) for n in result["notes"]]
+    labels = result["labels"]
+    for label in unscored:
+        if label not in labels["after"]["labels"] and label not in labels["left_out"]:
+            labels["left_out"] = sorted(labels["left_out"] + [label])
+    return result
 
 
 # ----------------------------------------------------------------------------------------------- .seg.nrrd files
@@ -255,14 +331,15 @@ def _label_map(sf: SegmentationFile, labels: Sequence[tuple[Segment, int]], retr
     return labels_image
 
 
-def label_maps_for_evaluation(fixed_path: str, moving_path: str, labels_text: str | None
+def label_maps_for_evaluation(fixed_path: str, moving_path: str, labels: str | Sequence[Any] | None
                               ) -> tuple[sitk.Image, sitk.Image, list[Any] | None, dict[str, Any]]:
     """The two label maps ``mmfusion evaluate-registration`` scores, read from files, and how they were paired.
 
     Two ``.seg.nrrd`` files: segments matched by name (:func:`match_by_name`, as the Slicer Logic matches two
     segmentation nodes), label i the i-th name (the fixed file's order, then the moving one's other names); every
-    layer read; ``labels_text`` names segments. One ``.seg.nrrd`` and a plain label map: matched by number, the
-    segmentation's segments taken by their label values. Two plain label maps: as they are.
+    layer read; ``labels`` names segments. One ``.seg.nrrd`` and a plain label map: matched by number, the
+    segmentation's segments taken by their label values. Two plain label maps: as they are. ``labels`` (text
+    "1,2" or a list; None: all) are read by :func:`asked_labels`.
 
     Returns:
         (fixed label map, moving label map, labels to score (None: all), info): ``info`` holds ``matched``
@@ -281,12 +358,9 @@ def label_maps_for_evaluation(fixed_path: str, moving_path: str, labels_text: st
     info: dict[str, Any] = {"matched": "number", "label_names": {}, "notes": [], "empty": []}
     if files[0] is not None and files[1] is not None:
         pairs = [check_segment_names([(s.id, s.name) for s in f.segments], f"'{f.path}'") for f in files]
-        wanted = None if not labels_text else [v.strip() for v in labels_text.split(",") if v.strip()]
-        known = {name for p in pairs for _, name in p}
-        if wanted is not None and all(re.fullmatch(r"-?\d+", v) and v not in known for v in wanted):
-            # numbers that name no segment: refused by match_by_name, naming the segments to give ("2" had been
-            # refused so where a segment is named "2")
-            wanted = [int(v) for v in wanted]
+        # numbers that name no segment are refused by match_by_name, naming the segments to give ("2" had been
+        # refused so where a segment is named "2")
+        wanted = asked_labels(labels, [name for p in pairs for _, name in p])
         ids, moving_ids, label_names, scored = match_by_name(*pairs, wanted, *names, labels_option="--labels")
         info.update(matched="name", label_names=label_names)
         info["notes"].append(f"segments matched by name: '{names[0]}' and '{names[1]}' are 3D Slicer segmentations "
@@ -301,15 +375,7 @@ def label_maps_for_evaluation(fixed_path: str, moving_path: str, labels_text: st
         for f, name in zip(files, names):
             _note_empty(f, name, [(s, label_of[s.name]) for s in f.segments], scored, info)
         return maps[0], maps[1], scored, info
-    labels = None
-    if labels_text:
-        try:
-            labels = [int(v) for v in labels_text.split(",") if v.strip()]
-        except ValueError:
-            raise InputError(f"--labels {labels_text} is not a comma-separated list of whole numbers"
-                             + (" (segment names are matched where both label files are .seg.nrrd)"
-                                if any(f is not None for f in files) else "") + ".",
-                             "Give e.g. --labels 1,2,5, or leave it out for every label.") from None
+    labels = asked_labels(labels)  # matched by number
     maps = []
     for side, (f, path, name) in enumerate(zip(files, (fixed_path, moving_path), names)):
         if f is None:

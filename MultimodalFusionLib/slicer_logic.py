@@ -22,7 +22,14 @@ from typing import Any, Sequence
 from . import io, mrml
 from .errors import InputError
 from .progress import ProgressCallback, report, scaled
-from .segmentations import check_segment_names, empty_segment_note, match_by_name, named_note, near_name_notes
+from .segmentations import (
+    asked_labels,
+    check_segment_names,
+    empty_segment_note,
+    match_by_name,
+    near_name_notes,
+    with_segments,
+)
 from .validation import has_content, overlap_fraction
 
 __all__ = ["FusionLogic", "RegistrationOutputs", "FusionOutputs", "RunOutputs"]
@@ -809,7 +816,10 @@ class FusionLogic:
                 of corresponding points, paired by their order, in world coordinates through the transforms the
                 lists are under. A point not placed (undefined, preview or missing) leaves its pair out, with a
                 note, as an unplaced point of a ``.fcsv`` file does.
-            labels: the labels to score: numbers for label maps, segment names for segmentations (default: all).
+            labels: the labels to score (default: all): a list, or text "1,2" as ``mmfusion evaluate-registration
+                --labels`` takes it, read by the same rule (:func:`~MultimodalFusionLib.segmentations.asked_labels`):
+                numbers for label maps ("1", 1 and 1.0 are label 1), segment names for segmentations (a segment
+                named "2" is asked for by "2").
 
         Returns:
             The engine's result: ``images``, ``labels`` (with ``left_out``) and ``landmarks``, each
@@ -879,17 +889,19 @@ class FusionLogic:
         names: dict[int, str] = {}
         lost_fixed: list[tuple[int, str, int]] = []
         lost_moving: list[tuple[int, str, int]] = []
-        scored = labels
+        scored = None
         if label_kind == "segmentation":
-            fixed_ids, moving_ids, names, scored = _matched_segments(fixedLabelNode, movingLabelNode, labels)
+            # labels read as --labels reads those of two .seg.nrrd files (segmentations.asked_labels)
+            wanted = asked_labels(labels, [name for node in (fixedLabelNode, movingLabelNode)
+                                           for _, name in _segment_names(node)])
+            fixed_ids, moving_ids, names, scored = _matched_segments(fixedLabelNode, movingLabelNode, wanted)
             notes += _near_names(fixedLabelNode, movingLabelNode)
             fixed_labels = mrml.segments_label_map(fixedLabelNode, fixed_ids, fixed, fixedVolumeNode, lost_fixed)
             moving_labels = mrml.segments_label_map(movingLabelNode, moving_ids, moving, movingVolumeNode, lost_moving)
         elif label_kind == "labelmap":
-            if labels is not None and any(isinstance(v, str) for v in labels):
-                raise InputError(f"labels {list(labels)} are names, and '{fixedLabelNode.GetName()}' and "
-                                 f"'{movingLabelNode.GetName()}' are label maps, whose labels are numbers.",
-                                 "Give label numbers (e.g. labels=[1, 2]), or segmentations to name segments.")
+            # as --labels of label map files: "1" and 1.0 are label 1, a name is refused (it had been refused as a
+            # name for "1" too, and a text "12" read as the labels 1 and 2)
+            scored = asked_labels(labels)
             fixed_labels = mrml.label_map_from_node(fixedLabelNode, fixed, fixedVolumeNode)
             moving_labels = mrml.label_map_from_node(movingLabelNode, moving, movingVolumeNode)
         fixed_points = moving_points = None
@@ -905,11 +917,10 @@ class FusionLogic:
         result = evaluate_registration(fixed, moving, transform, fixed_labels=fixed_labels, moving_labels=moving_labels,
                                        fixed_landmarks=fixed_points, moving_landmarks=moving_points, labels=scored)
         if names:
-            result["label_names"] = names
-            result["notes"] = [named_note(n, names) for n in result["notes"]]
             # a segment with voxels on its own grid and none on its volume's had vanished from both maps: in
             # neither the scores nor left_out, without a word (a 0.5 mm slab exported onto 2.5 mm slices); so had an
             # empty segment
+            with_segments(result, names, [label for lost in (lost_fixed, lost_moving) for label, _, _ in lost])
             for role, node, volume, lost in (("fixed", fixedLabelNode, fixedVolumeNode, lost_fixed),
                                              ("moving", movingLabelNode, movingVolumeNode, lost_moving)):
                 for label, name, own in lost:
@@ -922,8 +933,6 @@ class FusionLogic:
                             f"labelmap and none on the {role} volume '{volume.GetName()}''s grid ({spacing} mm) it is "
                             "exported onto (thinner than its voxels, or outside it): not scored. To score it, give a "
                             "label map or volume of finer voxels, or make the segment thicker (Segment Editor)")
-                    if label not in result["labels"]["after"]["labels"] and label not in result["labels"]["left_out"]:
-                        result["labels"]["left_out"] = sorted(result["labels"]["left_out"] + [label])
         if fixed_points is not None:
             result["landmark_nodes"] = {role: {"name": lm.path, "points": len(lm), "placed": int(lm.placed.sum())}
                                         for role, lm in (("fixed", fixed_points), ("moving", moving_points))}

@@ -950,3 +950,137 @@ class LabelArraysOutliveTheirImagesTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+@unittest.skipUnless(HAVE_MARKUPS, "needs Slicer's MRML libraries (pip install slicer-core)")
+class LabelsAskedForTest(unittest.TestCase):
+    """One rule for the labels asked for, on every path: ``evaluate-registration --labels``, ``run --labels``,
+    ``pipeline.run(labels=)`` (files and images) and the Logic's ``labels=`` (nodes), matched by number (label maps,
+    or a .seg.nrrd against a label map) or by name (two .seg.nrrd files, two segmentation nodes). The old code
+    refused ``--labels 1.0`` for files but took it for images (and ended in a ValueError where the images were label
+    maps given to pipeline.run as images, "1.0" as text), read ``--labels ""`` as every label for files and refused it
+    for images, and the Logic refused labels=["1"] of label maps as names and read labels="12" as 1 and 2."""
+
+    VALUES = ("1", "1.0", "liver", "0", "", "2")
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        from MultimodalFusionLib import mrml
+        from MultimodalFusionLib.slicer_logic import FusionLogic
+
+        cls.folder = tempfile.TemporaryDirectory()
+        values = np.zeros((10, 10, 10), np.uint8)
+        values[1:4, 1:4, 1:4] = 1
+        values[6:9, 6:9, 6:9] = 2
+        cls.labels = sitk.GetImageFromArray(values)
+        rng = np.random.default_rng(0)
+        cls.grey = sitk.GetImageFromArray((100.0 * values + rng.random(values.shape)).astype(np.float32))
+        cls.paths = {}
+        for name, image in (("grey.nrrd", cls.grey), ("labels.nii.gz", cls.labels)):
+            cls.paths[name] = os.path.join(cls.folder.name, name)
+            write_image(image, cls.paths[name])
+        # segments named '2' (label value 1) and 'liver' (label value 2): by number "2" is liver, by name segment '2'
+        segmentation = sitk.GetImageFromArray(values)
+        for i, (sid, segment_name, value) in enumerate((("s1", "2", 1), ("s2", "liver", 2))):
+            for key, text in (("ID", sid), ("Name", segment_name), ("LabelValue", str(value)), ("Layer", "0")):
+                segmentation.SetMetaData(f"Segment{i}_{key}", text)
+        for side in ("f", "m"):
+            cls.paths[side] = os.path.join(cls.folder.name, f"{side}.seg.nrrd")
+            sitk.WriteImage(segmentation, cls.paths[side])
+        cls.scene = mrml.new_scene()
+        cls.logic = FusionLogic(cls.scene)
+        cls.grey_node = mrml.volume_node_from_image(cls.grey, cls.scene, name="grey")
+        cls.label_node = mrml.volume_node_from_image(cls.labels, cls.scene, name="labels", label=True)
+        cls.segmentation_nodes = []
+        for side in ("f", "m"):  # named as the files, so that messages naming them read alike
+            node = cls.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{side}.seg.nrrd")
+            assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(cls.label_node, node)
+            for i, segment_name in enumerate(("2", "liver")):
+                node.GetSegmentation().GetNthSegment(i).SetName(segment_name)
+            cls.segmentation_nodes.append(node)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.folder.cleanup()
+
+    @staticmethod
+    def _answer(call) -> tuple:
+        """("scored", {label: fixed voxels}) or ("refused", problem, fix) with the option's spelling left out."""
+        try:
+            result = call()
+        except InputError as e:
+            return ("refused",) + tuple(re.sub(r"--labels\b", "labels", t) for t in (e.problem, e.fix))
+        return ("scored", {int(k): v["fixed_voxels"] for k, v in result["labels"]["after"]["labels"].items()})
+
+    def _cli(self, command: str, fixed_labels: str, moving_labels: str, value: str) -> tuple:
+        out = os.path.join(self.folder.name, "run")
+        argv = [command, self.paths["grey.nrrd"], self.paths["grey.nrrd"], "--fixed-labels", fixed_labels,
+                "--moving-labels", moving_labels, "--labels", value, "--json"]
+        argv += ["-o", out, "--no-register", "--methods", "average"] if command == "run" else []
+        rc, stdout, err = run_cli(*argv)
+        if rc != 0:
+            match = re.search(r"error: (.*) Fix: (.*)", err.strip().splitlines()[-1])
+            self.assertIsNotNone(match, err)
+            return ("refused",) + tuple(re.sub(r"--labels\b", "labels", t) for t in match.groups())
+        if command == "run":
+            with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+                result = json.load(f)["registration_accuracy"]
+        else:
+            result = json.loads(stdout)
+        return self._answer(lambda: result)
+
+    def _by_number(self, value: str) -> dict[str, tuple]:
+        from MultimodalFusionLib import pipeline
+
+        labels, seg = self.paths["labels.nii.gz"], self.paths["f"]
+        run_pipeline = lambda **kw: pipeline.run(  # noqa: E731
+            self.paths["grey.nrrd"], self.paths["grey.nrrd"], os.path.join(self.folder.name, "p"), register=False,
+            methods=["average"], labels=value, **kw)["registration_accuracy"]
+        return {
+            "evaluate-registration, label maps": self._cli("evaluate-registration", labels, labels, value),
+            "evaluate-registration, .seg.nrrd and a label map": self._cli("evaluate-registration", seg, labels, value),
+            "run, label maps": self._cli("run", labels, labels, value),
+            "pipeline.run, files": self._answer(lambda: run_pipeline(fixed_labels=labels, moving_labels=labels)),
+            "pipeline.run, images": self._answer(lambda: run_pipeline(fixed_labels=self.labels,
+                                                                       moving_labels=self.labels)),
+            "Logic, label map nodes": self._answer(lambda: self.logic.evaluateRegistration(
+                self.grey_node, self.grey_node, fixedLabelNode=self.label_node, movingLabelNode=self.label_node,
+                labels=value)),
+            "Logic, label map nodes, a list": self._answer(lambda: self.logic.evaluateRegistration(
+                self.grey_node, self.grey_node, fixedLabelNode=self.label_node, movingLabelNode=self.label_node,
+                labels=[value])),
+        }
+
+    def _by_name(self, value: str) -> dict[str, tuple]:
+        fixed_node, moving_node = self.segmentation_nodes
+        return {
+            "evaluate-registration, two .seg.nrrd": self._cli("evaluate-registration", self.paths["f"],
+                                                              self.paths["m"], value),
+            "run, two .seg.nrrd": self._cli("run", self.paths["f"], self.paths["m"], value),
+            "Logic, segmentation nodes": self._answer(lambda: self.logic.evaluateRegistration(
+                self.grey_node, self.grey_node, fixedLabelNode=fixed_node, movingLabelNode=moving_node,
+                labels=value)),
+        }
+
+    def test_every_path_gives_the_same_answer(self) -> None:
+        number_answers = {"1": ("scored", {1: 27}), "1.0": ("scored", {1: 27}), "2": ("scored", {2: 27})}
+        name_answers = {"liver": ("scored", {2: 27}), "2": ("scored", {1: 27})}  # label i: the i-th name
+        for value in self.VALUES:
+            for rule, outcomes, expected in (("number", self._by_number(value), number_answers.get(value)),
+                                             ("name", self._by_name(value), name_answers.get(value))):
+                with self.subTest(value=value, matched_by=rule):
+                    first = next(iter(outcomes.values()))
+                    for path, outcome in outcomes.items():
+                        self.assertEqual(outcome, first, f"{path} answers otherwise than {next(iter(outcomes))}")
+                    if expected is not None:
+                        self.assertEqual(first, expected)
+                    else:
+                        self.assertEqual(first[0], "refused", first)
+        # the words of each refusal, the same on every path
+        self.assertIn("Label 'liver' is not a whole number: label maps are matched by label number, segment names "
+                      "only between two 3D Slicer segmentations", self._by_number("liver")["run, label maps"][1])
+        self.assertEqual(self._by_number("")["Logic, label map nodes"][1], "No label was given to score.")
+        self.assertIn("Label 0 was asked for", self._by_number("0")["pipeline.run, images"][1])
+        self.assertIn("Give segment names (of: 2, liver)", self._by_name("1")["Logic, segmentation nodes"][2])
+        self.assertIn("is named '1.0'", self._by_name("1.0")["Logic, segmentation nodes"][1])
+        self.assertEqual(self._by_name("")["run, two .seg.nrrd"][1], "No label was given to score.")

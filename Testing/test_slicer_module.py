@@ -1178,7 +1178,7 @@ class EvaluateRegistrationLogicTest(unittest.TestCase):
             (dict(movingLabelNode=grey_labels), "grey volume", "Convert to label map"),
             (dict(movingLabelNode=segmentation), "cannot be paired", "two segmentations or two label maps"),
             (dict(movingLabelNode=None), "without a moving one", "both"),
-            (dict(labels=["a"]), "are names", "label numbers"),
+            (dict(labels=["a"]), "is not a whole number: label maps are matched by label number", "whole numbers"),
         ]
         for kwargs, problem, fix in cases:
             with self.subTest(**{k: getattr(v, "GetName", lambda v=v: v)() for k, v in kwargs.items()}):
