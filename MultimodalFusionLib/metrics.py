@@ -1116,6 +1116,16 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
     checked = _checked_evaluation_inputs(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels,
                                          fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
                                          labels=labels)
+    if isinstance(transform, sitk.Transform) and transform.GetDimension() != fixed.GetDimension() and (
+            fixed_labels is not None or fixed_landmarks is not None):
+        # the 2D transform mmfusion register writes for two one-slice volumes resamples their images (as 2D), but
+        # 3D labels and landmarks cannot go through it (it had been ITK's 'point dimension mismatch' traceback)
+        raise InputError(f"The transform is {transform.GetDimension()}D but the images are {fixed.GetDimension()}D "
+                         "(a 2D transform is what registering two one-slice volumes gives), so label maps and "
+                         "landmarks cannot be taken through it.",
+                         "Score the slices as 2D images: save the images and label maps as 2D files (one slice, two "
+                         "dimensions, e.g. with io.one_slice_as_2d) and the landmarks as 2D points (x, y), then run "
+                         "evaluate-registration on those.")
     out: dict[str, Any] = {"transform_convention": "fixed -> moving points (ITK), LPS mm", "notes": []}
     steps = (("before", None), ("after", transform))
     out["images"] = {when: registration_metrics(fixed, resample(moving, fixed, tx)) for when, tx in steps}

@@ -948,6 +948,26 @@ class LabelArraysOutliveTheirImagesTest(unittest.TestCase):
             del other
 
 
+class OneSliceVolumesWithATwoDTransformTest(unittest.TestCase):
+    def test_labels_through_a_2d_transform_of_one_slice_volumes_are_refused_naming_the_fix(self) -> None:
+        """mmfusion register writes a 2D transform for two one-slice volumes; evaluate-registration scored their
+        images through it but crashed on their label maps or landmarks with ITK's 'point dimension mismatch'
+        (RuntimeError from _box_in), a traceback."""
+        arr = np.zeros((1, 48, 52), np.uint8)
+        arr[0, 10:30, 12:30] = 1
+        labels = sitk.GetImageFromArray(arr)
+        labels.SetSpacing((1.0, 1.0, 3.0))
+        image = sitk.Cast(labels, sitk.sitkFloat32) * 100.0
+        tx = sitk.Euler2DTransform()
+        tx.SetTranslation((2.0, 1.0))
+        self.assertIn("images", metrics.evaluate_registration(image, image, tx))  # the images alone still score
+        points = np.array([[10.0, 12.0, 0.0], [20.0, 25.0, 0.0], [30.0, 15.0, 0.0]])
+        for given in ({"fixed_labels": labels, "moving_labels": labels},
+                      {"fixed_landmarks": points, "moving_landmarks": points}):
+            with self.subTest(given=sorted(given)), self.assertRaisesRegex(InputError, "2D but the images are 3D"):
+                metrics.evaluate_registration(image, image, tx, **given)
+
+
 if __name__ == "__main__":
     unittest.main()
 
