@@ -94,6 +94,18 @@ class FixedMaskAtTheEdge(unittest.TestCase):
                 if again:
                     self.assertLess(start["metric_unmasked_level"], start["metric_stage_reached"])
 
+    def test_a_near_end_that_every_pixel_scores_clearly_worse_runs_again(self):
+        # 0.5 mm, seed 2: the first run ended 1.51 px off, 0.19 coarse voxels from the unmasked coarse level's end,
+        # which the masked metric (every pixel: the 2D check takes them all) scores 9.8% better (-0.417 against
+        # -0.380); not run again for the distance alone, it was returned 1.51 px off with no warning
+        error, parameters = self._error_px(0.5, 2, lambda fixed: sitk.Cast(fixed > 30, sitk.sitkUInt8))
+        start = parameters["stages"][0]["effective"]["masked_start"]
+        self.assertTrue(start["used"], start)
+        self.assertLess(start["apart_mm"], 0.5 * start["coarse_voxel_mm"])
+        self.assertLess(start["metric_unmasked_level_every_voxel"],
+                        1.05 * start["metric_stage_reached_every_voxel"])  # more than 5% better
+        self.assertLess(error, 0.4)
+
     def test_a_box_inside_the_head_recovers_the_answer(self):
         # a box over the middle 60% (no edge of the head in it) had ended 14 and 23 px off (seeds 2 and 3)
         for seed in (2, 3):
@@ -147,6 +159,31 @@ class SecondTry(unittest.TestCase):
         start = result.parameters["stages"][0]["effective"]["masked_start"]
         self.assertFalse(start["used"], start)
         self.assertLess(case.error(result.transform)["mean"], 0.2)
+        # the check metric (every 2nd voxel) still scores the coarse level's end better (2.6%); judged on every
+        # voxel instead, which scores the stage's own end 5% better (-1.106 against -1.048)
+        self.assertLess(start["metric_unmasked_level"], start["metric_stage_reached"])
+        self.assertLess(start["metric_stage_reached_every_voxel"],
+                        1.03 * start["metric_unmasked_level_every_voxel"])
+
+    def test_a_near_end_is_judged_on_every_voxel_where_given(self):
+        from MultimodalFusionLib.registration.sitk_backend import judge_unmasked_start
+
+        # ends 0.1 coarse voxels apart, the check metric 10% better for the coarse level's end
+        near = dict(reached=-0.38, score=-0.42, apart_mm=0.4, coarse_voxel_mm=4.0)
+        info: dict = {}
+        self.assertFalse(judge_unmasked_start(info, **near))  # no values on every voxel (the torch backend's)
+        self.assertNotIn("metric_stage_reached_every_voxel", info)
+        self.assertFalse(judge_unmasked_start(info, **near, every_voxel=(-1.10, -1.05)))
+        self.assertEqual((info["metric_stage_reached_every_voxel"], info["metric_unmasked_level_every_voxel"]),
+                         (-1.10, -1.05))
+        self.assertFalse(judge_unmasked_start(info, **near, every_voxel=(-1.10, -1.105)))  # within the 1% margin
+        self.assertTrue(judge_unmasked_start(info, **near, every_voxel=(-1.05, -1.10)))
+        self.assertTrue(info["used"])
+        # far apart, the check metric decides alone, as before
+        far = dict(near, apart_mm=4.0)
+        self.assertTrue(judge_unmasked_start({}, **far))
+        self.assertTrue(judge_unmasked_start({}, **far, every_voxel=(-1.10, -1.05)))
+        self.assertFalse(judge_unmasked_start({}, **dict(far, score=-0.381), every_voxel=(-1.05, -1.10)))
 
     def test_the_stage_is_reported_from_the_initializers_start(self):
         # both masks, seed 2: the second run's start (the unmasked coarse level, -0.4446) had been reported as the
