@@ -819,6 +819,9 @@ class _Context:
         # flag of the host, and one of the device (or'ed there, read once per stage: no synchronisation)
         self._left_out_host = False
         self._left_out_device = None
+        # the fewest samples inside the moving image where mutual information fell back to every sample
+        # (:meth:`inside_moving_image`) since few_inside() last asked, on the device (no synchronisation); None: never
+        self._few_inside = None
         self.eval_points, self.eval_values = self.sample(fixed_level=None, count=max(params.linear_samples, 20000))
 
     def note_left_out(self, left_out: Any) -> None:
@@ -901,7 +904,8 @@ class _Context:
     def inside_moving_image(self, moved: Any) -> Any:
         """(N,) 0/1: which moving-normalised points ``moved`` (N, d) lie inside the moving image, by ITK's rule
         (a continuous index from -0.5 to under size - 0.5 on every axis, as its metrics count a sample); every point
-        (all ones) while ``_MIN_MASKED`` or fewer do, chosen on the device (no host synchronisation).
+        (all ones) while ``_MIN_MASKED`` or fewer do (half the sample, of 200 points or fewer), chosen on the device
+        (no host synchronisation).
 
         Mutual information counts only these, as ITK's, ANTs' and elastix' do: sampled as zeros outside the moving
         image, the points there had counted as background, so a moving slab (15 slices of a head, or a band of 60
@@ -912,10 +916,37 @@ class _Context:
         with torch.no_grad():
             inside = self._in_moving_buffer(moved).to(torch.float32)
             # the floor of the moving mask's fallback (_MIN_MASKED), not tuned for this: a transform that sends
-            # almost every sample out of the moving image (which ITK refuses with "too many samples map outside
-            # moving image buffer") is scored on every sample, zero outside the image, as before this rule
-            enough = inside.sum() > _MIN_MASKED
+            # almost every sample out of the moving image is scored on every sample, zero outside the image, as
+            # before this rule, and noted (few_inside): register_torch refuses the run, as ITK refuses one whose
+            # samples all map outside ("All samples map outside moving image buffer"), because that score is
+            # highest for a transform that squeezes the fixed image into the few samples inside (one column of
+            # the 2D BrainWeb pair inside: determinant 0.04, 81 px off, "improved", no warning). Recorded where
+            # a moving mask's test counts instead too: more than _MIN_MASKED inside the mask are inside the image
+            count = inside.sum()
+            # half the sample where it has 200 or fewer points (a 4x4x4 image, every one of its 64 voxels inside,
+            # is no fallback, and was refused as one)
+            enough = count > min(_MIN_MASKED, inside.numel() // 2)
+            few = torch.where(enough, torch.full_like(count, float("inf")), count)
+            self._few_inside = few if self._few_inside is None else torch.minimum(self._few_inside, few)
             return torch.where(enough, inside, torch.ones_like(inside))
+
+    def few_inside(self) -> int | None:
+        """The fewest samples inside the moving image where mutual information fell back to every sample
+        (:meth:`inside_moving_image`, ``_MIN_MASKED`` or fewer inside, or half a smaller sample) since the last call (then cleared), or None
+        where it never did. Read once per stage (one host synchronisation), as :meth:`moving_mask_left_out`."""
+        few, self._few_inside = self._few_inside, None
+        if few is None:
+            return None
+        value = float(few)
+        return int(value) if math.isfinite(value) else None
+
+    def note_few_inside(self, count: int | None) -> None:
+        """Record again a fallback that :meth:`few_inside` returned (``count`` samples inside; None: none)."""
+        import torch
+
+        if count is not None:
+            few = torch.tensor(float(count), device=self.device)
+            self._few_inside = few if self._few_inside is None else torch.minimum(self._few_inside, few)
 
     def _in_moving_buffer(self, moved: Any) -> Any:
         """(N,) bool: ITK's IsInsideBuffer of moving-normalised points (half a voxel beyond the outer centres)."""
@@ -1073,20 +1104,23 @@ def _skew(torch: Any, w: Any, dim: int) -> Any:
 
 
 def _dense_similarity(ctx: _Context, metric: str, fixed_feat: Any, warped: Any, mask: Any,
-                      window_mask: Any = None, mask_index: Any = None) -> Any:
+                      window_mask: Any = None, mask_index: Any = None, counted: Any = None) -> Any:
     """The metric over the fixed grid, averaged over ``mask``; LNCC's windows use ``window_mask`` only
     (None: every voxel), MIND and MI are per voxel. ``mask_index``: MI's voxels, the indices of ``mask``'s
-    (:func:`_mask_index`), for a loop that would otherwise find them again every iteration."""
+    (:func:`_mask_index`), for a loop that would otherwise find them again every iteration. ``counted``: MI's
+    0/1 weights of every grid voxel (flattened; :meth:`_Context.sample_for_mi`), None: all count."""
     from .torch_losses import lncc_loss, mind_loss
 
     if metric == "mind":
         return mind_loss(fixed_feat, warped, mask)
     if metric == "lncc":
         return lncc_loss(fixed_feat, warped, mask, ctx.params.lncc_kernel, window_mask)
+    fixed_values, warped_values = fixed_feat.reshape(1, -1), warped.reshape(1, -1)
     if mask is not None:
         keep = _mask_index(mask) if mask_index is None else mask_index
-        return ctx.mi_loss(fixed_feat.reshape(1, -1)[:, keep], warped.reshape(1, -1)[:, keep])
-    return ctx.mi_loss(fixed_feat.reshape(1, -1), warped.reshape(1, -1))
+        fixed_values, warped_values = fixed_values[:, keep], warped_values[:, keep]
+        counted = None if counted is None else counted.reshape(-1)[keep]
+    return ctx.mi_loss(fixed_values, warped_values, counted)
 
 
 def _mask_index(mask: Any) -> Any:
@@ -1270,6 +1304,7 @@ def _masked_linear_stage(ctx: _Context, name: str, matrix: np.ndarray, translati
     # pair: left out at the coarse levels from the 'geometry' start, never in the run from the coarse level's end,
     # yet "left out of the rigid stage")
     first_left_out = ctx.moving_mask_left_out()
+    first_few = ctx.few_inside()  # likewise for mutual information's fallback (register_torch refuses it)
     kept = first.metric_after <= first.metric_before  # as register_torch keeps a stage
     reached = first.metric_after if kept else first.metric_before
     reached_m, reached_t = (first_m, first_t) if kept else (matrix, translation)
@@ -1281,6 +1316,7 @@ def _masked_linear_stage(ctx: _Context, name: str, matrix: np.ndarray, translati
         ctx.generator.set_state(after_first)
         if start_left_out or first_left_out:
             ctx.note_left_out(True)
+        ctx.note_few_inside(first_few)
         # the check is the stage's time too: its seconds had been the first run's alone, the unmasked coarse level
         # and its judging missing from every time shown (0.25 of 1.0 s on the 2D BrainWeb slice)
         first.seconds = time.perf_counter() - t_stage
@@ -1325,6 +1361,7 @@ def _unmasked_coarse_level(ctx: _Context, name: str, matrix: np.ndarray, transla
         return None, info
     finally:
         ctx.moving_mask_left_out()  # the level's own (its iterations have no masks): not the stage's
+        ctx.few_inside()  # likewise: a try whose result is judged below, not what the stage returns
     # asked of the level's end alone: its flag also counted its start, the initializer's, shared with the stage's
     # first run, where masks that barely meet leave the moving mask out (a 20x20 px box on each of the 2D
     # BrainWeb pair's images at the same anatomy, 7 voxels inside both there: refused as scored alone at the end,
@@ -1470,20 +1507,25 @@ def _deformable_stage(ctx: _Context, affine: np.ndarray, progress: ProgressCallb
                                       align_corners=True).reshape(dim, -1).transpose(0, 1)
                 moved = _apply(points + d_pts, warp)
                 with ctx.autocast(metric):
-                    warped_pts = ctx.sample_moving(moving_feat, moved, padding)
                     fixed_pts = flat_feat[:, pick]
                     if metric == "mind":
+                        warped_pts = ctx.sample_moving(moving_feat, moved, padding)
                         sim = ((fixed_pts - warped_pts) ** 2).mean()
-                    else:
-                        sim = ctx.mi_loss(fixed_pts, warped_pts)
+                    else:  # the linear stages' rule: only the points inside the moving image count
+                        warped_pts, counted = ctx.sample_for_mi(moving_feat, moved)
+                        sim = ctx.mi_loss(fixed_pts, warped_pts, counted)
                 return sim.float(), smooth
             if list(disp.shape[2:]) != image_shape:
                 disp = F.interpolate(disp, size=image_shape, mode=mode, align_corners=True)
             moved = _apply(image_grid[None] + disp.movedim(1, -1), warp)
             with ctx.autocast(metric):
-                warped = F.grid_sample(moving_feat, moved, mode="bilinear", padding_mode=padding,
-                                       align_corners=True)
-                sim = _dense_similarity(ctx, metric, fixed_feat, warped, fixed_mask, window, mask_index)
+                if metric == "mi":  # as above, over the grid
+                    warped, counted = ctx.sample_for_mi(moving_feat, moved.reshape(-1, dim))
+                    sim = _dense_similarity(ctx, metric, fixed_feat, warped, fixed_mask, window, mask_index, counted)
+                else:
+                    warped = F.grid_sample(moving_feat, moved, mode="bilinear", padding_mode=padding,
+                                           align_corners=True)
+                    sim = _dense_similarity(ctx, metric, fixed_feat, warped, fixed_mask, window, mask_index)
             return sim.float(), smooth
 
         if level == len(levels) - 1:
@@ -1931,6 +1973,11 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
             metric_before = float(ctx.mi_at_points(ctx.eval_points, ctx.eval_values, ctx.total_matrix(
                 torch.as_tensor(_affine_matrix(matrix, center, translation), dtype=torch.float64, device=device)),
                 ctx.moving.tensor))
+        samples = int(params.linear_samples)
+        few = ctx.few_inside()
+        if few is not None:
+            # 100 or fewer of the evaluation sample inside the moving image (some, or no_overlap_error above)
+            raise _few_inside_error(stages[0], few, samples, first)
         # a mask narrows the metric's capture range: a masked first rigid or affine stage is checked against its
         # coarsest level run without the masks, and run again from there when that is better, by the SimpleITK
         # backend's rule (see _masked_linear_stage)
@@ -1961,6 +2008,9 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
                     warnings.append(f"The deformable stage made its metric worse ({stage.metric_before:.4f} -> "
                                     f"{stage.metric_after:.4f}); its result was discarded.")
             stage_results.append(stage)
+            few = ctx.few_inside()
+            if few is not None:
+                raise _few_inside_error(name, few, samples, None)
             if ctx.moving_mask_left_out():
                 warnings.append(_left_out_warning(f"the {name} stage", fixed_mask is not None))
                 left_out_warned = True
@@ -1997,6 +2047,9 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
                                         "velocity_sigma.")
             else:
                 metric_after = float(ctx.mi_at_points(ctx.eval_points, ctx.eval_values, total, ctx.moving.tensor))
+        few = ctx.few_inside()
+        if few is not None:  # the final mapping (a deformation) sent the evaluation sample out of the moving image
+            raise _few_inside_error(stage_results[-1].name, few, samples, None)
         if ctx.moving_mask_left_out() and not left_out_warned:
             warnings.append(_left_out_warning("the final mutual information (metric_after)", fixed_mask is not None))
         if metric_after > metric_before + 1e-6 and not any(s.accepted is False for s in stage_results):
@@ -2017,6 +2070,23 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
                               metric_after=metric_after,
                               warnings=warnings, seconds=time.perf_counter() - t_start, backend="torch",
                               parameters=info, initializer=search_info)
+
+
+def _few_inside_error(stage: str, count: int, samples: int, start_from: str | None) -> RegistrationError:
+    """The refusal of a run whose mutual information fell back to every sample (:meth:`_Context.few_inside`:
+    ``count`` samples, ``_MIN_MASKED`` or fewer, inside the moving image) at stage ``stage``: at its start
+    (``start_from``, a :func:`start_kind`, for the fix) or during it (None). In the SimpleITK backend's words for
+    ITK's refusal of samples that map outside the moving image (``sitk_backend._execute``), with the torch
+    setting in place of ``sampling_percentage``."""
+    detail = (f"{count} of the fixed voxels sampled for mutual information "
+              f"{'at the starting transform' if start_from else 'at some iterations'}, where the torch backend "
+              f"needs more than {_MIN_MASKED}, or half of a smaller sample")
+    more = f"raise linear_samples (now {samples}) so that more of them land inside"
+    if start_from is not None:
+        return RegistrationError(f"Stage '{stage}': too few sample points map inside the moving image ({detail}), "
+                                 "so the metric cannot be computed.", f"{start_fix(start_from)} Or {more}.")
+    return RegistrationError(f"Stage '{stage}' failed: too few sample points map inside the moving image ({detail}).",
+                             f"The images probably drifted apart: check the initial alignment, use masks, or {more}.")
 
 
 def _left_out_warning(where: str, fixed_mask: bool) -> str:
