@@ -1078,8 +1078,23 @@ class TorchRegistrationTest(unittest.TestCase):
             self.assertIn("Stage 'affine'", ctx.exception.problem)
             self.assertIn("too few sample points map inside the moving image", ctx.exception.problem)
             self.assertIn(words, ctx.exception.problem)
-            self.assertIn("raise linear_samples (now 20000)", ctx.exception.fix)
+            self.assertIn("raise linear_samples (now 20000; 0 samples every voxel)", ctx.exception.fix)
         self.assertIn("drifted apart", ctx.exception.fix)  # the SimpleITK backend's fix for its refusal
+
+    def test_a_small_moving_image_wholly_inside_the_fixed_one_is_not_refused_as_too_few_samples_inside(self) -> None:
+        # a patch of the PD slice lying wholly inside the T1 slice: the floor of 100 samples inside had refused a
+        # 40x40 px patch at the default pyramid's shrink-4 level (it holds 100 of that level's 3550 voxels: 99
+        # inside, "drifted apart"), and a 14x14 px one with linear_samples 0 (every voxel: 196 inside), whose
+        # evaluation sample had stayed 20000 voxels (66 inside, "raise linear_samples (now 0)")
+        from MultimodalFusionLib.registration import register
+
+        fixed, moving = _brainweb_pair()
+        for box, kw in ((40, {}), (14, {"linear_samples": 0, "linear_shrink_factors": [1]})):
+            with self.subTest(box=box):
+                kw.setdefault("linear_iterations", [5] * len(kw.get("linear_shrink_factors", [4, 2, 1])))
+                result = register(fixed, moving[100:100 + box, 100:100 + box],
+                                  self._params(stages=["rigid"], initializer="none", **kw), backend="torch", seed=0)
+                self.assertEqual(len(result.stages), 1)
 
     def test_the_deformable_stage_s_mutual_information_counts_only_the_points_inside_the_moving_image(self) -> None:
         # the opt-in deformable `mi` counted the points outside the moving image as zeros, as the linear stages had:

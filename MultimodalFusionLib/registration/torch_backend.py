@@ -822,7 +822,17 @@ class _Context:
         # the fewest samples inside the moving image where mutual information fell back to every sample
         # (:meth:`inside_moving_image`) since few_inside() last asked, on the device (no synchronisation); None: never
         self._few_inside = None
-        self.eval_points, self.eval_values = self.sample(fixed_level=None, count=max(params.linear_samples, 20000))
+        # the most of a fixed sample a moving image of its size can hold (its area or volume over the fixed
+        # image's, or the fixed mask's; 1 at most): the fallback's floor scales with it (inside_moving_image)
+        fixed_count = (float(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask))) if fixed_mask is not None
+                       else float(np.prod(fixed.GetSize())))
+        moving_size = float(np.prod(np.array(moving.GetSize()) * np.array(moving.GetSpacing())))
+        self._inside_share = min(1.0, moving_size / max(fixed_count * float(np.prod(fixed.GetSpacing())), 1e-12))
+        # linear_samples 0 (every voxel): every voxel here too. max(0, 20000) had drawn 20000, so a moving image
+        # of few voxels (14x14 px inside the 2D BrainWeb slice: 66 of 20000 inside) was refused as too few
+        # samples inside it with 'raise linear_samples (now 0)', where sampling every voxel (196) was the fix
+        eval_count = 0 if not params.linear_samples else max(params.linear_samples, 20000)
+        self.eval_points, self.eval_values = self.sample(fixed_level=None, count=eval_count)
 
     def note_left_out(self, left_out: Any) -> None:
         """Record that the moving mask was left out: ``left_out`` is True, or a device bool tensor."""
@@ -924,8 +934,10 @@ class _Context:
             # a moving mask's test counts instead too: more than _MIN_MASKED inside the mask are inside the image
             count = inside.sum()
             # half the sample where it has 200 or fewer points (a 4x4x4 image, every one of its 64 voxels inside,
-            # is no fallback, and was refused as one)
-            enough = count > min(_MIN_MASKED, inside.numel() // 2)
+            # is no fallback, and was refused as one); and half of what a small moving image can hold of the
+            # sample wholly inside the fixed one: a 40x40 px patch inside the 2D BrainWeb slice holds 100 of the
+            # 3550 voxels of the shrink-4 level, and was refused as drifted apart with 99 inside
+            enough = count > min(_MIN_MASKED, int(inside.numel() * self._inside_share) // 2)
             few = torch.where(enough, torch.full_like(count, float("inf")), count)
             self._few_inside = few if self._few_inside is None else torch.minimum(self._few_inside, few)
             return torch.where(enough, inside, torch.ones_like(inside))
@@ -2080,8 +2092,13 @@ def _few_inside_error(stage: str, count: int, samples: int, start_from: str | No
     setting in place of ``sampling_percentage``."""
     detail = (f"{count} of the fixed voxels sampled for mutual information "
               f"{'at the starting transform' if start_from else 'at some iterations'}, where the torch backend "
-              f"needs more than {_MIN_MASKED}, or half of a smaller sample")
-    more = f"raise linear_samples (now {samples}) so that more of them land inside"
+              f"needs more than {_MIN_MASKED}, or half of what a smaller sample or moving image holds")
+    # linear_samples 0 samples every voxel already: raising it is no fix (a moving image of few voxels; the
+    # coarse levels, shrunk, hold fewer of them)
+    more = (f"raise linear_samples (now {samples}; 0 samples every voxel) so that more of them land inside"
+            if samples else "every fixed voxel is sampled already (linear_samples 0): for a moving image of "
+            "this few voxels, use finer linear_shrink_factors (e.g. [1]), whose levels hold more of them, or "
+            "a larger moving image")
     if start_from is not None:
         return RegistrationError(f"Stage '{stage}': too few sample points map inside the moving image ({detail}), "
                                  "so the metric cannot be computed.", f"{start_fix(start_from)} Or {more}.")
