@@ -313,7 +313,9 @@ class SecondTryNearTie(_OneTorchThread):
         # again from there ended 0.08-0.16% worse on the masked metric (its first steps move off and it comes back),
         # so that coarse end was kept, within 0.3 px of the truth; the warning had said the stage "made the masked
         # metric worse", to "Check the result" and to change the masks
-        for backend, pixel_mm, share, seed in (("sitk", 1.0, 0.4, 1), ("sitk", 3.0, 0.6, 2), ("torch", 1.0, 0.6, 0)):
+        # (torch seed 0 had been this case; since its MI counts only the samples inside the moving image, a2dfbd7, that
+        # run's second try ends better and is accepted, 0.21 px off: seed 1, 0.09 px, is the near tie now)
+        for backend, pixel_mm, share, seed in (("sitk", 1.0, 0.4, 1), ("sitk", 3.0, 0.6, 2), ("torch", 1.0, 0.6, 1)):
             with self.subTest(backend=backend, pixel_mm=pixel_mm, share=share, seed=seed):
                 fixed, moving, truth = _pair(pixel_mm)
                 result = register(fixed, moving, seed=seed, moving_mask=_box(moving, share), backend=backend)
