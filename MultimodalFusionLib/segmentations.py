@@ -72,6 +72,8 @@ def asked_labels(labels: str | Sequence[Any] | None, segment_names: Sequence[str
     """
     if labels is None:
         return None
+    if not isinstance(labels, (str, bytes)) and not hasattr(labels, "__iter__"):
+        labels = [labels]  # one label (labels=1) had been a TypeError ("'int' object is not iterable")
     items = [v.strip() for v in labels.split(",")] if isinstance(labels, str) else [
         v.strip() if isinstance(v, str) else v for v in labels]
     items = [v for v in items if not (isinstance(v, str) and not v)]
@@ -87,6 +89,10 @@ def asked_labels(labels: str | Sequence[Any] | None, segment_names: Sequence[str
             whole = not isinstance(v, bool) and float(v).is_integer()
         except (TypeError, ValueError, OverflowError):
             whole = False
+        if not whole and isinstance(v, str) and re.fullmatch(r"[-+]?\d+([;\s]+[-+]?\d+)+", v):
+            # "1;2" or "1 2": labels run together, not a name
+            joined = ",".join(re.split(r"[;\s]+", v))
+            raise InputError(f"Labels {v!r} are not separated by commas.", f"Separate the labels with commas: {joined}.")
         if not whole:
             named = isinstance(v, str) and not re.fullmatch(r"[-+]?[\d.eE+-]+|[-+]?(inf|infinity|nan)", v, re.I)
             raise InputError(f"Label {v!r} is not a whole number" + (f": {_NAMES_WHERE}" if named else "") + ".",

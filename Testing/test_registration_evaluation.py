@@ -968,6 +968,23 @@ class OneSliceVolumesWithATwoDTransformTest(unittest.TestCase):
                 metrics.evaluate_registration(image, image, tx, **given)
 
 
+class OneLabelAndRunTogetherLabelsTest(unittest.TestCase):
+    def test_one_label_and_labels_without_commas(self) -> None:
+        """labels=1 (one label, not a list) had been "TypeError: 'int' object is not iterable", and "1;2" or "1 2"
+        was refused as a segment name, with the fix to give two segmentations; now one label is a list of one, and
+        labels run together are named as such, with the comma-separated fix."""
+        from MultimodalFusionLib.segmentations import asked_labels
+
+        self.assertEqual(asked_labels(1), [1])
+        self.assertEqual(asked_labels(np.int64(3)), [3])
+        for text in ("1;2", "1 2", "1 ; 2"):
+            with self.subTest(labels=text), self.assertRaisesRegex(InputError, "not separated by commas.*1,2"):
+                asked_labels(text)
+        labels = sitk.GetImageFromArray(np.pad(np.ones((4, 4, 4), np.uint8), 2))
+        out = metrics.label_overlap(labels, labels, 1)
+        self.assertEqual(list(out["labels"]), [1])
+
+
 if __name__ == "__main__":
     unittest.main()
 
