@@ -772,7 +772,7 @@ def _add_evaluate_registration(sub: argparse._SubParsersAction) -> None:
 
 def _add_accuracy_inputs(p: argparse.ArgumentParser) -> None:
     """The label maps and landmarks of a registration's accuracy (evaluate-registration and run; read by
-    :func:`accuracy.read_accuracy_inputs` from :func:`_accuracy_inputs`)."""
+    :func:`evaluation.read_accuracy_inputs` from :func:`_accuracy_inputs`)."""
     p.add_argument("--fixed-labels", help="label map of the fixed image (0 background), or a 3D Slicer .seg.nrrd")
     p.add_argument("--moving-labels", help="label map of the moving image, on the moving image's grid or any other, "
                                            "or a .seg.nrrd (two .seg.nrrd files: segments matched by name)")
@@ -785,9 +785,9 @@ def _add_accuracy_inputs(p: argparse.ArgumentParser) -> None:
 
 
 def _accuracy_inputs(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of :func:`_add_accuracy_inputs` as keywords of :func:`accuracy.read_accuracy_inputs` and
-    :func:`pipeline.run`, checked as pairs (:func:`accuracy.check_accuracy_options`) before anything is read."""
-    from .accuracy import check_accuracy_options
+    """The options of :func:`_add_accuracy_inputs` as keywords of :func:`evaluation.read_accuracy_inputs` and
+    :func:`pipeline.run`, checked as pairs (:func:`evaluation.check_accuracy_options`) before anything is read."""
+    from .evaluation import check_accuracy_options
 
     given = {k: getattr(args, k) for k in ("fixed_labels", "moving_labels", "labels", "fixed_landmarks",
                                            "moving_landmarks")}
@@ -796,7 +796,7 @@ def _accuracy_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_evaluate_registration(args: argparse.Namespace) -> int:
-    from .accuracy import evaluate_accuracy, read_accuracy_inputs
+    from .evaluation import evaluate_accuracy, read_accuracy_inputs
     from .io import read_image, read_transform
     from .preprocess import chain_transforms
 
@@ -810,7 +810,7 @@ def _run_evaluate_registration(args: argparse.Namespace) -> int:
     # paired 'liver' with whatever the other file numbered alike, and a file of several layers was refused
     inputs = read_accuracy_inputs(fixed, moving, **given)
     if inputs is None:
-        from .accuracy import AccuracyInputs
+        from .evaluation import AccuracyInputs
 
         inputs = AccuracyInputs()  # the images' similarity alone
     result = evaluate_accuracy(fixed, moving, transform, inputs)

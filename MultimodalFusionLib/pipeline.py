@@ -160,7 +160,7 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         "after"}: MI/NMI/NCC), "fusions" (list of FusionResult), "metrics" ({method: dict}),
         "files" ({"transform", "moving_resampled", "fused_<method>", "weights_<method>"} -> path),
         "report" (paths from :func:`MultimodalFusionLib.report.write_report`), "seconds", and
-        "registration_accuracy" (:func:`accuracy.evaluate_accuracy`'s dict, also in ``metrics.json``; None
+        "registration_accuracy" (:func:`evaluation.evaluate_accuracy`'s dict, also in ``metrics.json``; None
         without labels or landmarks).
 
     Raises:
@@ -170,7 +170,7 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
     """
     from . import fusion
     from . import report as report_mod
-    from .accuracy import accuracy_input_paths, check_accuracy_options
+    from .evaluation import accuracy_input_paths, check_accuracy_options
 
     start = time.perf_counter()
     accuracy_sources = {"fixed_labels": fixed_labels, "moving_labels": moving_labels, "labels": labels,
@@ -255,7 +255,7 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
 
 def _accuracy_inputs(fixed_grey: sitk.Image, moving_grey: sitk.Image, slice_volume: sitk.Image | None,
                      progress: ProgressCallback | None, sources: dict[str, Any]) -> Any:
-    """:func:`accuracy.read_accuracy_inputs` of the images as registered, None where no label map or landmark file
+    """:func:`evaluation.read_accuracy_inputs` of the images as registered, None where no label map or landmark file
     was given; refused for one-slice volumes, which are registered as 2D images (their labels and landmarks are
     3D)."""
     if sources["fixed_labels"] is None and sources["fixed_landmarks"] is None:
@@ -265,7 +265,7 @@ def _accuracy_inputs(fixed_grey: sitk.Image, moving_grey: sitk.Image, slice_volu
                          "their accuracy is not measured in the run.",
                          "Run without --fixed-labels/--fixed-landmarks and their partners, or give the slices as "
                          "2D images (and 2D labels and landmarks).")
-    from .accuracy import read_accuracy_inputs
+    from .evaluation import read_accuracy_inputs
 
     report(progress, 0.0, "reading label maps and landmarks")
     return read_accuracy_inputs(fixed_grey, moving_grey, **sources)
@@ -348,7 +348,7 @@ def _register_fuse_report(fixed_img: sitk.Image, fixed_name: str, moving_img: si
                    "after": metrics_mod.registration_metrics(fixed_grey, after, fixed_mask)}
     accuracy = None
     if accuracy_inputs is not None:
-        from .accuracy import evaluate_accuracy
+        from .evaluation import evaluate_accuracy
 
         report(progress, 0.61, "scoring the registration on the labels and landmarks")
         # through the registration's transform (fixed -> moving points), as evaluate-registration --transform

@@ -519,7 +519,7 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
         title: page title.
         notes: extra lines shown under the title (e.g. the inputs' file names).
         registration_accuracy: the registration's accuracy on labels and landmarks, before and after
-            (:func:`MultimodalFusionLib.accuracy.evaluate_accuracy`, ``mmfusion evaluate-registration --json``'s
+            (:func:`MultimodalFusionLib.evaluation.evaluate_accuracy`, ``mmfusion evaluate-registration --json``'s
             dict): in ``metrics.json`` as ``registration_accuracy``, and a before/after table on the page.
         keep: files never removed, whatever their names (the job's inputs and outputs, when they live in
             ``output_dir``: an input named ``montage_average.png`` there is not an earlier report's).

@@ -175,7 +175,7 @@ def with_segments(result: dict[str, Any], names: dict[int, str], unscored: Seque
     set and the engine's notes naming the segments (:func:`named_note`), where ``names`` are known; and each label
     of ``unscored`` (a segment with no voxel in its label map: empty, or lost on its volume's grid) that is neither
     scored nor left out put into ``labels.left_out``, as the engine puts a label in one map only there (in neither
-    map, the engine knows nothing of it). The one rule of ``.seg.nrrd`` files (:func:`accuracy.evaluate_accuracy`)
+    map, the engine knows nothing of it). The one rule of ``.seg.nrrd`` files (:func:`evaluation.evaluate_accuracy`)
     and the Slicer Logic's segmentation nodes; their own notes on such segments are the callers'."""
     if names:
         result["label_names"] = names

@@ -9,9 +9,9 @@ to the result what was read (how labels were matched, their names, the landmark 
 
 Example::
 
-    from MultimodalFusionLib import accuracy
-    inputs = accuracy.read_accuracy_inputs(fixed, moving, fixed_landmarks="f.fcsv", moving_landmarks="m.csv")
-    result = accuracy.evaluate_accuracy(fixed, moving, transform, inputs)
+    from MultimodalFusionLib import evaluation
+    inputs = evaluation.read_accuracy_inputs(fixed, moving, fixed_landmarks="f.fcsv", moving_landmarks="m.csv")
+    result = evaluation.evaluate_accuracy(fixed, moving, transform, inputs)
     print(result["landmarks"]["after"]["mean"])
 """
 
