@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import itertools
 import json
 import math
@@ -607,6 +608,11 @@ def _warn_once_per_kind(label: str, total: int, notes: Sequence[_FileWarning], s
                       + alike[0].for_several, stacklevel=stacklevel)
 
 
+def _meta_text(image: sitk.Image, tag: str) -> str:
+    """An image's metadata entry (a DICOM tag "gggg|eeee", a NRRD key) as stripped text, "" where it has none."""
+    return image.GetMetaData(tag).strip() if image.HasMetaDataKey(tag) else ""
+
+
 def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarning],
                             tags: Mapping[int, Any] | None = None) -> None:
     """Give a single-frame DICOM image the pixel size its tags state, or refuse it when none does.
@@ -626,8 +632,7 @@ def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarni
     if image.HasMetaDataKey("0028|0008"):  # NumberOfFrames: a multi-frame IOD, e.g. an enhanced CT or MR
         _set_multiframe_geometry(image, path, notes, tags)
         return
-    def text_of(tag: str) -> str:
-        return image.GetMetaData(tag).strip() if image.HasMetaDataKey(tag) else ""
+    text_of = functools.partial(_meta_text, image)
 
     usable = _usable_pixel_size(text_of)
     if usable is None:
@@ -885,8 +890,7 @@ def _flat_picture(sop_class: str, modality: str) -> str | None:
 
 def _image_picture(image: sitk.Image) -> str | None:
     """:func:`_flat_picture` for an image ITK read from a DICOM file, by the SOP class and modality in its metadata."""
-    def text_of(tag: str) -> str:
-        return image.GetMetaData(tag).strip() if image.HasMetaDataKey(tag) else ""
+    text_of = functools.partial(_meta_text, image)
 
     return _flat_picture(text_of("0008|0016"), text_of("0008|0060"))
 
@@ -1258,8 +1262,7 @@ def _itk_applied_rescale(image: sitk.Image, path: str, tags: Mapping[int, Any]) 
     folder cannot take it. The files of a series whose probes would be alike are probed once (:data:`_PROBED`)."""
     from .dicom_header import MEDIA_STORAGE_SOP_CLASS
 
-    def text_of(tag: str) -> str:
-        return image.GetMetaData(tag).strip() if image.HasMetaDataKey(tag) else ""
+    text_of = functools.partial(_meta_text, image)
 
     def number_of(tag: str) -> int | None:
         return int(text_of(tag)) if text_of(tag).isdigit() else None
