@@ -1203,11 +1203,11 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     # the whole run's time, and where it was resumed the part this command trained (from which checkpoint)
-    resumed_part = ({"seconds_resumed_part": round(result.seconds_this_part, 1),
+    resumed_part = ({"seconds_resumed_part": round(result.seconds_this_part, 3),
                      "resumed_after_epoch": resumed.epochs_done} if resumed is not None else {})
     save_weights(result.model, args.output,
                  training={"pairs": os.path.abspath(args.pairs), "n_pairs": len(pairs), "training": tcfg.to_dict(),
-                           "seconds": round(result.seconds, 1), **resumed_part, "device": result.device,
+                           "seconds": round(result.seconds, 3), **resumed_part, "device": result.device,
                            "final_loss": result.history[-1] if result.history else None})
     took = (f"{result.seconds:.1f} s, {result.seconds_this_part:.1f} s of them since epoch {resumed.epochs_done}"
             if resumed is not None else f"{result.seconds:.1f} s")
