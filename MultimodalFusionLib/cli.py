@@ -856,6 +856,9 @@ def _registration_evaluation_lines(result: dict[str, Any], after: str = "after")
         lines.append(f"landmarks ({a['n']} pairs), TRE mm:")
         for key in ("mean", "median", "max", "std"):
             lines.append(f"  {key:<28} {num(b[key]):>10} {num(a[key]):>10}")
+    if result.get("slice_planes"):  # one-slice volumes: labels and landmarks scored in their slices' 2D frames
+        lines.append("one-slice volumes: labels and landmarks scored on the slices' planes (2D, in-plane mm), where "
+                     "the 2D transform applies")
     return lines
 
 

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 
-__all__ = ["AccuracyInputs", "check_accuracy_options", "read_accuracy_inputs", "evaluate_accuracy",
+__all__ = ["AccuracyInputs", "check_accuracy_options", "read_accuracy_inputs", "on_slice_planes", "evaluate_accuracy",
            "accuracy_input_paths"]
 
 #: A label map: a file (a label map or a ``.seg.nrrd``) or an image.
@@ -42,6 +42,8 @@ class AccuracyInputs:
         pairing: how the label files were paired (:func:`segmentations.label_maps_for_evaluation`'s info:
             ``matched``, ``label_names``, ``notes``, ``empty``).
         fixed_landmarks, moving_landmarks: :class:`landmarks.Landmarks` or (n, dim) arrays (None: no landmarks).
+        slice_planes: where label maps and landmarks of one-slice volumes were taken into the 2D frames of their
+            slices (:func:`on_slice_planes`): each slice's plane (``metrics.slice_plane_inputs``); None otherwise.
     """
 
     fixed_labels: sitk.Image | None = None
@@ -50,6 +52,7 @@ class AccuracyInputs:
     pairing: dict[str, Any] = field(default_factory=lambda: {"label_names": {}, "notes": [], "empty": []})
     fixed_landmarks: Any = None
     moving_landmarks: Any = None
+    slice_planes: dict[str, Any] | None = None
 
 
 def _is_path(value: Any) -> bool:
@@ -130,6 +133,33 @@ def read_accuracy_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels:
     return out
 
 
+def on_slice_planes(fixed: sitk.Image, moving: sitk.Image, volumes: tuple[sitk.Image, sitk.Image],
+                    inputs: AccuracyInputs) -> AccuracyInputs:
+    """The label maps and landmarks of one-slice volumes, read against them (:func:`read_accuracy_inputs` of
+    ``volumes``), in the 2D frames of their slices (:func:`metrics.slice_plane_inputs`: a label map on its image's
+    slice as the 2D label map it is, 3D landmarks within half a slice depth of the plane as points of the slice),
+    checked against ``fixed`` and ``moving``, the 2D images of those slices that were registered: the 2D transform
+    of their registration (fixed -> moving points) then applies to them exactly, as to 2D images' inputs.
+
+    Raises:
+        InputError: what :func:`metrics.slice_plane_inputs` refuses (a label map not on its slice, a landmark off
+            its slice's plane, named with its distance).
+    """
+    import dataclasses
+
+    from .metrics import check_evaluation_inputs, slice_plane_inputs
+
+    flat = slice_plane_inputs(*volumes, fixed_labels=inputs.fixed_labels, moving_labels=inputs.moving_labels,
+                              fixed_landmarks=inputs.fixed_landmarks, moving_landmarks=inputs.moving_landmarks)
+    out = dataclasses.replace(inputs, fixed_labels=flat["fixed_labels"], moving_labels=flat["moving_labels"],
+                              fixed_landmarks=flat["fixed_landmarks"], moving_landmarks=flat["moving_landmarks"],
+                              slice_planes=flat["planes"])
+    check_evaluation_inputs(fixed, moving, fixed_labels=out.fixed_labels, moving_labels=out.moving_labels,
+                            fixed_landmarks=out.fixed_landmarks, moving_landmarks=out.moving_landmarks,
+                            labels=out.labels)
+    return out
+
+
 def evaluate_accuracy(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None,
                       inputs: AccuracyInputs) -> dict[str, Any]:
     """:func:`metrics.evaluate_registration` of ``inputs`` through ``transform`` (fixed -> moving points; None:
@@ -152,6 +182,8 @@ def evaluate_accuracy(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Tra
         # segments listed in a header with no voxel: in neither map, so neither scored nor left out by the engine
         with_segments(result, paired.get("label_names") or {}, paired.get("empty", []))
         result["notes"] = list(paired.get("notes", [])) + result["notes"]
+    if inputs.slice_planes:  # scored in the 2D frames of one-slice volumes' slices (on_slice_planes)
+        result["slice_planes"] = inputs.slice_planes
     if isinstance(inputs.fixed_landmarks, Landmarks) and isinstance(inputs.moving_landmarks, Landmarks):
         result["landmark_files"] = {role: {"path": lm.path, "format": lm.format, "read_as": lm.coordinate_system,
                                            "points": len(lm)} for role, lm in (("fixed", inputs.fixed_landmarks),

@@ -70,6 +70,8 @@ __all__ = [
     "label_overlap",
     "evaluate_registration",
     "check_evaluation_inputs",
+    "on_slice_planes",
+    "slice_plane_inputs",
     "OVERLAP_MEASURES",
     "to_8bit",
     "entropy",
@@ -1014,6 +1016,133 @@ def _mm(values: Sequence[float]) -> str:
     return " x ".join(f"{v:.3g}" for v in values) + " mm"
 
 
+def on_slice_planes(fixed: sitk.Image, moving: sitk.Image, transform: Any) -> bool:
+    """Whether ``fixed`` and ``moving`` are scored as the 2D slices they hold: a 2D transform (as ``mmfusion
+    register`` writes for one-slice volumes) with at least one one-slice volume, the other one too or a 2D image
+    (:func:`slice_plane_inputs` takes their label maps and landmarks into the slices' 2D frames)."""
+    from .io import one_slice_axis
+
+    images = (fixed, moving)
+    return (isinstance(transform, sitk.Transform) and transform.GetDimension() == 2
+            and all(isinstance(i, sitk.Image) for i in images)
+            and any(one_slice_axis(i) is not None for i in images)
+            and all(one_slice_axis(i) is not None or i.GetDimension() == 2 for i in images))
+
+
+def _slice_frame(image: sitk.Image, name: str) -> tuple[sitk.Image, dict[str, Any]]:
+    """A one-slice volume's 2D image (``io.one_slice_as_2d``: the frame its 2D transform works in) and where its
+    plane lies (LPS mm); a 2D image as it is, with no plane."""
+    from .io import one_slice_as_2d, one_slice_axis
+
+    if one_slice_axis(image) is None:
+        return image, {}
+    flat = one_slice_as_2d(image, name)
+    normal = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    return flat, {"origin_lps": [float(v) for v in image.GetOrigin()], "normal_lps": [float(v) for v in normal],
+                  "depth_mm": float(image.GetSpacing()[2])}
+
+
+def _labels_on_plane(labels: sitk.Image, image: sitk.Image, what: str) -> sitk.Image:
+    """A one-slice label map of the one-slice volume ``image`` as the 2D label map of its slice, on ``flat``'s
+    frame (the image's 2D frame): refused unless it is a one-slice volume lying on ``image``'s slice (within half its depth)."""
+    from .io import one_slice_as_2d, one_slice_axis
+
+    role = what.split()[0]
+    fix = (f"Give the {what} of the {role} slice: a label map of that one slice, saved as a one-slice volume where "
+           f"the slice lies (as Slicer saves a label map or segmentation of it).")
+    if not isinstance(labels, sitk.Image):
+        return labels  # left to the checks to name
+    if labels.GetDimension() == 2:
+        raise InputError(f"The {what} is a 2D image but the {role} image is a one-slice volume, scored in the 2D frame "
+                         "of its slice: a 2D label map's place on that slice is not known.", fix)
+    if one_slice_axis(labels) is None:
+        raise InputError(f"The {what} is a volume of {labels.GetSize()} voxels but the {role} image is a one-slice "
+                         f"volume (size {image.GetSize()}), scored as the 2D slice it is.", fix)
+    centre = image.TransformPhysicalPointToContinuousIndex(labels.TransformContinuousIndexToPhysicalPoint((0, 0, 0)))
+    distance = abs(centre[2]) * image.GetSpacing()[2]
+    if abs(centre[2]) > 0.5 + 1e-6:
+        raise InputError(f"The {what} lies on another slice than the {role} image: its slice is {distance:.4g} mm "
+                         f"from the {role} image's plane, more than half its slice depth "
+                         f"({image.GetSpacing()[2] / 2:.4g} mm).", fix)
+    # its slice's 2D image lies in the image's 2D frame (the plane's LPS x and y), whatever its grid in the plane
+    return one_slice_as_2d(labels, what)
+
+
+def _points_on_plane(points: Any, image: sitk.Image, flat: sitk.Image, role: str) -> Any:
+    """Landmarks (:class:`landmarks.Landmarks` or an (n, 3) array, LPS mm) on the one-slice volume ``image``'s
+    plane as points of its slice's 2D frame (``flat``'s physical space, where the 2D transform applies): refused,
+    naming the point and its distance, where one lies more than half a slice depth off the plane."""
+    from .landmarks import Landmarks
+
+    is_file = isinstance(points, Landmarks)
+    try:
+        arr = np.asarray(points.points if is_file else points, dtype=np.float64)
+    except (TypeError, ValueError):
+        return points  # left to tre's check to name
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        got = f"{arr.shape[1]}D" if arr.ndim == 2 else "not a list of points"
+        raise InputError(f"The {role} landmarks are {got} but the {role} image is a one-slice volume: they are "
+                         "taken as 3D points (LPS mm) on its slice and scored in the slice's 2D frame.",
+                         "Give the landmarks as 3D points on the slice, as Slicer, elastix and ANTs write them.")
+    depth = image.GetSpacing()[2]
+    out = np.full((arr.shape[0], 2), np.nan)
+    for i, p in enumerate(arr):
+        if not np.all(np.isfinite(p)):
+            continue  # unplaced: its pair is left out with a note (landmarks.paired_landmarks)
+        index = image.TransformPhysicalPointToContinuousIndex([float(v) for v in p])
+        if abs(index[2]) > 0.5 + 1e-6:
+            label = points.labels[i] if is_file and points.labels[i] else ""
+            where = f" of '{points.path}'" if is_file else ""
+            raise InputError(f"{role.capitalize()} landmark {i + 1}{f' ({label})' if label else ''}{where} at LPS "
+                             f"({', '.join(f'{v + 0.0:.4g}' for v in p)}) mm lies {abs(index[2]) * depth:.4g} mm off the "
+                             f"{role} image's slice (more than half its {depth:.4g} mm depth): the slice is scored "
+                             "as the 2D image it is, and the point is not on it.",
+                             f"Place the {role} landmarks on the {role} slice (as Slicer places them on a slice "
+                             "shown), or give the landmarks of that slice.")
+        out[i] = flat.TransformContinuousIndexToPhysicalPoint([float(index[0]), float(index[1])])
+    if is_file:
+        import dataclasses
+
+        return dataclasses.replace(points, points=out)
+    return out
+
+
+def slice_plane_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels: sitk.Image | None = None,
+                       moving_labels: sitk.Image | None = None, fixed_landmarks: Any = None,
+                       moving_landmarks: Any = None) -> dict[str, Any]:
+    """The images, label maps and landmarks of one-slice volumes in the 2D frames of their slices, where the 2D
+    transform ``mmfusion register`` writes for them (fixed -> moving points, ITK) applies exactly.
+
+    Each one-slice volume becomes the 2D image of its slice (``io.one_slice_as_2d``: its in-plane origin, spacing
+    and direction, the slice's LPS x and y in mm); its label map, a one-slice volume on the same slice (within half
+    the image's slice depth; any grid in the plane), the 2D label map it is; its landmarks, 3D LPS points within
+    half a slice depth of its plane, their place on the slice (taken along the slice's normal). A 2D image (the
+    other side of a 2D-to-one-slice registration) and its inputs are taken as they are.
+
+    Returns:
+        dict: ``fixed``, ``moving`` (2D images), ``fixed_labels``, ``moving_labels``, ``fixed_landmarks``,
+        ``moving_landmarks`` (in the slices' frames, :class:`landmarks.Landmarks` kept as such), and ``planes``
+        ({"fixed": ..., "moving": ...}: each slice's origin and normal in LPS and depth in mm; empty for a 2D image).
+
+    Raises:
+        InputError: a slice out of an axial plane (``io.one_slice_as_2d``), a label map that is not a one-slice
+            volume on its image's slice, or a landmark more than half a slice depth off its slice's plane (named,
+            with its distance).
+    """
+    out: dict[str, Any] = {"planes": {}}
+    for role, image, labels, points in (("fixed", fixed, fixed_labels, fixed_landmarks),
+                                        ("moving", moving, moving_labels, moving_landmarks)):
+        flat, plane = _slice_frame(image, f"{role} image")
+        out[role] = flat
+        out["planes"][role] = plane
+        thin = bool(plane)
+        out[f"{role}_labels"] = _labels_on_plane(labels, image, f"{role} label map") \
+            if thin and labels is not None else labels
+        out[f"{role}_landmarks"] = _points_on_plane(points, image, flat, role) \
+            if thin and points is not None else points
+    return out
+
+
 def check_evaluation_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels: sitk.Image | None = None,
                             moving_labels: sitk.Image | None = None, fixed_landmarks: Any = None,
                             moving_landmarks: Any = None, labels: Sequence[int] | None = None) -> None:
@@ -1105,6 +1234,13 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
             (pairs with an unplaced point left out, noted) or (n, dim) arrays of LPS mm; scored by :func:`tre`.
         labels: the labels to score, non-zero whole numbers (default: every non-zero label in either map).
 
+    One-slice volumes (a 2D slice saved as a volume of one slice) with a 2D transform (the one ``mmfusion register``
+    writes for them, between their slices' 2D frames) are scored as the 2D images they are
+    (:func:`slice_plane_inputs`): each label map, a one-slice volume on its image's slice, as a 2D label map (Dice,
+    HD95 in mm on the plane, with the slice's in-plane spacing and direction), landmarks given in 3D LPS mm within
+    half a slice depth of their slice's plane as points of that slice (one further off is refused, named with its
+    distance); ``slice_planes`` in the result says where the slices lie.
+
     Returns:
         dict: ``images``, and where given ``labels`` and ``landmarks``, each {"before": ..., "after": ...}
         (``labels`` also ``left_out``: the labels asked for, or found in either map, that are not in both maps,
@@ -1113,19 +1249,28 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
     """
     from .preprocess import resample
 
+    if on_slice_planes(fixed, moving, transform) and (fixed_labels is not None or fixed_landmarks is not None):
+        # the 2D transform mmfusion register writes for one-slice volumes relates their slices' 2D frames: their
+        # label maps and landmarks are scored there, as the 2D images the slices are (3D ones had been refused,
+        # and before that ended in ITK's 'point dimension mismatch' traceback)
+        flat = slice_plane_inputs(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels,
+                                  fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks)
+        planes = flat.pop("planes")
+        result = evaluate_registration(transform=transform, labels=labels, **flat)
+        result["slice_planes"] = planes
+        return result
     checked = _checked_evaluation_inputs(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels,
                                          fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
                                          labels=labels)
     if isinstance(transform, sitk.Transform) and transform.GetDimension() != fixed.GetDimension() and (
             fixed_labels is not None or fixed_landmarks is not None):
-        # the 2D transform mmfusion register writes for two one-slice volumes resamples their images (as 2D), but
-        # 3D labels and landmarks cannot go through it (it had been ITK's 'point dimension mismatch' traceback)
-        raise InputError(f"The transform is {transform.GetDimension()}D but the images are {fixed.GetDimension()}D "
-                         "(a 2D transform is what registering two one-slice volumes gives), so label maps and "
-                         "landmarks cannot be taken through it.",
-                         "Score the slices as 2D images: save the images and label maps as 2D files (one slice, two "
-                         "dimensions, e.g. with io.one_slice_as_2d) and the landmarks as 2D points (x, y), then run "
-                         "evaluate-registration on those.")
+        # e.g. a 2D transform with volumes of several slices: their labels and landmarks cannot go through it (it
+        # had been ITK's 'point dimension mismatch' traceback)
+        raise InputError(f"The transform is {transform.GetDimension()}D but the images are {fixed.GetDimension()}D"
+                         f"{' volumes of several slices' if fixed.GetDimension() == 3 else ''}, so their label maps "
+                         "and landmarks cannot be taken through it.",
+                         "Give the transform of these images (registering two 2D images or two one-slice volumes "
+                         "gives a 2D transform, two volumes a 3D one).")
     out: dict[str, Any] = {"transform_convention": "fixed -> moving points (ITK), LPS mm", "notes": []}
     steps = (("before", None), ("after", transform))
     out["images"] = {when: registration_metrics(fixed, resample(moving, fixed, tx)) for when, tx in steps}

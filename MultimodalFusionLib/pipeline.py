@@ -153,7 +153,9 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         labels: the labels to score ("1,2", a list, or segment names of two ``.seg.nrrd``; default: all).
         fixed_landmarks, moving_landmarks: corresponding landmarks (Slicer, elastix or ANTs files,
             :class:`landmarks.Landmarks` or (n, dim) LPS arrays; both or neither): the TRE before and after.
-            Labels and landmarks are read and checked before the registration runs.
+            Labels and landmarks are read and checked before the registration runs. Those of one-slice volumes
+            (registered as 2D images) are scored in the slices' 2D frames: a one-slice label map on its image's
+            slice, 3D landmarks within half a slice depth of its plane (:func:`evaluation.on_slice_planes`).
 
     Returns:
         dict: "registration" (RegistrationResult or None), "registration_metrics" ({"before",
@@ -220,6 +222,7 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
             raise _no_overlap(moving_name, fixed_name, register)
         # a 2D slice saved as a volume (Slicer, ITK-SNAP) is registered and fused as the 2D image it is, and its
         # images are written back as one-slice volumes on the fixed one's geometry
+        volumes = (fixed_img, moving_img)  # as read: one-slice volumes keep where their slices lie
         slice_volume, fixed_img, moving_img, fixed_mask, moving_mask = one_slice_inputs_as_2d(
             fixed_img, moving_img, fixed_mask, moving_mask, fixed_name=f"fixed image {fixed_name}",
             moving_name=f"moving image {moving_name}")
@@ -236,7 +239,7 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
             fixed_mask = check_mask(fixed_mask, fixed_grey, "fixed mask", "fixed image")
         # the label maps and landmarks read and checked as evaluate_registration checks them, before the
         # registration: a bad file, or labels in neither map, fail now and not after minutes of work
-        accuracy_inputs = _accuracy_inputs(fixed_grey, moving_grey, slice_volume, progress, accuracy_sources)
+        accuracy_inputs = _accuracy_inputs(fixed_grey, moving_grey, volumes, progress, accuracy_sources)
         # every result is written into a staging folder and moved in at the end: a run that fails or is
         # cancelled half-way leaves the last good run's results, and one that succeeds leaves none of them
         with replacing_outputs(out, previous=_previous_outputs(methods), keep=[fixed, moving, *accuracy_files]) as stage:
@@ -253,22 +256,22 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
             "seconds": time.perf_counter() - start}
 
 
-def _accuracy_inputs(fixed_grey: sitk.Image, moving_grey: sitk.Image, slice_volume: sitk.Image | None,
+def _accuracy_inputs(fixed_grey: sitk.Image, moving_grey: sitk.Image, volumes: tuple[sitk.Image, sitk.Image],
                      progress: ProgressCallback | None, sources: dict[str, Any]) -> Any:
     """:func:`evaluation.read_accuracy_inputs` of the images as registered, None where no label map or landmark file
-    was given; refused for one-slice volumes, which are registered as 2D images (their labels and landmarks are
-    3D)."""
+    was given. One-slice volumes (``volumes``, as read), registered as the 2D images of their slices, have their
+    label maps and 3D landmarks read against them and taken into the slices' 2D frames
+    (:func:`evaluation.on_slice_planes`), where the 2D transform the registration gives applies."""
     if sources["fixed_labels"] is None and sources["fixed_landmarks"] is None:
         return None
-    if slice_volume is not None:
-        raise InputError("Labels or landmarks were given with one-slice volumes, which are registered as 2D images: "
-                         "their accuracy is not measured in the run.",
-                         "Run without --fixed-labels/--fixed-landmarks and their partners, or give the slices as "
-                         "2D images (and 2D labels and landmarks).")
-    from .evaluation import read_accuracy_inputs
+    from .evaluation import on_slice_planes, read_accuracy_inputs
+    from .io import one_slice_axis
 
     report(progress, 0.0, "reading label maps and landmarks")
-    return read_accuracy_inputs(fixed_grey, moving_grey, **sources)
+    if all(one_slice_axis(v) is None for v in volumes):
+        return read_accuracy_inputs(fixed_grey, moving_grey, **sources)
+    # one-slice volumes had been refused with labels or landmarks ("their accuracy is not measured in the run")
+    return on_slice_planes(fixed_grey, moving_grey, volumes, read_accuracy_inputs(*volumes, **sources))
 
 
 def check_method_windows(fixed: sitk.Image, moving: sitk.Image, methods: Sequence[str],

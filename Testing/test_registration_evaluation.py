@@ -949,10 +949,11 @@ class LabelArraysOutliveTheirImagesTest(unittest.TestCase):
 
 
 class OneSliceVolumesWithATwoDTransformTest(unittest.TestCase):
-    def test_labels_through_a_2d_transform_of_one_slice_volumes_are_refused_naming_the_fix(self) -> None:
+    def test_labels_through_a_2d_transform_are_scored_on_the_slices_and_refused_for_volumes(self) -> None:
         """mmfusion register writes a 2D transform for two one-slice volumes; evaluate-registration scored their
         images through it but crashed on their label maps or landmarks with ITK's 'point dimension mismatch'
-        (RuntimeError from _box_in), a traceback."""
+        (RuntimeError from _box_in), a traceback, then refused them. They are scored in the slices' 2D frames now
+        (Testing/test_one_slice_accuracy.py); with volumes of several slices a 2D transform is still refused."""
         arr = np.zeros((1, 48, 52), np.uint8)
         arr[0, 10:30, 12:30] = 1
         labels = sitk.GetImageFromArray(arr)
@@ -962,10 +963,16 @@ class OneSliceVolumesWithATwoDTransformTest(unittest.TestCase):
         tx.SetTranslation((2.0, 1.0))
         self.assertIn("images", metrics.evaluate_registration(image, image, tx))  # the images alone still score
         points = np.array([[10.0, 12.0, 0.0], [20.0, 25.0, 0.0], [30.0, 15.0, 0.0]])
-        for given in ({"fixed_labels": labels, "moving_labels": labels},
+        out = metrics.evaluate_registration(image, image, tx, fixed_labels=labels, moving_labels=labels,
+                                            fixed_landmarks=points, moving_landmarks=points)
+        self.assertEqual(out["labels"]["before"]["mean"]["dice"], 1.0)
+        np.testing.assert_allclose(out["landmarks"]["after"]["per_point"], np.sqrt(5.0))
+        volume, volume_labels = (sitk.JoinSeries([sitk.Extract(i, [52, 48, 0], [0, 0, 0])] * 3)
+                                 for i in (image, labels))
+        for given in ({"fixed_labels": volume_labels, "moving_labels": volume_labels},
                       {"fixed_landmarks": points, "moving_landmarks": points}):
             with self.subTest(given=sorted(given)), self.assertRaisesRegex(InputError, "2D but the images are 3D"):
-                metrics.evaluate_registration(image, image, tx, **given)
+                metrics.evaluate_registration(volume, volume, tx, **given)
 
 
 class OneLabelAndRunTogetherLabelsTest(unittest.TestCase):

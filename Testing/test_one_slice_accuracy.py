@@ -1,0 +1,287 @@
+"""Registration accuracy of one-slice volumes (a 2D slice saved as a volume of one slice, as Slicer and ITK-SNAP save
+it): their label maps and 3D landmarks are scored in the slices' 2D frames, through the 2D transform `mmfusion
+register` writes for them (fixed -> moving points, ITK), on every path: the engine (metrics.evaluate_registration),
+`mmfusion evaluate-registration`, `mmfusion run --fixed-labels/--fixed-landmarks ...` and the Slicer Logic's
+evaluateRegistration (slicer-core, a real scene). They had all been refused (or, in the Logic, scored in 3D, where
+slices at other depths lost every label).
+
+The data: two slices at different depths (z 37.5 and 40 mm), on grids turned 30 and 10 degrees in their plane, of
+other spacings; the fixed label map is SimpleITK's nearest-neighbour resampling of the moving one through a known
+2D transform, and the fixed landmarks are the moving ones taken back through it, so the transform scores Dice 1 and
+TRE 0 exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+import os
+import tempfile
+import unittest
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from MultimodalFusionLib import InputError, cli, io, metrics
+
+FIXED_Z, MOVING_Z = 37.5, 40.0
+FIXED_DEPTH, MOVING_DEPTH = 2.5, 3.0
+#: the registration's answer: fixed -> moving points (ITK), in the slices' plane (LPS x, y mm)
+TRUTH = sitk.Euler2DTransform((0.0, 5.0), np.radians(8.0), (3.0, -2.0))
+#: fixed landmarks on the fixed slice's plane (x, y); each lies off the plane by less than half a slice depth
+FIXED_XY = np.array([[0.0, 0.0], [5.0, 10.0], [-8.0, 4.0], [12.0, -6.0]])
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(list(argv))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _slice_volume(arr: np.ndarray, z: float, spacing: tuple[float, float, float], degrees: float) -> sitk.Image:
+    image = sitk.GetImageFromArray(arr[None])
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    image.SetSpacing(spacing)
+    image.SetOrigin((-20.0, -30.0, z))
+    return image
+
+
+def one_slice_pair() -> dict[str, Any]:
+    """Two one-slice volumes, their label maps and landmarks (LPS, 3D), related exactly by TRUTH."""
+    yy, xx = np.mgrid[:70, :64]
+    labels = np.zeros((70, 64), np.uint8)
+    labels[((yy - 35) / 14.0) ** 2 + ((xx - 30) / 10.0) ** 2 < 1] = 1
+    labels[20:30, 40:50] = 2
+    moving_labels = _slice_volume(labels, MOVING_Z, (0.8, 0.8, MOVING_DEPTH), 10.0)
+    noise = np.random.default_rng(0).normal(0.0, 1.0, labels.shape).astype(np.float32)
+    moving = _slice_volume(labels.astype(np.float32) * 100.0 + noise, MOVING_Z, (0.8, 0.8, MOVING_DEPTH), 10.0)
+    grid = _slice_volume(np.zeros((72, 66), np.float32), FIXED_Z, (0.9, 0.9, FIXED_DEPTH), 30.0)
+    fixed_labels_2d = sitk.Resample(io.one_slice_as_2d(moving_labels), io.one_slice_as_2d(grid), TRUTH,
+                                    sitk.sitkNearestNeighbor, 0)
+    fixed_labels = io.as_one_slice_of(fixed_labels_2d, grid)
+    fixed = io.as_one_slice_of(sitk.Cast(fixed_labels_2d, sitk.sitkFloat32) * 100.0, grid)
+    moving_xy = np.array([TRUTH.TransformPoint(p) for p in FIXED_XY])
+    # off the plane by up to 0.4 of a slice depth (Slicer places a point where the slice view shows it)
+    fixed_points = np.column_stack([FIXED_XY, FIXED_Z + np.array([0.0, 1.0, -0.5, 0.9])])
+    moving_points = np.column_stack([moving_xy, MOVING_Z + np.array([0.0, -1.2, 0.6, 1.1])])
+    return {"fixed": fixed, "moving": moving, "fixed_labels": fixed_labels, "moving_labels": moving_labels,
+            "fixed_points": fixed_points, "moving_points": moving_points, "moving_xy": moving_xy}
+
+
+def _fcsv(points_lps: np.ndarray) -> str:
+    """A Slicer 5 .fcsv in RAS (x and y negated)."""
+    rows = [f"p{i},{-float(p[0])!r},{-float(p[1])!r},{float(p[2])!r},0,0,0,1,1,1,0,L{i},,\n"
+            for i, p in enumerate(points_lps)]
+    return "# Markups fiducial file version = 4.11\n# CoordinateSystem = RAS\n" + "".join(rows)
+
+
+def _ants_csv(points_lps: np.ndarray) -> str:
+    return "x,y,z,t\n" + "".join(",".join(repr(float(v)) for v in p) + ",0\n" for p in points_lps)
+
+
+def _elastix(points_lps: np.ndarray) -> str:
+    return f"point\n{len(points_lps)}\n" + "".join(" ".join(repr(float(v)) for v in p) + "\n" for p in points_lps)
+
+
+class EngineTest(unittest.TestCase):
+    """metrics.evaluate_registration of one-slice volumes through a 2D transform."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.d = one_slice_pair()
+
+    def _evaluate(self, **changes: Any) -> dict:
+        d = dict(self.d, **changes)
+        return metrics.evaluate_registration(d["fixed"], d["moving"], TRUTH, fixed_labels=d["fixed_labels"],
+                                             moving_labels=d["moving_labels"], fixed_landmarks=d["fixed_points"],
+                                             moving_landmarks=d["moving_points"])
+
+    def test_the_known_transform_scores_dice_1_and_tre_0_on_the_slices_planes(self) -> None:
+        out = self._evaluate()
+        after = out["labels"]["after"]
+        self.assertEqual(sorted(after["labels"]), [1, 2])
+        for label in (1, 2):
+            self.assertEqual(after["labels"][label]["dice"], 1.0)
+            self.assertEqual(after["labels"][label]["hd95"], 0.0)
+        self.assertLess(out["landmarks"]["after"]["max"], 1e-9)
+        self.assertLess(out["labels"]["before"]["mean"]["dice"], 0.8)
+        # the slices' 2D frames: the same numbers as the 2D images, label maps and (x, y) points themselves
+        flat = {k: io.one_slice_as_2d(self.d[k]) for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
+        expected = metrics.evaluate_registration(
+            flat["fixed"], flat["moving"], TRUTH, fixed_labels=flat["fixed_labels"], moving_labels=flat["moving_labels"],
+            fixed_landmarks=FIXED_XY, moving_landmarks=self.d["moving_xy"])
+        for when in ("before", "after"):
+            for label in (1, 2):
+                for key in ("dice", "hd95", "mean_surface_distance"):
+                    self.assertAlmostEqual(out["labels"][when]["labels"][label][key],
+                                           expected["labels"][when]["labels"][label][key], places=9)
+            np.testing.assert_allclose(out["landmarks"][when]["per_point"],
+                                       expected["landmarks"][when]["per_point"], atol=1e-9)
+            self.assertAlmostEqual(out["images"][when]["NCC"], expected["images"][when]["NCC"], places=6)
+        # HD95 in mm on the plane, with the fixed slice's in-plane spacing (0.9 mm), not the 3D slab's surfaces
+        self.assertEqual(out["labels"]["before"]["grid"]["spacing"], [0.9, 0.9])
+        self.assertEqual(out["slice_planes"]["fixed"]["origin_lps"][2], FIXED_Z)
+        self.assertEqual(out["slice_planes"]["moving"]["depth_mm"], MOVING_DEPTH)
+
+    def test_a_wrong_transform_scores_what_simpleitk_resampling_gives(self) -> None:
+        """Through another transform, the Dice of the moving labels SimpleITK resamples with it."""
+        wrong = sitk.Euler2DTransform((0.0, 5.0), np.radians(3.0), (1.0, 0.0))
+        out = metrics.evaluate_registration(self.d["fixed"], self.d["moving"], wrong,
+                                            fixed_labels=self.d["fixed_labels"], moving_labels=self.d["moving_labels"])
+        fixed_2d = io.one_slice_as_2d(self.d["fixed_labels"])
+        moved = sitk.Resample(io.one_slice_as_2d(self.d["moving_labels"]), fixed_2d, wrong, sitk.sitkNearestNeighbor, 0)
+        expected = metrics.label_overlap(fixed_2d, moved)
+        for label in (1, 2):
+            self.assertAlmostEqual(out["labels"]["after"]["labels"][label]["dice"],
+                                   expected["labels"][label]["dice"], places=12)
+        self.assertLess(out["labels"]["after"]["mean"]["dice"], 0.99)
+
+    def test_a_landmark_off_the_plane_is_named_with_its_distance(self) -> None:
+        points = self.d["fixed_points"].copy()
+        points[1, 2] = FIXED_Z + 1.5  # the depth is 2.5 mm: 0.25 mm beyond half of it
+        with self.assertRaisesRegex(InputError, r"Fixed landmark 2 at LPS \(5, 10, 39\) mm lies 1.5 mm off the fixed "
+                                                r"image's slice \(more than half its 2.5 mm depth\)"):
+            self._evaluate(fixed_points=points)
+        points = self.d["moving_points"].copy()
+        points[3, 2] = MOVING_Z - 40.0
+        with self.assertRaisesRegex(InputError, "Moving landmark 4 .* lies 40 mm off the moving image's slice"):
+            self._evaluate(moving_points=points)
+
+    def test_a_label_map_of_another_slice_or_of_several_is_refused(self) -> None:
+        other = sitk.Image(self.d["fixed_labels"])
+        other.SetOrigin((*other.GetOrigin()[:2], FIXED_Z + 100.0))
+        with self.assertRaisesRegex(InputError, "fixed label map lies on another slice than the fixed image: its "
+                                                "slice is 100 mm from"):
+            self._evaluate(fixed_labels=other)
+        thick = sitk.JoinSeries([io.one_slice_pixels(self.d["moving_labels"])] * 3)
+        with self.assertRaisesRegex(InputError, "moving label map is a volume of .* but the moving image is a "
+                                                "one-slice volume"):
+            self._evaluate(moving_labels=thick)
+
+    def test_a_2d_transform_with_volumes_of_several_slices_is_still_refused(self) -> None:
+        volume = sitk.JoinSeries([io.one_slice_pixels(self.d["fixed"])] * 3)
+        labels = sitk.JoinSeries([io.one_slice_pixels(self.d["fixed_labels"])] * 3)
+        with self.assertRaisesRegex(InputError, "The transform is 2D but the images are 3D volumes of several"):
+            metrics.evaluate_registration(volume, volume, TRUTH, fixed_labels=labels, moving_labels=labels)
+
+
+class CommandLineTest(unittest.TestCase):
+    """`mmfusion evaluate-registration` and `mmfusion run` on one-slice volume files."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.d = one_slice_pair()
+        cls.paths = {}
+        for key, name in (("fixed", "fixed.nrrd"), ("moving", "moving.nii.gz"), ("fixed_labels", "fixed_labels.nrrd"),
+                          ("moving_labels", "moving_labels.nii.gz")):
+            cls.paths[key] = cls._path(name)
+            sitk.WriteImage(cls.d[key], cls.paths[key])
+        for name, text in (("fixed.fcsv", _fcsv(cls.d["fixed_points"])),
+                           ("moving.csv", _ants_csv(cls.d["moving_points"])),
+                           ("fixed.txt", _elastix(cls.d["fixed_points"])),
+                           ("moving.txt", _elastix(cls.d["moving_points"]))):
+            with open(cls._path(name), "w") as f:
+                f.write(text)
+        cls.paths["truth"] = cls._path("truth.tfm")
+        sitk.WriteTransform(TRUTH, cls.paths["truth"])
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.tmp.cleanup()
+
+    @classmethod
+    def _path(cls, name: str) -> str:
+        return os.path.join(cls.tmp.name, name)
+
+    def _evaluate(self, transform: str, fixed_points: str = "fixed.fcsv", moving_points: str = "moving.csv",
+                  *extra: str) -> dict:
+        p = self.paths
+        rc, out, err = run_cli("evaluate-registration", p["fixed"], p["moving"], "--transform", transform,
+                               "--fixed-labels", p["fixed_labels"], "--moving-labels", p["moving_labels"],
+                               "--fixed-landmarks", self._path(fixed_points),
+                               "--moving-landmarks", self._path(moving_points), *extra)
+        self.assertEqual(rc, 0, err)
+        return json.loads(out) if "--json" in extra else {"text": out}
+
+    def test_evaluate_registration_scores_the_known_transform_dice_1_and_tre_0(self) -> None:
+        for fixed_points, moving_points in (("fixed.fcsv", "moving.csv"), ("fixed.txt", "moving.txt")):
+            with self.subTest(landmarks=(fixed_points, moving_points)):
+                out = self._evaluate(self.paths["truth"], fixed_points, moving_points, "--json")
+                for label in ("1", "2"):
+                    self.assertEqual(out["labels"]["after"]["labels"][label]["dice"], 1.0)
+                    self.assertEqual(out["labels"]["after"]["labels"][label]["hd95"], 0.0)
+                self.assertLess(out["landmarks"]["after"]["max"], 1e-6)
+                self.assertGreater(out["landmarks"]["before"]["mean"], 2.0)
+                self.assertEqual(out["landmark_files"]["moving"]["points"], 4)
+                self.assertEqual(out["slice_planes"]["moving"]["origin_lps"][2], MOVING_Z)
+        text = self._evaluate(self.paths["truth"])["text"]
+        self.assertIn("scored on the slices' planes (2D, in-plane mm)", text)
+
+    def test_an_off_plane_landmark_file_is_refused_naming_the_point(self) -> None:
+        points = self.d["moving_points"].copy()
+        points[2, 2] = MOVING_Z + 2.0  # half the 3 mm depth is 1.5 mm
+        with open(self._path("off.csv"), "w") as f:
+            f.write(_ants_csv(points))
+        p = self.paths
+        rc, _, err = run_cli("evaluate-registration", p["fixed"], p["moving"], "--transform", p["truth"],
+                             "--fixed-landmarks", self._path("fixed.fcsv"), "--moving-landmarks", self._path("off.csv"))
+        self.assertNotEqual(rc, 0)
+        self.assertIn("Moving landmark 3", err)
+        self.assertIn("lies 2 mm off the moving image's slice", err)
+        self.assertNotIn("Traceback", err)
+
+    def test_run_scores_its_registration_as_evaluate_registration_does(self) -> None:
+        p = self.paths
+        out_dir = self._path("run")
+        rc, out, err = run_cli("run", p["fixed"], p["moving"], "-o", out_dir, "--methods", "average", "--stages",
+                               "rigid", "--seed", "1", "--fixed-labels", p["fixed_labels"], "--moving-labels",
+                               p["moving_labels"], "--fixed-landmarks", self._path("fixed.fcsv"),
+                               "--moving-landmarks", self._path("moving.csv"))
+        self.assertEqual(rc, 0, err)
+        self.assertIn("scored on the slices' planes", out)
+        with open(os.path.join(out_dir, "metrics.json")) as f:
+            ran = json.load(f)["registration_accuracy"]
+        transform_path = os.path.join(out_dir, "transform.tfm")
+        self.assertEqual(io.read_transform(transform_path).GetDimension(), 2)
+        scored = self._evaluate(transform_path, "fixed.fcsv", "moving.csv", "--json")
+        for when in ("before", "after"):
+            for label in ("1", "2"):
+                self.assertAlmostEqual(ran["labels"][when]["labels"][label]["dice"],
+                                       scored["labels"][when]["labels"][label]["dice"], places=12)
+            np.testing.assert_allclose(ran["landmarks"][when]["per_point"], scored["landmarks"][when]["per_point"],
+                                       atol=1e-9)
+        self.assertGreater(ran["labels"]["after"]["mean"]["dice"], 0.95)
+        self.assertLess(ran["landmarks"]["after"]["mean"], 0.5)
+        self.assertGreater(ran["landmarks"]["before"]["mean"], 2.0)
+        # and the Dice is that of the moving label map SimpleITK resamples with the written transform
+        fixed_2d = io.one_slice_as_2d(self.d["fixed_labels"])
+        moved = sitk.Resample(io.one_slice_as_2d(self.d["moving_labels"]), fixed_2d, io.read_transform(transform_path),
+                              sitk.sitkNearestNeighbor, 0)
+        expected = metrics.label_overlap(fixed_2d, moved)
+        for label in (1, 2):
+            self.assertAlmostEqual(ran["labels"]["after"]["labels"][str(label)]["dice"],
+                                   expected["labels"][label]["dice"], places=12)
+
+    def test_run_refuses_an_off_plane_landmark_before_registering(self) -> None:
+        points = self.d["fixed_points"].copy()
+        points[0, 2] = FIXED_Z - 30.0
+        with open(self._path("off.fcsv"), "w") as f:
+            f.write(_fcsv(points))
+        p = self.paths
+        out_dir = self._path("refused")
+        rc, _, err = run_cli("run", p["fixed"], p["moving"], "-o", out_dir, "--methods", "average", "--stages",
+                             "rigid", "--fixed-landmarks", self._path("off.fcsv"),
+                             "--moving-landmarks", self._path("moving.csv"))
+        self.assertNotEqual(rc, 0)
+        self.assertIn("Fixed landmark 1 (L0)", err)
+        self.assertIn("lies 30 mm off the fixed image's slice", err)
+        self.assertFalse(os.path.exists(out_dir))
+
+
+if __name__ == "__main__":
+    unittest.main()
