@@ -261,6 +261,38 @@ def _single_slice(image: Any) -> bool:
     return io.one_slice_axis(image) is not None
 
 
+def _axial_slice(image: Any) -> bool:
+    """A one-slice volume whose slice a 2D image holds (along the last axis, in an axial plane: what ``mmfusion
+    register`` registers as 2D, ``io.one_slice_as_2d``)."""
+    if io.one_slice_axis(image) != 2:
+        return False
+    try:
+        io.one_slice_as_2d(image)
+    except InputError:
+        return False
+    return True
+
+
+def _lifted_2d(transform: Any) -> Any:
+    """The 2D transform (LPS x, y) a 3D one lifts, as Slicer loads the 2D transform ``mmfusion register`` writes for
+    one-slice volumes (each point keeps its z, x and y moved by the 2D transform); None for a transform that moves
+    points across axial planes, or is not linear."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    if not isinstance(transform, sitk.AffineTransform):  # what mrml.sitk_transform_from_node gives a linear node
+        return None
+    matrix = np.array(transform.GetMatrix()).reshape(3, 3)
+    offset = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
+    if not (np.allclose(matrix[2], (0, 0, 1), atol=1e-9) and np.allclose(matrix[:2, 2], 0, atol=1e-9)
+            and abs(offset[2]) < 1e-6):
+        return None
+    flat = sitk.AffineTransform(2)
+    flat.SetMatrix([float(v) for v in matrix[:2, :2].ravel()])
+    flat.SetTranslation([float(v) for v in offset[:2]])
+    return flat
+
+
 def _scalar(value: Any) -> Any:
     try:
         return float(value)
@@ -804,7 +836,10 @@ class FusionLogic:
                 under, if any (as it is shown, e.g. after ``registerVolumes(applyTransform=True)``), else the
                 identity ("after" equals "before"). Given while the moving volume is under another transform, it is
                 the whole transform (registerVolumes' includes the parent it started from): the parent is not
-                applied, with a note.
+                applied, with a note. Two one-slice volumes (axial slices) under a linear transform that keeps z (a
+                2D transform as Slicer loads it, e.g. the ``transform.tfm`` ``mmfusion register`` writes for them)
+                are scored as 2D images, their labels and points in the slices' 2D frames, as ``mmfusion
+                evaluate-registration`` scores them (a point more than half a slice depth off its slice is refused).
             fixedLabelNode, movingLabelNode: both or neither; two label map volume nodes
                 (``vtkMRMLLabelMapVolumeNode``: their labels, the moving one resampled nearest-neighbour onto the
                 fixed one's grid) or two segmentation nodes (``vtkMRMLSegmentationNode``: each segment's binary
@@ -876,6 +911,11 @@ class FusionLogic:
                          "is the volumes on their own grids, not as shown")
         transformNode = transformNode or moving_parent
         transform = mrml.sitk_transform_from_node(transformNode) if transformNode is not None else None
+        if _axial_slice(fixed) and _axial_slice(moving) and _lifted_2d(transform) is not None:
+            # two one-slice volumes under the 2D transform their registration gave (as Slicer loads it: lifted to
+            # 3D, z kept): scored as 2D images, the label maps and points in their slices' 2D frames, as
+            # `mmfusion evaluate-registration` scores them; in 3D slices at other depths had lost every label
+            transform = _lifted_2d(transform)
         for role, node, volume in (("fixed", fixedLabelNode, fixedVolumeNode), ("moving", movingLabelNode,
                                                                               movingVolumeNode),
                                    ("fixed", fixedPointsNode, fixedVolumeNode), ("moving", movingPointsNode,

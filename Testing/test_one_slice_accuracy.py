@@ -26,6 +26,16 @@ import SimpleITK as sitk
 
 from MultimodalFusionLib import InputError, cli, io, metrics
 
+try:
+    import slicer  # the slicer-core wheel: Slicer's MRML
+
+    from MultimodalFusionLib import mrml
+    from MultimodalFusionLib.slicer_logic import FusionLogic
+
+    HAVE_MRML = True
+except ImportError:  # pragma: no cover - slicer-core is a test dependency
+    HAVE_MRML = False
+
 FIXED_Z, MOVING_Z = 37.5, 40.0
 FIXED_DEPTH, MOVING_DEPTH = 2.5, 3.0
 #: the registration's answer: fixed -> moving points (ITK), in the slices' plane (LPS x, y mm)
@@ -281,6 +291,72 @@ class CommandLineTest(unittest.TestCase):
         self.assertIn("Fixed landmark 1 (L0)", err)
         self.assertIn("lies 30 mm off the fixed image's slice", err)
         self.assertFalse(os.path.exists(out_dir))
+
+
+@unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
+class LogicTest(unittest.TestCase):
+    """FusionLogic.evaluateRegistration of one-slice volume nodes under the 2D transform lifted to 3D, as Slicer
+    loads a 2D transform file (x and y moved, z kept): in 3D the moving labels, 2.5 mm deeper than the fixed slice,
+    were not found (Dice 0) and the surfaces were the slabs' (every voxel)."""
+
+    def setUp(self) -> None:
+        self.d = one_slice_pair()
+        self.scene = mrml.new_scene()
+        self.logic = FusionLogic(self.scene)
+        d = self.d
+        self.nodes = {k: mrml.volume_node_from_image(d[k], self.scene, name=k, label=k.endswith("labels"))
+                      for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
+        lifted = sitk.AffineTransform(3)
+        m = np.array(TRUTH.GetMatrix()).reshape(2, 2)
+        lifted.SetMatrix([m[0, 0], m[0, 1], 0.0, m[1, 0], m[1, 1], 0.0, 0.0, 0.0, 1.0])
+        lifted.SetTranslation((*TRUTH.TransformPoint((0.0, 0.0)), 0.0))
+        self.transform = mrml.transform_node_from_sitk(lifted, self.scene, name="registration")
+        for role in ("fixed", "moving"):
+            node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", role[0].upper())
+            for p in mrml.ras_points_to_lps(d[f"{role}_points"]):  # Slicer's points are RAS
+                node.AddControlPoint(*[float(c) for c in p])
+            self.nodes[f"{role}_points"] = node
+
+    def _evaluate(self, transform: Any, **kwargs: Any) -> dict:
+        n = self.nodes
+        kwargs.setdefault("fixedPointsNode", n["fixed_points"])
+        kwargs.setdefault("movingPointsNode", n["moving_points"])
+        return self.logic.evaluateRegistration(n["fixed"], n["moving"], transform, fixedLabelNode=n["fixed_labels"],
+                                               movingLabelNode=n["moving_labels"], **kwargs)
+
+    def test_the_known_transform_scores_dice_1_and_tre_0_as_the_command_line_does(self) -> None:
+        count = self.scene.GetNumberOfNodes()
+        out = self._evaluate(self.transform)
+        for label in (1, 2):
+            self.assertAlmostEqual(out["labels"]["after"]["labels"][label]["dice"], 1.0, places=12)
+            self.assertAlmostEqual(out["labels"]["after"]["labels"][label]["hd95"], 0.0, places=9)
+        self.assertLess(out["landmarks"]["after"]["max"], 1e-6)
+        d = self.d
+        engine = metrics.evaluate_registration(d["fixed"], d["moving"], TRUTH, fixed_labels=d["fixed_labels"],
+                                               moving_labels=d["moving_labels"], fixed_landmarks=d["fixed_points"],
+                                               moving_landmarks=d["moving_points"])
+        for when in ("before", "after"):
+            self.assertAlmostEqual(out["labels"][when]["mean"]["dice"], engine["labels"][when]["mean"]["dice"],
+                                   places=12)
+            np.testing.assert_allclose(out["landmarks"][when]["per_point"], engine["landmarks"][when]["per_point"],
+                                       atol=1e-6)
+        self.assertEqual(out["slice_planes"]["moving"]["origin_lps"][2], MOVING_Z)
+        self.assertEqual(self.scene.GetNumberOfNodes(), count)  # nothing added to the scene
+
+    def test_segmentations_and_an_off_plane_point(self) -> None:
+        segmentations = {}
+        for role in ("fixed", "moving"):
+            node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{role} segmentation")
+            self.assertTrue(slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+                self.nodes[f"{role}_labels"], node))
+            segmentations[role] = node
+        out = self.logic.evaluateRegistration(self.nodes["fixed"], self.nodes["moving"], self.transform,
+                                              fixedLabelNode=segmentations["fixed"],
+                                              movingLabelNode=segmentations["moving"])
+        self.assertEqual(out["labels"]["after"]["mean"]["dice"], 1.0)
+        self.nodes["moving_points"].SetNthControlPointPosition(1, 0.0, 0.0, MOVING_Z + 10.0)  # RAS z = LPS z
+        with self.assertRaisesRegex(InputError, "Moving landmark 2 .* lies 10 mm off the moving image's slice"):
+            self._evaluate(self.transform)
 
 
 if __name__ == "__main__":
