@@ -64,7 +64,7 @@ class TrainFusionCliTest(unittest.TestCase):
             first = meta["training"]["seconds"]
             resumed = load_weights(model)[1]["training"]
             self.assertGreater(resumed["seconds_resumed_part"], 0)
-            self.assertAlmostEqual(resumed["seconds"], first + resumed["seconds_resumed_part"], delta=0.01)
+            self.assertAlmostEqual(resumed["seconds"], first + resumed["seconds_resumed_part"], delta=0.25)
             # epoch 2's time counts on from epoch 1's (both unrounded; a fast machine's whole first run can take
             # under 0.1 s, so no rounded figure is compared with an unrounded one)
             self.assertGreater(resumed["final_loss"]["seconds"], meta["training"]["final_loss"]["seconds"])
