@@ -1100,7 +1100,9 @@ def _add_train_fusion(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, augmentation and order (default 0)")
     p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its checkpoint")
     p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written after every epoch (default: the --output name plus .ckpt.pt, e.g. MODEL.safetensors.ckpt.pt)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    # held for the command by _thread_limit (it had stayed set in a process calling main: a test's torch ran on
+    # 1 thread after it)
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (torch, SimpleITK, BLAS; at least 1)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="keep the normalised pairs as memory-mapped .npy files in DIR instead of in memory "
                         "(for pair sets larger than memory: 64 MB per 256^3 volume); same weights")
@@ -1111,7 +1113,7 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
     from .errors import InputError
 
     try:
-        import torch
+        import torch  # noqa: F401 - checks it is installed (its error names the fix)
 
         from .fusion.deep import (
             FusionNetConfig,
@@ -1135,9 +1137,6 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
     if os.path.abspath(checkpoint) == os.path.abspath(args.output):
         raise InputError(f"The checkpoint and the weights file are the same file ('{checkpoint}').",
                          "Give --checkpoint another name (default: MODEL.safetensors.ckpt.pt).")
-    if args.threads is not None and args.threads < 1:  # torch: a RuntimeError for -1, 0 silently ignored
-        raise InputError(f"--threads must be at least 1 (got {args.threads}).",
-                         "Give the number of CPU threads torch may use, or leave it out (all cores).")
     # settings first: a typo in --lr must not wait for every volume to be read
     tcfg = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patch_size=args.patch_size,
                           loss_weights=LossWeights.parse(args.loss_weights), seed=args.seed, device=args.device,
@@ -1167,8 +1166,6 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
     check_not_overwriting_inputs([args.output, checkpoint], inputs + [args.init])
     for path in (args.output, checkpoint):  # before training, not after its first epoch
         check_writable(path)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model = load_weights(args.init, spatial_dims=args.spatial_dims)[0] if args.init else None
     if resumed is not None:  # before the pairs are read: a 3D checkpoint's pairs are read as volumes
         from .fusion.deep.training import check_init_matches
@@ -1258,6 +1255,12 @@ def _resumable_checkpoint(checkpoint: str, before: tuple[int, int, int] | None,
 
 
 
+#: --threads of every command that computes (register, resample, demo, fuse, evaluate, evaluate-registration, run)
+_THREADS_HELP = ("CPU threads for this command (at least 1): SimpleITK's filters and registration, torch, numpy's "
+                 "BLAS and the metrics' worker processes (default: all cores; a registration with --seed runs its "
+                 "metric on one thread either way)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmfusion",
@@ -1267,7 +1270,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for build in _BUILDERS:
         build(sub)
-    for command in sub.choices.values():
+    for name, command in sub.choices.items():
+        if name not in ("info", "web", "train-fusion"):  # train-fusion has its own (torch's words); web serves many
+            command.add_argument("--threads", type=int, metavar="N", help=_THREADS_HELP)
         # `mmfusion register ... -v` as well as `mmfusion -v register ...`: SUPPRESS keeps the top-level
         # value when the sub-command does not repeat it
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -1304,6 +1309,18 @@ def _own_process_tuning(args: argparse.Namespace) -> Iterator[None]:
         yield
     finally:
         inference.KEEP_FREED_MEMORY = saved
+
+
+@contextlib.contextmanager
+def _thread_limit(args: argparse.Namespace) -> Iterator[None]:
+    """--threads N: the command's CPU threads held to N (threads.limit_threads: SimpleITK, torch, BLAS, metric
+    workers), each setting put back afterwards (``main`` may be called from a script or a test). Refused below 1
+    before any work (torch takes 0 without a word and raises a RuntimeError for -1). register and run had no
+    --threads: a user of a shared machine had only ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS, which torch ignores."""
+    from .threads import checked_thread_count, limit_threads
+
+    with limit_threads(checked_thread_count(getattr(args, "threads", None), "--threads")):
+        yield
 
 
 class _Terminated(KeyboardInterrupt):
@@ -1386,7 +1403,7 @@ def _main(argv: list[str] | None) -> int:
     if code is not None:
         return code
     try:
-        with _sigterm_as_interrupt(args), _own_process_tuning(args):
+        with _sigterm_as_interrupt(args), _own_process_tuning(args), _thread_limit(args):
             return int(args.func(args) or 0)
     except MultimodalFusionError as exc:
         if args.verbose:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import InputError
+from .threads import hold_torch_threads
 
 __all__ = ["device_name_ok", "select_device"]
 
@@ -45,6 +46,7 @@ def select_device(device: Any = "auto", *, where: str | None = None) -> Any:
     if not device_name_ok(device):
         raise InputError(f"Unknown or unsupported torch device {device!r}.",
                          "Use 'auto', 'cpu', 'cuda' or 'cuda:N'" + (f" ({where})." if where else "."))
+    hold_torch_threads(torch)  # a --threads N block (threads.limit_threads): torch's CPU work on N threads
     name = (device or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -452,14 +452,20 @@ def metric_workers(requested: int | None = None) -> int:
     re-import the caller's main module, which does not work inside an embedding application, and
     forking is unsafe on macOS). On Linux ``requested`` when given (at least 1); otherwise the CPUs
     this process may run on (``os.sched_getaffinity``), capped by ``OMP_NUM_THREADS`` when it is set
-    to a positive whole number (the usual way to keep a job to fewer cores on a shared machine); and
+    to a positive whole number (the usual way to keep a job to fewer cores on a shared machine); at
+    most the limit of a :func:`threads.limit_threads` block (``--threads N``), ``requested`` too; and
     1 inside the 3D Slicer application (``slicer.app``), whose process is not this library's to fork,
     or when called from a thread other than the main one (e.g. the web app's job thread).
     """
     if not sys.platform.startswith("linux"):
         return 1
+    from .threads import thread_limit
+
+    limit = thread_limit()  # --threads N (threads.limit_threads): N cores in all, worker processes too
     if requested is not None:
-        return max(1, int(requested))
+        return max(1, min(int(requested), limit or int(requested)))
+    if limit is not None and limit <= 1:
+        return 1
     if getattr(sys.modules.get("slicer"), "app", None) is not None:
         # inside the 3D Slicer application (Qt threads, a GUI event loop): forking it is not ours to do
         return 1
@@ -474,7 +480,7 @@ def metric_workers(requested: int | None = None) -> int:
     cap = os.environ.get("OMP_NUM_THREADS", "").strip()
     if cap.isdigit() and int(cap) > 0:
         cpus = min(cpus, int(cap))
-    return max(1, cpus)
+    return max(1, min(cpus, limit or cpus))
 
 
 def _slice_scores(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, ...]:

@@ -24,6 +24,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError, OperationCancelled, RegistrationError, itk_guard, itk_reason
 from ..progress import ProgressCallback, report, scaled, signals_stop
+from ..threads import thread_limit
 from ..validation import (
     MIN_CONTENT_VOXELS,
     check_deformable_size,
@@ -1192,6 +1193,9 @@ def register_sitk(fixed: sitk.Image, moving: sitk.Image, parameters: Registratio
             # here, not in register(): register_sitk is public too, and the refusal must come before any stage runs
             _bspline_mesh(stage, fixed)
     threads = parameters.number_of_threads or (1 if parameters.seed is not None else None)
+    limit = thread_limit()  # --threads / threads.limit_threads: the global default is that limit already
+    if threads and limit is not None:
+        threads = min(int(threads), limit)
     saved_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     if threads:
         # the metric's threader takes the global default (the method's own setting does not reach it)

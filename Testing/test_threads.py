@@ -1,0 +1,154 @@
+"""--threads N (register, run, fuse, ...) and threads.limit_threads: the work held to N CPU threads, each
+setting put back afterwards, numbers below 1 refused, seeded results the same at any thread count."""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+import os
+import tempfile
+import unittest
+
+import SimpleITK as sitk
+
+from MultimodalFusionLib import cli, data
+from MultimodalFusionLib.errors import InputError
+from MultimodalFusionLib.metrics import metric_workers
+from MultimodalFusionLib.threads import limit_threads, thread_limit
+
+DATA = data.testing_data_dir()
+FIXED = str(DATA / "BrainT1SliceBorder20.png")
+MOVING = str(DATA / "BrainProtonDensitySliceR10X13Y17.png")
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(list(argv))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+@contextlib.contextmanager
+def _sitk_threads(count: int):
+    saved = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(saved)
+
+
+class LimitThreads(unittest.TestCase):
+    def test_the_block_sets_and_puts_back_every_setting(self):
+        torch = _torch()
+        torch_before = torch.get_num_threads() if torch is not None else None
+        with _sitk_threads(3):
+            self.assertIsNone(thread_limit())
+            with limit_threads(1):
+                self.assertEqual(thread_limit(), 1)
+                self.assertEqual(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), 1)
+                self.assertEqual(metric_workers(), 1)
+                self.assertEqual(metric_workers(4), 1)  # a request is capped too
+                with limit_threads(2):  # an inner block cannot raise an outer limit
+                    self.assertEqual(thread_limit(), 1)
+                if torch is not None:
+                    from MultimodalFusionLib.devices import select_device
+
+                    select_device("cpu")  # where torch work starts: it takes the limit
+                    self.assertEqual(torch.get_num_threads(), 1)
+            self.assertIsNone(thread_limit())
+            self.assertEqual(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), 3)
+            if torch is not None:
+                self.assertEqual(torch.get_num_threads(), torch_before)
+            with self.assertRaises(RuntimeError), limit_threads(2):  # an error inside: put back all the same
+                raise RuntimeError("inside")
+            self.assertEqual(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), 3)
+            with limit_threads(None):  # no limit: nothing changed
+                self.assertEqual(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), 3)
+
+    def test_counts_below_one_and_non_numbers_are_refused(self):
+        for bad in (0, -1, 1.5, "2", True):
+            with self.subTest(bad=bad), self.assertRaises(InputError) as ctx, limit_threads(bad):
+                pass
+            self.assertIn("threads", str(ctx.exception))
+            self.assertIn("Fix:", str(ctx.exception))
+
+
+class ThreadsOption(unittest.TestCase):
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.dir = tmp.name
+
+    def _ran(self, out_dir: str) -> dict:
+        with open(os.path.join(out_dir, "metrics.json"), encoding="utf-8") as fh:
+            return json.load(fh)
+
+    def test_register_runs_on_the_threads_given_and_leaves_the_callers_settings(self):
+        """register and run had no --threads ('unrecognized arguments'); an unseeded registration ran its metric
+        on every core. With --threads 1 it runs on one (metrics.json's effective count), and a caller of main
+        finds SimpleITK's default as it was."""
+        with _sitk_threads(3):
+            for threads in ("1", "2"):
+                with self.subTest(threads=threads):
+                    out_dir = os.path.join(self.dir, f"reg{threads}")
+                    rc, out, err = run_cli("register", FIXED, MOVING, "-o", out_dir, "--threads", threads)
+                    self.assertEqual(rc, 0, err)
+                    self.assertEqual(self._ran(out_dir)["parameters"]["effective"],
+                                     {"number_of_threads": int(threads)})
+                    self.assertEqual(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), 3)
+
+    def test_below_one_is_refused_before_any_work(self):
+        for command in (["register", FIXED, MOVING, "-o", os.path.join(self.dir, "r")],
+                        ["run", FIXED, MOVING, "-o", os.path.join(self.dir, "run")],
+                        ["fuse", FIXED, MOVING, "-o", os.path.join(self.dir, "f.nii.gz")]):
+            for bad in ("0", "-2"):
+                with self.subTest(command=command[0], threads=bad):
+                    rc, out, err = run_cli(*command, "--threads", bad)
+                    self.assertEqual(rc, 2, err)
+                    self.assertIn(f"--threads must be at least 1 (got {bad})", err)
+                    self.assertIn("Fix:", err)
+                    self.assertEqual(os.listdir(self.dir), [])
+
+    def test_a_seeded_registration_is_the_same_at_any_thread_count(self):
+        """The SimpleITK backend with --seed runs its metric on one thread whatever --threads says (its other
+        filters give the same values on any number): bit-identical transforms. The torch backend's rigid stage
+        too (its CPU kernels here sum in the same order at 1 and 2 threads)."""
+        torch = _torch()
+        backends = ["sitk"] + (["torch"] if torch is not None else [])
+        torch_before = torch.get_num_threads() if torch is not None else None
+        for backend in backends:
+            params = {}
+            for threads in ("1", "2"):
+                out_dir = os.path.join(self.dir, f"{backend}{threads}")
+                rc, out, err = run_cli("register", FIXED, MOVING, "-o", out_dir, "--seed", "3", "--backend", backend,
+                                       "--threads", threads)
+                self.assertEqual(rc, 0, err)
+                ran = self._ran(out_dir)
+                params[threads] = ran["transform"]
+                if backend == "torch":  # the threads torch ran on, and the caller's count put back
+                    self.assertEqual(ran["parameters"]["effective"]["number_of_threads"], int(threads))
+                    self.assertEqual(torch.get_num_threads(), torch_before)
+            with self.subTest(backend=backend):
+                self.assertEqual(params["1"], params["2"])
+
+    def test_run_and_fuse_take_threads(self):
+        rc, out, err = run_cli("fuse", FIXED, FIXED, "-o", os.path.join(self.dir, "f.nii.gz"), "--threads", "1")
+        self.assertEqual(rc, 0, err)
+        out_dir = os.path.join(self.dir, "run")
+        rc, out, err = run_cli("run", FIXED, MOVING, "-o", out_dir, "--methods", "average", "--threads", "1")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self._ran(out_dir)["registration"]["parameters"]["effective"], {"number_of_threads": 1})
+
+
+if __name__ == "__main__":
+    unittest.main()
