@@ -405,6 +405,49 @@ class OverlayAndColourTest(unittest.TestCase):
                                      fusion.fuse(self.a8, b, method).image.GetPixelID())
         self.assertIsNone(fusion.fused_pixel_type("not-built-in", self.pet))  # a user's method may return either
 
+    def test_a_window_that_shows_only_the_background_is_refused(self) -> None:
+        """--window 0 8 (SUV) on a PET stored in Bq/mL (0 in the air, 1000-20000 in the body) had passed the check
+        above, the air's 0 lying in the window, and the PET was fused as a silhouette of the body (every body voxel at
+        the window's top), rc 0. Refused now, naming the window, the share above it, the range and the fix; honest
+        windows pass: an SUV image's, a CT lung window that most voxels saturate, a mask's."""
+        rng = np.random.default_rng(3)
+        z, y, x = np.mgrid[:24, :32, :32]
+        body = ((x - 16) / 12.0) ** 2 + ((y - 16) / 10.0) ** 2 + ((z - 12) / 10.0) ** 2 < 1
+        lung = body & (((x - 20) / 4.0) ** 2 + ((y - 16) / 4.0) ** 2 + ((z - 12) / 6.0) ** 2 < 1)
+        bq_values = np.where(body, rng.uniform(1000, 6000, body.shape), 0.0)
+        bq_values[body & (((x - 10) ** 2 + (y - 14) ** 2 + (z - 12) ** 2) < 9)] = 18000.0
+
+        def image(values: np.ndarray) -> sitk.Image:
+            out = sitk.GetImageFromArray(values.astype(np.float32))
+            out.SetSpacing((2.0, 2.0, 2.0))
+            return out
+
+        bq, suv = image(bq_values), image(bq_values / 2000.0)
+        ct = image(np.where(lung, -850.0, np.where(body, rng.normal(40, 20, body.shape), -1024.0)))
+        for method in CLASSIC:
+            with self.subTest(method=method), self.assertRaises(InputError) as ctx:
+                fusion.fuse(ct, bq, method, window=(0.0, 8.0))
+            problem, fix = ctx.exception.problem, ctx.exception.fix
+            self.assertIn("The window (0, 8) given for the functional image (b) (window_b; CLI --window) holds only "
+                          "its minimum 0", problem)
+            self.assertIn("100.0% of its other voxels lie above the window's top (its values span 0..18000)", problem)
+            self.assertIn("in the image's own units", fix)
+            self.assertIn("convert the image to SUV", fix)
+        # check_windows (pipeline.run, the Slicer Logic's run) applies the same rule, before any registration
+        with self.assertRaisesRegex(InputError, "holds only its minimum 0"):
+            fusion.check_windows(ct, bq, window_b=(0.0, 8.0))
+        with self.assertRaisesRegex(InputError, r"anatomical image \(a\).*holds only its minimum -1024"):
+            fusion.check_windows(ct, suv, window_a=(-1100.0, -1000.0))  # a window on the air alone
+        # honest windows: the SUV image under its window, the Bq/mL one under one in Bq/mL, a CT lung window
+        # (-1024, -500) that the soft tissue (over 80% of the body) saturates, a mask under a narrow window
+        mask = image(body * 1.0)
+        for a, b, params in ((ct, suv, {"window": (0.0, 8.0)}), (ct, bq, {"window": (0.0, 20000.0)}),
+                             (ct, suv, {"window_a": (-1024.0, -500.0)}), (ct, suv, {"window_a": (-1350.0, 150.0)}),
+                             (ct, mask, {"window": (0.0, 0.5)})):
+            with self.subTest(params=params):
+                fusion.fuse(a, b, "average", **params)
+                fusion.check_windows(a, b, window_a=params.get("window_a"), window_b=params.get("window"))
+
     def test_a_window_that_holds_none_of_the_image_is_refused(self) -> None:
         # --window 0 8 (SUV) on a PET stored in Bq/mL: every voxel at or above the window's top, so b became a constant
         # 1 and was fused as such (the overlay coloured everything in the colour map's top colour), rc 0; a window

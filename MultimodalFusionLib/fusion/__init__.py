@@ -459,6 +459,7 @@ def _check_window_shows(values: np.ndarray, window: Sequence[float], name: str, 
     lo, hi = float(np.min(values)), float(np.max(values))
     w_lo, w_hi = float(window[0]), float(window[1])
     if lo < w_hi and hi > w_lo:
+        _check_window_not_silhouette(values, (w_lo, w_hi), (lo, hi), name, image_name, units)
         return
     side = "at or below its bottom" if hi <= w_lo else "at or above its top"
     example = "a PET stored in Bq/mL is not in SUV" if "(b)" in image_name else "a CT's are HU"
@@ -467,6 +468,40 @@ def _check_window_shows(values: np.ndarray, window: Sequence[float], name: str, 
                      "the image one constant value and the fused image would carry nothing of it.",
                      f"Give a window that overlaps {lo:g}..{hi:g}, in the image's own units ({example}), or leave "
                      "the window out.")
+
+
+#: share of an image's voxels above its minimum that, lying above a window that holds the minimum, make the window
+#: show the image as a silhouette (:func:`_check_window_not_silhouette`)
+SILHOUETTE_SHARE = 0.99
+
+
+def _check_window_not_silhouette(values: np.ndarray, window: tuple[float, float], extent: tuple[float, float],
+                                 name: str, image_name: str, units: str) -> None:
+    """Refuse a window that holds an image's minimum (its background: a PET's air at 0) and none, or almost none
+    (under 1 - :data:`SILHOUETTE_SHARE`), of its other voxels, which lie above its top: ``--window 0 8`` (SUV) on a
+    PET stored in Bq/mL (0 in the air, 1000-20000 in the body) passed the check of :func:`_check_window_shows`
+    because the air's 0 lies in the window, and the fusion showed the PET as a silhouette of the body, every body
+    voxel at the window's top. An image whose voxels above the minimum are all one value (a mask) loses nothing
+    to the window; a window that many voxels saturate but some of the others fall inside (a CT lung window) passes."""
+    (w_lo, w_hi), (lo, hi) = window, extent
+    if not w_lo <= lo < w_hi:
+        return
+    rest = values > lo
+    count = int(np.count_nonzero(rest))
+    above = values > w_hi
+    n_above = int(np.count_nonzero(above))
+    if not count or n_above < SILHOUETTE_SHARE * count or float(np.min(values[above])) >= hi:
+        return
+    top = float(np.percentile(values[rest], 99.5))
+    example = ("a PET stored in Bq/mL is not in SUV: give the window in Bq/mL, or convert the image to SUV first "
+               "(Bq/mL x body weight in g / injected dose in Bq, decay-corrected to the scan)" if "(b)" in image_name
+               else "a CT's are HU")
+    raise InputError(f"The window ({w_lo:g}, {w_hi:g}) given for the {image_name} ({name}) holds only its minimum "
+                     f"{lo:g} (its background): {n_above / count:.1%} of its other voxels lie above the window's top "
+                     f"(its values span {lo:g}..{hi:g}{units}), so the fused image would show it as a silhouette, "
+                     "every voxel above the background at the window's top.",
+                     f"Give a window in the image's own units, e.g. ({lo:g}, {top:.4g}) ({example}), or leave the "
+                     "window out.")
 
 
 #: how the messages name each image's window (the Python keyword and the CLI flag)
