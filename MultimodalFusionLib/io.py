@@ -391,7 +391,7 @@ def _without_copies(label: str, pick: dict[str, Any], rows: list[dict[str, str]]
 
 class _CutDicom(NamedTuple):
     """A DICOM file cut short (:func:`_dicom_cut_short`)."""
-    series: str | None  # its SeriesInstanceUID; None where the file ends before it
+    series: str | None  # its SeriesInstanceUID ("" where its header has none); None where the file ends before it
     image: bool  # whether it may be an image (a slice): its SOP class is an image storage one, or unknown
     missing: str  # what is missing, in words ("is truncated: ...", "holds no pixel data: ...")
     floats: str = ""  # or the float pixel data tag it holds instead of Pixel Data (not cut: unreadable by ITK)
@@ -433,7 +433,12 @@ def _dicom_cut_short(path: str) -> _CutDicom | None:
                 last = tags.get_item(max(tags.keys()), keep_deferred=True) if len(tags) else None
                 pixels = tags.get_item(0x7FE00010, keep_deferred=True) if 0x7FE00010 in tags else None
                 floats = next((name for tag, name in _FLOAT_PIXEL_DATA.items() if tag in tags), "")
-                uid = str(tags.get("SeriesInstanceUID", "")) or None
+                # a header that goes on past (0020,000E) has no SeriesInstanceUID: "" as GDCM groups such files (one
+                # series of every file without it); None only where the file ends before that tag. A float file
+                # without it (complete: its pixel data come after) had been taken as cut before its series and
+                # refused the whole series beside it, where one of another UID is left out with a warning
+                uid = str(tags.get("SeriesInstanceUID", "")) or (
+                    "" if len(tags) and max(tags.keys()) > 0x0020000E else None)
                 sop_class = str(tags.get("SOPClassUID", "") or tags.file_meta.get("MediaStorageSOPClassUID", ""))
                 name = UID(sop_class).name if sop_class else ""
             image = "Image Storage" in name or name in ("", sop_class)  # an image, or a class pydicom does not know
@@ -466,7 +471,7 @@ def _dicom_cut_error(path: str, cut: _CutDicom, fix: str = "") -> InputError:
     """The error for a file :func:`_dicom_cut_short` found cut short (``fix`` added to the fix), or holding float
     pixel data."""
     if cut.floats:
-        return InputError(f"DICOM file '{path}' {cut.missing}.", _FLOAT_PIXELS_FIX)
+        return InputError(f"DICOM file '{path}' {cut.missing}.", _FLOAT_PIXELS_FIX + fix)
     return _dicom_truncated_error(path, cut.missing, fix)
 
 
@@ -502,7 +507,10 @@ def _check_no_file_cut_short(pick: Mapping[str, Any], found: Sequence[Mapping[st
                                              "out of the folder: it ends before it names its series, and a first or "
                                              "last slice left out would change the volume's extent without a word.")
             if cut.series == pick["uid"]:
-                raise _dicom_cut_error(path, cut)
+                raise _dicom_cut_error(path, cut, "" if cut.series else (
+                    " Or, where it is no file of this series, move it out of the folder: it names no "
+                    "SeriesInstanceUID (0020,000E), nor do the series' files, so it is taken as one of them, as "
+                    "ITK's reader groups such files."))
             (floats if cut.floats else others).append(path)
     # a file of float pixel data is whole: it had been called truncated here ("read without 1 truncated file(s) of
     # another series"), sending the user to copy a complete file again

@@ -1753,6 +1753,57 @@ class DicomFilesItCannotRead(unittest.TestCase):
                 self.assertIn(os.path.join(folder, "f.dcm"), said)
                 self.assertNotIn("truncated", said)
 
+    def test_a_float_file_without_series_uid_is_grouped_as_itk_groups_such_files(self) -> None:
+        """A Float Pixel Data file without SeriesInstanceUID (0020,000E) beside a series had been taken as a file cut
+        before it names its series, and the whole series was refused ('holds its values as Float Pixel Data'), where
+        one of another UID is left out with a warning. A file whose header goes on past that tag has none: it is of
+        the series of files without one, as GDCM groups them (list_dicom_series: UID ''). So it is left out with the
+        warning beside a series that has a UID, and refused as one of its files (the float fix, and to move it out
+        where it is not) beside a series without one; a series of such files alone is refused naming the tag."""
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+        def write_float(path: str, z: float) -> None:
+            ds = Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+            ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", ds.file_meta.MediaStorageSOPInstanceUID
+            ds.StudyInstanceUID, ds.Modality = "1.2.3", "MR"  # no SeriesInstanceUID
+            ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4, 5, 1, "MONOCHROME2"
+            ds.BitsAllocated = 32
+            ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = [0, 0, z], list(AXIAL), [1, 1]
+            ds.FloatPixelData = np.arange(20, dtype=np.float32).tobytes()
+            ds.save_as(path, enforce_file_format=True)
+
+        for series_has_uid in (True, False):
+            with self.subTest(series_has_uid=series_has_uid), tempfile.TemporaryDirectory() as folder:
+                truth = write_series(folder, drop=() if series_has_uid else ("SeriesInstanceUID",))
+                stray = os.path.join(folder, "zz_map.dcm")
+                write_float(stray, 99.0)
+                if series_has_uid:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        image = io.read_image(folder)
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)
+                    said = " ".join(str(w.message) for w in caught)
+                    self.assertIn("holding Float or Double Float Pixel Data", said)
+                    self.assertIn(stray, said)
+                else:
+                    with self.assertRaises(InputError) as ctx:
+                        io.read_image(folder)
+                    self.assertIn(f"'{stray}' holds its values as Float Pixel Data (7FE0,0008)", ctx.exception.problem)
+                    self.assertIn("pixel_array", ctx.exception.fix)
+                    self.assertIn("names no SeriesInstanceUID (0020,000E), nor do the series' files", ctx.exception.fix)
+        with tempfile.TemporaryDirectory() as folder:  # a series of them alone: the tag named, not 'truncated'
+            for k in range(3):
+                write_float(os.path.join(folder, f"f{k}.dcm"), float(k))
+            with self.assertRaises(InputError) as ctx:
+                io.read_image(folder)
+            self.assertIn("holds its values as Float Pixel Data (7FE0,0008)", ctx.exception.problem)
+            self.assertNotIn("truncated", str(ctx.exception))
+
     def test_dicomdir_is_read_through(self) -> None:
         # a CD/PACS export: DICOMDIR at the top, the images in PT000000/ST000000/SE000000/; the folder was
         # "No DICOM series found" and the DICOMDIR file "Unable to determine ImageIO reader"
