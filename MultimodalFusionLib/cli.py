@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import warnings
@@ -567,16 +566,13 @@ def _fusion_params(args: argparse.Namespace) -> dict[str, Any]:
         if "window_a" in params:
             raise InputError("Both --window-a and --window-level-a were given: they set the same window of the "
                              "anatomical image A.", "Give one of them.")
-        example = "Give the width, then the level, as Slicer shows them, e.g. --window-level-a 400 40 for a CT's soft tissue."
-        if not (math.isfinite(width) and math.isfinite(level)):
-            # they had become window_a (nan, nan) or (-inf, inf), refused naming window_a and --window-a, which
-            # were not given
-            raise InputError(f"--window-level-a {width:g} {level:g}: the window width and level must be finite "
-                             "numbers.", example)
-        if not width > 0:  # a width of 0 or less had become a window with its high below its low
-            raise InputError(f"--window-level-a {width:g} {level:g}: the window width (the first number) must be "
-                             "more than 0.", example)
-        params["window_a"] = (level - width / 2.0, level + width / 2.0)
+        from .fusion import window_from_width_level
+
+        # NaN or inf had become window_a (nan, nan) or (-inf, inf), refused naming window_a and --window-a, which
+        # were not given; a width of 0 or less a window with its high below its low
+        params["window_a"] = window_from_width_level(
+            width, level, "--window-level-a",
+            "Give the width, then the level, as Slicer shows them, e.g. --window-level-a 400 40 for a CT's soft tissue.")
     return params
 
 

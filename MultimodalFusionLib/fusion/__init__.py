@@ -55,6 +55,7 @@ __all__ = [
     "get_method",
     "check_parameters",
     "check_windows",
+    "window_from_width_level",
     "same_grid",
     "check_same_grid",
     "to_unit",
@@ -502,6 +503,44 @@ def _check_window_not_silhouette(values: np.ndarray, window: tuple[float, float]
                      "every voxel above the background at the window's top.",
                      f"Give a window in the image's own units, e.g. ({lo:g}, {top:.4g}) ({example}), or leave the "
                      "window out.")
+
+
+def window_from_width_level(width: Any, level: Any, name: str, example: str,
+                            width_name: str = "the window width (the first number)") -> tuple[float, float]:
+    """(low, high) of a window given as Slicer shows it, width and level: LOW = LEVEL - WIDTH/2, HIGH = LEVEL + WIDTH/2
+    (400, 40 is -160..240). One check for every front end (the CLI's ``--window-level-a``, the web panel's fusion
+    windows), so that both refuse the same values with the same words.
+
+    Args:
+        width: the window width; a number, or the text of one (a page's number field sends text).
+        level: the window's centre.
+        name: how the message names what was given (``--window-level-a``).
+        example: the fix, with an example in the front end's own terms.
+        width_name: how the message names the width.
+
+    Raises:
+        InputError: a width or level that is not a finite number (NaN, inf, text that is no number: it had become a
+            window of NaN or infinite ends, refused naming ``window_a``, which was not given), or a width of 0 or
+            less (a window with its high below its low).
+    """
+    def number(value: Any) -> float:
+        if isinstance(value, bool):
+            return float("nan")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return float("nan")
+
+    def shown(value: Any, as_number: float) -> str:
+        return f"{as_number:g}" if isinstance(value, (int, float)) or np.isfinite(as_number) else repr(value)
+
+    w, lv = number(width), number(level)
+    given = f"{name} {shown(width, w)} {shown(level, lv)}"
+    if not (np.isfinite(w) and np.isfinite(lv)):
+        raise InputError(f"{given}: the window width and level must be finite numbers.", example)
+    if not w > 0:
+        raise InputError(f"{given}: {width_name} must be more than 0.", example)
+    return lv - w / 2.0, lv + w / 2.0
 
 
 #: how the messages name each image's window (the Python keyword and the CLI flag)
