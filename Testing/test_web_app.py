@@ -1005,6 +1005,118 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual(state.wl_preset, "auto")
         self.assertIsNone(viewer.background_window_level)
 
+    def test_fusion_windows_fuse_as_the_cli_does_and_a_bad_one_shows_the_engines_message(self) -> None:
+        # The panel fused without any window: a CT scaled over its whole range (-1161..1156 HU here) put soft tissue
+        # within a few grey levels, and a PET's SUV window could not be set. Each image's window, as a preset or as
+        # Window and Level typed, must fuse what `mmfusion fuse --window-a LO HI --window LO HI` writes
+        import contextlib
+        import io as text_io
+
+        import numpy as np
+
+        from MultimodalFusionLib import cli, data, mrml
+        from MultimodalFusionLib.web.viewer import capture_view
+
+        tissues = data.mni152(spacing_mm=4.0)
+        ct, pet = data.synthetic_contrast(tissues, "ct"), data.synthetic_contrast(tissues, "pet")
+        ct_path, pet_path = str(self.root / "fw-ct.nii.gz"), str(self.root / "fw-pet-suv.nii.gz")
+        sitk.WriteImage(ct, ct_path)
+        sitk.WriteImage(pet, pet_path)
+        state, app = self.app.state, self.app
+        state.fixed_path, state.moving_path = ct_path, pet_path
+        self._do(app.load_from_paths)
+        self.assertTrue(state.has_fixed, state.error_message)
+        offered = {side: [item["value"] for item in state[f"fw_{side}_presets"]] for side in "ab"}
+        self.assertEqual(offered["a"], ["default", "manual", "percentile", "ct-soft-tissue", "ct-lung", "ct-bone",
+                                        "ct-brain"])  # a CT in HU: no SUV windows
+        self.assertEqual(offered["b"], ["default", "manual", "percentile", "suv-5", "suv-8"])  # a PET in SUV: no CT's
+        self.assertEqual((state.fw_a_preset, state.fw_b_preset), ("default", "default"))
+        self.assertIn("as mmfusion fuse without --window-a", state.fw_a_text)
+
+        def cli_fuse(*flags: str) -> np.ndarray:
+            out = str(self.root / "fw-cli.nii.gz")
+            err = text_io.StringIO()
+            with contextlib.redirect_stdout(text_io.StringIO()), contextlib.redirect_stderr(err):
+                code = cli.main(["fuse", ct_path, pet_path, "--method", "average", "-o", out, *flags])
+            self.assertEqual(code, 0, err.getvalue())
+            return sitk.GetArrayFromImage(sitk.ReadImage(out))
+
+        def fuse_in_the_panel(**values) -> np.ndarray:
+            self._set(method="average", error_message="", **values)
+            self._do(app.start_fusion)
+            self.assertTrue(state.has_fused, state.error_message)
+            self.assertEqual(state.error_message, "")
+            # the fused volume the views show is the engine's result, as the download writes it
+            shown = sitk.GetArrayFromImage(mrml.image_from_volume_node(app.viewer.node("fused")))
+            downloaded = self.root / "fw-download.nii.gz"
+            downloaded.write_bytes(app.result_bytes("fused"))
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(downloaded))), shown)
+            return shown
+
+        self.addCleanup(self._set, fg_layer="functional", fg_opacity=0.5)  # the shared app as found
+        self._set(fg_layer="fused", fg_opacity=1.0)
+        axial = app.slicer_app.view_manager.get_slice_views()[0]
+        default = fuse_in_the_panel()
+        np.testing.assert_array_equal(default, cli_fuse())
+        pixels_default = capture_view(axial)
+
+        # presets: Slicer's soft-tissue window for the CT, SUV 0..5 for the PET; the fields show them as W/L
+        windowed = fuse_in_the_panel(fw_a_preset="ct-soft-tissue", fw_b_preset="suv-5")
+        self.assertEqual((state.fw_a_window, state.fw_a_level, state.fw_b_window, state.fw_b_level), (400, 40, 5, 2.5))
+        self.assertEqual(state.fw_a_text, "-160..240, as mmfusion fuse --window-a -160 240.")
+        np.testing.assert_array_equal(windowed, cli_fuse("--window-a", "-160", "240", "--window", "0", "5"))
+        self.assertGreater(np.abs(windowed - default).mean(), 5.0)  # of 255: the windows changed the fusion
+        self.assertEqual(app.fusion_result.parameters["window_a"], [-160.0, 240.0])
+        rows = {row["name"]: row["value"] for row in state.metrics_rows}
+        self.assertEqual(rows["Fusion windows"], "fixed -160..240, moving 0..5")
+        # and the fused layer in the axial view changed with it
+        self._set(fg_layer="functional")
+        self._set(fg_layer="fused")
+        self.assertGreater(np.abs(capture_view(axial).astype(int) - pixels_default.astype(int)).mean(), 1.0)
+
+        # Window and Level typed (the fields send text) make the preset Manual, as --window-level-a 1500 -600 does;
+        # the PET's 1st-99th percentile is its own preset
+        self._set(fw_a_window="1500", fw_a_level="-600", fw_b_preset="percentile")
+        self.assertEqual(state.fw_a_preset, "manual")
+        low, high = app.fusion_window("b")
+        np.testing.assert_allclose((low, high), np.percentile(sitk.GetArrayViewFromImage(pet), [1.0, 99.0]))
+        np.testing.assert_array_equal(fuse_in_the_panel(),
+                                      cli_fuse("--window-level-a", "1500", "-600", "--window", repr(low), repr(high)))
+
+        # refused before the work, in the CLI's words, with the fields named: a width of 0 or less, or no number
+        for window, level, expected in (("0", "40", "fusion Window and Level 0 40: the window width must be more "
+                                                     "than 0."),
+                                        ("abc", "40", "fusion Window and Level 'abc' 40: the window width and level "
+                                                      "must be finite numbers.")):
+            self._set(fw_a_window=window, fw_a_level=level)
+            self.assertTrue(state.fw_a_bad)
+            self.assertIn(expected, state.fw_a_text)
+            self._set(error_message="")
+            self._do(app.start_fusion)
+            self.assertIn(expected, state.error_message)
+            self.assertFalse(state.job_busy)
+        # a window that holds none of the PET's values: the engine's refusal, word for word the CLI's
+        self._set(fw_a_preset="default", fw_b_preset="manual")
+        self._set(fw_b_window="10", fw_b_level="100", error_message="")
+        self.assertEqual(state.fw_b_text, "95..105, as mmfusion fuse --window 95 105.")
+        err = text_io.StringIO()
+        with contextlib.redirect_stdout(text_io.StringIO()), contextlib.redirect_stderr(err):
+            code = cli.main(["fuse", ct_path, pet_path, "-o", str(self.root / "fw-none.nii.gz"), "--window", "95", "105"])
+        self.assertEqual(code, 2)
+        self.assertIn("holds none of its values", err.getvalue())
+        self._do(app.start_fusion)
+        self.assertIn("Fusion failed", state.job_message)
+        self.assertIn(str(state.error_message), err.getvalue())
+
+        # a preset the panel does not offer (a client can set anything): refused, the choice back
+        self._set(fw_b_preset="ct-lung", error_message="")
+        self.assertIn("Unknown fusion window preset 'ct-lung'", state.error_message)
+        self.assertEqual(state.fw_b_preset, "manual")
+        # a new pair starts from the engine's default again
+        self._load()
+        self.assertEqual((state.fw_a_preset, state.fw_b_preset), ("default", "default"))
+        self.assertIsNone(app.fusion_window("a"))
+
     def test_a_left_drag_in_a_slice_view_moves_the_window_level_controls(self) -> None:
         from vtkmodules.vtkCommonCore import vtkCommand
 

@@ -2,7 +2,7 @@
 
 ``mmfusion web`` calls :func:`serve`. One browser page shows a panel (load the fixed and
 moving volumes from server paths or by upload; preset, stages, initializer, Register with progress and
-Cancel; fusion method, Fuse; foreground opacity, colour table and layer; background
+Cancel; fusion method, each image's fusion window (a preset or window and level), Fuse; foreground opacity, colour table and layer; background
 window/level (Auto, Slicer's CT presets, window and level, or a left-drag in a slice view as in
 Slicer) and the foreground's lower threshold
 and upper display limit; volume-rendering preset; metrics table; downloads of the transform, the fused volume and the HTML report)
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..io import missing_data_file
+from ..preprocess import CT_WINDOWS
 from ..registration.parameters import INITIALIZER_HELP, INITIALIZERS
 from ..validation import whole_number
 from .message_gate import _shown_args as _shown  # a value a client sent, for a message: its repr, cut short
@@ -58,7 +60,7 @@ INITIALIZER_CHOICES = (
 CLIENT_KEYS = frozenset({
     "fixed_path", "moving_path", "fixed_series", "moving_series", "preset", "stages", "seed", "initializer",
     "method", "colormap", "fg_opacity", "fg_layer", "vr_preset", "wl_preset", "bg_window", "bg_level",
-    "fg_lower", "fg_upper"})
+    "fg_lower", "fg_upper", *(f"fw_{side}_{what}" for side in "ab" for what in ("preset", "window", "level"))})
 #: Server keys a page may clear (set to "" or None): the banner, by its close button.
 _PAGE_CLEARABLE_KEYS = ("error_message",)
 _FG_LAYERS = [{"title": "Functional (moving, registered)", "value": "functional"},
@@ -69,6 +71,18 @@ _FUSION_METRIC_KEYS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "PS
 _WL_AUTO, _WL_MANUAL = "auto", "manual"
 _WL_BASE_CHOICES = [{"title": "Auto (0.5-99.5th percentile)", "value": _WL_AUTO},
                     {"title": "Manual", "value": _WL_MANUAL}]
+# The fusion's window of each image (fuse's window_a / window_b, the CLI's --window-a / --window), as the panel
+# offers it: the engine's default (no window), Manual (the Window and Level fields), the image's 1st-99th
+# percentile, CT windows for an image in HU and SUV windows for a PET in SUV. Each (title, (window, level)).
+_FW_DEFAULT, _FW_MANUAL, _FW_PERCENTILE = "default", "manual", "percentile"
+_CT_FUSION_WINDOWS = {  # soft tissue as the CLI's --window-level-a example (-160..240); the others preprocess's
+    "ct-soft-tissue": ("CT soft tissue", (400.0, 40.0)),
+    **{f"ct-{name}": (f"CT {name}", (width, level)) for name, (level, width) in
+       (("lung", CT_WINDOWS["lung"]), ("bone", CT_WINDOWS["bone"]), ("brain", CT_WINDOWS["brain"]))},
+}
+_SUV_FUSION_WINDOWS = {"suv-5": ("SUV 0..5", (5.0, 2.5)), "suv-8": ("SUV 0..8", (8.0, 4.0))}
+#: what the panel and the messages call each image, and the CLI's flag of its window
+_FW_SIDES = {"a": ("fixed (anatomical) image", "--window-a"), "b": ("moving (functional) image", "--window")}
 # Image headers whose voxels lie in a second file uploaded with them: the header is what is read. A .mha
 # or .nrrd may name a data file too (io.missing_data_file checks the same headers), then uploaded with it.
 _HEADER_SUFFIXES = (".mhd", ".mha", ".nhdr", ".nrrd", ".hdr", ".hdr.gz")
@@ -224,6 +238,47 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _width_level(window: tuple[float, float]) -> tuple[float, float]:
+    """(window, level) of a window (low, high) as the panel's fields show them: Slicer's form, to 6 digits."""
+    lo, hi = window
+    return float(f"{hi - lo:.6g}"), float(f"{(lo + hi) / 2.0:.6g}")
+
+
+def _fusion_window_choices(image: sitk.Image) -> tuple[list[dict[str, str]], dict[str, tuple[float, float]],
+                                                         tuple[float, float], str]:
+    """The fusion windows the panel offers for ``image``, as loaded (a window is in the image's own units).
+
+    Returns:
+        (the preset list's items, the window (low, high) of each preset but Default and Manual, the window the
+        engine's default amounts to (shown in the fields under Default), the words for that default).
+    """
+    from ..preprocess import robust_range
+    from .viewer import image_range, looks_like_ct, looks_like_suv
+
+    items = [{"title": "Engine default (no window)", "value": _FW_DEFAULT}, {"title": "Manual", "value": _FW_MANUAL}]
+    windows: dict[str, tuple[float, float]] = {}
+    if image.GetNumberOfComponentsPerPixel() > 1:  # colour: its luminance is fused; a window is typed (Manual)
+        return items, windows, (0.0, 255.0), "its luminance, 0..255"
+    if image.GetPixelID() == sitk.sitkUInt8:
+        default, words = (0.0, 255.0), "8-bit, as it is: 0..255"
+    else:
+        default = image_range(image)
+        words = f"min..max: {default[0]:.6g}..{default[1]:.6g}"
+    lo, hi = robust_range(sitk.GetArrayViewFromImage(image), 1.0, 99.0)
+    named = {_FW_PERCENTILE: ("1st-99th percentile", (lo, hi))}
+    if looks_like_ct(image):
+        named.update({key: (title, (level - width / 2.0, level + width / 2.0))
+                      for key, (title, (width, level)) in _CT_FUSION_WINDOWS.items()})
+    if looks_like_suv(image):
+        named.update({key: (title, (level - width / 2.0, level + width / 2.0))
+                      for key, (title, (width, level)) in _SUV_FUSION_WINDOWS.items()})
+    for key, (title, (w_lo, w_hi)) in named.items():
+        width, level = _width_level((w_lo, w_hi))
+        items.append({"title": f"{title}: {w_lo:.6g}..{w_hi:.6g} (W {width:g} / L {level:g})", "value": key})
+        windows[key] = (w_lo, w_hi)
+    return items, windows, default, words
 
 
 def _on_fixed_grid(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transform | None) -> sitk.Image:
@@ -422,6 +477,11 @@ class FusionWebApp:
             "bg_level_max": 1.0, "bg_step": 1.0,
             "fg_range_enabled": False, "fg_lower": 0.0, "fg_upper": 1.0, "fg_min": 0.0, "fg_max": 1.0,
             "fg_step": 1.0,
+            # the fusion's window of each image (fuse's window_a, window_b): a preset, or Window and Level typed
+            **{key: value for side in "ab" for key, value in (
+                (f"fw_{side}_presets", [{"title": "Engine default (no window)", "value": _FW_DEFAULT}]),
+                (f"fw_{side}_preset", _FW_DEFAULT), (f"fw_{side}_window", 1.0), (f"fw_{side}_level", 0.5),
+                (f"fw_{side}_text", ""), (f"fw_{side}_bad", False))},
         }
         # the app and its worker write through ServerState: a page's write to a key only the server sets is
         # put back (it had reached every page, and the worker read job_busy back)
@@ -446,6 +506,14 @@ class FusionWebApp:
         self.state.change("wl_preset")(self._on_wl_preset)
         self.state.change("bg_window", "bg_level")(self._on_bg_window_level)
         self.state.change("fg_lower", "fg_upper")(self._on_fg_range)
+        # each image's fusion window: {side: {preset: (low, high)}}, the default's window and words, the preset in use
+        self._fw_windows: dict[str, dict[str, tuple[float, float]]] = {"a": {}, "b": {}}
+        self._fw_default: dict[str, tuple[tuple[float, float], str]] = {"a": ((0.0, 1.0), ""), "b": ((0.0, 1.0), "")}
+        self._fw_preset = {"a": _FW_DEFAULT, "b": _FW_DEFAULT}
+        for side in "ab":
+            self.state.change(f"fw_{side}_preset")(functools.partial(self._on_fusion_window_preset, side))
+            self.state.change(f"fw_{side}_window", f"fw_{side}_level")(
+                functools.partial(self._on_fusion_window_fields, side))
         self.ctrl.on_server_ready.add(self._on_server_ready)
         self.ctrl.on_client_exited.add(self._drop_partial_uploads)
         self.server.add_protocol_to_configure(self._watch_connections)
@@ -539,6 +607,7 @@ class FusionWebApp:
                         with v3.VCol(cols=5, classes="pl-1"):
                             v3.VBtn("Fuse", click=self.start_fusion, color="primary", block=True,
                                     disabled=("job_busy || !has_fixed || !has_moving",), id="mmf-fuse")
+                    self._build_fusion_window_ui(v3, html)
                     # ---------------------------------------------------------- display
                     html.Div("4. Display", classes="text-subtitle-2 mt-3 mb-1")
                     v3.VSelect(v_model=("fg_layer",), items=("fg_layers",), label="Foreground layer",
@@ -575,6 +644,24 @@ class FusionWebApp:
             with v3.VMain():
                 with FlexContainer(row=True, fill_height=True, style="height: calc(100vh - 48px);"):
                     self.layout_manager.initialize_layout_grid(self.ui)
+
+    def _build_fusion_window_ui(self, v3: Any, html: Any) -> None:
+        """Each image's window for the fusion (fuse's ``window_a``/``window_b``): a preset, Window and Level fields
+        (Slicer's form; typing one makes the preset Manual) and the window in the CLI's terms, or what is wrong."""
+        for side, (label, _flag) in _FW_SIDES.items():
+            html.Div(f"Fusion window of the {label}", classes="text-caption mt-1")
+            with v3.VRow(dense=True, no_gutters=True, classes="align-center"):
+                with v3.VCol(cols=6):
+                    v3.VSelect(v_model=(f"fw_{side}_preset",), items=(f"fw_{side}_presets",), label="Preset",
+                               density="compact", hide_details=True, disabled=("!has_fixed",),
+                               id=f"mmf-fw-{side}-preset")
+                for what, title in (("window", "Window"), ("level", "Level")):
+                    with v3.VCol(cols=3, classes="pl-1"):
+                        v3.VTextField(v_model=(f"fw_{side}_{what}",), type="number", label=title,
+                                      density="compact", hide_details=True, variant="outlined",
+                                      disabled=("!has_fixed",), id=f"mmf-fw-{side}-{what}")
+            html.Div(f"{{{{ fw_{side}_text }}}}", id=f"mmf-fw-{side}-text",
+                     classes=(f"fw_{side}_bad ? 'text-caption text-error' : 'text-caption text-grey'",))
 
     def _build_window_level_ui(self, v3: Any, html: Any) -> None:
         """Background window/level (preset, window, level) and foreground threshold/upper limit.
@@ -735,6 +822,7 @@ class FusionWebApp:
                                "registration_rows": [], "metrics_rows": [], "registration_summary": "",
                                "fg_layer": "functional"})
             self._sync_display_state()
+            self._reset_fusion_windows()
 
     def _upload_chunk_fn(self, role: str):
         async def upload_chunk(upload_id: Any = None, files: Any = None) -> bool | None:
@@ -1144,6 +1232,9 @@ class FusionWebApp:
             return
         try:
             method = _client_choice(self.state.method, self._methods, "fusion method", "Method")
+            # each image's window, as `mmfusion fuse --window-a LO HI --window LO HI` takes them; one that holds
+            # none of its image's values is refused by fuse itself, its message in the banner
+            window_a, window_b = self.fusion_window("a"), self.fusion_window("b")
         except InputError as exc:
             self._banner(str(exc))
             return
@@ -1158,7 +1249,8 @@ class FusionWebApp:
                 if not has_content(functional):
                     raise InputError("The moving image does not overlap the fixed image as they lie.",
                                      "Press Register first (it aligns them), then Fuse.")
-            result = fuse(fixed, functional, method, progress=scaled(progress, 0.0, 0.7))
+            result = fuse(fixed, functional, method, window_a=window_a, window_b=window_b,
+                          progress=scaled(progress, 0.0, 0.7))
             progress(0.75, "fusion metrics")
             values = metrics.fusion_metrics(result, fixed, functional)
             return result, values, functional
@@ -1176,6 +1268,9 @@ class FusionWebApp:
         self.viewer.show("fused" if self.state.fg_layer == "fused" else None)  # anything else: functional
         rows = [{"name": f"{key} ({result.method})", "value": _fmt(values[key])}
                 for key in _FUSION_METRIC_KEYS if key in values]
+        windows = [f"{image} {lo:.6g}..{hi:.6g}" for image, key in (("fixed", "window_a"), ("moving", "window_b"))
+                   if (window := result.parameters.get(key)) is not None for lo, hi in [window]]
+        rows.append({"name": "Fusion windows", "value": ", ".join(windows) or "engine default"})
         rows.append({"name": "Fusion time", "value": f"{result.seconds:.1f} s"})
         rows += [{"name": "Warning", "value": warning} for warning in result.warnings]  # e.g. deep's anisotropy
         with self.state:
@@ -1350,6 +1445,96 @@ class FusionWebApp:
         self.viewer.set_functional_range(None)
         with self.state:
             self._sync_display_state()
+
+    # ------------------------------------------------------------------ fusion windows
+    def _reset_fusion_windows(self) -> None:
+        """The presets each loaded image takes (CT windows for a CT, SUV windows for a PET in SUV, its 1st-99th
+        percentile), and the engine's default for both: a new pair is fused as `mmfusion fuse` without a window."""
+        update: dict[str, Any] = {}
+        for side, image in (("a", self.fixed_image), ("b", self.moving_image)):
+            if image is None:
+                continue
+            items, self._fw_windows[side], default, words = _fusion_window_choices(image)
+            self._fw_default[side] = (default, words)
+            self._fw_preset[side] = _FW_DEFAULT
+            width, level = _width_level(default)
+            update.update({f"fw_{side}_presets": items, f"fw_{side}_preset": _FW_DEFAULT,
+                           f"fw_{side}_window": width, f"fw_{side}_level": level})
+        self.state.update(update)
+        for side in "ab":
+            self._show_fusion_window(side)
+
+    def fusion_window(self, side: str) -> tuple[float, float] | None:
+        """The window (low, high) of image ``side`` ("a": fixed, "b": moving) that Fuse passes to the engine's fuse
+        (``window_a``/``window_b``), from the panel's preset or its Window and Level fields; None: the engine's
+        default (no window).
+
+        Raises:
+            InputError: a Window or Level that is not a number, a Window of 0 or less (the CLI's check of
+                ``--window-level-a``, in the same words), or a preset the panel does not offer.
+        """
+        label, flag = _FW_SIDES[side]
+        preset = self.state[f"fw_{side}_preset"]
+        if preset == _FW_DEFAULT:
+            return None
+        if preset == _FW_MANUAL:
+            from ..fusion import window_from_width_level
+
+            return window_from_width_level(
+                self.state[f"fw_{side}_window"], self.state[f"fw_{side}_level"], f"The {label}'s fusion Window and Level",
+                f"Type the width (more than 0) and the level of the window in the {label}'s Window and Level "
+                "fields, in its own units, as Slicer shows them (e.g. 400 and 40 for a CT's soft tissue, "
+                "-160..240), or pick a preset.", width_name="the window width")
+        windows = self._fw_windows[side]
+        if isinstance(preset, str) and preset in windows:
+            return windows[preset]
+        return _refuse_choice(preset, [_FW_DEFAULT, _FW_MANUAL, *windows], f"fusion window preset of the {label}",
+                              f"{label}'s fusion window Preset")
+
+    def _show_fusion_window(self, side: str) -> None:
+        """Under the fields: the window Fuse will use, as the CLI's option gives it, or what is wrong with it."""
+        _label, flag = _FW_SIDES[side]
+        try:
+            window = self.fusion_window(side)
+        except InputError as exc:
+            text, bad = exc.problem, True
+        else:
+            bad = False
+            if window is None:
+                text = f"The engine's default ({self._fw_default[side][1]}), as mmfusion fuse without {flag}."
+            else:
+                text = f"{window[0]:.6g}..{window[1]:.6g}, as mmfusion fuse {flag} {window[0]:.6g} {window[1]:.6g}."
+        self.state.update({f"fw_{side}_text": text, f"fw_{side}_bad": bad})
+
+    def _on_fusion_window_preset(self, side: str, **_: Any) -> None:
+        """A preset picked: its window in the Window and Level fields (Manual keeps what they hold)."""
+        label, _flag = _FW_SIDES[side]
+        preset = self.state[f"fw_{side}_preset"]
+        offered = [_FW_DEFAULT, _FW_MANUAL, *self._fw_windows[side]]
+        if not isinstance(preset, str) or preset not in offered:  # a client can set anything
+            return self._refuse_display_value(
+                f"fw_{side}_preset", f"Unknown fusion window preset {_shown(preset)} of the {label}.",
+                f"Pick one in the {label}'s fusion window Preset list: {', '.join(offered)}.", self._fw_preset[side])
+        if preset == self._fw_preset[side]:
+            return self._show_fusion_window(side)  # the server's own value coming back
+        self._fw_preset[side] = preset
+        if preset != _FW_MANUAL:
+            window = self._fw_windows[side].get(preset) or self._fw_default[side][0]
+            width, level = _width_level(window)
+            self.state.update({f"fw_{side}_window": width, f"fw_{side}_level": level})
+        self._show_fusion_window(side)
+
+    def _on_fusion_window_fields(self, side: str, **_: Any) -> None:
+        """Window or Level typed: the preset becomes Manual, unless the fields hold the preset's own values (the
+        server's echo of a preset picked)."""
+        preset = self._fw_preset[side]
+        if preset != _FW_MANUAL:
+            shown = _width_level(self._fw_windows[side].get(preset) or self._fw_default[side][0])
+            typed = (_number(self.state[f"fw_{side}_window"]), _number(self.state[f"fw_{side}_level"]))
+            if typed != shown:
+                self._fw_preset[side] = _FW_MANUAL
+                self.state[f"fw_{side}_preset"] = _FW_MANUAL
+        self._show_fusion_window(side)
 
     def _checked_vr_preset(self, vr_preset: Any) -> str | None:
         """``vr_preset`` when it is one of the 3D rendering presets; otherwise the banner says why, the control

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 
 __all__ = ["FusionViewer", "ROLES", "capture_view", "DEFAULT_VR_PRESET", "CT_WINDOW_LEVEL_PRESETS",
-           "looks_like_ct"]
+           "looks_like_ct", "looks_like_suv"]
 
 #: Volume roles of a session, in the order they appear.
 ROLES = ("fixed", "moving", "registered", "fused")
@@ -544,6 +544,23 @@ def looks_like_ct(image: sitk.Image) -> bool:
         return False
     low, high = (float(v) for v in np.percentile(sample, [1.0, 99.9]))
     return low <= -500.0 and float(sample.min()) >= -3100.0 and high >= 100.0
+
+
+def looks_like_suv(image: sitk.Image) -> bool:
+    """True for a PET that reads as SUV (standardised uptake, g/mL): float values from about 0 (noise a little below
+    it) whose 99.9th percentile lies between 1 and 60 (a head's or a body's uptake; a bladder's maximum may go past).
+    A NIfTI carries no unit, so the values are all there is: a PET in Bq/mL (thousands), a CT (negative HU), an MR
+    (hundreds, or 0..1 after normalisation) and an 8-bit image are not SUV; a PET in kBq/mL can pass for one."""
+    if image.GetNumberOfComponentsPerPixel() > 1 or image.GetPixelID() == sitk.sitkUInt8:
+        return False
+    arr = sitk.GetArrayViewFromImage(image).ravel()
+    sample = arr[::max(1, arr.size // 1_000_000)]
+    if np.issubdtype(sample.dtype, np.floating):
+        sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return False
+    low, high = (float(v) for v in np.percentile(sample, [1.0, 99.9]))
+    return low >= -1.0 and 1.0 <= high <= 60.0
 
 
 def _percentiles(image: sitk.Image, low: float, high: float) -> tuple[float, float]:
