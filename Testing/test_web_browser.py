@@ -202,14 +202,20 @@ class WebAppInBrowserTest(unittest.TestCase):
         page = self._open_page()
         self.assertIn("MNI152", page.inner_text("body"))
 
-        # Cancel stops a running registration at the engine's next progress report
+        # Cancel stops a running registration at the engine's next progress report. A rigid registration of the demo
+        # takes under a second in a warm server (after a Fuse: test_fusion_windows_... runs first), and had ended
+        # before Playwright's click on Cancel landed: the cancelled run registers rigid + B-spline, and the page
+        # clicks Cancel as soon as it is enabled
+        page.evaluate("() => trame.state.update({stages: ['rigid', 'bspline']})")
+        page.wait_for_function("() => document.querySelectorAll('.v-chip').length >= 2", timeout=10_000)
         page.click("#mmf-register")
-        page.wait_for_function("() => !document.querySelector('#mmf-cancel').disabled", timeout=30_000)
-        page.click("#mmf-cancel")
+        page.wait_for_function("() => { const b = document.querySelector('#mmf-cancel');"
+                               " if (b.disabled) { return false; } b.click(); return true; }", timeout=30_000)
         page.wait_for_function("() => /Registration (cancelled|done)/.test("
                                "document.querySelector('#mmf-job-message').innerText)", timeout=JOB_TIMEOUT_MS)
         self.assertIn("Registration cancelled", page.inner_text("#mmf-job-message"))
         self.assertNotIn("MI before", page.inner_text("#mmf-metrics"))
+        page.evaluate("() => trame.state.update({stages: ['rigid']})")
 
         # the Initializer select: its help shows under it, and the registration uses the choice
         page.locator(".v-select:has(#mmf-initializer) .v-field").click(timeout=10_000)
@@ -291,6 +297,88 @@ class WebAppInBrowserTest(unittest.TestCase):
                                                          for n in ("axial", "coronal", "sagittal")),
                                  "grey slice views at opacity 0")
         self.assertGreater((views["axial"].max(axis=-1) > 40).mean(), 0.1)
+
+    def test_fusion_windows_set_in_the_page_fuse_as_the_cli_does(self):
+        # each image's fusion window, picked in the page: the fused volume is `mmfusion fuse`'s with that window, the
+        # fused layer in the views changes with it, and a window holding none of the PET's values shows the engine's
+        # message. Runs on the demo as loaded (before test_register_and_fuse_through_the_page, alphabetically):
+        # fused as the images lie, so the CLI fuses the same two files
+        import contextlib
+        import io as text_io
+
+        from MultimodalFusionLib import cli
+        from MultimodalFusionLib.web.demo import demo_images
+
+        page = self._open_page()
+        self.assertFalse(page.evaluate("() => trame.state.get('has_registered')"), "expects the demo as loaded")
+        folder = tempfile.mkdtemp(prefix="mmfusion-web-test-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        fixed, moving, _ = demo_images(spacing_mm=3.0)  # the server's demo (mmfusion web --demo: 3 mm)
+        paths = {name: os.path.join(folder, f"{name}.nii.gz") for name in ("t1", "pet", "cli", "web")}
+        sitk.WriteImage(fixed, paths["t1"])
+        sitk.WriteImage(moving, paths["pet"])
+
+        def pick(side: str, title: str) -> None:
+            page.locator(f".v-select:has(#mmf-fw-{side}-preset) .v-field").click(timeout=10_000)
+            page.locator(".v-overlay .v-list-item", has_text=title).click(timeout=10_000)
+
+
+        def leave_as_found() -> None:  # the engine's default windows and the functional layer for the next tests
+            if page.is_closed():
+                return
+            page.evaluate("() => trame.state.update({fw_a_preset: 'default', fw_b_preset: 'default', "
+                          "fg_layer: 'functional', error_message: ''})")
+
+        self.addCleanup(leave_as_found)
+        self._click_and_wait_job(page, "#mmf-fuse", "Fusion")  # the engine's default windows
+        self.assertIn("engine default", page.inner_text("#mmf-metrics"))
+        page.locator(".v-select:has(#mmf-fg-layer) .v-field").click(timeout=10_000)
+        page.locator(".v-overlay .v-list-item", has_text="Fused image").click(timeout=10_000)
+        page.wait_for_timeout(1000)  # the views' frames of the fused layer
+        before = self._wait_views(page, lambda v: (v["axial"].max(axis=-1) > 40).mean() > 0.05, "the fused layer")["axial"]
+        # the demo PET is in SUV-like units: its SUV presets are offered; the T1 is no CT: no CT presets
+        pick("b", "SUV 0..5")
+        page.wait_for_function("() => document.querySelector('#mmf-fw-b-text').innerText.includes('--window 0 5')",
+                               timeout=10_000)
+        self.assertEqual(page.input_value("#mmf-fw-b-window"), "5")
+        # the T1's window typed as Window and Level (the preset turns Manual)
+        page.fill("#mmf-fw-a-window", "120")
+        page.fill("#mmf-fw-a-level", "100")
+        page.wait_for_function("() => document.querySelector('#mmf-fw-a-text').innerText.includes('--window-a 40 160')",
+                               timeout=10_000)
+        self._click_and_wait_job(page, "#mmf-fuse", "Fusion")
+        self._wait_views(page, lambda v: np.abs(v["axial"].astype(int) - before.astype(int)).mean() > 2,
+                         "the fused layer change with the windows")
+        self.assertIn("fixed 40..160, moving 0..5", page.inner_text("#mmf-metrics"))
+        with page.expect_download(timeout=60_000) as download:
+            page.click("#mmf-download-fused")
+        download.value.save_as(paths["web"])
+        with contextlib.redirect_stdout(text_io.StringIO()), contextlib.redirect_stderr(text_io.StringIO()):
+            self.assertEqual(cli.main(["fuse", paths["t1"], paths["pet"], "--method", "average", "-o", paths["cli"],
+                                       "--window-level-a", "120", "100", "--window", "0", "5"]), 0)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(paths["web"])),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(paths["cli"])))
+
+        # a window that holds none of the PET's values (95..105 of -0.2..2.8): the engine's message in the banner
+        page.fill("#mmf-fw-b-window", "10")
+        page.fill("#mmf-fw-b-level", "100")
+        page.wait_for_function("() => document.querySelector('#mmf-fw-b-text').innerText.includes('--window 95 105')",
+                               timeout=10_000)
+        page.click("#mmf-fuse")
+        page.wait_for_selector("#mmf-error", timeout=JOB_TIMEOUT_MS)
+        self.assertIn("holds none of its values", page.inner_text("#mmf-error"))
+        self.assertIn("Fusion failed", page.inner_text("#mmf-job-message"))
+        # a width of 0: said under the fields at once, and Fuse refuses it in the same words
+        page.click("#mmf-error button")
+        page.wait_for_selector("#mmf-error", state="detached", timeout=10_000)
+        page.fill("#mmf-fw-b-window", "0")
+        page.wait_for_function("() => document.querySelector('#mmf-fw-b-text').innerText.includes('must be more than 0')",
+                               timeout=10_000)
+        page.click("#mmf-fuse")
+        page.wait_for_selector("#mmf-error", timeout=30_000)
+        self.assertIn("the window width must be more than 0", page.inner_text("#mmf-error"))
+        page.click("#mmf-error button")
+        page.wait_for_selector("#mmf-error", state="detached", timeout=10_000)
 
     def _slider_thumb(self, page, name: str):
         """The thumb of the panel's slider ``name`` (e.g. "bg-level"), for keyboard moves as a user makes."""
