@@ -293,6 +293,71 @@ class CommandLineTest(unittest.TestCase):
         self.assertFalse(os.path.exists(out_dir))
 
 
+
+class OneSliceSurfaceTest(unittest.TestCase):
+    """A label map of one slice (a one-slice volume) has the surfaces of the 2D label it is: its outline in the
+    slice's plane. With the slice axis eroded too (the slab's faces), every voxel had been surface, whatever the
+    transform (none, a 3D one, label_overlap itself)."""
+
+    def _pair(self) -> tuple[np.ndarray, np.ndarray]:
+        a = np.zeros((30, 40), np.uint8)
+        a[5:20, 8:23] = 1
+        a[22:28, 30:38] = 2
+        b = np.zeros((30, 40), np.uint8)
+        b[5:20, 11:26] = 1  # 3 voxels along x
+        b[23:29, 29:37] = 2
+        return a, b
+
+    def test_one_slice_surfaces_are_monais_and_itks_on_the_2d_images(self) -> None:
+        import warnings
+
+        import torch
+        from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+        a, b = self._pair()
+        spacing = (0.8, 1.3)
+        for flip in (1.0, -1.0):  # a slice saved with its z axis flipped (and its y, to stay a rotation)
+            slices = []
+            for arr in (a, b):
+                image = sitk.GetImageFromArray(arr[None])
+                image.SetSpacing((*spacing, 4.0))
+                c, s_ = np.cos(np.radians(25.0)), np.sin(np.radians(25.0))
+                image.SetDirection((c, -s_ * flip, 0.0, s_, c * flip, 0.0, 0.0, 0.0, flip))
+                image.SetOrigin((3.0, -7.0, 42.0))
+                slices.append(image)
+            out = metrics.label_overlap(*slices)
+            for label in (1, 2):
+                row = out["labels"][label]
+                y, y_pred = (torch.as_tensor((arr == label)[None, None]) for arr in (a, b))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    hd95 = compute_hausdorff_distance(y_pred, y, percentile=95, spacing=spacing[::-1])
+                    assd = compute_average_surface_distance(y_pred, y, symmetric=True, spacing=spacing[::-1])
+                self.assertAlmostEqual(row["hd95"], float(hd95), places=4)
+                self.assertAlmostEqual(row["mean_surface_distance"], float(assd), places=4)
+                hausdorff = sitk.HausdorffDistanceImageFilter()
+                hausdorff.Execute(*(io.one_slice_as_2d(sitk.Cast(im == label, sitk.sitkUInt8)) for im in slices))
+                self.assertAlmostEqual(row["hausdorff"], hausdorff.GetHausdorffDistance(), places=6)
+        # the squares 3 voxels apart along x (0.8 mm): outlines 1.25 mm apart on average, where the slab's surfaces
+        # (every voxel, most of them matched inside the overlap) had given 0.32 mm
+        self.assertAlmostEqual(out["labels"][1]["mean_surface_distance"], 1.2464, places=4)
+
+    def test_evaluate_registration_with_no_transform_or_a_3d_one_scores_the_outlines(self) -> None:
+        a, b = self._pair()
+        flat = [sitk.GetImageFromArray(arr) for arr in (a, b)]
+        slices = [sitk.JoinSeries(im) for im in flat]  # one-slice volumes, 1 mm
+        grey = [sitk.Cast(im, sitk.sitkFloat32) for im in slices]
+        for transform, flat_transform in ((None, None), (sitk.TranslationTransform(3, (-1.0, 2.0, 0.0)),
+                                                         sitk.TranslationTransform(2, (-1.0, 2.0)))):
+            out = metrics.evaluate_registration(*grey, transform, fixed_labels=slices[0], moving_labels=slices[1])
+            expected = metrics.evaluate_registration(*(sitk.Cast(im, sitk.sitkFloat32) for im in flat),
+                                                     flat_transform, fixed_labels=flat[0], moving_labels=flat[1])
+            for label in (1, 2):
+                for key in ("hd95", "hausdorff", "mean_surface_distance"):
+                    self.assertAlmostEqual(out["labels"]["after"]["labels"][label][key],
+                                           expected["labels"]["after"]["labels"][label][key], places=9)
+
+
 @unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
 class LogicTest(unittest.TestCase):
     """FusionLogic.evaluateRegistration of one-slice volume nodes under the 2D transform lifted to 3D, as Slicer
@@ -358,6 +423,23 @@ class LogicTest(unittest.TestCase):
         with self.assertRaisesRegex(InputError, "Moving landmark 2 .* lies 10 mm off the moving image's slice"):
             self._evaluate(self.transform)
 
+
+    def test_a_3d_transform_across_the_slices_scores_the_slices_outlines(self) -> None:
+        # a 3D translation from the fixed slice's depth to the moving one's: scored in 3D on the fixed one-slice
+        # label map's grid, where every voxel of a one-slice label had been surface (mean of the two labels: HD95
+        # 2.173 and mean surface distance 0.387 mm, where the outlines are 2.663 and 1.360 mm apart)
+        shift = sitk.TranslationTransform(3, (1.5, -1.0, MOVING_Z - FIXED_Z))
+        node = mrml.transform_node_from_sitk(shift, self.scene, name="across")
+        out = self._evaluate(node, fixedPointsNode=None, movingPointsNode=None)
+        self.assertNotIn("slice_planes", out)
+        flat = {k: io.one_slice_as_2d(self.d[k]) for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
+        engine = metrics.evaluate_registration(flat["fixed"], flat["moving"], sitk.TranslationTransform(2, (1.5, -1.0)),
+                                               fixed_labels=flat["fixed_labels"], moving_labels=flat["moving_labels"])
+        for label in (1, 2):
+            for key in ("dice", "hd95", "hausdorff", "mean_surface_distance"):
+                self.assertAlmostEqual(out["labels"]["after"]["labels"][label][key],
+                                       engine["labels"]["after"]["labels"][label][key], places=6)
+        self.assertAlmostEqual(out["labels"]["after"]["mean"]["mean_surface_distance"], 1.360, places=3)
 
 if __name__ == "__main__":
     unittest.main()
