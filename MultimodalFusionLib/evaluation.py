@@ -127,6 +127,21 @@ def read_accuracy_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels:
         out.fixed_landmarks, out.moving_landmarks = (
             read_landmarks(points, image) if _is_path(points) else points
             for points, image in ((fixed_landmarks, fixed), (moving_landmarks, moving)))
+    from .io import one_slice_axis
+
+    if fixed.GetDimension() != moving.GetDimension() and any(one_slice_axis(i) is not None for i in (fixed, moving)):
+        # a one-slice volume and a 2D image (register takes the pair as two 2D images): the inputs are checked in
+        # the slice's 2D frame, where they are scored; as they are, a one-slice image's 3D landmarks against the
+        # 2D image's 2D ones had been refused ('Landmark lists do not correspond ((4, 3) fixed vs (4, 2) moving
+        # points)')
+        from .metrics import slice_plane_inputs
+
+        flat = slice_plane_inputs(fixed, moving, fixed_labels=out.fixed_labels, moving_labels=out.moving_labels,
+                                  fixed_landmarks=out.fixed_landmarks, moving_landmarks=out.moving_landmarks)
+        check_evaluation_inputs(flat["fixed"], flat["moving"], fixed_labels=flat["fixed_labels"],
+                                moving_labels=flat["moving_labels"], fixed_landmarks=flat["fixed_landmarks"],
+                                moving_landmarks=flat["moving_landmarks"], labels=out.labels)
+        return out  # as read: metrics.evaluate_registration takes them into the slice's frame
     check_evaluation_inputs(fixed, moving, fixed_labels=out.fixed_labels, moving_labels=out.moving_labels,
                             fixed_landmarks=out.fixed_landmarks, moving_landmarks=out.moving_landmarks,
                             labels=out.labels)

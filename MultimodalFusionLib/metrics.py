@@ -1038,16 +1038,20 @@ def _mm(values: Sequence[float]) -> str:
 
 
 def on_slice_planes(fixed: sitk.Image, moving: sitk.Image, transform: Any) -> bool:
-    """Whether ``fixed`` and ``moving`` are scored as the 2D slices they hold: a 2D transform (as ``mmfusion
-    register`` writes for one-slice volumes) with at least one one-slice volume, the other one too or a 2D image
-    (:func:`slice_plane_inputs` takes their label maps and landmarks into the slices' 2D frames)."""
+    """Whether ``fixed`` and ``moving`` are scored as the 2D slices they hold: at least one one-slice volume, the
+    other one too or a 2D image, with a 2D transform (as ``mmfusion register`` writes for them); or a one-slice
+    volume and a 2D image (the pair ``register`` registers as two 2D images) with no transform, the identity of
+    their 2D frames, the only one that relates a 3D image's points to a 2D one's (:func:`slice_plane_inputs`
+    takes their label maps and landmarks into the slices' 2D frames)."""
     from .io import one_slice_axis
 
     images = (fixed, moving)
-    return (isinstance(transform, sitk.Transform) and transform.GetDimension() == 2
-            and all(isinstance(i, sitk.Image) for i in images)
-            and any(one_slice_axis(i) is not None for i in images)
-            and all(one_slice_axis(i) is not None or i.GetDimension() == 2 for i in images))
+    if not (all(isinstance(i, sitk.Image) for i in images) and any(one_slice_axis(i) is not None for i in images)
+            and all(one_slice_axis(i) is not None or i.GetDimension() == 2 for i in images)):
+        return False
+    if transform is None:
+        return fixed.GetDimension() != moving.GetDimension()
+    return isinstance(transform, sitk.Transform) and transform.GetDimension() == 2
 
 
 def _slice_frame(image: sitk.Image, name: str) -> tuple[sitk.Image, dict[str, Any]]:
@@ -1260,7 +1264,9 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
     (:func:`slice_plane_inputs`): each label map, a one-slice volume on its image's slice, as a 2D label map (Dice,
     HD95 in mm on the plane, with the slice's in-plane spacing and direction), landmarks given in 3D LPS mm within
     half a slice depth of their slice's plane as points of that slice (one further off is refused, named with its
-    distance); ``slice_planes`` in the result says where the slices lie.
+    distance); ``slice_planes`` in the result says where the slices lie. A one-slice volume with a 2D image (the
+    pair ``mmfusion register`` registers as two 2D images) is scored so too, with the 2D transform or with none
+    (the identity of the 2D frames), its images alone as well.
 
     Returns:
         dict: ``images``, and where given ``labels`` and ``landmarks``, each {"before": ..., "after": ...}
@@ -1270,10 +1276,13 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
     """
     from .preprocess import resample
 
-    if on_slice_planes(fixed, moving, transform) and (fixed_labels is not None or fixed_landmarks is not None):
+    if on_slice_planes(fixed, moving, transform) and (fixed_labels is not None or fixed_landmarks is not None
+                                                      or fixed.GetDimension() != moving.GetDimension()):
         # the 2D transform mmfusion register writes for one-slice volumes relates their slices' 2D frames: their
         # label maps and landmarks are scored there, as the 2D images the slices are (3D ones had been refused,
-        # and before that ended in ITK's 'point dimension mismatch' traceback)
+        # and before that ended in ITK's 'point dimension mismatch' traceback); a one-slice volume and a 2D image
+        # are compared there even alone (their images had ended in 'Cannot resample a 2D image onto a 3D
+        # reference', with the transform or without)
         flat = slice_plane_inputs(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels,
                                   fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks)
         planes = flat.pop("planes")

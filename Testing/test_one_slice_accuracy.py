@@ -93,6 +93,10 @@ def _ants_csv(points_lps: np.ndarray) -> str:
     return "x,y,z,t\n" + "".join(",".join(repr(float(v)) for v in p) + ",0\n" for p in points_lps)
 
 
+def _xy_csv(points: np.ndarray) -> str:
+    """2D points (x, y; LPS mm) as an ANTs csv."""
+    return "x,y,t\n" + "".join(f"{float(p[0])!r},{float(p[1])!r},0\n" for p in points)
+
 def _elastix(points_lps: np.ndarray) -> str:
     return f"point\n{len(points_lps)}\n" + "".join(" ".join(repr(float(v)) for v in p) + "\n" for p in points_lps)
 
@@ -357,6 +361,112 @@ class OneSliceSurfaceTest(unittest.TestCase):
                     self.assertAlmostEqual(out["labels"]["after"]["labels"][label][key],
                                            expected["labels"]["after"]["labels"][label][key], places=9)
 
+
+class SliceAndTwoDImageTest(unittest.TestCase):
+    """A one-slice volume with a 2D image (and the reverse), the pair `register` takes as two 2D images: the
+    one-slice side's label map and 3D landmarks are scored in its slice's 2D frame, the 2D side's as they are.
+    read_accuracy_inputs had refused the landmarks ('Landmark lists do not correspond ((4, 3) fixed vs (4, 2)
+    moving points)'), and the images alone had ended in 'Cannot resample a 2D image onto a 3D reference'."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.d = one_slice_pair()
+        cls.tmp = tempfile.TemporaryDirectory()
+        d, t = cls.d, cls.tmp.name
+        cls.paths = {}
+        for key, image in (("fixed", d["fixed"]), ("fixed_labels", d["fixed_labels"]),
+                           ("moving", io.one_slice_as_2d(d["moving"])),
+                           ("moving_labels", io.one_slice_as_2d(d["moving_labels"])),
+                           ("fixed_2d", io.one_slice_as_2d(d["fixed"])),
+                           ("fixed_labels_2d", io.one_slice_as_2d(d["fixed_labels"])),
+                           ("moving_slice", d["moving"]), ("moving_labels_slice", d["moving_labels"])):
+            cls.paths[key] = os.path.join(t, f"{key}.nrrd")
+            sitk.WriteImage(image, cls.paths[key])
+        for key, text in (("fixed_points", _fcsv(d["fixed_points"])), ("moving_points", _ants_csv(d["moving_points"])),
+                          ("fixed_xy", _xy_csv(FIXED_XY)), ("moving_xy", _xy_csv(d["moving_xy"]))):
+            cls.paths[key] = os.path.join(t, f"{key}.{'fcsv' if key == 'fixed_points' else 'csv'}")
+            with open(cls.paths[key], "w") as f:
+                f.write(text)
+        cls.paths["truth"] = os.path.join(t, "truth.tfm")
+        sitk.WriteTransform(TRUTH, cls.paths["truth"])
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.tmp.cleanup()
+
+    def _expected(self) -> dict:
+        """The 2D images, label maps and (x, y) points of the two slices, scored as 2D inputs."""
+        flat = {k: io.one_slice_as_2d(self.d[k]) for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
+        return metrics.evaluate_registration(flat["fixed"], flat["moving"], TRUTH, fixed_labels=flat["fixed_labels"],
+                                             moving_labels=flat["moving_labels"], fixed_landmarks=FIXED_XY,
+                                             moving_landmarks=self.d["moving_xy"])
+
+    def test_evaluate_registration_of_a_slice_and_a_2d_image_and_the_reverse(self) -> None:
+        p = self.paths
+        expected = self._expected()
+        for label, (fixed, fixed_labels, fixed_points, moving, moving_labels, moving_points) in (
+                ("one-slice fixed, 2D moving", ("fixed", "fixed_labels", "fixed_points", "moving", "moving_labels",
+                                                "moving_xy")),
+                ("2D fixed, one-slice moving", ("fixed_2d", "fixed_labels_2d", "fixed_xy", "moving_slice",
+                                                "moving_labels_slice", "moving_points"))):
+            for transform in (["--transform", p["truth"]], []):
+                with self.subTest(label, transform=bool(transform)):
+                    rc, out, err = run_cli("evaluate-registration", p[fixed], p[moving], *transform, "--fixed-labels",
+                                           p[fixed_labels], "--moving-labels", p[moving_labels], "--fixed-landmarks",
+                                           p[fixed_points], "--moving-landmarks", p[moving_points], "--json")
+                    self.assertEqual(rc, 0, err)
+                    result = json.loads(out)
+                    self.assertIn("slice_planes", result)
+                    for when in ("before", "after"):
+                        source = when if transform else "before"  # no transform: the identity of the 2D frames
+                        for key in ("dice", "hd95", "mean_surface_distance"):
+                            self.assertAlmostEqual(result["labels"][when]["mean"][key],
+                                                   expected["labels"][source]["mean"][key], places=9)
+                        self.assertAlmostEqual(result["landmarks"][when]["mean"], expected["landmarks"][source]["mean"],
+                                               places=9)
+                        self.assertAlmostEqual(result["images"][when]["NCC"], expected["images"][source]["NCC"],
+                                               places=6)
+                    if transform:
+                        self.assertEqual(result["labels"]["after"]["mean"]["dice"], 1.0)
+                        self.assertLess(result["landmarks"]["after"]["max"], 1e-9)
+
+    def test_the_images_alone(self) -> None:
+        fixed, moving = self.d["fixed"], io.one_slice_as_2d(self.d["moving"])
+        for transform in (TRUTH, None):
+            out = metrics.evaluate_registration(fixed, moving, transform)
+            expected = metrics.evaluate_registration(io.one_slice_as_2d(fixed), moving, transform)
+            for when in ("before", "after"):
+                self.assertAlmostEqual(out["images"][when]["NCC"], expected["images"][when]["NCC"], places=9)
+
+    def test_read_accuracy_inputs_checks_them_in_the_slices_frame(self) -> None:
+        from MultimodalFusionLib.evaluation import read_accuracy_inputs
+
+        d = self.d
+        moving = io.one_slice_as_2d(d["moving"])
+        inputs = read_accuracy_inputs(d["fixed"], moving, fixed_landmarks=self.paths["fixed_points"],
+                                      moving_landmarks=self.paths["moving_xy"])
+        self.assertEqual(np.asarray(inputs.fixed_landmarks.points).shape, (4, 3))  # as read: scored in the frame
+        far = d["fixed_points"].copy()
+        far[2, 2] = FIXED_Z + 2.0  # 2 mm off the plane: past half the 2.5 mm depth
+        with self.assertRaisesRegex(InputError, "Fixed landmark 3 .* lies 2 mm off the fixed image's slice"):
+            read_accuracy_inputs(d["fixed"], moving, fixed_landmarks=far, moving_landmarks=d["moving_xy"])
+
+    def test_run_scores_a_slice_registered_to_a_2d_image(self) -> None:
+        p = self.paths
+        with tempfile.TemporaryDirectory() as out_dir:
+            rc, out, err = run_cli("run", p["fixed"], p["moving"], "-o", out_dir, "--methods", "average", "--stages",
+                                   "rigid", "--seed", "1", "--fixed-labels", p["fixed_labels"], "--moving-labels",
+                                   p["moving_labels"], "--fixed-landmarks", p["fixed_points"], "--moving-landmarks",
+                                   p["moving_xy"])
+            self.assertEqual(rc, 0, err)
+            self.assertIn("scored on the slices' planes", out)
+            with open(os.path.join(out_dir, "metrics.json")) as f:
+                accuracy = json.load(f)["registration_accuracy"]
+        expected = self._expected()
+        self.assertAlmostEqual(accuracy["labels"]["before"]["mean"]["dice"],
+                               expected["labels"]["before"]["mean"]["dice"], places=9)
+        self.assertGreater(accuracy["labels"]["after"]["mean"]["dice"], 0.95)
+        self.assertLess(accuracy["landmarks"]["after"]["mean"], 0.5)
 
 @unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
 class LogicTest(unittest.TestCase):
