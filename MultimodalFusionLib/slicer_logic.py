@@ -273,15 +273,11 @@ def _axial_slice(image: Any) -> bool:
     return True
 
 
-def _lifted_2d(transform: Any) -> Any:
-    """The 2D transform (LPS x, y) a 3D one lifts, as Slicer loads the 2D transform ``mmfusion register`` writes for
-    one-slice volumes (each point keeps its z, x and y moved by the 2D transform); None for a transform that moves
-    points across axial planes, or is not linear."""
+def _linear_lifted_2d(transform: Any) -> Any:
+    """A linear transform's 2D one (LPS x, y), None where it moves points across axial planes."""
     import numpy as np
     import SimpleITK as sitk
 
-    if not isinstance(transform, sitk.AffineTransform):  # what mrml.sitk_transform_from_node gives a linear node
-        return None
     matrix = np.array(transform.GetMatrix()).reshape(3, 3)
     offset = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
     if not (np.allclose(matrix[2], (0, 0, 1), atol=1e-9) and np.allclose(matrix[:2, 2], 0, atol=1e-9)
@@ -291,6 +287,111 @@ def _lifted_2d(transform: Any) -> Any:
     flat.SetMatrix([float(v) for v in matrix[:2, :2].ravel()])
     flat.SetTranslation([float(v) for v in offset[:2]])
     return flat
+
+
+def _grid_lifted_2d(images: Sequence[Any]) -> list[Any] | None:
+    """The 2D images (x and y components) of a B-spline's coefficient images or a displacement field's components
+    (LPS x, y, z) that lift a 2D one: a grid whose third axis is along z and first two in the axial plane, a z
+    component of 0 and x and y components the same on every layer; None otherwise."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    direction = np.array(images[0].GetDirection()).reshape(3, 3)
+    if not (np.allclose(direction[2, :2], 0, atol=1e-9) and np.allclose(direction[:2, 2], 0, atol=1e-9)):
+        return None
+    arrays = [sitk.GetArrayFromImage(image) for image in images]  # numpy order (z, y, x)
+    if np.any(arrays[2] != 0) or any(np.any(a != a[:1]) for a in arrays[:2]):
+        return None
+    out = []
+    for arr in arrays[:2]:
+        flat = sitk.GetImageFromArray(arr[0].astype(np.float64))
+        flat.SetOrigin(images[0].GetOrigin()[:2])
+        flat.SetSpacing(images[0].GetSpacing()[:2])
+        flat.SetDirection([float(v) for v in direction[:2, :2].ravel()])
+        out.append(flat)
+    return out
+
+
+def _lifted_2d(transform: Any) -> Any:
+    """The 2D transform (LPS x, y) a 3D one lifts, as Slicer loads the 2D transform ``mmfusion register`` writes for
+    one-slice volumes (each point keeps its z, x and y moved by the 2D transform): a linear transform, a B-spline
+    (its coefficient grid along z, the z coefficients 0 and the x and y ones the same on every layer, as a 2D
+    B-spline stacked along z), a displacement field lifted alike, or a composite of them. None for a transform that
+    moves points across axial planes, or is none of these."""
+    import SimpleITK as sitk
+
+    if not isinstance(transform, sitk.Transform) or transform.GetDimension() != 3:
+        return None
+    name = transform.GetName()
+    if name == "CompositeTransform":
+        composite = sitk.CompositeTransform(transform)
+        parts = [_lifted_2d(composite.GetNthTransform(i).Downcast())
+                 for i in range(composite.GetNumberOfTransforms())]
+        return sitk.CompositeTransform(parts) if parts and all(p is not None for p in parts) else None
+    if name == "BSplineTransform":
+        bspline = sitk.BSplineTransform(transform)
+        flat = _grid_lifted_2d(bspline.GetCoefficientImages())
+        return sitk.BSplineTransform(flat, bspline.GetOrder()) if flat is not None else None
+    if name == "DisplacementFieldTransform":
+        field = sitk.DisplacementFieldTransform(transform).GetDisplacementField()
+        parts = [sitk.VectorIndexSelectionCast(field, k, sitk.sitkFloat64) for k in range(3)]
+        for part in parts:
+            part.CopyInformation(field)
+        flat = _grid_lifted_2d(parts)
+        if flat is None or field.GetSize()[2] < 2:
+            return None  # one layer: the field moves no point off it (ITK takes no displacement outside a field)
+        return sitk.DisplacementFieldTransform(sitk.Compose(flat))
+    if name in ("AffineTransform", "Euler3DTransform", "VersorRigid3DTransform", "Similarity3DTransform",
+                "ScaleVersor3DTransform", "ScaleSkewVersor3DTransform", "TranslationTransform",
+                "ScaleTransform"):
+        if name == "TranslationTransform":
+            shift = transform.TransformPoint((0.0, 0.0, 0.0))
+            return sitk.TranslationTransform(2, shift[:2]) if abs(shift[2]) < 1e-6 else None
+        return _linear_lifted_2d(transform)
+    return None
+
+
+def _slab_points(image: Any) -> Any:
+    """Points of the one-slice volume ``image``'s slab: 7 x 7 over its in-plane extent, at its plane and half a
+    slice depth either side, as a (49, 3, 3) array (LPS mm; the middle axis the depth)."""
+    import numpy as np
+
+    size = image.GetSize()
+    return np.array([image.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))
+                     for i in np.linspace(-0.5, size[0] - 0.5, 7) for j in np.linspace(-0.5, size[1] - 0.5, 7)
+                     for k in (-0.5, 0.0, 0.5)]).reshape(49, 3, 3)
+
+
+def _moved(transform: Any, points: Any) -> Any:
+    import numpy as np
+
+    try:
+        return np.array([transform.TransformPoint([float(v) for v in p]) for p in points.reshape(-1, points.shape[-1])]
+                        ).reshape(*points.shape[:-1], -1)
+    except RuntimeError:
+        return None
+
+
+def _keeps_planes(transform: Any, image: Any) -> bool:
+    """Whether ``transform`` moves the points of the one-slice volume ``image``'s slab within their axial planes,
+    each the same way at every depth: a 2D transform lifted to 3D, whatever its kind."""
+    import numpy as np
+
+    points = _slab_points(image)
+    moved = _moved(transform, points)
+    return moved is not None and bool(np.allclose(moved[..., 2], points[..., 2], atol=1e-6)
+                                      and np.allclose(moved[..., :2], moved[:, :1, :2], atol=1e-6))
+
+
+def _lifts(transform: Any, flat: Any, image: Any) -> bool:
+    """Whether the 3D ``transform`` is the 2D ``flat`` lifted (x and y moved by it, z kept) over the one-slice volume
+    ``image``'s slab: a B-spline or field is checked where the slice lies (outside its grid it moves nothing)."""
+    import numpy as np
+
+    points = _slab_points(image)
+    moved, flat_moved = _moved(transform, points), _moved(flat, points[..., :2])
+    return moved is not None and flat_moved is not None and bool(
+        np.allclose(moved[..., 2], points[..., 2], atol=1e-6) and np.allclose(moved[..., :2], flat_moved, atol=1e-6))
 
 
 def _scalar(value: Any) -> Any:
@@ -836,10 +937,12 @@ class FusionLogic:
                 under, if any (as it is shown, e.g. after ``registerVolumes(applyTransform=True)``), else the
                 identity ("after" equals "before"). Given while the moving volume is under another transform, it is
                 the whole transform (registerVolumes' includes the parent it started from): the parent is not
-                applied, with a note. Two one-slice volumes (axial slices) under a linear transform that keeps z (a
-                2D transform as Slicer loads it, e.g. the ``transform.tfm`` ``mmfusion register`` writes for them)
-                are scored as 2D images, their labels and points in the slices' 2D frames, as ``mmfusion
-                evaluate-registration`` scores them (a point more than half a slice depth off its slice is refused).
+                applied, with a note. Two one-slice volumes (axial slices) under a 2D transform lifted to 3D (x and
+                y moved alike at every depth, z kept: a linear one as Slicer loads the ``transform.tfm`` ``mmfusion
+                register`` writes for them, a B-spline or displacement field stacked along z, or a composite of
+                these) are scored as 2D images, their labels and points in the slices' 2D frames, as ``mmfusion
+                evaluate-registration`` scores them (a point more than half a slice depth off its slice is refused);
+                a non-linear one that keeps the slice's planes but cannot be taken back to 2D is refused.
             fixedLabelNode, movingLabelNode: both or neither; two label map volume nodes
                 (``vtkMRMLLabelMapVolumeNode``: their labels, the moving one resampled nearest-neighbour onto the
                 fixed one's grid) or two segmentation nodes (``vtkMRMLSegmentationNode``: each segment's binary
@@ -911,11 +1014,23 @@ class FusionLogic:
                          "is the volumes on their own grids, not as shown")
         transformNode = transformNode or moving_parent
         transform = mrml.sitk_transform_from_node(transformNode) if transformNode is not None else None
-        if _axial_slice(fixed) and _axial_slice(moving) and _lifted_2d(transform) is not None:
-            # two one-slice volumes under the 2D transform their registration gave (as Slicer loads it: lifted to
-            # 3D, z kept): scored as 2D images, the label maps and points in their slices' 2D frames, as
-            # `mmfusion evaluate-registration` scores them; in 3D slices at other depths had lost every label
-            transform = _lifted_2d(transform)
+        if _axial_slice(fixed) and _axial_slice(moving) and transform is not None:
+            flat = _lifted_2d(transform)
+            if flat is not None and _lifts(transform, flat, fixed):
+                # two one-slice volumes under the 2D transform their registration gave (as Slicer loads it: lifted
+                # to 3D, z kept): scored as 2D images, the label maps and points in their slices' 2D frames, as
+                # `mmfusion evaluate-registration` scores them; in 3D slices at other depths had lost every label
+                # (a lifted 2D B-spline too: it had been scored in 3D)
+                transform = flat
+            elif _keeps_planes(transform, fixed):
+                raise InputError(
+                    f"The transform '{transformNode.GetName()}' moves the fixed slice's points within their axial "
+                    f"planes (a 2D transform lifted to 3D), but as a {transform.GetName()} it cannot be taken back to "
+                    "the 2D transform the slices are scored through (a B-spline or displacement field whose grid "
+                    "is not along z, or that differs from layer to layer); in 3D a moving slice at another depth "
+                    "would lose its labels.",
+                    "Score the slices with `mmfusion evaluate-registration FIXED MOVING --transform "
+                    "transform.h5` on the image files and the 2D transform file the registration wrote.")
         for role, node, volume in (("fixed", fixedLabelNode, fixedVolumeNode), ("moving", movingLabelNode,
                                                                               movingVolumeNode),
                                    ("fixed", fixedPointsNode, fixedVolumeNode), ("moving", movingPointsNode,

@@ -60,8 +60,8 @@ def _slice_volume(arr: np.ndarray, z: float, spacing: tuple[float, float, float]
     return image
 
 
-def one_slice_pair() -> dict[str, Any]:
-    """Two one-slice volumes, their label maps and landmarks (LPS, 3D), related exactly by TRUTH."""
+def one_slice_pair(truth: sitk.Transform = TRUTH) -> dict[str, Any]:
+    """Two one-slice volumes, their label maps and landmarks (LPS, 3D), related exactly by ``truth`` (2D)."""
     yy, xx = np.mgrid[:70, :64]
     labels = np.zeros((70, 64), np.uint8)
     labels[((yy - 35) / 14.0) ** 2 + ((xx - 30) / 10.0) ** 2 < 1] = 1
@@ -70,16 +70,43 @@ def one_slice_pair() -> dict[str, Any]:
     noise = np.random.default_rng(0).normal(0.0, 1.0, labels.shape).astype(np.float32)
     moving = _slice_volume(labels.astype(np.float32) * 100.0 + noise, MOVING_Z, (0.8, 0.8, MOVING_DEPTH), 10.0)
     grid = _slice_volume(np.zeros((72, 66), np.float32), FIXED_Z, (0.9, 0.9, FIXED_DEPTH), 30.0)
-    fixed_labels_2d = sitk.Resample(io.one_slice_as_2d(moving_labels), io.one_slice_as_2d(grid), TRUTH,
+    fixed_labels_2d = sitk.Resample(io.one_slice_as_2d(moving_labels), io.one_slice_as_2d(grid), truth,
                                     sitk.sitkNearestNeighbor, 0)
     fixed_labels = io.as_one_slice_of(fixed_labels_2d, grid)
     fixed = io.as_one_slice_of(sitk.Cast(fixed_labels_2d, sitk.sitkFloat32) * 100.0, grid)
-    moving_xy = np.array([TRUTH.TransformPoint(p) for p in FIXED_XY])
+    moving_xy = np.array([truth.TransformPoint(p) for p in FIXED_XY])
     # off the plane by up to 0.4 of a slice depth (Slicer places a point where the slice view shows it)
     fixed_points = np.column_stack([FIXED_XY, FIXED_Z + np.array([0.0, 1.0, -0.5, 0.9])])
     moving_points = np.column_stack([moving_xy, MOVING_Z + np.array([0.0, -1.2, 0.6, 1.1])])
     return {"fixed": fixed, "moving": moving, "fixed_labels": fixed_labels, "moving_labels": moving_labels,
             "fixed_points": fixed_points, "moving_points": moving_points, "moving_xy": moving_xy}
+
+
+def bspline_2d() -> sitk.BSplineTransform:
+    """A smooth 2D B-spline (up to 2 mm) over both slices' extent, after TRUTH: a deformable registration's answer."""
+    domain = sitk.Image([140, 140], sitk.sitkUInt8)
+    domain.SetOrigin((-60.0, -60.0))
+    bspline = sitk.BSplineTransformInitializer(domain, [4, 4])
+    bspline.SetParameters(np.random.default_rng(3).uniform(-2.0, 2.0, len(bspline.GetParameters())).tolist())
+    return bspline
+
+
+def lifted_bspline(bspline: sitk.BSplineTransform, z_range: tuple[float, float] = (20.0, 60.0),
+                   layers: int = 4) -> sitk.Transform:
+    """The 2D B-spline as a 3D one that moves x and y alike at every depth and keeps z (a 2D B-spline stacked
+    along z: its coefficients on every layer of a grid along z, z coefficients 0), over z_range (a cubic
+    B-spline's grid: ``layers`` - 3 intervals, a layer more either side)."""
+    spacing = (z_range[1] - z_range[0]) / (layers - 3)
+    images = []
+    for coefficients in [*bspline.GetCoefficientImages(), None]:
+        arr = np.zeros((layers, *sitk.GetArrayViewFromImage(bspline.GetCoefficientImages()[0]).shape))
+        if coefficients is not None:
+            arr[:] = sitk.GetArrayFromImage(coefficients)
+        image = sitk.GetImageFromArray(arr)
+        image.SetOrigin((*bspline.GetCoefficientImages()[0].GetOrigin(), z_range[0] - spacing))
+        image.SetSpacing((*bspline.GetCoefficientImages()[0].GetSpacing(), spacing))
+        images.append(image)
+    return sitk.BSplineTransform(images, 3)
 
 
 def _fcsv(points_lps: np.ndarray) -> str:
@@ -533,6 +560,65 @@ class LogicTest(unittest.TestCase):
         with self.assertRaisesRegex(InputError, "Moving landmark 2 .* lies 10 mm off the moving image's slice"):
             self._evaluate(self.transform)
 
+
+    def _flat_engine(self, d: dict, transform: sitk.Transform) -> dict:
+        """evaluate_registration of the slices as the 2D images, label maps and (x, y) points they are."""
+        flat = {k: io.one_slice_as_2d(d[k]) for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
+        return metrics.evaluate_registration(flat["fixed"], flat["moving"], transform,
+                                             fixed_labels=flat["fixed_labels"], moving_labels=flat["moving_labels"],
+                                             fixed_landmarks=d["fixed_points"][:, :2],
+                                             moving_landmarks=d["moving_points"][:, :2])
+
+    def test_a_lifted_2d_bspline_is_scored_on_the_slices_planes(self) -> None:
+        # the deformable answer (TRUTH then a B-spline) lifted to 3D: x and y moved alike at every depth, z kept.
+        # It had been scored in 3D, where the moving slice, 2.5 mm deeper, lost every label (Dice 0)
+        truth = sitk.CompositeTransform([TRUTH, bspline_2d()])
+        d = one_slice_pair(truth)
+        scene = mrml.new_scene()
+        nodes = {k: mrml.volume_node_from_image(d[k], scene, name=k, label=k.endswith("labels"))
+                 for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
+        for role in ("fixed", "moving"):
+            nodes[f"{role}_points"] = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", role[0].upper())
+            for p in mrml.ras_points_to_lps(d[f"{role}_points"]):
+                nodes[f"{role}_points"].AddControlPoint(*[float(c) for c in p])
+        rigid = sitk.AffineTransform(3)
+        m = np.array(TRUTH.GetMatrix()).reshape(2, 2)
+        rigid.SetMatrix([m[0, 0], m[0, 1], 0.0, m[1, 0], m[1, 1], 0.0, 0.0, 0.0, 1.0])
+        rigid.SetTranslation((*TRUTH.TransformPoint((0.0, 0.0)), 0.0))
+        lifted = sitk.CompositeTransform([rigid, lifted_bspline(bspline_2d())])
+        for label, transform in (("B-spline alone", lifted_bspline(bspline_2d())), ("rigid then B-spline", lifted)):
+            with self.subTest(label):
+                node = mrml.transform_node_from_sitk(transform, scene, name=label)
+                self.assertFalse(node.IsLinear())
+                out = FusionLogic(scene).evaluateRegistration(
+                    nodes["fixed"], nodes["moving"], node, fixedLabelNode=nodes["fixed_labels"],
+                    movingLabelNode=nodes["moving_labels"], fixedPointsNode=nodes["fixed_points"],
+                    movingPointsNode=nodes["moving_points"])
+                self.assertIn("slice_planes", out)
+                engine = self._flat_engine(d, truth if label != "B-spline alone" else bspline_2d())
+                for when in ("before", "after"):
+                    for key in ("dice", "hd95", "mean_surface_distance"):
+                        self.assertAlmostEqual(out["labels"][when]["mean"][key], engine["labels"][when]["mean"][key],
+                                               places=9)
+                    np.testing.assert_allclose(out["landmarks"][when]["per_point"],
+                                               engine["landmarks"][when]["per_point"], atol=1e-6)
+                if label != "B-spline alone":  # the known transform: Dice 1, HD95 0, TRE 0
+                    self.assertAlmostEqual(out["labels"]["after"]["mean"]["dice"], 1.0, places=12)
+                    self.assertAlmostEqual(out["labels"]["after"]["mean"]["hd95"], 0.0, places=9)
+                    self.assertLess(out["landmarks"]["after"]["max"], 1e-6)
+
+    def test_a_lifted_transform_not_taken_back_to_2d_is_refused(self) -> None:
+        # a 2D B-spline lifted on a grid whose layers differ where no slice lies: it keeps the slices' planes, but
+        # is no 2D B-spline stacked along z; scored in 3D the moving slice would lose its labels
+        bspline = lifted_bspline(bspline_2d(), (0.0, 200.0), 8)  # layers 40 mm apart, at z -40 to 240 mm
+        images = list(bspline.GetCoefficientImages())
+        arr = sitk.GetArrayFromImage(images[0])
+        arr[6] += 5.0  # the layer at z 200 mm, whose support (120 to 280 mm) ends 78 mm from the slices
+        changed = sitk.GetImageFromArray(arr)
+        changed.CopyInformation(images[0])
+        node = mrml.transform_node_from_sitk(sitk.BSplineTransform([changed, *images[1:]], 3), self.scene)
+        with self.assertRaisesRegex(InputError, "within their axial planes .* cannot be taken back to the 2D"):
+            self._evaluate(node)
 
     def test_a_3d_transform_across_the_slices_scores_the_slices_outlines(self) -> None:
         # a 3D translation from the fixed slice's depth to the moving one's: scored in 3D on the fixed one-slice
