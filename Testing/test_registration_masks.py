@@ -314,8 +314,14 @@ class SecondTryNearTie(_OneTorchThread):
         # so that coarse end was kept, within 0.3 px of the truth; the warning had said the stage "made the masked
         # metric worse", to "Check the result" and to change the masks
         # (torch seed 0 had been this case; since its MI counts only the samples inside the moving image, a2dfbd7, that
-        # run's second try ends better and is accepted, 0.21 px off: seed 1, 0.09 px, is the near tie now)
-        for backend, pixel_mm, share, seed in (("sitk", 1.0, 0.4, 1), ("sitk", 3.0, 0.6, 2), ("torch", 1.0, 0.6, 1)):
+        # run's second try ends better and is accepted, 0.21 px off: seed 1, 0.09 px, was the near tie then.) The
+        # torch case is the box over 40%: over 60% the masked first run's end depends on the CPU's kernels (its samples
+        # start on the moving voxel centres, where bilinear sampling's gradient is one-sided, and torch's vectorised
+        # and scalar kernels take other sides for 110 of 3640 samples): with AVX2/AVX-512 it ends far off and the
+        # stage runs again (seeds 1-2 near ties), with ATEN_CPU_CAPABILITY=default it reaches the answer and is not
+        # run again (seeds 0-7), so that seed failed there. Over 40%, seeds 0, 2 and 3 of 0-3 are near ties with
+        # either kernels (0.012 px off)
+        for backend, pixel_mm, share, seed in (("sitk", 1.0, 0.4, 1), ("sitk", 3.0, 0.6, 2), ("torch", 1.0, 0.4, 0)):
             with self.subTest(backend=backend, pixel_mm=pixel_mm, share=share, seed=seed):
                 fixed, moving, truth = _pair(pixel_mm)
                 result = register(fixed, moving, seed=seed, moving_mask=_box(moving, share), backend=backend)
