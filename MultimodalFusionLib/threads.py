@@ -61,10 +61,15 @@ def hold_torch_threads(torch: Any) -> None:
     all call), so that a block imports no torch for work that needs none (its import takes 1.5-2 s)."""
     if not _BLOCKS:
         return
-    block = _BLOCKS[-1]
-    if block.torch_before is None:
-        block.torch_before = int(torch.get_num_threads())
-    torch.set_num_threads(block.limit)
+    # every open block that has not set torch yet records what its end must put back: the outermost the count
+    # torch has now, each inner one the limit of the block around it. Only the innermost had recorded it: torch
+    # imported in an inner block went back to all cores when that block ended, inside an outer block of 1 thread
+    previous = int(torch.get_num_threads())
+    for block in _BLOCKS:
+        if block.torch_before is None:
+            block.torch_before = previous
+        previous = block.limit
+    torch.set_num_threads(_BLOCKS[-1].limit)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ import contextlib
 import io as _io
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -74,6 +76,37 @@ class LimitThreads(unittest.TestCase):
             self.assertEqual(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), 3)
             with limit_threads(None):  # no limit: nothing changed
                 self.assertEqual(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), 3)
+
+    def test_torch_imported_in_an_inner_block_keeps_the_outer_limit_after_it(self):
+        """torch first imported inside a block within another (a script's block around cli.main(['run', ...,
+        '--threads', '1'])): only the inner block had recorded torch's count, all cores, and put it back when it
+        ended, so the rest of the outer block of 1 thread ran torch on all of them. A fresh process: torch not
+        imported yet."""
+        if _torch() is None:
+            self.skipTest("torch is not installed")
+        script = (
+            "import sys\n"
+            "from MultimodalFusionLib.threads import limit_threads\n"
+            "with limit_threads(1):\n"
+            "    assert 'torch' not in sys.modules\n"
+            "    with limit_threads(1):\n"
+            "        from MultimodalFusionLib.devices import select_device\n"
+            "        import torch\n"
+            "        select_device('cpu')\n"
+            "        inner = torch.get_num_threads()\n"
+            "    after_inner = torch.get_num_threads()\n"
+            "print(inner, after_inner, torch.get_num_threads())\n")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))]
+            + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        env.pop("OMP_NUM_THREADS", None)
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        inner, after_inner, after = (int(v) for v in done.stdout.split())
+        if after == 1:
+            self.skipTest("torch runs on 1 thread here by default: the leak cannot show")
+        self.assertEqual((inner, after_inner), (1, 1))  # the outer block's limit holds after the inner one
+        self.assertGreater(after, 1)  # and torch's own count comes back after both
 
     def test_counts_below_one_and_non_numbers_are_refused(self):
         for bad in (0, -1, 1.5, "2", True):
