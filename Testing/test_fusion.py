@@ -448,6 +448,57 @@ class OverlayAndColourTest(unittest.TestCase):
                 fusion.fuse(a, b, "average", **params)
                 fusion.check_windows(a, b, window_a=params.get("window_a"), window_b=params.get("window"))
 
+    def test_a_window_below_a_background_that_is_not_one_value_is_refused(self) -> None:
+        """The rule above needs the background to be the exact minimum inside the window: --window 0 8 (SUV) on a
+        PET stored in Bq/mL had passed (rc 0, fused as a silhouette of the body) where one air voxel was -0.5, the
+        air was -3..0 or reconstruction noise, float noise of 1e-3, or the field of view was padded with -1000.
+        Refused now by fuse and check_windows; honest narrow windows pass (CT brain, stroke and bone windows, with
+        -3024 padding too, an MR's narrow window, an SUV image's tight window, a label map's, an 8-bit image's)."""
+        rng = np.random.default_rng(7)
+        z, y, x = np.mgrid[:24, :32, :32]
+        body = ((x - 16) / 12.0) ** 2 + ((y - 16) / 10.0) ** 2 + ((z - 12) / 10.0) ** 2 < 1
+        brain = ((x - 16) / 10.0) ** 2 + ((y - 16) / 8.0) ** 2 + ((z - 12) / 8.0) ** 2 < 1
+        bq = np.where(body, rng.uniform(1000, 6000, body.shape), 0.0)
+
+        def image(values: np.ndarray, dtype: type = np.float32) -> sitk.Image:
+            out = sitk.GetImageFromArray(values.astype(dtype))
+            out.SetSpacing((2.0, 2.0, 2.0))
+            return out
+
+        ct_values = np.where(brain, rng.normal(35, 8, body.shape),
+                             np.where(body, rng.normal(1200, 300, body.shape), -1024.0))
+        ct = image(ct_values)
+        backgrounds = {"one voxel of -0.5": np.where((x == 0) & (y == 0) & (z == 0), -0.5, bq),
+                       "air of -3..0": np.where(body, bq, rng.uniform(-3, 0, body.shape)),
+                       "noise about 0": np.where(body, bq, rng.normal(0, 50, body.shape)),
+                       "noise of 0-20": np.where(body, bq, rng.uniform(0, 20, body.shape)),
+                       "float noise": np.where(body, bq, rng.uniform(0, 1e-3, body.shape)),
+                       "padding of -1000": np.where(x < 3, -1000.0, bq)}
+        for what, values in backgrounds.items():
+            with self.subTest(what), self.assertRaises(InputError) as ctx:
+                fusion.fuse(ct, image(values), "average", window=(0.0, 8.0))
+            self.assertIn("The window (0, 8) given for the functional image (b) (window_b; CLI --window) lies below "
+                          "its foreground", ctx.exception.problem)
+            self.assertIn("100.0% of its foreground", ctx.exception.problem)
+            self.assertIn("convert the image to SUV", ctx.exception.fix)
+            with self.subTest(what, check="check_windows"), self.assertRaisesRegex(InputError, "lies below its fore"):
+                fusion.check_windows(ct, image(values), window_b=(0.0, 8.0))
+        suv = np.where(body, rng.uniform(0.5, 3.0, body.shape), rng.normal(0, 0.05, body.shape))
+        mr = np.abs(np.where(brain, np.where(x < 16, 600.0, 400.0), np.where(body, 200.0, 0.0))
+                    + rng.normal(0, 10, body.shape))
+        labels = np.where(brain, np.where(x < 16, 2, 3), np.where(body, 1, 0))
+        honest = (("CT brain window", ct_values, (0.0, 80.0)), ("CT stroke window", ct_values, (20.0, 60.0)),
+                  ("CT bone window", ct_values, (-450.0, 1050.0)),
+                  ("CT padded with -3024", np.where(x < 2, -3024.0, ct_values), (0.0, 80.0)),
+                  ("MR narrow window", mr, (380.0, 420.0)), ("MR background", mr, (0.0, 30.0)),
+                  ("SUV tight window", suv, (0.0, 2.5)), ("SUV (1, 3)", suv, (1.0, 3.0)),
+                  ("labels", labels, (0.0, 1.5)), ("8-bit", np.clip(mr / 4, 0, 255), (0.0, 40.0)))
+        for what, values, window in honest:
+            for dtype in (np.float32, np.int16):
+                with self.subTest(what, dtype=dtype):
+                    fusion.fuse(ct, image(values, dtype), "average", window=window)
+                    fusion.check_windows(image(values, dtype), ct, window_a=window)
+
     def test_a_window_that_holds_none_of_the_image_is_refused(self) -> None:
         # --window 0 8 (SUV) on a PET stored in Bq/mL: every voxel at or above the window's top, so b became a constant
         # 1 and was fused as such (the overlay coloured everything in the colour map's top colour), rc 0; a window
@@ -469,7 +520,10 @@ class OverlayAndColourTest(unittest.TestCase):
                               str(ctx.exception))
         # a window some voxels fall inside of, or on both sides of, is a window
         fusion.fuse(self.a8, bq, "average", window=(0.0, 30000.0))
-        fusion.fuse(self.a8, bq, "overlay", window=(1001.0, 1002.0))
+        fusion.fuse(self.a8, bq, "overlay", window=(1001.0, 30000.0))
+        # (1001, 1002), just above the background of 1000, is 0.003% of the range: a silhouette (the window below)
+        with self.assertRaisesRegex(InputError, "lies below its foreground"):
+            fusion.fuse(self.a8, bq, "overlay", window=(1001.0, 1002.0))
         # and a colour functional image's window is on its luminance
         colour = sitk.GetImageFromArray(np.stack([_arr(self.a8) * 0.3] * 3, -1).astype(np.uint8) + np.uint8(1),
                                         isVector=True)
