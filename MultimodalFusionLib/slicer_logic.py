@@ -942,7 +942,9 @@ class FusionLogic:
                 register`` writes for them, a B-spline or displacement field stacked along z, or a composite of
                 these) are scored as 2D images, their labels and points in the slices' 2D frames, as ``mmfusion
                 evaluate-registration`` scores them (a point more than half a slice depth off its slice is refused);
-                a non-linear one that keeps the slice's planes but cannot be taken back to 2D is refused.
+                a non-linear one that keeps the slice's planes but cannot be taken back to 2D is refused. With
+                no transform (none given, the moving volume under none) two such slices are scored on their planes
+                too, through the identity of their 2D frames, as an identity transform node scores them.
             fixedLabelNode, movingLabelNode: both or neither; two label map volume nodes
                 (``vtkMRMLLabelMapVolumeNode``: their labels, the moving one resampled nearest-neighbour onto the
                 fixed one's grid) or two segmentation nodes (``vtkMRMLSegmentationNode``: each segment's binary

@@ -203,6 +203,45 @@ class EngineTest(unittest.TestCase):
                                                 "one-slice volume"):
             self._evaluate(moving_labels=thick)
 
+    def test_without_a_transform_the_slices_are_scored_on_their_planes_as_before_registration(self) -> None:
+        # register takes two axial one-slice volumes as 2D images and starts from the identity of their 2D frames:
+        # without a transform they had been scored in 3D (Dice 0.00, TRE 4.609 mm: the moving slice 2.5 mm deeper
+        # lost every label), where the "before" column of the same pair with its 2D transform reads 0.570 / 3.925
+        d = self.d
+        kwargs = dict(fixed_labels=d["fixed_labels"], moving_labels=d["moving_labels"],
+                      fixed_landmarks=d["fixed_points"], moving_landmarks=d["moving_points"])
+        alone = metrics.evaluate_registration(d["fixed"], d["moving"], None, **kwargs)
+        through = metrics.evaluate_registration(d["fixed"], d["moving"], TRUTH, **kwargs)
+        self.assertIn("slice_planes", alone)
+        for when in ("before", "after"):
+            for key in ("dice", "hd95", "mean_surface_distance"):
+                self.assertAlmostEqual(alone["labels"][when]["mean"][key], through["labels"]["before"]["mean"][key],
+                                       places=12)
+            np.testing.assert_allclose(alone["landmarks"][when]["per_point"],
+                                       through["landmarks"]["before"]["per_point"], atol=1e-12)
+        self.assertAlmostEqual(alone["labels"]["before"]["mean"]["dice"], 0.570, places=3)
+        self.assertAlmostEqual(alone["landmarks"]["before"]["mean"], 3.925, places=3)
+        # the images alone too: their similarity is the 2D images' (in 3D the moving slice had not reached the
+        # fixed one: MI 0, NCC None)
+        images = metrics.evaluate_registration(d["fixed"], d["moving"])
+        flat = metrics.evaluate_registration(io.one_slice_as_2d(d["fixed"]), io.one_slice_as_2d(d["moving"]))
+        for key in ("MI", "NCC"):
+            self.assertAlmostEqual(images["images"]["before"][key], flat["images"]["before"][key], places=9)
+        self.assertGreater(images["images"]["before"]["NCC"], 0.5)
+
+    def test_without_a_transform_coronal_slices_are_still_scored_in_3d(self) -> None:
+        # no 2D image holds a coronal slice (register refuses the pair): scored in 3D as they lie, not refused
+        slices = []
+        for arr in (np.pad(np.ones((1, 6, 8), np.uint8), ((0, 0), (2, 2), (2, 2))),
+                    np.pad(np.ones((1, 6, 8), np.uint8), ((0, 0), (3, 1), (2, 2)))):
+            image = sitk.GetImageFromArray(np.moveaxis(arr, 0, 1))  # size (12, 1, 10): one slice along y
+            image.SetSpacing((0.8, 2.0, 1.1))
+            slices.append(image)
+        out = metrics.evaluate_registration(*(sitk.Cast(i, sitk.sitkFloat32) for i in slices), None,
+                                            fixed_labels=slices[0], moving_labels=slices[1])
+        self.assertNotIn("slice_planes", out)
+        self.assertAlmostEqual(out["labels"]["after"]["mean"]["dice"], 2 * 40 / 96, places=12)  # 5 of 6 rows overlap
+
     def test_a_2d_transform_with_volumes_of_several_slices_is_still_refused(self) -> None:
         volume = sitk.JoinSeries([io.one_slice_pixels(self.d["fixed"])] * 3)
         labels = sitk.JoinSeries([io.one_slice_pixels(self.d["fixed_labels"])] * 3)
@@ -262,6 +301,23 @@ class CommandLineTest(unittest.TestCase):
                 self.assertEqual(out["slice_planes"]["moving"]["origin_lps"][2], MOVING_Z)
         text = self._evaluate(self.paths["truth"])["text"]
         self.assertIn("scored on the slices' planes (2D, in-plane mm)", text)
+
+    def test_without_transform_the_before_column_of_the_2d_transform(self) -> None:
+        # Dice 0.00 / TRE 4.609 mm in 3D had been printed without --transform, 0.570 / 3.925 mm as "before" with it
+        p = self.paths
+        rc, out, err = run_cli("evaluate-registration", p["fixed"], p["moving"], "--fixed-labels", p["fixed_labels"],
+                               "--moving-labels", p["moving_labels"], "--fixed-landmarks", self._path("fixed.fcsv"),
+                               "--moving-landmarks", self._path("moving.csv"), "--json")
+        self.assertEqual(rc, 0, err)
+        alone = json.loads(out)
+        through = self._evaluate(self.paths["truth"], "fixed.fcsv", "moving.csv", "--json")
+        self.assertEqual(alone["slice_planes"], through["slice_planes"])
+        for when in ("before", "after"):
+            self.assertAlmostEqual(alone["labels"][when]["mean"]["dice"], through["labels"]["before"]["mean"]["dice"],
+                                   places=12)
+            self.assertAlmostEqual(alone["landmarks"][when]["mean"], through["landmarks"]["before"]["mean"], places=9)
+        self.assertAlmostEqual(alone["labels"]["before"]["mean"]["dice"], 0.570, places=3)
+        self.assertAlmostEqual(alone["landmarks"]["before"]["mean"], 3.925, places=3)
 
     def test_an_off_plane_landmark_file_is_refused_naming_the_point(self) -> None:
         points = self.d["moving_points"].copy()
@@ -544,6 +600,19 @@ class LogicTest(unittest.TestCase):
                                        atol=1e-6)
         self.assertEqual(out["slice_planes"]["moving"]["origin_lps"][2], MOVING_Z)
         self.assertEqual(self.scene.GetNumberOfNodes(), count)  # nothing added to the scene
+
+    def test_no_transform_node_scores_as_the_identity_node(self) -> None:
+        # with no transform node the slices had been scored in 3D (Dice 0.00), with an identity one on their planes
+        # (Dice 0.570): both are the identity of the slices' 2D frames now, as evaluate-registration scores them
+        none = self._evaluate(None)
+        identity = self._evaluate(mrml.transform_node_from_sitk(sitk.AffineTransform(3), self.scene, name="identity"))
+        self.assertIn("slice_planes", none)
+        for when in ("before", "after"):
+            self.assertAlmostEqual(none["labels"][when]["mean"]["dice"], identity["labels"][when]["mean"]["dice"],
+                                   places=12)
+            np.testing.assert_allclose(none["landmarks"][when]["per_point"], identity["landmarks"][when]["per_point"],
+                                       atol=1e-9)
+        self.assertAlmostEqual(none["labels"]["before"]["mean"]["dice"], 0.570, places=3)
 
     def test_segmentations_and_an_off_plane_point(self) -> None:
         segmentations = {}
