@@ -1073,9 +1073,26 @@ def _slice_frame(image: sitk.Image, name: str) -> tuple[sitk.Image, dict[str, An
     if one_slice_axis(image) is None:
         return image, {}
     flat = one_slice_as_2d(image, name)
-    normal = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    normal, depth = _slice_normal(image)
     return flat, {"origin_lps": [float(v) for v in image.GetOrigin()], "normal_lps": [float(v) for v in normal],
-                  "depth_mm": float(image.GetSpacing()[2])}
+                  "depth_mm": depth}
+
+
+def _slice_normal(image: sitk.Image) -> tuple[np.ndarray, float]:
+    """A one-slice volume's plane normal (the unit normal of its two in-plane axes, on the side of its third) and
+    its slice's thickness along it (mm): the slab of its voxels, half a thickness either side of the plane.
+
+    On a sheared grid (a third axis not perpendicular to the plane, as a gantry-tilted CT's NRRD holds it) the
+    third axis is not the normal and its spacing not the thickness: a point's distance off the slice is measured
+    along the normal and its place on the slice is its foot there, as the 2D transform lifted to 3D (x and y moved,
+    z kept) and a slice view take it; measured along the tilted axis, a point 1 mm above a slice tilted 30 degrees
+    had been put 0.58 mm aside in the plane."""
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    normal = np.cross(direction[:, 0], direction[:, 1])
+    normal /= np.linalg.norm(normal)
+    if normal @ direction[:, 2] < 0:
+        normal = -normal
+    return normal, float(image.GetSpacing()[2] * abs(normal @ direction[:, 2]))
 
 
 def _labels_on_plane(labels: sitk.Image, image: sitk.Image, what: str) -> sitk.Image:
@@ -1094,12 +1111,13 @@ def _labels_on_plane(labels: sitk.Image, image: sitk.Image, what: str) -> sitk.I
     if one_slice_axis(labels) is None:
         raise InputError(f"The {what} is a volume of {labels.GetSize()} voxels but the {role} image is a one-slice "
                          f"volume (size {image.GetSize()}), scored as the 2D slice it is.", fix)
-    centre = image.TransformPhysicalPointToContinuousIndex(labels.TransformContinuousIndexToPhysicalPoint((0, 0, 0)))
-    distance = abs(centre[2]) * image.GetSpacing()[2]
-    if abs(centre[2]) > 0.5 + 1e-6:
+    normal, depth = _slice_normal(image)
+    centre = np.array(labels.TransformContinuousIndexToPhysicalPoint((0, 0, 0)))
+    distance = abs(float((centre - np.array(image.GetOrigin())) @ normal))  # along the normal (a sheared grid's too)
+    if distance > (0.5 + 1e-6) * depth:
         raise InputError(f"The {what} lies on another slice than the {role} image: its slice is {distance:.4g} mm "
                          f"from the {role} image's plane, more than half its slice depth "
-                         f"({image.GetSpacing()[2] / 2:.4g} mm).", fix)
+                         f"({depth / 2:.4g} mm).", fix)
     # its slice's 2D image lies in the image's 2D frame (the plane's LPS x and y), whatever its grid in the plane
     return one_slice_as_2d(labels, what)
 
@@ -1120,17 +1138,20 @@ def _points_on_plane(points: Any, image: sitk.Image, flat: sitk.Image, role: str
         raise InputError(f"The {role} landmarks are {got} but the {role} image is a one-slice volume: they are "
                          "taken as 3D points (LPS mm) on its slice and scored in the slice's 2D frame.",
                          "Give the landmarks as 3D points on the slice, as Slicer, elastix and ANTs write them.")
-    depth = image.GetSpacing()[2]
+    normal, depth = _slice_normal(image)
+    origin = np.array(image.GetOrigin(), dtype=np.float64)
     out = np.full((arr.shape[0], 2), np.nan)
     for i, p in enumerate(arr):
         if not np.all(np.isfinite(p)):
             continue  # unplaced: its pair is left out with a note (landmarks.paired_landmarks)
-        index = image.TransformPhysicalPointToContinuousIndex([float(v) for v in p])
-        if abs(index[2]) > 0.5 + 1e-6:
+        # off the plane along its normal, and onto it along the normal (not along a sheared grid's third axis)
+        off = float((p - origin) @ normal)
+        index = image.TransformPhysicalPointToContinuousIndex([float(v) for v in p - off * normal])
+        if abs(off) > (0.5 + 1e-6) * depth:
             label = points.labels[i] if is_file and points.labels[i] else ""
             where = f" of '{points.path}'" if is_file else ""
             raise InputError(f"{role.capitalize()} landmark {i + 1}{f' ({label})' if label else ''}{where} at LPS "
-                             f"({', '.join(f'{v + 0.0:.4g}' for v in p)}) mm lies {abs(index[2]) * depth:.4g} mm off the "
+                             f"({', '.join(f'{v + 0.0:.4g}' for v in p)}) mm lies {abs(off):.4g} mm off the "
                              f"{role} image's slice (more than half its {depth:.4g} mm depth): the slice is scored "
                              "as the 2D image it is, and the point is not on it.",
                              f"Place the {role} landmarks on the {role} slice (as Slicer places them on a slice "

@@ -249,6 +249,50 @@ class EngineTest(unittest.TestCase):
             metrics.evaluate_registration(volume, volume, TRUTH, fixed_labels=labels, moving_labels=labels)
 
 
+class ShearedSliceTest(unittest.TestCase):
+    """A slice on a sheared grid (its third axis tilted 30 degrees from the plane's normal, as a gantry-tilted CT's
+    NRRD holds it): a landmark's distance off the slice is measured along the normal and its place on the slice is
+    its foot there, where the 2D transform lifted to 3D (x and y moved, z kept) puts it. Taken along the tilted
+    axis, a point 1 mm above the slice had been put 0.58 mm aside, two points with the same x and y 2 mm apart in z
+    scored TRE 1.155 mm through the identity, and a point 1.8 mm off was refused as '2.078 mm off ... more than
+    half its 4 mm depth' (the slab is 3.464 mm thick along the normal)."""
+
+    def _slice(self, z: float) -> sitk.Image:
+        tilt = np.radians(30.0)
+        image = sitk.Image([40, 40, 1], sitk.sitkFloat32)
+        image.SetSpacing((1.0, 1.0, 4.0))
+        image.SetOrigin((0.0, 0.0, z))
+        image.SetDirection((1.0, 0.0, np.sin(tilt), 0.0, 1.0, 0.0, 0.0, 0.0, np.cos(tilt)))
+        image[10:20, 10:20, 0] = 100.0
+        return image
+
+    def test_landmarks_are_taken_onto_the_slice_along_its_normal(self) -> None:
+        fixed, moving = self._slice(50.0), self._slice(50.0)
+        fixed_points = np.array([[15.0, 15.0, 51.0], [5.0, 8.0, 50.0], [30.0, 4.0, 48.5]])
+        moving_points = fixed_points * [1.0, 1.0, 0.0] + [0.0, 0.0, 49.0]  # the same x and y, 1 mm below the plane
+        flat = metrics.slice_plane_inputs(fixed, moving, fixed_landmarks=fixed_points, moving_landmarks=moving_points)
+        np.testing.assert_allclose(flat["fixed_landmarks"], fixed_points[:, :2], atol=1e-9)
+        np.testing.assert_allclose(flat["planes"]["fixed"]["normal_lps"], (0.0, 0.0, 1.0), atol=1e-12)
+        self.assertAlmostEqual(flat["planes"]["fixed"]["depth_mm"], 4.0 * np.cos(np.radians(30.0)), places=12)
+        out = metrics.evaluate_registration(fixed, moving, sitk.Euler2DTransform(), fixed_landmarks=fixed_points,
+                                            moving_landmarks=moving_points)
+        self.assertLess(out["landmarks"]["after"]["max"], 1e-9)
+        labels = sitk.Cast(fixed > 50, sitk.sitkUInt8)
+        on_plane = metrics.slice_plane_inputs(fixed, moving, fixed_labels=labels, moving_labels=labels)
+        self.assertEqual(on_plane["fixed_labels"].GetOrigin(), (0.0, 0.0))
+
+    def test_the_distance_off_the_slice_is_along_the_normal(self) -> None:
+        fixed = self._slice(50.0)
+        with self.assertRaisesRegex(InputError, r"lies 1\.8 mm off the fixed image's slice \(more than half its "
+                                                r"3\.464 mm depth\)"):
+            metrics.slice_plane_inputs(fixed, fixed, fixed_landmarks=np.array([[15.0, 15.0, 51.8]]),
+                                       moving_landmarks=np.array([[15.0, 15.0, 50.0]]))
+        labels = sitk.Cast(self._slice(51.8) > 50, sitk.sitkUInt8)
+        with self.assertRaisesRegex(InputError, r"its slice is 1\.8 mm from the fixed image's plane, more than half "
+                                                r"its slice depth \(1\.732 mm\)"):
+            metrics.slice_plane_inputs(fixed, fixed, fixed_labels=labels, moving_labels=labels)
+
+
 class CommandLineTest(unittest.TestCase):
     """`mmfusion evaluate-registration` and `mmfusion run` on one-slice volume files."""
 
