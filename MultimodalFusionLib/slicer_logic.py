@@ -289,6 +289,11 @@ def _linear_lifted_2d(transform: Any) -> Any:
     return flat
 
 
+#: how far (mm) a 3D transform may move a one-slice volume's slab points from its 2D transform lifted (x and y moved
+#: alike at every depth, z kept) and still be taken for it
+_LIFT_TOLERANCE_MM = 1e-6
+
+
 def _grid_lifted_2d(images: Sequence[Any]) -> list[Any] | None:
     """The 2D images (x and y components) of a B-spline's coefficient images or a displacement field's components
     (LPS x, y, z) that lift a 2D one: a grid whose third axis is along z and first two in the axial plane, a z
@@ -300,7 +305,11 @@ def _grid_lifted_2d(images: Sequence[Any]) -> list[Any] | None:
     if not (np.allclose(direction[2, :2], 0, atol=1e-9) and np.allclose(direction[:2, 2], 0, atol=1e-9)):
         return None
     arrays = [sitk.GetArrayFromImage(image) for image in images]  # numpy order (z, y, x)
-    if np.any(arrays[2] != 0) or any(np.any(a != a[:1]) for a in arrays[:2]):
+    # within the 1e-6 mm the slab checks allow (_keeps_planes, _lifts; a B-spline's and a linear field's weights
+    # are positive and sum to 1, so the first layer moves no point further than that from the transform): exact
+    # equality had refused a lifted B-spline with z coefficients of 1e-9 mm as one that 'cannot be taken back'
+    if np.any(np.abs(arrays[2]) > _LIFT_TOLERANCE_MM) or any(np.any(np.abs(a - a[:1]) > _LIFT_TOLERANCE_MM)
+                                                             for a in arrays[:2]):
         return None
     out = []
     for arr in arrays[:2]:
@@ -379,8 +388,10 @@ def _keeps_planes(transform: Any, image: Any) -> bool:
 
     points = _slab_points(image)
     moved = _moved(transform, points)
-    return moved is not None and bool(np.allclose(moved[..., 2], points[..., 2], atol=1e-6)
-                                      and np.allclose(moved[..., :2], moved[:, :1, :2], atol=1e-6))
+    # rtol=0: numpy's default relative 1e-5 of coordinates 40 mm from the origin had allowed 4e-4 mm
+    return moved is not None and bool(np.allclose(moved[..., 2], points[..., 2], rtol=0, atol=_LIFT_TOLERANCE_MM)
+                                      and np.allclose(moved[..., :2], moved[:, :1, :2], rtol=0,
+                                                      atol=_LIFT_TOLERANCE_MM))
 
 
 def _lifts(transform: Any, flat: Any, image: Any) -> bool:
@@ -391,7 +402,8 @@ def _lifts(transform: Any, flat: Any, image: Any) -> bool:
     points = _slab_points(image)
     moved, flat_moved = _moved(transform, points), _moved(flat, points[..., :2])
     return moved is not None and flat_moved is not None and bool(
-        np.allclose(moved[..., 2], points[..., 2], atol=1e-6) and np.allclose(moved[..., :2], flat_moved, atol=1e-6))
+        np.allclose(moved[..., 2], points[..., 2], rtol=0, atol=_LIFT_TOLERANCE_MM)
+        and np.allclose(moved[..., :2], flat_moved, rtol=0, atol=_LIFT_TOLERANCE_MM))
 
 
 def _scalar(value: Any) -> Any:

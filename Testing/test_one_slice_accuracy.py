@@ -109,6 +109,31 @@ def lifted_bspline(bspline: sitk.BSplineTransform, z_range: tuple[float, float] 
     return sitk.BSplineTransform(images, 3)
 
 
+def field_2d(transform: sitk.Transform) -> sitk.Image:
+    """A 2D transform sampled as a displacement field (3 mm, over both slices' extent)."""
+    return sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, [50, 50], (-70.0, -70.0), (3.0, 3.0))
+
+
+def lifted_field(field: sitk.Image, z0: float = 20.0, dz: float = 10.0, layers: int = 5) -> sitk.Transform:
+    """The 2D displacement field stacked along z (the same x and y displacements on every layer, z ones 0)."""
+    arr = sitk.GetArrayFromImage(field)
+    stacked = np.zeros((layers, *arr.shape[:2], 3))
+    stacked[..., :2] = arr
+    image = sitk.GetImageFromArray(stacked, isVector=True)
+    image.SetOrigin((*field.GetOrigin(), z0))
+    image.SetSpacing((*field.GetSpacing(), dz))
+    return sitk.DisplacementFieldTransform(image)
+
+
+def lifted_rigid() -> sitk.AffineTransform:
+    """TRUTH lifted to 3D (x and y moved, z kept), as Slicer loads the 2D transform file."""
+    rigid = sitk.AffineTransform(3)
+    m = np.array(TRUTH.GetMatrix()).reshape(2, 2)
+    rigid.SetMatrix([m[0, 0], m[0, 1], 0.0, m[1, 0], m[1, 1], 0.0, 0.0, 0.0, 1.0])
+    rigid.SetTranslation((*TRUTH.TransformPoint((0.0, 0.0)), 0.0))
+    return rigid
+
+
 def _fcsv(points_lps: np.ndarray) -> str:
     """A Slicer 5 .fcsv in RAS (x and y negated)."""
     rows = [f"p{i},{-float(p[0])!r},{-float(p[1])!r},{float(p[2])!r},0,0,0,1,1,1,0,L{i},,\n"
@@ -719,6 +744,73 @@ class LogicTest(unittest.TestCase):
                     self.assertAlmostEqual(out["labels"]["after"]["mean"]["dice"], 1.0, places=12)
                     self.assertAlmostEqual(out["labels"]["after"]["mean"]["hd95"], 0.0, places=9)
                     self.assertLess(out["landmarks"]["after"]["max"], 1e-6)
+
+    def _scene_of(self, d: dict) -> tuple[Any, dict]:
+        scene = mrml.new_scene()
+        nodes = {k: mrml.volume_node_from_image(d[k], scene, name=k, label=k.endswith("labels"))
+                 for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
+        for role in ("fixed", "moving"):
+            nodes[f"{role}_points"] = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", role[0].upper())
+            for p in mrml.ras_points_to_lps(d[f"{role}_points"]):
+                nodes[f"{role}_points"].AddControlPoint(*[float(c) for c in p])
+        return scene, nodes
+
+    def _logic(self, scene: Any, nodes: dict, transform: sitk.Transform, name: str) -> dict:
+        node = mrml.transform_node_from_sitk(transform, scene, name=name)
+        return FusionLogic(scene).evaluateRegistration(
+            nodes["fixed"], nodes["moving"], node, fixedLabelNode=nodes["fixed_labels"],
+            movingLabelNode=nodes["moving_labels"], fixedPointsNode=nodes["fixed_points"],
+            movingPointsNode=nodes["moving_points"])
+
+    def test_a_lifted_2d_displacement_field_is_scored_on_the_slices_planes(self) -> None:
+        # the lifted field path (_lifted_2d's DisplacementFieldTransform) had no test: a deformable answer sampled as
+        # a 2D field, stacked along z, alone and after the lifted rigid transform, scores as the 2D field does
+        deformation = sitk.DisplacementFieldTransform(field_2d(bspline_2d()))
+        whole = sitk.DisplacementFieldTransform(field_2d(sitk.CompositeTransform([TRUTH, bspline_2d()])))
+        cases = (("field alone", lifted_field(field_2d(sitk.CompositeTransform([TRUTH, bspline_2d()]))), whole,
+                  whole),
+                 ("rigid then field", sitk.CompositeTransform([lifted_rigid(), lifted_field(field_2d(bspline_2d()))]),
+                  sitk.CompositeTransform([TRUTH, deformation]), sitk.CompositeTransform([TRUTH, deformation])))
+        for label, transform, truth, flat_transform in cases:
+            with self.subTest(label):
+                d = one_slice_pair(truth)
+                scene, nodes = self._scene_of(d)
+                out = self._logic(scene, nodes, transform, label)
+                self.assertIn("slice_planes", out)
+                engine = self._flat_engine(d, flat_transform)
+                for when in ("before", "after"):
+                    for key in ("dice", "hd95", "mean_surface_distance"):
+                        self.assertAlmostEqual(out["labels"][when]["mean"][key], engine["labels"][when]["mean"][key],
+                                               places=9)
+                    np.testing.assert_allclose(out["landmarks"][when]["per_point"],
+                                               engine["landmarks"][when]["per_point"], atol=1e-6)
+                self.assertAlmostEqual(out["labels"]["after"]["mean"]["dice"], 1.0, places=12)
+                self.assertLess(out["landmarks"]["after"]["max"], 1e-6)
+
+    def test_near_planar_bsplines(self) -> None:
+        # a lifted B-spline whose z coefficients (or layers) differ by 1e-9 mm moves the slab's points within the
+        # 1e-6 mm the checks allow: it had been refused as one that 'cannot be taken back' (exact equality); one
+        # that moves them 0.05 mm along z is genuinely 3D and is scored in 3D, where the deeper slice is not reached
+        truth = sitk.CompositeTransform([TRUTH, bspline_2d()])
+        d = one_slice_pair(truth)
+        scene, nodes = self._scene_of(d)
+        for label, axis, size, planes in (("z 1e-9", 2, 1e-9, True), ("layer 1e-9", 0, 1e-9, True),
+                                          ("z 0.05", 2, 0.05, False)):
+            with self.subTest(label):
+                lifted = lifted_bspline(bspline_2d())  # kept: its coefficient images are views of its parameters
+                images = [sitk.Image(i) for i in lifted.GetCoefficientImages()]
+                arr = sitk.GetArrayFromImage(images[axis])
+                if axis == 2:
+                    arr += size * np.random.default_rng(1).standard_normal(arr.shape)
+                else:
+                    arr[1] += size
+                changed = sitk.GetImageFromArray(arr)
+                changed.CopyInformation(images[axis])
+                images[axis] = changed
+                out = self._logic(scene, nodes, sitk.CompositeTransform([lifted_rigid(),
+                                                                         sitk.BSplineTransform(images, 3)]), label)
+                self.assertEqual("slice_planes" in out, planes)
+                self.assertAlmostEqual(out["labels"]["after"]["mean"]["dice"], 1.0 if planes else 0.0, places=6)
 
     def test_a_lifted_transform_not_taken_back_to_2d_is_refused(self) -> None:
         # a 2D B-spline lifted on a grid whose layers differ where no slice lies: it keeps the slices' planes, but
