@@ -526,6 +526,11 @@ def _add_fusion_params(p: argparse.ArgumentParser) -> None:
     g.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"),
                    help="every method: intensity window of the functional image B mapped to 0..1 (default: 8-bit as "
                         "it is, others min..max; overlay: its display window, default min..99.5th percentile)")
+    # B's in Slicer's form too: without it, argparse took `--window-level W L` as an abbreviation of
+    # --window-level-a and set the anatomical image's window with the PET's numbers
+    g.add_argument("--window-level", type=float, nargs=2, metavar=("WINDOW", "LEVEL"),
+                   help="--window as Slicer shows it, window width and level: --window-level 5 2.5 is --window 0 5 "
+                        "(LO = LEVEL - WINDOW/2, HI = LEVEL + WINDOW/2)")
     # the anatomical image's (window_a): a CT's HU range is -1024..3000 or more, so min..max leaves soft tissue
     # (-100..100 HU) within 13 of 255 grey levels; its window had been settable in Python only
     g.add_argument("--window-a", type=float, nargs=2, metavar=("LO", "HI"),
@@ -558,21 +563,26 @@ def _fusion_flag(key: str) -> str:
 def _fusion_params(args: argparse.Namespace) -> dict[str, Any]:
     params = {k: (tuple(v) if isinstance(v, list) else v) for k in _FUSION_PARAM_FLAGS
               if (v := getattr(args, k, None)) is not None}
-    window_level = getattr(args, "window_level_a", None)
-    if window_level is not None:
+    # each image's window given as Slicer shows it (width, level): (the flag, the window's key and flag, the image, an
+    # example)
+    for flag, key, image, example in (
+            ("--window-level-a", "window_a", "anatomical image A", "--window-level-a 400 40 for a CT's soft tissue"),
+            ("--window-level", "window", "functional image B", "--window-level 5 2.5 for a PET's SUV 0..5")):
+        window_level = getattr(args, flag[2:].replace("-", "_"), None)
+        if window_level is None:
+            continue
         from .errors import InputError
 
         width, level = window_level
-        if "window_a" in params:
-            raise InputError("Both --window-a and --window-level-a were given: they set the same window of the "
-                             "anatomical image A.", "Give one of them.")
+        if key in params:
+            raise InputError(f"Both {_fusion_flag(key)} and {flag} were given: they set the same window of the "
+                             f"{image}.", "Give one of them.")
         from .fusion import window_from_width_level
 
         # NaN or inf had become window_a (nan, nan) or (-inf, inf), refused naming window_a and --window-a, which
         # were not given; a width of 0 or less a window with its high below its low
-        params["window_a"] = window_from_width_level(
-            width, level, "--window-level-a",
-            "Give the width, then the level, as Slicer shows them, e.g. --window-level-a 400 40 for a CT's soft tissue.")
+        params[key] = window_from_width_level(
+            width, level, flag, f"Give the width, then the level, as Slicer shows them, e.g. {example}.")
     return params
 
 

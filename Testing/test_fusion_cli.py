@@ -329,6 +329,67 @@ class FuseEvaluateCliTest(unittest.TestCase):
                 self.assertNotIn("Traceback", stderr)
                 self.assertFalse(os.path.exists(out))
 
+    def test_window_level_sets_the_functional_window_as_slicer_shows_it(self) -> None:
+        """--window-level WINDOW LEVEL is the functional image B's window as Slicer shows it, as --window-level-a is
+        A's. Without it, argparse took `--window-level 2 2` as an abbreviation of --window-level-a: the PET's window
+        was put on the CT (window_a 1..3 HU, refused or, on an image with values there, fused), B's left min..max."""
+        ct, pet = self._ct_pet()  # the PET: 1..3
+        for command in ("fuse", "run"):
+            code, help_text, _ = _main([command, "--help"])
+            self.assertEqual(code, 0)
+            self.assertIn("--window-level WINDOW LEVEL", help_text)
+        a, b = (io.read_image(p, keep_color=True) for p in (ct, pet))
+        want = sitk.GetArrayFromImage(fusion.fuse(a, b, "average", window_b=(1.5, 2.5)).image)
+        self.assertFalse(np.array_equal(want, sitk.GetArrayFromImage(fusion.fuse(a, b, "average").image)))
+        for flags in (["--window", "1.5", "2.5"], ["--window-level", "1", "2"]):
+            with self.subTest(flags=flags):
+                out = os.path.join(self.tmp.name, f"{flags[0][2:]}.nii.gz")
+                code, _, stderr = _main(["fuse", ct, pet, "--method", "average", *flags, "-o", out])
+                self.assertEqual(code, 0, stderr)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out)), want)
+        # both images' windows in Slicer's form at once
+        out = os.path.join(self.tmp.name, "both.nii.gz")
+        code, _, stderr = _main(["fuse", ct, pet, "--method", "average", "--window-level-a", "400", "40",
+                                 "--window-level", "1", "2", "-o", out])
+        self.assertEqual(code, 0, stderr)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out)), sitk.GetArrayFromImage(
+            fusion.fuse(a, b, "average", window_a=(-160, 240), window_b=(1.5, 2.5)).image))
+        # `run` passes it to every method as window_b, and metrics.json records it
+        out_dir = os.path.join(self.tmp.name, "run")
+        code, _, stderr = _main(["run", ct, pet, "--output-dir", out_dir, "--no-register", "--methods",
+                                 "average,overlay", "--window-level", "1", "2"])
+        self.assertEqual(code, 0, stderr)
+        with open(os.path.join(out_dir, "metrics.json"), encoding="utf-8") as fh:
+            recorded = json.load(fh)["fusions"]
+        for method in ("average", "overlay"):
+            self.assertEqual(recorded[method]["parameters"]["window_b"], [1.5, 2.5])
+            self.assertNotIn("window_a", recorded[method]["parameters"])
+        # refused as --window-level-a is: both forms at once, a width of 0 or less, NaN or inf, a window beside B
+        for command in ("fuse", "run"):
+            for flags, message in ((["--window", "0", "5", "--window-level", "5", "2.5"],
+                                    "Both --window and --window-level were given: they set the same window of the "
+                                    "functional image B"),
+                                   (["--window-level", "0", "2"], "--window-level 0 2: the window width (the first "
+                                    "number) must be more than 0"),
+                                   (["--window-level", "-1", "2"], "the window width (the first number) must be more"),
+                                   (["--window-level", "5", "nan"], "--window-level 5 nan: the window width and level "
+                                    "must be finite"),
+                                   (["--window-level", "inf", "2"], "--window-level inf 2: the window width and level "
+                                    "must be finite"),
+                                   (["--window-level", "10", "100"], "(window_b; CLI --window) holds none of its "
+                                    "values")):
+                with self.subTest(command=command, flags=flags):
+                    out = os.path.join(self.tmp.name, "refused.nii.gz")
+                    target = ["-o", out] if command == "fuse" else ["--output-dir", out, "--no-register",
+                                                                    "--methods", "average"]
+                    code, _, stderr = _main([command, ct, pet, *flags, *target])
+                    self.assertEqual(code, 2, stderr)
+                    self.assertIn(message, stderr)
+                    self.assertIn("--window-level 5 2.5 for a PET's SUV 0..5" if "holds none" not in message
+                                  and "Both" not in message else "", stderr)
+                    self.assertNotIn("Traceback", stderr)
+                    self.assertFalse(os.path.exists(out))
+
     def test_a_vector_image_is_refused_and_colour_pictures_are_fused(self) -> None:
         """A 3-component vector image (a displacement field: NRRD kinds vector with values either side of 0, or
         covariant-vector; a NIfTI of intent displacement vector) had been fused as RGB, its x, y, z painted as red,
