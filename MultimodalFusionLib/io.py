@@ -36,6 +36,8 @@ from .errors import InputError, itk_guard, itk_reason
 
 __all__ = [
     "read_image",
+    "UNITS_KEY",
+    "dicom_units",
     "segment_layers",
     "describe_segment_layers",
     "write_image",
@@ -82,7 +84,12 @@ UNPLACED_EXTENSIONS = _2D_EXTENSIONS + (".tif", ".tiff", ".pic", ".lsm")
 #: Formats that keep the origin and spacing but no direction (read as the identity): VTK legacy, GIPL and MRC
 UNTURNED_EXTENSIONS = (".vtk", ".gipl", ".gipl.gz", ".mrc")
 # DICOM tags that are safe to show: never patient-identifying ones (name, ID, birth date...).
-_SAFE_SERIES_TAGS = {"0008|103e": "description", "0008|0060": "modality", "0020|0011": "series_number"}
+_SAFE_SERIES_TAGS = {"0008|103e": "description", "0008|0060": "modality", "0020|0011": "series_number",
+                     "0054|1001": "units"}
+#: The metadata key (ITK's, of DICOM's Units (0054,1001)) of the units a DICOM PET or NM image states its values in:
+#: BQML (Bq/mL), GML (SUV body weight, g/mL), CNTS (counts)... The one tag a DICOM image :func:`read_image` returns
+#: keeps (it names no patient): what reads the values may know them (the web's SUV windows, a refused window's words)
+UNITS_KEY = "0054|1001"
 #: DICOM transfer syntaxes by UID: the pixel data as stored (those GDCM reads without a codec first)
 _TRANSFER_SYNTAXES = {
     "1.2.840.10008.1.2": "Implicit VR Little Endian (uncompressed)",
@@ -226,7 +233,7 @@ def list_dicom_series(folder: str | os.PathLike) -> list[dict[str, Any]]:
         for uid in uids:
             files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid)
             info: dict[str, Any] = {"uid": uid, "files": list(files), "description": "", "modality": "",
-                                    "series_number": ""}
+                                    "series_number": "", "units": ""}
             try:
                 reader = sitk.ImageFileReader()
                 reader.SetFileName(files[0])
@@ -307,7 +314,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
         # 2D; ITK's series reader gives a one-slice volume and takes no geometry from functional groups
         return _read_file(pick["files"][0], stacklevel=5, as_slice=True)  # its warnings: read_image's caller
     if any(_needs_own_geometry(row) for row in rows):
-        return _read_multiframe_series(pick, rows)
+        return _with_units(_read_multiframe_series(pick, rows), pick.get("units", ""))
     float_values, slice_step, sizes = _check_series_geometry(pick, rows)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(pick["files"])
@@ -321,7 +328,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
         _set_pixel_size(image, rows[0]["path"], *sizes[0], [])  # warned below, once for the series
         notes = [note for row, size in zip(rows, sizes) for note in [_pixel_size_note(row["path"], *size)] if note]
         _warn_once_per_kind(label, len(pick["files"]), notes, stacklevel=4)
-    return _with_slice_step(image, slice_step)
+    return _with_units(_with_slice_step(image, slice_step), pick.get("units", ""))
 
 
 def _without_copies(label: str, pick: dict[str, Any], rows: list[dict[str, str]]
@@ -619,6 +626,21 @@ def _warn_once_per_kind(label: str, total: int, notes: Sequence[_FileWarning], s
 def _meta_text(image: sitk.Image, tag: str) -> str:
     """An image's metadata entry (a DICOM tag "gggg|eeee", a NRRD key) as stripped text, "" where it has none."""
     return image.GetMetaData(tag).strip() if image.HasMetaDataKey(tag) else ""
+
+
+def dicom_units(image: sitk.Image) -> str:
+    """The units a DICOM image states its values in (Units (0054,1001): "BQML", "GML", "CNTS"...), upper case, as
+    :func:`read_image` keeps them (:data:`UNITS_KEY`); "" where it states none (a NIfTI, a CT) or states no code."""
+    units = _meta_text(image, UNITS_KEY).upper()
+    return units if re.fullmatch(r"[A-Z0-9_]{1,16}", units) else ""  # a code string (CS): 16 characters at most
+
+
+def _with_units(image: sitk.Image, units: str) -> sitk.Image:
+    """``image`` with the DICOM Units ``units`` in its metadata (:data:`UNITS_KEY`), where they are a code."""
+    units = units.strip().upper()
+    if re.fullmatch(r"[A-Z0-9_]{1,16}", units):
+        image.SetMetaData(UNITS_KEY, units)
+    return image
 
 
 def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarning],
@@ -1970,6 +1992,7 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
     if compressed is not None:
         _check_compressed_voxels(image, compressed)
     if dicom:
+        units = _meta_text(image, UNITS_KEY)  # kept, as read (a slice made 2D below has no metadata)
         kept: list[_FileWarning] = [] if notes is None else notes
         multiframe = image.HasMetaDataKey("0028|0008")
         try:
@@ -1995,9 +2018,10 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
             if notes is None:
                 _warn_once_per_kind(what, 1, kept, stacklevel)
         # ITK keeps every tag of the file (patient name, ID, birth date...) in the image, and the NRRD and
-        # MetaImage writers put them in the header of anything written from it: no tag travels on
+        # MetaImage writers put them in the header of anything written from it: no tag travels on, but a PET's Units
         for key in image.GetMetaDataKeys():
             image.EraseMetaData(key)
+        _with_units(image, units)
     return image
 
 

@@ -1927,6 +1927,108 @@ class SeriesOptionsForFiles(unittest.TestCase):
         self.assertEqual(code, 0, stderr)
 
 
+def write_pet_series(folder: str, values: np.ndarray, units: str | None, *, modality: str = "PT") -> None:
+    """A PET (or NM) series of ``values`` (slices, rows, cols; whole numbers 0..65535), one file a slice 2 mm apart,
+    stating ``units`` in Units (0054,1001) (None: no Units tag), with the PHI tags."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    os.makedirs(folder, exist_ok=True)
+    series_uid, study_uid = generate_uid(), generate_uid()
+    for k, plane in enumerate(values):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.128"  # PET Image Storage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = os.path.join(folder, f"PT{k:04d}.dcm")
+        ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        for name, value in PHI.items():
+            setattr(ds, name, value)
+        ds.Modality, ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = modality, "PET AC", 4, k + 1
+        ds.SeriesInstanceUID, ds.StudyInstanceUID = series_uid, study_uid
+        if units is not None:
+            ds.Units = units
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 2.0 * k], list(AXIAL)
+        ds.PixelSpacing, ds.SliceThickness = [2.0, 2.0], 2.0
+        ds.Rows, ds.Columns = plane.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.PixelData = plane.astype(np.uint16).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+
+
+def _pet_body(low: float, high: float, slices: int = 4) -> np.ndarray:
+    """0 in the air around a disc of whole values low..high (a PET: its background exactly 0)."""
+    y, x = np.mgrid[:16, :16]
+    disc = (y - 7.5) ** 2 + (x - 7.5) ** 2 < 36
+    body = np.random.default_rng(3).uniform(low, high, (slices, 16, 16)).round()
+    return np.where(disc, body, 0)
+
+
+class DicomPetUnits(unittest.TestCase):
+    """A DICOM PET's Units (0054,1001) (BQML, GML: SUV body weight, CNTS...) is the one tag read_image keeps: every
+    tag had been erased (the patient's are), so nothing downstream knew a PET stored in Bq/mL from one in SUV."""
+
+    def setUp(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self._tmp.cleanup)
+        self.dir = self._tmp.name
+
+    def test_the_units_are_kept_and_no_patient_tag_is(self) -> None:
+        bqml, gml, none = (os.path.join(self.dir, name) for name in ("bqml", "gml", "none"))
+        write_pet_series(bqml, _pet_body(2000, 20000), "BQML")
+        write_pet_series(gml, _pet_body(1, 8), "GML")
+        write_pet_series(none, _pet_body(2000, 20000), None)
+        for folder, units in ((bqml, "BQML"), (gml, "GML"), (none, "")):
+            with self.subTest(units=units):
+                series = io.read_image(folder)  # a series
+                one = io.read_image(os.path.join(folder, "PT0000.dcm"))  # one file (a 2D slice)
+                for image in (series, one):
+                    self.assertEqual(io.dicom_units(image), units)
+                    self.assertEqual(image.GetMetaDataKeys(), (io.UNITS_KEY,) if units else ())
+                path = io.write_image(series, os.path.join(self.dir, f"{units or 'none'}.nrrd"))
+                with open(path, "rb") as fh:
+                    payload = fh.read()
+                for name, value in PHI.items():
+                    self.assertNotIn(value.encode(), payload, name)
+
+    def test_a_window_refused_on_a_pet_in_bq_ml_says_so(self) -> None:
+        """--window 0 8 (SUV) on a PET whose Units say BQML: the refusal names Bq/mL from the tag, where it had said
+        only that 'a PET stored in Bq/mL is not in SUV' (a guess, the same for any image)."""
+        from MultimodalFusionLib import fusion
+
+        folder = os.path.join(self.dir, "bqml")
+        write_pet_series(folder, _pet_body(2000, 20000), "BQML")
+        pet = io.read_image(folder)
+        anatomy = sitk.Cast(pet, sitk.sitkFloat32) * 0.01 + 5.0
+        with self.assertRaises(InputError) as caught:
+            fusion.fuse(anatomy, pet, "average", window_b=(0, 8))
+        self.assertIn("its values span 0..", str(caught.exception))
+        self.assertIn("Bq/mL (DICOM Units BQML)), so the fused image would show it as a silhouette",
+                      str(caught.exception))
+        self.assertIn("this PET is stored in Bq/mL (DICOM Units BQML), not in SUV", caught.exception.fix)
+        for window in ((0, 8), (-20, -10)):  # run's check before registering: a silhouette, none of its values
+            with self.subTest(window=window), self.assertRaises(InputError) as caught:
+                fusion.check_windows(anatomy, pet, window_b=window)
+            self.assertIn("Bq/mL (DICOM Units BQML)", str(caught.exception))
+        # a counts image: named as such, no Bq/mL guess
+        counts = os.path.join(self.dir, "counts")
+        write_pet_series(counts, _pet_body(20, 400), "CNTS", modality="NM")
+        with self.assertRaises(InputError) as caught:
+            fusion.fuse(anatomy, io.read_image(counts), "average", window_b=(0, 8))
+        self.assertIn("counts (DICOM Units CNTS)", str(caught.exception))
+        self.assertNotIn("Bq/mL", str(caught.exception))
+        # an image without units: the guess, as before
+        plain = sitk.Image(pet)  # as a NIfTI of it reads
+        plain.EraseMetaData(io.UNITS_KEY)
+        with self.assertRaises(InputError) as caught:
+            fusion.fuse(anatomy, plain, "average", window_b=(0, 8))
+        self.assertIn("a PET stored in Bq/mL is not in SUV", caught.exception.fix)
+        self.assertNotIn("DICOM Units", str(caught.exception))
+
+
 class NoPatientDataOut(unittest.TestCase):
     """No identifying value of the DICOM files reaches an image the package returns or writes."""
 

@@ -51,6 +51,43 @@ def write_two_dicom_series(folder: Path) -> None:
             writer.Execute(slice_)
 
 
+class FusionWindowPresetsOffered(unittest.TestCase):
+    """Which fusion window presets the panel offers an image (app._fusion_window_choices): SUV windows for a PET in SUV
+    only. A DICOM PET's Units (0054,1001), which io.read_image keeps, decide it; without them the values do, and an
+    integer image (a SPECT in counts 0..40, a mask) had been offered SUV 0..5 and 0..8 as a PET in SUV is."""
+
+    def _offered(self, image: sitk.Image) -> set[str]:
+        from MultimodalFusionLib.web.app import _fusion_window_choices
+
+        return {key for key in _fusion_window_choices(image)[1] if key.startswith(("suv", "ct-"))}
+
+    def test_suv_windows_for_a_pet_in_suv_only(self) -> None:
+        import numpy as np
+        from test_dicom_inputs import _pet_body, write_pet_series
+
+        from MultimodalFusionLib.web.viewer import looks_like_suv
+
+        rng = np.random.default_rng(0)
+        counts = np.where(_pet_body(1, 2) > 0, rng.poisson(12, (4, 16, 16)), 0)
+        cases = {  # name: (image, SUV presets offered)
+            "SPECT in counts, int16, no units": (sitk.GetImageFromArray(counts.astype(np.int16)), False),
+            "mask, uint16": (sitk.GetImageFromArray((counts > 0).astype(np.uint16)), False),
+            "PET in SUV, float, no units": (sitk.GetImageFromArray(_pet_body(0.5, 9).astype(np.float32) / 1.3), True),
+            "PET in Bq/mL, float, no units": (sitk.GetImageFromArray(_pet_body(2000, 20000).astype(np.float32)), False),
+        }
+        with tempfile.TemporaryDirectory() as root:
+            # DICOM series: their Units decide, whatever the values (a low-count PET in Bq/mL reads 5..50)
+            for units, low, high, suv in (("BQML", 5, 50, False), ("GML", 1, 8, True), ("CNTS", 2, 40, False),
+                                          ("BQML", 2000, 20000, False)):
+                folder = os.path.join(root, f"{units}-{high}")
+                write_pet_series(folder, _pet_body(low, high), units)
+                cases[f"DICOM PET, Units {units}, {low}..{high}"] = (io.read_image(folder), suv)
+            for name, (image, suv) in cases.items():
+                with self.subTest(name):
+                    self.assertEqual(looks_like_suv(image), suv)
+                    self.assertEqual(self._offered(image), {"suv-5", "suv-8"} if suv else set())
+
+
 @unittest.skipUnless(_HAVE_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
 class WebAppTest(unittest.TestCase):
     @classmethod

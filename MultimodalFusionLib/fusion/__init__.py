@@ -449,22 +449,51 @@ def _checked_window(window: Any, name: str) -> tuple[float, float] | None:
     return lo, hi
 
 
+#: DICOM Units (0054,1001) codes of a PET or NM image, in words (the others are named by their code)
+_DICOM_UNITS = {"BQML": "Bq/mL", "GML": "SUV (g/mL)", "CNTS": "counts", "PROPCNTS": "counts"}
+
+
+def _stored_in(image: sitk.Image) -> str:
+    """The units a DICOM image states its values in (its Units (0054,1001), as io.read_image keeps them), in words
+    for a message ("Bq/mL (DICOM Units BQML)"); "" where it states none."""
+    from ..io import dicom_units
+
+    code = dicom_units(image)
+    return f"{_DICOM_UNITS.get(code, code)} (DICOM Units {code})" if code else ""
+
+
+def _units_example(image_name: str, stored: str) -> str:
+    """The fix's example of a window in an image's own units: what its DICOM Units say, or a guess."""
+    if "(b)" not in image_name:
+        return "a CT's are HU"
+    if stored.startswith("Bq/mL"):
+        return (f"this PET is stored in {stored}, not in SUV: give the window in Bq/mL, or convert the image to SUV "
+                "first (Bq/mL x body weight in g / injected dose in Bq, decay-corrected to the scan)")
+    if stored:
+        return f"this image is stored in {stored}"
+    return ("a PET stored in Bq/mL is not in SUV: give the window in Bq/mL, or convert the image to SUV first (Bq/mL "
+            "x body weight in g / injected dose in Bq, decay-corrected to the scan)")
+
+
 def _check_window_shows(values: np.ndarray, window: Sequence[float], name: str, image_name: str,
-                        units: str = "") -> None:
+                        units: str = "", stored: str = "") -> None:
     """Refuse a window that every one of an image's ``values`` lies at or beyond one side of (the one rule of
     :func:`fuse` and :func:`check_windows`). Such a window makes the image one constant value: ``--window 0 8``
     (SUV) on a PET stored in Bq/mL (1000..50000) had fused it as a constant 1, all of a's structure and none of b's,
     and the overlay painted the whole image in the colour map's top colour; a window above the values showed no
     colour at all. Both were written with exit status 0. A window some values fall inside, or lie on both sides of,
-    passes."""
+    passes. ``stored``: the units the image's DICOM Units state (:func:`_stored_in`), named in the message."""
     lo, hi = float(np.min(values)), float(np.max(values))
     w_lo, w_hi = float(window[0]), float(window[1])
     if lo < w_hi and hi > w_lo:
-        _check_window_not_silhouette(values, (w_lo, w_hi), (lo, hi), name, image_name, units)
-        _check_window_not_below_foreground(values, (w_lo, w_hi), (lo, hi), name, image_name, units)
+        _check_window_not_silhouette(values, (w_lo, w_hi), (lo, hi), name, image_name, units, stored)
+        _check_window_not_below_foreground(values, (w_lo, w_hi), (lo, hi), name, image_name, units, stored)
         return
     side = "at or below its bottom" if hi <= w_lo else "at or above its top"
-    example = "a PET stored in Bq/mL is not in SUV" if "(b)" in image_name else "a CT's are HU"
+    if stored:
+        units = f"{units} {stored}"
+    example = ("a PET stored in Bq/mL is not in SUV" if "(b)" in image_name and not stored
+               else _units_example(image_name, stored))
     raise InputError(f"The window ({w_lo:g}, {w_hi:g}) given for the {image_name} ({name}) "
                      f"holds none of its values ({lo:g}..{hi:g}{units}): every voxel is {side}, so the window makes "
                      "the image one constant value and the fused image would carry nothing of it.",
@@ -478,7 +507,7 @@ SILHOUETTE_SHARE = 0.99
 
 
 def _check_window_not_silhouette(values: np.ndarray, window: tuple[float, float], extent: tuple[float, float],
-                                 name: str, image_name: str, units: str) -> None:
+                                 name: str, image_name: str, units: str, stored: str = "") -> None:
     """Refuse a window that holds an image's minimum (its background: a PET's air at 0) and none, or almost none
     (under 1 - :data:`SILHOUETTE_SHARE`), of its other voxels, which lie above its top: ``--window 0 8`` (SUV) on a
     PET stored in Bq/mL (0 in the air, 1000-20000 in the body) passed the check of :func:`_check_window_shows`
@@ -495,9 +524,9 @@ def _check_window_not_silhouette(values: np.ndarray, window: tuple[float, float]
     if not count or n_above < SILHOUETTE_SHARE * count or float(np.min(values[above])) >= hi:
         return
     top = float(np.percentile(values[rest], 99.5))
-    example = ("a PET stored in Bq/mL is not in SUV: give the window in Bq/mL, or convert the image to SUV first "
-               "(Bq/mL x body weight in g / injected dose in Bq, decay-corrected to the scan)" if "(b)" in image_name
-               else "a CT's are HU")
+    example = _units_example(image_name, stored)
+    if stored:
+        units = f"{units} {stored}"
     raise InputError(f"The window ({w_lo:g}, {w_hi:g}) given for the {image_name} ({name}) holds only its minimum "
                      f"{lo:g} (its background): {n_above / count:.1%} of its other voxels lie above the window's top "
                      f"(its values span {lo:g}..{hi:g}{units}), so the fused image would show it as a silhouette, "
@@ -570,7 +599,7 @@ def _otsu_threshold(values: np.ndarray, lo: float, hi: float, bins: int = 256) -
 
 
 def _check_window_not_below_foreground(values: np.ndarray, window: tuple[float, float], extent: tuple[float, float],
-                                       name: str, image_name: str, units: str) -> None:
+                                       name: str, image_name: str, units: str, stored: str = "") -> None:
     """Refuse a window narrower than :data:`NARROW_WINDOW_SHARE` of the span from its bottom to the image's 99.5th
     percentile that lies in the image's lower class (its top at or below the Otsu threshold between background and
     foreground): every foreground voxel lies above its top. :func:`_check_window_not_silhouette` catches this only
@@ -597,9 +626,9 @@ def _check_window_not_below_foreground(values: np.ndarray, window: tuple[float, 
     share = float(np.count_nonzero(foreground > w_hi)) / foreground.size
     if share < SILHOUETTE_SHARE:
         return
-    example = ("a PET stored in Bq/mL is not in SUV: give the window in Bq/mL, or convert the image to SUV first "
-               "(Bq/mL x body weight in g / injected dose in Bq, decay-corrected to the scan)" if "(b)" in image_name
-               else "a CT's are HU")
+    example = _units_example(image_name, stored)
+    if stored:
+        units = f"{units} {stored}"
     raise InputError(f"The window ({w_lo:g}, {w_hi:g}) given for the {image_name} ({name}) lies below its "
                      f"foreground: it is {(w_hi - w_lo) / (top - w_lo):.2%} of the span from its bottom to the image's "
                      f"99.5th percentile {top:.4g}, and {share:.1%} of its foreground (its voxels above {split:.4g}, "
@@ -651,7 +680,8 @@ def check_windows(a: sitk.Image, b: sitk.Image, *, window_a: Sequence[float] | N
                                     ", luminance")
             return
     grey_b = _grey_input(b, "functional image (b)")
-    _check_window_shows(sitk.GetArrayViewFromImage(grey_b), window_b, _B_WINDOW_LABEL, "functional image (b)")
+    _check_window_shows(sitk.GetArrayViewFromImage(grey_b), window_b, _B_WINDOW_LABEL, "functional image (b)",
+                        stored=_stored_in(b))
 
 
 def _recorded(value: Any) -> Any:
@@ -760,11 +790,12 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
                 window_b = (float(b_arr.min()), float(b_arr.max()))
         b_unit = np.clip(window_to_unit(b_arr, window_b), 0.0, 1.0)
         if b_window_given:
-            _check_window_shows(b_arr, window_b, _B_WINDOW_LABEL, "functional image (b)")
+            _check_window_shows(b_arr, window_b, _B_WINDOW_LABEL, "functional image (b)", stored=_stored_in(b))
     else:
         b_unit = to_unit(b, window_b)
         if b_window_given:
-            _check_window_shows(sitk.GetArrayViewFromImage(b), window_b, _B_WINDOW_LABEL, "functional image (b)")
+            _check_window_shows(sitk.GetArrayViewFromImage(b), window_b, _B_WINDOW_LABEL, "functional image (b)",
+                                stored=_stored_in(b))
 
     if method == "overlay":
         thr = params.pop("threshold", None)

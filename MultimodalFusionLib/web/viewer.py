@@ -547,16 +547,25 @@ def looks_like_ct(image: sitk.Image) -> bool:
 
 
 def looks_like_suv(image: sitk.Image) -> bool:
-    """True for a PET that reads as SUV (standardised uptake, g/mL): float values from about 0 (noise a little below
-    it) whose 99.9th percentile lies between 1 and 60 (a head's or a body's uptake; a bladder's maximum may go past).
-    A NIfTI carries no unit, so the values are all there is: a PET in Bq/mL (thousands), a CT (negative HU), an MR
-    (hundreds, or 0..1 after normalisation) and an 8-bit image are not SUV; a PET in kBq/mL can pass for one."""
-    if image.GetNumberOfComponentsPerPixel() > 1 or image.GetPixelID() == sitk.sitkUInt8:
+    """True for a PET that reads as SUV (standardised uptake, g/mL). A DICOM PET says so: its Units (0054,1001), which
+    :func:`..io.read_image` keeps, GML (SUV body weight) is SUV, BQML (Bq/mL), CNTS (counts) or any other code is not.
+    A NIfTI carries no unit, so its values are all there is: float values from about 0 (noise a little below it)
+    whose 99.9th percentile lies between 1 and 60 (a head's or a body's uptake; a bladder's maximum may go past). A PET
+    in Bq/mL (thousands), a CT (negative HU), an MR (hundreds, or 0..1 after normalisation) and an integer image (a
+    SPECT in counts 0..40, a mask) are not SUV; a PET in kBq/mL, or a float map of small values (an ADC map in
+    10^-3 mm^2/s), can pass for one."""
+    from ..io import dicom_units
+
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        return False
+    units = dicom_units(image)
+    if units:
+        return units == "GML"
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
         return False
     arr = sitk.GetArrayViewFromImage(image).ravel()
     sample = arr[::max(1, arr.size // 1_000_000)]
-    if np.issubdtype(sample.dtype, np.floating):
-        sample = sample[np.isfinite(sample)]
+    sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         return False
     low, high = (float(v) for v in np.percentile(sample, [1.0, 99.9]))
