@@ -203,14 +203,17 @@ class WebAppInBrowserTest(unittest.TestCase):
         self.assertIn("MNI152", page.inner_text("body"))
 
         # Cancel stops a running registration at the engine's next progress report. A rigid registration of the demo
-        # takes under a second in a warm server (after a Fuse: test_fusion_windows_... runs first), and had ended
-        # before Playwright's click on Cancel landed: the cancelled run registers rigid + B-spline, and the page
-        # clicks Cancel as soon as it is enabled
+        # takes under a second in a warm server, and had ended before Playwright's click on Cancel landed: the
+        # cancelled run registers rigid + B-spline, and the page clicks Cancel in the DOM change that enables it (a
+        # MutationObserver, not a poll once a frame, which a faster server could finish the job between)
         page.evaluate("() => trame.state.update({stages: ['rigid', 'bspline']})")
         page.wait_for_function("() => document.querySelectorAll('.v-chip').length >= 2", timeout=10_000)
+        page.evaluate("""() => { window.mmfCancelClicked = false;
+            const observer = new MutationObserver(() => { const b = document.querySelector('#mmf-cancel');
+              if (b && !b.disabled) { observer.disconnect(); b.click(); window.mmfCancelClicked = true; } });
+            observer.observe(document.body, {subtree: true, childList: true, attributes: true}); }""")
         page.click("#mmf-register")
-        page.wait_for_function("() => { const b = document.querySelector('#mmf-cancel');"
-                               " if (b.disabled) { return false; } b.click(); return true; }", timeout=30_000)
+        page.wait_for_function("() => window.mmfCancelClicked", timeout=30_000)
         page.wait_for_function("() => /Registration (cancelled|done)/.test("
                                "document.querySelector('#mmf-job-message').innerText)", timeout=JOB_TIMEOUT_MS)
         self.assertIn("Registration cancelled", page.inner_text("#mmf-job-message"))
@@ -301,8 +304,9 @@ class WebAppInBrowserTest(unittest.TestCase):
     def test_fusion_windows_set_in_the_page_fuse_as_the_cli_does(self):
         # each image's fusion window, picked in the page: the fused volume is `mmfusion fuse`'s with that window, the
         # fused layer in the views changes with it, and a window holding none of the PET's values shows the engine's
-        # message. Runs on the demo as loaded (before test_register_and_fuse_through_the_page, alphabetically):
-        # fused as the images lie, so the CLI fuses the same two files
+        # message. The demo's two images are written to files and loaded through the page's paths (as loaded, not
+        # registered, whichever test ran before: the test had relied on running before
+        # test_register_and_fuse_through_the_page), fused as they lie, so the CLI fuses the same two files
         import contextlib
         import io as text_io
 
@@ -310,13 +314,22 @@ class WebAppInBrowserTest(unittest.TestCase):
         from MultimodalFusionLib.web.demo import demo_images
 
         page = self._open_page()
-        self.assertFalse(page.evaluate("() => trame.state.get('has_registered')"), "expects the demo as loaded")
         folder = tempfile.mkdtemp(prefix="mmfusion-web-test-")
         self.addCleanup(shutil.rmtree, folder, True)
         fixed, moving, _ = demo_images(spacing_mm=3.0)  # the server's demo (mmfusion web --demo: 3 mm)
-        paths = {name: os.path.join(folder, f"{name}.nii.gz") for name in ("t1", "pet", "cli", "web")}
+        # named as the demo is shown (the other tests look for "MNI152"): the same images, for the tests after this
+        paths = {name: os.path.join(folder, f"{name}.nii.gz") for name in ("MNI152-T1-demo", "PET-like-demo", "cli",
+                                                                           "web")}
+        paths["t1"], paths["pet"] = paths.pop("MNI152-T1-demo"), paths.pop("PET-like-demo")
         sitk.WriteImage(fixed, paths["t1"])
         sitk.WriteImage(moving, paths["pet"])
+        page.fill("#mmf-fixed-path", paths["t1"])
+        page.fill("#mmf-moving-path", paths["pet"])
+        self._click_and_wait_job(page, "#mmf-load", "Loading")
+        page.wait_for_function("() => trame.state.get('has_registered') === false", timeout=30_000)
+        # full foreground opacity (test_register_and_fuse_through_the_page leaves it at 0): the fused layer shows
+        self._slider_thumb(page, "fg-opacity").focus()
+        page.keyboard.press("End")
 
         def pick(side: str, title: str) -> None:
             page.locator(f".v-select:has(#mmf-fw-{side}-preset) .v-field").click(timeout=10_000)
