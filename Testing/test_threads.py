@@ -4,7 +4,6 @@ setting put back afterwards, numbers below 1 refused, seeded results the same at
 from __future__ import annotations
 
 import contextlib
-import io as _io
 import json
 import os
 import subprocess
@@ -14,21 +13,16 @@ import unittest
 
 import SimpleITK as sitk
 
-from MultimodalFusionLib import cli, data
+# the CLI runner and the 2D pair of the CLI's registration tests (a module, not its names: pytest would collect
+# its test classes again here)
+import test_cli_registration as _cli_tests
+
+from MultimodalFusionLib import cli
 from MultimodalFusionLib.errors import InputError
 from MultimodalFusionLib.metrics import metric_workers
 from MultimodalFusionLib.threads import limit_threads, thread_limit
 
-DATA = data.testing_data_dir()
-FIXED = str(DATA / "BrainT1SliceBorder20.png")
-MOVING = str(DATA / "BrainProtonDensitySliceR10X13Y17.png")
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = _io.StringIO(), _io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
+FIXED, MOVING, run_cli = _cli_tests.FIXED, _cli_tests.MOVING, _cli_tests.run_cli
 
 
 def _torch():

@@ -524,15 +524,22 @@ def _check_window_not_silhouette(values: np.ndarray, window: tuple[float, float]
     if not count or n_above < SILHOUETTE_SHARE * count or float(np.min(values[above])) >= hi:
         return
     top = float(np.percentile(values[rest], 99.5))
+    _refuse_silhouette(f"The window ({w_lo:g}, {w_hi:g}) given for the {image_name} ({name}) holds only its minimum "
+                       f"{lo:g} (its background): {n_above / count:.1%} of its other voxels lie above the window's top",
+                       extent, (lo, top), image_name, units, stored)
+
+
+def _refuse_silhouette(why: str, extent: tuple[float, float], suggested: tuple[float, float], image_name: str,
+                       units: str, stored: str) -> None:
+    """Raise the refusal of a window that would show an image as a silhouette (:func:`_check_window_not_silhouette`,
+    :func:`_check_window_not_below_foreground`): ``why``, the image's range in its units, a window to give instead."""
     example = _units_example(image_name, stored)
     if stored:
         units = f"{units} {stored}"
-    raise InputError(f"The window ({w_lo:g}, {w_hi:g}) given for the {image_name} ({name}) holds only its minimum "
-                     f"{lo:g} (its background): {n_above / count:.1%} of its other voxels lie above the window's top "
-                     f"(its values span {lo:g}..{hi:g}{units}), so the fused image would show it as a silhouette, "
-                     "every voxel above the background at the window's top.",
-                     f"Give a window in the image's own units, e.g. ({lo:g}, {top:.4g}) ({example}), or leave the "
-                     "window out.")
+    raise InputError(f"{why} (its values span {extent[0]:g}..{extent[1]:g}{units}), so the fused image would show it "
+                     "as a silhouette, every voxel above the background at the window's top.",
+                     f"Give a window in the image's own units, e.g. ({suggested[0]:.4g}, {suggested[1]:.4g}) "
+                     f"({example}), or leave the window out.")
 
 
 def window_from_width_level(width: Any, level: Any, name: str, example: str,
@@ -626,16 +633,11 @@ def _check_window_not_below_foreground(values: np.ndarray, window: tuple[float, 
     share = float(np.count_nonzero(foreground > w_hi)) / foreground.size
     if share < SILHOUETTE_SHARE:
         return
-    example = _units_example(image_name, stored)
-    if stored:
-        units = f"{units} {stored}"
-    raise InputError(f"The window ({w_lo:g}, {w_hi:g}) given for the {image_name} ({name}) lies below its "
-                     f"foreground: it is {(w_hi - w_lo) / (top - w_lo):.2%} of the span from its bottom to the image's "
-                     f"99.5th percentile {top:.4g}, and {share:.1%} of its foreground (its voxels above {split:.4g}, "
-                     f"Otsu's threshold) lie above the window's top (its values span {lo:g}..{hi:g}{units}), so the fused "
-                     "image would show it as a silhouette, every voxel above the background at the window's top.",
-                     f"Give a window in the image's own units, e.g. ({max(bottom, min(w_lo, split)):.4g}, {top:.4g}) "
-                     f"({example}), or leave the window out.")
+    _refuse_silhouette(f"The window ({w_lo:g}, {w_hi:g}) given for the {image_name} ({name}) lies below its "
+                       f"foreground: it is {(w_hi - w_lo) / (top - w_lo):.2%} of the span from its bottom to the "
+                       f"image's 99.5th percentile {top:.4g}, and {share:.1%} of its foreground (its voxels above "
+                       f"{split:.4g}, Otsu's threshold) lie above the window's top", (lo, hi),
+                       (max(bottom, min(w_lo, split)), top), image_name, units, stored)
 
 
 #: how the messages name each image's window (the Python keyword and the CLI flag)
