@@ -72,6 +72,7 @@ __all__ = [
     "check_evaluation_inputs",
     "on_slice_planes",
     "slice_plane_inputs",
+    "slice_plane_transform",
     "OVERLAP_MEASURES",
     "to_8bit",
     "entropy",
@@ -1037,6 +1038,166 @@ def _mm(values: Sequence[float]) -> str:
     return " x ".join(f"{v:.3g}" for v in values) + " mm"
 
 
+def _axial_slice(image: Any) -> bool:
+    """A one-slice volume whose slice a 2D image holds (along the last axis, in an axial plane: what ``mmfusion
+    register`` registers as 2D, ``io.one_slice_as_2d``)."""
+    from .io import one_slice_as_2d, one_slice_axis
+
+    if one_slice_axis(image) != 2:
+        return False
+    try:
+        one_slice_as_2d(image)
+    except InputError:
+        return False
+    return True
+
+
+def _linear_lifted_2d(transform: Any) -> Any:
+    """A linear transform's 2D one (LPS x, y), None where it moves points across axial planes."""
+    matrix = np.array(transform.GetMatrix()).reshape(3, 3)
+    offset = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
+    if not (np.allclose(matrix[2], (0, 0, 1), atol=1e-9) and np.allclose(matrix[:2, 2], 0, atol=1e-9)
+            and abs(offset[2]) < 1e-6):
+        return None
+    flat = sitk.AffineTransform(2)
+    flat.SetMatrix([float(v) for v in matrix[:2, :2].ravel()])
+    flat.SetTranslation([float(v) for v in offset[:2]])
+    return flat
+
+
+#: how far (mm) a 3D transform may move a one-slice volume's slab points from its 2D transform lifted (x and y moved
+#: alike at every depth, z kept) and still be taken for it
+_LIFT_TOLERANCE_MM = 1e-6
+
+
+def _grid_lifted_2d(images: Sequence[Any]) -> list[Any] | None:
+    """The 2D images (x and y components) of a B-spline's coefficient images or a displacement field's components
+    (LPS x, y, z) that lift a 2D one: a grid whose third axis is along z and first two in the axial plane, a z
+    component of 0 and x and y components the same on every layer; None otherwise."""
+    direction = np.array(images[0].GetDirection()).reshape(3, 3)
+    if not (np.allclose(direction[2, :2], 0, atol=1e-9) and np.allclose(direction[:2, 2], 0, atol=1e-9)):
+        return None
+    arrays = [sitk.GetArrayFromImage(image) for image in images]  # numpy order (z, y, x)
+    # within the 1e-6 mm the slab checks allow (_keeps_planes, _lifts; a B-spline's and a linear field's weights
+    # are positive and sum to 1, so the first layer moves no point further than that from the transform): exact
+    # equality had refused a lifted B-spline with z coefficients of 1e-9 mm as one that 'cannot be taken back'
+    if np.any(np.abs(arrays[2]) > _LIFT_TOLERANCE_MM) or any(np.any(np.abs(a - a[:1]) > _LIFT_TOLERANCE_MM)
+                                                             for a in arrays[:2]):
+        return None
+    out = []
+    for arr in arrays[:2]:
+        flat = sitk.GetImageFromArray(arr[0].astype(np.float64))
+        flat.SetOrigin(images[0].GetOrigin()[:2])
+        flat.SetSpacing(images[0].GetSpacing()[:2])
+        flat.SetDirection([float(v) for v in direction[:2, :2].ravel()])
+        out.append(flat)
+    return out
+
+
+def _lifted_2d(transform: Any) -> Any:
+    """The 2D transform (LPS x, y) a 3D one lifts, as Slicer loads the 2D transform ``mmfusion register`` writes for
+    one-slice volumes (each point keeps its z, x and y moved by the 2D transform): a linear transform, a B-spline
+    (its coefficient grid along z, the z coefficients 0 and the x and y ones the same on every layer, as a 2D
+    B-spline stacked along z), a displacement field lifted alike, or a composite of them. None for a transform that
+    moves points across axial planes, or is none of these."""
+    if not isinstance(transform, sitk.Transform) or transform.GetDimension() != 3:
+        return None
+    name = transform.GetName()
+    if name == "CompositeTransform":
+        composite = sitk.CompositeTransform(transform)
+        parts = [_lifted_2d(composite.GetNthTransform(i).Downcast())
+                 for i in range(composite.GetNumberOfTransforms())]
+        return sitk.CompositeTransform(parts) if parts and all(p is not None for p in parts) else None
+    if name == "BSplineTransform":
+        bspline = sitk.BSplineTransform(transform)
+        flat = _grid_lifted_2d(bspline.GetCoefficientImages())
+        return sitk.BSplineTransform(flat, bspline.GetOrder()) if flat is not None else None
+    if name == "DisplacementFieldTransform":
+        field = sitk.DisplacementFieldTransform(transform).GetDisplacementField()
+        parts = [sitk.VectorIndexSelectionCast(field, k, sitk.sitkFloat64) for k in range(3)]
+        for part in parts:
+            part.CopyInformation(field)
+        flat = _grid_lifted_2d(parts)
+        if flat is None or field.GetSize()[2] < 2:
+            return None  # one layer: the field moves no point off it (ITK takes no displacement outside a field)
+        return sitk.DisplacementFieldTransform(sitk.Compose(flat))
+    if name in ("AffineTransform", "Euler3DTransform", "VersorRigid3DTransform", "Similarity3DTransform",
+                "ScaleVersor3DTransform", "ScaleSkewVersor3DTransform", "TranslationTransform",
+                "ScaleTransform"):
+        if name == "TranslationTransform":
+            shift = transform.TransformPoint((0.0, 0.0, 0.0))
+            return sitk.TranslationTransform(2, shift[:2]) if abs(shift[2]) < 1e-6 else None
+        return _linear_lifted_2d(transform)
+    return None
+
+
+def _slab_points(image: Any) -> Any:
+    """Points of the one-slice volume ``image``'s slab: 7 x 7 over its in-plane extent, at its plane and half a
+    slice depth either side, as a (49, 3, 3) array (LPS mm; the middle axis the depth)."""
+    size = image.GetSize()
+    return np.array([image.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))
+                     for i in np.linspace(-0.5, size[0] - 0.5, 7) for j in np.linspace(-0.5, size[1] - 0.5, 7)
+                     for k in (-0.5, 0.0, 0.5)]).reshape(49, 3, 3)
+
+
+def _moved(transform: Any, points: Any) -> Any:
+    try:
+        return np.array([transform.TransformPoint([float(v) for v in p]) for p in points.reshape(-1, points.shape[-1])]
+                        ).reshape(*points.shape[:-1], -1)
+    except RuntimeError:
+        return None
+
+
+def _keeps_planes(transform: Any, image: Any) -> bool:
+    """Whether ``transform`` moves the points of the one-slice volume ``image``'s slab within their axial planes,
+    each the same way at every depth: a 2D transform lifted to 3D, whatever its kind."""
+    points = _slab_points(image)
+    moved = _moved(transform, points)
+    # rtol=0: numpy's default relative 1e-5 of coordinates 40 mm from the origin had allowed 4e-4 mm
+    return moved is not None and bool(np.allclose(moved[..., 2], points[..., 2], rtol=0, atol=_LIFT_TOLERANCE_MM)
+                                      and np.allclose(moved[..., :2], moved[:, :1, :2], rtol=0,
+                                                      atol=_LIFT_TOLERANCE_MM))
+
+
+def _lifts(transform: Any, flat: Any, image: Any) -> bool:
+    """Whether the 3D ``transform`` is the 2D ``flat`` lifted (x and y moved by it, z kept) over the one-slice volume
+    ``image``'s slab: a B-spline or field is checked where the slice lies (outside its grid it moves nothing)."""
+    points = _slab_points(image)
+    moved, flat_moved = _moved(transform, points), _moved(flat, points[..., :2])
+    return moved is not None and flat_moved is not None and bool(
+        np.allclose(moved[..., 2], points[..., 2], rtol=0, atol=_LIFT_TOLERANCE_MM)
+        and np.allclose(moved[..., :2], flat_moved, rtol=0, atol=_LIFT_TOLERANCE_MM))
+
+
+def slice_plane_transform(fixed: sitk.Image, moving: sitk.Image, transform: Any, name: str) -> Any:
+    """The 2D transform (LPS x, y) that the 3D ``transform`` lifts over the slab of two one-slice volumes' (axial
+    slices) fixed slice, as Slicer loads the 2D transform ``mmfusion register`` writes for them (each point keeps its
+    z, x and y moved by the 2D transform: a linear transform, a B-spline or displacement field stacked along z, or a
+    composite of these), so that :func:`evaluate_registration` scores them on their slices' planes; ``transform``
+    as it is for other images and for a transform that moves their points across axial planes (scored in 3D).
+
+    Raises:
+        InputError: a non-linear transform (``name``) that keeps the slice's planes but cannot be taken back to 2D
+            (a grid not along z, layers that differ from one another); in 3D a moving slice at another depth would
+            lose its labels.
+    """
+    if transform is None or not (_axial_slice(fixed) and _axial_slice(moving)):
+        return transform
+    flat = _lifted_2d(transform)
+    if flat is not None and _lifts(transform, flat, fixed):
+        return flat
+    if _keeps_planes(transform, fixed):
+        raise InputError(
+            f"The transform '{name}' moves the fixed slice's points within their axial "
+            f"planes (a 2D transform lifted to 3D), but as a {transform.GetName()} it cannot be taken back to "
+            "the 2D transform the slices are scored through (a B-spline or displacement field whose grid "
+            "is not along z, or that differs from layer to layer); in 3D a moving slice at another depth "
+            "would lose its labels.",
+            "Score the slices with `mmfusion evaluate-registration FIXED MOVING --transform "
+            "transform.h5` on the image files and the 2D transform file the registration wrote.")
+    return transform
+
+
 def on_slice_planes(fixed: sitk.Image, moving: sitk.Image, transform: Any) -> bool:
     """Whether ``fixed`` and ``moving`` are scored as the 2D slices they hold: at least one one-slice volume, the
     other one too or a 2D image, with a 2D transform (as ``mmfusion register`` writes for them); or, with no
@@ -1046,7 +1207,7 @@ def on_slice_planes(fixed: sitk.Image, moving: sitk.Image, transform: Any) -> bo
     plane: ``io.one_slice_as_2d``). :func:`slice_plane_inputs` takes their label maps and landmarks into the
     slices' 2D frames. Two one-slice volumes that no 2D image holds (coronal, sagittal), which ``register``
     refuses, are scored in 3D without a transform, as are any under a 3D transform."""
-    from .io import one_slice_as_2d, one_slice_axis
+    from .io import one_slice_axis
 
     images = (fixed, moving)
     if not (all(isinstance(i, sitk.Image) for i in images) and any(one_slice_axis(i) is not None for i in images)
@@ -1058,10 +1219,7 @@ def on_slice_planes(fixed: sitk.Image, moving: sitk.Image, transform: Any) -> bo
         # two one-slice volumes: without a transform they had been scored in 3D, where slices 2.5 mm apart scored
         # Dice 0.00 and TRE 4.609 mm, while the "before" column of the same pair with its 2D transform (the
         # identity of the slices' frames, where register starts) read Dice 0.570 and TRE 3.925 mm
-        try:
-            return all(one_slice_as_2d(i).GetDimension() == 2 for i in images)
-        except InputError:
-            return False
+        return all(_axial_slice(i) for i in images)
     return isinstance(transform, sitk.Transform) and transform.GetDimension() == 2
 
 

@@ -261,151 +261,6 @@ def _single_slice(image: Any) -> bool:
     return io.one_slice_axis(image) is not None
 
 
-def _axial_slice(image: Any) -> bool:
-    """A one-slice volume whose slice a 2D image holds (along the last axis, in an axial plane: what ``mmfusion
-    register`` registers as 2D, ``io.one_slice_as_2d``)."""
-    if io.one_slice_axis(image) != 2:
-        return False
-    try:
-        io.one_slice_as_2d(image)
-    except InputError:
-        return False
-    return True
-
-
-def _linear_lifted_2d(transform: Any) -> Any:
-    """A linear transform's 2D one (LPS x, y), None where it moves points across axial planes."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    matrix = np.array(transform.GetMatrix()).reshape(3, 3)
-    offset = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
-    if not (np.allclose(matrix[2], (0, 0, 1), atol=1e-9) and np.allclose(matrix[:2, 2], 0, atol=1e-9)
-            and abs(offset[2]) < 1e-6):
-        return None
-    flat = sitk.AffineTransform(2)
-    flat.SetMatrix([float(v) for v in matrix[:2, :2].ravel()])
-    flat.SetTranslation([float(v) for v in offset[:2]])
-    return flat
-
-
-#: how far (mm) a 3D transform may move a one-slice volume's slab points from its 2D transform lifted (x and y moved
-#: alike at every depth, z kept) and still be taken for it
-_LIFT_TOLERANCE_MM = 1e-6
-
-
-def _grid_lifted_2d(images: Sequence[Any]) -> list[Any] | None:
-    """The 2D images (x and y components) of a B-spline's coefficient images or a displacement field's components
-    (LPS x, y, z) that lift a 2D one: a grid whose third axis is along z and first two in the axial plane, a z
-    component of 0 and x and y components the same on every layer; None otherwise."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    direction = np.array(images[0].GetDirection()).reshape(3, 3)
-    if not (np.allclose(direction[2, :2], 0, atol=1e-9) and np.allclose(direction[:2, 2], 0, atol=1e-9)):
-        return None
-    arrays = [sitk.GetArrayFromImage(image) for image in images]  # numpy order (z, y, x)
-    # within the 1e-6 mm the slab checks allow (_keeps_planes, _lifts; a B-spline's and a linear field's weights
-    # are positive and sum to 1, so the first layer moves no point further than that from the transform): exact
-    # equality had refused a lifted B-spline with z coefficients of 1e-9 mm as one that 'cannot be taken back'
-    if np.any(np.abs(arrays[2]) > _LIFT_TOLERANCE_MM) or any(np.any(np.abs(a - a[:1]) > _LIFT_TOLERANCE_MM)
-                                                             for a in arrays[:2]):
-        return None
-    out = []
-    for arr in arrays[:2]:
-        flat = sitk.GetImageFromArray(arr[0].astype(np.float64))
-        flat.SetOrigin(images[0].GetOrigin()[:2])
-        flat.SetSpacing(images[0].GetSpacing()[:2])
-        flat.SetDirection([float(v) for v in direction[:2, :2].ravel()])
-        out.append(flat)
-    return out
-
-
-def _lifted_2d(transform: Any) -> Any:
-    """The 2D transform (LPS x, y) a 3D one lifts, as Slicer loads the 2D transform ``mmfusion register`` writes for
-    one-slice volumes (each point keeps its z, x and y moved by the 2D transform): a linear transform, a B-spline
-    (its coefficient grid along z, the z coefficients 0 and the x and y ones the same on every layer, as a 2D
-    B-spline stacked along z), a displacement field lifted alike, or a composite of them. None for a transform that
-    moves points across axial planes, or is none of these."""
-    import SimpleITK as sitk
-
-    if not isinstance(transform, sitk.Transform) or transform.GetDimension() != 3:
-        return None
-    name = transform.GetName()
-    if name == "CompositeTransform":
-        composite = sitk.CompositeTransform(transform)
-        parts = [_lifted_2d(composite.GetNthTransform(i).Downcast())
-                 for i in range(composite.GetNumberOfTransforms())]
-        return sitk.CompositeTransform(parts) if parts and all(p is not None for p in parts) else None
-    if name == "BSplineTransform":
-        bspline = sitk.BSplineTransform(transform)
-        flat = _grid_lifted_2d(bspline.GetCoefficientImages())
-        return sitk.BSplineTransform(flat, bspline.GetOrder()) if flat is not None else None
-    if name == "DisplacementFieldTransform":
-        field = sitk.DisplacementFieldTransform(transform).GetDisplacementField()
-        parts = [sitk.VectorIndexSelectionCast(field, k, sitk.sitkFloat64) for k in range(3)]
-        for part in parts:
-            part.CopyInformation(field)
-        flat = _grid_lifted_2d(parts)
-        if flat is None or field.GetSize()[2] < 2:
-            return None  # one layer: the field moves no point off it (ITK takes no displacement outside a field)
-        return sitk.DisplacementFieldTransform(sitk.Compose(flat))
-    if name in ("AffineTransform", "Euler3DTransform", "VersorRigid3DTransform", "Similarity3DTransform",
-                "ScaleVersor3DTransform", "ScaleSkewVersor3DTransform", "TranslationTransform",
-                "ScaleTransform"):
-        if name == "TranslationTransform":
-            shift = transform.TransformPoint((0.0, 0.0, 0.0))
-            return sitk.TranslationTransform(2, shift[:2]) if abs(shift[2]) < 1e-6 else None
-        return _linear_lifted_2d(transform)
-    return None
-
-
-def _slab_points(image: Any) -> Any:
-    """Points of the one-slice volume ``image``'s slab: 7 x 7 over its in-plane extent, at its plane and half a
-    slice depth either side, as a (49, 3, 3) array (LPS mm; the middle axis the depth)."""
-    import numpy as np
-
-    size = image.GetSize()
-    return np.array([image.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))
-                     for i in np.linspace(-0.5, size[0] - 0.5, 7) for j in np.linspace(-0.5, size[1] - 0.5, 7)
-                     for k in (-0.5, 0.0, 0.5)]).reshape(49, 3, 3)
-
-
-def _moved(transform: Any, points: Any) -> Any:
-    import numpy as np
-
-    try:
-        return np.array([transform.TransformPoint([float(v) for v in p]) for p in points.reshape(-1, points.shape[-1])]
-                        ).reshape(*points.shape[:-1], -1)
-    except RuntimeError:
-        return None
-
-
-def _keeps_planes(transform: Any, image: Any) -> bool:
-    """Whether ``transform`` moves the points of the one-slice volume ``image``'s slab within their axial planes,
-    each the same way at every depth: a 2D transform lifted to 3D, whatever its kind."""
-    import numpy as np
-
-    points = _slab_points(image)
-    moved = _moved(transform, points)
-    # rtol=0: numpy's default relative 1e-5 of coordinates 40 mm from the origin had allowed 4e-4 mm
-    return moved is not None and bool(np.allclose(moved[..., 2], points[..., 2], rtol=0, atol=_LIFT_TOLERANCE_MM)
-                                      and np.allclose(moved[..., :2], moved[:, :1, :2], rtol=0,
-                                                      atol=_LIFT_TOLERANCE_MM))
-
-
-def _lifts(transform: Any, flat: Any, image: Any) -> bool:
-    """Whether the 3D ``transform`` is the 2D ``flat`` lifted (x and y moved by it, z kept) over the one-slice volume
-    ``image``'s slab: a B-spline or field is checked where the slice lies (outside its grid it moves nothing)."""
-    import numpy as np
-
-    points = _slab_points(image)
-    moved, flat_moved = _moved(transform, points), _moved(flat, points[..., :2])
-    return moved is not None and flat_moved is not None and bool(
-        np.allclose(moved[..., 2], points[..., 2], rtol=0, atol=_LIFT_TOLERANCE_MM)
-        and np.allclose(moved[..., :2], flat_moved, rtol=0, atol=_LIFT_TOLERANCE_MM))
-
-
 def _scalar(value: Any) -> Any:
     try:
         return float(value)
@@ -985,7 +840,7 @@ class FusionLogic:
                 refuses.
         """
         from .landmarks import Landmarks
-        from .metrics import evaluate_registration
+        from .metrics import evaluate_registration, slice_plane_transform
 
         if fixedVolumeNode is None or movingVolumeNode is None:
             raise InputError("Select both a fixed and a moving volume.", "Choose the two volumes the registration "
@@ -1028,23 +883,12 @@ class FusionLogic:
                          "is the volumes on their own grids, not as shown")
         transformNode = transformNode or moving_parent
         transform = mrml.sitk_transform_from_node(transformNode) if transformNode is not None else None
-        if _axial_slice(fixed) and _axial_slice(moving) and transform is not None:
-            flat = _lifted_2d(transform)
-            if flat is not None and _lifts(transform, flat, fixed):
-                # two one-slice volumes under the 2D transform their registration gave (as Slicer loads it: lifted
-                # to 3D, z kept): scored as 2D images, the label maps and points in their slices' 2D frames, as
-                # `mmfusion evaluate-registration` scores them; in 3D slices at other depths had lost every label
-                # (a lifted 2D B-spline too: it had been scored in 3D)
-                transform = flat
-            elif _keeps_planes(transform, fixed):
-                raise InputError(
-                    f"The transform '{transformNode.GetName()}' moves the fixed slice's points within their axial "
-                    f"planes (a 2D transform lifted to 3D), but as a {transform.GetName()} it cannot be taken back to "
-                    "the 2D transform the slices are scored through (a B-spline or displacement field whose grid "
-                    "is not along z, or that differs from layer to layer); in 3D a moving slice at another depth "
-                    "would lose its labels.",
-                    "Score the slices with `mmfusion evaluate-registration FIXED MOVING --transform "
-                    "transform.h5` on the image files and the 2D transform file the registration wrote.")
+        if transform is not None:
+            # two one-slice volumes under the 2D transform their registration gave (as Slicer loads it: lifted
+            # to 3D, z kept): scored as 2D images, the label maps and points in their slices' 2D frames, as
+            # `mmfusion evaluate-registration` scores them; in 3D slices at other depths had lost every label
+            # (a lifted 2D B-spline too: it had been scored in 3D)
+            transform = slice_plane_transform(fixed, moving, transform, transformNode.GetName())
         for role, node, volume in (("fixed", fixedLabelNode, fixedVolumeNode), ("moving", movingLabelNode,
                                                                               movingVolumeNode),
                                    ("fixed", fixedPointsNode, fixedVolumeNode), ("moving", movingPointsNode,
