@@ -628,21 +628,9 @@ class LogicTest(unittest.TestCase):
 
     def setUp(self) -> None:
         self.d = one_slice_pair()
-        self.scene = mrml.new_scene()
+        self.scene, self.nodes = self._scene_of(self.d)
         self.logic = FusionLogic(self.scene)
-        d = self.d
-        self.nodes = {k: mrml.volume_node_from_image(d[k], self.scene, name=k, label=k.endswith("labels"))
-                      for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
-        lifted = sitk.AffineTransform(3)
-        m = np.array(TRUTH.GetMatrix()).reshape(2, 2)
-        lifted.SetMatrix([m[0, 0], m[0, 1], 0.0, m[1, 0], m[1, 1], 0.0, 0.0, 0.0, 1.0])
-        lifted.SetTranslation((*TRUTH.TransformPoint((0.0, 0.0)), 0.0))
-        self.transform = mrml.transform_node_from_sitk(lifted, self.scene, name="registration")
-        for role in ("fixed", "moving"):
-            node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", role[0].upper())
-            for p in mrml.ras_points_to_lps(d[f"{role}_points"]):  # Slicer's points are RAS
-                node.AddControlPoint(*[float(c) for c in p])
-            self.nodes[f"{role}_points"] = node
+        self.transform = mrml.transform_node_from_sitk(lifted_rigid(), self.scene, name="registration")
 
     def _evaluate(self, transform: Any, **kwargs: Any) -> dict:
         n = self.nodes
@@ -707,23 +695,22 @@ class LogicTest(unittest.TestCase):
                                              fixed_landmarks=d["fixed_points"][:, :2],
                                              moving_landmarks=d["moving_points"][:, :2])
 
+    def _assert_scored_as(self, out: dict, engine: dict) -> None:
+        """The Logic's scores ``out`` equal the engine's of the 2D slices (``engine``), before and after."""
+        for when in ("before", "after"):
+            for key in ("dice", "hd95", "mean_surface_distance"):
+                self.assertAlmostEqual(out["labels"][when]["mean"][key], engine["labels"][when]["mean"][key],
+                                       places=9)
+            np.testing.assert_allclose(out["landmarks"][when]["per_point"], engine["landmarks"][when]["per_point"],
+                                       atol=1e-6)
+
     def test_a_lifted_2d_bspline_is_scored_on_the_slices_planes(self) -> None:
         # the deformable answer (TRUTH then a B-spline) lifted to 3D: x and y moved alike at every depth, z kept.
         # It had been scored in 3D, where the moving slice, 2.5 mm deeper, lost every label (Dice 0)
         truth = sitk.CompositeTransform([TRUTH, bspline_2d()])
         d = one_slice_pair(truth)
-        scene = mrml.new_scene()
-        nodes = {k: mrml.volume_node_from_image(d[k], scene, name=k, label=k.endswith("labels"))
-                 for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
-        for role in ("fixed", "moving"):
-            nodes[f"{role}_points"] = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", role[0].upper())
-            for p in mrml.ras_points_to_lps(d[f"{role}_points"]):
-                nodes[f"{role}_points"].AddControlPoint(*[float(c) for c in p])
-        rigid = sitk.AffineTransform(3)
-        m = np.array(TRUTH.GetMatrix()).reshape(2, 2)
-        rigid.SetMatrix([m[0, 0], m[0, 1], 0.0, m[1, 0], m[1, 1], 0.0, 0.0, 0.0, 1.0])
-        rigid.SetTranslation((*TRUTH.TransformPoint((0.0, 0.0)), 0.0))
-        lifted = sitk.CompositeTransform([rigid, lifted_bspline(bspline_2d())])
+        scene, nodes = self._scene_of(d)
+        lifted = sitk.CompositeTransform([lifted_rigid(), lifted_bspline(bspline_2d())])
         for label, transform in (("B-spline alone", lifted_bspline(bspline_2d())), ("rigid then B-spline", lifted)):
             with self.subTest(label):
                 node = mrml.transform_node_from_sitk(transform, scene, name=label)
@@ -733,13 +720,7 @@ class LogicTest(unittest.TestCase):
                     movingLabelNode=nodes["moving_labels"], fixedPointsNode=nodes["fixed_points"],
                     movingPointsNode=nodes["moving_points"])
                 self.assertIn("slice_planes", out)
-                engine = self._flat_engine(d, truth if label != "B-spline alone" else bspline_2d())
-                for when in ("before", "after"):
-                    for key in ("dice", "hd95", "mean_surface_distance"):
-                        self.assertAlmostEqual(out["labels"][when]["mean"][key], engine["labels"][when]["mean"][key],
-                                               places=9)
-                    np.testing.assert_allclose(out["landmarks"][when]["per_point"],
-                                               engine["landmarks"][when]["per_point"], atol=1e-6)
+                self._assert_scored_as(out, self._flat_engine(d, truth if label != "B-spline alone" else bspline_2d()))
                 if label != "B-spline alone":  # the known transform: Dice 1, HD95 0, TRE 0
                     self.assertAlmostEqual(out["labels"]["after"]["mean"]["dice"], 1.0, places=12)
                     self.assertAlmostEqual(out["labels"]["after"]["mean"]["hd95"], 0.0, places=9)
@@ -777,13 +758,7 @@ class LogicTest(unittest.TestCase):
                 scene, nodes = self._scene_of(d)
                 out = self._logic(scene, nodes, transform, label)
                 self.assertIn("slice_planes", out)
-                engine = self._flat_engine(d, flat_transform)
-                for when in ("before", "after"):
-                    for key in ("dice", "hd95", "mean_surface_distance"):
-                        self.assertAlmostEqual(out["labels"][when]["mean"][key], engine["labels"][when]["mean"][key],
-                                               places=9)
-                    np.testing.assert_allclose(out["landmarks"][when]["per_point"],
-                                               engine["landmarks"][when]["per_point"], atol=1e-6)
+                self._assert_scored_as(out, self._flat_engine(d, flat_transform))
                 self.assertAlmostEqual(out["labels"]["after"]["mean"]["dice"], 1.0, places=12)
                 self.assertLess(out["landmarks"]["after"]["max"], 1e-6)
 
