@@ -70,7 +70,7 @@ __all__ = [
     "label_overlap",
     "evaluate_registration",
     "check_evaluation_inputs",
-    "on_slice_planes",
+    "scored_on_slice_planes",
     "slice_plane_inputs",
     "slice_plane_transform",
     "OVERLAP_MEASURES",
@@ -1198,7 +1198,7 @@ def slice_plane_transform(fixed: sitk.Image, moving: sitk.Image, transform: Any,
     return transform
 
 
-def on_slice_planes(fixed: sitk.Image, moving: sitk.Image, transform: Any) -> bool:
+def scored_on_slice_planes(fixed: sitk.Image, moving: sitk.Image, transform: Any) -> bool:
     """Whether ``fixed`` and ``moving`` are scored as the 2D slices they hold: at least one one-slice volume, the
     other one too or a 2D image, with a 2D transform (as ``mmfusion register`` writes for them); or, with no
     transform, the pairs ``register`` registers as two 2D images, scored through the identity of their 2D frames
@@ -1457,7 +1457,7 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
     distance); ``slice_planes`` in the result says where the slices lie. A one-slice volume with a 2D image (the
     pair ``mmfusion register`` registers as two 2D images) is scored so too, with the 2D transform or with none
     (the identity of the 2D frames), its images alone as well. Without a transform, two one-slice volumes that
-    ``register`` registers as 2D images (axial slices, :func:`on_slice_planes`) are scored so too, through the
+    ``register`` registers as 2D images (axial slices, :func:`scored_on_slice_planes`) are scored so too, through the
     identity of their 2D frames: the "before" column their 2D transform's scores have, whatever depth each slice
     lies at (in 3D a moving slice 2.5 mm deeper had lost every label: Dice 0.00 where "before" reads 0.570).
 
@@ -1469,7 +1469,7 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
     """
     from .preprocess import resample
 
-    if on_slice_planes(fixed, moving, transform) and (fixed_labels is not None or fixed_landmarks is not None
+    if scored_on_slice_planes(fixed, moving, transform) and (fixed_labels is not None or fixed_landmarks is not None
                                                       or fixed.GetDimension() != moving.GetDimension()
                                                       or transform is None):
         # the 2D transform mmfusion register writes for one-slice volumes relates their slices' 2D frames: their
