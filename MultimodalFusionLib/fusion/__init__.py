@@ -466,13 +466,11 @@ def _units_example(image_name: str, stored: str) -> str:
     """The fix's example of a window in an image's own units: what its DICOM Units say, or a guess."""
     if "(b)" not in image_name:
         return "a CT's are HU"
-    if stored.startswith("Bq/mL"):
-        return (f"this PET is stored in {stored}, not in SUV: give the window in Bq/mL, or convert the image to SUV "
-                "first (Bq/mL x body weight in g / injected dose in Bq, decay-corrected to the scan)")
-    if stored:
+    if stored and not stored.startswith("Bq/mL"):
         return f"this image is stored in {stored}"
-    return ("a PET stored in Bq/mL is not in SUV: give the window in Bq/mL, or convert the image to SUV first (Bq/mL "
-            "x body weight in g / injected dose in Bq, decay-corrected to the scan)")
+    where = f"this PET is stored in {stored}, not in SUV" if stored else "a PET stored in Bq/mL is not in SUV"
+    return (f"{where}: give the window in Bq/mL, or convert the image to SUV first (Bq/mL x body weight in g / "
+            "injected dose in Bq, decay-corrected to the scan)")
 
 
 def _check_window_shows(values: np.ndarray, window: Sequence[float], name: str, image_name: str,
