@@ -277,6 +277,25 @@ class FuseEvaluateCliTest(unittest.TestCase):
             sitk.WriteImage(image, paths[-1])
         return paths[0], paths[1]
 
+    def _assert_fuses_as(self, ct: str, pet: str, flag_sets: tuple[list[str], ...], want: np.ndarray) -> None:
+        """`fuse --method average` of the pair with each set of window flags writes ``want``."""
+        for flags in flag_sets:
+            with self.subTest(flags=flags):
+                out = os.path.join(self.tmp.name, f"{flags[0][2:]}.nii.gz")
+                code, _, stderr = _main(["fuse", ct, pet, "--method", "average", *flags, "-o", out])
+                self.assertEqual(code, 0, stderr)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out)), want)
+
+    def _assert_refused(self, argv: list[str], out: str, message: str) -> str:
+        """The command is refused (exit status 2) with ``message``, no traceback and nothing at ``out``; its
+        stderr."""
+        code, _, stderr = _main(argv)
+        self.assertEqual(code, 2, stderr)
+        self.assertIn(message, stderr)
+        self.assertNotIn("Traceback", stderr)
+        self.assertFalse(os.path.exists(out))
+        return stderr
+
     def test_window_a_sets_the_anatomical_window_as_low_high_or_as_slicers_window_level(self) -> None:
         """A CT under a fusion was min-max scaled over -1024..3000 HU, fat (-100) and soft tissue (50) 9.5 of 255
         grey levels apart: flat grey. fuse(window_a=...) set its window in Python only; `fuse` and `run` had
@@ -290,12 +309,7 @@ class FuseEvaluateCliTest(unittest.TestCase):
             self.assertIn("--window-level-a WINDOW LEVEL", help_text)
         a, b = (io.read_image(p, keep_color=True) for p in (ct, pet))
         want = sitk.GetArrayFromImage(fusion.fuse(a, b, "average", window_a=(-160, 240)).image)
-        for flags in (["--window-a", "-160", "240"], ["--window-level-a", "400", "40"]):
-            with self.subTest(flags=flags):
-                out = os.path.join(self.tmp.name, f"{flags[0][2:]}.nii.gz")
-                code, _, stderr = _main(["fuse", ct, pet, "--method", "average", *flags, "-o", out])
-                self.assertEqual(code, 0, stderr)
-                np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out)), want)
+        self._assert_fuses_as(ct, pet, (["--window-a", "-160", "240"], ["--window-level-a", "400", "40"]), want)
         # soft tissue against fat in the fused image (half of it A's): 5.0 of 255 apart without the window, 48.1 with it
         plain = sitk.GetArrayFromImage(fusion.fuse(a, b, "average").image)
         hu = sitk.GetArrayFromImage(a)
@@ -323,11 +337,7 @@ class FuseEvaluateCliTest(unittest.TestCase):
                                (["--window-a", "5000", "6000"], "(window_a; CLI --window-a) holds none of its values")):
             with self.subTest(flags=flags):
                 out = os.path.join(self.tmp.name, "refused.nii.gz")
-                code, _, stderr = _main(["fuse", ct, pet, *flags, "-o", out])
-                self.assertEqual(code, 2, stderr)
-                self.assertIn(message, stderr)
-                self.assertNotIn("Traceback", stderr)
-                self.assertFalse(os.path.exists(out))
+                self._assert_refused(["fuse", ct, pet, *flags, "-o", out], out, message)
 
     def test_window_level_sets_the_functional_window_as_slicer_shows_it(self) -> None:
         """--window-level WINDOW LEVEL is the functional image B's window as Slicer shows it, as --window-level-a is
@@ -341,12 +351,7 @@ class FuseEvaluateCliTest(unittest.TestCase):
         a, b = (io.read_image(p, keep_color=True) for p in (ct, pet))
         want = sitk.GetArrayFromImage(fusion.fuse(a, b, "average", window_b=(1.5, 2.5)).image)
         self.assertFalse(np.array_equal(want, sitk.GetArrayFromImage(fusion.fuse(a, b, "average").image)))
-        for flags in (["--window", "1.5", "2.5"], ["--window-level", "1", "2"]):
-            with self.subTest(flags=flags):
-                out = os.path.join(self.tmp.name, f"{flags[0][2:]}.nii.gz")
-                code, _, stderr = _main(["fuse", ct, pet, "--method", "average", *flags, "-o", out])
-                self.assertEqual(code, 0, stderr)
-                np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out)), want)
+        self._assert_fuses_as(ct, pet, (["--window", "1.5", "2.5"], ["--window-level", "1", "2"]), want)
         # both images' windows in Slicer's form at once
         out = os.path.join(self.tmp.name, "both.nii.gz")
         code, _, stderr = _main(["fuse", ct, pet, "--method", "average", "--window-level-a", "400", "40",
@@ -382,13 +387,9 @@ class FuseEvaluateCliTest(unittest.TestCase):
                     out = os.path.join(self.tmp.name, "refused.nii.gz")
                     target = ["-o", out] if command == "fuse" else ["--output-dir", out, "--no-register",
                                                                     "--methods", "average"]
-                    code, _, stderr = _main([command, ct, pet, *flags, *target])
-                    self.assertEqual(code, 2, stderr)
-                    self.assertIn(message, stderr)
+                    stderr = self._assert_refused([command, ct, pet, *flags, *target], out, message)
                     self.assertIn("--window-level 5 2.5 for a PET's SUV 0..5" if "holds none" not in message
                                   and "Both" not in message else "", stderr)
-                    self.assertNotIn("Traceback", stderr)
-                    self.assertFalse(os.path.exists(out))
 
     def test_a_vector_image_is_refused_and_colour_pictures_are_fused(self) -> None:
         """A 3-component vector image (a displacement field: NRRD kinds vector with values either side of 0, or
