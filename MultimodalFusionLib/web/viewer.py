@@ -532,14 +532,19 @@ def image_range(image: sitk.Image) -> tuple[float, float]:
     return float(arr.min()), float(arr.max())
 
 
+def _finite_sample(image: sitk.Image) -> np.ndarray:
+    """A regular subsample (about a million voxels at most) of a scalar image's finite values, for
+    :func:`looks_like_ct` and :func:`looks_like_suv`."""
+    arr = sitk.GetArrayViewFromImage(image).ravel()
+    sample = arr[::max(1, arr.size // 1_000_000)]
+    return sample[np.isfinite(sample)] if np.issubdtype(sample.dtype, np.floating) else sample
+
+
 def looks_like_ct(image: sitk.Image) -> bool:
     """True for an image in Hounsfield units: air near -1000 HU and values reaching bone's hundreds."""
     if image.GetNumberOfComponentsPerPixel() > 1:
         return False
-    arr = sitk.GetArrayViewFromImage(image).ravel()
-    sample = arr[::max(1, arr.size // 1_000_000)]
-    if np.issubdtype(sample.dtype, np.floating):
-        sample = sample[np.isfinite(sample)]
+    sample = _finite_sample(image)
     if sample.size == 0:
         return False
     low, high = (float(v) for v in np.percentile(sample, [1.0, 99.9]))
@@ -563,9 +568,7 @@ def looks_like_suv(image: sitk.Image) -> bool:
         return units == "GML"
     if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
         return False
-    arr = sitk.GetArrayViewFromImage(image).ravel()
-    sample = arr[::max(1, arr.size // 1_000_000)]
-    sample = sample[np.isfinite(sample)]
+    sample = _finite_sample(image)
     if sample.size == 0:
         return False
     low, high = (float(v) for v in np.percentile(sample, [1.0, 99.9]))
