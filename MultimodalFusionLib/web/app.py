@@ -268,12 +268,10 @@ def _fusion_window_choices(image: sitk.Image) -> tuple[list[dict[str, str]], dic
         words = f"min..max: {default[0]:.6g}..{default[1]:.6g}"
     lo, hi = robust_range(sitk.GetArrayViewFromImage(image), 1.0, 99.0)
     named = {_FW_PERCENTILE: ("1st-99th percentile", (lo, hi))}
-    if looks_like_ct(image):
-        named.update({key: (title, (level - width / 2.0, level + width / 2.0))
-                      for key, (title, (width, level)) in _CT_FUSION_WINDOWS.items()})
-    if looks_like_suv(image):
-        named.update({key: (title, (level - width / 2.0, level + width / 2.0))
-                      for key, (title, (width, level)) in _SUV_FUSION_WINDOWS.items()})
+    presets = {**(_CT_FUSION_WINDOWS if looks_like_ct(image) else {}),
+               **(_SUV_FUSION_WINDOWS if looks_like_suv(image) else {})}
+    named.update({key: (title, (level - width / 2.0, level + width / 2.0))
+                  for key, (title, (width, level)) in presets.items()})
     for key, (title, (w_lo, w_hi)) in named.items():
         width, level = _width_level((w_lo, w_hi))
         items.append({"title": f"{title}: {w_lo:.6g}..{w_hi:.6g} (W {width:g} / L {level:g})", "value": key})
@@ -285,15 +283,14 @@ def _on_fixed_grid(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transf
     """The moving image resampled onto the fixed grid as ``mmfusion run`` does: an 8-bit image stays
     8-bit (rounded half to even), since fusion and the metrics take 8-bit values as they are and
     stretch a float copy to its range (the panel's numbers would differ from the CLI's)."""
-    from ..io import UNITS_KEY, dicom_units
+    from ..io import _with_units, dicom_units
     from ..pipeline import _keep_8bit
     from ..preprocess import resample
 
     colour = moving.GetNumberOfComponentsPerPixel() > 1  # an RGB/RGBA picture: its channels, not a vector field
     out = _keep_8bit(resample(moving, fixed, transform, components="channels" if colour else None), moving)
-    if dicom_units(moving):  # a DICOM PET's Units (BQML...), for fuse's words on a window in other units
-        out.SetMetaData(UNITS_KEY, dicom_units(moving))
-    return out
+    # a DICOM PET's Units (BQML...), for fuse's words on a window in other units
+    return _with_units(out, dicom_units(moving))
 
 
 def _fused_file_name(result: Any) -> str:
