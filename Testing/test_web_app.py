@@ -135,6 +135,20 @@ class WebAppTest(unittest.TestCase):
         self._do(self.app.load_from_paths)
         self.assertTrue(self.app.state.has_fixed, self.app.state.error_message)
 
+    def _load_ct_pet(self, ct_name: str, pet_name: str) -> tuple[sitk.Image, sitk.Image, str, str]:
+        """Write a CT in HU and a PET in SUV-like units, aligned (the MNI152 tissues, 4 mm), under the names given,
+        and load them through the panel's paths: (ct, pet, ct_path, pet_path)."""
+        from MultimodalFusionLib import data
+
+        tissues = data.mni152(spacing_mm=4.0)
+        ct, pet = data.synthetic_contrast(tissues, "ct"), data.synthetic_contrast(tissues, "pet")
+        ct_path, pet_path = str(self.root / ct_name), str(self.root / pet_name)
+        sitk.WriteImage(ct, ct_path)
+        sitk.WriteImage(pet, pet_path)
+        self.app.state.fixed_path, self.app.state.moving_path = ct_path, pet_path
+        self._do(self.app.load_from_paths)
+        return ct, pet, ct_path, pet_path
+
     def test_uploaded_names_cannot_leave_the_upload_folder(self) -> None:
         before = set(os.listdir(self.root))
         for name in ("../../escaped.txt", str(self.root / "absolute.txt"), "..\\..\\win.txt"):
@@ -952,17 +966,10 @@ class WebAppTest(unittest.TestCase):
             self.app.state.update(values)
 
     def test_window_level_and_functional_range_controls_drive_the_display_nodes(self) -> None:
-        from MultimodalFusionLib import data
         from MultimodalFusionLib.web.viewer import CT_WINDOW_LEVEL_PRESETS, image_range
 
         self.assertEqual(self.controls_enabled_before_load, (False, False))
-        tissues = data.mni152(spacing_mm=4.0)  # a CT in HU and a PET in SUV-like units, aligned
-        ct, pet = data.synthetic_contrast(tissues, "ct"), data.synthetic_contrast(tissues, "pet")
-        ct_path, pet_path = str(self.root / "ct.nii.gz"), str(self.root / "pet_suv.nii.gz")
-        sitk.WriteImage(ct, ct_path)
-        sitk.WriteImage(pet, pet_path)
-        self.app.state.fixed_path, self.app.state.moving_path = ct_path, pet_path
-        self._do(self.app.load_from_paths)
+        ct, pet, _, _ = self._load_ct_pet("ct.nii.gz", "pet_suv.nii.gz")
         state, viewer = self.app.state, self.app.viewer
         self.assertTrue(state.wl_enabled and state.fg_range_enabled, state.error_message)
         bg = viewer.node("fixed").GetDisplayNode()
@@ -1051,17 +1058,11 @@ class WebAppTest(unittest.TestCase):
 
         import numpy as np
 
-        from MultimodalFusionLib import cli, data, mrml
+        from MultimodalFusionLib import cli, mrml
         from MultimodalFusionLib.web.viewer import capture_view
 
-        tissues = data.mni152(spacing_mm=4.0)
-        ct, pet = data.synthetic_contrast(tissues, "ct"), data.synthetic_contrast(tissues, "pet")
-        ct_path, pet_path = str(self.root / "fw-ct.nii.gz"), str(self.root / "fw-pet-suv.nii.gz")
-        sitk.WriteImage(ct, ct_path)
-        sitk.WriteImage(pet, pet_path)
+        ct, pet, ct_path, pet_path = self._load_ct_pet("fw-ct.nii.gz", "fw-pet-suv.nii.gz")
         state, app = self.app.state, self.app
-        state.fixed_path, state.moving_path = ct_path, pet_path
-        self._do(app.load_from_paths)
         self.assertTrue(state.has_fixed, state.error_message)
         offered = {side: [item["value"] for item in state[f"fw_{side}_presets"]] for side in "ab"}
         self.assertEqual(offered["a"], ["default", "manual", "percentile", "ct-soft-tissue", "ct-lung", "ct-bone",
