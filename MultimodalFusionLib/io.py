@@ -628,17 +628,22 @@ def _meta_text(image: sitk.Image, tag: str) -> str:
     return image.GetMetaData(tag).strip() if image.HasMetaDataKey(tag) else ""
 
 
+def _units_code(text: str) -> str:
+    """``text`` as a DICOM Units code, upper case; "" where it is none (a code string, CS: 16 characters at most)."""
+    units = text.strip().upper()
+    return units if re.fullmatch(r"[A-Z0-9_]{1,16}", units) else ""
+
+
 def dicom_units(image: sitk.Image) -> str:
     """The units a DICOM image states its values in (Units (0054,1001): "BQML", "GML", "CNTS"...), upper case, as
     :func:`read_image` keeps them (:data:`UNITS_KEY`); "" where it states none (a NIfTI, a CT) or states no code."""
-    units = _meta_text(image, UNITS_KEY).upper()
-    return units if re.fullmatch(r"[A-Z0-9_]{1,16}", units) else ""  # a code string (CS): 16 characters at most
+    return _units_code(_meta_text(image, UNITS_KEY))
 
 
 def _with_units(image: sitk.Image, units: str) -> sitk.Image:
     """``image`` with the DICOM Units ``units`` in its metadata (:data:`UNITS_KEY`), where they are a code."""
-    units = units.strip().upper()
-    if re.fullmatch(r"[A-Z0-9_]{1,16}", units):
+    units = _units_code(units)
+    if units:
         image.SetMetaData(UNITS_KEY, units)
     return image
 
