@@ -4767,7 +4767,7 @@ def _minc_vectors(image: sitk.Image, path: str, writing: bool) -> bool | None:
     if image.GetNumberOfComponentsPerPixel() != image.GetDimension() or \
             image.GetPixelID() not in (sitk.sitkVectorFloat32, sitk.sitkVectorFloat64):
         return None
-    mark = image.GetMetaData(_MINC_COMPONENTS_KEY).strip() if image.HasMetaDataKey(_MINC_COMPONENTS_KEY) else ""
+    mark = _meta_text(image, _MINC_COMPONENTS_KEY)
     if mark in ("vector", "channels"):
         return mark == "vector"
     if _MINC_GRID_NAME.search(os.path.basename(path)):
