@@ -538,7 +538,9 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
     notes: list[str] = []  # the fusion's warnings, returned with what ran (see anisotropy_warning)
     if dim == 3 and model.config.spatial_dims == 3 and spacing:
         # once every setting is checked: a fusion refused (roi_size, a missing GPU) had warned of its voxels first
-        notes += [note for note in [anisotropy_warning(spacing)] if note]
+        note = anisotropy_warning(spacing)
+        if note:
+            notes.append(note)
     report(progress, 0.0, f"deep fusion on {dev.type}")
 
     def _run(dev: Any) -> tuple[np.ndarray, np.ndarray]:
