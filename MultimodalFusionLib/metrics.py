@@ -55,12 +55,15 @@ import os
 import sys
 import threading
 import warnings
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+
+#: A label map, or label maps on one grid holding labels that share voxels (layers, :func:`label_layers`).
+LabelMaps = Union[sitk.Image, Sequence[sitk.Image]]
 
 __all__ = [
     "FUSION_METRICS",
@@ -68,6 +71,7 @@ __all__ = [
     "registration_metrics",
     "tre",
     "label_overlap",
+    "label_layers",
     "evaluate_registration",
     "check_evaluation_inputs",
     "scored_on_slice_planes",
@@ -762,6 +766,43 @@ def _label_array(image: sitk.Image, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def label_layers(labels: Any) -> list[Any]:
+    """The layers of a label source: ``[labels]`` for one label map, the list itself for label maps given as layers.
+
+    Labels that share voxels (3D Slicer's overlapping segments, saved in layers of a ``.seg.nrrd``) cannot be one
+    label map, which holds one label a voxel: they are given as a list (or tuple) of label maps on one grid, each a
+    layer holding some of the labels, as :func:`segmentations.label_maps_for_evaluation` and
+    :func:`mrml.segments_label_map` make them. A label's voxels are those that hold it in any layer, so each label is
+    scored as its own binary mask (as Slicer's Segment Comparison scores a segment) wherever another one lies."""
+    return list(labels) if isinstance(labels, (list, tuple)) else [labels]
+
+
+def _layer_arrays(labels: Any, name: str) -> list[np.ndarray]:
+    """The voxels of a label map, or of each of its layers (:func:`label_layers`), as integer arrays: layers of
+    another grid than the first, and a list of none, refused."""
+    from .fusion import check_same_grid
+
+    layers = label_layers(labels)
+    if not layers:
+        raise InputError(f"The {name} is an empty list.", "Give a label map, or its layers (label maps on one grid).")
+    arrays = [_label_array(layer, name) for layer in layers]
+    for i, layer in enumerate(layers[1:], start=2):
+        check_same_grid(layers[0], layer, f"{name} (layer 1)", f"{name} (layer {i})")
+    return arrays
+
+
+def _label_voxels(arrays: Sequence[np.ndarray], label: int) -> np.ndarray:
+    """Where a label lies in a label map's layers (:func:`_layer_arrays`): the voxels holding it in any of them."""
+    if len(arrays) == 1:
+        return arrays[0] == label
+    return np.logical_or.reduce([arr == label for arr in arrays])
+
+
+def _layer_labels(arrays: Sequence[np.ndarray]) -> set:
+    """The non-zero labels of a label map's layers."""
+    return set().union(*(np.unique(arr).tolist() for arr in arrays)) - {0}
+
+
 def _surface_points(mask: np.ndarray, lo: np.ndarray, image: sitk.Image) -> np.ndarray:
     """Physical (LPS mm) centres of the surface voxels of ``mask`` (a crop of the image starting at numpy index
     ``lo``): the voxels of the mask with a face neighbour outside it or on the image's border, as MONAI's
@@ -805,14 +846,15 @@ def _surface_distances(fa: np.ndarray, fb: np.ndarray, image: sitk.Image) -> tup
     return cKDTree(pb).query(pa)[0], cKDTree(pa).query(pb)[0]
 
 
-def label_overlap(fixed_labels: sitk.Image, moving_labels_on_fixed: sitk.Image,
+def label_overlap(fixed_labels: Any, moving_labels_on_fixed: Any,
                   labels: Sequence[int] | None = None) -> dict[str, Any]:
     """Overlap and surface distances of anatomical labels, per label and their mean (Learn2Reg's measures).
 
     Args:
-        fixed_labels: label map of the fixed image (whole numbers; 0 is background).
-        moving_labels_on_fixed: the moving image's label map on the same grid, resampled nearest-neighbour
-            (through the registration's transform for "after", the identity for "before").
+        fixed_labels: label map of the fixed image (whole numbers; 0 is background), or a list of label maps on
+            one grid (layers, :func:`label_layers`) where labels share voxels.
+        moving_labels_on_fixed: the moving image's label map (or layers) on the same grid, resampled
+            nearest-neighbour (through the registration's transform for "after", the identity for "before").
         labels: the labels to score, non-zero whole numbers (default: every non-zero label in either image).
 
     For a label, A is its voxels in the fixed map and B in the moving one:
@@ -835,6 +877,8 @@ def label_overlap(fixed_labels: sitk.Image, moving_labels_on_fixed: sitk.Image,
     - ``mean_surface_distance``: the mean of d(A→B) and d(B→A) taken together, MONAI's
       ``compute_average_surface_distance(symmetric=True)`` (average symmetric surface distance, ASSD).
 
+    Each label is its own binary mask: where labels overlap (given in layers), each is scored with all its voxels.
+
     A label in one image only scores Dice and Jaccard 0 and its distances ``None`` (undefined: not inf), with
     ``missing`` naming the side it is missing from; a label given in ``labels`` that neither image holds is
     skipped, named in ``skipped`` and ``notes``. The means: Dice and Jaccard over the labels scored (a missing
@@ -853,11 +897,13 @@ def label_overlap(fixed_labels: sitk.Image, moving_labels_on_fixed: sitk.Image,
     """
     from .fusion import check_same_grid
 
-    a = _label_array(fixed_labels, "fixed label map")
-    b = _label_array(moving_labels_on_fixed, "moving label map")
-    check_same_grid(fixed_labels, moving_labels_on_fixed, "fixed label map", "moving label map on the fixed grid")
+    a = _layer_arrays(fixed_labels, "fixed label map")
+    b = _layer_arrays(moving_labels_on_fixed, "moving label map")
+    grid = label_layers(fixed_labels)[0]
+    check_same_grid(grid, label_layers(moving_labels_on_fixed)[0], "fixed label map",
+                    "moving label map on the fixed grid")
     if labels is None:
-        wanted = sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0})
+        wanted = sorted(_layer_labels(a) | _layer_labels(b))
         if not wanted:
             raise InputError("Both label maps are empty (every voxel 0): there is no label to compare.",
                              "Give the label maps of the two images (segmentations with non-zero labels).")
@@ -867,8 +913,8 @@ def label_overlap(fixed_labels: sitk.Image, moving_labels_on_fixed: sitk.Image,
     skipped: list[int] = []
     notes: list[str] = []
     for label in wanted:
-        fa = a == label
-        fb = b == label
+        fa = _label_voxels(a, label)
+        fb = _label_voxels(b, label)
         na, nb = int(np.count_nonzero(fa)), int(np.count_nonzero(fb))
         if na == 0 and nb == 0:
             skipped.append(label)
@@ -881,7 +927,7 @@ def label_overlap(fixed_labels: sitk.Image, moving_labels_on_fixed: sitk.Image,
             row["missing"] = "fixed" if na == 0 else "moving"
             notes.append(f"label {label} is missing from the {row['missing']} label map: Dice 0, no distances")
         else:
-            dab, dba = _surface_distances(fa, fb, fixed_labels)
+            dab, dba = _surface_distances(fa, fb, grid)
             row["hd95"] = float(max(np.percentile(dab, 95), np.percentile(dba, 95)))
             row["hausdorff"] = float(max(dab.max(), dba.max()))
             row["mean_surface_distance"] = float(np.concatenate([dab, dba]).mean())
@@ -984,9 +1030,9 @@ def _on_box(image: sitk.Image, grid: sitk.Image, lo: np.ndarray, hi: np.ndarray,
     return resample(image, reference, transform, interpolation="nearest")
 
 
-def _scored_labels_on_grid(fixed: sitk.Image, fixed_labels: sitk.Image, moving_labels: sitk.Image,
+def _scored_labels_on_grid(fixed: sitk.Image, fixed_labels: Any, moving_labels: Any,
                            transform: sitk.Transform | None, scored: Sequence[int]
-                           ) -> tuple[sitk.Image, sitk.Image, dict[int, int], dict[str, Any]]:
+                           ) -> tuple[Any, Any, dict[int, int], dict[str, Any]]:
     """The two label maps on the grid they are scored on, and the moving labels' voxels left outside it.
 
     The grid is the fixed label map's lattice (its spacing, direction and voxel positions) over the box that holds
@@ -994,44 +1040,52 @@ def _scored_labels_on_grid(fixed: sitk.Image, fixed_labels: sitk.Image, moving_l
     the fixed label map, whichever reaches further: a label map saved on its own cropped extent (as Slicer saves a
     ``.seg.nrrd``) is extended, and moving labels are not cut at its box. Moving labels beyond the fixed image's
     field of view (and the fixed label map) are not scored, as Learn2Reg, scoring on the fixed image's grid, does
-    not; how many of their voxels (on this lattice) is returned per label."""
-    size = np.array(fixed_labels.GetSize())
+    not; how many of their voxels (on this lattice) is returned per label. Label maps given in layers
+    (:func:`label_layers`) are returned in layers, each on that grid."""
+    fixed_layers, moving_layers = label_layers(fixed_labels), label_layers(moving_labels)
+    lattice = fixed_layers[0]  # the layers of a label map share its grid (_layer_arrays)
+    size = np.array(lattice.GetSize())
     own = (np.zeros(size.size, dtype=int), size - 1)
-    view = _box_in(fixed_labels, fixed)
+    view = _box_in(lattice, fixed)
     allowed = (np.minimum(own[0], view[0]), np.maximum(own[1], view[1]))
-    arr = _label_array(moving_labels, "moving label map")
-    present = np.isin(arr, list(scored))
+    present = np.logical_or.reduce([np.isin(_label_array(layer, "moving label map"), list(scored))
+                                    for layer in moving_layers])
     outside: dict[int, int] = {}
     box = own
     if present.any():
         where = np.nonzero(present)
         lo = np.array([int(v.min()) for v in where])[::-1]
         hi = np.array([int(v.max()) for v in where])[::-1]
-        footprint = _box_in(fixed_labels, moving_labels, lo, hi, transform)
+        footprint = _box_in(lattice, moving_layers[0], lo, hi, transform)
         if footprint is not None:
             reach = (footprint[0] - 1, footprint[1] + 1)
             inner = (np.maximum(reach[0], allowed[0]), np.minimum(reach[1], allowed[1]))
             if np.all(inner[0] <= inner[1]):
                 box = (np.minimum(own[0], inner[0]), np.maximum(own[1], inner[1]))
             if np.any(reach[0] < allowed[0]) or np.any(reach[1] > allowed[1]):
-                far = _label_array(_on_box(moving_labels, fixed_labels, reach[0], reach[1], transform),
-                                   "moving label map")
-                inside = np.zeros(far.shape, dtype=bool)
+                far = [_label_array(_on_box(layer, lattice, reach[0], reach[1], transform), "moving label map")
+                       for layer in moving_layers]
+                inside = np.zeros(far[0].shape, dtype=bool)
                 window = tuple(slice(max(0, int(a - r)), max(0, int(b - r + 1)))
                                for a, b, r in zip(allowed[0][::-1], allowed[1][::-1], reach[0][::-1]))
                 inside[window] = True
                 for label in scored:
-                    count = int(np.count_nonzero((far == label) & ~inside))
+                    count = int(np.count_nonzero(_label_voxels(far, label) & ~inside))
                     if count:
                         outside[int(label)] = count
-    fixed_on_box = fixed_labels
+    fixed_on_box = fixed_layers
     if np.any(box[0] != own[0]) or np.any(box[1] != own[1]):
-        fixed_on_box = sitk.ConstantPad(fixed_labels, [int(v) for v in own[0] - box[0]],
-                                        [int(v) for v in box[1] - own[1]], 0)
-    moving_on_box = _on_box(moving_labels, fixed_labels, box[0], box[1], transform)
-    grid = {"size": [int(v) for v in box[1] - box[0] + 1], "spacing": list(fixed_labels.GetSpacing()),
-            "origin": list(fixed_on_box.GetOrigin()), "fixed_label_map_size": [int(v) for v in size]}
-    return fixed_on_box, moving_on_box, outside, grid
+        fixed_on_box = [sitk.ConstantPad(layer, [int(v) for v in own[0] - box[0]], [int(v) for v in box[1] - own[1]],
+                                         0) for layer in fixed_layers]
+    moving_on_box = [_on_box(layer, lattice, box[0], box[1], transform) for layer in moving_layers]
+    grid = {"size": [int(v) for v in box[1] - box[0] + 1], "spacing": list(lattice.GetSpacing()),
+            "origin": list(fixed_on_box[0].GetOrigin()), "fixed_label_map_size": [int(v) for v in size]}
+    return _as_given(fixed_on_box), _as_given(moving_on_box), outside, grid
+
+
+def _as_given(layers: list[Any]) -> Any:
+    """One label map as the image it is, layers as a list."""
+    return layers[0] if len(layers) == 1 else layers
 
 
 def _mm(values: Sequence[float]) -> str:
@@ -1322,8 +1376,8 @@ def _points_on_plane(points: Any, image: sitk.Image, flat: sitk.Image, role: str
     return out
 
 
-def slice_plane_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels: sitk.Image | None = None,
-                       moving_labels: sitk.Image | None = None, fixed_landmarks: Any = None,
+def slice_plane_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels: LabelMaps | None = None,
+                       moving_labels: LabelMaps | None = None, fixed_landmarks: Any = None,
                        moving_landmarks: Any = None) -> dict[str, Any]:
     """The images, label maps and landmarks of one-slice volumes in the 2D frames of their slices, where the 2D
     transform ``mmfusion register`` writes for them (fixed -> moving points, ITK) applies exactly.
@@ -1351,15 +1405,16 @@ def slice_plane_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels: s
         out[role] = flat
         out["planes"][role] = plane
         thin = bool(plane)
-        out[f"{role}_labels"] = _labels_on_plane(labels, image, f"{role} label map") \
+        out[f"{role}_labels"] = _as_given([_labels_on_plane(layer, image, f"{role} label map")
+                                           for layer in label_layers(labels)]) \
             if thin and labels is not None else labels
         out[f"{role}_landmarks"] = _points_on_plane(points, image, flat, role) \
             if thin and points is not None else points
     return out
 
 
-def check_evaluation_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels: sitk.Image | None = None,
-                            moving_labels: sitk.Image | None = None, fixed_landmarks: Any = None,
+def check_evaluation_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels: LabelMaps | None = None,
+                            moving_labels: LabelMaps | None = None, fixed_landmarks: Any = None,
                             moving_landmarks: Any = None, labels: Sequence[int] | None = None) -> None:
     """Refuse now what :func:`evaluate_registration` would refuse in these inputs, whatever the transform: one label
     map or landmark list without the other, a label map of another dimension than its image or that holds no labels,
@@ -1372,8 +1427,8 @@ def check_evaluation_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labe
                                fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, labels=labels)
 
 
-def _checked_evaluation_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels: sitk.Image | None,
-                               moving_labels: sitk.Image | None, fixed_landmarks: Any, moving_landmarks: Any,
+def _checked_evaluation_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels: LabelMaps | None,
+                               moving_labels: LabelMaps | None, fixed_landmarks: Any, moving_landmarks: Any,
                                labels: Sequence[int] | None) -> dict[str, Any]:
     """The checks of :func:`check_evaluation_inputs`, returning what they found: ``present`` (the labels of each
     map), ``left_out`` and ``scored`` (labels), ``fixed_points``/``moving_points`` (the pairs to score) and
@@ -1384,17 +1439,20 @@ def _checked_evaluation_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_l
     if (fixed_landmarks is None) != (moving_landmarks is None):
         raise InputError("Only one landmark list was given: the error compares corresponding points of the two "
                          "images.", "Give both landmark files (fixed and moving), or neither.")
-    for what, image, of in (("fixed label map", fixed_labels, fixed), ("moving label map", moving_labels, moving)):
-        if image is not None and isinstance(image, sitk.Image) and image.GetDimension() != of.GetDimension():
+    for what, given, of in (("fixed label map", fixed_labels, fixed), ("moving label map", moving_labels, moving)):
+        for image in [] if given is None else label_layers(given):  # each layer of labels given in layers
+            if not isinstance(image, sitk.Image) or image.GetDimension() == of.GetDimension():
+                continue
             raise InputError(f"The {what} is {image.GetDimension()}D but the {what.split()[0]} image is "
-                             f"{of.GetDimension()}D.", f"Give the {what} of the {what.split()[0]} image (same dimension).")
+                             f"{of.GetDimension()}D.",
+                             f"Give the {what} of the {what.split()[0]} image (same dimension).")
     found: dict[str, Any] = {"present": None, "left_out": [], "scored": [], "fixed_points": None,
                              "moving_points": None, "dropped": []}
     if fixed_labels is not None:
         # Learn2Reg's evaluation (compute_dice / compute_hd95) scores a label only where both the fixed and the
         # (unwarped) moving label maps hold it: NaN otherwise, left out of its nanmean; one lost in the warping
         # scores Dice 0. The same here: a label in one map only is left out, and said so.
-        present = [set(np.unique(_label_array(m, f"{w} label map")).tolist()) - {0}
+        present = [_layer_labels(_layer_arrays(m, f"{w} label map"))
                    for m, w in ((fixed_labels, "fixed"), (moving_labels, "moving"))]
         asked = sorted(present[0] | present[1]) if labels is None else _asked_labels(labels)
         left_out = [v for v in asked if not (v in present[0] and v in present[1])]
@@ -1425,7 +1483,7 @@ def _checked_evaluation_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_l
 
 
 def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None = None, *,
-                          fixed_labels: sitk.Image | None = None, moving_labels: sitk.Image | None = None,
+                          fixed_labels: LabelMaps | None = None, moving_labels: LabelMaps | None = None,
                           fixed_landmarks: Any = None, moving_landmarks: Any = None,
                           labels: Sequence[int] | None = None) -> dict[str, Any]:
     """A registration's accuracy before (identity) and after (through ``transform``), each measure given.
@@ -1438,7 +1496,9 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
             with the moving image resampled linearly onto the fixed grid.
         transform: the registration's transform (fixed -> moving points); None: the identity ("after" equals
             "before").
-        fixed_labels, moving_labels: label maps of the two images (both or neither): the moving one is
+        fixed_labels, moving_labels: label maps of the two images (both or neither), each one image or, where its
+            labels share voxels (overlapping segments), a list of label maps on one grid (layers,
+            :func:`label_layers`; each label then scored as its own binary mask): the moving one is
             resampled nearest-neighbour onto the fixed label map's lattice and scored by :func:`label_overlap`,
             over the box holding both maps' labels within the fixed image's field of view: a fixed label map on a
             cropped extent (a Slicer ``.seg.nrrd``) is extended with 0, and moving labels are not cut at its box.
@@ -1501,8 +1561,9 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
     if fixed_labels is not None:
         present, left_out, scored = checked["present"], checked["left_out"], checked["scored"]
         out["labels"] = {}
-        moving_arr = _label_array(moving_labels, "moving label map")
-        own_voxels = {v: int(np.count_nonzero(moving_arr == v)) for v in scored}
+        moving_arrays = _layer_arrays(moving_labels, "moving label map")
+        own_voxels = {v: int(np.count_nonzero(_label_voxels(moving_arrays, v))) for v in scored}
+        fixed_spacing, moving_spacing = (label_layers(m)[0].GetSpacing() for m in (fixed_labels, moving_labels))
         lost: list[str] = []
         for when, tx in steps:
             # scored on a grid that holds both maps' labels: a fixed label map on a cropped extent (Slicer's
@@ -1512,18 +1573,18 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
             out["labels"][when] = label_overlap(fixed_on_grid, on_fixed, scored)
             out["labels"][when]["grid"] = grid
             out["labels"][when]["outside"] = outside
-            on_grid = _label_array(on_fixed, "moving label map")
+            on_grid = _layer_arrays(on_fixed, "moving label map")
             for v in scored:
                 if outside.get(v):
-                    inside = int(np.count_nonzero(on_grid == v))
+                    inside = int(np.count_nonzero(_label_voxels(on_grid, v)))
                     lost.append(f"{when}: {outside[v]} of the {outside[v] + inside} voxels of label {v} of the moving "
                                 "label map lie outside the fixed image's field of view (on the fixed label map's "
-                                f"{_mm(fixed_labels.GetSpacing())} voxels): not scored, as Learn2Reg scores on the "
+                                f"{_mm(fixed_spacing)} voxels): not scored, as Learn2Reg scores on the "
                                 "fixed image's grid")
-                elif own_voxels[v] and not np.any(on_grid == v) and when == "before":
+                elif own_voxels[v] and not _label_voxels(on_grid, v).any() and when == "before":
                     lost.append(f"label {v} has {own_voxels[v]} voxels in the moving label map "
-                                f"({_mm(moving_labels.GetSpacing())}) and none on the fixed label map's "
-                                f"{_mm(fixed_labels.GetSpacing())} voxels it is scored on: thinner than those "
+                                f"({_mm(moving_spacing)}) and none on the fixed label map's "
+                                f"{_mm(fixed_spacing)} voxels it is scored on: thinner than those "
                                 "voxels, it is lost in the resampling")
         out["labels"]["left_out"] = left_out
         for v in left_out:

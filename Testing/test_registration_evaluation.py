@@ -135,6 +135,39 @@ class LabelOverlapTest(unittest.TestCase):
         with self.assertRaisesRegex(InputError, "Both label maps are empty"):
             metrics.label_overlap(empty, empty)
 
+    def test_labels_given_in_layers_are_each_their_own_mask(self) -> None:
+        # a third label over both (as a segment over two others): one label map cannot hold it, layers can
+        fixed, moving = _two_label_maps()
+        layers = [[image, sitk.Cast(image > 0, sitk.sitkUInt8) * 3] for image in (fixed, moving)]
+        result = metrics.label_overlap(*layers)
+        self.assertEqual(sorted(result["labels"]), [1, 2, 3])
+        alone = metrics.label_overlap(fixed, moving)
+        union = metrics.label_overlap(*(sitk.Cast(image > 0, sitk.sitkUInt8) for image in (fixed, moving)))
+        for label in (1, 2):
+            self.assertEqual(result["labels"][label], alone["labels"][label])
+        self.assertEqual(result["labels"][3], union["labels"][1])
+        self.assertAlmostEqual(result["mean"]["dice"], np.mean([r["dice"] for r in result["labels"].values()]))
+        # layers are label maps on one grid
+        shifted = sitk.Image(layers[1][1])
+        shifted.SetOrigin((0.0, 0.0, 0.0))
+        with self.assertRaisesRegex(InputError, r"moving label map \(layer 2\)"):
+            metrics.label_overlap(layers[0], [moving, shifted])
+        # one-slice volumes (a slice saved as a volume) scored on their slices' planes through a 2D transform,
+        # their labels in layers too: each label as scored alone
+        slabs = [[sitk.Image(image)[:, :, 10:11] for image in side] for side in layers]
+        grey = [sitk.Cast(side[0], sitk.sitkFloat32) * 100.0 for side in slabs]
+        shift = sitk.TranslationTransform(2, (1.5, -2.0))
+        out = metrics.evaluate_registration(*grey, shift, fixed_labels=slabs[0], moving_labels=slabs[1])
+        self.assertIn("slice_planes", out)
+        one = metrics.evaluate_registration(*grey, shift, fixed_labels=slabs[0][0], moving_labels=slabs[1][0])
+        three = metrics.evaluate_registration(*grey, shift, fixed_labels=slabs[0][1], moving_labels=slabs[1][1])
+        for when in ("before", "after"):
+            rows = out["labels"][when]["labels"]
+            self.assertEqual(sorted(rows), [1, 2, 3])
+            for label in (1, 2):
+                self.assertEqual(rows[label], one["labels"][when]["labels"][label])
+            self.assertEqual(rows[3], three["labels"][when]["labels"][3])
+
     def test_refuses_what_is_no_label_map_or_off_grid(self) -> None:
         fixed, moving = _two_label_maps()
         grey = sitk.Cast(moving, sitk.sitkFloat32) * 0.5
