@@ -37,7 +37,8 @@ class AccuracyInputs:
     """The label maps and landmarks of an evaluation, read and checked (:func:`read_accuracy_inputs`).
 
     Attributes:
-        fixed_labels, moving_labels: the label maps (None: no labels).
+        fixed_labels, moving_labels: the label maps (None: no labels), each one image or, where segments of a
+            ``.seg.nrrd`` overlap, its layers (a list of label maps on one grid, :func:`metrics.label_layers`).
         labels: the labels to score (None: every label in both maps).
         pairing: how the label files were paired (:func:`segmentations.label_maps_for_evaluation`'s info:
             ``matched``, ``label_names``, ``notes``, ``empty``).
@@ -46,8 +47,8 @@ class AccuracyInputs:
             slices (:func:`on_slice_planes`): each slice's plane (``metrics.slice_plane_inputs``); None otherwise.
     """
 
-    fixed_labels: sitk.Image | None = None
-    moving_labels: sitk.Image | None = None
+    fixed_labels: sitk.Image | list[sitk.Image] | None = None
+    moving_labels: sitk.Image | list[sitk.Image] | None = None
     labels: list[Any] | None = None
     pairing: dict[str, Any] = field(default_factory=lambda: {"label_names": {}, "notes": [], "empty": []})
     fixed_landmarks: Any = None
@@ -87,7 +88,8 @@ def read_accuracy_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_labels:
     Args:
         fixed, moving: the images evaluated (an elastix ``index`` landmark file is read through its image).
         fixed_labels, moving_labels: label map files or ``.seg.nrrd`` files (two ``.seg.nrrd``: segments matched
-            by name, :func:`segmentations.label_maps_for_evaluation`), or images.
+            by name, :func:`segmentations.label_maps_for_evaluation`; overlapping segments each scored as its own
+            binary mask), or images (or lists of label maps in layers, :func:`metrics.label_layers`).
         labels: the labels to score, "1,2" or a list (segment names where both label files are ``.seg.nrrd``), read
             by :func:`segmentations.asked_labels` ("1.0" is label 1; a name where labels match by number, 0 and an
             empty list are refused).

@@ -574,10 +574,14 @@ def label_map_from_node(node: Any, reference: sitk.Image, reference_node: Any = 
 
 
 def segments_label_map(node: Any, segment_ids: Sequence[str], reference: sitk.Image,
-                       reference_node: Any = None, lost: list[tuple[int, str, int]] | None = None) -> sitk.Image:
+                       reference_node: Any = None, lost: list[tuple[int, str, int]] | None = None
+                       ) -> sitk.Image | list[sitk.Image]:
     """Segments of a segmentation node as one label map on ``reference``'s grid: the i-th of ``segment_ids`` is
     label i + 1 (UInt16), each segment's binary labelmap exported where Slicer shows it relative to
     ``reference_node`` (through the transforms either is under, as :func:`mask_from_node` takes a segmentation).
+    Segments that overlap there are returned as a list of label maps on that grid (layers, as Slicer keeps them:
+    :func:`MultimodalFusionLib.segmentations.add_to_layers`), each segment with all its voxels in one of them, so
+    that each is scored as its own binary mask (:func:`MultimodalFusionLib.metrics.label_layers`).
     An empty ID ("") is a label this segmentation lacks: no voxel holds it. A segment with no voxel on
     ``reference``'s grid is appended to ``lost`` as (label, segment name, its own voxels), where given: 0 for an
     empty segment, else it was lost in the export (thinner than the grid's voxels, or outside it).
@@ -586,10 +590,11 @@ def segments_label_map(node: Any, segment_ids: Sequence[str], reference: sitk.Im
 
     Raises:
         InputError: not a segmentation node, one without a binary labelmap representation (loaded from a surface
-            file: the export would have added one to it), an unknown segment ID, a segment Slicer cannot export,
-            or two segments that overlap (one label map cannot hold a voxel of both).
+            file: the export would have added one to it), an unknown segment ID, or a segment Slicer cannot export.
     """
     import slicer
+
+    from .segmentations import add_to_layers, layer_images
 
     if node is None or not node.IsA("vtkMRMLSegmentationNode"):
         raise InputError(f"'{_node_label(node)}' is not a segmentation node.", "Select a segmentation or a label map.")
@@ -609,8 +614,7 @@ def segments_label_map(node: Any, segment_ids: Sequence[str], reference: sitk.Im
         exported = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", unique_name(scene, "_segments_export"))
         for helper in (grid_node, exported):
             set_parent_transform(helper, reference_parent)  # the export maps through the transforms between them
-        out = np.zeros(sitk.GetArrayViewFromImage(grid_image).shape, np.uint16)
-        owner: dict[int, str] = {}
+        layers: list[np.ndarray] = []
         for label, segment_id in enumerate(segment_ids, start=1):
             if not segment_id:
                 continue
@@ -630,24 +634,12 @@ def segments_label_map(node: Any, segment_ids: Sequence[str], reference: sitk.Im
                 if lost is not None:  # lost in the export, or empty (own 0): said, not silently no label
                     lost.append((label, segmentation.GetSegment(segment_id).GetName(), own))
                 continue  # no voxel of this label on the grid
-            clash = voxels & (out != 0)
-            if clash.any():
-                other = owner[int(out[clash][0])]
-                names = [segmentation.GetSegment(s).GetName() for s in (other, segment_id)]
-                raise InputError(f"Segments '{names[0]}' and '{names[1]}' of '{node.GetName()}' overlap "
-                                 f"({int(clash.sum())} voxels on the volume's grid): one label map cannot hold a "
-                                 "voxel of both, so one of them would be scored without those voxels.",
-                                 "Remove the overlap (Segment Editor: Masking, 'Modify other segments: overwrite "
-                                 "all'), or score the two segments in separate calls (labels=[...]).")
-            out[voxels] = label
-            owner[label] = segment_id
+            add_to_layers(layers, voxels, label)
     finally:
         added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
         for extra in [n for n in added if n is not None and n.GetID() not in before]:
             scene.RemoveNode(extra)
-    labels = sitk.GetImageFromArray(out)
-    labels.CopyInformation(reference)
-    return labels
+    return layer_images(layers, reference)
 
 
 def _segment_voxels(segmentation: Any, segment_id: str) -> int:

@@ -25,7 +25,8 @@ from .errors import InputError
 
 __all__ = ["Segment", "SegmentationFile", "header_segments", "read_segmentation_file", "check_segment_names",
            "asked_labels", "match_by_name", "near_name_notes", "empty_segment_note", "named_note",
-           "with_segments", "label_maps_for_evaluation"]
+           "with_segments", "add_to_layers", "layer_images",
+           "label_maps_for_evaluation"]
 
 
 def check_segment_names(pairs: Sequence[tuple[str, str]], owner: str) -> list[tuple[str, str]]:
@@ -120,8 +121,7 @@ def match_by_name(fixed: Sequence[tuple[str, str]], moving: Sequence[tuple[str, 
 
     Returns:
         (fixed IDs, moving IDs, {label: name}, labels asked for or None): the i-th IDs are label i + 1 on each
-        side, "" where that side lacks the name or it was not asked for (so a segment not asked for cannot overlap
-        one that is).
+        side, "" where that side lacks the name or it was not asked for (a segment not asked for is not read).
     """
     order = [name for _, name in fixed] + [name for _, name in moving if name not in {n for _, n in fixed}]
     number = {name: i for i, name in enumerate(order, start=1)}
@@ -313,49 +313,65 @@ def read_segmentation_file(path: str | os.PathLike) -> SegmentationFile | None:
     return SegmentationFile(path, image, segments)
 
 
-def _label_map(sf: SegmentationFile, labels: Sequence[tuple[Segment, int]], retry: str) -> sitk.Image:
+def add_to_layers(layers: list[np.ndarray], voxels: np.ndarray, label: int) -> None:
+    """Put a label's ``voxels`` (a boolean array) into label maps in layers (UInt16 arrays of its shape, changed in
+    place): into the first that holds none of them, a new one where each does (as 3D Slicer puts overlapping
+    segments into layers), so that it keeps all its voxels (:func:`metrics.label_layers`). One map holds the labels
+    while none overlap. Two labels that share voxels had been refused (one label map cannot hold a voxel of both),
+    so overlapping segments could not be scored in one run. One mask at a time: a segmentation's masks are never
+    all held at once."""
+    layer = next((arr for arr in layers if not (voxels & (arr != 0)).any()), None)
+    if layer is None:
+        layer = np.zeros(voxels.shape, np.uint16)
+        layers.append(layer)
+    layer[voxels] = label
+
+
+def layer_images(layers: list[np.ndarray], reference: sitk.Image) -> sitk.Image | list[sitk.Image]:
+    """Label maps in layers (:func:`add_to_layers`; none: one empty map) as images of ``reference``'s geometry: one
+    image for one layer, a list of them for several."""
+    arrays = layers or [np.zeros(sitk.GetArrayViewFromImage(reference).shape[:reference.GetDimension()], np.uint16)]
+    images = []
+    for arr in arrays:
+        image = sitk.GetImageFromArray(arr)
+        image.CopyInformation(reference)  # the geometry only: a .seg.nrrd header's segment keys do not follow
+        images.append(image)
+    return images[0] if len(images) == 1 else images
+
+
+def _label_map(sf: SegmentationFile, labels: Sequence[tuple[Segment, int]]) -> sitk.Image | list[sitk.Image]:
     """The ``(segment, label)`` pairs of ``labels`` as one label map (UInt16) on the file's grid, each segment its
-    label there; two of them that share a voxel refused (one label map cannot hold both), naming them and
-    ``retry``. Keyed by segment, not name: where labels match by number, two segments of one name are two labels."""
-    out = np.zeros(sitk.GetArrayViewFromImage(sf.image).shape[:sf.image.GetDimension()], np.uint16)
-    owner: dict[int, Segment] = {}
+    label there; segments that share voxels as label maps in layers (:func:`add_to_layers`), each segment with all
+    its voxels. Keyed by segment, not name: where labels match by number, two segments of one name are two
+    labels."""
+    layers: list[np.ndarray] = []
     for segment, label in labels:
-        voxels = sf.voxels(segment)
-        clash = voxels & (out != 0)
-        if clash.any():
-            other = owner[int(out[clash][0])]
-            raise InputError(f"Segments '{other.name}' and '{segment.name}' of '{sf.path}' overlap "
-                             f"({int(clash.sum())} voxels; the file holds them in layers {other.layer} and "
-                             f"{segment.layer}): one "
-                             "label map cannot hold a voxel of both, so one of them would be scored without those "
-                             "voxels.", f"Score them in separate runs ({retry}), or remove the overlap (Segment "
-                                        "Editor: Masking, 'Modify other segments: overwrite all').")
-        out[voxels] = label
-        owner[label] = segment
-    labels_image = sitk.GetImageFromArray(out)
-    labels_image.CopyInformation(sf.image)  # the geometry only: the header's segment keys do not follow
-    return labels_image
+        add_to_layers(layers, sf.voxels(segment), label)
+    return layer_images(layers, sf.image)
 
 
 def label_maps_for_evaluation(fixed_path: str, moving_path: str, labels: str | Sequence[Any] | None
-                              ) -> tuple[sitk.Image, sitk.Image, list[Any] | None, dict[str, Any]]:
+                              ) -> tuple[Any, Any, list[Any] | None, dict[str, Any]]:
     """The two label maps ``mmfusion evaluate-registration`` scores, read from files, and how they were paired.
 
     Two ``.seg.nrrd`` files: segments matched by name (:func:`match_by_name`, as the Slicer Logic matches two
     segmentation nodes), label i the i-th name (the fixed file's order, then the moving one's other names); every
     layer read; ``labels`` names segments. One ``.seg.nrrd`` and a plain label map: matched by number, the
     segmentation's segments taken by their label values. Two plain label maps: as they are. ``labels`` (text
-    "1,2" or a list; None: all) are read by :func:`asked_labels`.
+    "1,2" or a list; None: all) are read by :func:`asked_labels`. Segments that overlap (saved in several layers)
+    are scored in one run, each as its own binary mask: their label map is then a list of label maps on the file's
+    grid (layers, :func:`metrics.label_layers`), each segment with all its voxels in one of them.
 
     Returns:
-        (fixed label map, moving label map, labels to score (None: all), info): ``info`` holds ``matched``
+        (fixed label map, moving label map, labels to score (None: all), info): each label map one image, or its
+        layers where segments overlap; ``info`` holds ``matched``
         ("name" or "number"), ``label_names`` ({label: name}, where names are known), ``notes`` (said before the
         engine's: how the labels were matched, empty segments) and ``empty`` (labels of segments listed with no
         voxels).
 
     Raises:
-        InputError: overlapping segments among those scored, label values that two segments share where labels
-            match by number, names asked for that neither file holds, or numbers given where names match.
+        InputError: label values that two segments share where labels match by number, names asked for that
+            neither file holds, or numbers given where names match.
     """
     from .io import read_image
 
@@ -376,8 +392,7 @@ def label_maps_for_evaluation(fixed_path: str, moving_path: str, labels: str | S
         maps = []
         for f, side_ids in zip(files, (ids, moving_ids)):
             by_id = {s.id: s for s in f.segments}
-            maps.append(_label_map(f, [(by_id[sid], i) for i, sid in enumerate(side_ids, start=1) if sid],
-                                   "--labels with one segment name a run"))
+            maps.append(_label_map(f, [(by_id[sid], i) for i, sid in enumerate(side_ids, start=1) if sid]))
         for f, name in zip(files, names):
             _note_empty(f, name, [(s, label_of[s.name]) for s in f.segments], scored, info)
         return maps[0], maps[1], scored, info
@@ -399,7 +414,7 @@ def label_maps_for_evaluation(fixed_path: str, moving_path: str, labels: str | S
                              "Give both label files as .seg.nrrd (segments are then matched by name), or export "
                              "the segments to one label map (Segmentations module: Export to label map) and give "
                              "that.")
-        maps.append(_label_map(f, [(s, s.label_value) for s in f.segments], "--labels with one label a run"))
+        maps.append(_label_map(f, [(s, s.label_value) for s in f.segments]))
         info["label_names"].update({s.label_value: s.name for s in f.segments})
         plain = names[1 - side]
         info["notes"].append(f"labels matched by number: '{name}' is a 3D Slicer segmentation and '{plain}' a "

@@ -816,7 +816,8 @@ class FusionLogic:
                 (``vtkMRMLLabelMapVolumeNode``: their labels, the moving one resampled nearest-neighbour onto the
                 fixed one's grid) or two segmentation nodes (``vtkMRMLSegmentationNode``: each segment's binary
                 labelmap on its volume's grid, segments **matched by name**, their order free; label i is the i-th
-                segment of the fixed segmentation, ``label_names`` in the result maps the numbers to names). A
+                segment of the fixed segmentation, ``label_names`` in the result maps the numbers to names;
+                segments that overlap are scored each as its own binary mask, as Segment Comparison scores them). A
                 label in one map only (a segment name in one segmentation only) is left out, as Learn2Reg leaves
                 it out, with a note.
             fixedPointsNode, movingPointsNode: both or neither; markups point lists (``vtkMRMLMarkupsFiducialNode``)
@@ -836,8 +837,7 @@ class FusionLogic:
 
         Raises:
             InputError: a node of the wrong kind or missing its partner, a fixed volume under a transform, a colour
-                volume, overlapping segments, or what :func:`~MultimodalFusionLib.metrics.evaluate_registration`
-                refuses.
+                volume, or what :func:`~MultimodalFusionLib.metrics.evaluate_registration` refuses.
         """
         from .landmarks import Landmarks
         from .metrics import evaluate_registration, slice_plane_transform

@@ -56,6 +56,38 @@ def _two_label_maps() -> tuple[sitk.Image, sitk.Image]:
     return _placed(a), _placed(b)
 
 
+def independent_scores(fixed_mask: sitk.Image, moving_mask: sitk.Image,
+                       transform: sitk.Transform | None) -> dict[str, float]:
+    """One segment's scores computed here, without the engine: its moving binary mask resampled nearest-neighbour
+    onto the fixed mask's grid through ``transform`` (fixed -> moving points; None: the identity) by SimpleITK,
+    Dice and Jaccard by ITK's LabelOverlapMeasuresImageFilter, ``itk_hausdorff`` by its HausdorffDistanceImageFilter
+    (from every voxel: 0 from a label lying inside the other, where the surfaces' Hausdorff is not), Hausdorff, HD95
+    and mean surface distance by MONAI (its surfaces, spacing in mm: a rotation of the grid moves no distance)."""
+    import torch
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    fixed_mask = sitk.Cast(fixed_mask, sitk.sitkUInt8)
+    on_fixed = sitk.Resample(sitk.Cast(moving_mask, sitk.sitkUInt8), fixed_mask,
+                             transform if transform is not None else sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    overlap = sitk.LabelOverlapMeasuresImageFilter()
+    overlap.Execute(fixed_mask, on_fixed)
+    hausdorff = sitk.HausdorffDistanceImageFilter()
+    hausdorff.Execute(fixed_mask, on_fixed)
+    y, y_pred = (torch.as_tensor(sitk.GetArrayFromImage(m)[None, None].astype(np.float32))
+                 for m in (fixed_mask, on_fixed))
+    spacing = fixed_mask.GetSpacing()[::-1]  # numpy's axis order
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hd95 = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=spacing)
+        hd = compute_hausdorff_distance(y_pred, y, include_background=True, spacing=spacing)
+        assd = compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True, spacing=spacing)
+    return {"dice": overlap.GetDiceCoefficient(), "jaccard": overlap.GetJaccardCoefficient(),
+            "itk_hausdorff": hausdorff.GetHausdorffDistance(), "hausdorff": float(hd), "hd95": float(hd95),
+            "mean_surface_distance": float(assd),
+            "fixed_voxels": int(sitk.GetArrayViewFromImage(fixed_mask).sum()),
+            "moving_voxels": int(sitk.GetArrayViewFromImage(on_fixed).sum())}
+
+
 class LabelOverlapTest(unittest.TestCase):
     def test_dice_jaccard_hausdorff_match_itk_and_distances_match_monai(self) -> None:
         fixed, moving = _two_label_maps()
@@ -666,6 +698,25 @@ class SegNrrdLabelFilesTest(unittest.TestCase):
                                           (union[0], ["body"])])
         cls._write("f_layers4.seg.nrrd", [(cls.fixed_labels, ["liver", "kidney"]), (union[0], ["both"]),
                                           (union[0], ["body"]), (union[0], ["torso"])])
+        # a tumour inside the liver, in a layer of its own under label value 3 (a header written here), and the moving
+        # side as one plain label map (the tumour's voxels 3 there, no longer the liver's)
+        shape = sitk.GetArrayViewFromImage(cls.fixed_labels).shape
+        tumour = _ellipsoid(shape, (16, 20, 12), (4, 5, 3)) & (sitk.GetArrayFromImage(cls.fixed_labels) == 1)
+        cls.fixed_tumour = sitk.GetImageFromArray(tumour.astype(np.uint8))
+        cls.fixed_tumour.CopyInformation(cls.fixed_labels)
+        layered = sitk.Compose(sitk.Cast(cls.fixed_labels, sitk.sitkUInt8), sitk.Cast(cls.fixed_tumour * 3,
+                                                                                       sitk.sitkUInt8))
+        for i, (segment_name, value, layer) in enumerate((("liver", 1, 0), ("kidney", 2, 0), ("tumour", 3, 1))):
+            for key, text in (("ID", f"s{i}"), ("Name", segment_name), ("LabelValue", str(value)),
+                              ("Layer", str(layer))):
+                layered.SetMetaData(f"Segment{i}_{key}", text)
+        cls.paths["f_tumour.seg.nrrd"] = os.path.join(cls.folder.name, "f_tumour.seg.nrrd")
+        sitk.WriteImage(layered, cls.paths["f_tumour.seg.nrrd"])
+        moving_tumour = resample(cls.fixed_tumour, cls.moving_labels, cls.tx.GetInverse(), interpolation="nearest")
+        cls.moving_tumour = sitk.Cast(sitk.Mask(cls.moving_labels, moving_tumour == 0) + moving_tumour * 3,
+                                      sitk.sitkUInt8)
+        cls.paths["ml_tumour.nii.gz"] = os.path.join(cls.folder.name, "ml_tumour.nii.gz")
+        write_image(cls.moving_tumour, cls.paths["ml_tumour.nii.gz"])
 
     @classmethod
     def tearDownClass(cls) -> None:
@@ -739,25 +790,54 @@ class SegNrrdLabelFilesTest(unittest.TestCase):
     def test_a_file_of_two_layers_is_read_layer_by_layer(self) -> None:
         for name in ("f_layers.seg.nrrd", "m_layers.seg.nrrd"):
             self.assertEqual(sitk.ReadImage(self.paths[name]).GetNumberOfComponentsPerPixel(), 2)
-        # overlapping segments scored together: refused naming them (the old code refused the file as "a 2D vector
-        # or displacement field")
-        rc, _, err = self._evaluate("f_layers.seg.nrrd", "m_layers.seg.nrrd")
-        self.assertEqual(rc, 2)
-        self.assertIn("Segments 'liver' and 'both' of", err)
-        self.assertIn("overlap", err)
-        self.assertIn("--labels with one segment name a run", err)
-        self.assertNotIn("displacement field", err)
-        # each scored in a run of its own, or those that do not overlap together
-        rc, out, err = self._evaluate("f_layers.seg.nrrd", "m_layers.seg.nrrd", "--labels", "both")
+        # overlapping segments scored in one run, each as its own binary mask (they had been refused: "one label map
+        # cannot hold a voxel of both: score them in separate runs"; before that, the file as "a 2D vector field")
+        rc, out, err = self._evaluate("f_layers.seg.nrrd", "m_layers.seg.nrrd")
         self.assertEqual(rc, 0, err)
-        self.assertEqual(out["label_names"]["3"], "both")
-        self.assertGreater(out["labels"]["after"]["labels"]["3"]["dice"], 0.97)
+        self.assertNotIn("overlap", err)
+        self.assertEqual(out["label_names"], {"1": "liver", "2": "kidney", "3": "both"})
+        self.assertEqual(out["labels"]["left_out"], [])
+        self._check_independently(out, {"liver": 1, "kidney": 2, "both": None}, "m_layers")
+        # the segments that do not overlap score as they do in the files without 'both', the means over all three
+        rc, plain, err = self._evaluate("f.seg.nrrd", "m.seg.nrrd")
+        self.assertEqual(rc, 0, err)
+        for when in ("before", "after"):
+            scored = out["labels"][when]
+            for label in ("1", "2"):
+                self.assertEqual(scored["labels"][label], plain["labels"][when]["labels"][label])
+            self.assertEqual(scored["grid"], plain["labels"][when]["grid"])
+            self.assertEqual(scored["mean"]["labels"], 3)
+            for key in metrics.OVERLAP_MEASURES:
+                self.assertAlmostEqual(scored["mean"][key], np.mean([r[key] for r in scored["labels"].values()]),
+                                       places=12)
+        # each one alone (the only way it had been scored) scores the same
+        rc, out_both, err = self._evaluate("f_layers.seg.nrrd", "m_layers.seg.nrrd", "--labels", "both")
+        self.assertEqual(rc, 0, err)
+        for when in ("before", "after"):
+            self.assertEqual(out_both["labels"][when]["labels"]["3"], out["labels"][when]["labels"]["3"])
         both = sitk.GetArrayFromImage(self.fixed_labels) > 0
         self.assertEqual(out["labels"]["after"]["labels"]["3"]["fixed_voxels"], int(both.sum()))
-        rc, out, err = self._evaluate("f_layers.seg.nrrd", "m_layers.seg.nrrd", "--labels", "liver,kidney")
+        # the printed table names all three, before and after
+        rc, text, err = run_cli("evaluate-registration", self.paths["f.nrrd"], self.paths["m.nrrd"], "--transform",
+                                self.paths["t.tfm"], "--fixed-labels", self.paths["f_layers.seg.nrrd"],
+                                "--moving-labels", self.paths["m_layers.seg.nrrd"])
         self.assertEqual(rc, 0, err)
-        self.assertEqual(sorted(out["labels"]["after"]["labels"]), ["1", "2"])
-        self.assertGreater(out["labels"]["after"]["mean"]["dice"], 0.97)
+        self.assertIn("labels (mean of 3)", text)
+        self.assertRegex(text, r"3 'both': Dice 0\.\d+ -> 0\.9[789]")
+        # mmfusion run scores them too (--no-register: its before and after are the identity's)
+        run_dir = os.path.join(self.folder.name, "run_layers")
+        rc, _, err = run_cli("run", self.paths["f.nrrd"], self.paths["m.nrrd"], "-o", run_dir, "--no-register",
+                             "--methods", "average", "--fixed-labels", self.paths["f_layers.seg.nrrd"],
+                             "--moving-labels", self.paths["m_layers.seg.nrrd"])
+        self.assertEqual(rc, 0, err)
+        with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
+            accuracy = json.load(f)["registration_accuracy"]
+        rc, identity, err = run_cli("evaluate-registration", self.paths["f.nrrd"], self.paths["m.nrrd"],
+                                    "--fixed-labels", self.paths["f_layers.seg.nrrd"], "--moving-labels",
+                                    self.paths["m_layers.seg.nrrd"], "--json")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(accuracy["labels"], json.loads(identity)["labels"])
+        self.assertEqual(sorted(accuracy["labels"]["after"]["labels"]), ["1", "2", "3"])
         # against a plain label map (matched by number) two segments of one label value are refused
         rc, _, err = run_cli("evaluate-registration", self.paths["f.nrrd"], self.paths["m.nrrd"], "--fixed-labels",
                              self.paths["f_layers.seg.nrrd"], "--moving-labels", self.paths["ml.nii.gz"])
@@ -768,6 +848,50 @@ class SegNrrdLabelFilesTest(unittest.TestCase):
             from MultimodalFusionLib.io import read_image
 
             read_image(self.paths["f_layers.seg.nrrd"])
+
+    def _check_independently(self, out: dict, segments: dict, moving: str) -> None:
+        """Each segment's numbers in ``out`` (names -> label value in the source label maps, None: all of them)
+        against :func:`independent_scores` of its own masks, before (identity) and after (the exact transform)."""
+        label_of = {name: int(label) for label, name in out["label_names"].items()}
+        moving_labels = self.moving_tumour if moving == "tumour" else self.moving_labels
+        for name, value in segments.items():
+            fixed_mask, moving_mask = ((image > 0) if value is None else (image == value)
+                                       for image in (self.fixed_labels, moving_labels))
+            if name == "tumour":
+                fixed_mask, moving_mask = self.fixed_tumour, self.moving_tumour == 3
+            elif moving == "tumour" and name == "liver":  # the plain map holds the tumour's voxels as 3, not 1
+                moving_mask = self.moving_tumour == 1
+            for when, transform in (("before", None), ("after", self.tx)):
+                row = out["labels"][when]["labels"][str(label_of[name])]
+                expected = independent_scores(fixed_mask, moving_mask, transform)
+                with self.subTest(segment=name, when=when):
+                    self.assertIsNone(row["missing"])
+                    for key in ("dice", "jaccard", "fixed_voxels", "moving_voxels"):
+                        self.assertAlmostEqual(row[key], expected[key], places=10, msg=key)
+                    for key in ("hausdorff", "hd95", "mean_surface_distance"):  # MONAI computes in float32
+                        self.assertAlmostEqual(row[key], expected[key], places=4, msg=key)
+                    if not (moving == "tumour" and name == "liver"):  # a moving liver with a hole in the fixed one
+                        self.assertAlmostEqual(row["hausdorff"], expected["itk_hausdorff"], places=6)
+
+    def test_overlapping_segments_matched_by_number_are_each_their_own_mask(self) -> None:
+        # a .seg.nrrd whose second layer holds a tumour inside the liver under a label value of its own (3; as
+        # another tool may write it), against a plain label map: matched by number, the liver scored with the
+        # tumour's voxels, the tumour with its own (it had been refused: 'Segments 'liver' and 'tumour' overlap')
+        self.assertTrue(sitk.GetArrayViewFromImage(self.fixed_tumour).any())
+        rc, out, err = run_cli("evaluate-registration", self.paths["f.nrrd"], self.paths["m.nrrd"], "--transform",
+                               self.paths["t.tfm"], "--fixed-labels", self.paths["f_tumour.seg.nrrd"],
+                               "--moving-labels", self.paths["ml_tumour.nii.gz"], "--json")
+        self.assertEqual(rc, 0, err)
+        out = json.loads(out)
+        self.assertEqual(out["label_matching"], "number")
+        self.assertEqual(out["label_names"], {"1": "liver", "2": "kidney", "3": "tumour"})
+        self._check_independently(out, {"liver": 1, "kidney": 2, "tumour": 3}, "tumour")
+        # --labels picks among them by number, as before
+        rc, one, err = run_cli("evaluate-registration", self.paths["f.nrrd"], self.paths["m.nrrd"], "--transform",
+                               self.paths["t.tfm"], "--fixed-labels", self.paths["f_tumour.seg.nrrd"],
+                               "--moving-labels", self.paths["ml_tumour.nii.gz"], "--labels", "3", "--json")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(one)["labels"]["after"]["labels"]["3"], out["labels"]["after"]["labels"]["3"])
 
     def test_a_file_of_three_or_four_layers_is_no_colour_image(self) -> None:
         from MultimodalFusionLib.io import read_image

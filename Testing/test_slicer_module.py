@@ -1084,16 +1084,37 @@ class EvaluateRegistrationLogicTest(unittest.TestCase):
             self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving, labels=["lung"])
         with self.assertRaisesRegex(InputError, "segment names"):
             self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving, labels=[1])
-        # overlapping segments cannot be one label map: refused, not scored with voxels taken from one of them
+        # overlapping segments, each scored as its own binary mask, as Segment Comparison scores them (they had been
+        # refused: "one label map cannot hold a voxel of both ... score the two segments in separate calls")
         whole = mrml.volume_node_from_image(sitk.Cast(mrml.image_from_volume_node(self.moving_labels) > 0,
                                                       sitk.sitkUInt8), self.scene, name="whole", label=True)
         self.assertTrue(slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(whole, moving))
         moving.GetSegmentation().GetNthSegment(2).SetName("kidney")  # over both labels, liver's voxels too
-        with self.assertRaisesRegex(InputError, "Segments 'liver' and 'kidney' of 'moving labels segmentation' "
-                                                "overlap"):
-            self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving)
-        kidney = self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving, labels=["kidney"])  # liver not exported
-        self.assertLess(kidney["labels"]["after"]["labels"][2]["dice"], 0.5)
+        nodes = self._node_ids()
+        out = self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving)
+        self.assertEqual(self._node_ids(), nodes)
+        self.assertEqual(out["label_names"], {1: "liver", 2: "kidney", 3: "spleen"})
+        self.assertEqual(out["labels"]["left_out"], [3])
+        fixed_image, moving_image = (mrml.image_from_volume_node(n) for n in (self.fixed_labels, self.moving_labels))
+        truth = mrml.sitk_transform_from_node(self.transform)
+        for label, moving_mask in ((1, moving_image == 1), (2, moving_image > 0)):  # kidney: the whole moving map
+            for when, transform in (("before", sitk.Transform()), ("after", truth)):
+                on_fixed = sitk.Resample(sitk.Cast(moving_mask, sitk.sitkUInt8), fixed_image, transform,
+                                         sitk.sitkNearestNeighbor, 0)
+                fixed_mask = sitk.Cast(fixed_image == label, sitk.sitkUInt8)
+                itk = sitk.LabelOverlapMeasuresImageFilter()
+                itk.Execute(fixed_mask, on_fixed)
+                row = out["labels"][when]["labels"][label]
+                with self.subTest(label=label, when=when):
+                    self.assertAlmostEqual(row["dice"], itk.GetDiceCoefficient(), places=10)
+                    self.assertAlmostEqual(row["jaccard"], itk.GetJaccardCoefficient(), places=10)
+                    self.assertEqual(row["moving_voxels"], int(sitk.GetArrayFromImage(on_fixed).sum()))
+                    self.assertEqual(row["fixed_voxels"], int(sitk.GetArrayFromImage(fixed_mask).sum()))
+        self.assertAlmostEqual(out["labels"]["after"]["labels"][1]["dice"], 1.0, places=12)  # the liver whole
+        self.assertLess(out["labels"]["after"]["labels"][2]["dice"], 0.5)
+        kidney = self._evaluate(fixedLabelNode=fixed, movingLabelNode=moving, labels=["kidney"])  # as alone
+        for when in ("before", "after"):
+            self.assertEqual(kidney["labels"][when]["labels"][2], out["labels"][when]["labels"][2])
 
     def test_a_segment_lost_in_the_export_and_near_names_are_named(self) -> None:
         # a 0.5 mm segmentation with a one-voxel slab between the fixed volume's 2.5 mm slices: exported onto the
