@@ -4604,8 +4604,13 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
                 if _itk_minc_unconverted():  # MINC's RAS to ITK's LPS (see _RAS_LPS)
                     tx = _swap_transform_ras_lps(tx)
             else:
-                with itk_guard(f"reading transform '{path}'", "Give an ITK transform file (.tfm, .txt, .h5, .mat)."):
-                    tx = sitk.ReadTransform(readable)
+                try:
+                    with itk_guard(f"reading transform '{path}'",
+                                   "Give an ITK transform file (.tfm, .txt, .h5, .mat)."):
+                        tx = sitk.ReadTransform(readable)
+                except InputError:
+                    _refuse_elastix_parameters(path)
+                    raise
         except InputError as exc:
             raise InputError(str(exc.problem).replace(readable, path), exc.fix) from exc
     # A composite read from file nests its transforms; flatten a single one for convenience.
@@ -4615,6 +4620,29 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
     elif hasattr(tx, "Downcast"):
         tx = tx.Downcast()
     return tx
+
+
+def _refuse_elastix_parameters(path: str) -> None:
+    """Raise an InputError naming elastix where ``path`` (a file ITK's transform reader refused) is an elastix
+    transform parameter file (``TransformParameters.0.txt``: lines such as ``(Transform "EulerTransform")``).
+    ITK had refused it as ``Tags must be delimited by ':'`` with the fix "Give an ITK transform file", which does
+    not tell an elastix user that the file is elastix' own format, nor how to get the ITK one."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536).decode("latin-1")
+    except OSError:
+        return
+    lines = [line.strip() for line in head.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("//")]  # elastix' comments
+    if not lines or not lines[0].startswith("(") or not re.search(r"^\(Transform\s", head, re.MULTILINE):
+        return
+    kind = re.search(r'^\(Transform\s+"?([A-Za-z0-9_]+)', head, re.MULTILINE)
+    raise InputError(f"'{path}' is an elastix transform parameter file"
+                     f"{f' ({kind.group(1)})' if kind else ''}, elastix' own format, not an ITK transform file.",
+                     'Have elastix write the ITK file too: add (ITKTransformOutputFileNameExtension "tfm") (and '
+                     '(WriteITKCompositeTransform "true") for a chain of transforms) to the elastix parameter file '
+                     "and run elastix again, as SlicerElastix does; give the TransformParameters.0.tfm it writes "
+                     "beside this file (the same fixed -> moving convention, in LPS).")
 
 
 def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:

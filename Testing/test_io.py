@@ -774,6 +774,44 @@ class ItkErrorText(unittest.TestCase):
                     self.assertRegex(cm.exception.problem, r"[.!?]$")  # a sentence, ended
 
 
+    def test_an_elastix_parameter_file_is_named_as_one_with_the_way_to_the_itk_file(self) -> None:
+        """elastix' TransformParameters.0.txt, given as --transform or --initial-transform, had been refused in ITK's
+        words, "Tags must be delimited by ':'", with the fix "Give an ITK transform file": nothing said that the
+        file is elastix' own format nor how to have elastix write the ITK one."""
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        elastix = ('// elastix 5 writes this after a registration\n(Transform "EulerTransform")\n'
+                   "(NumberOfParameters 6)\n(TransformParameters 0.07 0 0.12 5 -3 2)\n"
+                   '(InitialTransformParametersFileName "NoInitialTransform")\n(FixedImageDimension 3)\n'
+                   "(CenterOfRotationPoint 7.5 7.5 7.5)\n")
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "TransformParameters.0.txt")
+            with open(path, "w") as fh:
+                fh.write(elastix)
+            with self.assertRaises(InputError) as cm:
+                io.read_transform(path)
+            self.assertIn("elastix transform parameter file (EulerTransform)", cm.exception.problem)
+            self.assertIn(path, cm.exception.problem)
+            self.assertIn('(ITKTransformOutputFileNameExtension "tfm")', cm.exception.fix)
+            image = os.path.join(d, "i.nii.gz")
+            sitk.WriteImage(sitk.Image([16, 16, 16], sitk.sitkFloat32) + 1.0, image)
+            err = StringIO()
+            with redirect_stdout(StringIO()), redirect_stderr(err):
+                rc = cli.main(["resample", image, "--reference", image, "--transform", path,
+                               "-o", os.path.join(d, "r.nii.gz")])
+            self.assertEqual(rc, 2)
+            self.assertIn("is an elastix transform parameter file", err.getvalue())
+            self.assertFalse(os.path.exists(os.path.join(d, "r.nii.gz")))
+            # a text file that is neither keeps ITK's reason
+            with open(os.path.join(d, "notes.txt"), "w") as fh:
+                fh.write("(not elastix)\nhello\n")
+            with self.assertRaises(InputError) as cm:
+                io.read_transform(os.path.join(d, "notes.txt"))
+            self.assertIn("Tags must be delimited by", cm.exception.problem)
+
     def test_a_registration_failure_keeps_itk_reason_without_the_noise(self) -> None:
         from MultimodalFusionLib.errors import itk_reason
 
