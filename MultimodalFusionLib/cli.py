@@ -368,7 +368,8 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("moving", help="image (or label/mask) to resample; a colour one stays in colour")
     p.add_argument("--reference", required=True, help="image whose grid the output takes")
     p.add_argument("--transform", action="append",
-                   help="transform file (fixed -> moving points, as `register` writes); identity when omitted. "
+                   help="transform file (fixed -> moving points, as `register` writes; or a displacement field image, as "
+                        "ANTs' *Warp.nii.gz); identity when omitted. "
                         "Repeat it to chain several in antsApplyTransforms' order: `--transform A --transform B` "
                         "maps a reference point x to A(B(x)), the last given applied first")
     p.add_argument("--invert", action="store_true",
@@ -766,7 +767,8 @@ def _add_evaluate_registration(sub: argparse._SubParsersAction) -> None:
     p.add_argument("fixed", help="fixed (reference) image file or DICOM folder")
     p.add_argument("moving", help="moving image file or DICOM folder")
     p.add_argument("--transform", action="append",
-                   help="transform file (fixed -> moving points, as `register` writes); identity when omitted. "
+                   help="transform file (fixed -> moving points, as `register` writes; or a displacement field image, as "
+                        "ANTs' *Warp.nii.gz); identity when omitted. "
                         "Repeat it to chain several in antsApplyTransforms' order: `--transform A --transform B` "
                         "maps a fixed point x to A(B(x)), the last given applied first")
     p.add_argument("--invert", action="store_true", help="use the inverse of the transform (of the chain; linear only)")

@@ -4593,10 +4593,14 @@ def _lower_case_name(path: str) -> Iterator[str]:
 
 def read_transform(path: str | os.PathLike) -> sitk.Transform:
     """Read an ITK transform file (.tfm, .txt, .h5, .mat), as written by Slicer, elastix' transformix
-    (ITK format), ANTs or this package, or a MINC one (.xfm; several transforms in it composed in MNI's order)."""
+    (ITK format), ANTs or this package, a MINC one (.xfm; several transforms in it composed in MNI's order), or a
+    displacement field image (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd: ANTs' ``*Warp.nii.gz``, see
+    :func:`_read_displacement_field`)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"Transform file not found: '{path}'.", "Check the path.")
+    if _suffix(path) in _FIELD_EXTENSIONS:
+        return _read_displacement_field(path)
     with _lower_case_name(path) as readable:
         try:
             if _suffix(path) == ".xfm":
@@ -4620,6 +4624,34 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
     elif hasattr(tx, "Downcast"):
         tx = tx.Downcast()
     return tx
+
+
+#: image files read as a transform when they hold a displacement field (ITK's transform reader opens none of them)
+_FIELD_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _read_displacement_field(path: str) -> sitk.Transform:
+    """A displacement field image as the transform it is (``sitk.DisplacementFieldTransform``: x -> x + u(x), u in
+    physical LPS mm on the field's grid, fixed -> moving), as antsApplyTransforms reads ANTs' ``*Warp.nii.gz`` and
+    ``*InverseWarp.nii.gz`` (and ITK's own readers a field written by ITK, Slicer or this package). ITK's transform
+    reader opens no image file: ``--transform 1Warp.nii.gz --transform 0GenericAffine.mat``, antsRegistration's
+    output in antsApplyTransforms' order, had been refused with "Could not create Transform IO object".
+
+    Raises:
+        InputError: the image is no displacement field (not as many floating-point components as axes, or not
+            2D or 3D): a grey image given as a transform, e.g. arguments in the wrong places.
+    """
+    image = read_image(path, keep_color=True)
+    dim, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+    if dim not in (2, 3) or components != dim \
+            or image.GetPixelID() not in (sitk.sitkVectorFloat32, sitk.sitkVectorFloat64):
+        raise InputError(f"'{path}' is an image ({dim}D, {components} component(s) of "
+                         f"{image.GetPixelIDTypeAsString()} a voxel), not a transform: an image is read as a "
+                         "transform only when it is a displacement field (as ANTs' *Warp.nii.gz: a 2D or 3D image "
+                         "of floating-point vectors, as many components as axes, in LPS mm).",
+                         "Give the transform file (mmfusion register writes DIR/transform.tfm, or .h5 when "
+                         "deformable; ANTs *GenericAffine.mat or *Warp.nii.gz), or check the order of the arguments.")
+    return sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))
 
 
 def _refuse_elastix_parameters(path: str) -> None:

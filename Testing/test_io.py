@@ -441,6 +441,60 @@ class RoundTrip(unittest.TestCase):
                 np.testing.assert_allclose(io.read_transform(path).TransformPoint((4.0, 5.0, 6.0)),
                                            transform.TransformPoint((4.0, 5.0, 6.0)), atol=1e-9)
 
+    def test_a_displacement_field_image_is_read_as_a_transform_as_ants_reads_its_warp(self):
+        """antsRegistration writes 0GenericAffine.mat and 1Warp.nii.gz (a displacement field image, fixed -> moving, LPS
+        mm), which antsApplyTransforms takes as `-t 1Warp.nii.gz -t 0GenericAffine.mat`. --transform (and
+        --initial-transform, evaluate-registration's --transform) had refused the field with "Could not create Transform
+        IO object ... Give an ITK transform file", so ANTs' deformable results could not be applied or scored."""
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        for dim, warp_name in ((3, "out1Warp.nii.gz"), (2, "field.mha")):
+            with self.subTest(dim=dim), tempfile.TemporaryDirectory() as d:
+                size = [20] * dim
+                grid = np.indices(size[::-1]).astype(np.float32)
+                blob = np.exp(-sum((g - 9.0) ** 2 for g in grid) / 30.0).astype(np.float32) * 100.0
+                image = sitk.GetImageFromArray(blob)
+                image.SetSpacing([1.5] * dim)
+                image.SetOrigin([-3.0] * dim)
+                centre = image.TransformContinuousIndexToPhysicalPoint([9.5] * dim)
+                if dim == 3:
+                    truth = sitk.Euler3DTransform(centre, 0.05, -0.03, 0.1, (1.2, -0.7, 0.9))
+                else:
+                    truth = sitk.Euler2DTransform(centre, 0.1, (1.2, -0.7))
+                field = sitk.TransformToDisplacementField(truth, sitk.sitkVectorFloat64, image.GetSize(),
+                                                          image.GetOrigin(), image.GetSpacing(),
+                                                          image.GetDirection())
+                warp = os.path.join(d, warp_name)
+                sitk.WriteImage(sitk.Cast(field, sitk.sitkVectorFloat32), warp)  # float32 vectors, as ANTs writes
+                tx = io.read_transform(warp)
+                self.assertIsInstance(tx, sitk.DisplacementFieldTransform)
+                inside = image.TransformContinuousIndexToPhysicalPoint([6.3] * dim)
+                np.testing.assert_allclose(tx.TransformPoint(inside), truth.TransformPoint(inside), atol=1e-4)
+                img_path, tfm = os.path.join(d, "img.nrrd"), os.path.join(d, "truth.tfm")
+                sitk.WriteImage(image, img_path)
+                sitk.WriteTransform(truth, tfm)
+                outs = {}
+                for name, transforms in (("field", [warp]), ("tfm", [tfm]),
+                                         ("chain", [warp, tfm]), ("chain_truth", [tfm, tfm])):
+                    out = os.path.join(d, name + ".nrrd")
+                    args = ["resample", img_path, "--reference", img_path, "-o", out, "--threads", "1"]
+                    for t in transforms:
+                        args += ["--transform", t]
+                    with redirect_stdout(StringIO()), redirect_stderr(StringIO()) as err:
+                        self.assertEqual(cli.main(args), 0, err.getvalue())
+                    outs[name] = sitk.GetArrayFromImage(sitk.ReadImage(out))
+                core = (slice(2, -2),) * dim  # the field's own grid ends at the image's, half a voxel in
+                np.testing.assert_allclose(outs["field"][core], outs["tfm"][core], atol=1e-3)
+                np.testing.assert_allclose(outs["chain"][core], outs["chain_truth"][core], atol=1e-3)
+                # a grey image given where a transform goes (arguments swapped) is named as an image
+                with self.assertRaises(InputError) as cm:
+                    io.read_transform(img_path)
+                self.assertIn("not a transform", cm.exception.problem)
+                self.assertIn("displacement field", cm.exception.problem)
+
     def test_transform_files_with_upper_case_extensions(self):
         """ITK picks its transform reader by the extension in lower case only: read_transform('T.TFM') (and
         mmfusion's --transform / --initial-transform) had said "Could not create Transform IO object ... Give an
