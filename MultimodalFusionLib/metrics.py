@@ -803,6 +803,28 @@ def _layer_labels(arrays: Sequence[np.ndarray]) -> set:
     return set().union(*(np.unique(arr).tolist() for arr in arrays)) - {0}
 
 
+def _shared_voxels_notes(arrays: Sequence[np.ndarray], scored: Sequence[int], side: str) -> list[str]:
+    """Notes naming the scored labels that share voxels in a label map's layers (:func:`_layer_arrays`), and how
+    many: each is scored as its own binary mask with those voxels, as Slicer's Segment Comparison scores a segment,
+    so its Dice and the mean are not those of the segments without their overlap. None for one label map."""
+    shared: dict[tuple[int, int], int] = {}
+    wanted = set(int(v) for v in scored)
+    for i in range(len(arrays)):
+        for j in range(i + 1, len(arrays)):
+            both = (arrays[i] != 0) & (arrays[j] != 0)
+            if not both.any():
+                continue
+            pairs, counts = np.unique(np.stack([arrays[i][both], arrays[j][both]]).astype(np.int64), axis=1,
+                                      return_counts=True)
+            for (p, q), count in zip(pairs.T.tolist(), counts.tolist()):
+                if p != q and p in wanted and q in wanted:
+                    key = (min(p, q), max(p, q))
+                    shared[key] = shared.get(key, 0) + int(count)
+    return [f"label {p} and label {q} share {count} voxels of the {side} label map (overlapping segments): each is "
+            "scored as its own binary mask with those voxels, as Slicer's Segment Comparison scores a segment, and "
+            "the mean counts them in each" for (p, q), count in sorted(shared.items())]
+
+
 def _surface_points(mask: np.ndarray, lo: np.ndarray, image: sitk.Image) -> np.ndarray:
     """Physical (LPS mm) centres of the surface voxels of ``mask`` (a crop of the image starting at numpy index
     ``lo``): the voxels of the mask with a face neighbour outside it or on the image's border, as MONAI's
@@ -1587,6 +1609,9 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
                                 f"{_mm(fixed_spacing)} voxels it is scored on: thinner than those "
                                 "voxels, it is lost in the resampling")
         out["labels"]["left_out"] = left_out
+        # the segments' overlap, which one label map had refused, said: the scores alone do not show it
+        for side, arrays in (("fixed", _layer_arrays(fixed_labels, "fixed label map")), ("moving", moving_arrays)):
+            out["notes"] += _shared_voxels_notes(arrays, scored, side)
         for v in left_out:
             where = "fixed" if v in present[0] else "moving" if v in present[1] else None
             out["notes"].append(f"label {v} is {f'in the {where} label map only' if where else 'in neither label map'}: "

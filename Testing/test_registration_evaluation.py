@@ -200,6 +200,27 @@ class LabelOverlapTest(unittest.TestCase):
                 self.assertEqual(rows[label], one["labels"][when]["labels"][label])
             self.assertEqual(rows[3], three["labels"][when]["labels"][3])
 
+    def test_labels_that_share_voxels_are_named_in_a_note(self) -> None:
+        # overlapping labels are each scored with the voxels they share (the table cannot show it, and the mean
+        # counts those voxels in each): a note names each pair and its count per side; the overlap had been refused
+        # ('one label map cannot hold a voxel of both'), then scored without a word
+        fixed, moving = _two_label_maps()
+        layers = [[image, sitk.Cast(image > 0, sitk.sitkUInt8) * 3] for image in (fixed, moving)]
+        grey = [sitk.Cast(image, sitk.sitkFloat32) * 100.0 for image in (fixed, moving)]
+        out = metrics.evaluate_registration(*grey, fixed_labels=layers[0], moving_labels=layers[1])
+        for side, image in (("fixed", fixed), ("moving", moving)):
+            arr = sitk.GetArrayFromImage(image)
+            for label in (1, 2):
+                count = int(np.count_nonzero(arr == label))
+                self.assertIn(f"label {label} and label 3 share {count} voxels of the {side} label map",
+                              " | ".join(out["notes"]))
+        self.assertFalse(any("label 1 and label 2" in n for n in out["notes"]))
+        # labels not scored are not named; one label map has no such note
+        two = metrics.evaluate_registration(*grey, fixed_labels=layers[0], moving_labels=layers[1], labels=[1, 2])
+        self.assertFalse(any("share" in n for n in two["notes"]))
+        plain = metrics.evaluate_registration(*grey, fixed_labels=fixed, moving_labels=moving)
+        self.assertFalse(any("share" in n for n in plain["notes"]))
+
     def test_refuses_what_is_no_label_map_or_off_grid(self) -> None:
         fixed, moving = _two_label_maps()
         grey = sitk.Cast(moving, sitk.sitkFloat32) * 0.5
@@ -794,7 +815,11 @@ class SegNrrdLabelFilesTest(unittest.TestCase):
         # cannot hold a voxel of both: score them in separate runs"; before that, the file as "a 2D vector field")
         rc, out, err = self._evaluate("f_layers.seg.nrrd", "m_layers.seg.nrrd")
         self.assertEqual(rc, 0, err)
-        self.assertNotIn("overlap", err)
+        self.assertNotIn("cannot hold", err)
+        # the overlap said, with the segments' names, on each side
+        for side in ("fixed", "moving"):
+            self.assertIn("segment 'liver' (label 1) and segment 'both' (label 3) share", err)
+            self.assertIn(f"voxels of the {side} label map (overlapping segments)", err)
         self.assertEqual(out["label_names"], {"1": "liver", "2": "kidney", "3": "both"})
         self.assertEqual(out["labels"]["left_out"], [])
         self._check_independently(out, {"liver": 1, "kidney": 2, "both": None}, "m_layers")
