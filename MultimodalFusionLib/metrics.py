@@ -814,8 +814,14 @@ def _shared_voxels_notes(arrays: Sequence[np.ndarray], scored: Sequence[int], si
             both = (arrays[i] != 0) & (arrays[j] != 0)
             if not both.any():
                 continue
-            pairs, counts = np.unique(np.stack([arrays[i][both], arrays[j][both]]).astype(np.int64), axis=1,
-                                      return_counts=True)
+            first, second = arrays[i][both].astype(np.int64), arrays[j][both].astype(np.int64)
+            base = int(max(first.max(), second.max())) + 1
+            if min(int(first.min()), int(second.min())) >= 0 and base <= 1024:
+                # a count per pair of labels in one pass (np.unique(axis=1) had taken 53 s for 10 nested 256^3 layers)
+                table = np.bincount(first * base + second, minlength=base * base).reshape(base, base)
+                pairs, counts = np.array(np.nonzero(table)), table[np.nonzero(table)]
+            else:
+                pairs, counts = np.unique(np.stack([first, second]), axis=1, return_counts=True)
             for (p, q), count in zip(pairs.T.tolist(), counts.tolist()):
                 if p != q and p in wanted and q in wanted:
                     key = (min(p, q), max(p, q))
