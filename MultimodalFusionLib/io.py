@@ -4593,14 +4593,19 @@ def _lower_case_name(path: str) -> Iterator[str]:
 
 def read_transform(path: str | os.PathLike) -> sitk.Transform:
     """Read an ITK transform file (.tfm, .txt, .h5, .mat), as written by Slicer, elastix' transformix
-    (ITK format), ANTs or this package, a MINC one (.xfm; several transforms in it composed in MNI's order), or a
+    (ITK format), ANTs or this package, a MINC one (.xfm; several transforms in it composed in MNI's order), a
     displacement field image (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd: ANTs' ``*Warp.nii.gz``, see
-    :func:`_read_displacement_field`)."""
+    :func:`_read_displacement_field`), or an elastix transform parameter file (``TransformParameters.0.txt``,
+    with its chain of initial transforms; see :mod:`.elastix_transforms`)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"Transform file not found: '{path}'.", "Check the path.")
     if _suffix(path) in _FIELD_EXTENSIONS:
         return _read_displacement_field(path)
+    from .elastix_transforms import is_elastix_parameter_file, read_elastix_transform
+
+    if is_elastix_parameter_file(path):  # TransformParameters.0.txt: ITK's reader had refused it
+        return read_elastix_transform(path)
     with _lower_case_name(path) as readable:
         try:
             if _suffix(path) == ".xfm":
@@ -4608,13 +4613,8 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
                 if _itk_minc_unconverted():  # MINC's RAS to ITK's LPS (see _RAS_LPS)
                     tx = _swap_transform_ras_lps(tx)
             else:
-                try:
-                    with itk_guard(f"reading transform '{path}'",
-                                   "Give an ITK transform file (.tfm, .txt, .h5, .mat)."):
-                        tx = sitk.ReadTransform(readable)
-                except InputError:
-                    _refuse_elastix_parameters(path)
-                    raise
+                with itk_guard(f"reading transform '{path}'", "Give an ITK transform file (.tfm, .txt, .h5, .mat)."):
+                    tx = sitk.ReadTransform(readable)
         except InputError as exc:
             raise InputError(str(exc.problem).replace(readable, path), exc.fix) from exc
     # A composite read from file nests its transforms; flatten a single one for convenience.
@@ -4652,29 +4652,6 @@ def _read_displacement_field(path: str) -> sitk.Transform:
                          "Give the transform file (mmfusion register writes DIR/transform.tfm, or .h5 when "
                          "deformable; ANTs *GenericAffine.mat or *Warp.nii.gz), or check the order of the arguments.")
     return sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))
-
-
-def _refuse_elastix_parameters(path: str) -> None:
-    """Raise an InputError naming elastix where ``path`` (a file ITK's transform reader refused) is an elastix
-    transform parameter file (``TransformParameters.0.txt``: lines such as ``(Transform "EulerTransform")``).
-    ITK had refused it as ``Tags must be delimited by ':'`` with the fix "Give an ITK transform file", which does
-    not tell an elastix user that the file is elastix' own format, nor how to get the ITK one."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(65536).decode("latin-1")
-    except OSError:
-        return
-    lines = [line.strip() for line in head.splitlines()]
-    lines = [line for line in lines if line and not line.startswith("//")]  # elastix' comments
-    if not lines or not lines[0].startswith("(") or not re.search(r"^\(Transform\s", head, re.MULTILINE):
-        return
-    kind = re.search(r'^\(Transform\s+"?([A-Za-z0-9_]+)', head, re.MULTILINE)
-    raise InputError(f"'{path}' is an elastix transform parameter file"
-                     f"{f' ({kind.group(1)})' if kind else ''}, elastix' own format, not an ITK transform file.",
-                     'Have elastix write the ITK file too: add (ITKTransformOutputFileNameExtension "tfm") (and '
-                     '(WriteITKCompositeTransform "true") for a chain of transforms) to the elastix parameter file '
-                     "and run elastix again, as SlicerElastix does; give the TransformParameters.0.tfm it writes "
-                     "beside this file (the same fixed -> moving convention, in LPS).")
 
 
 def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:

@@ -828,10 +828,11 @@ class ItkErrorText(unittest.TestCase):
                     self.assertRegex(cm.exception.problem, r"[.!?]$")  # a sentence, ended
 
 
-    def test_an_elastix_parameter_file_is_named_as_one_with_the_way_to_the_itk_file(self) -> None:
+    def test_an_elastix_parameter_file_is_read_or_named_as_one_with_the_way_to_the_itk_file(self) -> None:
         """elastix' TransformParameters.0.txt, given as --transform or --initial-transform, had been refused in ITK's
         words, "Tags must be delimited by ':'", with the fix "Give an ITK transform file": nothing said that the
-        file is elastix' own format nor how to have elastix write the ITK one."""
+        file is elastix' own format nor how to have elastix write the ITK one. It is now read (see
+        test_elastix_transforms.py); a kind not converted is named, with that way to the ITK file."""
         from contextlib import redirect_stderr, redirect_stdout
         from io import StringIO
 
@@ -845,9 +846,16 @@ class ItkErrorText(unittest.TestCase):
             path = os.path.join(d, "TransformParameters.0.txt")
             with open(path, "w") as fh:
                 fh.write(elastix)
+            tx = io.read_transform(path)
+            self.assertEqual(tx.GetName(), "Euler3DTransform")
+            np.testing.assert_allclose(tx.GetParameters(), (0.07, 0, 0.12, 5, -3, 2))
+            np.testing.assert_allclose(tx.GetFixedParameters()[:3], (7.5, 7.5, 7.5))
+            with open(path, "w") as fh:
+                fh.write(elastix.replace("EulerTransform", "SplineKernelTransform"))
             with self.assertRaises(InputError) as cm:
                 io.read_transform(path)
-            self.assertIn("elastix transform parameter file (EulerTransform)", cm.exception.problem)
+            self.assertIn("elastix transform parameter file (elastix' own format) of a SplineKernelTransform",
+                          cm.exception.problem)
             self.assertIn(path, cm.exception.problem)
             self.assertIn('(ITKTransformOutputFileNameExtension "tfm")', cm.exception.fix)
             image = os.path.join(d, "i.nii.gz")
