@@ -165,8 +165,9 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
                                     "else rigid)")
     p.add_argument("--fixed-mask", help="mask image on the fixed grid (metric region)")
     p.add_argument("--moving-mask", help="mask image on the moving grid")
-    p.add_argument("--initial-transform", help="transform file to start from (replaces the initializer: not with "
-                                                "--initializer)")
+    p.add_argument("--initial-transform", help="transform file to start from (ITK, a displacement field image or "
+                                                "elastix' TransformParameters.N.txt; replaces the initializer: not "
+                                                "with --initializer)")
     p.add_argument("--seed", type=int, help="sampling seed: same seed, same transform (bit-identical)")
     p.add_argument("--backend", choices=["sitk", "torch"], default="sitk", help="registration backend")
     _add_initializer_and_series(p)
@@ -368,8 +369,9 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("moving", help="image (or label/mask) to resample; a colour one stays in colour")
     p.add_argument("--reference", required=True, help="image whose grid the output takes")
     p.add_argument("--transform", action="append",
-                   help="transform file (fixed -> moving points, as `register` writes; or a displacement field image, as "
-                        "ANTs' *Warp.nii.gz); identity when omitted. "
+                   help="transform file (fixed -> moving points, as `register` writes; a displacement field image, as "
+                        "ANTs' *Warp.nii.gz; or elastix' TransformParameters.N.txt, with its initial transforms); "
+                        "identity when omitted. "
                         "Repeat it to chain several in antsApplyTransforms' order: `--transform A --transform B` "
                         "maps a reference point x to A(B(x)), the last given applied first")
     p.add_argument("--invert", action="store_true",
@@ -767,8 +769,9 @@ def _add_evaluate_registration(sub: argparse._SubParsersAction) -> None:
     p.add_argument("fixed", help="fixed (reference) image file or DICOM folder")
     p.add_argument("moving", help="moving image file or DICOM folder")
     p.add_argument("--transform", action="append",
-                   help="transform file (fixed -> moving points, as `register` writes; or a displacement field image, as "
-                        "ANTs' *Warp.nii.gz); identity when omitted. "
+                   help="transform file (fixed -> moving points, as `register` writes; a displacement field image, as "
+                        "ANTs' *Warp.nii.gz; or elastix' TransformParameters.N.txt, with its initial transforms); "
+                        "identity when omitted. "
                         "Repeat it to chain several in antsApplyTransforms' order: `--transform A --transform B` "
                         "maps a fixed point x to A(B(x)), the last given applied first")
     p.add_argument("--invert", action="store_true", help="use the inverse of the transform (of the chain; linear only)")
