@@ -3386,7 +3386,7 @@ def as_one_slice_of(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
     arr = np.expand_dims(sitk.GetArrayFromImage(image), 2 - axis)
     out = sitk.GetImageFromArray(arr, isVector=image.GetNumberOfComponentsPerPixel() > 1)
     out.CopyInformation(reference)
-    return out
+    return _with_units(out, dicom_units(image))  # the same values: a PET's DICOM Units, where it states them
 
 
 def one_slice_as_2d(image: sitk.Image, name: str = "image") -> sitk.Image:
@@ -3410,7 +3410,7 @@ def one_slice_as_2d(image: sitk.Image, name: str = "image") -> sitk.Image:
         raise InputError(f"The {name} is a one-slice volume (size {image.GetSize()}) in a plane that is not axial "
                          f"(direction {[round(v, 4) for v in image.GetDirection()]}): a 2D image's direction "
                          "cannot hold it.", fix)
-    return slice_2d
+    return _with_units(slice_2d, dicom_units(image))  # its values: a PET's DICOM Units, where it states them
 
 
 def one_slice_inputs_as_2d(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None = None,

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from . import tensors
 from .errors import InputError, itk_guard
-from .io import as_one_slice_of, one_slice_as_2d, one_slice_axis
+from .io import _with_units, as_one_slice_of, dicom_units, one_slice_as_2d, one_slice_axis
 from .validation import check_image, physical_bounds, voxels_overlap
 
 __all__ = [
@@ -333,7 +333,9 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
     on the reference's geometry; with a 3D transform (or none) a one-slice volume is resampled in 3D.
 
     Returns:
-        The resampled image on the reference grid.
+        The resampled image on the reference grid, with the moving image's DICOM Units (0054,1001) where it states
+        them (:func:`io.dicom_units`: a PET's BQML or GML): its values are still in them, and what reads them (a
+        window's refusal, the web's SUV windows) knows them as for the image read.
 
     Raises:
         InputError: unknown interpolation, images of different dimension, a transform that is not a
@@ -342,6 +344,24 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
             output's pixels cannot hold, a multi-component image under a turning transform without
             ``components``, or ``components="tensor"`` for an image of no 3 x 3 tensors of a 3D image (see above).
     """
+    out = _resample(moving, reference, transform, interpolation, default_value, pixel_type, components,
+                    tensor_reorientation, tensor_interpolation)
+    # ITK's filters keep no metadata: a PET read in Bq/mL (DICOM Units BQML) had come out of resampling onto an MR
+    # grid (mmfusion resample, run, the web's Register) with no unit, so a window in SUV on it was refused without
+    # naming its units and the web offered it the SUV windows its values passed for
+    return _same_units(out, moving)
+
+
+def _same_units(out: sitk.Image, source: sitk.Image) -> sitk.Image:
+    """``out``, an image of ``source``'s quantity (resampled, cropped, reoriented), with ``source``'s DICOM Units."""
+    return _with_units(out, dicom_units(source))
+
+
+def _resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
+              interpolation: str = "linear", default_value: float = 0.0,
+              pixel_type: int | None = None, components: str | None = None,
+              tensor_reorientation: str = "ppd", tensor_interpolation: str = "linear") -> sitk.Image:
+    """:func:`resample` without the units (see it)."""
     if interpolation not in INTERPOLATORS:
         raise InputError(f"Unknown interpolation '{interpolation}'.",
                          f"Use one of: {', '.join(INTERPOLATORS)}.")
@@ -635,8 +655,8 @@ def reorient_to_lps(image: sitk.Image) -> sitk.Image:
     """
     try:
         if image.GetDimension() == 2:
-            return sitk.DICOMOrient(sitk.JoinSeries(image), "LPS")[:, :, 0]
-        return sitk.DICOMOrient(image, "LPS")
+            return _same_units(sitk.DICOMOrient(sitk.JoinSeries(image), "LPS")[:, :, 0], image)
+        return _same_units(sitk.DICOMOrient(image, "LPS"), image)
     except RuntimeError:  # unusual directions: the grid as stored
         return image
 
@@ -931,4 +951,5 @@ def _crop_to_box(image: sitk.Image, lo: Sequence[float], hi: Sequence[float]) ->
     start = np.clip(np.floor(idx.min(axis=0) + 0.5), 0, size - 1).astype(int)
     stop = np.clip(np.ceil(idx.max(axis=0) - 0.5), 0, size - 1).astype(int)
     stop = np.maximum(stop, start)
-    return sitk.RegionOfInterest(image, [int(v) for v in stop - start + 1], [int(v) for v in start])
+    return _same_units(sitk.RegionOfInterest(image, [int(v) for v in stop - start + 1], [int(v) for v in start]),
+                       image)

@@ -2029,6 +2029,63 @@ class DicomPetUnits(unittest.TestCase):
         self.assertNotIn("DICOM Units", str(caught.exception))
 
 
+    def test_the_units_travel_with_the_values_and_not_where_the_quantity_changes(self) -> None:
+        """Resampled onto an MR's grid (mmfusion resample, run, the web's Register), cropped or reoriented, a PET is
+        still in Bq/mL: its Units had been dropped by every step (ITK's filters keep no metadata), so a window in SUV
+        on the resampled PET was refused without naming its units and the web's SUV guess fell back to its values.
+        The fused image, a mask and a normalised image are other quantities: no Units."""
+        import contextlib
+        import io as text_io
+
+        from MultimodalFusionLib import cli, fusion, pipeline, preprocess
+
+        folder = os.path.join(self.dir, "bqml")
+        write_pet_series(folder, _pet_body(2000, 20000), "BQML")
+        pet = io.read_image(folder)
+        # an MR on another grid: finer, shifted, turned 90 degrees about the vertical axis
+        mr_values = sitk.GetImageFromArray(np.indices((6, 20, 20)).sum(axis=0).astype(np.float32))
+        mr_values.SetSpacing((1.2, 1.2, 1.0))
+        mr_values.SetOrigin((28.0, 2.0, 0.5))  # inside the PET's 0..30 x 0..30 x 0..6 mm
+        mr_values.SetDirection((0, -1, 0, 1, 0, 0, 0, 0, 1))
+        one_slice = io._with_units(pet[:, :, 1:2], "BQML")  # a one-slice PET (slicing keeps no metadata)
+        same_quantity = {
+            "resample linear": preprocess.resample(pet, mr_values),
+            "resample nearest": preprocess.resample(pet, mr_values, interpolation="nearest"),
+            "resample lanczos into int32": preprocess.resample(pet, mr_values, interpolation="lanczos",
+                                                               pixel_type=sitk.sitkInt32),
+            "crop_to_overlap": preprocess.crop_to_overlap(pet, mr_values)[0],
+            "reorient_to_lps": preprocess.reorient_to_lps(preprocess.resample(pet, mr_values)),
+            "8-bit rounding (run's of an 8-bit PET)": pipeline.round_to_8bit(io._with_units(
+                preprocess.resample(pet, mr_values) * 0.01, "BQML")),
+            "one slice as 2D": io.one_slice_as_2d(one_slice),
+            "2D put back as one slice": io.as_one_slice_of(io.one_slice_as_2d(one_slice), one_slice),
+        }
+        for name, image in same_quantity.items():
+            with self.subTest(name):
+                self.assertEqual(io.dicom_units(image), "BQML")
+        self.assertEqual(io.dicom_units(pet), "BQML")  # the input as it was
+        # a window in SUV on the resampled PET: refused naming its units, as on the PET read
+        on_mr = same_quantity["resample linear"]
+        with self.assertRaises(InputError) as caught:
+            fusion.fuse(mr_values, on_mr, "average", window_b=(0, 8))
+        self.assertIn("Bq/mL (DICOM Units BQML)", str(caught.exception))
+        # mmfusion resample: the file written keeps them (NRRD and MetaImage headers), read back as the DICOM's
+        mr_path = os.path.join(self.dir, "mr.nrrd")
+        io.write_image(mr_values, mr_path)
+        for ext in (".nrrd", ".mha"):
+            out = os.path.join(self.dir, "pet-on-mr" + ext)
+            with self.subTest(ext), contextlib.redirect_stdout(text_io.StringIO()):
+                self.assertEqual(cli.main(["resample", folder, "--reference", mr_path, "-o", out]), 0)
+                self.assertEqual(io.dicom_units(io.read_image(out)), "BQML")
+        # other quantities: the fusion, a mask, normalised values
+        result = fusion.fuse(mr_values, on_mr, "overlay")
+        other = {"fused": result.image, "fused grey": result.grey, "mask": preprocess.foreground_mask(on_mr),
+                 "z-scores": preprocess.normalize_intensity(on_mr)}
+        for name, image in other.items():
+            with self.subTest(name):
+                self.assertEqual(io.dicom_units(image), "")
+
+
 class NoPatientDataOut(unittest.TestCase):
     """No identifying value of the DICOM files reaches an image the package returns or writes."""
 

@@ -283,14 +283,12 @@ def _on_fixed_grid(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transf
     """The moving image resampled onto the fixed grid as ``mmfusion run`` does: an 8-bit image stays
     8-bit (rounded half to even), since fusion and the metrics take 8-bit values as they are and
     stretch a float copy to its range (the panel's numbers would differ from the CLI's)."""
-    from ..io import _with_units, dicom_units
     from ..pipeline import _keep_8bit
     from ..preprocess import resample
 
     colour = moving.GetNumberOfComponentsPerPixel() > 1  # an RGB/RGBA picture: its channels, not a vector field
-    out = _keep_8bit(resample(moving, fixed, transform, components="channels" if colour else None), moving)
-    # a DICOM PET's Units (BQML...), for fuse's words on a window in other units
-    return _with_units(out, dicom_units(moving))
+    # a DICOM PET's Units (BQML...) travel with it (resample and the 8-bit rounding keep them): fuse's words
+    return _keep_8bit(resample(moving, fixed, transform, components="channels" if colour else None), moving)
 
 
 def _fused_file_name(result: Any) -> str:
