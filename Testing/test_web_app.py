@@ -88,6 +88,46 @@ class FusionWindowPresetsOffered(unittest.TestCase):
                     self.assertEqual(self._offered(image), {"suv-5", "suv-8"} if suv else set())
 
 
+    def test_ct_windows_for_a_ct_padded_with_int16s_lowest_and_not_for_a_padded_mr_or_pet(self) -> None:
+        """A CT whose field of view is padded with -32768 (int16's lowest value, outside the reconstruction circle of
+        many scanners' exports) had been offered no CT windows (looks_like_ct refused any value below -3100 HU); an MR
+        or a PET padded the same way, and images whose values run on below -3100, must still get none."""
+        import numpy as np
+
+        from MultimodalFusionLib.web.viewer import looks_like_ct
+
+        rng = np.random.default_rng(1)
+        z, y, x = np.mgrid[:6, :40, :40]
+        radius = np.hypot(y - 19.5, x - 19.5)
+        fov, body, bone = radius < 19, radius < 14, radius < 4
+        ct = np.where(body, rng.normal(40, 15, fov.shape), -1000 + rng.normal(0, 5, fov.shape))
+        ct = np.where(bone, 1000.0, ct)
+        mr = np.where(body, rng.normal(600, 80, fov.shape), rng.normal(5, 3, fov.shape)).clip(0)
+        pet = np.where(body, rng.uniform(2000, 20000, fov.shape), rng.uniform(0, 50, fov.shape))
+
+        def image(values: np.ndarray, dtype: type, padding: float | None) -> sitk.Image:
+            return sitk.GetImageFromArray((values if padding is None else np.where(fov, values, padding)).astype(dtype))
+
+        ramp = np.linspace(-5000, 5000, fov.size).reshape(fov.shape)  # a difference image, a phase map
+        cases = {  # name: (image, CT windows offered)
+            "CT, int16, no padding": (image(ct, np.int16, None), True),
+            "CT, int16, padded with -32768": (image(ct, np.int16, -32768), True),
+            "CT, float, padded with -32768": (image(ct, np.float32, -32768), True),
+            "CT, int16, padded with -3024 (within HU)": (image(ct, np.int16, -3024), True),
+            "MR, int16, padded with -32768": (image(mr, np.int16, -32768), False),
+            "PET in Bq/mL, float, padded with -32768": (image(pet, np.float32, -32768), False),
+            "MR, int16, no padding": (image(mr, np.int16, None), False),
+            "values -5000..5000, padded with -32768": (image(ramp, np.float32, -32768), False),
+            "values -5000..5000": (image(ramp, np.float32, None), False),
+            "every voxel -32768": (image(np.full(fov.shape, -32768), np.int16, None), False),
+        }
+        for name, (volume, is_ct) in cases.items():
+            with self.subTest(name):
+                self.assertEqual(looks_like_ct(volume), is_ct)
+                self.assertEqual(self._offered(volume), {"ct-soft-tissue", "ct-lung", "ct-bone", "ct-brain"}
+                                 if is_ct else set())
+
+
 @unittest.skipUnless(_HAVE_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
 class WebAppTest(unittest.TestCase):
     @classmethod

@@ -540,15 +540,29 @@ def _finite_sample(image: sitk.Image) -> np.ndarray:
     return sample[np.isfinite(sample)] if np.issubdtype(sample.dtype, np.floating) else sample
 
 
+#: the lowest value a CT's voxels hold in Hounsfield units (-1024 is air as stored with the usual intercept; -3024 the
+#: lowest 12-bit value under it): an image's minimum below it is a fill value or no HU (:func:`looks_like_ct`)
+_LOWEST_HU = -3100.0
+
+
 def looks_like_ct(image: sitk.Image) -> bool:
-    """True for an image in Hounsfield units: air near -1000 HU and values reaching bone's hundreds."""
+    """True for an image in Hounsfield units: air near -1000 HU and values reaching bone's hundreds, none below
+    :data:`_LOWEST_HU`, where a minimum below it is a fill value (-32768, int16's lowest, outside the reconstruction
+    circle of many scanners' exports), its voxels left out as padding: a CT so padded had been offered no CT presets,
+    while an MR or a PET so padded (the rest 0 and up) is still none, and an image whose values run on below -3100
+    (a phase map, a difference image: more than one value down there) is not one either."""
     if image.GetNumberOfComponentsPerPixel() > 1:
         return False
     sample = _finite_sample(image)
     if sample.size == 0:
         return False
+    fill = sample.min()
+    if float(fill) < _LOWEST_HU:  # the voxels of that one value are padding; any other below it: no HU (below)
+        sample = sample[sample != fill]
+        if sample.size == 0:
+            return False
     low, high = (float(v) for v in np.percentile(sample, [1.0, 99.9]))
-    return low <= -500.0 and float(sample.min()) >= -3100.0 and high >= 100.0
+    return low <= -500.0 and float(sample.min()) >= _LOWEST_HU and high >= 100.0
 
 
 def looks_like_suv(image: sitk.Image) -> bool:
