@@ -1195,6 +1195,39 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual((state.fw_a_preset, state.fw_b_preset), ("default", "default"))
         self.assertIsNone(app.fusion_window("a"))
 
+    def test_the_engine_default_fusion_window_shown_is_the_one_fuse_uses(self) -> None:
+        # Under Engine default the panel showed the moving image's min..max for every method, but the overlay windows
+        # its functional image from the minimum to the 99.5th percentile (fusion.fuse): the fields and the words under
+        # them were not what Fuse used (the test PET: -0.237..2.79 shown, -0.237..2.50 used). They follow the method now
+        import numpy as np
+
+        from MultimodalFusionLib.fusion import fuse
+        from MultimodalFusionLib.web.app import _width_level
+
+        ct, pet, _, _ = self._load_ct_pet("dw-ct.nii.gz", "dw-pet.nii.gz")
+        state, app = self.app.state, self.app
+        values = sitk.GetArrayViewFromImage(pet).astype(np.float64)
+        low, top, high = float(values.min()), float(np.percentile(values, 99.5)), float(values.max())
+        self.assertLess(top, 0.95 * high)  # the two rules give different windows here
+        self.addCleanup(self._set, method="average")  # the shared app as found
+        for method, window, words in (("overlay", (low, top), "min..99.5th percentile"), ("average", (low, high),
+                                                                                            "min..max"),
+                                      ("overlay", (low, top), "min..99.5th percentile")):
+            with self.subTest(method=method):
+                self._set(method=method, fw_b_preset="default", error_message="")
+                self.assertEqual(state.fw_b_text, f"The engine's default ({words}: {window[0]:.6g}..{window[1]:.6g}), "
+                                                  "as mmfusion fuse without --window.")
+                self.assertEqual((state.fw_b_window, state.fw_b_level), _width_level(window))
+                self._do(app.start_fusion)
+                self.assertTrue(state.has_fused, state.error_message)
+                result = app.fusion_result
+                if method == "overlay":  # the engine records the window it took
+                    np.testing.assert_allclose(result.parameters["window_b"], window, rtol=1e-12)
+                # the window shown, given to fuse, fuses what the default did
+                given = fuse(ct, pet, method, window_b=app._fw_default["b"][0])
+                np.testing.assert_allclose(sitk.GetArrayViewFromImage(given.image),
+                                           sitk.GetArrayViewFromImage(result.image), atol=1e-3)
+
     def test_a_left_drag_in_a_slice_view_moves_the_window_level_controls(self) -> None:
         from vtkmodules.vtkCommonCore import vtkCommand
 

@@ -255,17 +255,13 @@ def _fusion_window_choices(image: sitk.Image) -> tuple[list[dict[str, str]], dic
         engine's default amounts to (shown in the fields under Default), the words for that default).
     """
     from ..preprocess import robust_range
-    from .viewer import image_range, looks_like_ct, looks_like_suv
+    from .viewer import looks_like_ct, looks_like_suv
 
     items = [{"title": "Engine default (no window)", "value": _FW_DEFAULT}, {"title": "Manual", "value": _FW_MANUAL}]
     windows: dict[str, tuple[float, float]] = {}
+    default, words = _engine_default_window(image, "a")
     if image.GetNumberOfComponentsPerPixel() > 1:  # colour: its luminance is fused; a window is typed (Manual)
-        return items, windows, (0.0, 255.0), "its luminance, 0..255"
-    if image.GetPixelID() == sitk.sitkUInt8:
-        default, words = (0.0, 255.0), "8-bit, as it is: 0..255"
-    else:
-        default = image_range(image)
-        words = f"min..max: {default[0]:.6g}..{default[1]:.6g}"
+        return items, windows, default, words
     lo, hi = robust_range(sitk.GetArrayViewFromImage(image), 1.0, 99.0)
     named = {_FW_PERCENTILE: ("1st-99th percentile", (lo, hi))}
     presets = {**(_CT_FUSION_WINDOWS if looks_like_ct(image) else {}),
@@ -277,6 +273,32 @@ def _fusion_window_choices(image: sitk.Image) -> tuple[list[dict[str, str]], dic
         items.append({"title": f"{title}: {w_lo:.6g}..{w_hi:.6g} (W {width:g} / L {level:g})", "value": key})
         windows[key] = (w_lo, w_hi)
     return items, windows, default, words
+
+
+def _engine_default_window(image: sitk.Image, side: str, method: str = "average") -> tuple[tuple[float, float], str]:
+    """The window (low, high) ``fusion.fuse`` takes for ``image`` given none, and the words for it: the fixed image's
+    (``side`` "a") and, but for the overlay, the moving one's: 0..255 for 8-bit, else min..max, a colour image's
+    luminance 0..255; the overlay's functional window (``side`` "b", ``method`` "overlay"): min..99.5th percentile
+    (min..max where the two meet), 8-bit too. The panel had shown min..max for the overlay's functional image,
+    which the engine windows at its 99.5th percentile (a PET's hot spots above it saturate), so the fields under
+    Engine default and the page's words were not what Fuse used."""
+    import numpy as np
+
+    from .viewer import image_range
+
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        return (0.0, 255.0), "its luminance, 0..255"
+    if side == "b" and method == "overlay":
+        values = sitk.GetArrayViewFromImage(image).astype(np.float64)  # as fuse takes them
+        low, high = float(values.min()), float(np.percentile(values, 99.5))
+        if high > low:
+            return (low, high), f"min..99.5th percentile: {low:.6g}..{high:.6g}"
+        high = float(values.max())
+        return (low, high), f"min..max: {low:.6g}..{high:.6g}"
+    if image.GetPixelID() == sitk.sitkUInt8:
+        return (0.0, 255.0), "8-bit, as it is: 0..255"
+    low, high = image_range(image)
+    return (low, high), f"min..max: {low:.6g}..{high:.6g}"
 
 
 def _on_fixed_grid(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transform | None) -> sitk.Image:
@@ -509,6 +531,9 @@ class FusionWebApp:
         self._fw_windows: dict[str, dict[str, tuple[float, float]]] = {"a": {}, "b": {}}
         self._fw_default: dict[str, tuple[tuple[float, float], str]] = {"a": ((0.0, 1.0), ""), "b": ((0.0, 1.0), "")}
         self._fw_preset = {"a": _FW_DEFAULT, "b": _FW_DEFAULT}
+        # the moving image's engine default and what it was computed for: (the image, the overlay's rule or not, it)
+        self._fw_default_b_for: tuple[Any, bool, Any] = (None, False, None)
+        self.state.change("method")(self._refresh_engine_default_b)
         for side in "ab":
             self.state.change(f"fw_{side}_preset")(functools.partial(self._on_fusion_window_preset, side))
             self.state.change(f"fw_{side}_window", f"fw_{side}_level")(
@@ -1217,6 +1242,7 @@ class FusionWebApp:
             self.state.update({"has_registered": True, "has_fused": False, "registration_rows": rows,
                                "metrics_rows": [], "registration_summary": summary, "fg_layer": "functional"})
             self._sync_display_state()
+            self._refresh_engine_default_b()  # Fuse takes the registered image now
 
     # ------------------------------------------------------------------ fusion
     def start_fusion(self) -> None:
@@ -1276,6 +1302,7 @@ class FusionWebApp:
             self.state.update({"has_fused": True, "metrics_rows": rows,
                                "download_names": {**_DOWNLOAD_NAMES, "fused": _fused_file_name(result)}})
             self._sync_display_state()
+            self._refresh_engine_default_b()  # the image fused unregistered is the one the next Fuse takes
 
     def _on_preset(self, preset: Any, **_: Any) -> None:
         """A preset brings its own stages: show them, so Register runs what the panel says."""
@@ -1454,6 +1481,8 @@ class FusionWebApp:
             if image is None:
                 continue
             items, self._fw_windows[side], default, words = _fusion_window_choices(image)
+            if side == "b":  # by the method, of the image Fuse will take
+                default, words = self._engine_default_b()
             self._fw_default[side] = (default, words)
             self._fw_preset[side] = _FW_DEFAULT
             width, level = _width_level(default)
@@ -1462,6 +1491,29 @@ class FusionWebApp:
         self.state.update(update)
         for side in "ab":
             self._show_fusion_window(side)
+
+    def _engine_default_b(self) -> tuple[tuple[float, float], str]:
+        """The moving image's window under the engine's default for the panel's method (see
+        :func:`_engine_default_window`), of the image Fuse takes: the registered one (on the fixed grid), else the
+        moving image as loaded."""
+        overlay = self.state.method == "overlay"
+        functional = self.registered_image if self.registered_image is not None else self.moving_image
+        held, was_overlay, default = self._fw_default_b_for
+        if held is not functional or was_overlay != overlay:  # a percentile of a large volume: once per image, rule
+            default = _engine_default_window(functional, "b", "overlay" if overlay else "")
+            self._fw_default_b_for = (functional, overlay, default)
+        return default
+
+    def _refresh_engine_default_b(self, **_: Any) -> None:
+        """The method or the image Fuse takes changed: the moving image's default window again (the fields follow
+        where the preset is Engine default)."""
+        if self.moving_image is None:
+            return
+        self._fw_default["b"] = self._engine_default_b()
+        if self._fw_preset["b"] == _FW_DEFAULT:
+            width, level = _width_level(self._fw_default["b"][0])
+            self.state.update({"fw_b_window": width, "fw_b_level": level})
+        self._show_fusion_window("b")
 
     def fusion_window(self, side: str) -> tuple[float, float] | None:
         """The window (low, high) of image ``side`` ("a": fixed, "b": moving) that Fuse passes to the engine's fuse
