@@ -1953,6 +1953,7 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
     if transparency is not None:  # nor a grey one with a transparency colour (libpng makes it grey+alpha)
         return _read_grey_transparency_png(path, *transparency)
     compressed = _check_metaimage_size(path) if _suffix(path) in (".mha", ".mhd") else None
+    _check_nifti_vector_scaling(path)
     what = f"DICOM file '{path}'"
     syntax = _check_decodable(what, path)
     reader = sitk.ImageFileReader()
@@ -2325,6 +2326,47 @@ def _nifti_layout(header: bytes, pair: bool = False) -> tuple[str, int, int, int
     count = int(np.prod([max(1, int(d)) for d in dims[1:dims[0] + 1]], dtype=np.int64))
     zero = float(inter) if slope != 0 and math.isfinite(slope) and math.isfinite(inter) else 0.0
     return order, int(datatype), voxel_bytes, count, offset, zero
+
+
+#: the intent codes for which ITK's NIfTI reader reads the 5th axis as the components of a vector
+_NIFTI_VECTOR_INTENTS = {1006: "DISPVECT", 1007: "VECTOR"}
+
+
+def _check_nifti_vector_scaling(path: str) -> None:
+    """Refuse a NIfTI-1 vector image (intent VECTOR or DISPVECT, several components: a displacement field) whose
+    header scales its values (scl_slope not 0 or 1, or scl_inter not 0), before ITK reads it: ITK 5.4's reader
+    scales only the first third (1/components) of the buffer, so a float field came out wrong in two thirds of
+    its voxels without a word (slope 0.5: 1 mm in the first third, 2 mm in the rest), and an integer one
+    (int16 with a slope, read into float) corrupted the heap and aborted the process."""
+    import struct
+    import zlib
+
+    files = _nifti_files(path)
+    if files is None:
+        return
+    try:
+        header = _head(files[0], 348)
+    except (OSError, EOFError, zlib.error):
+        return  # named by ITK's reading
+    found = _nifti_byte_order(header)
+    if found is None or found[1] != 348 or header[344:347] not in (b"n+1", b"ni1"):
+        return
+    order = found[0]
+    dims = struct.unpack(order + "8h", header[40:56])
+    intent = struct.unpack(order + "h", header[68:70])[0]
+    datatype = struct.unpack(order + "h", header[70:72])[0]
+    slope, inter = struct.unpack(order + "ff", header[112:120])
+    if intent not in _NIFTI_VECTOR_INTENTS or not 5 <= dims[0] <= 7 or dims[5] <= 1:
+        return
+    if slope == 0 or not math.isfinite(slope) or (slope == 1 and inter == 0):
+        return  # no scaling (NIfTI: a slope of 0 scales nothing)
+    raise InputError(f"'{path}' is a NIfTI vector image (intent {_NIFTI_VECTOR_INTENTS[intent]}, {dims[5]} components "
+                     f"a voxel, NIfTI datatype {datatype}) whose header scales its values (scl_slope {slope:g}, "
+                     f"scl_inter {inter:g}), which ITK (SimpleITK {sitk.Version.VersionString()}) reads wrongly: it "
+                     "scales only the first part of the voxels (or, for integers, crashes).",
+                     "Write the vectors unscaled as float32, e.g. with nibabel (Python): `img = nib.load(PATH); "
+                     "nib.save(nib.Nifti1Image(img.get_fdata(dtype='float32'), img.affine, img.header), COPY)` "
+                     "(nibabel applies the scaling and writes scl_slope 1), and give the copy.")
 
 
 def _is_nifti2(path: str) -> bool:

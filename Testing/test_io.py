@@ -495,6 +495,44 @@ class RoundTrip(unittest.TestCase):
                 self.assertIn("not a transform", cm.exception.problem)
                 self.assertIn("displacement field", cm.exception.problem)
 
+    def test_a_scaled_nifti_vector_field_is_refused_not_misread(self):
+        """A NIfTI displacement field (intent VECTOR, 5th axis the components) whose header scales its values
+        (scl_slope/scl_inter): ITK 5.4's reader scales only the first third of the buffer, so a float field read as
+        --transform moved two thirds of the voxels by the unscaled vector without a word, and an int16 one aborted
+        the process (heap corruption). Both are refused before ITK reads them; unscaled, the field is read."""
+        import struct
+
+        with tempfile.TemporaryDirectory() as d:
+            field = sitk.Compose([sitk.Image([6, 5, 4], sitk.sitkFloat32) + v for v in (2.0, -4.0, 6.0)])
+            plain = os.path.join(d, "plain.nii")
+            sitk.WriteImage(field, plain)  # intent VECTOR, dim[5] = 3, as ANTs writes its warps
+            np.testing.assert_allclose(io.read_transform(plain).TransformPoint((1.0, 1.0, 1.0)), (3.0, -3.0, 7.0))
+            with open(plain, "rb") as fh:
+                data = bytearray(fh.read())
+            self.assertEqual(struct.unpack("<h", data[68:70])[0], 1007)
+            data[112:120] = struct.pack("<ff", 0.5, 0.0)  # scl_slope 0.5: the field is (1, -2, 3) mm
+            scaled = os.path.join(d, "scaled.nii")
+            with open(scaled, "wb") as fh:
+                fh.write(data)
+            for reader in (io.read_transform, lambda p: io.read_image(p, keep_color=True)):
+                with self.assertRaises(InputError) as cm:
+                    reader(scaled)
+                self.assertIn("scl_slope 0.5", cm.exception.problem)
+                self.assertIn("unscaled", cm.exception.fix)
+            # int16 vectors with a slope: ITK aborted the process, so read in a child process
+            ints = os.path.join(d, "ints.nii")
+            sitk.WriteImage(sitk.Cast(field, sitk.sitkVectorInt16), ints)
+            with open(ints, "r+b") as fh:
+                fh.seek(112)
+                fh.write(struct.pack("<ff", 0.5, 0.0))
+            code = ("import sys; from MultimodalFusionLib import io; from MultimodalFusionLib.errors import InputError\n"
+                    "try:\n    io.read_transform(sys.argv[1])\nexcept InputError as exc:\n    print('refused:', exc)")
+            done = subprocess.run([sys.executable, "-c", code, ints], capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+            self.assertEqual(done.returncode, 0, done.stderr[-500:])
+            self.assertIn("refused:", done.stdout)
+            self.assertIn("scl_slope 0.5", done.stdout)
+
     def test_transform_files_with_upper_case_extensions(self):
         """ITK picks its transform reader by the extension in lower case only: read_transform('T.TFM') (and
         mmfusion's --transform / --initial-transform) had said "Could not create Transform IO object ... Give an
