@@ -370,7 +370,9 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", required=True, help="image whose grid the output takes")
     p.add_argument("--transform", action="append",
                    help="transform file (fixed -> moving points, as `register` writes; a displacement field image, as "
-                        "ANTs' *Warp.nii.gz; or elastix' TransformParameters.N.txt, with its initial transforms); "
+                        "ANTs' *Warp.nii.gz; or elastix' TransformParameters.N.txt, with its initial transforms: "
+                        "its transform only, sampled with --interpolation, not the file's interpolator; "
+                        "--interpolation bspline is transformix' default); "
                         "identity when omitted. "
                         "Repeat it to chain several in antsApplyTransforms' order: `--transform A --transform B` "
                         "maps a reference point x to A(B(x)), the last given applied first")
