@@ -200,6 +200,51 @@ class LabelOverlapTest(unittest.TestCase):
                 self.assertEqual(rows[label], one["labels"][when]["labels"][label])
             self.assertEqual(rows[3], three["labels"][when]["labels"][3])
 
+    def test_labels_in_layers_score_as_in_one_label_map_whichever_layers_hold_them(self) -> None:
+        # each label is looked for only in the layers that hold it, found once per side (comparing every layer for
+        # every label had made 10 labels in 10 layers of 256^3 cost twice what one map costs): labels laid out in
+        # layers another way on each side, a label split between two layers, an empty layer, a fixed label map on a
+        # cropped extent (padded onto the scored grid), moving labels partly outside the fixed image, a label in one
+        # map only: the layers score what one label map of the same labels scores, to the last bit
+        shape = (20, 40, 36)
+        one = []
+        for shift in (0, 2):
+            arr = np.zeros(shape, np.uint8)
+            arr[_ellipsoid(shape, (12 + shift, 14, 9), (6, 7, 4))] = 1
+            arr[_ellipsoid(shape, (26 + shift, 28, 10), (5, 6, 4))] = 2
+            arr[3:9, 30:38, 0:6] = 3  # by the grid's border
+            arr[_ellipsoid(shape, (26 + shift, 10, 12), (6, 4, 3))] = 4
+            one.append(arr)
+        one[0][14:17, 2:5, 30:33] = 5  # in the fixed label map only
+        z, _, x = np.indices(shape)
+        fixed_layers = [np.where(np.isin(one[0], [1, 3, 5]) | ((one[0] == 4) & (x < 26)), one[0], 0),
+                        np.where((one[0] == 2) | ((one[0] == 4) & (x >= 26)), one[0], 0)]
+        moving_layers = [np.where(one[1] == 2, one[1], 0),
+                         np.where(((one[1] == 1) & (z < 10)) | (one[1] == 4), one[1], 0),
+                         np.zeros(shape, np.uint8),
+                         np.where(((one[1] == 1) & (z >= 10)) | (one[1] == 3), one[1], 0)]
+        for side, layers in ((one[0], fixed_layers), (one[1], moving_layers)):
+            np.testing.assert_array_equal(np.sum(layers, axis=0), side)  # the same labels, disjoint
+        crop = (slice(2, 34), slice(2, 38), slice(1, 19))  # x, y, z: a .seg.nrrd's own extent
+        fixed_in_layers = [_placed(a.astype(np.uint8)) for a in fixed_layers]
+        moving_in_layers = [_placed(a.astype(np.uint8)) for a in moving_layers]
+        grey = [sitk.Cast(_placed(a), sitk.sitkFloat32) * 100.0 for a in one]
+        for transform in (None, sitk.TranslationTransform(3, (4.0, -2.0, 1.0))):
+            in_one = metrics.evaluate_registration(*grey, transform, fixed_labels=_placed(one[0])[crop],
+                                                   moving_labels=_placed(one[1]))
+            in_layers = metrics.evaluate_registration(*grey, transform,
+                                                      fixed_labels=[layer[crop] for layer in fixed_in_layers],
+                                                      moving_labels=moving_in_layers)
+            self.assertEqual(in_layers, in_one)
+        after = in_one["labels"]["after"]
+        self.assertEqual(sorted(after["labels"]), [1, 2, 3, 4])
+        self.assertEqual(in_one["labels"]["left_out"], [5])
+        self.assertTrue(after["outside"])  # moving labels beyond the fixed image, counted alike
+        self.assertNotEqual(after["grid"]["size"], after["grid"]["fixed_label_map_size"])  # the fixed maps padded
+        for labels in (None, [1, 4]):
+            self.assertEqual(metrics.label_overlap(fixed_in_layers, moving_in_layers, labels),
+                             metrics.label_overlap(_placed(one[0]), _placed(one[1]), labels))
+
     def test_labels_that_share_voxels_are_named_in_a_note(self) -> None:
         # overlapping labels are each scored with the voxels they share (the table cannot show it, and the mean
         # counts those voxels in each): a note names each pair and its count per side; the overlap had been refused
