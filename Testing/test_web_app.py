@@ -1228,6 +1228,50 @@ class WebAppTest(unittest.TestCase):
                 np.testing.assert_allclose(sitk.GetArrayViewFromImage(given.image),
                                            sitk.GetArrayViewFromImage(result.image), atol=1e-3)
 
+    def test_the_engine_default_before_registration_is_that_of_the_image_fuse_takes(self) -> None:
+        # Before Register, Fuse resamples the moving image onto the fixed grid as it lies and fuses that, but the
+        # panel computed the default on the moving image as loaded: a PET larger than the CT's field of view, its
+        # bladder outside it, showed min..99.5th percentile -0.237..30 where Fuse used -0.19..2.41 (and min..max
+        # likewise): fusing with the window shown gave another image
+        import numpy as np
+
+        from MultimodalFusionLib import data
+        from MultimodalFusionLib.fusion import fuse
+        from MultimodalFusionLib.web.app import _width_level
+
+        tissues = data.mni152(spacing_mm=4.0)
+        ct, pet = data.synthetic_contrast(tissues, "ct"), data.synthetic_contrast(tissues, "pet")
+        ct = ct[:, :, ct.GetSize()[2] // 3: 2 * ct.GetSize()[2] // 3]  # the CT covers the middle third only
+        values = sitk.GetArrayFromImage(pet)
+        values[:4] = np.where(values[:4] > 0.5, 30.0, values[:4])  # a hot bladder below the CT's field of view
+        hot = sitk.GetImageFromArray(values)
+        hot.CopyInformation(pet)
+        ct_path, pet_path = str(self.root / "fov-ct.nii.gz"), str(self.root / "fov-pet.nii.gz")
+        sitk.WriteImage(ct, ct_path)
+        sitk.WriteImage(hot, pet_path)
+        state, app = self.app.state, self.app
+        self.addCleanup(self._set, method="average")  # the shared app as found
+        for method in ("overlay", "average"):
+            with self.subTest(method=method):
+                self._set(method=method, error_message="")
+                state.fixed_path, state.moving_path = ct_path, pet_path
+                self._do(app.load_from_paths)  # nothing registered nor fused: Fuse resamples the moving image
+                self.assertTrue(state.has_moving, state.error_message)
+                shown = app._fw_default["b"][0]
+                self.assertEqual((state.fw_b_preset, state.fw_b_window, state.fw_b_level),
+                                 ("default", *_width_level(shown)))
+                self._do(app.start_fusion)
+                self.assertTrue(state.has_fused, state.error_message)
+                functional, result = app.registered_image, app.fusion_result
+                taken = sitk.GetArrayViewFromImage(functional).astype(np.float64)
+                top = float(np.percentile(taken, 99.5)) if method == "overlay" else float(taken.max())
+                np.testing.assert_allclose(shown, (taken.min(), top), rtol=1e-12)
+                if method == "overlay":
+                    np.testing.assert_allclose(result.parameters["window_b"], shown, rtol=1e-12)
+                given = fuse(ct, functional, method, window_b=shown)
+                np.testing.assert_allclose(sitk.GetArrayViewFromImage(given.image),
+                                           sitk.GetArrayViewFromImage(result.image), atol=1e-3)
+
     def test_a_left_drag_in_a_slice_view_moves_the_window_level_controls(self) -> None:
         from vtkmodules.vtkCommonCore import vtkCommand
 
