@@ -127,6 +127,31 @@ class FusionWindowPresetsOffered(unittest.TestCase):
                 self.assertEqual(self._offered(volume), {"ct-soft-tissue", "ct-lung", "ct-bone", "ct-brain"}
                                  if is_ct else set())
 
+    def test_the_engine_default_of_grey_stored_as_rgb_is_the_grey_images(self) -> None:
+        """fuse takes a moving image whose R, G and B are equal as grey (fusion._is_grey_rgb), so the overlay windows
+        it min..99.5th percentile; the panel showed 'its luminance, 0..255' for any image of three components: the
+        window shown, given to fuse, fused another image (0..255 shown, 0..251 used here)."""
+        import numpy as np
+
+        from MultimodalFusionLib.fusion import fuse
+        from MultimodalFusionLib.web.app import _engine_default_window
+
+        rng = np.random.default_rng(0)
+        grey = (rng.random((6, 32, 32)) ** 3 * 255).astype(np.uint8)
+        anatomy = sitk.GetImageFromArray(rng.integers(0, 255, grey.shape).astype(np.uint8))
+        colours = (rng.random(grey.shape + (3,)) * 255).astype(np.uint8)
+        for name, values in (("grey as RGB", np.stack([grey] * 3, axis=-1)), ("colour", colours)):
+            moving = sitk.GetImageFromArray(values, isVector=True)
+            for method in ("overlay", "average"):
+                with self.subTest(name, method=method):
+                    default = fuse(anatomy, moving, method)
+                    shown, _words = _engine_default_window(moving, "b", method)
+                    if "window_b" in default.parameters:  # the engine records the overlay's window
+                        np.testing.assert_allclose(default.parameters["window_b"], shown, rtol=1e-12)
+                    given = fuse(anatomy, moving, method, window_b=shown)
+                    np.testing.assert_allclose(sitk.GetArrayViewFromImage(given.image),
+                                               sitk.GetArrayViewFromImage(default.image), atol=1e-3)
+
 
 @unittest.skipUnless(_HAVE_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
 class WebAppTest(unittest.TestCase):

@@ -284,10 +284,18 @@ def _engine_default_window(image: sitk.Image, side: str, method: str = "average"
     Engine default and the page's words were not what Fuse used."""
     import numpy as np
 
+    from ..fusion import _grey_input, _is_grey_rgb
     from .viewer import image_range
 
     if image.GetNumberOfComponentsPerPixel() > 1:
-        return (0.0, 255.0), "its luminance, 0..255"
+        if not _is_grey_rgb(image):
+            return (0.0, 255.0), "its luminance, 0..255"
+        # grey stored as RGB (R = G = B): fuse takes it as grey, windowed as such (the overlay at its 99.5th
+        # percentile, where 'its luminance, 0..255' had been shown)
+        try:
+            image = _grey_input(image, "functional image (b)" if side == "b" else "anatomical image (a)")
+        except InputError:  # one fuse refuses in its own words when Fuse is pressed
+            return (0.0, 255.0), "its luminance, 0..255"
     if side == "b" and method == "overlay":
         values = sitk.GetArrayViewFromImage(image).astype(np.float64)  # as fuse takes them
         low, high = float(values.min()), float(np.percentile(values, 99.5))
