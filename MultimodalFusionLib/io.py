@@ -4681,10 +4681,21 @@ def _read_displacement_field(path: str) -> sitk.Transform:
 
     Raises:
         InputError: the image is no displacement field (not as many floating-point components as axes, or not
-            2D or 3D): a grey image given as a transform, e.g. arguments in the wrong places.
+            2D or 3D): a grey image given as a transform, e.g. arguments in the wrong places; a field of integer
+            vectors is named as such, with the way to a float one.
     """
     image = read_image(path, keep_color=True)
     dim, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+    if dim in (2, 3) and components == dim and "integer" in image.GetPixelIDTypeAsString():
+        # a field in every way but its type had been called "an image ..., not a transform", hiding the one fix
+        raise InputError(f"'{path}' holds {dim}D vectors of {image.GetPixelIDTypeAsString()} ({components} "
+                         "components a voxel), and a displacement field must hold floating-point vectors (LPS mm, "
+                         "fractions of a millimetre included): integers are not read as displacements (or it is a "
+                         "colour image, not a transform).",
+                         "If it is a displacement field in mm, write it as float32, e.g. with SimpleITK: "
+                         "sitk.WriteImage(sitk.Cast(sitk.ReadImage(IN), sitk.sitkVectorFloat32), OUT) (ANTs and "
+                         "this package write float fields); if it is an image, give the transform file there, or "
+                         "check the order of the arguments.")
     if dim not in (2, 3) or components != dim \
             or image.GetPixelID() not in (sitk.sitkVectorFloat32, sitk.sitkVectorFloat64):
         raise InputError(f"'{path}' is an image ({dim}D, {components} component(s) of "

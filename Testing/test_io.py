@@ -495,6 +495,34 @@ class RoundTrip(unittest.TestCase):
                 self.assertIn("not a transform", cm.exception.problem)
                 self.assertIn("displacement field", cm.exception.problem)
 
+    def test_an_integer_displacement_field_is_named_for_its_type(self):
+        """A field of integer vectors (as many components as axes, an int16 or uint8 type) had been refused as "an
+        image (...), not a transform", hiding the one thing wrong with it, its type: it is named as integer vectors
+        where a field holds floating-point ones, with the cast that makes it one, which then reads."""
+        with tempfile.TemporaryDirectory() as d:
+            for dim, pixel, name in ((3, sitk.sitkInt16, "out1Warp.nii.gz"), (2, sitk.sitkUInt8, "w.mha"),
+                                     (3, sitk.sitkInt32, "w.nrrd")):
+                with self.subTest(name=name):
+                    field = sitk.Compose([sitk.Image([6, 5, 4][:dim], pixel) + v for v in (2, 1, 3)[:dim]])
+                    path = os.path.join(d, name)
+                    sitk.WriteImage(field, path)
+                    with self.assertRaises(InputError) as cm:
+                        io.read_transform(path)
+                    self.assertIn(sitk.GetPixelIDValueAsString(field.GetPixelID()), cm.exception.problem)
+                    self.assertIn("must hold floating-point vectors", cm.exception.problem)
+                    self.assertNotIn("is an image", cm.exception.problem)
+                    self.assertIn("sitk.Cast(sitk.ReadImage(IN), sitk.sitkVectorFloat32)", cm.exception.fix)
+                    fixed = os.path.join(d, "float_" + name)  # the fix as the message gives it
+                    sitk.WriteImage(sitk.Cast(sitk.ReadImage(path), sitk.sitkVectorFloat32), fixed)
+                    np.testing.assert_allclose(io.read_transform(fixed).TransformPoint([1.0] * dim),
+                                               [3.0, 2.0, 4.0][:dim])
+            # a grey image is still an image, not a transform
+            grey = os.path.join(d, "grey.nrrd")
+            sitk.WriteImage(sitk.Image([6, 5, 4], sitk.sitkInt16), grey)
+            with self.assertRaises(InputError) as cm:
+                io.read_transform(grey)
+            self.assertIn("not a transform", cm.exception.problem)
+
     def test_a_scaled_nifti_vector_field_is_refused_not_misread(self):
         """A NIfTI displacement field (intent VECTOR, 5th axis the components) whose header scales its values
         (scl_slope/scl_inter): ITK 5.4's reader scales only the first third of the buffer, so a float field read as
