@@ -440,15 +440,59 @@ def _check_invert(args: argparse.Namespace) -> None:
                          "Give the transform file with --transform, or leave out --invert.")
 
 
+def _transform_chain(paths: Sequence[str] | None, invert: bool) -> Any:
+    """The transforms of ``--transform`` (``resample``, ``evaluate-registration``) read and chained
+    (:func:`preprocess.chain_transforms`), None for none. With ``--invert``, a chain holding a displacement field named
+    as antsRegistration names its fields (``out1Warp.nii.gz``) is refused naming ANTs' own inverse field
+    (``out1InverseWarp.nii.gz``, its path where it lies beside it): "register the other way round" alone had sent an
+    ANTs user to a new registration for a file ANTs had already written."""
+    import SimpleITK as sitk
+
+    from .errors import InputError
+    from .io import ants_inverse_warp, read_transform
+    from .preprocess import chain_transforms
+
+    paths = list(paths or [])
+    transforms = [read_transform(p) for p in paths]
+    try:
+        return chain_transforms(transforms, invert=invert)
+    except InputError as exc:
+        named = [(p, ants_inverse_warp(p)) for p, t in zip(paths, transforms)
+                 if isinstance(t, sitk.DisplacementFieldTransform) and ants_inverse_warp(p)]
+        if not invert or not named:
+            raise
+        said = []
+        for field, inverse in named:
+            if os.path.isfile(inverse):
+                said.append(f"ANTs' inverse of '{field}' is '{inverse}', beside it")
+            else:
+                said.append(f"antsRegistration writes the inverse of '{field}' beside it, as "
+                            f"'{os.path.basename(inverse)}', which is not in '{os.path.dirname(inverse) or '.'}'")
+        if len(paths) == 1:
+            inverse = named[0][1]
+            fix = said[0] + (f": give it without --invert (--transform '{inverse}')." if os.path.isfile(inverse) else
+                             ": give that file, from antsRegistration's output, without --invert.")
+        else:  # the other parts too must be inverted, in the other order; --invert inverts the whole chain only
+            inverses = dict(named)
+            fields = [p for p, t in zip(paths, transforms) if not t.IsLinear()]
+            chain = ""
+            if all(p in inverses for p in fields):  # each field has ANTs' inverse: the chain's inverse, ANTs' way
+                chain = " (antsApplyTransforms " + " ".join(
+                    f"-t {inverses[p]}" if p in inverses else f"-t [{p},1]" for p in reversed(paths)) + ")"
+            fix = ("; ".join(said) + ". The chain's inverse is each part's inverse in the other order" + chain
+                   + "; --invert inverts a whole chain only, so apply that with antsApplyTransforms, or register "
+                   "the other way round (mmfusion register MOVING FIXED).")
+        raise InputError(exc.problem, fix) from None
+
+
 def _run_resample(args: argparse.Namespace) -> int:
     from .io import (
         check_not_overwriting_inputs,
         check_output_name,
         read_image,
-        read_transform,
         write_image,
     )
-    from .preprocess import chain_transforms, resample, resampled_pixel_type
+    from .preprocess import resample, resampled_pixel_type
 
     check_output_name(args.output)  # before reading: -o r.MHA had been refused only once resampled
     check_not_overwriting_inputs([args.output], [args.moving, args.reference, *(args.transform or [])])
@@ -479,7 +523,7 @@ def _run_resample(args: argparse.Namespace) -> int:
     # once resampled, before)
     check_output_name(args.output, reference,
                       pixel_type=resampled_pixel_type(moving, args.interpolation))
-    transform = chain_transforms([read_transform(t) for t in args.transform or []], invert=args.invert)
+    transform = _transform_chain(args.transform, args.invert)
     out = resample(moving, reference, transform, interpolation=args.interpolation,
                    default_value=args.default_value, components=args.components,
                    tensor_reorientation=args.tensor_reorientation,
@@ -810,13 +854,12 @@ def _accuracy_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_evaluate_registration(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_accuracy, read_accuracy_inputs
-    from .io import read_image, read_transform
-    from .preprocess import chain_transforms
+    from .io import read_image
 
     _check_series(args, ("fixed", "moving"))
     _check_invert(args)
     given = _accuracy_inputs(args)
-    transform = chain_transforms([read_transform(t) for t in args.transform or []], invert=args.invert)
+    transform = _transform_chain(args.transform, args.invert)
     fixed = read_image(args.fixed, series=_series(args, "fixed"), float32=True)
     moving = read_image(args.moving, series=_series(args, "moving"), float32=True)
     # a .seg.nrrd's segments by name (both files) or label value (one), every layer read: its numbers alone had

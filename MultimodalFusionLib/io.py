@@ -4707,6 +4707,24 @@ def _read_displacement_field(path: str) -> sitk.Transform:
     return sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))
 
 
+#: antsRegistration's names of a deformable stage's field and of its inverse (``{prefix}{stage}Warp.nii.gz``,
+#: ``{prefix}{stage}InverseWarp.nii.gz``, beside each other)
+_ANTS_WARP_NAME = re.compile(r"^(?P<head>.*\d)(?P<inverse>Inverse)?Warp(?P<ext>\.nii(?:\.gz)?)$")
+
+
+def ants_inverse_warp(path: str | os.PathLike) -> str | None:
+    """The file antsRegistration writes beside a displacement field named as its ``out1Warp.nii.gz`` as that field's
+    inverse (``out1InverseWarp.nii.gz``), or beside an ``*InverseWarp`` as its forward field; None for a file not so
+    named. A field has no exact inverse here (``--invert`` refuses it), but ANTs' own inverse is one file away."""
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    match = _ANTS_WARP_NAME.match(name)
+    if match is None:
+        return None
+    other = f"{match['head']}{'' if match['inverse'] else 'Inverse'}Warp{match['ext']}"
+    return os.path.join(folder, other)
+
+
 def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> str:
     """Write an ITK transform atomically: .tfm/.txt (ITK text) or .h5 (HDF5) for any transform, .mat
     (ITK's MATLAB format, as ANTs writes affine transforms) for a single one, .xfm (MINC, in its RAS) for 3D linear

@@ -495,6 +495,49 @@ class RoundTrip(unittest.TestCase):
                 self.assertIn("not a transform", cm.exception.problem)
                 self.assertIn("displacement field", cm.exception.problem)
 
+    def test_invert_of_an_ants_warp_names_ants_inverse_warp(self):
+        """--invert of a displacement field is refused (no exact inverse here) with "register the other way round";
+        for antsRegistration's out1Warp.nii.gz the inverse is a file ANTs wrote beside it, out1InverseWarp.nii.gz,
+        which the refusal had not named: it names it (its path when it is there), and for a chain ANTs' inverse
+        chain; a field not named as ANTs names its fields keeps the general words."""
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        def refusal(*args):
+            with redirect_stdout(StringIO()), redirect_stderr(StringIO()) as err:
+                self.assertNotEqual(cli.main(list(args)), 0)
+            return " ".join(err.getvalue().split())
+
+        with tempfile.TemporaryDirectory() as d:
+            img = os.path.join(d, "img.nrrd")
+            sitk.WriteImage(sitk.Image([8, 7, 6], sitk.sitkFloat32) + 1.0, img)
+            field = sitk.Image([8, 7, 6], sitk.sitkVectorFloat32, 3)
+            warp, inverse = os.path.join(d, "out1Warp.nii.gz"), os.path.join(d, "out1InverseWarp.nii.gz")
+            affine, other = os.path.join(d, "out0GenericAffine.mat"), os.path.join(d, "field.mha")
+            sitk.WriteImage(field, warp)
+            sitk.WriteImage(field, other)
+            sitk.WriteTransform(sitk.AffineTransform(3), affine)
+            out = ["-o", os.path.join(d, "o.nrrd")]
+            said = refusal("resample", img, "--reference", img, *out, "--invert", "--transform", warp)
+            self.assertIn("out1InverseWarp.nii.gz", said)  # not beside it: named, not as a path
+            self.assertNotIn(f"--transform '{inverse}'", said)
+            self.assertNotIn("Register the other way round", said)
+            sitk.WriteImage(field, inverse)
+            for command in (["resample", img, "--reference", img, *out], ["evaluate-registration", img, img]):
+                with self.subTest(command=command[0]):
+                    said = refusal(*command, "--invert", "--transform", warp)
+                    self.assertIn(f"is '{inverse}', beside it: give it without --invert (--transform '{inverse}')",
+                                  said)
+                    said = refusal(*command, "--invert", "--transform", warp, "--transform", affine)
+                    self.assertIn(f"antsApplyTransforms -t [{affine},1] -t {inverse}", said)
+                    said = refusal(*command, "--invert", "--transform", inverse)  # and the other way round
+                    self.assertIn(f"(--transform '{warp}')", said)
+                    said = refusal(*command, "--invert", "--transform", other)
+                    self.assertIn("Register the other way round", said)
+                    self.assertNotIn("antsRegistration", said)
+
     def test_an_integer_displacement_field_is_named_for_its_type(self):
         """A field of integer vectors (as many components as axes, an int16 or uint8 type) had been refused as "an
         image (...), not a transform", hiding the one thing wrong with it, its type: it is named as integer vectors
