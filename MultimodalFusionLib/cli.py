@@ -440,9 +440,9 @@ def _check_invert(args: argparse.Namespace) -> None:
                          "Give the transform file with --transform, or leave out --invert.")
 
 
-def _transform_chain(paths: Sequence[str] | None, invert: bool) -> Any:
+def _transform_chain(paths: Sequence[str] | None, invert: bool) -> tuple[Any, list[Any]]:
     """The transforms of ``--transform`` (``resample``, ``evaluate-registration``) read and chained
-    (:func:`preprocess.chain_transforms`), None for none. With ``--invert``, a chain holding a displacement field named
+    (:func:`preprocess.chain_transforms`; None for none), and the transforms read, one a path. With ``--invert``, a chain holding a displacement field named
     as antsRegistration names its fields (``out1Warp.nii.gz``) is refused naming ANTs' own inverse field
     (``out1InverseWarp.nii.gz``, its path where it lies beside it): "register the other way round" alone had sent an
     ANTs user to a new registration for a file ANTs had already written."""
@@ -455,7 +455,7 @@ def _transform_chain(paths: Sequence[str] | None, invert: bool) -> Any:
     paths = list(paths or [])
     transforms = [read_transform(p) for p in paths]
     try:
-        return chain_transforms(transforms, invert=invert)
+        return chain_transforms(transforms, invert=invert), transforms
     except InputError as exc:
         named = [(p, ants_inverse_warp(p)) for p, t in zip(paths, transforms)
                  if isinstance(t, sitk.DisplacementFieldTransform) and ants_inverse_warp(p)]
@@ -483,6 +483,32 @@ def _transform_chain(paths: Sequence[str] | None, invert: bool) -> Any:
                    + "; --invert inverts a whole chain only, so apply that with antsApplyTransforms, or register "
                    "the other way round (mmfusion register MOVING FIXED).")
         raise InputError(exc.problem, fix) from None
+
+
+#: the fraction of the grid's voxels a displacement field may leave unmoved without a note: less than one face
+#: slice of a 100-voxel axis (a reference a slice longer than the field); a field on the grid leaves none
+_FIELD_OUTSIDE_NOTE = 0.01
+
+
+def _field_coverage_notes(paths: Sequence[str] | None, transforms: list[Any], invert: bool, grid: Any,
+                          grid_name: str, fix: str) -> list[str]:
+    """A note for each displacement field of the ``--transform`` chain that leaves more than
+    :data:`_FIELD_OUTSIDE_NOTE` of ``grid``'s voxels outside its own grid (as the transforms applied before it map
+    them): there it moves nothing (ITK's and antsApplyTransforms' zero displacement), which README said but the
+    command did not, so a field given with a grid it does not cover moved part of the image without a word.
+    ``resample`` (the reference) and ``evaluate-registration`` (the fixed image) both call it."""
+    from .preprocess import displacement_fields_outside
+
+    if invert or not transforms:  # an inverted chain holds no field (chain_transforms refuses it)
+        return []
+    notes = []
+    for i, outside in displacement_fields_outside(transforms, grid):
+        if outside > _FIELD_OUTSIDE_NOTE:
+            mapped = " as the transforms applied before it map them" if len(transforms) > 1 else ""
+            notes.append(f"the displacement field '{list(paths or [])[i]}' does not cover {outside:.1%} of the "
+                         f"{grid_name}'s voxels (their points{mapped} lie outside its grid): it moves none of them "
+                         f"(zero displacement outside its grid, as antsApplyTransforms does). {fix}")
+    return notes
 
 
 def _run_resample(args: argparse.Namespace) -> int:
@@ -523,7 +549,10 @@ def _run_resample(args: argparse.Namespace) -> int:
     # once resampled, before)
     check_output_name(args.output, reference,
                       pixel_type=resampled_pixel_type(moving, args.interpolation))
-    transform = _transform_chain(args.transform, args.invert)
+    transform, read = _transform_chain(args.transform, args.invert)
+    _print_warnings(_field_coverage_notes(args.transform, read, args.invert, reference, "reference grid",
+                                          "Give a --reference the field covers (ANTs writes its warp on the fixed "
+                                          "image's grid)."))
     out = resample(moving, reference, transform, interpolation=args.interpolation,
                    default_value=args.default_value, components=args.components,
                    tensor_reorientation=args.tensor_reorientation,
@@ -859,8 +888,11 @@ def _run_evaluate_registration(args: argparse.Namespace) -> int:
     _check_series(args, ("fixed", "moving"))
     _check_invert(args)
     given = _accuracy_inputs(args)
-    transform = _transform_chain(args.transform, args.invert)
+    transform, read = _transform_chain(args.transform, args.invert)
     fixed = read_image(args.fixed, series=_series(args, "fixed"), float32=True)
+    coverage = _field_coverage_notes(args.transform, read, args.invert, fixed, "fixed image",
+                                     "Score it on the fixed image the field was computed for (ANTs writes its warp "
+                                     "on the fixed image's grid).")
     moving = read_image(args.moving, series=_series(args, "moving"), float32=True)
     # a .seg.nrrd's segments by name (both files) or label value (one), every layer read: its numbers alone had
     # paired 'liver' with whatever the other file numbered alike, and a file of several layers was refused
@@ -870,6 +902,7 @@ def _run_evaluate_registration(args: argparse.Namespace) -> int:
 
         inputs = AccuracyInputs()  # the images' similarity alone
     result = evaluate_accuracy(fixed, moving, transform, inputs)
+    result["notes"] = coverage + list(result["notes"])
     if args.json:
         _print_json(result)
         _print_warnings(result["notes"])

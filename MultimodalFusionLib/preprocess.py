@@ -20,6 +20,7 @@ from .validation import check_image, physical_bounds, voxels_overlap
 __all__ = [
     "resample",
     "chain_transforms",
+    "displacement_fields_outside",
     "robust_range",
     "reorient_to_lps",
     "normalize_intensity",
@@ -232,6 +233,54 @@ def chain_transforms(transforms: Sequence[sitk.Transform], invert: bool = False)
                          "Register the other way round (swap FIXED and MOVING: mmfusion register MOVING FIXED) for a "
                          "transform that maps the other way, or invert a linear transform only.") from None
     return inverse.Downcast() if hasattr(inverse, "Downcast") else inverse
+
+
+def displacement_fields_outside(transforms: Sequence[sitk.Transform], reference: sitk.Image,
+                                max_points: int = 1_000_000) -> list[tuple[int, float]]:
+    """For each displacement field in a chain (``transforms`` as :func:`chain_transforms` takes them, not inverted),
+    the fraction of ``reference``'s voxels whose point, as the parts applied before the field map it, falls outside
+    the field's grid, where ITK (and antsApplyTransforms) moves it by nothing: a continuous index outside
+    [-0.5, size - 0.5) on an axis, as ``DisplacementFieldTransform`` tests it. A field written on the reference's grid
+    gives 0.
+
+    Counted on every voxel of grids up to ``max_points`` voxels, else on every k-th voxel along each axis (a subset
+    of the reference's own voxel centres, so a field on the reference's grid still gives 0).
+
+    Returns:
+        (index in ``transforms`` of the transform holding the field, fraction outside), one per field; nothing where
+        there is no field or the transforms' dimension is not ``reference``'s.
+    """
+    dim = reference.GetDimension()
+    if any(tx.GetDimension() != dim for tx in transforms):
+        return []
+    # chain_transforms' order: [A, B] maps x to A(B(x)), so a part's later parts are applied to x before it
+    parts = [(i, part) for i, tx in enumerate(transforms) for part in _parts(tx)]
+    found = [k for k, (_, part) in enumerate(parts) if part.GetName() == "DisplacementFieldTransform"]
+    if not found:
+        return []
+    size = np.array(reference.GetSize())
+    stride = max(1, int(np.ceil((np.prod(size, dtype=float) / max_points) ** (1.0 / dim))))
+    sub_size = [int(n) for n in -(-size // stride)]
+    sub_spacing = [sp * stride for sp in reference.GetSpacing()]
+    direction = np.array(reference.GetDirection()).reshape(dim, dim)
+    index = np.stack(np.indices(sub_size[::-1])[::-1], axis=-1).astype(np.float64)  # numpy order, (i, j, k) last
+    grid = np.array(reference.GetOrigin()) + index @ (direction * np.array(sub_spacing)).T
+    out = []
+    for k in found:
+        points = grid
+        before = [part for _, part in parts[k + 1:]]
+        if before:
+            moved = sitk.TransformToDisplacementField(
+                sitk.CompositeTransform(before) if len(before) > 1 else before[0], sitk.sitkVectorFloat64,
+                sub_size, reference.GetOrigin(), sub_spacing, reference.GetDirection())
+            points = grid + sitk.GetArrayViewFromImage(moved)
+        fixed = np.array(parts[k][1].GetFixedParameters())
+        field_size, field_origin = fixed[:dim], fixed[dim:2 * dim]
+        to_index = np.linalg.inv(fixed[3 * dim:].reshape(dim, dim) * fixed[2 * dim:3 * dim])
+        cidx = (points - field_origin) @ to_index.T
+        inside = np.all((cidx >= -0.5) & (cidx < field_size - 0.5), axis=-1)
+        out.append((parts[k][0], float(1.0 - inside.mean())))
+    return out
 
 
 def _parts(transform: sitk.Transform) -> list[sitk.Transform]:

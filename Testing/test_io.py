@@ -495,6 +495,64 @@ class RoundTrip(unittest.TestCase):
                 self.assertIn("not a transform", cm.exception.problem)
                 self.assertIn("displacement field", cm.exception.problem)
 
+    def test_a_field_that_does_not_cover_the_grid_gets_a_note(self):
+        """A displacement field moves no point outside its grid (as antsApplyTransforms); resample and
+        evaluate-registration had said nothing of it, so a field given with a reference (fixed image) it covers half
+        of moved half the image without a word. They note the fraction of that grid's voxels left outside (more than
+        1%), also for a field in a chain (the points as the transforms applied before it map them); a field on the
+        grid, or one slice short of a 120-slice grid (0.8%), gives no note."""
+        import json
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        def run(*args):
+            with redirect_stdout(StringIO()) as out, redirect_stderr(StringIO()) as err:
+                self.assertEqual(cli.main([*args, "--threads", "1"]), 0, err.getvalue())
+            return out.getvalue(), " ".join(err.getvalue().split())
+
+        with tempfile.TemporaryDirectory() as d:
+            ref = sitk.Image([20, 16, 120], sitk.sitkFloat32) + 1.0
+            ref.SetSpacing((1.5, 1.5, 1.0))
+            ref.SetOrigin((-4.0, 2.0, 7.0))
+            ref.SetDirection(sitk.Euler3DTransform((0, 0, 0), 0.1, -0.2, 0.3).GetMatrix())
+            img = os.path.join(d, "img.nrrd")
+            sitk.WriteImage(ref, img)
+
+            def field_on(grid, name):
+                path = os.path.join(d, name)
+                sitk.WriteImage(sitk.TransformToDisplacementField(
+                    sitk.TranslationTransform(3, (0.5, -0.3, 0.2)), sitk.sitkVectorFloat32, grid.GetSize(),
+                    grid.GetOrigin(), grid.GetSpacing(), grid.GetDirection()), path)
+                return path
+
+            full = field_on(ref, "out1Warp.nii.gz")
+            half = field_on(sitk.RegionOfInterest(ref, [10, 16, 120], [0, 0, 0]), "half1Warp.nii.gz")
+            short = field_on(sitk.RegionOfInterest(ref, [20, 16, 119], [0, 0, 0]), "short.nii.gz")
+            shift = os.path.join(d, "shift.tfm")  # 6 of the 20 voxels along i: 30% of the points leave the field
+            sitk.WriteTransform(sitk.TranslationTransform(3, np.array(ref.GetDirection()).reshape(3, 3)[:, 0] * 9.0),
+                                shift)
+            out = ["-o", os.path.join(d, "o.nrrd")]
+            for transforms, noted in (([full], None), ([short], None), ([half], "50.0%"),
+                                      ([full, shift], "30.0%"), ([shift, full], None)):
+                flags = [a for t in transforms for a in ("--transform", t)]
+                with self.subTest(transforms=[os.path.basename(t) for t in transforms]):
+                    _, resampled = run("resample", img, "--reference", img, *out, *flags)
+                    _, scored = run("evaluate-registration", img, img, *flags)
+                    printed, _ = run("evaluate-registration", img, img, *flags, "--json")
+                    notes = json.loads(printed)["notes"]
+                    if noted is None:
+                        self.assertNotIn("does not cover", resampled + scored + " ".join(notes))
+                        continue
+                    field = transforms[0]
+                    self.assertIn(f"warning: the displacement field '{field}' does not cover {noted} of the "
+                                  "reference grid's voxels", resampled)
+                    self.assertIn("Give a --reference the field covers", resampled)
+                    self.assertIn(f"warning: the displacement field '{field}' does not cover {noted} of the fixed "
+                                  "image's voxels", scored)
+                    self.assertTrue(any(f"does not cover {noted}" in n for n in notes), notes)
+
     def test_invert_of_an_ants_warp_names_ants_inverse_warp(self):
         """--invert of a displacement field is refused (no exact inverse here) with "register the other way round";
         for antsRegistration's out1Warp.nii.gz the inverse is a file ANTs wrote beside it, out1InverseWarp.nii.gz,
