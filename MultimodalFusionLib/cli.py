@@ -375,7 +375,7 @@ def _add_resample(sub: argparse._SubParsersAction) -> None:
                         "--interpolation bspline is transformix' default); "
                         "identity when omitted. "
                         "Repeat it to chain several in antsApplyTransforms' order: `--transform A --transform B` "
-                        "maps a reference point x to A(B(x)), the last given applied first")
+                        "maps a reference point x to B(A(x)), the first given applied to the point first")
     p.add_argument("--invert", action="store_true",
                    help="apply the inverse of the transform (of the chain): e.g. the fixed image onto the moving "
                         "image's grid with `register`'s transform.tfm (linear transforms only)")
@@ -848,7 +848,7 @@ def _add_evaluate_registration(sub: argparse._SubParsersAction) -> None:
                         "ANTs' *Warp.nii.gz; or elastix' TransformParameters.N.txt, with its initial transforms); "
                         "identity when omitted. "
                         "Repeat it to chain several in antsApplyTransforms' order: `--transform A --transform B` "
-                        "maps a fixed point x to A(B(x)), the last given applied first")
+                        "maps a fixed point x to B(A(x)), the first given applied to the point first")
     p.add_argument("--invert", action="store_true", help="use the inverse of the transform (of the chain; linear only)")
     _add_accuracy_inputs(p)
     p.add_argument("--json", action="store_true", help="print JSON")

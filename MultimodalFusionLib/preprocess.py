@@ -201,9 +201,10 @@ def _reorient(values: np.ndarray, transform: sitk.Transform, reference: sitk.Ima
 
 
 def chain_transforms(transforms: Sequence[sitk.Transform], invert: bool = False) -> sitk.Transform | None:
-    """One transform of several, in antsApplyTransforms' order: ``[A, B]`` maps a reference point x to A(B(x)) (the
-    last given is applied first, as ``antsApplyTransforms -t A -t B``); with ``invert``, the inverse of that chain
-    (B^-1(A^-1(y))), e.g. to resample the fixed image onto the moving image's grid with the transform a registration
+    """One transform of several, in antsApplyTransforms' order: ``[A, B]`` maps a reference point x to B(A(x)) (the
+    first given is applied to the point first, as ``antsApplyTransforms -t A -t B`` and ANTsPy's ``transformlist=[A,
+    B]``: ``-t 1Warp.nii.gz -t 0GenericAffine.mat`` moves a fixed point by the warp, on the fixed grid, then by the
+    affine); with ``invert``, the inverse of that chain (A^-1(B^-1(y))), e.g. to resample the fixed image onto the moving image's grid with the transform a registration
     returned. None for no transform (the identity).
 
     Raises:
@@ -221,7 +222,10 @@ def chain_transforms(transforms: Sequence[sitk.Transform], invert: bool = False)
                          "Give transforms of the images' dimension only.")
     if not transforms:
         return None
-    chain = transforms[0] if len(transforms) == 1 else sitk.CompositeTransform(transforms)
+    # a CompositeTransform applies its last transform first: reversed, the first given acts first, as in ANTs
+    # (the order had been the other way round: -t 1Warp.nii.gz -t 0GenericAffine.mat sampled the warp at the
+    # affine's image of the point, where ANTs samples it at the point)
+    chain = transforms[0] if len(transforms) == 1 else sitk.CompositeTransform(transforms[::-1])
     if not invert:
         return chain
     try:
@@ -253,8 +257,9 @@ def displacement_fields_outside(transforms: Sequence[sitk.Transform], reference:
     dim = reference.GetDimension()
     if any(tx.GetDimension() != dim for tx in transforms):
         return []
-    # chain_transforms' order: [A, B] maps x to A(B(x)), so a part's later parts are applied to x before it
-    parts = [(i, part) for i, tx in enumerate(transforms) for part in _parts(tx)]
+    # chain_transforms' order: [A, B] maps x to B(A(x)), so a part's earlier parts are applied to x before it; the
+    # parts listed in the order they act on the point (a composite's last part first)
+    parts = [(i, part) for i, tx in enumerate(transforms) for part in _parts(tx)[::-1]]
     found = [k for k, (_, part) in enumerate(parts) if part.GetName() == "DisplacementFieldTransform"]
     if not found:
         return []
@@ -268,7 +273,7 @@ def displacement_fields_outside(transforms: Sequence[sitk.Transform], reference:
     out = []
     for k in found:
         points = grid
-        before = [part for _, part in parts[k + 1:]]
+        before = [part for _, part in parts[:k]][::-1]  # a CompositeTransform applies its last part first
         if before:
             moved = sitk.TransformToDisplacementField(
                 sitk.CompositeTransform(before) if len(before) > 1 else before[0], sitk.sitkVectorFloat64,

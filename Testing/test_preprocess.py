@@ -732,9 +732,9 @@ class ResampleChainsAndInverses(unittest.TestCase):
         from MultimodalFusionLib.preprocess import chain_transforms
 
         point = (3.0, 40.0, 12.0)
-        chained = chain_transforms([self.shift, self.turn])  # -t shift -t turn: the turn first
+        chained = chain_transforms([self.shift, self.turn])  # -t shift -t turn: the shift first, as in ANTs
         np.testing.assert_allclose(chained.TransformPoint(point),
-                                   self.shift.TransformPoint(self.turn.TransformPoint(point)), atol=1e-12)
+                                   self.turn.TransformPoint(self.shift.TransformPoint(point)), atol=1e-12)
         back = chain_transforms([self.shift, self.turn], invert=True)
         np.testing.assert_allclose(back.TransformPoint(chained.TransformPoint(point)), point, atol=1e-9)
         self.assertIsNone(chain_transforms([]))
@@ -752,9 +752,9 @@ class ResampleChainsAndInverses(unittest.TestCase):
         reference = sitk.Image(self.image)
         reference.SetDirection(np.eye(3).ravel().tolist())
         sitk.WriteImage(reference, self.path("ref.nrrd"))
-        cases = {"chain": ([shift, turn], False, sitk.CompositeTransform([self.shift, self.turn])),
+        cases = {"chain": ([shift, turn], False, sitk.CompositeTransform([self.turn, self.shift])),
                  "inverse": ([turn], True, self.turn.GetInverse()),
-                 "inverse chain": ([shift, turn], True, sitk.CompositeTransform([self.shift, self.turn]).GetInverse())}
+                 "inverse chain": ([shift, turn], True, sitk.CompositeTransform([self.turn, self.shift]).GetInverse())}
         for name, (files, invert, by_hand) in cases.items():
             with self.subTest(name):
                 out = self.path(name.replace(" ", "_") + ".nrrd")
