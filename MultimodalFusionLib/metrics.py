@@ -824,17 +824,20 @@ def _label_voxels(arrays: Sequence[np.ndarray], label: int,
 
 
 def _shared_voxels_notes(arrays: Sequence[np.ndarray], scored: Sequence[int], side: str,
-                         where: dict[int, tuple[int, ...]] | None = None) -> list[str]:
+                         where: dict[int, tuple[int, ...]]) -> list[str]:
     """Notes naming the scored labels that share voxels in a label map's layers (:func:`_layer_arrays`), and how
     many: each is scored as its own binary mask with those voxels, as Slicer's Segment Comparison scores a segment,
-    so its Dice and the mean are not those of the segments without their overlap. None for one label map.
+    so its Dice and the mean are not those of the segments without their overlap. None for one label map, nor
+    where the scored labels lie in one layer.
 
     A pair's count is the number of (voxel, pair of layers) where one layer holds one label and the other the other
     (a label held twice at a voxel, in two layers, counts it twice). ``where``: the labels' layers
-    (:func:`_labels_by_layer`), found here where not given."""
-    shared: dict[tuple[int, int], int] = {}
+    (:func:`_labels_by_layer`)."""
     wanted = set(int(v) for v in scored)
-    if len(arrays) < 2:
+    # one column per (layer, scored label in it), known from ``where`` before any voxel is read: scored labels in
+    # one layer cannot share a voxel, and the full-grid pass below is not made for them
+    columns = sorted((i, label) for label, layers in where.items() if label in wanted for i in layers)
+    if len({layer for layer, _ in columns}) < 2:
         return []
     # only the voxels of two or more layers can be shared: found in one pass, each layer's labels read there
     depth = np.zeros(arrays[0].shape, dtype=np.uint8 if len(arrays) < 256 else np.int64)
@@ -843,15 +846,11 @@ def _shared_voxels_notes(arrays: Sequence[np.ndarray], scored: Sequence[int], si
     several = np.flatnonzero(depth >= 2)
     del depth
     held = [arr.reshape(-1)[several] for arr in arrays]
-    # one column per (layer, scored label in it): the voxels two columns share, for every pair of columns at once,
-    # are the product of their indicators (exact: whole numbers in float64), whatever the labels' values (a
-    # bincount per pair of layers had taken 0.6 s a side of 10 nested 256^3 layers, now 0.15-0.3 s, and labels
-    # past 1023, as FreeSurfer's are, a structured np.unique per pair: 15.0 s a side, now 0.29 s)
-    if where is None:
-        where = _labels_by_layer(held)
-    columns = sorted((i, label) for label, layers in where.items() if label in wanted for i in layers)
-    if len({layer for layer, _ in columns}) < 2:
-        return []
+    # the voxels two columns share, for every pair of columns at once, are the product of their indicators (exact:
+    # whole numbers in float64), whatever the labels' values (a bincount per pair of layers had taken 0.6 s a side
+    # of 10 nested 256^3 layers, now 0.15-0.3 s, and labels past 1023, as FreeSurfer's are, a structured np.unique
+    # per pair: 15.0 s a side, now 0.29 s)
+    shared: dict[tuple[int, int], int] = {}
     count = np.zeros((len(columns), len(columns)))
     step = max(1, (1 << 23) // len(columns))  # 64 MB of indicators at a time
     for begin in range(0, several.size, step):
