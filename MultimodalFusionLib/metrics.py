@@ -1122,16 +1122,17 @@ def _holding(arrays: Sequence[np.ndarray], where: dict[int, tuple[int, ...]], la
 def _scored_labels_on_grid(fixed: sitk.Image, fixed_labels: Any, moving_labels: Any,
                            transform: sitk.Transform | None, scored: Sequence[int],
                            present: np.ndarray, moving_where: dict[int, tuple[int, ...]]
-                           ) -> tuple[Any, Any, dict[int, int], dict[str, Any]]:
-    """The two label maps on the grid they are scored on, and the moving labels' voxels left outside it.
+                           ) -> tuple[list[sitk.Image], list[sitk.Image], dict[int, int], dict[str, Any]]:
+    """The two label maps' layers on the grid they are scored on, and the moving labels' voxels left outside it.
 
     The grid is the fixed label map's lattice (its spacing, direction and voxel positions) over the box that holds
     the fixed label map and the moving labels (through ``transform``), within the fixed image's field of view or
     the fixed label map, whichever reaches further: a label map saved on its own cropped extent (as Slicer saves a
     ``.seg.nrrd``) is extended, and moving labels are not cut at its box. Moving labels beyond the fixed image's
     field of view (and the fixed label map) are not scored, as Learn2Reg, scoring on the fixed image's grid, does
-    not; how many of their voxels (on this lattice) is returned per label. Label maps given in layers
-    (:func:`label_layers`) are returned in layers, each on that grid. ``present``: the moving label map's voxels
+    not; how many of their voxels (on this lattice) is returned per label. Each map is returned as its layers
+    (:func:`label_layers`; one label map: a list of one), each on that grid; the fixed layers are those given
+    (the same images) where the grid is the fixed label map's own. ``present``: the moving label map's voxels
     that hold a scored label (:func:`_holding`), ``moving_where`` its labels' layers (:func:`_labels_by_layer`)."""
     fixed_layers, moving_layers = label_layers(fixed_labels), label_layers(moving_labels)
     lattice = fixed_layers[0]  # the layers of a label map share its grid (_layer_arrays)
@@ -1169,7 +1170,7 @@ def _scored_labels_on_grid(fixed: sitk.Image, fixed_labels: Any, moving_labels: 
     moving_on_box = [_on_box(layer, lattice, box[0], box[1], transform) for layer in moving_layers]
     grid = {"size": [int(v) for v in box[1] - box[0] + 1], "spacing": list(lattice.GetSpacing()),
             "origin": list(fixed_on_box[0].GetOrigin()), "fixed_label_map_size": [int(v) for v in size]}
-    return _as_given(fixed_on_box), _as_given(moving_on_box), outside, grid
+    return fixed_on_box, moving_on_box, outside, grid
 
 
 def _as_given(layers: list[Any]) -> Any:
@@ -1668,12 +1669,11 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
             fixed_on_grid, on_fixed, outside, grid = _scored_labels_on_grid(fixed, fixed_labels, moving_labels, tx,
                                                                             scored, present_voxels, moving_where)
             # padding with 0 and nearest-neighbour resampling put no label into a layer: the layers found hold
-            fixed_grid = fixed_arrays if label_layers(fixed_on_grid)[0] is label_layers(fixed_labels)[0] \
+            fixed_grid = fixed_arrays if fixed_on_grid[0] is label_layers(fixed_labels)[0] \
                 else _layer_arrays(fixed_on_grid, "fixed label map", copy=False)
             out["labels"][when] = _overlap_of_arrays(fixed_grid, _layer_arrays(on_fixed, "moving label map",
                                                                                copy=False),
-                                                     label_layers(fixed_on_grid)[0], scored, fixed_where,
-                                                     moving_where)
+                                                     fixed_on_grid[0], scored, fixed_where, moving_where)
             del fixed_grid
             out["labels"][when]["grid"] = grid
             out["labels"][when]["outside"] = outside
