@@ -695,6 +695,15 @@ def _recorded(value: Any) -> Any:
     return text if len(text) <= 200 and "\n" not in text else f"<{type(value).__name__} object>"
 
 
+def _overlay_default_window(values: np.ndarray) -> tuple[tuple[float, float], str]:
+    """The overlay's functional window given none, and its rule: min..99.5th percentile of ``values`` (a PET's hot
+    spots above it saturate), min..max where the two meet. The web panel shows both as the Engine default."""
+    low, high = float(values.min()), float(np.percentile(values, 99.5))
+    if high > low:
+        return (low, high), "min..99.5th percentile"
+    return (low, float(values.max())), "min..max"
+
+
 def _is_grey_rgb(image: sitk.Image) -> bool:
     arr = sitk.GetArrayViewFromImage(image)
     return bool(np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]))
@@ -785,9 +794,7 @@ def fuse(a: sitk.Image, b: sitk.Image, method: str = "average", *, progress: Pro
     elif method == "overlay":
         b_arr = sitk.GetArrayFromImage(b).astype(np.float64)
         if window_b is None:
-            window_b = (float(b_arr.min()), float(np.percentile(b_arr, 99.5)))
-            if not window_b[1] > window_b[0]:
-                window_b = (float(b_arr.min()), float(b_arr.max()))
+            window_b = _overlay_default_window(b_arr)[0]
         b_unit = np.clip(window_to_unit(b_arr, window_b), 0.0, 1.0)
         if b_window_given:
             _check_window_shows(b_arr, window_b, _B_WINDOW_LABEL, "functional image (b)", stored=_stored_in(b))

@@ -284,7 +284,7 @@ def _engine_default_window(image: sitk.Image, side: str, method: str = "average"
     Engine default and the page's words were not what Fuse used."""
     import numpy as np
 
-    from ..fusion import _grey_input, _is_grey_rgb
+    from ..fusion import _grey_input, _is_grey_rgb, _overlay_default_window
     from .viewer import image_range
 
     if image.GetNumberOfComponentsPerPixel() > 1:
@@ -298,11 +298,8 @@ def _engine_default_window(image: sitk.Image, side: str, method: str = "average"
             return (0.0, 255.0), "its luminance, 0..255"
     if side == "b" and method == "overlay":
         values = sitk.GetArrayViewFromImage(image).astype(np.float64)  # as fuse takes them
-        low, high = float(values.min()), float(np.percentile(values, 99.5))
-        if high > low:
-            return (low, high), f"min..99.5th percentile: {low:.6g}..{high:.6g}"
-        high = float(values.max())
-        return (low, high), f"min..max: {low:.6g}..{high:.6g}"
+        (low, high), rule = _overlay_default_window(values)
+        return (low, high), f"{rule}: {low:.6g}..{high:.6g}"
     if image.GetPixelID() == sitk.sitkUInt8:
         return (0.0, 255.0), "8-bit, as it is: 0..255"
     low, high = image_range(image)
