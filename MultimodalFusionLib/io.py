@@ -648,6 +648,12 @@ def _with_units(image: sitk.Image, units: str) -> sitk.Image:
     return image
 
 
+def _with_units_of(image: sitk.Image, source: sitk.Image) -> sitk.Image:
+    """``image``, of ``source``'s quantity (resampled, cropped, reoriented, a slice of it), with ``source``'s DICOM
+    Units (:func:`dicom_units`): ITK's filters keep no metadata."""
+    return _with_units(image, dicom_units(source))
+
+
 def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarning],
                             tags: Mapping[int, Any] | None = None) -> None:
     """Give a single-frame DICOM image the pixel size its tags state, or refuse it when none does.
@@ -3428,7 +3434,7 @@ def as_one_slice_of(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
     arr = np.expand_dims(sitk.GetArrayFromImage(image), 2 - axis)
     out = sitk.GetImageFromArray(arr, isVector=image.GetNumberOfComponentsPerPixel() > 1)
     out.CopyInformation(reference)
-    return _with_units(out, dicom_units(image))  # the same values: a PET's DICOM Units, where it states them
+    return _with_units_of(out, image)  # the same values: a PET's DICOM Units, where it states them
 
 
 def one_slice_as_2d(image: sitk.Image, name: str = "image") -> sitk.Image:
@@ -3452,7 +3458,7 @@ def one_slice_as_2d(image: sitk.Image, name: str = "image") -> sitk.Image:
         raise InputError(f"The {name} is a one-slice volume (size {image.GetSize()}) in a plane that is not axial "
                          f"(direction {[round(v, 4) for v in image.GetDirection()]}): a 2D image's direction "
                          "cannot hold it.", fix)
-    return _with_units(slice_2d, dicom_units(image))  # its values: a PET's DICOM Units, where it states them
+    return _with_units_of(slice_2d, image)  # its values: a PET's DICOM Units, where it states them
 
 
 def one_slice_inputs_as_2d(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None = None,

@@ -89,12 +89,12 @@ def round_to_8bit(resampled: sitk.Image) -> sitk.Image:
     """A resampled (float) copy of an 8-bit image back in 8 bits: rounded half to even, clipped to 0..255."""
     import numpy as np
 
-    from .io import _with_units, dicom_units
+    from .io import _with_units_of
 
     arr = np.clip(np.round(sitk.GetArrayFromImage(resampled).astype(np.float64)), 0, 255).astype(np.uint8)
     out = sitk.GetImageFromArray(arr, isVector=resampled.GetNumberOfComponentsPerPixel() > 1)
     out.CopyInformation(resampled)
-    return _with_units(out, dicom_units(resampled))  # an 8-bit PET's Units, which resample keeps
+    return _with_units_of(out, resampled)  # an 8-bit PET's Units, which resample keeps
 
 
 def fuse_and_evaluate(a: sitk.Image, b: sitk.Image, methods: Sequence[str], *,

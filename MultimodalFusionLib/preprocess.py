@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from . import tensors
 from .errors import InputError, itk_guard
-from .io import _with_units, as_one_slice_of, dicom_units, one_slice_as_2d, one_slice_axis
+from .io import _with_units_of, as_one_slice_of, one_slice_as_2d, one_slice_axis
 from .validation import check_image, physical_bounds, voxels_overlap
 
 __all__ = [
@@ -403,12 +403,7 @@ def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transfor
     # ITK's filters keep no metadata: a PET read in Bq/mL (DICOM Units BQML) had come out of resampling onto an MR
     # grid (mmfusion resample, run, the web's Register) with no unit, so a window in SUV on it was refused without
     # naming its units and the web offered it the SUV windows its values passed for
-    return _same_units(out, moving)
-
-
-def _same_units(out: sitk.Image, source: sitk.Image) -> sitk.Image:
-    """``out``, an image of ``source``'s quantity (resampled, cropped, reoriented), with ``source``'s DICOM Units."""
-    return _with_units(out, dicom_units(source))
+    return _with_units_of(out, moving)
 
 
 def _resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
@@ -709,8 +704,8 @@ def reorient_to_lps(image: sitk.Image) -> sitk.Image:
     """
     try:
         if image.GetDimension() == 2:
-            return _same_units(sitk.DICOMOrient(sitk.JoinSeries(image), "LPS")[:, :, 0], image)
-        return _same_units(sitk.DICOMOrient(image, "LPS"), image)
+            return _with_units_of(sitk.DICOMOrient(sitk.JoinSeries(image), "LPS")[:, :, 0], image)
+        return _with_units_of(sitk.DICOMOrient(image, "LPS"), image)
     except RuntimeError:  # unusual directions: the grid as stored
         return image
 
@@ -1005,5 +1000,5 @@ def _crop_to_box(image: sitk.Image, lo: Sequence[float], hi: Sequence[float]) ->
     start = np.clip(np.floor(idx.min(axis=0) + 0.5), 0, size - 1).astype(int)
     stop = np.clip(np.ceil(idx.max(axis=0) - 0.5), 0, size - 1).astype(int)
     stop = np.maximum(stop, start)
-    return _same_units(sitk.RegionOfInterest(image, [int(v) for v in stop - start + 1], [int(v) for v in start]),
-                       image)
+    return _with_units_of(sitk.RegionOfInterest(image, [int(v) for v in stop - start + 1], [int(v) for v in start]),
+                          image)
