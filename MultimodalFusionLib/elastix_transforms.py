@@ -341,8 +341,9 @@ def _find(name: str, path: str, key: str) -> str:
 def _initial_file(parameters: dict, path: str) -> str | None:
     """The file of the initial transform ``path`` names (None for ``NoInitialTransform``), checked to combine
     by composition."""
-    name = _text(parameters, "InitialTransformParameterFileName") \
-        or _text(parameters, "InitialTransformParametersFileName")
+    key = "InitialTransformParameterFileName" if _text(parameters, "InitialTransformParameterFileName") \
+        else "InitialTransformParametersFileName"  # elastix' older name
+    name = _text(parameters, key)
     if not name or name == "NoInitialTransform":
         return None
     how = _text(parameters, "HowToCombineTransforms", "Compose")  # elastix 5's default
@@ -351,8 +352,6 @@ def _initial_file(parameters: dict, path: str) -> str | None:
                       "x -> T(x) + T0(x) - x), which is no chain of ITK transforms and is not read here.",
                       'Run elastix with (HowToCombineTransforms "Compose"), its default, or ' + _ITK_FILE_FIX[0].lower()
                       + _ITK_FILE_FIX[1:])
-    key = "InitialTransformParameterFileName" if _text(parameters, "InitialTransformParameterFileName") \
-        else "InitialTransformParametersFileName"
     return _find(name, path, key)
 
 
