@@ -127,6 +127,40 @@ class FusionWindowPresetsOffered(unittest.TestCase):
                 self.assertEqual(self._offered(volume), {"ct-soft-tissue", "ct-lung", "ct-bone", "ct-brain"}
                                  if is_ct else set())
 
+    def test_the_percentile_window_leaves_out_the_padding_the_ct_rule_leaves_out(self) -> None:
+        """The 1st-99th percentile fusion window of a CT padded with -32768 (int16's lowest, outside the reconstruction
+        circle) had been -32768..1000, its low end the padding (29% of the voxels here): it leaves out the one fill
+        value below -3100 that looks_like_ct leaves out (viewer.without_padding), for an MR so padded too, and is the
+        window of the voxels inside the field of view."""
+        import numpy as np
+
+        from MultimodalFusionLib.preprocess import robust_range
+        from MultimodalFusionLib.web.app import _FW_PERCENTILE, _fusion_window_choices
+
+        rng = np.random.default_rng(2)
+        z, y, x = np.mgrid[:6, :40, :40]
+        radius = np.hypot(y - 19.5, x - 19.5)
+        fov, body = radius < 19, radius < 14
+        ct = np.where(body, rng.normal(40, 15, fov.shape), -1000 + rng.normal(0, 5, fov.shape))
+        ct = np.where(radius < 4, 1000.0, ct)
+        mr = np.where(body, rng.normal(600, 80, fov.shape), rng.normal(5, 3, fov.shape)).clip(0)
+        ramp = np.linspace(-3000, 3000, fov.size).reshape(fov.shape)  # values within HU: the padding only is left out
+        for name, values, dtype in (("CT, int16", ct, np.int16), ("CT, float", ct, np.float32),
+                                    ("MR, int16", mr, np.int16), ("values -3000..3000", ramp, np.float32)):
+            inside = values.astype(dtype)
+            expected = robust_range(inside[fov], 1.0, 99.0)
+            for padding in (-32768, None):
+                with self.subTest(name, padding=padding):
+                    padded = inside if padding is None else np.where(fov, inside, padding).astype(dtype)
+                    window = _fusion_window_choices(sitk.GetImageFromArray(padded))[1][_FW_PERCENTILE]
+                    if padding is None:
+                        np.testing.assert_allclose(window, robust_range(inside, 1.0, 99.0))
+                    else:
+                        self.assertGreater(window[0], -3100.0)
+                        np.testing.assert_allclose(window, expected)
+        every = sitk.GetImageFromArray(np.full((2, 4, 4), -32768, np.int16))  # nothing but padding: its own range
+        self.assertEqual(_fusion_window_choices(every)[1][_FW_PERCENTILE], (-32768.0, -32767.0))
+
     def test_the_engine_default_of_grey_stored_as_rgb_is_the_grey_images(self) -> None:
         """fuse takes a moving image whose R, G and B are equal as grey (fusion._is_grey_rgb), so the overlay windows
         it min..99.5th percentile; the panel showed 'its luminance, 0..255' for any image of three components: the

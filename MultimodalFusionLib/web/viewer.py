@@ -545,6 +545,20 @@ def _finite_sample(image: sitk.Image) -> np.ndarray:
 _LOWEST_HU = -3100.0
 
 
+def without_padding(values: np.ndarray) -> np.ndarray:
+    """The finite ``values`` (flattened) but those of their minimum where it lies below :data:`_LOWEST_HU`: one fill
+    value (-32768, int16's lowest, outside the reconstruction circle of many scanners' exports) left out as padding.
+    The one rule :func:`looks_like_ct` and the web's 1st-99th percentile fusion window take (whose low end had been
+    the padding, -32768, for a CT so padded)."""
+    values = np.asarray(values).ravel()
+    if np.issubdtype(values.dtype, np.floating):
+        values = values[np.isfinite(values)]
+    if values.size == 0:
+        return values
+    fill = values.min()
+    return values[values != fill] if float(fill) < _LOWEST_HU else values
+
+
 def looks_like_ct(image: sitk.Image) -> bool:
     """True for an image in Hounsfield units: air near -1000 HU and values reaching bone's hundreds, none below
     :data:`_LOWEST_HU`, where a minimum below it is a fill value (-32768, int16's lowest, outside the reconstruction
@@ -553,14 +567,9 @@ def looks_like_ct(image: sitk.Image) -> bool:
     (a phase map, a difference image: more than one value down there) is not one either."""
     if image.GetNumberOfComponentsPerPixel() > 1:
         return False
-    sample = _finite_sample(image)
+    sample = without_padding(_finite_sample(image))  # any other value below -3100 left: no HU (below)
     if sample.size == 0:
         return False
-    fill = sample.min()
-    if float(fill) < _LOWEST_HU:  # the voxels of that one value are padding; any other below it: no HU (below)
-        sample = sample[sample != fill]
-        if sample.size == 0:
-            return False
     low, high = (float(v) for v in np.percentile(sample, [1.0, 99.9]))
     return low <= -500.0 and float(sample.min()) >= _LOWEST_HU and high >= 100.0
 
