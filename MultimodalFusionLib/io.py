@@ -4065,8 +4065,10 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
 
     PNG/JPEG/BMP: integer values in 0..255 are kept exactly (16-bit PNG up to 65535), grey values on
     the 0..255 scale rounded, others rescaled with a warning; a volume is refused. NIfTI cannot hold
-    a non-orthonormal (sheared) direction: such an image is refused there (.mha keeps it). The name is
-    checked first, as :func:`check_output_name` checks it (front ends call that before the work).
+    a non-orthonormal (sheared) direction: such an image is refused there (.mha keeps it). An image's DICOM Units
+    (:func:`dicom_units`) written to a file whose header, read back, states none (NIfTI, TIFF, VTK, MINC...): a
+    warning (.nrrd, .mha, HDF5 and DICOM keep them). The name is checked first, as :func:`check_output_name` checks
+    it (front ends call that before the work).
 
     Returns:
         The path written.
@@ -4148,7 +4150,14 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
             _name_stimulate_data_file(tmp)
             if not _stimulate_written_whole(tmp):  # nor does its Stimulate writer: x.sdt cut at the size limit
                 raise _written_cut_short(final, tmp, "Stimulate", staged=staged)
-        _check_reads_back(tmp, final, out)
+        units = dicom_units(image)
+        if _check_reads_back(tmp, final, out) != units and units:
+            # a PET's Units (BQML...), which resample and the rest keep, had been dropped without a word by
+            # `mmfusion resample -o x.nii.gz` and run's resampled moving image in NIfTI
+            warnings.warn(f"'{final}': a {suffix} file keeps no DICOM Units (0054,1001): the values are written in "
+                          f"{units} as they are, but read back nothing states it (a window in SUV is then checked, "
+                          "and the web's SUV windows offered, by the values alone); write .nrrd or .mha to keep "
+                          "them.", stacklevel=2)
         if tensor and suffix in tensors.TAGGED_SUFFIXES:
             tensors.tag_written_file(tmp, suffix, image)
     return final
@@ -4453,8 +4462,9 @@ def _stimulate_written_whole(header: str) -> bool:
         return False
 
 
-def _check_reads_back(written: str, final: str, image: sitk.Image) -> None:
-    """Refuse an output ITK wrote but cannot read back as ``image`` (its header read, not its voxels).
+def _check_reads_back(written: str, final: str, image: sitk.Image) -> str:
+    """Refuse an output ITK wrote but cannot read back as ``image`` (its header read, not its voxels); return the
+    DICOM Units (:func:`dicom_units`) the header read back states ("" where none).
 
     ITK's writers and readers do not agree on every name: the MetaImage, GIPL, Stimulate, JPEG 2000 and MINC
     readers take the extension in lower case only (``-o fused.GIPL`` was written, then refused by every reader:
@@ -4493,6 +4503,7 @@ def _check_reads_back(written: str, final: str, image: sitk.Image) -> None:
         raise InputError(f"'{final}': ITK writes this image (size {tuple(want)}) as a {suffix} file of size "
                          f"{tuple(reader.GetSize())}: it would be read back as another image.",
                          _ANY_IMAGE_FIX)
+    return _units_code(reader.GetMetaData(UNITS_KEY)) if reader.HasMetaDataKey(UNITS_KEY) else ""
 
 
 #: Headers whose voxels ITK writes to a second file named after the header (``x.nhdr`` + ``x.raw.gz``,

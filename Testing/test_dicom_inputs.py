@@ -2085,6 +2085,45 @@ class DicomPetUnits(unittest.TestCase):
             with self.subTest(name):
                 self.assertEqual(io.dicom_units(image), "")
 
+    def test_a_file_that_cannot_keep_the_units_says_so(self) -> None:
+        """A PET in Bq/mL written where its Units cannot go (NIfTI: `mmfusion resample -o x.nii.gz`, run's and
+        register's moving_resampled.nii.gz) had lost them without a word: read back, nothing says the values are in
+        Bq/mL. io.write_image now warns, naming the formats that keep them; an image without Units, and .nrrd or
+        .mha, get no such note."""
+        import contextlib
+        import io as text_io
+
+        from MultimodalFusionLib import cli
+
+        folder = os.path.join(self.dir, "bqml")
+        write_pet_series(folder, _pet_body(2000, 20000), "BQML")
+        mr_path = os.path.join(self.dir, "mr.nrrd")
+        io.write_image(sitk.GetImageFromArray(np.indices((4, 16, 16)).sum(axis=0).astype(np.float32)), mr_path)
+        plain = os.path.join(self.dir, "plain.nrrd")  # the PET's values with no Units
+        io.write_image(io.read_image(folder)[:, :, :] * 1.0, plain)
+        lost = r"\.nii\.gz file keeps no DICOM Units \(0054,1001\): the values are written in BQML.*\.nrrd or \.mha"
+        commands = {  # name: (argv, whether the note is given)
+            "resample to .nii.gz": (["resample", folder, "--reference", mr_path, "-o",
+                                     os.path.join(self.dir, "r.nii.gz")], True),
+            "run's moving_resampled.nii.gz": (["run", mr_path, folder, "--output-dir", os.path.join(self.dir, "run"),
+                                               "--no-register", "--methods", "average"], True),
+            "resample to .nrrd": (["resample", folder, "--reference", mr_path, "-o",
+                                   os.path.join(self.dir, "r.nrrd")], False),
+            "resample to .mha": (["resample", folder, "--reference", mr_path, "-o",
+                                  os.path.join(self.dir, "r.mha")], False),
+            "resample of no Units to .nii.gz": (["resample", plain, "--reference", mr_path, "-o",
+                                                 os.path.join(self.dir, "p.nii.gz")], False),
+        }
+        for name, (argv, noted) in commands.items():
+            with self.subTest(name), warnings.catch_warnings(record=True) as caught, \
+                    contextlib.redirect_stdout(text_io.StringIO()), contextlib.redirect_stderr(text_io.StringIO()):
+                warnings.simplefilter("always")
+                self.assertEqual(cli.main(argv), 0)
+                notes = [str(w.message) for w in caught if "DICOM Units" in str(w.message)]
+                self.assertEqual(len(notes), int(noted), notes)
+                if noted:
+                    self.assertRegex(notes[0], lost)
+
 
 class NoPatientDataOut(unittest.TestCase):
     """No identifying value of the DICOM files reaches an image the package returns or writes."""
