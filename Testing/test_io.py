@@ -598,6 +598,36 @@ class RoundTrip(unittest.TestCase):
                     self.assertIn("Register the other way round", said)
                     self.assertNotIn("antsRegistration", said)
 
+    def test_invert_of_a_chain_of_two_dimensions_keeps_its_fix(self):
+        """--invert of a chain of an ANTs warp (3D) and a 2D transform is refused for the dimensions; the refusal had
+        kept that problem but replaced its fix (transforms of one dimension) with ANTs' inverse chain of those
+        very files (antsApplyTransforms -t [turn2d.tfm,1] -t out1InverseWarp.nii.gz), which cannot be applied
+        either."""
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        with tempfile.TemporaryDirectory() as d:
+            img = os.path.join(d, "img.nrrd")
+            sitk.WriteImage(sitk.Image([8, 7, 6], sitk.sitkFloat32) + 1.0, img)
+            field = sitk.Image([8, 7, 6], sitk.sitkVectorFloat32, 3)
+            warp, inverse = os.path.join(d, "out1Warp.nii.gz"), os.path.join(d, "out1InverseWarp.nii.gz")
+            sitk.WriteImage(field, warp)
+            sitk.WriteImage(field, inverse)
+            flat = os.path.join(d, "turn2d.tfm")
+            sitk.WriteTransform(sitk.Euler2DTransform(), flat)
+            for command in (["resample", img, "--reference", img, "-o", os.path.join(d, "o.nrrd")],
+                            ["evaluate-registration", img, img]):
+                with self.subTest(command=command[0]):
+                    with redirect_stdout(StringIO()), redirect_stderr(StringIO()) as err:
+                        self.assertEqual(cli.main([*command, "--invert", "--transform", warp, "--transform", flat]),
+                                         2)
+                    said = " ".join(err.getvalue().split())
+                    self.assertIn("different dimensions (2D and 3D)", said)
+                    self.assertIn("Give transforms of the images' dimension only", said)
+                    self.assertNotIn("antsApplyTransforms", said)
+
     def test_an_integer_displacement_field_is_named_for_its_type(self):
         """A field of integer vectors (as many components as axes, an int16 or uint8 type) had been refused as "an
         image (...), not a transform", hiding the one thing wrong with it, its type: it is named as integer vectors
