@@ -250,10 +250,20 @@ def displacement_fields_outside(transforms: Sequence[sitk.Transform], reference:
     Counted on every voxel of grids up to ``max_points`` voxels, else on every k-th voxel along each axis (a subset
     of the reference's own voxel centres, so a field on the reference's grid still gives 0).
 
+    A one-slice volume (along its last axis) under 2D transforms is counted as the 2D image of its slice, as
+    :func:`resample` takes it.
+
     Returns:
         (index in ``transforms`` of the transform holding the field, fraction outside), one per field; nothing where
-        there is no field or the transforms' dimension is not ``reference``'s.
+        there is no field or the transforms' dimension is not ``reference``'s (nor its slice's).
     """
+    if one_slice_axis(reference) is not None and transforms and all(tx.GetDimension() == 2 for tx in transforms):
+        # a one-slice volume under a 2D chain is resampled (and scored) as its slice's 2D image (see resample):
+        # counted there, as a 2D field covering half the slice had moved half of it without the note
+        try:
+            reference = one_slice_as_2d(reference, "reference")
+        except InputError:  # a slice resample refuses to take in 2D: no field applies to it
+            return []
     dim = reference.GetDimension()
     if any(tx.GetDimension() != dim for tx in transforms):
         return []

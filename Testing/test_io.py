@@ -555,6 +555,44 @@ class RoundTrip(unittest.TestCase):
                                   "image's voxels", scored)
                     self.assertTrue(any(f"does not cover {noted}" in n for n in notes), notes)
 
+    def test_a_2d_field_that_does_not_cover_a_one_slice_volume_gets_a_note(self):
+        """Two one-slice volumes under a 2D transform are resampled and scored as their slices' 2D images; a 2D
+        field covering half the slice moved half of it with no note (the coverage was counted only where the
+        transforms' dimension was the reference's, 3 against 2 here). Counted on the slice, it is noted."""
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        def run(*args):
+            with redirect_stdout(StringIO()), redirect_stderr(StringIO()) as err:
+                self.assertEqual(cli.main([*args, "--threads", "1"]), 0, err.getvalue())
+            return " ".join(err.getvalue().split())
+
+        with tempfile.TemporaryDirectory() as d:
+            volume = sitk.GetImageFromArray(np.arange(320, dtype=np.float32).reshape(1, 16, 20) + 1.0)
+            volume.SetSpacing((1.5, 1.5, 3.0))
+            volume.SetOrigin((-4.0, 2.0, 7.0))
+            img = os.path.join(d, "slice.nrrd")
+            sitk.WriteImage(volume, img)
+            for size, noted in (((20, 16), None), ((10, 16), "50.0%")):
+                field = sitk.Image(size, sitk.sitkVectorFloat32, 2) + 0.0
+                field.SetSpacing((1.5, 1.5))
+                field.SetOrigin((-4.0, 2.0))
+                path = os.path.join(d, f"f{size[0]}.nii.gz")
+                sitk.WriteImage(field, path)
+                with self.subTest(size=size):
+                    said = run("resample", img, "--reference", img, "-o", os.path.join(d, "o.nrrd"),
+                               "--transform", path)
+                    scored = run("evaluate-registration", img, img, "--transform", path)
+                    if noted is None:
+                        self.assertNotIn("does not cover", said + scored)
+                        continue
+                    self.assertIn(f"the displacement field '{path}' does not cover {noted} of the reference grid's",
+                                  said)
+                    self.assertIn(f"the displacement field '{path}' does not cover {noted} of the fixed image's",
+                                  scored)
+
     def test_invert_of_an_ants_warp_names_ants_inverse_warp(self):
         """--invert of a displacement field is refused (no exact inverse here) with "register the other way round";
         for antsRegistration's out1Warp.nii.gz the inverse is a file ANTs wrote beside it, out1InverseWarp.nii.gz,
