@@ -4698,13 +4698,17 @@ def _read_displacement_field(path: str) -> sitk.Transform:
 
     Raises:
         InputError: the image is no displacement field (not as many floating-point components as axes, or not
-            2D or 3D): a grey image given as a transform, e.g. arguments in the wrong places; a field of integer
-            vectors is named as such, with the way to a float one.
+            2D or 3D): a grey image given as a transform, e.g. arguments in the wrong places; a field of signed
+            integer vectors is named as such, with the way to a float one (unsigned ones, which hold no negative
+            displacement, as an RGB image is, are named as images).
     """
     image = read_image(path, keep_color=True)
     dim, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
-    if dim in (2, 3) and components == dim and "integer" in image.GetPixelIDTypeAsString():
-        # a field in every way but its type had been called "an image ..., not a transform", hiding the one fix
+    kind = image.GetPixelIDTypeAsString()
+    if dim in (2, 3) and components == dim and "signed integer" in kind and "unsigned" not in kind:
+        # a field in every way but its type had been called "an image ..., not a transform", hiding the one fix;
+        # not an unsigned one: it holds no negative displacement (the cast keeps a -1 stored as 65535), and 8-bit
+        # RGB is a colour image (mmfusion fuse --method overlay writes one), which had been offered the cast
         raise InputError(f"'{path}' holds {dim}D vectors of {image.GetPixelIDTypeAsString()} ({components} "
                          "components a voxel), and a displacement field must hold floating-point vectors (LPS mm, "
                          "fractions of a millimetre included): integers are not read as displacements (or it is a "

@@ -667,11 +667,13 @@ class RoundTrip(unittest.TestCase):
                     self.assertNotIn("antsApplyTransforms", said)
 
     def test_an_integer_displacement_field_is_named_for_its_type(self):
-        """A field of integer vectors (as many components as axes, an int16 or uint8 type) had been refused as "an
+        """A field of integer vectors (as many components as axes, an int16 or int8 type) had been refused as "an
         image (...), not a transform", hiding the one thing wrong with it, its type: it is named as integer vectors
-        where a field holds floating-point ones, with the cast that makes it one, which then reads."""
+        where a field holds floating-point ones, with the cast that makes it one, which then reads. Unsigned
+        vectors hold no negative displacement (the cast would read a -1 stored as 65535 as 65535 mm), and 8-bit RGB
+        is a colour image (as fuse --method overlay writes): those are named as images, without the cast."""
         with tempfile.TemporaryDirectory() as d:
-            for dim, pixel, name in ((3, sitk.sitkInt16, "out1Warp.nii.gz"), (2, sitk.sitkUInt8, "w.mha"),
+            for dim, pixel, name in ((3, sitk.sitkInt16, "out1Warp.nii.gz"), (2, sitk.sitkInt8, "w.mha"),
                                      (3, sitk.sitkInt32, "w.nrrd")):
                 with self.subTest(name=name):
                     field = sitk.Compose([sitk.Image([6, 5, 4][:dim], pixel) + v for v in (2, 1, 3)[:dim]])
@@ -687,6 +689,15 @@ class RoundTrip(unittest.TestCase):
                     sitk.WriteImage(sitk.Cast(sitk.ReadImage(path), sitk.sitkVectorFloat32), fixed)
                     np.testing.assert_allclose(io.read_transform(fixed).TransformPoint([1.0] * dim),
                                                [3.0, 2.0, 4.0][:dim])
+            for dim, pixel, name in ((3, sitk.sitkUInt8, "overlay.nii.gz"), (2, sitk.sitkUInt16, "u.mha")):
+                with self.subTest(name=name):
+                    path = os.path.join(d, name)
+                    sitk.WriteImage(sitk.Compose([sitk.Image([6, 5, 4][:dim], pixel) + 9] * dim), path)
+                    with self.assertRaises(InputError) as cm:
+                        io.read_transform(path)
+                    self.assertIn("is an image", cm.exception.problem)
+                    self.assertIn("not a transform", cm.exception.problem)
+                    self.assertNotIn("sitkVectorFloat32", cm.exception.fix)
             # a grey image is still an image, not a transform
             grey = os.path.join(d, "grey.nrrd")
             sitk.WriteImage(sitk.Image([6, 5, 4], sitk.sitkInt16), grey)
