@@ -44,6 +44,8 @@ __all__ = [
     "unique_name",
     "image_from_volume_node",
     "volume_node_from_image",
+    "node_dicom_units",
+    "copy_voxel_value_units",
     "mask_from_node",
     "require_binary_labelmap",
     "label_map_from_node",
@@ -275,12 +277,103 @@ DIFFUSION_WEIGHTED_FIX = ("Register its baseline (b0) volume instead (SlicerDMRI
                           "its tensors first and resample those (Resample DTI Volume, or mmfusion resample).")
 
 
+# ----------------------------------------------------------------------------------------------
+# A PET's units: DICOM Units (0054,1001) in the engine, coded entries in MRML
+# ----------------------------------------------------------------------------------------------
+
+#: A DICOM Units (0054,1001) code (what :func:`io.dicom_units` gives) -> the UCUM coded entry (code value, meaning)
+#: of a node's VoxelValueUnits. GML: the entry Slicer's PET DICOM extension gives a PET it loads in SUV
+#: (QIICR/Slicer-PETDICOMExtension, SUVFactorCalculatorCLI/SUVFactorCalculator.cxx writes it in the Real World Value
+#: Mapping, DICOMRWVMPlugin/DICOMRWVMPlugin.py sets it with SetVoxelValueUnits, with the quantity
+#: :data:`_SUV_QUANTITY`). Slicer's own DICOM scalar volume plugin sets units only for CT ([hnsf'U]) and MR ("1")
+#: (Slicer/Slicer, Modules/Scripted/DICOMLib/DICOMPlugin.py, mapSOPClassUIDToDICOMQuantityAndUnits), none for a
+#: PET: the other codes are DICOM's UCUM entries for the PET Units defined terms, as DCMTK spells them (DCMTK,
+#: dcmsr/libcmr: CID 7181, Abstract Multi-dimensional Image Model Component Units).
+_UCUM_OF_DICOM_UNITS = {
+    "GML": ("{SUVbw}g/ml", "Standardized Uptake Value body weight"),
+    "BQML": ("Bq/ml", "Becquerels/milliliter"),
+    "CNTS": ("{counts}", "Counts"),
+    "CPS": ("{counts}/s", "Counts per second"),
+    "PROPCNTS": ("{propcounts}", "Proportional to counts"),
+    "PROPCPS": ("{propcounts}/s", "Proportional to counts per second"),
+    "CM2": ("cm2", "square centimeter"),
+    "CM2ML": ("cm2/ml", "Centimeter**2/milliliter"),
+    "PCNT": ("%", "Percent"),
+    "MGMINML": ("mg/min/ml", "Milligrams/minute/milliliter"),
+    "UMOLMINML": ("umol/min/ml", "Micromole/minute/milliliter"),
+    "MLMING": ("ml/min/g", "Milliliter/minute/gram"),
+    "MLG": ("ml/g", "Milliliter/gram"),
+    "1CM": ("/cm", "/Centimeter"),
+    "UMOLML": ("umol/ml", "Micromole/milliliter"),
+}
+#: The VoxelValueQuantity of a node in SUV (GML), as the PET DICOM extension sets it (the files named above)
+_SUV_QUANTITY = ("126400", "DCM", "Standardized Uptake Value")
+#: A node's VoxelValueUnits code value (case-folded: "Bq/mL" is "Bq/ml") -> the DICOM Units code. Every SUV in g/ml
+#: (body weight, lean body mass, ideal body weight; the PET DICOM extension's "{SUVlbm}g/ml"..., DCMTK's
+#: "g/ml{SUVbw}"...) reads as GML, what the engine takes for SUV; an SUV by body surface area (cm2/ml) as CM2ML.
+#: A CT's [hnsf'U] and an MR's "1" (no units) are no PET Units: they give none.
+_DICOM_UNITS_OF_UCUM = {
+    **{code.casefold(): units for units, (code, _meaning) in _UCUM_OF_DICOM_UNITS.items()},
+    **{spelt.casefold(): "GML" for suv in ("SUVbw", "SUVlbm", "SUVibw")
+       for spelt in (f"{{{suv}}}g/ml", f"g/ml{{{suv}}}")},
+    "g/ml": "GML",
+    "{suvbsa}cm2/ml": "CM2ML",
+    "cm2/ml{suvbsa}": "CM2ML",
+}
+
+
+def node_dicom_units(node: Any) -> str:
+    """A volume node's VoxelValueUnits (a UCUM coded entry, e.g. Slicer's PET DICOM extension's "{SUVbw}g/ml") as
+    the DICOM Units (0054,1001) code the engine reads (:func:`io.dicom_units`: "GML", "BQML", "CNTS"...); "" where
+    the node states none, or units that are no PET's (a CT's HU, an MR's "no units", a code of another scheme)."""
+    entry = node.GetVoxelValueUnits() if node is not None and node.IsA("vtkMRMLScalarVolumeNode") else None
+    if entry is None or entry.GetCodingSchemeDesignator().strip().upper() not in ("UCUM", ""):
+        return ""
+    return _DICOM_UNITS_OF_UCUM.get(entry.GetCodeValue().strip().casefold(), "")
+
+
+def _coded_entry(value: str, scheme: str, meaning: str) -> Any:
+    import slicer
+
+    entry = slicer.vtkCodedEntry()
+    entry.SetValueSchemeMeaning(value, scheme, meaning)
+    return entry
+
+
+def _set_voxel_value_units(node: Any, units: str) -> None:
+    """Give a scalar volume node the VoxelValueUnits (and, for SUV, the VoxelValueQuantity) of the DICOM Units code
+    ``units``; none where ``units`` is "" or a code without a UCUM entry here, so that a reused node loses those of the
+    voxels it held before."""
+    if not node.IsA("vtkMRMLScalarVolumeNode"):
+        return
+    ucum = _UCUM_OF_DICOM_UNITS.get(units)
+    node.SetVoxelValueUnits(_coded_entry(ucum[0], "UCUM", ucum[1]) if ucum else None)
+    node.SetVoxelValueQuantity(_coded_entry(*_SUV_QUANTITY) if units == "GML" else None)
+
+
+def copy_voxel_value_units(source: Any, target: Any) -> None:
+    """Give ``target`` ``source``'s VoxelValueUnits and VoxelValueQuantity, as they are (copies; none where
+    ``source`` has none): for a volume in ``source``'s units, e.g. the registered (resampled) moving volume. A fused
+    image or a weight map is no longer in them: it gets none (:func:`volume_node_from_image` of an image without
+    DICOM Units)."""
+    if not (source.IsA("vtkMRMLScalarVolumeNode") and target.IsA("vtkMRMLScalarVolumeNode")):
+        return
+    for get, put in ((source.GetVoxelValueUnits, target.SetVoxelValueUnits),
+                     (source.GetVoxelValueQuantity, target.SetVoxelValueQuantity)):
+        entry = get()
+        put(_coded_entry(entry.GetCodeValue(), entry.GetCodingSchemeDesignator(), entry.GetCodeMeaning())
+            if entry is not None else None)
+
+
 def image_from_volume_node(node: Any, *, float32: bool = False) -> sitk.Image:
     """The volume node's voxels and geometry as a SimpleITK image (in LPS).
 
     Scalar, label-map and vector (e.g. RGB) volume nodes are supported. The node's own
     geometry is used (its IJK-to-RAS matrix); a parent transform is not applied (harden it
     first if it should be).
+
+    The node's VoxelValueUnits, where they are a PET's (:func:`node_dicom_units`), become the image's DICOM Units
+    (:func:`io.dicom_units`), as :func:`io.read_image` keeps a DICOM file's.
 
     Args:
         node: a ``vtkMRMLScalarVolumeNode`` (or label-map/vector volume node).
@@ -292,6 +385,8 @@ def image_from_volume_node(node: Any, *, float32: bool = False) -> sitk.Image:
     """
     import vtk
     from vtk.util import numpy_support
+
+    from .io import _with_units
 
     if node is None or not node.IsA("vtkMRMLVolumeNode"):
         raise InputError(f"'{_node_label(node)}' is not a volume node.", "Select a volume (image) node.")
@@ -345,7 +440,9 @@ def image_from_volume_node(node: Any, *, float32: bool = False) -> sitk.Image:
     image.SetDirection([float(v) for v in (_F3 @ direction_ras).ravel()])
     if float32 and components == 1:
         image = sitk.Cast(image, sitk.sitkFloat32)
-    return image
+    # a PET's units (Slicer's PET DICOM extension states them) as the engine reads them, from a file's DICOM Units:
+    # the Logic's windows and messages see a PET in Bq/mL or SUV as the CLI does (they had judged the values alone)
+    return _with_units(image, node_dicom_units(node))
 
 
 def volume_node_from_image(image: sitk.Image, scene: Any = None, *, name: str = "Volume",
@@ -357,7 +454,10 @@ def volume_node_from_image(image: sitk.Image, scene: Any = None, *, name: str = 
     when ``label``), multi-component (RGB) images to a ``vtkMRMLVectorVolumeNode``. 64-bit integer
     voxels (numpy's default integer, which nibabel writes to NIfTI as it is) are stored as doubles, exact
     up to 2^53: Slicer's slice views cannot reslice 64-bit integers and showed such a volume black. An ITK label map
-    (``sitkLabelUInt8``...) becomes its plain labels in a label-map volume node.
+    (``sitkLabelUInt8``...) becomes its plain labels in a label-map volume node. The image's DICOM Units
+    (:func:`io.dicom_units`: a PET file's BQML, GML...) become the node's VoxelValueUnits (and, for GML, its
+    VoxelValueQuantity SUV) as Slicer's PET DICOM extension states them; an image without them (a fused image, a
+    weight map) leaves the node none, a reused node's included.
 
     Args:
         image: the image (LPS).
@@ -373,8 +473,9 @@ def volume_node_from_image(image: sitk.Image, scene: Any = None, *, name: str = 
     import vtk
     from vtk.util import numpy_support
 
-    from .io import plain_labels
+    from .io import dicom_units, plain_labels
 
+    units = dicom_units(image)  # read first: JoinSeries and Cast below keep no metadata
     plain = plain_labels(image)
     if plain is not image:  # an ITK label map, whose voxels cannot be read (GetArrayFromImage aborted the process)
         image, label = plain, True
@@ -416,6 +517,7 @@ def volume_node_from_image(image: sitk.Image, scene: Any = None, *, name: str = 
     node.SetSpacing(*[float(s) for s in image.GetSpacing()])
     node.SetOrigin(*[float(v) for v in _F3 @ np.array(image.GetOrigin(), dtype=float)])
     node.SetAndObserveImageData(image_data)
+    _set_voxel_value_units(node, units)
     if display and node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     return node
@@ -912,7 +1014,8 @@ def reslice_volume_node(node: Any, reference_node: Any, *, interpolation: str = 
     resampling checks the transform conversion independently.
 
     Returns:
-        The resampled image (LPS) with the reference node's geometry.
+        The resampled image (LPS) with the reference node's geometry, and ``node``'s DICOM Units
+        (:func:`image_from_volume_node`).
     """
     import vtk
 
@@ -951,6 +1054,7 @@ def reslice_volume_node(node: Any, reference_node: Any, *, interpolation: str = 
     try:
         temp.CopyOrientation(reference_node)
         temp.SetAndObserveImageData(reslice.GetOutput())
+        copy_voxel_value_units(node, temp)  # the resliced voxels are still in the node's units
         return image_from_volume_node(temp)
     finally:
         scene.RemoveNode(temp)

@@ -490,6 +490,103 @@ class MrmlHelpersTest(unittest.TestCase):
 
 
 @unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
+class VoxelValueUnitsTest(unittest.TestCase):
+    """A PET's units: a node's VoxelValueUnits (a UCUM coded entry, as Slicer's PET DICOM extension sets them) and an
+    image's DICOM Units (0054,1001) (as io.read_image keeps them, and the engine reads them) are one another's, both
+    ways. Both had been dropped at the MRML bridge: a PET node in Bq/ml became an image that states no units, and a
+    PET file's image a node without VoxelValueUnits."""
+
+    def setUp(self) -> None:
+        self.scene = mrml.new_scene(slice_views=False)
+        z, y, x = np.indices((5, 12, 10))
+        self.pet = sitk.GetImageFromArray((1000.0 + 40.0 * x + 7.0 * y + z).astype(np.float32))
+        self.pet.SetSpacing((2.0, 2.0, 3.0))
+
+    def node_with_units(self, value: str, scheme: str = "UCUM", meaning: str = "m") -> Any:
+        node = mrml.volume_node_from_image(self.pet, self.scene, name="PET")
+        entry = slicer.vtkCodedEntry()
+        entry.SetValueSchemeMeaning(value, scheme, meaning)
+        node.SetVoxelValueUnits(entry)
+        return node
+
+    @staticmethod
+    def entry(entry: Any) -> tuple[str, str, str] | None:
+        return (None if entry is None
+                else (entry.GetCodeValue(), entry.GetCodingSchemeDesignator(), entry.GetCodeMeaning()))
+
+    def test_a_nodes_voxel_value_units_become_the_images_dicom_units(self) -> None:
+        from MultimodalFusionLib import io
+
+        for (value, scheme), code in ((("{SUVbw}g/ml", "UCUM"), "GML"),  # Slicer's PET DICOM extension
+                                      (("{SUVlbm}g/ml", "UCUM"), "GML"), (("g/ml{SUVbw}", "UCUM"), "GML"),
+                                      (("Bq/ml", "UCUM"), "BQML"), (("Bq/mL", "UCUM"), "BQML"),
+                                      (("{counts}", "UCUM"), "CNTS"), (("{SUVbsa}cm2/ml", "UCUM"), "CM2ML"),
+                                      # a CT's, an MR's (Slicer's DICOM plugin), another scheme's: no PET Units
+                                      (("[hnsf'U]", "UCUM"), ""), (("1", "UCUM"), ""), (("Bq/ml", "99X"), "")):
+            with self.subTest(value=value, scheme=scheme):
+                node = self.node_with_units(value, scheme)
+                for image in (mrml.image_from_volume_node(node), mrml.image_from_volume_node(node, float32=True),
+                              mrml.reslice_volume_node(node, node)):
+                    self.assertEqual(io.dicom_units(image), code)
+                self.assertEqual(mrml.node_dicom_units(node), code)
+        plain = mrml.volume_node_from_image(self.pet, self.scene, name="no units")
+        self.assertEqual(io.dicom_units(mrml.image_from_volume_node(plain)), "")
+
+    def test_an_images_dicom_units_become_the_nodes_voxel_value_units_and_a_reused_node_loses_them(self) -> None:
+        from MultimodalFusionLib import io
+
+        expected = {"BQML": (("Bq/ml", "UCUM", "Becquerels/milliliter"), None),
+                    "GML": (("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight"),
+                            ("126400", "DCM", "Standardized Uptake Value")),
+                    "CNTS": (("{counts}", "UCUM", "Counts"), None)}
+        for code, (units, quantity) in expected.items():
+            with self.subTest(code):
+                image = io._with_units(sitk.Image(self.pet), code)
+                # a 3D image, a 2D one (JoinSeries keeps no metadata) and 64-bit integers (cast to doubles)
+                for kept in (image, io._with_units(image[:, :, 2], code),
+                             io._with_units(sitk.Cast(image, sitk.sitkInt64), code)):
+                    node = mrml.volume_node_from_image(kept, self.scene, name=code)
+                    self.assertEqual(self.entry(node.GetVoxelValueUnits()), units)
+                    self.assertEqual(self.entry(node.GetVoxelValueQuantity()), quantity)
+                    # and back: the image read from the node states the same code
+                    self.assertEqual(io.dicom_units(mrml.image_from_volume_node(node)), code)
+                # the node reused for an image in no stated units (a fused image, a weight map) states none
+                mrml.volume_node_from_image(self.pet, node=node)
+                self.assertIsNone(node.GetVoxelValueUnits())
+                self.assertIsNone(node.GetVoxelValueQuantity())
+
+    def test_a_pet_files_units_reach_the_node_and_a_saved_scene(self) -> None:
+        """A DICOM PET series and an NRRD read with io.read_image (the project's loader) and put into a node: the
+        node states the file's units, and a scene saved as .mrb or .mrml and loaded again still does (MRML writes
+        them as the node's voxelValueUnits and voxelValueQuantity attributes)."""
+        from test_dicom_inputs import _pet_body, write_pet_series
+
+        from MultimodalFusionLib import io
+
+        with tempfile.TemporaryDirectory() as folder:
+            write_pet_series(os.path.join(folder, "dicom"), _pet_body(1, 8), "GML")
+            io.write_image(io._with_units(sitk.Image(self.pet), "BQML"), os.path.join(folder, "pet.nrrd"))
+            gml = mrml.volume_node_from_image(io.read_image(os.path.join(folder, "dicom")), self.scene, name="SUV")
+            bqml = mrml.volume_node_from_image(io.read_image(os.path.join(folder, "pet.nrrd")), self.scene,
+                                               name="Bq")
+            want = {"SUV": (("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight"),
+                            ("126400", "DCM", "Standardized Uptake Value")),
+                    "Bq": (("Bq/ml", "UCUM", "Becquerels/milliliter"), None)}
+            for node in (gml, bqml):
+                self.assertEqual((self.entry(node.GetVoxelValueUnits()), self.entry(node.GetVoxelValueQuantity())),
+                                 want[node.GetName()])
+            for ext in (".mrb", ".mrml"):
+                with self.subTest(ext):
+                    loaded = mrml.load_scene(mrml.save_scene(os.path.join(folder, "saved" + ext), self.scene))
+                    for name, (units, quantity) in want.items():
+                        node = loaded.GetFirstNodeByName(name)
+                        self.assertEqual(self.entry(node.GetVoxelValueUnits()), units)
+                        self.assertEqual(self.entry(node.GetVoxelValueQuantity()), quantity)
+                        self.assertEqual(io.dicom_units(mrml.image_from_volume_node(node)),
+                                         "GML" if name == "SUV" else "BQML")
+
+
+@unittest.skipUnless(HAVE_MRML, "needs Slicer's MRML libraries (pip install slicer-core)")
 class DiffusionTensorNodesTest(unittest.TestCase):
     """A vtkMRMLDiffusionTensorVolumeNode (its tensors are the image data's tensors, no scalars) given to the
     Logic's register, fuse or run is refused as tensors, with the b0/FA route as the fix; before, it was "Volume
