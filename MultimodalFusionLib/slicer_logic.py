@@ -514,6 +514,10 @@ class FusionLogic:
             resampled_node = _written(mrml.volume_node_from_image(
                 round_to_8bit(resampled) if moving_8bit else resampled, scene,
                 name=f"{movingVolumeNode.GetName()} registered", node=outputVolumeNode))
+        if resampled_node is not None:
+            # the moving volume's voxels on the fixed grid, in its units: its VoxelValueUnits and Quantity as they are
+            # (a PET's Bq/ml or SUV, a CT's HU); the node had none, and a reused one kept those of its old voxels
+            mrml.copy_voxel_value_units(movingVolumeNode, resampled_node)
         if applyTransform:
             shown_through = movingVolumeNode.GetParentTransformNode()
             # read before the volume moves: a mask that is the moving volume itself would be under the result

@@ -851,6 +851,51 @@ class LogicTest(unittest.TestCase):
         self.assertEqual(composite.GetForegroundVolumeID(), out.resampledVolumeNode.GetID())
         self.assertEqual(composite.GetForegroundOpacity(), 0.3)
 
+    def test_a_pets_units_reach_the_engine_and_the_registered_volume_not_the_fused_one(self) -> None:
+        """A PET node's VoxelValueUnits (as Slicer's PET DICOM extension sets them) reach the engine: a window that
+        holds none of a PET in Bq/ml is refused naming its units, as the CLI names a DICOM PET's. The registered
+        (resampled) moving volume is in the moving volume's units: it gets its VoxelValueUnits and Quantity, as they
+        are; the fused image and the weight map are not: they get none, a reused node's old ones removed. All had
+        been dropped: the refusal named no units, and the registered volume stated none."""
+
+        def coded(value: str, scheme: str, meaning: str) -> Any:
+            entry = slicer.vtkCodedEntry()
+            entry.SetValueSchemeMeaning(value, scheme, meaning)
+            return entry
+
+        def state(node: Any) -> tuple:
+            return tuple(None if e is None else e.GetAsString()
+                         for e in (node.GetVoxelValueUnits(), node.GetVoxelValueQuantity()))
+
+        bq = mrml.volume_node_from_image(self.moving * 1000.0 + 1000.0, self.scene, name="PET Bq/ml")
+        bq.SetVoxelValueUnits(coded("Bq/ml", "UCUM", "Becquerels/milliliter"))
+        with self.assertRaises(InputError) as ctx:
+            self.logic.fuseVolumes(self.mr, bq, method="average", window_b=(0.0, 8.0))
+        self.assertIn("Bq/mL (DICOM Units BQML)", str(ctx.exception))
+        self.assertIn("this PET is stored in Bq/mL (DICOM Units BQML), not in SUV", ctx.exception.fix)
+
+        self.pet.SetVoxelValueUnits(coded("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight"))
+        self.pet.SetVoxelValueQuantity(coded("126400", "DCM", "Standardized Uptake Value"))
+        ct = mrml.volume_node_from_image(self.moving, self.scene, name="CT")
+        ct.SetVoxelValueUnits(coded("[hnsf'U]", "UCUM", "Hounsfield unit"))
+        ct.SetVoxelValueQuantity(coded("112031", "DCM", "Attenuation Coefficient"))
+        reused = None
+        for moving in (self.pet, ct):  # the second into the first's output node: its units replaced
+            with self.subTest(moving.GetName()):
+                out = self.logic.registerVolumes(self.mr, moving, stages=["rigid"], seed=3, outputVolumeNode=reused)
+                reused = out.resampledVolumeNode
+                self.assertEqual(state(reused), state(moving))
+                self.assertIsNot(reused.GetVoxelValueUnits(), moving.GetVoxelValueUnits())  # copies
+        registered = self.logic.registerVolumes(self.mr, self.pet, stages=["rigid"], seed=3).resampledVolumeNode
+        old = mrml.volume_node_from_image(self.moving, self.scene, name="old fused")
+        old.SetVoxelValueUnits(coded("Bq/ml", "UCUM", "Becquerels/milliliter"))
+        fused = self.logic.fuseVolumes(self.mr, registered, method="laplacian", outputVolumeNode=old)
+        self.assertIs(fused.fusedVolumeNode, old)
+        for node in (fused.fusedVolumeNode, fused.weightsVolumeNode):
+            self.assertEqual(state(node), (None, None))
+        self.assertEqual(state(self.pet)[0], "CodeValue:{SUVbw}g/ml|CodingSchemeDesignator:UCUM|CodeMeaning:"
+                                             "Standardized Uptake Value body weight")  # the input as it was
+
     def test_show_fusion_and_save_results(self) -> None:
         count = self.logic.showFusion(self.mr, self.pet, opacity=0.25, colormap="PET-Heat", threshold=None)
         self.assertEqual(count, 3)
