@@ -138,7 +138,8 @@ def to_8bit(image: Any, *, fused: bool = False) -> np.ndarray:
     (the 0..1 scale of torch/MONAI outputs and scikit-image's float images), is multiplied by 255
     and rounded, as scikit-image's ``img_as_ubyte`` does; one otherwise inside 0..255 (what
     :func:`MultimodalFusionLib.fusion.fuse` returns) is rounded and clipped. Anything else is
-    min-max scaled to 0..255 and rounded, the same scaling ``fuse`` applies to its inputs.
+    min-max scaled to 0..255 and rounded, the same scaling ``fuse`` applies to its inputs (its padding, a CT's
+    -32768 outside its reconstruction circle, left out of the range and clipped to 0: ``preprocess.unpadded_range``).
 
     Args:
         image: sitk.Image, FusionResult (its grey image) or numpy array.
@@ -158,8 +159,11 @@ def to_8bit(image: Any, *, fused: bool = False) -> np.ndarray:
         return np.round(arr * 255.0)
     if is_8bit or (fused and lo >= -0.5 and hi <= 255.5):
         return np.clip(np.round(arr), 0, 255)
+    from .preprocess import unpadded_range
+
+    lo, hi = unpadded_range(arr)  # as fuse: a CT's padding (-32768) left out of the range, clipped to 0
     if hi > lo:
-        return np.round((arr - lo) / (hi - lo) * 255.0)
+        return np.round(np.clip((arr - lo) / (hi - lo), 0.0, 1.0) * 255.0)
     return np.zeros_like(arr)
 
 

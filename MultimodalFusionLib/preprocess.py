@@ -22,6 +22,8 @@ __all__ = [
     "chain_transforms",
     "displacement_fields_outside",
     "robust_range",
+    "without_padding",
+    "unpadded_range",
     "reorient_to_lps",
     "normalize_intensity",
     "foreground_mask",
@@ -690,12 +692,49 @@ def _components_kind(moving: sitk.Image, transform: sitk.Transform, components: 
                      "components='channels' (--components channels: each component on its own).")
 
 
+#: the lowest value a CT's voxels hold in Hounsfield units (-1024 is air as stored with the usual intercept; -3024 the
+#: lowest 12-bit value under it): an image's minimum below it is a fill value (:func:`without_padding`) or no HU
+LOWEST_HU = -3100.0
+
+
+def without_padding(values: np.ndarray) -> np.ndarray:
+    """The finite ``values`` (flattened) but the padding: the voxels of their minimum where it lies below
+    :data:`LOWEST_HU`, one fill value (-32768, int16's lowest, outside the reconstruction circle of many scanners'
+    CT exports; an MR or PET so padded too). All of it when every value is the fill.
+
+    The one rule of every window taken from an image's own values (the Slicer and web display windows, the web's
+    volume rendering and fusion windows, the report's and checkerboard's pictures: :func:`robust_range`) and of
+    fusion's min-max scaling (:func:`unpadded_range`), whose low end had been the padding: a padded CT's auto
+    window started at -32768 and its fused brain lay in a few grey levels near white. ``web.viewer.looks_like_ct``
+    takes it too. Registration does not: its inputs are as given."""
+    values = np.asarray(values).ravel()
+    if np.issubdtype(values.dtype, np.floating):
+        values = values[np.isfinite(values)]
+    if values.size == 0:
+        return values
+    fill = values.min()
+    if float(fill) >= LOWEST_HU:
+        return values
+    rest = values[values != fill]
+    return rest if rest.size else values
+
+
+def unpadded_range(values: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the finite ``values`` but their padding (:func:`without_padding`): the range fusion scales an
+    image by to 0..1 (``fusion.to_unit``, the metrics' 0..255 alike); padding voxels lie below it (clipped to 0).
+    (0, 0) when nothing is finite."""
+    rest = without_padding(values)
+    if rest.size == 0:
+        return 0.0, 0.0
+    return float(rest.min()), float(rest.max())
+
+
 def robust_range(values: np.ndarray, low: float, high: float) -> tuple[float, float]:
-    """Display range ``(lo, hi)``: the ``low``/``high`` percentiles of the finite values (robust to hot
-    spots and outliers), their min/max where the percentiles coincide, and never an empty range
-    (``hi > lo``); (0, 1) when nothing is finite. The report, the Slicer displays and the web viewer use it."""
-    values = np.asarray(values)
-    finite = values[np.isfinite(values)] if np.issubdtype(values.dtype, np.floating) else values.ravel()
+    """Display range ``(lo, hi)``: the ``low``/``high`` percentiles of the finite values but the padding
+    (:func:`without_padding`: a CT's -32768 outside its reconstruction circle) (robust to hot spots and
+    outliers), their min/max where the percentiles coincide, and never an empty range (``hi > lo``); (0, 1) when
+    nothing is finite. The report, the checkerboard, the Slicer displays and the web viewer use it."""
+    finite = without_padding(values)
     if finite.size == 0:
         return 0.0, 1.0
     lo, hi = (float(v) for v in np.percentile(finite, [low, high]))

@@ -289,6 +289,21 @@ class MrmlHelpersTest(unittest.TestCase):
                                            robust_range(values, 1.0, 99.5), rtol=0, atol=1e-9)
                 self.assertEqual(display.GetUpperThreshold(), float(values.max()))
 
+    def test_a_padded_cts_display_window_leaves_out_its_padding(self) -> None:
+        """A CT padded with -32768 outside its reconstruction circle (30% of the voxels) had been displayed with
+        the window -32768..1000: its head a few grey levels near white. The window is the one of the voxels inside."""
+        from MultimodalFusionLib.preprocess import robust_range
+
+        z, y, x = np.mgrid[:4, :32, :32]
+        fov = np.hypot(y - 15.5, x - 15.5) < 15
+        ct = np.where(np.hypot(y - 15.5, x - 15.5) < 10, 40 + (x % 7) * 10, -1000 + (y % 5)).astype(np.int16)
+        node = mrml.volume_node_from_image(sitk.GetImageFromArray(np.where(fov, ct, -32768).astype(np.int16)),
+                                           self.scene, name="padded ct")
+        display = mrml.setup_anatomical_display(node)
+        np.testing.assert_allclose([display.GetWindowLevelMin(), display.GetWindowLevelMax()],
+                                   robust_range(ct[fov], 0.5, 99.5), rtol=0, atol=1e-9)
+        self.assertGreater(display.GetWindowLevelMin(), -1001.0)
+
     def test_a_nan_voxel_leaves_the_functional_threshold_finite(self) -> None:
         # the upper threshold was the voxels' max(), NaN with one NaN voxel: no voxel passed it, so the whole
         # PET was transparent over the anatomy

@@ -127,10 +127,35 @@ class FusionWindowPresetsOffered(unittest.TestCase):
                 self.assertEqual(self._offered(volume), {"ct-soft-tissue", "ct-lung", "ct-bone", "ct-brain"}
                                  if is_ct else set())
 
+    def test_the_viewers_ranges_leave_out_a_cts_padding(self) -> None:
+        """A CT padded with -32768 outside its reconstruction circle had its window/level sliders run from -32768,
+        its volume rendering start at the Otsu threshold between the padding and the rest (-32504 here, far below
+        the air) and its Engine default fusion window shown as -32768..1000: each is the CT's own, inside."""
+        import numpy as np
+
+        from MultimodalFusionLib.web import viewer
+        from MultimodalFusionLib.web.app import _engine_default_window
+
+        rng = np.random.default_rng(5)
+        z, y, x = np.mgrid[:4, :48, :48]
+        radius = np.hypot(y - 23.5, x - 23.5)
+        fov, body = radius < 23, radius < 16
+        ct = np.where(body, rng.normal(40, 15, fov.shape), -1000 + rng.normal(0, 5, fov.shape))
+        ct = np.where((radius > 13) & body, 1000.0, ct).astype(np.int16)
+        padded = sitk.GetImageFromArray(np.where(fov, ct, -32768).astype(np.int16))
+        unpadded = sitk.GetImageFromArray(np.where(fov, ct, ct[fov].min()).astype(np.int16))
+        self.assertEqual(viewer.image_range(padded), (float(ct[fov].min()), 1000.0))
+        self.assertGreater(viewer._otsu(padded), -1000.0)  # between the air and the head
+        self.assertAlmostEqual(viewer._otsu(padded), viewer._otsu(unpadded), delta=20.0)
+        self.assertEqual(viewer._percentiles(padded, 1.0, 99.9)[0], float(np.percentile(ct[fov], 1.0)))
+        for side, method in (("a", "average"), ("b", "overlay")):
+            with self.subTest(side=side, method=method):
+                self.assertEqual(_engine_default_window(padded, side, method)[0][0], float(ct[fov].min()))
+
     def test_the_percentile_window_leaves_out_the_padding_the_ct_rule_leaves_out(self) -> None:
         """The 1st-99th percentile fusion window of a CT padded with -32768 (int16's lowest, outside the reconstruction
         circle) had been -32768..1000, its low end the padding (29% of the voxels here): it leaves out the one fill
-        value below -3100 that looks_like_ct leaves out (viewer.without_padding), for an MR so padded too, and is the
+        value below -3100 that looks_like_ct leaves out (preprocess.without_padding), for an MR so padded too, and is the
         window of the voxels inside the field of view."""
         import numpy as np
 

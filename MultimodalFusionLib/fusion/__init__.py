@@ -208,8 +208,12 @@ def to_unit(image: sitk.Image | np.ndarray, window: Sequence[float] | None = Non
 
     Rule (shared with :mod:`MultimodalFusionLib.metrics`): a given ``window`` (lo, hi) maps to
     0..1 and is clipped; 8-bit images (UInt8 pixels) are divided by 255, so PNG slices keep
-    their values; anything else (CT in HU, PET in SUV, MR) is min-max scaled.
+    their values; anything else (CT in HU, PET in SUV, MR) is min-max scaled, its padding left out
+    (``preprocess.unpadded_range``: a CT's -32768 outside its reconstruction circle goes to 0, where its
+    brain had been squashed into a few grey levels near 1).
     """
+    from ..preprocess import unpadded_range
+
     if isinstance(image, sitk.Image):
         if is_8bit is None:
             is_8bit = image.GetPixelID() == sitk.sitkUInt8
@@ -225,11 +229,13 @@ def to_unit(image: sitk.Image | np.ndarray, window: Sequence[float] | None = Non
     if is_8bit:
         arr /= 255.0
         return arr
-    lo, hi = float(arr.min()), float(arr.max())
+    lo, hi = unpadded_range(arr)
     if not hi > lo:
         return np.zeros_like(arr)
     arr -= lo  # the same operations as (arr - lo) / (hi - lo), so the same values, in place
     arr /= hi - lo
+    if arr.size and float(arr.min()) < 0.0:  # padding, below the range
+        np.maximum(arr, 0.0, out=arr)
     return arr
 
 
@@ -697,7 +703,12 @@ def _recorded(value: Any) -> Any:
 
 def _overlay_default_window(values: np.ndarray) -> tuple[tuple[float, float], str]:
     """The overlay's functional window given none, and its rule: min..99.5th percentile of ``values`` (a PET's hot
-    spots above it saturate), min..max where the two meet. The web panel shows both as the Engine default."""
+    spots above it saturate), min..max where the two meet, the padding left out of both
+    (``preprocess.without_padding``: -32768 outside a CT's reconstruction circle, which had been the window's low
+    end). The web panel shows both as the Engine default."""
+    from ..preprocess import without_padding
+
+    values = without_padding(values)
     low, high = float(values.min()), float(np.percentile(values, 99.5))
     if high > low:
         return (low, high), "min..99.5th percentile"

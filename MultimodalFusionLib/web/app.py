@@ -255,17 +255,16 @@ def _fusion_window_choices(image: sitk.Image) -> tuple[list[dict[str, str]], dic
         engine's default amounts to (shown in the fields under Default), the words for that default).
     """
     from ..preprocess import robust_range
-    from .viewer import looks_like_ct, looks_like_suv, without_padding
+    from .viewer import looks_like_ct, looks_like_suv
 
     items = [{"title": "Engine default (no window)", "value": _FW_DEFAULT}, {"title": "Manual", "value": _FW_MANUAL}]
     windows: dict[str, tuple[float, float]] = {}
     default, words = _engine_default_window(image, "a")
     if image.GetNumberOfComponentsPerPixel() > 1:  # colour: its luminance is fused; a window is typed (Manual)
         return items, windows, default, words
-    # the padding looks_like_ct leaves out (one fill value below -3100, e.g. -32768) left out here too: a CT so
-    # padded had been offered -32768..1000 (its padding past the 1st percentile), of no use as a window
-    values = without_padding(sitk.GetArrayViewFromImage(image))
-    lo, hi = robust_range(values if values.size else sitk.GetArrayViewFromImage(image), 1.0, 99.0)
+    # robust_range leaves out the padding looks_like_ct leaves out (preprocess.without_padding: -32768 outside a
+    # CT's reconstruction circle): a CT so padded had been offered -32768..1000, of no use as a window
+    lo, hi = robust_range(sitk.GetArrayViewFromImage(image), 1.0, 99.0)
     named = {_FW_PERCENTILE: ("1st-99th percentile", (lo, hi))}
     presets = {**(_CT_FUSION_WINDOWS if looks_like_ct(image) else {}),
                **(_SUV_FUSION_WINDOWS if looks_like_suv(image) else {})}

@@ -523,10 +523,12 @@ def _range_kind(role: str) -> str:
 
 
 def image_range(image: sitk.Image) -> tuple[float, float]:
-    """(min, max) of the finite voxel values of a scalar image."""
-    arr = sitk.GetArrayViewFromImage(image)
-    if np.issubdtype(arr.dtype, np.floating):
-        arr = arr[np.isfinite(arr)]
+    """(min, max) of the finite voxel values of a scalar image but its padding (``preprocess.without_padding``: a
+    CT's -32768 outside its reconstruction circle, whose sliders had run from it), the range ``fusion.fuse``
+    scales it by given no window; (0, 1) when nothing is finite."""
+    from ..preprocess import without_padding
+
+    arr = without_padding(sitk.GetArrayViewFromImage(image))
     if arr.size == 0:
         return 0.0, 1.0
     return float(arr.min()), float(arr.max())
@@ -540,38 +542,21 @@ def _finite_sample(image: sitk.Image) -> np.ndarray:
     return sample[np.isfinite(sample)] if np.issubdtype(sample.dtype, np.floating) else sample
 
 
-#: the lowest value a CT's voxels hold in Hounsfield units (-1024 is air as stored with the usual intercept; -3024 the
-#: lowest 12-bit value under it): an image's minimum below it is a fill value or no HU (:func:`looks_like_ct`)
-_LOWEST_HU = -3100.0
-
-
-def without_padding(values: np.ndarray) -> np.ndarray:
-    """The finite ``values`` (flattened) but those of their minimum where it lies below :data:`_LOWEST_HU`: one fill
-    value (-32768, int16's lowest, outside the reconstruction circle of many scanners' exports) left out as padding.
-    The one rule :func:`looks_like_ct` and the web's 1st-99th percentile fusion window take (whose low end had been
-    the padding, -32768, for a CT so padded)."""
-    values = np.asarray(values).ravel()
-    if np.issubdtype(values.dtype, np.floating):
-        values = values[np.isfinite(values)]
-    if values.size == 0:
-        return values
-    fill = values.min()
-    return values[values != fill] if float(fill) < _LOWEST_HU else values
-
-
 def looks_like_ct(image: sitk.Image) -> bool:
     """True for an image in Hounsfield units: air near -1000 HU and values reaching bone's hundreds, none below
-    :data:`_LOWEST_HU`, where a minimum below it is a fill value (-32768, int16's lowest, outside the reconstruction
+    :data:`..preprocess.LOWEST_HU`, where a minimum below it is a fill value (-32768, int16's lowest, outside the reconstruction
     circle of many scanners' exports), its voxels left out as padding: a CT so padded had been offered no CT presets,
     while an MR or a PET so padded (the rest 0 and up) is still none, and an image whose values run on below -3100
     (a phase map, a difference image: more than one value down there) is not one either."""
     if image.GetNumberOfComponentsPerPixel() > 1:
         return False
+    from ..preprocess import LOWEST_HU, without_padding
+
     sample = without_padding(_finite_sample(image))  # any other value below -3100 left: no HU (below)
     if sample.size == 0:
         return False
     low, high = (float(v) for v in np.percentile(sample, [1.0, 99.9]))
-    return low <= -500.0 and float(sample.min()) >= _LOWEST_HU and high >= 100.0
+    return low <= -500.0 and float(sample.min()) >= LOWEST_HU and high >= 100.0
 
 
 def looks_like_suv(image: sitk.Image) -> bool:
@@ -615,8 +600,15 @@ def _functional_window(image: sitk.Image, percentiles: tuple[float, float]) -> t
 
 
 def _otsu(image: sitk.Image) -> float:
+    """The Otsu threshold of the image's values but its padding (``preprocess.without_padding``: with a CT's
+    -32768 in, the threshold split the padding from the rest and the volume rendering began far below the air)."""
+    from ..preprocess import without_padding
+
+    values = without_padding(sitk.GetArrayViewFromImage(image))
+    if values.size == 0:
+        return 0.0
     otsu = sitk.OtsuThresholdImageFilter()
-    otsu.Execute(sitk.Cast(image, sitk.sitkFloat32))
+    otsu.Execute(sitk.GetImageFromArray(values.astype(np.float32).reshape(1, -1)))
     return float(otsu.GetThreshold())
 
 
