@@ -23,6 +23,7 @@ __all__ = [
     "displacement_fields_outside",
     "robust_range",
     "without_padding",
+    "padding_mask",
     "unpadded_range",
     "reorient_to_lps",
     "normalize_intensity",
@@ -697,26 +698,66 @@ def _components_kind(moving: sitk.Image, transform: sitk.Transform, components: 
 LOWEST_HU = -3100.0
 
 
+#: padding is its fill value and values within this share of it (B-spline and Lanczos interpolation ring around it:
+#: a CT padded with -32768 rotated 10 degrees, float, held -32759 to -36160 where the padding lay)
+_PADDING_TOLERANCE = 0.1
+#: how many voxels from the fill value its interpolated rim reaches: mixtures of the fill and the image (-20000,
+#: -5000...) along the padding's edge in an image resampled from a padded one (2 measured, linear, B-spline and
+#: Lanczos; 3 for a finer grid)
+_PADDING_RIM_VOXELS = 3
+
+
+def padding_mask(values: np.ndarray) -> np.ndarray | None:
+    """Where ``values`` (an image's voxels, in its shape) are padding, None where none are: a fill value below
+    :data:`LOWEST_HU` (-32768, int16's lowest, outside the reconstruction circle of many scanners' CT exports; an MR
+    or PET so padded too), the values within 10% of it, and, where other values lie below :data:`LOWEST_HU` (an
+    image resampled from a padded one), the values within 3 voxels of those that lie below every value of the
+    image farther away: the padding's rim (linear interpolation mixes the fill with the image along its edge,
+    -20000, -5000, -500..., B-spline and Lanczos overshoot too), which had read as values below any HU. Other
+    values below :data:`LOWEST_HU` (a phase map's, a difference image's, that run on below it) are no padding. The fill is
+    the lowest value, or, where interpolation overshot below it, the median of the values below :data:`LOWEST_HU`:
+    the one of the two that more of them lie near. A flat array (no neighbours) has its fill value only."""
+    arr = np.asarray(values)
+    with np.errstate(invalid="ignore"):
+        below = arr < LOWEST_HU  # NaN: not below
+    if not below.any():
+        return None
+    low = arr[below].astype(np.float64)
+    candidates = (float(low.min()), float(np.median(low)))
+    near = [np.count_nonzero(np.abs(low - c) <= _PADDING_TOLERANCE * abs(c)) for c in candidates]
+    fill = candidates[int(np.argmax(near))]
+    reach = _PADDING_TOLERANCE * abs(fill)
+    mask = below & (arr >= fill - reach) & (arr <= fill + reach)
+    if arr.ndim >= 2 and mask.any() and (below & ~mask).any():  # a rim: resampled from a padded image
+        from scipy.ndimage import binary_dilation
+
+        around = binary_dilation(mask, structure=np.ones((3,) * arr.ndim, bool), iterations=_PADDING_RIM_VOXELS)
+        # the rim: values near the fill below every value of the image away from it (mixtures above -3100 too,
+        # which had made an MR so padded and rotated read as a CT: air near -1000)
+        away = arr[~around]
+        away = away[np.isfinite(away)] if np.issubdtype(away.dtype, np.floating) else away
+        floor = float(away.min()) if away.size else LOWEST_HU
+        with np.errstate(invalid="ignore"):
+            mask |= around & (arr < floor)
+    return mask
+
+
 def without_padding(values: np.ndarray) -> np.ndarray:
-    """The finite ``values`` (flattened) but the padding: the voxels of their minimum where it lies below
-    :data:`LOWEST_HU`, one fill value (-32768, int16's lowest, outside the reconstruction circle of many scanners'
-    CT exports; an MR or PET so padded too). All of it when every value is the fill.
+    """The finite ``values`` (flattened) but their padding (:func:`padding_mask`: a fill value below
+    :data:`LOWEST_HU`, -32768 outside the reconstruction circle of many scanners' CT exports, with its interpolated
+    rim where ``values`` come in the image's shape). All of them when every value is padding.
 
     The one rule of every window taken from an image's own values (the Slicer and web display windows, the web's
     volume rendering and fusion windows, the report's and checkerboard's pictures: :func:`robust_range`) and of
     fusion's min-max scaling (:func:`unpadded_range`), whose low end had been the padding: a padded CT's auto
     window started at -32768 and its fused brain lay in a few grey levels near white. ``web.viewer.looks_like_ct``
     takes it too. Registration does not: its inputs are as given."""
-    values = np.asarray(values).ravel()
-    if np.issubdtype(values.dtype, np.floating):
-        values = values[np.isfinite(values)]
-    if values.size == 0:
-        return values
-    fill = values.min()
-    if float(fill) >= LOWEST_HU:
-        return values
-    rest = values[values != fill]
-    return rest if rest.size else values
+    values = np.asarray(values)
+    mask = padding_mask(values)
+    rest = values.ravel() if mask is None or mask.all() else values[~mask]
+    if np.issubdtype(rest.dtype, np.floating):
+        rest = rest[np.isfinite(rest)]
+    return rest
 
 
 def unpadded_range(values: np.ndarray) -> tuple[float, float]:

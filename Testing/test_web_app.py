@@ -91,7 +91,8 @@ class FusionWindowPresetsOffered(unittest.TestCase):
     def test_ct_windows_for_a_ct_padded_with_int16s_lowest_and_not_for_a_padded_mr_or_pet(self) -> None:
         """A CT whose field of view is padded with -32768 (int16's lowest value, outside the reconstruction circle of
         many scanners' exports) had been offered no CT windows (looks_like_ct refused any value below -3100 HU); an MR
-        or a PET padded the same way, and images whose values run on below -3100, must still get none."""
+        or a PET padded the same way, and images whose values run on below -3100, must still get none; so for such
+        images resampled, turned 10 degrees (linear, B-spline), whose CT had been offered none either."""
         import numpy as np
 
         from MultimodalFusionLib.web.viewer import looks_like_ct
@@ -121,6 +122,16 @@ class FusionWindowPresetsOffered(unittest.TestCase):
             "values -5000..5000": (image(ramp, np.float32, None), False),
             "every voxel -32768": (image(np.full(fov.shape, -32768), np.int16, None), False),
         }
+        # resampled (mmfusion resample, run's moving_resampled), turned 10 degrees: the padding's edge holds mixtures
+        # of -32768 and the image (-20000, -5000, -500...), B-spline's overshoot too, which had made a CT read as none
+        from MultimodalFusionLib.preprocess import resample
+
+        turn = sitk.Euler3DTransform((19.5, 19.5, 2.5), 0.0, 0.0, np.radians(10.0))
+        for interpolation in ("linear", "bspline"):
+            for kind, values, dtype, is_ct in (("CT", ct, np.int16, True), ("MR", mr, np.int16, False),
+                                               ("values -5000..5000", ramp, np.float32, False)):
+                turned = resample(image(values, dtype, -32768), image(values, dtype, -32768), turn, interpolation)
+                cases[f"{kind}, padded with -32768, turned ({interpolation})"] = (turned, is_ct)
         for name, (volume, is_ct) in cases.items():
             with self.subTest(name):
                 self.assertEqual(looks_like_ct(volume), is_ct)

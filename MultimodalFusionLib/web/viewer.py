@@ -534,25 +534,31 @@ def image_range(image: sitk.Image) -> tuple[float, float]:
     return float(arr.min()), float(arr.max())
 
 
-def _finite_sample(image: sitk.Image) -> np.ndarray:
-    """A regular subsample (about a million voxels at most) of a scalar image's finite values, for
-    :func:`looks_like_ct` and :func:`looks_like_suv`."""
+def _finite_sample(image: sitk.Image, keep: np.ndarray | None = None) -> np.ndarray:
+    """A regular subsample (about a million voxels at most) of a scalar image's finite values (those where ``keep``,
+    in the image's shape, is true), for :func:`looks_like_ct` and :func:`looks_like_suv`."""
     arr = sitk.GetArrayViewFromImage(image).ravel()
-    sample = arr[::max(1, arr.size // 1_000_000)]
+    step = max(1, arr.size // 1_000_000)
+    sample = arr[::step] if keep is None else arr[::step][keep.ravel()[::step]]
     return sample[np.isfinite(sample)] if np.issubdtype(sample.dtype, np.floating) else sample
 
 
 def looks_like_ct(image: sitk.Image) -> bool:
     """True for an image in Hounsfield units: air near -1000 HU and values reaching bone's hundreds, none below
-    :data:`..preprocess.LOWEST_HU`, where a minimum below it is a fill value (-32768, int16's lowest, outside the reconstruction
-    circle of many scanners' exports), its voxels left out as padding: a CT so padded had been offered no CT presets,
-    while an MR or a PET so padded (the rest 0 and up) is still none, and an image whose values run on below -3100
-    (a phase map, a difference image: more than one value down there) is not one either."""
+    ``preprocess.LOWEST_HU`` but padding (``preprocess.padding_mask``): a fill value (-32768, int16's lowest, outside
+    the reconstruction circle of many scanners' exports) and, in an image resampled from a padded one, its
+    interpolated rim (mixtures of the fill and the image, B-spline's overshoot), left out. A CT so padded had been
+    offered no CT presets, and one so padded then rotated none either (its rim read as values below any HU); an MR
+    or a PET so padded (the rest 0 and up) is still none, and an image whose values run on below -3100 (a phase
+    map, a difference image) is not one either."""
     if image.GetNumberOfComponentsPerPixel() > 1:
         return False
-    from ..preprocess import LOWEST_HU, without_padding
+    from ..preprocess import LOWEST_HU, padding_mask
 
-    sample = without_padding(_finite_sample(image))  # any other value below -3100 left: no HU (below)
+    arr = sitk.GetArrayViewFromImage(image)
+    padding = padding_mask(arr)  # on the whole image: the padding's rim is told by its neighbours
+    sample = _finite_sample(image, None if padding is None or padding.all() else ~padding)
+    # any other value below -3100 left: no HU (below)
     if sample.size == 0:
         return False
     low, high = (float(v) for v in np.percentile(sample, [1.0, 99.9]))
