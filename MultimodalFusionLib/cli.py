@@ -298,17 +298,24 @@ def _run_register(args: argparse.Namespace) -> int:
     moving = read_image(args.moving, series=_series(args, "moving"), float32=True)
     fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
     moving_mask = read_image(args.moving_mask) if args.moving_mask else None
+    # read once: the registration starts from it and the checkerboard's "before" shows it (it had been read twice)
+    initial = read_transform(args.initial_transform) if args.initial_transform else None
+    # a displacement field that leaves part of the fixed grid unmoved starts the registration from no move there,
+    # which resample and evaluate-registration note and register had not
+    coverage = _field_coverage_notes([args.initial_transform], [initial], False, fixed, "fixed image",
+                                     "Start from a field that covers the fixed image (ANTs writes its warp on the "
+                                     "fixed image's grid).") if initial is not None else []
     # a 2D slice saved as a volume (Slicer, ITK-SNAP) is registered as the 2D image it is; the resampled
     # moving image is written back as a one-slice volume on the fixed one's geometry
     slice_volume, fixed, moving, fixed_mask, moving_mask = one_slice_inputs_as_2d(fixed, moving, fixed_mask, moving_mask)
     bar = ProgressBar(desc="register")
     try:
         result = register(fixed, moving, settings, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                          initial_transform=args.initial_transform, progress=bar, backend=args.backend)
+                          initial_transform=initial, progress=bar, backend=args.backend)
     finally:
         bar.close()
+    result.warnings[:0] = coverage  # printed with the registration's own, and kept in metrics.json
     # the checkerboard's "before" shows where the registration started (the metric_before transform)
-    initial = read_transform(args.initial_transform) if args.initial_transform else None
     metrics = save_registration_outputs(
         result, fixed, moving, args.output_dir,
         extra={"inputs": {"fixed": args.fixed, "moving": args.moving}}, initial_transform=initial,
@@ -498,7 +505,8 @@ def _field_coverage_notes(paths: Sequence[str] | None, transforms: list[Any], in
     :data:`_FIELD_OUTSIDE_NOTE` of ``grid``'s voxels outside its own grid (as the transforms applied before it map
     them): there it moves nothing (ITK's and antsApplyTransforms' zero displacement), which README said but the
     command did not, so a field given with a grid it does not cover moved part of the image without a word.
-    ``resample`` (the reference) and ``evaluate-registration`` (the fixed image) both call it."""
+    ``resample`` (the reference), ``evaluate-registration`` (the fixed image) and ``register`` (its
+    ``--initial-transform``, on the fixed image) call it."""
     from .preprocess import displacement_fields_outside
 
     if invert or not transforms:  # an inverted chain holds no field (chain_transforms refuses it)

@@ -593,6 +593,53 @@ class RoundTrip(unittest.TestCase):
                     self.assertIn(f"the displacement field '{path}' does not cover {noted} of the fixed image's",
                                   scored)
 
+    def test_an_initial_field_that_does_not_cover_the_fixed_grid_gets_a_note(self):
+        """register --initial-transform FIELD starts from no move where the fixed grid lies outside the field, as
+        resample and evaluate-registration note for --transform; register had said nothing. It notes it (on stderr,
+        and in metrics.json's warnings, with --json too); a field on the fixed grid gives no note."""
+        import json
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        with tempfile.TemporaryDirectory() as d:
+            grid = np.indices((40, 36)).astype(np.float32)
+            fixed = sitk.GetImageFromArray(100.0 * np.exp(-((grid[0] - 19) ** 2 + (grid[1] - 16) ** 2 / 2) / 40.0)
+                                           .astype(np.float32))
+            fixed.SetSpacing((1.5, 1.5))
+            fixed.SetOrigin((-20.0, 10.0))
+            img = os.path.join(d, "fixed.nrrd")
+            sitk.WriteImage(fixed, img)
+
+            def field_on(image, name):
+                path = os.path.join(d, name)
+                sitk.WriteImage(sitk.TransformToDisplacementField(
+                    sitk.TranslationTransform(2, (0.6, -0.4)), sitk.sitkVectorFloat32, image.GetSize(),
+                    image.GetOrigin(), image.GetSpacing(), image.GetDirection()), path)
+                return path
+
+            full = field_on(fixed, "out1Warp.nii.gz")
+            half = field_on(sitk.RegionOfInterest(fixed, [18, 40], [0, 0]), "half1Warp.nii.gz")
+            for field, noted in ((full, None), (half, "50.0%")):
+                for json_flag in ([], ["--json"]):
+                    with self.subTest(field=os.path.basename(field), json=bool(json_flag)):
+                        out_dir = os.path.join(d, "out" + os.path.basename(field)[:4] + str(len(json_flag)))
+                        with redirect_stdout(StringIO()), redirect_stderr(StringIO()) as err:
+                            rc = cli.main(["register", img, img, "-o", out_dir, "--initial-transform", field,
+                                           "--stages", "rigid", "--threads", "1", *json_flag])
+                        said = " ".join(err.getvalue().split())
+                        self.assertEqual(rc, 0, said)
+                        with open(os.path.join(out_dir, "metrics.json")) as fh:
+                            warnings = json.load(fh)["warnings"]
+                        if noted is None:
+                            self.assertNotIn("does not cover", said + " ".join(warnings))
+                            continue
+                        self.assertIn(f"warning: the displacement field '{field}' does not cover {noted} of the fixed "
+                                      "image's voxels", said)
+                        self.assertIn("Start from a field that covers the fixed image", said)
+                        self.assertTrue(any(f"does not cover {noted}" in w for w in warnings), warnings)
+
     def test_invert_of_an_ants_warp_names_ants_inverse_warp(self):
         """--invert of a displacement field is refused (no exact inverse here) with "register the other way round";
         for antsRegistration's out1Warp.nii.gz the inverse is a file ANTs wrote beside it, out1InverseWarp.nii.gz,
