@@ -8,17 +8,20 @@ refuses. The transforms below are converted to the SimpleITK transform that maps
 - ``EulerTransform`` (2D: angle, translation; 3D: three angles, translation, ``ComputeZYX``), about
   ``CenterOfRotationPoint``;
 - ``SimilarityTransform`` (2D: scale, angle, translation; 3D: versor, translation, scale);
-- ``AffineTransform`` (matrix row by row, translation) and ``AffineDTITransform`` (angles, shears, scales,
-  translation, composed as elastix composes them);
-- ``BSplineTransform`` and ``RecursiveBSplineTransform`` of spline order 3 (``GridSize``, ``GridIndex``,
-  ``GridSpacing``, ``GridOrigin``, ``GridDirection``; not cyclic);
+- ``AffineTransform`` (matrix row by row, translation), ``AffineDTITransform`` (angles, shears, scales,
+  translation, composed as elastix composes them) and ``AffineLogTransform`` (the matrix' logarithm row by row,
+  translation: the matrix is its exponential), about ``CenterOfRotationPoint``;
+- ``BSplineTransform`` and ``RecursiveBSplineTransform`` of spline order 1, 2 or 3 (``GridSize``, ``GridIndex``,
+  ``GridSpacing``, ``GridOrigin``, ``GridDirection``; not cyclic). ITK's B-spline counts a point on the upper face
+  of the grid's valid region (continuous index size - 1 - (order - 1) / 2 exactly) as inside, elastix as outside
+  (no move): the two differ on that face alone, for every order;
 - ``File``: the ITK transform file elastix wrote beside it (``ITKTransformOutputFileNameExtension``).
 
 A chain through ``InitialTransformParameterFileName`` (``InitialTransformParametersFileName``, elastix' older
 name) is followed, the name resolved as elastix 5 resolves it: as written when it is absolute or names a file
 from the working folder, else relative to the folder of the file that names it; each link must combine by
-``Compose`` (the current transform applied to the initial one's result). Everything else (``Add``, other spline
-orders, other transform kinds, parameters kept in a binary file, ``UseDirectionCosines "false"``) is refused,
+``Compose`` (the current transform applied to the initial one's result). Everything else (``Add``, spline
+order 0 or above 3, other transform kinds, parameters kept in a binary file, ``UseDirectionCosines "false"``) is refused,
 naming what was found, with the way to an ITK file that elastix writes itself.
 """
 
@@ -196,6 +199,7 @@ def _transform(parameters: dict, path: str) -> sitk.Transform:
                       "transforms of images of one dimension are read here.")
     converters = {"TranslationTransform": _translation, "EulerTransform": _euler,
                   "SimilarityTransform": _similarity, "AffineTransform": _affine, "AffineDTITransform": _affine_dti,
+                  "AffineLogTransform": _affine_log,
                   "BSplineTransform": _bspline, "RecursiveBSplineTransform": _bspline}
     if kind not in converters:
         raise _refuse(path, f"of a {kind}, which is not converted here (read: {', '.join(converters)} and File).")
@@ -287,14 +291,35 @@ def _affine_dti(parameters: dict, path: str, dim: int, values: list[float]) -> s
     return sitk.AffineTransform(matrix.ravel().tolist(), values[-dim:], center)
 
 
+def _affine_log(parameters: dict, path: str, dim: int, values: list[float]) -> sitk.Transform:
+    """elastix' AffineLogTransform: the matrix is the exponential of the matrix its first dim x dim parameters give
+    row by row (its logarithm, which elastix optimises), then the translation, about CenterOfRotationPoint (which
+    elastix requires of this kind). The exponential is scipy's (Pade, scaling and squaring); elastix' vnl_matrix_exp
+    sums the Taylor series to 1e-10."""
+    from scipy.linalg import expm
+
+    if "CenterOfRotationPoint" not in parameters:
+        _center(parameters, path, dim)  # an old elastix' CenterOfRotation is named as such
+        raise InputError(f"The elastix AffineLogTransform of '{path}' has no (CenterOfRotationPoint ...) line, "
+                         "which elastix requires of it.", "Give the file as elastix wrote it.")
+    center = _center(parameters, path, dim)
+    _expect(values, dim * dim + dim, "AffineLogTransform", dim, path)
+    matrix = expm(np.array(values[:dim * dim]).reshape(dim, dim))
+    if not np.all(np.isfinite(matrix)):
+        raise InputError(f"The elastix AffineLogTransform of '{path}' has a matrix logarithm whose exponential is "
+                         "not finite.", "Give the file as elastix wrote it.")
+    return sitk.AffineTransform(matrix.ravel().tolist(), values[-dim:], center)
+
+
 def _bspline(parameters: dict, path: str, dim: int, values: list[float]) -> sitk.Transform:
-    """elastix' (Recursive)BSplineTransform as ITK's BSplineTransform: the same cubic kernel, the coefficients
+    """elastix' (Recursive)BSplineTransform as ITK's BSplineTransform: the same kernel of order 1, 2 or 3 (each order
+    checked against transformix, on and around the grid's valid region), the coefficients
     in the same order (all x displacements over the grid, x fastest, then y, then z), zero displacement outside
     the grid's support; elastix' grid starts at GridIndex, ITK's at index 0, so its origin moves there."""
     kind = _text(parameters, "Transform")
     order = int(_numbers(parameters, "BSplineTransformSplineOrder", path, 1, default=[3])[0])
-    if order != 3:
-        raise _refuse(path, f"({kind}) of spline order {order}: only order 3 (elastix' default) is read here.")
+    if order not in (1, 2, 3):
+        raise _refuse(path, f"({kind}) of spline order {order}: only orders 1, 2 and 3 are read here.")
     if _flag(parameters, "UseCyclicTransform", False):
         raise _refuse(path, f'({kind}) that is cyclic (UseCyclicTransform "true"), which is not read here.')
     size = [int(round(v)) for v in _numbers(parameters, "GridSize", path, dim)]
@@ -306,7 +331,7 @@ def _bspline(parameters: dict, path: str, dim: int, values: list[float]) -> sitk
                                   default=np.eye(dim).ravel().tolist())).reshape(dim, dim).T
     _expect(values, dim * int(np.prod(size)), kind, dim, path)
     start = np.asarray(origin) + direction @ (np.asarray(spacing) * np.asarray(index))
-    tx = sitk.BSplineTransform(dim, 3)
+    tx = sitk.BSplineTransform(dim, order)
     tx.SetFixedParameters([float(v) for v in size] + start.tolist() + list(spacing) + direction.ravel().tolist())
     tx.SetParameters(values)
     return tx

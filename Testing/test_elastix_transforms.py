@@ -68,7 +68,20 @@ ELASTIX_FILES = {
                                         "(CenterOfRotationPoint 2 -1)\n")}, "t.txt"),
     "AffineDTI 3D": (3, {"t.txt": _file(3, "AffineDTITransform", "0.3 -0.25 0.4 0.1 -0.15 0.2 1.1 0.9 1.2 3 -2 1",
                                         "(CenterOfRotationPoint 2 -1 3)\n")}, "t.txt"),
+    "AffineLog 2D": (2, {"t.txt": _file(2, "AffineLogTransform", "0.1 0.3 -0.2 -0.15 3 -2",
+                                        "(CenterOfRotationPoint 2 -1)\n")}, "t.txt"),
+    "AffineLog 3D": (3, {"t.txt": _file(3, "AffineLogTransform",
+                                        "0.1 0.25 -0.1 -0.3 -0.12 0.05 0.2 -0.15 0.18 3 -2 1",
+                                        "(CenterOfRotationPoint 2 -1 3)\n")}, "t.txt"),
     "B-spline 2D": (2, {"t.txt": _file(2, "BSplineTransform", _coefficients(128), _BSPLINE_2D)}, "t.txt"),
+    "B-spline 2D, order 1": (2, {"t.txt": _file(2, "BSplineTransform", _coefficients(128),
+                                                _BSPLINE_2D.replace("SplineOrder 3", "SplineOrder 1"))}, "t.txt"),
+    "B-spline 2D, order 2": (2, {"t.txt": _file(2, "BSplineTransform", _coefficients(128),
+                                                _BSPLINE_2D.replace("SplineOrder 3", "SplineOrder 2"))}, "t.txt"),
+    "B-spline 3D, order 1": (3, {"t.txt": _file(3, "BSplineTransform", _coefficients(882),
+                                                _BSPLINE_3D.replace("SplineOrder 3", "SplineOrder 1"))}, "t.txt"),
+    "B-spline 3D, order 2": (3, {"t.txt": _file(3, "RecursiveBSplineTransform", _coefficients(882),
+                                                _BSPLINE_3D.replace("SplineOrder 3", "SplineOrder 2"))}, "t.txt"),
     "B-spline 3D": (3, {"t.txt": _file(3, "BSplineTransform", _coefficients(882), _BSPLINE_3D)}, "t.txt"),
     "Euler -> B-spline 3D": (3, {
         "TransformParameters.0.txt": _file(3, "EulerTransform", "0.1 -0.05 0.2 2 -1 1.5",
@@ -106,6 +119,21 @@ TRANSFORMIX_POINTS = {
     "AffineDTI 3D": [
         (2.349422, -1.815103, 0.647162), (-0.714084, 6.554416, 3.592649),
         (3.365828, -14.780038, -3.197941), (18.580851, 1.449319, 8.61958)],
+    "AffineLog 2D": [
+        (3.140905, -1.780019), (-2.610718, 3.017656), (8.050351, -10.630001), (19.087631, 4.640239)],
+    "AffineLog 3D": [
+        (3.460885, -1.777843, -0.170042), (-2.649499, 3.890179, 1.211979), (9.06396, -11.714493, -2.598961),
+        (15.192551, 3.152035, 11.887419)],
+    "B-spline 2D, order 1": [
+        (-0.73775, -1.1257), (-8.153975, 3.487262), (8.716572, -10.376652), (14.045836, 9.907446)],
+    "B-spline 2D, order 2": [
+        (-0.73775, -1.1257), (-7.888055, 3.682232), (8.600225, -10.266024), (13.798565, 10.046497)],
+    "B-spline 3D, order 1": [
+        (1.9012, -2.0552, 2.04125), (-5.554404, 2.91392, 4.617422), (9.545795, -11.561802, -2.131513),
+        (9.883784, 8.100834, 9.881997)],
+    "B-spline 3D, order 2": [
+        (1.29168, -1.396302, 1.386819), (-5.814139, 3.248476, 4.235357), (8.476087, -10.489157, -3.119452),
+        (9.843205, 8.253714, 9.62929)],
     "B-spline 2D": [
         (-0.641153, -0.978308), (-7.680494, 3.806585), (8.392497, -10.074527), (13.496949, 10.192873)],
     "B-spline 3D": [
@@ -144,11 +172,14 @@ class ElastixTransformsMapAsTransformix(unittest.TestCase):
                  "Euler 3D, Z X Y": "Euler3DTransform", "Euler 3D, Z Y X": "Euler3DTransform",
                  "similarity 2D": "Similarity2DTransform", "similarity 3D": "Similarity3DTransform",
                  "affine 2D": "AffineTransform", "affine 3D": "AffineTransform", "AffineDTI 2D": "AffineTransform",
-                 "AffineDTI 3D": "AffineTransform", "B-spline 2D": "BSplineTransform",
+                 "AffineDTI 3D": "AffineTransform", "AffineLog 2D": "AffineTransform",
+                 "AffineLog 3D": "AffineTransform", "B-spline 2D": "BSplineTransform",
+                 "B-spline 2D, order 1": "BSplineTransform", "B-spline 2D, order 2": "BSplineTransform",
+                 "B-spline 3D, order 1": "BSplineTransform", "B-spline 3D, order 2": "BSplineTransform",
                  "B-spline 3D": "BSplineTransform", "Euler -> B-spline 3D": "CompositeTransform"}
         for name, (dim, files, read) in ELASTIX_FILES.items():
             with self.subTest(name):
-                folder = os.path.join(self.folder, name.replace(" ", "_").replace(">", ""))
+                folder = os.path.join(self.folder, name.replace(" ", "_").replace(">", "").replace(",", ""))
                 os.makedirs(folder)
                 _write(folder, files)
                 tx = io.read_transform(os.path.join(folder, read))
@@ -279,7 +310,11 @@ class ElastixTransformsRefused(unittest.TestCase):
                                       "of a SplineKernelTransform, which is not converted here", tfm),
             "Add": (euler.replace('"NoInitialTransform"', '"t0.txt"').replace('"Compose"', '"Add"'),
                     'HowToCombineTransforms "Add"', '(HowToCombineTransforms "Compose")'),
-            "spline order 2": (bspline.replace("SplineOrder 3", "SplineOrder 2"), "spline order 2", tfm),
+            "spline order 4": (bspline.replace("SplineOrder 3", "SplineOrder 4"), "spline order 4", tfm),
+            "AffineLog without a centre": (euler.replace('"EulerTransform"', '"AffineLogTransform"').replace(
+                "(TransformParameters 0.5 4 -3)", "(TransformParameters 0.1 0.3 -0.2 -0.15 3 -2)").replace(
+                "(NumberOfParameters 3)", "(NumberOfParameters 6)").replace("(CenterOfRotationPoint 2 -1)\n", ""),
+                "no (CenterOfRotationPoint ...) line", "as elastix wrote it"),
             "cyclic": (bspline.replace('(UseCyclicTransform "false")', '(UseCyclicTransform "true")'),
                        "cyclic", tfm),
             "binary": (euler + '(UseBinaryFormatForTransformationParameters "true")\n', "binary file", tfm),
