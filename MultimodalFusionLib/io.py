@@ -1895,7 +1895,8 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
                              "and fusion work on 2D and 3D images.",
                              "Extract one 3D volume first (e.g. one time frame or one echo of the series).")
         if image.GetPixelID() != sitk.sitkFloat32:
-            image = sitk.Cast(image, sitk.sitkFloat32)
+            # the same values: a PET's Units kept (ITK's Cast keeps no metadata; `register`'s had been dropped)
+            image = _with_units_of(sitk.Cast(image, sitk.sitkFloat32), image)
     return image
 
 

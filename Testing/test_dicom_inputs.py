@@ -1994,6 +1994,29 @@ class DicomPetUnits(unittest.TestCase):
                 for name, value in PHI.items():
                     self.assertNotIn(value.encode(), payload, name)
 
+    def test_the_units_are_kept_when_read_as_float32(self) -> None:
+        """read_image(float32=True), as `register` and `evaluate-registration` read their inputs: ITK's Cast keeps
+        no metadata, so a DICOM PET's Units had been dropped there, and register's moving_resampled had none."""
+        import contextlib
+        import io as text_io
+
+        from MultimodalFusionLib import cli
+
+        folder = os.path.join(self.dir, "bqml")
+        write_pet_series(folder, _pet_body(2000, 20000), "BQML")
+        image = io.read_image(folder, float32=True)
+        self.assertEqual(image.GetPixelID(), sitk.sitkFloat32)
+        self.assertEqual(io.dicom_units(image), "BQML")
+        mr_path = os.path.join(self.dir, "mr.nrrd")
+        io.write_image(sitk.GetImageFromArray(np.indices((4, 16, 16)).sum(axis=0).astype(np.float32)), mr_path)
+        out = os.path.join(self.dir, "reg")
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(text_io.StringIO()):
+            warnings.simplefilter("always")
+            self.assertEqual(cli.main(["register", mr_path, folder, "-o", out, "--threads", "1"]), 0)
+        notes = [str(w.message) for w in caught if "DICOM Units" in str(w.message)]
+        self.assertEqual(len(notes), 1, notes)
+        self.assertIn("moving_resampled.nii.gz", notes[0])
+
     def test_a_window_refused_on_a_pet_in_bq_ml_says_so(self) -> None:
         """--window 0 8 (SUV) on a PET whose Units say BQML: the refusal names Bq/mL from the tag, where it had said
         only that 'a PET stored in Bq/mL is not in SUV' (a guess, the same for any image)."""
