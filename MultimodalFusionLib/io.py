@@ -38,6 +38,7 @@ __all__ = [
     "read_image",
     "UNITS_KEY",
     "dicom_units",
+    "bids_sidecar_path",
     "segment_layers",
     "describe_segment_layers",
     "write_image",
@@ -652,6 +653,119 @@ def _with_units_of(image: sitk.Image, source: sitk.Image) -> sitk.Image:
     """``image``, of ``source``'s quantity (resampled, cropped, reoriented, a slice of it), with ``source``'s DICOM
     Units (:func:`dicom_units`): ITK's filters keep no metadata."""
     return _with_units(image, dicom_units(source))
+
+
+# A NIfTI keeps no units; PET-BIDS keeps them in the JSON sidecar beside it (``sub-01_pet.json`` by
+# ``sub-01_pet.nii.gz``): "Units" is REQUIRED there, "SI unit for radioactivity (Becquerel) should be used (for
+# example, "Bq/mL"). Corresponds to DICOM Tag 0054, 1001 Units" (bids-specification,
+# src/schema/rules/sidecars/pet.yaml). dcm2niix writes the DICOM code as it stands ("Units": "BQML",
+# console/nii_dicom_batch.cpp, nii_SaveBIDSX), PET2BIDS the BIDS text: both are read.
+#: The BIDS sidecar's text of each DICOM Units (0054,1001) defined term (PS3.3 C.8.9.1.1.3) that names an SI unit, as
+#: :func:`write_image` writes it; the others (CNTS, CPS, PCNT, PROPCNTS, PROPCPS, STDDEV, NONE) are written as their
+#: code, as dcm2niix writes every one of them
+_BIDS_UNITS = {"BQML": "Bq/mL", "GML": "g/mL", "MLG": "mL/g", "MLMING": "mL/min/g", "MLML": "mL/mL",
+               "MLMINML": "mL/min/mL", "UMOLML": "umol/mL", "UMOLMINML": "umol/min/mL", "MGMINML": "mg/min/mL",
+               "CM2": "cm2", "CM2ML": "cm2/mL", "1CM": "1/cm"}
+#: The DICOM defined terms of Units (0054,1001): a sidecar may state them as they are (dcm2niix does)
+_DICOM_UNITS_TERMS = frozenset(_BIDS_UNITS) | {"CNTS", "CPS", "PCNT", "PROPCNTS", "PROPCPS", "STDDEV", "NONE"}
+#: A sidecar's text (in upper case: BIDS texts are matched whatever their case, 'Bq/ml' as 'Bq/mL') -> the DICOM code;
+#: 'Bq/cc' and 'Bq/cm3' (ECAT's, some vendors') are Bq/mL. A prefixed unit (kBq/mL, MBq/mL) is not: its values are
+#: 1000 or 10^6 times smaller, and taking it for BQML would be a wrong answer; it is read without units, with a warning
+_SIDECAR_UNITS = {**{text.upper(): code for code, text in _BIDS_UNITS.items()}, "BQ/CC": "BQML", "BQ/CM3": "BQML",
+                  **{code: code for code in _DICOM_UNITS_TERMS}}
+
+
+def bids_sidecar_path(path: str | os.PathLike) -> str | None:
+    """The BIDS JSON sidecar of a NIfTI file (``x.json`` beside ``x.nii`` or ``x.nii.gz``), where :func:`read_image`
+    reads a PET's Units and :func:`write_image` writes them; None for any other format."""
+    path = os.fspath(path)
+    suffix = _read_suffix(path)
+    if suffix not in (".nii", ".nii.gz"):
+        return None
+    return path[:len(path) - len(suffix)] + ".json"
+
+
+def _read_sidecar(sidecar: str, what: str, stacklevel: int) -> dict[str, Any] | None:
+    """The JSON object of ``sidecar``; None, with a warning naming the file (never its content: a sidecar may hold
+    the patient's name, weight, dates...), where it cannot be read or holds no JSON object. ``what``: the warning's
+    ending, what follows from it."""
+    try:
+        with open(sidecar, encoding="utf-8") as fh:
+            content = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = (f"no valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+                  if isinstance(exc, json.JSONDecodeError) else
+                  "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"unreadable: {exc.strerror or exc}")
+        warnings.warn(f"The JSON sidecar '{sidecar}' is {reason}; {what}.", stacklevel=stacklevel + 1)
+        return None
+    if not isinstance(content, dict):
+        warnings.warn(f"The JSON sidecar '{sidecar}' holds no JSON object (a {type(content).__name__}); {what}.",
+                      stacklevel=stacklevel + 1)
+        return None
+    return content
+
+
+def _sidecar_units(path: str, stacklevel: int) -> str:
+    """The DICOM Units code the BIDS sidecar of the NIfTI ``path`` states ("Units": "Bq/mL" -> BQML; see
+    ``_SIDECAR_UNITS``); "" where it has no sidecar or states no Units, and, with a warning naming the file, where
+    the sidecar is malformed or states units this package does not know. Only the Units key is read."""
+    sidecar = bids_sidecar_path(path)
+    if sidecar is None or not os.path.isfile(sidecar):
+        return ""
+    content = _read_sidecar(sidecar, f"'{path}' is read without units", stacklevel + 1)
+    if content is None or "Units" not in content:
+        return ""
+    stated = content["Units"]
+    code = _SIDECAR_UNITS.get(stated.strip().upper()) if isinstance(stated, str) else None
+    if code is None:
+        shown = repr(stated)[:40] if isinstance(stated, str) else f"a JSON {type(stated).__name__}"
+        warnings.warn(f"The JSON sidecar '{sidecar}' states Units {shown}, which this package does not know: '{path}' "
+                      "is read without units (a window in SUV is then checked, and the web's SUV windows offered, by "
+                      "the values alone). Known: " + ", ".join(_BIDS_UNITS.values()) + ", or a DICOM Units code ("
+                      + ", ".join(sorted(_DICOM_UNITS_TERMS - set(_BIDS_UNITS))) + ").",
+                      stacklevel=stacklevel + 1)
+        return ""
+    return code
+
+
+def _write_sidecar_units(final: str, units: str) -> None:
+    """Write ``units`` (a DICOM Units code, "" for none) into the BIDS sidecar of the NIfTI ``final``, atomically: a
+    new sidecar holds the Units alone; an existing one keeps its other keys (a converter's tracer, timing...) and
+    only its Units are set. An image without units removes the Units an old sidecar states (the file then written
+    is not in them), with a warning, and a sidecar left empty so is removed; a sidecar that is not a JSON object is
+    left as it is, with a warning."""
+    sidecar = bids_sidecar_path(final)
+    assert sidecar is not None
+    exists = os.path.isfile(sidecar)
+    if not units and not exists:
+        return
+    content: dict[str, Any] | None = {}
+    if exists:
+        content = _read_sidecar(sidecar, "it is left as it is" + (
+            f", without the Units {units} of the image written ('{final}' is read back without units)" if units else
+            f", and the Units it may state are not those of '{final}', which states none"), stacklevel=3)
+        if content is None:
+            return
+    stated = content.get("Units")
+    if units and isinstance(stated, str) and _SIDECAR_UNITS.get(stated.strip().upper()) == units:
+        return  # it says so already (e.g. dcm2niix's "BQML"): the user's file is not rewritten
+    if not units:
+        if "Units" not in content:
+            return
+        old = content.pop("Units")
+        warnings.warn(f"'{final}' is written without units over a file whose JSON sidecar '{sidecar}' stated Units "
+                      f"{repr(old)[:40]}: they are removed from it (they were the old file's), its other keys kept"
+                      + ("" if content else "; the sidecar, left empty, is removed") + ".", stacklevel=3)
+        if not content:
+            os.remove(sidecar)
+            return
+    else:
+        content["Units"] = _BIDS_UNITS.get(units, units)
+    mode = (os.stat(sidecar).st_mode & 0o7777) if exists else None
+    with atomic_output(sidecar, mode) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(content, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
 
 
 def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarning],
@@ -1886,6 +2000,8 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
         _refuse_segment_layers(path, image)
     if not keep_color and image.GetNumberOfComponentsPerPixel() > 1:
         image = to_luminance(image, f"image '{path}'", path=path)
+    if os.path.isfile(path) and not dicom_units(image):
+        image = _with_units(image, _sidecar_units(path, stacklevel=2))  # a NIfTI's BIDS sidecar's
     if float32 and image.GetNumberOfComponentsPerPixel() == 1:
         from .validation import check_pixel_type  # (validation imports io)
 
@@ -3676,6 +3792,15 @@ def check_not_overwriting_inputs(outputs: Iterable[str | os.PathLike], inputs: I
                     refuse(out, given)
             elif os.path.normcase(os.path.realpath(out_path)) == os.path.normcase(os.path.realpath(given)):
                 refuse(out, given)
+        sidecar = bids_sidecar_path(out_path)
+        for given in files if sidecar is not None else ():
+            # x.nii written beside the input x.nii.gz: its Units would be written into (or removed from) the input's
+            # BIDS sidecar, which would then misstate the input
+            theirs = bids_sidecar_path(given)
+            if theirs is not None and _same_place(sidecar, theirs):
+                raise InputError(f"The output '{out}' would share its JSON sidecar '{sidecar}' with the input file "
+                                 f"'{given}': writing the output's Units there would change what the input states.",
+                                 "Give the output another name (or write it elsewhere); inputs are never changed.")
     for pattern in patterns:
         folder = os.path.normcase(os.path.realpath(os.path.dirname(os.path.abspath(os.fspath(pattern)))))
         regex = _name_pattern(os.path.basename(os.fspath(pattern)))
@@ -3683,6 +3808,11 @@ def check_not_overwriting_inputs(outputs: Iterable[str | os.PathLike], inputs: I
             real = os.path.realpath(given)
             if os.path.normcase(os.path.dirname(real)) == folder and regex.fullmatch(os.path.basename(real)):
                 refuse(pattern, given)
+
+
+def _same_place(one: str, other: str) -> bool:
+    """Whether two paths name one file, existing or not (through links, and case-blind where the disk is)."""
+    return os.path.normcase(os.path.realpath(one)) == os.path.normcase(os.path.realpath(other))
 
 
 def _name_pattern(pattern: str) -> re.Pattern:
@@ -4152,15 +4282,18 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
             if not _stimulate_written_whole(tmp):  # nor does its Stimulate writer: x.sdt cut at the size limit
                 raise _written_cut_short(final, tmp, "Stimulate", staged=staged)
         units = dicom_units(image)
-        if _check_reads_back(tmp, final, out) != units and units:
+        header_units = _check_reads_back(tmp, final, out)
+        if suffix not in (".nii", ".nii.gz") and header_units != units and units:
             # a PET's Units (BQML...), which resample and the rest keep, had been dropped without a word by
             # `mmfusion resample -o x.nii.gz` and run's resampled moving image in NIfTI
             warnings.warn(f"'{final}': a {suffix} file keeps no DICOM Units (0054,1001): the values are written in "
                           f"{units} as they are, but read back nothing states it (a window in SUV is then checked, "
                           "and the web's SUV windows offered, by the values alone); write .nrrd or .mha to keep "
-                          "them.", stacklevel=2)
+                          "them (or .nii.gz, which keeps them in its BIDS JSON sidecar).", stacklevel=2)
         if tensor and suffix in tensors.TAGGED_SUFFIXES:
             tensors.tag_written_file(tmp, suffix, image)
+        if suffix in (".nii", ".nii.gz"):  # a NIfTI's: in the BIDS sidecar beside it, as PET-BIDS keeps them
+            _write_sidecar_units(final, units)
     return final
 
 

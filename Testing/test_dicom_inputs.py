@@ -7,6 +7,7 @@ Every series is written here with pydicom (a dependency of the package), a few s
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import sys
@@ -2013,9 +2014,8 @@ class DicomPetUnits(unittest.TestCase):
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(text_io.StringIO()):
             warnings.simplefilter("always")
             self.assertEqual(cli.main(["register", mr_path, folder, "-o", out, "--threads", "1"]), 0)
-        notes = [str(w.message) for w in caught if "DICOM Units" in str(w.message)]
-        self.assertEqual(len(notes), 1, notes)
-        self.assertIn("moving_resampled.nii.gz", notes[0])
+        self.assertEqual([str(w.message) for w in caught if "Units" in str(w.message)], [])
+        self.assertEqual(io.dicom_units(io.read_image(os.path.join(out, "moving_resampled.nii.gz"))), "BQML")
 
     def test_a_window_refused_on_a_pet_in_bq_ml_says_so(self) -> None:
         """--window 0 8 (SUV) on a PET whose Units say BQML: the refusal names Bq/mL from the tag, where it had said
@@ -2109,10 +2109,10 @@ class DicomPetUnits(unittest.TestCase):
                 self.assertEqual(io.dicom_units(image), "")
 
     def test_a_file_that_cannot_keep_the_units_says_so(self) -> None:
-        """A PET in Bq/mL written where its Units cannot go (NIfTI: `mmfusion resample -o x.nii.gz`, run's and
-        register's moving_resampled.nii.gz) had lost them without a word: read back, nothing says the values are in
-        Bq/mL. io.write_image now warns, naming the formats that keep them; an image without Units, and .nrrd or
-        .mha, get no such note."""
+        """A PET in Bq/mL written where its Units cannot go (a .vtk file; NIfTI had been one, until its BIDS sidecar
+        kept them) had lost them without a word: read back, nothing says the values are in Bq/mL. io.write_image
+        now warns, naming the formats that keep them; an image without Units, and .nrrd, .mha or .nii.gz (run's
+        moving_resampled), get no such note."""
         import contextlib
         import io as text_io
 
@@ -2124,12 +2124,14 @@ class DicomPetUnits(unittest.TestCase):
         io.write_image(sitk.GetImageFromArray(np.indices((4, 16, 16)).sum(axis=0).astype(np.float32)), mr_path)
         plain = os.path.join(self.dir, "plain.nrrd")  # the PET's values with no Units
         io.write_image(io.read_image(folder)[:, :, :] * 1.0, plain)
-        lost = r"\.nii\.gz file keeps no DICOM Units \(0054,1001\): the values are written in BQML.*\.nrrd or \.mha"
+        lost = r"\.vtk file keeps no DICOM Units \(0054,1001\): the values are written in BQML.*\.nrrd or \.mha"
         commands = {  # name: (argv, whether the note is given)
+            "resample to .vtk": (["resample", folder, "--reference", mr_path, "-o",
+                                  os.path.join(self.dir, "r.vtk")], True),
             "resample to .nii.gz": (["resample", folder, "--reference", mr_path, "-o",
-                                     os.path.join(self.dir, "r.nii.gz")], True),
+                                     os.path.join(self.dir, "r.nii.gz")], False),
             "run's moving_resampled.nii.gz": (["run", mr_path, folder, "--output-dir", os.path.join(self.dir, "run"),
-                                               "--no-register", "--methods", "average"], True),
+                                               "--no-register", "--methods", "average"], False),
             "resample to .nrrd": (["resample", folder, "--reference", mr_path, "-o",
                                    os.path.join(self.dir, "r.nrrd")], False),
             "resample to .mha": (["resample", folder, "--reference", mr_path, "-o",
@@ -2146,6 +2148,180 @@ class DicomPetUnits(unittest.TestCase):
                 self.assertEqual(len(notes), int(noted), notes)
                 if noted:
                     self.assertRegex(notes[0], lost)
+
+
+class BidsSidecarUnits(unittest.TestCase):
+    """A NIfTI keeps no units; PET-BIDS keeps them in the JSON sidecar beside it (``sub-01_pet.json``, "Units":
+    "Bq/mL"), as dcm2niix (the DICOM code, "BQML") and PET2BIDS write it. read_image takes the Units from it and
+    write_image writes them there: a PET in Bq/mL written as .nii.gz (`mmfusion resample`, run's and register's
+    moving_resampled) had been read back without units (a window in SUV then checked by its values alone)."""
+
+    def setUp(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self._tmp.cleanup)
+        self.dir = self._tmp.name
+
+    def _pet(self, units: str | None, low: float = 2000, high: float = 20000) -> sitk.Image:
+        folder = os.path.join(self.dir, f"dicom-{units}")
+        write_pet_series(folder, _pet_body(low, high), units)
+        return io.read_image(folder)
+
+    def _sidecar(self, name: str) -> dict:
+        with open(os.path.join(self.dir, name), encoding="utf-8") as fh:
+            return json.load(fh)
+
+    def _write(self, name: str, content: object) -> str:
+        path = os.path.join(self.dir, name)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(content if isinstance(content, str) else json.dumps(content))
+        return path
+
+    def test_the_units_go_through_a_nifti_and_back(self) -> None:
+        for units, text, (low, high) in (("BQML", "Bq/mL", (2000, 20000)), ("GML", "g/mL", (1, 8)),
+                                         ("CNTS", "CNTS", (20, 400))):
+            pet = self._pet(units, low, high)
+            for ext in (".nii.gz", ".nii"):
+                with self.subTest(units=units, ext=ext), warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    path = io.write_image(pet, os.path.join(self.dir, f"pet-{units}{ext}"))
+                    self.assertEqual(self._sidecar(f"pet-{units}.json"), {"Units": text})  # the Units alone
+                    self.assertEqual(io.dicom_units(io.read_image(path)), units)
+                    self.assertEqual(io.dicom_units(io.read_image(path, float32=True)), units)
+                    self.assertEqual([str(w.message) for w in caught if "Units" in str(w.message)], [])
+        # a SUV PET read back is offered the SUV windows, as the DICOM was
+        from MultimodalFusionLib.web import viewer
+
+        suv = io.read_image(os.path.join(self.dir, "pet-GML.nii.gz"))
+        self.assertTrue(viewer.looks_like_suv(suv))
+        # an image without units writes no sidecar
+        io.write_image(self._pet(None), os.path.join(self.dir, "plain.nii.gz"))
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "plain.json")))
+
+    def test_sidecars_written_by_others_are_read_by_their_units_only(self) -> None:
+        image = io.write_image(sitk.Cast(self._pet(None), sitk.sitkFloat32), os.path.join(self.dir, "x.nii.gz"))
+        phi = {"PatientName": "Doe^Jane", "PatientWeight": 71.5, "Modality": "PT"}
+        stated = {  # what the sidecar says -> the Units read, whether a warning is given
+            "dcm2niix's code": ({**phi, "Units": "BQML"}, "BQML", False),
+            "PET-BIDS text": ({**phi, "Units": "Bq/mL"}, "BQML", False),
+            "another case": ({**phi, "Units": " bq/ml "}, "BQML", False),
+            "ECAT's Bq/cc": ({**phi, "Units": "Bq/cc"}, "BQML", False),
+            "SUV": ({**phi, "Units": "g/mL"}, "GML", False),
+            "no Units (an MR's)": (phi, "", False),
+            "kBq/mL (1000 times smaller values)": ({**phi, "Units": "kBq/mL"}, "", True),
+            "a number": ({**phi, "Units": 5}, "", True),
+            "malformed": ('{"PatientName": "Doe^Jane", "Units": "Bq/mL"', "", True),
+            "a list": ('["Doe^Jane", "Bq/mL"]', "", True),
+            "not UTF-8": (b'{"PatientName": "Doe\xe9", "Units": "Bq/mL"}'.decode("latin-1"), "", True),
+        }
+        for name, (content, units, warned) in stated.items():
+            with self.subTest(name), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if name == "not UTF-8":
+                    with open(os.path.join(self.dir, "x.json"), "wb") as fh:
+                        fh.write(content.encode("latin-1"))
+                else:
+                    self._write("x.json", content)
+                self.assertEqual(io.dicom_units(io.read_image(image)), units)
+                messages = [str(w.message) for w in caught]
+                self.assertEqual(len(messages), int(warned), messages)
+                for message in messages:
+                    self.assertIn(os.path.join(self.dir, "x.json"), message)  # names the file
+                    self.assertIn("read without units", message)
+                    self.assertNotIn("Doe", message)  # never another key's value
+                    self.assertNotIn("71.5", message)
+                    self.assertEqual(caught[0].filename, __file__)  # pointed at the caller
+
+    def test_an_existing_sidecar_is_updated_not_clobbered(self) -> None:
+        pet = self._pet("BQML")
+        out = os.path.join(self.dir, "sub-01_pet.nii.gz")
+        other = {"Manufacturer": "Siemens", "TracerName": "FDG", "Units": "kBq/mL", "FrameDuration": [300]}
+        self._write("sub-01_pet.json", other)
+        io.write_image(pet, out)
+        self.assertEqual(self._sidecar("sub-01_pet.json"), {**other, "Units": "Bq/mL"})  # the others kept, in order
+        self.assertEqual(list(self._sidecar("sub-01_pet.json")), list(other))
+        # one that says so already (dcm2niix's code) is left byte for byte
+        path = self._write("sub-01_pet.json", '{"Units":"BQML","TracerName":"FDG"}')
+        io.write_image(pet, out)
+        with open(path, encoding="utf-8") as fh:
+            self.assertEqual(fh.read(), '{"Units":"BQML","TracerName":"FDG"}')
+        # a malformed one is left as it is, with a warning: not overwritten (its keys may be the user's only copy)
+        self._write("sub-01_pet.json", '{"TracerName": "FDG",')
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            io.write_image(pet, out)
+        with open(path, encoding="utf-8") as fh:
+            self.assertEqual(fh.read(), '{"TracerName": "FDG",')
+        self.assertEqual(len(caught), 1, [str(w.message) for w in caught])
+        self.assertIn("is left as it is, without the Units BQML", str(caught[0].message))
+        self.assertEqual(caught[0].filename, __file__)
+
+    def test_an_image_without_units_leaves_no_stale_units(self) -> None:
+        """Written over a NIfTI whose sidecar states Units, an image without units (a fused image, a CT) would be
+        read back in the old file's units: they are removed from the sidecar, with a warning, its other keys kept;
+        a sidecar that held the Units alone is removed."""
+        pet, plain = self._pet("BQML"), sitk.Cast(self._pet(None), sitk.sitkFloat32)
+        out = os.path.join(self.dir, "out.nii.gz")
+        for other in ({"TracerName": "FDG"}, {}):
+            with self.subTest(other=other), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if os.path.exists(os.path.join(self.dir, "out.json")):
+                    os.remove(os.path.join(self.dir, "out.json"))
+                io.write_image(pet, out)
+                if other:
+                    self._write("out.json", {**other, **self._sidecar("out.json")})
+                io.write_image(plain, out)
+                self.assertEqual(io.dicom_units(io.read_image(out)), "")
+                if other:
+                    self.assertEqual(self._sidecar("out.json"), other)
+                else:
+                    self.assertFalse(os.path.exists(os.path.join(self.dir, "out.json")))
+                messages = [str(w.message) for w in caught]
+                self.assertEqual(len(messages), 1, messages)
+                self.assertIn("stated Units 'Bq/mL': they are removed from it", messages[0])
+        # a sidecar without Units is left alone, without a word
+        self._write("out.json", {"TracerName": "FDG"})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            io.write_image(plain, out)
+        self.assertEqual((self._sidecar("out.json"), caught), ({"TracerName": "FDG"}, []))
+
+    def test_run_and_resample_write_the_sidecar(self) -> None:
+        import contextlib
+        import io as text_io
+
+        from MultimodalFusionLib import cli
+
+        folder = os.path.join(self.dir, "bqml")
+        write_pet_series(folder, _pet_body(2000, 20000), "BQML")
+        mr_path = os.path.join(self.dir, "mr.nrrd")
+        mr = sitk.GetImageFromArray(np.indices((4, 16, 16)).sum(axis=0).astype(np.float32))
+        io.write_image(mr, mr_path)
+        run = os.path.join(self.dir, "run")
+        quiet = contextlib.redirect_stdout(text_io.StringIO())
+        with quiet, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.assertEqual(cli.main(["run", mr_path, folder, "--output-dir", run, "--no-register",
+                                       "--methods", "average"]), 0)
+            self.assertEqual(self._sidecar("run/moving_resampled.json"), {"Units": "Bq/mL"})
+            self.assertEqual(io.dicom_units(io.read_image(os.path.join(run, "moving_resampled.nii.gz"))), "BQML")
+            # run again with a moving image without units: no stale sidecar is left beside its moving_resampled
+            self.assertEqual(cli.main(["run", folder, mr_path, "--output-dir", run, "--no-register",
+                                       "--methods", "average"]), 0)
+            self.assertFalse(os.path.exists(os.path.join(run, "moving_resampled.json")))
+            self.assertEqual(io.dicom_units(io.read_image(os.path.join(run, "moving_resampled.nii.gz"))), "")
+            out = os.path.join(self.dir, "pet_on_mr.nii.gz")
+            self.assertEqual(cli.main(["resample", folder, "--reference", mr_path, "-o", out]), 0)
+            self.assertEqual(io.dicom_units(io.read_image(out)), "BQML")
+            # an output that would write into an input's sidecar: refused before the work
+            given = io.write_image(io.read_image(folder), os.path.join(self.dir, "pet.nii.gz"))
+            before = self._sidecar("pet.json")
+            said = text_io.StringIO()
+            with contextlib.redirect_stderr(said):
+                code = cli.main(["resample", mr_path, "--reference", given, "-o", os.path.join(self.dir, "pet.nii")])
+            self.assertNotEqual(code, 0)
+            self.assertIn("would share its JSON sidecar", said.getvalue())
+            self.assertFalse(os.path.exists(os.path.join(self.dir, "pet.nii")))
+            self.assertEqual(self._sidecar("pet.json"), before)
 
 
 class NoPatientDataOut(unittest.TestCase):
