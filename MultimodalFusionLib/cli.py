@@ -155,7 +155,8 @@ def _run_info(args: argparse.Namespace) -> int:
 def _add_register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("register", help="register MOVING to FIXED (rigid, affine, B-spline; mutual information)",
                        description="Find the transform mapping FIXED points into MOVING and write DIR/transform.tfm "
-                                   "(.h5 when deformable), DIR/moving_resampled.nii.gz, DIR/metrics.json and "
+                                   "(.h5 when deformable), DIR/moving_resampled.nii.gz (with moving_resampled.json, its "
+                                   "BIDS sidecar, for a PET's units), DIR/metrics.json and "
                                    "DIR/checkerboard.png.")
     p.add_argument("fixed", help="fixed (reference) image file or DICOM folder")
     p.add_argument("moving", help="moving image file or DICOM folder")

@@ -1963,7 +1963,9 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
             refused, colour kept or not: its 3 or 4 layers are no RGB(A) picture, nor 2 a vector field.
 
     Returns:
-        The image with its geometry (origin, spacing, direction) exactly as stored.
+        The image with its geometry (origin, spacing, direction) exactly as stored; a DICOM PET's or NM image's
+        Units (:func:`dicom_units`), or a NIfTI's from its BIDS JSON sidecar (:func:`bids_sidecar_path`: its
+        "Units" key alone is read; a malformed sidecar or unknown units: a warning, no units).
 
     Raises:
         InputError: the file does not exist, cannot be read, or the folder is ambiguous.
@@ -4197,8 +4199,9 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
     PNG/JPEG/BMP: integer values in 0..255 are kept exactly (16-bit PNG up to 65535), grey values on
     the 0..255 scale rounded, others rescaled with a warning; a volume is refused. NIfTI cannot hold
     a non-orthonormal (sheared) direction: such an image is refused there (.mha keeps it). An image's DICOM Units
-    (:func:`dicom_units`) written to a file whose header, read back, states none (NIfTI, TIFF, VTK, MINC...): a
-    warning (.nrrd, .mha, HDF5 and DICOM keep them). The name is checked first, as :func:`check_output_name` checks
+    (:func:`dicom_units`) go into a NIfTI's BIDS JSON sidecar (:func:`bids_sidecar_path`; an existing one keeps its
+    other keys, and an image without units removes the Units it states, with a warning); written to a file whose
+    header, read back, states none (TIFF, VTK, MINC...): a warning (.nrrd, .mha, HDF5 and DICOM keep them). The name is checked first, as :func:`check_output_name` checks
     it (front ends call that before the work).
 
     Returns:
