@@ -12,7 +12,8 @@ refuses. The transforms below are converted to the SimpleITK transform that maps
   translation, composed as elastix composes them) and ``AffineLogTransform`` (the matrix' logarithm row by row,
   translation: the matrix is its exponential), about ``CenterOfRotationPoint``;
 - ``BSplineTransform`` and ``RecursiveBSplineTransform`` of spline order 1, 2 or 3 (``GridSize``, ``GridIndex``,
-  ``GridSpacing``, ``GridOrigin``, ``GridDirection``; not cyclic). ITK's B-spline counts a point on the upper face
+  ``GridSpacing``, ``GridOrigin``, ``GridDirection``; not cyclic; a ``RecursiveBSplineTransform`` in 3D only:
+  transformix maps a 2D one otherwise than its coefficients as a B-spline, with a field up to 1e28). ITK's B-spline counts a point on the upper face
   of the grid's valid region (continuous index size - 1 - (order - 1) / 2 exactly) as inside, elastix as outside
   (no move): the two differ on that face alone, for every order;
 - ``File``: the ITK transform file elastix wrote beside it (``ITKTransformOutputFileNameExtension``).
@@ -21,8 +22,9 @@ A chain through ``InitialTransformParameterFileName`` (``InitialTransformParamet
 name) is followed, the name resolved as elastix 5 resolves it: as written when it is absolute or names a file
 from the working folder, else relative to the folder of the file that names it; each link must combine by
 ``Compose`` (the current transform applied to the initial one's result). Everything else (``Add``, spline
-order 0 or above 3, other transform kinds, parameters kept in a binary file, ``UseDirectionCosines "false"``) is refused,
-naming what was found, with the way to an ITK file that elastix writes itself.
+order 0 or above 3, a 2D ``RecursiveBSplineTransform``, other transform kinds, parameters kept in a binary file,
+``UseDirectionCosines "false"``) is refused, naming what was found, with the way to an ITK file that elastix writes
+itself (for a 2D ``RecursiveBSplineTransform``: to run elastix again with a ``BSplineTransform``).
 """
 
 from __future__ import annotations
@@ -320,6 +322,15 @@ def _bspline(parameters: dict, path: str, dim: int, values: list[float]) -> sitk
     order = int(_numbers(parameters, "BSplineTransformSplineOrder", path, 1, default=[3])[0])
     if order not in (1, 2, 3):
         raise _refuse(path, f"({kind}) of spline order {order}: only orders 1, 2 and 3 are read here.")
+    if kind == "RecursiveBSplineTransform" and dim == 2:
+        # transformix maps a 2D one otherwise than the same file as a BSplineTransform (measured, order 3: (0, 0) ->
+        # (-1.2577, 1.2484) against (-0.6412, -0.9783)), and its 2D deformation field reaches 8.8e28 mm (itk-elastix
+        # 0.25.4): no ITK transform reproduces it, and reading it as a plain B-spline is an answer mm away
+        raise _refuse(path, f"({kind}, 2D), which transformix maps otherwise than the same coefficients in a "
+                      "BSplineTransform (elastix' 2D recursive B-spline is not consistent: its deformation field "
+                      "reaches values of 1e28), so it is not read here; a 3D one is.",
+                      'Run the 2D registration again with (Transform "BSplineTransform") in the elastix parameter '
+                      "file (the same B-spline, evaluated otherwise), and give its TransformParameters file.")
     if _flag(parameters, "UseCyclicTransform", False):
         raise _refuse(path, f'({kind}) that is cyclic (UseCyclicTransform "true"), which is not read here.')
     size = [int(round(v)) for v in _numbers(parameters, "GridSize", path, dim)]
