@@ -685,10 +685,12 @@ def bids_sidecar_path(path: str | os.PathLike) -> str | None:
     return path[:len(path) - len(suffix)] + ".json"
 
 
-def _read_sidecar(sidecar: str, what: str, stacklevel: int) -> dict[str, Any] | None:
+def _read_sidecar(sidecar: str, what: str, stacklevel: int, notes: list[str] | None = None) -> dict[str, Any] | None:
     """The JSON object of ``sidecar``; None, with a warning naming the file (never its content: a sidecar may hold
     the patient's name, weight, dates...), where it cannot be read or holds no JSON object. ``what``: the warning's
-    ending, what follows from it."""
+    ending, what follows from it. ``notes``: where given, the warning's text is added to it instead (issued later
+    by the caller)."""
+    note = None
     try:
         with open(sidecar, encoding="utf-8") as fh:
             content = json.load(fh)
@@ -696,13 +698,16 @@ def _read_sidecar(sidecar: str, what: str, stacklevel: int) -> dict[str, Any] | 
         reason = (f"no valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
                   if isinstance(exc, json.JSONDecodeError) else
                   "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"unreadable: {exc.strerror or exc}")
-        warnings.warn(f"The JSON sidecar '{sidecar}' is {reason}; {what}.", stacklevel=stacklevel + 1)
-        return None
-    if not isinstance(content, dict):
-        warnings.warn(f"The JSON sidecar '{sidecar}' holds no JSON object (a {type(content).__name__}); {what}.",
-                      stacklevel=stacklevel + 1)
-        return None
-    return content
+        note = f"The JSON sidecar '{sidecar}' is {reason}; {what}."
+    else:
+        if isinstance(content, dict):
+            return content
+        note = f"The JSON sidecar '{sidecar}' holds no JSON object (a {type(content).__name__}); {what}."
+    if notes is None:
+        warnings.warn(note, stacklevel=stacklevel + 1)
+    else:
+        notes.append(note)
+    return None
 
 
 def _sidecar_units(path: str, stacklevel: int) -> str:
@@ -728,44 +733,69 @@ def _sidecar_units(path: str, stacklevel: int) -> str:
     return code
 
 
-def _write_sidecar_units(final: str, units: str) -> None:
-    """Write ``units`` (a DICOM Units code, "" for none) into the BIDS sidecar of the NIfTI ``final``, atomically: a
-    new sidecar holds the Units alone; an existing one keeps its other keys (a converter's tracer, timing...) and
-    only its Units are set. An image without units removes the Units an old sidecar states (the file then written
-    is not in them), with a warning, and a sidecar left empty so is removed; a sidecar that is not a JSON object is
-    left as it is, with a warning."""
+def _stage_sidecar_units(final: str, units: str, notes: list[str]) -> tuple[str, str | None] | None:
+    """Prepare the BIDS sidecar of the NIfTI ``final`` for ``units`` (a DICOM Units code, "" for none), changing
+    nothing yet: None where it is left as it is, else (sidecar, a temporary file beside it holding its new content,
+    or None where it is to be removed), which :func:`_commit_sidecar` puts in place once the image is. A new
+    sidecar holds the Units alone; an existing one keeps its other keys (a converter's tracer, timing...) and only
+    its Units are set. An image without units removes the Units an old sidecar states (the file then written is
+    not in them), with a note, and a sidecar left empty so is removed; a sidecar that is not a JSON object is left
+    as it is, with a note. The notes (warnings' texts) go into ``notes``, for the caller to issue once the files
+    are in place."""
     sidecar = bids_sidecar_path(final)
     assert sidecar is not None
     exists = os.path.isfile(sidecar)
     if not units and not exists:
-        return
+        return None
     content: dict[str, Any] | None = {}
     if exists:
         content = _read_sidecar(sidecar, "it is left as it is" + (
             f", without the Units {units} of the image written ('{final}' is read back without units)" if units else
-            f", and the Units it may state are not those of '{final}', which states none"), stacklevel=3)
+            f", and the Units it may state are not those of '{final}', which states none"), 0, notes)
         if content is None:
-            return
+            return None
     stated = content.get("Units")
     if units and isinstance(stated, str) and _SIDECAR_UNITS.get(stated.strip().upper()) == units:
-        return  # it says so already (e.g. dcm2niix's "BQML"): the user's file is not rewritten
+        return None  # it says so already (e.g. dcm2niix's "BQML"): the user's file is not rewritten
     if not units:
         if "Units" not in content:
-            return
+            return None
         old = content.pop("Units")
-        warnings.warn(f"'{final}' is written without units over a file whose JSON sidecar '{sidecar}' stated Units "
-                      f"{repr(old)[:40]}: they are removed from it (they were the old file's), its other keys kept"
-                      + ("" if content else "; the sidecar, left empty, is removed") + ".", stacklevel=3)
+        notes.append(f"'{final}' is written without units over a file whose JSON sidecar '{sidecar}' stated Units "
+                     f"{repr(old)[:40]}: they are removed from it (they were the old file's), its other keys kept"
+                     + ("" if content else "; the sidecar, left empty, is removed") + ".")
         if not content:
-            os.remove(sidecar)
-            return
+            return sidecar, None
     else:
         content["Units"] = _BIDS_UNITS.get(units, units)
-    mode = (os.stat(sidecar).st_mode & 0o7777) if exists else None
-    with atomic_output(sidecar, mode) as tmp:
+    tmp, _ = atomic_path(sidecar)
+    try:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(content, fh, indent=2, ensure_ascii=False)
             fh.write("\n")
+        os.chmod(tmp, (os.stat(sidecar).st_mode & 0o7777) if exists else _NEW_FILE_MODE)
+    except BaseException as exc:
+        os.remove(tmp)
+        if isinstance(exc, OSError):  # a full disk: named, not a traceback
+            raise InputError(f"Cannot write '{sidecar}', the JSON sidecar of '{final}' ({exc.strerror or exc}).",
+                             "Free some disk space, or give an output path you can write to.") from exc
+        raise
+    return sidecar, tmp
+
+
+def _commit_sidecar(final: str, staged: tuple[str, str | None]) -> None:
+    """Put in place the sidecar :func:`_stage_sidecar_units` prepared (``final``, the image, being in place)."""
+    sidecar, tmp = staged
+    try:
+        if tmp is None:
+            os.remove(sidecar)
+        else:
+            os.replace(tmp, sidecar)
+    except OSError as exc:
+        raise InputError(f"'{final}' is written, but its JSON sidecar '{sidecar}' could not be "
+                         f"{'removed' if tmp is None else 'replaced'} ({exc.strerror or exc}): the Units it states "
+                         "may not be those of the image.",
+                         "Check that the folder is writable, and write the image again.") from exc
 
 
 def _set_dicom_file_spacing(image: sitk.Image, path: str, notes: list[_FileWarning],
@@ -4241,62 +4271,75 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
         if vectors is not None:  # (out is a copy) said in the file, for read_image to take them back the same way
             out.SetMetaData(_MINC_COMPONENTS_KEY, "vector" if vectors else "channels")
     staged = suffix in _TWO_FILES
-    with (staged_output(final) if staged else atomic_output(final)) as tmp:
-        if suffix in (".jpg", ".jpeg"):
-            _room_for_jpeg(out, final, tmp)
-        elif suffix in _HDF5_IMAGE_EXTENSIONS:
-            _room_for_hdf5_image(out, final, tmp)
-        try:
-            with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
-                sitk.WriteImage(out, tmp, compress and _suffix(final) not in _2D_EXTENSIONS)
-        except InputError as exc:
-            if suffix in _TWO_FILES and _not_lower_case(final) and (
-                    "Unable to determine ImageIO writer" in str(exc) or "file name" in str(exc)):
-                # staged under the name as given (the others under a lower-case temporary name): 'x.HDR' is
-                # "Bad Nifti file name", 'x.Hdr' has no writer
-                raise _lower_case_only(final, "writes") from exc
-            if "Unable to determine ImageIO writer" in str(exc):  # ITK names the temporary file, not the output
-                raise InputError(f"No image format is written as '{final}' (extension "
-                                 f"'{_suffix(final) or 'none'}').",
-                                 _ANY_IMAGE_FIX) from exc
-            stopped = _stopped_by_disk(final, tmp, str(exc.problem), staged=staged, need=_most_image_bytes(out))
-            if stopped is not None:
-                raise stopped from exc
-            raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
-        if suffix in (".nii", ".nii.gz", *_PAIR_PARTS) and not _nifti_written_whole(tmp):
-            # ITK's NIfTI writer reports no write error (it prints "** ERROR: NWAD: wrote only 0 of ... bytes"
-            # and returns): on a full disk the output was a cut-off file, and the command said it wrote it
-            raise _written_cut_short(final, tmp, "NIfTI", staged=staged)
-        if suffix in _RAW_LAYOUTS:
-            # nor do its GIPL (.gipl, .gipl.gz) and BMP writers: a file cut at the size limit was the output
+    notes: list[str] = []  # warnings' texts, issued once the image (and its sidecar) are in place
+    sidecar: tuple[str, str | None] | None = None
+    try:
+        with (staged_output(final) if staged else atomic_output(final)) as tmp:
+            if suffix in (".jpg", ".jpeg"):
+                _room_for_jpeg(out, final, tmp)
+            elif suffix in _HDF5_IMAGE_EXTENSIONS:
+                _room_for_hdf5_image(out, final, tmp)
             try:
-                _check_complete(tmp)
+                with itk_guard(f"writing '{final}'", "Check the folder is writable and the extension is supported."):
+                    sitk.WriteImage(out, tmp, compress and _suffix(final) not in _2D_EXTENSIONS)
             except InputError as exc:
-                writer = {".gipl": "GIPL", ".gipl.gz": "GIPL", ".pic": "BioRad PIC"}.get(suffix, suffix[1:].upper())
-                raise _written_cut_short(final, tmp, writer, staged=staged) from exc
-        if suffix in (".tif", ".tiff", ".lsm"):
-            _check_tiff_written_whole(final, tmp, out)
-        if suffix == ".j2k" and not _j2k_written_whole(tmp):
-            # nor does its JPEG 2000 writer for a bare codestream (.jp2's reports it): cut at the size limit, it was
-            # the output, and no reader opened it ("opj_decode_tile_data returns false")
-            raise _written_cut_short(final, tmp, "JPEG 2000", staged=staged)
-        if suffix == ".spr":
-            _name_stimulate_data_file(tmp)
-            if not _stimulate_written_whole(tmp):  # nor does its Stimulate writer: x.sdt cut at the size limit
-                raise _written_cut_short(final, tmp, "Stimulate", staged=staged)
-        units = dicom_units(image)
-        header_units = _check_reads_back(tmp, final, out)
-        if suffix not in (".nii", ".nii.gz") and header_units != units and units:
-            # a PET's Units (BQML...), which resample and the rest keep, had been dropped without a word by
-            # `mmfusion resample -o x.nii.gz` and run's resampled moving image in NIfTI
-            warnings.warn(f"'{final}': a {suffix} file keeps no DICOM Units (0054,1001): the values are written in "
-                          f"{units} as they are, but read back nothing states it (a window in SUV is then checked, "
-                          "and the web's SUV windows offered, by the values alone); write .nrrd or .mha to keep "
-                          "them (or .nii.gz, which keeps them in its BIDS JSON sidecar).", stacklevel=2)
-        if tensor and suffix in tensors.TAGGED_SUFFIXES:
-            tensors.tag_written_file(tmp, suffix, image)
-        if suffix in (".nii", ".nii.gz"):  # a NIfTI's: in the BIDS sidecar beside it, as PET-BIDS keeps them
-            _write_sidecar_units(final, units)
+                if suffix in _TWO_FILES and _not_lower_case(final) and (
+                        "Unable to determine ImageIO writer" in str(exc) or "file name" in str(exc)):
+                    # staged under the name as given (the others under a lower-case temporary name): 'x.HDR' is
+                    # "Bad Nifti file name", 'x.Hdr' has no writer
+                    raise _lower_case_only(final, "writes") from exc
+                if "Unable to determine ImageIO writer" in str(exc):  # ITK names the temporary file, not the output
+                    raise InputError(f"No image format is written as '{final}' (extension "
+                                     f"'{_suffix(final) or 'none'}').",
+                                     _ANY_IMAGE_FIX) from exc
+                stopped = _stopped_by_disk(final, tmp, str(exc.problem), staged=staged, need=_most_image_bytes(out))
+                if stopped is not None:
+                    raise stopped from exc
+                raise InputError(str(exc.problem).replace(tmp, final), exc.fix) from exc
+            if suffix in (".nii", ".nii.gz", *_PAIR_PARTS) and not _nifti_written_whole(tmp):
+                # ITK's NIfTI writer reports no write error (it prints "** ERROR: NWAD: wrote only 0 of ... bytes"
+                # and returns): on a full disk the output was a cut-off file, and the command said it wrote it
+                raise _written_cut_short(final, tmp, "NIfTI", staged=staged)
+            if suffix in _RAW_LAYOUTS:
+                # nor do its GIPL (.gipl, .gipl.gz) and BMP writers: a file cut at the size limit was the output
+                try:
+                    _check_complete(tmp)
+                except InputError as exc:
+                    writer = {".gipl": "GIPL", ".gipl.gz": "GIPL", ".pic": "BioRad PIC"}.get(suffix, suffix[1:].upper())
+                    raise _written_cut_short(final, tmp, writer, staged=staged) from exc
+            if suffix in (".tif", ".tiff", ".lsm"):
+                _check_tiff_written_whole(final, tmp, out)
+            if suffix == ".j2k" and not _j2k_written_whole(tmp):
+                # nor does its JPEG 2000 writer for a bare codestream (.jp2's reports it): cut at the size limit, it was
+                # the output, and no reader opened it ("opj_decode_tile_data returns false")
+                raise _written_cut_short(final, tmp, "JPEG 2000", staged=staged)
+            if suffix == ".spr":
+                _name_stimulate_data_file(tmp)
+                if not _stimulate_written_whole(tmp):  # nor does its Stimulate writer: x.sdt cut at the size limit
+                    raise _written_cut_short(final, tmp, "Stimulate", staged=staged)
+            units = dicom_units(image)
+            header_units = _check_reads_back(tmp, final, out)
+            if suffix not in (".nii", ".nii.gz") and header_units != units and units:
+                # a PET's Units (BQML...), which resample and the rest keep, had been dropped without a word by
+                # `mmfusion resample -o x.nii.gz` and run's resampled moving image in NIfTI
+                notes.append(f"'{final}': a {suffix} file keeps no DICOM Units (0054,1001): the values are written "
+                             f"in {units} as they are, but read back nothing states it (a window in SUV is then "
+                             "checked, and the web's SUV windows offered, by the values alone); write .nrrd or .mha "
+                             "to keep them (or .nii.gz, which keeps them in its BIDS JSON sidecar).")
+            if tensor and suffix in tensors.TAGGED_SUFFIXES:
+                tensors.tag_written_file(tmp, suffix, image)
+            if suffix in (".nii", ".nii.gz"):  # a NIfTI's: in the BIDS sidecar beside it, as PET-BIDS keeps them
+                sidecar = _stage_sidecar_units(final, units, notes)  # put in place after the image
+        if sidecar is not None:
+            _commit_sidecar(final, sidecar)
+            sidecar = None
+    finally:
+        if sidecar is not None and sidecar[1] is not None and os.path.exists(sidecar[1]):
+            os.remove(sidecar[1])  # the image failed: its sidecar is left as it was
+    # the notes once the files are in place: warnings turned into errors (python -W error) had stopped the write
+    # before the image was renamed into place, though their text says it is written
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     return final
 
 

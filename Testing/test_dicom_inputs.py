@@ -2285,6 +2285,75 @@ class BidsSidecarUnits(unittest.TestCase):
             io.write_image(plain, out)
         self.assertEqual((self._sidecar("out.json"), caught), ({"TracerName": "FDG"}, []))
 
+    def test_the_units_notes_come_once_the_files_are_in_place(self) -> None:
+        """The Units warnings of write_image were issued inside its atomic write: with warnings turned into errors
+        (python -W error, warnings.simplefilter("error")) the write stopped there, the image not renamed into
+        place and the sidecar not changed, though the message says the file is written. They now come after."""
+        pet, plain = self._pet("BQML"), sitk.Cast(self._pet(None), sitk.sitkFloat32)
+        cases = {  # name: (image, output, sidecar content before (None: none), sidecar expected after, message)
+            ".vtk keeps no Units": (pet, "p.vtk", None, None, "keeps no DICOM Units"),
+            "an image without units over a sidecar stating them": (
+                plain, "n.nii.gz", {"Units": "Bq/mL", "TracerName": "FDG"}, {"TracerName": "FDG"},
+                "they are removed from it"),
+            "a sidecar stating only Units, removed": (plain, "e.nii.gz", {"Units": "Bq/mL"}, None,
+                                                      "the sidecar, left empty, is removed"),
+            "a malformed sidecar": (pet, "m.nii.gz", '{"TracerName": "FDG",', '{"TracerName": "FDG",',
+                                    "is left as it is, without the Units BQML"),
+        }
+        for name, (image, output, before, after, message) in cases.items():
+            with self.subTest(name):
+                out = os.path.join(self.dir, output)
+                sidecar = io.bids_sidecar_path(out)
+                if before is not None:
+                    self._write(os.path.basename(sidecar), before)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    with self.assertRaisesRegex(UserWarning, message):
+                        io.write_image(image, out)
+                self.assertTrue(os.path.isfile(out))  # the image is in place
+                if sidecar is not None:
+                    if after is None:
+                        self.assertFalse(os.path.exists(sidecar))
+                    elif isinstance(after, str):
+                        with open(sidecar, encoding="utf-8") as fh:
+                            self.assertEqual(fh.read(), after)
+                    else:
+                        self.assertEqual(self._sidecar(os.path.basename(sidecar)), after)
+        self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(".")], [])  # no temporary file left
+
+    def test_an_image_that_fails_to_be_placed_leaves_its_sidecar_as_it_was(self) -> None:
+        """The sidecar had been put in place before the image was renamed into place: an image that failed then
+        (its rename refused) left the old image with the new image's Units in its sidecar (or the old file's
+        Units removed). The image goes first now, and the sidecar only once it is in place. (The rename's failure
+        is injected: no real disk refuses it here.)"""
+        from unittest import mock
+
+        pet, plain = self._pet("BQML"), sitk.Cast(self._pet(None), sitk.sitkFloat32)
+        real_replace = os.replace
+        out = os.path.join(self.dir, "o.nii.gz")
+        for name, (old, new, before) in {
+                "a PET over an image without units": (plain, pet, {"TracerName": "FDG"}),
+                "an image without units over a PET": (pet, plain, {"Units": "Bq/mL", "TracerName": "FDG"}),
+                "an image without units over a PET, sidecar of Units alone": (pet, plain, {"Units": "Bq/mL"})}.items():
+            with self.subTest(name), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                io.write_image(old, out)
+                self._write("o.json", before)
+                with open(out, "rb") as fh:
+                    image_before = fh.read()
+
+                def replace(src: str, dst: str, *args: object, **kwargs: object) -> None:
+                    if os.fspath(dst) == out:
+                        raise OSError(28, "No space left on device")
+                    real_replace(src, dst, *args, **kwargs)
+
+                with mock.patch("os.replace", replace), self.assertRaises(InputError):
+                    io.write_image(new, out)
+                with open(out, "rb") as fh:
+                    self.assertEqual(fh.read(), image_before)  # the old image
+                self.assertEqual(self._sidecar("o.json"), before)  # with its own sidecar
+                self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(".")], [])
+
     def test_run_and_resample_write_the_sidecar(self) -> None:
         import contextlib
         import io as text_io
