@@ -2354,6 +2354,20 @@ class BidsSidecarUnits(unittest.TestCase):
                 self.assertEqual(self._sidecar("o.json"), before)  # with its own sidecar
                 self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(".")], [])
 
+    def test_an_analyze_nifti_pair_says_it_keeps_no_units(self) -> None:
+        """A NIfTI pair (.hdr + .img) has no BIDS sidecar (BIDS names .nii and .nii.gz only): a PET written so
+        gets the note that its Units are not kept, and no sidecar."""
+        pet = self._pet("BQML")
+        for output in ("pair.hdr", "pair2.img", "pair3.hdr.gz", "pair4.img.gz"):
+            with self.subTest(output), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = io.write_image(pet, os.path.join(self.dir, output))
+                notes = [str(w.message) for w in caught if "Units" in str(w.message)]
+                self.assertEqual(len(notes), 1, notes)
+                self.assertIn("file keeps no DICOM Units (0054,1001): the values are written in BQML", notes[0])
+                self.assertEqual(io.dicom_units(io.read_image(out)), "")
+        self.assertEqual([n for n in os.listdir(self.dir) if n.endswith(".json")], [])
+
     def test_run_and_resample_write_the_sidecar(self) -> None:
         import contextlib
         import io as text_io
