@@ -2009,11 +2009,17 @@ class DicomPetUnits(unittest.TestCase):
         self.assertEqual(image.GetPixelID(), sitk.sitkFloat32)
         self.assertEqual(io.dicom_units(image), "BQML")
         mr_path = os.path.join(self.dir, "mr.nrrd")
-        io.write_image(sitk.GetImageFromArray(np.indices((4, 16, 16)).sum(axis=0).astype(np.float32)), mr_path)
+        # the fixed image: the PET's own grid and a copy of its values (no Units), so that the registration, which
+        # this test does not judge, starts aligned and cannot end outside the moving image (an unrelated 4x16x16
+        # image had stopped it once under load, "All samples map outside moving image buffer")
+        fixed = sitk.GetImageFromArray(sitk.GetArrayFromImage(image) * 0.01)
+        fixed.CopyInformation(image)
+        io.write_image(fixed, mr_path)
         out = os.path.join(self.dir, "reg")
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(text_io.StringIO()):
             warnings.simplefilter("always")
-            self.assertEqual(cli.main(["register", mr_path, folder, "-o", out, "--threads", "1"]), 0)
+            self.assertEqual(cli.main(["register", mr_path, folder, "-o", out, "--stages", "rigid", "--seed", "0",
+                                       "--threads", "1"]), 0)
         self.assertEqual([str(w.message) for w in caught if "Units" in str(w.message)], [])
         self.assertEqual(io.dicom_units(io.read_image(os.path.join(out, "moving_resampled.nii.gz"))), "BQML")
 
