@@ -330,6 +330,76 @@ class RobustRangeTest(unittest.TestCase):
                     self.assertFalse((values[~padding_mask(values)] < -3100).any())
                     self.assertLess(padding_mask(values).mean(), 0.25)  # the padding and its rim, not the head
 
+    def test_the_rim_search_finds_the_voxels_binary_dilation_found(self) -> None:
+        """The rim search dilates the padding by shifted ORs and takes the floor in place (3 s to 0.7-1 s on a
+        512x512x300 float CT): the same mask as scipy's binary_dilation (3x3x3, 3 times) and a copy's minimum gave,
+        on resampled padded images (linear, B-spline, Lanczos; float, int16; NaN and inf away from the padding), thin
+        and one-slice ones, 2-D and 4-D ones, and on random masks of odd shapes."""
+        from scipy.ndimage import binary_dilation
+
+        from MultimodalFusionLib import preprocess
+        from MultimodalFusionLib.preprocess import padding_mask, resample
+
+        def old_mask(arr: np.ndarray) -> np.ndarray | None:  # padding_mask as it was: binary_dilation, a copy
+            with np.errstate(invalid="ignore"):
+                below = arr < preprocess.LOWEST_HU
+            if not below.any():
+                return None
+            low = arr[below].astype(np.float64)
+            candidates = (float(low.min()), float(np.median(low)))
+            with np.errstate(invalid="ignore"):
+                near = [np.count_nonzero(np.abs(low - c) <= 0.1 * abs(c)) for c in candidates]
+            fill = candidates[int(np.argmax(near))]
+            reach = 0.1 * abs(fill)
+            mask = below & (arr >= fill - reach) & (arr <= fill + reach)
+            with np.errstate(invalid="ignore"):
+                above = np.count_nonzero((arr > fill + reach) & (arr <= fill + 2.0 * reach))
+            if above > 0.25 * np.count_nonzero(mask):
+                return None
+            if arr.ndim >= 2 and mask.any() and (below & ~mask).any():
+                around = binary_dilation(mask, structure=np.ones((3,) * arr.ndim, bool), iterations=3)
+                away = arr[~around]
+                away = away[np.isfinite(away)] if np.issubdtype(away.dtype, np.floating) else away
+                floor = float(away.min()) if away.size else preprocess.LOWEST_HU
+                with np.errstate(invalid="ignore"):
+                    mask |= around & (arr < floor)
+            return mask
+
+        rng = np.random.default_rng(8)
+        cases = []
+        for shape in ((6, 48, 40), (1, 40, 40), (2, 40, 33)):
+            z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
+            radius = np.hypot(y - shape[1] / 2, x - shape[2] / 2)
+            ct = np.where(radius < 14, rng.normal(40, 15, radius.shape), -1000 + rng.normal(0, 5, radius.shape))
+            padded = sitk.GetImageFromArray(np.where(radius < 19, ct, -32768).astype(np.int16))
+            centre = padded.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in padded.GetSize()])
+            turn = sitk.Euler3DTransform(centre, 0.0, 0.0, np.radians(10.0))
+            for interpolation in ("linear", "bspline", "lanczos"):
+                for pixel_type in (None, sitk.sitkInt16):
+                    cases.append(sitk.GetArrayFromImage(resample(padded, padded, turn, interpolation,
+                                                                 pixel_type=pixel_type)))
+        odd = cases[0].astype(np.float32)
+        odd[3, 20:24, 18:22] = np.nan
+        odd[4, 22, 20] = np.inf
+        odd[2, 24, 19] = -np.inf
+        cases += [odd, cases[0][3], cases[0][None], np.where(np.isnan(odd), np.nan, -1.0e30).astype(np.float32)]
+        for number, values in enumerate(cases):
+            with self.subTest(number, shape=values.shape, dtype=str(values.dtype)):
+                expected = old_mask(values)
+                with np.errstate(invalid="ignore"):
+                    got = padding_mask(values)
+                self.assertIsNotNone(got)
+                np.testing.assert_array_equal(got, expected)
+                if number < 3:
+                    self.assertGreater(np.count_nonzero(got & (values > -32768 + 3276.8)), 0)  # a rim was found
+        for shape in ((1, 5, 9), (2, 2), (7, 1), (3, 4, 5, 6), (1, 1, 1), (20, 3, 9), (17, 30, 12)):
+            for density in (0.0, 0.01, 0.1):
+                mask = rng.random(shape) < density
+                for voxels in (1, 2, 3, 4):
+                    np.testing.assert_array_equal(
+                        preprocess._within_voxels(mask, voxels),
+                        binary_dilation(mask, structure=np.ones((3,) * len(shape), bool), iterations=voxels))
+
     def test_values_that_run_on_below_the_lowest_hu_are_no_padding(self) -> None:
         """A Siemens phase map (-4096..4095) and a difference image whose tail runs below -3100 had their lowest values
         taken for a fill and its rim (the median of those below -3100, 10% of it, 3 voxels round): 21% of the phase
