@@ -4273,6 +4273,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
     staged = suffix in _TWO_FILES
     notes: list[str] = []  # warnings' texts, issued once the image (and its sidecar) are in place
     sidecar: tuple[str, str | None] | None = None
+    made = _missing_folders(os.path.dirname(os.path.abspath(final)))  # the folders the write makes
     try:
         with (staged_output(final) if staged else atomic_output(final)) as tmp:
             if suffix in (".jpg", ".jpeg"):
@@ -4336,6 +4337,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
     finally:
         if sidecar is not None and sidecar[1] is not None and os.path.exists(sidecar[1]):
             os.remove(sidecar[1])  # the image failed: its sidecar is left as it was
+            # and the folders the write made, which the staged sidecar had kept from being removed as empty
+            _remove_empty(made)
     # the notes once the files are in place: warnings turned into errors (python -W error) had stopped the write
     # before the image was renamed into place, though their text says it is written
     for note in notes:

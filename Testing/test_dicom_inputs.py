@@ -2360,6 +2360,27 @@ class BidsSidecarUnits(unittest.TestCase):
                 self.assertEqual(self._sidecar("o.json"), before)  # with its own sidecar
                 self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(".")], [])
 
+    def test_an_image_that_fails_to_be_placed_in_a_new_folder_leaves_no_folder(self) -> None:
+        """A write refused in folders it made leaves none of them behind (output_folder); the staged sidecar's
+        temporary file, still in the folder when the image's rename failed, had kept them: a PET written to
+        new/deeper/o.nii.gz left both folders, empty. (The rename's failure is injected.)"""
+        from unittest import mock
+
+        real_replace = os.replace
+        for new, image in (("new", self._pet("BQML")), ("new2", sitk.Cast(self._pet(None), sitk.sitkFloat32))):
+            out = os.path.join(self.dir, new, "deeper", "o.nii.gz")  # a sidecar staged; none
+
+            def replace(src: str, dst: str, *args: object, out: str = out, **kwargs: object) -> None:
+                if os.fspath(dst) == out:
+                    raise OSError(28, "No space left on device")
+                real_replace(src, dst, *args, **kwargs)
+
+            with self.subTest(units=io.dicom_units(image)), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with mock.patch("os.replace", replace), self.assertRaises(InputError):
+                    io.write_image(image, out)
+                self.assertFalse(os.path.exists(os.path.join(self.dir, new)))
+
     def test_an_analyze_nifti_pair_says_it_keeps_no_units(self) -> None:
         """A NIfTI pair (.hdr + .img) has no BIDS sidecar (BIDS names .nii and .nii.gz only): a PET written so
         gets the note that its Units are not kept, and no sidecar."""
