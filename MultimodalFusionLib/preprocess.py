@@ -707,6 +707,10 @@ _PADDING_TOLERANCE = 0.1
 _PADDING_RIM_VOXELS = 3
 #: a fill's next 10% above holds at most this share of its count: more, and the values run on through it (no padding)
 _PADDING_APART = 0.25
+#: int16's lowest value, the fill of CT exports: a fill near it or below (within :data:`_PADDING_TOLERANCE`, an
+#: interpolation's overshoot) is padding whatever lies above it, as no image's own values (a phase map's -4096, a
+#: difference of two CTs' HU) reach down there
+_INT16_FILL = -32768.0
 
 
 def padding_mask(values: np.ndarray) -> np.ndarray | None:
@@ -738,7 +742,9 @@ def padding_mask(values: np.ndarray) -> np.ndarray | None:
     # its voxels, up to -2379, from its windows and fusion's min-max (clipped to 0)
     with np.errstate(invalid="ignore"):
         above = np.count_nonzero((arr > fill + reach) & (arr <= fill + 2.0 * reach))
-    if above > _PADDING_APART * np.count_nonzero(mask):
+    # (not asked of int16's fill: a small padding, the corners a wide reconstruction circle leaves, turned, has
+    # fewer voxels near -32768 than mixtures in its rim, and had been kept whole, windows from -32768 again)
+    if fill > _INT16_FILL * (1.0 - _PADDING_TOLERANCE) and above > _PADDING_APART * np.count_nonzero(mask):
         return None
     if arr.ndim >= 2 and mask.any() and (below & ~mask).any():  # a rim: resampled from a padded image
         around = _within_voxels(mask, _PADDING_RIM_VOXELS)
