@@ -35,7 +35,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..io import missing_data_file
-from ..preprocess import CT_WINDOWS
+from ..preprocess import COMPUTE_MASK, CT_WINDOWS
 from ..registration.parameters import INITIALIZER_HELP, INITIALIZERS
 from ..validation import whole_number
 from .message_gate import _shown_args as _shown  # a value a client sent, for a message: its repr, cut short
@@ -246,9 +246,10 @@ def _width_level(window: tuple[float, float]) -> tuple[float, float]:
     return float(f"{hi - lo:.6g}"), float(f"{(lo + hi) / 2.0:.6g}")
 
 
-def _fusion_window_choices(image: sitk.Image) -> tuple[list[dict[str, str]], dict[str, tuple[float, float]],
-                                                         tuple[float, float], str]:
-    """The fusion windows the panel offers for ``image``, as loaded (a window is in the image's own units).
+def _fusion_window_choices(image: sitk.Image, padding: Any = COMPUTE_MASK) -> tuple[
+        list[dict[str, str]], dict[str, tuple[float, float]], tuple[float, float], str]:
+    """The fusion windows the panel offers for ``image``, as loaded (a window is in the image's own units);
+    ``padding``: its ``preprocess.padding_mask`` where known (``FusionViewer.padding``), else computed.
 
     Returns:
         (the preset list's items, the window (low, high) of each preset but Default and Manual, the window the
@@ -259,14 +260,14 @@ def _fusion_window_choices(image: sitk.Image) -> tuple[list[dict[str, str]], dic
 
     items = [{"title": "Engine default (no window)", "value": _FW_DEFAULT}, {"title": "Manual", "value": _FW_MANUAL}]
     windows: dict[str, tuple[float, float]] = {}
-    default, words = _engine_default_window(image, "a")
+    default, words = _engine_default_window(image, "a", padding=padding)
     if image.GetNumberOfComponentsPerPixel() > 1:  # colour: its luminance is fused; a window is typed (Manual)
         return items, windows, default, words
     # robust_range leaves out the padding looks_like_ct leaves out (preprocess.without_padding: -32768 outside a
     # CT's reconstruction circle): a CT so padded had been offered -32768..1000, of no use as a window
-    lo, hi = robust_range(sitk.GetArrayViewFromImage(image), 1.0, 99.0)
+    lo, hi = robust_range(sitk.GetArrayViewFromImage(image), 1.0, 99.0, padding)
     named = {_FW_PERCENTILE: ("1st-99th percentile", (lo, hi))}
-    presets = {**(_CT_FUSION_WINDOWS if looks_like_ct(image) else {}),
+    presets = {**(_CT_FUSION_WINDOWS if looks_like_ct(image, padding) else {}),
                **(_SUV_FUSION_WINDOWS if looks_like_suv(image) else {})}
     named.update({key: (title, (level - width / 2.0, level + width / 2.0))
                   for key, (title, (width, level)) in presets.items()})
@@ -277,13 +278,15 @@ def _fusion_window_choices(image: sitk.Image) -> tuple[list[dict[str, str]], dic
     return items, windows, default, words
 
 
-def _engine_default_window(image: sitk.Image, side: str, method: str = "average") -> tuple[tuple[float, float], str]:
+def _engine_default_window(image: sitk.Image, side: str, method: str = "average",
+                           padding: Any = COMPUTE_MASK) -> tuple[tuple[float, float], str]:
     """The window (low, high) ``fusion.fuse`` takes for ``image`` given none, and the words for it: the fixed image's
     (``side`` "a") and, but for the overlay, the moving one's: 0..255 for 8-bit, else min..max, a colour image's
     luminance 0..255; the overlay's functional window (``side`` "b", ``method`` "overlay"): min..99.5th percentile
     (min..max where the two meet), 8-bit too. The panel had shown min..max for the overlay's functional image,
     which the engine windows at its 99.5th percentile (a PET's hot spots above it saturate), so the fields under
-    Engine default and the page's words were not what Fuse used."""
+    Engine default and the page's words were not what Fuse used. ``padding``: as :func:`_fusion_window_choices`
+    takes it."""
     import numpy as np
 
     from ..fusion import _grey_input, _is_grey_rgb, _overlay_default_window
@@ -296,6 +299,7 @@ def _engine_default_window(image: sitk.Image, side: str, method: str = "average"
         # percentile, where 'its luminance, 0..255' had been shown)
         try:
             image = _grey_input(image, "functional image (b)" if side == "b" else "anatomical image (a)")
+            padding = COMPUTE_MASK  # another image: its own padding
         except InputError:  # one fuse refuses in its own words when Fuse is pressed
             return (0.0, 255.0), "its luminance, 0..255"
     if side == "b" and method == "overlay":
@@ -304,7 +308,7 @@ def _engine_default_window(image: sitk.Image, side: str, method: str = "average"
         return (low, high), f"{rule}: {low:.6g}..{high:.6g}"
     if image.GetPixelID() == sitk.sitkUInt8:
         return (0.0, 255.0), "8-bit, as it is: 0..255"
-    low, high = image_range(image)
+    low, high = image_range(image, padding)
     return (low, high), f"min..max: {low:.6g}..{high:.6g}"
 
 
@@ -1386,7 +1390,7 @@ class FusionWebApp:
         from .viewer import CT_WINDOW_LEVEL_PRESETS, image_range, looks_like_ct
 
         def limits(image: sitk.Image) -> tuple[float, float, float]:
-            lo, hi = image_range(image)
+            lo, hi = image_range(image, self.viewer.padding(image))
             integer = np.issubdtype(sitk.GetArrayViewFromImage(image).dtype, np.integer)
             return lo, hi, _step(lo, hi, bool(integer))
 
@@ -1399,7 +1403,7 @@ class FusionWebApp:
             image = self.viewer.images[role]
             self._background_limits = lo, hi, step = limits(image)
             presets = list(_WL_BASE_CHOICES)
-            if looks_like_ct(image):
+            if looks_like_ct(image, self.viewer.padding(image)):
                 presets += [{"title": f"{name} (W {w:g} / L {lv:g})", "value": name}
                             for name, (w, lv) in CT_WINDOW_LEVEL_PRESETS.items()]
             update.update({"wl_enabled": True, "wl_presets": presets, **_window_level_panel(*wl, lo, hi, step)})
@@ -1494,7 +1498,9 @@ class FusionWebApp:
         for side, image in (("a", self.fixed_image), ("b", self.moving_image)):
             if image is None:
                 continue
-            items, self._fw_windows[side], default, words = _fusion_window_choices(image)
+            # the padding the viewer found for its windows (the panel's image is the one it shows), once for all
+            padding = self.viewer.padding(image) if image.GetNumberOfComponentsPerPixel() == 1 else COMPUTE_MASK
+            items, self._fw_windows[side], default, words = _fusion_window_choices(image, padding)
             if side == "b":  # by the method, of the image Fuse will take
                 default, words = self._engine_default_b()
             self._fw_default[side] = (default, words)

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..preprocess import COMPUTE_MASK
 
 __all__ = ["FusionViewer", "ROLES", "capture_view", "DEFAULT_VR_PRESET", "CT_WINDOW_LEVEL_PRESETS",
            "looks_like_ct", "looks_like_suv"]
@@ -74,6 +75,10 @@ class FusionViewer:
         self.scene = slicer_app.scene
         self.nodes: dict[str, Any] = {}
         self.images: dict[str, sitk.Image] = {}
+        # (image, its preprocess.padding_mask) per role, computed at the first window taken of the image
+        # (:meth:`padding`) and dropped when the role's image is set: 0.4-1 s a call on a 512x512x300 CT, which
+        # loading one had paid 7 times over (its windows, ranges, Otsu threshold, CT test, fusion windows)
+        self._padding: dict[str, tuple[sitk.Image, np.ndarray | None]] = {}
         self.colormap = "PET-Heat"
         self.opacity = 0.5
         self.foreground_role: str | None = None
@@ -130,7 +135,9 @@ class FusionViewer:
 
         Args:
             role: one of :data:`ROLES`.
-            image: the image (LPS, as the engine uses it); None removes the role's node.
+            image: the image (LPS, as the engine uses it); None removes the role's node. Held as given, as the
+                node's copy of its voxels is: an image changed afterwards is set again (its padding, which the
+                display windows leave out, is found again then).
 
         Returns:
             The volume node (None when removed).
@@ -150,6 +157,7 @@ class FusionViewer:
         elif role == "fused":
             self.functional_ranges.pop("fused", None)
         old = self.nodes.get(role)
+        self._padding.pop(role, None)  # of the image set before, even where this one is the same object
         if image is None:
             if old is not None:
                 self._remove_node(old)
@@ -185,6 +193,21 @@ class FusionViewer:
         for other in extra:
             if other.GetScene() is not None:
                 self.scene.RemoveNode(other)
+
+    def padding(self, image: sitk.Image) -> np.ndarray | None:
+        """``preprocess.padding_mask`` of ``image``'s voxels (None: no padding), for the windows and ranges taken of
+        it (``mask`` of ``preprocess.robust_range``, ``padding`` of :func:`image_range`, :func:`looks_like_ct`...):
+        once per image set for a role (:meth:`set_image`), kept while it is that role's image; an image the viewer
+        does not hold has it computed each time."""
+        from ..preprocess import padding_mask
+
+        role = next((r for r, held in self.images.items() if held is image), None)
+        if role is None:
+            return padding_mask(sitk.GetArrayViewFromImage(image))
+        known = self._padding.get(role)
+        if known is None or known[0] is not image:
+            known = self._padding[role] = (image, padding_mask(sitk.GetArrayViewFromImage(image)))
+        return known[1]
 
     def node(self, role: str) -> Any:
         """The volume node of ``role`` or None."""
@@ -281,12 +304,13 @@ class FusionViewer:
         role = next((r for r, n in self.nodes.items() if n is node), None)
         if role is None:
             return
+        image = self.images[role]
         lo, hi = self.functional_ranges.get(_range_kind(role)) or _functional_window(
-            self.images[role], self.functional_percentiles)
+            image, self.functional_percentiles, self.padding(image))
         display.AutoWindowLevelOff()
         display.SetWindowLevelMinMax(lo, hi)
         display.AutoThresholdOff()
-        upper = image_range(self.images[role])[1]
+        upper = image_range(image, self.padding(image))[1]
         display.SetThreshold(lo, max(upper, hi))
         display.SetApplyThreshold(1)
 
@@ -435,7 +459,7 @@ class FusionViewer:
         else:
             lower, upper = float(lower), float(upper)
             if upper <= lower:  # an empty window: keep the colour table usable
-                lo, hi = image_range(self.images[role])
+                lo, hi = image_range(self.images[role], self.padding(self.images[role]))
                 upper = lower + max(1e-6, 1e-3 * (hi - lo))
             self.functional_ranges[kind] = (lower, upper)
         self._setup_functional(self.nodes[role])
@@ -493,12 +517,13 @@ class FusionViewer:
         display = vr.create_display_node(node, preset)
         vr.apply_preset(display, preset)
         image = self.images[role]
-        _, hi = _percentiles(image, 1.0, 99.9)
+        padding = self.padding(image)
+        _, hi = _percentiles(image, 1.0, 99.9, padding)
         # Start the curve at the Otsu threshold: below it lie air and noise, which would
         # otherwise fill the box around the head with haze.
-        lo = _otsu(image)
+        lo = _otsu(image, padding)
         if not lo < hi:
-            lo, hi = _percentiles(image, 1.0, 99.9)
+            lo, hi = _percentiles(image, 1.0, 99.9, padding)
         _stretch_volume_property(vr.get_volume_node_property(node), lo, hi)
         view_ids = [v.get_view_node_id() for v in self.app.view_manager.get_threed_views()]
         display.SetViewNodeIDs(view_ids)
@@ -522,13 +547,14 @@ def _range_kind(role: str) -> str:
     return "fused" if role == "fused" else "functional"
 
 
-def image_range(image: sitk.Image) -> tuple[float, float]:
+def image_range(image: sitk.Image, padding: Any = COMPUTE_MASK) -> tuple[float, float]:
     """(min, max) of the finite voxel values of a scalar image but its padding (``preprocess.without_padding``: a
     CT's -32768 outside its reconstruction circle, whose sliders had run from it), the range ``fusion.fuse``
-    scales it by given no window; (0, 1) when nothing is finite."""
+    scales it by given no window; (0, 1) when nothing is finite. ``padding``: the image's
+    ``preprocess.padding_mask`` where known (:meth:`FusionViewer.padding`), else computed."""
     from ..preprocess import without_padding
 
-    arr = without_padding(sitk.GetArrayViewFromImage(image))
+    arr = without_padding(sitk.GetArrayViewFromImage(image), padding)
     if arr.size == 0:
         return 0.0, 1.0
     return float(arr.min()), float(arr.max())
@@ -543,20 +569,21 @@ def _finite_sample(image: sitk.Image, keep: np.ndarray | None = None) -> np.ndar
     return sample[np.isfinite(sample)] if np.issubdtype(sample.dtype, np.floating) else sample
 
 
-def looks_like_ct(image: sitk.Image) -> bool:
+def looks_like_ct(image: sitk.Image, padding: Any = COMPUTE_MASK) -> bool:
     """True for an image in Hounsfield units: air near -1000 HU and values reaching bone's hundreds, none below
     ``preprocess.LOWEST_HU`` but padding (``preprocess.padding_mask``): a fill value (-32768, int16's lowest, outside
     the reconstruction circle of many scanners' exports) and, in an image resampled from a padded one, its
     interpolated rim (mixtures of the fill and the image, B-spline's overshoot), left out. A CT so padded had been
     offered no CT presets, and one so padded then rotated none either (its rim read as values below any HU); an MR
     or a PET so padded (the rest 0 and up) is still none, and an image whose values run on below -3100 (a phase
-    map, a difference image) is not one either."""
+    map, a difference image) is not one either. ``padding``: as :func:`image_range` takes it."""
     if image.GetNumberOfComponentsPerPixel() > 1:
         return False
     from ..preprocess import LOWEST_HU, padding_mask
 
     arr = sitk.GetArrayViewFromImage(image)
-    padding = padding_mask(arr)  # on the whole image: the padding's rim is told by its neighbours
+    if padding is COMPUTE_MASK:
+        padding = padding_mask(arr)  # on the whole image: the padding's rim is told by its neighbours
     sample = _finite_sample(image, None if padding is None or padding.all() else ~padding)
     # any other value below -3100 left: no HU (below)
     if sample.size == 0:
@@ -589,28 +616,30 @@ def looks_like_suv(image: sitk.Image) -> bool:
     return low >= -1.0 and 1.0 <= high <= 60.0
 
 
-def _percentiles(image: sitk.Image, low: float, high: float) -> tuple[float, float]:
+def _percentiles(image: sitk.Image, low: float, high: float, padding: Any = COMPUTE_MASK) -> tuple[float, float]:
     from ..preprocess import robust_range
 
-    return robust_range(sitk.GetArrayViewFromImage(image), low, high)
+    return robust_range(sitk.GetArrayViewFromImage(image), low, high, padding)
 
 
-def _functional_window(image: sitk.Image, percentiles: tuple[float, float]) -> tuple[float, float]:
-    """``percentiles`` of the voxels above the Otsu threshold (inside the body)."""
+def _functional_window(image: sitk.Image, percentiles: tuple[float, float],
+                       padding: Any = COMPUTE_MASK) -> tuple[float, float]:
+    """``percentiles`` of the voxels above the Otsu threshold (inside the body); ``padding`` as :func:`image_range`
+    takes it."""
     arr = sitk.GetArrayViewFromImage(image)
-    inside = arr[arr > _otsu(image)]
+    inside = arr[arr > _otsu(image, padding)]
     if inside.size < 100:
-        return _percentiles(image, 1.0, 99.5)
+        return _percentiles(image, 1.0, 99.5, padding)
     lo, hi = (float(v) for v in np.percentile(inside, percentiles))
-    return (lo, hi) if hi > lo else _percentiles(image, 1.0, 99.5)
+    return (lo, hi) if hi > lo else _percentiles(image, 1.0, 99.5, padding)
 
 
-def _otsu(image: sitk.Image) -> float:
+def _otsu(image: sitk.Image, padding: Any = COMPUTE_MASK) -> float:
     """The Otsu threshold of the image's values but its padding (``preprocess.without_padding``: with a CT's
     -32768 in, the threshold split the padding from the rest and the volume rendering began far below the air)."""
     from ..preprocess import without_padding
 
-    values = without_padding(sitk.GetArrayViewFromImage(image))
+    values = without_padding(sitk.GetArrayViewFromImage(image), padding)
     if values.size == 0:
         return 0.0
     otsu = sitk.OtsuThresholdImageFilter()
