@@ -811,7 +811,8 @@ def without_padding(values: np.ndarray, mask: Any = COMPUTE_MASK) -> np.ndarray:
     volume rendering and fusion windows, the report's and checkerboard's pictures: :func:`robust_range`) and of
     fusion's min-max scaling (:func:`unpadded_range`), whose low end had been the padding: a padded CT's auto
     window started at -32768 and its fused brain lay in a few grey levels near white. ``web.viewer.looks_like_ct``
-    takes it too. Registration does not: its inputs are as given."""
+    takes it too. Registration sets the padding to the lowest other value in its working copies
+    (``registration.padding_filled``)."""
     values = np.asarray(values)
     if mask is COMPUTE_MASK:
         mask = padding_mask(values)

@@ -43,6 +43,7 @@ __all__ = [
     "list_presets",
     "presets_dir",
     "BACKENDS",
+    "padding_filled",
 ]
 
 BACKENDS = ("sitk", "torch")
@@ -106,8 +107,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
     moving_mask = check_mask(moving_mask, moving, "moving mask", "moving image") if moving_mask is not None else None
 
     with itk_guard("preparing the images for registration"):
-        fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
-        moving_f = sitk.Cast(moving, sitk.sitkFloat32)
+        fixed_f = padding_filled(sitk.Cast(fixed, sitk.sitkFloat32))
+        moving_f = padding_filled(sitk.Cast(moving, sitk.sitkFloat32))
     # (each backend warns about masks of few voxels itself: register_sitk and register_torch are public too)
     sparse = sparse_content_warnings(fixed_f, moving_f)
 
@@ -127,6 +128,37 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
                                initial_transform=initial_transform, progress=progress)
     result.warnings[:0] = sparse
     return result
+
+
+def padding_filled(image: sitk.Image) -> sitk.Image:
+    """A copy of ``image`` (the float32 working copy register() makes) with its padding
+    (:func:`preprocess.padding_mask`: -32768 outside a CT's reconstruction circle, with its interpolated rim) set to
+    its lowest value that is no padding, so that the metric sees air where the scanner saw nothing; ``image``
+    itself when it has none.
+
+    The registration's working copies only (register() casts its inputs to float32 first): the inputs, and the
+    moving image resampled through the result, keep their values. Left as they were, Mattes MI's histogram
+    (its bins span the image's min..max: 50 bins of ~715 HU from -32768..3000, air and all soft tissue in 2-3 of
+    them) and the torch backend's MI saw the padding's edge rather than the anatomy: a 2 mm MNI head CT, int16,
+    padded outside a circle round the head (6% of each slice), registered to its T1 rigidly ended 8.5 mm off
+    (sitk) and 8.1 mm (torch) where the same CT with its padding at its lowest HU ends 0.9 and 0.6 mm off."""
+    from ..preprocess import padding_mask
+
+    values = sitk.GetArrayViewFromImage(image)
+    mask = padding_mask(values)
+    if mask is None or mask.all():
+        return image
+    with np.errstate(invalid="ignore"):
+        lowest = float(np.min(values, where=~mask & np.isfinite(values), initial=np.inf))
+    if not np.isfinite(lowest):
+        return image
+    arr = sitk.GetArrayFromImage(image)
+    arr[mask] = lowest
+    filled = sitk.GetImageFromArray(arr)
+    filled.CopyInformation(image)
+    for key in image.GetMetaDataKeys():
+        filled.SetMetaData(key, image.GetMetaData(key))
+    return filled
 
 
 def check_one_start(named: str | None, settings: str | None, transform: str | None, give_one: str) -> None:
