@@ -705,6 +705,8 @@ _PADDING_TOLERANCE = 0.1
 #: -5000...) along the padding's edge in an image resampled from a padded one (2 measured, linear, B-spline and
 #: Lanczos; 3 for a finer grid)
 _PADDING_RIM_VOXELS = 3
+#: an axis of at least this many voxels has an edge where the pockets of a resampled padding lie (see padding_mask)
+_PADDING_EDGE_AXIS = 8
 #: a fill's next 10% above holds at most this share of its count: more, and the values run on through it (no padding)
 _PADDING_APART = 0.25
 #: int16's lowest value, the fill of CT exports: a fill near it or below (within :data:`_PADDING_TOLERANCE`, an
@@ -724,7 +726,10 @@ def padding_mask(values: np.ndarray) -> np.ndarray | None:
     a fill the image's values run on through (the next 10% above it holding more than a quarter of its count: a
     phase map's -4096, a difference image's tail). The fill is
     the lowest value, or, where interpolation overshot below it, the median of the values below :data:`LOWEST_HU`:
-    the one of the two that more of them lie near. A flat array (no neighbours) has its fill value only."""
+    the one of the two that more of them lie near. Behind a fill at int16's lowest, values below :data:`LOWEST_HU`
+    within 6 voxels of the padding or on the grid's edge (where an inscribed circle meets it, the padding mixed with
+    the 0 beyond the grid) are padding too, with their rim, where none of the image's values farther away lies below
+    it. A flat array (no neighbours) has its fill value only."""
     arr = np.asarray(values)
     with np.errstate(invalid="ignore"):
         below = arr < LOWEST_HU  # NaN: not below
@@ -747,18 +752,37 @@ def padding_mask(values: np.ndarray) -> np.ndarray | None:
     if fill > _INT16_FILL * (1.0 - _PADDING_TOLERANCE) and above > _PADDING_APART * np.count_nonzero(mask):
         return None
     if arr.ndim >= 2 and mask.any() and (below & ~mask).any():  # a rim: resampled from a padded image
-        around = _within_voxels(mask, _PADDING_RIM_VOXELS)
-        # the rim: values near the fill below every value of the image away from it (mixtures above -3100 too,
-        # which had made an MR so padded and rotated read as a CT: air near -1000). The minimum is taken in place
-        # (no copy of the values away from it: 0.8 s of a 512x512x300 float CT's 3 s)
-        away = ~around
-        if np.issubdtype(arr.dtype, np.floating):
-            away &= np.isfinite(arr)
-        initial = np.inf if np.issubdtype(arr.dtype, np.floating) else np.iinfo(arr.dtype).max
-        floor = float(np.min(arr, where=away, initial=initial)) if away.any() else LOWEST_HU
-        with np.errstate(invalid="ignore"):
-            mask |= around & (arr < floor)
+        _add_rim(arr, mask)
+        # pockets: where the circle meets the grid's edge, the padding's mixtures with what lay beyond the grid (0)
+        # lie more than 3 voxels from the fill, and had been the floor (windows from -9294: 64^2, turned 10 degrees,
+        # linear). Below LOWEST_HU and within 6 voxels of the padding found, they are padding too where none of
+        # the image's values farther away lies below it (a phase map's do: it keeps its own -4096..-3100)
+        if fill <= _INT16_FILL * (1.0 - _PADDING_TOLERANCE) and (below & ~mask).any():
+            near = _within_voxels(mask, 2 * _PADDING_RIM_VOXELS)
+            for axis, size in enumerate(arr.shape):  # the grid's edge (along axes of a few voxels: no slices)
+                if size >= _PADDING_EDGE_AXIS:
+                    index = [slice(None)] * arr.ndim
+                    for end in (0, size - 1):
+                        index[axis] = end
+                        near[tuple(index)] = True
+            if not (below & ~near).any():
+                mask |= below
+                _add_rim(arr, mask)
     return mask
+
+
+def _add_rim(arr: np.ndarray, mask: np.ndarray) -> None:
+    """Adds to ``mask`` (in place) its rim in ``arr``: the values within 3 voxels of it below every value of the image
+    away from it (mixtures above -3100 too, which had made an MR so padded and rotated read as a CT: air near -1000).
+    The minimum is taken in place (no copy of the values away from it: 0.8 s of a 512x512x300 float CT's 3 s)."""
+    around = _within_voxels(mask, _PADDING_RIM_VOXELS)
+    away = ~around
+    if np.issubdtype(arr.dtype, np.floating):
+        away &= np.isfinite(arr)
+    initial = np.inf if np.issubdtype(arr.dtype, np.floating) else np.iinfo(arr.dtype).max
+    floor = float(np.min(arr, where=away, initial=initial)) if away.any() else LOWEST_HU
+    with np.errstate(invalid="ignore"):
+        mask |= around & (arr < floor)
 
 
 def _within_voxels(mask: np.ndarray, voxels: int) -> np.ndarray:
