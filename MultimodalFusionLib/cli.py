@@ -301,21 +301,17 @@ def _run_register(args: argparse.Namespace) -> int:
     moving_mask = read_image(args.moving_mask) if args.moving_mask else None
     # read once: the registration starts from it and the checkerboard's "before" shows it (it had been read twice)
     initial = read_transform(args.initial_transform) if args.initial_transform else None
-    # a displacement field that leaves part of the fixed grid unmoved starts the registration from no move there,
-    # which resample and evaluate-registration note and register had not
-    coverage = _field_coverage_notes([args.initial_transform], [initial], False, fixed, "fixed image",
-                                     "Start from a field that covers the fixed image (ANTs writes its warp on the "
-                                     "fixed image's grid).") if initial is not None else []
     # a 2D slice saved as a volume (Slicer, ITK-SNAP) is registered as the 2D image it is; the resampled
     # moving image is written back as a one-slice volume on the fixed one's geometry
     slice_volume, fixed, moving, fixed_mask, moving_mask = one_slice_inputs_as_2d(fixed, moving, fixed_mask, moving_mask)
     bar = ProgressBar(desc="register")
     try:
+        # its warnings (a displacement field that does not cover the fixed image among them) name the file
         result = register(fixed, moving, settings, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                          initial_transform=initial, progress=bar, backend=args.backend)
+                          initial_transform=initial, initial_transform_name=args.initial_transform, progress=bar,
+                          backend=args.backend)
     finally:
         bar.close()
-    result.warnings[:0] = coverage  # printed with the registration's own, and kept in metrics.json
     # the checkerboard's "before" shows where the registration started (the metric_before transform)
     metrics = save_registration_outputs(
         result, fixed, moving, args.output_dir,
@@ -495,33 +491,6 @@ def _transform_chain(paths: Sequence[str] | None, invert: bool) -> tuple[Any, li
         raise InputError(exc.problem, fix) from None
 
 
-#: the fraction of the grid's voxels a displacement field may leave unmoved without a note: less than one face
-#: slice of a 100-voxel axis (a reference a slice longer than the field); a field on the grid leaves none
-_FIELD_OUTSIDE_NOTE = 0.01
-
-
-def _field_coverage_notes(paths: Sequence[str] | None, transforms: list[Any], invert: bool, grid: Any,
-                          grid_name: str, fix: str) -> list[str]:
-    """A note for each displacement field of the ``--transform`` chain that leaves more than
-    :data:`_FIELD_OUTSIDE_NOTE` of ``grid``'s voxels outside its own grid (as the transforms applied before it map
-    them): there it moves nothing (ITK's and antsApplyTransforms' zero displacement), which README said but the
-    command did not, so a field given with a grid it does not cover moved part of the image without a word.
-    ``resample`` (the reference), ``evaluate-registration`` (the fixed image) and ``register`` (its
-    ``--initial-transform``, on the fixed image) call it."""
-    from .preprocess import displacement_fields_outside
-
-    if invert or not transforms:  # an inverted chain holds no field (chain_transforms refuses it)
-        return []
-    notes = []
-    for i, outside in displacement_fields_outside(transforms, grid):
-        if outside > _FIELD_OUTSIDE_NOTE:
-            mapped = " as the transforms applied before it map them" if len(transforms) > 1 else ""
-            notes.append(f"the displacement field '{list(paths or [])[i]}' does not cover {outside:.1%} of the "
-                         f"{grid_name}'s voxels (their points{mapped} lie outside its grid): it moves none of them "
-                         f"(zero displacement outside its grid, as antsApplyTransforms does). {fix}")
-    return notes
-
-
 def _run_resample(args: argparse.Namespace) -> int:
     from .io import (
         check_not_overwriting_inputs,
@@ -529,7 +498,7 @@ def _run_resample(args: argparse.Namespace) -> int:
         read_image,
         write_image,
     )
-    from .preprocess import resample, resampled_pixel_type
+    from .preprocess import field_coverage_notes, resample, resampled_pixel_type
 
     check_output_name(args.output)  # before reading: -o r.MHA had been refused only once resampled
     check_not_overwriting_inputs([args.output], [args.moving, args.reference, *(args.transform or [])])
@@ -561,9 +530,9 @@ def _run_resample(args: argparse.Namespace) -> int:
     check_output_name(args.output, reference,
                       pixel_type=resampled_pixel_type(moving, args.interpolation))
     transform, read = _transform_chain(args.transform, args.invert)
-    _print_warnings(_field_coverage_notes(args.transform, read, args.invert, reference, "reference grid",
-                                          "Give a --reference the field covers (ANTs writes its warp on the fixed "
-                                          "image's grid)."))
+    _print_warnings(field_coverage_notes(args.transform, read, args.invert, reference, "reference grid",
+                                         "Give a --reference the field covers (ANTs writes its warp on the fixed "
+                                         "image's grid)."))
     out = resample(moving, reference, transform, interpolation=args.interpolation,
                    default_value=args.default_value, components=args.components,
                    tensor_reorientation=args.tensor_reorientation,
@@ -895,15 +864,16 @@ def _accuracy_inputs(args: argparse.Namespace) -> dict[str, Any]:
 def _run_evaluate_registration(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_accuracy, read_accuracy_inputs
     from .io import read_image
+    from .preprocess import field_coverage_notes
 
     _check_series(args, ("fixed", "moving"))
     _check_invert(args)
     given = _accuracy_inputs(args)
     transform, read = _transform_chain(args.transform, args.invert)
     fixed = read_image(args.fixed, series=_series(args, "fixed"), float32=True)
-    coverage = _field_coverage_notes(args.transform, read, args.invert, fixed, "fixed image",
-                                     "Score it on the fixed image the field was computed for (ANTs writes its warp "
-                                     "on the fixed image's grid).")
+    coverage = field_coverage_notes(args.transform, read, args.invert, fixed, "fixed image",
+                                    "Score it on the fixed image the field was computed for (ANTs writes its warp "
+                                    "on the fixed image's grid).")
     moving = read_image(args.moving, series=_series(args, "moving"), float32=True)
     # a .seg.nrrd's segments by name (both files) or label value (one), every layer read: its numbers alone had
     # paired 'liver' with whatever the other file numbered alike, and a file of several layers was refused

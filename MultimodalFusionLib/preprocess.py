@@ -21,6 +21,7 @@ __all__ = [
     "resample",
     "chain_transforms",
     "displacement_fields_outside",
+    "field_coverage_notes",
     "robust_range",
     "without_padding",
     "padding_mask",
@@ -299,6 +300,36 @@ def displacement_fields_outside(transforms: Sequence[sitk.Transform], reference:
         inside = np.all((cidx >= -0.5) & (cidx < field_size - 0.5), axis=-1)
         out.append((parts[k][0], float(1.0 - inside.mean())))
     return out
+
+
+#: the fraction of the grid's voxels a displacement field may leave unmoved without a note: less than one face
+#: slice of a 100-voxel axis (a reference a slice longer than the field); a field on the grid leaves none
+_FIELD_OUTSIDE_NOTE = 0.01
+
+
+def field_coverage_notes(names: Sequence[str] | None, transforms: Sequence[sitk.Transform], invert: bool,
+                         grid: sitk.Image, grid_name: str, fix: str) -> list[str]:
+    """A note for each displacement field of a chain (``transforms`` as :func:`chain_transforms` takes them, each
+    named by the entry of ``names`` at its index: its file, or its node) that leaves more than
+    :data:`_FIELD_OUTSIDE_NOTE` of ``grid``'s voxels outside its own grid (as the transforms applied before it map
+    them, :func:`displacement_fields_outside`): there it moves nothing (ITK's and antsApplyTransforms' zero
+    displacement), so a field given with a grid it does not cover moved part of the image without a word. None
+    with ``invert`` (an inverted chain holds no field: :func:`chain_transforms` refuses it).
+
+    The one rule of every front end: ``mmfusion resample`` (the reference) and ``evaluate-registration`` (the fixed
+    image) for their ``--transform`` chain, and :func:`registration.register` for its ``initial_transform`` (the
+    fixed image; so ``register --initial-transform`` and the Slicer Logic's ``initialTransformNode`` too), where the
+    registration starts from no move."""
+    if invert or not transforms:
+        return []
+    notes = []
+    for i, outside in displacement_fields_outside(transforms, grid):
+        if outside > _FIELD_OUTSIDE_NOTE:
+            mapped = " as the transforms applied before it map them" if len(transforms) > 1 else ""
+            notes.append(f"the displacement field '{list(names or [])[i]}' does not cover {outside:.1%} of the "
+                         f"{grid_name}'s voxels (their points{mapped} lie outside its grid): it moves none of them "
+                         f"(zero displacement outside its grid, as antsApplyTransforms does). {fix}")
+    return notes
 
 
 def _parts(transform: sitk.Transform) -> list[sitk.Transform]:

@@ -360,7 +360,9 @@ class FusionLogic:
                 changed, and the result includes it (so it cannot be the ``outputTransformNode`` too).
                 None: the transform the moving volume is under, if any (it starts where it is
                 shown), unless ``initializer`` is given; a non-linear one is a start too, except on the
-                torch backend or under another transform, where it is not used (a warning says so).
+                torch backend or under another transform, where it is not used (a warning says so). A
+                displacement field (grid transform) that leaves more than 1% of the fixed volume's voxels
+                outside its grid gets a warning naming it: the registration starts from no move there.
             seed: seed of the random metric sampling (same seed, same result).
             outputTransformNode: transform node to write into; a new one when None. The results are
                 in world coordinates: an output node under a transform is taken out of it. It may be the
@@ -482,8 +484,10 @@ class FusionLogic:
                              + ("." if initialTransformNode is moving_parent
                                 else " in place of the initial transform (not with it, which replaces it)."))
 
+        # its warnings name the initial transform by its node (a displacement field not covering the fixed volume)
         result = register(fixed, moving, settings, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                          initial_transform=initial, progress=scaled(progress, 0.02, 0.9), backend=backend)
+                          initial_transform=initial, progress=scaled(progress, 0.02, 0.9), backend=backend,
+                          initial_transform_name=None if initial is None else initialTransformNode.GetName())
         report(progress, 0.9, "creating output nodes")
         name = f"{movingVolumeNode.GetName()} to {fixedVolumeNode.GetName()}"
         transform_node = _in_world(mrml.transform_node_from_sitk(result.transform, scene, name=name,

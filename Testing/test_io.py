@@ -639,6 +639,9 @@ class RoundTrip(unittest.TestCase):
                                       "image's voxels", said)
                         self.assertIn("Start from a field that covers the fixed image", said)
                         self.assertTrue(any(f"does not cover {noted}" in w for w in warnings), warnings)
+                        # once: register() gives the note now, and the CLI had given it itself
+                        self.assertEqual(said.count("does not cover"), 1, said)
+                        self.assertEqual(" ".join(warnings).count("does not cover"), 1, warnings)
 
     def test_invert_of_an_ants_warp_names_ants_inverse_warp(self):
         """--invert of a displacement field is refused (no exact inverse here) with "register the other way round";

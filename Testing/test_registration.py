@@ -371,6 +371,48 @@ class NonLinearStart(unittest.TestCase):
                                                   f.GetSpacing(), f.GetDirection())
         self._check(sitk.DisplacementFieldTransform(field))
 
+    def test_a_field_that_does_not_cover_the_fixed_image_gets_a_note(self):
+        """Where the fixed image lies outside an initial displacement field's grid, the registration starts from
+        no move. Only `mmfusion register --initial-transform` had said so: register() called from Python (and so
+        the Slicer Logic) gave a half-moved start without a word. The note is among the result's warnings, once,
+        naming the field by its file, by initial_transform_name, or as initial_transform; none for a field on
+        the fixed grid."""
+        import os
+        import tempfile
+
+        grid = np.indices((40, 36)).astype(np.float32)
+        fixed = sitk.GetImageFromArray(100.0 * np.exp(-((grid[0] - 19) ** 2 + (grid[1] - 16) ** 2 / 2) / 40.0)
+                                       .astype(np.float32))
+        fixed.SetSpacing((1.5, 1.5))
+        fixed.SetOrigin((-20.0, 10.0))
+
+        def field_on(image):
+            return sitk.TransformToDisplacementField(sitk.TranslationTransform(2, (0.6, -0.4)), sitk.sitkVectorFloat64,
+                                                     image.GetSize(), image.GetOrigin(), image.GetSpacing(),
+                                                     image.GetDirection())
+
+        def half():  # (a DisplacementFieldTransform takes its image's voxels: one image each)
+            return sitk.DisplacementFieldTransform(field_on(sitk.RegionOfInterest(fixed, [18, 40], [0, 0])))
+
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "half1Warp.nii.gz")
+            sitk.WriteImage(sitk.Cast(half().GetDisplacementField(), sitk.sitkVectorFloat32), path)
+            for start, name, noted in ((sitk.DisplacementFieldTransform(field_on(fixed)), None, None),
+                                       (half(), None, "initial_transform"), (half(), "half", "half"),
+                                       (path, None, path)):
+                with self.subTest(noted=noted):
+                    named = {"initial_transform_name": name} if name else {}
+                    res = register(fixed, fixed, stages=["rigid"], initial_transform=start, seed=0, **named)
+                    said = [w for w in res.warnings if "does not cover" in w]
+                    if noted is None:
+                        self.assertEqual(said, [])
+                        continue
+                    self.assertEqual(len(said), 1, res.warnings)
+                    self.assertIn(f"the displacement field '{noted}' does not cover 50.0% of the fixed image's voxels",
+                                  said[0])
+                    self.assertIn("Start from a field that covers the fixed image", said[0])
+                    self.assertEqual(res.warnings[0], said[0])  # first, as the CLI printed it
+
 
 class BsplineFirstStage(unittest.TestCase):
     """A B-spline first stage (``stages=["bspline"]``) starts from the initializer, as a linear first stage

@@ -168,6 +168,36 @@ class LogicTest(unittest.TestCase):
             node = np.array(out.transformNode.GetTransformFromParent().TransformPoint((np.array(point) * flip).tolist()))
             np.testing.assert_allclose(node * flip, engine, atol=1e-4)
 
+    def test_an_initial_field_that_does_not_cover_the_fixed_volume_gets_a_warning(self) -> None:
+        """A displacement field (grid transform node) covering half the fixed volume starts the registration from no
+        move in the other half: `mmfusion register --initial-transform` said so, registerVolumes did not (the note
+        was the CLI's own). It is among the result's warnings and the metrics' warning_N, naming the node, as an
+        initial transform and as the moving volume's parent; a field on the fixed grid gives none."""
+        def field_node(name: str, size: list[int]):
+            f = self.fixed
+            field = sitk.TransformToDisplacementField(self.truth, sitk.sitkVectorFloat64, size, f.GetOrigin(),
+                                                      f.GetSpacing(), f.GetDirection())
+            return mrml.transform_node_from_sitk(sitk.DisplacementFieldTransform(field), self.scene, name=name)
+
+        size = list(self.fixed.GetSize())
+        full = field_node("full field", size)
+        half = field_node("half field", [size[0] // 2] + size[1:])
+        out = self._register(initialTransformNode=full)
+        self.assertNotIn("does not cover", " ".join(out.result.warnings))
+        for how in ("initialTransformNode", "parent"):
+            with self.subTest(how):
+                if how == "parent":  # the moving volume shown through it starts from it
+                    mrml.set_parent_transform(self.pet, half)
+                    out = self._register()
+                    mrml.set_parent_transform(self.pet, None)
+                else:
+                    out = self._register(initialTransformNode=half)
+                said = [w for w in out.result.warnings if "does not cover" in w]
+                self.assertEqual(len(said), 1, out.result.warnings)
+                self.assertIn("the displacement field 'half field' does not cover 50.0% of the fixed image's voxels",
+                              said[0])
+                self.assertIn(said[0], [v for k, v in out.metrics.items() if k.startswith("warning_")])
+
     def test_an_initial_transform_node_is_not_the_output_too(self) -> None:
         # the result (which includes the start) had been written into the initial transform node: an input
         # overwritten, and the same call again started from the first call's result

@@ -54,7 +54,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
              fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None,
              initial_transform: sitk.Transform | str | os.PathLike | None = None, seed: int | None = None,
              progress: ProgressCallback | None = None, backend: str = "sitk",
-             initializer: str | None = None) -> RegistrationResult:
+             initializer: str | None = None, initial_transform_name: str | None = None) -> RegistrationResult:
     """Register ``moving`` to ``fixed``: find T mapping fixed-space points into the moving image.
 
     Args:
@@ -79,10 +79,15 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
             "search" starts from the centres of mass and tries a grid of rotations at a coarse level
             first (rigid or affine first stage; on the torch backend too): for images rotated beyond the rigid
             stage's capture range of about 30 degrees (README, "Capture range").
+        initial_transform_name: how the warnings name ``initial_transform`` (the CLI its file, the Slicer Logic
+            its node); default: its path when it is one, else "initial_transform".
 
     Returns:
         RegistrationResult: the transform (linear, or a composite ending in a B-spline), metric
-        before/after, per-stage iterations, stop reasons, timings and warnings.
+        before/after, per-stage iterations, stop reasons, timings and warnings (among them, first, a note
+        when ``initial_transform`` holds a displacement field that leaves more than 1% of the fixed image's
+        voxels outside its grid: the registration starts from no move there; see
+        :func:`preprocess.field_coverage_notes`).
 
     Raises:
         InputError: bad images, masks, parameters, preset or backend.
@@ -97,6 +102,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
     if isinstance(initial_transform, (str, os.PathLike)):
         from ..io import read_transform
 
+        initial_transform_name = initial_transform_name or os.fspath(initial_transform)
         initial_transform = read_transform(initial_transform)
     # The geometry/moments initializers align the image centres, so only a registration that starts
     # from the headers' placement (initializer "none" or a given transform) needs overlap up front.
@@ -105,6 +111,13 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
     check_min_axis(fixed, moving)
     fixed_mask = check_mask(fixed_mask, fixed, "fixed mask", "fixed image") if fixed_mask is not None else None
     moving_mask = check_mask(moving_mask, moving, "moving mask", "moving image") if moving_mask is not None else None
+    from ..preprocess import field_coverage_notes
+
+    # where a displacement field does not reach, the registration starts from no move: said here, for every front
+    # end (the CLI had said so for register --initial-transform alone; Python and the Slicer Logic said nothing)
+    coverage = [] if initial_transform is None else field_coverage_notes(
+        [initial_transform_name or "initial_transform"], [initial_transform], False, fixed, "fixed image",
+        "Start from a field that covers the fixed image (ANTs writes its warp on the fixed image's grid).")
 
     with itk_guard("preparing the images for registration"):
         fixed_f = padding_filled(sitk.Cast(fixed, sitk.sitkFloat32))
@@ -126,7 +139,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, parameters: RegistrationPara
 
         result = register_sitk(fixed_f, moving_f, parameters, fixed_mask=fixed_mask, moving_mask=moving_mask,
                                initial_transform=initial_transform, progress=progress)
-    result.warnings[:0] = sparse
+    result.warnings[:0] = coverage + sparse
     return result
 
 
