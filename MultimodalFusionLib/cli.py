@@ -461,8 +461,8 @@ def _transform_chain(paths: Sequence[str] | None, invert: bool) -> tuple[Any, li
     try:
         return chain_transforms(transforms, invert=invert), transforms
     except InputError as exc:
-        named = [(p, ants_inverse_warp(p)) for p, t in zip(paths, transforms)
-                 if isinstance(t, sitk.DisplacementFieldTransform) and ants_inverse_warp(p)]
+        named = [(p, found) for p, t in zip(paths, transforms)
+                 if isinstance(t, sitk.DisplacementFieldTransform) and (found := ants_inverse_warp(p))]
         # only the refusal to invert is answered with ANTs' inverse: a chain of 2D and 3D transforms with an
         # out1Warp.nii.gz had been told of ANTs' inverse chain, its fix (transforms of one dimension) replaced
         if not invert or not named or len({t.GetDimension() for t in transforms}) > 1:
