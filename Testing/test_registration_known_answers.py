@@ -84,6 +84,13 @@ class DiscardedStage(unittest.TestCase):
         diff = np.abs(sitk.GetArrayFromImage(field) - sitk.GetArrayFromImage(field_rigid)).max()
         self.assertLess(diff, 1e-9)
         self.assertLess(case.error(res.transform)["mean"], 0.5)
+        # and it is the linear result itself, as the warning says ("the transform before it was kept") and as
+        # the torch backend gives it: the composite with a zero B-spline had been written as a deformable
+        # transform.h5, the kept rigid stage's rotation and translation not printed
+        self.assertNotIsInstance(res.transform, sitk.CompositeTransform)
+        self.assertFalse(res.is_deformable)
+        self.assertIsNotNone(res.to_dict()["transform"])
+        self.assertAlmostEqual(res.to_dict()["transform"]["rotation_deg"], 5.0, delta=0.5)
 
 
 class LbfgsbNeedsScales(unittest.TestCase):

@@ -1126,6 +1126,11 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
         stop_reason = f"last level ({levels} of {levels}): {stop_reason}"
     accepted = math.isfinite(metric_after) and metric_after <= metric_before
     result_tx = final_total if accepted else start_total
+    if not accepted and previous is not None and stage.name == "bspline":
+        # a discarded B-spline stage gives back the transform before it, not its composite with the stage's
+        # zero B-spline: that had made a kept rigid result a deformable transform.h5, its rotation and
+        # translation no longer printed (the torch backend gives back its linear result)
+        result_tx = previous
     stage_result = StageResult(
         name=stage.name, metric_name=stage.metric, metric_before=metric_before,
         metric_after=metric_after if math.isfinite(metric_after) else float("nan"),
