@@ -288,7 +288,11 @@ DIFFUSION_WEIGHTED_FIX = ("Register its baseline (b0) volume instead (SlicerDMRI
 #: :data:`_SUV_QUANTITY`). Slicer's own DICOM scalar volume plugin sets units only for CT ([hnsf'U]) and MR ("1")
 #: (Slicer/Slicer, Modules/Scripted/DICOMLib/DICOMPlugin.py, mapSOPClassUIDToDICOMQuantityAndUnits), none for a
 #: PET: the other codes are DICOM's UCUM entries for the PET Units defined terms, as DCMTK spells them (DCMTK,
-#: dcmsr/libcmr: CID 7181, Abstract Multi-dimensional Image Model Component Units).
+#: dcmsr/libcmr: CID 7181, Abstract Multi-dimensional Image Model Component Units). That list (and the PET Units
+#: of PS3.16 as pydicom-data-sr's sr/tables/_concepts_UCUM.py tabulates them) has none for MLMINML, MLML, NONE and
+#: STDDEV, nor has Slicer or its PET DICOM extension: MLMINML and MLML are spelt as the list spells their neighbours
+#: (mg/min/ml, ml/min/g: "ml/min/ml", "ml/ml"); NONE and STDDEV have no UCUM unit but "1" (CID 7181's "no units", an
+#: MR's in Slicer), and are told apart by the quantity (:data:`_QUANTITY_OF_DICOM_UNITS`).
 _UCUM_OF_DICOM_UNITS = {
     "GML": ("{SUVbw}g/ml", "Standardized Uptake Value body weight"),
     "BQML": ("Bq/ml", "Becquerels/milliliter"),
@@ -305,31 +309,63 @@ _UCUM_OF_DICOM_UNITS = {
     "MLG": ("ml/g", "Milliliter/gram"),
     "1CM": ("/cm", "/Centimeter"),
     "UMOLML": ("umol/ml", "Micromole/milliliter"),
+    "MLMINML": ("ml/min/ml", "Milliliter/minute/milliliter"),
+    "MLML": ("ml/ml", "Milliliter/milliliter"),
+    "NONE": ("1", "no units"),
+    "STDDEV": ("1", "no units"),
 }
 #: The VoxelValueQuantity of a node in SUV (GML), as the PET DICOM extension sets it (the files named above)
 _SUV_QUANTITY = ("126400", "DCM", "Standardized Uptake Value")
+#: A DICOM Units code -> the VoxelValueQuantity (code value, scheme, meaning) a node in them gets, where the units alone
+#: do not say it: SUV for GML; for NONE (a PET's values without units) and STDDEV (in standard deviations) the
+#: quantities of CID 7180, Abstract Multi-dimensional Image Model Component Semantics (DCMTK, dcmsr/libcmr/cid7469.cc
+#: includes them): "Nuclear Medicine Tomographic Activity" ("accumulated decay event counts in a Nuclear Medicine
+#: Tomographic image (including PET)") and "Z-score"
+_QUANTITY_OF_DICOM_UNITS = {
+    "GML": _SUV_QUANTITY,
+    "NONE": ("110821", "DCM", "Nuclear Medicine Tomographic Activity"),
+    "STDDEV": ("113071", "DCM", "Z-score"),
+}
 #: A node's VoxelValueUnits code value (case-folded: "Bq/mL" is "Bq/ml") -> the DICOM Units code. Every SUV in g/ml
 #: (body weight, lean body mass, ideal body weight; the PET DICOM extension's "{SUVlbm}g/ml"..., DCMTK's
 #: "g/ml{SUVbw}"...) reads as GML, what the engine takes for SUV; an SUV by body surface area (cm2/ml) as CM2ML.
-#: A CT's [hnsf'U] and an MR's "1" (no units) are no PET Units: they give none.
+#: A CT's [hnsf'U] is no PET Units: it gives none. "%" is PCNT, which DICOM defines as percent, nothing more: a node
+#: in % (a PET's, or an MR's signal change) is so not taken for SUV, and its units come back on the engine's output.
+#: Not here, read with the node's quantity (:data:`_DICOM_UNITS_OF_QUANTITY`): plain "g/ml" and "1" (no units).
 _DICOM_UNITS_OF_UCUM = {
-    **{code.casefold(): units for units, (code, _meaning) in _UCUM_OF_DICOM_UNITS.items()},
+    **{code.casefold(): units for units, (code, _meaning) in _UCUM_OF_DICOM_UNITS.items() if code != "1"},
     **{spelt.casefold(): "GML" for suv in ("SUVbw", "SUVlbm", "SUVibw")
        for spelt in (f"{{{suv}}}g/ml", f"g/ml{{{suv}}}")},
-    "g/ml": "GML",
     "{suvbsa}cm2/ml": "CM2ML",
     "cm2/ml{suvbsa}": "CM2ML",
+}
+#: (VoxelValueUnits code value, case-folded; VoxelValueQuantity (code value, scheme)) -> the DICOM Units code, for
+#: units that say a PET's only with the quantity. Plain "g/ml" is GML (SUV) only where the quantity is SUV: GML is what
+#: the engine takes for SUV (its SUV windows, and a node made from the image is labelled "{SUVbw}g/ml", SUV), which
+#: a mass density in g/ml (g/cm3) is not. "1" ("no units": an MR's, from Slicer's DICOM plugin) is NONE or STDDEV only
+#: with their quantity (:data:`_QUANTITY_OF_DICOM_UNITS`), else none.
+_DICOM_UNITS_OF_QUANTITY = {
+    ("g/ml", _SUV_QUANTITY[:2]): "GML",
+    **{(_UCUM_OF_DICOM_UNITS[units][0], quantity[:2]): units
+       for units, quantity in _QUANTITY_OF_DICOM_UNITS.items() if _UCUM_OF_DICOM_UNITS[units][0] == "1"},
 }
 
 
 def node_dicom_units(node: Any) -> str:
     """A volume node's VoxelValueUnits (a UCUM coded entry, e.g. Slicer's PET DICOM extension's "{SUVbw}g/ml") as
     the DICOM Units (0054,1001) code the engine reads (:func:`io.dicom_units`: "GML", "BQML", "CNTS"...); "" where
-    the node states none, or units that are no PET's (a CT's HU, an MR's "no units", a code of another scheme)."""
+    the node states none, or units that are no PET's (a CT's HU, an MR's "no units", a code of another scheme).
+    Plain "g/ml" and "1" are read with the node's VoxelValueQuantity (SUV: GML; see ``_DICOM_UNITS_OF_QUANTITY``)."""
     entry = node.GetVoxelValueUnits() if node is not None and node.IsA("vtkMRMLScalarVolumeNode") else None
     if entry is None or entry.GetCodingSchemeDesignator().strip().upper() not in ("UCUM", ""):
         return ""
-    return _DICOM_UNITS_OF_UCUM.get(entry.GetCodeValue().strip().casefold(), "")
+    value = entry.GetCodeValue().strip().casefold()
+    quantity = node.GetVoxelValueQuantity()
+    if quantity is not None:
+        key = (quantity.GetCodeValue().strip(), quantity.GetCodingSchemeDesignator().strip().upper())
+        if (value, key) in _DICOM_UNITS_OF_QUANTITY:
+            return _DICOM_UNITS_OF_QUANTITY[(value, key)]
+    return _DICOM_UNITS_OF_UCUM.get(value, "")
 
 
 def _coded_entry(value: str, scheme: str, meaning: str) -> Any:
@@ -341,14 +377,15 @@ def _coded_entry(value: str, scheme: str, meaning: str) -> Any:
 
 
 def _set_voxel_value_units(node: Any, units: str) -> None:
-    """Give a scalar volume node the VoxelValueUnits (and, for SUV, the VoxelValueQuantity) of the DICOM Units code
-    ``units``; none where ``units`` is "" or a code without a UCUM entry here, so that a reused node loses those of the
-    voxels it held before."""
+    """Give a scalar volume node the VoxelValueUnits (and, for SUV, NONE and STDDEV, the VoxelValueQuantity:
+    ``_QUANTITY_OF_DICOM_UNITS``) of the DICOM Units code ``units``; none where ``units`` is "" or a code without a
+    UCUM entry here, so that a reused node loses those of the voxels it held before."""
     if not node.IsA("vtkMRMLScalarVolumeNode"):
         return
     ucum = _UCUM_OF_DICOM_UNITS.get(units)
     node.SetVoxelValueUnits(_coded_entry(ucum[0], "UCUM", ucum[1]) if ucum else None)
-    node.SetVoxelValueQuantity(_coded_entry(*_SUV_QUANTITY) if units == "GML" else None)
+    quantity = _QUANTITY_OF_DICOM_UNITS.get(units) if ucum else None
+    node.SetVoxelValueQuantity(_coded_entry(*quantity) if quantity else None)
 
 
 def copy_voxel_value_units(source: Any, target: Any) -> None:

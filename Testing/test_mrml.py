@@ -517,11 +517,16 @@ class VoxelValueUnitsTest(unittest.TestCase):
         self.pet = sitk.GetImageFromArray((1000.0 + 40.0 * x + 7.0 * y + z).astype(np.float32))
         self.pet.SetSpacing((2.0, 2.0, 3.0))
 
-    def node_with_units(self, value: str, scheme: str = "UCUM", meaning: str = "m") -> Any:
+    def node_with_units(self, value: str, scheme: str = "UCUM", meaning: str = "m",
+                        quantity: tuple[str, str, str] | None = None) -> Any:
         node = mrml.volume_node_from_image(self.pet, self.scene, name="PET")
         entry = slicer.vtkCodedEntry()
         entry.SetValueSchemeMeaning(value, scheme, meaning)
         node.SetVoxelValueUnits(entry)
+        if quantity is not None:
+            stated = slicer.vtkCodedEntry()
+            stated.SetValueSchemeMeaning(*quantity)
+            node.SetVoxelValueQuantity(stated)
         return node
 
     @staticmethod
@@ -569,6 +574,37 @@ class VoxelValueUnitsTest(unittest.TestCase):
                 mrml.volume_node_from_image(self.pet, node=node)
                 self.assertIsNone(node.GetVoxelValueUnits())
                 self.assertIsNone(node.GetVoxelValueQuantity())
+
+    def test_every_dicom_units_term_comes_back_from_the_node(self) -> None:
+        """Each DICOM Units (0054,1001) defined term an image can hold (those io reads from a DICOM file or a BIDS
+        sidecar) gives the node units that read back as the same term. MLMINML, MLML, NONE and STDDEV had no UCUM
+        entry: the node got none, and the image read back from it no units (NONE and STDDEV: not SUV either way,
+        but a NIfTI written from it lost its sidecar's Units)."""
+        from MultimodalFusionLib import io
+
+        self.assertEqual(len(io._DICOM_UNITS_TERMS), 19)  # PS3.3 C.8.9.1.1.3
+        for code in sorted(io._DICOM_UNITS_TERMS):
+            with self.subTest(code):
+                node = mrml.volume_node_from_image(io._with_units(sitk.Image(self.pet), code), self.scene, name=code)
+                self.assertIsNotNone(node.GetVoxelValueUnits())
+                self.assertEqual(node.GetVoxelValueUnits().GetCodingSchemeDesignator(), "UCUM")
+                self.assertEqual(mrml.node_dicom_units(node), code)
+                self.assertEqual(io.dicom_units(mrml.image_from_volume_node(node)), code)
+
+    def test_units_that_say_a_pet_only_with_the_quantity(self) -> None:
+        """Plain g/ml is SUV (GML) only with the SUV quantity the PET DICOM extension sets (a mass density in g/ml
+        had been taken for SUV, and a node made from it labelled "{SUVbw}g/ml"); "1" is an MR's "no units" unless
+        the quantity is a nuclear medicine image's (NONE) or a Z-score (STDDEV); "%" is PCNT (DICOM's percent)."""
+        suv = ("126400", "DCM", "Standardized Uptake Value")
+        for value, quantity, code in (("g/ml", None, ""), ("g/ml", suv, "GML"), ("g/mL", suv, "GML"),
+                                      ("g/ml", ("112031", "DCM", "Attenuation Coefficient"), ""),
+                                      ("{SUVbw}g/ml", None, "GML"), ("1", None, ""),
+                                      ("1", ("110852", "DCM", "MR signal intensity"), ""),  # Slicer's DICOM plugin's MR
+                                      ("1", ("110821", "DCM", "Nuclear Medicine Tomographic Activity"), "NONE"),
+                                      ("1", ("113071", "DCM", "Z-score"), "STDDEV"), ("1", suv, ""),
+                                      ("%", None, "PCNT"), ("ml/min/ml", None, "MLMINML"), ("ml/ml", None, "MLML")):
+            with self.subTest(value=value, quantity=quantity):
+                self.assertEqual(mrml.node_dicom_units(self.node_with_units(value, quantity=quantity)), code)
 
     def test_a_pet_files_units_reach_the_node_and_a_saved_scene(self) -> None:
         """A DICOM PET series and an NRRD read with io.read_image (the project's loader) and put into a node: the
