@@ -673,6 +673,11 @@ _DICOM_UNITS_TERMS = frozenset(_BIDS_UNITS) | {"CNTS", "CPS", "PCNT", "PROPCNTS"
 #: 1000 or 10^6 times smaller, and taking it for BQML would be a wrong answer; it is read without units, with a warning
 _SIDECAR_UNITS = {**{text.upper(): code for code, text in _BIDS_UNITS.items()}, "BQ/CC": "BQML", "BQ/CM3": "BQML",
                   **{code: code for code in _DICOM_UNITS_TERMS}}
+#: A sidecar's Units (in upper case) that BIDS gives images other than a PET's: a fieldmap's, "Hz", "rad/s" or "T"
+#: (bids-specification, 01-magnetic-resonance-imaging-data.md, Case 3: direct field mapping; dcm2niix writes
+#: "Units": "Hz" beside a B0 map, e.g. neurolabusc/dcm_qa_fmap, Ref/Ph_801_WIP_B0_NS_e2_fieldmaphz.json). Such an image
+#: is read without DICOM Units, silently: its units are no PET's, and it had warned on every read
+_NON_PET_BIDS_UNITS = frozenset({"HZ", "RAD/S", "T"})
 
 
 def bids_sidecar_path(path: str | os.PathLike) -> str | None:
@@ -713,7 +718,8 @@ def _read_sidecar(sidecar: str, what: str, stacklevel: int, notes: list[str] | N
 def _sidecar_units(path: str, stacklevel: int) -> str:
     """The DICOM Units code the BIDS sidecar of the NIfTI ``path`` states ("Units": "Bq/mL" -> BQML; see
     ``_SIDECAR_UNITS``); "" where it has no sidecar or states no Units, and, with a warning naming the file, where
-    the sidecar is malformed or states units this package does not know. Only the Units key is read."""
+    the sidecar is malformed or states units this package does not know; a non-PET image's BIDS Units (a fieldmap's
+    "Hz": ``_NON_PET_BIDS_UNITS``) are no DICOM Units, without a warning. Only the Units key is read."""
     sidecar = bids_sidecar_path(path)
     if sidecar is None or not os.path.isfile(sidecar):
         return ""
@@ -722,6 +728,8 @@ def _sidecar_units(path: str, stacklevel: int) -> str:
         return ""
     stated = content["Units"]
     code = _SIDECAR_UNITS.get(stated.strip().upper()) if isinstance(stated, str) else None
+    if code is None and isinstance(stated, str) and stated.strip().upper() in _NON_PET_BIDS_UNITS:
+        return ""  # an MR fieldmap's Hz...: no PET's units, and known
     if code is None:
         shown = repr(stated)[:40] if isinstance(stated, str) else f"a JSON {type(stated).__name__}"
         warnings.warn(f"The JSON sidecar '{sidecar}' states Units {shown}, which this package does not know: '{path}' "

@@ -2237,6 +2237,35 @@ class BidsSidecarUnits(unittest.TestCase):
                     self.assertNotIn("71.5", message)
                     self.assertEqual(caught[0].filename, __file__)  # pointed at the caller
 
+    def test_a_fieldmaps_bids_units_are_read_silently_as_no_pet_units(self) -> None:
+        """BIDS gives an MR fieldmap "Units" too ("Hz", "rad/s" or "T"; dcm2niix writes "Hz" beside a B0 map): read,
+        such an image had warned "states Units 'Hz', which this package does not know" on every read. It is read
+        without DICOM Units and without a word; a PET-looking unit the package does not know still warns."""
+        z, y, x = np.indices((4, 12, 10))
+        fieldmap = sitk.GetImageFromArray((40.0 * np.sin(x / 3.0) - 2.5 * y + z).astype(np.float32))  # Hz, +-
+        path = io.write_image(fieldmap, os.path.join(self.dir, "sub-01_fieldmap.nii.gz"))
+        # laid out as dcm2niix writes a direct field map's sidecar (tabs; "Units" among the scaling keys)
+        dcm2niix = ('{\n\t"Modality": "MR",\n\t"MagneticFieldStrength": 3,\n\t"Manufacturer": "Philips",\n'
+                    '\t"ImageType": ["ORIGINAL", "PRIMARY", "T1", "MIXED", "REAL", "FIELDMAPHZ"],\n'
+                    '\t"SeriesNumber": 801,\n\t"PhilipsRescaleSlope": 0.2442,\n\t"PhilipsRescaleIntercept": -500,\n'
+                    '\t"Units": "%s",\n\t"EchoNumber": 2,\n\t"RepetitionTime": 0.0038045,\n'
+                    '\t"ConversionSoftware": "dcm2niix",\n\t"ConversionSoftwareVersion": "v1.0.20210410"\n}\n')
+        for units, warned in (("Hz", False), ("rad/s", False), ("T", False), (" hz ", False),
+                              ("kBq/mL", True), ("Tesla", True)):
+            with self.subTest(units), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self._write("sub-01_fieldmap.json", dcm2niix % units)
+                self.assertEqual(json.loads(dcm2niix % units)["Units"], units)  # a valid sidecar
+                image = io.read_image(path)
+                self.assertEqual(io.dicom_units(image), "")
+                self.assertEqual(io.dicom_units(io.read_image(path, float32=True)), "")
+                np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image),
+                                              sitk.GetArrayViewFromImage(fieldmap))
+                messages = [str(w.message) for w in caught]
+                self.assertEqual(len(messages), 2 * int(warned), messages)  # once per read where it warns
+                for message in messages:
+                    self.assertIn("which this package does not know", message)
+
     def test_an_existing_sidecar_is_updated_not_clobbered(self) -> None:
         pet = self._pet("BQML")
         out = os.path.join(self.dir, "sub-01_pet.nii.gz")
