@@ -748,8 +748,9 @@ def _stage_sidecar_units(final: str, units: str, notes: list[str]) -> tuple[str,
     sidecar holds the Units alone; an existing one keeps its other keys (a converter's tracer, timing...) and only
     its Units are set. An image without units removes the Units an old sidecar states (the file then written is
     not in them), with a note, and a sidecar left empty so is removed; a sidecar that is not a JSON object is left
-    as it is, with a note. The notes (warnings' texts) go into ``notes``, for the caller to issue once the files
-    are in place."""
+    as it is, with a note. Where another NIfTI of the same name shares the sidecar (``x.nii`` beside ``x.nii.gz``:
+    :func:`_sidecar_sharers`), a change of its Units is that file's too: a note names both files and the fix. The
+    notes (warnings' texts) go into ``notes``, for the caller to issue once the files are in place."""
     sidecar = bids_sidecar_path(final)
     assert sidecar is not None
     exists = os.path.isfile(sidecar)
@@ -765,16 +766,23 @@ def _stage_sidecar_units(final: str, units: str, notes: list[str]) -> tuple[str,
     stated = content.get("Units")
     if units and isinstance(stated, str) and _SIDECAR_UNITS.get(stated.strip().upper()) == units:
         return None  # it says so already (e.g. dcm2niix's "BQML"): the user's file is not rewritten
+    sharers = _sidecar_sharers(final)
     if not units:
         if "Units" not in content:
             return None
         old = content.pop("Units")
-        notes.append(f"'{final}' is written without units over a file whose JSON sidecar '{sidecar}' stated Units "
-                     f"{repr(old)[:40]}: they are removed from it (they were the old file's), its other keys kept"
-                     + ("" if content else "; the sidecar, left empty, is removed") + ".")
+        if sharers:
+            notes.append(_shared_sidecar_note(final, sidecar, sharers, repr(old)[:40], "", emptied=not content))
+        else:
+            notes.append(f"'{final}' is written without units over a file whose JSON sidecar '{sidecar}' stated "
+                         f"Units {repr(old)[:40]}: they are removed from it (they were the old file's), its other "
+                         "keys kept" + ("" if content else "; the sidecar, left empty, is removed") + ".")
         if not content:
             return sidecar, None
     else:
+        if sharers:
+            notes.append(_shared_sidecar_note(final, sidecar, sharers,
+                                              repr(stated)[:40] if "Units" in content else "", units))
         content["Units"] = _BIDS_UNITS.get(units, units)
     tmp, _ = atomic_path(sidecar)
     try:
@@ -789,6 +797,32 @@ def _stage_sidecar_units(final: str, units: str, notes: list[str]) -> tuple[str,
                              "Free some disk space, or give an output path you can write to.") from exc
         raise
     return sidecar, tmp
+
+
+def _sidecar_sharers(final: str) -> list[str]:
+    """The other NIfTI files whose BIDS sidecar is ``final``'s: ``x.nii`` beside ``x.nii.gz`` (BIDS names a sidecar by
+    the image's name without its extension, so the two are one name)."""
+    stem = final[:len(final) - len(_read_suffix(final))]
+    sharers: list[str] = []
+    for other in (stem + ext for ext in (".nii", ".nii.gz", ".NII", ".NII.GZ")):
+        if os.path.isfile(other) and not any(_same_place(other, seen) for seen in (final, *sharers)):
+            sharers.append(other)
+    return sharers
+
+
+def _shared_sidecar_note(final: str, sidecar: str, sharers: Sequence[str], old: str, units: str, *,
+                         emptied: bool = False) -> str:
+    """The note of a write that changes the Units of a sidecar ``sharers`` (:func:`_sidecar_sharers`) read too:
+    ``old`` the Units it stated (their repr, "" for none), ``units`` the DICOM code it states now ("" for none),
+    ``emptied`` where the sidecar, left empty, is removed."""
+    others = " and ".join(f"'{other}'" for other in sharers)
+    now = (f"Units {_BIDS_UNITS.get(units, units)!r}" if units else
+           "no Units (left empty, it is removed)" if emptied else "no Units, its other keys kept")
+    return (f"'{final}' is written {f'in {units}' if units else 'without units'}, and its JSON sidecar '{sidecar}' is "
+            f"also that of {others}, beside it (BIDS names a sidecar by the image's name without its extension: the "
+            f"two are one name): it now states {now} where it stated {f'Units {old}' if old else 'none'}, so {others} "
+            f"is now read {f'in {units}' if units else 'without units'} too. To keep each its own units, give the two "
+            "images different names (or remove the one no longer wanted).")
 
 
 def _commit_sidecar(final: str, staged: tuple[str, str | None]) -> None:

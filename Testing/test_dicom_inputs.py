@@ -2320,6 +2320,51 @@ class BidsSidecarUnits(unittest.TestCase):
             io.write_image(plain, out)
         self.assertEqual((self._sidecar("out.json"), caught), ({"TracerName": "FDG"}, []))
 
+    def test_a_sidecar_shared_by_x_nii_and_x_nii_gz_names_both_when_its_units_change(self) -> None:
+        """x.nii.gz and x.nii in one folder share x.json (BIDS: one sidecar per name without extension; x.nii.gz
+        written beside x.nii is refused already, ITK reading the .nii's voxels for it). A write that changes its Units
+        changes what the other file reads as: a unitless x.nii written beside a PET x.nii.gz had removed x.nii.gz's
+        Units with a warning naming x.nii alone ("they were the old file's"), and a PET x.nii beside an x.nii.gz in
+        other units, or in none, had changed them without a word. The newest image's units go to the name, as
+        before; the warning names both files and the fix."""
+        bqml, gml, plain = self._pet("BQML"), self._pet("GML", 1, 8), sitk.Cast(self._pet(None), sitk.sitkFloat32)
+        cases = {  # name: (first image, second image, units x.nii.gz reads as after, the sidecar after)
+            "a unitless x.nii beside a PET x.nii.gz": (bqml, plain, "", None),
+            "a PET x.nii beside a unitless x.nii.gz": (plain, bqml, "BQML", {"Units": "Bq/mL"}),
+            "a PET in Bq/mL beside a PET in SUV": (gml, bqml, "BQML", {"Units": "Bq/mL"}),
+            "a unitless x.nii beside a PET x.nii.gz whose sidecar has other keys": (bqml, plain, "", {"Tracer": "FDG"}),
+        }
+        for name, (first, second, after, sidecar) in cases.items():
+            with self.subTest(name), tempfile.TemporaryDirectory() as folder:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # the first write alone: no word
+                    old = io.write_image(first, os.path.join(folder, "x.nii.gz"))
+                if "other keys" in name:
+                    with open(os.path.join(folder, "x.json"), "w", encoding="utf-8") as fh:
+                        json.dump({"Units": "Bq/mL", "Tracer": "FDG"}, fh)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    new = io.write_image(second, os.path.join(folder, "x.nii"))
+                messages = [str(w.message) for w in caught]
+                self.assertEqual(len(messages), 1, messages)
+                self.assertIn(f"'{new}' is written", messages[0])
+                self.assertIn(f"also that of '{old}'", messages[0])  # both files named
+                self.assertIn("give the two images different names", messages[0])  # and the fix
+                self.assertEqual(caught[0].filename, __file__)
+                self.assertEqual(io.dicom_units(io.read_image(old)), after)  # what the warning says
+                self.assertEqual(io.dicom_units(io.read_image(new)), io.dicom_units(second))
+                path = os.path.join(folder, "x.json")
+                if sidecar is None:
+                    self.assertFalse(os.path.exists(path))
+                else:
+                    with open(path, encoding="utf-8") as fh:
+                        self.assertEqual(json.load(fh), sidecar)
+        # units the sidecar states already (the same PET as both): nothing changes, nothing said
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            io.write_image(bqml, os.path.join(folder, "x.nii.gz"))
+            io.write_image(bqml, os.path.join(folder, "x.nii"))
+
     def test_the_units_notes_come_once_the_files_are_in_place(self) -> None:
         """The Units warnings of write_image were issued inside its atomic write: with warnings turned into errors
         (python -W error, warnings.simplefilter("error")) the write stopped there, the image not renamed into
