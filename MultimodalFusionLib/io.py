@@ -4028,13 +4028,23 @@ def _orthonormal(image: sitk.Image) -> bool:
     return bool(np.allclose(d @ d.T, np.eye(image.GetDimension()), atol=1e-4))
 
 
-def _for_2d_format(image: sitk.Image, final: str) -> sitk.Image:
+def _warn_or_note(text: str, notes: list[str] | None, stacklevel: int) -> None:
+    """Warn ``text`` (``stacklevel`` as for warnings.warn, from the caller), or, where ``notes`` is given, add it there
+    for :func:`write_image` to issue once the file is in place (with warnings turned into errors, one issued before
+    had stopped the write, though it says what is written)."""
+    if notes is None:
+        warnings.warn(text, stacklevel=stacklevel + 1)
+    else:
+        notes.append(text)
+
+
+def _for_2d_format(image: sitk.Image, final: str, notes: list[str] | None = None) -> sitk.Image:
     """An image as a PNG/JPEG/BMP can hold it: its values kept where the format allows.
 
     Integer values in 0..255 are written as they are (labels stay labels); in 0..65535 as 16-bit
     PNG; grey values on the 0..255 scale are rounded. Anything else (CT in HU, PET in Bq/ml, a
     0..1 probability map, which rounding would reduce to 0 and 1) has to be rescaled to 0..255,
-    with a warning; a volume cannot be a PNG.
+    with a warning; a volume cannot be a PNG. ``notes``: where given, the warnings' texts go there instead.
     """
     if image.GetDimension() == 3:  # of one slice: check_output_name refuses a volume
         image = image[:, :, 0]
@@ -4050,29 +4060,31 @@ def _for_2d_format(image: sitk.Image, final: str) -> sitk.Image:
     elif lo >= 0 and hi <= 65535 and whole and _suffix(final) == ".png":
         out = sitk.GetImageFromArray(arr.astype(np.uint16), isVector=vector)
     else:
-        warnings.warn(f"'{final}': values {lo:g}..{hi:g} rescaled to 0..255 for an 8-bit image; write .nrrd, "
-                      ".mha or .nii.gz to keep them.", stacklevel=3)
+        _warn_or_note(f"'{final}': values {lo:g}..{hi:g} rescaled to 0..255 for an 8-bit image; write .nrrd, "
+                      ".mha or .nii.gz to keep them.", notes, stacklevel=3)
         scaled = (arr.astype(np.float64) - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros(arr.shape)
         out = sitk.GetImageFromArray(np.round(scaled).astype(np.uint8), isVector=vector)
     out.CopyInformation(image)
     if any(abs(o) > 1e-6 for o in image.GetOrigin()) or not np.allclose(image.GetDirection(), [1, 0, 0, 1]):
-        warnings.warn(f"'{final}': a PNG/JPEG/BMP keeps no origin or direction (the image has origin "
-                      f"{[round(o, 3) for o in image.GetOrigin()]} mm, LPS); write .nrrd or .mha to keep them.", stacklevel=3)
+        _warn_or_note(f"'{final}': a PNG/JPEG/BMP keeps no origin or direction (the image has origin "
+                      f"{[round(o, 3) for o in image.GetOrigin()]} mm, LPS); write .nrrd or .mha to keep them.", notes,
+                      stacklevel=3)
     return out
 
 
-def _warn_geometry_lost(image: sitk.Image, final: str, direction_only: bool) -> None:
+def _warn_geometry_lost(image: sitk.Image, final: str, direction_only: bool, notes: list[str] | None = None) -> None:
     """Warn, as for a PNG, where a TIFF (or PIC, LSM) would drop ``image``'s origin or direction, or a VTK
     file its direction: read back, it would lie elsewhere (a TIFF written by mmfusion fuse had been refused by
-    mmfusion evaluate as off its sources' grid, and nothing had said why)."""
+    mmfusion evaluate as off its sources' grid, and nothing had said why). ``notes``: where given, the warning's
+    text goes there instead."""
     dim = image.GetDimension()
     turned = not np.allclose(image.GetDirection(), np.eye(dim).ravel())
     moved = any(abs(o) > 1e-6 for o in image.GetOrigin())
     if turned or (moved and not direction_only):
         kept = "no direction" if direction_only else "no origin or direction"
-        warnings.warn(f"'{final}': a {_read_suffix(final).split('.')[1].upper()} file keeps {kept} (the image has origin "
+        _warn_or_note(f"'{final}': a {_read_suffix(final).split('.')[1].upper()} file keeps {kept} (the image has origin "
                       f"{[round(o, 3) for o in image.GetOrigin()]} mm, LPS, direction "
-                      f"{[round(v, 4) for v in image.GetDirection()]}); write .nrrd or .mha to keep them.",
+                      f"{[round(v, 4) for v in image.GetDirection()]}); write .nrrd or .mha to keep them.", notes,
                       stacklevel=3)
 
 
@@ -4287,8 +4299,12 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
     final = check_output_name(path, image, pixel_type=image.GetPixelID())
     out = image
     suffix = _read_suffix(final)
+    # warnings' texts (what the file keeps, how it is written), issued once the image (and its sidecar) are in place:
+    # with warnings turned into errors (python -W error) one issued before had stopped the write, though it says
+    # what is written
+    notes: list[str] = []
     if suffix in _2D_EXTENSIONS:
-        out = _for_2d_format(image, final)
+        out = _for_2d_format(image, final, notes)
     elif suffix in (".nii", ".nii.gz") and image.GetNumberOfComponentsPerPixel() > 1 and one_slice_axis(image) == 2:
         # ITK writes it right (dim 5: x, y, 1, 1, colour) but reads it back as a 2D image, without its slice's
         # position: an overlay of a one-slice volume would be shown away from its inputs
@@ -4296,24 +4312,23 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
                          "back (by ITK, hence Slicer and this package) as a 2D image, without its slice's position.",
                          "Write it as .nrrd or .mha, which keep it a one-slice volume in place.")
     if suffix in UNPLACED_EXTENSIONS + UNTURNED_EXTENSIONS and suffix not in _2D_EXTENSIONS:
-        _warn_geometry_lost(image, final, suffix in UNTURNED_EXTENSIONS)
+        _warn_geometry_lost(image, final, suffix in UNTURNED_EXTENSIONS, notes)
     if compress and suffix in (".dcm", ".dicom"):
-        compress = _dicom_compressible(out, final)
+        compress = _dicom_compressible(out, final, notes)
     tensor = tensors.tensor_kind(image) is not None
     if tensor:  # in the file's component order and measurement frame; the header says "tensor" once written
         out = tensors.to_file(image, suffix)
         if suffix not in tensors.TAGGED_SUFFIXES:
-            warnings.warn(f"'{final}': no tensor type is written to {suffix} files: the tensors are written as a "
-                          f"vector image of {image.GetNumberOfComponentsPerPixel()} components (xx, xy, xz, yy, yz, "
-                          "zz for a symmetric one, in LPS), which Slicer does not show as a DTI volume. Write .nrrd "
-                          "(or .nii.gz) to keep them tensors.", stacklevel=2)
+            notes.append(f"'{final}': no tensor type is written to {suffix} files: the tensors are written as a "
+                         f"vector image of {image.GetNumberOfComponentsPerPixel()} components (xx, xy, xz, yy, yz, "
+                         "zz for a symmetric one, in LPS), which Slicer does not show as a DTI volume. Write .nrrd "
+                         "(or .nii.gz) to keep them tensors.")
     if suffix in (".mnc", ".mnc2") and _itk_minc_unconverted():  # (after to_file, which takes image's)
-        vectors = _minc_vectors(out, final, writing=True)
+        vectors = _minc_vectors(out, final, writing=True, notes=notes)
         out = _swap_ras_lps(out, bool(vectors))  # written in MINC's RAS, as MNI's tools read it (see _RAS_LPS)
         if vectors is not None:  # (out is a copy) said in the file, for read_image to take them back the same way
             out.SetMetaData(_MINC_COMPONENTS_KEY, "vector" if vectors else "channels")
     staged = suffix in _TWO_FILES
-    notes: list[str] = []  # warnings' texts, issued once the image (and its sidecar) are in place
     sidecar: tuple[str, str | None] | None = None
     made = _missing_folders(os.path.dirname(os.path.abspath(final)))  # the folders the write makes
     try:
@@ -4612,13 +4627,13 @@ def _written_cut_short(final: str, tmp: str, writer: str, staged: bool = False) 
 _DICOM_COMPRESSED_SIDE = 16
 
 
-def _dicom_compressible(image: sitk.Image, final: str) -> bool:
+def _dicom_compressible(image: sitk.Image, final: str, notes: list[str] | None = None) -> bool:
     """Whether ITK's DICOM writer (GDCM, JPEG 2000 lossless) can compress ``image``; where not, a warning that it is
     written uncompressed. Small slices crashed the process (SIGSEGV or SIGABRT, the heap corrupted: measured with
     SimpleITK 2.5 in 2D at 1x1 to 8x8 8-bit, to 6x6 16-bit, in 3D to 9x9 a slice, and any slice 1 pixel wide,
     e.g. 1x512), while 16x16 and up were written and read back equal; and GDCM compresses no 32-bit integer or
     colour pixels ("Could not change the Transfer Syntax for Compression"). Written uncompressed, each is read
-    back equal."""
+    back equal. ``notes``: where given, the warning's text goes there instead."""
     size = image.GetSize()
     grey = image.GetPixelID() in (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16)
     if grey and min(size[:2]) >= _DICOM_COMPRESSED_SIDE:
@@ -4626,7 +4641,7 @@ def _dicom_compressible(image: sitk.Image, final: str) -> bool:
     why = (f"its slices ({size[0]}x{size[1]}) are under {_DICOM_COMPRESSED_SIDE}x{_DICOM_COMPRESSED_SIDE} "
            "pixels, which ITK's JPEG 2000 compression crashed on") if grey else \
         f"ITK compresses no {image.GetPixelIDTypeAsString()} pixels in DICOM"
-    warnings.warn(f"'{final}': written uncompressed: {why}.", stacklevel=3)
+    _warn_or_note(f"'{final}': written uncompressed: {why}.", notes, stacklevel=3)
     return False
 
 
@@ -5106,7 +5121,7 @@ _MINC_COMPONENTS_KEY = "mmfusion:components"
 _MINC_GRID_NAME = re.compile(r"_grid_\d+\.mnc2?$", re.IGNORECASE)
 
 
-def _minc_vectors(image: sitk.Image, path: str, writing: bool) -> bool | None:
+def _minc_vectors(image: sitk.Image, path: str, writing: bool, notes: list[str] | None = None) -> bool | None:
     """Whether a .mnc image's components are a vector in world space, turned with its geometry between MINC's RAS
     and ITK's LPS (a displacement field: MINC's grid files hold RAS vectors, as ITK's .xfm reader and MINC's tools
     read them); None where the image is no candidate (integer components, as colour, or another count than its
@@ -5128,12 +5143,12 @@ def _minc_vectors(image: sitk.Image, path: str, writing: bool) -> bool | None:
         return True
     n = image.GetNumberOfComponentsPerPixel()
     if writing:
-        warnings.warn(f"'{path}': its {n} floating-point components a voxel are written as they are, as channels "
+        _warn_or_note(f"'{path}': its {n} floating-point components a voxel are written as they are, as channels "
                       "(echoes, colour): MINC does not say whether they are channels or a vector field. If they are "
                       "a displacement field, MINC's tools read its vectors in RAS: write it with write_transform("
                       "sitk.DisplacementFieldTransform(field), 'NAME.xfm') (its grid, NAME_grid_0.mnc, in RAS), name "
                       f"the output NAME_grid_0.mnc, or set the image's metadata '{_MINC_COMPONENTS_KEY}' to "
-                      "'vector'.", stacklevel=3)
+                      "'vector'.", notes, stacklevel=3)
     else:
         warnings.warn(f"'{path}': its {n} floating-point components a voxel are read as stored, as channels "
                       "(echoes, colour): the file does not say whether they are channels or a vector field. If they "

@@ -2183,6 +2183,48 @@ class AtomicWrites(unittest.TestCase):
             with open(paths[2], encoding="utf-8") as fh:
                 self.assertEqual(fh.read().strip(), '{\n  "x": null\n}')
 
+    def test_write_warnings_come_once_the_file_is_in_place(self):
+        """write_image's warnings about what a file keeps (a TIFF's or VTK file's lost geometry, a PNG's rescaled
+        values and lost origin, a tensor image's lost tensor type, a small DICOM's compression, MINC's components)
+        were issued before the file was written: with warnings turned into errors (python -W error) the write stopped
+        there and nothing was written, though the message said what the file is. They now come after, as the Units
+        notes do: the warning is raised and the file is in place, whole."""
+        from MultimodalFusionLib import tensors
+
+        turned = _oblique()[:, :, :4]
+        moved = sitk.GetImageFromArray(np.arange(48, dtype=np.float32).reshape(6, 8) * 25.3)
+        moved.SetOrigin((12.5, -3.0))
+        tensor = tensors.mark(sitk.GetImageFromArray(np.random.default_rng(1).uniform(
+            -1, 1, (3, 4, 5, 6)).astype(np.float32), isVector=True), tensors.SYMMETRIC)
+        small = sitk.GetImageFromArray((np.arange(3 * 8 * 8) % 100).reshape(3, 8, 8).astype(np.uint8))
+        channels = sitk.Compose([sitk.Cast(turned, sitk.sitkFloat32)] * 3)
+        cases = [  # output, image, the warning, the size written
+            ("t.tif", turned, "file keeps no origin or direction", turned.GetSize()),
+            ("v.vtk", turned, "file keeps no direction", turned.GetSize()),
+            ("p.png", moved, "rescaled to 0..255", moved.GetSize()),
+            ("q.png", moved / 25.3, "PNG/JPEG/BMP keeps no origin or direction", moved.GetSize()),
+            ("d.mnc", tensor, "no tensor type is written", tensor.GetSize()),
+            ("s.dcm", small, "written uncompressed", small.GetSize()),  # 8x8 slices: compression crashed ITK
+        ]
+        if io._itk_minc_unconverted():
+            cases.append(("c.mnc", channels, "components a voxel are written as they are", turned.GetSize()))
+        with tempfile.TemporaryDirectory() as d:
+            for name, image, warning, size in cases:
+                with self.subTest(name):
+                    out = os.path.join(d, name)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("error")
+                        with self.assertRaisesRegex(UserWarning, warning):
+                            io.write_image(image, out)
+                    self.assertTrue(os.path.isfile(out))  # in place
+                    self.assertEqual(sitk.ReadImage(out).GetSize(), size)  # whole, as ITK reads it
+            self.assertEqual([n for n in os.listdir(d) if n.startswith(".")], [])  # no temporary file left
+            # and with warnings shown, each is given once, pointed at the caller
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                io.write_image(turned, os.path.join(d, "t2.tif"))
+            self.assertEqual([w.filename for w in caught], [__file__])
+
     def test_failed_write_keeps_the_old_file(self):
         with tempfile.TemporaryDirectory() as d:
             target = io.write_bytes(os.path.join(d, "r.bin"), b"old")
