@@ -708,10 +708,7 @@ def _read_sidecar(sidecar: str, what: str, stacklevel: int, notes: list[str] | N
         if isinstance(content, dict):
             return content
         note = f"The JSON sidecar '{sidecar}' holds no JSON object (a {type(content).__name__}); {what}."
-    if notes is None:
-        warnings.warn(note, stacklevel=stacklevel + 1)
-    else:
-        notes.append(note)
+    _warn_or_note(note, notes, stacklevel + 1)
     return None
 
 
