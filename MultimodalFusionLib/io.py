@@ -2526,6 +2526,24 @@ def _nifti_layout(header: bytes, pair: bool = False) -> tuple[str, int, int, int
 _NIFTI_VECTOR_INTENTS = {1006: "DISPVECT", 1007: "VECTOR"}
 
 
+def _nifti1_header(path: str) -> tuple[str, bytes] | None:
+    """(byte order, "<" or ">"; its 348 bytes) of the NIfTI-1 header of the image ``path`` names (a single file or a
+    pair, as ITK finds it: :func:`_nifti_files`); None for any other file, or one ITK will name as unreadable."""
+    import zlib
+
+    files = _nifti_files(path)
+    if files is None:
+        return None
+    try:
+        header = _head(files[0], 348)
+    except (OSError, EOFError, zlib.error):
+        return None  # named by ITK's reading
+    found = _nifti_byte_order(header)
+    if found is None or found[1] != 348 or header[344:347] not in (b"n+1", b"ni1"):
+        return None
+    return found[0], header
+
+
 def _check_nifti_vector_scaling(path: str) -> None:
     """Refuse a NIfTI-1 vector image (intent VECTOR or DISPVECT, several components: a displacement field) whose
     header scales its values (scl_slope not 0 or 1, or scl_inter not 0), before ITK reads it: ITK 5.4's reader
@@ -2533,19 +2551,11 @@ def _check_nifti_vector_scaling(path: str) -> None:
     its voxels without a word (slope 0.5: 1 mm in the first third, 2 mm in the rest), and an integer one
     (int16 with a slope, read into float) corrupted the heap and aborted the process."""
     import struct
-    import zlib
 
-    files = _nifti_files(path)
-    if files is None:
+    found = _nifti1_header(path)
+    if found is None:
         return
-    try:
-        header = _head(files[0], 348)
-    except (OSError, EOFError, zlib.error):
-        return  # named by ITK's reading
-    found = _nifti_byte_order(header)
-    if found is None or found[1] != 348 or header[344:347] not in (b"n+1", b"ni1"):
-        return
-    order = found[0]
+    order, header = found
     dims = struct.unpack(order + "8h", header[40:56])
     intent = struct.unpack(order + "h", header[68:70])[0]
     datatype = struct.unpack(order + "h", header[70:72])[0]
@@ -4931,7 +4941,8 @@ def _read_displacement_field(path: str) -> sitk.Transform:
     physical LPS mm on the field's grid, fixed -> moving), as antsApplyTransforms reads ANTs' ``*Warp.nii.gz`` and
     ``*InverseWarp.nii.gz`` (and ITK's own readers a field written by ITK, Slicer or this package). ITK's transform
     reader opens no image file: ``--transform 1Warp.nii.gz --transform 0GenericAffine.mat``, antsRegistration's
-    output in antsApplyTransforms' order, had been refused with "Could not create Transform IO object".
+    output in antsApplyTransforms' order, had been refused with "Could not create Transform IO object". A 3D NIfTI
+    field of one slice, which ITK reads as 2D with 3 components, is read as 3D (:func:`_one_slice_nifti_field`).
 
     Raises:
         InputError: the image is no displacement field (not as many floating-point components as axes, or not
@@ -4942,6 +4953,9 @@ def _read_displacement_field(path: str) -> sitk.Transform:
     image = read_image(path, keep_color=True)
     dim, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
     kind = image.GetPixelIDTypeAsString()
+    if dim == 2 and components == 3 and "unsigned" not in kind:
+        image = _one_slice_nifti_field(path, image)  # antsRegistration -d 3's warp of one slice, read as 2D
+        dim = image.GetDimension()
     if dim in (2, 3) and components == dim and "signed integer" in kind and "unsigned" not in kind:
         # a field in every way but its type had been called "an image ..., not a transform", hiding the one fix;
         # not an unsigned one: it holds no negative displacement (the cast keeps a -1 stored as 65535), and 8-bit
@@ -4963,6 +4977,49 @@ def _read_displacement_field(path: str) -> sitk.Transform:
                          "Give the transform file (mmfusion register writes DIR/transform.tfm, or .h5 when "
                          "deformable; ANTs *GenericAffine.mat or *Warp.nii.gz), or check the order of the arguments.")
     return sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))
+
+
+def _one_slice_nifti_field(path: str, image: sitk.Image) -> sitk.Image:
+    """``image`` (read from ``path`` as 2D, 3 components a voxel) as the one-slice 3D field its NIfTI-1 header
+    describes (dim[3] 1, dim[4] 1, dim[5] 3: a 64x64x1 field of 3D vectors, as antsRegistration -d 3 writes the warp
+    of one slice); ``image`` itself for any other file. ITK's NIfTI reader drops a last axis of length 1, so it read
+    such a field as a 2D image of 3 components, its z spacing, z origin and the third column of its direction lost,
+    and read_transform refused it as an image ("2D, 3 component(s)"), where the same field as .nrrd was read. The 3D
+    grid is ITK's own reading of the same header with 2 slices (its choice of sform or qform, its LPS), so the
+    field lies where a field of several slices with that header would; the vectors are those ITK read.
+
+    antsApplyTransforms (ITK's reader into a 3D image) gives such a file z spacing 1 and z origin 0 instead: it moves
+    a slice lying at z 0 (within half a millimetre) as this reading does, and one lying elsewhere not at all."""
+    import struct
+
+    found = _nifti1_header(path)
+    if found is None or found[1][344:348] != b"n+1\0":  # a single file (.nii, .nii.gz)
+        return image
+    order, header = found
+    dims = list(struct.unpack(order + "8h", header[40:56]))
+    if not 5 <= dims[0] <= 7 or dims[3:6] != [1, 1, 3] or any(d > 1 for d in dims[6:dims[0] + 1]) \
+            or tuple(dims[1:3]) != image.GetSize():
+        return image
+    dims[3] = 2  # ITK keeps the third axis of a header of 2 slices; only the header is read (no voxels)
+    two_slices = header[:40] + struct.pack(order + "8h", *dims) + header[56:108] + struct.pack(order + "f", 352.0) \
+        + header[112:348] + bytes(4)
+    with _private_temp_folder("mmf-field-") as folder:
+        name = os.path.join(folder, "header.nii")
+        with open(name, "wb") as fh:
+            fh.write(two_slices)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return image
+    if reader.GetDimension() != 3 or reader.GetSize()[:2] != image.GetSize():
+        return image
+    field = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(image)[np.newaxis], isVector=True)
+    field.SetSpacing(reader.GetSpacing())
+    field.SetOrigin(reader.GetOrigin())
+    field.SetDirection(reader.GetDirection())
+    return field
 
 
 #: antsRegistration's names of a deformable stage's field and of its inverse (``{prefix}{stage}Warp.nii.gz``,

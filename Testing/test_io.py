@@ -495,6 +495,54 @@ class RoundTrip(unittest.TestCase):
                 self.assertIn("not a transform", cm.exception.problem)
                 self.assertIn("displacement field", cm.exception.problem)
 
+    def test_a_one_slice_3d_nifti_field_is_read_as_the_3d_field_it_is(self):
+        """antsRegistration -d 3 on one slice writes a 3D warp of one slice (dim[3] 1, dim[5] 3, intent VECTOR); ITK's
+        NIfTI reader drops the axis of length 1 and read it as a 2D image of 3 components, so read_transform had
+        refused it as "an image (2D, 3 component(s) ...), not a transform", where the same field as .nrrd was read.
+        It is read as the 3D field its header describes (z spacing, z origin, oblique direction): the same field and
+        mapping as the .nrrd. A 2D field of 2 components stays 2D, a 2D RGB image is still an image, and one-slice
+        int16 vectors are named for their type, as 3D vectors."""
+        with tempfile.TemporaryDirectory() as d:
+            rng = np.random.default_rng(3)
+            field = sitk.GetImageFromArray(rng.normal(0, 2, (1, 7, 9, 3)).astype(np.float32), isVector=True)
+            field.SetSpacing((1.5, 2.0, 3.0))
+            field.SetOrigin((10.0, -20.0, 30.0))
+            field.SetDirection(sitk.Euler3DTransform((0, 0, 0), 0.3, -0.2, 0.5).GetMatrix())
+            read = {}
+            for name in ("out1Warp.nii.gz", "w.nii", "w.nrrd"):
+                sitk.WriteImage(field, os.path.join(d, name))
+                read[name] = io.read_transform(os.path.join(d, name))
+            nrrd = read.pop("w.nrrd").GetDisplacementField()
+            for name, tx in read.items():
+                with self.subTest(name=name):
+                    self.assertIsInstance(tx, sitk.DisplacementFieldTransform)
+                    got = tx.GetDisplacementField()
+                    self.assertEqual(got.GetSize(), (9, 7, 1))
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(nrrd))
+                    np.testing.assert_allclose(got.GetSpacing(), nrrd.GetSpacing(), atol=1e-6)
+                    np.testing.assert_allclose(got.GetOrigin(), nrrd.GetOrigin(), atol=1e-5)
+                    np.testing.assert_allclose(got.GetDirection(), nrrd.GetDirection(), atol=1e-6)
+                    for index in ((2.3, 4.1, 0.2), (7.6, 0.4, -0.3)):
+                        point = field.TransformContinuousIndexToPhysicalPoint(index)
+                        moved = tx.TransformPoint(point)
+                        self.assertGreater(np.linalg.norm(np.subtract(moved, point)), 0.1)
+                        np.testing.assert_allclose(moved, sitk.DisplacementFieldTransform(
+                            sitk.Cast(nrrd, sitk.sitkVectorFloat64)).TransformPoint(point), atol=1e-5)
+            flat = os.path.join(d, "flat.nii.gz")  # a 2D field of 2 components stays 2D
+            sitk.WriteImage(sitk.Compose([sitk.Image([6, 5], sitk.sitkFloat32) + v for v in (1.0, 2.0)]), flat)
+            self.assertEqual(io.read_transform(flat).GetDimension(), 2)
+            np.testing.assert_allclose(io.read_transform(flat).TransformPoint((1.0, 1.0)), (2.0, 3.0))
+            rgb = os.path.join(d, "rgb.nii.gz")  # a 2D colour image is an image
+            sitk.WriteImage(sitk.Compose([sitk.Image([6, 5], sitk.sitkUInt8) + v for v in (9, 8, 7)]), rgb)
+            with self.assertRaises(InputError) as cm:
+                io.read_transform(rgb)
+            self.assertIn("is an image (2D, 3 component(s)", cm.exception.problem)
+            ints = os.path.join(d, "ints.nii.gz")
+            sitk.WriteImage(sitk.Compose([sitk.Image([6, 5, 1], sitk.sitkInt16) + v for v in (1, 2, 3)]), ints)
+            with self.assertRaises(InputError) as cm:
+                io.read_transform(ints)
+            self.assertIn("holds 3D vectors of vector of 16-bit signed integer", cm.exception.problem)
+
     def test_a_field_that_does_not_cover_the_grid_gets_a_note(self):
         """A displacement field moves no point outside its grid (as antsApplyTransforms); resample and
         evaluate-registration had said nothing of it, so a field given with a reference (fixed image) it covers half
