@@ -1184,10 +1184,13 @@ def register_sitk(fixed: sitk.Image, moving: sitk.Image, parameters: Registratio
                   fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None,
                   initial_transform: sitk.Transform | None = None,
                   progress: ProgressCallback | None = None) -> RegistrationResult:
-    """Run the staged SimpleITK registration (inputs already validated and cast to float32).
+    """Run the staged SimpleITK registration (inputs already validated) on the images' working copies
+    (``registration.working_copies``: float32, a CT's padding filled, made here once).
 
     See :func:`MultimodalFusionLib.registration.register` for the arguments.
     """
+    from . import working_copies
+
     t0 = time.perf_counter()
     dim = fixed.GetDimension()
     if initial_transform is not None and initial_transform.GetDimension() != dim:
@@ -1197,6 +1200,7 @@ def register_sitk(fixed: sitk.Image, moving: sitk.Image, parameters: Registratio
         if stage.name == "bspline":
             # here, not in register(): register_sitk is public too, and the refusal must come before any stage runs
             _bspline_mesh(stage, fixed)
+    fixed, moving, sparse = working_copies(fixed, moving)
     threads = parameters.number_of_threads or (1 if parameters.seed is not None else None)
     limit = thread_limit()  # --threads / threads.limit_threads: the global default is that limit already
     if threads and limit is not None:
@@ -1207,6 +1211,7 @@ def register_sitk(fixed: sitk.Image, moving: sitk.Image, parameters: Registratio
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
     try:
         result = _register_stages(fixed, moving, parameters, fixed_mask, moving_mask, initial_transform, progress, t0)
+        result.warnings[:0] = sparse
         # the thread count that ran (ITK clamps a request to its maximum): null in the settings is 1 with a
         # seed, ITK's default (the CPU's cores) without
         result.parameters["effective"] = {

@@ -1883,6 +1883,8 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     """
     import torch
 
+    from . import working_copies
+
     t_start = time.perf_counter()
     converted = conversion_warnings(parameters)
     params = torch_parameters(parameters)
@@ -1912,8 +1914,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
                              f"(got {initial_transform.GetName()}).",
                              "Give a rigid/affine initial transform, or use backend='sitk'.")
     device = select_device(params.device)
-    fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
-    moving_f = sitk.Cast(moving, sitk.sitkFloat32)
+    fixed_f, moving_f, sparse = working_copies(fixed, moving)  # float32, a CT's padding filled: once, here
     search_info = None
     if params.initializer == "search" and initial_transform is None:
         initial_transform, search_info = _search_start(fixed_f, moving_f, params, fixed_mask, moving_mask, progress)
@@ -1955,7 +1956,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         # from one resampling for the three checks below: each had resampled the moving mask (or a mask of the
         # whole moving image) itself, three times per masked registration (about 0.1 s each at 256x256x200)
         in_image, in_masks = masks_reach(fixed_f, moving_f, start_tx, fixed_mask, moving_mask)
-        warnings: list[str] = converted + _level_order_warnings(params, ctx.base_spacing, parameters) + small_mask_warnings(
+        warnings: list[str] = sparse + converted + _level_order_warnings(params, ctx.base_spacing, parameters) + small_mask_warnings(
             fixed_mask, moving_mask) + check_masks_meet(
             fixed_f, fixed_mask, moving_mask, start_tx, start_description(first), start_fix(first, masks=True),
             count=in_masks)
