@@ -287,9 +287,10 @@ class WebAppTest(unittest.TestCase):
     def test_a_padded_cts_padding_is_found_once_per_image_set(self) -> None:
         """Loading a CT padded with -32768 took its padding (preprocess.padding_mask, 0.4-1 s on a 512x512x300 CT)
         7 times over: its window/level sliders, CT test, fusion windows, percentile window and engine default each
-        found it again. The viewer finds it once per image set for a role, the same windows and ranges as each
-        found on its own; a new image set for the role (another object, or the same one changed and set again)
-        has its own found."""
+        found it again, and mrml's display windows twice more on the scene node's copy (show_fusion's and the Auto
+        window's setup_anatomical_display). The viewer finds it once per image set for a role, the same windows and
+        ranges as each found on its own; a new image set for the role (another object, or the same one changed and
+        set again) has its own found."""
         import numpy as np
 
         from MultimodalFusionLib import preprocess
@@ -311,11 +312,12 @@ class WebAppTest(unittest.TestCase):
         real = preprocess.padding_mask
 
         def counted(values):  # the real function, its calls counted
-            found.append(values)
+            found.append(np.array(values))  # a copy: a view of the scene node's voxels is freed after the call
             return real(values)
 
-        def times_found(image: sitk.Image) -> int:  # on the image's own voxels (the scene's copy aside)
-            return sum(np.shares_memory(v, sitk.GetArrayViewFromImage(image)) for v in found)
+        def times_found(image: sitk.Image) -> int:  # on the image's voxels: its own or the scene node's copy
+            voxels = sitk.GetArrayViewFromImage(image)
+            return sum(np.array_equal(v.reshape(voxels.shape), voxels) for v in found if v.size == voxels.size)
 
         def expected(image: sitk.Image) -> dict:  # each found on its own, as before
             return {"range": viewer_module.image_range(image), "ct": viewer_module.looks_like_ct(image),
@@ -341,6 +343,10 @@ class WebAppTest(unittest.TestCase):
                 self.assertEqual(app._fw_default["a"], (want["choices"][2], want["choices"][3]))
                 self.assertEqual(app.state.fw_a_presets, want["choices"][0])
                 self.assertEqual(viewer.padding(ct).tolist(), (sitk.GetArrayViewFromImage(ct) == -32768).tolist())
+                display = viewer.background_node().GetDisplayNode()  # Auto: the window mrml finds on its own
+                np.testing.assert_allclose([display.GetWindowLevelMin(), display.GetWindowLevelMax()],
+                                           preprocess.robust_range(sitk.GetArrayViewFromImage(ct), 0.5, 99.5),
+                                           rtol=0, atol=1e-9)
         # the same object changed in place (a corner's padding now air) and set again: its padding found again
         self.assertTrue(viewer.padding(ct)[0, 0, 0])
         ct[0, 0, 0] = -1000

@@ -209,6 +209,15 @@ class FusionViewer:
             known = self._padding[role] = (image, padding_mask(sitk.GetArrayViewFromImage(image)))
         return known[1]
 
+    def _node_padding(self, node: Any) -> Any:
+        """:meth:`padding` of the image a grey volume node of this viewer holds, for mrml's display windows, which
+        had found it again on the node's copy of the voxels (twice per load: ``show_fusion`` and the Auto window);
+        ``preprocess.COMPUTE_MASK`` for any other node (a colour or label volume, whose display takes no window)."""
+        role = next((r for r, held in self.nodes.items() if node is not None and held is node), None)
+        if role is None or node.IsA("vtkMRMLVectorVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+            return COMPUTE_MASK
+        return self.padding(self.images[role])
+
     def node(self, role: str) -> Any:
         """The volume node of ``role`` or None."""
         return self.nodes.get(role)
@@ -255,7 +264,9 @@ class FusionViewer:
             fg_node = self.nodes.get(role) if role else None
         if background is None:
             return
-        mrml.show_fusion(background, fg_node, opacity=self.opacity, colormap=self.colormap, scene=self.scene)
+        mrml.show_fusion(background, fg_node, opacity=self.opacity, colormap=self.colormap, scene=self.scene,
+                         background_padding=self._node_padding(background),
+                         foreground_padding=self._node_padding(fg_node))
         self._configure_window_level_widgets()  # views made since the drag was enabled
         self._apply_background_window_level()
         self._setup_functional(fg_node)
@@ -300,7 +311,8 @@ class FusionViewer:
 
         if node is None or node.IsA("vtkMRMLVectorVolumeNode"):
             return
-        display = mrml.setup_functional_display(node, colormap=self.colormap, threshold_fraction=None)
+        display = mrml.setup_functional_display(node, colormap=self.colormap, threshold_fraction=None,
+                                                padding=self._node_padding(node))
         role = next((r for r, n in self.nodes.items() if n is node), None)
         if role is None:
             return
@@ -350,9 +362,9 @@ class FusionViewer:
         if node is None or node.IsA("vtkMRMLVectorVolumeNode"):
             return
         if self.background_window_level is None:
-            display = mrml.setup_anatomical_display(node)
+            display = mrml.setup_anatomical_display(node, padding=self._node_padding(node))
         else:
-            display = node.GetDisplayNode() or mrml.setup_anatomical_display(node)
+            display = node.GetDisplayNode() or mrml.setup_anatomical_display(node, padding=self._node_padding(node))
             window, level = self.background_window_level
             display.SetAutoWindowLevel(0)
             display.SetWindowLevel(window, level)
