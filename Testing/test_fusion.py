@@ -666,18 +666,15 @@ class PaddedCtTest(unittest.TestCase):
         soft tissue at 0.97, the head in a few grey levels near white in every fused image (and in the metrics'
         0..255). The padding is left out of the range (and goes to 0): the fused image, the default overlay window
         and the metrics' 8-bit values are those of the CT with its padding at its lowest HU."""
+        from padded_ct import padded_head_ct
+
         from MultimodalFusionLib import metrics
 
         rng = np.random.default_rng(4)
-        z, y, x = np.mgrid[:4, :48, :48]
-        radius = np.hypot(y - 23.5, x - 23.5)
-        fov, body = radius < 23, radius < 16
-        ct = np.where(body, rng.normal(40, 15, fov.shape), -1000 + rng.normal(0, 5, fov.shape))
-        ct = np.where((radius > 13) & body, 1000.0, ct).astype(np.int16)
+        head = padded_head_ct(rng)
+        ct, fov, body, padded, unpadded = head.ct, head.fov, head.body, head.padded, head.unpadded
         mr = sitk.GetImageFromArray(np.where(body, rng.normal(600, 80, fov.shape), 5.0).clip(0).astype(np.float32))
-        padded = sitk.GetImageFromArray(np.where(fov, ct, -32768).astype(np.int16))
-        unpadded = sitk.GetImageFromArray(np.where(fov, ct, ct[fov].min()).astype(np.int16))
-        soft = radius < 10
+        soft = head.radius < 10
         self.assertLess(fusion.to_unit(padded)[soft].mean(), 0.6)  # 0.97 on the old code
         for method in ("average", "pca", "laplacian", "overlay"):
             with self.subTest(method):

@@ -143,18 +143,13 @@ class FusionWindowPresetsOffered(unittest.TestCase):
         its volume rendering start at the Otsu threshold between the padding and the rest (-32504 here, far below
         the air) and its Engine default fusion window shown as -32768..1000: each is the CT's own, inside."""
         import numpy as np
+        from padded_ct import padded_head_ct
 
         from MultimodalFusionLib.web import viewer
         from MultimodalFusionLib.web.app import _engine_default_window
 
-        rng = np.random.default_rng(5)
-        z, y, x = np.mgrid[:4, :48, :48]
-        radius = np.hypot(y - 23.5, x - 23.5)
-        fov, body = radius < 23, radius < 16
-        ct = np.where(body, rng.normal(40, 15, fov.shape), -1000 + rng.normal(0, 5, fov.shape))
-        ct = np.where((radius > 13) & body, 1000.0, ct).astype(np.int16)
-        padded = sitk.GetImageFromArray(np.where(fov, ct, -32768).astype(np.int16))
-        unpadded = sitk.GetImageFromArray(np.where(fov, ct, ct[fov].min()).astype(np.int16))
+        head = padded_head_ct(np.random.default_rng(5))
+        ct, fov, padded, unpadded = head.ct, head.fov, head.padded, head.unpadded
         self.assertEqual(viewer.image_range(padded), (float(ct[fov].min()), 1000.0))
         self.assertGreater(viewer._otsu(padded), -1000.0)  # between the air and the head
         self.assertAlmostEqual(viewer._otsu(padded), viewer._otsu(unpadded), delta=20.0)
