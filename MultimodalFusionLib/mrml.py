@@ -54,6 +54,7 @@ __all__ = [
     "control_points_lps",
     "transform_node_from_sitk",
     "sitk_transform_from_node",
+    "fields_clamped_over",
     "linear_transform_matrix",
     "set_parent_transform",
     "reslice_volume_node",
@@ -961,7 +962,7 @@ def _grid_interpolation_linear(transform: Any) -> None:
             _grid_interpolation_linear(transform.GetConcatenatedTransform(i))
 
 
-def sitk_transform_from_node(node: Any) -> sitk.Transform:
+def sitk_transform_from_node(node: Any, reference: sitk.Image | None = None) -> sitk.Transform:
     """The transform node as an engine (ITK, LPS, fixed -> moving) transform.
 
     This is the node's transform "from world": its own "from parent" transform, composed with
@@ -969,8 +970,17 @@ def sitk_transform_from_node(node: Any) -> sitk.Transform:
     a deformable node goes through Slicer's ITK transform writer (B-spline, displacement
     field, or a composite of them).
 
+    Args:
+        node: the transform node.
+        reference: the grid the transform will be evaluated on (the fixed volume, the reference of a
+            resampling). Given, each displacement field (a grid transform node, alone or in a composite) is
+            extended with its edge values over that grid (:func:`fields_clamped_over`), so the engine moves
+            every point of it as Slicer shows it: Slicer's grid transform gives a point outside its grid the
+            displacement of the grid's nearest edge, ITK's field gives it none. Without it, ITK's field as it is.
+
     Raises:
-        InputError: not a transform node, or a deformable node under another transform.
+        InputError: not a transform node, a deformable node under another transform, or a grid that would
+            have to grow past :data:`_CLAMPED_FIELD_MAX_VOXELS` to cover ``reference``.
     """
     import slicer
     import vtk
@@ -1000,9 +1010,102 @@ def sitk_transform_from_node(node: Any) -> sitk.Transform:
         if not storage.WriteData(node):
             raise InputError(f"Slicer could not write transform '{node.GetName()}'.",
                              "Harden or simplify the transform (Transforms module) and try again.")
-        return read_transform(path)
+        transform = read_transform(path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    return transform if reference is None else fields_clamped_over(transform, reference, node.GetName())
+
+
+#: the most voxels a displacement field extended by :func:`fields_clamped_over` may hold (24 bytes each, as ITK
+#: holds a field in doubles: 3.2 GB); beyond, the grid is refused rather than the process run out of memory
+_CLAMPED_FIELD_MAX_VOXELS = 2 ** 27
+
+
+def fields_clamped_over(transform: sitk.Transform, reference: sitk.Image, name: str = "transform") -> sitk.Transform:
+    """``transform`` with each displacement field extended with its edge values (``np.pad`` mode 'edge', in the
+    field's own index space, oblique directions included) so that its grid covers ``reference``'s voxels, as the
+    parts applied before the field map them, with one voxel to spare.
+
+    Slicer's grid transform (``vtkOrientedGridTransform``) gives a point outside its grid the displacement of the
+    grid's nearest edge voxel (clamped, however far out), ITK's ``DisplacementFieldTransform`` none beyond half a
+    voxel past it; over the extended grid ITK's linear interpolation gives exactly Slicer's clamp, so the engine
+    moves every point of ``reference`` as Slicer shows it. The extent is that of ``reference``'s face voxels mapped
+    into the field's continuous index (its corners, for linear parts before the field). A field that already
+    covers ``reference``, and any other transform, is kept as it is; so is ``transform`` when nothing changes.
+
+    Raises:
+        InputError: the extended field would hold more than :data:`_CLAMPED_FIELD_MAX_VOXELS` voxels (``name``
+            names the transform).
+    """
+    from .preprocess import _parts
+
+    dim = reference.GetDimension()
+    if transform.GetDimension() != dim:
+        return transform
+    applied = _parts(transform)[::-1]  # in the order they act on a point (a composite applies its last part first)
+    changed = False
+    for k, part in enumerate(applied):
+        if part.GetName() != "DisplacementFieldTransform":
+            continue
+        fixed = np.array(part.GetFixedParameters())
+        size, origin = fixed[:dim].astype(int), fixed[dim:2 * dim]
+        to_physical = fixed[3 * dim:].reshape(dim, dim) * fixed[2 * dim:3 * dim]
+        cidx = (_face_points(reference, applied[:k]) - origin) @ np.linalg.inv(to_physical).T
+        low, high = cidx.min(axis=0), cidx.max(axis=0)
+        # ITK already clamps within its grid ([0, size - 1]); past it, as far as the points reach and a voxel more
+        pad_low = np.where(low < -1e-6, np.ceil(-low) + 1, 0).astype(int)
+        pad_high = np.where(high > size - 1 + 1e-6, np.ceil(high - (size - 1)) + 1, 0).astype(int)
+        if not (pad_low.any() or pad_high.any()):
+            continue
+        grown = size + pad_low + pad_high
+        if np.prod(grown, dtype=float) > _CLAMPED_FIELD_MAX_VOXELS:
+            raise InputError(f"The grid transform '{name}' ({'x'.join(map(str, size))} voxels) would have to be "
+                             f"extended to {'x'.join(map(str, grown))} voxels to move every voxel of the volume it "
+                             "is applied on as Slicer shows it (the displacement of its nearest edge outside the "
+                             f"grid): {np.prod(grown, dtype=float) * 24 / 1e9:.1f} GB.",
+                             "Give a grid transform that covers the volume (as ANTs and Elastix write their fields "
+                             "on the fixed image's grid), or place it over the volume.")
+        field = part.GetDisplacementField()
+        padded = np.pad(sitk.GetArrayViewFromImage(field),
+                        [(int(lo), int(hi)) for lo, hi in zip(pad_low[::-1], pad_high[::-1])] + [(0, 0)], mode="edge")
+        image = sitk.GetImageFromArray(padded, isVector=True)
+        image.SetSpacing(field.GetSpacing())
+        image.SetDirection(field.GetDirection())
+        image.SetOrigin((origin - to_physical @ pad_low).tolist())
+        applied[k] = sitk.DisplacementFieldTransform(image)
+        changed = True
+    if not changed:
+        return transform
+    return applied[0] if len(applied) == 1 else sitk.CompositeTransform(applied[::-1])
+
+
+def _face_points(reference: sitk.Image, before: Sequence[sitk.Transform]) -> np.ndarray:
+    """The physical points (one a row) of ``reference``'s voxels on its faces as ``before`` (transforms in the
+    order they act) maps them: only its corners where ``before`` is linear (an affine map's extremes over the grid
+    lie there), else every face voxel, whose image bounds the image of the grid for a deformation that does not
+    fold."""
+    dim = reference.GetDimension()
+    size = np.array(reference.GetSize())
+    to_physical = np.array(reference.GetDirection()).reshape(dim, dim) * np.array(reference.GetSpacing())
+    if all(tx.IsLinear() for tx in before):
+        corners = np.array(list(itertools.product(*[(0, n - 1) for n in size])), dtype=float)
+        points = np.array(reference.GetOrigin()) + corners @ to_physical.T
+        for tx in before:
+            points = np.array([tx.TransformPoint(p.tolist()) for p in points])
+        return points
+    chain = sitk.CompositeTransform(list(before)[::-1])
+    faces = []
+    for axis in range(dim):
+        for first in (0, size[axis] - 1):
+            face_size = size.copy()
+            face_size[axis] = 1
+            face_origin = np.array(reference.GetOrigin()) + to_physical[:, axis] * first
+            index = np.stack(np.indices(face_size[::-1])[::-1], axis=-1).reshape(-1, dim).astype(float)
+            field = sitk.TransformToDisplacementField(chain, sitk.sitkVectorFloat64, face_size.tolist(),
+                                                      face_origin.tolist(), reference.GetSpacing(),
+                                                      reference.GetDirection())
+            faces.append(face_origin + index @ to_physical.T + sitk.GetArrayViewFromImage(field).reshape(-1, dim))
+    return np.concatenate(faces)
 
 
 def _temporary_file_error(doing: str, exc: InputError) -> InputError:
