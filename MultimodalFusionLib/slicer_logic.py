@@ -472,7 +472,10 @@ class FusionLogic:
                 initialTransformNode = moving_parent
             else:  # the torch backend starts only from a linear transform; a deformation under another is not read
                 unused_parent = moving_parent
-        initial = mrml.sitk_transform_from_node(initialTransformNode) if initialTransformNode is not None else None
+        # a grid transform moves the fixed volume's points outside its grid as Slicer shows it (its edge's
+        # displacement), so the registration starts where the moving volume is shown
+        initial = (mrml.sitk_transform_from_node(initialTransformNode, fixed) if initialTransformNode is not None
+                   else None)
         if initial is not None and overlap_fraction(fixed, moving, initial) <= 0.0:
             how = ("is shown through transform" if initialTransformNode is moving_parent
                    else "is placed by the initial transform")
@@ -639,7 +642,7 @@ class FusionLogic:
             before = b
             # a colour (vector) volume's channels, as pipeline and the web app resample them: a float RGB volume
             # under a rotation had been refused as a possible vector field, naming an argument this method lacks
-            b = resample_image(b, a, mrml.sitk_transform_from_node(transformNode) if transformNode else None,
+            b = resample_image(b, a, mrml.sitk_transform_from_node(transformNode, a) if transformNode else None,
                                components="channels" if b.GetNumberOfComponentsPerPixel() > 1 else None)
             if not has_content(b) and has_content(before):
                 raise InputError(f"The functional volume '{functionalVolumeNode.GetName()}' does not overlap the "
@@ -890,7 +893,7 @@ class FusionLogic:
                          "transform (as registerVolumes writes it, including the parent it started from); 'before' "
                          "is the volumes on their own grids, not as shown")
         transformNode = transformNode or moving_parent
-        transform = mrml.sitk_transform_from_node(transformNode) if transformNode is not None else None
+        transform = mrml.sitk_transform_from_node(transformNode, fixed) if transformNode is not None else None
         if transform is not None:
             # two one-slice volumes under the 2D transform their registration gave (as Slicer loads it: lifted
             # to 3D, z kept): scored as 2D images, the label maps and points in their slices' 2D frames, as

@@ -168,22 +168,46 @@ class LogicTest(unittest.TestCase):
             node = np.array(out.transformNode.GetTransformFromParent().TransformPoint((np.array(point) * flip).tolist()))
             np.testing.assert_allclose(node * flip, engine, atol=1e-4)
 
-    def test_an_initial_field_that_does_not_cover_the_fixed_volume_gets_a_warning(self) -> None:
-        """A displacement field (grid transform node) covering half the fixed volume starts the registration from no
-        move in the other half: `mmfusion register --initial-transform` said so, registerVolumes did not (the note
-        was the CLI's own). It is among the result's warnings and the metrics' warning_N, naming the node, as an
-        initial transform and as the moving volume's parent; a field on the fixed grid gives none."""
-        def field_node(name: str, size: list[int]):
-            f = self.fixed
-            field = sitk.TransformToDisplacementField(self.truth, sitk.sitkVectorFloat64, size, f.GetOrigin(),
-                                                      f.GetSpacing(), f.GetDirection())
-            return mrml.transform_node_from_sitk(sitk.DisplacementFieldTransform(field), self.scene, name=name)
+    def _field_node(self, name: str, size: list[int]):
+        """A grid transform node holding the truth's displacement on the fixed grid's first ``size`` voxels."""
+        f = self.fixed
+        field = sitk.TransformToDisplacementField(self.truth, sitk.sitkVectorFloat64, size, f.GetOrigin(),
+                                                  f.GetSpacing(), f.GetDirection())
+        return mrml.transform_node_from_sitk(sitk.DisplacementFieldTransform(field), self.scene, name=name)
 
+    def _as_shown(self, node, name: str):
+        """A grid transform node on the fixed grid holding, at each of its voxels, the displacement Slicer shows
+        there through ``node`` (vtk's own transform from world): it covers the fixed volume, so ITK applies it there
+        as Slicer shows ``node``."""
+        import vtk
+
+        flip = np.array(mrml.LPS_TO_RAS)
+        index = np.stack(np.indices(self.fixed.GetSize()[::-1])[::-1], axis=-1).reshape(-1, 3).astype(float)
+        to_physical = np.array(self.fixed.GetDirection()).reshape(3, 3) * np.array(self.fixed.GetSpacing())
+        points = np.array(self.fixed.GetOrigin()) + index @ to_physical.T
+        source = vtk.vtkPoints()
+        for p in points * flip:
+            source.InsertNextPoint(*p.tolist())
+        moved = vtk.vtkPoints()
+        world = vtk.vtkGeneralTransform()
+        node.GetTransformFromWorld(world)
+        world.TransformPoints(source, moved)
+        shown = np.array([moved.GetPoint(i) for i in range(moved.GetNumberOfPoints())]) * flip
+        field = sitk.GetImageFromArray((shown - points).reshape(self.fixed.GetSize()[::-1] + (3,)), isVector=True)
+        field.CopyInformation(self.fixed)
+        return mrml.transform_node_from_sitk(sitk.DisplacementFieldTransform(field), self.scene, name=name)
+
+    def test_an_initial_field_that_does_not_cover_the_fixed_volume_starts_where_slicer_shows_it(self) -> None:
+        """A grid transform node covering half the fixed volume: Slicer shows the other half moved by the field's edge
+        displacement, ITK's field moves it by nothing. registerVolumes (as an initial transform and as the moving
+        volume's parent) starts where Slicer shows it: the field is extended with its edge values over the fixed
+        volume, so it covers it and a3a60d2's note that 'it moves none of them' (true of the field ITK read, false of
+        the start) no longer comes, where it had come once; the start's metric is that of the field Slicer shows,
+        sampled on the fixed grid (the old code started from no move in half the volume: another metric)."""
         size = list(self.fixed.GetSize())
-        full = field_node("full field", size)
-        half = field_node("half field", [size[0] // 2] + size[1:])
-        out = self._register(initialTransformNode=full)
-        self.assertNotIn("does not cover", " ".join(out.result.warnings))
+        half = self._field_node("half field", [size[0] // 2] + size[1:])
+        shown = self._as_shown(half, "half field as shown")
+        expected = self._register(initialTransformNode=shown).result.metric_before
         for how in ("initialTransformNode", "parent"):
             with self.subTest(how):
                 if how == "parent":  # the moving volume shown through it starts from it
@@ -192,11 +216,22 @@ class LogicTest(unittest.TestCase):
                     mrml.set_parent_transform(self.pet, None)
                 else:
                     out = self._register(initialTransformNode=half)
-                said = [w for w in out.result.warnings if "does not cover" in w]
-                self.assertEqual(len(said), 1, out.result.warnings)
-                self.assertIn("the displacement field 'half field' does not cover 50.0% of the fixed image's voxels",
-                              said[0])
-                self.assertIn(said[0], [v for k, v in out.metrics.items() if k.startswith("warning_")])
+                self.assertAlmostEqual(out.result.metric_before, expected, places=4)
+                self.assertNotIn("does not cover", " ".join(out.result.warnings))
+
+    def test_a_functional_volume_under_a_small_grid_transform_is_fused_as_slicer_shows_it(self) -> None:
+        """fuseVolumes resamples the functional volume through its grid transform as Slicer shows it: where the grid
+        (here half the anatomical volume) does not reach, moved by the displacement of its nearest edge, as
+        vtkOrientedGridTransform does. It had been resampled with ITK's zero displacement there (a fused image up to
+        the phantom's full range off in that half)."""
+        size = list(self.fixed.GetSize())
+        half = self._field_node("half field", [size[0] // 2] + size[1:])
+        shown = self._as_shown(half, "half field as shown")
+        fused = [mrml.image_from_volume_node(self.logic.fuseVolumes(self.mr, self.pet, method="average",
+                                                                    transformNode=node).fusedVolumeNode)
+                 for node in (half, shown)]
+        np.testing.assert_allclose(sitk.GetArrayViewFromImage(fused[0]), sitk.GetArrayViewFromImage(fused[1]),
+                                   atol=1e-3 * float(np.ptp(sitk.GetArrayViewFromImage(fused[1]))))
 
     def test_an_initial_transform_node_is_not_the_output_too(self) -> None:
         # the result (which includes the start) had been written into the initial transform node: an input
