@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from MultimodalFusionLib import data
 from MultimodalFusionLib.errors import InputError
-from MultimodalFusionLib.registration import RegistrationParameters, default_stage, register
+from MultimodalFusionLib.registration import RegistrationParameters, StageParameters, default_stage, register
 from MultimodalFusionLib.registration.accuracy import rigid_case
 
 SPACING = 3.0
@@ -42,6 +42,12 @@ class DiscardedStage(unittest.TestCase):
                                     smoothing_sigmas=[0.0], relaxation_factor=0.99)
         return RegistrationParameters(stages=[stage], **extra)
 
+    @staticmethod
+    def _diverging_bspline() -> StageParameters:
+        # 200 mm steps on one full-resolution level: the B-spline stage makes the metric worse and is discarded
+        return dataclasses.replace(default_stage("bspline"), learning_rate=200.0, iterations=3, shrink_factors=[1],
+                                   smoothing_sigmas=[0.0], relaxation_factor=0.99)
+
     def test_discarded_first_stage_returns_the_starting_transform(self):
         case = self.case
         res = register(case.fixed, case.moving, self._diverging(), seed=0)
@@ -67,9 +73,8 @@ class DiscardedStage(unittest.TestCase):
     def test_discarded_bspline_stage_returns_the_linear_result(self):
         case = self.case
         rigid = default_stage("rigid")
-        bspline = dataclasses.replace(default_stage("bspline"), learning_rate=200.0, iterations=3,
-                                      shrink_factors=[1], smoothing_sigmas=[0.0], relaxation_factor=0.99)
-        res = register(case.fixed, case.moving, RegistrationParameters(stages=[rigid, bspline]), seed=0)
+        res = register(case.fixed, case.moving, RegistrationParameters(stages=[rigid, self._diverging_bspline()]),
+                       seed=0)
         self.assertTrue(res.stages[0].accepted)
         self.assertFalse(res.stages[1].accepted, [s.to_dict() if hasattr(s, "to_dict") else s for s in res.stages])
         # whatever the B-spline part of the returned composite is, it must be the identity
@@ -91,6 +96,37 @@ class DiscardedStage(unittest.TestCase):
         self.assertFalse(res.is_deformable)
         self.assertIsNotNone(res.to_dict()["transform"])
         self.assertAlmostEqual(res.to_dict()["transform"]["rotation_deg"], 5.0, delta=0.5)
+
+    def test_discarded_bspline_first_stage_gives_back_the_transform_before_it(self):
+        """A B-spline stage alone, discarded, gives back what it started from, as a linear result: the initializer's
+        translation, the identity for initializer 'none' (it had given its zero B-spline, a deformable
+        transform.h5 with no numbers printed), or a copy of the initial transform (it had given the caller's own
+        object, so that changing the result changed the start given)."""
+        case = self.case
+        points = ([0.0, 0.0, 0.0], [40.0, -30.0, 20.0])
+        for initializer in ("geometry", "none"):
+            with self.subTest(initializer=initializer):
+                res = register(case.fixed, case.moving,
+                               RegistrationParameters(stages=[self._diverging_bspline()], initializer=initializer),
+                               seed=0)
+                self.assertFalse(res.stages[0].accepted)
+                self.assertFalse(res.is_deformable, res.transform.GetName())
+                self.assertIsNotNone(res.to_dict()["transform"])
+                if initializer == "none":  # the headers' placement: no move
+                    for point in points:
+                        self.assertTrue(np.allclose(res.transform.TransformPoint(point), point, atol=1e-9))
+        with self.subTest("initial transform"):
+            initial = sitk.Euler3DTransform()
+            initial.SetTranslation((1.0, 0.0, 2.0))
+            res = register(case.fixed, case.moving, RegistrationParameters(stages=[self._diverging_bspline()]),
+                           initial_transform=initial, seed=0)
+            self.assertFalse(res.stages[0].accepted)
+            self.assertIsNot(res.transform, initial)
+            for point in points:
+                self.assertTrue(np.allclose(res.transform.TransformPoint(point), initial.TransformPoint(point),
+                                            atol=1e-9))
+            res.transform.SetTranslation((5.0, 5.0, 5.0))
+            self.assertEqual(initial.GetTranslation(), (1.0, 0.0, 2.0))  # the caller's start is left as given
 
 
 class LbfgsbNeedsScales(unittest.TestCase):

@@ -1126,11 +1126,14 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
         stop_reason = f"last level ({levels} of {levels}): {stop_reason}"
     accepted = math.isfinite(metric_after) and metric_after <= metric_before
     result_tx = final_total if accepted else start_total
-    if not accepted and previous is not None and stage.name == "bspline":
+    if not accepted and stage.name == "bspline":
         # a discarded B-spline stage gives back the transform before it, not its composite with the stage's
         # zero B-spline: that had made a kept rigid result a deformable transform.h5, its rotation and
-        # translation no longer printed (the torch backend gives back its linear result)
-        result_tx = previous
+        # translation no longer printed (the torch backend gives back its linear result). A copy: a given initial
+        # transform is the caller's object. Before a first stage started from no move (initializer "none"), the
+        # identity, where the zero B-spline alone had come back
+        result_tx = (type(previous)(previous) if previous is not None
+                     else _matrix_transform(np.eye(dim), np.zeros(dim), center, rigid=True))
     stage_result = StageResult(
         name=stage.name, metric_name=stage.metric, metric_before=metric_before,
         metric_after=metric_after if math.isfinite(metric_after) else float("nan"),
