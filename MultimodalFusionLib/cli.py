@@ -905,6 +905,9 @@ def _registration_evaluation_lines(result: dict[str, Any], after: str = "after")
     images = result["images"]
     for key, what in (("MI", "MI (nats, higher better)"), ("NMI", "NMI"), ("NCC", "NCC")):
         lines.append(f"{what:<30} {num(images['before'][key], '.4f'):>10} {num(images['after'][key], '.4f'):>10}")
+    # each state is scored over the fixed voxels it maps inside the moving image: other voxels before and after
+    lines.append(f"{'voxels compared':<30} {num(images['before']['voxels'], '.0f'):>10} "
+                 f"{num(images['after']['voxels'], '.0f'):>10}")
     if "labels" in result:
         before, aft = result["labels"]["before"], result["labels"]["after"]
         n = aft["mean"]["labels"]
@@ -1041,7 +1044,8 @@ def _run_run(args: argparse.Namespace) -> int:
         _print_warnings(reg.warnings)
     rm = out["registration_metrics"]
     print(f"alignment: MI {rm['before']['MI']:.3f} -> {rm['after']['MI']:.3f}, "
-          f"NCC {rm['before']['NCC']:.3f} -> {rm['after']['NCC']:.3f}")
+          f"NCC {rm['before']['NCC']:.3f} -> {rm['after']['NCC']:.3f} (over the {rm['before']['voxels']:.0f} -> "
+          f"{rm['after']['voxels']:.0f} fixed voxels the moving image reaches)")
     if accuracy is not None:  # evaluate-registration's table, through the registration's transform
         print("registration accuracy (as evaluate-registration scores it" + ("):" if reg is not None else
                                                                                "; --no-register: after = before):"))

@@ -36,6 +36,8 @@ class DemoContext:
         output_dir: root output folder; each step writes into its own sub-folder.
         progress: the step's progress callback (already scaled to its share).
         images: named images left by earlier steps (e.g. "mni_fixed", "mni_moving_resampled").
+        transforms: named transforms left by earlier steps (e.g. "mni_3d", the registration that resampled
+            "mni_moving_resampled").
         results: each finished step's summary dict, by step name.
         spacing_mm: voxel size of the 3D case.
     """
@@ -43,6 +45,7 @@ class DemoContext:
     output_dir: str
     progress: ProgressCallback | None = None
     images: dict[str, sitk.Image] = dataclasses.field(default_factory=dict)
+    transforms: dict[str, sitk.Transform] = dataclasses.field(default_factory=dict)
     results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     spacing_mm: float = 1.0
 
@@ -100,6 +103,7 @@ def _step_mni_3d(ctx: DemoContext) -> dict[str, Any]:
     save_registration_outputs(result, case.fixed, case.moving, out, extra={"known_answer": summary})
     ctx.images.update({"mni_fixed": case.fixed, "mni_moving": case.moving, "mni_brain_mask": case.mask,
                        "mni_moving_resampled": resample(case.moving, case.fixed, result.transform)})
+    ctx.transforms["mni_3d"] = result.transform
     summary["output_dir"] = out
     return summary
 
@@ -116,10 +120,9 @@ def _step_fusion(ctx: DemoContext) -> dict[str, Any]:
     write the HTML report (the deep row with its weight map: which image each voxel comes from)."""
     from . import fusion, metrics
     from .pipeline import fuse_and_evaluate
-    from .preprocess import resample
     from .report import write_report
 
-    if "mni_fixed" not in ctx.images or "mni_moving_resampled" not in ctx.images:
+    if "mni_fixed" not in ctx.images or "mni_moving_resampled" not in ctx.images or "mni_3d" not in ctx.transforms:
         return {"skipped": "needs the mni_3d step"}
     out = os.path.join(ctx.output_dir, "fusion")
     fixed, registered = ctx.images["mni_fixed"], ctx.images["mni_moving_resampled"]
@@ -138,8 +141,9 @@ def _step_fusion(ctx: DemoContext) -> dict[str, Any]:
     fusions, table = fuse_and_evaluate(fixed, registered, methods, progress=scaled(ctx.progress, 0.0, 0.8),
                                        method_params={"overlay": {"colormap": "hot"}})
     mask = ctx.images.get("mni_brain_mask")
-    reg_metrics = {"before": metrics.registration_metrics(fixed, resample(ctx.images["mni_moving"], fixed), mask),
-                   "after": metrics.registration_metrics(fixed, registered, mask)}
+    # each over the brain voxels the moving image reaches as it lies and through the registration
+    reg_metrics = metrics.alignment_before_after(fixed, ctx.images["mni_moving"], ctx.transforms["mni_3d"], mask,
+                                                 after=registered)
     r3 = ctx.results.get("mni_3d", {})
     notes = ["MNI152 T1 (fixed) with the synthetic T2-like image registered onto it by the mni_3d step"]
     if load_seconds is not None:

@@ -694,6 +694,83 @@ def registration_metrics(fixed: sitk.Image, moving_on_fixed_grid: sitk.Image, ma
     return {"MI": _mi_from_joint(joint), "NMI": nmi, "NCC": _corr(f, m), "voxels": float(f.size)}
 
 
+def reached_voxels(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None = None,
+                   mask: sitk.Image | None = None) -> sitk.Image:
+    """The fixed voxels an alignment metric compares: 1 (UInt8, on the fixed grid) where ``transform`` (fixed ->
+    moving points, as :func:`preprocess.resample` takes it; None: the identity) maps the voxel's point inside the
+    moving image, within ``mask`` (on the fixed grid) where given.
+
+    Inside is ITK's test, the one its resampler takes a moving value by (else the default value, 0) and its
+    metrics count a point as valid by (ANTs' too): a continuous index within [-0.5, size - 0.5) on every axis. It is
+    found by resampling a ones-image of the moving grid through :func:`preprocess.resample` itself, nearest
+    neighbour, default 0, so a one-slice volume under a 2D transform is taken as its slice, as its values are.
+    """
+    from .preprocess import resample
+    from .validation import _everywhere, check_mask
+
+    reached = resample(_everywhere(moving), fixed, transform, "nearest", default_value=0.0)
+    if mask is not None:
+        reached = sitk.And(reached, check_mask(mask, fixed, "fixed mask", "fixed image"))
+    return reached
+
+
+def alignment_metrics(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None = None,
+                      mask: sitk.Image | None = None, *, resampled: sitk.Image | None = None,
+                      bins: int = 64) -> dict[str, float]:
+    """:func:`registration_metrics` of ``moving`` resampled linearly onto the fixed grid through ``transform``
+    (fixed -> moving points; None: the identity, the images as their headers place them), over the fixed voxels
+    whose points it maps inside the moving image (:func:`reached_voxels`), within ``mask`` where given, as ITK's and
+    ANTs' metrics count them. The voxels beyond the moving image, which resampling fills with 0, had been compared
+    too: against a background that is not 0 (z-scored MR, a CT's air at -1000) they lowered the score of the
+    transform that moves the image furthest (a correct registration of BraTS pat0001's T1c, moved 10 degrees and
+    (10, -8, 5) mm, scored NCC 0.773 before and 0.665 after; 0.932 over the voxels it reaches).
+
+    Where the moving image is already resampled (through ``transform``, linearly, onto the fixed grid), give it as
+    ``resampled``; it is not resampled again. "voxels" in the result says how many were compared: before and after a
+    registration they are other voxels (each state's overlap).
+
+    Raises:
+        InputError: fewer than two fixed voxels (in the mask) map inside the moving image, or what
+            :func:`registration_metrics` refuses.
+    """
+    return _alignment(fixed, moving, transform, mask, resampled, bins, apart_ok=False)
+
+
+def alignment_before_after(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None,
+                           mask: sitk.Image | None = None, *, before: sitk.Image | None = None,
+                           after: sitk.Image | None = None, bins: int = 64) -> dict[str, dict[str, float]]:
+    """{"before": ..., "after": ...}: :func:`alignment_metrics` as the images lie (the identity) and through
+    ``transform`` (the registration's, fixed -> moving points; None: the identity), each over the fixed voxels that
+    state maps inside the moving image (within ``mask``); ``before``, ``after``: the moving image already resampled
+    so, where the caller has it. Images that start apart (a registration started from their centres, with no fixed
+    voxel inside the moving image as they lie) give "before" MI, NMI and NCC NaN (nothing to compare) and their
+    "voxels" count, not an error (so does "after" without a transform, which is "before"); an "after" through a
+    transform with fewer than two voxels is :func:`alignment_metrics`' InputError."""
+    return {"before": _alignment(fixed, moving, None, mask, before, bins, apart_ok=True),
+            "after": _alignment(fixed, moving, transform, mask, after, bins, apart_ok=transform is None)}
+
+
+def _alignment(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None, mask: sitk.Image | None,
+               resampled: sitk.Image | None, bins: int, apart_ok: bool) -> dict[str, float]:
+    """:func:`alignment_metrics`; ``apart_ok``: fewer than two voxels to compare give NaN scores, not an error."""
+    from .preprocess import resample
+
+    reached = reached_voxels(fixed, moving, transform, mask)
+    count = int(np.count_nonzero(sitk.GetArrayViewFromImage(reached)))
+    if count < 2:
+        if apart_ok:
+            return {"MI": float("nan"), "NMI": float("nan"), "NCC": float("nan"), "voxels": float(count)}
+        how = "as the images lie (no transform)" if transform is None else "through the transform"
+        within = " within the fixed mask" if mask is not None else ""
+        raise InputError(f"The moving image, {how}, covers {count} of the fixed image's voxels{within}: fewer than "
+                         "two to compare.",
+                         "Give the transform that maps the fixed image into the moving one (fixed -> moving points, "
+                         "as mmfusion register writes it), images that overlap, or a mask over their overlap.")
+    if resampled is None:
+        resampled = resample(moving, fixed, transform, "linear")
+    return registration_metrics(fixed, resampled, reached, bins=bins)
+
+
 def tre(fixed_points: Sequence[Sequence[float]], moving_points: Sequence[Sequence[float]],
         transform: sitk.Transform | None) -> dict[str, Any]:
     """Target registration error from corresponding landmarks (physical coordinates, mm).
@@ -1625,8 +1702,6 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
         left out of the scores as Learn2Reg leaves them out);
         ``notes`` (labels or landmarks left out, and why); ``transform_convention``.
     """
-    from .preprocess import resample
-
     if scored_on_slice_planes(fixed, moving, transform) and (fixed_labels is not None or fixed_landmarks is not None
                                                       or fixed.GetDimension() != moving.GetDimension()
                                                       or transform is None):
@@ -1655,7 +1730,8 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
                          "gives a 2D transform, two volumes a 3D one).")
     out: dict[str, Any] = {"transform_convention": "fixed -> moving points (ITK), LPS mm", "notes": []}
     steps = (("before", None), ("after", transform))
-    out["images"] = {when: registration_metrics(fixed, resample(moving, fixed, tx)) for when, tx in steps}
+    # each state over the fixed voxels it maps inside the moving image, as ITK and ANTs count them
+    out["images"] = alignment_before_after(fixed, moving, transform)
     if fixed_labels is not None:
         present, left_out, scored = checked["present"], checked["left_out"], checked["scored"]
         out["labels"] = {}

@@ -349,8 +349,9 @@ def _register_fuse_report(fixed_img: sitk.Image, fixed_name: str, moving_img: si
     after = resample(moving_grey, fixed_grey, transform, "linear")
     if not has_content(after):  # nothing of the moving image lands on the fixed grid
         raise _no_overlap(moving_name, fixed_name, register)
-    reg_metrics = {"before": metrics_mod.registration_metrics(fixed_grey, before, fixed_mask),
-                   "after": metrics_mod.registration_metrics(fixed_grey, after, fixed_mask)}
+    # each over the fixed voxels the moving image reaches in that state (within the fixed mask), as ITK and ANTs count
+    reg_metrics = metrics_mod.alignment_before_after(fixed_grey, moving_grey, transform, fixed_mask, before=before,
+                                                     after=after)
     accuracy = None
     if accuracy_inputs is not None:
         from .evaluation import evaluate_accuracy

@@ -403,17 +403,21 @@ def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> st
     if extra:
         parts.append("<h3>Alignment before and after registration</h3><table><tr><th class=\"name\"></th>")
         keys = sorted({k for v in extra.values() if isinstance(v, Mapping) for k in v if k != "voxels"})
-        parts.append("".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr>")
+        # the voxels compared: each state's own overlap, so a user sees before and after counted other voxels
+        parts.append("".join(f"<th>{html.escape(k)}</th>" for k in keys) + "<th>voxels compared</th></tr>")
         for name, vals in extra.items():
             if isinstance(vals, Mapping):
+                voxels = vals.get("voxels")
                 parts.append(f"<tr><td class=\"name\">{html.escape(name)}</td>"
-                             + "".join(f"<td>{_fmt(vals.get(k))}</td>" for k in keys) + "</tr>")
+                             + "".join(f"<td>{_fmt(vals.get(k))}</td>" for k in keys)
+                             + f"<td>{'n/a' if voxels is None else f'{voxels:.0f}'}</td></tr>")
         parts.append("</table><p class=\"note\">MI: mutual information (nats), NMI: normalised MI (1..2), "
                      "NCC: normalised correlation (its size counts: contrasts such as T1/T2 correlate negatively); "
-                     "higher means better aligned. Measured on the fixed image's grid (within the fixed mask when one "
-                     "was given), the moving image resampled linearly and 0 where it does not reach (before: "
-                     "as the headers place it; after: through the registration), MI and NMI on a 64-bin "
-                     "joint histogram (metrics.registration_metrics).</p>")
+                     "higher means better aligned. Measured on the fixed image's grid, the moving image resampled "
+                     "linearly (before: as the headers place it; after: through the registration), over the fixed "
+                     "voxels that state maps inside the moving image (within the fixed mask when one was given), as "
+                     "ITK's and ANTs' metrics count them: the voxels compared differ before and after. MI and NMI on "
+                     "a 64-bin joint histogram (metrics.alignment_metrics).</p>")
     for w in reg.get("warnings") or []:
         parts.append(f'<p class="warn">Warning: {html.escape(str(w))}</p>')
     parts.append("</div>")
@@ -515,7 +519,7 @@ def write_report(output_dir: str | os.PathLike, *, inputs: Mapping[str, sitk.Ima
         metrics: method -> metrics dict (from :func:`MultimodalFusionLib.metrics.fusion_metrics`).
         registration: the RegistrationResult (or its ``to_dict()``), when the job registered.
         registration_metrics: e.g. ``{"before": {...}, "after": {...}}`` from
-            :func:`MultimodalFusionLib.metrics.registration_metrics`.
+            :func:`MultimodalFusionLib.metrics.alignment_before_after` (each with its "voxels" compared).
         title: page title.
         notes: extra lines shown under the title (e.g. the inputs' file names).
         registration_accuracy: the registration's accuracy on labels and landmarks, before and after

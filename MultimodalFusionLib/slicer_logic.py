@@ -507,15 +507,16 @@ class FusionLogic:
             # moving volume's colour table (linear interpolation had invented labels between them at every edge)
             labels = resample_image(mrml.image_from_volume_node(movingVolumeNode), fixed, result.transform,
                                     interpolation="nearest")
-            metrics.update({k: _scalar(v) for k, v in metrics_module.registration_metrics(
-                fixed, sitk.Cast(labels, sitk.sitkFloat32), fixed_mask).items()})
+            metrics.update({k: _scalar(v) for k, v in metrics_module.alignment_metrics(
+                fixed, moving, result.transform, fixed_mask, resampled=sitk.Cast(labels, sitk.sitkFloat32)).items()})
             resampled_node = _in_world(mrml.volume_node_from_image(
                 labels, scene, name=f"{movingVolumeNode.GetName()} registered", node=outputVolumeNode, label=True))
             mrml.copy_color_table(movingVolumeNode, resampled_node)
         elif resample:
             resampled = resample_image(moving, fixed, result.transform)
-            metrics.update({k: _scalar(v) for k, v in
-                            metrics_module.registration_metrics(fixed, resampled, fixed_mask).items()})
+            # over the fixed voxels the registered volume reaches (within the fixed mask), as ITK and ANTs count them
+            metrics.update({k: _scalar(v) for k, v in metrics_module.alignment_metrics(
+                fixed, moving, result.transform, fixed_mask, resampled=resampled).items()})
             # an 8-bit moving volume stays 8-bit, as `mmfusion run` writes it: fusing it then gives the CLI's numbers
             moving_8bit = movingVolumeNode.GetImageData().GetScalarTypeAsString() == "unsigned char"
             resampled_node = _written(mrml.volume_node_from_image(

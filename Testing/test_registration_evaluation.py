@@ -721,6 +721,80 @@ class EvaluateRegistrationTest(unittest.TestCase):
         self.assertIn("maps FIXED points into MOVING", " ".join(help_text.getvalue().split()))
 
 
+def moved_ct_pair() -> tuple[sitk.Image, sitk.Image, sitk.Transform]:
+    """(fixed, moving, T): a z-scored MR (background -3.6, head 0.5, an inner structure 2.0) and the CT of the same
+    head (air -1000, 40, 700) moved by a known rigid transform T (fixed -> moving points: 12 degrees, (5, -4, 3) mm)
+    on the fixed grid, where T maps 21% of the fixed voxels outside the moved CT (its corners, background in both)."""
+    shape = (24, 48, 44)
+    head, inner = _ellipsoid(shape, (22, 24, 12), (17, 20, 9)), _ellipsoid(shape, (18, 22, 12), (7, 9, 5))
+    mr = np.where(head, 0.5, -3.6).astype(np.float32)
+    mr[inner] = 2.0
+    ct = np.where(head, 40.0, -1000.0).astype(np.float32)
+    ct[inner] = 700.0
+    fixed, ct_on_fixed = _placed(mr), _placed(ct)
+    centre = fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()])
+    tx = sitk.Euler3DTransform(centre, 0.0, 0.0, np.deg2rad(12.0), (5.0, -4.0, 3.0))
+    return fixed, resample(ct_on_fixed, ct_on_fixed, tx.GetInverse(), default_value=-1000.0), tx
+
+
+class AlignmentOverTheOverlapTest(unittest.TestCase):
+    """MI, NMI and NCC are taken over the fixed voxels each state maps inside the moving image, as ITK's and ANTs'
+    metrics take them: the voxels beyond it, resampled as 0, had been compared with the rest, and against a
+    background that is not 0 (a CT's air, z-scored MR) a correct registration scored worse than none."""
+
+    def test_a_correct_registration_scores_higher_than_none_and_as_itk_counts(self) -> None:
+        fixed, moving, tx = moved_ct_pair()
+        images = metrics.evaluate_registration(fixed, moving, tx)["images"]
+        before, after = images["before"], images["after"]
+        self.assertGreater(after["NCC"], 0.98)  # 0.989: the linear interpolation of the CT's edges (it had been 0.669)
+        # every fixed voxel lies in the moving grid as the images lie; through T 21% lie beyond it (0 when resampled)
+        self.assertEqual(before["voxels"], fixed.GetNumberOfPixels())
+        reached = metrics.reached_voxels(fixed, moving, tx)
+        self.assertEqual(after["voxels"], np.count_nonzero(sitk.GetArrayViewFromImage(reached)))
+        self.assertAlmostEqual(1.0 - after["voxels"] / fixed.GetNumberOfPixels(), 0.21, delta=0.01)
+        # the old count, every voxel of the fixed grid: after below before (0.669 < 0.701)
+        everywhere = metrics.registration_metrics(fixed, resample(moving, fixed, tx))["NCC"]
+        self.assertLess(everywhere, before["NCC"])
+        self.assertGreater(after["MI"], before["MI"])
+        self.assertGreater(after["NMI"], before["NMI"])
+        # ITK's correlation metric (-NCC^2, every fixed voxel, the points it maps inside the moving image) agrees
+        for tx_state, row in ((None, before), (tx, after)):
+            itk = sitk.ImageRegistrationMethod()
+            itk.SetMetricAsCorrelation()
+            itk.SetInterpolator(sitk.sitkLinear)
+            itk.SetInitialTransform(tx_state if tx_state is not None else sitk.Euler3DTransform())
+            self.assertAlmostEqual(itk.MetricEvaluate(fixed, moving), -row["NCC"] ** 2, places=9)
+        # the fixed mask is intersected with the overlap, not replaced by it
+        mask = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
+        mask.CopyInformation(fixed)
+        mask[:, :, :12] = 1
+        masked = metrics.alignment_metrics(fixed, moving, tx, mask)
+        in_both = sitk.GetArrayViewFromImage(reached)[:12].sum()
+        self.assertEqual(masked["voxels"], in_both)
+        self.assertLess(in_both, fixed.GetNumberOfPixels() / 2)
+
+    def test_the_table_shows_the_voxels_compared_and_no_overlap_is_named(self) -> None:
+        fixed, moving, tx = moved_ct_pair()
+        with tempfile.TemporaryDirectory() as d:
+            paths = [write_image(fixed, os.path.join(d, "f.nrrd")), write_image(moving, os.path.join(d, "m.nrrd"))]
+            rc, out, err = run_cli("evaluate-registration", *paths, "--transform",
+                                   write_transform(tx, os.path.join(d, "t.tfm")))
+            self.assertEqual(rc, 0, err)
+            self.assertRegex(out, r"NCC\s+0\.70\d+\s+0\.98\d+")
+            self.assertRegex(out, rf"voxels compared\s+{fixed.GetNumberOfPixels()}\s+3\d{{4}}\n")  # 39974
+        # a transform that sends the fixed grid beyond the moving image: a clear error, not NaN
+        away = sitk.TranslationTransform(3, (500.0, 0.0, 0.0))
+        with self.assertRaisesRegex(InputError, "through the transform, covers 0 of the fixed image's voxels"):
+            metrics.evaluate_registration(fixed, moving, away)
+        # images that start apart (a registration from their centres): "before" is NaN over 0 voxels, not an error
+        far = sitk.Image(moving)
+        far.SetOrigin(tuple(np.add(moving.GetOrigin(), (500.0, 0.0, 0.0))))
+        apart = metrics.alignment_before_after(fixed, far, away)
+        self.assertEqual(apart["before"]["voxels"], 0)
+        self.assertTrue(np.isnan(apart["before"]["NCC"]))
+        self.assertEqual(apart["after"], metrics.alignment_metrics(fixed, moving))
+
+
 try:
     HAVE_SEGMENTATIONS = hasattr(slicer, "vtkMRMLSegmentationStorageNode")
 except NameError:  # pragma: no cover - slicer-core is a test dependency

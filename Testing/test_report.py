@@ -317,6 +317,10 @@ class RegistrationSectionTest(unittest.TestCase):
         self.assertIn("64-bin joint histogram", page)
         self.assertIn("fixed image's grid", page)
         self.assertIn(f"{reg['after']['MI']:.3f}", page)
+        # the voxels each state compared (its overlap with the moving image), which differ before and after
+        self.assertIn("inside the moving image", page)
+        self.assertIn("<th>voxels compared</th></tr>", page)
+        self.assertIn(f"<td>{a.GetNumberOfPixels()}</td></tr>", page)
 
     def test_the_stage_table_gives_iterations_per_level(self) -> None:
         from MultimodalFusionLib.registration import register
