@@ -276,7 +276,7 @@ class DeepFusionTest(unittest.TestCase):
             with self.assertRaises(InputError):
                 load_weights(os.path.join(tmp, "missing.safetensors"))
             with self.assertRaises(InputError):
-                load_checkpoint(good)  # a weights file is not a checkpoint (torch.load weights_only refuses)
+                load_checkpoint(good)  # a weights file is not a checkpoint (torch.load reads its tensors, no header)
             # our checkpoint header with a damaged architecture or state: a ValueError/KeyError traceback before
             for name, change in (("architecture", {"architecture": '{"spatial_dims": 5}'}),
                                  ("state", {"state": "{not json"}), ("epoch", {"epoch": None})):
@@ -300,6 +300,34 @@ class DeepFusionTest(unittest.TestCase):
                 load_weights(nan_path)
             self.assertIn("NaN or infinite", str(ctx.exception))
             self.assertIn(name, str(ctx.exception))
+
+    def test_a_foreign_torch_file_and_weights_given_as_a_checkpoint_are_named_for_what_they_are(self):
+        from MultimodalFusionLib.fusion.deep import load_weights, save_weights
+        from MultimodalFusionLib.fusion.deep.weights import load_checkpoint
+
+        with tempfile.TemporaryDirectory() as tmp:
+            # another model's .pt as weights (fuse --model, --init): it was called "a train-fusion checkpoint?"
+            # with 'train-fusion --resume' as the fix, which then refused it as no checkpoint
+            foreign = os.path.join(tmp, "resnet.pt")
+            torch.save({"state_dict": {"conv1.weight": torch.zeros(2, 1, 3, 3)}}, foreign)
+            with self.assertRaises(InputError) as ctx:
+                load_weights(foreign)
+            self.assertIn("neither MultimodalFusion deep-fusion weights nor a train-fusion checkpoint", str(ctx.exception))
+            self.assertNotIn("--resume", str(ctx.exception))
+            # a weights file as --resume: torch.load reads a safetensors file as a dict of its tensors, and it was
+            # "not a MultimodalFusion deep-fusion training checkpoint", with no word of what it is or of --init
+            good = save_weights(_tiny_net(), os.path.join(tmp, "m.safetensors"))
+            with self.assertRaises(InputError) as ctx:
+                load_checkpoint(good)
+            self.assertIn("is a deep-fusion weights file (.safetensors), not a training checkpoint", str(ctx.exception))
+            self.assertIn(f"--init {good}", str(ctx.exception))
+            self.assertIn(f"{good}.ckpt.pt", str(ctx.exception))
+            with self.assertRaises(InputError) as ctx:  # another model's safetensors: no --init offered
+                from safetensors.torch import save_file
+
+                save_file({"w": torch.zeros(3)}, os.path.join(tmp, "other.safetensors"))
+                load_checkpoint(os.path.join(tmp, "other.safetensors"))
+            self.assertIn("is not a MultimodalFusion deep-fusion training checkpoint", str(ctx.exception))
 
     def test_weights_file_replaced_on_disk_is_read_again(self):
         # a long session (Slicer, mmfusion web) re-trains into the same path: the new weights are used

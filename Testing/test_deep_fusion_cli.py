@@ -207,7 +207,7 @@ class TrainFusionCliTest(unittest.TestCase):
             # --init (or fuse --model) given the checkpoint: it was "not a readable safetensors weights file"
             with redirect_stderr(io.StringIO()) as err:
                 self.assertEqual(main(common + ["--output", str(tmp / "n.safetensors"), "--init", ckpt]), 2)
-            self.assertIn("is a torch file (a train-fusion checkpoint?)", err.getvalue())
+            self.assertIn("is a train-fusion checkpoint, not a safetensors weights file", err.getvalue())
             self.assertIn(f"--resume {ckpt}", err.getvalue())
             # a cache inside the pairs: the next run read its arrays as pairs ("No image pairs found")
             cache = tmp / "pairs" / "cache"

@@ -97,6 +97,29 @@ def _is_torch_file(path: str) -> bool:
         return False
 
 
+def _checkpoint_format(path: str) -> str | None:
+    """The ``format`` entry of a ``torch.save`` file (read with ``weights_only``, its tensors memory-mapped, not
+    read); None where it has none or cannot be read."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is "not a checkpoint"
+        return None
+    return payload.get("format") if isinstance(payload, dict) else None
+
+
+def _weights_format(path: str) -> str | None:
+    """The ``format`` entry of a safetensors file's header ("" where it has none); None: no safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return str((f.metadata() or {}).get("format", ""))
+    except Exception:  # noqa: BLE001 - safetensors raises its own error types for files it cannot read
+        return None
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The checked metadata header of a weights file (no tensors are loaded).
 
@@ -112,11 +135,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(path, framework="pt") as f:
             meta = dict(f.metadata() or {})
     except Exception as exc:  # safetensors raises its own error types for truncated/garbage files
-        if _is_torch_file(path):  # e.g. the MODEL.safetensors.ckpt.pt that train-fusion writes beside MODEL
-            raise InputError(f"'{path}' is a torch file (a train-fusion checkpoint?), not a safetensors weights "
-                             "file.", "Give the MODEL.safetensors that train-fusion wrote beside the checkpoint; "
+        if _is_torch_file(path) and _checkpoint_format(path) == FORMAT_NAME + "-checkpoint":
+            # the MODEL.safetensors.ckpt.pt that train-fusion writes beside MODEL
+            raise InputError(f"'{path}' is a train-fusion checkpoint, not a safetensors weights file.",
+                             "Give the MODEL.safetensors that train-fusion wrote beside the checkpoint; "
                              f"to go on training from the checkpoint, use 'mmfusion train-fusion --resume {path}'."
                              ) from exc
+        if _is_torch_file(path):  # another model's .pt: --resume, which the message above offers, refuses it too
+            raise InputError(f"'{path}' is a torch file but neither MultimodalFusion deep-fusion weights nor a "
+                             "train-fusion checkpoint (another model's weights?).", _FIX_DEFAULT) from exc
         raise InputError(f"'{path}' is not a readable safetensors weights file ({type(exc).__name__}: "
                          f"{str(exc)[:120]}); it may be corrupted or truncated.", _FIX_DEFAULT) from exc
     if meta.get("format") != FORMAT_NAME:
@@ -259,6 +286,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                          "corrupted, or not a checkpoint.",
                          "Give a checkpoint written by 'mmfusion train-fusion' (*.ckpt.pt).") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME + "-checkpoint":
+        if _weights_format(path) == FORMAT_NAME:  # torch.load reads a safetensors file as a dict of its tensors
+            raise InputError(f"'{path}' is a deep-fusion weights file (.safetensors), not a training checkpoint: "
+                             "it holds no optimiser state or epoch to continue from.",
+                             f"To train on from its weights with new settings, use --init {path}; to continue "
+                             "its run, give --resume the checkpoint train-fusion wrote beside it "
+                             f"({path}.ckpt.pt).")
         raise InputError(f"'{path}' is not a MultimodalFusion deep-fusion training checkpoint.",
                          "Give a checkpoint written by 'mmfusion train-fusion'.")
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:
