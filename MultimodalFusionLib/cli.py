@@ -675,6 +675,9 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
                    "overlay, deep (when installed); default average")
     p.add_argument("-o", "--output", required=True, help="fused image file (.nii.gz, .nrrd, .mha, .png)")
     p.add_argument("--report", metavar="DIR", help="also write metrics.json, montage PNG and report.html here")
+    p.add_argument("--weight-map", metavar="FILE",
+                   help="also write the weight map, A's weight per voxel in 0..1 as 32-bit float on the output's "
+                        "grid (.nii.gz, .nrrd, .mha, .tif; not an 8-bit format such as .png)")
     p.add_argument("--json", action="store_true",
                    help="print the metrics as JSON (stdout holds only the JSON, as for the other commands)")
     _add_fusion_params(p)
@@ -683,6 +686,8 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fuse(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+
     from .errors import InputError
     from .fusion import check_parameters, check_same_grid, fuse, fused_pixel_type
     from .io import (
@@ -700,19 +705,32 @@ def _run_fuse(args: argparse.Namespace) -> int:
 
     _check_series(args, ("a", "b"))
     report_files = [os.path.join(args.report, n) for n in report_file_patterns()] if args.report else []
-    check_not_overwriting_inputs([args.output], [args.a, args.b], patterns=report_files)
+    outputs = [args.output] + ([args.weight_map] if args.weight_map else [])
+    check_not_overwriting_inputs(outputs, [args.a, args.b], patterns=report_files)
+    if args.weight_map and os.path.normcase(os.path.realpath(args.weight_map)) == \
+            os.path.normcase(os.path.realpath(args.output)):
+        raise InputError(f"The weight map and the fused image are the same file ('{args.output}').",
+                         "Give --weight-map another name (e.g. weights.nii.gz).")
     if args.report:
         # the report writes these names: an output so named was replaced by the report's own file (rc 0)
         mine = ["report.html", "metrics.json", "metrics_chart.png", f"montage_{args.method}.png"]
-        out = os.path.normcase(os.path.realpath(args.output))
         for name in mine:
-            if out == os.path.normcase(os.path.realpath(os.path.join(args.report, name))):
-                raise InputError(f"The output '{args.output}' is the report's own {name} in '{args.report}': the "
-                                 "report would replace the fused image with it.",
-                                 "Name the output otherwise, or write it or the report to another folder.")
+            for given, what in zip(outputs, ("the fused image", "the weight map")):
+                if os.path.normcase(os.path.realpath(given)) == \
+                        os.path.normcase(os.path.realpath(os.path.join(args.report, name))):
+                    raise InputError(f"The output '{given}' is the report's own {name} in '{args.report}': the "
+                                     f"report would replace {what} with it.",
+                                     "Name the output otherwise, or write it or the report to another folder.")
     # the name before any work: -o fused.GIPL (.MHA, .xyz, x.nii.hdr) had been refused only after the fusion (6 s
     # of deep fusion on a 192x192x160 volume)
     check_output_name(args.output)
+    if args.weight_map:
+        check_output_name(args.weight_map)
+        if args.weight_map.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")):
+            # write_image would stretch its min..max to 0..255: a weight of 0.03..0.99 read back as 0..1
+            raise InputError(f"The weight map '{args.weight_map}' would be an 8-bit picture, its weights (0..1) "
+                             "stretched to 0..255.",
+                             "Write it as 32-bit float: --weight-map weights.mha (or .nii.gz, .nrrd, .tif).")
     check_parameters(args.method, _fusion_params(args))  # a typo or a missing GPU: before reading the images
     a = read_image(args.a, keep_color=True, series=_series(args, "a"))
     b = read_image(args.b, keep_color=True, series=_series(args, "b"))
@@ -730,6 +748,8 @@ def _run_fuse(args: argparse.Namespace) -> int:
     # or a colour B) 8-bit RGB; a float image to .dcm (.pic, .lsm) had been refused by ITK only after the fusion
     check_output_name(args.output, a if slice_volume is None or ext else slice_volume,
                       pixel_type=fused_pixel_type(args.method, b))
+    if args.weight_map:  # on the grid the fused image is written on: a one-slice volume's as its volume
+        check_output_name(args.weight_map, a if slice_volume is None else slice_volume, pixel_type=sitk.sitkFloat32)
     bar = ProgressBar(desc=f"fuse {args.method}")
     try:
         res = fuse(a, b, args.method, progress=bar, **_fusion_params(args))
@@ -744,6 +764,10 @@ def _run_fuse(args: argparse.Namespace) -> int:
         target = stack.enter_context(staged_output(args.output)) if args.report else args.output
         write_image(_writable(fused, ext), target)  # an error names args.output (staged_output), not target
         print(f"fused ({res.method}, {res.seconds:.2f} s) -> {args.output}", file=status)
+        if args.weight_map:  # every method has one (FusionResult.weights), on the fused image's grid
+            weights = res.weights if slice_volume is None else as_one_slice_of(res.weights, slice_volume)
+            write_image(weights, args.weight_map)
+            print(f"weight map (weight of A, 0..1) -> {args.weight_map}", file=status)
         _print_warnings(res.warnings)  # e.g. deep fusion's anisotropy: every run, as register prints its own
         if args.report or args.json:
             from .metrics import fusion_metrics

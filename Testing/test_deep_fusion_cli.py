@@ -224,6 +224,55 @@ class TrainFusionCliTest(unittest.TestCase):
                                      0)
             self.assertTrue((hidden / "pair00000_a.npy").is_file())
 
+    def test_fuse_writes_the_weight_map_on_the_output_grid(self):
+        # the explainability output had no file from `fuse` (only the report's montage), and `run` writes none for
+        # 2D pairs: --weight-map writes it, float 0..1 on the fused image's grid (origin, spacing, oblique direction)
+        from MultimodalFusionLib.fusion import fuse
+
+        rng = np.random.default_rng(0)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            images = []
+            for k in range(2):
+                img = sitk.GetImageFromArray(rng.random((6, 24, 20)).astype(np.float32) * (k + 1))
+                img.SetSpacing((0.9, 1.1, 2.5))
+                img.SetOrigin((10.5, -20.25, 30.0))
+                img.SetDirection(sitk.Euler3DTransform((0, 0, 0), 0.2, -0.15, 0.35).GetMatrix())
+                sitk.WriteImage(img, str(tmp / f"{'ab'[k]}.nii.gz"))
+                images.append(img)
+            with redirect_stdout(io.StringIO()) as out:
+                self.assertEqual(main(["fuse", str(tmp / "a.nii.gz"), str(tmp / "b.nii.gz"), "--method", "deep",
+                                       "-o", str(tmp / "f.nii.gz"), "--weight-map", str(tmp / "w.nii.gz")]), 0)
+            self.assertIn(f"weight map (weight of A, 0..1) -> {tmp / 'w.nii.gz'}", out.getvalue())
+            w = sitk.ReadImage(str(tmp / "w.nii.gz"))
+            f = sitk.ReadImage(str(tmp / "f.nii.gz"))
+            for got in (w, f):
+                self.assertEqual(got.GetSize(), images[0].GetSize())
+                np.testing.assert_allclose(got.GetOrigin(), images[0].GetOrigin(), atol=1e-4)
+                np.testing.assert_allclose(got.GetSpacing(), images[0].GetSpacing(), atol=1e-6)
+                np.testing.assert_allclose(got.GetDirection(), images[0].GetDirection(), atol=1e-6)
+            arr = sitk.GetArrayFromImage(w)
+            self.assertEqual(arr.dtype, np.float32)
+            self.assertTrue(0.0 <= arr.min() and arr.max() <= 1.0)
+            np.testing.assert_array_equal(arr, sitk.GetArrayFromImage(fuse(images[0], images[1], "deep").weights))
+            # hard selection: each voxel from the input the written weight map favours
+            fused = sitk.GetArrayFromImage(f)
+            scaled = [(x - x.min()) / (x.max() - x.min()) * 255 for x in map(sitk.GetArrayFromImage, images)]
+            np.testing.assert_allclose(fused, np.where(arr >= 0.5, scaled[0], scaled[1]), atol=1e-3)
+            # a 2D PNG pair (run writes no weight map for it): to a float format; an 8-bit one is refused up front
+            for name in ("a", "b"):
+                sitk.WriteImage(sitk.GetImageFromArray((rng.random((24, 20)) * 255).astype(np.uint8)),
+                                str(tmp / f"{name}.png"))
+            pair = [str(tmp / "a.png"), str(tmp / "b.png"), "--method", "deep", "-o", str(tmp / "f.png")]
+            with redirect_stdout(io.StringIO()):
+                self.assertEqual(main(["fuse", *pair, "--weight-map", str(tmp / "w.mha")]), 0)
+            self.assertEqual(sitk.ReadImage(str(tmp / "w.mha")).GetSize(), (20, 24))
+            for bad, message in ((str(tmp / "w.png"), "w.png"), (str(tmp / "f.png"), "same file"),
+                                 (str(tmp / "a.png"), "a.png")):
+                with self.subTest(bad=bad), redirect_stderr(io.StringIO()) as err:
+                    self.assertEqual(main(["fuse", *pair, "--weight-map", bad]), 2)
+                self.assertIn(message, err.getvalue())
+
     def test_only_the_command_retunes_the_process_allocator(self):
         # a library call (Slicer, the web app, a script) leaves glibc's malloc alone; mmfusion owns its
         # process while a command runs, but not `mmfusion web` (the web app), and main() called from a
