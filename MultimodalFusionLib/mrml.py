@@ -955,6 +955,10 @@ def transform_node_from_sitk(transform: sitk.Transform, scene: Any = None, *, na
 def _grid_interpolation_linear(transform: Any) -> None:
     if transform is None:
         return
+    # A node Slicer reads as its "to parent" (a composite whose field acts after a linear part, such as
+    # CompositeTransform([field, affine])) computes its "from parent" from that lazily: not updated, it lists no
+    # parts; updated, it holds the grid objects the node keeps (the "to parent" side lists their inverses).
+    transform.Update()
     if transform.IsA("vtkGridTransform"):
         transform.SetInterpolationModeToLinear()
     elif transform.IsA("vtkGeneralTransform"):
