@@ -757,7 +757,9 @@ def padding_mask(values: np.ndarray) -> np.ndarray | None:
     a fill the image's values run on through (the next 10% above it holding more than a quarter of its count: a
     phase map's -4096, a difference image's tail). The fill is
     the lowest value, or, where interpolation overshot below it, the median of the values below :data:`LOWEST_HU`:
-    the one of the two that more of them lie near. Behind a fill at int16's lowest, values below :data:`LOWEST_HU`
+    the one of the two that more of them lie near; a lowest value at int16's fill, however few lie near it, unless
+    the image's values below :data:`LOWEST_HU` away from it reach below -16384 (an image of int16's full range, whose
+    -32768s are its own). Behind a fill at int16's lowest, values below :data:`LOWEST_HU`
     within 6 voxels of the padding or on the grid's edge (where an inscribed circle meets it, the padding mixed with
     the 0 beyond the grid) are padding too, with their rim, where none of the image's values farther away lies below
     it. A flat array (no neighbours) has its fill value only."""
@@ -770,10 +772,13 @@ def padding_mask(values: np.ndarray) -> np.ndarray | None:
     candidates = (float(low.min()), float(np.median(low)))
     near = [np.count_nonzero(np.abs(low - c) <= _PADDING_TOLERANCE * abs(c)) for c in candidates]
     fill = candidates[int(np.argmax(near))]
-    if candidates[0] <= _INT16_FILL * (1.0 - _PADDING_TOLERANCE) < candidates[1]:
-        # a lowest value at int16's fill (no image's own value lies there) is the fill, however few lie near it: a
-        # small padding, turned, has fewer voxels near -32768 than mixtures in its rim, whose median (-4372) had been
-        # taken for the fill and the padding for values running on through it (48^2, r=0.63n, Lanczos: -31967 kept)
+    if candidates[0] <= _INT16_FILL * (1.0 - _PADDING_TOLERANCE) < candidates[1] and arr.ndim >= 2 \
+            and _own_values_stay_above(arr, below):
+        # a lowest value at int16's fill is the fill, however few lie near it: a small padding, turned, has fewer
+        # voxels near -32768 than mixtures in its rim, whose median (-4372) had been taken for the fill and the padding
+        # for values running on through it (48^2, r=0.63n, Lanczos: -31967 kept). Not in an image of int16's full
+        # range (a phase map scaled to -32768..32767, wrapping), whose own values run on down to -32768 away from
+        # any padding: it had lost its lowest 9% from its windows and fusion's min-max
         fill = candidates[0]
     reach = _PADDING_TOLERANCE * abs(fill)
     mask = below & (arr >= fill - reach) & (arr <= fill + reach)
@@ -794,17 +799,35 @@ def padding_mask(values: np.ndarray) -> np.ndarray | None:
         # linear). Below LOWEST_HU and within 6 voxels of the padding found, they are padding too where none of
         # the image's values farther away lies below it (a phase map's do: it keeps its own -4096..-3100)
         if fill <= _INT16_FILL * (1.0 - _PADDING_TOLERANCE) and (below & ~mask).any():
-            near = _within_voxels(mask, 2 * _PADDING_RIM_VOXELS)
-            for axis, size in enumerate(arr.shape):  # the grid's edge (along axes of a few voxels: no slices)
-                if size >= _PADDING_EDGE_AXIS:
-                    index = [slice(None)] * arr.ndim
-                    for end in (0, size - 1):
-                        index[axis] = end
-                        near[tuple(index)] = True
-            if not (below & ~near).any():
+            if not (below & ~_near_padding(mask)).any():
                 mask |= below
                 _add_rim(arr, mask)
     return mask
+
+
+def _own_values_stay_above(arr: np.ndarray, below: np.ndarray) -> bool:
+    """Whether the values below :data:`LOWEST_HU` (``below``) that lie away from int16's fill zone (-29491 and below)
+    and from the grid's edge (:func:`_near_padding`) stay above half of int16's fill (-16384): as a CT's, a Siemens
+    phase map's (-4096) or a difference image's do, where the zone's values are a padding's. An image of int16's full
+    range reaches below it away from the zone (a wrapping phase map scaled to -32768..32767: -21900 at 6 voxels from
+    its -32768s), its -32768s its own."""
+    zone = below & (arr <= _INT16_FILL * (1.0 - _PADDING_TOLERANCE))
+    away = below & ~_near_padding(zone)
+    return not away.any() or float(arr[away].min()) > _INT16_FILL / 2.0
+
+
+def _near_padding(mask: np.ndarray) -> np.ndarray:
+    """The voxels within 6 of ``mask``'s (a padding found: twice its rim's reach) or on the grid's edge (along axes of
+    at least :data:`_PADDING_EDGE_AXIS` voxels: no slices), where a padding's mixtures lie: its rim, and the pockets
+    where an inscribed reconstruction circle meets the grid's edge (see :func:`padding_mask`)."""
+    near = _within_voxels(mask, 2 * _PADDING_RIM_VOXELS)
+    for axis, size in enumerate(mask.shape):
+        if size >= _PADDING_EDGE_AXIS:
+            index = [slice(None)] * mask.ndim
+            for end in (0, size - 1):
+                index[axis] = end
+                near[tuple(index)] = True
+    return near
 
 
 def _add_rim(arr: np.ndarray, mask: np.ndarray) -> None:

@@ -439,6 +439,20 @@ class RobustRangeTest(unittest.TestCase):
         padded = np.where(fov, phase, -32768).astype(np.int16)
         self.assertEqual(unpadded_range(padded), (float(phase[fov].min()), float(phase[fov].max())))
 
+    def test_an_image_of_int16s_full_range_keeps_its_lowest_values(self) -> None:
+        """A phase map scaled to int16's full range (-32768..32767, wrapping) holds values at int16's fill far from any
+        padding, and values running on from them. Where a lowest value at the fill was taken for it however few lay
+        near it (da61b31, for a small turned padding), its lowest 9% (up to -26928) had been left out of its windows
+        and fusion's min-max; the values below -3100 away from those near -32768 reach -21900 here, where a padding's
+        image's stay above half of int16's fill (a CT's -1000, a phase map's -4096)."""
+        from MultimodalFusionLib.preprocess import padding_mask, unpadded_range
+
+        z, y, x = np.mgrid[:4, :64, :64]
+        phase = np.round((x * 0.1 + y * 0.07 + z * 0.2) % (2 * np.pi) / (2 * np.pi) * 65535 - 32768).astype(np.int16)
+        self.assertEqual(phase.min(), -32768)
+        self.assertIsNone(padding_mask(phase))
+        self.assertEqual(unpadded_range(phase), (-32768.0, float(phase.max())))
+
     def test_a_small_turned_padding_of_int16s_lowest_is_padding(self) -> None:
         """The corners a wide reconstruction circle leaves, padded with -32768 and turned: fewer voxels near the fill
         than mixtures in their rim, so the 'values run on through the fill' test (for a phase map) had kept the whole
