@@ -599,7 +599,11 @@ def _write_report_files(out: str, *, inputs: Mapping[str, sitk.Image], fusions: 
             # MI unchanged: so it is when the images did not move, but also when they hold too little
             # for MI to notice a move (a lone bright voxel); the correlation then decides
             gain = abs(a.get("NCC") or 0.0) - abs(b.get("NCC") or 0.0)
-        if abs(gain) <= 1e-6:
+        if b.get("voxels") == 0 and a.get("voxels"):
+            # images that did not overlap as they lay ("before" NaN over 0 voxels, alignment_before_after) and do
+            # now: the NaN gain had read as "did NOT improve" after a registration from their centres
+            verdict = "alignment improved (the images did not overlap before it)"
+        elif abs(gain) <= 1e-6:
             verdict = "alignment unchanged (already aligned, or the starting position was kept)"
         elif gain > 0:
             verdict = "alignment improved"

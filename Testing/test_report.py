@@ -399,6 +399,27 @@ class RegistrationSectionTest(unittest.TestCase):
             card = card[:card.index("</div>")]
             self.assertIn(verdict, card)
 
+    def test_images_registered_from_apart_are_called_improved(self) -> None:
+        # BrainWeb's PD slice placed 1 m from the T1 (no voxel in common as they lie), registered back by the true
+        # transform: alignment_before_after gives "before" NaN over 0 voxels, whose NaN gain had read as "did NOT
+        # improve: check the images" (mmfusion run from the centres said so of a 0.83-correlated result)
+        d = data.testing_data_dir()
+        a = io.read_image(d / "BrainT1SliceBorder20.png", float32=True)
+        b = io.read_image(d / "BrainProtonDensitySliceR10X13Y17.png", float32=True)
+        b.SetOrigin((1000.0, 500.0))
+        truth = sitk.Euler2DTransform((110.0, 128.0), np.deg2rad(10.0), (1013.09, 515.92))
+        reg = metrics.alignment_before_after(a, b, truth)
+        self.assertEqual(reg["before"]["voxels"], 0)
+        self.assertGreater(reg["after"]["NCC"], 0.8)
+        res = fusion.fuse(a, a, "average")
+        with tempfile.TemporaryDirectory() as tmp:
+            page = open(report.write_report(tmp, inputs={"A": a, "B": b}, fusions=[res], metrics={},
+                                             registration_metrics=reg)["html"], encoding="utf-8").read()
+        card = page[page.index("<b>Registration:</b>"):]
+        card = card[:card.index("</div>")]
+        self.assertIn("alignment improved (the images did not overlap before it)", card)
+        self.assertNotIn("did NOT improve", card)
+
 
 if __name__ == "__main__":
     unittest.main()
