@@ -766,7 +766,9 @@ def _run_fuse(args: argparse.Namespace) -> int:
         print(f"fused ({res.method}, {res.seconds:.2f} s) -> {args.output}", file=status)
         if args.weight_map:  # every method has one (FusionResult.weights), on the fused image's grid
             weights = res.weights if slice_volume is None else as_one_slice_of(res.weights, slice_volume)
-            write_image(weights, args.weight_map)
+            # with --report, moved in with the fused image and its report, not before (as the fused image is)
+            write_image(weights, stack.enter_context(staged_output(args.weight_map)) if args.report
+                        else args.weight_map)
             print(f"weight map (weight of A, 0..1) -> {args.weight_map}", file=status)
         _print_warnings(res.warnings)  # e.g. deep fusion's anisotropy: every run, as register prints its own
         if args.report or args.json:

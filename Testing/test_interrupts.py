@@ -376,6 +376,26 @@ class SignalledCommands(unittest.TestCase):
         self.assertIn("montage_max.png", after)
         self.assertNotIn("montage_average.png", after)
 
+    def test_ctrl_c_after_the_weight_map_leaves_the_earlier_weight_map(self) -> None:
+        """fuse --weight-map W --report DIR wrote W at once, where the fused image waits for its report: a Ctrl-C
+        (or a failure) while the metrics and the report were made left the new weight map beside the old fused
+        image and report."""
+        fused, weights = os.path.join(self.out, "fused.nii.gz"), os.path.join(self.out, "weights.nii.gz")
+        pet = sitk.ReadImage(self.moving)
+        pet.SetOrigin((0.0, 0.0, 0.0))  # fuse takes images on one grid
+        self.moving = io.write_image(pet, os.path.join(self.dir, "pet_on_grid.nii.gz"))
+        argv = ["fuse", self.fixed, self.moving, "-o", fused, "--weight-map", weights, "--report", self.out]
+        with contextlib.redirect_stdout(_textio.StringIO()):
+            self.assertEqual(cli.main(argv + ["--method", "average"]), 0)
+        before = _hashes(self.out)
+        rc, err, sent = _signal_when(argv + ["--method", "max", "--json"], signal.SIGINT, f"-> {weights}\n")
+        self._check(rc, err, sent, 130, "mmfusion fuse: interrupted", before)
+        with contextlib.redirect_stdout(_textio.StringIO()):  # and without a signal, both are replaced
+            self.assertEqual(cli.main(argv + ["--method", "max"]), 0)
+        after = _hashes(self.out)
+        self.assertNotEqual(after["weights.nii.gz"], before["weights.nii.gz"])
+        self.assertNotEqual(after["fused.nii.gz"], before["fused.nii.gz"])
+
 
 #: A process writing into DIR through the engine's writers (a staging folder, a temporary file), which says
 #: "ready" and waits there: killed (kill -9) it leaves them, alive it is writing.
