@@ -105,7 +105,7 @@ def _run_info(args: argparse.Namespace) -> int:
         if f not in infos:
             # a .seg.nrrd's layers kept and named: 3 or 4 of them had been shown as an RGB(A) image's components
             image = read_image(f, series=args.series if _is_dicom_source(f) else None, keep_color=True,
-                               segment_layers=True)
+                               segment_layers=True, keep_alpha=True)
             infos[f] = image_info(image)
             layers = segment_layers(image, f)
             if layers:
@@ -511,7 +511,8 @@ def _run_resample(args: argparse.Namespace) -> int:
                                        + ([] if args.reference_series else [("reference", args.reference)]))
     # a colour image stays in colour (each channel resampled): read as luminance, an RGB slice or a colour
     # volume had been written grey without a word; a grey one stored as RGB (R = G = B) is resampled as grey
-    moving = read_image(args.moving, series=args.series if _is_dicom_source(args.moving) else None, keep_color=True)
+    moving = read_image(args.moving, series=args.series if _is_dicom_source(args.moving) else None, keep_color=True,
+                        keep_alpha=True)  # an RGBA picture's alpha resampled as a channel
     # a picture only: a float vector field whose components are equal (a zero field) had been written as one grey
     # value per voxel
     if moving.GetNumberOfComponentsPerPixel() > 1 and args.components != "vector" \
@@ -524,7 +525,8 @@ def _run_resample(args: argparse.Namespace) -> int:
     # only its grid is used: a DTI volume (6 components a voxel) or a vector field had been refused as a reference
     # ("only grey, RGB and RGBA images are supported")
     reference = read_image(args.reference, series=args.reference_series
-                           or (args.series if _is_dicom_source(args.reference) else None), keep_color=True)
+                           or (args.series if _is_dicom_source(args.reference) else None), keep_color=True,
+                           keep_alpha=True)
     # the output takes its grid (a volume to .png, .jp2) and a pixel type known now (float to .dcm: refused by ITK
     # once resampled, before)
     check_output_name(args.output, reference,

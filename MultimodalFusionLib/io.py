@@ -2017,7 +2017,7 @@ def _describe_series(found: Sequence[dict[str, Any]]) -> str:
 
 
 def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color: bool = False,
-               float32: bool = False, segment_layers: bool = False) -> sitk.Image:
+               float32: bool = False, segment_layers: bool = False, keep_alpha: bool = False) -> sitk.Image:
     """Read an image file, or a DICOM series from a folder.
 
     Args:
@@ -2030,6 +2030,12 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
         segment_layers: keep the layers of a 3D Slicer ``.seg.nrrd`` as its components (as
             :func:`segmentations.read_segmentation_file` reads them). Without it such a file of several layers is
             refused, colour kept or not: its 3 or 4 layers are no RGB(A) picture, nor 2 a vector field.
+        keep_alpha: the caller keeps an RGBA picture's alpha (``mmfusion resample``, ``info``). Without it a
+            picture whose alpha is not one value (a transparent background: a mask drawn in the alpha) is read
+            with a warning naming the file and its share of transparent pixels (:func:`_warn_alpha_unused`):
+            registration, fusion and deep-fusion training see its colour (its grey) only, the colour under
+            the transparent pixels included; it had been dropped without a word. An opaque one (alpha one
+            value) loses nothing and reads silently.
 
     Returns:
         The image with its geometry (origin, spacing, direction) exactly as stored; a DICOM PET's or NM image's
@@ -2062,6 +2068,8 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
         image = _read_file(path, as_slice=True) if layout is None else _read_tensor_file(path, layout)
         if nifti:
             image = _check_nifti_voxels(path, image)
+    if not keep_alpha and not segment_layers:
+        _warn_alpha_unused(image, path)
     if not keep_color and image.GetNumberOfComponentsPerPixel() == 4 and os.path.isfile(path) \
             and (_png_grey_alpha_depth(path) is not None or _png_grey_transparency(path) is not None):
         image = sitk.VectorIndexSelectionCast(image, 0)  # its grey, in its own type (the luminance is float32)
@@ -2085,6 +2093,26 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
             # the same values: a PET's Units kept (ITK's Cast keeps no metadata; `register`'s had been dropped)
             image = _with_units_of(sitk.Cast(image, sitk.sitkFloat32), image)
     return image
+
+
+def _warn_alpha_unused(image: sitk.Image, path: str) -> None:
+    """Warn, naming ``path``, that the alpha of an RGBA picture (4 unsigned integer components, a grey+alpha PNG's
+    too) is not used, where it is not one value: a transparent background (a mask drawn in the alpha) is
+    registered and fused as the colour stored under it, as no mask would be. Not for a 3D Slicer segmentation's
+    4 layers (refused or kept as layers by :func:`read_image`) nor a float vector image (no picture)."""
+    if image.GetNumberOfComponentsPerPixel() != 4 or image.HasMetaDataKey("Segment0_ID") \
+            or image.GetPixelID() not in (sitk.sitkVectorUInt8, sitk.sitkVectorUInt16):
+        return
+    alpha = sitk.GetArrayViewFromImage(image)[..., 3]
+    if not alpha.size or np.all(alpha == alpha.flat[0]):
+        return  # opaque (or evenly translucent): nothing is lost
+    full = int(alpha.max())
+    transparent = float(np.mean(alpha < full)) * 100
+    warnings.warn(f"'{path}' is an RGBA picture whose alpha is not one value ({transparent:.1f}% of its pixels "
+                  "transparent or partly so): the alpha is not used; registration, fusion and training see its "
+                  "colour only, the colour stored under the transparent pixels included. To leave a transparent "
+                  "background out, give it as a mask (register --fixed-mask/--moving-mask), or save the picture "
+                  "without alpha (flattened on the background you mean).", stacklevel=3)
 
 
 def segment_layers(image: sitk.Image, path: str = "") -> dict[str, list[str]]:
@@ -4950,7 +4978,7 @@ def _read_displacement_field(path: str) -> sitk.Transform:
             integer vectors is named as such, with the way to a float one (unsigned ones, which hold no negative
             displacement, as an RGB image is, are named as images).
     """
-    image = read_image(path, keep_color=True)
+    image = read_image(path, keep_color=True, keep_alpha=True)  # (an RGBA picture is refused below, not warned of)
     dim, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
     kind = image.GetPixelIDTypeAsString()
     if dim == 2 and components == 3 and "unsigned" not in kind:

@@ -930,6 +930,54 @@ class RoundTrip(unittest.TestCase):
                     self.assertEqual(rc, 0, err.getvalue())
                     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out))[..., 3], alpha)
 
+    def test_an_rgba_pictures_alpha_left_unused_is_named(self):
+        """An RGBA PNG whose alpha is a mask (a transparent background) was registered, fused and trained on as its
+        colour alone without a word (mmfusion fuse, train-fusion: rc 0, nothing on stderr). read_image, which every
+        front end reads through, now warns once, naming the file and the share of transparent pixels, read as grey
+        or in colour, a grey+alpha PNG too; an opaque picture (alpha one value) loses nothing and reads silently,
+        and ``keep_alpha`` (mmfusion resample, info: the alpha kept) reads without the warning."""
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from PIL import Image
+
+        from MultimodalFusionLib import cli
+
+        rng = np.random.default_rng(7)
+        colour = rng.integers(0, 256, (20, 24, 3)).astype(np.uint8)
+        alpha = np.full((20, 24), 255, np.uint8)
+        alpha[:, :6] = 0  # a transparent background: 25% of the pixels
+        with tempfile.TemporaryDirectory() as d:
+            masked, opaque, grey_alpha = (os.path.join(d, n) for n in ("masked.png", "opaque.png", "grey.png"))
+            Image.fromarray(np.dstack([colour, alpha]), "RGBA").save(masked)
+            Image.fromarray(np.dstack([colour, np.full_like(alpha, 255)]), "RGBA").save(opaque)
+            Image.fromarray(np.dstack([colour[..., 0], alpha]), "LA").save(grey_alpha)
+            for path, keep_color in ((masked, False), (masked, True), (grey_alpha, False), (grey_alpha, True)):
+                with self.subTest(path=os.path.basename(path), keep_color=keep_color):
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        io.read_image(path, keep_color=keep_color)
+                    said = [str(w.message) for w in caught if "alpha" in str(w.message)]
+                    self.assertEqual(len(said), 1, [str(w.message) for w in caught])
+                    self.assertIn(f"'{path}'", said[0])
+                    self.assertIn("25.0% of its pixels transparent", said[0])
+                    self.assertIn("the alpha is not used", said[0])
+            for path, keep in ((opaque, False), (masked, True), (grey_alpha, True)):
+                with self.subTest(path=os.path.basename(path), keep_alpha=keep), warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    io.read_image(path, keep_color=True, keep_alpha=keep)
+            # the command line: once per image (fuse), and nothing from resample, which keeps the alpha
+            for argv, times in ((["fuse", masked, opaque, "--method", "average", "-o", os.path.join(d, "f.png")], 1),
+                                (["resample", masked, "--reference", masked, "-o", os.path.join(d, "r.png")], 0)):
+                err = StringIO()
+                with redirect_stdout(StringIO()), redirect_stderr(err), warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("default")  # Python's, which the command line has
+                    rc = cli.main(argv)
+                with self.subTest(command=argv[0]):
+                    self.assertEqual(rc, 0, err.getvalue())
+                    said = [str(w.message) for w in caught if "alpha is not used" in str(w.message)]
+                    self.assertEqual(len(said), times, said)
+
     def test_grey_png_with_a_transparency_colour(self):
         """A grey PNG with a tRNS chunk (PIL's mode "L" saved with transparency=N; 1 to 16 bits) failed as grey+alpha
         ones did: libpng turns the transparent value into an alpha channel, which ITK refuses ("Unknown PixelType:
