@@ -1280,7 +1280,8 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
         from .fusion.deep.training import PairsCheck
 
         on_pair = PairsCheck(resumed, len(inputs) // 2, trains=tcfg.epochs > resumed.epochs_done)
-    pairs = load_pairs(args.pairs, cache_dir=args.cache_dir, spatial_dims=dims, on_pair=on_pair)
+    pairs = load_pairs(args.pairs, cache_dir=args.cache_dir, spatial_dims=dims, on_pair=on_pair,
+                       patch_size=tcfg.patch_size)
     bar = ProgressBar(desc="train-fusion")
 
     def epoch_line(entry: dict) -> None:

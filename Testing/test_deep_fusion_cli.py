@@ -224,6 +224,60 @@ class TrainFusionCliTest(unittest.TestCase):
                                      0)
             self.assertTrue((hidden / "pair00000_a.npy").is_file())
 
+    def test_small_images_mixed_dimensions_and_transparency_are_named(self):
+        """Three things train-fusion did without a word (rc 0, nothing on stderr): pairs smaller than --patch-size
+        padded with zeros to it (20x20 images, patch 32), a folder mixing 2D images and 3D volumes trained as 2D
+        (the volumes cut into slices), and an RGBA image's alpha (a mask) dropped. Each is now a warning naming
+        the files, their sizes and the fix; training goes on as before (rc 0)."""
+        import warnings
+
+        from PIL import Image
+
+        rng = np.random.default_rng(5)
+
+        def grey(*shape: int) -> np.ndarray:
+            return rng.integers(0, 256, shape).astype(np.uint8)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            for case in ("small", "mixed", "rgba"):
+                for sub in ("MRI", "CT"):
+                    (tmp / case / sub).mkdir(parents=True)
+            for sub in ("MRI", "CT"):
+                Image.fromarray(grey(20, 20)).save(tmp / "small" / sub / "01.png")
+                Image.fromarray(grey(20, 24)).save(tmp / "small" / sub / "02.png")
+                Image.fromarray(grey(40, 40)).save(tmp / "mixed" / sub / "01.png")
+                sitk.WriteImage(sitk.GetImageFromArray(grey(6, 40, 36)), str(tmp / "mixed" / sub / "02.nii.gz"))
+                Image.fromarray(grey(40, 40)).save(tmp / "rgba" / sub / "01.png")
+            alpha = np.full((40, 40), 255, np.uint8)
+            alpha[:10] = 0
+            Image.fromarray(np.dstack([grey(40, 40, 3), alpha]), "RGBA").save(tmp / "rgba" / "MRI" / "01.png")
+            said = {}
+            for case in ("small", "mixed", "rgba"):
+                argv = ["train-fusion", "--pairs", str(tmp / case), "--output", str(tmp / f"{case}.safetensors"),
+                        "--patch-size", "32", "--batch-size", "1", "--epochs", "1", "--device", "cpu"]
+                with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err, \
+                        warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("default")
+                    self.assertEqual(main(argv), 0, err.getvalue())
+                said[case] = [str(w.message) for w in caught]
+            small = [m for m in said["small"] if "smaller than the 32-pixel patch" in m]
+            self.assertEqual(len(small), 1, said["small"])
+            self.assertIn("2 of 2 training pairs", small[0])
+            self.assertIn(f"'{tmp / 'small' / 'MRI' / '01.png'}' (20x20)", small[0])
+            self.assertIn(f"'{tmp / 'small' / 'MRI' / '02.png'}' (24x20)", small[0])
+            self.assertIn("--patch-size of at most 20", small[0])
+            self.assertFalse([m for m in said["mixed"] + said["rgba"] if "smaller than" in m])
+            mixed = [m for m in said["mixed"] if "mixes 2D images" in m]
+            self.assertEqual(len(mixed), 1, said["mixed"])
+            self.assertIn(f"(1 pair: '{tmp / 'mixed' / 'MRI' / '02.nii.gz'}' (36x40x6: 6 slices of 36x40))",
+                          mixed[0])
+            self.assertIn("--spatial-dims 3", mixed[0])
+            rgba = [m for m in said["rgba"] if "alpha is not used" in m]
+            self.assertEqual(len(rgba), 1, said["rgba"])
+            self.assertIn(f"'{tmp / 'rgba' / 'MRI' / '01.png'}'", rgba[0])
+            self.assertIn("25.0% of its pixels transparent", rgba[0])
+
     def test_fuse_writes_the_weight_map_on_the_output_grid(self):
         # the explainability output had no file from `fuse` (only the report's montage), and `run` writes none for
         # 2D pairs: --weight-map writes it, float 0..1 on the fused image's grid (origin, spacing, oblique direction)

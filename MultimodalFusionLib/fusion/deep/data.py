@@ -172,8 +172,13 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _listed(paths: Sequence[str], most: int = 5) -> str:
-    return ", ".join(f"'{p}'" for p in paths[:most]) + (f" and {len(paths) - most} more" if len(paths) > most else "")
+def _listed(paths: Sequence[str], most: int = 5, *, quoted: bool = True) -> str:
+    shown = [f"'{p}'" if quoted else p for p in paths[:most]]
+    return ", ".join(shown) + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
+def _pairs(count: int) -> str:
+    return f"{count} pair{'' if count == 1 else 's'}"
 
 
 def _refuse_two_readings(root: Path, parent: Path, first: Path, second: Path) -> None:
@@ -200,7 +205,8 @@ def _refuse_two_readings(root: Path, parent: Path, first: Path, second: Path) ->
 
 
 def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-               spatial_dims: int = 2, on_pair: Any = None) -> list[tuple[np.ndarray, np.ndarray]]:
+               spatial_dims: int = 2, on_pair: Any = None,
+               patch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Read and scale to 0..1 every pair below ``folder`` as fusion scales its inputs (``fusion.unit_scaled``:
     8-bit images divided by 255, colour as its luminance, Y of YCbCr, others min-max).
 
@@ -218,6 +224,13 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
         on_pair: called as each pair is read and scaled, ``on_pair(index, (path_a, path_b), (a, b), eight_bit)``
             (``eight_bit``: an image of it is scaled on the 8-bit scale, not min-max), e.g. a resumed run's
             ``training.PairsCheck``, which refuses other pairs at the first that differs, not after all are read.
+        patch_size: the training patch side (``--patch-size``): pairs whose training samples (images, a 2D
+            network's slices of a volume) are smaller on a side are named in a warning with their sizes, as
+            training pads them with zeros to the patch (they had been padded without a word). None: no check.
+
+    Warns:
+        Where a 2D network is trained on a folder that mixes 2D images and 3D volumes, naming the volumes and
+        what is done with them (cut into slices along their slice axis and trained on beside the 2D images).
 
     Raises:
         InputError: an unreadable, empty or non-finite image, a pair whose two images are not on
@@ -230,6 +243,9 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
     from .. import check_same_grid
 
     out = []
+    small: list[str] = []  # pairs smaller than the patch: 'path' (size)
+    flat: list[str] = []  # 2D pairs, and 3D ones as 'path' (size): mixed for a 2D network, they are named
+    volumes: list[str] = []
     for pa, pb in find_pairs(folder):
         # as fusion reads them (mmfusion fuse/run: keep_color), so that they are scaled as fusion scales them
         a, b = read_image(pa, keep_color=True), read_image(pb, keep_color=True)
@@ -251,6 +267,15 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
         eight_bit = any(_on_the_8bit_scale(image) for image in (a, b))
         if axis:
             pair = tuple(np.ascontiguousarray(np.moveaxis(arr, axis, 0)) for arr in pair)
+        sliced = a.GetDimension() == 3 and spatial_dims == 2
+        sample = pair[0].shape[1:] if sliced else pair[0].shape  # (rows, columns) or (z, y, x)
+        size = "x".join(map(str, sample[::-1]))
+        if patch_size is not None and min(sample) < patch_size:
+            small.append(f"'{pa}' ({f'{pair[0].shape[0]} slices of {size}' if sliced else size})")
+        if a.GetDimension() == 3:
+            volumes.append(f"'{pa}' ({'x'.join(map(str, a.GetSize()))}: {pair[0].shape[0]} slices of {size})")
+        else:
+            flat.append(str(pa))
         del a, b
         if cache_dir is not None:
             pair = tuple(_mapped(arr, Path(cache_dir) / f"pair{len(out):05d}_{side}.npy")  # type: ignore[assignment]
@@ -258,6 +283,20 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
         if on_pair is not None:
             on_pair(len(out), (pa, pb), pair, eight_bit)
         out.append(pair)
+    if small:  # MONAI's SpatialPadd below (augmentation): the rest of each patch is zeros
+        smallest = min(min(arr.shape[1:] if arr.ndim == 3 and spatial_dims == 2 else arr.shape) for arr, _ in out)
+        fix = (f"Give a --patch-size of at most {smallest} (their smallest side; e.g. {4 * (smallest // 4)}, a "
+               "multiple of the default network's 4), or larger images."
+               if smallest >= 16 else "Give images of at least 16 pixels a side (the smallest --patch-size).")
+        warnings.warn(f"{len(small)} of {len(out)} training pairs are smaller than the {patch_size}-pixel patch "
+                      f"(--patch-size) and are padded with zeros to it, so part of every patch drawn from them is "
+                      f"padding: {_listed(small, quoted=False)}. {fix}", stacklevel=2)
+    if spatial_dims == 2 and flat and volumes:
+        warnings.warn(f"The pairs folder '{folder}' mixes 2D images ({_pairs(len(flat))}) and 3D volumes "
+                      f"({_pairs(len(volumes))}: {_listed(volumes, quoted=False)}): the 2D network is trained on the 2D images and "
+                      "on the volumes cut into slices along their slice axis (slices empty in both images left "
+                      "out). To train on one kind, move the other out of the pairs folder (a 3D network, "
+                      "--spatial-dims 3, is trained on volumes only).", stacklevel=2)
     return out
 
 
