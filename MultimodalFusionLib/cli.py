@@ -693,6 +693,7 @@ def _run_fuse(args: argparse.Namespace) -> int:
     from .errors import InputError
     from .fusion import check_parameters, check_same_grid, fuse, fused_pixel_type
     from .io import (
+        _2D_EXTENSIONS,
         as_one_slice_of,
         check_not_overwriting_inputs,
         check_output_name,
@@ -728,7 +729,7 @@ def _run_fuse(args: argparse.Namespace) -> int:
     check_output_name(args.output)
     if args.weight_map:
         check_output_name(args.weight_map)
-        if args.weight_map.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")):
+        if args.weight_map.lower().endswith(_2D_EXTENSIONS):
             # write_image would stretch its min..max to 0..255: a weight of 0.03..0.99 read back as 0..1
             raise InputError(f"The weight map '{args.weight_map}' would be an 8-bit picture, its weights (0..1) "
                              "stretched to 0..255.",
@@ -737,7 +738,7 @@ def _run_fuse(args: argparse.Namespace) -> int:
     a = read_image(args.a, keep_color=True, series=_series(args, "a"))
     b = read_image(args.b, keep_color=True, series=_series(args, "b"))
     _check_components({args.a: a, args.b: b})
-    ext = ".png" if args.output.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")) else ""
+    ext = ".png" if args.output.lower().endswith(_2D_EXTENSIONS) else ""
     slice_volume = None
     if one_slice_axis(a) is not None:  # a 2D slice saved as a volume (Slicer, ITK-SNAP): fused as 2D
         check_same_grid(a, b)  # on the volumes: in 2D, slices at other depths would pass
