@@ -741,8 +741,8 @@ _PADDING_EDGE_AXIS = 8
 #: a fill's next 10% above holds at most this share of its count: more, and the values run on through it (no padding)
 _PADDING_APART = 0.25
 #: int16's lowest value, the fill of CT exports: a fill near it or below (within :data:`_PADDING_TOLERANCE`, an
-#: interpolation's overshoot) is padding whatever lies above it, as no image's own values (a phase map's -4096, a
-#: difference of two CTs' HU) reach down there
+#: interpolation's overshoot) lying along the grid's edge is padding whatever lies above it, where the image's own
+#: values (a phase map's -4096, a difference of two CTs' HU) stay above half of it
 _INT16_FILL = -32768.0
 
 
@@ -755,7 +755,11 @@ def padding_mask(values: np.ndarray) -> np.ndarray | None:
     -20000, -5000, -500..., B-spline and Lanczos overshoot too), which had read as values below any HU. Other
     values below :data:`LOWEST_HU` (a phase map's, a difference image's, that run on below it) are no padding, nor is
     a fill the image's values run on through (the next 10% above it holding more than a quarter of its count: a
-    phase map's -4096, a difference image's tail). The fill is
+    phase map's -4096, a difference image's tail; at int16's fill, where it does not all lie within 6 voxels of the
+    grid's edge: an image of int16's full range, a phase map's or an MR's imaginary part's, whose -32768s are its
+    own), nor a fill all farther than 6 voxels from the grid's edge (padding fills the region outside a field of
+    view: a difference image saturated at -32768 in a lesion). The edge is that of the box about the voxels other
+    than 0 where the fill does not reach the grid's (a padded image resampled onto a larger grid). The fill is
     the lowest value, or, where interpolation overshot below it, the median of the values below :data:`LOWEST_HU`:
     the one of the two that more of them lie near; a lowest value at int16's fill, however few lie near it, unless
     the image's values below :data:`LOWEST_HU` away from it reach below -16384 (an image of int16's full range, whose
@@ -788,9 +792,23 @@ def padding_mask(values: np.ndarray) -> np.ndarray | None:
     # its voxels, up to -2379, from its windows and fusion's min-max (clipped to 0)
     with np.errstate(invalid="ignore"):
         above = np.count_nonzero((arr > fill + reach) & (arr <= fill + 2.0 * reach))
-    # (not asked of int16's fill: a small padding, the corners a wide reconstruction circle leaves, turned, has
-    # fewer voxels near -32768 than mixtures in its rim, and had been kept whole, windows from -32768 again)
-    if fill > _INT16_FILL * (1.0 - _PADDING_TOLERANCE) and above > _PADDING_APART * np.count_nonzero(mask):
+    # (not asked of int16's fill where all of it lies along the grid's edge, the image's own values away from it
+    # above -16384: a small padding, the corners a wide reconstruction circle leaves, turned, has fewer voxels near
+    # -32768 than mixtures in its rim, and had been kept whole, windows from -32768 again. An image of int16's full
+    # range runs on from its -32768s across the grid: a phase map, an MR's imaginary part, had lost 29-61% of its
+    # voxels, all its values up to 11469 or -655)
+    count = np.count_nonzero(mask)
+    runs_on = above > _PADDING_APART * count
+    at_int16 = fill <= _INT16_FILL * (1.0 - _PADDING_TOLERANCE)
+    inner = _inside_the_edge(mask)
+    if count and (inner == count or runs_on and at_int16 and inner):
+        # the edge of what the image holds, where it was resampled onto a larger grid (0 beyond it)
+        inner = _inside_the_edge(mask, _held_box(arr))
+    if runs_on and not (at_int16 and inner == 0 and _own_values_stay_above(arr, below)):
+        return None
+    # a padding fills the region outside a field of view, reaching the grid's edge: a fill all farther than 6
+    # voxels from it (a difference image saturated at -32768 in a lesion) is the image's own values
+    if count and inner == count:
         return None
     if arr.ndim >= 2 and mask.any() and (below & ~mask).any():  # a rim: resampled from a padded image
         _add_rim(arr, mask)
@@ -814,6 +832,33 @@ def _own_values_stay_above(arr: np.ndarray, below: np.ndarray) -> bool:
     zone = below & (arr <= _INT16_FILL * (1.0 - _PADDING_TOLERANCE))
     away = below & ~_near_padding(zone)
     return not away.any() or float(arr[away].min()) > _INT16_FILL / 2.0
+
+
+def _inside_the_edge(mask: np.ndarray, box: Sequence[slice] | None = None) -> int:
+    """How many of ``mask``'s voxels lie farther than 6 voxels (twice a padding's rim) from the grid's edge (or the
+    faces of ``box``, a region of it), along the axes of at least :data:`_PADDING_EDGE_AXIS` voxels (as
+    :func:`_near_padding` takes the edge): 0 where every one lies near it, and where no axis has that many voxels (no
+    edge to tell: a flat array, a few small slices)."""
+    box = [slice(0, size) for size in mask.shape] if box is None else box
+    sizes = [part.stop - part.start for part in box]
+    if not any(size >= _PADDING_EDGE_AXIS for size in sizes):
+        return 0
+    reach = 2 * _PADDING_RIM_VOXELS
+    index = tuple(slice(part.start + reach, part.stop - reach) if size >= _PADDING_EDGE_AXIS else slice(None)
+                  for part, size in zip(box, sizes))
+    return int(np.count_nonzero(mask[index]))
+
+
+def _held_box(arr: np.ndarray) -> list[slice]:
+    """The box (a slice per axis) about ``arr``'s voxels other than 0, the value resampling gives those beyond the
+    image it moves (:func:`resample`'s default): the edge of what a padded image resampled onto a larger grid holds.
+    ``arr`` holds some voxel other than 0."""
+    held = arr != 0
+    box = []
+    for axis in range(arr.ndim):
+        hit = np.flatnonzero(held.any(axis=tuple(a for a in range(arr.ndim) if a != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return box
 
 
 def _near_padding(mask: np.ndarray) -> np.ndarray:

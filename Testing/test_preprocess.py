@@ -453,6 +453,50 @@ class RobustRangeTest(unittest.TestCase):
         self.assertIsNone(padding_mask(phase))
         self.assertEqual(unpadded_range(phase), (-32768.0, float(phase.max())))
 
+    def test_images_of_int16s_full_range_and_a_saturated_block_are_no_padding(self) -> None:
+        """Padding is one fill outside a field of view, reaching the grid's edge. A phase map scaled to int16's full
+        range whose values pile up at its ends (a cosine's) and an MR's imaginary part so scaled hold -32768 as values
+        of their own, their values running on from it across the grid: their lowest 61% (every value up to 11469) and
+        29% (up to -655) had been taken for padding, left out of their windows and fusion's min-max. A difference
+        image saturated at -32768 in a 10x10x4 block far from the grid's edge had lost the block (2.4%)."""
+        from MultimodalFusionLib.preprocess import padding_mask, resample, robust_range, unpadded_range
+
+        z, y, x = np.mgrid[:4, :64, :64]
+        cosine = np.round(32767.5 * np.cos(x * 0.2 + y * 0.13) - 0.5)
+        inside = np.hypot(y - 31.5, x - 31.5) < 26
+        imaginary = np.clip(np.round(32768 * np.where(inside, 1.0, 0.02) * np.sin(0.15 * x + 0.1 * y + 0.3 * z)),
+                            -32768, 32767)
+        difference = np.random.default_rng(0).normal(0, 3000, x.shape)
+        difference[:, 20:30, 20:30] = -40000
+        difference = np.clip(np.round(difference), -32768, 32767)
+        for name, values in (("phase map, cosine", cosine), ("imaginary part", imaginary),
+                             ("saturated difference", difference)):
+            values = values.astype(np.int16)
+            with self.subTest(name):
+                self.assertEqual(values.min(), -32768)
+                self.assertIsNone(padding_mask(values))
+                self.assertEqual(unpadded_range(values), (-32768.0, float(values.max())))
+                np.testing.assert_allclose(robust_range(values, 0.5, 99.5), np.percentile(values, [0.5, 99.5]))
+        # the difference image, its block set to 0, padded with -32768 outside a circle: its padding is left out
+        padded = np.where(inside, difference, -32768).astype(np.int16)
+        padded[:, 20:30, 20:30] = 0
+        self.assertTrue(padding_mask(padded)[~inside].all())
+        self.assertGreater(unpadded_range(padded)[0], -15000)
+        # a padded CT resampled onto a larger grid (0 beyond it): its padding, 8+ voxels from the grid's edge, lies at
+        # the edge of what the image holds, and is padding still
+        radius = np.hypot(y - 31.5, x - 31.5)[:3]
+        ct = np.where(radius < 22, 40.0, -1000.0)
+        padded = sitk.GetImageFromArray(np.where(radius < 32, ct, -32768).astype(np.int16))
+        larger = sitk.Image([100, 100, 3], sitk.sitkInt16)
+        larger.SetOrigin((-18.0, -18.0, 0.0))
+        for interpolation in ("linear", "lanczos"):
+            values = sitk.GetArrayFromImage(resample(padded, larger, sitk.Euler3DTransform((31.5, 31.5, 1.0), 0.0,
+                                                                                           0.0, np.radians(10.0)),
+                                                     interpolation))
+            with self.subTest("CT resampled onto a larger grid", interpolation=interpolation):
+                self.assertLess(values.min(), -32000)
+                self.assertGreater(unpadded_range(values)[0], -3100)
+
     def test_a_small_turned_padding_of_int16s_lowest_is_padding(self) -> None:
         """The corners a wide reconstruction circle leaves, padded with -32768 and turned: fewer voxels near the fill
         than mixtures in their rim, so the 'values run on through the fill' test (for a phase map) had kept the whole
