@@ -744,10 +744,12 @@ def alignment_before_after(fixed: sitk.Image, moving: sitk.Image, transform: sit
     state maps inside the moving image (within ``mask``); ``before``, ``after``: the moving image already resampled
     so, where the caller has it. Images that start apart (a registration started from their centres, with no fixed
     voxel inside the moving image as they lie) give "before" MI, NMI and NCC NaN (nothing to compare) and their
-    "voxels" count, not an error (so does "after" without a transform, which is "before"); an "after" through a
-    transform with fewer than two voxels is :func:`alignment_metrics`' InputError."""
+    "voxels" count, not an error; so does an "after" through a transform that maps fewer than two fixed voxels
+    inside the moving image (a genuinely 3D transform of two one-slice volumes, a transform given the wrong way
+    round), so that what else is scored with it (label maps, landmarks) is still reported: the caller says so
+    (:func:`evaluate_registration`'s notes, the report's card). :func:`alignment_metrics` of one state refuses it."""
     return {"before": _alignment(fixed, moving, None, mask, before, bins, apart_ok=True),
-            "after": _alignment(fixed, moving, transform, mask, after, bins, apart_ok=transform is None)}
+            "after": _alignment(fixed, moving, transform, mask, after, bins, apart_ok=True)}
 
 
 def _alignment(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None, mask: sitk.Image | None,
@@ -1732,6 +1734,13 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
     steps = (("before", None), ("after", transform))
     # each state over the fixed voxels it maps inside the moving image, as ITK and ANTs count them
     out["images"] = alignment_before_after(fixed, moving, transform)
+    reached = int(out["images"]["after"]["voxels"])
+    if transform is not None and reached < 2:
+        # scored as n/a, not refused: the label maps and landmarks below still say how far off the transform is
+        out["notes"].append(f"Through the transform the moving image covers {reached} of the fixed image's voxels, so "
+                            "their similarity after it (MI, NMI, NCC) is n/a. Check that it maps the fixed image into "
+                            "the moving one (fixed -> moving points, as mmfusion register writes it; --invert for one "
+                            "written the other way round).")
     if fixed_labels is not None:
         present, left_out, scored = checked["present"], checked["left_out"], checked["scored"]
         out["labels"] = {}

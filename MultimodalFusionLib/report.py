@@ -603,6 +603,9 @@ def _write_report_files(out: str, *, inputs: Mapping[str, sitk.Image], fusions: 
             # images that did not overlap as they lay ("before" NaN over 0 voxels, alignment_before_after) and do
             # now: the NaN gain had read as "did NOT improve" after a registration from their centres
             verdict = "alignment improved (the images did not overlap before it)"
+        elif a.get("voxels") is not None and a["voxels"] < 2:
+            # through the transform the moving image covers (almost) none of the fixed image: nothing to compare
+            verdict = "alignment did NOT improve: through the transform the moving image covers none of the fixed image"
         elif abs(gain) <= 1e-6:
             verdict = "alignment unchanged (already aligned, or the starting position was kept)"
         elif gain > 0:

@@ -782,10 +782,16 @@ class AlignmentOverTheOverlapTest(unittest.TestCase):
             self.assertEqual(rc, 0, err)
             self.assertRegex(out, r"NCC\s+0\.70\d+\s+0\.98\d+")
             self.assertRegex(out, rf"voxels compared\s+{fixed.GetNumberOfPixels()}\s+3\d{{4}}\n")  # 39974
-        # a transform that sends the fixed grid beyond the moving image: a clear error, not NaN
+        # a transform that sends the fixed grid beyond the moving image: n/a over 0 voxels and a note naming the
+        # fix, not an error (label maps and landmarks scored with it still say how far off it is)
         away = sitk.TranslationTransform(3, (500.0, 0.0, 0.0))
+        scored = metrics.evaluate_registration(fixed, moving, away)
+        self.assertEqual(scored["images"]["after"]["voxels"], 0)
+        self.assertTrue(np.isnan(scored["images"]["after"]["NCC"]))
+        self.assertTrue(any("covers 0 of the fixed image's voxels" in n and "fixed -> moving" in n
+                            for n in scored["notes"]), scored["notes"])
         with self.assertRaisesRegex(InputError, "through the transform, covers 0 of the fixed image's voxels"):
-            metrics.evaluate_registration(fixed, moving, away)
+            metrics.alignment_metrics(fixed, moving, away)  # one state alone: refused
         # images that start apart (a registration from their centres): "before" is NaN over 0 voxels, not an error
         far = sitk.Image(moving)
         far.SetOrigin(tuple(np.add(moving.GetOrigin(), (500.0, 0.0, 0.0))))

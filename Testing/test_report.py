@@ -419,6 +419,13 @@ class RegistrationSectionTest(unittest.TestCase):
         card = card[:card.index("</div>")]
         self.assertIn("alignment improved (the images did not overlap before it)", card)
         self.assertNotIn("did NOT improve", card)
+        # and the other way round: a transform that carries the fixed image off the moving one is named so
+        off = metrics.alignment_before_after(a, a, sitk.TranslationTransform(2, (5000.0, 0.0)))
+        self.assertEqual(off["after"]["voxels"], 0)
+        with tempfile.TemporaryDirectory() as tmp:
+            page = open(report.write_report(tmp, inputs={"A": a, "B": a}, fusions=[res], metrics={},
+                                             registration_metrics=off)["html"], encoding="utf-8").read()
+        self.assertIn("through the transform the moving image covers none of the fixed image", page)
 
 
 if __name__ == "__main__":
