@@ -2099,9 +2099,13 @@ def _warn_alpha_unused(image: sitk.Image, path: str) -> None:
     """Warn, naming ``path``, that the alpha of an RGBA picture (4 unsigned integer components, a grey+alpha PNG's
     too) is not used, where it is not one value: a transparent background (a mask drawn in the alpha) is
     registered and fused as the colour stored under it, as no mask would be. Not for a 3D Slicer segmentation's
-    4 layers (refused or kept as layers by :func:`read_image`) nor a float vector image (no picture)."""
+    4 layers (refused or kept as layers by :func:`read_image`), a float vector image, nor one whose file says its
+    components are a vector (NRRD kind 4-vector: echoes, gradients; refused as no colour picture by
+    ``validation.check_components``, which this warning had contradicted, its fourth component called an alpha)."""
+    from .validation import file_says_vector  # (validation imports io)
+
     if image.GetNumberOfComponentsPerPixel() != 4 or image.HasMetaDataKey("Segment0_ID") \
-            or image.GetPixelID() not in (sitk.sitkVectorUInt8, sitk.sitkVectorUInt16):
+            or image.GetPixelID() not in (sitk.sitkVectorUInt8, sitk.sitkVectorUInt16) or file_says_vector(image):
         return
     alpha = sitk.GetArrayViewFromImage(image)[..., 3]
     if not alpha.size or np.all(alpha == alpha.flat[0]):

@@ -114,12 +114,8 @@ def _check_colour(image: sitk.Image, name: str) -> None:
     kind = image.GetMetaData("NRRD_kinds[pixel]").strip() if image.HasMetaDataKey("NRRD_kinds[pixel]") else ""
     if kind in _COLOUR_KINDS:
         return
-    said, overshoot = "", ""
-    if kind in _VECTOR_KINDS:
-        said = f"its file says its components are a vector (NRRD kind '{kind}')"
-    elif image.HasMetaDataKey("intent_code") and image.GetMetaData("intent_code").strip() == _DISPLACEMENT_INTENT:
-        said = "its file says it is a displacement field (NIfTI intent displacement vector, 1006)"
-    elif "unsigned" not in image.GetPixelIDTypeAsString():  # unsigned pixels hold no negative value
+    said, overshoot = file_says_vector(image), ""
+    if not said and "unsigned" not in image.GetPixelIDTypeAsString():  # unsigned pixels hold no negative value
         values = sitk.GetArrayViewFromImage(image)
         low = float(np.min(values))
         # R = G = B everywhere is a grey picture stored as colour (a CT in HU so exported), read and fused as grey
@@ -144,6 +140,18 @@ def _check_colour(image: sitk.Image, name: str) -> None:
                          "the vectors' length (sitk.VectorMagnitude(image)), written to a file; to carry the field "
                          "itself onto another grid use mmfusion resample FIELD --reference IMAGE --components vector."
                          + overshoot)
+
+
+def file_says_vector(image: sitk.Image) -> str:
+    """What the file says where it says a multi-component image's components are a vector (a NRRD kind of
+    :data:`_VECTOR_KINDS`, a NIfTI of intent displacement vector), as :func:`_check_colour` names it; "" where it does
+    not (a colour kind, ITK's generic "vector", no kind)."""
+    kind = image.GetMetaData("NRRD_kinds[pixel]").strip() if image.HasMetaDataKey("NRRD_kinds[pixel]") else ""
+    if kind in _VECTOR_KINDS:
+        return f"its file says its components are a vector (NRRD kind '{kind}')"
+    if image.HasMetaDataKey("intent_code") and image.GetMetaData("intent_code").strip() == _DISPLACEMENT_INTENT:
+        return "its file says it is a displacement field (NIfTI intent displacement vector, 1006)"
+    return ""
 
 
 def _channels_equal(values: np.ndarray) -> bool:

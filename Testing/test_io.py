@@ -978,6 +978,39 @@ class RoundTrip(unittest.TestCase):
                     said = [str(w.message) for w in caught if "alpha is not used" in str(w.message)]
                     self.assertEqual(len(said), times, said)
 
+    def test_a_vector_image_of_four_components_is_not_called_an_rgba_picture(self):
+        """A 4-component unsigned image whose file says its components are a vector (NRRD kind 4-vector: four echoes,
+        gradients) is no picture: fuse refuses it as "not a colour picture". read_image had first warned that it was
+        "an RGBA picture whose alpha is not one value (99.5% ... transparent)", the fourth component taken for an
+        alpha, and the command then said the opposite. Now only the refusal is said."""
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from MultimodalFusionLib import cli
+
+        rng = np.random.default_rng(3)
+        echoes = rng.integers(0, 1000, (3, 16, 18, 4)).astype(np.uint16)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "echoes.nrrd")
+            sitk.WriteImage(sitk.GetImageFromArray(echoes, isVector=True), path)
+            with open(path, "rb") as f:
+                data = f.read()
+            self.assertIn(b"kinds: vector ", data)
+            with open(path, "wb") as f:
+                f.write(data.replace(b"kinds: vector ", b"kinds: 4-vector ", 1))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                image = io.read_image(path, keep_color=True)
+            self.assertEqual(image.GetNumberOfComponentsPerPixel(), 4)
+            self.assertEqual([str(w.message) for w in caught if "alpha" in str(w.message)], [])
+            err = StringIO()
+            with redirect_stdout(StringIO()), redirect_stderr(err), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("default")
+                rc = cli.main(["fuse", path, path, "--method", "average", "-o", os.path.join(d, "f.nii.gz")])
+            self.assertNotEqual(rc, 0)
+            self.assertIn("not a colour picture", err.getvalue())
+            self.assertEqual([str(w.message) for w in caught if "alpha" in str(w.message)], [])
+
     def test_grey_png_with_a_transparency_colour(self):
         """A grey PNG with a tRNS chunk (PIL's mode "L" saved with transparency=N; 1 to 16 bits) failed as grey+alpha
         ones did: libpng turns the transparent value into an alpha channel, which ITK refuses ("Unknown PixelType:
