@@ -2114,9 +2114,10 @@ def _warn_alpha_unused(image: sitk.Image, path: str) -> None:
     transparent = float(np.mean(alpha < full)) * 100
     warnings.warn(f"'{path}' is an RGBA picture whose alpha is not one value ({transparent:.1f}% of its pixels "
                   "transparent or partly so): the alpha is not used; registration, fusion and training see its "
-                  "colour only, the colour stored under the transparent pixels included. To leave a transparent "
-                  "background out, give it as a mask (register --fixed-mask/--moving-mask), or save the picture "
-                  "without alpha (flattened on the background you mean).", stacklevel=3)
+                  "colour only (a mask its non-zero colour), the colour stored under the transparent pixels "
+                  "included. A region drawn in the alpha is not read: save it as a 0/1 grey image of its own (a "
+                  "mask, e.g. for register --fixed-mask/--moving-mask), or save the picture without alpha "
+                  "(flattened on the background you mean).", stacklevel=3)
 
 
 def segment_layers(image: sitk.Image, path: str = "") -> dict[str, list[str]]:
