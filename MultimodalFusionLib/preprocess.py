@@ -759,7 +759,8 @@ def padding_mask(values: np.ndarray) -> np.ndarray | None:
     grid's edge: an image of int16's full range, a phase map's or an MR's imaginary part's, whose -32768s are its
     own), nor a fill all farther than 6 voxels from the grid's edge (padding fills the region outside a field of
     view: a difference image saturated at -32768 in a lesion). The edge is that of the box about the voxels other
-    than 0 where the fill does not reach the grid's (a padded image resampled onto a larger grid). The fill is
+    than the value beyond the image where the fill does not reach the grid's (a padded image resampled onto a larger
+    grid, 0, -1024 or NaN beyond it: :func:`_held_box`). The fill is
     the lowest value, or, where interpolation overshot below it, the median of the values below :data:`LOWEST_HU`:
     the one of the two that more of them lie near; a lowest value at int16's fill, however few lie near it, unless
     the image's values below :data:`LOWEST_HU` away from it reach below -16384 (an image of int16's full range, whose
@@ -802,7 +803,7 @@ def padding_mask(values: np.ndarray) -> np.ndarray | None:
     at_int16 = fill <= _INT16_FILL * (1.0 - _PADDING_TOLERANCE)
     inner = _inside_the_edge(mask)
     if count and (inner == count or runs_on and at_int16 and inner):
-        # the edge of what the image holds, where it was resampled onto a larger grid (0 beyond it)
+        # the edge of what the image holds, where it was resampled onto a larger grid (0, air or NaN beyond it)
         inner = _inside_the_edge(mask, _held_box(arr))
     if runs_on and not (at_int16 and inner == 0 and _own_values_stay_above(arr, below)):
         return None
@@ -850,10 +851,15 @@ def _inside_the_edge(mask: np.ndarray, box: Sequence[slice] | None = None) -> in
 
 
 def _held_box(arr: np.ndarray) -> list[slice]:
-    """The box (a slice per axis) about ``arr``'s voxels other than 0, the value resampling gives those beyond the
-    image it moves (:func:`resample`'s default): the edge of what a padded image resampled onto a larger grid holds.
-    ``arr`` holds some voxel other than 0."""
-    held = arr != 0
+    """The box (a slice per axis) about ``arr``'s voxels other than the value resampling gives those beyond the
+    image it moves: the one value every corner of the grid holds (0, :func:`resample`'s default; -1024 or NaN where
+    the user gave it: ``mmfusion resample --default-value``, elastix's DefaultPixelValue, antsApplyTransforms -f),
+    else 0: the edge of what a padded image resampled onto a larger grid holds. ``arr`` holds some voxel other than
+    it."""
+    corners = arr[np.ix_(*[[0, size - 1] for size in arr.shape])].ravel()
+    beyond = corners[0] if (corners == corners[0]).all() or np.isnan(corners).all() else 0
+    with np.errstate(invalid="ignore"):
+        held = ~np.isnan(arr) if beyond != beyond else arr != beyond
     box = []
     for axis in range(arr.ndim):
         hit = np.flatnonzero(held.any(axis=tuple(a for a in range(arr.ndim) if a != axis)))

@@ -482,20 +482,22 @@ class RobustRangeTest(unittest.TestCase):
         padded[:, 20:30, 20:30] = 0
         self.assertTrue(padding_mask(padded)[~inside].all())
         self.assertGreater(unpadded_range(padded)[0], -15000)
-        # a padded CT resampled onto a larger grid (0 beyond it): its padding, 8+ voxels from the grid's edge, lies at
-        # the edge of what the image holds, and is padding still
+        # a padded CT resampled onto a larger grid (0 beyond it, or the air or NaN a user gives: mmfusion resample
+        # --default-value -1024, elastix's DefaultPixelValue, antsApplyTransforms -f): its padding, 8+ voxels from the
+        # grid's edge, lies at the edge of what the image holds, and is padding still (with -1024, -3024 or NaN
+        # beyond, every voxel had counted as held and the padding had been kept: windows from -32768 or -41603)
         radius = np.hypot(y - 31.5, x - 31.5)[:3]
         ct = np.where(radius < 22, 40.0, -1000.0)
         padded = sitk.GetImageFromArray(np.where(radius < 32, ct, -32768).astype(np.int16))
         larger = sitk.Image([100, 100, 3], sitk.sitkInt16)
         larger.SetOrigin((-18.0, -18.0, 0.0))
         for interpolation in ("linear", "lanczos"):
-            values = sitk.GetArrayFromImage(resample(padded, larger, sitk.Euler3DTransform((31.5, 31.5, 1.0), 0.0,
-                                                                                           0.0, np.radians(10.0)),
-                                                     interpolation))
-            with self.subTest("CT resampled onto a larger grid", interpolation=interpolation):
-                self.assertLess(values.min(), -32000)
-                self.assertGreater(unpadded_range(values)[0], -3100)
+            for beyond in (0.0, -1024.0, -3024.0, float("nan")):
+                values = sitk.GetArrayFromImage(resample(padded, larger, sitk.Euler3DTransform(
+                    (31.5, 31.5, 1.0), 0.0, 0.0, np.radians(10.0)), interpolation, default_value=beyond))
+                with self.subTest("CT resampled onto a larger grid", interpolation=interpolation, beyond=beyond):
+                    self.assertLess(np.nanmin(values), -32000)
+                    self.assertGreater(unpadded_range(values)[0], -3100)
 
     def test_a_small_turned_padding_of_int16s_lowest_is_padding(self) -> None:
         """The corners a wide reconstruction circle leaves, padded with -32768 and turned: fewer voxels near the fill
