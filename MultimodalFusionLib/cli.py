@@ -924,26 +924,29 @@ def _run_evaluate_registration(args: argparse.Namespace) -> int:
     return 0
 
 
+def _num(v: Any, spec: str = ".3f") -> str:
+    """A number of the before/after tables as ``spec`` writes it; None and NaN (no overlap in that state: nothing
+    compared) "n/a", as the report writes them (they had printed "nan")."""
+    return "n/a" if v is None or v != v else format(v + 0.0, spec)
+
+
 def _registration_evaluation_lines(result: dict[str, Any], after: str = "after") -> list[str]:
     """The before/after table of ``evaluate-registration`` (and of ``run`` with labels or landmarks); ``after``:
     the heading of the second column."""
-    def num(v: Any, spec: str = ".3f") -> str:
-        return "n/a" if v is None else format(v + 0.0, spec)
-
     lines = [f"{'':<30} {'before':>10} {after:>10}"]
     images = result["images"]
     for key, what in (("MI", "MI (nats, higher better)"), ("NMI", "NMI"), ("NCC", "NCC")):
-        lines.append(f"{what:<30} {num(images['before'][key], '.4f'):>10} {num(images['after'][key], '.4f'):>10}")
+        lines.append(f"{what:<30} {_num(images['before'][key], '.4f'):>10} {_num(images['after'][key], '.4f'):>10}")
     # each state is scored over the fixed voxels it maps inside the moving image: other voxels before and after
-    lines.append(f"{'voxels compared':<30} {num(images['before']['voxels'], '.0f'):>10} "
-                 f"{num(images['after']['voxels'], '.0f'):>10}")
+    lines.append(f"{'voxels compared':<30} {_num(images['before']['voxels'], '.0f'):>10} "
+                 f"{_num(images['after']['voxels'], '.0f'):>10}")
     if "labels" in result:
         before, aft = result["labels"]["before"], result["labels"]["after"]
         n = aft["mean"]["labels"]
         lines.append(f"labels (mean of {n}):")
         for key, what in (("dice", "Dice"), ("jaccard", "Jaccard"), ("hd95", "HD95 mm"),
                           ("hausdorff", "Hausdorff mm"), ("mean_surface_distance", "mean surface distance mm")):
-            lines.append(f"  {what:<28} {num(before['mean'][key]):>10} {num(aft['mean'][key]):>10}")
+            lines.append(f"  {what:<28} {_num(before['mean'][key]):>10} {_num(aft['mean'][key]):>10}")
         names = result.get("label_names", {})
         if result.get("label_matching") == "name":
             lines.append("  segments matched by name (label: segment)")
@@ -951,13 +954,13 @@ def _registration_evaluation_lines(result: dict[str, Any], after: str = "after")
         for label, row in aft["labels"].items():
             old = before["labels"].get(label, {})
             shown = f"{label} '{names[label]}'" if label in names else str(label)
-            lines.append(f"  {shown:>6}: Dice {num(old.get('dice'))} -> {num(row['dice'])}, "
-                         f"HD95 {num(old.get('hd95'), '.2f')} -> {num(row['hd95'], '.2f')}")
+            lines.append(f"  {shown:>6}: Dice {_num(old.get('dice'))} -> {_num(row['dice'])}, "
+                         f"HD95 {_num(old.get('hd95'), '.2f')} -> {_num(row['hd95'], '.2f')}")
     if "landmarks" in result:
         b, a = result["landmarks"]["before"], result["landmarks"]["after"]
         lines.append(f"landmarks ({a['n']} pairs), TRE mm:")
         for key in ("mean", "median", "max", "std"):
-            lines.append(f"  {key:<28} {num(b[key]):>10} {num(a[key]):>10}")
+            lines.append(f"  {key:<28} {_num(b[key]):>10} {_num(a[key]):>10}")
     if result.get("slice_planes"):  # one-slice volumes: labels and landmarks scored in their slices' 2D frames
         lines.append("one-slice volumes: labels and landmarks scored on the slices' planes (2D, in-plane mm), where "
                      "the 2D transform applies")
@@ -1072,8 +1075,8 @@ def _run_run(args: argparse.Namespace) -> int:
         # inside the JSON), where a script reading the output or a log of stderr missed them
         _print_warnings(reg.warnings)
     rm = out["registration_metrics"]
-    print(f"alignment: MI {rm['before']['MI']:.3f} -> {rm['after']['MI']:.3f}, "
-          f"NCC {rm['before']['NCC']:.3f} -> {rm['after']['NCC']:.3f} (over the {rm['before']['voxels']:.0f} -> "
+    print(f"alignment: MI {_num(rm['before']['MI'])} -> {_num(rm['after']['MI'])}, "
+          f"NCC {_num(rm['before']['NCC'])} -> {_num(rm['after']['NCC'])} (over the {rm['before']['voxels']:.0f} -> "
           f"{rm['after']['voxels']:.0f} fixed voxels the moving image reaches)")
     if accuracy is not None:  # evaluate-registration's table, through the registration's transform
         print("registration accuracy (as evaluate-registration scores it" + ("):" if reg is not None else

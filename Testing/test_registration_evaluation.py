@@ -799,6 +799,32 @@ class AlignmentOverTheOverlapTest(unittest.TestCase):
         self.assertEqual(apart["before"]["voxels"], 0)
         self.assertTrue(np.isnan(apart["before"]["NCC"]))
         self.assertEqual(apart["after"], metrics.alignment_metrics(fixed, moving))
+        # the table prints either state's NaN as n/a, as the report and fuse's table do (it had printed "nan")
+        with tempfile.TemporaryDirectory() as d:
+            f, m, m_far = (write_image(image, os.path.join(d, name))
+                           for image, name in ((fixed, "f.nrrd"), (moving, "m.nrrd"), (far, "far.nrrd")))
+            t = write_transform(away, os.path.join(d, "away.tfm"))
+            rc, out, err = run_cli("evaluate-registration", f, m, "--transform", t)
+            self.assertEqual(rc, 0, err)
+            self.assertRegex(out, r"NCC\s+0\.70\d+\s+n/a\n")
+            self.assertRegex(out, rf"voxels compared\s+{fixed.GetNumberOfPixels()}\s+0\n")
+            self.assertIn("covers 0 of the fixed image's voxels", err)
+            rc, out, err = run_cli("evaluate-registration", f, m_far, "--transform", t)
+            self.assertEqual(rc, 0, err)
+            self.assertRegex(out, r"NCC\s+n/a\s+0\.70\d+\n")
+            self.assertNotIn("nan", out)
+            # and run's alignment line: two slices placed 1 m apart, registered from their centres
+            y, x = np.mgrid[:64, :64]
+            blobs = 100.0 * np.exp(-((x - 30) ** 2 + (y - 34) ** 2) / 150.0) + 50.0 * np.exp(
+                -((x - 40) ** 2 + (y - 20) ** 2) / 40.0)
+            slice_apart = sitk.GetImageFromArray(np.roll(blobs, 3, 1).astype(np.float32))
+            slice_apart.SetOrigin((1000.0, 0.0))
+            rc, out, err = run_cli("run", write_image(sitk.GetImageFromArray(blobs.astype(np.float32)),
+                                                      os.path.join(d, "f2.nrrd")),
+                                   write_image(slice_apart, os.path.join(d, "m2.nrrd")), "-o", os.path.join(d, "run"),
+                                   "--stages", "rigid", "--seed", "0", "--methods", "average")
+            self.assertEqual(rc, 0, err)
+            self.assertRegex(out, r"alignment: MI n/a -> \d\.\d{3}, NCC n/a -> [01]\.\d{3} \(over the 0 -> \d+ ")
 
 
 try:
