@@ -957,6 +957,27 @@ class WebAppTest(unittest.TestCase):
         finally:
             state.moving_path = self.moving_path
 
+    def test_images_placed_apart_show_n_a_before_their_registration(self) -> None:
+        # no fixed voxel inside the moving image as they lie: MI/NCC before are NaN over 0 voxels, shown n/a as the
+        # report and the CLI show them (the panel had shown "nan → 1.011")
+        moving = sitk.ReadImage(self.moving_path)
+        moving.SetOrigin(tuple(o + d for o, d in zip(moving.GetOrigin(), (1000.0, 0.0, 0.0))))
+        path = str(self.root / "pet-apart.nii.gz")
+        sitk.WriteImage(moving, path)
+        state = self.app.state
+        state.fixed_path, state.moving_path = self.fixed_path, path
+        try:
+            self._do(self.app.load_from_paths)
+            state.preset, state.stages, state.initializer = "", ["rigid"], ""
+            self._do(self.app.start_registration)
+            self.assertTrue(state.has_registered, state.error_message)
+            self.assertEqual(self.app.registration_metrics["before"]["voxels"], 0)
+            shown = {row["name"]: row["value"] for row in state.registration_rows}
+            for key in ("MI", "NCC", "NMI"):
+                self.assertRegex(shown[f"{key} before → after"], r"^n/a → -?\d", shown)
+        finally:
+            state.moving_path = self.moving_path
+
     def test_fused_download_has_the_fixed_grid_even_a_sheared_one(self) -> None:
         # NIfTI cannot hold a sheared direction (a gantry-tilted CT): the fused volume comes as .mha there
         base_fixed, base_moving = sitk.ReadImage(self.fixed_path), sitk.ReadImage(self.moving_path)

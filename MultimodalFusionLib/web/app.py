@@ -236,7 +236,9 @@ def _number(value: Any) -> float | None:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        # NaN: nothing compared (MI/NCC before a registration of images placed apart, alignment_before_after), as
+        # the report and the CLI write it (the panel had shown "nan → 1.011")
+        return "n/a" if value != value else f"{value:.4g}"
     return str(value)
 
 
