@@ -1389,13 +1389,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        with _warnings_as_lines():
+            return _main(argv)
     except BrokenPipeError:  # output piped into a command that stopped reading (e.g. `| head`)
         try:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
         except OSError:
             pass
         return 0
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Python warnings raised while the command runs (the engine's: read_image's alpha, io's geometry and units,
+    train-fusion's pairs without a partner) print as the command's own do, ``warning: <message>`` on stderr
+    (:func:`_print_warnings`), where Python's formatter had printed ``/path/to/io.py:1234: UserWarning: ...`` and
+    the source line of the call. Only how a warning is shown changes: Python's filters still decide whether it is
+    (``-W error`` raises it, ``default`` shows it once per place). The caller's ``warnings.showwarning`` is put
+    back afterwards (``main`` may be called from a script or a test, which keeps its own)."""
+    saved = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        try:
+            print(f"warning: {message}", file=sys.stderr if file is None else file)
+        except OSError:  # stderr closed or gone: the warning is lost, as Python's own formatter loses it
+            pass
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
 
 
 @contextlib.contextmanager
