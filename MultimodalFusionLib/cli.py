@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
@@ -1399,6 +1400,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+#: The commands running in this process (``cli.main`` from several threads of a script) and the
+#: ``warnings.showwarning`` found by the first to start: :func:`_warnings_as_lines` puts it back when the last ends.
+_WARNING_LINES: dict[str, Any] = {"commands": 0, "saved": None}
+_WARNING_LINES_LOCK = threading.Lock()
+
+
+def _show_warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                       line: str | None = None) -> None:
+    """``warnings.showwarning`` while a command runs: ``warning: <message>`` on stderr (:func:`_warnings_as_lines`)."""
+    try:
+        print(f"warning: {message}", file=sys.stderr if file is None else file)
+    except OSError:  # stderr closed or gone: the warning is lost, as Python's own formatter loses it
+        pass
+
+
 @contextlib.contextmanager
 def _warnings_as_lines() -> Iterator[None]:
     """Python warnings raised while the command runs (the engine's: read_image's alpha, io's geometry and units,
@@ -1406,21 +1422,22 @@ def _warnings_as_lines() -> Iterator[None]:
     (:func:`_print_warnings`), where Python's formatter had printed ``/path/to/io.py:1234: UserWarning: ...`` and
     the source line of the call. Only how a warning is shown changes: Python's filters still decide whether it is
     (``-W error`` raises it, ``default`` shows it once per place). The caller's ``warnings.showwarning`` is put
-    back afterwards (``main`` may be called from a script or a test, which keeps its own)."""
-    saved = warnings.showwarning
-
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
-             line: str | None = None) -> None:
-        try:
-            print(f"warning: {message}", file=sys.stderr if file is None else file)
-        except OSError:  # stderr closed or gone: the warning is lost, as Python's own formatter loses it
-            pass
-
-    warnings.showwarning = show
+    back afterwards (``main`` may be called from a script or a test, which keeps its own): by the last of the
+    commands running at once to end (``main`` called from several threads), where each had put back the one it
+    found, and two that overlapped left the line printer installed for good (the first ended, then the second put
+    the first's printer back) and the script's showwarning back under the second while it ran."""
+    with _WARNING_LINES_LOCK:
+        if _WARNING_LINES["commands"] == 0:
+            _WARNING_LINES["saved"] = warnings.showwarning
+            warnings.showwarning = _show_warning_line
+        _WARNING_LINES["commands"] += 1
     try:
         yield
     finally:
-        warnings.showwarning = saved
+        with _WARNING_LINES_LOCK:
+            _WARNING_LINES["commands"] -= 1
+            if _WARNING_LINES["commands"] == 0:
+                warnings.showwarning, _WARNING_LINES["saved"] = _WARNING_LINES["saved"], None
 
 
 @contextlib.contextmanager
@@ -1469,7 +1486,6 @@ def _sigterm_as_interrupt(args: argparse.Namespace) -> Iterator[None]:
     its own (a script or test calling ``main`` keeps its own), in the main thread only. Not for ``mmfusion
     web``, whose server stops on SIGTERM by its own handler."""
     import signal
-    import threading
 
     if (getattr(args, "func", None) is _run_web or threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
@@ -1496,7 +1512,6 @@ def _signals_held() -> Iterator[list[int]]:
     'datetime'", with its advice about a broken install), importlib's callbacks print one as 'Exception ignored'
     and go on (the command then ran), and a half-imported module stays broken in a calling process."""
     import signal
-    import threading
 
     held: list[int] = []
     saved: dict[int, Any] = {}

@@ -579,6 +579,50 @@ class FuseEvaluateCliTest(unittest.TestCase):
             with self.assertRaisesRegex(UserWarning, "alpha is not one value"):
                 _main(commands["fuse"])
 
+    def test_commands_overlapping_in_threads_put_the_callers_showwarning_back(self) -> None:
+        """Two commands run from two threads of a script (cli.main in each), the first ending while the second runs.
+        Each command had saved the showwarning it found and put it back: the second had saved the first's line
+        printer, and left it installed for good (a script's own warnings, after both ended, printed as ``warning:``
+        lines on stderr, its showwarning never called again), while the first, ending, had put the script's back
+        under the second (whose warnings then went to the script's showwarning). The line printer is now installed
+        by the first command to start and removed by the last to end."""
+        import threading
+        import warnings
+
+        shown = []
+
+        def own(message, category, filename, lineno, file=None, line=None):  # a script's own, e.g. a GUI's log
+            shown.append(str(message))
+
+        first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+        err = textio.StringIO()
+
+        def first() -> None:
+            with cli._warnings_as_lines():  # as cli.main runs a command
+                first_in.set()
+                second_in.wait(10)
+            first_out.set()
+
+        def second() -> None:
+            first_in.wait(10)
+            with cli._warnings_as_lines():
+                second_in.set()
+                first_out.wait(10)
+                warnings.warn("raised by the second command after the first ended", stacklevel=1)
+
+        with warnings.catch_warnings(), contextlib.redirect_stderr(err):
+            warnings.simplefilter("always")
+            warnings.showwarning = own
+            threads = [threading.Thread(target=first), threading.Thread(target=second)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(20)
+            self.assertIs(warnings.showwarning, own)
+            warnings.warn("the script's own, after both commands", stacklevel=1)
+        self.assertEqual(err.getvalue(), "warning: raised by the second command after the first ended\n")
+        self.assertEqual(shown, ["the script's own, after both commands"])
+
     def test_evaluate_refuses_images_on_different_grids(self) -> None:
         # fuse refuses a source off the other's grid, but evaluate compared shapes only: a source or a fused
         # volume 100 mm away, of the same size, was scored without a word (rc 0)
