@@ -330,6 +330,24 @@ class FusionLogic:
     def _sceneOf(self, node: Any = None) -> Any:
         return mrml.get_scene(self._scene, node)
 
+    def _sceneOfAll(self, nodes: Sequence[tuple[Any, str]]) -> Any:
+        """The scene of ``nodes`` ((node, role), the first one given sets it unless the Logic has its own), refusing a
+        node of another scene (or of none) before any work: node IDs are per scene, so a moving volume of another
+        scene put under the result (``applyTransform``) had been put under whichever node of its own scene has the
+        result's ID, an unrelated transform, without a word; and the outputs went to the first volume's scene."""
+        given = [(node, role) for node, role in nodes if node is not None]
+        scene = self._sceneOf(given[0][0] if given else None)
+        for node, role in given:
+            if node.GetScene() is not scene:
+                where = ("is in no scene" if node.GetScene() is None else
+                         "is in another MRML scene than " + (f"the {given[0][1]} '{given[0][0].GetName()}'"
+                                                             if self._scene is None else "this Logic's scene"))
+                raise InputError(f"The {role} '{node.GetName()}' {where}; the nodes of one call must be in one scene "
+                                 "(node IDs, parent transforms and outputs are per scene).",
+                                 "Load or create all the nodes in one scene (in Slicer: slicer.mrmlScene), or give "
+                                 "FusionLogic(scene) the scene that holds them.")
+        return scene
+
     # ------------------------------------------------------------------------------------------
     def registerVolumes(self, fixedVolumeNode: Any, movingVolumeNode: Any, *, preset: str | None = None,
                         stages: Sequence[str] | str | None = None, fixedMaskNode: Any = None,
@@ -437,7 +455,10 @@ class FusionLogic:
                         "with the initializer")
         # the result would relate the fixed volume's own grid, not where Slicer shows it
         _check_not_under_transform(fixedVolumeNode, "fixed", "register")
-        scene = self._sceneOf(fixedVolumeNode)
+        scene = self._sceneOfAll([(fixedVolumeNode, "fixed volume"), (movingVolumeNode, "moving volume"),
+                                  (fixedMaskNode, "fixed mask"), (movingMaskNode, "moving mask"),
+                                  (initialTransformNode, "initial transform"),
+                                  (outputTransformNode, "output transform"), (outputVolumeNode, "output volume")])
         report(progress, 0.0, "reading volumes")
         fixed = mrml.image_from_volume_node(fixedVolumeNode, float32=True)
         moving = mrml.image_from_volume_node(movingVolumeNode, float32=True)
@@ -632,7 +653,9 @@ class FusionLogic:
         # a functional volume shown through a transform (e.g. after registerVolumes(applyTransform=True))
         # is fused as it is shown
         transformNode = transformNode or parent
-        scene = self._sceneOf(anatomicalVolumeNode)
+        scene = self._sceneOfAll([(anatomicalVolumeNode, "anatomical volume"), (functionalVolumeNode, "functional "
+                                  "volume"), (transformNode, "transform"), (outputVolumeNode, "output volume"),
+                                  (weightsVolumeNode, "weights volume"), (metricsTableNode, "metrics table")])
         engineParameters = dict(methodParameters)
         if method == "overlay":  # a colour table's name becomes its colours (before any work)
             engineParameters = _overlay_parameters(scene, engineParameters)
@@ -749,7 +772,12 @@ class FusionLogic:
         _check_no_label_map([(fixedVolumeNode, "fixed"), (movingVolumeNode, "moving")])
         from . import fusion
 
-        scene = self._sceneOf(fixedVolumeNode)
+        # every node in one scene: here, not once the registration had run (fuseVolumes checks its own)
+        scene = self._sceneOfAll([(fixedVolumeNode, "fixed volume"), (movingVolumeNode, "moving volume"),
+                                  (fixedMaskNode, "fixed mask"), (movingMaskNode, "moving mask"),
+                                  (outputTransformNode, "output transform"), (outputVolumeNode, "output volume"),
+                                  (fusedVolumeNode, "fused volume"), (weightsVolumeNode, "weights volume"),
+                                  (metricsTableNode, "metrics table")])
         checked = fusionParameters
         if fusionMethod == "overlay":
             # the panel's one colour table and opacity: the fused overlay shows what the slice views show
@@ -1015,7 +1043,9 @@ class FusionLogic:
         if backgroundVolumeNode is None:
             raise InputError("No background (anatomical) volume given.", "Select the anatomical volume.")
         return mrml.show_fusion(backgroundVolumeNode, foregroundVolumeNode, opacity=opacity, colormap=colormap,
-                                threshold_fraction=threshold, scene=self._sceneOf(backgroundVolumeNode))
+                                threshold_fraction=threshold,
+                                scene=self._sceneOfAll([(backgroundVolumeNode, "background volume"),
+                                                        (foregroundVolumeNode, "foreground volume")]))
 
     def saveResults(self, path: str) -> str:
         """Save the scene with all results as a Slicer bundle (``.mrb``) or ``.mrml`` scene.

@@ -97,6 +97,35 @@ class LogicTest(unittest.TestCase):
         again = sitk.GetArrayFromImage(resample(mrml.image_from_volume_node(self.pet), self.fixed))
         np.testing.assert_allclose(again, resampled, rtol=0, atol=1e-5 * np.abs(resampled).max())
 
+    def test_nodes_of_another_scene_are_refused_before_any_work(self) -> None:
+        # node IDs are per scene: the PET of another scene, put under the result (applyTransform), had been put under
+        # that scene's node of the result's ID (here an unrelated transform), and the outputs went to the MR's scene
+        other = mrml.new_scene()
+        unrelated = other.AddNewNodeByClass("vtkMRMLLinearTransformNode", "unrelated")
+        pet = mrml.volume_node_from_image(self.moving, other, name="PET elsewhere")
+        self.assertEqual(unrelated.GetID(), "vtkMRMLLinearTransformNode1")  # the ID the result gets in self.scene
+        transforms = self.scene.GetNumberOfNodesByClass("vtkMRMLTransformNode")
+        with self.assertRaisesRegex(InputError, "moving volume 'PET elsewhere' is in another MRML scene than the "
+                                                "fixed volume 'MR'.*one scene"):
+            # as in Slicer, a Logic without a scene of its own: the first volume's scene
+            FusionLogic().registerVolumes(self.mr, pet, stages=["rigid"], seed=3, applyTransform=True)
+        self.assertIsNone(pet.GetParentTransformNode())
+        self.assertEqual(self.scene.GetNumberOfNodesByClass("vtkMRMLTransformNode"), transforms)
+        # an output of another scene: refused in run before the registration (no transform node added)
+        fused = mrml.volume_node_from_image(self.fixed, other, name="fused elsewhere")
+        with self.assertRaisesRegex(InputError, "fused volume 'fused elsewhere' is in another MRML scene"):
+            self.logic.run(self.mr, self.pet, stages=["rigid"], seed=3, fusedVolumeNode=fused)
+        self.assertEqual(self.scene.GetNumberOfNodesByClass("vtkMRMLTransformNode"), transforms)
+        with self.assertRaisesRegex(InputError, "functional volume 'PET elsewhere' is in another MRML scene"):
+            self.logic.fuseVolumes(self.mr, pet)
+        with self.assertRaisesRegex(InputError, "foreground volume 'PET elsewhere' is in another MRML scene"):
+            self.logic.showFusion(self.mr, pet)
+        # a Logic made for one scene refuses two volumes of another (its outputs would be in its own scene)
+        with self.assertRaisesRegex(InputError, "fixed volume 'MR elsewhere' is in another MRML scene than this "
+                                                "Logic's scene"):
+            self.logic.registerVolumes(mrml.volume_node_from_image(self.fixed, other, name="MR elsewhere"), pet,
+                                       stages=["rigid"], seed=3)
+
     def test_same_seed_same_transform_and_output_nodes_are_reused(self) -> None:
         first = self._register()
         transform_node, volume_node = first.transformNode, first.resampledVolumeNode
