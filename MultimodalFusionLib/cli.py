@@ -329,7 +329,8 @@ def _run_register(args: argparse.Namespace) -> int:
     again = ran_again(result.parameters)
     for i, s in enumerate(result.stages):  # iterations per resolution level, coarsest first, and their sum
         note = f" ({RAN_AGAIN_NOTE})" if i == 0 and again else ""
-        print(f"{s.name:>8}: metric {s.metric_before:.4f} -> {s.metric_after:.4f}, {iterations_text(s)} iterations, "
+        print(f"{s.name:>8}: metric {_num(s.metric_before, '.4f')} -> {_num(s.metric_after, '.4f')}, "
+              f"{iterations_text(s)} iterations, "
               f"{s.seconds:.1f} s{'' if s.accepted else ' (discarded: made the metric worse)'}{note}")
     for line in _transform_lines(metrics.get("transform")):
         print(line)
@@ -654,15 +655,8 @@ def _print_metrics(table: dict[str, dict[str, float]]) -> None:
     width = max([12] + [len(str(m)) + 2 for m in table])  # `evaluate` rows are file names: keep the columns
     print("method".ljust(width) + "".join(k.rjust(10) for k in keys))
     def cell(value: Any) -> str:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return "n/a".rjust(10)
-        if number != number:  # NaN: undefined (e.g. Qabf without edges)
-            return "n/a".rjust(10)
-        if number in (float("inf"), float("-inf")):  # PSNR of identical images: infinite, as the report's ∞
-            return ("inf" if number > 0 else "-inf").rjust(10)
-        return f"{number + 0.0:10.3f}".replace("-0.000", " 0.000")
+        # NaN: undefined (e.g. Qabf without edges), n/a; PSNR of identical images: infinite, as the report's ∞
+        return _num(value, ".3f", infinity="inf").replace("-0.000", "0.000").rjust(10)
 
     for method, vals in table.items():
         print(str(method).ljust(width) + "".join(cell(vals.get(k)) for k in keys))
@@ -925,10 +919,13 @@ def _run_evaluate_registration(args: argparse.Namespace) -> int:
     return 0
 
 
-def _num(v: Any, spec: str = ".3f") -> str:
-    """A number of the before/after tables as ``spec`` writes it; None and NaN (no overlap in that state: nothing
-    compared) "n/a", as the report writes them (they had printed "nan")."""
-    return "n/a" if v is None or v != v else format(v + 0.0, spec)
+def _num(v: Any, spec: str = ".3f", *, infinity: str | None = None) -> str:
+    """A number as ``spec`` writes it: :func:`io.number_text`; None and NaN (no overlap in that state: nothing
+    compared) "n/a", as the report writes them (they had printed "nan"), and so is an infinity (a registration
+    metric with no valid sample point) unless ``infinity`` writes it."""
+    from .io import number_text
+
+    return number_text(v, spec, infinity=infinity)
 
 
 def _registration_evaluation_lines(result: dict[str, Any], after: str = "after") -> list[str]:
@@ -1069,7 +1066,8 @@ def _run_run(args: argparse.Namespace) -> int:
         _print_warnings([w for fusion in out["fusions"] for w in fusion.warnings])
         return 0
     if reg is not None:
-        print(f"registration: {reg.backend}, {reg.seconds:.1f} s, metric {reg.metric_before:.4f} -> {reg.metric_after:.4f}")
+        print(f"registration: {reg.backend}, {reg.seconds:.1f} s, metric {_num(reg.metric_before, '.4f')} -> "
+              f"{_num(reg.metric_after, '.4f')}")
         for line in _transform_lines(reg.to_dict().get("transform")):
             print(f"  {line}")
         # on stderr, as register prints them: they had been on stdout under this line (and, with --json, only

@@ -67,6 +67,8 @@ __all__ = [
     "staged_output",
     "to_json_safe",
     "JSON_INFINITY",
+    "NOT_AVAILABLE",
+    "number_text",
     "one_slice_axis",
     "one_slice_pixels",
     "one_slice_as_2d",
@@ -4013,6 +4015,29 @@ def write_bytes(path: str | os.PathLike, payload: bytes) -> str:
 #: infinities as these strings, which float() in Python, Number() in JavaScript and Double.parseDouble in Java
 #: read back as infinities. Both had been null, so an infinite PSNR (identical images) read as undefined.
 JSON_INFINITY = {True: "Infinity", False: "-Infinity"}
+
+
+#: How a number that is not there is written for a reader: NaN or None (nothing compared: MI before images overlap,
+#: Qabf without edges), a registration metric with no valid sample point (inf) or a value that is no number.
+NOT_AVAILABLE = "n/a"
+
+
+def number_text(value: Any, spec: str = ".4g", *, infinity: str | None = None) -> str:
+    """``value`` as ``spec`` writes it for a reader: the console, the web panel, Slicer's status line and metrics
+    table, the report. None, NaN and what is no number are :data:`NOT_AVAILABLE`; so is an infinity (the sitk
+    backend's metric where no sample point is valid, which had printed "inf" in the console and the panels and "∞" in
+    the report), unless ``infinity`` says how to write one that is a real value (the PSNR of identical images: "inf"
+    in the console, "∞" in the report), with "-" before it for -inf. The one rule of every printed number (the CLI's
+    tables had two copies of it)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return NOT_AVAILABLE
+    if number != number:
+        return NOT_AVAILABLE
+    if math.isinf(number):
+        return NOT_AVAILABLE if infinity is None else ("" if number > 0 else "-") + infinity
+    return format(number + 0.0, spec)
 
 
 def to_json_safe(obj: Any) -> Any:

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .fusion.base import FusionResult
-from .io import replacing_outputs, write_bytes, write_json
+from .io import number_text, replacing_outputs, write_bytes, write_json
 from .preprocess import reorient_to_lps
 
 __all__ = ["save_montage_png", "write_report", "report_file_patterns", "metrics_chart_png", "write_json",
@@ -298,12 +298,14 @@ img{max-width:100%;border:1px solid #d6dde5;background:black}img.chart{backgroun
 """
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, infinity: str | None = "∞") -> str:
+    """A cell of the report: None and NaN n/a, an infinity ``infinity`` (None: n/a, a registration metric with no
+    valid sample point), as :func:`io.number_text` writes them for the console and the panels."""
     if v is None:
-        return "n/a"
+        return number_text(v)
     if isinstance(v, float):
         if not math.isfinite(v):
-            return "n/a" if v != v else ("∞" if v > 0 else "-∞")
+            return number_text(v, infinity=infinity)
         text = f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
         return "0.000" if text == "-0.000" else text  # as the console prints it: -0.0002 had shown "-0.000"
     return html.escape(str(v))
@@ -375,9 +377,9 @@ def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> st
     if tx.get("slicer_translation_ras") is not None:
         rows.append(("translation in Slicer's Transforms module: RAS (LR, PA, IS), moves moving → fixed",
                      vec(tx["slicer_translation_ras"])))
-    for k, v in rows:
+    for k, v in rows:  # an infinite number here is a metric with no valid sample point: n/a (it had shown ∞)
         if v is not None:
-            parts.append(f"<tr><th class=\"name\">{html.escape(k)}</th><td>{_fmt(v)}</td></tr>")
+            parts.append(f"<tr><th class=\"name\">{html.escape(k)}</th><td>{_fmt(v, infinity=None)}</td></tr>")
     parts.append("</table>")
     stages = reg.get("stages") or []
     if stages:
@@ -396,8 +398,8 @@ def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> st
             name = str(s.get("name")) + (" (discarded: made the metric worse; the transform before it was kept)"
                                          if s.get("accepted") is False else "")
             name += f" ({RAN_AGAIN_NOTE})" if i == 0 and again else ""
-            parts.append(f"<tr><td class=\"name\">{html.escape(name)}</td><td>{_fmt(s.get('metric_before'))}"
-                         f"</td><td>{_fmt(s.get('metric_after'))}</td><td>{html.escape(iterations_text(s))}</td>"
+            parts.append(f"<tr><td class=\"name\">{html.escape(name)}</td><td>{_fmt(s.get('metric_before'), None)}"
+                         f"</td><td>{_fmt(s.get('metric_after'), None)}</td><td>{html.escape(iterations_text(s))}</td>"
                          f"<td>{_fmt(s.get('seconds'))}</td><td class=\"name\">{html.escape(reason)}</td></tr>")
         parts.append("</table>")
     if extra:

@@ -1123,6 +1123,17 @@ class RoundTrip(unittest.TestCase):
         self.assertEqual(rgb.GetNumberOfComponentsPerPixel(), 3)
 
 
+class NumberText(unittest.TestCase):
+    def test_one_rule_for_every_printed_number(self) -> None:
+        # NaN and None: nothing compared; inf: a registration metric with no valid sample point (it had printed
+        # "inf", the report "∞"); an infinity that is a value (PSNR of identical images) only where it is said how
+        self.assertEqual([io.number_text(v) for v in (None, float("nan"), float("inf"), "text")], ["n/a"] * 4)
+        self.assertEqual(io.number_text(float("-inf"), ".3f", infinity="inf"), "-inf")
+        self.assertEqual(io.number_text(float("inf"), infinity="∞"), "∞")
+        self.assertEqual((io.number_text(1.23456), io.number_text(-0.0, ".3f"), io.number_text(np.float32(2.5), ".1f")),
+                         ("1.235", "0.000", "2.5"))
+
+
 class Errors(unittest.TestCase):
     def test_missing_empty_and_garbage_files(self):
         with tempfile.TemporaryDirectory() as d:

@@ -340,6 +340,29 @@ class RegistrationSectionTest(unittest.TestCase):
         self.assertIn("last level (3 of 3): ", page)
         self.assertIn(html_escape(stage.stop_reason), page)  # whole, not cut at 120 characters
 
+    def test_a_metric_with_no_valid_sample_point_is_n_a(self) -> None:
+        # the sitk backend's metric is inf where no sample point is valid: the card and the stage table had shown ∞
+        # (the console "inf"), where it is no value at all; an infinite PSNR (identical images) stays ∞
+        import dataclasses
+
+        from MultimodalFusionLib.registration import register
+
+        d = data.testing_data_dir()
+        a = io.read_image(d / "BrainT1SliceBorder20.png", float32=True)
+        b = io.read_image(d / "BrainProtonDensitySliceR10X13Y17.png", float32=True)
+        result = register(a, b, stages=["rigid"], seed=1)
+        res = dataclasses.replace(result, metric_after=float("inf"),
+                                  stages=[dataclasses.replace(result.stages[0], metric_after=float("inf"))])
+        with tempfile.TemporaryDirectory() as tmp:
+            page = open(report.write_report(tmp, inputs={"T1": a, "PD": b}, fusions=[fusion.fuse(a, b, "average")],
+                                            metrics={"average": {"PSNR": float("inf")}}, registration=res)["html"],
+                        encoding="utf-8").read()
+        card = page[page.index('<div class="card"><table class="kv">'):]
+        self.assertIn('<tr><th class="name">metric after</th><td>n/a</td></tr>', card)
+        self.assertIn(f"<td>{result.stages[0].metric_before:.3f}</td><td>n/a</td>", card)
+        self.assertNotIn("∞", card)
+        self.assertIn("∞", page[:page.index('<div class="card"><table class="kv">')])  # the PSNR
+
     def test_the_stage_table_marks_a_discarded_stage(self) -> None:
         # the table had shown a discarded stage's "metric after" as if it had been applied; only the warnings
         # below said the transform before it was kept

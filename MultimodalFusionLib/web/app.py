@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..io import missing_data_file
+from ..io import missing_data_file, number_text
 from ..preprocess import COMPUTE_MASK, CT_WINDOWS
 from ..registration.parameters import INITIALIZER_HELP, INITIALIZERS
 from ..validation import whole_number
@@ -237,8 +237,9 @@ def _number(value: Any) -> float | None:
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         # NaN: nothing compared (MI/NCC before a registration of images placed apart, alignment_before_after), as
-        # the report and the CLI write it (the panel had shown "nan → 1.011")
-        return "n/a" if value != value else f"{value:.4g}"
+        # the report and the CLI write it (the panel had shown "nan → 1.011"); inf: a registration metric with no
+        # valid sample point (it had shown "inf")
+        return number_text(value, ".4g")
     return str(value)
 
 
@@ -1244,7 +1245,7 @@ class FusionWebApp:
         self.viewer.show("registered")
         metric_name = result.stages[0].metric_name if result.stages else "metric"
         rows = [{"name": f"{metric_name} before → after",
-                 "value": f"{result.metric_before:.4g} → {result.metric_after:.4g}"},
+                 "value": f"{number_text(result.metric_before)} → {number_text(result.metric_after)}"},
                 {"name": "Stages", "value": ", ".join(s.name for s in result.stages) or "-"},
                 {"name": "Initializer", "value": _initializer_text(result)},
                 {"name": "Registration time", "value": f"{result.seconds:.1f} s"}]
