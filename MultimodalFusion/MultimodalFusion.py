@@ -340,8 +340,7 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if p.showResult:
                 self.logic.showFusion(p.fixedVolume, out.resampledVolumeNode, opacity=p.opacity,
                                       colormap=p.colormap, threshold=p.threshold)
-            return (f"Registered: metric {out.result.metric_before:.4g} -> {out.result.metric_after:.4g} "
-                    f"in {out.result.seconds:.1f} s. " + " ".join(out.result.warnings))
+            return (f"Registered: {out.metricText()} in {out.result.seconds:.1f} s. " + " ".join(out.result.warnings))
 
         self._run("Registration", work, backend=self._parameterNode.backend)
 
@@ -381,7 +380,7 @@ class MultimodalFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.fusedVolume, p.metricsTable = out.fusedVolumeNode, out.metricsTableNode
             p.weightsVolume = out.fusion.weightsVolumeNode or p.weightsVolume
             result = out.registration.result
-            return (f"Done: metric {result.metric_before:.4g} -> {result.metric_after:.4g}; fused with "
+            return (f"Done: {out.registration.metricText()}; fused with "
                     f"{p.fusionMethod}; metrics in '{out.metricsTableNode.GetName()}'. "
                     + " ".join(result.warnings + out.fusion.result.warnings))
 

@@ -716,7 +716,7 @@ def reached_voxels(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transf
 
 def alignment_metrics(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None = None,
                       mask: sitk.Image | None = None, *, resampled: sitk.Image | None = None,
-                      bins: int = 64) -> dict[str, float]:
+                      bins: int = 64, apart_ok: bool = False) -> dict[str, float]:
     """:func:`registration_metrics` of ``moving`` resampled linearly onto the fixed grid through ``transform``
     (fixed -> moving points; None: the identity, the images as their headers place them), over the fixed voxels
     whose points it maps inside the moving image (:func:`reached_voxels`), within ``mask`` where given, as ITK's and
@@ -727,13 +727,15 @@ def alignment_metrics(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Tra
 
     Where the moving image is already resampled (through ``transform``, linearly, onto the fixed grid), give it as
     ``resampled``; it is not resampled again. "voxels" in the result says how many were compared: before and after a
-    registration they are other voxels (each state's overlap).
+    registration they are other voxels (each state's overlap). ``apart_ok``: fewer than two such voxels give MI, NMI
+    and NCC NaN (nothing compared) over their "voxels" count, as :func:`alignment_before_after` scores them, not an
+    error (a registration already finished, whose outputs the caller still makes).
 
     Raises:
-        InputError: fewer than two fixed voxels (in the mask) map inside the moving image, or what
-            :func:`registration_metrics` refuses.
+        InputError: fewer than two fixed voxels (in the mask) map inside the moving image (unless ``apart_ok``), or
+            what :func:`registration_metrics` refuses.
     """
-    return _alignment(fixed, moving, transform, mask, resampled, bins, apart_ok=False)
+    return _alignment(fixed, moving, transform, mask, resampled, bins, apart_ok=apart_ok)
 
 
 def alignment_before_after(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None,

@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, itk_guard
+from .io import NOT_AVAILABLE
 from .preprocess import COMPUTE_MASK
 from .validation import DIFFUSION_REASON, grid_differences
 
@@ -1447,7 +1448,8 @@ def metrics_table_node(metrics: Mapping[str, Any], scene: Any = None, *, name: s
     """A ``vtkMRMLTableNode`` with one row per metric: columns "Metric" (text) and "Value" (number).
 
     Nested dictionaries are flattened with dotted names ("fusion.entropy"); booleans become
-    0/1; text values (e.g. a transform type) go into a third column "Text" with Value NaN.
+    0/1; text values (e.g. a transform type) go into a third column "Text" with Value NaN; a NaN
+    number (undefined) has Value NaN and Text "n/a".
 
     Args:
         metrics: metric name -> value.
@@ -1473,7 +1475,9 @@ def metrics_table_node(metrics: Mapping[str, Any], scene: Any = None, *, name: s
             texts.InsertNextValue("")
         elif isinstance(value, (int, float, np.integer, np.floating)):
             values.InsertNextValue(float(value))
-            texts.InsertNextValue("")
+            # NaN (nothing compared: an MI after a registration that covers no fixed voxel, Qabf without edges) says
+            # n/a, as mmfusion and the report write it: Slicer's table had shown "nan" beside an empty Text
+            texts.InsertNextValue(NOT_AVAILABLE if value != value else "")
         else:
             values.InsertNextValue(float("nan"))
             texts.InsertNextValue(str(value))
@@ -1500,7 +1504,8 @@ def table_to_dict(node: Any) -> dict[str, float | str]:
     for row in range(table.GetNumberOfRows()):
         value = values.GetValue(row)
         text = texts.GetValue(row) if texts is not None else ""
-        out[names.GetValue(row)] = text if text and np.isnan(value) else value
+        # a NaN number's "n/a" is read back as the NaN it is
+        out[names.GetValue(row)] = text if text and text != NOT_AVAILABLE and np.isnan(value) else value
     return out
 
 

@@ -51,6 +51,11 @@ class RegistrationOutputs:
     result: Any
     metrics: dict[str, Any]
 
+    def metricText(self) -> str:
+        """"metric BEFORE -> AFTER" as the module's status line shows it (4 significant digits): a metric with no
+        valid sample point (inf) is n/a, as mmfusion, the web panel and the report write it (it had shown "inf")."""
+        return f"metric {io.number_text(self.result.metric_before)} -> {io.number_text(self.result.metric_after)}"
+
 
 @dataclasses.dataclass
 class FusionOutputs:
@@ -268,6 +273,27 @@ def _scalar(value: Any) -> Any:
         return value
 
 
+def _registered_alignment(fixed: Any, moving: Any, result: Any, fixed_mask: Any, resampled: Any) -> dict[str, Any]:
+    """MI, NMI, NCC and "voxels" of the registered volume (``resampled`` through ``result.transform``) over the fixed
+    voxels it reaches (within ``fixed_mask``). Fewer than two give MI, NMI and NCC NaN (n/a) and a warning in
+    ``result.warnings``, as ``mmfusion run`` scores them (alignment_before_after): it had been alignment_metrics'
+    InputError after the registration had finished and its transform node was made, which left that node in the
+    scene without the registered volume."""
+    from . import metrics as metrics_module
+
+    scores = metrics_module.alignment_metrics(fixed, moving, result.transform, fixed_mask, resampled=resampled,
+                                              apart_ok=True)
+    reached = int(scores["voxels"])
+    if reached < 2:
+        within = " within the fixed mask" if fixed_mask is not None else ""
+        result.warnings.append(
+            f"Through the registration's transform the moving volume covers {reached} of the fixed volume's "
+            f"voxels{within}, so their similarity after it (MI, NMI, NCC) is n/a: the registration ended where they "
+            "barely overlap. Start it where the volumes overlap (an initializer, geometry or moments, or an initial transform "
+            "that places the moving volume over the fixed one).")
+    return {k: _scalar(v) for k, v in scores.items()}
+
+
 def _overlay_parameters(scene: Any, params: dict[str, Any]) -> dict[str, Any]:
     """The overlay's parameters as the engine takes them: a ``colormap`` that names a colour node of the
     scene (PET-Heat, PET-Rainbow2, Rainbow, Iron, ...; Slicer's default colour nodes are added when the scene
@@ -421,7 +447,6 @@ class FusionLogic:
         """
         import SimpleITK as sitk
 
-        from . import metrics as metrics_module
         from .pipeline import round_to_8bit
         from .preprocess import resample as resample_image
         from .registration import check_one_start, register, resolve_parameters
@@ -528,16 +553,14 @@ class FusionLogic:
             # moving volume's colour table (linear interpolation had invented labels between them at every edge)
             labels = resample_image(mrml.image_from_volume_node(movingVolumeNode), fixed, result.transform,
                                     interpolation="nearest")
-            metrics.update({k: _scalar(v) for k, v in metrics_module.alignment_metrics(
-                fixed, moving, result.transform, fixed_mask, resampled=sitk.Cast(labels, sitk.sitkFloat32)).items()})
+            metrics.update(_registered_alignment(fixed, moving, result, fixed_mask, sitk.Cast(labels, sitk.sitkFloat32)))
             resampled_node = _in_world(mrml.volume_node_from_image(
                 labels, scene, name=f"{movingVolumeNode.GetName()} registered", node=outputVolumeNode, label=True))
             mrml.copy_color_table(movingVolumeNode, resampled_node)
         elif resample:
             resampled = resample_image(moving, fixed, result.transform)
             # over the fixed voxels the registered volume reaches (within the fixed mask), as ITK and ANTs count them
-            metrics.update({k: _scalar(v) for k, v in metrics_module.alignment_metrics(
-                fixed, moving, result.transform, fixed_mask, resampled=resampled).items()})
+            metrics.update(_registered_alignment(fixed, moving, result, fixed_mask, resampled))
             # an 8-bit moving volume stays 8-bit, as `mmfusion run` writes it: fusing it then gives the CLI's numbers
             moving_8bit = movingVolumeNode.GetImageData().GetScalarTypeAsString() == "unsigned char"
             resampled_node = _written(mrml.volume_node_from_image(

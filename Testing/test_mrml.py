@@ -6,6 +6,7 @@ self-test runs; the extra cases here check error handling and the smaller helper
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -473,6 +474,22 @@ class MrmlHelpersTest(unittest.TestCase):
             self.assertTrue(line.startswith(f"refused {doing}"), line)
             self.assertIn("the file size limit is 30000 bytes (ulimit -f)", line)
             self.assertIn("Fix: Raise the file size limit (ulimit -f)", line)
+
+    def test_metrics_table_says_n_a_beside_a_nan(self) -> None:
+        # Slicer's table shows a NaN Value as "nan" beside an empty Text: an undefined number (an MI over no voxel)
+        # says n/a there, as mmfusion and the report write it, and reads back as the NaN it is
+        node = mrml.metrics_table_node({"registration": {"MI": float("nan"), "NCC": 0.5, "transform_type": "n"}},
+                                       self.scene)
+        table = node.GetTable()
+        names, values, texts = (table.GetColumnByName(c) for c in ("Metric", "Value", "Text"))
+        rows = {names.GetValue(r): (values.GetValue(r), texts.GetValue(r)) for r in range(table.GetNumberOfRows())}
+        self.assertTrue(math.isnan(rows["registration.MI"][0]))
+        self.assertEqual(rows["registration.MI"][1], "n/a")
+        self.assertEqual(rows["registration.NCC"], (0.5, ""))
+        self.assertEqual(rows["registration.transform_type"][1], "n")
+        read = mrml.table_to_dict(node)
+        self.assertTrue(math.isnan(read["registration.MI"]), read)
+        self.assertEqual((read["registration.NCC"], read["registration.transform_type"]), (0.5, "n"))
 
     def test_scene_saved_as_mrml_with_data_files(self) -> None:
         mrml.volume_node_from_image(self.image, self.scene, name="MR")

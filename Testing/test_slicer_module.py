@@ -68,6 +68,47 @@ class LogicTest(unittest.TestCase):
         node.SetMatrixTransformToParent(matrix)
         return node
 
+    def test_a_registration_that_ends_barely_overlapping_is_scored_n_a_not_refused(self) -> None:
+        # one fixed voxel maps inside the moving volume at the start and at the end: alignment_metrics' InputError
+        # had come after the transform node was made, leaving it without the registered volume; now its MI, NMI
+        # and NCC are NaN (n/a in the metrics table) with a warning, and every output is made
+        import dataclasses
+
+        import vtk
+
+        from MultimodalFusionLib.slicer_logic import RegistrationOutputs
+
+        data = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)
+        fixed, moving = sitk.GetImageFromArray(data), sitk.GetImageFromArray(data)
+        fixed.SetSpacing((2.0, 2.0, 2.0))
+        moving.SetSpacing((2.0, 2.0, 2.0))
+        fixed_node = mrml.volume_node_from_image(fixed, self.scene, name="F")
+        moving_node = mrml.volume_node_from_image(moving, self.scene, name="M")
+        corner = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "corner")
+        matrix = vtk.vtkMatrix4x4()
+        for axis, mm in enumerate((-30.0, -30.0, 30.0)):  # LPS (30, 30, 30): fixed voxel 0 onto moving voxel 15
+            matrix.SetElement(axis, 3, mm)
+        corner.SetMatrixTransformToParent(matrix)
+        quick = {"initializer": "none", "stages": [{"name": "rigid", "iterations": 1, "shrink_factors": [1],
+                                                    "smoothing_sigmas": [0.0], "metric": "correlation"}]}
+        out = self.logic.registerVolumes(fixed_node, moving_node, parameters=quick, initialTransformNode=corner, seed=1)
+        self.assertIsNotNone(out.resampledVolumeNode)
+        self.assertEqual(out.metrics["voxels"], 1.0)
+        for key in ("MI", "NMI", "NCC"):
+            self.assertTrue(np.isnan(out.metrics[key]), out.metrics)
+        said = [w for w in out.result.warnings if "covers 1 of the fixed volume's voxels" in w]
+        self.assertEqual(len(said), 1, out.result.warnings)
+        self.assertIn("(MI, NMI, NCC) is n/a", said[0])
+        self.assertIn(said[0], out.metrics.values())  # in the metrics table's warning rows too
+        table = mrml.metrics_table_node({"registration": out.metrics}, self.scene).GetTable()
+        rows = {table.GetValue(r, 0).ToString(): table.GetValue(r, 2).ToString() for r in range(table.GetNumberOfRows())}
+        self.assertEqual(rows["registration.NCC"], "n/a")
+        # the status line's metric: one with no valid sample point (the sitk backend's inf) is n/a, not "inf"
+        self.assertEqual(out.metricText(), f"metric {out.result.metric_before:.4g} -> {out.result.metric_after:.4g}")
+        none = RegistrationOutputs(out.transformNode, out.resampledVolumeNode,
+                                   dataclasses.replace(out.result, metric_after=float("inf")), out.metrics)
+        self.assertEqual(none.metricText(), f"metric {out.result.metric_before:.4g} -> n/a")
+
     def test_an_8bit_moving_volume_stays_8bit_as_the_cli_writes_it(self) -> None:
         # fusing the registered volume then gives `mmfusion run`'s numbers (not a stretched float copy)
         arr = sitk.GetArrayFromImage(self.moving).astype(np.float64)
