@@ -978,6 +978,23 @@ class WebAppTest(unittest.TestCase):
         finally:
             state.moving_path = self.moving_path
 
+    def test_an_infinite_psnr_shows_inf_as_the_console_table_does(self) -> None:
+        # a fused image equal to both sources (an image fused with itself) has an infinite PSNR, a real value: the
+        # console table prints "inf" and the report "∞"; 0ec7343 had made the panel's row say "n/a" (its _fmt went
+        # through io.number_text without naming the infinity), as if nothing had been compared
+        state = self.app.state
+        state.fixed_path, state.moving_path = self.fixed_path, self.fixed_path
+        try:
+            self._do(self.app.load_from_paths)
+            state.method = "average"
+            self._do(self.app.start_fusion)
+            self.assertTrue(state.has_fused, state.error_message)
+            self.assertEqual(self.app.fusion_metrics["PSNR"], math.inf)
+            shown = {row["name"]: row["value"] for row in state.metrics_rows}
+            self.assertEqual(shown["PSNR (average)"], "inf")
+        finally:
+            state.moving_path = self.moving_path
+
     def test_fused_download_has_the_fixed_grid_even_a_sheared_one(self) -> None:
         # NIfTI cannot hold a sheared direction (a gantry-tilted CT): the fused volume comes as .mha there
         base_fixed, base_moving = sitk.ReadImage(self.fixed_path), sitk.ReadImage(self.moving_path)

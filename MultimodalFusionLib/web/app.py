@@ -237,9 +237,10 @@ def _number(value: Any) -> float | None:
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         # NaN: nothing compared (MI/NCC before a registration of images placed apart, alignment_before_after), as
-        # the report and the CLI write it (the panel had shown "nan → 1.011"); inf: a registration metric with no
-        # valid sample point (it had shown "inf")
-        return number_text(value, ".4g")
+        # the report and the CLI write it (the panel had shown "nan → 1.011"); an infinity here is a real value (the
+        # PSNR of a fused image equal to both sources), "inf" as the console table prints it (the registration
+        # metric's row, where inf means no valid sample point, writes n/a through number_text itself)
+        return number_text(value, ".4g", infinity="inf")
     return str(value)
 
 
