@@ -4033,6 +4033,8 @@ def number_text(value: Any, spec: str = ".4g", *, infinity: str | None = None) -
         number = float(value)
     except (TypeError, ValueError):
         return NOT_AVAILABLE
+    except OverflowError:  # an integer beyond float's range (10**400) had escaped as a traceback
+        number = math.inf if value > 0 else -math.inf
     if number != number:
         return NOT_AVAILABLE
     if math.isinf(number):

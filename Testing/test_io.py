@@ -1132,6 +1132,8 @@ class NumberText(unittest.TestCase):
         self.assertEqual(io.number_text(float("inf"), infinity="∞"), "∞")
         self.assertEqual((io.number_text(1.23456), io.number_text(-0.0, ".3f"), io.number_text(np.float32(2.5), ".1f")),
                          ("1.235", "0.000", "2.5"))
+        # an integer beyond float's range is an infinity, not a traceback (OverflowError)
+        self.assertEqual((io.number_text(10 ** 400, infinity="inf"), io.number_text(-10 ** 400)), ("inf", "n/a"))
 
 
 class Errors(unittest.TestCase):
