@@ -320,8 +320,10 @@ class SecondTryNearTie(_OneTorchThread):
         # and scalar kernels take other sides for 110 of 3640 samples): with AVX2/AVX-512 it ends far off and the
         # stage runs again (seeds 1-2 near ties), with ATEN_CPU_CAPABILITY=default it reaches the answer and is not
         # run again (seeds 0-7), so that seed failed there. Over 40%, seeds 0, 2 and 3 of 0-3 are near ties with
-        # either kernels (0.012 px off)
-        for backend, pixel_mm, share, seed in (("sitk", 1.0, 0.4, 1), ("sitk", 3.0, 0.6, 2), ("torch", 1.0, 0.4, 0)):
+        # either kernels (0.012 px off). The sitk 3 mm case was seed 2 until the sampling floor counted the samples on
+        # the fixed image's content (its zero background is 44% of the grid): that run's second try now ends better and
+        # is accepted; seed 0 is the near tie there (0.018 px)
+        for backend, pixel_mm, share, seed in (("sitk", 1.0, 0.4, 1), ("sitk", 3.0, 0.6, 0), ("torch", 1.0, 0.4, 0)):
             with self.subTest(backend=backend, pixel_mm=pixel_mm, share=share, seed=seed):
                 fixed, moving, truth = _pair(pixel_mm)
                 result = register(fixed, moving, seed=seed, moving_mask=_box(moving, share), backend=backend)

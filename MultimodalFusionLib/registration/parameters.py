@@ -127,12 +127,13 @@ class StageParameters:
             every iteration (its largest step: the fixed image's smallest voxel size); one given there gets a
             warning naming it and the fix (optimizer 'regular_step', or leave it out).
         min_step: regular_step: stop when the step falls below this (mm of physical shift), used as given; None:
-            0.01 mm for 3D rigid and affine stages of at least 1M voxels (on the 1 mm MNI152 pair 0.001 mm gave
+            0.01 mm for 3D rigid and affine stages of at least 1M voxels of content (``sitk_backend.signal_share``:
+            inside the fixed mask and off a uniform background; on the 1 mm MNI152 pair 0.001 mm gave
             the same error, 0.10 mm affine, about 30% slower) and 0.001 mm otherwise (2D slices need it; B-spline
             stages always), times :func:`step_scale` as ``learning_rate``.
         relaxation_factor: regular_step: step shrink factor on direction change; None: 0.5 for
-            3D volumes of at least 1M voxels (fewer full-resolution iterations, about twice as
-            fast) and 0.8 for smaller volumes and 2D (a 2D slice
+            3D volumes of at least 1M voxels of content, as ``min_step`` (fewer full-resolution iterations, about
+            twice as fast) and 0.8 for smaller volumes, skull-stripped 2 mm heads and 2D (a 2D slice
             has few pixels and a noisy metric: the step must shrink slowly to reach the optimum;
             0.5 stops ITK's 10-degree T1/PD case at 3-5 degrees).
         iterations: maximal iterations per resolution level.
