@@ -899,8 +899,9 @@ class FusionLogic:
             number of points).
 
         Raises:
-            InputError: a node of the wrong kind or missing its partner, a fixed volume under a transform, a colour
-                volume, or what :func:`~MultimodalFusionLib.metrics.evaluate_registration` refuses.
+            InputError: a node of the wrong kind or missing its partner, nodes of two scenes (or of none), a fixed
+                volume under a transform, a colour volume, or what
+                :func:`~MultimodalFusionLib.metrics.evaluate_registration` refuses.
         """
         from .landmarks import Landmarks
         from .metrics import evaluate_registration, slice_plane_transform
@@ -931,6 +932,13 @@ class FusionLogic:
         if labels is not None and label_kind is None:
             raise InputError("labels were given without label maps or segmentations.",
                              "Give fixedLabelNode and movingLabelNode too, or leave labels out.")
+        # one scene, as every Logic call: a moving volume of another scene is not shown under the transform node
+        # given (nor is a label map or point list of another scene shown over the volumes), so "after" scored a
+        # placement nobody sees
+        self._sceneOfAll([(fixedVolumeNode, "fixed volume"), (movingVolumeNode, "moving volume"),
+                          (transformNode, "transform"), (fixedLabelNode, "fixed labels"),
+                          (movingLabelNode, "moving labels"), (fixedPointsNode, "fixed points"),
+                          (movingPointsNode, "moving points")])
         _check_not_under_transform(fixedVolumeNode, "fixed", "evaluate")
         fixed = mrml.image_from_volume_node(fixedVolumeNode, float32=True)
         moving = mrml.image_from_volume_node(movingVolumeNode, float32=True)

@@ -161,6 +161,24 @@ class LogicTest(unittest.TestCase):
             self.logic.fuseVolumes(self.mr, pet)
         with self.assertRaisesRegex(InputError, "foreground volume 'PET elsewhere' is in another MRML scene"):
             self.logic.showFusion(self.mr, pet)
+        # evaluateRegistration too: the PET of another scene is not shown under this scene's transform node, and a
+        # point list of another scene is not shown over the volumes (they had been scored as if they were)
+        moved = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+        with self.assertRaisesRegex(InputError, "moving volume 'PET elsewhere' is in another MRML scene"):
+            self.logic.evaluateRegistration(self.mr, pet, moved)
+        points = [other.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "F elsewhere"),
+                  self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "M")]
+        for node in points:
+            node.AddControlPoint(0.0, 0.0, 0.0)
+        with self.assertRaisesRegex(InputError, "fixed points 'F elsewhere' is in another MRML scene"):
+            FusionLogic().evaluateRegistration(self.mr, self.pet, moved, fixedPointsNode=points[0],
+                                               movingPointsNode=points[1])
+        import slicer
+
+        unadded = slicer.vtkMRMLLinearTransformNode()  # made, never added to a scene
+        unadded.SetName("unadded")
+        with self.assertRaisesRegex(InputError, "transform 'unadded' is in no scene"):
+            self.logic.evaluateRegistration(self.mr, self.pet, unadded)
         # a Logic made for one scene refuses two volumes of another (its outputs would be in its own scene)
         with self.assertRaisesRegex(InputError, "fixed volume 'MR elsewhere' is in another MRML scene than this "
                                                 "Logic's scene"):
