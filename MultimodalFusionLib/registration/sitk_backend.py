@@ -210,6 +210,11 @@ GRADIENT_IMAGE_VOXELS = 1 << 20
 REDUCED_PYRAMID_VOXELS = 1 << 24
 
 
+def _share(flags: np.ndarray) -> float:
+    """The share of ``flags`` (a mask's voxels) that are non-zero, at least one voxel's."""
+    return max(float(np.count_nonzero(flags)) / flags.size, 1.0 / flags.size)
+
+
 def signal_share(fixed: sitk.Image, fixed_mask: sitk.Image | None = None) -> float:
     """The share of ``fixed``'s grid that carries its content: voxels inside ``fixed_mask`` (if given) off its
     uniform background, the image's lowest value where that fills at least ``BACKGROUND_SHARE`` of the grid. A
@@ -230,14 +235,12 @@ def signal_share(fixed: sitk.Image, fixed_mask: sitk.Image | None = None) -> flo
         content = np.ones(values.shape, bool)
     if fixed_mask is not None:
         mask = sitk.GetArrayViewFromImage(fixed_mask)
-        if mask.shape != values.shape:
-            return max(float(np.count_nonzero(mask)) / mask.size, 1.0 / mask.size)
-        if not content.any():
-            return max(float(np.count_nonzero(mask)) / mask.size, 1.0 / mask.size)
+        if mask.shape != values.shape or not content.any():
+            return _share(mask)
         content = content & (mask != 0)
     elif not content.any():
         return 1.0
-    return max(float(np.count_nonzero(content)) / values.size, 1.0 / values.size)
+    return _share(content)
 
 
 def content_voxels(fixed: sitk.Image, fixed_mask: sitk.Image | None = None) -> int:
@@ -275,7 +278,7 @@ def _level_percentages(stage: StageParameters, fixed: sitk.Image | None,
     inside = 1.0
     if fixed_mask is not None:
         mask = sitk.GetArrayViewFromImage(fixed_mask)
-        inside = max(float(np.count_nonzero(mask)) / mask.size, 1.0 / mask.size)
+        inside = _share(mask)
     if content is None:
         content = signal_share(fixed, fixed_mask)
     out = []
