@@ -217,11 +217,13 @@ def _share(flags: np.ndarray) -> float:
 
 def signal_share(fixed: sitk.Image, fixed_mask: sitk.Image | None = None) -> float:
     """The share of ``fixed``'s grid that carries its content: voxels inside ``fixed_mask`` (if given) off its
-    uniform background, the image's lowest value where that fills at least ``BACKGROUND_SHARE`` of the grid. A
-    skull-stripped MR (BraTS: the brain is 17% of the grid), a template on a zero background (MNI152: 32%) or a CT
-    whose padding or air was set to one value has most of its grid at that value; an image with noise or structure
-    everywhere has none (its few voxels at the lowest value are content, and the share is the mask's, or 1). An
-    image that is all one value (nothing to tell apart) and a mask on another grid are taken at the mask's share.
+    uniform background, the image's lowest value or zero, whichever fills more of the grid, where that fills at least
+    ``BACKGROUND_SHARE`` of it. A skull-stripped MR (BraTS: the brain is 17% of the grid), a template on a zero
+    background (MNI152: 32%) or a CT whose padding or air was set to one value has most of its grid at that value
+    (zero, not the lowest, when an interpolation's ringing or a bias correction left a few voxels below it); an
+    image with noise or structure everywhere has none (its few voxels at the lowest value are content, and the
+    share is the mask's, or 1). An image that is all one value (nothing to tell apart) and a mask on another grid
+    are taken at the mask's share.
 
     It sets the floor of metric samples (:func:`_level_percentages`) and the optimizer's relaxation
     (:func:`regular_step_defaults`): both are about how noisy the sampled metric is, which follows the samples
@@ -229,16 +231,19 @@ def signal_share(fixed: sitk.Image, fixed_mask: sitk.Image | None = None) -> flo
     values = sitk.GetArrayViewFromImage(fixed)
     if values.size == 0:
         return 1.0
-    with np.errstate(invalid="ignore"):
-        content = values != np.nanmin(values) if np.isfinite(values).any() else np.ones(values.shape, bool)
-    if np.count_nonzero(content) > (1.0 - BACKGROUND_SHARE) * values.size:
-        content = np.ones(values.shape, bool)
+    content = None
+    flat_voxels = 0
+    for candidate in {float(values.min()), 0.0}:  # NaNs are refused before any backend (validation)
+        flat = values == candidate
+        count = int(np.count_nonzero(flat))
+        if BACKGROUND_SHARE * values.size <= count < values.size and count > flat_voxels:
+            content, flat_voxels = ~flat, count
     if fixed_mask is not None:
         mask = sitk.GetArrayViewFromImage(fixed_mask)
-        if mask.shape != values.shape or not content.any():
+        if mask.shape != values.shape or content is None:
             return _share(mask)
-        content = content & (mask != 0)
-    elif not content.any():
+        content &= mask != 0
+    elif content is None:
         return 1.0
     return _share(content)
 
