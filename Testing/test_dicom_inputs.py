@@ -26,7 +26,10 @@ from MultimodalFusionLib.errors import InputError
 PHI = {"PatientName": "Zzyzx^Quintessa", "PatientID": "PID998877", "PatientBirthDate": "19410315",
        "InstitutionName": "St Elsewhere Hospital", "AccessionNumber": "ACC55443322", "StudyDate": "20230417",
        "ReferringPhysicianName": "Kildare^James", "OperatorsName": "Operator^Olga", "StationName": "STATIONXQ7",
-       "StudyTime": "101112", "StudyID": "STUDY4711"}
+       "StudyTime": "101112", "StudyID": "STUDY4711", "OtherPatientIDs": "OPID424242",
+       "PatientAddress": "77 Quokka Lane", "InstitutionAddress": "9 Xanadu Road", "SeriesDate": "20230418",
+       "AcquisitionDate": "20230419", "ContentDate": "20230420", "AcquisitionTime": "161718",
+       "PerformingPhysicianName": "Welby^Marcus", "DeviceSerialNumber": "SN7Q7Q7Q", "PatientComments": "COMMENTXYZQ"}
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -2514,7 +2517,8 @@ class NoPatientDataOut(unittest.TestCase):
 
     def _assert_clean(self, payload: bytes, where: str) -> None:
         for name, value in PHI.items():
-            self.assertNotIn(value.encode(), payload, f"{name} in {where}")
+            for shown in {value, value.replace("^", " ")}:  # a person's name as DICOM stores it, or as shown
+                self.assertNotIn(shown.encode(), payload, f"{name} in {where}")
 
     def test_read_volume_carries_no_patient_tags(self) -> None:
         # ITK kept every tag of a DICOM file read as a volume (an enhanced CT, a tilted slice) in the image's
@@ -2529,7 +2533,9 @@ class NoPatientDataOut(unittest.TestCase):
                     self._assert_clean(fh.read(), name)
 
     def test_cli_outputs_hold_no_patient_data(self) -> None:
-        """info, register and run (report included) on a CT and a PET series, and an error message."""
+        """Every command a user runs on DICOM folders (info, register, resample to NIfTI/NRRD/MetaImage, fuse with its
+        report, evaluate, evaluate-registration, run), with --json, errors (a gap, two series in one folder) and
+        warnings: no identifying value in what they print or write."""
         import contextlib
         import io as text_io
 
@@ -2541,20 +2547,44 @@ class NoPatientDataOut(unittest.TestCase):
             write_series(pet, modality="PT", description="PET AC", pixel_spacing=(1.6, 1.8), rows=12, cols=12,
                          positions=[(-11.0, -13.0, 31.0 + 3.0 * k) for k in range(6)])
             write_series(os.path.join(root, "gap"), positions=[(0.0, 0.0, z) for z in (0.0, 2.5, 7.5)])
+            late, two = os.path.join(root, "late"), os.path.join(root, "two")
+            write_series(late, rows=24, cols=24, positions=[(-12.0, -14.0, 30.0 + 2.5 * k) for k in range(8)],
+                         description="LATE")
+            for prefix in ("A", "B"):
+                write_series(two, prefix=prefix, description=prefix)
+            enhanced = os.path.join(root, "enhanced.dcm")  # one file, read as a volume: ITK keeps its tags
+            write_enhanced(enhanced, [(0.0, 0.0, 2.0 * k) for k in range(4)])
+            res, fuse = os.path.join(root, "res"), os.path.join(root, "fuse")
+            transform = os.path.join(root, "reg", "transform.tfm")
             commands = [["info", ct, pet], ["info", "--json", ct],
                         ["register", ct, pet, "--output-dir", os.path.join(root, "reg"), "--stages", "rigid",
-                         "--seed", "0"],
+                         "--seed", "0", "--json"],
+                        *(["resample", pet, "--reference", ct, "--transform", transform, "-o",
+                           os.path.join(res, f"pet{ext}")] for ext in (".nii.gz", ".nrrd", ".mha")),
+                        ["resample", enhanced, "--reference", enhanced, "-o", os.path.join(res, "enhanced.nrrd")],
+                        ["fuse", ct, late, "--method", "average", "-o", os.path.join(fuse, "fused.nii.gz"),
+                         "--report", os.path.join(fuse, "report"), "--json"],
+                        ["fuse", ct, late, "--method", "average", "--window", "0", "8", "-o",
+                         os.path.join(fuse, "windowed.nii.gz")],  # a window that warns
+                        ["evaluate", ct, late, "--fused", os.path.join(fuse, "fused.nii.gz"), "--json"],
+                        ["evaluate-registration", ct, pet, "--transform", transform, "--json"],
                         ["run", ct, pet, "--output-dir", os.path.join(root, "run"), "--stages", "rigid",
                          "--methods", "overlay,average", "--seed", "0"],
-                        ["info", os.path.join(root, "gap")]]
+                        ["info", os.path.join(root, "gap")], ["register", ct, two, "-o", os.path.join(root, "no")]]
             for argv in commands:
                 out, err = text_io.StringIO(), text_io.StringIO()
-                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                        warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
                     code = cli.main(argv)
-                self.assertEqual(code, 2 if "gap" in argv[-1] else 0, err.getvalue())
-                self._assert_clean((out.getvalue() + err.getvalue()).encode(), " ".join(argv[:1]))
-            written = [os.path.join(d, f) for d in ("reg", "run") for f in os.listdir(os.path.join(root, d))]
+                self.assertEqual(code, 2 if argv[-1] in (os.path.join(root, "gap"), os.path.join(root, "no")) else 0,
+                                 err.getvalue())
+                said = out.getvalue() + err.getvalue() + "".join(str(w.message) for w in caught)
+                self._assert_clean(said.encode(), " ".join(argv[:1]))
+            written = [os.path.join(d, f) for d in ("reg", "run", "res", "fuse", os.path.join("fuse", "report"))
+                       for f in os.listdir(os.path.join(root, d)) if os.path.isfile(os.path.join(root, d, f))]
             self.assertIn(os.path.join("run", "report.html"), written)
+            self.assertIn(os.path.join("res", "pet.nrrd"), written)
             for path in written:
                 with open(os.path.join(root, path), "rb") as fh:
                     payload = fh.read()
