@@ -1611,6 +1611,99 @@ class TruncatedFilesOfEveryFormat(unittest.TestCase):
                     self._assert_refused(os.path.join(folder, which))
         self.assertEqual(whole.GetSize(), (10, 12, 6))
 
+    def test_dicom_pixel_data_shorter_than_the_header_describes_are_refused(self) -> None:
+        """A whole DICOM file whose Pixel Data (7FE0,0010) element holds fewer bytes than Rows x Columns x frames x
+        SamplesPerPixel x BitsAllocated / 8 had been read without a word, alone or in its series: GDCM copies the
+        bytes there are and leaves the rest of the image as its memory was (other values from one read to the
+        next). So had a file saying YBR_FULL with 3 samples but holding one sample's bytes. Both are refused naming
+        the file and the bytes (never a patient tag); a whole file of every layout is still read: YBR_FULL_422's 2
+        samples a pixel (PS3.5 8.2), 1-bit pixels packed 8 to a byte, an odd length padded, trailing padding after
+        the pixel data, implicit VR and big endian, and a compressed file, whose length says nothing."""
+        import warnings
+
+        import pydicom
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_dicom_inputs import PHI, write_series
+
+        source = self._path("series")
+        write_series(source)  # 6 slices of 12 x 10 16-bit pixels: 240 bytes each
+        whole = sitk.GetArrayFromImage(io.read_image(source))
+
+        def rewritten(folder: str, which: str, change, every: bool = False) -> str:
+            """The file ``which`` of a copy of the series, changed (``every``: all its files)."""
+            shutil.copytree(source, folder)
+            for name in sorted(os.listdir(folder)) if every else [which]:
+                ds = pydicom.dcmread(os.path.join(folder, name))
+                change(ds)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    big = ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRBigEndian
+                    pydicom.dcmwrite(os.path.join(folder, name), ds, little_endian=not big, implicit_vr=(
+                        ds.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian), force_encoding=True)
+            return os.path.join(folder, which)
+
+        def short(ds) -> None:
+            ds.PixelData = ds.PixelData[:100]
+
+        def ybr(ds) -> None:  # 3 samples said, one sample's bytes held
+            ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.PlanarConfiguration = "YBR_FULL", 3, 0
+
+        for name, change, words in (("short", short, "holds 100 bytes of pixel data (Pixel Data (7FE0,0010)) where "
+                                                     "its header describes 240 (10 x 12 pixels x 1 frame(s), 1 "
+                                                     "sample(s) of 16 bit(s))"),
+                                    ("ybr", ybr, "holds 240 bytes of pixel data (Pixel Data (7FE0,0010)) where its "
+                                                 "header describes 720 (10 x 12 pixels x 1 frame(s), 3 sample(s)")):
+            for which in ("IM0000.dcm", "IM0002.dcm") if name == "short" else ("IM0000.dcm",):
+                with self.subTest(name=name, which=which):
+                    # a YBR slice among grey ones is refused as on another grid: every file YBR, as the audit's
+                    path = rewritten(self._path(f"{name}_{which}"), which, change, every=name == "ybr")
+                    for given in (os.path.dirname(path), path):  # its series, and the file alone
+                        with self.assertRaises(InputError) as cm:
+                            io.read_image(given, keep_color=True)
+                        message = str(cm.exception)
+                        self.assertIn(f"DICOM file '{path}' {words}", message)
+                        self.assertIn("Export the series again", message)  # the fix: a copy of it is no better
+                        self.assertIn("move this file out of the folder", message)
+                        self.assertFalse([tag for tag, value in PHI.items() if value in message], message)
+
+        def trailing_padding(ds) -> None:
+            ds.add_new(0xFFFCFFFC, "OB", b"\0" * 64)
+
+        def odd(ds) -> None:  # 1 x 3 pixels of 3 8-bit samples: 9 bytes, padded to 10
+            ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, 3, 3, "RGB"
+            ds.PlanarConfiguration, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 0, 8, 8, 7
+            ds.PixelData = bytes(range(9)) + b"\0"
+
+        def ybr_422(ds) -> None:  # 12 x 10 pixels: Y1 Y2 Cb Cr for each pair, 240 bytes of 8 bits
+            odd(ds)
+            ds.Rows, ds.Columns, ds.PhotometricInterpretation = 12, 10, "YBR_FULL_422"
+            ds.PixelData = bytes([128] * 240)
+
+        def bits1(ds) -> None:  # 12 x 10 pixels of 1 bit: 15 bytes, padded to 16
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.RescaleIntercept = 1, 1, 0, 0
+            ds.PixelData = bytes([0b10101010] * 15) + b"\0"
+
+        def implicit(ds) -> None:
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+
+        def big(ds) -> None:
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+            ds.PixelData = np.frombuffer(ds.PixelData, "<u2").astype(">u2").tobytes()
+
+        def rle(ds) -> None:
+            ds.compress(pydicom.uid.RLELossless, encoding_plugin="pydicom")
+
+        for name, change in (("trailing padding", trailing_padding), ("odd", odd), ("ybr_422", ybr_422),
+                             ("bits1", bits1), ("implicit", implicit), ("big endian", big), ("rle", rle)):
+            with self.subTest(name=name):
+                path = rewritten(self._path(name.replace(" ", "_")), "IM0000.dcm", change)
+                image = io.read_image(path, keep_color=True)
+                if name in ("trailing padding", "implicit", "big endian", "rle"):  # the same slice, and series
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), whole[0])
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(os.path.dirname(path))),
+                                                  whole)
+
     def test_dicom_objects_without_pixels_and_other_series_cut_files(self) -> None:
         """A complete DICOM object without pixel data (a DICOMDIR, a structured report, an RT plan: no series UID
         in a DICOMDIR) is no cut slice: a series folder holding one reads (87fa702 refused it as 'a header cut
