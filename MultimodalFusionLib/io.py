@@ -427,9 +427,9 @@ def _dicom_cut_short(path: str) -> _CutDicom | None:
     without pixel data among them (a DICOMDIR, an RT plan, a structured report: they hold no image, and are not
     "truncated"). GDCM skips a cut file without a word: in a series, the series had been read without that slice (a
     first or last one: a volume 1 slice short, its extent silently wrong)."""
-    size = os.path.getsize(path)
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb") as fh:  # a file gone or unreadable since it was listed: None, ITK's reading names it
+            size = os.fstat(fh.fileno()).st_size
             if fh.read(132)[128:] != b"DICM":
                 return None
             from pydicom import dcmread
@@ -523,12 +523,15 @@ def _ends_with_pixel_data(path: str, length: int) -> bool:
     anything else (a shorter element, encapsulated pixel data, more after it): :func:`_dicom_cut_short` decides."""
     import struct
 
-    size = os.path.getsize(path)
     tail = 4096
-    begin = max(0, size - length - tail - 12)
-    with open(path, "rb") as fh:
-        fh.seek(begin)
-        window = fh.read(max(0, size - length - begin))  # the element's header must start in it
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            begin = max(0, size - length - tail - 12)
+            fh.seek(begin)
+            window = fh.read(max(0, size - length - begin))  # the element's header must start in it
+    except OSError:  # gone or unreadable since it was listed: :func:`_dicom_cut_short` (then ITK) names it
+        return False
     for tag, explicit, order in ((b"\xe0\x7f\x10\x00", True, "<"), (b"\xe0\x7f\x10\x00", False, "<"),
                                  (b"\x7f\xe0\x00\x10", True, ">")):
         at = window.find(tag)

@@ -1704,6 +1704,40 @@ class TruncatedFilesOfEveryFormat(unittest.TestCase):
                     np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(os.path.dirname(path))),
                                                   whole)
 
+    def test_a_dicom_file_gone_after_listing_is_named_as_before_not_a_traceback(self) -> None:
+        """A file of a series deleted (or unreadable: a network share dropped) after the series was listed, before
+        the check of its pixel data's length, had escaped that check as a bare FileNotFoundError traceback, where
+        the series reader names it in an InputError (as it did before the check); a file read by ITK that is gone
+        before its length is checked is returned as ITK read it (the check cannot tell, as for a header pydicom
+        cannot read)."""
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_dicom_inputs import write_series
+
+        source = self._path("series")
+        write_series(source)  # 6 slices of 12 x 10
+        gone = os.path.join(source, "IM0002.dcm")
+        listed = io._series_rows
+
+        def listed_then_deleted(files):  # the real listing, then the file goes (another program, a sync)
+            rows = listed(files)
+            os.remove(gone)
+            return rows
+
+        with unittest.mock.patch.object(io, "_series_rows", listed_then_deleted):
+            with self.assertRaises(InputError) as cm:
+                io.read_image(source)
+        self.assertIn(gone, str(cm.exception))
+        alone = os.path.join(source, "IM0000.dcm")
+        expected = sitk.GetArrayFromImage(io.read_image(alone))
+        checked = io._dicom_cut_short
+
+        def deleted_then_checked(path):  # ITK has read the file; it goes before its length is checked
+            os.remove(path)
+            return checked(path)
+
+        with unittest.mock.patch.object(io, "_dicom_cut_short", deleted_then_checked):
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(alone)), expected)
+
     def test_dicom_objects_without_pixels_and_other_series_cut_files(self) -> None:
         """A complete DICOM object without pixel data (a DICOMDIR, a structured report, an RT plan: no series UID
         in a DICOMDIR) is no cut slice: a series folder holding one reads (87fa702 refused it as 'a header cut
