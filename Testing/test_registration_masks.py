@@ -322,8 +322,11 @@ class SecondTryNearTie(_OneTorchThread):
         # run again (seeds 0-7), so that seed failed there. Over 40%, seeds 0, 2 and 3 of 0-3 are near ties with
         # either kernels (0.012 px off). The sitk 3 mm case was seed 2 until the sampling floor counted the samples on
         # the fixed image's content (its zero background is 44% of the grid): that run's second try now ends better and
-        # is accepted; seed 0 is the near tie there (0.018 px)
-        for backend, pixel_mm, share, seed in (("sitk", 1.0, 0.4, 1), ("sitk", 3.0, 0.6, 0), ("torch", 1.0, 0.4, 0)):
+        # is accepted; seed 0 is the near tie there (0.018 px). The torch case was seed 0 until its mutual information
+        # drew its samples from the fixed image's content and a rim (the slice's 20 px zero border left out): seeds 0,
+        # 1, 3, 4 and 7 of 0-7 now run again and end better (0.15-0.40 px), seeds 2, 5 and 6 are near ties (0.007 px;
+        # 0.009 with ATEN_CPU_CAPABILITY=default)
+        for backend, pixel_mm, share, seed in (("sitk", 1.0, 0.4, 1), ("sitk", 3.0, 0.6, 0), ("torch", 1.0, 0.4, 2)):
             with self.subTest(backend=backend, pixel_mm=pixel_mm, share=share, seed=seed):
                 fixed, moving, truth = _pair(pixel_mm)
                 result = register(fixed, moving, seed=seed, moving_mask=_box(moving, share), backend=backend)

@@ -231,13 +231,7 @@ def signal_share(fixed: sitk.Image, fixed_mask: sitk.Image | None = None) -> flo
     values = sitk.GetArrayViewFromImage(fixed)
     if values.size == 0:
         return 1.0
-    content = None
-    flat_voxels = 0
-    for candidate in {float(values.min()), 0.0}:  # NaNs are refused before any backend (validation)
-        flat = values == candidate
-        count = int(np.count_nonzero(flat))
-        if BACKGROUND_SHARE * values.size <= count < values.size and count > flat_voxels:
-            content, flat_voxels = ~flat, count
+    content = off_background(fixed)
     if fixed_mask is not None:
         mask = sitk.GetArrayViewFromImage(fixed_mask)
         if mask.shape != values.shape or content is None:
@@ -246,6 +240,21 @@ def signal_share(fixed: sitk.Image, fixed_mask: sitk.Image | None = None) -> flo
     elif content is None:
         return 1.0
     return _share(content)
+
+
+def off_background(image: sitk.Image) -> np.ndarray | None:
+    """The voxels of ``image`` off its uniform background (bool array, numpy axis order), by :func:`signal_share`'s
+    rule: the lowest value or zero, whichever fills more of the grid, where that fills at least ``BACKGROUND_SHARE``
+    of it and not all of it; None where the image has no such background (noise or structure everywhere)."""
+    values = sitk.GetArrayViewFromImage(image)
+    content = None
+    flat_voxels = 0
+    for candidate in {float(values.min()), 0.0} if values.size else ():  # NaNs are refused before any backend
+        flat = values == candidate
+        count = int(np.count_nonzero(flat))
+        if BACKGROUND_SHARE * values.size <= count < values.size and count > flat_voxels:
+            content, flat_voxels = ~flat, count
+    return content
 
 
 def content_voxels(fixed: sitk.Image, fixed_mask: sitk.Image | None = None) -> int:
