@@ -743,6 +743,27 @@ class TorchRegistrationTest(unittest.TestCase):
         self.assertEqual(effective["number_of_threads"], 1)  # setUpClass's
         self.assertNotIn("deformable_level_sizes", effective)
 
+    def test_content_region_and_drawn_points_without_whole_level_copies(self) -> None:
+        # the content's rim is grown by shifted ors on a bool mask and the drawn points are computed from their
+        # indices: the same region as max-pooling a float32 copy and the same points as indexing the whole grid,
+        # whose copies (0.3 + 0.3 + 0.9 + 0.75 GB) and 125-voxel max-pool (8.2 CPU s) had cost a 512x512x300 CT
+        # 4.1 -> 5.7 GB peak and 35 -> 53 CPU s per rigid run (now 3.8 GB, 37 s)
+        import torch.nn.functional as F
+
+        from MultimodalFusionLib.registration.torch_backend import _dilated, _grid_points, _identity_grid
+
+        generator = torch.Generator().manual_seed(0)
+        for shape in [(7, 9), (1, 5), (3, 2, 6), (12, 11, 10)]:
+            for density in (0.02, 0.3):
+                with self.subTest(shape=shape, density=density):
+                    mask = torch.rand((1, 1, *shape), generator=generator) < density
+                    pool = F.max_pool3d if len(shape) == 3 else F.max_pool2d
+                    expected = pool(mask.float(), 5, stride=1, padding=2) > 0
+                    self.assertTrue(torch.equal(_dilated(mask, 2), expected))
+                    index = torch.randperm(mask.numel(), generator=generator)[:17]
+                    whole = _identity_grid(shape, torch.device("cpu")).reshape(-1, len(shape))
+                    self.assertTrue(torch.equal(_grid_points(shape, index, torch.device("cpu")), whole[index]))
+
     def test_mutual_information_samples_the_content_of_a_skull_stripped_image(self) -> None:
         # a skull-stripped pair padded to a BraTS-like field of view (the brain 13% of the grid, zeros around it): the
         # 20000 samples had been drawn over the whole grid, most on the flat background, and the default rigid stage
