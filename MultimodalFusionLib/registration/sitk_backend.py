@@ -201,7 +201,7 @@ def moments_start(fixed: sitk.Image, moving: sitk.Image, base: sitk.Transform,
 # its uniform background): 1% of a small (2D or coarse) image is too few for a stable joint histogram, so small
 # levels are sampled more densely.
 MIN_SAMPLES = 3000
-# The lowest value is a uniform background (signal_share) where it fills at least this share of the grid
+# The lowest value, or zero, is a uniform background (off_background) where it fills at least this share of the grid
 BACKGROUND_SHARE = 0.1
 EVAL_VOXELS = 250_000
 GRADIENT_IMAGE_VOXELS = 1 << 20
@@ -490,7 +490,8 @@ FAST_RELAXATION_VOXELS = 1_000_000
 def regular_step_defaults(stage: StageParameters, dim: int, voxels: int,
                           spacing: Sequence[float] | None = None) -> tuple[float, float, float]:
     """(learning_rate, min_step, relaxation_factor) a stage runs with: its own, or the defaults for a ``dim``-D
-    fixed image of ``voxels`` voxels of content (:func:`signal_share` times its size) of ``spacing`` mm (see ``StageParameters``; None: steps as at 1 mm). The
+    fixed image of ``voxels`` voxels of content (:func:`signal_share` times its size) of ``spacing`` mm (see
+    ``StageParameters``; None: steps as at 1 mm). The
     default steps are multiplied by :func:`~.parameters.step_scale` of the spacing (1 for voxels of 0.5-20 mm)."""
     scale = 1.0 if spacing is None else step_scale(spacing)
     large = dim == 3 and voxels >= FAST_RELAXATION_VOXELS
