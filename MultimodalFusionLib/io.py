@@ -550,7 +550,8 @@ def _check_pixel_data_whole(rows: Sequence[Mapping[str, str]]) -> None:
     """Refuse a file of a series whose Pixel Data (7FE0,0010) hold fewer bytes than its header describes (see
     :func:`_dicom_cut_short`): ITK's series reader reads it without a word, the missing voxels as whatever its
     memory held. ``rows``: :func:`_series_rows`' (their layout tags as ITK read them); a file is parsed only where
-    its last 12 bytes do not show a Pixel Data element of its length (:func:`_ends_with_pixel_data`)."""
+    the 4 KiB before its last pixel bytes do not show a Pixel Data element of its length
+    (:func:`_ends_with_pixel_data`)."""
     for row in rows:
         expected = _native_pixel_bytes(*(row[key] for key in ("rows", "columns", "frames", "samples", "bits",
                                                               "photometric")))
