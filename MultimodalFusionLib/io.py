@@ -1474,6 +1474,64 @@ def _set_frame_axis(image: sitk.Image, path: str, tags: Mapping[int, Any], share
 
 
 _PIXEL_VALUE_TRANSFORMATION = 0x00289145
+_RESCALE_SLOPE, _RESCALE_INTERCEPT = 0x00281053, 0x00281052
+#: how an error names them
+_RESCALE_NAMES = {_RESCALE_SLOPE: "RescaleSlope (0028,1053)", _RESCALE_INTERCEPT: "RescaleIntercept (0028,1052)"}
+
+
+def _rescale_fault(slope: str | None, intercept: str | None) -> tuple[int, str, str] | None:
+    """What makes the RescaleSlope and RescaleIntercept a DICOM file states (their text; None where it has no such
+    element) unusable: the tag at fault, it and its value in words (no patient tag: the value may be shown), and
+    why; None where they are usable. Each must be one finite number, the slope not 0 (it would make every voxel the
+    intercept); a slope stated empty beside an intercept is refused too (DICOM requires it there: PS3.3 C.11.1). No
+    pair, an empty pair, an empty intercept (0) and a slope left out beside an intercept (1) are read as ITK's reader
+    reads them. ITK's reader (GDCM) had read such a value without a word, as 1 or as 0 (every voxel the intercept)
+    depending on where the file states it, and a series had ended in a bare ValueError for NaN or infinity."""
+    for tag, text in ((_RESCALE_SLOPE, slope), (_RESCALE_INTERCEPT, intercept)):
+        if text is None or not text.strip():
+            continue
+        named = f"{_RESCALE_NAMES[tag]} '{text.strip()[:40]}{'...' if len(text.strip()) > 40 else ''}'"
+        parts = text.replace("\\", " ").split()
+        try:
+            values = [float(part) for part in parts]
+        except ValueError:
+            return tag, named, ", which is not a number"
+        if len(values) != 1:
+            return tag, named, f", {len(values)} values where DICOM allows one"
+        if not math.isfinite(values[0]):
+            return tag, named, ", which is not a finite number"
+        if tag == _RESCALE_SLOPE and values[0] == 0:
+            return tag, named, ": a slope of 0 would make every voxel its RescaleIntercept, whatever its stored value"
+    if slope is not None and not slope.strip() and intercept is not None and intercept.strip():
+        return (_RESCALE_SLOPE, f"{_RESCALE_NAMES[_RESCALE_SLOPE]} empty",
+                f" beside {_RESCALE_NAMES[_RESCALE_INTERCEPT]} '{intercept.strip()[:40]}' (DICOM requires the slope "
+                "wherever the intercept is stated)")
+    return None
+
+
+def _rescale_error(path: str, fault: tuple[int, str, str], where: str = "", others: str = "") -> InputError:
+    """The error for a file whose RescaleSlope/RescaleIntercept :func:`_rescale_fault` found unusable (``where`` in the
+    file it states them, ``others``: how many more files of its series do)."""
+    tag, named, why = fault
+    return InputError(f"DICOM file '{path}' states {named}{where}{why}, so its voxel values (stored value x "
+                      "RescaleSlope + RescaleIntercept) are unknown (ITK's DICOM reader (GDCM) had read it without a "
+                      f"word, taking another value in its place){others}.",
+                      f"Set {_RESCALE_NAMES[tag]} to the value the scanner used, in a copy of the file (e.g. with "
+                      "pydicom, or DCMTK's dcmodify), and read the copy; or export the series again from the "
+                      "scanner or PACS.")
+
+
+def _check_frame_rescales(path: str, tags: Mapping[int, Any]) -> None:
+    """Refuse a multi-frame file one of whose functional groups' PixelValueTransformationSequence (0028,9145) states
+    an unusable RescaleSlope/RescaleIntercept (:func:`_rescale_fault`; its top-level pair is checked as any file's,
+    from ITK's metadata): ITK's reader had applied a slope of 0, or 'abc', as 0 (every voxel the intercept)."""
+    frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
+    for where, item in [("its shared functional groups", _first_item(tags, _SHARED_GROUPS))] + [
+            (f"frame {k + 1}'s functional groups", frame) for k, frame in enumerate(frames)]:
+        rescale = _first_item(item, _PIXEL_VALUE_TRANSFORMATION)
+        fault = _rescale_fault(rescale.get(_RESCALE_SLOPE), rescale.get(_RESCALE_INTERCEPT))
+        if fault is not None:
+            raise _rescale_error(path, fault, f" (in {where}' PixelValueTransformationSequence (0028,9145))")
 
 
 def _frame_rescales(tags: Mapping[int, Any]) -> list[tuple[float, float]] | None:
@@ -1536,6 +1594,7 @@ def _rescale_to_apply(image: sitk.Image, path: str, tags: Mapping[int, Any], not
     (:func:`_itk_applied_rescale`: no rule by SOP class kept here, which a GDCM version could change) and compared.
     A probe that cannot be read (a temporary folder that cannot be written) leaves ITK's reading, with a warning
     kept in ``notes``."""
+    _check_frame_rescales(path, tags)
     pairs = _frame_rescales(tags)
     if pairs is None or image.GetNumberOfComponentsPerPixel() != 1:
         return None
@@ -1826,7 +1885,8 @@ _SERIES_ROW_TAGS = {"position": "0020|0032", "orientation": "0020|0037", "spacin
 
 def _series_rows(files: Sequence[str]) -> list[dict[str, str]]:
     """The :data:`_SERIES_ROW_TAGS` of each file ITK can read the header of (as text, "" where absent), its
-    ``path``, ``size`` ("columns x rows", e.g. "10x12") and ``components`` (samples per pixel); files it cannot
+    ``path``, ``size`` ("columns x rows", e.g. "10x12"), ``components`` (samples per pixel) and ``absent`` (the
+    keys of the tags it has no element for, space-separated: an empty element is another thing); files it cannot
     read are left out (their read fails later, naming them)."""
     rows = []
     for path in files:
@@ -1839,6 +1899,7 @@ def _series_rows(files: Sequence[str]) -> list[dict[str, str]]:
             continue
         rows.append({"path": path, "size": "x".join(map(str, reader.GetSize()[:2])),
                      "components": str(reader.GetNumberOfComponents()),
+                     "absent": " ".join(k for k, t in _SERIES_ROW_TAGS.items() if not reader.HasMetaDataKey(t)),
                      **{k: reader.GetMetaData(t).strip() if reader.HasMetaDataKey(t) else ""
                         for k, t in _SERIES_ROW_TAGS.items()}})
     return rows
@@ -1917,6 +1978,11 @@ def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]]
                              "line from the first slice to the last, so no regular grid holds the series.",
                              "Load the series as the scanner exported it, or resample it onto a regular grid first "
                              "(e.g. in Slicer, with the DICOM module's acquisition-geometry regularization).")
+    faults = [(row["path"], fault) for row in rows for fault in [_rescale_fault(
+        None if "slope" in row["absent"].split() else row["slope"], row["intercept"])] if fault is not None]
+    if faults:
+        raise _rescale_error(*faults[0], others=f"; so do {len(faults) - 1} more of the series' {len(rows)} files"
+                             if len(faults) > 1 else "")
     slopes = {r["slope"] or "1" for r in rows}
     intercepts = {r["intercept"] or "0" for r in rows}
     values = [v for t in slopes | intercepts for v in _dicom_numbers(t)]
@@ -2325,6 +2391,10 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
     if compressed is not None:
         _check_compressed_voxels(image, compressed)
     if dicom:
+        fault = _rescale_fault(*(image.GetMetaData(tag) if image.HasMetaDataKey(tag) else None
+                                 for tag in ("0028|1053", "0028|1052")))
+        if fault is not None:
+            raise _rescale_error(path, fault)
         units = _meta_text(image, UNITS_KEY)  # kept, as read (a slice made 2D below has no metadata)
         kept: list[_FileWarning] = [] if notes is None else notes
         multiframe = image.HasMetaDataKey("0028|0008")

@@ -1286,6 +1286,94 @@ class DicomGeometryFromTags(unittest.TestCase):
         self.assertEqual([name.startswith("mmfusion-rescale-") for name, _ in removed], [True])
         self.assertEqual(os.listdir(temporary), [])
 
+    def test_an_unusable_rescale_is_refused_naming_the_file_the_tag_and_the_value(self) -> None:
+        """A RescaleSlope (0028,1053) of 0, NaN, inf or 'abc', one stated empty beside an intercept, or a
+        RescaleIntercept (0028,1052) that is no number, is refused naming the file, the tag and the value, alone, in
+        a series (one file or every one) and in a multi-frame file's top level, shared or per-frame functional
+        groups: ITK's reader (GDCM) had read a classic file's as a slope of 1 and an enhanced file's groups' as 0
+        (every voxel -1024, the intercept), and a series' NaN or inf had ended in a bare ValueError or
+        OverflowError, all without naming the tag. A negative slope (DICOM allows it), a slope left out beside an
+        intercept and an empty pair read as before."""
+        import shutil
+
+        import pydicom
+        from pydicom.dataelem import RawDataElement
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence as DicomSequence
+        from pydicom.tag import Tag
+
+        def stated(item, tag: int, text: str) -> None:  # the value's bytes as given: pydicom refuses to make 'abc' a DS
+            raw = text.encode() + b" " * (len(text) % 2)
+            item._dict[Tag(tag)] = RawDataElement(Tag(tag), "DS", len(raw), raw, 0, False, True)
+
+        source = os.path.join(self.dir, "series")
+        truth = write_series(source)  # (1, -1024) at the top level of 6 slices
+        positions = [(-5.0, -6.0, 10.0 + 3.0 * k) for k in range(3)]
+        slope, intercept = 0x00281053, 0x00281052
+        for tag, text, named, why in ((slope, "0", "RescaleSlope (0028,1053) '0'", ": a slope of 0 would make every"),
+                                      (slope, "NaN", "RescaleSlope (0028,1053) 'NaN'", ", which is not a finite number"),
+                                      (slope, "inf", "RescaleSlope (0028,1053) 'inf'", ", which is not a finite number"),
+                                      (slope, "abc", "RescaleSlope (0028,1053) 'abc'", ", which is not a number"),
+                                      (slope, "", "RescaleSlope (0028,1053) empty", " beside RescaleIntercept (0028,1052)"),
+                                      (intercept, "abc", "RescaleIntercept (0028,1052) 'abc'", ", which is not a number")):
+            for where in ("file", "one of a series", "every file of a series", "top", "shared", "per-frame"):
+                with self.subTest(tag=hex(tag), text=text, where=where):
+                    folder = os.path.join(self.dir, f"{tag:x}-{text}-{where}")
+                    if where in ("top", "shared", "per-frame"):
+                        os.makedirs(folder)
+                        path = os.path.join(folder, "frames.dcm")
+                        write_enhanced(path, positions, groups=where != "top", top={"SpacingBetweenSlices": 3.0, (
+                            "ImagePositionPatient"): list(positions[0]), "ImageOrientationPatient": list(AXIAL)}
+                            if where == "top" else None, spacing_in="top" if where == "top" else "shared")
+                        ds = pydicom.dcmread(path)
+                        items = ([ds] if where == "top" else [ds.SharedFunctionalGroupsSequence[0]]
+                                 if where == "shared" else list(ds.PerFrameFunctionalGroupsSequence))
+                        if where == "per-frame":
+                            del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+                            for item in items:
+                                rescale = Dataset()
+                                rescale.RescaleSlope, rescale.RescaleIntercept = 1, -1024
+                                item.PixelValueTransformationSequence = DicomSequence([rescale])
+                        for item in items:
+                            stated(item if where == "top" else item.PixelValueTransformationSequence[0], tag, text)
+                        ds.save_as(path)
+                        given = [path, folder]
+                    else:
+                        shutil.copytree(source, folder)
+                        names = sorted(os.listdir(folder))
+                        for name in names if where == "every file of a series" else names[2:3]:
+                            ds = pydicom.dcmread(os.path.join(folder, name))
+                            stated(ds, tag, text)
+                            ds.save_as(os.path.join(folder, name))
+                        path = os.path.join(folder, names[0] if where == "every file of a series" else names[2])
+                        given = [path] if where == "file" else [folder]
+                    for read in given:
+                        with self.assertRaises(InputError) as cm:
+                            io.read_image(read)
+                        message = str(cm.exception)
+                        where_words = {"shared": " (in its shared functional groups' PixelValueTransformationSequence "
+                                                 "(0028,9145))", "per-frame": " (in frame 1's functional groups' "
+                                                 "PixelValueTransformationSequence (0028,9145))"}.get(where, "")
+                        self.assertIn(f"DICOM file '{path}' states {named}{where_words}{why}", message)
+                        self.assertIn(f"Set {named[:named.index(')') + 1]} to the value the scanner used", message)
+                        if where == "every file of a series":
+                            self.assertIn("so do 5 more of the series' 6 files", message)
+                        self.assertFalse([tag for tag, value in PHI.items() if value in message], message)
+        for name, change, expected in (("negative", lambda ds: stated(ds, slope, "-1"), -(truth + 1024) - 1024),
+                                       ("no slope", lambda ds: ds.__delattr__("RescaleSlope"), truth),
+                                       ("empty pair", lambda ds: (stated(ds, slope, ""), stated(ds, intercept, "")),
+                                        truth + 1024)):
+            with self.subTest(name):
+                folder = os.path.join(self.dir, name)
+                shutil.copytree(source, folder)
+                for file in sorted(os.listdir(folder)):
+                    ds = pydicom.dcmread(os.path.join(folder, file))
+                    change(ds)
+                    ds.save_as(os.path.join(folder, file))
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(folder)), expected)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(
+                    os.path.join(folder, "IM0000.dcm"))), expected[0])
+
     def _alone_in_folder(self, path: str) -> str:
         """A folder holding a copy of ``path`` alone."""
         import shutil
