@@ -115,6 +115,8 @@ _TRANSFER_SYNTAXES = {
     "1.2.840.10008.1.2.4.202": "High-Throughput JPEG 2000 (RPCL) Lossless",
     "1.2.840.10008.1.2.4.203": "High-Throughput JPEG 2000", "1.2.840.10008.1.2.5": "RLE Lossless",
 }
+#: Deflated Explicit VR Little Endian: the whole data set deflated, its pixel data native once inflated
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 #: syntaxes ITK's GDCM has no decoder for: named before ITK tries (and prints codec noise to stderr)
 _UNDECODABLE = {uid for uid, name in _TRANSFER_SYNTAXES.items() if "video" in name or "JPIP" in name
                 or "JPEG XL" in name}
@@ -319,8 +321,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     if any(_needs_own_geometry(row) for row in rows):
         return _with_units(_read_multiframe_series(pick, rows), pick.get("units", ""))
     float_values, slice_step, sizes = _check_series_geometry(pick, rows)
-    if syntax is None or "uncompressed" in _TRANSFER_SYNTAXES.get(syntax, ""):  # compressed: GDCM's codecs refuse
-        _check_pixel_data_whole(rows)  # a frame cut short (RLE, JPEG, JPEG-LS, JPEG 2000)
+    _check_pixel_data_whole(rows)  # each file by its own transfer syntax: a series may mix them
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(pick["files"])
     if float_values:  # per-slice or fractional rescale (PET): the first slice's integer type would round
@@ -455,7 +456,7 @@ def _dicom_cut_short(path: str) -> _CutDicom | None:
                 sop_class = str(tags.get("SOPClassUID", "") or tags.file_meta.get("MediaStorageSOPClassUID", ""))
                 name = UID(sop_class).name if sop_class else ""
                 # a deflated data set's positions are in its inflated stream: the file's size tells nothing
-                if tags.file_meta.get("TransferSyntaxUID", "") == "1.2.840.10008.1.2.1.99":
+                if tags.file_meta.get("TransferSyntaxUID", "") == _DEFLATED:
                     size = math.inf
                 expected = _native_pixel_bytes(*(str(tags[tag].value) if tag in tags and tags[tag].value is not None
                                                  else "" for tag in _PIXEL_LAYOUT_TAGS))
@@ -551,11 +552,18 @@ def _check_pixel_data_whole(rows: Sequence[Mapping[str, str]]) -> None:
     :func:`_dicom_cut_short`): ITK's series reader reads it without a word, the missing voxels as whatever its
     memory held. ``rows``: :func:`_series_rows`' (their layout tags as ITK read them); a file is parsed only where
     the 4 KiB before its last pixel bytes do not show a Pixel Data element of its length
-    (:func:`_ends_with_pixel_data`)."""
+    (:func:`_ends_with_pixel_data`) and its own transfer syntax is not a compressed one (GDCM's codecs refuse a
+    frame cut short: RLE, JPEG, JPEG-LS, JPEG 2000). The check had been decided for the series by its first file's
+    syntax: an uncompressed file cut short in a series whose first file is compressed (GDCM reads such a mix) had
+    been read without a word, its missing voxels from memory."""
     for row in rows:
         expected = _native_pixel_bytes(*(row[key] for key in ("rows", "columns", "frames", "samples", "bits",
                                                               "photometric")))
         if expected is None or _ends_with_pixel_data(row["path"], expected[0]):
+            continue
+        syntax = _dicom_transfer_syntax(row["path"])  # 16 KiB read; the file meta is not in ITK's metadata
+        if syntax in _TRANSFER_SYNTAXES and "uncompressed" not in _TRANSFER_SYNTAXES[syntax] and \
+                syntax != _DEFLATED:
             continue
         cut = _dicom_cut_short(row["path"])
         if cut is not None and cut.short:  # not its other kinds: a header pydicom reads short, GDCM whole

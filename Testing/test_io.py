@@ -1704,6 +1704,50 @@ class TruncatedFilesOfEveryFormat(unittest.TestCase):
                     np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(os.path.dirname(path))),
                                                   whole)
 
+    def test_a_short_uncompressed_file_in_a_series_that_starts_compressed_is_refused(self) -> None:
+        """Each file of a series is checked for pixel data shorter than its header describes by its own transfer
+        syntax: the check had been decided for the series by its first file's, so an uncompressed file holding 100 of
+        its 240 bytes in a series whose first file is RLE-compressed was read without a word (GDCM reads such a mix,
+        the missing voxels from memory: up to 53360 HU). A whole mixed series, either way round, reads as the
+        uncompressed one."""
+        import warnings
+
+        import pydicom
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_dicom_inputs import PHI, write_series
+
+        source = self._path("series")
+        truth = write_series(source)  # 6 slices of 12 x 10 16-bit pixels: 240 bytes each
+
+        def changed(folder: str, changes: dict) -> str:
+            shutil.copytree(source, folder)
+            for name, change in changes.items():
+                ds = pydicom.dcmread(os.path.join(folder, name))
+                change(ds)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ds.save_as(os.path.join(folder, name))
+            return folder
+
+        def rle(ds) -> None:
+            ds.compress(pydicom.uid.RLELossless, encoding_plugin="pydicom")
+
+        def short(ds) -> None:
+            ds.PixelData = ds.PixelData[:100]
+
+        for name, changes in (("first compressed", {"IM0000.dcm": rle}), ("third compressed", {"IM0003.dcm": rle})):
+            with self.subTest(name):
+                folder = changed(self._path(name.replace(" ", "_")), changes)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(folder)), truth)
+        folder = changed(self._path("mixed_short"), {"IM0000.dcm": rle, "IM0002.dcm": short})
+        with self.assertRaises(InputError) as cm:
+            io.read_image(folder)
+        message = str(cm.exception)
+        self.assertIn(f"DICOM file '{os.path.join(folder, 'IM0002.dcm')}' holds 100 bytes of pixel data (Pixel Data "
+                      "(7FE0,0010)) where its header describes 240", message)
+        self.assertFalse([tag for tag, value in PHI.items() if value in message], message)
+
     def test_a_dicom_file_gone_after_listing_is_named_as_before_not_a_traceback(self) -> None:
         """A file of a series deleted (or unreadable: a network share dropped) after the series was listed, before
         the check of its pixel data's length, had escaped that check as a bare FileNotFoundError traceback, where
