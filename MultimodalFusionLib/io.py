@@ -408,7 +408,8 @@ class _CutDicom(NamedTuple):
     image: bool  # whether it may be an image (a slice): its SOP class is an image storage one, or unknown
     missing: str  # what is missing, in words ("is truncated: ...", "holds no pixel data: ...")
     floats: str = ""  # or the float pixel data tag it holds instead of Pixel Data (not cut: unreadable by ITK)
-    short: bool = False  # whole, but its Pixel Data element holds fewer bytes than its header describes
+    short: bool = False  # whole, but its Pixel Data element holds another number of bytes than its header describes
+    # (:func:`_pixel_data_misfit`: fewer, a frame's or more beyond, or a 12-bit length GDCM misreads)
 
 
 #: Pixel data ITK's DICOM reader (GDCM) does not read: a file holding them (a Parametric Map, or one written under
@@ -483,11 +484,9 @@ def _dicom_cut_short(path: str) -> _CutDicom | None:
     if start + length > size:
         return _CutDicom(uid, image, f"is truncated: its pixel data need {length} bytes from byte {start} "
                          f"({start + length} bytes in all) but the file holds only {size} bytes")
-    if expected is not None and length < expected[0]:
-        # GDCM copies the bytes there are into the image and leaves the rest of it as it found the memory: other
-        # values from one read to the next, without a word
-        return _CutDicom(uid, image, f"holds {length} bytes of pixel data (Pixel Data (7FE0,0010)) where its header "
-                         f"describes {expected[0]} ({expected[1]})", short=True)
+    misfit = _pixel_data_misfit(length, expected) if expected is not None else None
+    if misfit is not None:  # fewer bytes (GDCM fills the rest from memory), or a frame's or more beyond
+        return _CutDicom(uid, image, misfit, short=True)
     return None
 
 
@@ -496,24 +495,60 @@ _PIXEL_LAYOUT_TAGS = (0x00280010, 0x00280011, 0x00280008, 0x00280002, 0x00280100
 
 
 def _native_pixel_bytes(rows: str, columns: str, frames: str, samples: str, bits: str, photometric: str
-                        ) -> tuple[int, str] | None:
+                        ) -> tuple[int, str, int, int] | None:
     """The bytes native (uncompressed) Pixel Data (7FE0,0010) hold by the header's Rows, Columns, NumberOfFrames
     (1 where absent), SamplesPerPixel, BitsAllocated and PhotometricInterpretation (their text), with the layout in
-    words; None where one is missing or unusable (ITK's reading decides). YBR_FULL_422 (and the retired
-    YBR_PARTIAL_422) hold 2 samples a pixel, not their 3: Cb and Cr once for each pair of pixels in a row (PS3.3
-    C.7.6.3.1.2; PS3.5 8.2: Y1 Y2 Cb Cr); 1-bit pixels are packed 8 to a byte across frames (PS3.5 8.1.1)."""
+    words, one frame's bytes, and for BitsAllocated 12 the bytes of its pixels each in 16 bits (else 0); None where
+    one is missing or unusable (ITK's reading decides). YBR_FULL_422 (and the retired YBR_PARTIAL_422) hold 2
+    samples a pixel, not their 3: Cb and Cr once for each pair of pixels in a row (PS3.3 C.7.6.3.1.2; PS3.5 8.2: Y1
+    Y2 Cb Cr); 1-bit pixels are packed 8 to a byte across frames (PS3.5 8.1.1), 12-bit ones (retired) 2 in 3 bytes,
+    which ITK's reader (GDCM) also reads from 16-bit words (see :func:`_pixel_data_misfit`). Other BitsAllocated that
+    are no multiple of 8 GDCM refuses ("Unhandled PixelFormat")."""
     try:
         dims = [int(float(text)) for text in (rows, columns, frames or "1", samples, bits)]
     except ValueError:
         return None
     rows_n, columns_n, frames_n, samples_n, bits_n = dims
-    if min(dims) < 1 or bits_n != 1 and bits_n % 8:
+    if min(dims) < 1 or bits_n not in (1, 12) and bits_n % 8:
         return None
     stored = 2 if photometric.strip() in ("YBR_FULL_422", "YBR_PARTIAL_422") and samples_n == 3 else samples_n
     voxels = rows_n * columns_n * frames_n
     layout = (f"{columns_n} x {rows_n} pixels x {frames_n} frame(s), {samples_n} sample(s) of {bits_n} bit(s)"
               + (f" ({photometric.strip()}: {stored} a pixel)" if stored != samples_n else ""))
-    return -(-voxels * stored * bits_n // 8), layout
+    return (-(-voxels * stored * bits_n // 8), layout, -(-rows_n * columns_n * stored * bits_n // 8),
+            voxels * stored * 2 if bits_n == 12 else 0)
+
+
+def _pixel_data_misfit(length: int, expected: tuple[int, str, int, int]) -> str | None:
+    """What is wrong with native Pixel Data (7FE0,0010) of ``length`` bytes for the layout :func:`_native_pixel_bytes`
+    gives (``expected``), and what ITK's reader (GDCM) makes of it, in words; None where they fit: the bytes it
+    describes, one more (an odd length padded to even), or up to a frame's bytes more (a few bytes of padding).
+
+    Fewer bytes: GDCM copies those there are and leaves the rest of the image as its memory held it. A whole frame
+    or more beyond it (NumberOfFrames (0028,0008) left out or 1 beside two frames' bytes, Rows or Columns too
+    small): GDCM reads the first frame(s) and drops the rest without a word. BitsAllocated 12: GDCM unpacks 12-bit
+    pixels only from exactly their packed bytes (2 pixels in 3, an even count of them), else reads the element as
+    16-bit words (right where it holds that many): a packed length padded to even, or one short, had given values
+    far off (e.g. -32765..24557 for -24..60), or GDCM's "Failed to get the buffer"."""
+    total, layout, frame, words = expected
+    held = f"holds {length} bytes of pixel data (Pixel Data (7FE0,0010)) where its header describes"
+    if words:
+        if length == words or length == total and total * 8 == words * 6:
+            return None
+        if length < words:
+            return (f"{held} {total} ({layout}, 2 pixels packed in 3 bytes) or {words} (each pixel in 16 bits), the "
+                    "two lengths ITK's DICOM reader (GDCM) reads 12-bit pixels from, so its values would be wrong "
+                    "(GDCM would have read its bytes as 16-bit pixels, without a word)")
+        total = words  # more than 16-bit words: as any other layout's
+    if length < total:
+        return (f"{held} {total} ({layout}), so part of its image is missing (ITK's DICOM reader would have read it "
+                "without an error, the missing pixels as whatever its memory held)")
+    excess = length - total - total % 2
+    if excess >= frame:
+        return (f"{held} {total} ({layout}): {excess} bytes more, {excess / frame:.3g} frame(s), so its "
+                "NumberOfFrames (0028,0008), Rows (0028,0010), Columns (0028,0011) or BitsAllocated (0028,0100) may "
+                f"be wrong (ITK's DICOM reader would have read the first {total} bytes only, without a word)")
+    return None
 
 
 def _ends_with_pixel_data(path: str, length: int) -> bool:
@@ -559,8 +594,8 @@ def _check_pixel_data_whole(rows: Sequence[Mapping[str, str]]) -> None:
     for row in rows:
         expected = _native_pixel_bytes(*(row[key] for key in ("rows", "columns", "frames", "samples", "bits",
                                                               "photometric")))
-        if expected is None or _ends_with_pixel_data(row["path"], expected[0]):
-            continue
+        if expected is None or not expected[3] and _ends_with_pixel_data(row["path"], expected[0]):
+            continue  # (BitsAllocated 12, retired and rare: parsed, as GDCM takes two lengths)
         syntax = _dicom_transfer_syntax(row["path"])  # 16 KiB read; the file meta is not in ITK's metadata
         if syntax in _TRANSFER_SYNTAXES and "uncompressed" not in _TRANSFER_SYNTAXES[syntax] and \
                 syntax != _DEFLATED:
@@ -576,8 +611,7 @@ def _dicom_cut_error(path: str, cut: _CutDicom, fix: str = "") -> InputError:
     if cut.floats:
         return InputError(f"DICOM file '{path}' {cut.missing}.", _FLOAT_PIXELS_FIX + fix)
     if cut.short:  # a whole file, written so: a copy of it is no better
-        return InputError(f"DICOM file '{path}' {cut.missing}, so part of its image is missing (ITK's DICOM reader "
-                          "would have read it without an error, the missing pixels as whatever its memory held).",
+        return InputError(f"DICOM file '{path}' {cut.missing}.",
                           "Export the series again from the scanner or PACS (or transfer it again, from the source, "
                           "not from a copy of this file); or move this file out of the folder and read the series "
                           f"without it, where a slice less is acceptable.{fix}")

@@ -1748,6 +1748,87 @@ class TruncatedFilesOfEveryFormat(unittest.TestCase):
                       "(7FE0,0010)) where its header describes 240", message)
         self.assertFalse([tag for tag, value in PHI.items() if value in message], message)
 
+    def test_dicom_pixel_data_a_frame_longer_or_of_12_bits_gdcm_misreads_are_refused(self) -> None:
+        """A DICOM file whose Pixel Data hold a whole frame or more beyond what its header describes (two frames'
+        bytes with NumberOfFrames left out, or 1) had been read as its first frame without a word; it is refused,
+        alone and in its series, naming both byte counts and the tags that may be wrong. A few bytes of padding
+        still read. BitsAllocated 12 (retired: 2 pixels packed in 3 bytes) had been left out of the check: GDCM
+        unpacks such pixels only from exactly their packed bytes and reads any other length as 16-bit words, so a
+        packed file cut short, or whose packed length was padded to even (15 pixels: 23 bytes, 24 held), was read
+        with values far off (-32765..24557 for -24..60) without a word; they are refused, and the two lengths GDCM
+        reads right (packed, 16-bit words) read as the 16-bit file does."""
+        import warnings
+
+        import pydicom
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_dicom_inputs import PHI, write_series
+
+        def packed(values: np.ndarray) -> bytes:  # PS3.5's retired 12-bit packing: 2 pixels in 3 bytes
+            pairs = np.append(values, 0) if len(values) % 2 else values
+            first, second = pairs[0::2].astype(np.uint32), pairs[1::2].astype(np.uint32)
+            out = np.stack([first & 0xFF, (first >> 8 & 0x0F) | (second & 0x0F) << 4, second >> 4], axis=1)
+            return out.astype(np.uint8).tobytes()[:-(-len(values) * 3 // 2)]
+
+        def bits12(data) -> object:
+            def change(ds) -> None:
+                stored = np.frombuffer(ds.PixelData, "<u2")
+                ds.BitsAllocated, ds.BitsStored, ds.HighBit = 12, 12, 11
+                ds.PixelData = data(stored)
+            return change
+
+        def two_frames(ds) -> None:
+            ds.PixelData = ds.PixelData * 2
+
+        def one_frame_said(ds) -> None:
+            two_frames(ds)
+            ds.NumberOfFrames = 1
+
+        def padded(ds) -> None:
+            ds.PixelData = ds.PixelData + bytes(4)
+
+        cases = (("two frames", two_frames, "holds 480 bytes of pixel data (Pixel Data (7FE0,0010)) where its header "
+                  "describes 240 (10 x 12 pixels x 1 frame(s), 1 sample(s) of 16 bit(s)): 240 bytes more, 1 frame(s), "
+                  "so its NumberOfFrames (0028,0008), Rows (0028,0010), Columns (0028,0011) or BitsAllocated"),
+                 ("NumberOfFrames 1", one_frame_said, "holds 480 bytes of pixel data"),
+                 ("12 bits cut", bits12(lambda v: packed(v)[:100]), "holds 100 bytes of pixel data (Pixel Data "
+                  "(7FE0,0010)) where its header describes 180 (10 x 12 pixels x 1 frame(s), 1 sample(s) of 12 "
+                  "bit(s), 2 pixels packed in 3 bytes) or 240 (each pixel in 16 bits)"),
+                 ("12 bits padded", bits12(lambda v: packed(v[:15]) + b"\0"), "holds 24 bytes of pixel data (Pixel "
+                  "Data (7FE0,0010)) where its header describes 23 (5 x 3 pixels"),
+                 ("padded", padded, None), ("12 bits packed", bits12(packed), None),
+                 ("12 bits in 16", bits12(lambda v: v.tobytes()), None))
+        source = self._path("series")
+        truth = write_series(source)  # 6 slices of 12 x 10 16-bit pixels: 240 bytes each
+        for name, change, words in cases:
+            with self.subTest(name):
+                folder = self._path(name.replace(" ", "_"))
+                shutil.copytree(source, folder)
+                for file in sorted(os.listdir(folder)):
+                    ds = pydicom.dcmread(os.path.join(folder, file))
+                    if name == "12 bits padded":
+                        ds.Rows, ds.Columns = 3, 5
+                    change(ds)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        ds.save_as(os.path.join(folder, file))
+                    if words is not None:  # one file so, the first of its series
+                        break
+                path = os.path.join(folder, "IM0000.dcm")
+                for given in (folder, path):
+                    if words is None:
+                        image = sitk.GetArrayFromImage(io.read_image(given))
+                        np.testing.assert_array_equal(image, truth if given == folder else truth[0])
+                        continue
+                    if name == "12 bits padded" and given == folder:
+                        continue  # (a 3 x 5 slice among 12 x 10 ones is refused as on another grid)
+                    with self.assertRaises(InputError) as cm:
+                        io.read_image(given)
+                    message = str(cm.exception)
+                    self.assertIn(f"DICOM file '{path}' {words}", message)
+                    self.assertIn("Export the series again", message)
+                    self.assertFalse([tag for tag, value in PHI.items() if value in message], message)
+
     def test_a_dicom_file_gone_after_listing_is_named_as_before_not_a_traceback(self) -> None:
         """A file of a series deleted (or unreadable: a network share dropped) after the series was listed, before
         the check of its pixel data's length, had escaped that check as a bare FileNotFoundError traceback, where
