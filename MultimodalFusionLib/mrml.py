@@ -421,7 +421,8 @@ def image_from_volume_node(node: Any, *, float32: bool = False) -> sitk.Image:
 
     Raises:
         InputError: the node is not a volume node or holds no voxels, or is a diffusion tensor or
-            diffusion-weighted volume (its tensors or gradient images are no scalar image to register or fuse).
+            diffusion-weighted volume (its tensors or gradient images are no scalar image to register or fuse),
+            or its geometry gives its voxels no size along an axis (a spacing of 0) or no finite origin.
     """
     import vtk
     from vtk.util import numpy_support
@@ -465,11 +466,25 @@ def image_from_volume_node(node: Any, *, float32: bool = False) -> sitk.Image:
     shift = np.array(image_data.GetOrigin(), dtype=float) + ijk_spacing * extent_start
     ras_axes = ijk_to_ras[:3, :3] @ np.diag(ijk_spacing)
     spacing = np.linalg.norm(ras_axes, axis=0)
+    flat = [axis for axis in range(3) if not (np.isfinite(spacing[axis]) and spacing[axis] > 0)]
+    if flat or not np.all(np.isfinite(ijk_to_ras[:3, 3])):
+        # a spacing of 0 (node.SetSpacing from the console; Slicer's loaders refuse it) gives voxels no size along
+        # that axis: it had been a RuntimeError from SimpleITK's SetSpacing, after numpy's divide-by-zero warning
+        axes = (("axes " if len(flat) > 1 else "axis ") + ", ".join("IJK"[axis] for axis in flat)) if flat \
+            else "any axis (its origin is not a number)"
+        raise InputError(f"Volume '{node.GetName()}' has no valid voxel size along {axes}: its spacing is "
+                         f"{tuple(float(v) for v in node.GetSpacing())} mm and its IJK-to-RAS matrix gives it "
+                         f"{tuple(round(float(v), 6) for v in spacing)} mm, so its voxels have no place in space.",
+                         "Set the voxel size in mm (Volumes module, Volume Information: Image Spacing; from the "
+                         "console node.SetSpacing(...) with positive sizes) and a finite origin, or load the volume "
+                         "again from its file.")
     direction_ras = ras_axes / spacing
     origin_ras = ijk_to_ras[:3, 3] + ijk_to_ras[:3, :3] @ shift
     # Use the node's stored spacing/directions where possible: they are exact (norms of
-    # columns can differ from the stored spacing in the last bit).
-    if np.allclose(ijk_spacing, 1.0) and not shift.any():
+    # columns can differ from the stored spacing in the last bit). Not for a negative spacing (Slicer's IJK-to-RAS
+    # matrix multiplies the direction by it: the axis runs the other way), which SimpleITK refuses: the column
+    # norms and the flipped directions above place every voxel where Slicer shows it
+    if np.allclose(ijk_spacing, 1.0) and not shift.any() and min(node.GetSpacing()) > 0:
         spacing = np.array(node.GetSpacing(), dtype=float)
         directions = vtk.vtkMatrix4x4()
         node.GetIJKToRASDirectionMatrix(directions)

@@ -391,6 +391,33 @@ class MrmlHelpersTest(unittest.TestCase):
         with self.assertRaisesRegex(InputError, "no voxels"):
             mrml.image_from_volume_node(empty)
 
+    def test_a_negative_spacing_is_read_where_slicer_shows_it_and_a_zero_one_is_named(self) -> None:
+        """A spacing set from the console (node.SetSpacing): Slicer's IJK-to-RAS matrix multiplies each direction by
+        it, so a negative one runs that axis the other way and 0 gives the voxels no size. Both had been a
+        RuntimeError from SimpleITK's SetSpacing ("Negative spacing is not supported", "Zero-valued spacing"),
+        the traceback the Logic's registerVolumes and fuseVolumes showed."""
+        import vtk
+
+        for spacing in ((4.0, -4.0, 5.0), (-4.0, -4.0, -5.0)):
+            with self.subTest(spacing=spacing):
+                node = mrml.volume_node_from_image(self.image, self.scene, name="flipped")
+                node.SetSpacing(*spacing)
+                read = mrml.image_from_volume_node(node)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(self.image))
+                matrix = vtk.vtkMatrix4x4()
+                node.GetIJKToRASMatrix(matrix)
+                for index in ((0, 0, 0), (15, 0, 0), (0, 17, 13), (15, 17, 13), (7, 9, 6)):
+                    ras = matrix.MultiplyPoint([*index, 1.0])[:3]
+                    np.testing.assert_allclose(read.TransformIndexToPhysicalPoint(index),
+                                               [-ras[0], -ras[1], ras[2]], atol=1e-9)
+        for spacing, axes in (((4.0, 0.0, 5.0), "axis J"), ((0.0, 4.0, 0.0), "axes I, K")):
+            with self.subTest(spacing=spacing):
+                node = mrml.volume_node_from_image(self.image, self.scene, name="flat")
+                node.SetSpacing(*spacing)
+                with self.assertRaisesRegex(InputError, f"Volume 'flat(_\\d+)?' has no valid voxel size along {axes}"
+                                                        ".*Image Spacing"):
+                    mrml.image_from_volume_node(node)
+
     def test_nested_linear_transforms_compose_from_world(self) -> None:
         outer = sitk.Euler3DTransform((0, 0, 0), 0.1, 0.0, -0.05, (3.0, 0.0, -2.0))
         inner = sitk.TranslationTransform(3, (1.0, 2.0, 3.0))
