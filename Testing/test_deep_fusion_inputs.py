@@ -267,6 +267,30 @@ class TrainingDataTest(unittest.TestCase):
                 self.assertIn(field if field != "lr" else "lr nan" if value != value else "lr inf",
                               str(caught.exception))
 
+    def test_a_training_seed_out_of_range_is_refused_before_the_pairs_are_read(self):
+        """--seed 99999999999999999999 (and -9999999999999999999) had been a ValueError traceback from torch's
+        manual_seed ("Overflow when unpacking long long") after every pair was read; -1, which registration refuses,
+        had trained. The CLI gives the message, exit 2 and no traceback, and writes nothing."""
+        from MultimodalFusionLib.fusion.deep import TrainingConfig
+
+        for seed in (-1, 2**64, -(2**64), 2**62 + 1, 1.5, "3", True):
+            with self.subTest(seed=seed):
+                with self.assertRaisesRegex(InputError, "training seed must be a whole number from 0 to 2\\^62"):
+                    TrainingConfig(seed=seed).check()
+        for seed in (0, 7, 2**62, 3.0):
+            TrainingConfig(seed=seed, device="cpu").check()
+        with tempfile.TemporaryDirectory() as tmp:
+            model = os.path.join(tmp, "m.safetensors")
+            for seed in ("99999999999999999999", "-1"):
+                with self.subTest(cli_seed=seed), redirect_stderr(io.StringIO()) as err:
+                    rc = main(["train-fusion", "--pairs", os.path.join(tmp, "no-pairs"), "--output", model,
+                               "--seed", seed])
+                self.assertEqual(rc, 2, err.getvalue())
+                self.assertIn(f"The training seed must be a whole number from 0 to 2^62, not {int(seed)}.",
+                              err.getvalue())
+                self.assertNotIn("Traceback", err.getvalue())
+            self.assertEqual(os.listdir(tmp), [])
+
     def test_a_diverged_run_is_an_error_not_nan_weights(self):
         """The loss went NaN and train_fusion returned (and the CLI saved) NaN weights as a trained network."""
         from MultimodalFusionLib.fusion.deep import TrainingConfig, build_network, train_fusion

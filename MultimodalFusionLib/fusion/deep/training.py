@@ -23,6 +23,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...progress import ProgressCallback, report
+from ...validation import whole_number
 from .losses import FusionLoss, LossWeights
 from .network import FusionNetConfig, build_network
 
@@ -66,8 +67,8 @@ class TrainingConfig:
         Raises:
             InputError: epochs or batch size below 1, a learning rate that is not a positive finite number
                 (inf trained NaN weights and wrote them; NaN failed inside torch), a patch side below 16,
-                fewer than one sample per epoch, or a device torch cannot use (see :func:`resolve_device`;
-                it was found only after every pair had been read).
+                fewer than one sample per epoch, a seed that is not a whole number from 0 to 2^62, or a device
+                torch cannot use (see :func:`resolve_device`; it was found only after every pair had been read).
         """
         lr_ok = (isinstance(self.lr, numbers.Real) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
                  and self.lr > 0)  # numpy's float32 too
@@ -79,8 +80,18 @@ class TrainingConfig:
             # 0 used to mean "all samples" silently, and a negative count suggested a negative batch size
             raise InputError(f"samples_per_epoch must be at least 1 (got {self.samples_per_epoch}).",
                              "Leave it out (one pass over all samples per epoch) or give a count >= the batch size.")
+        if whole_number(self.seed, 0, MAX_SEED) is None:
+            # torch's generators take 64-bit seeds (each epoch's is seed + 1000 * epoch): --seed 1e20 had been a
+            # ValueError traceback from manual_seed after every pair was read, and a negative seed, which
+            # registration refuses, had trained
+            raise InputError(f"The training seed must be a whole number from 0 to 2^62, not {self.seed!r}.",
+                             "Give e.g. --seed 0 (Python: TrainingConfig(seed=0)); the same seed gives the same "
+                             "weights.")
         resolve_device(self.device)
 
+
+#: The largest training seed: torch's generators take 64-bit seeds, and each epoch draws from seed + 1000 * epoch.
+MAX_SEED = 2**62
 
 #: Settings a resumed run must share with the checkpoint's (with them, it continues as the uninterrupted
 #: run would: the same data order, augmentation and learning-rate schedule, step for step).
