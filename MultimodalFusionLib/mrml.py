@@ -21,6 +21,7 @@ Coordinate conventions, converted here and nowhere else:
 from __future__ import annotations
 
 import itertools
+import numbers
 import os
 import shutil
 import tempfile
@@ -1400,6 +1401,25 @@ def setup_functional_display(node: Any, *, colormap: str = "PET-Heat",
     return display
 
 
+def check_display_settings(scene: Any, *, opacity: Any, colormap: Any = None, threshold_fraction: Any = None) -> None:
+    """Refuse what :func:`show_fusion` cannot show, before anything is shown or computed: an opacity outside 0..1,
+    a colour table the scene (with Slicer's defaults) does not hold (None: not checked), a threshold fraction that
+    is not None or a number in 0..1 (NaN had been set as the threshold without a word, 5 made every voxel
+    transparent). ``FusionLogic.run`` calls it before its registration, which had run (and its 8 nodes stayed in the
+    scene) before a misspelt colour table or an opacity of 5 was refused."""
+    if not (isinstance(opacity, numbers.Real) and not isinstance(opacity, bool) and 0.0 <= opacity <= 1.0):
+        raise InputError(f"Foreground opacity {opacity} is outside 0..1.", "Give a value between 0 and 1.")
+    if threshold_fraction is not None and not (isinstance(threshold_fraction, numbers.Real)
+                                               and not isinstance(threshold_fraction, bool)
+                                               and 0.0 <= threshold_fraction <= 1.0):
+        raise InputError(f"The display threshold {threshold_fraction} is not a fraction of the display window "
+                         "in 0..1.",
+                         "Give a fraction in 0..1 (0.1: the lowest tenth of the window transparent), or None to "
+                         "show every voxel.")
+    if colormap is not None:
+        _color_node(scene, colormap)
+
+
 def show_fusion(background_node: Any, foreground_node: Any | None = None, *, opacity: float = 0.5,
                 colormap: str = "PET-Heat", threshold_fraction: float | None = 0.1,
                 scene: Any = None, background_padding: Any = COMPUTE_MASK,
@@ -1421,9 +1441,10 @@ def show_fusion(background_node: Any, foreground_node: Any | None = None, *, opa
     Returns:
         The number of slice views set (0 when the scene has no slice views, e.g. a bare scene).
     """
-    if not 0.0 <= opacity <= 1.0:
-        raise InputError(f"Foreground opacity {opacity} is outside 0..1.", "Give a value between 0 and 1.")
     scene = get_scene(scene, background_node)
+    # all of them before the background's display changes (a misspelt colour table had been refused after it)
+    check_display_settings(scene, opacity=opacity, colormap=colormap if foreground_node is not None else None,
+                           threshold_fraction=threshold_fraction)
     setup_anatomical_display(background_node, padding=background_padding)
     if foreground_node is not None:
         setup_functional_display(foreground_node, colormap=colormap, threshold_fraction=threshold_fraction,

@@ -807,6 +807,10 @@ class FusionLogic:
             fusionParameters.update(colormap=colormap, opacity=opacity)
             checked = _overlay_parameters(scene, fusionParameters)
         fusion.check_parameters(fusionMethod, checked)  # a misspelt value must not wait for it either
+        if show:  # nor the slice views' settings: a colour table 'Nope' or an opacity of 5 had been refused once the
+            # registration and the fusion had run, their 8 nodes left in the scene
+            mrml.check_display_settings(scene, opacity=opacity, colormap=colormap,
+                                        threshold_fraction=displayThreshold)
         if any(fusionParameters.get(k) is not None for k in ("window", "window_a", "window_b")):
             # nor a window that holds none of its volume's values (the rule fuseVolumes applies, on the moving volume
             # before its registration): it had been refused once the registration had run

@@ -449,6 +449,29 @@ class LogicTest(unittest.TestCase):
         with self.assertRaisesRegex(InputError, "anatomical volume 'MR' is under a transform"):
             self.logic.fuseVolumes(self.mr, self.pet)
 
+    def test_bad_display_settings_of_run_fail_before_any_work(self) -> None:
+        """run's colormap, opacity and displayThreshold are the slice views': a colour table 'Nope' and an opacity
+        of 5 had been refused only once the registration and the fusion had run, their 8 nodes (transform,
+        registered, fused and weight volumes with displays, table) left in the scene; a threshold of NaN or 5 had
+        been set without a word (5: every voxel of the registered volume transparent)."""
+        def made() -> int:
+            return sum(self.scene.GetNumberOfNodesByClass(cls) for cls in
+                       ("vtkMRMLTransformNode", "vtkMRMLVolumeNode", "vtkMRMLTableNode", "vtkMRMLDisplayNode"))
+
+        before = made()
+        for kwargs, message in (({"colormap": "Nope"}, "no colour table named 'Nope'"),
+                                ({"opacity": 5}, "Foreground opacity 5 is outside 0..1"),
+                                ({"opacity": float("nan")}, "Foreground opacity nan is outside 0..1"),
+                                ({"displayThreshold": float("nan")}, "display threshold nan is not a fraction"),
+                                ({"displayThreshold": 5}, "display threshold 5 is not a fraction")):
+            with self.subTest(**kwargs), self.assertRaisesRegex(InputError, message):
+                self.logic.run(self.mr, self.pet, stages=["rigid"], seed=3, **kwargs)
+            self.assertEqual(made(), before)
+        with self.assertRaisesRegex(InputError, "no colour table named 'Nope'"):
+            self.logic.showFusion(self.mr, self.pet, colormap="Nope")
+        # show=False leaves the slice views alone: their settings are not asked for
+        self.logic.run(self.mr, self.pet, stages=["rigid"], seed=3, show=False, colormap="Nope", opacity=5)
+
     def test_output_nodes_of_the_wrong_kind_fail_before_any_work(self) -> None:
         table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", "t")
         rgb = self.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
