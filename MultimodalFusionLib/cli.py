@@ -493,6 +493,37 @@ def _transform_chain(paths: Sequence[str] | None, invert: bool) -> tuple[Any, li
         raise InputError(exc.problem, fix) from None
 
 
+def _check_resample_overlap(out: Any, moving: Any, reference: Any, transform: Any, args: argparse.Namespace) -> None:
+    """Refuse a resampled image ``out`` in which no voxel of the reference grid falls inside the moving image (as
+    they lie, or through ``--transform``): it had been written as nothing but ``--default-value``, rc 0, where ``run
+    --no-register`` and ``fuse`` refuse the same pair. Inside is ITK's test, the one the resampler takes a moving
+    value by (:func:`metrics.reached_voxels`, the voxels the alignment metrics compare), looked at only where every
+    voxel of ``out`` is the default value (a label map whose background alone reaches the grid is written)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .errors import InputError
+    from .io import display_name
+    from .metrics import reached_voxels
+
+    values = sitk.GetArrayViewFromImage(out)
+    default = float(args.default_value)
+    if not bool(np.isnan(values).all() if np.isnan(default) else (values == default).all()):
+        return
+    reached = reached_voxels(reference, moving, transform)  # held: a view of a temporary image reads freed memory
+    if sitk.GetArrayViewFromImage(reached).any():
+        return
+    how = "through the transform" if transform is not None else "as they lie (no --transform)"
+    fix = ("Check that the transform maps reference points into the moving image (fixed -> moving, as mmfusion "
+           "register writes it; --invert for one written the other way round), and the origins in the headers "
+           "(mmfusion info)." if transform is not None else
+           "Give the transform that aligns them (--transform DIR/transform.tfm, as mmfusion register writes it), "
+           "or check the origins in the headers (mmfusion info).")
+    raise InputError(f"The moving image {display_name(args.moving)} does not overlap the reference "
+                     f"{display_name(args.reference)} {how}: every voxel of the output would be the default value "
+                     f"({args.default_value:g}).", fix)
+
+
 def _run_resample(args: argparse.Namespace) -> int:
     from .io import (
         check_not_overwriting_inputs,
@@ -541,6 +572,7 @@ def _run_resample(args: argparse.Namespace) -> int:
                    default_value=args.default_value, components=args.components,
                    tensor_reorientation=args.tensor_reorientation,
                    tensor_interpolation=args.tensor_interpolation)
+    _check_resample_overlap(out, moving, reference, transform, args)
     print(f"wrote {write_image(out, args.output)}")
     return 0
 

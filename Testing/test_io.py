@@ -3156,7 +3156,7 @@ class OneSliceVolumes(unittest.TestCase):
     def test_run_without_registration_refuses_slices_at_other_depths(self) -> None:
         """run --no-register takes the images as they lie: a one-slice moving volume 100 mm from the fixed slice
         had been fused with it as if they lay together (as 2D images both lose their depth), where mmfusion
-        resample without a transform finds nothing of it and fuse refuses it as off the grid."""
+        resample without a transform refuses it as not overlapping and fuse as off the grid."""
         from MultimodalFusionLib import pipeline
 
         fixed = self._volume("BrainT1Slice.png", "t1.nii.gz")

@@ -1024,6 +1024,44 @@ class ResampleChainsAndInverses(unittest.TestCase):
         self.assertIn("--invert was given without --transform", err)
 
 
+    def test_a_moving_image_that_does_not_overlap_the_reference_is_refused(self) -> None:
+        """No voxel of the reference grid inside the moving image (as they lie, or through the transform): the output
+        had been written as nothing but --default-value, rc 0, where run --no-register and fuse refuse the pair."""
+        import os
+
+        far = sitk.Image(self.image)
+        far.SetOrigin([c + 5000.0 for c in self.image.GetOrigin()])
+        labels = sitk.Image(self.image.GetSize(), sitk.sitkUInt8)  # its label 3 lies outside the reference
+        labels.CopyInformation(self.image)
+        labels[0, 0, 0] = 3
+        reference = sitk.Image(self.image)
+        reference.SetOrigin([c + 2.0 for c in self.image.GetOrigin()])
+        for name, image in (("far.nrrd", far), ("m.nrrd", self.image), ("labels.nrrd", labels),
+                            ("ref.nrrd", reference)):
+            sitk.WriteImage(image, self.path(name))
+        sitk.WriteTransform(sitk.TranslationTransform(3, (5000.0, 5000.0, 5000.0)), self.path("to_far.tfm"))
+        for moving, extra, said in (("far.nrrd", [], "as they lie (no --transform)"),
+                                    ("far.nrrd", ["--default-value", "-1000"], "as they lie (no --transform)"),
+                                    ("m.nrrd", ["--transform", self.path("to_far.tfm")], "through the transform")):
+            with self.subTest(moving=moving, extra=extra):
+                out = self.path("out.nrrd")
+                code, err = self.run_cli("resample", self.path(moving), "--reference", self.path("ref.nrrd"), "-o",
+                                         out, *extra)
+                self.assertEqual(code, 2, err)
+                self.assertIn(f"The moving image {moving} does not overlap the reference ref.nrrd {said}: every voxel "
+                              "of the output would be the default value", err)
+                self.assertIn("Fix: ", err)
+                self.assertFalse(os.path.exists(out))
+        # aligned by the transform, or overlapping with only the background (a label map): written
+        for moving, extra in (("far.nrrd", ["--transform", self.path("to_far.tfm")]),
+                              ("labels.nrrd", ["--interpolation", "nearest"])):
+            with self.subTest(moving=moving):
+                out = self.path(f"ok_{moving}")
+                code, err = self.run_cli("resample", self.path(moving), "--reference", self.path("ref.nrrd"), "-o",
+                                         out, *extra)
+                self.assertEqual(code, 0, err)
+                self.assertTrue(os.path.exists(out))
+
 
 class LabelGaussianKeepsNoThinLabel(unittest.TestCase):
     def test_a_label_one_voxel_thin_is_outvoted_on_its_own_grid(self) -> None:
