@@ -764,15 +764,22 @@ def _alignment(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform 
     if count < 2:
         if apart_ok:
             return {"MI": float("nan"), "NMI": float("nan"), "NCC": float("nan"), "voxels": float(count)}
-        how = "as the images lie (no transform)" if transform is None else "through the transform"
-        within = " within the fixed mask" if mask is not None else ""
-        raise InputError(f"The moving image, {how}, covers {count} of the fixed image's voxels{within}: fewer than "
-                         "two to compare.",
-                         "Give the transform that maps the fixed image into the moving one (fixed -> moving points, "
-                         "as mmfusion register writes it), images that overlap, or a mask over their overlap.")
+        raise _too_few_compared(count, transform, mask is not None)
     if resampled is None:
         resampled = resample(moving, fixed, transform, "linear")
     return registration_metrics(fixed, resampled, reached, bins=bins)
+
+
+def _too_few_compared(count: int, transform: sitk.Transform | None, masked: bool = False) -> InputError:
+    """The refusal of images that share fewer than two voxels in one state (as they lie, or through ``transform``):
+    :func:`alignment_metrics`' and, where nothing else is scored, :func:`evaluate_registration`'s."""
+    how = "as the images lie (no transform)" if transform is None else "through the transform"
+    within = " within the fixed mask" if masked else ""
+    return InputError(f"The moving image, {how}, covers {count} of the fixed image's voxels{within}: fewer than "
+                      "two to compare.",
+                      "Give the transform that maps the fixed image into the moving one (fixed -> moving points, "
+                      "as mmfusion register writes it; --transform DIR/transform.tfm), images that overlap (mmfusion "
+                      "info shows their origins), or a mask over their overlap.")
 
 
 def tre(fixed_points: Sequence[Sequence[float]], moving_points: Sequence[Sequence[float]],
@@ -1735,14 +1742,38 @@ def evaluate_registration(fixed: sitk.Image, moving: sitk.Image, transform: sitk
     out: dict[str, Any] = {"transform_convention": "fixed -> moving points (ITK), LPS mm", "notes": []}
     steps = (("before", None), ("after", transform))
     # each state over the fixed voxels it maps inside the moving image, as ITK and ANTs count them
+    # the images' similarity alone: a state with nothing to compare, or a blank image, leaves nothing to report (it
+    # had printed n/a and 'voxels compared 0', or NMI 1.0000 for an all-zero image, rc 0 and no word)
+    images_only = fixed_labels is None and fixed_landmarks is None
+    blank = []
+    for image, name in ((fixed, "fixed image"), (moving, "moving image")):
+        values = sitk.GetArrayViewFromImage(image)
+        if values.size and values.min() == values.max():
+            if images_only:  # refused as register refuses it
+                from .validation import check_image
+
+                check_image(image, name, allow_vector=True, allow_one_slice=True, allow_any_span=True)
+            blank.append(f"The {name} is constant (every voxel is {float(values.min()):g}): it holds no structure, so "
+                         "its similarity with the other image (MI, NMI, NCC) is n/a (NMI would read 1.0, MI 0, for "
+                         "any image). Check that the right file or series was loaded.")
     out["images"] = alignment_before_after(fixed, moving, transform)
     reached = int(out["images"]["after"]["voxels"])
-    if transform is not None and reached < 2:
+    if images_only and reached < 2:
+        raise _too_few_compared(reached, transform)
+    if blank:
+        for state in out["images"].values():
+            state.update(MI=float("nan"), NMI=float("nan"), NCC=float("nan"))
+        out["notes"] += blank
+    if reached < 2:
         # scored as n/a, not refused: the label maps and landmarks below still say how far off the transform is
         out["notes"].append(f"Through the transform the moving image covers {reached} of the fixed image's voxels, so "
                             "their similarity after it (MI, NMI, NCC) is n/a. Check that it maps the fixed image into "
                             "the moving one (fixed -> moving points, as mmfusion register writes it; --invert for one "
-                            "written the other way round).")
+                            "written the other way round)." if transform is not None else
+                            f"As the images lie (no transform) the moving image covers {reached} of the fixed image's "
+                            "voxels, so their similarity (MI, NMI, NCC) is n/a. Give the registration's transform "
+                            "(fixed -> moving points, as mmfusion register writes it), or check the origins in the "
+                            "headers (mmfusion info).")
     if fixed_labels is not None:
         present, left_out, scored = checked["present"], checked["left_out"], checked["scored"]
         out["labels"] = {}

@@ -782,10 +782,13 @@ class AlignmentOverTheOverlapTest(unittest.TestCase):
             self.assertEqual(rc, 0, err)
             self.assertRegex(out, r"NCC\s+0\.70\d+\s+0\.98\d+")
             self.assertRegex(out, rf"voxels compared\s+{fixed.GetNumberOfPixels()}\s+3\d{{4}}\n")  # 39974
-        # a transform that sends the fixed grid beyond the moving image: n/a over 0 voxels and a note naming the
-        # fix, not an error (label maps and landmarks scored with it still say how far off it is)
+        # a transform that sends the fixed grid beyond the moving image: with landmarks (or label maps), which still
+        # say how far off it is, n/a over 0 voxels and a note naming the fix; the images alone are refused below
         away = sitk.TranslationTransform(3, (500.0, 0.0, 0.0))
-        scored = metrics.evaluate_registration(fixed, moving, away)
+        points = np.array([[10.0, 10.0, 10.0], [20.0, 5.0, 30.0]])
+        scored = metrics.evaluate_registration(fixed, moving, away, fixed_landmarks=points,
+                                               moving_landmarks=points + (500.0, 0.0, 0.0))
+        self.assertAlmostEqual(scored["landmarks"]["after"]["mean"], 0.0)
         self.assertEqual(scored["images"]["after"]["voxels"], 0)
         self.assertTrue(np.isnan(scored["images"]["after"]["NCC"]))
         self.assertTrue(any("covers 0 of the fixed image's voxels" in n and "fixed -> moving" in n
@@ -805,10 +808,8 @@ class AlignmentOverTheOverlapTest(unittest.TestCase):
                            for image, name in ((fixed, "f.nrrd"), (moving, "m.nrrd"), (far, "far.nrrd")))
             t = write_transform(away, os.path.join(d, "away.tfm"))
             rc, out, err = run_cli("evaluate-registration", f, m, "--transform", t)
-            self.assertEqual(rc, 0, err)
-            self.assertRegex(out, r"NCC\s+0\.70\d+\s+n/a\n")
-            self.assertRegex(out, rf"voxels compared\s+{fixed.GetNumberOfPixels()}\s+0\n")
-            self.assertIn("covers 0 of the fixed image's voxels", err)
+            self.assertEqual(rc, 2, err)  # nothing else scored: refused (test_nothing_to_compare_is_refused)
+            self.assertIn("through the transform, covers 0 of the fixed image's voxels: fewer than two", err)
             rc, out, err = run_cli("evaluate-registration", f, m_far, "--transform", t)
             self.assertEqual(rc, 0, err)
             self.assertRegex(out, r"NCC\s+n/a\s+0\.70\d+\n")
@@ -825,6 +826,45 @@ class AlignmentOverTheOverlapTest(unittest.TestCase):
                                    "--stages", "rigid", "--seed", "0", "--methods", "average")
             self.assertEqual(rc, 0, err)
             self.assertRegex(out, r"alignment: MI n/a -> \d\.\d{3}, NCC n/a -> [01]\.\d{3} \(over the 0 -> \d+ ")
+
+    def test_nothing_to_compare_is_refused_and_a_blank_image_is_named(self) -> None:
+        """Images that share no voxel (as they lie, or through the transform), with nothing else scored, had printed
+        n/a and 'voxels compared 0', rc 0 and no word; an all-zero moving image had scored NMI 1.0000 before and
+        after (1 is what NMI reads for any image against a constant one). register refuses both pairs' images so."""
+        fixed, moving, tx = moved_ct_pair()
+        far = sitk.Image(moving)
+        far.SetOrigin(tuple(np.add(moving.GetOrigin(), (5000.0, 0.0, 0.0))))
+        blank = sitk.Image(moving.GetSize(), sitk.sitkFloat32)
+        blank.CopyInformation(moving)
+        with tempfile.TemporaryDirectory() as d:
+            f, m_far, m_blank, m = (write_image(image, os.path.join(d, name)) for image, name in
+                                    ((fixed, "f.nrrd"), (far, "far.nrrd"), (blank, "blank.nrrd"), (moving, "m.nrrd")))
+            for argv, said in (([f, m_far], "The moving image, as the images lie (no transform), covers 0 of the fixed "
+                                            "image's voxels: fewer than two to compare."),
+                               ([f, m, "--transform", write_transform(sitk.TranslationTransform(3, (5000.0, 0, 0)),
+                                                                      os.path.join(d, "away.tfm"))],
+                                "The moving image, through the transform, covers 0 of the fixed image's voxels"),
+                               ([f, m_blank], "The moving image is constant (every voxel is 0); it holds no structure"),
+                               ([m_blank, f], "The fixed image is constant (every voxel is 0)")):
+                with self.subTest(said=said):
+                    rc, out, err = run_cli("evaluate-registration", *argv)
+                    self.assertEqual(rc, 2, out + err)
+                    self.assertIn(said, err)
+                    self.assertIn("Fix: ", err)
+        for image in (far, blank):  # the engine (and so the Slicer Logic's evaluateRegistration) refuses them
+            with self.assertRaises(InputError):
+                metrics.evaluate_registration(fixed, image)
+        # with landmarks scored too, a blank image's similarity is n/a with a note, not NMI 1.0
+        points = np.array([[10.0, 10.0, 10.0], [20.0, 5.0, 30.0]])
+        scored = metrics.evaluate_registration(fixed, blank, fixed_landmarks=points, moving_landmarks=points)
+        for state in ("before", "after"):
+            self.assertTrue(np.isnan(scored["images"][state]["NMI"]), scored["images"][state])
+        self.assertTrue(any("The moving image is constant (every voxel is 0)" in n for n in scored["notes"]),
+                        scored["notes"])
+        # and two images apart, with landmarks: n/a and a note, the landmarks scored
+        scored = metrics.evaluate_registration(fixed, far, fixed_landmarks=points, moving_landmarks=points)
+        self.assertTrue(any("As the images lie (no transform) the moving image covers 0" in n for n in scored["notes"]))
+        self.assertAlmostEqual(scored["landmarks"]["after"]["mean"], 0.0)
 
 
 try:
