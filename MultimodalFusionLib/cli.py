@@ -277,7 +277,13 @@ def _check_series(args: argparse.Namespace, roles: Sequence[str]) -> None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
-    from .io import check_not_overwriting_inputs, one_slice_inputs_as_2d, read_image, read_transform
+    from .io import (
+        check_not_overwriting_inputs,
+        check_output_folder,
+        one_slice_inputs_as_2d,
+        read_image,
+        read_transform,
+    )
     from .registration import check_one_start, register, resolve_parameters
     from .registration.outputs import save_registration_outputs
 
@@ -296,6 +302,7 @@ def _run_register(args: argparse.Namespace) -> int:
         [os.path.join(args.output_dir, n) for n in ("checkerboard.png", "metrics.json")],
         [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform],
         patterns=[os.path.join(args.output_dir, n) for n in ("transform.*", "moving_resampled.*")])
+    check_output_folder(args.output_dir)  # a file of its name had been refused once the registration had run
     fixed = read_image(args.fixed, series=_series(args, "fixed"), float32=True)
     moving = read_image(args.moving, series=_series(args, "moving"), float32=True)
     fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
@@ -723,6 +730,7 @@ def _run_fuse(args: argparse.Namespace) -> int:
         _2D_EXTENSIONS,
         as_one_slice_of,
         check_not_overwriting_inputs,
+        check_output_folder,
         check_output_name,
         one_slice_axis,
         one_slice_pixels,
@@ -742,6 +750,9 @@ def _run_fuse(args: argparse.Namespace) -> int:
         raise InputError(f"The weight map and the fused image are the same file ('{args.output}').",
                          "Give --weight-map another name (e.g. weights.nii.gz).")
     if args.report:
+        # a file of its name (an input given by mistake) had been refused only after the fusion (minutes for deep
+        # fusion), once stdout had said 'fused -> OUT' of the image then discarded
+        check_output_folder(args.report)
         # the report writes these names: an output so named was replaced by the report's own file (rc 0)
         mine = ["report.html", "metrics.json", "metrics_chart.png", f"montage_{args.method}.png"]
         for name in mine:
@@ -788,18 +799,22 @@ def _run_fuse(args: argparse.Namespace) -> int:
     fused = res.image if slice_volume is None or ext else as_one_slice_of(res.image, slice_volume)
     # with --json, stdout is the JSON alone (a script parses it); the status lines go to stderr
     status = sys.stderr if args.json else sys.stdout
+    written: list[str] = []  # with --report, said once the report is in too: a failing report discards the image
     with contextlib.ExitStack() as stack:
         # with --report, the fused image is moved in with its report, not before: Ctrl-C or a failure while the
         # metrics and the report were made (12 s on a volume) had left the new image beside the old report
         target = stack.enter_context(staged_output(args.output)) if args.report else args.output
         write_image(_writable(fused, ext), target)  # an error names args.output (staged_output), not target
-        print(f"fused ({res.method}, {res.seconds:.2f} s) -> {args.output}", file=status)
+        written.append(f"fused ({res.method}, {res.seconds:.2f} s) -> {args.output}")
         if args.weight_map:  # every method has one (FusionResult.weights), on the fused image's grid
             weights = res.weights if slice_volume is None else as_one_slice_of(res.weights, slice_volume)
             # with --report, moved in with the fused image and its report, not before (as the fused image is)
             write_image(weights, stack.enter_context(staged_output(args.weight_map)) if args.report
                         else args.weight_map)
-            print(f"weight map (weight of A, 0..1) -> {args.weight_map}", file=status)
+            written.append(f"weight map (weight of A, 0..1) -> {args.weight_map}")
+        if not args.report:
+            print("\n".join(written), file=status)
+            written = []
         _print_warnings(res.warnings)  # e.g. deep fusion's anisotropy: every run, as register prints its own
         if args.report or args.json:
             from .metrics import fusion_metrics
@@ -813,6 +828,8 @@ def _run_fuse(args: argparse.Namespace) -> int:
                                                           f"B: {display_name(args.b)}": b},
                                      fusions=[res], metrics=table, title=f"Fusion ({res.method})",
                                      keep=[args.a, args.b, args.output])
+    if written:
+        print("\n".join(written), file=status)
     if args.json:
         _print_json(table)
     elif args.report:

@@ -3765,8 +3765,10 @@ def display_name(path: str | os.PathLike, default: str = "") -> str:
     return os.path.basename(os.path.normpath(os.fspath(path))) or default
 
 
-def make_output_dir(path: str | os.PathLike) -> str:
-    """Create an output folder (and its parents) if needed; a clear error when a file has its name.
+def check_output_folder(path: str | os.PathLike) -> str:
+    """Refuse, before any work and without making anything, an output folder that :func:`make_output_dir` could not
+    make because a file has its name or a parent's (``fuse --report a.nii.gz``, ``register -o a.nii.gz``: refused
+    only once the fusion or the registration had run). Returns ``path`` as a string.
 
     Raises:
         InputError: ``path``, or one of its parents, is an existing file.
@@ -3778,6 +3780,16 @@ def make_output_dir(path: str | os.PathLike) -> str:
     if probe and not os.path.isdir(probe):
         raise InputError(f"The output folder '{path}' cannot be made: '{probe}' is a file.",
                          f"Give a folder path with no existing file in it, or move '{probe}' away.")
+    return path
+
+
+def make_output_dir(path: str | os.PathLike) -> str:
+    """Create an output folder (and its parents) if needed; a clear error when a file has its name.
+
+    Raises:
+        InputError: ``path``, or one of its parents, is an existing file.
+    """
+    path = check_output_folder(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:  # read-only or special file system, no permission, a name too long

@@ -46,6 +46,21 @@ class RegisterCommand(unittest.TestCase):
         self.addCleanup(self.tmp.cleanup)
         self.dir = self.tmp.name
 
+    def test_an_output_folder_that_is_a_file_is_refused_before_the_registration(self):
+        """register -o FILE (an input given by mistake) had been refused only once the registration had run."""
+        import MultimodalFusionLib.registration as registration
+
+        ran = []
+        real_register = registration.register
+        registration.register = lambda *a, **k: ran.append("register") or real_register(*a, **k)
+        try:
+            rc, out, err = run_cli("register", FIXED, MOVING, "-o", FIXED, "--stages", "rigid", "--seed", "0")
+        finally:
+            registration.register = real_register
+        self.assertEqual(rc, 2, err)
+        self.assertIn(f"The output folder '{FIXED}' cannot be made: '{FIXED}' is a file.", err)
+        self.assertEqual(ran, [])
+
     def test_register_json_and_outputs(self):
         out_dir = os.path.join(self.dir, "reg")
         rc, out, err = run_cli("register", FIXED, MOVING, "--output-dir", out_dir, "--seed", "1", "--json")

@@ -126,6 +126,28 @@ class FuseEvaluateCliTest(unittest.TestCase):
         self.assertIn(f"'{out}'", stderr)
         self.assertNotIn(".mmf-staging", stderr)
 
+    def test_a_report_folder_that_is_a_file_is_refused_before_the_fusion(self) -> None:
+        """fuse --report FILE (an input given by mistake, or a folder under a file) had been refused only after the
+        fusion (minutes for deep fusion), once stdout had said 'fused -> OUT' of the image it then discarded."""
+        import MultimodalFusionLib.fusion as fusion_module
+
+        out = os.path.join(self.tmp.name, "fused.nii.gz")
+        ran = []
+        real_fuse = fusion_module.fuse
+        fusion_module.fuse = lambda *a, **k: ran.append("fuse") or real_fuse(*a, **k)
+        try:
+            for report, file in ((self.a, self.a), (os.path.join(self.a, "report"), self.a)):
+                with self.subTest(report=report):
+                    code, stdout, stderr = _main(["fuse", self.a, self.b, "--method", "average", "-o", out,
+                                                  "--report", report])
+                    self.assertEqual(code, 2, stderr)
+                    self.assertIn(f"The output folder '{report}' cannot be made: '{file}' is a file.", stderr)
+                    self.assertNotIn("fused", stdout)
+        finally:
+            fusion_module.fuse = real_fuse
+        self.assertEqual(ran, [])  # refused before fusing
+        self.assertFalse(os.path.exists(out))
+
     def test_fuse_writes_the_image_and_a_report(self) -> None:
         out = os.path.join(self.tmp.name, "fused.nii.gz")
         rep = os.path.join(self.tmp.name, "report")
