@@ -103,6 +103,42 @@ class ItkBrainWebCase(unittest.TestCase):
                                       np.array(self.result.transform.GetParameters()))
         self.assertEqual(a.metric_after, self.result.metric_after)
 
+    def test_one_seed_rule_on_both_backends_the_cli_and_the_logic(self):
+        """A seed is a whole number from 0 to 2^31 - 2 on either backend, from Python, the CLI and the Logic: the
+        SimpleITK backend had wrapped larger ones modulo 2^31 - 2 (seeds k and k + 2147483646 gave the same
+        transform) where torch took up to 2^62, and 1.5, True and "1" had run as seed 1."""
+        import contextlib
+        import io as text
+        import re
+
+        from MultimodalFusionLib import cli, mrml
+        from MultimodalFusionLib.registration import MAX_SEED
+        from MultimodalFusionLib.slicer_logic import FusionLogic
+
+        self.assertEqual(MAX_SEED, 2**31 - 2)
+        said = re.escape("seed must be a whole number from 0 to 2147483646 (2^31 - 2)")
+        scene = mrml.new_scene()
+        nodes = [mrml.volume_node_from_image(sitk.JoinSeries([image] * 3), scene, name=name)
+                 for image, name in ((self.fixed, "F"), (self.moving, "M"))]
+        for seed in (1.5, True, "1", -1, MAX_SEED + 1, 2**62, 2**70):
+            for backend, settings in _short_rigid_runs():
+                with self.subTest(seed=seed, backend=backend), self.assertRaisesRegex(InputError, said):
+                    register(self.fixed, self.moving, seed=seed, backend=backend)
+                with self.subTest(seed=seed, backend=backend, settings=True), self.assertRaisesRegex(InputError, said):
+                    dataclasses.replace(settings, seed=seed).validate()
+            with self.subTest(seed=seed, logic=True), self.assertRaisesRegex(InputError, said):
+                FusionLogic(scene).registerVolumes(*nodes, seed=seed)
+        err = text.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(text.StringIO()):
+            self.assertEqual(cli.main(["register", "f.nrrd", "m.nrrd", "-o", "out", "--seed", str(2**70)]), 2)
+        self.assertRegex(err.getvalue(), said)
+        # the largest seed is its own: it had run as seed 0
+        top = register(self.fixed, self.moving, seed=MAX_SEED)
+        zero = register(self.fixed, self.moving, seed=0)
+        self.assertNotEqual(top.transform.GetParameters(), zero.transform.GetParameters())
+        self.assertEqual(register(self.fixed, self.moving, seed=3.0).transform.GetParameters(),
+                         register(self.fixed, self.moving, seed=3).transform.GetParameters())  # JSON's 3.0
+
     def test_seed_zero_is_reproducible(self):
         # ITK reads a sampling seed of 0 as "seed from the wall clock"; seed=0 must still repeat
         a = register(self.fixed, self.moving, seed=0)

@@ -21,8 +21,10 @@ from ..errors import InputError, itk_guard
 from ..progress import ProgressCallback
 from ..validation import MIN_CONTENT_VOXELS, check_mask, check_min_axis, check_pair
 from .parameters import (
+    MAX_SEED,
     RegistrationParameters,
     StageParameters,
+    check_seed,
     default_stage,
     list_presets,
     load_preset,
@@ -34,6 +36,8 @@ __all__ = [
     "register",
     "check_one_start",
     "resolve_parameters",
+    "MAX_SEED",
+    "check_seed",
     "RegistrationParameters",
     "StageParameters",
     "RegistrationResult",
@@ -366,8 +370,8 @@ def resolve_parameters(parameters: RegistrationParameters | Any = None, *, prese
             stages = ["bspline" if str(s).strip().lower() in ("deformable", "syn", "diffeomorphic") else s
                       for s in stages]
         parameters = parameters.with_stages(stages)
-    if seed is not None:
-        parameters = dataclasses.replace(parameters, seed=int(seed))
+    if seed is not None:  # checked before int(): 1.5, True and "1" had run as seed 1
+        parameters = dataclasses.replace(parameters, seed=check_seed(seed))
     if initializer:
         parameters = dataclasses.replace(parameters, initializer=str(initializer))
     parameters.validate()

@@ -17,6 +17,28 @@ from typing import Any, Sequence
 from ..errors import InputError
 from ..validation import did_you_mean, whole_number
 
+#: The largest registration seed, on both backends: SimpleITK's sampler takes an ITK seed from 1 to 2^31 - 1 (a C
+#: int; 0 is its wall clock, so seed k runs as k + 1), and the torch backend keeps to the same range so that a seed
+#: means one rule whichever backend runs it. A larger seed had been wrapped modulo 2^31 - 2 on the SimpleITK backend
+#: (seeds k and k + 2147483646 gave the same transform) and taken up to 2^62 by torch.
+MAX_SEED = 2**31 - 2
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int when it is a whole number from 0 to :data:`MAX_SEED` (an int, or a float without a
+    fraction: JSON's 3.0): different seeds give different samplings on either backend.
+
+    Raises:
+        InputError: anything else (1.5, True, "1", -1, 2**70), naming the range.
+    """
+    number = whole_number(seed, 0, MAX_SEED)
+    if number is None:
+        raise InputError(f"The registration seed must be a whole number from 0 to {MAX_SEED} (2^31 - 2), not "
+                         f"{seed!r}: SimpleITK's sampler tells no more seeds apart, and a larger one would give "
+                         "the run of a smaller one.",
+                         "Use e.g. --seed 0 (or \"seed\": 0 in a preset; null for a wall-clock seed).")
+    return number
+
 __all__ = [
     "StageParameters",
     "RegistrationParameters",
@@ -316,9 +338,8 @@ class RegistrationParameters:
             raise InputError(f"The 'search' initializer searches rotations for a rigid or affine first stage, but "
                              f"the first stage is '{self.stages[0].name}'.",
                              "Run a rigid stage first (e.g. --stages rigid,bspline), or use another initializer.")
-        if self.seed is not None and whole_number(self.seed, 0) is None:
-            raise InputError(f"The seed must be a non-negative integer, not {self.seed!r}.",
-                             "Use e.g. --seed 0 (or \"seed\": 0 in a preset; null for a wall-clock seed).")
+        if self.seed is not None:
+            check_seed(self.seed)
         if self.number_of_threads is not None and whole_number(self.number_of_threads, 1, ITK_UINT_MAX) is None:
             raise InputError(f"Invalid number_of_threads {self.number_of_threads!r}.",
                              f"Use a whole number from 1 to {ITK_UINT_MAX} (ITK clamps it to its own "

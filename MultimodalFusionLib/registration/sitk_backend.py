@@ -39,6 +39,7 @@ from .parameters import (
     ITK_UINT_MAX,
     RegistrationParameters,
     StageParameters,
+    check_seed,
     step_scale,
 )
 from .result import RegistrationResult, StageResult, iterations_per_level
@@ -312,9 +313,7 @@ def _level_percentages(stage: StageParameters, fixed: sitk.Image | None,
 def itk_seed(seed: int) -> int:
     """The ITK sampling seed for a user seed: ``seed + 1``, because ITK reads 0 as "seed from
     the wall clock" (``sitkWallClock``), which made ``seed=0`` silently non-reproducible."""
-    if int(seed) < 0:
-        raise InputError(f"The seed must be a non-negative integer, not {seed}.", "Use e.g. --seed 0.")
-    return int(seed) % (2**31 - 2) + 1
+    return check_seed(seed) + 1  # 1..2^31 - 1: a larger one had been wrapped into this range
 
 
 def _configure_metric(method: sitk.ImageRegistrationMethod, stage: StageParameters, seed: int | None,

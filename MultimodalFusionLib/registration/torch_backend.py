@@ -55,7 +55,7 @@ from ..validation import (
     start_overlap,
     whole_number,
 )
-from .parameters import StageParameters
+from .parameters import MAX_SEED, StageParameters, check_seed
 from .result import RegistrationResult, StageResult, iterations_per_level
 from .rotation_search import search_rotation
 from .sitk_backend import (
@@ -293,8 +293,9 @@ class TorchRegistrationParameters:
         if int(self.lncc_kernel) % 2 == 0:
             raise bad("lncc_kernel", self.lncc_kernel, "an odd whole number 3..31 (7 is typical)")
         if self.seed is not None:
-            # torch's generators take 64-bit seeds (this one and seed + 1): beyond, a ValueError traceback
-            number("seed", whole=True, low=0, high=2**62, allowed="a whole number from 0 to 2^62, e.g. --seed 0")
+            # the SimpleITK backend's range (torch's generators would take 64-bit seeds, this one and seed + 1):
+            # one rule for a registration's seed whichever backend runs it
+            check_seed(self.seed)
         if not isinstance(self.mixed_precision, (bool, np.bool_)):  # "no" would count as True
             raise bad("mixed_precision", self.mixed_precision, "True or False")
         if not device_name_ok(self.device):
@@ -1997,7 +1998,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     if seed is None:
         seed = params.seed
     if seed is None:
-        seed = secrets.randbelow(2 ** 31)
+        seed = secrets.randbelow(MAX_SEED + 1)  # a seed the result records, which a rerun may be given
     params = dataclasses.replace(params, seed=int(seed))
     # as the sitk backend: the moments/geometry initialisers align the centres, so only a start from
     # an initial transform or from no initialiser needs the images to overlap as they lie
