@@ -288,7 +288,7 @@ def _run_register(args: argparse.Namespace) -> int:
     from .registration.outputs import save_registration_outputs
 
     _check_series(args, ("fixed", "moving"))
-    stages = [s for s in args.stages.split(",") if s.strip()] if args.stages else None
+    stages = [s for s in args.stages.split(",") if s.strip()] if args.stages is not None else None
     # the settings before any image is read: a misspelt key or value in a preset file, or a stage name, had been
     # found only after both images were loaded (1.1 s more for two 300^3 volumes; a DICOM folder takes longer)
     settings = resolve_parameters(preset=args.preset, stages=stages, seed=args.seed, initializer=args.initializer,
@@ -1046,7 +1046,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
     _check_series(args, ("fixed", "moving"))
     if args.no_register:  # as for --moving-mask (pipeline.run): options of a registration that does not run
-        unused = [flag for flag, given in (("--preset", args.preset), ("--stages", args.stages),
+        unused = [flag for flag, given in (("--preset", args.preset), ("--stages", args.stages is not None),
                                            ("--seed", args.seed is not None), ("--initializer", args.initializer),
                                            ("--backend", args.backend is not None)) if given]
         if unused:

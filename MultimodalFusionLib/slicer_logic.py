@@ -503,7 +503,7 @@ class FusionLogic:
                        if movingMaskNode is not None else None)
         # the settings register() runs with (passed on to it: the preset file is read once); a dict is the
         # backend's own dict form, as register() takes it
-        settings = resolve_parameters(parameters, preset=preset or None, stages=stages or None, seed=seed,
+        settings = resolve_parameters(parameters, preset=preset or None, stages=stages, seed=seed,
                                       initializer=initializer or None, backend=backend)
         # the rotation search (asked for here, in the parameters or in the preset) starts from the centres
         # of mass and refuses a start transform: it takes precedence over the moving volume's parent

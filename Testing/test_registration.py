@@ -139,6 +139,33 @@ class ItkBrainWebCase(unittest.TestCase):
         self.assertEqual(register(self.fixed, self.moving, seed=3.0).transform.GetParameters(),
                          register(self.fixed, self.moving, seed=3).transform.GetParameters())  # JSON's 3.0
 
+    def test_an_empty_list_of_stages_is_refused_naming_the_stages(self):
+        """--stages "" and register(stages=[]) had run the default rigid stage without a word."""
+        import contextlib
+        import io as text
+
+        from MultimodalFusionLib import cli, mrml
+        from MultimodalFusionLib.slicer_logic import FusionLogic
+
+        said = "No registration stage given (an empty list of stages)."
+        for stages in ([], (), "", ",", " , ", [" "]):
+            for backend, names in (("sitk", "rigid, affine, bspline"), ("torch", "rigid, affine, deformable")):
+                with self.subTest(stages=stages, backend=backend), self.assertRaises(InputError) as ctx:
+                    register(self.fixed, self.moving, stages=stages, backend=backend)
+                self.assertEqual(ctx.exception.problem, said)
+                self.assertIn(f"Give at least one of {names}", ctx.exception.fix)
+        scene = mrml.new_scene()
+        nodes = [mrml.volume_node_from_image(sitk.JoinSeries([image] * 3), scene, name=name)
+                 for image, name in ((self.fixed, "F"), (self.moving, "M"))]
+        for stages in ([], ""):
+            with self.subTest(stages=stages, logic=True), self.assertRaisesRegex(InputError, "No registration stage"):
+                FusionLogic(scene).registerVolumes(*nodes, stages=stages)
+        for command in ("register", "run"):
+            err = text.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(text.StringIO()):
+                self.assertEqual(cli.main([command, "f.nrrd", "m.nrrd", "-o", "out", "--stages", ""]), 2)
+            self.assertIn(said, err.getvalue())
+
     def test_seed_zero_is_reproducible(self):
         # ITK reads a sampling seed of 0 as "seed from the wall clock"; seed=0 must still repeat
         a = register(self.fixed, self.moving, seed=0)

@@ -22,6 +22,7 @@ from ..progress import ProgressCallback
 from ..validation import MIN_CONTENT_VOXELS, check_mask, check_min_axis, check_pair
 from .parameters import (
     MAX_SEED,
+    STAGE_TYPES,
     RegistrationParameters,
     StageParameters,
     check_seed,
@@ -362,9 +363,16 @@ def resolve_parameters(parameters: RegistrationParameters | Any = None, *, prese
         raise InputError(f"Registration parameters {given} cannot run on the '{backend}' backend.",
                          "Give a RegistrationParameters or its dict form (a TorchRegistrationParameters or its "
                          "dict form with backend='torch'), or a preset name as preset=... (CLI --preset).")
+    if isinstance(stages, str):
+        stages = [s for s in stages.split(",") if s.strip()]
+    if isinstance(stages, (list, tuple)) and not any(str(s).strip() for s in stages):
+        # --stages "" and stages=[] had run the preset's (the default rigid) stages without a word
+        from .torch_backend import TORCH_STAGES
+
+        raise InputError("No registration stage given (an empty list of stages).",
+                         f"Give at least one of {', '.join(TORCH_STAGES if backend == 'torch' else STAGE_TYPES)} "
+                         "(e.g. --stages rigid,affine), or leave stages out for the preset's (the default: rigid).")
     if stages:
-        if isinstance(stages, str):
-            stages = [s for s in stages.split(",") if s.strip()]
         if backend == "torch" and isinstance(parameters, RegistrationParameters):
             # the torch backend's own stage names (README): its deformable stage stands in for bspline
             stages = ["bspline" if str(s).strip().lower() in ("deformable", "syn", "diffeomorphic") else s
