@@ -30,7 +30,7 @@ from .segmentations import (
     near_name_notes,
     with_segments,
 )
-from .validation import has_content, overlap_fraction
+from .validation import check_image, has_content, overlap_fraction
 
 __all__ = ["FusionLogic", "RegistrationOutputs", "FusionOutputs", "RunOutputs"]
 
@@ -262,6 +262,15 @@ def _check_grey(volumes: Sequence[tuple[str, Any, Any]], needs: str, other: str)
                              f"Convert it with the Vector to Scalar Volume module (Converters), or {other}.")
 
 
+def _check_finite(volumes: Sequence[tuple[str, Any, Any]]) -> None:
+    """Refuse a volume with NaN or infinite voxels among ``volumes`` ((role, node, its image)), naming the node as the
+    Logic's other errors do: the engine's refusal had said only 'The moving image has 1 NaN ...' (registerVolumes,
+    fuseVolumes, run, evaluateRegistration). :func:`validation.check_image`'s test, nothing else refused here."""
+    for role, node, image in volumes:
+        check_image(image, f"{role} volume '{node.GetName()}'", allow_vector=True, allow_constant=True,
+                    allow_one_slice=True, allow_any_span=True)
+
+
 def _single_slice(image: Any) -> bool:
     return io.one_slice_axis(image) is not None
 
@@ -489,6 +498,7 @@ class FusionLogic:
         moving = mrml.image_from_volume_node(movingVolumeNode, float32=True)
         _check_grey((("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)),
                     "registration needs grey volumes", "select a grey volume")
+        _check_finite((("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)))
         flat = [n.GetName() for n, img in ((fixedVolumeNode, fixed), (movingVolumeNode, moving)) if _single_slice(img)]
         if flat:
             raise InputError(f"'{flat[0]}' is a single-slice volume (how Slicer holds a 2D image); registration "
@@ -685,6 +695,7 @@ class FusionLogic:
         report(progress, 0.0, "reading volumes")
         a = mrml.image_from_volume_node(anatomicalVolumeNode)
         b = mrml.image_from_volume_node(functionalVolumeNode)
+        _check_finite((("anatomical", anatomicalVolumeNode, a), ("functional", functionalVolumeNode, b)))
         if transformNode is not None or not fusion.same_grid(a, b):
             before = b
             # a colour (vector) volume's channels, as pipeline and the web app resample them: a float RGB volume
@@ -948,6 +959,7 @@ class FusionLogic:
         moving = mrml.image_from_volume_node(movingVolumeNode, float32=True)
         _check_grey((("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)),
                     "its similarity is measured on grey volumes", "select the grey volume that was registered")
+        _check_finite((("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)))
         moving_parent = movingVolumeNode.GetParentTransformNode()
         notes: list[str] = []
         if transformNode is not None and moving_parent is not None and transformNode is not moving_parent:

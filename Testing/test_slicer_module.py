@@ -472,6 +472,29 @@ class LogicTest(unittest.TestCase):
         # show=False leaves the slice views alone: their settings are not asked for
         self.logic.run(self.mr, self.pet, stages=["rigid"], seed=3, show=False, colormap="Nope", opacity=5)
 
+    def test_a_volume_with_nan_voxels_is_named(self) -> None:
+        """The engine's refusal had said 'The moving image has 1 NaN or infinite voxels', naming no node, where the
+        Logic's other errors name it (registerVolumes, fuseVolumes, run, evaluateRegistration)."""
+        values = sitk.GetArrayFromImage(self.moving)
+        values[2, 3, 4] = np.nan
+        values[1, 1, 1] = np.inf
+        bad = sitk.GetImageFromArray(values)
+        bad.CopyInformation(self.moving)
+        node = mrml.volume_node_from_image(bad, self.scene, name="PET with NaN")
+        before = self.scene.GetNumberOfNodes()
+        for name, call, role in (
+                ("registerVolumes", lambda: self.logic.registerVolumes(self.mr, node, stages=["rigid"], seed=3), "moving"),
+                ("registerVolumes as fixed", lambda: self.logic.registerVolumes(node, self.mr, stages=["rigid"]), "fixed"),
+                ("fuseVolumes", lambda: self.logic.fuseVolumes(self.mr, node), "functional"),
+                ("run", lambda: self.logic.run(self.mr, node, stages=["rigid"], seed=3), "moving"),
+                ("evaluateRegistration", lambda: self.logic.evaluateRegistration(self.mr, node), "moving")):
+            with self.subTest(name):
+                with self.assertRaises(InputError) as ctx:
+                    call()
+                self.assertEqual(ctx.exception.problem,
+                                 f"The {role} volume 'PET with NaN' has 2 NaN or infinite voxels.")
+                self.assertEqual(self.scene.GetNumberOfNodes(), before)
+
     def test_output_nodes_of_the_wrong_kind_fail_before_any_work(self) -> None:
         table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", "t")
         rgb = self.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
