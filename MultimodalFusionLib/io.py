@@ -484,10 +484,30 @@ def _dicom_cut_short(path: str) -> _CutDicom | None:
     if start + length > size:
         return _CutDicom(uid, image, f"is truncated: its pixel data need {length} bytes from byte {start} "
                          f"({start + length} bytes in all) but the file holds only {size} bytes")
-    misfit = _pixel_data_misfit(length, expected) if expected is not None else None
+    # the bytes beyond the first ``offset`` of the element, where excess padding would be (a deflated data set's
+    # positions are in its inflated stream: not looked at, its excess goes by its length alone)
+    beyond = None if size == math.inf else functools.partial(_zero_bytes, path, start, start + length)
+    misfit = _pixel_data_misfit(length, expected, beyond) if expected is not None else None
     if misfit is not None:  # fewer bytes (GDCM fills the rest from memory), or a frame's or more beyond
         return _CutDicom(uid, image, misfit, short=True)
     return None
+
+
+def _zero_bytes(path: str, start: int, end: int, offset: int) -> bool:
+    """Whether the bytes of file ``path`` from ``start + offset`` to ``end`` are all zero (False where it cannot be
+    read), read 1 MiB at a time: the first byte that is not zero ends the reading."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start + offset)
+            left = end - start - offset
+            while left > 0:
+                chunk = fh.read(min(left, 1 << 20))
+                if not chunk or chunk.count(0) != len(chunk):
+                    return False
+                left -= len(chunk)
+    except OSError:
+        return False
+    return True
 
 
 #: The tags that size native (uncompressed) pixel data, in the order of :func:`_native_pixel_bytes`' arguments
@@ -498,7 +518,8 @@ def _native_pixel_bytes(rows: str, columns: str, frames: str, samples: str, bits
                         ) -> tuple[int, str, int, int] | None:
     """The bytes native (uncompressed) Pixel Data (7FE0,0010) hold by the header's Rows, Columns, NumberOfFrames
     (1 where absent), SamplesPerPixel, BitsAllocated and PhotometricInterpretation (their text), with the layout in
-    words, one frame's bytes, and for BitsAllocated 12 the bytes of its pixels each in 16 bits (else 0); None where
+    words, one frame's bytes (BitsAllocated 12: in 16-bit words), and for BitsAllocated 12 the bytes of its pixels
+    each in 16 bits (else 0); None where
     one is missing or unusable (ITK's reading decides). YBR_FULL_422 (and the retired YBR_PARTIAL_422) hold 2
     samples a pixel, not their 3: Cb and Cr once for each pair of pixels in a row (PS3.3 C.7.6.3.1.2; PS3.5 8.2: Y1
     Y2 Cb Cr); 1-bit pixels are packed 8 to a byte across frames (PS3.5 8.1.1), 12-bit ones (retired) 2 in 3 bytes,
@@ -515,14 +536,19 @@ def _native_pixel_bytes(rows: str, columns: str, frames: str, samples: str, bits
     voxels = rows_n * columns_n * frames_n
     layout = (f"{columns_n} x {rows_n} pixels x {frames_n} frame(s), {samples_n} sample(s) of {bits_n} bit(s)"
               + (f" ({photometric.strip()}: {stored} a pixel)" if stored != samples_n else ""))
-    return (-(-voxels * stored * bits_n // 8), layout, -(-rows_n * columns_n * stored * bits_n // 8),
-            voxels * stored * 2 if bits_n == 12 else 0)
+    # a frame's bytes: 12-bit ones in 16-bit words, as the frame rule counts beyond those (see _pixel_data_misfit)
+    return (-(-voxels * stored * bits_n // 8), layout, -(-rows_n * columns_n * stored * (16 if bits_n == 12 else bits_n)
+                                                         // 8), voxels * stored * 2 if bits_n == 12 else 0)
 
 
-def _pixel_data_misfit(length: int, expected: tuple[int, str, int, int]) -> str | None:
+def _pixel_data_misfit(length: int, expected: tuple[int, str, int, int],
+                       zeros_beyond: Callable[[int], bool] | None = None) -> str | None:
     """What is wrong with native Pixel Data (7FE0,0010) of ``length`` bytes for the layout :func:`_native_pixel_bytes`
     gives (``expected``), and what ITK's reader (GDCM) makes of it, in words; None where they fit: the bytes it
-    describes, one more (an odd length padded to even), or up to a frame's bytes more (a few bytes of padding).
+    describes, one more (an odd length padded to even), up to a frame's bytes more (a few bytes of padding), or more
+    bytes that are all zero where ``zeros_beyond`` (whether the element's bytes beyond its first ``n`` are) says so:
+    excess padding, which DICOM tells readers to accept from older writers (PS3.5 8.1.1, note) and GDCM reads past
+    (a 2 x 2 8-bit image held in 8 bytes, or a 1 x 1 16-bit one in 4, had been refused as a frame too long).
 
     Fewer bytes: GDCM copies those there are and leaves the rest of the image as its memory held it. A whole frame
     or more beyond it (NumberOfFrames (0028,0008) left out or 1 beside two frames' bytes, Rows or Columns too
@@ -544,7 +570,7 @@ def _pixel_data_misfit(length: int, expected: tuple[int, str, int, int]) -> str 
         return (f"{held} {total} ({layout}), so part of its image is missing (ITK's DICOM reader would have read it "
                 "without an error, the missing pixels as whatever its memory held)")
     excess = length - total - total % 2
-    if excess >= frame:
+    if excess >= frame and not (zeros_beyond is not None and zeros_beyond(total)):
         return (f"{held} {total} ({layout}): {excess} bytes more, {excess / frame:.3g} frame(s), so its "
                 "NumberOfFrames (0028,0008), Rows (0028,0010), Columns (0028,0011) or BitsAllocated (0028,0100) may "
                 f"be wrong (ITK's DICOM reader would have read the first {total} bytes only, without a word)")

@@ -1829,6 +1829,55 @@ class TruncatedFilesOfEveryFormat(unittest.TestCase):
                     self.assertIn("Export the series again", message)
                     self.assertFalse([tag for tag, value in PHI.items() if value in message], message)
 
+    def test_dicom_pixel_data_with_excess_zero_padding_of_a_frame_or_more_are_read(self) -> None:
+        """Excess padding after a file's pixel data (zero bytes: DICOM tells readers to accept it from older writers,
+        PS3.5 8.1.1) reads as before, however many frames' worth it is: a 2 x 2 16-bit slice held in 16 bytes (8 of
+        them zero), alone and in its series, and a 1 x 1 one held in 4, had been refused as 'a frame or more longer',
+        where GDCM reads them right. Excess bytes that are not zero, a frame's worth, are still refused. A 12-bit
+        file's frame is counted in 16-bit words, as its excess is: 240 bytes of words and 200 more had been refused
+        as more than a frame (the 180 bytes of its packed frame) though GDCM reads its first 240 bytes right."""
+        import warnings
+
+        import pydicom
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_dicom_inputs import write_series
+
+        def zeros(count: int):
+            def change(ds) -> None:
+                ds.PixelData = ds.PixelData + bytes(count)
+            return change
+
+        def not_zeros(ds) -> None:
+            ds.PixelData = ds.PixelData * 2
+
+        def words_and_more(ds) -> None:  # 12-bit pixels in 16-bit words, and 200 bytes that are not zero
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 12, 12, 11
+            ds.PixelData = ds.PixelData + ds.PixelData[:200]
+
+        for name, size, change, read in (("2x2 padded", 2, zeros(8), True), ("1x1 padded", 1, zeros(2), True),
+                                         ("2x2 padded 3 frames", 2, zeros(24), True),
+                                         ("2x2 two frames", 2, not_zeros, False),
+                                         ("12 bits in 16 and 200 more", None, words_and_more, True)):
+            with self.subTest(name):
+                folder = self._path(name.replace(" ", "_"))
+                truth = write_series(folder, rows=size or 12, cols=size or 10)
+                for file in sorted(os.listdir(folder)):
+                    ds = pydicom.dcmread(os.path.join(folder, file))
+                    change(ds)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        ds.save_as(os.path.join(folder, file))
+                for given, expected in ((folder, truth), (os.path.join(folder, "IM0000.dcm"), truth[0]))[size == 1:]:
+                    if read:  # (a series of 1 x 1 slices is left out: ITK reads it as one row of 6 pixels)
+                        np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(given)), expected)
+                        continue
+                    with self.assertRaises(InputError) as cm:
+                        io.read_image(given)
+                    self.assertIn("holds 16 bytes of pixel data (Pixel Data (7FE0,0010)) where its header describes "
+                                  "8 (2 x 2 pixels x 1 frame(s), 1 sample(s) of 16 bit(s)): 8 bytes more, 1 frame(s)",
+                                  str(cm.exception))
+
     def test_a_dicom_file_gone_after_listing_is_named_as_before_not_a_traceback(self) -> None:
         """A file of a series deleted (or unreadable: a network share dropped) after the series was listed, before
         the check of its pixel data's length, had escaped that check as a bare FileNotFoundError traceback, where
