@@ -1551,10 +1551,12 @@ def _rescale_fault(slope: str | None, intercept: str | None) -> tuple[int, str, 
     """What makes the RescaleSlope and RescaleIntercept a DICOM file states (their text; None where it has no such
     element) unusable: the tag at fault, it and its value in words (no patient tag: the value may be shown), and
     why; None where they are usable. Each must be one finite number, the slope not 0 (it would make every voxel the
-    intercept); a slope stated empty beside an intercept is refused too (DICOM requires it there: PS3.3 C.11.1). No
-    pair, an empty pair, an empty intercept (0) and a slope left out beside an intercept (1) are read as ITK's reader
-    reads them. ITK's reader (GDCM) had read such a value without a word, as 1 or as 0 (every voxel the intercept)
-    depending on where the file states it, and a series had ended in a bare ValueError for NaN or infinity."""
+    intercept). No pair, an empty pair, an empty intercept (0), and a slope left out or stated empty beside an
+    intercept (1) are read as ITK's reader reads them: DICOM requires the slope there (PS3.3 C.11.1.1, Type 1C: present
+    and not empty), which an absent slope breaks as an empty one does, and ITK's reader takes either as 1 in a
+    classic file (an empty one had been refused beside an intercept where a left-out one was read). ITK's reader (GDCM)
+    had read an unusable value without a word, as 1 or as 0 (every voxel the intercept) depending on where the file
+    states it, and a series had ended in a bare ValueError for NaN or infinity."""
     for tag, text in ((_RESCALE_SLOPE, slope), (_RESCALE_INTERCEPT, intercept)):
         if text is None or not text.strip():
             continue
@@ -1570,10 +1572,6 @@ def _rescale_fault(slope: str | None, intercept: str | None) -> tuple[int, str, 
             return tag, named, ", which is not a finite number"
         if tag == _RESCALE_SLOPE and values[0] == 0:
             return tag, named, ": a slope of 0 would make every voxel its RescaleIntercept, whatever its stored value"
-    if slope is not None and not slope.strip() and intercept is not None and intercept.strip():
-        return (_RESCALE_SLOPE, f"{_RESCALE_NAMES[_RESCALE_SLOPE]} empty",
-                f" beside {_RESCALE_NAMES[_RESCALE_INTERCEPT]} '{intercept.strip()[:40]}' (DICOM requires the slope "
-                "wherever the intercept is stated)")
     return None
 
 
@@ -1756,8 +1754,9 @@ def _probe_rescale(tags: Mapping[int, Any], text_of: Callable[[str], str], alloc
 
     def with_rescale(item: Dataset, stated: Mapping[int, Any]) -> Dataset:
         for tag, keyword in ((0x00281053, "RescaleSlope"), (0x00281052, "RescaleIntercept")):
-            if isinstance(stated.get(tag), str) and stated[tag].strip():
-                setattr(item, keyword, stated[tag].strip())
+            if isinstance(stated.get(tag), str):  # an empty one too: GDCM reads it otherwise than one left out (an
+                # enhanced CT's groups' empty slope beside -1024 gave -394240..-26624 for stored 24..723)
+                setattr(item, keyword, stated[tag].strip() or None)
         return item
 
     with quiet_pydicom():
@@ -1953,8 +1952,7 @@ _SERIES_ROW_TAGS = {"position": "0020|0032", "orientation": "0020|0037", "spacin
 
 def _series_rows(files: Sequence[str]) -> list[dict[str, str]]:
     """The :data:`_SERIES_ROW_TAGS` of each file ITK can read the header of (as text, "" where absent), its
-    ``path``, ``size`` ("columns x rows", e.g. "10x12"), ``components`` (samples per pixel) and ``absent`` (the
-    keys of the tags it has no element for, space-separated: an empty element is another thing); files it cannot
+    ``path``, ``size`` ("columns x rows", e.g. "10x12") and ``components`` (samples per pixel); files it cannot
     read are left out (their read fails later, naming them)."""
     rows = []
     for path in files:
@@ -1967,7 +1965,6 @@ def _series_rows(files: Sequence[str]) -> list[dict[str, str]]:
             continue
         rows.append({"path": path, "size": "x".join(map(str, reader.GetSize()[:2])),
                      "components": str(reader.GetNumberOfComponents()),
-                     "absent": " ".join(k for k, t in _SERIES_ROW_TAGS.items() if not reader.HasMetaDataKey(t)),
                      **{k: reader.GetMetaData(t).strip() if reader.HasMetaDataKey(t) else ""
                         for k, t in _SERIES_ROW_TAGS.items()}})
     return rows
@@ -2046,8 +2043,8 @@ def _check_series_geometry(pick: dict[str, Any], rows: Sequence[dict[str, str]]
                              "line from the first slice to the last, so no regular grid holds the series.",
                              "Load the series as the scanner exported it, or resample it onto a regular grid first "
                              "(e.g. in Slicer, with the DICOM module's acquisition-geometry regularization).")
-    faults = [(row["path"], fault) for row in rows for fault in [_rescale_fault(
-        None if "slope" in row["absent"].split() else row["slope"], row["intercept"])] if fault is not None]
+    faults = [(row["path"], fault) for row in rows for fault in [_rescale_fault(row["slope"], row["intercept"])]
+              if fault is not None]
     if faults:
         raise _rescale_error(*faults[0], others=f"; so do {len(faults) - 1} more of the series' {len(rows)} files"
                              if len(faults) > 1 else "")

@@ -1287,13 +1287,15 @@ class DicomGeometryFromTags(unittest.TestCase):
         self.assertEqual(os.listdir(temporary), [])
 
     def test_an_unusable_rescale_is_refused_naming_the_file_the_tag_and_the_value(self) -> None:
-        """A RescaleSlope (0028,1053) of 0, NaN, inf or 'abc', one stated empty beside an intercept, or a
-        RescaleIntercept (0028,1052) that is no number, is refused naming the file, the tag and the value, alone, in
-        a series (one file or every one) and in a multi-frame file's top level, shared or per-frame functional
-        groups: ITK's reader (GDCM) had read a classic file's as a slope of 1 and an enhanced file's groups' as 0
-        (every voxel -1024, the intercept), and a series' NaN or inf had ended in a bare ValueError or
-        OverflowError, all without naming the tag. A negative slope (DICOM allows it), a slope left out beside an
-        intercept and an empty pair read as before."""
+        """A RescaleSlope (0028,1053) of 0, NaN, inf or 'abc', or a RescaleIntercept (0028,1052) that is no number,
+        is refused naming the file, the tag and the value, alone, in a series (one file or every one) and in a
+        multi-frame file's top level, shared or per-frame functional groups: ITK's reader (GDCM) had read a classic
+        file's as a slope of 1 and an enhanced file's groups' as 0 (every voxel -1024, the intercept), and a series'
+        NaN or inf had ended in a bare ValueError or OverflowError, all without naming the tag. A negative slope
+        (DICOM allows it), a slope left out beside an intercept and an empty pair read as before; a slope stated
+        empty beside an intercept reads as a left-out one, as 1 (DICOM's Type 1C, PS3.3 C.11.1.1, is broken alike by
+        both), in a classic file or series and in an enhanced file's top level or groups (it had been refused; GDCM
+        reads an enhanced file's groups' empty slope as neither 1 nor 0: -394240..-26624 for stored 24..723)."""
         import shutil
 
         import pydicom
@@ -1314,7 +1316,6 @@ class DicomGeometryFromTags(unittest.TestCase):
                                       (slope, "NaN", "RescaleSlope (0028,1053) 'NaN'", ", which is not a finite number"),
                                       (slope, "inf", "RescaleSlope (0028,1053) 'inf'", ", which is not a finite number"),
                                       (slope, "abc", "RescaleSlope (0028,1053) 'abc'", ", which is not a number"),
-                                      (slope, "", "RescaleSlope (0028,1053) empty", " beside RescaleIntercept (0028,1052)"),
                                       (intercept, "abc", "RescaleIntercept (0028,1052) 'abc'", ", which is not a number")):
             for where in ("file", "one of a series", "every file of a series", "top", "shared", "per-frame"):
                 with self.subTest(tag=hex(tag), text=text, where=where):
@@ -1373,6 +1374,37 @@ class DicomGeometryFromTags(unittest.TestCase):
                 np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(folder)), expected)
                 np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(
                     os.path.join(folder, "IM0000.dcm"))), expected[0])
+        for where in ("empty slope", "top", "shared", "per-frame"):  # beside -1024: read as slope 1
+            with self.subTest("empty slope", where=where):
+                folder = os.path.join(self.dir, f"empty slope {where}")
+                if where == "empty slope":
+                    shutil.copytree(source, folder)
+                    for file in sorted(os.listdir(folder)):
+                        ds = pydicom.dcmread(os.path.join(folder, file))
+                        stated(ds, slope, "")
+                        ds.save_as(os.path.join(folder, file))
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(folder)), truth)
+                    np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(
+                        os.path.join(folder, "IM0002.dcm"))), truth[2])
+                    continue
+                os.makedirs(folder)
+                path = os.path.join(folder, "frames.dcm")
+                values = write_enhanced(path, positions, groups=where != "top", top={"SpacingBetweenSlices": 3.0, (
+                    "ImagePositionPatient"): list(positions[0]), "ImageOrientationPatient": list(AXIAL)}
+                    if where == "top" else None, spacing_in="top" if where == "top" else "shared")
+                ds = pydicom.dcmread(path)
+                if where == "per-frame":
+                    del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+                    for item in ds.PerFrameFunctionalGroupsSequence:
+                        rescale = Dataset()
+                        rescale.RescaleIntercept = -1024
+                        stated(rescale, slope, "")
+                        item.PixelValueTransformationSequence = DicomSequence([rescale])
+                else:
+                    stated(ds if where == "top" else
+                           ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0], slope, "")
+                ds.save_as(path)
+                np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(path)), values)
 
     def _alone_in_folder(self, path: str) -> str:
         """A folder holding a copy of ``path`` alone."""
