@@ -1561,10 +1561,8 @@ def _rescale_fault(slope: str | None, intercept: str | None) -> tuple[int, str, 
         if text is None or not text.strip():
             continue
         named = f"{_RESCALE_NAMES[tag]} '{text.strip()[:40]}{'...' if len(text.strip()) > 40 else ''}'"
-        parts = text.replace("\\", " ").split()
-        try:
-            values = [float(part) for part in parts]
-        except ValueError:
+        values = _dicom_numbers(text)  # [] for text that is no number (it is not empty)
+        if not values:
             return tag, named, ", which is not a number"
         if len(values) != 1:
             return tag, named, f", {len(values)} values where DICOM allows one"
