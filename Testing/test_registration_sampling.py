@@ -319,6 +319,30 @@ class SamplesOnContent(unittest.TestCase):
         self.assertAlmostEqual(share(stripped, sitk.GetImageFromArray(half)), share(stripped) / 2, delta=0.01)
         self.assertEqual(share(noisy, sitk.GetImageFromArray(np.ones((20, 30, 40), np.uint8))), 1.0)
 
+    def test_a_background_left_near_one_value_is_the_background(self):
+        # a resampling's ringing or a smoothing leaves no voxel at the background's value, or too few, and some
+        # below it: the share had been 1 (the whole grid counted as content) on the 2 mm B-spline-resampled BraTS
+        # FLAIR and the 2-4 mm MNI152 template
+        share = sitk_backend.signal_share
+        stripped = _stripped((60, 50, 40), 0.2)
+        values = sitk.GetArrayFromImage(stripped)
+        # z-scored as BraTS is (background -3.6, content about -2 to 2), B-spline-resampled half a voxel off: 22% of
+        # the grid rings below the background, 34% is still -3.6, the rest within 0.006 of it at most
+        scored = sitk.GetImageFromArray(np.where(values == 0, np.float32(-3.6), values / 30 - 3).astype(np.float32))
+        rung = sitk.Resample(scored, scored, sitk.TranslationTransform(3, (0.5, 0.5, 0.5)), sitk.sitkBSpline, -3.6)
+        # smoothed and resampled as data.mni152 makes its 2-4 mm templates: no voxel at zero, some below it
+        smoothed = sitk.Resample(sitk.SmoothingRecursiveGaussian(stripped, 1.2), stripped)
+        self.assertFalse((sitk.GetArrayViewFromImage(smoothed) == 0).any())
+        for image in (rung, smoothed):
+            self.assertGreater(share(image), 0.2)  # the content and the ringing round it
+            self.assertLess(share(image), 0.35)
+        # which leaves every voxel of the content as content
+        self.assertTrue(sitk_backend.off_background(smoothed)[values > 0].all())
+        # noise of 2% of the content's level over the background is no uniform background
+        noisy = np.where(values == 0, np.random.default_rng(4).normal(0, 2, values.shape), values)
+        self.assertEqual(share(sitk.GetImageFromArray(noisy.astype(np.float32))), 1.0)
+        self.assertEqual(share(sitk.GetImageFromArray(np.abs(noisy).astype(np.float32))), 1.0)
+
     def test_the_floor_counts_samples_on_the_content(self):
         fixed = _stripped((200, 200, 150), 0.17)
         content = sitk_backend.signal_share(fixed)
