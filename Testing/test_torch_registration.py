@@ -207,6 +207,20 @@ class TorchRegistrationTest(unittest.TestCase):
         # and the result depends on its own seed only, not on the state it found
         self.assertEqual(results[0], results[1])
 
+    def test_register_torch_called_directly_takes_the_one_seed_rule(self) -> None:
+        """register_torch is public, and its seed= had been taken through int(): 1.5 and True ran as seed 1,
+        2^40 ran (torch takes 64-bit seeds) where register(), the settings and the SimpleITK backend refuse it."""
+        from MultimodalFusionLib.registration import MAX_SEED
+        from MultimodalFusionLib.registration.torch_backend import register_torch
+
+        fixed, moving = _brainweb_pair()
+        params = self._params(stages=["rigid"], linear_iterations=[2, 2, 2])
+        for seed in (1.5, True, "1", -1, MAX_SEED + 1, 2**40):
+            with self.subTest(seed=seed), self.assertRaisesRegex(InputError, "seed must be a whole number from 0 "
+                                                                             "to 2147483646"):
+                register_torch(fixed, moving, params, seed=seed)
+        self.assertEqual(register_torch(fixed, moving, params, seed=float(MAX_SEED)).parameters["seed"], MAX_SEED)
+
     def test_2d_rigid_through_register_and_cancellation(self) -> None:
         from MultimodalFusionLib import registration
 

@@ -1974,8 +1974,8 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
             stage); with both masks, voxels inside both. LNCC's windows also leave out the voxels outside it.
         initial_transform: a linear transform (fixed -> moving points) to start from; replaces
             the initializer.
-        seed: seed of the voxel sampling (overrides the parameters' seed); with the same seed,
-            device and thread count the result is identical.
+        seed: seed of the voxel sampling (overrides the parameters' seed), a whole number from 0 to
+            :data:`MAX_SEED` as everywhere; with the same seed, device and thread count the result is identical.
         progress: ``progress(fraction, message)``; returning False cancels.
 
     Returns:
@@ -1999,7 +1999,8 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         seed = params.seed
     if seed is None:
         seed = secrets.randbelow(MAX_SEED + 1)  # a seed the result records, which a rerun may be given
-    params = dataclasses.replace(params, seed=int(seed))
+    # register_torch is public: its seed= had been taken through int() (1.5 and True ran as seed 1, -1 and 2^40 ran)
+    params = dataclasses.replace(params, seed=check_seed(seed))
     # as the sitk backend: the moments/geometry initialisers align the centres, so only a start from
     # an initial transform or from no initialiser needs the images to overlap as they lie
     check_pair(fixed, moving, transform=initial_transform,
