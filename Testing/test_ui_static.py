@@ -194,6 +194,16 @@ class UiStaticTest(unittest.TestCase):
                 else:
                     self.fail(f"no widget rule for the type of '{field}'")
 
+    def test_the_seed_spin_box_offers_the_registration_seeds_and_no_more(self) -> None:
+        """The Logic takes a seed from 0 to registration.MAX_SEED (2^31 - 2, the engine's one rule): the spin box had
+        offered 2147483647, which Apply then refused with the engine's 'Use e.g. --seed 0'."""
+        from MultimodalFusionLib.registration import MAX_SEED
+
+        box = self.widgets["seedSpinBox"]
+        low = _property(box, "minimum")
+        self.assertEqual(int(low.find("number").text) if low is not None else 0, 0)  # Qt's default minimum is 0
+        self.assertEqual(int(_property(box, "maximum").find("number").text), MAX_SEED)
+
     def test_parameter_fields_cover_the_required_settings(self) -> None:
         fields = set(_parameter_fields(self.tree))
         for required in ("fixedVolume", "movingVolume", "preset", "stages", "fixedMask", "movingMask",
