@@ -142,6 +142,15 @@ def _run_info(args: argparse.Namespace) -> int:
                        if info["oblique_degrees"] > 0.05 else "")
             print(f"  orientation {info['orientation']} (axes run toward, as nibabel aff2axcodes and ITK DICOMOrient"
                   f" name it; ITK-SNAP RAI code {info['orientation_itksnap']}){oblique}")
+        # a sheared or unnormalised direction had been told only "oblique by 26.6 deg: nearest axes"
+        if info["sheared_axes"] is not None and info["shear_degrees"] > 0.05:
+            i, j = ("IJK"[a] for a in info["sheared_axes"])
+            print(f"  WARNING    axes not orthogonal: {i} and {j} are {info['shear_degrees']:.1f} deg off a right "
+                  "angle (a sheared grid; NIfTI cannot store it, .mha and .nrrd can)")
+        if any(abs(length - 1.0) > 1e-4 for length in info["direction_lengths"]):
+            steps = (s * length for s, length in zip(info["spacing"], info["direction_lengths"]))
+            print(f"  WARNING    direction columns of lengths {_numbers(info['direction_lengths'], '.4g')}, not 1: "
+                  f"ITK steps {_numbers(list(steps), '.6g')} mm along the axes, not the spacing")
         if info["min"] is None:  # every voxel NaN/inf: no finite statistics
             print("  intensity  no finite voxel")
         else:

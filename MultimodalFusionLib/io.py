@@ -5730,6 +5730,27 @@ def orientation_code(image: sitk.Image) -> tuple[str, float] | None:
     return code[:dim], degrees
 
 
+def axis_shear(image: sitk.Image) -> tuple[float, tuple[int, int] | None, list[float]]:
+    """How far ``image``'s grid is from orthonormal, which ``oblique_degrees`` does not say: a sheared direction
+    (a gantry-tilted series, an edited header) keeps its axes' nearest anatomical letters and an obliquity.
+
+    Returns:
+        (degrees, pair, lengths): the largest departure from a right angle between two image axes (0 for an
+        orthogonal grid), the pair of axes (0-based) it is between (None when orthogonal), and the lengths of the
+        direction's columns (1 for a direction of unit vectors; ITK steps ``spacing * length`` mm along an axis).
+    """
+    dim = image.GetDimension()
+    direction = np.array(image.GetDirection(), dtype=float).reshape(dim, dim)
+    lengths = np.linalg.norm(direction, axis=0)
+    unit = direction / lengths
+    worst, pair = 0.0, None
+    for i, j in itertools.combinations(range(dim), 2):
+        off = abs(90.0 - float(np.degrees(np.arccos(np.clip(unit[:, i] @ unit[:, j], -1.0, 1.0)))))
+        if off > worst:
+            worst, pair = off, (i, j)
+    return worst, pair, [float(v) for v in lengths]
+
+
 def image_info(image: sitk.Image) -> dict[str, Any]:
     """Size, spacing, geometry, orientation, pixel type and intensity range of an image.
 
@@ -5751,6 +5772,7 @@ def image_info(image: sitk.Image) -> dict[str, Any]:
     vals = arr[finite] if finite is not None else arr
     origin_ras, direction_ras = ras_geometry(image)
     orientation = orientation_code(image)
+    shear = axis_shear(image)
     return {
         "dimension": image.GetDimension(),
         "size": list(image.GetSize()),
@@ -5762,6 +5784,9 @@ def image_info(image: sitk.Image) -> dict[str, Any]:
         "orientation": orientation[0] if orientation else None,
         "orientation_itksnap": orientation[0].translate(_OPPOSITE_LETTERS) if orientation else None,
         "oblique_degrees": orientation[1] if orientation else None,
+        "shear_degrees": shear[0],
+        "sheared_axes": list(shear[1]) if shear[1] is not None else None,
+        "direction_lengths": shear[2],
         "pixel_type": image.GetPixelIDTypeAsString(),
         "components": image.GetNumberOfComponentsPerPixel(),
         "min": float(vals.min()) if vals.size else None,

@@ -125,6 +125,28 @@ class InfoOrientationTest(unittest.TestCase):
         rc, out, err = run_cli("info", nrrd, "--json")
         self.assertEqual(json.loads(out)[nrrd]["orientation"], "SLP")
 
+    def test_a_sheared_or_unnormalised_direction_is_named(self) -> None:
+        """A direction whose axes are not orthogonal (column J = (0.5, 1, 0), as an edited MetaImage header holds it)
+        had been told only 'oblique by 26.6 deg: nearest axes', and ITK's 2.236 mm step along J, the column's length
+        times the spacing, not at all."""
+        image = sitk.Image([6, 5, 4], sitk.sitkFloat32)
+        image.SetSpacing((2.0, 2.0, 2.0))
+        image.SetDirection((1.0, 0.5, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+        path = os.path.join(self.tmp.name, "sheared.mha")
+        sitk.WriteImage(image, path)
+        info = io.image_info(io.read_image(path))
+        self.assertAlmostEqual(info["shear_degrees"], math.degrees(math.atan(0.5)), places=6)  # 26.57: 63.4 apart
+        self.assertEqual(info["sheared_axes"], [0, 1])
+        np.testing.assert_allclose(info["direction_lengths"], [1.0, math.sqrt(1.25), 1.0])
+        rc, out, err = run_cli("info", path)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("WARNING    axes not orthogonal: I and J are 26.6 deg off a right angle (a sheared grid", out)
+        self.assertIn("direction columns of lengths 1, 1.118, 1, not 1: ITK steps 2, 2.23607, 2 mm", out)
+        plain = self._files("sagittal")[0]  # an oblique-free, orthonormal grid says neither
+        rc, out, err = run_cli("info", plain)
+        self.assertNotIn("WARNING", out)
+        self.assertEqual(io.image_info(io.read_image(plain))["shear_degrees"], 0.0)
+
     def test_a_2d_slice_is_coded_as_slicer_shows_it(self) -> None:
         info = io.image_info(sitk.Image([4, 5], sitk.sitkUInt8))  # a PNG: x, y as Slicer's L, P
         self.assertEqual((info["orientation"], info["orientation_itksnap"]), ("LP", "RA"))
