@@ -545,7 +545,10 @@ class WebAppTest(unittest.TestCase):
         self._load()
         state = self.app.state
         checks = [("seed", "abc", "seed must be a whole number"), ("seed", float("inf"), "not inf"),
-                  ("seed", 1.5, "not 1.5"), ("seed", -1, "not -1"), ("seed", True, "not True"),
+                  ("seed", 1.5, "not 1.5"), ("seed", -1, "from 0 to 2147483646, not -1"), ("seed", True, "not True"),
+                  # the engine's one seed rule, in the panel's words before the job (register() had refused it
+                  # inside the job, telling a web user to use --seed)
+                  ("seed", 2**31 - 1, "from 0 to 2147483646, not 2147483647. Fix: Set seed to e.g. 0"),
                   ("stages", "rigid", "stages must be a list"), ("stages", ["rigid", "warp"], "stage 'warp'"),
                   ("initializer", 3, "initializer 3")]
         good = {"seed": 0, "stages": ["rigid"], "preset": "", "initializer": ""}

@@ -36,7 +36,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..io import missing_data_file, number_text
 from ..preprocess import COMPUTE_MASK, CT_WINDOWS
-from ..registration.parameters import INITIALIZER_HELP, INITIALIZERS
+from ..registration.parameters import INITIALIZER_HELP, INITIALIZERS, MAX_SEED
 from ..validation import whole_number
 from .message_gate import _shown_args as _shown  # a value a client sent, for a message: its repr, cut short
 from .offscreen import configure_offscreen_rendering
@@ -387,14 +387,16 @@ def _refuse_choice(value: Any, choices: Sequence[str], what: str, where: str) ->
 
 
 def _client_seed(value: Any) -> int:
-    """The registration's sampling seed: a whole number >= 0 (an int, 3.0, or the text "3"); 0 when unset."""
+    """The registration's sampling seed: a whole number from 0 to ``registration.MAX_SEED`` (an int, 3.0, or the text
+    "3"); 0 when unset. The engine's one seed rule, checked here in the panel's words before the job starts (a seed
+    of 2^31 - 1 had been refused by register() inside the job, told to use --seed)."""
     if value is None or value == "":
         return 0
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
-    seed = whole_number(value, 0)
+    seed = whole_number(value, 0, MAX_SEED)
     if seed is None:
-        raise InputError(f"The registration seed must be a whole number of 0 or more, not {_shown(value)}.",
+        raise InputError(f"The registration seed must be a whole number from 0 to {MAX_SEED}, not {_shown(value)}.",
                          "Set seed to e.g. 0 (the CLI's --seed; Register uses 0 unless told otherwise).")
     return seed
 
