@@ -1220,6 +1220,36 @@ class BadInputs(unittest.TestCase):
         self.assertTrue(math.isfinite(res.metric_after))
 
 
+class AHugeSpacingIsNamed(unittest.TestCase):
+    def test_a_spacing_that_makes_one_image_dwarf_the_other_is_named_when_nothing_overlaps(self):
+        """A header spacing of 1e12 mm (h_A20's sp_huge.mha) had been told only "the images barely overlap at the
+        starting transform", on both backends: the extents' ratio (5e11) and the spacing are named now. A pair that
+        barely overlaps for another reason is told as before."""
+        from MultimodalFusionLib.errors import RegistrationError
+
+        fixed, moving = itk_brainweb_pair()
+        volume = np.zeros((20, 24, 24), np.float32)
+        volume[5:15, 6:18, 8:16] = 100.0
+        volume[8:12, 9:13, 10:14] = 40.0
+        small = sitk.GetImageFromArray(volume)
+        small.SetSpacing((2.0, 2.0, 2.0))
+        huge = sitk.Image(small)  # a 3D pair as sp_huge.mha's: ITK finds no fixed point inside the moving image
+        huge.SetSpacing((1e12, 1e12, 1e12))
+        for backend, settings in _short_rigid_runs():
+            with self.subTest(backend=backend), self.assertRaises(RegistrationError) as ctx:
+                register(huge, small, settings, backend=backend, seed=0)
+            self.assertIn("barely overlap", ctx.exception.problem)
+            self.assertRegex(ctx.exception.problem, r"The fixed image spans 2\.4e\+13 mm \(spacing 1e\+12, 1e\+12, "
+                                                    r"1e\+12 mm\), 5e\+11 times the moving image's 48 mm: check the "
+                                                    r"spacing in its header \(mmfusion info\)")
+        apart = sitk.Image(moving)
+        apart.SetOrigin((1000.0, 0.0))  # nothing overlaps as they lie, and the extents are alike: no such clause
+        plain = dataclasses.replace(_short_rigid_runs()[0][1], initializer="none")
+        with self.assertRaises(InputError) as ctx:
+            register(fixed, apart, plain, seed=0)
+        self.assertNotIn("check the spacing in its header", str(ctx.exception))
+
+
 class MeanDistanceUnderAShrunkMask(unittest.TestCase):
     def test_the_shrunk_mask_is_read_while_it_lives(self):
         """mean_distance had compared a numpy view of a temporary shrunk mask after the image was freed, so the

@@ -1141,15 +1141,40 @@ def start_fix(start_from: str, masks: bool = False) -> str:
     return masks_clause if masks else images
 
 
-def no_overlap_error(stage_name: str, start_from: str) -> RegistrationError:
+#: How many times larger one image's extent must be than the other's for the "barely overlap" error to name their
+#: spacings: a header spacing off by orders of magnitude (1e12 mm, a unit or exponent error) had been told only that
+#: the images barely overlap. 1000: a 300 mm field of view against a 0.3 mm one; real pairs differ by far less.
+EXTENT_RATIO_NAMED = 1000.0
+
+
+def _extent_clause(fixed: sitk.Image | None, moving: sitk.Image | None) -> str:
+    """" The fixed image spans ... mm (spacing ...), N times the moving image's ...": the likely cause of a start
+    with nothing to compare where one image's extent dwarfs the other's by :data:`EXTENT_RATIO_NAMED`; "" else."""
+    if fixed is None or moving is None:
+        return ""
+    extents = [max(size * spacing for size, spacing in zip(image.GetSize(), image.GetSpacing()))
+               for image in (fixed, moving)]
+    big = 0 if extents[0] >= extents[1] else 1
+    if not extents[1 - big] > 0 or extents[big] / extents[1 - big] < EXTENT_RATIO_NAMED:
+        return ""
+    names, images = ("fixed", "moving"), (fixed, moving)
+    spacing = ", ".join(f"{v:g}" for v in images[big].GetSpacing())
+    return (f" The {names[big]} image spans {extents[big]:g} mm (spacing {spacing} mm), {extents[big] / extents[1 - big]:.3g}"
+            f" times the {names[1 - big]} image's {extents[1 - big]:g} mm: check the spacing in its header "
+            "(mmfusion info); a unit or exponent error there leaves its voxels far apart.")
+
+
+def no_overlap_error(stage_name: str, start_from: str, fixed: sitk.Image | None = None,
+                     moving: sitk.Image | None = None) -> RegistrationError:
     """The error for a metric that cannot be computed at stage ``stage_name``'s start without masks (with
     one, ``masks_metric_error`` names the masks instead): its fix depends on what started the stage
     (``start_from``, as for :func:`start_fix`). The one text of both backends: the SimpleITK backend raises
     it when ITK finds no fixed point inside the moving image there, the torch backend when no fixed voxel
-    maps inside it (``validation.voxels_inside``), before any stage runs."""
+    maps inside it (``validation.voxels_inside``), before any stage runs. Given the images, it names a spacing
+    that makes one image's extent dwarf the other's (:func:`_extent_clause`)."""
     return RegistrationError(
         f"Stage '{stage_name}': the images barely overlap at the starting transform, so the metric cannot "
-        "be computed.", start_fix(start_from))
+        f"be computed.{_extent_clause(fixed, moving)}", start_fix(start_from))
 
 
 def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, previous: sitk.Transform | None,
@@ -1180,7 +1205,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
     if not math.isfinite(metric_before) and (fixed_mask is not None or moving_mask is not None):
         raise masks_metric_error(stage.name, stage.metric, fixed, fixed_mask, moving_mask, start_total, start_from)
     if not math.isfinite(metric_before):
-        raise no_overlap_error(stage.name, start_from)
+        raise no_overlap_error(stage.name, start_from, fixed, moving)
 
     def moving_mask_error(detail: str) -> InputError | None:
         # ITK found too few samples inside the moving image and its mask during the stage: a moving mask that

@@ -2074,7 +2074,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
             # metric can be computed there. Sampling zeros outside the moving image, the stages had run anyway
             # and returned a transform from nothing without a word (a 0.4 px sliver of the 2D BrainWeb pair:
             # moved 19 px, mutual information -0.0000 -> -0.0003)
-            raise no_overlap_error(params.stages[0], first)
+            raise no_overlap_error(params.stages[0], first, fixed, moving)
         if fixed_mask is not None and moving_mask is None and overlap[1] == 0:
             # no voxel of the fixed mask inside the moving image (masks that do not meet are check_masks_meet's):
             # the SimpleITK backend's refusal in its words; the stages had run on zeros and returned a transform
