@@ -80,7 +80,7 @@ class TrainingConfig:
             # 0 used to mean "all samples" silently, and a negative count suggested a negative batch size
             raise InputError(f"samples_per_epoch must be at least 1 (got {self.samples_per_epoch}).",
                              "Leave it out (one pass over all samples per epoch) or give a count >= the batch size.")
-        if whole_number(self.seed, 0, MAX_SEED) is None:
+        if whole_number(self.seed, 0, MAX_TRAINING_SEED) is None:
             # torch's generators take 64-bit seeds (each epoch's is seed + 1000 * epoch): --seed 1e20 had been a
             # ValueError traceback from manual_seed after every pair was read, and a negative seed, which
             # registration refuses, had trained
@@ -91,7 +91,7 @@ class TrainingConfig:
 
 
 #: The largest training seed: torch's generators take 64-bit seeds, and each epoch draws from seed + 1000 * epoch.
-MAX_SEED = 2**62
+MAX_TRAINING_SEED = 2**62
 
 #: Settings a resumed run must share with the checkpoint's (with them, it continues as the uninterrupted
 #: run would: the same data order, augmentation and learning-rate schedule, step for step).
