@@ -196,7 +196,7 @@ class UiStaticTest(unittest.TestCase):
 
     def test_the_seed_spin_box_offers_the_registration_seeds_and_no_more(self) -> None:
         """The Logic takes a seed from 0 to registration.MAX_SEED (2^31 - 2, the engine's one rule): the spin box had
-        offered 2147483647, which Apply then refused with the engine's 'Use e.g. --seed 0'."""
+        offered 2147483647, which Apply then refused with the engine's seed error."""
         from MultimodalFusionLib.registration import MAX_SEED
 
         box = self.widgets["seedSpinBox"]

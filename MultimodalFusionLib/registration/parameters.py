@@ -36,7 +36,9 @@ def check_seed(seed: Any) -> int:
         raise InputError(f"The registration seed must be a whole number from 0 to {MAX_SEED} (2^31 - 2), not "
                          f"{seed!r}: SimpleITK's sampler tells no more seeds apart, and a larger one would give "
                          "the run of a smaller one.",
-                         "Use e.g. --seed 0 (or \"seed\": 0 in a preset; null for a wall-clock seed).")
+                         f"Give a whole number from 0 to {MAX_SEED}: --seed 0 on the command line, seed=0 in "
+                         "Python or the Slicer Logic, the panel's Random seed box, \"seed\": 0 in a preset (None, "
+                         "or null in a preset, for a seed drawn from the clock).")
     return number
 
 __all__ = [
