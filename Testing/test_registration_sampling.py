@@ -343,6 +343,28 @@ class SamplesOnContent(unittest.TestCase):
         self.assertEqual(share(sitk.GetImageFromArray(noisy.astype(np.float32))), 1.0)
         self.assertEqual(share(sitk.GetImageFromArray(np.abs(noisy).astype(np.float32))), 1.0)
 
+    def test_a_value_with_a_background_below_it_is_no_background(self):
+        # the background near one value (BACKGROUND_TOLERANCE of the 1st-99th percentile span) is the image's low
+        # end: zero, or the lowest value a tenth of the grid shares, had been taken in the middle of the range, where
+        # a CT's water lies (0 HU) above its air, and padding stretched the span and so the tolerance
+        rng = np.random.default_rng(3)
+        z, y, x = np.ogrid[:20, :96, :96]
+        water = np.broadcast_to((y - 48) ** 2 + (x - 48) ** 2 < 38 ** 2, (20, 96, 96))  # 49% of the grid
+        phantom = np.where(water, rng.normal(0, 2, water.shape), rng.normal(-1000, 2, water.shape)).round()
+        phantom[:, 44:52, 20:28] = 1000  # a bone insert; the span -1003..3: a tolerance of 1 HU
+        content = sitk_backend.off_background(sitk.GetImageFromArray(phantom.astype(np.int16)))
+        self.assertTrue(content[water].all())  # the old rule: 54% of the water was background
+        self.assertGreater(sitk_backend.signal_share(sitk.GetImageFromArray(phantom.astype(np.int16))), 0.5)
+        # a head of 40 +- 10 HU in a CT whose -32768 padding (21%) and a 32767 stripe (2%) stretch the span to
+        # 65535, a tolerance of 66 HU round zero: the padding, the lowest value, is the background, not the head
+        head = np.broadcast_to(((y - 48) / 30.0) ** 2 + ((x - 48) / 26.0) ** 2 < 1, (20, 96, 96))
+        ct = np.where(head, rng.normal(40, 10, head.shape), rng.normal(-1000, 10, head.shape)).round()
+        ct[:, np.hypot(y - 48, x - 48)[0] > 47.5] = -32768
+        ct[:, :2, :] = 32767
+        content = sitk_backend.off_background(sitk.GetImageFromArray(ct.astype(np.int16)))
+        self.assertTrue(content[head].all())  # the old rule: 99.5% of the head was background
+        self.assertTrue((~content[:, 2:][ct[:, 2:] == -32768]).all())
+
     def test_the_floor_counts_samples_on_the_content(self):
         fixed = _stripped((200, 200, 150), 0.17)
         content = sitk_backend.signal_share(fixed)

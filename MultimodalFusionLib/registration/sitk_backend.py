@@ -256,7 +256,9 @@ def off_background(image: sitk.Image) -> np.ndarray | None:
     rule: the background is the voxels within ``BACKGROUND_TOLERANCE`` of the image's 1st-99th percentile span of
     its lowest value, of zero or of the lowest value that a ``BACKGROUND_SHARE`` of the grid shares (give or take
     that tolerance), whichever fills more of the grid, where that fills at least ``BACKGROUND_SHARE`` of it and not
-    all of it; None where the image has no such background (noise or structure everywhere). The tolerance takes in
+    all of it and less than ``BACKGROUND_SHARE`` of the grid lies below it (a CT's water at 0 HU, its air below it,
+    is no background: 54% of a water phantom's water had been); None where the image has no such background (noise
+    or structure everywhere). The tolerance takes in
     the ringing a B-spline resampling or a smoothing leaves around a background (the 3 mm MNI152 template: 56% of
     the grid within 0.001 of zero, down to -0.35), the third value a background with an undershoot below it and
     not at zero (a z-scored MR); on an integer image of a span under 1000 (8-bit) the tolerance is under one step,
@@ -278,6 +280,10 @@ def off_background(image: sitk.Image) -> np.ndarray | None:
     content = None
     flat_voxels = 0
     for candidate in candidates:
+        # a background is the image's low end, with at most a ringing below it: a value with a background's share
+        # of the grid below it is a tissue (a CT's water at 0 HU above its air), counted on the ranked voxels
+        if np.searchsorted(ranked, candidate - tolerance) >= BACKGROUND_SHARE * ranked.size:
+            continue
         if tolerance > 0:
             flat = values >= candidate - tolerance
             flat &= values <= candidate + tolerance
