@@ -8,6 +8,7 @@ import dataclasses
 import json
 import tempfile
 import unittest
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -364,6 +365,23 @@ class SamplesOnContent(unittest.TestCase):
         content = sitk_backend.off_background(sitk.GetImageFromArray(ct.astype(np.int16)))
         self.assertTrue(content[head].all())  # the old rule: 99.5% of the head was background
         self.assertTrue((~content[:, 2:][ct[:, 2:] == -32768]).all())
+
+    def test_huge_values_give_the_share_of_their_unit_scaled_copy_without_a_warning(self):
+        # the span of values near float64's limits overflowed (RuntimeWarning), and a float32 image's bounds
+        # past its range overflowed their cast
+        stripped = _stripped((40, 30, 20), 0.3)
+        smoothed = sitk.GetArrayFromImage(sitk.Resample(sitk.SmoothingRecursiveGaussian(stripped, 1.2), stripped))
+        # -1..1, its background near -1 (as the smoothing left it), then stretched to the type's limits
+        unit = np.clip(2 * smoothed / smoothed.max() - 1, -1, 1).astype(np.float64)
+        for dtype in (np.float64, np.float32):
+            share = sitk_backend.signal_share(sitk.GetImageFromArray(unit.astype(dtype)))
+            self.assertLess(share, 0.9)  # a background near -1
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                for top in (1e30, 0.9 * float(np.finfo(dtype).max), float(np.finfo(dtype).max)):
+                    huge = sitk.GetImageFromArray((unit * top).astype(dtype))
+                    self.assertAlmostEqual(sitk_backend.signal_share(huge), share, delta=0.002,
+                                           msg=f"{dtype.__name__} up to {top:g}")
 
     def test_the_floor_counts_samples_on_the_content(self):
         fixed = _stripped((200, 200, 150), 0.17)

@@ -270,10 +270,13 @@ def off_background(image: sitk.Image) -> np.ndarray | None:
     # float64: the spans of an int16 CT padded with -32768 overflow int16. NaNs are refused before any backend
     ranked = np.sort(every[::max(1, every.size // _PERCENTILE_VOXELS)].astype(np.float64))
     last = ranked.size - 1
-    tolerance = BACKGROUND_TOLERANCE * float(ranked[round(0.99 * last)] - ranked[round(0.01 * last)])
+    # each end scaled before the difference: the span of values near float64's limits (+-1e308) overflows
+    tolerance = (BACKGROUND_TOLERANCE * float(ranked[round(0.99 * last)])
+                 - BACKGROUND_TOLERANCE * float(ranked[round(0.01 * last)]))
     # the lowest run of a BACKGROUND_SHARE of the ranked values within twice the tolerance, and its middle value
     run = max(1, int(np.ceil(BACKGROUND_SHARE * ranked.size)))
-    dense = np.flatnonzero(ranked[run - 1:] - ranked[:ranked.size - run + 1] <= 2 * tolerance)
+    with np.errstate(over="ignore"):  # a run wider than float64's range is infinitely wide: no background there
+        dense = np.flatnonzero(ranked[run - 1:] - ranked[:ranked.size - run + 1] <= 2 * tolerance)
     candidates = {float(values.min()), 0.0}
     if dense.size:
         candidates.add(float(ranked[dense[0] + run // 2]))
@@ -285,8 +288,9 @@ def off_background(image: sitk.Image) -> np.ndarray | None:
         if np.searchsorted(ranked, candidate - tolerance) >= BACKGROUND_SHARE * ranked.size:
             continue
         if tolerance > 0:
-            flat = values >= candidate - tolerance
-            flat &= values <= candidate + tolerance
+            with np.errstate(over="ignore"):  # a bound past a float32 image's range compares as its infinity
+                flat = values >= candidate - tolerance
+                flat &= values <= candidate + tolerance
         else:
             flat = values == candidate
         count = int(np.count_nonzero(flat))
