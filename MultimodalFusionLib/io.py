@@ -329,12 +329,42 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     with _naming_transfer_syntax(label, syntax), itk_guard(f"reading DICOM series '{pick['uid']}'",
                                                           "Check that the series is complete (no missing slices)."):
         image = reader.Execute()
+    image = _slices_stacked(image, rows, slice_step)
     if sizes:  # the first slice's, by the rule for one file: ITK's series reader takes a radiograph's (CR, DX,
         # MG, XA, RF, IO) ImagerPixelSpacing over its PixelSpacing and reads one with only PixelSpacing at 1 mm
         _set_pixel_size(image, rows[0]["path"], *sizes[0], [])  # warned below, once for the series
         notes = [note for row, size in zip(rows, sizes) for note in [_pixel_size_note(row["path"], *size)] if note]
         _warn_once_per_kind(label, len(pick["files"]), notes, stacklevel=4)
     return _with_units(_with_slice_step(image, slice_step), pick.get("units", ""))
+
+
+def _slices_stacked(image: sitk.Image, rows: Sequence[Mapping[str, str]], step: np.ndarray | None) -> sitk.Image:
+    """``image``, ITK's series reading of the files of ``rows`` (in their order), as columns x rows x slices.
+
+    ITK's series reader drops a slice's trailing axes of one pixel before it stacks the slices along the next
+    axis: a series of slices of one row (1 x N) came out as N x slices x 1 and one of 1 x 1 slices as slices x
+    1 x 1, with the slice distance and the direction cosines on the wrong axes, a sign flipped (6 slices of
+    1 x 1 at 0.9 x 0.8 mm, 2.5 mm apart: 6 x 1 x 1 voxels of 0.8 x 0.9 x 1 mm). Its buffer holds each file's
+    pixels in the files' order, as for any series, so they are put on the grid ITK gives a series of larger
+    slices: the first slice's ImagePositionPatient, its row and column directions and their normal, the slice
+    distance along that normal (``step``: from slice to slice, or None to take it from the first and last);
+    the pixel size and a sheared grid are then set as for any series. N x 1 slices (one column) read right.
+    """
+    columns, height = (int(v) for v in rows[0]["size"].split("x"))
+    if image.GetSize() == (columns, height, len(rows)):
+        return image
+    points = np.array([_dicom_numbers(row["position"]) for row in rows], dtype=float)
+    cosines = np.array(_dicom_numbers(rows[0]["orientation"]), dtype=float).reshape(2, 3).T
+    normal = np.cross(cosines[:, 0], cosines[:, 1])
+    if step is None:
+        step = (points[-1] - points[0]) / (len(points) - 1)
+    components = image.GetNumberOfComponentsPerPixel()
+    values = sitk.GetArrayViewFromImage(image).reshape(len(rows), height, columns, *([components] * (components > 1)))
+    stacked = sitk.GetImageFromArray(values, isVector=components > 1)
+    stacked.SetOrigin([float(v) for v in points[0]])
+    stacked.SetSpacing([*image.GetSpacing()[:2], abs(float(step @ normal))])  # in-plane: set by the caller
+    stacked.SetDirection([float(v) for v in np.column_stack([cosines, normal]).ravel()])
+    return stacked
 
 
 def _without_copies(label: str, pick: dict[str, Any], rows: list[dict[str, str]]

@@ -1457,6 +1457,31 @@ class DicomGeometryFromTags(unittest.TestCase):
         self._assert_placed(image, positions, AXIAL)
         self.assertEqual(io.volume_extension(image), ".mha")  # NIfTI cannot hold the shear
 
+    def test_slices_of_one_row_or_one_pixel_are_stacked_as_slices(self) -> None:
+        """ITK's series reader drops a slice's trailing axes of one pixel before stacking: 6 slices of 1 x 1 came out
+        as 6 x 1 x 1 voxels of 0.8 x 0.9 x 1 mm, slices of 1 x 3 as 3 x 6 x 1, the slice distance and directions on the
+        wrong axes (an oblique series' row direction flipped). Each now has the grid a series of 2 x 2 slices with the
+        same tags has (columns x rows x slices, origin, spacing, direction), its values slice by slice; 3 x 1 slices
+        (one column) read right before too."""
+        oblique = [float(v) for v in np.array(sitk.Euler3DTransform((0, 0, 0), 0.3, -0.2, 0.5).GetMatrix())
+                   .reshape(3, 3)[:, :2].T.ravel()]
+        normal = np.cross(oblique[:3], oblique[3:])
+        positions = [list(np.array([-12.0, -14.0, 30.0]) + 2.5 * k * normal) for k in range(6)]
+        grids = {}
+        for rows, cols in ((2, 2), (1, 1), (1, 3), (3, 1)):
+            folder = os.path.join(self.dir, f"{rows}x{cols}")
+            values = write_series(folder, rows=rows, cols=cols, pixel_spacing=(0.9, 0.8), positions=positions,
+                                  orientations=[oblique] * 6)
+            image = io.read_image(folder)
+            self.assertEqual(image.GetSize(), (cols, rows, 6), (rows, cols))
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(image), values)
+            grids[rows, cols] = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+            self._assert_placed(image, positions, oblique, rows, cols, (0.9, 0.8))
+        for shape in ((1, 1), (1, 3), (3, 1)):
+            for got, want in zip(grids[shape], grids[2, 2]):
+                np.testing.assert_allclose(got, want, atol=1e-9, err_msg=str(shape))
+        np.testing.assert_allclose(grids[1, 1][0], (0.8, 0.9, 2.5), atol=1e-9)
+
     def test_slices_off_one_line_are_refused(self) -> None:
         # even steps along the normal, but one slice shifted sideways: no grid holds it
         positions = [(-12.0, -14.0 + (3.0 if k == 3 else 0.0), 30.0 + 2.5 * k) for k in range(6)]
