@@ -1334,15 +1334,19 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
         from .fusion.deep.training import check_init_matches
 
         check_init_matches(resumed, model)
-    dims = (resumed.architecture.spatial_dims if resumed is not None
-            else model.config.spatial_dims if model is not None else args.spatial_dims or 2)
+    architecture = (resumed.architecture if resumed is not None else model.config if model is not None
+                    else FusionNetConfig(spatial_dims=args.spatial_dims or 2))
+    dims = architecture.spatial_dims
+    from .fusion.deep.training import check_memory
+
+    check_memory(tcfg, architecture)  # before the pairs are read: a patch of 4096 had run out of memory minutes later
     on_pair = None
     if resumed is not None:  # other pairs refused at the first that differs (their number before any is read)
         from .fusion.deep.training import PairsCheck
 
         on_pair = PairsCheck(resumed, len(inputs) // 2, trains=tcfg.epochs > resumed.epochs_done)
     pairs = load_pairs(args.pairs, cache_dir=args.cache_dir, spatial_dims=dims, on_pair=on_pair,
-                       patch_size=tcfg.patch_size)
+                       patch_size=tcfg.patch_size, multiple=architecture.size_multiple)
     bar = ProgressBar(desc="train-fusion")
 
     def epoch_line(entry: dict) -> None:

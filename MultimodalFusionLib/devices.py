@@ -9,12 +9,13 @@ a GPU, or ``cuda:N`` past the GPUs torch sees. Each caller names where its user 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .errors import InputError
 from .threads import hold_torch_threads
 
-__all__ = ["device_name_ok", "select_device"]
+__all__ = ["available_memory", "device_name_ok", "select_device"]
 
 
 def device_name_ok(device: Any) -> bool:
@@ -61,3 +62,83 @@ def select_device(device: Any = "auto", *, where: str | None = None) -> Any:
             raise InputError(f"Device '{device}' was requested but torch sees {count} CUDA GPU(s).",
                              f"Use 'cuda' or 'cuda:0'..'cuda:{count - 1}'" + (f" ({where})." if where else "."))
     return torch.device(name)
+
+
+def available_memory(device: Any) -> tuple[int, str] | None:
+    """(bytes ``device`` can still take, what they are, for a message); None where that cannot be told (no check).
+
+    CUDA: the GPU's free memory (``torch.cuda.mem_get_info``) plus what torch's caching allocator holds unused in
+    this process. CPU (Linux): MemAvailable of /proc/meminfo (free memory and the caches the kernel can drop),
+    lowered to the room left under this process's cgroup memory limit (a container's, cgroup v2 or v1) and under its
+    address-space limit (``ulimit -v``), whichever is least. Elsewhere (macOS, Windows) None.
+    """
+    import torch
+
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        free = torch.cuda.mem_get_info(index)[0]
+        cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+        return int(free + cached), f"free on cuda:{index} (torch.cuda.mem_get_info)"
+    rooms = [(_meminfo_kib("/proc/meminfo", "MemAvailable"), "available (MemAvailable, /proc/meminfo)"),
+             (_cgroup_room(), "left under this process's cgroup memory limit"),
+             (_address_space_room(), "left under this process's address-space limit (ulimit -v)")]
+    known = [(room, what) for room, what in rooms if room is not None]
+    return min(known) if known else None
+
+
+def _meminfo_kib(path: str, key: str) -> int | None:
+    """``key``'s value in bytes from a /proc file of ``key:  N kB`` lines; None where there is none."""
+    try:
+        with open(path, encoding="ascii") as fh:
+            for line in fh:
+                name, _, value = line.partition(":")
+                if name == key:
+                    return int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under this process's cgroup memory limit (v2: memory.max - memory.current, v1:
+    memory.limit_in_bytes - memory.usage_in_bytes); None without a limit or where it cannot be read."""
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            mount, limit, usage = "/sys/fs/cgroup", "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            mount, limit, usage = "/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        for folder in (mount + path, mount):  # in a container, its own cgroup is mounted as the root
+            try:
+                with open(os.path.join(folder, limit), encoding="ascii") as fh:
+                    most = fh.read().strip()
+                most = None if most == "max" else int(most)
+                with open(os.path.join(folder, usage), encoding="ascii") as fh:
+                    used = int(fh.read().strip())
+            except (OSError, ValueError):
+                continue
+            if most is not None and most < 1 << 60:  # v1 writes "no limit" as a huge number
+                return max(0, most - used)
+            break
+    return None
+
+
+def _address_space_room() -> int | None:
+    """Bytes left under this process's address-space limit (``ulimit -v``, RLIMIT_AS) over its current size
+    (VmSize); None without a limit."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    size = _meminfo_kib("/proc/self/status", "VmSize")
+    if limit == resource.RLIM_INFINITY or size is None:
+        return None
+    return max(0, limit - size)

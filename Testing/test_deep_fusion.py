@@ -443,6 +443,33 @@ class DeepFusionTest(unittest.TestCase):
         self.assertEqual(len(older.history), 2)
         self.assertTrue(all(np.isfinite(h["loss"]) for h in older.history))
 
+    def test_a_patch_larger_than_every_sample_or_than_memory_is_refused_before_any_step(self):
+        """A patch of 64 on 20x24 slices trained every step on zero padding (it warned from the CLI only), and a 3D patch
+        of 4096 at batch 8 (about 10^4 TiB of activations) went on into MONAI's padding of each sample to 256 GiB:
+        each is refused before any step, naming the largest patch that fits."""
+        from MultimodalFusionLib.fusion.deep import FusionNetConfig, TrainingConfig, train_fusion
+
+        rng = np.random.default_rng(0)
+        small = [(rng.random((20, 24), dtype=np.float32), rng.random((20, 24), dtype=np.float32)) for _ in range(2)]
+        steps = []
+        with self.assertRaises(InputError) as ctx:
+            train_fusion(small, config=_tiny_config(), training=TrainingConfig(
+                epochs=1, batch_size=2, patch_size=64, device="cpu"), progress=lambda f, m: steps.append(m) or True)
+        self.assertIn("larger than every one of the 2 training sample(s)", str(ctx.exception))
+        self.assertIn("Give --patch-size 20", str(ctx.exception))
+        self.assertEqual(steps, [])  # not one step, not even the "training on" report
+        volume = [(rng.random((8, 20, 24), dtype=np.float32),) * 2]
+        with self.assertRaises(InputError) as ctx:
+            train_fusion(volume, config=FusionNetConfig(spatial_dims=3), training=TrainingConfig(
+                epochs=1, batch_size=8, patch_size=4096, device="cpu"), progress=lambda f, m: steps.append(m) or True)
+        said = str(ctx.exception)
+        self.assertIn("A training step with --patch-size 4096 and --batch-size 8 needs about", said)
+        self.assertIn("for the 3D network's activations (8 patch(es) of 4096x4096x4096 voxels", said)
+        self.assertIn("Give a smaller patch or batch: --patch-size", said)
+        self.assertEqual(steps, [])
+        train_fusion(small, config=_tiny_config(), training=TrainingConfig(  # 20 fits, and trains
+            epochs=1, batch_size=2, patch_size=20, device="cpu"))
+
     def test_training_leaves_the_callers_random_state_alone(self):
         import random
 

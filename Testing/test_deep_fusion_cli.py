@@ -246,6 +246,7 @@ class TrainFusionCliTest(unittest.TestCase):
             for sub in ("MRI", "CT"):
                 Image.fromarray(grey(20, 20)).save(tmp / "small" / sub / "01.png")
                 Image.fromarray(grey(20, 24)).save(tmp / "small" / sub / "02.png")
+                Image.fromarray(grey(40, 40)).save(tmp / "small" / sub / "03.png")  # one the patch fits
                 Image.fromarray(grey(40, 40)).save(tmp / "mixed" / sub / "01.png")
                 sitk.WriteImage(sitk.GetImageFromArray(grey(6, 40, 36)), str(tmp / "mixed" / sub / "02.nii.gz"))
                 Image.fromarray(grey(40, 40)).save(tmp / "rgba" / sub / "01.png")
@@ -262,7 +263,7 @@ class TrainFusionCliTest(unittest.TestCase):
                 said[case] = [line for line in err.getvalue().splitlines() if line.startswith("warning: ")]
             small = [m for m in said["small"] if "smaller than the 32-pixel patch" in m]
             self.assertEqual(len(small), 1, said["small"])
-            self.assertIn("2 of 2 training pairs", small[0])
+            self.assertIn("2 of 3 training pairs", small[0])
             self.assertIn(f"'{tmp / 'small' / 'MRI' / '01.png'}' (20x20)", small[0])
             self.assertIn(f"'{tmp / 'small' / 'MRI' / '02.png'}' (24x20)", small[0])
             self.assertIn("--patch-size of at most 20", small[0])
@@ -276,6 +277,44 @@ class TrainFusionCliTest(unittest.TestCase):
             self.assertEqual(len(rgba), 1, said["rgba"])
             self.assertIn(f"'{tmp / 'rgba' / 'MRI' / '01.png'}'", rgba[0])
             self.assertIn("25.0% of its pixels transparent", rgba[0])
+
+    def test_a_patch_larger_than_every_pair_or_than_memory_is_refused_before_training(self):
+        """--patch-size 4096 on a few small volumes warned that they were padded to it, then ran for minutes and was
+        killed for want of memory. A patch larger than every pair is refused once the pairs are read, naming the largest
+        that fits (20x20 and 24x20 pairs with patch 32 had trained on padding, rc 0); a patch and batch whose step
+        needs more memory than there is are refused before any pair is read (here the pairs are not even images),
+        naming the estimate and the sizes that fit."""
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            rng = np.random.default_rng(5)
+            for sub in ("MRI", "CT"):
+                (tmp / "small" / sub).mkdir(parents=True)
+                (tmp / "broken" / sub).mkdir(parents=True)
+                Image.fromarray(rng.integers(0, 256, (20, 20)).astype(np.uint8)).save(tmp / "small" / sub / "01.png")
+                Image.fromarray(rng.integers(0, 256, (20, 24)).astype(np.uint8)).save(tmp / "small" / sub / "02.png")
+                (tmp / "broken" / sub / "01.png").write_bytes(b"not a picture")
+            said = {}
+            for case, patch in (("small", "32"), ("broken", "16384")):
+                model = tmp / f"{case}.safetensors"
+                argv = ["train-fusion", "--pairs", str(tmp / case), "--output", str(model), "--patch-size", patch,
+                        "--batch-size", "1" if case == "small" else "8", "--epochs", "1", "--device", "cpu"]
+                with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
+                    self.assertEqual(main(argv), 2, err.getvalue())
+                said[case] = err.getvalue()
+                self.assertFalse(model.exists() or Path(f"{model}.ckpt.pt").exists(), case)
+            self.assertIn("The 32-pixel training patch (--patch-size) is larger than every one of the 2 training pairs "
+                          f"(the largest, '{tmp / 'small' / 'MRI' / '01.png'}' (20x20), is 20 on its smallest side)",
+                          said["small"])
+            self.assertIn("Give --patch-size 20 (the largest that fits, a multiple of the network's 4) or less",
+                          said["small"])
+            self.assertNotIn("warning:", said["small"])  # the refusal, not the padding warning before it
+            self.assertIn("A training step with --patch-size 16384 and --batch-size 8 needs about", said["broken"])
+            self.assertIn("for the 2D network's activations (8 patch(es) of 16384x16384 pixels", said["broken"])
+            self.assertIn("Give a smaller patch or batch: --patch-size", said["broken"])
+            self.assertNotIn("not a picture", said["broken"])
+            self.assertNotIn("01.png", said["broken"])  # refused before any pair was read
 
     def test_fuse_writes_the_weight_map_on_the_output_grid(self):
         # the explainability output had no file from `fuse` (only the report's montage), and `run` writes none for

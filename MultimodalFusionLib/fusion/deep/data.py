@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "to_training_samples",
     "synthetic_pairs",
     "augmentation",
+    "check_patch_fits",
     "SYNTHETIC_PAIRS",
     "MODALITY_FOLDERS",
 ]
@@ -47,6 +49,9 @@ _SECOND = ("ct", "pet", "spect", "functional", "func", "b")
 #: ways and is refused, where taking A and B for modalities had paired it differently from before without a word.
 MODALITY_FOLDERS = ("mri", "mr", "t1", "t1w", "t2", "t2w", "pd", "flair", "anatomical", "anat") + tuple(
     name for name in _SECOND if name != "b")
+#: The smallest training patch side (``--patch-size``).
+MIN_PATCH = 16
+
 #: (first, second) contrasts of the synthetic training pairs (data.synthetic_contrast names).
 SYNTHETIC_PAIRS = (("t1", "ct"), ("t2", "ct"), ("pd", "ct"), ("t1", "pet"), ("t2", "pet"), ("flair", "pet"),
                    ("t1", "t2"), ("flair", "t1"), ("t2", "flair"), ("pd", "pet"))
@@ -204,9 +209,37 @@ def _refuse_two_readings(root: Path, parent: Path, first: Path, second: Path) ->
                          "cases different names.")
 
 
+def check_patch_fits(sides: Sequence[int], patch_size: int, multiple: int, named: str, largest: str = "") -> None:
+    """Refuse a training patch larger than every sample where a smaller one would fit one: each patch would be
+    mostly zeros (training pads a sample to the patch), and its step costs memory as the patch's voxels (a patch of
+    4096 on volumes of 40x48x8 warned that they were padded, then ran out of memory). A patch larger than some samples
+    only is trained on with them padded, as before (:func:`load_pairs` warns), and so is the smallest patch
+    (:data:`MIN_PATCH`) on samples smaller still.
+
+    Args:
+        sides: each sample's smallest side (pixels or voxels, as the network sees it: a 2D network's slices).
+        patch_size: the patch side (``--patch-size``).
+        multiple: the network's size multiple (a patch side must be one).
+        named: what the samples are, for the message ("2 training pairs").
+        largest: the largest sample, named in the message (e.g. its file and size); "" : its side only.
+
+    Raises:
+        InputError: ``patch_size`` is above every side and above the smallest patch, naming the largest that fits.
+    """
+    most = max(sides)
+    fits = max(multiple * math.ceil(MIN_PATCH / multiple), most // multiple * multiple)
+    if patch_size <= max(most, fits):
+        return
+    raise InputError(f"The {patch_size}-pixel training patch (--patch-size) is larger than every one of the {named} "
+                     f"(the largest{f', {largest},' if largest else ''} is {most} on its smallest side): every patch "
+                     "would be mostly zero padding, at the memory of its whole size.",
+                     f"Give --patch-size {fits} (the largest that fits, a multiple of the network's {multiple})"
+                     + (" or less" if fits > MIN_PATCH else "") + ", or larger images.")
+
+
 def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
                spatial_dims: int = 2, on_pair: Any = None,
-               patch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+               patch_size: int | None = None, multiple: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
     """Read and scale to 0..1 every pair below ``folder`` as fusion scales its inputs (``fusion.unit_scaled``:
     8-bit images divided by 255, colour as its luminance, Y of YCbCr, others min-max).
 
@@ -226,14 +259,17 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
             ``training.PairsCheck``, which refuses other pairs at the first that differs, not after all are read.
         patch_size: the training patch side (``--patch-size``): pairs whose training samples (images, a 2D
             network's slices of a volume) are smaller on a side are named in a warning with their sizes, as
-            training pads them with zeros to the patch (they had been padded without a word). None: no check.
+            training pads them with zeros to the patch (they had been padded without a word); a patch larger than
+            every pair is refused (:func:`check_patch_fits`). None: no check.
+        multiple: the network's size multiple (the default network's 4), for the patch sizes suggested.
 
     Warns:
         Where a 2D network is trained on a folder that mixes 2D images and 3D volumes, naming the volumes and
         what is done with them (cut into slices along their slice axis and trained on beside the 2D images).
 
     Raises:
-        InputError: an unreadable, empty or non-finite image, a pair whose two images are not on
+        InputError: a patch larger than every pair (see ``patch_size``), an unreadable, empty or non-finite image, a
+            pair whose two images are not on
             one grid (size, spacing, origin or direction): the network sees voxel arrays, so a pair
             of the same size placed differently would teach it from misaligned images; or a 2D pair
             for a 3D network (``spatial_dims=3``).
@@ -284,9 +320,13 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
             on_pair(len(out), (pa, pb), pair, eight_bit)
         out.append(pair)
     if small:  # MONAI's SpatialPadd below (augmentation): the rest of each patch is zeros
-        smallest = min(min(arr.shape[1:] if arr.ndim == 3 and spatial_dims == 2 else arr.shape) for arr, _ in out)
-        fix = (f"Give a --patch-size of at most {smallest} (their smallest side; e.g. {4 * (smallest // 4)}, a "
-               "multiple of the default network's 4), or larger images."
+        sides = [min(arr.shape[1:] if arr.ndim == 3 and spatial_dims == 2 else arr.shape) for arr, _ in out]
+        if len(small) == len(out):
+            check_patch_fits(sides, patch_size, multiple, f"{len(out)} training {_pairs(len(out)).split()[1]}",
+                             small[int(np.argmax(sides))])
+        smallest = min(sides)
+        fix = (f"Give a --patch-size of at most {smallest} (their smallest side; e.g. "
+               f"{multiple * (smallest // multiple)}, a multiple of the network's {multiple}), or larger images."
                if smallest >= 16 else "Give images of at least 16 pixels a side (the smallest --patch-size).")
         warnings.warn(f"{len(small)} of {len(out)} training pairs are smaller than the {patch_size}-pixel patch "
                       f"(--patch-size) and are padded with zeros to it, so part of every patch drawn from them is "
