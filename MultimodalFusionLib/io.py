@@ -4295,6 +4295,19 @@ JSON_INFINITY = {True: "Infinity", False: "-Infinity"}
 NOT_AVAILABLE = "n/a"
 
 
+#: The binary units :func:`size_text` writes sizes in (the web app's size options read them too), largest first.
+BINARY_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+
+
+def size_text(size: int) -> str:
+    """``size`` bytes for a person: "4 GiB", "1.5 GiB", "1000 bytes" (the web app's upload limits, train-fusion's
+    memory check)."""
+    for unit, factor in BINARY_UNITS:
+        if size >= factor:
+            return f"{size / factor:.3g} {unit}"
+    return f"{size} bytes"
+
+
 def number_text(value: Any, spec: str = ".4g", *, infinity: str | None = None) -> str:
     """``value`` as ``spec`` writes it for a reader: the console, the web panel, Slicer's status line and metrics
     table, the report. None, NaN and what is no number are :data:`NOT_AVAILABLE`; so is an infinity (the sitk

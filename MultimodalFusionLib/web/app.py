@@ -34,7 +34,8 @@ from typing import Any, Iterator, Sequence
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..io import missing_data_file, number_text
+from ..io import BINARY_UNITS as _BINARY_UNITS
+from ..io import missing_data_file, number_text, size_text
 from ..preprocess import COMPUTE_MASK, CT_WINDOWS
 from ..registration.parameters import INITIALIZER_HELP, INITIALIZERS, MAX_SEED
 from ..validation import whole_number
@@ -146,7 +147,6 @@ window.mmfusion_upload = async function (files, trigger) {
 
 
 #: The binary units, largest first: what sizes are shown in, and what K/M/G/T and KiB/MiB/GiB/TiB read as.
-_BINARY_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
                **{unit.lower(): factor for unit, factor in _BINARY_UNITS},
                **{unit[0].lower(): factor for unit, factor in _BINARY_UNITS}}
@@ -168,14 +168,6 @@ def parse_size(text: Any, option: str) -> int:
             return size
     raise InputError(f"{option} {text!r} is not a size above 0.",
                      f"Give bytes or a number with a unit, e.g. {option} 4GiB (or 500MiB, 2G, 3000000000).")
-
-
-def size_text(size: int) -> str:
-    """``size`` bytes for a person: "4 GiB", "1.5 GiB", "1000 bytes"."""
-    for unit, factor in _BINARY_UNITS:
-        if size >= factor:
-            return f"{size / factor:.3g} {unit}"
-    return f"{size} bytes"
 
 
 def size_option(size: int) -> str:

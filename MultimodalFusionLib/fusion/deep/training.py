@@ -170,7 +170,7 @@ def check_memory(tcfg: TrainingConfig, config: FusionNetConfig, device: Any = No
     free, what = room
     if need <= free:
         return
-    from ...web.app import size_text
+    from ...io import size_text
 
     per_patch = need / batch
     multiple = config.size_multiple
