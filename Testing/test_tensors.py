@@ -430,7 +430,11 @@ class TensorFiles(unittest.TestCase):
         pairs = [("modality", "DTMRI"), ("DWMRI_b-value", "1000"), ("DWMRI_gradient_0000", "0 0 0"),
                  ("DWMRI_gradient_0001", "1 0 0"), ("DWMRI_NEX_0001", "2")]
         _write_nrrd(self.path("kv.nrrd"), self.values, space="right-anterior-superior", keyvalues=pairs)
-        sitk.WriteTransform(sitk.Euler3DTransform((3.0, 3.0, 2.5), 0.0, 0.0, math.pi / 2), self.path("r.tfm"))
+        grid = read_image(self.path("kv.nrrd"), keep_color=True)
+        # turned about the grid's centre (in LPS: the header's RAS origin is negated), so the output is the tensors
+        # turned, not the blank grid resample refuses since fcdf356 (the RAS point (3, 3, 2.5) lay off the grid)
+        centre = grid.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in grid.GetSize()])
+        sitk.WriteTransform(sitk.Euler3DTransform(centre, 0.0, 0.0, math.pi / 2), self.path("r.tfm"))
         sitk.WriteTransform(sitk.TranslationTransform(3, (0.5, 0.0, 0.0)), self.path("t.tfm"))
         for name, transform, kept in (("same.nrrd", None, pairs), ("moved.nhdr", "t.tfm", pairs),
                                       ("turned.nrrd", "r.tfm", pairs[:2])):
