@@ -843,7 +843,8 @@ class FuseEvaluateCliTest(unittest.TestCase):
         fused = os.path.join(self.tmp.name, "same.png")
         code, stdout, _ = _main(["fuse", self.a, self.a, "--method", "average", "-o", fused, "--report", rep])
         self.assertEqual(code, 0)
-        header, row = stdout.splitlines()[1:3]
+        lines = stdout.splitlines()
+        header, row = lines[[n for n, line in enumerate(lines) if line.startswith("method")][0]:][:2]
         cells = dict(zip(header.split()[1:], row.split()[1:]))
         self.assertEqual((cells["PSNR"], cells["SSIM"]), ("inf", "2.000"))
         page = open(os.path.join(rep, "report.html"), encoding="utf-8").read()

@@ -55,6 +55,11 @@ def _hashes(folder: str) -> dict[str, str]:
     return out
 
 
+#: What fuse --report prints once the fused image (and the weight map) are staged, before the metrics and the report
+#: (its "fused -> OUT" line comes once they are in, since 1a40725)
+_MAKING_REPORT = "; making the metrics and the report in "
+
+
 def _signal_when(argv: list[str], sig: int, text: str, timeout: float = 120.0) -> tuple[int, str, bool]:
     """Run ``mmfusion ARGV``, send ``sig`` once ``text`` shows in its stderr; (exit code, stderr, whether
     the signal was sent while it ran)."""
@@ -364,9 +369,10 @@ class SignalledCommands(unittest.TestCase):
             self.assertEqual(cli.main(["fuse", self.fixed, self.moving, "--method", "average", "-o", fused,
                                        "--report", self.out]), 0)
         before = _hashes(self.out)
-        # --json: the "fused (max, T s) -> F" line (after the image is written) goes to stderr, where the signal is sent from
+        # --json: the "max fusion done in T s; making the metrics and the report" line (after the image is staged)
+        # goes to stderr, where the signal is sent from
         rc, err, sent = _signal_when(["fuse", self.fixed, self.moving, "--method", "max", "-o", fused,
-                                      "--report", self.out, "--json"], signal.SIGINT, f"s) -> {fused}\n")
+                                      "--report", self.out, "--json"], signal.SIGINT, _MAKING_REPORT)
         self._check(rc, err, sent, 130, "mmfusion fuse: interrupted", before)
         with contextlib.redirect_stdout(_textio.StringIO()):  # and without a signal, both are replaced
             self.assertEqual(cli.main(["fuse", self.fixed, self.moving, "--method", "max", "-o", fused,
@@ -388,7 +394,7 @@ class SignalledCommands(unittest.TestCase):
         with contextlib.redirect_stdout(_textio.StringIO()):
             self.assertEqual(cli.main(argv + ["--method", "average"]), 0)
         before = _hashes(self.out)
-        rc, err, sent = _signal_when(argv + ["--method", "max", "--json"], signal.SIGINT, f"-> {weights}\n")
+        rc, err, sent = _signal_when(argv + ["--method", "max", "--json"], signal.SIGINT, _MAKING_REPORT)  # both staged
         self._check(rc, err, sent, 130, "mmfusion fuse: interrupted", before)
         with contextlib.redirect_stdout(_textio.StringIO()):  # and without a signal, both are replaced
             self.assertEqual(cli.main(argv + ["--method", "max"]), 0)
@@ -436,7 +442,7 @@ class KilledCommands(unittest.TestCase):
         pet.SetOrigin((0.0, 0.0, 0.0))
         self.moving = io.write_image(pet, os.path.join(self.dir, "pet_on_grid.nii.gz"))
         argv = ["fuse", self.fixed, self.moving, "--method", "max", "-o", fused, "--report", self.out]
-        rc, err, sent = _signal_when(argv + ["--json"], signal.SIGKILL, f"s) -> {fused}")
+        rc, err, sent = _signal_when(argv + ["--json"], signal.SIGKILL, _MAKING_REPORT)
         self.assertTrue(sent and rc == -signal.SIGKILL, err[-2000:])
         left = _leftovers(self.out)
         self.assertTrue(left and all(n.startswith(".mmf-staging-") for n in left), left)  # the fused image staged
