@@ -1105,6 +1105,43 @@ class DeviceTest(unittest.TestCase):
                 self.assertIn(f"sees {torch.cuda.device_count()} CUDA GPU(s)", str(caught.exception))
             self.assertEqual(resolve_device("CUDA:0"), torch.device("cuda:0"))
 
+    def test_the_cgroup_room_leaves_out_page_cache_and_counts_the_cgroups_above(self):
+        """The memory charged to a cgroup counts the page cache of the files it has read or written, which the kernel
+        drops before it kills anything: a container with a 3 GiB limit that had written a 2.5 GiB file (a dataset,
+        a pip cache) was told 319 MiB were left and train-fusion --patch-size 512 --batch-size 2 (680 MiB) was
+        refused; under that very cgroup (v1) it trains, rc 0. A limit on a cgroup above the process's (a systemd
+        slice, the container's own) holds it too; "max", missing files and other lines give no limit, no error."""
+        from MultimodalFusionLib.devices import _cgroup_room
+
+        gib = 1 << 30
+        with tempfile.TemporaryDirectory() as tmp:
+            def write(path, text):
+                Path(tmp, path).parent.mkdir(parents=True, exist_ok=True)
+                Path(tmp, path).write_text(text)
+
+            listing = os.path.join(tmp, "cgroup")
+            root = os.path.join(tmp, "fs")
+            # v2: the process's cgroup without a limit, the slice above it limited to 3 GiB, 2.5 GiB of it cache
+            write("cgroup", "0::/app.slice/run.scope\n")
+            write("fs/app.slice/run.scope/memory.max", "max\n")
+            write("fs/app.slice/run.scope/memory.current", f"{int(2.6 * gib)}\n")
+            write("fs/app.slice/memory.max", f"{3 * gib}\n")
+            write("fs/app.slice/memory.current", f"{int(2.7 * gib)}\n")
+            write("fs/app.slice/memory.stat", f"anon 100\nfile {int(2.6 * gib)}\ninactive_file {int(2.5 * gib)}\n")
+            self.assertEqual(_cgroup_room(listing, root), int(3 * gib - (int(2.7 * gib) - int(2.5 * gib))))
+            # v1 (a container's cgroup mounted as the root): total_inactive_file, the hierarchy's
+            write("cgroup", "12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n")
+            write("fs/memory/memory.limit_in_bytes", f"{3 * gib}\n")
+            write("fs/memory/memory.usage_in_bytes", f"{int(2.7 * gib)}\n")
+            write("fs/memory/memory.stat", f"inactive_file 5\ntotal_inactive_file {int(2.5 * gib)}\n")
+            self.assertEqual(_cgroup_room(listing, root), int(3 * gib - (int(2.7 * gib) - int(2.5 * gib))))
+            for listed in ("0::/\n", "4:memory:/\n", "garbage\n\n", "0::/gone\n"):
+                write("cgroup", listed)
+                write("fs/memory.max", "max\n")
+                write("fs/memory/memory.limit_in_bytes", f"{(1 << 63) - 4096}\n")
+                self.assertIsNone(_cgroup_room(listing, root), listed)
+            self.assertIsNone(_cgroup_room(os.path.join(tmp, "none"), root))
+
     def test_every_deep_caller_refuses_a_bad_device_before_working(self):
         """fuse_arrays, train_fusion (TrainingConfig.check: the CLI calls it before reading the pairs, and the
         device was checked only after all were read) and pipeline.run (before the registration)."""
