@@ -1342,14 +1342,17 @@ def _run_train_fusion(args: argparse.Namespace) -> int:
     dims = architecture.spatial_dims
     from .fusion.deep.training import check_memory
 
-    check_memory(tcfg, architecture)  # before the pairs are read: a patch of 4096 had run out of memory minutes later
+    trains = resumed is None or tcfg.epochs > resumed.epochs_done  # else its weights are written as they are
+    if trains:  # before the pairs are read: a patch of 4096 had run out of memory minutes later
+        check_memory(tcfg, architecture, resumed=resumed is not None)
     on_pair = None
     if resumed is not None:  # other pairs refused at the first that differs (their number before any is read)
         from .fusion.deep.training import PairsCheck
 
-        on_pair = PairsCheck(resumed, len(inputs) // 2, trains=tcfg.epochs > resumed.epochs_done)
+        on_pair = PairsCheck(resumed, len(inputs) // 2, trains=trains)
     pairs = load_pairs(args.pairs, cache_dir=args.cache_dir, spatial_dims=dims, on_pair=on_pair,
-                       patch_size=tcfg.patch_size, multiple=architecture.size_multiple)
+                       patch_size=tcfg.patch_size if trains else None, multiple=architecture.size_multiple,
+                       refuse_larger=resumed is None)
     bar = ProgressBar(desc="train-fusion")
 
     def epoch_line(entry: dict) -> None:

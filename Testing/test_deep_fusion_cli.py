@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 import unittest
@@ -315,6 +316,49 @@ class TrainFusionCliTest(unittest.TestCase):
             self.assertIn("Give a smaller patch or batch: --patch-size", said["broken"])
             self.assertNotIn("not a picture", said["broken"])
             self.assertNotIn("01.png", said["broken"])  # refused before any pair was read
+
+    def test_a_resumed_run_is_checked_for_memory_only_where_it_trains_and_told_a_fix_it_can_use(self):
+        """A checkpoint fixes --patch-size and --batch-size (check_resumable refuses others). Resumed with its own
+        --epochs, nothing is trained and its weights are written as they are: a step too large for this machine (a
+        checkpoint from a larger one) had been refused all the same, rc 2. Resumed to train on, the refusal told the
+        user to give a smaller patch or batch, which the resume then refuses: it names another machine, or a new
+        run from the weights (--init) at a size that fits."""
+        import torch
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            rng = np.random.default_rng(7)
+            for sub in ("MRI", "CT"):
+                (tmp / "pairs" / sub).mkdir(parents=True)
+                for k in range(2):
+                    Image.fromarray(rng.integers(0, 256, (20, 24)).astype(np.uint8)).save(tmp / "pairs" / sub / f"{k}.png")
+            model, checkpoint = tmp / "m.safetensors", tmp / "m.safetensors.ckpt.pt"
+            common = ["--pairs", str(tmp / "pairs"), "--batch-size", "2", "--device", "cpu", "--threads", "1"]
+            with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
+                self.assertEqual(main(["train-fusion", *common, "--output", str(model), "--patch-size", "16",
+                                       "--epochs", "1"]), 0, err.getvalue())
+            # the run a machine with ~730 GB to spare would have started: patch 16384 at batch 2
+            payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            state = json.loads(payload["state"])  # as weights.save_checkpoint writes it
+            state["training"]["patch_size"] = 16384
+            payload["state"] = json.dumps(state)
+            torch.save(payload, checkpoint)
+            big = ["--patch-size", "16384", "--resume", str(checkpoint)]
+            out = tmp / "again.safetensors"
+            with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
+                self.assertEqual(main(["train-fusion", *common, *big, "--output", str(out), "--checkpoint",
+                                       str(tmp / "again.ckpt.pt"), "--epochs", "1"]), 0, err.getvalue())
+            self.assertTrue(out.exists())
+            with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
+                self.assertEqual(main(["train-fusion", *common, *big, "--output", str(tmp / "more.safetensors"),
+                                       "--checkpoint", str(tmp / "more.ckpt.pt"), "--epochs", "2"]), 2)
+            said = err.getvalue()
+            self.assertIn("Resuming a run with --patch-size 16384 and --batch-size 2 (its checkpoint's) needs about",
+                          said)
+            self.assertIn("Resume it where there is more memory (free memory), or start a new run from its weights "
+                          "with a smaller patch or batch: --init MODEL.safetensors with --patch-size", said)
+            self.assertNotIn("Traceback", said)
 
     def test_fuse_writes_the_weight_map_on_the_output_grid(self):
         # the explainability output had no file from `fuse` (only the report's montage), and `run` writes none for

@@ -239,7 +239,8 @@ def check_patch_fits(sides: Sequence[int], patch_size: int, multiple: int, named
 
 def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
                spatial_dims: int = 2, on_pair: Any = None,
-               patch_size: int | None = None, multiple: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+               patch_size: int | None = None, multiple: int = 4, refuse_larger: bool = True,
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Read and scale to 0..1 every pair below ``folder`` as fusion scales its inputs (``fusion.unit_scaled``:
     8-bit images divided by 255, colour as its luminance, Y of YCbCr, others min-max).
 
@@ -262,6 +263,8 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
             training pads them with zeros to the patch (they had been padded without a word); a patch larger than
             every pair is refused (:func:`check_patch_fits`). None: no check.
         multiple: the network's size multiple (the default network's 4), for the patch sizes suggested.
+        refuse_larger: False: a patch larger than every pair is warned of as one larger than some (a resumed run:
+            its checkpoint fixes the patch, and the run began with it on these very pairs).
 
     Warns:
         Where a 2D network is trained on a folder that mixes 2D images and 3D volumes, naming the volumes and
@@ -321,7 +324,7 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
         out.append(pair)
     if small:  # MONAI's SpatialPadd below (augmentation): the rest of each patch is zeros
         sides = [min(arr.shape[1:] if arr.ndim == 3 and spatial_dims == 2 else arr.shape) for arr, _ in out]
-        if len(small) == len(out):
+        if len(small) == len(out) and refuse_larger:
             check_patch_fits(sides, patch_size, multiple, f"{len(out)} training {_pairs(len(out)).split()[1]}",
                              small[int(np.argmax(sides))])
         smallest = min(sides)

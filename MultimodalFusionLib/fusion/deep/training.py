@@ -142,7 +142,8 @@ def training_memory(config: FusionNetConfig, patch_size: int, batch_size: int, *
     return int(STEP_MEMORY_FACTOR * _kept_per_voxel(config, amp) * batch_size * patch_size ** config.spatial_dims)
 
 
-def check_memory(tcfg: TrainingConfig, config: FusionNetConfig, device: Any = None, *, amp: bool | None = None) -> None:
+def check_memory(tcfg: TrainingConfig, config: FusionNetConfig, device: Any = None, *, amp: bool | None = None,
+                 resumed: bool = False) -> None:
     """Refuse a patch and batch size whose training step (:func:`training_memory`) needs more memory than
     ``device`` has (:func:`devices.available_memory`: the GPU's free memory, or the memory available to this process
     on the CPU), naming the estimate and the largest patch and batch sizes that fit. The CLI calls it before the
@@ -154,6 +155,8 @@ def check_memory(tcfg: TrainingConfig, config: FusionNetConfig, device: Any = No
         config: the network's architecture.
         device: the torch device (None: ``tcfg.device`` resolved).
         amp: float16 autocast (None: on CUDA only, as training).
+        resumed: the run resumes a checkpoint, which fixes the patch and batch sizes (:func:`check_resumable`): the
+            fix names another machine or device, or a new run from its weights.
 
     Raises:
         InputError: the step would not fit.
@@ -178,6 +181,13 @@ def check_memory(tcfg: TrainingConfig, config: FusionNetConfig, device: Any = No
     fits = [f"--patch-size {side} or less at --batch-size {batch}" if side >= MIN_PATCH else "",
             f"--batch-size {int(free // per_patch)} or less at --patch-size {patch}" if per_patch <= free else ""]
     fix = " or ".join(f for f in fits if f) or f"--patch-size {MIN_PATCH} and --batch-size 1 do not fit either"
+    if resumed:  # check_resumable refuses other sizes: a smaller patch or batch cannot continue this run
+        raise InputError(f"Resuming a run with --patch-size {patch} and --batch-size {batch} (its checkpoint's) needs "
+                         f"about {size_text(need)} on {device.type} for a training step, more than the "
+                         f"{size_text(free)} {what}: it would run out of memory.",
+                         "Resume it where there is more memory (free memory" + (", or another GPU" if device.type
+                         == "cuda" else "") + "), or start a new run from its weights with a smaller patch or "
+                         f"batch: --init MODEL.safetensors with {fix}.")
     raise InputError(f"A training step with --patch-size {patch} and --batch-size {batch} needs about "
                      f"{size_text(need)} on {device.type} for the {dims}D network's activations ({batch} patch(es) of "
                      f"{'x'.join([str(patch)] * dims)} {'pixels' if dims == 2 else 'voxels'}, about "
@@ -574,15 +584,18 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
             raise InputError(f"Patch size {tcfg.patch_size} is not a multiple of {multiple}.",
                              f"Use a multiple of {multiple}, e.g. {multiple * math.ceil(tcfg.patch_size / multiple)}.")
         amp, scaler = _float16_amp(torch, device, amp)
+        trains = start_epoch < tcfg.epochs  # a resumed run given its checkpoint's epochs returns its weights as they are
         # before the pairs are cut into samples and any step runs: a patch of 4096 (a few small volumes) had warned
         # that they were padded to it, then ran out of memory minutes later
-        check_memory(tcfg, config, device, amp=amp)
+        if trains:
+            check_memory(tcfg, config, device, amp=amp, resumed=run is not None)
         fingerprint = data_fingerprint(pairs)
         if run is not None:  # before any step: the checkpoint's pairs, or a refusal
             check_same_data(run, fingerprint)
         samples = to_training_samples(pairs, config.spatial_dims)
-        check_patch_fits([min(sample["a"].shape[1:]) for sample in samples], tcfg.patch_size, multiple,
-                         f"{len(samples)} training sample(s)")
+        if trains and run is None:  # a resumed run's checkpoint fixes the patch; it began with it on these pairs
+            check_patch_fits([min(sample["a"].shape[1:]) for sample in samples], tcfg.patch_size, multiple,
+                             f"{len(samples)} training sample(s)")
         model.to(device).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
         if run is not None:
