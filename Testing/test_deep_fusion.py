@@ -444,10 +444,14 @@ class DeepFusionTest(unittest.TestCase):
         self.assertTrue(all(np.isfinite(h["loss"]) for h in older.history))
 
     def test_a_patch_larger_than_every_sample_or_than_memory_is_refused_before_any_step(self):
-        """A patch of 64 on 20x24 slices trained every step on zero padding (it warned from the CLI only), and a 3D patch
-        of 4096 at batch 8 (about 10^4 TiB of activations) went on into MONAI's padding of each sample to 256 GiB:
-        each is refused before any step, naming the largest patch that fits."""
+        """A patch of 64 on 20x24 slices (11.7% of it the sample, the rest zero padding) trained every step on padding
+        (it warned from the CLI only), and a 3D patch of 4096 at batch 8 (about 10^4 TiB of activations) went on into
+        MONAI's padding of each sample to 256 GiB: each is refused before any step, naming the largest patch that a
+        sample fills a quarter of (40: 30%). A patch of 32, which they fill 47% of, trains (padded); so does a 3D patch
+        of 64 on a thick-slice series of 24 x 256 x 256 (37.5%), which the first rule (the patch against each sample's
+        smallest side) refused."""
         from MultimodalFusionLib.fusion.deep import FusionNetConfig, TrainingConfig, train_fusion
+        from MultimodalFusionLib.fusion.deep.data import check_patch_fits
 
         rng = np.random.default_rng(0)
         small = [(rng.random((20, 24), dtype=np.float32), rng.random((20, 24), dtype=np.float32)) for _ in range(2)]
@@ -455,8 +459,9 @@ class DeepFusionTest(unittest.TestCase):
         with self.assertRaises(InputError) as ctx:
             train_fusion(small, config=_tiny_config(), training=TrainingConfig(
                 epochs=1, batch_size=2, patch_size=64, device="cpu"), progress=lambda f, m: steps.append(m) or True)
-        self.assertIn("larger than every one of the 2 training sample(s)", str(ctx.exception))
-        self.assertIn("Give --patch-size 20", str(ctx.exception))
+        self.assertIn("is mostly zero padding for every one of the 2 training sample(s): the one that fills it most, "
+                      "24x20, fills 11.7% of it", str(ctx.exception))
+        self.assertIn("Give --patch-size 40 (the largest that a sample fills at least 25% of", str(ctx.exception))
         self.assertEqual(steps, [])  # not one step, not even the "training on" report
         volume = [(rng.random((8, 20, 24), dtype=np.float32),) * 2]
         with self.assertRaises(InputError) as ctx:
@@ -467,8 +472,12 @@ class DeepFusionTest(unittest.TestCase):
         self.assertIn("for the 3D network's activations (8 patch(es) of 4096x4096x4096 voxels", said)
         self.assertIn("Give a smaller patch or batch: --patch-size", said)
         self.assertEqual(steps, [])
-        train_fusion(small, config=_tiny_config(), training=TrainingConfig(  # 20 fits, and trains
-            epochs=1, batch_size=2, patch_size=20, device="cpu"))
+        check_patch_fits([(24, 256, 256), (30, 256, 256)], 64, 4, "2 training pairs")  # no error
+        with self.assertRaises(InputError):
+            check_patch_fits([(8, 256, 256)], 64, 4, "1 training pair")  # 12.5%
+        for patch in (20, 32):  # 20 fits; 32 is 47% sample, trained on padded
+            train_fusion(small, config=_tiny_config(), training=TrainingConfig(
+                epochs=1, batch_size=2, patch_size=patch, device="cpu"))
 
     def test_training_leaves_the_callers_random_state_alone(self):
         import random

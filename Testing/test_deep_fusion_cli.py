@@ -281,8 +281,9 @@ class TrainFusionCliTest(unittest.TestCase):
 
     def test_a_patch_larger_than_every_pair_or_than_memory_is_refused_before_training(self):
         """--patch-size 4096 on a few small volumes warned that they were padded to it, then ran for minutes and was
-        killed for want of memory. A patch larger than every pair is refused once the pairs are read, naming the largest
-        that fits (20x20 and 24x20 pairs with patch 32 had trained on padding, rc 0); a patch and batch whose step
+        killed for want of memory. A patch that every pair fills less than a quarter of is refused once the pairs are
+        read, naming the largest that one fills a quarter of (20x20 and 24x20 pairs with patch 64 had trained on
+        padding, rc 0: 11.7% of each patch at most); a patch and batch whose step
         needs more memory than there is are refused before any pair is read (here the pairs are not even images),
         naming the estimate and the sizes that fit."""
         from PIL import Image
@@ -297,7 +298,7 @@ class TrainFusionCliTest(unittest.TestCase):
                 Image.fromarray(rng.integers(0, 256, (20, 24)).astype(np.uint8)).save(tmp / "small" / sub / "02.png")
                 (tmp / "broken" / sub / "01.png").write_bytes(b"not a picture")
             said = {}
-            for case, patch in (("small", "32"), ("broken", "16384")):
+            for case, patch in (("small", "64"), ("broken", "16384")):
                 model = tmp / f"{case}.safetensors"
                 argv = ["train-fusion", "--pairs", str(tmp / case), "--output", str(model), "--patch-size", patch,
                         "--batch-size", "1" if case == "small" else "8", "--epochs", "1", "--device", "cpu"]
@@ -305,11 +306,11 @@ class TrainFusionCliTest(unittest.TestCase):
                     self.assertEqual(main(argv), 2, err.getvalue())
                 said[case] = err.getvalue()
                 self.assertFalse(model.exists() or Path(f"{model}.ckpt.pt").exists(), case)
-            self.assertIn("The 32-pixel training patch (--patch-size) is larger than every one of the 2 training pairs "
-                          f"(the largest, '{tmp / 'small' / 'MRI' / '01.png'}' (20x20), is 20 on its smallest side)",
-                          said["small"])
-            self.assertIn("Give --patch-size 20 (the largest that fits, a multiple of the network's 4) or less",
-                          said["small"])
+            self.assertIn("The 64-pixel training patch (--patch-size) is mostly zero padding for every one of the 2 "
+                          f"training pairs: the one that fills it most, '{tmp / 'small' / 'MRI' / '02.png'}' (24x20), "
+                          "fills 11.7% of it", said["small"])
+            self.assertIn("Give --patch-size 40 (the largest that a sample fills at least 25% of, a multiple of the "
+                          "network's 4) or less", said["small"])
             self.assertNotIn("warning:", said["small"])  # the refusal, not the padding warning before it
             self.assertIn("A training step with --patch-size 16384 and --batch-size 8 needs about", said["broken"])
             self.assertIn("for the 2D network's activations (8 patch(es) of 16384x16384 pixels", said["broken"])

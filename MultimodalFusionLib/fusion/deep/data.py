@@ -38,6 +38,8 @@ __all__ = [
     "synthetic_pairs",
     "augmentation",
     "check_patch_fits",
+    "patch_fill",
+    "PATCH_FILL_FLOOR",
     "SYNTHETIC_PAIRS",
     "MODALITY_FOLDERS",
 ]
@@ -209,31 +211,55 @@ def _refuse_two_readings(root: Path, parent: Path, first: Path, second: Path) ->
                          "cases different names.")
 
 
-def check_patch_fits(sides: Sequence[int], patch_size: int, multiple: int, named: str, largest: str = "") -> None:
-    """Refuse a training patch larger than every sample where a smaller one would fit one: each patch would be
-    mostly zeros (training pads a sample to the patch), and its step costs memory as the patch's voxels (a patch of
-    4096 on volumes of 40x48x8 warned that they were padded, then ran out of memory). A patch larger than some samples
-    only is trained on with them padded, as before (:func:`load_pairs` warns), and so is the smallest patch
-    (:data:`MIN_PATCH`) on samples smaller still.
+#: A training patch is refused where no sample fills this share of it (the rest is zero padding, see
+#: :func:`check_patch_fits`); a patch the samples fill less of only in part is trained on, with a warning.
+PATCH_FILL_FLOOR = 0.25
+
+
+def patch_fill(shapes: Sequence[Sequence[int]], patch_size: int) -> np.ndarray:
+    """The share of a ``patch_size`` patch that each sample of spatial shape ``shapes`` fills (the rest is the zero
+    padding training adds): the product over its axes of min(side, patch) / patch."""
+    sides = np.asarray([list(shape) for shape in shapes], dtype=float)
+    return np.prod(np.minimum(sides, patch_size) / patch_size, axis=1)
+
+
+def check_patch_fits(shapes: Sequence[Sequence[int]], patch_size: int, multiple: int, named: str,
+                     names: Sequence[str] = ()) -> None:
+    """Refuse a training patch that every sample fills less than :data:`PATCH_FILL_FLOOR` of, where a smaller one
+    would be filled more: each patch would be mostly zeros (training pads a sample to the patch), and its step costs
+    memory as the patch's voxels (a patch of 4096 on volumes of 40x48x8 warned that they were padded, then ran out of
+    memory). A patch some sample fills a quarter of is trained on with the smaller samples padded, as before
+    (:func:`load_pairs` warns): 256x256x24 volumes fill 37.5% of a 3D patch of 64, a thick-slice series' usual shape.
+    The smallest patch (:data:`MIN_PATCH`) is trained on whatever it is filled with.
 
     Args:
-        sides: each sample's smallest side (pixels or voxels, as the network sees it: a 2D network's slices).
+        shapes: each sample's spatial shape (pixels or voxels, as the network sees it: a 2D network's slices).
         patch_size: the patch side (``--patch-size``).
         multiple: the network's size multiple (a patch side must be one).
         named: what the samples are, for the message ("2 training pairs").
-        largest: the largest sample, named in the message (e.g. its file and size); "" : its side only.
+        names: each sample named for the message (e.g. its file and size), in the order of ``shapes``; () : its
+            shape only.
 
     Raises:
-        InputError: ``patch_size`` is above every side and above the smallest patch, naming the largest that fits.
+        InputError: no sample fills a quarter of ``patch_size``, which is above the smallest patch, naming the
+            sample that fills the most and the largest patch it fills a quarter of.
     """
-    most = max(sides)
-    fits = max(multiple * math.ceil(MIN_PATCH / multiple), most // multiple * multiple)
-    if patch_size <= max(most, fits):
+    unique, first = np.unique(np.asarray([list(shape) for shape in shapes], dtype=np.int64), axis=0,
+                              return_index=True)
+    fill = patch_fill(unique, patch_size)
+    smallest = multiple * math.ceil(MIN_PATCH / multiple)
+    if fill.max() >= PATCH_FILL_FLOOR or patch_size <= smallest:
         return
-    raise InputError(f"The {patch_size}-pixel training patch (--patch-size) is larger than every one of the {named} "
-                     f"(the largest{f', {largest},' if largest else ''} is {most} on its smallest side): every patch "
-                     "would be mostly zero padding, at the memory of its whole size.",
-                     f"Give --patch-size {fits} (the largest that fits, a multiple of the network's {multiple})"
+    best = int(np.argmax(fill))
+    fits = next((side for side in range(patch_size // multiple * multiple, smallest - 1, -multiple)
+                 if patch_fill(unique, side).max() >= PATCH_FILL_FLOOR), smallest)
+    shape = "x".join(map(str, unique[best][::-1]))
+    which = names[int(first[best])] if names else shape
+    raise InputError(f"The {patch_size}-pixel training patch (--patch-size) is mostly zero padding for every one of "
+                     f"the {named}: the one that fills it most, {which}, fills {100 * fill[best]:.1f}% of it (training "
+                     "pads each sample to the patch), at the memory of its whole size.",
+                     f"Give --patch-size {fits} (the largest that a sample fills at least "
+                     f"{100 * PATCH_FILL_FLOOR:.0f}% of, a multiple of the network's {multiple})"
                      + (" or less" if fits > MIN_PATCH else "") + ", or larger images.")
 
 
@@ -323,10 +349,11 @@ def load_pairs(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = 
             on_pair(len(out), (pa, pb), pair, eight_bit)
         out.append(pair)
     if small:  # MONAI's SpatialPadd below (augmentation): the rest of each patch is zeros
-        sides = [min(arr.shape[1:] if arr.ndim == 3 and spatial_dims == 2 else arr.shape) for arr, _ in out]
+        shapes = [arr.shape[1:] if arr.ndim == 3 and spatial_dims == 2 else arr.shape for arr, _ in out]
+        sides = [min(shape) for shape in shapes]
         if len(small) == len(out) and refuse_larger:
-            check_patch_fits(sides, patch_size, multiple, f"{len(out)} training {_pairs(len(out)).split()[1]}",
-                             small[int(np.argmax(sides))])
+            check_patch_fits(shapes, patch_size, multiple, f"{len(out)} training {_pairs(len(out)).split()[1]}",
+                             small)
         smallest = min(sides)
         fix = (f"Give a --patch-size of at most {smallest} (their smallest side; e.g. "
                f"{multiple * (smallest // multiple)}, a multiple of the network's {multiple}), or larger images."

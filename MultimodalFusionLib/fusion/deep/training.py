@@ -594,7 +594,7 @@ def train_fusion(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, config: Fusi
             check_same_data(run, fingerprint)
         samples = to_training_samples(pairs, config.spatial_dims)
         if trains and run is None:  # a resumed run's checkpoint fixes the patch; it began with it on these pairs
-            check_patch_fits([min(sample["a"].shape[1:]) for sample in samples], tcfg.patch_size, multiple,
+            check_patch_fits([sample["a"].shape[1:] for sample in samples], tcfg.patch_size, multiple,
                              f"{len(samples)} training sample(s)")
         model.to(device).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
