@@ -29,7 +29,7 @@ from .losses import FusionLoss, LossWeights
 from .network import FusionNetConfig, build_network
 
 __all__ = ["TrainingConfig", "TrainingResult", "ResumedRun", "open_resume", "train_fusion", "resolve_device",
-           "data_fingerprint", "PairsCheck", "training_memory", "check_memory"]
+           "data_fingerprint", "PairsCheck", "training_memory", "memory_shortfall", "check_memory"]
 
 
 @dataclasses.dataclass
@@ -135,11 +135,34 @@ def _kept_per_voxel(config: FusionNetConfig, amp: bool) -> float:
     return _KEPT[key]
 
 
-def training_memory(config: FusionNetConfig, patch_size: int, batch_size: int, *, amp: bool = False) -> int:
+def training_memory(config: FusionNetConfig, patch_size: int | Sequence[int], batch_size: int, *,
+                    amp: bool = False) -> int:
     """About the memory (bytes) one training step on ``batch_size`` patches of ``patch_size`` pixels (2D) or
     voxels (3D) a side takes on its device: the activations autograd keeps (:func:`_kept_per_voxel`) times
-    :data:`STEP_MEMORY_FACTOR`. ``amp``: float16 autocast (training on CUDA)."""
-    return int(STEP_MEMORY_FACTOR * _kept_per_voxel(config, amp) * batch_size * patch_size ** config.spatial_dims)
+    :data:`STEP_MEMORY_FACTOR`. ``patch_size``: a patch's side, or its sides (a patch that is not a square or a cube:
+    per-study adaptation's whole image, ``inference.adaptation_step``). ``amp``: float16 autocast (training on
+    CUDA)."""
+    voxels = (patch_size ** config.spatial_dims if isinstance(patch_size, numbers.Integral)
+              else math.prod(int(side) for side in patch_size))
+    return int(STEP_MEMORY_FACTOR * _kept_per_voxel(config, amp) * batch_size * voxels)
+
+
+def memory_shortfall(config: FusionNetConfig, patch_size: int | Sequence[int], batch_size: int, device: Any, *,
+                     amp: bool | None = None) -> tuple[int, int, str] | None:
+    """(bytes a step needs, bytes ``device`` has, what they are) where a step on ``batch_size`` patches of
+    ``patch_size`` (:func:`training_memory`) needs more than ``device`` has (:func:`devices.available_memory`); None
+    where it fits or the memory cannot be told (the CPU of macOS or Windows). ``amp``: float16 autocast (None: on
+    CUDA only, as training and adaptation run). The rule of :func:`check_memory` (training) and of
+    ``inference.check_adaptation_memory`` (per-study adaptation), each of which words its own refusal."""
+    from ...devices import available_memory
+
+    room = available_memory(device)
+    if room is None:
+        return None
+    amp = device.type == "cuda" if amp is None else bool(amp)
+    need = training_memory(config, patch_size, batch_size, amp=amp)
+    free, what = room
+    return None if need <= free else (need, free, what)
 
 
 def check_memory(tcfg: TrainingConfig, config: FusionNetConfig, device: Any = None, *, amp: bool | None = None,
@@ -161,18 +184,12 @@ def check_memory(tcfg: TrainingConfig, config: FusionNetConfig, device: Any = No
     Raises:
         InputError: the step would not fit.
     """
-    from ...devices import available_memory
-
     device = resolve_device(tcfg.device) if device is None else device
-    room = available_memory(device)
-    if room is None:
-        return
-    amp = device.type == "cuda" if amp is None else bool(amp)
     dims, patch, batch = config.spatial_dims, tcfg.patch_size, tcfg.batch_size
-    need = training_memory(config, patch, batch, amp=amp)
-    free, what = room
-    if need <= free:
+    short = memory_shortfall(config, patch, batch, device, amp=amp)
+    if short is None:
         return
+    need, free, what = short
     from ...io import size_text
 
     per_patch = need / batch
