@@ -831,6 +831,12 @@ class FusionLogic:
             fixed, moving = (io.one_slice_pixels(mrml.image_from_volume_node(node))
                              for node in (fixedVolumeNode, movingVolumeNode))
             check_method_windows(fixed, moving, [fusionMethod], {fusionMethod: fusionParameters})
+        if fusionMethod == "deep" and fusionParameters.get("adapt_steps"):
+            # nor a per-study adaptation past the memory (fuseVolumes refuses it before its first step): on the fixed
+            # volume's grid, which the fusion runs on
+            from .fusion.deep.inference import check_adaptation
+
+            check_adaptation(io.one_slice_pixels(mrml.image_from_volume_node(fixedVolumeNode)), **fusionParameters)
         registration = self.registerVolumes(
             fixedVolumeNode, movingVolumeNode, preset=preset, stages=stages, fixedMaskNode=fixedMaskNode,
             movingMaskNode=movingMaskNode, seed=seed, outputTransformNode=outputTransformNode,

@@ -22,6 +22,8 @@ try:
 except ImportError:  # pragma: no cover - the deep extra is part of the test environment
     torch = None
 
+from memory_limit import CAN_LIMIT, address_space_left
+
 from MultimodalFusionLib.cli import main
 from MultimodalFusionLib.errors import InputError, OperationCancelled
 
@@ -1141,6 +1143,72 @@ class DeviceTest(unittest.TestCase):
                 write("fs/memory/memory.limit_in_bytes", f"{(1 << 63) - 4096}\n")
                 self.assertIsNone(_cgroup_room(listing, root), listed)
             self.assertIsNone(_cgroup_room(os.path.join(tmp, "none"), root))
+
+    @unittest.skipUnless(CAN_LIMIT, "needs an address-space limit (Linux)")
+    def test_an_adaptation_past_the_memory_is_refused_before_its_first_step(self):
+        """Per-study adaptation had no memory check: a pair whose step needs more memory than there is (a 4096x4096
+        one: about 23 GB, the whole image every step) was killed by the kernel, or CUDA ran out of memory, after
+        the wait (and after the registration, in `run`). Each path refuses it before its first step by
+        train-fusion's rule, naming the estimate and a fix worded for adaptation: fuse_arrays and fusion.fuse
+        (the Slicer Logic's fuseVolumes, `mmfusion fuse`), on a 2D image adapted whole, a volume's slices (2D
+        network) and the 3D network's patches (roi_size); `mmfusion run --adapt` before the registration. The
+        memory is made small for real: 512 MiB of address space left (ulimit -v), which the CPU's room counts;
+        on the old code the same calls ran out of it inside the adaptation (torch's "can't allocate memory")."""
+        from MultimodalFusionLib import fusion, pipeline
+        from MultimodalFusionLib.fusion.deep import fuse_arrays
+
+        big, volume = _blobs((1024, 1024), 0), _blobs((8, 512, 512), 1)  # 1.3 GiB, 4 slices 1.3 GiB
+        # the networks loaded and their memory counted before the limit, as by an earlier fusion
+        for weights, small in ((None, _blobs((16, 16), 2)), ("3d", _blobs((8, 16, 16), 2))):
+            fuse_arrays(small, 1 - small, weights=weights, adapt_steps=1, device="cpu")
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            for name, arr in (("a", big), ("b", 1 - big)):
+                sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp / f"{name}.mha"))
+            said = []
+            cases = [("2D image", lambda: fuse_arrays(big, 1 - big, adapt_steps=2, device="cpu",
+                                                      progress=lambda f, m: said.append(m) or True),
+                      "it fine-tunes on the whole 1024x1024-pixel image every step"),
+                     ("fusion.fuse", lambda: fusion.fuse(sitk.GetImageFromArray(big), sitk.GetImageFromArray(1 - big),
+                                                         "deep", adapt_steps=2, device="cpu"),
+                      "the whole 1024x1024-pixel image"),
+                     ("volume, 2D network", lambda: fuse_arrays(volume, 1 - volume, adapt_steps=2, device="cpu"),
+                      "it fine-tunes on 4 of its 512x512-pixel slices every step"),
+                     ("volume, 3D network", lambda: fuse_arrays(volume, 1 - volume, adapt_steps=2, device="cpu",
+                                                                weights="3d", roi_size=1024),
+                      "4 patches of 512x512x8 voxels every step (roi_size 1024)")]
+            with address_space_left(512 << 20):
+                for case, call, step in cases:
+                    with self.subTest(case):
+                        with self.assertRaises(InputError) as caught:
+                            call()
+                        message = str(caught.exception)
+                        self.assertIn("Per-study adaptation (2 step(s): adapt_steps, CLI --adapt) needs about", message)
+                        self.assertIn(step, message)
+                        self.assertIn("left under this process's address-space limit (ulimit -v)", message)
+                        self.assertIn("Fuse without adaptation (adapt_steps=0; CLI: leave out --adapt), or adapt "
+                                      "with less: ", message)
+                        self.assertIn("roi_size=" if "3D" in case else "cropped to ", message)
+                self.assertEqual([m for m in said if "adapting" in m], [])  # not one step
+                for argv in (["fuse", str(tmp / "a.mha"), str(tmp / "b.mha"), "--method", "deep", "--adapt", "2",
+                              "--deep-device", "cpu", "-o", str(tmp / "fused.mha")],
+                             ["run", str(tmp / "a.mha"), str(tmp / "b.mha"), "--methods", "deep", "--adapt", "2",
+                              "--deep-device", "cpu", "--stages", "rigid", "--output-dir", str(tmp / "out")]):
+                    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
+                        self.assertEqual(main(argv), 2, err.getvalue())
+                    self.assertIn("Per-study adaptation (2 step(s): adapt_steps, CLI --adapt) needs about",
+                                  err.getvalue())
+                    self.assertFalse((tmp / "fused.mha").exists() or (tmp / "out").exists())
+                steps = []  # mmfusion run's pipeline.run: refused once the images are read, before the registration
+                with self.assertRaisesRegex(InputError, "Per-study adaptation"):
+                    pipeline.run(tmp / "a.mha", tmp / "b.mha", tmp / "out", stages="rigid", methods="deep",
+                                 method_params={"deep": {"adapt_steps": 2, "device": "cpu"}},
+                                 progress=lambda f, m: steps.append(m) or True)
+                self.assertEqual(steps, ["loading images"])
+            # what fits is adapted: a 64x64 pair (about 5 MiB a step) under the same limit
+            with address_space_left(512 << 20):
+                fused, _, used = fuse_arrays(big[:64, :64], 1 - big[:64, :64], adapt_steps=1, device="cpu")
+            self.assertEqual(used["adapt_steps"], 1)
 
     def test_every_deep_caller_refuses_a_bad_device_before_working(self):
         """fuse_arrays, train_fusion (TrainingConfig.check: the CLI calls it before reading the pairs, and the

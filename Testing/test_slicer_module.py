@@ -21,6 +21,8 @@ try:
 except ImportError:  # pragma: no cover - slicer-core is a test dependency
     HAVE_MRML = False
 
+from memory_limit import CAN_LIMIT, address_space_left
+
 from MultimodalFusionLib import InputError, OperationCancelled, metrics, scenarios, slicer_dependencies
 
 if HAVE_MRML:
@@ -494,6 +496,35 @@ class LogicTest(unittest.TestCase):
                 self.assertEqual(ctx.exception.problem,
                                  f"The {role} volume 'PET with NaN' has 2 NaN or infinite voxels.")
                 self.assertEqual(self.scene.GetNumberOfNodes(), before)
+
+    @unittest.skipUnless(CAN_LIMIT, "needs an address-space limit (Linux)")
+    def test_an_adaptation_past_the_memory_is_refused_before_the_registration(self) -> None:
+        """run with deep fusion's per-study adaptation (adapt_steps) whose step needs more memory than there is
+        registered the volumes, added their nodes, and then ran out of memory in the adaptation (torch's "can't
+        allocate memory"; the kernel's kill on a real machine): it is refused before the registration, the scene as
+        it was, and fuseVolumes refuses it before the first step. The memory is made small for real: 512 MiB of
+        address space left (ulimit -v) against the 1.3 GiB of a step on 4 slices of 512x512 (the 2D network on a
+        volume of 8 of them)."""
+        try:
+            import torch  # noqa: F401
+        except ImportError:  # pragma: no cover - torch is a dependency of deep fusion only
+            self.skipTest("torch is not installed")
+        from MultimodalFusionLib.fusion.deep import fuse_arrays
+
+        small = np.linspace(0.0, 1.0, 256, dtype=np.float32).reshape(16, 16)
+        fuse_arrays(small, small.T.copy(), adapt_steps=1, device="cpu")  # the network loaded, as by an earlier fusion
+        ramp = np.linspace(0.0, 1.0, 512, dtype=np.float32)
+        nodes = [mrml.volume_node_from_image(sitk.GetImageFromArray(np.repeat(image[None], 8, axis=0)), self.scene,
+                                             name=name)
+                 for name, image in (("MR", np.outer(ramp, ramp)), ("PET", np.outer(ramp[::-1], ramp)))]
+        before = self.scene.GetNumberOfNodes()
+        with address_space_left(512 << 20):
+            with self.assertRaisesRegex(InputError, "Per-study adaptation \\(2 step\\(s\\): adapt_steps, CLI --adapt\\) "
+                                                    "needs about .* 4 of its 512x512-pixel slices every step"):
+                self.logic.run(*nodes, stages=["rigid"], fusionMethod="deep", adapt_steps=2, device="cpu")
+            self.assertEqual(self.scene.GetNumberOfNodes(), before)  # no transform, no registered volume
+            with self.assertRaisesRegex(InputError, "Fuse without adaptation \\(adapt_steps=0"):
+                self.logic.fuseVolumes(*nodes, method="deep", adapt_steps=2, device="cpu")
 
     def test_output_nodes_of_the_wrong_kind_fail_before_any_work(self) -> None:
         table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", "t")

@@ -39,7 +39,7 @@ from ..base import FusionResult
 from .losses import FusionLoss, LossWeights
 
 __all__ = ["fuse_deep", "fuse_arrays", "check_settings", "registry_method", "DEFAULT_ADAPT_STEPS", "adapt", "predict",
-           "slice_axis", "anisotropy_warning"]
+           "slice_axis", "anisotropy_warning", "adaptation_step", "check_adaptation_memory", "check_adaptation"]
 
 #: Default per-study adaptation steps. 0: on the Harvard benchmark the shipped weights with hard
 #: selection scored as well without adaptation (README), and adaptation costs ~0.3 s per step for a
@@ -79,6 +79,9 @@ def _network_lock(model: Any) -> threading.RLock:
 
 #: Smallest image side per-study adaptation accepts (the SSIM term's 7-voxel window must fit).
 MIN_ADAPT_SIZE = 8
+
+#: Slices (2D network) or patches (3D network) of a volume each adaptation step runs on.
+ADAPT_BATCH = 4
 
 
 #: Times one adaptation step is run again after its GradScaler skipped it (float16 autocast only), each
@@ -408,11 +411,17 @@ def adapt(model: Any, a: np.ndarray, b: np.ndarray, *, steps: int, lr: float = 1
     return tuned.eval()
 
 
+def _patch_sides(shape: Sequence[int], patch: int, multiple: int) -> list[int]:
+    """The sides of the 3D network's adaptation patches in a volume of ``shape``: ``patch`` (the roi size), or the
+    volume's side where it is smaller, down to the network's size multiple (a side below it as it is)."""
+    size = [min(patch, s) for s in shape]
+    return [max(multiple, s - s % multiple) if s >= multiple else s for s in size]
+
+
 def _random_patches(ta: Any, tb: Any, patch: int, n: int, gen: Any, multiple: int) -> tuple[Any, Any]:
     import torch
 
-    size = [min(patch, s) for s in ta.shape]
-    size = [max(multiple, s - s % multiple) if s >= multiple else s for s in size]
+    size = _patch_sides(ta.shape, patch, multiple)
     pa, pb = [], []
     for _ in range(n):
         starts = [int(torch.randint(max(1, s - p + 1), (1,), generator=gen)) for s, p in zip(ta.shape, size)]
@@ -420,6 +429,106 @@ def _random_patches(ta: Any, tb: Any, patch: int, n: int, gen: Any, multiple: in
         pa.append(ta[sl])
         pb.append(tb[sl])
     return torch.stack(pa)[:, None], torch.stack(pb)[:, None]
+
+
+def adaptation_step(config: Any, shape: Sequence[int], roi_size: int) -> tuple[list[int], int]:
+    """(the sides of each patch one adaptation step runs the network on, padded to its size multiple as
+    :func:`adapt` pads them; how many patches a step takes) for arrays of ``shape`` as :func:`fuse_arrays` passes them
+    (a 2D network's slicing axis first): a 2D image whole, batch 1; :data:`ADAPT_BATCH` slices of a volume (2D
+    network) or patches of ``roi_size`` voxels a side, the volume's where it is smaller (3D network)."""
+    multiple, dims = config.size_multiple, config.spatial_dims
+    if len(shape) == dims == 2:
+        sides, batch = list(shape), 1
+    elif dims == 2:
+        sides, batch = list(shape[1:]), ADAPT_BATCH
+    else:
+        sides, batch = _patch_sides(shape, roi_size, multiple), ADAPT_BATCH
+    return [multiple * math.ceil(side / multiple) for side in sides], batch
+
+
+def check_adaptation_memory(config: Any, shape: Sequence[int], *, steps: int, roi_size: int, device: Any,
+                            falls_back: bool = False) -> None:
+    """Refuse a per-study adaptation whose step needs more memory than ``device`` has, by train-fusion's rule
+    (``training.memory_shortfall``: the activations autograd keeps, times ``STEP_MEMORY_FACTOR``, against the GPU's
+    free memory or the memory available to this process on the CPU), before its first step: a 4096x4096 pair (23 GB
+    adapted on the whole image every step) had been killed by the kernel, or CUDA had run out of memory, after the
+    wait. The fix names what fits: no adaptation, fewer pixels (resampled or cropped), a smaller ``roi_size`` (3D
+    network), the CPU.
+
+    Args:
+        config: the network's architecture.
+        shape: the arrays' shape as :func:`fuse_arrays` adapts on them (a 2D network's slicing axis first).
+        steps: the adaptation steps (for the message).
+        roi_size: the 3D network's patch side.
+        device: the torch device the adaptation runs on.
+        falls_back: the device was "auto": on CUDA, a step that does not fit there runs on the CPU once CUDA runs
+            out of memory (:func:`fuse_arrays`), so it is refused only where it fits on neither.
+
+    Raises:
+        InputError: the step would not fit.
+    """
+    import torch
+
+    from ...io import size_text
+    from .training import memory_shortfall
+
+    sides, batch = adaptation_step(config, shape, roi_size)
+    short = memory_shortfall(config, sides, batch, device)
+    if short is not None and falls_back and device.type == "cuda":
+        device = torch.device("cpu")
+        short = memory_shortfall(config, sides, batch, device)
+    if short is None:
+        return
+    need, free, what = short
+    dims, multiple = config.spatial_dims, config.size_multiple
+    shown = "x".join(str(side) for side in reversed(sides))  # ITK's x, y(, z) order, as users read sizes
+    if len(shape) == dims == 2:
+        step = f"the whole {shown}-pixel image every step"
+    elif dims == 2:
+        step = f"{batch} of its {shown}-pixel slices every step"
+    else:
+        step = f"{batch} patches of {shown} voxels every step (roi_size {roi_size})"
+    scale = (free / need) ** (1 / len(sides))  # sides of what fits, the step's memory growing as its voxels
+    if dims == 3:
+        per_voxel = need / (batch * math.prod(sides))
+        roi = int((free / (per_voxel * batch)) ** (1 / 3)) // multiple * multiple
+        smaller = (f"a smaller roi_size (Python and the Slicer Logic: roi_size={roi} or less), or " if roi >= multiple
+                   else "")
+    else:
+        fitting = "x".join(str(max(1, int(side * scale))) for side in reversed(sides))
+        smaller = (f"the pair resampled to a coarser grid or cropped to {'slices of ' if len(shape) == 3 else ''}"
+                   f"about {fitting} pixels or fewer (e.g. Slicer's Crop Volume, its spacing scale), or ")
+    raise InputError(f"Per-study adaptation ({steps} step(s): adapt_steps, CLI --adapt) needs about "
+                     f"{size_text(need)} on {device.type} for the {dims}D network's activations (it fine-tunes on "
+                     f"{step}), more than the {size_text(free)} {what}: it would run out of memory.",
+                     "Fuse without adaptation (adapt_steps=0; CLI: leave out --adapt), or adapt with less: "
+                     f"{smaller}free memory" + (", or adapt on the CPU (device='cpu', CLI --deep-device cpu)"
+                                                 if device.type == "cuda" else "") + ".")
+
+
+def check_adaptation(image: sitk.Image, *, weights: Any = None, adapt_steps: Any = None, device: Any = "auto",
+                     roi_size: Any = 96, **_: Any) -> None:
+    """Refuse now, on the grid the fusion runs on (``image``: the fixed one), a per-study adaptation that
+    :func:`fuse_arrays` would refuse for want of memory (:func:`check_adaptation_memory`): ``pipeline.run``
+    (``mmfusion run``) and the Slicer Logic's ``runPipeline`` call it before the registration. The other
+    parameters (``fuse``'s, taken and ignored here) are checked by ``fusion.check_parameters``; nothing is checked
+    without adaptation."""
+    from .training import resolve_device
+
+    steps = check_settings(adapt_steps=adapt_steps)[0]
+    dim = image.GetDimension()
+    if steps == 0 or dim not in (2, 3):
+        return
+    model, _ = _load_model(weights, dim)
+    if model.config.spatial_dims > dim:  # fuse_arrays refuses it, naming the weights
+        return
+    shape = list(image.GetSize()[::-1])  # the arrays' axis order
+    if dim == 3 and model.config.spatial_dims == 2:  # sliced across its thickest axis, as fuse_arrays slices it
+        axis = slice_axis(image.GetSpacing()[::-1])
+        shape.insert(0, shape.pop(axis))
+    roi = _whole_number(roi_size, "roi_size", model.config.size_multiple, MAX_ROI_SIZE, "96")
+    check_adaptation_memory(model.config, shape, steps=steps, roi_size=roi, device=resolve_device(device),
+                            falls_back=(device or "auto").strip().lower() == "auto")
 
 
 def check_settings(*, adapt_steps: Any = None, adapt_lr: Any = 1e-3, loss_weights: Any = None,
@@ -490,7 +599,8 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
         fusion (:func:`anisotropy_warning`), where there is any.
 
     Raises:
-        InputError: shapes differ, bad settings, or a bad weights file.
+        InputError: shapes differ, bad settings, a bad weights file, or a per-study adaptation whose step needs more
+            memory than the device has (:func:`check_adaptation_memory`), before its first step.
     """
     import torch
 
@@ -535,6 +645,10 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
                          f"axis the network sees (got {'x'.join(str(s) for s in sides)}).",
                          "Fuse this image without adaptation (adapt_steps=0, CLI without --adapt).")
     dev = resolve_device(device)
+    auto = (device or "auto").strip().lower() == "auto"  # resolve_device took it: a string or None
+    if steps > 0:  # before the first step: one that did not fit was killed by the kernel (or CUDA) after the wait
+        check_adaptation_memory(model.config, run_a.shape, steps=steps, roi_size=roi_size, device=dev,
+                                falls_back=auto)
     notes: list[str] = []  # the fusion's warnings, returned with what ran (see anisotropy_warning)
     if dim == 3 and model.config.spatial_dims == 3 and spacing:
         # once every setting is checked: a fusion refused (roi_size, a missing GPU) had warned of its voxels first
@@ -547,7 +661,7 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
         net = model
         if steps > 0:
             net = adapt(model, run_a, run_b, steps=steps, lr=adapt_lr, loss_weights=loss_weights, seed=seed,
-                        device=dev, batch_size=4 if dim == 3 else 1, patch=roi_size,
+                        device=dev, batch_size=ADAPT_BATCH if dim == 3 else 1, patch=roi_size,
                         progress=scaled(progress, 0.0, 0.8))
         fused, weight = predict(net, run_a, run_b, device=dev, batch_size=batch_size, roi_size=roi_size,
                                 progress=scaled(progress, 0.8 if steps > 0 else 0.0, 1.0))
@@ -570,7 +684,7 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
             with _reuse_freed_memory():
                 fused, weight = _run(dev)
         except torch.cuda.OutOfMemoryError:
-            if (device or "auto").strip().lower() != "auto":  # resolve_device took it: a string or None
+            if not auto:
                 raise
             torch.cuda.empty_cache()
             dev = torch.device("cpu")  # CPU fallback when the GPU is too small for this volume
