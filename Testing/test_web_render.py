@@ -115,6 +115,35 @@ class OffscreenViewTest(unittest.TestCase):
             interactor.InvokeEvent(vtkCommand.MouseMoveEvent)
         interactor.InvokeEvent(getattr(vtkCommand, f"{button}ButtonReleaseEvent"))
 
+    def test_slice_views_name_the_patient_direction_at_each_edge(self):
+        from MultimodalFusionLib.web.viewer import orientation_labels
+
+        # Slicer's axial view is radiological: the patient's left on the right of the screen, anterior up; a slice
+        # turned 30 degrees about S (an oblique volume's axes) is labelled by the direction it mostly shows
+        node = self.axial.get_view_node()
+        m = node.GetSliceToRAS()
+        self.assertEqual(orientation_labels([[m.GetElement(i, j) for j in range(3)] for i in range(3)]),
+                         {"left": "R", "right": "L", "top": "A", "bottom": "P"})
+        c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+        self.assertEqual(orientation_labels([[-c, -s, 0], [-s, c, 0], [0, 0, 1]]),
+                         {"left": "R", "right": "L", "top": "A", "bottom": "P"})
+        self.assertEqual(orientation_labels([[0, 0, 1], [-1, 0, 0], [0, 1, 0]]),  # Slicer's sagittal
+                         {"left": "A", "right": "P", "top": "S", "bottom": "I"})
+        # the letters are drawn in the view: light blue at the middle of its right edge, where the grey anatomy
+        # (opacity 0: no colour table) and the black around it had been all there was
+        grey = self._capture_axial(0.0)
+        rows, cols = grey.shape[:2]
+        right_edge = grey[int(0.35 * rows):int(0.65 * rows), int(0.92 * cols):]
+        blue = (right_edge[..., 2] > 150) & (right_edge[..., 2].astype(int) - right_edge[..., 0] > 60)
+        self.assertGreater(blue.sum(), 10)
+        # and follow the slice's orientation when it changes
+        try:
+            node.SetOrientation("Coronal")
+            self.assertEqual(self.viewer._orientation_labels[self.axial.name].GetText(7), "S")
+        finally:
+            node.SetOrientation("Axial")
+        self.assertEqual(self.viewer._orientation_labels[self.axial.name].GetText(7), "A")
+
     def test_left_drag_in_a_slice_view_sets_the_anatomy_window_level_as_slicer(self):
         from vtkmodules.vtkCommonCore import vtkCommand
 

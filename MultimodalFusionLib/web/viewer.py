@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..preprocess import COMPUTE_MASK
 
 __all__ = ["FusionViewer", "ROLES", "capture_view", "DEFAULT_VR_PRESET", "CT_WINDOW_LEVEL_PRESETS",
-           "looks_like_ct", "looks_like_suv"]
+           "looks_like_ct", "looks_like_suv", "orientation_labels"]
 
 #: Volume roles of a session, in the order they appear.
 ROLES = ("fixed", "moving", "registered", "fused")
@@ -44,6 +44,11 @@ CT_WINDOW_LEVEL_PRESETS: dict[str, tuple[float, float]] = {
 }
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+#: The patient direction of each RAS axis, its positive and negative way (radiology's letters, as ITK-SNAP shows them).
+_RAS_LETTERS = (("R", "L"), ("A", "P"), ("S", "I"))
+#: vtkCornerAnnotation's positions of the four edges of a view.
+_EDGE_POSITIONS = {"bottom": 4, "right": 5, "left": 6, "top": 7}
 
 
 def _batched(method: _F) -> _F:
@@ -104,6 +109,9 @@ class FusionViewer:
         self._watch_tag: int | None = None
         self._applied_window_level: tuple[float, float] | None = None
         self._batch_depth = 0
+        # each slice view's orientation letters (:meth:`_label_orientations`): view name -> its vtkCornerAnnotation
+        self._orientation_labels: dict[str, Any] = {}
+        self._label_orientations()
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -268,6 +276,7 @@ class FusionViewer:
                          background_padding=self._node_padding(background),
                          foreground_padding=self._node_padding(fg_node))
         self._configure_window_level_widgets()  # views made since the drag was enabled
+        self._label_orientations()
         self._apply_background_window_level()
         self._setup_functional(fg_node)
         if reset_views:
@@ -416,6 +425,44 @@ class FusionViewer:
             if manager is not None:
                 manager.SetAdjustBackgroundWindowLevelEnabled(True)
                 manager.SetAdjustForegroundWindowLevelEnabled(False)
+
+    def _label_orientations(self) -> None:
+        """The patient direction at each edge of every slice view (R/L, A/P, S/I), kept up to date (idempotent).
+
+        The views had no orientation cue at all: nothing said which side of an axial slice is the patient's left.
+        The letters follow the slice's own orientation (:func:`orientation_labels` of its SliceToRAS), so a slice
+        turned to an oblique volume's axes is labelled by the direction it mostly shows.
+        """
+        from vtkmodules.vtkCommonCore import vtkCommand
+        from vtkmodules.vtkRenderingAnnotation import vtkCornerAnnotation
+
+        for view in self.app.view_manager.get_slice_views():
+            node = view.get_view_node()
+            if node is None or view.name in self._orientation_labels:
+                continue
+            annotation = vtkCornerAnnotation()
+            annotation.SetMaximumFontSize(18)
+            annotation.SetMinimumFontSize(10)
+            annotation.SetLinearFontScaleFactor(3.0)
+            text = annotation.GetTextProperty()
+            text.SetColor(0.55, 0.85, 1.0)  # light blue: not the grey anatomy, nor PET-Heat's red-yellow over it
+            text.BoldOn()
+            text.ShadowOn()
+            annotation.SetPickable(False)
+            view.first_renderer().AddViewProp(annotation)
+            self._orientation_labels[view.name] = annotation
+
+            def update(slice_node: Any, _event: Any = None, annotation: Any = annotation) -> None:
+                matrix = slice_node.GetSliceToRAS()
+                labels = orientation_labels([[matrix.GetElement(i, j) for j in range(3)] for i in range(3)])
+                # the bottom letter two lines up: the page's slice slider lies over the bottom of each slice view
+                labels["bottom"] += "\n\n"
+                for edge, position in _EDGE_POSITIONS.items():
+                    if annotation.GetText(position) != labels[edge]:
+                        annotation.SetText(position, labels[edge])
+
+            update(node)
+            node.AddObserver(vtkCommand.ModifiedEvent, update)
 
     def _watch_background_display(self, display: Any) -> None:
         """Observe the background's display node, where Slicer's widget writes a dragged window/level."""
@@ -685,6 +732,28 @@ def _stretch_volume_property(prop: Any, lo: float, hi: float) -> None:
 
     prop.set_opacity_values(remap(opacity))
     prop.set_color_map_values(remap(color))
+
+
+def orientation_labels(slice_to_ras: Any) -> dict[str, str]:
+    """The patient directions at the edges of a slice view, as radiology names them (R, L, A, P, S, I).
+
+    Args:
+        slice_to_ras: the slice's orientation, a 3x3 (or 4x4) matrix whose first column is the direction (RAS)
+            of the view's rightward axis and second its upward axis, as a Slicer slice node's SliceToRAS.
+
+    Returns:
+        ``{"left", "right", "top", "bottom"}`` -> the letter of the patient direction that edge lies toward: the
+        RAS axis nearest the screen axis, e.g. Slicer's axial view (radiological convention) ``right: "L",
+        left: "R", top: "A", bottom: "P"``.
+    """
+    m = np.asarray(slice_to_ras, dtype=float)[:3, :3]
+
+    def letter(direction: np.ndarray) -> str:
+        axis = int(np.argmax(np.abs(direction)))
+        return _RAS_LETTERS[axis][0 if direction[axis] > 0 else 1]
+
+    right, up = m[:, 0], m[:, 1]
+    return {"right": letter(right), "left": letter(-right), "top": letter(up), "bottom": letter(-up)}
 
 
 def capture_view(view: Any) -> np.ndarray:
