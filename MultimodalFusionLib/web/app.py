@@ -104,7 +104,8 @@ DEFAULT_MAX_UPLOAD = 4 << 30
 DEFAULT_MAX_STORED_UPLOADS = 16 << 30
 #: The old name (``--max-session-upload``), which counted one connection's uploads from zero again at each reload.
 DEFAULT_MAX_SESSION_UPLOAD = DEFAULT_MAX_STORED_UPLOADS
-_DOWNLOAD_NAMES = {"transform": "moving_to_fixed.tfm", "fused": "fused.nii.gz", "report": "report.html"}
+_DOWNLOAD_NAMES = {"transform": "moving_to_fixed.tfm", "fused": "fused.nii.gz", "weights": "weights.nii.gz",
+                   "report": "report.html"}
 # The page's upload: the files in pieces of at most UPLOAD_PIECE_BYTES (Blob.slice, so the browser does not
 # read a file whole either), each message awaited before the next, all under one id, then an empty message
 # that ends that upload. The id keeps two uploads apart: a second one started while the first streams, or
@@ -320,11 +321,12 @@ def _on_fixed_grid(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transf
     return _keep_8bit(resample(moving, fixed, transform, components="channels" if colour else None), moving)
 
 
-def _fused_file_name(result: Any) -> str:
-    """``fused.nii.gz``, or ``fused.mha`` on a sheared fixed grid (a gantry tilt), which NIfTI cannot store."""
+def _fused_file_name(result: Any, what: str = "fused") -> str:
+    """``fused.nii.gz``, or ``fused.mha`` on a sheared fixed grid (a gantry tilt), which NIfTI cannot store;
+    ``weights.nii.gz`` (``.mha``) for ``what="weights"``, the fusion's weight map on the same grid."""
     from ..io import volume_extension
 
-    return "fused" + volume_extension(result.image)
+    return what + volume_extension(result.image)
 
 
 def _initializer_text(result: Any) -> str:
@@ -669,6 +671,7 @@ class FusionWebApp:
                     download = trig(self.download)
                     for what, label, enabled in (("transform", "Transform", "has_registered"),
                                                  ("fused", "Fused volume", "has_fused"),
+                                                 ("weights", "Weight map", "has_fused"),
                                                  ("report", "Report", "has_fused")):
                         v3.VBtn(label, prepend_icon="mdi-download", density="compact", size="small",
                                 classes="mr-1 mb-1", disabled=(f"!{enabled} || job_busy",),
@@ -1315,7 +1318,8 @@ class FusionWebApp:
         rows += [{"name": "Warning", "value": warning} for warning in result.warnings]  # e.g. deep's anisotropy
         with self.state:
             self.state.update({"has_fused": True, "metrics_rows": rows,
-                               "download_names": {**_DOWNLOAD_NAMES, "fused": _fused_file_name(result)}})
+                               "download_names": {**_DOWNLOAD_NAMES, **{what: _fused_file_name(result, what)
+                                                                        for what in ("fused", "weights")}}})
             self._sync_display_state()
             self._refresh_engine_default_b()  # the image fused unregistered is the one the next Fuse takes
 
@@ -1655,8 +1659,9 @@ class FusionWebApp:
         """Write a result to a new folder in the work folder and return its path.
 
         Args:
-            what: "transform" (ITK .tfm), "fused" (NIfTI; MetaImage on a sheared fixed grid) or "report"
-                (self-contained HTML).
+            what: "transform" (ITK .tfm), "fused" (NIfTI; MetaImage on a sheared fixed grid), "weights" (the
+                fusion's weight map, the fixed image's weight per voxel, 0..1 as 32-bit float, on the fused image's
+                grid and file type: ``mmfusion run``'s ``weights_<method>``) or "report" (self-contained HTML).
 
         Raises:
             InputError: the result does not exist yet.
@@ -1679,18 +1684,22 @@ class FusionWebApp:
         """(file, the new folder holding it) of a result; nothing is left behind when it fails."""
         from .. import io
 
-        if what not in ("transform", "fused", "report"):  # before any folder is made from the name
-            raise InputError(f"Unknown download '{what}'.", "Use transform, fused or report.")
+        if what not in _DOWNLOAD_NAMES:  # before any folder is made from the name
+            raise InputError(f"Unknown download '{what}'.", f"Use {', '.join(_DOWNLOAD_NAMES)}.")
         if what == "transform" and self.registration is None:
             raise InputError("There is no transform yet.", "Press Register first.")
         if what != "transform" and self.fusion_result is None:
             raise InputError("There is no fused image yet.", "Press Fuse first.")
+        if what == "weights" and self.fusion_result.weights is None:
+            raise InputError(f"The '{self.fusion_result.method}' fusion made no weight map.",
+                             "Fuse with another method to have one.")
         out = Path(tempfile.mkdtemp(prefix=f"{what}-", dir=self.workdir))
         try:
             if what == "transform":
                 return Path(io.write_transform(self.registration.transform, out / "moving_to_fixed.tfm")), out
-            if what == "fused":
-                return Path(io.write_image(self.fusion_result.image, out / _fused_file_name(self.fusion_result))), out
+            if what in ("fused", "weights"):  # the weight map as mmfusion run's weights_<method>: A's weight, float
+                image = self.fusion_result.image if what == "fused" else self.fusion_result.weights
+                return Path(io.write_image(image, out / _fused_file_name(self.fusion_result, what))), out
             from ..report import write_report
 
             inputs = {"Fixed": self.fixed_image, "Moving (on the fixed grid)": self.registered_image}
