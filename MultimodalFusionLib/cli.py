@@ -359,31 +359,10 @@ def _run_register(args: argparse.Namespace) -> int:
 
 def _transform_lines(summary: dict[str, Any] | None) -> list[str]:
     """A linear result's numbers, each with its convention: users check them in Slicer or ITK tools."""
-    if not summary:
-        return []
-    def vec(values: Any) -> str:
-        return "(" + ", ".join(f"{v + 0.0:.3f}" for v in values) + ")"
-    lines = ["transform: the file maps fixed -> moving points in LPS (ITK, ANTs, elastix)"]
-    angle = summary.get("rotation_deg")
-    if angle is not None:
-        if summary.get("euler_angles_deg") is not None:
-            order = "Rz Ry Rx" if summary.get("euler_order") == "ZYX" else "Rz Rx Ry"
-            lines.append(f"  rotation {angle:.3f} deg; Euler angles about x, y, z {vec(summary['euler_angles_deg'])} "
-                         f"deg (ITK's Euler3D: matrix {order})")
-        else:
-            lines.append(f"  rotation {angle:.3f} deg" + (" (from +x toward +y)" if len(summary["itk_offset_lps"]) == 2
-                                                          else ""))
-    # the translation a transform file holds is about its centre; the offset is where (0, 0, 0) goes: the
-    # two differ by (M - I) c, e.g. 8 degrees about a centre 40 mm from the origin move it by 6 mm
-    center = summary.get("itk_center_lps")
-    about = f"about the centre {vec(center)} mm (the file's)" if center is not None else "about the origin"
-    lines.append(f"  translation {vec(summary['itk_translation_lps'])} mm {about}; "
-                 f"offset {vec(summary['itk_offset_lps'])} mm (where the origin goes)")
-    if "slicer_translation_ras" in summary:
-        lr, pa, is_ = summary["slicer_translation_ras"]
-        lines.append(f"  in Slicer (Transforms module, RAS, moves the moving volume onto the fixed one): translation "
-                     f"LR {lr + 0.0:.3f}, PA {pa + 0.0:.3f}, IS {is_ + 0.0:.3f} mm")
-    return lines
+    from .registration.result import transform_rows
+
+    rows = transform_rows(summary)
+    return [f"{name}: {text}" if i == 0 else f"  {name} {text}" for i, (name, text) in enumerate(rows)]
 
 
 def _add_resample(sub: argparse._SubParsersAction) -> None:

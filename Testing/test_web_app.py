@@ -1174,6 +1174,30 @@ class WebAppTest(unittest.TestCase):
         self.assertTrue(self.app.state.job_message.startswith("Registration done"), self.app.state.job_message)
         self.assertEqual(self.app.state.error_message, "")
 
+    def test_the_panel_shows_the_transform_as_mmfusion_register_prints_it(self) -> None:
+        # the numbers users compare with Slicer, ITK-SNAP, elastix and ANTs (rotation, translation about the file's
+        # centre, where the origin goes, Slicer's RAS translation): `mmfusion register` prints them, the panel had
+        # shown the metrics only
+        from MultimodalFusionLib import cli
+
+        state = self.app.state
+        self._load()
+        state.preset, state.stages, state.initializer, state.seed = "", ["rigid"], "", 0
+        self._do(self.app.start_registration)
+        self.assertTrue(state.has_registered, state.error_message)
+        shown = {row["name"]: row["value"] for row in state.registration_rows}
+        printed = io_text.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = cli.main(["register", self.fixed_path, self.moving_path, "-o", str(self.root / "cli-transform"),
+                             "--stages", "rigid", "--seed", "0"])
+        self.assertEqual(code, 0)
+        lines = printed.getvalue().splitlines()
+        for name in ("rotation", "translation", "in Slicer"):
+            line = next(line for line in lines if line.startswith(f"  {name} "))
+            self.assertEqual(f"  {name} {shown[name[0].upper() + name[1:]]}", line)
+        # the demo's PET is turned 6 degrees: the rotation found is near it
+        self.assertAlmostEqual(float(shown["Rotation"].split()[0]), 6.0, delta=1.0)
+
     def test_initializer_choice_reaches_the_engine(self) -> None:
         from unittest import mock
 

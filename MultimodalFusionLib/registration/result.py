@@ -10,7 +10,8 @@ import SimpleITK as sitk
 
 from .accuracy import euler_angles_deg, rotation_angle_deg
 
-__all__ = ["StageResult", "RegistrationResult", "transform_summary", "iterations_per_level", "iterations_text",
+__all__ = ["StageResult", "RegistrationResult", "transform_summary", "transform_rows", "iterations_per_level",
+           "iterations_text",
            "ran_again", "RAN_AGAIN_NOTE",
            "TRANSFORM_CONVENTION"]
 
@@ -174,6 +175,42 @@ def _is_linear(tx: sitk.Transform) -> bool:
     if isinstance(tx, sitk.CompositeTransform):
         return all(_is_linear(tx.GetNthTransform(i)) for i in range(tx.GetNumberOfTransforms()))
     return tx.IsLinear()
+
+
+def transform_rows(summary: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """A linear result's numbers, each with its convention, as (name, text) rows: ``mmfusion register``/``run``
+    print them (``transform: ...``, then ``rotation ...``, ``translation ...``, ``in Slicer ...``) and the web
+    panel shows them, since users check them in Slicer or ITK tools.
+
+    Args:
+        summary: :func:`transform_summary`'s dict (None or empty for a deformable transform: no rows).
+    """
+    if not summary:
+        return []
+
+    def vec(values: Any) -> str:
+        return "(" + ", ".join(f"{v + 0.0:.3f}" for v in values) + ")"
+    rows = [("transform", "the file maps fixed -> moving points in LPS (ITK, ANTs, elastix)")]
+    angle = summary.get("rotation_deg")
+    if angle is not None:
+        if summary.get("euler_angles_deg") is not None:
+            order = "Rz Ry Rx" if summary.get("euler_order") == "ZYX" else "Rz Rx Ry"
+            rows.append(("rotation", f"{angle:.3f} deg; Euler angles about x, y, z {vec(summary['euler_angles_deg'])} "
+                                     f"deg (ITK's Euler3D: matrix {order})"))
+        else:
+            rows.append(("rotation", f"{angle:.3f} deg" + (" (from +x toward +y)"
+                                                           if len(summary["itk_offset_lps"]) == 2 else "")))
+    # the translation a transform file holds is about its centre; the offset is where (0, 0, 0) goes: the
+    # two differ by (M - I) c, e.g. 8 degrees about a centre 40 mm from the origin move it by 6 mm
+    center = summary.get("itk_center_lps")
+    about = f"about the centre {vec(center)} mm (the file's)" if center is not None else "about the origin"
+    rows.append(("translation", f"{vec(summary['itk_translation_lps'])} mm {about}; "
+                                f"offset {vec(summary['itk_offset_lps'])} mm (where the origin goes)"))
+    if "slicer_translation_ras" in summary:
+        lr, pa, is_ = summary["slicer_translation_ras"]
+        rows.append(("in Slicer", f"(Transforms module, RAS, moves the moving volume onto the fixed one): "
+                                  f"translation LR {lr + 0.0:.3f}, PA {pa + 0.0:.3f}, IS {is_ + 0.0:.3f} mm"))
+    return rows
 
 
 def transform_summary(transform: sitk.Transform) -> dict[str, Any] | None:

@@ -1235,6 +1235,8 @@ class FusionWebApp:
         return preset, stages, _client_seed(self.state.seed), initializer
 
     def _show_registration(self, out: tuple[Any, sitk.Image, dict]) -> None:
+        from ..registration.result import transform_rows, transform_summary
+
         result, registered, reg_metrics = out
         self.registration, self.registered_image, self.registration_metrics = result, registered, reg_metrics
         self.fusion_result, self.fusion_metrics = None, {}
@@ -1247,6 +1249,9 @@ class FusionWebApp:
                 {"name": "Stages", "value": ", ".join(s.name for s in result.stages) or "-"},
                 {"name": "Initializer", "value": _initializer_text(result)},
                 {"name": "Registration time", "value": f"{result.seconds:.1f} s"}]
+        # the transform's numbers as mmfusion register prints them (rotation, translation, Slicer's RAS translation)
+        rows += [{"name": name[0].upper() + name[1:], "value": text}
+                 for name, text in transform_rows(transform_summary(result.transform))]
         for key in sorted(k for k in reg_metrics.get("after", {}) if k != "voxels"):
             before, after = reg_metrics["before"].get(key), reg_metrics["after"][key]
             rows.append({"name": f"{key} before → after", "value": f"{_fmt(before)} → {_fmt(after)}"})
