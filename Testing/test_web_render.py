@@ -136,6 +136,19 @@ class OffscreenViewTest(unittest.TestCase):
         right_edge = grey[int(0.35 * rows):int(0.65 * rows), int(0.92 * cols):]
         blue = (right_edge[..., 2] > 150) & (right_edge[..., 2].astype(int) - right_edge[..., 0] > 60)
         self.assertGreater(blue.sum(), 10)
+        # the slice's position in the upper right corner, as Slicer's slice controller shows it, following the slice
+        from MultimodalFusionLib.web.viewer import slice_position_text
+
+        self.assertEqual(slice_position_text([[-1, 0, 0, 3], [0, 1, 0, -4], [0, 0, 1, 12.04], [0, 0, 0, 1]]), "S: 12.0 mm")
+        self.assertEqual(slice_position_text([[0, 0, 1, -7.5], [-1, 0, 0, 2], [0, 1, 0, 1], [0, 0, 0, 1]]), "R: -7.5 mm")
+        annotation = self.viewer._orientation_labels[self.axial.name]
+        start = self.axial.get_slice_value()
+        try:
+            for offset in (start - 6.0, start + 9.0):
+                self.axial.set_slice_value(offset)
+                self.assertEqual(annotation.GetText(3), f"S: {self.axial.get_slice_value() + 0.0:.1f} mm")
+        finally:
+            self.axial.set_slice_value(start)
         # and follow the slice's orientation when it changes
         try:
             node.SetOrientation("Coronal")

@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..preprocess import COMPUTE_MASK
 
 __all__ = ["FusionViewer", "ROLES", "capture_view", "DEFAULT_VR_PRESET", "CT_WINDOW_LEVEL_PRESETS",
-           "looks_like_ct", "looks_like_suv", "orientation_labels"]
+           "looks_like_ct", "looks_like_suv", "orientation_labels", "slice_position_text"]
 
 #: Volume roles of a session, in the order they appear.
 ROLES = ("fixed", "moving", "registered", "fused")
@@ -49,6 +49,8 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _RAS_LETTERS = (("R", "L"), ("A", "P"), ("S", "I"))
 #: vtkCornerAnnotation's positions of the four edges of a view.
 _EDGE_POSITIONS = {"bottom": 4, "right": 5, "left": 6, "top": 7}
+#: vtkCornerAnnotation's upper right corner: the slice's position (the upper left holds trame-slicer's view buttons).
+_POSITION_CORNER = 3
 
 
 def _batched(method: _F) -> _F:
@@ -427,9 +429,11 @@ class FusionViewer:
                 manager.SetAdjustForegroundWindowLevelEnabled(False)
 
     def _label_orientations(self) -> None:
-        """The patient direction at each edge of every slice view (R/L, A/P, S/I), kept up to date (idempotent).
+        """The patient direction at each edge of every slice view (R/L, A/P, S/I) and the slice's position in its
+        upper right corner as Slicer's slice controller shows it (``S: 12.0 mm``), kept up to date (idempotent).
 
-        The views had no orientation cue at all: nothing said which side of an axial slice is the patient's left.
+        The views had no orientation cue at all: nothing said which side of an axial slice is the patient's left,
+        nor where the slice shown lies.
         The letters follow the slice's own orientation (:func:`orientation_labels` of its SliceToRAS), so a slice
         turned to an oblique volume's axes is labelled by the direction it mostly shows.
         """
@@ -454,12 +458,15 @@ class FusionViewer:
 
             def update(slice_node: Any, _event: Any = None, annotation: Any = annotation) -> None:
                 matrix = slice_node.GetSliceToRAS()
-                labels = orientation_labels([[matrix.GetElement(i, j) for j in range(3)] for i in range(3)])
+                rows = [[matrix.GetElement(i, j) for j in range(4)] for i in range(4)]
+                labels = orientation_labels(rows)
                 # the bottom letter two lines up: the page's slice slider lies over the bottom of each slice view
                 labels["bottom"] += "\n\n"
-                for edge, position in _EDGE_POSITIONS.items():
-                    if annotation.GetText(position) != labels[edge]:
-                        annotation.SetText(position, labels[edge])
+                texts = {position: labels[edge] for edge, position in _EDGE_POSITIONS.items()}
+                texts[_POSITION_CORNER] = slice_position_text(rows)
+                for position, text in texts.items():
+                    if annotation.GetText(position) != text:
+                        annotation.SetText(position, text)
 
             update(node)
             node.AddObserver(vtkCommand.ModifiedEvent, update)
@@ -754,6 +761,18 @@ def orientation_labels(slice_to_ras: Any) -> dict[str, str]:
 
     right, up = m[:, 0], m[:, 1]
     return {"right": letter(right), "left": letter(-right), "top": letter(up), "bottom": letter(-up)}
+
+
+def slice_position_text(slice_to_ras: Any) -> str:
+    """Where a slice lies, as Slicer's slice controller names it: ``"S: 12.0 mm"`` for an axial slice 12 mm superior
+    to the origin (``R:`` sagittal, ``A:`` coronal; the RAS coordinate along the axis nearest the slice's normal).
+
+    Args:
+        slice_to_ras: a Slicer slice node's SliceToRAS, 4x4: the third column its normal, the fourth its centre (RAS).
+    """
+    m = np.asarray(slice_to_ras, dtype=float)
+    axis = int(np.argmax(np.abs(m[:3, 2])))
+    return f"{'RAS'[axis]}: {m[axis, 3] + 0.0:.1f} mm"
 
 
 def capture_view(view: Any) -> np.ndarray:
