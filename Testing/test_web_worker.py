@@ -76,6 +76,36 @@ class BackgroundWorkerTest(unittest.TestCase):
         self.assertGreater(len(ticks), 20)  # the loop kept running during the second of work
         self.assertLess(max(b - a for a, b in zip(ticks, ticks[1:])), 0.5)
 
+    def test_a_report_held_back_by_the_flush_interval_is_shown_when_it_ends(self):
+        # a step announced right after another report, then long with no report of its own (fusion metrics after the
+        # fusion's last report): the announcement had been dropped, so the page named the step before for all of it
+        from MultimodalFusionLib.web.worker import BackgroundWorker
+
+        worker = BackgroundWorker(self.state, flush_interval=0.3)
+        self.addCleanup(worker.shutdown)
+        long_step = threading.Event()
+
+        def job(progress):
+            report(progress, 0.7, "fused")
+            report(progress, 0.75, "metrics")  # within the interval of the report before it
+            long_step.wait(5.0)
+            return None
+
+        shown = []
+
+        async def main():
+            worker.start("Fusion", job)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and self.state.job_message != "Fusion: metrics":
+                await asyncio.sleep(0.02)
+            shown.append((self.state.job_message, self.state.job_progress))
+            long_step.set()
+            await worker.wait()
+
+        self._run(main)
+        self.assertEqual(shown, [("Fusion: metrics", 75.0)])
+        self.assertTrue(self.state.job_message.startswith("Fusion done"), self.state.job_message)
+
     def test_engine_error_is_put_in_the_page_state(self):
         from MultimodalFusionLib.io import read_image
 

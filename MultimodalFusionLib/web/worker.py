@@ -4,7 +4,9 @@ The trame server runs one asyncio loop that also streams the views; a registrati
 it would freeze the page. :class:`BackgroundWorker` runs one job at a time on a worker
 thread. The job gets an engine progress callback (``progress(fraction, message)``) whose
 updates are marshalled to the loop (``call_soon_threadsafe``) and flushed to the browser at
-most ``flush_interval`` seconds apart; returning False from it is how Cancel stops the
+most ``flush_interval`` seconds apart, a report held back by that limit being shown when it ends unless a newer one
+came (one dropped had left the page on the step before a long one: "Fusion: fused (average)" through 20-40 s of
+fusion metrics); returning False from it is how Cancel stops the
 engine at its next safe point (``OperationCancelled``). The job's result is handed to
 ``on_success`` on the loop's thread, which is the only thread that touches the MRML scene.
 Errors end up in the page: ``MultimodalFusionError`` messages as they are, anything else
@@ -62,6 +64,11 @@ class BackgroundWorker:
         self._cancel = threading.Event()
         self._task: asyncio.Task | None = None
         self._last_flush = 0.0
+        # the last report held back by flush_interval, (job, label, fraction, message), shown when the interval ends
+        # unless a newer one is shown first; whether a flush of it is scheduled on the loop
+        self._held: tuple[int, str, float, str] | None = None
+        self._held_lock = threading.Lock()
+        self._held_scheduled = False
         self._job = 0  # the number of the running (or last) job: a late progress report of another is not shown
         self._label = ""  # what is running (or ran last)
         self._running = False  # between start() and the job's end shown in the state
@@ -127,12 +134,29 @@ class BackgroundWorker:
     def _progress_callback(self, loop: asyncio.AbstractEventLoop, job: int, label: str) -> ProgressCallback:
         def progress(fraction: float, message: str) -> bool:
             now = time.monotonic()
-            if now - self._last_flush >= self.flush_interval or fraction >= 1.0:
-                self._last_flush = now
-                loop.call_soon_threadsafe(self._show_progress, job, label, fraction, message)
+            with self._held_lock:
+                if now - self._last_flush >= self.flush_interval or fraction >= 1.0:
+                    self._last_flush, self._held = now, None
+                    loop.call_soon_threadsafe(self._show_progress, job, label, fraction, message)
+                else:  # held back, not dropped: the next step may be a long one with no report before its end
+                    self._held = (job, label, fraction, message)
+                    if not self._held_scheduled:
+                        self._held_scheduled = True
+                        loop.call_soon_threadsafe(self._schedule_held, loop, self._last_flush + self.flush_interval)
             return not self._cancel.is_set()
 
         return progress
+
+    def _schedule_held(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        loop.call_later(max(at - time.monotonic(), 0.0), self._show_held)
+
+    def _show_held(self) -> None:
+        with self._held_lock:
+            held, self._held, self._held_scheduled = self._held, None, False
+            if held is not None:
+                self._last_flush = time.monotonic()
+        if held is not None:
+            self._show_progress(*held)
 
     def _show_progress(self, job: int, label: str, fraction: float, message: str) -> None:
         if not self._running or job != self._job:  # a report that arrives after its job's end
