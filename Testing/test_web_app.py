@@ -61,6 +61,17 @@ class FusionWindowPresetsOffered(unittest.TestCase):
 
         return {key for key in _fusion_window_choices(image)[1] if key.startswith(("suv", "ct-"))}
 
+    def test_each_ct_fusion_window_says_its_window_and_level(self) -> None:
+        """The fusion's CT windows (preprocess.CT_WINDOWS: radiology's brain W80/L40) differ from the display presets
+        beside them (Slicer's CT-Brain W100/L50, viewer.CT_WINDOW_LEVEL_PRESETS): both were titled by name only, so
+        a user read them as one (h_A22's web audit). Each fusion title names its own W and L."""
+        from MultimodalFusionLib.web.app import _CT_FUSION_WINDOWS
+
+        for key, (title, (width, level)) in _CT_FUSION_WINDOWS.items():
+            with self.subTest(key=key):
+                self.assertTrue(title.endswith(f"(W{width:g} L{level:g})"), title)
+        self.assertEqual(_CT_FUSION_WINDOWS["ct-brain"][0], "CT brain (W80 L40)")
+
     def test_suv_windows_for_a_pet_in_suv_only(self) -> None:
         import numpy as np
         from test_dicom_inputs import _pet_body, write_pet_series

@@ -77,8 +77,10 @@ _WL_BASE_CHOICES = [{"title": "Auto (0.5-99.5th percentile)", "value": _WL_AUTO}
 # percentile, CT windows for an image in HU and SUV windows for a PET in SUV. Each (title, (window, level)).
 _FW_DEFAULT, _FW_MANUAL, _FW_PERCENTILE = "default", "manual", "percentile"
 _CT_FUSION_WINDOWS = {  # soft tissue as the CLI's --window-level-a example (-160..240); the others preprocess's
-    "ct-soft-tissue": ("CT soft tissue", (400.0, 40.0)),
-    **{f"ct-{name}": (f"CT {name}", (width, level)) for name, (level, width) in
+    # (radiology's, e.g. brain W80/L40), which differ from the display presets' (Slicer's CT-Brain W100/L50): each
+    # title says its window and level, so the two lists are not read as one
+    "ct-soft-tissue": ("CT soft tissue (W400 L40)", (400.0, 40.0)),
+    **{f"ct-{name}": (f"CT {name} (W{width:g} L{level:g})", (width, level)) for name, (level, width) in
        (("lung", CT_WINDOWS["lung"]), ("bone", CT_WINDOWS["bone"]), ("brain", CT_WINDOWS["brain"]))},
 }
 _SUV_FUSION_WINDOWS = {"suv-5": ("SUV 0..5", (5.0, 2.5)), "suv-8": ("SUV 0..8", (8.0, 4.0))}
