@@ -116,6 +116,8 @@ class OffscreenViewTest(unittest.TestCase):
         interactor.InvokeEvent(getattr(vtkCommand, f"{button}ButtonReleaseEvent"))
 
     def test_slice_views_name_the_patient_direction_at_each_edge(self):
+        from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
         from MultimodalFusionLib.web.viewer import orientation_labels
 
         # Slicer's axial view is radiological: the patient's left on the right of the screen, anterior up; a slice
@@ -149,6 +151,26 @@ class OffscreenViewTest(unittest.TestCase):
                 self.assertEqual(annotation.GetText(3), f"S: {self.axial.get_slice_value() + 0.0:.1f} mm")
         finally:
             self.axial.set_slice_value(start)
+        # a tilted slice (30 degrees about R) shows Slicer's slice offset, the distance along its normal that the
+        # slider holds, with no letter, as Slicer's controller words a Reformat slice: not the S of its centre, which
+        # a pan in its plane changes (87.0 here while the slider says 50.3)
+        saved = vtkMatrix4x4()
+        saved.DeepCopy(node.GetSliceToRAS())
+        c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+        tilted = np.array([[-1, 0, 0], [0, c, -s], [0, s, c]])
+        try:
+            for centre in ((20.0, 50.0, 87.0), (-30.0, 50.0 + 40 * c, 87.0 + 40 * s)):  # the second: panned 40 mm
+                for i in range(3):
+                    for j in range(3):
+                        node.GetSliceToRAS().SetElement(i, j, tilted[i, j])
+                    node.GetSliceToRAS().SetElement(i, 3, centre[i])
+                node.UpdateMatrices()
+                self.assertAlmostEqual(self.axial.get_slice_value(), 50.3442, places=3)
+                self.assertEqual(annotation.GetText(3), "50.3 mm")
+        finally:
+            node.GetSliceToRAS().DeepCopy(saved)
+            node.UpdateMatrices()
+        self.assertEqual(annotation.GetText(3), f"S: {self.axial.get_slice_value() + 0.0:.1f} mm")
         # and follow the slice's orientation when it changes
         try:
             node.SetOrientation("Coronal")

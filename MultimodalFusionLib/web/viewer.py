@@ -765,14 +765,19 @@ def orientation_labels(slice_to_ras: Any) -> dict[str, str]:
 
 def slice_position_text(slice_to_ras: Any) -> str:
     """Where a slice lies, as Slicer's slice controller names it: ``"S: 12.0 mm"`` for an axial slice 12 mm superior
-    to the origin (``R:`` sagittal, ``A:`` coronal; the RAS coordinate along the axis nearest the slice's normal).
+    to the origin (``R:`` sagittal, ``A:`` coronal: the RAS coordinate of a slice across that axis); a tilted slice
+    its distance from the origin along its normal with no letter (``"50.3 mm"``), Slicer's slice offset, which its
+    slider holds and its controller shows so for a Reformat slice, unchanged by a pan in the slice's plane.
 
     Args:
         slice_to_ras: a Slicer slice node's SliceToRAS, 4x4: the third column its normal, the fourth its centre (RAS).
     """
     m = np.asarray(slice_to_ras, dtype=float)
-    axis = int(np.argmax(np.abs(m[:3, 2])))
-    return f"{'RAS'[axis]}: {m[axis, 3] + 0.0:.1f} mm"
+    normal, centre = m[:3, 2], m[:3, 3]
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(abs(normal[axis]) - 1.0) <= 1e-6:  # across a RAS axis: every point of the slice has that coordinate
+        return f"{'RAS'[axis]}: {centre[axis] + 0.0:.1f} mm"
+    return f"{float(np.linalg.solve(m[:3, :3], centre)[2]) + 0.0:.1f} mm"  # vtkMRMLSliceNode::GetSliceOffset
 
 
 def capture_view(view: Any) -> np.ndarray:
