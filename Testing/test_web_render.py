@@ -179,6 +179,55 @@ class OffscreenViewTest(unittest.TestCase):
             node.SetOrientation("Axial")
         self.assertEqual(self.viewer._orientation_labels[self.axial.name].GetText(7), "A")
 
+    def test_a_mark_on_the_patients_left_lies_under_the_letter_l(self):
+        """The letters against the pixels, not only against the slice node: a ball on the patient's left (anterior,
+        superior) of an image stored LPS, stored with its x and y axes flipped (a RAS file's direction) and stored
+        oblique lies, in the axial, coronal and sagittal view, at the edge labelled L (A, S)."""
+        node = self.axial.get_view_node()
+        annotation = self.viewer._orientation_labels[self.axial.name]
+
+        def restore() -> None:
+            node.SetOrientation("Axial")
+            self.viewer.set_image("fixed", self.fixed)
+            self.viewer.show("registered", opacity=0.6, colormap="PET-Heat", reset_views=True)
+
+        self.addCleanup(restore)
+        c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+        storages = {"LPS": np.eye(3), "x and y flipped": np.diag([-1.0, -1.0, 1.0]),
+                    "oblique": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])}
+        marks = {"L": (36.0, 0.0, 0.0), "A": (0.0, -36.0, 0.0), "S": (0.0, 0.0, 36.0)}  # LPS mm: +x left, -y anterior
+        views = {"Axial": "LA", "Coronal": "LS", "Sagittal": "AS"}  # the marks each view cuts through
+        n, spacing = 40, 3.0
+        ijk = np.stack(np.mgrid[0:n, 0:n, 0:n][::-1], axis=-1).reshape(-1, 3) * spacing  # x, y, z fastest first
+        for storage, direction in storages.items():
+            origin = -direction @ np.full(3, (n - 1) / 2 * spacing)  # the centre voxel at the origin
+            lps = ijk @ direction.T + origin
+            for letter, centre in marks.items():
+                ball = (np.sum((lps - centre) ** 2, axis=1) < 12.0 ** 2).astype(np.float32).reshape(n, n, n)
+                image = sitk.GetImageFromArray(100 * ball)
+                image.SetSpacing([spacing] * 3)
+                image.SetDirection(direction.ravel().tolist())
+                image.SetOrigin(origin.tolist())
+                self.viewer.set_image("fixed", image)
+                for orientation, letters in views.items():
+                    if letter not in letters:
+                        continue
+                    with self.subTest(storage=storage, mark=letter, view=orientation):
+                        self.viewer.show(None, reset_views=True)  # trame-slicer's reset: its view's own orientation
+                        node.SetOrientation(orientation)
+                        self.axial.fit_view_to_content()
+                        self.axial.set_slice_value(0.0)
+                        pixels = self._capture_axial(0.0).astype(int)  # the phantom alone: no foreground over it
+                        rows, cols = pixels.shape[:2]
+                        grey = (pixels.max(axis=-1) - pixels.min(axis=-1) < 10) & (pixels.mean(axis=-1) > 60)
+                        self.assertGreater(grey.sum(), 50)
+                        yy, xx = np.nonzero(grey)
+                        x, y = xx.mean() / cols - 0.5, 0.5 - yy.mean() / rows
+                        edge = ("right" if x > 0 else "left") if abs(x) > abs(y) else ("top" if y > 0 else "bottom")
+                        self.assertGreater(max(abs(x), abs(y)), 0.1)
+                        position = {"bottom": 4, "right": 5, "left": 6, "top": 7}[edge]
+                        self.assertEqual(annotation.GetText(position).strip(), letter, edge)
+
     def test_left_drag_in_a_slice_view_sets_the_anatomy_window_level_as_slicer(self):
         from vtkmodules.vtkCommonCore import vtkCommand
 
