@@ -56,7 +56,8 @@ def _hashes(folder: str) -> dict[str, str]:
 
 
 #: What fuse --report prints once the fused image (and the weight map) are staged, before the metrics and the report
-#: (its "fused -> OUT" line comes once they are in, since 1a40725)
+#: (its "fused -> OUT" line comes once they are in, since 1a40725); the tests wait for the whole line, its newline
+#: included: print writes the text and the newline apart, and a signal between them ran the error onto that line
 _MAKING_REPORT = "; making the metrics and the report in "
 
 
@@ -372,7 +373,7 @@ class SignalledCommands(unittest.TestCase):
         # --json: the "max fusion done in T s; making the metrics and the report" line (after the image is staged)
         # goes to stderr, where the signal is sent from
         rc, err, sent = _signal_when(["fuse", self.fixed, self.moving, "--method", "max", "-o", fused,
-                                      "--report", self.out, "--json"], signal.SIGINT, _MAKING_REPORT)
+                                      "--report", self.out, "--json"], signal.SIGINT, _MAKING_REPORT + self.out + "\n")
         self._check(rc, err, sent, 130, "mmfusion fuse: interrupted", before)
         with contextlib.redirect_stdout(_textio.StringIO()):  # and without a signal, both are replaced
             self.assertEqual(cli.main(["fuse", self.fixed, self.moving, "--method", "max", "-o", fused,
@@ -394,7 +395,7 @@ class SignalledCommands(unittest.TestCase):
         with contextlib.redirect_stdout(_textio.StringIO()):
             self.assertEqual(cli.main(argv + ["--method", "average"]), 0)
         before = _hashes(self.out)
-        rc, err, sent = _signal_when(argv + ["--method", "max", "--json"], signal.SIGINT, _MAKING_REPORT)  # both staged
+        rc, err, sent = _signal_when(argv + ["--method", "max", "--json"], signal.SIGINT, _MAKING_REPORT + self.out + "\n")  # both staged
         self._check(rc, err, sent, 130, "mmfusion fuse: interrupted", before)
         with contextlib.redirect_stdout(_textio.StringIO()):  # and without a signal, both are replaced
             self.assertEqual(cli.main(argv + ["--method", "max"]), 0)
@@ -442,7 +443,7 @@ class KilledCommands(unittest.TestCase):
         pet.SetOrigin((0.0, 0.0, 0.0))
         self.moving = io.write_image(pet, os.path.join(self.dir, "pet_on_grid.nii.gz"))
         argv = ["fuse", self.fixed, self.moving, "--method", "max", "-o", fused, "--report", self.out]
-        rc, err, sent = _signal_when(argv + ["--json"], signal.SIGKILL, _MAKING_REPORT)
+        rc, err, sent = _signal_when(argv + ["--json"], signal.SIGKILL, _MAKING_REPORT + self.out + "\n")
         self.assertTrue(sent and rc == -signal.SIGKILL, err[-2000:])
         left = _leftovers(self.out)
         self.assertTrue(left and all(n.startswith(".mmf-staging-") for n in left), left)  # the fused image staged
