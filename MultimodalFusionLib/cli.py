@@ -804,8 +804,9 @@ def _run_fuse(args: argparse.Namespace) -> int:
             print("\n".join(written), file=status)
             written = []
         else:  # the metrics and the report take seconds (12 s on a volume); the outputs are said once they are in
+            # flushed: to a pipe or a log file (block-buffered) it had come only at the end, with the report's lines
             print(f"{res.method} fusion done in {res.seconds:.2f} s; making the metrics and the report in "
-                  f"{args.report}", file=status)
+                  f"{args.report}", file=status, flush=True)
         _print_warnings(res.warnings)  # e.g. deep fusion's anisotropy: every run, as register prints its own
         if args.report or args.json:
             from .metrics import fusion_metrics

@@ -53,6 +53,37 @@ class FuseEvaluateCliTest(unittest.TestCase):
                 self.assertIn(f"is the report's own {name}", stderr)
                 self.assertFalse(os.path.exists(out))
 
+    def test_fuse_report_says_it_is_making_the_report_while_it_makes_it_on_a_pipe(self) -> None:
+        """fuse --report's 'METHOD fusion done in T s; making the metrics and the report in DIR' line tells a user
+        what the seconds of the metrics and the report are (12 s on a volume); printed to stdout unflushed, it came
+        through a pipe or into a log file (block-buffered) only when the command ended, with 'report -> ...'. Read
+        from a pipe as it comes (no PYTHONUNBUFFERED), it comes before the report's lines."""
+        import subprocess
+        import sys
+
+        rep = os.path.join(self.tmp.name, "report")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "MMFUSION_PROGRESS")}
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.Popen([sys.executable, "-m", "MultimodalFusionLib.cli", "fuse", self.a, self.b, "--method",
+                                 "max", "-o", os.path.join(self.tmp.name, "fused.png"), "--report", rep],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=root)
+        said = b""
+        try:
+            while b"; making the metrics and the report in " not in said:
+                chunk = os.read(proc.stdout.fileno(), 4096)  # what has come through the pipe so far
+                if not chunk:
+                    break
+                said += chunk
+            rest, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.assertEqual(proc.returncode, 0, err.decode(errors="replace"))
+        self.assertIn(b"max fusion done in ", said)
+        self.assertNotIn(b"report -> ", said)  # the line came on its own, while the report was made
+        self.assertIn(b"report -> ", rest)
+
     def test_an_output_name_is_refused_before_the_fusion(self) -> None:
         """-o fused.GIPL (.MHA, .xyz, x.nii.hdr), and a volume to .png or .jp2: fuse ran the whole fusion (6 s of
         deep fusion on a 192x192x160 volume), then write_image refused the name. Now refused before it: no
