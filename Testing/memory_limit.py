@@ -24,12 +24,15 @@ CAN_LIMIT = resource is not None and sys.platform.startswith("linux")
 
 @contextlib.contextmanager
 def address_space_left(nbytes: int) -> Iterator[None]:
-    """This process may map only ``nbytes`` more than it maps now (VmSize) while the block runs; the limit it had
-    is put back after. Load what the block needs (networks, lazily imported modules) before it."""
+    """This process may map only ``nbytes`` more than it maps now (VmSize) while the block runs, or less where its
+    limit leaves less already (a suite run under ``ulimit -v``: the limit is never raised, which past the hard limit
+    raised ValueError); the limit it had is put back after. Load what the block needs (networks, lazily imported
+    modules) before it."""
     old = resource.getrlimit(resource.RLIMIT_AS)
     with open("/proc/self/status", encoding="ascii") as fh:
         size = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
-    resource.setrlimit(resource.RLIMIT_AS, (size + nbytes, old[1]))
+    limit = size + nbytes if old[0] == resource.RLIM_INFINITY else min(size + nbytes, old[0])
+    resource.setrlimit(resource.RLIMIT_AS, (limit, old[1]))
     try:
         yield
     finally:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import unittest
 from contextlib import redirect_stderr, redirect_stdout
@@ -1209,6 +1211,26 @@ class DeviceTest(unittest.TestCase):
             with address_space_left(512 << 20):
                 fused, _, used = fuse_arrays(big[:64, :64], 1 - big[:64, :64], adapt_steps=1, device="cpu")
             self.assertEqual(used["adapt_steps"], 1)
+
+    @unittest.skipUnless(CAN_LIMIT, "needs an address-space limit (Linux)")
+    def test_the_memory_limit_of_the_tests_runs_under_a_lower_hard_limit(self):
+        """memory_limit.address_space_left (the adaptation memory tests') set VmSize + nbytes as the soft limit: in a
+        suite run under a hard `ulimit -v` that leaves less (prlimit --as=2100000000 here: pytest's VmSize was about
+        1.9 GB), setrlimit raised ValueError ('current limit exceeds maximum limit') and the tests failed. It never
+        raises the limit now (the room is then smaller still, as the tests want) and puts it back after; run in a
+        process of its own, so that the limit set here is not this one's."""
+        code = ("import resource\n"
+                "from memory_limit import address_space_left\n"
+                "size = next(int(line.split()[1]) * 1024 for line in open('/proc/self/status') "
+                "if line.startswith('VmSize:'))\n"
+                "hard = size + (64 << 20)\n"
+                "resource.setrlimit(resource.RLIMIT_AS, (hard, hard))\n"
+                "with address_space_left(512 << 20):\n"
+                "    inside = resource.getrlimit(resource.RLIMIT_AS)\n"
+                "print(inside == (hard, hard), resource.getrlimit(resource.RLIMIT_AS) == (hard, hard))\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                              cwd=os.path.dirname(os.path.abspath(__file__)))
+        self.assertEqual((done.returncode, done.stdout.split()), (0, ["True", "True"]), done.stderr)
 
     def test_every_deep_caller_refuses_a_bad_device_before_working(self):
         """fuse_arrays, train_fusion (TrainingConfig.check: the CLI calls it before reading the pairs, and the
