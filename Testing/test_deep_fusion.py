@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 import unittest
 
 import numpy as np
@@ -478,6 +479,36 @@ class DeepFusionTest(unittest.TestCase):
         for patch in (20, 32):  # 20 fits; 32 is 47% sample, trained on padded
             train_fusion(small, config=_tiny_config(), training=TrainingConfig(
                 epochs=1, batch_size=2, patch_size=patch, device="cpu"))
+
+    def test_a_patch_no_sample_fills_is_refused_with_a_fix_that_says_what_it_fills_and_soon(self):
+        """check_patch_fits (482a6e7): where no sample fills a quarter of even the smallest patch (a one-slice
+        volume for the 3D network, a 1-pixel strip), its fix named 16 as 'the largest that a sample fills at least
+        25% of' (1x256x256 fills 6.2% of it); a 3D patch was called '64-pixel'; and the largest patch filled a
+        quarter was searched one multiple of 4 after another, each time copying every distinct shape into a list
+        (100,000 volumes of distinct shapes at --patch-size 16384: 212 s before the refusal; now a bisection)."""
+        from MultimodalFusionLib.fusion.deep.data import check_patch_fits
+
+        with self.assertRaises(InputError) as ctx:
+            check_patch_fits([(1, 256, 256)], 64, 4, "1 training pair")
+        said = str(ctx.exception)
+        self.assertIn("The 64-voxel training patch (--patch-size) is mostly zero padding", said)
+        self.assertIn("256x256x1, fills 1.6% of it", said)
+        self.assertIn("Give --patch-size 16 (the smallest patch, trained on whatever the samples fill of it: 6.2% "
+                      "here), or larger images.", said)
+        self.assertNotIn("at least 25%", said)
+        with self.assertRaisesRegex(InputError, "The 96-pixel training patch .* Give --patch-size 16 \\(the smallest"):
+            check_patch_fits([(1, 512)], 96, 4, "1 training pair")
+        with self.assertRaisesRegex(InputError, "Give --patch-size 16 \\(the largest that a sample fills at least "
+                                                "25% of, a multiple of the network's 4\\), or larger"):
+            check_patch_fits([(8, 8)], 96, 4, "1 training pair")  # 25% of 16, the smallest: no 'or less'
+        with self.assertRaisesRegex(InputError, "Give --patch-size 64 \\(the largest"):
+            check_patch_fits([(16, 256, 256)], 66, 4, "1 training pair")  # a patch off the multiple: 64 is 25%
+        rng = np.random.default_rng(0)
+        shapes = np.unique(rng.integers(8, 40, (30000, 3)), axis=0)  # 18,000-odd distinct volumes
+        start = time.perf_counter()
+        with self.assertRaisesRegex(InputError, "Give --patch-size 60 \\(the largest"):
+            check_patch_fits(shapes, 4096, 4, f"{len(shapes)} training pairs")
+        self.assertLess(time.perf_counter() - start, 5.0)  # the old search: 1,000 sides, each copying every shape
 
     def test_training_leaves_the_callers_random_state_alone(self):
         import random
