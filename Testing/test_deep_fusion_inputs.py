@@ -1213,6 +1213,31 @@ class DeviceTest(unittest.TestCase):
             self.assertEqual(used["adapt_steps"], 1)
 
     @unittest.skipUnless(CAN_LIMIT, "needs an address-space limit (Linux)")
+    def test_an_adaptation_refused_for_memory_names_the_largest_roi_size_that_fits(self):
+        """The 3D network's refusal named a cube of the room as the roi_size to give (48 for 512 MiB), but its
+        patches keep a volume's sides where it is smaller than roi_size: on 8x512x512 a roi_size of 116 fits the
+        same room, and a needlessly small one makes the adaptation and the sliding-window fusion coarser and slower.
+        Under the same real limit, the roi_size named less a multiple fits (no refusal) and two multiples more do not
+        (the old one, 48, failed the latter)."""
+        import re
+
+        from MultimodalFusionLib.fusion.deep.inference import _load_model, check_adaptation_memory
+        from MultimodalFusionLib.fusion.deep.training import resolve_device
+
+        config = _load_model("3d", 3)[0].config
+        cpu = resolve_device("cpu")
+        for shape in ((8, 512, 512), (24, 256, 256)):
+            with self.subTest(shape=shape), address_space_left(512 << 20):
+                with self.assertRaises(InputError) as caught:
+                    check_adaptation_memory(config, shape, steps=2, roi_size=1024, device=cpu)
+                roi = int(re.search(r"roi_size=(\d+) or less", str(caught.exception)).group(1))
+                # fits (one multiple below: the room shrinks by a MiB or so as this process maps more between calls)
+                check_adaptation_memory(config, shape, steps=2, roi_size=roi - config.size_multiple, device=cpu)
+                with self.assertRaises(InputError):
+                    check_adaptation_memory(config, shape, steps=2, roi_size=roi + 2 * config.size_multiple,
+                                            device=cpu)
+
+    @unittest.skipUnless(CAN_LIMIT, "needs an address-space limit (Linux)")
     def test_the_memory_limit_of_the_tests_runs_under_a_lower_hard_limit(self):
         """memory_limit.address_space_left (the adaptation memory tests') set VmSize + nbytes as the soft limit: in a
         suite run under a hard `ulimit -v` that leaves less (prlimit --as=2100000000 here: pytest's VmSize was about

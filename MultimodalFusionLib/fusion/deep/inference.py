@@ -490,8 +490,16 @@ def check_adaptation_memory(config: Any, shape: Sequence[int], *, steps: int, ro
         step = f"{batch} patches of {shown} voxels every step (roi_size {roi_size})"
     scale = (free / need) ** (1 / len(sides))  # sides of what fits, the step's memory growing as its voxels
     if dims == 3:
-        per_voxel = need / (batch * math.prod(sides))
-        roi = int((free / (per_voxel * batch)) ** (1 / 3)) // multiple * multiple
+        # the largest roi_size whose step fits, bisected (the step grows with it): the patches keep the volume's sides
+        # where it is smaller, so a cube of the room (48 for 512 MiB) had been named where 68 fits on a 24x256x256
+        # thick-slice series and 116 on 8x512x512
+        # bytes per voxel of one patch (the batch of them), and the roi multiples: fits at low (0: none), not at high
+        per_voxel, low, high = need / math.prod(sides), 0, roi_size // multiple
+        while high - low > 1:
+            mid = (low + high) // 2
+            fits = per_voxel * math.prod(adaptation_step(config, shape, mid * multiple)[0]) <= free
+            low, high = (mid, high) if fits else (low, mid)
+        roi = low * multiple
         smaller = (f"a smaller roi_size (Python and the Slicer Logic: roi_size={roi} or less), or " if roi >= multiple
                    else "")
     else:
