@@ -431,6 +431,12 @@ def _random_patches(ta: Any, tb: Any, patch: int, n: int, gen: Any, multiple: in
     return torch.stack(pa)[:, None], torch.stack(pb)[:, None]
 
 
+def _falls_back(device: Any) -> bool:
+    """Whether ``device`` (as :func:`training.resolve_device` takes it: a string or None) is "auto", which falls back
+    to the CPU where CUDA runs out of memory (:func:`fuse_arrays`)."""
+    return (device or "auto").strip().lower() == "auto"
+
+
 def adaptation_step(config: Any, shape: Sequence[int], roi_size: int) -> tuple[list[int], int]:
     """(the sides of each patch one adaptation step runs the network on, padded to its size multiple as
     :func:`adapt` pads them; how many patches a step takes) for arrays of ``shape`` as :func:`fuse_arrays` passes them
@@ -536,7 +542,7 @@ def check_adaptation(image: sitk.Image, *, weights: Any = None, adapt_steps: Any
         shape.insert(0, shape.pop(axis))
     roi = _whole_number(roi_size, "roi_size", model.config.size_multiple, MAX_ROI_SIZE, "96")
     check_adaptation_memory(model.config, shape, steps=steps, roi_size=roi, device=resolve_device(device),
-                            falls_back=(device or "auto").strip().lower() == "auto")
+                            falls_back=_falls_back(device))
 
 
 def check_settings(*, adapt_steps: Any = None, adapt_lr: Any = 1e-3, loss_weights: Any = None,
@@ -653,7 +659,7 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
                          f"axis the network sees (got {'x'.join(str(s) for s in sides)}).",
                          "Fuse this image without adaptation (adapt_steps=0, CLI without --adapt).")
     dev = resolve_device(device)
-    auto = (device or "auto").strip().lower() == "auto"  # resolve_device took it: a string or None
+    auto = _falls_back(device)
     if steps > 0:  # before the first step: one that did not fit was killed by the kernel (or CUDA) after the wait
         check_adaptation_memory(model.config, run_a.shape, steps=steps, roi_size=roi_size, device=dev,
                                 falls_back=auto)
