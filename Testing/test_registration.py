@@ -1249,6 +1249,24 @@ class AHugeSpacingIsNamed(unittest.TestCase):
             register(fixed, apart, plain, seed=0)
         self.assertNotIn("check the spacing in its header", str(ctx.exception))
 
+    def test_a_2d_pair_with_a_huge_spacing_names_it_when_too_few_samples_map_inside(self):
+        """On the 2D BrainWeb pair with a header spacing of 1e12 mm on one image the start keeps a sample or two
+        inside the moving image, so the refusal is "too few sample points" (ITK's during the stage, the torch
+        backend's at the start), not "barely overlap": it had named neither the spacing nor the header."""
+        from MultimodalFusionLib.errors import RegistrationError
+
+        fixed, moving = itk_brainweb_pair()
+        huge = sitk.Image(fixed)
+        huge.SetSpacing((1e12, 1e12))
+        for backend, settings in _short_rigid_runs():
+            with self.subTest(backend=backend):
+                with self.assertRaises(RegistrationError) as ctx:
+                    register(huge, moving, settings, backend=backend, seed=0)
+                self.assertIn("too few sample points", ctx.exception.problem)
+                self.assertRegex(ctx.exception.problem, r"The fixed image spans 2\.57e\+14 mm \(spacing 1e\+12, "
+                                                        r"1e\+12 mm\), 1e\+12 times the moving image's 257 mm: check "
+                                                        r"the spacing in its header \(mmfusion info\)")
+
 
 class MeanDistanceUnderAShrunkMask(unittest.TestCase):
     def test_the_shrunk_mask_is_read_while_it_lives(self):

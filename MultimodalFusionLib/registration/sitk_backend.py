@@ -762,9 +762,11 @@ def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: si
              progress: ProgressCallback | None, span: tuple[float, float],
              fixed_mask: sitk.Image | None = None,
              moving_mask_error: Callable[[str], InputError | None] | None = None,
-             label: str | None = None) -> None:
+             label: str | None = None, given: tuple[sitk.Image, sitk.Image] | None = None) -> None:
     """Run ``method`` (its levels are the stage's levels from ``first_level`` on), appending to ``history``;
-    progress messages name ``label`` (default: the stage's name).
+    progress messages name ``label`` (default: the stage's name). ``given``: the fixed and moving images as the
+    caller gave them (``fixed`` and ``moving`` may be a reduced level), whose spacing the error for samples outside
+    the moving image names where one image's extent dwarfs the other's (:func:`extent_clause`).
 
     Raises:
         InputError: ``fixed_mask`` left a level no sample point (see :func:`_small_mask_error`), or too few
@@ -804,7 +806,8 @@ def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: si
             if masks is not None:
                 raise masks from exc
             raise RegistrationError(
-                f"Stage '{stage.name}' failed: too few sample points map inside the moving image ({detail}).",
+                f"Stage '{stage.name}' failed: too few sample points map inside the moving image ({detail})."
+                f"{extent_clause(*given) if given is not None else ''}",
                 "The images probably drifted apart: check the initial alignment, use masks, or raise "
                 "sampling_percentage.") from exc
         raise RegistrationError(f"Stage '{stage.name}' failed inside ITK: {detail}.",
@@ -1070,7 +1073,7 @@ def _unmasked_start(fixed: sitk.Image, moving: sitk.Image, stage: StageParameter
         # through _execute, as a stage's levels: progress, a cancel and Ctrl-C stop it (it had run silent, 2.9 s
         # on a 256x256x200 pair, and the bar had gone back to 0 for the second run)
         _execute(method, fixed_in, moving_in, stage, 0, 1, [], progress, span,
-                 label=f"{stage.name} (without the masks, coarsest level)")
+                 label=f"{stage.name} (without the masks, coarsest level)", given=(fixed, moving))
     except RegistrationError as exc:  # the unmasked level could not run: the stage's own result stands
         info.update(used=False, reason=exc.problem)
         return None, info
@@ -1157,9 +1160,11 @@ def start_fix(start_from: str, masks: bool = False) -> str:
 EXTENT_RATIO_NAMED = 1000.0
 
 
-def _extent_clause(fixed: sitk.Image | None, moving: sitk.Image | None) -> str:
+def extent_clause(fixed: sitk.Image | None, moving: sitk.Image | None) -> str:
     """" The fixed image spans ... mm (spacing ...), N times the moving image's ...": the likely cause of a start
-    with nothing to compare where one image's extent dwarfs the other's by :data:`EXTENT_RATIO_NAMED`; "" else."""
+    with nothing to compare where one image's extent dwarfs the other's by :data:`EXTENT_RATIO_NAMED`; "" else.
+    Both backends' errors for a start with nothing, or too few samples, to compare add it (:func:`no_overlap_error`,
+    :func:`_execute`, ``torch_backend._few_inside_error``): a 2D pair's start often keeps a few samples inside."""
     if fixed is None or moving is None:
         return ""
     extents = [max(size * spacing for size, spacing in zip(image.GetSize(), image.GetSpacing()))
@@ -1181,10 +1186,10 @@ def no_overlap_error(stage_name: str, start_from: str, fixed: sitk.Image | None 
     (``start_from``, as for :func:`start_fix`). The one text of both backends: the SimpleITK backend raises
     it when ITK finds no fixed point inside the moving image there, the torch backend when no fixed voxel
     maps inside it (``validation.voxels_inside``), before any stage runs. Given the images, it names a spacing
-    that makes one image's extent dwarf the other's (:func:`_extent_clause`)."""
+    that makes one image's extent dwarf the other's (:func:`extent_clause`)."""
     return RegistrationError(
         f"Stage '{stage_name}': the images barely overlap at the starting transform, so the metric cannot "
-        f"be computed.{_extent_clause(fixed, moving)}", start_fix(start_from))
+        f"be computed.{extent_clause(fixed, moving)}", start_fix(start_from))
 
 
 def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, previous: sitk.Transform | None,
@@ -1259,7 +1264,7 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, stage: StageParameters, pr
             method.SetMovingInitialTransform(previous)
         method.SetInitialTransform(optimized, inPlace=True)
         _execute(method, fixed_in, moving_in, stage, first_level, levels, history, progress, span, fixed_mask,
-                 moving_mask_error)
+                 moving_mask_error, given=(fixed, moving))
         stop_reason = method.GetOptimizerStopConditionDescription()
 
     final_total = compose(previous, optimized, dim, center)

@@ -61,6 +61,7 @@ from .rotation_search import search_rotation
 from .sitk_backend import (
     SEARCH_SHARE,
     centre_of_mass,
+    extent_clause,
     judge_unmasked_start,
     level_list,
     masks_metric_error,
@@ -2098,7 +2099,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
         few = ctx.few_inside()
         if few is not None:
             # 100 or fewer of the evaluation sample inside the moving image (some, or no_overlap_error above)
-            raise _few_inside_error(stages[0], few, samples, first)
+            raise _few_inside_error(stages[0], few, samples, first, fixed, moving)
         # a mask narrows the metric's capture range: a masked first rigid or affine stage is checked against its
         # coarsest level run without the masks, and run again from there when that is better, by the SimpleITK
         # backend's rule (see _masked_linear_stage)
@@ -2131,7 +2132,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
             stage_results.append(stage)
             few = ctx.few_inside()
             if few is not None:
-                raise _few_inside_error(name, few, samples, None)
+                raise _few_inside_error(name, few, samples, None, fixed, moving)
             if ctx.moving_mask_left_out():
                 warnings.append(_left_out_warning(f"the {name} stage", fixed_mask is not None))
                 left_out_warned = True
@@ -2170,7 +2171,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
                 metric_after = float(ctx.mi_at_points(ctx.eval_points, ctx.eval_values, total, ctx.moving.tensor))
         few = ctx.few_inside()
         if few is not None:  # the final mapping (a deformation) sent the evaluation sample out of the moving image
-            raise _few_inside_error(stage_results[-1].name, few, samples, None)
+            raise _few_inside_error(stage_results[-1].name, few, samples, None, fixed, moving)
         if ctx.moving_mask_left_out() and not left_out_warned:
             warnings.append(_left_out_warning("the final mutual information (metric_after)", fixed_mask is not None))
         if metric_after > metric_before + 1e-6 and not any(s.accepted is False for s in stage_results):
@@ -2193,12 +2194,14 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
                               parameters=info, initializer=search_info)
 
 
-def _few_inside_error(stage: str, count: int, samples: int, start_from: str | None) -> RegistrationError:
+def _few_inside_error(stage: str, count: int, samples: int, start_from: str | None,
+                      fixed: sitk.Image | None = None, moving: sitk.Image | None = None) -> RegistrationError:
     """The refusal of a run whose mutual information fell back to every sample (:meth:`_Context.few_inside`:
     ``count`` samples, ``_MIN_MASKED`` or fewer, inside the moving image) at stage ``stage``: at its start
     (``start_from``, a :func:`start_kind`, for the fix) or during it (None). In the SimpleITK backend's words for
     ITK's refusal of samples that map outside the moving image (``sitk_backend._execute``), with the torch
-    setting in place of ``sampling_percentage``."""
+    setting in place of ``sampling_percentage``; given the images, naming a spacing that makes one image's extent
+    dwarf the other's (``sitk_backend.extent_clause``)."""
     detail = (f"{count} of the fixed voxels sampled for mutual information "
               f"{'at the starting transform' if start_from else 'at some iterations'}, where the torch backend "
               f"needs more than {_MIN_MASKED}, or half of what a smaller sample or moving image holds")
@@ -2208,10 +2211,12 @@ def _few_inside_error(stage: str, count: int, samples: int, start_from: str | No
             if samples else "every fixed voxel is sampled already (linear_samples 0): for a moving image of "
             "this few voxels, use finer linear_shrink_factors (e.g. [1]), whose levels hold more of them, or "
             "a larger moving image")
+    extent = extent_clause(fixed, moving)
     if start_from is not None:
         return RegistrationError(f"Stage '{stage}': too few sample points map inside the moving image ({detail}), "
-                                 "so the metric cannot be computed.", f"{start_fix(start_from)} Or {more}.")
-    return RegistrationError(f"Stage '{stage}' failed: too few sample points map inside the moving image ({detail}).",
+                                 f"so the metric cannot be computed.{extent}", f"{start_fix(start_from)} Or {more}.")
+    return RegistrationError(f"Stage '{stage}' failed: too few sample points map inside the moving image "
+                             f"({detail}).{extent}",
                              f"The images probably drifted apart: check the initial alignment, use masks, or {more}.")
 
 
