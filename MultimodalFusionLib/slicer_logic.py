@@ -262,12 +262,14 @@ def _check_grey(volumes: Sequence[tuple[str, Any, Any]], needs: str, other: str)
                              f"Convert it with the Vector to Scalar Volume module (Converters), or {other}.")
 
 
-def _check_finite(volumes: Sequence[tuple[str, Any, Any]]) -> None:
+def _check_finite(volumes: Sequence[tuple[str, Any, Any]], allow_constant: bool = True) -> None:
     """Refuse a volume with NaN or infinite voxels among ``volumes`` ((role, node, its image)), naming the node as the
     Logic's other errors do: the engine's refusal had said only 'The moving image has 1 NaN ...' (registerVolumes,
-    fuseVolumes, run, evaluateRegistration). :func:`validation.check_image`'s test, nothing else refused here."""
+    fuseVolumes, run, evaluateRegistration). :func:`validation.check_image`'s test, nothing else refused here; a
+    constant volume too unless ``allow_constant``, where the engine refuses one (registerVolumes and run always,
+    evaluateRegistration of the images alone), whose refusal had said 'The moving image is constant ...'."""
     for role, node, image in volumes:
-        check_image(image, f"{role} volume '{node.GetName()}'", allow_vector=True, allow_constant=True,
+        check_image(image, f"{role} volume '{node.GetName()}'", allow_vector=True, allow_constant=allow_constant,
                     allow_one_slice=True, allow_any_span=True)
 
 
@@ -498,7 +500,7 @@ class FusionLogic:
         moving = mrml.image_from_volume_node(movingVolumeNode, float32=True)
         _check_grey((("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)),
                     "registration needs grey volumes", "select a grey volume")
-        _check_finite((("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)))
+        _check_finite((("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)), allow_constant=False)
         flat = [n.GetName() for n, img in ((fixedVolumeNode, fixed), (movingVolumeNode, moving)) if _single_slice(img)]
         if flat:
             raise InputError(f"'{flat[0]}' is a single-slice volume (how Slicer holds a 2D image); registration "
@@ -965,7 +967,10 @@ class FusionLogic:
         moving = mrml.image_from_volume_node(movingVolumeNode, float32=True)
         _check_grey((("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)),
                     "its similarity is measured on grey volumes", "select the grey volume that was registered")
-        _check_finite((("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)))
+        # a constant volume is refused where the images alone are scored, as metrics.evaluate_registration refuses
+        # it; with labels or points it is scored, with a note
+        _check_finite((("fixed", fixedVolumeNode, fixed), ("moving", movingVolumeNode, moving)),
+                      allow_constant=label_kind is not None or fixedPointsNode is not None)
         moving_parent = movingVolumeNode.GetParentTransformNode()
         notes: list[str] = []
         if transformNode is not None and moving_parent is not None and transformNode is not moving_parent:

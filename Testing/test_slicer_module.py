@@ -497,6 +497,30 @@ class LogicTest(unittest.TestCase):
                                  f"The {role} volume 'PET with NaN' has 2 NaN or infinite voxels.")
                 self.assertEqual(self.scene.GetNumberOfNodes(), before)
 
+    def test_a_constant_volume_is_named(self) -> None:
+        """The engine's refusal of a constant volume had said 'The moving image is constant (every voxel is 5)',
+        naming no node, where the Logic's other errors name it (evaluateRegistration of the images alone,
+        registerVolumes, run); it is refused before any node is made. With label maps it is scored, with a note."""
+        blank = sitk.Image(self.moving) * 0 + 5
+        node = mrml.volume_node_from_image(blank, self.scene, name="Blank PET")
+        before = self.scene.GetNumberOfNodes()
+        for name, call, role in (
+                ("evaluateRegistration", lambda: self.logic.evaluateRegistration(self.mr, node), "moving"),
+                ("evaluateRegistration as fixed", lambda: self.logic.evaluateRegistration(node, self.mr), "fixed"),
+                ("registerVolumes", lambda: self.logic.registerVolumes(self.mr, node, stages=["rigid"], seed=3), "moving"),
+                ("run", lambda: self.logic.run(self.mr, node, stages=["rigid"], seed=3), "moving")):
+            with self.subTest(name):
+                with self.assertRaises(InputError) as ctx:
+                    call()
+                self.assertEqual(ctx.exception.problem, f"The {role} volume 'Blank PET' is constant (every voxel is "
+                                                        "5); it holds no structure to use.")
+                self.assertEqual(self.scene.GetNumberOfNodes(), before)
+        labels = sitk.Cast(self.fixed > float(np.median(sitk.GetArrayViewFromImage(self.fixed))), sitk.sitkUInt8)
+        fixed_labels = mrml.volume_node_from_image(labels, self.scene, name="MR labels", label=True)
+        moving_labels = mrml.volume_node_from_image(labels, self.scene, name="PET labels", label=True)
+        out = self.logic.evaluateRegistration(self.mr, node, fixedLabelNode=fixed_labels, movingLabelNode=moving_labels)
+        self.assertTrue(any("is constant" in note for note in out["notes"]))
+
     @unittest.skipUnless(CAN_LIMIT, "needs an address-space limit (Linux)")
     def test_an_adaptation_past_the_memory_is_refused_before_the_registration(self) -> None:
         """run with deep fusion's per-study adaptation (adapt_steps) whose step needs more memory than there is
