@@ -28,7 +28,7 @@ from slicer import (
     vtkMRMLTransformNode,
     vtkMRMLVectorVolumeNode,
 )
-from slicer.parameterNodeWrapper import Choice, Minimum, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -53,7 +53,7 @@ _addEngineToPath()
 
 from MultimodalFusionLib import OperationCancelled, mrml, scenarios, slicer_dependencies  # noqa: E402
 from MultimodalFusionLib.fusion import list_methods  # noqa: E402
-from MultimodalFusionLib.registration import list_presets  # noqa: E402
+from MultimodalFusionLib.registration import MAX_SEED, list_presets  # noqa: E402
 from MultimodalFusionLib.registration.parameters import INITIALIZERS as REGISTRATION_INITIALIZERS  # noqa: E402
 from MultimodalFusionLib.slicer_logic import FusionLogic  # noqa: E402
 
@@ -161,7 +161,9 @@ class MultimodalFusionParameterNode:
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.1
     showResult: bool = True
-    seed: Annotated[int, Minimum(0)] = 1
+    # the engine's one seed rule (check_seed): parameterNodeWrapper sets the spin box's range from this annotation,
+    # over the .ui's (2^31 - 1 without a maximum, a seed the Logic refuses)
+    seed: Annotated[int, WithinRange(0, MAX_SEED)] = 1
     backend: Annotated[str, Choice(BACKENDS)] = "sitk"
     outputTransform: vtkMRMLTransformNode
     outputVolume: Optional[Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode]] = None

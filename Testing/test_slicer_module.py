@@ -497,6 +497,32 @@ class LogicTest(unittest.TestCase):
                                  f"The {role} volume 'PET with NaN' has 2 NaN or infinite voxels.")
                 self.assertEqual(self.scene.GetNumberOfNodes(), before)
 
+    def test_a_scene_saved_with_a_seed_out_of_range_loads_and_apply_names_the_seed_and_the_range(self) -> None:
+        """The panel's parameter node holds its seed as text (parameterNodeWrapper writes str(value), reads
+        int(text), validating only what is set): a scene saved by hand or by an older version with a seed past
+        registration.MAX_SEED (or below 0) loads as it is, and Apply (registerVolumes, run) refuses the seed, naming
+        it and the range, before any node is made."""
+        from MultimodalFusionLib.registration import MAX_SEED
+
+        for saved in (str(2**40), str(MAX_SEED + 1), "-1"):
+            with self.subTest(seed=saved), tempfile.TemporaryDirectory() as folder:
+                parameters = self.scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "MultimodalFusion")
+                parameters.SetParameter("seed", saved)
+                loaded = mrml.load_scene(mrml.save_scene(os.path.join(folder, "scene.mrml"), self.scene))
+                self.scene.RemoveNode(parameters)
+                node = loaded.GetFirstNodeByName("MultimodalFusion")
+                seed = int(node.GetParameter("seed"))  # parameterNodeWrapper's NumberSerializer.read
+                logic = FusionLogic(loaded)
+                fixed, moving = loaded.GetFirstNodeByName("MR"), loaded.GetFirstNodeByName("PET")
+                before = loaded.GetNumberOfNodes()
+                for call in (logic.registerVolumes, logic.run):
+                    with self.assertRaises(InputError) as ctx:
+                        call(fixed, moving, stages=["rigid"], seed=seed)
+                    self.assertIn(f"The registration seed must be a whole number from 0 to {MAX_SEED} (2^31 - 2), "
+                                  f"not {saved}", ctx.exception.problem)
+                    self.assertIn("the panel's Random seed box", ctx.exception.fix)
+                    self.assertEqual(loaded.GetNumberOfNodes(), before)
+
     def test_a_constant_volume_is_named(self) -> None:
         """The engine's refusal of a constant volume had said 'The moving image is constant (every voxel is 5)',
         naming no node, where the Logic's other errors name it (evaluateRegistration of the images alone,

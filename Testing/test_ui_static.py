@@ -80,6 +80,30 @@ def _names_in(annotation: ast.expr) -> list[str]:
     return [n.id for n in ast.walk(annotation) if isinstance(n, ast.Name)]
 
 
+def _value(node: ast.expr, tree: ast.Module) -> object:
+    """A validator's argument: a literal, or a name the module imports from MultimodalFusionLib (MAX_SEED)."""
+    import importlib
+
+    if isinstance(node, ast.Name):
+        for statement in tree.body:
+            if isinstance(statement, ast.ImportFrom) and (statement.module or "").startswith("MultimodalFusionLib"):
+                for alias in statement.names:
+                    if (alias.asname or alias.name) == node.id:
+                        return getattr(importlib.import_module(statement.module), alias.name)
+        raise AssertionError(f"'{node.id}' is not imported from MultimodalFusionLib in {MODULE.name}")
+    return ast.literal_eval(node)
+
+
+def _range(annotation: ast.expr, tree: ast.Module) -> tuple[object, object]:
+    """(minimum, maximum) of a field's validators (WithinRange, or Minimum and Maximum; None where unbounded), as
+    Slicer's parameterNodeWrapper reads them to set a spin box's or slider's range."""
+    calls = {n.func.id: [_value(a, tree) for a in n.args] for n in ast.walk(annotation)
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    if "WithinRange" in calls:
+        return tuple(calls["WithinRange"])
+    return (calls.get("Minimum", [None])[0], calls.get("Maximum", [None])[0])
+
+
 def _method(tree: ast.Module, cls: str, name: str) -> ast.FunctionDef:
     for node in _class(tree, cls).body:
         if isinstance(node, ast.FunctionDef) and node.name == name:
@@ -181,12 +205,18 @@ class UiStaticTest(unittest.TestCase):
                     self.assertEqual(cls, "QCheckBox")
                 elif "int" in names:
                     self.assertEqual(cls, "QSpinBox")
+                    # parameterNodeWrapper's spin box connector sets the range from the annotation over the .ui's,
+                    # -2^31 and 2^31 - 1 where a bound is missing: both must be there and be the .ui's
+                    low, high = _range(annotation, self.tree)
+                    self.assertIsNotNone(low, f"the int field '{field}' has no minimum (its box would go to -2^31)")
+                    self.assertIsNotNone(high, f"the int field '{field}' has no maximum (its box would go to 2^31 - 1)")
+                    ui_low = _property(widget, "minimum")
+                    self.assertEqual(int(ui_low.find("number").text) if ui_low is not None else 0, low)
+                    self.assertEqual(int(_property(widget, "maximum").find("number").text), high)
                 elif "float" in names:
                     self.assertEqual(cls, "ctkSliderWidget")
                     self.assertIn("WithinRange", names, "a slider needs a bounded float (WithinRange)")
-                    call = next(n for n in ast.walk(annotation) if isinstance(n, ast.Call)
-                                and getattr(n.func, "id", "") == "WithinRange")
-                    lo, hi = (ast.literal_eval(a) for a in call.args)
+                    lo, hi = _range(annotation, self.tree)
                     self.assertEqual(float(_property(widget, "minimum").find("double").text), lo)
                     self.assertEqual(float(_property(widget, "maximum").find("double").text), hi)
                 elif "str" in names:
@@ -196,13 +226,16 @@ class UiStaticTest(unittest.TestCase):
 
     def test_the_seed_spin_box_offers_the_registration_seeds_and_no_more(self) -> None:
         """The Logic takes a seed from 0 to registration.MAX_SEED (2^31 - 2, the engine's one rule): the spin box had
-        offered 2147483647, which Apply then refused with the engine's seed error."""
+        offered 2147483647, which Apply then refused with the engine's seed error. The parameter node's seed holds
+        the same range: parameterNodeWrapper sets the box's range from it when it connects the panel (2^31 - 1 for
+        the old Minimum(0) alone, over the .ui's maximum), and refuses a seed past it set from the console."""
         from MultimodalFusionLib.registration import MAX_SEED
 
         box = self.widgets["seedSpinBox"]
         low = _property(box, "minimum")
         self.assertEqual(int(low.find("number").text) if low is not None else 0, 0)  # Qt's default minimum is 0
         self.assertEqual(int(_property(box, "maximum").find("number").text), MAX_SEED)
+        self.assertEqual(_range(_parameter_fields(self.tree)["seed"], self.tree), (0, MAX_SEED))
 
     def test_parameter_fields_cover_the_required_settings(self) -> None:
         fields = set(_parameter_fields(self.tree))
