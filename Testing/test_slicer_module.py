@@ -576,6 +576,25 @@ class LogicTest(unittest.TestCase):
             with self.assertRaisesRegex(InputError, "Fuse without adaptation \\(adapt_steps=0"):
                 self.logic.fuseVolumes(*nodes, method="deep", adapt_steps=2, device="cpu")
 
+    def test_an_adaptation_of_a_volume_under_8_voxels_is_refused_before_the_registration(self) -> None:
+        """run with deep fusion's per-study adaptation on a volume the 3D network sees 6 voxels deep (under
+        MIN_ADAPT_SIZE) registered the volumes and added their nodes before the fusion refused it: it is refused
+        before the registration, the scene as it was."""
+        try:
+            import torch  # noqa: F401
+        except ImportError:  # pragma: no cover - torch is a dependency of deep fusion only
+            self.skipTest("torch is not installed")
+        ramp = np.linspace(0.0, 1.0, 32, dtype=np.float32)
+        nodes = [mrml.volume_node_from_image(sitk.GetImageFromArray(np.repeat(image[None], 6, axis=0)), self.scene,
+                                             name=name)
+                 for name, image in (("MR", np.outer(ramp, ramp)), ("PET", np.outer(ramp[::-1], ramp)))]
+        before = self.scene.GetNumberOfNodes()
+        with self.assertRaises(InputError) as ctx:
+            self.logic.run(*nodes, stages=["rigid"], fusionMethod="deep", weights="3d", adapt_steps=2, device="cpu")
+        self.assertEqual(self.scene.GetNumberOfNodes(), before)  # no transform, no registered volume
+        self.assertEqual(ctx.exception.problem, "Per-study adaptation needs images of at least 8 voxels along each "
+                                                "axis the network sees (got 32x32x6).")
+
     def test_output_nodes_of_the_wrong_kind_fail_before_any_work(self) -> None:
         table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", "t")
         rgb = self.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")

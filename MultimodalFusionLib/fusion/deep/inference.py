@@ -39,7 +39,8 @@ from ..base import FusionResult
 from .losses import FusionLoss, LossWeights
 
 __all__ = ["fuse_deep", "fuse_arrays", "check_settings", "registry_method", "DEFAULT_ADAPT_STEPS", "adapt", "predict",
-           "slice_axis", "anisotropy_warning", "adaptation_step", "check_adaptation_memory", "check_adaptation"]
+           "slice_axis", "anisotropy_warning", "adaptation_step", "check_adaptation_size", "check_adaptation_memory",
+           "check_adaptation"]
 
 #: Default per-study adaptation steps. 0: on the Harvard benchmark the shipped weights with hard
 #: selection scored as well without adaptation (README), and adaptation costs ~0.3 s per step for a
@@ -452,6 +453,19 @@ def adaptation_step(config: Any, shape: Sequence[int], roi_size: int) -> tuple[l
     return [multiple * math.ceil(side / multiple) for side in sides], batch
 
 
+def check_adaptation_size(config: Any, shape: Sequence[int], steps: int) -> None:
+    """Refuse a per-study adaptation (``steps`` > 0) of arrays of ``shape`` (as :func:`fuse_arrays` adapts on them: a
+    2D network's slicing axis first) with a side the network sees under :data:`MIN_ADAPT_SIZE`. :func:`fuse_arrays`
+    refuses it before any step, :func:`check_adaptation` before the registration of ``mmfusion run`` and the Logic's
+    ``run`` (it had been refused only once the registration had run)."""
+    sides = list(shape[-config.spatial_dims:])
+    if steps > 0 and min(sides) < MIN_ADAPT_SIZE:
+        shown = "x".join(str(side) for side in reversed(sides))  # ITK's x, y(, z) order, as users read sizes
+        raise InputError(f"Per-study adaptation needs images of at least {MIN_ADAPT_SIZE} voxels along each "
+                         f"axis the network sees (got {shown}).",
+                         "Fuse this image without adaptation (adapt_steps=0, CLI without --adapt).")
+
+
 def check_adaptation_memory(config: Any, shape: Sequence[int], *, steps: int, roi_size: int, device: Any,
                             falls_back: bool = False) -> None:
     """Refuse a per-study adaptation whose step needs more memory than ``device`` has, by train-fusion's rule
@@ -523,7 +537,8 @@ def check_adaptation_memory(config: Any, shape: Sequence[int], *, steps: int, ro
 def check_adaptation(image: sitk.Image, *, weights: Any = None, adapt_steps: Any = None, device: Any = "auto",
                      roi_size: Any = 96, **_: Any) -> None:
     """Refuse now, on the grid the fusion runs on (``image``: the fixed one), a per-study adaptation that
-    :func:`fuse_arrays` would refuse for want of memory (:func:`check_adaptation_memory`): ``pipeline.run``
+    :func:`fuse_arrays` would refuse for an image side under :data:`MIN_ADAPT_SIZE` (:func:`check_adaptation_size`)
+    or for want of memory (:func:`check_adaptation_memory`): ``pipeline.run``
     (``mmfusion run``) and the Slicer Logic's ``runPipeline`` call it before the registration. The other
     parameters (``fuse``'s, taken and ignored here) are checked by ``fusion.check_parameters``; nothing is checked
     without adaptation."""
@@ -540,6 +555,7 @@ def check_adaptation(image: sitk.Image, *, weights: Any = None, adapt_steps: Any
     if dim == 3 and model.config.spatial_dims == 2:  # sliced across its thickest axis, as fuse_arrays slices it
         axis = slice_axis(image.GetSpacing()[::-1])
         shape.insert(0, shape.pop(axis))
+    check_adaptation_size(model.config, shape, steps)
     roi = _whole_number(roi_size, "roi_size", model.config.size_multiple, MAX_ROI_SIZE, "96")
     check_adaptation_memory(model.config, shape, steps=steps, roi_size=roi, device=resolve_device(device),
                             falls_back=_falls_back(device))
@@ -653,11 +669,7 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
     # the slicing axis first (views): predict and adapt cut volumes along the first axis
     run_a, run_b = (np.moveaxis(a, axis, 0), np.moveaxis(b, axis, 0)) if axis else (a, b)
     roi_size = _whole_number(roi_size, "roi_size", model.config.size_multiple, MAX_ROI_SIZE, "96")
-    sides = run_a.shape[-model.config.spatial_dims:]
-    if steps > 0 and min(sides) < MIN_ADAPT_SIZE:
-        raise InputError(f"Per-study adaptation needs images of at least {MIN_ADAPT_SIZE} voxels along each "
-                         f"axis the network sees (got {'x'.join(str(s) for s in sides)}).",
-                         "Fuse this image without adaptation (adapt_steps=0, CLI without --adapt).")
+    check_adaptation_size(model.config, run_a.shape, steps)
     dev = resolve_device(device)
     auto = _falls_back(device)
     if steps > 0:  # before the first step: one that did not fit was killed by the kernel (or CUDA) after the wait
