@@ -330,11 +330,14 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
                                                           "Check that the series is complete (no missing slices)."):
         image = reader.Execute()
     image = _slices_stacked(image, rows, slice_step)
+    # a RescaleSlope/Intercept stated as one value repeated (1\1), read as it: warned once for the series
+    notes = [note for row in rows for note in [_rescale_repeat_note(row["path"], row["slope"], row["intercept"])]
+             if note]
     if sizes:  # the first slice's, by the rule for one file: ITK's series reader takes a radiograph's (CR, DX,
         # MG, XA, RF, IO) ImagerPixelSpacing over its PixelSpacing and reads one with only PixelSpacing at 1 mm
         _set_pixel_size(image, rows[0]["path"], *sizes[0], [])  # warned below, once for the series
-        notes = [note for row, size in zip(rows, sizes) for note in [_pixel_size_note(row["path"], *size)] if note]
-        _warn_once_per_kind(label, len(pick["files"]), notes, stacklevel=4)
+        notes += [note for row, size in zip(rows, sizes) for note in [_pixel_size_note(row["path"], *size)] if note]
+    _warn_once_per_kind(label, len(pick["files"]), notes, stacklevel=4)
     return _with_units(_with_slice_step(image, slice_step), pick.get("units", ""))
 
 
@@ -1577,7 +1580,7 @@ _RESCALE_SLOPE, _RESCALE_INTERCEPT = 0x00281053, 0x00281052
 _RESCALE_NAMES = {_RESCALE_SLOPE: "RescaleSlope (0028,1053)", _RESCALE_INTERCEPT: "RescaleIntercept (0028,1052)"}
 
 
-def _rescale_fault(slope: str | None, intercept: str | None) -> tuple[int, str, str] | None:
+def _rescale_fault(slope: str | None, intercept: str | None, repeats: bool = True) -> tuple[int, str, str] | None:
     """What makes the RescaleSlope and RescaleIntercept a DICOM file states (their text; None where it has no such
     element) unusable: the tag at fault, it and its value in words (no patient tag: the value may be shown), and
     why; None where they are usable. Each must be one finite number, the slope not 0 (it would make every voxel the
@@ -1586,7 +1589,9 @@ def _rescale_fault(slope: str | None, intercept: str | None) -> tuple[int, str, 
     and not empty), which an absent slope breaks as an empty one does, and ITK's reader takes either as 1 in a
     classic file (an empty one had been refused beside an intercept where a left-out one was read). ITK's reader (GDCM)
     had read an unusable value without a word, as 1 or as 0 (every voxel the intercept) depending on where the file
-    states it, and a series had ended in a bare ValueError for NaN or infinity."""
+    states it, and a series had ended in a bare ValueError for NaN or infinity. One value stated several times
+    (``1\\1``: DICOM's VM is 1) is read as that value where ``repeats`` (the file's top level, where ITK's reader
+    takes the first value: :func:`_rescale_repeat_note` warns of it); different values stay refused."""
     for tag, text in ((_RESCALE_SLOPE, slope), (_RESCALE_INTERCEPT, intercept)):
         if text is None or not text.strip():
             continue
@@ -1594,12 +1599,27 @@ def _rescale_fault(slope: str | None, intercept: str | None) -> tuple[int, str, 
         values = _dicom_numbers(text)  # [] for text that is no number (it is not empty)
         if not values:
             return tag, named, ", which is not a number"
-        if len(values) != 1:
+        if len(values) != 1 and not (repeats and len(set(values)) == 1):
             return tag, named, f", {len(values)} values where DICOM allows one"
         if not math.isfinite(values[0]):
             return tag, named, ", which is not a finite number"
         if tag == _RESCALE_SLOPE and values[0] == 0:
             return tag, named, ": a slope of 0 would make every voxel its RescaleIntercept, whatever its stored value"
+    return None
+
+
+def _rescale_repeat_note(path: str, slope: str | None, intercept: str | None) -> _FileWarning | None:
+    """The warning for a file whose top-level RescaleSlope or RescaleIntercept states one value several times
+    (``1\\1``), which :func:`_rescale_fault` lets through: read as the value, as ITK's reader (GDCM) reads it (its
+    first value; pydicom's apply_rescale fails on it), where DICOM allows one (PS3.3 C.11.1.1: VM 1); None else."""
+    for tag, text in ((_RESCALE_SLOPE, slope), (_RESCALE_INTERCEPT, intercept)):
+        values = _dicom_numbers(text) if text else []
+        if len(values) > 1 and len(set(values)) == 1:
+            named = f"{_RESCALE_NAMES[tag]} '{text.strip()[:40]}'"
+            why = (f"{len(values)} equal values where DICOM allows one (VM 1): read as {values[0]:g}, the value ITK's "
+                   "DICOM reader (GDCM) takes (different values are refused)")
+            return _FileWarning(f"repeated {_RESCALE_NAMES[tag]}", path, f"DICOM file '{path}' states {named}, {why}.",
+                                f"state {named}, {why}.")
     return None
 
 
@@ -1623,7 +1643,7 @@ def _check_frame_rescales(path: str, tags: Mapping[int, Any]) -> None:
     for where, item in [("its shared functional groups", _first_item(tags, _SHARED_GROUPS))] + [
             (f"frame {k + 1}'s functional groups", frame) for k, frame in enumerate(frames)]:
         rescale = _first_item(item, _PIXEL_VALUE_TRANSFORMATION)
-        fault = _rescale_fault(rescale.get(_RESCALE_SLOPE), rescale.get(_RESCALE_INTERCEPT))
+        fault = _rescale_fault(rescale.get(_RESCALE_SLOPE), rescale.get(_RESCALE_INTERCEPT), repeats=False)
         if fault is not None:
             raise _rescale_error(path, fault, f" (in {where}' PixelValueTransformationSequence (0028,9145))")
 
@@ -1660,7 +1680,7 @@ def _stated_pair(item: Mapping[int, Any]) -> tuple[float, float] | None:
     for tag, default in ((0x00281053, 1.0), (0x00281052, 0.0)):
         text = item.get(tag)
         values = _dicom_numbers(text) if isinstance(text, str) and text.strip() else [default]
-        if len(values) != 1 or not math.isfinite(values[0]):
+        if len(set(values)) != 1 or not math.isfinite(values[0]):  # one value, or it repeated (1\1)
             return None
         pair.append(values[0])
     return pair[0], pair[1]
@@ -2484,12 +2504,15 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
     if compressed is not None:
         _check_compressed_voxels(image, compressed)
     if dicom:
-        fault = _rescale_fault(*(image.GetMetaData(tag) if image.HasMetaDataKey(tag) else None
-                                 for tag in ("0028|1053", "0028|1052")))
+        stated = [image.GetMetaData(tag) if image.HasMetaDataKey(tag) else None for tag in ("0028|1053", "0028|1052")]
+        fault = _rescale_fault(*stated)
         if fault is not None:
             raise _rescale_error(path, fault)
         units = _meta_text(image, UNITS_KEY)  # kept, as read (a slice made 2D below has no metadata)
         kept: list[_FileWarning] = [] if notes is None else notes
+        repeated = _rescale_repeat_note(path, *stated)
+        if repeated is not None:
+            kept.append(repeated)
         multiframe = image.HasMetaDataKey("0028|0008")
         try:
             if multiframe and geometry_tags is None:

@@ -1406,6 +1406,44 @@ class DicomGeometryFromTags(unittest.TestCase):
                 ds.save_as(path)
                 np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(path)), values)
 
+    def test_a_rescale_stated_as_one_value_repeated_is_read_with_a_warning(self) -> None:
+        """A RescaleSlope (0028,1053) written as '2\\2' (one value twice; DICOM's VM is 1) had been refused as '2
+        values where DICOM allows one'; ITK's reader (GDCM) takes its first value and pydicom's apply_rescale fails on
+        it. It is read as that value, with a warning naming the file, the tag and the value (once for a series);
+        different values ('2\\3') stay refused."""
+        import shutil
+
+        import pydicom
+
+        source = os.path.join(self.dir, "series")
+        truth = write_series(source)  # stored - 1024: slope 1
+        for text, slope in (("1\\1", 1.0), ("2\\2", 2.0), ("2.0\\2", 2.0), ("2\\3", None)):
+            with self.subTest(text=text):
+                folder = os.path.join(self.dir, text.replace("\\", "_"))
+                shutil.copytree(source, folder)
+                for name in sorted(os.listdir(folder)):
+                    ds = pydicom.dcmread(os.path.join(folder, name))
+                    ds.RescaleSlope = text.split("\\")
+                    ds.save_as(os.path.join(folder, name))
+                path = os.path.join(folder, "IM0002.dcm")
+                named = f"RescaleSlope (0028,1053) '{text}'"
+                if slope is None:
+                    for read in (folder, path):
+                        with self.assertRaises(InputError) as cm:
+                            io.read_image(read)
+                        self.assertIn(f"states {named}, 2 values where DICOM allows one", str(cm.exception))
+                    continue
+                for read, expected in ((folder, truth), (path, truth[2])):
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        image = io.read_image(read)
+                    np.testing.assert_allclose(sitk.GetArrayFromImage(image), (expected + 1024) * slope - 1024)
+                    said = [str(w.message) for w in caught if named in str(w.message)]
+                    self.assertEqual(len(said), 1, [str(w.message) for w in caught])
+                    self.assertIn(f"2 equal values where DICOM allows one (VM 1): read as {slope:g}", said[0])
+                    self.assertIn("6 of the 6 files" if read == folder else f"DICOM file '{path}'", said[0])
+                    self.assertFalse([tag for tag, value in PHI.items() if value in said[0]], said[0])
+
     def _alone_in_folder(self, path: str) -> str:
         """A folder holding a copy of ``path`` alone."""
         import shutil
