@@ -326,9 +326,19 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     reader.SetFileNames(pick["files"])
     if float_values:  # per-slice or fractional rescale (PET): the first slice's integer type would round
         reader.SetOutputPixelType(sitk.sitkFloat32)
-    with _naming_transfer_syntax(label, syntax), itk_guard(f"reading DICOM series '{pick['uid']}'",
-                                                          "Check that the series is complete (no missing slices)."):
-        image = reader.Execute()
+    try:
+        with _naming_transfer_syntax(label, syntax), itk_guard(f"reading DICOM series '{pick['uid']}'",
+                                                              "Check that the series is complete (no missing slices)."):
+            image = reader.Execute()
+    except InputError as exc:
+        # a pixel depth GDCM cannot read (BitsAllocated 24): named, where GDCM's error had named neither file nor tag
+        # (the files' headers are read only now, the series having failed)
+        unreadable = [(path, bits) for path in pick["files"]
+                      for bits in [_unreadable_bits(_dicom_bits_allocated(path))] if bits is not None]
+        if unreadable:
+            raise _bits_error(*unreadable[0], others=f"; so do {len(unreadable) - 1} more of the series' "
+                              f"{len(pick['files'])} files" if len(unreadable) > 1 else "") from exc
+        raise
     image = _slices_stacked(image, rows, slice_step)
     # a RescaleSlope/Intercept stated as one value repeated (1\1), read as it: warned once for the series
     notes = [note for row in rows for note in [_rescale_repeat_note(row["path"], row["slope"], row["intercept"])]
@@ -1608,6 +1618,47 @@ def _rescale_fault(slope: str | None, intercept: str | None, repeats: bool = Tru
     return None
 
 
+#: The BitsAllocated (0028,0100) ITK's DICOM reader (GDCM) reads integer pixels of (12: packed, retired); 64 only as
+#: float pixel data, refused on its own (_FLOAT_PIXELS_FIX)
+_READABLE_BITS = (1, 8, 12, 16, 32)
+
+
+def _unreadable_bits(text: str) -> int | None:
+    """The BitsAllocated a DICOM file states (``text``, as read) where ITK's reader cannot read it: GDCM had refused 2,
+    4, 10, 14, 40, 48 and 64 with its 'Unhandled PixelFormat: SamplesPerPixel :1; BitsAllocated :N ...' and 24 with
+    'An invalid logic behavior occurred0'; None for a readable one, or text that is no whole number."""
+    try:
+        bits = int(text.strip())
+    except (AttributeError, ValueError):
+        return None
+    return None if bits in _READABLE_BITS else bits
+
+
+def _dicom_bits_allocated(path: str) -> str:
+    """The BitsAllocated (0028,0100) DICOM file ``path`` states, as text ("" where it states none, or pydicom cannot
+    read its header): read only once ITK has failed on the file, for its error."""
+    import pydicom
+
+    from .dicom_header import quiet_pydicom
+
+    try:
+        with quiet_pydicom():
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[0x00280100], force=True)
+        return str(header[0x00280100].value) if 0x00280100 in header else ""
+    except Exception:  # noqa: BLE001 - any header pydicom cannot read: ITK's own error stands
+        return ""
+
+
+def _bits_error(path: str, bits: int, others: str = "") -> InputError:
+    """The error for a DICOM file whose BitsAllocated (0028,0100), ``bits``, ITK's reader cannot read (``others``: how
+    many more files of its series state such a value)."""
+    return InputError(f"DICOM file '{path}' has BitsAllocated (0028,0100) {bits}, a pixel depth ITK's DICOM reader "
+                      f"(GDCM) cannot read: it reads {', '.join(map(str, _READABLE_BITS[:-1]))} and "
+                      f"{_READABLE_BITS[-1]} bits a sample{others}.",
+                      "Export the image again from the scanner or PACS with 8, 16 or 32 bits allocated, or convert it "
+                      "with a tool that reads this depth (e.g. pydicom: ds.pixel_array) to NIfTI, and load that.")
+
+
 def _rescale_repeat_note(path: str, slope: str | None, intercept: str | None) -> _FileWarning | None:
     """The warning for a file whose top-level RescaleSlope or RescaleIntercept states one value several times
     (``1\\1``), which :func:`_rescale_fault` lets through: read as the value, as ITK's reader (GDCM) reads it (its
@@ -2484,6 +2535,9 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
         if cut is not None:
             raise _dicom_cut_error(path, cut) from exc
         if syntax is not None:
+            bits = _unreadable_bits(_dicom_bits_allocated(path))
+            if bits is not None:
+                raise _bits_error(path, bits) from exc
             _explain_multiframe_failure(path)
         elif "Zero-valued spacing" in exc.problem:  # the header's: the generic fix had named formats and truncation
             raise InputError(f"'{path}' gives a voxel spacing of 0 in its header, which ITK cannot read (a voxel has "

@@ -1873,6 +1873,39 @@ class DicomFilesItCannotRead(unittest.TestCase):
                     self.assertNotIn("Implicit Transfer Syntax", message)
 
 
+    def test_a_pixel_depth_gdcm_cannot_read_is_named_with_the_tag_and_what_it_reads(self) -> None:
+        """BitsAllocated (0028,0100) 2, 4, 10, 14, 24, 40, 48 or 64 (integer Pixel Data) had been GDCM's 'Unhandled
+        PixelFormat: SamplesPerPixel :1; BitsAllocated :N ...' (24: 'An invalid logic behavior occurred0') with the fix
+        'Check that the series is complete' or 'Use a NIfTI, NRRD ...': now the file, the tag, its value and the depths
+        ITK's reader reads are named, alone and in a series (the first such file, and how many more). 8, 16 and 32
+        bits read as before."""
+        import pydicom
+
+        for bits in (2, 4, 10, 14, 24, 40, 48, 64, 8, 32):
+            with self.subTest(bits=bits), tempfile.TemporaryDirectory() as folder:
+                write_series(folder)
+                for name in sorted(os.listdir(folder)):
+                    ds = pydicom.dcmread(os.path.join(folder, name))
+                    ds.BitsAllocated = bits
+                    ds.BitsStored = min(bits, 16)
+                    ds.HighBit = ds.BitsStored - 1
+                    size = -(-ds.Rows * ds.Columns * bits // 8)
+                    ds.PixelData = bytes(k % 200 for k in range(size + size % 2))
+                    ds.save_as(os.path.join(folder, name))
+                first = os.path.join(folder, "IM0000.dcm")
+                for path in (folder, first):
+                    if bits in (8, 32):
+                        self.assertEqual(io.read_image(path).GetSize()[:2], (10, 12))
+                        continue
+                    with self.assertRaises(InputError) as ctx:
+                        io.read_image(path)
+                    self.assertEqual(ctx.exception.problem,
+                                     f"DICOM file '{first}' has BitsAllocated (0028,0100) {bits}, a pixel depth ITK's "
+                                     "DICOM reader (GDCM) cannot read: it reads 1, 8, 12, 16 and 32 bits a sample"
+                                     + ("; so do 5 more of the series' 6 files." if path == folder else "."))
+                    self.assertIn("with 8, 16 or 32 bits allocated", ctx.exception.fix)
+                    self.assertFalse([tag for tag, value in PHI.items() if value in str(ctx.exception)])
+
     def test_float_pixel_data_is_named_not_called_truncated(self) -> None:
         """Float Pixel Data (7FE0,0008) and Double Float Pixel Data (7FE0,0009), which ITK's reader (GDCM) does not
         read: a file holding them had been called truncated ('holds no pixel data: it ends after 720 bytes', fix: copy
