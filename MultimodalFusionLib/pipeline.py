@@ -237,7 +237,7 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         # a window that holds none of its image's values, before the registration (it had been refused by the
         # fusion, once the registration had run)
         check_method_windows(fixed_img, moving_img, methods, method_params)
-        if "deep" in methods:  # a per-study adaptation past the memory, on the grid it runs on (the fixed image's)
+        if "deep" in methods:  # a deep fusion (adaptation, inference) past the memory, on its grid (the fixed image's)
             from .fusion.deep.inference import check_adaptation
 
             check_adaptation(fixed_img, **(method_params or {}).get("deep", {}))

@@ -833,9 +833,9 @@ class FusionLogic:
             fixed, moving = (io.one_slice_pixels(mrml.image_from_volume_node(node))
                              for node in (fixedVolumeNode, movingVolumeNode))
             check_method_windows(fixed, moving, [fusionMethod], {fusionMethod: fusionParameters})
-        if fusionMethod == "deep" and fusionParameters.get("adapt_steps"):
-            # nor a per-study adaptation past the memory (fuseVolumes refuses it before its first step): on the fixed
-            # volume's grid, which the fusion runs on
+        if fusionMethod == "deep":
+            # nor a deep fusion past the memory, its per-study adaptation or its inference (fuseVolumes refuses them
+            # before they run): on the fixed volume's grid, which the fusion runs on
             from .fusion.deep.inference import check_adaptation
 
             check_adaptation(io.one_slice_pixels(mrml.image_from_volume_node(fixedVolumeNode)), **fusionParameters)

@@ -1238,6 +1238,94 @@ class DeviceTest(unittest.TestCase):
                                             device=cpu)
 
     @unittest.skipUnless(CAN_LIMIT, "needs an address-space limit (Linux)")
+    def test_a_fusion_past_the_memory_is_refused_before_the_network_runs(self):
+        """Deep fusion's inference had no memory check (only its adaptation had): a 1536x1536 image, run whole through
+        the 2D network (about 1.2 GB of activations), a volume of such slices, or the 3D network's 512x512x8 windows
+        ran out of memory inside the network (torch's "can't allocate memory", or the kernel killed the process),
+        and in `run` after the registration. Each path refuses it up front, naming the need, the room and the fix:
+        fuse_arrays and fusion.fuse (`mmfusion fuse`, the Slicer Logic's fuseVolumes), `mmfusion fuse`, and
+        `mmfusion run` (pipeline.run) once the images are read, before the registration. 512 MiB of address space
+        left for real (ulimit -v); on the old code the same calls raised torch's RuntimeError, not this."""
+        from MultimodalFusionLib import fusion, pipeline
+        from MultimodalFusionLib.fusion.deep import fuse_arrays
+
+        big, volume = _blobs((1536, 1536), 0), _blobs((3, 1536, 1536), 1)
+        slab = _blobs((8, 512, 512), 2)
+        for weights, small in ((None, _blobs((16, 16), 2)), ("3d", _blobs((8, 16, 16), 2))):
+            fuse_arrays(small, 1 - small, weights=weights, device="cpu")  # the networks loaded before the limit
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            for name, arr in (("a", big), ("b", 1 - big)):
+                sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp / f"{name}.mha"))
+            said = []
+            cases = [("2D image", lambda: fuse_arrays(big, 1 - big, device="cpu",
+                                                      progress=lambda f, m: said.append(m) or True),
+                      "the whole 1536x1536-pixel image in one pass"),
+                     ("fusion.fuse", lambda: fusion.fuse(sitk.GetImageFromArray(big), sitk.GetImageFromArray(1 - big),
+                                                         "deep", device="cpu"), "1536x1536 image"),
+                     ("volume, 2D network", lambda: fuse_arrays(volume, 1 - volume, device="cpu"),
+                      "2 1536x1536-pixel slice(s) a pass, batch_size 2"),
+                     ("volume, 3D network", lambda: fuse_arrays(slab, 1 - slab, device="cpu", weights="3d",
+                                                                roi_size=1024),
+                      "2 512x512x8-voxel window(s) a pass, roi_size 1024 and batch_size 8")]
+            with address_space_left(512 << 20):
+                for case, call, run in cases:
+                    with self.subTest(case):
+                        with self.assertRaises(InputError) as caught:
+                            call()
+                        message = str(caught.exception)
+                        self.assertIn("Deep fusion of the ", message)
+                        self.assertIn(run, message)
+                        self.assertIn("left under this process's address-space limit (ulimit -v): it would run out of "
+                                      "memory", message)
+                        self.assertIn("Fuse fewer voxels: the pair cropped, or resampled to a coarser grid, to about ",
+                                      message)
+                        self.assertEqual("batch_size=1" in message, "volume" in case)
+                self.assertEqual(said, [])  # refused before "deep fusion on cpu"
+                for argv in (["fuse", str(tmp / "a.mha"), str(tmp / "b.mha"), "--method", "deep", "--deep-device",
+                              "cpu", "-o", str(tmp / "fused.mha")],
+                             ["run", str(tmp / "a.mha"), str(tmp / "b.mha"), "--methods", "deep", "--deep-device",
+                              "cpu", "--stages", "rigid", "--output-dir", str(tmp / "out")]):
+                    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
+                        self.assertEqual(main(argv), 2, err.getvalue())
+                    self.assertIn("Deep fusion of the 1536x1536 image needs about", err.getvalue())
+                    self.assertFalse((tmp / "fused.mha").exists() or (tmp / "out").exists())
+                steps = []  # pipeline.run: refused once the images are read, before the registration
+                with self.assertRaisesRegex(InputError, "Deep fusion of the 1536x1536 image"):
+                    pipeline.run(tmp / "a.mha", tmp / "b.mha", tmp / "out", stages="rigid", methods="deep",
+                                 method_params={"deep": {"device": "cpu"}},
+                                 progress=lambda f, m: steps.append(m) or True)
+                self.assertEqual(steps, ["loading images"])
+
+    @unittest.skipUnless(CAN_LIMIT, "needs an address-space limit (Linux)")
+    def test_a_fusion_that_fits_in_smaller_batches_runs_in_them_with_the_same_result(self):
+        """A volume whose batch of 8 slices (2D network: about 1 GB of activations for 512x512 slices) or of 2
+        windows (3D network, 192x192x8 windows) does not fit in 512 MiB, but a smaller batch does, is fused in the
+        largest halving of the batch that fits (down to 2: a batch of 1 fused 1e-7 off), bit for bit as the
+        unlimited run, and says so in its warnings; on the old code it ran out of memory (torch's RuntimeError)."""
+        from MultimodalFusionLib.fusion.deep import fuse_arrays
+
+        volume, slab = _blobs((12, 512, 512), 3), _blobs((8, 256, 512), 4)
+        cases = [("2D network", volume, {}, "batches of 2 slices instead of 8"),
+                 ("3D network", slab, {"weights": "3d", "roi_size": 192, "batch_size": 16},
+                  "batches of 2 sliding windows instead of 4")]
+        # the limited runs first: memory the unlimited ones free can stay mapped (glibc's heap), room they would leave
+        limited = {}
+        for case, arr, params, _ in cases:
+            with address_space_left(512 << 20):
+                limited[case] = fuse_arrays(arr, 1 - arr, device="cpu", selection="blend", **params)
+        for case, arr, params, note in cases:
+            with self.subTest(case):
+                fused, weight, used = fuse_arrays(arr, 1 - arr, device="cpu", selection="blend", **params)
+                self.assertNotIn("warnings", used)
+                small_f, small_w, small_used = limited[case]
+                np.testing.assert_array_equal(small_f, fused)
+                np.testing.assert_array_equal(small_w, weight)
+                self.assertEqual(len(small_used["warnings"]), 1)
+                self.assertIn(note, small_used["warnings"][0])
+                self.assertIn("the same result", small_used["warnings"][0])
+
+    @unittest.skipUnless(CAN_LIMIT, "needs an address-space limit (Linux)")
     def test_the_memory_limit_of_the_tests_runs_under_a_lower_hard_limit(self):
         """memory_limit.address_space_left (the adaptation memory tests') set VmSize + nbytes as the soft limit: in a
         suite run under a hard `ulimit -v` that leaves less (prlimit --as=2100000000 here: pytest's VmSize was about

@@ -40,7 +40,7 @@ from .losses import FusionLoss, LossWeights
 
 __all__ = ["fuse_deep", "fuse_arrays", "check_settings", "registry_method", "DEFAULT_ADAPT_STEPS", "adapt", "predict",
            "slice_axis", "anisotropy_warning", "adaptation_step", "check_adaptation_size", "check_adaptation_memory",
-           "check_adaptation"]
+           "check_adaptation", "fusion_pass", "inference_memory", "check_inference_memory"]
 
 #: Default per-study adaptation steps. 0: on the Harvard benchmark the shipped weights with hard
 #: selection scored as well without adaptation (README), and adaptation costs ~0.3 s per step for a
@@ -321,11 +321,7 @@ def _predict(model: Any, a: np.ndarray, b: np.ndarray, *, device: Any, batch_siz
         if a.ndim == sd == 3:
             from monai.inferers import sliding_window_inference
 
-            multiple = model.config.size_multiple
-            roi = int(max(multiple, roi_size - roi_size % multiple))
-            # a window no larger than the volume (rounded up to the network's multiple) along each axis: MONAI
-            # pads a smaller volume to the whole window, so a 5-slice slab ran 96 slices of zeros (5.1 s -> 0.9 s)
-            rois = [min(roi, multiple * math.ceil(side / multiple)) for side in a.shape]
+            rois = _window_sides(a.shape, roi_size, model.config.size_multiple)
 
             def _predictor(x: Any) -> Any:
                 with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
@@ -337,7 +333,7 @@ def _predict(model: Any, a: np.ndarray, b: np.ndarray, *, device: Any, batch_siz
 
             x = torch.stack([ta, tb])[None]
             # the Gaussian blend without MONAI's 1e-3 floor, which left seams between windows (window_weights)
-            out = sliding_window_inference(x, roi_size=rois, sw_batch_size=max(1, batch_size // 4),
+            out = sliding_window_inference(x, roi_size=rois, sw_batch_size=_window_batch(batch_size),
                                            predictor=_predictor, overlap=0.25, mode="gaussian",
                                            sigma_scale=WINDOW_SIGMA_SCALE, roi_weight_map=window_weights(rois),
                                            padding_mode="replicate", sw_device=device, device="cpu")
@@ -345,6 +341,19 @@ def _predict(model: Any, a: np.ndarray, b: np.ndarray, *, device: Any, batch_siz
             return out[0, 0].numpy(), out[0, 1].numpy()
     raise InputError(f"A {sd}D fusion network cannot fuse {a.ndim}D images.",
                      "Use 2D weights for 2D slices (3D volumes work with 2D or 3D weights).")
+
+
+def _window_sides(shape: Sequence[int], roi_size: int, multiple: int) -> list[int]:
+    """The sides of the 3D network's sliding windows on a volume of ``shape``: ``roi_size`` down to the network's size
+    multiple, or the volume's side rounded up to it where that is smaller (MONAI pads a smaller volume to the whole
+    window, so a 5-slice slab had run 96 slices of zeros: 5.1 s -> 0.9 s)."""
+    roi = int(max(multiple, roi_size - roi_size % multiple))
+    return [min(roi, multiple * math.ceil(side / multiple)) for side in shape]
+
+
+def _window_batch(batch_size: int) -> int:
+    """The sliding windows one forward pass of the 3D network runs on: a quarter of ``batch_size``, at least 1."""
+    return max(1, batch_size // 4)
 
 
 def adapt(model: Any, a: np.ndarray, b: np.ndarray, *, steps: int, lr: float = 1e-3,
@@ -534,19 +543,157 @@ def check_adaptation_memory(config: Any, shape: Sequence[int], *, steps: int, ro
                                                  if device.type == "cuda" else "") + ".")
 
 
+#: Peak memory of a fusion's forward pass over the bytes its tensors hold at once (``training._kept_per_voxel`` with
+#: ``inference``: 320 bytes a pixel or voxel for the shipped 2D and 3D networks, 160 under float16 autocast): the
+#: allocator's slack and the convolutions' workspace, measured on the CPU (one thread; README).
+INFERENCE_MEMORY_FACTOR = 1.6
+
+#: Bytes a voxel of the whole-volume arrays a fusion allocates after :func:`fuse_arrays` has its float32 inputs,
+#: on the CPU whatever the device: while the network runs, a 2D network's fused image and weight map (8); the 3D
+#: network's sliding window, both inputs stacked (8), MONAI's output (fused and weight, 8) and its count map (4),
+#: and the stacked inputs again where MONAI pads them (8, a side below the window not a multiple of the network's);
+#: after it, hard selection's fused image (4) and ``registry_method``'s float64 copy of it (8) beside the two maps (8).
+_ARRAYS_WHILE_2D, _ARRAYS_WHILE_WINDOWS, _ARRAYS_PADDED, _ARRAYS_AFTER = 8, 20, 8, 20
+#: Bytes a voxel ``fusion.fuse`` allocates before it calls the method: both images scaled to 0..1 in float64 (16),
+#: and :func:`fuse_arrays`' float32 copies of them (8): counted where the fusion is checked before it starts
+#: (:func:`check_adaptation`, before ``mmfusion run``'s registration).
+_ARRAYS_BEFORE = 24
+
+
+def fusion_pass(config: Any, shape: Sequence[int], batch_size: int, roi_size: int) -> tuple[list[int], int]:
+    """(the sides of what one forward pass of a fusion runs the network on, padded to its size multiple as
+    :func:`_predict` pads them; how many of them) for arrays of ``shape`` as :func:`fuse_arrays` passes them (a 2D
+    network's slicing axis first): a 2D image whole, batch 1; ``batch_size`` slices of a volume (2D network), or
+    a quarter of it sliding windows (3D network, :func:`_window_sides`)."""
+    multiple, dims = config.size_multiple, config.spatial_dims
+    if len(shape) == dims == 2:
+        return [multiple * math.ceil(side / multiple) for side in shape], 1
+    if dims == 2:
+        return [multiple * math.ceil(side / multiple) for side in shape[1:]], min(batch_size, int(shape[0]))
+    return _window_sides(shape, roi_size, multiple), _window_batch(batch_size)
+
+
+def inference_memory(config: Any, shape: Sequence[int], batch_size: int, roi_size: int, *, amp: bool = False,
+                     before: bool = False) -> tuple[int, int, int]:
+    """About the memory (bytes) a fusion of arrays of ``shape`` takes: (the network's activations for one forward pass
+    (:func:`fusion_pass`), on the fusion's device: the tensors it holds at once, ``training._kept_per_voxel``, times
+    :data:`INFERENCE_MEMORY_FACTOR`; the whole-volume arrays on the CPU while it runs; those after it). ``amp``:
+    float16 autocast (CUDA); ``before``: counted before ``fusion.fuse`` has scaled the images (not in
+    :func:`fuse_arrays`)."""
+    from .training import _kept_per_voxel
+
+    sides, batch = fusion_pass(config, shape, batch_size, roi_size)
+    activations = int(INFERENCE_MEMORY_FACTOR * _kept_per_voxel(config, amp, inference=True) * batch
+                      * math.prod(sides))
+    voxels = math.prod(int(side) for side in shape)
+    if config.spatial_dims == 3:
+        padded = any(side < roi and side % config.size_multiple for side, roi in zip(shape, sides))
+        per_voxel = _ARRAYS_WHILE_WINDOWS + (_ARRAYS_PADDED if padded else 0)
+    else:
+        per_voxel = _ARRAYS_WHILE_2D
+    first = _ARRAYS_BEFORE * voxels if before else 0
+    return activations, first + per_voxel * voxels, first + _ARRAYS_AFTER * voxels
+
+
+def check_inference_memory(config: Any, shape: Sequence[int], *, batch_size: int, roi_size: int, device: Any,
+                           falls_back: bool = False, before: bool = False) -> tuple[int, Any]:
+    """(the batch size to fuse with, the device): ``batch_size``, or the largest of its halvings down to 2 whose fusion
+    (:func:`inference_memory`) fits in the memory there is (:func:`devices.available_memory`), which gives the same
+    fused image and weight map bit for bit (a batch of 1 did not: 1e-7 off); refused up front where none fits, naming
+    the need, the room and what fits: fewer voxels (cropped, resampled), ``batch_size=1`` or a smaller ``roi_size``
+    (Python and the Slicer Logic), the CPU. On CUDA the activations are checked against the GPU's free memory and the
+    arrays (on the CPU) against the CPU's; with ``falls_back`` (device "auto") a fusion CUDA cannot take runs on the
+    CPU (:func:`fuse_arrays`' fallback), where it is checked. Nothing is checked where the memory cannot be told (the
+    CPU of macOS or Windows).
+
+    Args:
+        config: the network's architecture.
+        shape: the arrays' shape as :func:`fuse_arrays` passes them to :func:`predict` (a 2D network's slicing axis
+            first).
+        batch_size: the slices (2D network) per forward pass; a quarter of it, the 3D network's windows.
+        roi_size: the 3D network's window side.
+        device: the torch device the fusion runs on.
+        falls_back: the device was "auto" (on CUDA, the CPU takes a fusion CUDA runs out of memory for).
+        before: checked before ``fusion.fuse`` has scaled the images (:func:`check_adaptation`): their float64 and
+            float32 copies are counted too.
+
+    Raises:
+        InputError: no batch size fits.
+    """
+    import torch
+
+    from ...devices import available_memory
+    from ...io import size_text
+
+    cpu = torch.device("cpu")
+    windows = len(shape) == config.spatial_dims == 3
+    sliced = len(shape) == 3 and config.spatial_dims == 2
+    # the passes' batch (slices or windows) halved while it stays 2 or more; batch_size gives a quarter as windows
+    per_pass = _window_batch(batch_size) if windows else batch_size
+    scale = 4 if windows else 1
+    batches = [batch_size] + [per_pass // 2 ** k * scale for k in range(1, per_pass.bit_length())
+                              if per_pass // 2 ** k >= 2] if (windows or sliced) else [batch_size]
+
+    def shortfall(dev: Any, batch: int) -> tuple[int, int, str, Any, int, int] | None:
+        """(need, room, what the room is, where, activations, arrays) where a fusion at ``batch`` on ``dev`` does not
+        fit: on the CPU all of it; on CUDA the activations there, the arrays on the CPU."""
+        activations, during, after = inference_memory(config, shape, batch, roi_size, amp=dev.type == "cuda",
+                                                      before=before)
+        for where, need in (((dev, max(activations + during, after)),) if dev.type == "cpu"
+                            else ((dev, activations), (cpu, max(during, after)))):
+            room = available_memory(where)
+            if room is not None and need > room[0]:
+                # what the need counts: on a GPU the activations, on the CPU the arrays (and the activations there)
+                return (need, room[0], room[1], where, activations if where == dev else 0,
+                        max(during, after) if where.type == "cpu" else 0)
+        return None
+
+    for dev in ([device, cpu] if falls_back and device.type == "cuda" else [device]):
+        for batch in batches:
+            short = shortfall(dev, batch)
+            if short is None:
+                return batch, dev
+    need, free, what, where, activations, arrays = short  # the smallest batch, on the last device tried
+    dims, batch = config.spatial_dims, batches[-1]
+    sides, passes = fusion_pass(config, shape, batch, roi_size)
+    shown = "x".join(str(side) for side in reversed(shape))  # ITK's x, y(, z) order, as users read sizes
+    piece = "x".join(str(side) for side in reversed(sides))
+    run = (f"the whole {piece}-pixel image in one pass" if not (windows or sliced)
+           else f"{passes} {piece}-pixel slice(s) a pass, batch_size {batch}" if sliced
+           else f"{passes} {piece}-voxel window(s) a pass, roi_size {roi_size} and batch_size {batch}")
+    fitting = "x".join(str(max(1, int(side * (free / need) ** (1 / len(shape))))) for side in reversed(shape))
+    levers = []
+    if (windows or sliced) and batch > 1:
+        levers.append("batch_size=1 (Python and the Slicer Logic; it fuses about 1e-7 off larger batches)")
+    if windows and roi_size > config.size_multiple:
+        levers.append("a smaller roi_size (Python and the Slicer Logic)")
+    if where.type == "cuda":  # the GPU was short (not falling back): the CPU may take it
+        levers.append("fuse on the CPU (device='cpu', CLI --deep-device cpu)")
+    raise InputError(f"Deep fusion of the {shown} {'image' if len(shape) == 2 else 'volume'} needs about "
+                     f"{size_text(need)} on {where.type} ("
+                     + "; ".join(([f"the {dims}D network's activations for {run}: {size_text(activations)}"]
+                                  if activations else [])
+                                 + ([f"the fusion's whole-image arrays: {size_text(arrays)}"] if arrays else []))
+                     + "), more than the "
+                     f"{size_text(free)} {what}: it would run out of memory.",
+                     "Fuse fewer voxels: the pair cropped, or resampled to a coarser grid, to about "
+                     f"{fitting} or fewer (e.g. Slicer's Crop Volume, its spacing scale), or "
+                     + "".join(f"{lever}, or " for lever in levers) + "free memory.")
+
+
 def check_adaptation(image: sitk.Image, *, weights: Any = None, adapt_steps: Any = None, device: Any = "auto",
-                     roi_size: Any = 96, **_: Any) -> None:
-    """Refuse now, on the grid the fusion runs on (``image``: the fixed one), a per-study adaptation that
-    :func:`fuse_arrays` would refuse for an image side under :data:`MIN_ADAPT_SIZE` (:func:`check_adaptation_size`)
-    or for want of memory (:func:`check_adaptation_memory`): ``pipeline.run``
-    (``mmfusion run``) and the Slicer Logic's ``runPipeline`` call it before the registration. The other
-    parameters (``fuse``'s, taken and ignored here) are checked by ``fusion.check_parameters``; nothing is checked
-    without adaptation."""
+                     roi_size: Any = 96, batch_size: Any = 8, **_: Any) -> None:
+    """Refuse now, on the grid the fusion runs on (``image``: the fixed one), a deep fusion that :func:`fuse_arrays`
+    would refuse: a per-study adaptation of an image side under :data:`MIN_ADAPT_SIZE` (:func:`check_adaptation_size`)
+    or for want of memory (:func:`check_adaptation_memory`), or its inference at the smallest batch
+    (:func:`check_inference_memory`, counting the copies ``fusion.fuse`` makes of the images); ``pipeline.run``
+    (``mmfusion run``) and the Slicer Logic's ``runPipeline`` call it before the registration. The other parameters
+    (``fuse``'s, taken and ignored here) are checked by ``fusion.check_parameters``."""
     from .training import resolve_device
 
-    steps = check_settings(adapt_steps=adapt_steps)[0]
+    steps, _, _, batch = check_settings(adapt_steps=adapt_steps, batch_size=batch_size)
     dim = image.GetDimension()
-    if steps == 0 or dim not in (2, 3):
+    if dim not in (2, 3):
         return
     model, _ = _load_model(weights, dim)
     if model.config.spatial_dims > dim:  # fuse_arrays refuses it, naming the weights
@@ -557,8 +704,11 @@ def check_adaptation(image: sitk.Image, *, weights: Any = None, adapt_steps: Any
         shape.insert(0, shape.pop(axis))
     check_adaptation_size(model.config, shape, steps)
     roi = _whole_number(roi_size, "roi_size", model.config.size_multiple, MAX_ROI_SIZE, "96")
-    check_adaptation_memory(model.config, shape, steps=steps, roi_size=roi, device=resolve_device(device),
-                            falls_back=_falls_back(device))
+    dev, auto = resolve_device(device), _falls_back(device)
+    if steps > 0:
+        check_adaptation_memory(model.config, shape, steps=steps, roi_size=roi, device=dev, falls_back=auto)
+    check_inference_memory(model.config, shape, batch_size=batch, roi_size=roi, device=dev, falls_back=auto,
+                           before=True)
 
 
 def check_settings(*, adapt_steps: Any = None, adapt_lr: Any = 1e-3, loss_weights: Any = None,
@@ -675,7 +825,16 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, weights: Any = None, adapt_step
     if steps > 0:  # before the first step: one that did not fit was killed by the kernel (or CUDA) after the wait
         check_adaptation_memory(model.config, run_a.shape, steps=steps, roi_size=roi_size, device=dev,
                                 falls_back=auto)
+    # before the network runs (and before the adaptation's wait): a fusion past the memory had died in it, killed by
+    # the kernel (or a MemoryError); where a smaller batch of slices or windows fits, it runs with that (same result)
+    asked = batch_size
+    batch_size, dev = check_inference_memory(model.config, run_a.shape, batch_size=batch_size, roi_size=roi_size,
+                                             device=dev, falls_back=auto)
     notes: list[str] = []  # the fusion's warnings, returned with what ran (see anisotropy_warning)
+    if batch_size != asked:
+        notes.append(f"Deep fusion ran batches of {batch_size if sliced else _window_batch(batch_size)} "
+                     f"{'slices' if sliced else 'sliding windows'} instead of {asked if sliced else _window_batch(asked)}"
+                     f" (batch_size {asked}) to fit in the memory there is: the same result, a little slower.")
     if dim == 3 and model.config.spatial_dims == 3 and spacing:
         # once every setting is checked: a fusion refused (roi_size, a missing GPU) had warned of its voxels first
         note = anisotropy_warning(spacing)

@@ -100,21 +100,55 @@ MAX_TRAINING_SEED = 2**62
 #: patches (751 kept).
 STEP_MEMORY_FACTOR = 1.6
 
-_KEPT: dict[str, float] = {}  # _kept_per_voxel's counts, by architecture and precision
+_KEPT: dict[str, float] = {}  # _kept_per_voxel's counts, by architecture, precision and pass
 
 
-def _kept_per_voxel(config: FusionNetConfig, amp: bool) -> float:
+def _kept_per_voxel(config: FusionNetConfig, amp: bool, *, inference: bool = False) -> float:
     """Bytes autograd keeps for the backward pass per voxel of one training patch of a network of ``config`` (the
-    forward pass and the loss; ``amp``: under float16 autocast): counted on patches of 16 (or the network's size
-    multiple above it) at batch 1 and 2, whose difference is one patch's without the weights. A network built for it
-    (0.05 s in 2D, 0.2 s in 3D on one thread; once per architecture), the caller's random state untouched."""
-    import torch
+    forward pass and the loss; ``amp``: under float16 autocast); with ``inference``, the most bytes a forward pass
+    without gradients (inference's ``torch.no_grad``) holds at once per voxel (its live tensors, each freed when the
+    last one on its storage goes). Counted on patches of 16 (or the network's size multiple above it) at batch 1 and 2,
+    whose difference is one patch's without the weights. A network built for it (0.05 s in 2D, 0.2 s in 3D on one
+    thread; once per architecture), the caller's random state untouched."""
+    import weakref
 
-    key = f"{config.to_dict()}{amp}"
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class _Live(TorchDispatchMode):
+        """The peak of the bytes the tensors an operation returns hold while they live (storages counted once)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.refs: dict[int, list[int]] = {}  # storage address: [tensors on it, its bytes]
+            self.now = self.peak = 0
+
+        def _gone(self, ptr: int) -> None:
+            entry = self.refs[ptr]
+            entry[0] -= 1
+            if entry[0] == 0:
+                self.now -= entry[1]
+                del self.refs[ptr]
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            for tensor in tree_flatten(out)[0]:
+                if isinstance(tensor, torch.Tensor):
+                    storage = tensor.untyped_storage()
+                    entry = self.refs.setdefault(storage.data_ptr(), [0, storage.nbytes()])
+                    if entry[0] == 0:
+                        self.now += entry[1]
+                        self.peak = max(self.peak, self.now)
+                    entry[0] += 1
+                    weakref.finalize(tensor, self._gone, storage.data_ptr())
+            return out
+
+    key = f"{config.to_dict()}{amp}{inference}"
     if key not in _KEPT:
         side = config.size_multiple * math.ceil(MIN_PATCH / config.size_multiple)
         with torch.random.fork_rng(devices=[]):
-            model = build_network(config).train()
+            model = build_network(config).train(not inference)
         loss_fn = FusionLoss(config.spatial_dims)
         counts = []
         for batch in (1, 2):
@@ -126,6 +160,12 @@ def _kept_per_voxel(config: FusionNetConfig, amp: bool) -> float:
                 return tensor
 
             a = torch.zeros((batch, 1) + (side,) * config.spatial_dims)
+            if inference:
+                with torch.no_grad(), _Live() as live:
+                    with torch.autocast("cpu", dtype=torch.float16, enabled=amp):
+                        model(a, a)
+                counts.append(live.peak)
+                continue
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
                 with torch.autocast("cpu", dtype=torch.float16, enabled=amp):
                     fused, _ = model(a, a)
