@@ -113,7 +113,7 @@ def fuse_and_evaluate(a: sitk.Image, b: sitk.Image, methods: Sequence[str], *,
         sub = scaled(progress, i / n, (i + 1) / n)
         res = fusion.fuse(a, b, method, progress=scaled(sub, 0.0, 0.6), **(method_params or {}).get(method, {}))
         report(sub, 0.6, f"evaluating {method}")
-        table[method] = metrics.fusion_metrics(res, a, b)
+        table[method] = metrics.fusion_metrics(res, a, b, progress=scaled(sub, 0.6, 1.0))
         results.append(res)
     return results, table
 

@@ -324,6 +324,48 @@ class ParallelSlicesTest(unittest.TestCase):
                 sys.modules["slicer"] = saved
 
 
+    def test_a_cancel_stops_the_metrics_at_their_next_report(self) -> None:
+        """The fusion metrics reported no progress, so a Cancel (the web page's, Slicer's) took effect at their end
+        only, 21-31 s after it on a BraTS volume scored on one core; they report before each whole-volume metric and
+        each slice (a pool: while it scores them) and stop at the first report after a cancel."""
+        from MultimodalFusionLib.errors import OperationCancelled
+
+        f, a, b = self._volume()
+        for workers in (1, 3):
+            with self.subTest(workers=workers), _pool_for_small_volumes():
+                reports: list[tuple[float, str]] = []
+                values = metrics.fusion_metrics(f, a, b, workers=workers,
+                                                progress=lambda fraction, text, seen=reports: seen.append((fraction, text)))
+                self.assertEqual(values, metrics.fusion_metrics(f, a, b, workers=workers))  # the same numbers
+                fractions = [fraction for fraction, _ in reports]
+                self.assertEqual(fractions, sorted(fractions))
+                self.assertTrue(0.0 <= fractions[0] and fractions[-1] <= 1.0, fractions)
+                messages = [message for _, message in reports]
+                self.assertIn("fusion metrics: MI_B", messages)
+                if workers == 1:  # one report before each of the 9 slices with content
+                    self.assertEqual([m for m in messages if "slice" in m],
+                                     [f"fusion metrics: slice {k} of 9" for k in range(1, 10)])
+
+                reports.clear()
+
+                def cancel_at_the_slices(fraction: float, message: str, seen: list = reports) -> bool:
+                    seen.append((fraction, message))
+                    return "slice" not in message
+
+                with self.assertRaises(OperationCancelled):
+                    metrics.fusion_metrics(f, a, b, workers=workers, progress=cancel_at_the_slices)
+                self.assertIn("slice", reports[-1][1])  # stopped at the report that cancelled: none after it
+                self.assertEqual(sum("slice" in message for _, message in reports), 1)
+        # the Slicer Logic's fuseVolumes and `mmfusion run` score through fuse_and_evaluate: cancelled there too
+        from MultimodalFusionLib import pipeline
+
+        reports.clear()
+        with self.assertRaises(OperationCancelled):
+            pipeline.fuse_and_evaluate(sitk.GetImageFromArray(a), sitk.GetImageFromArray(b), ["average"],
+                                       progress=cancel_at_the_slices)
+        self.assertIn("slice", reports[-1][1])
+
+
 def _no_fork() -> int:
     raise OSError("fork refused by the test")
 

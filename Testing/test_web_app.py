@@ -939,6 +939,45 @@ class WebAppTest(unittest.TestCase):
             self.assertTrue(content.lstrip().startswith(start), (what, content[:20]))
             self.assertEqual(sorted(os.listdir(self.workdir)), before, what)
 
+    def test_a_cancel_during_the_fusion_metrics_stops_them_at_the_next_slice(self) -> None:
+        """The fusion metrics made no progress report, so a Cancel pressed during them took effect at their end, 21-31
+        s later on BraTS FLAIR/T1c (240x240x155, the job thread scores on one core). Cancel is pressed here while the
+        first slice is scored (that slice held until then, so the order is certain however fast the machine): no
+        other slice is scored, and the page says the fusion was cancelled, showing no result."""
+        import threading
+
+        from MultimodalFusionLib import metrics
+
+        self._load()
+        self.app.state.method = "average"
+        real, scored = metrics._slice_scores, []
+        scoring, pressed = threading.Event(), threading.Event()
+
+        def first_held(*images):  # the real function, its calls counted, the first held until Cancel is pressed
+            scored.append(1)
+            scoring.set()
+            pressed.wait(60.0)
+            return real(*images)
+
+        async def fuse_and_cancel() -> None:
+            self.app.start_fusion()
+            while not scoring.is_set() and self.app.worker.busy:
+                await asyncio.sleep(0.01)
+            self.app.worker.cancel()  # as the page's Cancel does
+            pressed.set()
+            await self.app.worker.wait()
+
+        metrics._slice_scores = first_held
+        try:
+            self.loop.run_until_complete(fuse_and_cancel())
+        finally:
+            metrics._slice_scores = real
+            pressed.set()
+        self.assertEqual(len(scored), 1)  # the old code scored every slice with content (48 here) after the Cancel
+        self.assertEqual(self.app.state.job_message, "Fusion cancelled")
+        self.assertFalse(self.app.state.has_fused)
+        self.assertEqual(self.app.state.error_message, "")
+
     def test_the_weight_map_downloads_as_mmfusion_run_writes_it(self) -> None:
         # every method's fusion has a weight map (the fixed image's weight per voxel), which `mmfusion run` writes as
         # weights_<method> and the report shows: the page offered no way to it (deep's, which says where each voxel

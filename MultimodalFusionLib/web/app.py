@@ -1301,8 +1301,8 @@ class FusionWebApp:
                                      "Press Register first (it aligns them), then Fuse.")
             result = fuse(fixed, functional, method, window_a=window_a, window_b=window_b,
                           progress=scaled(progress, 0.0, 0.7))
-            progress(0.75, "fusion metrics")
-            values = metrics.fusion_metrics(result, fixed, functional)
+            # reported before each metric and slice: a Cancel stops them there, where it had waited for their end
+            values = metrics.fusion_metrics(result, fixed, functional, progress=scaled(progress, 0.75, 1.0))
             return result, values, functional
 
         self.worker.start("Fusion", job, self._show_fusion)
