@@ -433,6 +433,40 @@ class WebAppInBrowserTest(unittest.TestCase):
                          "the automatic windows again")
         self.assertFalse(page.query_selector("#mmf-error"), "no error expected")
 
+    def test_window_level_fields_show_long_values_whole(self):
+        # a PET in Bq/mL has windows of 123456.78, a z-scored MR levels of -0.0123457 (the fusion fields' 6
+        # significant digits): the display fields, a third of their row, cut 123456.78 to 123456.7, and the fusion
+        # fields, three to a row with their preset, showed 5 characters (the demo T1's fusion window 237.34 as 237.3).
+        # Each field's text, the server's own values and those typed, fits its box (a number input's text is cut
+        # where it is wider: its scrollWidth then exceeds its clientWidth)
+        page = self._open_page()
+        page.wait_for_function("() => !document.querySelector('#mmf-bg-level-value').disabled", timeout=30_000)
+        fields = ["#mmf-bg-window-value", "#mmf-bg-level-value", "#mmf-fg-lower-value", "#mmf-fg-upper-value",
+                  "#mmf-fw-a-window", "#mmf-fw-a-level", "#mmf-fw-b-window", "#mmf-fw-b-level"]
+
+        def leave_as_found() -> None:  # Auto windows and the engine's default fusion windows for the next tests
+            if page.is_closed():
+                return
+            page.click("#mmf-fg-auto")
+            self._choose_auto_window_level(page)
+            page.evaluate("() => trame.state.update({fw_a_preset: 'default', fw_b_preset: 'default'})")
+
+        self.addCleanup(leave_as_found)
+
+        def widths(field: str) -> list[int]:
+            return page.eval_on_selector(field, "e => [e.scrollWidth, e.clientWidth]")
+
+        for field in fields:
+            shown = page.input_value(field)
+            scroll, client = widths(field)
+            self.assertLessEqual(scroll, client, f"{field} shows {shown!r} cut")
+        for value in ("123456.78", "-0.0123457", "-1234567.8"):
+            for field in fields:
+                page.fill(field, value)
+                self.assertEqual(page.input_value(field), value)
+                scroll, client = widths(field)
+                self.assertLessEqual(scroll, client, f"{field} shows {value!r} cut")
+
     def _choose_auto_window_level(self, page) -> None:
         page.locator(".v-select:has(#mmf-wl-preset) .v-field").click(timeout=10_000)
         page.locator(".v-overlay .v-list-item", has_text="Auto").click(timeout=10_000)

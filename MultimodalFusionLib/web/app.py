@@ -690,13 +690,13 @@ class FusionWebApp:
         (Slicer's form; typing one makes the preset Manual) and the window in the CLI's terms, or what is wrong."""
         for side, (label, _flag) in _FW_SIDES.items():
             html.Div(f"Fusion window of the {label}", classes="text-caption mt-1")
-            with v3.VRow(dense=True, no_gutters=True, classes="align-center"):
-                with v3.VCol(cols=6):
-                    v3.VSelect(v_model=(f"fw_{side}_preset",), items=(f"fw_{side}_presets",), label="Preset",
-                               density="compact", hide_details=True, disabled=("!has_fixed",),
-                               id=f"mmf-fw-{side}-preset")
+            # the preset on a row of its own, the fields half the panel each: three to a row, a field showed 5
+            # characters (237.3 of 237.34, -0.01 of -0.0123457), the fields' values being 6 significant digits
+            v3.VSelect(v_model=(f"fw_{side}_preset",), items=(f"fw_{side}_presets",), label="Preset",
+                       density="compact", hide_details=True, disabled=("!has_fixed",), id=f"mmf-fw-{side}-preset")
+            with v3.VRow(dense=True, no_gutters=True, classes="align-center mt-1"):
                 for what, title in (("window", "Window"), ("level", "Level")):
-                    with v3.VCol(cols=3, classes="pl-1"):
+                    with v3.VCol(cols=6, classes="pl-1" if what == "level" else ""):
                         v3.VTextField(v_model=(f"fw_{side}_{what}",), type="number", label=title,
                                       density="compact", hide_details=True, variant="outlined",
                                       disabled=("!has_fixed",), id=f"mmf-fw-{side}-{what}")
@@ -711,11 +711,13 @@ class FusionWebApp:
         """
         def slider_and_field(name: str, label: str, lo: str, hi: str, step: str, enabled: str) -> None:
             with v3.VRow(dense=True, no_gutters=True, classes="align-center"):
-                with v3.VCol(cols=8):
+                with v3.VCol(cols=7):
                     v3.VSlider(v_model=(name,), min=(lo,), max=(hi,), step=(step,), label=label,
                                density="compact", hide_details=True, disabled=(f"!{enabled}",),
                                id=f"mmf-{name.replace('_', '-')}")
-                with v3.VCol(cols=4, classes="pl-1"):
+                # 12 characters shown whole (a PET's window in Bq/mL, 123456.78, a z-scored MR's level, -0.0123457),
+                # where a third of the row had shown 9 and cut 123456.78 to 123456.7
+                with v3.VCol(cols=5, classes="pl-1"):
                     v3.VTextField(v_model=(name,), type="number", step=(step,), density="compact",
                                   hide_details=True, variant="outlined", disabled=(f"!{enabled}",),
                                   id=f"mmf-{name.replace('_', '-')}-value")
