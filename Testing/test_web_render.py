@@ -323,5 +323,55 @@ class OffscreenViewTest(unittest.TestCase):
         self.assertGreater(changed.mean(), 0.05, "the volume rendering drew nothing")
 
 
+    def test_the_volume_rendering_of_a_z_scored_mr_leaves_its_background_transparent(self):
+        # a z-scored MR (BraTS' subtrMeanDivStd: 0 outside the head, the head -2..5): fused, its background lies
+        # inside the fused range, above the fused image's Otsu threshold where most of the head is darker, so the
+        # preset's curve, started at that threshold, rendered the whole box around the head. The background must
+        # show the 3D view's own colour: pixels just inside each corner of the volume's box, far from the head
+        from MultimodalFusionLib.fusion import fuse
+        from MultimodalFusionLib.web.viewer import _otsu, capture_view
+
+        rng = np.random.default_rng(0)
+        z, y, x = np.mgrid[:48, :48, :48]
+        r = np.sqrt((z - 23.5) ** 2 + (y - 23.5) ** 2 + ((x - 23.5) / 1.2) ** 2)
+        head = r < 18
+
+        def z_scored(core: float) -> sitk.Image:  # a bright core in a dark head, z-scored over the head
+            tissue = np.where(r < core, 3.0, np.where(r < 13, -0.8, 0.6)) + rng.normal(0, 0.3, r.shape)
+            values = np.where(head, (tissue - tissue[head].mean()) / tissue[head].std(), 0.0)
+            return sitk.GetImageFromArray(values.astype(np.float32))
+
+        fused = fuse(z_scored(4.0), z_scored(6.0), "average").grey_image
+        background = float(sitk.GetArrayViewFromImage(fused)[0, 0, 0])
+        self.assertGreater(background, _otsu(fused))  # the case: the background above the threshold
+        self.viewer.set_image("fused", fused)
+        self.addCleanup(self.viewer.set_image, "fused", None)
+        vr = self.app.volume_rendering
+        for node in self.viewer.nodes.values():  # any volume another test rendered hidden
+            if node is not None and vr.has_vr_display_node(node):
+                vr.get_vr_display_node(node).SetVisibility(False)
+        empty = capture_view(self.threed)  # the view's own colours
+        self.viewer.show_volume_rendering("fused", "MR-Default")
+        rendered = capture_view(self.threed)
+        renderer = self.threed.first_renderer()
+        rows = rendered.shape[0]
+        corners = []
+        for k in (0, 47):
+            for j in (0, 47):
+                for i in (0, 47):
+                    lps = fused.TransformIndexToPhysicalPoint((i, j, k))
+                    renderer.SetWorldPoint(-lps[0], -lps[1], lps[2], 1.0)
+                    renderer.WorldToDisplay()
+                    corners.append(renderer.GetDisplayPoint()[:2])
+        centre = np.mean(corners, axis=0)
+        for corner in corners:  # 6 pixels inside the box's corner (display y counts from the bottom)
+            col, row_up = corner + 6.0 * (centre - corner) / np.linalg.norm(centre - corner)
+            row, col = rows - 1 - int(round(row_up)), int(round(col))
+            with self.subTest(corner=corner):
+                self.assertLessEqual(np.abs(rendered[row, col].astype(int) - empty[row, col].astype(int)).max(), 4,
+                                     f"the background rendered at pixel {(row, col)}")
+        self.assertGreater(np.abs(rendered.astype(int) - empty.astype(int)).max(), 60)  # the head is rendered
+
+
 if __name__ == "__main__":
     unittest.main()

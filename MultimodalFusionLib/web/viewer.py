@@ -582,14 +582,7 @@ class FusionViewer:
                 vr.get_vr_display_node(other_node).SetVisibility(False)
         display = vr.create_display_node(node, preset)
         vr.apply_preset(display, preset)
-        image = self.images[role]
-        padding = self.padding(image)
-        _, hi = _percentiles(image, 1.0, 99.9, padding)
-        # Start the curve at the Otsu threshold: below it lie air and noise, which would
-        # otherwise fill the box around the head with haze.
-        lo = _otsu(image, padding)
-        if not lo < hi:
-            lo, hi = _percentiles(image, 1.0, 99.9, padding)
+        lo, hi = _volume_rendering_range(self.images[role], self.padding(self.images[role]))
         _stretch_volume_property(vr.get_volume_node_property(node), lo, hi)
         view_ids = [v.get_view_node_id() for v in self.app.view_manager.get_threed_views()]
         display.SetViewNodeIDs(view_ids)
@@ -698,6 +691,46 @@ def _functional_window(image: sitk.Image, percentiles: tuple[float, float],
         return _percentiles(image, 1.0, 99.5, padding)
     lo, hi = (float(v) for v in np.percentile(inside, percentiles))
     return (lo, hi) if hi > lo else _percentiles(image, 1.0, 99.5, padding)
+
+
+def _volume_rendering_range(image: sitk.Image, padding: Any = COMPUTE_MASK) -> tuple[float, float]:
+    """The values a preset's transfer functions are stretched onto: its Otsu threshold (below it lie air and noise,
+    which would otherwise fill the box around the head with haze) .. its 99.9th percentile, both without its padding.
+
+    The background, the value that fills most of the volume's faces (a fused image's outside of the head, constant
+    where both sources are), is kept below the curve: a z-scored MR's background is 0 in a head of -1..4, so it lies
+    inside the fused image's range, above its Otsu threshold, and the 3D view showed an opaque box. Where it lies at
+    or above the threshold, the range is taken from the other voxels (their Otsu threshold..99.9th percentile) and
+    starts 1% of it above the background."""
+    from ..preprocess import padding_mask, without_padding
+
+    _, hi = _percentiles(image, 1.0, 99.9, padding)
+    lo = _otsu(image, padding)
+    arr = sitk.GetArrayViewFromImage(image)
+    background = _border_value(arr)
+    if background is not None and lo <= background < hi:
+        padding = padding_mask(arr) if padding is COMPUTE_MASK else padding
+        keep = arr != background if padding is None else (arr != background) & ~padding
+        values = without_padding(arr[keep], None)  # the finite ones
+        if values.size >= 100:
+            # 1% of the range above the background: the renderer samples the curve into a table, so a curve
+            # starting right at the background still gave it some opacity, a faint box (a fifth of a BraTS view)
+            hi = float(np.percentile(values, 99.9))
+            lo = max(_otsu(sitk.GetImageFromArray(values.astype(np.float32).reshape(1, -1)), None),
+                     background + 0.01 * (hi - background))
+    if not lo < hi:
+        lo, hi = _percentiles(image, 1.0, 99.9, padding)
+    return lo, hi
+
+
+def _border_value(arr: np.ndarray) -> float | None:
+    """The value of at least half the voxels on the faces of a 3D volume (its background), or None."""
+    if arr.ndim != 3 or min(arr.shape) < 2:
+        return None
+    faces = np.concatenate([f.ravel() for f in (arr[0], arr[-1], arr[:, 0], arr[:, -1], arr[:, :, 0], arr[:, :, -1])])
+    values, counts = np.unique(faces, return_counts=True)
+    top = int(np.argmax(counts))
+    return float(values[top]) if 2 * counts[top] >= faces.size else None
 
 
 def _otsu(image: sitk.Image, padding: Any = COMPUTE_MASK) -> float:
