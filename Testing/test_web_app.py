@@ -1006,6 +1006,51 @@ class WebAppTest(unittest.TestCase):
         self.assertTrue(0.0 <= sitk.GetArrayViewFromImage(weights).min() <= sitk.GetArrayViewFromImage(weights).max()
                         <= 1.0)
 
+    def test_the_weight_map_is_a_layer_of_the_slice_views_on_its_0_to_1_scale_with_a_legend(self) -> None:
+        # the weight map (the fixed image's weight per voxel) could be downloaded but not seen: it is a foreground
+        # layer now, as Slicer shows such a volume, on its own scale 0..1 (not the functional layers' percentile
+        # rule, which would window a wavelet map's 0.24..0.82 so that 0.27 looked like 0), with the colour table's legend
+        import numpy as np
+
+        state, viewer = self.app.state, self.app.viewer
+        self._load()
+        self.assertIn("weights", [layer["value"] for layer in state.fg_layers])
+        self._set(fg_layer="weights")  # no fusion yet: refused, the functional layer stays
+        self.assertEqual(state.fg_layer, "functional")
+        self.assertIn("press Fuse first", state.error_message)
+        self._set(error_message="")
+        state.method = "pca"
+        self._do(self.app.start_fusion)
+        self.assertTrue(state.has_fused, state.error_message)
+        self.addCleanup(self._set, fg_layer="functional", colormap="PET-Heat")  # the shared app as found
+        self._set(fg_layer="weights")
+        node = viewer.node("weights")
+        self.assertIs(viewer.foreground_node(), node)
+        self.assertIs(viewer.images["weights"], self.app.fusion_result.weights)
+        composite = self.app.slicer_app.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+        self.assertTrue(composite.GetNumberOfItems() > 0)
+        for i in range(composite.GetNumberOfItems()):
+            self.assertEqual(composite.GetItemAsObject(i).GetForegroundVolumeID(), node.GetID())
+        display = node.GetDisplayNode()
+        self.assertEqual((display.GetWindowLevelMin(), display.GetWindowLevelMax()), (0.0, 1.0))
+        self.assertEqual(display.GetLowerThreshold(), 0.0)  # every weight shown, 0 too
+        weights = sitk.GetArrayViewFromImage(self.app.fusion_result.weights)
+        self.assertLess(0.0, weights.min())
+        self.assertLess(weights.max(), 1.0)  # the percentile rule would have windowed this range
+        self.assertEqual((state.fg_min, state.fg_max, state.fg_lower, state.fg_upper), (0.0, 1.0, 0.0, 1.0))
+        legend = state.fg_legend
+        self.assertTrue(legend.startswith("linear-gradient(to right, rgb("), legend)
+        self.assertEqual(legend.count("rgb("), 17)
+        self._set(colormap="PET-Rainbow2")  # the legend is the colour table in use
+        self.assertNotEqual(state.fg_legend, legend)
+        self.assertEqual(display.GetColorNode().GetName(), "PET-Rainbow2")
+        # a new registration drops the weight map with the fused image
+        state.stages = ["rigid"]
+        self._do(self.app.start_registration)
+        self.assertIsNone(viewer.node("weights"))
+        self.assertEqual(state.fg_layer, "functional")
+        self.assertFalse(np.isnan(weights).any())
+
     def test_an_8bit_moving_volume_is_fused_and_scored_as_the_cli_does(self) -> None:
         # `mmfusion run` keeps an 8-bit moving image 8-bit after resampling (fusion and the metrics take
         # 8-bit values as they are and stretch others): the panel must show the CLI's numbers

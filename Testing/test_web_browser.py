@@ -433,6 +433,37 @@ class WebAppInBrowserTest(unittest.TestCase):
                          "the automatic windows again")
         self.assertFalse(page.query_selector("#mmf-error"), "no error expected")
 
+    def test_the_weight_map_is_shown_as_a_layer_with_its_legend(self):
+        # the fusion's weight map (the fixed image's weight per voxel) could be downloaded but not seen: the
+        # Foreground layer list offers it, the slice views colour it over the anatomy, and a legend shows its colour
+        # table from 0 to 1
+        page = self._open_page()
+
+        def leave_as_found() -> None:
+            if not page.is_closed():
+                page.evaluate("() => trame.state.update({fg_layer: 'functional', method: 'average'})")
+
+        self.addCleanup(leave_as_found)
+        self._slider_thumb(page, "fg-opacity").focus()
+        page.keyboard.press("End")  # full opacity: the layer's colours as they are
+        page.evaluate("() => trame.state.update({method: 'pca'})")
+        self._click_and_wait_job(page, "#mmf-fuse", "Fusion")
+        self.assertFalse(page.is_visible("#mmf-weights-legend"))
+        page.locator(".v-select:has(#mmf-fg-layer) .v-field").click(timeout=10_000)
+        page.locator(".v-overlay .v-list-item", has_text="Weight map").click(timeout=10_000)
+        page.wait_for_selector("#mmf-weights-legend", state="visible", timeout=10_000)
+        self.assertTrue(page.eval_on_selector("#mmf-weights-legend-bar",
+                                              "e => getComputedStyle(e).backgroundImage").startswith("linear-gradient"))
+        page.wait_for_function("() => document.querySelector('#mmf-weights-legend-lower').innerText === '0' && "
+                               "document.querySelector('#mmf-weights-legend-upper').innerText === '1'",
+                               timeout=10_000)  # the server's window of the layer, 0..1
+        # the axial view coloured wherever the fixed image lies (pca's weights: 0 < w < 1 everywhere)
+        views = self._wait_views(page, lambda v: (_hot_mask(v["axial"]) | (v["axial"].max(axis=-1)
+                                                                           - v["axial"].min(axis=-1) > 60)).mean()
+                                 > 0.5, "the weight map coloured over the axial view")
+        self.assertFalse(page.query_selector("#mmf-error"), "no error expected")
+        self.assertGreater(views["axial"].std(), 5)
+
     def test_window_level_fields_show_long_values_whole(self):
         # a PET in Bq/mL has windows of 123456.78, a z-scored MR levels of -0.0123457 (the fusion fields' 6
         # significant digits): the display fields, a third of their row, cut 123456.78 to 123456.7, and the fusion

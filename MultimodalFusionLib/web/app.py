@@ -65,7 +65,9 @@ CLIENT_KEYS = frozenset({
 #: Server keys a page may clear (set to "" or None): the banner, by its close button.
 _PAGE_CLEARABLE_KEYS = ("error_message",)
 _FG_LAYERS = [{"title": "Functional (moving, registered)", "value": "functional"},
-              {"title": "Fused image", "value": "fused"}]
+              {"title": "Fused image", "value": "fused"},
+              {"title": "Weight map", "value": "weights"}]
+_RESULT_LAYERS = ("fused", "weights")  # the layers of a fusion's result: shown as such, the others as functional
 # Metrics shown in the table, in this order (fusion_metrics returns more; the report has all).
 _FUSION_METRIC_KEYS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR")
 # Background window/level choices besides the CT presets (3D Slicer's Volumes module names).
@@ -499,7 +501,7 @@ class FusionWebApp:
             "initializer": "", "initializer_help": {c["value"]: c["help"] for c in INITIALIZER_CHOICES},
             "methods": methods, "method": "average" if "average" in methods else methods[0],
             "colormaps": mrml.available_colormaps(self.slicer_app.scene), "colormap": "PET-Heat",
-            "fg_opacity": 0.5, "fg_layers": _FG_LAYERS, "fg_layer": "functional",
+            "fg_opacity": 0.5, "fg_layers": _FG_LAYERS, "fg_layer": "functional", "fg_legend": "",
             "vr_presets": vr_presets,
             "vr_preset": self.viewer.vr_preset,
             "registration_rows": [], "metrics_rows": [], "registration_summary": "",
@@ -651,6 +653,14 @@ class FusionWebApp:
                     html.Div("4. Display", classes="text-subtitle-2 mt-3 mb-1")
                     v3.VSelect(v_model=("fg_layer",), items=("fg_layers",), label="Foreground layer",
                                density="compact", hide_details=True, classes="mb-1", id="mmf-fg-layer")
+                    # the weight map's legend: its colour table across its window (0..1 unless Lower/Upper moved)
+                    with html.Div(v_show="fg_layer === 'weights'", id="mmf-weights-legend", classes="text-caption mb-1"):
+                        html.Div("Weight of the fixed image per voxel: 1, the fixed image alone; 0, the moving one")
+                        with html.Div(classes="d-flex align-center"):
+                            html.Span("{{ fg_lower }}", classes="mr-1", id="mmf-weights-legend-lower")
+                            html.Div(style=("{ flex: 1, height: '10px', background: fg_legend }",),
+                                     id="mmf-weights-legend-bar")
+                            html.Span("{{ fg_upper }}", classes="ml-1", id="mmf-weights-legend-upper")
                     v3.VSelect(v_model=("colormap",), items=("colormaps",), label="Colour table",
                                density="compact", hide_details=True, classes="mb-1")
                     v3.VSlider(v_model=("fg_opacity",), min=0, max=1, step=0.05, label="Opacity",
@@ -1245,6 +1255,7 @@ class FusionWebApp:
         self.registration, self.registered_image, self.registration_metrics = result, registered, reg_metrics
         self.fusion_result, self.fusion_metrics = None, {}
         self.viewer.set_image("fused", None)
+        self.viewer.set_image("weights", None)
         self.viewer.set_image("registered", registered)
         self.viewer.show("registered")
         metric_name = result.stages[0].metric_name if result.stages else "metric"
@@ -1315,9 +1326,13 @@ class FusionWebApp:
         if self.registered_image is None:
             self.registered_image = functional
         self.viewer.set_image("fused", result.grey_image)
+        self.viewer.set_image("weights", result.weights)  # a layer of its own, as Slicer shows it (None: removed)
         with self.state:
             self._render_fused(self._checked_vr_preset(self.state.vr_preset) or self.viewer.vr_preset)
-        self.viewer.show("fused" if self.state.fg_layer == "fused" else None)  # anything else: functional
+        layer = self.state.fg_layer if self.viewer.node(self.state.fg_layer) is not None else None
+        self.viewer.show(layer)  # anything else: functional
+        if layer is None and self.state.fg_layer in _RESULT_LAYERS:
+            self.state.fg_layer = "functional"  # a weight map shown, this method making none: the choice shows it
         rows = [{"name": f"{key} ({result.method})", "value": _fmt(values[key])}
                 for key in _FUSION_METRIC_KEYS if key in values]
         windows = [f"{image} {lo:.6g}..{hi:.6g}" for image, key in (("fixed", "window_a"), ("moving", "window_b"))
@@ -1374,20 +1389,24 @@ class FusionWebApp:
         except InputError as exc:
             self.state.error_message = str(exc)
             self.state.colormap = self.viewer.colormap  # the choice shows what is in use
+        self.state.fg_legend = self._legend_gradient()
 
     def _on_fg_layer(self, fg_layer: Any, **_: Any) -> None:
         layers = [layer["value"] for layer in _FG_LAYERS]
         if fg_layer not in layers:
             return self._refuse_display_value("fg_layer", f"Unknown foreground layer {_shown(fg_layer)}.",
                                               f"Pick one in the Foreground layer list: {', '.join(layers)}.",
-                                              "fused" if self.viewer.foreground_role == "fused" else "functional")
+                                              self.viewer.foreground_role if self.viewer.foreground_role in
+                                              _RESULT_LAYERS else "functional")
         if self.fixed_image is None:
             return
-        if fg_layer == "fused" and self.viewer.node("fused") is None:
-            self.state.error_message = "There is no fused image yet: press Fuse first."
+        if fg_layer in _RESULT_LAYERS and self.viewer.node(fg_layer) is None:
+            self.state.error_message = ("There is no fused image yet: press Fuse first." if self.fusion_result is None
+                                        else f"The '{self.fusion_result.method}' fusion made no weight map: fuse with "
+                                             "another method to have one.")
             self.state.fg_layer = "functional"  # the choice shows what the views show
             return
-        self.viewer.show("fused" if fg_layer == "fused" else self.viewer.default_foreground())
+        self.viewer.show(fg_layer if fg_layer in _RESULT_LAYERS else self.viewer.default_foreground())
         self._sync_display_state()
 
     # ------------------------------------------------------------------ window/level
@@ -1397,7 +1416,7 @@ class FusionWebApp:
         over colour-table, opacity and layer changes and over new registrations)."""
         import numpy as np
 
-        from .viewer import CT_WINDOW_LEVEL_PRESETS, image_range, looks_like_ct
+        from .viewer import CT_WINDOW_LEVEL_PRESETS, WEIGHTS_RANGE, image_range, looks_like_ct
 
         def limits(image: sitk.Image) -> tuple[float, float, float]:
             lo, hi = image_range(image, self.viewer.padding(image))
@@ -1426,13 +1445,31 @@ class FusionWebApp:
             update["fg_range_enabled"] = False
             self._foreground_step = 0.0
         else:
-            lo, hi, step = limits(self.viewer.images[self.viewer.foreground_role])
+            if self.viewer.foreground_role == "weights":  # its scale, 0..1, whatever it holds (average's: 0.5 only)
+                (lo, hi), step = WEIGHTS_RANGE, 0.001
+            else:
+                lo, hi, step = limits(self.viewer.images[self.viewer.foreground_role])
             self._foreground_step = step
             lower, upper = fg_range
             update.update({"fg_range_enabled": True, "fg_step": step, "fg_min": min(lo, lower),
                            "fg_max": max(hi, upper), "fg_lower": _snap(lower, step),
                            "fg_upper": _snap(upper, step)})
+        update["fg_legend"] = self._legend_gradient()
         self.state.update(update)
+
+    def _legend_gradient(self) -> str:
+        """The shown foreground's colour table across its display window, lower to upper, as a CSS gradient: the
+        weight map's legend (its window is 0..1 unless the Lower/Upper controls changed it)."""
+        import numpy as np
+
+        from .. import mrml
+
+        colors = mrml.colormap_colors(self.slicer_app.scene, self.viewer.colormap, size=17)
+        if colors is None:
+            return ""
+        stops = ", ".join(f"rgb({r:.0f}, {g:.0f}, {b:.0f}) {100.0 * i / (len(colors) - 1):.1f}%"
+                          for i, (r, g, b) in enumerate(255.0 * np.asarray(colors)[:, :3]))
+        return f"linear-gradient(to right, {stops})"
 
     def _on_dragged_window_level(self, window_level: tuple[float, float] | None) -> None:
         """A left-drag in a slice view changed the anatomy's window/level: the panel follows, live.

@@ -28,8 +28,11 @@ __all__ = ["FusionViewer", "ROLES", "capture_view", "DEFAULT_VR_PRESET", "CT_WIN
            "looks_like_ct", "looks_like_suv", "orientation_labels", "slice_position_text"]
 
 #: Volume roles of a session, in the order they appear.
-ROLES = ("fixed", "moving", "registered", "fused")
-_NODE_NAMES = {"fixed": "Fixed", "moving": "Moving", "registered": "Moving registered", "fused": "Fused"}
+ROLES = ("fixed", "moving", "registered", "fused", "weights")
+_NODE_NAMES = {"fixed": "Fixed", "moving": "Moving", "registered": "Moving registered", "fused": "Fused",
+               "weights": "Weight map"}
+#: The display window of the weight map (the fixed image's weight per voxel): its whole scale, as the legend shows it.
+WEIGHTS_RANGE = (0.0, 1.0)
 #: Volume-rendering preset used for the fused image unless the user picks another.
 DEFAULT_VR_PRESET = "MR-Default"
 
@@ -98,8 +101,9 @@ class FusionViewer:
         #: ``mrml.setup_anatomical_display`` ("Auto"). Kept over new registrations and fusions.
         self.background_window_level: tuple[float, float] | None = None
         #: Foreground (lower threshold, upper display limit) chosen by the user, per kind of
-        #: foreground: "functional" (moving/registered, the image's own units) and "fused" (the
-        #: fused image's scale). A kind without one uses :attr:`functional_percentiles`.
+        #: foreground: "functional" (moving/registered, the image's own units), "fused" (the
+        #: fused image's scale) and "weights" (the weight map's). A kind without one uses :attr:`functional_percentiles`
+        #: (the weight map: :data:`WEIGHTS_RANGE`).
         self.functional_ranges: dict[str, tuple[float, float]] = {}
         # Window/level drag in the slice views (:meth:`enable_window_level_drag`): whether it is on,
         # who hears of a dragged value, the display node watched for it, the (window, level) this
@@ -164,8 +168,8 @@ class FusionViewer:
             self.background_window_level = None
         elif role == "moving" and image is None:
             self.functional_ranges.pop("functional", None)
-        elif role == "fused":
-            self.functional_ranges.pop("fused", None)
+        elif role in ("fused", "weights"):
+            self.functional_ranges.pop(role, None)
         old = self.nodes.get(role)
         self._padding.pop(role, None)  # of the image set before, even where this one is the same object
         if image is None:
@@ -252,7 +256,7 @@ class FusionViewer:
         """Fixed image as background, ``foreground`` (a role) coloured over it in every slice view.
 
         Args:
-            foreground: role of the foreground ("moving", "registered" or "fused"); None picks
+            foreground: role of the foreground ("moving", "registered", "fused" or "weights"); None picks
                 :meth:`default_foreground`.
             opacity: foreground opacity 0..1 (default: the last one).
             colormap: colour table of the foreground, one of ``mrml.FUNCTIONAL_COLORMAPS``.
@@ -328,8 +332,8 @@ class FusionViewer:
         if role is None:
             return
         image = self.images[role]
-        lo, hi = self.functional_ranges.get(_range_kind(role)) or _functional_window(
-            image, self.functional_percentiles, self.padding(image))
+        lo, hi = self.functional_ranges.get(_range_kind(role)) or (WEIGHTS_RANGE if role == "weights" else (
+            _functional_window(image, self.functional_percentiles, self.padding(image))))
         display.AutoWindowLevelOff()
         display.SetWindowLevelMinMax(lo, hi)
         display.AutoThresholdOff()
@@ -603,7 +607,7 @@ class FusionViewer:
 
 def _range_kind(role: str) -> str:
     """Foregrounds sharing units share a user range: the moving image and its registered copy."""
-    return "fused" if role == "fused" else "functional"
+    return role if role in ("fused", "weights") else "functional"
 
 
 def image_range(image: sitk.Image, padding: Any = COMPUTE_MASK) -> tuple[float, float]:
