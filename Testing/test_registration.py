@@ -1267,6 +1267,37 @@ class AHugeSpacingIsNamed(unittest.TestCase):
                                                         r"1e\+12 mm\), 1e\+12 times the moving image's 257 mm: check "
                                                         r"the spacing in its header \(mmfusion info\)")
 
+    def test_a_moving_image_whose_one_voxel_holds_the_whole_fixed_image_is_refused_naming_its_spacing(self):
+        """The same 2D pair with the 1e12 mm spacing on the MOVING image had registered "successfully" on both
+        backends (mutual information ~0 before and after, a translation of about 1.1e14 mm): every fixed sample falls
+        inside one moving voxel. It is refused before any stage, naming the spacing with the clause the fixed image's
+        refusal gives; a 3D pair alike. The pair as it is (spacing 1 mm) still registers."""
+        from MultimodalFusionLib.errors import RegistrationError
+
+        fixed, moving = itk_brainweb_pair()
+        huge = sitk.Image(moving)
+        huge.SetSpacing((1e12, 1e12))
+        volume = sitk.GetImageFromArray(np.repeat(sitk.GetArrayFromImage(moving)[None, 100:140, 100:140], 12, axis=0))
+        fixed3 = sitk.GetImageFromArray(np.repeat(sitk.GetArrayFromImage(fixed)[None, 100:140, 100:140], 12, axis=0))
+        volume.SetSpacing((1e12, 1e12, 1e12))
+        for backend, settings in _short_rigid_runs():
+            for name, pair, across, spans in (("2D", (fixed, huge), "338.954", r"2\.57e\+14 mm \(spacing 1e\+12, 1e\+12 mm\), "
+                                                                             r"1e\+12 times the fixed image's 257 mm"),
+                                              ("3D", (fixed3, volume), "57.8273", r"4e\+13 mm \(spacing 1e\+12, 1e\+12, "
+                                                                              r"1e\+12 mm\), 1e\+12 times the fixed "
+                                                                              r"image's 40 mm")):
+                with self.subTest(backend=backend, pair=name):
+                    with self.assertRaises(RegistrationError) as ctx:
+                        register(*pair, settings, backend=backend, seed=0)
+                    self.assertTrue(ctx.exception.problem.startswith(
+                        f"Stage 'rigid': the whole fixed image ({across} mm across) lies inside one voxel of the "
+                        "moving image, so the metric cannot be computed."), ctx.exception.problem)
+                    self.assertRegex(ctx.exception.problem, r"The moving image spans " + spans + r": check the "
+                                     r"spacing in its header \(mmfusion info\)")
+                    self.assertIn("Correct the moving image's spacing in its header", ctx.exception.fix)
+            with self.subTest(backend=backend, pair="as it is"):
+                self.assertTrue(np.isfinite(register(fixed, moving, settings, backend=backend, seed=0).metric_after))
+
 
 class MeanDistanceUnderAShrunkMask(unittest.TestCase):
     def test_the_shrunk_mask_is_read_while_it_lives(self):

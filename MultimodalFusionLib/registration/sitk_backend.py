@@ -44,7 +44,8 @@ from .parameters import (
 )
 from .result import RegistrationResult, StageResult, iterations_per_level
 
-__all__ = ["register_sitk", "linear_parts", "compose", "evaluate_metric", "no_overlap_error", "masks_metric_error"]
+__all__ = ["register_sitk", "linear_parts", "compose", "evaluate_metric", "no_overlap_error", "masks_metric_error",
+           "extent_clause", "check_fixed_not_within_a_voxel"]
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -1179,6 +1180,24 @@ def extent_clause(fixed: sitk.Image | None, moving: sitk.Image | None) -> str:
             "(mmfusion info); a unit or exponent error there leaves its voxels far apart.")
 
 
+def check_fixed_not_within_a_voxel(stage_name: str, fixed: sitk.Image, moving: sitk.Image) -> None:
+    """Refuse a pair whose whole fixed image fits inside one voxel of the moving image (its diagonal no longer than
+    the moving image's smallest spacing) where :func:`extent_clause` names the moving image's extent as dwarfing the
+    fixed one's: a moving header spacing of 1e12 mm. Every fixed sample then falls between the same few moving voxels,
+    so the metric has nothing to compare, yet both backends had run and returned a translation of about 1e14 mm with
+    mutual information ~0 before and after, as a success; a huge fixed spacing is refused by the backends themselves
+    (too few samples inside the moving image, or no overlap), with the same clause. Both backends call it before any
+    stage runs."""
+    diagonal = math.sqrt(sum((size * spacing) ** 2 for size, spacing in zip(fixed.GetSize(), fixed.GetSpacing())))
+    clause = extent_clause(fixed, moving)
+    if clause and diagonal <= min(moving.GetSpacing()):
+        raise RegistrationError(
+            f"Stage '{stage_name}': the whole fixed image ({diagonal:g} mm across) lies inside one voxel of the "
+            f"moving image, so the metric cannot be computed.{clause}",
+            "Correct the moving image's spacing in its header (e.g. Slicer's Volumes module, Volume Information), "
+            "then register again.")
+
+
 def no_overlap_error(stage_name: str, start_from: str, fixed: sitk.Image | None = None,
                      moving: sitk.Image | None = None) -> RegistrationError:
     """The error for a metric that cannot be computed at stage ``stage_name``'s start without masks (with
@@ -1357,6 +1376,8 @@ def register_sitk(fixed: sitk.Image, moving: sitk.Image, parameters: Registratio
         if stage.name == "bspline":
             # here, not in register(): register_sitk is public too, and the refusal must come before any stage runs
             _bspline_mesh(stage, fixed)
+    # before the working copies: a moving voxel holding the whole fixed image had registered to ~1e14 mm
+    check_fixed_not_within_a_voxel(parameters.stages[0].name, fixed, moving)
     fixed, moving, sparse = working_copies(fixed, moving)
     threads = parameters.number_of_threads or (1 if parameters.seed is not None else None)
     limit = thread_limit()  # --threads / threads.limit_threads: the global default is that limit already

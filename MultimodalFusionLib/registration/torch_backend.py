@@ -61,6 +61,7 @@ from .rotation_search import search_rotation
 from .sitk_backend import (
     SEARCH_SHARE,
     centre_of_mass,
+    check_fixed_not_within_a_voxel,
     extent_clause,
     judge_unmasked_start,
     level_list,
@@ -2007,6 +2008,7 @@ def register_torch(fixed: sitk.Image, moving: sitk.Image, parameters: Any = None
     check_pair(fixed, moving, transform=initial_transform,
                require_overlap=initial_transform is not None or params.initializer == "none")
     check_min_axis(fixed, moving)
+    check_fixed_not_within_a_voxel(params.stages[0], fixed, moving)
     if "deformable" in params.stages:
         check_deformable_size(fixed, "deformable")
     _check_levels_fit(params, fixed)
