@@ -363,7 +363,12 @@ def qabf(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum(qaf * ga + qbf * gb) / den)
 
 
-def ssim(x: np.ndarray, y: np.ndarray, *, data_range: float = CDDFUSE_SSIM_DATA_RANGE, win_size: int = 7) -> float:
+#: Side of SSIM's uniform window (scikit-image's default); :func:`fusion_metrics` gives NaN for slices under it.
+SSIM_WINDOW = 7
+
+
+def ssim(x: np.ndarray, y: np.ndarray, *, data_range: float = CDDFUSE_SSIM_DATA_RANGE,
+         win_size: int = SSIM_WINDOW) -> float:
     """Mean SSIM (Wang et al. 2004) as scikit-image computes it by default.
 
     Uniform ``win_size`` window, sample covariance, K1 = 0.01, K2 = 0.03, mean over the map
@@ -503,7 +508,11 @@ def _slice_scores(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, .
     # contiguous (a copy only for a slice across the stored axes): the same values in the same memory
     # order as that slice of the volume stored with its slice axis first, so the same sums to the last bit
     f, a, b = (np.ascontiguousarray(v) for v in (f, a, b))
-    return (spatial_frequency(f), vif(a, f), vif(b, f), qabf(f, a, b), ssim(f, a), ssim(f, b))
+    # under SSIM's 7-pixel window there is no SSIM: NaN (n/a), as VIF under its 17-pixel one. `run` on a 64x6 pair
+    # had registered and fused it, then stopped in its metrics ("smaller than the SSIM window (7)")
+    small = min(f.shape) < SSIM_WINDOW
+    return (spatial_frequency(f), vif(a, f), vif(b, f), qabf(f, a, b), float("nan") if small else ssim(f, a),
+            float("nan") if small else ssim(f, b))
 
 
 #: 8-bit stacks of the fusion_metrics calls running a pool, by call: forked workers inherit them,
@@ -582,6 +591,7 @@ def fusion_metrics(fused: Any, a: Any, b: Any, *, workers: int | None = None,
     A volume's 2D metrics (SF, VIF, Qabf, SSIM) are means over its acquisition's slices, those across
     the axis :func:`scored_slice_axis` names (the module docstring has the rule). A one-slice volume (one
     axis of length 1, whichever: an axial 181 x 217 x 1, a coronal 24 x 1 x 20) is scored as its 2D slice.
+    Slices under SSIM's 7-pixel window (:data:`SSIM_WINDOW`) have SSIM NaN, as those under 17 pixels have VIF NaN.
 
     Returns:
         dict: EN, SD, SF, MI, SCD, VIF, Qabf, SSIM, PSNR, then the labelled single-source values
@@ -618,12 +628,17 @@ def fusion_metrics(fused: Any, a: Any, b: Any, *, workers: int | None = None,
     # axis 0); the whole-volume metrics above take the arrays as they are
     axis = _scoring_axis(a, b, fused) if f8.ndim == 3 else 0
     sf8, sa8, sb8 = (np.moveaxis(v, axis, 0) for v in (f8, a8, b8)) if axis else (f8, a8, b8)
+    scored = f8.shape if f8.ndim == 2 else sf8.shape[1:]
+    if min(scored) < 2:  # SSIM under its window is NaN (as VIF under its), but a line of pixels is no image
+        raise InputError(f"The images {'are' if f8.ndim == 2 else 'are scored in slices of'} "
+                         f"{'x'.join(map(str, scored[::-1]))} pixels, a line: the fusion metrics need 2D images.",
+                         "Score 2D images or volumes whose slices have at least 2 pixels a side (SSIM needs 7, "
+                         "VIF 17; under those they are n/a).")
     keep = [0] if f8.ndim == 2 else _slices_with_content(sa8, sb8)
     scores = None
     n_workers = metric_workers(workers) if f8.ndim == 3 else 1
     pixels = len(keep) * (sf8[0].size if f8.ndim == 3 else f8.size)
-    # (slices smaller than SSIM's window raise their clear error from this process)
-    if n_workers > 1 and len(keep) > 1 and pixels >= PARALLEL_MIN_PIXELS and min(sf8.shape[1:]) >= 7:
+    if n_workers > 1 and len(keep) > 1 and pixels >= PARALLEL_MIN_PIXELS:
         scores = _parallel_slice_scores(sf8, sa8, sb8, keep, min(n_workers, len(keep)),
                                         lambda: whole_volume(scaled(progress, 0.0, 0.1)), scaled(progress, 0.1, 1.0))
     if scores is None:

@@ -222,6 +222,29 @@ class FusionMetricsTest(unittest.TestCase):
             self.assertTrue(math.isnan(m[key]), key)
         self.assertLess(metrics.vif(np.pad(a, 1), np.zeros((18, 18))), 0.01)  # one scale fits: measured
 
+    def test_ssim_of_images_under_its_window_is_undefined(self) -> None:
+        """Under SSIM's 7-pixel window SSIM is NaN (n/a), as VIF under its 17-pixel one: fusion_metrics had raised
+        "Image of shape (6, 64) is smaller than the SSIM window (7)", so `mmfusion run` on a 64x6 pair stopped after
+        its registration and fusion. The other metrics are those of the image as before; a volume's slices alike,
+        serial and from worker processes."""
+        a, b = _pair8()
+        strip_a, strip_b = a[100:106, :64], b[100:106, :64]
+        fused = np.round((strip_a + strip_b) / 2)
+        m = metrics.fusion_metrics(fused, strip_a, strip_b)
+        for key in ("SSIM", "SSIM_A", "SSIM_B", "SSIM_mean", "VIF"):
+            self.assertTrue(math.isnan(m[key]), key)
+        for key in ("EN", "SD", "SF", "MI", "SCD", "Qabf", "PSNR"):
+            self.assertTrue(math.isfinite(m[key]), key)
+        self.assertEqual(m["SF"], metrics.spatial_frequency(fused))
+        seven = metrics.fusion_metrics(np.round((a + b) / 2)[100:107, :64], a[100:107, :64], b[100:107, :64])
+        self.assertTrue(math.isfinite(seven["SSIM"]))  # 7 pixels and more: measured
+        volume = np.stack([np.roll(strip_a, k, axis=1) for k in range(4)], axis=1)  # slices (z) of 6 x 4 pixels
+        serial = metrics.fusion_metrics(volume, volume, volume[::-1], workers=1)
+        with _pool_for_small_volumes():
+            pooled = metrics.fusion_metrics(volume, volume, volume[::-1], workers=2)
+        self.assertTrue(math.isnan(serial["SSIM"]))
+        self.assertEqual(str(serial), str(pooled))
+
 
 def _pool_for_small_volumes():
     """Worker processes for the small test volumes too: PARALLEL_MIN_PIXELS lowered to 1 while in use."""

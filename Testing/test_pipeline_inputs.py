@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import stat
 import sys
@@ -57,7 +59,22 @@ class FusionParametersBeforeRegistrationTest(unittest.TestCase):
                                                     f"each axis the network sees (got {strip_t1.GetWidth()}x6).")
             self.assertEqual(os.listdir(tmp), [])
 
-    def test_an_overlay_threshold_in_the_images_units_is_not_refused_up_front(self) -> None:
+    def test_a_run_on_a_pair_under_7_pixels_reports_ssim_as_undefined(self) -> None:
+        """`run` on a 64x6 pair (deep fusion without adaptation, or any method) had fused it and then stopped in its
+        metrics, "Image of shape (6, 64) is smaller than the SSIM window (7)", its outputs left unreported: SSIM is
+        NaN there (n/a, null in metrics.json), as VIF is under 17 pixels, and the report is written."""
+        t1 = io.read_image(data.testing_data_dir() / "BrainT1SliceBorder20.png")
+        pd = io.read_image(data.testing_data_dir() / "BrainProtonDensitySliceR10X13Y17.png")
+        strip_t1, strip_pd = t1[80:144, 100:106], pd[80:144, 100:106]  # 64 x 6 pixels, ITK's [x, y]
+        with tempfile.TemporaryDirectory() as tmp:
+            values = pipeline.run(strip_t1, strip_pd, tmp, methods="average", register=False)["metrics"]["average"]
+            self.assertTrue(math.isnan(values["SSIM"]) and math.isnan(values["VIF"]), values)
+            self.assertTrue(math.isfinite(values["Qabf"]) and math.isfinite(values["MI"]), values)
+            with open(os.path.join(tmp, "metrics.json"), encoding="utf-8") as fh:
+                self.assertIsNone(json.load(fh)["metrics"]["average"]["SSIM"])
+            self.assertTrue(os.path.isfile(os.path.join(tmp, "report.html")))
+
+
         """The overlay threshold is in the functional image's units (fuse maps it through the window):
         the early check fused its 0..1 test pair with it as given and refused `run --method overlay
         --threshold 100` on 8-bit images, which fuses fine."""
