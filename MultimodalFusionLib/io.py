@@ -341,8 +341,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
         raise
     image = _slices_stacked(image, rows, slice_step)
     # a RescaleSlope/Intercept stated as one value repeated (1\1), read as it: warned once for the series
-    notes = [note for row in rows for note in [_rescale_repeat_note(row["path"], row["slope"], row["intercept"])]
-             if note]
+    notes = [note for row in rows for note in _rescale_repeat_notes(row["path"], row["slope"], row["intercept"])]
     if sizes:  # the first slice's, by the rule for one file: ITK's series reader takes a radiograph's (CR, DX,
         # MG, XA, RF, IO) ImagerPixelSpacing over its PixelSpacing and reads one with only PixelSpacing at 1 mm
         _set_pixel_size(image, rows[0]["path"], *sizes[0], [])  # warned below, once for the series
@@ -1601,7 +1600,7 @@ def _rescale_fault(slope: str | None, intercept: str | None, repeats: bool = Tru
     had read an unusable value without a word, as 1 or as 0 (every voxel the intercept) depending on where the file
     states it, and a series had ended in a bare ValueError for NaN or infinity. One value stated several times
     (``1\\1``: DICOM's VM is 1) is read as that value where ``repeats`` (the file's top level, where ITK's reader
-    takes the first value: :func:`_rescale_repeat_note` warns of it); different values stay refused."""
+    takes the first value: :func:`_rescale_repeat_notes` warns of it); different values stay refused."""
     for tag, text in ((_RESCALE_SLOPE, slope), (_RESCALE_INTERCEPT, intercept)):
         if text is None or not text.strip():
             continue
@@ -1659,19 +1658,21 @@ def _bits_error(path: str, bits: int, others: str = "") -> InputError:
                       "with a tool that reads this depth (e.g. pydicom: ds.pixel_array) to NIfTI, and load that.")
 
 
-def _rescale_repeat_note(path: str, slope: str | None, intercept: str | None) -> _FileWarning | None:
-    """The warning for a file whose top-level RescaleSlope or RescaleIntercept states one value several times
+def _rescale_repeat_notes(path: str, slope: str | None, intercept: str | None) -> list[_FileWarning]:
+    """The warnings for a file whose top-level RescaleSlope or RescaleIntercept states one value several times
     (``1\\1``), which :func:`_rescale_fault` lets through: read as the value, as ITK's reader (GDCM) reads it (its
-    first value; pydicom's apply_rescale fails on it), where DICOM allows one (PS3.3 C.11.1.1: VM 1); None else."""
+    first value; pydicom's apply_rescale fails on it), where DICOM allows one (PS3.3 C.11.1.1: VM 1); one for each
+    tag so stated (a file repeating both had been warned of its slope alone)."""
+    notes = []
     for tag, text in ((_RESCALE_SLOPE, slope), (_RESCALE_INTERCEPT, intercept)):
         values = _dicom_numbers(text) if text else []
         if len(values) > 1 and len(set(values)) == 1:
             named = f"{_RESCALE_NAMES[tag]} '{text.strip()[:40]}'"
             why = (f"{len(values)} equal values where DICOM allows one (VM 1): read as {values[0]:g}, the value ITK's "
                    "DICOM reader (GDCM) takes (different values are refused)")
-            return _FileWarning(f"repeated {_RESCALE_NAMES[tag]}", path, f"DICOM file '{path}' states {named}, {why}.",
-                                f"state {named}, {why}.")
-    return None
+            notes.append(_FileWarning(f"repeated {_RESCALE_NAMES[tag]}", path,
+                                      f"DICOM file '{path}' states {named}, {why}.", f"state {named}, {why}."))
+    return notes
 
 
 def _rescale_error(path: str, fault: tuple[int, str, str], where: str = "", others: str = "") -> InputError:
@@ -2564,9 +2565,7 @@ def _read_file(path: str, notes: list[_FileWarning] | None = None, stacklevel: i
             raise _rescale_error(path, fault)
         units = _meta_text(image, UNITS_KEY)  # kept, as read (a slice made 2D below has no metadata)
         kept: list[_FileWarning] = [] if notes is None else notes
-        repeated = _rescale_repeat_note(path, *stated)
-        if repeated is not None:
-            kept.append(repeated)
+        kept += _rescale_repeat_notes(path, *stated)
         multiframe = image.HasMetaDataKey("0028|0008")
         try:
             if multiframe and geometry_tags is None:

@@ -1443,6 +1443,21 @@ class DicomGeometryFromTags(unittest.TestCase):
                     self.assertIn(f"2 equal values where DICOM allows one (VM 1): read as {slope:g}", said[0])
                     self.assertIn("6 of the 6 files" if read == folder else f"DICOM file '{path}'", said[0])
                     self.assertFalse([tag for tag, value in PHI.items() if value in said[0]], said[0])
+        # both tags repeated: each named (the intercept's had gone unwarned beside the slope's)
+        folder = os.path.join(self.dir, "both")
+        shutil.copytree(source, folder)
+        for name in sorted(os.listdir(folder)):
+            ds = pydicom.dcmread(os.path.join(folder, name))
+            ds.RescaleSlope, ds.RescaleIntercept = ["2", "2"], ["-1024", "-1024"]
+            ds.save_as(os.path.join(folder, name))
+        for read, expected in ((folder, truth), (os.path.join(folder, "IM0002.dcm"), truth[2])):
+            with self.subTest(both=read), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                np.testing.assert_allclose(sitk.GetArrayFromImage(io.read_image(read)), (expected + 1024) * 2 - 1024)
+                said = " ".join(str(w.message) for w in caught)
+                self.assertIn("RescaleSlope (0028,1053) '2\\2', 2 equal values", said)
+                self.assertIn("RescaleIntercept (0028,1052) '-1024\\-1024', 2 equal values where DICOM allows one "
+                              "(VM 1): read as -1024", said)
 
     def _alone_in_folder(self, path: str) -> str:
         """A folder holding a copy of ``path`` alone."""
