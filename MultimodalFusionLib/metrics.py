@@ -49,7 +49,8 @@ averaged in slice order, so the numbers are identical to the last bit.
 Progress and cancel: :func:`fusion_metrics` takes a progress callback (:mod:`.progress`), reported before each
 whole-volume metric and each slice (serially) or every quarter second while the pool scores them, so a Cancel stops
 it within a slice (a BraTS 240 x 240 slice: about 0.2 s) rather than at its end (20-40 s for a BraTS volume on one
-core); it raises :class:`~.errors.OperationCancelled`, and a pool drops its slices not begun.
+core); it raises :class:`~.errors.OperationCancelled`, and a pool's workers end at once (killed and reaped: they
+write nothing), as they do when this process is killed (a parent-death signal, Linux).
 """
 
 from __future__ import annotations
@@ -521,6 +522,36 @@ _SHARED: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 _TOKENS = itertools.count()
 
 
+def _start_worker(parent: int) -> None:
+    """A pool worker's start: it ends with the process that forked it (Linux's parent-death signal), where it had
+    waited for work for ever once that process was killed (SIGKILL, the OOM killer: two idle orphans per pool), and
+    leaves Ctrl-C and SIGTERM to it (the worker had inherited its handlers: the CLI's SIGTERM, which raises, did not
+    end a worker told to end). The parent ends its workers itself on a cancel or an error
+    (:func:`_parallel_slice_scores`)."""
+    import ctypes
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C reaches the whole group: the parent's
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent had gone before the signal was asked for
+        os._exit(1)
+
+
+def _end_workers(pool: Any) -> None:
+    """End a pool's workers now and reap them: the slices they score are no longer wanted (a cancel, an error), and
+    they write nothing but their scores to this process. ``shutdown(wait=False)`` alone had left them scoring the
+    chunks they had taken (a worker, its chunk and the next queued), for seconds after a Cancel, and a script or
+    the CLI waited for them at its exit."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.exitcode is None:
+            process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)  # the pool's own thread joins (reaps) them
+
+
 def _chunk_scores(token: int, slices: list[int]) -> list[tuple[float, ...]]:
     """:func:`_slice_scores` of some slices of the stacks a forked worker inherited."""
     f8, a8, b8 = _SHARED[token]
@@ -533,7 +564,7 @@ def _parallel_slice_scores(f8: np.ndarray, a8: np.ndarray, b8: np.ndarray, keep:
     """Per-slice scores of ``keep`` from a pool of ``workers`` forked processes, in slice order,
     while this process runs ``serial()`` (the whole-volume metrics); None when no pool could run.
     ``progress`` (0..1: the slices scored) is reported every quarter second while the pool runs; a cancel
-    (OperationCancelled) drops the chunks not begun and returns without waiting for those being scored."""
+    (OperationCancelled) or an error ends the workers at once (:func:`_end_workers`), none left running."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -550,7 +581,8 @@ def _parallel_slice_scores(f8: np.ndarray, a8: np.ndarray, b8: np.ndarray, keep:
             # Python >= 3.12 warns on fork() in a multi-threaded process; the workers run only the
             # numpy/scipy code of this module, which needs none of the locks other threads may hold
             warnings.simplefilter("ignore", DeprecationWarning)
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_start_worker, initargs=(os.getpid(),))
             futures = {pool.submit(_chunk_scores, token, keep[lo:hi]): hi - lo  # (in slice order) its slices
                        for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo}
         serial()
@@ -561,12 +593,13 @@ def _parallel_slice_scores(f8: np.ndarray, a8: np.ndarray, b8: np.ndarray, keep:
             scored += sum(futures[fut] for fut in done)
         scores = [score for fut in futures for score in fut.result()]
         pool.shutdown(wait=True)
+        pool = None
         return scores
     except (OSError, BrokenProcessPool):  # no processes to be had (limits, a worker killed): serially
         return None
     finally:
-        if pool is not None:  # after a cancel or an error: the chunks not begun are dropped, no waiting
-            pool.shutdown(wait=False, cancel_futures=True)
+        if pool is not None:  # after a cancel or an error: the workers end now, reaped, their chunks dropped
+            _end_workers(pool)
         del _SHARED[token]
 
 

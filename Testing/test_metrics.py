@@ -388,6 +388,72 @@ class ParallelSlicesTest(unittest.TestCase):
                                        progress=cancel_at_the_slices)
         self.assertIn("slice", reports[-1][1])
 
+    def test_a_cancel_ends_the_worker_processes_at_once(self) -> None:
+        """A cancel had shut the pool down without waiting (``shutdown(wait=False)``): its workers went on scoring the
+        chunks they had taken, 5.6 s of two busy cores after a Cancel on 80 slices of 256 x 256, and a script (the CLI)
+        waited for them at its exit. Here each slice a worker scores takes 20 s: none may be left after the cancel."""
+        import multiprocessing
+        import time
+        from unittest import mock
+
+        from MultimodalFusionLib.errors import OperationCancelled
+
+        real = metrics._slice_scores
+
+        def slow(*images):  # in the forked workers only: the test's process scores no slice with a pool
+            if os.getpid() != parent:
+                time.sleep(20.0)
+            return real(*images)
+
+        parent = os.getpid()
+        f, a, b = self._volume()
+        before = {p.pid for p in multiprocessing.active_children()}
+        with _pool_for_small_volumes(), mock.patch.object(metrics, "_slice_scores", slow):
+            start = time.monotonic()
+            with self.assertRaises(OperationCancelled):
+                metrics.fusion_metrics(f, a, b, workers=2, progress=lambda fraction, text: "slices" not in text)
+        left = [p.pid for p in multiprocessing.active_children() if p.pid not in before]
+        self.assertEqual(left, [])  # the old code: both workers, scoring for 20 s more
+        self.assertLess(time.monotonic() - start, 15.0)
+
+    def test_the_worker_processes_end_with_the_process_that_started_them(self) -> None:
+        """A process killed while its pool scored (SIGKILL, the OOM killer) had left its workers waiting for work for
+        ever (two idle orphans per pool); they end with it now."""
+        import signal
+        import subprocess
+        import time
+
+        code = (
+            "import os, signal, sys\n"
+            "from unittest import mock\n"
+            "import numpy as np\n"
+            "from MultimodalFusionLib import metrics\n"
+            "rng = np.random.default_rng(0)\n"
+            "a = rng.random((8, 32, 32)) * 255\n"
+            "def kill(fraction, text):\n"
+            "    if 'slices' in text:\n"
+            "        import multiprocessing\n"
+            "        print(' '.join(str(p.pid) for p in multiprocessing.active_children()), flush=True)\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "with mock.patch.object(metrics, 'PARALLEL_MIN_PIXELS', 1):\n"
+            "    metrics.fusion_metrics(a, a, 255 - a, workers=2, progress=kill)\n")
+        # (its output read up to the line only: the old code's orphans held the pipe open)
+        with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}) as child:
+            line = child.stdout.readline()
+            self.assertEqual(child.wait(timeout=120), -signal.SIGKILL)
+        workers = [int(pid) for pid in line.split()]
+        self.assertEqual(len(workers), 2, line)
+        deadline = time.monotonic() + 10.0
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+            alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}") and
+                     open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        for pid in alive:  # the old code's orphans: ended here, not left on the machine
+            os.kill(pid, signal.SIGKILL)
+        self.assertEqual(alive, [])
+
 
 def _no_fork() -> int:
     raise OSError("fork refused by the test")
