@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import SimpleITK as sitk
 
 from .errors import InputError
-from .progress import ProgressCallback, report, scaled
+from .progress import ProgressCallback, prefixed, report, scaled
 from .validation import check_image, check_mask, has_content, voxels_overlap
 
 __all__ = ["run", "DEFAULT_METHODS", "fuse_and_evaluate", "check_method_windows"]
@@ -113,7 +113,9 @@ def fuse_and_evaluate(a: sitk.Image, b: sitk.Image, methods: Sequence[str], *,
         sub = scaled(progress, i / n, (i + 1) / n)
         res = fusion.fuse(a, b, method, progress=scaled(sub, 0.0, 0.6), **(method_params or {}).get(method, {}))
         report(sub, 0.6, f"evaluating {method}")
-        table[method] = metrics.fusion_metrics(res, a, b, progress=scaled(sub, 0.6, 1.0))
+        # their reports ("fusion metrics: slice 3 of 155") name the method, as the one above: `mmfusion run` and
+        # Slicer's dialog had not said which of the methods was being scored
+        table[method] = metrics.fusion_metrics(res, a, b, progress=prefixed(scaled(sub, 0.6, 1.0), f"evaluating {method}"))
         results.append(res)
     return results, table
 

@@ -15,7 +15,7 @@ from .errors import OperationCancelled
 
 ProgressCallback = Callable[[float, str], Optional[bool]]
 
-__all__ = ["ProgressCallback", "report", "scaled", "CancelToken", "signals_stop", "python_receives"]
+__all__ = ["ProgressCallback", "report", "scaled", "prefixed", "CancelToken", "signals_stop", "python_receives"]
 
 
 def report(progress: ProgressCallback | None, fraction: float, message: str) -> None:
@@ -34,6 +34,17 @@ def scaled(progress: ProgressCallback | None, start: float, end: float) -> Progr
 
     def _sub(fraction: float, message: str) -> bool | None:
         return progress(start + (end - start) * fraction, message)
+
+    return _sub
+
+
+def prefixed(progress: ProgressCallback | None, prefix: str) -> ProgressCallback | None:
+    """A callback putting ``prefix`` before each message of a sub-task (which step of the parent it is)."""
+    if progress is None:
+        return None
+
+    def _sub(fraction: float, message: str) -> bool | None:
+        return progress(fraction, f"{prefix}: {message}")
 
     return _sub
 

@@ -388,6 +388,21 @@ class ParallelSlicesTest(unittest.TestCase):
                                        progress=cancel_at_the_slices)
         self.assertIn("slice", reports[-1][1])
 
+    def test_the_reports_of_fuse_and_evaluate_name_the_method_scored(self) -> None:
+        """`mmfusion run` and the Slicer Logic fuse and score several methods one after another: the metrics' reports
+        ("fusion metrics: slice 3 of 9") had replaced "evaluating <method>", so the bar or dialog no longer said which
+        method was being scored, 20-40 s each on a BraTS volume."""
+        from MultimodalFusionLib import pipeline
+
+        f, a, b = self._volume()
+        reports: list[str] = []
+        pipeline.fuse_and_evaluate(sitk.GetImageFromArray(a), sitk.GetImageFromArray(b), ["average", "pca"],
+                                   progress=lambda fraction, text: reports.append(text))
+        scoring = [text for text in reports if "fusion metrics" in text]
+        for method in ("average", "pca"):
+            self.assertIn(f"evaluating {method}: fusion metrics: slice 1 of 9", scoring)
+        self.assertTrue(all(text.startswith("evaluating ") for text in scoring), scoring)
+
     def test_a_cancel_ends_the_worker_processes_at_once(self) -> None:
         """A cancel had shut the pool down without waiting (``shutdown(wait=False)``): its workers went on scoring the
         chunks they had taken, 5.6 s of two busy cores after a Cancel on 80 slices of 256 x 256, and a script (the CLI)
