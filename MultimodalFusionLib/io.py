@@ -1589,7 +1589,7 @@ _RESCALE_SLOPE, _RESCALE_INTERCEPT = 0x00281053, 0x00281052
 _RESCALE_NAMES = {_RESCALE_SLOPE: "RescaleSlope (0028,1053)", _RESCALE_INTERCEPT: "RescaleIntercept (0028,1052)"}
 
 
-def _rescale_fault(slope: str | None, intercept: str | None, repeats: bool = True) -> tuple[int, str, str] | None:
+def _rescale_fault(slope: str | None, intercept: str | None) -> tuple[int, str, str] | None:
     """What makes the RescaleSlope and RescaleIntercept a DICOM file states (their text; None where it has no such
     element) unusable: the tag at fault, it and its value in words (no patient tag: the value may be shown), and
     why; None where they are usable. Each must be one finite number, the slope not 0 (it would make every voxel the
@@ -1599,8 +1599,9 @@ def _rescale_fault(slope: str | None, intercept: str | None, repeats: bool = Tru
     classic file (an empty one had been refused beside an intercept where a left-out one was read). ITK's reader (GDCM)
     had read an unusable value without a word, as 1 or as 0 (every voxel the intercept) depending on where the file
     states it, and a series had ended in a bare ValueError for NaN or infinity. One value stated several times
-    (``1\\1``: DICOM's VM is 1) is read as that value where ``repeats`` (the file's top level, where ITK's reader
-    takes the first value: :func:`_rescale_repeat_notes` warns of it); different values stay refused."""
+    (``1\\1``: DICOM's VM is 1) is read as that value, at the file's top level (where ITK's reader takes the first
+    value) and in an enhanced file's functional groups alike (:func:`_rescale_repeat_notes` warns of it); different
+    values stay refused."""
     for tag, text in ((_RESCALE_SLOPE, slope), (_RESCALE_INTERCEPT, intercept)):
         if text is None or not text.strip():
             continue
@@ -1608,7 +1609,7 @@ def _rescale_fault(slope: str | None, intercept: str | None, repeats: bool = Tru
         values = _dicom_numbers(text)  # [] for text that is no number (it is not empty)
         if not values:
             return tag, named, ", which is not a number"
-        if len(values) != 1 and not (repeats and len(set(values)) == 1):
+        if len(set(values)) != 1:
             return tag, named, f", {len(values)} values where DICOM allows one"
         if not math.isfinite(values[0]):
             return tag, named, ", which is not a finite number"
@@ -1658,16 +1659,17 @@ def _bits_error(path: str, bits: int, others: str = "") -> InputError:
                       "with a tool that reads this depth (e.g. pydicom: ds.pixel_array) to NIfTI, and load that.")
 
 
-def _rescale_repeat_notes(path: str, slope: str | None, intercept: str | None) -> list[_FileWarning]:
-    """The warnings for a file whose top-level RescaleSlope or RescaleIntercept states one value several times
-    (``1\\1``), which :func:`_rescale_fault` lets through: read as the value, as ITK's reader (GDCM) reads it (its
-    first value; pydicom's apply_rescale fails on it), where DICOM allows one (PS3.3 C.11.1.1: VM 1); one for each
-    tag so stated (a file repeating both had been warned of its slope alone)."""
+def _rescale_repeat_notes(path: str, slope: str | None, intercept: str | None, where: str = "") -> list[_FileWarning]:
+    """The warnings for a file whose RescaleSlope or RescaleIntercept states one value several times (``1\\1``),
+    which :func:`_rescale_fault` lets through: read as the value, as ITK's reader (GDCM) reads it (its first value;
+    pydicom's apply_rescale fails on it), where DICOM allows one (PS3.3 C.11.1.1: VM 1); one for each tag so stated
+    (a file repeating both had been warned of its slope alone). ``where``: in the file, where not its top level (an
+    enhanced file's functional groups, see :func:`_check_frame_rescales`), as :func:`_rescale_error` says it."""
     notes = []
     for tag, text in ((_RESCALE_SLOPE, slope), (_RESCALE_INTERCEPT, intercept)):
         values = _dicom_numbers(text) if text else []
         if len(values) > 1 and len(set(values)) == 1:
-            named = f"{_RESCALE_NAMES[tag]} '{text.strip()[:40]}'"
+            named = f"{_RESCALE_NAMES[tag]} '{text.strip()[:40]}'{where}"
             why = (f"{len(values)} equal values where DICOM allows one (VM 1): read as {values[0]:g}, the value ITK's "
                    "DICOM reader (GDCM) takes (different values are refused)")
             notes.append(_FileWarning(f"repeated {_RESCALE_NAMES[tag]}", path,
@@ -1687,17 +1689,23 @@ def _rescale_error(path: str, fault: tuple[int, str, str], where: str = "", othe
                       "scanner or PACS.")
 
 
-def _check_frame_rescales(path: str, tags: Mapping[int, Any]) -> None:
+def _check_frame_rescales(path: str, tags: Mapping[int, Any], notes: list[_FileWarning]) -> None:
     """Refuse a multi-frame file one of whose functional groups' PixelValueTransformationSequence (0028,9145) states
     an unusable RescaleSlope/RescaleIntercept (:func:`_rescale_fault`; its top-level pair is checked as any file's,
-    from ITK's metadata): ITK's reader had applied a slope of 0, or 'abc', as 0 (every voxel the intercept)."""
+    from ITK's metadata): ITK's reader had applied a slope of 0, or 'abc', as 0 (every voxel the intercept). One value
+    repeated (``2\\2``) is read as that value, as at the top level, with the same warning kept in ``notes`` (once a
+    tag for the file, where it is first so stated); it had been refused there alone."""
     frames = [f for f in tags.get(_PER_FRAME_GROUPS) or [] if isinstance(f, dict)]
     for where, item in [("its shared functional groups", _first_item(tags, _SHARED_GROUPS))] + [
             (f"frame {k + 1}'s functional groups", frame) for k, frame in enumerate(frames)]:
         rescale = _first_item(item, _PIXEL_VALUE_TRANSFORMATION)
-        fault = _rescale_fault(rescale.get(_RESCALE_SLOPE), rescale.get(_RESCALE_INTERCEPT), repeats=False)
+        stated = rescale.get(_RESCALE_SLOPE), rescale.get(_RESCALE_INTERCEPT)
+        at = f" (in {where}' PixelValueTransformationSequence (0028,9145))"
+        fault = _rescale_fault(*stated)
         if fault is not None:
-            raise _rescale_error(path, fault, f" (in {where}' PixelValueTransformationSequence (0028,9145))")
+            raise _rescale_error(path, fault, at)
+        warned = {note.kind for note in notes if note.path == path}
+        notes += [note for note in _rescale_repeat_notes(path, *stated, at) if note.kind not in warned]
 
 
 def _frame_rescales(tags: Mapping[int, Any]) -> list[tuple[float, float]] | None:
@@ -1760,7 +1768,7 @@ def _rescale_to_apply(image: sitk.Image, path: str, tags: Mapping[int, Any], not
     (:func:`_itk_applied_rescale`: no rule by SOP class kept here, which a GDCM version could change) and compared.
     A probe that cannot be read (a temporary folder that cannot be written) leaves ITK's reading, with a warning
     kept in ``notes``."""
-    _check_frame_rescales(path, tags)
+    _check_frame_rescales(path, tags, notes)
     pairs = _frame_rescales(tags)
     if pairs is None or image.GetNumberOfComponentsPerPixel() != 1:
         return None

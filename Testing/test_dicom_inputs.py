@@ -1459,6 +1459,59 @@ class DicomGeometryFromTags(unittest.TestCase):
                 self.assertIn("RescaleIntercept (0028,1052) '-1024\\-1024', 2 equal values where DICOM allows one "
                               "(VM 1): read as -1024", said)
 
+    def test_a_rescale_repeated_in_the_functional_groups_is_read_with_a_warning(self) -> None:
+        """A RescaleSlope/RescaleIntercept stated as one value repeated ('2\\2', '-1024\\-1024') in an enhanced file's
+        shared or per-frame PixelValueTransformationSequence (0028,9145) had been refused as '2 values where DICOM
+        allows one', where the same at the file's top level is read as that value with a warning: it is now read so
+        there too (alone, and in a series of such files, warned once), with the same warning; different values
+        ('2\\3') stay refused."""
+        import pydicom
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence as DicomSequence
+        from pydicom.uid import generate_uid
+
+        positions = [[(-5.0, -6.0, 10.0 + 3.0 * (3 * i + k)) for k in range(3)] for i in range(2)]
+        for where in ("shared", "per-frame"):
+            for slope, intercept, factor in (("2\\2", "-1024", 2.0), ("1", "-1024\\-1024", 1.0),
+                                             ("2\\2", "-1024\\-1024", 2.0), ("2\\3", "-1024", None)):
+                with self.subTest(where=where, slope=slope, intercept=intercept):
+                    folder = os.path.join(self.dir, f"{where} {slope} {intercept}".replace("\\", "_"))
+                    os.makedirs(folder)
+                    uid, truths, paths = generate_uid(), [], []
+                    for i, frames in enumerate(positions):
+                        paths.append(os.path.join(folder, f"part{i}.dcm"))
+                        truths.append(write_enhanced(paths[-1], frames, series_uid=uid))
+                        ds = pydicom.dcmread(paths[-1])
+                        items = list(ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence)
+                        if where == "per-frame":  # each frame its own, none shared
+                            del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+                            items = [Dataset() for _ in ds.PerFrameFunctionalGroupsSequence]
+                            for frame, item in zip(ds.PerFrameFunctionalGroupsSequence, items):
+                                frame.PixelValueTransformationSequence = DicomSequence([item])
+                        for item in items:
+                            item.RescaleSlope, item.RescaleIntercept = slope.split("\\"), intercept.split("\\")
+                        ds.save_as(paths[-1])
+                    named = [f"{name} '{text}'" for name, text in (("RescaleSlope (0028,1053)", slope),
+                                                                    ("RescaleIntercept (0028,1052)", intercept))
+                             if "\\" in text]
+                    for read, truth in ((paths[0], truths[0]), (folder, np.concatenate(truths))):
+                        if factor is None:
+                            with self.assertRaises(InputError) as cm:
+                                io.read_image(read)
+                            self.assertIn(f"states {named[0]} (in ", str(cm.exception))
+                            self.assertIn("2 values where DICOM allows one", str(cm.exception))
+                            continue
+                        with warnings.catch_warnings(record=True) as caught:
+                            warnings.simplefilter("always")
+                            image = io.read_image(read)
+                        np.testing.assert_allclose(sitk.GetArrayFromImage(image), (truth + 1024) * factor - 1024)
+                        for name in named:
+                            said = [str(w.message) for w in caught if name in str(w.message)]
+                            self.assertEqual(len(said), 1, [str(w.message) for w in caught])
+                            self.assertIn("2 equal values where DICOM allows one (VM 1): read as", said[0])
+                            self.assertIn("2 of the 2 files" if read == folder else f"DICOM file '{paths[0]}'", said[0])
+                            self.assertFalse([tag for tag, value in PHI.items() if value in said[0]], said[0])
+
     def _alone_in_folder(self, path: str) -> str:
         """A folder holding a copy of ``path`` alone."""
         import shutil
