@@ -333,11 +333,9 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     except InputError as exc:
         # a pixel depth GDCM cannot read (BitsAllocated 24): named, where GDCM's error had named neither file nor tag
         # (the files' headers are read only now, the series having failed)
-        unreadable = [(path, bits) for path in pick["files"]
-                      for bits in [_unreadable_bits(_dicom_bits_allocated(path))] if bits is not None]
-        if unreadable:
-            raise _bits_error(*unreadable[0], others=f"; so do {len(unreadable) - 1} more of the series' "
-                              f"{len(pick['files'])} files" if len(unreadable) > 1 else "") from exc
+        unreadable = _series_bits_error(pick["files"])
+        if unreadable is not None:
+            raise unreadable from exc
         raise
     image = _slices_stacked(image, rows, slice_step)
     # a RescaleSlope/Intercept stated as one value repeated (1\1), read as it: warned once for the series
@@ -1659,6 +1657,18 @@ def _bits_error(path: str, bits: int, others: str = "") -> InputError:
                       "with a tool that reads this depth (e.g. pydicom: ds.pixel_array) to NIfTI, and load that.")
 
 
+def _series_bits_error(files: Sequence[str]) -> InputError | None:
+    """The error for a series whose ``files`` include one whose BitsAllocated (0028,0100) ITK's reader cannot read
+    (:func:`_bits_error`: the first such file, and how many more), None where none does: each file's header is read
+    (one tag), so only once ITK has failed on the series."""
+    unreadable = [(path, bits) for path in files
+                  for bits in [_unreadable_bits(_dicom_bits_allocated(path))] if bits is not None]
+    if not unreadable:
+        return None
+    return _bits_error(*unreadable[0], others=f"; so do {len(unreadable) - 1} more of the series' {len(files)} files"
+                       if len(unreadable) > 1 else "")
+
+
 def _rescale_repeat_notes(path: str, slope: str | None, intercept: str | None, where: str = "") -> list[_FileWarning]:
     """The warnings for a file whose RescaleSlope or RescaleIntercept states one value several times (``1\\1``),
     which :func:`_rescale_fault` lets through: read as the value, as ITK's reader (GDCM) reads it (its first value;
@@ -2278,7 +2288,12 @@ def _read_multiframe_series(pick: dict[str, Any], rows: Sequence[dict[str, str]]
             tags = None  # a multi-frame file's header, parsed once (it took ~13% of the read, parsed twice)
             if path in by_path:  # else ITK cannot read its header: reading it fails below, naming it
                 tags = _check_part_placed(label, path, by_path[path])
-            image = _read_file(path, notes, geometry_tags=tags)
+            try:
+                image = _read_file(path, notes, geometry_tags=tags)
+            except InputError as exc:  # its pixel depth named (_read_file), now with the series' other such files
+                if _unreadable_bits(_dicom_bits_allocated(path)) is None:  # (had named this file alone)
+                    raise
+                raise _series_bits_error(pick["files"]) from exc
             if image.GetDimension() != 3:
                 raise InputError(f"DICOM file '{path}' of {label} is a {image.GetDimension()}D image (size "
                                  f"{image.GetSize()}), which cannot be stacked with the series' other files.",

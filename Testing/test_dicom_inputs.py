@@ -1974,6 +1974,36 @@ class DicomFilesItCannotRead(unittest.TestCase):
                     self.assertIn("with 8, 16 or 32 bits allocated", ctx.exception.fix)
                     self.assertFalse([tag for tag, value in PHI.items() if value in str(ctx.exception)])
 
+    def test_a_pixel_depth_gdcm_cannot_read_is_named_in_a_series_of_multiframe_files(self) -> None:
+        """A series of multi-frame files (read file by file, :func:`io._read_multiframe_series`) with BitsAllocated
+        (0028,0100) 24 names the first such file, the tag and the value, and how many more files state such a depth,
+        as a series of classic slices does: it had named the first file alone. A series whose other file reads
+        names the one that does not."""
+        import pydicom
+        from pydicom.uid import generate_uid
+
+        for deep in ((0, 1), (1,)):
+            with self.subTest(deep=deep), tempfile.TemporaryDirectory() as folder:
+                uid, paths = generate_uid(), []
+                for i in range(2):
+                    paths.append(os.path.join(folder, f"part{i}.dcm"))
+                    write_enhanced(paths[-1], [(0.0, 0.0, 2.0 * (3 * i + k)) for k in range(3)], rows=8, cols=8,
+                                   series_uid=uid)
+                    if i in deep:
+                        ds = pydicom.dcmread(paths[-1])
+                        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 24, 16, 15
+                        size = ds.Rows * ds.Columns * int(ds.NumberOfFrames) * 3
+                        ds.PixelData = bytes(k % 200 for k in range(size + size % 2))
+                        ds.save_as(paths[-1])
+                with self.assertRaises(InputError) as ctx:
+                    io.read_image(folder)
+                self.assertEqual(ctx.exception.problem,
+                                 f"DICOM file '{paths[deep[0]]}' has BitsAllocated (0028,0100) 24, a pixel depth ITK's "
+                                 "DICOM reader (GDCM) cannot read: it reads 1, 8, 12, 16 and 32 bits a sample"
+                                 + ("; so do 1 more of the series' 2 files." if len(deep) == 2 else "."))
+                self.assertIn("with 8, 16 or 32 bits allocated", ctx.exception.fix)
+                self.assertFalse([tag for tag, value in PHI.items() if value in str(ctx.exception)])
+
     def test_float_pixel_data_is_named_not_called_truncated(self) -> None:
         """Float Pixel Data (7FE0,0008) and Double Float Pixel Data (7FE0,0009), which ITK's reader (GDCM) does not
         read: a file holding them had been called truncated ('holds no pixel data: it ends after 720 bytes', fix: copy
