@@ -8,7 +8,7 @@ Usage::
 ``inference.check_inference_memory`` (``fuse_arrays``, and ``check_adaptation`` before ``mmfusion run``'s
 registration) refuses a fusion, or runs it in a smaller batch, from ``inference.inference_memory``: the network's
 activations for one forward pass (``training._kept_per_voxel(..., inference=True)`` times
-``INFERENCE_MEMORY_FACTOR``) plus the whole-volume float32 arrays the fusion allocates. This script measures what a
+``inference._memory_factor``: by the pass's voxels and how many passes there are) plus the whole-volume float32 arrays the fusion allocates. This script measures what a
 fusion takes: each case runs in its own process (``ru_maxrss`` is a process's peak), which fuses a tiny pair first
 (the network loaded, torch's kernels warmed up), reads its resident size, runs ``fuse_arrays`` on the CPU, one
 thread, and reports its peak resident size less the size before it, beside the estimate (``max(activations +
@@ -36,8 +36,9 @@ import sys
 # Runs from a source checkout without installing the package.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-DEFAULT_CASES = ("2d:512,2d:1024,2d:2048,3d-sliced:64x256x256:8,3d-sliced:64x256x256:2,3d-sliced:32x512x512:8,"
-                 "3d-sliced:32x512x512:2,3d:128x128x128:8,3d:128x128x128:4,3d:192x192x192:8")
+DEFAULT_CASES = ("2d:256,2d:512,2d:1024,2d:2048,3d-sliced:64x256x256:8,3d-sliced:64x256x256:2,3d-sliced:32x512x512:8,"
+                 "3d-sliced:32x512x512:2,3d-sliced:3x512x512:8,3d:128x128x128:8,3d:128x128x128:4,3d:100x100x100:4,"
+                 "3d:96x96x96:8,3d:192x192x192:8")
 MIB = 2 ** 20
 
 

@@ -545,8 +545,32 @@ def check_adaptation_memory(config: Any, shape: Sequence[int], *, steps: int, ro
 
 #: Peak memory of a fusion's forward pass over the bytes its tensors hold at once (``training._kept_per_voxel`` with
 #: ``inference``: 320 bytes a pixel or voxel for the shipped 2D and 3D networks, 160 under float16 autocast): the
-#: allocator's slack and the convolutions' workspace, measured on the CPU (one thread; README).
+#: allocator's slack and the convolutions' workspace. On CUDA (unmeasured); the CPU's: :data:`CPU_MEMORY_FACTORS`.
 INFERENCE_MEMORY_FACTOR = 1.6
+
+#: The voxels of a pass (slices or windows, times their voxels) up to which each of :data:`CPU_MEMORY_FACTORS`' rows
+#: holds: at 2^20 a pass's 8-channel float32 tensors are 32 MiB, glibc's largest mmap threshold (it starts at 128 KiB
+#: and rises to the size of the blocks a process frees), below which they come from the heap, which keeps what a
+#: pass frees in pieces the next pass cannot always reuse.
+CPU_PASS_VOXELS = (2 ** 18, 2 ** 20)
+
+#: The CPU's peak over the bytes the network's tensors hold at once (the factor of :func:`inference_memory`'s
+#: activations), (one pass, several) for passes of up to 2^18 voxels, up to 2^20, more: the peak resident size over
+#: them measured (``python benchmarks/deep_fusion_memory.py``, one thread, the library's allocator settings) was, one
+#: pass: 1.63-1.89 (2^16-2^18 voxels), 1.48-1.64 (2^19-2^20), 1.34-1.39 (2.4-4.2 million); several: 1.72-2.13
+#: (2^17-2^20; the most, the 3D network's 96^3 windows one at a time), 1.52-1.59 (1.8-2.1 million). The figures
+#: leave room for the run-to-run spread (the same case measured 0.1 apart).
+CPU_MEMORY_FACTORS = ((2.0, 2.3), (1.75, 2.3), (1.6, 1.75))
+
+
+def _memory_factor(voxels: int, passes: int, amp: bool) -> float:
+    """The factor of :func:`inference_memory`'s activations for ``passes`` passes of ``voxels`` each (their batch
+    included): :data:`INFERENCE_MEMORY_FACTOR` on CUDA (``amp``), else :data:`CPU_MEMORY_FACTORS`'."""
+    if amp:
+        return INFERENCE_MEMORY_FACTOR
+    row = sum(voxels > limit for limit in CPU_PASS_VOXELS)
+    return CPU_MEMORY_FACTORS[row][passes > 1]
+
 
 #: Bytes a voxel of the whole-volume arrays a fusion allocates after :func:`fuse_arrays` has its float32 inputs,
 #: on the CPU whatever the device: while the network runs, a 2D network's fused image and weight map (8); the 3D
@@ -570,21 +594,37 @@ def fusion_pass(config: Any, shape: Sequence[int], batch_size: int, roi_size: in
         return [multiple * math.ceil(side / multiple) for side in shape], 1
     if dims == 2:
         return [multiple * math.ceil(side / multiple) for side in shape[1:]], min(batch_size, int(shape[0]))
-    return _window_sides(shape, roi_size, multiple), _window_batch(batch_size)
+    sides = _window_sides(shape, roi_size, multiple)
+    return sides, min(_window_batch(batch_size), _window_count(shape, sides))
+
+
+def _window_count(shape: Sequence[int], sides: Sequence[int]) -> int:
+    """The sliding windows of ``sides`` on a volume of ``shape``, as ``monai.inferers.sliding_window_inference`` lays
+    them at :func:`predict`'s 25 % overlap (``monai.data.utils.dense_patch_slices``): a volume of one window had been
+    counted as a pass of a quarter of ``batch_size`` windows (2: 881 MiB where 431 were measured)."""
+    count = 1
+    for side, roi in zip(shape, sides):
+        if side > roi:
+            step = max(1, int(roi * 0.75))
+            count *= math.ceil((side - roi) / step) + 1
+    return count
 
 
 def inference_memory(config: Any, shape: Sequence[int], batch_size: int, roi_size: int, *, amp: bool = False,
                      before: bool = False) -> tuple[int, int, int]:
     """About the memory (bytes) a fusion of arrays of ``shape`` takes: (the network's activations for one forward pass
     (:func:`fusion_pass`), on the fusion's device: the tensors it holds at once, ``training._kept_per_voxel``, times
-    :data:`INFERENCE_MEMORY_FACTOR`; the whole-volume arrays on the CPU while it runs; those after it). ``amp``:
+    :func:`_memory_factor` (by the pass's voxels and how many passes there are); the whole-volume arrays on the CPU while it runs; those after it). ``amp``:
     float16 autocast (CUDA); ``before``: counted before ``fusion.fuse`` has scaled the images (not in
     :func:`fuse_arrays`)."""
     from .training import _kept_per_voxel
 
     sides, batch = fusion_pass(config, shape, batch_size, roi_size)
-    activations = int(INFERENCE_MEMORY_FACTOR * _kept_per_voxel(config, amp, inference=True) * batch
-                      * math.prod(sides))
+    pieces = (1 if len(shape) == config.spatial_dims == 2 else int(shape[0]) if config.spatial_dims == 2
+              else _window_count(shape, sides))
+    per_pass = batch * math.prod(sides)
+    activations = int(_memory_factor(per_pass, math.ceil(pieces / batch), amp)
+                      * _kept_per_voxel(config, amp, inference=True) * per_pass)
     voxels = math.prod(int(side) for side in shape)
     if config.spatial_dims == 3:
         padded = any(side < roi and side % config.size_multiple for side, roi in zip(shape, sides))
@@ -593,6 +633,26 @@ def inference_memory(config: Any, shape: Sequence[int], batch_size: int, roi_siz
         per_voxel = _ARRAYS_WHILE_2D
     first = _ARRAYS_BEFORE * voxels if before else 0
     return activations, first + per_voxel * voxels, first + _ARRAYS_AFTER * voxels
+
+
+#: The share of the room that the size a refusal names (``to about 1015x1015 or fewer``) is estimated to take: the
+#: room shrinks by a MiB or so as a process maps more, and a run's peak spreads by a few percent from run to run.
+SUGGESTED_ROOM = 0.9
+
+
+def _fitting_shape(shape: Sequence[int], fits: Any) -> list[int]:
+    """``shape`` scaled down alike on every axis (at least 1 voxel a side) to the largest that ``fits`` (a predicate
+    on a shape), bisected on the scale: the need does not shrink as the voxels do (the 3D network's windows keep their
+    side until the volume is smaller; fixed parts), so the room's share of the need, as a scale, had named sizes that
+    do not fit."""
+    def scaled(scale: float) -> list[int]:
+        return [max(1, int(side * scale)) for side in shape]
+
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if fits(scaled(mid)) else (low, mid)
+    return scaled(low)
 
 
 def check_inference_memory(config: Any, shape: Sequence[int], *, batch_size: int, roi_size: int, device: Any,
@@ -634,25 +694,31 @@ def check_inference_memory(config: Any, shape: Sequence[int], *, batch_size: int
     batches = [batch_size] + [per_pass // 2 ** k * scale for k in range(1, per_pass.bit_length())
                               if per_pass // 2 ** k >= 2] if (windows or sliced) else [batch_size]
 
-    def shortfall(dev: Any, batch: int) -> tuple[int, int, str, Any, int, int] | None:
-        """(need, room, what the room is, where, activations, arrays) where a fusion at ``batch`` on ``dev`` does not
-        fit: on the CPU all of it; on CUDA the activations there, the arrays on the CPU."""
+    def needs(dev: Any, batch: int, shape: Sequence[int]) -> tuple[tuple[tuple[Any, int], ...], int, int]:
+        """((where, need) for each device a fusion of ``shape`` at ``batch`` on ``dev`` takes memory on: on the CPU all
+        of it; on CUDA the activations there, the arrays on the CPU; its activations; its arrays)."""
         activations, during, after = inference_memory(config, shape, batch, roi_size, amp=dev.type == "cuda",
                                                       before=before)
-        for where, need in (((dev, max(activations + during, after)),) if dev.type == "cpu"
-                            else ((dev, activations), (cpu, max(during, after)))):
+        return (((dev, max(activations + during, after)),) if dev.type == "cpu"
+                else ((dev, activations), (cpu, max(during, after)))), activations, max(during, after)
+
+    def shortfall(dev: Any, batch: int) -> tuple[int, int, str, Any, int, int] | None:
+        """(need, room, what the room is, where, activations, arrays) where a fusion at ``batch`` on ``dev`` does not
+        fit."""
+        wheres, activations, arrays = needs(dev, batch, shape)
+        for where, need in wheres:
             room = available_memory(where)
             if room is not None and need > room[0]:
                 # what the need counts: on a GPU the activations, on the CPU the arrays (and the activations there)
                 return (need, room[0], room[1], where, activations if where == dev else 0,
-                        max(during, after) if where.type == "cpu" else 0)
+                        arrays if where.type == "cpu" else 0)
         return None
 
-    for dev in ([device, cpu] if falls_back and device.type == "cuda" else [device]):
+    for last in ([device, cpu] if falls_back and device.type == "cuda" else [device]):
         for batch in batches:
-            short = shortfall(dev, batch)
+            short = shortfall(last, batch)
             if short is None:
-                return batch, dev
+                return batch, last
     need, free, what, where, activations, arrays = short  # the smallest batch, on the last device tried
     dims, batch = config.spatial_dims, batches[-1]
     sides, passes = fusion_pass(config, shape, batch, roi_size)
@@ -661,7 +727,8 @@ def check_inference_memory(config: Any, shape: Sequence[int], *, batch_size: int
     run = (f"the whole {piece}-pixel image in one pass" if not (windows or sliced)
            else f"{passes} {piece}-pixel slice(s) a pass, batch_size {batch}" if sliced
            else f"{passes} {piece}-voxel window(s) a pass, roi_size {roi_size} and batch_size {batch}")
-    fitting = "x".join(str(max(1, int(side * (free / need) ** (1 / len(shape))))) for side in reversed(shape))
+    fitting = "x".join(str(side) for side in reversed(_fitting_shape(
+        shape, lambda smaller: dict(needs(last, batch, smaller)[0])[where] <= SUGGESTED_ROOM * free)))
     levers = []
     if (windows or sliced) and batch > 1:
         levers.append("batch_size=1 (Python and the Slicer Logic; it fuses about 1e-7 off larger batches)")

@@ -103,13 +103,67 @@ STEP_MEMORY_FACTOR = 1.6
 _KEPT: dict[str, float] = {}  # _kept_per_voxel's counts, by architecture, precision and pass
 
 
+def _live_per_voxel_bound(config: FusionNetConfig, amp: bool) -> float:
+    """Bytes a voxel :func:`_kept_per_voxel` gives with ``inference`` where the torch at hand cannot count them (its
+    counting needs torch's private ``torch.utils._python_dispatch.TorchDispatchMode``, and 3D Slicer's PyTorch
+    extension installs whichever torch it finds): float32 values (float16 under ``amp``, half) of 10 tensors of the
+    encoders' width at full resolution and 2 of each core level's width at its resolution. Never below the count:
+    400 bytes (float16 200) for the shipped 2D network and 348 (174) for the 3D one, counted 320 (160); 40 bytes a
+    feature channel counted on networks of 4-16 features."""
+    scale, core = 1, 0.0
+    for width, stride in zip(config.channels, tuple(config.strides) + (1,)):  # the core's levels, the bottom last
+        scale *= int(stride)
+        core += 2 * width / scale ** config.spatial_dims
+    return (4 if not amp else 2) * (10 * config.features + core)
+
+
 def _kept_per_voxel(config: FusionNetConfig, amp: bool, *, inference: bool = False) -> float:
     """Bytes autograd keeps for the backward pass per voxel of one training patch of a network of ``config`` (the
     forward pass and the loss; ``amp``: under float16 autocast); with ``inference``, the most bytes a forward pass
     without gradients (inference's ``torch.no_grad``) holds at once per voxel (its live tensors, each freed when the
     last one on its storage goes). Counted on patches of 16 (or the network's size multiple above it) at batch 1 and 2,
     whose difference is one patch's without the weights. A network built for it (0.05 s in 2D, 0.2 s in 3D on one
-    thread; once per architecture), the caller's random state untouched."""
+    thread; once per architecture), the caller's random state untouched. The inference count needs torch's private
+    dispatch mode: where the torch at hand lacks it or it fails, :func:`_live_per_voxel_bound` (above the count),
+    silently (the fusion runs as before; only its memory check is a little more cautious)."""
+    import torch
+
+    key = f"{config.to_dict()}{amp}{inference}"
+    if key in _KEPT:
+        return _KEPT[key]
+    side = config.size_multiple * math.ceil(MIN_PATCH / config.size_multiple)
+    with torch.random.fork_rng(devices=[]):
+        model = build_network(config).train(not inference)
+    if inference:
+        try:
+            _KEPT[key] = _count_live(model, amp, side)
+        except Exception:  # noqa: BLE001 - any torch: a private API moved, renamed or changed (3D Slicer's PyTorch)
+            _KEPT[key] = _live_per_voxel_bound(config, amp)
+        return _KEPT[key]
+    loss_fn = FusionLoss(config.spatial_dims)
+    counts = []
+    for batch in (1, 2):
+        kept: dict[int, int] = {}
+
+        def pack(tensor: Any, kept: dict[int, int] = kept) -> Any:
+            storage = tensor.untyped_storage()  # tensors that share storage (views) are counted once
+            kept[storage.data_ptr()] = max(kept.get(storage.data_ptr(), 0), storage.nbytes())
+            return tensor
+
+        a = torch.zeros((batch, 1) + (side,) * config.spatial_dims)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            with torch.autocast("cpu", dtype=torch.float16, enabled=amp):
+                fused, _ = model(a, a)
+            loss_fn(fused.float(), a, a)
+        counts.append(sum(kept.values()))
+    _KEPT[key] = (counts[1] - counts[0]) / side ** config.spatial_dims
+    return _KEPT[key]
+
+
+def _count_live(model: Any, amp: bool, side: int) -> float:
+    """Bytes a voxel the most a forward pass of ``model`` without gradients holds at once (:func:`_kept_per_voxel`
+    with ``inference``), counted with torch's private dispatch mode on patches of ``side`` at batch 1 and 2. Raises
+    whatever a torch without that mode (or with a changed one) raises: the caller falls back."""
     import weakref
 
     import torch
@@ -144,35 +198,15 @@ def _kept_per_voxel(config: FusionNetConfig, amp: bool, *, inference: bool = Fal
                     weakref.finalize(tensor, self._gone, storage.data_ptr())
             return out
 
-    key = f"{config.to_dict()}{amp}{inference}"
-    if key not in _KEPT:
-        side = config.size_multiple * math.ceil(MIN_PATCH / config.size_multiple)
-        with torch.random.fork_rng(devices=[]):
-            model = build_network(config).train(not inference)
-        loss_fn = FusionLoss(config.spatial_dims)
-        counts = []
-        for batch in (1, 2):
-            kept: dict[int, int] = {}
-
-            def pack(tensor: Any, kept: dict[int, int] = kept) -> Any:
-                storage = tensor.untyped_storage()  # tensors that share storage (views) are counted once
-                kept[storage.data_ptr()] = max(kept.get(storage.data_ptr(), 0), storage.nbytes())
-                return tensor
-
-            a = torch.zeros((batch, 1) + (side,) * config.spatial_dims)
-            if inference:
-                with torch.no_grad(), _Live() as live:
-                    with torch.autocast("cpu", dtype=torch.float16, enabled=amp):
-                        model(a, a)
-                counts.append(live.peak)
-                continue
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-                with torch.autocast("cpu", dtype=torch.float16, enabled=amp):
-                    fused, _ = model(a, a)
-                loss_fn(fused.float(), a, a)
-            counts.append(sum(kept.values()))
-        _KEPT[key] = (counts[1] - counts[0]) / side ** config.spatial_dims
-    return _KEPT[key]
+    dims = model.config.spatial_dims
+    counts = []
+    for batch in (1, 2):
+        a = torch.zeros((batch, 1) + (side,) * dims)
+        with torch.no_grad(), _Live() as live:
+            with torch.autocast("cpu", dtype=torch.float16, enabled=amp):
+                model(a, a)
+        counts.append(live.peak)
+    return (counts[1] - counts[0]) / side ** dims
 
 
 def training_memory(config: FusionNetConfig, patch_size: int | Sequence[int], batch_size: int, *,
