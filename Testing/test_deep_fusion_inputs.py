@@ -1245,12 +1245,15 @@ class DeviceTest(unittest.TestCase):
         and in `run` after the registration. Each path refuses it up front, naming the need, the room and the fix:
         fuse_arrays and fusion.fuse (`mmfusion fuse`, the Slicer Logic's fuseVolumes), `mmfusion fuse`, and
         `mmfusion run` (pipeline.run) once the images are read, before the registration. 512 MiB of address space
-        left for real (ulimit -v); on the old code the same calls raised torch's RuntimeError, not this."""
+        left for real (ulimit -v); on the old code the same calls raised torch's RuntimeError, not this. The fix names
+        batch_size=1 only where a pass runs more than one slice or window (the 3D network's slab is one window, and
+        a batch_size of 4 runs one window a pass: batch_size=1 was named there too and could not help), and the 2D
+        network where the 3D one was refused."""
         from MultimodalFusionLib import fusion, pipeline
         from MultimodalFusionLib.fusion.deep import fuse_arrays
 
         big, volume = _blobs((1536, 1536), 0), _blobs((3, 1536, 1536), 1)
-        slab = _blobs((8, 512, 512), 2)
+        slab, wide = _blobs((8, 512, 512), 2), _blobs((8, 600, 600), 3)
         for weights, small in ((None, _blobs((16, 16), 2)), ("3d", _blobs((8, 16, 16), 2))):
             fuse_arrays(small, 1 - small, weights=weights, device="cpu")  # the networks loaded before the limit
         with tempfile.TemporaryDirectory() as tmp:
@@ -1267,7 +1270,10 @@ class DeviceTest(unittest.TestCase):
                       "2 1536x1536-pixel slice(s) a pass, batch_size 2"),
                      ("volume, 3D network", lambda: fuse_arrays(slab, 1 - slab, device="cpu", weights="3d",
                                                                 roi_size=1024),
-                      "1 512x512x8-voxel window(s) a pass, roi_size 1024 and batch_size 8")]
+                      "1 512x512x8-voxel window(s) a pass, roi_size 1024 and batch_size 8"),
+                     ("volume of 4 windows, 3D network", lambda: fuse_arrays(wide, 1 - wide, device="cpu", weights="3d",
+                                                                             roi_size=512, batch_size=4),
+                      "1 512x512x8-voxel window(s) a pass, roi_size 512 and batch_size 4")]
             with address_space_left(512 << 20):
                 for case, call, run in cases:
                     with self.subTest(case):
@@ -1280,7 +1286,9 @@ class DeviceTest(unittest.TestCase):
                                       "memory", message)
                         self.assertIn("Fuse fewer voxels: the pair cropped, or resampled to a coarser grid, to about ",
                                       message)
-                        self.assertEqual("batch_size=1" in message, "volume" in case)
+                        self.assertEqual("batch_size=1" in message, case == "volume, 2D network")
+                        self.assertEqual("the 2D network, which fuses it slice by slice (weights='2d'; CLI --model 2d)"
+                                         in message, "3D network" in case)
                 self.assertEqual(said, [])  # refused before "deep fusion on cpu"
                 for argv in (["fuse", str(tmp / "a.mha"), str(tmp / "b.mha"), "--method", "deep", "--deep-device",
                               "cpu", "-o", str(tmp / "fused.mha")],

@@ -660,8 +660,9 @@ def check_inference_memory(config: Any, shape: Sequence[int], *, batch_size: int
     """(the batch size to fuse with, the device): ``batch_size``, or the largest of its halvings down to 2 whose fusion
     (:func:`inference_memory`) fits in the memory there is (:func:`devices.available_memory`), which gives the same
     fused image and weight map bit for bit (a batch of 1 did not: 1e-7 off); refused up front where none fits, naming
-    the need, the room and what fits: fewer voxels (cropped, resampled), ``batch_size=1`` or a smaller ``roi_size``
-    (Python and the Slicer Logic), the CPU. On CUDA the activations are checked against the GPU's free memory and the
+    the need, the room and what fits: fewer voxels (cropped, resampled), ``batch_size=1`` (where a pass runs more than
+    one slice or window) or a smaller ``roi_size`` (Python and the Slicer Logic), the 2D network (a volume the 3D one
+    fuses), the CPU. On CUDA the activations are checked against the GPU's free memory and the
     arrays (on the CPU) against the CPU's; with ``falls_back`` (device "auto") a fusion CUDA cannot take runs on the
     CPU (:func:`fuse_arrays`' fallback), where it is checked. Nothing is checked where the memory cannot be told (the
     CPU of macOS or Windows).
@@ -730,10 +731,12 @@ def check_inference_memory(config: Any, shape: Sequence[int], *, batch_size: int
     fitting = "x".join(str(side) for side in reversed(_fitting_shape(
         shape, lambda smaller: dict(needs(last, batch, smaller)[0])[where] <= SUGGESTED_ROOM * free)))
     levers = []
-    if (windows or sliced) and batch > 1:
+    if passes > 1:  # batch_size=1 runs one slice or window a pass: no help where a pass has one already
         levers.append("batch_size=1 (Python and the Slicer Logic; it fuses about 1e-7 off larger batches)")
     if windows and roi_size > config.size_multiple:
         levers.append("a smaller roi_size (Python and the Slicer Logic)")
+    if windows:
+        levers.append("the 2D network, which fuses it slice by slice (weights='2d'; CLI --model 2d)")
     if where.type == "cuda":  # the GPU was short (not falling back): the CPU may take it
         levers.append("fuse on the CPU (device='cpu', CLI --deep-device cpu)")
     raise InputError(f"Deep fusion of the {shown} {'image' if len(shape) == 2 else 'volume'} needs about "
