@@ -3,7 +3,8 @@
 
 Usage::
 
-    python benchmarks/deep_fusion_memory.py [--cases 2d:512,3d-sliced:64x256x256:8,...] [--json FILE]
+    python benchmarks/deep_fusion_memory.py [--cases 2d:512,3d-sliced:64x256x256:8,...] [--keep-freed-memory]
+        [--json FILE]
 
 ``inference.check_inference_memory`` (``fuse_arrays``, and ``check_adaptation`` before ``mmfusion run``'s
 registration) refuses a fusion, or runs it in a smaller batch, from ``inference.inference_memory``: the network's
@@ -12,7 +13,9 @@ activations for one forward pass (``training._kept_per_voxel(..., inference=True
 fusion takes: each case runs in its own process (``ru_maxrss`` is a process's peak), which fuses a tiny pair first
 (the network loaded, torch's kernels warmed up), reads its resident size, runs ``fuse_arrays`` on the CPU, one
 thread, and reports its peak resident size less the size before it, beside the estimate (``max(activations +
-arrays while the network runs, arrays after it)``, as the check counts the CPU).
+arrays while the network runs, arrays after it)``, as the check counts the CPU). ``--keep-freed-memory``: both fusions
+with ``inference.KEEP_FREED_MEMORY`` on, as the ``mmfusion`` command runs them (glibc keeps what torch frees on its
+heap while the network runs), which the estimate counts too.
 
 Data: generated, no file needed: two arrays of the case's shape drawn uniformly from [0, 1) in float32
 (``numpy.random.default_rng(0)``, the first array, then the second). Random values are the worst case for nothing
@@ -53,13 +56,15 @@ def parse_case(text: str) -> tuple[str, list[int], int]:
     return kind, sides, int(batch[0]) if batch else 8
 
 
-def measure_one(kind: str, shape: list[int], batch: int) -> dict:
-    """The estimate and the measured peak of one fusion, in this process (call it in a fresh one)."""
+def measure_one(kind: str, shape: list[int], batch: int, keep_freed: bool = False) -> dict:
+    """The estimate and the measured peak of one fusion, in this process (call it in a fresh one); ``keep_freed``:
+    with ``inference.KEEP_FREED_MEMORY`` on (the ``mmfusion`` command's setting)."""
     import resource
 
     import numpy as np
     import torch
 
+    from MultimodalFusionLib.fusion.deep import inference
     from MultimodalFusionLib.fusion.deep.inference import (
         _load_model,
         fuse_arrays,
@@ -68,6 +73,7 @@ def measure_one(kind: str, shape: list[int], batch: int) -> dict:
     )
 
     torch.set_num_threads(1)
+    inference.KEEP_FREED_MEMORY = keep_freed
     weights = "3d" if kind == "3d" else "2d"
     model, _ = _load_model(weights, len(shape))
     rng = np.random.default_rng(0)
@@ -86,6 +92,7 @@ def measure_one(kind: str, shape: list[int], batch: int) -> dict:
     _, _, params = fuse_arrays(a, b, weights=weights, device="cpu", batch_size=batch, roi_size=96)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"case": f"{kind}:{'x'.join(map(str, shape))}:{batch}", "network": weights, "batch_size": batch,
+            "keep_freed_memory": keep_freed,
             "pass": f"{passes} x {'x'.join(map(str, sides))}", "activations_mib": activations / MIB,
             "arrays_mib": max(during, after) / MIB, "estimate_mib": max(activations + during, after) / MIB,
             "measured_mib": (peak - before) / MIB, "warnings": params.get("warnings", [])}
@@ -94,11 +101,13 @@ def measure_one(kind: str, shape: list[int], batch: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=DEFAULT_CASES, help="comma-separated KIND:SHAPE[:BATCH] (docstring)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="fuse with inference.KEEP_FREED_MEMORY on, as the mmfusion command does")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child process: one case, its row as JSON
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(measure_one(*parse_case(args.one))))
+        print(json.dumps(measure_one(*parse_case(args.one), keep_freed=args.keep_freed_memory)))
         return 0
     if not sys.platform.startswith("linux"):
         print("deep_fusion_memory: needs Linux (/proc/self/status, ru_maxrss in KiB)", file=sys.stderr)
@@ -110,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| case | network | pass (count x sides) | activations | arrays | estimate | measured | measured / estimate |")
     print("|---|---|---|---|---|---|---|---|")
     for case in cases:
-        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", case], capture_output=True,
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", case]
+                              + (["--keep-freed-memory"] if args.keep_freed_memory else []), capture_output=True,
                               text=True, check=False)
         if done.returncode != 0:
             print(f"| {case} | failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"

@@ -562,14 +562,30 @@ CPU_PASS_VOXELS = (2 ** 18, 2 ** 20)
 #: leave room for the run-to-run spread (the same case measured 0.1 apart).
 CPU_MEMORY_FACTORS = ((2.0, 2.3), (1.75, 2.3), (1.6, 1.75))
 
+#: :data:`CPU_MEMORY_FACTORS` where the fusion runs with :data:`KEEP_FREED_MEMORY` on (the ``mmfusion`` command):
+#: glibc then serves every block from its heap, the passes' largest too, and returns none of it until the fusion ends,
+#: so what a pass frees in pieces stays resident whatever its size. Measured (``python
+#: benchmarks/deep_fusion_memory.py --keep-freed-memory``, the same 21 cases), one pass: 1.69-1.93 (2^16-2^18 voxels),
+#: 1.50-1.79 (2^19-2^20), 1.63-1.73 (2.1-4.2 million); several: 1.71-2.38 (2^17-2^18), 1.90-2.55 (2^19-2^20; the
+#: most, a 100^3 volume's 8 windows one at a time), 1.60-2.20 (2.1 million).
+CPU_KEPT_MEMORY_FACTORS = ((2.1, 2.8), (2.0, 2.8), (1.9, 2.4))
 
-def _memory_factor(voxels: int, passes: int, amp: bool) -> float:
+
+def _keeps_freed_memory() -> bool:
+    """Whether a fusion started now keeps freed memory (:func:`_reuse_freed_memory`: :data:`KEEP_FREED_MEMORY` on,
+    glibc)."""
+    return KEEP_FREED_MEMORY and _glibc() is not None
+
+
+def _memory_factor(voxels: int, passes: int, amp: bool, kept: bool = False) -> float:
     """The factor of :func:`inference_memory`'s activations for ``passes`` passes of ``voxels`` each (their batch
-    included): :data:`INFERENCE_MEMORY_FACTOR` on CUDA (``amp``), else :data:`CPU_MEMORY_FACTORS`'."""
+    included): :data:`INFERENCE_MEMORY_FACTOR` on CUDA (``amp``), else :data:`CPU_MEMORY_FACTORS`' (``kept``:
+    :data:`CPU_KEPT_MEMORY_FACTORS`')."""
     if amp:
         return INFERENCE_MEMORY_FACTOR
+    table = CPU_KEPT_MEMORY_FACTORS if kept else CPU_MEMORY_FACTORS
     row = sum(voxels > limit for limit in CPU_PASS_VOXELS)
-    return CPU_MEMORY_FACTORS[row][passes > 1]
+    return table[row][passes > 1]
 
 
 #: Bytes a voxel of the whole-volume arrays a fusion allocates after :func:`fuse_arrays` has its float32 inputs,
@@ -614,16 +630,17 @@ def inference_memory(config: Any, shape: Sequence[int], batch_size: int, roi_siz
                      before: bool = False) -> tuple[int, int, int]:
     """About the memory (bytes) a fusion of arrays of ``shape`` takes: (the network's activations for one forward pass
     (:func:`fusion_pass`), on the fusion's device: the tensors it holds at once, ``training._kept_per_voxel``, times
-    :func:`_memory_factor` (by the pass's voxels and how many passes there are); the whole-volume arrays on the CPU while it runs; those after it). ``amp``:
-    float16 autocast (CUDA); ``before``: counted before ``fusion.fuse`` has scaled the images (not in
-    :func:`fuse_arrays`)."""
+    :func:`_memory_factor` (by the pass's voxels, how many passes there are and whether the fusion keeps freed memory,
+    :data:`KEEP_FREED_MEMORY`, as the ``mmfusion`` command's do); the whole-volume arrays on the CPU while it runs;
+    those after it). ``amp``: float16 autocast (CUDA); ``before``: counted before ``fusion.fuse`` has scaled the images
+    (not in :func:`fuse_arrays`)."""
     from .training import _kept_per_voxel
 
     sides, batch = fusion_pass(config, shape, batch_size, roi_size)
     pieces = (1 if len(shape) == config.spatial_dims == 2 else int(shape[0]) if config.spatial_dims == 2
               else _window_count(shape, sides))
     per_pass = batch * math.prod(sides)
-    activations = int(_memory_factor(per_pass, math.ceil(pieces / batch), amp)
+    activations = int(_memory_factor(per_pass, math.ceil(pieces / batch), amp, _keeps_freed_memory())
                       * _kept_per_voxel(config, amp, inference=True) * per_pass)
     voxels = math.prod(int(side) for side in shape)
     if config.spatial_dims == 3:
