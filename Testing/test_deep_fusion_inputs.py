@@ -1399,6 +1399,25 @@ class DeviceTest(unittest.TestCase):
         self.assertLessEqual(row["measured_mib"], row["estimate_mib"], row)
         self.assertLessEqual(row["estimate_mib"], 1.4 * row["measured_mib"], row)  # not needlessly cautious
 
+    def test_a_larger_image_is_never_estimated_to_need_less(self):
+        """The CPU's factors step down at 2^18 and 2^20 voxels a pass (CPU_MEMORY_FACTORS' rows), and the factor times
+        the voxels stepped down with them: a 513x513 image was estimated at 144 MiB, a 512x512 one at 162 (1025^2 524,
+        1024^2 568), so a check could refuse an image and pass a larger one. The estimate now never falls as the image
+        or the slices grow, with KEEP_FREED_MEMORY on or off; on the old code 513^2 < 512^2."""
+        from MultimodalFusionLib.fusion.deep import inference
+
+        config = inference._load_model("2d", 2)[0].config
+        saved = inference.KEEP_FREED_MEMORY
+        try:
+            for keep in (False, True):
+                inference.KEEP_FREED_MEMORY = keep
+                for shape in (lambda n: (n, n), lambda n: (8, n, n)):
+                    needs = [(n, inference.inference_memory(config, shape(n), 8, 96)[0]) for n in range(480, 1120, 1)]
+                    for (n, need), (_, larger) in zip(needs, needs[1:]):
+                        self.assertLessEqual(need, larger + 8, (keep, shape(n)))  # factor x voxels in floats
+        finally:
+            inference.KEEP_FREED_MEMORY = saved
+
     @unittest.skipUnless(sys.platform.startswith("linux"), "KEEP_FREED_MEMORY tunes glibc's malloc (Linux)")
     def test_the_inference_estimate_covers_the_mmfusion_commands_kept_memory(self):
         """The mmfusion command fuses with inference.KEEP_FREED_MEMORY on: glibc serves every block from its heap and

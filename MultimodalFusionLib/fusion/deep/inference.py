@@ -580,12 +580,14 @@ def _keeps_freed_memory() -> bool:
 def _memory_factor(voxels: int, passes: int, amp: bool, kept: bool = False) -> float:
     """The factor of :func:`inference_memory`'s activations for ``passes`` passes of ``voxels`` each (their batch
     included): :data:`INFERENCE_MEMORY_FACTOR` on CUDA (``amp``), else :data:`CPU_MEMORY_FACTORS`' (``kept``:
-    :data:`CPU_KEPT_MEMORY_FACTORS`')."""
+    :data:`CPU_KEPT_MEMORY_FACTORS`'), never so low that the factor times the voxels falls below the row before's at
+    its last voxel count: a row's smaller factor had estimated a 513x513 image at 144 MiB, a 512x512 one at 162."""
     if amp:
         return INFERENCE_MEMORY_FACTOR
     table = CPU_KEPT_MEMORY_FACTORS if kept else CPU_MEMORY_FACTORS
     row = sum(voxels > limit for limit in CPU_PASS_VOXELS)
-    return table[row][passes > 1]
+    factor = table[row][passes > 1]
+    return max(factor, table[row - 1][passes > 1] * CPU_PASS_VOXELS[row - 1] / voxels) if row else factor
 
 
 #: Bytes a voxel of the whole-volume arrays a fusion allocates after :func:`fuse_arrays` has its float32 inputs,
