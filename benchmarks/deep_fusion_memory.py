@@ -10,7 +10,7 @@ Usage::
 registration) refuses a fusion, or runs it in a smaller batch, from ``inference.inference_memory``: the network's
 activations for one forward pass (``training._kept_per_voxel(..., inference=True)`` times
 ``inference._memory_factor``: by the pass's voxels and how many passes there are) plus the whole-volume float32 arrays the fusion allocates. This script measures what a
-fusion takes: each case runs in its own process (``ru_maxrss`` is a process's peak), which fuses a tiny pair first
+fusion takes: each case runs in its own process (``VmHWM`` is a process's peak), which fuses a tiny pair first
 (the network loaded, torch's kernels warmed up), reads its resident size, runs ``fuse_arrays`` on the CPU, one
 thread, and reports its peak resident size less the size before it, beside the estimate (``max(activations +
 arrays while the network runs, arrays after it)``, as the check counts the CPU). ``--keep-freed-memory``: both fusions
@@ -59,8 +59,6 @@ def parse_case(text: str) -> tuple[str, list[int], int]:
 def measure_one(kind: str, shape: list[int], batch: int, keep_freed: bool = False) -> dict:
     """The estimate and the measured peak of one fusion, in this process (call it in a fresh one); ``keep_freed``:
     with ``inference.KEEP_FREED_MEMORY`` on (the ``mmfusion`` command's setting)."""
-    import resource
-
     import numpy as np
     import torch
 
@@ -84,13 +82,15 @@ def measure_one(kind: str, shape: list[int], batch: int, keep_freed: bool = Fals
     activations, during, after = inference_memory(model.config, shape, batch, 96)
     sides, passes = fusion_pass(model.config, shape, batch, 96)
 
-    def resident() -> int:
+    def resident(field: str) -> int:
         with open("/proc/self/status", encoding="utf-8") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) * 1024
+            return next(int(line.split()[1]) for line in fh if line.startswith(field)) * 1024
 
-    before = resident()
+    before = resident("VmRSS:")
     _, _, params = fuse_arrays(a, b, weights=weights, device="cpu", batch_size=batch, roi_size=96)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # this memory's own peak: ru_maxrss keeps the parent's across fork and exec (Linux), so a case run from a large
+    # process (a test suite's, 1.2 GB) had measured that process's size (1133 MiB for a 99 MiB fusion)
+    peak = resident("VmHWM:")
     return {"case": f"{kind}:{'x'.join(map(str, shape))}:{batch}", "network": weights, "batch_size": batch,
             "keep_freed_memory": keep_freed,
             "pass": f"{passes} x {'x'.join(map(str, sides))}", "activations_mib": activations / MIB,
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure_one(*parse_case(args.one), keep_freed=args.keep_freed_memory)))
         return 0
     if not sys.platform.startswith("linux"):
-        print("deep_fusion_memory: needs Linux (/proc/self/status, ru_maxrss in KiB)", file=sys.stderr)
+        print("deep_fusion_memory: needs Linux (/proc/self/status)", file=sys.stderr)
         return 2
     cases = [c for c in args.cases.split(",") if c.strip()]
     for case in cases:
