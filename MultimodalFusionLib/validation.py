@@ -20,7 +20,7 @@ from . import tensors
 from .errors import InputError, itk_reason
 from .io import orientation_code
 
-__all__ = ["check_image", "check_pixel_type", "check_components", "check_pair", "check_min_axis",
+__all__ = ["check_image", "check_pixel_type", "check_components", "check_pair", "check_same_dimension", "check_min_axis",
            "check_deformable_size", "check_mask", "check_on_grid", "grid_differences", "whole_number", "did_you_mean",
            "physical_bounds", "overlap_fraction", "voxels_overlap", "MIN_CONTENT_VOXELS",
            "masks_intersection", "voxels_inside", "masks_reach", "check_masks_meet", "small_mask_warnings",
@@ -419,15 +419,22 @@ def check_deformable_size(fixed: sitk.Image, stage: str) -> None:
                          "Use rigid/affine stages only, or a larger image.")
 
 
+def check_same_dimension(fixed: sitk.Image, moving: sitk.Image, fixed_name: str = "fixed image",
+                         moving_name: str = "moving image") -> None:
+    """A 2D image with a 3D one is refused, naming both sizes: registering a slice to a volume is not supported."""
+    if fixed.GetDimension() != moving.GetDimension():
+        raise InputError(
+            f"The {fixed_name} is {fixed.GetDimension()}D (size {' x '.join(map(str, fixed.GetSize()))}) but the "
+            f"{moving_name} is {moving.GetDimension()}D (size {' x '.join(map(str, moving.GetSize()))}).",
+            "Register images of the same dimension (extract a slice from the volume, or use two volumes).")
+
+
 def check_pair(fixed: sitk.Image, moving: sitk.Image, *, transform: sitk.Transform | None = None,
                require_overlap: bool = True) -> None:
     """Both images usable, same dimension, and overlapping in physical space."""
     check_image(fixed, "fixed image")
     check_image(moving, "moving image")
-    if fixed.GetDimension() != moving.GetDimension():
-        raise InputError(
-            f"The fixed image is {fixed.GetDimension()}D but the moving image is {moving.GetDimension()}D.",
-            "Register images of the same dimension (extract a slice from the volume, or use two volumes).")
+    check_same_dimension(fixed, moving)
     if transform is not None and transform.GetDimension() != fixed.GetDimension():
         raise InputError(f"The initial transform is {transform.GetDimension()}D but the images are "
                          f"{fixed.GetDimension()}D.",

@@ -371,7 +371,8 @@ class RegisterCommand(unittest.TestCase):
         sitk.WriteImage(vol, path)
         rc, out, err = run_cli("register", FIXED, path, "-o", self.dir)
         self.assertEqual(rc, 2)
-        self.assertIn("2D but the moving image is 3D", err)
+        # both sizes named (the web page's Load says the same of a PNG with a volume)
+        self.assertIn("The fixed image is 2D (size 221 x 257) but the moving image is 3D (size 16 x 16 x 16)", err)
 
     def test_resample_keeps_a_colour_image_in_colour(self):
         # read as luminance, a colour slice or volume had been resampled and written grey without a word

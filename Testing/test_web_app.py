@@ -1084,6 +1084,73 @@ class WebAppTest(unittest.TestCase):
         finally:
             state.moving_path = self.moving_path
 
+    def test_a_2d_pair_loads_registers_fuses_and_saves_as_mmfusion_run_does(self) -> None:
+        # the page refused 2D images ("the web viewer shows 3D volumes"), though `mmfusion run` registers and fuses
+        # them: two PNG slices (grey stored as RGB, as ITK's BrainWeb slices are), and the same slices as one-slice
+        # volumes, give run's registration, numbers and files; a 2D image with a volume is refused naming both sizes
+        import numpy as np
+
+        from MultimodalFusionLib import pipeline
+        from MultimodalFusionLib.data import testing_data_dir
+
+        state = self.app.state
+        pngs = [str(testing_data_dir() / name) for name in ("BrainT1Slice.png", "BrainProtonDensitySliceR10X13Y17.png")]
+        slices = []
+        for path in pngs:  # each slice saved as Slicer saves a 2D image: one slice, here 37.5 mm up
+            volume = sitk.JoinSeries(io.read_image(path))
+            volume.SetOrigin((-90.0, -100.0, 37.5))
+            volume.SetSpacing((1.0, 1.0, 2.5))
+            slices.append(str(self.root / (Path(path).stem + ".nii.gz")))
+            sitk.WriteImage(volume, slices[-1])
+        self.addCleanup(self._load)  # the shared app back on the 3D pair, in the quad layout
+        for case, (fixed, moving), files in (("2D", pngs, {"fused": "fused.png", "weights": "weights.nrrd"}),
+                                             ("one-slice", slices, {"fused": "fused.nii.gz",
+                                                                    "weights": "weights.nii.gz"})):
+            with self.subTest(case):
+                state.fixed_path, state.moving_path = fixed, moving
+                self._do(self.app.load_from_paths)
+                self.assertEqual(state.error_message, "")
+                self.assertTrue(state.has_fixed and state.is_2d)
+                self.assertIn("2D pair (181 x 217 and 221 x 257 pixels)", state.pair_text)
+                self.assertEqual(self.app.layout_manager.layout_id, "Fusion axial")  # the axial view alone
+                self.assertTrue(state.wl_enabled)  # the grey anatomy's window/level
+                state.preset, state.stages, state.initializer, state.seed, state.method = "", ["rigid"], "", 0, "average"
+                self._do(self.app.start_registration)
+                self._do(self.app.start_fusion)
+                self.assertTrue(state.has_fused, state.error_message)
+                cli = pipeline.run(fixed, moving, self.root / f"cli-{case}", stages=["rigid"], methods=["average"],
+                                   seed=0)
+                self.assertEqual(self.app.registration.transform.GetParameters(),
+                                 cli["registration"].transform.GetParameters())
+                self.assertEqual(self.app.registration_metrics, cli["registration_metrics"])
+                self.assertEqual(self.app.fusion_metrics, cli["metrics"]["average"])  # fused as run fuses, not stretched
+                self.assertEqual(state.download_names["fused"], files["fused"])
+                self.assertEqual(state.download_names["weights"], files["weights"])
+                fused = sitk.ReadImage(str(self.app.result_file("fused")))
+                run_fused = sitk.ReadImage(cli["files"]["fused_average"])
+                self.assertEqual(fused.GetSize(), run_fused.GetSize())
+                self.assertEqual(fused.GetOrigin(), run_fused.GetOrigin())  # the one-slice volume's place kept
+                self.assertTrue(np.array_equal(sitk.GetArrayFromImage(fused), sitk.GetArrayFromImage(run_fused)))
+                weights = sitk.ReadImage(str(self.app.result_file("weights")))
+                self.assertTrue(np.array_equal(sitk.GetArrayViewFromImage(weights).ravel(),
+                                               sitk.GetArrayViewFromImage(self.app.fusion_result.weights).ravel()))
+                self.assertIn(b"<html", self.app.result_bytes("report")[:200].lower())
+                # the slice shown in the axial view, the fused image over it (not a blank view)
+                from MultimodalFusionLib.web.viewer import capture_view
+
+                axial = next(v for v in self.app.slicer_app.view_manager.get_slice_views() if v.name == "Red")
+                self.assertGreater((capture_view(axial).max(axis=-1) > 40).mean(), 0.3)
+        # a PNG slice with a volume: both sizes named, and the pair shown stays
+        state.fixed_path, state.moving_path = pngs[0], self.moving_path
+        self._do(self.app.load_from_paths)
+        self.assertIn("The fixed image 'BrainT1Slice.png' is 2D (size 181 x 217) but the moving image 'pet.nii.gz' is "
+                      "3D (size ", state.error_message)
+        self.assertIn("Fix:", state.error_message)
+        self.assertTrue(state.is_2d)
+        self._load()
+        self.assertFalse(state.is_2d)
+        self.assertEqual(self.app.layout_manager.layout_id, "Fusion quad")
+
     def test_images_placed_apart_show_n_a_before_their_registration(self) -> None:
         # no fixed voxel inside the moving image as they lie: MI/NCC before are NaN over 0 voxels, shown n/a as the
         # report and the CLI show them (the panel had shown "nan → 1.011")

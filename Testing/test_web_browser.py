@@ -449,6 +449,18 @@ class WebAppInBrowserTest(unittest.TestCase):
         page.evaluate("() => trame.state.update({method: 'pca'})")
         self._click_and_wait_job(page, "#mmf-fuse", "Fusion")
         self.assertFalse(page.is_visible("#mmf-weights-legend"))
+        # every Lower/Upper the legend shows while visible, in the order shown (a MutationObserver sees each render):
+        # the page had shown it as soon as the choice changed, with the functional layer's values, until the
+        # server's message brought the weight map's
+        page.evaluate("""() => {
+            window.mmfLegendShown = [];
+            const legend = document.querySelector('#mmf-weights-legend');
+            const note = () => { if (legend.style.display !== 'none') { window.mmfLegendShown.push([
+                document.querySelector('#mmf-weights-legend-lower').innerText,
+                document.querySelector('#mmf-weights-legend-upper').innerText]); } };
+            new MutationObserver(note).observe(legend, {attributes: true, childList: true, subtree: true,
+                                                        characterData: true});
+        }""")
         page.locator(".v-select:has(#mmf-fg-layer) .v-field").click(timeout=10_000)
         page.locator(".v-overlay .v-list-item", has_text="Weight map").click(timeout=10_000)
         page.wait_for_selector("#mmf-weights-legend", state="visible", timeout=10_000)
@@ -457,6 +469,9 @@ class WebAppInBrowserTest(unittest.TestCase):
         page.wait_for_function("() => document.querySelector('#mmf-weights-legend-lower').innerText === '0' && "
                                "document.querySelector('#mmf-weights-legend-upper').innerText === '1'",
                                timeout=10_000)  # the server's window of the layer, 0..1
+        shown = page.evaluate("() => window.mmfLegendShown")
+        self.assertTrue(shown)
+        self.assertEqual({tuple(values) for values in shown}, {("0", "1")}, "the legend showed another layer's values")
         # the axial view coloured wherever the fixed image lies (pca's weights: 0 < w < 1 everywhere)
         views = self._wait_views(page, lambda v: (_hot_mask(v["axial"]) | (v["axial"].max(axis=-1)
                                                                            - v["axial"].min(axis=-1) > 60)).mean()
@@ -491,8 +506,10 @@ class WebAppInBrowserTest(unittest.TestCase):
             shown = page.input_value(field)
             scroll, client = widths(field)
             self.assertLessEqual(scroll, client, f"{field} shows {shown!r} cut")
-        for value in ("123456.78", "-0.0123457", "-1234567.8"):
-            for field in fields:
+        # and the display fields up to 18 characters (an image's values far from 0 against their range: its level at
+        # the slider's step, -12345678.9012, had been cut at 12); the fusion fields' values are 6 significant digits
+        for value in ("123456.78", "-0.0123457", "-1234567.8", "-12345678.9012", "-0.000123456789012"):
+            for field in fields if len(value) <= 14 else fields[:4]:
                 page.fill(field, value)
                 self.assertEqual(page.input_value(field), value)
                 scroll, client = widths(field)
@@ -675,7 +692,7 @@ class WebAppInBrowserTest(unittest.TestCase):
         self.assertIn("fixed.nii.gz", page.inner_text("#mmf-error"))
         self.assertIn("Loading failed", page.inner_text("#mmf-job-message"))
 
-        # upload: a 2D slice is refused with a message in the page (and the demo stays loaded)
+        # upload: a 2D slice with the demo's volume is refused naming both sizes (and the demo stays loaded)
         from MultimodalFusionLib.data import testing_data_dir
 
         page.click("#mmf-error button")  # close the banner
@@ -685,11 +702,16 @@ class WebAppInBrowserTest(unittest.TestCase):
         uploads[0].set_input_files(str(testing_data_dir() / "BrainT1Slice.png"))
         page.wait_for_function("() => document.querySelector('#mmf-fixed-path').value.endsWith('BrainT1Slice.png')",
                                timeout=30_000)
+        volume = os.path.join(tempfile.mkdtemp(prefix="mmfusion-web-test-"), "volume.nii.gz")
+        self.addCleanup(shutil.rmtree, os.path.dirname(volume), True)
+        sitk.WriteImage(sitk.GetImageFromArray(np.arange(256, dtype=np.float32).reshape(4, 8, 8)), volume)
+        page.fill("#mmf-moving-path", volume)
         self.assertNotEqual(page.input_value("#mmf-fixed-path"), str(testing_data_dir() / "BrainT1Slice.png"),
                             "the upload should be a copy on the server")
         page.click("#mmf-load")
         page.wait_for_selector("#mmf-error", timeout=30_000)
-        self.assertIn("2D image", page.inner_text("#mmf-error"))
+        self.assertIn("is 2D (size 181 x 217) but the moving image", page.inner_text("#mmf-error"))
+        self.assertIn("is 3D (size ", page.inner_text("#mmf-error"))
 
     def test_a_dicom_series_is_picked_in_the_page_when_a_folder_holds_several(self):
         from pathlib import Path

@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 STAGE_CHOICES = ("rigid", "affine", "bspline")
 QUAD_LAYOUT_ID = "Fusion quad"
+#: The layout of a 2D pair: the axial view alone (Slicer's "Red slice only")
+AXIAL_LAYOUT_ID = "Fusion axial"
 #: The registration's start, as the CLI's ``--initializer`` (and the Slicer panel's Initializer): ""
 #: leaves it to the preset (geometry without one). Each value's help is shown under the choice.
 INITIALIZER_CHOICES = (
@@ -193,6 +195,13 @@ def _quad_layout() -> Any:
     ])
 
 
+def _axial_layout() -> Any:
+    """The axial view alone."""
+    from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+
+    return Layout(LayoutDirection.Horizontal, [ViewLayoutDefinition.axial_view()])
+
+
 def _step(lo: float, hi: float, integer: bool) -> float:
     """Slider step for values in lo..hi: about a thousandth of the range, a power of ten (>= 1 for integers)."""
     import math
@@ -325,12 +334,26 @@ def _on_fixed_grid(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transf
     return _keep_8bit(resample(moving, fixed, transform, components="channels" if colour else None), moving)
 
 
-def _fused_file_name(result: Any, what: str = "fused") -> str:
-    """``fused.nii.gz``, or ``fused.mha`` on a sheared fixed grid (a gantry tilt), which NIfTI cannot store;
-    ``weights.nii.gz`` (``.mha``) for ``what="weights"``, the fusion's weight map on the same grid."""
-    from ..io import volume_extension
+def _grey_of(image: sitk.Image) -> sitk.Image:
+    """``image``, or its luminance where it is colour (``io.to_luminance``), as `mmfusion run` registers it."""
+    from ..io import to_luminance
 
-    return what + volume_extension(result.image)
+    return image if image.GetNumberOfComponentsPerPixel() == 1 else to_luminance(image)
+
+
+def _fused_file_name(result: Any, what: str = "fused", slice_volume: sitk.Image | None = None) -> str:
+    """``fused.nii.gz``, or ``fused.mha`` on a sheared fixed grid (a gantry tilt), which NIfTI cannot store;
+    ``weights.nii.gz`` (``.mha``) for ``what="weights"``, the fusion's weight map on the same grid. A 2D pair's as
+    ``mmfusion run`` writes its ``fused_<method>``: ``fused.png``, and on the grid of the fixed one-slice volume
+    ``slice_volume`` it was read from, that volume's (a colour one in ``.nrrd``, which NIfTI reads back as 2D); the
+    weight map of a 2D image, 0..1 in float, which a PNG cannot hold (run writes none), in ``.nrrd``."""
+    from ..pipeline import _ext_for
+
+    ext = _ext_for(result.image if slice_volume is None else slice_volume)
+    if what == "weights" and ext == ".png" or (
+            slice_volume is not None and what == "fused" and result.image.GetNumberOfComponentsPerPixel() > 1):
+        ext = ".nrrd"
+    return what + ext
 
 
 def _initializer_text(result: Any) -> str:
@@ -446,6 +469,7 @@ class FusionWebApp:
         self.ctrl.rc_area_register.add(_render_scaled_down)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout(QUAD_LAYOUT_ID, _quad_layout())
+        self.layout_manager.register_layout(AXIAL_LAYOUT_ID, _axial_layout(), lazy_initialization=True)
         self.layout_manager.set_layout(QUAD_LAYOUT_ID)
         self.viewer = FusionViewer(self.slicer_app)
         # left-drag in a slice view: the anatomy's window/level, as in Slicer (the panel follows)
@@ -456,7 +480,11 @@ class FusionWebApp:
         self._offered_series: dict[str, tuple[str, list[str]]] = {}
 
         # engine objects of the session
-        self.fixed_image: sitk.Image | None = None
+        self.fixed_image: sitk.Image | None = None  # as read, colour kept (as `mmfusion run` reads it)
+        self._fixed_grey: sitk.Image | None = None  # its luminance where it is colour: registered and shown
+        # the fixed one-slice volume a 2D pair was read from (results are written on its geometry, as `mmfusion run`
+        # writes them), None for a 2D image or a volume
+        self._slice_volume: sitk.Image | None = None
         self.moving_image: sitk.Image | None = None
         self.registration: Any = None
         self.registered_image: sitk.Image | None = None
@@ -493,6 +521,8 @@ class FusionWebApp:
             "fixed_series_items": [], "fixed_series_path": "", "fixed_series": None,
             "moving_series_items": [], "moving_series_path": "", "moving_series": None,
             "has_fixed": False, "has_moving": False, "has_registered": False, "has_fused": False,
+            # a 2D pair is loaded (the axial view alone, no 3D rendering), and what the panel says of it
+            "is_2d": False, "pair_text": "",
             "presets": [{"title": "(none: stages below)", "value": ""}] + [
                 {"title": p, "value": p} for p in list_presets()],
             "preset": "",
@@ -512,7 +542,7 @@ class FusionWebApp:
             "bg_window": 1.0, "bg_level": 0.0, "bg_window_max": 1.0, "bg_level_min": 0.0,
             "bg_level_max": 1.0, "bg_step": 1.0,
             "fg_range_enabled": False, "fg_lower": 0.0, "fg_upper": 1.0, "fg_min": 0.0, "fg_max": 1.0,
-            "fg_step": 1.0,
+            "fg_step": 1.0, "fg_range_layer": "",  # the layer fg_lower/fg_upper are of (its role; "" for none)
             # the fusion's window of each image (fuse's window_a, window_b): a preset, or Window and Level typed
             **{key: value for side in "ab" for key, value in (
                 (f"fw_{side}_presets", [{"title": "Engine default (no window)", "value": _FW_DEFAULT}]),
@@ -618,7 +648,9 @@ class FusionWebApp:
                         html.Div(f"{{{{ {role}_name }}}}", classes="text-caption text-grey mb-1")
                     v3.VBtn("Load volumes", click=self.load_from_paths, block=True, density="compact",
                             disabled=("job_busy || !fixed_path || !moving_path",), id="mmf-load",
-                            classes="mb-3")
+                            classes=("pair_text ? 'mb-1' : 'mb-3'",))
+                    html.Div("{{ pair_text }}", v_if=("pair_text",), classes="text-caption text-grey mb-3",
+                             id="mmf-pair-text")
                     # ---------------------------------------------------------- register
                     html.Div("2. Registration", classes="text-subtitle-2 mb-1")
                     v3.VSelect(v_model=("preset",), items=("presets",), label="Preset", density="compact",
@@ -653,8 +685,12 @@ class FusionWebApp:
                     html.Div("4. Display", classes="text-subtitle-2 mt-3 mb-1")
                     v3.VSelect(v_model=("fg_layer",), items=("fg_layers",), label="Foreground layer",
                                density="compact", hide_details=True, classes="mb-1", id="mmf-fg-layer")
-                    # the weight map's legend: its colour table across its window (0..1 unless Lower/Upper moved)
-                    with html.Div(v_show="fg_layer === 'weights'", id="mmf-weights-legend", classes="text-caption mb-1"):
+                    # the weight map's legend: its colour table across its window (0..1 unless Lower/Upper moved). Shown
+                    # by fg_range_layer, the layer whose values fg_lower/fg_upper hold, which the server sets with them in
+                    # one message: shown by fg_layer, which the page sets itself at once, it had shown the previous
+                    # layer's Lower/Upper until the server's answer came
+                    with html.Div(v_show="fg_range_layer === 'weights'", id="mmf-weights-legend",
+                                  classes="text-caption mb-1"):
                         html.Div("Weight of the fixed image per voxel: 1, the fixed image alone; 0, the moving one")
                         with html.Div(classes="d-flex align-center"):
                             html.Span("{{ fg_lower }}", classes="mr-1", id="mmf-weights-legend-lower")
@@ -667,7 +703,9 @@ class FusionWebApp:
                                density="compact", hide_details=True, thumb_label=True, id="mmf-fg-opacity")
                     self._build_window_level_ui(v3, html)
                     v3.VSelect(v_model=("vr_preset",), items=("vr_presets",), label="3D rendering preset",
-                               density="compact", hide_details=True, classes="mb-2")
+                               density="compact", classes="mb-2", disabled=("is_2d",), id="mmf-vr-preset",
+                               hint=("is_2d ? 'A 2D pair has no 3D view.' : ''",), persistent_hint=True,
+                               hide_details="auto")
                     # ---------------------------------------------------------- metrics
                     html.Div("5. Metrics", classes="text-subtitle-2 mt-2 mb-1")
                     with v3.VTable(density="compact", id="mmf-metrics"):
@@ -720,15 +758,16 @@ class FusionWebApp:
         variable; ranges come from the loaded image's min/max, in its own units.
         """
         def slider_and_field(name: str, label: str, lo: str, hi: str, step: str, enabled: str) -> None:
+            # the name on the field (Slicer's spin box's), not before the slider: the slider's track keeps its length
+            # and the field holds 18 characters whole (an image's values far from 0 against their range, -12345678.9012,
+            # a level at the slider's step), where with the name before the slider it had held 12
             with v3.VRow(dense=True, no_gutters=True, classes="align-center"):
-                with v3.VCol(cols=7):
-                    v3.VSlider(v_model=(name,), min=(lo,), max=(hi,), step=(step,), label=label,
+                with v3.VCol(cols=5):
+                    v3.VSlider(v_model=(name,), min=(lo,), max=(hi,), step=(step,), aria_label=label,
                                density="compact", hide_details=True, disabled=(f"!{enabled}",),
                                id=f"mmf-{name.replace('_', '-')}")
-                # 12 characters shown whole (a PET's window in Bq/mL, 123456.78, a z-scored MR's level, -0.0123457),
-                # where a third of the row had shown 9 and cut 123456.78 to 123456.7
-                with v3.VCol(cols=5, classes="pl-1"):
-                    v3.VTextField(v_model=(name,), type="number", step=(step,), density="compact",
+                with v3.VCol(cols=7, classes="pl-1"):
+                    v3.VTextField(v_model=(name,), type="number", step=(step,), density="compact", label=label,
                                   hide_details=True, variant="outlined", disabled=(f"!{enabled}",),
                                   id=f"mmf-{name.replace('_', '-')}-value")
 
@@ -782,9 +821,9 @@ class FusionWebApp:
         panel then offers them in a "DICOM series" list under that path; the next Load reads the one
         picked there (the choice holds for that path only).
         """
-        from ..io import SeveralDicomSeries, to_luminance
+        from ..io import SeveralDicomSeries, one_slice_inputs_as_2d
         from ..io import read_image as read_any
-        from ..validation import check_image
+        from ..validation import check_image, check_same_dimension
 
         try:
             fixed_path, moving_path = (_client_text(self.state[f"{role}_path"], f"{role} path",
@@ -799,9 +838,9 @@ class FusionWebApp:
             return
         several: dict[str, tuple[str, list[dict[str, Any]], str]] = {}  # written by the job, shown after it
 
-        def read_image(role: str, path: str, keep_color: bool) -> sitk.Image | None:
+        def read_image(role: str, path: str) -> sitk.Image | None:
             try:
-                return read_any(os.path.expanduser(path), keep_color=keep_color, series=picked[role])
+                return read_any(os.path.expanduser(path), keep_color=True, series=picked[role])
             except SeveralDicomSeries as exc:  # its fix names CLI options and Python, which this page has not
                 several[role] = (path, exc.series, exc.problem)
                 return None
@@ -811,10 +850,13 @@ class FusionWebApp:
                 raise InputError("Both a fixed and a moving image are needed.",
                                  "Enter both paths (on the server) or upload both files.")
             images, other = [], ""
-            for i, (role, path, keep_color) in enumerate((("fixed", fixed_path, False), ("moving", moving_path, True))):
+            # colour kept, as `mmfusion run` reads them: a colour fixed image (a grey PNG stored as RGB) is registered by
+            # its luminance and fused and scored as fuse takes it (8-bit: its rounded luminance, 0..255 as it is); read
+            # as luminance (float), the fixed PNG had been fused stretched to its min..max, the metrics off the CLI's
+            for i, (role, path) in enumerate((("fixed", fixed_path), ("moving", moving_path))):
                 progress(0.5 * i, f"reading {os.path.basename(path)}")
                 try:
-                    image = read_image(role, path, keep_color)
+                    image = read_image(role, path)
                 except InputError as exc:
                     if not several:
                         raise
@@ -826,13 +868,6 @@ class FusionWebApp:
                 if image.GetDimension() > 3:
                     raise InputError(f"'{name}' is a {image.GetDimension()}D image (size {image.GetSize()}).",
                                      "Extract one 3D volume first (e.g. one time frame), then load it.")
-                if image.GetDimension() == 2 or min(image.GetSize()) == 1:
-                    raise InputError(f"'{name}' is a 2D image (size {image.GetSize()}); the web viewer shows "
-                                     "3D volumes.", "Register and fuse 2D slices with `mmfusion run`/`mmfusion fuse`.")
-                # as `mmfusion run` does before registering: NaN/inf voxels or a blank image are refused
-                # now, naming the file (at Register/Fuse a blank PET read as "does not overlap")
-                check_image(image if image.GetNumberOfComponentsPerPixel() == 1 else to_luminance(image),
-                            f"{role} image '{name}'")
                 images.append(image)
             if several:
                 lists = " and ".join(f'"{role} DICOM series"' for role in several)
@@ -840,7 +875,18 @@ class FusionWebApp:
                                             + ([other] if other else [])),
                                  f"Pick the series in the {lists} list{'s' if len(several) > 1 else ''} under "
                                  f"{'their paths' if len(several) > 1 else 'its path'}, then Load again.")
-            return images[0], images[1], os.path.basename(fixed_path), os.path.basename(moving_path)
+            names = os.path.basename(fixed_path), os.path.basename(moving_path)
+            # as `mmfusion run` takes them: a one-slice volume (a slice Slicer or ITK-SNAP saved) as the 2D image of its
+            # slice, refused where that cannot be (a sagittal slice, a slice with a volume); a 2D pair is registered,
+            # fused and scored in 2D, its results written on the fixed one-slice volume's geometry (``slice_volume``)
+            slice_volume, fixed, moving, _, _ = one_slice_inputs_as_2d(
+                images[0], images[1], fixed_name=f"fixed image '{names[0]}'", moving_name=f"moving image '{names[1]}'")
+            for role, image, name in (("fixed", fixed, names[0]), ("moving", moving, names[1])):
+                # as `mmfusion run` does before registering: NaN/inf voxels or a blank image are refused
+                # now, naming the file (at Register/Fuse a blank PET read as "does not overlap")
+                check_image(_grey_of(image), f"{role} image '{name}'")
+            check_same_dimension(fixed, moving, f"fixed image '{names[0]}'", f"moving image '{names[1]}'")
+            return fixed, moving, names[0], names[1], slice_volume
 
         def offer_series() -> None:
             with self.state:
@@ -857,14 +903,22 @@ class FusionWebApp:
             # the files it reads: an upload among them is kept until the job ends, even when replaced
             self._job_reads = [os.path.realpath(os.path.expanduser(path)) for path in (fixed_path, moving_path) if path]
 
-    def _show_loaded(self, loaded: tuple[sitk.Image, sitk.Image, str, str]) -> None:
-        fixed, moving, fixed_name, moving_name = loaded
+    def _show_loaded(self, loaded: tuple[Any, ...]) -> None:
+        """Show a loaded pair: (fixed, moving, their names[, the fixed one-slice volume a 2D pair was read from])."""
+        fixed, moving, fixed_name, moving_name, *slice_volume = loaded
         self.fixed_image, self.moving_image = fixed, moving
+        self._slice_volume = slice_volume[0] if slice_volume else None
+        self._fixed_grey = _grey_of(fixed)  # what is registered and shown; fused and scored: fixed, as run does
+        # a 2D pair (or two one-slice volumes, taken as the 2D images of their slices): the slice in the axial view
+        # alone, as Slicer's "Red slice only" layout shows a PNG; the sagittal and coronal views would show a line,
+        # the 3D view a slab
+        flat = fixed.GetDimension() == 2
+        self.layout_manager.set_layout(AXIAL_LAYOUT_ID if flat else QUAD_LAYOUT_ID)
         self.names = {"fixed": fixed_name, "moving": moving_name}
         self.registration = self.registered_image = self.fusion_result = None
         self.registration_metrics, self.fusion_metrics = {}, {}
         self.viewer.clear()
-        self.viewer.set_image("fixed", fixed)
+        self.viewer.set_image("fixed", self._fixed_grey)
         self.viewer.set_image("moving", moving)
         # the viewer's own opacity and colour table: the panel's were checked when set (a client sets any value)
         self.viewer.show("moving", opacity=self.viewer.opacity, colormap=self.viewer.colormap, reset_views=True)
@@ -872,7 +926,11 @@ class FusionWebApp:
             self.state.update({"has_fixed": True, "has_moving": True, "has_registered": False,
                                "has_fused": False, "fixed_name": fixed_name, "moving_name": moving_name,
                                "registration_rows": [], "metrics_rows": [], "registration_summary": "",
-                               "fg_layer": "functional"})
+                               "fg_layer": "functional", "is_2d": flat,
+                               "pair_text": f"2D pair ({' x '.join(map(str, fixed.GetSize()))} and "
+                                            f"{' x '.join(map(str, moving.GetSize()))} pixels): registered and fused "
+                                            "in 2D as mmfusion run does; shown in the axial view alone (no "
+                                            "sagittal, coronal or 3D view)" if flat else ""})
             self._sync_display_state()
             self._reset_fusion_windows()
 
@@ -1198,7 +1256,7 @@ class FusionWebApp:
         from .. import metrics
         from ..registration import register
 
-        fixed, moving = self.fixed_image, self.moving_image
+        fixed, moving = self._fixed_grey, self.moving_image
         if fixed is None or moving is None:
             self._banner("Load a fixed and a moving image first.")
             return
@@ -1285,6 +1343,7 @@ class FusionWebApp:
         from ..validation import has_content
 
         fixed, moving, registered = self.fixed_image, self.moving_image, self.registered_image
+        fixed_grey = self._fixed_grey
         if fixed is None or moving is None:
             self._banner("Load a fixed and a moving image first.")
             return
@@ -1299,7 +1358,7 @@ class FusionWebApp:
 
         # the moving image as it lies on the fixed grid, where the panel's default window was computed on it
         held_moving, held_fixed, unregistered = self._unregistered
-        if held_moving is not moving or held_fixed is not fixed:
+        if held_moving is not moving or held_fixed is not fixed_grey:
             unregistered = None
 
         def job(progress):
@@ -1308,7 +1367,7 @@ class FusionWebApp:
             functional = registered if registered is not None else unregistered
             if functional is None:  # not registered: fuse as the images lie (same physical space)
                 progress(0.0, "resampling the moving image (not registered)")
-                functional = _on_fixed_grid(moving, fixed, None)
+                functional = _on_fixed_grid(moving, fixed_grey, None)
                 if not has_content(functional):
                     raise InputError("The moving image does not overlap the fixed image as they lie.",
                                      "Press Register first (it aligns them), then Fuse.")
@@ -1342,7 +1401,8 @@ class FusionWebApp:
         rows += [{"name": "Warning", "value": warning} for warning in result.warnings]  # e.g. deep's anisotropy
         with self.state:
             self.state.update({"has_fused": True, "metrics_rows": rows,
-                               "download_names": {**_DOWNLOAD_NAMES, **{what: _fused_file_name(result, what)
+                               "download_names": {**_DOWNLOAD_NAMES, **{what: _fused_file_name(result, what,
+                                                                                                self._slice_volume)
                                                                         for what in ("fused", "weights")}}})
             self._sync_display_state()
             self._refresh_engine_default_b()  # the image fused unregistered is the one the next Fuse takes
@@ -1441,6 +1501,8 @@ class FusionWebApp:
             elif self.state.wl_preset not in [p["value"] for p in presets]:
                 update["wl_preset"] = _WL_MANUAL
         fg_range = self.viewer.current_functional_range()
+        # the layer the values are of, in the same message as they are (the legend shows by it)
+        update["fg_range_layer"] = (self.viewer.foreground_role or "") if fg_range is not None else ""
         if fg_range is None:
             update["fg_range_enabled"] = False
             self._foreground_step = 0.0
@@ -1576,7 +1638,7 @@ class FusionWebApp:
         (once per pair). The default had been computed on the moving image as loaded: a PET whose field of view went
         past the CT's, its bladder outside it, showed min..99.5th percentile -0.237..30 where Fuse used
         -0.19..2.41."""
-        moving, fixed = self.moving_image, self.fixed_image
+        moving, fixed = self.moving_image, self._fixed_grey
         if fixed is None:
             return moving
         held_moving, held_fixed, image = self._unregistered
@@ -1683,7 +1745,11 @@ class FusionWebApp:
         return None
 
     def _render_fused(self, preset: str) -> None:
-        """Volume-render the fused image with ``preset``; a refusal (a colour volume) goes to the banner."""
+        """Volume-render the fused image with ``preset``; a refusal (a colour volume) goes to the banner. A 2D pair
+        has no 3D view (its layout is the axial view alone): the preset is kept for the next volumes."""
+        if self.fixed_image is not None and self.fixed_image.GetDimension() == 2:
+            self.viewer.vr_preset = preset
+            return
         try:
             self.viewer.show_volume_rendering("fused", preset)
         except InputError as exc:
@@ -1744,8 +1810,14 @@ class FusionWebApp:
             if what == "transform":
                 return Path(io.write_transform(self.registration.transform, out / "moving_to_fixed.tfm")), out
             if what in ("fused", "weights"):  # the weight map as mmfusion run's weights_<method>: A's weight, float
+                from ..pipeline import _writable
+
                 image = self.fusion_result.image if what == "fused" else self.fusion_result.weights
-                return Path(io.write_image(image, out / _fused_file_name(self.fusion_result, what))), out
+                name = _fused_file_name(self.fusion_result, what, self._slice_volume)
+                if self._slice_volume is not None:  # a 2D pair read from one-slice volumes: back on the fixed one's
+                    image = io.as_one_slice_of(image, self._slice_volume)
+                # a PNG rounded as run writes it (and as the metrics round it), not stretched again
+                return Path(io.write_image(_writable(image, name[name.index("."):]), out / name)), out
             from ..report import write_report
 
             inputs = {"Fixed": self.fixed_image, "Moving (on the fixed grid)": self.registered_image}
