@@ -60,6 +60,13 @@ def _ext_for(image: sitk.Image) -> str:
     return ".png" if image.GetDimension() == 2 else volume_extension(image)
 
 
+def _fused_ext(fused: sitk.Image, ext: str, slice_volume: sitk.Image | None) -> str:
+    """File extension of the fused image ``fused`` where outputs on its grid take ``ext`` (:func:`_ext_for`): NRRD
+    for a colour one put back on the one-slice volume ``slice_volume``'s geometry (NIfTI reads a colour one-slice
+    volume back as 2D, so io.write_image refuses it)."""
+    return ".nrrd" if slice_volume is not None and fused.GetNumberOfComponentsPerPixel() > 1 else ext
+
+
 def _writable(image: sitk.Image, ext: str) -> sitk.Image:
     """Fused grey images are on a 0..255 scale: PNG gets them rounded, not re-stretched, and rounded
     as the metrics round them (half to even), so `mmfusion evaluate` on the file gives the same numbers."""
@@ -381,8 +388,7 @@ def _register_fuse_report(fixed_img: sitk.Image, fixed_name: str, moving_img: si
     fusions, table = fuse_and_evaluate(fixed_img, moving_on_fixed, methods, progress=scaled(progress, 0.62, 0.9),
                                        method_params=method_params)
     for res in fusions:
-        # a colour one-slice volume in NIfTI is read back as 2D (io.write_image refuses it): NRRD keeps it
-        fused_ext = ".nrrd" if slice_volume is not None and res.image.GetNumberOfComponentsPerPixel() > 1 else ext
+        fused_ext = _fused_ext(res.image, ext, slice_volume)
         files[f"fused_{res.method}"] = write_image(_writable(on_grid(res.image), fused_ext),
                                                    os.path.join(out, f"fused_{res.method}{fused_ext}"))
         if res.weights is not None and ext != ".png":

@@ -1237,11 +1237,16 @@ class WebAppTest(unittest.TestCase):
         nan_image.CopyInformation(moving)
         blank = sitk.Image(moving.GetSize(), sitk.sitkFloat32) + 3.0
         blank.CopyInformation(moving)
+        # a complex image saved as MetaImage (real, imaginary): read with colour kept, its refusal had said "The image
+        # has 2 components", naming no file
+        complex_image = sitk.Compose(moving, moving)
         state = self.app.state
         try:
             for role, name, image, words in (("moving", "pet-nan.nrrd", nan_image, "5 NaN"),
                                              ("fixed", "t1-nan.nrrd", nan_image, "5 NaN"),
-                                             ("moving", "pet-blank.nii.gz", blank, "constant")):
+                                             ("moving", "pet-blank.nii.gz", blank, "constant"),
+                                             ("moving", "pet-complex.mha", complex_image, "2 components"),
+                                             ("fixed", "t1-complex.mha", complex_image, "2 components")):
                 path = str(self.root / name)
                 sitk.WriteImage(image, path)
                 state.fixed_path, state.moving_path = self.fixed_path, self.moving_path

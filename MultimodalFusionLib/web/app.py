@@ -334,26 +334,18 @@ def _on_fixed_grid(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transf
     return _keep_8bit(resample(moving, fixed, transform, components="channels" if colour else None), moving)
 
 
-def _grey_of(image: sitk.Image) -> sitk.Image:
-    """``image``, or its luminance where it is colour (``io.to_luminance``), as `mmfusion run` registers it."""
-    from ..io import to_luminance
-
-    return image if image.GetNumberOfComponentsPerPixel() == 1 else to_luminance(image)
-
-
 def _fused_file_name(result: Any, what: str = "fused", slice_volume: sitk.Image | None = None) -> str:
     """``fused.nii.gz``, or ``fused.mha`` on a sheared fixed grid (a gantry tilt), which NIfTI cannot store;
     ``weights.nii.gz`` (``.mha``) for ``what="weights"``, the fusion's weight map on the same grid. A 2D pair's as
     ``mmfusion run`` writes its ``fused_<method>``: ``fused.png``, and on the grid of the fixed one-slice volume
     ``slice_volume`` it was read from, that volume's (a colour one in ``.nrrd``, which NIfTI reads back as 2D); the
     weight map of a 2D image, 0..1 in float, which a PNG cannot hold (run writes none), in ``.nrrd``."""
-    from ..pipeline import _ext_for
+    from ..pipeline import _ext_for, _fused_ext
 
     ext = _ext_for(result.image if slice_volume is None else slice_volume)
-    if what == "weights" and ext == ".png" or (
-            slice_volume is not None and what == "fused" and result.image.GetNumberOfComponentsPerPixel() > 1):
-        ext = ".nrrd"
-    return what + ext
+    if what == "fused":
+        return what + _fused_ext(result.image, ext, slice_volume)
+    return what + (".nrrd" if ext == ".png" else ext)
 
 
 def _initializer_text(result: Any) -> str:
@@ -823,6 +815,7 @@ class FusionWebApp:
         """
         from ..io import SeveralDicomSeries, one_slice_inputs_as_2d
         from ..io import read_image as read_any
+        from ..pipeline import _grey
         from ..validation import check_image, check_same_dimension
 
         try:
@@ -881,10 +874,11 @@ class FusionWebApp:
             # fused and scored in 2D, its results written on the fixed one-slice volume's geometry (``slice_volume``)
             slice_volume, fixed, moving, _, _ = one_slice_inputs_as_2d(
                 images[0], images[1], fixed_name=f"fixed image '{names[0]}'", moving_name=f"moving image '{names[1]}'")
-            for role, image, name in (("fixed", fixed, names[0]), ("moving", moving, names[1])):
+            for role, image, name, path in (("fixed", fixed, names[0], fixed_path),
+                                            ("moving", moving, names[1], moving_path)):
                 # as `mmfusion run` does before registering: NaN/inf voxels or a blank image are refused
                 # now, naming the file (at Register/Fuse a blank PET read as "does not overlap")
-                check_image(_grey_of(image), f"{role} image '{name}'")
+                check_image(_grey(image, f"{role} image '{name}'", os.path.expanduser(path)), f"{role} image '{name}'")
             check_same_dimension(fixed, moving, f"fixed image '{names[0]}'", f"moving image '{names[1]}'")
             return fixed, moving, names[0], names[1], slice_volume
 
@@ -908,7 +902,10 @@ class FusionWebApp:
         fixed, moving, fixed_name, moving_name, *slice_volume = loaded
         self.fixed_image, self.moving_image = fixed, moving
         self._slice_volume = slice_volume[0] if slice_volume else None
-        self._fixed_grey = _grey_of(fixed)  # what is registered and shown; fused and scored: fixed, as run does
+        from ..pipeline import _grey
+
+        # what is registered and shown; fused and scored: fixed, as run does
+        self._fixed_grey = _grey(fixed, f"fixed image '{fixed_name}'")
         # a 2D pair (or two one-slice volumes, taken as the 2D images of their slices): the slice in the axial view
         # alone, as Slicer's "Red slice only" layout shows a PNG; the sagittal and coronal views would show a line,
         # the 3D view a slab
