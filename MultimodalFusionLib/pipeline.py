@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .progress import ProgressCallback, prefixed, report, scaled
-from .validation import check_image, check_mask, has_content, voxels_overlap
+from .validation import check_image, check_mask, has_content, slices_apart
 
 __all__ = ["run", "DEFAULT_METHODS", "fuse_and_evaluate", "check_method_windows"]
 
@@ -225,10 +225,9 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
         report(progress, 0.0, "loading images")
         fixed_img, fixed_name = _load(fixed, "fixed", fixed_series)
         moving_img, moving_name = _load(moving, "moving", moving_series)
-        from .io import one_slice_axis, one_slice_inputs_as_2d
+        from .io import one_slice_inputs_as_2d
 
-        if not register and one_slice_axis(fixed_img) is not None and one_slice_axis(moving_img) is not None \
-                and not voxels_overlap(moving_img, fixed_img):
+        if not register and slices_apart(fixed_img, moving_img):
             # as 2D images they would lose their depth: slices 100 mm apart had been fused as if they lay together
             raise _no_overlap(moving_name, fixed_name, register)
         # a 2D slice saved as a volume (Slicer, ITK-SNAP) is registered and fused as the 2D image it is, and its

@@ -22,7 +22,7 @@ from .io import orientation_code
 
 __all__ = ["check_image", "check_pixel_type", "check_components", "check_pair", "check_same_dimension", "check_min_axis",
            "check_deformable_size", "check_mask", "check_on_grid", "grid_differences", "whole_number", "did_you_mean",
-           "physical_bounds", "overlap_fraction", "voxels_overlap", "MIN_CONTENT_VOXELS",
+           "physical_bounds", "overlap_fraction", "voxels_overlap", "slices_apart", "MIN_CONTENT_VOXELS",
            "masks_intersection", "voxels_inside", "masks_reach", "check_masks_meet", "small_mask_warnings",
            "MIN_START_OVERLAP", "start_overlap", "small_overlap_warnings"]
 
@@ -386,6 +386,16 @@ def voxels_overlap(a: sitk.Image, b: sitk.Image, transform: sitk.Transform | Non
         if pa.max() <= pb.min() + tol or pb.max() <= pa.min() + tol:
             return False
     return True
+
+
+def slices_apart(fixed: sitk.Image, moving: sitk.Image) -> bool:
+    """Whether ``fixed`` and ``moving`` are one-slice volumes whose slices share no depth as they lie (neither's voxels
+    reach into the other's): registered and fused as the 2D images of their slices, which lose that depth, they would
+    be fused without a registration as if they lay together (slices 100 mm apart)."""
+    from .io import one_slice_axis
+
+    return one_slice_axis(fixed) is not None and one_slice_axis(moving) is not None \
+        and not voxels_overlap(moving, fixed)
 
 
 def _placed(image: sitk.Image, mapping: sitk.Transform | None, index: list[float]) -> np.ndarray:

@@ -1172,6 +1172,41 @@ class WebAppTest(unittest.TestCase):
         finally:
             state.moving_path = self.moving_path
 
+    def test_fuse_without_registration_refuses_images_that_do_not_meet_as_they_lie(self) -> None:
+        # as `mmfusion run --no-register` refuses them: two one-slice volumes 100 mm apart (as 2D images they lose
+        # their depth, and had been fused as if they lay together), and volumes 1000 mm apart (the moving image
+        # resampled at Load for the default window had skipped the page's check: fuse's "The functional image (b) is
+        # constant" instead)
+        from MultimodalFusionLib import pipeline
+        from MultimodalFusionLib.data import testing_data_dir
+
+        moving = sitk.ReadImage(self.moving_path)
+        moving.SetOrigin(tuple(o + d for o, d in zip(moving.GetOrigin(), (1000.0, 0.0, 0.0))))
+        cases = {"volumes": (self.fixed_path, str(self.root / "pet-1000mm-away.nii.gz"))}
+        sitk.WriteImage(moving, cases["volumes"][1])
+        slices = []
+        for name, z in (("BrainT1Slice.png", 37.5), ("BrainProtonDensitySliceR10X13Y17.png", 137.5)):
+            volume = sitk.JoinSeries(io.read_image(str(testing_data_dir() / name)))
+            volume.SetOrigin((-90.0, -100.0, z))
+            volume.SetSpacing((1.0, 1.0, 2.5))
+            slices.append(str(self.root / f"{Path(name).stem}-at-{z}.nii.gz"))
+            sitk.WriteImage(volume, slices[-1])
+        cases["one-slice volumes"] = tuple(slices)
+        state = self.app.state
+        self.addCleanup(self._load)
+        for case, (fixed, moving) in cases.items():
+            with self.subTest(case):
+                with self.assertRaisesRegex(InputError, "does not overlap the fixed image .* as they lie"):
+                    pipeline.run(fixed, moving, self.root / f"no-register-{case}", register=False, methods=["average"])
+                state.fixed_path, state.moving_path = fixed, moving
+                self._do(self.app.load_from_paths)
+                self.assertTrue(state.has_fixed and not state.error_message, state.error_message)
+                state.method = "average"
+                self._do(self.app.start_fusion)
+                self.assertFalse(state.has_fused)
+                self.assertIn("The moving image does not overlap the fixed image as they lie", state.error_message)
+                self.assertIn("Fix: Press Register first", state.error_message)
+
     def test_an_infinite_psnr_shows_inf_as_the_console_table_does(self) -> None:
         # a fused image equal to both sources (an image fused with itself) has an infinite PSNR, a real value: the
         # console table prints "inf" and the report "∞"; 0ec7343 had made the panel's row say "n/a" (its _fmt went

@@ -475,8 +475,10 @@ class FusionWebApp:
         self.fixed_image: sitk.Image | None = None  # as read, colour kept (as `mmfusion run` reads it)
         self._fixed_grey: sitk.Image | None = None  # its luminance where it is colour: registered and shown
         # the fixed one-slice volume a 2D pair was read from (results are written on its geometry, as `mmfusion run`
-        # writes them), None for a 2D image or a volume
+        # writes them), None for a 2D image or a volume; whether the pair is one-slice volumes whose slices share no
+        # depth (validation.slices_apart: Fuse without Register refuses them)
         self._slice_volume: sitk.Image | None = None
+        self._slices_apart = False
         self.moving_image: sitk.Image | None = None
         self.registration: Any = None
         self.registered_image: sitk.Image | None = None
@@ -816,7 +818,7 @@ class FusionWebApp:
         from ..io import SeveralDicomSeries, one_slice_inputs_as_2d
         from ..io import read_image as read_any
         from ..pipeline import _grey
-        from ..validation import check_image, check_same_dimension
+        from ..validation import check_image, check_same_dimension, slices_apart
 
         try:
             fixed_path, moving_path = (_client_text(self.state[f"{role}_path"], f"{role} path",
@@ -880,7 +882,7 @@ class FusionWebApp:
                 # now, naming the file (at Register/Fuse a blank PET read as "does not overlap")
                 check_image(_grey(image, f"{role} image '{name}'", os.path.expanduser(path)), f"{role} image '{name}'")
             check_same_dimension(fixed, moving, f"fixed image '{names[0]}'", f"moving image '{names[1]}'")
-            return fixed, moving, names[0], names[1], slice_volume
+            return fixed, moving, names[0], names[1], slice_volume, slices_apart(images[0], images[1])
 
         def offer_series() -> None:
             with self.state:
@@ -898,10 +900,11 @@ class FusionWebApp:
             self._job_reads = [os.path.realpath(os.path.expanduser(path)) for path in (fixed_path, moving_path) if path]
 
     def _show_loaded(self, loaded: tuple[Any, ...]) -> None:
-        """Show a loaded pair: (fixed, moving, their names[, the fixed one-slice volume a 2D pair was read from])."""
-        fixed, moving, fixed_name, moving_name, *slice_volume = loaded
+        """Show a loaded pair: (fixed, moving, their names[, the fixed one-slice volume a 2D pair was read from, whether
+        its slices are apart])."""
+        fixed, moving, fixed_name, moving_name, *flat = loaded
         self.fixed_image, self.moving_image = fixed, moving
-        self._slice_volume = slice_volume[0] if slice_volume else None
+        self._slice_volume, self._slices_apart = flat if flat else (None, False)
         from ..pipeline import _grey
 
         # what is registered and shown; fused and scored: fixed, as run does
@@ -1340,7 +1343,7 @@ class FusionWebApp:
         from ..validation import has_content
 
         fixed, moving, registered = self.fixed_image, self.moving_image, self.registered_image
-        fixed_grey = self._fixed_grey
+        fixed_grey, apart = self._fixed_grey, self._slices_apart
         if fixed is None or moving is None:
             self._banner("Load a fixed and a moving image first.")
             return
@@ -1365,9 +1368,14 @@ class FusionWebApp:
             if functional is None:  # not registered: fuse as the images lie (same physical space)
                 progress(0.0, "resampling the moving image (not registered)")
                 functional = _on_fixed_grid(moving, fixed_grey, None)
-                if not has_content(functional):
-                    raise InputError("The moving image does not overlap the fixed image as they lie.",
-                                     "Press Register first (it aligns them), then Fuse.")
+            # as `mmfusion run --no-register` refuses them: a moving image that reaches no fixed voxel (the one
+            # resampled for the panel's default window had skipped this, and fuse had said "The functional image (b)
+            # is constant"), or two one-slice volumes whose slices share no depth, which as 2D images had been fused
+            # as if they lay together
+            if registered is None and (apart or not has_content(functional)):
+                raise InputError("The moving image does not overlap the fixed image as they lie"
+                                 + (" (one-slice volumes whose slices share no depth)." if apart else "."),
+                                 "Press Register first (it aligns them), then Fuse.")
             result = fuse(fixed, functional, method, window_a=window_a, window_b=window_b,
                           progress=scaled(progress, 0.0, 0.7))
             # reported before each metric and slice: a Cancel stops them there, where it had waited for their end
