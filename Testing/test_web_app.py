@@ -1136,10 +1136,14 @@ class WebAppTest(unittest.TestCase):
                                                sitk.GetArrayViewFromImage(self.app.fusion_result.weights).ravel()))
                 self.assertIn(b"<html", self.app.result_bytes("report")[:200].lower())
                 # the slice shown in the axial view, the fused image over it (not a blank view)
-                from MultimodalFusionLib.web.viewer import capture_view
+                from MultimodalFusionLib.web.viewer import _POSITION_CORNER, capture_view
 
                 axial = next(v for v in self.app.slicer_app.view_manager.get_slice_views() if v.name == "Red")
                 self.assertGreater((capture_view(axial).max(axis=-1) > 40).mean(), 0.3)
+                # where the slice lies, as Slicer shows the file: the one-slice volumes' 37.5 mm (it had read the 2D
+                # image's "S: 0.0 mm"), a PNG's 0 mm
+                self.assertEqual(self.app.viewer._orientation_labels["Red"].GetText(_POSITION_CORNER),
+                                 {"2D": "S: 0.0 mm", "one-slice": "S: 37.5 mm"}[case])
         # a PNG slice with a volume: both sizes named, and the pair shown stays
         state.fixed_path, state.moving_path = pngs[0], self.moving_path
         self._do(self.app.load_from_paths)
@@ -1150,6 +1154,9 @@ class WebAppTest(unittest.TestCase):
         self._load()
         self.assertFalse(state.is_2d)
         self.assertEqual(self.app.layout_manager.layout_id, "Fusion quad")
+        axial = next(v for v in self.app.slicer_app.view_manager.get_slice_views() if v.name == "Red")
+        self.assertEqual(self.app.viewer._orientation_labels["Red"].GetText(_POSITION_CORNER),
+                         f"S: {axial.get_slice_value() + 0.0:.1f} mm")  # a volume's slices where they lie
 
     def test_images_placed_apart_show_n_a_before_their_registration(self) -> None:
         # no fixed voxel inside the moving image as they lie: MI/NCC before are NaN over 0 voxels, shown n/a as the

@@ -914,6 +914,9 @@ class FusionWebApp:
         # the 3D view a slab
         flat = fixed.GetDimension() == 2
         self.layout_manager.set_layout(AXIAL_LAYOUT_ID if flat else QUAD_LAYOUT_ID)
+        # the slice's position as Slicer shows the fixed one-slice volume (S: 37.5 mm), not the 2D image's S 0; a
+        # one-slice volume taken as 2D lies in an axial plane (io.one_slice_as_2d), every voxel at its origin's S
+        self.viewer.set_plane_s(self._slice_volume.GetOrigin()[2] if self._slice_volume is not None else 0.0)
         self.names = {"fixed": fixed_name, "moving": moving_name}
         self.registration = self.registered_image = self.fusion_result = None
         self.registration_metrics, self.fusion_metrics = {}, {}

@@ -117,6 +117,8 @@ class FusionViewer:
         self._batch_depth = 0
         # each slice view's orientation letters (:meth:`_label_orientations`): view name -> its vtkCornerAnnotation
         self._orientation_labels: dict[str, Any] = {}
+        #: Where the plane of 2D images lies along S (mm), which their slice's position reads (:meth:`set_plane_s`)
+        self.plane_s = 0.0
         self._label_orientations()
 
     @contextlib.contextmanager
@@ -463,6 +465,7 @@ class FusionViewer:
             def update(slice_node: Any, _event: Any = None, annotation: Any = annotation) -> None:
                 matrix = slice_node.GetSliceToRAS()
                 rows = [[matrix.GetElement(i, j) for j in range(4)] for i in range(4)]
+                rows[2][3] += self.plane_s  # the scene's S 0 of 2D images: where their plane lies
                 labels = orientation_labels(rows)
                 # the bottom letter two lines up: the page's slice slider lies over the bottom of each slice view
                 labels["bottom"] += "\n\n"
@@ -474,6 +477,16 @@ class FusionViewer:
 
             update(node)
             node.AddObserver(vtkCommand.ModifiedEvent, update)
+
+    def set_plane_s(self, s_mm: float) -> None:
+        """The S coordinate (mm) of the plane the 2D images shown lie in: the one-slice volume a 2D pair was read
+        from lies there, where the scene shows 2D images at S 0 (as Slicer shows a PNG), and the slice's position
+        had read "S: 0.0 mm" for a slice at 37.5 mm; 0 for a PNG pair and for volumes."""
+        self.plane_s = float(s_mm)
+        for view in self.app.view_manager.get_slice_views():
+            node = view.get_view_node()
+            if node is not None:
+                node.Modified()  # its corner's text again (:meth:`_label_orientations`)
 
     def _watch_background_display(self, display: Any) -> None:
         """Observe the background's display node, where Slicer's widget writes a dragged window/level."""
