@@ -36,6 +36,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SERVER_START_TIMEOUT_S = 90
 JOB_TIMEOUT_MS = 120_000
+#: The views of the quad layout, in the page's order
+QUAD_VIEWS = ("axial", "coronal", "sagittal", "3d")
 
 try:
     from playwright.sync_api import sync_playwright
@@ -78,7 +80,11 @@ def _png_to_array(png: bytes) -> np.ndarray:
                                                "bash scripts/install-system-deps.sh)")
 @unittest.skipUnless(_PLAYWRIGHT, "the playwright Python package is not installed")
 @unittest.skipUnless(_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
-class WebAppInBrowserTest(unittest.TestCase):
+class _BrowserPageTest(unittest.TestCase):
+    """A ``mmfusion web`` server started with :attr:`SERVER_ARGS` in a subprocess, and Chromium: the helpers of the
+    test classes below (each has a server of its own; a test leaves its server's state as it found it)."""
+
+    SERVER_ARGS: tuple[str, ...] = ("--demo",)
     server: subprocess.Popen | None = None
 
     @classmethod
@@ -88,7 +94,7 @@ class WebAppInBrowserTest(unittest.TestCase):
         cls.log = tempfile.NamedTemporaryFile(prefix="mmfusion-web-", suffix=".log", delete=False)
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2", ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="2")
         cls.server = subprocess.Popen(
-            [sys.executable, "-m", "MultimodalFusionLib.cli", "web", "--demo", "--port", str(cls.port),
+            [sys.executable, "-m", "MultimodalFusionLib.cli", "web", *cls.SERVER_ARGS, "--port", str(cls.port),
              "--host", "127.0.0.1"],
             stdout=cls.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         cls.addClassCleanup(cls._remove_log)
@@ -154,7 +160,7 @@ class WebAppInBrowserTest(unittest.TestCase):
         self.addCleanup(page.close)
         page.set_default_timeout(JOB_TIMEOUT_MS)
         page.goto(self.url, wait_until="domcontentloaded")
-        # The demo volumes load in the background after start: Register is enabled once they are in.
+        # The start-up volumes (the demo) load in the background after start: Register is enabled once they are in.
         page.wait_for_function("() => { const b = document.querySelector('#mmf-register');"
                                " return b && !b.disabled; }", timeout=JOB_TIMEOUT_MS)
         return page
@@ -180,23 +186,28 @@ class WebAppInBrowserTest(unittest.TestCase):
             page.wait_for_timeout(200)
         self.fail(f"{label} did not finish in {JOB_TIMEOUT_MS / 1000:.0f} s; messages {seen}\n{self._log_tail()}")
 
-    def _views(self, page) -> dict[str, np.ndarray]:
-        """Pixels of the four views: the quad layout is axial, coronal (left), sagittal, 3D (right)."""
+    def _views(self, page, names: tuple[str, ...] = QUAD_VIEWS) -> dict[str, np.ndarray]:
+        """Pixels of the views ``names``, as the layout shows them: the quad layout is axial, coronal (left),
+        sagittal, 3D (right); a 2D pair's the axial view alone (``("axial",)``)."""
         images = page.query_selector_all("main img.image-display-area")
-        self.assertEqual(len(images), 4, "the quad layout should show four views")
-        names = ("axial", "coronal", "sagittal", "3d")
+        self.assertEqual(len(images), len(names), f"the layout should show the views {names}")
         return {name: _png_to_array(img.screenshot()) for name, img in zip(names, images)}
 
-    def _wait_views(self, page, condition, what: str, timeout_s: float = 30.0) -> dict[str, np.ndarray]:
+    def _wait_views(self, page, condition, what: str, timeout_s: float = 30.0,
+                    names: tuple[str, ...] = QUAD_VIEWS) -> dict[str, np.ndarray]:
         """Views are streamed images that arrive after the state: poll until ``condition(views)``."""
         deadline = time.monotonic() + timeout_s
-        views = self._views(page)
+        views = self._views(page, names)
         while not condition(views):
             if time.monotonic() > deadline:
                 self.fail(f"views never showed {what}")
             page.wait_for_timeout(500)
-            views = self._views(page)
+            views = self._views(page, names)
         return views
+
+
+class WebAppInBrowserTest(_BrowserPageTest):
+    """The page of ``mmfusion web --demo``."""
 
     def test_register_and_fuse_through_the_page(self):
         page = self._open_page()
@@ -848,6 +859,47 @@ class WebAppInBrowserTest(unittest.TestCase):
                                timeout=30_000)
         uploaded = page.input_value("#mmf-moving-path")
         self.assertEqual(os.listdir(os.path.dirname(uploaded)), ["pet.nii.gz"])
+
+
+class TwoDPairInBrowserTest(_BrowserPageTest):
+    """The page of ``mmfusion web --fixed t1-slice.png --moving pet-slice.png``: a 2D pair (a server of its own, so that
+    the demo the other tests share stays loaded in theirs)."""
+
+    @classmethod
+    def setUpClass(cls):
+        # two PNG slices: the demo's middle axial slices (the T1 and the PET-like image, 8-bit)
+        from MultimodalFusionLib.web.demo import demo_images
+
+        cls.folder = tempfile.mkdtemp(prefix="mmfusion-web-test-")
+        cls.addClassCleanup(shutil.rmtree, cls.folder, True)
+        paths = []
+        for name, volume in zip(("t1-slice.png", "pet-slice.png"), demo_images(spacing_mm=3.0)[:2]):
+            middle = volume[:, :, volume.GetSize()[2] // 2]
+            paths.append(os.path.join(cls.folder, name))
+            sitk.WriteImage(sitk.Cast(sitk.RescaleIntensity(middle, 0, 255), sitk.sitkUInt8), paths[-1])
+        cls.SERVER_ARGS = ("--fixed", paths[0], "--moving", paths[1])
+        super().setUpClass()
+
+    def test_a_2d_pair_loads_registers_fuses_and_is_shown_in_the_axial_view_alone(self):
+        # the page had refused every 2D image at Load ("the web viewer shows 3D volumes", so Register never came on):
+        # the pair loads, registers and fuses, and the layout is the axial view alone, the slice and the PET colours
+        # in it (the sagittal and coronal views would show a line of pixels and the 3D view a slab)
+        page = self._open_page()
+        self.assertIn("2D pair (", page.inner_text("#mmf-pair-text"))
+        self.assertTrue(page.is_disabled("#mmf-vr-preset"))  # no 3D view to render in
+        self._click_and_wait_job(page, "#mmf-register", "Registration")
+        self._click_and_wait_job(page, "#mmf-fuse", "Fusion")
+        self.assertIn("Qabf", page.inner_text("#mmf-metrics"))
+        self.assertFalse(page.query_selector("#mmf-error"), "no error expected")
+        # one view (self._views asserts the count: no coronal, sagittal or 3D view), the slice's anatomy in grey
+        # with the PET colours over it, not a blank or black view
+        views = self._wait_views(page, lambda v: _hot_mask(v["axial"]).mean() > 0.01, "the PET colours on the slice",
+                                 names=("axial",))
+        axial = views["axial"]
+        anatomy = axial.max(axis=-1) > 40
+        self.assertGreater(anatomy.mean(), 0.2)
+        hot = _hot_mask(axial)
+        self.assertGreater((hot & anatomy).sum() / hot.sum(), 0.97)  # the colours lie on the slice
 
 
 if __name__ == "__main__":
