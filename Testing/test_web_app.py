@@ -276,6 +276,20 @@ class WebAppTest(unittest.TestCase):
         self._do(self.app.load_from_paths)
         self.assertTrue(self.app.state.has_fixed, self.app.state.error_message)
 
+    def _one_slice_volumes(self, fixed_z: float, moving_z: float) -> list[str]:
+        """Testing/Data's T1 slice and PD slice (turned 10 degrees) saved as Slicer saves a 2D image, one-slice volumes
+        (181 x 217 x 1 and 221 x 257 x 1, 1 x 1 x 2.5 mm), their slices at z ``fixed_z`` and ``moving_z`` mm: paths."""
+        from MultimodalFusionLib.data import testing_data_dir
+
+        paths = []
+        for name, z in (("BrainT1Slice.png", fixed_z), ("BrainProtonDensitySliceR10X13Y17.png", moving_z)):
+            volume = sitk.JoinSeries(io.read_image(str(testing_data_dir() / name)))
+            volume.SetOrigin((-90.0, -100.0, z))
+            volume.SetSpacing((1.0, 1.0, 2.5))
+            paths.append(str(self.root / f"{Path(name).stem}-at-{z}.nii.gz"))
+            sitk.WriteImage(volume, paths[-1])
+        return paths
+
     def _load_ct_pet(self, ct_name: str, pet_name: str) -> tuple[sitk.Image, sitk.Image, str, str]:
         """Write a CT in HU and a PET in SUV-like units, aligned (the MNI152 tissues, 4 mm), under the names given,
         and load them through the panel's paths: (ct, pet, ct_path, pet_path)."""
@@ -1095,13 +1109,7 @@ class WebAppTest(unittest.TestCase):
 
         state = self.app.state
         pngs = [str(testing_data_dir() / name) for name in ("BrainT1Slice.png", "BrainProtonDensitySliceR10X13Y17.png")]
-        slices = []
-        for path in pngs:  # each slice saved as Slicer saves a 2D image: one slice, here 37.5 mm up
-            volume = sitk.JoinSeries(io.read_image(path))
-            volume.SetOrigin((-90.0, -100.0, 37.5))
-            volume.SetSpacing((1.0, 1.0, 2.5))
-            slices.append(str(self.root / (Path(path).stem + ".nii.gz")))
-            sitk.WriteImage(volume, slices[-1])
+        slices = self._one_slice_volumes(37.5, 37.5)
         self.addCleanup(self._load)  # the shared app back on the 3D pair, in the quad layout
         for case, (fixed, moving), files in (("2D", pngs, {"fused": "fused.png", "weights": "weights.nrrd"}),
                                              ("one-slice", slices, {"fused": "fused.nii.gz",
@@ -1185,20 +1193,12 @@ class WebAppTest(unittest.TestCase):
         # resampled at Load for the default window had skipped the page's check: fuse's "The functional image (b) is
         # constant" instead)
         from MultimodalFusionLib import pipeline
-        from MultimodalFusionLib.data import testing_data_dir
 
         moving = sitk.ReadImage(self.moving_path)
         moving.SetOrigin(tuple(o + d for o, d in zip(moving.GetOrigin(), (1000.0, 0.0, 0.0))))
         cases = {"volumes": (self.fixed_path, str(self.root / "pet-1000mm-away.nii.gz"))}
         sitk.WriteImage(moving, cases["volumes"][1])
-        slices = []
-        for name, z in (("BrainT1Slice.png", 37.5), ("BrainProtonDensitySliceR10X13Y17.png", 137.5)):
-            volume = sitk.JoinSeries(io.read_image(str(testing_data_dir() / name)))
-            volume.SetOrigin((-90.0, -100.0, z))
-            volume.SetSpacing((1.0, 1.0, 2.5))
-            slices.append(str(self.root / f"{Path(name).stem}-at-{z}.nii.gz"))
-            sitk.WriteImage(volume, slices[-1])
-        cases["one-slice volumes"] = tuple(slices)
+        cases["one-slice volumes"] = tuple(self._one_slice_volumes(37.5, 137.5))
         state = self.app.state
         self.addCleanup(self._load)
         for case, (fixed, moving) in cases.items():
