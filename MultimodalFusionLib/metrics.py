@@ -521,13 +521,16 @@ def _slice_scores(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, .
 _SHARED: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 _TOKENS = itertools.count()
 
+#: Seconds :func:`_end_workers` waits for a worker still starting to say its pid (a forked one takes milliseconds).
+_WORKER_START_WAIT = 10.0
 
-def _start_worker(parent: int) -> None:
+
+def _start_worker(parent: int, pids: Any) -> None:
     """A pool worker's start: it ends with the process that forked it (Linux's parent-death signal), where it had
     waited for work for ever once that process was killed (SIGKILL, the OOM killer: two idle orphans per pool), and
     leaves Ctrl-C and SIGTERM to it (the worker had inherited its handlers: the CLI's SIGTERM, which raises, did not
-    end a worker told to end). The parent ends its workers itself on a cancel or an error
-    (:func:`_parallel_slice_scores`)."""
+    end a worker told to end). It writes its pid into ``pids`` (a shared array, a slot each), which the parent ends
+    on a cancel or an error (:func:`_end_workers`)."""
     import ctypes
     import signal
 
@@ -539,15 +542,35 @@ def _start_worker(parent: int) -> None:
         pass
     if os.getppid() != parent:  # the parent had gone before the signal was asked for
         os._exit(1)
+    with pids.get_lock():
+        free = [slot for slot, pid in enumerate(pids) if pid == 0]
+        if free:
+            pids[free[0]] = os.getpid()
 
 
-def _end_workers(pool: Any) -> None:
+def _end_workers(pool: Any, pids: Any, futures: Any) -> None:
     """End a pool's workers now and reap them: the slices they score are no longer wanted (a cancel, an error), and
     they write nothing but their scores to this process. ``shutdown(wait=False)`` alone had left them scoring the
     chunks they had taken (a worker, its chunk and the next queued), for seconds after a Cancel, and a script or
-    the CLI waited for them at its exit."""
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        if process.exitcode is None:
+    the CLI waited for them at its exit.
+
+    The workers are those whose pids ``pids`` holds (:func:`_start_worker`; each of the pool's processes writes its
+    own, the pool's private process table is not read), waited for a moment while one is still starting (unless the
+    pool has ended its work: ``futures`` all done). Only this process's children still running or not yet reaped
+    (``multiprocessing.active_children``) are killed, so a pid a reaped worker had, given since to another process,
+    is never signalled."""
+    import multiprocessing
+    import time
+
+    deadline = time.monotonic() + _WORKER_START_WAIT
+    while True:
+        with pids.get_lock():
+            started = {pid for pid in pids if pid}
+        if len(started) == len(pids) or all(fut.done() for fut in futures) or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    for process in multiprocessing.active_children():
+        if process.pid in started:
             process.kill()
     pool.shutdown(wait=True, cancel_futures=True)  # the pool's own thread joins (reaps) them
 
@@ -575,14 +598,16 @@ def _parallel_slice_scores(f8: np.ndarray, a8: np.ndarray, b8: np.ndarray, keep:
     bounds = np.linspace(0, len(keep), n_chunks + 1).astype(int)
     token = next(_TOKENS)
     _SHARED[token] = (f8, a8, b8)  # before the workers fork (all at the first submit with "fork")
-    pool = None
+    context = multiprocessing.get_context("fork")
+    pool, futures = None, {}
     try:
+        pids = context.Array("q", workers)  # the workers' pids, a slot each (_start_worker): 0 until written
         with warnings.catch_warnings():
             # Python >= 3.12 warns on fork() in a multi-threaded process; the workers run only the
             # numpy/scipy code of this module, which needs none of the locks other threads may hold
             warnings.simplefilter("ignore", DeprecationWarning)
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
-                                       initializer=_start_worker, initargs=(os.getpid(),))
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+                                       initargs=(os.getpid(), pids))
             futures = {pool.submit(_chunk_scores, token, keep[lo:hi]): hi - lo  # (in slice order) its slices
                        for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo}
         serial()
@@ -599,7 +624,7 @@ def _parallel_slice_scores(f8: np.ndarray, a8: np.ndarray, b8: np.ndarray, keep:
         return None
     finally:
         if pool is not None:  # after a cancel or an error: the workers end now, reaped, their chunks dropped
-            _end_workers(pool)
+            _end_workers(pool, pids, futures)
         del _SHARED[token]
 
 

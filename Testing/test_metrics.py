@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
 import sys
 import unittest
+from typing import Any
+from unittest import mock
 
 import numpy as np
 import SimpleITK as sitk
@@ -407,9 +410,20 @@ class ParallelSlicesTest(unittest.TestCase):
         """A cancel had shut the pool down without waiting (``shutdown(wait=False)``): its workers went on scoring the
         chunks they had taken, 5.6 s of two busy cores after a Cancel on 80 slices of 256 x 256, and a script (the CLI)
         waited for them at its exit. Here each slice a worker scores takes 20 s: none may be left after the cancel."""
+        self._assert_a_cancel_ends_the_workers()
+
+    def test_a_cancel_ends_the_workers_of_a_pool_that_keeps_its_process_table_to_itself(self) -> None:
+        """The workers were found in the pool's private ``_processes`` (ProcessPoolExecutor's, Python 3.9-3.13): a
+        Python naming it otherwise left them scoring after a cancel (here 20 s a slice), and the cancel waited for them.
+        They say their pids themselves now (the pool's initializer)."""
+        import concurrent.futures
+
+        with mock.patch.object(concurrent.futures, "ProcessPoolExecutor", _PoolWithoutAProcessTable):
+            self._assert_a_cancel_ends_the_workers()
+
+    def _assert_a_cancel_ends_the_workers(self) -> None:
         import multiprocessing
         import time
-        from unittest import mock
 
         from MultimodalFusionLib.errors import OperationCancelled
 
@@ -468,6 +482,16 @@ class ParallelSlicesTest(unittest.TestCase):
         for pid in alive:  # the old code's orphans: ended here, not left on the machine
             os.kill(pid, signal.SIGKILL)
         self.assertEqual(alive, [])
+
+
+class _PoolWithoutAProcessTable(concurrent.futures.ProcessPoolExecutor):
+    """A ProcessPoolExecutor whose process table (its private ``_processes``) only concurrent.futures reads: any other
+    reader gets AttributeError, as it would from a Python that keeps the table otherwise."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "_processes" and not sys._getframe(1).f_globals.get("__name__", "").startswith("concurrent."):
+            raise AttributeError(name)
+        return super().__getattribute__(name)
 
 
 def _no_fork() -> int:
