@@ -575,6 +575,13 @@ def _end_workers(pool: Any, pids: Any, futures: Any) -> None:
     pool.shutdown(wait=True, cancel_futures=True)  # the pool's own thread joins (reaps) them
 
 
+def _slice_message(scored: int, total: int) -> str:
+    """The progress message of a volume's slices, ``scored`` of ``total`` done: "fusion metrics: slice 4 of 155" (the
+    next slice; a pool scores it and the following ones), the same words serially and from a pool, where the pool's
+    had said "3 of 155 slices"."""
+    return f"fusion metrics: slice {scored + 1} of {total}"
+
+
 def _chunk_scores(token: int, slices: list[int]) -> list[tuple[float, ...]]:
     """:func:`_slice_scores` of some slices of the stacks a forked worker inherited."""
     f8, a8, b8 = _SHARED[token]
@@ -613,7 +620,7 @@ def _parallel_slice_scores(f8: np.ndarray, a8: np.ndarray, b8: np.ndarray, keep:
         serial()
         pending, scored = set(futures), 0
         while pending:
-            report(progress, scored / len(keep), f"fusion metrics: {scored} of {len(keep)} slices")
+            report(progress, scored / len(keep), _slice_message(scored, len(keep)))
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
             scored += sum(futures[fut] for fut in done)
         scores = [score for fut in futures for score in fut.result()]
@@ -703,7 +710,7 @@ def fusion_metrics(fused: Any, a: Any, b: Any, *, workers: int | None = None,
         whole_volume(scaled(progress, 0.0, 0.1))
         scores = []
         for i, k in enumerate(keep):
-            report(progress, 0.1 + 0.9 * i / len(keep), f"fusion metrics: slice {i + 1} of {len(keep)}")
+            report(progress, 0.1 + 0.9 * i / len(keep), _slice_message(i, len(keep)))
             scores.append(_slice_scores(f8, a8, b8) if f8.ndim == 2 else _slice_scores(sf8[k], sa8[k], sb8[k]))
     sf, vif_a, vif_b, q, ssim_a, ssim_b = (list(column) for column in zip(*scores))
     # each mean over the slices in slice order, as a serial loop takes them (same numbers to the last bit)

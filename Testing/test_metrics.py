@@ -368,9 +368,13 @@ class ParallelSlicesTest(unittest.TestCase):
                 self.assertTrue(0.0 <= fractions[0] and fractions[-1] <= 1.0, fractions)
                 messages = [message for _, message in reports]
                 self.assertIn("fusion metrics: MI_B", messages)
+                slices = [m for m in messages if "slice" in m]
                 if workers == 1:  # one report before each of the 9 slices with content
-                    self.assertEqual([m for m in messages if "slice" in m],
-                                     [f"fusion metrics: slice {k} of 9" for k in range(1, 10)])
+                    self.assertEqual(slices, [f"fusion metrics: slice {k} of 9" for k in range(1, 10)])
+                else:  # every quarter second while the pool scores them, in the same words (had been "0 of 9 slices")
+                    self.assertTrue(slices, messages)
+                    for message in slices:
+                        self.assertRegex(message, r"^fusion metrics: slice [1-9] of 9$")
 
                 reports.clear()
 
@@ -440,7 +444,7 @@ class ParallelSlicesTest(unittest.TestCase):
         with _pool_for_small_volumes(), mock.patch.object(metrics, "_slice_scores", slow):
             start = time.monotonic()
             with self.assertRaises(OperationCancelled):
-                metrics.fusion_metrics(f, a, b, workers=2, progress=lambda fraction, text: "slices" not in text)
+                metrics.fusion_metrics(f, a, b, workers=2, progress=lambda fraction, text: "slice" not in text)
         left = [p.pid for p in multiprocessing.active_children() if p.pid not in before]
         self.assertEqual(left, [])  # the old code: both workers, scoring for 20 s more
         self.assertLess(time.monotonic() - start, 15.0)
@@ -460,7 +464,7 @@ class ParallelSlicesTest(unittest.TestCase):
             "rng = np.random.default_rng(0)\n"
             "a = rng.random((8, 32, 32)) * 255\n"
             "def kill(fraction, text):\n"
-            "    if 'slices' in text:\n"
+            "    if 'slice' in text:\n"
             "        import multiprocessing\n"
             "        print(' '.join(str(p.pid) for p in multiprocessing.active_children()), flush=True)\n"
             "        os.kill(os.getpid(), signal.SIGKILL)\n"
