@@ -44,7 +44,10 @@ pixels has its per-slice metrics computed by a pool of worker processes (scipy's
 most of the time, holds the GIL, so threads do not help), one per CPU this process may use, at most
 ``OMP_NUM_THREADS`` when that is set (:func:`metric_workers`; ``fusion_metrics(..., workers=1)``
 turns it off). Each slice is scored by the same function either way and the per-slice values are
-averaged in slice order, so the numbers are identical to the last bit.
+averaged in slice order, so the numbers are identical to the last bit. The main thread forks the workers; a
+thread other than the main one (a server's job thread: the web app's) that asks for them (``workers=N``) spawns
+them (fresh interpreters: forking a process whose other threads may hold locks is not safe); their start (about a
+second each, importing numpy, scipy and this module) is paid back well below :data:`PARALLEL_MIN_PIXELS`.
 
 Progress and cancel: :func:`fusion_metrics` takes a progress callback (:mod:`.progress`), reported before each
 whole-volume metric and each slice (serially) or every quarter second while the pool scores them, so a Cancel stops
@@ -102,7 +105,9 @@ __all__ = [
 
 #: A volume's 2D metrics go to worker processes only when the slices scored hold at least this many
 #: pixels (about 2 s of work, e.g. 16 slices of 512x512 or 62 of 256x256); below it starting the
-#: pool costs more than it saves, so 2D images and small volumes stay in this process.
+#: pool costs more than it saves, so 2D images and small volumes stay in this process. Spawned workers (from a
+#: thread other than the main one) cost more to start, about 1.1 CPU s each, and pay it back from about 1.4 M
+#: pixels (BraTS slices of 240x240 on 2 cores: 24 slices even, 16 slower by 0.4 s, 72 faster by 30 %).
 PARALLEL_MIN_PIXELS = 4_000_000
 
 #: The published metrics, in the order of the literature's tables.
@@ -469,14 +474,16 @@ def _slices_with_content(a: np.ndarray, b: np.ndarray) -> list[int]:
 def metric_workers(requested: int | None = None) -> int:
     """Worker processes :func:`fusion_metrics` may use for a volume's slices.
 
-    1 on anything but Linux, whatever was requested (the workers are forked: spawned ones would
-    re-import the caller's main module, which does not work inside an embedding application, and
-    forking is unsafe on macOS). On Linux ``requested`` when given (at least 1); otherwise the CPUs
+    1 on anything but Linux, whatever was requested (the main thread forks the workers, which is unsafe on
+    macOS; spawned ones re-import the caller's main module, which does not work inside an embedding
+    application). On Linux ``requested`` when given (at least 1); otherwise the CPUs
     this process may run on (``os.sched_getaffinity``), capped by ``OMP_NUM_THREADS`` when it is set
     to a positive whole number (the usual way to keep a job to fewer cores on a shared machine); at
     most the limit of a :func:`threads.limit_threads` block (``--threads N``), ``requested`` too; and
     1 inside the 3D Slicer application (``slicer.app``), whose process is not this library's to fork,
-    or when called from a thread other than the main one (e.g. the web app's job thread).
+    or when called from a thread other than the main one, where workers are spawned, not forked
+    (:func:`fusion_metrics`), and spawning re-imports the caller's main script: such a caller asks for them
+    (``requested``), as the web app's jobs do with the count its server's thread gets.
     """
     if not sys.platform.startswith("linux"):
         return 1
@@ -491,8 +498,9 @@ def metric_workers(requested: int | None = None) -> int:
         # inside the 3D Slicer application (Qt threads, a GUI event loop): forking it is not ours to do
         return 1
     if threading.current_thread() is not threading.main_thread():
-        # a job thread of a server (the web app) or of the caller's own: another thread may hold a lock
-        # the forked child would then wait on for ever, so only a main thread forks workers by default
+        # a job thread of a server or of the caller's own: forking there is not safe (another thread may hold a
+        # lock the child would wait on for ever), and spawned workers re-import the caller's main script, which
+        # must then be guarded by `if __name__ == "__main__"`: only a caller that asks gets them (the web app does)
         return 1
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -525,36 +533,13 @@ _TOKENS = itertools.count()
 _WORKER_START_WAIT = 10.0
 
 
-def _start_worker(parent: int, pids: Any) -> None:
-    """A pool worker's start: it ends with the process that forked it (Linux's parent-death signal), where it had
-    waited for work for ever once that process was killed (SIGKILL, the OOM killer: two idle orphans per pool), and
-    leaves Ctrl-C and SIGTERM to it (the worker had inherited its handlers: the CLI's SIGTERM, which raises, did not
-    end a worker told to end). It writes its pid into ``pids`` (a shared array, a slot each), which the parent ends
-    on a cancel or an error (:func:`_end_workers`)."""
-    import ctypes
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C reaches the whole group: the parent's
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the parent had gone before the signal was asked for
-        os._exit(1)
-    with pids.get_lock():
-        free = [slot for slot, pid in enumerate(pids) if pid == 0]
-        if free:
-            pids[free[0]] = os.getpid()
-
-
 def _end_workers(pool: Any, pids: Any, futures: Any) -> None:
     """End a pool's workers now and reap them: the slices they score are no longer wanted (a cancel, an error), and
     they write nothing but their scores to this process. ``shutdown(wait=False)`` alone had left them scoring the
     chunks they had taken (a worker, its chunk and the next queued), for seconds after a Cancel, and a script or
     the CLI waited for them at its exit.
 
-    The workers are those whose pids ``pids`` holds (:func:`_start_worker`; each of the pool's processes writes its
+    The workers are those whose pids ``pids`` holds (:func:`.pool_worker.start`; each of the pool's processes writes its
     own, the pool's private process table is not read), waited for a moment while one is still starting (unless the
     pool has ended its work: ``futures`` all done). Only this process's children still running or not yet reaped
     (``multiprocessing.active_children``) are killed, so a pid a reaped worker had, given since to another process,
@@ -582,41 +567,60 @@ def _slice_message(scored: int, total: int) -> str:
     return f"fusion metrics: slice {scored + 1} of {total}"
 
 
-def _chunk_scores(token: int, slices: list[int]) -> list[tuple[float, ...]]:
-    """:func:`_slice_scores` of some slices of the stacks a forked worker inherited."""
-    f8, a8, b8 = _SHARED[token]
+def _chunk_scores(stacks: int | tuple[np.ndarray, np.ndarray, np.ndarray], slices: list[int]
+                  ) -> list[tuple[float, ...]]:
+    """:func:`_slice_scores` of some slices of the stacks a forked worker inherited (``stacks``: their token in
+    ``_SHARED``) or of those sent to a spawned one (``stacks``: the span of the volume holding ``slices``)."""
+    f8, a8, b8 = _SHARED[stacks] if isinstance(stacks, int) else stacks
     return [_slice_scores(f8[k], a8[k], b8[k]) for k in slices]
 
 
 def _parallel_slice_scores(f8: np.ndarray, a8: np.ndarray, b8: np.ndarray, keep: list[int],
-                           workers: int, serial: Any, progress: ProgressCallback | None = None
-                           ) -> list[tuple[float, ...]] | None:
-    """Per-slice scores of ``keep`` from a pool of ``workers`` forked processes, in slice order,
-    while this process runs ``serial()`` (the whole-volume metrics); None when no pool could run.
-    ``progress`` (0..1: the slices scored) is reported every quarter second while the pool runs; a cancel
-    (OperationCancelled) or an error ends the workers at once (:func:`_end_workers`), none left running."""
+                           workers: int, serial: Any, progress: ProgressCallback | None = None,
+                           start: str = "fork") -> list[tuple[float, ...]] | None:
+    """Per-slice scores of ``keep`` from a pool of ``workers`` processes, in slice order, while this process runs
+    ``serial()`` (the whole-volume metrics); None when no pool could run. The workers are forked (``start``
+    "fork": they inherit the stacks) or spawned ("spawn": fresh interpreters, sent each chunk's span of the stacks),
+    the way a thread other than the main one starts them (:func:`fusion_metrics`): forking a process whose other
+    threads may hold locks is not safe, spawning is. ``progress`` (0..1: the slices scored) is reported every quarter
+    second while the pool runs; a cancel (OperationCancelled) or an error ends the workers at once
+    (:func:`_end_workers`), none left running."""
     import multiprocessing
+    import signal
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    if "fork" not in multiprocessing.get_all_start_methods():
+    from . import pool_worker
+
+    if start not in multiprocessing.get_all_start_methods():
         return None
     n_chunks = min(len(keep), 4 * workers)  # a few chunks per worker even out slices of unequal cost
     bounds = np.linspace(0, len(keep), n_chunks + 1).astype(int)
+    chunks = [keep[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]  # in slice order
     token = next(_TOKENS)
     _SHARED[token] = (f8, a8, b8)  # before the workers fork (all at the first submit with "fork")
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context(start)
     pool, futures = None, {}
     try:
-        pids = context.Array("q", workers)  # the workers' pids, a slot each (_start_worker): 0 until written
-        with warnings.catch_warnings():
-            # Python >= 3.12 warns on fork() in a multi-threaded process; the workers run only the
-            # numpy/scipy code of this module, which needs none of the locks other threads may hold
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
-                                       initargs=(os.getpid(), pids))
-            futures = {pool.submit(_chunk_scores, token, keep[lo:hi]): hi - lo  # (in slice order) its slices
-                       for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo}
+        pids = context.Array("q", workers)  # the workers' pids, a slot each (pool_worker.start): 0 until written
+        # a Ctrl-C to the terminal's group reaches the workers too, which ignore it once started (pool_worker.start): it
+        # stays blocked for them until then (the mask is inherited), where a spawned one, a second importing, had
+        # printed its KeyboardInterrupt; this thread gets it after (another thread takes it meanwhile)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            with warnings.catch_warnings():
+                # Python >= 3.12 warns on fork() in a multi-threaded process; forked workers run only the
+                # numpy/scipy code of this module, which needs none of the locks other threads may hold
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=pool_worker.start,
+                                           initargs=(os.getpid(), pids))
+                for chunk in chunks:  # a spawned worker's chunk: views of its span, copied as they are sent
+                    span = slice(chunk[0], chunk[-1] + 1)
+                    args = ((token, chunk) if start == "fork" else
+                            ((f8[span], a8[span], b8[span]), [k - chunk[0] for k in chunk]))
+                    futures[pool.submit(_chunk_scores, *args)] = len(chunk)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         serial()
         pending, scored = set(futures), 0
         while pending:
@@ -645,10 +649,10 @@ def fusion_metrics(fused: Any, a: Any, b: Any, *, workers: int | None = None,
         a: first source (e.g. the anatomical MR); colour is taken to its luminance.
         b: second source (e.g. CT, or the PET/SPECT luminance Y).
         workers: processes for a volume's per-slice metrics (default :func:`metric_workers`: the
-            CPUs available, at most ``OMP_NUM_THREADS``; 1: this process only; always 1 outside
-            Linux). Used only for
-            volumes with at least :data:`PARALLEL_MIN_PIXELS` pixels in the slices scored; the
-            numbers are the same either way.
+            CPUs available, at most ``OMP_NUM_THREADS``; 1 from a thread other than the main one; 1: this
+            process only; always 1 outside Linux). Used only for volumes with at least
+            :data:`PARALLEL_MIN_PIXELS` pixels in the slices scored; the numbers are the same either way.
+            A thread other than the main one spawns its workers, the main thread forks them.
         progress: called before each whole-volume metric and each slice ("fusion metrics: slice 3 of 155"), or
             every quarter second while a pool scores the slices; returning False (or raising
             OperationCancelled) stops the metrics there.
@@ -703,9 +707,16 @@ def fusion_metrics(fused: Any, a: Any, b: Any, *, workers: int | None = None,
     scores = None
     n_workers = metric_workers(workers) if f8.ndim == 3 else 1
     pixels = len(keep) * (sf8[0].size if f8.ndim == 3 else f8.size)
+    # the main thread forks its workers; another (a server's job thread: the web app's) spawns them, which costs
+    # more (a fresh interpreter each, about a second to import numpy, scipy and this module)
+    start = "fork" if threading.current_thread() is threading.main_thread() else "spawn"
     if n_workers > 1 and len(keep) > 1 and pixels >= PARALLEL_MIN_PIXELS:
+        # a cancel during the 8-bit copies above (0.4 s on BraTS) is taken before workers start, not after (a
+        # spawned worker is ended once it has said its pid, about 0.25 s after its start on 2 shared cores)
+        report(progress, 0.0, "fusion metrics")
         scores = _parallel_slice_scores(sf8, sa8, sb8, keep, min(n_workers, len(keep)),
-                                        lambda: whole_volume(scaled(progress, 0.0, 0.1)), scaled(progress, 0.1, 1.0))
+                                        lambda: whole_volume(scaled(progress, 0.0, 0.1)), scaled(progress, 0.1, 1.0),
+                                        start)
     if scores is None:
         whole_volume(scaled(progress, 0.0, 0.1))
         scores = []

@@ -333,6 +333,50 @@ class ParallelSlicesTest(unittest.TestCase):
         if sys.platform.startswith("linux"):
             self.assertEqual(seen[1], 2)  # asked for explicitly: the caller's choice
 
+    def test_a_thread_that_asks_for_workers_spawns_them(self) -> None:
+        """A thread other than the main one (the web app's job thread) forked its workers when it asked for them, which
+        is not safe in a process whose other threads may hold locks; it spawns them now (fresh interpreters), the
+        numbers the same to the last bit. A cancel at the first report, while they are still starting (importing),
+        ends them at once too: none is left to take a chunk."""
+        import multiprocessing
+        import threading
+        import time
+
+        from MultimodalFusionLib.errors import OperationCancelled
+
+        f, a, b = self._volume()
+        serial = metrics.fusion_metrics(f, a, b, workers=1)
+        before = {p.pid for p in multiprocessing.active_children()}
+        started: dict[int, str] = {}
+
+        def watch(fraction: float, text: str) -> None:  # the workers' command lines (the latest: after their exec)
+            for process in multiprocessing.active_children():
+                if process.pid not in before:
+                    with open(f"/proc/{process.pid}/cmdline", "rb") as cmdline:
+                        started[process.pid] = cmdline.read().decode(errors="replace")
+
+        out: dict[str, Any] = {}
+
+        def job() -> None:
+            out["pooled"] = metrics.fusion_metrics(f, a, b, workers=2, progress=watch)
+            try:  # cancelled at the first whole-volume metric, the pool just made: its workers are starting
+                metrics.fusion_metrics(f, a, b, workers=2, progress=lambda fraction, text: "EN" not in text)
+            except OperationCancelled:
+                out["cancelled"] = True
+
+        with mock.patch.object(metrics, "PARALLEL_MIN_PIXELS", 1):
+            thread = threading.Thread(target=job)
+            start = time.monotonic()
+            thread.start()
+            thread.join(120.0)
+        self.assertEqual(_bits(out["pooled"]), _bits(serial))
+        self.assertEqual(len(started), 2, started)
+        for pid, cmdline in started.items():
+            self.assertIn("spawn_main", cmdline, pid)  # the old code: forked, this process's own command line
+        self.assertTrue(out.get("cancelled"))
+        self.assertEqual([p.pid for p in multiprocessing.active_children() if p.pid not in before], [])
+        self.assertLess(time.monotonic() - start, 60.0)
+
     def test_no_worker_processes_inside_the_slicer_application(self) -> None:
         # the Slicer application cannot run here: a module named slicer with an `app` stands in for it
         import sys

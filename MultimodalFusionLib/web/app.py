@@ -1363,6 +1363,9 @@ class FusionWebApp:
         held_moving, held_fixed, unregistered = self._unregistered
         if held_moving is not moving or held_fixed is not fixed_grey:
             unregistered = None
+        # the worker processes of the metrics, as this (the server's) thread gets them: the job thread asks for them,
+        # and spawns them (a thread other than the main one never forks: metrics.fusion_metrics)
+        workers = metrics.metric_workers()
 
         def job(progress):
             from ..progress import scaled
@@ -1382,7 +1385,8 @@ class FusionWebApp:
             result = fuse(fixed, functional, method, window_a=window_a, window_b=window_b,
                           progress=scaled(progress, 0.0, 0.7))
             # reported before each metric and slice: a Cancel stops them there, where it had waited for their end
-            values = metrics.fusion_metrics(result, fixed, functional, progress=scaled(progress, 0.75, 1.0))
+            values = metrics.fusion_metrics(result, fixed, functional, workers=workers,
+                                            progress=scaled(progress, 0.75, 1.0))
             return result, values, functional
 
         self.worker.start("Fusion", job, self._show_fusion)
