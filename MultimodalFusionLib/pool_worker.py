@@ -5,7 +5,7 @@ module first, as the pool's initializer, and only its first chunk imports numpy,
 (about a second on a shared 2-core machine). The worker says its pid here, so the process that started it can end it
 while it is still importing (a cancel): from this module both of a pool's two said theirs 0.23-0.26 s after the
 pool started, where with the metrics module as the initializer it took 0.72-0.93 s (spawned from a thread, 2 shared
-cores: /tmp/h_A33_probe/latency.py).
+cores).
 """
 
 from __future__ import annotations
