@@ -329,7 +329,7 @@ class ParallelSlicesTest(unittest.TestCase):
         worker = threading.Thread(target=lambda: seen.extend([metrics.metric_workers(), metrics.metric_workers(2)]))
         worker.start()
         worker.join()
-        self.assertEqual(seen[0], 1)  # a server's job thread (the web app) computes serially
+        self.assertEqual(seen[0], 1)  # a thread's default (spawning re-imports the caller's script): the web app asks
         if sys.platform.startswith("linux"):
             self.assertEqual(seen[1], 2)  # asked for explicitly: the caller's choice
 
