@@ -529,33 +529,38 @@ def _slice_scores(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, .
 _SHARED: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 _TOKENS = itertools.count()
 
-#: Seconds :func:`_end_workers` waits for a worker still starting to say its pid (a forked one takes milliseconds).
-_WORKER_START_WAIT = 10.0
+def _recording_context(start: str) -> tuple[Any, list[Any]]:
+    """The multiprocessing context of ``start`` ("fork", "spawn") and the list of every process it makes: a pool's
+    workers (``ProcessPoolExecutor`` makes each through its ``mp_context.Process``), known from their start, so
+    :func:`_end_workers` ends one still starting (importing) as well, and the pool's private process table is not
+    read."""
+    import multiprocessing
+
+    base = multiprocessing.get_context(start)
+    made: list[Any] = []
+
+    class Context(type(base)):  # type: ignore[misc, valid-type]
+        def Process(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 (multiprocessing's name)
+            process = base.Process(*args, **kwargs)
+            made.append(process)
+            return process
+
+    return Context(), made
 
 
-def _end_workers(pool: Any, pids: Any, futures: Any) -> None:
+def _end_workers(pool: Any, processes: list[Any]) -> None:
     """End a pool's workers now and reap them: the slices they score are no longer wanted (a cancel, an error), and
     they write nothing but their scores to this process. ``shutdown(wait=False)`` alone had left them scoring the
     chunks they had taken (a worker, its chunk and the next queued), for seconds after a Cancel, and a script or
     the CLI waited for them at its exit.
 
-    The workers are those whose pids ``pids`` holds (:func:`.pool_worker.start`; each of the pool's processes writes its
-    own, the pool's private process table is not read), waited for a moment while one is still starting (unless the
-    pool has ended its work: ``futures`` all done). Only this process's children still running or not yet reaped
-    (``multiprocessing.active_children``) are killed, so a pid a reaped worker had, given since to another process,
-    is never signalled."""
-    import multiprocessing
-    import time
-
-    deadline = time.monotonic() + _WORKER_START_WAIT
-    while True:
-        with pids.get_lock():
-            started = {pid for pid in pids if pid}
-        if len(started) == len(pids) or all(fut.done() for fut in futures) or time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    for process in multiprocessing.active_children():
-        if process.pid in started:
+    The workers are the ``processes`` the pool's context made (:func:`_recording_context`), killed whether still
+    starting or scoring, where they had been found by the pids they wrote once started (a cancel during a spawned
+    worker's start had waited up to 10 s for it, then for the rest of its start). Only a worker not yet ended is
+    signalled, through its own process object (``exitcode`` reaps one that has ended), so a pid a reaped worker had,
+    given since to another process, is never signalled."""
+    for process in processes:
+        if process.pid is not None and process.exitcode is None:  # started (a failed start has no pid), not ended
             process.kill()
     pool.shutdown(wait=True, cancel_futures=True)  # the pool's own thread joins (reaps) them
 
@@ -599,10 +604,9 @@ def _parallel_slice_scores(f8: np.ndarray, a8: np.ndarray, b8: np.ndarray, keep:
     chunks = [keep[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]  # in slice order
     token = next(_TOKENS)
     _SHARED[token] = (f8, a8, b8)  # before the workers fork (all at the first submit with "fork")
-    context = multiprocessing.get_context(start)
+    context, processes = _recording_context(start)
     pool, futures = None, {}
     try:
-        pids = context.Array("q", workers)  # the workers' pids, a slot each (pool_worker.start): 0 until written
         # a Ctrl-C to the terminal's group reaches the workers too, which ignore it once started (pool_worker.start): it
         # stays blocked for them until then (the mask is inherited), where a spawned one, a second importing, had
         # printed its KeyboardInterrupt; this thread gets it after (another thread takes it meanwhile)
@@ -613,7 +617,7 @@ def _parallel_slice_scores(f8: np.ndarray, a8: np.ndarray, b8: np.ndarray, keep:
                 # numpy/scipy code of this module, which needs none of the locks other threads may hold
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=pool_worker.start,
-                                           initargs=(os.getpid(), pids))
+                                           initargs=(os.getpid(),))
                 for chunk in chunks:  # a spawned worker's chunk: views of its span, copied as they are sent
                     span = slice(chunk[0], chunk[-1] + 1)
                     args = ((token, chunk) if start == "fork" else
@@ -635,7 +639,7 @@ def _parallel_slice_scores(f8: np.ndarray, a8: np.ndarray, b8: np.ndarray, keep:
         return None
     finally:
         if pool is not None:  # after a cancel or an error: the workers end now, reaped, their chunks dropped
-            _end_workers(pool, pids, futures)
+            _end_workers(pool, processes)
         del _SHARED[token]
 
 

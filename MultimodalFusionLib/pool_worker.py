@@ -2,8 +2,7 @@
 
 A worker spawned from a thread other than the main one (the web app's jobs) is a fresh interpreter: it imports this
 module first, as the pool's initializer, and only its first chunk imports numpy, SimpleITK, scipy and the metrics
-(about a second on a shared 2-core machine). The worker says its pid here, so the process that started it can end it
-while it is still importing (a cancel): from this module both of a pool's two said theirs 0.23-0.26 s after the
+(about a second on a shared 2-core machine): the Ctrl-C it ignores stays blocked until here, 0.23-0.26 s after the
 pool started, where with the metrics module as the initializer it took 0.72-0.93 s (spawned from a thread, 2 shared
 cores).
 """
@@ -11,17 +10,15 @@ cores).
 from __future__ import annotations
 
 import os
-from typing import Any
 
 __all__ = ["start"]
 
 
-def start(parent: int, pids: Any) -> None:
+def start(parent: int) -> None:
     """A pool worker's start: it ends with the process that started it (Linux's parent-death signal), where it had
     waited for work for ever once that process was killed (SIGKILL, the OOM killer: two idle orphans per pool), and
     leaves Ctrl-C and SIGTERM to it (the worker had inherited its handlers: the CLI's SIGTERM, which raises, did not
-    end a worker told to end). It writes its pid into ``pids`` (a shared array, a slot each), which the parent ends
-    on a cancel or an error (``metrics._end_workers``)."""
+    end a worker told to end). The parent ends its workers itself on a cancel or an error (``metrics._end_workers``)."""
     import ctypes
     import signal
 
@@ -34,7 +31,3 @@ def start(parent: int, pids: Any) -> None:
         pass
     if os.getppid() != parent:  # the parent had gone before the signal was asked for
         os._exit(1)
-    with pids.get_lock():
-        free = [slot for slot, pid in enumerate(pids) if pid == 0]
-        if free:
-            pids[free[0]] = os.getpid()

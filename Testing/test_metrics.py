@@ -469,6 +469,32 @@ class ParallelSlicesTest(unittest.TestCase):
         with mock.patch.object(concurrent.futures, "ProcessPoolExecutor", _PoolWithoutAProcessTable):
             self._assert_a_cancel_ends_the_workers()
 
+    def test_a_cancel_ends_a_worker_still_starting_at_once(self) -> None:
+        """A worker was ended only once it had written its pid (its initializer): a cancel while one still started (a
+        spawned one imports for a second or more on a busy machine) waited up to 10 s for it, then for the rest of its
+        start (here a start of 20 s: the cancel took 20.1 s). The pool's processes are known from their start now."""
+        import multiprocessing
+        import time
+
+        from MultimodalFusionLib import pool_worker
+        from MultimodalFusionLib.errors import OperationCancelled
+
+        real = pool_worker.start
+
+        def slow_start(*args: Any) -> None:  # forked workers (this test's main thread): the function itself
+            time.sleep(20.0)
+            real(*args)
+
+        f, a, b = self._volume()
+        before = {p.pid for p in multiprocessing.active_children()}
+        with _pool_for_small_volumes(), mock.patch.object(pool_worker, "start", slow_start):
+            start = time.monotonic()
+            with self.assertRaises(OperationCancelled):
+                metrics.fusion_metrics(f, a, b, workers=2, progress=lambda fraction, text: "slice" not in text)
+            elapsed = time.monotonic() - start
+        self.assertEqual([p.pid for p in multiprocessing.active_children() if p.pid not in before], [])
+        self.assertLess(elapsed, 5.0)  # the old code: 20.1 s
+
     def _assert_a_cancel_ends_the_workers(self) -> None:
         import multiprocessing
         import time
