@@ -494,7 +494,7 @@ def metric_workers(requested: int | None = None) -> int:
         return max(1, min(int(requested), limit or int(requested)))
     if limit is not None and limit <= 1:
         return 1
-    if getattr(sys.modules.get("slicer"), "app", None) is not None:
+    if _in_slicer_app():
         # inside the 3D Slicer application (Qt threads, a GUI event loop): forking it is not ours to do
         return 1
     if threading.current_thread() is not threading.main_thread():
@@ -510,6 +510,25 @@ def metric_workers(requested: int | None = None) -> int:
     if cap.isdigit() and int(cap) > 0:
         cpus = min(cpus, int(cap))
     return max(1, min(cpus, limit or cpus))
+
+
+def _in_slicer_app() -> bool:
+    """Whether this runs inside the 3D Slicer application (``slicer.app``), not a Python of its own."""
+    return getattr(sys.modules.get("slicer"), "app", None) is not None
+
+
+def _can_spawn() -> bool:
+    """Whether workers can be spawned here: the program multiprocessing starts them with (``sys.executable`` unless
+    ``multiprocessing.set_executable`` said otherwise) is a Python interpreter's (python, python3, python3.9), and
+    this is not the 3D Slicer application, whose ``sys.executable`` is Slicer itself or its PythonSlicer launcher: a
+    spawned worker would start that with ``-c ... --multiprocessing-fork`` (an embedding application's own program
+    likewise), and Process.start() can then wait for ever on a child that never reads its start (Slicer/Slicer#7445).
+    """
+    import multiprocessing.spawn
+    import re
+
+    program = os.path.basename(os.fsdecode(multiprocessing.spawn.get_executable() or ""))  # bytes in 3.11+, str in 3.9
+    return not _in_slicer_app() and re.fullmatch(r"python[0-9.]*", program) is not None
 
 
 def _slice_scores(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, ...]:
@@ -714,6 +733,8 @@ def fusion_metrics(fused: Any, a: Any, b: Any, *, workers: int | None = None,
     # the main thread forks its workers; another (a server's job thread: the web app's) spawns them, which costs
     # more (a fresh interpreter each, about a second to import numpy, scipy and this module)
     start = "fork" if threading.current_thread() is threading.main_thread() else "spawn"
+    if start == "spawn" and not _can_spawn():  # inside Slicer or an embedding program: serially, the same numbers
+        n_workers = 1
     if n_workers > 1 and len(keep) > 1 and pixels >= PARALLEL_MIN_PIXELS:
         # a cancel during the 8-bit copies above (0.4 s on BraTS) is taken before workers start, not after (a
         # spawned worker is ended once it has said its pid, about 0.25 s after its start on 2 shared cores)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 import os
 import sys
 import unittest
-from typing import Any
+from typing import Any, Iterator
 from unittest import mock
 
 import numpy as np
@@ -377,22 +378,47 @@ class ParallelSlicesTest(unittest.TestCase):
         self.assertEqual([p.pid for p in multiprocessing.active_children() if p.pid not in before], [])
         self.assertLess(time.monotonic() - start, 60.0)
 
-    def test_no_worker_processes_inside_the_slicer_application(self) -> None:
-        # the Slicer application cannot run here: a module named slicer with an `app` stands in for it
-        import sys
-        import types
+    def test_a_thread_spawns_no_workers_where_the_program_is_not_a_python(self) -> None:
+        """A thread that asked for workers spawned them with whatever program multiprocessing starts: inside the 3D
+        Slicer application (sys.executable is Slicer or its PythonSlicer launcher) or another embedding program that
+        program itself, run with '-c ... --multiprocessing-fork' (Process.start() can wait on it for ever). The slices
+        are scored in the process there, the same numbers."""
+        import multiprocessing
+        import multiprocessing.spawn
+        import tempfile
+        import threading
 
-        saved = sys.modules.get("slicer")
-        sys.modules["slicer"] = types.SimpleNamespace(app=object())
-        try:
+        f, a, b = self._volume()
+        serial = metrics.fusion_metrics(f, a, b, workers=1)
+        with tempfile.TemporaryDirectory() as tmp:
+            app = os.path.join(tmp, "SlicerApp-real")  # an embedding program: it never reads a worker's start
+            with open(app, "w") as script:
+                script.write("#!/bin/sh\nsleep 3\n")
+            os.chmod(app, 0o755)
+            if isinstance(multiprocessing.spawn.get_executable(), bytes):  # as multiprocessing keeps it (3.11+)
+                app = os.fsencode(app)  # type: ignore[assignment]
+            for case, patch in (("slicer.app", _in_the_slicer_application()),
+                                ("program", mock.patch.object(multiprocessing.spawn, "get_executable", lambda: app))):
+                with self.subTest(case), patch, _pool_for_small_volumes():
+                    before = {p.pid for p in multiprocessing.active_children()}
+                    started: set[int] = set()
+
+                    def watch(fraction: float, text: str, before: set[int] = before, started: set[int] = started) -> None:
+                        started.update(p.pid for p in multiprocessing.active_children() if p.pid not in before)
+
+                    out: dict[str, Any] = {}
+                    thread = threading.Thread(
+                        target=lambda out=out, watch=watch: out.update(metrics.fusion_metrics(f, a, b, workers=2,
+                                                                                             progress=watch)))
+                    thread.start()
+                    thread.join(60.0)
+                    self.assertEqual(started, set())  # the old code: two workers (spawned Pythons or that program)
+                    self.assertEqual(_bits(out), _bits(serial))
+
+    def test_no_worker_processes_inside_the_slicer_application(self) -> None:
+        with _in_the_slicer_application():
             self.assertEqual(metrics.metric_workers(), 1)
             self.assertEqual(metrics.metric_workers(2), 2)  # asked for explicitly: the caller's choice
-        finally:
-            if saved is None:
-                sys.modules.pop("slicer", None)
-            else:
-                sys.modules["slicer"] = saved
-
 
     def test_a_cancel_stops_the_metrics_at_their_next_report(self) -> None:
         """The fusion metrics reported no progress, so a Cancel (the web page's, Slicer's) took effect at their end
@@ -566,6 +592,23 @@ class _PoolWithoutAProcessTable(concurrent.futures.ProcessPoolExecutor):
         if name == "_processes" and not sys._getframe(1).f_globals.get("__name__", "").startswith("concurrent."):
             raise AttributeError(name)
         return super().__getattribute__(name)
+
+
+@contextlib.contextmanager
+def _in_the_slicer_application() -> Iterator[None]:
+    """The Slicer application cannot run here: a module named slicer with an ``app`` stands in for it while in use
+    (only that entry of sys.modules changes: mock.patch.dict(sys.modules) would drop the modules imported meanwhile)."""
+    import types
+
+    saved = sys.modules.get("slicer")
+    sys.modules["slicer"] = types.SimpleNamespace(app=object())  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if saved is None:
+            sys.modules.pop("slicer", None)
+        else:
+            sys.modules["slicer"] = saved
 
 
 def _no_fork() -> int:
