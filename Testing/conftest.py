@@ -14,6 +14,12 @@ SIGINT ignored, and every process the tests start inherited that: the Ctrl-C tes
 their SIGINT (4 failures in test_interrupts, and the train-fusion Ctrl-C test after its 120 s timeout). The test
 process handles SIGINT as Python does by default instead, and a handled signal is reset to the default in a
 child (exec), where Python makes it KeyboardInterrupt.
+
+Each test file starts with torch on one CPU thread (``_torch_on_one_thread``); a file that wants another count sets
+it in its own set-up, and that count no longer leaks into the files after it (test_deep_fusion's 2 had held for
+every later file). The suite's torch work is small (2D slices, 3-4 mm volumes): on a 2-core machine shared with
+other work, 2 threads made it several times slower, not faster. SearchOnTheTorchBackend (test_registration_search)
+took 69.3 s on 2 threads, 15.4 s on 1 (CPU 37.0 s against 8.6 s), back to back at a load of 4.5.
 """
 
 from __future__ import annotations
@@ -28,6 +34,16 @@ _status: list[int] = []
 
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_on_one_thread():
+    """torch on one thread at the start of each test file (module scope: before a class's setUpClass, which may
+    set its own count). Collection has imported every test file, so torch is loaded here when any test uses it."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+    yield
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
