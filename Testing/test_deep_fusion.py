@@ -62,9 +62,8 @@ def _image(arr: np.ndarray, spacing, origin, direction) -> sitk.Image:
 
 @unittest.skipIf(torch is None, "torch/monai not installed")
 class DeepFusionTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        torch.set_num_threads(2)
+    # torch on one thread, as conftest starts every file (it had set 2 here, never put back): this file took
+    # 103-106 s on 2 threads, 15-22 s on 1, back to back on a busy 2-core machine (CPU 32-58 s against 12 s)
 
     def test_training_steps_reduce_the_loss(self):
         from MultimodalFusionLib.fusion.deep import FusionLoss
