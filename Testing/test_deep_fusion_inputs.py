@@ -59,10 +59,6 @@ def _benchmark_row(case: str, *flags: str) -> dict:
 
 @unittest.skipIf(torch is None, "torch/monai not installed")
 class TrainingDataTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        torch.set_num_threads(2)
-
     def test_training_samples_share_the_pairs_memory_and_training_leaves_them_alone(self):
         """to_training_samples copied every volume once more (astype): twice the memory for big volumes."""
         from MultimodalFusionLib.fusion.deep import TrainingConfig, train_fusion
@@ -589,10 +585,6 @@ class TrainFusionCommandTest(unittest.TestCase):
 
 @unittest.skipIf(torch is None, "torch/monai not installed")
 class InferenceInputsTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        torch.set_num_threads(2)
-
     def _net(self, spatial_dims: int = 2):
         from MultimodalFusionLib.fusion.deep import build_network
 
@@ -1565,10 +1557,6 @@ class SliceAxisTest(unittest.TestCase):
     """The 2D weights fused every volume along the array's first axis (ITK's z): a thick-slice acquisition stored
     with x (or y) as its thick axis was fused in cuts across its slices. It is now sliced across its clearly
     thickest axis, so it fuses as the same data stored with that axis as z; other volumes are fused as before."""
-
-    @classmethod
-    def setUpClass(cls):
-        torch.set_num_threads(2)
 
     @staticmethod
     def _image(arr: np.ndarray, spacing: tuple[float, float, float]) -> sitk.Image:
