@@ -723,6 +723,53 @@ class WebAppTest(unittest.TestCase):
             self._as_a_page(fg_opacity=0.4, Red__SliderState__value=bad)
             self.assertEqual(red.get_slice_value(), start - step, repr(bad))
 
+    def test_load_register_and_fuse_act_on_the_values_their_click_sends(self) -> None:
+        # trame-client sends a field's change in a message of its own, after a button's call where a call of the page
+        # awaits its answer: Load, Register and Fuse read the state as it was, a path typed loading the previous file,
+        # a Window typed fusing with the preset's. Each sends its fields' values with the click, taken as the page's
+        # own change is (a preset picked brings its stages, a Window typed makes the preset Manual)
+        from unittest import mock
+
+        from MultimodalFusionLib import registration
+
+        state, app = self.app.state, self.app
+        self._load()
+        # Load: the state still holding the pair swapped (the page's change not come yet), the paths sent are read
+        self._set(fixed_path=self.moving_path, moving_path=self.fixed_path, error_message="")
+        self.addCleanup(self._set, fixed_path=self.fixed_path, moving_path=self.moving_path, preset="",
+                        stages=["rigid"], initializer="", fw_a_preset="default", error_message="")
+        self._do(lambda: app.load_from_paths(self.fixed_path, self.moving_path, None, None))
+        self.assertEqual((state.fixed_name, state.moving_name, state.error_message), ("t1.nii.gz", "pet.nii.gz", ""))
+        self.assertEqual((state.fixed_path, state.moving_path), (self.fixed_path, self.moving_path))
+        # another number of values than the page sends (a script's call): refused in the banner, nothing loaded
+        self._do(lambda: app.load_from_paths(self.moving_path))
+        self.assertIn("The page's Load sent 1 value, where it sends 4 (fixed_path, moving_path, fixed_series, "
+                      "moving_series). Fix: Reload the page", state.error_message)
+        self.assertEqual(state.fixed_name, "t1.nii.gz")
+
+        # Register: a preset picked and clicked at once, the page's stages still its last ones: the preset's stages
+        calls = []
+
+        def recording_register(*args, **kwargs):
+            calls.append(kwargs)
+            return real_register(*args, **kwargs)
+
+        real_register = registration.register
+        self._set(error_message="")
+        with mock.patch.object(registration, "register", recording_register):
+            self._do(lambda: app.start_registration("pet-ct-body", ["rigid"], "moments"))
+        self.assertEqual(state.error_message, "")
+        self.assertEqual({key: calls[-1][key] for key in ("preset", "stages", "initializer")},
+                         {"preset": "pet-ct-body", "stages": ["rigid", "affine"], "initializer": "moments"})
+
+        # Fuse: the fixed image's Window and Level typed, the page's preset still the engine's default: Manual
+        page = dict(method="average", fw_a_preset="default", fw_a_window="120", fw_a_level="100",
+                    **{key: state[key] for key in ("fw_b_preset", "fw_b_window", "fw_b_level")})
+        self._do(lambda: app.start_fusion(*page.values()))
+        self.assertEqual(state.error_message, "")
+        self.assertEqual(state.fw_a_preset, "manual")
+        self.assertEqual(app.fusion_result.parameters["window_a"], [40.0, 160.0])
+
     def test_a_dicom_series_is_read_only_where_the_server_offered_it(self) -> None:
         # the load read a page's fixed_series_path and fixed_series_items: the series list could be made to
         # show for any path, the pick then read from a folder the server had not asked about

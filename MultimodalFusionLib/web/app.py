@@ -66,6 +66,12 @@ CLIENT_KEYS = frozenset({
     "fg_lower", "fg_upper", *(f"fw_{side}_{what}" for side in "ab" for what in ("preset", "window", "level"))})
 #: Server keys a page may clear (set to "" or None): the banner, by its close button.
 _PAGE_CLEARABLE_KEYS = ("error_message",)
+#: The fields each button acts on, whose values the page sends with the click, in this order (see
+#: ``FusionWebApp._take_page_values``): Load's paths and DICOM series, Register's settings (the seed has no field:
+#: a script sets it), Fuse's method and each image's fusion window
+_LOAD_FIELDS = ("fixed_path", "moving_path", "fixed_series", "moving_series")
+_REGISTER_FIELDS = ("preset", "stages", "initializer")
+_FUSE_FIELDS = ("method", *(f"fw_{side}_{what}" for side in "ab" for what in ("preset", "window", "level")))
 _FG_LAYERS = [{"title": "Functional (moving, registered)", "value": "functional"},
               {"title": "Fused image", "value": "fused"},
               {"title": "Weight map", "value": "weights"}]
@@ -375,6 +381,11 @@ class _PendingUpload:
         self.received = 0  # bytes written, all files together
 
 
+def _sent(fields: Sequence[str]) -> str:
+    """A button's trigger arguments: the values of ``fields`` as the page holds them when it is clicked."""
+    return f"[{', '.join(fields)}]"
+
+
 def _client_text(value: Any, what: str, fix: str) -> str:
     """A text the page sends (a path, a name); None is "". Anything else (a number, a list, a text with a
     NUL character, which no file name holds) is refused, naming ``what``."""
@@ -640,8 +651,9 @@ class FusionWebApp:
                                    classes="mt-1", id=f"mmf-{role}-series",
                                    v_if=(f"{role}_series_items.length && {role}_series_path === {role}_path",))
                         html.Div(f"{{{{ {role}_name }}}}", classes="text-caption text-grey mb-1")
-                    v3.VBtn("Load volumes", click=self.load_from_paths, block=True, density="compact",
-                            disabled=("job_busy || !fixed_path || !moving_path",), id="mmf-load",
+                    # each button sends the values of the fields it acts on with its click (_take_page_values)
+                    v3.VBtn("Load volumes", click=(self.load_from_paths, _sent(_LOAD_FIELDS)), block=True,
+                            density="compact", disabled=("job_busy || !fixed_path || !moving_path",), id="mmf-load",
                             classes=("pair_text ? 'mb-1' : 'mb-3'",))
                     html.Div("{{ pair_text }}", v_if=("pair_text",), classes="text-caption text-grey mb-3",
                              id="mmf-pair-text")
@@ -656,8 +668,8 @@ class FusionWebApp:
                                classes="mb-1", id="mmf-initializer")
                     with v3.VRow(dense=True, no_gutters=True):
                         with v3.VCol(cols=8):
-                            v3.VBtn("Register", click=self.start_registration, color="primary", block=True,
-                                    disabled=("job_busy || !has_fixed || !has_moving",), id="mmf-register")
+                            v3.VBtn("Register", click=(self.start_registration, _sent(_REGISTER_FIELDS)),
+                                    color="primary", block=True, disabled=("job_busy || !has_fixed || !has_moving",), id="mmf-register")
                         with v3.VCol(cols=4, classes="pl-1"):
                             v3.VBtn("Cancel", click=self.worker.cancel, block=True, color="warning",
                                     disabled=("!job_busy || job_cancelling",), id="mmf-cancel")
@@ -672,8 +684,8 @@ class FusionWebApp:
                             v3.VSelect(v_model=("method",), items=("methods",), label="Method",
                                        density="compact", hide_details=True)
                         with v3.VCol(cols=5, classes="pl-1"):
-                            v3.VBtn("Fuse", click=self.start_fusion, color="primary", block=True,
-                                    disabled=("job_busy || !has_fixed || !has_moving",), id="mmf-fuse")
+                            v3.VBtn("Fuse", click=(self.start_fusion, _sent(_FUSE_FIELDS)), color="primary",
+                                    block=True, disabled=("job_busy || !has_fixed || !has_moving",), id="mmf-fuse")
                     self._build_fusion_window_ui(v3, html)
                     # ---------------------------------------------------------- display
                     html.Div("4. Display", classes="text-subtitle-2 mt-3 mb-1")
@@ -808,12 +820,16 @@ class FusionWebApp:
 
         self.worker.start("Loading the demo data", job, self._show_loaded)
 
-    def load_from_paths(self) -> None:
+    def load_from_paths(self, *page_values: Any) -> None:
         """Read the images at ``fixed_path`` and ``moving_path`` (server paths) in the background.
 
         A folder of several DICOM series is not guessed at: the load fails naming them, and the
         panel then offers them in a "DICOM series" list under that path; the next Load reads the one
         picked there (the choice holds for that path only).
+
+        Args:
+            page_values: the page's Load sends the values its fields hold (:data:`_LOAD_FIELDS`), which are
+                taken first (:meth:`_take_page_values`); none: the state's.
         """
         from ..io import SeveralDicomSeries, one_slice_inputs_as_2d
         from ..io import read_image as read_any
@@ -821,6 +837,7 @@ class FusionWebApp:
         from ..validation import check_image, check_same_dimension, slices_apart
 
         try:
+            self._take_page_values(_LOAD_FIELDS, page_values, "Load")
             fixed_path, moving_path = (_client_text(self.state[f"{role}_path"], f"{role} path",
                                                     f"Type the {role} image's path on the server, or upload it.")
                                        for role in ("fixed", "moving"))
@@ -971,6 +988,31 @@ class FusionWebApp:
         if key in self._slice_sliders:
             return _slice_value(value)
         return key in self.page_keys or (key in _PAGE_CLEARABLE_KEYS and value in ("", None))
+
+    def _take_page_values(self, fields: Sequence[str], values: Sequence[Any], button: str) -> None:
+        """The values the page's ``fields`` held when ``button`` was clicked, sent with the click, taken as the page's
+        own state update takes them (to the other pages, then into the state, each changed one's callbacks run: a
+        Window typed turns the preset Manual, a preset brings its stages) before the button reads the state.
+
+        trame-client sends a field's change in a message of its own, and holds it back while any call of the page
+        waits for its answer (an upload's piece, a view's resize), the click's call not among them: a path typed and
+        Load clicked at once had reached the server after the click, which read the path empty ("Both a fixed and a
+        moving image are needed") or as it was before, loading the previous file without a word. The change, coming
+        later with the same value, changes nothing. No values (a script's call, the start-up load): the state's.
+
+        Raises:
+            InputError: another number of values than ``fields`` (a script's call, a page of another version).
+        """
+        if not values:
+            return
+        if len(values) != len(fields):
+            raise InputError(f"The page's {button} sent {len(values)} value{'s' if len(values) > 1 else ''}, where it "
+                             f"sends {len(fields)} ({', '.join(fields)}).", "Reload the page, then click again.")
+        page, state, protocol = dict(zip(fields, values)), self.server.state, self.server.protocol
+        if protocol is not None:  # the other pages get them as from trame's state update (the clicking page has them)
+            protocol.push_state_change(page, skip_last_active_client=True)
+        state.update(page)
+        state.flush()
 
     def _apply_page_slices(self, **_: Any) -> None:
         """Move each slice view to the slice a page's slider set in the message being handled, before the
@@ -1254,8 +1296,9 @@ class FusionWebApp:
         self._job_reads = []
 
     # ------------------------------------------------------------------ registration
-    def start_registration(self) -> None:
-        """Register the moving image to the fixed one with the panel's preset, stages and initializer."""
+    def start_registration(self, *page_values: Any) -> None:
+        """Register the moving image to the fixed one with the panel's preset, stages and initializer (``page_values``:
+        those the page's Register sends, :data:`_REGISTER_FIELDS`, taken first; none: the state's)."""
         from .. import metrics
         from ..registration import register
 
@@ -1264,6 +1307,7 @@ class FusionWebApp:
             self._banner("Load a fixed and a moving image first.")
             return
         try:
+            self._take_page_values(_REGISTER_FIELDS, page_values, "Register")
             preset, stages, seed, initializer = self._registration_settings()
         except InputError as exc:  # values a client set (the page offers only valid ones): a banner, not a traceback
             self._banner(str(exc))
@@ -1339,8 +1383,9 @@ class FusionWebApp:
             self._refresh_engine_default_b()  # Fuse takes the registered image now
 
     # ------------------------------------------------------------------ fusion
-    def start_fusion(self) -> None:
-        """Fuse the fixed image with the (registered) moving image by the panel's method."""
+    def start_fusion(self, *page_values: Any) -> None:
+        """Fuse the fixed image with the (registered) moving image by the panel's method and fusion windows
+        (``page_values``: those the page's Fuse sends, :data:`_FUSE_FIELDS`, taken first; none: the state's)."""
         from .. import metrics
         from ..fusion import fuse
         from ..validation import has_content
@@ -1351,6 +1396,7 @@ class FusionWebApp:
             self._banner("Load a fixed and a moving image first.")
             return
         try:
+            self._take_page_values(_FUSE_FIELDS, page_values, "Fuse")
             method = _client_choice(self.state.method, self._methods, "fusion method", "Method")
             # each image's window, as `mmfusion fuse --window-a LO HI --window LO HI` takes them; one that holds
             # none of its image's values is refused by fuse itself, its message in the banner
