@@ -726,8 +726,8 @@ class WebAppTest(unittest.TestCase):
     def test_load_register_and_fuse_act_on_the_values_their_click_sends(self) -> None:
         # trame-client sends a field's change in a message of its own, after a button's call where a call of the page
         # awaits its answer: Load, Register and Fuse read the state as it was, a path typed loading the previous file,
-        # a Window typed fusing with the preset's. Each sends its fields' values with the click, taken as the page's
-        # own change is (a preset picked brings its stages, a Window typed makes the preset Manual)
+        # a Window typed fusing with the preset's. Each sends the fields the page has not sent yet with the click,
+        # taken as the page's own change is (a preset picked brings its stages, a Window typed makes the preset Manual)
         from unittest import mock
 
         from MultimodalFusionLib import registration
@@ -738,14 +738,17 @@ class WebAppTest(unittest.TestCase):
         self._set(fixed_path=self.moving_path, moving_path=self.fixed_path, error_message="")
         self.addCleanup(self._set, fixed_path=self.fixed_path, moving_path=self.moving_path, preset="",
                         stages=["rigid"], initializer="", fw_a_preset="default", error_message="")
-        self._do(lambda: app.load_from_paths(self.fixed_path, self.moving_path, None, None))
+        self._do(lambda: app.load_from_paths({"fixed_path": self.fixed_path, "moving_path": self.moving_path}))
         self.assertEqual((state.fixed_name, state.moving_name, state.error_message), ("t1.nii.gz", "pet.nii.gz", ""))
         self.assertEqual((state.fixed_path, state.moving_path), (self.fixed_path, self.moving_path))
-        # another number of values than the page sends (a script's call): refused in the banner, nothing loaded
-        self._do(lambda: app.load_from_paths(self.moving_path))
-        self.assertIn("The page's Load sent 1 value, where it sends 4 (fixed_path, moving_path, fixed_series, "
-                      "moving_series). Fix: Reload the page", state.error_message)
-        self.assertEqual(state.fixed_name, "t1.nii.gz")
+        # other values than the page sends (a script's call, a page of the version before): refused in the banner,
+        # nothing loaded
+        for bad in ([self.moving_path], {"fixed_path": self.moving_path, "seed": 3}):
+            self._do(lambda bad=bad: app.load_from_paths(bad))
+            self.assertIn("The page's Load sent ", state.error_message)
+            self.assertIn("where it sends the values of the fields it changed among fixed_path, moving_path, "
+                          "fixed_series, moving_series. Fix: Reload the page", state.error_message)
+            self.assertEqual((state.fixed_name, state.fixed_path), ("t1.nii.gz", self.fixed_path))
 
         # Register: a preset picked and clicked at once, the page's stages still its last ones: the preset's stages
         calls = []
@@ -757,15 +760,13 @@ class WebAppTest(unittest.TestCase):
         real_register = registration.register
         self._set(error_message="")
         with mock.patch.object(registration, "register", recording_register):
-            self._do(lambda: app.start_registration("pet-ct-body", ["rigid"], "moments"))
+            self._do(lambda: app.start_registration({"preset": "pet-ct-body", "initializer": "moments"}))
         self.assertEqual(state.error_message, "")
         self.assertEqual({key: calls[-1][key] for key in ("preset", "stages", "initializer")},
                          {"preset": "pet-ct-body", "stages": ["rigid", "affine"], "initializer": "moments"})
 
         # Fuse: the fixed image's Window and Level typed, the page's preset still the engine's default: Manual
-        page = dict(method="average", fw_a_preset="default", fw_a_window="120", fw_a_level="100",
-                    **{key: state[key] for key in ("fw_b_preset", "fw_b_window", "fw_b_level")})
-        self._do(lambda: app.start_fusion(*page.values()))
+        self._do(lambda: app.start_fusion({"method": "average", "fw_a_window": "120", "fw_a_level": "100"}))
         self.assertEqual(state.error_message, "")
         self.assertEqual(state.fw_a_preset, "manual")
         self.assertEqual(app.fusion_result.parameters["window_a"], [40.0, 160.0])

@@ -934,7 +934,7 @@ class TwoDPairInBrowserTest(_BrowserPageTest):
         # the click, which loaded the paths as they were (the start-up pair again, "Loading done", without a word) or
         # empty ("Both a fixed and a moving image are needed": the DICOM test of the demo's page failed so once), and
         # a fusion Window and Level typed and Fuse clicked had fused with the engine's default. Each button sends the
-        # values of its fields with its click now
+        # values of its fields the page has not sent yet with its click now
         page = self._open_page()
         started = [self.SERVER_ARGS[1], self.SERVER_ARGS[3]]
         typed = [os.path.join(self.folder, f"typed-{os.path.basename(path)}") for path in started]
@@ -948,6 +948,16 @@ class TwoDPairInBrowserTest(_BrowserPageTest):
                                               "#mmf-fuse", "Fusion", held=True)
         self.assertTrue(outcome.startswith("Fusion done"), f"{outcome}: {error}")
         self.assertIn("Fusion windows\tfixed 40..160", page.inner_text("#mmf-metrics"))
+        # a field the page has sent is not sent again with a click: Engine default picked, the server's Window and
+        # Level of it not come yet (put back to 120 and 100 in the page as they were, not as a change), Fuse: every
+        # field's value had gone with the click, the old 120 and 100 taken as typed, the preset made Manual again
+        page.evaluate("() => trame.state.set('fw_a_preset', 'default')")
+        page.wait_for_function("() => String(trame.state.get('fw_a_window')) !== '120'", timeout=JOB_TIMEOUT_MS)
+        page.evaluate("() => Object.assign(trame.state.state, {fw_a_window: '120', fw_a_level: '100'})")
+        outcome, error = self._type_and_click(page, {}, "#mmf-fuse", "Fusion")
+        self.assertTrue(outcome.startswith("Fusion done"), f"{outcome}: {error}")
+        self.assertEqual(page.evaluate("() => trame.state.get('fw_a_preset')"), "default")
+        self.assertNotIn("fixed 40..160", page.inner_text("#mmf-metrics"))
         # not held: as fast as Playwright types and clicks (the start-up pair back, as the other tests find it)
         outcome, error = self._type_and_click(page, dict(zip(paths, started)), "#mmf-load", "Loading")
         self.assertTrue(outcome.startswith("Loading done"), f"{outcome}: {error}")

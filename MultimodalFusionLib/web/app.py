@@ -66,8 +66,8 @@ CLIENT_KEYS = frozenset({
     "fg_lower", "fg_upper", *(f"fw_{side}_{what}" for side in "ab" for what in ("preset", "window", "level"))})
 #: Server keys a page may clear (set to "" or None): the banner, by its close button.
 _PAGE_CLEARABLE_KEYS = ("error_message",)
-#: The fields each button acts on, whose values the page sends with the click, in this order (see
-#: ``FusionWebApp._take_page_values``): Load's paths and DICOM series, Register's settings (the seed has no field:
+#: The fields each button acts on, whose values the page sends with the click where it has not sent them yet (see
+#: ``_sent`` and ``FusionWebApp._take_page_values``): Load's paths and DICOM series, Register's settings (the seed has no field:
 #: a script sets it), Fuse's method and each image's fusion window
 _LOAD_FIELDS = ("fixed_path", "moving_path", "fixed_series", "moving_series")
 _REGISTER_FIELDS = ("preset", "stages", "initializer")
@@ -382,8 +382,13 @@ class _PendingUpload:
 
 
 def _sent(fields: Sequence[str]) -> str:
-    """A button's trigger arguments: the values of ``fields`` as the page holds them when it is clicked."""
-    return f"[{', '.join(fields)}]"
+    """A button's trigger argument, {field: value}: those of ``fields`` the page changed and has not sent yet
+    (trame-client's dirty keys, held back while another call of the page awaits its answer), not the others: every
+    field's value had been sent, and a value the server had just set (a preset's stages, a fusion preset's Window
+    and Level) whose push had not reached the page yet came back stale with the click and was taken as typed."""
+    names = ", ".join(f"'{field}'" for field in fields)
+    return (f"[Object.fromEntries([{names}].filter((k) => trame.state.dirtyKeys?.has(k))"
+            ".map((k) => [k, trame.state.get(k)]))]")
 
 
 def _client_text(value: Any, what: str, fix: str) -> str:
@@ -651,7 +656,7 @@ class FusionWebApp:
                                    classes="mt-1", id=f"mmf-{role}-series",
                                    v_if=(f"{role}_series_items.length && {role}_series_path === {role}_path",))
                         html.Div(f"{{{{ {role}_name }}}}", classes="text-caption text-grey mb-1")
-                    # each button sends the values of the fields it acts on with its click (_take_page_values)
+                    # each button sends the fields it acts on that the page has not sent yet with its click (_take_page_values)
                     v3.VBtn("Load volumes", click=(self.load_from_paths, _sent(_LOAD_FIELDS)), block=True,
                             density="compact", disabled=("job_busy || !fixed_path || !moving_path",), id="mmf-load",
                             classes=("pair_text ? 'mb-1' : 'mb-3'",))
@@ -820,7 +825,7 @@ class FusionWebApp:
 
         self.worker.start("Loading the demo data", job, self._show_loaded)
 
-    def load_from_paths(self, *page_values: Any) -> None:
+    def load_from_paths(self, page_values: Any = None) -> None:
         """Read the images at ``fixed_path`` and ``moving_path`` (server paths) in the background.
 
         A folder of several DICOM series is not guessed at: the load fails naming them, and the
@@ -828,8 +833,8 @@ class FusionWebApp:
         picked there (the choice holds for that path only).
 
         Args:
-            page_values: the page's Load sends the values its fields hold (:data:`_LOAD_FIELDS`), which are
-                taken first (:meth:`_take_page_values`); none: the state's.
+            page_values: the page's Load sends {field: value} of its fields (:data:`_LOAD_FIELDS`) it has not sent
+                yet, which are taken first (:meth:`_take_page_values`); None: the state's.
         """
         from ..io import SeveralDicomSeries, one_slice_inputs_as_2d
         from ..io import read_image as read_any
@@ -989,26 +994,30 @@ class FusionWebApp:
             return _slice_value(value)
         return key in self.page_keys or (key in _PAGE_CLEARABLE_KEYS and value in ("", None))
 
-    def _take_page_values(self, fields: Sequence[str], values: Sequence[Any], button: str) -> None:
-        """The values the page's ``fields`` held when ``button`` was clicked, sent with the click, taken as the page's
-        own state update takes them (to the other pages, then into the state, each changed one's callbacks run: a
-        Window typed turns the preset Manual, a preset brings its stages) before the button reads the state.
+    def _take_page_values(self, fields: Sequence[str], values: Any, button: str) -> None:
+        """The values ``button``'s click sent, {field: value} for those of ``fields`` the page changed and had not
+        sent yet (:func:`_sent`), taken as the page's own state update takes them (to the other pages, then into
+        the state, each changed one's callbacks run: a Window typed turns the preset Manual, a preset brings its
+        stages) before the button reads the state.
 
         trame-client sends a field's change in a message of its own, and holds it back while any call of the page
         waits for its answer (an upload's piece, a view's resize), the click's call not among them: a path typed and
         Load clicked at once had reached the server after the click, which read the path empty ("Both a fixed and a
         moving image are needed") or as it was before, loading the previous file without a word. The change, coming
-        later with the same value, changes nothing. No values (a script's call, the start-up load): the state's.
+        later with the same value, changes nothing. The fields the page has sent are not sent again: the page may
+        not hold the server's value of them yet. None (a script's call, the start-up load): the state's.
 
         Raises:
-            InputError: another number of values than ``fields`` (a script's call, a page of another version).
+            InputError: not a {field: value} of ``fields`` (a script's call, a page of another version).
         """
+        if values is None:
+            return
+        if not isinstance(values, dict) or not set(values) <= set(fields):
+            raise InputError(f"The page's {button} sent {_shown(values)}, where it sends the values of the fields "
+                             f"it changed among {', '.join(fields)}.", "Reload the page, then click again.")
         if not values:
             return
-        if len(values) != len(fields):
-            raise InputError(f"The page's {button} sent {len(values)} value{'s' if len(values) > 1 else ''}, where it "
-                             f"sends {len(fields)} ({', '.join(fields)}).", "Reload the page, then click again.")
-        page, state, protocol = dict(zip(fields, values)), self.server.state, self.server.protocol
+        page, state, protocol = dict(values), self.server.state, self.server.protocol
         if protocol is not None:  # the other pages get them as from trame's state update (the clicking page has them)
             protocol.push_state_change(page, skip_last_active_client=True)
         state.update(page)
@@ -1296,9 +1305,9 @@ class FusionWebApp:
         self._job_reads = []
 
     # ------------------------------------------------------------------ registration
-    def start_registration(self, *page_values: Any) -> None:
+    def start_registration(self, page_values: Any = None) -> None:
         """Register the moving image to the fixed one with the panel's preset, stages and initializer (``page_values``:
-        those the page's Register sends, :data:`_REGISTER_FIELDS`, taken first; none: the state's)."""
+        those of :data:`_REGISTER_FIELDS` the page's Register sends, taken first; None: the state's)."""
         from .. import metrics
         from ..registration import register
 
@@ -1383,9 +1392,9 @@ class FusionWebApp:
             self._refresh_engine_default_b()  # Fuse takes the registered image now
 
     # ------------------------------------------------------------------ fusion
-    def start_fusion(self, *page_values: Any) -> None:
+    def start_fusion(self, page_values: Any = None) -> None:
         """Fuse the fixed image with the (registered) moving image by the panel's method and fusion windows
-        (``page_values``: those the page's Fuse sends, :data:`_FUSE_FIELDS`, taken first; none: the state's)."""
+        (``page_values``: those of :data:`_FUSE_FIELDS` the page's Fuse sends, taken first; None: the state's)."""
         from .. import metrics
         from ..fusion import fuse
         from ..validation import has_content
