@@ -366,6 +366,10 @@ class DeepFusionTest(unittest.TestCase):
     def test_same_seed_same_result_and_resume(self):
         from MultimodalFusionLib.fusion.deep import TrainingConfig, train_fusion
 
+        # on 2 threads, as a user's CPU runs it (the suite runs torch on one, conftest): the same seed must give the
+        # same result there too (a thread count of its own: 1 and 2 threads differ in the last float bits)
+        self.addCleanup(torch.set_num_threads, torch.get_num_threads())
+        torch.set_num_threads(2)
         pairs = _pairs()
         tcfg = TrainingConfig(epochs=2, batch_size=2, patch_size=32, samples_per_epoch=4, seed=7, lr=3e-3)
         r1 = train_fusion(pairs, config=_tiny_config(), training=tcfg)

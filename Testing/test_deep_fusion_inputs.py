@@ -1,6 +1,6 @@
 """Deep fusion with demanding inputs: training data memory, odd settings, resumed runs, unaligned images.
 
-Tiny networks and small arrays: each test runs in a few seconds on 2 CPU threads.
+Tiny networks and small arrays: each test runs in a few seconds on one CPU thread (conftest).
 """
 
 from __future__ import annotations
