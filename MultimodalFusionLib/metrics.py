@@ -736,8 +736,7 @@ def fusion_metrics(fused: Any, a: Any, b: Any, *, workers: int | None = None,
     if start == "spawn" and not _can_spawn():  # inside Slicer or an embedding program: serially, the same numbers
         n_workers = 1
     if n_workers > 1 and len(keep) > 1 and pixels >= PARALLEL_MIN_PIXELS:
-        # a cancel during the 8-bit copies above (0.4 s on BraTS) is taken before workers start, not after (a
-        # spawned worker is ended once it has said its pid, about 0.25 s after its start on 2 shared cores)
+        # a cancel during the 8-bit copies above (0.4 s on BraTS) is taken before any worker starts, not after
         report(progress, 0.0, "fusion metrics")
         scores = _parallel_slice_scores(sf8, sa8, sb8, keep, min(n_workers, len(keep)),
                                         lambda: whole_volume(scaled(progress, 0.0, 0.1)), scaled(progress, 0.1, 1.0),
