@@ -1417,7 +1417,9 @@ class DeviceTest(unittest.TestCase):
         against 1043), and the estimate, measured without it, was under it (1170 MiB): a fusion the command's check
         let through could run out of memory. The estimate counts the setting (inference.CPU_KEPT_MEMORY_FACTORS): the
         benchmark's measurement of that case with it on (its own process, --keep-freed-memory) is at or under the
-        estimate, not far under; on the old code 1261 > 1170."""
+        estimate, not far under; on the old code 1261 > 1170. The same case peaks at 1081-1513 MiB from run to run (in
+        steps of one 72 MiB feature map; 1153 in a full make test, where the 1.3x bound this test had failed), so
+        "not far under" allows 1.6x."""
         from MultimodalFusionLib.fusion.deep import inference
 
         config = inference._load_model("2d", 2)[0].config
@@ -1431,7 +1433,7 @@ class DeviceTest(unittest.TestCase):
         row = _benchmark_row("2d:1536", "--keep-freed-memory")
         self.assertTrue(row["keep_freed_memory"])
         self.assertLessEqual(row["measured_mib"], row["estimate_mib"], row)
-        self.assertLessEqual(row["estimate_mib"], 1.3 * row["measured_mib"], row)  # not needlessly cautious
+        self.assertLessEqual(row["estimate_mib"], 1.6 * row["measured_mib"], row)  # not needlessly cautious
 
     def test_the_inference_estimate_holds_without_torchs_private_dispatch_mode(self):
         """training._kept_per_voxel counted a forward pass's live tensors with torch's private
