@@ -1,6 +1,7 @@
 """pytest set-up shared by every test file.
 
-The test process ends with ``os._exit`` once pytest has written its results, with pytest's own exit status.
+The test process ends with ``os._exit`` once pytest has written its results, with pytest's own exit status (each
+pytest-xdist worker too, once it has sent its results: ``make test`` runs the suite in two workers).
 Two full runs of the suite (of about fifteen) died with a segmentation fault after "N passed" was printed:
 native code torn down at process exit (C++ static destructors and native ``atexit`` handlers, after Python's
 own finalisation, so ``python -X faulthandler`` printed nothing). This one process holds what no user's
