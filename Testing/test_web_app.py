@@ -573,7 +573,8 @@ class WebAppTest(unittest.TestCase):
                   ("seed", 1.5, "not 1.5"), ("seed", -1, "from 0 to 2147483646, not -1"), ("seed", True, "not True"),
                   # the engine's one seed rule, in the panel's words before the job (register() had refused it
                   # inside the job, telling a web user to use --seed)
-                  ("seed", 2**31 - 1, "from 0 to 2147483646, not 2147483647. Fix: Set seed to e.g. 0"),
+                  ("seed", 2**31 - 1, "from 0 to 2147483646, not 2147483647. Fix: Type a whole number in the Seed "
+                                      "field, e.g. 0"),
                   ("stages", "rigid", "stages must be a list"), ("stages", ["rigid", "warp"], "stage 'warp'"),
                   ("initializer", 3, "initializer 3")]
         good = {"seed": 0, "stages": ["rigid"], "preset": "", "initializer": ""}
@@ -659,7 +660,7 @@ class WebAppTest(unittest.TestCase):
         # every key the page's controls write is one of the page's keys; every other key the app set is the server's
         page_keys = set(re.findall(r'v-model="(\w+)"', self.app.ui.html))
         self.assertTrue(page_keys, "the page's controls")
-        self.assertEqual(page_keys, CLIENT_KEYS - {"seed"})
+        self.assertEqual(page_keys, CLIENT_KEYS)  # the seed too: the Seed field (a script's only, before)
         owned = {key for key in self.app.server.state.to_dict() if key not in CLIENT_KEYS and not key.startswith("trame")}
         self.assertLessEqual({"job_busy", "job_progress", "has_fixed", "bg_step", "moving_series_path"}, owned)
         for key in sorted(owned):
@@ -1494,6 +1495,51 @@ class WebAppTest(unittest.TestCase):
             self.assertEqual(f"  {name} {shown[name[0].upper() + name[1:]]}", line)
         # the demo's PET is turned 6 degrees: the rotation found is near it
         self.assertAlmostEqual(float(shown["Rotation"].split()[0]), 6.0, delta=1.0)
+
+    def test_a_seed_typed_in_the_page_registers_as_mmfusion_register_seed_does(self) -> None:
+        # the page had no Seed field (only a script could set state.seed): the Register card's field, sent with the
+        # click as a number field sends it (its text), gives `mmfusion register --seed N`'s transform to the bit; two
+        # seeds differ (the default rigid stage samples at random); a bad one is refused with the seed rule's words
+        import json
+
+        from MultimodalFusionLib import cli
+
+        state, app = self.app.state, self.app
+        self._load()
+        self._set(preset="", stages=["rigid"], initializer="", seed=0, error_message="")
+        self.addCleanup(self._set, seed=0, error_message="")
+        self.assertIn('id="mmf-seed"', app.ui.html)
+        self.assertIn("--seed: a whole number from 0 to 2147483646", app.ui.html)  # the field's tooltip
+        found = {}
+        for seed in ("7", "8"):
+            # the state still holding seed 0 (the page's own change not come yet): the click's value is taken
+            self._do(lambda seed=seed: app.start_registration({"seed": seed}))
+            self.assertEqual(state.error_message, "")
+            self.assertEqual(app.registration.parameters["seed"], int(seed))
+            printed = io_text.StringIO()
+            with contextlib.redirect_stdout(printed):
+                code = cli.main(["register", self.fixed_path, self.moving_path, "-o", str(self.root / f"cli-seed-{seed}"),
+                                 "--stages", "rigid", "--seed", seed, "--json"])
+            self.assertEqual(code, 0)
+            run = json.loads(printed.getvalue())
+            shown = json.loads(json.dumps(app.registration.to_dict()))
+            self.assertEqual(shown["transform"], run["transform"], seed)  # every number, to the last digit
+            self.assertEqual((shown["metric_before"], shown["metric_after"]), (run["metric_before"], run["metric_after"]))
+            self.assertEqual(run["parameters"]["seed"], int(seed))
+            found[seed] = app.registration.transform.GetParameters()
+        self.assertNotEqual(found["7"], found["8"])  # another sampling, another transform
+        # again with seed 7 (the field left at 8): the first result to the bit
+        self._do(lambda: app.start_registration({"seed": "7"}))
+        self.assertEqual(app.registration.transform.GetParameters(), found["7"])
+        # a bad seed typed is refused before any job, with the engine's range and the field to fix it in
+        for typed, shown in (("-1", "'-1'"), ("2147483647", "2147483647"), ("1.5", "'1.5'"), ("abc", "'abc'")):
+            self._set(error_message="")
+            registration = app.registration
+            self._do(lambda typed=typed: app.start_registration({"seed": typed}))
+            self.assertEqual(state.error_message, f"The registration seed must be a whole number from 0 to 2147483646, "
+                                                  f"not {shown}. Fix: Type a whole number in the Seed field, e.g. 0 "
+                                                  "(the CLI's --seed; Register uses 0 unless told otherwise).")
+            self.assertIs(app.registration, registration)  # nothing registered
 
     def test_initializer_choice_reaches_the_engine(self) -> None:
         from unittest import mock

@@ -958,6 +958,19 @@ class TwoDPairInBrowserTest(_BrowserPageTest):
         self.assertTrue(outcome.startswith("Fusion done"), f"{outcome}: {error}")
         self.assertEqual(page.evaluate("() => trame.state.get('fw_a_preset')"), "default")
         self.assertNotIn("fixed 40..160", page.inner_text("#mmf-metrics"))
+        # the Seed field (the CLI's --seed; the page had none): a seed typed and Register clicked at once, the change held
+        # back, is the one the server checks: a seed past the range gets the seed rule's message (the seed the server
+        # held, 0, would have registered without a word)
+        page.evaluate("""() => { trame.client.beginBusy(); document.querySelector('#mmf-register').addEventListener(
+            'click', () => setTimeout(() => trame.client.endBusy()), {once: true}); }""")
+        page.fill("#mmf-seed", "2147483647")
+        page.click("#mmf-register")
+        page.wait_for_selector("#mmf-error", timeout=30_000)
+        self.assertIn("seed must be a whole number from 0 to 2147483646, not 2147483647. Fix: Type a whole number in "
+                      "the Seed field", page.inner_text("#mmf-error"))
+        self.assertIn("0 to 2147483646", page.get_attribute("#mmf-seed", "title"))  # its tooltip says the range
+        page.fill("#mmf-seed", "0")  # as the other tests find it
+        page.click("#mmf-error button")
         # not held: as fast as Playwright types and clicks (the start-up pair back, as the other tests find it)
         outcome, error = self._type_and_click(page, dict(zip(paths, started)), "#mmf-load", "Loading")
         self.assertTrue(outcome.startswith("Loading done"), f"{outcome}: {error}")

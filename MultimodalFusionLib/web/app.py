@@ -1,7 +1,7 @@
 """The trame-slicer web application: panel, quad layout and the engine behind them.
 
 ``mmfusion web`` calls :func:`serve`. One browser page shows a panel (load the fixed and
-moving volumes from server paths or by upload; preset, stages, initializer, Register with progress and
+moving volumes from server paths or by upload; preset, stages, initializer, seed, Register with progress and
 Cancel; fusion method, each image's fusion window (a preset or window and level), Fuse; foreground opacity, colour table and layer; background
 window/level (Auto, Slicer's CT presets, window and level, or a left-drag in a slice view as in
 Slicer) and the foreground's lower threshold
@@ -58,7 +58,7 @@ INITIALIZER_CHOICES = (
     {"value": "", "title": "(preset)", "help": "The preset's start (geometry without a preset)."},
     *({"value": name, "title": name, "help": INITIALIZER_HELP[name]} for name in INITIALIZERS),
 )
-#: The state keys a page sets (its controls' values; ``seed`` for a script); every other key the app sets is
+#: The state keys a page sets (its controls' values); every other key the app sets is
 #: the server's, and a page's write to it is put back (:class:`~MultimodalFusionLib.web.server_state.ServerState`).
 CLIENT_KEYS = frozenset({
     "fixed_path", "moving_path", "fixed_series", "moving_series", "preset", "stages", "seed", "initializer",
@@ -67,10 +67,11 @@ CLIENT_KEYS = frozenset({
 #: Server keys a page may clear (set to "" or None): the banner, by its close button.
 _PAGE_CLEARABLE_KEYS = ("error_message",)
 #: The fields each button acts on, whose values the page sends with the click where it has not sent them yet (see
-#: ``_sent`` and ``FusionWebApp._take_page_values``): Load's paths and DICOM series, Register's settings (the seed has no field:
-#: a script sets it), Fuse's method and each image's fusion window
+#: ``_sent`` and ``FusionWebApp._take_page_values``): Load's paths and DICOM series, Register's settings (its seed
+#: among them: a seed typed and Register clicked at once registers with that seed), Fuse's method and each image's
+#: fusion window
 _LOAD_FIELDS = ("fixed_path", "moving_path", "fixed_series", "moving_series")
-_REGISTER_FIELDS = ("preset", "stages", "initializer")
+_REGISTER_FIELDS = ("preset", "stages", "seed", "initializer")
 _FUSE_FIELDS = ("method", *(f"fw_{side}_{what}" for side in "ab" for what in ("preset", "window", "level")))
 _FG_LAYERS = [{"title": "Functional (moving, registered)", "value": "functional"},
               {"title": "Fused image", "value": "fused"},
@@ -426,7 +427,8 @@ def _client_seed(value: Any) -> int:
     seed = whole_number(value, 0, MAX_SEED)
     if seed is None:
         raise InputError(f"The registration seed must be a whole number from 0 to {MAX_SEED}, not {_shown(value)}.",
-                         "Set seed to e.g. 0 (the CLI's --seed; Register uses 0 unless told otherwise).")
+                         "Type a whole number in the Seed field, e.g. 0 (the CLI's --seed; Register uses 0 unless "
+                         "told otherwise).")
     return seed
 
 
@@ -671,6 +673,13 @@ class FusionWebApp:
                     v3.VSelect(v_model=("initializer",), items=("initializers",), label="Initializer",
                                density="compact", persistent_hint=True, hint=("initializer_help[initializer]",),
                                classes="mb-1", id="mmf-initializer")
+                    # the registration's sampling seed, as the CLI's --seed and the Slicer panel's Random seed box:
+                    # the same seed, the same transform. The field sends its text ("7"), checked at Register by the
+                    # engine's one seed rule (_client_seed); it had no field, only a script could set it
+                    v3.VTextField(v_model=("seed",), type="number", label="Seed", min=0, max=MAX_SEED, step=1,
+                                  density="compact", hide_details=True, classes="mb-1", id="mmf-seed",
+                                  title=f"Sampling seed of the registration, as the CLI's --seed: a whole number from "
+                                        f"0 to {MAX_SEED}; the same seed gives the same transform")
                     with v3.VRow(dense=True, no_gutters=True):
                         with v3.VCol(cols=8):
                             v3.VBtn("Register", click=(self.start_registration, _sent(_REGISTER_FIELDS)),
@@ -1306,7 +1315,7 @@ class FusionWebApp:
 
     # ------------------------------------------------------------------ registration
     def start_registration(self, page_values: Any = None) -> None:
-        """Register the moving image to the fixed one with the panel's preset, stages and initializer (``page_values``:
+        """Register the moving image to the fixed one with the panel's preset, stages, seed and initializer (``page_values``:
         those of :data:`_REGISTER_FIELDS` the page's Register sends, taken first; None: the state's)."""
         from .. import metrics
         from ..registration import register
