@@ -312,8 +312,9 @@ def _run_register(args: argparse.Namespace) -> int:
         [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform],
         patterns=[os.path.join(args.output_dir, n) for n in ("transform.*", "moving_resampled.*")])
     check_output_folder(args.output_dir)  # a file of its name had been refused once the registration had run
-    fixed = read_image(args.fixed, series=_series(args, "fixed"), float32=True)
-    moving = read_image(args.moving, series=_series(args, "moving"), float32=True)
+    # a DICOM file of one slice as the one-slice volume it is (taken as 2D below): moving_resampled where it lies
+    fixed = read_image(args.fixed, series=_series(args, "fixed"), float32=True, slice_as_2d=False)
+    moving = read_image(args.moving, series=_series(args, "moving"), float32=True, slice_as_2d=False)
     fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
     moving_mask = read_image(args.moving_mask) if args.moving_mask else None
     # read once: the registration starts from it and the checkerboard's "before" shows it (it had been read twice)

@@ -266,7 +266,7 @@ class SeveralDicomSeries(InputError):
                         "files": len(s["files"])} for s in series]
 
 
-def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
+def _read_dicom_folder(folder: str, series: str | None, slice_as_2d: bool = True) -> sitk.Image:
     found = list_dicom_series(folder)
     if not found and _dicomdir(folder):
         # a CD or PACS export: the DICOMDIR indexes images kept in sub-folders (PT000000/ST000000/...)
@@ -317,7 +317,7 @@ def _read_dicom_folder(folder: str, series: str | None) -> sitk.Image:
     if len(pick["files"]) == 1:
         # one file (one slice, or an enhanced multi-frame image): read as the file alone is, a slice as
         # 2D; ITK's series reader gives a one-slice volume and takes no geometry from functional groups
-        return _read_file(pick["files"][0], stacklevel=5, as_slice=True)  # its warnings: read_image's caller
+        return _read_file(pick["files"][0], stacklevel=5, as_slice=slice_as_2d)  # its warnings: read_image's caller
     if any(_needs_own_geometry(row) for row in rows):
         return _with_units(_read_multiframe_series(pick, rows), pick.get("units", ""))
     float_values, slice_step, sizes = _check_series_geometry(pick, rows)
@@ -2367,7 +2367,8 @@ def _describe_series(found: Sequence[dict[str, Any]]) -> str:
 
 
 def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color: bool = False,
-               float32: bool = False, segment_layers: bool = False, keep_alpha: bool = False) -> sitk.Image:
+               float32: bool = False, segment_layers: bool = False, keep_alpha: bool = False,
+               slice_as_2d: bool = True) -> sitk.Image:
     """Read an image file, or a DICOM series from a folder.
 
     Args:
@@ -2386,6 +2387,11 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
             registration, fusion and deep-fusion training see its colour (its grey) only, the colour under
             the transparent pixels included; it had been dropped without a word. An opaque one (alpha one
             value) loses nothing and reads silently.
+        slice_as_2d: a DICOM file of one slice (given, or the one file of a series) lying in an axial plane is read
+            as the 2D image it is (:func:`_dicom_slice_as_2d`), which keeps no depth. False: as the one-slice volume
+            ITK reads, its slice where ImagePositionPatient puts it (S 37.5 mm, as Slicer shows the file), for
+            callers that take one-slice volumes as the 2D images of their slices themselves and put results back
+            on the volume (:func:`one_slice_inputs_as_2d`: ``register``, ``run``, the web app).
 
     Returns:
         The image with its geometry (origin, spacing, direction) exactly as stored; a DICOM PET's or NM image's
@@ -2401,7 +2407,7 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
     if os.path.basename(path).upper() == "DICOMDIR" and os.path.isfile(path):
         path = os.path.dirname(path) or "."  # an index of the images below it, not an image
     if os.path.isdir(path):
-        image = _read_dicom_folder(path, series)
+        image = _read_dicom_folder(path, series, slice_as_2d)
     else:
         if series:  # it had been ignored without a word
             raise InputError(f"A DICOM series ({series}) was asked of '{path}', a file: a series is picked among "
@@ -2415,7 +2421,7 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, keep_color
         if not nifti:  # before ITK, which names some of these files otherwise ("Unable to determine ImageIO reader")
             _check_complete(path)
         layout = tensors.file_layout(path)  # a DTI volume, which SimpleITK reads only through a copy
-        image = _read_file(path, as_slice=True) if layout is None else _read_tensor_file(path, layout)
+        image = _read_file(path, as_slice=slice_as_2d) if layout is None else _read_tensor_file(path, layout)
         if nifti:
             image = _check_nifti_voxels(path, image)
     if not keep_alpha and not segment_layers:

@@ -34,7 +34,10 @@ def _load(image: sitk.Image | str | os.PathLike, name: str, series: str | None =
         return image, name
     from .io import display_name, read_image
 
-    return read_image(os.fspath(image), keep_color=True, series=series), display_name(image, name)
+    # a DICOM file of one slice as the one-slice volume it is: run takes it as 2D (one_slice_inputs_as_2d) and writes
+    # its results where the slice lies, as for a slice Slicer saved (read as 2D, they had been written at S 0)
+    return (read_image(os.fspath(image), keep_color=True, series=series, slice_as_2d=False),
+            display_name(image, name))
 
 
 def _grey(image: sitk.Image, name: str, source: Any = None) -> sitk.Image:

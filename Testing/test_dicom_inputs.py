@@ -160,6 +160,53 @@ class DicomGeometryFromTags(unittest.TestCase):
             self.assertEqual(getattr(from_folder, get)(), getattr(from_file, get)(), get)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(from_folder), sitk.GetArrayFromImage(from_file))
 
+    def test_run_and_register_write_a_dicom_slices_results_where_it_lies(self) -> None:
+        """One axial DICOM file each, read as 2D, had lost where the slice lies (ImagePositionPatient's S, 37.5 mm):
+        `run` wrote fused_average.png (no origin at all) and moving_resampled.nrrd at S 0, away from the slice Slicer
+        shows, and fused slices 100 mm apart with --no-register as if they lay together. Read as the one-slice
+        volumes they are, they are registered, fused and scored as the same 2D images, and written as one-slice
+        volumes where Slicer shows the fixed file, as a slice Slicer saved is."""
+        import contextlib
+        import io as text_io
+
+        from MultimodalFusionLib import cli, pipeline
+
+        paths = {}
+        for name, position, modality in (("fixed", (-12.0, -14.0, 37.5), "CT"), ("moving", (-10.0, -13.0, 37.5), "MR"),
+                                         ("apart", (-10.0, -13.0, 137.5), "MR")):
+            write_series(os.path.join(self.dir, name), positions=[position], rows=32, cols=32,
+                         pixel_spacing=(1.0, 1.0), modality=modality, prefix=name)
+            paths[name] = os.path.join(self.dir, name, f"{name}0000.dcm")
+        self.assertEqual(io.read_image(paths["fixed"]).GetDimension(), 2)  # by default, as before
+        volume = io.read_image(paths["fixed"], slice_as_2d=False)
+        self.assertEqual((volume.GetSize(), volume.GetOrigin()), ((32, 32, 1), (-12.0, -14.0, 37.5)))
+        slice_geometry = sitk.ReadImage(paths["fixed"])  # the file as ITK (and Slicer) places it
+        new = pipeline.run(paths["fixed"], paths["moving"], os.path.join(self.dir, "run"), stages=["rigid"],
+                           methods=["average"], seed=0)
+        # the same 2D images given as read before: what run computed then
+        old = pipeline.run(io.read_image(paths["fixed"]), io.read_image(paths["moving"]), os.path.join(self.dir, "old"),
+                           stages=["rigid"], methods=["average"], seed=0)
+        self.assertEqual(new["registration"].transform.GetParameters(), old["registration"].transform.GetParameters())
+        for key in ("registration_metrics", "metrics"):  # as text: SCD is NaN here (the two slices' values are alike)
+            self.assertEqual(json.dumps(new[key], sort_keys=True), json.dumps(old[key], sort_keys=True), key)
+        self.assertEqual(os.path.basename(old["files"]["fused_average"]), "fused_average.png")
+        for key, name in (("fused_average", "fused_average.nii.gz"), ("moving_resampled", "moving_resampled.nii.gz")):
+            written = sitk.ReadImage(new["files"][key])
+            self.assertEqual(os.path.basename(new["files"][key]), name)
+            for get in ("GetSize", "GetOrigin", "GetSpacing", "GetDirection"):
+                self.assertEqual(getattr(written, get)(), getattr(slice_geometry, get)(), (key, get))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(new["files"]["fused_average"]))[0],
+                                      sitk.GetArrayFromImage(old["fusions"][0].image))  # the PNG had it rounded
+        with contextlib.redirect_stdout(text_io.StringIO()), contextlib.redirect_stderr(text_io.StringIO()):
+            self.assertEqual(cli.main(["register", paths["fixed"], paths["moving"], "-o", os.path.join(self.dir, "reg"),
+                                       "--stages", "rigid", "--seed", "0", "--threads", "1"]), 0)
+        self.assertEqual(sitk.ReadImage(os.path.join(self.dir, "reg", "moving_resampled.nii.gz")).GetOrigin(),
+                         (-12.0, -14.0, 37.5))
+        # slices 100 mm apart are not fused as they lie, as two one-slice volumes are not
+        with self.assertRaisesRegex(InputError, "does not overlap the fixed image .* as they lie"):
+            pipeline.run(paths["fixed"], paths["apart"], os.path.join(self.dir, "apart"), register=False,
+                         methods=["average"])
+
     def test_a_slice_is_read_as_2d_whatever_its_file_is_named(self) -> None:
         """What a DICOM file is read as does not depend on its name: a slice named by its SOP Instance UID (as PACS
         exports name files), `.dicom`, `.img` or `.DCM` is the 2D image the same file named `.dcm` is, and warns from

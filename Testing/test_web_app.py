@@ -1255,6 +1255,49 @@ class WebAppTest(unittest.TestCase):
         self.assertEqual(self.app.viewer._orientation_labels["Red"].GetText(_POSITION_CORNER),
                          f"S: {axial.get_slice_value() + 0.0:.1f} mm")  # a volume's slices where they lie
 
+    def _dicom_slices(self, fixed_z: float, moving_z: float) -> list[str]:
+        """One axial DICOM file each (test_dicom_inputs.write_series: a CT and an MR slice of 32 x 32 pixels of 1 mm,
+        the MR 2 and 1 mm off in the plane), at S ``fixed_z`` and ``moving_z`` mm: their paths."""
+        from test_dicom_inputs import write_series
+
+        paths = []
+        for name, position, modality in (("ct", (-12.0, -14.0, fixed_z), "CT"), ("mr", (-10.0, -13.0, moving_z), "MR")):
+            folder = self.root / f"dicom-{name}-at-{position[2]}"
+            if not folder.exists():
+                write_series(str(folder), positions=[position], rows=32, cols=32, pixel_spacing=(1.0, 1.0),
+                             modality=modality, prefix=name)
+            paths.append(str(folder / f"{name}0000.dcm"))
+        return paths
+
+    def test_a_dicom_file_of_one_slice_is_shown_and_saved_where_it_lies(self) -> None:
+        # one axial DICOM file, read as a 2D image, had lost its ImagePositionPatient's S: the axial view said
+        # "S: 0.0 mm" where Slicer shows the file at 37.5 mm, and the fused download was a PNG with no place at all.
+        # Read as the one-slice volume it is, it loads, registers, fuses and saves as `mmfusion run` does them, the
+        # view at the file's S, the fused image where the fixed file lies
+        from MultimodalFusionLib import pipeline
+        from MultimodalFusionLib.web.viewer import _POSITION_CORNER
+
+        state = self.app.state
+        fixed, moving = self._dicom_slices(37.5, 37.5)
+        self.addCleanup(self._load)  # the shared app back on the 3D pair, in the quad layout
+        self._set(fixed_path=fixed, moving_path=moving, error_message="")
+        self._do(self.app.load_from_paths)
+        self.assertEqual(state.error_message, "")
+        self.assertTrue(state.is_2d)
+        self.assertIn("2D pair (32 x 32 and 32 x 32 pixels)", state.pair_text)
+        self.assertEqual(self.app.viewer._orientation_labels["Red"].GetText(_POSITION_CORNER), "S: 37.5 mm")
+        self._set(preset="", stages=["rigid"], initializer="", seed=0, method="average")
+        self._do(self.app.start_registration)
+        self._do(self.app.start_fusion)
+        self.assertTrue(state.has_fused, state.error_message)
+        cli = pipeline.run(fixed, moving, self.root / "cli-dicom-slices", stages=["rigid"], methods=["average"], seed=0)
+        self.assertEqual(self.app.registration.transform.GetParameters(), cli["registration"].transform.GetParameters())
+        self.assertEqual(state.download_names["fused"], "fused.nii.gz")
+        fused, run_fused = sitk.ReadImage(str(self.app.result_file("fused"))), sitk.ReadImage(cli["files"]["fused_average"])
+        self.assertEqual(fused.GetOrigin(), (-12.0, -14.0, 37.5))  # where Slicer shows the fixed file
+        self.assertEqual((fused.GetSize(), fused.GetOrigin(), fused.GetSpacing()),
+                         (run_fused.GetSize(), run_fused.GetOrigin(), run_fused.GetSpacing()))
+
     def test_images_placed_apart_show_n_a_before_their_registration(self) -> None:
         # no fixed voxel inside the moving image as they lie: MI/NCC before are NaN over 0 voxels, shown n/a as the
         # report and the CLI show them (the panel had shown "nan → 1.011")
@@ -1288,6 +1331,7 @@ class WebAppTest(unittest.TestCase):
         cases = {"volumes": (self.fixed_path, str(self.root / "pet-1000mm-away.nii.gz"))}
         sitk.WriteImage(moving, cases["volumes"][1])
         cases["one-slice volumes"] = tuple(self._one_slice_volumes(37.5, 137.5))
+        cases["DICOM files of one slice"] = tuple(self._dicom_slices(37.5, 137.5))  # fused as if together, before
         state = self.app.state
         self.addCleanup(self._load)
         for case, (fixed, moving) in cases.items():

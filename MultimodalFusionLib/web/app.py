@@ -866,7 +866,8 @@ class FusionWebApp:
 
         def read_image(role: str, path: str) -> sitk.Image | None:
             try:
-                return read_any(os.path.expanduser(path), keep_color=True, series=picked[role])
+                # a DICOM file of one slice as the one-slice volume it is, taken as 2D below: shown where it lies
+                return read_any(os.path.expanduser(path), keep_color=True, series=picked[role], slice_as_2d=False)
             except SeveralDicomSeries as exc:  # its fix names CLI options and Python, which this page has not
                 several[role] = (path, exc.series, exc.problem)
                 return None
@@ -902,8 +903,8 @@ class FusionWebApp:
                                  f"Pick the series in the {lists} list{'s' if len(several) > 1 else ''} under "
                                  f"{'their paths' if len(several) > 1 else 'its path'}, then Load again.")
             names = os.path.basename(fixed_path), os.path.basename(moving_path)
-            # as `mmfusion run` takes them: a one-slice volume (a slice Slicer or ITK-SNAP saved) as the 2D image of its
-            # slice, refused where that cannot be (a sagittal slice, a slice with a volume); a 2D pair is registered,
+            # as `mmfusion run` takes them: a one-slice volume (a slice Slicer or ITK-SNAP saved, a DICOM file of one
+            # slice) as the 2D image of its slice, refused where that cannot be (a sagittal slice, a slice with a volume); a 2D pair is registered,
             # fused and scored in 2D, its results written on the fixed one-slice volume's geometry (``slice_volume``)
             slice_volume, fixed, moving, _, _ = one_slice_inputs_as_2d(
                 images[0], images[1], fixed_name=f"fixed image '{names[0]}'", moving_name=f"moving image '{names[1]}'")
@@ -945,7 +946,8 @@ class FusionWebApp:
         # the 3D view a slab
         flat = fixed.GetDimension() == 2
         self.layout_manager.set_layout(AXIAL_LAYOUT_ID if flat else QUAD_LAYOUT_ID)
-        # the slice's position as Slicer shows the fixed one-slice volume (S: 37.5 mm), not the 2D image's S 0; a
+        # the slice's position as Slicer shows the fixed one-slice volume or DICOM file (S: 37.5 mm), not the 2D
+        # image's S 0 (a DICOM file of one slice had read S: 0.0 mm, its ImagePositionPatient's S lost); a
         # one-slice volume taken as 2D lies in an axial plane (io.one_slice_as_2d), every voxel at its origin's S
         self.viewer.set_plane_s(self._slice_volume.GetOrigin()[2] if self._slice_volume is not None else 0.0)
         self.names = {"fixed": fixed_name, "moving": moving_name}
