@@ -1585,6 +1585,33 @@ class WebAppTest(unittest.TestCase):
                                                   "(the CLI's --seed; Register uses 0 unless told otherwise).")
             self.assertIs(app.registration, registration)  # nothing registered
 
+    def test_the_seed_fields_text_registers_as_the_number_it_holds_and_an_empty_field_is_refused(self) -> None:
+        # what Chromium's number field sends (Testing/test_web_browser.py types them): its text, "" when cleared or
+        # holding no number ("1e"). "" had registered with seed 0 without a word, the field still empty; "7.0", "1e3"
+        # and "-0", whole numbers the field and the engine take (a script's 7.0 registers), had been refused; 5000
+        # digits pasted had ended in a ValueError traceback (int() of so many digits), nothing in the page
+        state, app = self.app.state, self.app
+        self._load()
+        self._set(preset="", stages=["rigid"], initializer="", seed=0, error_message="")
+        self.addCleanup(self._set, seed=0, error_message="")
+        for typed, shown in (("", None), ("9" * 5000, "'9999")):
+            self._set(error_message="")
+            registration = app.registration
+            self._do(lambda typed=typed: app.start_registration({"seed": typed}))
+            if shown is None:
+                self.assertEqual(state.error_message, "The Seed field holds no number: it is empty, or its text is not "
+                                                      "a number (e.g. '1e'), which a browser's number field sends as "
+                                                      "empty. Fix: Type a whole number in the Seed field, e.g. 0 (the "
+                                                      "CLI's --seed; Register uses 0 unless told otherwise).")
+            else:
+                self.assertIn(f"from 0 to 2147483646, not {shown}", state.error_message)
+            self.assertIs(app.registration, registration)  # nothing registered
+        for typed, seed in (("7.0", 7), ("1e3", 1000), ("-0", 0)):
+            self._set(error_message="")
+            self._do(lambda typed=typed: app.start_registration({"seed": typed}))
+            self.assertEqual(state.error_message, "", typed)
+            self.assertEqual(app.registration.parameters["seed"], seed, typed)
+
     def test_initializer_choice_reaches_the_engine(self) -> None:
         from unittest import mock
 

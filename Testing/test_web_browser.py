@@ -969,6 +969,13 @@ class TwoDPairInBrowserTest(_BrowserPageTest):
         self.assertIn("seed must be a whole number from 0 to 2147483646, not 2147483647. Fix: Type a whole number in "
                       "the Seed field", page.inner_text("#mmf-error"))
         self.assertIn("0 to 2147483646", page.get_attribute("#mmf-seed", "title"))  # its tooltip says the range
+        page.click("#mmf-error button")
+        # the field cleared (Chromium's number field sends "", as for text that is no number, e.g. "1e"): refused, where
+        # it had registered with seed 0 without a word, the field still empty
+        page.fill("#mmf-seed", "")
+        page.click("#mmf-register")
+        page.wait_for_selector("#mmf-error", timeout=30_000)
+        self.assertIn("The Seed field holds no number", page.inner_text("#mmf-error"))
         page.fill("#mmf-seed", "0")  # as the other tests find it
         page.click("#mmf-error button")
         # not held: as fast as Playwright types and clicks (the start-up pair back, as the other tests find it)

@@ -416,19 +416,33 @@ def _refuse_choice(value: Any, choices: Sequence[str], what: str, where: str) ->
 
 
 
+#: The fix of a refused seed: the field to type it in
+_SEED_FIX = "Type a whole number in the Seed field, e.g. 0 (the CLI's --seed; Register uses 0 unless told otherwise)."
+
+
 def _client_seed(value: Any) -> int:
-    """The registration's sampling seed: a whole number from 0 to ``registration.MAX_SEED`` (an int, 3.0, or the text
-    "3"); 0 when unset. The engine's one seed rule, checked here in the panel's words before the job starts (a seed
-    of 2^31 - 1 had been refused by register() inside the job, told to use --seed)."""
-    if value is None or value == "":
+    """The registration's sampling seed: a whole number from 0 to ``registration.MAX_SEED`` (an int, 3.0, or the
+    Seed field's text as the page's other number fields read theirs, :func:`_number`: "7", "007", "7.0", "1e3",
+    "-0"); 0 when unset (None: a script's). The engine's one seed rule, checked here in the panel's words before the
+    job starts (a seed of 2^31 - 1 had been refused by register() inside the job, told to use --seed).
+
+    An empty text is refused: the Seed field cleared, or holding text that is no number ("1e", "1.2.3"), which a
+    browser's number field sends as "". It had registered with seed 0 without a word, the field still empty or
+    showing the text typed, so the user could not know the seed of the result."""
+    if value is None:
         return 0
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value.strip())
-    seed = whole_number(value, 0, MAX_SEED)
+    if isinstance(value, str):
+        if not value.strip():
+            raise InputError("The Seed field holds no number: it is empty, or its text is not a number (e.g. '1e'), "
+                             "which a browser's number field sends as empty.", _SEED_FIX)
+        number = _number(value)
+        seed = None if number is None else whole_number(number, 0, MAX_SEED)
+        text = value.strip()
+        shown = text if text.isascii() and text.isdigit() and len(text) <= 30 else _shown(value)
+    else:
+        seed, shown = whole_number(value, 0, MAX_SEED), _shown(value)
     if seed is None:
-        raise InputError(f"The registration seed must be a whole number from 0 to {MAX_SEED}, not {_shown(value)}.",
-                         "Type a whole number in the Seed field, e.g. 0 (the CLI's --seed; Register uses 0 unless "
-                         "told otherwise).")
+        raise InputError(f"The registration seed must be a whole number from 0 to {MAX_SEED}, not {shown}.", _SEED_FIX)
     return seed
 
 
