@@ -288,7 +288,25 @@ def _accuracy_inputs(fixed_grey: sitk.Image, moving_grey: sitk.Image, volumes: t
     if all(one_slice_axis(v) is None for v in volumes):
         return read_accuracy_inputs(fixed_grey, moving_grey, **sources)
     # one-slice volumes had been refused with labels or landmarks ("their accuracy is not measured in the run")
-    return on_slice_planes(fixed_grey, moving_grey, volumes, read_accuracy_inputs(*volumes, **sources))
+    try:
+        return on_slice_planes(fixed_grey, moving_grey, volumes, read_accuracy_inputs(*volumes, **sources))
+    except InputError as on_volumes:
+        # or given in the slices' 2D frames, on the 2D images registered (2D label maps, 2D points), as a DICOM file of
+        # one slice is read by evaluate-registration, fuse and resample: run took them so, reading such a file as 2D
+        # (before it read it as the one-slice volume it is, which refused them: "label map is 2D but ... image is 3D")
+        try:
+            return read_accuracy_inputs(fixed_grey, moving_grey, **sources)
+        except InputError as on_slices:
+            # the words of the frame the inputs were given in: a 2D input's own fault, else the one-slice volumes'
+            raise (on_slices if _given_in_2d(on_volumes) else on_volumes) from None
+
+
+def _given_in_2d(refusal: InputError) -> bool:
+    """Whether ``refusal`` (of label maps or landmarks checked against one-slice volumes) refused them for being 2D:
+    "The fixed label map is 2D but ...", "... is a 2D image but ...", "The fixed landmarks are 2D but ..."."""
+    import re
+
+    return re.search(r"\b2D( image)? but the ", refusal.problem) is not None
 
 
 def check_method_windows(fixed: sitk.Image, moving: sitk.Image, methods: Sequence[str],

@@ -207,6 +207,59 @@ class DicomGeometryFromTags(unittest.TestCase):
             pipeline.run(paths["fixed"], paths["apart"], os.path.join(self.dir, "apart"), register=False,
                          methods=["average"])
 
+    def test_run_scores_a_dicom_slices_label_maps_given_in_2d_as_before_or_as_slicer_saves_them(self) -> None:
+        """A DICOM file of one slice read as the one-slice volume it is (run, register, the web app) had its label maps
+        checked as that volume's only: 2D label maps on the file's 2D image (as run had read it, and evaluate-registration,
+        fuse and resample still read it) were refused ("The fixed label map is 2D but the fixed image is 3D"), where run
+        had scored them. They are scored as before, to the digit; one-slice label maps (as Slicer saves a label map of
+        the file) as the slices' own; a 2D label map's own fault is named in its frame's words."""
+        from MultimodalFusionLib import pipeline
+
+        paths, flat = {}, {}
+        for name, position, modality in (("fixed", (-12.0, -14.0, 37.5), "CT"), ("moving", (-10.0, -13.0, 37.5), "MR")):
+            write_series(os.path.join(self.dir, name), positions=[position], rows=32, cols=32,
+                         pixel_spacing=(1.0, 1.0), modality=modality, prefix=name)
+            paths[name] = os.path.join(self.dir, name, f"{name}0000.dcm")
+            flat[name] = io.read_image(paths[name])  # the 2D image of the file, as evaluate-registration reads it
+        labels = {}
+        for name, kind, value in (("fixed", "2d", 1), ("moving", "2d", 1), ("fixed", "slice", 1), ("moving", "slice", 1),
+                                  ("moving", "other", 2)):
+            arr = np.zeros((32, 32), np.uint8)
+            arr[10:20, 12:22] = value
+            label_map = sitk.GetImageFromArray(arr if kind != "slice" else arr[None])
+            label_map.CopyInformation(flat[name] if kind != "slice" else sitk.ReadImage(paths[name]))
+            labels[name, kind] = os.path.join(self.dir, f"{name}-labels-{kind}.nii.gz")
+            sitk.WriteImage(label_map, labels[name, kind])
+        old = pipeline.run(flat["fixed"], flat["moving"], os.path.join(self.dir, "old"), stages=["rigid"],
+                           methods=["average"], seed=0, fixed_labels=labels["fixed", "2d"],
+                           moving_labels=labels["moving", "2d"])
+        new = pipeline.run(paths["fixed"], paths["moving"], os.path.join(self.dir, "new"), stages=["rigid"],
+                           methods=["average"], seed=0, fixed_labels=labels["fixed", "2d"],
+                           moving_labels=labels["moving", "2d"])
+        self.assertEqual(json.dumps(new["registration_accuracy"]["labels"], sort_keys=True),
+                         json.dumps(old["registration_accuracy"]["labels"], sort_keys=True))
+        self.assertNotIn("slice_planes", new["registration_accuracy"])  # scored on the 2D images, as before
+        # 2D points (an elastix point file of the 2D image) likewise: "The landmarks are 2D but the images are 3D"
+        points = os.path.join(self.dir, "points.txt")
+        with open(points, "w") as f:
+            f.write("point\n3\n-5 -5\n0 2\n5 -3\n")
+        landmarks = [pipeline.run(fixed, moving, os.path.join(self.dir, f"points-{k}"), stages=["rigid"],
+                                  methods=["average"], seed=0, fixed_landmarks=points, moving_landmarks=points)
+                     for k, (fixed, moving) in enumerate(((flat["fixed"], flat["moving"]), (paths["fixed"], paths["moving"])))]
+        self.assertEqual(*(json.dumps(r["registration_accuracy"]["landmarks"], sort_keys=True) for r in landmarks))
+        slicer = pipeline.run(paths["fixed"], paths["moving"], os.path.join(self.dir, "slicer"), stages=["rigid"],
+                              methods=["average"], seed=0, fixed_labels=labels["fixed", "slice"],
+                              moving_labels=labels["moving", "slice"])
+        self.assertIn("slice_planes", slicer["registration_accuracy"])
+        self.assertEqual(slicer["registration_accuracy"]["labels"], new["registration_accuracy"]["labels"])
+        # 2D label maps with no label in common: the 2D check's words, not "2D but the fixed image is 3D"
+        with self.assertRaises(InputError) as refused:
+            pipeline.run(paths["fixed"], paths["moving"], os.path.join(self.dir, "none"), stages=["rigid"],
+                         methods=["average"], seed=0, fixed_labels=labels["fixed", "2d"],
+                         moving_labels=labels["moving", "other"])
+        self.assertNotIn("2D but", str(refused.exception))
+        self.assertIn("label", str(refused.exception))
+
     def test_a_slice_is_read_as_2d_whatever_its_file_is_named(self) -> None:
         """What a DICOM file is read as does not depend on its name: a slice named by its SOP Instance UID (as PACS
         exports name files), `.dicom`, `.img` or `.DCM` is the 2D image the same file named `.dcm` is, and warns from
