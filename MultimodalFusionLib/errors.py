@@ -36,6 +36,16 @@ class InputError(MultimodalFusionError, ValueError):
     """Bad input: unreadable file, wrong dimension, NaNs, no overlap, empty image..."""
 
 
+class DimensionMismatch(InputError):
+    """Label maps or landmarks of another dimension than the images they are checked against (``given_dimension``:
+    theirs), so that a caller that can take them in another frame (``pipeline.run``: a one-slice volume's 2D slice)
+    tells this refusal from the others without reading its words."""
+
+    def __init__(self, problem: str, fix: str | None = None, *, given_dimension: int):
+        super().__init__(problem, fix)
+        self.given_dimension = int(given_dimension)
+
+
 class RegistrationError(MultimodalFusionError, RuntimeError):
     """Registration could not run or produced no usable transform."""
 

@@ -69,7 +69,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import DimensionMismatch, InputError
 from .progress import ProgressCallback, report, scaled
 
 #: A label map, or label maps on one grid holding labels that share voxels (layers, :func:`label_layers`).
@@ -1644,8 +1644,9 @@ def _labels_on_plane(labels: sitk.Image, image: sitk.Image, what: str) -> sitk.I
     if not isinstance(labels, sitk.Image):
         return labels  # left to the checks to name
     if labels.GetDimension() == 2:
-        raise InputError(f"The {what} is a 2D image but the {role} image is a one-slice volume, scored in the 2D frame "
-                         "of its slice: a 2D label map's place on that slice is not known.", fix)
+        raise DimensionMismatch(f"The {what} is a 2D image but the {role} image is a one-slice volume, scored in the "
+                                "2D frame of its slice: a 2D label map's place on that slice is not known.", fix,
+                                given_dimension=2)
     if one_slice_axis(labels) is None:
         raise InputError(f"The {what} is a volume of {labels.GetSize()} voxels but the {role} image is a one-slice "
                          f"volume (size {image.GetSize()}), scored as the 2D slice it is.", fix)
@@ -1770,9 +1771,10 @@ def _checked_evaluation_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_l
         for image in [] if given is None else label_layers(given):  # each layer of labels given in layers
             if not isinstance(image, sitk.Image) or image.GetDimension() == of.GetDimension():
                 continue
-            raise InputError(f"The {what} is {image.GetDimension()}D but the {what.split()[0]} image is "
-                             f"{of.GetDimension()}D.",
-                             f"Give the {what} of the {what.split()[0]} image (same dimension).")
+            raise DimensionMismatch(f"The {what} is {image.GetDimension()}D but the {what.split()[0]} image is "
+                                    f"{of.GetDimension()}D.",
+                                    f"Give the {what} of the {what.split()[0]} image (same dimension).",
+                                    given_dimension=image.GetDimension())
     found: dict[str, Any] = {"present": None, "left_out": [], "scored": [], "fixed_points": None,
                              "moving_points": None, "dropped": []}
     if fixed_labels is not None:
@@ -1806,8 +1808,8 @@ def _checked_evaluation_inputs(fixed: sitk.Image, moving: sitk.Image, *, fixed_l
         if dim != fixed.GetDimension():
             # checked here, not only by tre's transform check: "before" (no transform) had scored 2D points of
             # 3D images without a word
-            raise InputError(f"The landmarks are {dim}D but the images are {fixed.GetDimension()}D.",
-                             "Give landmarks with one coordinate per image axis.")
+            raise DimensionMismatch(f"The landmarks are {dim}D but the images are {fixed.GetDimension()}D.",
+                                    "Give landmarks with one coordinate per image axis.", given_dimension=dim)
         found.update(fixed_points=fp, moving_points=mp)
     return found
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import DimensionMismatch, InputError
 from .progress import ProgressCallback, prefixed, report, scaled
 from .validation import check_image, check_mask, has_content, slices_apart
 
@@ -302,11 +302,10 @@ def _accuracy_inputs(fixed_grey: sitk.Image, moving_grey: sitk.Image, volumes: t
 
 
 def _given_in_2d(refusal: InputError) -> bool:
-    """Whether ``refusal`` (of label maps or landmarks checked against one-slice volumes) refused them for being 2D:
-    "The fixed label map is 2D but ...", "... is a 2D image but ...", "The fixed landmarks are 2D but ..."."""
-    import re
-
-    return re.search(r"\b2D( image)? but the ", refusal.problem) is not None
+    """Whether ``refusal`` (of label maps or landmarks checked against one-slice volumes) refused them for being 2D
+    (:class:`~MultimodalFusionLib.errors.DimensionMismatch`: "The fixed label map is 2D but ...", "... is a 2D image
+    but ...", "The landmarks are 2D but ...")."""
+    return isinstance(refusal, DimensionMismatch) and refusal.given_dimension == 2
 
 
 def check_method_windows(fixed: sitk.Image, moving: sitk.Image, methods: Sequence[str],
