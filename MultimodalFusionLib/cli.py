@@ -762,12 +762,14 @@ def _run_fuse(args: argparse.Namespace) -> int:
                              "stretched to 0..255.",
                              "Write it as 32-bit float: --weight-map weights.mha (or .nii.gz, .nrrd, .tif).")
     check_parameters(args.method, _fusion_params(args))  # a typo or a missing GPU: before reading the images
-    a = read_image(args.a, keep_color=True, series=_series(args, "a"))
-    b = read_image(args.b, keep_color=True, series=_series(args, "b"))
+    # a DICOM file of one slice as the one-slice volume it is (fused as 2D below), as run reads it: read as 2D it had
+    # been written with no S, and two slices 100 mm apart fused as if they lay together
+    a = read_image(args.a, keep_color=True, series=_series(args, "a"), slice_as_2d=False)
+    b = read_image(args.b, keep_color=True, series=_series(args, "b"), slice_as_2d=False)
     _check_components({args.a: a, args.b: b})
     ext = ".png" if args.output.lower().endswith(_2D_EXTENSIONS) else ""
     slice_volume = None
-    if one_slice_axis(a) is not None:  # a 2D slice saved as a volume (Slicer, ITK-SNAP): fused as 2D
+    if one_slice_axis(a) is not None:  # a 2D slice saved as a volume (Slicer, ITK-SNAP, a DICOM file): fused as 2D
         check_same_grid(a, b)  # on the volumes: in 2D, slices at other depths would pass
         slice_volume, a, b = a, one_slice_pixels(a), one_slice_pixels(b)
     # the grid the fused image is written on (as below: a one-slice volume's 2D slice for a 2D format, else the
@@ -847,9 +849,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .metrics import fusion_metrics
 
     _check_series(args, ("fused", "a", "b"))
-    f = read_image(args.fused, keep_color=True, series=_series(args, "fused"))
-    a = read_image(args.a, keep_color=True, series=_series(args, "a"))
-    b = read_image(args.b, keep_color=True, series=_series(args, "b"))
+    # a DICOM file of one slice as the one-slice volume it is, as fuse and run read it (scored as its 2D slice): read
+    # as 2D, fuse's own result for it (a one-slice volume at the slice's S) was refused, and a source 100 mm off scored
+    f = read_image(args.fused, keep_color=True, series=_series(args, "fused"), slice_as_2d=False)
+    a = read_image(args.a, keep_color=True, series=_series(args, "a"), slice_as_2d=False)
+    b = read_image(args.b, keep_color=True, series=_series(args, "b"), slice_as_2d=False)
     _check_components({args.fused: f, args.a: a, args.b: b})
     # on one grid, as fuse takes them: of the same shape, a source 100 mm away had been scored without a word
     # (a fused PNG, JPEG, BMP or TIFF keeps no origin or direction: its shape alone is compared, by the metrics;

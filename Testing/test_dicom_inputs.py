@@ -260,6 +260,58 @@ class DicomGeometryFromTags(unittest.TestCase):
         self.assertNotIn("2D but", str(refused.exception))
         self.assertIn("label", str(refused.exception))
 
+    def test_fuse_and_evaluate_take_a_dicom_slice_where_it_lies(self) -> None:
+        """`fuse` and `evaluate` had read a DICOM file of one slice as 2D: `fuse a.dcm b.dcm -o f.nii.gz` wrote a 2D
+        image with no S, fused two slices 100 mm apart as if they lay together, and `evaluate` refused fuse's result
+        for the file as off its grid and scored a source 100 mm off. They read it as the one-slice volume it is, as
+        run does and as a slice Slicer saved is read: fused as the same 2D image, written where the file lies (a
+        .png as the 2D slice, as before), slices apart refused."""
+        import contextlib
+        import io as text_io
+
+        from MultimodalFusionLib import cli
+        from MultimodalFusionLib.fusion import fuse
+
+        paths = {}
+        for name, position, modality in (("a", (-12.0, -14.0, 37.5), "CT"), ("b", (-12.0, -14.0, 37.5), "MR"),
+                                         ("apart", (-12.0, -14.0, 137.5), "MR")):
+            write_series(os.path.join(self.dir, name), positions=[position], rows=32, cols=32,
+                         pixel_spacing=(1.0, 1.0), modality=modality, prefix=name)
+            paths[name] = os.path.join(self.dir, name, f"{name}0000.dcm")
+
+        def mmfusion(*argv: str) -> tuple[int, str]:
+            err = text_io.StringIO()
+            with contextlib.redirect_stdout(text_io.StringIO()) as out, contextlib.redirect_stderr(err):
+                rc = cli.main(list(argv))
+            return rc, out.getvalue() + err.getvalue()
+
+        out = {ext: os.path.join(self.dir, f"fused{ext}") for ext in (".nii.gz", ".png")}
+        for ext, path in out.items():
+            self.assertEqual(mmfusion("fuse", paths["a"], paths["b"], "-o", path, "--method", "average")[0], 0, ext)
+        slice_geometry = sitk.ReadImage(paths["a"])  # the file as ITK (and Slicer) places it: S 37.5
+        written = sitk.ReadImage(out[".nii.gz"])
+        for get in ("GetSize", "GetOrigin", "GetSpacing", "GetDirection"):
+            self.assertEqual(getattr(written, get)(), getattr(slice_geometry, get)(), get)
+        # the same fusion as of the 2D images the files had been read as
+        flat = fuse(io.read_image(paths["a"]), io.read_image(paths["b"]), "average").image
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(written)[0], sitk.GetArrayFromImage(flat))
+        self.assertEqual(sitk.ReadImage(out[".png"]).GetSize(), (32, 32))  # a 2D format: the 2D slice, as before
+        rc, said = mmfusion("fuse", paths["a"], paths["apart"], "-o", os.path.join(self.dir, "apart.nii.gz"))
+        self.assertEqual(rc, 2, said)
+        self.assertIn("is not on the anatomical image (a)'s grid: origin (LPS) (-12, -14, 137.5) vs (-12, -14, 37.5)",
+                      said)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "apart.nii.gz")))
+        # evaluate: fuse's result for the files scored (it had been refused as off A's 2D grid), as the .png is
+        scores = {}
+        for ext, path in out.items():
+            rc, said = mmfusion("evaluate", "--fused", path, paths["a"], paths["b"], "--json")
+            self.assertEqual(rc, 0, said)
+            scores[ext] = json.loads(said)
+        self.assertEqual(scores[".nii.gz"]["EN"], scores[".png"]["EN"])
+        rc, said = mmfusion("evaluate", "--fused", out[".png"], paths["a"], paths["apart"])
+        self.assertEqual(rc, 2, said)  # a source 100 mm off had been scored
+        self.assertIn("source image B (apart0000.dcm) is not on the source image A (a0000.dcm)'s grid", said)
+
     def test_a_slice_is_read_as_2d_whatever_its_file_is_named(self) -> None:
         """What a DICOM file is read as does not depend on its name: a slice named by its SOP Instance UID (as PACS
         exports name files), `.dicom`, `.img` or `.DCM` is the 2D image the same file named `.dcm` is, and warns from
