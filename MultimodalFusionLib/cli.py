@@ -540,8 +540,11 @@ def _run_resample(args: argparse.Namespace) -> int:
                                        + ([] if args.reference_series else [("reference", args.reference)]))
     # a colour image stays in colour (each channel resampled): read as luminance, an RGB slice or a colour
     # volume had been written grey without a word; a grey one stored as RGB (R = G = B) is resampled as grey
+    # a DICOM file of one slice as the one-slice volume it is, as run and register read it (resample applies register's
+    # 2D transform to it as its 2D slice and writes a one-slice volume where the reference lies): read as 2D, the result
+    # had no S, and a slice 100 mm off with no transform had been resampled as if it lay on the reference
     moving = read_image(args.moving, series=args.series if _is_dicom_source(args.moving) else None, keep_color=True,
-                        keep_alpha=True)  # an RGBA picture's alpha resampled as a channel
+                        keep_alpha=True, slice_as_2d=False)  # an RGBA picture's alpha resampled as a channel
     # a picture only: a float vector field whose components are equal (a zero field) had been written as one grey
     # value per voxel
     if moving.GetNumberOfComponentsPerPixel() > 1 and args.components != "vector" \
@@ -555,7 +558,7 @@ def _run_resample(args: argparse.Namespace) -> int:
     # ("only grey, RGB and RGBA images are supported")
     reference = read_image(args.reference, series=args.reference_series
                            or (args.series if _is_dicom_source(args.reference) else None), keep_color=True,
-                           keep_alpha=True)
+                           keep_alpha=True, slice_as_2d=False)
     # the output takes its grid (a volume to .png, .jp2) and a pixel type known now (float to .dcm: refused by ITK
     # once resampled, before)
     check_output_name(args.output, reference,

@@ -312,6 +312,47 @@ class DicomGeometryFromTags(unittest.TestCase):
         self.assertEqual(rc, 2, said)  # a source 100 mm off had been scored
         self.assertIn("source image B (apart0000.dcm) is not on the source image A (a0000.dcm)'s grid", said)
 
+    def test_resample_takes_a_dicom_slice_where_it_lies(self) -> None:
+        """`resample` had read a DICOM file of one slice as 2D: register's 2D transform applied to it wrote a 2D image
+        with no S, and a slice 100 mm off the reference, with no transform, was resampled as if it lay on it. Read as
+        the one-slice volume it is, the result is register's moving_resampled voxel for voxel, where the file lies."""
+        import contextlib
+        import io as text_io
+
+        from MultimodalFusionLib import cli
+
+        paths = {}
+        for name, position, modality in (("fixed", (-12.0, -14.0, 37.5), "CT"), ("moving", (-10.0, -13.0, 37.5), "MR"),
+                                         ("apart", (-12.0, -14.0, 137.5), "MR")):
+            write_series(os.path.join(self.dir, name), positions=[position], rows=32, cols=32,
+                         pixel_spacing=(1.0, 1.0), modality=modality, prefix=name)
+            paths[name] = os.path.join(self.dir, name, f"{name}0000.dcm")
+
+        def mmfusion(*argv: str) -> tuple[int, str]:
+            err = text_io.StringIO()
+            with contextlib.redirect_stdout(text_io.StringIO()) as out, contextlib.redirect_stderr(err):
+                rc = cli.main(list(argv))
+            return rc, out.getvalue() + err.getvalue()
+
+        reg = os.path.join(self.dir, "reg")
+        self.assertEqual(mmfusion("register", paths["fixed"], paths["moving"], "-o", reg, "--stages", "rigid",
+                                  "--seed", "0", "--threads", "1")[0], 0)
+        out = os.path.join(self.dir, "moved.nii.gz")
+        rc, said = mmfusion("resample", paths["moving"], "--reference", paths["fixed"], "--transform",
+                            os.path.join(reg, "transform.tfm"), "-o", out)
+        self.assertEqual(rc, 0, said)
+        moved, registered = sitk.ReadImage(out), sitk.ReadImage(os.path.join(reg, "moving_resampled.nii.gz"))
+        self.assertEqual((moved.GetSize(), moved.GetOrigin()), ((32, 32, 1), (-12.0, -14.0, 37.5)))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(moved), sitk.GetArrayFromImage(registered))
+        rc, said = mmfusion("resample", paths["moving"], "--reference", paths["fixed"], "--transform",
+                            os.path.join(reg, "transform.tfm"), "-o", os.path.join(self.dir, "moved.png"))
+        self.assertEqual(rc, 0, said)  # a 2D format: the 2D slice, as before
+        self.assertEqual(sitk.ReadImage(os.path.join(self.dir, "moved.png")).GetSize(), (32, 32))
+        rc, said = mmfusion("resample", paths["apart"], "--reference", paths["fixed"], "-o",
+                            os.path.join(self.dir, "apart.nii.gz"))
+        self.assertEqual(rc, 2, said)
+        self.assertIn("does not overlap the reference fixed0000.dcm as they lie (no --transform)", said)
+
     def test_a_slice_is_read_as_2d_whatever_its_file_is_named(self) -> None:
         """What a DICOM file is read as does not depend on its name: a slice named by its SOP Instance UID (as PACS
         exports name files), `.dicom`, `.img` or `.DCM` is the 2D image the same file named `.dcm` is, and warns from
