@@ -1985,7 +1985,8 @@ class WebAppTest(unittest.TestCase):
 class _WebServerProcess(unittest.TestCase):
     """A real ``mmfusion web`` in a subprocess, in its own session (it and nothing else is stopped)."""
 
-    def _start(self, tmp: str, *options: str, path: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    @staticmethod
+    def _popen(tmp: str, *options: str, path: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, TMPDIR=tmp, PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join([*path, repo, os.environ.get("PYTHONPATH", "")]))
@@ -1993,6 +1994,10 @@ class _WebServerProcess(unittest.TestCase):
         with open(log, "wb") as out:
             server = subprocess.Popen([sys.executable, "-m", "MultimodalFusionLib.cli", "web", "--port", "0", *options],
                                       stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return server, log
+
+    def _start(self, tmp: str, *options: str, path: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+        server, log = self._popen(tmp, *options, path=path)
         self.addCleanup(self._kill, server)
         return server, log
 
@@ -2017,6 +2022,41 @@ class _WebServerProcess(unittest.TestCase):
                        "running server")
         self.assertIsNone(server.poll(), Path(log).read_text())
         return server, log
+
+    @classmethod
+    def _class_servers(cls, *option_sets: tuple[str, ...]) -> list[tuple[str, subprocess.Popen, str, int]]:
+        """Serving servers for the class, one with each of ``option_sets``, started at once (a start takes 6-9 s,
+        most of it one core's): each a folder of its own (its TMPDIR, its log ``server.log`` there), stopped after
+        the class. Returns (folder, server, log, port) of each."""
+        started = []
+        for options in option_sets:
+            tmp = tempfile.TemporaryDirectory()
+            cls.addClassCleanup(tmp.cleanup)
+            server, log = cls._popen(tmp.name, *options)
+            cls.addClassCleanup(cls._kill, server)
+            started.append((tmp.name, server, log))
+        for _, server, log in started:
+            cls._wait_for(lambda log=log, server=server: "App running at" in Path(log).read_text()
+                          or server.poll() is not None, "running server")
+            if server.poll() is not None:
+                raise AssertionError(f"the server ended in its start-up:\n{Path(log).read_text()}")
+        return [(tmp, server, log, _port(log)) for tmp, server, log in started]
+
+    @classmethod
+    def _serve_the_class(cls, *options: str) -> None:
+        """One serving server for all the class's tests (``cls.tmp``, ``cls.server``, ``cls.log``, ``cls.port``) where
+        each needs one of the same options and leaves it serving. Each test reads the log from where it stood at the
+        test's start (:meth:`_log_since`), and checks the state it changes from where it found it."""
+        ((cls.tmp, cls.server, cls.log, cls.port),) = cls._class_servers(options)
+
+    def setUp(self) -> None:
+        if getattr(self, "server", None) is not None:  # the class's server: still serving, its log from here on
+            self.assertIsNone(self.server.poll(), Path(self.log).read_text())
+            self.log_start = len(Path(self.log).read_text())
+
+    def _log_since(self) -> str:
+        """The class's server's log since this test started."""
+        return Path(self.log).read_text()[self.log_start:]
 
 
 class ServerStopTest(_WebServerProcess):
@@ -2190,60 +2230,64 @@ class TwoTabsTest(_WebServerProcess):
     """Two (three) tabs on one real ``mmfusion web`` server, as real websocket connections: a tab that leaves
     drops its own unfinished upload, and another tab's upload goes on. Which tab left is wslink's
     ``last_active_client_id`` while the leaving page's ``client_exited`` message is handled, and the
-    connection wslink says closed when a tab goes without that message (closed while it sends, crashed)."""
+    connection wslink says closed when a tab goes without that message (closed while it sends, crashed). One server
+    for both tests."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._serve_the_class()
 
     def test_a_leaving_tab_drops_its_own_upload_only(self) -> None:
         import aiohttp
 
-        with tempfile.TemporaryDirectory() as tmp:
-            server, log = self._start_serving(tmp)
-            port = _port(log)
-            (work,) = Path(tmp).glob("mmfusion-web-*")
+        port = self.port
+        (work,) = Path(self.tmp).glob("mmfusion-web-*")
 
-            def partials() -> list[str]:
-                return sorted(p.name.split("-")[0] for p in work.glob(".*.partial"))
+        def partials() -> list[str]:
+            return sorted(p.name.split("-")[0] for p in work.glob(".*.partial"))
 
-            async def wait_for(condition, what: str) -> None:
-                deadline = time.monotonic() + 30
-                while not condition():
-                    self.assertLess(time.monotonic(), deadline, f"no {what}: {partials()}")
-                    await asyncio.sleep(0.05)
+        async def wait_for(condition, what: str) -> None:
+            deadline = time.monotonic() + 30
+            while not condition():
+                self.assertLess(time.monotonic(), deadline, f"no {what}: {partials()}")
+                await asyncio.sleep(0.05)
 
-            async def tabs() -> dict:
-                async with aiohttp.ClientSession() as session:
-                    one, two, three = await _tabs(session, port, 3)
-                    template = str((await one.call("trame.state.get"))["state"])
-                    fixed, moving = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)
+        async def tabs() -> tuple[dict, dict]:
+            async with aiohttp.ClientSession() as session:
+                one, two, three = await _tabs(session, port, 3)
+                before = (await one.call("trame.state.get"))["state"]  # the class's server: as the other test left it
+                template = str(before)
+                fixed, moving = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)
 
-                    def piece(name: str) -> list:
-                        return [{"name": name, "offset": 0, "size": 2, "content": name[-2:].encode()}]
+                def piece(name: str) -> list:
+                    return [{"name": name, "offset": 0, "size": 2, "content": name[-2:].encode()}]
 
-                    await one.call("trame.trigger", fixed, ["tab-1", piece("A1")], {})
-                    await two.call("trame.trigger", moving, ["tab-2", piece("B1")], {})
-                    self.assertEqual(partials(), [".fixed", ".moving"])
-                    # tab 2 is reloaded: its page says it leaves, then its connection closes
-                    await two.call("trame.lifecycle.update", "client_exited")
-                    self.assertEqual(partials(), [".fixed"])
-                    await two.close()
-                    # tab 3 is closed in the middle of an upload with no word from its page (a tab closed while
-                    # it sends, a crash): its connection closing is all the server hears
-                    await three.call("trame.trigger", moving, ["tab-3", piece("C1")], {})
-                    self.assertEqual(partials(), [".fixed", ".moving"])
-                    await three.close()
-                    await wait_for(lambda: partials() == [".fixed"], "tab 3's upload dropped")
-                    # tab 1's upload went on, whole
-                    await one.call("trame.trigger", fixed, ["tab-1", piece("A2")], {})
-                    await one.call("trame.trigger", fixed, ["tab-1", []], {})
-                    state = (await one.call("trame.state.get"))["state"]
-                    await one.close()
-                    return state
+                await one.call("trame.trigger", fixed, ["tab-1", piece("A1")], {})
+                await two.call("trame.trigger", moving, ["tab-2", piece("B1")], {})
+                self.assertEqual(partials(), [".fixed", ".moving"])
+                # tab 2 is reloaded: its page says it leaves, then its connection closes
+                await two.call("trame.lifecycle.update", "client_exited")
+                self.assertEqual(partials(), [".fixed"])
+                await two.close()
+                # tab 3 is closed in the middle of an upload with no word from its page (a tab closed while
+                # it sends, a crash): its connection closing is all the server hears
+                await three.call("trame.trigger", moving, ["tab-3", piece("C1")], {})
+                self.assertEqual(partials(), [".fixed", ".moving"])
+                await three.close()
+                await wait_for(lambda: partials() == [".fixed"], "tab 3's upload dropped")
+                # tab 1's upload went on, whole
+                await one.call("trame.trigger", fixed, ["tab-1", piece("A2")], {})
+                await one.call("trame.trigger", fixed, ["tab-1", []], {})
+                state = (await one.call("trame.state.get"))["state"]
+                await one.close()
+                return before, state
 
-            state = _run(tabs())
-            self.assertEqual(state["error_message"], "")
-            self.assertEqual(Path(state["fixed_path"]).parent, work)
-            self.assertEqual(sorted(os.listdir(state["fixed_path"])), ["A1", "A2"])
-            self.assertEqual(state["moving_path"], "")
-            self.assertEqual(partials(), [])
+        before, state = _run(tabs())
+        self.assertEqual(state["error_message"], "")
+        self.assertEqual(Path(state["fixed_path"]).parent, work)
+        self.assertEqual(sorted(os.listdir(state["fixed_path"])), ["A1", "A2"])
+        self.assertEqual(state["moving_path"], before["moving_path"])  # tab 3's unfinished upload is not it
+        self.assertEqual(partials(), [])
 
     def test_a_change_reaches_each_other_tab_once_while_it_calls_the_server_too(self) -> None:
         # trame pushes a page's change to the other pages with wslink's "skip the last active client", which wslink
@@ -2252,34 +2296,32 @@ class TwoTabsTest(_WebServerProcess):
         # sent every other tab one copy per connected tab
         import aiohttp
 
-        with tempfile.TemporaryDirectory() as tmp:
-            server, log = self._start_serving(tmp)
-            port = _port(log)
+        port = self.port
 
-            async def tabs() -> None:
-                async with aiohttp.ClientSession() as session:
-                    page, other, third = await _tabs(session, port, 3)
-                    for n in range(5):
-                        value = f"/data/pet-{n}.nii.gz"
-                        pushed = [len(tab.pushes) for tab in (page, other, third)]
-                        # the page's change and the other tab's call are sent together, as two busy tabs do
-                        await asyncio.gather(page.call("trame.state.update", [{"key": "moving_path", "value": value}]),
-                                             other.call("trame.state.get"))
-                        deadline = time.monotonic() + 30
-                        while not all(any(p.get("moving_path") == value for p in tab.pushes[start:])
-                                      for tab, start in ((other, pushed[1]), (third, pushed[2]))):
-                            self.assertLess(time.monotonic(), deadline, f"{value} did not reach both other tabs: "
-                                            f"{other.pushes[pushed[1]:]}, {third.pushes[pushed[2]:]}")
-                            await asyncio.sleep(0.05)
-                        await asyncio.sleep(0.3)  # and any copy sent after it
-                        for tab, start in ((other, pushed[1]), (third, pushed[2])):
-                            self.assertEqual([p for p in tab.pushes[start:] if "moving_path" in p],
-                                             [{"moving_path": value}])
-                        self.assertEqual([p for p in page.pushes[pushed[0]:] if "moving_path" in p], [])
-                    for tab in (page, other, third):
-                        await tab.close()
+        async def tabs() -> None:
+            async with aiohttp.ClientSession() as session:
+                page, other, third = await _tabs(session, port, 3)
+                for n in range(5):
+                    value = f"/data/pet-{n}.nii.gz"
+                    pushed = [len(tab.pushes) for tab in (page, other, third)]
+                    # the page's change and the other tab's call are sent together, as two busy tabs do
+                    await asyncio.gather(page.call("trame.state.update", [{"key": "moving_path", "value": value}]),
+                                         other.call("trame.state.get"))
+                    deadline = time.monotonic() + 30
+                    while not all(any(p.get("moving_path") == value for p in tab.pushes[start:])
+                                  for tab, start in ((other, pushed[1]), (third, pushed[2]))):
+                        self.assertLess(time.monotonic(), deadline, f"{value} did not reach both other tabs: "
+                                        f"{other.pushes[pushed[1]:]}, {third.pushes[pushed[2]:]}")
+                        await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.3)  # and any copy sent after it
+                    for tab, start in ((other, pushed[1]), (third, pushed[2])):
+                        self.assertEqual([p for p in tab.pushes[start:] if "moving_path" in p],
+                                         [{"moving_path": value}])
+                    self.assertEqual([p for p in page.pushes[pushed[0]:] if "moving_path" in p], [])
+                for tab in (page, other, third):
+                    await tab.close()
 
-            _run(tabs())
+        _run(tabs())
 
 
 def _port(log: str) -> int:
@@ -2289,10 +2331,13 @@ def _port(log: str) -> int:
 @unittest.skipUnless(_HAVE_TRAME_SLICER, "trame-slicer is not installed (pip install 'slicer-multimodalfusion[web]')")
 class PageWritesTest(_WebServerProcess):
     """What a page (a real websocket connection to a real ``mmfusion web``) can make the server do: store how
-    many bytes of uploads, and which state values it can set for every page."""
+    many bytes of uploads, and which state values it can set for every page. Each test has a server of its own,
+    both started at once before them."""
 
-    def _serve(self, tmp: str, *options: str) -> int:
-        return _port(self._start_serving(tmp, *options)[1])
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.upload_limits, cls.demo = cls._class_servers(("--max-upload", "1KiB", "--max-stored-uploads", "3KiB"),
+                                                         ("--demo",))
 
     def test_uploads_past_the_limits_are_refused_as_they_arrive_leaving_nothing(self) -> None:
         # Any page could stream uploads until the server's disk was full: wslink's only cap was 4 GB per message,
@@ -2312,89 +2357,89 @@ class PageWritesTest(_WebServerProcess):
             with contextlib.redirect_stderr(stderr):  # a bad size is refused before any start-up
                 self.assertNotEqual(cli.main(["web", *options]), 0)
             self.assertIn(error, stderr.getvalue())
-        with tempfile.TemporaryDirectory() as tmp:
-            port = self._serve(tmp, "--max-upload", "1KiB", "--max-stored-uploads", "3KiB")
-            (work,) = Path(tmp).glob("mmfusion-web-*")
+        tmp, server, _, port = self.upload_limits
+        self.assertIsNone(server.poll())
+        (work,) = Path(tmp).glob("mmfusion-web-*")
 
-            async def tabs() -> None:
-                async with aiohttp.ClientSession() as session:
-                    async def connect() -> _Tab:
-                        (tab,) = await _tabs(session, port, 1)
-                        return tab
+        async def tabs() -> None:
+            async with aiohttp.ClientSession() as session:
+                async def connect() -> _Tab:
+                    (tab,) = await _tabs(session, port, 1)
+                    return tab
 
-                    one, two = await connect(), await connect()
-                    template = str((await one.call("trame.state.get"))["state"])
-                    self.assertIn("Upload the fixed image (at most 1 KiB)", template)
-                    fixed, moving = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)
+                one, two = await connect(), await connect()
+                template = str((await one.call("trame.state.get"))["state"])
+                self.assertIn("Upload the fixed image (at most 1 KiB)", template)
+                fixed, moving = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)
 
-                    async def send(tab: _Tab, upload: str, *entries: dict, trigger: str = fixed) -> object:
-                        return await tab.call("trame.trigger", trigger, [upload, list(entries)], {})
+                async def send(tab: _Tab, upload: str, *entries: dict, trigger: str = fixed) -> object:
+                    return await tab.call("trame.trigger", trigger, [upload, list(entries)], {})
 
-                    async def state(key: str) -> object:
-                        return (await one.call("trame.state.get"))["state"][key]
+                async def state(key: str) -> object:
+                    return (await one.call("trame.state.get"))["state"][key]
 
-                    def leftovers() -> list[str]:
-                        return sorted(p.name for p in work.iterdir())
+                def leftovers() -> list[str]:
+                    return sorted(p.name for p in work.iterdir())
 
-                    # a file declared larger than the limit: refused at its first piece, the page told to stop
-                    self.assertIs(await send(one, "a", {"name": "a.nii", "offset": 0, "size": 2000,
-                                                        "content": bytes(600)}), False)
-                    banner = await state("error_message")
-                    self.assertIn("1 KiB per upload: 'a.nii' is 1.95 KiB", banner)
-                    self.assertIn("mmfusion web --max-upload SIZE; it is 1KiB", banner)
-                    self.assertEqual(leftovers(), [])
-                    self.assertIs(await send(one, "a", {"name": "a2", "content": b"x"}), False)  # the rest is ignored
-                    # sizes are counted as the bytes are written, whatever the page declares: whole files with no
-                    # size, 700 bytes each; the second takes the upload past 1 KiB, and the first goes too
-                    self.assertIs(await send(one, "b", {"name": "b1", "content": bytes(700)}), True)
-                    self.assertEqual(len(leftovers()), 1)
-                    self.assertIs(await send(one, "b", {"name": "b2", "content": bytes(700)}), False)
-                    self.assertIn("'b2' is 700 bytes, after 700 bytes of other files", await state("error_message"))
-                    self.assertEqual(leftovers(), [])
-                    await send(one, "b")
-                    self.assertEqual(await state("fixed_path"), "")
-                    # within the limit: kept (1000 bytes in two pieces)
-                    for offset in (0, 500):
-                        self.assertIs(await send(one, "c", {"name": "c.nii", "offset": offset, "size": 1000,
-                                                            "content": bytes(500)}), True)
-                    await send(one, "c")
-                    self.assertEqual(os.path.getsize(await state("fixed_path")), 1000)
-                    # a long session: each upload replaces the one before (removed), so the server holds 1000 bytes
-                    # however many come (--max-session-upload 3KiB had refused the third: 3000 bytes sent by one page)
-                    for n in range(8):
-                        self.assertIs(await send(one, f"d{n}", {"name": f"d{n}.nii", "content": bytes(1000)}), True)
-                        await send(one, f"d{n}")
-                        self.assertEqual(Path(await state("fixed_path")).name, f"d{n}.nii", await state("error_message"))
-                    self.assertEqual(sorted(p.name.split("-")[0] for p in work.iterdir()), ["fixed"])
-                    # another connection adds the moving image: 2000 bytes held
-                    self.assertIs(await send(two, "m", {"name": "m.nii", "content": bytes(1000)}, trigger=moving), True)
-                    await send(two, "m", trigger=moving)
-                    # a third connection starts a fixed upload (500 of its 1000 bytes sent: 2500 bytes held), and a
-                    # fourth, new connection (a script reconnecting) may not add 1000 more: past 3 KiB held
-                    three, four = await connect(), await connect()
-                    self.assertIs(await send(three, "p", {"name": "p.nii", "offset": 0, "size": 1000,
-                                                          "content": bytes(500)}), True)
-                    self.assertIs(await send(four, "q", {"name": "q.nii", "offset": 0, "size": 1000,
-                                                         "content": bytes(500)}, trigger=moving), False)
-                    banner = await state("error_message")
-                    self.assertIn("would take the uploads this server holds past 3 KiB, all pages together", banner)
-                    self.assertIn("it holds 2.44 KiB, and 'q.nii' is 1000 bytes", banner)
-                    self.assertIn("--max-stored-uploads SIZE; it is 3KiB", banner)
-                    self.assertEqual(Path(await state("moving_path")).name, "m.nii")  # the last upload is kept
-                    # the third connection goes: its unfinished upload is removed, and counts no more
-                    await three.close()
-                    deadline = time.monotonic() + 30
-                    while any(p.name.endswith(".partial") for p in work.iterdir()):
-                        self.assertLess(time.monotonic(), deadline, "the closed connection's upload stayed")
-                        await asyncio.sleep(0.05)
-                    self.assertIs(await send(four, "r", {"name": "r.nii", "content": bytes(1000)}, trigger=moving), True)
-                    await send(four, "r", trigger=moving)
-                    self.assertEqual(Path(await state("moving_path")).name, "r.nii")
-                    self.assertEqual(sorted(p.name.split("-")[0] for p in work.iterdir()), ["fixed", "moving"])
-                    for tab in (one, two, four):
-                        await tab.close()
+                # a file declared larger than the limit: refused at its first piece, the page told to stop
+                self.assertIs(await send(one, "a", {"name": "a.nii", "offset": 0, "size": 2000,
+                                                    "content": bytes(600)}), False)
+                banner = await state("error_message")
+                self.assertIn("1 KiB per upload: 'a.nii' is 1.95 KiB", banner)
+                self.assertIn("mmfusion web --max-upload SIZE; it is 1KiB", banner)
+                self.assertEqual(leftovers(), [])
+                self.assertIs(await send(one, "a", {"name": "a2", "content": b"x"}), False)  # the rest is ignored
+                # sizes are counted as the bytes are written, whatever the page declares: whole files with no
+                # size, 700 bytes each; the second takes the upload past 1 KiB, and the first goes too
+                self.assertIs(await send(one, "b", {"name": "b1", "content": bytes(700)}), True)
+                self.assertEqual(len(leftovers()), 1)
+                self.assertIs(await send(one, "b", {"name": "b2", "content": bytes(700)}), False)
+                self.assertIn("'b2' is 700 bytes, after 700 bytes of other files", await state("error_message"))
+                self.assertEqual(leftovers(), [])
+                await send(one, "b")
+                self.assertEqual(await state("fixed_path"), "")
+                # within the limit: kept (1000 bytes in two pieces)
+                for offset in (0, 500):
+                    self.assertIs(await send(one, "c", {"name": "c.nii", "offset": offset, "size": 1000,
+                                                        "content": bytes(500)}), True)
+                await send(one, "c")
+                self.assertEqual(os.path.getsize(await state("fixed_path")), 1000)
+                # a long session: each upload replaces the one before (removed), so the server holds 1000 bytes
+                # however many come (--max-session-upload 3KiB had refused the third: 3000 bytes sent by one page)
+                for n in range(8):
+                    self.assertIs(await send(one, f"d{n}", {"name": f"d{n}.nii", "content": bytes(1000)}), True)
+                    await send(one, f"d{n}")
+                    self.assertEqual(Path(await state("fixed_path")).name, f"d{n}.nii", await state("error_message"))
+                self.assertEqual(sorted(p.name.split("-")[0] for p in work.iterdir()), ["fixed"])
+                # another connection adds the moving image: 2000 bytes held
+                self.assertIs(await send(two, "m", {"name": "m.nii", "content": bytes(1000)}, trigger=moving), True)
+                await send(two, "m", trigger=moving)
+                # a third connection starts a fixed upload (500 of its 1000 bytes sent: 2500 bytes held), and a
+                # fourth, new connection (a script reconnecting) may not add 1000 more: past 3 KiB held
+                three, four = await connect(), await connect()
+                self.assertIs(await send(three, "p", {"name": "p.nii", "offset": 0, "size": 1000,
+                                                      "content": bytes(500)}), True)
+                self.assertIs(await send(four, "q", {"name": "q.nii", "offset": 0, "size": 1000,
+                                                     "content": bytes(500)}, trigger=moving), False)
+                banner = await state("error_message")
+                self.assertIn("would take the uploads this server holds past 3 KiB, all pages together", banner)
+                self.assertIn("it holds 2.44 KiB, and 'q.nii' is 1000 bytes", banner)
+                self.assertIn("--max-stored-uploads SIZE; it is 3KiB", banner)
+                self.assertEqual(Path(await state("moving_path")).name, "m.nii")  # the last upload is kept
+                # the third connection goes: its unfinished upload is removed, and counts no more
+                await three.close()
+                deadline = time.monotonic() + 30
+                while any(p.name.endswith(".partial") for p in work.iterdir()):
+                    self.assertLess(time.monotonic(), deadline, "the closed connection's upload stayed")
+                    await asyncio.sleep(0.05)
+                self.assertIs(await send(four, "r", {"name": "r.nii", "content": bytes(1000)}, trigger=moving), True)
+                await send(four, "r", trigger=moving)
+                self.assertEqual(Path(await state("moving_path")).name, "r.nii")
+                self.assertEqual(sorted(p.name.split("-")[0] for p in work.iterdir()), ["fixed", "moving"])
+                for tab in (one, two, four):
+                    await tab.close()
 
-            _run(tabs())
+        _run(tabs())
 
     def test_a_page_cannot_set_what_only_the_server_sets(self) -> None:
         # job_busy False from one page stopped the progress reaching every page while a registration ran,
@@ -2403,84 +2448,84 @@ class PageWritesTest(_WebServerProcess):
         # could call "server_ready", which loaded the start-up volumes again, dropping the results
         import aiohttp
 
-        with tempfile.TemporaryDirectory() as tmp:
-            port = self._serve(tmp, "--demo")
+        tmp, server, _, port = self.demo
+        self.assertIsNone(server.poll())
 
-            async def tabs() -> None:
-                async with aiohttp.ClientSession() as session:
-                    page, other = await _tabs(session, port, 2)
-                    shown = dict((await page.call("trame.state.get"))["state"])
-                    template = str(shown)
-                    register, cancel = (re.search(r'id="' + name + r'"[^>]*click="trigger\(\\?\'(trigger__\d+)',
-                                                  template).group(1) for name in ("mmf-register", "mmf-cancel"))
+        async def tabs() -> None:
+            async with aiohttp.ClientSession() as session:
+                page, other = await _tabs(session, port, 2)
+                shown = dict((await page.call("trame.state.get"))["state"])
+                template = str(shown)
+                register, cancel = (re.search(r'id="' + name + r'"[^>]*click="trigger\(\\?\'(trigger__\d+)',
+                                              template).group(1) for name in ("mmf-register", "mmf-cancel"))
 
-                    async def state() -> dict:
-                        return (await other.call("trame.state.get"))["state"]
+                async def state() -> dict:
+                    return (await other.call("trame.state.get"))["state"]
 
-                    async def until(condition, what: str) -> dict:
-                        deadline = time.monotonic() + 120
-                        while not condition(now := await state()):
-                            self.assertLess(time.monotonic(), deadline, f"no {what}: {now.get('job_message')}")
-                            await asyncio.sleep(0.05)
-                        return now
+                async def until(condition, what: str) -> dict:
+                    deadline = time.monotonic() + 120
+                    while not condition(now := await state()):
+                        self.assertLess(time.monotonic(), deadline, f"no {what}: {now.get('job_message')}")
+                        await asyncio.sleep(0.05)
+                    return now
 
-                    await until(lambda s: s["has_fixed"] and not s["job_busy"], "demo volumes")
-                    await page.call("trame.state.update", [{"key": "stages", "value": ["rigid", "affine", "bspline"]}])
-                    await page.call("trame.trigger", register, [], {})
-                    running = await until(lambda s: s["job_progress"] > 0, "registration progress")
-                    fake = {"job_busy": False, "job_cancelling": True, "job_label": "Nothing", "bg_step": 1e9,
-                            "error_message": "The server moved: go to http://evil.example",
-                            "metrics_rows": [{"name": "SSIM", "value": "0.999"}], "has_fused": True}
-                    pushed = len(page.pushes)
-                    await other.call("trame.state.update", [{"key": k, "value": v} for k, v in fake.items()])
-                    now = await state()
-                    # the other page never sees a forged value: trame had pushed it to every page first, and the
-                    # server's own came back a message later (the gate drops it before trame sees it)
-                    await asyncio.sleep(0.5)
-                    self.assertEqual([(k, push[k]) for push in page.pushes[pushed:] for k in fake
-                                      if k in push and push[k] == fake[k]], [])
-                    self.assertRegex(Path(tmp, "server.log").read_text(),
-                                     r"a page set [^\n]*job_busy[^\n]*, which only the server sets: ignored")
-                    self.assertEqual({k: now[k] for k in fake},
-                                     {"job_busy": True, "job_cancelling": False, "job_label": "Registration",
-                                      "bg_step": running["bg_step"], "error_message": "",
-                                      "metrics_rows": [], "has_fused": False})
-                    # the page got the server's values back, and the progress goes on reaching it
-                    await until(lambda s: len([p for p in page.pushes[pushed:] if "job_progress" in p]) >= 3,
-                                "progress after the write")
-                    for push in page.pushes:
-                        shown.update(push)
-                    self.assertEqual({k: shown[k] for k in ("job_busy", "job_label", "error_message", "has_fused")},
-                                     {"job_busy": True, "job_label": "Registration", "error_message": "",
-                                      "has_fused": False})
-                    self.assertTrue(shown["job_message"].startswith("Registration: "), shown["job_message"])
-                    # what a page may set reaches the other page: its controls, a slice slider, the banner closed
-                    await page.call("trame.trigger", register, [], {})  # refused: "Registration is still running"
-                    self.assertIn("still running", (await state())["error_message"])
-                    pushed = len(page.pushes)
-                    slice_value = running["Red__SliderState__value"] + running["Red__SliderState__step"]
-                    await other.call("trame.state.update", [{"key": "error_message", "value": ""},
-                                                            {"key": "fg_opacity", "value": 0.25},
-                                                            {"key": "Red__SliderState__value", "value": slice_value}])
-                    now = await state()
-                    self.assertEqual((now["error_message"], now["fg_opacity"]), ("", 0.25))
-                    await until(lambda s: any("fg_opacity" in p for p in page.pushes[pushed:]), "the opacity pushed")
-                    seen = [(k, v) for p in page.pushes[pushed:] for k, v in p.items()]
-                    for change in (("error_message", ""), ("fg_opacity", 0.25), ("Red__SliderState__value", slice_value)):
-                        self.assertIn(change, seen)  # the slice view then shows its nearest slice
-                    self.assertNotRegex(Path(tmp, "server.log").read_text(), r"a page set [^\n]*(fg_opacity|Slider)")
-                    await page.call("trame.trigger", cancel, [], {})  # the registration is cancelled by Cancel only
-                    await until(lambda s: not s["job_busy"], "end of the registration")
-                    self.assertEqual((await state())["job_message"], "Registration cancelled")
-                    # "server_ready" from a page does not load the demo again (it is refused: PageMessagesTest)
-                    with self.assertRaisesRegex(AssertionError, "Unregistered method"):
-                        await other.call("trame.lifecycle.update", "server_ready")
-                    await asyncio.sleep(1.0)
-                    self.assertEqual((await state())["job_message"], "Registration cancelled")
-                    for tab in (page, other):
-                        await tab.close()
+                await until(lambda s: s["has_fixed"] and not s["job_busy"], "demo volumes")
+                await page.call("trame.state.update", [{"key": "stages", "value": ["rigid", "affine", "bspline"]}])
+                await page.call("trame.trigger", register, [], {})
+                running = await until(lambda s: s["job_progress"] > 0, "registration progress")
+                fake = {"job_busy": False, "job_cancelling": True, "job_label": "Nothing", "bg_step": 1e9,
+                        "error_message": "The server moved: go to http://evil.example",
+                        "metrics_rows": [{"name": "SSIM", "value": "0.999"}], "has_fused": True}
+                pushed = len(page.pushes)
+                await other.call("trame.state.update", [{"key": k, "value": v} for k, v in fake.items()])
+                now = await state()
+                # the other page never sees a forged value: trame had pushed it to every page first, and the
+                # server's own came back a message later (the gate drops it before trame sees it)
+                await asyncio.sleep(0.5)
+                self.assertEqual([(k, push[k]) for push in page.pushes[pushed:] for k in fake
+                                  if k in push and push[k] == fake[k]], [])
+                self.assertRegex(Path(tmp, "server.log").read_text(),
+                                 r"a page set [^\n]*job_busy[^\n]*, which only the server sets: ignored")
+                self.assertEqual({k: now[k] for k in fake},
+                                 {"job_busy": True, "job_cancelling": False, "job_label": "Registration",
+                                  "bg_step": running["bg_step"], "error_message": "",
+                                  "metrics_rows": [], "has_fused": False})
+                # the page got the server's values back, and the progress goes on reaching it
+                await until(lambda s: len([p for p in page.pushes[pushed:] if "job_progress" in p]) >= 3,
+                            "progress after the write")
+                for push in page.pushes:
+                    shown.update(push)
+                self.assertEqual({k: shown[k] for k in ("job_busy", "job_label", "error_message", "has_fused")},
+                                 {"job_busy": True, "job_label": "Registration", "error_message": "",
+                                  "has_fused": False})
+                self.assertTrue(shown["job_message"].startswith("Registration: "), shown["job_message"])
+                # what a page may set reaches the other page: its controls, a slice slider, the banner closed
+                await page.call("trame.trigger", register, [], {})  # refused: "Registration is still running"
+                self.assertIn("still running", (await state())["error_message"])
+                pushed = len(page.pushes)
+                slice_value = running["Red__SliderState__value"] + running["Red__SliderState__step"]
+                await other.call("trame.state.update", [{"key": "error_message", "value": ""},
+                                                        {"key": "fg_opacity", "value": 0.25},
+                                                        {"key": "Red__SliderState__value", "value": slice_value}])
+                now = await state()
+                self.assertEqual((now["error_message"], now["fg_opacity"]), ("", 0.25))
+                await until(lambda s: any("fg_opacity" in p for p in page.pushes[pushed:]), "the opacity pushed")
+                seen = [(k, v) for p in page.pushes[pushed:] for k, v in p.items()]
+                for change in (("error_message", ""), ("fg_opacity", 0.25), ("Red__SliderState__value", slice_value)):
+                    self.assertIn(change, seen)  # the slice view then shows its nearest slice
+                self.assertNotRegex(Path(tmp, "server.log").read_text(), r"a page set [^\n]*(fg_opacity|Slider)")
+                await page.call("trame.trigger", cancel, [], {})  # the registration is cancelled by Cancel only
+                await until(lambda s: not s["job_busy"], "end of the registration")
+                self.assertEqual((await state())["job_message"], "Registration cancelled")
+                # "server_ready" from a page does not load the demo again (it is refused: PageMessagesTest)
+                with self.assertRaisesRegex(AssertionError, "Unregistered method"):
+                    await other.call("trame.lifecycle.update", "server_ready")
+                await asyncio.sleep(1.0)
+                self.assertEqual((await state())["job_message"], "Registration cancelled")
+                for tab in (page, other):
+                    await tab.close()
 
-            _run(tabs())
+        _run(tabs())
 
 
 def _run(coroutine):
@@ -2504,7 +2549,12 @@ def _resident_mib(pid: int) -> float:
 @unittest.skipUnless(os.path.exists("/proc/self/status"), "reads a process's memory from Linux's /proc")
 class PageMessagesTest(_WebServerProcess):
     """What a connection's messages can make a real ``mmfusion web`` do besides the state: allocate memory for a
-    message it only announces, set trame's own state, call the server's lifecycle events."""
+    message it only announces, set trame's own state, call the server's lifecycle events. One server for both tests,
+    each reading the log from its own start."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._serve_the_class()
 
     def test_a_page_cannot_make_the_server_allocate_load_scripts_or_start_again(self) -> None:
         # wslink allocated, at a message's first chunk, the whole size its header declared: up to 4 GiB, for 13
@@ -2517,67 +2567,65 @@ class PageMessagesTest(_WebServerProcess):
 
         from MultimodalFusionLib.web.message_gate import MAX_MESSAGE_BYTES
 
-        with tempfile.TemporaryDirectory() as tmp:
-            server, log = self._start_serving(tmp)
-            port = _port(log)
+        server, log, port = self.server, self.log, self.port
 
-            async def tabs() -> None:
-                async with aiohttp.ClientSession() as session:
-                    page, other, hostile = await _tabs(session, port, 3)
-                    before = (await other.call("trame.state.get"))["state"]
-                    template = str(before)
-                    fixed = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)[0]
-                    # the largest messages the page sends pass: 4 MiB of content in 1000 files with long names
-                    files = [{"name": f"{n:04d}" + "x" * 200, "offset": 0, "size": 4 << 10, "content": bytes(4 << 10)}
-                             for n in range(1000)]
-                    self.assertGreater(len(msgpack.packb(files)), 4 << 20)
-                    self.assertIs(await page.call("trame.trigger", fixed, ["big", files], {}), True)
-                    await page.call("trame.trigger", fixed, ["big", []], {})
-                    self.assertEqual(len(os.listdir((await other.call("trame.state.get"))["state"]["fixed_path"])), 1000)
-                    # a message announced larger than the limit: the connection is closed, nothing allocated
-                    memory = _resident_mib(server.pid)
-                    packed = msgpack.packb({"wslink": "1.0", "id": "rpc:c0:1", "method": "trame.state.get",
-                                            "args": [], "kwargs": {}})
-                    chunk = next(generate_chunks(packed, 4 << 20))
-                    announced = (1 << 30).to_bytes(4, "little")  # the header's third field: the message's size
-                    await hostile.ws.send_bytes(chunk[:8] + announced + chunk[12:13])
-                    deadline = time.monotonic() + 10
-                    while not hostile.ws.closed:
-                        self.assertLess(time.monotonic(), deadline, "the connection announcing 1 GiB stayed open")
-                        await asyncio.sleep(0.05)
-                    self.assertEqual(hostile.ws.close_code, 1009)  # "message too big"
-                    self.assertLess(_resident_mib(server.pid) - memory, 64)
-                    self.assertIn(f"closed a connection that sent a message of {1 << 30} bytes", Path(log).read_text())
-                    self.assertIn(f"hold at most {MAX_MESSAGE_BYTES}", Path(log).read_text())
-                    # trame's own keys are not a page's to set; the panel's are
-                    pushed = len(other.pushes)
-                    await page.call("trame.state.update", [
-                        {"key": "trame__title", "value": "Hacked"},
-                        {"key": "trame__template_main", "value": "<trame-script script='alert(1)' />"},
-                        {"key": "trame__client_only", "value": ["fixed_path", "stages"]},
-                        {"key": "moving_path", "value": "/data/pet.nii.gz"}])
-                    now = (await other.call("trame.state.get"))["state"]
-                    self.assertEqual({k: now[k] for k in ("trame__title", "trame__template_main", "trame__client_only")},
-                                     {k: before[k] for k in ("trame__title", "trame__template_main",
-                                                             "trame__client_only")})
-                    self.assertEqual(now["moving_path"], "/data/pet.nii.gz")
-                    # the push to the other tab may follow the answer to its own call: wait for it
-                    deadline = time.monotonic() + 30
-                    while not any("moving_path" in push for push in other.pushes[pushed:]):
-                        self.assertLess(time.monotonic(), deadline, "the panel's moving_path never reached the other tab")
-                        await asyncio.sleep(0.05)
-                    await asyncio.sleep(0.5)  # and anything sent with it
-                    self.assertEqual(set().union(*other.pushes[pushed:]), {"moving_path"})  # nothing of trame's reached it
-                    # the lifecycle events a page reports pass; the server's are refused
-                    with self.assertRaisesRegex(AssertionError, "Unregistered method"):
-                        await page.call("trame.lifecycle.update", "server_ready")
-                    self.assertIsNone(await page.call("trame.lifecycle.update", "client_connected"))
-                    await asyncio.sleep(0.5)
-                    self.assertEqual(Path(log).read_text().count("App running at"), 1)
-                    for tab in (page, other, hostile):
-                        await tab.close()
+        async def tabs() -> None:
+            async with aiohttp.ClientSession() as session:
+                page, other, hostile = await _tabs(session, port, 3)
+                before = (await other.call("trame.state.get"))["state"]
+                template = str(before)
+                fixed = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)[0]
+                # the largest messages the page sends pass: 4 MiB of content in 1000 files with long names
+                files = [{"name": f"{n:04d}" + "x" * 200, "offset": 0, "size": 4 << 10, "content": bytes(4 << 10)}
+                         for n in range(1000)]
+                self.assertGreater(len(msgpack.packb(files)), 4 << 20)
+                self.assertIs(await page.call("trame.trigger", fixed, ["big", files], {}), True)
+                await page.call("trame.trigger", fixed, ["big", []], {})
+                self.assertEqual(len(os.listdir((await other.call("trame.state.get"))["state"]["fixed_path"])), 1000)
+                # a message announced larger than the limit: the connection is closed, nothing allocated
+                memory = _resident_mib(server.pid)
+                packed = msgpack.packb({"wslink": "1.0", "id": "rpc:c0:1", "method": "trame.state.get",
+                                        "args": [], "kwargs": {}})
+                chunk = next(generate_chunks(packed, 4 << 20))
+                announced = (1 << 30).to_bytes(4, "little")  # the header's third field: the message's size
+                await hostile.ws.send_bytes(chunk[:8] + announced + chunk[12:13])
+                deadline = time.monotonic() + 10
+                while not hostile.ws.closed:
+                    self.assertLess(time.monotonic(), deadline, "the connection announcing 1 GiB stayed open")
+                    await asyncio.sleep(0.05)
+                self.assertEqual(hostile.ws.close_code, 1009)  # "message too big"
+                self.assertLess(_resident_mib(server.pid) - memory, 64)
+                self.assertIn(f"closed a connection that sent a message of {1 << 30} bytes", self._log_since())
+                self.assertIn(f"hold at most {MAX_MESSAGE_BYTES}", self._log_since())
+                # trame's own keys are not a page's to set; the panel's are
+                pushed = len(other.pushes)
+                await page.call("trame.state.update", [
+                    {"key": "trame__title", "value": "Hacked"},
+                    {"key": "trame__template_main", "value": "<trame-script script='alert(1)' />"},
+                    {"key": "trame__client_only", "value": ["fixed_path", "stages"]},
+                    {"key": "moving_path", "value": "/data/pet.nii.gz"}])
+                now = (await other.call("trame.state.get"))["state"]
+                self.assertEqual({k: now[k] for k in ("trame__title", "trame__template_main", "trame__client_only")},
+                                 {k: before[k] for k in ("trame__title", "trame__template_main",
+                                                         "trame__client_only")})
+                self.assertEqual(now["moving_path"], "/data/pet.nii.gz")
+                # the push to the other tab may follow the answer to its own call: wait for it
+                deadline = time.monotonic() + 30
+                while not any("moving_path" in push for push in other.pushes[pushed:]):
+                    self.assertLess(time.monotonic(), deadline, "the panel's moving_path never reached the other tab")
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.5)  # and anything sent with it
+                self.assertEqual(set().union(*other.pushes[pushed:]), {"moving_path"})  # nothing of trame's reached it
+                # the lifecycle events a page reports pass; the server's are refused
+                with self.assertRaisesRegex(AssertionError, "Unregistered method"):
+                    await page.call("trame.lifecycle.update", "server_ready")
+                self.assertIsNone(await page.call("trame.lifecycle.update", "client_connected"))
+                await asyncio.sleep(0.5)
+                self.assertEqual(Path(log).read_text().count("App running at"), 1)
+                for tab in (page, other, hostile):
+                    await tab.close()
 
-            _run(tabs())
+        _run(tabs())
 
     def test_a_page_calls_only_what_the_page_calls_with_what_it_sends(self) -> None:
         # wslink calls whatever the server's protocols export, with whatever comes: a page's application.exit.later
@@ -2592,83 +2640,81 @@ class PageMessagesTest(_WebServerProcess):
             rendered_view_size,
         )
 
-        with tempfile.TemporaryDirectory() as tmp:
-            server, log = self._start_serving(tmp)
-            port = _port(log)
+        server, port = self.server, self.port
 
-            async def tabs() -> None:
-                async with aiohttp.ClientSession() as session:
-                    page, other = await _tabs(session, port, 2)
-                    template = str((await page.call("trame.state.get"))["state"])
-                    reset_view = re.findall(r"(trigger__\d+)[^<]*<VIcon icon=\W*mdi-camera-flip", template)[0]  # "Reset Camera" of a view: it takes no arguments
-                    fixed = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)[0]
-                    memory = _resident_mib(server.pid)
-                    refused = [
-                        ("application.exit.later", 1), ("application.exit",), ("trame.force.push", ["a"]),
-                        ("trame.force.push", "nope"), ("trame.rca.drop", "Red", -1),
-                        ("trame.rca.push", "Red", {"type": "image/jpeg", "w": 8, "h": 8}, b"fake"),
-                        ("trame.rca.reset", "Red"), ("trame.state.get", 1),
-                        ("trame.state.update", [{"key": "moving_path", "value": "/x"}], "more"),
-                        ("trame.trigger", reset_view, 5, {}), ("trame.trigger", reset_view, [1], {}),
-                        ("trame.trigger", "trigger__100000", [], {}), ("trame.trigger", ["a"], [], {}),
-                        ("trame.trigger", fixed, ["u", []], {"x": 1}),
-                        ("trame.rca.size", "Red", "page", {"w": "wide", "h": 300, "p": 1}),
-                        ("trame.rca.size", "Red", "page", {"w": 100000, "h": 10, "p": 1}),
-                        ("trame.rca.size", "Red", "page", {"w": 400, "h": 300, "p": float("inf")}),
-                        ("trame.rca.event", "Red", "page", {"x": 3, "y": 4}),
-                        ("trame.rca.event", "Red", "page", {"type": "MouseMove", "x": float("nan"), "y": 4}),
-                        ("trame.rca.video.codecs", 5), ("trame.rca.video.negotiate", "Red", 5),
-                        ("trame.lifecycle.update", ["client_exited"])]
-                    for method, *args in refused:
-                        with self.subTest(method=method, args=args):
-                            with self.assertRaisesRegex(AssertionError, "Unregistered method"):
-                                await page.call(method, *args)
-                    await asyncio.sleep(2.0)  # application.exit.later(1) had stopped the server by now
-                    self.assertIsNone(server.poll(), "a page stopped the server")
-                    text = Path(log).read_text()
-                    self.assertNotIn("Traceback", text)
-                    self.assertNotIn("Exception raised", text)
-                    self.assertEqual(text.count(": refused"), len(refused))  # one line each
-                    self.assertIn("a page called application.exit.later, which pages do not call", text)
-                    self.assertIn("rendered 100000 x 10 pixels (at most 33177600), whose sides are not 1 to 16384", text)
-                    self.assertLess(_resident_mib(server.pid) - memory, 256)
-                    # a view larger than an 8K screen is rendered scaled down to one, not refused: a quad view of a
-                    # window spanning three 6K screens (8640 x 1640 pixels, rendered so) and one of a 5K screen at
-                    # pixel ratio 1 zoomed out to 25% (10048 x 5734: 7624 x 4351) had been refused, four blank views
-                    for width, height, ratio in ((4320, 820, 2), (10048, 5734.4, 1), (16000, 16000, 1)):
-                        frames = len(page.frames)
-                        self.assertIsNone(await page.call("trame.rca.size", "Red", "page",
-                                                          {"w": width, "h": height, "p": ratio}))
-                        expected = rendered_view_size(width, height, ratio)
-                        self.assertLessEqual(expected[0] * expected[1], MAX_VIEW_PIXELS)
-                        deadline = time.monotonic() + 60
-                        # trame-rca's JPEG meta names the picture's rows "w" and its columns "h"
-                        while not any(name == "Red" and sorted((meta["w"], meta["h"])) == sorted(expected)
-                                      for name, meta in page.frames[frames:]):
-                            self.assertLess(time.monotonic(), deadline, f"no picture of {expected} in {page.frames[-3:]}")
-                            await asyncio.sleep(0.1)
-                    self.assertEqual(rendered_view_size(4320, 820, 2), (8640, 1640))
-                    self.assertEqual(rendered_view_size(10048, 5734.4, 1), (7624, 4351))
-                    # what the page sends goes on: the other tab is still served, and so is this one
-                    self.assertIn("trame__template_main", (await other.call("trame.state.get"))["state"])
-                    self.assertIsNone(await page.call("trame.rca.size", "Red", "page", {"w": 640.5, "h": 480, "p": 1.25}))
-                    self.assertIsNone(await page.call("trame.rca.event", "Red", "page",
-                                                      {"type": "MouseMove", "x": 3, "y": 4, "w": 640, "h": 480}))
-                    self.assertEqual(await page.call("trame.rca.video.codecs", "Red"), [])
-                    self.assertIn("error", await page.call("trame.rca.video.negotiate", "Red", ["vp9"]))
-                    self.assertIsNone(await page.call("trame.trigger", reset_view, [], {}))
-                    self.assertIsNone(await page.call("trame.lifecycle.update", "client_connected"))
-                    # a page's script error is logged, shortened: it had gone whole into the log
-                    report = "TypeError: x is undefined" + "!" * 100000
-                    self.assertIsNone(await page.call("trame.error.client", report))
-                    await asyncio.sleep(0.3)
-                    (line,) = [line for line in Path(log).read_text().splitlines() if "x is undefined" in line]
-                    self.assertLess(len(line), MAX_ERROR_REPORT_CHARS + 100)
-                    self.assertTrue(line.endswith(f"! ... ({len(report)} characters)"), line[-80:])
-                    for tab in (page, other):
-                        await tab.close()
+        async def tabs() -> None:
+            async with aiohttp.ClientSession() as session:
+                page, other = await _tabs(session, port, 2)
+                template = str((await page.call("trame.state.get"))["state"])
+                reset_view = re.findall(r"(trigger__\d+)[^<]*<VIcon icon=\W*mdi-camera-flip", template)[0]  # "Reset Camera" of a view: it takes no arguments
+                fixed = re.findall(r"mmfusion_upload\(\$event\.target\.files, \W*'(trigger__\d+)", template)[0]
+                memory = _resident_mib(server.pid)
+                refused = [
+                    ("application.exit.later", 1), ("application.exit",), ("trame.force.push", ["a"]),
+                    ("trame.force.push", "nope"), ("trame.rca.drop", "Red", -1),
+                    ("trame.rca.push", "Red", {"type": "image/jpeg", "w": 8, "h": 8}, b"fake"),
+                    ("trame.rca.reset", "Red"), ("trame.state.get", 1),
+                    ("trame.state.update", [{"key": "moving_path", "value": "/x"}], "more"),
+                    ("trame.trigger", reset_view, 5, {}), ("trame.trigger", reset_view, [1], {}),
+                    ("trame.trigger", "trigger__100000", [], {}), ("trame.trigger", ["a"], [], {}),
+                    ("trame.trigger", fixed, ["u", []], {"x": 1}),
+                    ("trame.rca.size", "Red", "page", {"w": "wide", "h": 300, "p": 1}),
+                    ("trame.rca.size", "Red", "page", {"w": 100000, "h": 10, "p": 1}),
+                    ("trame.rca.size", "Red", "page", {"w": 400, "h": 300, "p": float("inf")}),
+                    ("trame.rca.event", "Red", "page", {"x": 3, "y": 4}),
+                    ("trame.rca.event", "Red", "page", {"type": "MouseMove", "x": float("nan"), "y": 4}),
+                    ("trame.rca.video.codecs", 5), ("trame.rca.video.negotiate", "Red", 5),
+                    ("trame.lifecycle.update", ["client_exited"])]
+                for method, *args in refused:
+                    with self.subTest(method=method, args=args):
+                        with self.assertRaisesRegex(AssertionError, "Unregistered method"):
+                            await page.call(method, *args)
+                await asyncio.sleep(2.0)  # application.exit.later(1) had stopped the server by now
+                self.assertIsNone(server.poll(), "a page stopped the server")
+                text = self._log_since()
+                self.assertNotIn("Traceback", text)
+                self.assertNotIn("Exception raised", text)
+                self.assertEqual(text.count(": refused"), len(refused))  # one line each
+                self.assertIn("a page called application.exit.later, which pages do not call", text)
+                self.assertIn("rendered 100000 x 10 pixels (at most 33177600), whose sides are not 1 to 16384", text)
+                self.assertLess(_resident_mib(server.pid) - memory, 256)
+                # a view larger than an 8K screen is rendered scaled down to one, not refused: a quad view of a
+                # window spanning three 6K screens (8640 x 1640 pixels, rendered so) and one of a 5K screen at
+                # pixel ratio 1 zoomed out to 25% (10048 x 5734: 7624 x 4351) had been refused, four blank views
+                for width, height, ratio in ((4320, 820, 2), (10048, 5734.4, 1), (16000, 16000, 1)):
+                    frames = len(page.frames)
+                    self.assertIsNone(await page.call("trame.rca.size", "Red", "page",
+                                                      {"w": width, "h": height, "p": ratio}))
+                    expected = rendered_view_size(width, height, ratio)
+                    self.assertLessEqual(expected[0] * expected[1], MAX_VIEW_PIXELS)
+                    deadline = time.monotonic() + 60
+                    # trame-rca's JPEG meta names the picture's rows "w" and its columns "h"
+                    while not any(name == "Red" and sorted((meta["w"], meta["h"])) == sorted(expected)
+                                  for name, meta in page.frames[frames:]):
+                        self.assertLess(time.monotonic(), deadline, f"no picture of {expected} in {page.frames[-3:]}")
+                        await asyncio.sleep(0.1)
+                self.assertEqual(rendered_view_size(4320, 820, 2), (8640, 1640))
+                self.assertEqual(rendered_view_size(10048, 5734.4, 1), (7624, 4351))
+                # what the page sends goes on: the other tab is still served, and so is this one
+                self.assertIn("trame__template_main", (await other.call("trame.state.get"))["state"])
+                self.assertIsNone(await page.call("trame.rca.size", "Red", "page", {"w": 640.5, "h": 480, "p": 1.25}))
+                self.assertIsNone(await page.call("trame.rca.event", "Red", "page",
+                                                  {"type": "MouseMove", "x": 3, "y": 4, "w": 640, "h": 480}))
+                self.assertEqual(await page.call("trame.rca.video.codecs", "Red"), [])
+                self.assertIn("error", await page.call("trame.rca.video.negotiate", "Red", ["vp9"]))
+                self.assertIsNone(await page.call("trame.trigger", reset_view, [], {}))
+                self.assertIsNone(await page.call("trame.lifecycle.update", "client_connected"))
+                # a page's script error is logged, shortened: it had gone whole into the log
+                report = "TypeError: x is undefined" + "!" * 100000
+                self.assertIsNone(await page.call("trame.error.client", report))
+                await asyncio.sleep(0.3)
+                (line,) = [line for line in self._log_since().splitlines() if "x is undefined" in line]
+                self.assertLess(len(line), MAX_ERROR_REPORT_CHARS + 100)
+                self.assertTrue(line.endswith(f"! ... ({len(report)} characters)"), line[-80:])
+                for tab in (page, other):
+                    await tab.close()
 
-            _run(tabs())
+        _run(tabs())
 
 
 class WindowLevelPanelTest(unittest.TestCase):
