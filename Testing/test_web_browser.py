@@ -100,6 +100,11 @@ class _BrowserPageTest(unittest.TestCase):
             stdout=cls.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         cls.addClassCleanup(cls._remove_log)
         cls.addClassCleanup(cls._stop_server)
+        # Chromium starts while the server does (its imports and scene take several seconds)
+        cls.playwright = sync_playwright().start()
+        cls.addClassCleanup(cls.playwright.stop)
+        cls.browser = cls.playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        cls.addClassCleanup(cls.browser.close)
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
             if cls.server.poll() is not None:
@@ -113,10 +118,6 @@ class _BrowserPageTest(unittest.TestCase):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"mmfusion web did not answer within {SERVER_START_TIMEOUT_S} s:\n{cls._log_tail()}")
             time.sleep(0.5)
-        cls.playwright = sync_playwright().start()
-        cls.addClassCleanup(cls.playwright.stop)
-        cls.browser = cls.playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        cls.addClassCleanup(cls.browser.close)
 
     def tearDown(self):
         # a real page, driven through its controls, writes no state value the server's message gate drops: a
