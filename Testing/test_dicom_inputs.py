@@ -127,6 +127,19 @@ def expected_centres(positions: Sequence[Sequence[float]], orientation: Sequence
                                                      first + (rows - 1) * pixel_spacing[0] * col])
 
 
+def _mmfusion(*argv: str) -> tuple[int, str]:
+    """``mmfusion ARGV`` in this process: its exit status and what it printed (stdout, then stderr)."""
+    import contextlib
+    import io as text_io
+
+    from MultimodalFusionLib import cli
+
+    err = text_io.StringIO()
+    with contextlib.redirect_stdout(text_io.StringIO()) as out, contextlib.redirect_stderr(err):
+        rc = cli.main(list(argv))
+    return rc, out.getvalue() + err.getvalue()
+
+
 class DicomGeometryFromTags(unittest.TestCase):
     """Each image is placed where its ImagePositionPatient/ImageOrientationPatient/PixelSpacing put it."""
 
@@ -134,6 +147,15 @@ class DicomGeometryFromTags(unittest.TestCase):
         self.tmp = tempfile.TemporaryDirectory()
         self.addCleanup(self.tmp.cleanup)
         self.dir = self.tmp.name
+
+    def _slice_files(self, specs) -> dict[str, str]:
+        """One 32x32 axial DICOM file of one slice for each (name, ImagePositionPatient, modality): name -> path."""
+        paths = {}
+        for name, position, modality in specs:
+            write_series(os.path.join(self.dir, name), positions=[position], rows=32, cols=32,
+                         pixel_spacing=(1.0, 1.0), modality=modality, prefix=name)
+            paths[name] = os.path.join(self.dir, name, f"{name}0000.dcm")
+        return paths
 
     def _assert_placed(self, image: sitk.Image, positions, orientation, rows=12, cols=10,
                        pixel_spacing=(0.8, 0.9)) -> None:
@@ -171,12 +193,8 @@ class DicomGeometryFromTags(unittest.TestCase):
 
         from MultimodalFusionLib import cli, pipeline
 
-        paths = {}
-        for name, position, modality in (("fixed", (-12.0, -14.0, 37.5), "CT"), ("moving", (-10.0, -13.0, 37.5), "MR"),
-                                         ("apart", (-10.0, -13.0, 137.5), "MR")):
-            write_series(os.path.join(self.dir, name), positions=[position], rows=32, cols=32,
-                         pixel_spacing=(1.0, 1.0), modality=modality, prefix=name)
-            paths[name] = os.path.join(self.dir, name, f"{name}0000.dcm")
+        paths = self._slice_files((("fixed", (-12.0, -14.0, 37.5), "CT"), ("moving", (-10.0, -13.0, 37.5), "MR"),
+                                         ("apart", (-10.0, -13.0, 137.5), "MR")))
         self.assertEqual(io.read_image(paths["fixed"]).GetDimension(), 2)  # by default, as before
         volume = io.read_image(paths["fixed"], slice_as_2d=False)
         self.assertEqual((volume.GetSize(), volume.GetOrigin()), ((32, 32, 1), (-12.0, -14.0, 37.5)))
@@ -215,12 +233,9 @@ class DicomGeometryFromTags(unittest.TestCase):
         the file) as the slices' own; a 2D label map's own fault is named in its frame's words."""
         from MultimodalFusionLib import pipeline
 
-        paths, flat = {}, {}
-        for name, position, modality in (("fixed", (-12.0, -14.0, 37.5), "CT"), ("moving", (-10.0, -13.0, 37.5), "MR")):
-            write_series(os.path.join(self.dir, name), positions=[position], rows=32, cols=32,
-                         pixel_spacing=(1.0, 1.0), modality=modality, prefix=name)
-            paths[name] = os.path.join(self.dir, name, f"{name}0000.dcm")
-            flat[name] = io.read_image(paths[name])  # the 2D image of the file, as evaluate-registration reads it
+        paths = self._slice_files((("fixed", (-12.0, -14.0, 37.5), "CT"), ("moving", (-10.0, -13.0, 37.5), "MR")))
+        # the 2D image of each file, as evaluate-registration reads it
+        flat = {name: io.read_image(path) for name, path in paths.items()}
         labels = {}
         for name, kind, value in (("fixed", "2d", 1), ("moving", "2d", 1), ("fixed", "slice", 1), ("moving", "slice", 1),
                                   ("moving", "other", 2)):
@@ -266,28 +281,15 @@ class DicomGeometryFromTags(unittest.TestCase):
         for the file as off its grid and scored a source 100 mm off. They read it as the one-slice volume it is, as
         run does and as a slice Slicer saved is read: fused as the same 2D image, written where the file lies (a
         .png as the 2D slice, as before), slices apart refused."""
-        import contextlib
-        import io as text_io
 
-        from MultimodalFusionLib import cli
         from MultimodalFusionLib.fusion import fuse
 
-        paths = {}
-        for name, position, modality in (("a", (-12.0, -14.0, 37.5), "CT"), ("b", (-12.0, -14.0, 37.5), "MR"),
-                                         ("apart", (-12.0, -14.0, 137.5), "MR")):
-            write_series(os.path.join(self.dir, name), positions=[position], rows=32, cols=32,
-                         pixel_spacing=(1.0, 1.0), modality=modality, prefix=name)
-            paths[name] = os.path.join(self.dir, name, f"{name}0000.dcm")
-
-        def mmfusion(*argv: str) -> tuple[int, str]:
-            err = text_io.StringIO()
-            with contextlib.redirect_stdout(text_io.StringIO()) as out, contextlib.redirect_stderr(err):
-                rc = cli.main(list(argv))
-            return rc, out.getvalue() + err.getvalue()
+        paths = self._slice_files((("a", (-12.0, -14.0, 37.5), "CT"), ("b", (-12.0, -14.0, 37.5), "MR"),
+                                         ("apart", (-12.0, -14.0, 137.5), "MR")))
 
         out = {ext: os.path.join(self.dir, f"fused{ext}") for ext in (".nii.gz", ".png")}
         for ext, path in out.items():
-            self.assertEqual(mmfusion("fuse", paths["a"], paths["b"], "-o", path, "--method", "average")[0], 0, ext)
+            self.assertEqual(_mmfusion("fuse", paths["a"], paths["b"], "-o", path, "--method", "average")[0], 0, ext)
         slice_geometry = sitk.ReadImage(paths["a"])  # the file as ITK (and Slicer) places it: S 37.5
         written = sitk.ReadImage(out[".nii.gz"])
         for get in ("GetSize", "GetOrigin", "GetSpacing", "GetDirection"):
@@ -296,7 +298,7 @@ class DicomGeometryFromTags(unittest.TestCase):
         flat = fuse(io.read_image(paths["a"]), io.read_image(paths["b"]), "average").image
         np.testing.assert_array_equal(sitk.GetArrayFromImage(written)[0], sitk.GetArrayFromImage(flat))
         self.assertEqual(sitk.ReadImage(out[".png"]).GetSize(), (32, 32))  # a 2D format: the 2D slice, as before
-        rc, said = mmfusion("fuse", paths["a"], paths["apart"], "-o", os.path.join(self.dir, "apart.nii.gz"))
+        rc, said = _mmfusion("fuse", paths["a"], paths["apart"], "-o", os.path.join(self.dir, "apart.nii.gz"))
         self.assertEqual(rc, 2, said)
         self.assertIn("is not on the anatomical image (a)'s grid: origin (LPS) (-12, -14, 137.5) vs (-12, -14, 37.5)",
                       said)
@@ -304,11 +306,11 @@ class DicomGeometryFromTags(unittest.TestCase):
         # evaluate: fuse's result for the files scored (it had been refused as off A's 2D grid), as the .png is
         scores = {}
         for ext, path in out.items():
-            rc, said = mmfusion("evaluate", "--fused", path, paths["a"], paths["b"], "--json")
+            rc, said = _mmfusion("evaluate", "--fused", path, paths["a"], paths["b"], "--json")
             self.assertEqual(rc, 0, said)
             scores[ext] = json.loads(said)
         self.assertEqual(scores[".nii.gz"]["EN"], scores[".png"]["EN"])
-        rc, said = mmfusion("evaluate", "--fused", out[".png"], paths["a"], paths["apart"])
+        rc, said = _mmfusion("evaluate", "--fused", out[".png"], paths["a"], paths["apart"])
         self.assertEqual(rc, 2, said)  # a source 100 mm off had been scored
         self.assertIn("source image B (apart0000.dcm) is not on the source image A (a0000.dcm)'s grid", said)
 
@@ -316,39 +318,26 @@ class DicomGeometryFromTags(unittest.TestCase):
         """`resample` had read a DICOM file of one slice as 2D: register's 2D transform applied to it wrote a 2D image
         with no S, and a slice 100 mm off the reference, with no transform, was resampled as if it lay on it. Read as
         the one-slice volume it is, the result is register's moving_resampled voxel for voxel, where the file lies."""
-        import contextlib
-        import io as text_io
 
-        from MultimodalFusionLib import cli
 
-        paths = {}
-        for name, position, modality in (("fixed", (-12.0, -14.0, 37.5), "CT"), ("moving", (-10.0, -13.0, 37.5), "MR"),
-                                         ("apart", (-12.0, -14.0, 137.5), "MR")):
-            write_series(os.path.join(self.dir, name), positions=[position], rows=32, cols=32,
-                         pixel_spacing=(1.0, 1.0), modality=modality, prefix=name)
-            paths[name] = os.path.join(self.dir, name, f"{name}0000.dcm")
-
-        def mmfusion(*argv: str) -> tuple[int, str]:
-            err = text_io.StringIO()
-            with contextlib.redirect_stdout(text_io.StringIO()) as out, contextlib.redirect_stderr(err):
-                rc = cli.main(list(argv))
-            return rc, out.getvalue() + err.getvalue()
+        paths = self._slice_files((("fixed", (-12.0, -14.0, 37.5), "CT"), ("moving", (-10.0, -13.0, 37.5), "MR"),
+                                         ("apart", (-12.0, -14.0, 137.5), "MR")))
 
         reg = os.path.join(self.dir, "reg")
-        self.assertEqual(mmfusion("register", paths["fixed"], paths["moving"], "-o", reg, "--stages", "rigid",
+        self.assertEqual(_mmfusion("register", paths["fixed"], paths["moving"], "-o", reg, "--stages", "rigid",
                                   "--seed", "0", "--threads", "1")[0], 0)
         out = os.path.join(self.dir, "moved.nii.gz")
-        rc, said = mmfusion("resample", paths["moving"], "--reference", paths["fixed"], "--transform",
+        rc, said = _mmfusion("resample", paths["moving"], "--reference", paths["fixed"], "--transform",
                             os.path.join(reg, "transform.tfm"), "-o", out)
         self.assertEqual(rc, 0, said)
         moved, registered = sitk.ReadImage(out), sitk.ReadImage(os.path.join(reg, "moving_resampled.nii.gz"))
         self.assertEqual((moved.GetSize(), moved.GetOrigin()), ((32, 32, 1), (-12.0, -14.0, 37.5)))
         np.testing.assert_array_equal(sitk.GetArrayFromImage(moved), sitk.GetArrayFromImage(registered))
-        rc, said = mmfusion("resample", paths["moving"], "--reference", paths["fixed"], "--transform",
+        rc, said = _mmfusion("resample", paths["moving"], "--reference", paths["fixed"], "--transform",
                             os.path.join(reg, "transform.tfm"), "-o", os.path.join(self.dir, "moved.png"))
         self.assertEqual(rc, 0, said)  # a 2D format: the 2D slice, as before
         self.assertEqual(sitk.ReadImage(os.path.join(self.dir, "moved.png")).GetSize(), (32, 32))
-        rc, said = mmfusion("resample", paths["apart"], "--reference", paths["fixed"], "-o",
+        rc, said = _mmfusion("resample", paths["apart"], "--reference", paths["fixed"], "-o",
                             os.path.join(self.dir, "apart.nii.gz"))
         self.assertEqual(rc, 2, said)
         self.assertIn("does not overlap the reference fixed0000.dcm as they lie (no --transform)", said)
