@@ -353,7 +353,11 @@ def _metrics_table(metrics: Mapping[str, Mapping[str, float]], keys: Sequence[st
 def _registration_html(registration: Any, extra: Mapping[str, Any] | None) -> str:
     reg = registration.to_dict() if hasattr(registration, "to_dict") else dict(registration or {})
     parts = ['<div class="card"><table class="kv">']
-    rows = [("backend", reg.get("backend")), ("transform", reg.get("transform_type")),
+    from .registration.result import settings_rows
+
+    # the preset and seed it ran with (metrics.json's registration.parameters), as the web panel's table shows them
+    rows = [("backend", reg.get("backend")), *settings_rows(reg.get("parameters")),
+            ("transform", reg.get("transform_type")),
             ("deformable", reg.get("deformable")), ("metric before", reg.get("metric_before")),
             ("metric after", reg.get("metric_after")), ("seconds", reg.get("seconds"))]
     parts.append('<tr><td colspan="2" class="name note">metric as the optimiser reports it: lower is better'

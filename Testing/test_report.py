@@ -322,6 +322,36 @@ class RegistrationSectionTest(unittest.TestCase):
         self.assertIn("<th>voxels compared</th></tr>", page)
         self.assertIn(f"<td>{a.GetNumberOfPixels()}</td></tr>", page)
 
+    def test_run_with_a_seed_writes_a_report_that_states_it(self) -> None:
+        # `mmfusion run --seed 5`'s metrics.json recorded the seed (registration.parameters.seed), its report.html
+        # did not, nor the preset: a user comparing the report with elastix or ANTs could not tell which sampling
+        # made the result in front of them. The card states both, from the registration's recorded parameters
+        import contextlib
+        import io as text_io
+
+        from MultimodalFusionLib import cli
+
+        d = data.testing_data_dir()
+        with tempfile.TemporaryDirectory() as tmp:
+            with contextlib.redirect_stdout(text_io.StringIO()), contextlib.redirect_stderr(text_io.StringIO()):
+                code = cli.main(["run", str(d / "BrainT1Slice.png"), str(d / "BrainProtonDensitySlice.png"),
+                                 "--output-dir", tmp, "--methods", "average", "--stages", "rigid", "--seed", "5"])
+            self.assertEqual(code, 0)
+            page = open(os.path.join(tmp, "report.html"), encoding="utf-8").read()
+            recorded = json.load(open(os.path.join(tmp, "metrics.json"), encoding="utf-8"))
+        self.assertEqual(recorded["registration"]["parameters"]["seed"], 5)
+        self.assertEqual(re.findall(r'<th class="name">(preset|seed)</th><td>([^<]*)</td>', page),
+                         [("preset", "none"), ("seed", "5")])
+        # a preset's name, and no seed given (the clock's sampling), as metrics.json's parameters record them
+        t1 = io.read_image(d / "BrainT1Slice.png")
+        with tempfile.TemporaryDirectory() as tmp:
+            page = open(report.write_report(tmp, inputs={"T1": t1}, fusions=[fusion.fuse(t1, t1, "average")], metrics={},
+                                             registration={"parameters": {"name": "ct-mr-head", "seed": None}})
+                        ["html"], encoding="utf-8").read()
+        self.assertEqual(re.findall(r'<th class="name">(preset|seed)</th><td>([^<]*)</td>', page),
+                         [("preset", "ct-mr-head"),
+                          ("seed", "none (drawn from the clock: another run samples differently)")])
+
     def test_the_stage_table_gives_iterations_per_level(self) -> None:
         from MultimodalFusionLib.registration import register
 

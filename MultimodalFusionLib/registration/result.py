@@ -10,7 +10,8 @@ import SimpleITK as sitk
 
 from .accuracy import euler_angles_deg, rotation_angle_deg
 
-__all__ = ["StageResult", "RegistrationResult", "transform_summary", "transform_rows", "iterations_per_level",
+__all__ = ["StageResult", "RegistrationResult", "transform_summary", "transform_rows", "settings_rows",
+           "iterations_per_level",
            "iterations_text",
            "ran_again", "RAN_AGAIN_NOTE",
            "TRANSFORM_CONVENTION"]
@@ -175,6 +176,18 @@ def _is_linear(tx: sitk.Transform) -> bool:
     if isinstance(tx, sitk.CompositeTransform):
         return all(_is_linear(tx.GetNthTransform(i)) for i in range(tx.GetNumberOfTransforms()))
     return tx.IsLinear()
+
+
+def settings_rows(parameters: Any) -> list[tuple[str, str]]:
+    """The preset and the sampling seed a registration ran with, as (name, text) rows read from its recorded
+    ``parameters`` (:attr:`RegistrationResult.parameters`, metrics.json's ``registration.parameters``): the web
+    panel's table and report.html show them, so the seed of the result in front of a user is the one it ran with,
+    not what a field holds now. Preset "none" where the settings came from no preset (their ``name`` "default");
+    seed "none" where none was given (the SimpleITK backend's sampling then follows the clock)."""
+    recorded = parameters if isinstance(parameters, Mapping) else {}
+    name, seed = recorded.get("name"), recorded.get("seed")
+    return [("preset", "none" if name in (None, "", "default") else str(name)),
+            ("seed", "none (drawn from the clock: another run samples differently)" if seed is None else str(seed))]
 
 
 def transform_rows(summary: Mapping[str, Any] | None) -> list[tuple[str, str]]:
