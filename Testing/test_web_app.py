@@ -1612,6 +1612,28 @@ class WebAppTest(unittest.TestCase):
             self.assertEqual(state.error_message, "", typed)
             self.assertEqual(app.registration.parameters["seed"], seed, typed)
 
+    def test_the_results_state_the_seed_the_shown_registration_used_not_the_fields(self) -> None:
+        # the Seed field can change after Register: nothing in the page (table, message, downloaded report) had said
+        # which seed the result in front of the user used, where run's metrics.json records it. The table and the
+        # report now read it from the result: registered with 7, the field then at 9, both say 7
+        import re
+
+        state, app = self.app.state, self.app
+        self._load()
+        self._set(preset="", stages=["rigid"], initializer="", seed=0, error_message="")
+        self.addCleanup(self._set, seed=0, error_message="")
+        self._do(lambda: app.start_registration({"seed": "7"}))
+        self.assertEqual(state.error_message, "")
+        self._set(seed="9")  # typed after Register, not registered
+        self._do(lambda: app.start_fusion({"method": "average"}))
+        self.assertEqual(state.error_message, "")
+        shown = {row["name"]: row["value"] for row in state.registration_rows}
+        self.assertEqual((shown["Seed"], shown["Preset"], shown["Stages"]), ("7", "none", "rigid"))
+        page = app.result_bytes("report").decode("utf-8")
+        self.assertEqual(re.findall(r'<th class="name">(preset|seed)</th><td>([^<]*)</td>', page),
+                         [("preset", "none"), ("seed", "7")])
+        self.assertEqual(state.seed, "9")  # the field as the user left it
+
     def test_initializer_choice_reaches_the_engine(self) -> None:
         from unittest import mock
 

@@ -1388,7 +1388,7 @@ class FusionWebApp:
         return preset, stages, _client_seed(self.state.seed), initializer
 
     def _show_registration(self, out: tuple[Any, sitk.Image, dict]) -> None:
-        from ..registration.result import transform_rows, transform_summary
+        from ..registration.result import settings_rows, transform_rows, transform_summary
 
         result, registered, reg_metrics = out
         self.registration, self.registered_image, self.registration_metrics = result, registered, reg_metrics
@@ -1402,6 +1402,9 @@ class FusionWebApp:
                  "value": f"{number_text(result.metric_before)} → {number_text(result.metric_after)}"},
                 {"name": "Stages", "value": ", ".join(s.name for s in result.stages) or "-"},
                 {"name": "Initializer", "value": _initializer_text(result)},
+                # the preset and seed the result ran with (recorded in it), as report.html states them: the
+                # Seed field can change after Register, and nothing had said which seed the shown result used
+                *({"name": name.capitalize(), "value": text} for name, text in settings_rows(result.parameters)),
                 {"name": "Registration time", "value": f"{result.seconds:.1f} s"}]
         # the transform's numbers as mmfusion register prints them (rotation, translation, Slicer's RAS translation)
         rows += [{"name": name[0].upper() + name[1:], "value": text}
