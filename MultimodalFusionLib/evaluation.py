@@ -23,9 +23,10 @@ from typing import Any, Sequence, Union
 
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import DimensionMismatch, InputError
 
-__all__ = ["AccuracyInputs", "check_accuracy_options", "read_accuracy_inputs", "on_slice_planes", "evaluate_accuracy",
+__all__ = ["AccuracyInputs", "check_accuracy_options", "read_accuracy_inputs", "read_slice_accuracy_inputs",
+           "on_slice_planes", "evaluate_accuracy",
            "accuracy_input_paths"]
 
 #: A label map: a file (a label map or a ``.seg.nrrd``) or an image.
@@ -175,6 +176,45 @@ def on_slice_planes(fixed: sitk.Image, moving: sitk.Image, volumes: tuple[sitk.I
                             fixed_landmarks=out.fixed_landmarks, moving_landmarks=out.moving_landmarks,
                             labels=out.labels)
     return out
+
+
+def read_slice_accuracy_inputs(fixed: sitk.Image, moving: sitk.Image, volumes: tuple[sitk.Image, sitk.Image],
+                               **sources: Any) -> AccuracyInputs | None:
+    """:func:`read_accuracy_inputs` for ``fixed`` and ``moving``, the 2D images of one-slice volumes' slices
+    (``volumes``, as read: ``io.one_slice_as_2d``) scored through a 2D transform (``mmfusion run`` registers them so;
+    ``evaluate-registration`` scores them so, :func:`metrics.scored_on_slice_planes`). Their label maps and 3D
+    landmarks are read against the volumes and taken into the slices' 2D frames (:func:`on_slice_planes`); those
+    refused there for being 2D (:class:`~MultimodalFusionLib.errors.DimensionMismatch`: 2D label maps on the slices'
+    2D images, 2D points, as a DICOM file of one slice had been read as its 2D image) are read against the 2D images
+    instead, and scored as on them. Images with no one-slice volume: :func:`read_accuracy_inputs` of the images.
+
+    Raises:
+        InputError: in the words of the frame the inputs were given in: a 2D input's own fault in the 2D check's,
+            any other in the one-slice volumes' (:func:`on_slice_planes`).
+    """
+    from .io import one_slice_axis
+
+    if all(one_slice_axis(v) is None for v in volumes):
+        return read_accuracy_inputs(fixed, moving, **sources)
+    # one-slice volumes had been refused with labels or landmarks ("their accuracy is not measured in the run")
+    try:
+        return on_slice_planes(fixed, moving, volumes, read_accuracy_inputs(*volumes, **sources))
+    except InputError as on_volumes:
+        # or given in the slices' 2D frames, on the 2D images registered (2D label maps, 2D points): run took them so,
+        # reading a DICOM file of one slice as 2D (before it read it as the one-slice volume it is, which refused them:
+        # "label map is 2D but ... image is 3D"), and so did evaluate-registration
+        try:
+            return read_accuracy_inputs(fixed, moving, **sources)
+        except InputError as on_slices:
+            # the words of the frame the inputs were given in: a 2D input's own fault, else the one-slice volumes'
+            raise (on_slices if _given_in_2d(on_volumes) else on_volumes) from None
+
+
+def _given_in_2d(refusal: InputError) -> bool:
+    """Whether ``refusal`` (of label maps or landmarks checked against one-slice volumes) refused them for being 2D
+    (:class:`~MultimodalFusionLib.errors.DimensionMismatch`: "The fixed label map is 2D but ...", "... is a 2D image
+    but ...", "The landmarks are 2D but ...")."""
+    return isinstance(refusal, DimensionMismatch) and refusal.given_dimension == 2
 
 
 def evaluate_accuracy(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None,

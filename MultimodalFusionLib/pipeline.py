@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import SimpleITK as sitk
 
-from .errors import DimensionMismatch, InputError
+from .errors import InputError
 from .progress import ProgressCallback, prefixed, report, scaled
 from .validation import check_image, check_mask, has_content, slices_apart
 
@@ -275,37 +275,14 @@ def run(fixed: sitk.Image | str | os.PathLike, moving: sitk.Image | str | os.Pat
 
 def _accuracy_inputs(fixed_grey: sitk.Image, moving_grey: sitk.Image, volumes: tuple[sitk.Image, sitk.Image],
                      progress: ProgressCallback | None, sources: dict[str, Any]) -> Any:
-    """:func:`evaluation.read_accuracy_inputs` of the images as registered, None where no label map or landmark file
-    was given. One-slice volumes (``volumes``, as read), registered as the 2D images of their slices, have their
-    label maps and 3D landmarks read against them and taken into the slices' 2D frames
-    (:func:`evaluation.on_slice_planes`), where the 2D transform the registration gives applies."""
+    """:func:`evaluation.read_slice_accuracy_inputs` of the images as registered (one-slice volumes, ``volumes`` as
+    read, as the 2D images of their slices), None where no label map or landmark file was given."""
     if sources["fixed_labels"] is None and sources["fixed_landmarks"] is None:
         return None
-    from .evaluation import on_slice_planes, read_accuracy_inputs
-    from .io import one_slice_axis
+    from .evaluation import read_slice_accuracy_inputs
 
     report(progress, 0.0, "reading label maps and landmarks")
-    if all(one_slice_axis(v) is None for v in volumes):
-        return read_accuracy_inputs(fixed_grey, moving_grey, **sources)
-    # one-slice volumes had been refused with labels or landmarks ("their accuracy is not measured in the run")
-    try:
-        return on_slice_planes(fixed_grey, moving_grey, volumes, read_accuracy_inputs(*volumes, **sources))
-    except InputError as on_volumes:
-        # or given in the slices' 2D frames, on the 2D images registered (2D label maps, 2D points), as a DICOM file of
-        # one slice is read by evaluate-registration, fuse and resample: run took them so, reading such a file as 2D
-        # (before it read it as the one-slice volume it is, which refused them: "label map is 2D but ... image is 3D")
-        try:
-            return read_accuracy_inputs(fixed_grey, moving_grey, **sources)
-        except InputError as on_slices:
-            # the words of the frame the inputs were given in: a 2D input's own fault, else the one-slice volumes'
-            raise (on_slices if _given_in_2d(on_volumes) else on_volumes) from None
-
-
-def _given_in_2d(refusal: InputError) -> bool:
-    """Whether ``refusal`` (of label maps or landmarks checked against one-slice volumes) refused them for being 2D
-    (:class:`~MultimodalFusionLib.errors.DimensionMismatch`: "The fixed label map is 2D but ...", "... is a 2D image
-    but ...", "The landmarks are 2D but ...")."""
-    return isinstance(refusal, DimensionMismatch) and refusal.given_dimension == 2
+    return read_slice_accuracy_inputs(fixed_grey, moving_grey, volumes, **sources)
 
 
 def check_method_windows(fixed: sitk.Image, moving: sitk.Image, methods: Sequence[str],
