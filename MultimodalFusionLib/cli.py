@@ -935,22 +935,33 @@ def _accuracy_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_evaluate_registration(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_accuracy, read_accuracy_inputs
-    from .io import read_image
+    from .evaluation import evaluate_accuracy, read_accuracy_inputs, read_slice_accuracy_inputs
+    from .io import one_slice_as_2d, read_image
+    from .metrics import scored_on_slice_planes
     from .preprocess import field_coverage_notes
 
     _check_series(args, ("fixed", "moving"))
     _check_invert(args)
     given = _accuracy_inputs(args)
     transform, read = _transform_chain(args.transform, args.invert)
-    fixed = read_image(args.fixed, series=_series(args, "fixed"), float32=True)
+    # a DICOM file of one slice as the one-slice volume it is (run, register, fuse, evaluate and resample read it
+    # so): scored as the same slice saved as a one-slice NIfTI, and Slicer's one-slice label maps of it taken
+    fixed = read_image(args.fixed, series=_series(args, "fixed"), float32=True, slice_as_2d=False)
     coverage = field_coverage_notes(args.transform, read, args.invert, fixed, "fixed image",
                                     "Score it on the fixed image the field was computed for (ANTs writes its warp "
                                     "on the fixed image's grid).")
-    moving = read_image(args.moving, series=_series(args, "moving"), float32=True)
+    moving = read_image(args.moving, series=_series(args, "moving"), float32=True, slice_as_2d=False)
     # a .seg.nrrd's segments by name (both files) or label value (one), every layer read: its numbers alone had
     # paired 'liver' with whatever the other file numbered alike, and a file of several layers was refused
-    inputs = read_accuracy_inputs(fixed, moving, **given)
+    if (given["fixed_labels"] is not None or given["fixed_landmarks"] is not None) \
+            and scored_on_slice_planes(fixed, moving, transform):
+        # scored in the slices' 2D frames, as run scores them: label maps and landmarks of the one-slice volumes, or
+        # given in those frames (2D label maps, 2D points: a DICOM slice had been read as 2D, and they were scored)
+        volumes = (fixed, moving)
+        fixed, moving = (one_slice_as_2d(v, f"{role} image") for v, role in zip(volumes, ("fixed", "moving")))
+        inputs = read_slice_accuracy_inputs(fixed, moving, volumes, **given)
+    else:
+        inputs = read_accuracy_inputs(fixed, moving, **given)
     if inputs is None:
         from .evaluation import AccuracyInputs
 

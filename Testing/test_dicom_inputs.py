@@ -314,6 +314,65 @@ class DicomGeometryFromTags(unittest.TestCase):
         self.assertEqual(rc, 2, said)  # a source 100 mm off had been scored
         self.assertIn("source image B (apart0000.dcm) is not on the source image A (a0000.dcm)'s grid", said)
 
+    def test_evaluate_registration_scores_a_dicom_slice_as_the_same_slice_saved_as_nifti(self) -> None:
+        """`evaluate-registration` had read a DICOM file of one slice as 2D: Slicer's one-slice label maps of two such
+        files were refused ("The fixed label map is 3D but the fixed image is 2D"), which run scores. Read as the
+        one-slice volume it is, as run does, it is scored exactly as the same slice saved as a one-slice NIfTI: its
+        label maps and landmarks given in the slices' 2D frames (2D label maps, 2D points) as before, to the digit, or
+        as Slicer saves them; through a 3D transform, which compares the images as they lie, a slice 100 mm off is
+        refused as the NIfTI one is."""
+        paths = self._slice_files((("fixed", (-12.0, -14.0, 37.5), "CT"), ("moving", (-10.0, -13.0, 37.5), "MR"),
+                                   ("apart", (-10.0, -13.0, 137.5), "MR")))
+        flat, nifti, labels = {}, {}, {}
+        for name, path in paths.items():  # each file as its 2D image (as read before) and as a one-slice NIfTI
+            flat[name], nifti[name] = (os.path.join(self.dir, f"{name}{kind}.nii.gz") for kind in ("-2d", ""))
+            sitk.WriteImage(io.read_image(path), flat[name])
+            sitk.WriteImage(sitk.ReadImage(path), nifti[name])
+            for kind in ("2d", "slice"):
+                arr = np.zeros((32, 32), np.uint8)
+                arr[10:20, 12:22] = 1
+                label_map = sitk.GetImageFromArray(arr if kind == "2d" else arr[None])
+                label_map.CopyInformation(sitk.ReadImage(flat[name] if kind == "2d" else path))
+                labels[name, kind] = os.path.join(self.dir, f"{name}-labels-{kind}.nii.gz")
+                sitk.WriteImage(label_map, labels[name, kind])
+        points = os.path.join(self.dir, "points.txt")
+        with open(points, "w") as f:
+            f.write("point\n3\n-5 -5\n0 2\n5 -3\n")
+        transforms = {2: os.path.join(self.dir, "t2.tfm"), 3: os.path.join(self.dir, "t3.tfm")}
+        sitk.WriteTransform(sitk.TranslationTransform(2, (2.0, 1.0)), transforms[2])
+        sitk.WriteTransform(sitk.TranslationTransform(3, (2.0, 1.0, 0.0)), transforms[3])
+
+        def scored(images, moving, *options):
+            rc, said = _mmfusion("evaluate-registration", images["fixed"], images[moving], "--json", *options)
+            self.assertEqual(rc, 0, said)
+            return json.loads(said)
+
+        for moving in ("moving", "apart"):
+            pair = ("--fixed-labels", labels["fixed", "slice"], "--moving-labels", labels[moving, "slice"])
+            for t in ((), ("--transform", transforms[2])):
+                # Slicer's one-slice label maps (refused before): the result of the same slices saved as NIfTI
+                dicom = scored(paths, moving, *t, *pair)
+                self.assertEqual(json.dumps(dicom, sort_keys=True), json.dumps(scored(nifti, moving, *t, *pair),
+                                                                              sort_keys=True), (moving, t))
+                self.assertIn("slice_planes", dicom)
+                for given in (("--fixed-labels", labels["fixed", "2d"], "--moving-labels", labels[moving, "2d"]),
+                              ("--fixed-landmarks", points, "--moving-landmarks", points)):
+                    # given in the slices' 2D frames: scored as the 2D images were, to the digit
+                    self.assertEqual(json.dumps(scored(paths, moving, *t, *given), sort_keys=True),
+                                     json.dumps(scored(flat, moving, *t, *given), sort_keys=True), (moving, t, given))
+                self.assertEqual(scored(paths, moving, *t, *pair)["labels"],
+                                 scored(paths, moving, *t, "--fixed-labels", labels["fixed", "2d"], "--moving-labels",
+                                        labels[moving, "2d"])["labels"])
+        # a 3D transform compares the slices as they lie: the slice 100 mm off is refused, as its NIfTI is (a DICOM
+        # file had been refused as 2D: "The transform is 3D but the images are 2D")
+        for images in (paths, nifti):
+            rc, said = _mmfusion("evaluate-registration", images["fixed"], images["apart"], "--transform",
+                                 transforms[3])
+            self.assertEqual(rc, 2, said)
+            self.assertIn("The moving image, through the transform, covers 0 of the fixed image's voxels", said)
+        self.assertEqual(json.dumps(scored(paths, "moving", "--transform", transforms[3]), sort_keys=True),
+                         json.dumps(scored(nifti, "moving", "--transform", transforms[3]), sort_keys=True))
+
     def test_resample_takes_a_dicom_slice_where_it_lies(self) -> None:
         """`resample` had read a DICOM file of one slice as 2D: register's 2D transform applied to it wrote a 2D image
         with no S, and a slice 100 mm off the reference, with no transform, was resampled as if it lay on it. Read as
